@@ -1,0 +1,24 @@
+//! The shard runtime: one thread per core, each pinned to its core, each running its own event
+//! loop (io_uring by default, epoll where io_uring is unavailable), its own timers and its own
+//! state. Shards share nothing on the data path; the control thread talks to a shard only through
+//! its bounded, lock-free [`inbox`], which wakes the shard's loop.
+//!
+//! This crate knows nothing of protocols, routes or config formats: `dataplane` hands it a
+//! closure that builds each shard's top-level future on the shard's own thread.
+//!
+//! The runtime underneath is monoio; why, with the measured figures, is in
+//! `docs/decisions/0001-runtime.md`.
+
+pub mod event;
+pub mod inbox;
+mod runtime;
+
+pub use event::Event;
+pub use inbox::{inbox, Receiver, SendError, Sender};
+pub use runtime::{
+    affinity_cores, start, Backend, IoMode, ShardCtx, ShardHandle, ShardInfo, Spec, StartError,
+    URING_ENTRIES_DEFAULT,
+};
+
+/// Re-exported so that `dataplane` uses the same runtime version as the shards it runs on.
+pub use monoio;
