@@ -83,6 +83,8 @@ pub enum StartError {
     Spawn { shard: usize, source: std::io::Error },
     #[error("shard {shard} died during start-up")]
     Died { shard: usize },
+    #[error("shard {shard}: {message}")]
+    Setup { shard: usize, message: String },
     #[error("shard count must be at least 1")]
     NoShards,
 }
@@ -96,13 +98,15 @@ pub fn affinity_cores() -> Vec<usize> {
         .collect()
 }
 
-/// Starts `spec.shards` shards. `make` runs on each shard's thread and returns the future the
-/// shard runs until it completes (the shard then exits). Returns once every shard has its
+/// Starts `spec.shards` shards. `make` runs on each shard's thread, outside the runtime (so it
+/// may do blocking set-up such as binding sockets, but not async I/O), and returns the future
+/// the shard runs until it completes (the shard then exits), or a set-up error. Returns once every shard has its
 /// runtime up, or the first start-up error (shards already started then finish on their own
 /// when their future sees the process shut down).
-pub fn start<F, Fut>(spec: &Spec, make: F) -> Result<Vec<ShardHandle>, StartError>
+pub fn start<F, Fut, E>(spec: &Spec, make: F) -> Result<Vec<ShardHandle>, StartError>
 where
-    F: Fn(ShardCtx) -> Fut + Send + Sync + 'static,
+    F: Fn(ShardCtx) -> Result<Fut, E> + Send + Sync + 'static,
+    E: std::fmt::Display,
     Fut: Future<Output = ()> + 'static,
 {
     if spec.shards == 0 {
@@ -141,7 +145,7 @@ where
     Ok(handles)
 }
 
-fn run_shard<F, Fut>(
+fn run_shard<F, Fut, E>(
     id: usize,
     core: Option<usize>,
     io: IoMode,
@@ -149,7 +153,8 @@ fn run_shard<F, Fut>(
     ready: mpsc::SyncSender<Result<ShardInfo, StartError>>,
     make: Arc<F>,
 ) where
-    F: Fn(ShardCtx) -> Fut,
+    F: Fn(ShardCtx) -> Result<Fut, E>,
+    E: std::fmt::Display,
     Fut: Future<Output = ()> + 'static,
 {
     let pinned = core.filter(|&c| core_affinity::set_for_current(core_affinity::CoreId { id: c }));
@@ -173,9 +178,9 @@ fn run_shard<F, Fut>(
             Ok(mut rt) => {
                 let info = info(Backend::IoUring, None);
                 tracing::info!(shard = id, core = ?pinned, backend = "io_uring", "shard started");
-                let fut = make(ShardCtx { info: info.clone() });
-                let _ = ready.send(Ok(info));
-                rt.block_on(fut);
+                if let Some(fut) = setup(&*make, info, &ready) {
+                    rt.block_on(fut);
+                }
                 return;
             }
             Err(source) if io == IoMode::Uring => {
@@ -192,12 +197,38 @@ fn run_shard<F, Fut>(
         Ok(mut rt) => {
             let info = info(Backend::Epoll, fallback_reason);
             tracing::info!(shard = id, core = ?pinned, backend = "epoll", "shard started");
-            let fut = make(ShardCtx { info: info.clone() });
-            let _ = ready.send(Ok(info));
-            rt.block_on(fut);
+            if let Some(fut) = setup(&*make, info, &ready) {
+                rt.block_on(fut);
+            }
         }
         Err(source) => {
             let _ = ready.send(Err(StartError::Epoll { shard: id, source }));
+        }
+    }
+}
+
+/// Runs the caller's set-up for one shard and reports the outcome to `start`.
+fn setup<F, Fut, E>(
+    make: &F,
+    info: ShardInfo,
+    ready: &mpsc::SyncSender<Result<ShardInfo, StartError>>,
+) -> Option<Fut>
+where
+    F: Fn(ShardCtx) -> Result<Fut, E>,
+    E: std::fmt::Display,
+{
+    let shard = info.id;
+    match make(ShardCtx { info: info.clone() }) {
+        Ok(fut) => {
+            let _ = ready.send(Ok(info));
+            Some(fut)
+        }
+        Err(e) => {
+            let _ = ready.send(Err(StartError::Setup {
+                shard,
+                message: e.to_string(),
+            }));
+            None
         }
     }
 }
@@ -218,11 +249,11 @@ mod tests {
         };
         let handles = start(&spec, move |ctx| {
             let ran = ran2.clone();
-            async move {
+            Ok::<_, String>(async move {
                 monoio::time::sleep(std::time::Duration::from_millis(1)).await;
                 assert!(ctx.info.id < shards);
                 ran.fetch_add(1, Ordering::SeqCst);
-            }
+            })
         })
         .unwrap();
         let infos: Vec<_> = handles.iter().map(|h| h.info.clone()).collect();
@@ -257,7 +288,7 @@ mod tests {
             uring_entries: URING_ENTRIES_DEFAULT,
         };
         assert!(matches!(
-            start(&spec, |_| async {}),
+            start(&spec, |_| Ok::<_, String>(async {})),
             Err(StartError::NoShards)
         ));
     }

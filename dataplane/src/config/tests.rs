@@ -1,0 +1,101 @@
+use super::*;
+
+const GOOD: &str = "\
+admin:
+  address: 127.0.0.1:15000
+listeners:
+  - name: out
+    address: 127.0.0.1:15001
+    protocol: tcp
+    cluster: echo
+clusters:
+  - name: echo
+    endpoints: [\"127.0.0.1:9000\", \"127.0.0.1:9001\"]
+    lb: least_request
+";
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match Config::from_yaml("c.yaml", text) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(e) => e.0,
+    }
+}
+
+#[test]
+fn good_config_loads_with_defaults() {
+    let c = Config::from_yaml("c.yaml", GOOD).unwrap();
+    assert_eq!(c.listeners[0].buffer_bytes, BUFFER_BYTES_DEFAULT);
+    assert_eq!(c.clusters[0].lb, LbPolicy::LeastRequest);
+    assert_eq!(c.drain_timeout_ms, DRAIN_TIMEOUT_MS_DEFAULT);
+    assert!(c.runtime.pin);
+}
+
+#[test]
+fn unknown_cluster_names_field_and_line() {
+    let e = errors(&GOOD.replace("cluster: echo", "cluster: nope"));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].field, "listeners[0].cluster");
+    assert_eq!(e[0].line, Some(7));
+    assert!(e[0].message.contains("unknown cluster \"nope\""), "{}", e[0]);
+    assert_eq!(
+        e[0].to_string(),
+        "c.yaml:7: field `listeners[0].cluster`: unknown cluster \"nope\" (defined: echo)"
+    );
+}
+
+#[test]
+fn typo_in_field_name_is_rejected_with_line() {
+    let e = errors(&GOOD.replace("lb: least_request", "lbb: least_request"));
+    assert_eq!(e[0].line, Some(11));
+    assert!(e[0].message.contains("unknown field `lbb`"), "{}", e[0]);
+    assert_eq!(e[0].field, "clusters[0]");
+}
+
+#[test]
+fn bad_enum_value_is_rejected() {
+    let e = errors(&GOOD.replace("protocol: tcp", "protocol: udp"));
+    assert_eq!(e[0].field, "listeners[0].protocol");
+    assert_eq!(e[0].line, Some(6));
+    assert!(e[0].message.contains("unknown variant `udp`"), "{}", e[0]);
+}
+
+#[test]
+fn bad_address_is_rejected() {
+    let e = errors(&GOOD.replace("127.0.0.1:15001", "localhost"));
+    assert_eq!(e[0].field, "listeners[0].address");
+    assert_eq!(e[0].line, Some(5));
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let text = GOOD
+        .replace("cluster: echo", "cluster: nope")
+        .replace("endpoints: [\"127.0.0.1:9000\", \"127.0.0.1:9001\"]", "endpoints: []")
+        .replace("127.0.0.1:15001", "127.0.0.1:15000");
+    let e = errors(&text);
+    let fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "clusters[0].endpoints",
+            "listeners[0].address",
+            "listeners[0].cluster"
+        ]
+    );
+    assert_eq!(e[0].line, Some(10));
+}
+
+#[test]
+fn out_of_range_values_are_rejected_not_clamped() {
+    let e = errors(&GOOD.replace("lb: least_request", "connect_timeout_ms: 0"));
+    assert_eq!(e[0].field, "clusters[0].connect_timeout_ms");
+    let e = errors(&format!("{GOOD}runtime:\n  shards: 0\n"));
+    assert_eq!(e[0].field, "runtime.shards");
+    assert_eq!(e[0].line, Some(13));
+}
+
+#[test]
+fn yaml_syntax_error_has_a_line() {
+    let e = errors("listeners:\n  - name: [\n");
+    assert!(e[0].line.is_some());
+}
