@@ -13,6 +13,8 @@ use std::thread::JoinHandle;
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use crate::inbox::{inbox, Receiver, Sender};
+
 /// io_uring submission queue entries per shard (monoio's minimum is 256).
 pub const URING_ENTRIES_DEFAULT: u32 = 1024;
 
@@ -61,6 +63,8 @@ pub struct Spec {
     /// than cores).
     pub pin: bool,
     pub uring_entries: u32,
+    /// Capacity of each shard's inbox (messages from the control thread and other shards).
+    pub inbox_capacity: usize,
 }
 
 /// Handed to the closure that builds each shard's future, on the shard's own thread.
@@ -68,19 +72,30 @@ pub struct ShardCtx {
     pub info: ShardInfo,
 }
 
-pub struct ShardHandle {
+pub struct ShardHandle<M> {
     pub info: ShardInfo,
     pub thread: JoinHandle<()>,
+    /// The shard's inbox: the only way to reach it from another thread.
+    pub inbox: Sender<M>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("shard {shard}: io_uring requested (--io uring) but unavailable: {source}")]
-    UringUnavailable { shard: usize, source: std::io::Error },
+    UringUnavailable {
+        shard: usize,
+        source: std::io::Error,
+    },
     #[error("shard {shard}: cannot build the epoll runtime: {source}")]
-    Epoll { shard: usize, source: std::io::Error },
+    Epoll {
+        shard: usize,
+        source: std::io::Error,
+    },
     #[error("cannot spawn shard thread {shard}: {source}")]
-    Spawn { shard: usize, source: std::io::Error },
+    Spawn {
+        shard: usize,
+        source: std::io::Error,
+    },
     #[error("shard {shard} died during start-up")]
     Died { shard: usize },
     #[error("shard {shard}: {message}")]
@@ -103,9 +118,10 @@ pub fn affinity_cores() -> Vec<usize> {
 /// the shard runs until it completes (the shard then exits), or a set-up error. Returns once every shard has its
 /// runtime up, or the first start-up error (shards already started then finish on their own
 /// when their future sees the process shut down).
-pub fn start<F, Fut, E>(spec: &Spec, make: F) -> Result<Vec<ShardHandle>, StartError>
+pub fn start<M, F, Fut, E>(spec: &Spec, make: F) -> Result<Vec<ShardHandle<M>>, StartError>
 where
-    F: Fn(ShardCtx) -> Result<Fut, E> + Send + Sync + 'static,
+    M: Send + 'static,
+    F: Fn(ShardCtx, Receiver<M>) -> Result<Fut, E> + Send + Sync + 'static,
     E: std::fmt::Display,
     Fut: Future<Output = ()> + 'static,
 {
@@ -122,12 +138,13 @@ where
             None
         };
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<ShardInfo, StartError>>(1);
+        let (inbox_tx, inbox_rx) = inbox::<M>(spec.inbox_capacity);
         let make = make.clone();
         let io = spec.io;
         let entries = spec.uring_entries;
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
-            .spawn(move || run_shard(id, core, io, entries, ready_tx, make))
+            .spawn(move || run_shard(id, core, io, entries, ready_tx, inbox_rx, make))
             .map_err(|source| StartError::Spawn { shard: id, source })?;
         let info = match ready_rx.recv() {
             Ok(Ok(info)) => info,
@@ -140,20 +157,25 @@ where
                 return Err(StartError::Died { shard: id });
             }
         };
-        handles.push(ShardHandle { info, thread });
+        handles.push(ShardHandle {
+            info,
+            thread,
+            inbox: inbox_tx,
+        });
     }
     Ok(handles)
 }
 
-fn run_shard<F, Fut, E>(
+fn run_shard<M, F, Fut, E>(
     id: usize,
     core: Option<usize>,
     io: IoMode,
     entries: u32,
     ready: mpsc::SyncSender<Result<ShardInfo, StartError>>,
+    inbox: Receiver<M>,
     make: Arc<F>,
 ) where
-    F: Fn(ShardCtx) -> Result<Fut, E>,
+    F: Fn(ShardCtx, Receiver<M>) -> Result<Fut, E>,
     E: std::fmt::Display,
     Fut: Future<Output = ()> + 'static,
 {
@@ -178,7 +200,7 @@ fn run_shard<F, Fut, E>(
             Ok(mut rt) => {
                 let info = info(Backend::IoUring, None);
                 tracing::info!(shard = id, core = ?pinned, backend = "io_uring", "shard started");
-                if let Some(fut) = setup(&*make, info, &ready) {
+                if let Some(fut) = setup(&*make, info, inbox, &ready) {
                     rt.block_on(fut);
                 }
                 return;
@@ -197,7 +219,7 @@ fn run_shard<F, Fut, E>(
         Ok(mut rt) => {
             let info = info(Backend::Epoll, fallback_reason);
             tracing::info!(shard = id, core = ?pinned, backend = "epoll", "shard started");
-            if let Some(fut) = setup(&*make, info, &ready) {
+            if let Some(fut) = setup(&*make, info, inbox, &ready) {
                 rt.block_on(fut);
             }
         }
@@ -208,17 +230,18 @@ fn run_shard<F, Fut, E>(
 }
 
 /// Runs the caller's set-up for one shard and reports the outcome to `start`.
-fn setup<F, Fut, E>(
+fn setup<M, F, Fut, E>(
     make: &F,
     info: ShardInfo,
+    inbox: Receiver<M>,
     ready: &mpsc::SyncSender<Result<ShardInfo, StartError>>,
 ) -> Option<Fut>
 where
-    F: Fn(ShardCtx) -> Result<Fut, E>,
+    F: Fn(ShardCtx, Receiver<M>) -> Result<Fut, E>,
     E: std::fmt::Display,
 {
     let shard = info.id;
-    match make(ShardCtx { info: info.clone() }) {
+    match make(ShardCtx { info: info.clone() }, inbox) {
         Ok(fut) => {
             let _ = ready.send(Ok(info));
             Some(fut)
@@ -246,8 +269,9 @@ mod tests {
             io,
             pin: true,
             uring_entries: URING_ENTRIES_DEFAULT,
+            inbox_capacity: 4,
         };
-        let handles = start(&spec, move |ctx| {
+        let handles = start(&spec, move |ctx, _rx: Receiver<()>| {
             let ran = ran2.clone();
             Ok::<_, String>(async move {
                 monoio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -286,9 +310,10 @@ mod tests {
             io: IoMode::Auto,
             pin: false,
             uring_entries: URING_ENTRIES_DEFAULT,
+            inbox_capacity: 4,
         };
         assert!(matches!(
-            start(&spec, |_| Ok::<_, String>(async {})),
+            start(&spec, |_, _: Receiver<()>| Ok::<_, String>(async {})),
             Err(StartError::NoShards)
         ));
     }

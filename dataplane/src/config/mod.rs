@@ -283,7 +283,10 @@ impl Config {
                 err(at("name"), format!("duplicate cluster name {:?}", c.name));
             }
             if c.endpoints.is_empty() {
-                err(at("endpoints"), "a cluster needs at least one endpoint".into());
+                err(
+                    at("endpoints"),
+                    "a cluster needs at least one endpoint".into(),
+                );
             }
             if c.connect_timeout_ms == 0 || c.connect_timeout_ms > CONNECT_TIMEOUT_MS_MAX {
                 err(
@@ -320,7 +323,10 @@ impl Config {
             if !addresses.insert(l.address) {
                 err(
                     at("address"),
-                    format!("{} is already used by the admin API or another listener", l.address),
+                    format!(
+                        "{} is already used by the admin API or another listener",
+                        l.address
+                    ),
                 );
             }
             match (&l.cluster, l.protocol) {

@@ -36,7 +36,11 @@ fn unknown_cluster_names_field_and_line() {
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].field, "listeners[0].cluster");
     assert_eq!(e[0].line, Some(7));
-    assert!(e[0].message.contains("unknown cluster \"nope\""), "{}", e[0]);
+    assert!(
+        e[0].message.contains("unknown cluster \"nope\""),
+        "{}",
+        e[0]
+    );
     assert_eq!(
         e[0].to_string(),
         "c.yaml:7: field `listeners[0].cluster`: unknown cluster \"nope\" (defined: echo)"
@@ -70,7 +74,10 @@ fn bad_address_is_rejected() {
 fn several_problems_are_all_reported() {
     let text = GOOD
         .replace("cluster: echo", "cluster: nope")
-        .replace("endpoints: [\"127.0.0.1:9000\", \"127.0.0.1:9001\"]", "endpoints: []")
+        .replace(
+            "endpoints: [\"127.0.0.1:9000\", \"127.0.0.1:9001\"]",
+            "endpoints: []",
+        )
         .replace("127.0.0.1:15001", "127.0.0.1:15000");
     let e = errors(&text);
     let fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();

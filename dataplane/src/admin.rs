@@ -1,0 +1,215 @@
+//! The admin API: a small blocking HTTP/1.1 server on its own threads (never on a shard).
+//!
+//! One request per connection (`Connection: close`), requests handled one at a time per
+//! listener: it serves probes and scrapes, not traffic. Request heads above
+//! [`REQUEST_HEAD_BYTES_MAX`] are refused.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::server::{ControlEvent, Shared, State};
+
+pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Admin,
+    /// Only `/healthz/ready` (Istio's 15021).
+    Health,
+    /// Only `/stats/prometheus` (Istio's 15090).
+    Prometheus,
+}
+
+/// Binds the admin listeners and starts their threads; returns the admin API's address.
+pub fn start(shared: Arc<Shared>) -> Result<SocketAddr, (SocketAddr, io::Error)> {
+    let a = &shared.config.admin;
+    let mut roles = vec![(a.address, Role::Admin)];
+    roles.extend(a.health_address.map(|x| (x, Role::Health)));
+    roles.extend(a.prometheus_address.map(|x| (x, Role::Prometheus)));
+    let mut admin_addr = a.address;
+    for (addr, role) in roles {
+        let listener = TcpListener::bind(addr).map_err(|e| (addr, e))?;
+        if role == Role::Admin {
+            admin_addr = listener.local_addr().map_err(|e| (addr, e))?;
+        }
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || serve(listener, role, shared))
+            .map_err(|e| (addr, e))?;
+    }
+    Ok(admin_addr)
+}
+
+fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
+        let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
+        let resp = match read_head(&mut conn) {
+            Ok(Some((method, target))) => handle(&method, &target, role, &shared),
+            Ok(None) => continue,
+            Err(e) => Response::text(400, &format!("bad request: {e}\n")),
+        };
+        let _ = resp.write(&mut conn);
+    }
+}
+
+/// Reads the request head; returns (method, target).
+fn read_head(conn: &mut TcpStream) -> io::Result<Option<(String, String)>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        if buf.len() > REQUEST_HEAD_BYTES_MAX {
+            return Err(io::Error::other("request head too large"));
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(io::Error::other("malformed request line"));
+    };
+    Ok(Some((method.to_string(), target.to_string())))
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Self {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.to_string(),
+        }
+    }
+    fn json(v: serde_json::Value) -> Self {
+        Response {
+            status: 200,
+            content_type: "application/json",
+            body: format!("{v:#}\n"),
+        }
+    }
+    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            _ => "Service Unavailable",
+        };
+        write!(
+            w,
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.status,
+            self.content_type,
+            self.body.len(),
+            self.body
+        )
+    }
+}
+
+fn handle(method: &str, target: &str, role: Role, shared: &Shared) -> Response {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let allowed = match role {
+        Role::Admin => true,
+        Role::Health => path == "/healthz/ready",
+        Role::Prometheus => path == "/stats/prometheus",
+    };
+    if !allowed {
+        return Response::text(404, "not found\n");
+    }
+    match (method, path) {
+        ("GET", "/ready") | ("GET", "/healthz/ready") => ready(shared),
+        ("GET", "/server_info") => Response::json(server_info(shared)),
+        ("GET", "/stats") if query.split('&').any(|q| q == "format=json") => {
+            Response::json(shared.stats.render_json())
+        }
+        ("GET", "/stats") => Response::text(200, &shared.stats.render_text()),
+        ("GET", "/stats/prometheus") => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: shared.stats.render_prometheus(),
+        },
+        ("GET", "/config_dump") => Response::json(
+            serde_json::to_value(&shared.config)
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
+        ),
+        ("POST", "/drain") => drain(shared, "POST /drain"),
+        ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit"),
+        ("GET", "/") => Response::text(
+            200,
+            "ringside admin: /ready /server_info /stats /stats?format=json /stats/prometheus \
+             /config_dump; POST /drain /quitquitquit\n",
+        ),
+        (_, "/drain" | "/quitquitquit") => Response::text(405, "use POST\n"),
+        _ => Response::text(404, "not found\n"),
+    }
+}
+
+fn ready(shared: &Shared) -> Response {
+    if shared.ready() {
+        Response::text(200, "LIVE\n")
+    } else {
+        let why = match shared.lifecycle.state() {
+            State::Starting => "STARTING\n",
+            State::Draining => "DRAINING\n",
+            State::Serving => "NOT ALL SHARDS SERVING\n",
+        };
+        Response::text(503, why)
+    }
+}
+
+fn drain(shared: &Shared, reason: &'static str) -> Response {
+    match shared.control.try_send(ControlEvent::Drain { reason }) {
+        Ok(()) => Response::text(200, "draining\n"),
+        Err(_) => Response::text(200, "already draining\n"),
+    }
+}
+
+fn server_info(shared: &Shared) -> serde_json::Value {
+    let shards: Vec<_> = shared
+        .shard_infos
+        .get()
+        .map(|v| {
+            v.iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "id": i.id,
+                        "core": i.core,
+                        "io_backend": i.backend.as_str(),
+                        "io_fallback_reason": i.fallback_reason,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let state = match shared.lifecycle.state() {
+        State::Starting => "STARTING",
+        State::Serving => "LIVE",
+        State::Draining => "DRAINING",
+    };
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "state": state,
+        "uptime_s": shared.lifecycle.started.elapsed().as_secs(),
+        "config_version": shared.config_version,
+        "shard_count": shared.shard_count,
+        "shards": shards,
+    })
+}

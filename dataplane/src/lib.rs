@@ -1,0 +1,13 @@
+//! The ringside data plane: listeners, filters, router, clusters, upstream pools, stats and the
+//! admin API, composed on top of the `shard` runtime and the `codec` wire formats. Owns no wire
+//! format and no syscall wrapper of its own beyond socket options.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod listener;
+pub mod server;
+pub mod stats;
+pub mod tcp_proxy;

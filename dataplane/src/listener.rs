@@ -1,0 +1,183 @@
+//! One shard's side of the data plane: it binds its own copy of every listener (SO_REUSEPORT, so
+//! the kernel spreads connections over shards), runs the accept loops, and drains when the
+//! control thread says so.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shard::monoio::net::TcpListener;
+use shard::{Event, Receiver, ShardCtx};
+
+use crate::cluster::ShardCluster;
+use crate::config::Protocol;
+use crate::server::{ListenerStatIds, ShardMsg, Shared};
+use crate::stats::ShardStats;
+use crate::tcp_proxy;
+
+/// Listen backlog per shard socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+/// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
+pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+/// How often a draining shard checks whether its connections are gone.
+const DRAIN_POLL_MS: u64 = 10;
+
+/// What every connection of one listener on one shard needs.
+pub struct ListenerCtx {
+    pub name: String,
+    pub protocol: Protocol,
+    pub cluster: Option<Rc<ShardCluster>>,
+    pub buffer_bytes: usize,
+    pub idle_timeout: Duration,
+    pub connections_max: u32,
+    pub stats: ShardStats,
+    pub ids: ListenerStatIds,
+}
+
+/// Set-up on the shard thread (binds the sockets, so a taken port fails start-up with a clear
+/// error), then the shard's future.
+pub fn shard_main(
+    ctx: ShardCtx,
+    shared: Arc<Shared>,
+    inbox: Receiver<ShardMsg>,
+) -> Result<impl std::future::Future<Output = ()>, String> {
+    let config = &shared.config;
+    let mut sockets = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let s = bind_reuseport(l.address)
+            .map_err(|e| format!("listener {:?}: cannot listen on {}: {e}", l.name, l.address))?;
+        sockets.push(s);
+    }
+    let id = ctx.info.id;
+    Ok(async move {
+        let stats = shared.stats.shards[id].clone();
+        let clusters: Vec<Rc<ShardCluster>> = shared
+            .config
+            .clusters
+            .iter()
+            .zip(&shared.cluster_ids)
+            .map(|(c, ids)| Rc::new(ShardCluster::new(c, *ids)))
+            .collect();
+        let stop_accepting = Event::new();
+        let connections = Rc::new(Cell::new(0usize));
+        for ((l, socket), ids) in shared
+            .config
+            .listeners
+            .iter()
+            .zip(sockets)
+            .zip(&shared.listener_ids)
+        {
+            let listener = match TcpListener::from_std(socket) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(shard = id, listener = %l.name, error = %e, "cannot register listener");
+                    continue;
+                }
+            };
+            let lctx = Rc::new(ListenerCtx {
+                name: l.name.clone(),
+                protocol: l.protocol,
+                cluster: l
+                    .cluster
+                    .as_ref()
+                    .and_then(|n| clusters.iter().find(|c| &c.name == n).cloned()),
+                buffer_bytes: l.buffer_bytes,
+                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+                connections_max: l.connections_per_shard_max,
+                stats: stats.clone(),
+                ids: *ids,
+            });
+            shard::monoio::spawn(accept_loop(
+                listener,
+                lctx,
+                stop_accepting.clone(),
+                connections.clone(),
+            ));
+        }
+        shared
+            .lifecycle
+            .shards_serving
+            .fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(shard = id, "serving");
+
+        let drain_timeout = loop {
+            match inbox.recv().await {
+                Some(ShardMsg::Drain { timeout }) => break timeout,
+                None => break Duration::ZERO,
+            }
+        };
+        shared
+            .lifecycle
+            .shards_serving
+            .fetch_sub(1, Ordering::AcqRel);
+        stop_accepting.set();
+        let deadline = Instant::now() + drain_timeout;
+        while connections.get() > 0 && Instant::now() < deadline {
+            shard::monoio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+        }
+        if connections.get() > 0 {
+            tracing::warn!(
+                shard = id,
+                open = connections.get(),
+                "drain timeout: closing connections still open"
+            );
+        }
+        tracing::debug!(shard = id, "drained");
+    })
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    l: Rc<ListenerCtx>,
+    stop: Event,
+    connections: Rc<Cell<usize>>,
+) {
+    let active_here = Rc::new(Cell::new(0u32));
+    loop {
+        let accepted = shard::monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait() => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                shard::monoio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                continue;
+            }
+        };
+        if active_here.get() >= l.connections_max {
+            l.stats.inc(l.ids.cx_overflow);
+            drop(stream);
+            continue;
+        }
+        l.stats.inc(l.ids.cx_total);
+        l.stats.inc(l.ids.cx_active);
+        active_here.set(active_here.get() + 1);
+        connections.set(connections.get() + 1);
+        let (l2, active_here2, connections2) =
+            (l.clone(), active_here.clone(), connections.clone());
+        shard::monoio::spawn(async move {
+            match l2.protocol {
+                Protocol::Tcp => tcp_proxy::serve(stream, l2.clone()).await,
+            }
+            l2.stats.dec(l2.ids.cx_active);
+            active_here2.set(active_here2.get() - 1);
+            connections2.set(connections2.get() - 1);
+        });
+    }
+}

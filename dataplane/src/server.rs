@@ -1,0 +1,284 @@
+//! The process: builds the stats layout from the config, starts the shards and the admin
+//! listeners, and runs the control loop that turns signals and admin requests into a drain.
+//!
+//! Lifecycle: `Starting` → `Serving` (every shard bound its listeners and is accepting) →
+//! `Draining` (SIGTERM, SIGINT, `POST /drain` or `POST /quitquitquit`: shards stop accepting and
+//! wait up to `drain_timeout_ms` for their connections) → exit 0.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use shard::{ShardHandle, ShardInfo};
+
+use crate::cluster::ClusterStatIds;
+use crate::config::{self, Config};
+use crate::stats::{Kind, Registry, StatId, Stats};
+use crate::{admin, listener};
+
+/// Messages queued into each shard's inbox.
+pub const SHARD_INBOX_MAX: usize = 64;
+
+/// Control thread → shard.
+pub enum ShardMsg {
+    /// Stop accepting, let connections finish for at most `timeout`, then end the shard.
+    Drain { timeout: Duration },
+}
+
+/// Anyone → control thread.
+#[derive(Debug)]
+pub enum ControlEvent {
+    Drain { reason: &'static str },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Starting = 0,
+    Serving = 1,
+    Draining = 2,
+}
+
+pub struct Lifecycle {
+    state: AtomicU8,
+    pub shards_serving: AtomicUsize,
+    pub started: Instant,
+}
+
+impl Lifecycle {
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Starting,
+            1 => State::Serving,
+            _ => State::Draining,
+        }
+    }
+    fn set(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+/// Stat ids of one listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerStatIds {
+    pub cx_total: StatId,
+    pub cx_active: StatId,
+    pub cx_overflow: StatId,
+    pub cx_idle_timeout: StatId,
+    pub bytes_rx: StatId,
+    pub bytes_tx: StatId,
+}
+
+/// Read-only state shared by the shards (at start) and the admin thread.
+pub struct Shared {
+    pub config: Config,
+    /// Bumped on every config change; 1 for the static file.
+    pub config_version: u64,
+    pub stats: Stats,
+    pub listener_ids: Vec<ListenerStatIds>,
+    pub cluster_ids: Vec<ClusterStatIds>,
+    pub lifecycle: Lifecycle,
+    pub shard_infos: OnceLock<Vec<ShardInfo>>,
+    pub shard_count: usize,
+    pub control: mpsc::SyncSender<ControlEvent>,
+}
+
+impl Shared {
+    /// Ready: started, every shard accepting, not draining.
+    pub fn ready(&self) -> bool {
+        self.lifecycle.state() == State::Serving
+            && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
+    }
+}
+
+/// Command-line overrides of the config's runtime section.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub shards: Option<usize>,
+    pub io: Option<config::IoMode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] shard::StartError),
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub struct Server {
+    pub shared: Arc<Shared>,
+    shards: Vec<ShardHandle<ShardMsg>>,
+    control_rx: mpsc::Receiver<ControlEvent>,
+    /// Actual admin address (differs from the config when it asked for port 0).
+    pub admin_address: std::net::SocketAddr,
+}
+
+fn build_stats(
+    config: &Config,
+    shards: usize,
+) -> (Stats, Vec<ListenerStatIds>, Vec<ClusterStatIds>) {
+    let mut r = Registry::default();
+    let listener_ids = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let lab = || vec![("listener", l.name.clone())];
+            ListenerStatIds {
+                cx_total: r.add("listener", "downstream_cx_total", lab(), Kind::Counter),
+                cx_active: r.add("listener", "downstream_cx_active", lab(), Kind::Gauge),
+                cx_overflow: r.add("listener", "downstream_cx_overflow", lab(), Kind::Counter),
+                cx_idle_timeout: r.add(
+                    "listener",
+                    "downstream_cx_idle_timeout",
+                    lab(),
+                    Kind::Counter,
+                ),
+                bytes_rx: r.add(
+                    "listener",
+                    "downstream_bytes_rx_total",
+                    lab(),
+                    Kind::Counter,
+                ),
+                bytes_tx: r.add(
+                    "listener",
+                    "downstream_bytes_tx_total",
+                    lab(),
+                    Kind::Counter,
+                ),
+            }
+        })
+        .collect();
+    let cluster_ids = config
+        .clusters
+        .iter()
+        .map(|c| {
+            let lab = || vec![("cluster", c.name.clone())];
+            ClusterStatIds {
+                cx_total: r.add("cluster", "upstream_cx_total", lab(), Kind::Counter),
+                cx_active: r.add("cluster", "upstream_cx_active", lab(), Kind::Gauge),
+                cx_connect_fail: r.add("cluster", "upstream_cx_connect_fail", lab(), Kind::Counter),
+                cx_connect_timeout: r.add(
+                    "cluster",
+                    "upstream_cx_connect_timeout",
+                    lab(),
+                    Kind::Counter,
+                ),
+            }
+        })
+        .collect();
+    (Stats::new(r, shards), listener_ids, cluster_ids)
+}
+
+impl Server {
+    /// Starts shards and admin; returns once every shard is serving.
+    pub fn start(config: Config, overrides: &Overrides) -> Result<Server, RunError> {
+        let shard_count = overrides
+            .shards
+            .or(config.runtime.shards)
+            .unwrap_or_else(|| shard::affinity_cores().len().max(1));
+        if shard_count == 0 || shard_count > config::SHARDS_MAX {
+            return Err(RunError::Invalid(format!(
+                "--shards {shard_count} is out of range 1..={}",
+                config::SHARDS_MAX
+            )));
+        }
+        let io = match overrides.io.unwrap_or(config.runtime.io) {
+            config::IoMode::Auto => shard::IoMode::Auto,
+            config::IoMode::Uring => shard::IoMode::Uring,
+            config::IoMode::Epoll => shard::IoMode::Epoll,
+        };
+        let (stats, listener_ids, cluster_ids) = build_stats(&config, shard_count);
+        let (control, control_rx) = mpsc::sync_channel(16);
+        let pin = config.runtime.pin;
+        let shared = Arc::new(Shared {
+            config,
+            config_version: 1,
+            stats,
+            listener_ids,
+            cluster_ids,
+            lifecycle: Lifecycle {
+                state: AtomicU8::new(State::Starting as u8),
+                shards_serving: AtomicUsize::new(0),
+                started: Instant::now(),
+            },
+            shard_infos: OnceLock::new(),
+            shard_count,
+            control,
+        });
+
+        // Admin first: it answers 503 on /ready while the shards come up.
+        let admin_address = admin::start(shared.clone())
+            .map_err(|(addr, source)| RunError::Admin { addr, source })?;
+
+        let spec = shard::Spec {
+            shards: shard_count,
+            io,
+            pin,
+            uring_entries: shard::URING_ENTRIES_DEFAULT,
+            inbox_capacity: SHARD_INBOX_MAX,
+        };
+        let shared2 = shared.clone();
+        let shards = shard::start(&spec, move |ctx, inbox| {
+            listener::shard_main(ctx, shared2.clone(), inbox)
+        })?;
+        let infos: Vec<ShardInfo> = shards.iter().map(|h| h.info.clone()).collect();
+        for i in &infos {
+            tracing::info!(
+                shard = i.id,
+                core = ?i.core,
+                backend = i.backend.as_str(),
+                fallback = i.fallback_reason.as_deref().unwrap_or(""),
+                "shard up"
+            );
+        }
+        let _ = shared.shard_infos.set(infos);
+        // Wait until every shard's accept loops run.
+        while shared.lifecycle.shards_serving.load(Ordering::Acquire) < shard_count {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        shared.lifecycle.set(State::Serving);
+        tracing::info!(shards = shard_count, admin = %admin_address, "ringside serving");
+        Ok(Server {
+            shared,
+            shards,
+            control_rx,
+            admin_address,
+        })
+    }
+
+    /// A handle other threads (signal handler, tests, the demo) use to ask for a drain.
+    pub fn control(&self) -> mpsc::SyncSender<ControlEvent> {
+        self.shared.control.clone()
+    }
+
+    /// Blocks until a drain is requested, drains, and returns when every shard has finished.
+    pub fn run_until_drained(self) {
+        let reason = match self.control_rx.recv() {
+            Ok(ControlEvent::Drain { reason }) => reason,
+            Err(_) => "control channel closed",
+        };
+        let timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        tracing::info!(
+            reason,
+            drain_timeout_ms = timeout.as_millis() as u64,
+            "draining"
+        );
+        self.shared.lifecycle.set(State::Draining);
+        for h in &self.shards {
+            if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout }) {
+                tracing::warn!(error = %e, "could not tell a shard to drain");
+            }
+        }
+        for h in self.shards {
+            let _ = h.thread.join();
+        }
+        tracing::info!("drained; exiting");
+    }
+}

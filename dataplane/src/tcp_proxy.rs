@@ -1,0 +1,93 @@
+//! The L4 filter: relays bytes between a downstream connection and one upstream connection.
+//!
+//! Each direction is a loop over one buffer of `buffer_bytes`: read, then write all of it, then
+//! read again. A slow reader on one side therefore stops reads on the other side (backpressure),
+//! and a connection never holds more than two buffers. EOF on one side is passed on as a
+//! half-close (shutdown of the write side) while the other direction keeps flowing; an error on
+//! either side ends both. The idle timer runs once per connection, not per read.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join;
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::net::TcpStream;
+
+use crate::cluster::Upstream;
+use crate::listener::ListenerCtx;
+
+pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
+    let _ = down.set_nodelay(true);
+    let Some(cluster) = l.cluster.as_ref() else {
+        return;
+    };
+    let Upstream {
+        stream: up_stream,
+        guard: _active,
+    } = match cluster.connect(&l.stats).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(listener = %l.name, cluster = %cluster.name, error = %e, "no upstream; closing downstream");
+            return;
+        }
+    };
+    let last_activity = Cell::new(Instant::now());
+    let (dr, dw) = down.into_split();
+    let (ur, uw) = up_stream.into_split();
+    let ids = l.ids;
+    let up = relay(dr, uw, l.buffer_bytes, &last_activity, |n| {
+        l.stats.add(ids.bytes_rx, n)
+    });
+    let back = relay(ur, dw, l.buffer_bytes, &last_activity, |n| {
+        l.stats.add(ids.bytes_tx, n)
+    });
+    shard::monoio::select! {
+        r = try_join(up, back) => {
+            if let Err(e) = r {
+                tracing::debug!(listener = %l.name, error = %e, "connection ended with an error");
+            }
+        }
+        _ = idle(&last_activity, l.idle_timeout) => {
+            l.stats.inc(ids.cx_idle_timeout);
+        }
+    }
+}
+
+async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut from: R,
+    mut to: W,
+    buffer_bytes: usize,
+    last_activity: &Cell<Instant>,
+    count: impl Fn(u64),
+) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(buffer_bytes);
+    loop {
+        buf.clear();
+        let (r, b) = from.read(buf).await;
+        buf = b;
+        let n = r?;
+        if n == 0 {
+            // Half-close: the peer finished sending; tell the other side, keep the reverse
+            // direction open.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        last_activity.set(Instant::now());
+        count(n as u64);
+        let (r, b) = to.write_all(buf).await;
+        buf = b;
+        r?;
+    }
+}
+
+async fn idle(last_activity: &Cell<Instant>, timeout: Duration) {
+    loop {
+        let deadline = last_activity.get() + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        shard::monoio::time::sleep_until(deadline.into()).await;
+    }
+}
