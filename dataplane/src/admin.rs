@@ -189,8 +189,15 @@ fn server_info(shared: &Shared) -> serde_json::Value {
         .map(|v| {
             v.iter()
                 .map(|i| {
+                    let shard_stats = &shared.stats.shards[i.id];
+                    let accepted: u64 = shared
+                        .listener_ids
+                        .iter()
+                        .map(|l| shard_stats.get(l.cx_total))
+                        .sum();
                     serde_json::json!({
                         "id": i.id,
+                        "downstream_cx_total": accepted,
                         "core": i.core,
                         "io_backend": i.backend.as_str(),
                         "io_fallback_reason": i.fallback_reason,

@@ -1,0 +1,200 @@
+//! Shared helpers for tests that run the real `ringside` binary.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RINGSIDE: &str = env!("CARGO_BIN_EXE_ringside");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temp dir removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "ringside-test-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running ringside, killed (and reaped) on drop.
+pub struct Ringside {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl Ringside {
+    /// Starts `ringside run` with `config` (which must put admin on `admin`) and waits for
+    /// `/ready`.
+    pub fn start(config: &str, admin: SocketAddr, extra: &[&str]) -> Ringside {
+        Self::start_with(config, admin, extra, |_| {})
+    }
+
+    pub fn start_with(
+        config: &str,
+        admin: SocketAddr,
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Ringside {
+        let dir = TempDir::new("rs");
+        let path = dir.write("ringside.yaml", config);
+        let mut cmd = Command::new(RINGSIDE);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("spawn ringside");
+        let mut r = Ringside { child, admin, dir };
+        r.wait_ready();
+        r
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(e) = self.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("ringside exited early with {status}: {err}");
+            }
+            if let Ok((200, _)) = http(self.admin, "GET", "/ready") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ringside not ready in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path).expect("admin request")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for exit; returns the status and everything it wrote to stderr.
+    pub fn wait_exit(&mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(e) = self.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status, err);
+            }
+            assert!(Instant::now() < deadline, "ringside did not exit in time");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Ringside {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Ok((status, body))
+}
+
+/// An echo server on its own threads; returns its address.
+pub fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 65536];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = c.shutdown(std::net::Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            if c.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A config with one tcp listener in front of `endpoints`.
+pub fn tcp_config(admin: SocketAddr, listen: SocketAddr, endpoints: &[SocketAddr]) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "admin:\n  address: {admin}\ndrain_timeout_ms: 10000\nlisteners:\n  - name: l4\n    address: {listen}\n    protocol: tcp\n    cluster: up\nclusters:\n  - name: up\n    endpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}

@@ -1,0 +1,174 @@
+//! Start-up, config errors, drain and exit through the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn validate_names_file_line_and_field() {
+    let dir = TempDir::new("validate");
+    let bad = dir.write(
+        "bad.yaml",
+        "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: tcp\n    cluster: missing\n",
+    );
+    let out = Command::new(RINGSIDE)
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:5: field `listeners[0].cluster`: unknown cluster \"missing\"",
+            bad.display()
+        )),
+        "{err}"
+    );
+
+    // `run` refuses the same file the same way, before binding anything.
+    let out = Command::new(RINGSIDE)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listeners[0].cluster"));
+
+    let good = dir.write(
+        "good.yaml",
+        "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: tcp\n    cluster: c\nclusters:\n  - name: c\n    endpoints: [\"127.0.0.1:2\"]\n",
+    );
+    let out = Command::new(RINGSIDE)
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn examples_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let out = Command::new(RINGSIDE)
+                .args(["validate", "--config"])
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 0, "examples/ has configs");
+}
+
+#[test]
+fn taken_port_fails_start_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo = echo_server();
+    let admin = local(free_port());
+    let dir = TempDir::new("taken");
+    // The admin port is taken by someone else.
+    let cfg = dir.write(
+        "c.yaml",
+        &tcp_config(taken.local_addr().unwrap(), local(free_port()), &[echo]),
+    );
+    let out = Command::new(RINGSIDE)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+    let _ = admin;
+}
+
+#[test]
+fn sigterm_drains_without_cutting_a_transfer_in_flight() {
+    let echo = echo_server();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let mut rs = Ringside::start(
+        &tcp_config(admin, listen, &[echo]),
+        admin,
+        &["--shards", "2"],
+    );
+
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let first = vec![5u8; 300_000];
+    let mut r = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        back
+    });
+    s.write_all(&first).unwrap();
+
+    rs.signal(libc::SIGTERM);
+    // Draining: not ready, and no longer accepting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match http(admin, "GET", "/ready") {
+            Ok((503, body)) => {
+                assert_eq!(body, "DRAINING\n");
+                break;
+            }
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => panic!("expected 503 while draining, got {other:?}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        TcpStream::connect(listen).is_err(),
+        "a draining ringside accepts no new connections"
+    );
+
+    // The transfer in flight continues and completes.
+    let second = vec![6u8; 300_000];
+    s.write_all(&second).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let back = reader.join().unwrap();
+    assert_eq!(back.len(), first.len() + second.len());
+    assert!(back[..first.len()].iter().all(|&b| b == 5));
+    assert!(back[first.len()..].iter().all(|&b| b == 6));
+    drop(s);
+
+    let (status, log) = rs.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 after drain: {status} {log}");
+    assert!(log.contains("reason=\"SIGTERM\""), "{log}");
+}
+
+#[test]
+fn post_quitquitquit_exits_cleanly() {
+    let echo = echo_server();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let mut rs = Ringside::start(
+        &tcp_config(admin, listen, &[echo]),
+        admin,
+        &["--shards", "1"],
+    );
+    assert_eq!(http(admin, "POST", "/quitquitquit").unwrap().0, 200);
+    let (status, _) = rs.wait_exit(Duration::from_secs(10));
+    assert!(status.success());
+}
