@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod dubbo;
 pub mod listener;
 pub mod server;
 pub mod stats;

@@ -174,6 +174,7 @@ async fn accept_loop(
         shard::monoio::spawn(async move {
             match l2.protocol {
                 Protocol::Tcp => tcp_proxy::serve(stream, l2.clone()).await,
+                Protocol::Dubbo => {}
             }
             l2.stats.dec(l2.ids.cx_active);
             active_here2.set(active_here2.get() - 1);

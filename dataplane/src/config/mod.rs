@@ -30,6 +30,23 @@ pub const BUFFER_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Downstream connections one shard accepts on one listener before refusing more.
 pub const CONNECTIONS_PER_SHARD_MAX_DEFAULT: u32 = 16_384;
 pub const SHARDS_MAX: usize = 256;
+/// Largest Dubbo frame accepted (header + body), as Dubbo's own `payload` default.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
+pub const FRAME_BYTES_MAX_LIMIT: usize = 256 * 1024 * 1024;
+/// Requests one downstream connection may have in flight before ringside stops reading from it.
+pub const PENDING_REQUESTS_PER_CONNECTION_MAX_DEFAULT: u32 = 4096;
+/// Default request timeout when neither the route nor the cluster sets one (Dubbo's own is 1 s;
+/// a proxy must not cut shorter than the caller, so it waits a little longer).
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 3_000;
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Upstream connections per endpoint per shard (multiplexed).
+pub const CONNECTIONS_PER_HOST_DEFAULT: u32 = 1;
+pub const CONNECTIONS_PER_HOST_MAX: u32 = 64;
+/// Requests waiting for or in flight on one endpoint, per shard; beyond it: status 100.
+pub const PENDING_REQUESTS_PER_HOST_MAX_DEFAULT: u32 = 8192;
+/// Heartbeats on idle upstream Dubbo connections (Dubbo's default is 60 s).
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 60_000;
+pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 100;
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,12 +116,136 @@ pub struct Listener {
     pub buffer_bytes: usize,
     #[serde(default = "default_connections_per_shard_max")]
     pub connections_per_shard_max: u32,
+    /// Dubbo options and routes (protocol `dubbo` only).
+    #[serde(default)]
+    pub dubbo: Option<DubboListener>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Tcp,
+    Dubbo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DubboListener {
+    #[serde(default = "default_frame_bytes_max")]
+    pub frame_bytes_max: usize,
+    #[serde(default = "default_pending_per_connection")]
+    pub pending_requests_per_connection_max: u32,
+    /// Tried in order; the first match wins. When none matches, the listener's `cluster` (if
+    /// set) is the default route; otherwise the caller gets status 60.
+    #[serde(default)]
+    pub routes: Vec<DubboRoute>,
+}
+
+impl Default for DubboListener {
+    fn default() -> Self {
+        DubboListener {
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            pending_requests_per_connection_max: PENDING_REQUESTS_PER_CONNECTION_MAX_DEFAULT,
+            routes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DubboRoute {
+    /// Optional name, used in stats and logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: DubboMatch,
+    pub route: RouteAction,
+}
+
+/// Every condition given must hold; an empty match matches every request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DubboMatch {
+    #[serde(default)]
+    pub interface: Option<StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    /// Service version (the request's version field).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Attachment `group`.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub arguments: Vec<ArgumentMatch>,
+    #[serde(default)]
+    pub attachments: Vec<AttachmentMatch>,
+}
+
+/// Exactly one of `exact`, `prefix`, `regex` (a full match, as Envoy's `safe_regex`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// A scalar argument by index: exactly one of `exact` (string, int, long or bool compared as
+/// text), `prefix` (strings) or `range` (ints and longs, `start` inclusive, `end` exclusive).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgumentMatch {
+    pub index: u32,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub range: Option<Range>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    pub start: i64,
+    pub end: i64,
+}
+
+/// An attachment by name: exactly one of `exact`, `regex` or `present`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentMatch {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+/// Exactly one of `cluster` or `weighted_clusters`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAction {
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weighted_clusters: Vec<WeightedCluster>,
+    /// Overrides the cluster's `timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +257,19 @@ pub struct Cluster {
     pub lb: LbPolicy,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Dubbo: how long a request may wait for its response.
+    #[serde(default = "default_request_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Dubbo: multiplexed upstream connections per endpoint per shard.
+    #[serde(default = "default_connections_per_host")]
+    pub connections_per_host: u32,
+    /// Dubbo: requests queued or in flight per endpoint per shard; beyond it callers get
+    /// status 100.
+    #[serde(default = "default_pending_per_host")]
+    pub pending_requests_max: u32,
+    /// Dubbo: heartbeat idle upstream connections this often; close after 3 missed.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +295,24 @@ fn default_idle_timeout_ms() -> u64 {
 }
 fn default_connect_timeout_ms() -> u64 {
     CONNECT_TIMEOUT_MS_DEFAULT
+}
+fn default_frame_bytes_max() -> usize {
+    FRAME_BYTES_MAX_DEFAULT
+}
+fn default_pending_per_connection() -> u32 {
+    PENDING_REQUESTS_PER_CONNECTION_MAX_DEFAULT
+}
+fn default_request_timeout_ms() -> u64 {
+    REQUEST_TIMEOUT_MS_DEFAULT
+}
+fn default_connections_per_host() -> u32 {
+    CONNECTIONS_PER_HOST_DEFAULT
+}
+fn default_pending_per_host() -> u32 {
+    PENDING_REQUESTS_PER_HOST_MAX_DEFAULT
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    HEARTBEAT_INTERVAL_MS_DEFAULT
 }
 fn default_buffer_bytes() -> usize {
     BUFFER_BYTES_DEFAULT
@@ -297,6 +469,36 @@ impl Config {
                     ),
                 );
             }
+            if c.timeout_ms == 0 || c.timeout_ms > REQUEST_TIMEOUT_MS_MAX {
+                err(
+                    at("timeout_ms"),
+                    format!(
+                        "{} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}",
+                        c.timeout_ms
+                    ),
+                );
+            }
+            if c.connections_per_host == 0 || c.connections_per_host > CONNECTIONS_PER_HOST_MAX {
+                err(
+                    at("connections_per_host"),
+                    format!(
+                        "{} is out of range 1..={CONNECTIONS_PER_HOST_MAX}",
+                        c.connections_per_host
+                    ),
+                );
+            }
+            if c.pending_requests_max == 0 {
+                err(at("pending_requests_max"), "must be at least 1".into());
+            }
+            if c.heartbeat_interval_ms < HEARTBEAT_INTERVAL_MS_MIN {
+                err(
+                    at("heartbeat_interval_ms"),
+                    format!(
+                        "{} is below the minimum {HEARTBEAT_INTERVAL_MS_MIN}",
+                        c.heartbeat_interval_ms
+                    ),
+                );
+            }
         }
 
         let mut listener_names = HashSet::new();
@@ -333,9 +535,25 @@ impl Config {
                 (None, Protocol::Tcp) => {
                     err(at("cluster"), "a tcp listener needs a cluster".into())
                 }
+                (None, Protocol::Dubbo) if l.dubbo.as_ref().is_none_or(|d| d.routes.is_empty()) => {
+                    err(
+                        at("cluster"),
+                        "a dubbo listener needs routes (dubbo.routes) or a default cluster".into(),
+                    )
+                }
                 (Some(c), _) if !cluster_names.contains(c.as_str()) => err(
                     at("cluster"),
                     format!("unknown cluster {c:?} (defined: {})", names(&self.clusters)),
+                ),
+                _ => {}
+            }
+            match (l.protocol, &l.dubbo) {
+                (Protocol::Dubbo, Some(d)) => {
+                    validate_dubbo(d, &cluster_names, &|f| at(&format!("dubbo.{f}")), &mut err)
+                }
+                (Protocol::Tcp, Some(_)) => err(
+                    at("dubbo"),
+                    "only a dubbo listener takes a dubbo section".into(),
                 ),
                 _ => {}
             }
@@ -360,6 +578,119 @@ impl Config {
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+fn validate_dubbo(
+    d: &DubboListener,
+    clusters: &HashSet<&str>,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if d.frame_bytes_max < BUFFER_BYTES_MIN || d.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
+        err(
+            at("frame_bytes_max"),
+            format!(
+                "{} is out of range {BUFFER_BYTES_MIN}..={FRAME_BYTES_MAX_LIMIT}",
+                d.frame_bytes_max
+            ),
+        );
+    }
+    if d.pending_requests_per_connection_max == 0 {
+        err(
+            at("pending_requests_per_connection_max"),
+            "must be at least 1".into(),
+        );
+    }
+    let regex_ok = |field: String, pattern: &str, err: &mut dyn FnMut(String, String)| {
+        if let Err(e) = regex::bytes::Regex::new(pattern) {
+            err(field, format!("invalid regex: {e}"));
+        }
+    };
+    for (i, r) in d.routes.iter().enumerate() {
+        let rat = |f: &str| at(&format!("routes[{i}].{f}"));
+        for (name, m) in [
+            ("interface", &r.matcher.interface),
+            ("method", &r.matcher.method),
+        ] {
+            let Some(m) = m else { continue };
+            let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()];
+            if set.iter().filter(|x| **x).count() != 1 {
+                err(
+                    rat(&format!("match.{name}")),
+                    "give exactly one of exact, prefix, regex".into(),
+                );
+            }
+            if let Some(p) = &m.regex {
+                regex_ok(rat(&format!("match.{name}.regex")), p, err);
+            }
+        }
+        for (k, a) in r.matcher.arguments.iter().enumerate() {
+            let set = [a.exact.is_some(), a.prefix.is_some(), a.range.is_some()];
+            if set.iter().filter(|x| **x).count() != 1 {
+                err(
+                    rat(&format!("match.arguments[{k}]")),
+                    "give exactly one of exact, prefix, range".into(),
+                );
+            }
+            if let Some(range) = a.range {
+                if range.start >= range.end {
+                    err(
+                        rat(&format!("match.arguments[{k}].range")),
+                        format!("start {} must be below end {}", range.start, range.end),
+                    );
+                }
+            }
+        }
+        for (k, a) in r.matcher.attachments.iter().enumerate() {
+            let set = [a.exact.is_some(), a.regex.is_some(), a.present.is_some()];
+            if set.iter().filter(|x| **x).count() != 1 {
+                err(
+                    rat(&format!("match.attachments[{k}]")),
+                    "give exactly one of exact, regex, present".into(),
+                );
+            }
+            if let Some(p) = &a.regex {
+                regex_ok(rat(&format!("match.attachments[{k}].regex")), p, err);
+            }
+        }
+        let action = &r.route;
+        match (&action.cluster, action.weighted_clusters.is_empty()) {
+            (Some(_), false) | (None, true) => err(
+                rat("route"),
+                "give exactly one of cluster, weighted_clusters".into(),
+            ),
+            _ => {}
+        }
+        if let Some(c) = &action.cluster {
+            if !clusters.contains(c.as_str()) {
+                err(rat("route.cluster"), format!("unknown cluster {c:?}"));
+            }
+        }
+        for (k, w) in action.weighted_clusters.iter().enumerate() {
+            if !clusters.contains(w.name.as_str()) {
+                err(
+                    rat(&format!("route.weighted_clusters[{k}].name")),
+                    format!("unknown cluster {:?}", w.name),
+                );
+            }
+        }
+        if !action.weighted_clusters.is_empty()
+            && action.weighted_clusters.iter().all(|w| w.weight == 0)
+        {
+            err(
+                rat("route.weighted_clusters"),
+                "at least one weight must be above 0".into(),
+            );
+        }
+        if let Some(t) = action.timeout_ms {
+            if t == 0 || t > REQUEST_TIMEOUT_MS_MAX {
+                err(
+                    rat("route.timeout_ms"),
+                    format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
+                );
+            }
+        }
     }
 }
 
