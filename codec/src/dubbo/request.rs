@@ -1,0 +1,304 @@
+//! A Hessian2 Dubbo request body, read lazily and borrowed (`RequestRepr<'a>`).
+//!
+//! Body layout (Apache Dubbo `DubboCodec.encodeRequestData`): five strings — dubbo version,
+//! service path (the interface), service version, method name, parameter types as JVM
+//! descriptors (`Ljava/lang/String;I[J`) — then one value per parameter type, then the
+//! attachments map (string keys: `path`, `interface`, `version`, `group`, `timeout`, custom).
+//!
+//! [`RequestRepr::parse`] reads the five strings as slices of the body, skips the arguments
+//! without building them, and checks the attachments map, remembering only offsets and the
+//! `group` value: routing reads interface, version, method and group without allocating or
+//! rescanning. Arguments ([`RequestRepr::argument`]) and other attachments
+//! ([`RequestRepr::attachment`]) are found on demand by a scan from a remembered offset.
+//! Emitting a request is [`super::encode::RequestBuilder`].
+//!
+//! No-panic contract: as for the whole crate. Limits: the Hessian2 reader's
+//! ([`crate::hessian2`]), and [`ARGUMENTS_MAX`] parameters. A routing field sent as a chunked
+//! string (over 32768 UTF-16 units) cannot be borrowed and is rejected with
+//! [`DecodeError::ChunkedField`]; chunked attachment values and arguments are returned as
+//! [`Scalar::StrChunked`] instead.
+//!
+//! Leniency: a version sent as Hessian null reads as empty; a body that ends after the
+//! arguments has no attachments; bytes after the attachments map are ignored.
+
+use super::{DecodeError, HeaderRepr, Serialization, HEADER_BYTES};
+use crate::hessian2::Reader;
+pub use crate::hessian2::Scalar;
+
+/// Most parameters of a request: the JVM's limit on method parameters (JVMS §4.3.3).
+pub const ARGUMENTS_MAX: usize = 255;
+
+/// The routing view of a Hessian2 request body.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RequestRepr<'a> {
+    body: &'a [u8],
+    dubbo_version: &'a [u8],
+    interface: &'a [u8],
+    version: &'a [u8],
+    method: &'a [u8],
+    descriptor: &'a [u8],
+    group: Option<&'a [u8]>,
+    argument_count: usize,
+    arguments_offset: usize,
+    /// Where the attachments map starts; `None` if the body has none.
+    attachments_offset: Option<usize>,
+    /// Arguments defined classes or types the attachments may refer to: scans of the map must
+    /// then start from the arguments to learn them again.
+    attachments_need_arguments: bool,
+}
+
+// === impl RequestRepr ===
+
+impl<'a> RequestRepr<'a> {
+    /// Parses a whole frame (header included), checking it is a Hessian2 request.
+    pub fn parse_frame(frame: &'a [u8]) -> Result<RequestRepr<'a>, DecodeError> {
+        let header = HeaderRepr::parse(&super::Header::new_checked(frame)?)?;
+        if header.serialization != Serialization::Hessian2 {
+            return Err(DecodeError::NotHessian2 {
+                serialization: header.serialization.into(),
+            });
+        }
+        RequestRepr::parse(frame.get(HEADER_BYTES..).unwrap_or(&[]))
+    }
+
+    /// Parses a request body (the frame after its header). Offsets in errors are into `body`.
+    pub fn parse(body: &'a [u8]) -> Result<RequestRepr<'a>, DecodeError> {
+        let mut r = Reader::new(body);
+        let dubbo_version = routing_string(&mut r, "dubbo version")?;
+        let interface = routing_string(&mut r, "interface")?;
+        let version = routing_string(&mut r, "version")?;
+        let method = routing_string(&mut r, "method")?;
+        let descriptor = routing_string(&mut r, "parameter types")?;
+        let argument_count = argument_count(descriptor)?;
+        let arguments_offset = r.position();
+        for _ in 0..argument_count {
+            r.skip_value()?;
+        }
+        let attachments_need_arguments = r.class_defs() > 0 || r.types() > 0;
+        let mut group = None;
+        let attachments_offset = match r.peek() {
+            None => None,
+            Some(crate::hessian2::tag::NULL) => None,
+            Some(_) => {
+                let offset = r.position();
+                r.read_map_begin()?;
+                while !r.read_end() {
+                    let key = r.read_value()?;
+                    let value = r.read_value()?;
+                    if let (Scalar::Str(b"group"), Scalar::Str(value)) = (key, value) {
+                        group = Some(value);
+                    }
+                }
+                Some(offset)
+            }
+        };
+        Ok(RequestRepr {
+            body,
+            dubbo_version,
+            interface,
+            version,
+            method,
+            descriptor,
+            group,
+            argument_count,
+            arguments_offset,
+            attachments_offset,
+            attachments_need_arguments,
+        })
+    }
+
+    /// The dubbo protocol version the consumer speaks, e.g. `2.0.2`.
+    pub fn dubbo_version(&self) -> &'a [u8] {
+        self.dubbo_version
+    }
+
+    /// The service path, normally the interface name (`com.example.DemoService`).
+    pub fn interface(&self) -> &'a [u8] {
+        self.interface
+    }
+
+    /// The service version; empty if none was sent.
+    pub fn version(&self) -> &'a [u8] {
+        self.version
+    }
+
+    pub fn method(&self) -> &'a [u8] {
+        self.method
+    }
+
+    /// The parameter types as sent, e.g. `Ljava/lang/String;I`.
+    pub fn descriptor(&self) -> &'a [u8] {
+        self.descriptor
+    }
+
+    /// Each parameter type of the descriptor, e.g. `Ljava/lang/String;`, `I`, `[J`.
+    pub fn argument_types(&self) -> ArgumentTypes<'a> {
+        ArgumentTypes {
+            descriptor: self.descriptor,
+            index: 0,
+        }
+    }
+
+    pub fn argument_count(&self) -> usize {
+        self.argument_count
+    }
+
+    /// The `group` attachment, when it is a string. Found by `parse`: no scan.
+    pub fn group(&self) -> Option<&'a [u8]> {
+        self.group
+    }
+
+    /// A string attachment's value. `group` is remembered by `parse`; other keys scan the map.
+    pub fn attachment(&self, key: &[u8]) -> Option<&'a [u8]> {
+        if key == b"group" {
+            return self.group;
+        }
+        match self.attachment_value(key)? {
+            Scalar::Str(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// An attachment's value of any type (lists, maps and objects read as `Composite`).
+    pub fn attachment_value(&self, key: &[u8]) -> Option<Scalar<'a>> {
+        self.attachments()
+            .find(|(k, _)| *k == key)
+            .map(|(_, value)| value)
+    }
+
+    /// The `timeout` attachment in milliseconds, sent as a string or a number.
+    pub fn timeout_ms(&self) -> Option<u64> {
+        match self.attachment_value(b"timeout")? {
+            Scalar::Str(s) => crate::hessian2::to_str(s)?.parse().ok(),
+            Scalar::Int(n) => u64::try_from(n).ok(),
+            Scalar::Long(n) => u64::try_from(n).ok(),
+            _ => None,
+        }
+    }
+
+    /// Every attachment with a string key, in wire order.
+    pub fn attachments(&self) -> Attachments<'a> {
+        let Some(offset) = self.attachments_offset else {
+            return Attachments { reader: None };
+        };
+        let reader = if self.attachments_need_arguments {
+            let mut r = Reader::with_position(self.body, self.arguments_offset);
+            (0..self.argument_count)
+                .try_for_each(|_| r.skip_value())
+                .ok()
+                .map(|_| r)
+        } else {
+            Some(Reader::with_position(self.body, offset))
+        };
+        let reader = reader.and_then(|mut r| r.read_map_begin().ok().map(|_| r));
+        Attachments { reader }
+    }
+
+    /// The argument at `index` (0-based): `Ok(None)` past the last one; scalars in place, other
+    /// values as `Composite`. Scans the arguments before it.
+    pub fn argument(&self, index: usize) -> Result<Option<Scalar<'a>>, DecodeError> {
+        if index >= self.argument_count {
+            return Ok(None);
+        }
+        let mut r = Reader::with_position(self.body, self.arguments_offset);
+        for _ in 0..index {
+            r.skip_value()?;
+        }
+        r.read_value().map(Some)
+    }
+}
+
+/// Reads one of the five leading strings, borrowed.
+fn routing_string<'a>(r: &mut Reader<'a>, field: &'static str) -> Result<&'a [u8], DecodeError> {
+    let tag = r.peek().unwrap_or(0);
+    match r.read_value() {
+        Ok(Scalar::Str(s)) => Ok(s),
+        Ok(Scalar::Null) => Ok(&[]),
+        Ok(Scalar::StrChunked(_)) => Err(DecodeError::ChunkedField { field }),
+        Ok(_) => Err(DecodeError::NotAString { field, tag }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Iterator over attachments with string keys: `(key, value)`.
+#[derive(Clone, Debug)]
+pub struct Attachments<'a> {
+    reader: Option<Reader<'a>>,
+}
+
+impl<'a> Iterator for Attachments<'a> {
+    type Item = (&'a [u8], Scalar<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let r = self.reader.as_mut()?;
+            if r.read_end() {
+                self.reader = None;
+                return None;
+            }
+            let entry = r.read_value().and_then(|k| Ok((k, r.read_value()?)));
+            match entry {
+                Ok((Scalar::Str(key), value)) => return Some((key, value)),
+                Ok(_) => continue,
+                Err(_) => {
+                    self.reader = None;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Iterator over the parameter types of a JVM descriptor list.
+#[derive(Clone, Debug)]
+pub struct ArgumentTypes<'a> {
+    descriptor: &'a [u8],
+    index: usize,
+}
+
+impl<'a> Iterator for ArgumentTypes<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.index;
+        let end = next_type(self.descriptor, start).ok()??;
+        self.index = end;
+        self.descriptor.get(start..end)
+    }
+}
+
+/// Counts the field descriptors (JVMS §4.3.2) in `descriptor`.
+pub fn argument_count(descriptor: &[u8]) -> Result<usize, DecodeError> {
+    let mut count = 0;
+    let mut index = 0;
+    while let Some(end) = next_type(descriptor, index)? {
+        count += 1;
+        if count > ARGUMENTS_MAX {
+            return Err(DecodeError::TooManyArguments {
+                limit: ARGUMENTS_MAX,
+            });
+        }
+        index = end;
+    }
+    Ok(count)
+}
+
+/// The end of the field descriptor starting at `start`, or `None` at the end of the list.
+fn next_type(descriptor: &[u8], start: usize) -> Result<Option<usize>, DecodeError> {
+    let mut i = start;
+    while descriptor.get(i) == Some(&b'[') {
+        i += 1;
+    }
+    match descriptor.get(i) {
+        None if i == start => Ok(None),
+        Some(b'Z' | b'B' | b'C' | b'S' | b'I' | b'J' | b'F' | b'D') => Ok(Some(i + 1)),
+        Some(b'L') => {
+            let name = descriptor.get(i + 1..).unwrap_or(&[]);
+            match name.iter().position(|&b| b == b';') {
+                Some(len) if len > 0 => Ok(Some(i + 1 + len + 1)),
+                _ => Err(DecodeError::BadDescriptor { index: i }),
+            }
+        }
+        _ => Err(DecodeError::BadDescriptor { index: i }),
+    }
+}

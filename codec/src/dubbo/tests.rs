@@ -1,0 +1,397 @@
+//! Header, frame decoding and encoder tests, including malformed input and property tests.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+
+use super::encode::{self, Arg, RequestBuilder};
+use super::request::{RequestRepr, Scalar};
+use super::response::{ResponseKind, ResponseRepr};
+use super::*;
+
+fn sample_header() -> HeaderRepr {
+    HeaderRepr {
+        flags: Flags {
+            request: true,
+            two_way: true,
+            event: false,
+        },
+        serialization: Serialization::Hessian2,
+        status: Status::Unknown(0),
+        request_id: 0x0102_0304_0506_0708,
+        body_bytes: 5,
+    }
+}
+
+#[test]
+fn header_emit_layout() {
+    let bytes = sample_header().to_bytes();
+    assert_eq!(
+        bytes,
+        [0xda, 0xbb, 0xc2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 5]
+    );
+}
+
+#[test]
+fn header_parse() {
+    let bytes = [0xda, 0xbb, 0x22, 20, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 1, 0];
+    let repr = HeaderRepr::parse(&Header::new_checked(&bytes[..]).unwrap()).unwrap();
+    assert!(!repr.flags.request && !repr.flags.two_way && repr.flags.event);
+    assert_eq!(repr.serialization, Serialization::Hessian2);
+    assert_eq!(repr.status, Status::Ok);
+    assert_eq!(repr.request_id, 9);
+    assert_eq!(repr.body_bytes, 256);
+    assert_eq!(repr.frame_bytes(), 272);
+}
+
+#[test]
+fn header_unknown_values_pass_through() {
+    let mut bytes = sample_header().to_bytes();
+    bytes[2] = 0x80 | 31;
+    bytes[3] = 77;
+    let repr = HeaderRepr::parse(&Header::new_checked(&bytes[..]).unwrap()).unwrap();
+    assert_eq!(repr.serialization, Serialization::Unknown(31));
+    assert_eq!(repr.status, Status::Unknown(77));
+    assert_eq!(repr.to_bytes(), bytes);
+}
+
+#[test]
+fn header_rejects_short_buffer_and_bad_magic() {
+    assert_eq!(
+        Header::new_checked(&[0xda, 0xbb][..]).unwrap_err(),
+        DecodeError::HeaderTruncated { len: 2 }
+    );
+    let mut bytes = sample_header().to_bytes();
+    bytes[1] = 0xbc;
+    assert_eq!(
+        HeaderRepr::parse(&Header::new_checked(&bytes[..]).unwrap()).unwrap_err(),
+        DecodeError::BadMagic { seen: [0xda, 0xbc] }
+    );
+}
+
+#[test]
+fn enums_round_trip() {
+    for raw in 0..=255u8 {
+        assert_eq!(u8::from(Status::from(raw)), raw);
+        assert_eq!(u8::from(Serialization::from(raw)), raw);
+    }
+    assert_eq!(Serialization::from(2), Serialization::Hessian2);
+    assert_eq!(Serialization::from(25), Serialization::Kryo2);
+    assert_eq!(Status::from(100), Status::ServerThreadpoolExhausted);
+}
+
+#[test]
+fn decode_frame_needs_more_then_splits() {
+    let frame = heartbeat_request_bytes(7);
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT),
+        Ok(Decoded::NeedMore(HEADER_BYTES))
+    ));
+    buf.extend_from_slice(&frame[..10]);
+    assert!(matches!(
+        decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT),
+        Ok(Decoded::NeedMore(6))
+    ));
+    buf.extend_from_slice(&frame[10..16]);
+    assert!(matches!(
+        decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT),
+        Ok(Decoded::NeedMore(1))
+    ));
+    buf.extend_from_slice(&frame[16..]);
+    buf.extend_from_slice(&frame[..3]);
+    let Ok(Decoded::Frame(f)) = decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT) else {
+        panic!("no frame");
+    };
+    assert_eq!(&f.bytes[..], &frame[..]);
+    assert_eq!(f.header.request_id, 7);
+    assert_eq!(f.body(), b"N");
+    assert_eq!(buf.len(), 3);
+}
+
+fn heartbeat_request_bytes(id: u64) -> Vec<u8> {
+    encode::heartbeat_request(id).to_vec()
+}
+
+#[test]
+fn decode_frame_rejects_bad_magic_early() {
+    let mut buf = BytesMut::from(&b"G"[..]);
+    assert_eq!(
+        decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT).unwrap_err(),
+        DecodeError::BadMagic { seen: [b'G', 0xbb] }
+    );
+    let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
+    let err = decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT).unwrap_err();
+    assert_eq!(err, DecodeError::BadMagic { seen: *b"GE" });
+    assert!(!err.resync_possible());
+    assert_eq!(err.request_id(), None);
+    assert_eq!(buf.len(), 18, "buffer untouched on error");
+}
+
+#[test]
+fn decode_frame_rejects_oversize_from_header_alone() {
+    let mut header = sample_header();
+    header.body_bytes = u32::MAX;
+    let mut buf = BytesMut::from(&header.to_bytes()[..]);
+    let err = decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT).unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError::FrameTooLarge {
+            request_id: header.request_id,
+            frame_bytes: u64::from(u32::MAX) + 16,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+        }
+    );
+    assert_eq!(err.request_id(), Some(header.request_id));
+    // The limit counts the header: a frame of exactly the limit passes.
+    header.body_bytes = 100;
+    let mut buf = BytesMut::from(&header.to_bytes()[..]);
+    assert!(matches!(
+        decode_frame(&mut buf, 116),
+        Ok(Decoded::NeedMore(100))
+    ));
+    assert!(decode_frame(&mut buf, 115).is_err());
+}
+
+#[test]
+fn set_request_id_patches_in_place() {
+    let mut frame = encode::heartbeat_request(1).to_vec();
+    assert!(set_request_id(&mut frame, u64::MAX - 1));
+    let repr = HeaderRepr::parse(&Header::new_checked(&frame[..]).unwrap()).unwrap();
+    assert_eq!(repr.request_id, u64::MAX - 1);
+    assert!(!set_request_id(&mut [0u8; 11], 5));
+}
+
+#[test]
+fn events() {
+    let hb = encode::heartbeat_request(3);
+    assert!(is_heartbeat(&hb));
+    assert!(!is_readonly_event(&hb));
+    let hb = encode::heartbeat_response(3);
+    assert!(is_heartbeat(&hb));
+    assert_eq!(hb[3], 20);
+    let ro = encode::readonly_event(4);
+    assert!(is_readonly_event(&ro));
+    assert!(!is_heartbeat(&ro));
+    assert_eq!(ro[2], 0xa2, "one-way event request, hessian2");
+    assert_eq!(&ro[HEADER_BYTES..], &[0x01, b'R']);
+    let req = RequestBuilder::new("a.B", "m").build();
+    assert!(!is_heartbeat(&req) && !is_readonly_event(&req));
+    assert!(!is_heartbeat(&[0xda]));
+}
+
+#[test]
+fn request_builder_round_trip() {
+    let args = [
+        Arg::Str("hello"),
+        Arg::Int(42),
+        Arg::Long(-7),
+        Arg::Bool(true),
+    ];
+    let frame = RequestBuilder::new("com.example.DemoService", "sayHello")
+        .request_id(99)
+        .version("1.0.0")
+        .group("blue")
+        .timeout_ms(3000)
+        .args(&args)
+        .attachments(&[("tenant", "acme")])
+        .build();
+    let mut buf = BytesMut::from(&frame[..]);
+    let Ok(Decoded::Frame(f)) = decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT) else {
+        panic!("no frame");
+    };
+    assert_eq!(f.header.request_id, 99);
+    assert!(f.header.flags.request && f.header.flags.two_way && !f.header.flags.event);
+    let req = RequestRepr::parse(f.body()).unwrap();
+    assert_eq!(req.dubbo_version(), b"2.0.2");
+    assert_eq!(req.interface(), b"com.example.DemoService");
+    assert_eq!(req.version(), b"1.0.0");
+    assert_eq!(req.method(), b"sayHello");
+    assert_eq!(req.descriptor(), b"Ljava/lang/String;IJZ");
+    assert_eq!(req.argument_count(), 4);
+    assert_eq!(
+        req.argument_types().collect::<Vec<_>>(),
+        [&b"Ljava/lang/String;"[..], b"I", b"J", b"Z"]
+    );
+    assert_eq!(req.group(), Some(&b"blue"[..]));
+    assert_eq!(req.attachment(b"group"), Some(&b"blue"[..]));
+    assert_eq!(req.attachment(b"tenant"), Some(&b"acme"[..]));
+    assert_eq!(
+        req.attachment(b"path"),
+        Some(&b"com.example.DemoService"[..])
+    );
+    assert_eq!(req.attachment(b"missing"), None);
+    assert_eq!(req.timeout_ms(), Some(3000));
+    assert_eq!(req.argument(0).unwrap(), Some(Scalar::Str(b"hello")));
+    assert_eq!(req.argument(1).unwrap(), Some(Scalar::Int(42)));
+    assert_eq!(req.argument(2).unwrap(), Some(Scalar::Long(-7)));
+    assert_eq!(req.argument(3).unwrap(), Some(Scalar::Bool(true)));
+    assert_eq!(req.argument(4).unwrap(), None);
+    assert_eq!(RequestRepr::parse_frame(&frame).unwrap(), req);
+}
+
+#[test]
+fn responses_round_trip() {
+    let ok = encode::response_ok(5, &Arg::Str("hi"), None);
+    let header = HeaderRepr::parse(&Header::new_checked(&ok[..]).unwrap()).unwrap();
+    let resp = ResponseRepr::parse(&header, &ok[HEADER_BYTES..]).unwrap();
+    assert_eq!(resp.status, Status::Ok);
+    assert_eq!(resp.kind, Some(ResponseKind::Value));
+    assert_eq!(resp.value().unwrap(), Some(Scalar::Str(b"hi")));
+
+    let ok = encode::response_ok(5, &Arg::Null, Some(&[("dubbo", "2.0.2")]));
+    let header = HeaderRepr::parse(&Header::new_checked(&ok[..]).unwrap()).unwrap();
+    let resp = ResponseRepr::parse(&header, &ok[HEADER_BYTES..]).unwrap();
+    assert_eq!(resp.kind, Some(ResponseKind::NullValueWithAttachments));
+    assert_eq!(resp.value().unwrap(), None);
+
+    let err = encode::response_error(6, Status::ServiceNotFound, "no provider for a.B");
+    let header = HeaderRepr::parse(&Header::new_checked(&err[..]).unwrap()).unwrap();
+    assert_eq!(header.status, Status::ServiceNotFound);
+    assert!(!header.flags.request);
+    let resp = ResponseRepr::parse(&header, &err[HEADER_BYTES..]).unwrap();
+    assert_eq!(resp.kind, None);
+    assert_eq!(resp.error_message, Some(&b"no provider for a.B"[..]));
+}
+
+#[test]
+fn non_hessian2_body_is_opaque() {
+    let mut header = sample_header();
+    header.serialization = Serialization::Protobuf;
+    header.body_bytes = 3;
+    let mut buf = BytesMut::from(&header.to_bytes()[..]);
+    buf.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    let Ok(Decoded::Frame(f)) = decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT) else {
+        panic!("no frame");
+    };
+    assert_eq!(f.header.serialization, Serialization::Protobuf);
+    assert_eq!(
+        RequestRepr::parse_frame(&f.bytes).unwrap_err(),
+        DecodeError::NotHessian2 { serialization: 22 }
+    );
+}
+
+fn header_strategy() -> impl Strategy<Value = HeaderRepr> {
+    (
+        any::<[bool; 3]>(),
+        0u8..32,
+        any::<u8>(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(|(f, ser, status, id, len)| HeaderRepr {
+            flags: Flags {
+                request: f[0],
+                two_way: f[1],
+                event: f[2],
+            },
+            serialization: Serialization::from(ser),
+            status: Status::from(status),
+            request_id: id,
+            body_bytes: len,
+        })
+}
+
+fn frames_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let frame = (
+        any::<u64>(),
+        "[a-zA-Z.]{1,40}",
+        "[a-z]{1,20}",
+        proptest::option::of("[a-z0-9]{0,10}"),
+        0u8..4,
+        "\\PC{0,20}",
+    )
+        .prop_map(|(id, interface, method, group, kind, text)| match kind {
+            0 => {
+                let args = [Arg::Str(&text), Arg::Long(id as i64)];
+                let mut b = RequestBuilder::new(&interface, &method)
+                    .request_id(id)
+                    .args(&args);
+                if let Some(group) = group.as_deref() {
+                    b = b.group(group);
+                }
+                b.build().to_vec()
+            }
+            1 => encode::response_ok(id, &Arg::Str(&text), None).to_vec(),
+            2 => encode::heartbeat_request(id).to_vec(),
+            _ => encode::response_error(id, Status::ServerError, &text).to_vec(),
+        });
+    proptest::collection::vec(frame, 1..6).prop_map(|frames| frames.concat())
+}
+
+fn decode_all(chunks: &[&[u8]]) -> Result<Vec<Vec<u8>>, DecodeError> {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT)? {
+                Decoded::Frame(f) => frames.push(f.bytes.to_vec()),
+                Decoded::NeedMore(n) => {
+                    assert!(n > 0);
+                    break;
+                }
+            }
+        }
+    }
+    assert!(buf.is_empty());
+    Ok(frames)
+}
+
+proptest! {
+    #[test]
+    fn header_emit_parse_round_trip(repr in header_strategy()) {
+        let bytes = repr.to_bytes();
+        let parsed = HeaderRepr::parse(&Header::new_checked(&bytes[..]).unwrap()).unwrap();
+        prop_assert_eq!(parsed, repr);
+    }
+
+    #[test]
+    fn every_chunking_decodes_the_same(stream in frames_strategy(), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8)) {
+        let whole = decode_all(&[&stream]).unwrap();
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for p in points {
+            chunks.push(&stream[last..p]);
+            last = p;
+        }
+        chunks.push(&stream[last..]);
+        prop_assert_eq!(decode_all(&chunks).unwrap(), whole.clone());
+        // Byte by byte too, with exact NeedMore once the header is known.
+        let singles: Vec<&[u8]> = stream.chunks(1).collect();
+        prop_assert_eq!(decode_all(&singles).unwrap(), whole);
+    }
+
+    #[test]
+    fn need_more_is_exact_after_header(stream in frames_strategy()) {
+        let total = HeaderRepr::parse(&Header::new_checked(&stream[..]).unwrap()).unwrap().frame_bytes() as usize;
+        for have in HEADER_BYTES..total {
+            let mut buf = BytesMut::from(&stream[..have]);
+            let got = decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT).unwrap();
+            prop_assert!(matches!(got, Decoded::NeedMore(n) if n == total - have));
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), max in 0usize..512) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = decode_frame(&mut buf, max);
+        let _ = RequestRepr::parse(&bytes);
+        let _ = is_readonly_event(&bytes);
+        if let Ok(h) = Header::new_checked(&bytes[..]) {
+            if let Ok(h) = HeaderRepr::parse(&h) {
+                let _ = ResponseRepr::parse(&h, &bytes[HEADER_BYTES..]);
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_header_then_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 16..256)) {
+        bytes[0] = 0xda;
+        bytes[1] = 0xbb;
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = decode_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT);
+        let _ = RequestRepr::parse_frame(&bytes);
+    }
+}
