@@ -95,6 +95,12 @@ impl ShardCluster {
         }
     }
 
+    /// Adjusts an endpoint's active count (requests in flight, for `least_request`).
+    pub fn add_active(&self, endpoint: usize, delta: i32) {
+        let a = &self.active[endpoint];
+        a.set(a.get().saturating_add_signed(delta));
+    }
+
     /// Connects to an endpoint chosen by the balancer, trying up to [`CONNECT_ATTEMPTS_MAX`]
     /// endpoints.
     pub async fn connect<'a>(

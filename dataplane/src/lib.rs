@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dubbo;
+pub mod io;
 pub mod listener;
 pub mod server;
 pub mod stats;

@@ -14,6 +14,9 @@ use shard::{Event, Receiver, ShardCtx};
 
 use crate::cluster::ShardCluster;
 use crate::config::Protocol;
+use crate::dubbo::downstream::{self, DubboListener};
+use crate::dubbo::router::Router;
+use crate::dubbo::upstream::ClusterPool;
 use crate::server::{ListenerStatIds, ShardMsg, Shared};
 use crate::stats::ShardStats;
 use crate::tcp_proxy;
@@ -35,6 +38,8 @@ pub struct ListenerCtx {
     pub connections_max: u32,
     pub stats: ShardStats,
     pub ids: ListenerStatIds,
+    /// Set for `dubbo` listeners.
+    pub dubbo: Option<Rc<DubboListener>>,
 }
 
 /// Set-up on the shard thread (binds the sockets, so a taken port fails start-up with a clear
@@ -52,6 +57,18 @@ pub fn shard_main(
         sockets.push(s);
     }
     let id = ctx.info.id;
+    // Compile each Dubbo listener's routes once here (the config was validated; an error is a
+    // bug, reported rather than unwrapped).
+    let mut routers = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        routers.push(match l.protocol {
+            Protocol::Dubbo => Some(
+                Router::new(l, &config.clusters)
+                    .map_err(|e| format!("listener {:?}: routes: {e}", l.name))?,
+            ),
+            Protocol::Tcp => None,
+        });
+    }
     Ok(async move {
         let stats = shared.stats.shards[id].clone();
         let clusters: Vec<Rc<ShardCluster>> = shared
@@ -61,15 +78,26 @@ pub fn shard_main(
             .zip(&shared.cluster_ids)
             .map(|(c, ids)| Rc::new(ShardCluster::new(c, *ids)))
             .collect();
+        // Upstream Dubbo pools: one per cluster per shard, shared by every listener of the shard.
+        let pools: Vec<Rc<ClusterPool>> = shared
+            .config
+            .clusters
+            .iter()
+            .zip(&clusters)
+            .zip(&shared.upstream_ids)
+            .map(|((c, lb), ids)| ClusterPool::new(c, lb.clone(), stats.clone(), *ids))
+            .collect();
         let stop_accepting = Event::new();
         let connections = Rc::new(Cell::new(0usize));
-        for ((l, socket), ids) in shared
+        for (index, ((l, socket), router)) in shared
             .config
             .listeners
             .iter()
             .zip(sockets)
-            .zip(&shared.listener_ids)
+            .zip(routers)
+            .enumerate()
         {
+            let ids = &shared.listener_ids[index];
             let listener = match TcpListener::from_std(socket) {
                 Ok(x) => x,
                 Err(e) => {
@@ -89,6 +117,21 @@ pub fn shard_main(
                 connections_max: l.connections_per_shard_max,
                 stats: stats.clone(),
                 ids: *ids,
+                dubbo: router
+                    .zip(shared.dubbo_ids[index])
+                    .map(|(router, dubbo_ids)| {
+                        let d = l.dubbo.clone().unwrap_or_default();
+                        Rc::new(DubboListener::new(
+                            l.name.clone(),
+                            router,
+                            pools.clone(),
+                            d.frame_bytes_max,
+                            d.pending_requests_per_connection_max,
+                            stats.clone(),
+                            dubbo_ids,
+                            (id as u32 + 1).wrapping_mul(0x9e37_79b9),
+                        ))
+                    }),
             });
             shard::monoio::spawn(accept_loop(
                 listener,
@@ -174,7 +217,11 @@ async fn accept_loop(
         shard::monoio::spawn(async move {
             match l2.protocol {
                 Protocol::Tcp => tcp_proxy::serve(stream, l2.clone()).await,
-                Protocol::Dubbo => {}
+                Protocol::Dubbo => {
+                    if let Some(d) = l2.dubbo.clone() {
+                        downstream::serve(stream, d).await
+                    }
+                }
             }
             l2.stats.dec(l2.ids.cx_active);
             active_here2.set(active_here2.get() - 1);

@@ -14,6 +14,8 @@ use shard::{ShardHandle, ShardInfo};
 
 use crate::cluster::ClusterStatIds;
 use crate::config::{self, Config};
+use crate::dubbo::downstream::DubboStatIds;
+use crate::dubbo::upstream::UpstreamStatIds;
 use crate::stats::{Kind, Registry, StatId, Stats};
 use crate::{admin, listener};
 
@@ -77,7 +79,10 @@ pub struct Shared {
     pub config_version: u64,
     pub stats: Stats,
     pub listener_ids: Vec<ListenerStatIds>,
+    /// For `dubbo` listeners, by listener index.
+    pub dubbo_ids: Vec<Option<DubboStatIds>>,
     pub cluster_ids: Vec<ClusterStatIds>,
+    pub upstream_ids: Vec<UpstreamStatIds>,
     pub lifecycle: Lifecycle,
     pub shard_infos: OnceLock<Vec<ShardInfo>>,
     pub shard_count: usize,
@@ -120,10 +125,16 @@ pub struct Server {
     pub admin_address: std::net::SocketAddr,
 }
 
-fn build_stats(
-    config: &Config,
-    shards: usize,
-) -> (Stats, Vec<ListenerStatIds>, Vec<ClusterStatIds>) {
+/// Every stat id, resolved once before the shards start.
+struct StatLayout {
+    stats: Stats,
+    listener_ids: Vec<ListenerStatIds>,
+    dubbo_ids: Vec<Option<DubboStatIds>>,
+    cluster_ids: Vec<ClusterStatIds>,
+    upstream_ids: Vec<UpstreamStatIds>,
+}
+
+fn build_stats(config: &Config, shards: usize) -> StatLayout {
     let mut r = Registry::default();
     let listener_ids = config
         .listeners
@@ -173,7 +184,52 @@ fn build_stats(
             }
         })
         .collect();
-    (Stats::new(r, shards), listener_ids, cluster_ids)
+    let dubbo_ids = config
+        .listeners
+        .iter()
+        .map(|l| {
+            if l.protocol != config::Protocol::Dubbo {
+                return None;
+            }
+            let lab = || vec![("listener", l.name.clone())];
+            let mut c = |name| r.add("listener", name, lab(), Kind::Counter);
+            Some(DubboStatIds {
+                rq_total: c("dubbo_rq_total"),
+                rq_oneway: c("dubbo_rq_oneway"),
+                rq_heartbeat: c("dubbo_rq_heartbeat"),
+                rq_opaque: c("dubbo_rq_opaque"),
+                rq_no_route: c("dubbo_rq_no_route"),
+                rq_bad: c("dubbo_rq_bad"),
+                rq_overflow: c("dubbo_rq_overflow"),
+                rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
+                rsp_ok: c("dubbo_rsp_ok"),
+                rsp_error: c("dubbo_rsp_error"),
+                rsp_local: c("dubbo_rsp_local"),
+                rq_time: r.add_histogram("listener", "dubbo_rq_time_us", lab()),
+            })
+        })
+        .collect();
+    let upstream_ids = config
+        .clusters
+        .iter()
+        .map(|cl| {
+            let lab = || vec![("cluster", cl.name.clone())];
+            UpstreamStatIds {
+                rq_total: r.add("cluster", "upstream_rq_total", lab(), Kind::Counter),
+                rq_timeout: r.add("cluster", "upstream_rq_timeout", lab(), Kind::Counter),
+                rq_failure: r.add("cluster", "upstream_rq_failure", lab(), Kind::Counter),
+                rq_overflow: r.add("cluster", "upstream_rq_overflow", lab(), Kind::Counter),
+                rq_active: r.add("cluster", "upstream_rq_active", lab(), Kind::Gauge),
+            }
+        })
+        .collect();
+    StatLayout {
+        stats: Stats::new(r, shards),
+        listener_ids,
+        dubbo_ids,
+        cluster_ids,
+        upstream_ids,
+    }
 }
 
 impl Server {
@@ -194,15 +250,17 @@ impl Server {
             config::IoMode::Uring => shard::IoMode::Uring,
             config::IoMode::Epoll => shard::IoMode::Epoll,
         };
-        let (stats, listener_ids, cluster_ids) = build_stats(&config, shard_count);
+        let layout = build_stats(&config, shard_count);
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
         let shared = Arc::new(Shared {
             config,
             config_version: 1,
-            stats,
-            listener_ids,
-            cluster_ids,
+            stats: layout.stats,
+            listener_ids: layout.listener_ids,
+            dubbo_ids: layout.dubbo_ids,
+            cluster_ids: layout.cluster_ids,
+            upstream_ids: layout.upstream_ids,
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
                 shards_serving: AtomicUsize::new(0),

@@ -21,7 +21,20 @@ pub enum Kind {
     Counter,
     /// Goes up and down (stored as a wrapping u64; the merged value is read as i64).
     Gauge,
+    /// A latency histogram slot (bucket, sum or count); rendered by [`Stats`] as a family.
+    HistogramSlot,
 }
+
+/// Upper bounds (µs, inclusive) of the latency histogram buckets; the last bucket is +Inf.
+/// Fixed so that every shard's histogram merges by adding slots.
+pub const LATENCY_BUCKETS_US: [u64; 18] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A histogram's slots: one per bucket plus +Inf, then the sum (µs), then the count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistId(u32);
 
 /// One stat's identity: a family (`listener_downstream_cx_total`), its labels, its kind.
 #[derive(Clone, Debug)]
@@ -56,6 +69,20 @@ impl Registry {
             kind,
         });
         StatId((self.defs.len() - 1) as u32)
+    }
+
+    /// Registers a latency histogram (µs) over [`LATENCY_BUCKETS_US`].
+    pub fn add_histogram(
+        &mut self,
+        scope: &'static str,
+        name: &'static str,
+        labels: Vec<(&'static str, String)>,
+    ) -> HistId {
+        let first = self.defs.len() as u32;
+        for _ in 0..LATENCY_BUCKETS_US.len() + 3 {
+            self.add(scope, name, labels.clone(), Kind::HistogramSlot);
+        }
+        HistId(first)
     }
 
     pub fn len(&self) -> usize {
@@ -100,6 +127,19 @@ impl ShardStats {
         self.add(id, u64::MAX);
     }
 
+    /// Records one latency sample.
+    #[inline]
+    pub fn record_us(&self, h: HistId, us: u64) {
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        let base = h.0;
+        self.add(StatId(base + bucket as u32), 1);
+        self.add(StatId(base + LATENCY_BUCKETS_US.len() as u32 + 1), us);
+        self.add(StatId(base + LATENCY_BUCKETS_US.len() as u32 + 2), 1);
+    }
+
     pub fn get(&self, id: StatId) -> u64 {
         self.values[id.0 as usize].load(Ordering::Relaxed)
     }
@@ -135,7 +175,7 @@ impl Stats {
                     acc.wrapping_add(s.values[i].load(Ordering::Relaxed))
                 });
                 let v = match def.kind {
-                    Kind::Counter => raw as i128,
+                    Kind::Counter | Kind::HistogramSlot => raw as i128,
                     Kind::Gauge => raw as i64 as i128,
                 };
                 (def, v)
@@ -144,13 +184,38 @@ impl Stats {
         Snapshot { entries }
     }
 
+    /// Every stat as (dotted name, value), histograms as `_count`, `_sum_us` and
+    /// `_le_<bound>` (cumulative) entries.
+    fn flat(&self) -> Vec<(String, i128)> {
+        let snap = self.merged();
+        let mut out = Vec::with_capacity(snap.entries.len());
+        let mut i = 0;
+        while i < snap.entries.len() {
+            let (d, v) = snap.entries[i];
+            if d.kind != Kind::HistogramSlot {
+                out.push((dotted(d), v));
+                i += 1;
+                continue;
+            }
+            let n = LATENCY_BUCKETS_US.len();
+            let mut cumulative = 0;
+            for (k, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+                cumulative += snap.entries[i + k].1;
+                out.push((format!("{}_le_{bound}us", dotted(d)), cumulative));
+            }
+            out.push((format!("{}_sum_us", dotted(d)), snap.entries[i + n + 1].1));
+            out.push((format!("{}_count", dotted(d)), snap.entries[i + n + 2].1));
+            i += n + 3;
+        }
+        out
+    }
+
     /// Envoy-style text: `listener.outbound.downstream_cx_total: 12`, sorted by name.
     pub fn render_text(&self) -> String {
         let mut lines: Vec<String> = self
-            .merged()
-            .entries
+            .flat()
             .iter()
-            .map(|(d, v)| format!("{}: {v}", dotted(d)))
+            .map(|(name, v)| format!("{name}: {v}"))
             .collect();
         lines.sort();
         let mut out = lines.join("\n");
@@ -160,10 +225,9 @@ impl Stats {
 
     pub fn render_json(&self) -> serde_json::Value {
         let stats: Vec<_> = self
-            .merged()
-            .entries
+            .flat()
             .iter()
-            .map(|(d, v)| serde_json::json!({"name": dotted(d), "value": v}))
+            .map(|(name, v)| serde_json::json!({"name": name, "value": v}))
             .collect();
         serde_json::json!({ "stats": stats })
     }
@@ -183,8 +247,13 @@ impl Stats {
             let t = match kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::HistogramSlot => "histogram",
             };
             let _ = writeln!(out, "# TYPE {fam} {t}");
+            if kind == Kind::HistogramSlot {
+                render_histograms(&mut out, &fam, &snap);
+                continue;
+            }
             for (d, v) in snap.entries.iter().filter(|(d, _)| family(d) == fam) {
                 out.push_str(&fam);
                 if !d.labels.is_empty() {
@@ -201,6 +270,53 @@ impl Stats {
             }
         }
         out
+    }
+}
+
+/// Writes every histogram of one family: cumulative `_bucket{le=...}` in seconds, `_sum`
+/// (seconds) and `_count`, as Prometheus expects.
+fn render_histograms(out: &mut String, fam: &str, snap: &Snapshot<'_>) {
+    let n = LATENCY_BUCKETS_US.len();
+    let mut i = 0;
+    while i < snap.entries.len() {
+        let (d, _) = snap.entries[i];
+        if d.kind != Kind::HistogramSlot || family(d) != fam {
+            i += 1;
+            continue;
+        }
+        let labels: Vec<String> = d
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+            .collect();
+        let with = |extra: &str| {
+            let mut all = labels.clone();
+            if !extra.is_empty() {
+                all.push(extra.to_string());
+            }
+            if all.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", all.join(","))
+            }
+        };
+        let mut cumulative = 0;
+        for k in 0..=n {
+            cumulative += snap.entries[i + k].1;
+            let le = match LATENCY_BUCKETS_US.get(k) {
+                Some(b) => format!("{}", *b as f64 / 1e6),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{fam}_bucket{} {cumulative}",
+                with(&format!("le=\"{le}\""))
+            );
+        }
+        let sum_s = snap.entries[i + n + 1].1 as f64 / 1e6;
+        let _ = writeln!(out, "{fam}_sum{} {sum_s}", with(""));
+        let _ = writeln!(out, "{fam}_count{} {}", with(""), snap.entries[i + n + 2].1);
+        i += n + 3;
     }
 }
 

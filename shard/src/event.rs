@@ -49,3 +49,40 @@ impl Event {
         .await
     }
 }
+
+/// A shard-local wake-up for one waiting task (a connection's writer waiting for frames, a
+/// reader waiting for room). `notify` before `wait` is remembered, so no wake-up is lost.
+#[derive(Default)]
+pub struct Notify {
+    pending: Cell<bool>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn notify(&self) {
+        self.pending.set(true);
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Completes once `notify` has been called since the last completed `wait`.
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.pending.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut w = self.waiter.borrow_mut();
+            match w.as_ref() {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *w = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}

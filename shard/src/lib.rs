@@ -13,7 +13,7 @@ pub mod event;
 pub mod inbox;
 mod runtime;
 
-pub use event::Event;
+pub use event::{Event, Notify};
 pub use inbox::{inbox, Receiver, SendError, Sender};
 pub use runtime::{
     affinity_cores, start, Backend, IoMode, ShardCtx, ShardHandle, ShardInfo, Spec, StartError,

@@ -1,3 +1,11 @@
 //! The Dubbo2 filter: decode each frame's header and routing fields, route, forward over
 //! multiplexed upstream connections, and map every answer back to its caller.
+//!
+//! - `wire`: the only place that calls the codec (frame split, fields, replies);
+//! - `router`: compiled routes, matched without allocating;
+//! - `downstream`: one consumer connection (reader, writer, local replies);
+//! - `upstream`: per-shard pools of multiplexed provider connections.
+pub mod downstream;
 pub mod router;
+pub mod upstream;
+pub mod wire;

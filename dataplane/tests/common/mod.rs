@@ -1,6 +1,8 @@
 //! Shared helpers for tests that run the real `ringside` binary.
 #![allow(dead_code)]
 
+pub mod dubbo;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -71,7 +73,10 @@ impl Ringside {
             .arg("--config")
             .arg(&path)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RINGSIDE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -132,6 +137,14 @@ impl Drop for Ringside {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what ringside logged.
+        if std::thread::panicking() {
+            let mut err = String::new();
+            if let Some(e) = self.child.stderr.as_mut() {
+                let _ = e.read_to_string(&mut err);
+            }
+            eprintln!("--- ringside stderr ---\n{err}--- end ---");
+        }
     }
 }
 

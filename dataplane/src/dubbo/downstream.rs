@@ -1,0 +1,318 @@
+//! Downstream side of the Dubbo filter: one consumer connection.
+//!
+//! The reader decodes frames, answers heartbeats itself, routes each request and hands it to the
+//! cluster's upstream pool; the writer sends back, in batches, the responses and local replies
+//! queued for this connection. Request path, top to bottom: `decode → route → forward`, and
+//! back: `match reply (upstream.rs) → response() → writer`.
+//!
+//! Limits: a frame above the listener's `frame_bytes_max` is refused from its header alone; at
+//! `pending_requests_per_connection_max` requests in flight the reader stops reading until
+//! answers drain (backpressure instead of buffering).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use shard::monoio::net::TcpStream;
+use shard::Notify;
+
+use super::router::Router;
+use super::upstream::{ClusterPool, ForwardError};
+use super::wire::{self, Status};
+use crate::stats::{HistId, ShardStats, StatId};
+
+/// Read buffer growth step.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Stat ids of one Dubbo listener.
+#[derive(Clone, Copy, Debug)]
+pub struct DubboStatIds {
+    pub rq_total: StatId,
+    pub rq_oneway: StatId,
+    pub rq_heartbeat: StatId,
+    /// Requests in a serialization ringside does not decode (routed by the default route).
+    pub rq_opaque: StatId,
+    pub rq_no_route: StatId,
+    pub rq_bad: StatId,
+    pub rq_overflow: StatId,
+    pub rq_no_healthy_upstream: StatId,
+    pub rsp_ok: StatId,
+    pub rsp_error: StatId,
+    pub rsp_local: StatId,
+    pub rq_time: HistId,
+}
+
+/// Everything one Dubbo listener's connections on one shard need.
+pub struct DubboListener {
+    pub name: String,
+    pub router: Router,
+    /// Upstream pools, indexed like the config's clusters.
+    pub pools: Vec<Rc<ClusterPool>>,
+    pub frame_bytes_max: usize,
+    pub pending_max: u32,
+    pub stats: ShardStats,
+    pub ids: DubboStatIds,
+    /// xorshift state for weighted cluster picks.
+    dice: Cell<u32>,
+}
+
+impl DubboListener {
+    pub fn new(
+        name: String,
+        router: Router,
+        pools: Vec<Rc<ClusterPool>>,
+        frame_bytes_max: usize,
+        pending_max: u32,
+        stats: ShardStats,
+        ids: DubboStatIds,
+        seed: u32,
+    ) -> Self {
+        DubboListener {
+            name,
+            router,
+            pools,
+            frame_bytes_max,
+            pending_max,
+            stats,
+            ids,
+            dice: Cell::new(seed | 1),
+        }
+    }
+
+    fn roll(&self) -> u32 {
+        let mut x = self.dice.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.dice.set(x);
+        x
+    }
+}
+
+/// One consumer connection, shared by its reader and writer tasks and by the pending entries of
+/// its requests in flight.
+pub struct DownConn {
+    l: Rc<DubboListener>,
+    out: RefCell<VecDeque<Bytes>>,
+    out_ready: Notify,
+    /// Requests forwarded and not yet answered.
+    pub inflight: Cell<u32>,
+    room: Notify,
+    /// No more answers are wanted (the writer failed, or the connection is being closed).
+    closed: Cell<bool>,
+    /// The reader is done (EOF or a fatal decode error): close once every answer is written.
+    read_done: Cell<bool>,
+}
+
+impl DownConn {
+    /// Queues the upstream's response (already carrying the caller's request id).
+    pub fn response(&self, frame: Bytes, started: Instant) {
+        let l = &self.l;
+        l.stats
+            .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
+        if wire::response_ok(&frame) {
+            l.stats.inc(l.ids.rsp_ok);
+        } else {
+            l.stats.inc(l.ids.rsp_error);
+        }
+        self.push(frame);
+    }
+
+    /// Queues an error reply made by ringside itself.
+    pub fn local_reply(&self, id: u64, status: Status, message: &str) {
+        self.l.stats.inc(self.l.ids.rsp_local);
+        self.push(wire::error_response(id, status, message));
+    }
+
+    fn push(&self, frame: Bytes) {
+        if self.inflight.get() < self.l.pending_max {
+            self.room.notify();
+        }
+        if self.closed.get() {
+            return;
+        }
+        self.out.borrow_mut().push_back(frame);
+        self.out_ready.notify();
+    }
+}
+
+pub async fn serve(stream: TcpStream, l: Rc<DubboListener>) {
+    let _ = stream.set_nodelay(true);
+    let conn = Rc::new(DownConn {
+        l,
+        out: RefCell::new(VecDeque::new()),
+        out_ready: Notify::new(),
+        inflight: Cell::new(0),
+        room: Notify::new(),
+        closed: Cell::new(false),
+        read_done: Cell::new(false),
+    });
+    let (r, w) = stream.into_split();
+    shard::monoio::join!(read_loop(&conn, r), write_loop(&conn, w));
+    conn.closed.set(true);
+}
+
+async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
+    let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
+    loop {
+        if conn.out.borrow().is_empty() {
+            if conn.closed.get() || (conn.read_done.get() && conn.inflight.get() == 0) {
+                let _ = w.shutdown().await;
+                return;
+            }
+            conn.out_ready.wait().await;
+            continue;
+        }
+        if let Err(e) = crate::io::write_queue(&conn.out, &mut batch, &mut w).await {
+            tracing::debug!(listener = %conn.l.name, error = %e, "downstream write failed");
+            conn.closed.set(true);
+            conn.out.borrow_mut().clear();
+            return;
+        }
+    }
+}
+
+async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
+    let l = conn.l.clone();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    'read: loop {
+        loop {
+            match wire::next_frame(&mut buf, l.frame_bytes_max) {
+                Ok(wire::Next::Frame(h, frame)) => {
+                    if let Err(()) = on_frame(conn, h, frame) {
+                        break 'read;
+                    }
+                }
+                Ok(wire::Next::NeedMore(n)) => {
+                    buf.reserve(n.max(READ_CHUNK_BYTES / 4));
+                    break;
+                }
+                Err(e) => {
+                    l.stats.inc(l.ids.rq_bad);
+                    tracing::debug!(listener = %l.name, error = %e.message, "bad frame; closing");
+                    if let Some(id) = e.request_id {
+                        conn.local_reply(
+                            id,
+                            Status::BAD_REQUEST,
+                            &format!("ringside: {}", e.message),
+                        );
+                    }
+                    break 'read;
+                }
+            }
+        }
+        while conn.inflight.get() >= l.pending_max && !conn.closed.get() {
+            conn.room.wait().await;
+        }
+        if conn.closed.get() {
+            break;
+        }
+        let (res, b) = crate::io::read_append(&mut r, buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    conn.read_done.set(true);
+    conn.out_ready.notify();
+}
+
+/// Handles one whole frame from the consumer. `Err(())` closes the connection (after any reply
+/// queued for it is written).
+fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(), ()> {
+    let l = &conn.l;
+    if h.event {
+        if h.request && h.two_way {
+            l.stats.inc(l.ids.rq_heartbeat);
+            conn.push(wire::heartbeat_response(h.id));
+        }
+        return Ok(());
+    }
+    if !h.request {
+        // Consumers don't send responses; ignore rather than fail the connection.
+        return Ok(());
+    }
+    l.stats.inc(l.ids.rq_total);
+    if !h.two_way {
+        l.stats.inc(l.ids.rq_oneway);
+    }
+    let action = if h.hessian2 {
+        let req = match wire::RequestView::parse(&frame) {
+            Ok(r) => r,
+            Err(e) => {
+                l.stats.inc(l.ids.rq_bad);
+                if h.two_way {
+                    conn.local_reply(h.id, Status::BAD_REQUEST, &format!("ringside: {e}"));
+                }
+                return Err(());
+            }
+        };
+        match l.router.route(&req) {
+            Some(a) => a,
+            None => {
+                l.stats.inc(l.ids.rq_no_route);
+                if h.two_way {
+                    let msg = format!(
+                        "ringside: no route for {}:{} method {} (group {}) on listener {}",
+                        String::from_utf8_lossy(req.interface_bytes()),
+                        String::from_utf8_lossy(req.version_bytes()),
+                        String::from_utf8_lossy(req.method_bytes()),
+                        String::from_utf8_lossy(req.group_bytes().unwrap_or(b"-")),
+                        l.name
+                    );
+                    conn.local_reply(h.id, Status::SERVICE_NOT_FOUND, &msg);
+                }
+                return Ok(());
+            }
+        }
+    } else {
+        l.stats.inc(l.ids.rq_opaque);
+        match l.router.default_route() {
+            Some(a) => a,
+            None => {
+                l.stats.inc(l.ids.rq_no_route);
+                if h.two_way {
+                    conn.local_reply(
+                        h.id,
+                        Status::SERVICE_NOT_FOUND,
+                        &format!(
+                            "ringside: listener {} has no default route for serialization {}",
+                            l.name, h.serialization
+                        ),
+                    );
+                }
+                return Ok(());
+            }
+        }
+    };
+    let pool = &l.pools[action.pick_cluster(l.roll())];
+    let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
+    match pool.forward(frame, h.id, h.two_way, timeout, conn) {
+        Ok(()) => {}
+        Err(ForwardError::NoHealthyEndpoint) => {
+            l.stats.inc(l.ids.rq_no_healthy_upstream);
+            if h.two_way {
+                conn.local_reply(
+                    h.id,
+                    Status::SERVER_ERROR,
+                    &format!("ringside: no healthy endpoint in cluster {}", pool.lb.name),
+                );
+            }
+        }
+        Err(ForwardError::Overflow { addr, limit }) => {
+            l.stats.inc(l.ids.rq_overflow);
+            if h.two_way {
+                conn.local_reply(
+                    h.id,
+                    Status::SERVER_THREADPOOL_EXHAUSTED,
+                    &format!("ringside: {limit} requests already pending to {addr}"),
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,491 @@
+//! Upstream side of the Dubbo filter: per shard, per cluster, per endpoint, a few long-lived
+//! connections that carry requests from many downstream connections at once.
+//!
+//! Each request gets a fresh upstream request id (patched into the frame in place); the
+//! connection's pending map sends the response back to its caller with the original id. Every
+//! pending request ends exactly once: with the provider's response, with a timeout reply
+//! (status 31), or with an upstream-failure reply (status 80) when the connection fails. No
+//! caller waits on a dead connection.
+//!
+//! Tasks per upstream connection: a writer (batches queued frames into few writes), a reader
+//! (matches responses, answers the provider's heartbeats, notes readonly events) and a keeper
+//! (request deadlines and idle heartbeats). All three share one `Rc<UpConn>`; nothing crosses
+//! shards.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use shard::monoio::net::TcpStream;
+use shard::Notify;
+
+use super::downstream::DownConn;
+use super::wire::{self, Status};
+use crate::cluster::ShardCluster;
+use crate::config;
+use crate::stats::ShardStats;
+
+/// After a failed connect, an endpoint gets no new requests for this long (unless every
+/// endpoint of the cluster is down, when it is tried again at once).
+pub const ENDPOINT_FAILURE_BACKOFF_MS: u64 = 500;
+/// Read buffer growth step for upstream connections.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Missed heartbeat intervals before an upstream connection is closed as dead.
+pub const HEARTBEAT_MISSES_MAX: u32 = 3;
+
+/// Stat ids the upstream side counts into, per cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamStatIds {
+    pub rq_total: crate::stats::StatId,
+    pub rq_timeout: crate::stats::StatId,
+    pub rq_failure: crate::stats::StatId,
+    pub rq_overflow: crate::stats::StatId,
+    pub rq_active: crate::stats::StatId,
+}
+
+/// A request waiting for its response.
+struct Pending {
+    down: Rc<DownConn>,
+    id_down: u64,
+    deadline: Instant,
+    started: Instant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum UpState {
+    Connecting,
+    Open,
+    Closed,
+}
+
+pub struct UpConn {
+    host: Rc<Host>,
+    pool: Rc<ClusterPool>,
+    state: Cell<UpState>,
+    out: RefCell<VecDeque<Bytes>>,
+    out_ready: Notify,
+    pending: RefCell<FxHashMap<u64, Pending>>,
+    deadlines: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
+    keeper_wake: Notify,
+    next_id: Cell<u64>,
+    last_read: Cell<Instant>,
+    last_ping: Cell<Instant>,
+}
+
+/// One endpoint of a cluster, on one shard.
+pub struct Host {
+    pub addr: SocketAddr,
+    pub index: usize,
+    conns: RefCell<Vec<Rc<UpConn>>>,
+    next_conn: Cell<usize>,
+    /// Requests queued or in flight to this endpoint.
+    pending: Cell<u32>,
+    down_until: Cell<Option<Instant>>,
+    /// The provider said it is going away (Dubbo readonly event): no new requests.
+    readonly: Cell<bool>,
+}
+
+/// A cluster's upstream pools on one shard.
+pub struct ClusterPool {
+    pub lb: Rc<ShardCluster>,
+    hosts: Vec<Rc<Host>>,
+    pub timeout: Duration,
+    connections_per_host: usize,
+    pending_max: u32,
+    heartbeat: Duration,
+    connect_timeout: Duration,
+    pub stats: ShardStats,
+    pub ids: UpstreamStatIds,
+}
+
+/// Why a request could not be sent upstream; each becomes a local reply.
+pub enum ForwardError {
+    NoHealthyEndpoint,
+    Overflow { addr: SocketAddr, limit: u32 },
+}
+
+// === impl ClusterPool ===
+
+impl ClusterPool {
+    pub fn new(
+        c: &config::Cluster,
+        lb: Rc<ShardCluster>,
+        stats: ShardStats,
+        ids: UpstreamStatIds,
+    ) -> Rc<ClusterPool> {
+        let hosts = c
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, &addr)| {
+                Rc::new(Host {
+                    addr,
+                    index,
+                    conns: RefCell::new(Vec::new()),
+                    next_conn: Cell::new(0),
+                    pending: Cell::new(0),
+                    down_until: Cell::new(None),
+                    readonly: Cell::new(false),
+                })
+            })
+            .collect();
+        Rc::new(ClusterPool {
+            lb,
+            hosts,
+            timeout: Duration::from_millis(c.timeout_ms),
+            connections_per_host: c.connections_per_host as usize,
+            pending_max: c.pending_requests_max,
+            heartbeat: Duration::from_millis(c.heartbeat_interval_ms),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            stats,
+            ids,
+        })
+    }
+
+    /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
+    /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
+    fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
+        let hosts = &self.hosts;
+        let n = hosts.len();
+        let mut fallback = None;
+        for _ in 0..n {
+            let h = &hosts[self.lb.pick()];
+            if h.readonly.get() {
+                continue;
+            }
+            match h.down_until.get() {
+                Some(t) if t > now => fallback = fallback.or(Some(h.clone())),
+                _ => return Some(h.clone()),
+            }
+        }
+        fallback
+    }
+
+    /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is
+    /// rewritten here; two-way requests are tracked until they end.
+    pub fn forward(
+        self: &Rc<Self>,
+        mut frame: BytesMut,
+        id_down: u64,
+        two_way: bool,
+        timeout: Duration,
+        down: &Rc<DownConn>,
+    ) -> Result<(), ForwardError> {
+        let now = Instant::now();
+        let host = self.pick_host(now).ok_or(ForwardError::NoHealthyEndpoint)?;
+        if host.pending.get() >= self.pending_max {
+            self.stats.inc(self.ids.rq_overflow);
+            return Err(ForwardError::Overflow {
+                addr: host.addr,
+                limit: self.pending_max,
+            });
+        }
+        let conn = host.connection(self);
+        self.stats.inc(self.ids.rq_total);
+        if two_way {
+            let id_up = conn.next_id.get();
+            conn.next_id.set(id_up.wrapping_add(1));
+            wire::set_request_id(&mut frame, id_up);
+            let deadline = now + timeout;
+            conn.pending.borrow_mut().insert(
+                id_up,
+                Pending {
+                    down: down.clone(),
+                    id_down,
+                    deadline,
+                    started: now,
+                },
+            );
+            let mut deadlines = conn.deadlines.borrow_mut();
+            let earliest = deadlines.peek().is_none_or(|Reverse((d, _))| deadline < *d);
+            deadlines.push(Reverse((deadline, id_up)));
+            drop(deadlines);
+            if earliest {
+                conn.keeper_wake.notify();
+            }
+            host.pending.set(host.pending.get() + 1);
+            self.lb.add_active(host.index, 1);
+            self.stats.inc(self.ids.rq_active);
+            down.inflight.set(down.inflight.get() + 1);
+        }
+        conn.out.borrow_mut().push_back(frame.freeze());
+        conn.out_ready.notify();
+        Ok(())
+    }
+}
+
+// === impl Host ===
+
+impl Host {
+    /// An open or connecting connection to this endpoint, opening one when the pool has room.
+    fn connection(self: &Rc<Self>, pool: &Rc<ClusterPool>) -> Rc<UpConn> {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() < pool.connections_per_host {
+            let c = Rc::new(UpConn {
+                host: self.clone(),
+                pool: pool.clone(),
+                state: Cell::new(UpState::Connecting),
+                out: RefCell::new(VecDeque::new()),
+                out_ready: Notify::new(),
+                pending: RefCell::new(FxHashMap::default()),
+                deadlines: RefCell::new(BinaryHeap::new()),
+                keeper_wake: Notify::new(),
+                next_id: Cell::new(1),
+                last_read: Cell::new(Instant::now()),
+                last_ping: Cell::new(Instant::now()),
+            });
+            conns.push(c.clone());
+            shard::monoio::spawn(run(c.clone()));
+            return c;
+        }
+        let i = self.next_conn.get() % conns.len();
+        self.next_conn.set(i.wrapping_add(1));
+        conns[i].clone()
+    }
+
+    fn remove(&self, conn: &Rc<UpConn>) {
+        self.conns.borrow_mut().retain(|c| !Rc::ptr_eq(c, conn));
+    }
+}
+
+// === impl UpConn ===
+
+impl UpConn {
+    /// Ends one pending request: counters down, and its caller answered with `reply`.
+    fn finish(&self, p: Pending, reply: Reply) {
+        let host = &self.host;
+        let pool = &self.pool;
+        host.pending.set(host.pending.get().saturating_sub(1));
+        pool.lb.add_active(host.index, -1);
+        pool.stats.dec(pool.ids.rq_active);
+        p.down.inflight.set(p.down.inflight.get().saturating_sub(1));
+        match reply {
+            Reply::Response(mut frame) => {
+                wire::set_request_id(&mut frame, p.id_down);
+                p.down.response(frame.freeze(), p.started);
+            }
+            Reply::Local(status, msg) => p.down.local_reply(p.id_down, status, &msg),
+        }
+    }
+
+    /// Fails every pending request (the connection is gone) and leaves the pool.
+    fn close(self: &Rc<Self>, why: &str) {
+        if self.state.replace(UpState::Closed) == UpState::Closed {
+            return;
+        }
+        self.host.remove(self);
+        if self.host.conns.borrow().is_empty() {
+            // A readonly provider is tried again once its connections are gone: it may have
+            // restarted (a failed connect then puts it in back-off).
+            self.host.readonly.set(false);
+        }
+        self.out.borrow_mut().clear();
+        self.out_ready.notify();
+        self.keeper_wake.notify();
+        let pending: Vec<Pending> = self.pending.borrow_mut().drain().map(|(_, p)| p).collect();
+        if !pending.is_empty() {
+            tracing::debug!(upstream = %self.host.addr, n = pending.len(), why, "failing requests in flight");
+        }
+        let pool = &self.pool;
+        for p in pending {
+            pool.stats.inc(pool.ids.rq_failure);
+            let msg = format!("ringside: upstream {} {why}", self.host.addr);
+            self.finish(p, Reply::Local(Status::SERVER_ERROR, msg));
+        }
+        self.deadlines.borrow_mut().clear();
+    }
+}
+
+enum Reply {
+    Response(BytesMut),
+    Local(Status, String),
+}
+
+/// Connects, then runs reader, writer and keeper until the connection ends.
+async fn run(conn: Rc<UpConn>) {
+    let host = conn.host.clone();
+    let pool = conn.pool.clone();
+    let connected =
+        shard::monoio::time::timeout(pool.connect_timeout, TcpStream::connect_addr(host.addr))
+            .await;
+    let stream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            pool.stats.inc(pool.lb.ids.cx_connect_fail);
+            host.down_until.set(Some(
+                Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
+            ));
+            conn.close(&format!("connect failed: {e}"));
+            return;
+        }
+        Err(_) => {
+            pool.stats.inc(pool.lb.ids.cx_connect_timeout);
+            host.down_until.set(Some(
+                Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
+            ));
+            conn.close("connect timed out");
+            return;
+        }
+    };
+    if conn.state.get() == UpState::Closed {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    pool.stats.inc(pool.lb.ids.cx_total);
+    pool.stats.inc(pool.lb.ids.cx_active);
+    host.down_until.set(None);
+    host.readonly.set(false);
+    conn.state.set(UpState::Open);
+    conn.last_read.set(Instant::now());
+    let (r, w) = stream.into_split();
+    let why = shard::monoio::select! {
+        why = read_loop(&conn, r) => why,
+        why = write_loop(&conn, w) => why,
+        why = keeper(&conn) => why,
+    };
+    pool.stats.dec(pool.lb.ids.cx_active);
+    conn.close(&why);
+}
+
+async fn write_loop<W: AsyncWriteRent>(conn: &Rc<UpConn>, mut w: W) -> String {
+    let mut batch: Vec<u8> = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
+    loop {
+        if conn.out.borrow().is_empty() {
+            if conn.state.get() == UpState::Closed {
+                let _ = w.shutdown().await;
+                return "closed".into();
+            }
+            conn.out_ready.wait().await;
+            continue;
+        }
+        match crate::io::write_queue(&conn.out, &mut batch, &mut w).await {
+            Ok(()) => {}
+            Err(e) => return format!("write failed: {e}"),
+        }
+    }
+}
+
+async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> String {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Responses are bounded by Dubbo's own default payload limit.
+    let frame_max = config::FRAME_BYTES_MAX_DEFAULT;
+    loop {
+        loop {
+            match wire::next_frame(&mut buf, frame_max) {
+                Ok(wire::Next::Frame(h, frame)) => on_upstream_frame(conn, h, frame),
+                Ok(wire::Next::NeedMore(n)) => {
+                    buf.reserve(n.max(READ_CHUNK_BYTES / 4));
+                    break;
+                }
+                Err(e) => return format!("sent a bad frame: {e}"),
+            }
+        }
+        let (res, b) = crate::io::read_append(&mut r, buf).await;
+        buf = b;
+        match res {
+            Ok(0) => return "closed the connection".into(),
+            Ok(_) => conn.last_read.set(Instant::now()),
+            Err(e) => return format!("read failed: {e}"),
+        }
+    }
+}
+
+fn on_upstream_frame(conn: &Rc<UpConn>, h: wire::Header, frame: BytesMut) {
+    if h.event {
+        if h.request {
+            if wire::is_readonly_event(&frame) {
+                tracing::info!(upstream = %conn.host.addr, "provider is going readonly; no new requests to it");
+                conn.host.readonly.set(true);
+            }
+            if h.two_way {
+                conn.out
+                    .borrow_mut()
+                    .push_back(wire::heartbeat_response(h.id));
+                conn.out_ready.notify();
+            }
+        }
+        // Heartbeat responses only prove liveness (last_read is already updated).
+        return;
+    }
+    if h.request {
+        // Providers do not send requests on consumer connections; ignore.
+        return;
+    }
+    let p = conn.pending.borrow_mut().remove(&h.id);
+    match p {
+        Some(p) => conn.finish(p, Reply::Response(frame)),
+        // Late response after a timeout, or to our own heartbeat: dropped.
+        None => {}
+    }
+}
+
+/// Enforces request deadlines and keeps an idle connection alive with heartbeats.
+async fn keeper(conn: &Rc<UpConn>) -> String {
+    let pool = conn.pool.clone();
+    loop {
+        if conn.state.get() == UpState::Closed {
+            return "closed".into();
+        }
+        let now = Instant::now();
+        let next_deadline = conn.deadlines.borrow().peek().map(|Reverse((d, _))| *d);
+        let idle_since = conn.last_read.get();
+        if now.duration_since(idle_since) >= pool.heartbeat * HEARTBEAT_MISSES_MAX {
+            return format!("missed {HEARTBEAT_MISSES_MAX} heartbeats");
+        }
+        let next_heartbeat = idle_since.max(conn.last_ping.get()) + pool.heartbeat;
+        let wake_at = match next_deadline {
+            Some(d) => d.min(next_heartbeat),
+            None => next_heartbeat,
+        };
+        shard::monoio::select! {
+            _ = shard::monoio::time::sleep_until(wake_at.into()) => {}
+            _ = conn.keeper_wake.wait() => continue,
+        }
+        let now = Instant::now();
+        expire(conn, now);
+        let quiet_since = conn.last_read.get().max(conn.last_ping.get());
+        if now.duration_since(quiet_since) >= pool.heartbeat {
+            conn.last_ping.set(now);
+            let id = conn.next_id.get();
+            conn.next_id.set(id.wrapping_add(1));
+            conn.out.borrow_mut().push_back(wire::heartbeat_request(id));
+            conn.out_ready.notify();
+        }
+    }
+}
+
+fn expire(conn: &Rc<UpConn>, now: Instant) {
+    let pool = &conn.pool;
+    loop {
+        let top = conn.deadlines.borrow().peek().copied();
+        let Some(Reverse((deadline, id))) = top else {
+            return;
+        };
+        if deadline > now {
+            return;
+        }
+        conn.deadlines.borrow_mut().pop();
+        let p = {
+            let mut pending = conn.pending.borrow_mut();
+            match pending.get(&id) {
+                Some(p) if p.deadline == deadline => pending.remove(&id),
+                _ => None,
+            }
+        };
+        if let Some(p) = p {
+            pool.stats.inc(pool.ids.rq_timeout);
+            let waited = now.duration_since(p.started).as_millis();
+            let msg = format!(
+                "ringside: upstream {} did not answer within {} ms",
+                conn.host.addr, waited
+            );
+            conn.finish(p, Reply::Local(Status::SERVER_TIMEOUT, msg));
+        }
+    }
+}

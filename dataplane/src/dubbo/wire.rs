@@ -1,0 +1,167 @@
+//! The Dubbo filter's only door to the codec: splitting frames off a read buffer, reading the
+//! routing fields of a request, and making the frames ringside writes itself (local replies,
+//! heartbeats). Keeping the codec calls here keeps the filter's code about proxying.
+
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use codec::dubbo as d;
+
+use super::router::{ArgValue, Inspect};
+
+/// Dubbo response status, as on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status(pub u8);
+
+impl Status {
+    pub const OK: Status = Status(20);
+    pub const SERVER_TIMEOUT: Status = Status(31);
+    pub const BAD_REQUEST: Status = Status(40);
+    pub const SERVICE_NOT_FOUND: Status = Status(60);
+    pub const SERVER_ERROR: Status = Status(80);
+    pub const SERVER_THREADPOOL_EXHAUSTED: Status = Status(100);
+}
+
+/// The header fields the filter acts on.
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub request: bool,
+    pub two_way: bool,
+    pub event: bool,
+    /// Serialization id 2: the body's routing fields can be read.
+    pub hessian2: bool,
+    pub serialization: u8,
+    pub id: u64,
+}
+
+pub enum Next {
+    /// A whole frame (header included), split off the buffer.
+    Frame(Header, BytesMut),
+    /// At least this many more bytes are needed.
+    NeedMore(usize),
+}
+
+/// A frame the connection cannot go on from.
+#[derive(Debug)]
+pub struct FrameError {
+    /// The request id, when the header was readable (the caller then gets a reply).
+    pub request_id: Option<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Splits the next whole frame off `buf`.
+pub fn next_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Next, FrameError> {
+    match d::decode_frame(buf, frame_bytes_max) {
+        Ok(d::Decoded::Frame(f)) => {
+            let h = &f.header;
+            Ok(Next::Frame(
+                Header {
+                    request: h.flags.request,
+                    two_way: h.flags.two_way,
+                    event: h.flags.event,
+                    hessian2: h.serialization == d::Serialization::Hessian2,
+                    serialization: h.serialization.into(),
+                    id: h.request_id,
+                },
+                f.bytes,
+            ))
+        }
+        Ok(d::Decoded::NeedMore(n)) => Ok(Next::NeedMore(n)),
+        Err(e) => Err(FrameError {
+            request_id: e.request_id(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+pub fn set_request_id(frame: &mut [u8], id: u64) {
+    d::set_request_id(frame, id);
+}
+
+/// Whether a response frame carries status 20.
+pub fn response_ok(frame: &[u8]) -> bool {
+    frame.get(3) == Some(&Status::OK.0)
+}
+
+/// Whether an event frame is Dubbo's readonly event (a provider going away).
+pub fn is_readonly_event(frame: &[u8]) -> bool {
+    d::is_readonly_event(frame)
+}
+
+pub fn error_response(id: u64, status: Status, message: &str) -> Bytes {
+    d::encode::response_error(id, d::Status::from(status.0), message)
+}
+
+pub fn heartbeat_response(id: u64) -> Bytes {
+    d::encode::heartbeat_response(id)
+}
+
+pub fn heartbeat_request(id: u64) -> Bytes {
+    d::encode::heartbeat_request(id)
+}
+
+/// A Hessian2 request's routing fields, borrowed from the frame.
+pub struct RequestView<'a> {
+    req: d::request::RequestRepr<'a>,
+}
+
+/// Why a request's preamble could not be read.
+pub struct BadRequest(String);
+
+impl fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'a> RequestView<'a> {
+    pub fn parse(frame: &'a [u8]) -> Result<Self, BadRequest> {
+        let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
+        d::request::RequestRepr::parse(body)
+            .map(|req| RequestView { req })
+            .map_err(|e| BadRequest(format!("malformed Hessian2 request: {e}")))
+    }
+
+    pub fn interface_bytes(&self) -> &[u8] {
+        self.req.interface()
+    }
+    pub fn version_bytes(&self) -> &[u8] {
+        self.req.version()
+    }
+    pub fn method_bytes(&self) -> &[u8] {
+        self.req.method()
+    }
+    pub fn group_bytes(&self) -> Option<&[u8]> {
+        self.req.attachment(b"group")
+    }
+}
+
+impl Inspect for RequestView<'_> {
+    fn interface(&self) -> &[u8] {
+        self.req.interface()
+    }
+    fn method(&self) -> &[u8] {
+        self.req.method()
+    }
+    fn version(&self) -> &[u8] {
+        self.req.version()
+    }
+    fn attachment(&self, name: &[u8]) -> Option<&[u8]> {
+        self.req.attachment(name)
+    }
+    fn argument(&self, index: u32) -> Option<ArgValue<'_>> {
+        match self.req.argument(index as usize).ok()?? {
+            d::request::Scalar::Str(s) => Some(ArgValue::Str(s)),
+            d::request::Scalar::Int(i) => Some(ArgValue::Int(i as i64)),
+            d::request::Scalar::Long(i) => Some(ArgValue::Int(i)),
+            d::request::Scalar::Bool(b) => Some(ArgValue::Bool(b)),
+            _ => None,
+        }
+    }
+}

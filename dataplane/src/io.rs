@@ -1,0 +1,61 @@
+//! Small I/O helpers shared by the filters, over monoio's owned-buffer traits.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use shard::monoio::buf::IoBufMut;
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+/// Frames at least this large are written on their own instead of being copied into a batch.
+pub const WRITE_COPY_BYTES_MAX: usize = 16 * 1024;
+/// A batch of small frames is flushed when it reaches this size.
+pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Reads into the spare capacity of `buf`, after the bytes it already holds (monoio's own
+/// `BytesMut` read writes from the start of the buffer). The caller reserves room first: with
+/// no spare capacity the read returns 0, which reads as EOF.
+pub async fn read_append<R: AsyncReadRent>(
+    r: &mut R,
+    buf: BytesMut,
+) -> (std::io::Result<usize>, BytesMut) {
+    debug_assert!(buf.capacity() > buf.len(), "reserve before reading");
+    let start = buf.len();
+    let (res, slice) = r.read(buf.slice_mut(start..)).await;
+    (res, slice.into_inner())
+}
+
+/// Writes every frame queued in `out`: small ones copied into one batch per write, large ones
+/// on their own (no copy).
+pub async fn write_queue<W: AsyncWriteRent>(
+    out: &RefCell<VecDeque<Bytes>>,
+    batch: &mut Vec<u8>,
+    w: &mut W,
+) -> std::io::Result<()> {
+    loop {
+        let next = out.borrow_mut().pop_front();
+        let Some(frame) = next else { break };
+        if frame.len() >= WRITE_COPY_BYTES_MAX {
+            flush(batch, w).await?;
+            let (r, _) = w.write_all(frame).await;
+            r?;
+            continue;
+        }
+        batch.extend_from_slice(&frame);
+        if batch.len() >= WRITE_BATCH_BYTES {
+            flush(batch, w).await?;
+        }
+    }
+    flush(batch, w).await
+}
+
+async fn flush<W: AsyncWriteRent>(batch: &mut Vec<u8>, w: &mut W) -> std::io::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let b = std::mem::take(batch);
+    let (r, mut b) = w.write_all(b).await;
+    b.clear();
+    *batch = b;
+    r.map(|_| ())
+}
