@@ -395,3 +395,181 @@ proptest! {
         let _ = RequestRepr::parse_frame(&bytes);
     }
 }
+
+/// A request body written by hand: preamble strings, `args` already encoded, then `attachments`.
+fn body(preamble: [&str; 5], args: &[u8], attachments: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = crate::hessian2::Writer::new(&mut out);
+    for s in preamble {
+        w.string(s);
+    }
+    w.raw(args).raw(attachments);
+    out
+}
+
+const PREAMBLE: [&str; 5] = ["2.0.2", "a.B", "1.0", "m", "La/Dto;"];
+
+#[test]
+fn request_attachments_see_class_defs_from_arguments() {
+    // Argument: an object of class a.Dto { x }. Attachment "dto" is another object of the same
+    // class definition (index 0), which a scan from the map alone would not know.
+    let arg = b"C\x05a.Dto\x91\x01x\x60\x95";
+    let map = b"H\x03dto\x60\x96\x05group\x04blue\x06tenant\x04acmeZ";
+    let body = body(PREAMBLE, arg, map);
+    let req = RequestRepr::parse(&body).unwrap();
+    assert_eq!(req.group(), Some(&b"blue"[..]));
+    assert_eq!(req.attachment(b"tenant"), Some(&b"acme"[..]));
+    assert_eq!(req.attachment_value(b"dto"), Some(Scalar::Composite));
+    assert_eq!(req.attachments().count(), 3);
+    assert_eq!(req.argument(0).unwrap(), Some(Scalar::Composite));
+}
+
+#[test]
+fn request_lenient_forms() {
+    // Null version, typed attachments map, numeric timeout, no group.
+    let mut b = Vec::new();
+    let mut w = crate::hessian2::Writer::new(&mut b);
+    w.string("2.0.2")
+        .string("a.B")
+        .null()
+        .string("m")
+        .string("I")
+        .int(1);
+    w.map_typed_begin("java.util.HashMap")
+        .string("timeout")
+        .int(250)
+        .end();
+    let req = RequestRepr::parse(&b).unwrap();
+    assert_eq!(req.version(), b"");
+    assert_eq!(req.timeout_ms(), Some(250));
+    assert_eq!(req.group(), None);
+    // No attachments at all, or a null map.
+    let b1 = body(PREAMBLE, b"N", b"");
+    let req = RequestRepr::parse(&b1).unwrap();
+    assert_eq!(req.attachments().count(), 0);
+    let b2 = body(PREAMBLE, b"N", b"N");
+    let req = RequestRepr::parse(&b2).unwrap();
+    assert_eq!(req.attachment(b"group"), None);
+    // No arguments.
+    let b3 = body(["2.0.2", "a.B", "", "m", ""], b"", b"HZ");
+    let req = RequestRepr::parse(&b3).unwrap();
+    assert_eq!(req.argument_count(), 0);
+    assert_eq!(req.argument(0).unwrap(), None);
+}
+
+#[test]
+fn request_chunked_values() {
+    let long = "g".repeat(crate::hessian2::CHUNK_MAX + 1);
+    let mut map = Vec::new();
+    crate::hessian2::Writer::new(&mut map)
+        .map_begin()
+        .string("group")
+        .string(&long)
+        .end();
+    let b1 = body(PREAMBLE, b"N", &map);
+    let req = RequestRepr::parse(&b1).unwrap();
+    // A chunked group cannot be borrowed as one slice: not a routing match.
+    assert_eq!(req.group(), None);
+    let Some(Scalar::StrChunked(chunks)) = req.attachment_value(b"group") else {
+        panic!("not chunked");
+    };
+    let mut out = Vec::new();
+    chunks.copy_to(&mut out);
+    assert_eq!(out, long.as_bytes());
+
+    let body = body(["2.0.2", &long, "", "m", ""], b"", b"HZ");
+    assert_eq!(
+        RequestRepr::parse(&body).unwrap_err(),
+        DecodeError::ChunkedField { field: "interface" }
+    );
+}
+
+#[test]
+fn request_malformed() {
+    let cases: Vec<(Vec<u8>, DecodeError)> = vec![
+        (
+            vec![],
+            DecodeError::Truncated {
+                what: "value",
+                offset: 0,
+            },
+        ),
+        (
+            b"\x052.0.2\x91".to_vec(),
+            DecodeError::NotAString {
+                field: "interface",
+                tag: 0x91,
+            },
+        ),
+        (
+            body(["2.0.2", "a.B", "", "m", "Ljava/lang/String"], b"", b""),
+            DecodeError::BadDescriptor { index: 0 },
+        ),
+        (
+            body(["2.0.2", "a.B", "", "m", "IV"], b"", b""),
+            DecodeError::BadDescriptor { index: 1 },
+        ),
+        (
+            body(["2.0.2", "a.B", "", "m", "[[L;"], b"", b""),
+            DecodeError::BadDescriptor { index: 2 },
+        ),
+        (
+            body(["2.0.2", "a.B", "", "m", "I["], b"", b""),
+            DecodeError::BadDescriptor { index: 2 },
+        ),
+        (
+            body(["2.0.2", "a.B", "", "m", &"I".repeat(256)], b"", b""),
+            DecodeError::TooManyArguments { limit: 255 },
+        ),
+        (
+            body(["2.0.2", "a.B", "", "m", "II"], b"\x91", b""),
+            DecodeError::Truncated {
+                what: "value",
+                offset: 17,
+            },
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(RequestRepr::parse(&body).unwrap_err(), want, "{body:02x?}");
+    }
+    // Attachments that are not a map, and a map cut short.
+    assert!(matches!(
+        RequestRepr::parse(&body(PREAMBLE, b"N", b"\x91")),
+        Err(DecodeError::UnexpectedTag { what: "map", .. })
+    ));
+    assert!(matches!(
+        RequestRepr::parse(&body(PREAMBLE, b"N", b"H\x05group")),
+        Err(DecodeError::Truncated { .. })
+    ));
+    // Every strict prefix of a valid body that cuts the preamble or arguments is an error.
+    let frame = RequestBuilder::new("com.example.DemoService", "sayHello")
+        .args(&[Arg::Str("x"), Arg::Int(1)])
+        .group("g")
+        .build();
+    let full = &frame[HEADER_BYTES..];
+    for len in 0..full.len() {
+        let r = RequestRepr::parse(&full[..len]);
+        // A cut exactly after the arguments is a valid request without attachments.
+        if let Ok(req) = r {
+            assert_eq!(req.group(), None, "prefix {len}");
+        }
+    }
+}
+
+#[test]
+fn descriptors() {
+    use super::request::argument_count;
+    for (desc, n) in [
+        ("", 0),
+        ("I", 1),
+        ("ZBCSIJFD", 8),
+        ("[I", 1),
+        ("[[Ljava/lang/String;J", 2),
+        (
+            "Ljava/lang/String;[Ljava/lang/String;[Ljava/lang/Object;",
+            3,
+        ),
+    ] {
+        assert_eq!(argument_count(desc.as_bytes()).unwrap(), n, "{desc}");
+    }
+}
