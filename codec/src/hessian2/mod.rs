@@ -203,10 +203,12 @@ impl<'a> Cursor<'a> {
         self.buf.len().saturating_sub(self.pos)
     }
 
+    #[inline]
     fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
 
+    #[inline]
     fn byte(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         let b = self.peek().ok_or(DecodeError::Truncated {
             what,
@@ -216,6 +218,7 @@ impl<'a> Cursor<'a> {
         Ok(b)
     }
 
+    #[inline]
     fn take(
         &mut self,
         len: usize,
@@ -230,6 +233,7 @@ impl<'a> Cursor<'a> {
         Ok(data)
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         let offset = self.pos.saturating_sub(1);
         let data = self.take(N, what, offset)?;
@@ -238,14 +242,16 @@ impl<'a> Cursor<'a> {
         Ok(out)
     }
 
+    #[inline]
     fn u16(&mut self) -> Result<usize, DecodeError> {
         Ok(usize::from(u16::from_be_bytes(self.array("length")?)))
     }
 
     /// Consumes `units` UTF-16 units of (modified) UTF-8 and returns their bytes.
+    #[inline]
     fn utf8_span(&mut self, units: usize, offset: usize) -> Result<&'a [u8], DecodeError> {
         let start = self.pos;
-        // Fast path: all ASCII, one byte per unit.
+        // Fast path: all ASCII, one byte per unit (routing fields and most attachments).
         if let Some(data) = start
             .checked_add(units)
             .and_then(|end| self.buf.get(start..end))
@@ -255,6 +261,13 @@ impl<'a> Cursor<'a> {
                 return Ok(data);
             }
         }
+        self.utf8_span_slow(units, offset)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn utf8_span_slow(&mut self, units: usize, offset: usize) -> Result<&'a [u8], DecodeError> {
+        let start = self.pos;
         let truncated = DecodeError::Truncated {
             what: "string",
             offset,
@@ -357,13 +370,30 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one value of any type.
+    #[inline]
     pub fn skip_value(&mut self) -> Result<(), DecodeError> {
-        self.value(0).map(|_| ())
+        self.read_value().map(|_| ())
     }
 
     /// Reads one value: scalars are returned in place, lists, maps and objects are skipped.
+    #[inline]
     pub fn read_value(&mut self) -> Result<Scalar<'a>, DecodeError> {
-        self.value(0)
+        // Inline fast path for the short strings and small ints that make up most of a request's
+        // preamble and attachments; everything else takes the full grammar in `value`.
+        match self.cur.peek() {
+            Some(tag @ 0x00..=0x1f) => {
+                let offset = self.cur.pos;
+                self.cur.pos += 1;
+                self.cur
+                    .utf8_span(usize::from(tag), offset)
+                    .map(Scalar::Str)
+            }
+            Some(tag @ 0x80..=0xbf) => {
+                self.cur.pos += 1;
+                Ok(Scalar::Int(i32::from(tag) - i32::from(tag::INT_ZERO)))
+            }
+            _ => self.value(0),
+        }
     }
 
     /// Consumes the start of a map ('H', or 'M' and its type), whose entries follow as key,
@@ -535,6 +565,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    #[inline]
     fn string(&mut self, tag: u8, offset: usize) -> Result<Scalar<'a>, DecodeError> {
         let units = match tag {
             0x00..=0x1f => usize::from(tag),
