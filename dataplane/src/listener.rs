@@ -129,6 +129,7 @@ pub fn shard_main(
                             d.pending_requests_per_connection_max,
                             stats.clone(),
                             dubbo_ids,
+                            shared.route_ids[index].clone(),
                             (id as u32 + 1).wrapping_mul(0x9e37_79b9),
                         ))
                     }),

@@ -14,7 +14,7 @@ use shard::{ShardHandle, ShardInfo};
 
 use crate::cluster::ClusterStatIds;
 use crate::config::{self, Config};
-use crate::dubbo::downstream::DubboStatIds;
+use crate::dubbo::downstream::{DubboStatIds, RouteStatIds};
 use crate::dubbo::upstream::UpstreamStatIds;
 use crate::stats::{Kind, Registry, StatId, Stats};
 use crate::{admin, listener};
@@ -81,6 +81,8 @@ pub struct Shared {
     pub listener_ids: Vec<ListenerStatIds>,
     /// For `dubbo` listeners, by listener index.
     pub dubbo_ids: Vec<Option<DubboStatIds>>,
+    /// For `dubbo` listeners: per route, then the default route.
+    pub route_ids: Vec<Vec<RouteStatIds>>,
     pub cluster_ids: Vec<ClusterStatIds>,
     pub upstream_ids: Vec<UpstreamStatIds>,
     pub lifecycle: Lifecycle,
@@ -130,6 +132,7 @@ struct StatLayout {
     stats: Stats,
     listener_ids: Vec<ListenerStatIds>,
     dubbo_ids: Vec<Option<DubboStatIds>>,
+    route_ids: Vec<Vec<RouteStatIds>>,
     cluster_ids: Vec<ClusterStatIds>,
     upstream_ids: Vec<UpstreamStatIds>,
 }
@@ -209,6 +212,33 @@ fn build_stats(config: &Config, shards: usize) -> StatLayout {
             })
         })
         .collect();
+    let route_ids = config
+        .listeners
+        .iter()
+        .map(|l| {
+            if l.protocol != config::Protocol::Dubbo {
+                return Vec::new();
+            }
+            let routes = l.dubbo.as_ref().map(|d| d.routes.as_slice()).unwrap_or(&[]);
+            let names = routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("routes[{i}]")))
+                .chain(std::iter::once("default".to_string()));
+            names
+                .map(|route| {
+                    let lab = || vec![("listener", l.name.clone()), ("route", route.clone())];
+                    let mut c = |name| r.add("dubbo_route", name, lab(), Kind::Counter);
+                    RouteStatIds {
+                        rq_total: c("rq_total"),
+                        rsp_ok: c("rsp_ok"),
+                        rsp_error: c("rsp_error"),
+                        rsp_local: c("rsp_local"),
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let upstream_ids = config
         .clusters
         .iter()
@@ -227,6 +257,7 @@ fn build_stats(config: &Config, shards: usize) -> StatLayout {
         stats: Stats::new(r, shards),
         listener_ids,
         dubbo_ids,
+        route_ids,
         cluster_ids,
         upstream_ids,
     }
@@ -259,6 +290,7 @@ impl Server {
             stats: layout.stats,
             listener_ids: layout.listener_ids,
             dubbo_ids: layout.dubbo_ids,
+            route_ids: layout.route_ids,
             cluster_ids: layout.cluster_ids,
             upstream_ids: layout.upstream_ids,
             lifecycle: Lifecycle {

@@ -110,6 +110,14 @@ fn no_route_is_answered_quickly_and_the_connection_stays_usable() {
         "{stats}"
     );
     assert!(stats.contains("listener.dubbo.dubbo_rsp_ok: 1"), "{stats}");
+    assert!(
+        stats.contains("dubbo_route.dubbo.routes[0].rsp_ok: 1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("dubbo_route.dubbo.default.rq_total: 0"),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -45,6 +45,15 @@ pub struct DubboStatIds {
     pub rq_time: HistId,
 }
 
+/// Stat ids of one route (the last entry of a listener's list is its default route).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteStatIds {
+    pub rq_total: StatId,
+    pub rsp_ok: StatId,
+    pub rsp_error: StatId,
+    pub rsp_local: StatId,
+}
+
 /// Everything one Dubbo listener's connections on one shard need.
 pub struct DubboListener {
     pub name: String,
@@ -55,6 +64,8 @@ pub struct DubboListener {
     pub pending_max: u32,
     pub stats: ShardStats,
     pub ids: DubboStatIds,
+    /// Per route, in config order, then the default route.
+    pub route_ids: Vec<RouteStatIds>,
     /// xorshift state for weighted cluster picks.
     dice: Cell<u32>,
 }
@@ -68,6 +79,7 @@ impl DubboListener {
         pending_max: u32,
         stats: ShardStats,
         ids: DubboStatIds,
+        route_ids: Vec<RouteStatIds>,
         seed: u32,
     ) -> Self {
         DubboListener {
@@ -78,6 +90,7 @@ impl DubboListener {
             pending_max,
             stats,
             ids,
+            route_ids,
             dice: Cell::new(seed | 1),
         }
     }
@@ -109,21 +122,26 @@ pub struct DownConn {
 
 impl DownConn {
     /// Queues the upstream's response (already carrying the caller's request id).
-    pub fn response(&self, frame: Bytes, started: Instant) {
+    pub fn response(&self, frame: Bytes, started: Instant, route: RouteStatIds) {
         let l = &self.l;
         l.stats
             .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
         if wire::response_ok(&frame) {
             l.stats.inc(l.ids.rsp_ok);
+            l.stats.inc(route.rsp_ok);
         } else {
             l.stats.inc(l.ids.rsp_error);
+            l.stats.inc(route.rsp_error);
         }
         self.push(frame);
     }
 
-    /// Queues an error reply made by ringside itself.
-    pub fn local_reply(&self, id: u64, status: Status, message: &str) {
+    /// Queues an error reply made by ringside itself (`route`: the route it had matched).
+    pub fn local_reply(&self, id: u64, status: Status, message: &str, route: Option<RouteStatIds>) {
         self.l.stats.inc(self.l.ids.rsp_local);
+        if let Some(r) = route {
+            self.l.stats.inc(r.rsp_local);
+        }
         self.push(wire::error_response(id, status, message));
     }
 
@@ -198,6 +216,7 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
                             id,
                             Status::BAD_REQUEST,
                             &format!("ringside: {}", e.message),
+                            None,
                         );
                     }
                     break 'read;
@@ -246,7 +265,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
             Err(e) => {
                 l.stats.inc(l.ids.rq_bad);
                 if h.two_way {
-                    conn.local_reply(h.id, Status::BAD_REQUEST, &format!("ringside: {e}"));
+                    conn.local_reply(h.id, Status::BAD_REQUEST, &format!("ringside: {e}"), None);
                 }
                 return Err(());
             }
@@ -264,7 +283,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                         String::from_utf8_lossy(req.group_bytes().unwrap_or(b"-")),
                         l.name
                     );
-                    conn.local_reply(h.id, Status::SERVICE_NOT_FOUND, &msg);
+                    conn.local_reply(h.id, Status::SERVICE_NOT_FOUND, &msg, None);
                 }
                 return Ok(());
             }
@@ -283,15 +302,18 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                             "ringside: listener {} has no default route for serialization {}",
                             l.name, h.serialization
                         ),
+                        None,
                     );
                 }
                 return Ok(());
             }
         }
     };
+    let route = l.route_ids[action.route_index.unwrap_or(l.route_ids.len() - 1)];
+    l.stats.inc(route.rq_total);
     let pool = &l.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
-    match pool.forward(frame, h.id, h.two_way, timeout, conn) {
+    match pool.forward(frame, h.id, h.two_way, timeout, conn, route) {
         Ok(()) => {}
         Err(ForwardError::NoHealthyEndpoint) => {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
@@ -300,6 +322,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                     h.id,
                     Status::SERVER_ERROR,
                     &format!("ringside: no healthy endpoint in cluster {}", pool.lb.name),
+                    Some(route),
                 );
             }
         }
@@ -310,6 +333,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                     h.id,
                     Status::SERVER_THREADPOOL_EXHAUSTED,
                     &format!("ringside: {limit} requests already pending to {addr}"),
+                    Some(route),
                 );
             }
         }

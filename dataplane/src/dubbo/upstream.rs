@@ -25,7 +25,7 @@ use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::monoio::net::TcpStream;
 use shard::Notify;
 
-use super::downstream::DownConn;
+use super::downstream::{DownConn, RouteStatIds};
 use super::wire::{self, Status};
 use crate::cluster::ShardCluster;
 use crate::config;
@@ -55,6 +55,7 @@ struct Pending {
     id_down: u64,
     deadline: Instant,
     started: Instant,
+    route: RouteStatIds,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -176,6 +177,7 @@ impl ClusterPool {
         two_way: bool,
         timeout: Duration,
         down: &Rc<DownConn>,
+        route: RouteStatIds,
     ) -> Result<(), ForwardError> {
         let now = Instant::now();
         let host = self.pick_host(now).ok_or(ForwardError::NoHealthyEndpoint)?;
@@ -200,6 +202,7 @@ impl ClusterPool {
                     id_down,
                     deadline,
                     started: now,
+                    route,
                 },
             );
             let mut deadlines = conn.deadlines.borrow_mut();
@@ -268,9 +271,9 @@ impl UpConn {
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
-                p.down.response(frame.freeze(), p.started);
+                p.down.response(frame.freeze(), p.started, p.route);
             }
-            Reply::Local(status, msg) => p.down.local_reply(p.id_down, status, &msg),
+            Reply::Local(status, msg) => p.down.local_reply(p.id_down, status, &msg, Some(p.route)),
         }
     }
 
