@@ -121,17 +121,17 @@ pub fn shard_main(
                     .zip(shared.dubbo_ids[index])
                     .map(|(router, dubbo_ids)| {
                         let d = l.dubbo.clone().unwrap_or_default();
-                        Rc::new(DubboListener::new(
-                            l.name.clone(),
+                        Rc::new(DubboListener {
+                            name: l.name.clone(),
                             router,
-                            pools.clone(),
-                            d.frame_bytes_max,
-                            d.pending_requests_per_connection_max,
-                            stats.clone(),
-                            dubbo_ids,
-                            shared.route_ids[index].clone(),
-                            (id as u32 + 1).wrapping_mul(0x9e37_79b9),
-                        ))
+                            pools: pools.clone(),
+                            frame_bytes_max: d.frame_bytes_max,
+                            pending_max: d.pending_requests_per_connection_max,
+                            stats: stats.clone(),
+                            ids: dubbo_ids,
+                            route_ids: shared.route_ids[index].clone(),
+                            dice: Cell::new((id as u32 + 1).wrapping_mul(0x9e37_79b9) | 1),
+                        })
                     }),
             });
             shard::monoio::spawn(accept_loop(
@@ -147,11 +147,11 @@ pub fn shard_main(
             .fetch_add(1, Ordering::AcqRel);
         tracing::debug!(shard = id, "serving");
 
-        let drain_timeout = loop {
-            match inbox.recv().await {
-                Some(ShardMsg::Drain { timeout }) => break timeout,
-                None => break Duration::ZERO,
-            }
+        // The only message today is Drain; a closed inbox (the control thread is gone) means
+        // stop now.
+        let drain_timeout = match inbox.recv().await {
+            Some(ShardMsg::Drain { timeout }) => timeout,
+            None => Duration::ZERO,
         };
         shared
             .lifecycle

@@ -66,35 +66,11 @@ pub struct DubboListener {
     pub ids: DubboStatIds,
     /// Per route, in config order, then the default route.
     pub route_ids: Vec<RouteStatIds>,
-    /// xorshift state for weighted cluster picks.
-    dice: Cell<u32>,
+    /// xorshift state for weighted cluster picks (any non-zero seed).
+    pub dice: Cell<u32>,
 }
 
 impl DubboListener {
-    pub fn new(
-        name: String,
-        router: Router,
-        pools: Vec<Rc<ClusterPool>>,
-        frame_bytes_max: usize,
-        pending_max: u32,
-        stats: ShardStats,
-        ids: DubboStatIds,
-        route_ids: Vec<RouteStatIds>,
-        seed: u32,
-    ) -> Self {
-        DubboListener {
-            name,
-            router,
-            pools,
-            frame_bytes_max,
-            pending_max,
-            stats,
-            ids,
-            route_ids,
-            dice: Cell::new(seed | 1),
-        }
-    }
-
     fn roll(&self) -> u32 {
         let mut x = self.dice.get();
         x ^= x << 13;

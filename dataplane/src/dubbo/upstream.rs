@@ -420,11 +420,10 @@ fn on_upstream_frame(conn: &Rc<UpConn>, h: wire::Header, frame: BytesMut) {
         // Providers do not send requests on consumer connections; ignore.
         return;
     }
+    // No entry: a late response after a timeout, or the answer to our own heartbeat: dropped.
     let p = conn.pending.borrow_mut().remove(&h.id);
-    match p {
-        Some(p) => conn.finish(p, Reply::Response(frame)),
-        // Late response after a timeout, or to our own heartbeat: dropped.
-        None => {}
+    if let Some(p) = p {
+        conn.finish(p, Reply::Response(frame));
     }
 }
 
