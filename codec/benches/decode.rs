@@ -1,6 +1,7 @@
 //! Decode benchmarks: the frame split and the routing-field scan of a typical Hessian2 request
 //! (interface, version, method, group), and emitting the same request. Run with
-//! `cargo bench -p codec --bench decode`; see docs/benchmarks.md for recorded figures.
+//! `cargo bench -p codec --bench decode`.
+#![allow(clippy::indexing_slicing)]
 
 use std::hint::black_box;
 
