@@ -357,13 +357,23 @@ pub fn set_request_id(frame: &mut [u8], id: u64) -> bool {
 /// (shutting down) so consumers stop sending to it.
 pub const READONLY_EVENT: &[u8] = b"R";
 
+/// Apache Dubbo's `MOCK_HEARTBEAT_EVENT`: heartbeat data for serializations that cannot write
+/// null; accepted from Hessian2 peers too.
+pub const MOCK_HEARTBEAT_EVENT: &[u8] = b"H";
+/// Apache Dubbo 3's `WRITEABLE_EVENT`: a provider that went read-only takes requests again.
+pub const WRITEABLE_EVENT: &[u8] = b"W";
+
 /// What an event frame announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventRepr {
-    /// A heartbeat (request or response): Hessian2 null body, or an empty body.
+    /// A heartbeat (request or response): Hessian2 null body (or the mock heartbeat "H"), or an
+    /// empty body.
     Heartbeat,
     /// A provider going read-only: body is the Hessian2 string "R".
     ReadOnly,
+    /// A read-only provider taking requests again (Dubbo 3): body is the string "W".
+    Writeable,
     /// Any other event, or an event in a serialization other than Hessian2.
     Other,
 }
@@ -388,7 +398,11 @@ impl EventRepr {
         Some(match reader.read_value() {
             _ if body.is_empty() => EventRepr::Heartbeat,
             Ok(crate::hessian2::Scalar::Null) => EventRepr::Heartbeat,
+            Ok(crate::hessian2::Scalar::Str(s)) if s == MOCK_HEARTBEAT_EVENT => {
+                EventRepr::Heartbeat
+            }
             Ok(crate::hessian2::Scalar::Str(s)) if s == READONLY_EVENT => EventRepr::ReadOnly,
+            Ok(crate::hessian2::Scalar::Str(s)) if s == WRITEABLE_EVENT => EventRepr::Writeable,
             _ => EventRepr::Other,
         })
     }

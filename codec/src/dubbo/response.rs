@@ -59,6 +59,7 @@ pub struct ResponseRepr<'a> {
 
 impl<'a> ResponseRepr<'a> {
     /// Reads the response type (OK) or error message (other statuses) of a Hessian2 response.
+    /// Event responses (heartbeats) parse with no kind and no message.
     pub fn parse(header: &HeaderRepr, body: &'a [u8]) -> Result<ResponseRepr<'a>, DecodeError> {
         if header.serialization != Serialization::Hessian2 {
             return Err(DecodeError::NotHessian2 {
@@ -73,7 +74,9 @@ impl<'a> ResponseRepr<'a> {
             body,
             value_offset: 0,
         };
-        if header.status == Status::Ok {
+        if header.flags.event {
+            // Heartbeat and other event responses carry no response type (see `EventRepr`).
+        } else if header.status == Status::Ok {
             let offset = r.position();
             let tag = r.peek().unwrap_or(0);
             match r.read_value()? {

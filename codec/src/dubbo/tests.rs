@@ -176,6 +176,31 @@ fn events() {
     assert_eq!(&ro[HEADER_BYTES..], &[0x01, b'R']);
     let req = RequestBuilder::new("a.B", "m").build();
     assert!(!is_heartbeat(&req) && !is_readonly_event(&req));
+    assert_eq!(
+        EventRepr::parse(
+            &HeaderRepr::parse(&Header::new_checked(&req[..]).unwrap()).unwrap(),
+            &req[HEADER_BYTES..]
+        ),
+        None
+    );
+    let mut event = sample_header();
+    event.flags.event = true;
+    for (body, want) in [
+        (&b"\x01H"[..], EventRepr::Heartbeat),
+        (b"\x01W", EventRepr::Writeable),
+        (b"", EventRepr::Heartbeat),
+        (b"\x01X", EventRepr::Other),
+        (b"\x91", EventRepr::Other),
+        (b"\xff", EventRepr::Other),
+    ] {
+        assert_eq!(EventRepr::parse(&event, body), Some(want), "{body:02x?}");
+    }
+    event.serialization = Serialization::Protobuf;
+    assert_eq!(EventRepr::parse(&event, b""), Some(EventRepr::Heartbeat));
+    assert_eq!(
+        EventRepr::parse(&event, b"\x0a\x01H"),
+        Some(EventRepr::Other)
+    );
     assert!(!is_heartbeat(&[0xda]));
 }
 
@@ -243,6 +268,11 @@ fn responses_round_trip() {
     let resp = ResponseRepr::parse(&header, &ok[HEADER_BYTES..]).unwrap();
     assert_eq!(resp.kind, Some(ResponseKind::NullValueWithAttachments));
     assert_eq!(resp.value().unwrap(), None);
+
+    let hb = encode::heartbeat_response(5);
+    let header = HeaderRepr::parse(&Header::new_checked(&hb[..]).unwrap()).unwrap();
+    let resp = ResponseRepr::parse(&header, &hb[HEADER_BYTES..]).unwrap();
+    assert_eq!((resp.kind, resp.error_message), (None, None));
 
     let err = encode::response_error(6, Status::ServiceNotFound, "no provider for a.B");
     let header = HeaderRepr::parse(&Header::new_checked(&err[..]).unwrap()).unwrap();

@@ -24,9 +24,10 @@ pub use writer::Writer;
 #[cfg(test)]
 mod tests;
 
-/// Deepest nesting of lists, maps and objects the reader follows. Recursion uses about 100 bytes
-/// of stack per level; 128 levels is far below any thread's stack and above the object graphs
-/// Dubbo services send (Java's own serializer recurses the same way).
+/// Deepest nesting of lists, maps and objects the reader follows. Recursion uses about 200 bytes
+/// of stack per level in release builds (measured: 160 for `Reader::value` on x86-64), so 128
+/// levels is ~32 KiB, far below any thread's stack, and above the object graphs Dubbo services
+/// send (Java's own serializer recurses the same way).
 pub const NESTING_DEPTH_MAX: usize = 128;
 /// Most class definitions ('C') in one stream. The reader keeps one field count per definition
 /// in a fixed array, so this is also its size (2 bytes each).
