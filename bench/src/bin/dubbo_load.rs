@@ -1,0 +1,411 @@
+//! `dubbo-load`: Dubbo2 load generator.
+//!
+//! Closed loop (`--connections C --pipeline P`): C connections on one tokio current_thread
+//! runtime, each keeping P requests in flight; every answer triggers the next request, and all
+//! requests due after one read go out in one write. Latency is measured from the actual send.
+//!
+//! Open loop (`--rate R`): requests are due at fixed intervals (1/R) spread round-robin over the
+//! C connections, and latency is measured from the *intended* send time, so a stall in the
+//! system under test (or in this process) shows up in the latencies instead of silently
+//! delaying the next sends (coordinated omission). A pacer thread sleeps in `nanosleep` with a
+//! 1 µs timer slack and writes every due request; one reader thread per connection checks the
+//! answers.
+// The open loop's pacer and reader threads share each connection's state under a lock; this is
+// the load generator, not ringside's data path (where std locks are banned).
+#![allow(clippy::disallowed_types)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bench::args::Args;
+use bench::dubbo_client::{ConnState, Template};
+use bench::progress::{self, Counters};
+use bench::report::{self, ErrorCounts, ErrorKind, LoadReport, Recorder};
+use bench::runner::configs::{DUBBO_INTERFACE, DUBBO_METHOD};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const USAGE: &str =
+    "dubbo-load --target 127.0.0.1:30880 [--connections 1] [--pipeline 1 | --rate R]
+           [--duration 10s] [--warmup 2s] [--timeout 1s] [--payload 16] [--json FILE]
+           [--interface org.apache.dubbo.bench.EchoService] [--method echo]
+
+Closed loop by default: --connections x --pipeline requests in flight.
+Open loop with --rate R: R requests/s over all connections, latency from the intended send time.
+Every response must be status 20 with an id in flight on its connection; errors are counted by
+kind (status, unknown_id, decode, connect, timeout, io). Latency is recorded after --warmup for
+--duration. JSON on stdout or --json FILE; a progress line each second on stderr.";
+
+/// How often in-flight requests are checked against `--timeout`.
+const EXPIRE_EVERY_MS: u64 = 100;
+/// Connect timeout per connection.
+const CONNECT_TIMEOUT_MS: u64 = 2000;
+
+struct Opts {
+    target: String,
+    connections: usize,
+    pipeline: usize,
+    rate: Option<f64>,
+    duration: Duration,
+    warmup: Duration,
+    timeout: Duration,
+    payload: usize,
+    template: Template,
+}
+
+fn main() {
+    let args = Args::parse(USAGE, &[]);
+    let target = args
+        .opt_str("target")
+        .unwrap_or_else(|| args.fail("--target is required"))
+        .to_string();
+    let payload: usize = args.get("payload", 16);
+    let interface = args.str_or("interface", DUBBO_INTERFACE);
+    let method = args.str_or("method", DUBBO_METHOD);
+    let opts = Opts {
+        target,
+        connections: args.get("connections", 1),
+        pipeline: args.get("pipeline", 1),
+        rate: args.opt("rate"),
+        duration: args.duration("duration", Duration::from_secs(10)),
+        warmup: args.duration("warmup", Duration::from_secs(2)),
+        timeout: args.duration("timeout", Duration::from_secs(1)),
+        payload,
+        template: Template::new(&interface, &method, payload),
+    };
+    if opts.connections == 0 || opts.pipeline == 0 {
+        args.fail("--connections and --pipeline must be at least 1");
+    }
+    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        args.fail("--rate must be a positive number of requests per second");
+    }
+    if opts.target.parse::<SocketAddr>().is_err() {
+        args.fail("--target must be IP:PORT");
+    }
+
+    let counters = Arc::new(Counters::default());
+    let start = Instant::now();
+    let progress = progress::spawn("dubbo-load", counters.clone(), start, opts.warmup);
+    let (rec, errors) = match opts.rate {
+        None => closed_loop(&opts, start, &counters),
+        Some(rate) => open_loop(&opts, rate, start, &counters),
+    };
+    counters.stop.store(true, Relaxed);
+    let _ = progress.join();
+
+    let measured = rec.hist.len();
+    let report = LoadReport {
+        tool: "dubbo-load".into(),
+        mode: if opts.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+        .into(),
+        target: opts.target.clone(),
+        connections: opts.connections,
+        pipeline: if opts.rate.is_some() {
+            0
+        } else {
+            opts.pipeline
+        },
+        rate_per_s: opts.rate,
+        payload_bytes: opts.payload,
+        duration_s: opts.duration.as_secs_f64(),
+        warmup_s: opts.warmup.as_secs_f64(),
+        sent: counters.sent.load(Relaxed),
+        received: counters.received.load(Relaxed),
+        measured,
+        rps: measured as f64 / opts.duration.as_secs_f64().max(1e-9),
+        latency_us: rec.latency_us(),
+        errors,
+        cdf: rec.cdf(),
+    };
+    if let Err(e) = report::emit(&report, args.opt_str("json")) {
+        eprintln!("dubbo-load: writing the report: {e}");
+        std::process::exit(1);
+    }
+}
+
+// --- closed loop ---
+
+fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Recorder, ErrorCounts) {
+    let rt = bench::runner::tokio_runtime(1);
+    let measure_from = start + opts.warmup;
+    let end = measure_from + opts.duration;
+    let local = tokio::task::LocalSet::new();
+    let target = Rc::new(opts.target.clone());
+    rt.block_on(local.run_until(async {
+        let mut tasks = Vec::new();
+        for i in 0..opts.connections {
+            let state = ConnState::new(i, opts.template.clone(), measure_from);
+            let (target, counters) = (target.clone(), counters.clone());
+            let (pipeline, timeout) = (opts.pipeline, opts.timeout);
+            tasks.push(tokio::task::spawn_local(async move {
+                closed_conn(&target, state, pipeline, timeout, end, &counters).await
+            }));
+        }
+        let mut all = (Recorder::new(), ErrorCounts::default());
+        for t in tasks {
+            if let Ok((rec, errs)) = t.await {
+                all.0.merge(&rec);
+                all.1.merge(&errs);
+            }
+        }
+        all
+    }))
+}
+
+async fn closed_conn(
+    target: &str,
+    mut state: ConnState,
+    pipeline: usize,
+    timeout: Duration,
+    end: Instant,
+    counters: &Counters,
+) -> (Recorder, ErrorCounts) {
+    let connect = tokio::net::TcpStream::connect(target);
+    let mut stream =
+        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                eprintln!("dubbo-load: connect {target}: {e}");
+                state.error(ErrorKind::Connect, counters);
+                return (state.rec, state.errors);
+            }
+            Err(_) => {
+                state.error(ErrorKind::Connect, counters);
+                return (state.rec, state.errors);
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    let mut out = BytesMut::with_capacity(pipeline * state.frame_bytes());
+    let now = Instant::now();
+    for _ in 0..pipeline {
+        state.push_request(&mut out, now);
+    }
+    counters.sent(pipeline as u64);
+    let mut expire_at = now + Duration::from_millis(EXPIRE_EVERY_MS);
+    let end_tokio = tokio::time::Instant::from_std(end);
+    loop {
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                state.error(ErrorKind::Io, counters);
+                break;
+            }
+            out.clear();
+        }
+        state.reserve_read();
+        let wake = tokio::time::Instant::from_std(expire_at.min(end));
+        let read = tokio::select! {
+            r = stream.read_buf(&mut state.read_buf) => Some(r),
+            _ = tokio::time::sleep_until(wake) => None,
+        };
+        let now = Instant::now();
+        let mut freed = 0;
+        match read {
+            Some(Ok(0)) | Some(Err(_)) => {
+                if now < end {
+                    state.error(ErrorKind::Io, counters);
+                }
+                break;
+            }
+            Some(Ok(_)) => {
+                let p = state.on_read(now, &mut out, counters);
+                if p.fatal {
+                    break;
+                }
+                freed += p.completed;
+            }
+            None => {}
+        }
+        if now >= expire_at {
+            freed += state.expire(now, timeout, counters);
+            expire_at = now + Duration::from_millis(EXPIRE_EVERY_MS);
+        }
+        if tokio::time::Instant::now() >= end_tokio {
+            break;
+        }
+        for _ in 0..freed {
+            state.push_request(&mut out, now);
+        }
+        counters.sent(freed as u64);
+    }
+    // The run is over: answers still owed are neither good nor errors.
+    state.abandon();
+    (state.rec, state.errors)
+}
+
+// --- open loop ---
+
+struct OpenConn {
+    state: Mutex<ConnState>,
+    writer: Mutex<TcpStream>,
+}
+
+fn open_loop(
+    opts: &Opts,
+    rate: f64,
+    start: Instant,
+    counters: &Arc<Counters>,
+) -> (Recorder, ErrorCounts) {
+    let measure_from = start + opts.warmup;
+    let end = measure_from + opts.duration;
+    let mut conns: Vec<Arc<OpenConn>> = Vec::new();
+    let mut failed = ErrorCounts::default();
+    let addr: SocketAddr = match opts.target.parse() {
+        Ok(a) => a,
+        Err(_) => return (Recorder::new(), failed),
+    };
+    for i in 0..opts.connections {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                conns.push(Arc::new(OpenConn {
+                    state: Mutex::new(ConnState::new(i, opts.template.clone(), measure_from)),
+                    writer: Mutex::new(s),
+                }));
+            }
+            Err(e) => {
+                eprintln!("dubbo-load: connect {}: {e}", opts.target);
+                failed.add(ErrorKind::Connect);
+                counters.error();
+            }
+        }
+    }
+    if conns.is_empty() {
+        return (Recorder::new(), failed);
+    }
+
+    let readers: Vec<_> = conns
+        .iter()
+        .filter_map(|c| {
+            let reader = c.writer.lock().ok()?.try_clone().ok()?;
+            let (c, counters, timeout) = (c.clone(), counters.clone(), opts.timeout);
+            Some(std::thread::spawn(move || {
+                open_reader(&c, reader, timeout, &counters)
+            }))
+        })
+        .collect();
+
+    // The pacer, on the main thread: request k is due at start + k / rate, on connection k % C.
+    if !bench::set_timer_slack_1us() {
+        eprintln!("dubbo-load: could not set the timer slack; pacing may run up to 50 µs late");
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut k: u64 = 0;
+    let mut out = BytesMut::with_capacity(4096);
+    'pace: loop {
+        let due = start + interval.mul_f64(k as f64);
+        if due >= end {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let Some(conn) = conns.get((k % conns.len() as u64) as usize) else {
+            break;
+        };
+        out.clear();
+        match conn.state.lock() {
+            Ok(mut s) => s.push_request(&mut out, due),
+            Err(_) => break 'pace,
+        }
+        let wrote = conn
+            .writer
+            .lock()
+            .map(|mut w| w.write_all(&out).is_ok())
+            .unwrap_or(false);
+        if wrote {
+            counters.sent(1);
+        } else if let Ok(mut s) = conn.state.lock() {
+            // The reader sees the broken connection too and counts it; the request is lost.
+            s.error(ErrorKind::Io, counters);
+        }
+        k += 1;
+    }
+
+    // Let the last answers arrive (at most --timeout), then count what is missing as timeouts.
+    let drain_until = Instant::now() + opts.timeout;
+    while Instant::now() < drain_until
+        && conns
+            .iter()
+            .any(|c| c.state.lock().map(|s| s.inflight() > 0).unwrap_or(false))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    counters.stop.store(true, Relaxed);
+    for c in &conns {
+        if let Ok(w) = c.writer.lock() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let mut rec = Recorder::new();
+    for c in &conns {
+        if let Ok(mut s) = c.state.lock() {
+            s.expire_all(counters);
+            rec.merge(&s.rec);
+            failed.merge(&s.errors);
+        }
+    }
+    (rec, failed)
+}
+
+fn open_reader(conn: &OpenConn, mut stream: TcpStream, timeout: Duration, counters: &Counters) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(EXPIRE_EVERY_MS)));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut heartbeats = BytesMut::new();
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => 0,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if counters.stop.load(Relaxed) {
+                    return;
+                }
+                if let Ok(mut s) = conn.state.lock() {
+                    s.expire(Instant::now(), timeout, counters);
+                }
+                continue;
+            }
+            Err(_) => 0,
+        };
+        let now = Instant::now();
+        let Ok(mut s) = conn.state.lock() else {
+            return;
+        };
+        if n == 0 {
+            if !counters.stop.load(Relaxed) {
+                s.error(ErrorKind::Io, counters);
+            }
+            return;
+        }
+        if let Some(bytes) = buf.get(..n) {
+            s.read_buf.extend_from_slice(bytes);
+        }
+        let p = s.on_read(now, &mut heartbeats, counters);
+        drop(s);
+        if !heartbeats.is_empty() {
+            if let Ok(mut w) = conn.writer.lock() {
+                let _ = w.write_all(&heartbeats);
+            }
+            heartbeats.clear();
+        }
+        if p.fatal {
+            return;
+        }
+    }
+}

