@@ -146,6 +146,7 @@ fn handle(method: &str, target: &str, role: Role, shared: &Shared) -> Response {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: shared.stats.render_prometheus(),
         },
+        ("GET", "/memory") => Response::json(memory(shared)),
         ("GET", "/config_dump") => Response::json(
             serde_json::to_value(&shared.config)
                 .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
@@ -154,8 +155,8 @@ fn handle(method: &str, target: &str, role: Role, shared: &Shared) -> Response {
         ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit"),
         ("GET", "/") => Response::text(
             200,
-            "ringside admin: /ready /server_info /stats /stats?format=json /stats/prometheus \
-             /config_dump; POST /drain /quitquitquit\n",
+            "ringside admin: /ready /server_info /memory /stats /stats?format=json \
+             /stats/prometheus /config_dump; POST /drain /quitquitquit\n",
         ),
         (_, "/drain" | "/quitquitquit") => Response::text(405, "use POST\n"),
         _ => Response::text(404, "not found\n"),
@@ -182,6 +183,23 @@ fn drain(shared: &Shared, reason: &'static str) -> Response {
     }
 }
 
+fn memory(shared: &Shared) -> serde_json::Value {
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    serde_json::json!({
+        "rss_bytes": rss_kib * 1024,
+        "stats": shared.stats.memory(),
+        "per_host_stats": shared.stats.per_host,
+    })
+}
+
 fn server_info(shared: &Shared) -> serde_json::Value {
     let shards: Vec<_> = shared
         .shard_infos
@@ -189,7 +207,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
         .map(|v| {
             v.iter()
                 .map(|i| {
-                    let shard_stats = &shared.stats.shards[i.id];
+                    let shard_stats = shared.stats.shard(i.id);
                     let accepted: u64 = shared
                         .listener_ids
                         .iter()

@@ -18,12 +18,24 @@ use crate::stats::{ShardStats, StatId};
 pub const CONNECT_ATTEMPTS_MAX: usize = 3;
 
 /// Stat ids of one cluster.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ClusterStatIds {
     pub cx_total: StatId,
     pub cx_active: StatId,
     pub cx_connect_fail: StatId,
     pub cx_connect_timeout: StatId,
+    /// Per endpoint, in config order (all the sink when `stats.per_host` is off).
+    pub hosts: Vec<HostStatIds>,
+}
+
+/// Stat ids of one upstream endpoint (`stats.per_host`).
+#[derive(Clone, Copy, Debug)]
+pub struct HostStatIds {
+    pub cx_total: StatId,
+    pub cx_connect_fail: StatId,
+    pub rq_total: StatId,
+    pub rq_timeout: StatId,
+    pub rq_failure: StatId,
 }
 
 pub struct ShardCluster {
@@ -119,6 +131,7 @@ impl ShardCluster {
                     let _ = stream.set_nodelay(true);
                     self.active[i].set(self.active[i].get() + 1);
                     stats.inc(self.ids.cx_total);
+                    stats.inc(self.ids.hosts[i].cx_total);
                     stats.inc(self.ids.cx_active);
                     return Ok(Upstream {
                         stream,
@@ -131,6 +144,7 @@ impl ShardCluster {
                 }
                 Ok(Err(source)) => {
                     stats.inc(self.ids.cx_connect_fail);
+                    stats.inc(self.ids.hosts[i].cx_connect_fail);
                     last = Some(ConnectError::Io { addr, source });
                 }
                 Err(_) => {

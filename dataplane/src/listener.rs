@@ -70,13 +70,13 @@ pub fn shard_main(
         });
     }
     Ok(async move {
-        let stats = shared.stats.shards[id].clone();
+        let stats = shared.stats.shard(id);
         let clusters: Vec<Rc<ShardCluster>> = shared
             .config
             .clusters
             .iter()
             .zip(&shared.cluster_ids)
-            .map(|(c, ids)| Rc::new(ShardCluster::new(c, *ids)))
+            .map(|(c, ids)| Rc::new(ShardCluster::new(c, ids.clone())))
             .collect();
         // Upstream Dubbo pools: one per cluster per shard, shared by every listener of the shard.
         let pools: Vec<Rc<ClusterPool>> = shared
@@ -130,6 +130,7 @@ pub fn shard_main(
                             stats: stats.clone(),
                             ids: dubbo_ids,
                             route_ids: shared.route_ids[index].clone(),
+                            services: Default::default(),
                             dice: Cell::new((id as u32 + 1).wrapping_mul(0x9e37_79b9) | 1),
                         })
                     }),

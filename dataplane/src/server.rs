@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use shard::{ShardHandle, ShardInfo};
 
-use crate::cluster::ClusterStatIds;
+use crate::cluster::{ClusterStatIds, HostStatIds};
 use crate::config::{self, Config};
-use crate::dubbo::downstream::{DubboStatIds, RouteStatIds};
+use crate::dubbo::downstream::{DubboStatIds, RequestStatIds};
 use crate::dubbo::upstream::UpstreamStatIds;
-use crate::stats::{Kind, Registry, StatId, Stats};
+use crate::stats::{Kind, StatId, Stats};
 use crate::{admin, listener};
 
 /// Messages queued into each shard's inbox.
@@ -77,12 +77,12 @@ pub struct Shared {
     pub config: Config,
     /// Bumped on every config change; 1 for the static file.
     pub config_version: u64,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     pub listener_ids: Vec<ListenerStatIds>,
     /// For `dubbo` listeners, by listener index.
     pub dubbo_ids: Vec<Option<DubboStatIds>>,
     /// For `dubbo` listeners: per route, then the default route.
-    pub route_ids: Vec<Vec<RouteStatIds>>,
+    pub route_ids: Vec<Vec<RequestStatIds>>,
     pub cluster_ids: Vec<ClusterStatIds>,
     pub upstream_ids: Vec<UpstreamStatIds>,
     pub lifecycle: Lifecycle,
@@ -129,43 +129,27 @@ pub struct Server {
 
 /// Every stat id, resolved once before the shards start.
 struct StatLayout {
-    stats: Stats,
     listener_ids: Vec<ListenerStatIds>,
     dubbo_ids: Vec<Option<DubboStatIds>>,
-    route_ids: Vec<Vec<RouteStatIds>>,
+    route_ids: Vec<Vec<RequestStatIds>>,
     cluster_ids: Vec<ClusterStatIds>,
     upstream_ids: Vec<UpstreamStatIds>,
 }
 
-fn build_stats(config: &Config, shards: usize) -> StatLayout {
-    let mut r = Registry::default();
+fn build_stats(config: &Config, st: &Stats) -> StatLayout {
+    use Kind::{Counter, Gauge};
     let listener_ids = config
         .listeners
         .iter()
         .map(|l| {
-            let lab = || vec![("listener", l.name.clone())];
+            let t = [("listener", l.name.as_str())];
             ListenerStatIds {
-                cx_total: r.add("listener", "downstream_cx_total", lab(), Kind::Counter),
-                cx_active: r.add("listener", "downstream_cx_active", lab(), Kind::Gauge),
-                cx_overflow: r.add("listener", "downstream_cx_overflow", lab(), Kind::Counter),
-                cx_idle_timeout: r.add(
-                    "listener",
-                    "downstream_cx_idle_timeout",
-                    lab(),
-                    Kind::Counter,
-                ),
-                bytes_rx: r.add(
-                    "listener",
-                    "downstream_bytes_rx_total",
-                    lab(),
-                    Kind::Counter,
-                ),
-                bytes_tx: r.add(
-                    "listener",
-                    "downstream_bytes_tx_total",
-                    lab(),
-                    Kind::Counter,
-                ),
+                cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
+                cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
+                cx_overflow: st.add("listener", "downstream_cx_overflow", &t, Counter),
+                cx_idle_timeout: st.add("listener", "downstream_cx_idle_timeout", &t, Counter),
+                bytes_rx: st.add("listener", "downstream_bytes_rx_total", &t, Counter),
+                bytes_tx: st.add("listener", "downstream_bytes_tx_total", &t, Counter),
             }
         })
         .collect();
@@ -173,17 +157,31 @@ fn build_stats(config: &Config, shards: usize) -> StatLayout {
         .clusters
         .iter()
         .map(|c| {
-            let lab = || vec![("cluster", c.name.clone())];
+            let t = [("cluster", c.name.as_str())];
             ClusterStatIds {
-                cx_total: r.add("cluster", "upstream_cx_total", lab(), Kind::Counter),
-                cx_active: r.add("cluster", "upstream_cx_active", lab(), Kind::Gauge),
-                cx_connect_fail: r.add("cluster", "upstream_cx_connect_fail", lab(), Kind::Counter),
-                cx_connect_timeout: r.add(
-                    "cluster",
-                    "upstream_cx_connect_timeout",
-                    lab(),
-                    Kind::Counter,
-                ),
+                cx_total: st.add("cluster", "upstream_cx_total", &t, Counter),
+                cx_active: st.add("cluster", "upstream_cx_active", &t, Gauge),
+                cx_connect_fail: st.add("cluster", "upstream_cx_connect_fail", &t, Counter),
+                cx_connect_timeout: st.add("cluster", "upstream_cx_connect_timeout", &t, Counter),
+                hosts: c
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let host = e.to_string();
+                        let t = [("cluster", c.name.as_str()), ("host", host.as_str())];
+                        HostStatIds {
+                            cx_total: st.add_host("cluster_host", "upstream_cx_total", &t),
+                            cx_connect_fail: st.add_host(
+                                "cluster_host",
+                                "upstream_cx_connect_fail",
+                                &t,
+                            ),
+                            rq_total: st.add_host("cluster_host", "upstream_rq_total", &t),
+                            rq_timeout: st.add_host("cluster_host", "upstream_rq_timeout", &t),
+                            rq_failure: st.add_host("cluster_host", "upstream_rq_failure", &t),
+                        }
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -194,8 +192,13 @@ fn build_stats(config: &Config, shards: usize) -> StatLayout {
             if l.protocol != config::Protocol::Dubbo {
                 return None;
             }
-            let lab = || vec![("listener", l.name.clone())];
-            let mut c = |name| r.add("listener", name, lab(), Kind::Counter);
+            let t = [("listener", l.name.as_str())];
+            let c = |name| st.add("listener", name, &t, Counter);
+            let other = [
+                ("listener", l.name.as_str()),
+                ("interface", "other"),
+                ("method", "other"),
+            ];
             Some(DubboStatIds {
                 rq_total: c("dubbo_rq_total"),
                 rq_oneway: c("dubbo_rq_oneway"),
@@ -208,7 +211,8 @@ fn build_stats(config: &Config, shards: usize) -> StatLayout {
                 rsp_ok: c("dubbo_rsp_ok"),
                 rsp_error: c("dubbo_rsp_error"),
                 rsp_local: c("dubbo_rsp_local"),
-                rq_time: r.add_histogram("listener", "dubbo_rq_time_us", lab()),
+                rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
+                other_service: RequestStatIds::register(st, "dubbo_service", &other),
             })
         })
         .collect();
@@ -220,21 +224,14 @@ fn build_stats(config: &Config, shards: usize) -> StatLayout {
                 return Vec::new();
             }
             let routes = l.dubbo.as_ref().map(|d| d.routes.as_slice()).unwrap_or(&[]);
-            let names = routes
+            routes
                 .iter()
                 .enumerate()
                 .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("routes[{i}]")))
-                .chain(std::iter::once("default".to_string()));
-            names
+                .chain(std::iter::once("default".to_string()))
                 .map(|route| {
-                    let lab = || vec![("listener", l.name.clone()), ("route", route.clone())];
-                    let mut c = |name| r.add("dubbo_route", name, lab(), Kind::Counter);
-                    RouteStatIds {
-                        rq_total: c("rq_total"),
-                        rsp_ok: c("rsp_ok"),
-                        rsp_error: c("rsp_error"),
-                        rsp_local: c("rsp_local"),
-                    }
+                    let t = [("listener", l.name.as_str()), ("route", route.as_str())];
+                    RequestStatIds::register(st, "dubbo_route", &t)
                 })
                 .collect()
         })
@@ -242,19 +239,18 @@ fn build_stats(config: &Config, shards: usize) -> StatLayout {
     let upstream_ids = config
         .clusters
         .iter()
-        .map(|cl| {
-            let lab = || vec![("cluster", cl.name.clone())];
+        .map(|c| {
+            let t = [("cluster", c.name.as_str())];
             UpstreamStatIds {
-                rq_total: r.add("cluster", "upstream_rq_total", lab(), Kind::Counter),
-                rq_timeout: r.add("cluster", "upstream_rq_timeout", lab(), Kind::Counter),
-                rq_failure: r.add("cluster", "upstream_rq_failure", lab(), Kind::Counter),
-                rq_overflow: r.add("cluster", "upstream_rq_overflow", lab(), Kind::Counter),
-                rq_active: r.add("cluster", "upstream_rq_active", lab(), Kind::Gauge),
+                rq_total: st.add("cluster", "upstream_rq_total", &t, Counter),
+                rq_timeout: st.add("cluster", "upstream_rq_timeout", &t, Counter),
+                rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
+                rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
+                rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
             }
         })
         .collect();
     StatLayout {
-        stats: Stats::new(r, shards),
         listener_ids,
         dubbo_ids,
         route_ids,
@@ -281,13 +277,18 @@ impl Server {
             config::IoMode::Uring => shard::IoMode::Uring,
             config::IoMode::Epoll => shard::IoMode::Epoll,
         };
-        let layout = build_stats(&config, shard_count);
+        let stats = Arc::new(
+            Stats::new(shard_count, &config.stats)
+                .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
+        );
+        let layout = build_stats(&config, &stats);
+        stats.prefault();
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
         let shared = Arc::new(Shared {
             config,
             config_version: 1,
-            stats: layout.stats,
+            stats,
             listener_ids: layout.listener_ids,
             dubbo_ids: layout.dubbo_ids,
             route_ids: layout.route_ids,

@@ -63,6 +63,55 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    #[serde(default)]
+    pub stats: StatsConfig,
+}
+
+/// Default cap on Dubbo (listener, interface, method) stat entries per shard.
+pub const DUBBO_SERVICES_MAX_DEFAULT: usize = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Per-upstream-host stats (off: with many hosts they dominate memory).
+    #[serde(default)]
+    pub per_host: bool,
+    /// When non-empty, only stats whose text name matches one of these are kept.
+    #[serde(default)]
+    pub include: Vec<NameMatch>,
+    /// Stats whose text name matches one of these are dropped.
+    #[serde(default)]
+    pub exclude: Vec<NameMatch>,
+    /// Distinct Dubbo (listener, interface, method) entries tracked per shard; beyond it,
+    /// requests are counted under interface and method `other`.
+    #[serde(default = "default_dubbo_services_max")]
+    pub dubbo_services_max: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            per_host: false,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            dubbo_services_max: DUBBO_SERVICES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Exactly one of `prefix` or `regex` (full match), against a stat's text name such as
+/// `cluster.users.upstream_rq_total`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameMatch {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+fn default_dubbo_services_max() -> usize {
+    DUBBO_SERVICES_MAX_DEFAULT
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -444,6 +493,24 @@ impl Config {
                     self.drain_timeout_ms
                 ),
             );
+        }
+
+        for (list, rules) in [
+            ("include", &self.stats.include),
+            ("exclude", &self.stats.exclude),
+        ] {
+            for (i, m) in rules.iter().enumerate() {
+                let field = format!("stats.{list}[{i}]");
+                match (&m.prefix, &m.regex) {
+                    (Some(_), None) => {}
+                    (None, Some(r)) => {
+                        if let Err(e) = regex::Regex::new(r) {
+                            err(format!("{field}.regex"), format!("invalid regex: {e}"));
+                        }
+                    }
+                    _ => err(field, "give exactly one of prefix, regex".into()),
+                }
+            }
         }
 
         let mut cluster_names = HashSet::new();

@@ -22,7 +22,8 @@ use shard::Notify;
 use super::router::Router;
 use super::upstream::{ClusterPool, ForwardError};
 use super::wire::{self, Status};
-use crate::stats::{HistId, ShardStats, StatId};
+use crate::stats::{HistId, Kind, ShardStats, StatId, Stats};
+use rustc_hash::FxHashMap;
 
 /// Read buffer growth step.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -43,16 +44,48 @@ pub struct DubboStatIds {
     pub rsp_error: StatId,
     pub rsp_local: StatId,
     pub rq_time: HistId,
+    /// Where interfaces/methods beyond `stats.dubbo_services_max` are counted.
+    pub other_service: RequestStatIds,
 }
 
-/// Stat ids of one route (the last entry of a listener's list is its default route).
+/// Request and response counters of one route, or of one Dubbo (interface, method).
 #[derive(Clone, Copy, Debug)]
-pub struct RouteStatIds {
+pub struct RequestStatIds {
     pub rq_total: StatId,
     pub rsp_ok: StatId,
     pub rsp_error: StatId,
     pub rsp_local: StatId,
 }
+
+impl RequestStatIds {
+    pub fn register(stats: &Stats, scope: &str, tags: &[(&str, &str)]) -> Self {
+        let c = |name| stats.add(scope, name, tags, Kind::Counter);
+        RequestStatIds {
+            rq_total: c("rq_total"),
+            rsp_ok: c("rsp_ok"),
+            rsp_error: c("rsp_error"),
+            rsp_local: c("rsp_local"),
+        }
+    }
+}
+
+/// The per-request counters a request carries until it is answered: its route's and its
+/// interface/method's.
+#[derive(Clone, Copy, Debug)]
+pub struct Counted {
+    pub route: RequestStatIds,
+    pub service: RequestStatIds,
+}
+
+impl Counted {
+    fn inc(&self, stats: &ShardStats, pick: impl Fn(&RequestStatIds) -> StatId) {
+        stats.inc(pick(&self.route));
+        stats.inc(pick(&self.service));
+    }
+}
+
+/// interface → method → counters, per listener per shard.
+pub type ServiceStatsMap = FxHashMap<Box<[u8]>, FxHashMap<Box<[u8]>, RequestStatIds>>;
 
 /// Everything one Dubbo listener's connections on one shard need.
 pub struct DubboListener {
@@ -65,12 +98,47 @@ pub struct DubboListener {
     pub stats: ShardStats,
     pub ids: DubboStatIds,
     /// Per route, in config order, then the default route.
-    pub route_ids: Vec<RouteStatIds>,
+    pub route_ids: Vec<RequestStatIds>,
+    /// Per (interface, method) seen on this shard; registered on first sight.
+    pub services: RefCell<ServiceStatsMap>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
     pub dice: Cell<u32>,
 }
 
 impl DubboListener {
+    /// The counters of one interface/method: a map lookup on the data path, a registration
+    /// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
+    fn service_ids(&self, interface: &[u8], method: &[u8]) -> RequestStatIds {
+        if let Some(ids) = self
+            .services
+            .borrow()
+            .get(interface)
+            .and_then(|m| m.get(method))
+        {
+            return *ids;
+        }
+        let stats = &self.stats.stats;
+        if !stats.track_service() {
+            return self.ids.other_service;
+        }
+        let (i, m) = (
+            String::from_utf8_lossy(interface),
+            String::from_utf8_lossy(method),
+        );
+        let tags = [
+            ("listener", self.name.as_str()),
+            ("interface", &i),
+            ("method", &m),
+        ];
+        let ids = RequestStatIds::register(stats, "dubbo_service", &tags);
+        self.services
+            .borrow_mut()
+            .entry(interface.into())
+            .or_default()
+            .insert(method.into(), ids);
+        ids
+    }
+
     fn roll(&self) -> u32 {
         let mut x = self.dice.get();
         x ^= x << 13;
@@ -98,25 +166,25 @@ pub struct DownConn {
 
 impl DownConn {
     /// Queues the upstream's response (already carrying the caller's request id).
-    pub fn response(&self, frame: Bytes, started: Instant, route: RouteStatIds) {
+    pub fn response(&self, frame: Bytes, started: Instant, counted: Counted) {
         let l = &self.l;
         l.stats
             .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
         if wire::response_ok(&frame) {
             l.stats.inc(l.ids.rsp_ok);
-            l.stats.inc(route.rsp_ok);
+            counted.inc(&l.stats, |c| c.rsp_ok);
         } else {
             l.stats.inc(l.ids.rsp_error);
-            l.stats.inc(route.rsp_error);
+            counted.inc(&l.stats, |c| c.rsp_error);
         }
         self.push(frame);
     }
 
-    /// Queues an error reply made by ringside itself (`route`: the route it had matched).
-    pub fn local_reply(&self, id: u64, status: Status, message: &str, route: Option<RouteStatIds>) {
+    /// Queues an error reply made by ringside itself (`counted`: once routed).
+    pub fn local_reply(&self, id: u64, status: Status, message: &str, counted: Option<Counted>) {
         self.l.stats.inc(self.l.ids.rsp_local);
-        if let Some(r) = route {
-            self.l.stats.inc(r.rsp_local);
+        if let Some(c) = counted {
+            c.inc(&self.l.stats, |c| c.rsp_local);
         }
         self.push(wire::error_response(id, status, message));
     }
@@ -235,7 +303,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     if !h.two_way {
         l.stats.inc(l.ids.rq_oneway);
     }
-    let action = if h.hessian2 {
+    let (action, service) = if h.hessian2 {
         let req = match wire::RequestView::parse(&frame) {
             Ok(r) => r,
             Err(e) => {
@@ -246,9 +314,12 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                 return Err(());
             }
         };
+        let service = l.service_ids(req.interface_bytes(), req.method_bytes());
         match l.router.route(&req) {
-            Some(a) => a,
+            Some(a) => (a, service),
             None => {
+                l.stats.inc(service.rq_total);
+                l.stats.inc(service.rsp_local);
                 l.stats.inc(l.ids.rq_no_route);
                 if h.two_way {
                     let msg = format!(
@@ -267,7 +338,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     } else {
         l.stats.inc(l.ids.rq_opaque);
         match l.router.default_route() {
-            Some(a) => a,
+            Some(a) => (a, l.ids.other_service),
             None => {
                 l.stats.inc(l.ids.rq_no_route);
                 if h.two_way {
@@ -285,11 +356,14 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
             }
         }
     };
-    let route = l.route_ids[action.route_index.unwrap_or(l.route_ids.len() - 1)];
-    l.stats.inc(route.rq_total);
+    let counted = Counted {
+        route: l.route_ids[action.route_index.unwrap_or(l.route_ids.len() - 1)],
+        service,
+    };
+    counted.inc(&l.stats, |c| c.rq_total);
     let pool = &l.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
-    match pool.forward(frame, h.id, h.two_way, timeout, conn, route) {
+    match pool.forward(frame, h.id, h.two_way, timeout, conn, counted) {
         Ok(()) => {}
         Err(ForwardError::NoHealthyEndpoint) => {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
@@ -298,7 +372,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                     h.id,
                     Status::SERVER_ERROR,
                     &format!("ringside: no healthy endpoint in cluster {}", pool.lb.name),
-                    Some(route),
+                    Some(counted),
                 );
             }
         }
@@ -309,7 +383,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                     h.id,
                     Status::SERVER_THREADPOOL_EXHAUSTED,
                     &format!("ringside: {limit} requests already pending to {addr}"),
-                    Some(route),
+                    Some(counted),
                 );
             }
         }

@@ -25,8 +25,9 @@ use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::monoio::net::TcpStream;
 use shard::Notify;
 
-use super::downstream::{DownConn, RouteStatIds};
+use super::downstream::{Counted, DownConn};
 use super::wire::{self, Status};
+use crate::cluster::HostStatIds;
 use crate::cluster::ShardCluster;
 use crate::config;
 use crate::stats::ShardStats;
@@ -55,7 +56,7 @@ struct Pending {
     id_down: u64,
     deadline: Instant,
     started: Instant,
-    route: RouteStatIds,
+    counted: Counted,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,6 +91,7 @@ pub struct Host {
     down_until: Cell<Option<Instant>>,
     /// The provider said it is going away (Dubbo readonly event): no new requests.
     readonly: Cell<bool>,
+    ids: HostStatIds,
 }
 
 /// A cluster's upstream pools on one shard.
@@ -133,6 +135,7 @@ impl ClusterPool {
                     pending: Cell::new(0),
                     down_until: Cell::new(None),
                     readonly: Cell::new(false),
+                    ids: lb.ids.hosts[index],
                 })
             })
             .collect();
@@ -177,7 +180,7 @@ impl ClusterPool {
         two_way: bool,
         timeout: Duration,
         down: &Rc<DownConn>,
-        route: RouteStatIds,
+        counted: Counted,
     ) -> Result<(), ForwardError> {
         let now = Instant::now();
         let host = self.pick_host(now).ok_or(ForwardError::NoHealthyEndpoint)?;
@@ -190,6 +193,7 @@ impl ClusterPool {
         }
         let conn = host.connection(self);
         self.stats.inc(self.ids.rq_total);
+        self.stats.inc(host.ids.rq_total);
         if two_way {
             let id_up = conn.next_id.get();
             conn.next_id.set(id_up.wrapping_add(1));
@@ -202,7 +206,7 @@ impl ClusterPool {
                     id_down,
                     deadline,
                     started: now,
-                    route,
+                    counted,
                 },
             );
             let mut deadlines = conn.deadlines.borrow_mut();
@@ -271,9 +275,11 @@ impl UpConn {
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
-                p.down.response(frame.freeze(), p.started, p.route);
+                p.down.response(frame.freeze(), p.started, p.counted);
             }
-            Reply::Local(status, msg) => p.down.local_reply(p.id_down, status, &msg, Some(p.route)),
+            Reply::Local(status, msg) => {
+                p.down.local_reply(p.id_down, status, &msg, Some(p.counted))
+            }
         }
     }
 
@@ -298,6 +304,7 @@ impl UpConn {
         let pool = &self.pool;
         for p in pending {
             pool.stats.inc(pool.ids.rq_failure);
+            pool.stats.inc(self.host.ids.rq_failure);
             let msg = format!("ringside: upstream {} {why}", self.host.addr);
             self.finish(p, Reply::Local(Status::SERVER_ERROR, msg));
         }
@@ -321,6 +328,7 @@ async fn run(conn: Rc<UpConn>) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             pool.stats.inc(pool.lb.ids.cx_connect_fail);
+            pool.stats.inc(host.ids.cx_connect_fail);
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
@@ -341,6 +349,7 @@ async fn run(conn: Rc<UpConn>) {
     }
     let _ = stream.set_nodelay(true);
     pool.stats.inc(pool.lb.ids.cx_total);
+    pool.stats.inc(host.ids.cx_total);
     pool.stats.inc(pool.lb.ids.cx_active);
     host.down_until.set(None);
     host.readonly.set(false);
@@ -482,6 +491,7 @@ fn expire(conn: &Rc<UpConn>, now: Instant) {
         };
         if let Some(p) = p {
             pool.stats.inc(pool.ids.rq_timeout);
+            pool.stats.inc(conn.host.ids.rq_timeout);
             let waited = now.duration_since(p.started).as_millis();
             let msg = format!(
                 "ringside: upstream {} did not answer within {} ms",

@@ -1,0 +1,287 @@
+use super::*;
+use std::sync::Arc;
+
+fn cfg() -> config::StatsConfig {
+    config::StatsConfig::default()
+}
+
+#[test]
+fn shards_merge_and_gauges_go_negative_per_shard() {
+    let s = Arc::new(Stats::new(2, &cfg()).unwrap());
+    let t = [("listener", "out")];
+    let total = s.add("listener", "downstream_cx_total", &t, Kind::Counter);
+    let active = s.add("listener", "downstream_cx_active", &t, Kind::Gauge);
+    let (a, b) = (s.shard(0), s.shard(1));
+    a.inc(total);
+    b.add(total, 4);
+    a.inc(active);
+    a.inc(active);
+    b.dec(active);
+    let text = s.render_text();
+    assert!(
+        text.contains("listener.out.downstream_cx_total: 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("listener.out.downstream_cx_active: 1"),
+        "{text}"
+    );
+    let prom = s.render_prometheus();
+    assert!(prom.contains("# TYPE ringside_listener_downstream_cx_total counter"));
+    assert!(
+        prom.contains("ringside_listener_downstream_cx_total{listener=\"out\"} 5"),
+        "{prom}"
+    );
+}
+
+#[test]
+fn histograms_merge_and_render_cumulative_buckets() {
+    let s = Arc::new(Stats::new(2, &cfg()).unwrap());
+    let h = s.add_histogram("listener", "rq_time_us", &[("listener", "l")]);
+    s.shard(0).record_us(h, 20);
+    s.shard(1).record_us(h, 30);
+    s.shard(1).record_us(h, 20_000_000);
+    let text = s.render_text();
+    assert!(text.contains("listener.l.rq_time_us_le_25us: 1"), "{text}");
+    assert!(text.contains("listener.l.rq_time_us_le_50us: 2"), "{text}");
+    assert!(
+        text.contains("listener.l.rq_time_us_le_10000000us: 2"),
+        "{text}"
+    );
+    assert!(text.contains("listener.l.rq_time_us_count: 3"), "{text}");
+    let prom = s.render_prometheus();
+    assert!(
+        prom.contains("ringside_listener_rq_time_us_bucket{listener=\"l\",le=\"+Inf\"} 3"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("ringside_listener_rq_time_us_count{listener=\"l\"} 3"),
+        "{prom}"
+    );
+}
+
+#[test]
+fn names_cost_a_few_bytes_each() {
+    let s = Stats::new(1, &cfg()).unwrap();
+    for i in 0..1000 {
+        let c = format!("cluster-{i}");
+        s.add(
+            "cluster",
+            "upstream_rq_total",
+            &[("cluster", &c)],
+            Kind::Counter,
+        );
+    }
+    let defs = &s.defs;
+    let key_bytes: usize = (1..defs.len())
+        .filter_map(|i| defs.get(i))
+        .map(|d| d.key.len())
+        .sum();
+    // scope, name, tag count, tag key, tag value: five varints, the value id up to 2 bytes.
+    assert!(
+        key_bytes <= 1000 * 6,
+        "{key_bytes} bytes of names for 1000 stats"
+    );
+    // "cluster" and "upstream_rq_total" are stored once.
+    assert_eq!(s.symbols.len(), 2 + 1000);
+}
+
+#[test]
+fn include_and_exclude_rules_drop_names_to_the_sink() {
+    let mut c = cfg();
+    c.exclude = vec![config::NameMatch {
+        prefix: Some("cluster.noisy.".into()),
+        regex: None,
+    }];
+    let s = Arc::new(Stats::new(1, &c).unwrap());
+    let kept = s.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "quiet")],
+        Kind::Counter,
+    );
+    let dropped = s.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "noisy")],
+        Kind::Counter,
+    );
+    assert_ne!(kept, SINK);
+    assert_eq!(dropped, SINK);
+    s.shard(0).inc(dropped);
+    let text = s.render_text();
+    assert!(!text.contains("noisy"), "{text}");
+
+    let mut c = cfg();
+    c.include = vec![config::NameMatch {
+        prefix: None,
+        regex: Some(r"listener\..*".into()),
+    }];
+    let s = Stats::new(1, &c).unwrap();
+    assert_eq!(s.add("cluster", "x", &[], Kind::Counter), SINK);
+    assert_ne!(s.add("listener", "x", &[], Kind::Counter), SINK);
+}
+
+#[test]
+fn per_host_stats_are_off_by_default() {
+    let s = Stats::new(1, &cfg()).unwrap();
+    assert_eq!(
+        s.add_host("cluster_host", "rq", &[("host", "1.2.3.4:5")]),
+        SINK
+    );
+    let mut c = cfg();
+    c.per_host = true;
+    let s = Stats::new(1, &c).unwrap();
+    assert_ne!(
+        s.add_host("cluster_host", "rq", &[("host", "1.2.3.4:5")]),
+        SINK
+    );
+}
+
+#[test]
+fn service_cap_is_enforced() {
+    let mut c = cfg();
+    c.dubbo_services_max = 3;
+    let s = Stats::new(1, &c).unwrap();
+    let tracked = (0..10).filter(|_| s.track_service()).count();
+    assert_eq!(tracked, 3);
+}
+
+#[test]
+fn export_then_import_carries_counter_totals() {
+    let old = Arc::new(Stats::new(2, &cfg()).unwrap());
+    let id = old.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "c")],
+        Kind::Counter,
+    );
+    let g = old.add(
+        "cluster",
+        "upstream_rq_active",
+        &[("cluster", "c")],
+        Kind::Gauge,
+    );
+    old.shard(0).add(id, 40);
+    old.shard(1).add(id, 2);
+    old.shard(0).add(g, 7);
+    let blob = old.export();
+
+    let new = Arc::new(Stats::new(1, &cfg()).unwrap());
+    let id2 = new.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "c")],
+        Kind::Counter,
+    );
+    let g2 = new.add(
+        "cluster",
+        "upstream_rq_active",
+        &[("cluster", "c")],
+        Kind::Gauge,
+    );
+    new.import(&blob).unwrap();
+    new.shard(0).inc(id2);
+    new.shard(0).inc(g2);
+    let text = new.render_text();
+    assert!(text.contains("cluster.c.upstream_rq_total: 43"), "{text}");
+    assert!(
+        text.contains("cluster.c.upstream_rq_active: 1"),
+        "gauges are live, not carried: {text}"
+    );
+    assert!(new.import(&blob).is_err(), "imported once");
+    // A successor's export includes what it carried.
+    let again = Arc::new(Stats::new(1, &cfg()).unwrap());
+    again.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "c")],
+        Kind::Counter,
+    );
+    again.import(&new.export()).unwrap();
+    assert!(again
+        .render_text()
+        .contains("cluster.c.upstream_rq_total: 43"));
+}
+
+/// Many threads intern overlapping names and register and count stats concurrently; every
+/// string gets exactly one symbol, and the merged totals are exact.
+#[test]
+fn concurrent_interning_and_counting_is_exact() {
+    const THREADS: usize = 8;
+    // Prime, so every thread's stride walks all names.
+    const NAMES: usize = 503;
+    const ROUNDS: u64 = 200;
+    let s = Arc::new(Stats::new(THREADS, &cfg()).unwrap());
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let shard = s.shard(t);
+                let mut ids = Vec::new();
+                // Different threads walk the names in different orders, so they race on the
+                // same new strings.
+                for k in 0..NAMES {
+                    let i = (k * (2 * t + 1) + t * 7) % NAMES;
+                    let svc = format!("com.acme.Service{i}");
+                    let sym = s.symbols.intern(&svc).unwrap();
+                    ids.push((
+                        i,
+                        sym,
+                        s.add(
+                            "dubbo_service",
+                            "rq_total",
+                            &[("interface", &svc)],
+                            Kind::Counter,
+                        ),
+                    ));
+                }
+                for _ in 0..ROUNDS {
+                    for (_, _, id) in &ids {
+                        shard.inc(*id);
+                    }
+                }
+                ids.into_iter()
+                    .map(|(i, sym, _)| (i, sym))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut symbol_of = std::collections::HashMap::new();
+    for h in handles {
+        for (i, sym) in h.join().unwrap() {
+            let prev = symbol_of.insert(i, sym);
+            assert!(
+                prev.is_none() || prev == Some(sym),
+                "name {i} got two symbols"
+            );
+        }
+    }
+    for i in 0..NAMES {
+        let svc = format!("com.acme.Service{i}");
+        assert_eq!(s.symbols.find(svc.as_bytes()), Some(symbol_of[&i]));
+    }
+    let text = s.render_text();
+    let expected = THREADS as u64 * ROUNDS;
+    let mut seen = 0;
+    for line in text.lines().filter(|l| l.starts_with("dubbo_service.")) {
+        let v: u64 = line.rsplit(": ").next().unwrap().parse().unwrap();
+        assert_eq!(v, expected, "{line}");
+        seen += 1;
+    }
+    assert_eq!(
+        seen, NAMES,
+        "duplicate registrations merge into one line per name"
+    );
+}
+
+#[test]
+fn varints_round_trip() {
+    for v in [0u32, 1, 127, 128, 300, 16_383, 16_384, u32::MAX] {
+        let mut b = Vec::new();
+        symbols::put_varint(&mut b, v);
+        let mut s = &b[..];
+        assert_eq!(symbols::take_varint(&mut s), Some(v));
+        assert!(s.is_empty());
+    }
+}
