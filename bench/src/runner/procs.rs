@@ -175,12 +175,17 @@ pub fn can_connect(addr: &str) -> bool {
         .is_some()
 }
 
-/// `GET path` over HTTP/1.0; the status code, if any answer came.
+/// `GET path`; the status code, if any answer came.
 pub fn http_get_status(addr: &str, path: &str) -> Option<u16> {
     let sock = addr.parse().ok()?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    // HTTP/1.1: Envoy's admin refuses HTTP/1.0 with 426.
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut head = [0u8; 64];
     let n = s.read(&mut head).ok()?;
     let line = std::str::from_utf8(head.get(..n)?).ok()?;
