@@ -267,6 +267,10 @@ pub struct RunRecord {
     pub cpu_core_pct: Option<f64>,
     /// Proxy peak RSS during the run (VmHWM, reset before it).
     pub rss_peak_kib: Option<u64>,
+    /// CPU used during the measured window by processes other than the load generator, the
+    /// upstream and the proxy, as a share of one core: how noisy the machine was.
+    #[serde(default)]
+    pub other_cpu_pct: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -324,7 +328,9 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
   --strict             exit 1 if any run through any proxy saw an error
   --verbose            show the load generators' progress lines
   --command STR        the command line to record in the doc (bench/run passes it)
-  --dump-configs DIR   write every generated proxy config to DIR and exit";
+  --dump-configs DIR   write every generated proxy config to DIR and exit
+  --render FILE        print the table of a saved results.json (with --write-doc: regenerate
+                       the docs from it) and exit";
 
 /// Runs the benchmark per the command line; returns the process exit code.
 pub fn main() -> i32 {
@@ -343,6 +349,9 @@ pub fn main() -> i32 {
     if let Some(dir) = args.opt_str("dump-configs") {
         return dump_configs(Path::new(dir));
     }
+    if let Some(file) = args.opt_str("render") {
+        return render(Path::new(file), args.flag("write-doc"));
+    }
     procs::install_cleanup();
     let runner = match Runner::from_args(&args) {
         Ok(r) => r,
@@ -352,6 +361,34 @@ pub fn main() -> i32 {
         }
     };
     runner.run()
+}
+
+/// Prints the table of a saved `results.json` again and, with `--write-doc`, regenerates the
+/// docs from it (no measurement).
+fn render(file: &Path, write_doc: bool) -> i32 {
+    let set: RunSet = match std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bench-run: {}: {e}", file.display());
+            return 1;
+        }
+    };
+    let summary = output::Summary::new(&set, &scenarios());
+    println!("{}", summary.render_text(&set));
+    if write_doc {
+        let repo = std::env::current_dir().unwrap_or_default();
+        match output::write_doc(&repo, &set, &summary, &scenarios()) {
+            Ok(paths) => eprintln!("bench-run: wrote {}", paths.join(", ")),
+            Err(e) => {
+                eprintln!("bench-run: writing docs: {e}");
+                return 1;
+            }
+        }
+    }
+    0
 }
 
 fn dump_configs(dir: &Path) -> i32 {
@@ -606,7 +643,12 @@ impl Runner {
             .arg("--version")
             .output()
             .ok()?;
-        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = text
+            .trim()
+            .trim_start_matches("ringside")
+            .trim()
+            .to_string();
         (!v.is_empty()).then_some(v)
     }
 
@@ -619,7 +661,7 @@ impl Runner {
         let needs = |t: Target| {
             self.targets.contains(&t) && self.scenarios.iter().any(|s| s.targets().contains(&t))
         };
-        let _upstreams = match Upstreams::start(self, &protocols) {
+        let upstreams = match Upstreams::start(self, &protocols) {
             Ok(u) => u,
             Err(e) => {
                 set.failures.push(format!("upstreams: {e}"));
@@ -695,7 +737,8 @@ impl Runner {
                         }
                         _ => (scenario_port(scenario, target, 0), None),
                     };
-                    match self.run_one(scenario, target, rep, port, pid) {
+                    let upstream_pids: Vec<u32> = upstreams.procs.iter().map(Proc::pid).collect();
+                    match self.run_one(scenario, target, rep, port, pid, &upstream_pids) {
                         Ok(rec) => set.runs.push(rec),
                         Err(e) => set.failures.push(format!(
                             "{} via {} (rep {}): {e}",
@@ -707,7 +750,7 @@ impl Runner {
                 }
             }
         }
-        // Proxies and upstreams are killed and reaped here, as `suts` and `_upstreams` drop.
+        // Proxies and upstreams are killed and reaped here, as `suts` and `upstreams` drop.
     }
 
     /// Starts ringside (one shard on CPU1). The second value says why Dubbo scenarios must
@@ -815,6 +858,7 @@ impl Runner {
         rep: usize,
         port: u16,
         sut_pid: Option<u32>,
+        upstream_pids: &[u32],
     ) -> Result<RunRecord, String> {
         let name = format!("{}-{}-{}", scenario.id, target.name(), rep + 1);
         let json = self.work.join("runs").join(format!("{name}.json"));
@@ -878,12 +922,24 @@ impl Runner {
         // CPU of the proxy over the measured window only: sample at the end of warm-up and at
         // the end of the measured duration (the load generator's own clock starts a few ms
         // later, after connecting; the difference is noise at these durations).
+        let ours: Vec<u32> = upstream_pids
+            .iter()
+            .copied()
+            .chain([load.pid()])
+            .chain(sut_pid)
+            .collect();
+        let ours_ticks = || ours.iter().filter_map(|p| sys::cpu_ticks(*p)).sum::<u64>();
         sleep_until(start + self.warmup);
         let ticks0 = sut_pid.and_then(sys::cpu_ticks);
+        let (all0, ours0) = (sys::busy_ticks_all(), ours_ticks());
         let window0 = Instant::now();
         sleep_until(start + self.warmup + self.duration);
         let ticks1 = sut_pid.and_then(sys::cpu_ticks);
+        let (all1, ours1) = (sys::busy_ticks_all(), ours_ticks());
         let window = window0.elapsed();
+        let other_ticks = (all1.saturating_sub(all0)).saturating_sub(ours1.saturating_sub(ours0));
+        let other_cpu_pct =
+            100.0 * other_ticks as f64 / self.clk_tck as f64 / window.as_secs_f64().max(1e-9);
         let status = load
             .wait_timeout(Duration::from_secs(30))
             .ok_or_else(|| format!("{tool} did not finish; see {}", log.display()))?;
@@ -910,6 +966,7 @@ impl Runner {
                 .map(|s| s * 1e6 / report.measured as f64),
             cpu_core_pct: cpu_s.map(|s| 100.0 * s / window.as_secs_f64().max(1e-9)),
             rss_peak_kib: sut_pid.and_then(sys::rss_peak_kb),
+            other_cpu_pct: Some(other_cpu_pct),
             report,
         };
         eprintln!("{}", output::run_line(&rec, rep, self.reps));
@@ -1024,7 +1081,7 @@ fn scenario_port(scenario: &Scenario, target: Target, sut_port: u16) -> u16 {
 
 /// The upstream servers, on CPU0, killed on drop.
 struct Upstreams {
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
 }
 
 // === impl Upstreams ===
@@ -1063,7 +1120,7 @@ impl Upstreams {
             procs::wait_ready(&mut p, "a listening socket", || procs::can_connect(&addr))?;
             procs.push(p);
         }
-        Ok(Upstreams { _procs: procs })
+        Ok(Upstreams { procs })
     }
 }
 

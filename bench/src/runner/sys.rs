@@ -64,6 +64,11 @@ pub fn idle_check(sample: Duration) -> IdleCheck {
     }
 }
 
+/// Busy clock ticks summed over every CPU (same unit as [`cpu_ticks`]).
+pub fn busy_ticks_all() -> u64 {
+    cpu_times().iter().map(|(busy, _)| busy).sum()
+}
+
 /// (busy, total) jiffies per CPU.
 fn cpu_times() -> Vec<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
