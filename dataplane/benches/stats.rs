@@ -11,7 +11,12 @@ use dataplane::stats::{Kind, Stats};
 
 fn counting(c: &mut Criterion) {
     let stats = Arc::new(Stats::new(2, &StatsConfig::default()).expect("stats"));
-    let id = stats.add("cluster", "upstream_rq_total", &[("cluster", "c")], Kind::Counter);
+    let id = stats.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "c")],
+        Kind::Counter,
+    );
     let h = stats.add_histogram("listener", "rq_time_us", &[("listener", "l")]);
     stats.prefault();
     let shard = stats.shard(0);

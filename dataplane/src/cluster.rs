@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shard::monoio::net::TcpStream;
@@ -24,8 +25,9 @@ pub struct ClusterStatIds {
     pub cx_active: StatId,
     pub cx_connect_fail: StatId,
     pub cx_connect_timeout: StatId,
-    /// Per endpoint, in config order (all the sink when `stats.per_host` is off).
-    pub hosts: Vec<HostStatIds>,
+    /// Per endpoint, in config order (all the sink when `stats.per_host` is off); shared by
+    /// every shard.
+    pub hosts: Arc<[HostStatIds]>,
 }
 
 /// Stat ids of one upstream endpoint (`stats.per_host`).
@@ -40,7 +42,8 @@ pub struct HostStatIds {
 
 pub struct ShardCluster {
     pub name: String,
-    endpoints: Vec<SocketAddr>,
+    /// Shared by every shard (read-only).
+    endpoints: Arc<[SocketAddr]>,
     /// Connections (tcp) or requests in flight (dubbo) per endpoint, on this shard.
     active: Vec<Cell<u32>>,
     next: Cell<usize>,
@@ -80,10 +83,11 @@ impl Drop for ActiveGuard<'_> {
 }
 
 impl ShardCluster {
-    pub fn new(c: &config::Cluster, ids: ClusterStatIds) -> Self {
+    /// `endpoints` is the cluster's endpoint list, built once and shared by every shard.
+    pub fn new(c: &config::Cluster, endpoints: Arc<[SocketAddr]>, ids: ClusterStatIds) -> Self {
         ShardCluster {
             name: c.name.clone(),
-            endpoints: c.endpoints.clone(),
+            endpoints,
             active: c.endpoints.iter().map(|_| Cell::new(0)).collect(),
             next: Cell::new(0),
             lb: c.lb,
@@ -105,6 +109,10 @@ impl ShardCluster {
                 .min_by_key(|&i| self.active[i].get())
                 .unwrap_or(start),
         }
+    }
+
+    pub fn endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
     }
 
     /// Adjusts an endpoint's active count (requests in flight, for `least_request`).

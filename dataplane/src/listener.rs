@@ -76,7 +76,8 @@ pub fn shard_main(
             .clusters
             .iter()
             .zip(&shared.cluster_ids)
-            .map(|(c, ids)| Rc::new(ShardCluster::new(c, ids.clone())))
+            .zip(&shared.cluster_endpoints)
+            .map(|((c, ids), eps)| Rc::new(ShardCluster::new(c, eps.clone(), ids.clone())))
             .collect();
         // Upstream Dubbo pools: one per cluster per shard, shared by every listener of the shard.
         let pools: Vec<Rc<ClusterPool>> = shared

@@ -85,6 +85,8 @@ pub struct Shared {
     pub route_ids: Vec<Vec<RequestStatIds>>,
     pub cluster_ids: Vec<ClusterStatIds>,
     pub upstream_ids: Vec<UpstreamStatIds>,
+    /// Each cluster's endpoints, shared by the shards.
+    pub cluster_endpoints: Vec<Arc<[std::net::SocketAddr]>>,
     pub lifecycle: Lifecycle,
     pub shard_infos: OnceLock<Vec<ShardInfo>>,
     pub shard_count: usize,
@@ -181,7 +183,8 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
                             rq_failure: st.add_host("cluster_host", "upstream_rq_failure", &t),
                         }
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             }
         })
         .collect();
@@ -282,6 +285,11 @@ impl Server {
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
         );
         let layout = build_stats(&config, &stats);
+        let cluster_endpoints = config
+            .clusters
+            .iter()
+            .map(|c| c.endpoints.as_slice().into())
+            .collect();
         stats.prefault();
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
@@ -294,6 +302,7 @@ impl Server {
             route_ids: layout.route_ids,
             cluster_ids: layout.cluster_ids,
             upstream_ids: layout.upstream_ids,
+            cluster_endpoints,
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
                 shards_serving: AtomicUsize::new(0),
@@ -334,6 +343,8 @@ impl Server {
         while shared.lifecycle.shards_serving.load(Ordering::Acquire) < shard_count {
             std::thread::sleep(Duration::from_millis(1));
         }
+        // Parsing a large config leaves freed heap behind; give it back before serving.
+        shard::trim_heap();
         shared.lifecycle.set(State::Serving);
         tracing::info!(shards = shard_count, admin = %admin_address, "ringside serving");
         Ok(Server {

@@ -12,7 +12,7 @@
 //! (request deadlines and idle heartbeats). All three share one `Rc<UpConn>`; nothing crosses
 //! shards.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
@@ -97,7 +97,8 @@ pub struct Host {
 /// A cluster's upstream pools on one shard.
 pub struct ClusterPool {
     pub lb: Rc<ShardCluster>,
-    hosts: Vec<Rc<Host>>,
+    /// Built on first use: a sidecar config lists many clusters, few carry traffic on a shard.
+    hosts: OnceCell<Box<[Rc<Host>]>>,
     pub timeout: Duration,
     connections_per_host: usize,
     pending_max: u32,
@@ -122,26 +123,9 @@ impl ClusterPool {
         stats: ShardStats,
         ids: UpstreamStatIds,
     ) -> Rc<ClusterPool> {
-        let hosts = c
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(index, &addr)| {
-                Rc::new(Host {
-                    addr,
-                    index,
-                    conns: RefCell::new(Vec::new()),
-                    next_conn: Cell::new(0),
-                    pending: Cell::new(0),
-                    down_until: Cell::new(None),
-                    readonly: Cell::new(false),
-                    ids: lb.ids.hosts[index],
-                })
-            })
-            .collect();
         Rc::new(ClusterPool {
             lb,
-            hosts,
+            hosts: OnceCell::new(),
             timeout: Duration::from_millis(c.timeout_ms),
             connections_per_host: c.connections_per_host as usize,
             pending_max: c.pending_requests_max,
@@ -154,8 +138,30 @@ impl ClusterPool {
 
     /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
     /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
+    fn hosts(&self) -> &[Rc<Host>] {
+        self.hosts.get_or_init(|| {
+            self.lb
+                .endpoints()
+                .iter()
+                .enumerate()
+                .map(|(index, &addr)| {
+                    Rc::new(Host {
+                        addr,
+                        index,
+                        conns: RefCell::new(Vec::new()),
+                        next_conn: Cell::new(0),
+                        pending: Cell::new(0),
+                        down_until: Cell::new(None),
+                        readonly: Cell::new(false),
+                        ids: self.lb.ids.hosts[index],
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
-        let hosts = &self.hosts;
+        let hosts = self.hosts();
         let n = hosts.len();
         let mut fallback = None;
         for _ in 0..n {
