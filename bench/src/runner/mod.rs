@@ -24,9 +24,9 @@ use crate::report::LoadReport;
 use configs::EnvoyFilter;
 use procs::Proc;
 
-/// The proxy under test runs here.
+/// The proxy under test runs here (when the process may use it).
 pub const CPU_PROXY: u32 = 1;
-/// Load generators and upstreams run here.
+/// Load generators and upstreams run here (when the process may use it).
 pub const CPU_LOAD: u32 = 0;
 
 /// A tokio runtime: current_thread for `threads <= 1`, else multi-thread with that many workers.
@@ -438,6 +438,10 @@ struct Runner {
     verbose: bool,
     command: String,
     clk_tck: u64,
+    /// CPU for the proxy and CPU for load + upstreams: [`CPU_PROXY`] and [`CPU_LOAD`] unless
+    /// the affinity mask forbids them.
+    cpu_proxy: u32,
+    cpu_load: u32,
 }
 
 /// A proxy under test, or why it is not there.
@@ -497,6 +501,22 @@ impl Runner {
                 .and_then(|p| p.parent().map(Path::to_path_buf))
                 .ok_or("cannot find the directory of bench-run; pass --bin-dir")?,
         };
+        let allowed = sys::allowed_cpus();
+        let (cpu_proxy, cpu_load) = if allowed.contains(&CPU_PROXY) && allowed.contains(&CPU_LOAD) {
+            (CPU_PROXY, CPU_LOAD)
+        } else {
+            match allowed.as_slice() {
+                [a, b, ..] => (*b, *a),
+                [a] => {
+                    eprintln!(
+                        "\n!!!!!!!! bench-run: only CPU {a} is allowed: proxy, load and upstreams share it; \
+                         latency figures are not comparable to a 2-core run !!!!!!!!\n"
+                    );
+                    (*a, *a)
+                }
+                [] => (CPU_PROXY, CPU_LOAD),
+            }
+        };
         let stamp = date_utc("+%Y%m%d-%H%M%S");
         let work = repo.join(".cache").join("bench").join(&stamp);
         std::fs::create_dir_all(work.join("runs"))
@@ -528,17 +548,22 @@ impl Runner {
             verbose: args.flag("verbose"),
             command: args.str_or("command", "bench/run"),
             clk_tck: sys::clock_ticks_per_s(),
+            cpu_proxy,
+            cpu_load,
         })
     }
 
     fn run(self) -> i32 {
         let machine = sys::machine();
         eprintln!(
-            "bench-run: mode {:?}, {} rep(s) x {:?} (+{:?} warm-up); logs in {}",
+            "bench-run: mode {:?}, {} rep(s) x {:?} (+{:?} warm-up); proxy on CPU{}, load and \
+             upstreams on CPU{}; logs in {}",
             self.mode,
             self.reps,
             self.duration,
             self.warmup,
+            self.cpu_proxy,
+            self.cpu_load,
             self.work.display()
         );
         let idle = sys::idle_check(Duration::from_millis(if self.mode == Mode::Smoke {
@@ -836,7 +861,7 @@ impl Runner {
         admin: &str,
         port: u16,
     ) -> Sut {
-        let mut proc = match Proc::spawn(name, CPU_PROXY, program, args, &self.log(name)) {
+        let mut proc = match Proc::spawn(name, self.cpu_proxy, program, args, &self.log(name)) {
             Ok(p) => p,
             Err(e) => return Sut::Missing(format!("cannot start {name}: {e}")),
         };
@@ -917,7 +942,7 @@ impl Runner {
             self.log(&format!("runs/{name}"))
         };
         let start = Instant::now();
-        let mut load = Proc::spawn(tool, CPU_LOAD, &self.bin_dir.join(tool), &args, &log)
+        let mut load = Proc::spawn(tool, self.cpu_load, &self.bin_dir.join(tool), &args, &log)
             .map_err(|e| format!("cannot start {tool}: {e}"))?;
         // CPU of the proxy over the measured window only: sample at the end of warm-up and at
         // the end of the measured duration (the load generator's own clock starts a few ms
@@ -1111,7 +1136,7 @@ impl Upstreams {
             ];
             let mut p = Proc::spawn(
                 tool,
-                CPU_LOAD,
+                runner.cpu_load,
                 &runner.bin_dir.join(tool),
                 &args,
                 &runner.log(tool),

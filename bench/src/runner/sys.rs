@@ -88,6 +88,36 @@ fn cpu_times() -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` of `/proc/self/status`), ascending.
+pub fn allowed_cpus() -> Vec<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    parse_cpu_list(list.trim())
+}
+
+/// `0-2,5` → `[0, 1, 2, 5]`.
+pub fn parse_cpu_list(list: &str) -> Vec<u32> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => cpus.extend(part.parse::<u32>().ok()),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub cores: usize,
@@ -169,6 +199,13 @@ pub fn reset_rss_peak(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1"), vec![0, 1]);
+        assert_eq!(parse_cpu_list("0,2-3,5"), vec![0, 2, 3, 5]);
+        assert_eq!(parse_cpu_list(""), Vec::<u32>::new());
+    }
 
     #[test]
     fn reads_own_process() {
