@@ -1,0 +1,230 @@
+//! Framing over a Unix stream socket: length-prefixed JSON, descriptors attached with
+//! SCM_RIGHTS to the first byte of the message they belong to.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use crate::{HandoffError, Message, FDS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
+
+/// Sends `msg` with `fds` attached.
+pub fn send(sock: &UnixStream, msg: &Message, fds: &[RawFd]) -> Result<(), HandoffError> {
+    if fds.len() > FDS_PER_MESSAGE_MAX {
+        return Err(HandoffError::TooManyFds {
+            count: fds.len(),
+            limit: FDS_PER_MESSAGE_MAX,
+        });
+    }
+    let body = serde_json::to_vec(msg).map_err(|e| HandoffError::Malformed(e.to_string()))?;
+    if body.len() > MESSAGE_BYTES_MAX {
+        return Err(HandoffError::TooLarge {
+            bytes: body.len(),
+            limit: MESSAGE_BYTES_MAX,
+        });
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    // The descriptors ride on the first sendmsg; the rest of the frame follows as plain bytes.
+    let first = send_with_fds(sock, &frame, fds)?;
+    let mut w = sock;
+    w.write_all(&frame[first..])?;
+    Ok(())
+}
+
+fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> Result<usize, HandoffError> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u8; if fds.is_empty() { 0 } else { space }];
+    // SAFETY: msghdr is plain data; every pointer below points into buffers that outlive the
+    // sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is CMSG_SPACE(fd_bytes) long, so the first header and
+        // its data fit; CMSG_FIRSTHDR is non-null for a non-empty buffer.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr() as *const u8,
+                libc::CMSG_DATA(cmsg),
+                fd_bytes,
+            );
+        }
+    }
+    loop {
+        // SAFETY: msg is fully initialised above.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e.into());
+        }
+    }
+}
+
+/// Receives one message and the descriptors that came with it.
+pub fn recv(sock: &UnixStream) -> Result<(Message, Vec<OwnedFd>), HandoffError> {
+    let mut len = [0u8; 4];
+    let (got, fds) = recv_with_fds(sock, &mut len)?;
+    if got == 0 {
+        return Err(HandoffError::Closed);
+    }
+    let mut r = sock;
+    r.read_exact(&mut len[got..])
+        .map_err(|_| HandoffError::Closed)?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MESSAGE_BYTES_MAX {
+        return Err(HandoffError::TooLarge {
+            bytes: n,
+            limit: MESSAGE_BYTES_MAX,
+        });
+    }
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).map_err(|_| HandoffError::Closed)?;
+    let msg: Message =
+        serde_json::from_slice(&body).map_err(|e| HandoffError::Malformed(e.to_string()))?;
+    Ok((msg, fds))
+}
+
+/// Reads up to `buf.len()` bytes with one recvmsg, collecting any descriptors.
+fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), HandoffError> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let fd_bytes = FDS_PER_MESSAGE_MAX * std::mem::size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: plain data; pointers into buffers that outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: msg is initialised; MSG_CMSG_CLOEXEC marks received fds close-on-exec.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e.into());
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* macros walk it within
+    // those bounds, and each SCM_RIGHTS payload is an array of fds now owned by this process.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(HandoffError::TooManyFds {
+            count: FDS_PER_MESSAGE_MAX + 1,
+            limit: FDS_PER_MESSAGE_MAX,
+        });
+    }
+    Ok((n, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SocketEntry;
+    use std::net::TcpListener;
+
+    #[test]
+    fn listening_sockets_cross_with_their_message() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addrs = [l1.local_addr().unwrap(), l2.local_addr().unwrap()];
+        let msg = Message::Listeners {
+            sockets: addrs
+                .iter()
+                .map(|a| SocketEntry {
+                    name: "out".into(),
+                    address: a.to_string(),
+                })
+                .collect(),
+        };
+        send(&a, &msg, &[l1.as_raw_fd(), l2.as_raw_fd()]).unwrap();
+        let (got, fds) = recv(&b).unwrap();
+        assert_eq!(got, msg);
+        assert_eq!(fds.len(), 2);
+        // The received descriptors are the same sockets: connections to the old address are
+        // accepted through them.
+        drop((l1, l2));
+        for (fd, addr) in fds.into_iter().zip(addrs) {
+            let l = TcpListener::from(fd);
+            assert_eq!(l.local_addr().unwrap(), addr);
+            let _c = std::net::TcpStream::connect(addr).unwrap();
+            l.accept().unwrap();
+        }
+    }
+
+    #[test]
+    fn messages_without_fds_and_large_blobs() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let blob = "x".repeat(3 << 20);
+        let writer = std::thread::spawn(move || {
+            send(
+                &a,
+                &Message::Hello {
+                    protocol: 1,
+                    build: "t".into(),
+                },
+                &[],
+            )
+            .unwrap();
+            send(&a, &Message::Stats { blob }, &[]).unwrap();
+        });
+        assert!(matches!(
+            recv(&b).unwrap().0,
+            Message::Hello { protocol: 1, .. }
+        ));
+        match recv(&b).unwrap().0 {
+            Message::Stats { blob } => assert_eq!(blob.len(), 3 << 20),
+            other => panic!("{other:?}"),
+        }
+        writer.join().unwrap();
+        assert!(matches!(recv(&b), Err(HandoffError::Closed)));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut w = &a;
+        w.write_all(&5u32.to_be_bytes()).unwrap();
+        w.write_all(b"{nope").unwrap();
+        assert!(matches!(recv(&b), Err(HandoffError::Malformed(_))));
+        w.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        assert!(matches!(recv(&b), Err(HandoffError::TooLarge { .. })));
+    }
+}
