@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::{ControlEvent, Shared, State};
+use crate::server::{self, ControlEvent, Shared, State};
 
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,30 +24,51 @@ enum Role {
     Prometheus,
 }
 
-/// Binds the admin listeners and starts their threads; returns the admin API's address.
+/// How often a blocked admin thread checks whether a successor took over its socket.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Starts a thread per admin listener (the sockets were bound, or inherited, by the server);
+/// returns the admin API's address.
 pub fn start(shared: Arc<Shared>) -> Result<SocketAddr, (SocketAddr, io::Error)> {
     let a = &shared.config.admin;
-    let mut roles = vec![(a.address, Role::Admin)];
-    roles.extend(a.health_address.map(|x| (x, Role::Health)));
-    roles.extend(a.prometheus_address.map(|x| (x, Role::Prometheus)));
     let mut admin_addr = a.address;
-    for (addr, role) in roles {
-        let listener = TcpListener::bind(addr).map_err(|e| (addr, e))?;
+    for (name, sock) in &shared.sockets.admin {
+        let role = match name.as_str() {
+            server::ADMIN_SOCKET => Role::Admin,
+            server::HEALTH_SOCKET => Role::Health,
+            _ => Role::Prometheus,
+        };
+        let fail = |e| (a.address, e);
+        let listener = sock.try_clone().map_err(fail)?;
         if role == Role::Admin {
-            admin_addr = listener.local_addr().map_err(|e| (addr, e))?;
+            admin_addr = listener.local_addr().map_err(fail)?;
         }
+        listener.set_nonblocking(true).map_err(fail)?;
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("admin".into())
             .spawn(move || serve(listener, role, shared))
-            .map_err(|e| (addr, e))?;
+            .map_err(fail)?;
     }
     Ok(admin_addr)
 }
 
 fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
+    use std::os::fd::AsFd;
+    use std::sync::atomic::Ordering;
+    loop {
+        if shared.admin_stop.load(Ordering::Acquire) {
+            return;
+        }
+        match shard::wait_readable(listener.as_fd(), STOP_CHECK) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => std::thread::sleep(STOP_CHECK),
+        }
+        let Ok((mut conn, _)) = listener.accept() else {
+            continue;
+        };
+        let _ = conn.set_nonblocking(false);
         let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
         let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
         let resp = match read_head(&mut conn) {

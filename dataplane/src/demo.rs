@@ -98,7 +98,8 @@ fn run_inner(seconds: u64) -> std::result::Result<(), String> {
          - name: echo\n    endpoints: [\"{echo}\"]\n  - name: provider\n    endpoints: [\"{provider}\"]\n"
     );
     let cfg = Config::from_yaml("<demo>", &cfg_text).map_err(|e| e.to_string())?;
-    let server = Server::start(cfg, &Overrides::default()).map_err(|e| e.to_string())?;
+    let server =
+        Server::start(cfg, &Overrides::default(), Default::default()).map_err(|e| e.to_string())?;
     let backend = server
         .shared
         .shard_infos

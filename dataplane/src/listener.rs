@@ -42,21 +42,16 @@ pub struct ListenerCtx {
     pub dubbo: Option<Rc<DubboListener>>,
 }
 
-/// Set-up on the shard thread (binds the sockets, so a taken port fails start-up with a clear
-/// error), then the shard's future.
+/// Set-up on the shard thread (takes its own descriptors of the listening sockets the control
+/// thread bound or inherited), then the shard's future.
 pub fn shard_main(
     ctx: ShardCtx,
     shared: Arc<Shared>,
     inbox: Receiver<ShardMsg>,
 ) -> Result<impl std::future::Future<Output = ()>, String> {
     let config = &shared.config;
-    let mut sockets = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        let s = bind_reuseport(l.address)
-            .map_err(|e| format!("listener {:?}: cannot listen on {}: {e}", l.name, l.address))?;
-        sockets.push(s);
-    }
     let id = ctx.info.id;
+    let sockets = shared.sockets.for_shard(id)?;
     // Compile each Dubbo listener's routes once here (the config was validated; an error is a
     // bug, reported rather than unwrapped).
     let mut routers = Vec::with_capacity(config.listeners.len());
@@ -88,24 +83,13 @@ pub fn shard_main(
             .zip(&shared.upstream_ids)
             .map(|((c, lb), ids)| ClusterPool::new(c, lb.clone(), stats.clone(), *ids))
             .collect();
-        let stop_accepting = Event::new();
+        // Set when the shard drains: Dubbo connections announce readonly and close when idle.
+        // Replaced by a fresh event on resume.
+        let draining = Rc::new(std::cell::RefCell::new(Event::new()));
         let connections = Rc::new(Cell::new(0usize));
-        for (index, ((l, socket), router)) in shared
-            .config
-            .listeners
-            .iter()
-            .zip(sockets)
-            .zip(routers)
-            .enumerate()
-        {
+        let mut contexts = Vec::with_capacity(shared.config.listeners.len());
+        for (index, (l, router)) in shared.config.listeners.iter().zip(routers).enumerate() {
             let ids = &shared.listener_ids[index];
-            let listener = match TcpListener::from_std(socket) {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(shard = id, listener = %l.name, error = %e, "cannot register listener");
-                    continue;
-                }
-            };
             let lctx = Rc::new(ListenerCtx {
                 name: l.name.clone(),
                 protocol: l.protocol,
@@ -133,36 +117,87 @@ pub fn shard_main(
                             route_ids: shared.route_ids[index].clone(),
                             services: Default::default(),
                             dice: Cell::new((id as u32 + 1).wrapping_mul(0x9e37_79b9) | 1),
+                            draining: draining.clone(),
                         })
                     }),
             });
-            shard::monoio::spawn(accept_loop(
-                listener,
-                lctx,
-                stop_accepting.clone(),
-                connections.clone(),
-            ));
+            contexts.push(lctx);
         }
+        // Accept on every socket this shard was given; `stop` ends these loops (and only these:
+        // a resume starts new ones).
+        let start_accepting = |sockets: Vec<Vec<std::net::TcpListener>>, stop: &Event| {
+            for (lctx, socks) in contexts.iter().zip(sockets) {
+                for sock in socks {
+                    match TcpListener::from_std(sock) {
+                        Ok(listener) => {
+                            shard::monoio::spawn(accept_loop(
+                                listener,
+                                lctx.clone(),
+                                stop.clone(),
+                                connections.clone(),
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::error!(shard = id, listener = %lctx.name, error = %e, "cannot register listener")
+                        }
+                    }
+                }
+            }
+        };
+        let mut stop_accepting = Event::new();
+        start_accepting(sockets, &stop_accepting);
         shared
             .lifecycle
             .shards_serving
             .fetch_add(1, Ordering::AcqRel);
         tracing::debug!(shard = id, "serving");
 
-        // The only message today is Drain; a closed inbox (the control thread is gone) means
-        // stop now.
-        let drain_timeout = match inbox.recv().await {
-            Some(ShardMsg::Drain { timeout }) => timeout,
-            None => Duration::ZERO,
-        };
-        shared
-            .lifecycle
-            .shards_serving
-            .fetch_sub(1, Ordering::AcqRel);
-        stop_accepting.set();
-        let deadline = Instant::now() + drain_timeout;
-        while connections.get() > 0 && Instant::now() < deadline {
-            shard::monoio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+        // Serve until told to drain; a closed inbox (the control thread is gone) means stop now.
+        let mut deadline = None;
+        loop {
+            let msg = match deadline {
+                None => inbox.recv().await,
+                // While draining, keep listening (a failed successor makes us resume), and
+                // check the connection count now and then.
+                Some(d) => {
+                    if connections.get() == 0 || Instant::now() >= d {
+                        break;
+                    }
+                    shard::monoio::select! {
+                        m = inbox.recv() => m,
+                        _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)) => continue,
+                    }
+                }
+            };
+            match msg {
+                Some(ShardMsg::Drain { timeout }) if deadline.is_none() => {
+                    shared
+                        .lifecycle
+                        .shards_serving
+                        .fetch_sub(1, Ordering::AcqRel);
+                    stop_accepting.set();
+                    draining.borrow().set();
+                    deadline = Some(Instant::now() + timeout);
+                }
+                Some(ShardMsg::Resume) if deadline.is_some() => {
+                    match shared.sockets.for_shard(id) {
+                        Ok(sockets) => {
+                            stop_accepting = Event::new();
+                            *draining.borrow_mut() = Event::new();
+                            start_accepting(sockets, &stop_accepting);
+                            shared
+                                .lifecycle
+                                .shards_serving
+                                .fetch_add(1, Ordering::AcqRel);
+                            deadline = None;
+                            tracing::info!(shard = id, "resumed accepting");
+                        }
+                        Err(e) => tracing::error!(shard = id, error = %e, "cannot resume"),
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
         }
         if connections.get() > 0 {
             tracing::warn!(
@@ -175,7 +210,7 @@ pub fn shard_main(
     })
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use dataplane::config::{self, Config};
+use dataplane::control;
 use dataplane::server::{ControlEvent, Overrides, Server};
 
 #[derive(Parser)]
@@ -38,6 +39,10 @@ enum Command {
         /// I/O backend: io_uring with epoll fallback (auto), or force one.
         #[arg(long, value_enum)]
         io: Option<Io>,
+        /// Hot upgrade: take the listening sockets over from the ringside running with the same
+        /// control socket, which then drains and exits. Nothing is dropped.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a config file; print each problem with file, line and field.
     Validate {
@@ -84,7 +89,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, shards, io } => {
+        Command::Run {
+            config,
+            shards,
+            io,
+            upgrade,
+        } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -100,20 +110,66 @@ fn main() -> ExitCode {
                     Io::Epoll => config::IoMode::Epoll,
                 }),
             };
-            run(cfg, &overrides)
+            run(cfg, &overrides, upgrade)
         }
         Command::Demo { seconds } => dataplane::demo::run(seconds),
     }
 }
 
-fn run(cfg: Config, overrides: &Overrides) -> ExitCode {
-    let server = match Server::start(cfg, overrides) {
+fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
+    let control_path = control::path(&cfg);
+    // A fresh start refuses to run next to a live ringside with the same control socket; an
+    // upgrade takes that ringside's listening sockets first.
+    let (predecessor, inherited) = if upgrade {
+        match control::take_over(&control_path) {
+            Ok((conn, inherited)) => (Some(conn), inherited),
+            Err(e) => {
+                eprintln!("ringside: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        (None, Default::default())
+    };
+    let bind_control = || match control::listen(&control_path, upgrade) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("ringside: {e}");
+            None
+        }
+    };
+    // A fresh start claims the control socket first; a successor only once it serves, so a
+    // failed upgrade leaves the predecessor reachable for the next attempt.
+    let mut control_listener = None;
+    if !upgrade {
+        control_listener = bind_control();
+        if control_listener.is_none() {
+            return ExitCode::from(1);
+        }
+    }
+    let server = match Server::start(cfg, overrides, inherited) {
         Ok(s) => s,
         Err(e) => {
+            // A predecessor, if any, never stopped serving: dropping the connection tells it.
             eprintln!("ringside: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
+    if let Some(conn) = predecessor {
+        if let Err(e) = hotswap::send(&conn, &hotswap::Message::Serving, &[]) {
+            tracing::warn!(error = %e, "hot upgrade: could not tell the predecessor we serve");
+        }
+        let shared = server.shared.clone();
+        std::thread::spawn(move || control::await_predecessor(conn, shared));
+        control_listener = bind_control();
+    }
+    match control_listener {
+        Some(l) => {
+            let shared = server.shared.clone();
+            std::thread::spawn(move || control::serve(l, shared));
+        }
+        None => tracing::warn!("no control socket: this process cannot be hot-upgraded"),
+    }
     let control = server.control();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -24,14 +24,109 @@ pub const SHARD_INBOX_MAX: usize = 64;
 
 /// Control thread → shard.
 pub enum ShardMsg {
-    /// Stop accepting, let connections finish for at most `timeout`, then end the shard.
+    /// Stop accepting, tell Dubbo callers we are going away, let connections finish for at
+    /// most `timeout`, then end the shard.
     Drain { timeout: Duration },
+    /// The successor of a hot upgrade failed while we drained: accept again.
+    Resume,
 }
+
+/// Listening sockets handed over by a predecessor (hot upgrade), by listener name.
+#[derive(Default)]
+pub struct Inherited {
+    pub sockets: std::collections::HashMap<String, Vec<std::net::TcpListener>>,
+}
+
+impl Inherited {
+    fn take(&mut self, name: &str) -> Vec<std::net::TcpListener> {
+        self.sockets.remove(name).unwrap_or_default()
+    }
+}
+
+/// Every listening socket of the process: per listener, per shard, the sockets that shard
+/// accepts on (usually one; more when a predecessor ran more shards). The control thread keeps
+/// these descriptors (shards accept on duplicates) so that a hot upgrade can hand them over and
+/// a failed one can resume; they are closed only when the process stops listening.
+pub struct ListenSockets {
+    // Control plane only (start-up, drain, handoff); shards never touch this lock.
+    #[allow(clippy::disallowed_types)]
+    inner: std::sync::Mutex<Option<Vec<Vec<Vec<std::net::TcpListener>>>>>,
+    /// Admin listeners: (name, socket), `__admin` first.
+    pub admin: Vec<(String, std::net::TcpListener)>,
+}
+
+impl ListenSockets {
+    /// Duplicates of this shard's sockets, per listener.
+    pub fn for_shard(&self, shard: usize) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
+        let guard = self
+            .inner
+            .lock()
+            .map_err(|_| "listen sockets poisoned".to_string())?;
+        let all = guard.as_ref().ok_or("listening sockets already closed")?;
+        all.iter()
+            .map(|per_shard| {
+                per_shard
+                    .get(shard)
+                    .map(|socks| {
+                        socks
+                            .iter()
+                            .map(|s| s.try_clone())
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .unwrap_or(Ok(Vec::new()))
+                    .map_err(|e| format!("cannot duplicate a listening socket: {e}"))
+            })
+            .collect()
+    }
+
+    /// (listener name, socket) for every listening socket, for a successor.
+    pub fn for_handoff(
+        &self,
+        listeners: &[config::Listener],
+    ) -> Vec<(String, std::net::TcpListener)> {
+        let mut out = Vec::new();
+        if let Ok(guard) = self.inner.lock() {
+            if let Some(all) = guard.as_ref() {
+                for (l, per_shard) in listeners.iter().zip(all) {
+                    for s in per_shard.iter().flatten() {
+                        if let Ok(d) = s.try_clone() {
+                            out.push((l.name.clone(), d));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, s) in &self.admin {
+            if let Ok(d) = s.try_clone() {
+                out.push((name.clone(), d));
+            }
+        }
+        out
+    }
+
+    /// Closes our descriptors (plain drain: new connections are refused from now on).
+    pub fn close(&self) {
+        if let Ok(mut guard) = self.inner.lock() {
+            guard.take();
+        }
+    }
+}
+
+pub const ADMIN_SOCKET: &str = "__admin";
+pub const HEALTH_SOCKET: &str = "__health";
+pub const PROMETHEUS_SOCKET: &str = "__prometheus";
 
 /// Anyone → control thread.
 #[derive(Debug)]
 pub enum ControlEvent {
+    /// Drain and exit (SIGTERM, SIGINT, `POST /drain`, `POST /quitquitquit`).
     Drain { reason: &'static str },
+    /// A successor serves on our listening sockets: drain, then hand it our final stats.
+    HandOff {
+        stream: std::os::unix::net::UnixStream,
+    },
+    /// The successor died while we drained: serve again.
+    Resume,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +151,7 @@ impl Lifecycle {
             _ => State::Draining,
         }
     }
-    fn set(&self, s: State) {
+    pub fn set(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
     }
 }
@@ -91,6 +186,11 @@ pub struct Shared {
     pub shard_infos: OnceLock<Vec<ShardInfo>>,
     pub shard_count: usize,
     pub control: mpsc::SyncSender<ControlEvent>,
+    pub sockets: ListenSockets,
+    /// Set once a successor took over the admin sockets: our admin threads stop accepting.
+    pub admin_stop: std::sync::atomic::AtomicBool,
+    /// Set when every shard finished draining.
+    pub drained: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -114,6 +214,12 @@ pub enum RunError {
     Start(#[from] shard::StartError),
     #[error("admin: cannot listen on {addr}: {source}")]
     Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {listener:?}: cannot listen on {addr}: {source}")]
+    Listen {
+        listener: String,
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -262,9 +368,67 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
     }
 }
 
+/// Binds (or takes over from `inherited`) every listening socket: admin first, then each
+/// listener once per shard (SO_REUSEPORT). Inherited sockets are spread over the shards; a
+/// shard left without one binds its own.
+fn bind_all(
+    config: &Config,
+    shards: usize,
+    inherited: &mut Inherited,
+) -> Result<ListenSockets, RunError> {
+    let a = &config.admin;
+    let mut admin = Vec::new();
+    for (name, addr) in [
+        (ADMIN_SOCKET, Some(a.address)),
+        (HEALTH_SOCKET, a.health_address),
+        (PROMETHEUS_SOCKET, a.prometheus_address),
+    ] {
+        let Some(addr) = addr else { continue };
+        let sock = match inherited.take(name).into_iter().next() {
+            Some(s) => s,
+            None => std::net::TcpListener::bind(addr)
+                .map_err(|source| RunError::Admin { addr, source })?,
+        };
+        admin.push((name.to_string(), sock));
+    }
+    let mut all = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let listen_err = |source| RunError::Listen {
+            listener: l.name.clone(),
+            addr: l.address,
+            source,
+        };
+        let mut per_shard: Vec<Vec<std::net::TcpListener>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        for (j, sock) in inherited.take(&l.name).into_iter().enumerate() {
+            let bound = sock.local_addr().map_err(listen_err)?;
+            if bound.port() != l.address.port() {
+                return Err(RunError::Invalid(format!(
+                    "listener {:?}: the predecessor's socket is bound to {bound}, the config says {}",
+                    l.name, l.address
+                )));
+            }
+            sock.set_nonblocking(true).map_err(listen_err)?;
+            per_shard[j % shards].push(sock);
+        }
+        for socks in per_shard.iter_mut().filter(|s| s.is_empty()) {
+            socks.push(listener::bind_reuseport(l.address).map_err(listen_err)?);
+        }
+        all.push(per_shard);
+    }
+    #[allow(clippy::disallowed_types)]
+    let inner = std::sync::Mutex::new(Some(all));
+    Ok(ListenSockets { inner, admin })
+}
+
 impl Server {
-    /// Starts shards and admin; returns once every shard is serving.
-    pub fn start(config: Config, overrides: &Overrides) -> Result<Server, RunError> {
+    /// Starts shards and admin; returns once every shard is serving. `inherited` holds the
+    /// listening sockets a predecessor handed over (empty for a fresh start).
+    pub fn start(
+        config: Config,
+        overrides: &Overrides,
+        mut inherited: Inherited,
+    ) -> Result<Server, RunError> {
         let shard_count = overrides
             .shards
             .or(config.runtime.shards)
@@ -291,6 +455,10 @@ impl Server {
             .map(|c| c.endpoints.as_slice().into())
             .collect();
         stats.prefault();
+        let sockets = bind_all(&config, shard_count, &mut inherited)?;
+        for name in inherited.sockets.keys() {
+            tracing::warn!(listener = %name, "inherited sockets for a listener the config no longer has; closing them");
+        }
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
         let shared = Arc::new(Shared {
@@ -311,6 +479,9 @@ impl Server {
             shard_infos: OnceLock::new(),
             shard_count,
             control,
+            sockets,
+            admin_stop: std::sync::atomic::AtomicBool::new(false),
+            drained: std::sync::atomic::AtomicBool::new(false),
         });
 
         // Admin first: it answers 503 on /ready while the shards come up.
@@ -361,21 +532,61 @@ impl Server {
     }
 
     /// Blocks until a drain is requested, drains, and returns when every shard has finished.
+    /// For a hot upgrade the listening sockets stay open (the successor accepts on them) and,
+    /// if the successor dies before we are done, we resume serving.
     pub fn run_until_drained(self) {
-        let reason = match self.control_rx.recv() {
-            Ok(ControlEvent::Drain { reason }) => reason,
-            Err(_) => "control channel closed",
-        };
-        let timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
-        tracing::info!(
-            reason,
-            drain_timeout_ms = timeout.as_millis() as u64,
-            "draining"
-        );
-        self.shared.lifecycle.set(State::Draining);
-        for h in &self.shards {
-            if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout }) {
-                tracing::warn!(error = %e, "could not tell a shard to drain");
+        let shared = self.shared.clone();
+        'serve: loop {
+            let (reason, successor) = match self.control_rx.recv() {
+                Ok(ControlEvent::Drain { reason }) => (reason, None),
+                Ok(ControlEvent::HandOff { stream }) => ("hot upgrade", Some(stream)),
+                Ok(ControlEvent::Resume) => continue,
+                Err(_) => ("control channel closed", None),
+            };
+            let timeout = Duration::from_millis(shared.config.drain_timeout_ms);
+            tracing::info!(
+                reason,
+                drain_timeout_ms = timeout.as_millis() as u64,
+                "draining"
+            );
+            shared.lifecycle.set(State::Draining);
+            for h in &self.shards {
+                if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout }) {
+                    tracing::warn!(error = %e, "could not tell a shard to drain");
+                }
+            }
+            match &successor {
+                Some(stream) => {
+                    // The successor answers on the admin sockets now.
+                    shared.admin_stop.store(true, Ordering::Release);
+                    crate::control::watch_successor(stream, &shared);
+                }
+                // No successor: refuse new connections from now on.
+                None => shared.sockets.close(),
+            }
+            loop {
+                if self.shards.iter().all(|h| h.thread.is_finished()) {
+                    shared.drained.store(true, Ordering::Release);
+                    if let Some(stream) = &successor {
+                        crate::control::farewell(stream, &shared);
+                    }
+                    break 'serve;
+                }
+                match self.control_rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(ControlEvent::Resume) if successor.is_some() => {
+                        tracing::warn!("hot upgrade: successor died while we drained; resuming");
+                        for h in &self.shards {
+                            let _ = h.inbox.try_send(ShardMsg::Resume);
+                        }
+                        shared.admin_stop.store(false, Ordering::Release);
+                        if let Err((addr, e)) = admin::start(shared.clone()) {
+                            tracing::error!(%addr, error = %e, "cannot restart admin");
+                        }
+                        shared.lifecycle.set(State::Serving);
+                        continue 'serve;
+                    }
+                    _ => {}
+                }
             }
         }
         for h in self.shards {

@@ -32,3 +32,33 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Waits until `fd` is readable (for a listening socket: a connection is pending) or `timeout`
+/// passes; `Ok(true)` when readable. For blocking control-plane loops (admin, hot upgrade)
+/// that must also notice a stop flag.
+pub fn wait_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd, borrowed for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    match n {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}

@@ -126,6 +126,10 @@ pub struct Admin {
     /// Optional extra listener answering only `/stats/prometheus` (Istio: 15090).
     #[serde(default)]
     pub prometheus_address: Option<SocketAddr>,
+    /// Unix socket a successor connects to for a hot upgrade (`ringside run --upgrade`).
+    /// Default: `$TMPDIR/ringside-<admin port>.sock`.
+    #[serde(default)]
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,6 +380,7 @@ impl Default for Admin {
             address: default_admin_address(),
             health_address: None,
             prometheus_address: None,
+            control_socket: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::monoio::net::TcpStream;
-use shard::Notify;
+use shard::{Event, Notify};
 
 use super::router::Router;
 use super::upstream::{ClusterPool, ForwardError};
@@ -27,6 +27,8 @@ use rustc_hash::FxHashMap;
 
 /// Read buffer growth step.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// While draining, a connection idle for this long after its readonly event is closed.
+pub const DRAIN_QUIET_MS: u64 = 200;
 
 /// Stat ids of one Dubbo listener.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +105,9 @@ pub struct DubboListener {
     pub services: RefCell<ServiceStatsMap>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
     pub dice: Cell<u32>,
+    /// The shard's drain signal (replaced on resume): connections then announce readonly and
+    /// close once idle.
+    pub draining: Rc<RefCell<Event>>,
 }
 
 impl DubboListener {
@@ -162,6 +167,10 @@ pub struct DownConn {
     closed: Cell<bool>,
     /// The reader is done (EOF or a fatal decode error): close once every answer is written.
     read_done: Cell<bool>,
+    /// We told the caller we are going away (readonly event): close once idle.
+    draining: Cell<bool>,
+    /// Set when the writer is done (ends the drain announcer).
+    finished: Event,
 }
 
 impl DownConn {
@@ -211,19 +220,61 @@ pub async fn serve(stream: TcpStream, l: Rc<DubboListener>) {
         room: Notify::new(),
         closed: Cell::new(false),
         read_done: Cell::new(false),
+        draining: Cell::new(false),
+        finished: Event::new(),
     });
+    let drain = conn.l.draining.borrow().clone();
     let (r, w) = stream.into_split();
-    shard::monoio::join!(read_loop(&conn, r), write_loop(&conn, w));
+    shard::monoio::join!(
+        read_loop(&conn, r),
+        write_loop(&conn, w),
+        announce_drain(&conn, drain)
+    );
     conn.closed.set(true);
+}
+
+/// When the shard drains: tell the caller this process is going away (Dubbo's readonly event,
+/// so a well-behaved consumer sends new requests elsewhere) and let the writer close the
+/// connection once it has been idle for [`DRAIN_QUIET_MS`].
+async fn announce_drain(conn: &Rc<DownConn>, drain: Event) {
+    shard::monoio::select! {
+        _ = drain.wait() => {}
+        _ = conn.finished.wait() => return,
+    }
+    if conn.closed.get() || conn.read_done.get() {
+        return;
+    }
+    conn.push(wire::readonly_event());
+    conn.draining.set(true);
+    conn.out_ready.notify();
 }
 
 async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
     let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
     loop {
         if conn.out.borrow().is_empty() {
-            if conn.closed.get() || (conn.read_done.get() && conn.inflight.get() == 0) {
+            let idle = conn.inflight.get() == 0;
+            if conn.closed.get() || (conn.read_done.get() && idle) {
                 let _ = w.shutdown().await;
+                conn.finished.set();
                 return;
+            }
+            if conn.draining.get() && idle {
+                // Draining and idle: close once no request has come for a quiet period (a
+                // request the caller sent before it saw our readonly event may still arrive).
+                let quiet = Duration::from_millis(DRAIN_QUIET_MS);
+                shard::monoio::select! {
+                    _ = shard::monoio::time::sleep(quiet) => {
+                        if conn.out.borrow().is_empty() && conn.inflight.get() == 0 {
+                            let _ = w.shutdown().await;
+                            conn.closed.set(true);
+                            conn.finished.set();
+                            return;
+                        }
+                    }
+                    _ = conn.out_ready.wait() => {}
+                }
+                continue;
             }
             conn.out_ready.wait().await;
             continue;
@@ -232,6 +283,7 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
             tracing::debug!(listener = %conn.l.name, error = %e, "downstream write failed");
             conn.closed.set(true);
             conn.out.borrow_mut().clear();
+            conn.finished.set();
             return;
         }
     }

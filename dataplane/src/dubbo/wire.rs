@@ -102,6 +102,11 @@ pub fn heartbeat_response(id: u64) -> Bytes {
     d::encode::heartbeat_response(id)
 }
 
+/// Dubbo's readonly event: "this process is going away, send new requests elsewhere".
+pub fn readonly_event() -> Bytes {
+    d::encode::readonly_event(0)
+}
+
 pub fn heartbeat_request(id: u64) -> Bytes {
     d::encode::heartbeat_request(id)
 }

@@ -1,0 +1,241 @@
+//! The hot-upgrade control socket: the running process serves the handoff on a Unix socket
+//! (old side, [`serve`]); a new process started with `--upgrade` takes the listening sockets
+//! over from it ([`take_over`]). The protocol itself is in the `hotswap` crate; this module
+//! maps it onto ringside's listeners, admin sockets, drain and stats.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hotswap::{HandoffError, Message, SocketEntry, PROTOCOL_VERSION};
+
+use crate::config::Config;
+use crate::server::{ControlEvent, Inherited, Shared, State};
+
+/// Test hook: make a new process claim another protocol version (to test refusals).
+pub const PROTOCOL_OVERRIDE_ENV: &str = "RINGSIDE_HANDOFF_PROTOCOL_OVERRIDE";
+
+fn build() -> String {
+    format!("ringside {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The control socket path: `admin.control_socket`, or `$TMPDIR/ringside-<admin port>.sock`.
+pub fn path(config: &Config) -> PathBuf {
+    config.admin.control_socket.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ringside-{}.sock", config.admin.address.port()))
+    })
+}
+
+/// Binds the control socket. A socket file nobody answers on is stale and replaced; one that
+/// answers belongs to a running ringside: refused unless `replace` (we are its successor).
+pub fn listen(path: &Path, replace: bool) -> Result<UnixListener, String> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() && !replace {
+            return Err(format!(
+                "a ringside is already running with control socket {}; start with --upgrade to \
+                 replace it",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove old control socket {}: {e}", path.display()))?;
+    }
+    UnixListener::bind(path)
+        .map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))
+}
+
+/// Old side: answers successors on `listener` until the process exits.
+pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        match handoff(&conn, &shared) {
+            Ok(true) => {
+                let _ = shared.control.send(ControlEvent::HandOff { stream: conn });
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "hot upgrade aborted; still serving"),
+        }
+    }
+}
+
+/// Runs steps 1–3 of the protocol; `Ok(true)` once the successor serves.
+fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
+    let (hello, _) = hotswap::recv(conn)?;
+    let Message::Hello {
+        protocol,
+        build: theirs,
+    } = hello
+    else {
+        hotswap::send(
+            conn,
+            &Message::Refused {
+                reason: "expected Hello".into(),
+            },
+            &[],
+        )?;
+        return Ok(false);
+    };
+    if protocol != PROTOCOL_VERSION {
+        let reason = format!(
+            "handoff protocol {protocol} ({theirs}) is not compatible with {PROTOCOL_VERSION} ({})",
+            build()
+        );
+        tracing::warn!(%reason, "refusing hot upgrade");
+        hotswap::send(conn, &Message::Refused { reason }, &[])?;
+        return Ok(false);
+    }
+    if shared.lifecycle.state() != State::Serving {
+        hotswap::send(
+            conn,
+            &Message::Refused {
+                reason: "not serving (starting or draining)".into(),
+            },
+            &[],
+        )?;
+        return Ok(false);
+    }
+    hotswap::send(
+        conn,
+        &Message::Welcome {
+            protocol: PROTOCOL_VERSION,
+            build: build(),
+        },
+        &[],
+    )?;
+    tracing::info!(successor = %theirs, "hot upgrade: successor connected");
+    match hotswap::recv(conn)?.0 {
+        Message::GetListeners => {}
+        other => {
+            return Err(HandoffError::Unexpected {
+                expected: "GetListeners",
+                got: format!("{other:?}"),
+            })
+        }
+    }
+    let sockets = shared.sockets.for_handoff(&shared.config.listeners);
+    let entries: Vec<SocketEntry> = sockets
+        .iter()
+        .map(|(name, s)| SocketEntry {
+            name: name.clone(),
+            address: s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    let fds: Vec<i32> = sockets.iter().map(|(_, s)| s.as_raw_fd()).collect();
+    hotswap::send(conn, &Message::Listeners { sockets: entries }, &fds)?;
+    drop(sockets);
+    match hotswap::recv(conn)?.0 {
+        Message::Serving => {
+            tracing::info!("hot upgrade: successor serves; draining");
+            Ok(true)
+        }
+        other => Err(HandoffError::Unexpected {
+            expected: "Serving",
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+/// New side: connects to the running process and takes its listening sockets.
+pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
+    let conn = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "--upgrade: no running ringside answers on {}: {e}",
+            path.display()
+        )
+    })?;
+    let protocol = std::env::var(PROTOCOL_OVERRIDE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROTOCOL_VERSION);
+    let fail = |e: HandoffError| format!("--upgrade: {e}");
+    hotswap::send(
+        &conn,
+        &Message::Hello {
+            protocol,
+            build: build(),
+        },
+        &[],
+    )
+    .map_err(fail)?;
+    match hotswap::recv(&conn).map_err(fail)?.0 {
+        Message::Welcome { build, .. } => {
+            tracing::info!(predecessor = %build, "hot upgrade: taking over")
+        }
+        Message::Refused { reason } => {
+            return Err(format!(
+                "--upgrade refused by the running ringside (it keeps serving): {reason}"
+            ))
+        }
+        other => return Err(format!("--upgrade: unexpected {other:?}")),
+    }
+    hotswap::send(&conn, &Message::GetListeners, &[]).map_err(fail)?;
+    let (msg, fds) = hotswap::recv(&conn).map_err(fail)?;
+    let Message::Listeners { sockets } = msg else {
+        return Err(format!("--upgrade: expected Listeners, got {msg:?}"));
+    };
+    if sockets.len() != fds.len() {
+        return Err(fail(HandoffError::FdCountMismatch {
+            announced: sockets.len(),
+            carried: fds.len(),
+        }));
+    }
+    let mut inherited = Inherited::default();
+    for (entry, fd) in sockets.into_iter().zip(fds) {
+        inherited
+            .sockets
+            .entry(entry.name)
+            .or_default()
+            .push(std::net::TcpListener::from(fd));
+    }
+    Ok((conn, inherited))
+}
+
+/// New side, after `Serving`: imports the predecessor's final counters when it has drained.
+pub fn await_predecessor(conn: UnixStream, shared: Arc<Shared>) {
+    loop {
+        match hotswap::recv(&conn) {
+            Ok((Message::Stats { blob }, _)) => match shared.stats.import(blob.as_bytes()) {
+                Ok(n) => tracing::info!(
+                    counters = n,
+                    "hot upgrade: predecessor's counters carried over"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "hot upgrade: cannot import predecessor's stats")
+                }
+            },
+            Ok((Message::Bye, _)) => {
+                tracing::info!("hot upgrade: predecessor drained and exited");
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Old side, after the drain: hands the final counters to the successor and says goodbye.
+pub fn farewell(conn: &UnixStream, shared: &Shared) {
+    let blob = String::from_utf8(shared.stats.export()).unwrap_or_default();
+    if let Err(e) = hotswap::send(conn, &Message::Stats { blob }, &[])
+        .and_then(|_| hotswap::send(conn, &Message::Bye, &[]))
+    {
+        tracing::warn!(error = %e, "hot upgrade: could not hand over final stats");
+    }
+}
+
+/// Old side, while draining for a successor: if the successor's connection drops before we
+/// are done, resume serving.
+pub fn watch_successor(conn: &UnixStream, shared: &Arc<Shared>) {
+    let Ok(watch) = conn.try_clone() else { return };
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        // The successor sends nothing more until it closes; a close before our Bye means it
+        // died.
+        let _ = hotswap::recv(&watch);
+        if shared.lifecycle.state() == State::Draining && !shared.drained.load(Ordering::Acquire) {
+            let _ = shared.control.send(ControlEvent::Resume);
+        }
+    });
+}
