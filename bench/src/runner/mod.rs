@@ -681,11 +681,11 @@ impl Runner {
         self.work.join(format!("{name}.log"))
     }
 
+    /// Runs every scenario. Each scenario gets freshly started proxies, so one scenario's
+    /// peak RSS (and whatever memory a proxy keeps after it) never shows in the next one; its
+    /// repetitions run back to back with the order of the targets rotated each time.
     fn run_scenarios(&self, set: &mut RunSet) {
         let protocols: Vec<Protocol> = self.scenarios.iter().map(Scenario::protocol).collect();
-        let needs = |t: Target| {
-            self.targets.contains(&t) && self.scenarios.iter().any(|s| s.targets().contains(&t))
-        };
         let upstreams = match Upstreams::start(self, &protocols) {
             Ok(u) => u,
             Err(e) => {
@@ -693,60 +693,37 @@ impl Runner {
                 return;
             }
         };
-        let mut suts: BTreeMap<Target, Sut> = BTreeMap::new();
-        let mut dubbo_missing: Option<String> = None;
-        if needs(Target::Ringside) {
-            let (sut, no_dubbo) = self.start_ringside();
-            dubbo_missing = no_dubbo;
-            suts.insert(Target::Ringside, sut);
-        }
-        for t in Target::ALL
-            .into_iter()
-            .filter(|t| t.is_envoy() && needs(*t))
-        {
-            if let Some(f) = t.envoy_filter() {
-                suts.insert(t, self.start_envoy(f));
-            }
-        }
-
-        for rep in 0..self.reps {
-            for scenario in &self.scenarios {
-                let targets: Vec<Target> = scenario
-                    .targets()
-                    .iter()
-                    .copied()
-                    .filter(|t| self.targets.contains(t))
-                    .collect();
+        let upstream_pids: Vec<u32> = upstreams.procs.iter().map(Proc::pid).collect();
+        for scenario in &self.scenarios {
+            let targets: Vec<Target> = scenario
+                .targets()
+                .iter()
+                .copied()
+                .filter(|t| self.targets.contains(t))
+                .collect();
+            let mut suts = self.start_suts(scenario, &targets);
+            for rep in 0..self.reps {
                 // Rotate the order each repetition so no target always runs first.
                 for i in 0..targets.len() {
                     let Some(&target) = targets.get((i + rep) % targets.len()) else {
                         continue;
                     };
-                    let missing = match suts.get(&target) {
-                        Some(Sut::Missing(reason)) => Some(reason.clone()),
-                        _ if target == Target::Ringside
-                            && scenario.protocol() == Protocol::Dubbo =>
-                        {
-                            dubbo_missing.clone()
-                        }
-                        _ => None,
-                    };
-                    if let Some(reason) = missing {
-                        if rep == 0 {
-                            eprintln!(
-                                "bench-run: skip {} via {}: {reason}",
-                                scenario.id,
-                                target.name()
-                            );
-                            set.skips.push(Skip {
-                                scenario: scenario.id.into(),
-                                target,
-                                reason,
-                            });
-                        }
-                        continue;
-                    }
                     let (port, pid) = match suts.get_mut(&target) {
+                        Some(Sut::Missing(reason)) => {
+                            if rep == 0 {
+                                eprintln!(
+                                    "bench-run: skip {} via {}: {reason}",
+                                    scenario.id,
+                                    target.name()
+                                );
+                                set.skips.push(Skip {
+                                    scenario: scenario.id.into(),
+                                    target,
+                                    reason: reason.clone(),
+                                });
+                            }
+                            continue;
+                        }
                         Some(Sut::Up { proc, port }) => {
                             if let Some(status) = proc.exited() {
                                 let reason = format!(
@@ -758,11 +735,10 @@ impl Runner {
                                 suts.insert(target, Sut::Missing(reason));
                                 continue;
                             }
-                            (scenario_port(scenario, target, *port), Some(proc.pid()))
+                            (*port, Some(proc.pid()))
                         }
-                        _ => (scenario_port(scenario, target, 0), None),
+                        None => (scenario_port(scenario, target), None),
                     };
-                    let upstream_pids: Vec<u32> = upstreams.procs.iter().map(Proc::pid).collect();
                     match self.run_one(scenario, target, rep, port, pid, &upstream_pids) {
                         Ok(rec) => set.runs.push(rec),
                         Err(e) => set.failures.push(format!(
@@ -774,30 +750,57 @@ impl Runner {
                     }
                 }
             }
+            // This scenario's proxies are killed and reaped here, as `suts` drops.
         }
-        // Proxies and upstreams are killed and reaped here, as `suts` and `upstreams` drop.
+        // The upstreams are killed and reaped here, as `upstreams` drops.
     }
 
-    /// Starts ringside (one shard on CPU1). The second value says why Dubbo scenarios must
-    /// skip it, when its config validation rejects the Dubbo listener.
-    fn start_ringside(&self) -> (Sut, Option<String>) {
-        if !self.ringside.exists() {
-            let why = format!("{} not built", self.ringside.display());
-            return (Sut::Missing(why), None);
+    /// Starts the proxies a scenario needs (every target but direct).
+    fn start_suts(&self, scenario: &Scenario, targets: &[Target]) -> BTreeMap<Target, Sut> {
+        let mut suts = BTreeMap::new();
+        for &target in targets {
+            let sut = match target {
+                Target::Direct => continue,
+                Target::Ringside => {
+                    let dubbo = scenario.protocol() == Protocol::Dubbo;
+                    match self.start_ringside(dubbo) {
+                        Sut::Up { proc, .. } => Sut::Up {
+                            proc,
+                            port: scenario_port(scenario, target),
+                        },
+                        missing => missing,
+                    }
+                }
+                _ => match target.envoy_filter() {
+                    Some(f) => self.start_envoy(f),
+                    None => continue,
+                },
+            };
+            suts.insert(target, sut);
         }
-        let full = self.work.join("ringside.yaml");
-        let l4_only = self.work.join("ringside-l4-only.yaml");
-        let _ = std::fs::write(&full, configs::ringside(true));
-        let _ = std::fs::write(&l4_only, configs::ringside(false));
-        let (config, no_dubbo) = match self.ringside_validate(&full) {
-            Ok(()) => (full, None),
-            Err(why) => {
-                let reason =
-                    format!("ringside has no dubbo listener yet (config validation: {why})");
-                eprintln!("bench-run: {reason}");
-                (l4_only, Some(reason))
+        suts
+    }
+
+    /// Starts ringside (one shard on the proxy CPU). For a Dubbo scenario the config has the
+    /// Dubbo listener; if ringside's validation rejects it, the scenario skips ringside with
+    /// "ringside has no dubbo listener yet" instead of failing the run.
+    fn start_ringside(&self, dubbo: bool) -> Sut {
+        if !self.ringside.exists() {
+            return Sut::Missing(format!("{} not built", self.ringside.display()));
+        }
+        let config = self.work.join(if dubbo {
+            "ringside.yaml"
+        } else {
+            "ringside-l4-only.yaml"
+        });
+        let _ = std::fs::write(&config, configs::ringside(dubbo));
+        if dubbo {
+            if let Err(why) = self.ringside_validate(&config) {
+                return Sut::Missing(format!(
+                    "ringside has no dubbo listener yet (config validation: {why})"
+                ));
             }
-        };
+        }
         let args = vec![
             "run".into(),
             "--config".into(),
@@ -806,14 +809,13 @@ impl Runner {
             "1".into(),
         ];
         let admin = configs::addr(configs::RINGSIDE_ADMIN_PORT);
-        let sut = self.start_proxy(
+        self.start_proxy(
             "ringside",
             &self.ringside,
             &args,
             &admin,
             configs::RINGSIDE_TCP_PORT,
-        );
-        (sut, no_dubbo)
+        )
     }
 
     fn ringside_validate(&self, config: &Path) -> Result<(), String> {
@@ -1093,14 +1095,14 @@ impl Runner {
     }
 }
 
-/// The listener port a scenario uses on a target.
-fn scenario_port(scenario: &Scenario, target: Target, sut_port: u16) -> u16 {
+/// The port a scenario's load generator connects to for a target.
+fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
     match (target, scenario.protocol()) {
         (Target::Direct, Protocol::Tcp) => configs::TCP_UPSTREAM_PORT,
         (Target::Direct, Protocol::Dubbo) => configs::DUBBO_UPSTREAM_PORT,
         (Target::Ringside, Protocol::Tcp) => configs::RINGSIDE_TCP_PORT,
         (Target::Ringside, Protocol::Dubbo) => configs::RINGSIDE_DUBBO_PORT,
-        _ => sut_port,
+        (_, _) => target.envoy_filter().map_or(0, EnvoyFilter::listener_port),
     }
 }
 
