@@ -252,6 +252,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
     };
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "state": state,
         "uptime_s": shared.lifecycle.started.elapsed().as_secs(),
         "config_version": shared.config_version,

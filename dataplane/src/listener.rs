@@ -153,15 +153,25 @@ pub fn shard_main(
         tracing::debug!(shard = id, "serving");
 
         // Serve until told to drain; a closed inbox (the control thread is gone) means stop now.
+        // A hot-upgrade drain lingers once drained (the successor may still die and we resume)
+        // until the control thread says Finish.
         let mut deadline = None;
+        let mut linger = false;
+        let mut reported = false;
         loop {
             let msg = match deadline {
                 None => inbox.recv().await,
-                // While draining, keep listening (a failed successor makes us resume), and
-                // check the connection count now and then.
                 Some(d) => {
-                    if connections.get() == 0 || Instant::now() >= d {
+                    let done = connections.get() == 0 || Instant::now() >= d;
+                    if done && !linger {
                         break;
+                    }
+                    if done && !reported {
+                        reported = true;
+                        shared
+                            .lifecycle
+                            .shards_drained
+                            .fetch_add(1, Ordering::AcqRel);
                     }
                     shard::monoio::select! {
                         m = inbox.recv() => m,
@@ -170,7 +180,7 @@ pub fn shard_main(
                 }
             };
             match msg {
-                Some(ShardMsg::Drain { timeout }) if deadline.is_none() => {
+                Some(ShardMsg::Drain { timeout, linger: l }) if deadline.is_none() => {
                     shared
                         .lifecycle
                         .shards_serving
@@ -178,6 +188,7 @@ pub fn shard_main(
                     stop_accepting.set();
                     draining.borrow().set();
                     deadline = Some(Instant::now() + timeout);
+                    linger = l;
                 }
                 Some(ShardMsg::Resume) if deadline.is_some() => {
                     match shared.sockets.for_shard(id) {
@@ -189,12 +200,20 @@ pub fn shard_main(
                                 .lifecycle
                                 .shards_serving
                                 .fetch_add(1, Ordering::AcqRel);
+                            if reported {
+                                shared
+                                    .lifecycle
+                                    .shards_drained
+                                    .fetch_sub(1, Ordering::AcqRel);
+                            }
                             deadline = None;
+                            reported = false;
                             tracing::info!(shard = id, "resumed accepting");
                         }
                         Err(e) => tracing::error!(shard = id, error = %e, "cannot resume"),
                     }
                 }
+                Some(ShardMsg::Finish) => break,
                 Some(_) => {}
                 None => break,
             }

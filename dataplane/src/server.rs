@@ -26,9 +26,12 @@ pub const SHARD_INBOX_MAX: usize = 64;
 pub enum ShardMsg {
     /// Stop accepting, tell Dubbo callers we are going away, let connections finish for at
     /// most `timeout`, then end the shard.
-    Drain { timeout: Duration },
+    /// With `linger` (hot upgrade), a drained shard waits for `Finish` or `Resume`.
+    Drain { timeout: Duration, linger: bool },
     /// The successor of a hot upgrade failed while we drained: accept again.
     Resume,
+    /// Every shard drained (hot upgrade): end the shard.
+    Finish,
 }
 
 /// Listening sockets handed over by a predecessor (hot upgrade), by listener name.
@@ -140,6 +143,8 @@ pub enum State {
 pub struct Lifecycle {
     state: AtomicU8,
     pub shards_serving: AtomicUsize,
+    /// Shards done draining for a hot upgrade, lingering until `Finish`.
+    pub shards_drained: AtomicUsize,
     pub started: Instant,
 }
 
@@ -474,6 +479,7 @@ impl Server {
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
                 shards_serving: AtomicUsize::new(0),
+                shards_drained: AtomicUsize::new(0),
                 started: Instant::now(),
             },
             shard_infos: OnceLock::new(),
@@ -550,8 +556,9 @@ impl Server {
                 "draining"
             );
             shared.lifecycle.set(State::Draining);
+            let linger = successor.is_some();
             for h in &self.shards {
-                if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout }) {
+                if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout, linger }) {
                     tracing::warn!(error = %e, "could not tell a shard to drain");
                 }
             }
@@ -564,7 +571,17 @@ impl Server {
                 // No successor: refuse new connections from now on.
                 None => shared.sockets.close(),
             }
+            let mut finish_sent = false;
             loop {
+                if linger
+                    && !finish_sent
+                    && shared.lifecycle.shards_drained.load(Ordering::Acquire) == shared.shard_count
+                {
+                    for h in &self.shards {
+                        let _ = h.inbox.try_send(ShardMsg::Finish);
+                    }
+                    finish_sent = true;
+                }
                 if self.shards.iter().all(|h| h.thread.is_finished()) {
                     shared.drained.store(true, Ordering::Release);
                     if let Some(stream) = &successor {

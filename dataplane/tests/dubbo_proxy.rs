@@ -83,16 +83,25 @@ fn no_route_is_answered_quickly_and_the_connection_stays_usable() {
     let routes = "    dubbo:\n      routes:\n        - match: {interface: {exact: com.known.Svc}}\n          route: {cluster: a}\n";
     let (rs, listen) = start(&[("a", &[a.addr])], routes, "1");
     let mut c = Consumer::connect(listen);
-    let t = Instant::now();
-    let ans = c.call(
-        RequestBuilder::new("com.unknown.Svc", "get")
-            .version("1.0.0")
-            .group("g"),
-    );
+    // Answered by ringside at once, not after a timeout: the fastest of a few tries is well
+    // under 100 ms even on a busy CI machine (the cluster timeout is 1 s).
+    let mut fastest = Duration::MAX;
+    let mut ans = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        ans = Some(
+            c.call(
+                RequestBuilder::new("com.unknown.Svc", "get")
+                    .version("1.0.0")
+                    .group("g"),
+            ),
+        );
+        fastest = fastest.min(t.elapsed());
+    }
+    let ans = ans.unwrap();
     assert!(
-        t.elapsed() < Duration::from_millis(100),
-        "answered in {:?}",
-        t.elapsed()
+        fastest < Duration::from_millis(100),
+        "answered in {fastest:?}"
     );
     assert_eq!(ans.status, Status::ServiceNotFound);
     assert!(
@@ -106,7 +115,7 @@ fn no_route_is_answered_quickly_and_the_connection_stays_usable() {
     assert_eq!(ans.text, "A|get|");
     let (_, stats) = rs.get("/stats");
     assert!(
-        stats.contains("listener.dubbo.dubbo_rq_no_route: 1"),
+        stats.contains("listener.dubbo.dubbo_rq_no_route: 5"),
         "{stats}"
     );
     assert!(stats.contains("listener.dubbo.dubbo_rsp_ok: 1"), "{stats}");

@@ -167,6 +167,9 @@ pub struct Consumer {
     pub conn: TcpStream,
     buf: BytesMut,
     next_id: u64,
+    /// The proxy said it is going away (Dubbo readonly event): a well-behaved consumer opens a
+    /// new connection for its next request.
+    pub readonly: bool,
 }
 
 impl Consumer {
@@ -179,6 +182,7 @@ impl Consumer {
             conn,
             buf: BytesMut::new(),
             next_id: 1,
+            readonly: false,
         }
     }
 
@@ -195,11 +199,18 @@ impl Consumer {
         self.conn.write_all(bytes).unwrap();
     }
 
-    /// The next frame, or `None` at EOF / reset / timeout.
+    /// The next answer (events from the proxy are noted and skipped), or `None` at EOF /
+    /// reset / timeout.
     pub fn recv(&mut self) -> Option<Answer> {
         let mut chunk = vec![0u8; 256 * 1024];
         loop {
             match dubbo::decode_frame(&mut self.buf, 64 << 20) {
+                Ok(Decoded::Frame(f)) if f.header.flags.event && f.header.flags.request => {
+                    if dubbo::is_readonly_event(&f.bytes) {
+                        self.readonly = true;
+                    }
+                    continue;
+                }
                 Ok(Decoded::Frame(f)) => {
                     let h = f.header;
                     let text = answer_text(&f.bytes);

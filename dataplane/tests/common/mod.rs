@@ -51,6 +51,7 @@ pub struct Ringside {
     pub child: Child,
     pub admin: SocketAddr,
     pub dir: TempDir,
+    pub config: String,
 }
 
 impl Ringside {
@@ -82,9 +83,69 @@ impl Ringside {
             .stderr(Stdio::piped());
         tweak(&mut cmd);
         let child = cmd.spawn().expect("spawn ringside");
-        let mut r = Ringside { child, admin, dir };
+        let mut r = Ringside {
+            child,
+            admin,
+            dir,
+            config: config.to_string(),
+        };
         r.wait_ready();
         r
+    }
+
+    /// Starts a successor with `--upgrade` and waits until it is the one answering the admin
+    /// API (the predecessor then drains and exits on its own).
+    pub fn upgrade(&self, extra: &[&str]) -> Ringside {
+        let mut args = vec!["--upgrade"];
+        args.extend_from_slice(extra);
+        let dir = TempDir::new("rs-up");
+        let path = dir.write("ringside.yaml", &self.config);
+        let child = Command::new(RINGSIDE)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RINGSIDE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn successor");
+        let mut r = Ringside {
+            child,
+            admin: self.admin,
+            dir,
+            config: self.config.clone(),
+        };
+        let pid = r.child.id() as u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                let mut err = String::new();
+                if let Some(e) = r.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("successor exited early with {status}: {err}");
+            }
+            if let Ok((200, body)) = http(self.admin, "GET", "/server_info") {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if v["pid"].as_u64() == Some(pid) && v["state"] == "LIVE" {
+                    return r;
+                }
+            }
+            assert!(Instant::now() < deadline, "successor not serving in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Open file descriptors of the process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     fn wait_ready(&mut self) {

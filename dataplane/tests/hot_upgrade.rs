@@ -1,0 +1,293 @@
+//! Hot upgrade through the real binary: successors take the listening sockets over while
+//! consumers keep calling; nothing fails, counters carry over, descriptors do not leak; failed
+//! or incompatible successors leave the running process serving.
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codec::dubbo::encode::{Arg, RequestBuilder};
+use codec::dubbo::Status;
+use common::dubbo::*;
+use common::*;
+
+const SVC: &str = "com.ringside.test.EchoService";
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    reconnects: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+/// `n` consumers calling in a loop; each honours readonly events by reconnecting before its
+/// next call, as Dubbo consumers do.
+fn start_load(listen: std::net::SocketAddr, n: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, reconnects) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let threads = (0..n)
+        .map(|t| {
+            let (stop, ok, failed, reconnects) =
+                (stop.clone(), ok.clone(), failed.clone(), reconnects.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                let mut c = Consumer::connect(listen);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if c.readonly {
+                        c = Consumer::connect(listen);
+                        reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let arg = format!("t{t}-{i}");
+                    let args = [Arg::Str(&arg)];
+                    let id = c.send(RequestBuilder::new(SVC, "echo").args(&args));
+                    match c.recv() {
+                        Some(a)
+                            if a.id == id
+                                && a.status == Status::Ok
+                                && a.text == format!("P|echo|{arg}") =>
+                        {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!("{other:?}"));
+                            c = Consumer::connect(listen);
+                        }
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                errors
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        ok,
+        failed,
+        reconnects,
+        threads,
+    }
+}
+
+impl Load {
+    fn finish(self) -> (u64, u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors: Vec<String> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.reconnects.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+fn config(
+    admin: std::net::SocketAddr,
+    listen: std::net::SocketAddr,
+    provider: std::net::SocketAddr,
+) -> String {
+    format!(
+        "admin:\n  address: {admin}\ndrain_timeout_ms: 5000\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: p\nclusters:\n  - name: p\n    endpoints: [\"{provider}\"]\n"
+    )
+}
+
+fn stat(rs: &Ringside, name: &str) -> u64 {
+    let (_, text) = rs.get("/stats");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn twenty_upgrades_under_load_lose_nothing_and_carry_counters() {
+    let provider = Provider::start("P");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let mut current = Ringside::start(
+        &config(admin, listen, provider.addr),
+        admin,
+        &["--shards", "2"],
+    );
+    let load = start_load(listen, 8);
+    std::thread::sleep(Duration::from_millis(300));
+    let fds_before = current.fd_count();
+    for round in 0..20 {
+        // Alternate shard counts: sockets are spread over however many shards the successor runs.
+        let shards = if round % 2 == 0 { "1" } else { "2" };
+        let next = current.upgrade(&["--shards", shards]);
+        let (status, log) = current.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "predecessor exits cleanly after its drain: {log}"
+        );
+        assert!(log.contains("reason=\"hot upgrade\""), "{log}");
+        current = next;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, reconnects, errors) = load.finish();
+    assert_eq!(failed, 0, "failed calls: {errors:?}");
+    assert!(ok > 200, "load ran: {ok} calls");
+    assert!(
+        reconnects >= 20,
+        "consumers followed readonly events to the successor: {reconnects}"
+    );
+
+    // Every request of every process is counted in the last one's totals.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counted = stat(&current, "listener.dubbo.dubbo_rq_total");
+        if counted == ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counted {counted} requests, consumers made {ok}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fds_after = current.fd_count();
+    assert!(
+        fds_after <= fds_before + 4,
+        "descriptors stay flat across upgrades: {fds_before} -> {fds_after}"
+    );
+}
+
+#[test]
+fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
+    let provider = Provider::start("P");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, listen, provider.addr),
+        admin,
+        &["--shards", "1"],
+    );
+    let path = std::env::temp_dir().join(format!("ringside-{}.sock", admin.port()));
+    {
+        // A successor that takes the sockets and vanishes without saying it serves.
+        let conn = UnixStream::connect(&path).unwrap();
+        hotswap::send(
+            &conn,
+            &hotswap::Message::Hello {
+                protocol: hotswap::PROTOCOL_VERSION,
+                build: "test".into(),
+            },
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(
+            hotswap::recv(&conn).unwrap().0,
+            hotswap::Message::Welcome { .. }
+        ));
+        hotswap::send(&conn, &hotswap::Message::GetListeners, &[]).unwrap();
+        let (msg, fds) = hotswap::recv(&conn).unwrap();
+        let hotswap::Message::Listeners { sockets } = msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(sockets.len(), fds.len());
+        assert!(sockets.iter().any(|s| s.name == "dubbo"));
+        assert!(sockets.iter().any(|s| s.name == "__admin"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rs.get("/ready").0, 200);
+    let mut c = Consumer::connect(listen);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "still")).text, "P|still|");
+}
+
+#[test]
+fn a_successor_that_dies_after_serving_makes_the_old_one_resume() {
+    let provider = Provider::start("P");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, listen, provider.addr),
+        admin,
+        &["--shards", "2"],
+    );
+    let path = std::env::temp_dir().join(format!("ringside-{}.sock", admin.port()));
+    let mut c = Consumer::connect(listen);
+    assert_eq!(
+        c.call(RequestBuilder::new(SVC, "before")).status,
+        Status::Ok
+    );
+    {
+        let conn = UnixStream::connect(&path).unwrap();
+        hotswap::send(
+            &conn,
+            &hotswap::Message::Hello {
+                protocol: hotswap::PROTOCOL_VERSION,
+                build: "test".into(),
+            },
+            &[],
+        )
+        .unwrap();
+        hotswap::recv(&conn).unwrap();
+        hotswap::send(&conn, &hotswap::Message::GetListeners, &[]).unwrap();
+        let _fds = hotswap::recv(&conn).unwrap();
+        hotswap::send(&conn, &hotswap::Message::Serving, &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // ... and dies.
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rs.get("/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "old process did not resume");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The drain had told this consumer to go away; a new connection is served by the resumed
+    // process.
+    let mut c = Consumer::connect(listen);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "after")).text, "P|after|");
+}
+
+#[test]
+fn an_incompatible_successor_is_refused_cleanly() {
+    let provider = Provider::start("P");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, listen, provider.addr),
+        admin,
+        &["--shards", "1"],
+    );
+    let dir = TempDir::new("incompat");
+    let cfg = dir.write("c.yaml", &rs.config);
+    let out = Command::new(RINGSIDE)
+        .args(["run", "--upgrade", "--config"])
+        .arg(&cfg)
+        .env("RINGSIDE_HANDOFF_PROTOCOL_OVERRIDE", "999")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused by the running ringside (it keeps serving)"),
+        "{err}"
+    );
+    assert!(err.contains("handoff protocol 999"), "{err}");
+    assert_eq!(rs.get("/ready").0, 200);
+    let mut c = Consumer::connect(listen);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "x")).status, Status::Ok);
+
+    // A plain second start next to a running one is refused too.
+    let out = Command::new(RINGSIDE)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start with --upgrade"));
+}
