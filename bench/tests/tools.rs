@@ -1,0 +1,139 @@
+//! The bench tools against each other through real sockets: every load generator gets only good
+//! answers from its echo server, and `dubbo-load` counts a peer that does not speak Dubbo
+//! responses as errors. No assertion on timings. Ports 31880-31899, loopback only; every child
+//! is killed and reaped on drop, even when an assertion fails.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bench::report::LoadReport;
+
+struct Server(Child);
+
+impl Server {
+    fn start(bin: &str, addr: &str) -> Server {
+        let child = Command::new(bin)
+            .args(["--listen", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+        let server = Server(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "{bin} did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn load(bin: &str, args: &[&str]) -> LoadReport {
+    let out = Command::new(bin)
+        .args(args)
+        .args(["--duration", "300ms", "--warmup", "100ms"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run load generator");
+    assert!(out.status.success(), "{bin} {args:?} failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+#[test]
+fn dubbo_closed_and_open_loop_against_dubbo_echo() {
+    let _echo = Server::start(env!("CARGO_BIN_EXE_dubbo-echo"), "127.0.0.1:31880");
+    let load_bin = env!("CARGO_BIN_EXE_dubbo-load");
+
+    let closed = load(
+        load_bin,
+        &[
+            "--target",
+            "127.0.0.1:31880",
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+        ],
+    );
+    assert_eq!(closed.mode, "closed");
+    assert_eq!(closed.errors.total(), 0, "{:?}", closed.errors);
+    assert!(closed.measured > 0 && closed.received >= closed.measured);
+    assert!(closed.sent >= closed.received);
+    assert!(closed.latency_us.p50 > 0.0 && closed.latency_us.p50 <= closed.latency_us.max);
+    assert!(!closed.cdf.is_empty());
+
+    let open = load(
+        load_bin,
+        &[
+            "--target",
+            "127.0.0.1:31880",
+            "--connections",
+            "2",
+            "--rate",
+            "2000",
+        ],
+    );
+    assert_eq!(open.mode, "open");
+    assert_eq!(open.errors.total(), 0, "{:?}", open.errors);
+    // Every request due in the run was sent and answered (2,000/s for 0.4 s).
+    assert_eq!(open.sent, open.received);
+    assert!(open.sent >= 700, "sent {}", open.sent);
+}
+
+#[test]
+fn tcp_load_against_tcp_echo() {
+    let _echo = Server::start(env!("CARGO_BIN_EXE_tcp-echo"), "127.0.0.1:31890");
+    let r = load(
+        env!("CARGO_BIN_EXE_tcp-load"),
+        &[
+            "--target",
+            "127.0.0.1:31890",
+            "--connections",
+            "3",
+            "--bytes",
+            "64",
+        ],
+    );
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+    assert!(r.measured > 0);
+}
+
+#[test]
+fn dubbo_load_counts_a_peer_that_echoes_requests_as_decode_errors() {
+    // tcp-echo sends each request frame back: a request where a response must be.
+    let _echo = Server::start(env!("CARGO_BIN_EXE_tcp-echo"), "127.0.0.1:31891");
+    let r = load(
+        env!("CARGO_BIN_EXE_dubbo-load"),
+        &[
+            "--target",
+            "127.0.0.1:31891",
+            "--connections",
+            "1",
+            "--pipeline",
+            "1",
+            "--timeout",
+            "100ms",
+        ],
+    );
+    assert_eq!(r.measured, 0);
+    assert!(r.errors.decode > 0, "{:?}", r.errors);
+}
+
+#[test]
+fn dubbo_load_counts_connect_errors() {
+    // Nothing listens on this port.
+    let r = load(
+        env!("CARGO_BIN_EXE_dubbo-load"),
+        &["--target", "127.0.0.1:31899", "--connections", "2"],
+    );
+    assert_eq!(r.errors.connect, 2, "{:?}", r.errors);
+    assert_eq!(r.measured, 0);
+}
