@@ -127,7 +127,10 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
     drop(sockets);
     match hotswap::recv(conn)?.0 {
         Message::Serving => {
-            tracing::info!("hot upgrade: successor serves; draining");
+            tracing::info!(
+                requests_in_flight = in_flight(shared),
+                "hot upgrade: successor serves; draining"
+            );
             Ok(true)
         }
         other => Err(HandoffError::Unexpected {
@@ -135,6 +138,21 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
             got: format!("{other:?}"),
         }),
     }
+}
+
+/// Requests in flight to upstreams right now, over every shard and cluster.
+fn in_flight(shared: &Shared) -> u64 {
+    (0..shared.shard_count)
+        .map(|k| {
+            let s = shared.stats.shard(k);
+            shared
+                .upstream_ids
+                .iter()
+                .map(|ids| s.get(ids.rq_active) as i64)
+                .sum::<i64>()
+        })
+        .sum::<i64>()
+        .max(0) as u64
 }
 
 /// New side: connects to the running process and takes its listening sockets.

@@ -120,6 +120,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     let control_path = control::path(&cfg);
     // A fresh start refuses to run next to a live ringside with the same control socket; an
     // upgrade takes that ringside's listening sockets first.
+    let upgrade_started = std::time::Instant::now();
     let (predecessor, inherited) = if upgrade {
         match control::take_over(&control_path) {
             Ok((conn, inherited)) => (Some(conn), inherited),
@@ -159,6 +160,10 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         if let Err(e) = hotswap::send(&conn, &hotswap::Message::Serving, &[]) {
             tracing::warn!(error = %e, "hot upgrade: could not tell the predecessor we serve");
         }
+        tracing::info!(
+            handoff_ms = upgrade_started.elapsed().as_secs_f64() * 1e3,
+            "hot upgrade: serving on the predecessor's sockets"
+        );
         let shared = server.shared.clone();
         std::thread::spawn(move || control::await_predecessor(conn, shared));
         control_listener = bind_control();
