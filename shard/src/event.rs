@@ -14,7 +14,10 @@ pub struct Event {
 #[derive(Default)]
 struct Inner {
     set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    /// One slot per waiting future (a future keeps its slot across polls, so a task that is
+    /// polled often costs nothing extra); freed slots are reused.
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl Event {
@@ -30,23 +33,116 @@ impl Event {
         if self.inner.set.replace(true) {
             return;
         }
-        for w in self.inner.waiters.borrow_mut().drain(..) {
-            w.wake();
+        for w in self.inner.waiters.borrow_mut().iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
         }
     }
 
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.inner.set.get() {
-                return Poll::Ready(());
+    /// Completes once the event is set.
+    pub fn wait(&self) -> Wait<'_> {
+        Wait {
+            event: self,
+            slot: None,
+        }
+    }
+}
+
+/// The future returned by [`Event::wait`].
+pub struct Wait<'a> {
+    event: &'a Event,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let inner = &self.event.inner;
+        if inner.set.get() {
+            return Poll::Ready(());
+        }
+        let mut waiters = inner.waiters.borrow_mut();
+        match self.slot {
+            Some(i) => match &mut waiters[i] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            },
+            None => {
+                let i = match inner.free.borrow_mut().pop() {
+                    Some(i) => {
+                        waiters[i] = Some(cx.waker().clone());
+                        i
+                    }
+                    None => {
+                        waiters.push(Some(cx.waker().clone()));
+                        waiters.len() - 1
+                    }
+                };
+                drop(waiters);
+                self.slot = Some(i);
             }
-            let mut waiters = self.inner.waiters.borrow_mut();
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            let inner = &self.event.inner;
+            if let Some(w) = inner.waiters.borrow_mut().get_mut(i) {
+                *w = None;
             }
-            Poll::Pending
-        })
-        .await
+            inner.free.borrow_mut().push(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    #[test]
+    fn waiters_keep_one_slot_each_and_all_wake() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ev = Event::new();
+            let done = Rc::new(Cell::new(0));
+            for _ in 0..10 {
+                let (ev, done) = (ev.clone(), done.clone());
+                monoio::spawn(async move {
+                    ev.wait().await;
+                    done.set(done.get() + 1);
+                });
+            }
+            // Let them all register, several times over.
+            for _ in 0..5 {
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert!(ev.inner.waiters.borrow().len() <= 10);
+            ev.set();
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            assert_eq!(done.get(), 10);
+        });
+    }
+
+    #[test]
+    fn dropped_waiters_free_their_slot() {
+        let ev = Event::new();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..100 {
+            let mut w = Box::pin(ev.wait());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(ev.inner.waiters.borrow().len(), 1, "one slot, reused");
     }
 }
 

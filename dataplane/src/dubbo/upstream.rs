@@ -73,7 +73,7 @@ pub struct UpConn {
     out: RefCell<VecDeque<Bytes>>,
     out_ready: Notify,
     pending: RefCell<FxHashMap<u64, Pending>>,
-    deadlines: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
+    deadlines: RefCell<Deadlines>,
     keeper_wake: Notify,
     next_id: Cell<u64>,
     last_read: Cell<Instant>,
@@ -215,10 +215,7 @@ impl ClusterPool {
                     counted,
                 },
             );
-            let mut deadlines = conn.deadlines.borrow_mut();
-            let earliest = deadlines.peek().is_none_or(|Reverse((d, _))| deadline < *d);
-            deadlines.push(Reverse((deadline, id_up)));
-            drop(deadlines);
+            let earliest = conn.deadlines.borrow_mut().push(deadline, id_up);
             if earliest {
                 conn.keeper_wake.notify();
             }
@@ -247,7 +244,7 @@ impl Host {
                 out: RefCell::new(VecDeque::new()),
                 out_ready: Notify::new(),
                 pending: RefCell::new(FxHashMap::default()),
-                deadlines: RefCell::new(BinaryHeap::new()),
+                deadlines: RefCell::new(Deadlines::default()),
                 keeper_wake: Notify::new(),
                 next_id: Cell::new(1),
                 last_read: Cell::new(Instant::now()),
@@ -315,6 +312,55 @@ impl UpConn {
             self.finish(p, Reply::Local(Status::SERVER_ERROR, msg));
         }
         self.deadlines.borrow_mut().clear();
+    }
+}
+
+/// Request deadlines of one connection, earliest first. Requests on a connection usually share
+/// one timeout, so deadlines mostly arrive in order: those go to a FIFO (O(1) push and pop);
+/// the rare earlier one goes to a heap. Entries of answered requests stay until their deadline
+/// and are skipped then (the pending map decides).
+#[derive(Default)]
+struct Deadlines {
+    in_order: VecDeque<(Instant, u64)>,
+    out_of_order: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Deadlines {
+    /// Adds a deadline; true when it is now the earliest (the keeper must re-arm its timer).
+    fn push(&mut self, deadline: Instant, id: u64) -> bool {
+        let earliest = self.peek().is_none_or(|(d, _)| deadline < d);
+        match self.in_order.back() {
+            Some(&(last, _)) if deadline < last => self.out_of_order.push(Reverse((deadline, id))),
+            _ => self.in_order.push_back((deadline, id)),
+        }
+        earliest
+    }
+
+    fn peek(&self) -> Option<(Instant, u64)> {
+        match (self.in_order.front(), self.out_of_order.peek()) {
+            (Some(&a), Some(&Reverse(b))) => Some(if b < a { b } else { a }),
+            (Some(&a), None) => Some(a),
+            (None, Some(&Reverse(b))) => Some(b),
+            (None, None) => None,
+        }
+    }
+
+    fn pop(&mut self) {
+        let from_heap = match (self.in_order.front(), self.out_of_order.peek()) {
+            (Some(a), Some(Reverse(b))) => b < a,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if from_heap {
+            self.out_of_order.pop();
+        } else {
+            self.in_order.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.in_order.clear();
+        self.out_of_order.clear();
     }
 }
 
@@ -450,7 +496,7 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
             return "closed".into();
         }
         let now = Instant::now();
-        let next_deadline = conn.deadlines.borrow().peek().map(|Reverse((d, _))| *d);
+        let next_deadline = conn.deadlines.borrow().peek().map(|(d, _)| d);
         let idle_since = conn.last_read.get();
         if now.duration_since(idle_since) >= pool.heartbeat * HEARTBEAT_MISSES_MAX {
             return format!("missed {HEARTBEAT_MISSES_MAX} heartbeats");
@@ -480,8 +526,8 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
 fn expire(conn: &Rc<UpConn>, now: Instant) {
     let pool = &conn.pool;
     loop {
-        let top = conn.deadlines.borrow().peek().copied();
-        let Some(Reverse((deadline, id))) = top else {
+        let top = conn.deadlines.borrow().peek();
+        let Some((deadline, id)) = top else {
             return;
         };
         if deadline > now {
@@ -505,5 +551,28 @@ fn expire(conn: &Rc<UpConn>, now: Instant) {
             );
             conn.finish(p, Reply::Local(Status::SERVER_TIMEOUT, msg));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_pop_in_time_order_in_or_out_of_order() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut d = Deadlines::default();
+        assert!(d.push(at(100), 1));
+        assert!(!d.push(at(200), 2));
+        assert!(d.push(at(50), 3), "an earlier deadline re-arms the timer");
+        assert!(!d.push(at(150), 4));
+        assert!(!d.push(at(300), 5));
+        let mut order = Vec::new();
+        while let Some((_, id)) = d.peek() {
+            order.push(id);
+            d.pop();
+        }
+        assert_eq!(order, [3, 1, 4, 2, 5]);
     }
 }
