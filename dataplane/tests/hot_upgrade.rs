@@ -310,3 +310,42 @@ fn an_incompatible_successor_is_refused_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("start with --upgrade"));
 }
+
+#[test]
+fn upgrades_under_the_sofa_rpc_node_consumer_fail_no_call() {
+    use common::peers::*;
+    let pport = free_port();
+    let _p = NodeProvider::start(pport, "P", &[]);
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let provider = std::net::SocketAddr::from(([127, 0, 0, 1], pport));
+    let mut current = Ringside::start(&config(admin, listen, provider), admin, &["--shards", "2"]);
+    let listen_s = listen.to_string();
+    let consumer = std::thread::spawn(move || {
+        let mut c = node("consumer.js");
+        c.args([
+            "--address",
+            &listen_s,
+            "--method",
+            "echo",
+            "--args",
+            r#"["up"]"#,
+            "--count",
+            "600",
+            "--interval-ms",
+            "5",
+        ]);
+        run_consumer(c)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        let next = current.upgrade(&["--shards", "2"]);
+        let (status, log) = current.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "{log}");
+        current = next;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let (ok, lines) = consumer.join().unwrap();
+    let failed: Vec<_> = lines.iter().filter(|l| l["ok"] != true).collect();
+    assert!(ok && failed.is_empty(), "failed calls: {failed:?}");
+    assert_eq!(lines.len(), 600);
+}

@@ -1,6 +1,7 @@
 // A Dubbo2 consumer (npm sofa-rpc-node + dubbo-remoting) calling one address directly.
 // Usage: node consumer.js --address host:port --method M [--interface I] [--version V]
 //        [--group G] [--args JSON-array | --args-file FILE] [--count N] [--timeout-ms T]
+//        [--interval-ms MS]
 // Prints one JSON line per call: {"ok":true,"result":...} or {"ok":false,"error":"..."};
 // exits 1 if any call failed.
 'use strict';
@@ -29,6 +30,7 @@ async function main() {
   const args = JSON.parse(file ? require('fs').readFileSync(file, 'utf8') : arg('args', '[]'));
   const count = Number(arg('count', '1'));
   const timeout = Number(arg('timeout-ms', '3000'));
+  const interval = Number(arg('interval-ms', '0'));
   let failed = 0;
   for (let i = 0; i < count; i++) {
     try {
@@ -39,6 +41,7 @@ async function main() {
       failed++;
       console.log(JSON.stringify({ ok: false, error: String(err && err.message || err) }));
     }
+    if (interval) await new Promise(r => setTimeout(r, interval));
   }
   client.close && client.close();
   process.exit(failed ? 1 : 0);

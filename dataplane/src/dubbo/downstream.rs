@@ -29,6 +29,9 @@ use rustc_hash::FxHashMap;
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// While draining, a connection idle for this long after its readonly event is closed.
 pub const DRAIN_QUIET_MS: u64 = 200;
+/// While draining, a caller that keeps sending after our readonly event is closed at its first
+/// idle moment after this long.
+pub const DRAIN_GRACE_MS: u64 = 1_000;
 
 /// Stat ids of one Dubbo listener.
 #[derive(Clone, Copy, Debug)]
@@ -169,6 +172,7 @@ pub struct DownConn {
     read_done: Cell<bool>,
     /// We told the caller we are going away (readonly event): close once idle.
     draining: Cell<bool>,
+    draining_since: Cell<Option<Instant>>,
     /// Set when the writer is done (ends the drain announcer).
     finished: Event,
 }
@@ -221,6 +225,7 @@ pub async fn serve(stream: TcpStream, l: Rc<DubboListener>) {
         closed: Cell::new(false),
         read_done: Cell::new(false),
         draining: Cell::new(false),
+        draining_since: Cell::new(None),
         finished: Event::new(),
     });
     let drain = conn.l.draining.borrow().clone();
@@ -246,6 +251,7 @@ async fn announce_drain(conn: &Rc<DownConn>, drain: Event) {
     }
     conn.push(wire::readonly_event());
     conn.draining.set(true);
+    conn.draining_since.set(Some(Instant::now()));
     conn.out_ready.notify();
 }
 
@@ -262,7 +268,18 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
             if conn.draining.get() && idle {
                 // Draining and idle: close once no request has come for a quiet period (a
                 // request the caller sent before it saw our readonly event may still arrive).
-                let quiet = Duration::from_millis(DRAIN_QUIET_MS);
+                // A caller that ignores readonly events keeps the line busy; after the grace
+                // period it is closed at its next idle moment, between two of its requests.
+                let since = conn.draining_since.get().unwrap_or_else(Instant::now);
+                let grace_end = since + Duration::from_millis(DRAIN_GRACE_MS);
+                let now = Instant::now();
+                if now >= grace_end {
+                    let _ = w.shutdown().await;
+                    conn.closed.set(true);
+                    conn.finished.set();
+                    return;
+                }
+                let quiet = Duration::from_millis(DRAIN_QUIET_MS).min(grace_end - now);
                 shard::monoio::select! {
                     _ = shard::monoio::time::sleep(quiet) => {
                         if conn.out.borrow().is_empty() && conn.inflight.get() == 0 {
