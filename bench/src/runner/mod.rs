@@ -575,7 +575,7 @@ impl Runner {
             eprintln!("bench-run: machine {}", idle.describe());
         } else {
             eprintln!(
-                "\n!!!!!!!! bench-run: MACHINE NOT IDLE: {} !!!!!!!!",
+                "\n!!!!!!!! bench-run: MACHINE {} !!!!!!!!",
                 idle.describe()
             );
             eprintln!(
