@@ -40,6 +40,10 @@ pub struct ListenerCtx {
     pub ids: ListenerStatIds,
     /// Set for `dubbo` listeners.
     pub dubbo: Option<Rc<DubboListener>>,
+    /// Set for `triple` listeners.
+    pub triple: Option<Rc<crate::triple::TripleListener>>,
+    /// The shard's drain signal.
+    pub draining: Rc<std::cell::RefCell<Event>>,
 }
 
 /// Set-up on the shard thread (takes its own descriptors of the listening sockets the control
@@ -55,13 +59,16 @@ pub fn shard_main(
     // Compile each Dubbo listener's routes once here (the config was validated; an error is a
     // bug, reported rather than unwrapped).
     let mut routers = Vec::with_capacity(config.listeners.len());
+    let mut triple_routers = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
+        let bad = |e: String| format!("listener {:?}: routes: {e}", l.name);
         routers.push(match l.protocol {
-            Protocol::Dubbo => Some(
-                Router::new(l, &config.clusters)
-                    .map_err(|e| format!("listener {:?}: routes: {e}", l.name))?,
-            ),
-            Protocol::Tcp => None,
+            Protocol::Dubbo => Some(Router::new(l, &config.clusters).map_err(bad)?),
+            _ => None,
+        });
+        triple_routers.push(match l.protocol {
+            Protocol::Triple => Some(crate::triple::router::Router::new(l, &config.clusters).map_err(bad)?),
+            _ => None,
         });
     }
     Ok(async move {
@@ -83,12 +90,33 @@ pub fn shard_main(
             .zip(&shared.upstream_ids)
             .map(|((c, lb), ids)| ClusterPool::new(c, lb.clone(), stats.clone(), *ids))
             .collect();
+        // HTTP/2 upstream pools for triple listeners, built only when one exists.
+        let has_triple = shared.config.listeners.iter().any(|l| l.protocol == Protocol::Triple);
+        let h2_pools: Vec<Rc<crate::triple::Pool>> = if has_triple {
+            shared
+                .config
+                .clusters
+                .iter()
+                .zip(&clusters)
+                .zip(&shared.upstream_ids)
+                .map(|((c, lb), ids)| crate::triple::Pool::new(c, lb.clone(), stats.clone(), *ids))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Set when the shard drains: Dubbo connections announce readonly and close when idle.
         // Replaced by a fresh event on resume.
         let draining = Rc::new(std::cell::RefCell::new(Event::new()));
         let connections = Rc::new(Cell::new(0usize));
         let mut contexts = Vec::with_capacity(shared.config.listeners.len());
-        for (index, (l, router)) in shared.config.listeners.iter().zip(routers).enumerate() {
+        for (index, ((l, router), triple_router)) in shared
+            .config
+            .listeners
+            .iter()
+            .zip(routers)
+            .zip(triple_routers)
+            .enumerate()
+        {
             let ids = &shared.listener_ids[index];
             let lctx = Rc::new(ListenerCtx {
                 name: l.name.clone(),
@@ -120,6 +148,21 @@ pub fn shard_main(
                             draining: draining.clone(),
                         })
                     }),
+                triple: triple_router.zip(shared.triple_ids[index].clone()).map(|(router, ids)| {
+                    let t = l.triple.clone().unwrap_or_default();
+                    Rc::new(crate::triple::TripleListener {
+                        name: l.name.clone(),
+                        router,
+                        pools: h2_pools.clone(),
+                        limits: crate::triple::H2Limits::from_config(&t),
+                        stats: stats.clone(),
+                        ids,
+                        route_ids: shared.route_ids[index].clone(),
+                        services: Default::default(),
+                        dice: Cell::new((id as u32 + 7).wrapping_mul(0x9e37_79b9) | 1),
+                    })
+                }),
+                draining: draining.clone(),
             });
             contexts.push(lctx);
         }
@@ -277,6 +320,12 @@ async fn accept_loop(
                 Protocol::Dubbo => {
                     if let Some(d) = l2.dubbo.clone() {
                         downstream::serve(stream, d).await
+                    }
+                }
+                Protocol::Triple => {
+                    if let Some(t) = l2.triple.clone() {
+                        let drain = l2.draining.borrow().clone();
+                        crate::triple::conn::serve(stream, t, drain).await
                     }
                 }
             }

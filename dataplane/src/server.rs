@@ -185,6 +185,8 @@ pub struct Shared {
     pub route_ids: Vec<Vec<RequestStatIds>>,
     pub cluster_ids: Vec<ClusterStatIds>,
     pub upstream_ids: Vec<UpstreamStatIds>,
+    /// For `triple` listeners, by listener index.
+    pub triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
     /// Each cluster's endpoints, shared by the shards.
     pub cluster_endpoints: Vec<Arc<[std::net::SocketAddr]>>,
     pub lifecycle: Lifecycle,
@@ -247,6 +249,7 @@ struct StatLayout {
     route_ids: Vec<Vec<RequestStatIds>>,
     cluster_ids: Vec<ClusterStatIds>,
     upstream_ids: Vec<UpstreamStatIds>,
+    triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
 }
 
 fn build_stats(config: &Config, st: &Stats) -> StatLayout {
@@ -334,20 +337,67 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
         .listeners
         .iter()
         .map(|l| {
-            if l.protocol != config::Protocol::Dubbo {
-                return Vec::new();
-            }
-            let routes = l.dubbo.as_ref().map(|d| d.routes.as_slice()).unwrap_or(&[]);
-            routes
-                .iter()
+            let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
+                config::Protocol::Dubbo => (
+                    l.dubbo.iter().flat_map(|d| &d.routes).map(|r| r.name.clone()).collect(),
+                    "dubbo_route",
+                ),
+                config::Protocol::Triple => (
+                    l.triple.iter().flat_map(|t| &t.routes).map(|r| r.name.clone()).collect(),
+                    "triple_route",
+                ),
+                config::Protocol::Tcp => return Vec::new(),
+            };
+            names
+                .into_iter()
                 .enumerate()
-                .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("routes[{i}]")))
+                .map(|(i, n)| n.unwrap_or_else(|| format!("routes[{i}]")))
                 .chain(std::iter::once("default".to_string()))
                 .map(|route| {
                     let t = [("listener", l.name.as_str()), ("route", route.as_str())];
-                    RequestStatIds::register(st, "dubbo_route", &t)
+                    RequestStatIds::register(st, scope, &t)
                 })
                 .collect()
+        })
+        .collect();
+    let triple_ids = config
+        .listeners
+        .iter()
+        .map(|l| {
+            if l.protocol != config::Protocol::Triple {
+                return None;
+            }
+            let t = [("listener", l.name.as_str())];
+            let c = |name| st.add("listener", name, &t, Counter);
+            let other = [
+                ("listener", l.name.as_str()),
+                ("service", "other"),
+                ("method", "other"),
+            ];
+            let rsp_status = std::array::from_fn(|i| {
+                let code = if i + 1 == crate::triple::GRPC_STATUS_COUNTED {
+                    "other".to_string()
+                } else {
+                    i.to_string()
+                };
+                let t = [("listener", l.name.as_str()), ("grpc_status", code.as_str())];
+                st.add("listener", "triple_rsp_total", &t, Counter)
+            });
+            Some(crate::triple::TripleStatIds {
+                rq_total: c("triple_rq_total"),
+                rq_no_route: c("triple_rq_no_route"),
+                rq_refused: c("triple_rq_refused"),
+                rq_bad: c("triple_rq_bad"),
+                rq_too_large: c("triple_rq_too_large"),
+                rq_timeout: c("triple_rq_timeout"),
+                rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
+                rsp_local: c("triple_rsp_local"),
+                rsp_status,
+                protocol_error: c("triple_protocol_error"),
+                rst_flood: c("triple_rst_flood"),
+                rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
+                other_service: RequestStatIds::register(st, "triple_service", &other),
+            })
         })
         .collect();
     let upstream_ids = config
@@ -370,6 +420,7 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
         route_ids,
         cluster_ids,
         upstream_ids,
+        triple_ids,
     }
 }
 
@@ -475,6 +526,7 @@ impl Server {
             route_ids: layout.route_ids,
             cluster_ids: layout.cluster_ids,
             upstream_ids: layout.upstream_ids,
+            triple_ids: layout.triple_ids,
             cluster_endpoints,
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
