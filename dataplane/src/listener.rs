@@ -25,6 +25,11 @@ use crate::tcp_proxy;
 pub const LISTEN_BACKLOG: i32 = 1024;
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
 pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+/// Draining: connections tell their callers to go elsewhere (Dubbo readonly, HTTP/2 GOAWAY)
+/// this long after the accept loops stopped. Callers reconnect at once when told; an io_uring
+/// accept being cancelled at that very moment can complete with a connection nobody serves, so
+/// the reconnects must find only the successor accepting.
+pub const DRAIN_ANNOUNCE_DELAY_MS: u64 = 20;
 /// How often a draining shard checks whether its connections are gone.
 const DRAIN_POLL_MS: u64 = 10;
 

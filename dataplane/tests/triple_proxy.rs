@@ -241,3 +241,58 @@ fn drain_sends_goaway_and_finishes_calls_in_flight() {
     let (status, _) = rs.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+/// Callers that follow GOAWAY (open a new connection, as gRPC clients do) lose no call while
+/// the binary is replaced three times.
+#[test]
+fn hot_upgrades_under_grpc_load_fail_no_call() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let a = Upstream::start("A");
+    let (rs, listen) = start(&[("a", a.addr)], "    cluster: a\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(listen);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if c.goaway.is_some() {
+                        c = Client::connect(listen);
+                    }
+                    let body = format!("w{w}-{n}");
+                    let r = c.call(SAY, &[], body.as_bytes());
+                    if r.grpc_status() == Some(0) && r.text() == format!("A:{body}") {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("failed call: {r:?}");
+                        c = Client::connect(listen);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut current = rs;
+    let mut logs = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let next = current.upgrade(&["--shards", "2"]);
+        let (status, log) = current.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "predecessor exit: {status:?}");
+        logs.push(log);
+        current = next;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("triple hot upgrade: {ok} calls, {failed} failed");
+    assert!(ok > 100, "{ok}");
+    assert_eq!(failed, 0, "predecessors' logs:\n{}", logs.join("\n---\n"));
+}

@@ -258,6 +258,10 @@ async fn announce_drain(conn: &Rc<DownConn>, drain: Event) {
         _ = drain.wait() => {}
         _ = conn.finished.wait() => return,
     }
+    shard::monoio::select! {
+        _ = shard::monoio::time::sleep(Duration::from_millis(crate::listener::DRAIN_ANNOUNCE_DELAY_MS)) => {}
+        _ = conn.finished.wait() => return,
+    }
     if conn.closed.get() || conn.read_done.get() {
         return;
     }

@@ -34,6 +34,11 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A caller connection that is draining and has no stream left closes after this long.
 pub const DRAIN_QUIET_MS: u64 = 100;
+/// Draining: how long to wait for the caller to acknowledge the first GOAWAY (by answering our
+/// PING) before the final GOAWAY that refuses new streams.
+pub const DRAIN_ACK_WAIT_MS: u64 = 1_000;
+/// The PING payload that follows the first, graceful GOAWAY.
+const DRAIN_PING: [u8; 8] = *b"rs-drain";
 
 /// What a connection is.
 pub enum Side {
@@ -132,6 +137,8 @@ pub struct Conn {
     armed: Cell<Option<Instant>>,
     /// Caller side: a stream ended (the drain waits for the last one).
     stream_ended: Notify,
+    /// Caller side: the caller answered the drain PING.
+    drain_acked: Notify,
     /// Upstream side: connected (frames are queued before).
     pub open: Cell<bool>,
 }
@@ -161,6 +168,7 @@ impl Conn {
             deadline_wake: Notify::new(),
             armed: Cell::new(None),
             stream_ended: Notify::new(),
+            drain_acked: Notify::new(),
             open: Cell::new(false),
         }
     }
@@ -402,6 +410,8 @@ impl Conn {
                 }
                 if h.flags & flag::ACK == 0 {
                     self.write(|o| frame::write_ping(o, true, data));
+                } else if data == DRAIN_PING {
+                    self.drain_acked.notify();
                 }
                 Ok(())
             }
@@ -1202,9 +1212,20 @@ pub async fn serve(stream: TcpStream, l: Rc<TripleListener>, drain: Event) {
     };
     let drainer = async {
         drain.wait().await;
-        // GOAWAY with the last stream we will serve; then close once they are all done.
-        conn.goaway.set(Some(conn.stream_ids.get()));
+        shard::monoio::time::sleep(Duration::from_millis(crate::listener::DRAIN_ANNOUNCE_DELAY_MS)).await;
+        // Two-step GOAWAY (RFC 9113 6.8): first with the largest id, so streams the caller
+        // opens before it sees it are still served, and a PING; once the PING comes back (or
+        // after DRAIN_ACK_WAIT_MS) the final GOAWAY names the last stream served.
+        conn.write(|o| {
+            frame::write_goaway(o, frame::STREAM_ID_MAX, code::NO_ERROR, b"draining");
+            frame::write_ping(o, false, DRAIN_PING);
+        });
+        shard::monoio::select! {
+            _ = conn.drain_acked.wait() => {}
+            _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_ACK_WAIT_MS)) => {}
+        }
         let last = conn.stream_ids.get();
+        conn.goaway.set(Some(last));
         conn.write(|o| frame::write_goaway(o, last, code::NO_ERROR, b"draining"));
         loop {
             if conn.stream_count() == 0 {
