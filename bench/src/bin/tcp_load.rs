@@ -83,6 +83,7 @@ fn main() {
         rps: measured as f64 / duration.as_secs_f64().max(1e-9),
         latency_us: recorder.latency_us(),
         errors,
+        reconnects: 0,
         cdf: recorder.cdf(),
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
