@@ -72,7 +72,9 @@ pub fn shard_main(
             _ => None,
         });
         triple_routers.push(match l.protocol {
-            Protocol::Triple => Some(crate::triple::router::Router::new(l, &config.clusters).map_err(bad)?),
+            Protocol::Triple => {
+                Some(crate::triple::router::Router::new(l, &config.clusters).map_err(bad)?)
+            }
             _ => None,
         });
     }
@@ -96,7 +98,11 @@ pub fn shard_main(
             .map(|((c, lb), ids)| ClusterPool::new(c, lb.clone(), stats.clone(), *ids))
             .collect();
         // HTTP/2 upstream pools for triple listeners, built only when one exists.
-        let has_triple = shared.config.listeners.iter().any(|l| l.protocol == Protocol::Triple);
+        let has_triple = shared
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.protocol == Protocol::Triple);
         let h2_pools: Vec<Rc<crate::triple::Pool>> = if has_triple {
             shared
                 .config
@@ -149,24 +155,30 @@ pub fn shard_main(
                             ids: dubbo_ids,
                             route_ids: shared.route_ids[index].clone(),
                             services: Default::default(),
-                            dice: Cell::new((id as u32 + 1).wrapping_mul(0x9e37_79b9) | 1),
+                            dice: crate::dubbo::router::Dice::new(
+                                (id as u32 + 1).wrapping_mul(0x9e37_79b9),
+                            ),
                             draining: draining.clone(),
                         })
                     }),
-                triple: triple_router.zip(shared.triple_ids[index].clone()).map(|(router, ids)| {
-                    let t = l.triple.clone().unwrap_or_default();
-                    Rc::new(crate::triple::TripleListener {
-                        name: l.name.clone(),
-                        router,
-                        pools: h2_pools.clone(),
-                        limits: crate::triple::H2Limits::from_config(&t),
-                        stats: stats.clone(),
-                        ids,
-                        route_ids: shared.route_ids[index].clone(),
-                        services: Default::default(),
-                        dice: Cell::new((id as u32 + 7).wrapping_mul(0x9e37_79b9) | 1),
-                    })
-                }),
+                triple: triple_router
+                    .zip(shared.triple_ids[index].clone())
+                    .map(|(router, ids)| {
+                        let t = l.triple.clone().unwrap_or_default();
+                        Rc::new(crate::triple::TripleListener {
+                            name: l.name.clone(),
+                            router,
+                            pools: h2_pools.clone(),
+                            limits: crate::triple::H2Limits::from_config(&t),
+                            stats: stats.clone(),
+                            ids,
+                            route_ids: shared.route_ids[index].clone(),
+                            services: Default::default(),
+                            dice: crate::dubbo::router::Dice::new(
+                                (id as u32 + 7).wrapping_mul(0x9e37_79b9),
+                            ),
+                        })
+                    }),
                 draining: draining.clone(),
             });
             contexts.push(lctx);

@@ -339,11 +339,19 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
         .map(|l| {
             let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
                 config::Protocol::Dubbo => (
-                    l.dubbo.iter().flat_map(|d| &d.routes).map(|r| r.name.clone()).collect(),
+                    l.dubbo
+                        .iter()
+                        .flat_map(|d| &d.routes)
+                        .map(|r| r.name.clone())
+                        .collect(),
                     "dubbo_route",
                 ),
                 config::Protocol::Triple => (
-                    l.triple.iter().flat_map(|t| &t.routes).map(|r| r.name.clone()).collect(),
+                    l.triple
+                        .iter()
+                        .flat_map(|t| &t.routes)
+                        .map(|r| r.name.clone())
+                        .collect(),
                     "triple_route",
                 ),
                 config::Protocol::Tcp => return Vec::new(),
@@ -380,7 +388,10 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
                 } else {
                     i.to_string()
                 };
-                let t = [("listener", l.name.as_str()), ("grpc_status", code.as_str())];
+                let t = [
+                    ("listener", l.name.as_str()),
+                    ("grpc_status", code.as_str()),
+                ];
                 st.add("listener", "triple_rsp_total", &t, Counter)
             });
             Some(crate::triple::TripleStatIds {

@@ -219,8 +219,23 @@ fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
     let dir = TempDir::new("openloop");
     let json = dir.0.join("load.json");
     let mut load = std::process::Command::new(bench_bin("dubbo-load"))
-        .args(["--target", &listen.to_string(), "--rate", "5000", "--connections", "32"])
-        .args(["--duration", "14s", "--warmup", "0s", "--timeout", "1s", "--json"])
+        .args([
+            "--target",
+            &listen.to_string(),
+            "--rate",
+            "5000",
+            "--connections",
+            "32",
+        ])
+        .args([
+            "--duration",
+            "14s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "1s",
+            "--json",
+        ])
         .arg(&json)
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -250,12 +265,19 @@ fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
     eprintln!(
         "open loop through 20 upgrades: sent {} received {} errors {errors} reconnects {} \
          p99 {} us p999 {} us, fds {fds_before} -> {fds_after}",
-        report["sent"], report["received"], report["reconnects"],
-        report["latency_us"]["p99"], report["latency_us"]["p999"]
+        report["sent"],
+        report["received"],
+        report["reconnects"],
+        report["latency_us"]["p99"],
+        report["latency_us"]["p999"]
     );
     assert_eq!(total_errors, 0, "no failed request, no timeout: {errors}");
     assert_eq!(report["sent"], report["received"]);
-    assert!(report["sent"].as_u64().unwrap() > 60_000, "{}", report["sent"]);
+    assert!(
+        report["sent"].as_u64().unwrap() > 60_000,
+        "{}",
+        report["sent"]
+    );
     assert!(
         report["reconnects"].as_u64().unwrap() >= 20 * 32 / 2,
         "consumers followed readonly events: {}",

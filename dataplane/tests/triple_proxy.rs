@@ -15,7 +15,12 @@ use common::*;
 
 const SAY: &str = "/helloworld.Greeter/SayHello";
 
-fn config(admin: SocketAddr, listen: SocketAddr, clusters: &[(&str, SocketAddr)], triple: &str) -> String {
+fn config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    clusters: &[(&str, SocketAddr)],
+    triple: &str,
+) -> String {
     let mut s = format!(
         "admin: {{address: {admin}}}\ndrain_timeout_ms: 3000\nlisteners:\n  - name: grpc\n    address: {listen}\n    protocol: triple\n{triple}clusters:\n"
     );
@@ -27,7 +32,11 @@ fn config(admin: SocketAddr, listen: SocketAddr, clusters: &[(&str, SocketAddr)]
 
 fn start(clusters: &[(&str, SocketAddr)], triple: &str) -> (Ringside, SocketAddr) {
     let (admin, listen) = (local(free_port()), local(free_port()));
-    let rs = Ringside::start(&config(admin, listen, clusters, triple), admin, &["--shards", "2"]);
+    let rs = Ringside::start(
+        &config(admin, listen, clusters, triple),
+        admin,
+        &["--shards", "2"],
+    );
     (rs, listen)
 }
 
@@ -45,8 +54,16 @@ fn routes_by_service_method_version_group_and_headers() {
     let (_rs, listen) = start(&[("a", a.addr), ("b", b.addr)], ROUTES);
     let mut c = Client::connect(listen);
     let r = c.call(SAY, &[], b"hi");
-    assert_eq!((r.grpc_status(), r.text()), (Some(0), "A:hi".to_string()), "{r:?}");
-    assert_eq!(r.grpc_message(), "from upstream", "trailers forwarded unchanged");
+    assert_eq!(
+        (r.grpc_status(), r.text()),
+        (Some(0), "A:hi".to_string()),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.grpc_message(),
+        "from upstream",
+        "trailers forwarded unchanged"
+    );
     for (path, extra) in [
         ("/helloworld.Greeter/ToB", vec![]),
         (SAY, vec![("tri-service-version", "2.0")]),
@@ -55,14 +72,25 @@ fn routes_by_service_method_version_group_and_headers() {
         ("/other.Service/Any", vec![]),
     ] {
         let r = c.call(path, &extra, b"x");
-        assert_eq!(r.text(), "B:x", "{path} {extra:?} went to the wrong upstream: {r:?}");
+        assert_eq!(
+            r.text(),
+            "B:x",
+            "{path} {extra:?} went to the wrong upstream: {r:?}"
+        );
     }
     // Near misses stay on the default route.
-    for extra in [vec![("tri-service-version", "1.0")], vec![("x-user", "vip")]] {
+    for extra in [
+        vec![("tri-service-version", "1.0")],
+        vec![("x-user", "vip")],
+    ] {
         assert_eq!(c.call(SAY, &extra, b"x").text(), "A:x", "{extra:?}");
     }
     // Headers reach the upstream.
-    let r = c.call(SAY, &[("x-echo-header", "x-trace"), ("x-trace", "t-1")], b"");
+    let r = c.call(
+        SAY,
+        &[("x-echo-header", "x-trace"), ("x-trace", "t-1")],
+        b"",
+    );
     assert_eq!(r.text(), "A:t-1");
 }
 
@@ -80,7 +108,9 @@ fn large_messages_both_ways_and_many_concurrent_streams() {
     let r = c.call(SAY, &[("x-reply-bytes", "5242880")], b"");
     assert_eq!((r.grpc_status(), r.data.len()), (Some(0), 5 + (5 << 20)));
     // 200 streams in flight on one connection.
-    let ids: Vec<u32> = (0..200).map(|i| c.start(SAY, &[], format!("m{i}").as_bytes(), true)).collect();
+    let ids: Vec<u32> = (0..200)
+        .map(|i| c.start(SAY, &[], format!("m{i}").as_bytes(), true))
+        .collect();
     let mut others = HashMap::new();
     for (i, id) in ids.into_iter().enumerate() {
         let r = c.finish(id, &mut others);
@@ -104,19 +134,39 @@ fn local_errors_are_grpc_statuses() {
     assert_eq!(r.grpc_status(), Some(12), "no route: UNIMPLEMENTED {r:?}");
     assert!(r.grpc_message().contains("no route"), "{r:?}");
     let r = c.call("/dead.Service/M", &[], b"");
-    assert_eq!(r.grpc_status(), Some(14), "upstream down: UNAVAILABLE {r:?}");
+    assert_eq!(
+        r.grpc_status(),
+        Some(14),
+        "upstream down: UNAVAILABLE {r:?}"
+    );
     let r = c.call(SAY, &[("x-rst", "1")], b"");
-    assert_eq!(r.grpc_status(), Some(14), "upstream reset: UNAVAILABLE {r:?}");
+    assert_eq!(
+        r.grpc_status(),
+        Some(14),
+        "upstream reset: UNAVAILABLE {r:?}"
+    );
     // Deadline from the caller's grpc-timeout.
     let t = Instant::now();
-    let r = c.call(SAY, &[("grpc-timeout", "100m"), ("x-delay-ms", "1000")], b"");
+    let r = c.call(
+        SAY,
+        &[("grpc-timeout", "100m"), ("x-delay-ms", "1000")],
+        b"",
+    );
     assert_eq!(r.grpc_status(), Some(4), "DEADLINE_EXCEEDED {r:?}");
-    assert!(t.elapsed() < Duration::from_millis(800), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
     // Deadline from the route's timeout.
     let r = c.call("/helloworld.Greeter/Short", &[("x-delay-ms", "1000")], b"");
     assert_eq!(r.grpc_status(), Some(4), "{r:?}");
     // tri-service-timeout (ms).
-    let r = c.call(SAY, &[("tri-service-timeout", "100"), ("x-delay-ms", "1000")], b"");
+    let r = c.call(
+        SAY,
+        &[("tri-service-timeout", "100"), ("x-delay-ms", "1000")],
+        b"",
+    );
     assert_eq!(r.grpc_status(), Some(4), "{r:?}");
     // An upstream error status passes through unchanged.
     let r = c.call(SAY, &[("x-status", "9")], b"");
@@ -210,7 +260,12 @@ fn broken_input_gets_goaway_and_other_connections_are_unaffected() {
     for i in 0..200u32 {
         let id = 1 + 2 * i;
         let mut block = Vec::new();
-        for (n, v) in [(":method", "POST"), (":scheme", "http"), (":path", SAY), ("x-delay-ms", "50")] {
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", SAY),
+            ("x-delay-ms", "50"),
+        ] {
             hpack::encode_field(&mut block, n.as_bytes(), v.as_bytes(), false);
         }
         frame::write_headers(&mut o, id, &block, false, 16_384);
@@ -221,9 +276,15 @@ fn broken_input_gets_goaway_and_other_connections_are_unaffected() {
 
     // The first connection was never disturbed, and new ones work.
     assert_eq!(good.call(SAY, &[], b"after").text(), "A:after");
-    assert_eq!(Client::connect(listen).call(SAY, &[], b"new").text(), "A:new");
+    assert_eq!(
+        Client::connect(listen).call(SAY, &[], b"new").text(),
+        "A:new"
+    );
     let (_, stats) = rs.get("/stats");
-    assert!(stats.contains("listener.grpc.triple_rst_flood: 1"), "{stats}");
+    assert!(
+        stats.contains("listener.grpc.triple_rst_flood: 1"),
+        "{stats}"
+    );
 }
 
 #[test]
@@ -237,7 +298,11 @@ fn drain_sends_goaway_and_finishes_calls_in_flight() {
     rs.signal(libc::SIGTERM);
     let r = c.finish(id, &mut HashMap::new());
     assert_eq!(r.text(), "A:slow", "the call in flight completes: {r:?}");
-    assert_eq!(c.goaway.map(|g| g.1), Some(code::NO_ERROR), "GOAWAY(NO_ERROR) sent on drain");
+    assert_eq!(
+        c.goaway.map(|g| g.1),
+        Some(code::NO_ERROR),
+        "GOAWAY(NO_ERROR) sent on drain"
+    );
     let (status, _) = rs.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }

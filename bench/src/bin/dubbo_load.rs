@@ -276,18 +276,28 @@ struct OpenShared {
 
 impl OpenShared {
     /// Connects a new link for slot `index` and starts its reader.
-    fn connect(self: &Arc<Self>, conn: Option<&Arc<OpenConn>>, index: usize) -> Option<Arc<OpenLink>> {
-        let s = match TcpStream::connect_timeout(&self.addr, Duration::from_millis(CONNECT_TIMEOUT_MS)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("dubbo-load: connect {}: {e}", self.addr);
-                return None;
-            }
-        };
+    fn connect(
+        self: &Arc<Self>,
+        conn: Option<&Arc<OpenConn>>,
+        index: usize,
+    ) -> Option<Arc<OpenLink>> {
+        let s =
+            match TcpStream::connect_timeout(&self.addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("dubbo-load: connect {}: {e}", self.addr);
+                    return None;
+                }
+            };
         let _ = s.set_nodelay(true);
         let reader = s.try_clone().ok()?;
         let link = Arc::new(OpenLink {
-            state: Mutex::new(ConnState::new(index, self.template.clone(), self.measure_from)),
+            state: Mutex::new(ConnState::new(
+                index,
+                self.template.clone(),
+                self.measure_from,
+            )),
             writer: Mutex::new(s),
         });
         if let Ok(mut links) = self.links.lock() {
@@ -433,11 +443,20 @@ fn follow_readonly(shared: &Arc<OpenShared>, conn: Option<Arc<OpenConn>>, link: 
         let slots = SLOTS.lock().ok()?;
         slots
             .iter()
-            .find(|c| c.current.lock().map(|l| Arc::ptr_eq(&l, link)).unwrap_or(false))
+            .find(|c| {
+                c.current
+                    .lock()
+                    .map(|l| Arc::ptr_eq(&l, link))
+                    .unwrap_or(false)
+            })
             .cloned()
     });
     let Some(conn) = conn else { return };
-    let is_current = conn.current.lock().map(|l| Arc::ptr_eq(&l, link)).unwrap_or(false);
+    let is_current = conn
+        .current
+        .lock()
+        .map(|l| Arc::ptr_eq(&l, link))
+        .unwrap_or(false);
     if !is_current {
         return;
     }

@@ -574,10 +574,7 @@ impl Runner {
         if idle.idle {
             eprintln!("bench-run: machine {}", idle.describe());
         } else {
-            eprintln!(
-                "\n!!!!!!!! bench-run: MACHINE {} !!!!!!!!",
-                idle.describe()
-            );
+            eprintln!("\n!!!!!!!! bench-run: MACHINE {} !!!!!!!!", idle.describe());
             eprintln!(
                 "!!!!!!!! figures from this run are noisy; compare only within it !!!!!!!!\n"
             );

@@ -24,7 +24,9 @@ fn decode_all(d: &mut Decoder, block: &[u8]) -> Result<Vec<(String, String)>, Hp
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    p.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[test]
@@ -83,10 +85,16 @@ fn huffman_known_codes() {
     assert_eq!(out, hex("f1e3 c2e5 f23a 6ba0 ab90 f4ff"));
     // Padding longer than 7 bits, and padding that is not all ones, are errors.
     let mut v = Vec::new();
-    assert_eq!(hpack::huffman_decode(&[0xff, 0xff], &mut v), Err(HpackError::Huffman));
+    assert_eq!(
+        hpack::huffman_decode(&[0xff, 0xff], &mut v),
+        Err(HpackError::Huffman)
+    );
     v.clear();
     // '0' is 00000 (5 bits); padded with zeros instead of ones.
-    assert_eq!(hpack::huffman_decode(&[0x00], &mut v), Err(HpackError::Huffman));
+    assert_eq!(
+        hpack::huffman_decode(&[0x00], &mut v),
+        Err(HpackError::Huffman)
+    );
     v.clear();
     hpack::huffman_decode(&[0x07], &mut v).unwrap();
     assert_eq!(v, b"0");
@@ -115,7 +123,12 @@ fn decoder_errors() {
         Err(HpackError::TableSizeUpdate { .. })
     ));
     // An integer that never ends.
-    assert!(d.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &mut |_, _, _| {}).is_err());
+    assert!(d
+        .decode(
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &mut |_, _, _| {}
+        )
+        .is_err());
 }
 
 #[test]
@@ -144,11 +157,17 @@ fn frames_round_trip() {
     let mut out = Vec::new();
     frame::write_window_update(&mut out, 7, 1000);
     let h = FrameHeader::parse(&out).unwrap();
-    assert_eq!((h.len, h.kind, h.stream), (4, frame::kind::WINDOW_UPDATE, 7));
+    assert_eq!(
+        (h.len, h.kind, h.stream),
+        (4, frame::kind::WINDOW_UPDATE, 7)
+    );
     assert_eq!(frame::window_update(&out[9..]).unwrap(), 1000);
     out.clear();
     frame::write_goaway(&mut out, 9, frame::code::ENHANCE_YOUR_CALM, b"calm");
-    assert_eq!(frame::goaway(&out[9..]).unwrap(), (9, frame::code::ENHANCE_YOUR_CALM));
+    assert_eq!(
+        frame::goaway(&out[9..]).unwrap(),
+        (9, frame::code::ENHANCE_YOUR_CALM)
+    );
     out.clear();
     // A 40,000-byte block splits into HEADERS + 2 CONTINUATION at 16,384.
     frame::write_headers(&mut out, 1, &[0u8; 40_000], true, 16_384);
@@ -168,14 +187,20 @@ fn frames_round_trip() {
         ]
     );
     // Padding: pad length 2, data "ab", 2 pad bytes.
-    assert_eq!(frame::data_payload(frame::flag::PADDED, &[2, b'a', b'b', 0, 0]).unwrap(), b"ab");
+    assert_eq!(
+        frame::data_payload(frame::flag::PADDED, &[2, b'a', b'b', 0, 0]).unwrap(),
+        b"ab"
+    );
     assert!(frame::data_payload(frame::flag::PADDED, &[5, b'a']).is_err());
     assert!(frame::settings(&[0; 7]).is_err());
 }
 
 #[test]
 fn grpc_headers() {
-    assert_eq!(grpc::split_path(b"/helloworld.Greeter/SayHello"), Some((&b"helloworld.Greeter"[..], &b"SayHello"[..])));
+    assert_eq!(
+        grpc::split_path(b"/helloworld.Greeter/SayHello"),
+        Some((&b"helloworld.Greeter"[..], &b"SayHello"[..]))
+    );
     assert_eq!(grpc::split_path(b"/a/b/c"), Some((&b"a/b"[..], &b"c"[..])));
     assert_eq!(grpc::split_path(b"/nomethod/"), None);
     assert_eq!(grpc::split_path(b"x"), None);

@@ -923,14 +923,13 @@ fn validate_action(
     }
 }
 
-fn validate_string_match(
-    m: &StringMatch,
-    field: String,
-    err: &mut dyn FnMut(String, String),
-) {
+fn validate_string_match(m: &StringMatch, field: String, err: &mut dyn FnMut(String, String)) {
     let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()];
     if set.iter().filter(|x| **x).count() != 1 {
-        err(field.clone(), "give exactly one of exact, prefix, regex".into());
+        err(
+            field.clone(),
+            "give exactly one of exact, prefix, regex".into(),
+        );
     }
     if let Some(p) = &m.regex {
         if let Err(e) = regex::bytes::Regex::new(p) {
@@ -950,11 +949,36 @@ fn validate_triple(
             err(at(field), format!("{v} is out of range {lo}..={hi}"));
         }
     };
-    range("frame_bytes_max", t.frame_bytes_max, H2_FRAME_BYTES_MAX_DEFAULT, H2_FRAME_BYTES_MAX_LIMIT);
-    range("header_list_bytes_max", t.header_list_bytes_max, 1024, HEADER_LIST_BYTES_MAX_LIMIT);
-    range("concurrent_streams_max", t.concurrent_streams_max, 1, 1 << 20);
-    range("stream_window_bytes", t.stream_window_bytes, WINDOW_BYTES_MIN, WINDOW_BYTES_MAX);
-    range("connection_window_bytes", t.connection_window_bytes, WINDOW_BYTES_MIN, WINDOW_BYTES_MAX);
+    range(
+        "frame_bytes_max",
+        t.frame_bytes_max,
+        H2_FRAME_BYTES_MAX_DEFAULT,
+        H2_FRAME_BYTES_MAX_LIMIT,
+    );
+    range(
+        "header_list_bytes_max",
+        t.header_list_bytes_max,
+        1024,
+        HEADER_LIST_BYTES_MAX_LIMIT,
+    );
+    range(
+        "concurrent_streams_max",
+        t.concurrent_streams_max,
+        1,
+        1 << 20,
+    );
+    range(
+        "stream_window_bytes",
+        t.stream_window_bytes,
+        WINDOW_BYTES_MIN,
+        WINDOW_BYTES_MAX,
+    );
+    range(
+        "connection_window_bytes",
+        t.connection_window_bytes,
+        WINDOW_BYTES_MIN,
+        WINDOW_BYTES_MAX,
+    );
     range("resets_per_second_max", t.resets_per_second_max, 1, 1 << 20);
     for (i, r) in t.routes.iter().enumerate() {
         let rat = |f: &str| at(&format!("routes[{i}].{f}"));
@@ -970,14 +994,25 @@ fn validate_triple(
         }
         for (k, h) in m.headers.iter().enumerate() {
             let field = rat(&format!("match.headers[{k}]"));
-            let set = [h.exact.is_some(), h.prefix.is_some(), h.regex.is_some(), h.present.is_some()];
+            let set = [
+                h.exact.is_some(),
+                h.prefix.is_some(),
+                h.regex.is_some(),
+                h.present.is_some(),
+            ];
             if set.iter().filter(|x| **x).count() != 1 {
-                err(field.clone(), "give exactly one of exact, prefix, regex, present".into());
+                err(
+                    field.clone(),
+                    "give exactly one of exact, prefix, regex, present".into(),
+                );
             }
             if h.name.is_empty() || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
                 err(
                     format!("{field}.name"),
-                    format!("{:?}: HTTP/2 header names are non-empty and lower-case", h.name),
+                    format!(
+                        "{:?}: HTTP/2 header names are non-empty and lower-case",
+                        h.name
+                    ),
                 );
             }
             if let Some(p) = &h.regex {

@@ -107,7 +107,7 @@ pub struct DubboListener {
     /// Per (interface, method) seen on this shard; registered on first sight.
     pub services: RefCell<ServiceStatsMap>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
-    pub dice: Cell<u32>,
+    pub dice: crate::dubbo::router::Dice,
     /// The shard's drain signal (replaced on resume): connections then announce readonly and
     /// close once idle.
     pub draining: Rc<RefCell<Event>>,
@@ -129,12 +129,7 @@ impl DubboListener {
     }
 
     fn roll(&self) -> u32 {
-        let mut x = self.dice.get();
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.dice.set(x);
-        x
+        self.dice.roll()
     }
 }
 

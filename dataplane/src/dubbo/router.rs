@@ -142,6 +142,25 @@ impl AttachmentMatch {
     }
 }
 
+/// A shard-local xorshift source for weighted cluster picks.
+pub struct Dice(std::cell::Cell<u32>);
+
+impl Dice {
+    /// `seed` may be anything (zero is avoided).
+    pub fn new(seed: u32) -> Dice {
+        Dice(std::cell::Cell::new(seed | 1))
+    }
+
+    pub fn roll(&self) -> u32 {
+        let mut x = self.0.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0.set(x);
+        x
+    }
+}
+
 /// Where a matched request goes.
 pub struct Action {
     /// (cluster index in the config, weight); one entry for a plain `cluster`.

@@ -328,7 +328,8 @@ impl Conn {
         let unacked = self.recv_unacked.get() + n;
         if unacked >= l.conn_window / 2 {
             self.write(|o| frame::write_window_update(o, 0, unacked));
-            self.recv_avail.set(self.recv_avail.get() + i64::from(unacked));
+            self.recv_avail
+                .set(self.recv_avail.get() + i64::from(unacked));
             self.recv_unacked.set(0);
         } else {
             self.recv_unacked.set(unacked);
@@ -372,6 +373,36 @@ impl Conn {
     fn unlink(&self, id: u32) {
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.link = None;
+        }
+    }
+
+    /// Ends a stream here without writing anything (the peer reset it, or the connection is
+    /// gone) and returns the stream it was relayed to.
+    fn end_stream(&self, id: u32) -> Option<(Rc<Conn>, u32)> {
+        let link = self.link(id);
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.queue.clear();
+            s.link = None;
+            s.sent_end = true;
+            s.recv_end = true;
+        }
+        self.forget(id);
+        let (other, oid) = link?;
+        other.unlink(oid);
+        Some((other, oid))
+    }
+
+    /// Tells the relay partner of a lost stream: an upstream stream is cancelled, a caller's
+    /// call ends with `status` (counted as an upstream failure).
+    fn abandon(self: &Rc<Self>, other: &Rc<Conn>, oid: u32, status_: u32, why: &str) {
+        match &other.side {
+            Side::Up(_) => other.reset(oid, code::CANCEL),
+            Side::Down(_) => {
+                if let Side::Up(h) = &self.side {
+                    h.pool.stats.inc(h.pool.ids.rq_failure);
+                }
+                other.fail_call(oid, status_, why)
+            }
         }
     }
 
@@ -443,7 +474,10 @@ impl Conn {
         }
         if h.flags & flag::ACK != 0 {
             if !payload.is_empty() {
-                return Err(conn_err(code::FRAME_SIZE_ERROR, "SETTINGS ACK with a payload"));
+                return Err(conn_err(
+                    code::FRAME_SIZE_ERROR,
+                    "SETTINGS ACK with a payload",
+                ));
             }
             return Ok(());
         }
@@ -466,7 +500,10 @@ impl Conn {
                 }
                 setting::MAX_FRAME_SIZE => {
                     if !(frame::FRAME_BYTES_DEFAULT..=frame::FRAME_BYTES_LIMIT).contains(&v) {
-                        return Err(conn_err(code::PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range"));
+                        return Err(conn_err(
+                            code::PROTOCOL_ERROR,
+                            "MAX_FRAME_SIZE out of range",
+                        ));
                     }
                     self.peer_frame_max.set(v);
                 }
@@ -500,7 +537,10 @@ impl Conn {
             }
             let w = self.send_window.get() + inc;
             if w > i64::from(frame::WINDOW_LIMIT) {
-                return Err(conn_err(code::FLOW_CONTROL_ERROR, "connection window above 2^31-1"));
+                return Err(conn_err(
+                    code::FLOW_CONTROL_ERROR,
+                    "connection window above 2^31-1",
+                ));
             }
             self.send_window.set(w);
             self.flush_all();
@@ -532,7 +572,10 @@ impl Conn {
         let len = i64::from(h.len);
         let avail = self.recv_avail.get() - len;
         if avail < 0 {
-            return Err(conn_err(code::FLOW_CONTROL_ERROR, "DATA beyond the connection window"));
+            return Err(conn_err(
+                code::FLOW_CONTROL_ERROR,
+                "DATA beyond the connection window",
+            ));
         }
         self.recv_avail.set(avail);
         if h.stream == 0 {
@@ -618,17 +661,17 @@ impl Conn {
         if let Some((other, oid)) = self.link(id) {
             self.unlink(id);
             other.unlink(oid);
-            match &other.side {
-                Side::Up(_) => other.reset(oid, code::CANCEL),
-                Side::Down(_) => other.fail_call(oid, status::INTERNAL, "upstream protocol error"),
-            }
+            self.abandon(&other, oid, status::INTERNAL, "upstream protocol error");
         }
         self.reset(id, c);
     }
 
     fn on_rst(self: &Rc<Self>, id: u32, c: u32) -> Result<(), ConnError> {
         if self.is_idle(id) {
-            return Err(conn_err(code::PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "RST_STREAM on an idle stream",
+            ));
         }
         if let Side::Down(l) = &self.side {
             let (start, n) = self.resets.get();
@@ -644,27 +687,9 @@ impl Conn {
                 return Err(conn_err(code::ENHANCE_YOUR_CALM, "too many stream resets"));
             }
         }
-        let link = self.link(id);
-        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-            s.queue.clear();
-            s.link = None;
-            s.sent_end = true;
-            s.recv_end = true;
-        }
-        self.forget(id);
-        if let Some((other, oid)) = link {
-            other.unlink(oid);
-            match &other.side {
-                // The caller cancelled: cancel upstream.
-                Side::Up(_) => other.reset(oid, code::CANCEL),
-                // The upstream reset its stream.
-                Side::Down(_) => {
-                    if let Side::Up(h) = &self.side {
-                        h.pool.stats.inc(h.pool.ids.rq_failure);
-                    }
-                    other.fail_call(oid, status::UNAVAILABLE, &format!("upstream reset stream (code {c})"))
-                }
-            }
+        if let Some((other, oid)) = self.end_stream(id) {
+            let why = format!("upstream reset stream (code {c})");
+            self.abandon(&other, oid, status::UNAVAILABLE, &why);
         }
         Ok(())
     }
@@ -699,20 +724,8 @@ impl Conn {
 
     /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
     fn upstream_failed(self: &Rc<Self>, id: u32, why: &str) {
-        let link = self.link(id);
-        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-            s.queue.clear();
-            s.link = None;
-            s.sent_end = true;
-            s.recv_end = true;
-        }
-        self.forget(id);
-        if let Some((down, did)) = link {
-            if let Side::Up(h) = &self.side {
-                h.pool.stats.inc(h.pool.ids.rq_failure);
-            }
-            down.unlink(did);
-            down.fail_call(did, status::UNAVAILABLE, why);
+        if let Some((down, did)) = self.end_stream(id) {
+            self.abandon(&down, did, status::UNAVAILABLE, why);
         }
     }
 
@@ -751,7 +764,10 @@ impl Conn {
         end: bool,
     ) -> Result<(), ConnError> {
         if id % 2 == 0 {
-            return Err(conn_err(code::PROTOCOL_ERROR, "even stream id from a client"));
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "even stream id from a client",
+            ));
         }
         if self.streams.borrow().contains_key(&id) {
             // Trailers from the caller.
@@ -771,11 +787,15 @@ impl Conn {
             return Ok(());
         }
         if id <= self.stream_ids.get() {
-            return Err(conn_err(code::PROTOCOL_ERROR, "stream id reused or not increasing"));
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "stream id reused or not increasing",
+            ));
         }
         self.stream_ids.set(id);
         l.stats.inc(l.ids.rq_total);
-        if self.goaway.get().is_some() || self.streams.borrow().len() >= l.limits.streams_max as usize
+        if self.goaway.get().is_some()
+            || self.streams.borrow().len() >= l.limits.streams_max as usize
         {
             l.stats.inc(l.ids.rq_refused);
             self.write(|o| frame::write_rst_stream(o, id, code::REFUSED_STREAM));
@@ -839,7 +859,10 @@ impl Conn {
         let caller_us = hl
             .get(b"grpc-timeout")
             .and_then(grpc::parse_grpc_timeout)
-            .or_else(|| hl.get(b"tri-service-timeout").and_then(grpc::parse_tri_timeout));
+            .or_else(|| {
+                hl.get(b"tri-service-timeout")
+                    .and_then(grpc::parse_tri_timeout)
+            });
         let route_us = action.timeout.map(|t| t.as_micros() as u64);
         let timeout_us = match (caller_us, route_us) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -867,7 +890,11 @@ impl Conn {
         };
         let Some(uid) = up.open_stream(Rc::downgrade(self), id) else {
             pool.stats.inc(pool.ids.rq_overflow);
-            self.fail_call(id, status::RESOURCE_EXHAUSTED, "ringside: upstream streams exhausted");
+            self.fail_call(
+                id,
+                status::RESOURCE_EXHAUSTED,
+                "ringside: upstream streams exhausted",
+            );
             return Ok(());
         };
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
@@ -911,7 +938,12 @@ impl Conn {
             hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
         }
         let mut num = [0u8; 10];
-        hpack::encode_field(&mut block, b"grpc-status", grpc::status_text(code_, &mut num), false);
+        hpack::encode_field(
+            &mut block,
+            b"grpc-status",
+            grpc::status_text(code_, &mut num),
+            false,
+        );
         hpack::encode_field(&mut block, b"grpc-message", &percent_encode(message), false);
         self.send(id, Out::Headers(block, true));
         // The caller may still be sending: tell it to stop (RFC 9113 8.1).
@@ -937,7 +969,9 @@ impl Conn {
             let hl = self.headers.borrow();
             hl.encode(&mut block);
             hl.get(b"grpc-status").and_then(|v| {
-                std::str::from_utf8(v).ok().and_then(|s| s.parse::<u32>().ok())
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
             })
         };
         if end {
@@ -949,7 +983,13 @@ impl Conn {
         down.relay_response_headers(did, block, end, grpc_status);
     }
 
-    fn relay_response_headers(self: &Rc<Self>, id: u32, block: Vec<u8>, end: bool, st: Option<u32>) {
+    fn relay_response_headers(
+        self: &Rc<Self>,
+        id: u32,
+        block: Vec<u8>,
+        end: bool,
+        st: Option<u32>,
+    ) {
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             if let Some(c) = s.call.as_mut() {
                 c.headers_sent = true;
@@ -1007,19 +1047,14 @@ impl Conn {
     fn cancel_all(self: &Rc<Self>) {
         let ids: Vec<u32> = self.streams.borrow().keys().copied().collect();
         for id in ids {
-            if let Some((other, oid)) = self.link(id) {
-                other.unlink(oid);
-                match &other.side {
-                    Side::Up(_) => other.reset(oid, code::CANCEL),
-                    Side::Down(_) => other.fail_call(oid, status::UNAVAILABLE, "upstream connection closed"),
-                }
+            if let Some((other, oid)) = self.end_stream(id) {
+                self.abandon(
+                    &other,
+                    oid,
+                    status::UNAVAILABLE,
+                    "upstream connection closed",
+                );
             }
-            if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-                s.sent_end = true;
-                s.recv_end = true;
-                s.queue.clear();
-            }
-            self.forget(id);
         }
     }
 
@@ -1033,7 +1068,11 @@ impl Conn {
             return None;
         }
         self.stream_ids.set(id + 2);
-        let mut s = Stream::new(self.peer_initial_window.get(), self.limits.stream_window, None);
+        let mut s = Stream::new(
+            self.peer_initial_window.get(),
+            self.limits.stream_window,
+            None,
+        );
         s.link = Some((down, did));
         self.streams.borrow_mut().insert(id, s);
         if let Side::Up(h) = &self.side {
@@ -1078,7 +1117,11 @@ impl RequestStatIds {
 // === tasks ===
 
 /// Reads frames until EOF or a connection error.
-async fn read_loop<R: AsyncReadRent>(conn: &Rc<Conn>, mut r: R, server: bool) -> Result<(), ConnError> {
+async fn read_loop<R: AsyncReadRent>(
+    conn: &Rc<Conn>,
+    mut r: R,
+    server: bool,
+) -> Result<(), ConnError> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let frame_max = conn.limits.frame_max;
     let mut preface_left = server;
@@ -1088,7 +1131,10 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<Conn>, mut r: R, server: bool) ->
     loop {
         if preface_left && buf.len() >= frame::PREFACE.len() {
             if &buf[..frame::PREFACE.len()] != frame::PREFACE {
-                return Err(conn_err(code::PROTOCOL_ERROR, "not an HTTP/2 connection preface"));
+                return Err(conn_err(
+                    code::PROTOCOL_ERROR,
+                    "not an HTTP/2 connection preface",
+                ));
             }
             buf.advance(frame::PREFACE.len());
             preface_left = false;
@@ -1098,7 +1144,10 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<Conn>, mut r: R, server: bool) ->
                 break;
             };
             if h.len > frame_max {
-                return Err(conn_err(code::FRAME_SIZE_ERROR, format!("frame of {} bytes exceeds {frame_max}", h.len)));
+                return Err(conn_err(
+                    code::FRAME_SIZE_ERROR,
+                    format!("frame of {} bytes exceeds {frame_max}", h.len),
+                ));
             }
             let total = frame::HEADER_BYTES + h.len as usize;
             if buf.len() < total {
@@ -1212,7 +1261,10 @@ pub async fn serve(stream: TcpStream, l: Rc<TripleListener>, drain: Event) {
     };
     let drainer = async {
         drain.wait().await;
-        shard::monoio::time::sleep(Duration::from_millis(crate::listener::DRAIN_ANNOUNCE_DELAY_MS)).await;
+        shard::monoio::time::sleep(Duration::from_millis(
+            crate::listener::DRAIN_ANNOUNCE_DELAY_MS,
+        ))
+        .await;
         // Two-step GOAWAY (RFC 9113 6.8): first with the largest id, so streams the caller
         // opens before it sees it are still served, and a PING; once the PING comes back (or
         // after DRAIN_ACK_WAIT_MS) the final GOAWAY names the last stream served.
@@ -1264,7 +1316,8 @@ async fn run_upstream(conn: Rc<Conn>) {
     let host = host.clone();
     let pool: Rc<Pool> = host.pool.clone();
     let connected =
-        shard::monoio::time::timeout(pool.connect_timeout, TcpStream::connect_addr(host.addr)).await;
+        shard::monoio::time::timeout(pool.connect_timeout, TcpStream::connect_addr(host.addr))
+            .await;
     let why = match connected {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -1291,7 +1344,8 @@ async fn run_upstream(conn: Rc<Conn>) {
         }
         Ok(Err(e)) => {
             pool.stats.inc(pool.lb.ids.cx_connect_fail);
-            pool.stats.inc(pool.lb.ids.hosts[host.index].cx_connect_fail);
+            pool.stats
+                .inc(pool.lb.ids.hosts[host.index].cx_connect_fail);
             host.mark_down();
             format!("ringside: upstream connect to {} failed: {e}", host.addr)
         }

@@ -108,17 +108,12 @@ pub struct TripleListener {
     /// Per route in config order, then the default route.
     pub route_ids: Vec<RequestStatIds>,
     pub services: RefCell<ServiceStatsMap>,
-    pub dice: Cell<u32>,
+    pub dice: crate::dubbo::router::Dice,
 }
 
 impl TripleListener {
     fn roll(&self) -> u32 {
-        let mut x = self.dice.get();
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.dice.set(x);
-        x
+        self.dice.roll()
     }
 
     fn service_ids(&self, service: &[u8], method: &[u8]) -> RequestStatIds {

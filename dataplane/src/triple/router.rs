@@ -94,7 +94,8 @@ impl Router {
         let mut routes = Vec::with_capacity(t.routes.len());
         for (i, r) in t.routes.iter().enumerate() {
             let m = &r.matcher;
-            let compile = |sm: &Option<config::StringMatch>| sm.as_ref().map(Matcher::new).transpose();
+            let compile =
+                |sm: &Option<config::StringMatch>| sm.as_ref().map(Matcher::new).transpose();
             let mut tri = Vec::new();
             for (name, v) in [
                 (&b"tri-service-version"[..], &m.version),

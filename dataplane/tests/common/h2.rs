@@ -97,7 +97,10 @@ impl Peer {
                 if f.h.stream == 0 {
                     self.send_window += inc;
                 } else {
-                    *self.stream_windows.entry(f.h.stream).or_insert(self.peer_initial) += inc;
+                    *self
+                        .stream_windows
+                        .entry(f.h.stream)
+                        .or_insert(self.peer_initial) += inc;
                 }
                 true
             }
@@ -139,8 +142,14 @@ impl Peer {
     pub fn data(&mut self, stream: u32, mut body: &[u8], end: bool) -> Vec<Frame> {
         let mut other = Vec::new();
         loop {
-            let sw = *self.stream_windows.entry(stream).or_insert(self.peer_initial);
-            let n = body.len().min(self.peer_frame_max).min(sw.min(self.send_window).max(0) as usize);
+            let sw = *self
+                .stream_windows
+                .entry(stream)
+                .or_insert(self.peer_initial);
+            let n = body
+                .len()
+                .min(self.peer_frame_max)
+                .min(sw.min(self.send_window).max(0) as usize);
             if n == 0 && !body.is_empty() {
                 let f = self.read_frame().expect("frame while waiting for window");
                 if !self.handle_control(&f) {
@@ -266,7 +275,9 @@ impl Client {
             let sid = f.h.stream;
             match f.h.kind {
                 kind::HEADERS => {
-                    let frag = frame::headers_fragment(f.h.flags, &f.payload).unwrap().to_vec();
+                    let frag = frame::headers_fragment(f.h.flags, &f.payload)
+                        .unwrap()
+                        .to_vec();
                     let fields = self.p.decode(&frag);
                     let r = others.entry(sid).or_default();
                     let end = f.h.flags & flag::END_STREAM != 0;
@@ -286,7 +297,8 @@ impl Client {
                     others.entry(sid).or_default().data.extend_from_slice(&d);
                 }
                 kind::RST_STREAM => {
-                    others.entry(sid).or_default().reset = Some(frame::rst_stream(&f.payload).unwrap());
+                    others.entry(sid).or_default().reset =
+                        Some(frame::rst_stream(&f.payload).unwrap());
                 }
                 kind::GOAWAY => {
                     self.goaway = Some(frame::goaway(&f.payload).unwrap());
@@ -355,7 +367,9 @@ fn serve_upstream(name: &str, s: TcpStream) {
         let mut ended = f.h.flags & flag::END_STREAM != 0;
         match f.h.kind {
             kind::HEADERS => {
-                let frag = frame::headers_fragment(f.h.flags, &f.payload).unwrap().to_vec();
+                let frag = frame::headers_fragment(f.h.flags, &f.payload)
+                    .unwrap()
+                    .to_vec();
                 let fields = p.decode(&frag);
                 let r = reqs.entry(sid).or_default();
                 if r.0.is_empty() {
@@ -376,7 +390,9 @@ fn serve_upstream(name: &str, s: TcpStream) {
         if !ended {
             continue;
         }
-        let Some((h, body)) = reqs.remove(&sid) else { continue };
+        let Some((h, body)) = reqs.remove(&sid) else {
+            continue;
+        };
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         if let Some(ms) = get("x-delay-ms") {
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
@@ -397,10 +413,18 @@ fn serve_upstream(name: &str, s: TcpStream) {
             v
         };
         let status = get("x-status").unwrap_or_else(|| "0".into());
-        p.headers(sid, &[(":status", "200"), ("content-type", "application/grpc")], false);
+        p.headers(
+            sid,
+            &[(":status", "200"), ("content-type", "application/grpc")],
+            false,
+        );
         let other = p.data(sid, &grpc_msg(&payload), false);
         // Frames read while blocked on window (new requests) are not expected in these tests.
         drop(other);
-        p.headers(sid, &[("grpc-status", &status), ("grpc-message", "from upstream")], true);
+        p.headers(
+            sid,
+            &[("grpc-status", &status), ("grpc-message", "from upstream")],
+            true,
+        );
     }
 }
