@@ -186,6 +186,19 @@ fn local_errors_are_grpc_statuses() {
     }
 }
 
+#[test]
+fn upstream_goaway_moves_new_streams_to_a_new_connection() {
+    let a = Upstream::start("A");
+    let (_rs, listen) = start(&[("a", a.addr)], "    cluster: a\n");
+    let mut c = Client::connect(listen);
+    for i in 0..5 {
+        // Every call makes the upstream go away after answering it; the next call must still
+        // succeed on a fresh upstream connection.
+        let r = c.call(SAY, &[("x-goaway", "1")], format!("g{i}").as_bytes());
+        assert_eq!(r.text(), format!("A:g{i}"), "{r:?}");
+    }
+}
+
 fn broken(listen: SocketAddr, bytes: &[u8]) -> Option<u32> {
     let mut c = Client::connect(listen);
     c.p.write(bytes);

@@ -334,6 +334,10 @@ pub struct Upstream {
     pub addr: SocketAddr,
 }
 
+/// Connections an [`Upstream`] accepted.
+pub static UPSTREAM_CONNECTIONS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 impl Upstream {
     pub fn start(name: &'static str) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -341,6 +345,7 @@ impl Upstream {
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { continue };
+                UPSTREAM_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 std::thread::spawn(move || serve_upstream(name, s));
             }
         });
