@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod dubbo;
+pub mod grpc;
 pub mod peers;
 
 use std::io::{Read, Write};
