@@ -14,6 +14,7 @@
 
 pub mod args;
 pub mod dubbo_client;
+pub mod grpc;
 pub mod plot;
 pub mod progress;
 pub mod report;

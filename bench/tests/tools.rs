@@ -137,3 +137,50 @@ fn dubbo_load_counts_connect_errors() {
     assert_eq!(r.errors.connect, 2, "{:?}", r.errors);
     assert_eq!(r.measured, 0);
 }
+
+#[test]
+fn grpc_load_against_grpc_echo() {
+    let _echo = Server::start(env!("CARGO_BIN_EXE_grpc-echo"), "127.0.0.1:31870");
+    let load_bin = env!("CARGO_BIN_EXE_grpc-load");
+    let r = load(
+        load_bin,
+        &[
+            "--target",
+            "127.0.0.1:31870",
+            "--connections",
+            "4",
+            "--streams",
+            "8",
+        ],
+    );
+    assert_eq!((r.tool.as_str(), r.pipeline), ("grpc-load", 8));
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+    assert!(r.measured > 0 && r.received >= r.measured && r.sent >= r.received);
+    // Messages larger than a DATA frame and than the default 64 KiB window, echoed back.
+    let r = load(
+        load_bin,
+        &[
+            "--target",
+            "127.0.0.1:31870",
+            "--connections",
+            "2",
+            "--streams",
+            "2",
+            "--payload",
+            "200000",
+        ],
+    );
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+    assert!(r.measured > 0);
+}
+
+#[test]
+fn grpc_load_counts_a_peer_that_is_not_http2() {
+    let _echo = Server::start(env!("CARGO_BIN_EXE_tcp-echo"), "127.0.0.1:31892");
+    let r = load(
+        env!("CARGO_BIN_EXE_grpc-load"),
+        &["--target", "127.0.0.1:31892", "--timeout", "100ms"],
+    );
+    assert_eq!(r.measured, 0);
+    assert!(r.errors.total() > 0, "{:?}", r.errors);
+}

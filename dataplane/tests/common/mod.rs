@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod dubbo;
+pub mod dubbo;
+pub mod grpc;
 pub mod h2;
 pub mod peers;
 

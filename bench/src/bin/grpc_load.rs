@@ -1,0 +1,311 @@
+//! `grpc-load`: closed-loop gRPC unary load generator over prior-knowledge h2c (the `h2` crate
+//! on a tokio current_thread runtime), with the same HDR histogram and JSON report as
+//! `dubbo-load`.
+//!
+//! `--connections C --streams S`: C HTTP/2 connections, each keeping S unary calls
+//! (`/helloworld.Greeter/SayHello`, one HelloRequest) in flight; each answer starts the next call
+//! on the same connection. Latency is from the call's start to its trailers. A call counts as
+//! good only with `:status 200` and `grpc-status: 0` (in trailers, or in the headers of a
+//! trailers-only answer); anything else is an error by kind (status, decode, connect, timeout,
+//! io). Calls still in flight when the run ends are neither.
+//!
+//! Why not h2load: it reports min / max / mean / sd of request time only (no percentiles) and
+//! never reads grpc-status, so a proxy answering UNIMPLEMENTED with :status 200 would look fine.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench::args::Args;
+use bench::grpc::{grpc_path, hello_request_frame};
+use bench::progress::{self, Counters};
+use bench::report::{self, ErrorCounts, ErrorKind, LoadReport, Recorder};
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+
+const USAGE: &str = "grpc-load --target 127.0.0.1:30870 [--connections 1] [--streams 1]
+           [--duration 10s] [--warmup 2s] [--timeout 1s] [--payload 16] [--json FILE]
+           [--header k:v]...
+
+Closed loop: --connections x --streams unary calls in flight (h2c, prior knowledge), each to
+/helloworld.Greeter/SayHello with a HelloRequest of --payload bytes. Good = :status 200 and
+grpc-status 0. Latency recorded after --warmup for --duration. JSON on stdout or --json FILE; a
+progress line each second on stderr.";
+
+const CONNECT_TIMEOUT_MS: u64 = 2000;
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONN_WINDOW: u32 = 16 << 20;
+
+struct Opts {
+    target: String,
+    connections: usize,
+    streams: usize,
+    duration: Duration,
+    warmup: Duration,
+    timeout: Duration,
+    payload: usize,
+    headers: Vec<(String, String)>,
+}
+
+fn main() {
+    let args = Args::parse(USAGE, &[]);
+    let target = args
+        .opt_str("target")
+        .unwrap_or_else(|| args.fail("--target is required"))
+        .to_string();
+    if target.parse::<std::net::SocketAddr>().is_err() {
+        args.fail("--target must be IP:PORT");
+    }
+    let headers = args
+        .opt_str("header")
+        .map(|h| {
+            h.split(',')
+                .filter_map(|kv| kv.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let opts = Opts {
+        target,
+        connections: args.get("connections", 1),
+        streams: args.get("streams", 1),
+        duration: args.duration("duration", Duration::from_secs(10)),
+        warmup: args.duration("warmup", Duration::from_secs(2)),
+        timeout: args.duration("timeout", Duration::from_secs(1)),
+        payload: args.get("payload", 16),
+        headers,
+    };
+    if opts.connections == 0 || opts.streams == 0 {
+        args.fail("--connections and --streams must be at least 1");
+    }
+
+    let counters = Arc::new(Counters::default());
+    let start = Instant::now();
+    let progress = progress::spawn("grpc-load", counters.clone(), start, opts.warmup);
+    let (rec, errors) = closed_loop(&opts, start, &counters);
+    counters.stop.store(true, Relaxed);
+    let _ = progress.join();
+
+    let measured = rec.hist.len();
+    let report = LoadReport {
+        tool: "grpc-load".into(),
+        mode: "closed".into(),
+        target: opts.target.clone(),
+        connections: opts.connections,
+        pipeline: opts.streams,
+        rate_per_s: None,
+        payload_bytes: opts.payload,
+        duration_s: opts.duration.as_secs_f64(),
+        warmup_s: opts.warmup.as_secs_f64(),
+        sent: counters.sent.load(Relaxed),
+        received: counters.received.load(Relaxed),
+        measured,
+        rps: measured as f64 / opts.duration.as_secs_f64().max(1e-9),
+        latency_us: rec.latency_us(),
+        errors,
+        cdf: rec.cdf(),
+    };
+    if let Err(e) = report::emit(&report, args.opt_str("json")) {
+        eprintln!("grpc-load: writing the report: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// What every call of a run shares.
+struct Shared {
+    uri: http::Uri,
+    body: Bytes,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    measure_from: Instant,
+    end: Instant,
+    timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Recorder, ErrorCounts) {
+    let rt = bench::runner::tokio_runtime(1);
+    let measure_from = start + opts.warmup;
+    let uri: http::Uri = match format!("http://{}{}", opts.target, grpc_path()).parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("grpc-load: bad target: {e}");
+            std::process::exit(2);
+        }
+    };
+    let headers = opts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                http::HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect();
+    let shared = Rc::new(Shared {
+        uri,
+        body: hello_request_frame("ringside", opts.payload),
+        headers,
+        measure_from,
+        end: measure_from + opts.duration,
+        timeout: opts.timeout,
+        counters: counters.clone(),
+    });
+    let local = tokio::task::LocalSet::new();
+    rt.block_on(local.run_until(async {
+        let mut tasks = Vec::new();
+        for _ in 0..opts.connections {
+            let (target, shared, streams) = (opts.target.clone(), shared.clone(), opts.streams);
+            tasks.push(tokio::task::spawn_local(async move {
+                connection(&target, streams, shared).await
+            }));
+        }
+        let mut all = (Recorder::new(), ErrorCounts::default());
+        for t in tasks {
+            if let Ok((rec, errs)) = t.await {
+                all.0.merge(&rec);
+                all.1.merge(&errs);
+            }
+        }
+        all
+    }))
+}
+
+async fn connection(target: &str, streams: usize, shared: Rc<Shared>) -> (Recorder, ErrorCounts) {
+    let mut errors = ErrorCounts::default();
+    let connect = tokio::net::TcpStream::connect(target);
+    let tcp = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+        Ok(Ok(s)) => s,
+        other => {
+            if let Ok(Err(e)) = other {
+                eprintln!("grpc-load: connect {target}: {e}");
+            }
+            errors.add(ErrorKind::Connect);
+            shared.counters.error();
+            return (Recorder::new(), errors);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .handshake::<_, Bytes>(tcp)
+        .await;
+    let (client, conn) = match handshake {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("grpc-load: HTTP/2 handshake with {target}: {e}");
+            errors.add(ErrorKind::Connect);
+            shared.counters.error();
+            return (Recorder::new(), errors);
+        }
+    };
+    let driver = tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    let mut lanes = Vec::new();
+    for _ in 0..streams {
+        let (client, shared) = (client.clone(), shared.clone());
+        lanes.push(tokio::task::spawn_local(lane(client, shared)));
+    }
+    let mut rec = Recorder::new();
+    for l in lanes {
+        if let Ok((r, e)) = l.await {
+            rec.merge(&r);
+            errors.merge(&e);
+        }
+    }
+    driver.abort();
+    (rec, errors)
+}
+
+/// One stream slot of a connection: calls one after another until the run ends.
+async fn lane(
+    mut client: h2::client::SendRequest<Bytes>,
+    shared: Rc<Shared>,
+) -> (Recorder, ErrorCounts) {
+    let mut rec = Recorder::new();
+    let mut errors = ErrorCounts::default();
+    let end = tokio::time::Instant::from_std(shared.end);
+    while Instant::now() < shared.end {
+        let t0 = Instant::now();
+        let deadline = tokio::time::Instant::from_std(t0 + shared.timeout);
+        let outcome = tokio::select! {
+            r = call(&mut client, &shared) => Some(r),
+            _ = tokio::time::sleep_until(deadline.min(end)) => None,
+        };
+        let now = Instant::now();
+        match outcome {
+            Some(Ok(())) => {
+                shared.counters.received(1);
+                if t0 >= shared.measure_from {
+                    rec.record(now - t0);
+                }
+            }
+            Some(Err(kind)) => {
+                errors.add(kind);
+                shared.counters.error();
+                if kind == ErrorKind::Io {
+                    break; // the connection is gone
+                }
+            }
+            None if now >= shared.end => break, // abandoned at the end of the run
+            None => {
+                errors.add(ErrorKind::Timeout);
+                shared.counters.error();
+            }
+        }
+    }
+    (rec, errors)
+}
+
+async fn call(
+    client: &mut h2::client::SendRequest<Bytes>,
+    shared: &Shared,
+) -> Result<(), ErrorKind> {
+    let ready = std::future::poll_fn(|cx| client.poll_ready(cx)).await;
+    if ready.is_err() {
+        return Err(ErrorKind::Io);
+    }
+    let mut req = Request::post(shared.uri.clone())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|_| ErrorKind::Decode)?;
+    for (k, v) in &shared.headers {
+        req.headers_mut().insert(k.clone(), v.clone());
+    }
+    let (response, mut send) = client.send_request(req, false).map_err(h2_kind)?;
+    shared.counters.sent(1);
+    send.send_data(shared.body.clone(), true).map_err(h2_kind)?;
+    let response = response.await.map_err(h2_kind)?;
+    if response.status() != http::StatusCode::OK {
+        return Err(ErrorKind::Status);
+    }
+    let head_status = grpc_status(response.headers());
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(h2_kind)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.map_err(h2_kind)?;
+    match trailers.as_ref().and_then(grpc_status).or(head_status) {
+        Some(0) => Ok(()),
+        Some(_) => Err(ErrorKind::Status),
+        None => Err(ErrorKind::Decode),
+    }
+}
+
+fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A stream reset by the peer is that call's failure; anything else broke the connection.
+fn h2_kind(e: h2::Error) -> ErrorKind {
+    if e.is_reset() && !e.is_go_away() {
+        ErrorKind::Status
+    } else {
+        ErrorKind::Io
+    }
+}
