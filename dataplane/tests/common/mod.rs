@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 pub mod dubbo;
-pub mod dubbo;
 pub mod grpc;
 pub mod h2;
 pub mod peers;
