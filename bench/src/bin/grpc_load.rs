@@ -104,6 +104,7 @@ fn main() {
         rps: measured as f64 / opts.duration.as_secs_f64().max(1e-9),
         latency_us: rec.latency_us(),
         errors,
+        reconnects: 0,
         cdf: rec.cdf(),
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
