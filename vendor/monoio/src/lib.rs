@@ -30,6 +30,8 @@ pub mod buf;
 pub mod fs;
 pub mod io;
 pub mod net;
+// RINGSIDE PATCH: busy-poll modes for block_on (see poll_mode.rs).
+pub mod poll_mode;
 pub mod task;
 pub mod utils;
 

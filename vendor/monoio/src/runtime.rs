@@ -149,6 +149,8 @@ impl<D> Runtime<D> {
                 let join = future;
 
                 let mut join = std::pin::pin!(join);
+                // RINGSIDE PATCH: the poll mode (poll_mode.rs) decides how to wait below.
+                let mut poller = crate::poll_mode::Poller::current();
                 set_poll();
                 loop {
                     loop {
@@ -183,11 +185,12 @@ impl<D> Runtime<D> {
                     }
 
                     // Wait and Process CQ(the error is ignored for not debug mode)
+                    // RINGSIDE PATCH: was `self.driver.park()`.
                     #[cfg(not(all(debug_assertions, feature = "debug")))]
-                    let _ = self.driver.park();
+                    let _ = poller.park(&self.driver, &self.context.tasks);
 
                     #[cfg(all(debug_assertions, feature = "debug"))]
-                    if let Err(e) = self.driver.park() {
+                    if let Err(e) = poller.park(&self.driver, &self.context.tasks) {
                         trace!("park error: {:?}", e);
                     }
                 }
