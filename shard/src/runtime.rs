@@ -211,8 +211,16 @@ where
     }
     let make = Arc::new(make);
     let cores = affinity_cores();
-    if spec.poll == PollMode::Spin {
-        check_spin(spec, &cores)?;
+    match spec.poll {
+        PollMode::Spin => check_spin(spec, &cores)?,
+        PollMode::Hybrid if !spec.pin || spec.shards > cores.len() => tracing::warn!(
+            shards = spec.shards,
+            cpus = cores.len(),
+            pin = spec.pin,
+            "poll mode hybrid without a pinned CPU per shard: busy shards will spin on each \
+             other's CPU"
+        ),
+        _ => {}
     }
     let mut handles = Vec::with_capacity(spec.shards);
     for id in 0..spec.shards {
