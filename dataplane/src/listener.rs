@@ -213,8 +213,13 @@ pub fn shard_main(
                     draining.borrow().set();
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
+                    if linger {
+                        // A hot upgrade: the successor's shards may spin on our CPUs.
+                        shard::force_sleep(true);
+                    }
                 }
                 Some(ShardMsg::Resume) if deadline.is_some() => {
+                    shard::force_sleep(false);
                     match shared.sockets.for_shard(id) {
                         Ok(sockets) => {
                             stop_accepting = Event::new();

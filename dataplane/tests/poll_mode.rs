@@ -239,3 +239,39 @@ fn spin_is_refused_without_a_pinned_cpu_per_shard() {
     let info = server_info(&rs);
     assert_eq!(info["shards"][1]["poll_mode"], "hybrid", "{info}");
 }
+
+#[test]
+fn a_spinning_predecessor_sleeps_while_a_hot_upgrade_drains_it() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let echo = echo_server();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let spin = ["--shards", "1", "--poll-mode", "spin"];
+    let mut old = Ringside::start(&tcp_config(admin, listen, &[echo]), admin, &spin);
+    // A connection that keeps the predecessor draining (its drain timeout is 10 s).
+    let mut s = std::net::TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut echoed = |s: &mut std::net::TcpStream, b: u8| {
+        s.write_all(&[b]).unwrap();
+        let mut back = [0u8];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back[0], b);
+    };
+    echoed(&mut s, 1);
+    let before = idle_cpu(&old, Duration::from_millis(500));
+    let new = old.upgrade(&spin);
+    std::thread::sleep(Duration::from_millis(200));
+    let draining = idle_cpu(&old, Duration::from_millis(500));
+    let successor = idle_cpu(&new, Duration::from_millis(500));
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the predecessor is still draining"
+    );
+    let seen = format!("predecessor {before:.2} -> {draining:.2}, successor {successor:.2}");
+    assert!(before > 0.5, "{seen}");
+    assert!(draining < 0.1, "a draining predecessor stops spinning: {seen}");
+    assert!(successor > 0.5, "{seen}");
+    // The connection it drains still works.
+    echoed(&mut s, 2);
+    eprintln!("{seen}");
+}

@@ -16,7 +16,7 @@ mod runtime;
 pub use event::{Event, Notify};
 pub use inbox::{inbox, Receiver, SendError, Sender};
 pub use runtime::{
-    affinity_cores, start, Backend, IoMode, PollMode, PollStats, ShardCtx, ShardHandle, ShardInfo,
+    affinity_cores, force_sleep, start, Backend, IoMode, PollMode, PollStats, ShardCtx, ShardHandle, ShardInfo,
     Spec, StartError, SPIN_BUDGET_DEFAULT, URING_ENTRIES_DEFAULT,
 };
 

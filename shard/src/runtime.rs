@@ -55,6 +55,24 @@ impl PollMode {
     }
 }
 
+thread_local! {
+    /// The poll mode this thread's shard started with (see [`force_sleep`]).
+    static STARTED_POLL: std::cell::Cell<monoio::poll_mode::PollMode> =
+        const { std::cell::Cell::new(monoio::poll_mode::PollMode::Sleep) };
+}
+
+/// Called on a shard: while `on`, its loop sleeps between events whatever its poll mode; `false`
+/// restores the mode it started with. A shard draining for a hot upgrade sleeps, so that the
+/// successor's spinning shards get the CPUs.
+pub fn force_sleep(on: bool) {
+    let mode = if on {
+        monoio::poll_mode::PollMode::Sleep
+    } else {
+        STARTED_POLL.with(|m| m.get())
+    };
+    monoio::poll_mode::switch_poll_mode(mode);
+}
+
 /// Default `Spec::spin_budget` for `PollMode::Hybrid`.
 pub const SPIN_BUDGET_DEFAULT: Duration = Duration::from_micros(50);
 
@@ -335,16 +353,15 @@ fn run_shard<M, F, Fut, E>(
         tracing::warn!(shard = id, core = ?core, "could not pin shard to its core");
     }
     let poll_stats = PollStats::new();
-    monoio::poll_mode::set_poll_mode(
-        match poll {
-            PollMode::Sleep => monoio::poll_mode::PollMode::Sleep,
-            PollMode::Spin => monoio::poll_mode::PollMode::Spin,
-            PollMode::Hybrid => monoio::poll_mode::PollMode::Hybrid {
-                budget: spin_budget,
-            },
+    let mode = match poll {
+        PollMode::Sleep => monoio::poll_mode::PollMode::Sleep,
+        PollMode::Spin => monoio::poll_mode::PollMode::Spin,
+        PollMode::Hybrid => monoio::poll_mode::PollMode::Hybrid {
+            budget: spin_budget,
         },
-        Some(poll_stats.counters.clone()),
-    );
+    };
+    STARTED_POLL.with(|m| m.set(mode));
+    monoio::poll_mode::set_poll_mode(mode, Some(poll_stats.counters.clone()));
     let info = |backend, fallback_reason| ShardInfo {
         id,
         core: pinned,
@@ -511,6 +528,38 @@ mod tests {
             assert!(hybrid.idle_spin() < Duration::from_millis(20), "{hybrid:?}");
             let sleep = timers_and_inbox_in(PollMode::Sleep, io);
             assert_eq!(sleep.spins(), 0);
+        }
+    }
+
+    #[test]
+    fn force_sleep_stops_a_spinning_loop_and_restores_it() {
+        let spec = Spec {
+            shards: 1,
+            io: IoMode::Auto,
+            pin: true,
+            uring_entries: URING_ENTRIES_DEFAULT,
+            inbox_capacity: 4,
+            poll: PollMode::Spin,
+            spin_budget: SPIN_BUDGET_DEFAULT,
+        };
+        let handles = start(&spec, |ctx, _rx: Receiver<()>| {
+            let stats = ctx.info.poll_stats.clone();
+            Ok::<_, String>(async move {
+                let pause = Duration::from_millis(30);
+                force_sleep(true);
+                let idle = stats.idle_spin();
+                monoio::time::sleep(pause).await;
+                let sleeping = stats.idle_spin() - idle;
+                assert!(sleeping < pause / 3, "spun {sleeping:?} while told to sleep");
+                force_sleep(false);
+                let idle = stats.idle_spin();
+                monoio::time::sleep(pause).await;
+                assert!(stats.idle_spin() - idle > pause / 2, "no spinning once restored");
+            })
+        })
+        .unwrap();
+        for h in handles {
+            h.thread.join().unwrap();
         }
     }
 

@@ -11,10 +11,10 @@
 //! - [`PollMode::Hybrid`]: spins like `Spin` until the loop has been idle for `budget`, then
 //!   blocks like `Sleep`; any work found restarts the budget.
 //!
-//! The mode is a thread-local read once when `block_on` starts: call [`set_poll_mode`] on the
-//! runtime's thread before `block_on`.
+//! The mode is a thread-local: [`set_poll_mode`] on the runtime's thread before `block_on`; a
+//! task may change it while the loop runs with [`switch_poll_mode`] (read at every wait).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,17 +54,23 @@ pub struct PollCounters {
 pub const FULL_POLL_INTERVAL: Duration = Duration::from_micros(100);
 
 thread_local! {
-    static MODE: RefCell<(PollMode, Option<Arc<PollCounters>>)> = const { RefCell::new((PollMode::Sleep, None)) };
+    static MODE: Cell<PollMode> = const { Cell::new(PollMode::Sleep) };
+    static COUNTERS: RefCell<Option<Arc<PollCounters>>> = const { RefCell::new(None) };
 }
 
 /// Sets the poll mode (and where to count) for runtimes that `block_on` later on this thread.
 pub fn set_poll_mode(mode: PollMode, counters: Option<Arc<PollCounters>>) {
-    MODE.with(|m| *m.borrow_mut() = (mode, counters));
+    MODE.with(|m| m.set(mode));
+    COUNTERS.with(|c| *c.borrow_mut() = counters);
+}
+
+/// Changes the poll mode of the runtime running on this thread, from its next wait on.
+pub fn switch_poll_mode(mode: PollMode) {
+    MODE.with(|m| m.set(mode));
 }
 
 /// The wait step of one `block_on`.
 pub(crate) struct Poller {
-    mode: PollMode,
     counters: Option<Arc<PollCounters>>,
     /// Since when the loop has found nothing (hybrid), `None` right after work.
     idle_since: Option<Instant>,
@@ -77,10 +83,8 @@ pub(crate) struct Poller {
 
 impl Poller {
     pub(crate) fn current() -> Self {
-        let (mode, counters) = MODE.with(|m| m.borrow().clone());
         Poller {
-            mode,
-            counters,
+            counters: COUNTERS.with(|c| c.borrow().clone()),
             idle_since: None,
             full_poll: Instant::now(),
             idle_ns: 0,
@@ -91,7 +95,7 @@ impl Poller {
 
     /// Waits for work the way the mode says; `tasks` tells whether a wait found any.
     pub(crate) fn park<D: Driver>(&mut self, driver: &D, tasks: &TaskQueue) -> io::Result<()> {
-        match self.mode {
+        match MODE.with(Cell::get) {
             PollMode::Sleep => self.sleep(driver),
             PollMode::Spin => self.spin(driver, tasks),
             PollMode::Hybrid { budget } => match self.idle_since {
