@@ -245,6 +245,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
                         "poll_loop_s": i.poll_stats.loop_time().as_secs_f64(),
                         "poll_idle_spin_fraction": i.poll_stats.idle_spin_fraction(),
                         "poll_sleeps": i.poll_stats.sleeps(),
+                        "poll_spins": i.poll_stats.spins(),
                     })
                 })
                 .collect()

@@ -137,7 +137,9 @@ fn idle_cpu_is_near_zero_when_sleeping_or_hybrid_and_a_core_when_spinning() {
         let info = server_info(&rs);
         let shard = &info["shards"][0];
         let fraction = shard["poll_idle_spin_fraction"].as_f64().unwrap();
-        seen.push(format!("{mode}: cpu {cpu:.3}, idle spin fraction {fraction:.3}"));
+        seen.push(format!(
+            "{mode}: cpu {cpu:.3}, idle spin fraction {fraction:.3}"
+        ));
         match mode {
             "spin" => {
                 assert!(cpu > 0.5, "spin uses its core: {seen:?}");
@@ -162,7 +164,10 @@ fn idle_cpu_is_near_zero_when_sleeping_or_hybrid_and_a_core_when_spinning() {
             };
             let idle = value("ringside_shard_poll_idle_spin_us{shard=\"0\"}");
             let looped = value("ringside_shard_poll_loop_us{shard=\"0\"}");
-            assert!(looped >= 1_000_000 && idle * 2 > looped, "{idle} / {looped}");
+            assert!(
+                looped >= 1_000_000 && idle * 2 > looped,
+                "{idle} / {looped}"
+            );
         }
     }
     eprintln!("{seen:?}");
@@ -198,7 +203,10 @@ fn refused(config: &str, args: &[&str], cpus: Option<usize>) -> String {
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("--poll-mode spin needs each shard pinned"), "{err}");
+    assert!(
+        err.contains("--poll-mode spin needs each shard pinned"),
+        "{err}"
+    );
     assert!(err.contains("Fix:"), "{err}");
     err
 }
@@ -251,7 +259,7 @@ fn a_spinning_predecessor_sleeps_while_a_hot_upgrade_drains_it() {
     // A connection that keeps the predecessor draining (its drain timeout is 10 s).
     let mut s = std::net::TcpStream::connect(listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut echoed = |s: &mut std::net::TcpStream, b: u8| {
+    let echoed = |s: &mut std::net::TcpStream, b: u8| {
         s.write_all(&[b]).unwrap();
         let mut back = [0u8];
         s.read_exact(&mut back).unwrap();
@@ -269,7 +277,10 @@ fn a_spinning_predecessor_sleeps_while_a_hot_upgrade_drains_it() {
     );
     let seen = format!("predecessor {before:.2} -> {draining:.2}, successor {successor:.2}");
     assert!(before > 0.5, "{seen}");
-    assert!(draining < 0.1, "a draining predecessor stops spinning: {seen}");
+    assert!(
+        draining < 0.1,
+        "a draining predecessor stops spinning: {seen}"
+    );
     assert!(successor > 0.5, "{seen}");
     // The connection it drains still works.
     echoed(&mut s, 2);

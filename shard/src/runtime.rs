@@ -7,8 +7,8 @@
 //! reason is logged and kept in [`ShardInfo`] so `/server_info` can show it.
 
 use std::future::Future;
-use std::sync::mpsc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -521,7 +521,10 @@ mod tests {
         for io in [IoMode::Auto, IoMode::Epoll] {
             let spin = timers_and_inbox_in(PollMode::Spin, io);
             // It waited ~60 ms with nothing to do, spinning all along.
-            assert!(spin.idle_spin() > Duration::from_millis(30), "{io:?} {spin:?}");
+            assert!(
+                spin.idle_spin() > Duration::from_millis(30),
+                "{io:?} {spin:?}"
+            );
             assert_eq!(spin.sleeps(), 0);
             let hybrid = timers_and_inbox_in(PollMode::Hybrid, io);
             assert!(hybrid.sleeps() > 0, "{io:?}: hybrid never slept");
@@ -550,11 +553,17 @@ mod tests {
                 let idle = stats.idle_spin();
                 monoio::time::sleep(pause).await;
                 let sleeping = stats.idle_spin() - idle;
-                assert!(sleeping < pause / 3, "spun {sleeping:?} while told to sleep");
+                assert!(
+                    sleeping < pause / 3,
+                    "spun {sleeping:?} while told to sleep"
+                );
                 force_sleep(false);
                 let idle = stats.idle_spin();
                 monoio::time::sleep(pause).await;
-                assert!(stats.idle_spin() - idle > pause / 2, "no spinning once restored");
+                assert!(
+                    stats.idle_spin() - idle > pause / 2,
+                    "no spinning once restored"
+                );
             })
         })
         .unwrap();

@@ -641,10 +641,7 @@ impl Runner {
         if idle.idle {
             eprintln!("bench-run: machine {}", idle.describe());
         } else {
-            eprintln!(
-                "\n!!!!!!!! bench-run: MACHINE {} !!!!!!!!",
-                idle.describe()
-            );
+            eprintln!("\n!!!!!!!! bench-run: MACHINE {} !!!!!!!!", idle.describe());
             eprintln!(
                 "!!!!!!!! figures from this run are noisy; compare only within it !!!!!!!!\n"
             );
@@ -914,7 +911,10 @@ impl Runner {
             "1".into(),
         ];
         if target != Target::Ringside {
-            args.extend(["--poll-mode".into(), target.poll_mode().unwrap_or("sleep").into()]);
+            args.extend([
+                "--poll-mode".into(),
+                target.poll_mode().unwrap_or("sleep").into(),
+            ]);
         }
         let admin = configs::addr(configs::RINGSIDE_ADMIN_PORT);
         self.start_proxy(
