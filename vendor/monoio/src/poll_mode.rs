@@ -101,7 +101,10 @@ impl Poller {
             PollMode::Hybrid { budget } => match self.idle_since {
                 Some(t) if t.elapsed() >= budget => {
                     self.idle_since = None;
-                    self.sleep(driver)
+                    let r = self.sleep(driver);
+                    // A blocking park ran wakers and timers: no full poll needed right after.
+                    self.full_poll = Instant::now();
+                    r
                 }
                 _ => self.spin(driver, tasks),
             },
