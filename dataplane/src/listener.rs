@@ -17,7 +17,7 @@ use crate::config::Protocol;
 use crate::dubbo::downstream::{self, DubboListener};
 use crate::dubbo::router::Router;
 use crate::dubbo::upstream::ClusterPool;
-use crate::server::{ListenerStatIds, ShardMsg, Shared};
+use crate::server::{ListenerStatIds, PollStatIds, ShardMsg, Shared, POLL_STATS_PUBLISH};
 use crate::stats::ShardStats;
 use crate::tcp_proxy;
 
@@ -53,6 +53,24 @@ pub struct ListenerCtx {
 
 /// Set-up on the shard thread (takes its own descriptors of the listening sockets the control
 /// thread bound or inherited), then the shard's future.
+/// Copies this shard's poll-loop counters into its stats, every `POLL_STATS_PUBLISH`, for as
+/// long as the shard runs.
+async fn publish_poll_stats(poll: shard::PollStats, stats: ShardStats, ids: PollStatIds) {
+    let (mut idle, mut looped, mut sleeps) = (0u64, 0u64, 0u64);
+    loop {
+        shard::monoio::time::sleep(POLL_STATS_PUBLISH).await;
+        let now = (
+            poll.idle_spin().as_micros() as u64,
+            poll.loop_time().as_micros() as u64,
+            poll.sleeps(),
+        );
+        stats.add(ids.idle_spin_us, now.0.saturating_sub(idle));
+        stats.add(ids.loop_us, now.1.saturating_sub(looped));
+        stats.add(ids.sleeps, now.2.saturating_sub(sleeps));
+        (idle, looped, sleeps) = now;
+    }
+}
+
 pub fn shard_main(
     ctx: ShardCtx,
     shared: Arc<Shared>,
@@ -78,8 +96,14 @@ pub fn shard_main(
             _ => None,
         });
     }
+    let poll_stats = ctx.info.poll_stats.clone();
     Ok(async move {
         let stats = shared.stats.shard(id);
+        shard::monoio::spawn(publish_poll_stats(
+            poll_stats,
+            stats.clone(),
+            shared.poll_ids[id],
+        ));
         let clusters: Vec<Rc<ShardCluster>> = shared
             .config
             .clusters
@@ -249,8 +273,13 @@ pub fn shard_main(
                     draining.borrow().set();
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
+                    if linger {
+                        // A hot upgrade: the successor's shards may spin on our CPUs.
+                        shard::force_sleep(true);
+                    }
                 }
                 Some(ShardMsg::Resume) if deadline.is_some() => {
+                    shard::force_sleep(false);
                     match shared.sockets.for_shard(id) {
                         Ok(sockets) => {
                             stop_accepting = Event::new();

@@ -187,6 +187,8 @@ pub struct Shared {
     pub upstream_ids: Vec<UpstreamStatIds>,
     /// For `triple` listeners, by listener index.
     pub triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
+    /// Per shard: what its loop did with its time (see `PollStatIds`).
+    pub poll_ids: Vec<PollStatIds>,
     /// Each cluster's endpoints, shared by the shards.
     pub cluster_endpoints: Vec<Arc<[std::net::SocketAddr]>>,
     pub lifecycle: Lifecycle,
@@ -213,7 +215,23 @@ impl Shared {
 pub struct Overrides {
     pub shards: Option<usize>,
     pub io: Option<config::IoMode>,
+    pub poll_mode: Option<config::PollMode>,
 }
+
+/// One shard's poll-loop counters, copied from the shard's `PollStats` by the shard itself
+/// every `POLL_STATS_PUBLISH`: each shard writes only its own, tagged `shard=N`.
+#[derive(Clone, Copy, Debug)]
+pub struct PollStatIds {
+    /// µs the loop spent in polls that found nothing (spin and hybrid modes).
+    pub idle_spin_us: StatId,
+    /// µs of loop wall time: `idle_spin_us / loop_us` is the idle-spinning fraction.
+    pub loop_us: StatId,
+    /// Times the loop blocked in the kernel (every wait in sleep mode, none in spin mode).
+    pub sleeps: StatId,
+}
+
+/// How often a shard copies its poll-loop counters into the stats.
+pub const POLL_STATS_PUBLISH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -250,10 +268,22 @@ struct StatLayout {
     cluster_ids: Vec<ClusterStatIds>,
     upstream_ids: Vec<UpstreamStatIds>,
     triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
+    poll_ids: Vec<PollStatIds>,
 }
 
 fn build_stats(config: &Config, st: &Stats) -> StatLayout {
     use Kind::{Counter, Gauge};
+    let poll_ids = (0..st.shard_count())
+        .map(|i| {
+            let shard = i.to_string();
+            let t = [("shard", shard.as_str())];
+            PollStatIds {
+                idle_spin_us: st.add("shard", "poll_idle_spin_us", &t, Counter),
+                loop_us: st.add("shard", "poll_loop_us", &t, Counter),
+                sleeps: st.add("shard", "poll_sleeps", &t, Counter),
+            }
+        })
+        .collect();
     let listener_ids = config
         .listeners
         .iter()
@@ -432,6 +462,7 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
         cluster_ids,
         upstream_ids,
         triple_ids,
+        poll_ids,
     }
 }
 
@@ -511,6 +542,12 @@ impl Server {
             config::IoMode::Uring => shard::IoMode::Uring,
             config::IoMode::Epoll => shard::IoMode::Epoll,
         };
+        let poll = match overrides.poll_mode.unwrap_or(config.runtime.poll_mode) {
+            config::PollMode::Sleep => shard::PollMode::Sleep,
+            config::PollMode::Spin => shard::PollMode::Spin,
+            config::PollMode::Hybrid => shard::PollMode::Hybrid,
+        };
+        let spin_budget = Duration::from_micros(config.runtime.spin_budget_us);
         let stats = Arc::new(
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
@@ -538,6 +575,7 @@ impl Server {
             cluster_ids: layout.cluster_ids,
             upstream_ids: layout.upstream_ids,
             triple_ids: layout.triple_ids,
+            poll_ids: layout.poll_ids,
             cluster_endpoints,
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
@@ -563,6 +601,8 @@ impl Server {
             pin,
             uring_entries: shard::URING_ENTRIES_DEFAULT,
             inbox_capacity: SHARD_INBOX_MAX,
+            poll,
+            spin_budget,
         };
         let shared2 = shared.clone();
         let shards = shard::start(&spec, move |ctx, inbox| {
@@ -574,6 +614,7 @@ impl Server {
                 shard = i.id,
                 core = ?i.core,
                 backend = i.backend.as_str(),
+                poll_mode = i.poll.as_str(),
                 fallback = i.fallback_reason.as_deref().unwrap_or(""),
                 "shard up"
             );

@@ -156,6 +156,28 @@ pub struct Runtime {
     /// Pin each shard thread to its own core.
     #[serde(default = "default_true")]
     pub pin: bool,
+    /// How an idle shard waits for work: sleep in the kernel, spin, or spin then sleep.
+    #[serde(default)]
+    pub poll_mode: PollMode,
+    /// `poll_mode: hybrid`: how long an idle shard keeps spinning before it sleeps.
+    #[serde(default = "default_spin_budget_us")]
+    pub spin_budget_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollMode {
+    #[default]
+    Sleep,
+    Spin,
+    Hybrid,
+}
+
+pub const SPIN_BUDGET_US_DEFAULT: u64 = 50;
+pub const SPIN_BUDGET_US_MAX: u64 = 1_000_000;
+
+fn default_spin_budget_us() -> u64 {
+    SPIN_BUDGET_US_DEFAULT
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -520,6 +542,8 @@ impl Default for Runtime {
             shards: None,
             io: IoMode::Auto,
             pin: true,
+            poll_mode: PollMode::Sleep,
+            spin_budget_us: SPIN_BUDGET_US_DEFAULT,
         }
     }
 }
@@ -618,6 +642,13 @@ impl Config {
                     format!("{n} is out of range 1..={SHARDS_MAX}"),
                 );
             }
+        }
+        let budget = self.runtime.spin_budget_us;
+        if budget == 0 || budget > SPIN_BUDGET_US_MAX {
+            err(
+                "runtime.spin_budget_us".into(),
+                format!("{budget} is out of range 1..={SPIN_BUDGET_US_MAX}"),
+            );
         }
         if self.drain_timeout_ms > DRAIN_TIMEOUT_MS_MAX {
             err(
