@@ -197,6 +197,13 @@ impl Conn {
         self.recv_avail.set(i64::from(l.conn_window));
     }
 
+    fn side_name(&self) -> &'static str {
+        match self.side {
+            Side::Down(_) => "caller",
+            Side::Up(_) => "upstream",
+        }
+    }
+
     pub fn stream_count(&self) -> usize {
         self.streams.borrow().len()
     }
@@ -1156,6 +1163,14 @@ async fn read_loop<R: AsyncReadRent>(
             }
             buf.advance(frame::HEADER_BYTES);
             let payload = buf.split_to(h.len as usize).freeze();
+            tracing::trace!(
+                side = conn.side_name(),
+                kind = h.kind,
+                stream = h.stream,
+                flags = h.flags,
+                len = h.len,
+                "frame in"
+            );
             if let Some((sid, end, mut block)) = cont.take() {
                 if h.kind != kind::CONTINUATION || h.stream != sid {
                     return Err(conn_err(code::PROTOCOL_ERROR, "header block interrupted"));
