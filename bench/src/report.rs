@@ -176,6 +176,20 @@ impl Recorder {
     }
 }
 
+/// Awaits every task's (latency, errors) and merges them; a task that panicked adds nothing.
+pub async fn merge_all(
+    tasks: Vec<tokio::task::JoinHandle<(Recorder, ErrorCounts)>>,
+) -> (Recorder, ErrorCounts) {
+    let mut all = (Recorder::new(), ErrorCounts::default());
+    for t in tasks {
+        if let Ok((rec, errs)) = t.await {
+            all.0.merge(&rec);
+            all.1.merge(&errs);
+        }
+    }
+    all
+}
+
 fn us(ns: u64) -> f64 {
     (ns as f64 / 100.0).round() / 10.0
 }

@@ -149,14 +149,7 @@ fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Record
                 closed_conn(&target, state, pipeline, timeout, end, &counters).await
             }));
         }
-        let mut all = (Recorder::new(), ErrorCounts::default());
-        for t in tasks {
-            if let Ok((rec, errs)) = t.await {
-                all.0.merge(&rec);
-                all.1.merge(&errs);
-            }
-        }
-        all
+        report::merge_all(tasks).await
     }))
 }
 

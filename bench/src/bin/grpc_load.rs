@@ -161,14 +161,7 @@ fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Record
                 connection(&target, streams, shared).await
             }));
         }
-        let mut all = (Recorder::new(), ErrorCounts::default());
-        for t in tasks {
-            if let Ok((rec, errs)) = t.await {
-                all.0.merge(&rec);
-                all.1.merge(&errs);
-            }
-        }
-        all
+        report::merge_all(tasks).await
     }))
 }
 
@@ -209,13 +202,8 @@ async fn connection(target: &str, streams: usize, shared: Rc<Shared>) -> (Record
         let (client, shared) = (client.clone(), shared.clone());
         lanes.push(tokio::task::spawn_local(lane(client, shared)));
     }
-    let mut rec = Recorder::new();
-    for l in lanes {
-        if let Ok((r, e)) = l.await {
-            rec.merge(&r);
-            errors.merge(&e);
-        }
-    }
+    let (rec, lane_errors) = report::merge_all(lanes).await;
+    errors.merge(&lane_errors);
     driver.abort();
     (rec, errors)
 }

@@ -49,14 +49,7 @@ fn main() {
                         ping_pong(&target, bytes, measure_from, end, &counters).await
                     }));
                 }
-                let mut all = (Recorder::new(), ErrorCounts::default());
-                for t in tasks {
-                    if let Ok((rec, errs)) = t.await {
-                        all.0.merge(&rec);
-                        all.1.merge(&errs);
-                    }
-                }
-                all
+                report::merge_all(tasks).await
             })
             .await;
         counters
