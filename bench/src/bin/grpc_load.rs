@@ -87,7 +87,6 @@ fn main() {
     counters.stop.store(true, Relaxed);
     let _ = progress.join();
 
-    let measured = rec.hist.len();
     let report = LoadReport {
         tool: "grpc-load".into(),
         mode: "closed".into(),
@@ -96,15 +95,7 @@ fn main() {
         pipeline: opts.streams,
         rate_per_s: None,
         payload_bytes: opts.payload,
-        duration_s: opts.duration.as_secs_f64(),
-        warmup_s: opts.warmup.as_secs_f64(),
-        sent: counters.sent.load(Relaxed),
-        received: counters.received.load(Relaxed),
-        measured,
-        rps: measured as f64 / opts.duration.as_secs_f64().max(1e-9),
-        latency_us: rec.latency_us(),
-        errors,
-        cdf: rec.cdf(),
+        ..LoadReport::measured(&counters, &rec, errors, opts.duration, opts.warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
         eprintln!("grpc-load: writing the report: {e}");

@@ -59,7 +59,6 @@ fn main() {
         results
     });
 
-    let measured = recorder.hist.len();
     let report = LoadReport {
         tool: "tcp-load".into(),
         mode: "closed".into(),
@@ -68,15 +67,7 @@ fn main() {
         pipeline: 1,
         rate_per_s: None,
         payload_bytes: bytes,
-        duration_s: duration.as_secs_f64(),
-        warmup_s: warmup.as_secs_f64(),
-        sent: counters.sent.load(std::sync::atomic::Ordering::Relaxed),
-        received: counters.received.load(std::sync::atomic::Ordering::Relaxed),
-        measured,
-        rps: measured as f64 / duration.as_secs_f64().max(1e-9),
-        latency_us: recorder.latency_us(),
-        errors,
-        cdf: recorder.cdf(),
+        ..LoadReport::measured(&counters, &recorder, errors, duration, warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
         eprintln!("tcp-load: writing the report: {e}");
