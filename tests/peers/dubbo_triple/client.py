@@ -16,8 +16,11 @@ What the SDK lacks, and how this client makes up for it (each by wrapping one SD
   (details say "client-side");
 - a streaming call's non-OK status is swallowed (the read stream just ends) and trailers are not
   exposed: the listeners' on_close is wrapped to keep the status and trailers;
-- it cannot connect lazily: no server -> the SDK raises RemotingError at construction, reported
-  as UNAVAILABLE (14) with the SDK's message.
+- it cannot connect lazily: no server -> the SDK raises RemotingError at construction (after
+  its own 3 s connect timeout), reported as UNAVAILABLE (14) with the SDK's message.
+Left as the SDK does it (a proxy must pass it through): every request stream, unary included,
+ends with one extra zero-length gRPC message carrying END_STREAM (done_writing sends
+encode(b"")), so a grpcio server counts client_stream --count N as N+1 messages.
 """
 import concurrent.futures
 import json
