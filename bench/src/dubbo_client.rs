@@ -58,6 +58,9 @@ pub struct Progress {
     pub completed: usize,
     /// The stream is broken (undecodable bytes); close the connection.
     pub fatal: bool,
+    /// The peer sent Dubbo's readonly event: it is going away, new requests belong on a new
+    /// connection.
+    pub readonly: bool,
 }
 
 pub struct ConnState {
@@ -131,6 +134,10 @@ impl ConnState {
             };
             let header = frame.header;
             if header.flags.event {
+                if wire::is_readonly_event(&frame.bytes) {
+                    progress.readonly = true;
+                    continue;
+                }
                 // Heartbeats from the proxy or provider; answer requests, ignore the rest.
                 if header.flags.request && header.flags.two_way {
                     out.extend_from_slice(&encode::heartbeat_response(header.request_id));

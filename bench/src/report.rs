@@ -106,6 +106,9 @@ pub struct LoadReport {
     pub rps: f64,
     pub latency_us: LatencyUs,
     pub errors: ErrorCounts,
+    /// Open loop: connections replaced after a readonly event.
+    #[serde(default)]
+    pub reconnects: u64,
     /// Latency CDF points `[quantile, µs]`, for plots.
     pub cdf: Vec<(f64, f64)>,
 }

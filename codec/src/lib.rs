@@ -19,6 +19,7 @@ mod macros;
 mod error;
 
 pub mod dubbo;
+pub mod h2;
 pub mod hessian2;
 
 pub use error::DecodeError;

@@ -240,6 +240,12 @@ fn server_info(shared: &Shared) -> serde_json::Value {
                         "core": i.core,
                         "io_backend": i.backend.as_str(),
                         "io_fallback_reason": i.fallback_reason,
+                        "poll_mode": i.poll.as_str(),
+                        "poll_idle_spin_s": i.poll_stats.idle_spin().as_secs_f64(),
+                        "poll_loop_s": i.poll_stats.loop_time().as_secs_f64(),
+                        "poll_idle_spin_fraction": i.poll_stats.idle_spin_fraction(),
+                        "poll_sleeps": i.poll_stats.sleeps(),
+                        "poll_spins": i.poll_stats.spins(),
                     })
                 })
                 .collect()

@@ -14,3 +14,4 @@ pub mod listener;
 pub mod server;
 pub mod stats;
 pub mod tcp_proxy;
+pub mod triple;

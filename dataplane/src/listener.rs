@@ -17,7 +17,7 @@ use crate::config::Protocol;
 use crate::dubbo::downstream::{self, DubboListener};
 use crate::dubbo::router::Router;
 use crate::dubbo::upstream::ClusterPool;
-use crate::server::{ListenerStatIds, ShardMsg, Shared};
+use crate::server::{ListenerStatIds, PollStatIds, ShardMsg, Shared, POLL_STATS_PUBLISH};
 use crate::stats::ShardStats;
 use crate::tcp_proxy;
 
@@ -25,6 +25,11 @@ use crate::tcp_proxy;
 pub const LISTEN_BACKLOG: i32 = 1024;
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
 pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+/// Draining: connections tell their callers to go elsewhere (Dubbo readonly, HTTP/2 GOAWAY)
+/// this long after the accept loops stopped. Callers reconnect at once when told; an io_uring
+/// accept being cancelled at that very moment can complete with a connection nobody serves, so
+/// the reconnects must find only the successor accepting.
+pub const DRAIN_ANNOUNCE_DELAY_MS: u64 = 20;
 /// How often a draining shard checks whether its connections are gone.
 const DRAIN_POLL_MS: u64 = 10;
 
@@ -40,10 +45,32 @@ pub struct ListenerCtx {
     pub ids: ListenerStatIds,
     /// Set for `dubbo` listeners.
     pub dubbo: Option<Rc<DubboListener>>,
+    /// Set for `triple` listeners.
+    pub triple: Option<Rc<crate::triple::TripleListener>>,
+    /// The shard's drain signal.
+    pub draining: Rc<std::cell::RefCell<Event>>,
 }
 
 /// Set-up on the shard thread (takes its own descriptors of the listening sockets the control
 /// thread bound or inherited), then the shard's future.
+/// Copies this shard's poll-loop counters into its stats, every `POLL_STATS_PUBLISH`, for as
+/// long as the shard runs.
+async fn publish_poll_stats(poll: shard::PollStats, stats: ShardStats, ids: PollStatIds) {
+    let (mut idle, mut looped, mut sleeps) = (0u64, 0u64, 0u64);
+    loop {
+        shard::monoio::time::sleep(POLL_STATS_PUBLISH).await;
+        let now = (
+            poll.idle_spin().as_micros() as u64,
+            poll.loop_time().as_micros() as u64,
+            poll.sleeps(),
+        );
+        stats.add(ids.idle_spin_us, now.0.saturating_sub(idle));
+        stats.add(ids.loop_us, now.1.saturating_sub(looped));
+        stats.add(ids.sleeps, now.2.saturating_sub(sleeps));
+        (idle, looped, sleeps) = now;
+    }
+}
+
 pub fn shard_main(
     ctx: ShardCtx,
     shared: Arc<Shared>,
@@ -55,17 +82,28 @@ pub fn shard_main(
     // Compile each Dubbo listener's routes once here (the config was validated; an error is a
     // bug, reported rather than unwrapped).
     let mut routers = Vec::with_capacity(config.listeners.len());
+    let mut triple_routers = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
+        let bad = |e: String| format!("listener {:?}: routes: {e}", l.name);
         routers.push(match l.protocol {
-            Protocol::Dubbo => Some(
-                Router::new(l, &config.clusters)
-                    .map_err(|e| format!("listener {:?}: routes: {e}", l.name))?,
-            ),
-            Protocol::Tcp => None,
+            Protocol::Dubbo => Some(Router::new(l, &config.clusters).map_err(bad)?),
+            _ => None,
+        });
+        triple_routers.push(match l.protocol {
+            Protocol::Triple => {
+                Some(crate::triple::router::Router::new(l, &config.clusters).map_err(bad)?)
+            }
+            _ => None,
         });
     }
+    let poll_stats = ctx.info.poll_stats.clone();
     Ok(async move {
         let stats = shared.stats.shard(id);
+        shard::monoio::spawn(publish_poll_stats(
+            poll_stats,
+            stats.clone(),
+            shared.poll_ids[id],
+        ));
         let clusters: Vec<Rc<ShardCluster>> = shared
             .config
             .clusters
@@ -83,12 +121,37 @@ pub fn shard_main(
             .zip(&shared.upstream_ids)
             .map(|((c, lb), ids)| ClusterPool::new(c, lb.clone(), stats.clone(), *ids))
             .collect();
+        // HTTP/2 upstream pools for triple listeners, built only when one exists.
+        let has_triple = shared
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.protocol == Protocol::Triple);
+        let h2_pools: Vec<Rc<crate::triple::Pool>> = if has_triple {
+            shared
+                .config
+                .clusters
+                .iter()
+                .zip(&clusters)
+                .zip(&shared.upstream_ids)
+                .map(|((c, lb), ids)| crate::triple::Pool::new(c, lb.clone(), stats.clone(), *ids))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Set when the shard drains: Dubbo connections announce readonly and close when idle.
         // Replaced by a fresh event on resume.
         let draining = Rc::new(std::cell::RefCell::new(Event::new()));
         let connections = Rc::new(Cell::new(0usize));
         let mut contexts = Vec::with_capacity(shared.config.listeners.len());
-        for (index, (l, router)) in shared.config.listeners.iter().zip(routers).enumerate() {
+        for (index, ((l, router), triple_router)) in shared
+            .config
+            .listeners
+            .iter()
+            .zip(routers)
+            .zip(triple_routers)
+            .enumerate()
+        {
             let ids = &shared.listener_ids[index];
             let lctx = Rc::new(ListenerCtx {
                 name: l.name.clone(),
@@ -116,10 +179,31 @@ pub fn shard_main(
                             ids: dubbo_ids,
                             route_ids: shared.route_ids[index].clone(),
                             services: Default::default(),
-                            dice: Cell::new((id as u32 + 1).wrapping_mul(0x9e37_79b9) | 1),
+                            dice: crate::dubbo::router::Dice::new(
+                                (id as u32 + 1).wrapping_mul(0x9e37_79b9),
+                            ),
                             draining: draining.clone(),
                         })
                     }),
+                triple: triple_router
+                    .zip(shared.triple_ids[index].clone())
+                    .map(|(router, ids)| {
+                        let t = l.triple.clone().unwrap_or_default();
+                        Rc::new(crate::triple::TripleListener {
+                            name: l.name.clone(),
+                            router,
+                            pools: h2_pools.clone(),
+                            limits: crate::triple::H2Limits::from_config(&t),
+                            stats: stats.clone(),
+                            ids,
+                            route_ids: shared.route_ids[index].clone(),
+                            services: Default::default(),
+                            dice: crate::dubbo::router::Dice::new(
+                                (id as u32 + 7).wrapping_mul(0x9e37_79b9),
+                            ),
+                        })
+                    }),
+                draining: draining.clone(),
             });
             contexts.push(lctx);
         }
@@ -189,8 +273,13 @@ pub fn shard_main(
                     draining.borrow().set();
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
+                    if linger {
+                        // A hot upgrade: the successor's shards may spin on our CPUs.
+                        shard::force_sleep(true);
+                    }
                 }
                 Some(ShardMsg::Resume) if deadline.is_some() => {
+                    shard::force_sleep(false);
                     match shared.sockets.for_shard(id) {
                         Ok(sockets) => {
                             stop_accepting = Event::new();
@@ -277,6 +366,12 @@ async fn accept_loop(
                 Protocol::Dubbo => {
                     if let Some(d) = l2.dubbo.clone() {
                         downstream::serve(stream, d).await
+                    }
+                }
+                Protocol::Triple => {
+                    if let Some(t) = l2.triple.clone() {
+                        let drain = l2.draining.borrow().clone();
+                        crate::triple::conn::serve(stream, t, drain).await
                     }
                 }
             }

@@ -27,6 +27,13 @@ enum Io {
     Epoll,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Poll {
+    Sleep,
+    Spin,
+    Hybrid,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a config file until SIGTERM/SIGINT or POST /drain.
@@ -39,6 +46,11 @@ enum Command {
         /// I/O backend: io_uring with epoll fallback (auto), or force one.
         #[arg(long, value_enum)]
         io: Option<Io>,
+        /// How an idle shard waits: sleep in the kernel (default), spin on its core (needs one
+        /// pinned CPU per shard; takes the whole core), or hybrid (spin for
+        /// runtime.spin_budget_us after the last event, then sleep).
+        #[arg(long, value_enum)]
+        poll_mode: Option<Poll>,
         /// Hot upgrade: take the listening sockets over from the ringside running with the same
         /// control socket, which then drains and exits. Nothing is dropped.
         #[arg(long)]
@@ -93,6 +105,7 @@ fn main() -> ExitCode {
             config,
             shards,
             io,
+            poll_mode,
             upgrade,
         } => {
             let cfg = match Config::load(&config) {
@@ -108,6 +121,11 @@ fn main() -> ExitCode {
                     Io::Auto => config::IoMode::Auto,
                     Io::Uring => config::IoMode::Uring,
                     Io::Epoll => config::IoMode::Epoll,
+                }),
+                poll_mode: poll_mode.map(|p| match p {
+                    Poll::Sleep => config::PollMode::Sleep,
+                    Poll::Spin => config::PollMode::Spin,
+                    Poll::Hybrid => config::PollMode::Hybrid,
                 }),
             };
             run(cfg, &overrides, upgrade)

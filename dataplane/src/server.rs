@@ -185,6 +185,10 @@ pub struct Shared {
     pub route_ids: Vec<Vec<RequestStatIds>>,
     pub cluster_ids: Vec<ClusterStatIds>,
     pub upstream_ids: Vec<UpstreamStatIds>,
+    /// For `triple` listeners, by listener index.
+    pub triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
+    /// Per shard: what its loop did with its time (see `PollStatIds`).
+    pub poll_ids: Vec<PollStatIds>,
     /// Each cluster's endpoints, shared by the shards.
     pub cluster_endpoints: Vec<Arc<[std::net::SocketAddr]>>,
     pub lifecycle: Lifecycle,
@@ -211,7 +215,23 @@ impl Shared {
 pub struct Overrides {
     pub shards: Option<usize>,
     pub io: Option<config::IoMode>,
+    pub poll_mode: Option<config::PollMode>,
 }
+
+/// One shard's poll-loop counters, copied from the shard's `PollStats` by the shard itself
+/// every `POLL_STATS_PUBLISH`: each shard writes only its own, tagged `shard=N`.
+#[derive(Clone, Copy, Debug)]
+pub struct PollStatIds {
+    /// µs the loop spent in polls that found nothing (spin and hybrid modes).
+    pub idle_spin_us: StatId,
+    /// µs of loop wall time: `idle_spin_us / loop_us` is the idle-spinning fraction.
+    pub loop_us: StatId,
+    /// Times the loop blocked in the kernel (every wait in sleep mode, none in spin mode).
+    pub sleeps: StatId,
+}
+
+/// How often a shard copies its poll-loop counters into the stats.
+pub const POLL_STATS_PUBLISH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -247,10 +267,23 @@ struct StatLayout {
     route_ids: Vec<Vec<RequestStatIds>>,
     cluster_ids: Vec<ClusterStatIds>,
     upstream_ids: Vec<UpstreamStatIds>,
+    triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
+    poll_ids: Vec<PollStatIds>,
 }
 
 fn build_stats(config: &Config, st: &Stats) -> StatLayout {
     use Kind::{Counter, Gauge};
+    let poll_ids = (0..st.shard_count())
+        .map(|i| {
+            let shard = i.to_string();
+            let t = [("shard", shard.as_str())];
+            PollStatIds {
+                idle_spin_us: st.add("shard", "poll_idle_spin_us", &t, Counter),
+                loop_us: st.add("shard", "poll_loop_us", &t, Counter),
+                sleeps: st.add("shard", "poll_sleeps", &t, Counter),
+            }
+        })
+        .collect();
     let listener_ids = config
         .listeners
         .iter()
@@ -334,20 +367,78 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
         .listeners
         .iter()
         .map(|l| {
-            if l.protocol != config::Protocol::Dubbo {
-                return Vec::new();
-            }
-            let routes = l.dubbo.as_ref().map(|d| d.routes.as_slice()).unwrap_or(&[]);
-            routes
-                .iter()
+            let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
+                config::Protocol::Dubbo => (
+                    l.dubbo
+                        .iter()
+                        .flat_map(|d| &d.routes)
+                        .map(|r| r.name.clone())
+                        .collect(),
+                    "dubbo_route",
+                ),
+                config::Protocol::Triple => (
+                    l.triple
+                        .iter()
+                        .flat_map(|t| &t.routes)
+                        .map(|r| r.name.clone())
+                        .collect(),
+                    "triple_route",
+                ),
+                config::Protocol::Tcp => return Vec::new(),
+            };
+            names
+                .into_iter()
                 .enumerate()
-                .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("routes[{i}]")))
+                .map(|(i, n)| n.unwrap_or_else(|| format!("routes[{i}]")))
                 .chain(std::iter::once("default".to_string()))
                 .map(|route| {
                     let t = [("listener", l.name.as_str()), ("route", route.as_str())];
-                    RequestStatIds::register(st, "dubbo_route", &t)
+                    RequestStatIds::register(st, scope, &t)
                 })
                 .collect()
+        })
+        .collect();
+    let triple_ids = config
+        .listeners
+        .iter()
+        .map(|l| {
+            if l.protocol != config::Protocol::Triple {
+                return None;
+            }
+            let t = [("listener", l.name.as_str())];
+            let c = |name| st.add("listener", name, &t, Counter);
+            let other = [
+                ("listener", l.name.as_str()),
+                ("service", "other"),
+                ("method", "other"),
+            ];
+            let rsp_status = std::array::from_fn(|i| {
+                let code = if i + 1 == crate::triple::GRPC_STATUS_COUNTED {
+                    "other".to_string()
+                } else {
+                    i.to_string()
+                };
+                let t = [
+                    ("listener", l.name.as_str()),
+                    ("grpc_status", code.as_str()),
+                ];
+                st.add("listener", "triple_rsp_total", &t, Counter)
+            });
+            Some(crate::triple::TripleStatIds {
+                rq_total: c("triple_rq_total"),
+                rq_no_route: c("triple_rq_no_route"),
+                rq_refused: c("triple_rq_refused"),
+                rq_bad: c("triple_rq_bad"),
+                rq_too_large: c("triple_rq_too_large"),
+                rq_timeout: c("triple_rq_timeout"),
+                rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
+                rsp_local: c("triple_rsp_local"),
+                rsp_status,
+                protocol_error: c("triple_protocol_error"),
+                rst_flood: c("triple_rst_flood"),
+                rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
+                other_service: RequestStatIds::register(st, "triple_service", &other),
+            })
         })
         .collect();
     let upstream_ids = config
@@ -370,6 +461,8 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
         route_ids,
         cluster_ids,
         upstream_ids,
+        triple_ids,
+        poll_ids,
     }
 }
 
@@ -449,6 +542,12 @@ impl Server {
             config::IoMode::Uring => shard::IoMode::Uring,
             config::IoMode::Epoll => shard::IoMode::Epoll,
         };
+        let poll = match overrides.poll_mode.unwrap_or(config.runtime.poll_mode) {
+            config::PollMode::Sleep => shard::PollMode::Sleep,
+            config::PollMode::Spin => shard::PollMode::Spin,
+            config::PollMode::Hybrid => shard::PollMode::Hybrid,
+        };
+        let spin_budget = Duration::from_micros(config.runtime.spin_budget_us);
         let stats = Arc::new(
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
@@ -475,6 +574,8 @@ impl Server {
             route_ids: layout.route_ids,
             cluster_ids: layout.cluster_ids,
             upstream_ids: layout.upstream_ids,
+            triple_ids: layout.triple_ids,
+            poll_ids: layout.poll_ids,
             cluster_endpoints,
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
@@ -500,6 +601,8 @@ impl Server {
             pin,
             uring_entries: shard::URING_ENTRIES_DEFAULT,
             inbox_capacity: SHARD_INBOX_MAX,
+            poll,
+            spin_budget,
         };
         let shared2 = shared.clone();
         let shards = shard::start(&spec, move |ctx, inbox| {
@@ -511,6 +614,7 @@ impl Server {
                 shard = i.id,
                 core = ?i.core,
                 backend = i.backend.as_str(),
+                poll_mode = i.poll.as_str(),
                 fallback = i.fallback_reason.as_deref().unwrap_or(""),
                 "shard up"
             );

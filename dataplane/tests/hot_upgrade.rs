@@ -188,6 +188,107 @@ fn twenty_upgrades_under_load_lose_nothing_and_carry_counters() {
     );
 }
 
+/// A bench binary next to the ringside binary (`cargo build --workspace` builds them).
+fn bench_bin(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(RINGSIDE).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// The issue's load: the bench load generator, open loop at 5k req/s over 32 connections that
+/// follow readonly events, through 20 upgrades.
+#[test]
+fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
+    let echo_port = free_port();
+    let mut echo = std::process::Command::new(bench_bin("dubbo-echo"))
+        .args(["--listen", &format!("127.0.0.1:{echo_port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let mut current = Ringside::start(
+        &config(admin, listen, local(echo_port)),
+        admin,
+        &["--shards", "2"],
+    );
+    let dir = TempDir::new("openloop");
+    let json = dir.0.join("load.json");
+    let mut load = std::process::Command::new(bench_bin("dubbo-load"))
+        .args([
+            "--target",
+            &listen.to_string(),
+            "--rate",
+            "5000",
+            "--connections",
+            "32",
+        ])
+        .args([
+            "--duration",
+            "14s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "1s",
+            "--json",
+        ])
+        .arg(&json)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let fds_before = current.fd_count();
+    for _ in 0..20 {
+        let next = current.upgrade(&["--shards", "2"]);
+        let (status, log) = current.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "predecessor exits cleanly: {log}");
+        current = next;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fds_after = current.fd_count();
+    let status = load.wait().unwrap();
+    let _ = echo.kill();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let errors = &report["errors"];
+    let total_errors: u64 = errors
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    eprintln!(
+        "open loop through 20 upgrades: sent {} received {} errors {errors} reconnects {} \
+         p99 {} us p999 {} us, fds {fds_before} -> {fds_after}",
+        report["sent"],
+        report["received"],
+        report["reconnects"],
+        report["latency_us"]["p99"],
+        report["latency_us"]["p999"]
+    );
+    assert_eq!(total_errors, 0, "no failed request, no timeout: {errors}");
+    assert_eq!(report["sent"], report["received"]);
+    assert!(
+        report["sent"].as_u64().unwrap() > 60_000,
+        "{}",
+        report["sent"]
+    );
+    assert!(
+        report["reconnects"].as_u64().unwrap() >= 20 * 32 / 2,
+        "consumers followed readonly events: {}",
+        report["reconnects"]
+    );
+    assert!(
+        fds_after <= fds_before + 8,
+        "descriptors stay flat: {fds_before} -> {fds_after}"
+    );
+}
+
 #[test]
 fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
     let provider = Provider::start("P");

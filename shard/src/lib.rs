@@ -16,8 +16,8 @@ mod runtime;
 pub use event::{Event, Notify};
 pub use inbox::{inbox, Receiver, SendError, Sender};
 pub use runtime::{
-    affinity_cores, start, Backend, IoMode, ShardCtx, ShardHandle, ShardInfo, Spec, StartError,
-    URING_ENTRIES_DEFAULT,
+    affinity_cores, force_sleep, start, Backend, IoMode, PollMode, PollStats, ShardCtx,
+    ShardHandle, ShardInfo, Spec, StartError, SPIN_BUDGET_DEFAULT, URING_ENTRIES_DEFAULT,
 };
 
 /// Re-exported so that `dataplane` uses the same runtime version as the shards it runs on.

@@ -7,10 +7,13 @@
 //! reason is logged and kept in [`ShardInfo`] so `/server_info` can show it.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use monoio::poll_mode::PollCounters;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::inbox::{inbox, Receiver, Sender};
@@ -26,6 +29,92 @@ pub enum IoMode {
     Uring,
     /// epoll, even where io_uring works.
     Epoll,
+}
+
+/// How a shard's loop waits when it has nothing to do (`--poll-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PollMode {
+    /// Block in the kernel until an event or a timer: an idle shard costs nothing, each event
+    /// pays a wake-up.
+    #[default]
+    Sleep,
+    /// Never block: poll the completion queue (io_uring) or epoll with a zero timeout in a loop.
+    /// Takes the whole core, always; refused unless every shard is pinned to a core of its own.
+    Spin,
+    /// Spin for `Spec::spin_budget` after the last work found, then sleep.
+    Hybrid,
+}
+
+impl PollMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollMode::Sleep => "sleep",
+            PollMode::Spin => "spin",
+            PollMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+thread_local! {
+    /// The poll mode this thread's shard started with (see [`force_sleep`]).
+    static STARTED_POLL: std::cell::Cell<monoio::poll_mode::PollMode> =
+        const { std::cell::Cell::new(monoio::poll_mode::PollMode::Sleep) };
+}
+
+/// Called on a shard: while `on`, its loop sleeps between events whatever its poll mode; `false`
+/// restores the mode it started with. A shard draining for a hot upgrade sleeps, so that the
+/// successor's spinning shards get the CPUs.
+pub fn force_sleep(on: bool) {
+    let mode = if on {
+        monoio::poll_mode::PollMode::Sleep
+    } else {
+        STARTED_POLL.with(|m| m.get())
+    };
+    monoio::poll_mode::switch_poll_mode(mode);
+}
+
+/// Default `Spec::spin_budget` for `PollMode::Hybrid`.
+pub const SPIN_BUDGET_DEFAULT: Duration = Duration::from_micros(50);
+
+/// What a shard's loop has done with its time since it started: readable from any thread.
+#[derive(Clone, Debug)]
+pub struct PollStats {
+    counters: Arc<PollCounters>,
+    started: Instant,
+}
+
+impl PollStats {
+    fn new() -> Self {
+        PollStats {
+            counters: Arc::new(PollCounters::default()),
+            started: Instant::now(),
+        }
+    }
+    /// Time spent in polls that found nothing (0 in `Sleep`).
+    pub fn idle_spin(&self) -> Duration {
+        Duration::from_nanos(self.counters.idle_spin_ns.load(Ordering::Relaxed))
+    }
+    /// Wall time since the shard's loop started.
+    pub fn loop_time(&self) -> Duration {
+        self.started.elapsed()
+    }
+    /// Non-blocking polls so far.
+    pub fn spins(&self) -> u64 {
+        self.counters.spins.load(Ordering::Relaxed)
+    }
+    /// Blocking waits so far.
+    pub fn sleeps(&self) -> u64 {
+        self.counters.sleeps.load(Ordering::Relaxed)
+    }
+    /// `idle_spin / loop_time`, 0..=1.
+    pub fn idle_spin_fraction(&self) -> f64 {
+        let total = self.loop_time().as_secs_f64();
+        if total > 0.0 {
+            (self.idle_spin().as_secs_f64() / total).min(1.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +141,8 @@ pub struct ShardInfo {
     pub backend: Backend,
     /// Why io_uring was not used, when `IoMode::Auto` fell back to epoll.
     pub fallback_reason: Option<String>,
+    pub poll: PollMode,
+    pub poll_stats: PollStats,
 }
 
 /// How many shards to start and how.
@@ -65,6 +156,9 @@ pub struct Spec {
     pub uring_entries: u32,
     /// Capacity of each shard's inbox (messages from the control thread and other shards).
     pub inbox_capacity: usize,
+    pub poll: PollMode,
+    /// `PollMode::Hybrid`: how long an idle shard keeps polling before it sleeps.
+    pub spin_budget: Duration,
 }
 
 /// Handed to the closure that builds each shard's future, on the shard's own thread.
@@ -102,6 +196,11 @@ pub enum StartError {
     Setup { shard: usize, message: String },
     #[error("shard count must be at least 1")]
     NoShards,
+    #[error(
+        "--poll-mode spin needs each shard pinned to a core of its own, but {problem}; two \
+         spinning shards on one core are slower than sleeping ones. Fix: {fix}"
+    )]
+    SpinUnpinned { problem: String, fix: String },
 }
 
 /// The cores this process may run on (its affinity mask), in order.
@@ -130,6 +229,17 @@ where
     }
     let make = Arc::new(make);
     let cores = affinity_cores();
+    match spec.poll {
+        PollMode::Spin => check_spin(spec, &cores)?,
+        PollMode::Hybrid if !spec.pin || spec.shards > cores.len() => tracing::warn!(
+            shards = spec.shards,
+            cpus = cores.len(),
+            pin = spec.pin,
+            "poll mode hybrid without a pinned CPU per shard: busy shards will spin on each \
+             other's CPU"
+        ),
+        _ => {}
+    }
     let mut handles = Vec::with_capacity(spec.shards);
     for id in 0..spec.shards {
         let core = if spec.pin && !cores.is_empty() {
@@ -140,11 +250,17 @@ where
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<ShardInfo, StartError>>(1);
         let (inbox_tx, inbox_rx) = inbox::<M>(spec.inbox_capacity);
         let make = make.clone();
-        let io = spec.io;
-        let entries = spec.uring_entries;
+        let opts = ShardOpts {
+            id,
+            core,
+            io: spec.io,
+            entries: spec.uring_entries,
+            poll: spec.poll,
+            spin_budget: spec.spin_budget,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
-            .spawn(move || run_shard(id, core, io, entries, ready_tx, inbox_rx, make))
+            .spawn(move || run_shard(opts, ready_tx, inbox_rx, make))
             .map_err(|source| StartError::Spawn { shard: id, source })?;
         let info = match ready_rx.recv() {
             Ok(Ok(info)) => info,
@@ -166,11 +282,47 @@ where
     Ok(handles)
 }
 
-fn run_shard<M, F, Fut, E>(
+/// Refuses `PollMode::Spin` unless every shard gets a core of its own.
+fn check_spin(spec: &Spec, cores: &[usize]) -> Result<(), StartError> {
+    let refuse = |problem: String, fix: &str| {
+        Err(StartError::SpinUnpinned {
+            problem,
+            fix: fix.to_string(),
+        })
+    };
+    if !spec.pin {
+        return refuse(
+            "pinning is off (runtime.pin: false)".into(),
+            "set runtime.pin: true, or use --poll-mode hybrid or sleep",
+        );
+    }
+    if spec.shards > cores.len() {
+        return refuse(
+            format!(
+                "{} shards were asked for and the process may run on {} CPU(s) {:?}",
+                spec.shards,
+                cores.len(),
+                cores
+            ),
+            "run at most one shard per CPU of the affinity mask (--shards, or widen the \
+             mask with taskset/cpuset), or use --poll-mode hybrid or sleep",
+        );
+    }
+    Ok(())
+}
+
+/// What one shard thread is to be.
+struct ShardOpts {
     id: usize,
     core: Option<usize>,
     io: IoMode,
     entries: u32,
+    poll: PollMode,
+    spin_budget: Duration,
+}
+
+fn run_shard<M, F, Fut, E>(
+    opts: ShardOpts,
     ready: mpsc::SyncSender<Result<ShardInfo, StartError>>,
     inbox: Receiver<M>,
     make: Arc<F>,
@@ -179,15 +331,44 @@ fn run_shard<M, F, Fut, E>(
     E: std::fmt::Display,
     Fut: Future<Output = ()> + 'static,
 {
+    let ShardOpts {
+        id,
+        core,
+        io,
+        entries,
+        poll,
+        spin_budget,
+    } = opts;
     let pinned = core.filter(|&c| core_affinity::set_for_current(core_affinity::CoreId { id: c }));
     if core.is_some() && pinned.is_none() {
+        if poll == PollMode::Spin {
+            let _ = ready.send(Err(StartError::SpinUnpinned {
+                problem: format!("shard {id} could not be pinned to CPU {core:?}"),
+                fix: "check the CPU is online and in the process's cpuset, or use \
+                      --poll-mode hybrid or sleep"
+                    .into(),
+            }));
+            return;
+        }
         tracing::warn!(shard = id, core = ?core, "could not pin shard to its core");
     }
+    let poll_stats = PollStats::new();
+    let mode = match poll {
+        PollMode::Sleep => monoio::poll_mode::PollMode::Sleep,
+        PollMode::Spin => monoio::poll_mode::PollMode::Spin,
+        PollMode::Hybrid => monoio::poll_mode::PollMode::Hybrid {
+            budget: spin_budget,
+        },
+    };
+    STARTED_POLL.with(|m| m.set(mode));
+    monoio::poll_mode::set_poll_mode(mode, Some(poll_stats.counters.clone()));
     let info = |backend, fallback_reason| ShardInfo {
         id,
         core: pinned,
         backend,
         fallback_reason,
+        poll,
+        poll_stats: poll_stats.clone(),
     };
 
     let mut fallback_reason = None;
@@ -270,6 +451,8 @@ mod tests {
             pin: true,
             uring_entries: URING_ENTRIES_DEFAULT,
             inbox_capacity: 4,
+            poll: PollMode::Sleep,
+            spin_budget: SPIN_BUDGET_DEFAULT,
         };
         let handles = start(&spec, move |ctx, _rx: Receiver<()>| {
             let ran = ran2.clone();
@@ -303,6 +486,111 @@ mod tests {
         assert!(i.backend == Backend::IoUring || i.fallback_reason.is_some());
     }
 
+    /// A spinning or hybrid shard still fires timers and wakes for a message from another
+    /// thread (both are handled only when the loop polls the driver).
+    fn timers_and_inbox_in(poll: PollMode, io: IoMode) -> PollStats {
+        let spec = Spec {
+            shards: 1,
+            io,
+            pin: true,
+            uring_entries: URING_ENTRIES_DEFAULT,
+            inbox_capacity: 4,
+            poll,
+            spin_budget: SPIN_BUDGET_DEFAULT,
+        };
+        let handles = start(&spec, |_ctx, rx: Receiver<u32>| {
+            Ok::<_, String>(async move {
+                let t = Instant::now();
+                monoio::time::sleep(Duration::from_millis(20)).await;
+                assert!(t.elapsed() >= Duration::from_millis(20));
+                assert_eq!(rx.recv().await, Some(7));
+            })
+        })
+        .unwrap();
+        let h = handles.into_iter().next().unwrap();
+        assert_eq!(h.info.poll, poll);
+        std::thread::sleep(Duration::from_millis(60));
+        h.inbox.try_send(7).unwrap();
+        let stats = h.info.poll_stats.clone();
+        h.thread.join().unwrap();
+        stats
+    }
+
+    #[test]
+    fn spin_and_hybrid_fire_timers_and_take_foreign_wakeups() {
+        for io in [IoMode::Auto, IoMode::Epoll] {
+            let spin = timers_and_inbox_in(PollMode::Spin, io);
+            // It waited ~60 ms with nothing to do, spinning all along.
+            assert!(
+                spin.idle_spin() > Duration::from_millis(30),
+                "{io:?} {spin:?}"
+            );
+            assert_eq!(spin.sleeps(), 0);
+            let hybrid = timers_and_inbox_in(PollMode::Hybrid, io);
+            assert!(hybrid.sleeps() > 0, "{io:?}: hybrid never slept");
+            assert!(hybrid.idle_spin() < Duration::from_millis(20), "{hybrid:?}");
+            let sleep = timers_and_inbox_in(PollMode::Sleep, io);
+            assert_eq!(sleep.spins(), 0);
+        }
+    }
+
+    #[test]
+    fn force_sleep_stops_a_spinning_loop_and_restores_it() {
+        let spec = Spec {
+            shards: 1,
+            io: IoMode::Auto,
+            pin: true,
+            uring_entries: URING_ENTRIES_DEFAULT,
+            inbox_capacity: 4,
+            poll: PollMode::Spin,
+            spin_budget: SPIN_BUDGET_DEFAULT,
+        };
+        let handles = start(&spec, |ctx, _rx: Receiver<()>| {
+            let stats = ctx.info.poll_stats.clone();
+            Ok::<_, String>(async move {
+                let pause = Duration::from_millis(30);
+                force_sleep(true);
+                let idle = stats.idle_spin();
+                monoio::time::sleep(pause).await;
+                let sleeping = stats.idle_spin() - idle;
+                assert!(
+                    sleeping < pause / 3,
+                    "spun {sleeping:?} while told to sleep"
+                );
+                force_sleep(false);
+                let idle = stats.idle_spin();
+                monoio::time::sleep(pause).await;
+                assert!(
+                    stats.idle_spin() - idle > pause / 2,
+                    "no spinning once restored"
+                );
+            })
+        })
+        .unwrap();
+        for h in handles {
+            h.thread.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn spin_refuses_more_shards_than_cores_and_no_pinning() {
+        let spec = |shards, pin| Spec {
+            shards,
+            io: IoMode::Epoll,
+            pin,
+            uring_entries: URING_ENTRIES_DEFAULT,
+            inbox_capacity: 4,
+            poll: PollMode::Spin,
+            spin_budget: SPIN_BUDGET_DEFAULT,
+        };
+        let run = |s: &Spec| start(s, |_, _: Receiver<()>| Ok::<_, String>(async {}));
+        let too_many = affinity_cores().len() + 1;
+        let e = run(&spec(too_many, true)).err().expect("refused");
+        assert!(e.to_string().contains("shards were asked for"), "{e}");
+        let e = run(&spec(1, false)).err().expect("refused");
+        assert!(e.to_string().contains("pinning is off"), "{e}");
+    }
+
     #[test]
     fn zero_shards_is_an_error() {
         let spec = Spec {
@@ -311,6 +599,8 @@ mod tests {
             pin: false,
             uring_entries: URING_ENTRIES_DEFAULT,
             inbox_capacity: 4,
+            poll: PollMode::Sleep,
+            spin_budget: SPIN_BUDGET_DEFAULT,
         };
         assert!(matches!(
             start(&spec, |_, _: Receiver<()>| Ok::<_, String>(async {})),

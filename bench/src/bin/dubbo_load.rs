@@ -35,7 +35,9 @@ const USAGE: &str =
            [--interface org.apache.dubbo.bench.EchoService] [--method echo]
 
 Closed loop by default: --connections x --pipeline requests in flight.
-Open loop with --rate R: R requests/s over all connections, latency from the intended send time.
+Open loop with --rate R: R requests/s over all connections, latency from the intended send time;
+a connection that receives Dubbo's readonly event is replaced by a new one (as consumers do)
+and closed once its answers are in (counted as reconnects).
 Every response must be status 20 with an id in flight on its connection; errors are counted by
 kind (status, unknown_id, decode, connect, timeout, io). Latency is recorded after --warmup for
 --duration. JSON on stdout or --json FILE; a progress line each second on stderr.";
@@ -90,8 +92,11 @@ fn main() {
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
     let progress = progress::spawn("dubbo-load", counters.clone(), start, opts.warmup);
-    let (rec, errors) = match opts.rate {
-        None => closed_loop(&opts, start, &counters),
+    let (rec, errors, reconnects) = match opts.rate {
+        None => {
+            let (rec, errors) = closed_loop(&opts, start, &counters);
+            (rec, errors, 0)
+        }
         Some(rate) => open_loop(&opts, rate, start, &counters),
     };
     counters.stop.store(true, Relaxed);
@@ -114,6 +119,7 @@ fn main() {
         },
         rate_per_s: opts.rate,
         payload_bytes: opts.payload,
+        reconnects,
         ..LoadReport::measured(&counters, &rec, errors, opts.duration, opts.warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
@@ -226,9 +232,68 @@ async fn closed_conn(
 
 // --- open loop ---
 
+/// One open-loop connection slot: the link new requests go to, replaced when the peer sends a
+/// readonly event (a draining proxy or provider) — as a Dubbo consumer does, the old link keeps
+/// reading its answers in flight and then closes.
 struct OpenConn {
+    index: usize,
+    current: Mutex<Arc<OpenLink>>,
+}
+
+struct OpenLink {
     state: Mutex<ConnState>,
     writer: Mutex<TcpStream>,
+}
+
+/// What every reader thread shares.
+struct OpenShared {
+    addr: SocketAddr,
+    template: Template,
+    measure_from: Instant,
+    timeout: Duration,
+    counters: Arc<Counters>,
+    /// Every link ever opened (results are merged from all of them).
+    links: Mutex<Vec<Arc<OpenLink>>>,
+    readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    reconnects: std::sync::atomic::AtomicU64,
+}
+
+impl OpenShared {
+    /// Connects a new link for slot `index` and starts its reader.
+    fn connect(
+        self: &Arc<Self>,
+        conn: Option<&Arc<OpenConn>>,
+        index: usize,
+    ) -> Option<Arc<OpenLink>> {
+        let s =
+            match TcpStream::connect_timeout(&self.addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("dubbo-load: connect {}: {e}", self.addr);
+                    return None;
+                }
+            };
+        let _ = s.set_nodelay(true);
+        let reader = s.try_clone().ok()?;
+        let link = Arc::new(OpenLink {
+            state: Mutex::new(ConnState::new(
+                index,
+                self.template.clone(),
+                self.measure_from,
+            )),
+            writer: Mutex::new(s),
+        });
+        if let Ok(mut links) = self.links.lock() {
+            links.push(link.clone());
+        }
+        let (shared, l2, conn) = (self.clone(), link.clone(), conn.cloned());
+        let h = std::thread::spawn(move || open_reader(&shared, conn, &l2, reader));
+        if let Ok(mut r) = self.readers.lock() {
+            r.push(h);
+        }
+        Some(link)
+    }
 }
 
 fn open_loop(
@@ -236,45 +301,44 @@ fn open_loop(
     rate: f64,
     start: Instant,
     counters: &Arc<Counters>,
-) -> (Recorder, ErrorCounts) {
+) -> (Recorder, ErrorCounts, u64) {
     let measure_from = start + opts.warmup;
     let end = measure_from + opts.duration;
-    let mut conns: Vec<Arc<OpenConn>> = Vec::new();
     let mut failed = ErrorCounts::default();
     let addr: SocketAddr = match opts.target.parse() {
         Ok(a) => a,
-        Err(_) => return (Recorder::new(), failed),
+        Err(_) => return (Recorder::new(), failed, 0),
     };
+    let shared = Arc::new(OpenShared {
+        addr,
+        template: opts.template.clone(),
+        measure_from,
+        timeout: opts.timeout,
+        counters: counters.clone(),
+        links: Mutex::new(Vec::new()),
+        readers: Mutex::new(Vec::new()),
+        reconnects: Default::default(),
+    });
+    let mut conns: Vec<Arc<OpenConn>> = Vec::new();
     for i in 0..opts.connections {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS)) {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                conns.push(Arc::new(OpenConn {
-                    state: Mutex::new(ConnState::new(i, opts.template.clone(), measure_from)),
-                    writer: Mutex::new(s),
-                }));
-            }
-            Err(e) => {
-                eprintln!("dubbo-load: connect {}: {e}", opts.target);
+        // The first reader starts before its slot exists; it looks the slot up on readonly.
+        match shared.connect(None, i) {
+            Some(link) => conns.push(Arc::new(OpenConn {
+                index: i,
+                current: Mutex::new(link),
+            })),
+            None => {
                 failed.add(ErrorKind::Connect);
                 counters.error();
             }
         }
     }
     if conns.is_empty() {
-        return (Recorder::new(), failed);
+        return (Recorder::new(), failed, 0);
     }
-
-    let readers: Vec<_> = conns
-        .iter()
-        .filter_map(|c| {
-            let reader = c.writer.lock().ok()?.try_clone().ok()?;
-            let (c, counters, timeout) = (c.clone(), counters.clone(), opts.timeout);
-            Some(std::thread::spawn(move || {
-                open_reader(&c, reader, timeout, &counters)
-            }))
-        })
-        .collect();
+    if let Ok(mut slots) = SLOTS.lock() {
+        *slots = conns.clone();
+    }
 
     // The pacer, on the main thread: request k is due at start + k / rate, on connection k % C.
     if !bench::set_timer_slack_1us() {
@@ -295,19 +359,22 @@ fn open_loop(
         let Some(conn) = conns.get((k % conns.len() as u64) as usize) else {
             break;
         };
+        let Ok(link) = conn.current.lock().map(|l| l.clone()) else {
+            break;
+        };
         out.clear();
-        match conn.state.lock() {
+        match link.state.lock() {
             Ok(mut s) => s.push_request(&mut out, due),
             Err(_) => break 'pace,
         }
-        let wrote = conn
+        let wrote = link
             .writer
             .lock()
             .map(|mut w| w.write_all(&out).is_ok())
             .unwrap_or(false);
         if wrote {
             counters.sent(1);
-        } else if let Ok(mut s) = conn.state.lock() {
+        } else if let Ok(mut s) = link.state.lock() {
             // The reader sees the broken connection too and counts it; the request is lost.
             s.error(ErrorKind::Io, counters);
         }
@@ -315,39 +382,96 @@ fn open_loop(
     }
 
     // Let the last answers arrive (at most --timeout), then count what is missing as timeouts.
+    let links = || shared.links.lock().map(|l| l.clone()).unwrap_or_default();
     let drain_until = Instant::now() + opts.timeout;
     while Instant::now() < drain_until
-        && conns
+        && links()
             .iter()
-            .any(|c| c.state.lock().map(|s| s.inflight() > 0).unwrap_or(false))
+            .any(|l| l.state.lock().map(|s| s.inflight() > 0).unwrap_or(false))
     {
         std::thread::sleep(Duration::from_millis(5));
     }
     counters.stop.store(true, Relaxed);
-    for c in &conns {
-        if let Ok(w) = c.writer.lock() {
+    for l in links() {
+        if let Ok(w) = l.writer.lock() {
             let _ = w.shutdown(std::net::Shutdown::Both);
         }
     }
-    for r in readers {
-        let _ = r.join();
+    loop {
+        let next = shared.readers.lock().ok().and_then(|mut r| r.pop());
+        match next {
+            Some(h) => {
+                let _ = h.join();
+            }
+            None => break,
+        }
     }
     let mut rec = Recorder::new();
-    for c in &conns {
-        if let Ok(mut s) = c.state.lock() {
+    for l in links() {
+        if let Ok(mut s) = l.state.lock() {
             s.expire_all(counters);
             rec.merge(&s.rec);
             failed.merge(&s.errors);
         }
     }
-    (rec, failed)
+    let reconnects = shared.reconnects.load(Relaxed);
+    (rec, failed, reconnects)
 }
 
-fn open_reader(conn: &OpenConn, mut stream: TcpStream, timeout: Duration, counters: &Counters) {
+/// The open loop's connection slots, for readers started before their slot existed.
+static SLOTS: Mutex<Vec<Arc<OpenConn>>> = Mutex::new(Vec::new());
+
+/// After a readonly event: a new link takes the slot's new requests; this one finishes.
+fn follow_readonly(shared: &Arc<OpenShared>, conn: Option<Arc<OpenConn>>, link: &Arc<OpenLink>) {
+    let conn = conn.or_else(|| {
+        let slots = SLOTS.lock().ok()?;
+        slots
+            .iter()
+            .find(|c| {
+                c.current
+                    .lock()
+                    .map(|l| Arc::ptr_eq(&l, link))
+                    .unwrap_or(false)
+            })
+            .cloned()
+    });
+    let Some(conn) = conn else { return };
+    let is_current = conn
+        .current
+        .lock()
+        .map(|l| Arc::ptr_eq(&l, link))
+        .unwrap_or(false);
+    if !is_current {
+        return;
+    }
+    if let Some(new) = shared.connect(Some(&conn), conn.index) {
+        if let Ok(mut cur) = conn.current.lock() {
+            *cur = new;
+        }
+        shared.reconnects.fetch_add(1, Relaxed);
+    }
+}
+
+fn open_reader(
+    shared: &Arc<OpenShared>,
+    conn: Option<Arc<OpenConn>>,
+    link: &Arc<OpenLink>,
+    mut stream: TcpStream,
+) {
+    let counters = &*shared.counters;
+    let timeout = shared.timeout;
     let _ = stream.set_read_timeout(Some(Duration::from_millis(EXPIRE_EVERY_MS)));
     let mut buf = vec![0u8; 64 * 1024];
     let mut heartbeats = BytesMut::new();
+    let mut retired = false;
     loop {
+        if retired && link.state.lock().map(|s| s.inflight() == 0).unwrap_or(true) {
+            // Every answer of a link we left is in: close it, as a consumer would.
+            if let Ok(w) = link.writer.lock() {
+                let _ = w.shutdown(std::net::Shutdown::Both);
+            }
+            return;
+        }
         let n = match stream.read(&mut buf) {
             Ok(0) => 0,
             Ok(n) => n,
@@ -360,7 +484,7 @@ fn open_reader(conn: &OpenConn, mut stream: TcpStream, timeout: Duration, counte
                 if counters.stop.load(Relaxed) {
                     return;
                 }
-                if let Ok(mut s) = conn.state.lock() {
+                if let Ok(mut s) = link.state.lock() {
                     s.expire(Instant::now(), timeout, counters);
                 }
                 continue;
@@ -368,11 +492,11 @@ fn open_reader(conn: &OpenConn, mut stream: TcpStream, timeout: Duration, counte
             Err(_) => 0,
         };
         let now = Instant::now();
-        let Ok(mut s) = conn.state.lock() else {
+        let Ok(mut s) = link.state.lock() else {
             return;
         };
         if n == 0 {
-            if !counters.stop.load(Relaxed) {
+            if !counters.stop.load(Relaxed) && !(retired && s.inflight() == 0) {
                 s.error(ErrorKind::Io, counters);
             }
             return;
@@ -383,10 +507,14 @@ fn open_reader(conn: &OpenConn, mut stream: TcpStream, timeout: Duration, counte
         let p = s.on_read(now, &mut heartbeats, counters);
         drop(s);
         if !heartbeats.is_empty() {
-            if let Ok(mut w) = conn.writer.lock() {
+            if let Ok(mut w) = link.writer.lock() {
                 let _ = w.write_all(&heartbeats);
             }
             heartbeats.clear();
+        }
+        if p.readonly && !retired {
+            retired = true;
+            follow_readonly(shared, conn.clone(), link);
         }
         if p.fatal {
             return;

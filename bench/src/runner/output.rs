@@ -51,6 +51,8 @@ pub struct IdleRow {
 pub struct Summary {
     pub rows: Vec<Row>,
     pub idle: Vec<IdleRow>,
+    /// (scenario, target, median idle CPU in % of a core): the poll-mode set.
+    pub idle_cpu: Vec<(String, Target, f64)>,
 }
 
 pub fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -125,7 +127,64 @@ impl Summary {
                 .unwrap_or(0.0),
             });
         }
-        Summary { rows, idle }
+        let mut idle_cpu = Vec::new();
+        for sc in scenarios {
+            for target in Target::ALL {
+                let pcts: Vec<f64> = set
+                    .idle_cpu
+                    .iter()
+                    .filter(|r| r.scenario == sc.id && r.target == target)
+                    .map(|r| r.cpu_core_pct)
+                    .collect();
+                if let Some(m) = median(pcts) {
+                    idle_cpu.push((sc.id.to_string(), target, m));
+                }
+            }
+        }
+        Summary {
+            rows,
+            idle,
+            idle_cpu,
+        }
+    }
+
+    /// The poll-mode set: per scenario and ringside poll mode, latency added over direct, that
+    /// as a share of direct's own round trip (the goal for spin: ≤ 0.9), and idle CPU.
+    pub fn poll_markdown(&self) -> String {
+        let mut t = String::from(
+            "| scenario | ringside poll mode | direct p50 µs | added p50 | added p99 | added p50 ÷ direct p50 | CPU % core under load | idle CPU % core |\n\
+             |---|---|--:|--:|--:|--:|--:|--:|\n",
+        );
+        let mut any = false;
+        for r in &self.rows {
+            let Some(mode) = r.target.poll_mode() else {
+                continue;
+            };
+            let idle = self
+                .idle_cpu
+                .iter()
+                .find(|(sc, target, _)| *sc == r.scenario && *target == r.target)
+                .map(|x| x.2);
+            let Some(idle) = idle else { continue };
+            let direct = self.row(&r.scenario, Target::Direct);
+            let added = self.added(r);
+            let _ = writeln!(
+                t,
+                "| {} | {mode} | {} | {} | {} | {} | {} | {idle:.1} |",
+                r.scenario,
+                opt(direct.map(|d| d.p50), 1),
+                added.map_or("—".into(), |a| format!("{:+.1}", a[0])),
+                added.map_or("—".into(), |a| format!("{:+.1}", a[1])),
+                ratio(added.map(|a| a[0]), direct.map(|d| d.p50)),
+                opt(r.cpu_core_pct, 0),
+            );
+            any = true;
+        }
+        if any {
+            t
+        } else {
+            "Not measured in this run.\n".into()
+        }
     }
 
     fn row(&self, scenario: &str, target: Target) -> Option<&Row> {
@@ -339,6 +398,10 @@ impl Summary {
                 );
             }
         }
+        if !self.idle_cpu.is_empty() {
+            let _ = writeln!(s, "\npoll modes (ringside = sleep):");
+            s += &self.poll_markdown();
+        }
         let _ = writeln!(
             s,
             "\nringside ÷ Envoy (< 1 is better for ringside, except rps):"
@@ -511,6 +574,15 @@ fn generated_block(set: &RunSet, summary: &Summary, scenarios: &[Scenario], plot
     let _ = writeln!(s, "\n### ringside ÷ Envoy\n");
     let _ = writeln!(s, "Below 1 is better for ringside (above 1 for rps).\n");
     s += &summary.ratios_markdown();
+    let _ = writeln!(s, "\n### Poll modes\n");
+    let _ = writeln!(
+        s,
+        "ringside's `--poll-mode`, one proxy up at a time on the proxy CPU (`ringside` is the \
+         default, `sleep`). *Added p50 ÷ direct p50*: the hop's cost as a share of the round trip \
+         without it (the goal for `spin` is ≤ 0.90). *Idle CPU*: the proxy's CPU after its run, \
+         with no traffic, in % of a core.\n"
+    );
+    s += &summary.poll_markdown();
     let _ = writeln!(s, "\n### Idle RSS, 1,000 clusters\n");
     s += &summary.idle_markdown();
     if !set.skips.is_empty() || !set.failures.is_empty() {

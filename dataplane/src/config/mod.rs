@@ -48,6 +48,19 @@ pub const PENDING_REQUESTS_PER_HOST_MAX_DEFAULT: u32 = 8192;
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 60_000;
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 100;
 
+/// HTTP/2 (triple listeners): frame size advertised to callers, and its protocol limits.
+pub const H2_FRAME_BYTES_MAX_DEFAULT: u32 = 16_384;
+pub const H2_FRAME_BYTES_MAX_LIMIT: u32 = (1 << 24) - 1;
+pub const HEADER_LIST_BYTES_MAX_DEFAULT: u32 = 64 * 1024;
+pub const HEADER_LIST_BYTES_MAX_LIMIT: u32 = 16 * 1024 * 1024;
+pub const CONCURRENT_STREAMS_MAX_DEFAULT: u32 = 1024;
+/// Flow-control windows (HTTP/2 allows 65535 ..= 2^31-1).
+pub const STREAM_WINDOW_BYTES_DEFAULT: u32 = 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES_DEFAULT: u32 = 4 * 1024 * 1024;
+pub const WINDOW_BYTES_MIN: u32 = 65_535;
+pub const WINDOW_BYTES_MAX: u32 = (1 << 31) - 1;
+pub const RESETS_PER_SECOND_MAX_DEFAULT: u32 = 200;
+
 /// The whole config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +156,28 @@ pub struct Runtime {
     /// Pin each shard thread to its own core.
     #[serde(default = "default_true")]
     pub pin: bool,
+    /// How an idle shard waits for work: sleep in the kernel, spin, or spin then sleep.
+    #[serde(default)]
+    pub poll_mode: PollMode,
+    /// `poll_mode: hybrid`: how long an idle shard keeps spinning before it sleeps.
+    #[serde(default = "default_spin_budget_us")]
+    pub spin_budget_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollMode {
+    #[default]
+    Sleep,
+    Spin,
+    Hybrid,
+}
+
+pub const SPIN_BUDGET_US_DEFAULT: u64 = 50;
+pub const SPIN_BUDGET_US_MAX: u64 = 1_000_000;
+
+fn default_spin_budget_us() -> u64 {
+    SPIN_BUDGET_US_DEFAULT
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +207,102 @@ pub struct Listener {
     /// Dubbo options and routes (protocol `dubbo` only).
     #[serde(default)]
     pub dubbo: Option<DubboListener>,
+    /// Triple/gRPC options and routes (protocol `triple` only).
+    #[serde(default)]
+    pub triple: Option<TripleListener>,
+}
+
+/// HTTP/2 limits and routes of a `triple` listener. The limits are what ringside advertises to
+/// callers in its SETTINGS and enforces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TripleListener {
+    /// SETTINGS_MAX_FRAME_SIZE advertised to callers (16384 ..= 16777215).
+    #[serde(default = "default_h2_frame_bytes_max")]
+    pub frame_bytes_max: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: larger header lists are refused (RESOURCE_EXHAUSTED).
+    #[serde(default = "default_header_list_bytes_max")]
+    pub header_list_bytes_max: u32,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS per caller connection; more are refused (REFUSED_STREAM).
+    #[serde(default = "default_concurrent_streams_max")]
+    pub concurrent_streams_max: u32,
+    /// Flow-control window per stream (SETTINGS_INITIAL_WINDOW_SIZE), for callers and
+    /// upstreams: the most one stream can make ringside buffer.
+    #[serde(default = "default_stream_window_bytes")]
+    pub stream_window_bytes: u32,
+    /// Flow-control window per connection: the most one connection can make ringside buffer.
+    #[serde(default = "default_connection_window_bytes")]
+    pub connection_window_bytes: u32,
+    /// Stream resets (RST_STREAM) a caller may send per second before the connection is
+    /// closed with ENHANCE_YOUR_CALM (rapid-reset protection).
+    #[serde(default = "default_resets_per_second_max")]
+    pub resets_per_second_max: u32,
+    /// Tried in order; the first match wins; else the listener's `cluster`; else UNIMPLEMENTED.
+    #[serde(default)]
+    pub routes: Vec<TripleRoute>,
+}
+
+impl Default for TripleListener {
+    fn default() -> Self {
+        TripleListener {
+            frame_bytes_max: H2_FRAME_BYTES_MAX_DEFAULT,
+            header_list_bytes_max: HEADER_LIST_BYTES_MAX_DEFAULT,
+            concurrent_streams_max: CONCURRENT_STREAMS_MAX_DEFAULT,
+            stream_window_bytes: STREAM_WINDOW_BYTES_DEFAULT,
+            connection_window_bytes: CONNECTION_WINDOW_BYTES_DEFAULT,
+            resets_per_second_max: RESETS_PER_SECOND_MAX_DEFAULT,
+            routes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TripleRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: TripleMatch,
+    pub route: RouteAction,
+}
+
+/// Every condition given must hold; an empty match matches every stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TripleMatch {
+    /// `{service}` of `:path` = `/{service}/{method}`.
+    #[serde(default)]
+    pub service: Option<StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    /// Header `tri-service-version`, exact.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Header `tri-service-group`, exact.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Header `tri-unit-info`, exact.
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A request header by (lower-case) name: exactly one of `exact`, `prefix`, `regex`, `present`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +310,8 @@ pub struct Listener {
 pub enum Protocol {
     Tcp,
     Dubbo,
+    /// Dubbo3 Triple and gRPC over HTTP/2 (prior-knowledge h2c).
+    Triple,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +467,24 @@ pub enum LbPolicy {
     LeastRequest,
 }
 
+fn default_h2_frame_bytes_max() -> u32 {
+    H2_FRAME_BYTES_MAX_DEFAULT
+}
+fn default_header_list_bytes_max() -> u32 {
+    HEADER_LIST_BYTES_MAX_DEFAULT
+}
+fn default_concurrent_streams_max() -> u32 {
+    CONCURRENT_STREAMS_MAX_DEFAULT
+}
+fn default_stream_window_bytes() -> u32 {
+    STREAM_WINDOW_BYTES_DEFAULT
+}
+fn default_connection_window_bytes() -> u32 {
+    CONNECTION_WINDOW_BYTES_DEFAULT
+}
+fn default_resets_per_second_max() -> u32 {
+    RESETS_PER_SECOND_MAX_DEFAULT
+}
 fn default_true() -> bool {
     true
 }
@@ -391,6 +542,8 @@ impl Default for Runtime {
             shards: None,
             io: IoMode::Auto,
             pin: true,
+            poll_mode: PollMode::Sleep,
+            spin_budget_us: SPIN_BUDGET_US_DEFAULT,
         }
     }
 }
@@ -489,6 +642,13 @@ impl Config {
                     format!("{n} is out of range 1..={SHARDS_MAX}"),
                 );
             }
+        }
+        let budget = self.runtime.spin_budget_us;
+        if budget == 0 || budget > SPIN_BUDGET_US_MAX {
+            err(
+                "runtime.spin_budget_us".into(),
+                format!("{budget} is out of range 1..={SPIN_BUDGET_US_MAX}"),
+            );
         }
         if self.drain_timeout_ms > DRAIN_TIMEOUT_MS_MAX {
             err(
@@ -613,6 +773,15 @@ impl Config {
                         "a dubbo listener needs routes (dubbo.routes) or a default cluster".into(),
                     )
                 }
+                (None, Protocol::Triple)
+                    if l.triple.as_ref().is_none_or(|t| t.routes.is_empty()) =>
+                {
+                    err(
+                        at("cluster"),
+                        "a triple listener needs routes (triple.routes) or a default cluster"
+                            .into(),
+                    )
+                }
                 (Some(c), _) if !cluster_names.contains(c.as_str()) => err(
                     at("cluster"),
                     format!("unknown cluster {c:?} (defined: {})", names(&self.clusters)),
@@ -623,9 +792,19 @@ impl Config {
                 (Protocol::Dubbo, Some(d)) => {
                     validate_dubbo(d, &cluster_names, &|f| at(&format!("dubbo.{f}")), &mut err)
                 }
-                (Protocol::Tcp, Some(_)) => err(
+                (_, Some(_)) => err(
                     at("dubbo"),
                     "only a dubbo listener takes a dubbo section".into(),
+                ),
+                _ => {}
+            }
+            match (l.protocol, &l.triple) {
+                (Protocol::Triple, Some(t)) => {
+                    validate_triple(t, &cluster_names, &|f| at(&format!("triple.{f}")), &mut err)
+                }
+                (_, Some(_)) => err(
+                    at("triple"),
+                    "only a triple listener takes a triple section".into(),
                 ),
                 _ => {}
             }
@@ -726,43 +905,154 @@ fn validate_dubbo(
                 regex_ok(rat(&format!("match.attachments[{k}].regex")), p, err);
             }
         }
-        let action = &r.route;
-        match (&action.cluster, action.weighted_clusters.is_empty()) {
-            (Some(_), false) | (None, true) => err(
-                rat("route"),
-                "give exactly one of cluster, weighted_clusters".into(),
-            ),
-            _ => {}
+        validate_action(&r.route, clusters, &rat, err);
+    }
+}
+
+/// The route action of a Dubbo or Triple route.
+fn validate_action(
+    action: &RouteAction,
+    clusters: &HashSet<&str>,
+    rat: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    match (&action.cluster, action.weighted_clusters.is_empty()) {
+        (Some(_), false) | (None, true) => err(
+            rat("route"),
+            "give exactly one of cluster, weighted_clusters".into(),
+        ),
+        _ => {}
+    }
+    if let Some(c) = &action.cluster {
+        if !clusters.contains(c.as_str()) {
+            err(rat("route.cluster"), format!("unknown cluster {c:?}"));
         }
-        if let Some(c) = &action.cluster {
-            if !clusters.contains(c.as_str()) {
-                err(rat("route.cluster"), format!("unknown cluster {c:?}"));
-            }
-        }
-        for (k, w) in action.weighted_clusters.iter().enumerate() {
-            if !clusters.contains(w.name.as_str()) {
-                err(
-                    rat(&format!("route.weighted_clusters[{k}].name")),
-                    format!("unknown cluster {:?}", w.name),
-                );
-            }
-        }
-        if !action.weighted_clusters.is_empty()
-            && action.weighted_clusters.iter().all(|w| w.weight == 0)
-        {
+    }
+    for (k, w) in action.weighted_clusters.iter().enumerate() {
+        if !clusters.contains(w.name.as_str()) {
             err(
-                rat("route.weighted_clusters"),
-                "at least one weight must be above 0".into(),
+                rat(&format!("route.weighted_clusters[{k}].name")),
+                format!("unknown cluster {:?}", w.name),
             );
         }
-        if let Some(t) = action.timeout_ms {
-            if t == 0 || t > REQUEST_TIMEOUT_MS_MAX {
-                err(
-                    rat("route.timeout_ms"),
-                    format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
-                );
+    }
+    if !action.weighted_clusters.is_empty()
+        && action.weighted_clusters.iter().all(|w| w.weight == 0)
+    {
+        err(
+            rat("route.weighted_clusters"),
+            "at least one weight must be above 0".into(),
+        );
+    }
+    if let Some(t) = action.timeout_ms {
+        if t == 0 || t > REQUEST_TIMEOUT_MS_MAX {
+            err(
+                rat("route.timeout_ms"),
+                format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
+            );
+        }
+    }
+}
+
+fn validate_string_match(m: &StringMatch, field: String, err: &mut dyn FnMut(String, String)) {
+    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()];
+    if set.iter().filter(|x| **x).count() != 1 {
+        err(
+            field.clone(),
+            "give exactly one of exact, prefix, regex".into(),
+        );
+    }
+    if let Some(p) = &m.regex {
+        if let Err(e) = regex::bytes::Regex::new(p) {
+            err(format!("{field}.regex"), format!("invalid regex: {e}"));
+        }
+    }
+}
+
+fn validate_triple(
+    t: &TripleListener,
+    clusters: &HashSet<&str>,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    let mut range = |field: &str, v: u32, lo: u32, hi: u32| {
+        if !(lo..=hi).contains(&v) {
+            err(at(field), format!("{v} is out of range {lo}..={hi}"));
+        }
+    };
+    range(
+        "frame_bytes_max",
+        t.frame_bytes_max,
+        H2_FRAME_BYTES_MAX_DEFAULT,
+        H2_FRAME_BYTES_MAX_LIMIT,
+    );
+    range(
+        "header_list_bytes_max",
+        t.header_list_bytes_max,
+        1024,
+        HEADER_LIST_BYTES_MAX_LIMIT,
+    );
+    range(
+        "concurrent_streams_max",
+        t.concurrent_streams_max,
+        1,
+        1 << 20,
+    );
+    range(
+        "stream_window_bytes",
+        t.stream_window_bytes,
+        WINDOW_BYTES_MIN,
+        WINDOW_BYTES_MAX,
+    );
+    range(
+        "connection_window_bytes",
+        t.connection_window_bytes,
+        WINDOW_BYTES_MIN,
+        WINDOW_BYTES_MAX,
+    );
+    range("resets_per_second_max", t.resets_per_second_max, 1, 1 << 20);
+    for (i, r) in t.routes.iter().enumerate() {
+        let rat = |f: &str| at(&format!("routes[{i}].{f}"));
+        let m = &r.matcher;
+        for (name, sm) in [
+            ("service", &m.service),
+            ("method", &m.method),
+            ("authority", &m.authority),
+        ] {
+            if let Some(sm) = sm {
+                validate_string_match(sm, rat(&format!("match.{name}")), err);
             }
         }
+        for (k, h) in m.headers.iter().enumerate() {
+            let field = rat(&format!("match.headers[{k}]"));
+            let set = [
+                h.exact.is_some(),
+                h.prefix.is_some(),
+                h.regex.is_some(),
+                h.present.is_some(),
+            ];
+            if set.iter().filter(|x| **x).count() != 1 {
+                err(
+                    field.clone(),
+                    "give exactly one of exact, prefix, regex, present".into(),
+                );
+            }
+            if h.name.is_empty() || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+                err(
+                    format!("{field}.name"),
+                    format!(
+                        "{:?}: HTTP/2 header names are non-empty and lower-case",
+                        h.name
+                    ),
+                );
+            }
+            if let Some(p) = &h.regex {
+                if let Err(e) = regex::bytes::Regex::new(p) {
+                    err(format!("{field}.regex"), format!("invalid regex: {e}"));
+                }
+            }
+        }
+        validate_action(&r.route, clusters, &rat, err);
     }
 }
 

@@ -106,3 +106,24 @@ fn yaml_syntax_error_has_a_line() {
     let e = errors("listeners:\n  - name: [\n");
     assert!(e[0].line.is_some());
 }
+
+#[test]
+fn poll_mode_defaults_parses_and_checks_the_budget() {
+    let c = Config::from_yaml("c.yaml", GOOD).unwrap();
+    assert_eq!(c.runtime.poll_mode, PollMode::Sleep);
+    assert_eq!(c.runtime.spin_budget_us, SPIN_BUDGET_US_DEFAULT);
+    let with = |runtime: &str| format!("runtime:\n{runtime}{GOOD}");
+    let c = Config::from_yaml(
+        "c.yaml",
+        &with("  poll_mode: hybrid\n  spin_budget_us: 20\n"),
+    )
+    .unwrap();
+    assert_eq!(c.runtime.poll_mode, PollMode::Hybrid);
+    assert_eq!(c.runtime.spin_budget_us, 20);
+    let e = errors(&with("  poll_mode: busy\n"));
+    assert_eq!(e[0].line, Some(2));
+    assert!(e[0].message.contains("unknown variant `busy`"), "{}", e[0]);
+    let e = errors(&with("  poll_mode: hybrid\n  spin_budget_us: 0\n"));
+    assert_eq!(e[0].field, "runtime.spin_budget_us");
+    assert_eq!(e[0].line, Some(3));
+}

@@ -107,7 +107,7 @@ pub struct DubboListener {
     /// Per (interface, method) seen on this shard; registered on first sight.
     pub services: RefCell<ServiceStatsMap>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
-    pub dice: Cell<u32>,
+    pub dice: crate::dubbo::router::Dice,
     /// The shard's drain signal (replaced on resume): connections then announce readonly and
     /// close once idle.
     pub draining: Rc<RefCell<Event>>,
@@ -117,44 +117,51 @@ impl DubboListener {
     /// The counters of one interface/method: a map lookup on the data path, a registration
     /// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
     fn service_ids(&self, interface: &[u8], method: &[u8]) -> RequestStatIds {
-        if let Some(ids) = self
-            .services
-            .borrow()
-            .get(interface)
-            .and_then(|m| m.get(method))
-        {
-            return *ids;
-        }
-        let stats = &self.stats.stats;
-        if !stats.track_service() {
-            return self.ids.other_service;
-        }
-        let (i, m) = (
-            String::from_utf8_lossy(interface),
-            String::from_utf8_lossy(method),
-        );
-        let tags = [
-            ("listener", self.name.as_str()),
-            ("interface", &i),
-            ("method", &m),
-        ];
-        let ids = RequestStatIds::register(stats, "dubbo_service", &tags);
-        self.services
-            .borrow_mut()
-            .entry(interface.into())
-            .or_default()
-            .insert(method.into(), ids);
-        ids
+        service_ids(
+            &self.services,
+            &self.stats,
+            "dubbo_service",
+            &self.name,
+            ("interface", interface),
+            method,
+            self.ids.other_service,
+        )
     }
 
     fn roll(&self) -> u32 {
-        let mut x = self.dice.get();
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.dice.set(x);
-        x
+        self.dice.roll()
     }
+}
+
+/// The counters of one service/method: a map lookup on the data path, a registration
+/// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
+pub fn service_ids(
+    map: &RefCell<ServiceStatsMap>,
+    stats: &ShardStats,
+    scope: &str,
+    listener: &str,
+    (service_tag, service): (&str, &[u8]),
+    method: &[u8],
+    other: RequestStatIds,
+) -> RequestStatIds {
+    if let Some(ids) = map.borrow().get(service).and_then(|m| m.get(method)) {
+        return *ids;
+    }
+    let st = &stats.stats;
+    if !st.track_service() {
+        return other;
+    }
+    let (s, m) = (
+        String::from_utf8_lossy(service),
+        String::from_utf8_lossy(method),
+    );
+    let tags = [("listener", listener), (service_tag, &s), ("method", &m)];
+    let ids = RequestStatIds::register(st, scope, &tags);
+    map.borrow_mut()
+        .entry(service.into())
+        .or_default()
+        .insert(method.into(), ids);
+    ids
 }
 
 /// One consumer connection, shared by its reader and writer tasks and by the pending entries of
@@ -244,6 +251,10 @@ pub async fn serve(stream: TcpStream, l: Rc<DubboListener>) {
 async fn announce_drain(conn: &Rc<DownConn>, drain: Event) {
     shard::monoio::select! {
         _ = drain.wait() => {}
+        _ = conn.finished.wait() => return,
+    }
+    shard::monoio::select! {
+        _ = shard::monoio::time::sleep(Duration::from_millis(crate::listener::DRAIN_ANNOUNCE_DELAY_MS)) => {}
         _ = conn.finished.wait() => return,
     }
     if conn.closed.get() || conn.read_done.get() {

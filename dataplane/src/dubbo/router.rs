@@ -29,14 +29,14 @@ pub enum ArgValue<'a> {
     Bool(bool),
 }
 
-enum Matcher {
+pub(crate) enum Matcher {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
     Regex(Regex),
 }
 
 impl Matcher {
-    fn new(m: &StringMatch) -> Result<Self, regex::Error> {
+    pub(crate) fn new(m: &StringMatch) -> Result<Self, regex::Error> {
         Ok(match (&m.exact, &m.prefix, &m.regex) {
             (_, Some(p), _) => Matcher::Prefix(p.as_bytes().into()),
             // Full match, as Envoy's safe_regex.
@@ -45,7 +45,7 @@ impl Matcher {
         })
     }
 
-    fn matches(&self, v: &[u8]) -> bool {
+    pub(crate) fn matches(&self, v: &[u8]) -> bool {
         match self {
             Matcher::Exact(e) => v == &**e,
             Matcher::Prefix(p) => v.starts_with(p),
@@ -142,6 +142,25 @@ impl AttachmentMatch {
     }
 }
 
+/// A shard-local xorshift source for weighted cluster picks.
+pub struct Dice(std::cell::Cell<u32>);
+
+impl Dice {
+    /// `seed` may be anything (zero is avoided).
+    pub fn new(seed: u32) -> Dice {
+        Dice(std::cell::Cell::new(seed | 1))
+    }
+
+    pub fn roll(&self) -> u32 {
+        let mut x = self.0.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0.set(x);
+        x
+    }
+}
+
 /// Where a matched request goes.
 pub struct Action {
     /// (cluster index in the config, weight); one entry for a plain `cluster`.
@@ -153,6 +172,42 @@ pub struct Action {
 }
 
 impl Action {
+    /// (cluster index, weight) targets; one entry for a plain cluster.
+    pub(crate) fn new(
+        targets: Vec<(usize, u32)>,
+        timeout: Option<Duration>,
+        route_index: Option<usize>,
+    ) -> Action {
+        let total_weight = targets.iter().map(|t| t.1).sum();
+        Action {
+            targets,
+            total_weight,
+            timeout,
+            route_index,
+        }
+    }
+
+    /// Compiles a route's action.
+    pub(crate) fn from_config(
+        a: &config::RouteAction,
+        clusters: &[config::Cluster],
+        route_index: Option<usize>,
+    ) -> Result<Action, String> {
+        let targets = match &a.cluster {
+            Some(c) => vec![(cluster_index(clusters, c)?, 1)],
+            None => a
+                .weighted_clusters
+                .iter()
+                .map(|w| Ok((cluster_index(clusters, &w.name)?, w.weight)))
+                .collect::<Result<Vec<_>, String>>()?,
+        };
+        Ok(Action::new(
+            targets,
+            a.timeout_ms.map(Duration::from_millis),
+            route_index,
+        ))
+    }
+
     /// The cluster for this request; `dice` is any number from the shard's random source.
     pub fn pick_cluster(&self, dice: u32) -> usize {
         if self.targets.len() == 1 {
@@ -202,7 +257,7 @@ pub struct Router {
 }
 
 /// Index of a cluster by name in the config.
-fn cluster_index(clusters: &[config::Cluster], name: &str) -> Result<usize, String> {
+pub(crate) fn cluster_index(clusters: &[config::Cluster], name: &str) -> Result<usize, String> {
     clusters
         .iter()
         .position(|c| c.name == name)

@@ -3,6 +3,7 @@
 
 pub mod dubbo;
 pub mod grpc;
+pub mod h2;
 pub mod peers;
 
 use std::io::{Read, Write};

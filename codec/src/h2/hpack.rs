@@ -1,0 +1,501 @@
+//! HPACK (RFC 7541): the decoder a header-routing proxy needs (static and dynamic tables,
+//! Huffman strings) and a stateless encoder.
+//!
+//! The decoder hands each header to a callback as borrowed slices: strings sent raw are
+//! borrowed from the block itself, Huffman strings are decoded into two scratch buffers the
+//! decoder keeps, so after warm-up decoding allocates only when the peer inserts into the
+//! dynamic table.
+//!
+//! The encoder never inserts into the peer's dynamic table and never Huffman-codes: headers
+//! that equal a static entry are sent as one index byte, others as literals "without indexing"
+//! (or "never indexed" when the sender asked for that) with the name indexed when the static
+//! table has it. It keeps no state, so it cannot fall out of sync with the peer, at the price of
+//! a few dozen bytes per header block on the wire.
+
+use std::collections::VecDeque;
+
+/// The decoder's dynamic table size before any SETTINGS (RFC 7540 6.5.2 default).
+pub const TABLE_BYTES_DEFAULT: usize = 4096;
+/// RFC 7541 4.1: each entry costs its name and value plus 32.
+const ENTRY_OVERHEAD: usize = 32;
+
+/// Why a header block could not be decoded. Any of these is a connection error of type
+/// COMPRESSION_ERROR: the decoder's table can no longer be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HpackError {
+    #[error("hpack: header block ends inside a field")]
+    Truncated,
+    #[error("hpack: integer overflows")]
+    IntegerOverflow,
+    #[error("hpack: index {index} is not in the table ({entries} entries)")]
+    BadIndex { index: usize, entries: usize },
+    #[error("hpack: invalid huffman string")]
+    Huffman,
+    #[error("hpack: dynamic table size update to {size} exceeds {limit} or is not at the start")]
+    TableSizeUpdate { size: usize, limit: usize },
+}
+
+/// The static table (RFC 7541 Appendix A); index 1 is the first entry.
+pub const STATIC_TABLE: [(&[u8], &[u8]); 61] = [
+    (b":authority", b""),
+    (b":method", b"GET"),
+    (b":method", b"POST"),
+    (b":path", b"/"),
+    (b":path", b"/index.html"),
+    (b":scheme", b"http"),
+    (b":scheme", b"https"),
+    (b":status", b"200"),
+    (b":status", b"204"),
+    (b":status", b"206"),
+    (b":status", b"304"),
+    (b":status", b"400"),
+    (b":status", b"404"),
+    (b":status", b"500"),
+    (b"accept-charset", b""),
+    (b"accept-encoding", b"gzip, deflate"),
+    (b"accept-language", b""),
+    (b"accept-ranges", b""),
+    (b"accept", b""),
+    (b"access-control-allow-origin", b""),
+    (b"age", b""),
+    (b"allow", b""),
+    (b"authorization", b""),
+    (b"cache-control", b""),
+    (b"content-disposition", b""),
+    (b"content-encoding", b""),
+    (b"content-language", b""),
+    (b"content-length", b""),
+    (b"content-location", b""),
+    (b"content-range", b""),
+    (b"content-type", b""),
+    (b"cookie", b""),
+    (b"date", b""),
+    (b"etag", b""),
+    (b"expect", b""),
+    (b"expires", b""),
+    (b"from", b""),
+    (b"host", b""),
+    (b"if-match", b""),
+    (b"if-modified-since", b""),
+    (b"if-none-match", b""),
+    (b"if-range", b""),
+    (b"if-unmodified-since", b""),
+    (b"last-modified", b""),
+    (b"link", b""),
+    (b"location", b""),
+    (b"max-forwards", b""),
+    (b"proxy-authenticate", b""),
+    (b"proxy-authorization", b""),
+    (b"range", b""),
+    (b"referer", b""),
+    (b"refresh", b""),
+    (b"retry-after", b""),
+    (b"server", b""),
+    (b"set-cookie", b""),
+    (b"strict-transport-security", b""),
+    (b"transfer-encoding", b""),
+    (b"user-agent", b""),
+    (b"vary", b""),
+    (b"via", b""),
+    (b"www-authenticate", b""),
+];
+
+/// Huffman code length of each symbol (RFC 7541 Appendix B; symbol 256 is EOS). The code is
+/// canonical: within one length, codes are consecutive in symbol order, and each length's first
+/// code follows the previous length's last. So the lengths alone define it.
+const HUFFMAN_LEN: [u8; 257] = [
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5,
+    5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, 15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6,
+    6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22,
+    23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22,
+    21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20,
+    22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19,
+    21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22,
+    22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26, 30,
+];
+
+const HUFFMAN_LEN_MAX: usize = 30;
+
+/// The canonical code, derived at compile time from [`HUFFMAN_LEN`].
+struct Canonical {
+    /// First code of each length.
+    first_code: [u32; HUFFMAN_LEN_MAX + 1],
+    /// Number of codes of each length.
+    count: [u32; HUFFMAN_LEN_MAX + 1],
+    /// Index into `symbols` of each length's first code.
+    first_index: [u16; HUFFMAN_LEN_MAX + 1],
+    /// Symbols sorted by (length, symbol).
+    symbols: [u16; 257],
+    /// Each symbol's code (for the tests and for an encoder).
+    codes: [u32; 257],
+}
+
+const fn canonical() -> Canonical {
+    let mut c = Canonical {
+        first_code: [0; HUFFMAN_LEN_MAX + 1],
+        count: [0; HUFFMAN_LEN_MAX + 1],
+        first_index: [0; HUFFMAN_LEN_MAX + 1],
+        symbols: [0; 257],
+        codes: [0; 257],
+    };
+    let mut s = 0;
+    while s < 257 {
+        c.count[HUFFMAN_LEN[s] as usize] += 1;
+        s += 1;
+    }
+    let mut code = 0u32;
+    let mut index = 0u16;
+    let mut len = 1;
+    while len <= HUFFMAN_LEN_MAX {
+        c.first_code[len] = code;
+        c.first_index[len] = index;
+        let mut s = 0;
+        while s < 257 {
+            if HUFFMAN_LEN[s] as usize == len {
+                c.symbols[index as usize] = s as u16;
+                c.codes[s] = code;
+                code += 1;
+                index += 1;
+            }
+            s += 1;
+        }
+        code <<= 1;
+        len += 1;
+    }
+    c
+}
+
+static HUFFMAN: Canonical = canonical();
+
+/// Decodes a Huffman-coded string, appending to `dst`.
+pub fn huffman_decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
+    let h = &HUFFMAN;
+    // `acc` holds `bits` not yet decoded bits in its low end, most significant first.
+    let mut acc: u64 = 0;
+    let mut bits: usize = 0;
+    let mut input = src.iter();
+    loop {
+        while bits <= 56 {
+            match input.next() {
+                Some(&b) => {
+                    acc = (acc << 8) | u64::from(b);
+                    bits += 8;
+                }
+                None => break,
+            }
+        }
+        if bits < 5 {
+            break;
+        }
+        let mut found = false;
+        let mut len = 5;
+        while len <= bits.min(HUFFMAN_LEN_MAX) {
+            let code = ((acc >> (bits - len)) & ((1u64 << len) - 1)) as u32;
+            let end = h.first_code[len] + h.count[len];
+            if code < end {
+                let i = h.first_index[len] as usize + (code - h.first_code[len]) as usize;
+                let sym = h.symbols.get(i).copied().ok_or(HpackError::Huffman)?;
+                if sym == 256 {
+                    // EOS inside a string is an error (RFC 7541 5.2).
+                    return Err(HpackError::Huffman);
+                }
+                dst.push(sym as u8);
+                bits -= len;
+                found = true;
+                break;
+            }
+            len += 1;
+        }
+        if !found {
+            // Not enough bits left for a whole code: what remains must be padding.
+            break;
+        }
+    }
+    // Padding: fewer than 8 bits, all ones (the EOS prefix).
+    if bits > 7 || (acc & ((1u64 << bits) - 1)) != (1u64 << bits) - 1 {
+        return Err(HpackError::Huffman);
+    }
+    Ok(())
+}
+
+/// Appends the Huffman code of `src` (used by tests and tools; the proxy's encoder sends
+/// strings raw).
+pub fn huffman_encode(src: &[u8], dst: &mut Vec<u8>) {
+    let mut acc: u64 = 0;
+    let mut bits = 0;
+    for &b in src {
+        let len = HUFFMAN_LEN[b as usize] as usize;
+        acc = (acc << len) | u64::from(HUFFMAN.codes[b as usize]);
+        bits += len;
+        while bits >= 8 {
+            bits -= 8;
+            dst.push((acc >> bits) as u8);
+        }
+    }
+    if bits > 0 {
+        let pad = 8 - bits;
+        dst.push(((acc << pad) as u8) | ((1u8 << pad) - 1));
+    }
+}
+
+/// Reads an HPACK integer with an `n`-bit prefix (RFC 7541 5.1), returning it and the bytes
+/// consumed.
+fn read_int(b: &[u8], n: u32) -> Result<(usize, usize), HpackError> {
+    let first = *b.first().ok_or(HpackError::Truncated)?;
+    let max = (1usize << n) - 1;
+    let mut v = usize::from(first) & max;
+    if v < max {
+        return Ok((v, 1));
+    }
+    let mut shift = 0u32;
+    for (i, &byte) in b.iter().enumerate().skip(1) {
+        if shift > 28 {
+            return Err(HpackError::IntegerOverflow);
+        }
+        v = v
+            .checked_add(usize::from(byte & 0x7f) << shift)
+            .ok_or(HpackError::IntegerOverflow)?;
+        if byte & 0x80 == 0 {
+            return Ok((v, i + 1));
+        }
+        shift += 7;
+    }
+    Err(HpackError::Truncated)
+}
+
+/// Appends an HPACK integer with an `n`-bit prefix; `flags` fills the bits above the prefix.
+pub fn write_int(out: &mut Vec<u8>, v: usize, n: u32, flags: u8) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(flags | v as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    let mut rest = v - max;
+    while rest >= 128 {
+        out.push((rest as u8 & 0x7f) | 0x80);
+        rest >>= 7;
+    }
+    out.push(rest as u8);
+}
+
+/// Where a decoded string lives: borrowed from the block, or in one of the scratch buffers.
+#[derive(Clone, Copy)]
+enum Str {
+    Block(usize, usize),
+    Scratch,
+    Table(usize),
+}
+
+/// One connection's HPACK decoder.
+pub struct Decoder {
+    /// Newest first.
+    entries: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    size: usize,
+    /// Current maximum (changed by size updates from the peer's encoder).
+    max: usize,
+    /// The limit we advertised (SETTINGS_HEADER_TABLE_SIZE): updates above it are errors.
+    limit: usize,
+    name_buf: Vec<u8>,
+    value_buf: Vec<u8>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(TABLE_BYTES_DEFAULT)
+    }
+}
+
+impl Decoder {
+    pub fn new(limit: usize) -> Decoder {
+        Decoder {
+            entries: VecDeque::new(),
+            size: 0,
+            max: limit,
+            limit,
+            name_buf: Vec::new(),
+            value_buf: Vec::new(),
+        }
+    }
+
+    /// Bytes the dynamic table holds, by RFC 7541's accounting.
+    pub fn table_bytes(&self) -> usize {
+        self.size
+    }
+
+    fn entry(&self, index: usize) -> Result<(&[u8], &[u8]), HpackError> {
+        let bad = || HpackError::BadIndex {
+            index,
+            entries: STATIC_TABLE.len() + self.entries.len(),
+        };
+        if index == 0 {
+            return Err(bad());
+        }
+        if index <= STATIC_TABLE.len() {
+            return STATIC_TABLE.get(index - 1).copied().ok_or_else(bad);
+        }
+        self.entries
+            .get(index - STATIC_TABLE.len() - 1)
+            .map(|(n, v)| (&**n, &**v))
+            .ok_or_else(bad)
+    }
+
+    fn evict(&mut self) {
+        while self.size > self.max {
+            match self.entries.pop_back() {
+                Some((n, v)) => self.size -= n.len() + v.len() + ENTRY_OVERHEAD,
+                None => break,
+            }
+        }
+    }
+
+    fn insert(&mut self, name: &[u8], value: &[u8]) {
+        let cost = name.len() + value.len() + ENTRY_OVERHEAD;
+        if cost > self.max {
+            // RFC 7541 4.4: an entry larger than the table empties it.
+            self.entries.clear();
+            self.size = 0;
+            return;
+        }
+        self.size += cost;
+        self.entries.push_front((name.into(), value.into()));
+        self.evict();
+    }
+
+    /// Reads a string literal at `b[pos..]`; Huffman ones go to the name or value buffer.
+    fn read_str(
+        &mut self,
+        b: &[u8],
+        pos: usize,
+        into_name: bool,
+    ) -> Result<(Str, usize), HpackError> {
+        let rest = b.get(pos..).ok_or(HpackError::Truncated)?;
+        let huffman = rest.first().ok_or(HpackError::Truncated)? & 0x80 != 0;
+        let (len, used) = read_int(rest, 7)?;
+        let start = pos + used;
+        let end = start.checked_add(len).ok_or(HpackError::Truncated)?;
+        let raw = b.get(start..end).ok_or(HpackError::Truncated)?;
+        if !huffman {
+            return Ok((Str::Block(start, end), end));
+        }
+        let buf = if into_name {
+            &mut self.name_buf
+        } else {
+            &mut self.value_buf
+        };
+        buf.clear();
+        huffman_decode(raw, buf)?;
+        Ok((Str::Scratch, end))
+    }
+
+    /// Decodes one complete header block (HEADERS plus any CONTINUATION payloads, joined),
+    /// calling `f(name, value, never_indexed)` for each field in order.
+    pub fn decode(
+        &mut self,
+        block: &[u8],
+        f: &mut impl FnMut(&[u8], &[u8], bool),
+    ) -> Result<(), HpackError> {
+        let mut pos = 0;
+        let mut fields_seen = false;
+        while pos < block.len() {
+            let first = block.get(pos).copied().ok_or(HpackError::Truncated)?;
+            if first & 0x80 != 0 {
+                // Indexed field.
+                let (index, used) = read_int(&block[pos..], 7)?;
+                pos += used;
+                let (n, v) = self.entry(index)?;
+                f(n, v, false);
+                fields_seen = true;
+                continue;
+            }
+            if first & 0xe0 == 0x20 {
+                // Dynamic table size update: only before the first field.
+                let (size, used) = read_int(&block[pos..], 5)?;
+                if size > self.limit || fields_seen {
+                    return Err(HpackError::TableSizeUpdate {
+                        size,
+                        limit: self.limit,
+                    });
+                }
+                pos += used;
+                self.max = size;
+                self.evict();
+                continue;
+            }
+            // Literal: with incremental indexing (01), without (0000) or never indexed (0001).
+            let (prefix, index_it, never) = if first & 0xc0 == 0x40 {
+                (6, true, false)
+            } else {
+                (4, false, first & 0x10 != 0)
+            };
+            let (name_index, used) = read_int(&block[pos..], prefix)?;
+            pos += used;
+            let name = if name_index == 0 {
+                let (s, end) = self.read_str(block, pos, true)?;
+                pos = end;
+                s
+            } else {
+                self.entry(name_index)?;
+                Str::Table(name_index)
+            };
+            let (value, end) = self.read_str(block, pos, false)?;
+            pos = end;
+            fields_seen = true;
+            let n: &[u8] = match name {
+                Str::Block(s, e) => &block[s..e],
+                Str::Scratch => &self.name_buf,
+                Str::Table(i) => self.entry(i)?.0,
+            };
+            let v: &[u8] = match value {
+                Str::Block(s, e) => &block[s..e],
+                _ => &self.value_buf,
+            };
+            f(n, v, never);
+            if index_it {
+                // Copy out of the borrows before the table changes.
+                let (n, v) = (n.to_vec(), v.to_vec());
+                self.insert(&n, &v);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The static entry equal to (name, value), or the first with this name.
+fn static_lookup(name: &[u8], value: &[u8]) -> (Option<usize>, Option<usize>) {
+    let mut name_index = None;
+    for (i, (n, v)) in STATIC_TABLE.iter().enumerate() {
+        if *n == name {
+            if *v == value {
+                return (Some(i + 1), Some(i + 1));
+            }
+            name_index.get_or_insert(i + 1);
+        } else if name_index.is_some() {
+            // Entries with one name are adjacent.
+            break;
+        }
+    }
+    (None, name_index)
+}
+
+/// Appends one header field (see the module doc for the representation chosen).
+pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed: bool) {
+    let (exact, name_index) = static_lookup(name, value);
+    if let Some(i) = exact {
+        write_int(out, i, 7, 0x80);
+        return;
+    }
+    let flags = if never_indexed { 0x10 } else { 0x00 };
+    match name_index {
+        Some(i) => write_int(out, i, 4, flags),
+        None => {
+            out.push(flags);
+            write_int(out, name.len(), 7, 0);
+            out.extend_from_slice(name);
+        }
+    }
+    write_int(out, value.len(), 7, 0);
+    out.extend_from_slice(value);
+}

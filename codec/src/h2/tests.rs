@@ -1,0 +1,258 @@
+use proptest::prelude::*;
+
+use super::frame::{self, FrameHeader};
+use super::grpc;
+use super::hpack::{self, Decoder, HpackError};
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn decode_all(d: &mut Decoder, block: &[u8]) -> Result<Vec<(String, String)>, HpackError> {
+    let mut out = Vec::new();
+    d.decode(block, &mut |n, v, _| {
+        out.push((
+            String::from_utf8_lossy(n).into_owned(),
+            String::from_utf8_lossy(v).into_owned(),
+        ))
+    })?;
+    Ok(out)
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn rfc7541_c3_requests_without_huffman() {
+    let mut d = Decoder::default();
+    let first = hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d");
+    assert_eq!(
+        decode_all(&mut d, &first).unwrap(),
+        pairs(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "www.example.com")
+        ])
+    );
+    assert_eq!(d.table_bytes(), 57);
+    let second = hex("8286 84be 5808 6e6f 2d63 6163 6865");
+    assert_eq!(
+        decode_all(&mut d, &second).unwrap(),
+        pairs(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "www.example.com"),
+            ("cache-control", "no-cache")
+        ])
+    );
+    assert_eq!(d.table_bytes(), 110);
+}
+
+#[test]
+fn rfc7541_c4_requests_with_huffman() {
+    let mut d = Decoder::default();
+    let first = hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff");
+    assert_eq!(
+        decode_all(&mut d, &first).unwrap()[3],
+        (":authority".into(), "www.example.com".into())
+    );
+    let third = hex("8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65");
+    // (the C.3.3 block: literal new name, not Huffman; index 0xbf = 63 after two inserts)
+    let second = hex("8286 84be 5886 a8eb 1064 9cbf");
+    assert_eq!(
+        decode_all(&mut d, &second).unwrap()[4],
+        ("cache-control".into(), "no-cache".into())
+    );
+    let got = decode_all(&mut d, &third).unwrap();
+    assert_eq!(got[1], (":scheme".into(), "https".into()));
+    assert_eq!(got[3], (":authority".into(), "www.example.com".into()));
+    assert_eq!(got[4], ("custom-key".into(), "custom-value".into()));
+}
+
+#[test]
+fn huffman_known_codes() {
+    let mut out = Vec::new();
+    hpack::huffman_encode(b"www.example.com", &mut out);
+    assert_eq!(out, hex("f1e3 c2e5 f23a 6ba0 ab90 f4ff"));
+    // Padding longer than 7 bits, and padding that is not all ones, are errors.
+    let mut v = Vec::new();
+    assert_eq!(
+        hpack::huffman_decode(&[0xff, 0xff], &mut v),
+        Err(HpackError::Huffman)
+    );
+    v.clear();
+    // '0' is 00000 (5 bits); padded with zeros instead of ones.
+    assert_eq!(
+        hpack::huffman_decode(&[0x00], &mut v),
+        Err(HpackError::Huffman)
+    );
+    v.clear();
+    hpack::huffman_decode(&[0x07], &mut v).unwrap();
+    assert_eq!(v, b"0");
+}
+
+#[test]
+fn decoder_errors() {
+    let mut d = Decoder::default();
+    // Index 70 with an empty dynamic table.
+    assert!(matches!(
+        d.decode(&[0x80 | 70], &mut |_, _, _| {}),
+        Err(HpackError::BadIndex { index: 70, .. })
+    ));
+    // Index 0.
+    assert!(d.decode(&[0x80], &mut |_, _, _| {}).is_err());
+    // A literal whose value runs past the block.
+    assert_eq!(
+        d.decode(&[0x04, 0x05, b'a'], &mut |_, _, _| {}),
+        Err(HpackError::Truncated)
+    );
+    // A table size update above the advertised limit.
+    let mut big = Vec::new();
+    hpack::write_int(&mut big, 1 << 20, 5, 0x20);
+    assert!(matches!(
+        d.decode(&big, &mut |_, _, _| {}),
+        Err(HpackError::TableSizeUpdate { .. })
+    ));
+    // An integer that never ends.
+    assert!(d
+        .decode(
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &mut |_, _, _| {}
+        )
+        .is_err());
+}
+
+#[test]
+fn table_evicts_oldest_and_size_update_shrinks() {
+    let mut d = Decoder::new(100);
+    let mut block = Vec::new();
+    // Two literal-with-indexing entries of 32 + 2 + 30 = 64 bytes: the second evicts the first.
+    for name in [b"aa", b"bb"] {
+        block.push(0x40);
+        hpack::write_int(&mut block, 2, 7, 0);
+        block.extend_from_slice(name);
+        hpack::write_int(&mut block, 30, 7, 0);
+        block.extend_from_slice(&[b'x'; 30]);
+    }
+    decode_all(&mut d, &block).unwrap();
+    assert_eq!(d.table_bytes(), 64);
+    assert_eq!(decode_all(&mut d, &[0x80 | 62]).unwrap()[0].0, "bb");
+    assert!(d.decode(&[0x80 | 63], &mut |_, _, _| {}).is_err());
+    // Size update to 0 empties the table.
+    decode_all(&mut d, &[0x20]).unwrap();
+    assert_eq!(d.table_bytes(), 0);
+}
+
+#[test]
+fn frames_round_trip() {
+    let mut out = Vec::new();
+    frame::write_window_update(&mut out, 7, 1000);
+    let h = FrameHeader::parse(&out).unwrap();
+    assert_eq!(
+        (h.len, h.kind, h.stream),
+        (4, frame::kind::WINDOW_UPDATE, 7)
+    );
+    assert_eq!(frame::window_update(&out[9..]).unwrap(), 1000);
+    out.clear();
+    frame::write_goaway(&mut out, 9, frame::code::ENHANCE_YOUR_CALM, b"calm");
+    assert_eq!(
+        frame::goaway(&out[9..]).unwrap(),
+        (9, frame::code::ENHANCE_YOUR_CALM)
+    );
+    out.clear();
+    // A 40,000-byte block splits into HEADERS + 2 CONTINUATION at 16,384.
+    frame::write_headers(&mut out, 1, &[0u8; 40_000], true, 16_384);
+    let mut pos = 0;
+    let mut kinds = Vec::new();
+    while pos < out.len() {
+        let h = FrameHeader::parse(&out[pos..]).unwrap();
+        kinds.push((h.kind, h.flags));
+        pos += 9 + h.len as usize;
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            (frame::kind::HEADERS, frame::flag::END_STREAM),
+            (frame::kind::CONTINUATION, 0),
+            (frame::kind::CONTINUATION, frame::flag::END_HEADERS)
+        ]
+    );
+    // Padding: pad length 2, data "ab", 2 pad bytes.
+    assert_eq!(
+        frame::data_payload(frame::flag::PADDED, &[2, b'a', b'b', 0, 0]).unwrap(),
+        b"ab"
+    );
+    assert!(frame::data_payload(frame::flag::PADDED, &[5, b'a']).is_err());
+    assert!(frame::settings(&[0; 7]).is_err());
+}
+
+#[test]
+fn grpc_headers() {
+    assert_eq!(
+        grpc::split_path(b"/helloworld.Greeter/SayHello"),
+        Some((&b"helloworld.Greeter"[..], &b"SayHello"[..]))
+    );
+    assert_eq!(grpc::split_path(b"/a/b/c"), Some((&b"a/b"[..], &b"c"[..])));
+    assert_eq!(grpc::split_path(b"/nomethod/"), None);
+    assert_eq!(grpc::split_path(b"x"), None);
+    assert_eq!(grpc::parse_grpc_timeout(b"100m"), Some(100_000));
+    assert_eq!(grpc::parse_grpc_timeout(b"2S"), Some(2_000_000));
+    assert_eq!(grpc::parse_grpc_timeout(b"1500n"), Some(2));
+    assert_eq!(grpc::parse_grpc_timeout(b"123456789S"), None);
+    assert_eq!(grpc::parse_grpc_timeout(b"10x"), None);
+    assert_eq!(grpc::parse_tri_timeout(b"250"), Some(250_000));
+    let mut b = [0; 10];
+    assert_eq!(grpc::status_text(14, &mut b), b"14");
+    assert_eq!(grpc::status_text(0, &mut b), b"0");
+}
+
+proptest! {
+    #[test]
+    fn huffman_round_trips(s in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut enc = Vec::new();
+        hpack::huffman_encode(&s, &mut enc);
+        let mut dec = Vec::new();
+        hpack::huffman_decode(&enc, &mut dec).unwrap();
+        prop_assert_eq!(dec, s);
+    }
+
+    #[test]
+    fn encoder_output_decodes_to_input(
+        fields in proptest::collection::vec(
+            (prop_oneof![Just(b":path".to_vec()), Just(b"content-type".to_vec()), Just(b":method".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..20)],
+             prop_oneof![Just(b"POST".to_vec()), proptest::collection::vec(any::<u8>(), 0..300)],
+             any::<bool>()),
+            0..20)
+    ) {
+        let mut block = Vec::new();
+        for (n, v, never) in &fields {
+            hpack::encode_field(&mut block, n, v, *never);
+        }
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        d.decode(&block, &mut |n, v, never| got.push((n.to_vec(), v.to_vec(), never))).unwrap();
+        let want: Vec<_> = fields.iter().map(|(n, v, never)| {
+            // A static exact match is sent indexed, which has no never-indexed bit.
+            let exact = hpack::STATIC_TABLE.iter().any(|(sn, sv)| *sn == &n[..] && *sv == &v[..]);
+            (n.clone(), v.clone(), *never && !exact)
+        }).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn decoder_never_panics(block in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let mut d = Decoder::new(256);
+        let _ = d.decode(&block, &mut |_, _, _| {});
+        let _ = d.decode(&block, &mut |_, _, _| {});
+    }
+}

@@ -1,0 +1,1364 @@
+//! One HTTP/2 connection, caller side (`Side::Down`) or upstream side (`Side::Up`), and the
+//! relay between a caller's stream and its upstream stream.
+//!
+//! Frames are read into one buffer and split zero-copy; HEADERS are decoded (HPACK state must be
+//! kept) into a reusable [`HeaderList`] and re-encoded for the other connection; DATA payloads
+//! are relayed as they are. Flow control is per hop: ringside returns window to the sender of a
+//! DATA frame only when the bytes have been written towards the other side, so a slow reader
+//! holds back its writer and ringside buffers at most one window per stream and per
+//! connection. Everything is on one shard: connections point at each other with `Weak`
+//! references and no borrow is held across a call into another connection.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
+use codec::h2::grpc::{self, status};
+use codec::h2::hpack::{self, Decoder};
+use rustc_hash::FxHashMap;
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::net::TcpStream;
+use shard::{Event, Notify};
+
+use super::router::RequestView;
+use super::{Call, H2Limits, Host, Pool, TripleListener};
+use crate::dubbo::downstream::RequestStatIds;
+
+/// Read buffer growth step.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes queued for a peer that does not read (control frames are not flow controlled): beyond
+/// this the connection is closed.
+pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// A caller connection that is draining and has no stream left closes after this long.
+pub const DRAIN_QUIET_MS: u64 = 100;
+/// Draining: how long to wait for the caller to acknowledge the first GOAWAY (by answering our
+/// PING) before the final GOAWAY that refuses new streams.
+pub const DRAIN_ACK_WAIT_MS: u64 = 1_000;
+/// The PING payload that follows the first, graceful GOAWAY.
+const DRAIN_PING: [u8; 8] = *b"rs-drain";
+
+/// What a connection is.
+pub enum Side {
+    /// A caller's connection to a triple listener.
+    Down(Rc<TripleListener>),
+    /// A connection to one upstream endpoint.
+    Up(Rc<Host>),
+}
+
+/// A connection error: GOAWAY with this code, then close.
+#[derive(Debug)]
+pub struct ConnError {
+    pub code: u32,
+    pub why: String,
+}
+
+fn conn_err(code: u32, why: impl Into<String>) -> ConnError {
+    ConnError {
+        code,
+        why: why.into(),
+    }
+}
+
+impl From<frame::FrameError> for ConnError {
+    fn from(e: frame::FrameError) -> Self {
+        conn_err(e.code, e.what)
+    }
+}
+
+/// A frame waiting in a stream's queue (DATA waits for flow-control window; anything behind it
+/// waits with it, so order is kept).
+enum Out {
+    Headers(Vec<u8>, bool),
+    Data(Bytes, bool),
+    Rst(u32),
+}
+
+pub struct Stream {
+    /// The stream this one is relayed to, on the other connection.
+    link: Option<(Weak<Conn>, u32)>,
+    send_window: i64,
+    /// What the peer may still send on this stream.
+    recv_avail: i64,
+    /// Relayed bytes not yet returned to the peer as window.
+    recv_unacked: u32,
+    queue: VecDeque<Out>,
+    sent_end: bool,
+    recv_end: bool,
+    /// Caller side: the call's bookkeeping.
+    call: Option<Call>,
+}
+
+impl Stream {
+    fn new(send_window: i64, recv_window: u32, call: Option<Call>) -> Stream {
+        Stream {
+            link: None,
+            send_window,
+            recv_avail: i64::from(recv_window),
+            recv_unacked: 0,
+            queue: VecDeque::new(),
+            sent_end: false,
+            recv_end: false,
+            call,
+        }
+    }
+}
+
+pub struct Conn {
+    pub side: Side,
+    limits: H2Limits,
+    out: RefCell<BytesMut>,
+    out_ready: Notify,
+    /// Stop reading and writing.
+    closed: Cell<bool>,
+    /// Write what is queued, then close.
+    closing: Cell<bool>,
+    peer_frame_max: Cell<u32>,
+    peer_initial_window: Cell<i64>,
+    peer_streams_max: Cell<u32>,
+    send_window: Cell<i64>,
+    recv_avail: Cell<i64>,
+    recv_unacked: Cell<u32>,
+    streams: RefCell<FxHashMap<u32, Stream>>,
+    /// Streams with DATA waiting for window.
+    blocked: RefCell<Vec<u32>>,
+    decoder: RefCell<Decoder>,
+    headers: RefCell<super::headers::HeaderList>,
+    /// Caller side: the highest stream id the caller opened. Upstream side: the next id to use.
+    stream_ids: Cell<u32>,
+    /// Caller side: GOAWAY sent (draining). Upstream side: GOAWAY received, with its last id.
+    goaway: Cell<Option<u32>>,
+    /// Caller side: resets in the current one-second window.
+    resets: Cell<(Instant, u32)>,
+    /// Caller side: wakes the deadline task when an earlier deadline is set.
+    deadline_wake: Notify,
+    armed: Cell<Option<Instant>>,
+    /// Caller side: a stream ended (the drain waits for the last one).
+    stream_ended: Notify,
+    /// Caller side: the caller answered the drain PING.
+    drain_acked: Notify,
+    /// Upstream side: connected (frames are queued before).
+    pub open: Cell<bool>,
+}
+
+impl Conn {
+    fn new(side: Side, limits: H2Limits) -> Conn {
+        Conn {
+            side,
+            limits,
+            out: RefCell::new(BytesMut::with_capacity(16 * 1024)),
+            out_ready: Notify::new(),
+            closed: Cell::new(false),
+            closing: Cell::new(false),
+            peer_frame_max: Cell::new(frame::FRAME_BYTES_DEFAULT),
+            peer_initial_window: Cell::new(i64::from(frame::WINDOW_DEFAULT)),
+            peer_streams_max: Cell::new(u32::MAX),
+            send_window: Cell::new(i64::from(frame::WINDOW_DEFAULT)),
+            recv_avail: Cell::new(i64::from(frame::WINDOW_DEFAULT)),
+            recv_unacked: Cell::new(0),
+            streams: RefCell::new(FxHashMap::default()),
+            blocked: RefCell::new(Vec::new()),
+            decoder: RefCell::new(Decoder::new(hpack::TABLE_BYTES_DEFAULT)),
+            headers: RefCell::new(Default::default()),
+            stream_ids: Cell::new(0),
+            goaway: Cell::new(None),
+            resets: Cell::new((Instant::now(), 0)),
+            deadline_wake: Notify::new(),
+            armed: Cell::new(None),
+            stream_ended: Notify::new(),
+            drain_acked: Notify::new(),
+            open: Cell::new(false),
+        }
+    }
+
+    /// Our SETTINGS and the connection window raise, queued first on every connection.
+    fn greet(&self, client: bool) {
+        let l = self.limits;
+        let mut out = self.out.borrow_mut();
+        if client {
+            out.extend_from_slice(frame::PREFACE);
+        }
+        let mut settings = vec![
+            (setting::INITIAL_WINDOW_SIZE, l.stream_window),
+            (setting::MAX_FRAME_SIZE, l.frame_max),
+            (setting::MAX_HEADER_LIST_SIZE, l.header_list_max),
+        ];
+        if client {
+            settings.push((setting::ENABLE_PUSH, 0));
+        } else {
+            settings.push((setting::MAX_CONCURRENT_STREAMS, l.streams_max));
+        }
+        frame::write_settings(&mut *out, &settings);
+        if l.conn_window > frame::WINDOW_DEFAULT {
+            frame::write_window_update(&mut *out, 0, l.conn_window - frame::WINDOW_DEFAULT);
+        }
+        self.recv_avail.set(i64::from(l.conn_window));
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.borrow().len()
+    }
+
+    fn write(&self, f: impl FnOnce(&mut BytesMut)) {
+        if self.closed.get() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        f(&mut out);
+        if out.len() > OUT_BYTES_MAX {
+            drop(out);
+            tracing::warn!("http/2 peer does not read: {OUT_BYTES_MAX} bytes queued, closing");
+            self.close();
+        }
+        self.out_ready.notify();
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.closing.set(true);
+        self.out_ready.notify();
+    }
+
+    /// GOAWAY with `code`, then close once it is written.
+    fn goaway_close(&self, code: u32, why: &str) {
+        let last = match self.side {
+            Side::Down(_) => self.stream_ids.get(),
+            Side::Up(_) => 0,
+        };
+        self.write(|o| frame::write_goaway(o, last, code, why.as_bytes()));
+        self.closing.set(true);
+        self.out_ready.notify();
+    }
+
+    // === relay ===
+
+    fn send(self: &Rc<Self>, id: u32, item: Out) {
+        {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return;
+            };
+            if s.sent_end {
+                return;
+            }
+            s.queue.push_back(item);
+        }
+        self.flush(id);
+    }
+
+    /// Writes what the windows allow of a stream's queue, returns the relayed bytes' window to
+    /// the other side, and forgets the stream when both directions are done.
+    fn flush(self: &Rc<Self>, id: u32) {
+        let mut credit: Option<(Weak<Conn>, u32, u32)> = None;
+        let done;
+        {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return;
+            };
+            let frame_max = self.peer_frame_max.get() as usize;
+            let mut relayed = 0u32;
+            let mut out = self.out.borrow_mut();
+            while let Some(item) = s.queue.front_mut() {
+                match item {
+                    Out::Headers(block, end) => {
+                        frame::write_headers(&mut *out, id, block, *end, frame_max as u32);
+                        s.sent_end |= *end;
+                        s.queue.pop_front();
+                    }
+                    Out::Rst(c) => {
+                        frame::write_rst_stream(&mut *out, id, *c);
+                        s.sent_end = true;
+                        s.recv_end = true;
+                        s.queue.clear();
+                    }
+                    Out::Data(b, end) => {
+                        let window = s.send_window.min(self.send_window.get()).max(0) as usize;
+                        let n = b.len().min(window).min(frame_max);
+                        if n == 0 && !b.is_empty() {
+                            let mut blocked = self.blocked.borrow_mut();
+                            if !blocked.contains(&id) {
+                                blocked.push(id);
+                            }
+                            break;
+                        }
+                        let last = n == b.len();
+                        frame::write_data_header(&mut *out, id, n, last && *end);
+                        out.extend_from_slice(&b[..n]);
+                        s.send_window -= n as i64;
+                        self.send_window.set(self.send_window.get() - n as i64);
+                        relayed += n as u32;
+                        if last {
+                            s.sent_end |= *end;
+                            s.queue.pop_front();
+                        } else {
+                            b.advance(n);
+                        }
+                    }
+                }
+            }
+            drop(out);
+            self.out_ready.notify();
+            if relayed > 0 {
+                if let Some((w, other)) = &s.link {
+                    credit = Some((w.clone(), *other, relayed));
+                }
+            }
+            done = s.sent_end && s.recv_end && s.queue.is_empty();
+        }
+        if let Some((w, other, n)) = credit {
+            if let Some(c) = w.upgrade() {
+                c.credit(other, n);
+            }
+        }
+        if done {
+            self.forget(id);
+        }
+        if self.out.borrow().len() > OUT_BYTES_MAX {
+            self.close();
+        }
+    }
+
+    /// `n` bytes received on `id` were relayed (or dropped): give the peer its window back,
+    /// in batches of half a window.
+    fn credit(&self, id: u32, n: u32) {
+        let l = self.limits;
+        let unacked = self.recv_unacked.get() + n;
+        if unacked >= l.conn_window / 2 {
+            self.write(|o| frame::write_window_update(o, 0, unacked));
+            self.recv_avail
+                .set(self.recv_avail.get() + i64::from(unacked));
+            self.recv_unacked.set(0);
+        } else {
+            self.recv_unacked.set(unacked);
+        }
+        let mut update = 0;
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            if !s.recv_end {
+                s.recv_unacked += n;
+                if s.recv_unacked >= l.stream_window / 2 {
+                    update = s.recv_unacked;
+                    s.recv_avail += i64::from(update);
+                    s.recv_unacked = 0;
+                }
+            }
+        }
+        if update > 0 {
+            self.write(|o| frame::write_window_update(o, id, update));
+        }
+    }
+
+    fn forget(&self, id: u32) {
+        let removed = self.streams.borrow_mut().remove(&id);
+        if let Some(s) = removed {
+            if let (Side::Down(l), Some(call)) = (&self.side, s.call) {
+                l.end_call(&call);
+            }
+            if let Side::Up(h) = &self.side {
+                h.pool.stats.dec(h.pool.ids.rq_active);
+            }
+            self.stream_ended.notify();
+        }
+    }
+
+    /// The link of a stream, if it still has one.
+    fn link(&self, id: u32) -> Option<(Rc<Conn>, u32)> {
+        let streams = self.streams.borrow();
+        let (w, other) = streams.get(&id)?.link.as_ref()?;
+        Some((w.upgrade()?, *other))
+    }
+
+    fn unlink(&self, id: u32) {
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.link = None;
+        }
+    }
+
+    /// Ends a stream here without writing anything (the peer reset it, or the connection is
+    /// gone) and returns the stream it was relayed to.
+    fn end_stream(&self, id: u32) -> Option<(Rc<Conn>, u32)> {
+        let link = self.link(id);
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.queue.clear();
+            s.link = None;
+            s.sent_end = true;
+            s.recv_end = true;
+        }
+        self.forget(id);
+        let (other, oid) = link?;
+        other.unlink(oid);
+        Some((other, oid))
+    }
+
+    /// Tells the relay partner of a lost stream: an upstream stream is cancelled, a caller's
+    /// call ends with `status` (counted as an upstream failure).
+    fn abandon(self: &Rc<Self>, other: &Rc<Conn>, oid: u32, status_: u32, why: &str) {
+        match &other.side {
+            Side::Up(_) => other.reset(oid, code::CANCEL),
+            Side::Down(_) => {
+                if let Side::Up(h) = &self.side {
+                    h.pool.stats.inc(h.pool.ids.rq_failure);
+                }
+                other.fail_call(oid, status_, why)
+            }
+        }
+    }
+
+    /// Resets a stream on this connection (and forgets it).
+    fn reset(self: &Rc<Self>, id: u32, c: u32) {
+        {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return;
+            };
+            s.queue.clear();
+            s.link = None;
+        }
+        self.send(id, Out::Rst(c));
+    }
+
+    // === frames in ===
+
+    fn on_frame(self: &Rc<Self>, h: FrameHeader, payload: Bytes) -> Result<(), ConnError> {
+        match h.kind {
+            kind::DATA => self.on_data(h, payload),
+            kind::RST_STREAM => {
+                if h.stream == 0 {
+                    return Err(conn_err(code::PROTOCOL_ERROR, "RST_STREAM on stream 0"));
+                }
+                let c = frame::rst_stream(&payload)?;
+                self.on_rst(h.stream, c)
+            }
+            kind::SETTINGS => self.on_settings(h, &payload),
+            kind::PING => {
+                let data: [u8; 8] = payload[..]
+                    .try_into()
+                    .map_err(|_| conn_err(code::FRAME_SIZE_ERROR, "PING length is not 8"))?;
+                if h.stream != 0 {
+                    return Err(conn_err(code::PROTOCOL_ERROR, "PING on a stream"));
+                }
+                if h.flags & flag::ACK == 0 {
+                    self.write(|o| frame::write_ping(o, true, data));
+                } else if data == DRAIN_PING {
+                    self.drain_acked.notify();
+                }
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => self.on_window_update(h, &payload),
+            kind::GOAWAY => {
+                let (last, c) = frame::goaway(&payload)?;
+                self.on_goaway(last, c);
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(conn_err(code::PROTOCOL_ERROR, "PUSH_PROMISE not enabled")),
+            kind::PRIORITY => {
+                if payload.len() != 5 {
+                    return Err(conn_err(code::FRAME_SIZE_ERROR, "PRIORITY length is not 5"));
+                }
+                Ok(())
+            }
+            kind::CONTINUATION => Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "CONTINUATION without HEADERS",
+            )),
+            // Unknown frame types are ignored (RFC 9113 4.1).
+            _ => Ok(()),
+        }
+    }
+
+    fn on_settings(self: &Rc<Self>, h: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
+        if h.stream != 0 {
+            return Err(conn_err(code::PROTOCOL_ERROR, "SETTINGS on a stream"));
+        }
+        if h.flags & flag::ACK != 0 {
+            if !payload.is_empty() {
+                return Err(conn_err(
+                    code::FRAME_SIZE_ERROR,
+                    "SETTINGS ACK with a payload",
+                ));
+            }
+            return Ok(());
+        }
+        let mut window_delta = 0i64;
+        for (id, v) in frame::settings(payload)? {
+            match id {
+                setting::ENABLE_PUSH if v > 1 => {
+                    return Err(conn_err(code::PROTOCOL_ERROR, "ENABLE_PUSH above 1"))
+                }
+                setting::MAX_CONCURRENT_STREAMS => self.peer_streams_max.set(v),
+                setting::INITIAL_WINDOW_SIZE => {
+                    if v > frame::WINDOW_LIMIT {
+                        return Err(conn_err(
+                            code::FLOW_CONTROL_ERROR,
+                            "INITIAL_WINDOW_SIZE above 2^31-1",
+                        ));
+                    }
+                    window_delta += i64::from(v) - self.peer_initial_window.get();
+                    self.peer_initial_window.set(i64::from(v));
+                }
+                setting::MAX_FRAME_SIZE => {
+                    if !(frame::FRAME_BYTES_DEFAULT..=frame::FRAME_BYTES_LIMIT).contains(&v) {
+                        return Err(conn_err(
+                            code::PROTOCOL_ERROR,
+                            "MAX_FRAME_SIZE out of range",
+                        ));
+                    }
+                    self.peer_frame_max.set(v);
+                }
+                _ => {}
+            }
+        }
+        self.write(frame::write_settings_ack);
+        if window_delta != 0 {
+            for s in self.streams.borrow_mut().values_mut() {
+                s.send_window += window_delta;
+            }
+            if window_delta > 0 {
+                self.flush_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_all(self: &Rc<Self>) {
+        let ids: Vec<u32> = std::mem::take(&mut *self.blocked.borrow_mut());
+        for id in ids {
+            self.flush(id);
+        }
+    }
+
+    fn on_window_update(self: &Rc<Self>, h: FrameHeader, payload: &[u8]) -> Result<(), ConnError> {
+        let inc = i64::from(frame::window_update(payload)?);
+        if h.stream == 0 {
+            if inc == 0 {
+                return Err(conn_err(code::PROTOCOL_ERROR, "WINDOW_UPDATE of 0"));
+            }
+            let w = self.send_window.get() + inc;
+            if w > i64::from(frame::WINDOW_LIMIT) {
+                return Err(conn_err(
+                    code::FLOW_CONTROL_ERROR,
+                    "connection window above 2^31-1",
+                ));
+            }
+            self.send_window.set(w);
+            self.flush_all();
+            return Ok(());
+        }
+        let bad = {
+            let mut streams = self.streams.borrow_mut();
+            match streams.get_mut(&h.stream) {
+                None => return Ok(()),
+                Some(_) if inc == 0 => Some(code::PROTOCOL_ERROR),
+                Some(s) => {
+                    s.send_window += inc;
+                    (s.send_window > i64::from(frame::WINDOW_LIMIT))
+                        .then_some(code::FLOW_CONTROL_ERROR)
+                }
+            }
+        };
+        match bad {
+            Some(c) => self.on_stream_error(h.stream, c, "bad WINDOW_UPDATE"),
+            None => {
+                self.blocked.borrow_mut().retain(|&b| b != h.stream);
+                self.flush(h.stream)
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data(self: &Rc<Self>, h: FrameHeader, payload: Bytes) -> Result<(), ConnError> {
+        let len = i64::from(h.len);
+        let avail = self.recv_avail.get() - len;
+        if avail < 0 {
+            return Err(conn_err(
+                code::FLOW_CONTROL_ERROR,
+                "DATA beyond the connection window",
+            ));
+        }
+        self.recv_avail.set(avail);
+        if h.stream == 0 {
+            return Err(conn_err(code::PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        let data = frame::data_payload(h.flags, &payload)?;
+        let data = payload.slice_ref(data);
+        let pad = h.len - data.len() as u32;
+        let end = h.flags & flag::END_STREAM != 0;
+        enum Next {
+            Relay(Weak<Conn>, u32),
+            Drop,
+            Error(u32),
+        }
+        let next = {
+            let mut streams = self.streams.borrow_mut();
+            match streams.get_mut(&h.stream) {
+                None => {
+                    if self.is_idle(h.stream) {
+                        return Err(conn_err(code::PROTOCOL_ERROR, "DATA on an idle stream"));
+                    }
+                    Next::Drop
+                }
+                Some(s) if s.recv_end => Next::Error(code::STREAM_CLOSED),
+                Some(s) => {
+                    s.recv_avail -= len;
+                    if s.recv_avail < 0 {
+                        Next::Error(code::FLOW_CONTROL_ERROR)
+                    } else {
+                        s.recv_end = end;
+                        match &s.link {
+                            Some((w, other)) => Next::Relay(w.clone(), *other),
+                            None => Next::Drop,
+                        }
+                    }
+                }
+            }
+        };
+        match next {
+            Next::Relay(w, other) => {
+                if pad > 0 {
+                    self.credit(h.stream, pad);
+                }
+                match w.upgrade() {
+                    Some(c) => c.send(other, Out::Data(data, end)),
+                    None => self.credit(h.stream, data.len() as u32),
+                }
+            }
+            Next::Drop => self.credit(h.stream, h.len),
+            Next::Error(c) => {
+                self.credit(h.stream, h.len);
+                self.on_stream_error(h.stream, c, "bad DATA");
+            }
+        }
+        if end {
+            self.maybe_forget(h.stream);
+        }
+        Ok(())
+    }
+
+    fn maybe_forget(&self, id: u32) {
+        let done = self
+            .streams
+            .borrow()
+            .get(&id)
+            .is_some_and(|s| s.sent_end && s.recv_end && s.queue.is_empty());
+        if done {
+            self.forget(id);
+        }
+    }
+
+    /// A stream id the peer could open but has not.
+    fn is_idle(&self, id: u32) -> bool {
+        match self.side {
+            Side::Down(_) => id > self.stream_ids.get(),
+            Side::Up(_) => id >= self.stream_ids.get(),
+        }
+    }
+
+    /// A stream-level protocol error: reset both this stream and its relay partner.
+    fn on_stream_error(self: &Rc<Self>, id: u32, c: u32, why: &str) {
+        tracing::debug!(stream = id, code = c, why, "http/2 stream error");
+        if let Some((other, oid)) = self.link(id) {
+            self.unlink(id);
+            other.unlink(oid);
+            self.abandon(&other, oid, status::INTERNAL, "upstream protocol error");
+        }
+        self.reset(id, c);
+    }
+
+    fn on_rst(self: &Rc<Self>, id: u32, c: u32) -> Result<(), ConnError> {
+        if self.is_idle(id) {
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "RST_STREAM on an idle stream",
+            ));
+        }
+        if let Side::Down(l) = &self.side {
+            let (start, n) = self.resets.get();
+            let now = Instant::now();
+            let (start, n) = if now.duration_since(start) > Duration::from_secs(1) {
+                (now, 1)
+            } else {
+                (start, n + 1)
+            };
+            self.resets.set((start, n));
+            if n > l.limits.resets_per_second_max {
+                l.stats.inc(l.ids.rst_flood);
+                return Err(conn_err(code::ENHANCE_YOUR_CALM, "too many stream resets"));
+            }
+        }
+        if let Some((other, oid)) = self.end_stream(id) {
+            let why = format!("upstream reset stream (code {c})");
+            self.abandon(&other, oid, status::UNAVAILABLE, &why);
+        }
+        Ok(())
+    }
+
+    fn on_goaway(self: &Rc<Self>, last: u32, c: u32) {
+        match &self.side {
+            Side::Down(_) => {
+                // The caller is leaving: its streams finish, then the connection ends.
+                self.closing.set(self.stream_count() == 0);
+                self.out_ready.notify();
+            }
+            Side::Up(h) => {
+                tracing::debug!(upstream = %h.addr, last, code = c, "upstream GOAWAY");
+                self.goaway.set(Some(last));
+                // Streams above `last` were not processed: fail them (safe for callers to retry).
+                let refused: Vec<u32> = self
+                    .streams
+                    .borrow()
+                    .keys()
+                    .copied()
+                    .filter(|&id| id > last)
+                    .collect();
+                for id in refused {
+                    self.upstream_failed(id, "upstream went away (GOAWAY)");
+                }
+                if self.stream_count() == 0 {
+                    self.close();
+                }
+            }
+        }
+    }
+
+    /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
+    fn upstream_failed(self: &Rc<Self>, id: u32, why: &str) {
+        if let Some((down, did)) = self.end_stream(id) {
+            self.abandon(&down, did, status::UNAVAILABLE, why);
+        }
+    }
+
+    fn on_headers(self: &Rc<Self>, id: u32, end: bool, block: &[u8]) -> Result<(), ConnError> {
+        if id == 0 {
+            return Err(conn_err(code::PROTOCOL_ERROR, "HEADERS on stream 0"));
+        }
+        {
+            let mut hl = self.headers.borrow_mut();
+            hl.clear();
+            let limit = self.limits.header_list_max as usize;
+            let hl = &mut *hl;
+            self.decoder
+                .borrow_mut()
+                .decode(block, &mut |n, v, never| hl.push(n, v, never, limit))
+                .map_err(|e| conn_err(code::COMPRESSION_ERROR, e.to_string()))?;
+        }
+        match &self.side {
+            Side::Down(l) => {
+                let l = l.clone();
+                self.on_request_headers(&l, id, end)
+            }
+            Side::Up(_) => {
+                self.on_response_headers(id, end);
+                Ok(())
+            }
+        }
+    }
+
+    // === caller side ===
+
+    fn on_request_headers(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        id: u32,
+        end: bool,
+    ) -> Result<(), ConnError> {
+        if id % 2 == 0 {
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "even stream id from a client",
+            ));
+        }
+        if self.streams.borrow().contains_key(&id) {
+            // Trailers from the caller.
+            if !end {
+                self.on_stream_error(id, code::PROTOCOL_ERROR, "trailers without END_STREAM");
+                return Ok(());
+            }
+            let mut block = Vec::new();
+            self.headers.borrow().encode(&mut block);
+            if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+                s.recv_end = true;
+            }
+            if let Some((up, uid)) = self.link(id) {
+                up.send(uid, Out::Headers(block, true));
+            }
+            self.maybe_forget(id);
+            return Ok(());
+        }
+        if id <= self.stream_ids.get() {
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "stream id reused or not increasing",
+            ));
+        }
+        self.stream_ids.set(id);
+        l.stats.inc(l.ids.rq_total);
+        if self.goaway.get().is_some()
+            || self.streams.borrow().len() >= l.limits.streams_max as usize
+        {
+            l.stats.inc(l.ids.rq_refused);
+            self.write(|o| frame::write_rst_stream(o, id, code::REFUSED_STREAM));
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut s = Stream::new(
+            self.peer_initial_window.get(),
+            self.limits.stream_window,
+            Some(Call::new(l, now)),
+        );
+        s.recv_end = end;
+        self.streams.borrow_mut().insert(id, s);
+
+        let hl = self.headers.borrow();
+        if hl.too_large {
+            drop(hl);
+            l.stats.inc(l.ids.rq_too_large);
+            self.fail_call(
+                id,
+                status::RESOURCE_EXHAUSTED,
+                &format!("header list exceeds {} bytes", self.limits.header_list_max),
+            );
+            return Ok(());
+        }
+        let path = hl.get(b":path");
+        if hl.malformed || path.is_none() || hl.get(b":method").is_none() {
+            drop(hl);
+            l.stats.inc(l.ids.rq_bad);
+            self.on_stream_error(id, code::PROTOCOL_ERROR, "malformed request headers");
+            return Ok(());
+        }
+        let Some((service, method)) = path.and_then(grpc::split_path) else {
+            drop(hl);
+            l.stats.inc(l.ids.rq_no_route);
+            self.fail_call(id, status::UNIMPLEMENTED, "path is not /{service}/{method}");
+            return Ok(());
+        };
+        let view = RequestView {
+            service,
+            method,
+            headers: &hl,
+        };
+        let Some(action) = l.router.route(&view) else {
+            let msg = format!(
+                "ringside: no route for {}/{}",
+                String::from_utf8_lossy(service),
+                String::from_utf8_lossy(method)
+            );
+            drop(hl);
+            l.stats.inc(l.ids.rq_no_route);
+            self.fail_call(id, status::UNIMPLEMENTED, &msg);
+            return Ok(());
+        };
+        let route_ids = match action.route_index {
+            Some(i) => l.route_ids[i],
+            None => *l.route_ids.last().unwrap_or(&l.ids.other_service),
+        };
+        let service_ids = l.service_ids(service, method);
+        // Deadline: the caller's grpc-timeout / tri-service-timeout, capped by the route's.
+        let caller_us = hl
+            .get(b"grpc-timeout")
+            .and_then(grpc::parse_grpc_timeout)
+            .or_else(|| {
+                hl.get(b"tri-service-timeout")
+                    .and_then(grpc::parse_tri_timeout)
+            });
+        let route_us = action.timeout.map(|t| t.as_micros() as u64);
+        let timeout_us = match (caller_us, route_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = timeout_us.map(|us| now + Duration::from_micros(us));
+        let cluster = action.pick_cluster(l.roll());
+        let mut block = Vec::with_capacity(block_hint(&hl));
+        hl.encode(&mut block);
+        drop(hl);
+        route_ids.rq_total_inc(&l.stats);
+        service_ids.rq_total_inc(&l.stats);
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            if let Some(c) = s.call.as_mut() {
+                c.route = route_ids;
+                c.service = service_ids;
+                c.deadline = deadline;
+            }
+        }
+        let pool = &l.pools[cluster];
+        let Some(up) = pool.connection(self.limits) else {
+            l.stats.inc(l.ids.rq_no_healthy_upstream);
+            self.fail_call(id, status::UNAVAILABLE, "ringside: no healthy upstream");
+            return Ok(());
+        };
+        let Some(uid) = up.open_stream(Rc::downgrade(self), id) else {
+            pool.stats.inc(pool.ids.rq_overflow);
+            self.fail_call(
+                id,
+                status::RESOURCE_EXHAUSTED,
+                "ringside: upstream streams exhausted",
+            );
+            return Ok(());
+        };
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.link = Some((Rc::downgrade(&up), uid));
+        }
+        up.send(uid, Out::Headers(block, end));
+        if let Some(d) = deadline {
+            if self.armed.get().is_none_or(|a| d < a) {
+                self.deadline_wake.notify();
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a call with a gRPC status made by ringside: trailers-only when no response headers
+    /// were sent yet, else trailers after what is queued is dropped.
+    pub fn fail_call(self: &Rc<Self>, id: u32, code_: u32, message: &str) {
+        let Side::Down(l) = &self.side else {
+            return;
+        };
+        let headers_sent = {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return;
+            };
+            if s.sent_end {
+                return;
+            }
+            s.queue.clear();
+            let Some(call) = s.call.as_mut() else {
+                return;
+            };
+            call.local = true;
+            call.status = Some(code_);
+            std::mem::replace(&mut call.headers_sent, true)
+        };
+        l.stats.inc(l.ids.rsp_local);
+        let mut block = Vec::with_capacity(96);
+        if !headers_sent {
+            hpack::encode_field(&mut block, b":status", b"200", false);
+            hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
+        }
+        let mut num = [0u8; 10];
+        hpack::encode_field(
+            &mut block,
+            b"grpc-status",
+            grpc::status_text(code_, &mut num),
+            false,
+        );
+        hpack::encode_field(&mut block, b"grpc-message", &percent_encode(message), false);
+        self.send(id, Out::Headers(block, true));
+        // The caller may still be sending: tell it to stop (RFC 9113 8.1).
+        let still_sending = self.streams.borrow().get(&id).is_some_and(|s| !s.recv_end);
+        if still_sending {
+            if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+                s.recv_end = true;
+                s.sent_end = false;
+                s.queue.push_back(Out::Rst(code::NO_ERROR));
+            }
+            self.flush(id);
+        }
+        self.maybe_forget(id);
+    }
+
+    /// Response headers or trailers from upstream, relayed to the caller.
+    fn on_response_headers(self: &Rc<Self>, id: u32, end: bool) {
+        let Some((down, did)) = self.link(id) else {
+            return;
+        };
+        let mut block = Vec::new();
+        let grpc_status = {
+            let hl = self.headers.borrow();
+            hl.encode(&mut block);
+            hl.get(b"grpc-status").and_then(|v| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+            })
+        };
+        if end {
+            if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+                s.recv_end = true;
+            }
+            self.maybe_forget(id);
+        }
+        down.relay_response_headers(did, block, end, grpc_status);
+    }
+
+    fn relay_response_headers(
+        self: &Rc<Self>,
+        id: u32,
+        block: Vec<u8>,
+        end: bool,
+        st: Option<u32>,
+    ) {
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            if let Some(c) = s.call.as_mut() {
+                c.headers_sent = true;
+                if end {
+                    c.status = Some(st.unwrap_or(status::INTERNAL));
+                }
+            }
+        }
+        self.send(id, Out::Headers(block, end));
+        self.maybe_forget(id);
+    }
+
+    /// Caller side: ends calls past their deadline (DEADLINE_EXCEEDED to the caller, CANCEL
+    /// upstream); returns the next deadline.
+    fn expire(self: &Rc<Self>, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&id, s) in self.streams.borrow().iter() {
+            let Some(d) = s.call.as_ref().and_then(|c| c.deadline) else {
+                continue;
+            };
+            if s.sent_end {
+                continue;
+            }
+            if d <= now {
+                expired.push(id);
+            } else {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        let Side::Down(l) = &self.side else {
+            return next;
+        };
+        for id in expired {
+            l.stats.inc(l.ids.rq_timeout);
+            if let Some((up, uid)) = self.link(id) {
+                if let Side::Up(h) = &up.side {
+                    h.pool.stats.inc(h.pool.ids.rq_timeout);
+                }
+                self.unlink(id);
+                up.unlink(uid);
+                up.reset(uid, code::CANCEL);
+            }
+            if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+                if let Some(c) = s.call.as_mut() {
+                    c.deadline = None;
+                }
+            }
+            self.fail_call(id, status::DEADLINE_EXCEEDED, "ringside: deadline exceeded");
+        }
+        next
+    }
+
+    /// Caller side: cancels every stream (the caller's connection is gone).
+    fn cancel_all(self: &Rc<Self>) {
+        let ids: Vec<u32> = self.streams.borrow().keys().copied().collect();
+        for id in ids {
+            if let Some((other, oid)) = self.end_stream(id) {
+                self.abandon(
+                    &other,
+                    oid,
+                    status::UNAVAILABLE,
+                    "upstream connection closed",
+                );
+            }
+        }
+    }
+
+    // === upstream side ===
+
+    /// Opens a stream relayed to the caller's stream `(down, did)`; `None` when this
+    /// connection has no stream id or concurrency left.
+    fn open_stream(self: &Rc<Self>, down: Weak<Conn>, did: u32) -> Option<u32> {
+        let id = self.stream_ids.get();
+        if id > frame::STREAM_ID_MAX || !self.has_room() {
+            return None;
+        }
+        self.stream_ids.set(id + 2);
+        let mut s = Stream::new(
+            self.peer_initial_window.get(),
+            self.limits.stream_window,
+            None,
+        );
+        s.link = Some((down, did));
+        self.streams.borrow_mut().insert(id, s);
+        if let Side::Up(h) = &self.side {
+            h.pool.stats.inc(h.pool.ids.rq_total);
+            h.pool.stats.inc(h.pool.ids.rq_active);
+        }
+        Some(id)
+    }
+
+    pub fn has_room(&self) -> bool {
+        !self.closed.get()
+            && !self.closing.get()
+            && self.goaway.get().is_none()
+            && self.stream_ids.get() <= frame::STREAM_ID_MAX
+            && (self.streams.borrow().len() as u64) < u64::from(self.peer_streams_max.get())
+    }
+}
+
+/// Percent-encodes a grpc-message (gRPC over HTTP/2: bytes outside 0x20..=0x7e and '%').
+fn percent_encode(m: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len());
+    for &b in m.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+fn block_hint(hl: &super::headers::HeaderList) -> usize {
+    hl.list_bytes.min(16 * 1024)
+}
+
+impl RequestStatIds {
+    fn rq_total_inc(&self, stats: &crate::stats::ShardStats) {
+        stats.inc(self.rq_total);
+    }
+}
+
+// === tasks ===
+
+/// Reads frames until EOF or a connection error.
+async fn read_loop<R: AsyncReadRent>(
+    conn: &Rc<Conn>,
+    mut r: R,
+    server: bool,
+) -> Result<(), ConnError> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let frame_max = conn.limits.frame_max;
+    let mut preface_left = server;
+    // A header block being continued: (stream, END_STREAM, fragments so far).
+    let mut cont: Option<(u32, bool, Vec<u8>)> = None;
+    let cont_max = conn.limits.header_list_max as usize * 2 + 16 * 1024;
+    loop {
+        if preface_left && buf.len() >= frame::PREFACE.len() {
+            if &buf[..frame::PREFACE.len()] != frame::PREFACE {
+                return Err(conn_err(
+                    code::PROTOCOL_ERROR,
+                    "not an HTTP/2 connection preface",
+                ));
+            }
+            buf.advance(frame::PREFACE.len());
+            preface_left = false;
+        }
+        while !preface_left {
+            let Some(h) = FrameHeader::parse(&buf) else {
+                break;
+            };
+            if h.len > frame_max {
+                return Err(conn_err(
+                    code::FRAME_SIZE_ERROR,
+                    format!("frame of {} bytes exceeds {frame_max}", h.len),
+                ));
+            }
+            let total = frame::HEADER_BYTES + h.len as usize;
+            if buf.len() < total {
+                buf.reserve(total - buf.len());
+                break;
+            }
+            buf.advance(frame::HEADER_BYTES);
+            let payload = buf.split_to(h.len as usize).freeze();
+            if let Some((sid, end, mut block)) = cont.take() {
+                if h.kind != kind::CONTINUATION || h.stream != sid {
+                    return Err(conn_err(code::PROTOCOL_ERROR, "header block interrupted"));
+                }
+                block.extend_from_slice(&payload);
+                if block.len() > cont_max {
+                    return Err(conn_err(code::ENHANCE_YOUR_CALM, "header block too large"));
+                }
+                if h.flags & flag::END_HEADERS != 0 {
+                    conn.on_headers(sid, end, &block)?;
+                } else {
+                    cont = Some((sid, end, block));
+                }
+                continue;
+            }
+            if h.kind == kind::HEADERS {
+                let frag = frame::headers_fragment(h.flags, &payload)?;
+                let end = h.flags & flag::END_STREAM != 0;
+                if h.flags & flag::END_HEADERS != 0 {
+                    conn.on_headers(h.stream, end, frag)?;
+                } else {
+                    cont = Some((h.stream, end, frag.to_vec()));
+                }
+                continue;
+            }
+            conn.on_frame(h, payload)?;
+        }
+        if conn.closed.get() {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        let (res, b) = crate::io::read_append(&mut r, buf).await;
+        buf = b;
+        match res {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(conn_err(code::NO_ERROR, format!("read: {e}"))),
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
+    let mut spare = BytesMut::with_capacity(16 * 1024);
+    loop {
+        if conn.out.borrow().is_empty() {
+            if conn.closing.get() {
+                let _ = w.shutdown().await;
+                return;
+            }
+            conn.out_ready.wait().await;
+            continue;
+        }
+        let buf = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
+        let (res, mut buf) = w.write_all(buf).await;
+        if res.is_err() {
+            conn.closed.set(true);
+            conn.closing.set(true);
+            return;
+        }
+        buf.clear();
+        spare = buf;
+    }
+}
+
+/// Serves one caller connection.
+pub async fn serve(stream: TcpStream, l: Rc<TripleListener>, drain: Event) {
+    let _ = stream.set_nodelay(true);
+    let limits = l.limits;
+    let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
+    conn.greet(false);
+    let (r, w) = stream.into_split();
+    let reader = async {
+        if let Err(e) = read_loop(&conn, r, true).await {
+            if e.code != code::NO_ERROR {
+                l.stats.inc(l.ids.protocol_error);
+                tracing::debug!(listener = %l.name, code = e.code, why = %e.why, "caller connection error");
+                conn.goaway_close(e.code, &e.why);
+            }
+        }
+        conn.cancel_all();
+        conn.closing.set(true);
+        conn.out_ready.notify();
+    };
+    let deadlines = async {
+        loop {
+            if conn.closing.get() {
+                return;
+            }
+            let next = conn.expire(Instant::now());
+            conn.armed.set(next);
+            match next {
+                Some(t) => {
+                    shard::monoio::select! {
+                        _ = shard::monoio::time::sleep_until(t.into()) => {}
+                        _ = conn.deadline_wake.wait() => {}
+                    }
+                }
+                None => conn.deadline_wake.wait().await,
+            }
+        }
+    };
+    let drainer = async {
+        drain.wait().await;
+        shard::monoio::time::sleep(Duration::from_millis(
+            crate::listener::DRAIN_ANNOUNCE_DELAY_MS,
+        ))
+        .await;
+        // Two-step GOAWAY (RFC 9113 6.8): first with the largest id, so streams the caller
+        // opens before it sees it are still served, and a PING; once the PING comes back (or
+        // after DRAIN_ACK_WAIT_MS) the final GOAWAY names the last stream served.
+        conn.write(|o| {
+            frame::write_goaway(o, frame::STREAM_ID_MAX, code::NO_ERROR, b"draining");
+            frame::write_ping(o, false, DRAIN_PING);
+        });
+        shard::monoio::select! {
+            _ = conn.drain_acked.wait() => {}
+            _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_ACK_WAIT_MS)) => {}
+        }
+        let last = conn.stream_ids.get();
+        conn.goaway.set(Some(last));
+        conn.write(|o| frame::write_goaway(o, last, code::NO_ERROR, b"draining"));
+        loop {
+            if conn.stream_count() == 0 {
+                shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)).await;
+                if conn.stream_count() == 0 {
+                    break;
+                }
+            }
+            conn.stream_ended.wait().await;
+        }
+        conn.closing.set(true);
+        conn.closed.set(true);
+        conn.out_ready.notify();
+    };
+    shard::monoio::select! {
+        _ = async { shard::monoio::join!(reader, write_loop(&conn, w)) } => {}
+        _ = deadlines => {}
+        _ = drainer => {}
+    }
+    conn.cancel_all();
+}
+
+/// A new upstream connection to `host` (connects in the background; frames queue meanwhile).
+pub fn connect(host: &Rc<Host>, limits: H2Limits) -> Rc<Conn> {
+    let conn = Rc::new(Conn::new(Side::Up(host.clone()), limits));
+    conn.stream_ids.set(1);
+    conn.greet(true);
+    shard::monoio::spawn(run_upstream(conn.clone()));
+    conn
+}
+
+async fn run_upstream(conn: Rc<Conn>) {
+    let Side::Up(host) = &conn.side else {
+        return;
+    };
+    let host = host.clone();
+    let pool: Rc<Pool> = host.pool.clone();
+    let connected =
+        shard::monoio::time::timeout(pool.connect_timeout, TcpStream::connect_addr(host.addr))
+            .await;
+    let why = match connected {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            pool.stats.inc(pool.lb.ids.cx_total);
+            pool.stats.inc(pool.lb.ids.hosts[host.index].cx_total);
+            pool.stats.inc(pool.lb.ids.cx_active);
+            host.down_until.set(None);
+            conn.open.set(true);
+            let (r, w) = stream.into_split();
+            let why = shard::monoio::select! {
+                r = read_loop(&conn, r, false) => match r {
+                    Ok(()) => "upstream closed the connection".to_string(),
+                    Err(e) => {
+                        if e.code != code::NO_ERROR {
+                            conn.goaway_close(e.code, &e.why);
+                        }
+                        format!("upstream connection error: {}", e.why)
+                    }
+                },
+                _ = write_loop(&conn, w) => "upstream write failed".to_string(),
+            };
+            pool.stats.dec(pool.lb.ids.cx_active);
+            why
+        }
+        Ok(Err(e)) => {
+            pool.stats.inc(pool.lb.ids.cx_connect_fail);
+            pool.stats
+                .inc(pool.lb.ids.hosts[host.index].cx_connect_fail);
+            host.mark_down();
+            format!("ringside: upstream connect to {} failed: {e}", host.addr)
+        }
+        Err(_) => {
+            pool.stats.inc(pool.lb.ids.cx_connect_timeout);
+            host.mark_down();
+            format!("ringside: upstream connect to {} timed out", host.addr)
+        }
+    };
+    conn.closed.set(true);
+    host.remove(&conn);
+    let ids: Vec<u32> = conn.streams.borrow().keys().copied().collect();
+    for id in ids {
+        conn.upstream_failed(id, &why);
+    }
+}

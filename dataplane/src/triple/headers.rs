@@ -1,0 +1,86 @@
+//! A decoded header list kept in one reusable buffer (no allocation per request once warm).
+
+use codec::h2::hpack;
+
+/// Headers a proxy must not forward (RFC 9113 8.2.2: connection-specific).
+const HOP_BY_HOP: [&[u8]; 5] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+#[derive(Default)]
+pub struct HeaderList {
+    buf: Vec<u8>,
+    /// (name start, name end, value end, never indexed)
+    fields: Vec<(u32, u32, u32, bool)>,
+    /// RFC 9113 accounting: name + value + 32 per field.
+    pub list_bytes: usize,
+    /// Set when the list went over its limit: fields after that were counted, not kept.
+    pub too_large: bool,
+    /// A field broke HTTP/2's rules (upper-case name, pseudo-header after a regular one).
+    pub malformed: bool,
+    regular_seen: bool,
+}
+
+impl HeaderList {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.fields.clear();
+        self.list_bytes = 0;
+        self.too_large = false;
+        self.malformed = false;
+        self.regular_seen = false;
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8], never: bool, limit: usize) {
+        self.list_bytes += name.len() + value.len() + 32;
+        if self.list_bytes > limit {
+            self.too_large = true;
+            return;
+        }
+        if name.iter().any(|b| b.is_ascii_uppercase()) {
+            self.malformed = true;
+        }
+        if name.first() == Some(&b':') {
+            if self.regular_seen {
+                self.malformed = true;
+            }
+        } else {
+            self.regular_seen = true;
+        }
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(name);
+        let name_end = self.buf.len() as u32;
+        self.buf.extend_from_slice(value);
+        self.fields
+            .push((start, name_end, self.buf.len() as u32, never));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+        self.fields.iter().map(|&(s, n, e, never)| {
+            (
+                &self.buf[s as usize..n as usize],
+                &self.buf[n as usize..e as usize],
+                never,
+            )
+        })
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|(n, _, _)| *n == name).map(|(_, v, _)| v)
+    }
+
+    /// HPACK-encodes the list for the next hop, without connection-specific headers.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for (n, v, never) in self.iter() {
+            if HOP_BY_HOP.contains(&n) || (n == b"te" && v != b"trailers") {
+                continue;
+            }
+            hpack::encode_field(out, n, v, never);
+        }
+    }
+}

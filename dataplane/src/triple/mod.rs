@@ -1,0 +1,265 @@
+//! The Triple/gRPC filter: HTTP/2 (prior-knowledge h2c) on both sides, each stream routed on
+//! its request headers (`:path` → service and method, `:authority`, `tri-*` and any header) and
+//! relayed to a stream on a shared upstream connection. Bodies are never decoded.
+//!
+//! - `headers`: a decoded header list in a reusable buffer;
+//! - `router`: compiled routes;
+//! - `conn`: one HTTP/2 connection (caller or upstream side) and the stream relay;
+//! - here: the listener's per-shard state, the upstream pools, the stat ids.
+pub mod conn;
+pub mod headers;
+pub mod router;
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::cluster::ShardCluster;
+use crate::config;
+use crate::dubbo::downstream::{RequestStatIds, ServiceStatsMap};
+use crate::dubbo::upstream::UpstreamStatIds;
+use crate::stats::{HistId, ShardStats, StatId};
+
+/// After a failed connect, an endpoint gets no new streams for this long (unless every
+/// endpoint is down).
+pub const ENDPOINT_FAILURE_BACKOFF_MS: u64 = 500;
+
+/// gRPC status codes counted one by one (0..=16); others count as 17 (`other`).
+pub const GRPC_STATUS_COUNTED: usize = 18;
+
+/// HTTP/2 limits of one connection (what ringside advertises and enforces).
+#[derive(Clone, Copy, Debug)]
+pub struct H2Limits {
+    pub frame_max: u32,
+    pub header_list_max: u32,
+    pub streams_max: u32,
+    pub stream_window: u32,
+    pub conn_window: u32,
+    pub resets_per_second_max: u32,
+}
+
+impl H2Limits {
+    pub fn from_config(t: &config::TripleListener) -> H2Limits {
+        H2Limits {
+            frame_max: t.frame_bytes_max,
+            header_list_max: t.header_list_bytes_max,
+            streams_max: t.concurrent_streams_max,
+            stream_window: t.stream_window_bytes,
+            conn_window: t.connection_window_bytes,
+            resets_per_second_max: t.resets_per_second_max,
+        }
+    }
+}
+
+/// Stat ids of one triple listener.
+#[derive(Clone, Debug)]
+pub struct TripleStatIds {
+    pub rq_total: StatId,
+    pub rq_no_route: StatId,
+    pub rq_refused: StatId,
+    pub rq_bad: StatId,
+    pub rq_too_large: StatId,
+    pub rq_timeout: StatId,
+    pub rq_no_healthy_upstream: StatId,
+    pub rsp_local: StatId,
+    /// Responses by grpc-status (index 17: any other value).
+    pub rsp_status: [StatId; GRPC_STATUS_COUNTED],
+    pub protocol_error: StatId,
+    pub rst_flood: StatId,
+    pub rq_time: HistId,
+    pub other_service: RequestStatIds,
+}
+
+/// One call's bookkeeping, kept on the caller's stream.
+pub struct Call {
+    pub started: Instant,
+    pub deadline: Option<Instant>,
+    pub headers_sent: bool,
+    pub status: Option<u32>,
+    pub local: bool,
+    pub route: RequestStatIds,
+    pub service: RequestStatIds,
+}
+
+impl Call {
+    fn new(l: &TripleListener, now: Instant) -> Call {
+        Call {
+            started: now,
+            deadline: None,
+            headers_sent: false,
+            status: None,
+            local: false,
+            route: l.ids.other_service,
+            service: l.ids.other_service,
+        }
+    }
+}
+
+/// Everything one triple listener's connections on one shard need.
+pub struct TripleListener {
+    pub name: String,
+    pub router: router::Router,
+    /// Indexed like the config's clusters.
+    pub pools: Vec<Rc<Pool>>,
+    pub limits: H2Limits,
+    pub stats: ShardStats,
+    pub ids: TripleStatIds,
+    /// Per route in config order, then the default route.
+    pub route_ids: Vec<RequestStatIds>,
+    pub services: RefCell<ServiceStatsMap>,
+    pub dice: crate::dubbo::router::Dice,
+}
+
+impl TripleListener {
+    fn roll(&self) -> u32 {
+        self.dice.roll()
+    }
+
+    fn service_ids(&self, service: &[u8], method: &[u8]) -> RequestStatIds {
+        crate::dubbo::downstream::service_ids(
+            &self.services,
+            &self.stats,
+            "triple_service",
+            &self.name,
+            ("service", service),
+            method,
+            self.ids.other_service,
+        )
+    }
+
+    /// Counts a finished call (called when its stream is forgotten).
+    fn end_call(&self, c: &Call) {
+        let Some(st) = c.status else {
+            // Cancelled by the caller or lost with its connection.
+            return;
+        };
+        self.stats
+            .record_us(self.ids.rq_time, c.started.elapsed().as_micros() as u64);
+        let i = (st as usize).min(GRPC_STATUS_COUNTED - 1);
+        self.stats.inc(self.ids.rsp_status[i]);
+        for ids in [&c.route, &c.service] {
+            if c.local {
+                self.stats.inc(ids.rsp_local);
+            } else if st == 0 {
+                self.stats.inc(ids.rsp_ok);
+            } else {
+                self.stats.inc(ids.rsp_error);
+            }
+        }
+    }
+}
+
+/// A cluster's HTTP/2 upstream connections on one shard.
+pub struct Pool {
+    pub lb: Rc<ShardCluster>,
+    hosts: OnceCell<Box<[Rc<Host>]>>,
+    connections_per_host: usize,
+    pub connect_timeout: Duration,
+    pub stats: ShardStats,
+    pub ids: UpstreamStatIds,
+    me: std::rc::Weak<Pool>,
+}
+
+pub struct Host {
+    pub addr: SocketAddr,
+    pub index: usize,
+    pub pool: Rc<Pool>,
+    conns: RefCell<Vec<Rc<conn::Conn>>>,
+    next: Cell<usize>,
+    down_until: Cell<Option<Instant>>,
+}
+
+impl Pool {
+    pub fn new(
+        c: &config::Cluster,
+        lb: Rc<ShardCluster>,
+        stats: ShardStats,
+        ids: UpstreamStatIds,
+    ) -> Rc<Pool> {
+        Rc::new_cyclic(|me| Pool {
+            lb,
+            hosts: OnceCell::new(),
+            connections_per_host: c.connections_per_host as usize,
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            stats,
+            ids,
+            me: me.clone(),
+        })
+    }
+
+    fn hosts(&self) -> &[Rc<Host>] {
+        self.hosts.get_or_init(|| {
+            let me = self.me.upgrade().expect("pool alive while used");
+            self.lb
+                .endpoints()
+                .iter()
+                .enumerate()
+                .map(|(index, &addr)| {
+                    Rc::new(Host {
+                        addr,
+                        index,
+                        pool: me.clone(),
+                        conns: RefCell::new(Vec::new()),
+                        next: Cell::new(0),
+                        down_until: Cell::new(None),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
+    /// endpoints in connect-failure back-off unless all are).
+    fn connection(&self, limits: H2Limits) -> Option<Rc<conn::Conn>> {
+        let hosts = self.hosts();
+        let now = Instant::now();
+        let mut fallback = None;
+        for _ in 0..hosts.len() {
+            let h = &hosts[self.lb.pick()];
+            match h.down_until.get() {
+                Some(t) if t > now => fallback = fallback.or(Some(h.clone())),
+                _ => return h.connection(self.connections_per_host, limits),
+            }
+        }
+        fallback.and_then(|h| h.connection(self.connections_per_host, limits))
+    }
+}
+
+impl Host {
+    fn connection(self: &Rc<Self>, max: usize, limits: H2Limits) -> Option<Rc<conn::Conn>> {
+        let n = self.conns.borrow().len();
+        // Up to `connections_per_host` connections share the streams round-robin; when all are
+        // full (the upstream's MAX_CONCURRENT_STREAMS) up to as many again are opened.
+        if n < max.max(1) {
+            return Some(self.open(limits));
+        }
+        {
+            let conns = self.conns.borrow();
+            for k in 0..n {
+                let i = (self.next.get() + k) % n;
+                if conns[i].has_room() {
+                    self.next.set(i + 1);
+                    return Some(conns[i].clone());
+                }
+            }
+        }
+        (n < max.max(1) * 2).then(|| self.open(limits))
+    }
+
+    fn open(self: &Rc<Self>, limits: H2Limits) -> Rc<conn::Conn> {
+        let c = conn::connect(self, limits);
+        self.conns.borrow_mut().push(c.clone());
+        c
+    }
+
+    fn mark_down(&self) {
+        self.down_until.set(Some(
+            Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
+        ));
+    }
+
+    fn remove(&self, c: &Rc<conn::Conn>) {
+        self.conns.borrow_mut().retain(|x| !Rc::ptr_eq(x, c));
+    }
+}
