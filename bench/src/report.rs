@@ -113,6 +113,35 @@ pub struct LoadReport {
     pub cdf: Vec<(f64, f64)>,
 }
 
+// === impl LoadReport ===
+
+impl LoadReport {
+    /// The measured part of a report (counts, rps, latency, errors, CDF); the caller adds what
+    /// describes the load (`LoadReport { tool, mode, .., ..LoadReport::measured(..) }`).
+    pub fn measured(
+        counters: &crate::progress::Counters,
+        rec: &Recorder,
+        errors: ErrorCounts,
+        duration: Duration,
+        warmup: Duration,
+    ) -> LoadReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        let measured = rec.hist.len();
+        LoadReport {
+            duration_s: duration.as_secs_f64(),
+            warmup_s: warmup.as_secs_f64(),
+            sent: counters.sent.load(Relaxed),
+            received: counters.received.load(Relaxed),
+            measured,
+            rps: measured as f64 / duration.as_secs_f64().max(1e-9),
+            latency_us: rec.latency_us(),
+            errors,
+            cdf: rec.cdf(),
+            ..LoadReport::default()
+        }
+    }
+}
+
 /// Latency histogram of one connection or one whole run, in nanoseconds.
 pub struct Recorder {
     pub hist: Histogram<u64>,
@@ -177,6 +206,20 @@ impl Recorder {
         points.push((1.0, us(self.hist.max())));
         points
     }
+}
+
+/// Awaits every task's (latency, errors) and merges them; a task that panicked adds nothing.
+pub async fn merge_all(
+    tasks: Vec<tokio::task::JoinHandle<(Recorder, ErrorCounts)>>,
+) -> (Recorder, ErrorCounts) {
+    let mut all = (Recorder::new(), ErrorCounts::default());
+    for t in tasks {
+        if let Ok((rec, errs)) = t.await {
+            all.0.merge(&rec);
+            all.1.merge(&errs);
+        }
+    }
+    all
 }
 
 fn us(ns: u64) -> f64 {

@@ -102,7 +102,6 @@ fn main() {
     counters.stop.store(true, Relaxed);
     let _ = progress.join();
 
-    let measured = rec.hist.len();
     let report = LoadReport {
         tool: "dubbo-load".into(),
         mode: if opts.rate.is_some() {
@@ -120,16 +119,8 @@ fn main() {
         },
         rate_per_s: opts.rate,
         payload_bytes: opts.payload,
-        duration_s: opts.duration.as_secs_f64(),
-        warmup_s: opts.warmup.as_secs_f64(),
-        sent: counters.sent.load(Relaxed),
-        received: counters.received.load(Relaxed),
-        measured,
-        rps: measured as f64 / opts.duration.as_secs_f64().max(1e-9),
-        latency_us: rec.latency_us(),
-        errors,
         reconnects,
-        cdf: rec.cdf(),
+        ..LoadReport::measured(&counters, &rec, errors, opts.duration, opts.warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
         eprintln!("dubbo-load: writing the report: {e}");
@@ -155,14 +146,7 @@ fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Record
                 closed_conn(&target, state, pipeline, timeout, end, &counters).await
             }));
         }
-        let mut all = (Recorder::new(), ErrorCounts::default());
-        for t in tasks {
-            if let Ok((rec, errs)) = t.await {
-                all.0.merge(&rec);
-                all.1.merge(&errs);
-            }
-        }
-        all
+        report::merge_all(tasks).await
     }))
 }
 

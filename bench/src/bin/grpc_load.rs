@@ -87,7 +87,6 @@ fn main() {
     counters.stop.store(true, Relaxed);
     let _ = progress.join();
 
-    let measured = rec.hist.len();
     let report = LoadReport {
         tool: "grpc-load".into(),
         mode: "closed".into(),
@@ -96,16 +95,7 @@ fn main() {
         pipeline: opts.streams,
         rate_per_s: None,
         payload_bytes: opts.payload,
-        duration_s: opts.duration.as_secs_f64(),
-        warmup_s: opts.warmup.as_secs_f64(),
-        sent: counters.sent.load(Relaxed),
-        received: counters.received.load(Relaxed),
-        measured,
-        rps: measured as f64 / opts.duration.as_secs_f64().max(1e-9),
-        latency_us: rec.latency_us(),
-        errors,
-        reconnects: 0,
-        cdf: rec.cdf(),
+        ..LoadReport::measured(&counters, &rec, errors, opts.duration, opts.warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
         eprintln!("grpc-load: writing the report: {e}");
@@ -162,14 +152,7 @@ fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Record
                 connection(&target, streams, shared).await
             }));
         }
-        let mut all = (Recorder::new(), ErrorCounts::default());
-        for t in tasks {
-            if let Ok((rec, errs)) = t.await {
-                all.0.merge(&rec);
-                all.1.merge(&errs);
-            }
-        }
-        all
+        report::merge_all(tasks).await
     }))
 }
 
@@ -210,13 +193,8 @@ async fn connection(target: &str, streams: usize, shared: Rc<Shared>) -> (Record
         let (client, shared) = (client.clone(), shared.clone());
         lanes.push(tokio::task::spawn_local(lane(client, shared)));
     }
-    let mut rec = Recorder::new();
-    for l in lanes {
-        if let Ok((r, e)) = l.await {
-            rec.merge(&r);
-            errors.merge(&e);
-        }
-    }
+    let (rec, lane_errors) = report::merge_all(lanes).await;
+    errors.merge(&lane_errors);
     driver.abort();
     (rec, errors)
 }

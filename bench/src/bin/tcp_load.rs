@@ -49,14 +49,7 @@ fn main() {
                         ping_pong(&target, bytes, measure_from, end, &counters).await
                     }));
                 }
-                let mut all = (Recorder::new(), ErrorCounts::default());
-                for t in tasks {
-                    if let Ok((rec, errs)) = t.await {
-                        all.0.merge(&rec);
-                        all.1.merge(&errs);
-                    }
-                }
-                all
+                report::merge_all(tasks).await
             })
             .await;
         counters
@@ -66,7 +59,6 @@ fn main() {
         results
     });
 
-    let measured = recorder.hist.len();
     let report = LoadReport {
         tool: "tcp-load".into(),
         mode: "closed".into(),
@@ -75,16 +67,7 @@ fn main() {
         pipeline: 1,
         rate_per_s: None,
         payload_bytes: bytes,
-        duration_s: duration.as_secs_f64(),
-        warmup_s: warmup.as_secs_f64(),
-        sent: counters.sent.load(std::sync::atomic::Ordering::Relaxed),
-        received: counters.received.load(std::sync::atomic::Ordering::Relaxed),
-        measured,
-        rps: measured as f64 / duration.as_secs_f64().max(1e-9),
-        latency_us: recorder.latency_us(),
-        errors,
-        reconnects: 0,
-        cdf: recorder.cdf(),
+        ..LoadReport::measured(&counters, &recorder, errors, duration, warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
         eprintln!("tcp-load: writing the report: {e}");

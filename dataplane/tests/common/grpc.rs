@@ -16,18 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn require(path: PathBuf) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-test-deps",
-        path.display()
-    );
-    path
-}
+use super::peers::{require, root};
 
 /// Which implementation a peer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -450,14 +439,17 @@ pub fn h2load_path(
 /// Parses h2load's `finished in`, `requests:` and `status codes:` lines.
 pub fn parse_h2load(text: &str) -> Option<H2loadSummary> {
     // "requests: 400 total, 400 started, 400 done, 400 succeeded, 0 failed, 0 errored, 0 timeout"
-    fn counts(line: &str) -> BTreeMap<String, u64> {
-        line.split(',')
+    // -> a lookup of the number before each word (0 when absent).
+    fn counts(line: &str) -> impl Fn(&str) -> u64 {
+        let c: BTreeMap<String, u64> = line
+            .split(',')
             .filter_map(|part| {
                 let mut w = part.split_whitespace();
                 let n = w.next()?.parse().ok()?;
                 Some((w.next()?.to_string(), n))
             })
-            .collect()
+            .collect();
+        move |k| c.get(k).copied().unwrap_or(0)
     }
     let mut s = H2loadSummary {
         output: text.to_string(),
@@ -466,8 +458,7 @@ pub fn parse_h2load(text: &str) -> Option<H2loadSummary> {
     let mut seen = false;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("requests:") {
-            let c = counts(rest);
-            let get = |k: &str| c.get(k).copied().unwrap_or(0);
+            let get = counts(rest);
             s.total = get("total");
             s.started = get("started");
             s.done = get("done");
@@ -477,8 +468,7 @@ pub fn parse_h2load(text: &str) -> Option<H2loadSummary> {
             s.timeout = get("timeout");
             seen = true;
         } else if let Some(rest) = line.strip_prefix("status codes:") {
-            let c = counts(rest);
-            let get = |k: &str| c.get(k).copied().unwrap_or(0);
+            let get = counts(rest);
             s.status_2xx = get("2xx");
             s.status_3xx = get("3xx");
             s.status_4xx = get("4xx");

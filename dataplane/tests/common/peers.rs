@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
+/// The repository root.
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn require(path: PathBuf) -> PathBuf {
+/// `path`, or a panic that says to run scripts/install-test-deps.
+pub fn require(path: PathBuf) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: run scripts/install-test-deps",

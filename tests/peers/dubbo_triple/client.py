@@ -16,10 +16,12 @@ What the SDK lacks, and how this client makes up for it (each by wrapping one SD
   (details say "client-side");
 - a streaming call's non-OK status is swallowed (the read stream just ends) and trailers are not
   exposed: the listeners' on_close is wrapped to keep the status and trailers;
-- it cannot connect lazily: no server -> the SDK raises RemotingError at construction, reported
-  as UNAVAILABLE (14) with the SDK's message.
+- it cannot connect lazily: no server -> the SDK raises RemotingError at construction (after
+  its own 3 s connect timeout), reported as UNAVAILABLE (14) with the SDK's message.
+Left as the SDK does it (a proxy must pass it through): every request stream, unary included,
+ends with one extra zero-length gRPC message carrying END_STREAM (done_writing sends
+encode(b"")), so a grpcio server counts client_stream --count N as N+1 messages.
 """
-import argparse
 import concurrent.futures
 import json
 import os
@@ -79,16 +81,6 @@ class CallFailed(Exception):
         self.code, self.details = code, details
 
 
-def payload_of(n, seq):
-    base = bytes((i + seq) % 251 for i in range(251))
-    return (base * (n // 251 + 1))[:n]
-
-
-def reply_json(r):
-    return {"server": r.server, "seq": r.seq, "message": r.message, "payload_bytes": len(r.payload),
-            "received_bytes": r.received_bytes, "metadata": list(r.metadata)}
-
-
 def last_close(before):
     """Raises CallFailed if the call that ended after `before` closes failed; returns trailers."""
     if len(CLOSES) <= before:
@@ -100,32 +92,17 @@ def last_close(before):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--target", required=True)
-    p.add_argument("--call", default="unary", choices=["unary", "server_stream", "client_stream", "bidi"])
-    p.add_argument("--count", type=int, default=1)
-    p.add_argument("--payload-bytes", type=int, default=0)
-    p.add_argument("--timeout-s", type=float, default=5.0)
-    p.add_argument("--metadata", action="append", default=[], help="k=v, repeatable")
-    p.add_argument("--name", default="ringside")
-    p.add_argument("--service", default="helloworld.Greeter")
-    a = p.parse_args()
-    for kv in a.metadata:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            p.error(f"--metadata {kv!r}: want k=v")
-        EXTRA_HEADERS.append((k.lower(), v))
+    a, metadata = stubs.client_args()
+    EXTRA_HEADERS.extend(metadata)
     TIMEOUT_S[0] = a.timeout_s
 
-    out = {"ok": True, "code": "OK", "code_number": 0, "details": "", "replies": [],
-           "payload_ok": True, "trailers": {}}
+    out = stubs.new_outcome()
     ser = pb2.HelloRequest.SerializeToString
     de = pb2.HelloReply.FromString
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     def request(seq, count=0):
-        return pb2.HelloRequest(name=f"{a.name}-{seq}" if seq else a.name,
-                                payload=payload_of(a.payload_bytes, seq), count=count)
+        return stubs.request(pb2, a, seq, count)
 
     def timed(fn, deadline):
         try:
@@ -153,7 +130,7 @@ def main():
                     last_close(before)  # raises the status the call closed with
                     raise
                 out["trailers"] = last_close(before)
-                out["replies"].append(reply_json(reply))
+                out["replies"].append(stubs.reply_json(reply))
                 out["payload_ok"] &= reply.payload == req.payload
         else:
             before = len(CLOSES)
@@ -170,7 +147,7 @@ def main():
             replies = timed(lambda: list(stream), deadline)
             out["trailers"] = last_close(before)
             for i, reply in enumerate(replies):
-                out["replies"].append(reply_json(reply))
+                out["replies"].append(stubs.reply_json(reply))
                 if a.call == "client_stream":
                     out["payload_ok"] &= reply.received_bytes == sum(len(r.payload) for r in reqs)
                 else:

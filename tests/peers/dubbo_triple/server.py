@@ -11,7 +11,6 @@ The SDK does not hand request headers to handlers; on_headers is wrapped below t
 thread-local for the handler that runs on the SDK's executor thread (reading only). A handler
 failure becomes grpc-status INTERNAL (13), the SDK's only error path.
 """
-import argparse
 import os
 import signal
 import socket
@@ -123,11 +122,7 @@ def wait_listening(host, port, within=10.0):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True, help="0 picks a free port (see READY)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--name", default="dubbo-triple-server")
-    p.add_argument("--delay-ms", type=int, default=0)
+    p = stubs.server_args("dubbo-triple-server")
     p.add_argument("--service", default="helloworld.Greeter")
     a = p.parse_args()
     port = a.port or free(a.host, 0)

@@ -9,7 +9,6 @@ payload; trailers carry x-server=NAME. --delay-ms sleeps before each reply (dead
 --status makes every call fail with that gRPC status (e.g. NOT_FOUND) after the delay.
 Exits 0 on SIGTERM or SIGINT.
 """
-import argparse
 import asyncio
 import signal
 import sys
@@ -110,11 +109,7 @@ async def serve(args):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True, help="0 picks a free port (see READY)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--name", default="grpc-server")
-    p.add_argument("--delay-ms", type=int, default=0)
+    p = stubs.server_args("grpc-server")
     p.add_argument("--status", default=None, help="grpc.StatusCode name every call fails with")
     p.add_argument("--message", default="failed on purpose")
     args = p.parse_args()

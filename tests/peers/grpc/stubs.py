@@ -1,7 +1,9 @@
 """Loads the Python stubs of helloworld.proto, generating them with grpcio-tools into
 <repo>/.cache/grpc when they are missing or older than the proto (scripts/install-test-deps does
-the same at install time; generation here keeps a peer usable right after a proto edit).
+the same at install time; generation here keeps a peer usable right after a proto edit). Also the
+CLI and JSON conventions the grpcio and apache-dubbo peers share.
 """
+import argparse
 import os
 import sys
 
@@ -41,6 +43,61 @@ def load():
     import helloworld_pb2_grpc
 
     return helloworld_pb2, helloworld_pb2_grpc
+
+
+def server_args(default_name):
+    """The servers' flags: --port (0: a free one, see READY), --host, --name, --delay-ms."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True, help="0 picks a free port (see READY)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--name", default=default_name)
+    p.add_argument("--delay-ms", type=int, default=0)
+    return p
+
+
+def client_args():
+    """Parses the clients' flags; returns (args, metadata as [(lowercase key, value)])."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", required=True)
+    p.add_argument("--call", default="unary",
+                   choices=["unary", "server_stream", "client_stream", "bidi"])
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--payload-bytes", type=int, default=0)
+    p.add_argument("--timeout-s", type=float, default=5.0)
+    p.add_argument("--metadata", action="append", default=[], help="k=v, repeatable")
+    p.add_argument("--name", default="ringside")
+    p.add_argument("--service", default="helloworld.Greeter",
+                   help="the service part of :path (another name tests an unknown service)")
+    a = p.parse_args()
+    metadata = []
+    for kv in a.metadata:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            p.error(f"--metadata {kv!r}: want k=v")
+        metadata.append((k.lower(), v))
+    return a, metadata
+
+
+def payload_of(n, seq):
+    """n bytes of a pattern that differs per request, so a mixed-up echo is caught."""
+    base = bytes((i + seq) % 251 for i in range(251))
+    return (base * (n // 251 + 1))[:n]
+
+
+def request(pb2, a, seq, count=0):
+    return pb2.HelloRequest(name=f"{a.name}-{seq}" if seq else a.name,
+                            payload=payload_of(a.payload_bytes, seq), count=count)
+
+
+def reply_json(r):
+    return {"server": r.server, "seq": r.seq, "message": r.message,
+            "payload_bytes": len(r.payload), "received_bytes": r.received_bytes,
+            "metadata": list(r.metadata)}
+
+
+def new_outcome():
+    return {"ok": True, "code": "OK", "code_number": 0, "details": "", "replies": [],
+            "payload_ok": True, "trailers": {}}
 
 
 if __name__ == "__main__":
