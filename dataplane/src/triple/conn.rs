@@ -1280,9 +1280,12 @@ pub async fn serve(stream: TcpStream, l: Rc<TripleListener>, drain: Event) {
             crate::listener::DRAIN_ANNOUNCE_DELAY_MS,
         ))
         .await;
-        // Two-step GOAWAY (RFC 9113 6.8): first with the largest id, so streams the caller
-        // opens before it sees it are still served, and a PING; once the PING comes back (or
-        // after DRAIN_ACK_WAIT_MS) the final GOAWAY names the last stream served.
+        // Two-step GOAWAY (RFC 9113 6.8): first with the largest id and a PING, so streams the
+        // caller opens before it sees the GOAWAY are still served. Once the PING is answered
+        // (or after DRAIN_ACK_WAIT_MS), streams are still accepted until the connection has
+        // been idle for DRAIN_QUIET_MS: a client may have streams queued behind its PING ACK
+        // (grpc-core does), and a final GOAWAY that excluded them would fail them ("Stream
+        // removed"). Only then does the final GOAWAY name the last stream served.
         conn.write(|o| {
             frame::write_goaway(o, frame::STREAM_ID_MAX, code::NO_ERROR, b"draining");
             frame::write_ping(o, false, DRAIN_PING);
@@ -1291,9 +1294,6 @@ pub async fn serve(stream: TcpStream, l: Rc<TripleListener>, drain: Event) {
             _ = conn.drain_acked.wait() => {}
             _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_ACK_WAIT_MS)) => {}
         }
-        let last = conn.stream_ids.get();
-        conn.goaway.set(Some(last));
-        conn.write(|o| frame::write_goaway(o, last, code::NO_ERROR, b"draining"));
         loop {
             if conn.stream_count() == 0 {
                 shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)).await;
@@ -1303,9 +1303,20 @@ pub async fn serve(stream: TcpStream, l: Rc<TripleListener>, drain: Event) {
             }
             conn.stream_ended.wait().await;
         }
+        let last = conn.stream_ids.get();
+        conn.goaway.set(Some(last));
+        conn.write(|o| frame::write_goaway(o, last, code::NO_ERROR, b"draining"));
         conn.closing.set(true);
-        conn.closed.set(true);
         conn.out_ready.notify();
+        // Let the writer flush the final GOAWAY and shut the socket down (bounded).
+        for _ in 0..100 {
+            if conn.out.borrow().is_empty() {
+                break;
+            }
+            shard::monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shard::monoio::time::sleep(Duration::from_millis(5)).await;
+        conn.closed.set(true);
     };
     shard::monoio::select! {
         _ = async { shard::monoio::join!(reader, write_loop(&conn, w)) } => {}
