@@ -54,7 +54,11 @@ fn captured_frames_decode() {
     let files = fixtures();
     // Captured 2026-11-30 with tcpdump between the sofa-rpc-node / dubbo-ssl-python consumers
     // and the sofa-rpc-node provider (tests/peers): one direction of one connection per file.
-    assert!(files.len() >= 16, "captured fixtures missing: {} files", files.len());
+    assert!(
+        files.len() >= 16,
+        "captured fixtures missing: {} files",
+        files.len()
+    );
     for (path, bytes) in files {
         let name = path.display();
         let frames = split(&mut std::iter::once(&bytes[..]));

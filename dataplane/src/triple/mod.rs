@@ -158,7 +158,6 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
-    me: std::rc::Weak<Pool>,
 }
 
 pub struct Host {
@@ -177,20 +176,19 @@ impl Pool {
         stats: ShardStats,
         ids: UpstreamStatIds,
     ) -> Rc<Pool> {
-        Rc::new_cyclic(|me| Pool {
+        Rc::new(Pool {
             lb,
             hosts: OnceCell::new(),
             connections_per_host: c.connections_per_host as usize,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             stats,
             ids,
-            me: me.clone(),
         })
     }
 
-    fn hosts(&self) -> &[Rc<Host>] {
+    fn hosts(self: &Rc<Self>) -> &[Rc<Host>] {
         self.hosts.get_or_init(|| {
-            let me = self.me.upgrade().expect("pool alive while used");
+            let me = self.clone();
             self.lb
                 .endpoints()
                 .iter()
@@ -211,7 +209,7 @@ impl Pool {
 
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
     /// endpoints in connect-failure back-off unless all are).
-    fn connection(&self, limits: H2Limits) -> Option<Rc<conn::Conn>> {
+    fn connection(self: &Rc<Self>, limits: H2Limits) -> Option<Rc<conn::Conn>> {
         let hosts = self.hosts();
         let now = Instant::now();
         let mut fallback = None;
