@@ -73,7 +73,7 @@ impl Mode {
         match self {
             Mode::Smoke => Duration::from_secs(1),
             Mode::Quick => Duration::from_millis(2500),
-            Mode::Full => Duration::from_secs(15),
+            Mode::Full => Duration::from_secs(10),
         }
     }
 
@@ -412,8 +412,8 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
 
   --smoke              1 run per scenario, 1 s each; Envoy optional
   --quick              3 reps x 2.5 s (< 5 min on 2 cores)
-  (default)            full: 3 reps x 15 s (< 30 min on 2 cores)
-  --reps N  --duration 15s  --warmup 3s     override the mode's
+  (default)            full: 3 reps x 10 s (< 30 min on 2 cores)
+  --reps N  --duration 10s  --warmup 3s     override the mode's
   --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-open-5k
                        dubbo-open-20k grpc-1x1 grpc-16x16 idle-rss-1000-clusters)
   --targets T,T        direct ringside envoy-tcp_proxy envoy-dubbo_proxy envoy-generic_proxy
