@@ -52,6 +52,15 @@ pub struct ShardCluster {
     pub ids: ClusterStatIds,
 }
 
+/// How an endpoint stands for [`ShardCluster::pick_available`].
+pub enum Availability {
+    Ready,
+    /// A connect failed recently: used only when no endpoint is ready.
+    BackingOff,
+    /// Never picked (e.g. a Dubbo provider that announced readonly).
+    Excluded,
+}
+
 /// Why no upstream connection could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -109,6 +118,22 @@ impl ShardCluster {
                 .min_by_key(|&i| self.active[i].get())
                 .unwrap_or(start),
         }
+    }
+
+    /// The balancer's pick among endpoints `state` does not exclude: the first one ready, else
+    /// the first one in failure back-off (a cluster whose endpoints all failed recently is
+    /// tried anyway), else `None`.
+    pub fn pick_available(&self, state: impl Fn(usize) -> Availability) -> Option<usize> {
+        let mut fallback = None;
+        for _ in 0..self.endpoints.len() {
+            let i = self.pick();
+            match state(i) {
+                Availability::Ready => return Some(i),
+                Availability::BackingOff => fallback = fallback.or(Some(i)),
+                Availability::Excluded => {}
+            }
+        }
+        fallback
     }
 
     pub fn endpoints(&self) -> &[SocketAddr] {

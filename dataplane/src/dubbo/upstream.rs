@@ -28,7 +28,7 @@ use shard::Notify;
 use super::downstream::{Counted, DownConn};
 use super::wire::{self, Status};
 use crate::cluster::HostStatIds;
-use crate::cluster::ShardCluster;
+use crate::cluster::{Availability, ShardCluster};
 use crate::config;
 use crate::stats::ShardStats;
 
@@ -162,19 +162,12 @@ impl ClusterPool {
 
     fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
         let hosts = self.hosts();
-        let n = hosts.len();
-        let mut fallback = None;
-        for _ in 0..n {
-            let h = &hosts[self.lb.pick()];
-            if h.readonly.get() {
-                continue;
-            }
-            match h.down_until.get() {
-                Some(t) if t > now => fallback = fallback.or(Some(h.clone())),
-                _ => return Some(h.clone()),
-            }
-        }
-        fallback
+        let i = self.lb.pick_available(|i| match &hosts[i] {
+            h if h.readonly.get() => Availability::Excluded,
+            h if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
+            _ => Availability::Ready,
+        })?;
+        Some(hosts[i].clone())
     }
 
     /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is

@@ -15,15 +15,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::ShardCluster;
+use crate::cluster::{Availability, ShardCluster};
 use crate::config;
 use crate::dubbo::downstream::{RequestStatIds, ServiceStatsMap};
 use crate::dubbo::upstream::UpstreamStatIds;
 use crate::stats::{HistId, ShardStats, StatId};
 
-/// After a failed connect, an endpoint gets no new streams for this long (unless every
-/// endpoint is down).
-pub const ENDPOINT_FAILURE_BACKOFF_MS: u64 = 500;
+use crate::dubbo::upstream::ENDPOINT_FAILURE_BACKOFF_MS;
 
 /// gRPC status codes counted one by one (0..=16); others count as 17 (`other`).
 pub const GRPC_STATUS_COUNTED: usize = 18;
@@ -212,15 +210,14 @@ impl Pool {
     fn connection(self: &Rc<Self>, limits: H2Limits) -> Option<Rc<conn::Conn>> {
         let hosts = self.hosts();
         let now = Instant::now();
-        let mut fallback = None;
-        for _ in 0..hosts.len() {
-            let h = &hosts[self.lb.pick()];
-            match h.down_until.get() {
-                Some(t) if t > now => fallback = fallback.or(Some(h.clone())),
-                _ => return h.connection(self.connections_per_host, limits),
+        let i = self.lb.pick_available(|i| {
+            if hosts[i].down_until.get().is_some_and(|t| t > now) {
+                Availability::BackingOff
+            } else {
+                Availability::Ready
             }
-        }
-        fallback.and_then(|h| h.connection(self.connections_per_host, limits))
+        })?;
+        hosts[i].connection(self.connections_per_host, limits)
     }
 }
 
