@@ -187,6 +187,18 @@ impl Action {
         }
     }
 
+    /// The listener's default route: all to `cluster`, no timeout override.
+    pub(crate) fn default_route(
+        clusters: &[config::Cluster],
+        cluster: &str,
+    ) -> Result<Action, String> {
+        Ok(Action::new(
+            vec![(cluster_index(clusters, cluster)?, 1)],
+            None,
+            None,
+        ))
+    }
+
     /// Compiles a route's action.
     pub(crate) fn from_config(
         a: &config::RouteAction,
@@ -273,16 +285,6 @@ impl Router {
         let d = l.dubbo.as_ref().unwrap_or(&empty);
         for (i, r) in d.routes.iter().enumerate() {
             let m = &r.matcher;
-            let targets = match &r.route.cluster {
-                Some(c) => vec![(cluster_index(clusters, c)?, 1)],
-                None => r
-                    .route
-                    .weighted_clusters
-                    .iter()
-                    .map(|w| Ok((cluster_index(clusters, &w.name)?, w.weight)))
-                    .collect::<Result<Vec<_>, String>>()?,
-            };
-            let total_weight = targets.iter().map(|t| t.1).sum();
             routes.push(Route {
                 interface: m
                     .interface
@@ -305,23 +307,14 @@ impl Router {
                     .map(AttachmentMatch::new)
                     .collect::<Result<_, _>>()
                     .map_err(|e| e.to_string())?,
-                action: Action {
-                    targets,
-                    total_weight,
-                    timeout: r.route.timeout_ms.map(Duration::from_millis),
-                    route_index: Some(i),
-                },
+                action: Action::from_config(&r.route, clusters, Some(i))?,
             });
         }
-        let default = match &l.cluster {
-            Some(c) => Some(Action {
-                targets: vec![(cluster_index(clusters, c)?, 1)],
-                total_weight: 1,
-                timeout: None,
-                route_index: None,
-            }),
-            None => None,
-        };
+        let default = l
+            .cluster
+            .as_deref()
+            .map(|c| Action::default_route(clusters, c))
+            .transpose()?;
         Ok(Router { routes, default })
     }
 

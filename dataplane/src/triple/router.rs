@@ -120,14 +120,11 @@ impl Router {
                 action: Action::from_config(&r.route, clusters, Some(i))?,
             });
         }
-        let default = match &l.cluster {
-            Some(c) => Some(Action::new(
-                vec![(crate::dubbo::router::cluster_index(clusters, c)?, 1)],
-                None,
-                None,
-            )),
-            None => None,
-        };
+        let default = l
+            .cluster
+            .as_deref()
+            .map(|c| Action::default_route(clusters, c))
+            .transpose()?;
         Ok(Router { routes, default })
     }
 
