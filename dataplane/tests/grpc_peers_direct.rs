@@ -190,9 +190,9 @@ fn error_statuses_and_unknown_service() {
 #[test]
 fn servers_exit_cleanly_on_sigterm() {
     let mut g = GrpcServer::start(0, "term", &[]);
-    assert_eq!(g.terminate(), Some(0));
+    assert_eq!(g.terminate(), Ok(0));
     let mut t = GrpcServer::start_triple(0, "term-tri", &[]);
-    assert_eq!(t.terminate(), Some(0));
+    assert_eq!(t.terminate(), Ok(0));
 }
 
 #[test]

@@ -146,21 +146,24 @@ impl GrpcServer {
         super::local(self.port)
     }
 
-    /// SIGTERM, then waits for the exit (at most 10 s, then SIGKILL); returns the exit code.
-    pub fn terminate(&mut self) -> Option<i32> {
+    /// SIGTERM, then waits for the exit (at most 10 s, then SIGKILL). Ok(exit code); Err says
+    /// whether the server died of a signal or did not exit in time.
+    pub fn terminate(&mut self) -> Result<i32, String> {
+        let sent = Instant::now();
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        while sent.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(s)) = self.child.try_wait() {
-                return s.code();
+                return s
+                    .code()
+                    .ok_or_else(|| format!("{} died of {s} after SIGTERM", self.name));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
-        None
+        Err(format!("{} still running 10 s after SIGTERM", self.name))
     }
 
     pub fn kill(&mut self) {

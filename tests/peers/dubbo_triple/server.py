@@ -18,6 +18,12 @@ import sys
 import threading
 import time
 
+# SIGTERM/SIGINT are blocked in every thread (threads inherit the mask, so block before the SDK
+# starts any) and taken synchronously by sigwait in main(): no Python-level handler that depends on
+# which thread the kernel picks or on the main thread getting the GIL back.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "grpc"))
 import stubs  # noqa: E402
 
@@ -140,12 +146,8 @@ def main():
     if not wait_listening(a.host, port):
         print(f"not listening on {a.host}:{port}", file=sys.stderr, flush=True)
         os._exit(1)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     print(f"READY port={port} name={a.name}", flush=True)
-    while not stop.wait(0.2):
-        pass
+    signal.sigwait(STOP_SIGNALS)
     # The SDK has no stop(); its event loop thread would keep the process alive.
     sys.stdout.flush()
     os._exit(0)
