@@ -5,7 +5,7 @@
 
 pub mod admin;
 pub mod cluster;
-pub mod config;
+pub use config;
 pub mod control;
 pub mod demo;
 pub mod dubbo;

@@ -127,3 +127,38 @@ fn poll_mode_defaults_parses_and_checks_the_budget() {
     assert_eq!(e[0].field, "runtime.spin_budget_us");
     assert_eq!(e[0].line, Some(3));
 }
+
+#[test]
+fn xds_bootstrap_parses_with_defaults_and_checks_the_server() {
+    let c = Config::from_yaml(
+        "t.yaml",
+        "xds:\n  server: 127.0.0.1:18000\n  node_id: n1\n  mode: delta\n",
+    )
+    .unwrap();
+    let x = c.xds.unwrap();
+    assert_eq!(x.mode, XdsMode::Delta);
+    assert_eq!(
+        x.initial_fetch_timeout_ms,
+        XDS_INITIAL_FETCH_TIMEOUT_MS_DEFAULT
+    );
+    let e = Config::from_yaml("t.yaml", "xds:\n  server: nowhere\n  node_id: n1\n").unwrap_err();
+    assert!(e.to_string().contains("xds.server"), "{e}");
+    assert!(e.0[0].line == Some(2), "{e}");
+}
+
+#[test]
+fn dynamic_configs_may_have_clusters_without_endpoints() {
+    let mut c = Config::default();
+    c.clusters.push(Cluster {
+        name: "empty".into(),
+        endpoints: vec![],
+        lb: LbPolicy::RoundRobin,
+        connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+        timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+        connections_per_host: CONNECTIONS_PER_HOST_DEFAULT,
+        pending_requests_max: PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+    });
+    assert_eq!(c.validate_as(Source::File).len(), 1);
+    assert!(c.validate_as(Source::Dynamic).is_empty());
+}

@@ -9,6 +9,8 @@
 //! Every limit is a named constant here, documented in `docs/config.md`; out-of-range values are
 //! rejected, never clamped.
 
+#![forbid(unsafe_code)]
+
 mod lines;
 
 use std::collections::HashSet;
@@ -78,6 +80,70 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     #[serde(default)]
     pub stats: StatsConfig,
+    /// Dynamic listeners, routes, clusters and endpoints from an xDS (ADS) server, added to the
+    /// static ones above (names must not collide).
+    #[serde(default)]
+    pub xds: Option<XdsBootstrap>,
+}
+
+pub const XDS_INITIAL_FETCH_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+pub const XDS_RETRY_INITIAL_MS_DEFAULT: u64 = 500;
+pub const XDS_RETRY_MAX_MS_DEFAULT: u64 = 30_000;
+
+/// Where and as whom ringside subscribes to xDS (one ADS stream, plaintext gRPC).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsBootstrap {
+    /// `host:port` of the ADS server (e.g. `istiod.istio-system.svc:15010`).
+    pub server: String,
+    /// The node id the control plane knows this sidecar by (Istio: `sidecar~IP~POD.NS~NS.svc.cluster.local`).
+    pub node_id: String,
+    /// The node's service cluster.
+    #[serde(default)]
+    pub node_cluster: String,
+    #[serde(default)]
+    pub locality: Option<Locality>,
+    /// `sotw` (state of the world) or `delta` (incremental) xDS.
+    #[serde(default)]
+    pub mode: XdsMode,
+    /// How long start-up waits for the first listeners and clusters before serving the static
+    /// ones alone (`/ready` stays 503 until then).
+    #[serde(default = "default_xds_initial_fetch_timeout_ms")]
+    pub initial_fetch_timeout_ms: u64,
+    /// Reconnect back-off: starts here, doubles (with jitter) up to `retry_max_ms`.
+    #[serde(default = "default_xds_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    #[serde(default = "default_xds_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub sub_zone: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsMode {
+    #[default]
+    Sotw,
+    Delta,
+}
+
+fn default_xds_initial_fetch_timeout_ms() -> u64 {
+    XDS_INITIAL_FETCH_TIMEOUT_MS_DEFAULT
+}
+fn default_xds_retry_initial_ms() -> u64 {
+    XDS_RETRY_INITIAL_MS_DEFAULT
+}
+fn default_xds_retry_max_ms() -> u64 {
+    XDS_RETRY_MAX_MS_DEFAULT
 }
 
 /// Default cap on Dubbo (listener, interface, method) stat entries per shard.
@@ -591,6 +657,13 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Who assembled a config: the rules differ slightly (see [`Config::validate_as`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Dynamic,
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -632,6 +705,12 @@ impl Config {
 
     /// Cross-field checks; returns (field path, message) for each problem.
     pub fn validate(&self) -> Vec<(String, String)> {
+        self.validate_as(Source::File)
+    }
+
+    /// [`Config::validate`] for a config assembled from xDS or a registry, where a cluster may
+    /// have no endpoints yet (its requests fail as "no healthy upstream" until some arrive).
+    pub fn validate_as(&self, source: Source) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut err = |field: String, message: String| out.push((field, message));
 
@@ -649,6 +728,30 @@ impl Config {
                 "runtime.spin_budget_us".into(),
                 format!("{budget} is out of range 1..={SPIN_BUDGET_US_MAX}"),
             );
+        }
+        if let Some(x) = &self.xds {
+            let ok = x
+                .server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                err(
+                    "xds.server".into(),
+                    format!("{:?} is not host:port", x.server),
+                );
+            }
+            if x.node_id.is_empty() {
+                err("xds.node_id".into(), "must not be empty".into());
+            }
+            if x.retry_initial_ms == 0 || x.retry_initial_ms > x.retry_max_ms {
+                err(
+                    "xds.retry_initial_ms".into(),
+                    format!(
+                        "{} must be at least 1 and at most retry_max_ms ({})",
+                        x.retry_initial_ms, x.retry_max_ms
+                    ),
+                );
+            }
         }
         if self.drain_timeout_ms > DRAIN_TIMEOUT_MS_MAX {
             err(
@@ -686,7 +789,7 @@ impl Config {
             } else if !cluster_names.insert(c.name.as_str()) {
                 err(at("name"), format!("duplicate cluster name {:?}", c.name));
             }
-            if c.endpoints.is_empty() {
+            if c.endpoints.is_empty() && source == Source::File {
                 err(
                     at("endpoints"),
                     "a cluster needs at least one endpoint".into(),
