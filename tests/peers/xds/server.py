@@ -1,0 +1,472 @@
+"""A test ADS (xDS v3) control plane, built on PyPI xds-protos + grpcio, for ringside's tests and
+for checking xDS behaviour against the real Envoy.
+
+Usage: python server.py [--port P] [--control-port C] [--host 127.0.0.1] [--snapshot FILE]
+Prints `READY port=P control=C` once both ports listen (0 = pick a free one); exits 0 on SIGTERM
+or SIGINT. Restarting on the same ports works (tests restart it to see clients resubscribe).
+
+gRPC (port P): envoy.service.discovery.v3.AggregatedDiscoveryService
+  StreamAggregatedResources (state of the world) and DeltaAggregatedResources (incremental), for
+  the LDS, RDS, CDS and EDS v3 type URLs. Per stream it behaves like a real control plane:
+  * SotW: a request whose subscription (resource_names) changed, or the first one of a type, or
+    one that is behind the current snapshot version, is answered with the current resources of
+    that type: every resource for LDS/CDS (wildcard), only the requested names for RDS/EDS; each
+    response carries the snapshot version and a fresh nonce. A request naming a stale nonce is
+    recorded and otherwise ignored. A NACK (error_detail set) is recorded and not answered.
+  * Delta: the first request of a type and every subscription change are answered with the
+    resources the client lacks or has at another version (version = a digest of the resource),
+    plus removed_resources for those gone from the snapshot; LDS/CDS are wildcard unless the
+    client names resources; initial_resource_versions (after a reconnect) are honoured.
+  * A new snapshot (PUT /resources) is pushed at once to every connected stream, for every type
+    it subscribed to, in the order CDS, EDS, LDS, RDS.
+
+Resources are Envoy's proto3 JSON form (as in Envoy's YAML config; Any fields carry `@type`),
+parsed with google.protobuf.json_format; the modules of the usual filters are imported below so
+their typed_config Any types resolve.
+
+Control API (HTTP/1.1 JSON, port C, loopback):
+  PUT  /resources  {"version": "v2", "listeners": [...], "routes": [...], "clusters": [...],
+                    "endpoints": [...]}   (JSON or YAML body) replaces the whole snapshot and
+                    pushes it; 200 {"version": ..., "pushed": N streams} or 400 {"error": ...}
+                    when a resource does not parse.
+  GET  /resources  the current snapshot as given.
+  GET  /requests   every request received, in order: {seq, stream, mode (sotw|delta), node,
+                   type (short: lds/rds/cds/eds), type_url, version_info, response_nonce,
+                   resource_names, error_detail ({code, message} or null), acked_version (the
+                   version of the response the nonce answers, or null), ack (true for an ACK,
+                   false for a NACK, null for a request that answers no response)} and for delta
+                   resource_names_subscribe/_unsubscribe, initial_resource_versions.
+  GET  /responses  every response sent: {seq, stream, mode, type, version, nonce, resources
+                   (names), removed (delta)}.
+  GET  /streams    the connected streams: {id, mode, node, cluster, types}.
+  POST /reset      forgets the recorded requests and responses.
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# SIGTERM/SIGINT are blocked in every thread (threads inherit the mask, so block before grpc starts
+# any) and taken synchronously by sigwait in main(), as in tests/peers/dubbo_triple/server.py.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+import grpc  # noqa: E402
+import yaml  # noqa: E402
+from google.protobuf import any_pb2, json_format  # noqa: E402
+
+from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
+from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: E402
+from envoy.config.listener.v3 import listener_pb2  # noqa: E402
+from envoy.config.route.v3 import route_pb2  # noqa: E402
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # noqa: E402
+
+# Imported for their side effect: their messages join the default descriptor pool, so
+# json_format resolves `@type` in typed_config.
+from envoy.extensions.filters.network.dubbo_proxy.v3 import dubbo_proxy_pb2  # noqa: E402,F401
+from envoy.extensions.filters.network.dubbo_proxy.v3 import route_pb2 as _dr  # noqa: E402,F401
+from envoy.extensions.filters.network.dubbo_proxy.router.v3 import router_pb2 as _drr  # noqa: E402,F401,E501
+from envoy.extensions.filters.network.generic_proxy.v3 import generic_proxy_pb2  # noqa: E402,F401
+from envoy.extensions.filters.network.generic_proxy.codecs.dubbo.v3 import dubbo_pb2  # noqa: E402,F401,E501
+from envoy.extensions.filters.network.generic_proxy.router.v3 import router_pb2 as _gr  # noqa: E402,F401,E501
+from envoy.extensions.filters.network.generic_proxy.action.v3 import action_pb2  # noqa: E402,F401
+from envoy.extensions.filters.network.generic_proxy.matcher.v3 import matcher_pb2  # noqa: E402,F401,E501
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: E402,F401,E501
+from envoy.extensions.filters.http.router.v3 import router_pb2 as _hr  # noqa: E402,F401
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: E402,F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: E402,F401
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: E402,F401,E501
+from xds.type.matcher.v3 import matcher_pb2 as _xm  # noqa: E402,F401
+
+PREFIX = "type.googleapis.com/"
+LDS = PREFIX + "envoy.config.listener.v3.Listener"
+RDS = PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CDS = PREFIX + "envoy.config.cluster.v3.Cluster"
+EDS = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+# snapshot key, message class, the field that names a resource, short name
+TYPES = {
+    CDS: ("clusters", cluster_pb2.Cluster, "name", "cds"),
+    EDS: ("endpoints", endpoint_pb2.ClusterLoadAssignment, "cluster_name", "eds"),
+    LDS: ("listeners", listener_pb2.Listener, "name", "lds"),
+    RDS: ("routes", route_pb2.RouteConfiguration, "name", "rds"),
+}
+PUSH_ORDER = [CDS, EDS, LDS, RDS]
+WILDCARD_TYPES = {LDS, CDS}
+
+
+def short(type_url):
+    return TYPES[type_url][3] if type_url in TYPES else type_url
+
+
+def parse_snapshot(doc):
+    """{"version", "listeners", ...} -> (version, {type_url: {name: (Any, digest)}}, doc)."""
+    if not isinstance(doc, dict):
+        raise ValueError("the snapshot must be an object")
+    unknown = set(doc) - {"version", "listeners", "routes", "clusters", "endpoints"}
+    if unknown:
+        raise ValueError(f"unknown snapshot keys: {sorted(unknown)}")
+    resources = {}
+    for type_url, (key, cls, name_field, _) in TYPES.items():
+        by_name = {}
+        for i, r in enumerate(doc.get(key) or []):
+            msg = cls()
+            try:
+                json_format.ParseDict(r, msg)
+            except json_format.ParseError as e:
+                raise ValueError(f"{key}[{i}]: {e}") from None
+            name = getattr(msg, name_field)
+            if not name:
+                raise ValueError(f"{key}[{i}]: no {name_field}")
+            if name in by_name:
+                raise ValueError(f"{key}: {name} twice")
+            a = any_pb2.Any()
+            a.Pack(msg)
+            by_name[name] = (a, hashlib.sha256(a.value).hexdigest()[:12])
+        resources[type_url] = by_name
+    return str(doc.get("version", "1")), resources, doc
+
+
+def load_text(text):
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return yaml.safe_load(text)
+
+
+class Stream:
+    """One ADS stream: its outbound queue and its per-type state."""
+
+    def __init__(self, sid, mode, peer):
+        self.id = sid
+        self.mode = mode
+        self.peer = peer
+        self.node = ""
+        self.cluster = ""
+        self.out = queue.Queue()
+        # SotW: type -> {"names": set or None (wildcard), "version": sent, "nonce": last}
+        # Delta: type -> {"wildcard": bool, "names": set, "sent": {name: digest}}
+        self.types = {}
+
+
+class State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.version, self.resources, self.doc = parse_snapshot({"version": "0"})
+        self.streams = {}
+        self.requests = []
+        self.responses = []
+        self.nonce_version = {}  # nonce -> version of the response that carried it
+        self.ids = itertools.count(1)
+        self.nonces = itertools.count(1)
+
+    # --- snapshot ------------------------------------------------------------------------------
+    def set_snapshot(self, doc):
+        version, resources, doc = parse_snapshot(doc)
+        with self.lock:
+            self.version, self.resources, self.doc = version, resources, doc
+            pushed = 0
+            for s in self.streams.values():
+                sent = False
+                for t in PUSH_ORDER:
+                    if t in s.types:
+                        sent |= (self._sotw_send if s.mode == "sotw" else self._delta_send)(s, t)
+                pushed += sent
+            return pushed
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def _record(self, s, req, extra):
+        nonce = req.response_nonce
+        acked = self.nonce_version.get(nonce) if nonce else None
+        err = None
+        if req.HasField("error_detail"):
+            err = {"code": req.error_detail.code, "message": req.error_detail.message}
+        rec = {
+            "seq": len(self.requests) + 1,
+            "time": time.time(),
+            "stream": s.id,
+            "mode": s.mode,
+            "node": s.node,
+            "type": short(req.type_url),
+            "type_url": req.type_url,
+            "response_nonce": nonce,
+            "error_detail": err,
+            "acked_version": acked,
+            "ack": None if acked is None else err is None,
+        }
+        rec.update(extra)
+        self.requests.append(rec)
+
+    def _nonce(self):
+        return str(next(self.nonces))
+
+    def _emit(self, s, resp, type_url, version, names, removed=None):
+        self.nonce_version[resp.nonce] = version
+        rec = {
+            "seq": len(self.responses) + 1,
+            "time": time.time(),
+            "stream": s.id,
+            "mode": s.mode,
+            "type": short(type_url),
+            "version": version,
+            "nonce": resp.nonce,
+            "resources": names,
+        }
+        if removed is not None:
+            rec["removed"] = removed
+        self.responses.append(rec)
+        s.out.put(resp)
+
+    def _node(self, s, req):
+        if req.HasField("node") and not s.node:
+            s.node, s.cluster = req.node.id, req.node.cluster
+
+    # --- state of the world --------------------------------------------------------------------
+    def sotw_request(self, s, req):
+        with self.lock:
+            self._node(s, req)
+            t = req.type_url
+            self._record(s, req, {"version_info": req.version_info,
+                                  "resource_names": list(req.resource_names)})
+            if t not in TYPES:
+                return
+            st = s.types.get(t)
+            names = set(req.resource_names)
+            wildcard = t in WILDCARD_TYPES and (not names or "*" in names)
+            want = None if wildcard else names
+            if st is not None and req.response_nonce and req.response_nonce != st["nonce"]:
+                return  # stale: answers an older response
+            if req.HasField("error_detail"):
+                if st is not None:
+                    st["names"] = want
+                return  # NACK: keep what we have, answer on the next change
+            first = st is None
+            if first:
+                st = s.types[t] = {"names": want, "version": None, "nonce": ""}
+            changed = st["names"] != want
+            st["names"] = want
+            if first or changed or st["version"] != self.version:
+                self._sotw_send(s, t)
+
+    def _sotw_send(self, s, t):
+        st = s.types[t]
+        have = self.resources[t]
+        names = sorted(have) if st["names"] is None else sorted(n for n in st["names"] if n in have)
+        resp = discovery_pb2.DiscoveryResponse(
+            version_info=self.version, type_url=t, nonce=self._nonce(),
+            resources=[have[n][0] for n in names])
+        st["version"], st["nonce"] = self.version, resp.nonce
+        self._emit(s, resp, t, self.version, names)
+        return True
+
+    # --- delta ---------------------------------------------------------------------------------
+    def delta_request(self, s, req):
+        with self.lock:
+            self._node(s, req)
+            t = req.type_url
+            self._record(s, req, {
+                "version_info": None,
+                "resource_names": list(req.resource_names_subscribe),
+                "resource_names_subscribe": list(req.resource_names_subscribe),
+                "resource_names_unsubscribe": list(req.resource_names_unsubscribe),
+                "initial_resource_versions": dict(req.initial_resource_versions),
+            })
+            if t not in TYPES:
+                return
+            st = s.types.get(t)
+            first = st is None
+            if first:
+                sub = set(req.resource_names_subscribe)
+                st = s.types[t] = {
+                    "wildcard": t in WILDCARD_TYPES and (not sub or "*" in sub),
+                    "names": set(),
+                    "sent": dict(req.initial_resource_versions),
+                }
+            for n in req.resource_names_subscribe:
+                if n == "*":
+                    st["wildcard"] = True
+                else:
+                    st["names"].add(n)
+            for n in req.resource_names_unsubscribe:
+                if n == "*":
+                    st["wildcard"] = False
+                else:
+                    st["names"].discard(n)
+                    if not st["wildcard"]:
+                        st["sent"].pop(n, None)
+            if req.HasField("error_detail"):
+                return
+            self._delta_send(s, t, always=first)
+
+    def _delta_send(self, s, t, always=False):
+        st = s.types[t]
+        have = self.resources[t]
+        scope = set(have) if st["wildcard"] else (st["names"] & set(have))
+        changed = sorted(n for n in scope if st["sent"].get(n) != have[n][1])
+        gone = sorted(n for n in st["sent"]
+                      if n not in have and (st["wildcard"] or n in st["names"]))
+        if not changed and not gone and not always:
+            return False
+        resp = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=self.version, type_url=t, nonce=self._nonce(),
+            removed_resources=gone,
+            resources=[discovery_pb2.Resource(name=n, version=have[n][1], resource=have[n][0])
+                       for n in changed])
+        for n in changed:
+            st["sent"][n] = have[n][1]
+        for n in gone:
+            del st["sent"][n]
+        self._emit(s, resp, t, self.version, changed, gone)
+        return True
+
+    # --- streams -------------------------------------------------------------------------------
+    def open(self, mode, peer):
+        with self.lock:
+            s = Stream(next(self.ids), mode, peer)
+            self.streams[s.id] = s
+            return s
+
+    def close(self, s):
+        with self.lock:
+            self.streams.pop(s.id, None)
+        s.out.put(None)
+
+
+STATE = State()
+
+
+class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def _serve(self, mode, request_iterator, context, handle):
+        s = STATE.open(mode, context.peer())
+        context.add_callback(lambda: STATE.close(s))
+
+        def read():
+            try:
+                for req in request_iterator:
+                    handle(s, req)
+            except Exception as e:  # noqa: BLE001 (a cancelled stream ends the iterator so)
+                if context.is_active():
+                    print(f"stream {s.id}: {e!r}", file=sys.stderr, flush=True)
+            finally:
+                STATE.close(s)
+
+        threading.Thread(target=read, daemon=True).start()
+        while True:
+            resp = s.out.get()
+            if resp is None:
+                return
+            yield resp
+
+    def StreamAggregatedResources(self, request_iterator, context):
+        return self._serve("sotw", request_iterator, context, STATE.sotw_request)
+
+    def DeltaAggregatedResources(self, request_iterator, context):
+        return self._serve("delta", request_iterator, context, STATE.delta_request)
+
+
+class Control(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _reply(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n).decode() if n else ""
+
+    def do_GET(self):
+        with STATE.lock:
+            if self.path == "/requests":
+                return self._reply(200, list(STATE.requests))
+            if self.path == "/responses":
+                return self._reply(200, list(STATE.responses))
+            if self.path == "/resources":
+                return self._reply(200, STATE.doc)
+            if self.path == "/streams":
+                return self._reply(200, [
+                    {"id": s.id, "mode": s.mode, "node": s.node, "cluster": s.cluster,
+                     "peer": s.peer, "types": sorted(short(t) for t in s.types)}
+                    for s in STATE.streams.values()])
+        self._reply(404, {"error": f"no {self.path}"})
+
+    def do_PUT(self):
+        if self.path != "/resources":
+            return self._reply(404, {"error": f"no {self.path}"})
+        body = self._body()
+        try:
+            pushed = STATE.set_snapshot(load_text(body))
+        except (ValueError, yaml.YAMLError) as e:
+            return self._reply(400, {"error": str(e)})
+        self._reply(200, {"version": STATE.version, "pushed": pushed})
+
+    def do_POST(self):
+        self._body()
+        if self.path == "/reset":
+            with STATE.lock:
+                STATE.requests.clear()
+                STATE.responses.clear()
+            return self._reply(200, {})
+        self._reply(404, {"error": f"no {self.path}"})
+
+
+def main():
+    p = argparse.ArgumentParser(prog="xds-server", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="ADS gRPC port (0: pick one)")
+    p.add_argument("--control-port", type=int, default=0, help="HTTP control port (0: pick)")
+    p.add_argument("--snapshot", help="initial resources, JSON or YAML (as PUT /resources)")
+    a = p.parse_args()
+    if a.snapshot:
+        with open(a.snapshot) as f:
+            try:
+                STATE.set_snapshot(load_text(f.read()))
+            except ValueError as e:
+                p.error(f"--snapshot: {e}")
+
+    # Each ADS stream holds a worker thread for its life.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
+                         options=[("grpc.so_reuseport", 0)])
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(), server)
+    port = server.add_insecure_port(f"{a.host}:{a.port}")
+    if port == 0:
+        print(f"cannot listen on {a.host}:{a.port}", file=sys.stderr, flush=True)
+        os._exit(1)
+    server.start()
+
+    ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer.daemon_threads = True
+    try:
+        http = ThreadingHTTPServer((a.host, a.control_port), Control)
+    except OSError as e:
+        print(f"control port {a.control_port}: {e}", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    print(f"READY port={port} control={http.server_address[1]}", flush=True)
+
+    signal.sigwait(STOP_SIGNALS)
+    http.shutdown()
+    server.stop(grace=None)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
