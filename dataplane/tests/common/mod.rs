@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 pub mod dubbo;
+pub mod envoy;
 pub mod grpc;
 pub mod h2;
 pub mod peers;
+pub mod xds;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
