@@ -278,9 +278,20 @@ fn delta_ads_adds_changes_and_removes() {
     assert_eq!(eds["resources"], json!(["a"]), "{eds}");
     let dump = envoy.wait_dump("cluster b gone", |d| dynamic_clusters(d) == ["a"]);
     assert_eq!(eds_endpoints(&dump, "a"), [pa2.addr.to_string()]);
-    envoy.wait_dump("listener at d2", |d| {
-        dynamic_listeners(d) == [("dubbo_out".to_string(), "d2".to_string())]
+    // Delta: a listener's version_info is its resource version (the server's digest), not d2.
+    let dump = envoy.wait_dump("listener of d2", |d| {
+        dynamic_listener(d, "dubbo_out")["filter_chains"][0]["filters"][0]["typed_config"]
+            ["multiple_route_config"]["route_config"][1]["routes"][0]["route"]["cluster"]
+            == "a"
     });
+    let lds = sent
+        .iter()
+        .rev()
+        .find(|r| r["type"] == LDS && r["version"] == "d2")
+        .unwrap();
+    assert_eq!(lds["resources"], json!(["dubbo_out"]), "{lds}");
+    let (_, listener_version) = &dynamic_listeners(&dump)[0];
+    assert_ne!(listener_version, "d2");
     assert_eq!(call("whoamiB", "").unwrap(), "a2|whoamiB|x");
     assert_eq!(call("whoami", "2.0.0").unwrap(), "a2|whoami|x");
 
@@ -310,6 +321,10 @@ fn delta_ads_adds_changes_and_removes() {
 #[test]
 fn dubbo_routing_table_through_envoy() {
     let listen = local(free_port());
+    let clusters: Vec<Value> = ["a", "b", "v2", "blue", "getters", "other"]
+        .iter()
+        .map(|c| eds_cluster(c, false))
+        .collect();
     let snapshot = json!({
         "version": "t1",
         "listeners": [dubbo_listener("table", listen, json!([
@@ -329,8 +344,7 @@ fn dubbo_routing_table_through_envoy() {
             {"name": "other", "interface": "com.ringside.test.Other",
              "routes": [{"match": any_method(), "route": {"cluster": "other"}}]}
         ]))],
-        "clusters": ["a", "b", "v2", "blue", "getters", "other"]
-            .iter().map(|c| eds_cluster(c, false)).collect::<Vec<_>>()
+        "clusters": clusters
     });
     let table: Vec<(DubboCall, Result<&str, &str>)> = vec![
         (DubboCall::new(ECHO, "", "", "echo", "1"), Ok("a")),

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::dubbo::{Consumer, Provider};
 use super::peers::{require, root};
-use super::xds::{XdsServer, CDS, EDS, LDS};
-use super::{free_port, http, local, TempDir};
+use super::xds::{http_body, XdsServer, CDS, EDS, LDS};
+use super::{free_port, local, TempDir};
 
 /// ADS flavour of the bootstrap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ impl Envoy {
             if let Ok(Some(s)) = e.child.try_wait() {
                 panic!("envoy exited: {s}\n{}", e.log());
             }
-            if let Ok((200, _)) = http(admin, "GET", "/server_info") {
+            if let Ok((200, _)) = http_body(admin, "GET", "/server_info", "") {
                 return e;
             }
             assert!(Instant::now() < deadline, "envoy admin not up:\n{}", e.log());
@@ -183,7 +183,7 @@ impl Envoy {
     }
 
     pub fn get(&self, path: &str) -> String {
-        let (code, body) = http(self.admin, "GET", path).expect("envoy admin");
+        let (code, body) = http_body(self.admin, "GET", path, "").expect("envoy admin");
         assert_eq!(code, 200, "GET {path}: {body}");
         body
     }
@@ -203,8 +203,12 @@ impl Envoy {
             }
             assert!(
                 Instant::now() < deadline,
-                "config_dump never showed {what}: {}",
-                serde_json::to_string_pretty(&d).unwrap()
+                "config_dump never showed {what}: listeners {:?}, clusters {:?}, routes {:?}; \
+                 listeners section: {}",
+                dynamic_listeners(&d),
+                dynamic_clusters(&d),
+                dynamic_route_configs(&d),
+                dump_section(&d, "ListenersConfigDump")
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -236,7 +240,7 @@ pub fn dump_section<'a>(dump: &'a Value, kind: &str) -> &'a Value {
         .as_array()
         .and_then(|c| {
             c.iter()
-                .find(|s| s["@type"].as_str().is_some_and(|t| t.ends_with(kind)))
+                .find(|s| s["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{kind}"))))
         })
         .unwrap_or(&Value::Null)
 }
