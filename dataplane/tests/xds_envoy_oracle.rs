@@ -60,7 +60,10 @@ fn sotw_dubbo_listener_eds_clusters_ack_nack_and_restart() {
     let _b = NodeProvider::start(pb, "B", &["--version", "2.0.0"]);
     let mut xds = XdsServer::start();
     let admin = local(free_port());
-    let envoy = Envoy::start(&bootstrap(admin, xds.addr(), Ads::Sotw, "oracle-sotw"), admin);
+    let envoy = Envoy::start(
+        &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle-sotw"),
+        admin,
+    );
 
     // The empty initial snapshot (version "0") is ACKed: Envoy finishes its init.
     xds.wait_ack(CDS, "0");
@@ -146,7 +149,10 @@ fn sotw_dubbo_listener_eds_clusters_ack_nack_and_restart() {
     let err = xds
         .put(&json!({"version": "x", "clusters": [{"name": "c", "no_such_field": 1}]}))
         .unwrap_err();
-    assert!(err.starts_with("400") && err.contains("no_such_field"), "{err}");
+    assert!(
+        err.starts_with("400") && err.contains("no_such_field"),
+        "{err}"
+    );
 
     // v3 (valid again) is ACKed; then the server restarts on the same port with v3: Envoy
     // reconnects, resubscribes telling the version it has, and ACKs the resent v3.
@@ -176,7 +182,10 @@ fn sotw_triple_listener_with_rds() {
     let g2 = GrpcServer::start(0, "g2", &[]);
     let xds = XdsServer::start();
     let admin = local(free_port());
-    let envoy = Envoy::start(&bootstrap(admin, xds.addr(), Ads::Sotw, "oracle-rds"), admin);
+    let envoy = Envoy::start(
+        &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle-rds"),
+        admin,
+    );
     let listen = local(free_port());
     let routes = |cluster: &str| {
         json!({"name": "triple_routes", "virtual_hosts": [{
@@ -206,7 +215,8 @@ fn sotw_triple_listener_with_rds() {
         .filter(|r| r["type"] == RDS)
         .collect();
     assert!(
-        sent.iter().all(|r| r["resources"] == json!(["triple_routes"])),
+        sent.iter()
+            .all(|r| r["resources"] == json!(["triple_routes"])),
         "{sent:?}"
     );
     let dump = envoy.wait_dump("triple_out", |d| {
@@ -232,7 +242,10 @@ fn delta_ads_adds_changes_and_removes() {
     let pa2 = common::dubbo::Provider::start("a2");
     let mut xds = XdsServer::start();
     let admin = local(free_port());
-    let envoy = Envoy::start(&bootstrap(admin, xds.addr(), Ads::Delta, "oracle-delta"), admin);
+    let envoy = Envoy::start(
+        &bootstrap(admin, xds.addr(), Ads::Delta, "oracle-delta"),
+        admin,
+    );
     let listen = local(free_port());
     xds.put(&dubbo_snapshot("d1", listen, pa.addr, pb.addr))
         .unwrap();
@@ -254,7 +267,9 @@ fn delta_ads_adds_changes_and_removes() {
     let mut d2 = dubbo_snapshot("d2", listen, pa2.addr, pb.addr);
     d2["clusters"] = json!([eds_cluster("a", false)]);
     d2["endpoints"] = json!([load_assignment("a", &[pa2.addr])]);
-    let text = d2.to_string().replace("\"cluster\":\"b\"", "\"cluster\":\"a\"");
+    let text = d2
+        .to_string()
+        .replace("\"cluster\":\"b\"", "\"cluster\":\"a\"");
     let mut d2: Value = serde_json::from_str(&text).unwrap();
     d2["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["multiple_route_config"]
         ["route_config"][1]["routes"][1]["route"] = json!({"cluster": "a"});
@@ -269,7 +284,11 @@ fn delta_ads_adds_changes_and_removes() {
         .find(|r| r["type"] == CDS && r["version"] == "d2")
         .unwrap();
     assert_eq!(cds["removed"], json!(["b"]), "{cds}");
-    assert_eq!(cds["resources"], json!([]), "a unchanged: not resent: {cds}");
+    assert_eq!(
+        cds["resources"],
+        json!([]),
+        "a unchanged: not resent: {cds}"
+    );
     let eds = sent
         .iter()
         .rev()
@@ -354,16 +373,32 @@ fn dubbo_routing_table_through_envoy() {
         (DubboCall::new(ECHO, "", "", "whoamiB", "5"), Ok("b")),
         (DubboCall::new(ECHO, "", "", "getName", "6"), Ok("getters")),
         (DubboCall::new(ECHO, "", "", "weighted", "7"), Ok("b")),
-        (DubboCall::new("com.ringside.test.Other", "", "", "x", "8"), Ok("other")),
-        (DubboCall::new("com.nobody.Svc", "", "", "x", "9"), Err("no route")),
+        (
+            DubboCall::new("com.ringside.test.Other", "", "", "x", "8"),
+            Ok("other"),
+        ),
+        (DubboCall::new(ECHO, "2.0.0", "blue", "echo", "9"), Ok("v2")),
+        (DubboCall::new(ECHO, "", "green", "echo", "10"), Ok("a")),
+        (DubboCall::new(ECHO, "", "", "get", "11"), Ok("getters")),
+        (DubboCall::new(ECHO, "3.0.0", "", "whoamiB", "12"), Ok("b")),
+        (
+            DubboCall::new("com.nobody.Svc", "", "", "x", "13"),
+            Err("ServiceNotFound"),
+        ),
     ];
     let calls: Vec<DubboCall> = table.iter().map(|(c, _)| c.clone()).collect();
     let got = dubbo_routes_via_envoy(&snapshot, &calls);
+    for (c, g) in calls.iter().zip(&got) {
+        eprintln!(
+            "{} {} {} {}({}) -> {g:?}",
+            c.interface, c.version, c.group, c.method, c.arg
+        );
+    }
     let mut mismatches = Vec::new();
     for ((call, want), got) in table.iter().zip(&got) {
         let same = match (want, got) {
             (Ok(w), Ok(g)) => w == g,
-            (Err(_), Err(_)) => true,
+            (Err(w), Err(g)) => g.starts_with(w),
             _ => false,
         };
         if !same {

@@ -158,7 +158,13 @@ impl Envoy {
         let child = Command::new(bin)
             .arg("-c")
             .arg(&cfg)
-            .args(["--disable-hot-restart", "-l", "warning", "--concurrency", "1"])
+            .args([
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+                "--concurrency",
+                "1",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -173,7 +179,11 @@ impl Envoy {
             if let Ok((200, _)) = http_body(admin, "GET", "/server_info", "") {
                 return e;
             }
-            assert!(Instant::now() < deadline, "envoy admin not up:\n{}", e.log());
+            assert!(
+                Instant::now() < deadline,
+                "envoy admin not up:\n{}",
+                e.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -239,8 +249,11 @@ pub fn dump_section<'a>(dump: &'a Value, kind: &str) -> &'a Value {
     dump["configs"]
         .as_array()
         .and_then(|c| {
-            c.iter()
-                .find(|s| s["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{kind}"))))
+            c.iter().find(|s| {
+                s["@type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with(&format!(".{kind}")))
+            })
         })
         .unwrap_or(&Value::Null)
 }
@@ -384,7 +397,10 @@ pub fn dubbo_call(addr: SocketAddr, c: &DubboCall) -> Result<String, String> {
 /// Every cluster gets its own Rust Dubbo provider (tests/common/dubbo.rs) named after the
 /// cluster, which answers `"{cluster}|{method}|{arg}"`; the result per request is Ok(cluster)
 /// or Err(Envoy's error). A fresh xDS server and Envoy (SotW ADS) serve the snapshot.
-pub fn dubbo_routes_via_envoy(snapshot: &Value, calls: &[DubboCall]) -> Vec<Result<String, String>> {
+pub fn dubbo_routes_via_envoy(
+    snapshot: &Value,
+    calls: &[DubboCall],
+) -> Vec<Result<String, String>> {
     let clusters: Vec<String> = snapshot["clusters"]
         .as_array()
         .expect("snapshot clusters")
@@ -414,7 +430,10 @@ pub fn dubbo_routes_via_envoy(snapshot: &Value, calls: &[DubboCall]) -> Vec<Resu
 
     let xds = XdsServer::start_on(0, 0, Some(&snap));
     let admin = local(free_port());
-    let envoy = Envoy::start(&bootstrap(admin, xds.addr(), Ads::Sotw, "routing-table"), admin);
+    let envoy = Envoy::start(
+        &bootstrap(admin, xds.addr(), Ads::Sotw, "routing-table"),
+        admin,
+    );
     for ty in [CDS, EDS, LDS] {
         let a = xds.wait_ack(ty, &version);
         assert_eq!(a["ack"], true);

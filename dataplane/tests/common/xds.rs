@@ -108,7 +108,10 @@ impl XdsServer {
     pub fn put(&self, snapshot: &Value) -> Result<Value, String> {
         match self.call("PUT", "/resources", &snapshot.to_string()) {
             (200, v) => Ok(v),
-            (code, v) => Err(format!("{code}: {}", v["error"].as_str().unwrap_or(&v.to_string()))),
+            (code, v) => Err(format!(
+                "{code}: {}",
+                v["error"].as_str().unwrap_or(&v.to_string())
+            )),
         }
     }
 
@@ -138,7 +141,12 @@ impl XdsServer {
     }
 
     /// The first request that satisfies `pred`, waiting up to `within`.
-    pub fn wait_request(&self, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_request(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let reqs = self.requests();
@@ -158,19 +166,25 @@ impl XdsServer {
     /// whose response_nonce is that of a response carrying `version` (and, SotW, whose
     /// version_info is `version`).
     pub fn wait_ack(&self, ty: &str, version: &str) -> Value {
-        self.wait_request(Duration::from_secs(15), &format!("{ty} ACK of {version}"), |r| {
-            r["type"] == ty
-                && r["ack"] == true
-                && r["acked_version"] == version
-                && (r["mode"] == "delta" || r["version_info"] == version)
-        })
+        self.wait_request(
+            Duration::from_secs(15),
+            &format!("{ty} ACK of {version}"),
+            |r| {
+                r["type"] == ty
+                    && r["ack"] == true
+                    && r["acked_version"] == version
+                    && (r["mode"] == "delta" || r["version_info"] == version)
+            },
+        )
     }
 
     /// The NACK of `version` for `ty`; its `error_detail.message` says why.
     pub fn wait_nack(&self, ty: &str, version: &str) -> Value {
-        self.wait_request(Duration::from_secs(15), &format!("{ty} NACK of {version}"), |r| {
-            r["type"] == ty && r["ack"] == false && r["acked_version"] == version
-        })
+        self.wait_request(
+            Duration::from_secs(15),
+            &format!("{ty} NACK of {version}"),
+            |r| r["type"] == ty && r["ack"] == false && r["acked_version"] == version,
+        )
     }
 
     /// SIGTERM; the exit code, or why there is none.
@@ -249,7 +263,14 @@ pub fn http_body(
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
 }
 
 /// A chunked HTTP/1.1 body, joined (Envoy's admin sends large answers so).
