@@ -407,3 +407,50 @@ fn dubbo_routing_table_through_envoy() {
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
+
+/// generic_proxy with its Dubbo codec (the successor of dubbo_proxy) from xDS: Envoy ACKs it and
+/// routes by the request's service.
+#[test]
+fn sotw_generic_proxy_dubbo_listener() {
+    let pa = common::dubbo::Provider::start("a");
+    let po = common::dubbo::Provider::start("other");
+    let xds = XdsServer::start();
+    let admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle-generic"),
+        admin,
+    );
+    let listen = local(free_port());
+    xds.put(&json!({
+        "version": "g1",
+        "listeners": [generic_dubbo_listener("generic", listen, &[
+            (ECHO, "a"), ("com.ringside.test.Other", "other")])],
+        "clusters": [eds_cluster("a", false), eds_cluster("other", false)],
+        "endpoints": [load_assignment("a", &[pa.addr]), load_assignment("other", &[po.addr])]
+    }))
+    .unwrap();
+    for ty in [CDS, EDS, LDS] {
+        xds.wait_ack(ty, "g1");
+    }
+    let dump = envoy.wait_dump("generic", |d| {
+        dynamic_listeners(d) == [("generic".to_string(), "g1".to_string())]
+    });
+    assert_eq!(
+        dynamic_listener(&dump, "generic")["filter_chains"][0]["filters"][0]["name"],
+        "envoy.filters.network.generic_proxy"
+    );
+    let call = |interface: &str, version: &str| {
+        dubbo_call(
+            listen,
+            &DubboCall::new(interface, version, "", "whoami", "g"),
+        )
+    };
+    assert_eq!(call(ECHO, "").unwrap(), "a|whoami|g");
+    assert_eq!(call(ECHO, "1.0.0").unwrap(), "a|whoami|g");
+    assert_eq!(
+        call("com.ringside.test.Other", "").unwrap(),
+        "other|whoami|g"
+    );
+    let err = call("com.nobody.Svc", "").unwrap_err();
+    eprintln!("generic_proxy, no route: {err}");
+}

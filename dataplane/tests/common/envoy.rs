@@ -115,6 +115,46 @@ pub fn dubbo_listener(name: &str, addr: SocketAddr, route_configs: Value) -> Val
     })
 }
 
+/// A listener on `addr` with `envoy.filters.network.generic_proxy` and its Dubbo codec; routes
+/// match the request's service (`request-service`, the Dubbo interface) exactly:
+/// `routes` = [(service, cluster)].
+pub fn generic_dubbo_listener(name: &str, addr: SocketAddr, routes: &[(&str, &str)]) -> Value {
+    let gp = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy";
+    let matchers: Vec<Value> = routes
+        .iter()
+        .map(|(service, cluster)| {
+            json!({
+                "predicate": {"single_predicate": {
+                    "input": {"name": "request-service", "typed_config": {
+                        "@type": format!("{gp}.matcher.v3.ServiceMatchInput")}},
+                    "value_match": {"exact": service}
+                }},
+                "on_match": {"action": {"name": "route", "typed_config": {
+                    "@type": format!("{gp}.action.v3.RouteAction"), "cluster": cluster}}}
+            })
+        })
+        .collect();
+    json!({
+        "name": name,
+        "address": socket(addr),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.generic_proxy",
+            "typed_config": {
+                "@type": format!("{gp}.v3.GenericProxy"),
+                "stat_prefix": name,
+                "codec_config": {"name": "envoy.generic_proxy.codecs.dubbo", "typed_config": {
+                    "@type": format!("{gp}.codecs.dubbo.v3.DubboCodecConfig")}},
+                "filters": [{"name": "envoy.filters.generic.router", "typed_config": {
+                    "@type": format!("{gp}.router.v3.Router")}}],
+                "route_config": {"name": format!("{name}-routes"), "virtual_hosts": [{
+                    "name": "all", "hosts": ["*"],
+                    "routes": {"matcher_list": {"matchers": matchers}}
+                }]}
+            }
+        }]}]
+    })
+}
+
 /// A listener on `addr` with http_connection_manager (HTTP/2, for gRPC / Triple) whose routes
 /// come from RDS (`route_config_name`) over ADS.
 pub fn rds_listener(name: &str, addr: SocketAddr, route_config_name: &str) -> Value {

@@ -120,7 +120,7 @@ def parse_snapshot(doc):
             msg = cls()
             try:
                 json_format.ParseDict(r, msg)
-            except json_format.ParseError as e:
+            except Exception as e:  # noqa: BLE001 (ParseError, TypeError for an unknown @type)
                 raise ValueError(f"{key}[{i}]: {e}") from None
             name = getattr(msg, name_field)
             if not name:
