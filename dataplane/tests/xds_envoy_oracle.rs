@@ -233,6 +233,59 @@ fn sotw_triple_listener_with_rds() {
     let out = grpc_call(listen, &CallOpts::default());
     assert!(out.ok, "{out:?}");
     assert_eq!(out.servers(), ["g2"]);
+
+    // A third cluster: Envoy's EDS subscription grows (a SotW request with the new names),
+    // the server answers it with exactly those, and the route to g3 works.
+    let g3 = GrpcServer::start(0, "g3", &[]);
+    let mut r3 = snapshot("r3", "g3");
+    r3["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(eds_cluster("g3", true));
+    r3["endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(load_assignment("g3", &[g3.addr()]));
+    xds.put(&r3).unwrap();
+    let eds = xds.wait_request(
+        std::time::Duration::from_secs(15),
+        "EDS ACK of r3 naming g3",
+        |r| {
+            r["type"] == EDS
+                && r["ack"] == true
+                && r["acked_version"] == "r3"
+                && r["resource_names"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("g3"))
+        },
+    );
+    let mut names: Vec<&str> = eds["resource_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["g1", "g2", "g3"]);
+    // That request both ACKs the pushed EDS response (g1, g2: the subscription then) and
+    // subscribes to g3; the server answers the change with exactly the three, which Envoy ACKs.
+    let answer = xds.wait_request(
+        std::time::Duration::from_secs(15),
+        "EDS ACK of the answer to the new subscription",
+        |r| r["type"] == EDS && r["ack"] == true && r["seq"].as_u64() > eds["seq"].as_u64(),
+    )["response_nonce"]
+        .clone();
+    let answered = xds
+        .responses()
+        .into_iter()
+        .find(|r| r["nonce"] == answer)
+        .unwrap();
+    assert_eq!(answered["resources"], json!(["g1", "g2", "g3"]));
+    xds.wait_ack(RDS, "r3");
+    let out = grpc_call(listen, &CallOpts::default());
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.servers(), ["g3"]);
 }
 
 #[test]
