@@ -168,10 +168,15 @@ fn handle(method: &str, target: &str, role: Role, shared: &Shared) -> Response {
             body: shared.stats.render_prometheus(),
         },
         ("GET", "/memory") => Response::json(memory(shared)),
-        ("GET", "/config_dump") => Response::json(
-            serde_json::to_value(&shared.config)
-                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
-        ),
+        ("GET", "/config_dump") => {
+            let snap = shared.snapshot();
+            Response::json(serde_json::json!({
+                "version": snap.version,
+                "xds_versions": snap.xds_versions,
+                "config": serde_json::to_value(&snap.config)
+                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
+            }))
+        }
         ("POST", "/drain") => drain(shared, "POST /drain"),
         ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit"),
         ("GET", "/") => Response::text(
@@ -222,6 +227,7 @@ fn memory(shared: &Shared) -> serde_json::Value {
 }
 
 fn server_info(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot();
     let shards: Vec<_> = shared
         .shard_infos
         .get()
@@ -229,7 +235,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
             v.iter()
                 .map(|i| {
                     let shard_stats = shared.stats.shard(i.id);
-                    let accepted: u64 = shared
+                    let accepted: u64 = snap
                         .listener_ids
                         .iter()
                         .map(|l| shard_stats.get(l.cx_total))
@@ -261,7 +267,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
         "pid": std::process::id(),
         "state": state,
         "uptime_s": shared.lifecycle.started.elapsed().as_secs(),
-        "config_version": shared.config_version,
+        "config_version": shared.snapshot().version,
         "shard_count": shared.shard_count,
         "shards": shards,
     })

@@ -3,7 +3,7 @@
 //! shared or locked; balancing decisions are local to the shard, as in every thread-per-core
 //! proxy.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,9 +25,33 @@ pub struct ClusterStatIds {
     pub cx_active: StatId,
     pub cx_connect_fail: StatId,
     pub cx_connect_timeout: StatId,
-    /// Per endpoint, in config order (all the sink when `stats.per_host` is off); shared by
-    /// every shard.
-    pub hosts: Arc<[HostStatIds]>,
+}
+
+/// One endpoint of a cluster and its stat ids (all the sink when `stats.per_host` is off).
+/// Its index in [`Endpoints::slots`] is stable while the cluster lives, so per-endpoint state
+/// on the shards (balancer counts, connections) survives endpoint updates.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub addr: SocketAddr,
+    pub ids: HostStatIds,
+}
+
+/// A cluster's endpoints as the control thread published them, shared by every shard.
+#[derive(Debug)]
+pub struct Endpoints {
+    /// Every endpoint the cluster had since `generation` began (indices never reused).
+    pub slots: Arc<[Slot]>,
+    /// The slots in service now, in config order.
+    pub live: Box<[u32]>,
+    /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
+    /// cluster instead of updating it.
+    pub generation: u64,
+}
+
+impl Endpoints {
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.live.iter().map(|&i| self.slots[i as usize].addr)
+    }
 }
 
 /// Stat ids of one upstream endpoint (`stats.per_host`).
@@ -42,10 +66,10 @@ pub struct HostStatIds {
 
 pub struct ShardCluster {
     pub name: String,
-    /// Shared by every shard (read-only).
-    endpoints: Arc<[SocketAddr]>,
-    /// Connections (tcp) or requests in flight (dubbo) per endpoint, on this shard.
-    active: Vec<Cell<u32>>,
+    /// Shared by every shard (read-only); replaced by endpoint updates.
+    endpoints: RefCell<Arc<Endpoints>>,
+    /// Connections (tcp) or requests in flight (dubbo) per endpoint slot, on this shard.
+    active: RefCell<Vec<Cell<u32>>>,
     next: Cell<usize>,
     lb: LbPolicy,
     connect_timeout: Duration,
@@ -85,19 +109,18 @@ pub struct ActiveGuard<'a> {
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        let a = &self.cluster.active[self.endpoint];
-        a.set(a.get().saturating_sub(1));
+        self.cluster.add_active(self.endpoint, -1);
         self.stats.dec(self.cluster.ids.cx_active);
     }
 }
 
 impl ShardCluster {
-    /// `endpoints` is the cluster's endpoint list, built once and shared by every shard.
-    pub fn new(c: &config::Cluster, endpoints: Arc<[SocketAddr]>, ids: ClusterStatIds) -> Self {
+    /// `endpoints` is the cluster's endpoint table, built once and shared by every shard.
+    pub fn new(c: &config::Cluster, endpoints: Arc<Endpoints>, ids: ClusterStatIds) -> Self {
         ShardCluster {
             name: c.name.clone(),
-            endpoints,
-            active: c.endpoints.iter().map(|_| Cell::new(0)).collect(),
+            active: RefCell::new(endpoints.slots.iter().map(|_| Cell::new(0)).collect()),
+            endpoints: RefCell::new(endpoints),
             next: Cell::new(0),
             lb: c.lb,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
@@ -105,19 +128,41 @@ impl ShardCluster {
         }
     }
 
-    /// The endpoint index the next connection or request should use.
-    pub fn pick(&self) -> usize {
-        let n = self.endpoints.len();
-        debug_assert!(n > 0, "config validation guarantees an endpoint");
+    /// Takes an endpoint update of the same generation; returns the slots that left service.
+    pub fn set_endpoints(&self, e: Arc<Endpoints>) -> Vec<u32> {
+        let old = self.endpoints.replace(e.clone());
+        let mut active = self.active.borrow_mut();
+        while active.len() < e.slots.len() {
+            active.push(Cell::new(0));
+        }
+        old.live
+            .iter()
+            .copied()
+            .filter(|i| !e.live.contains(i))
+            .collect()
+    }
+
+    /// The endpoint slot the next connection or request should use; `None` when the cluster
+    /// has no endpoint in service.
+    pub fn pick(&self) -> Option<usize> {
+        let e = self.endpoints.borrow();
+        let n = e.live.len();
+        if n == 0 {
+            return None;
+        }
         let start = self.next.get() % n;
         self.next.set(start.wrapping_add(1));
-        match self.lb {
-            LbPolicy::RoundRobin => start,
-            LbPolicy::LeastRequest => (0..n)
-                .map(|k| (start + k) % n)
-                .min_by_key(|&i| self.active[i].get())
-                .unwrap_or(start),
-        }
+        let slot = |k: usize| e.live[(start + k) % n] as usize;
+        Some(match self.lb {
+            LbPolicy::RoundRobin => slot(0),
+            LbPolicy::LeastRequest => {
+                let active = self.active.borrow();
+                (0..n)
+                    .map(slot)
+                    .min_by_key(|&i| active.get(i).map_or(0, Cell::get))
+                    .unwrap_or(slot(0))
+            }
+        })
     }
 
     /// The balancer's pick among endpoints `state` does not exclude: the first one ready, else
@@ -125,8 +170,8 @@ impl ShardCluster {
     /// tried anyway), else `None`.
     pub fn pick_available(&self, state: impl Fn(usize) -> Availability) -> Option<usize> {
         let mut fallback = None;
-        for _ in 0..self.endpoints.len() {
-            let i = self.pick();
+        for _ in 0..self.live_count() {
+            let i = self.pick()?;
             match state(i) {
                 Availability::Ready => return Some(i),
                 Availability::BackingOff => fallback = fallback.or(Some(i)),
@@ -136,14 +181,24 @@ impl ShardCluster {
         fallback
     }
 
-    pub fn endpoints(&self) -> &[SocketAddr] {
-        &self.endpoints
+    pub fn live_count(&self) -> usize {
+        self.endpoints.borrow().live.len()
+    }
+
+    /// The endpoint in slot `i` (any slot ever picked stays valid).
+    pub fn slot(&self, i: usize) -> Slot {
+        self.endpoints.borrow().slots[i]
+    }
+
+    pub fn endpoints(&self) -> Arc<Endpoints> {
+        self.endpoints.borrow().clone()
     }
 
     /// Adjusts an endpoint's active count (requests in flight, for `least_request`).
     pub fn add_active(&self, endpoint: usize, delta: i32) {
-        let a = &self.active[endpoint];
-        a.set(a.get().saturating_add_signed(delta));
+        if let Some(a) = self.active.borrow().get(endpoint) {
+            a.set(a.get().saturating_add_signed(delta));
+        }
     }
 
     /// Connects to an endpoint chosen by the balancer, trying up to [`CONNECT_ATTEMPTS_MAX`]
@@ -152,19 +207,19 @@ impl ShardCluster {
         &'a self,
         stats: &'a ShardStats,
     ) -> Result<Upstream<'a>, ConnectError> {
-        let attempts = CONNECT_ATTEMPTS_MAX.min(self.endpoints.len());
+        let attempts = CONNECT_ATTEMPTS_MAX.min(self.live_count());
         let mut last = None;
         for _ in 0..attempts {
-            let i = self.pick();
-            let addr = self.endpoints[i];
+            let Some(i) = self.pick() else { break };
+            let Slot { addr, ids: host } = self.slot(i);
             match shard::monoio::time::timeout(self.connect_timeout, TcpStream::connect_addr(addr))
                 .await
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    self.active[i].set(self.active[i].get() + 1);
+                    self.add_active(i, 1);
                     stats.inc(self.ids.cx_total);
-                    stats.inc(self.ids.hosts[i].cx_total);
+                    stats.inc(host.cx_total);
                     stats.inc(self.ids.cx_active);
                     return Ok(Upstream {
                         stream,
@@ -177,7 +232,7 @@ impl ShardCluster {
                 }
                 Ok(Err(source)) => {
                     stats.inc(self.ids.cx_connect_fail);
-                    stats.inc(self.ids.hosts[i].cx_connect_fail);
+                    stats.inc(host.cx_connect_fail);
                     last = Some(ConnectError::Io { addr, source });
                 }
                 Err(_) => {

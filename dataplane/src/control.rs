@@ -114,7 +114,7 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
             })
         }
     }
-    let sockets = shared.sockets.for_handoff(&shared.config.listeners);
+    let sockets = shared.sockets.for_handoff();
     let entries: Vec<SocketEntry> = sockets
         .iter()
         .map(|(name, s)| SocketEntry {
@@ -142,11 +142,11 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
 
 /// Requests in flight to upstreams right now, over every shard and cluster.
 fn in_flight(shared: &Shared) -> u64 {
+    let snap = shared.snapshot();
     (0..shared.shard_count)
         .map(|k| {
             let s = shared.stats.shard(k);
-            shared
-                .upstream_ids
+            snap.upstream_ids
                 .iter()
                 .map(|ids| s.get(ids.rq_active) as i64)
                 .sum::<i64>()

@@ -2,7 +2,8 @@
 //! the kernel spreads connections over shards), runs the accept loops, and drains when the
 //! control thread says so.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -13,11 +14,12 @@ use shard::monoio::net::TcpListener;
 use shard::{Event, Receiver, ShardCtx};
 
 use crate::cluster::ShardCluster;
-use crate::config::Protocol;
+use crate::config::{self, Protocol};
+use crate::dubbo::downstream::RequestStatIds;
 use crate::dubbo::downstream::{self, DubboListener};
 use crate::dubbo::router::Router;
 use crate::dubbo::upstream::ClusterPool;
-use crate::server::{ListenerStatIds, PollStatIds, ShardMsg, Shared, POLL_STATS_PUBLISH};
+use crate::server::{ListenerStatIds, PollStatIds, ShardMsg, Shared, Snapshot, POLL_STATS_PUBLISH};
 use crate::stats::ShardStats;
 use crate::tcp_proxy;
 
@@ -37,7 +39,8 @@ const DRAIN_POLL_MS: u64 = 10;
 pub struct ListenerCtx {
     pub name: String,
     pub protocol: Protocol,
-    pub cluster: Option<Rc<ShardCluster>>,
+    /// tcp: the listener's cluster (refreshed by every config update).
+    pub cluster: std::cell::RefCell<Option<Rc<ShardCluster>>>,
     pub buffer_bytes: usize,
     pub idle_timeout: Duration,
     pub connections_max: u32,
@@ -48,11 +51,22 @@ pub struct ListenerCtx {
     /// Set for `triple` listeners.
     pub triple: Option<Rc<crate::triple::TripleListener>>,
     /// The shard's drain signal.
-    pub draining: Rc<std::cell::RefCell<Event>>,
+    pub draining: Rc<RefCell<Event>>,
 }
 
-/// Set-up on the shard thread (takes its own descriptors of the listening sockets the control
-/// thread bound or inherited), then the shard's future.
+/// A listener's routes as one shard runs them: compiled router, the upstream pool of each
+/// cluster (indexed like the snapshot's clusters) and per-route stats. Immutable; a config
+/// update puts a new one in the listener's [`RoutesCell`].
+pub struct Routes<R, P> {
+    pub router: R,
+    pub pools: Vec<Rc<P>>,
+    /// Per route in config order, then the default route.
+    pub route_ids: Vec<RequestStatIds>,
+}
+
+/// The current routes of one listener on one shard, shared by all its connections.
+pub type RoutesCell<R, P> = Rc<RefCell<Rc<Routes<R, P>>>>;
+
 /// Copies this shard's poll-loop counters into its stats, every `POLL_STATS_PUBLISH`, for as
 /// long as the shard runs.
 async fn publish_poll_stats(poll: shard::PollStats, stats: ShardStats, ids: PollStatIds) {
@@ -71,31 +85,370 @@ async fn publish_poll_stats(poll: shard::PollStats, stats: ShardStats, ids: Poll
     }
 }
 
+/// One cluster on one shard: balancer state and the upstream pools of each protocol.
+struct ClusterEntry {
+    /// The cluster's config without its endpoints (a change replaces the entry).
+    params: config::Cluster,
+    lb: Rc<ShardCluster>,
+    dubbo: Rc<ClusterPool>,
+    /// Built once a triple listener exists.
+    triple: Option<Rc<crate::triple::Pool>>,
+}
+
+impl ClusterEntry {
+    fn retire(&self) {
+        self.dubbo.retire_all();
+        if let Some(t) = &self.triple {
+            t.retire_all();
+        }
+    }
+}
+
+/// One listener on one shard.
+struct ShardListener {
+    cfg: config::Listener,
+    /// Read by the accept loops for each new connection.
+    ctx: Rc<RefCell<Rc<ListenerCtx>>>,
+    /// Ends this listener's accept loops.
+    stop: Event,
+}
+
+/// A listener's config without its routes: a change here rebuilds the listener's context
+/// (new connections get it); a change of routes only swaps the routes.
+fn listener_params(l: &config::Listener) -> config::Listener {
+    let mut p = l.clone();
+    p.cluster = None;
+    if let Some(d) = p.dubbo.as_mut() {
+        d.routes.clear();
+    }
+    if let Some(t) = p.triple.as_mut() {
+        t.routes.clear();
+    }
+    p
+}
+
+fn cluster_params(c: &config::Cluster) -> config::Cluster {
+    let mut p = c.clone();
+    p.endpoints.clear();
+    p
+}
+
+/// Everything one shard runs: listeners, clusters and the snapshot they came from.
+struct ShardState {
+    id: usize,
+    shared: Arc<Shared>,
+    stats: ShardStats,
+    snapshot: Arc<Snapshot>,
+    clusters: HashMap<String, ClusterEntry>,
+    listeners: Vec<ShardListener>,
+    draining: Rc<RefCell<Event>>,
+    connections: Rc<Cell<usize>>,
+    accepting: bool,
+}
+
+impl ShardState {
+    /// Takes `snap`: clusters first (endpoint-only changes update pools in place), then
+    /// listeners (route changes swap each listener's routes; new listeners start accepting;
+    /// removed ones stop). Runs between requests, without awaiting.
+    fn apply(&mut self, snap: Arc<Snapshot>) {
+        let config = &snap.config;
+        let needs_triple = config
+            .listeners
+            .iter()
+            .any(|l| l.protocol == Protocol::Triple);
+        let mut old = std::mem::take(&mut self.clusters);
+        let mut replaced = false;
+        for (i, c) in config.clusters.iter().enumerate() {
+            let eps = &snap.endpoints[i];
+            let params = cluster_params(c);
+            let kept = match old.remove(&c.name) {
+                Some(e) if e.params == params && e.lb.endpoints().generation == eps.generation => {
+                    if !Arc::ptr_eq(&e.lb.endpoints(), eps) {
+                        let gone = e.lb.set_endpoints(eps.clone());
+                        e.dubbo.retire(&gone);
+                        if let Some(t) = &e.triple {
+                            t.retire(&gone);
+                        }
+                    }
+                    Some(e)
+                }
+                Some(e) => {
+                    e.retire();
+                    None
+                }
+                None => None,
+            };
+            let mut entry = kept.unwrap_or_else(|| {
+                replaced = true;
+                let lb = Rc::new(ShardCluster::new(
+                    c,
+                    eps.clone(),
+                    snap.cluster_ids[i].clone(),
+                ));
+                ClusterEntry {
+                    params,
+                    dubbo: ClusterPool::new(
+                        c,
+                        lb.clone(),
+                        self.stats.clone(),
+                        snap.upstream_ids[i],
+                    ),
+                    lb,
+                    triple: None,
+                }
+            });
+            if needs_triple && entry.triple.is_none() {
+                replaced = true;
+                entry.triple = Some(crate::triple::Pool::new(
+                    c,
+                    entry.lb.clone(),
+                    self.stats.clone(),
+                    snap.upstream_ids[i],
+                ));
+            }
+            self.clusters.insert(c.name.clone(), entry);
+        }
+        for (_, e) in old.drain() {
+            e.retire();
+            replaced = true;
+        }
+        // Routes hold cluster indices: rebuild them all when any cluster came, went or moved.
+        let reindexed = replaced
+            || self.snapshot.config.clusters.len() != config.clusters.len()
+            || self
+                .snapshot
+                .config
+                .clusters
+                .iter()
+                .zip(&config.clusters)
+                .any(|(a, b)| a.name != b.name);
+
+        let mut old = std::mem::take(&mut self.listeners);
+        for (index, l) in config.listeners.iter().enumerate() {
+            let prev = old
+                .iter()
+                .position(|x| x.cfg.name == l.name)
+                .map(|k| old.swap_remove(k));
+            let sl = match prev {
+                Some(p) if p.cfg.address == l.address && p.cfg.protocol == l.protocol => {
+                    let ctx = p.ctx.borrow().clone();
+                    if listener_params(&p.cfg) != listener_params(l) {
+                        let fresh = self.listener_ctx(&snap, index, Some(&ctx));
+                        *p.ctx.borrow_mut() = fresh;
+                    } else if reindexed || p.cfg != *l {
+                        self.swap_routes(&snap, index, &ctx);
+                    }
+                    *p.ctx.borrow().cluster.borrow_mut() = self.tcp_cluster(l);
+                    ShardListener {
+                        cfg: l.clone(),
+                        ctx: p.ctx,
+                        stop: p.stop,
+                    }
+                }
+                other => {
+                    if let Some(p) = other {
+                        p.stop.set();
+                    }
+                    let sl = ShardListener {
+                        cfg: l.clone(),
+                        ctx: Rc::new(RefCell::new(self.listener_ctx(&snap, index, None))),
+                        stop: Event::new(),
+                    };
+                    if self.accepting {
+                        self.start_accepting(&sl);
+                    }
+                    sl
+                }
+            };
+            self.listeners.push(sl);
+        }
+        for gone in old {
+            tracing::info!(shard = self.id, listener = %gone.cfg.name, "listener removed: no longer accepting");
+            gone.stop.set();
+        }
+        self.snapshot = snap;
+    }
+
+    fn tcp_cluster(&self, l: &config::Listener) -> Option<Rc<ShardCluster>> {
+        let name = l.cluster.as_ref()?;
+        self.clusters.get(name).map(|e| e.lb.clone())
+    }
+
+    fn dubbo_routes(&self, snap: &Snapshot, index: usize) -> Rc<Routes<Router, ClusterPool>> {
+        let l = &snap.config.listeners[index];
+        // The control thread compiled these routes before sending the snapshot.
+        let router = Router::new(l, &snap.config.clusters).unwrap_or_else(|e| {
+            tracing::error!(listener = %l.name, error = %e, "routes did not compile on a shard");
+            Router::empty()
+        });
+        Rc::new(Routes {
+            router,
+            pools: snap
+                .config
+                .clusters
+                .iter()
+                .map(|c| self.clusters[&c.name].dubbo.clone())
+                .collect(),
+            route_ids: snap.route_ids[index].clone(),
+        })
+    }
+
+    fn triple_routes(
+        &self,
+        snap: &Snapshot,
+        index: usize,
+    ) -> Rc<Routes<crate::triple::router::Router, crate::triple::Pool>> {
+        let l = &snap.config.listeners[index];
+        let router = crate::triple::router::Router::new(l, &snap.config.clusters).unwrap_or_else(
+            |e| {
+                tracing::error!(listener = %l.name, error = %e, "routes did not compile on a shard");
+                crate::triple::router::Router::empty()
+            },
+        );
+        Rc::new(Routes {
+            router,
+            pools: snap
+                .config
+                .clusters
+                .iter()
+                .filter_map(|c| self.clusters[&c.name].triple.clone())
+                .collect(),
+            route_ids: snap.route_ids[index].clone(),
+        })
+    }
+
+    fn swap_routes(&self, snap: &Snapshot, index: usize, ctx: &ListenerCtx) {
+        if let Some(d) = &ctx.dubbo {
+            *d.routes.borrow_mut() = self.dubbo_routes(snap, index);
+        }
+        if let Some(t) = &ctx.triple {
+            *t.routes.borrow_mut() = self.triple_routes(snap, index);
+        }
+    }
+
+    /// A listener's context; `prev` (the same listener before a parameter change) passes on
+    /// its routes cell and per-service stats, so existing connections follow route updates.
+    fn listener_ctx(
+        &self,
+        snap: &Snapshot,
+        index: usize,
+        prev: Option<&Rc<ListenerCtx>>,
+    ) -> Rc<ListenerCtx> {
+        let l = &snap.config.listeners[index];
+        let id = self.id;
+        let stats = &self.stats;
+        let dubbo = snap.dubbo_ids[index].map(|dubbo_ids| {
+            let d = l.dubbo.clone().unwrap_or_default();
+            let routes = self.dubbo_routes(snap, index);
+            let (routes, services) = match prev.and_then(|p| p.dubbo.as_ref()) {
+                Some(p) => {
+                    *p.routes.borrow_mut() = routes;
+                    (p.routes.clone(), p.services.clone())
+                }
+                None => (Rc::new(RefCell::new(routes)), Default::default()),
+            };
+            Rc::new(DubboListener {
+                name: l.name.clone(),
+                routes,
+                frame_bytes_max: d.frame_bytes_max,
+                pending_max: d.pending_requests_per_connection_max,
+                stats: stats.clone(),
+                ids: dubbo_ids,
+                services,
+                dice: crate::dubbo::router::Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
+                draining: self.draining.clone(),
+            })
+        });
+        let triple = snap.triple_ids[index].clone().map(|ids| {
+            let t = l.triple.clone().unwrap_or_default();
+            let routes = self.triple_routes(snap, index);
+            let (routes, services) = match prev.and_then(|p| p.triple.as_ref()) {
+                Some(p) => {
+                    *p.routes.borrow_mut() = routes;
+                    (p.routes.clone(), p.services.clone())
+                }
+                None => (Rc::new(RefCell::new(routes)), Default::default()),
+            };
+            Rc::new(crate::triple::TripleListener {
+                name: l.name.clone(),
+                routes,
+                limits: crate::triple::H2Limits::from_config(&t),
+                stats: stats.clone(),
+                ids,
+                services,
+                dice: crate::dubbo::router::Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
+            })
+        });
+        Rc::new(ListenerCtx {
+            name: l.name.clone(),
+            protocol: l.protocol,
+            cluster: RefCell::new(self.tcp_cluster(l)),
+            buffer_bytes: l.buffer_bytes,
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            connections_max: l.connections_per_shard_max,
+            stats: stats.clone(),
+            ids: snap.listener_ids[index],
+            dubbo,
+            triple,
+            draining: self.draining.clone(),
+        })
+    }
+
+    /// Accept loops on this shard's sockets of `sl`, until `sl.stop`.
+    fn start_accepting(&self, sl: &ShardListener) {
+        let socks = match self.shared.sockets.for_shard(self.id, &sl.cfg.name) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(shard = self.id, listener = %sl.cfg.name, error = %e, "cannot accept");
+                return;
+            }
+        };
+        for sock in socks {
+            match TcpListener::from_std(sock) {
+                Ok(listener) => {
+                    shard::monoio::spawn(accept_loop(
+                        listener,
+                        sl.ctx.clone(),
+                        sl.stop.clone(),
+                        self.connections.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, listener = %sl.cfg.name, error = %e, "cannot register listener")
+                }
+            }
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.accepting = false;
+        for sl in &self.listeners {
+            sl.stop.set();
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        self.accepting = true;
+        *self.draining.borrow_mut() = Event::new();
+        let draining = self.draining.borrow().clone();
+        let _ = draining;
+        for sl in &mut self.listeners {
+            sl.stop = Event::new();
+        }
+        for sl in &self.listeners {
+            self.start_accepting(sl);
+        }
+    }
+}
+
+/// Set-up on the shard thread, then the shard's future: the snapshot current at start, then
+/// every update the control thread sends.
 pub fn shard_main(
     ctx: ShardCtx,
     shared: Arc<Shared>,
     inbox: Receiver<ShardMsg>,
 ) -> Result<impl std::future::Future<Output = ()>, String> {
-    let config = &shared.config;
     let id = ctx.info.id;
-    let sockets = shared.sockets.for_shard(id)?;
-    // Compile each Dubbo listener's routes once here (the config was validated; an error is a
-    // bug, reported rather than unwrapped).
-    let mut routers = Vec::with_capacity(config.listeners.len());
-    let mut triple_routers = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        let bad = |e: String| format!("listener {:?}: routes: {e}", l.name);
-        routers.push(match l.protocol {
-            Protocol::Dubbo => Some(Router::new(l, &config.clusters).map_err(bad)?),
-            _ => None,
-        });
-        triple_routers.push(match l.protocol {
-            Protocol::Triple => {
-                Some(crate::triple::router::Router::new(l, &config.clusters).map_err(bad)?)
-            }
-            _ => None,
-        });
-    }
     let poll_stats = ctx.info.poll_stats.clone();
     Ok(async move {
         let stats = shared.stats.shard(id);
@@ -104,132 +457,21 @@ pub fn shard_main(
             stats.clone(),
             shared.poll_ids[id],
         ));
-        let clusters: Vec<Rc<ShardCluster>> = shared
-            .config
-            .clusters
-            .iter()
-            .zip(&shared.cluster_ids)
-            .zip(&shared.cluster_endpoints)
-            .map(|((c, ids), eps)| Rc::new(ShardCluster::new(c, eps.clone(), ids.clone())))
-            .collect();
-        // Upstream Dubbo pools: one per cluster per shard, shared by every listener of the shard.
-        let pools: Vec<Rc<ClusterPool>> = shared
-            .config
-            .clusters
-            .iter()
-            .zip(&clusters)
-            .zip(&shared.upstream_ids)
-            .map(|((c, lb), ids)| ClusterPool::new(c, lb.clone(), stats.clone(), *ids))
-            .collect();
-        // HTTP/2 upstream pools for triple listeners, built only when one exists.
-        let has_triple = shared
-            .config
-            .listeners
-            .iter()
-            .any(|l| l.protocol == Protocol::Triple);
-        let h2_pools: Vec<Rc<crate::triple::Pool>> = if has_triple {
-            shared
-                .config
-                .clusters
-                .iter()
-                .zip(&clusters)
-                .zip(&shared.upstream_ids)
-                .map(|((c, lb), ids)| crate::triple::Pool::new(c, lb.clone(), stats.clone(), *ids))
-                .collect()
-        } else {
-            Vec::new()
+        let first = shared.snapshot();
+        let mut st = ShardState {
+            id,
+            shared: shared.clone(),
+            stats,
+            snapshot: Arc::new(crate::server::Snapshot::empty()),
+            clusters: HashMap::new(),
+            listeners: Vec::new(),
+            // Set when the shard drains: Dubbo connections announce readonly and close when
+            // idle. Replaced by a fresh event on resume.
+            draining: Rc::new(RefCell::new(Event::new())),
+            connections: Rc::new(Cell::new(0usize)),
+            accepting: true,
         };
-        // Set when the shard drains: Dubbo connections announce readonly and close when idle.
-        // Replaced by a fresh event on resume.
-        let draining = Rc::new(std::cell::RefCell::new(Event::new()));
-        let connections = Rc::new(Cell::new(0usize));
-        let mut contexts = Vec::with_capacity(shared.config.listeners.len());
-        for (index, ((l, router), triple_router)) in shared
-            .config
-            .listeners
-            .iter()
-            .zip(routers)
-            .zip(triple_routers)
-            .enumerate()
-        {
-            let ids = &shared.listener_ids[index];
-            let lctx = Rc::new(ListenerCtx {
-                name: l.name.clone(),
-                protocol: l.protocol,
-                cluster: l
-                    .cluster
-                    .as_ref()
-                    .and_then(|n| clusters.iter().find(|c| &c.name == n).cloned()),
-                buffer_bytes: l.buffer_bytes,
-                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
-                connections_max: l.connections_per_shard_max,
-                stats: stats.clone(),
-                ids: *ids,
-                dubbo: router
-                    .zip(shared.dubbo_ids[index])
-                    .map(|(router, dubbo_ids)| {
-                        let d = l.dubbo.clone().unwrap_or_default();
-                        Rc::new(DubboListener {
-                            name: l.name.clone(),
-                            router,
-                            pools: pools.clone(),
-                            frame_bytes_max: d.frame_bytes_max,
-                            pending_max: d.pending_requests_per_connection_max,
-                            stats: stats.clone(),
-                            ids: dubbo_ids,
-                            route_ids: shared.route_ids[index].clone(),
-                            services: Default::default(),
-                            dice: crate::dubbo::router::Dice::new(
-                                (id as u32 + 1).wrapping_mul(0x9e37_79b9),
-                            ),
-                            draining: draining.clone(),
-                        })
-                    }),
-                triple: triple_router
-                    .zip(shared.triple_ids[index].clone())
-                    .map(|(router, ids)| {
-                        let t = l.triple.clone().unwrap_or_default();
-                        Rc::new(crate::triple::TripleListener {
-                            name: l.name.clone(),
-                            router,
-                            pools: h2_pools.clone(),
-                            limits: crate::triple::H2Limits::from_config(&t),
-                            stats: stats.clone(),
-                            ids,
-                            route_ids: shared.route_ids[index].clone(),
-                            services: Default::default(),
-                            dice: crate::dubbo::router::Dice::new(
-                                (id as u32 + 7).wrapping_mul(0x9e37_79b9),
-                            ),
-                        })
-                    }),
-                draining: draining.clone(),
-            });
-            contexts.push(lctx);
-        }
-        // Accept on every socket this shard was given; `stop` ends these loops (and only these:
-        // a resume starts new ones).
-        let start_accepting = |sockets: Vec<Vec<std::net::TcpListener>>, stop: &Event| {
-            for (lctx, socks) in contexts.iter().zip(sockets) {
-                for sock in socks {
-                    match TcpListener::from_std(sock) {
-                        Ok(listener) => {
-                            shard::monoio::spawn(accept_loop(
-                                listener,
-                                lctx.clone(),
-                                stop.clone(),
-                                connections.clone(),
-                            ));
-                        }
-                        Err(e) => {
-                            tracing::error!(shard = id, listener = %lctx.name, error = %e, "cannot register listener")
-                        }
-                    }
-                }
-            }
-        };
-        let mut stop_accepting = Event::new();
-        start_accepting(sockets, &stop_accepting);
+        st.apply(first);
         shared
             .lifecycle
             .shards_serving
@@ -246,7 +488,7 @@ pub fn shard_main(
             let msg = match deadline {
                 None => inbox.recv().await,
                 Some(d) => {
-                    let done = connections.get() == 0 || Instant::now() >= d;
+                    let done = st.connections.get() == 0 || Instant::now() >= d;
                     if done && !linger {
                         break;
                     }
@@ -264,13 +506,17 @@ pub fn shard_main(
                 }
             };
             match msg {
+                Some(ShardMsg::Apply { snapshot, done }) => {
+                    st.apply(snapshot);
+                    done.fetch_add(1, Ordering::AcqRel);
+                }
                 Some(ShardMsg::Drain { timeout, linger: l }) if deadline.is_none() => {
                     shared
                         .lifecycle
                         .shards_serving
                         .fetch_sub(1, Ordering::AcqRel);
-                    stop_accepting.set();
-                    draining.borrow().set();
+                    st.stop_accepting();
+                    st.draining.borrow().set();
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
                     if linger {
@@ -280,37 +526,30 @@ pub fn shard_main(
                 }
                 Some(ShardMsg::Resume) if deadline.is_some() => {
                     shard::force_sleep(false);
-                    match shared.sockets.for_shard(id) {
-                        Ok(sockets) => {
-                            stop_accepting = Event::new();
-                            *draining.borrow_mut() = Event::new();
-                            start_accepting(sockets, &stop_accepting);
-                            shared
-                                .lifecycle
-                                .shards_serving
-                                .fetch_add(1, Ordering::AcqRel);
-                            if reported {
-                                shared
-                                    .lifecycle
-                                    .shards_drained
-                                    .fetch_sub(1, Ordering::AcqRel);
-                            }
-                            deadline = None;
-                            reported = false;
-                            tracing::info!(shard = id, "resumed accepting");
-                        }
-                        Err(e) => tracing::error!(shard = id, error = %e, "cannot resume"),
+                    st.resume_accepting();
+                    shared
+                        .lifecycle
+                        .shards_serving
+                        .fetch_add(1, Ordering::AcqRel);
+                    if reported {
+                        shared
+                            .lifecycle
+                            .shards_drained
+                            .fetch_sub(1, Ordering::AcqRel);
                     }
+                    deadline = None;
+                    reported = false;
+                    tracing::info!(shard = id, "resumed accepting");
                 }
                 Some(ShardMsg::Finish) => break,
                 Some(_) => {}
                 None => break,
             }
         }
-        if connections.get() > 0 {
+        if st.connections.get() > 0 {
             tracing::warn!(
                 shard = id,
-                open = connections.get(),
+                open = st.connections.get(),
                 "drain timeout: closing connections still open"
             );
         }
@@ -331,12 +570,14 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 
 async fn accept_loop(
     listener: TcpListener,
-    l: Rc<ListenerCtx>,
+    slot: Rc<RefCell<Rc<ListenerCtx>>>,
     stop: Event,
     connections: Rc<Cell<usize>>,
 ) {
     let active_here = Rc::new(Cell::new(0u32));
     loop {
+        // The listener's context as of now (a config update may have replaced it).
+        let l = slot.borrow().clone();
         let accepted = shard::monoio::select! {
             r = listener.accept() => r,
             _ = stop.wait() => return,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use shard::{ShardHandle, ShardInfo};
 
-use crate::cluster::{ClusterStatIds, HostStatIds};
+use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot};
 use crate::config::{self, Config};
 use crate::dubbo::downstream::{DubboStatIds, RequestStatIds};
 use crate::dubbo::upstream::UpstreamStatIds;
@@ -24,6 +24,11 @@ pub const SHARD_INBOX_MAX: usize = 64;
 
 /// Control thread → shard.
 pub enum ShardMsg {
+    /// A new config snapshot: swap it in between requests, then count yourself in `done`.
+    Apply {
+        snapshot: Arc<Snapshot>,
+        done: Arc<AtomicUsize>,
+    },
     /// Stop accepting, tell Dubbo callers we are going away, let connections finish for at
     /// most `timeout`, then end the shard.
     /// With `linger` (hot upgrade), a drained shard waits for `Finish` or `Resume`.
@@ -51,50 +56,51 @@ impl Inherited {
 /// these descriptors (shards accept on duplicates) so that a hot upgrade can hand them over and
 /// a failed one can resume; they are closed only when the process stops listening.
 pub struct ListenSockets {
-    // Control plane only (start-up, drain, handoff); shards never touch this lock.
+    // Control plane only (start-up, config updates, drain, handoff); shards take this lock only
+    // when they start accepting on a listener, never per connection.
     #[allow(clippy::disallowed_types)]
-    inner: std::sync::Mutex<Option<Vec<Vec<Vec<std::net::TcpListener>>>>>,
+    inner: std::sync::Mutex<Option<Vec<BoundListener>>>,
     /// Admin listeners: (name, socket), `__admin` first.
     pub admin: Vec<(String, std::net::TcpListener)>,
 }
 
+/// One listener's sockets: per shard, the sockets that shard accepts on.
+pub struct BoundListener {
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    per_shard: Vec<Vec<std::net::TcpListener>>,
+}
+
 impl ListenSockets {
-    /// Duplicates of this shard's sockets, per listener.
-    pub fn for_shard(&self, shard: usize) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
+    /// Duplicates of this shard's sockets of listener `name`.
+    pub fn for_shard(
+        &self,
+        shard: usize,
+        name: &str,
+    ) -> Result<Vec<std::net::TcpListener>, String> {
         let guard = self
             .inner
             .lock()
             .map_err(|_| "listen sockets poisoned".to_string())?;
         let all = guard.as_ref().ok_or("listening sockets already closed")?;
-        all.iter()
-            .map(|per_shard| {
-                per_shard
-                    .get(shard)
-                    .map(|socks| {
-                        socks
-                            .iter()
-                            .map(|s| s.try_clone())
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .unwrap_or(Ok(Vec::new()))
-                    .map_err(|e| format!("cannot duplicate a listening socket: {e}"))
-            })
-            .collect()
+        let Some(b) = all.iter().find(|b| b.name == name) else {
+            return Err(format!("no listening socket for listener {name:?}"));
+        };
+        b.per_shard
+            .get(shard)
+            .map(|socks| socks.iter().map(|s| s.try_clone()).collect())
+            .unwrap_or(Ok(Vec::new()))
+            .map_err(|e| format!("cannot duplicate a listening socket: {e}"))
     }
 
     /// (listener name, socket) for every listening socket, for a successor.
-    pub fn for_handoff(
-        &self,
-        listeners: &[config::Listener],
-    ) -> Vec<(String, std::net::TcpListener)> {
+    pub fn for_handoff(&self) -> Vec<(String, std::net::TcpListener)> {
         let mut out = Vec::new();
         if let Ok(guard) = self.inner.lock() {
-            if let Some(all) = guard.as_ref() {
-                for (l, per_shard) in listeners.iter().zip(all) {
-                    for s in per_shard.iter().flatten() {
-                        if let Ok(d) = s.try_clone() {
-                            out.push((l.name.clone(), d));
-                        }
+            for b in guard.iter().flatten() {
+                for s in b.per_shard.iter().flatten() {
+                    if let Ok(d) = s.try_clone() {
+                        out.push((b.name.clone(), d));
                     }
                 }
             }
@@ -105,6 +111,41 @@ impl ListenSockets {
             }
         }
         out
+    }
+
+    /// Binds what `listeners` needs and is not bound yet (a new listener, or one whose address
+    /// changed), taking a predecessor's sockets first. Returns the bound listeners to install
+    /// with [`ListenSockets::install`] once the shards run the config.
+    fn bind_new(
+        &self,
+        listeners: &[config::Listener],
+        shards: usize,
+        inherited: &mut Inherited,
+    ) -> Result<Vec<BoundListener>, RunError> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let have = |l: &config::Listener| {
+            guard
+                .iter()
+                .flatten()
+                .any(|b| b.name == l.name && b.address == l.address)
+        };
+        let mut out = Vec::new();
+        for l in listeners.iter().filter(|l| !have(l)) {
+            out.push(bind_listener(l, shards, inherited)?);
+        }
+        Ok(out)
+    }
+
+    /// Makes `bound` the sockets of their listeners and drops the sockets of listeners not in
+    /// `keep` (removed by a config update; shards stopped accepting on them).
+    fn install(&self, bound: Vec<BoundListener>, keep: &[config::Listener]) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(all) = guard.as_mut() else { return };
+        for b in bound {
+            all.retain(|x| x.name != b.name);
+            all.push(b);
+        }
+        all.retain(|b| keep.iter().any(|l| l.name == b.name));
     }
 
     /// Closes our descriptors (plain drain: new connections are refused from now on).
@@ -172,25 +213,23 @@ pub struct ListenerStatIds {
     pub bytes_tx: StatId,
 }
 
-/// Read-only state shared by the shards (at start) and the admin thread.
+/// State shared by the shards, the admin threads and the control thread.
 pub struct Shared {
+    /// The config the process started with (admin, runtime, drain timeout and stats settings
+    /// come from it; listeners and clusters may change, see `snapshot`).
     pub config: Config,
-    /// Bumped on every config change; 1 for the static file.
-    pub config_version: u64,
     pub stats: Arc<Stats>,
-    pub listener_ids: Vec<ListenerStatIds>,
-    /// For `dubbo` listeners, by listener index.
-    pub dubbo_ids: Vec<Option<DubboStatIds>>,
-    /// For `dubbo` listeners: per route, then the default route.
-    pub route_ids: Vec<Vec<RequestStatIds>>,
-    pub cluster_ids: Vec<ClusterStatIds>,
-    pub upstream_ids: Vec<UpstreamStatIds>,
-    /// For `triple` listeners, by listener index.
-    pub triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
     /// Per shard: what its loop did with its time (see `PollStatIds`).
     pub poll_ids: Vec<PollStatIds>,
-    /// Each cluster's endpoints, shared by the shards.
-    pub cluster_endpoints: Vec<Arc<[std::net::SocketAddr]>>,
+    /// The config the shards run now. Control plane only (admin, config updates); shards get
+    /// their copy through their inbox.
+    #[allow(clippy::disallowed_types)]
+    snapshot: std::sync::Mutex<Arc<Snapshot>>,
+    #[allow(clippy::disallowed_types)]
+    updates: std::sync::Mutex<Updates>,
+    pub update_ids: UpdateStatIds,
+    /// False while the first dynamic config (xDS) is awaited: `/ready` answers 503.
+    pub dynamic_ready: std::sync::atomic::AtomicBool,
     pub lifecycle: Lifecycle,
     pub shard_infos: OnceLock<Vec<ShardInfo>>,
     pub shard_count: usize,
@@ -202,11 +241,143 @@ pub struct Shared {
     pub drained: std::sync::atomic::AtomicBool,
 }
 
+/// What config updates need between two of them: the snapshot builder, the shards' inboxes and
+/// the sockets a predecessor handed over for listeners that only a dynamic config names yet.
+struct Updates {
+    builder: Builder,
+    inboxes: Vec<shard::Sender<ShardMsg>>,
+    inherited: Inherited,
+}
+
+/// Stats of config updates.
+#[derive(Clone, Copy, Debug)]
+pub struct UpdateStatIds {
+    pub applied: StatId,
+    pub rejected: StatId,
+    /// Time from a config's arrival until every shard runs it.
+    pub apply_time: crate::stats::HistId,
+}
+
+/// How long an update waits for every shard to take it before it is reported as failed.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Shared {
-    /// Ready: started, every shard accepting, not draining.
+    /// Ready: started, every shard accepting, not draining, and the first dynamic config (if
+    /// any is configured) applied or given up on.
     pub fn ready(&self) -> bool {
         self.lifecycle.state() == State::Serving
             && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
+            && self.dynamic_ready.load(Ordering::Acquire)
+    }
+
+    /// The config the shards run now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Validates `config`, binds its new listeners, and hands it to every shard; returns once
+    /// every shard runs it (the new snapshot's version), or why it was refused. The caller
+    /// (xDS) NACKs on an error; the running config is then unchanged.
+    pub fn apply(
+        &self,
+        config: Config,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        let started = Instant::now();
+        let result = self.apply_inner(config, xds_versions);
+        let shard0 = self.stats.shard(0);
+        match &result {
+            Ok(_) => {
+                shard0.inc(self.update_ids.applied);
+                shard0.record_us(
+                    self.update_ids.apply_time,
+                    started.elapsed().as_micros() as u64,
+                );
+            }
+            Err(e) => {
+                shard0.inc(self.update_ids.rejected);
+                tracing::warn!(error = %e, "config update refused");
+            }
+        }
+        result
+    }
+
+    fn apply_inner(
+        &self,
+        config: Config,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        let problems = config.validate_as(config::Source::Dynamic);
+        if !problems.is_empty() {
+            return Err(problems
+                .iter()
+                .map(|(f, m)| format!("{f}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        // Routes compile here first, so that a shard never meets a route it cannot build.
+        for l in &config.listeners {
+            let bad = |e: String| format!("listener {:?}: routes: {e}", l.name);
+            match l.protocol {
+                config::Protocol::Dubbo => {
+                    crate::dubbo::router::Router::new(l, &config.clusters).map_err(bad)?;
+                }
+                config::Protocol::Triple => {
+                    crate::triple::router::Router::new(l, &config.clusters).map_err(bad)?;
+                }
+                config::Protocol::Tcp => {}
+            }
+        }
+        let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        if u.inboxes.len() != self.shard_count {
+            return Err("the shards are not running yet".into());
+        }
+        if self.lifecycle.state() == State::Draining {
+            return Err("draining: config updates are no longer applied".into());
+        }
+        let bound = self
+            .sockets
+            .bind_new(&config.listeners, self.shard_count, &mut u.inherited)
+            .map_err(|e| e.to_string())?;
+        let keep = config.listeners.clone();
+        let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
+        self.sockets.install(bound, &keep);
+        let version = snapshot.version;
+        let done = Arc::new(AtomicUsize::new(0));
+        for inbox in &u.inboxes {
+            let mut msg = ShardMsg::Apply {
+                snapshot: snapshot.clone(),
+                done: done.clone(),
+            };
+            let deadline = Instant::now() + APPLY_TIMEOUT;
+            loop {
+                match inbox.try_send(msg) {
+                    Ok(()) => break,
+                    Err(shard::SendError::Full { message, .. }) if Instant::now() < deadline => {
+                        msg = message;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(format!("a shard did not take the update: {e}")),
+                }
+            }
+        }
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        while done.load(Ordering::Acquire) < u.inboxes.len() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {} of {} shards applied the update within {APPLY_TIMEOUT:?}",
+                    done.load(Ordering::Acquire),
+                    u.inboxes.len()
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // `/config_dump` shows what every shard runs.
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        Ok(version)
     }
 }
 
@@ -260,20 +431,71 @@ pub struct Server {
     pub admin_address: std::net::SocketAddr,
 }
 
-/// Every stat id, resolved once before the shards start.
-struct StatLayout {
-    listener_ids: Vec<ListenerStatIds>,
-    dubbo_ids: Vec<Option<DubboStatIds>>,
-    route_ids: Vec<Vec<RequestStatIds>>,
-    cluster_ids: Vec<ClusterStatIds>,
-    upstream_ids: Vec<UpstreamStatIds>,
-    triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
-    poll_ids: Vec<PollStatIds>,
+/// One immutable config as the shards run it: the config, every stat id it needs, and each
+/// cluster's endpoint table. Built on the control thread; shards swap it in between requests.
+pub struct Snapshot {
+    /// Counts applied configs: 1 for the one the process started with.
+    pub version: u64,
+    pub config: Config,
+    /// The xDS resource versions it was built from (type → version), when xDS built it.
+    pub xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    pub listener_ids: Vec<ListenerStatIds>,
+    /// For `dubbo` listeners, by listener index.
+    pub dubbo_ids: Vec<Option<DubboStatIds>>,
+    /// For `dubbo` and `triple` listeners: per route, then the default route.
+    pub route_ids: Vec<Vec<RequestStatIds>>,
+    pub cluster_ids: Vec<ClusterStatIds>,
+    pub upstream_ids: Vec<UpstreamStatIds>,
+    /// For `triple` listeners, by listener index.
+    pub triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
+    /// Each cluster's endpoints, shared by the shards.
+    pub endpoints: Vec<Arc<Endpoints>>,
 }
 
-fn build_stats(config: &Config, st: &Stats) -> StatLayout {
-    use Kind::{Counter, Gauge};
-    let poll_ids = (0..st.shard_count())
+impl Snapshot {
+    /// No listeners, no clusters (what a shard runs before its first snapshot).
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: 0,
+            config: Config::default(),
+            xds_versions: None,
+            listener_ids: Vec::new(),
+            dubbo_ids: Vec::new(),
+            route_ids: Vec::new(),
+            cluster_ids: Vec::new(),
+            upstream_ids: Vec::new(),
+            triple_ids: Vec::new(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// Endpoint tables with slot indices that stay stable across updates fall behind this many
+/// slots beyond twice the live endpoints, then are renumbered (the shards replace that
+/// cluster's pools; its connections close once idle).
+pub const ENDPOINT_SLOTS_SLACK: usize = 64;
+
+/// What the control thread remembers about one cluster between snapshots: its stat ids
+/// (registered once) and its endpoint table.
+struct ClusterState {
+    ids: ClusterStatIds,
+    upstream: UpstreamStatIds,
+    slots: Vec<Slot>,
+    by_addr: std::collections::HashMap<std::net::SocketAddr, u32>,
+    published: Arc<Endpoints>,
+}
+
+/// The control thread's state between snapshots.
+#[derive(Default)]
+pub struct Builder {
+    clusters: std::collections::HashMap<String, ClusterState>,
+    next_generation: u64,
+    version: u64,
+}
+
+fn poll_stat_ids(st: &Stats) -> Vec<PollStatIds> {
+    use Kind::Counter;
+    (0..st.shard_count())
         .map(|i| {
             let shard = i.to_string();
             let t = [("shard", shard.as_str())];
@@ -283,186 +505,254 @@ fn build_stats(config: &Config, st: &Stats) -> StatLayout {
                 sleeps: st.add("shard", "poll_sleeps", &t, Counter),
             }
         })
-        .collect();
-    let listener_ids = config
-        .listeners
-        .iter()
-        .map(|l| {
-            let t = [("listener", l.name.as_str())];
-            ListenerStatIds {
-                cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
-                cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
-                cx_overflow: st.add("listener", "downstream_cx_overflow", &t, Counter),
-                cx_idle_timeout: st.add("listener", "downstream_cx_idle_timeout", &t, Counter),
-                bytes_rx: st.add("listener", "downstream_bytes_rx_total", &t, Counter),
-                bytes_tx: st.add("listener", "downstream_bytes_tx_total", &t, Counter),
-            }
-        })
-        .collect();
-    let cluster_ids = config
-        .clusters
-        .iter()
-        .map(|c| {
-            let t = [("cluster", c.name.as_str())];
-            ClusterStatIds {
-                cx_total: st.add("cluster", "upstream_cx_total", &t, Counter),
-                cx_active: st.add("cluster", "upstream_cx_active", &t, Gauge),
-                cx_connect_fail: st.add("cluster", "upstream_cx_connect_fail", &t, Counter),
-                cx_connect_timeout: st.add("cluster", "upstream_cx_connect_timeout", &t, Counter),
-                hosts: c
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        let host = e.to_string();
-                        let t = [("cluster", c.name.as_str()), ("host", host.as_str())];
-                        HostStatIds {
-                            cx_total: st.add_host("cluster_host", "upstream_cx_total", &t),
-                            cx_connect_fail: st.add_host(
-                                "cluster_host",
-                                "upstream_cx_connect_fail",
-                                &t,
-                            ),
-                            rq_total: st.add_host("cluster_host", "upstream_rq_total", &t),
-                            rq_timeout: st.add_host("cluster_host", "upstream_rq_timeout", &t),
-                            rq_failure: st.add_host("cluster_host", "upstream_rq_failure", &t),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
-            }
-        })
-        .collect();
-    let dubbo_ids = config
-        .listeners
-        .iter()
-        .map(|l| {
-            if l.protocol != config::Protocol::Dubbo {
-                return None;
-            }
-            let t = [("listener", l.name.as_str())];
-            let c = |name| st.add("listener", name, &t, Counter);
-            let other = [
-                ("listener", l.name.as_str()),
-                ("interface", "other"),
-                ("method", "other"),
-            ];
-            Some(DubboStatIds {
-                rq_total: c("dubbo_rq_total"),
-                rq_oneway: c("dubbo_rq_oneway"),
-                rq_heartbeat: c("dubbo_rq_heartbeat"),
-                rq_opaque: c("dubbo_rq_opaque"),
-                rq_no_route: c("dubbo_rq_no_route"),
-                rq_bad: c("dubbo_rq_bad"),
-                rq_overflow: c("dubbo_rq_overflow"),
-                rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
-                rsp_ok: c("dubbo_rsp_ok"),
-                rsp_error: c("dubbo_rsp_error"),
-                rsp_local: c("dubbo_rsp_local"),
-                rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
-                other_service: RequestStatIds::register(st, "dubbo_service", &other),
-            })
-        })
-        .collect();
-    let route_ids = config
-        .listeners
-        .iter()
-        .map(|l| {
-            let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
-                config::Protocol::Dubbo => (
-                    l.dubbo
-                        .iter()
-                        .flat_map(|d| &d.routes)
-                        .map(|r| r.name.clone())
-                        .collect(),
-                    "dubbo_route",
-                ),
-                config::Protocol::Triple => (
-                    l.triple
-                        .iter()
-                        .flat_map(|t| &t.routes)
-                        .map(|r| r.name.clone())
-                        .collect(),
-                    "triple_route",
-                ),
-                config::Protocol::Tcp => return Vec::new(),
-            };
-            names
-                .into_iter()
-                .enumerate()
-                .map(|(i, n)| n.unwrap_or_else(|| format!("routes[{i}]")))
-                .chain(std::iter::once("default".to_string()))
-                .map(|route| {
-                    let t = [("listener", l.name.as_str()), ("route", route.as_str())];
-                    RequestStatIds::register(st, scope, &t)
-                })
-                .collect()
-        })
-        .collect();
-    let triple_ids = config
-        .listeners
-        .iter()
-        .map(|l| {
-            if l.protocol != config::Protocol::Triple {
-                return None;
-            }
-            let t = [("listener", l.name.as_str())];
-            let c = |name| st.add("listener", name, &t, Counter);
-            let other = [
-                ("listener", l.name.as_str()),
-                ("service", "other"),
-                ("method", "other"),
-            ];
-            let rsp_status = std::array::from_fn(|i| {
-                let code = if i + 1 == crate::triple::GRPC_STATUS_COUNTED {
-                    "other".to_string()
-                } else {
-                    i.to_string()
-                };
-                let t = [
-                    ("listener", l.name.as_str()),
-                    ("grpc_status", code.as_str()),
-                ];
-                st.add("listener", "triple_rsp_total", &t, Counter)
+        .collect()
+}
+
+fn host_stat_ids(st: &Stats, cluster: &str, addr: std::net::SocketAddr) -> HostStatIds {
+    let host = addr.to_string();
+    let t = [("cluster", cluster), ("host", host.as_str())];
+    HostStatIds {
+        cx_total: st.add_host("cluster_host", "upstream_cx_total", &t),
+        cx_connect_fail: st.add_host("cluster_host", "upstream_cx_connect_fail", &t),
+        rq_total: st.add_host("cluster_host", "upstream_rq_total", &t),
+        rq_timeout: st.add_host("cluster_host", "upstream_rq_timeout", &t),
+        rq_failure: st.add_host("cluster_host", "upstream_rq_failure", &t),
+    }
+}
+
+impl Builder {
+    /// The snapshot of `config` (validated by the caller); registers the stats it names.
+    pub fn build(
+        &mut self,
+        config: Config,
+        st: &Stats,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Snapshot {
+        use Kind::{Counter, Gauge};
+        self.version += 1;
+        self.clusters
+            .retain(|name, _| config.clusters.iter().any(|c| &c.name == name));
+        let mut cluster_ids = Vec::with_capacity(config.clusters.len());
+        let mut upstream_ids = Vec::with_capacity(config.clusters.len());
+        let mut endpoints = Vec::with_capacity(config.clusters.len());
+        for c in &config.clusters {
+            let state = self.clusters.entry(c.name.clone()).or_insert_with(|| {
+                let t = [("cluster", c.name.as_str())];
+                self.next_generation += 1;
+                ClusterState {
+                    ids: ClusterStatIds {
+                        cx_total: st.add("cluster", "upstream_cx_total", &t, Counter),
+                        cx_active: st.add("cluster", "upstream_cx_active", &t, Gauge),
+                        cx_connect_fail: st.add("cluster", "upstream_cx_connect_fail", &t, Counter),
+                        cx_connect_timeout: st.add(
+                            "cluster",
+                            "upstream_cx_connect_timeout",
+                            &t,
+                            Counter,
+                        ),
+                    },
+                    upstream: UpstreamStatIds {
+                        rq_total: st.add("cluster", "upstream_rq_total", &t, Counter),
+                        rq_timeout: st.add("cluster", "upstream_rq_timeout", &t, Counter),
+                        rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
+                        rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
+                        rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
+                    },
+                    slots: Vec::new(),
+                    by_addr: Default::default(),
+                    published: Arc::new(Endpoints {
+                        slots: Arc::new([]),
+                        live: Box::new([]),
+                        generation: self.next_generation,
+                    }),
+                }
             });
-            Some(crate::triple::TripleStatIds {
-                rq_total: c("triple_rq_total"),
-                rq_no_route: c("triple_rq_no_route"),
-                rq_refused: c("triple_rq_refused"),
-                rq_bad: c("triple_rq_bad"),
-                rq_too_large: c("triple_rq_too_large"),
-                rq_timeout: c("triple_rq_timeout"),
-                rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
-                rsp_local: c("triple_rsp_local"),
-                rsp_status,
-                protocol_error: c("triple_protocol_error"),
-                rst_flood: c("triple_rst_flood"),
-                rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
-                other_service: RequestStatIds::register(st, "triple_service", &other),
+            state.update(c, st, &mut self.next_generation);
+            cluster_ids.push(state.ids.clone());
+            upstream_ids.push(state.upstream);
+            endpoints.push(state.published.clone());
+        }
+        let listener_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let t = [("listener", l.name.as_str())];
+                ListenerStatIds {
+                    cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
+                    cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
+                    cx_overflow: st.add("listener", "downstream_cx_overflow", &t, Counter),
+                    cx_idle_timeout: st.add("listener", "downstream_cx_idle_timeout", &t, Counter),
+                    bytes_rx: st.add("listener", "downstream_bytes_rx_total", &t, Counter),
+                    bytes_tx: st.add("listener", "downstream_bytes_tx_total", &t, Counter),
+                }
             })
-        })
-        .collect();
-    let upstream_ids = config
-        .clusters
-        .iter()
-        .map(|c| {
-            let t = [("cluster", c.name.as_str())];
-            UpstreamStatIds {
-                rq_total: st.add("cluster", "upstream_rq_total", &t, Counter),
-                rq_timeout: st.add("cluster", "upstream_rq_timeout", &t, Counter),
-                rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
-                rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
-                rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
-            }
-        })
-        .collect();
-    StatLayout {
-        listener_ids,
-        dubbo_ids,
-        route_ids,
-        cluster_ids,
-        upstream_ids,
-        triple_ids,
-        poll_ids,
+            .collect();
+        let dubbo_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                if l.protocol != config::Protocol::Dubbo {
+                    return None;
+                }
+                let t = [("listener", l.name.as_str())];
+                let c = |name| st.add("listener", name, &t, Counter);
+                let other = [
+                    ("listener", l.name.as_str()),
+                    ("interface", "other"),
+                    ("method", "other"),
+                ];
+                Some(DubboStatIds {
+                    rq_total: c("dubbo_rq_total"),
+                    rq_oneway: c("dubbo_rq_oneway"),
+                    rq_heartbeat: c("dubbo_rq_heartbeat"),
+                    rq_opaque: c("dubbo_rq_opaque"),
+                    rq_no_route: c("dubbo_rq_no_route"),
+                    rq_bad: c("dubbo_rq_bad"),
+                    rq_overflow: c("dubbo_rq_overflow"),
+                    rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
+                    rsp_ok: c("dubbo_rsp_ok"),
+                    rsp_error: c("dubbo_rsp_error"),
+                    rsp_local: c("dubbo_rsp_local"),
+                    rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
+                    other_service: RequestStatIds::register(st, "dubbo_service", &other),
+                })
+            })
+            .collect();
+        let route_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
+                    config::Protocol::Dubbo => (
+                        l.dubbo
+                            .iter()
+                            .flat_map(|d| &d.routes)
+                            .map(|r| r.name.clone())
+                            .collect(),
+                        "dubbo_route",
+                    ),
+                    config::Protocol::Triple => (
+                        l.triple
+                            .iter()
+                            .flat_map(|t| &t.routes)
+                            .map(|r| r.name.clone())
+                            .collect(),
+                        "triple_route",
+                    ),
+                    config::Protocol::Tcp => return Vec::new(),
+                };
+                names
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, n)| n.unwrap_or_else(|| format!("routes[{i}]")))
+                    .chain(std::iter::once("default".to_string()))
+                    .map(|route| {
+                        let t = [("listener", l.name.as_str()), ("route", route.as_str())];
+                        RequestStatIds::register(st, scope, &t)
+                    })
+                    .collect()
+            })
+            .collect();
+        let triple_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                if l.protocol != config::Protocol::Triple {
+                    return None;
+                }
+                let t = [("listener", l.name.as_str())];
+                let c = |name| st.add("listener", name, &t, Counter);
+                let other = [
+                    ("listener", l.name.as_str()),
+                    ("service", "other"),
+                    ("method", "other"),
+                ];
+                let rsp_status = std::array::from_fn(|i| {
+                    let code = if i + 1 == crate::triple::GRPC_STATUS_COUNTED {
+                        "other".to_string()
+                    } else {
+                        i.to_string()
+                    };
+                    let t = [
+                        ("listener", l.name.as_str()),
+                        ("grpc_status", code.as_str()),
+                    ];
+                    st.add("listener", "triple_rsp_total", &t, Counter)
+                });
+                Some(crate::triple::TripleStatIds {
+                    rq_total: c("triple_rq_total"),
+                    rq_no_route: c("triple_rq_no_route"),
+                    rq_refused: c("triple_rq_refused"),
+                    rq_bad: c("triple_rq_bad"),
+                    rq_too_large: c("triple_rq_too_large"),
+                    rq_timeout: c("triple_rq_timeout"),
+                    rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
+                    rsp_local: c("triple_rsp_local"),
+                    rsp_status,
+                    protocol_error: c("triple_protocol_error"),
+                    rst_flood: c("triple_rst_flood"),
+                    rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
+                    other_service: RequestStatIds::register(st, "triple_service", &other),
+                })
+            })
+            .collect();
+        Snapshot {
+            version: self.version,
+            config,
+            xds_versions,
+            listener_ids,
+            dubbo_ids,
+            route_ids,
+            cluster_ids,
+            upstream_ids,
+            triple_ids,
+            endpoints,
+        }
+    }
+}
+
+impl ClusterState {
+    /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
+    fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
+        let distinct: std::collections::HashSet<_> = c.endpoints.iter().collect();
+        if self.slots.len() > 2 * distinct.len() + ENDPOINT_SLOTS_SLACK {
+            // Too many departed endpoints kept their slots: renumber.
+            self.slots.clear();
+            self.by_addr.clear();
+            *generation += 1;
+            self.published = Arc::new(Endpoints {
+                slots: Arc::new([]),
+                live: Box::new([]),
+                generation: *generation,
+            });
+        }
+        let before = self.slots.len();
+        let live: Box<[u32]> = c
+            .endpoints
+            .iter()
+            .map(|&addr| {
+                *self.by_addr.entry(addr).or_insert_with(|| {
+                    self.slots.push(Slot {
+                        addr,
+                        ids: host_stat_ids(st, &c.name, addr),
+                    });
+                    (self.slots.len() - 1) as u32
+                })
+            })
+            .collect();
+        if self.slots.len() == before && live == self.published.live {
+            return; // unchanged: shards see the same Arc and skip this cluster
+        }
+        let slots = if self.slots.len() == before {
+            self.published.slots.clone()
+        } else {
+            self.slots.as_slice().into()
+        };
+        self.published = Arc::new(Endpoints {
+            slots,
+            live,
+            generation: self.published.generation,
+        });
     }
 }
 
@@ -491,32 +781,45 @@ fn bind_all(
     }
     let mut all = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        let listen_err = |source| RunError::Listen {
-            listener: l.name.clone(),
-            addr: l.address,
-            source,
-        };
-        let mut per_shard: Vec<Vec<std::net::TcpListener>> =
-            (0..shards).map(|_| Vec::new()).collect();
-        for (j, sock) in inherited.take(&l.name).into_iter().enumerate() {
-            let bound = sock.local_addr().map_err(listen_err)?;
-            if bound.port() != l.address.port() {
-                return Err(RunError::Invalid(format!(
-                    "listener {:?}: the predecessor's socket is bound to {bound}, the config says {}",
-                    l.name, l.address
-                )));
-            }
-            sock.set_nonblocking(true).map_err(listen_err)?;
-            per_shard[j % shards].push(sock);
-        }
-        for socks in per_shard.iter_mut().filter(|s| s.is_empty()) {
-            socks.push(listener::bind_reuseport(l.address).map_err(listen_err)?);
-        }
-        all.push(per_shard);
+        all.push(bind_listener(l, shards, inherited)?);
     }
     #[allow(clippy::disallowed_types)]
     let inner = std::sync::Mutex::new(Some(all));
     Ok(ListenSockets { inner, admin })
+}
+
+/// One listener's sockets: a predecessor's (spread over the shards) when it handed some over,
+/// else one SO_REUSEPORT socket per shard.
+fn bind_listener(
+    l: &config::Listener,
+    shards: usize,
+    inherited: &mut Inherited,
+) -> Result<BoundListener, RunError> {
+    let listen_err = |source| RunError::Listen {
+        listener: l.name.clone(),
+        addr: l.address,
+        source,
+    };
+    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    for (j, sock) in inherited.take(&l.name).into_iter().enumerate() {
+        let bound = sock.local_addr().map_err(listen_err)?;
+        if bound.port() != l.address.port() {
+            return Err(RunError::Invalid(format!(
+                "listener {:?}: the predecessor's socket is bound to {bound}, the config says {}",
+                l.name, l.address
+            )));
+        }
+        sock.set_nonblocking(true).map_err(listen_err)?;
+        per_shard[j % shards].push(sock);
+    }
+    for socks in per_shard.iter_mut().filter(|s| s.is_empty()) {
+        socks.push(listener::bind_reuseport(l.address).map_err(listen_err)?);
+    }
+    Ok(BoundListener {
+        name: l.name.clone(),
+        address: l.address,
+        per_shard,
+    })
 }
 
 impl Server {
@@ -552,31 +855,37 @@ impl Server {
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
         );
-        let layout = build_stats(&config, &stats);
-        let cluster_endpoints = config
-            .clusters
-            .iter()
-            .map(|c| c.endpoints.as_slice().into())
-            .collect();
+        let poll_ids = poll_stat_ids(&stats);
+        let update_ids = UpdateStatIds {
+            applied: stats.add("config", "update_applied", &[], Kind::Counter),
+            rejected: stats.add("config", "update_rejected", &[], Kind::Counter),
+            apply_time: stats.add_histogram("config", "update_apply_time_us", &[]),
+        };
+        let mut builder = Builder::default();
+        let snapshot = Arc::new(builder.build(config.clone(), &stats, None));
         stats.prefault();
         let sockets = bind_all(&config, shard_count, &mut inherited)?;
-        for name in inherited.sockets.keys() {
-            tracing::warn!(listener = %name, "inherited sockets for a listener the config no longer has; closing them");
+        if config.xds.is_none() {
+            for name in inherited.sockets.keys() {
+                tracing::warn!(listener = %name, "inherited sockets for a listener the config no longer has; closing them");
+            }
+            inherited.sockets.clear();
         }
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
+        let dynamic = config.xds.is_some();
         let shared = Arc::new(Shared {
             config,
-            config_version: 1,
             stats,
-            listener_ids: layout.listener_ids,
-            dubbo_ids: layout.dubbo_ids,
-            route_ids: layout.route_ids,
-            cluster_ids: layout.cluster_ids,
-            upstream_ids: layout.upstream_ids,
-            triple_ids: layout.triple_ids,
-            poll_ids: layout.poll_ids,
-            cluster_endpoints,
+            poll_ids,
+            snapshot: std::sync::Mutex::new(snapshot),
+            updates: std::sync::Mutex::new(Updates {
+                builder,
+                inboxes: Vec::new(),
+                inherited,
+            }),
+            update_ids,
+            dynamic_ready: std::sync::atomic::AtomicBool::new(!dynamic),
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
                 shards_serving: AtomicUsize::new(0),
@@ -620,6 +929,11 @@ impl Server {
             );
         }
         let _ = shared.shard_infos.set(infos);
+        shared
+            .updates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inboxes = shards.iter().map(|h| h.inbox.clone()).collect();
         // Wait until every shard's accept loops run.
         while shared.lifecycle.shards_serving.load(Ordering::Acquire) < shard_count {
             std::thread::sleep(Duration::from_millis(1));

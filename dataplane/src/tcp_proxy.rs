@@ -20,7 +20,8 @@ use crate::listener::ListenerCtx;
 
 pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
     let _ = down.set_nodelay(true);
-    let Some(cluster) = l.cluster.as_ref() else {
+    let cluster = l.cluster.borrow().clone();
+    let Some(cluster) = cluster.as_ref() else {
         return;
     };
     let Upstream {

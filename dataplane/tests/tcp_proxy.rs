@@ -174,8 +174,9 @@ fn admin_endpoints_answer() {
     let (code, dump) = rs.get("/config_dump");
     assert_eq!(code, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
-    assert_eq!(dump["listeners"][0]["name"], "l4");
-    assert_eq!(dump["clusters"][0]["lb"], "round_robin");
+    assert_eq!(dump["version"], 1);
+    assert_eq!(dump["config"]["listeners"][0]["name"], "l4");
+    assert_eq!(dump["config"]["clusters"][0]["lb"], "round_robin");
     let (code, json) = rs.get("/stats?format=json");
     assert_eq!(code, 200);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -95,17 +95,15 @@ pub type ServiceStatsMap = FxHashMap<Box<[u8]>, FxHashMap<Box<[u8]>, RequestStat
 /// Everything one Dubbo listener's connections on one shard need.
 pub struct DubboListener {
     pub name: String,
-    pub router: Router,
-    /// Upstream pools, indexed like the config's clusters.
-    pub pools: Vec<Rc<ClusterPool>>,
+    /// Router, pools and route stats; a config update swaps them (every connection of the
+    /// listener, old and new, routes its next request on the new ones).
+    pub routes: crate::listener::RoutesCell<Router, ClusterPool>,
     pub frame_bytes_max: usize,
     pub pending_max: u32,
     pub stats: ShardStats,
     pub ids: DubboStatIds,
-    /// Per route, in config order, then the default route.
-    pub route_ids: Vec<RequestStatIds>,
     /// Per (interface, method) seen on this shard; registered on first sight.
-    pub services: RefCell<ServiceStatsMap>,
+    pub services: Rc<RefCell<ServiceStatsMap>>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
     pub dice: crate::dubbo::router::Dice,
     /// The shard's drain signal (replaced on resume): connections then announce readonly and
@@ -383,6 +381,9 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     if !h.two_way {
         l.stats.inc(l.ids.rq_oneway);
     }
+    // This request routes on the routes current now (an Rc, so an update cannot pull them
+    // away mid-request).
+    let routes = l.routes.borrow().clone();
     let (action, service) = if h.hessian2 {
         let req = match wire::RequestView::parse(&frame) {
             Ok(r) => r,
@@ -395,7 +396,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
             }
         };
         let service = l.service_ids(req.interface_bytes(), req.method_bytes());
-        match l.router.route(&req) {
+        match routes.router.route(&req) {
             Some(a) => (a, service),
             None => {
                 l.stats.inc(service.rq_total);
@@ -417,7 +418,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         }
     } else {
         l.stats.inc(l.ids.rq_opaque);
-        match l.router.default_route() {
+        match routes.router.default_route() {
             Some(a) => (a, l.ids.other_service),
             None => {
                 l.stats.inc(l.ids.rq_no_route);
@@ -437,11 +438,11 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         }
     };
     let counted = Counted {
-        route: l.route_ids[action.route_index.unwrap_or(l.route_ids.len() - 1)],
+        route: routes.route_ids[action.route_index.unwrap_or(routes.route_ids.len() - 1)],
         service,
     };
     counted.inc(&l.stats, |c| c.rq_total);
-    let pool = &l.pools[action.pick_cluster(l.roll())];
+    let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
     match pool.forward(frame, h.id, h.two_way, timeout, conn, counted) {
         Ok(()) => {}

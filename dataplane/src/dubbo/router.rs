@@ -277,6 +277,14 @@ pub(crate) fn cluster_index(clusters: &[config::Cluster], name: &str) -> Result<
 }
 
 impl Router {
+    /// Routes nothing (every request gets "no route").
+    pub fn empty() -> Router {
+        Router {
+            routes: Vec::new(),
+            default: None,
+        }
+    }
+
     /// Compiles a listener's routes. The config was validated, so errors here are bugs, but
     /// they are reported rather than unwrapped.
     pub fn new(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, String> {

@@ -12,7 +12,7 @@
 //! (request deadlines and idle heartbeats). All three share one `Rc<UpConn>`; nothing crosses
 //! shards.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
@@ -91,14 +91,18 @@ pub struct Host {
     down_until: Cell<Option<Instant>>,
     /// The provider said it is going away (Dubbo readonly event): no new requests.
     readonly: Cell<bool>,
+    /// Removed from the cluster (endpoint update, or the cluster itself went away): never
+    /// picked again; its connections close once their requests in flight are answered.
+    retired: Cell<bool>,
     ids: HostStatIds,
 }
 
 /// A cluster's upstream pools on one shard.
 pub struct ClusterPool {
     pub lb: Rc<ShardCluster>,
-    /// Built on first use: a sidecar config lists many clusters, few carry traffic on a shard.
-    hosts: OnceCell<Box<[Rc<Host>]>>,
+    /// By endpoint slot, each built on first use: a sidecar config lists many clusters and
+    /// endpoints, few carry traffic on a shard.
+    hosts: RefCell<Vec<Option<Rc<Host>>>>,
     pub timeout: Duration,
     connections_per_host: usize,
     pending_max: u32,
@@ -125,7 +129,7 @@ impl ClusterPool {
     ) -> Rc<ClusterPool> {
         Rc::new(ClusterPool {
             lb,
-            hosts: OnceCell::new(),
+            hosts: RefCell::new(Vec::new()),
             timeout: Duration::from_millis(c.timeout_ms),
             connections_per_host: c.connections_per_host as usize,
             pending_max: c.pending_requests_max,
@@ -136,38 +140,63 @@ impl ClusterPool {
         })
     }
 
-    /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
-    /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
-    fn hosts(&self) -> &[Rc<Host>] {
-        self.hosts.get_or_init(|| {
-            self.lb
-                .endpoints()
-                .iter()
-                .enumerate()
-                .map(|(index, &addr)| {
-                    Rc::new(Host {
-                        addr,
-                        index,
-                        conns: RefCell::new(Vec::new()),
-                        next_conn: Cell::new(0),
-                        pending: Cell::new(0),
-                        down_until: Cell::new(None),
-                        readonly: Cell::new(false),
-                        ids: self.lb.ids.hosts[index],
-                    })
+    /// The host of endpoint slot `i`, built on first use.
+    fn host(&self, i: usize) -> Rc<Host> {
+        let mut hosts = self.hosts.borrow_mut();
+        if hosts.len() <= i {
+            hosts.resize(i + 1, None);
+        }
+        hosts[i]
+            .get_or_insert_with(|| {
+                let slot = self.lb.slot(i);
+                Rc::new(Host {
+                    addr: slot.addr,
+                    index: i,
+                    conns: RefCell::new(Vec::new()),
+                    next_conn: Cell::new(0),
+                    pending: Cell::new(0),
+                    down_until: Cell::new(None),
+                    readonly: Cell::new(false),
+                    retired: Cell::new(false),
+                    ids: slot.ids,
                 })
-                .collect()
-        })
+            })
+            .clone()
     }
 
+    /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
+    /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
     fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
-        let hosts = self.hosts();
-        let i = self.lb.pick_available(|i| match &hosts[i] {
-            h if h.readonly.get() => Availability::Excluded,
-            h if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
-            _ => Availability::Ready,
+        let i = self.lb.pick_available(|i| {
+            match self.hosts.borrow().get(i).and_then(Option::as_ref) {
+                Some(h) if h.readonly.get() => Availability::Excluded,
+                Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
+                _ => Availability::Ready,
+            }
         })?;
-        Some(hosts[i].clone())
+        Some(self.host(i))
+    }
+
+    /// Endpoint slots that left the cluster: their connections close once idle.
+    pub fn retire(&self, slots: &[u32]) {
+        for &i in slots {
+            let host = self
+                .hosts
+                .borrow_mut()
+                .get_mut(i as usize)
+                .and_then(Option::take);
+            if let Some(h) = host {
+                h.retire();
+            }
+        }
+    }
+
+    /// The whole pool left service (its cluster was removed or replaced).
+    pub fn retire_all(&self) {
+        let hosts: Vec<Rc<Host>> = self.hosts.borrow_mut().drain(..).flatten().collect();
+        for h in hosts {
+            h.retire();
+        }
     }
 
     /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is
@@ -226,6 +255,13 @@ impl ClusterPool {
 // === impl Host ===
 
 impl Host {
+    fn retire(&self) {
+        self.retired.set(true);
+        for c in self.conns.borrow().iter() {
+            c.keeper_wake.notify();
+        }
+    }
+
     /// An open or connecting connection to this endpoint, opening one when the pool has room.
     fn connection(self: &Rc<Self>, pool: &Rc<ClusterPool>) -> Rc<UpConn> {
         let mut conns = self.conns.borrow_mut();
@@ -265,6 +301,9 @@ impl UpConn {
         let host = &self.host;
         let pool = &self.pool;
         host.pending.set(host.pending.get().saturating_sub(1));
+        if host.retired.get() {
+            self.keeper_wake.notify();
+        }
         pool.lb.add_active(host.index, -1);
         pool.stats.dec(pool.ids.rq_active);
         p.down.inflight.set(p.down.inflight.get().saturating_sub(1));
@@ -487,6 +526,9 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
     loop {
         if conn.state.get() == UpState::Closed {
             return "closed".into();
+        }
+        if conn.host.retired.get() && conn.pending.borrow().is_empty() {
+            return "endpoint removed from its cluster".into();
         }
         let now = Instant::now();
         let next_deadline = conn.deadlines.borrow().peek().map(|(d, _)| d);

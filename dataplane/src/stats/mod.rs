@@ -150,6 +150,12 @@ pub struct Stats {
     pub services_max: usize,
     /// Counter totals carried over from a predecessor process (hot upgrade), by text name.
     carried: OnceLock<HashMap<String, u64>>,
+    /// Registered definitions by hash of (key, is histogram): registering a name again (a new
+    /// config snapshot naming the same listener or cluster) returns the same id, so gauges
+    /// stay consistent and repeated updates do not grow the arena. Taken at config time and on
+    /// a shard's first sight of a new service, never per request.
+    #[allow(clippy::disallowed_types)]
+    registered: std::sync::Mutex<HashMap<u64, u32>>,
 }
 
 /// What one stat merged over shards looks like.
@@ -186,6 +192,7 @@ impl Stats {
             services_tracked: AtomicUsize::new(0),
             services_max: cfg.dubbo_services_max,
             carried: OnceLock::new(),
+            registered: Default::default(),
         };
         // Id 0 is the sink.
         stats.defs.push(StatDef {
@@ -236,10 +243,34 @@ impl Stats {
         let Some(key) = self.encode(scope, name, tags) else {
             return SINK;
         };
-        self.defs
-            .push(StatDef { key, kind })
+        self.register(key, false, |key| self.defs.push(StatDef { key, kind }))
             .map(StatId)
             .unwrap_or(SINK)
+    }
+
+    /// The id already registered for `key`, else the one `push` allocates.
+    fn register(
+        &self,
+        key: Box<[u8]>,
+        histogram: bool,
+        push: impl FnOnce(Box<[u8]>) -> Option<u32>,
+    ) -> Option<u32> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = rustc_hash::FxBuildHasher.build_hasher();
+        key.hash(&mut h);
+        histogram.hash(&mut h);
+        let hash = h.finish();
+        let mut seen = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&id) = seen.get(&hash) {
+            // A hash collision with another name gets a definition of its own (unindexed).
+            if self.defs.get(id).is_some_and(|d| d.key == key) {
+                return Some(id);
+            }
+            return push(key);
+        }
+        let id = push(key)?;
+        seen.insert(hash, id);
+        Some(id)
     }
 
     /// Registers a per-upstream-host stat: [`SINK`] unless `stats.per_host` is on.
@@ -260,20 +291,20 @@ impl Stats {
         let Some(key) = self.encode(scope, name, tags) else {
             return sink;
         };
-        let slots = (0..HIST_SLOTS)
-            .map(|k| StatDef {
-                key: key.clone(),
-                kind: if k == 0 {
-                    Kind::Histogram
-                } else {
-                    Kind::HistogramSlot
-                },
-            })
-            .collect();
-        let Some(first) = self.defs.push_many(slots) else {
-            return sink;
-        };
-        HistId(first)
+        let first = self.register(key, true, |key| {
+            let slots = (0..HIST_SLOTS)
+                .map(|k| StatDef {
+                    key: key.clone(),
+                    kind: if k == 0 {
+                        Kind::Histogram
+                    } else {
+                        Kind::HistogramSlot
+                    },
+                })
+                .collect();
+            self.defs.push_many(slots)
+        });
+        first.map(HistId).unwrap_or(sink)
     }
 
     /// Claims room for one more Dubbo (listener, interface, method) entry; false at the cap.

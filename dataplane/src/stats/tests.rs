@@ -285,3 +285,25 @@ fn varints_round_trip() {
         assert!(s.is_empty());
     }
 }
+
+#[test]
+fn registering_a_name_again_returns_its_id_and_grows_nothing() {
+    let s = Stats::new(1, &cfg()).unwrap();
+    let t = [("cluster", "users")];
+    let a = s.add("cluster", "upstream_cx_active", &t, Kind::Gauge);
+    let h = s.add_histogram("cluster", "upstream_cx_active", &t);
+    let n = s.defs.len();
+    for _ in 0..1000 {
+        assert_eq!(s.add("cluster", "upstream_cx_active", &t, Kind::Gauge), a);
+        assert_eq!(s.add_histogram("cluster", "upstream_cx_active", &t), h);
+    }
+    assert_eq!(s.defs.len(), n);
+    let other = s.add(
+        "cluster",
+        "upstream_cx_active",
+        &[("cluster", "orders")],
+        Kind::Gauge,
+    );
+    assert_ne!(other, a);
+    assert_eq!(s.defs.len(), n + 1);
+}

@@ -228,6 +228,13 @@ impl Conn {
         self.out_ready.notify();
     }
 
+    /// An upstream connection of a removed endpoint: GOAWAY and close once no stream is left.
+    pub fn close_if_idle(&self) {
+        if self.streams.borrow().is_empty() && !self.closing.get() {
+            self.goaway_close(code::NO_ERROR, "endpoint removed from its cluster");
+        }
+    }
+
     /// GOAWAY with `code`, then close once it is written.
     fn goaway_close(&self, code: u32, why: &str) {
         let last = match self.side {
@@ -365,6 +372,9 @@ impl Conn {
             }
             if let Side::Up(h) = &self.side {
                 h.pool.stats.dec(h.pool.ids.rq_active);
+                if h.retired.get() {
+                    self.close_if_idle();
+                }
             }
             self.stream_ended.notify();
         }
@@ -846,7 +856,8 @@ impl Conn {
             method,
             headers: &hl,
         };
-        let Some(action) = l.router.route(&view) else {
+        let routes = l.routes.borrow().clone();
+        let Some(action) = routes.router.route(&view) else {
             let msg = format!(
                 "ringside: no route for {}/{}",
                 String::from_utf8_lossy(service),
@@ -858,8 +869,8 @@ impl Conn {
             return Ok(());
         };
         let route_ids = match action.route_index {
-            Some(i) => l.route_ids[i],
-            None => *l.route_ids.last().unwrap_or(&l.ids.other_service),
+            Some(i) => routes.route_ids[i],
+            None => *routes.route_ids.last().unwrap_or(&l.ids.other_service),
         };
         let service_ids = l.service_ids(service, method);
         // Deadline: the caller's grpc-timeout / tri-service-timeout, capped by the route's.
@@ -889,7 +900,7 @@ impl Conn {
                 c.deadline = deadline;
             }
         }
-        let pool = &l.pools[cluster];
+        let pool = &routes.pools[cluster];
         let Some(up) = pool.connection(self.limits) else {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             self.fail_call(id, status::UNAVAILABLE, "ringside: no healthy upstream");
@@ -1348,7 +1359,7 @@ async fn run_upstream(conn: Rc<Conn>) {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             pool.stats.inc(pool.lb.ids.cx_total);
-            pool.stats.inc(pool.lb.ids.hosts[host.index].cx_total);
+            pool.stats.inc(host.ids.cx_total);
             pool.stats.inc(pool.lb.ids.cx_active);
             host.down_until.set(None);
             conn.open.set(true);
@@ -1370,8 +1381,7 @@ async fn run_upstream(conn: Rc<Conn>) {
         }
         Ok(Err(e)) => {
             pool.stats.inc(pool.lb.ids.cx_connect_fail);
-            pool.stats
-                .inc(pool.lb.ids.hosts[host.index].cx_connect_fail);
+            pool.stats.inc(host.ids.cx_connect_fail);
             host.mark_down();
             format!("ringside: upstream connect to {} failed: {e}", host.addr)
         }

@@ -10,7 +10,7 @@ pub mod conn;
 pub mod headers;
 pub mod router;
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -97,15 +97,12 @@ impl Call {
 /// Everything one triple listener's connections on one shard need.
 pub struct TripleListener {
     pub name: String,
-    pub router: router::Router,
-    /// Indexed like the config's clusters.
-    pub pools: Vec<Rc<Pool>>,
+    /// Router, pools and route stats, swapped by config updates (see the Dubbo listener).
+    pub routes: crate::listener::RoutesCell<router::Router, Pool>,
     pub limits: H2Limits,
     pub stats: ShardStats,
     pub ids: TripleStatIds,
-    /// Per route in config order, then the default route.
-    pub route_ids: Vec<RequestStatIds>,
-    pub services: RefCell<ServiceStatsMap>,
+    pub services: Rc<RefCell<ServiceStatsMap>>,
     pub dice: crate::dubbo::router::Dice,
 }
 
@@ -151,7 +148,8 @@ impl TripleListener {
 /// A cluster's HTTP/2 upstream connections on one shard.
 pub struct Pool {
     pub lb: Rc<ShardCluster>,
-    hosts: OnceCell<Box<[Rc<Host>]>>,
+    /// By endpoint slot, each built on first use.
+    hosts: RefCell<Vec<Option<Rc<Host>>>>,
     connections_per_host: usize,
     pub connect_timeout: Duration,
     pub stats: ShardStats,
@@ -162,9 +160,12 @@ pub struct Host {
     pub addr: SocketAddr,
     pub index: usize,
     pub pool: Rc<Pool>,
+    pub ids: crate::cluster::HostStatIds,
     conns: RefCell<Vec<Rc<conn::Conn>>>,
     next: Cell<usize>,
     down_until: Cell<Option<Instant>>,
+    /// Removed from the cluster: never picked again; its connections close once idle.
+    pub retired: Cell<bool>,
 }
 
 impl Pool {
@@ -176,7 +177,7 @@ impl Pool {
     ) -> Rc<Pool> {
         Rc::new(Pool {
             lb,
-            hosts: OnceCell::new(),
+            hosts: RefCell::new(Vec::new()),
             connections_per_host: c.connections_per_host as usize,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             stats,
@@ -184,44 +185,74 @@ impl Pool {
         })
     }
 
-    fn hosts(self: &Rc<Self>) -> &[Rc<Host>] {
-        self.hosts.get_or_init(|| {
-            let me = self.clone();
-            self.lb
-                .endpoints()
-                .iter()
-                .enumerate()
-                .map(|(index, &addr)| {
-                    Rc::new(Host {
-                        addr,
-                        index,
-                        pool: me.clone(),
-                        conns: RefCell::new(Vec::new()),
-                        next: Cell::new(0),
-                        down_until: Cell::new(None),
-                    })
+    /// The host of endpoint slot `i`, built on first use.
+    fn host(self: &Rc<Self>, i: usize) -> Rc<Host> {
+        let mut hosts = self.hosts.borrow_mut();
+        if hosts.len() <= i {
+            hosts.resize(i + 1, None);
+        }
+        hosts[i]
+            .get_or_insert_with(|| {
+                let slot = self.lb.slot(i);
+                Rc::new(Host {
+                    addr: slot.addr,
+                    index: i,
+                    pool: self.clone(),
+                    ids: slot.ids,
+                    conns: RefCell::new(Vec::new()),
+                    next: Cell::new(0),
+                    down_until: Cell::new(None),
+                    retired: Cell::new(false),
                 })
-                .collect()
-        })
+            })
+            .clone()
     }
 
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
     /// endpoints in connect-failure back-off unless all are).
     fn connection(self: &Rc<Self>, limits: H2Limits) -> Option<Rc<conn::Conn>> {
-        let hosts = self.hosts();
         let now = Instant::now();
         let i = self.lb.pick_available(|i| {
-            if hosts[i].down_until.get().is_some_and(|t| t > now) {
-                Availability::BackingOff
-            } else {
-                Availability::Ready
+            match self.hosts.borrow().get(i).and_then(Option::as_ref) {
+                Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
+                _ => Availability::Ready,
             }
         })?;
-        hosts[i].connection(self.connections_per_host, limits)
+        self.host(i).connection(self.connections_per_host, limits)
+    }
+
+    /// Endpoint slots that left the cluster: their connections close once idle.
+    pub fn retire(&self, slots: &[u32]) {
+        for &i in slots {
+            let host = self
+                .hosts
+                .borrow_mut()
+                .get_mut(i as usize)
+                .and_then(Option::take);
+            if let Some(h) = host {
+                h.retire();
+            }
+        }
+    }
+
+    /// The whole pool left service (its cluster was removed or replaced).
+    pub fn retire_all(&self) {
+        let hosts: Vec<Rc<Host>> = self.hosts.borrow_mut().drain(..).flatten().collect();
+        for h in hosts {
+            h.retire();
+        }
     }
 }
 
 impl Host {
+    fn retire(&self) {
+        self.retired.set(true);
+        let conns: Vec<Rc<conn::Conn>> = self.conns.borrow().clone();
+        for c in conns {
+            c.close_if_idle();
+        }
+    }
+
     fn connection(self: &Rc<Self>, max: usize, limits: H2Limits) -> Option<Rc<conn::Conn>> {
         let n = self.conns.borrow().len();
         // Up to `connections_per_host` connections share the streams round-robin; when all are

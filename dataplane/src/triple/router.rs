@@ -87,6 +87,14 @@ pub struct Router {
 }
 
 impl Router {
+    /// Routes nothing (every request gets "no route").
+    pub fn empty() -> Router {
+        Router {
+            routes: Vec::new(),
+            default: None,
+        }
+    }
+
     pub fn new(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, String> {
         let empty = config::TripleListener::default();
         let t = l.triple.as_ref().unwrap_or(&empty);
