@@ -13,6 +13,8 @@
 mod client;
 mod proto;
 #[cfg(test)]
+mod client_tests;
+#[cfg(test)]
 mod testing;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
