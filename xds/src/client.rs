@@ -565,17 +565,16 @@ impl Client {
         let endpoints = cand.wanted_endpoints();
         cand.endpoints.retain(|k, _| endpoints.contains(k));
 
-        let before = self.versions[kind as usize].clone();
+        let version_before = self.versions[kind as usize].clone();
+        let dirty_before = self.dirty;
         self.versions[kind as usize] = version.to_string();
         self.dirty[kind as usize] = true;
-        let dirty_before = self.dirty;
         let forced = !self.applied_once && self.deadline_done;
         match self.try_apply(cand, forced) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.versions[kind as usize] = before;
+                self.versions[kind as usize] = version_before;
                 self.dirty = dirty_before;
-                self.dirty[kind as usize] = false;
                 Err(e)
             }
         }

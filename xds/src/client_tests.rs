@@ -507,3 +507,22 @@ async fn delta_add_remove_and_subscriptions() {
     assert_eq!(sidecar.stats().nacks, 1);
     server.stop();
 }
+
+#[tokio::test]
+async fn unreachable_server_serves_the_static_config_after_the_timeout() {
+    // Bind and drop to find a port nothing listens on.
+    let port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut static_config = config::Config::default();
+    static_config.drain_timeout_ms = 1234;
+    let mut sidecar = Sidecar::start(port, config::XdsMode::Sotw, 300, static_config.clone());
+    let u = sidecar.update().await;
+    assert_eq!(u.config, static_config);
+    assert_eq!(u.versions, crate::Versions::default());
+    let stats = sidecar.stats();
+    assert!(!stats.connected);
+    assert_eq!(stats.updates, 1);
+    assert!(stats.reconnects >= 1, "{stats:?}");
+}
