@@ -77,7 +77,9 @@ struct Cache {
 impl Cache {
     fn names(&self, kind: Kind) -> Vec<(String, String)> {
         fn v<T>(m: &BTreeMap<String, Entry<T>>) -> Vec<(String, String)> {
-            m.iter().map(|(k, e)| (k.clone(), e.version.clone())).collect()
+            m.iter()
+                .map(|(k, e)| (k.clone(), e.version.clone()))
+                .collect()
         }
         match kind {
             Kind::Lds => v(&self.listeners),
@@ -131,12 +133,18 @@ impl Cache {
 
     /// RDS names the listeners reference.
     fn wanted_routes(&self) -> BTreeSet<String> {
-        self.listeners.values().filter_map(|l| l.value.rds.clone()).collect()
+        self.listeners
+            .values()
+            .filter_map(|l| l.value.rds.clone())
+            .collect()
     }
 
     /// EDS names the clusters reference.
     fn wanted_endpoints(&self) -> BTreeSet<String> {
-        self.clusters.values().filter_map(|c| c.value.eds.clone()).collect()
+        self.clusters
+            .values()
+            .filter_map(|c| c.value.eds.clone())
+            .collect()
     }
 }
 
@@ -147,7 +155,11 @@ fn referenced_clusters(l: &Listener) -> Vec<&str> {
         .dubbo
         .iter()
         .flat_map(|d| d.routes.iter().map(|r| &r.route))
-        .chain(l.triple.iter().flat_map(|t| t.routes.iter().map(|r| &r.route)));
+        .chain(
+            l.triple
+                .iter()
+                .flat_map(|t| t.routes.iter().map(|r| &r.route)),
+        );
     for a in actions {
         out.extend(a.cluster.as_deref());
         out.extend(a.weighted_clusters.iter().map(|w| w.name.as_str()));
@@ -282,7 +294,12 @@ impl Client {
             self.bootstrap.server
         )) {
             Ok(e) => e.connect_timeout(Duration::from_secs(5)),
-            Err(e) => return Exit::Failed { got_response: false, why: e.to_string() },
+            Err(e) => {
+                return Exit::Failed {
+                    got_response: false,
+                    why: e.to_string(),
+                }
+            }
         };
         let channel = tokio::select! {
             c = endpoint.connect() => match c {
@@ -329,7 +346,11 @@ impl Client {
             resource_names: names,
             type_url: kind.type_url().into(),
             response_nonce: self.nonces[kind as usize].clone(),
-            error_detail: error.map(|message| Status { code: INVALID_ARGUMENT, message, details: Vec::new() }),
+            error_detail: error.map(|message| Status {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            }),
             ..Default::default()
         }
     }
@@ -360,7 +381,12 @@ impl Client {
         };
         let mut stream = match response {
             Ok(r) => r.into_inner(),
-            Err(s) => return Exit::Failed { got_response: false, why: format!("open stream: {s}") },
+            Err(s) => {
+                return Exit::Failed {
+                    got_response: false,
+                    why: format!("open stream: {s}"),
+                }
+            }
         };
         self.shared.connected.store(true, Ordering::Relaxed);
         let mut got_response = false;
@@ -449,7 +475,12 @@ impl Client {
         };
         let mut stream = match response {
             Ok(r) => r.into_inner(),
-            Err(s) => return Exit::Failed { got_response: false, why: format!("open stream: {s}") },
+            Err(s) => {
+                return Exit::Failed {
+                    got_response: false,
+                    why: format!("open stream: {s}"),
+                }
+            }
         };
         self.shared.connected.store(true, Ordering::Relaxed);
         let mut got_response = false;
@@ -472,7 +503,11 @@ impl Client {
         }
     }
 
-    fn on_delta(&mut self, resp: DeltaDiscoveryResponse, tx: &mpsc::UnboundedSender<DeltaDiscoveryRequest>) {
+    fn on_delta(
+        &mut self,
+        resp: DeltaDiscoveryResponse,
+        tx: &mpsc::UnboundedSender<DeltaDiscoveryRequest>,
+    ) {
         let Some(kind) = Kind::from_url(&resp.type_url) else {
             tracing::warn!("xds: ignoring response of unknown type {}", resp.type_url);
             return;
@@ -487,7 +522,11 @@ impl Client {
             .iter()
             .filter_map(|r| r.resource.as_ref().map(|a| (r.version.clone(), a)))
             .collect();
-        let result = self.on_response(kind, &version, Changes::Delta(added, &resp.removed_resources));
+        let result = self.on_response(
+            kind,
+            &version,
+            Changes::Delta(added, &resp.removed_resources),
+        );
         let error_detail = match result {
             Ok(()) => {
                 self.shared.acks.fetch_add(1, Ordering::Relaxed);
@@ -495,7 +534,11 @@ impl Client {
             }
             Err(detail) => {
                 self.nack(&detail);
-                Some(Status { code: INVALID_ARGUMENT, message: detail, details: Vec::new() })
+                Some(Status {
+                    code: INVALID_ARGUMENT,
+                    message: detail,
+                    details: Vec::new(),
+                })
             }
         };
         let _ = tx.send(DeltaDiscoveryRequest {
@@ -538,7 +581,12 @@ impl Client {
 
     /// Translates a response into a copy of the cache and applies it when warm. `Err` is the
     /// NACK detail; the cache is then untouched.
-    fn on_response(&mut self, kind: Kind, version: &str, changes: Changes<'_>) -> Result<(), String> {
+    fn on_response(
+        &mut self,
+        kind: Kind,
+        version: &str,
+        changes: Changes<'_>,
+    ) -> Result<(), String> {
         let mut cand = self.cache.clone();
         match changes {
             Changes::Sotw(resources) => {
@@ -610,7 +658,10 @@ impl Client {
 
     /// Every listener's routes and clusters are there, and every EDS cluster has endpoints.
     fn warm(&self, cand: &Cache) -> bool {
-        let listeners_ready = cand.listeners.values().all(|l| self.listener_ready(cand, &l.value));
+        let listeners_ready = cand
+            .listeners
+            .values()
+            .all(|l| self.listener_ready(cand, &l.value));
         let endpoints_ready = cand
             .clusters
             .values()
@@ -623,9 +674,9 @@ impl Client {
         let routes_ok = l.rds.as_ref().is_none_or(|n| cand.routes.contains_key(n));
         let filled = self.fill(cand, l);
         routes_ok
-            && referenced_clusters(&filled).iter().all(|c| {
-                cand.clusters.contains_key(*c) || self.static_config.cluster(c).is_some()
-            })
+            && referenced_clusters(&filled)
+                .iter()
+                .all(|c| cand.clusters.contains_key(*c) || self.static_config.cluster(c).is_some())
     }
 
     /// The listener with its RDS routes filled in.
@@ -660,7 +711,9 @@ impl Client {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(TranslateError::Invalid { problems: name_problems(&config, problems) })
+            Err(TranslateError::Invalid {
+                problems: name_problems(&config, problems),
+            })
         }
     }
 
@@ -674,14 +727,22 @@ impl Client {
         }
         let config = self.assemble(&cand, !warm).map_err(|e| e.to_string())?;
         let d = self.dirty;
-        let eds_only = self.applied_once && d[Kind::Eds as usize] && !d[Kind::Lds as usize] && !d[Kind::Rds as usize] && !d[Kind::Cds as usize];
+        let eds_only = self.applied_once
+            && d[Kind::Eds as usize]
+            && !d[Kind::Lds as usize]
+            && !d[Kind::Rds as usize]
+            && !d[Kind::Cds as usize];
         let versions = Versions {
             lds: self.versions[Kind::Lds as usize].clone(),
             rds: self.versions[Kind::Rds as usize].clone(),
             cds: self.versions[Kind::Cds as usize].clone(),
             eds: self.versions[Kind::Eds as usize].clone(),
         };
-        (self.apply)(Update { config, versions: versions.clone(), eds_only })?;
+        (self.apply)(Update {
+            config,
+            versions: versions.clone(),
+            eds_only,
+        })?;
         self.cache = cand;
         self.dirty = [false; 4];
         self.applied_once = true;
@@ -717,7 +778,11 @@ fn name_problems(config: &Config, problems: Vec<(String, String)>) -> Vec<(Strin
 fn jitter(base_ms: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     let half = base_ms / 2;
     half + h.finish() % (base_ms - half + 1)
 }

@@ -36,8 +36,10 @@ struct Ads {
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = UnboundedReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = UnboundedReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type StreamAggregatedResourcesStream =
+        UnboundedReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream =
+        UnboundedReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
     async fn stream_aggregated_resources(
         &self,
@@ -97,7 +99,11 @@ impl Server {
         };
         let port = listener.local_addr().unwrap().port();
         let (req_tx, requests) = mpsc::unbounded_channel();
-        let ads = Ads { requests: req_tx, sotw: Default::default(), delta: Default::default() };
+        let ads = Ads {
+            requests: req_tx,
+            sotw: Default::default(),
+            delta: Default::default(),
+        };
         let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = AggregatedDiscoveryServiceServer::new(ads.clone());
         tokio::spawn(async move {
@@ -108,7 +114,13 @@ impl Server {
                 })
                 .await;
         });
-        Server { ads, requests, shutdown: Some(shutdown), port, nonce: 0 }
+        Server {
+            ads,
+            requests,
+            shutdown: Some(shutdown),
+            port,
+            nonce: 0,
+        }
     }
 
     /// Ends the open stream and stops accepting.
@@ -155,7 +167,13 @@ impl Server {
     fn send(&mut self, type_url: &str, version: &str, resources: Vec<Any>) -> String {
         self.nonce += 1;
         let nonce = format!("n{}", self.nonce);
-        let tx = self.ads.sotw.lock().unwrap().clone().expect("no open stream");
+        let tx = self
+            .ads
+            .sotw
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("no open stream");
         tx.send(Ok(DiscoveryResponse {
             version_info: version.into(),
             resources,
@@ -167,10 +185,21 @@ impl Server {
         nonce
     }
 
-    fn send_delta(&mut self, type_url: &str, added: Vec<(&str, &str, Any)>, removed: &[&str]) -> String {
+    fn send_delta(
+        &mut self,
+        type_url: &str,
+        added: Vec<(&str, &str, Any)>,
+        removed: &[&str],
+    ) -> String {
         self.nonce += 1;
         let nonce = format!("d{}", self.nonce);
-        let tx = self.ads.delta.lock().unwrap().clone().expect("no open stream");
+        let tx = self
+            .ads
+            .delta
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("no open stream");
         tx.send(Ok(DeltaDiscoveryResponse {
             system_version_info: format!("sys{}", self.nonce),
             resources: added
@@ -199,7 +228,12 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    fn start(port: u16, mode: config::XdsMode, initial_fetch_timeout_ms: u64, static_config: config::Config) -> Sidecar {
+    fn start(
+        port: u16,
+        mode: config::XdsMode,
+        initial_fetch_timeout_ms: u64,
+        static_config: config::Config,
+    ) -> Sidecar {
         let (tx, updates) = mpsc::unbounded_channel();
         let reject: Arc<Mutex<Option<String>>> = Default::default();
         let r = reject.clone();
@@ -207,7 +241,11 @@ impl Sidecar {
             server: format!("127.0.0.1:{port}"),
             node_id: "sidecar~10.1.2.3~pod.ns~ns.svc.cluster.local".into(),
             node_cluster: "ringside-test".into(),
-            locality: Some(config::Locality { region: "r1".into(), zone: "z1".into(), sub_zone: "s1".into() }),
+            locality: Some(config::Locality {
+                region: "r1".into(),
+                zone: "z1".into(),
+                sub_zone: "s1".into(),
+            }),
             mode,
             initial_fetch_timeout_ms,
             retry_initial_ms: 50,
@@ -224,7 +262,11 @@ impl Sidecar {
             }),
         )
         .unwrap();
-        Sidecar { handle: Some(handle), updates, reject }
+        Sidecar {
+            handle: Some(handle),
+            updates,
+            reject,
+        }
     }
 
     async fn update(&mut self) -> Update {
@@ -235,7 +277,10 @@ impl Sidecar {
     }
 
     fn no_update(&mut self) {
-        assert!(self.updates.try_recv().is_err(), "an update was applied too early");
+        assert!(
+            self.updates.try_recv().is_err(),
+            "an update was applied too early"
+        );
     }
 
     fn stats(&self) -> crate::XdsStats {
@@ -258,7 +303,12 @@ fn listener_names(u: &Update) -> Vec<&str> {
 #[tokio::test]
 async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     let mut server = Server::start(0).await;
-    let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 30_000, config::Config::default());
+    let mut sidecar = Sidecar::start(
+        server.port,
+        config::XdsMode::Sotw,
+        30_000,
+        config::Config::default(),
+    );
 
     // CDS first, then LDS, both wildcard, with the node.
     let cds = server.next_sotw().await;
@@ -270,45 +320,100 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     assert_eq!(node.locality.unwrap().zone, "z1");
     let lds = server.next_sotw().await;
     assert_eq!(lds.type_url, LISTENER_TYPE);
-    assert_eq!((lds.version_info.as_str(), lds.response_nonce.as_str()), ("", ""));
+    assert_eq!(
+        (lds.version_info.as_str(), lds.response_nonce.as_str()),
+        ("", "")
+    );
     server.wait_stream().await;
 
     let n = server.send(CLUSTER_TYPE, "c1", vec![cluster_eds("users", "users-eds")]);
     let ack = server.next_sotw().await;
-    assert_eq!((ack.type_url.as_str(), ack.version_info.as_str(), ack.response_nonce.as_str()), (CLUSTER_TYPE, "c1", n.as_str()));
+    assert_eq!(
+        (
+            ack.type_url.as_str(),
+            ack.version_info.as_str(),
+            ack.response_nonce.as_str()
+        ),
+        (CLUSTER_TYPE, "c1", n.as_str())
+    );
     assert!(ack.error_detail.is_none());
     let eds_sub = server.next_sotw().await;
     assert_eq!(eds_sub.type_url, ENDPOINT_TYPE);
     assert_eq!(eds_sub.resource_names, vec!["users-eds".to_string()]);
 
-    let n = server.send(LISTENER_TYPE, "l1", vec![listener("triple", 19001, hcm_rds("routes-1"))]);
+    let n = server.send(
+        LISTENER_TYPE,
+        "l1",
+        vec![listener("triple", 19001, hcm_rds("routes-1"))],
+    );
     let ack = server.next_sotw().await;
-    assert_eq!((ack.type_url.as_str(), ack.version_info.as_str(), ack.response_nonce.as_str()), (LISTENER_TYPE, "l1", n.as_str()));
+    assert_eq!(
+        (
+            ack.type_url.as_str(),
+            ack.version_info.as_str(),
+            ack.response_nonce.as_str()
+        ),
+        (LISTENER_TYPE, "l1", n.as_str())
+    );
     let rds_sub = server.next_sotw().await;
     assert_eq!(rds_sub.type_url, ROUTE_TYPE);
     assert_eq!(rds_sub.resource_names, vec!["routes-1".to_string()]);
 
     server.send(ROUTE_TYPE, "r1", vec![route_config("routes-1", "users")]);
     let ack = server.next_sotw().await;
-    assert_eq!((ack.type_url.as_str(), ack.version_info.as_str()), (ROUTE_TYPE, "r1"));
+    assert_eq!(
+        (ack.type_url.as_str(), ack.version_info.as_str()),
+        (ROUTE_TYPE, "r1")
+    );
     // Warming: the EDS cluster has no assignment yet.
     sidecar.no_update();
 
-    server.send(ENDPOINT_TYPE, "e1", vec![cla("users-eds", &[("10.0.0.1", 20880)])]);
+    server.send(
+        ENDPOINT_TYPE,
+        "e1",
+        vec![cla("users-eds", &[("10.0.0.1", 20880)])],
+    );
     let ack = server.next_sotw().await;
-    assert_eq!((ack.type_url.as_str(), ack.version_info.as_str()), (ENDPOINT_TYPE, "e1"));
+    assert_eq!(
+        (ack.type_url.as_str(), ack.version_info.as_str()),
+        (ENDPOINT_TYPE, "e1")
+    );
     let u = sidecar.update().await;
     assert_eq!(listener_names(&u), vec!["triple"]);
     let l = &u.config.listeners[0];
     assert_eq!(l.protocol, config::Protocol::Triple);
-    assert_eq!(l.triple.as_ref().unwrap().routes[0].route.cluster.as_deref(), Some("users"));
-    assert_eq!(u.config.clusters[0].endpoints, vec!["10.0.0.1:20880".parse().unwrap()]);
+    assert_eq!(
+        l.triple.as_ref().unwrap().routes[0]
+            .route
+            .cluster
+            .as_deref(),
+        Some("users")
+    );
+    assert_eq!(
+        u.config.clusters[0].endpoints,
+        vec!["10.0.0.1:20880".parse().unwrap()]
+    );
     assert_eq!(u.config.clusters[0].connect_timeout_ms, 2001);
-    assert_eq!((u.versions.lds.as_str(), u.versions.rds.as_str(), u.versions.cds.as_str(), u.versions.eds.as_str()), ("l1", "r1", "c1", "e1"));
+    assert_eq!(
+        (
+            u.versions.lds.as_str(),
+            u.versions.rds.as_str(),
+            u.versions.cds.as_str(),
+            u.versions.eds.as_str()
+        ),
+        ("l1", "r1", "c1", "e1")
+    );
     assert!(!u.eds_only);
 
     // Endpoints only.
-    server.send(ENDPOINT_TYPE, "e2", vec![cla("users-eds", &[("10.0.0.1", 20880), ("10.0.0.2", 20880)])]);
+    server.send(
+        ENDPOINT_TYPE,
+        "e2",
+        vec![cla(
+            "users-eds",
+            &[("10.0.0.1", 20880), ("10.0.0.2", 20880)],
+        )],
+    );
     server.next_sotw().await;
     let u = sidecar.update().await;
     assert!(u.eds_only);
@@ -317,12 +422,32 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     // NACK: ring hash cannot be honoured; the ACKed version stays c1 and nothing is applied.
     let mut bad = cluster_static_pb("bad", &[("10.0.0.9", 1)]);
     bad.lb_policy = 2;
-    let n = server.send(CLUSTER_TYPE, "c2", vec![cluster_eds("users", "users-eds"), envoy_types::util::pack_any(bad)]);
+    let n = server.send(
+        CLUSTER_TYPE,
+        "c2",
+        vec![
+            cluster_eds("users", "users-eds"),
+            envoy_types::util::pack_any(bad),
+        ],
+    );
     let nack = server.next_sotw().await;
-    assert_eq!((nack.type_url.as_str(), nack.version_info.as_str(), nack.response_nonce.as_str()), (CLUSTER_TYPE, "c1", n.as_str()));
+    assert_eq!(
+        (
+            nack.type_url.as_str(),
+            nack.version_info.as_str(),
+            nack.response_nonce.as_str()
+        ),
+        (CLUSTER_TYPE, "c1", n.as_str())
+    );
     let status = nack.error_detail.unwrap();
     assert_eq!(status.code, 3);
-    assert!(status.message.contains("cluster \"bad\": field `lb_policy`"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .contains("cluster \"bad\": field `lb_policy`"),
+        "{}",
+        status.message
+    );
     sidecar.no_update();
     let stats = sidecar.stats();
     assert_eq!(stats.nacks, 1);
@@ -331,16 +456,30 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     assert_eq!(stats.versions.eds, "e2");
 
     // The last good config stays: more endpoints still land in cluster "users" only.
-    server.send(ENDPOINT_TYPE, "e3", vec![cla("users-eds", &[("10.0.0.3", 20880)])]);
+    server.send(
+        ENDPOINT_TYPE,
+        "e3",
+        vec![cla("users-eds", &[("10.0.0.3", 20880)])],
+    );
     server.next_sotw().await;
     let u = sidecar.update().await;
     assert_eq!(u.config.clusters.len(), 1);
     assert_eq!(u.versions.cds, "c1");
-    assert_eq!(u.config.clusters[0].endpoints, vec!["10.0.0.3:20880".parse().unwrap()]);
+    assert_eq!(
+        u.config.clusters[0].endpoints,
+        vec!["10.0.0.3:20880".parse().unwrap()]
+    );
 
     // The data plane refuses: NACK with its detail.
     *sidecar.reject.lock().unwrap() = Some("dataplane: no".into());
-    server.send(LISTENER_TYPE, "l2", vec![listener("triple", 19001, hcm_rds("routes-1")), listener("tcp", 19002, tcp("users"))]);
+    server.send(
+        LISTENER_TYPE,
+        "l2",
+        vec![
+            listener("triple", 19001, hcm_rds("routes-1")),
+            listener("tcp", 19002, tcp("users")),
+        ],
+    );
     let nack = server.next_sotw().await;
     assert_eq!(nack.version_info, "l1");
     assert_eq!(nack.error_detail.unwrap().message, "dataplane: no");
@@ -348,7 +487,10 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     // The listener goes away: RDS is unsubscribed, and the snapshot has no listener.
     server.send(LISTENER_TYPE, "l3", vec![]);
     let ack = server.next_sotw().await;
-    assert_eq!((ack.version_info.as_str(), ack.error_detail.is_none()), ("l3", true));
+    assert_eq!(
+        (ack.version_info.as_str(), ack.error_detail.is_none()),
+        ("l3", true)
+    );
     let rds_sub = server.next_sotw().await;
     assert_eq!(rds_sub.type_url, ROUTE_TYPE);
     assert_eq!(rds_sub.resource_names, Vec::<String>::new());
@@ -399,7 +541,11 @@ async fn initial_fetch_timeout_applies_what_is_there() {
     // A dynamic cluster named like a static one is a NACK.
     server.send(CLUSTER_TYPE, "c2", vec![cluster_eds("static-c", "")]);
     let nack = server.next_sotw().await;
-    assert!(nack.error_detail.unwrap().message.contains("cluster \"static-c\": field `name`"));
+    assert!(nack
+        .error_detail
+        .unwrap()
+        .message
+        .contains("cluster \"static-c\": field `name`"));
     server.stop();
 }
 
@@ -407,18 +553,31 @@ async fn initial_fetch_timeout_applies_what_is_there() {
 async fn server_restart_reconnects_and_resubscribes() {
     let mut server = Server::start(0).await;
     let port = server.port;
-    let mut sidecar = Sidecar::start(port, config::XdsMode::Sotw, 30_000, config::Config::default());
+    let mut sidecar = Sidecar::start(
+        port,
+        config::XdsMode::Sotw,
+        30_000,
+        config::Config::default(),
+    );
     server.next_sotw().await;
     server.next_sotw().await;
     server.wait_stream().await;
     server.send(CLUSTER_TYPE, "c1", vec![cluster_eds("users", "users-eds")]);
     server.next_sotw().await;
     server.next_sotw().await;
-    server.send(ENDPOINT_TYPE, "e1", vec![cla("users-eds", &[("10.0.0.1", 80)])]);
+    server.send(
+        ENDPOINT_TYPE,
+        "e1",
+        vec![cla("users-eds", &[("10.0.0.1", 80)])],
+    );
     server.next_sotw().await;
     // Warm with clusters only: the first snapshot has no listener.
     assert_eq!(listener_names(&sidecar.update().await), Vec::<&str>::new());
-    server.send(LISTENER_TYPE, "l1", vec![listener("tcp", 19001, tcp("users"))]);
+    server.send(
+        LISTENER_TYPE,
+        "l1",
+        vec![listener("tcp", 19001, tcp("users"))],
+    );
     server.next_sotw().await;
     let u = sidecar.update().await;
     assert_eq!(listener_names(&u), vec!["tcp"]);
@@ -432,19 +591,32 @@ async fn server_restart_reconnects_and_resubscribes() {
         let r = server.next_sotw().await;
         assert!(r.node.is_some());
         assert_eq!(r.response_nonce, "");
-        seen.insert(r.type_url.clone(), (r.version_info.clone(), r.resource_names.clone()));
+        seen.insert(
+            r.type_url.clone(),
+            (r.version_info.clone(), r.resource_names.clone()),
+        );
     }
     assert_eq!(seen[CLUSTER_TYPE], ("c1".to_string(), vec![]));
-    assert_eq!(seen[ENDPOINT_TYPE], ("e1".to_string(), vec!["users-eds".to_string()]));
+    assert_eq!(
+        seen[ENDPOINT_TYPE],
+        ("e1".to_string(), vec!["users-eds".to_string()])
+    );
     assert_eq!(seen[LISTENER_TYPE], ("l1".to_string(), vec![]));
     let stats = sidecar.stats();
     assert!(stats.reconnects >= 1, "{stats:?}");
     server.wait_stream().await;
     // The new server's state is applied as usual.
-    server.send(ENDPOINT_TYPE, "e2", vec![cla("users-eds", &[("10.0.0.7", 80)])]);
+    server.send(
+        ENDPOINT_TYPE,
+        "e2",
+        vec![cla("users-eds", &[("10.0.0.7", 80)])],
+    );
     server.next_sotw().await;
     let u = sidecar.update().await;
-    assert_eq!(u.config.clusters[0].endpoints, vec!["10.0.0.7:80".parse().unwrap()]);
+    assert_eq!(
+        u.config.clusters[0].endpoints,
+        vec!["10.0.0.7:80".parse().unwrap()]
+    );
     assert!(sidecar.stats().connected);
     server.stop();
 }
@@ -452,33 +624,71 @@ async fn server_restart_reconnects_and_resubscribes() {
 #[tokio::test]
 async fn delta_add_remove_and_subscriptions() {
     let mut server = Server::start(0).await;
-    let mut sidecar = Sidecar::start(server.port, config::XdsMode::Delta, 30_000, config::Config::default());
+    let mut sidecar = Sidecar::start(
+        server.port,
+        config::XdsMode::Delta,
+        30_000,
+        config::Config::default(),
+    );
     let cds = server.next_delta().await;
     assert_eq!(cds.type_url, CLUSTER_TYPE);
     assert_eq!(cds.resource_names_subscribe, vec!["*".to_string()]);
-    assert_eq!(cds.node.unwrap().id, "sidecar~10.1.2.3~pod.ns~ns.svc.cluster.local");
+    assert_eq!(
+        cds.node.unwrap().id,
+        "sidecar~10.1.2.3~pod.ns~ns.svc.cluster.local"
+    );
     let lds = server.next_delta().await;
     assert_eq!(lds.type_url, LISTENER_TYPE);
     server.wait_stream().await;
 
-    let n = server.send_delta(CLUSTER_TYPE, vec![("users", "u1", cluster_eds("users", "users-eds"))], &[]);
+    let n = server.send_delta(
+        CLUSTER_TYPE,
+        vec![("users", "u1", cluster_eds("users", "users-eds"))],
+        &[],
+    );
     let ack = server.next_delta().await;
-    assert_eq!((ack.type_url.as_str(), ack.response_nonce.as_str(), ack.error_detail.is_none()), (CLUSTER_TYPE, n.as_str(), true));
+    assert_eq!(
+        (
+            ack.type_url.as_str(),
+            ack.response_nonce.as_str(),
+            ack.error_detail.is_none()
+        ),
+        (CLUSTER_TYPE, n.as_str(), true)
+    );
     let sub = server.next_delta().await;
     assert_eq!(sub.type_url, ENDPOINT_TYPE);
     assert_eq!(sub.resource_names_subscribe, vec!["users-eds".to_string()]);
 
-    server.send_delta(LISTENER_TYPE, vec![("a", "1", listener("a", 19001, tcp("users")))], &[]);
+    server.send_delta(
+        LISTENER_TYPE,
+        vec![("a", "1", listener("a", 19001, tcp("users")))],
+        &[],
+    );
     server.next_delta().await;
     sidecar.no_update();
-    server.send_delta(ENDPOINT_TYPE, vec![("users-eds", "1", cla("users-eds", &[("10.0.0.1", 80)]))], &[]);
+    server.send_delta(
+        ENDPOINT_TYPE,
+        vec![("users-eds", "1", cla("users-eds", &[("10.0.0.1", 80)]))],
+        &[],
+    );
     server.next_delta().await;
     let u = sidecar.update().await;
     assert_eq!(listener_names(&u), vec!["a"]);
-    assert_eq!((u.versions.cds.as_str(), u.versions.lds.as_str(), u.versions.eds.as_str()), ("sys1", "sys2", "sys3"));
+    assert_eq!(
+        (
+            u.versions.cds.as_str(),
+            u.versions.lds.as_str(),
+            u.versions.eds.as_str()
+        ),
+        ("sys1", "sys2", "sys3")
+    );
 
     // Add b, then remove a.
-    server.send_delta(LISTENER_TYPE, vec![("b", "1", listener("b", 19002, tcp("users")))], &[]);
+    server.send_delta(
+        LISTENER_TYPE,
+        vec![("b", "1", listener("b", 19002, tcp("users")))],
+        &[],
+    );
     server.next_delta().await;
     assert_eq!(listener_names(&sidecar.update().await), vec!["a", "b"]);
     server.send_delta(LISTENER_TYPE, vec![], &["a"]);
@@ -486,12 +696,27 @@ async fn delta_add_remove_and_subscriptions() {
     assert_eq!(listener_names(&sidecar.update().await), vec!["b"]);
 
     // A NACK in delta mode names the field and keeps b.
-    let n = server.send_delta(LISTENER_TYPE, vec![("c", "1", listener("c", 19003, hcm_inline(route_config_pb("rc", &["*"], vec![]))))], &["b"]);
+    let n = server.send_delta(
+        LISTENER_TYPE,
+        vec![(
+            "c",
+            "1",
+            listener(
+                "c",
+                19003,
+                hcm_inline(route_config_pb("rc", &["*"], vec![])),
+            ),
+        )],
+        &["b"],
+    );
     let _ = n;
     let nack = server.next_delta().await;
     // An HCM with no routes and no default cluster fails validation of the merged config.
     let detail = nack.error_detail.unwrap().message;
-    assert!(detail.contains("listeners[0]") && detail.contains("\"c\""), "{detail}");
+    assert!(
+        detail.contains("listeners[0]") && detail.contains("\"c\""),
+        "{detail}"
+    );
 
     // Removing the listener and the cluster unsubscribes the cluster's EDS name.
     server.send_delta(LISTENER_TYPE, vec![], &["b"]);
@@ -501,7 +726,10 @@ async fn delta_add_remove_and_subscriptions() {
     server.next_delta().await;
     let unsub = server.next_delta().await;
     assert_eq!(unsub.type_url, ENDPOINT_TYPE);
-    assert_eq!(unsub.resource_names_unsubscribe, vec!["users-eds".to_string()]);
+    assert_eq!(
+        unsub.resource_names_unsubscribe,
+        vec!["users-eds".to_string()]
+    );
     let u = sidecar.update().await;
     assert!(u.config.clusters.is_empty());
     assert_eq!(sidecar.stats().nacks, 1);
@@ -515,8 +743,10 @@ async fn unreachable_server_serves_the_static_config_after_the_timeout() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut static_config = config::Config::default();
-    static_config.drain_timeout_ms = 1234;
+    let static_config = config::Config {
+        drain_timeout_ms: 1234,
+        ..Default::default()
+    };
     let mut sidecar = Sidecar::start(port, config::XdsMode::Sotw, 300, static_config.clone());
     let u = sidecar.update().await;
     assert_eq!(u.config, static_config);

@@ -112,10 +112,7 @@ fn unpack<T: Message + Default>(
     field: &str,
 ) -> Result<T, TranslateError> {
     if any.type_url != want {
-        return Err(ctx.err(
-            field,
-            format!("expected {want}, got {:?}", any.type_url),
-        ));
+        return Err(ctx.err(field, format!("expected {want}, got {:?}", any.type_url)));
     }
     T::decode(any.value.as_slice()).map_err(|e| ctx.err(field, format!("cannot decode: {e}")))
 }
@@ -164,19 +161,31 @@ pub(crate) fn decode_listener(any: &Any) -> Result<(String, ListenerRes), Transl
 }
 
 fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
-    let ctx = Ctx { kind: "listener", name: &l.name };
+    let ctx = Ctx {
+        kind: "listener",
+        name: &l.name,
+    };
     if l.name.is_empty() {
         return Err(ctx.err("name", "must not be empty"));
     }
     let address = socket_address(l.address.as_ref(), &ctx, "address")?;
     if !l.additional_addresses.is_empty() {
-        return Err(ctx.err("additional_addresses", "ringside binds one address per listener"));
+        return Err(ctx.err(
+            "additional_addresses",
+            "ringside binds one address per listener",
+        ));
     }
     if l.filter_chain_matcher.is_some() {
-        return Err(ctx.err("filter_chain_matcher", "filter chain selection is not supported"));
+        return Err(ctx.err(
+            "filter_chain_matcher",
+            "filter chain selection is not supported",
+        ));
     }
     if l.use_original_dst.as_ref().is_some_and(|b| b.value) {
-        return Err(ctx.err("use_original_dst", "original-destination hand-off is not supported"));
+        return Err(ctx.err(
+            "use_original_dst",
+            "original-destination hand-off is not supported",
+        ));
     }
     if l.transparent.as_ref().is_some_and(|b| b.value) {
         return Err(ctx.err("transparent", "transparent sockets are not supported"));
@@ -216,7 +225,11 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
                 format!(
                     "exactly one filter chain is supported (got {}{})",
                     l.filter_chains.len(),
-                    if l.default_filter_chain.is_some() { " and a default_filter_chain" } else { "" }
+                    if l.default_filter_chain.is_some() {
+                        " and a default_filter_chain"
+                    } else {
+                        ""
+                    }
                 ),
             ))
         }
@@ -240,7 +253,10 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         _ => {
             return Err(ctx.err(
                 format!("{at}.filters"),
-                format!("exactly one network filter is supported (got {})", chain.filters.len()),
+                format!(
+                    "exactly one network filter is supported (got {})",
+                    chain.filters.len()
+                ),
             ))
         }
     };
@@ -318,28 +334,50 @@ fn socket_address(
 ) -> Result<SocketAddr, TranslateError> {
     let sa = match a.and_then(|a| a.address.as_ref()) {
         Some(core_pb::address::Address::SocketAddress(sa)) => sa,
-        Some(_) => return Err(ctx.err(at, "only socket_address is supported (no pipe or internal address)")),
+        Some(_) => {
+            return Err(ctx.err(
+                at,
+                "only socket_address is supported (no pipe or internal address)",
+            ))
+        }
         None => return Err(ctx.err(at, "missing")),
     };
     if sa.protocol != core_pb::socket_address::Protocol::Tcp as i32 {
-        return Err(ctx.err(format!("{at}.socket_address.protocol"), "only TCP is supported"));
+        return Err(ctx.err(
+            format!("{at}.socket_address.protocol"),
+            "only TCP is supported",
+        ));
     }
     if !sa.resolver_name.is_empty() {
-        return Err(ctx.err(format!("{at}.socket_address.resolver_name"), "custom resolvers are not supported"));
+        return Err(ctx.err(
+            format!("{at}.socket_address.resolver_name"),
+            "custom resolvers are not supported",
+        ));
     }
     let port = match sa.port_specifier {
         Some(core_pb::socket_address::PortSpecifier::PortValue(p)) => {
-            u16::try_from(p).map_err(|_| ctx.err(format!("{at}.socket_address.port_value"), format!("{p} is not a port")))?
+            u16::try_from(p).map_err(|_| {
+                ctx.err(
+                    format!("{at}.socket_address.port_value"),
+                    format!("{p} is not a port"),
+                )
+            })?
         }
         Some(core_pb::socket_address::PortSpecifier::NamedPort(_)) => {
-            return Err(ctx.err(format!("{at}.socket_address.named_port"), "named ports are not supported"))
+            return Err(ctx.err(
+                format!("{at}.socket_address.named_port"),
+                "named ports are not supported",
+            ))
         }
         None => return Err(ctx.err(format!("{at}.socket_address.port_value"), "missing")),
     };
     let ip: IpAddr = sa.address.parse().map_err(|_| {
         ctx.err(
             format!("{at}.socket_address.address"),
-            format!("{:?} is not an IP literal (hostnames are not resolved)", sa.address),
+            format!(
+                "{:?} is not an IP literal (hostnames are not resolved)",
+                sa.address
+            ),
         )
     })?;
     Ok(SocketAddr::new(ip, port))
@@ -353,7 +391,10 @@ fn dubbo_proxy(
     at: &str,
 ) -> Result<Vec<DubboRoute>, TranslateError> {
     if d.protocol_type != dubbo_pb::ProtocolType::Dubbo as i32 {
-        return Err(ctx.err(format!("{at}.protocol_type"), format!("only Dubbo is supported (got {})", d.protocol_type)));
+        return Err(ctx.err(
+            format!("{at}.protocol_type"),
+            format!("only Dubbo is supported (got {})", d.protocol_type),
+        ));
     }
     if d.serialization_type != dubbo_pb::SerializationType::Hessian2 as i32 {
         return Err(ctx.err(
@@ -365,19 +406,31 @@ fn dubbo_proxy(
         if f.name != "envoy.filters.dubbo.router" {
             return Err(ctx.err(
                 format!("{at}.dubbo_filters[{i}].name"),
-                format!("dubbo filter {:?} is not supported (only envoy.filters.dubbo.router)", f.name),
+                format!(
+                    "dubbo filter {:?} is not supported (only envoy.filters.dubbo.router)",
+                    f.name
+                ),
             ));
         }
     }
     let (configs, rat) = match &d.route_specifier {
         Some(dubbo_pb::dubbo_proxy::RouteSpecifier::Drds(_)) => {
-            return Err(ctx.err(format!("{at}.drds"), "dubbo RDS (drds) is not supported; inline route_config"))
+            return Err(ctx.err(
+                format!("{at}.drds"),
+                "dubbo RDS (drds) is not supported; inline route_config",
+            ))
         }
         Some(dubbo_pb::dubbo_proxy::RouteSpecifier::MultipleRouteConfig(m)) => {
             if !d.route_config.is_empty() {
-                return Err(ctx.err(format!("{at}.multiple_route_config"), "give route_config or multiple_route_config, not both"));
+                return Err(ctx.err(
+                    format!("{at}.multiple_route_config"),
+                    "give route_config or multiple_route_config, not both",
+                ));
             }
-            (&m.route_config, format!("{at}.multiple_route_config.route_config"))
+            (
+                &m.route_config,
+                format!("{at}.multiple_route_config.route_config"),
+            )
         }
         None => (&d.route_config, format!("{at}.route_config")),
     };
@@ -386,7 +439,10 @@ fn dubbo_proxy(
         let cat = format!("{rat}[{i}]");
         let mut base = DubboMatch::default();
         if !rc.interface.is_empty() && rc.interface != "*" {
-            base.interface = Some(StringMatch { exact: Some(rc.interface.clone()), ..Default::default() });
+            base.interface = Some(StringMatch {
+                exact: Some(rc.interface.clone()),
+                ..Default::default()
+            });
         }
         if !rc.group.is_empty() {
             base.group = Some(rc.group.clone());
@@ -400,19 +456,31 @@ fn dubbo_proxy(
             if let Some(rm) = &r.r#match {
                 if let Some(mm) = &rm.method {
                     if let Some(name) = &mm.name {
-                        m.method = Some(string_match(&pattern(name, ctx, &format!("{rat}.match.method.name"))?));
+                        m.method = Some(string_match(&pattern(
+                            name,
+                            ctx,
+                            &format!("{rat}.match.method.name"),
+                        )?));
                     }
                     let sorted: BTreeMap<_, _> = mm.params_match.iter().collect();
                     for (index, p) in sorted {
                         let pat = format!("{rat}.match.method.params_match[{index}]");
                         use dubbo_pb::method_match::parameter_match_specifier::ParameterMatchSpecifier as P;
                         let a = match &p.parameter_match_specifier {
-                            Some(P::ExactMatch(s)) => ArgumentMatch { index: *index, exact: Some(s.clone()), prefix: None, range: None },
+                            Some(P::ExactMatch(s)) => ArgumentMatch {
+                                index: *index,
+                                exact: Some(s.clone()),
+                                prefix: None,
+                                range: None,
+                            },
                             Some(P::RangeMatch(r)) => ArgumentMatch {
                                 index: *index,
                                 exact: None,
                                 prefix: None,
-                                range: Some(Range { start: r.start, end: r.end }),
+                                range: Some(Range {
+                                    start: r.start,
+                                    end: r.end,
+                                }),
                             },
                             None => return Err(ctx.err(pat, "give exact_match or range_match")),
                         };
@@ -420,24 +488,40 @@ fn dubbo_proxy(
                     }
                 }
                 for (k, h) in rm.headers.iter().enumerate() {
-                    m.attachments.push(attachment_match(h, ctx, &format!("{rat}.match.headers[{k}]"))?);
+                    m.attachments.push(attachment_match(
+                        h,
+                        ctx,
+                        &format!("{rat}.match.headers[{k}]"),
+                    )?);
                 }
             }
             let Some(action) = &r.route else {
                 return Err(ctx.err(format!("{rat}.route"), "missing"));
             };
             if action.metadata_match.is_some() {
-                return Err(ctx.err(format!("{rat}.route.metadata_match"), "subset load balancing is not supported"));
+                return Err(ctx.err(
+                    format!("{rat}.route.metadata_match"),
+                    "subset load balancing is not supported",
+                ));
             }
             let route = match &action.cluster_specifier {
-                Some(dubbo_pb::route_action::ClusterSpecifier::Cluster(c)) => {
-                    RouteAction { cluster: Some(c.clone()), ..Default::default() }
-                }
-                Some(dubbo_pb::route_action::ClusterSpecifier::WeightedClusters(w)) => RouteAction {
-                    weighted_clusters: weighted(w, ctx, &format!("{rat}.route.weighted_clusters"))?,
+                Some(dubbo_pb::route_action::ClusterSpecifier::Cluster(c)) => RouteAction {
+                    cluster: Some(c.clone()),
                     ..Default::default()
                 },
-                None => return Err(ctx.err(format!("{rat}.route"), "give cluster or weighted_clusters")),
+                Some(dubbo_pb::route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                    RouteAction {
+                        weighted_clusters: weighted(
+                            w,
+                            ctx,
+                            &format!("{rat}.route.weighted_clusters"),
+                        )?,
+                        ..Default::default()
+                    }
+                }
+                None => {
+                    return Err(ctx.err(format!("{rat}.route"), "give cluster or weighted_clusters"))
+                }
             };
             out.push(DubboRoute {
                 name: (!rc.name.is_empty()).then(|| rc.name.clone()),
@@ -458,20 +542,32 @@ fn weighted(
     for (i, c) in w.clusters.iter().enumerate() {
         let cat = format!("{at}.clusters[{i}]");
         if !c.cluster_header.is_empty() {
-            return Err(ctx.err(format!("{cat}.cluster_header"), "clusters named by a header are not supported"));
+            return Err(ctx.err(
+                format!("{cat}.cluster_header"),
+                "clusters named by a header are not supported",
+            ));
         }
         if c.metadata_match.is_some() {
-            return Err(ctx.err(format!("{cat}.metadata_match"), "subset load balancing is not supported"));
+            return Err(ctx.err(
+                format!("{cat}.metadata_match"),
+                "subset load balancing is not supported",
+            ));
         }
         if !c.request_headers_to_add.is_empty()
             || !c.request_headers_to_remove.is_empty()
             || !c.response_headers_to_add.is_empty()
             || !c.response_headers_to_remove.is_empty()
         {
-            return Err(ctx.err(format!("{cat}.request_headers_to_add"), "header mutations are not supported"));
+            return Err(ctx.err(
+                format!("{cat}.request_headers_to_add"),
+                "header mutations are not supported",
+            ));
         }
         if c.host_rewrite_specifier.is_some() {
-            return Err(ctx.err(format!("{cat}.host_rewrite_literal"), "host rewrites are not supported"));
+            return Err(ctx.err(
+                format!("{cat}.host_rewrite_literal"),
+                "host rewrites are not supported",
+            ));
         }
         out.push(WeightedCluster {
             name: c.name.clone(),
@@ -496,7 +592,10 @@ enum Pat {
 fn pattern(m: &matcher_pb::StringMatcher, ctx: &Ctx<'_>, at: &str) -> Result<Pat, TranslateError> {
     use matcher_pb::string_matcher::MatchPattern as M;
     if m.ignore_case {
-        return Err(ctx.err(format!("{at}.ignore_case"), "case-insensitive matching is not supported"));
+        return Err(ctx.err(
+            format!("{at}.ignore_case"),
+            "case-insensitive matching is not supported",
+        ));
     }
     Ok(match &m.match_pattern {
         Some(M::Exact(s)) => Pat::Exact(s.clone()),
@@ -504,15 +603,27 @@ fn pattern(m: &matcher_pb::StringMatcher, ctx: &Ctx<'_>, at: &str) -> Result<Pat
         Some(M::SafeRegex(r)) => Pat::Regex(r.regex.clone()),
         Some(M::Suffix(s)) => Pat::Regex(format!(".*{}", regex_escape(s))),
         Some(M::Contains(s)) => Pat::Regex(format!(".*{}.*", regex_escape(s))),
-        Some(M::Custom(_)) => return Err(ctx.err(format!("{at}.custom"), "custom string matchers are not supported")),
+        Some(M::Custom(_)) => {
+            return Err(ctx.err(
+                format!("{at}.custom"),
+                "custom string matchers are not supported",
+            ))
+        }
         None => return Err(ctx.err(at, "missing match pattern")),
     })
 }
 
-fn xds_pattern(m: &xds_matcher_pb::StringMatcher, ctx: &Ctx<'_>, at: &str) -> Result<Pat, TranslateError> {
+fn xds_pattern(
+    m: &xds_matcher_pb::StringMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Pat, TranslateError> {
     use xds_matcher_pb::string_matcher::MatchPattern as M;
     if m.ignore_case {
-        return Err(ctx.err(format!("{at}.ignore_case"), "case-insensitive matching is not supported"));
+        return Err(ctx.err(
+            format!("{at}.ignore_case"),
+            "case-insensitive matching is not supported",
+        ));
     }
     Ok(match &m.match_pattern {
         Some(M::Exact(s)) => Pat::Exact(s.clone()),
@@ -520,16 +631,30 @@ fn xds_pattern(m: &xds_matcher_pb::StringMatcher, ctx: &Ctx<'_>, at: &str) -> Re
         Some(M::SafeRegex(r)) => Pat::Regex(r.regex.clone()),
         Some(M::Suffix(s)) => Pat::Regex(format!(".*{}", regex_escape(s))),
         Some(M::Contains(s)) => Pat::Regex(format!(".*{}.*", regex_escape(s))),
-        Some(M::Custom(_)) => return Err(ctx.err(format!("{at}.custom"), "custom string matchers are not supported")),
+        Some(M::Custom(_)) => {
+            return Err(ctx.err(
+                format!("{at}.custom"),
+                "custom string matchers are not supported",
+            ))
+        }
         None => return Err(ctx.err(at, "missing match pattern")),
     })
 }
 
 fn string_match(p: &Pat) -> StringMatch {
     match p {
-        Pat::Exact(s) => StringMatch { exact: Some(s.clone()), ..Default::default() },
-        Pat::Prefix(s) => StringMatch { prefix: Some(s.clone()), ..Default::default() },
-        Pat::Regex(s) => StringMatch { regex: Some(s.clone()), ..Default::default() },
+        Pat::Exact(s) => StringMatch {
+            exact: Some(s.clone()),
+            ..Default::default()
+        },
+        Pat::Prefix(s) => StringMatch {
+            prefix: Some(s.clone()),
+            ..Default::default()
+        },
+        Pat::Regex(s) => StringMatch {
+            regex: Some(s.clone()),
+            ..Default::default()
+        },
     }
 }
 
@@ -539,13 +664,23 @@ enum HeaderPat {
     Present(bool),
 }
 
-fn header_pat(h: &route_pb::HeaderMatcher, ctx: &Ctx<'_>, at: &str) -> Result<HeaderPat, TranslateError> {
+fn header_pat(
+    h: &route_pb::HeaderMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<HeaderPat, TranslateError> {
     use route_pb::header_matcher::HeaderMatchSpecifier as H;
     if h.invert_match {
-        return Err(ctx.err(format!("{at}.invert_match"), "inverted matches are not supported"));
+        return Err(ctx.err(
+            format!("{at}.invert_match"),
+            "inverted matches are not supported",
+        ));
     }
     if h.treat_missing_header_as_empty {
-        return Err(ctx.err(format!("{at}.treat_missing_header_as_empty"), "not supported"));
+        return Err(ctx.err(
+            format!("{at}.treat_missing_header_as_empty"),
+            "not supported",
+        ));
     }
     Ok(match &h.header_match_specifier {
         Some(H::ExactMatch(s)) => HeaderPat::Pat(Pat::Exact(s.clone())),
@@ -555,13 +690,27 @@ fn header_pat(h: &route_pb::HeaderMatcher, ctx: &Ctx<'_>, at: &str) -> Result<He
         Some(H::ContainsMatch(s)) => HeaderPat::Pat(Pat::Regex(format!(".*{}.*", regex_escape(s)))),
         Some(H::StringMatch(m)) => HeaderPat::Pat(pattern(m, ctx, &format!("{at}.string_match"))?),
         Some(H::PresentMatch(b)) => HeaderPat::Present(*b),
-        Some(H::RangeMatch(_)) => return Err(ctx.err(format!("{at}.range_match"), "range header matches are not supported")),
+        Some(H::RangeMatch(_)) => {
+            return Err(ctx.err(
+                format!("{at}.range_match"),
+                "range header matches are not supported",
+            ))
+        }
         None => HeaderPat::Present(true),
     })
 }
 
-fn attachment_match(h: &route_pb::HeaderMatcher, ctx: &Ctx<'_>, at: &str) -> Result<AttachmentMatch, TranslateError> {
-    let mut a = AttachmentMatch { name: h.name.clone(), exact: None, regex: None, present: None };
+fn attachment_match(
+    h: &route_pb::HeaderMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<AttachmentMatch, TranslateError> {
+    let mut a = AttachmentMatch {
+        name: h.name.clone(),
+        exact: None,
+        regex: None,
+        present: None,
+    };
     match header_pat(h, ctx, at)? {
         HeaderPat::Pat(Pat::Exact(s)) => a.exact = Some(s),
         HeaderPat::Pat(Pat::Prefix(s)) => a.regex = Some(format!("{}.*", regex_escape(&s))),
@@ -573,13 +722,23 @@ fn attachment_match(h: &route_pb::HeaderMatcher, ctx: &Ctx<'_>, at: &str) -> Res
 
 // === generic_proxy (dubbo codec) ===
 
-fn generic_proxy(g: &gp_pb::GenericProxy, ctx: &Ctx<'_>, at: &str) -> Result<Vec<DubboRoute>, TranslateError> {
+fn generic_proxy(
+    g: &gp_pb::GenericProxy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<DubboRoute>, TranslateError> {
     match &g.codec_config {
-        Some(c) if c.typed_config.as_ref().is_some_and(|a| a.type_url == DUBBO_CODEC_TYPE) => {}
+        Some(c)
+            if c.typed_config
+                .as_ref()
+                .is_some_and(|a| a.type_url == DUBBO_CODEC_TYPE) => {}
         Some(c) => {
             return Err(ctx.err(
                 format!("{at}.codec_config"),
-                format!("codec {:?} is not supported (only the dubbo codec, DubboCodecConfig)", c.name),
+                format!(
+                    "codec {:?} is not supported (only the dubbo codec, DubboCodecConfig)",
+                    c.name
+                ),
             ))
         }
         None => return Err(ctx.err(format!("{at}.codec_config"), "missing")),
@@ -595,19 +754,31 @@ fn generic_proxy(g: &gp_pb::GenericProxy, ctx: &Ctx<'_>, at: &str) -> Result<Vec
     let rc = match &g.route_specifier {
         Some(gp_pb::generic_proxy::RouteSpecifier::RouteConfig(rc)) => rc,
         Some(gp_pb::generic_proxy::RouteSpecifier::GenericRds(_)) => {
-            return Err(ctx.err(format!("{at}.generic_rds"), "generic proxy RDS is not supported; inline route_config"))
+            return Err(ctx.err(
+                format!("{at}.generic_rds"),
+                "generic proxy RDS is not supported; inline route_config",
+            ))
         }
         None => return Err(ctx.err(format!("{at}.route_config"), "missing")),
     };
     let rat = format!("{at}.route_config");
     if !rc.virtual_hosts.is_empty() {
-        return Err(ctx.err(format!("{rat}.virtual_hosts"), "virtual hosts are not supported; use routes"));
+        return Err(ctx.err(
+            format!("{rat}.virtual_hosts"),
+            "virtual hosts are not supported; use routes",
+        ));
     }
     let Some(m) = &rc.routes else {
         return Err(ctx.err(format!("{rat}.routes"), "missing"));
     };
     let mut out = Vec::new();
-    flatten(m, &DubboMatch::default(), ctx, &format!("{rat}.routes"), &mut out)?;
+    flatten(
+        m,
+        &DubboMatch::default(),
+        ctx,
+        &format!("{rat}.routes"),
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -641,8 +812,19 @@ fn input(
 }
 
 /// Adds one condition to `m`; refuses a second condition on the same input.
-fn add_condition(m: &mut DubboMatch, input: Input, p: Pat, ctx: &Ctx<'_>, at: &str) -> Result<(), TranslateError> {
-    let twice = || ctx.err(at, "two conditions on the same input in one route are not supported");
+fn add_condition(
+    m: &mut DubboMatch,
+    input: Input,
+    p: Pat,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(), TranslateError> {
+    let twice = || {
+        ctx.err(
+            at,
+            "two conditions on the same input in one route are not supported",
+        )
+    };
     match input {
         Input::Interface => {
             if m.interface.replace(string_match(&p)).is_some() {
@@ -658,13 +840,22 @@ fn add_condition(m: &mut DubboMatch, input: Input, p: Pat, ctx: &Ctx<'_>, at: &s
             let Pat::Exact(v) = p else {
                 return Err(ctx.err(at, format!("property {name:?} takes exact matches only")));
             };
-            let slot = if name == "version" { &mut m.version } else { &mut m.group };
+            let slot = if name == "version" {
+                &mut m.version
+            } else {
+                &mut m.group
+            };
             if slot.replace(v).is_some() {
                 return Err(twice());
             }
         }
         Input::Property(name) => {
-            let mut a = AttachmentMatch { name, exact: None, regex: None, present: None };
+            let mut a = AttachmentMatch {
+                name,
+                exact: None,
+                regex: None,
+                present: None,
+            };
             match p {
                 Pat::Exact(s) => a.exact = Some(s),
                 Pat::Prefix(s) => a.regex = Some(format!("{}.*", regex_escape(&s))),
@@ -685,15 +876,24 @@ fn predicate(
     use xds_matcher_pb::matcher::matcher_list::predicate::{single_predicate, MatchType};
     match &p.match_type {
         Some(MatchType::SinglePredicate(s)) => {
-            let inp = input(s.input.as_ref(), ctx, &format!("{at}.single_predicate.input"))?;
+            let inp = input(
+                s.input.as_ref(),
+                ctx,
+                &format!("{at}.single_predicate.input"),
+            )?;
             let pat = match &s.matcher {
                 Some(single_predicate::Matcher::ValueMatch(v)) => {
                     xds_pattern(v, ctx, &format!("{at}.single_predicate.value_match"))?
                 }
                 Some(single_predicate::Matcher::CustomMatch(_)) => {
-                    return Err(ctx.err(format!("{at}.single_predicate.custom_match"), "custom matchers are not supported"))
+                    return Err(ctx.err(
+                        format!("{at}.single_predicate.custom_match"),
+                        "custom matchers are not supported",
+                    ))
                 }
-                None => return Err(ctx.err(format!("{at}.single_predicate.value_match"), "missing")),
+                None => {
+                    return Err(ctx.err(format!("{at}.single_predicate.value_match"), "missing"))
+                }
             };
             add_condition(m, inp, pat, ctx, &format!("{at}.single_predicate"))
         }
@@ -703,8 +903,12 @@ fn predicate(
             }
             Ok(())
         }
-        Some(MatchType::OrMatcher(_)) => Err(ctx.err(format!("{at}.or_matcher"), "or_matcher is not supported")),
-        Some(MatchType::NotMatcher(_)) => Err(ctx.err(format!("{at}.not_matcher"), "not_matcher is not supported")),
+        Some(MatchType::OrMatcher(_)) => {
+            Err(ctx.err(format!("{at}.or_matcher"), "or_matcher is not supported"))
+        }
+        Some(MatchType::NotMatcher(_)) => {
+            Err(ctx.err(format!("{at}.not_matcher"), "not_matcher is not supported"))
+        }
         None => Err(ctx.err(at, "missing match_type")),
     }
 }
@@ -745,7 +949,13 @@ fn flatten(
                     for (k, om) in sorted {
                         let mut mm = base.clone();
                         add_condition(&mut mm, inp()?, Pat::Exact(k.clone()), ctx, &tat)?;
-                        on_match(om, &mm, ctx, &format!("{tat}.exact_match_map.map[{k:?}]"), out)?;
+                        on_match(
+                            om,
+                            &mm,
+                            ctx,
+                            &format!("{tat}.exact_match_map.map[{k:?}]"),
+                            out,
+                        )?;
                     }
                 }
                 Some(TreeType::PrefixMatchMap(map)) => {
@@ -755,11 +965,20 @@ fn flatten(
                     for (k, om) in keys {
                         let mut mm = base.clone();
                         add_condition(&mut mm, inp()?, Pat::Prefix(k.clone()), ctx, &tat)?;
-                        on_match(om, &mm, ctx, &format!("{tat}.prefix_match_map.map[{k:?}]"), out)?;
+                        on_match(
+                            om,
+                            &mm,
+                            ctx,
+                            &format!("{tat}.prefix_match_map.map[{k:?}]"),
+                            out,
+                        )?;
                     }
                 }
                 Some(TreeType::CustomMatch(_)) => {
-                    return Err(ctx.err(format!("{tat}.custom_match"), "custom matcher trees are not supported"))
+                    return Err(ctx.err(
+                        format!("{tat}.custom_match"),
+                        "custom matcher trees are not supported",
+                    ))
                 }
                 None => return Err(ctx.err(format!("{tat}.tree_type"), "missing")),
             }
@@ -781,7 +1000,10 @@ fn on_match(
 ) -> Result<(), TranslateError> {
     use xds_matcher_pb::matcher::on_match::OnMatch as O;
     if om.keep_matching {
-        return Err(ctx.err(format!("{at}.keep_matching"), "keep_matching is not supported"));
+        return Err(ctx.err(
+            format!("{at}.keep_matching"),
+            "keep_matching is not supported",
+        ));
     }
     match &om.on_match {
         Some(O::Matcher(inner)) => flatten(inner, m, ctx, &format!("{at}.matcher"), out),
@@ -792,19 +1014,26 @@ fn on_match(
             };
             let a: gp_action_pb::RouteAction = unpack(any, GP_ROUTE_ACTION_TYPE, ctx, &aat)?;
             let mut route = match &a.cluster_specifier {
-                Some(gp_action_pb::route_action::ClusterSpecifier::Cluster(c)) => {
-                    RouteAction { cluster: Some(c.clone()), ..Default::default() }
-                }
-                Some(gp_action_pb::route_action::ClusterSpecifier::WeightedClusters(w)) => RouteAction {
-                    weighted_clusters: weighted(w, ctx, &format!("{aat}.weighted_clusters"))?,
+                Some(gp_action_pb::route_action::ClusterSpecifier::Cluster(c)) => RouteAction {
+                    cluster: Some(c.clone()),
                     ..Default::default()
                 },
+                Some(gp_action_pb::route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                    RouteAction {
+                        weighted_clusters: weighted(w, ctx, &format!("{aat}.weighted_clusters"))?,
+                        ..Default::default()
+                    }
+                }
                 None => return Err(ctx.err(aat, "give cluster or weighted_clusters")),
             };
             if let Some(t) = &a.timeout {
                 route.timeout_ms = Some(timeout_ms(t, ctx, &format!("{aat}.timeout"))?);
             }
-            out.push(DubboRoute { name: (!a.name.is_empty()).then(|| a.name.clone()), matcher: m.clone(), route });
+            out.push(DubboRoute {
+                name: (!a.name.is_empty()).then(|| a.name.clone()),
+                matcher: m.clone(),
+                route,
+            });
             Ok(())
         }
         None => Err(ctx.err(at, "missing action or matcher")),
@@ -814,23 +1043,43 @@ fn on_match(
 /// Envoy's 0 means "no timeout": the largest ringside allows.
 fn timeout_ms(d: &Duration, ctx: &Ctx<'_>, at: &str) -> Result<u64, TranslateError> {
     let ms = duration_ms(d, ctx, at)?;
-    Ok(if ms == 0 { config::REQUEST_TIMEOUT_MS_MAX } else { ms })
+    Ok(if ms == 0 {
+        config::REQUEST_TIMEOUT_MS_MAX
+    } else {
+        ms
+    })
 }
 
 // === tcp_proxy ===
 
-fn tcp_proxy(t: &tcp_pb::TcpProxy, ctx: &Ctx<'_>, at: &str) -> Result<(String, Option<u64>), TranslateError> {
+fn tcp_proxy(
+    t: &tcp_pb::TcpProxy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(String, Option<u64>), TranslateError> {
     if t.on_demand.is_some() {
-        return Err(ctx.err(format!("{at}.on_demand"), "on-demand clusters are not supported"));
+        return Err(ctx.err(
+            format!("{at}.on_demand"),
+            "on-demand clusters are not supported",
+        ));
     }
     if t.metadata_match.is_some() {
-        return Err(ctx.err(format!("{at}.metadata_match"), "subset load balancing is not supported"));
+        return Err(ctx.err(
+            format!("{at}.metadata_match"),
+            "subset load balancing is not supported",
+        ));
     }
     if t.tunneling_config.is_some() {
-        return Err(ctx.err(format!("{at}.tunneling_config"), "tunneling is not supported"));
+        return Err(ctx.err(
+            format!("{at}.tunneling_config"),
+            "tunneling is not supported",
+        ));
     }
     if !t.proxy_protocol_tlvs.is_empty() {
-        return Err(ctx.err(format!("{at}.proxy_protocol_tlvs"), "PROXY protocol is not supported"));
+        return Err(ctx.err(
+            format!("{at}.proxy_protocol_tlvs"),
+            "PROXY protocol is not supported",
+        ));
     }
     let cluster = match &t.cluster_specifier {
         Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => c.clone(),
@@ -838,7 +1087,10 @@ fn tcp_proxy(t: &tcp_pb::TcpProxy, ctx: &Ctx<'_>, at: &str) -> Result<(String, O
             w.clusters[0].name.clone()
         }
         Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
-            return Err(ctx.err(format!("{at}.weighted_clusters"), "a tcp listener takes one cluster"))
+            return Err(ctx.err(
+                format!("{at}.weighted_clusters"),
+                "a tcp listener takes one cluster",
+            ))
         }
         None => return Err(ctx.err(format!("{at}.cluster"), "missing")),
     };
@@ -872,14 +1124,18 @@ fn hcm(
         if !is_router {
             return Err(ctx.err(
                 format!("{at}.http_filters[{i}]"),
-                format!("http filter {:?} is not supported (only envoy.filters.http.router)", f.name),
+                format!(
+                    "http filter {:?} is not supported (only envoy.filters.http.router)",
+                    f.name
+                ),
             ));
         }
     }
     match &h.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            Ok((route_configuration(rc, ctx, &format!("{at}.route_config"))?, None))
-        }
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok((
+            route_configuration(rc, ctx, &format!("{at}.route_config"))?,
+            None,
+        )),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
             if rds.route_config_name.is_empty() {
@@ -890,10 +1146,14 @@ fn hcm(
             }
             Ok((Vec::new(), Some(rds.route_config_name.clone())))
         }
-        Some(RouteSpecifier::ScopedRoutes(_)) => {
-            Err(ctx.err(format!("{at}.scoped_routes"), "scoped routes are not supported"))
-        }
-        None => Err(ctx.err(format!("{at}.route_config"), "missing (give route_config or rds)")),
+        Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
+            format!("{at}.scoped_routes"),
+            "scoped routes are not supported",
+        )),
+        None => Err(ctx.err(
+            format!("{at}.route_config"),
+            "missing (give route_config or rds)",
+        )),
     }
 }
 
@@ -906,7 +1166,10 @@ fn ads_source(cs: &core_pb::ConfigSource, ctx: &Ctx<'_>, at: &str) -> Result<(),
 
 pub(crate) fn decode_route(any: &Any) -> Result<(String, Vec<TripleRoute>), TranslateError> {
     let rc: route_pb::RouteConfiguration = decode_top(any, ROUTE_TYPE)?;
-    let ctx = Ctx { kind: "route configuration", name: &rc.name };
+    let ctx = Ctx {
+        kind: "route configuration",
+        name: &rc.name,
+    };
     if rc.name.is_empty() {
         return Err(ctx.err("name", "must not be empty"));
     }
@@ -972,14 +1235,23 @@ fn authority(domains: &[String]) -> Option<StringMatch> {
     }
     if let [d] = domains {
         if !d.contains('*') {
-            return Some(StringMatch { exact: Some(d.clone()), ..Default::default() });
+            return Some(StringMatch {
+                exact: Some(d.clone()),
+                ..Default::default()
+            });
         }
         if let Some(prefix) = d.strip_suffix('*').filter(|p| !p.contains('*')) {
-            return Some(StringMatch { prefix: Some(prefix.to_string()), ..Default::default() });
+            return Some(StringMatch {
+                prefix: Some(prefix.to_string()),
+                ..Default::default()
+            });
         }
     }
     let alts: Vec<String> = domains.iter().map(|d| domain_regex(d)).collect();
-    Some(StringMatch { regex: Some(format!("(?:{})", alts.join("|"))), ..Default::default() })
+    Some(StringMatch {
+        regex: Some(format!("(?:{})", alts.join("|"))),
+        ..Default::default()
+    })
 }
 
 fn route_configuration(
@@ -997,7 +1269,10 @@ fn route_configuration(
         return Err(ctx.err(join(at, "cluster_specifier_plugins"), "not supported"));
     }
     if !rc.request_mirror_policies.is_empty() {
-        return Err(ctx.err(join(at, "request_mirror_policies"), "mirroring is not supported"));
+        return Err(ctx.err(
+            join(at, "request_mirror_policies"),
+            "mirroring is not supported",
+        ));
     }
     no_header_mutations(
         rc.request_headers_to_add.len(),
@@ -1007,19 +1282,26 @@ fn route_configuration(
         ctx,
         at,
     )?;
-    let mut hosts: Vec<(usize, &route_pb::VirtualHost)> = rc.virtual_hosts.iter().enumerate().collect();
+    let mut hosts: Vec<(usize, &route_pb::VirtualHost)> =
+        rc.virtual_hosts.iter().enumerate().collect();
     hosts.sort_by_key(|(_, vh)| vh.domains.iter().map(|d| domain_rank(d)).min().unwrap_or(3));
     let mut out = Vec::new();
     for (i, vh) in hosts {
         let vat = join(at, &format!("virtual_hosts[{i}]"));
         if vh.matcher.is_some() {
-            return Err(ctx.err(format!("{vat}.matcher"), "the matcher API on virtual hosts is not supported"));
+            return Err(ctx.err(
+                format!("{vat}.matcher"),
+                "the matcher API on virtual hosts is not supported",
+            ));
         }
         if vh.require_tls != 0 {
             return Err(ctx.err(format!("{vat}.require_tls"), "TLS is not supported"));
         }
         if !vh.request_mirror_policies.is_empty() {
-            return Err(ctx.err(format!("{vat}.request_mirror_policies"), "mirroring is not supported"));
+            return Err(ctx.err(
+                format!("{vat}.request_mirror_policies"),
+                "mirroring is not supported",
+            ));
         }
         no_header_mutations(
             vh.request_headers_to_add.len(),
@@ -1070,12 +1352,18 @@ fn split_path_regex(re: &str) -> Option<(String, String)> {
         }
     }
     match parts.as_slice() {
-        [empty, a, b] if empty.is_empty() && !a.is_empty() && !b.is_empty() => Some((a.clone(), b.clone())),
+        [empty, a, b] if empty.is_empty() && !a.is_empty() && !b.is_empty() => {
+            Some((a.clone(), b.clone()))
+        }
         _ => None,
     }
 }
 
-fn triple_route(r: &route_pb::Route, ctx: &Ctx<'_>, at: &str) -> Result<TripleRoute, TranslateError> {
+fn triple_route(
+    r: &route_pb::Route,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<TripleRoute, TranslateError> {
     use route_pb::route_match::PathSpecifier as P;
     no_header_mutations(
         r.request_headers_to_add.len(),
@@ -1091,7 +1379,10 @@ fn triple_route(r: &route_pb::Route, ctx: &Ctx<'_>, at: &str) -> Result<TripleRo
     };
     let mat = format!("{at}.match");
     if rm.case_sensitive.as_ref().is_some_and(|b| !b.value) {
-        return Err(ctx.err(format!("{mat}.case_sensitive"), "case-insensitive paths are not supported"));
+        return Err(ctx.err(
+            format!("{mat}.case_sensitive"),
+            "case-insensitive paths are not supported",
+        ));
     }
     if rm.runtime_fraction.is_some() {
         return Err(ctx.err(format!("{mat}.runtime_fraction"), "not supported"));
@@ -1116,18 +1407,35 @@ fn triple_route(r: &route_pb::Route, ctx: &Ctx<'_>, at: &str) -> Result<TripleRo
         Some(P::Prefix(p)) => {
             let rest = p.strip_prefix('/').unwrap_or(p);
             if !p.is_empty() && !p.starts_with('/') {
-                return Err(ctx.err(format!("{mat}.prefix"), format!("{p:?} does not start with /")));
+                return Err(ctx.err(
+                    format!("{mat}.prefix"),
+                    format!("{p:?} does not start with /"),
+                ));
             }
             match rest.split_once('/') {
                 None if rest.is_empty() => {}
-                None => m.service = Some(StringMatch { prefix: Some(rest.to_string()), ..Default::default() }),
+                None => {
+                    m.service = Some(StringMatch {
+                        prefix: Some(rest.to_string()),
+                        ..Default::default()
+                    })
+                }
                 Some((svc, method)) => {
                     if method.contains('/') || svc.is_empty() {
-                        return Err(ctx.err(format!("{mat}.prefix"), format!("{p:?} is not /{{service}}/{{method prefix}}")));
+                        return Err(ctx.err(
+                            format!("{mat}.prefix"),
+                            format!("{p:?} is not /{{service}}/{{method prefix}}"),
+                        ));
                     }
-                    m.service = Some(StringMatch { exact: Some(svc.to_string()), ..Default::default() });
+                    m.service = Some(StringMatch {
+                        exact: Some(svc.to_string()),
+                        ..Default::default()
+                    });
                     if !method.is_empty() {
-                        m.method = Some(StringMatch { prefix: Some(method.to_string()), ..Default::default() });
+                        m.method = Some(StringMatch {
+                            prefix: Some(method.to_string()),
+                            ..Default::default()
+                        });
                     }
                 }
             }
@@ -1136,34 +1444,61 @@ fn triple_route(r: &route_pb::Route, ctx: &Ctx<'_>, at: &str) -> Result<TripleRo
             let parts: Vec<&str> = p.split('/').collect();
             match parts.as_slice() {
                 ["", svc, method] if !svc.is_empty() && !method.is_empty() => {
-                    m.service = Some(StringMatch { exact: Some(svc.to_string()), ..Default::default() });
-                    m.method = Some(StringMatch { exact: Some(method.to_string()), ..Default::default() });
+                    m.service = Some(StringMatch {
+                        exact: Some(svc.to_string()),
+                        ..Default::default()
+                    });
+                    m.method = Some(StringMatch {
+                        exact: Some(method.to_string()),
+                        ..Default::default()
+                    });
                 }
-                _ => return Err(ctx.err(format!("{mat}.path"), format!("{p:?} is not /{{service}}/{{method}}"))),
+                _ => {
+                    return Err(ctx.err(
+                        format!("{mat}.path"),
+                        format!("{p:?} is not /{{service}}/{{method}}"),
+                    ))
+                }
             }
         }
         Some(P::SafeRegex(re)) => match split_path_regex(&re.regex) {
             Some((svc, method)) => {
                 if svc != ".*" && svc != ".+" {
-                    m.service = Some(StringMatch { regex: Some(svc), ..Default::default() });
+                    m.service = Some(StringMatch {
+                        regex: Some(svc),
+                        ..Default::default()
+                    });
                 }
                 if method != ".*" && method != ".+" {
-                    m.method = Some(StringMatch { regex: Some(method), ..Default::default() });
+                    m.method = Some(StringMatch {
+                        regex: Some(method),
+                        ..Default::default()
+                    });
                 }
             }
             None if re.regex == ".*" || re.regex == "/.*" => {}
             None => {
                 return Err(ctx.err(
                     format!("{mat}.safe_regex"),
-                    format!("{:?} is not of the form /SERVICE_REGEX/METHOD_REGEX", re.regex),
+                    format!(
+                        "{:?} is not of the form /SERVICE_REGEX/METHOD_REGEX",
+                        re.regex
+                    ),
                 ))
             }
         },
         Some(P::PathSeparatedPrefix(p)) => {
-            return Err(ctx.err(format!("{mat}.path_separated_prefix"), format!("{p:?}: not supported")))
+            return Err(ctx.err(
+                format!("{mat}.path_separated_prefix"),
+                format!("{p:?}: not supported"),
+            ))
         }
-        Some(P::ConnectMatcher(_)) => return Err(ctx.err(format!("{mat}.connect_matcher"), "CONNECT is not supported")),
-        Some(P::PathMatchPolicy(_)) => return Err(ctx.err(format!("{mat}.path_match_policy"), "not supported")),
+        Some(P::ConnectMatcher(_)) => {
+            return Err(ctx.err(format!("{mat}.connect_matcher"), "CONNECT is not supported"))
+        }
+        Some(P::PathMatchPolicy(_)) => {
+            return Err(ctx.err(format!("{mat}.path_match_policy"), "not supported"))
+        }
         None => return Err(ctx.err(format!("{mat}.prefix"), "missing path specifier")),
     }
     for (k, h) in rm.headers.iter().enumerate() {
@@ -1179,10 +1514,19 @@ fn triple_route(r: &route_pb::Route, ctx: &Ctx<'_>, at: &str) -> Result<TripleRo
         match (dedicated, pat) {
             (Some(slot), HeaderPat::Pat(Pat::Exact(v))) if slot.is_none() => *slot = Some(v),
             (_, HeaderPat::Pat(Pat::Exact(v))) if name == ":authority" && m.authority.is_none() => {
-                m.authority = Some(StringMatch { exact: Some(v), ..Default::default() })
+                m.authority = Some(StringMatch {
+                    exact: Some(v),
+                    ..Default::default()
+                })
             }
             (_, pat) => {
-                let mut hm = HeaderMatch { name, exact: None, prefix: None, regex: None, present: None };
+                let mut hm = HeaderMatch {
+                    name,
+                    exact: None,
+                    prefix: None,
+                    regex: None,
+                    present: None,
+                };
                 match pat {
                     HeaderPat::Pat(Pat::Exact(s)) => hm.exact = Some(s),
                     HeaderPat::Pat(Pat::Prefix(s)) => hm.prefix = Some(s),
@@ -1210,7 +1554,11 @@ fn triple_route(r: &route_pb::Route, ctx: &Ctx<'_>, at: &str) -> Result<TripleRo
     })
 }
 
-fn http_action(a: &route_pb::RouteAction, ctx: &Ctx<'_>, at: &str) -> Result<RouteAction, TranslateError> {
+fn http_action(
+    a: &route_pb::RouteAction,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<RouteAction, TranslateError> {
     use route_pb::route_action::ClusterSpecifier as C;
     let refuse = |field: &str, why: &str| Err(ctx.err(format!("{at}.{field}"), why.to_string()));
     if a.metadata_match.is_some() {
@@ -1238,14 +1586,25 @@ fn http_action(a: &route_pb::RouteAction, ctx: &Ctx<'_>, at: &str) -> Result<Rou
         return refuse("upgrade_configs", "upgrades are not supported");
     }
     let mut out = match &a.cluster_specifier {
-        Some(C::Cluster(c)) => RouteAction { cluster: Some(c.clone()), ..Default::default() },
+        Some(C::Cluster(c)) => RouteAction {
+            cluster: Some(c.clone()),
+            ..Default::default()
+        },
         Some(C::WeightedClusters(w)) => RouteAction {
             weighted_clusters: weighted(w, ctx, &format!("{at}.weighted_clusters"))?,
             ..Default::default()
         },
-        Some(C::ClusterHeader(_)) => return refuse("cluster_header", "clusters named by a header are not supported"),
+        Some(C::ClusterHeader(_)) => {
+            return refuse(
+                "cluster_header",
+                "clusters named by a header are not supported",
+            )
+        }
         Some(C::ClusterSpecifierPlugin(_)) | Some(C::InlineClusterSpecifierPlugin(_)) => {
-            return refuse("cluster_specifier_plugin", "cluster specifier plugins are not supported")
+            return refuse(
+                "cluster_specifier_plugin",
+                "cluster specifier plugins are not supported",
+            )
         }
         None => return refuse("cluster", "give cluster or weighted_clusters"),
     };
@@ -1264,7 +1623,10 @@ pub(crate) fn decode_cluster(any: &Any) -> Result<(String, ClusterRes), Translat
 
 fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     use cluster_pb::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as L};
-    let ctx = Ctx { kind: "cluster", name: &c.name };
+    let ctx = Ctx {
+        kind: "cluster",
+        name: &c.name,
+    };
     let refuse = |field: &str, why: &str| Err(ctx.err(field.to_string(), why.to_string()));
     if c.name.is_empty() {
         return refuse("name", "must not be empty");
@@ -1277,7 +1639,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     }
     if let Some(ts) = &c.transport_socket {
         if ts.name != RAW_BUFFER_SOCKET {
-            return Err(ctx.err("transport_socket", format!("transport socket {:?} (TLS) is not supported", ts.name)));
+            return Err(ctx.err(
+                "transport_socket",
+                format!("transport socket {:?} (TLS) is not supported", ts.name),
+            ));
         }
     }
     if !c.health_checks.is_empty() {
@@ -1290,7 +1655,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         return refuse("lb_subset_config", "subset load balancing is not supported");
     }
     if c.load_balancing_policy.is_some() {
-        return refuse("load_balancing_policy", "give lb_policy ROUND_ROBIN or LEAST_REQUEST instead");
+        return refuse(
+            "load_balancing_policy",
+            "give lb_policy ROUND_ROBIN or LEAST_REQUEST instead",
+        );
     }
     if c.upstream_bind_config.is_some() {
         return refuse("upstream_bind_config", "not supported");
@@ -1315,7 +1683,15 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     let lb = match L::try_from(c.lb_policy) {
         Ok(L::RoundRobin) => LbPolicy::RoundRobin,
         Ok(L::LeastRequest) => LbPolicy::LeastRequest,
-        _ => return Err(ctx.err("lb_policy", format!("only ROUND_ROBIN or LEAST_REQUEST is supported (got {})", c.lb_policy))),
+        _ => {
+            return Err(ctx.err(
+                "lb_policy",
+                format!(
+                    "only ROUND_ROBIN or LEAST_REQUEST is supported (got {})",
+                    c.lb_policy
+                ),
+            ))
+        }
     };
     let connect_timeout_ms = match &c.connect_timeout {
         Some(d) => duration_ms(d, &ctx, "connect_timeout")?,
@@ -1323,7 +1699,9 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     };
     let ty = match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) => *t,
-        Some(ClusterDiscoveryType::ClusterType(_)) => return refuse("cluster_type", "custom cluster types are not supported"),
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return refuse("cluster_type", "custom cluster types are not supported")
+        }
         None => DiscoveryType::Static as i32,
     };
     let mut out = Cluster {
@@ -1343,16 +1721,28 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
                 ads_source(cs, &ctx, "eds_cluster_config.eds_config")?;
             }
             let service = cfg.map(|e| e.service_name.as_str()).unwrap_or("");
-            Some(if service.is_empty() { c.name.clone() } else { service.to_string() })
+            Some(if service.is_empty() {
+                c.name.clone()
+            } else {
+                service.to_string()
+            })
         }
         Ok(DiscoveryType::Static) | Ok(DiscoveryType::StrictDns) => {
             let Some(la) = &c.load_assignment else {
-                return refuse("load_assignment", "a STATIC or STRICT_DNS cluster needs an inline load_assignment");
+                return refuse(
+                    "load_assignment",
+                    "a STATIC or STRICT_DNS cluster needs an inline load_assignment",
+                );
             };
             out.endpoints = endpoints(la, &ctx, "load_assignment")?;
             None
         }
-        _ => return Err(ctx.err("type", format!("only STATIC, STRICT_DNS (IP literals) or EDS is supported (got {ty})"))),
+        _ => {
+            return Err(ctx.err(
+                "type",
+                format!("only STATIC, STRICT_DNS (IP literals) or EDS is supported (got {ty})"),
+            ))
+        }
     };
     Ok(ClusterRes { cluster: out, eds })
 }
@@ -1361,7 +1751,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
 
 pub(crate) fn decode_endpoints(any: &Any) -> Result<(String, Vec<SocketAddr>), TranslateError> {
     let la: endpoint_pb::ClusterLoadAssignment = decode_top(any, ENDPOINT_TYPE)?;
-    let ctx = Ctx { kind: "cluster load assignment", name: &la.cluster_name };
+    let ctx = Ctx {
+        kind: "cluster load assignment",
+        name: &la.cluster_name,
+    };
     if la.cluster_name.is_empty() {
         return Err(ctx.err("cluster_name", "must not be empty"));
     }
@@ -1377,7 +1770,10 @@ fn endpoints(
 ) -> Result<Vec<SocketAddr>, TranslateError> {
     use core_pb::HealthStatus as H;
     if !la.named_endpoints.is_empty() {
-        return Err(ctx.err(join(at, "named_endpoints"), "named endpoints are not supported"));
+        return Err(ctx.err(
+            join(at, "named_endpoints"),
+            "named endpoints are not supported",
+        ));
     }
     let top = la.endpoints.iter().map(|l| l.priority).min().unwrap_or(0);
     let mut out = Vec::new();
@@ -1387,12 +1783,19 @@ fn endpoints(
             let ep = match &e.host_identifier {
                 Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
                 Some(endpoint_pb::lb_endpoint::HostIdentifier::EndpointName(_)) => {
-                    return Err(ctx.err(format!("{eat}.endpoint_name"), "named endpoints are not supported"))
+                    return Err(ctx.err(
+                        format!("{eat}.endpoint_name"),
+                        "named endpoints are not supported",
+                    ))
                 }
                 None => return Err(ctx.err(format!("{eat}.endpoint"), "missing")),
             };
-            let addr = socket_address(ep.address.as_ref(), ctx, &format!("{eat}.endpoint.address"))?;
-            let excluded = matches!(H::try_from(e.health_status), Ok(H::Unhealthy | H::Draining | H::Timeout));
+            let addr =
+                socket_address(ep.address.as_ref(), ctx, &format!("{eat}.endpoint.address"))?;
+            let excluded = matches!(
+                H::try_from(e.health_status),
+                Ok(H::Unhealthy | H::Draining | H::Timeout)
+            );
             if l.priority == top && !excluded {
                 out.push(addr);
             }

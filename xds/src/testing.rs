@@ -12,11 +12,13 @@ use envoy_types::util::pack_any;
 
 pub(crate) fn addr(ip: &str, port: u32) -> core_pb::Address {
     core_pb::Address {
-        address: Some(core_pb::address::Address::SocketAddress(core_pb::SocketAddress {
-            address: ip.into(),
-            port_specifier: Some(core_pb::socket_address::PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
+        address: Some(core_pb::address::Address::SocketAddress(
+            core_pb::SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(core_pb::socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            },
+        )),
     }
 }
 
@@ -58,15 +60,19 @@ pub(crate) fn hcm_rds(route_name: &str) -> Any {
     pack_any(hcm_pb::HttpConnectionManager {
         stat_prefix: "h".into(),
         http_filters: vec![router_filter()],
-        route_specifier: Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(hcm_pb::Rds {
-            config_source: Some(core_pb::ConfigSource {
-                config_source_specifier: Some(core_pb::config_source::ConfigSourceSpecifier::Ads(
-                    core_pb::AggregatedConfigSource {},
-                )),
-                ..Default::default()
-            }),
-            route_config_name: route_name.into(),
-        })),
+        route_specifier: Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(
+            hcm_pb::Rds {
+                config_source: Some(core_pb::ConfigSource {
+                    config_source_specifier: Some(
+                        core_pb::config_source::ConfigSourceSpecifier::Ads(
+                            core_pb::AggregatedConfigSource {},
+                        ),
+                    ),
+                    ..Default::default()
+                }),
+                route_config_name: route_name.into(),
+            },
+        )),
         ..Default::default()
     })
 }
@@ -87,14 +93,20 @@ pub(crate) fn route_to(prefix: &str, cluster: &str) -> route_pb::Route {
             ..Default::default()
         }),
         action: Some(route_pb::route::Action::Route(route_pb::RouteAction {
-            cluster_specifier: Some(route_pb::route_action::ClusterSpecifier::Cluster(cluster.into())),
+            cluster_specifier: Some(route_pb::route_action::ClusterSpecifier::Cluster(
+                cluster.into(),
+            )),
             ..Default::default()
         })),
         ..Default::default()
     }
 }
 
-pub(crate) fn route_config_pb(name: &str, domains: &[&str], routes: Vec<route_pb::Route>) -> route_pb::RouteConfiguration {
+pub(crate) fn route_config_pb(
+    name: &str,
+    domains: &[&str],
+    routes: Vec<route_pb::Route>,
+) -> route_pb::RouteConfiguration {
     route_pb::RouteConfiguration {
         name: name.into(),
         virtual_hosts: vec![route_pb::VirtualHost {
@@ -114,7 +126,10 @@ pub(crate) fn route_config(name: &str, cluster: &str) -> Any {
 pub(crate) fn cluster_eds_pb(name: &str, service: &str) -> cluster_pb::Cluster {
     cluster_pb::Cluster {
         name: name.into(),
-        connect_timeout: Some(Duration { seconds: 2, nanos: 500_000 }),
+        connect_timeout: Some(Duration {
+            seconds: 2,
+            nanos: 500_000,
+        }),
         cluster_discovery_type: Some(cluster_pb::cluster::ClusterDiscoveryType::Type(
             cluster_pb::cluster::DiscoveryType::Eds as i32,
         )),
@@ -143,7 +158,10 @@ pub(crate) fn cla_pb(name: &str, addrs: &[(&str, u32)]) -> endpoint_pb::ClusterL
                 .iter()
                 .map(|(ip, port)| endpoint_pb::LbEndpoint {
                     host_identifier: Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(
-                        endpoint_pb::Endpoint { address: Some(addr(ip, *port)), ..Default::default() },
+                        endpoint_pb::Endpoint {
+                            address: Some(addr(ip, *port)),
+                            ..Default::default()
+                        },
                     )),
                     ..Default::default()
                 })
