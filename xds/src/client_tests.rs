@@ -756,3 +756,57 @@ async fn unreachable_server_serves_the_static_config_after_the_timeout() {
     assert_eq!(stats.updates, 1);
     assert!(stats.reconnects >= 1, "{stats:?}");
 }
+
+#[tokio::test]
+async fn delta_reconnect_sends_initial_resource_versions() {
+    let mut server = Server::start(0).await;
+    let port = server.port;
+    let mut sidecar = Sidecar::start(
+        port,
+        config::XdsMode::Delta,
+        30_000,
+        config::Config::default(),
+    );
+    server.next_delta().await;
+    server.next_delta().await;
+    server.wait_stream().await;
+    server.send_delta(
+        CLUSTER_TYPE,
+        vec![("users", "u7", cluster_eds("users", "users-eds"))],
+        &[],
+    );
+    server.next_delta().await; // ACK
+    server.next_delta().await; // EDS subscription
+    server.send_delta(
+        ENDPOINT_TYPE,
+        vec![("users-eds", "e7", cla("users-eds", &[("10.0.0.1", 80)]))],
+        &[],
+    );
+    server.next_delta().await;
+    sidecar.update().await;
+
+    server.stop();
+    drop(server);
+    let mut server = Server::start(port).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let r = server.next_delta().await;
+        assert_eq!(r.response_nonce, "");
+        seen.insert(
+            r.type_url.clone(),
+            (
+                r.resource_names_subscribe.clone(),
+                r.initial_resource_versions.clone(),
+            ),
+        );
+    }
+    let (sub, versions) = &seen[CLUSTER_TYPE];
+    assert_eq!(sub, &vec!["*".to_string()]);
+    assert_eq!(versions.get("users").map(String::as_str), Some("u7"));
+    let (sub, versions) = &seen[ENDPOINT_TYPE];
+    assert_eq!(sub, &vec!["users-eds".to_string()]);
+    assert_eq!(versions.get("users-eds").map(String::as_str), Some("e7"));
+    assert!(seen[LISTENER_TYPE].1.is_empty());
+    assert!(sidecar.stats().reconnects >= 1);
+    server.stop();
+}
