@@ -1,0 +1,803 @@
+//! The ADS stream: requests, ACK/NACK, subscriptions, warming, reconnects. Runs only on the xds
+//! thread's current-thread runtime. The resource cache holds translated resources (plain
+//! types); a response is translated into a copy of the cache, and the copy replaces the cache
+//! only when the response is ACKed, so a NACK leaves the last good state as it was.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use config::{Config, Listener, Source, TripleRoute, XdsMode};
+
+use crate::proto::{self, ClusterRes, ListenerRes};
+use crate::{ApplyFn, Shared, TranslateError, Update, Versions};
+
+/// google.rpc.Code INVALID_ARGUMENT, the code of every NACK.
+const INVALID_ARGUMENT: i32 = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Lds = 0,
+    Rds = 1,
+    Cds = 2,
+    Eds = 3,
+}
+
+const KINDS_IN_ORDER: [Kind; 4] = [Kind::Cds, Kind::Eds, Kind::Lds, Kind::Rds];
+
+impl Kind {
+    fn type_url(self) -> &'static str {
+        match self {
+            Kind::Lds => proto::LISTENER_TYPE,
+            Kind::Rds => proto::ROUTE_TYPE,
+            Kind::Cds => proto::CLUSTER_TYPE,
+            Kind::Eds => proto::ENDPOINT_TYPE,
+        }
+    }
+
+    fn from_url(url: &str) -> Option<Kind> {
+        [Kind::Lds, Kind::Rds, Kind::Cds, Kind::Eds]
+            .into_iter()
+            .find(|k| k.type_url() == url)
+    }
+
+    /// LDS and CDS are wildcard subscriptions whose state-of-the-world responses are complete.
+    fn wildcard(self) -> bool {
+        matches!(self, Kind::Lds | Kind::Cds)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry<T> {
+    version: String,
+    value: T,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    listeners: BTreeMap<String, Entry<ListenerRes>>,
+    routes: BTreeMap<String, Entry<Vec<TripleRoute>>>,
+    clusters: BTreeMap<String, Entry<ClusterRes>>,
+    endpoints: BTreeMap<String, Entry<Vec<SocketAddr>>>,
+}
+
+impl Cache {
+    fn names(&self, kind: Kind) -> Vec<(String, String)> {
+        fn v<T>(m: &BTreeMap<String, Entry<T>>) -> Vec<(String, String)> {
+            m.iter()
+                .map(|(k, e)| (k.clone(), e.version.clone()))
+                .collect()
+        }
+        match kind {
+            Kind::Lds => v(&self.listeners),
+            Kind::Rds => v(&self.routes),
+            Kind::Cds => v(&self.clusters),
+            Kind::Eds => v(&self.endpoints),
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, name: &str) {
+        match kind {
+            Kind::Lds => drop(self.listeners.remove(name)),
+            Kind::Rds => drop(self.routes.remove(name)),
+            Kind::Cds => drop(self.clusters.remove(name)),
+            Kind::Eds => drop(self.endpoints.remove(name)),
+        }
+    }
+
+    fn clear(&mut self, kind: Kind) {
+        match kind {
+            Kind::Lds => self.listeners.clear(),
+            Kind::Rds => self.routes.clear(),
+            Kind::Cds => self.clusters.clear(),
+            Kind::Eds => self.endpoints.clear(),
+        }
+    }
+
+    /// Translates and inserts one resource.
+    fn insert(&mut self, kind: Kind, any: &Any, version: &str) -> Result<(), TranslateError> {
+        let version = version.to_string();
+        match kind {
+            Kind::Lds => {
+                let (name, value) = proto::decode_listener(any)?;
+                self.listeners.insert(name, Entry { version, value });
+            }
+            Kind::Rds => {
+                let (name, value) = proto::decode_route(any)?;
+                self.routes.insert(name, Entry { version, value });
+            }
+            Kind::Cds => {
+                let (name, value) = proto::decode_cluster(any)?;
+                self.clusters.insert(name, Entry { version, value });
+            }
+            Kind::Eds => {
+                let (name, value) = proto::decode_endpoints(any)?;
+                self.endpoints.insert(name, Entry { version, value });
+            }
+        }
+        Ok(())
+    }
+
+    /// RDS names the listeners reference.
+    fn wanted_routes(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .filter_map(|l| l.value.rds.clone())
+            .collect()
+    }
+
+    /// EDS names the clusters reference.
+    fn wanted_endpoints(&self) -> BTreeSet<String> {
+        self.clusters
+            .values()
+            .filter_map(|c| c.value.eds.clone())
+            .collect()
+    }
+}
+
+/// Every cluster a listener sends traffic to.
+fn referenced_clusters(l: &Listener) -> Vec<&str> {
+    let mut out: Vec<&str> = l.cluster.iter().map(String::as_str).collect();
+    let actions = l
+        .dubbo
+        .iter()
+        .flat_map(|d| d.routes.iter().map(|r| &r.route))
+        .chain(
+            l.triple
+                .iter()
+                .flat_map(|t| t.routes.iter().map(|r| &r.route)),
+        );
+    for a in actions {
+        out.extend(a.cluster.as_deref());
+        out.extend(a.weighted_clusters.iter().map(|w| w.name.as_str()));
+    }
+    out
+}
+
+/// A response, either flavour, as the cache sees it.
+enum Changes<'a> {
+    /// State of the world: all resources (LDS, CDS) or the ones sent (RDS, EDS).
+    Sotw(&'a [Any]),
+    /// Incremental: (version, resource) added or changed, and names removed.
+    Delta(Vec<(String, &'a Any)>, &'a [String]),
+}
+
+pub(crate) struct Client {
+    bootstrap: config::XdsBootstrap,
+    static_config: Config,
+    apply: ApplyFn,
+    shared: Arc<Shared>,
+    cache: Cache,
+    /// Per Kind: last accepted version (state of the world) or system version (delta).
+    versions: [String; 4],
+    /// Per Kind: nonce of the last response on the current stream.
+    nonces: [String; 4],
+    /// RDS and EDS names requested on the current stream.
+    requested_routes: BTreeSet<String>,
+    requested_endpoints: BTreeSet<String>,
+    /// Per Kind: changed since the last applied snapshot.
+    dirty: [bool; 4],
+    applied_once: bool,
+    first_deadline: Instant,
+    /// The first deadline has passed (and its forced apply was tried).
+    deadline_done: bool,
+}
+
+enum Exit {
+    Stopped,
+    Failed { got_response: bool, why: String },
+}
+
+// === impl Client ===
+
+impl Client {
+    pub(crate) fn new(
+        bootstrap: config::XdsBootstrap,
+        static_config: Config,
+        apply: ApplyFn,
+        shared: Arc<Shared>,
+    ) -> Client {
+        let first_deadline =
+            Instant::now() + Duration::from_millis(bootstrap.initial_fetch_timeout_ms);
+        Client {
+            bootstrap,
+            static_config,
+            apply,
+            shared,
+            cache: Cache::default(),
+            versions: Default::default(),
+            nonces: Default::default(),
+            requested_routes: BTreeSet::new(),
+            requested_endpoints: BTreeSet::new(),
+            dirty: [false; 4],
+            applied_once: false,
+            first_deadline,
+            deadline_done: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let initial = self.bootstrap.retry_initial_ms.max(1);
+        let max = self.bootstrap.retry_max_ms.max(initial);
+        let mut backoff = initial;
+        let mut first = true;
+        loop {
+            if !first {
+                self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            let exit = self.connect_and_serve(&mut stop).await;
+            self.shared.connected.store(false, Ordering::Relaxed);
+            match exit {
+                Exit::Stopped => return,
+                Exit::Failed { got_response, why } => {
+                    tracing::warn!(server = %self.bootstrap.server, "xds stream ended: {why}");
+                    if got_response {
+                        backoff = initial;
+                    }
+                }
+            }
+            let delay = jitter(backoff);
+            backoff = backoff.saturating_mul(2).min(max);
+            if self.pause(Duration::from_millis(delay), &mut stop).await {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps, still applying the first snapshot at its deadline; true when stopped.
+    async fn pause(&mut self, d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            if *stop.borrow() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return false,
+                _ = tokio::time::sleep_until(self.first_deadline), if !self.applied_once && !self.deadline_done => {
+                    self.deadline_passed();
+                }
+                _ = stop.changed() => return true,
+            }
+        }
+    }
+
+    fn deadline_passed(&mut self) {
+        if self.applied_once {
+            return;
+        }
+        // Once only: after this, every response tries a forced apply until one succeeds.
+        self.deadline_done = true;
+        let cand = self.cache.clone();
+        if let Err(detail) = self.try_apply(cand, true) {
+            tracing::warn!("xds: initial snapshot not applied: {detail}");
+            self.shared.with_text(|t| t.0 = Some(detail));
+        }
+    }
+
+    async fn connect_and_serve(&mut self, stop: &mut watch::Receiver<bool>) -> Exit {
+        let endpoint = match tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            self.bootstrap.server
+        )) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            Err(e) => {
+                return Exit::Failed {
+                    got_response: false,
+                    why: e.to_string(),
+                }
+            }
+        };
+        let channel = tokio::select! {
+            c = endpoint.connect() => match c {
+                Ok(c) => c,
+                Err(e) => return Exit::Failed { got_response: false, why: format!("connect: {e}") },
+            },
+            _ = stop.changed() => return Exit::Stopped,
+        };
+        let client = AggregatedDiscoveryServiceClient::new(channel);
+        self.nonces = Default::default();
+        self.requested_routes.clear();
+        self.requested_endpoints.clear();
+        match self.bootstrap.mode {
+            XdsMode::Sotw => self.serve_sotw(client, stop).await,
+            XdsMode::Delta => self.serve_delta(client, stop).await,
+        }
+    }
+
+    fn node(&self) -> core_pb::Node {
+        core_pb::Node {
+            id: self.bootstrap.node_id.clone(),
+            cluster: self.bootstrap.node_cluster.clone(),
+            locality: self.bootstrap.locality.as_ref().map(|l| core_pb::Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            }),
+            user_agent_name: "ringside".into(),
+            ..Default::default()
+        }
+    }
+
+    // --- state of the world ---
+
+    fn sotw_request(&self, kind: Kind, error: Option<String>) -> DiscoveryRequest {
+        let names = match kind {
+            Kind::Rds => self.requested_routes.iter().cloned().collect(),
+            Kind::Eds => self.requested_endpoints.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        DiscoveryRequest {
+            version_info: self.versions[kind as usize].clone(),
+            node: Some(self.node()),
+            resource_names: names,
+            type_url: kind.type_url().into(),
+            response_nonce: self.nonces[kind as usize].clone(),
+            error_detail: error.map(|message| Status {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn serve_sotw(
+        &mut self,
+        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Exit {
+        let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
+        // Resubscribe: CDS and LDS always, RDS and EDS for what the cache references, each with
+        // the version we hold so the server can skip what we have.
+        self.requested_routes = self.cache.wanted_routes();
+        self.requested_endpoints = self.cache.wanted_endpoints();
+        for kind in KINDS_IN_ORDER {
+            let needed = match kind {
+                Kind::Rds => !self.requested_routes.is_empty(),
+                Kind::Eds => !self.requested_endpoints.is_empty(),
+                _ => true,
+            };
+            if needed {
+                let _ = tx.send(self.sotw_request(kind, None));
+            }
+        }
+        let response = tokio::select! {
+            r = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)) => r,
+            _ = stop.changed() => return Exit::Stopped,
+        };
+        let mut stream = match response {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                return Exit::Failed {
+                    got_response: false,
+                    why: format!("open stream: {s}"),
+                }
+            }
+        };
+        self.shared.connected.store(true, Ordering::Relaxed);
+        let mut got_response = false;
+        loop {
+            tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(resp)) => {
+                        got_response = true;
+                        self.on_sotw(resp, &tx);
+                    }
+                    Ok(None) => return Exit::Failed { got_response, why: "server closed the stream".into() },
+                    Err(s) => return Exit::Failed { got_response, why: s.to_string() },
+                },
+                _ = tokio::time::sleep_until(self.first_deadline), if !self.applied_once && !self.deadline_done => {
+                    self.deadline_passed();
+                    self.sync_subscriptions_sotw(&tx);
+                }
+                _ = stop.changed() => return Exit::Stopped,
+            }
+        }
+    }
+
+    fn on_sotw(&mut self, resp: DiscoveryResponse, tx: &mpsc::UnboundedSender<DiscoveryRequest>) {
+        let Some(kind) = Kind::from_url(&resp.type_url) else {
+            tracing::warn!("xds: ignoring response of unknown type {}", resp.type_url);
+            return;
+        };
+        self.nonces[kind as usize] = resp.nonce.clone();
+        match self.on_response(kind, &resp.version_info, Changes::Sotw(&resp.resources)) {
+            Ok(()) => {
+                let _ = tx.send(self.sotw_request(kind, None));
+                self.shared.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(detail) => {
+                self.nack(&detail);
+                let _ = tx.send(self.sotw_request(kind, Some(detail)));
+            }
+        }
+        self.sync_subscriptions_sotw(tx);
+    }
+
+    fn sync_subscriptions_sotw(&mut self, tx: &mpsc::UnboundedSender<DiscoveryRequest>) {
+        let routes = self.cache.wanted_routes();
+        if routes != self.requested_routes {
+            self.requested_routes = routes;
+            let _ = tx.send(self.sotw_request(Kind::Rds, None));
+        }
+        let endpoints = self.cache.wanted_endpoints();
+        if endpoints != self.requested_endpoints {
+            self.requested_endpoints = endpoints;
+            let _ = tx.send(self.sotw_request(Kind::Eds, None));
+        }
+    }
+
+    // --- incremental ---
+
+    async fn serve_delta(
+        &mut self,
+        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Exit {
+        let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
+        self.requested_routes = self.cache.wanted_routes();
+        self.requested_endpoints = self.cache.wanted_endpoints();
+        for kind in KINDS_IN_ORDER {
+            let subscribe: Vec<String> = match kind {
+                Kind::Rds if self.requested_routes.is_empty() => continue,
+                Kind::Eds if self.requested_endpoints.is_empty() => continue,
+                Kind::Rds => self.requested_routes.iter().cloned().collect(),
+                Kind::Eds => self.requested_endpoints.iter().cloned().collect(),
+                // An explicit wildcard, so a reconnect stays a wildcard subscription.
+                _ => vec!["*".into()],
+            };
+            let initial: HashMap<String, String> = self.cache.names(kind).into_iter().collect();
+            let _ = tx.send(DeltaDiscoveryRequest {
+                node: Some(self.node()),
+                type_url: kind.type_url().into(),
+                resource_names_subscribe: subscribe,
+                initial_resource_versions: initial,
+                ..Default::default()
+            });
+        }
+        let response = tokio::select! {
+            r = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx)) => r,
+            _ = stop.changed() => return Exit::Stopped,
+        };
+        let mut stream = match response {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                return Exit::Failed {
+                    got_response: false,
+                    why: format!("open stream: {s}"),
+                }
+            }
+        };
+        self.shared.connected.store(true, Ordering::Relaxed);
+        let mut got_response = false;
+        loop {
+            tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(resp)) => {
+                        got_response = true;
+                        self.on_delta(resp, &tx);
+                    }
+                    Ok(None) => return Exit::Failed { got_response, why: "server closed the stream".into() },
+                    Err(s) => return Exit::Failed { got_response, why: s.to_string() },
+                },
+                _ = tokio::time::sleep_until(self.first_deadline), if !self.applied_once && !self.deadline_done => {
+                    self.deadline_passed();
+                    self.sync_subscriptions_delta(&tx);
+                }
+                _ = stop.changed() => return Exit::Stopped,
+            }
+        }
+    }
+
+    fn on_delta(
+        &mut self,
+        resp: DeltaDiscoveryResponse,
+        tx: &mpsc::UnboundedSender<DeltaDiscoveryRequest>,
+    ) {
+        let Some(kind) = Kind::from_url(&resp.type_url) else {
+            tracing::warn!("xds: ignoring response of unknown type {}", resp.type_url);
+            return;
+        };
+        let version = if resp.system_version_info.is_empty() {
+            resp.nonce.clone()
+        } else {
+            resp.system_version_info.clone()
+        };
+        let added: Vec<(String, &Any)> = resp
+            .resources
+            .iter()
+            .filter_map(|r| r.resource.as_ref().map(|a| (r.version.clone(), a)))
+            .collect();
+        let result = self.on_response(
+            kind,
+            &version,
+            Changes::Delta(added, &resp.removed_resources),
+        );
+        let error_detail = match result {
+            Ok(()) => {
+                self.shared.acks.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(detail) => {
+                self.nack(&detail);
+                Some(Status {
+                    code: INVALID_ARGUMENT,
+                    message: detail,
+                    details: Vec::new(),
+                })
+            }
+        };
+        let _ = tx.send(DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            response_nonce: resp.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        });
+        self.sync_subscriptions_delta(tx);
+    }
+
+    fn sync_subscriptions_delta(&mut self, tx: &mpsc::UnboundedSender<DeltaDiscoveryRequest>) {
+        for kind in [Kind::Eds, Kind::Rds] {
+            let (wanted, requested) = match kind {
+                Kind::Rds => (self.cache.wanted_routes(), &mut self.requested_routes),
+                _ => (self.cache.wanted_endpoints(), &mut self.requested_endpoints),
+            };
+            if wanted == *requested {
+                continue;
+            }
+            let subscribe: Vec<String> = wanted.difference(requested).cloned().collect();
+            let unsubscribe: Vec<String> = requested.difference(&wanted).cloned().collect();
+            *requested = wanted;
+            let _ = tx.send(DeltaDiscoveryRequest {
+                type_url: kind.type_url().into(),
+                resource_names_subscribe: subscribe,
+                resource_names_unsubscribe: unsubscribe,
+                ..Default::default()
+            });
+        }
+    }
+
+    // --- both ---
+
+    fn nack(&mut self, detail: &str) {
+        tracing::warn!("xds: NACK: {detail}");
+        self.shared.nacks.fetch_add(1, Ordering::Relaxed);
+        self.shared.with_text(|t| t.0 = Some(detail.to_string()));
+    }
+
+    /// Translates a response into a copy of the cache and applies it when warm. `Err` is the
+    /// NACK detail; the cache is then untouched.
+    fn on_response(
+        &mut self,
+        kind: Kind,
+        version: &str,
+        changes: Changes<'_>,
+    ) -> Result<(), String> {
+        let mut cand = self.cache.clone();
+        match changes {
+            Changes::Sotw(resources) => {
+                if kind.wildcard() {
+                    cand.clear(kind);
+                }
+                for any in resources {
+                    cand.insert(kind, any, version).map_err(|e| e.to_string())?;
+                }
+            }
+            Changes::Delta(added, removed) => {
+                for name in removed {
+                    cand.remove(kind, name);
+                }
+                for (v, any) in added {
+                    cand.insert(kind, any, &v).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        self.check_static_names(&cand, kind)?;
+        // Drop routes and endpoints nothing references any more (they are unsubscribed).
+        let routes = cand.wanted_routes();
+        cand.routes.retain(|k, _| routes.contains(k));
+        let endpoints = cand.wanted_endpoints();
+        cand.endpoints.retain(|k, _| endpoints.contains(k));
+
+        let version_before = self.versions[kind as usize].clone();
+        let dirty_before = self.dirty;
+        self.versions[kind as usize] = version.to_string();
+        self.dirty[kind as usize] = true;
+        let forced = !self.applied_once && self.deadline_done;
+        match self.try_apply(cand, forced) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.versions[kind as usize] = version_before;
+                self.dirty = dirty_before;
+                Err(e)
+            }
+        }
+    }
+
+    fn check_static_names(&self, cand: &Cache, kind: Kind) -> Result<(), String> {
+        let clash = match kind {
+            Kind::Lds => self
+                .static_config
+                .listeners
+                .iter()
+                .find(|l| cand.listeners.contains_key(&l.name))
+                .map(|l| ("listener", &l.name)),
+            Kind::Cds => self
+                .static_config
+                .clusters
+                .iter()
+                .find(|c| cand.clusters.contains_key(&c.name))
+                .map(|c| ("cluster", &c.name)),
+            _ => None,
+        };
+        match clash {
+            Some((what, name)) => Err(TranslateError::Field {
+                kind: what,
+                name: name.clone(),
+                field: "name".into(),
+                message: format!("a static {what} has this name"),
+            }
+            .to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Every listener's routes and clusters are there, and every EDS cluster has endpoints.
+    fn warm(&self, cand: &Cache) -> bool {
+        let listeners_ready = cand
+            .listeners
+            .values()
+            .all(|l| self.listener_ready(cand, &l.value));
+        let endpoints_ready = cand
+            .clusters
+            .values()
+            .filter_map(|c| c.value.eds.as_ref())
+            .all(|n| cand.endpoints.contains_key(n));
+        listeners_ready && endpoints_ready
+    }
+
+    fn listener_ready(&self, cand: &Cache, l: &ListenerRes) -> bool {
+        let routes_ok = l.rds.as_ref().is_none_or(|n| cand.routes.contains_key(n));
+        let filled = self.fill(cand, l);
+        routes_ok
+            && referenced_clusters(&filled)
+                .iter()
+                .all(|c| cand.clusters.contains_key(*c) || self.static_config.cluster(c).is_some())
+    }
+
+    /// The listener with its RDS routes filled in.
+    fn fill(&self, cand: &Cache, l: &ListenerRes) -> Listener {
+        let mut out = l.listener.clone();
+        if let (Some(name), Some(t)) = (&l.rds, out.triple.as_mut()) {
+            if let Some(r) = cand.routes.get(name) {
+                t.routes = r.value.clone();
+            }
+        }
+        out
+    }
+
+    /// Static config plus the dynamic resources; with `ready_only`, listeners whose routes or
+    /// clusters are missing are left out.
+    fn assemble(&self, cand: &Cache, ready_only: bool) -> Result<Config, TranslateError> {
+        let mut config = self.static_config.clone();
+        for c in cand.clusters.values() {
+            let mut cluster = c.value.cluster.clone();
+            if let Some(e) = c.value.eds.as_ref().and_then(|n| cand.endpoints.get(n)) {
+                cluster.endpoints = e.value.clone();
+            }
+            config.clusters.push(cluster);
+        }
+        for l in cand.listeners.values() {
+            if ready_only && !self.listener_ready(cand, &l.value) {
+                continue;
+            }
+            config.listeners.push(self.fill(cand, &l.value));
+        }
+        let problems = config.validate_as(Source::Dynamic);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(TranslateError::Invalid {
+                problems: name_problems(&config, problems),
+            })
+        }
+    }
+
+    /// Applies `cand` when warm (or `forced` by the first deadline) and commits it to the cache;
+    /// when not warm, commits it without applying.
+    fn try_apply(&mut self, cand: Cache, forced: bool) -> Result<(), String> {
+        let warm = self.warm(&cand);
+        if !warm && !forced {
+            self.cache = cand;
+            return Ok(());
+        }
+        let config = self.assemble(&cand, !warm).map_err(|e| e.to_string())?;
+        let d = self.dirty;
+        let eds_only = self.applied_once
+            && d[Kind::Eds as usize]
+            && !d[Kind::Lds as usize]
+            && !d[Kind::Rds as usize]
+            && !d[Kind::Cds as usize];
+        let versions = Versions {
+            lds: self.versions[Kind::Lds as usize].clone(),
+            rds: self.versions[Kind::Rds as usize].clone(),
+            cds: self.versions[Kind::Cds as usize].clone(),
+            eds: self.versions[Kind::Eds as usize].clone(),
+        };
+        (self.apply)(Update {
+            config,
+            versions: versions.clone(),
+            eds_only,
+        })?;
+        self.cache = cand;
+        self.dirty = [false; 4];
+        self.applied_once = true;
+        self.shared.updates.fetch_add(1, Ordering::Relaxed);
+        self.shared.with_text(|t| t.1 = versions);
+        Ok(())
+    }
+}
+
+/// Prefixes `listeners[i]` / `clusters[i]` problems with the resource's name, which is what
+/// the control plane knows.
+fn name_problems(config: &Config, problems: Vec<(String, String)>) -> Vec<(String, String)> {
+    problems
+        .into_iter()
+        .map(|(field, message)| {
+            let named = (|| {
+                let (list, rest) = field.split_once('[')?;
+                let (index, _) = rest.split_once(']')?;
+                let i: usize = index.parse().ok()?;
+                let name = match list {
+                    "listeners" => &config.listeners.get(i)?.name,
+                    "clusters" => &config.clusters.get(i)?.name,
+                    _ => return None,
+                };
+                Some(format!("{} ({name:?})", field))
+            })();
+            (named.unwrap_or(field), message)
+        })
+        .collect()
+}
+
+/// A delay in [base/2, base] (ms), spread so that many sidecars do not reconnect in step.
+fn jitter(base_ms: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let half = base_ms / 2;
+    half + h.finish() % (base_ms - half + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_half_to_full() {
+        for base in [1u64, 2, 500, 30_000] {
+            for _ in 0..100 {
+                let j = jitter(base);
+                assert!(j >= base / 2 && j <= base, "{j} for {base}");
+            }
+        }
+    }
+}

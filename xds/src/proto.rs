@@ -1,0 +1,1809 @@
+//! Envoy v3 resources into ringside's config types: the only module (with `client`) that sees a
+//! prost type. Each `decode_*` takes one `Any` from a discovery response and returns a plain
+//! translated resource, or a [`TranslateError`] naming the resource and the field (as a path
+//! from the resource's root, proto field names) that ringside cannot honour.
+//!
+//! The rule for which fields are accepted (docs/xds.md lists them all):
+//! - a field that decides where traffic goes, what bytes reach the wire, or security (routing,
+//!   rewrites, header mutations, TLS, filters, subsets, health checks) is translated or, when
+//!   ringside cannot honour it, NACKed;
+//! - a field that only tunes something ringside does not have (stats prefixes, access logs,
+//!   tracing, retry/hedge policies, circuit breaker thresholds, HTTP/2 protocol options, DNS
+//!   settings, metadata) is accepted and ignored: ringside's own defaults apply.
+//!
+//! Fields not named anywhere in this file are in the second group.
+
+#![allow(deprecated)] // Envoy marks some header-matcher variants deprecated; control planes still send them.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
+use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_pb;
+use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::action::v3 as gp_action_pb;
+use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gp_matcher_pb;
+use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::v3 as gp_pb;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
+use envoy_types::pb::google::protobuf::{Any, Duration};
+use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher_pb;
+use prost::Message;
+
+use config::{
+    ArgumentMatch, AttachmentMatch, Cluster, DubboListener, DubboMatch, DubboRoute, HeaderMatch,
+    LbPolicy, Listener, Protocol, Range, RouteAction, StringMatch, TripleListener, TripleMatch,
+    TripleRoute, WeightedCluster,
+};
+
+use crate::TranslateError;
+
+pub(crate) const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub(crate) const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub(crate) const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub(crate) const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+const DUBBO_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy";
+const GENERIC_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.GenericProxy";
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const DUBBO_CODEC_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.codecs.dubbo.v3.DubboCodecConfig";
+const GP_ROUTE_ACTION_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.action.v3.RouteAction";
+const GP_SERVICE_INPUT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.matcher.v3.ServiceMatchInput";
+const GP_METHOD_INPUT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.matcher.v3.MethodMatchInput";
+const GP_PROPERTY_INPUT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.matcher.v3.PropertyMatchInput";
+const HTTP_ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const RAW_BUFFER_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+
+/// Envoy's own default cluster connect timeout (5 s), used when `connect_timeout` is unset.
+pub(crate) const ENVOY_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// A translated LDS resource. A Triple listener whose routes come from RDS has empty
+/// `triple.routes` and names its route configuration in `rds`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ListenerRes {
+    pub listener: Listener,
+    pub rds: Option<String>,
+}
+
+/// A translated CDS resource. An EDS cluster has no endpoints here; `eds` names its
+/// ClusterLoadAssignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClusterRes {
+    pub cluster: Cluster,
+    pub eds: Option<String>,
+}
+
+/// One resource's context for error messages: `listener "in"`.
+struct Ctx<'a> {
+    kind: &'static str,
+    name: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> TranslateError {
+        TranslateError::Field {
+            kind: self.kind,
+            name: self.name.to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn unpack<T: Message + Default>(
+    any: &Any,
+    want: &str,
+    ctx: &Ctx<'_>,
+    field: &str,
+) -> Result<T, TranslateError> {
+    if any.type_url != want {
+        return Err(ctx.err(field, format!("expected {want}, got {:?}", any.type_url)));
+    }
+    T::decode(any.value.as_slice()).map_err(|e| ctx.err(field, format!("cannot decode: {e}")))
+}
+
+fn decode_top<T: Message + Default>(any: &Any, want: &str) -> Result<T, TranslateError> {
+    if any.type_url != want {
+        return Err(TranslateError::Decode {
+            type_url: any.type_url.clone(),
+            message: format!("expected {want}"),
+        });
+    }
+    T::decode(any.value.as_slice()).map_err(|e| TranslateError::Decode {
+        type_url: any.type_url.clone(),
+        message: e.to_string(),
+    })
+}
+
+fn duration_ms(d: &Duration, ctx: &Ctx<'_>, field: &str) -> Result<u64, TranslateError> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ctx.err(field, "must not be negative"));
+    }
+    let ms = (d.seconds as u64)
+        .saturating_mul(1000)
+        .saturating_add((d.nanos as u64).div_ceil(1_000_000));
+    Ok(ms)
+}
+
+/// Escapes regex metacharacters (the same set as `regex::escape`).
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// === listeners ===
+
+pub(crate) fn decode_listener(any: &Any) -> Result<(String, ListenerRes), TranslateError> {
+    let l: listener_pb::Listener = decode_top(any, LISTENER_TYPE)?;
+    let res = listener(&l)?;
+    Ok((l.name.clone(), res))
+}
+
+fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
+    let ctx = Ctx {
+        kind: "listener",
+        name: &l.name,
+    };
+    if l.name.is_empty() {
+        return Err(ctx.err("name", "must not be empty"));
+    }
+    let address = socket_address(l.address.as_ref(), &ctx, "address")?;
+    if !l.additional_addresses.is_empty() {
+        return Err(ctx.err(
+            "additional_addresses",
+            "ringside binds one address per listener",
+        ));
+    }
+    if l.filter_chain_matcher.is_some() {
+        return Err(ctx.err(
+            "filter_chain_matcher",
+            "filter chain selection is not supported",
+        ));
+    }
+    if l.use_original_dst.as_ref().is_some_and(|b| b.value) {
+        return Err(ctx.err(
+            "use_original_dst",
+            "original-destination hand-off is not supported",
+        ));
+    }
+    if l.transparent.as_ref().is_some_and(|b| b.value) {
+        return Err(ctx.err("transparent", "transparent sockets are not supported"));
+    }
+    if l.freebind.as_ref().is_some_and(|b| b.value) {
+        return Err(ctx.err("freebind", "IP_FREEBIND is not supported"));
+    }
+    if l.bind_to_port.as_ref().is_some_and(|b| !b.value) {
+        return Err(ctx.err("bind_to_port", "every ringside listener binds its port"));
+    }
+    if l.api_listener.is_some() {
+        return Err(ctx.err("api_listener", "API listeners are not supported"));
+    }
+    if l.udp_listener_config.is_some() {
+        return Err(ctx.err("udp_listener_config", "UDP listeners are not supported"));
+    }
+    if l.listener_specifier.is_some() {
+        return Err(ctx.err("listener_specifier", "internal listeners are not supported"));
+    }
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        // These two only feed filter_chain_match, which is refused below: harmless.
+        if f.name != "envoy.filters.listener.tls_inspector"
+            && f.name != "envoy.filters.listener.http_inspector"
+        {
+            return Err(ctx.err(
+                format!("listener_filters[{i}].name"),
+                format!("listener filter {:?} is not supported", f.name),
+            ));
+        }
+    }
+    let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
+        ([one], None) => (one, "filter_chains[0]".to_string()),
+        ([], Some(d)) => (d, "default_filter_chain".to_string()),
+        _ => {
+            return Err(ctx.err(
+                "filter_chains",
+                format!(
+                    "exactly one filter chain is supported (got {}{})",
+                    l.filter_chains.len(),
+                    if l.default_filter_chain.is_some() {
+                        " and a default_filter_chain"
+                    } else {
+                        ""
+                    }
+                ),
+            ))
+        }
+    };
+    if chain.filter_chain_match.is_some() && at != "default_filter_chain" {
+        return Err(ctx.err(
+            format!("{at}.filter_chain_match"),
+            "filter chain matching is not supported",
+        ));
+    }
+    if let Some(ts) = &chain.transport_socket {
+        if ts.name != RAW_BUFFER_SOCKET {
+            return Err(ctx.err(
+                format!("{at}.transport_socket"),
+                format!("transport socket {:?} (TLS) is not supported", ts.name),
+            ));
+        }
+    }
+    let filter = match chain.filters.as_slice() {
+        [one] => one,
+        _ => {
+            return Err(ctx.err(
+                format!("{at}.filters"),
+                format!(
+                    "exactly one network filter is supported (got {})",
+                    chain.filters.len()
+                ),
+            ))
+        }
+    };
+    let fat = format!("{at}.filters[0]");
+    let any = match &filter.config_type {
+        Some(listener_pb::filter::ConfigType::TypedConfig(any)) => any,
+        Some(listener_pb::filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(ctx.err(
+                format!("{fat}.config_discovery"),
+                "filter config discovery (ECDS) is not supported",
+            ))
+        }
+        None => return Err(ctx.err(format!("{fat}.typed_config"), "missing")),
+    };
+    let tat = format!("{fat}.typed_config");
+    let mut out = Listener {
+        name: l.name.clone(),
+        address,
+        protocol: Protocol::Tcp,
+        cluster: None,
+        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+        buffer_bytes: config::BUFFER_BYTES_DEFAULT,
+        connections_per_shard_max: config::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
+        dubbo: None,
+        triple: None,
+    };
+    if let Some(b) = &l.per_connection_buffer_limit_bytes {
+        out.buffer_bytes = b.value as usize;
+    }
+    let mut rds = None;
+    match any.type_url.as_str() {
+        DUBBO_PROXY_TYPE => {
+            let d: dubbo_pb::DubboProxy = unpack(any, DUBBO_PROXY_TYPE, &ctx, &tat)?;
+            out.protocol = Protocol::Dubbo;
+            out.dubbo = Some(DubboListener { routes: dubbo_proxy(&d, &ctx, &tat)?, ..Default::default() });
+        }
+        GENERIC_PROXY_TYPE => {
+            let g: gp_pb::GenericProxy = unpack(any, GENERIC_PROXY_TYPE, &ctx, &tat)?;
+            out.protocol = Protocol::Dubbo;
+            out.dubbo = Some(DubboListener { routes: generic_proxy(&g, &ctx, &tat)?, ..Default::default() });
+        }
+        HCM_TYPE => {
+            let h: hcm_pb::HttpConnectionManager = unpack(any, HCM_TYPE, &ctx, &tat)?;
+            out.protocol = Protocol::Triple;
+            let (routes, name) = hcm(&h, &ctx, &tat)?;
+            rds = name;
+            out.triple = Some(TripleListener { routes, ..Default::default() });
+        }
+        TCP_PROXY_TYPE => {
+            let t: tcp_pb::TcpProxy = unpack(any, TCP_PROXY_TYPE, &ctx, &tat)?;
+            out.protocol = Protocol::Tcp;
+            let (cluster, idle) = tcp_proxy(&t, &ctx, &tat)?;
+            out.cluster = Some(cluster);
+            if let Some(ms) = idle {
+                out.idle_timeout_ms = ms;
+            }
+        }
+        other => {
+            return Err(ctx.err(
+                tat,
+                format!(
+                    "network filter {:?} ({other}) is not supported; ringside takes dubbo_proxy, generic_proxy (dubbo codec), http_connection_manager or tcp_proxy",
+                    filter.name
+                ),
+            ))
+        }
+    }
+    Ok(ListenerRes { listener: out, rds })
+}
+
+fn socket_address(
+    a: Option<&core_pb::Address>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<SocketAddr, TranslateError> {
+    let sa = match a.and_then(|a| a.address.as_ref()) {
+        Some(core_pb::address::Address::SocketAddress(sa)) => sa,
+        Some(_) => {
+            return Err(ctx.err(
+                at,
+                "only socket_address is supported (no pipe or internal address)",
+            ))
+        }
+        None => return Err(ctx.err(at, "missing")),
+    };
+    if sa.protocol != core_pb::socket_address::Protocol::Tcp as i32 {
+        return Err(ctx.err(
+            format!("{at}.socket_address.protocol"),
+            "only TCP is supported",
+        ));
+    }
+    if !sa.resolver_name.is_empty() {
+        return Err(ctx.err(
+            format!("{at}.socket_address.resolver_name"),
+            "custom resolvers are not supported",
+        ));
+    }
+    let port = match sa.port_specifier {
+        Some(core_pb::socket_address::PortSpecifier::PortValue(p)) => {
+            u16::try_from(p).map_err(|_| {
+                ctx.err(
+                    format!("{at}.socket_address.port_value"),
+                    format!("{p} is not a port"),
+                )
+            })?
+        }
+        Some(core_pb::socket_address::PortSpecifier::NamedPort(_)) => {
+            return Err(ctx.err(
+                format!("{at}.socket_address.named_port"),
+                "named ports are not supported",
+            ))
+        }
+        None => return Err(ctx.err(format!("{at}.socket_address.port_value"), "missing")),
+    };
+    let ip: IpAddr = sa.address.parse().map_err(|_| {
+        ctx.err(
+            format!("{at}.socket_address.address"),
+            format!(
+                "{:?} is not an IP literal (hostnames are not resolved)",
+                sa.address
+            ),
+        )
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+// === dubbo_proxy ===
+
+fn dubbo_proxy(
+    d: &dubbo_pb::DubboProxy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<DubboRoute>, TranslateError> {
+    if d.protocol_type != dubbo_pb::ProtocolType::Dubbo as i32 {
+        return Err(ctx.err(
+            format!("{at}.protocol_type"),
+            format!("only Dubbo is supported (got {})", d.protocol_type),
+        ));
+    }
+    if d.serialization_type != dubbo_pb::SerializationType::Hessian2 as i32 {
+        return Err(ctx.err(
+            format!("{at}.serialization_type"),
+            format!("only Hessian2 is supported (got {})", d.serialization_type),
+        ));
+    }
+    for (i, f) in d.dubbo_filters.iter().enumerate() {
+        if f.name != "envoy.filters.dubbo.router" {
+            return Err(ctx.err(
+                format!("{at}.dubbo_filters[{i}].name"),
+                format!(
+                    "dubbo filter {:?} is not supported (only envoy.filters.dubbo.router)",
+                    f.name
+                ),
+            ));
+        }
+    }
+    let (configs, rat) = match &d.route_specifier {
+        Some(dubbo_pb::dubbo_proxy::RouteSpecifier::Drds(_)) => {
+            return Err(ctx.err(
+                format!("{at}.drds"),
+                "dubbo RDS (drds) is not supported; inline route_config",
+            ))
+        }
+        Some(dubbo_pb::dubbo_proxy::RouteSpecifier::MultipleRouteConfig(m)) => {
+            if !d.route_config.is_empty() {
+                return Err(ctx.err(
+                    format!("{at}.multiple_route_config"),
+                    "give route_config or multiple_route_config, not both",
+                ));
+            }
+            (
+                &m.route_config,
+                format!("{at}.multiple_route_config.route_config"),
+            )
+        }
+        None => (&d.route_config, format!("{at}.route_config")),
+    };
+    let mut out = Vec::new();
+    for (i, rc) in configs.iter().enumerate() {
+        let cat = format!("{rat}[{i}]");
+        let mut base = DubboMatch::default();
+        if !rc.interface.is_empty() && rc.interface != "*" {
+            base.interface = Some(StringMatch {
+                exact: Some(rc.interface.clone()),
+                ..Default::default()
+            });
+        }
+        if !rc.group.is_empty() {
+            base.group = Some(rc.group.clone());
+        }
+        if !rc.version.is_empty() {
+            base.version = Some(rc.version.clone());
+        }
+        for (j, r) in rc.routes.iter().enumerate() {
+            let rat = format!("{cat}.routes[{j}]");
+            let mut m = base.clone();
+            if let Some(rm) = &r.r#match {
+                if let Some(mm) = &rm.method {
+                    if let Some(name) = &mm.name {
+                        m.method = Some(string_match(&pattern(
+                            name,
+                            ctx,
+                            &format!("{rat}.match.method.name"),
+                        )?));
+                    }
+                    let sorted: BTreeMap<_, _> = mm.params_match.iter().collect();
+                    for (index, p) in sorted {
+                        let pat = format!("{rat}.match.method.params_match[{index}]");
+                        use dubbo_pb::method_match::parameter_match_specifier::ParameterMatchSpecifier as P;
+                        let a = match &p.parameter_match_specifier {
+                            Some(P::ExactMatch(s)) => ArgumentMatch {
+                                index: *index,
+                                exact: Some(s.clone()),
+                                prefix: None,
+                                range: None,
+                            },
+                            Some(P::RangeMatch(r)) => ArgumentMatch {
+                                index: *index,
+                                exact: None,
+                                prefix: None,
+                                range: Some(Range {
+                                    start: r.start,
+                                    end: r.end,
+                                }),
+                            },
+                            None => return Err(ctx.err(pat, "give exact_match or range_match")),
+                        };
+                        m.arguments.push(a);
+                    }
+                }
+                for (k, h) in rm.headers.iter().enumerate() {
+                    m.attachments.push(attachment_match(
+                        h,
+                        ctx,
+                        &format!("{rat}.match.headers[{k}]"),
+                    )?);
+                }
+            }
+            let Some(action) = &r.route else {
+                return Err(ctx.err(format!("{rat}.route"), "missing"));
+            };
+            if action.metadata_match.is_some() {
+                return Err(ctx.err(
+                    format!("{rat}.route.metadata_match"),
+                    "subset load balancing is not supported",
+                ));
+            }
+            let route = match &action.cluster_specifier {
+                Some(dubbo_pb::route_action::ClusterSpecifier::Cluster(c)) => RouteAction {
+                    cluster: Some(c.clone()),
+                    ..Default::default()
+                },
+                Some(dubbo_pb::route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                    RouteAction {
+                        weighted_clusters: weighted(
+                            w,
+                            ctx,
+                            &format!("{rat}.route.weighted_clusters"),
+                        )?,
+                        ..Default::default()
+                    }
+                }
+                None => {
+                    return Err(ctx.err(format!("{rat}.route"), "give cluster or weighted_clusters"))
+                }
+            };
+            out.push(DubboRoute {
+                name: (!rc.name.is_empty()).then(|| rc.name.clone()),
+                matcher: m,
+                route,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn weighted(
+    w: &route_pb::WeightedCluster,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<WeightedCluster>, TranslateError> {
+    let mut out = Vec::new();
+    for (i, c) in w.clusters.iter().enumerate() {
+        let cat = format!("{at}.clusters[{i}]");
+        if !c.cluster_header.is_empty() {
+            return Err(ctx.err(
+                format!("{cat}.cluster_header"),
+                "clusters named by a header are not supported",
+            ));
+        }
+        if c.metadata_match.is_some() {
+            return Err(ctx.err(
+                format!("{cat}.metadata_match"),
+                "subset load balancing is not supported",
+            ));
+        }
+        if !c.request_headers_to_add.is_empty()
+            || !c.request_headers_to_remove.is_empty()
+            || !c.response_headers_to_add.is_empty()
+            || !c.response_headers_to_remove.is_empty()
+        {
+            return Err(ctx.err(
+                format!("{cat}.request_headers_to_add"),
+                "header mutations are not supported",
+            ));
+        }
+        if c.host_rewrite_specifier.is_some() {
+            return Err(ctx.err(
+                format!("{cat}.host_rewrite_literal"),
+                "host rewrites are not supported",
+            ));
+        }
+        out.push(WeightedCluster {
+            name: c.name.clone(),
+            weight: c.weight.as_ref().map_or(0, |w| w.value),
+        });
+    }
+    if out.is_empty() {
+        return Err(ctx.err(format!("{at}.clusters"), "must not be empty"));
+    }
+    Ok(out)
+}
+
+/// A string pattern from either Envoy's or xds's StringMatcher, before it becomes a
+/// [`StringMatch`], [`HeaderMatch`] or [`AttachmentMatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pat {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+fn pattern(m: &matcher_pb::StringMatcher, ctx: &Ctx<'_>, at: &str) -> Result<Pat, TranslateError> {
+    use matcher_pb::string_matcher::MatchPattern as M;
+    if m.ignore_case {
+        return Err(ctx.err(
+            format!("{at}.ignore_case"),
+            "case-insensitive matching is not supported",
+        ));
+    }
+    Ok(match &m.match_pattern {
+        Some(M::Exact(s)) => Pat::Exact(s.clone()),
+        Some(M::Prefix(s)) => Pat::Prefix(s.clone()),
+        Some(M::SafeRegex(r)) => Pat::Regex(r.regex.clone()),
+        Some(M::Suffix(s)) => Pat::Regex(format!(".*{}", regex_escape(s))),
+        Some(M::Contains(s)) => Pat::Regex(format!(".*{}.*", regex_escape(s))),
+        Some(M::Custom(_)) => {
+            return Err(ctx.err(
+                format!("{at}.custom"),
+                "custom string matchers are not supported",
+            ))
+        }
+        None => return Err(ctx.err(at, "missing match pattern")),
+    })
+}
+
+fn xds_pattern(
+    m: &xds_matcher_pb::StringMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Pat, TranslateError> {
+    use xds_matcher_pb::string_matcher::MatchPattern as M;
+    if m.ignore_case {
+        return Err(ctx.err(
+            format!("{at}.ignore_case"),
+            "case-insensitive matching is not supported",
+        ));
+    }
+    Ok(match &m.match_pattern {
+        Some(M::Exact(s)) => Pat::Exact(s.clone()),
+        Some(M::Prefix(s)) => Pat::Prefix(s.clone()),
+        Some(M::SafeRegex(r)) => Pat::Regex(r.regex.clone()),
+        Some(M::Suffix(s)) => Pat::Regex(format!(".*{}", regex_escape(s))),
+        Some(M::Contains(s)) => Pat::Regex(format!(".*{}.*", regex_escape(s))),
+        Some(M::Custom(_)) => {
+            return Err(ctx.err(
+                format!("{at}.custom"),
+                "custom string matchers are not supported",
+            ))
+        }
+        None => return Err(ctx.err(at, "missing match pattern")),
+    })
+}
+
+fn string_match(p: &Pat) -> StringMatch {
+    match p {
+        Pat::Exact(s) => StringMatch {
+            exact: Some(s.clone()),
+            ..Default::default()
+        },
+        Pat::Prefix(s) => StringMatch {
+            prefix: Some(s.clone()),
+            ..Default::default()
+        },
+        Pat::Regex(s) => StringMatch {
+            regex: Some(s.clone()),
+            ..Default::default()
+        },
+    }
+}
+
+/// An Envoy HeaderMatcher as a pattern, or `present`.
+enum HeaderPat {
+    Pat(Pat),
+    Present(bool),
+}
+
+fn header_pat(
+    h: &route_pb::HeaderMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<HeaderPat, TranslateError> {
+    use route_pb::header_matcher::HeaderMatchSpecifier as H;
+    if h.invert_match {
+        return Err(ctx.err(
+            format!("{at}.invert_match"),
+            "inverted matches are not supported",
+        ));
+    }
+    if h.treat_missing_header_as_empty {
+        return Err(ctx.err(
+            format!("{at}.treat_missing_header_as_empty"),
+            "not supported",
+        ));
+    }
+    Ok(match &h.header_match_specifier {
+        Some(H::ExactMatch(s)) => HeaderPat::Pat(Pat::Exact(s.clone())),
+        Some(H::PrefixMatch(s)) => HeaderPat::Pat(Pat::Prefix(s.clone())),
+        Some(H::SafeRegexMatch(r)) => HeaderPat::Pat(Pat::Regex(r.regex.clone())),
+        Some(H::SuffixMatch(s)) => HeaderPat::Pat(Pat::Regex(format!(".*{}", regex_escape(s)))),
+        Some(H::ContainsMatch(s)) => HeaderPat::Pat(Pat::Regex(format!(".*{}.*", regex_escape(s)))),
+        Some(H::StringMatch(m)) => HeaderPat::Pat(pattern(m, ctx, &format!("{at}.string_match"))?),
+        Some(H::PresentMatch(b)) => HeaderPat::Present(*b),
+        Some(H::RangeMatch(_)) => {
+            return Err(ctx.err(
+                format!("{at}.range_match"),
+                "range header matches are not supported",
+            ))
+        }
+        None => HeaderPat::Present(true),
+    })
+}
+
+fn attachment_match(
+    h: &route_pb::HeaderMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<AttachmentMatch, TranslateError> {
+    let mut a = AttachmentMatch {
+        name: h.name.clone(),
+        exact: None,
+        regex: None,
+        present: None,
+    };
+    match header_pat(h, ctx, at)? {
+        HeaderPat::Pat(Pat::Exact(s)) => a.exact = Some(s),
+        HeaderPat::Pat(Pat::Prefix(s)) => a.regex = Some(format!("{}.*", regex_escape(&s))),
+        HeaderPat::Pat(Pat::Regex(s)) => a.regex = Some(s),
+        HeaderPat::Present(b) => a.present = Some(b),
+    }
+    Ok(a)
+}
+
+// === generic_proxy (dubbo codec) ===
+
+fn generic_proxy(
+    g: &gp_pb::GenericProxy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<DubboRoute>, TranslateError> {
+    match &g.codec_config {
+        Some(c)
+            if c.typed_config
+                .as_ref()
+                .is_some_and(|a| a.type_url == DUBBO_CODEC_TYPE) => {}
+        Some(c) => {
+            return Err(ctx.err(
+                format!("{at}.codec_config"),
+                format!(
+                    "codec {:?} is not supported (only the dubbo codec, DubboCodecConfig)",
+                    c.name
+                ),
+            ))
+        }
+        None => return Err(ctx.err(format!("{at}.codec_config"), "missing")),
+    }
+    for (i, f) in g.filters.iter().enumerate() {
+        if f.name != "envoy.filters.generic.router" {
+            return Err(ctx.err(
+                format!("{at}.filters[{i}].name"),
+                format!("generic proxy filter {:?} is not supported (only envoy.filters.generic.router)", f.name),
+            ));
+        }
+    }
+    let rc = match &g.route_specifier {
+        Some(gp_pb::generic_proxy::RouteSpecifier::RouteConfig(rc)) => rc,
+        Some(gp_pb::generic_proxy::RouteSpecifier::GenericRds(_)) => {
+            return Err(ctx.err(
+                format!("{at}.generic_rds"),
+                "generic proxy RDS is not supported; inline route_config",
+            ))
+        }
+        None => return Err(ctx.err(format!("{at}.route_config"), "missing")),
+    };
+    let rat = format!("{at}.route_config");
+    if !rc.virtual_hosts.is_empty() {
+        return Err(ctx.err(
+            format!("{rat}.virtual_hosts"),
+            "virtual hosts are not supported; use routes",
+        ));
+    }
+    let Some(m) = &rc.routes else {
+        return Err(ctx.err(format!("{rat}.routes"), "missing"));
+    };
+    let mut out = Vec::new();
+    flatten(
+        m,
+        &DubboMatch::default(),
+        ctx,
+        &format!("{rat}.routes"),
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// What a generic-proxy matcher input reads from a Dubbo request.
+enum Input {
+    Interface,
+    Method,
+    Property(String),
+}
+
+fn input(
+    tec: Option<&envoy_types::pb::xds::core::v3::TypedExtensionConfig>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Input, TranslateError> {
+    let Some(any) = tec.and_then(|t| t.typed_config.as_ref()) else {
+        return Err(ctx.err(at, "missing"));
+    };
+    match any.type_url.as_str() {
+        GP_SERVICE_INPUT_TYPE => Ok(Input::Interface),
+        GP_METHOD_INPUT_TYPE => Ok(Input::Method),
+        GP_PROPERTY_INPUT_TYPE => {
+            let p: gp_matcher_pb::PropertyMatchInput = unpack(any, GP_PROPERTY_INPUT_TYPE, ctx, at)?;
+            Ok(Input::Property(p.property_name))
+        }
+        other => Err(ctx.err(
+            format!("{at}.typed_config"),
+            format!("input {other:?} is not supported (ServiceMatchInput, MethodMatchInput, PropertyMatchInput)"),
+        )),
+    }
+}
+
+/// Adds one condition to `m`; refuses a second condition on the same input.
+fn add_condition(
+    m: &mut DubboMatch,
+    input: Input,
+    p: Pat,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(), TranslateError> {
+    let twice = || {
+        ctx.err(
+            at,
+            "two conditions on the same input in one route are not supported",
+        )
+    };
+    match input {
+        Input::Interface => {
+            if m.interface.replace(string_match(&p)).is_some() {
+                return Err(twice());
+            }
+        }
+        Input::Method => {
+            if m.method.replace(string_match(&p)).is_some() {
+                return Err(twice());
+            }
+        }
+        Input::Property(name) if name == "version" || name == "group" => {
+            let Pat::Exact(v) = p else {
+                return Err(ctx.err(at, format!("property {name:?} takes exact matches only")));
+            };
+            let slot = if name == "version" {
+                &mut m.version
+            } else {
+                &mut m.group
+            };
+            if slot.replace(v).is_some() {
+                return Err(twice());
+            }
+        }
+        Input::Property(name) => {
+            let mut a = AttachmentMatch {
+                name,
+                exact: None,
+                regex: None,
+                present: None,
+            };
+            match p {
+                Pat::Exact(s) => a.exact = Some(s),
+                Pat::Prefix(s) => a.regex = Some(format!("{}.*", regex_escape(&s))),
+                Pat::Regex(s) => a.regex = Some(s),
+            }
+            m.attachments.push(a);
+        }
+    }
+    Ok(())
+}
+
+fn predicate(
+    p: &xds_matcher_pb::matcher::matcher_list::Predicate,
+    m: &mut DubboMatch,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(), TranslateError> {
+    use xds_matcher_pb::matcher::matcher_list::predicate::{single_predicate, MatchType};
+    match &p.match_type {
+        Some(MatchType::SinglePredicate(s)) => {
+            let inp = input(
+                s.input.as_ref(),
+                ctx,
+                &format!("{at}.single_predicate.input"),
+            )?;
+            let pat = match &s.matcher {
+                Some(single_predicate::Matcher::ValueMatch(v)) => {
+                    xds_pattern(v, ctx, &format!("{at}.single_predicate.value_match"))?
+                }
+                Some(single_predicate::Matcher::CustomMatch(_)) => {
+                    return Err(ctx.err(
+                        format!("{at}.single_predicate.custom_match"),
+                        "custom matchers are not supported",
+                    ))
+                }
+                None => {
+                    return Err(ctx.err(format!("{at}.single_predicate.value_match"), "missing"))
+                }
+            };
+            add_condition(m, inp, pat, ctx, &format!("{at}.single_predicate"))
+        }
+        Some(MatchType::AndMatcher(list)) => {
+            for (i, p) in list.predicate.iter().enumerate() {
+                predicate(p, m, ctx, &format!("{at}.and_matcher.predicate[{i}]"))?;
+            }
+            Ok(())
+        }
+        Some(MatchType::OrMatcher(_)) => {
+            Err(ctx.err(format!("{at}.or_matcher"), "or_matcher is not supported"))
+        }
+        Some(MatchType::NotMatcher(_)) => {
+            Err(ctx.err(format!("{at}.not_matcher"), "not_matcher is not supported"))
+        }
+        None => Err(ctx.err(at, "missing match_type")),
+    }
+}
+
+/// Flattens a matcher (list or exact/prefix tree, nested through `on_match.matcher`) into
+/// first-match-wins routes: Envoy goes on with the next entry when a nested matcher does not
+/// match, which is what a flat list does.
+fn flatten(
+    m: &xds_matcher_pb::Matcher,
+    base: &DubboMatch,
+    ctx: &Ctx<'_>,
+    at: &str,
+    out: &mut Vec<DubboRoute>,
+) -> Result<(), TranslateError> {
+    use xds_matcher_pb::matcher::matcher_tree::TreeType;
+    use xds_matcher_pb::matcher::MatcherType;
+    match &m.matcher_type {
+        Some(MatcherType::MatcherList(list)) => {
+            for (i, fm) in list.matchers.iter().enumerate() {
+                let fat = format!("{at}.matcher_list.matchers[{i}]");
+                let mut mm = base.clone();
+                let Some(p) = &fm.predicate else {
+                    return Err(ctx.err(format!("{fat}.predicate"), "missing"));
+                };
+                predicate(p, &mut mm, ctx, &format!("{fat}.predicate"))?;
+                let Some(om) = &fm.on_match else {
+                    return Err(ctx.err(format!("{fat}.on_match"), "missing"));
+                };
+                on_match(om, &mm, ctx, &format!("{fat}.on_match"), out)?;
+            }
+        }
+        Some(MatcherType::MatcherTree(tree)) => {
+            let tat = format!("{at}.matcher_tree");
+            let inp = || input(tree.input.as_ref(), ctx, &format!("{tat}.input"));
+            match &tree.tree_type {
+                Some(TreeType::ExactMatchMap(map)) => {
+                    let sorted: BTreeMap<_, _> = map.map.iter().collect();
+                    for (k, om) in sorted {
+                        let mut mm = base.clone();
+                        add_condition(&mut mm, inp()?, Pat::Exact(k.clone()), ctx, &tat)?;
+                        on_match(
+                            om,
+                            &mm,
+                            ctx,
+                            &format!("{tat}.exact_match_map.map[{k:?}]"),
+                            out,
+                        )?;
+                    }
+                }
+                Some(TreeType::PrefixMatchMap(map)) => {
+                    // Longest prefix first, as Envoy's prefix map picks the longest match.
+                    let mut keys: Vec<_> = map.map.iter().collect();
+                    keys.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
+                    for (k, om) in keys {
+                        let mut mm = base.clone();
+                        add_condition(&mut mm, inp()?, Pat::Prefix(k.clone()), ctx, &tat)?;
+                        on_match(
+                            om,
+                            &mm,
+                            ctx,
+                            &format!("{tat}.prefix_match_map.map[{k:?}]"),
+                            out,
+                        )?;
+                    }
+                }
+                Some(TreeType::CustomMatch(_)) => {
+                    return Err(ctx.err(
+                        format!("{tat}.custom_match"),
+                        "custom matcher trees are not supported",
+                    ))
+                }
+                None => return Err(ctx.err(format!("{tat}.tree_type"), "missing")),
+            }
+        }
+        None => {}
+    }
+    if let Some(om) = &m.on_no_match {
+        on_match(om, base, ctx, &format!("{at}.on_no_match"), out)?;
+    }
+    Ok(())
+}
+
+fn on_match(
+    om: &xds_matcher_pb::matcher::OnMatch,
+    m: &DubboMatch,
+    ctx: &Ctx<'_>,
+    at: &str,
+    out: &mut Vec<DubboRoute>,
+) -> Result<(), TranslateError> {
+    use xds_matcher_pb::matcher::on_match::OnMatch as O;
+    if om.keep_matching {
+        return Err(ctx.err(
+            format!("{at}.keep_matching"),
+            "keep_matching is not supported",
+        ));
+    }
+    match &om.on_match {
+        Some(O::Matcher(inner)) => flatten(inner, m, ctx, &format!("{at}.matcher"), out),
+        Some(O::Action(tec)) => {
+            let aat = format!("{at}.action.typed_config");
+            let Some(any) = &tec.typed_config else {
+                return Err(ctx.err(aat, "missing"));
+            };
+            let a: gp_action_pb::RouteAction = unpack(any, GP_ROUTE_ACTION_TYPE, ctx, &aat)?;
+            let mut route = match &a.cluster_specifier {
+                Some(gp_action_pb::route_action::ClusterSpecifier::Cluster(c)) => RouteAction {
+                    cluster: Some(c.clone()),
+                    ..Default::default()
+                },
+                Some(gp_action_pb::route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                    RouteAction {
+                        weighted_clusters: weighted(w, ctx, &format!("{aat}.weighted_clusters"))?,
+                        ..Default::default()
+                    }
+                }
+                None => return Err(ctx.err(aat, "give cluster or weighted_clusters")),
+            };
+            if let Some(t) = &a.timeout {
+                route.timeout_ms = Some(timeout_ms(t, ctx, &format!("{aat}.timeout"))?);
+            }
+            out.push(DubboRoute {
+                name: (!a.name.is_empty()).then(|| a.name.clone()),
+                matcher: m.clone(),
+                route,
+            });
+            Ok(())
+        }
+        None => Err(ctx.err(at, "missing action or matcher")),
+    }
+}
+
+/// Envoy's 0 means "no timeout": the largest ringside allows.
+fn timeout_ms(d: &Duration, ctx: &Ctx<'_>, at: &str) -> Result<u64, TranslateError> {
+    let ms = duration_ms(d, ctx, at)?;
+    Ok(if ms == 0 {
+        config::REQUEST_TIMEOUT_MS_MAX
+    } else {
+        ms
+    })
+}
+
+// === tcp_proxy ===
+
+fn tcp_proxy(
+    t: &tcp_pb::TcpProxy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(String, Option<u64>), TranslateError> {
+    if t.on_demand.is_some() {
+        return Err(ctx.err(
+            format!("{at}.on_demand"),
+            "on-demand clusters are not supported",
+        ));
+    }
+    if t.metadata_match.is_some() {
+        return Err(ctx.err(
+            format!("{at}.metadata_match"),
+            "subset load balancing is not supported",
+        ));
+    }
+    if t.tunneling_config.is_some() {
+        return Err(ctx.err(
+            format!("{at}.tunneling_config"),
+            "tunneling is not supported",
+        ));
+    }
+    if !t.proxy_protocol_tlvs.is_empty() {
+        return Err(ctx.err(
+            format!("{at}.proxy_protocol_tlvs"),
+            "PROXY protocol is not supported",
+        ));
+    }
+    let cluster = match &t.cluster_specifier {
+        Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => c.clone(),
+        Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) if w.clusters.len() == 1 => {
+            w.clusters[0].name.clone()
+        }
+        Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(ctx.err(
+                format!("{at}.weighted_clusters"),
+                "a tcp listener takes one cluster",
+            ))
+        }
+        None => return Err(ctx.err(format!("{at}.cluster"), "missing")),
+    };
+    let idle = match &t.idle_timeout {
+        Some(d) => match duration_ms(d, ctx, &format!("{at}.idle_timeout"))? {
+            0 => None, // Envoy: disabled; ringside keeps its default.
+            ms => Some(ms),
+        },
+        None => None,
+    };
+    Ok((cluster, idle))
+}
+
+// === http_connection_manager ===
+
+fn hcm(
+    h: &hcm_pb::HttpConnectionManager,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(Vec<TripleRoute>, Option<String>), TranslateError> {
+    use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
+    if h.codec_type != CodecType::Auto as i32 && h.codec_type != CodecType::Http2 as i32 {
+        return Err(ctx.err(
+            format!("{at}.codec_type"),
+            format!("only AUTO or HTTP2 is supported (got {})", h.codec_type),
+        ));
+    }
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let is_router = f.name == "envoy.filters.http.router"
+            || matches!(&f.config_type, Some(hcm_pb::http_filter::ConfigType::TypedConfig(a)) if a.type_url == HTTP_ROUTER_TYPE);
+        if !is_router {
+            return Err(ctx.err(
+                format!("{at}.http_filters[{i}]"),
+                format!(
+                    "http filter {:?} is not supported (only envoy.filters.http.router)",
+                    f.name
+                ),
+            ));
+        }
+    }
+    match &h.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok((
+            route_configuration(rc, ctx, &format!("{at}.route_config"))?,
+            None,
+        )),
+        Some(RouteSpecifier::Rds(rds)) => {
+            let rat = format!("{at}.rds");
+            if rds.route_config_name.is_empty() {
+                return Err(ctx.err(format!("{rat}.route_config_name"), "must not be empty"));
+            }
+            if let Some(cs) = &rds.config_source {
+                ads_source(cs, ctx, &format!("{rat}.config_source"))?;
+            }
+            Ok((Vec::new(), Some(rds.route_config_name.clone())))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
+            format!("{at}.scoped_routes"),
+            "scoped routes are not supported",
+        )),
+        None => Err(ctx.err(
+            format!("{at}.route_config"),
+            "missing (give route_config or rds)",
+        )),
+    }
+}
+
+fn ads_source(cs: &core_pb::ConfigSource, ctx: &Ctx<'_>, at: &str) -> Result<(), TranslateError> {
+    match &cs.config_source_specifier {
+        Some(core_pb::config_source::ConfigSourceSpecifier::Ads(_)) => Ok(()),
+        _ => Err(ctx.err(at, "only an ADS config source (ads: {}) is supported")),
+    }
+}
+
+pub(crate) fn decode_route(any: &Any) -> Result<(String, Vec<TripleRoute>), TranslateError> {
+    let rc: route_pb::RouteConfiguration = decode_top(any, ROUTE_TYPE)?;
+    let ctx = Ctx {
+        kind: "route configuration",
+        name: &rc.name,
+    };
+    if rc.name.is_empty() {
+        return Err(ctx.err("name", "must not be empty"));
+    }
+    Ok((rc.name.clone(), route_configuration(&rc, &ctx, "")?))
+}
+
+fn join(at: &str, field: &str) -> String {
+    if at.is_empty() {
+        field.to_string()
+    } else {
+        format!("{at}.{field}")
+    }
+}
+
+fn no_header_mutations(
+    add: usize,
+    remove: usize,
+    add_resp: usize,
+    remove_resp: usize,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(), TranslateError> {
+    for (n, field) in [
+        (add, "request_headers_to_add"),
+        (remove, "request_headers_to_remove"),
+        (add_resp, "response_headers_to_add"),
+        (remove_resp, "response_headers_to_remove"),
+    ] {
+        if n > 0 {
+            return Err(ctx.err(join(at, field), "header mutations are not supported"));
+        }
+    }
+    Ok(())
+}
+
+/// How specific a virtual host's most specific domain is: Envoy picks exact domains first,
+/// then suffix wildcards, then prefix wildcards, then `*`.
+fn domain_rank(d: &str) -> u8 {
+    if d == "*" {
+        3
+    } else if d.starts_with('*') {
+        1
+    } else if d.ends_with('*') {
+        2
+    } else {
+        0
+    }
+}
+
+fn domain_regex(d: &str) -> String {
+    if let Some(suffix) = d.strip_prefix('*') {
+        format!(".*{}", regex_escape(suffix))
+    } else if let Some(prefix) = d.strip_suffix('*') {
+        format!("{}.*", regex_escape(prefix))
+    } else {
+        regex_escape(d)
+    }
+}
+
+fn authority(domains: &[String]) -> Option<StringMatch> {
+    if domains.is_empty() || domains.iter().any(|d| d == "*") {
+        return None;
+    }
+    if let [d] = domains {
+        if !d.contains('*') {
+            return Some(StringMatch {
+                exact: Some(d.clone()),
+                ..Default::default()
+            });
+        }
+        if let Some(prefix) = d.strip_suffix('*').filter(|p| !p.contains('*')) {
+            return Some(StringMatch {
+                prefix: Some(prefix.to_string()),
+                ..Default::default()
+            });
+        }
+    }
+    let alts: Vec<String> = domains.iter().map(|d| domain_regex(d)).collect();
+    Some(StringMatch {
+        regex: Some(format!("(?:{})", alts.join("|"))),
+        ..Default::default()
+    })
+}
+
+fn route_configuration(
+    rc: &route_pb::RouteConfiguration,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<TripleRoute>, TranslateError> {
+    if rc.vhds.is_some() {
+        return Err(ctx.err(join(at, "vhds"), "VHDS is not supported"));
+    }
+    if !rc.internal_only_headers.is_empty() {
+        return Err(ctx.err(join(at, "internal_only_headers"), "not supported"));
+    }
+    if !rc.cluster_specifier_plugins.is_empty() {
+        return Err(ctx.err(join(at, "cluster_specifier_plugins"), "not supported"));
+    }
+    if !rc.request_mirror_policies.is_empty() {
+        return Err(ctx.err(
+            join(at, "request_mirror_policies"),
+            "mirroring is not supported",
+        ));
+    }
+    no_header_mutations(
+        rc.request_headers_to_add.len(),
+        rc.request_headers_to_remove.len(),
+        rc.response_headers_to_add.len(),
+        rc.response_headers_to_remove.len(),
+        ctx,
+        at,
+    )?;
+    let mut hosts: Vec<(usize, &route_pb::VirtualHost)> =
+        rc.virtual_hosts.iter().enumerate().collect();
+    hosts.sort_by_key(|(_, vh)| vh.domains.iter().map(|d| domain_rank(d)).min().unwrap_or(3));
+    let mut out = Vec::new();
+    for (i, vh) in hosts {
+        let vat = join(at, &format!("virtual_hosts[{i}]"));
+        if vh.matcher.is_some() {
+            return Err(ctx.err(
+                format!("{vat}.matcher"),
+                "the matcher API on virtual hosts is not supported",
+            ));
+        }
+        if vh.require_tls != 0 {
+            return Err(ctx.err(format!("{vat}.require_tls"), "TLS is not supported"));
+        }
+        if !vh.request_mirror_policies.is_empty() {
+            return Err(ctx.err(
+                format!("{vat}.request_mirror_policies"),
+                "mirroring is not supported",
+            ));
+        }
+        no_header_mutations(
+            vh.request_headers_to_add.len(),
+            vh.request_headers_to_remove.len(),
+            vh.response_headers_to_add.len(),
+            vh.response_headers_to_remove.len(),
+            ctx,
+            &vat,
+        )?;
+        let auth = authority(&vh.domains);
+        for (j, r) in vh.routes.iter().enumerate() {
+            let rat = format!("{vat}.routes[{j}]");
+            let mut route = triple_route(r, ctx, &rat)?;
+            route.matcher.authority = auth.clone();
+            out.push(route);
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a `:path` regex `/A/B` at its unescaped slashes outside character classes.
+fn split_path_regex(re: &str) -> Option<(String, String)> {
+    let mut parts = vec![String::new()];
+    let mut class = false;
+    let mut escaped = false;
+    for c in re.chars() {
+        let last = parts.last_mut()?;
+        if escaped {
+            escaped = false;
+            last.push(c);
+            continue;
+        }
+        match c {
+            '\\' => {
+                escaped = true;
+                last.push(c);
+            }
+            '[' => {
+                class = true;
+                last.push(c);
+            }
+            ']' => {
+                class = false;
+                last.push(c);
+            }
+            '/' if !class => parts.push(String::new()),
+            _ => last.push(c),
+        }
+    }
+    match parts.as_slice() {
+        [empty, a, b] if empty.is_empty() && !a.is_empty() && !b.is_empty() => {
+            Some((a.clone(), b.clone()))
+        }
+        _ => None,
+    }
+}
+
+fn triple_route(
+    r: &route_pb::Route,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<TripleRoute, TranslateError> {
+    use route_pb::route_match::PathSpecifier as P;
+    no_header_mutations(
+        r.request_headers_to_add.len(),
+        r.request_headers_to_remove.len(),
+        r.response_headers_to_add.len(),
+        r.response_headers_to_remove.len(),
+        ctx,
+        at,
+    )?;
+    let mut m = TripleMatch::default();
+    let Some(rm) = &r.r#match else {
+        return Err(ctx.err(format!("{at}.match"), "missing"));
+    };
+    let mat = format!("{at}.match");
+    if rm.case_sensitive.as_ref().is_some_and(|b| !b.value) {
+        return Err(ctx.err(
+            format!("{mat}.case_sensitive"),
+            "case-insensitive paths are not supported",
+        ));
+    }
+    if rm.runtime_fraction.is_some() {
+        return Err(ctx.err(format!("{mat}.runtime_fraction"), "not supported"));
+    }
+    if !rm.query_parameters.is_empty() {
+        return Err(ctx.err(format!("{mat}.query_parameters"), "not supported"));
+    }
+    if !rm.cookies.is_empty() {
+        return Err(ctx.err(format!("{mat}.cookies"), "not supported"));
+    }
+    if rm.tls_context.is_some() {
+        return Err(ctx.err(format!("{mat}.tls_context"), "TLS is not supported"));
+    }
+    if !rm.dynamic_metadata.is_empty() {
+        return Err(ctx.err(format!("{mat}.dynamic_metadata"), "not supported"));
+    }
+    if !rm.filter_state.is_empty() {
+        return Err(ctx.err(format!("{mat}.filter_state"), "not supported"));
+    }
+    // `grpc: {}` matches gRPC requests only: every Triple stream is one, so it is accepted.
+    match &rm.path_specifier {
+        Some(P::Prefix(p)) => {
+            let rest = p.strip_prefix('/').unwrap_or(p);
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err(ctx.err(
+                    format!("{mat}.prefix"),
+                    format!("{p:?} does not start with /"),
+                ));
+            }
+            match rest.split_once('/') {
+                None if rest.is_empty() => {}
+                None => {
+                    m.service = Some(StringMatch {
+                        prefix: Some(rest.to_string()),
+                        ..Default::default()
+                    })
+                }
+                Some((svc, method)) => {
+                    if method.contains('/') || svc.is_empty() {
+                        return Err(ctx.err(
+                            format!("{mat}.prefix"),
+                            format!("{p:?} is not /{{service}}/{{method prefix}}"),
+                        ));
+                    }
+                    m.service = Some(StringMatch {
+                        exact: Some(svc.to_string()),
+                        ..Default::default()
+                    });
+                    if !method.is_empty() {
+                        m.method = Some(StringMatch {
+                            prefix: Some(method.to_string()),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        Some(P::Path(p)) => {
+            let parts: Vec<&str> = p.split('/').collect();
+            match parts.as_slice() {
+                ["", svc, method] if !svc.is_empty() && !method.is_empty() => {
+                    m.service = Some(StringMatch {
+                        exact: Some(svc.to_string()),
+                        ..Default::default()
+                    });
+                    m.method = Some(StringMatch {
+                        exact: Some(method.to_string()),
+                        ..Default::default()
+                    });
+                }
+                _ => {
+                    return Err(ctx.err(
+                        format!("{mat}.path"),
+                        format!("{p:?} is not /{{service}}/{{method}}"),
+                    ))
+                }
+            }
+        }
+        Some(P::SafeRegex(re)) => match split_path_regex(&re.regex) {
+            Some((svc, method)) => {
+                if svc != ".*" && svc != ".+" {
+                    m.service = Some(StringMatch {
+                        regex: Some(svc),
+                        ..Default::default()
+                    });
+                }
+                if method != ".*" && method != ".+" {
+                    m.method = Some(StringMatch {
+                        regex: Some(method),
+                        ..Default::default()
+                    });
+                }
+            }
+            None if re.regex == ".*" || re.regex == "/.*" => {}
+            None => {
+                return Err(ctx.err(
+                    format!("{mat}.safe_regex"),
+                    format!(
+                        "{:?} is not of the form /SERVICE_REGEX/METHOD_REGEX",
+                        re.regex
+                    ),
+                ))
+            }
+        },
+        Some(P::PathSeparatedPrefix(p)) => {
+            return Err(ctx.err(
+                format!("{mat}.path_separated_prefix"),
+                format!("{p:?}: not supported"),
+            ))
+        }
+        Some(P::ConnectMatcher(_)) => {
+            return Err(ctx.err(format!("{mat}.connect_matcher"), "CONNECT is not supported"))
+        }
+        Some(P::PathMatchPolicy(_)) => {
+            return Err(ctx.err(format!("{mat}.path_match_policy"), "not supported"))
+        }
+        None => return Err(ctx.err(format!("{mat}.prefix"), "missing path specifier")),
+    }
+    for (k, h) in rm.headers.iter().enumerate() {
+        let hat = format!("{mat}.headers[{k}]");
+        let pat = header_pat(h, ctx, &hat)?;
+        let name = h.name.to_ascii_lowercase();
+        let dedicated = match name.as_str() {
+            "tri-service-version" => Some(&mut m.version),
+            "tri-service-group" => Some(&mut m.group),
+            "tri-unit-info" => Some(&mut m.unit),
+            _ => None,
+        };
+        match (dedicated, pat) {
+            (Some(slot), HeaderPat::Pat(Pat::Exact(v))) if slot.is_none() => *slot = Some(v),
+            (_, HeaderPat::Pat(Pat::Exact(v))) if name == ":authority" && m.authority.is_none() => {
+                m.authority = Some(StringMatch {
+                    exact: Some(v),
+                    ..Default::default()
+                })
+            }
+            (_, pat) => {
+                let mut hm = HeaderMatch {
+                    name,
+                    exact: None,
+                    prefix: None,
+                    regex: None,
+                    present: None,
+                };
+                match pat {
+                    HeaderPat::Pat(Pat::Exact(s)) => hm.exact = Some(s),
+                    HeaderPat::Pat(Pat::Prefix(s)) => hm.prefix = Some(s),
+                    HeaderPat::Pat(Pat::Regex(s)) => hm.regex = Some(s),
+                    HeaderPat::Present(b) => hm.present = Some(b),
+                }
+                m.headers.push(hm);
+            }
+        }
+    }
+    let action = match &r.action {
+        Some(route_pb::route::Action::Route(a)) => a,
+        Some(_) => {
+            return Err(ctx.err(
+                format!("{at}.route"),
+                "only route actions are supported (no redirect, direct_response, filter_action, non_forwarding_action)",
+            ))
+        }
+        None => return Err(ctx.err(format!("{at}.route"), "missing")),
+    };
+    Ok(TripleRoute {
+        name: (!r.name.is_empty()).then(|| r.name.clone()),
+        matcher: m,
+        route: http_action(action, ctx, &format!("{at}.route"))?,
+    })
+}
+
+fn http_action(
+    a: &route_pb::RouteAction,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<RouteAction, TranslateError> {
+    use route_pb::route_action::ClusterSpecifier as C;
+    let refuse = |field: &str, why: &str| Err(ctx.err(format!("{at}.{field}"), why.to_string()));
+    if a.metadata_match.is_some() {
+        return refuse("metadata_match", "subset load balancing is not supported");
+    }
+    if !a.prefix_rewrite.is_empty() {
+        return refuse("prefix_rewrite", "path rewrites are not supported");
+    }
+    if a.regex_rewrite.is_some() {
+        return refuse("regex_rewrite", "path rewrites are not supported");
+    }
+    if a.path_rewrite_policy.is_some() {
+        return refuse("path_rewrite_policy", "path rewrites are not supported");
+    }
+    if !a.path_rewrite.is_empty() {
+        return refuse("path_rewrite", "path rewrites are not supported");
+    }
+    if a.host_rewrite_specifier.is_some() {
+        return refuse("host_rewrite_literal", "host rewrites are not supported");
+    }
+    if !a.request_mirror_policies.is_empty() {
+        return refuse("request_mirror_policies", "mirroring is not supported");
+    }
+    if !a.upgrade_configs.is_empty() {
+        return refuse("upgrade_configs", "upgrades are not supported");
+    }
+    let mut out = match &a.cluster_specifier {
+        Some(C::Cluster(c)) => RouteAction {
+            cluster: Some(c.clone()),
+            ..Default::default()
+        },
+        Some(C::WeightedClusters(w)) => RouteAction {
+            weighted_clusters: weighted(w, ctx, &format!("{at}.weighted_clusters"))?,
+            ..Default::default()
+        },
+        Some(C::ClusterHeader(_)) => {
+            return refuse(
+                "cluster_header",
+                "clusters named by a header are not supported",
+            )
+        }
+        Some(C::ClusterSpecifierPlugin(_)) | Some(C::InlineClusterSpecifierPlugin(_)) => {
+            return refuse(
+                "cluster_specifier_plugin",
+                "cluster specifier plugins are not supported",
+            )
+        }
+        None => return refuse("cluster", "give cluster or weighted_clusters"),
+    };
+    if let Some(t) = &a.timeout {
+        out.timeout_ms = Some(timeout_ms(t, ctx, &format!("{at}.timeout"))?);
+    }
+    Ok(out)
+}
+
+// === clusters ===
+
+pub(crate) fn decode_cluster(any: &Any) -> Result<(String, ClusterRes), TranslateError> {
+    let c: cluster_pb::Cluster = decode_top(any, CLUSTER_TYPE)?;
+    Ok((c.name.clone(), cluster(&c)?))
+}
+
+fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
+    use cluster_pb::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as L};
+    let ctx = Ctx {
+        kind: "cluster",
+        name: &c.name,
+    };
+    let refuse = |field: &str, why: &str| Err(ctx.err(field.to_string(), why.to_string()));
+    if c.name.is_empty() {
+        return refuse("name", "must not be empty");
+    }
+    if !c.transport_socket_matches.is_empty() {
+        return refuse("transport_socket_matches", "TLS is not supported");
+    }
+    if c.transport_socket_matcher.is_some() {
+        return refuse("transport_socket_matcher", "TLS is not supported");
+    }
+    if let Some(ts) = &c.transport_socket {
+        if ts.name != RAW_BUFFER_SOCKET {
+            return Err(ctx.err(
+                "transport_socket",
+                format!("transport socket {:?} (TLS) is not supported", ts.name),
+            ));
+        }
+    }
+    if !c.health_checks.is_empty() {
+        return refuse("health_checks", "active health checks are not supported");
+    }
+    if c.outlier_detection.is_some() {
+        return refuse("outlier_detection", "outlier detection is not supported");
+    }
+    if c.lb_subset_config.is_some() {
+        return refuse("lb_subset_config", "subset load balancing is not supported");
+    }
+    if c.load_balancing_policy.is_some() {
+        return refuse(
+            "load_balancing_policy",
+            "give lb_policy ROUND_ROBIN or LEAST_REQUEST instead",
+        );
+    }
+    if c.upstream_bind_config.is_some() {
+        return refuse("upstream_bind_config", "not supported");
+    }
+    if !c.filters.is_empty() {
+        return refuse("filters", "upstream network filters are not supported");
+    }
+    if c.upstream_config.is_some() {
+        return refuse("upstream_config", "not supported");
+    }
+    if c.lrs_server.is_some() {
+        return refuse("lrs_server", "load reporting is not supported");
+    }
+    for key in c.typed_extension_protocol_options.keys() {
+        if key != HTTP_PROTOCOL_OPTIONS {
+            return Err(ctx.err(
+                format!("typed_extension_protocol_options[{key:?}]"),
+                "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is accepted (and ignored)",
+            ));
+        }
+    }
+    let lb = match L::try_from(c.lb_policy) {
+        Ok(L::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(L::LeastRequest) => LbPolicy::LeastRequest,
+        _ => {
+            return Err(ctx.err(
+                "lb_policy",
+                format!(
+                    "only ROUND_ROBIN or LEAST_REQUEST is supported (got {})",
+                    c.lb_policy
+                ),
+            ))
+        }
+    };
+    let connect_timeout_ms = match &c.connect_timeout {
+        Some(d) => duration_ms(d, &ctx, "connect_timeout")?,
+        None => ENVOY_CONNECT_TIMEOUT_MS_DEFAULT,
+    };
+    let ty = match &c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => *t,
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return refuse("cluster_type", "custom cluster types are not supported")
+        }
+        None => DiscoveryType::Static as i32,
+    };
+    let mut out = Cluster {
+        name: c.name.clone(),
+        endpoints: Vec::new(),
+        lb,
+        connect_timeout_ms,
+        timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
+        connections_per_host: config::CONNECTIONS_PER_HOST_DEFAULT,
+        pending_requests_max: config::PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,
+        heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
+    };
+    let eds = match DiscoveryType::try_from(ty) {
+        Ok(DiscoveryType::Eds) => {
+            let cfg = c.eds_cluster_config.as_ref();
+            if let Some(cs) = cfg.and_then(|e| e.eds_config.as_ref()) {
+                ads_source(cs, &ctx, "eds_cluster_config.eds_config")?;
+            }
+            let service = cfg.map(|e| e.service_name.as_str()).unwrap_or("");
+            Some(if service.is_empty() {
+                c.name.clone()
+            } else {
+                service.to_string()
+            })
+        }
+        Ok(DiscoveryType::Static) | Ok(DiscoveryType::StrictDns) => {
+            let Some(la) = &c.load_assignment else {
+                return refuse(
+                    "load_assignment",
+                    "a STATIC or STRICT_DNS cluster needs an inline load_assignment",
+                );
+            };
+            out.endpoints = endpoints(la, &ctx, "load_assignment")?;
+            None
+        }
+        _ => {
+            return Err(ctx.err(
+                "type",
+                format!("only STATIC, STRICT_DNS (IP literals) or EDS is supported (got {ty})"),
+            ))
+        }
+    };
+    Ok(ClusterRes { cluster: out, eds })
+}
+
+// === endpoints ===
+
+pub(crate) fn decode_endpoints(any: &Any) -> Result<(String, Vec<SocketAddr>), TranslateError> {
+    let la: endpoint_pb::ClusterLoadAssignment = decode_top(any, ENDPOINT_TYPE)?;
+    let ctx = Ctx {
+        kind: "cluster load assignment",
+        name: &la.cluster_name,
+    };
+    if la.cluster_name.is_empty() {
+        return Err(ctx.err("cluster_name", "must not be empty"));
+    }
+    Ok((la.cluster_name.clone(), endpoints(&la, &ctx, "")?))
+}
+
+/// Endpoints of the lowest priority present (Envoy's failover tiers above it are not used:
+/// ringside has no priority load balancing), healthy or of unknown health, in order.
+fn endpoints(
+    la: &endpoint_pb::ClusterLoadAssignment,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<SocketAddr>, TranslateError> {
+    use core_pb::HealthStatus as H;
+    if !la.named_endpoints.is_empty() {
+        return Err(ctx.err(
+            join(at, "named_endpoints"),
+            "named endpoints are not supported",
+        ));
+    }
+    let top = la.endpoints.iter().map(|l| l.priority).min().unwrap_or(0);
+    let mut out = Vec::new();
+    for (i, l) in la.endpoints.iter().enumerate() {
+        for (j, e) in l.lb_endpoints.iter().enumerate() {
+            let eat = join(at, &format!("endpoints[{i}].lb_endpoints[{j}]"));
+            let ep = match &e.host_identifier {
+                Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
+                Some(endpoint_pb::lb_endpoint::HostIdentifier::EndpointName(_)) => {
+                    return Err(ctx.err(
+                        format!("{eat}.endpoint_name"),
+                        "named endpoints are not supported",
+                    ))
+                }
+                None => return Err(ctx.err(format!("{eat}.endpoint"), "missing")),
+            };
+            let addr =
+                socket_address(ep.address.as_ref(), ctx, &format!("{eat}.endpoint.address"))?;
+            let excluded = matches!(
+                H::try_from(e.health_status),
+                Ok(H::Unhealthy | H::Draining | H::Timeout)
+            );
+            if l.priority == top && !excluded {
+                out.push(addr);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "proto_tests.rs"]
+mod tests;

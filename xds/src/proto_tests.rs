@@ -1,0 +1,828 @@
+use super::*;
+use crate::testing::*;
+use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3::method_match::parameter_match_specifier::ParameterMatchSpecifier as Param;
+use envoy_types::pb::envoy::r#type::v3::Int64Range;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::util::pack_any;
+use xds_matcher_pb::matcher::matcher_list::predicate::{single_predicate, MatchType, PredicateList, SinglePredicate};
+use xds_matcher_pb::matcher::matcher_list::{FieldMatcher, Predicate};
+
+fn sm_exact(s: &str) -> matcher_pb::StringMatcher {
+    matcher_pb::StringMatcher {
+        match_pattern: Some(matcher_pb::string_matcher::MatchPattern::Exact(s.into())),
+        ignore_case: false,
+    }
+}
+
+fn err_text(r: Result<(String, ListenerRes), TranslateError>) -> String {
+    match r {
+        Ok(v) => panic!("expected a NACK, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn exact(s: &str) -> Option<StringMatch> {
+    Some(StringMatch {
+        exact: Some(s.into()),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn tcp_proxy_listener() {
+    let (name, res) =
+        decode_listener(&crate::testing::listener("in", 9000, tcp("backend"))).unwrap();
+    assert_eq!(name, "in");
+    assert_eq!(res.rds, None);
+    assert_eq!(res.listener.protocol, Protocol::Tcp);
+    assert_eq!(res.listener.cluster.as_deref(), Some("backend"));
+    assert_eq!(res.listener.address, "127.0.0.1:9000".parse().unwrap());
+}
+
+fn dubbo_proxy_pb() -> dubbo_pb::DubboProxy {
+    let mut params = std::collections::HashMap::new();
+    params.insert(
+        1,
+        dubbo_pb::method_match::ParameterMatchSpecifier {
+            parameter_match_specifier: Some(Param::ExactMatch("7".into())),
+        },
+    );
+    params.insert(
+        0,
+        dubbo_pb::method_match::ParameterMatchSpecifier {
+            parameter_match_specifier: Some(Param::RangeMatch(Int64Range { start: 10, end: 20 })),
+        },
+    );
+    let headers = vec![
+        route_pb::HeaderMatcher {
+            name: "env".into(),
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(sm_exact("gray")),
+            ),
+            ..Default::default()
+        },
+        route_pb::HeaderMatcher {
+            name: "trace".into(),
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+            ),
+            ..Default::default()
+        },
+        route_pb::HeaderMatcher {
+            name: "user".into(),
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::SafeRegexMatch(
+                    matcher_pb::RegexMatcher {
+                        regex: "u[0-9]+".into(),
+                        engine_type: None,
+                    },
+                ),
+            ),
+            ..Default::default()
+        },
+    ];
+    dubbo_pb::DubboProxy {
+        stat_prefix: "d".into(),
+        route_config: vec![dubbo_pb::RouteConfiguration {
+            name: "users".into(),
+            interface: "org.demo.UserService".into(),
+            group: "g1".into(),
+            version: "1.0".into(),
+            routes: vec![
+                dubbo_pb::Route {
+                    r#match: Some(dubbo_pb::RouteMatch {
+                        method: Some(dubbo_pb::MethodMatch {
+                            name: Some(matcher_pb::StringMatcher {
+                                match_pattern: Some(
+                                    matcher_pb::string_matcher::MatchPattern::Prefix("get".into()),
+                                ),
+                                ignore_case: false,
+                            }),
+                            params_match: params,
+                        }),
+                        headers,
+                    }),
+                    route: Some(dubbo_pb::RouteAction {
+                        metadata_match: None,
+                        cluster_specifier: Some(
+                            dubbo_pb::route_action::ClusterSpecifier::WeightedClusters(
+                                route_pb::WeightedCluster {
+                                    clusters: vec![
+                                        route_pb::weighted_cluster::ClusterWeight {
+                                            name: "a".into(),
+                                            weight: Some(UInt32Value { value: 80 }),
+                                            ..Default::default()
+                                        },
+                                        route_pb::weighted_cluster::ClusterWeight {
+                                            name: "b".into(),
+                                            weight: Some(UInt32Value { value: 20 }),
+                                            ..Default::default()
+                                        },
+                                    ],
+                                    ..Default::default()
+                                },
+                            ),
+                        ),
+                    }),
+                },
+                dubbo_pb::Route {
+                    r#match: Some(dubbo_pb::RouteMatch {
+                        method: Some(dubbo_pb::MethodMatch {
+                            name: Some(matcher_pb::StringMatcher {
+                                match_pattern: Some(
+                                    matcher_pb::string_matcher::MatchPattern::SafeRegex(
+                                        matcher_pb::RegexMatcher {
+                                            regex: "set.*".into(),
+                                            engine_type: None,
+                                        },
+                                    ),
+                                ),
+                                ignore_case: false,
+                            }),
+                            params_match: Default::default(),
+                        }),
+                        headers: vec![],
+                    }),
+                    route: Some(dubbo_pb::RouteAction {
+                        metadata_match: None,
+                        cluster_specifier: Some(dubbo_pb::route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                    }),
+                },
+            ],
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn dubbo_proxy_routes() {
+    let (_, res) = decode_listener(&crate::testing::listener(
+        "d",
+        20880,
+        pack_any(dubbo_proxy_pb()),
+    ))
+    .unwrap();
+    let l = res.listener;
+    assert_eq!(l.protocol, Protocol::Dubbo);
+    let routes = l.dubbo.unwrap().routes;
+    assert_eq!(routes.len(), 2);
+    let r0 = &routes[0];
+    assert_eq!(r0.name.as_deref(), Some("users"));
+    assert_eq!(r0.matcher.interface, exact("org.demo.UserService"));
+    assert_eq!(r0.matcher.group.as_deref(), Some("g1"));
+    assert_eq!(r0.matcher.version.as_deref(), Some("1.0"));
+    assert_eq!(
+        r0.matcher.method,
+        Some(StringMatch {
+            prefix: Some("get".into()),
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        r0.matcher.arguments,
+        vec![
+            ArgumentMatch {
+                index: 0,
+                exact: None,
+                prefix: None,
+                range: Some(Range { start: 10, end: 20 })
+            },
+            ArgumentMatch {
+                index: 1,
+                exact: Some("7".into()),
+                prefix: None,
+                range: None
+            },
+        ]
+    );
+    assert_eq!(
+        r0.matcher.attachments,
+        vec![
+            AttachmentMatch {
+                name: "env".into(),
+                exact: Some("gray".into()),
+                regex: None,
+                present: None
+            },
+            AttachmentMatch {
+                name: "trace".into(),
+                exact: None,
+                regex: None,
+                present: Some(true)
+            },
+            AttachmentMatch {
+                name: "user".into(),
+                exact: None,
+                regex: Some("u[0-9]+".into()),
+                present: None
+            },
+        ]
+    );
+    assert_eq!(
+        r0.route.weighted_clusters,
+        vec![
+            WeightedCluster {
+                name: "a".into(),
+                weight: 80
+            },
+            WeightedCluster {
+                name: "b".into(),
+                weight: 20
+            }
+        ]
+    );
+    assert_eq!(
+        routes[1].matcher.method,
+        Some(StringMatch {
+            regex: Some("set.*".into()),
+            ..Default::default()
+        })
+    );
+    assert_eq!(routes[1].route.cluster.as_deref(), Some("c"));
+}
+
+#[test]
+fn dubbo_proxy_nacks_name_the_field() {
+    let mut d = dubbo_proxy_pb();
+    d.serialization_type = 1;
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "d",
+        1,
+        pack_any(d),
+    )));
+    assert!(e.contains("listener \"d\""), "{e}");
+    assert!(
+        e.contains("filter_chains[0].filters[0].typed_config.serialization_type"),
+        "{e}"
+    );
+
+    let mut d = dubbo_proxy_pb();
+    d.dubbo_filters.push(dubbo_pb::DubboFilter {
+        name: "envoy.filters.dubbo.ratelimit".into(),
+        config: None,
+    });
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "d",
+        1,
+        pack_any(d),
+    )));
+    assert!(e.contains("typed_config.dubbo_filters[0].name"), "{e}");
+
+    let mut d = dubbo_proxy_pb();
+    d.route_specifier = Some(dubbo_pb::dubbo_proxy::RouteSpecifier::Drds(
+        Default::default(),
+    ));
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "d",
+        1,
+        pack_any(d),
+    )));
+    assert!(e.contains("typed_config.drds"), "{e}");
+
+    let mut d = dubbo_proxy_pb();
+    d.route_config[0].routes[1]
+        .route
+        .as_mut()
+        .unwrap()
+        .metadata_match = Some(Default::default());
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "d",
+        1,
+        pack_any(d),
+    )));
+    assert!(
+        e.contains("typed_config.route_config[0].routes[1].route.metadata_match"),
+        "{e}"
+    );
+
+    let mut d = dubbo_proxy_pb();
+    d.route_config[0].routes[0]
+        .r#match
+        .as_mut()
+        .unwrap()
+        .headers[0]
+        .invert_match = true;
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "d",
+        1,
+        pack_any(d),
+    )));
+    assert!(e.contains("routes[0].match.headers[0].invert_match"), "{e}");
+}
+
+#[test]
+fn dubbo_multiple_route_config_maps_like_inline() {
+    let mut d = dubbo_proxy_pb();
+    let rcs = std::mem::take(&mut d.route_config);
+    d.route_specifier = Some(dubbo_pb::dubbo_proxy::RouteSpecifier::MultipleRouteConfig(
+        dubbo_pb::MultipleRouteConfiguration {
+            name: "m".into(),
+            route_config: rcs,
+        },
+    ));
+    let (_, res) = decode_listener(&crate::testing::listener("d", 1, pack_any(d))).unwrap();
+    assert_eq!(res.listener.dubbo.unwrap().routes.len(), 2);
+}
+
+fn typed(type_url: &str, value: Vec<u8>) -> Option<envoy_types::pb::google::protobuf::Any> {
+    Some(envoy_types::pb::google::protobuf::Any {
+        type_url: type_url.into(),
+        value,
+    })
+}
+
+fn xds_tec(type_url: &str, value: Vec<u8>) -> envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+    envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+        name: "x".into(),
+        typed_config: typed(type_url, value),
+    }
+}
+
+fn single(input: envoy_types::pb::xds::core::v3::TypedExtensionConfig, value: &str) -> Predicate {
+    Predicate {
+        match_type: Some(MatchType::SinglePredicate(SinglePredicate {
+            input: Some(input),
+            matcher: Some(single_predicate::Matcher::ValueMatch(
+                xds_matcher_pb::StringMatcher {
+                    match_pattern: Some(xds_matcher_pb::string_matcher::MatchPattern::Exact(
+                        value.into(),
+                    )),
+                    ignore_case: false,
+                },
+            )),
+        })),
+    }
+}
+
+fn gp_action(cluster: &str) -> xds_matcher_pb::matcher::OnMatch {
+    let a = gp_action_pb::RouteAction {
+        name: format!("to-{cluster}"),
+        cluster_specifier: Some(gp_action_pb::route_action::ClusterSpecifier::Cluster(
+            cluster.into(),
+        )),
+        timeout: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    xds_matcher_pb::matcher::OnMatch {
+        keep_matching: false,
+        on_match: Some(xds_matcher_pb::matcher::on_match::OnMatch::Action(xds_tec(
+            GP_ROUTE_ACTION_TYPE,
+            a.encode_to_vec(),
+        ))),
+    }
+}
+
+fn generic(routes: xds_matcher_pb::Matcher) -> Any {
+    pack_any(gp_pb::GenericProxy {
+        stat_prefix: "g".into(),
+        codec_config: Some(core_pb::TypedExtensionConfig {
+            name: "dubbo".into(),
+            typed_config: typed(DUBBO_CODEC_TYPE, vec![]),
+        }),
+        filters: vec![core_pb::TypedExtensionConfig {
+            name: "envoy.filters.generic.router".into(),
+            typed_config: None,
+        }],
+        route_specifier: Some(gp_pb::generic_proxy::RouteSpecifier::RouteConfig(
+            gp_pb::RouteConfiguration {
+                name: "r".into(),
+                routes: Some(routes),
+                virtual_hosts: vec![],
+            },
+        )),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn generic_proxy_matcher_list_and_tree() {
+    let service = || xds_tec(GP_SERVICE_INPUT_TYPE, vec![]);
+    let method = || xds_tec(GP_METHOD_INPUT_TYPE, vec![]);
+    let prop = |n: &str| {
+        xds_tec(
+            GP_PROPERTY_INPUT_TYPE,
+            gp_matcher_pb::PropertyMatchInput {
+                property_name: n.into(),
+            }
+            .encode_to_vec(),
+        )
+    };
+    let list = xds_matcher_pb::Matcher {
+        on_no_match: Some(Box::new(gp_action("fallback"))),
+        matcher_type: Some(xds_matcher_pb::matcher::MatcherType::MatcherList(
+            xds_matcher_pb::matcher::MatcherList {
+                matchers: vec![
+                    FieldMatcher {
+                        predicate: Some(Predicate {
+                            match_type: Some(MatchType::AndMatcher(PredicateList {
+                                predicate: vec![
+                                    single(service(), "org.demo.A"),
+                                    single(method(), "get"),
+                                    single(prop("version"), "2.0"),
+                                    single(prop("env"), "gray"),
+                                ],
+                            })),
+                        }),
+                        on_match: Some(gp_action("a-gray")),
+                    },
+                    FieldMatcher {
+                        predicate: Some(single(service(), "org.demo.A")),
+                        on_match: Some(gp_action("a")),
+                    },
+                ],
+            },
+        )),
+    };
+    let (_, res) = decode_listener(&crate::testing::listener("g", 1, generic(list))).unwrap();
+    let routes = res.listener.dubbo.unwrap().routes;
+    assert_eq!(routes.len(), 3);
+    assert_eq!(routes[0].matcher.interface, exact("org.demo.A"));
+    assert_eq!(routes[0].matcher.method, exact("get"));
+    assert_eq!(routes[0].matcher.version.as_deref(), Some("2.0"));
+    assert_eq!(
+        routes[0].matcher.attachments,
+        vec![AttachmentMatch {
+            name: "env".into(),
+            exact: Some("gray".into()),
+            regex: None,
+            present: None
+        }]
+    );
+    assert_eq!(routes[0].route.cluster.as_deref(), Some("a-gray"));
+    assert_eq!(routes[0].route.timeout_ms, Some(1000));
+    assert_eq!(routes[0].name.as_deref(), Some("to-a-gray"));
+    assert_eq!(routes[1].matcher.method, None);
+    assert_eq!(routes[1].route.cluster.as_deref(), Some("a"));
+    assert_eq!(routes[2].matcher, DubboMatch::default());
+    assert_eq!(routes[2].route.cluster.as_deref(), Some("fallback"));
+
+    // A tree on the service with exact keys, each holding an action.
+    let mut map = std::collections::HashMap::new();
+    map.insert("org.demo.B".to_string(), gp_action("b"));
+    map.insert("org.demo.A".to_string(), gp_action("a"));
+    let tree = xds_matcher_pb::Matcher {
+        on_no_match: None,
+        matcher_type: Some(xds_matcher_pb::matcher::MatcherType::MatcherTree(
+            xds_matcher_pb::matcher::MatcherTree {
+                input: Some(service()),
+                tree_type: Some(
+                    xds_matcher_pb::matcher::matcher_tree::TreeType::ExactMatchMap(
+                        xds_matcher_pb::matcher::matcher_tree::MatchMap { map },
+                    ),
+                ),
+            },
+        )),
+    };
+    let (_, res) = decode_listener(&crate::testing::listener("g", 1, generic(tree))).unwrap();
+    let routes = res.listener.dubbo.unwrap().routes;
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0].matcher.interface, exact("org.demo.A"));
+    assert_eq!(routes[1].route.cluster.as_deref(), Some("b"));
+}
+
+#[test]
+fn generic_proxy_nacks_or_matcher() {
+    let service = || xds_tec(GP_SERVICE_INPUT_TYPE, vec![]);
+    let m = xds_matcher_pb::Matcher {
+        on_no_match: None,
+        matcher_type: Some(xds_matcher_pb::matcher::MatcherType::MatcherList(
+            xds_matcher_pb::matcher::MatcherList {
+                matchers: vec![FieldMatcher {
+                    predicate: Some(Predicate {
+                        match_type: Some(MatchType::OrMatcher(PredicateList {
+                            predicate: vec![single(service(), "A"), single(service(), "B")],
+                        })),
+                    }),
+                    on_match: Some(gp_action("a")),
+                }],
+            },
+        )),
+    };
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "g",
+        1,
+        generic(m),
+    )));
+    assert!(
+        e.contains(
+            "typed_config.route_config.routes.matcher_list.matchers[0].predicate.or_matcher"
+        ),
+        "{e}"
+    );
+}
+
+fn header(name: &str, exact_value: &str) -> route_pb::HeaderMatcher {
+    route_pb::HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(
+            sm_exact(exact_value),
+        )),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn hcm_inline_routes() {
+    let mut by_path = route_to("/", "x");
+    by_path.r#match.as_mut().unwrap().path_specifier = Some(
+        route_pb::route_match::PathSpecifier::Path("/org.demo.Greeter/SayHello".into()),
+    );
+    by_path.r#match.as_mut().unwrap().headers = vec![
+        header("tri-service-version", "1.0"),
+        header("tri-service-group", "g"),
+        header("tri-unit-info", "u1"),
+        header("x-env", "gray"),
+        route_pb::HeaderMatcher {
+            name: "x-user".into(),
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(
+                    matcher_pb::StringMatcher {
+                        match_pattern: Some(matcher_pb::string_matcher::MatchPattern::Prefix(
+                            "vip".into(),
+                        )),
+                        ignore_case: false,
+                    },
+                ),
+            ),
+            ..Default::default()
+        },
+    ];
+    if let Some(route_pb::route::Action::Route(a)) = by_path.action.as_mut() {
+        a.cluster_specifier = Some(route_pb::route_action::ClusterSpecifier::Cluster(
+            "greeter-v1".into(),
+        ));
+        a.timeout = Some(Duration {
+            seconds: 2,
+            nanos: 0,
+        });
+    }
+    let mut by_regex = route_to("/", "r");
+    by_regex.r#match.as_mut().unwrap().path_specifier = Some(
+        route_pb::route_match::PathSpecifier::SafeRegex(matcher_pb::RegexMatcher {
+            regex: "/org\\.demo\\..*/[^/]+".into(),
+            engine_type: None,
+        }),
+    );
+    let rc = route_config_pb(
+        "inline",
+        &["greeter.demo", "greeter.demo:50051"],
+        vec![
+            by_path,
+            route_to("/org.demo.Greeter/", "greeter"),
+            by_regex,
+            route_to("/", "default"),
+        ],
+    );
+    let (_, res) = decode_listener(&crate::testing::listener("t", 50051, hcm_inline(rc))).unwrap();
+    assert_eq!(res.rds, None);
+    let l = res.listener;
+    assert_eq!(l.protocol, Protocol::Triple);
+    let routes = l.triple.unwrap().routes;
+    assert_eq!(routes.len(), 4);
+    let m = &routes[0].matcher;
+    assert_eq!(m.service, exact("org.demo.Greeter"));
+    assert_eq!(m.method, exact("SayHello"));
+    assert_eq!(m.version.as_deref(), Some("1.0"));
+    assert_eq!(m.group.as_deref(), Some("g"));
+    assert_eq!(m.unit.as_deref(), Some("u1"));
+    assert_eq!(
+        m.authority,
+        Some(StringMatch {
+            regex: Some("(?:greeter\\.demo|greeter\\.demo:50051)".into()),
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        m.headers,
+        vec![
+            HeaderMatch {
+                name: "x-env".into(),
+                exact: Some("gray".into()),
+                prefix: None,
+                regex: None,
+                present: None
+            },
+            HeaderMatch {
+                name: "x-user".into(),
+                exact: None,
+                prefix: Some("vip".into()),
+                regex: None,
+                present: None
+            },
+        ]
+    );
+    assert_eq!(routes[0].route.cluster.as_deref(), Some("greeter-v1"));
+    assert_eq!(routes[0].route.timeout_ms, Some(2000));
+    assert_eq!(routes[1].matcher.service, exact("org.demo.Greeter"));
+    assert_eq!(routes[1].matcher.method, None);
+    assert_eq!(
+        routes[2].matcher.service,
+        Some(StringMatch {
+            regex: Some("org\\.demo\\..*".into()),
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        routes[2].matcher.method,
+        Some(StringMatch {
+            regex: Some("[^/]+".into()),
+            ..Default::default()
+        })
+    );
+    assert_eq!(routes[3].matcher.service, None);
+    assert_eq!(routes[3].route.cluster.as_deref(), Some("default"));
+}
+
+#[test]
+fn hcm_rds_and_route_resource() {
+    let (_, res) = decode_listener(&crate::testing::listener("t", 1, hcm_rds("routes-1"))).unwrap();
+    assert_eq!(res.rds.as_deref(), Some("routes-1"));
+    assert_eq!(res.listener.triple.unwrap().routes, vec![]);
+    let (name, routes) = decode_route(&route_config("routes-1", "c")).unwrap();
+    assert_eq!(name, "routes-1");
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].matcher, TripleMatch::default());
+    assert_eq!(routes[0].route.cluster.as_deref(), Some("c"));
+}
+
+#[test]
+fn hcm_nacks_name_the_field() {
+    let mut h: hcm_pb::HttpConnectionManager =
+        hcm_pb::HttpConnectionManager::decode(hcm_rds("r").value.as_slice()).unwrap();
+    h.http_filters.insert(
+        0,
+        hcm_pb::HttpFilter {
+            name: "envoy.filters.http.fault".into(),
+            ..Default::default()
+        },
+    );
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "t",
+        1,
+        pack_any(h.clone()),
+    )));
+    assert!(
+        e.contains("typed_config.http_filters[0]") && e.contains("envoy.filters.http.fault"),
+        "{e}"
+    );
+
+    h.http_filters.remove(0);
+    h.codec_type = hcm_pb::http_connection_manager::CodecType::Http1 as i32;
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "t",
+        1,
+        pack_any(h),
+    )));
+    assert!(e.contains("typed_config.codec_type"), "{e}");
+
+    let mut r = route_to("/", "c");
+    if let Some(route_pb::route::Action::Route(a)) = r.action.as_mut() {
+        a.prefix_rewrite = "/x".into();
+    }
+    let rc = route_config_pb("rc", &["*"], vec![route_to("/", "c"), r]);
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "t",
+        1,
+        hcm_inline(rc),
+    )));
+    assert!(
+        e.contains("typed_config.route_config.virtual_hosts[0].routes[1].route.prefix_rewrite"),
+        "{e}"
+    );
+
+    let mut rc = route_config_pb("rc", &["*"], vec![route_to("/", "c")]);
+    rc.virtual_hosts[0].routes[0]
+        .r#match
+        .as_mut()
+        .unwrap()
+        .headers
+        .push(route_pb::HeaderMatcher {
+            name: "a".into(),
+            invert_match: true,
+            ..Default::default()
+        });
+    let e = decode_route(&pack_any(rc)).unwrap_err().to_string();
+    assert_eq!(e, "route configuration \"rc\": field `virtual_hosts[0].routes[0].match.headers[0].invert_match`: inverted matches are not supported");
+}
+
+#[test]
+fn listener_shape_nacks() {
+    let mut l = listener_pb("two", 1, tcp("c"));
+    l.filter_chains.push(l.filter_chains[0].clone());
+    let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
+    assert!(e.contains("listener \"two\": field `filter_chains`"), "{e}");
+
+    let mut l = listener_pb("m", 1, tcp("c"));
+    l.filter_chains[0].filter_chain_match = Some(Default::default());
+    let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
+    assert!(
+        e.contains("field `filter_chains[0].filter_chain_match`"),
+        "{e}"
+    );
+
+    let mut l = listener_pb("h", 1, tcp("c"));
+    l.address = Some(addr("localhost", 1));
+    let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
+    assert!(e.contains("field `address.socket_address.address`"), "{e}");
+
+    let l = listener_pb("u", 1, pack_any(route_pb::RouteConfiguration::default()));
+    let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
+    assert!(
+        e.contains("field `filter_chains[0].filters[0].typed_config`")
+            && e.contains("not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn clusters() {
+    let (name, c) = decode_cluster(&cluster_eds("users", "users-eds")).unwrap();
+    assert_eq!(name, "users");
+    assert_eq!(c.eds.as_deref(), Some("users-eds"));
+    assert_eq!(c.cluster.connect_timeout_ms, 2001);
+    assert_eq!(c.cluster.endpoints, vec![]);
+    let (_, c) = decode_cluster(&cluster_eds("orders", "")).unwrap();
+    assert_eq!(c.eds.as_deref(), Some("orders"));
+
+    let mut s = cluster_static_pb("s", &[("10.0.0.1", 80), ("10.0.0.2", 81)]);
+    s.lb_policy = cluster_pb::cluster::LbPolicy::LeastRequest as i32;
+    s.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.into(), Any::default());
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(c.eds, None);
+    assert_eq!(c.cluster.lb, LbPolicy::LeastRequest);
+    assert_eq!(
+        c.cluster.connect_timeout_ms,
+        ENVOY_CONNECT_TIMEOUT_MS_DEFAULT
+    );
+    assert_eq!(
+        c.cluster.endpoints,
+        vec![
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:81".parse().unwrap()
+        ]
+    );
+
+    let mut bad = s.clone();
+    bad.transport_socket = Some(core_pb::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: None,
+    });
+    assert!(decode_cluster(&pack_any(bad))
+        .unwrap_err()
+        .to_string()
+        .contains("cluster \"s\": field `transport_socket`"));
+    let mut bad = s.clone();
+    bad.lb_policy = cluster_pb::cluster::LbPolicy::RingHash as i32;
+    assert!(decode_cluster(&pack_any(bad))
+        .unwrap_err()
+        .to_string()
+        .contains("field `lb_policy`"));
+    let mut bad = s.clone();
+    bad.typed_extension_protocol_options
+        .insert("envoy.filters.network.thrift_proxy".into(), Any::default());
+    assert!(decode_cluster(&pack_any(bad))
+        .unwrap_err()
+        .to_string()
+        .contains("typed_extension_protocol_options[\"envoy.filters.network.thrift_proxy\"]"));
+    let bad = cluster_static_pb("dns", &[("backend.svc", 80)]);
+    let e = decode_cluster(&pack_any(bad)).unwrap_err().to_string();
+    assert!(e.contains("field `load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address`"), "{e}");
+}
+
+#[test]
+fn endpoints_exclude_unhealthy_and_lower_priorities() {
+    let mut la = cla_pb(
+        "users",
+        &[("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)],
+    );
+    la.endpoints[0].lb_endpoints[1].health_status = core_pb::HealthStatus::Draining as i32;
+    la.endpoints[0].lb_endpoints[2].health_status = core_pb::HealthStatus::Healthy as i32;
+    let mut failover = cla_pb("users", &[("10.9.9.9", 80)]).endpoints.remove(0);
+    failover.priority = 1;
+    la.endpoints.push(failover);
+    let (name, eps) = decode_endpoints(&pack_any(la)).unwrap();
+    assert_eq!(name, "users");
+    assert_eq!(
+        eps,
+        vec![
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.3:80".parse().unwrap()
+        ]
+    );
+    let e = decode_endpoints(&cla("users", &[("db.local", 5432)]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cluster load assignment \"users\": field `endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address`"), "{e}");
+}
+
+#[test]
+fn wrong_type_url_is_a_decode_error() {
+    let e = decode_listener(&cla("x", &[])).unwrap_err();
+    assert!(matches!(e, TranslateError::Decode { .. }), "{e:?}");
+}
