@@ -172,7 +172,7 @@ fn handle(method: &str, target: &str, role: Role, shared: &Shared) -> Response {
             let snap = shared.snapshot();
             Response::json(serde_json::json!({
                 "version": snap.version,
-                "xds_versions": snap.xds_versions,
+                "xds_versions": shared.xds_versions(),
                 "config": serde_json::to_value(&snap.config)
                     .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
             }))

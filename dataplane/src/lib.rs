@@ -15,3 +15,4 @@ pub mod server;
 pub mod stats;
 pub mod tcp_proxy;
 pub mod triple;
+pub mod xds_glue;

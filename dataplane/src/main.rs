@@ -174,6 +174,19 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // xDS: the client thread applies each snapshot to the shards. A successor of a hot
+    // upgrade waits for its first snapshot (or the initial fetch timeout) before it tells the
+    // predecessor it serves: the dynamic listeners' sockets it inherited accept only then.
+    let _xds = match dataplane::xds_glue::start(&server.shared) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ringside: cannot start the xDS client: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if predecessor.is_some() {
+        dataplane::xds_glue::wait_ready(&server.shared);
+    }
     if let Some(conn) = predecessor {
         if let Err(e) = hotswap::send(&conn, &hotswap::Message::Serving, &[]) {
             tracing::warn!(error = %e, "hot upgrade: could not tell the predecessor we serve");

@@ -227,6 +227,9 @@ pub struct Shared {
     snapshot: std::sync::Mutex<Arc<Snapshot>>,
     #[allow(clippy::disallowed_types)]
     updates: std::sync::Mutex<Updates>,
+    /// The xDS versions of the last accepted update (it may have changed nothing).
+    #[allow(clippy::disallowed_types)]
+    xds_versions: std::sync::Mutex<Option<std::collections::BTreeMap<String, String>>>,
     pub update_ids: UpdateStatIds,
     /// False while the first dynamic config (xDS) is awaited: `/ready` answers 503.
     pub dynamic_ready: std::sync::atomic::AtomicBool,
@@ -268,6 +271,14 @@ impl Shared {
         self.lifecycle.state() == State::Serving
             && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
             && self.dynamic_ready.load(Ordering::Acquire)
+    }
+
+    /// The xDS versions of the last accepted update.
+    pub fn xds_versions(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        self.xds_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The config the shards run now.
@@ -332,6 +343,13 @@ impl Shared {
             }
         }
         let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        if current.config == config {
+            // Same content under new versions (a state-of-the-world push of one type): the
+            // shards have nothing to do.
+            *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) = xds_versions;
+            return Ok(current.version);
+        }
         if u.inboxes.len() != self.shard_count {
             return Err("the shards are not running yet".into());
         }
@@ -376,6 +394,8 @@ impl Shared {
             std::thread::sleep(Duration::from_micros(100));
         }
         // `/config_dump` shows what every shard runs.
+        *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) =
+            snapshot.xds_versions.clone();
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
         Ok(version)
     }
@@ -885,6 +905,7 @@ impl Server {
                 inherited,
             }),
             update_ids,
+            xds_versions: Default::default(),
             dynamic_ready: std::sync::atomic::AtomicBool::new(!dynamic),
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),

@@ -1,0 +1,105 @@
+//! Connects the xDS client (crate `xds`, its own thread) to the running server: each snapshot
+//! it builds goes to [`Shared::apply`] (ACK when every shard runs it, NACK with the reason
+//! otherwise), readiness waits for the first one, and the client's counters are copied into
+//! ringside's stats every second (`xds.*`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::server::Shared;
+use crate::stats::Kind;
+
+/// How often the xDS client's counters are copied into the stats.
+pub const XDS_STATS_PUBLISH: Duration = Duration::from_secs(1);
+
+/// Starts the xDS client when the config has an `xds` section; `None` otherwise.
+pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> {
+    let Some(bootstrap) = shared.config.xds.clone() else {
+        return Ok(None);
+    };
+    let mut static_config = shared.config.clone();
+    static_config.xds = None;
+    let initial = Duration::from_millis(bootstrap.initial_fetch_timeout_ms);
+    let applier = shared.clone();
+    let apply: xds::ApplyFn = Box::new(move |u: xds::Update| {
+        let v = &u.versions;
+        let versions: BTreeMap<String, String> = [
+            ("lds", &v.lds),
+            ("rds", &v.rds),
+            ("cds", &v.cds),
+            ("eds", &v.eds),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+        let mut config = u.config;
+        config.xds = applier.config.xds.clone();
+        let version = applier.apply(config, Some(versions))?;
+        tracing::info!(version, lds = %v.lds, rds = %v.rds, cds = %v.cds, eds = %v.eds, eds_only = u.eds_only, "xds snapshot applied");
+        applier.dynamic_ready.store(true, Ordering::Release);
+        Ok(())
+    });
+    let handle = Arc::new(xds::start(bootstrap, static_config, apply)?);
+    // Readiness does not wait forever for a control plane that does not answer.
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("xds-ready".into())
+        .spawn(move || {
+            std::thread::sleep(initial);
+            if !s.dynamic_ready.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    timeout_ms = initial.as_millis() as u64,
+                    "xds: no snapshot within the initial fetch timeout; serving the static config"
+                );
+            }
+        })?;
+    let (s, h) = (shared.clone(), Arc::downgrade(&handle));
+    std::thread::Builder::new()
+        .name("xds-stats".into())
+        .spawn(move || publish(s, h))?;
+    Ok(Some(handle))
+}
+
+/// Blocks until the first dynamic snapshot is applied or the initial fetch timeout passed.
+pub fn wait_ready(shared: &Shared) {
+    let started = Instant::now();
+    while !shared.dynamic_ready.load(Ordering::Acquire) {
+        if started.elapsed() > Duration::from_secs(600) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Copies the client's counters into `xds.*` stats (shard 0's slots: written by this thread
+/// only, as shard 0 never touches these ids).
+fn publish(shared: Arc<Shared>, handle: std::sync::Weak<xds::Handle>) {
+    let st = &shared.stats;
+    let c = |name| st.add("xds", name, &[], Kind::Counter);
+    let (acks, nacks, updates, reconnects) = (
+        c("update_acks"),
+        c("update_nacks"),
+        c("updates"),
+        c("reconnects"),
+    );
+    let connected = st.add("xds", "connected", &[], Kind::Gauge);
+    let out = st.shard(0);
+    let mut last = xds::XdsStats::default();
+    while let Some(h) = handle.upgrade() {
+        let now = h.stats();
+        drop(h);
+        out.add(acks, now.acks.saturating_sub(last.acks));
+        out.add(nacks, now.nacks.saturating_sub(last.nacks));
+        out.add(updates, now.updates.saturating_sub(last.updates));
+        out.add(reconnects, now.reconnects.saturating_sub(last.reconnects));
+        match (last.connected, now.connected) {
+            (false, true) => out.inc(connected),
+            (true, false) => out.dec(connected),
+            _ => {}
+        }
+        last = now;
+        std::thread::sleep(XDS_STATS_PUBLISH);
+    }
+}

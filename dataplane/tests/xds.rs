@@ -1,0 +1,444 @@
+//! ringside driven by xDS: the test ADS server (tests/peers/xds/server.py) pushes Envoy v3
+//! resources to the real binary, and real peers send traffic through what it built. Listeners,
+//! routes, clusters and endpoints appear and change without a restart; an invalid resource is
+//! NACKed and traffic keeps flowing on the old snapshot; a restarted server gets a resubscribe;
+//! delta xDS; and a routing table checked against Envoy 1.40 given the same snapshot. Needs
+//! scripts/install-test-deps (the venv with xds-protos, Envoy, the node peers).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::dubbo::Provider;
+use common::envoy::*;
+use common::grpc::{grpc_call, CallOpts, GrpcServer};
+use common::peers::*;
+use common::xds::*;
+use common::*;
+use serde_json::{json, Value};
+
+const ECHO: &str = "com.ringside.test.EchoService";
+
+fn any_method() -> Value {
+    json!({"method": {"name": {"safe_regex": {"regex": ".*"}}}})
+}
+
+/// A ringside whose listeners and clusters all come from the ADS server at `xds`.
+fn ringside_on(xds: SocketAddr, mode: &str, node: &str) -> Ringside {
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\n\
+         xds:\n  server: {xds}\n  node_id: {node}\n  node_cluster: tests\n  mode: {mode}\n  \
+         initial_fetch_timeout_ms: 20000\n  retry_initial_ms: 100\n  retry_max_ms: 1000\n"
+    );
+    Ringside::start(&config, admin, &["--shards", "2"])
+}
+
+fn dump(rs: &Ringside) -> Value {
+    let (code, body) = rs.get("/config_dump");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until `/config_dump` satisfies `pred` (updates are applied asynchronously to the ACK
+/// the test waited for only from the server's point of view).
+fn wait_dump(rs: &Ringside, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = dump(rs);
+        if pred(&d) {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "config_dump never showed {what}: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stat(rs: &Ringside, name: &str) -> i64 {
+    let (_, text) = rs.get("/stats");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn call(listen: SocketAddr, method: &str, arg: &str) -> Result<String, String> {
+    dubbo_call(listen, &DubboCall::new(ECHO, "", "", method, arg))
+}
+
+/// The Dubbo listener of the SotW test: method `who2` → cluster `b`, `whoamiB` → `which`, any
+/// other → `a`; `extra` is added to the `who2` route action (to make it invalid).
+fn dubbo_out(listen: SocketAddr, which: &str, extra: Value) -> Value {
+    let mut who2 = json!({"cluster": "b"});
+    if let (Some(o), Some(e)) = (who2.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    dubbo_listener(
+        "dubbo_out",
+        listen,
+        json!([{"name": "echo", "interface": ECHO, "routes": [
+            {"match": {"method": {"name": {"exact": "who2"}}}, "route": who2},
+            {"match": {"method": {"name": {"exact": "whoamiB"}}}, "route": {"cluster": which}},
+            {"match": any_method(), "route": {"cluster": "a"}}
+        ]}]),
+    )
+}
+
+#[test]
+fn sotw_listener_routes_endpoints_nack_and_server_restart() {
+    let pa = free_port();
+    let _a = NodeProvider::start(pa, "A", &[]);
+    let (b, b2, c) = (
+        Provider::start("b"),
+        Provider::start("b2"),
+        Provider::start("c"),
+    );
+    let listen = local(free_port());
+    let clusters = json!([
+        eds_cluster("a", false),
+        eds_cluster("b", false),
+        eds_cluster("c", false)
+    ]);
+    let endpoints = |b_addr: SocketAddr| {
+        json!([
+            load_assignment("a", &[local(pa)]),
+            load_assignment("b", &[b_addr]),
+            load_assignment("c", &[c.addr])
+        ])
+    };
+    let mut xds = XdsServer::start();
+    xds.put(&json!({
+        "version": "v1",
+        "listeners": [dubbo_out(listen, "b", json!({}))],
+        "clusters": clusters, "endpoints": endpoints(b.addr)
+    }))
+    .unwrap();
+    // /ready waits for the first snapshot.
+    let rs = ringside_on(xds.addr(), "sotw", "ringside-sotw");
+    for ty in [CDS, EDS, LDS] {
+        let ack = xds.wait_ack(ty, "v1");
+        assert!(ack["error_detail"].is_null(), "{ack}");
+    }
+    let streams = xds.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0]["node"], "ringside-sotw");
+    let d = dump(&rs);
+    assert_eq!(d["xds_versions"]["lds"], "v1", "{d}");
+    assert_eq!(d["config"]["listeners"][0]["name"], "dubbo_out");
+    assert_eq!(d["config"]["listeners"][0]["protocol"], "dubbo");
+    let v1 = d["version"].as_u64().unwrap();
+
+    // Real peers (node consumer → ringside → node provider) on the xDS listener.
+    let (ok, lines) = {
+        let mut cmd = node("consumer.js");
+        cmd.args(["--address", &listen.to_string(), "--method", "whoami"]);
+        run_consumer(cmd)
+    };
+    assert!(ok && lines[0]["result"] == "A", "{lines:?}");
+    assert_eq!(call(listen, "who2", "1").unwrap(), "b|who2|1");
+    assert_eq!(call(listen, "whoamiB", "1").unwrap(), "b|whoamiB|1");
+
+    // A route change moves traffic (whoamiB → c); the rest stays.
+    let held = common::dubbo::Consumer::connect(listen);
+    xds.put(&json!({
+        "version": "v2",
+        "listeners": [dubbo_out(listen, "c", json!({}))],
+        "clusters": clusters, "endpoints": endpoints(b.addr)
+    }))
+    .unwrap();
+    xds.wait_ack(LDS, "v2");
+    wait_dump(&rs, "lds v2", |d| d["xds_versions"]["lds"] == "v2");
+    assert_eq!(call(listen, "whoamiB", "2").unwrap(), "c|whoamiB|2");
+    assert_eq!(call(listen, "who2", "2").unwrap(), "b|who2|2");
+    // A connection opened before the update routes on the new routes too.
+    let mut held = held;
+    let id = held.send(
+        codec::dubbo::encode::RequestBuilder::new(ECHO, "whoamiB")
+            .args(&[codec::dubbo::encode::Arg::Str("held")]),
+    );
+    let a = held
+        .recv()
+        .expect("answer on the connection opened before the update");
+    assert_eq!(a.id, id);
+    assert!(a.text.starts_with("c|whoamiB|held"), "{}", a.text);
+
+    // An endpoint change (EDS) moves traffic of cluster b to b2, routes untouched.
+    xds.put(&json!({
+        "version": "v3",
+        "listeners": [dubbo_out(listen, "c", json!({}))],
+        "clusters": clusters, "endpoints": endpoints(b2.addr)
+    }))
+    .unwrap();
+    xds.wait_ack(EDS, "v3");
+    wait_dump(&rs, "eds v3", |d| d["xds_versions"]["eds"] == "v3");
+    assert_eq!(call(listen, "who2", "3").unwrap(), "b2|who2|3");
+    let good = dump(&rs);
+    assert!(good["version"].as_u64().unwrap() > v1);
+
+    // An invalid resource (a route action field ringside cannot honour) is NACKed with the
+    // field named; the running snapshot stays and traffic keeps flowing on it.
+    let bad = json!({"metadata_match": {"filter_metadata": {"envoy.lb": {"canary": true}}}});
+    xds.put(&json!({
+        "version": "v4",
+        "listeners": [dubbo_out(listen, "a", bad)],
+        "clusters": clusters, "endpoints": endpoints(b2.addr)
+    }))
+    .unwrap();
+    let nack = xds.wait_nack(LDS, "v4");
+    let detail = nack["error_detail"]["message"].as_str().unwrap_or_default();
+    assert!(detail.contains("metadata_match"), "{nack}");
+    assert_eq!(
+        nack["version_info"], "v3",
+        "the NACK names the last good version: {nack}"
+    );
+    assert_eq!(call(listen, "whoamiB", "4").unwrap(), "c|whoamiB|4");
+    assert_eq!(dump(&rs)["version"], good["version"]);
+
+    // The server restarts: ringside reconnects and resubscribes with its versions, gets v4
+    // again (NACK again), then a good v5 is applied.
+    xds.restart();
+    xds.wait_request(
+        Duration::from_secs(15),
+        "LDS resubscribe after restart",
+        |r| r["type"] == LDS && r["version_info"] == "v3",
+    );
+    xds.put(&json!({
+        "version": "v5",
+        "listeners": [dubbo_out(listen, "a", json!({}))],
+        "clusters": clusters, "endpoints": endpoints(b2.addr)
+    }))
+    .unwrap();
+    xds.wait_ack(LDS, "v5");
+    wait_dump(&rs, "lds v5", |d| d["xds_versions"]["lds"] == "v5");
+    assert!(
+        call(listen, "whoamiB", "5").is_err(),
+        "node provider A has no whoamiB"
+    );
+    assert_eq!(call(listen, "who2", "5").unwrap(), "b2|who2|5");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "xds.reconnects") < 1 {
+        assert!(Instant::now() < deadline, "xds.reconnects never counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stat(&rs, "config.update_applied") >= 4);
+    assert!(stat(&rs, "xds.update_nacks") >= 1);
+}
+
+#[test]
+fn delta_adds_changes_and_removes_dubbo_and_triple() {
+    let (a, a2, b) = (
+        Provider::start("a"),
+        Provider::start("a2"),
+        Provider::start("b"),
+    );
+    let g1 = GrpcServer::start(0, "g1", &[]);
+    let g2 = GrpcServer::start(0, "g2", &[]);
+    let (listen, tlisten) = (local(free_port()), local(free_port()));
+    let triple_routes = |cluster: &str| {
+        json!({"name": "triple_routes", "virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": cluster}}]
+        }]})
+    };
+    let dubbo = dubbo_listener(
+        "dubbo_out",
+        listen,
+        json!([{"name": "echo", "interface": ECHO, "routes": [
+            {"match": {"method": {"name": {"exact": "toB"}}}, "route": {"cluster": "b"}},
+            {"match": any_method(), "route": {"cluster": "a"}}
+        ]}]),
+    );
+    let mut xds = XdsServer::start();
+    xds.put(&json!({
+        "version": "d1",
+        "listeners": [dubbo.clone(), rds_listener("triple_out", tlisten, "triple_routes")],
+        "routes": [triple_routes("g1")],
+        "clusters": [eds_cluster("a", false), eds_cluster("b", false),
+                     eds_cluster("g1", true), eds_cluster("g2", true)],
+        "endpoints": [load_assignment("a", &[a.addr]), load_assignment("b", &[b.addr]),
+                      load_assignment("g1", &[g1.addr()]), load_assignment("g2", &[g2.addr()])]
+    }))
+    .unwrap();
+    let rs = ringside_on(xds.addr(), "delta", "ringside-delta");
+    assert_eq!(xds.streams()[0]["mode"], "delta");
+    assert_eq!(call(listen, "x", "1").unwrap(), "a|x|1");
+    assert_eq!(call(listen, "toB", "1").unwrap(), "b|toB|1");
+    let out = grpc_call(tlisten, &CallOpts::default());
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.servers(), ["g1"]);
+
+    // d2: cluster b removed (its route now goes to a), a's endpoint moves to a2, the route
+    // config alone moves gRPC to g2.
+    let dubbo2 = dubbo_listener(
+        "dubbo_out",
+        listen,
+        json!([{"name": "echo", "interface": ECHO, "routes": [
+            {"match": any_method(), "route": {"cluster": "a"}}
+        ]}]),
+    );
+    xds.put(&json!({
+        "version": "d2",
+        "listeners": [dubbo2, rds_listener("triple_out", tlisten, "triple_routes")],
+        "routes": [triple_routes("g2")],
+        "clusters": [eds_cluster("a", false), eds_cluster("g1", true), eds_cluster("g2", true)],
+        "endpoints": [load_assignment("a", &[a2.addr]),
+                      load_assignment("g1", &[g1.addr()]), load_assignment("g2", &[g2.addr()])]
+    }))
+    .unwrap();
+    let removed = xds.wait_request(Duration::from_secs(15), "CDS ACK of d2", |r| {
+        r["type"] == CDS && r["ack"] == true && r["acked_version"] == "d2"
+    });
+    assert!(removed["error_detail"].is_null(), "{removed}");
+    let d = wait_dump(&rs, "cluster b gone and a at a2", |d| {
+        let cl = d["config"]["clusters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        cl.iter().all(|c| c["name"] != "b")
+            && cl
+                .iter()
+                .any(|c| c["name"] == "a" && c["endpoints"] == json!([a2.addr.to_string()]))
+    });
+    assert_eq!(d["config"]["listeners"].as_array().unwrap().len(), 2, "{d}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = grpc_call(tlisten, &CallOpts::default());
+        if out.ok && out.servers() == ["g2"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gRPC never moved to g2: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(call(listen, "toB", "2").unwrap(), "a2|toB|2");
+
+    // d3: the triple listener is removed: it stops accepting.
+    xds.put(&json!({
+        "version": "d3",
+        "listeners": [dubbo],
+        "clusters": [eds_cluster("a", false), eds_cluster("b", false)],
+        "endpoints": [load_assignment("a", &[a2.addr]), load_assignment("b", &[b.addr])]
+    }))
+    .unwrap();
+    wait_dump(&rs, "one listener", |d| {
+        d["config"]["listeners"]
+            .as_array()
+            .is_some_and(|l| l.len() == 1)
+    });
+    assert_eq!(call(listen, "toB", "3").unwrap(), "b|toB|3");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(tlisten).is_ok() {
+        assert!(Instant::now() < deadline, "{tlisten} still accepts");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    xds.terminate().unwrap();
+}
+
+/// The same snapshot and table of Dubbo requests given to Envoy 1.40 and to ringside: both must
+/// route every request to the same cluster (or both refuse it).
+#[test]
+fn dubbo_routing_table_matches_envoy() {
+    let clusters: Vec<Value> = ["a", "b", "v2", "blue", "getters", "other"]
+        .iter()
+        .map(|c| eds_cluster(c, false))
+        .collect();
+    let snapshot = |listen: SocketAddr| {
+        json!({
+            "version": "t1",
+            "listeners": [dubbo_listener("table", listen, json!([
+                {"name": "echo-v2", "interface": ECHO, "version": "2.0.0",
+                 "routes": [{"match": any_method(), "route": {"cluster": "v2"}}]},
+                {"name": "echo-blue", "interface": ECHO, "group": "blue",
+                 "routes": [{"match": any_method(), "route": {"cluster": "blue"}}]},
+                {"name": "echo", "interface": ECHO,
+                 "routes": [
+                    {"match": {"method": {"name": {"exact": "whoamiB"}}}, "route": {"cluster": "b"}},
+                    {"match": {"method": {"name": {"prefix": "get"}}}, "route": {"cluster": "getters"}},
+                    {"match": {"method": {"name": {"exact": "weighted"}}},
+                     "route": {"weighted_clusters": {"clusters": [
+                        {"name": "a", "weight": 0}, {"name": "b", "weight": 100}]}}},
+                    {"match": any_method(), "route": {"cluster": "a"}}
+                 ]},
+                {"name": "other", "interface": "com.ringside.test.Other",
+                 "routes": [{"match": any_method(), "route": {"cluster": "other"}}]}
+            ]))],
+            "clusters": clusters
+        })
+    };
+    let calls = vec![
+        DubboCall::new(ECHO, "", "", "echo", "1"),
+        DubboCall::new(ECHO, "1.0.0", "", "echo", "2"),
+        DubboCall::new(ECHO, "2.0.0", "", "echo", "3"),
+        DubboCall::new(ECHO, "", "blue", "echo", "4"),
+        DubboCall::new(ECHO, "", "", "whoamiB", "5"),
+        DubboCall::new(ECHO, "", "", "getName", "6"),
+        DubboCall::new(ECHO, "", "", "weighted", "7"),
+        DubboCall::new("com.ringside.test.Other", "", "", "x", "8"),
+        DubboCall::new(ECHO, "2.0.0", "blue", "echo", "9"),
+        DubboCall::new(ECHO, "", "green", "echo", "10"),
+        DubboCall::new(ECHO, "", "", "get", "11"),
+        DubboCall::new(ECHO, "3.0.0", "", "whoamiB", "12"),
+        DubboCall::new("com.nobody.Svc", "", "", "x", "13"),
+    ];
+    let envoy = dubbo_routes_via_envoy(&snapshot(local(free_port())), &calls);
+    let ringside = dubbo_routes_via_ringside(&snapshot(local(free_port())), &calls);
+    let mut mismatches = Vec::new();
+    for ((c, e), r) in calls.iter().zip(&envoy).zip(&ringside) {
+        eprintln!("{c:?}: envoy {e:?}, ringside {r:?}");
+        let same = match (e, r) {
+            (Ok(e), Ok(r)) => e == r,
+            (Err(_), Err(_)) => true,
+            _ => false,
+        };
+        if !same {
+            mismatches.push(format!("{c:?}: Envoy {e:?}, ringside {r:?}"));
+        }
+    }
+    assert!(
+        ringside.iter().filter(|r| r.is_ok()).count() >= 12,
+        "{ringside:?}"
+    );
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// [`dubbo_routes_via_envoy`] with ringside as the ADS client.
+fn dubbo_routes_via_ringside(snapshot: &Value, calls: &[DubboCall]) -> Vec<Result<String, String>> {
+    let clusters: Vec<String> = snapshot["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    let providers: Vec<Provider> = clusters.iter().map(|c| Provider::start(c)).collect();
+    let mut snap = snapshot.clone();
+    snap["endpoints"] = Value::Array(
+        clusters
+            .iter()
+            .zip(&providers)
+            .map(|(c, p)| load_assignment(c, &[p.addr]))
+            .collect(),
+    );
+    let sa = &snap["listeners"][0]["address"]["socket_address"];
+    let addr: SocketAddr = format!("{}:{}", sa["address"].as_str().unwrap(), sa["port_value"])
+        .parse()
+        .unwrap();
+    let xds = XdsServer::start_on(0, 0, Some(&snap));
+    let _rs = ringside_on(xds.addr(), "sotw", "routing-table");
+    xds.wait_ack(LDS, "t1");
+    calls
+        .iter()
+        .map(|c| {
+            dubbo_call(addr, c).and_then(|reply| {
+                let who = reply.split('|').next().unwrap_or_default().to_string();
+                if clusters.contains(&who) {
+                    Ok(who)
+                } else {
+                    Err(format!("unexpected reply {reply}"))
+                }
+            })
+        })
+        .collect()
+}
