@@ -821,7 +821,11 @@ fn bind_listener(
         source,
     };
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
-    for (j, sock) in inherited.take(&l.name).into_iter().enumerate() {
+    let taken = inherited.take(&l.name);
+    if !taken.is_empty() {
+        tracing::info!(listener = %l.name, sockets = taken.len(), "listening on the predecessor's sockets");
+    }
+    for (j, sock) in taken.into_iter().enumerate() {
         let bound = sock.local_addr().map_err(listen_err)?;
         if bound.port() != l.address.port() {
             return Err(RunError::Invalid(format!(
@@ -1049,5 +1053,79 @@ impl Server {
             let _ = h.thread.join();
         }
         tracing::info!("drained; exiting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str, endpoints: &[u16]) -> config::Cluster {
+        config::Cluster {
+            name: name.into(),
+            endpoints: endpoints
+                .iter()
+                .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect(),
+            lb: config::LbPolicy::RoundRobin,
+            connect_timeout_ms: config::CONNECT_TIMEOUT_MS_DEFAULT,
+            timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
+            connections_per_host: 1,
+            pending_requests_max: 100,
+            heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
+        }
+    }
+
+    fn build(b: &mut Builder, st: &Stats, clusters: Vec<config::Cluster>) -> Snapshot {
+        let config = Config {
+            clusters,
+            ..Config::default()
+        };
+        b.build(config, st, None)
+    }
+
+    #[test]
+    fn endpoint_slots_stay_put_and_unchanged_tables_are_shared() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let s1 = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[1, 2, 3]), cluster("z", &[9])],
+        );
+        let ids = s1.cluster_ids[0].cx_total;
+        // 2 leaves, 4 arrives, 1 and 3 keep their slots; z is untouched and shared.
+        let s2 = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[3, 4, 1]), cluster("z", &[9])],
+        );
+        let a = &s2.endpoints[0];
+        assert_eq!(&*a.live, &[2, 3, 0]);
+        assert_eq!(a.slots[3].addr.port(), 4);
+        assert_eq!(a.generation, s1.endpoints[0].generation);
+        assert!(Arc::ptr_eq(&s1.endpoints[1], &s2.endpoints[1]));
+        assert_eq!(
+            s2.cluster_ids[0].cx_total, ids,
+            "stat ids are registered once"
+        );
+        // 2 comes back to its old slot.
+        let s3 = build(&mut b, &st, vec![cluster("a", &[2]), cluster("z", &[9])]);
+        assert_eq!(&*s3.endpoints[0].live, &[1]);
+        assert_eq!(s3.version, 3);
+    }
+
+    #[test]
+    fn churned_tables_are_renumbered_with_a_new_generation() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let first = build(&mut b, &st, vec![cluster("a", &[1])]);
+        let mut last = first.endpoints[0].clone();
+        for port in 2..200u16 {
+            last = build(&mut b, &st, vec![cluster("a", &[port])]).endpoints[0].clone();
+            assert!(last.slots.len() <= 2 + ENDPOINT_SLOTS_SLACK + 1);
+        }
+        assert_ne!(last.generation, first.endpoints[0].generation);
+        assert_eq!(last.addrs().next().unwrap().port(), 199);
     }
 }

@@ -450,3 +450,60 @@ fn upgrades_under_the_sofa_rpc_node_consumer_fail_no_call() {
     assert!(ok && failed.is_empty(), "failed calls: {failed:?}");
     assert_eq!(lines.len(), 600);
 }
+
+/// Listeners that exist only in xDS survive upgrades: the successor keeps the inherited sockets
+/// of listeners its file does not name until its first xDS snapshot binds them, and tells the
+/// predecessor it serves only then. Consumers calling throughout see no failure.
+#[test]
+fn upgrades_with_xds_listeners_lose_nothing() {
+    use common::envoy::{dubbo_listener, eds_cluster, load_assignment};
+    use common::xds::{XdsServer, LDS};
+    use serde_json::json;
+    let provider = Provider::start("P");
+    let listen = local(free_port());
+    let xds = XdsServer::start();
+    xds.put(&json!({
+        "version": "u1",
+        "listeners": [dubbo_listener("dubbo", listen, json!([{"name": "echo", "interface": SVC,
+            "routes": [{"match": {"method": {"name": {"safe_regex": {"regex": ".*"}}}},
+                        "route": {"cluster": "p"}}]}]))],
+        "clusters": [eds_cluster("p", false)],
+        "endpoints": [load_assignment("p", &[provider.addr])]
+    }))
+    .unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\ndrain_timeout_ms: 5000\n\
+         xds:\n  server: {}\n  node_id: upgrade\n  retry_initial_ms: 100\n  retry_max_ms: 1000\n",
+        xds.addr()
+    );
+    let mut current = Ringside::start(&config, admin, &["--shards", "2"]);
+    xds.wait_ack(LDS, "u1");
+    let load = start_load(listen, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let next = current.upgrade(&["--shards", "2"]);
+        let (status, log) = current.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "predecessor exits cleanly: {log}");
+        current = next;
+        let (_, dump) = current.get("/config_dump");
+        let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        assert_eq!(dump["config"]["listeners"][0]["name"], "dubbo", "{dump}");
+        assert_eq!(dump["xds_versions"]["lds"], "u1", "{dump}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, reconnects, errors) = load.finish();
+    assert_eq!(failed, 0, "failed calls: {errors:?}");
+    assert!(ok > 100, "load ran: {ok} calls");
+    assert!(
+        reconnects >= 5,
+        "consumers followed the upgrades: {reconnects}"
+    );
+    current.signal(libc::SIGTERM);
+    let (_, log) = current.wait_exit(Duration::from_secs(10));
+    assert!(
+        log.contains("listening on the predecessor's sockets listener=dubbo"),
+        "the xDS listener took over the inherited sockets: {log}"
+    );
+}
