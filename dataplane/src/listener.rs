@@ -430,8 +430,6 @@ impl ShardState {
     fn resume_accepting(&mut self) {
         self.accepting = true;
         *self.draining.borrow_mut() = Event::new();
-        let draining = self.draining.borrow().clone();
-        let _ = draining;
         for sl in &mut self.listeners {
             sl.stop = Event::new();
         }
