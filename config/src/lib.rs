@@ -228,6 +228,12 @@ pub struct Runtime {
     /// `poll_mode: hybrid`: how long an idle shard keeps spinning before it sleeps.
     #[serde(default = "default_spin_budget_us")]
     pub spin_budget_us: u64,
+    /// SO_MARK on every socket ringside opens: listening sockets (and so the SYN-ACKs and
+    /// replies of connections they accept) and upstream connections. Interception rules
+    /// (`ringside iptables --proxy-mark`) let packets with this mark pass first, so the proxy's
+    /// own traffic is never intercepted again. Needs CAP_NET_ADMIN. Default: no mark.
+    #[serde(default)]
+    pub socket_mark: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +282,16 @@ pub struct Listener {
     /// Triple/gRPC options and routes (protocol `triple` only).
     #[serde(default)]
     pub triple: Option<TripleListener>,
+    /// IP_TRANSPARENT on the listening socket: accepts connections TPROXY steers to it, whatever
+    /// their destination address (`ringside iptables --mode tproxy`). Needs CAP_NET_ADMIN.
+    #[serde(default)]
+    pub transparent: bool,
+    /// Each connection's upstream is its original destination (for a cluster of `type:
+    /// original_destination`): with TPROXY the accepted socket's local address, with REDIRECT
+    /// the address conntrack recorded before NAT (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST).
+    /// tcp listeners only.
+    #[serde(default)]
+    pub original_destination: bool,
 }
 
 /// HTTP/2 limits and routes of a `triple` listener. The limits are what ringside advertises to
@@ -504,6 +520,12 @@ pub struct WeightedCluster {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
+    /// `static` (the default): the endpoints below. `original_destination`: no endpoints; each
+    /// connection goes to its own original destination (listeners with
+    /// `original_destination: true` only).
+    #[serde(default, rename = "type")]
+    pub kind: ClusterType,
+    #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
     #[serde(default)]
     pub lb: LbPolicy,
@@ -522,6 +544,15 @@ pub struct Cluster {
     /// Dubbo: heartbeat idle upstream connections this often; close after 3 missed.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterType {
+    #[default]
+    Static,
+    /// The upstream is the connection's original destination (interception).
+    OriginalDestination,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -610,6 +641,7 @@ impl Default for Runtime {
             pin: true,
             poll_mode: PollMode::Sleep,
             spin_budget_us: SPIN_BUDGET_US_DEFAULT,
+            socket_mark: None,
         }
     }
 }
@@ -753,6 +785,12 @@ impl Config {
                 );
             }
         }
+        if self.runtime.socket_mark == Some(0) {
+            err(
+                "runtime.socket_mark".into(),
+                "0 is no mark: give 1..=4294967295 or leave the field out".into(),
+            );
+        }
         if self.drain_timeout_ms > DRAIN_TIMEOUT_MS_MAX {
             err(
                 "drain_timeout_ms".into(),
@@ -789,11 +827,25 @@ impl Config {
             } else if !cluster_names.insert(c.name.as_str()) {
                 err(at("name"), format!("duplicate cluster name {:?}", c.name));
             }
-            if c.endpoints.is_empty() && source == Source::File {
-                err(
-                    at("endpoints"),
-                    "a cluster needs at least one endpoint".into(),
-                );
+            match c.kind {
+                ClusterType::Static => {
+                    if c.endpoints.is_empty() && source == Source::File {
+                        err(
+                            at("endpoints"),
+                            "a cluster needs at least one endpoint".into(),
+                        );
+                    }
+                }
+                ClusterType::OriginalDestination => {
+                    if !c.endpoints.is_empty() {
+                        err(
+                            at("endpoints"),
+                            "a cluster of type original_destination takes no endpoints (each \
+                             connection goes to its own original destination)"
+                                .into(),
+                        );
+                    }
+                }
             }
             if c.connect_timeout_ms == 0 || c.connect_timeout_ms > CONNECT_TIMEOUT_MS_MAX {
                 err(
@@ -925,6 +977,56 @@ impl Config {
             }
             if l.connections_per_shard_max == 0 {
                 err(at("connections_per_shard_max"), "must be at least 1".into());
+            }
+            if l.original_destination && l.protocol != Protocol::Tcp {
+                err(
+                    at("original_destination"),
+                    "only a tcp listener takes original_destination".into(),
+                );
+            }
+            let orig_dst_cluster = |name: &str| {
+                self.cluster(name)
+                    .is_some_and(|c| c.kind == ClusterType::OriginalDestination)
+            };
+            if let Some(c) = &l.cluster {
+                if orig_dst_cluster(c) && !(l.protocol == Protocol::Tcp && l.original_destination) {
+                    err(
+                        at("cluster"),
+                        format!(
+                            "cluster {c:?} is of type original_destination: only a tcp listener \
+                             with original_destination: true can use it"
+                        ),
+                    );
+                }
+                if l.original_destination && !orig_dst_cluster(c) && cluster_names.contains(c.as_str()) {
+                    err(
+                        at("original_destination"),
+                        format!(
+                            "the listener's cluster {c:?} is not of type original_destination, \
+                             so the original destination would be ignored"
+                        ),
+                    );
+                }
+            }
+            let route_clusters = l
+                .dubbo
+                .iter()
+                .flat_map(|d| d.routes.iter().map(|r| &r.route))
+                .chain(l.triple.iter().flat_map(|t| t.routes.iter().map(|r| &r.route)))
+                .flat_map(|a| {
+                    a.cluster
+                        .iter()
+                        .chain(a.weighted_clusters.iter().map(|w| &w.name))
+                });
+            for c in route_clusters {
+                if orig_dst_cluster(c) {
+                    err(
+                        at("routes"),
+                        format!(
+                            "cluster {c:?} is of type original_destination: routes cannot use it"
+                        ),
+                    );
+                }
             }
         }
         out

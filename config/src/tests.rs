@@ -151,6 +151,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
     let mut c = Config::default();
     c.clusters.push(Cluster {
         name: "empty".into(),
+        kind: ClusterType::Static,
         endpoints: vec![],
         lb: LbPolicy::RoundRobin,
         connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,

@@ -73,6 +73,8 @@ pub struct ShardCluster {
     next: Cell<usize>,
     lb: LbPolicy,
     connect_timeout: Duration,
+    /// `type: original_destination`: no endpoints; see [`ShardCluster::connect_to`].
+    pub original_destination: bool,
     pub ids: ClusterStatIds,
 }
 
@@ -124,6 +126,7 @@ impl ShardCluster {
             next: Cell::new(0),
             lb: c.lb,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            original_destination: c.kind == config::ClusterType::OriginalDestination,
             ids,
         }
     }
@@ -201,6 +204,44 @@ impl ShardCluster {
         }
     }
 
+    /// `type: original_destination`: connects to `addr`, the downstream connection's original
+    /// destination (one attempt; counted on the cluster, not on any endpoint).
+    pub async fn connect_to<'a>(
+        &'a self,
+        addr: SocketAddr,
+        stats: &'a ShardStats,
+    ) -> Result<Upstream<'a>, ConnectError> {
+        match shard::monoio::time::timeout(self.connect_timeout, crate::intercept::connect(addr))
+            .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                stats.inc(self.ids.cx_total);
+                stats.inc(self.ids.cx_active);
+                Ok(Upstream {
+                    stream,
+                    guard: ActiveGuard {
+                        // No slot: the guard's active count is a no-op.
+                        endpoint: usize::MAX,
+                        cluster: self,
+                        stats,
+                    },
+                })
+            }
+            Ok(Err(source)) => {
+                stats.inc(self.ids.cx_connect_fail);
+                Err(ConnectError::Io { addr, source })
+            }
+            Err(_) => {
+                stats.inc(self.ids.cx_connect_timeout);
+                Err(ConnectError::Timeout {
+                    addr,
+                    timeout_ms: self.connect_timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
     /// Connects to an endpoint chosen by the balancer, trying up to [`CONNECT_ATTEMPTS_MAX`]
     /// endpoints.
     pub async fn connect<'a>(
@@ -212,7 +253,7 @@ impl ShardCluster {
         for _ in 0..attempts {
             let Some(i) = self.pick() else { break };
             let Slot { addr, ids: host } = self.slot(i);
-            match shard::monoio::time::timeout(self.connect_timeout, TcpStream::connect_addr(addr))
+            match shard::monoio::time::timeout(self.connect_timeout, crate::intercept::connect(addr))
                 .await
             {
                 Ok(Ok(stream)) => {

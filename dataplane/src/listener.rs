@@ -39,6 +39,11 @@ const DRAIN_POLL_MS: u64 = 10;
 pub struct ListenerCtx {
     pub name: String,
     pub protocol: Protocol,
+    /// The configured listening address (to refuse an original destination that loops back).
+    pub address: SocketAddr,
+    /// tcp: connect each connection to its original destination (a cluster of type
+    /// `original_destination`).
+    pub original_destination: bool,
     /// tcp: the listener's cluster (refreshed by every config update).
     pub cluster: std::cell::RefCell<Option<Rc<ShardCluster>>>,
     pub buffer_bytes: usize,
@@ -230,7 +235,11 @@ impl ShardState {
                 .position(|x| x.cfg.name == l.name)
                 .map(|k| old.swap_remove(k));
             let sl = match prev {
-                Some(p) if p.cfg.address == l.address && p.cfg.protocol == l.protocol => {
+                Some(p)
+                    if p.cfg.address == l.address
+                        && p.cfg.protocol == l.protocol
+                        && p.cfg.transparent == l.transparent =>
+                {
                     let ctx = p.ctx.borrow().clone();
                     if listener_params(&p.cfg) != listener_params(l) {
                         let fresh = self.listener_ctx(&snap, index, Some(&ctx));
@@ -382,6 +391,8 @@ impl ShardState {
         Rc::new(ListenerCtx {
             name: l.name.clone(),
             protocol: l.protocol,
+            address: l.address,
+            original_destination: l.original_destination,
             cluster: RefCell::new(self.tcp_cluster(l)),
             buffer_bytes: l.buffer_bytes,
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
@@ -555,12 +566,18 @@ pub fn shard_main(
     })
 }
 
-pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A listening socket of one shard; `transparent`: IP_TRANSPARENT (TPROXY). Carries
+/// `runtime.socket_mark` when set.
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    transparent: bool,
+) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    crate::intercept::prepare_listener(&socket, transparent)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())

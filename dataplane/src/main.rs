@@ -1,4 +1,4 @@
-//! The `ringside` binary: `run`, `validate` and `demo`.
+//! The `ringside` binary: `run`, `validate`, `demo` and `iptables`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -34,6 +34,14 @@ enum Poll {
     Hybrid,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum InterceptMode {
+    /// mangle table TPROXY + policy routing; no nat table, no conntrack entries.
+    Tproxy,
+    /// nat table REDIRECT (original destination from conntrack).
+    Redirect,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a config file until SIGTERM/SIGINT or POST /drain.
@@ -60,6 +68,43 @@ enum Command {
     Validate {
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Set up (or print, or remove) the rules that send the pod's TCP traffic through ringside:
+    /// inbound to --inbound-port, outbound to --outbound-port. Idempotent: removes what an
+    /// earlier run installed first. Needs CAP_NET_ADMIN; run it in the pod's network namespace.
+    Iptables {
+        #[arg(long, value_enum)]
+        mode: InterceptMode,
+        /// Inbound ports to intercept: a comma-separated list, `*` for all, or empty for none.
+        #[arg(long, default_value = "*")]
+        inbound_ports: String,
+        /// Inbound ports never intercepted (besides the proxy's own: 15000, 15021, 15090 and
+        /// the inbound and outbound ports).
+        #[arg(long, default_value = "")]
+        exclude_inbound_ports: String,
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+        #[arg(long, default_value_t = 15006)]
+        inbound_port: u16,
+        /// The proxy's uid: its traffic is never intercepted (0: no uid rule).
+        #[arg(long, default_value_t = 1337)]
+        proxy_uid: u32,
+        /// The proxy's socket mark (ringside's runtime.socket_mark): packets carrying it are
+        /// never intercepted.
+        #[arg(long, default_value_t = 1337)]
+        proxy_mark: u32,
+        /// Outbound destinations never intercepted: comma-separated CIDRs (IPv4 and IPv6).
+        #[arg(long, default_value = "")]
+        exclude_cidrs: String,
+        /// IPv4 rules only (no ip6tables, no `ip -6`).
+        #[arg(long)]
+        no_ipv6: bool,
+        /// Print the commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove everything an earlier run installed, install nothing.
+        #[arg(long)]
+        clean: bool,
     },
     /// Start a built-in echo upstream and ringside in front of it, run a short load direct and
     /// through the proxy, and print what was measured.
@@ -131,6 +176,53 @@ fn main() -> ExitCode {
             run(cfg, &overrides, upgrade)
         }
         Command::Demo { seconds } => dataplane::demo::run(seconds),
+        Command::Iptables {
+            mode,
+            inbound_ports,
+            exclude_inbound_ports,
+            outbound_port,
+            inbound_port,
+            proxy_uid,
+            proxy_mark,
+            exclude_cidrs,
+            no_ipv6,
+            dry_run,
+            clean,
+        } => {
+            use dataplane::iptables as ipt;
+            let parsed = (|| -> Result<ipt::Options, String> {
+                let exclude = match ipt::parse_ports(&exclude_inbound_ports, false)
+                    .map_err(|e| format!("--exclude-inbound-ports: {e}"))?
+                {
+                    ipt::Ports::List(l) => l,
+                    ipt::Ports::All => Vec::new(),
+                };
+                Ok(ipt::Options {
+                    mode: match mode {
+                        InterceptMode::Tproxy => ipt::Mode::Tproxy,
+                        InterceptMode::Redirect => ipt::Mode::Redirect,
+                    },
+                    inbound_ports: ipt::parse_ports(&inbound_ports, true)
+                        .map_err(|e| format!("--inbound-ports: {e}"))?,
+                    exclude_inbound_ports: exclude,
+                    outbound_port,
+                    inbound_port,
+                    proxy_uid: (proxy_uid != 0).then_some(proxy_uid),
+                    proxy_mark,
+                    exclude_cidrs: ipt::parse_cidrs(&exclude_cidrs)
+                        .map_err(|e| format!("--exclude-cidrs: {e}"))?,
+                    ipv6: !no_ipv6,
+                })
+            })();
+            let result = parsed.and_then(|o| ipt::apply(&o, clean, dry_run));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringside iptables: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

@@ -68,6 +68,8 @@ pub struct ListenSockets {
 pub struct BoundListener {
     pub name: String,
     pub address: std::net::SocketAddr,
+    /// IP_TRANSPARENT: a change rebinds the listener.
+    pub transparent: bool,
     per_shard: Vec<Vec<std::net::TcpListener>>,
 }
 
@@ -127,7 +129,7 @@ impl ListenSockets {
             guard
                 .iter()
                 .flatten()
-                .any(|b| b.name == l.name && b.address == l.address)
+                .any(|b| b.name == l.name && b.address == l.address && b.transparent == l.transparent)
         };
         let mut out = Vec::new();
         for l in listeners.iter().filter(|l| !have(l)) {
@@ -794,8 +796,7 @@ fn bind_all(
         let Some(addr) = addr else { continue };
         let sock = match inherited.take(name).into_iter().next() {
             Some(s) => s,
-            None => std::net::TcpListener::bind(addr)
-                .map_err(|source| RunError::Admin { addr, source })?,
+            None => bind_admin(addr).map_err(|source| RunError::Admin { addr, source })?,
         };
         admin.push((name.to_string(), sock));
     }
@@ -806,6 +807,18 @@ fn bind_all(
     #[allow(clippy::disallowed_types)]
     let inner = std::sync::Mutex::new(Some(all));
     Ok(ListenSockets { inner, admin })
+}
+
+/// An admin socket (blocking, served by its own thread), marked with `runtime.socket_mark` so
+/// that its SYN-ACKs pass interception rules (health probes come from outside the pod).
+fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    crate::intercept::prepare_listener(&socket, false)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }
 
 /// One listener's sockets: a predecessor's (spread over the shards) when it handed some over,
@@ -837,11 +850,12 @@ fn bind_listener(
         per_shard[j % shards].push(sock);
     }
     for socks in per_shard.iter_mut().filter(|s| s.is_empty()) {
-        socks.push(listener::bind_reuseport(l.address).map_err(listen_err)?);
+        socks.push(listener::bind_reuseport(l.address, l.transparent).map_err(listen_err)?);
     }
     Ok(BoundListener {
         name: l.name.clone(),
         address: l.address,
+        transparent: l.transparent,
         per_shard,
     })
 }
@@ -875,6 +889,7 @@ impl Server {
             config::PollMode::Hybrid => shard::PollMode::Hybrid,
         };
         let spin_budget = Duration::from_micros(config.runtime.spin_budget_us);
+        crate::intercept::set_socket_mark(config.runtime.socket_mark);
         let stats = Arc::new(
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
@@ -1063,6 +1078,7 @@ mod tests {
     fn cluster(name: &str, endpoints: &[u16]) -> config::Cluster {
         config::Cluster {
             name: name.into(),
+            kind: config::ClusterType::Static,
             endpoints: endpoints
                 .iter()
                 .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))

@@ -24,10 +24,25 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
     let Some(cluster) = cluster.as_ref() else {
         return;
     };
+    let connected = if cluster.original_destination {
+        if !l.original_destination {
+            return;
+        }
+        let dst = match crate::intercept::original_destination(&down, l.address) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(listener = %l.name, error = %e, "no original destination; closing downstream");
+                return;
+            }
+        };
+        cluster.connect_to(dst, &l.stats).await
+    } else {
+        cluster.connect(&l.stats).await
+    };
     let Upstream {
         stream: up_stream,
         guard: _active,
-    } = match cluster.connect(&l.stats).await {
+    } = match connected {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(listener = %l.name, cluster = %cluster.name, error = %e, "no upstream; closing downstream");

@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod inbox;
+pub mod sockopt;
 mod runtime;
 
 pub use event::{Event, Notify};

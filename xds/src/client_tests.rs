@@ -506,6 +506,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
     let mut static_config = config::Config::default();
     static_config.clusters.push(config::Cluster {
         name: "static-c".into(),
+        kind: config::ClusterType::Static,
         endpoints: vec!["10.9.0.1:80".parse().unwrap()],
         lb: config::LbPolicy::RoundRobin,
         connect_timeout_ms: 1000,

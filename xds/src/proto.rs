@@ -282,6 +282,8 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         connections_per_shard_max: config::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
         dubbo: None,
         triple: None,
+        transparent: false,
+        original_destination: false,
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
         out.buffer_bytes = b.value as usize;
@@ -1706,6 +1708,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     };
     let mut out = Cluster {
         name: c.name.clone(),
+        kind: config::ClusterType::Static,
         endpoints: Vec::new(),
         lb,
         connect_timeout_ms,

@@ -406,7 +406,7 @@ async fn run(conn: Rc<UpConn>) {
     let host = conn.host.clone();
     let pool = conn.pool.clone();
     let connected =
-        shard::monoio::time::timeout(pool.connect_timeout, TcpStream::connect_addr(host.addr))
+        shard::monoio::time::timeout(pool.connect_timeout, crate::intercept::connect(host.addr))
             .await;
     let stream = match connected {
         Ok(Ok(s)) => s,

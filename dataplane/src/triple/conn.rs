@@ -1353,7 +1353,7 @@ async fn run_upstream(conn: Rc<Conn>) {
     let host = host.clone();
     let pool: Rc<Pool> = host.pool.clone();
     let connected =
-        shard::monoio::time::timeout(pool.connect_timeout, TcpStream::connect_addr(host.addr))
+        shard::monoio::time::timeout(pool.connect_timeout, crate::intercept::connect(host.addr))
             .await;
     let why = match connected {
         Ok(Ok(stream)) => {

@@ -72,9 +72,28 @@ impl Ringside {
         extra: &[&str],
         tweak: impl FnOnce(&mut Command),
     ) -> Ringside {
+        Self::start_wrapped(&[], config, admin, extra, tweak)
+    }
+
+    /// [`Ringside::start_with`] through a wrapper program (e.g. `setpriv --reuid 1337 ...`):
+    /// runs `wrapper... ringside run --config ...`.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        config: &str,
+        admin: SocketAddr,
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Ringside {
         let dir = TempDir::new("rs");
         let path = dir.write("ringside.yaml", config);
-        let mut cmd = Command::new(RINGSIDE);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(RINGSIDE);
+                c
+            }
+            None => Command::new(RINGSIDE),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&path)

@@ -1,0 +1,87 @@
+//! Traffic interception on the data path: the socket mark on ringside's own sockets
+//! (`runtime.socket_mark`), transparent listening sockets, and the original destination of an
+//! intercepted connection. The rules that steer traffic here are `ringside iptables`
+//! (`crate::iptables`); `docs/sidecar.md` describes both modes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use shard::monoio::net::TcpStream;
+
+/// `runtime.socket_mark`, process-wide (0: none). Set once at start, before any socket opens.
+static SOCKET_MARK: AtomicU32 = AtomicU32::new(0);
+
+pub fn set_socket_mark(mark: Option<u32>) {
+    SOCKET_MARK.store(mark.unwrap_or(0), Ordering::Relaxed);
+}
+
+pub fn socket_mark() -> Option<u32> {
+    match SOCKET_MARK.load(Ordering::Relaxed) {
+        0 => None,
+        m => Some(m),
+    }
+}
+
+/// Every upstream connection ringside makes goes through here: with `runtime.socket_mark` the
+/// socket carries the mark from its SYN on, so interception rules let it pass.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    match socket_mark() {
+        Some(mark) => shard::sockopt::connect_marked(addr, mark).await,
+        None => TcpStream::connect_addr(addr).await,
+    }
+}
+
+/// Marks a listening socket (its SYN-ACKs and the connections it accepts carry the mark: the
+/// packets of connections not accepted yet are not matched by `--uid-owner`) and makes it
+/// transparent when asked.
+pub fn prepare_listener(sock: &socket2::Socket, transparent: bool) -> io::Result<()> {
+    if let Some(mark) = socket_mark() {
+        sock.set_mark(mark)?;
+    }
+    if transparent {
+        shard::sockopt::set_transparent(sock.as_raw_fd())?;
+    }
+    Ok(())
+}
+
+/// Why an intercepted connection has no usable original destination.
+#[derive(Debug, thiserror::Error)]
+pub enum OrigDstError {
+    #[error("cannot read the original destination: {0}")]
+    Io(#[from] io::Error),
+    #[error("the original destination {0} is this listener itself (not intercepted?)")]
+    Loop(SocketAddr),
+}
+
+/// The destination the downstream meant: REDIRECT (nat) records it in conntrack
+/// (SO_ORIGINAL_DST); with TPROXY the accepted socket's local address is it. A destination that
+/// is the listener itself (a direct connection to the listener) would loop and is refused.
+pub fn original_destination(
+    down: &TcpStream,
+    listener: SocketAddr,
+) -> Result<SocketAddr, OrigDstError> {
+    let dst = match shard::sockopt::original_dst(down.as_raw_fd()) {
+        Ok(a) => a,
+        Err(_) => down.local_addr()?,
+    };
+    let dst = canonical(dst);
+    if dst.port() == listener.port()
+        && (listener.ip().is_unspecified() || canonical(listener).ip() == dst.ip())
+    {
+        return Err(OrigDstError::Loop(dst));
+    }
+    Ok(dst)
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack listener) as plain IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
