@@ -989,7 +989,9 @@ impl Config {
                     .is_some_and(|c| c.kind == ClusterType::OriginalDestination)
             };
             if let Some(c) = &l.cluster {
-                if orig_dst_cluster(c) && !(l.protocol == Protocol::Tcp && l.original_destination) {
+                if orig_dst_cluster(c.as_str())
+                    && !(l.protocol == Protocol::Tcp && l.original_destination)
+                {
                     err(
                         at("cluster"),
                         format!(
@@ -998,7 +1000,10 @@ impl Config {
                         ),
                     );
                 }
-                if l.original_destination && !orig_dst_cluster(c) && cluster_names.contains(c.as_str()) {
+                if l.original_destination
+                    && !orig_dst_cluster(c.as_str())
+                    && cluster_names.contains(c.as_str())
+                {
                     err(
                         at("original_destination"),
                         format!(
@@ -1012,14 +1017,18 @@ impl Config {
                 .dubbo
                 .iter()
                 .flat_map(|d| d.routes.iter().map(|r| &r.route))
-                .chain(l.triple.iter().flat_map(|t| t.routes.iter().map(|r| &r.route)))
+                .chain(
+                    l.triple
+                        .iter()
+                        .flat_map(|t| t.routes.iter().map(|r| &r.route)),
+                )
                 .flat_map(|a| {
                     a.cluster
                         .iter()
                         .chain(a.weighted_clusters.iter().map(|w| &w.name))
                 });
             for c in route_clusters {
-                if orig_dst_cluster(c) {
+                if orig_dst_cluster(c.as_str()) {
                     err(
                         at("routes"),
                         format!(

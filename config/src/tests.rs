@@ -163,3 +163,63 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());
 }
+
+const INTERCEPT: &str = "\
+runtime:
+  socket_mark: 1337
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    protocol: tcp
+    transparent: true
+    original_destination: true
+    cluster: passthrough
+clusters:
+  - name: passthrough
+    type: original_destination
+";
+
+#[test]
+fn interception_fields_load() {
+    let c = Config::from_yaml("c.yaml", INTERCEPT).unwrap();
+    assert_eq!(c.runtime.socket_mark, Some(1337));
+    assert!(c.listeners[0].transparent && c.listeners[0].original_destination);
+    assert_eq!(c.clusters[0].kind, ClusterType::OriginalDestination);
+    assert!(c.clusters[0].endpoints.is_empty());
+}
+
+#[test]
+fn interception_mistakes_are_refused() {
+    let fields =
+        |text: &str| -> Vec<String> { errors(text).into_iter().map(|e| e.field).collect() };
+    assert_eq!(
+        fields(&INTERCEPT.replace("socket_mark: 1337", "socket_mark: 0")),
+        ["runtime.socket_mark"]
+    );
+    assert_eq!(
+        fields(&INTERCEPT.replace("    original_destination: true\n", "")),
+        ["listeners[0].cluster"]
+    );
+    assert_eq!(
+        fields(&INTERCEPT.replace(
+            "    type: original_destination\n",
+            "    type: original_destination\n    endpoints: [\"127.0.0.1:1\"]\n"
+        )),
+        ["clusters[0].endpoints"]
+    );
+    let e = errors(&INTERCEPT.replace("type: original_destination", "type: dynamic"));
+    assert!(e[0].message.contains("unknown variant"), "{e:?}");
+    // A static cluster behind an original_destination listener would ignore the destination.
+    let e = errors(&INTERCEPT.replace(
+        "    type: original_destination\n",
+        "    endpoints: [\"127.0.0.1:1\"]\n",
+    ));
+    assert_eq!(e[0].field, "listeners[0].original_destination");
+    let e = errors(&INTERCEPT.replace("protocol: tcp", "protocol: dubbo"));
+    assert!(
+        e.iter()
+            .any(|e| e.field == "listeners[0].original_destination"),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|e| e.field == "listeners[0].cluster"), "{e:?}");
+}

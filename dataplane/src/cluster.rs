@@ -253,8 +253,11 @@ impl ShardCluster {
         for _ in 0..attempts {
             let Some(i) = self.pick() else { break };
             let Slot { addr, ids: host } = self.slot(i);
-            match shard::monoio::time::timeout(self.connect_timeout, crate::intercept::connect(addr))
-                .await
+            match shard::monoio::time::timeout(
+                self.connect_timeout,
+                crate::intercept::connect(addr),
+            )
+            .await
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);

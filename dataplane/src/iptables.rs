@@ -219,7 +219,10 @@ impl Family {
         }
     }
     fn has(self, a: IpAddr) -> bool {
-        matches!((self, a), (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+        matches!(
+            (self, a),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
     }
 }
 
@@ -232,7 +235,12 @@ fn families(ipv6: bool) -> Vec<Family> {
 }
 
 fn ipt(f: Family, table: &str, args: &[&str]) -> Cmd {
-    let mut v = vec![f.iptables().to_string(), "-w".into(), "-t".into(), table.into()];
+    let mut v = vec![
+        f.iptables().to_string(),
+        "-w".into(),
+        "-t".into(),
+        table.into(),
+    ];
     v.extend(args.iter().map(|s| s.to_string()));
     Cmd(v)
 }
@@ -257,12 +265,7 @@ fn s(a: &[&str]) -> Vec<String> {
 fn port_chunks(ports: &[u16]) -> Vec<String> {
     ports
         .chunks(MULTIPORT_MAX)
-        .map(|c| {
-            c.iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|c| c.iter().map(u16::to_string).collect::<Vec<_>>().join(","))
         .collect()
 }
 
@@ -294,7 +297,14 @@ pub fn setup_commands(o: &Options) -> Vec<Cmd> {
                 "RETURN",
             ]));
         }
-        proxy_exempt.push(s(&["-m", "addrtype", "--dst-type", "LOCAL", "-j", "RETURN"]));
+        proxy_exempt.push(s(&[
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "RETURN",
+        ]));
         for c in &cidrs {
             proxy_exempt.push(s(&["-d", c, "-j", "RETURN"]));
         }
@@ -304,7 +314,12 @@ pub fn setup_commands(o: &Options) -> Vec<Cmd> {
                 let t = "raw";
                 let ch = "RINGSIDE_NOTRACK";
                 out.push(ipt(f, t, &["-N", ch]));
-                out.push(ipt_rule(f, t, ch, &s(&["-p", "tcp", "-j", "CT", "--notrack"])));
+                out.push(ipt_rule(
+                    f,
+                    t,
+                    ch,
+                    &s(&["-p", "tcp", "-j", "CT", "--notrack"]),
+                ));
                 out.push(ipt(f, t, &["-A", "PREROUTING", "-j", ch]));
                 out.push(ipt(f, t, &["-A", "OUTPUT", "-j", ch]));
 
@@ -339,7 +354,16 @@ pub fn setup_commands(o: &Options) -> Vec<Cmd> {
                         f,
                         t,
                         ch,
-                        &s(&["-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "RETURN"]),
+                        &s(&[
+                            "-p",
+                            "tcp",
+                            "-m",
+                            "multiport",
+                            "--dports",
+                            ports,
+                            "-j",
+                            "RETURN",
+                        ]),
                     ));
                 }
                 // Inbound: only the SYN needs steering (its destination is local, so the rest of
@@ -353,7 +377,15 @@ pub fn setup_commands(o: &Options) -> Vec<Cmd> {
                     "--tproxy-mark",
                     &imark,
                 ]);
-                let syn_local = s(&["-p", "tcp", "--syn", "-m", "addrtype", "--dst-type", "LOCAL"]);
+                let syn_local = s(&[
+                    "-p",
+                    "tcp",
+                    "--syn",
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                ]);
                 match &o.inbound_ports {
                     Ports::All => {
                         out.push(ipt_rule(f, t, ch, &[syn_local.clone(), tproxy_in].concat()))
@@ -383,7 +415,16 @@ pub fn setup_commands(o: &Options) -> Vec<Cmd> {
                         f,
                         t,
                         ch,
-                        &s(&["-p", "tcp", "-m", "multiport", "--sports", &ports, "-j", "RETURN"]),
+                        &s(&[
+                            "-p",
+                            "tcp",
+                            "-m",
+                            "multiport",
+                            "--sports",
+                            &ports,
+                            "-j",
+                            "RETURN",
+                        ]),
                     ));
                 }
                 out.push(ipt_rule(
@@ -396,10 +437,26 @@ pub fn setup_commands(o: &Options) -> Vec<Cmd> {
 
                 let table = ROUTE_TABLE.to_string();
                 out.push(Cmd(s(&[
-                    "ip", f.ip(), "rule", "add", "fwmark", &imark, "lookup", &table,
+                    "ip",
+                    f.ip(),
+                    "rule",
+                    "add",
+                    "fwmark",
+                    &imark,
+                    "lookup",
+                    &table,
                 ])));
                 out.push(Cmd(s(&[
-                    "ip", f.ip(), "route", "add", "local", f.any(), "dev", "lo", "table", &table,
+                    "ip",
+                    f.ip(),
+                    "route",
+                    "add",
+                    "local",
+                    f.any(),
+                    "dev",
+                    "lo",
+                    "table",
+                    &table,
                 ])));
             }
             Mode::Redirect => {
@@ -411,7 +468,16 @@ pub fn setup_commands(o: &Options) -> Vec<Cmd> {
                         f,
                         t,
                         ch,
-                        &s(&["-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "RETURN"]),
+                        &s(&[
+                            "-p",
+                            "tcp",
+                            "-m",
+                            "multiport",
+                            "--dports",
+                            ports,
+                            "-j",
+                            "RETURN",
+                        ]),
                     ));
                 }
                 let redirect_in = s(&["-j", "REDIRECT", "--to-ports", &inbound_port]);
@@ -632,10 +698,17 @@ mod tests {
             .iter()
             .any(|c| c == "ip -4 rule add fwmark 0x1 lookup 133"));
         // The mark rule comes before the MARK in RINGSIDE_OUTPUT.
-        let first_out = text.iter().position(|c| c.contains("-A RINGSIDE_OUTPUT")).unwrap();
+        let first_out = text
+            .iter()
+            .position(|c| c.contains("-A RINGSIDE_OUTPUT"))
+            .unwrap();
         assert!(text[first_out].contains("--mark 1337 -j RETURN"));
-        assert!(text.iter().any(|c| c.contains("ip6tables") && c.contains("fd00::/8")));
-        assert!(!text.iter().any(|c| c.starts_with("iptables ") && c.contains("fd00::/8")));
+        assert!(text
+            .iter()
+            .any(|c| c.contains("ip6tables") && c.contains("fd00::/8")));
+        assert!(!text
+            .iter()
+            .any(|c| c.starts_with("iptables ") && c.contains("fd00::/8")));
     }
 
     #[test]
@@ -671,7 +744,10 @@ mod tests {
     fn parsing() {
         assert_eq!(parse_ports("*", true).unwrap(), Ports::All);
         assert!(parse_ports("*", false).is_err());
-        assert_eq!(parse_ports("80, 8080,80", true).unwrap(), Ports::List(vec![80, 8080]));
+        assert_eq!(
+            parse_ports("80, 8080,80", true).unwrap(),
+            Ports::List(vec![80, 8080])
+        );
         assert!(parse_ports("0", true).is_err());
         assert!(parse_cidrs("10.0.0.0/33").is_err());
         assert_eq!(parse_cidrs("::1").unwrap()[0].prefix, 128);

@@ -126,10 +126,9 @@ impl ListenSockets {
     ) -> Result<Vec<BoundListener>, RunError> {
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let have = |l: &config::Listener| {
-            guard
-                .iter()
-                .flatten()
-                .any(|b| b.name == l.name && b.address == l.address && b.transparent == l.transparent)
+            guard.iter().flatten().any(|b| {
+                b.name == l.name && b.address == l.address && b.transparent == l.transparent
+            })
         };
         let mut out = Vec::new();
         for l in listeners.iter().filter(|l| !have(l)) {

@@ -71,7 +71,10 @@ impl Netns {
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
         check(
-            Command::new("ip").args(["netns", "add", &name]).output().unwrap(),
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .unwrap(),
             "ip netns add",
         );
         let ns = Netns { name };
@@ -261,14 +264,12 @@ fn scenario(mode: &str, exclusion: Exclusion) {
 
     // The app in the pod, the remote servers in the client namespace.
     let app_dubbo = pod.run(|| Provider::start_on(addr("0.0.0.0", APP_DUBBO_PORT), "app"));
-    let _app_grpc = pod.run(|| {
-        GrpcServer::start(APP_GRPC_PORT, "app-grpc", &["--host", "0.0.0.0"])
-    });
+    let _app_grpc =
+        pod.run(|| GrpcServer::start(APP_GRPC_PORT, "app-grpc", &["--host", "0.0.0.0"]));
     let remote_dubbo =
         client.run(|| Provider::start_on(addr("0.0.0.0", REMOTE_DUBBO_PORT), "remote"));
-    let _remote_grpc = client.run(|| {
-        GrpcServer::start(REMOTE_GRPC_PORT, "remote-grpc", &["--host", "0.0.0.0"])
-    });
+    let _remote_grpc =
+        client.run(|| GrpcServer::start(REMOTE_GRPC_PORT, "remote-grpc", &["--host", "0.0.0.0"]));
 
     let dir = TempDir::new("intercept");
     let cfg = sidecar_config(&dir, mode == "tproxy");
@@ -371,7 +372,13 @@ fn scenario(mode: &str, exclusion: Exclusion) {
         inbound_cx,
         "{stats}"
     );
-    assert_eq!(stat(&stats, "cluster.outbound_passthrough.upstream_cx_connect_fail"), 0);
+    assert_eq!(
+        stat(
+            &stats,
+            "cluster.outbound_passthrough.upstream_cx_connect_fail"
+        ),
+        0
+    );
 
     let tracked = pod.conntrack_tcp();
     if mode == "tproxy" {
@@ -381,7 +388,10 @@ fn scenario(mode: &str, exclusion: Exclusion) {
         );
     } else {
         // redirect mode needs conntrack: the check above sees entries when there are some.
-        assert!(!tracked.is_empty(), "redirect mode without conntrack entries?");
+        assert!(
+            !tracked.is_empty(),
+            "redirect mode without conntrack entries?"
+        );
     }
 
     pod.ringside_iptables(&["--mode", mode, "--clean"]);
@@ -426,7 +436,13 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     require_root!();
     let ns = Netns::new("dry");
     let before = ns.rules();
-    let tproxy = ns.ringside_iptables(&["--mode", "tproxy", "--dry-run", "--exclude-cidrs", "10.1.0.0/16,fd00::/8"]);
+    let tproxy = ns.ringside_iptables(&[
+        "--mode",
+        "tproxy",
+        "--dry-run",
+        "--exclude-cidrs",
+        "10.1.0.0/16,fd00::/8",
+    ]);
     for want in [
         "iptables -w -t mangle -A RINGSIDE_PREROUTING -i lo -p tcp -m mark --mark 0x1 -j TPROXY --on-port 15001 --tproxy-mark 0x1",
         "iptables -w -t mangle -A RINGSIDE_OUTPUT -m mark --mark 1337 -j RETURN",
@@ -471,7 +487,11 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
     ns.ringside_iptables(&["--mode", "redirect"]);
     let again = ns.ringside_iptables(&["--mode", "tproxy", "--dry-run"]);
     assert!(
-        again.lines().next().unwrap_or("").contains("-D PREROUTING -j RINGSIDE_INBOUND"),
+        again
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("-D PREROUTING -j RINGSIDE_INBOUND"),
         "{again}"
     );
     let installed = ns.rules();
@@ -483,10 +503,22 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
 #[test]
 fn bad_arguments_are_refused() {
     for (args, want) in [
-        (&["--mode", "tproxy", "--inbound-ports", "80,x"][..], "--inbound-ports"),
-        (&["--mode", "tproxy", "--exclude-cidrs", "10.0.0.0/40"][..], "--exclude-cidrs"),
-        (&["--mode", "tproxy", "--proxy-mark", "1"][..], "--proxy-mark"),
-        (&["--mode", "redirect", "--inbound-ports", "15006"][..], "--inbound-ports"),
+        (
+            &["--mode", "tproxy", "--inbound-ports", "80,x"][..],
+            "--inbound-ports",
+        ),
+        (
+            &["--mode", "tproxy", "--exclude-cidrs", "10.0.0.0/40"][..],
+            "--exclude-cidrs",
+        ),
+        (
+            &["--mode", "tproxy", "--proxy-mark", "1"][..],
+            "--proxy-mark",
+        ),
+        (
+            &["--mode", "redirect", "--inbound-ports", "15006"][..],
+            "--inbound-ports",
+        ),
     ] {
         let out = Command::new(RINGSIDE)
             .arg("iptables")

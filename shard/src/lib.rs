@@ -11,8 +11,8 @@
 
 pub mod event;
 pub mod inbox;
-pub mod sockopt;
 mod runtime;
+pub mod sockopt;
 
 pub use event::{Event, Notify};
 pub use inbox::{inbox, Receiver, SendError, Sender};

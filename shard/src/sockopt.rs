@@ -189,7 +189,12 @@ pub fn set_transparent(fd: RawFd) -> io::Result<()> {
     let family = unsafe {
         let mut ss: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+        if libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
         ss.ss_family as libc::c_int
