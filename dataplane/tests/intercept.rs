@@ -531,3 +531,88 @@ fn bad_arguments_are_refused() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// IPv6: the same rules through ip6tables and `ip -6`, dual-stack `[::]` listeners; a Dubbo call
+/// each way over IPv6 in `mode`.
+fn scenario_v6(mode: &str) {
+    const CLIENT6: &str = "fd77::1";
+    const POD6: &str = "fd77::2";
+    let topo = Topology::new();
+    let (client, pod) = (&topo.client, &topo.pod);
+    for (ns, ip) in [(client, CLIENT6), (pod, POD6)] {
+        ns.sh(&["ip", "-6", "addr", "add", &format!("{ip}/64"), "dev", "veth0", "nodad"]);
+    }
+    let v6 = |ip: &str, port: u16| -> SocketAddr { format!("[{ip}]:{port}").parse().unwrap() };
+    let _app = pod.run(|| Provider::start_on(v6("::", APP_DUBBO_PORT), "app6"));
+    let _remote = client.run(|| Provider::start_on(v6("::", REMOTE_DUBBO_PORT), "remote6"));
+    let dir = TempDir::new("intercept6");
+    let cfg = sidecar_config(&dir, mode == "tproxy")
+        .replace("0.0.0.0:15006", "\"[::]:15006\"")
+        .replace("0.0.0.0:15001", "\"[::]:15001\"");
+    let rs = pod.run(|| Ringside::start(&cfg, addr("127.0.0.1", 15000), &[]));
+    pod.ringside_iptables(&["--mode", mode, "--proxy-uid", "0"]);
+
+    let got = client.run(|| dubbo_echo(v6(POD6, APP_DUBBO_PORT), "in6"));
+    assert_eq!(got, "app6|echo|in6");
+    let got = pod.run(|| dubbo_echo(v6(CLIENT6, REMOTE_DUBBO_PORT), "out6"));
+    assert_eq!(got, "remote6|echo|out6");
+    let stats = wait_stats(pod, &rs, "both IPv6 calls intercepted", |s| {
+        stat(s, "listener.inbound.downstream_cx_total") == 1
+            && stat(s, "listener.outbound.downstream_cx_total") == 1
+    });
+    assert_eq!(stat(&stats, "cluster.outbound_passthrough.upstream_cx_total"), 1);
+    if mode == "tproxy" {
+        assert!(pod.conntrack_tcp().is_empty());
+    }
+    pod.ringside_iptables(&["--mode", mode, "--clean"]);
+}
+
+#[test]
+fn tproxy_intercepts_ipv6() {
+    require_root!();
+    scenario_v6("tproxy");
+}
+
+#[test]
+fn redirect_intercepts_ipv6() {
+    require_root!();
+    scenario_v6("redirect");
+}
+
+/// The known trap, shown: with the uid rule but no socket mark, the SYN-ACK of a connection the
+/// inbound listener has not accepted yet belongs to no full socket, `--uid-owner` misses it, and
+/// tproxy mode loops it back in; the client never connects. With the mark (every other test)
+/// it passes.
+#[test]
+fn tproxy_without_socket_mark_loops_syn_acks() {
+    require_root!();
+    let topo = Topology::new();
+    let (client, pod) = (&topo.client, &topo.pod);
+    let _app = pod.run(|| Provider::start_on(addr("0.0.0.0", APP_DUBBO_PORT), "app"));
+    let dir = TempDir::new("intercept-nomark");
+    Command::new("chmod")
+        .args(["0777", &dir.0.display().to_string()])
+        .status()
+        .unwrap();
+    let cfg = sidecar_config(&dir, true).replace("  socket_mark: 1337\n", "");
+    let _rs = pod.run(|| {
+        Ringside::start_wrapped(
+            &[
+                "setpriv", "--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups",
+                "--inh-caps", "+net_admin,+net_raw", "--ambient-caps", "+net_admin,+net_raw",
+            ],
+            &cfg,
+            addr("127.0.0.1", 15000),
+            &[],
+            |_| {},
+        )
+    });
+    pod.ringside_iptables(&["--mode", "tproxy", "--proxy-uid", PROXY_UID]);
+    let r = client.run(|| {
+        std::net::TcpStream::connect_timeout(
+            &addr(POD_IP, APP_DUBBO_PORT),
+            Duration::from_millis(1500),
+        )
+    });
+    assert!(r.is_err(), "connected without the socket mark: the trap is gone?");
+}

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
-use shard::monoio::net::TcpStream;
 use shard::Notify;
 
 use super::downstream::{Counted, DownConn};
