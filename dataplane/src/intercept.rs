@@ -33,8 +33,8 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     }
 }
 
-/// Marks a listening socket (its SYN-ACKs and the connections it accepts carry the mark: the
-/// packets of connections not accepted yet are not matched by `--uid-owner`) and makes it
+/// Marks a listening socket (its SYN-ACKs, the connections it accepts and the kernel's RSTs and
+/// TIME_WAIT ACKs for them carry the mark, while `--uid-owner` misses the latter) and makes it
 /// transparent when asked.
 pub fn prepare_listener(sock: &socket2::Socket, transparent: bool) -> io::Result<()> {
     if let Some(mark) = socket_mark() {

@@ -16,9 +16,10 @@
 //!   destination comes from conntrack (SO_ORIGINAL_DST).
 //!
 //! Both exclude the proxy: packets carrying the proxy's socket mark (`runtime.socket_mark`)
-//! first, then the proxy's uid. The mark matters because the packets of a connection the proxy
-//! has not accepted yet (its SYN-ACK) belong to no full socket, so `--uid-owner` cannot match
-//! them, while the mark of the listening socket is on them.
+//! first, then the proxy's uid. The mark matters because packets the kernel sends for the
+//! proxy's connections from no socket of the proxy (RSTs and TIME_WAIT ACKs from the
+//! namespace's control socket; SYN-ACKs of connections not accepted yet, on kernels before 4.4)
+//! are not matched by `--uid-owner`, while the socket's mark is on them.
 
 use std::net::IpAddr;
 use std::process::Command;
