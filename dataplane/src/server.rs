@@ -212,6 +212,12 @@ pub struct ListenerStatIds {
     pub cx_idle_timeout: StatId,
     pub bytes_rx: StatId,
     pub bytes_tx: StatId,
+    /// `original_destination` listeners: connections whose first bytes are Dubbo (magic
+    /// 0xdabb), the HTTP/2 preface (Triple, gRPC), or anything else. [`crate::stats::SINK`]
+    /// on other listeners.
+    pub detected_dubbo: StatId,
+    pub detected_http2: StatId,
+    pub detected_other: StatId,
 }
 
 /// State shared by the shards, the admin threads and the control thread.
@@ -598,6 +604,13 @@ impl Builder {
             .iter()
             .map(|l| {
                 let t = [("listener", l.name.as_str())];
+                let detected = |name: &str| {
+                    if l.original_destination {
+                        st.add("listener", name, &t, Counter)
+                    } else {
+                        crate::stats::SINK
+                    }
+                };
                 ListenerStatIds {
                     cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
                     cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
@@ -605,6 +618,9 @@ impl Builder {
                     cx_idle_timeout: st.add("listener", "downstream_cx_idle_timeout", &t, Counter),
                     bytes_rx: st.add("listener", "downstream_bytes_rx_total", &t, Counter),
                     bytes_tx: st.add("listener", "downstream_bytes_tx_total", &t, Counter),
+                    detected_dubbo: detected("downstream_protocol_dubbo"),
+                    detected_http2: detected("downstream_protocol_http2"),
+                    detected_other: detected("downstream_protocol_other"),
                 }
             })
             .collect();

@@ -53,8 +53,16 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
     let (dr, dw) = down.into_split();
     let (ur, uw) = up_stream.into_split();
     let ids = l.ids;
-    let up = relay(dr, uw, l.buffer_bytes, &last_activity, |n| {
-        l.stats.add(ids.bytes_rx, n)
+    let first = Cell::new(l.original_destination);
+    let up = relay_inspect(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
+        l.stats.add(ids.bytes_rx, chunk.len() as u64);
+        if first.replace(false) {
+            l.stats.inc(match detect(chunk) {
+                Detected::Dubbo => ids.detected_dubbo,
+                Detected::Http2 => ids.detected_http2,
+                Detected::Other => ids.detected_other,
+            });
+        }
     });
     let back = relay(ur, dw, l.buffer_bytes, &last_activity, |n| {
         l.stats.add(ids.bytes_tx, n)
@@ -68,6 +76,58 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
         _ = idle(&last_activity, l.idle_timeout) => {
             l.stats.inc(ids.cx_idle_timeout);
         }
+    }
+}
+
+/// What the first bytes a downstream sent look like.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Detected {
+    /// Dubbo2: magic 0xdabb.
+    Dubbo,
+    /// HTTP/2 prior knowledge (Triple, gRPC): the connection preface `PRI * HTTP/2.0`.
+    Http2,
+    Other,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Classifies a connection by its first chunk (at least the bytes that decide it: a chunk
+/// shorter than the preface counts as HTTP/2 when it is a prefix of it).
+pub fn detect(first: &[u8]) -> Detected {
+    if first.len() >= 2 && first[..2] == [0xda, 0xbb] {
+        Detected::Dubbo
+    } else if first.len() >= 3
+        && H2_PREFACE.starts_with(&first[..first.len().min(H2_PREFACE.len())])
+    {
+        Detected::Http2
+    } else {
+        Detected::Other
+    }
+}
+
+/// [`relay`], handing each chunk to `inspect` before writing it.
+async fn relay_inspect<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut from: R,
+    mut to: W,
+    buffer_bytes: usize,
+    last_activity: &Cell<Instant>,
+    inspect: impl Fn(&[u8]),
+) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(buffer_bytes);
+    loop {
+        buf.clear();
+        let (r, b) = from.read(buf).await;
+        buf = b;
+        let n = r?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        last_activity.set(Instant::now());
+        inspect(&buf[..n]);
+        let (r, b) = to.write_all(buf).await;
+        buf = b;
+        r?;
     }
 }
 
@@ -105,5 +165,20 @@ async fn idle(last_activity: &Cell<Instant>, timeout: Duration) {
             return;
         }
         shard::monoio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_dubbo_http2_and_other() {
+        assert_eq!(detect(&[0xda, 0xbb, 0xc2, 0]), Detected::Dubbo);
+        assert_eq!(detect(H2_PREFACE), Detected::Http2);
+        assert_eq!(detect(b"PRI * HT"), Detected::Http2);
+        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Detected::Other);
+        assert_eq!(detect(b"PRX"), Detected::Other);
+        assert_eq!(detect(&[0xda]), Detected::Other);
     }
 }

@@ -379,6 +379,13 @@ fn scenario(mode: &str, exclusion: Exclusion) {
         ),
         0
     );
+    // What the first bytes said: the Dubbo magic and the HTTP/2 preface, both ways.
+    for dir in ["inbound", "outbound"] {
+        for proto in ["dubbo", "http2"] {
+            let name = format!("listener.{dir}.downstream_protocol_{proto}");
+            assert!(stat(&stats, &name) >= 1, "{name}: {stats}");
+        }
+    }
 
     let tracked = pod.conntrack_tcp();
     if mode == "tproxy" {
@@ -540,7 +547,16 @@ fn scenario_v6(mode: &str) {
     let topo = Topology::new();
     let (client, pod) = (&topo.client, &topo.pod);
     for (ns, ip) in [(client, CLIENT6), (pod, POD6)] {
-        ns.sh(&["ip", "-6", "addr", "add", &format!("{ip}/64"), "dev", "veth0", "nodad"]);
+        ns.sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/64"),
+            "dev",
+            "veth0",
+            "nodad",
+        ]);
     }
     let v6 = |ip: &str, port: u16| -> SocketAddr { format!("[{ip}]:{port}").parse().unwrap() };
     let _app = pod.run(|| Provider::start_on(v6("::", APP_DUBBO_PORT), "app6"));
@@ -560,7 +576,10 @@ fn scenario_v6(mode: &str) {
         stat(s, "listener.inbound.downstream_cx_total") == 1
             && stat(s, "listener.outbound.downstream_cx_total") == 1
     });
-    assert_eq!(stat(&stats, "cluster.outbound_passthrough.upstream_cx_total"), 1);
+    assert_eq!(
+        stat(&stats, "cluster.outbound_passthrough.upstream_cx_total"),
+        1
+    );
     if mode == "tproxy" {
         assert!(pod.conntrack_tcp().is_empty());
     }
@@ -578,4 +597,3 @@ fn redirect_intercepts_ipv6() {
     require_root!();
     scenario_v6("redirect");
 }
-
