@@ -187,9 +187,13 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             "original-destination hand-off is not supported",
         ));
     }
-    if l.transparent.as_ref().is_some_and(|b| b.value) {
-        return Err(ctx.err("transparent", "transparent sockets are not supported"));
-    }
+    // IP_TRANSPARENT (TPROXY interception), and the original_dst listener filter: a tcp_proxy
+    // listener whose connections go to their original destination.
+    let transparent = l.transparent.as_ref().is_some_and(|b| b.value);
+    let original_destination = l
+        .listener_filters
+        .iter()
+        .any(|f| f.name == "envoy.filters.listener.original_dst");
     if l.freebind.as_ref().is_some_and(|b| b.value) {
         return Err(ctx.err("freebind", "IP_FREEBIND is not supported"));
     }
@@ -209,6 +213,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         // These two only feed filter_chain_match, which is refused below: harmless.
         if f.name != "envoy.filters.listener.tls_inspector"
             && f.name != "envoy.filters.listener.http_inspector"
+            && f.name != "envoy.filters.listener.original_dst"
         {
             return Err(ctx.err(
                 format!("listener_filters[{i}].name"),
@@ -282,8 +287,8 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         connections_per_shard_max: config::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
         dubbo: None,
         triple: None,
-        transparent: false,
-        original_destination: false,
+        transparent,
+        original_destination,
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
         out.buffer_bytes = b.value as usize;
@@ -1682,9 +1687,15 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             ));
         }
     }
+    let original_dst = matches!(
+        &c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::OriginalDst as i32
+    );
     let lb = match L::try_from(c.lb_policy) {
         Ok(L::RoundRobin) => LbPolicy::RoundRobin,
         Ok(L::LeastRequest) => LbPolicy::LeastRequest,
+        // An ORIGINAL_DST cluster has no endpoints to balance over.
+        Ok(L::ClusterProvided) if original_dst => LbPolicy::RoundRobin,
         _ => {
             return Err(ctx.err(
                 "lb_policy",
@@ -1730,6 +1741,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
                 service.to_string()
             })
         }
+        Ok(DiscoveryType::OriginalDst) => {
+            out.kind = config::ClusterType::OriginalDestination;
+            None
+        }
         Ok(DiscoveryType::Static) | Ok(DiscoveryType::StrictDns) => {
             let Some(la) = &c.load_assignment else {
                 return refuse(
@@ -1743,7 +1758,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         _ => {
             return Err(ctx.err(
                 "type",
-                format!("only STATIC, STRICT_DNS (IP literals) or EDS is supported (got {ty})"),
+                format!("only STATIC, STRICT_DNS (IP literals), EDS or ORIGINAL_DST is supported (got {ty})"),
             ))
         }
     };

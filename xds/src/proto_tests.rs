@@ -796,6 +796,29 @@ fn clusters() {
 }
 
 #[test]
+fn original_dst_clusters() {
+    let od = cluster_pb::Cluster {
+        name: "passthrough".into(),
+        cluster_discovery_type: Some(cluster_pb::cluster::ClusterDiscoveryType::Type(
+            cluster_pb::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster_pb::cluster::LbPolicy::ClusterProvided as i32,
+        ..Default::default()
+    };
+    let (_, c) = decode_cluster(&pack_any(od)).unwrap();
+    assert_eq!(c.cluster.kind, config::ClusterType::OriginalDestination);
+    assert!(c.cluster.endpoints.is_empty());
+    assert_eq!(c.eds, None);
+    // CLUSTER_PROVIDED is for ORIGINAL_DST only.
+    let mut bad = cluster_static_pb("s", &[("10.0.0.1", 80)]);
+    bad.lb_policy = cluster_pb::cluster::LbPolicy::ClusterProvided as i32;
+    assert!(decode_cluster(&pack_any(bad))
+        .unwrap_err()
+        .to_string()
+        .contains("field `lb_policy`"));
+}
+
+#[test]
 fn endpoints_exclude_unhealthy_and_lower_priorities() {
     let mut la = cla_pb(
         "users",
