@@ -231,6 +231,8 @@ pub struct Shared {
     #[allow(clippy::disallowed_types)]
     xds_versions: std::sync::Mutex<Option<std::collections::BTreeMap<String, String>>>,
     pub update_ids: UpdateStatIds,
+    /// The xDS client, when the config has an `xds` section (for `/server_info`).
+    pub xds: OnceLock<Arc<xds::Handle>>,
     /// False while the first dynamic config (xDS) is awaited: `/ready` answers 503.
     pub dynamic_ready: std::sync::atomic::AtomicBool,
     pub lifecycle: Lifecycle,
@@ -910,6 +912,7 @@ impl Server {
             }),
             update_ids,
             xds_versions: Default::default(),
+            xds: OnceLock::new(),
             dynamic_ready: std::sync::atomic::AtomicBool::new(!dynamic),
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),

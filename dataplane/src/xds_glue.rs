@@ -42,6 +42,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> 
         Ok(())
     });
     let handle = Arc::new(xds::start(bootstrap, static_config, apply)?);
+    let _ = shared.xds.set(handle.clone());
     // Readiness does not wait forever for a control plane that does not answer.
     let s = shared.clone();
     std::thread::Builder::new()
@@ -87,7 +88,11 @@ fn publish(shared: Arc<Shared>, handle: std::sync::Weak<xds::Handle>) {
     let connected = st.add("xds", "connected", &[], Kind::Gauge);
     let out = st.shard(0);
     let mut last = xds::XdsStats::default();
+    // The Arc in `Shared` keeps the client alive as long as the process: stop with the drain.
     while let Some(h) = handle.upgrade() {
+        if shared.drained.load(Ordering::Acquire) {
+            return;
+        }
         let now = h.stats();
         drop(h);
         out.add(acks, now.acks.saturating_sub(last.acks));
