@@ -215,8 +215,8 @@ pub struct ListenerStatIds {
 
 /// State shared by the shards, the admin threads and the control thread.
 pub struct Shared {
-    /// The config the process started with (admin, runtime, drain timeout and stats settings
-    /// come from it; listeners and clusters may change, see `snapshot`).
+    /// The process settings the config file gave (admin, runtime, drain timeout, stats, xds);
+    /// its `listeners` and `clusters` are empty: those live in `snapshot`, which may change.
     pub config: Config,
     pub stats: Arc<Stats>,
     /// Per shard: what its loop did with its time (see `PollStatIds`).
@@ -502,8 +502,6 @@ pub const ENDPOINT_SLOTS_SLACK: usize = 64;
 struct ClusterState {
     ids: ClusterStatIds,
     upstream: UpstreamStatIds,
-    slots: Vec<Slot>,
-    by_addr: std::collections::HashMap<std::net::SocketAddr, u32>,
     published: Arc<Endpoints>,
 }
 
@@ -580,8 +578,6 @@ impl Builder {
                         rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
                         rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
                     },
-                    slots: Vec::new(),
-                    by_addr: Default::default(),
                     published: Arc::new(Endpoints {
                         slots: Arc::new([]),
                         live: Box::new([]),
@@ -736,11 +732,12 @@ impl Builder {
 impl ClusterState {
     /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
     fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
+        if self.published.addrs().eq(c.endpoints.iter().copied()) {
+            return; // unchanged: shards see the same Arc and skip this cluster
+        }
         let distinct: std::collections::HashSet<_> = c.endpoints.iter().collect();
-        if self.slots.len() > 2 * distinct.len() + ENDPOINT_SLOTS_SLACK {
+        if self.published.slots.len() > 2 * distinct.len() + ENDPOINT_SLOTS_SLACK {
             // Too many departed endpoints kept their slots: renumber.
-            self.slots.clear();
-            self.by_addr.clear();
             *generation += 1;
             self.published = Arc::new(Endpoints {
                 slots: Arc::new([]),
@@ -748,32 +745,36 @@ impl ClusterState {
                 generation: *generation,
             });
         }
-        let before = self.slots.len();
+        let old = &self.published;
+        let mut by_addr: std::collections::HashMap<std::net::SocketAddr, u32> = old
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.addr, i as u32))
+            .collect();
+        let mut added: Vec<Slot> = Vec::new();
         let live: Box<[u32]> = c
             .endpoints
             .iter()
             .map(|&addr| {
-                *self.by_addr.entry(addr).or_insert_with(|| {
-                    self.slots.push(Slot {
+                *by_addr.entry(addr).or_insert_with(|| {
+                    added.push(Slot {
                         addr,
                         ids: host_stat_ids(st, &c.name, addr),
                     });
-                    (self.slots.len() - 1) as u32
+                    (old.slots.len() + added.len() - 1) as u32
                 })
             })
             .collect();
-        if self.slots.len() == before && live == self.published.live {
-            return; // unchanged: shards see the same Arc and skip this cluster
-        }
-        let slots = if self.slots.len() == before {
-            self.published.slots.clone()
+        let slots = if added.is_empty() {
+            old.slots.clone()
         } else {
-            self.slots.as_slice().into()
+            old.slots.iter().copied().chain(added).collect()
         };
         self.published = Arc::new(Endpoints {
             slots,
             live,
-            generation: self.published.generation,
+            generation: old.generation,
         });
     }
 }
@@ -900,6 +901,9 @@ impl Server {
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
         let dynamic = config.xds.is_some();
+        let mut config = config;
+        config.listeners = Vec::new();
+        config.clusters = Vec::new();
         let shared = Arc::new(Shared {
             config,
             stats,

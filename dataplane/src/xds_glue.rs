@@ -19,7 +19,9 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> 
     let Some(bootstrap) = shared.config.xds.clone() else {
         return Ok(None);
     };
-    let mut static_config = shared.config.clone();
+    // The static listeners and clusters are the first snapshot's (`Shared::config` keeps only
+    // the process settings).
+    let mut static_config = shared.snapshot().config.clone();
     static_config.xds = None;
     let initial = Duration::from_millis(bootstrap.initial_fetch_timeout_ms);
     let applier = shared.clone();
