@@ -33,7 +33,7 @@ const USAGE: &str =
     "dubbo-load --target 127.0.0.1:30880 [--connections 1] [--pipeline 1 | --rate R]
            [--duration 10s] [--warmup 2s] [--timeout 1s] [--payload 16] [--json FILE]
            [--interface org.apache.dubbo.bench.EchoService] [--method echo]
-           [--samples FILE]
+           [--samples FILE] [--stop-file FILE]
 
 Closed loop by default: --connections x --pipeline requests in flight.
 Open loop with --rate R: R requests/s over all connections, latency from the intended send time;
@@ -42,6 +42,8 @@ and closed once its answers are in (counted as reconnects).
 --samples FILE (open loop): also write every measured request, one line each,
 `due_unix_us latency_us ok(1|0)` (an expired request: its time until given up, ok 0), for
 latency over time windows (bench/xds-push).
+--stop-file FILE (open loop): stop sending once FILE exists (checked every 50 ms), as if
+--duration ended then.
 Every response must be status 20 with an id in flight on its connection; errors are counted by
 kind (status, unknown_id, decode, connect, timeout, io). Latency is recorded after --warmup for
 --duration. JSON on stdout or --json FILE; a progress line each second on stderr.";
@@ -62,6 +64,7 @@ struct Opts {
     payload: usize,
     template: Template,
     samples: Option<String>,
+    stop_file: Option<String>,
 }
 
 fn main() {
@@ -84,6 +87,7 @@ fn main() {
         payload,
         template: Template::new(&interface, &method, payload),
         samples: args.opt_str("samples").map(str::to_string),
+        stop_file: args.opt_str("stop-file").map(str::to_string),
     };
     if opts.samples.is_some() && opts.rate.is_none() {
         args.fail("--samples needs the open loop (--rate)");
@@ -361,10 +365,19 @@ fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut k: u64 = 0;
     let mut out = BytesMut::with_capacity(4096);
+    let mut stop_checked = Instant::now();
     'pace: loop {
         let due = start + interval.mul_f64(k as f64);
         if due >= end {
             break;
+        }
+        if let Some(f) = &opts.stop_file {
+            if stop_checked.elapsed() >= Duration::from_millis(50) {
+                stop_checked = Instant::now();
+                if std::path::Path::new(f).exists() {
+                    break;
+                }
+            }
         }
         let now = Instant::now();
         if due > now {

@@ -32,7 +32,8 @@ Control API (HTTP/1.1 JSON, port C, loopback):
   PATCH /resources {"version": "v3", "clusters": [...], "endpoints": [...], ...,
                     "remove": {"clusters": [names], ...}}  changes only the named resources of
                     the current snapshot (added or replaced; `remove` drops them) under a new
-                    version and pushes it; 200/400 as PUT. Only the given resources are parsed,
+                    version and pushes it, only for the types it changes (a SotW stream is sent
+                    every resource of those types); 200/400 as PUT. Only the given resources are parsed,
                     so a one-resource change of a 10,000-cluster snapshot costs one resource.
   POST /generate   {"version": "v1", "clusters": N, "endpoints_per_cluster": M,
                     "prefix": "bulk-", "port": 9, "first_address": "127.64.0.1",
@@ -212,7 +213,8 @@ class State:
             resources[t].update(by_name)
             for n in remove.get(TYPES[t][0]) or []:
                 resources[t].pop(n, None)
-        return self.set_parsed(version, resources, None)
+        pushed = {t for t in TYPES if changed[t] or remove.get(TYPES[t][0])}
+        return self.set_parsed(version, resources, None, types=pushed)
 
     def generate(self, spec):
         """POST /generate: `base` plus N EDS clusters and their endpoints, built as protos."""
@@ -250,9 +252,11 @@ class State:
                 by_name[name] = (any_, hashlib.sha256(any_.value).hexdigest()[:12])
         return version, resources, time.time() - t0
 
-    def set_parsed(self, version, resources, doc):
+    def set_parsed(self, version, resources, doc, types=None):
         """Makes a parsed snapshot current (doc None: GET /resources renders it) and pushes
-        it to every stream; returns (streams pushed, when the first response was queued)."""
+        it to every stream, for the subscribed types among `types` (None: all); returns the
+        number of streams pushed. SotW streams are marked as holding the new version for the
+        other types (their resources did not change), so a late ACK triggers no resend."""
         with self.lock:
             self.version, self.resources, self.doc = version, resources, doc
             pushed = 0
@@ -260,8 +264,13 @@ class State:
             for s in self.streams.values():
                 sent = False
                 for t in PUSH_ORDER:
-                    if t in s.types:
-                        sent |= (self._sotw_send if s.mode == "sotw" else self._delta_send)(s, t)
+                    if t not in s.types:
+                        continue
+                    if types is not None and t not in types:
+                        if s.mode == "sotw":
+                            s.types[t]["version"] = version
+                        continue
+                    sent |= (self._sotw_send if s.mode == "sotw" else self._delta_send)(s, t)
                 pushed += sent
             return pushed
 
