@@ -324,7 +324,8 @@ def run_one(a, proxy, mode, work):
         env = dict(os.environ, RUST_LOG=a.ringside_log) if a.ringside_log else None
         p = spawn("ringside", 1, [a.ringside, "run", "--config", cfg, "--shards", "1"],
                   stdout=plog, stderr=subprocess.STDOUT, env=env)
-        wait_until("ringside /ready", lambda: http(admin, "GET", "/ready")[0] == 200, 30)
+        wait_until("ringside /ready", lambda: _ok(lambda: http(admin, "GET", "/ready")[0] == 200),
+                   30)
     else:
         cfg = os.path.join(work, "envoy.json")
         with open(cfg, "w") as f:
