@@ -550,8 +550,11 @@ impl Builder {
     ) -> Snapshot {
         use Kind::{Counter, Gauge};
         self.version += 1;
-        self.clusters
-            .retain(|name, _| config.clusters.iter().any(|c| &c.name == name));
+        // A set of the new names: `retain` with a scan of config.clusters per kept cluster was
+        // O(clusters²) (10,000 clusters: ~10^8 name comparisons on every update, EDS ones too).
+        let names: std::collections::HashSet<&str> =
+            config.clusters.iter().map(|c| c.name.as_str()).collect();
+        self.clusters.retain(|name, _| names.contains(name.as_str()));
         let mut cluster_ids = Vec::with_capacity(config.clusters.len());
         let mut upstream_ids = Vec::with_capacity(config.clusters.len());
         let mut endpoints = Vec::with_capacity(config.clusters.len());
