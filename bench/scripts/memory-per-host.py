@@ -13,7 +13,7 @@ Needs target/release/ringside (cargo build --release) and .cache/bin/envoy
 import argparse, os, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RINGSIDE = os.path.join(ROOT, "target/release/ringside")
+RINGSIDE = os.environ.get("RINGSIDE", os.path.join(ROOT, "target/release/ringside"))
 ENVOY = os.path.join(ROOT, ".cache/bin/envoy")
 SETTLE_S = 4
 
@@ -98,8 +98,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--hosts", type=int, default=10)
+    ap.add_argument("--no-envoy", action="store_true", help="measure ringside only")
     a = ap.parse_args()
-    for b in (RINGSIDE, ENVOY):
+    for b in (RINGSIDE,) if a.no_envoy else (RINGSIDE, ENVOY):
         if not os.path.exists(b):
             sys.exit(f"{b} missing (cargo build --release; scripts/install-test-deps)")
     tmp = tempfile.mkdtemp(prefix="ringside-mem-")
@@ -112,12 +113,13 @@ def main():
             r[hosts] = measure([RINGSIDE, "run", "--config", path, "--shards", "2"], 39100)
         rows.append((name, r))
     r = {}
-    for hosts in (1, a.hosts):
+    for hosts in () if a.no_envoy else (1, a.hosts):
         path = os.path.join(tmp, f"e-{hosts}.yaml")
         open(path, "w").write(envoy_yaml(a.clusters, hosts, 39200))
         r[hosts] = measure([ENVOY, "-c", path, "--concurrency", "2", "--base-id", "77",
                             "--log-level", "error"], 39200)
-    rows.append(("Envoy 1.40 (concurrency 2)", r))
+    if not a.no_envoy:
+        rows.append(("Envoy 1.40 (concurrency 2)", r))
     extra = a.clusters * (a.hosts - 1)
     print(f"{a.clusters} clusters; RSS with 1 and {a.hosts} endpoints per cluster; "
           f"bytes per host = RSS difference / {extra} extra hosts\n")

@@ -72,6 +72,18 @@ pub struct ConnState {
     pub errors: ErrorCounts,
     /// Only requests sent (closed loop) or due (open loop) at or after this are recorded.
     measure_from: Instant,
+    /// When set (`dubbo-load --samples`): every answered or expired request after
+    /// `measure_from`, as (sent or due at, latency, answered OK), for latency over time windows.
+    pub samples: Option<Vec<Sample>>,
+}
+
+/// One request of `--samples`: when it was sent (open loop: due), its latency (an expired one:
+/// the time until it was given up), whether it was answered with status OK.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub sent_at: Instant,
+    pub latency: Duration,
+    pub ok: bool,
 }
 
 // === impl ConnState ===
@@ -86,6 +98,7 @@ impl ConnState {
             rec: Recorder::new(),
             errors: ErrorCounts::default(),
             measure_from,
+            samples: None,
         }
     }
 
@@ -153,7 +166,9 @@ impl ConnState {
                 continue;
             };
             progress.completed += 1;
-            if header.status != Status::Ok {
+            let ok = header.status == Status::Ok;
+            self.sample(sent_at, now, ok);
+            if !ok {
                 self.error(ErrorKind::Status, counters);
                 continue;
             }
@@ -172,8 +187,22 @@ impl ConnState {
     /// Returns how many.
     pub fn expire(&mut self, now: Instant, timeout: Duration, counters: &Counters) -> usize {
         let before = self.inflight.len();
-        self.inflight
-            .retain(|_, sent_at| now.saturating_duration_since(*sent_at) < timeout);
+        let measure_from = self.measure_from;
+        let mut samples = self.samples.take();
+        self.inflight.retain(|_, sent_at| {
+            let keep = now.saturating_duration_since(*sent_at) < timeout;
+            if let (false, Some(v)) = (keep, samples.as_mut()) {
+                if *sent_at >= measure_from {
+                    v.push(Sample {
+                        sent_at: *sent_at,
+                        latency: now.saturating_duration_since(*sent_at),
+                        ok: false,
+                    });
+                }
+            }
+            keep
+        });
+        self.samples = samples;
         let expired = before - self.inflight.len();
         for _ in 0..expired {
             self.error(ErrorKind::Timeout, counters);
@@ -187,6 +216,18 @@ impl ConnState {
             self.error(ErrorKind::Timeout, counters);
         }
         self.inflight.clear();
+    }
+
+    fn sample(&mut self, sent_at: Instant, now: Instant, ok: bool) {
+        if let Some(v) = self.samples.as_mut() {
+            if sent_at >= self.measure_from {
+                v.push(Sample {
+                    sent_at,
+                    latency: now.saturating_duration_since(sent_at),
+                    ok,
+                });
+            }
+        }
     }
 
     /// Forgets the requests in flight without counting them (closed loop: the run ended).

@@ -268,6 +268,19 @@ fn server_info(shared: &Shared) -> serde_json::Value {
         "state": state,
         "uptime_s": shared.lifecycle.started.elapsed().as_secs(),
         "config_version": shared.snapshot().version,
+        "xds": shared.xds.get().map(|h| {
+            let x = h.stats();
+            serde_json::json!({
+                "connected": x.connected,
+                "updates": x.updates,
+                "acks": x.acks,
+                "nacks": x.nacks,
+                "reconnects": x.reconnects,
+                "last_nack": x.last_nack,
+                "versions": {"lds": x.versions.lds, "rds": x.versions.rds,
+                             "cds": x.versions.cds, "eds": x.versions.eds},
+            })
+        }),
         "shard_count": shared.shard_count,
         "shards": shards,
     })

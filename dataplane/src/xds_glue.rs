@@ -19,7 +19,9 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> 
     let Some(bootstrap) = shared.config.xds.clone() else {
         return Ok(None);
     };
-    let mut static_config = shared.config.clone();
+    // The static listeners and clusters are the first snapshot's (`Shared::config` keeps only
+    // the process settings).
+    let mut static_config = shared.snapshot().config.clone();
     static_config.xds = None;
     let initial = Duration::from_millis(bootstrap.initial_fetch_timeout_ms);
     let applier = shared.clone();
@@ -42,6 +44,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> 
         Ok(())
     });
     let handle = Arc::new(xds::start(bootstrap, static_config, apply)?);
+    let _ = shared.xds.set(handle.clone());
     // Readiness does not wait forever for a control plane that does not answer.
     let s = shared.clone();
     std::thread::Builder::new()
@@ -87,7 +90,11 @@ fn publish(shared: Arc<Shared>, handle: std::sync::Weak<xds::Handle>) {
     let connected = st.add("xds", "connected", &[], Kind::Gauge);
     let out = st.shard(0);
     let mut last = xds::XdsStats::default();
+    // The Arc in `Shared` keeps the client alive as long as the process: stop with the drain.
     while let Some(h) = handle.upgrade() {
+        if shared.drained.load(Ordering::Acquire) {
+            return;
+        }
         let now = h.stats();
         drop(h);
         out.add(acks, now.acks.saturating_sub(last.acks));

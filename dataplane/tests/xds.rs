@@ -197,6 +197,16 @@ fn sotw_listener_routes_endpoints_nack_and_server_restart() {
     );
     assert_eq!(call(listen, "whoamiB", "4").unwrap(), "c|whoamiB|4");
     assert_eq!(dump(&rs)["version"], good["version"]);
+    let (_, info) = rs.get("/server_info");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert!(info["xds"]["connected"] == true, "{info}");
+    assert!(
+        info["xds"]["last_nack"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("metadata_match"),
+        "{info}"
+    );
 
     // The server restarts: ringside reconnects and resubscribes with its versions, gets v4
     // again (NACK again), then a good v5 is applied.

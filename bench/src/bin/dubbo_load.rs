@@ -33,11 +33,17 @@ const USAGE: &str =
     "dubbo-load --target 127.0.0.1:30880 [--connections 1] [--pipeline 1 | --rate R]
            [--duration 10s] [--warmup 2s] [--timeout 1s] [--payload 16] [--json FILE]
            [--interface org.apache.dubbo.bench.EchoService] [--method echo]
+           [--samples FILE] [--stop-file FILE]
 
 Closed loop by default: --connections x --pipeline requests in flight.
 Open loop with --rate R: R requests/s over all connections, latency from the intended send time;
 a connection that receives Dubbo's readonly event is replaced by a new one (as consumers do)
 and closed once its answers are in (counted as reconnects).
+--samples FILE (open loop): also write every measured request, one line each,
+`due_unix_us latency_us ok(1|0)` (an expired request: its time until given up, ok 0), for
+latency over time windows (bench/xds-push).
+--stop-file FILE (open loop): stop sending once FILE exists (checked every 50 ms), as if
+--duration ended then.
 Every response must be status 20 with an id in flight on its connection; errors are counted by
 kind (status, unknown_id, decode, connect, timeout, io). Latency is recorded after --warmup for
 --duration. JSON on stdout or --json FILE; a progress line each second on stderr.";
@@ -57,6 +63,8 @@ struct Opts {
     timeout: Duration,
     payload: usize,
     template: Template,
+    samples: Option<String>,
+    stop_file: Option<String>,
 }
 
 fn main() {
@@ -78,7 +86,12 @@ fn main() {
         timeout: args.duration("timeout", Duration::from_secs(1)),
         payload,
         template: Template::new(&interface, &method, payload),
+        samples: args.opt_str("samples").map(str::to_string),
+        stop_file: args.opt_str("stop-file").map(str::to_string),
     };
+    if opts.samples.is_some() && opts.rate.is_none() {
+        args.fail("--samples needs the open loop (--rate)");
+    }
     if opts.connections == 0 || opts.pipeline == 0 {
         args.fail("--connections and --pipeline must be at least 1");
     }
@@ -256,6 +269,8 @@ struct OpenShared {
     links: Mutex<Vec<Arc<OpenLink>>>,
     readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     reconnects: std::sync::atomic::AtomicU64,
+    /// `--samples`: every link keeps its samples.
+    samples: bool,
 }
 
 impl OpenShared {
@@ -277,11 +292,13 @@ impl OpenShared {
         let _ = s.set_nodelay(true);
         let reader = s.try_clone().ok()?;
         let link = Arc::new(OpenLink {
-            state: Mutex::new(ConnState::new(
-                index,
-                self.template.clone(),
-                self.measure_from,
-            )),
+            state: Mutex::new({
+                let mut st = ConnState::new(index, self.template.clone(), self.measure_from);
+                if self.samples {
+                    st.samples = Some(Vec::with_capacity(1 << 16));
+                }
+                st
+            }),
             writer: Mutex::new(s),
         });
         if let Ok(mut links) = self.links.lock() {
@@ -318,6 +335,7 @@ fn open_loop(
         links: Mutex::new(Vec::new()),
         readers: Mutex::new(Vec::new()),
         reconnects: Default::default(),
+        samples: opts.samples.is_some(),
     });
     let mut conns: Vec<Arc<OpenConn>> = Vec::new();
     for i in 0..opts.connections {
@@ -347,10 +365,19 @@ fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut k: u64 = 0;
     let mut out = BytesMut::with_capacity(4096);
+    let mut stop_checked = Instant::now();
     'pace: loop {
         let due = start + interval.mul_f64(k as f64);
         if due >= end {
             break;
+        }
+        if let Some(f) = &opts.stop_file {
+            if stop_checked.elapsed() >= Duration::from_millis(50) {
+                stop_checked = Instant::now();
+                if std::path::Path::new(f).exists() {
+                    break;
+                }
+            }
         }
         let now = Instant::now();
         if due > now {
@@ -407,6 +434,11 @@ fn open_loop(
         }
     }
     let mut rec = Recorder::new();
+    if let Some(path) = &opts.samples {
+        if let Err(e) = write_samples(path, &links()) {
+            eprintln!("dubbo-load: writing {path}: {e}");
+        }
+    }
     for l in links() {
         if let Ok(mut s) = l.state.lock() {
             s.expire_all(counters);
@@ -416,6 +448,33 @@ fn open_loop(
     }
     let reconnects = shared.reconnects.load(Relaxed);
     (rec, failed, reconnects)
+}
+
+/// `--samples FILE`: `due_unix_us latency_us ok` per measured request, in due order.
+fn write_samples(path: &str, links: &[Arc<OpenLink>]) -> std::io::Result<()> {
+    let (now_i, now_wall) = (Instant::now(), std::time::SystemTime::now());
+    let wall_us = now_wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(std::io::Error::other)?
+        .as_micros() as i128;
+    let mut all = Vec::new();
+    for l in links {
+        if let Ok(mut s) = l.state.lock() {
+            all.extend(s.samples.take().unwrap_or_default());
+        }
+    }
+    all.sort_by_key(|s| s.sent_at);
+    let mut out = String::with_capacity(all.len() * 28);
+    for s in all {
+        let ago = now_i.saturating_duration_since(s.sent_at).as_micros() as i128;
+        out.push_str(&format!(
+            "{} {} {}\n",
+            wall_us - ago,
+            s.latency.as_micros(),
+            u8::from(s.ok)
+        ));
+    }
+    std::fs::write(path, out)
 }
 
 /// The open loop's connection slots, for readers started before their slot existed.

@@ -29,7 +29,24 @@ Control API (HTTP/1.1 JSON, port C, loopback):
                     "endpoints": [...]}   (JSON or YAML body) replaces the whole snapshot and
                     pushes it; 200 {"version": ..., "pushed": N streams} or 400 {"error": ...}
                     when a resource does not parse.
-  GET  /resources  the current snapshot as given.
+  PATCH /resources {"version": "v3", "clusters": [...], "endpoints": [...], ...,
+                    "remove": {"clusters": [names], ...}}  changes only the named resources of
+                    the current snapshot (added or replaced; `remove` drops them) under a new
+                    version and pushes it, only for the types it changes (a SotW stream is sent
+                    every resource of those types); 200/400 as PUT. Only the given resources are parsed,
+                    so a one-resource change of a 10,000-cluster snapshot costs one resource.
+  POST /generate   {"version": "v1", "clusters": N, "endpoints_per_cluster": M,
+                    "prefix": "bulk-", "port": 9, "first_address": "127.64.0.1",
+                    "base": {snapshot as PUT}, "stage": false}  a bulk snapshot built
+                    directly as protos (no JSON parsing): `base` plus N EDS clusters named
+                    prefix00000.. (connect_timeout 1 s, EDS over ADS) and their
+                    ClusterLoadAssignments of M endpoints each, consecutive IPv4 addresses
+                    from first_address on `port`. With "stage": true it is only built (200
+                    {"staged": version, "build_s": ...}); POST /push then makes the staged
+                    snapshot current and pushes it, so building costs nothing in the push.
+  POST /push       makes the staged snapshot current and pushes it: 200 {"version", "pushed",
+                    "time": when the first response was queued (Unix s)}.
+  GET  /resources  the current snapshot as given (a generated or patched one: as proto3 JSON).
   GET  /requests   every request received, in order: {seq, stream, mode (sotw|delta), node,
                    type (short: lds/rds/cds/eds), type_url, version_info, response_nonce,
                    resource_names, error_detail ({code, message} or null), acked_version (the
@@ -38,6 +55,9 @@ Control API (HTTP/1.1 JSON, port C, loopback):
                    resource_names_subscribe/_unsubscribe, initial_resource_versions.
   GET  /responses  every response sent: {seq, stream, mode, type, version, nonce, resources
                    (names), removed (delta)}.
+  GET  /requests?since=SEQ, /responses?since=SEQ  only the records after SEQ, each name list
+                   replaced by its length (cheap to poll with 10,000 resources); records carry
+                   `time` (Unix s: received, or queued to send).
   GET  /streams    the connected streams: {id, mode, node, cluster, types}.
   POST /reset      forgets the recorded requests and responses.
 """
@@ -61,7 +81,9 @@ signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 import grpc  # noqa: E402
 import yaml  # noqa: E402
-from google.protobuf import any_pb2, json_format  # noqa: E402
+from google.protobuf import any_pb2, duration_pb2, json_format  # noqa: E402
+
+from envoy.config.core.v3 import address_pb2, config_source_pb2  # noqa: E402
 
 from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
 from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: E402
@@ -169,20 +191,98 @@ class State:
         self.nonce_version = {}  # nonce -> version of the response that carried it
         self.ids = itertools.count(1)
         self.nonces = itertools.count(1)
+        self.staged = None
+        self.pushed_at = None
 
     # --- snapshot ------------------------------------------------------------------------------
     def set_snapshot(self, doc):
-        version, resources, doc = parse_snapshot(doc)
+        return self.set_parsed(*parse_snapshot(doc))
+
+    def patch(self, doc):
+        """PATCH /resources: only the given resources change (remove: names per key)."""
+        if not isinstance(doc, dict):
+            raise ValueError("the patch must be an object")
+        remove = doc.pop("remove", None) or {}
+        keys = {v[0] for v in TYPES.values()}
+        if not isinstance(remove, dict) or set(remove) - keys:
+            raise ValueError(f"remove: an object with keys among {sorted(keys)}")
+        version, changed, _ = parse_snapshot(doc)
+        with self.lock:
+            resources = {t: dict(by_name) for t, by_name in self.resources.items()}
+        for t, by_name in changed.items():
+            resources[t].update(by_name)
+            for n in remove.get(TYPES[t][0]) or []:
+                resources[t].pop(n, None)
+        pushed = {t for t in TYPES if changed[t] or remove.get(TYPES[t][0])}
+        return self.set_parsed(version, resources, None, types=pushed)
+
+    def generate(self, spec):
+        """POST /generate: `base` plus N EDS clusters and their endpoints, built as protos."""
+        t0 = time.time()
+        version, resources, _ = parse_snapshot(dict(spec.get("base") or {}, version="x"))
+        version = str(spec.get("version", "1"))
+        n, m = int(spec.get("clusters", 0)), int(spec.get("endpoints_per_cluster", 1))
+        prefix, port = str(spec.get("prefix", "bulk-")), int(spec.get("port", 9))
+        a, b, c, d = (int(x) for x in str(spec.get("first_address", "127.64.0.1")).split("."))
+        ip0 = (a << 24) | (b << 16) | (c << 8) | d
+        tmpl = cluster_pb2.Cluster(
+            type=cluster_pb2.Cluster.EDS, connect_timeout=duration_pb2.Duration(seconds=1),
+            eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
+                eds_config=config_source_pb2.ConfigSource(
+                    ads=config_source_pb2.AggregatedConfigSource(),
+                    resource_api_version=config_source_pb2.V3)))
+        clusters, cla = resources[CDS], resources[EDS]
+        for i in range(n):
+            name = f"{prefix}{i:05d}"
+            c_msg = cluster_pb2.Cluster()
+            c_msg.CopyFrom(tmpl)
+            c_msg.name = name
+            e_msg = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+            lle = e_msg.endpoints.add()
+            for j in range(m):
+                ip = ip0 + i * m + j
+                sa = lle.lb_endpoints.add().endpoint.address.socket_address
+                sa.address = f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}"
+                sa.port_value = port
+            for by_name, msg in ((clusters, c_msg), (cla, e_msg)):
+                if name in by_name:
+                    raise ValueError(f"{name} twice")
+                any_ = any_pb2.Any()
+                any_.Pack(msg)
+                by_name[name] = (any_, hashlib.sha256(any_.value).hexdigest()[:12])
+        return version, resources, time.time() - t0
+
+    def set_parsed(self, version, resources, doc, types=None):
+        """Makes a parsed snapshot current (doc None: GET /resources renders it) and pushes
+        it to every stream, for the subscribed types among `types` (None: all); returns the
+        number of streams pushed. SotW streams are marked as holding the new version for the
+        other types (their resources did not change), so a late ACK triggers no resend."""
         with self.lock:
             self.version, self.resources, self.doc = version, resources, doc
             pushed = 0
+            self.pushed_at = time.time()
             for s in self.streams.values():
                 sent = False
                 for t in PUSH_ORDER:
-                    if t in s.types:
-                        sent |= (self._sotw_send if s.mode == "sotw" else self._delta_send)(s, t)
+                    if t not in s.types:
+                        continue
+                    if types is not None and t not in types:
+                        if s.mode == "sotw":
+                            s.types[t]["version"] = version
+                        continue
+                    sent |= (self._sotw_send if s.mode == "sotw" else self._delta_send)(s, t)
                 pushed += sent
             return pushed
+
+    def render_doc(self):
+        """The current snapshot as proto3 JSON (for one given as PATCH or POST /generate)."""
+        if self.doc is None:
+            doc = {"version": self.version}
+            for t, (key, cls, _, _) in TYPES.items():
+                doc[key] = [json_format.MessageToDict(cls.FromString(a.value))
+                            for a, _ in self.resources[t].values()]
+            self.doc = doc
+        return self.doc
 
     # --- bookkeeping ---------------------------------------------------------------------------
     def _record(self, s, req, extra):
@@ -393,19 +493,46 @@ class Control(BaseHTTPRequestHandler):
         return self.rfile.read(n).decode() if n else ""
 
     def do_GET(self):
+        path, _, query = self.path.partition("?")
+        if query and path in ("/requests", "/responses"):
+            # ?since=SEQ: only the records after SEQ, without the name lists (their lengths
+            # instead), so a driver can poll a 10,000-resource stream cheaply.
+            q = dict(kv.partition("=")[::2] for kv in query.split("&"))
+            since = int(q.get("since") or 0)
+            with STATE.lock:
+                recs = (STATE.requests if path == "/requests" else STATE.responses)[since:]
+                out = []
+                for r in recs:
+                    r = dict(r)
+                    for k in ("resource_names", "resources", "removed",
+                              "resource_names_subscribe", "resource_names_unsubscribe",
+                              "initial_resource_versions"):
+                        if isinstance(r.get(k), (list, dict)):
+                            r[k] = len(r[k])
+                    out.append(r)
+            return self._reply(200, out)
         with STATE.lock:
             if self.path == "/requests":
                 return self._reply(200, list(STATE.requests))
             if self.path == "/responses":
                 return self._reply(200, list(STATE.responses))
             if self.path == "/resources":
-                return self._reply(200, STATE.doc)
+                return self._reply(200, STATE.render_doc())
             if self.path == "/streams":
                 return self._reply(200, [
                     {"id": s.id, "mode": s.mode, "node": s.node, "cluster": s.cluster,
                      "peer": s.peer, "types": sorted(short(t) for t in s.types)}
                     for s in STATE.streams.values()])
         self._reply(404, {"error": f"no {self.path}"})
+
+    def do_PATCH(self):
+        if self.path != "/resources":
+            return self._reply(404, {"error": f"no {self.path}"})
+        try:
+            pushed = STATE.patch(load_text(self._body()))
+        except (ValueError, yaml.YAMLError) as e:
+            return self._reply(400, {"error": str(e)})
+        self._reply(200, {"version": STATE.version, "pushed": pushed, "time": STATE.pushed_at})
 
     def do_PUT(self):
         if self.path != "/resources":
@@ -418,7 +545,26 @@ class Control(BaseHTTPRequestHandler):
         self._reply(200, {"version": STATE.version, "pushed": pushed})
 
     def do_POST(self):
-        self._body()
+        body = self._body()
+        if self.path == "/generate":
+            try:
+                spec = load_text(body)
+                version, resources, build_s = STATE.generate(spec)
+            except (ValueError, TypeError, yaml.YAMLError) as e:
+                return self._reply(400, {"error": str(e)})
+            if spec.get("stage"):
+                STATE.staged = (version, resources)
+                return self._reply(200, {"staged": version, "build_s": build_s})
+            pushed = STATE.set_parsed(version, resources, None)
+            return self._reply(200, {"version": version, "pushed": pushed, "build_s": build_s,
+                                     "time": STATE.pushed_at})
+        if self.path == "/push":
+            if STATE.staged is None:
+                return self._reply(400, {"error": "nothing staged (POST /generate with stage)"})
+            (version, resources), STATE.staged = STATE.staged, None
+            pushed = STATE.set_parsed(version, resources, None)
+            return self._reply(200, {"version": version, "pushed": pushed,
+                                     "time": STATE.pushed_at})
         if self.path == "/reset":
             with STATE.lock:
                 STATE.requests.clear()
