@@ -561,7 +561,8 @@ impl Builder {
         // O(clusters²) (10,000 clusters: ~10^8 name comparisons on every update, EDS ones too).
         let names: std::collections::HashSet<&str> =
             config.clusters.iter().map(|c| c.name.as_str()).collect();
-        self.clusters.retain(|name, _| names.contains(name.as_str()));
+        self.clusters
+            .retain(|name, _| names.contains(name.as_str()));
         let mut cluster_ids = Vec::with_capacity(config.clusters.len());
         let mut upstream_ids = Vec::with_capacity(config.clusters.len());
         let mut endpoints = Vec::with_capacity(config.clusters.len());

@@ -33,7 +33,7 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// this the connection is closed.
 pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A caller connection that is draining and has no stream left closes after this long.
-pub const DRAIN_QUIET_MS: u64 = 100;
+pub const DRAIN_QUIET_MS: u64 = 300;
 /// Draining: how long to wait for the caller to acknowledge the first GOAWAY (by answering our
 /// PING) before the final GOAWAY that refuses new streams.
 pub const DRAIN_ACK_WAIT_MS: u64 = 1_000;
