@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +77,67 @@ pub struct ShardCluster {
     /// `type: original_destination`: no endpoints; see [`ShardCluster::connect_to`].
     pub original_destination: bool,
     pub ids: ClusterStatIds,
+}
+
+/// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
+/// a sidecar config lists many endpoints, few carry traffic on a shard.
+pub struct HostTable<H> {
+    hosts: RefCell<Vec<Option<Rc<H>>>>,
+}
+
+/// What a pool does with a host whose endpoint left (its connections close once idle).
+pub trait Retire {
+    fn retire(&self);
+}
+
+impl<H: Retire> HostTable<H> {
+    pub fn new() -> Self {
+        HostTable {
+            hosts: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The host of slot `i`, built by `build` the first time.
+    pub fn get_or_build(&self, i: usize, build: impl FnOnce() -> H) -> Rc<H> {
+        let mut hosts = self.hosts.borrow_mut();
+        if hosts.len() <= i {
+            hosts.resize(i + 1, None);
+        }
+        hosts[i].get_or_insert_with(|| Rc::new(build())).clone()
+    }
+
+    /// `f` of the host of slot `i`, if it was built (balancer availability checks).
+    pub fn peek<R>(&self, i: usize, f: impl FnOnce(Option<&H>) -> R) -> R {
+        f(self.hosts.borrow().get(i).and_then(|h| h.as_deref()))
+    }
+
+    /// Endpoint slots that left the cluster: their hosts retire.
+    pub fn retire(&self, slots: &[u32]) {
+        for &i in slots {
+            let host = self
+                .hosts
+                .borrow_mut()
+                .get_mut(i as usize)
+                .and_then(Option::take);
+            if let Some(h) = host {
+                h.retire();
+            }
+        }
+    }
+
+    /// The whole pool left service (its cluster was removed or replaced).
+    pub fn retire_all(&self) {
+        let hosts: Vec<Rc<H>> = self.hosts.borrow_mut().drain(..).flatten().collect();
+        for h in hosts {
+            h.retire();
+        }
+    }
+}
+
+impl<H: Retire> Default for HostTable<H> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How an endpoint stands for [`ShardCluster::pick_available`].

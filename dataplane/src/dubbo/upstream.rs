@@ -27,7 +27,7 @@ use shard::Notify;
 use super::downstream::{Counted, DownConn};
 use super::wire::{self, Status};
 use crate::cluster::HostStatIds;
-use crate::cluster::{Availability, ShardCluster};
+use crate::cluster::{Availability, HostTable, ShardCluster};
 use crate::config;
 use crate::stats::ShardStats;
 
@@ -99,9 +99,8 @@ pub struct Host {
 /// A cluster's upstream pools on one shard.
 pub struct ClusterPool {
     pub lb: Rc<ShardCluster>,
-    /// By endpoint slot, each built on first use: a sidecar config lists many clusters and
-    /// endpoints, few carry traffic on a shard.
-    hosts: RefCell<Vec<Option<Rc<Host>>>>,
+    /// By endpoint slot, each built on first use.
+    hosts: HostTable<Host>,
     pub timeout: Duration,
     connections_per_host: usize,
     pending_max: u32,
@@ -128,7 +127,7 @@ impl ClusterPool {
     ) -> Rc<ClusterPool> {
         Rc::new(ClusterPool {
             lb,
-            hosts: RefCell::new(Vec::new()),
+            hosts: HostTable::new(),
             timeout: Duration::from_millis(c.timeout_ms),
             connections_per_host: c.connections_per_host as usize,
             pending_max: c.pending_requests_max,
@@ -141,61 +140,43 @@ impl ClusterPool {
 
     /// The host of endpoint slot `i`, built on first use.
     fn host(&self, i: usize) -> Rc<Host> {
-        let mut hosts = self.hosts.borrow_mut();
-        if hosts.len() <= i {
-            hosts.resize(i + 1, None);
-        }
-        hosts[i]
-            .get_or_insert_with(|| {
-                let slot = self.lb.slot(i);
-                Rc::new(Host {
-                    addr: slot.addr,
-                    index: i,
-                    conns: RefCell::new(Vec::new()),
-                    next_conn: Cell::new(0),
-                    pending: Cell::new(0),
-                    down_until: Cell::new(None),
-                    readonly: Cell::new(false),
-                    retired: Cell::new(false),
-                    ids: slot.ids,
-                })
-            })
-            .clone()
+        self.hosts.get_or_build(i, || {
+            let slot = self.lb.slot(i);
+            Host {
+                addr: slot.addr,
+                index: i,
+                conns: RefCell::new(Vec::new()),
+                next_conn: Cell::new(0),
+                pending: Cell::new(0),
+                down_until: Cell::new(None),
+                readonly: Cell::new(false),
+                retired: Cell::new(false),
+                ids: slot.ids,
+            }
+        })
     }
 
     /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
     /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
     fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
         let i = self.lb.pick_available(|i| {
-            match self.hosts.borrow().get(i).and_then(Option::as_ref) {
+            self.hosts.peek(i, |h| match h {
                 Some(h) if h.readonly.get() => Availability::Excluded,
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
                 _ => Availability::Ready,
-            }
+            })
         })?;
         Some(self.host(i))
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
     pub fn retire(&self, slots: &[u32]) {
-        for &i in slots {
-            let host = self
-                .hosts
-                .borrow_mut()
-                .get_mut(i as usize)
-                .and_then(Option::take);
-            if let Some(h) = host {
-                h.retire();
-            }
-        }
+        self.hosts.retire(slots);
     }
 
     /// The whole pool left service (its cluster was removed or replaced).
     pub fn retire_all(&self) {
-        let hosts: Vec<Rc<Host>> = self.hosts.borrow_mut().drain(..).flatten().collect();
-        for h in hosts {
-            h.retire();
-        }
+        self.hosts.retire_all();
     }
 
     /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is
@@ -253,14 +234,16 @@ impl ClusterPool {
 
 // === impl Host ===
 
-impl Host {
+impl crate::cluster::Retire for Host {
     fn retire(&self) {
         self.retired.set(true);
         for c in self.conns.borrow().iter() {
             c.keeper_wake.notify();
         }
     }
+}
 
+impl Host {
     /// An open or connecting connection to this endpoint, opening one when the pool has room.
     fn connection(self: &Rc<Self>, pool: &Rc<ClusterPool>) -> Rc<UpConn> {
         let mut conns = self.conns.borrow_mut();

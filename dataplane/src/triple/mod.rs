@@ -149,7 +149,7 @@ impl TripleListener {
 pub struct Pool {
     pub lb: Rc<ShardCluster>,
     /// By endpoint slot, each built on first use.
-    hosts: RefCell<Vec<Option<Rc<Host>>>>,
+    hosts: crate::cluster::HostTable<Host>,
     connections_per_host: usize,
     pub connect_timeout: Duration,
     pub stats: ShardStats,
@@ -177,7 +177,7 @@ impl Pool {
     ) -> Rc<Pool> {
         Rc::new(Pool {
             lb,
-            hosts: RefCell::new(Vec::new()),
+            hosts: crate::cluster::HostTable::new(),
             connections_per_host: c.connections_per_host as usize,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             stats,
@@ -187,25 +187,19 @@ impl Pool {
 
     /// The host of endpoint slot `i`, built on first use.
     fn host(self: &Rc<Self>, i: usize) -> Rc<Host> {
-        let mut hosts = self.hosts.borrow_mut();
-        if hosts.len() <= i {
-            hosts.resize(i + 1, None);
-        }
-        hosts[i]
-            .get_or_insert_with(|| {
-                let slot = self.lb.slot(i);
-                Rc::new(Host {
-                    addr: slot.addr,
-                    index: i,
-                    pool: self.clone(),
-                    ids: slot.ids,
-                    conns: RefCell::new(Vec::new()),
-                    next: Cell::new(0),
-                    down_until: Cell::new(None),
-                    retired: Cell::new(false),
-                })
-            })
-            .clone()
+        self.hosts.get_or_build(i, || {
+            let slot = self.lb.slot(i);
+            Host {
+                addr: slot.addr,
+                index: i,
+                pool: self.clone(),
+                ids: slot.ids,
+                conns: RefCell::new(Vec::new()),
+                next: Cell::new(0),
+                down_until: Cell::new(None),
+                retired: Cell::new(false),
+            }
+        })
     }
 
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
@@ -213,38 +207,26 @@ impl Pool {
     fn connection(self: &Rc<Self>, limits: H2Limits) -> Option<Rc<conn::Conn>> {
         let now = Instant::now();
         let i = self.lb.pick_available(|i| {
-            match self.hosts.borrow().get(i).and_then(Option::as_ref) {
+            self.hosts.peek(i, |h| match h {
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
                 _ => Availability::Ready,
-            }
+            })
         })?;
         self.host(i).connection(self.connections_per_host, limits)
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
     pub fn retire(&self, slots: &[u32]) {
-        for &i in slots {
-            let host = self
-                .hosts
-                .borrow_mut()
-                .get_mut(i as usize)
-                .and_then(Option::take);
-            if let Some(h) = host {
-                h.retire();
-            }
-        }
+        self.hosts.retire(slots);
     }
 
     /// The whole pool left service (its cluster was removed or replaced).
     pub fn retire_all(&self) {
-        let hosts: Vec<Rc<Host>> = self.hosts.borrow_mut().drain(..).flatten().collect();
-        for h in hosts {
-            h.retire();
-        }
+        self.hosts.retire_all();
     }
 }
 
-impl Host {
+impl crate::cluster::Retire for Host {
     fn retire(&self) {
         self.retired.set(true);
         let conns: Vec<Rc<conn::Conn>> = self.conns.borrow().clone();
@@ -252,7 +234,9 @@ impl Host {
             c.close_if_idle();
         }
     }
+}
 
+impl Host {
     fn connection(self: &Rc<Self>, max: usize, limits: H2Limits) -> Option<Rc<conn::Conn>> {
         let n = self.conns.borrow().len();
         // Up to `connections_per_host` connections share the streams round-robin; when all are
