@@ -416,39 +416,9 @@ fn dubbo_routing_table_matches_envoy() {
 
 /// [`dubbo_routes_via_envoy`] with ringside as the ADS client.
 fn dubbo_routes_via_ringside(snapshot: &Value, calls: &[DubboCall]) -> Vec<Result<String, String>> {
-    let clusters: Vec<String> = snapshot["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_string())
-        .collect();
-    let providers: Vec<Provider> = clusters.iter().map(|c| Provider::start(c)).collect();
-    let mut snap = snapshot.clone();
-    snap["endpoints"] = Value::Array(
-        clusters
-            .iter()
-            .zip(&providers)
-            .map(|(c, p)| load_assignment(c, &[p.addr]))
-            .collect(),
-    );
-    let sa = &snap["listeners"][0]["address"]["socket_address"];
-    let addr: SocketAddr = format!("{}:{}", sa["address"].as_str().unwrap(), sa["port_value"])
-        .parse()
-        .unwrap();
-    let xds = XdsServer::start_on(0, 0, Some(&snap));
+    let t = table_setup(snapshot);
+    let xds = XdsServer::start_on(0, 0, Some(&t.snapshot));
     let _rs = ringside_on(xds.addr(), "sotw", "routing-table");
     xds.wait_ack(LDS, "t1");
-    calls
-        .iter()
-        .map(|c| {
-            dubbo_call(addr, c).and_then(|reply| {
-                let who = reply.split('|').next().unwrap_or_default().to_string();
-                if clusters.contains(&who) {
-                    Ok(who)
-                } else {
-                    Err(format!("unexpected reply {reply}"))
-                }
-            })
-        })
-        .collect()
+    route_calls(&t, calls)
 }

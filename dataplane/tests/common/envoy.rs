@@ -432,15 +432,18 @@ pub fn dubbo_call(addr: SocketAddr, c: &DubboCall) -> Result<String, String> {
     }
 }
 
-/// Which cluster Envoy routes each request to, given an xDS `snapshot` of Dubbo listeners
-/// (the first listener is the one called) and EDS clusters (its `endpoints` are replaced).
-/// Every cluster gets its own Rust Dubbo provider (tests/common/dubbo.rs) named after the
-/// cluster, which answers `"{cluster}|{method}|{arg}"`; the result per request is Ok(cluster)
-/// or Err(Envoy's error). A fresh xDS server and Envoy (SotW ADS) serve the snapshot.
-pub fn dubbo_routes_via_envoy(
-    snapshot: &Value,
-    calls: &[DubboCall],
-) -> Vec<Result<String, String>> {
+/// `snapshot` with a Rust Dubbo provider per cluster (named after it, answering
+/// `"{cluster}|{method}|{arg}"`) as that cluster's only endpoint: the snapshot to serve, its
+/// cluster names, the providers (keep them alive), the first listener's address and name.
+pub struct TableSetup {
+    pub snapshot: Value,
+    pub clusters: Vec<String>,
+    pub providers: Vec<Provider>,
+    pub listen: SocketAddr,
+    pub listener: String,
+}
+
+pub fn table_setup(snapshot: &Value) -> TableSetup {
     let clusters: Vec<String> = snapshot["clusters"]
         .as_array()
         .expect("snapshot clusters")
@@ -456,19 +459,53 @@ pub fn dubbo_routes_via_envoy(
             .map(|(c, p)| load_assignment(c, &[p.addr]))
             .collect(),
     );
-    let version = snap["version"].as_str().unwrap_or("1").to_string();
     let listener = &snap["listeners"][0];
     let sa = &listener["address"]["socket_address"];
-    let addr: SocketAddr = format!(
+    let listen: SocketAddr = format!(
         "{}:{}",
         sa["address"].as_str().expect("listener address"),
         sa["port_value"]
     )
     .parse()
     .unwrap();
-    let name = listener["name"].as_str().unwrap().to_string();
+    let listener = listener["name"].as_str().unwrap().to_string();
+    TableSetup {
+        snapshot: snap,
+        clusters,
+        providers,
+        listen,
+        listener,
+    }
+}
 
-    let xds = XdsServer::start_on(0, 0, Some(&snap));
+/// Sends each call to `t.listen`; Ok(the cluster whose provider answered) or Err.
+pub fn route_calls(t: &TableSetup, calls: &[DubboCall]) -> Vec<Result<String, String>> {
+    calls
+        .iter()
+        .map(|c| {
+            dubbo_call(t.listen, c).and_then(|reply| {
+                let who = reply.split('|').next().unwrap_or_default().to_string();
+                if t.clusters.contains(&who) {
+                    Ok(who)
+                } else {
+                    Err(format!("unexpected reply {reply}"))
+                }
+            })
+        })
+        .collect()
+}
+
+/// Which cluster Envoy routes each request to, given an xDS `snapshot` of Dubbo listeners
+/// (the first listener is the one called) and EDS clusters (its `endpoints` are replaced, see
+/// [`table_setup`]); per request Ok(cluster) or Err(Envoy's error). A fresh xDS server and
+/// Envoy (SotW ADS) serve the snapshot.
+pub fn dubbo_routes_via_envoy(
+    snapshot: &Value,
+    calls: &[DubboCall],
+) -> Vec<Result<String, String>> {
+    let t = table_setup(snapshot);
+    let version = t.snapshot["version"].as_str().unwrap_or("1").to_string();
+    let xds = XdsServer::start_on(0, 0, Some(&t.snapshot));
     let admin = local(free_port());
     let envoy = Envoy::start(
         &bootstrap(admin, xds.addr(), Ads::Sotw, "routing-table"),
@@ -478,20 +515,8 @@ pub fn dubbo_routes_via_envoy(
         let a = xds.wait_ack(ty, &version);
         assert_eq!(a["ack"], true);
     }
-    envoy.wait_dump(&format!("listener {name}"), |d| {
-        dynamic_listeners(d).iter().any(|(n, _)| *n == name)
+    envoy.wait_dump(&format!("listener {}", t.listener), |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| *n == t.listener)
     });
-    calls
-        .iter()
-        .map(|c| {
-            dubbo_call(addr, c).and_then(|reply| {
-                let who = reply.split('|').next().unwrap_or_default().to_string();
-                if clusters.contains(&who) {
-                    Ok(who)
-                } else {
-                    Err(format!("unexpected reply {reply}"))
-                }
-            })
-        })
-        .collect()
+    route_calls(&t, calls)
 }
