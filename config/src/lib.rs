@@ -292,6 +292,19 @@ pub struct Listener {
     /// tcp listeners only.
     #[serde(default)]
     pub original_destination: bool,
+    /// `false`: a virtual listener. It opens no socket; an `original_destination` listener that
+    /// names it in `virtual_listeners` hands it the connections whose original destination is
+    /// its `address` (Envoy's `bind_to_port: false`).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub bind: bool,
+    /// tcp listeners with `original_destination: true`: listeners with `bind: false` that take
+    /// over connections by original destination and protocol. A connection whose original
+    /// destination is a virtual listener's address (its IP, or any IP when that is 0.0.0.0 or
+    /// [::]; an exact IP wins) goes to that listener when the first bytes fit its protocol
+    /// (Dubbo magic for `dubbo`, the HTTP/2 preface for `triple`, anything for `tcp`); every
+    /// other connection is passed through to its original destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_listeners: Vec<String>,
 }
 
 /// HTTP/2 limits and routes of a `triple` listener. The limits are what ringside advertises to
@@ -584,6 +597,9 @@ fn default_resets_per_second_max() -> u32 {
 }
 fn default_true() -> bool {
     true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 fn default_admin_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15000))
@@ -909,7 +925,7 @@ impl Config {
             } else if !listener_names.insert(l.name.as_str()) {
                 err(at("name"), format!("duplicate listener name {:?}", l.name));
             }
-            if !addresses.insert(l.address) {
+            if l.bind && !addresses.insert(l.address) {
                 err(
                     at("address"),
                     format!(
@@ -1038,7 +1054,73 @@ impl Config {
                 }
             }
         }
+        self.validate_virtual_listeners(&mut err);
         out
+    }
+
+    /// `bind: false` listeners and the `virtual_listeners` that hand connections to them.
+    fn validate_virtual_listeners(&self, err: &mut dyn FnMut(String, String)) {
+        let mut handed: HashSet<&str> = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("listeners[{i}].{f}");
+            if !l.virtual_listeners.is_empty()
+                && !(l.protocol == Protocol::Tcp && l.original_destination && l.bind)
+            {
+                err(
+                    at("virtual_listeners"),
+                    "only a tcp listener with original_destination: true (and bind: true) hands \
+                     connections to virtual listeners"
+                        .into(),
+                );
+            }
+            let mut seen: Vec<SocketAddr> = Vec::new();
+            for name in &l.virtual_listeners {
+                handed.insert(name.as_str());
+                match self.listeners.iter().find(|v| &v.name == name) {
+                    None => err(
+                        at("virtual_listeners"),
+                        format!("unknown listener {name:?}"),
+                    ),
+                    Some(v) if v.bind => err(
+                        at("virtual_listeners"),
+                        format!("listener {name:?} is not virtual: give it bind: false"),
+                    ),
+                    Some(v) if seen.contains(&v.address) => err(
+                        at("virtual_listeners"),
+                        format!(
+                            "two virtual listeners have the address {}: which one takes a \
+                             connection would be ambiguous",
+                            v.address
+                        ),
+                    ),
+                    Some(v) => seen.push(v.address),
+                }
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("listeners[{i}].{f}");
+            if l.bind {
+                continue;
+            }
+            if l.transparent || l.original_destination {
+                err(
+                    at("bind"),
+                    "a virtual listener (bind: false) opens no socket: transparent and \
+                     original_destination belong on the listener that hands it connections"
+                        .into(),
+                );
+            }
+            if !handed.contains(l.name.as_str()) {
+                err(
+                    at("bind"),
+                    format!(
+                        "no listener hands connections to virtual listener {:?}: name it in an \
+                         original_destination listener's virtual_listeners",
+                        l.name
+                    ),
+                );
+            }
+        }
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {

@@ -57,6 +57,25 @@ pub struct ListenerCtx {
     pub triple: Option<Rc<crate::triple::TripleListener>>,
     /// The shard's drain signal.
     pub draining: Rc<RefCell<Event>>,
+    /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
+    /// original destination, exact addresses first (set after every config update).
+    pub virtuals: RefCell<Rc<[Virtual]>>,
+}
+
+/// A virtual listener (`bind: false`) as an `original_destination` listener sees it.
+pub struct Virtual {
+    pub address: SocketAddr,
+    pub listener: Rc<RefCell<Rc<ListenerCtx>>>,
+}
+
+/// The virtual listener a connection to `dst` belongs to: one with exactly that address, else
+/// one on that port with an unspecified IP (0.0.0.0 or [::]). `virtuals` lists exact ones
+/// first.
+pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
+    virtuals.iter().find(|v| {
+        v.address.port() == dst.port()
+            && (v.address.ip() == dst.ip() || v.address.ip().is_unspecified())
+    })
 }
 
 /// A listener's routes as one shard runs them: compiled router, the upstream pool of each
@@ -238,7 +257,8 @@ impl ShardState {
                 Some(p)
                     if p.cfg.address == l.address
                         && p.cfg.protocol == l.protocol
-                        && p.cfg.transparent == l.transparent =>
+                        && p.cfg.transparent == l.transparent
+                        && p.cfg.bind == l.bind =>
                 {
                     let ctx = p.ctx.borrow().clone();
                     if listener_params(&p.cfg) != listener_params(l) {
@@ -275,7 +295,31 @@ impl ShardState {
             tracing::info!(shard = self.id, listener = %gone.cfg.name, "listener removed: no longer accepting");
             gone.stop.set();
         }
+        self.link_virtuals();
         self.snapshot = snap;
+    }
+
+    /// Gives each `original_destination` listener the virtual listeners it names (validation
+    /// made sure they exist and are virtual), exact addresses before wildcard ones.
+    fn link_virtuals(&self) {
+        for sl in self
+            .listeners
+            .iter()
+            .filter(|l| !l.cfg.virtual_listeners.is_empty())
+        {
+            let mut v: Vec<Virtual> = sl
+                .cfg
+                .virtual_listeners
+                .iter()
+                .filter_map(|name| self.listeners.iter().find(|x| &x.cfg.name == name))
+                .map(|x| Virtual {
+                    address: x.cfg.address,
+                    listener: x.ctx.clone(),
+                })
+                .collect();
+            v.sort_by_key(|x| x.address.ip().is_unspecified());
+            *sl.ctx.borrow().virtuals.borrow_mut() = v.into();
+        }
     }
 
     fn tcp_cluster(&self, l: &config::Listener) -> Option<Rc<ShardCluster>> {
@@ -402,11 +446,16 @@ impl ShardState {
             dubbo,
             triple,
             draining: self.draining.clone(),
+            virtuals: RefCell::new(Rc::new([])),
         })
     }
 
     /// Accept loops on this shard's sockets of `sl`, until `sl.stop`.
     fn start_accepting(&self, sl: &ShardListener) {
+        if !sl.cfg.bind {
+            // Virtual: its connections come from an original_destination listener.
+            return;
+        }
         let socks = match self.shared.sockets.for_shard(self.id, &sl.cfg.name) {
             Ok(s) => s,
             Err(e) => {
@@ -583,6 +632,25 @@ pub fn bind_reuseport(
     Ok(socket.into())
 }
 
+/// Serves one accepted (or, for a virtual listener, handed-off) connection by the listener's
+/// protocol.
+pub async fn serve_connection(stream: shard::monoio::net::TcpStream, l: Rc<ListenerCtx>) {
+    match l.protocol {
+        Protocol::Tcp => tcp_proxy::serve(stream, l).await,
+        Protocol::Dubbo => {
+            if let Some(d) = l.dubbo.clone() {
+                downstream::serve(stream, d).await
+            }
+        }
+        Protocol::Triple => {
+            if let Some(t) = l.triple.clone() {
+                let drain = l.draining.borrow().clone();
+                crate::triple::conn::serve(stream, t, drain).await
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     slot: Rc<RefCell<Rc<ListenerCtx>>>,
@@ -617,20 +685,7 @@ async fn accept_loop(
         let (l2, active_here2, connections2) =
             (l.clone(), active_here.clone(), connections.clone());
         shard::monoio::spawn(async move {
-            match l2.protocol {
-                Protocol::Tcp => tcp_proxy::serve(stream, l2.clone()).await,
-                Protocol::Dubbo => {
-                    if let Some(d) = l2.dubbo.clone() {
-                        downstream::serve(stream, d).await
-                    }
-                }
-                Protocol::Triple => {
-                    if let Some(t) = l2.triple.clone() {
-                        let drain = l2.draining.borrow().clone();
-                        crate::triple::conn::serve(stream, t, drain).await
-                    }
-                }
-            }
+            serve_connection(stream, l2.clone()).await;
             l2.stats.dec(l2.ids.cx_active);
             active_here2.set(active_here2.get() - 1);
             connections2.set(connections2.get() - 1);

@@ -131,7 +131,8 @@ impl ListenSockets {
             })
         };
         let mut out = Vec::new();
-        for l in listeners.iter().filter(|l| !have(l)) {
+        // Virtual listeners (bind: false) have no socket.
+        for l in listeners.iter().filter(|l| l.bind && !have(l)) {
             out.push(bind_listener(l, shards, inherited)?);
         }
         Ok(out)
@@ -146,7 +147,7 @@ impl ListenSockets {
             all.retain(|x| x.name != b.name);
             all.push(b);
         }
-        all.retain(|b| keep.iter().any(|l| l.name == b.name));
+        all.retain(|b| keep.iter().any(|l| l.name == b.name && l.bind));
     }
 
     /// Closes our descriptors (plain drain: new connections are refused from now on).
@@ -218,6 +219,8 @@ pub struct ListenerStatIds {
     pub detected_dubbo: StatId,
     pub detected_http2: StatId,
     pub detected_other: StatId,
+    /// Listeners with `virtual_listeners`: connections handed to one of them.
+    pub cx_handed_off: StatId,
 }
 
 /// State shared by the shards, the admin threads and the control thread.
@@ -623,6 +626,11 @@ impl Builder {
                     detected_dubbo: detected("downstream_protocol_dubbo"),
                     detected_http2: detected("downstream_protocol_http2"),
                     detected_other: detected("downstream_protocol_other"),
+                    cx_handed_off: if l.virtual_listeners.is_empty() {
+                        crate::stats::SINK
+                    } else {
+                        st.add("listener", "downstream_cx_handed_off", &t, Counter)
+                    },
                 }
             })
             .collect();
@@ -823,7 +831,7 @@ fn bind_all(
         admin.push((name.to_string(), sock));
     }
     let mut all = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
+    for l in config.listeners.iter().filter(|l| l.bind) {
         all.push(bind_listener(l, shards, inherited)?);
     }
     #[allow(clippy::disallowed_types)]

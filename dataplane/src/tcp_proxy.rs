@@ -15,8 +15,15 @@ use futures_util::future::try_join;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use shard::monoio::net::TcpStream;
 
+use std::os::fd::AsRawFd;
+
 use crate::cluster::Upstream;
+use crate::config::Protocol;
 use crate::listener::ListenerCtx;
+
+/// How long a connection whose original destination is a virtual listener's may take to send
+/// its first bytes before it is passed through as plain TCP (a server-first protocol).
+pub const DETECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
     let _ = down.set_nodelay(true);
@@ -24,6 +31,7 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
     let Some(cluster) = cluster.as_ref() else {
         return;
     };
+    let mut counted = false;
     let connected = if cluster.original_destination {
         if !l.original_destination {
             return;
@@ -35,6 +43,30 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
                 return;
             }
         };
+        // Virtual listeners (bind: false) take the connections to their address whose
+        // protocol they speak; listeners without any pay one empty-slice check.
+        let virtuals = l.virtuals.borrow().clone();
+        if let Some(v) = crate::listener::virtual_for(&virtuals, dst) {
+            let detected = peek_protocol(&down).await;
+            l.stats.inc(detected_id(&l, &detected));
+            counted = true;
+            let v = v.listener.borrow().clone();
+            let fits = match v.protocol {
+                Protocol::Dubbo => detected == Detected::Dubbo,
+                Protocol::Triple => detected == Detected::Http2,
+                Protocol::Tcp => true,
+            };
+            if fits {
+                l.stats.inc(l.ids.cx_handed_off);
+                v.stats.inc(v.ids.cx_total);
+                v.stats.inc(v.ids.cx_active);
+                // Boxed: serve_connection may come back here (a virtual tcp listener). One
+                // allocation per handed-off connection, none per request.
+                Box::pin(crate::listener::serve_connection(down, v.clone())).await;
+                v.stats.dec(v.ids.cx_active);
+                return;
+            }
+        }
         cluster.connect_to(dst, &l.stats).await
     } else {
         cluster.connect(&l.stats).await
@@ -53,15 +85,11 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
     let (dr, dw) = down.into_split();
     let (ur, uw) = up_stream.into_split();
     let ids = l.ids;
-    let first = Cell::new(l.original_destination);
+    let first = Cell::new(l.original_destination && !counted);
     let up = relay_inspect(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
         l.stats.add(ids.bytes_rx, chunk.len() as u64);
         if first.replace(false) {
-            l.stats.inc(match detect(chunk) {
-                Detected::Dubbo => ids.detected_dubbo,
-                Detected::Http2 => ids.detected_http2,
-                Detected::Other => ids.detected_other,
-            });
+            l.stats.inc(detected_id(&l, &detect(chunk)));
         }
     });
     let back = relay(ur, dw, l.buffer_bytes, &last_activity, |n| {
@@ -90,6 +118,49 @@ pub enum Detected {
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn detected_id(l: &ListenerCtx, d: &Detected) -> crate::stats::StatId {
+    match d {
+        Detected::Dubbo => l.ids.detected_dubbo,
+        Detected::Http2 => l.ids.detected_http2,
+        Detected::Other => l.ids.detected_other,
+    }
+}
+
+/// Whether `first` (the bytes so far) decides [`detect`]: two bytes decide Dubbo, three the
+/// HTTP/2 preface (a longer prefix of it only confirms).
+fn decided(first: &[u8]) -> bool {
+    first.len() >= 3 || !H2_PREFACE.starts_with(first) && first != [0xda]
+}
+
+/// The protocol of a downstream's first bytes, read with MSG_PEEK (left in the socket for
+/// whoever serves the connection). A downstream that sends nothing for [`DETECT_TIMEOUT`], or
+/// closes first, counts as [`Detected::Other`].
+async fn peek_protocol(down: &TcpStream) -> Detected {
+    let deadline = Instant::now() + DETECT_TIMEOUT;
+    let mut buf = [0u8; 8];
+    loop {
+        shard::monoio::select! {
+            r = down.readable(false) => if r.is_err() { return Detected::Other },
+            _ = shard::monoio::time::sleep_until(deadline.into()) => return Detected::Other,
+        }
+        match shard::sockopt::peek(down.as_raw_fd(), &mut buf) {
+            Ok(0) => return Detected::Other,
+            Ok(n) => {
+                if decided(&buf[..n]) {
+                    return detect(&buf[..n]);
+                }
+                // A prefix too short to tell ("PR", one 0xda): the rest is on its way.
+                shard::monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Detected::Other,
+        }
+        if Instant::now() >= deadline {
+            return Detected::Other;
+        }
+    }
+}
 
 /// Classifies a connection by its first chunk (at least the bytes that decide it: a chunk
 /// shorter than the preface counts as HTTP/2 when it is a prefix of it).

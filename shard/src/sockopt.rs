@@ -220,3 +220,22 @@ pub fn set_transparent(fd: RawFd) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Copies up to `buf.len()` bytes a socket has received into `buf` without consuming them
+/// (recv with MSG_PEEK, non-blocking): `Ok(0)` is EOF, WouldBlock means nothing has arrived.
+pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into the live buffer `buf`.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

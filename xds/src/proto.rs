@@ -289,6 +289,8 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         triple: None,
         transparent,
         original_destination,
+        bind: true,
+        virtual_listeners: Vec::new(),
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
         out.buffer_bytes = b.value as usize;
