@@ -215,9 +215,13 @@ fn stat(stats: &str, name: &str) -> u64 {
 }
 
 fn dubbo_echo(to: SocketAddr, arg: &str) -> String {
+    dubbo_call(to, "echo", arg)
+}
+
+fn dubbo_call(to: SocketAddr, method: &str, arg: &str) -> String {
     let mut c = Consumer::connect(to);
     let args = [Arg::Str(arg)];
-    let ans = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+    let ans = c.call(RequestBuilder::new(SVC, method).args(&args));
     assert_eq!(ans.status, Status::Ok, "{ans:?}");
     ans.text
 }
@@ -596,4 +600,114 @@ fn tproxy_intercepts_ipv6() {
 fn redirect_intercepts_ipv6() {
     require_root!();
     scenario_v6("redirect");
+}
+
+/// Outbound routing by original destination and protocol (tproxy, proxy as root with its
+/// mark): the outbound listener hands Dubbo connections to 10.77.0.1:20881 to the virtual
+/// listener `out_20881`, whose Dubbo route sends method `route` to another provider (port
+/// 20882) than the one the app dialled; gRPC connections to :50052 go to the virtual Triple
+/// listener `out_50052`, whose cluster is another server (port 50053). A Dubbo call to a port
+/// no virtual listener has (20883) still passes through to its original destination.
+#[test]
+fn tproxy_routes_outbound_dubbo_and_grpc_by_destination_and_protocol() {
+    require_root!();
+    let topo = Topology::new();
+    let (client, pod) = (&topo.client, &topo.pod);
+    let (canary_dubbo, other_dubbo, canary_grpc) = (20882, 20883, 50053);
+    let remote = client.run(|| Provider::start_on(addr("0.0.0.0", REMOTE_DUBBO_PORT), "remote"));
+    let canary = client.run(|| Provider::start_on(addr("0.0.0.0", canary_dubbo), "canary"));
+    let other = client.run(|| Provider::start_on(addr("0.0.0.0", other_dubbo), "other"));
+    let _remote_grpc =
+        client.run(|| GrpcServer::start(REMOTE_GRPC_PORT, "remote-grpc", &["--host", "0.0.0.0"]));
+    let _canary_grpc =
+        client.run(|| GrpcServer::start(canary_grpc, "canary-grpc", &["--host", "0.0.0.0"]));
+
+    let dir = TempDir::new("intercept-l7");
+    let cfg = format!(
+        "admin:\n  address: 127.0.0.1:15000\n  control_socket: {ctl}\n\
+         runtime:\n  shards: 1\n  socket_mark: 1337\n\
+         listeners:\n\
+         \x20 - name: outbound\n    address: 0.0.0.0:15001\n    protocol: tcp\n    transparent: true\n    original_destination: true\n    cluster: outbound_passthrough\n    virtual_listeners: [out_{REMOTE_DUBBO_PORT}, out_{REMOTE_GRPC_PORT}]\n\
+         \x20 - name: out_{REMOTE_DUBBO_PORT}\n    address: 0.0.0.0:{REMOTE_DUBBO_PORT}\n    bind: false\n    protocol: dubbo\n    cluster: remote\n    dubbo:\n      routes:\n\
+         \x20       - match: {{method: {{exact: route}}}}\n          route: {{cluster: canary}}\n\
+         \x20 - name: out_{REMOTE_GRPC_PORT}\n    address: 0.0.0.0:{REMOTE_GRPC_PORT}\n    bind: false\n    protocol: triple\n    cluster: canary_grpc\n\
+         clusters:\n\
+         \x20 - name: outbound_passthrough\n    type: original_destination\n\
+         \x20 - name: remote\n    endpoints: [\"{CLIENT_IP}:{REMOTE_DUBBO_PORT}\"]\n\
+         \x20 - name: canary\n    endpoints: [\"{CLIENT_IP}:{canary_dubbo}\"]\n\
+         \x20 - name: canary_grpc\n    endpoints: [\"{CLIENT_IP}:{canary_grpc}\"]\n",
+        ctl = dir.0.join("ctl.sock").display()
+    );
+    let rs = pod.run(|| Ringside::start(&cfg, addr("127.0.0.1", 15000), &[]));
+    pod.ringside_iptables(&[
+        "--mode",
+        "tproxy",
+        "--proxy-uid",
+        "0",
+        "--proxy-mark",
+        "1337",
+    ]);
+
+    // Dubbo to :20881: through the Dubbo filter; method `route` goes to the canary provider.
+    let routed = pod.run(|| dubbo_call(addr(CLIENT_IP, REMOTE_DUBBO_PORT), "route", "x"));
+    assert_eq!(routed, "canary|route|x", "routed by the Dubbo route");
+    let plain = pod.run(|| dubbo_call(addr(CLIENT_IP, REMOTE_DUBBO_PORT), "echo", "x"));
+    assert_eq!(
+        plain, "remote|echo|x",
+        "the virtual listener's default cluster"
+    );
+    // gRPC to :50052: through the Triple filter to the canary server.
+    let grpc = pod.run(|| grpc_unary(addr(CLIENT_IP, REMOTE_GRPC_PORT)));
+    assert_eq!(grpc, "canary-grpc", "routed by the virtual Triple listener");
+    // Dubbo to :20883 (no virtual listener): passed through to the original destination.
+    let passed = pod.run(|| dubbo_call(addr(CLIENT_IP, other_dubbo), "route", "x"));
+    assert_eq!(passed, "other|route|x");
+
+    let stats = wait_stats(pod, &rs, "all four connections counted", |s| {
+        stat(s, "listener.outbound.downstream_cx_total") >= 4
+    });
+    assert_eq!(
+        stat(&stats, "listener.outbound.downstream_cx_handed_off"),
+        3,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "listener.out_20881.downstream_cx_total"),
+        2,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "listener.out_50052.downstream_cx_total"),
+        1,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "cluster.outbound_passthrough.upstream_cx_total"),
+        1,
+        "only the call to :20883 passed through: {stats}"
+    );
+    assert_eq!(
+        stat(&stats, "cluster.canary.upstream_rq_total"),
+        1,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "cluster.remote.upstream_rq_total"),
+        1,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "listener.outbound.downstream_protocol_dubbo"),
+        3,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "listener.outbound.downstream_protocol_http2"),
+        1,
+        "{stats}"
+    );
+    assert!(canary.accepted.load(Ordering::SeqCst) >= 1);
+    assert!(other.accepted.load(Ordering::SeqCst) >= 1);
+    assert!(remote.accepted.load(Ordering::SeqCst) >= 1);
+    pod.ringside_iptables(&["--mode", "tproxy", "--clean"]);
 }
