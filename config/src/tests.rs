@@ -223,3 +223,79 @@ fn interception_mistakes_are_refused() {
     );
     assert!(e.iter().any(|e| e.field == "listeners[0].cluster"), "{e:?}");
 }
+
+const VIRTUAL: &str = "\
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    protocol: tcp
+    original_destination: true
+    cluster: passthrough
+    virtual_listeners: [out_20880]
+  - name: out_20880
+    address: 0.0.0.0:20880
+    bind: false
+    protocol: dubbo
+    cluster: users
+clusters:
+  - name: passthrough
+    type: original_destination
+  - name: users
+    endpoints: [\"10.0.0.1:20880\"]
+";
+
+#[test]
+fn virtual_listeners_load() {
+    let c = Config::from_yaml("c.yaml", VIRTUAL).unwrap();
+    assert_eq!(c.listeners[0].virtual_listeners, ["out_20880"]);
+    assert!(c.listeners[0].bind && !c.listeners[1].bind);
+    // A virtual listener may share its address with a bound one: it opens no socket.
+    let shared = VIRTUAL.replace("address: 0.0.0.0:20880", "address: 0.0.0.0:15001");
+    assert!(Config::from_yaml("c.yaml", &shared).is_ok());
+}
+
+#[test]
+fn virtual_listener_mistakes_are_refused() {
+    let first = |text: &str| -> (String, String) {
+        let e = errors(text);
+        (e[0].field.clone(), e[0].message.clone())
+    };
+    let (f, m) = first(&VIRTUAL.replace("[out_20880]", "[out_20881]"));
+    assert_eq!(f, "listeners[0].virtual_listeners");
+    assert!(m.contains("unknown listener \"out_20881\""), "{m}");
+    // Named but bound.
+    let e = errors(&VIRTUAL.replace("    bind: false\n", ""));
+    assert!(
+        e.iter().any(|e| e.message.contains("give it bind: false")),
+        "{e:?}"
+    );
+    // Virtual but named by nobody.
+    let (f, m) = first(&VIRTUAL.replace("    virtual_listeners: [out_20880]\n", ""));
+    assert_eq!(f, "listeners[1].bind");
+    assert!(m.contains("no listener hands connections"), "{m}");
+    // Only an original_destination tcp listener hands connections off.
+    let e = errors(&VIRTUAL.replace(
+        "    original_destination: true\n    cluster: passthrough\n",
+        "    cluster: users\n",
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.field == "listeners[0].virtual_listeners"),
+        "{e:?}"
+    );
+    // A virtual listener is not transparent.
+    let (f, _) = first(&VIRTUAL.replace(
+        "    bind: false\n",
+        "    bind: false\n    transparent: true\n",
+    ));
+    assert_eq!(f, "listeners[1].bind");
+    // Two virtual listeners with one address.
+    let two = VIRTUAL.replace("[out_20880]", "[out_20880, out_b]") + "";
+    let two = two.replace(
+        "clusters:\n",
+        "  - name: out_b\n    address: 0.0.0.0:20880\n    bind: false\n    protocol: tcp\n    cluster: users\nclusters:\n",
+    );
+    let (f, m) = first(&two);
+    assert_eq!(f, "listeners[0].virtual_listeners");
+    assert!(m.contains("ambiguous"), "{m}");
+}
