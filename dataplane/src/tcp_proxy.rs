@@ -252,4 +252,11 @@ mod tests {
         assert_eq!(detect(b"PRX"), Detected::Other);
         assert_eq!(detect(&[0xda]), Detected::Other);
     }
+
+    #[test]
+    fn short_prefixes_wait_for_more_bytes() {
+        assert!(!decided(b"P") && !decided(b"PR") && !decided(&[0xda]));
+        assert!(decided(b"PRI") && decided(&[0xda, 0xbb]) && decided(b"G"));
+        assert!(decided(&[0xda, 0x00]) && decided(b"PX"));
+    }
 }
