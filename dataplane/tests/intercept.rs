@@ -666,46 +666,20 @@ fn tproxy_routes_outbound_dubbo_and_grpc_by_destination_and_protocol() {
     let stats = wait_stats(pod, &rs, "all four connections counted", |s| {
         stat(s, "listener.outbound.downstream_cx_total") >= 4
     });
-    assert_eq!(
-        stat(&stats, "listener.outbound.downstream_cx_handed_off"),
-        3,
-        "{stats}"
-    );
-    assert_eq!(
-        stat(&stats, "listener.out_20881.downstream_cx_total"),
-        2,
-        "{stats}"
-    );
-    assert_eq!(
-        stat(&stats, "listener.out_50052.downstream_cx_total"),
-        1,
-        "{stats}"
-    );
-    assert_eq!(
-        stat(&stats, "cluster.outbound_passthrough.upstream_cx_total"),
-        1,
-        "only the call to :20883 passed through: {stats}"
-    );
-    assert_eq!(
-        stat(&stats, "cluster.canary.upstream_rq_total"),
-        1,
-        "{stats}"
-    );
-    assert_eq!(
-        stat(&stats, "cluster.remote.upstream_rq_total"),
-        1,
-        "{stats}"
-    );
-    assert_eq!(
-        stat(&stats, "listener.outbound.downstream_protocol_dubbo"),
-        3,
-        "{stats}"
-    );
-    assert_eq!(
-        stat(&stats, "listener.outbound.downstream_protocol_http2"),
-        1,
-        "{stats}"
-    );
+    // Three connections handed off (two Dubbo, one gRPC), only the call to :20883 passed
+    // through; one Dubbo request on each of the virtual listener's clusters.
+    for (name, want) in [
+        ("listener.outbound.downstream_cx_handed_off", 3),
+        ("listener.out_20881.downstream_cx_total", 2),
+        ("listener.out_50052.downstream_cx_total", 1),
+        ("cluster.outbound_passthrough.upstream_cx_total", 1),
+        ("cluster.canary.upstream_rq_total", 1),
+        ("cluster.remote.upstream_rq_total", 1),
+        ("listener.outbound.downstream_protocol_dubbo", 3),
+        ("listener.outbound.downstream_protocol_http2", 1),
+    ] {
+        assert_eq!(stat(&stats, name), want, "{name}: {stats}");
+    }
     assert!(canary.accepted.load(Ordering::SeqCst) >= 1);
     assert!(other.accepted.load(Ordering::SeqCst) >= 1);
     assert!(remote.accepted.load(Ordering::SeqCst) >= 1);
