@@ -134,7 +134,32 @@ impl Dpdk {
         u32::from(ip) & mask == u32::from(self.address) & mask
     }
 
-    pub(crate) fn validate(&self, shards: Option<usize>, err: &mut dyn FnMut(String, String)) {
+    pub(crate) fn validate(
+        &self,
+        shards: Option<usize>,
+        listeners: &[crate::Listener],
+        err: &mut dyn FnMut(String, String),
+    ) {
+        for (i, l) in listeners.iter().enumerate() {
+            if l.address.ip() == std::net::IpAddr::V4(self.address) {
+                if l.protocol != crate::Protocol::Dubbo {
+                    err(
+                        format!("listeners[{i}].protocol"),
+                        format!(
+                            "listener {:?} is on the DPDK port's address {}: only dubbo listeners \
+                             run on the DPDK path",
+                            l.name, self.address
+                        ),
+                    );
+                }
+                if l.transparent {
+                    err(
+                        format!("listeners[{i}].transparent"),
+                        "a listener on the DPDK port cannot be transparent".into(),
+                    );
+                }
+            }
+        }
         let mut range = |field: &str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
                 err(
@@ -199,6 +224,17 @@ impl Dpdk {
         range("prefix_len", self.prefix_len.into(), 1, 32);
         let most = shards.unwrap_or(crate::SHARDS_MAX) as u64;
         range("queues", self.queues.into(), 1, most);
+        if self.queues > 1 {
+            // Return traffic of upstream connections must reach the queue of the shard that
+            // opened them; steering it (RSS-aware source ports or flow rules) is not built yet.
+            err(
+                "dpdk.queues".into(),
+                format!(
+                    "{}: only 1 is supported so far (one DPDK shard; docs/dpdk.md, limits)",
+                    self.queues
+                ),
+            );
+        }
         if self.vdevs.is_empty() && self.pci.is_empty() {
             err(
                 "dpdk".into(),

@@ -768,7 +768,7 @@ impl Config {
             );
         }
         if let Some(d) = &self.dpdk {
-            d.validate(self.runtime.shards, &mut err);
+            d.validate(self.runtime.shards, &self.listeners, &mut err);
         }
         if let Some(x) = &self.xds {
             let ok = x

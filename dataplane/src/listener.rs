@@ -407,6 +407,20 @@ impl ShardState {
 
     /// Accept loops on this shard's sockets of `sl`, until `sl.stop`.
     fn start_accepting(&self, sl: &ShardListener) {
+        #[cfg(feature = "dpdk")]
+        if crate::dpdk::owns_listener(sl.cfg.address) {
+            // On the port's address: accepted by this shard's DPDK stack (shards without a
+            // queue pair do not accept there).
+            if let Some(l) = crate::dpdk::listen(self.id, &sl.cfg.name, sl.cfg.address) {
+                shard::monoio::spawn(accept_loop(
+                    l,
+                    sl.ctx.clone(),
+                    sl.stop.clone(),
+                    self.connections.clone(),
+                ));
+            }
+            return;
+        }
         let socks = match self.shared.sockets.for_shard(self.id, &sl.cfg.name) {
             Ok(s) => s,
             Err(e) => {
@@ -480,6 +494,8 @@ pub fn shard_main(
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
         };
+        #[cfg(feature = "dpdk")]
+        crate::dpdk::start_shard(id);
         st.apply(first);
         shared
             .lifecycle
@@ -583,8 +599,8 @@ pub fn bind_reuseport(
     Ok(socket.into())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+async fn accept_loop<A: crate::io::Accept>(
+    mut listener: A,
     slot: Rc<RefCell<Rc<ListenerCtx>>>,
     stop: Event,
     connections: Rc<Cell<usize>>,
@@ -618,16 +634,28 @@ async fn accept_loop(
             (l.clone(), active_here.clone(), connections.clone());
         shard::monoio::spawn(async move {
             match l2.protocol {
-                Protocol::Tcp => tcp_proxy::serve(stream, l2.clone()).await,
+                // Config validation keeps TCP and Triple listeners off the DPDK path.
+                Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
+                    Ok(s) => tcp_proxy::serve(s, l2.clone()).await,
+                    Err(_) => {
+                        tracing::error!(listener = %l2.name, "tcp proxy needs a kernel socket")
+                    }
+                },
                 Protocol::Dubbo => {
                     if let Some(d) = l2.dubbo.clone() {
                         downstream::serve(stream, d).await
                     }
                 }
                 Protocol::Triple => {
-                    if let Some(t) = l2.triple.clone() {
-                        let drain = l2.draining.borrow().clone();
-                        crate::triple::conn::serve(stream, t, drain).await
+                    match (l2.triple.clone(), crate::io::Conn::into_kernel(stream)) {
+                        (Some(t), Ok(s)) => {
+                            let drain = l2.draining.borrow().clone();
+                            crate::triple::conn::serve(s, t, drain).await
+                        }
+                        (Some(_), Err(_)) => {
+                            tracing::error!(listener = %l2.name, "triple needs a kernel socket")
+                        }
+                        (None, _) => {}
                     }
                 }
             }
