@@ -188,6 +188,14 @@ fn start_provider(net: &Net) -> Proc {
     Proc(child)
 }
 
+fn kernel_config(admin: SocketAddr) -> String {
+    format!(
+        "admin:\n  address: {admin}\nruntime:\n  shards: 1\n\
+         listeners:\n  - name: out\n    address: {DPDK_IP}:{LISTEN_PORT}\n    protocol: dubbo\n    cluster: a\n\
+         clusters:\n  - name: a\n    endpoints: [\"{PEER_IP}:{PROVIDER_PORT}\"]\n    timeout_ms: 5000\n"
+    )
+}
+
 fn config(admin: SocketAddr, host_if: &str) -> String {
     format!(
         "admin:\n  address: {admin}\nruntime:\n  shards: 1\n\
@@ -342,4 +350,50 @@ pub fn sequential_latency_us(addr: SocketAddr, n: usize) -> (u64, u64) {
         .collect();
     us.sort_unstable();
     (us[n / 2], us[(n * 99 / 100).min(n - 1)])
+}
+
+/// docs/benchmarks.md: the same Dubbo hop (consumer and provider in the namespace, ringside in
+/// the root namespace, one shard) over the kernel (the veth's host end has the address) and
+/// over DPDK (net_af_packet on the address-less host end). Runs `RINGSIDE_DPDK_BENCH_RUNS`
+/// (3) runs of `RINGSIDE_DPDK_BENCH_CALLS` (2000) sequential calls each way and prints each
+/// run's p50/p99. `cargo test --release -p hw-tests --features dpdk --test dpdk_dubbo --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn latency_kernel_vs_dpdk() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (runs, calls) = (
+        env("RINGSIDE_DPDK_BENCH_RUNS", 3),
+        env("RINGSIDE_DPDK_BENCH_CALLS", 2000),
+    );
+    let dir = std::env::temp_dir().join(format!("dpdk-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let net = Net::new();
+    let _provider = start_provider(&net);
+    let addr: SocketAddr = format!("{DPDK_IP}:{LISTEN_PORT}").parse().unwrap();
+    for path in ["kernel", "dpdk"] {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cidr = format!("{DPDK_IP}/24");
+        let cfg = if path == "kernel" {
+            sh(&["ip", "addr", "add", &cidr, "dev", &net.host_if]);
+            kernel_config(admin)
+        } else {
+            config(admin, &net.host_if)
+        };
+        let rs = start_ringside(&dir, &cfg, admin);
+        for run in 0..runs {
+            let (p50, p99) = in_netns(&net.ns, move || sequential_latency_us(addr, calls));
+            println!("{path} run {run}: {calls} sequential calls: p50 {p50} us, p99 {p99} us");
+        }
+        drop(rs);
+        if path == "kernel" {
+            sh(&["ip", "addr", "del", &cidr, "dev", &net.host_if]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

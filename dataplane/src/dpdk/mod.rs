@@ -44,6 +44,9 @@ pub fn upstream_stack(addr: SocketAddr) -> Option<Rc<Stack>> {
     let IpAddr::V4(ip) = addr.ip() else {
         return None;
     };
+    if ip.is_loopback() {
+        return None;
+    }
     if !(e.cfg.in_subnet(ip) || e.cfg.gateway.is_some()) {
         return None;
     }

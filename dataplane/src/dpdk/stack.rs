@@ -28,6 +28,11 @@ use super::eal::{Eal, Mbuf, Queue};
 /// Listening sockets kept per listener: connections that can be in their handshake at once
 /// (smoltcp has no accept queue; each listening socket becomes the connection it accepts).
 pub const LISTEN_BACKLOG: usize = 16;
+/// A closed stream's socket still finishing its close (FIN_WAIT, LAST_ACK, ...) is aborted after
+/// this long (smoltcp has no FIN_WAIT_2 timeout of its own).
+pub const ORPHAN_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
+/// Polls between two scans of the orphans when nothing changed.
+const ORPHAN_SCAN_POLLS: u64 = 4096;
 /// Local ports of upstream connections: `EPHEMERAL_PORT_FIRST..=u16::MAX`.
 pub const EPHEMERAL_PORT_FIRST: u16 = 49_152;
 
@@ -110,12 +115,14 @@ struct Inner {
     iface: Interface,
     sockets: SocketSet<'static>,
     port: Port,
-    /// Sockets whose stream was dropped: removed once closed.
-    orphans: Vec<SocketHandle>,
+    /// Sockets whose stream was dropped, and since when: removed once closed, aborted after
+    /// [`ORPHAN_LINGER`].
+    orphans: Vec<(SocketHandle, std::time::Instant)>,
     /// Tasks waiting in `accept`, woken after every poll that changed socket state.
     accept_wakers: Vec<Waker>,
     next_port: u16,
     live: usize,
+    polls: u64,
 }
 
 /// One shard's TCP/IP stack.
@@ -162,6 +169,7 @@ impl Stack {
                 accept_wakers: Vec::new(),
                 next_port: EPHEMERAL_PORT_FIRST + span * shard as u16,
                 live: 0,
+                polls: 0,
             }),
             address: cfg.address,
             cfg: cfg.clone(),
@@ -182,15 +190,22 @@ impl Stack {
             smoltcp::iface::PollResult::SocketStateChanged
         );
         inner.port.q.flush();
+        inner.polls = inner.polls.wrapping_add(1);
         if changed {
             for w in inner.accept_wakers.drain(..) {
                 w.wake();
             }
+        }
+        // Orphans: after state changes, and now and then for those waiting on ORPHAN_LINGER.
+        if changed || (!inner.orphans.is_empty() && inner.polls % ORPHAN_SCAN_POLLS == 0) {
             let mut i = 0;
             while i < inner.orphans.len() {
-                let h = inner.orphans[i];
-                let st = inner.sockets.get::<tcp::Socket>(h).state();
-                if matches!(st, tcp::State::Closed | tcp::State::TimeWait) {
+                let (h, since) = inner.orphans[i];
+                let s = inner.sockets.get_mut::<tcp::Socket>(h);
+                if since.elapsed() >= ORPHAN_LINGER {
+                    s.abort();
+                }
+                if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
                     inner.sockets.remove(h);
                     inner.live -= 1;
                     inner.orphans.swap_remove(i);
@@ -452,7 +467,7 @@ impl Drop for DpdkStream {
             tcp::State::SynSent | tcp::State::SynReceived => s.abort(),
             _ => s.close(),
         }
-        g.orphans.push(self.h);
+        g.orphans.push((self.h, std::time::Instant::now()));
     }
 }
 
