@@ -74,6 +74,7 @@ fn main() {
         .unwrap_or_else(|e| {
             panic!("dpdk-sys: bindgen failed on src/shim.h ({e}); is libclang-dev installed?")
         });
+    // Build script: a panic is the way to fail the build with a message.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     bindings
         .write_to_file(out.join("bindings.rs"))

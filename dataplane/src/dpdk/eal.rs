@@ -452,20 +452,26 @@ impl Drop for Mbuf {
 }
 
 impl Queue {
+    /// One RX burst into `rx` (overwrites it: callers have handed out or freed what it held).
+    fn rx_burst(&mut self) -> usize {
+        // SAFETY: rx has room for `burst` pointers; the queue belongs to this shard.
+        let n = unsafe {
+            sys::rs_eth_rx_burst(
+                self.port,
+                self.queue,
+                self.rx.as_mut_ptr(),
+                self.burst as u16,
+            )
+        };
+        n as usize
+    }
+
     /// The next received packet, polling the RX ring (one burst) when the last burst is used up.
     pub fn recv(&mut self) -> Option<Mbuf> {
         if self.rx_pos == self.rx_len {
-            // SAFETY: rx has room for `burst` pointers; the queue belongs to this shard.
-            let n = unsafe {
-                sys::rs_eth_rx_burst(
-                    self.port,
-                    self.queue,
-                    self.rx.as_mut_ptr(),
-                    self.burst as u16,
-                )
-            };
+            let n = self.rx_burst();
             self.rx_pos = 0;
-            self.rx_len = n as usize;
+            self.rx_len = n;
             self.stats.rx_packets += n as u64;
             if n == 0 {
                 return None;
@@ -567,15 +573,7 @@ impl Queue {
             got += 1;
         }
         while got < n {
-            // SAFETY: rx has room for `burst` pointers.
-            let k = unsafe {
-                sys::rs_eth_rx_burst(
-                    self.port,
-                    self.queue,
-                    self.rx.as_mut_ptr(),
-                    self.burst as u16,
-                )
-            } as usize;
+            let k = self.rx_burst();
             if k == 0 {
                 break;
             }

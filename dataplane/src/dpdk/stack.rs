@@ -21,7 +21,7 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 use super::eal::{Eal, Mbuf, Queue};
 
@@ -82,7 +82,9 @@ impl phy::TxToken for TxTok<'_> {
             // had been lost on the wire (TCP retransmits it).
             _ => {
                 let mut tmp = vec![0u8; len];
-                (f.take().expect("f runs at most once"))(&mut tmp)
+                // Invariant: `send_with` runs its closure exactly when it returns true, so on
+                // this branch `f` was not taken.
+                (f.take().expect("send_with did not run the closure"))(&mut tmp)
             }
         }
     }
@@ -197,7 +199,7 @@ impl Stack {
             }
         }
         // Orphans: after state changes, and now and then for those waiting on ORPHAN_LINGER.
-        if changed || (!inner.orphans.is_empty() && inner.polls % ORPHAN_SCAN_POLLS == 0) {
+        if changed || (!inner.orphans.is_empty() && inner.polls.is_multiple_of(ORPHAN_SCAN_POLLS)) {
             let mut i = 0;
             while i < inner.orphans.len() {
                 let (h, since) = inner.orphans[i];
@@ -290,8 +292,7 @@ impl Stack {
                     stack: this.clone(),
                     h,
                 };
-                let remote =
-                    IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from(*v4.ip())), v4.port());
+                let remote = IpEndpoint::new(IpAddress::Ipv4(*v4.ip()), v4.port());
                 let cx = inner.iface.context();
                 inner
                     .sockets
@@ -472,8 +473,8 @@ impl Drop for DpdkStream {
 }
 
 impl AsyncReadRent for DpdkStream {
-    fn read<T: IoBufMut>(&mut self, mut buf: T) -> impl Future<Output = BufResult<usize, T>> {
-        async move {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        {
             let cap = buf.bytes_total();
             // SAFETY: write_ptr is valid for bytes_total bytes; bytes before set_init are
             // written by recv_slice only.
@@ -487,8 +488,8 @@ impl AsyncReadRent for DpdkStream {
         }
     }
 
-    fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> impl Future<Output = BufResult<usize, T>> {
-        async move {
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        {
             // Short reads are allowed: fill the first non-empty iovec.
             let (ptr, n) = (buf.write_iovec_ptr(), buf.write_iovec_len());
             // SAFETY: the iovec array is valid for n entries while we own buf.
@@ -510,8 +511,8 @@ impl AsyncReadRent for DpdkStream {
 }
 
 impl AsyncWriteRent for DpdkStream {
-    fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
-        async move {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        {
             // SAFETY: read_ptr is valid for bytes_init bytes while we own buf.
             let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
             let r = poll_fn(|cx| self.poll_write(cx, src)).await;
@@ -519,8 +520,8 @@ impl AsyncWriteRent for DpdkStream {
         }
     }
 
-    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
-        async move {
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        {
             let (ptr, n) = (buf.read_iovec_ptr(), buf.read_iovec_len());
             // SAFETY: the iovec array is valid for n entries while we own buf.
             let iovs = unsafe { std::slice::from_raw_parts(ptr, n) };
