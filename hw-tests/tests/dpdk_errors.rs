@@ -10,9 +10,11 @@ const RINGSIDE: &str = env!("CARGO_BIN_EXE_ringside-dpdk");
 /// Runs ringside-dpdk on a config with `dpdk` as its dpdk section; returns its stderr (it must
 /// fail to start).
 fn fails_with(dpdk: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("dpdk-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{:x}.yaml", fxhash(dpdk)));
+    let path = std::env::temp_dir().join(format!(
+        "dpdk-errors-{}-{:x}.yaml",
+        std::process::id(),
+        fxhash(dpdk)
+    ));
     // Its own admin port: the control socket is named after it.
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
