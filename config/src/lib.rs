@@ -11,7 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+mod dpdk;
 mod lines;
+
+pub use dpdk::*;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -84,6 +87,9 @@ pub struct Config {
     /// static ones above (names must not collide).
     #[serde(default)]
     pub xds: Option<XdsBootstrap>,
+    /// The optional DPDK path (a ringside built with `--features dpdk`; docs/dpdk.md).
+    #[serde(default)]
+    pub dpdk: Option<Dpdk>,
 }
 
 pub const XDS_INITIAL_FETCH_TIMEOUT_MS_DEFAULT: u64 = 15_000;
@@ -776,6 +782,9 @@ impl Config {
                 "runtime.spin_budget_us".into(),
                 format!("{budget} is out of range 1..={SPIN_BUDGET_US_MAX}"),
             );
+        }
+        if let Some(d) = &self.dpdk {
+            d.validate(self.runtime.shards, &self.listeners, &mut err);
         }
         if let Some(x) = &self.xds {
             let ok = x

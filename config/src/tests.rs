@@ -299,3 +299,25 @@ fn virtual_listener_mistakes_are_refused() {
     assert_eq!(f, "listeners[0].virtual_listeners");
     assert!(m.contains("ambiguous"), "{m}");
 }
+
+#[test]
+fn dpdk_section_defaults_subnet_and_listener_checks() {
+    let text =
+        format!("{GOOD}dpdk:\n  vdevs: [\"net_null0\"]\n  address: 10.1.2.3\n  prefix_len: 24\n");
+    let c = Config::from_yaml("c.yaml", &text).unwrap();
+    let d = c.dpdk.as_ref().unwrap();
+    assert_eq!(d.mbufs_per_queue, DPDK_MBUFS_PER_QUEUE_DEFAULT);
+    assert_eq!(d.sockets_per_shard, DPDK_SOCKETS_PER_SHARD_DEFAULT);
+    assert_eq!(d.queues, 1);
+    assert!(d.in_memory && !d.no_huge);
+    assert!(d.in_subnet("10.1.2.200".parse().unwrap()));
+    assert!(!d.in_subnet("10.1.3.1".parse().unwrap()));
+
+    // A TCP listener on the port's address, no device, a gateway outside the subnet.
+    let bad = "admin:\n  address: 127.0.0.1:15000\nlisteners:\n  - name: out\n    address: 10.1.2.3:15001\n    protocol: tcp\n    cluster: echo\nclusters:\n  - name: echo\n    endpoints: [\"127.0.0.1:9000\"]\ndpdk:\n  address: 10.1.2.3\n  prefix_len: 24\n  gateway: 10.9.9.9\n";
+    let e = errors(bad);
+    let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+    assert!(fields.contains(&"listeners[0].protocol"), "{e:?}");
+    assert!(fields.contains(&"dpdk"), "{e:?}");
+    assert!(fields.contains(&"dpdk.gateway"), "{e:?}");
+}

@@ -1,11 +1,13 @@
-//! Small I/O helpers shared by the filters, over monoio's owned-buffer traits.
+//! Small I/O helpers shared by the filters, over monoio's owned-buffer traits, and the two
+//! traits that let the Dubbo filter run on the kernel or on the DPDK path ([`Conn`], [`Accept`]).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use shard::monoio::buf::IoBufMut;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use shard::monoio::net::{TcpListener, TcpStream};
 
 /// Frames at least this large are written on their own instead of being copied into a batch.
 pub const WRITE_COPY_BYTES_MAX: usize = 16 * 1024;
@@ -58,4 +60,45 @@ async fn flush<W: AsyncWriteRent>(batch: &mut Vec<u8>, w: &mut W) -> std::io::Re
     b.clear();
     *batch = b;
     r.map(|_| ())
+}
+
+/// A connection the filters serve or open: the kernel's `TcpStream`, or (feature `dpdk`) a
+/// stream of a shard's DPDK stack. Generic code over it is monomorphised per backend: the kernel
+/// path compiles to what it was before (no boxing, no dynamic dispatch).
+pub trait Conn: AsyncReadRent + AsyncWriteRent + Split + 'static {
+    fn set_nodelay(&self, on: bool) -> std::io::Result<()>;
+    /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
+    /// config validation keeps those off the DPDK path.
+    fn into_kernel(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized;
+}
+
+impl Conn for TcpStream {
+    #[inline]
+    fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+        TcpStream::set_nodelay(self, on)
+    }
+    #[inline]
+    fn into_kernel(self) -> Result<TcpStream, Self> {
+        Ok(self)
+    }
+}
+
+/// Where connections come from: a kernel listening socket or a DPDK stack's listener.
+pub trait Accept {
+    type Stream: Conn;
+    fn accept(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, std::net::SocketAddr)>>;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    #[inline]
+    fn accept(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<(TcpStream, std::net::SocketAddr)>> {
+        TcpListener::accept(self)
+    }
 }

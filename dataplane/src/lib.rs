@@ -1,13 +1,18 @@
 //! The ringside data plane: listeners, filters, router, clusters, upstream pools, stats and the
 //! admin API, composed on top of the `shard` runtime and the `codec` wire formats. Owns no wire
 //! format and no syscall wrapper of its own beyond socket options.
-#![forbid(unsafe_code)]
+#![cfg_attr(not(feature = "dpdk"), forbid(unsafe_code))]
+// With `dpdk`, only the FFI module may use unsafe code.
+#![cfg_attr(feature = "dpdk", deny(unsafe_code))]
 
 pub mod admin;
 pub mod cluster;
 pub use config;
 pub mod control;
 pub mod demo;
+#[cfg(feature = "dpdk")]
+#[allow(unsafe_code)]
+pub mod dpdk;
 pub mod dubbo;
 pub mod intercept;
 pub mod io;

@@ -456,6 +456,20 @@ impl ShardState {
             // Virtual: its connections come from an original_destination listener.
             return;
         }
+        #[cfg(feature = "dpdk")]
+        if crate::dpdk::owns_listener(sl.cfg.address) {
+            // On the port's address: accepted by this shard's DPDK stack (shards without a
+            // queue pair do not accept there).
+            if let Some(l) = crate::dpdk::listen(self.id, &sl.cfg.name, sl.cfg.address) {
+                shard::monoio::spawn(accept_loop(
+                    l,
+                    sl.ctx.clone(),
+                    sl.stop.clone(),
+                    self.connections.clone(),
+                ));
+            }
+            return;
+        }
         let socks = match self.shared.sockets.for_shard(self.id, &sl.cfg.name) {
             Ok(s) => s,
             Err(e) => {
@@ -529,6 +543,8 @@ pub fn shard_main(
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
         };
+        #[cfg(feature = "dpdk")]
+        crate::dpdk::start_shard(id);
         st.apply(first);
         shared
             .lifecycle
@@ -634,25 +650,33 @@ pub fn bind_reuseport(
 
 /// Serves one accepted (or, for a virtual listener, handed-off) connection by the listener's
 /// protocol.
-pub async fn serve_connection(stream: shard::monoio::net::TcpStream, l: Rc<ListenerCtx>) {
+pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>) {
     match l.protocol {
-        Protocol::Tcp => tcp_proxy::serve(stream, l).await,
+        // Config validation keeps TCP and Triple listeners off the DPDK path.
+        Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
+            Ok(s) => tcp_proxy::serve(s, l).await,
+            Err(_) => tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket"),
+        },
         Protocol::Dubbo => {
             if let Some(d) = l.dubbo.clone() {
                 downstream::serve(stream, d).await
             }
         }
-        Protocol::Triple => {
-            if let Some(t) = l.triple.clone() {
+        Protocol::Triple => match (l.triple.clone(), crate::io::Conn::into_kernel(stream)) {
+            (Some(t), Ok(s)) => {
                 let drain = l.draining.borrow().clone();
-                crate::triple::conn::serve(stream, t, drain).await
+                crate::triple::conn::serve(s, t, drain).await
             }
-        }
+            (Some(_), Err(_)) => {
+                tracing::error!(listener = %l.name, "triple needs a kernel socket")
+            }
+            (None, _) => {}
+        },
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+async fn accept_loop<A: crate::io::Accept>(
+    mut listener: A,
     slot: Rc<RefCell<Rc<ListenerCtx>>>,
     stop: Event,
     connections: Rc<Cell<usize>>,

@@ -864,6 +864,16 @@ fn bind_listener(
         source,
     };
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    #[cfg(feature = "dpdk")]
+    if crate::dpdk::owns_listener(l.address) {
+        // On the DPDK port's address: no kernel socket; the shards' stacks listen.
+        return Ok(BoundListener {
+            name: l.name.clone(),
+            address: l.address,
+            transparent: l.transparent,
+            per_shard,
+        });
+    }
     let taken = inherited.take(&l.name);
     if !taken.is_empty() {
         tracing::info!(listener = %l.name, sockets = taken.len(), "listening on the predecessor's sockets");
@@ -907,6 +917,19 @@ impl Server {
                 "--shards {shard_count} is out of range 1..={}",
                 config::SHARDS_MAX
             )));
+        }
+        // The DPDK path starts EAL and its port before any listener binds (docs/dpdk.md).
+        #[cfg(feature = "dpdk")]
+        if let Some(d) = &config.dpdk {
+            crate::dpdk::start(d, shard_count).map_err(RunError::Invalid)?;
+        }
+        #[cfg(not(feature = "dpdk"))]
+        if config.dpdk.is_some() {
+            return Err(RunError::Invalid(
+                "the config has a `dpdk:` section but this ringside was built without DPDK \
+                 support (cargo build --release --features dpdk; docs/dpdk.md)"
+                    .into(),
+            ));
         }
         let io = match overrides.io.unwrap_or(config.runtime.io) {
             config::IoMode::Auto => shard::IoMode::Auto,

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
-use shard::monoio::net::TcpStream;
 use shard::{Event, Notify};
 
 use super::router::Router;
@@ -219,7 +218,8 @@ impl DownConn {
     }
 }
 
-pub async fn serve(stream: TcpStream, l: Rc<DubboListener>) {
+/// Serves one consumer connection, on the kernel or on the DPDK path (`S`: `crate::io::Conn`).
+pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>) {
     let _ = stream.set_nodelay(true);
     let conn = Rc::new(DownConn {
         l,

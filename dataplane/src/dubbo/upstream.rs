@@ -383,13 +383,25 @@ enum Reply {
     Local(Status, String),
 }
 
-/// Connects, then runs reader, writer and keeper until the connection ends.
+/// Connects, then runs reader, writer and keeper until the connection ends. Endpoints in the
+/// DPDK port's subnet are reached through this shard's DPDK stack (feature `dpdk`).
 async fn run(conn: Rc<UpConn>) {
+    let (addr, timeout) = (conn.host.addr, conn.pool.connect_timeout);
+    #[cfg(feature = "dpdk")]
+    if let Some(stack) = crate::dpdk::upstream_stack(addr) {
+        let connected = shard::monoio::time::timeout(timeout, stack.connect(addr)).await;
+        return serve_upstream(conn, connected).await;
+    }
+    let connected = shard::monoio::time::timeout(timeout, crate::intercept::connect(addr)).await;
+    serve_upstream(conn, connected).await
+}
+
+async fn serve_upstream<S: crate::io::Conn>(
+    conn: Rc<UpConn>,
+    connected: Result<std::io::Result<S>, shard::monoio::time::error::Elapsed>,
+) {
     let host = conn.host.clone();
     let pool = conn.pool.clone();
-    let connected =
-        shard::monoio::time::timeout(pool.connect_timeout, crate::intercept::connect(host.addr))
-            .await;
     let stream = match connected {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

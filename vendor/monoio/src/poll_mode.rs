@@ -56,6 +56,21 @@ pub const FULL_POLL_INTERVAL: Duration = Duration::from_micros(100);
 thread_local! {
     static MODE: Cell<PollMode> = const { Cell::new(PollMode::Sleep) };
     static COUNTERS: RefCell<Option<Arc<PollCounters>>> = const { RefCell::new(None) };
+    static AFTER_PARK: RefCell<Option<std::task::Waker>> = const { RefCell::new(None) };
+}
+
+/// RINGSIDE PATCH (DPDK path): a task that polls a device outside the kernel (a DPDK queue)
+/// registers here before it returns `Pending`; the loop's next wait then never blocks (it waits
+/// as in `Spin`, so timers and I/O still run) and wakes the task right after. One waker per
+/// thread: a later registration replaces the earlier one.
+pub fn wake_after_park(waker: &std::task::Waker) {
+    AFTER_PARK.with(|a| {
+        let mut a = a.borrow_mut();
+        match a.as_mut() {
+            Some(w) => w.clone_from(waker),
+            None => *a = Some(waker.clone()),
+        }
+    });
 }
 
 /// Sets the poll mode (and where to count) for runtimes that `block_on` later on this thread.
@@ -95,6 +110,12 @@ impl Poller {
 
     /// Waits for work the way the mode says; `tasks` tells whether a wait found any.
     pub(crate) fn park<D: Driver>(&mut self, driver: &D, tasks: &TaskQueue) -> io::Result<()> {
+        let device = AFTER_PARK.with(|a| a.borrow_mut().take());
+        if let Some(w) = device {
+            let r = self.spin(driver, tasks);
+            w.wake();
+            return r;
+        }
         match MODE.with(Cell::get) {
             PollMode::Sleep => self.sleep(driver),
             PollMode::Spin => self.spin(driver, tasks),

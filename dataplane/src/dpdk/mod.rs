@@ -1,0 +1,88 @@
+//! The optional DPDK path (`--features dpdk`; docs/dpdk.md): EAL started from the config's
+//! `dpdk:` section, one port, one RX/TX queue pair (and mbuf pool) per DPDK shard, and on each
+//! such shard a user-space TCP/IP stack (smoltcp: ARP, IPv4, TCP) polled inside the shard's
+//! monoio loop ([`stack`]). Listeners bound to the port's address and upstream endpoints in its
+//! subnet run on it; everything else stays on the kernel.
+
+pub mod eal;
+pub mod stack;
+
+pub use eal::{Eal, EalError, Queue};
+pub use stack::{DpdkListener, DpdkStream, Stack};
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+/// Starts EAL and the port from the config (once per process). `shards`: how many the server
+/// runs (the first `dpdk.queues` of them get a queue pair).
+pub fn start(cfg: &config::Dpdk, shards: usize) -> Result<(), String> {
+    if usize::from(cfg.queues) > shards {
+        return Err(format!(
+            "dpdk.queues is {} but only {shards} shards run",
+            cfg.queues
+        ));
+    }
+    eal::init(cfg).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Called on each shard as it starts: builds its stack when it has a queue pair.
+pub fn start_shard(shard: usize) {
+    if let Some(e) = eal::get() {
+        let _ = Stack::start(e, shard);
+    }
+}
+
+/// Whether a listener on `addr` runs on the DPDK port (its address is the port's).
+pub fn owns_listener(addr: SocketAddr) -> bool {
+    eal::get().is_some_and(|e| addr.ip() == IpAddr::V4(e.cfg.address))
+}
+
+/// This shard's stack when `addr` is reached through the DPDK port (in the port's subnet, or
+/// anywhere when a gateway is set).
+pub fn upstream_stack(addr: SocketAddr) -> Option<Rc<Stack>> {
+    let e = eal::get()?;
+    let IpAddr::V4(ip) = addr.ip() else {
+        return None;
+    };
+    if ip.is_loopback() {
+        return None;
+    }
+    if !(e.cfg.in_subnet(ip) || e.cfg.gateway.is_some()) {
+        return None;
+    }
+    stack::current()
+}
+
+/// A listener on this shard's stack, or `None` (no queue pair here, or listen failed: logged).
+pub fn listen(shard: usize, name: &str, addr: SocketAddr) -> Option<DpdkListener> {
+    let s = stack::current()?;
+    match s.listen(addr.port()) {
+        Ok(l) => {
+            tracing::info!(shard, listener = %name, %addr, "listening on the DPDK port");
+            Some(l)
+        }
+        Err(e) => {
+            tracing::error!(shard, listener = %name, %addr, error = %e, "cannot listen on the DPDK port");
+            None
+        }
+    }
+}
+
+impl crate::io::Conn for DpdkStream {
+    fn set_nodelay(&self, _on: bool) -> std::io::Result<()> {
+        // The stack's sockets never delay (Nagle and delayed ACKs are off).
+        Ok(())
+    }
+    fn into_kernel(self) -> Result<shard::monoio::net::TcpStream, Self> {
+        Err(self)
+    }
+}
+
+impl crate::io::Accept for DpdkListener {
+    type Stream = DpdkStream;
+    fn accept(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::io::Result<(DpdkStream, SocketAddr)>> {
+        DpdkListener::accept(self)
+    }
+}
