@@ -153,6 +153,8 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         name: "empty".into(),
         kind: ClusterType::Static,
         endpoints: vec![],
+        endpoint_metadata: Vec::new(),
+        registry: None,
         lb: LbPolicy::RoundRobin,
         connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
         timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,

@@ -242,6 +242,10 @@ pub struct Shared {
     pub xds: OnceLock<Arc<xds::Handle>>,
     /// False while the first dynamic config (xDS) is awaited: `/ready` answers 503.
     pub dynamic_ready: std::sync::atomic::AtomicBool,
+    /// The registry client, when the config has a `registry` section.
+    pub registry: OnceLock<Arc<registry::Handle>>,
+    /// False while the first read of every registry interface is awaited: `/ready` answers 503.
+    pub registry_ready: std::sync::atomic::AtomicBool,
     pub lifecycle: Lifecycle,
     pub shard_infos: OnceLock<Vec<ShardInfo>>,
     pub shard_count: usize,
@@ -280,6 +284,7 @@ impl Shared {
         self.lifecycle.state() == State::Serving
             && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
             && self.dynamic_ready.load(Ordering::Acquire)
+            && self.registry_ready.load(Ordering::Acquire)
     }
 
     /// The xDS versions of the last accepted update.
@@ -935,6 +940,10 @@ impl Server {
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
         let dynamic = config.xds.is_some();
+        let registry_discovery = config
+            .clusters
+            .iter()
+            .any(|c| c.kind == config::ClusterType::Zookeeper);
         let mut config = config;
         config.listeners = Vec::new();
         config.clusters = Vec::new();
@@ -952,6 +961,8 @@ impl Server {
             xds_versions: Default::default(),
             xds: OnceLock::new(),
             dynamic_ready: std::sync::atomic::AtomicBool::new(!dynamic),
+            registry: OnceLock::new(),
+            registry_ready: std::sync::atomic::AtomicBool::new(!registry_discovery),
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
                 shards_serving: AtomicUsize::new(0),
@@ -1040,6 +1051,9 @@ impl Server {
                 "draining"
             );
             shared.lifecycle.set(State::Draining);
+            // Graceful offline: consumers that find us through the registry stop choosing us
+            // before we stop accepting.
+            crate::registry_glue::deregister(&shared);
             let linger = successor.is_some();
             for h in &self.shards {
                 if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout, linger }) {
@@ -1109,6 +1123,8 @@ mod tests {
                 .iter()
                 .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
                 .collect(),
+            endpoint_metadata: Vec::new(),
+            registry: None,
             lb: config::LbPolicy::RoundRobin,
             connect_timeout_ms: config::CONNECT_TIMEOUT_MS_DEFAULT,
             timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
