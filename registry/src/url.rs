@@ -72,8 +72,9 @@ pub fn parse(url: &str, interface: &str) -> Result<Provider, Skip> {
     let (protocol, rest) = url
         .split_once("://")
         .ok_or_else(|| Skip::Invalid("no scheme".into()))?;
-    let (authority, rest) = rest.split_once('/').unwrap_or((rest, ""));
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // `host:port/path?query`, `host:port?query` (sofa-rpc-node writes no path) or `host:port`.
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
     // user:password@ is allowed by Dubbo's URL; the address is after it.
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let addr: SocketAddr = hostport.parse().map_err(|_| {
@@ -183,6 +184,17 @@ mod tests {
         assert_eq!(p.meta.weight, 50);
         assert_eq!(p.meta.application, "demo");
         assert_eq!(p.meta.methods, "echo,add");
+    }
+
+    #[test]
+    fn decodes_a_sofa_rpc_node_provider_node_without_a_path() {
+        let url = "dubbo://127.0.0.1:42991?startTime=1&pid=2&weight=100&protocol=dubbo&interface=com.ringside.test.EchoService&version=1.0.0&group=SOFA";
+        let p = parse(url, I).unwrap();
+        assert_eq!(p.addr, "127.0.0.1:42991".parse().unwrap());
+        assert_eq!(
+            (p.meta.version.as_str(), p.meta.group.as_str()),
+            ("1.0.0", "SOFA")
+        );
     }
 
     #[test]
