@@ -303,3 +303,77 @@ pub fn server_info(shared: &Shared) -> Option<serde_json::Value> {
         "registered": r.registered,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(port: u16, version: &str, protocol: &str) -> registry::Provider {
+        registry::Provider {
+            protocol: protocol.into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            meta: config::EndpointMetadata {
+                version: version.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    const BASE: &str = "registry:\n  addresses: ['127.0.0.1:2181']\nclusters:\n  - {name: s, endpoints: ['127.0.0.1:9']}\n  - {name: v1, type: zookeeper, registry: {interface: com.a.B, version: '1'}}\n  - {name: any, type: zookeeper, registry: {interface: com.a.B}}\n  - {name: tri, type: zookeeper, registry: {interface: com.a.B, protocol: tri}}\n  - {name: other, type: zookeeper, registry: {interface: com.a.C}}\n";
+
+    #[test]
+    fn registry_clusters_take_their_subset_once_per_address_in_order() {
+        let base = Config::from_yaml("t.yaml", BASE).unwrap();
+        assert_eq!(interfaces(&base), ["com.a.B", "com.a.C"]);
+        let mut providers = registry::Providers::new();
+        providers.insert(
+            "com.a.B".into(),
+            vec![
+                provider(3, "1", "dubbo"),
+                provider(2, "2", "dubbo"),
+                provider(1, "1", "dubbo"),
+                provider(3, "1", "dubbo"),
+                provider(4, "1", "tri"),
+            ],
+        );
+        let c = compose(&base, &providers);
+        let ports = |name: &str| -> Vec<u16> {
+            c.cluster(name)
+                .unwrap()
+                .endpoints
+                .iter()
+                .map(|a| a.port())
+                .collect()
+        };
+        assert_eq!(ports("s"), [9]);
+        assert_eq!(ports("v1"), [1, 3]);
+        assert_eq!(ports("any"), [1, 2, 3]);
+        assert_eq!(ports("tri"), [4]);
+        assert!(ports("other").is_empty());
+        let any = c.cluster("any").unwrap();
+        assert_eq!(any.endpoint_metadata.len(), 3);
+        assert_eq!(any.endpoint_metadata[1].version, "2");
+        assert!(c.validate_as(config::Source::Dynamic).is_empty());
+        // Nothing known for an interface keeps it empty; the file config itself is untouched.
+        assert!(base.cluster("v1").unwrap().endpoints.is_empty());
+    }
+
+    #[test]
+    fn services_on_a_wildcard_listener_need_an_advertised_address() {
+        let yaml = "registry:\n  addresses: ['127.0.0.1:2181']\n  services:\n    - {interface: com.a.B, listener: in, local_port: 20880}\nlisteners:\n  - {name: in, address: '0.0.0.0:20881', protocol: dubbo, cluster: app}\nclusters:\n  - {name: app, endpoints: ['127.0.0.1:20880']}\n";
+        let c = Config::from_yaml("t.yaml", yaml).unwrap();
+        assert!(registrations(&c).unwrap_err().contains("advertise"));
+        let c = Config::from_yaml(
+            "t.yaml",
+            &yaml.replace(
+                "local_port: 20880}",
+                "local_port: 20880, advertise: '10.0.0.5:20881'}",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            registrations(&c).unwrap()[0].advertise,
+            "10.0.0.5:20881".parse().unwrap()
+        );
+    }
+}

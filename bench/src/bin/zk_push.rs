@@ -33,6 +33,17 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// Children to kill if we panic: the release profile aborts, so `Drop` would not run.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn spawn(mut cmd: Command, what: &str) -> Proc {
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.push(child.id());
+    }
+    Proc(child)
+}
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -141,10 +152,7 @@ fn start_ringside(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let started = Instant::now();
-    let proc = Proc(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("spawn ringside: {e}")),
-    );
+    let proc = spawn(cmd, "ringside");
     loop {
         if let Some((200, _)) = http_get(admin, "/ready") {
             break;
@@ -176,6 +184,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     let args = Args::parse(USAGE, &[]);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(c) = CHILDREN.lock() {
+            for &pid in c.iter() {
+                // SAFETY: kill(2) on a child we spawned.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        default_hook(info);
+    }));
     let bin = args
         .opt_str("ringside")
         .unwrap_or_else(|| args.fail("--ringside PATH is required"))
@@ -201,22 +219,21 @@ fn main() {
         ),
     )
     .unwrap_or_else(|e| panic!("zoo.cfg: {e}"));
-    let _zk = Proc(
-        Command::new("java")
-            .args([
-                "-Xmx512m",
-                "-cp",
-                ZK_JAR,
-                "org.apache.zookeeper.server.ZooKeeperServerMain",
-            ])
-            .arg(dir.join("zoo.cfg"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn java: {e}")),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let mut java = Command::new("java");
+    java.args([
+        "-Xmx512m",
+        "-cp",
+        ZK_JAR,
+        "org.apache.zookeeper.server.ZooKeeperServerMain",
+    ])
+    .arg(dir.join("zoo.cfg"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let _zk = spawn(java, "java (ZooKeeper)");
+    // A worker thread keeps the session alive (pings) while main waits outside `block_on`.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
@@ -263,13 +280,8 @@ fn main() {
     // The providers, spread evenly.
     let write_started = Instant::now();
     rt.block_on(async {
-        let mut pending = Vec::new();
         for n in 0..providers {
             let path = node_path(n % interfaces, 20_000 + (n / interfaces) as u16);
-            pending.push(async move { path });
-        }
-        for p in pending {
-            let path = p.await;
             client
                 .create(&path, &[], &persistent)
                 .await
