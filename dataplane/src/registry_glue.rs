@@ -165,13 +165,12 @@ pub fn start(
     let initial = Duration::from_millis(cfg.initial_fetch_timeout_ms);
     let (s, c) = (shared.clone(), composer.clone());
     let apply: registry::ApplyFn = Box::new(move |providers, complete| {
-        let version = c.apply_providers(Arc::new(providers.clone()))?;
-        tracing::info!(
-            version,
-            interfaces = providers.len(),
-            endpoints = providers.values().map(Vec::len).sum::<usize>(),
-            "registry providers applied"
+        let (interfaces, endpoints) = (
+            providers.len(),
+            providers.values().map(Vec::len).sum::<usize>(),
         );
+        let version = c.apply_providers(providers)?;
+        tracing::info!(version, interfaces, endpoints, "registry providers applied");
         if complete {
             s.registry_ready.store(true, Ordering::Release);
         }

@@ -75,6 +75,15 @@ impl ZooKeeper {
         }
     }
 
+    /// Stopped: forgets every node and session (the next start is a fresh ensemble, so
+    /// clients that come back find their session expired).
+    fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop ZooKeeper first");
+        let data = self.dir.0.join("data");
+        std::fs::remove_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+    }
+
     fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -271,7 +280,7 @@ fn encode(s: &str) -> String {
 
 #[test]
 fn ringside_registers_the_local_provider_and_deregisters_it_first_on_drain() {
-    let zk = ZooKeeper::start();
+    let mut zk = ZooKeeper::start();
     let reg = zk.registry();
     let local_port = free_port();
     let mut app = NodeProvider::start(local_port, "APP", &[]);
@@ -281,8 +290,9 @@ fn ringside_registers_the_local_provider_and_deregisters_it_first_on_drain() {
         zk = zk.address()
     );
     let mut rs = Ringside::start(&config, admin, &["--shards", "1"]);
+    let zk_port = zk.port;
     let registered = || {
-        zk_ls(zk.port, &providers_path())
+        zk_ls(zk_port, &providers_path())
             .unwrap_or_default()
             .into_iter()
             .filter(|n| n.contains(&inbound.to_string()))
@@ -313,6 +323,22 @@ fn ringside_registers_the_local_provider_and_deregisters_it_first_on_drain() {
     wait_for("registration again", Duration::from_secs(10), || {
         registered() == 1
     });
+
+    // Session expiry (a ZooKeeper that lost its state): a new session, registered again.
+    zk.stop();
+    zk.wipe();
+    zk.resume();
+    wait_for(
+        "registration in a new session",
+        Duration::from_secs(20),
+        || registered() == 1,
+    );
+    assert_eq!(
+        server_info(&rs)["registry"]["session_expirations"],
+        1,
+        "{}",
+        server_info(&rs)
+    );
 
     // Drain with a call in flight: the node goes first, while ringside still serves it.
     let mut slow = node("consumer.js")

@@ -34,7 +34,7 @@ pub type Providers = BTreeMap<String, Vec<Provider>>;
 
 /// Installs a provider map; `complete` is true once every watched interface was read at least
 /// once. `Err` is logged and counted; the next change is applied anyway.
-pub type ApplyFn = Box<dyn FnMut(&Providers, bool) -> Result<(), String> + Send>;
+pub type ApplyFn = Box<dyn FnMut(Arc<Providers>, bool) -> Result<(), String> + Send>;
 
 /// A local service to register, with the address consumers are sent to.
 #[derive(Clone, Debug)]
@@ -175,7 +175,7 @@ fn applier(
             next = newer;
         }
         let (map, complete) = next;
-        match apply(&map, complete) {
+        match apply(map, complete) {
             Ok(()) => shared.updates.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 tracing::warn!(error = %e, "registry: provider update refused");
