@@ -134,6 +134,24 @@ fn whoami(target: &[&str], n: usize, version: &str) -> (bool, Vec<String>) {
     (ok, names)
 }
 
+/// A consumer process making one call that the provider answers after 1.5 s.
+fn slow_call(target: &[&str]) -> Child {
+    node("consumer.js")
+        .args(target)
+        .args([
+            "--method",
+            "sleep",
+            "--args",
+            "[1500]",
+            "--timeout-ms",
+            "5000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -196,24 +214,7 @@ fn providers_found_in_zookeeper_get_traffic_and_outlive_a_registry_outage() {
     assert!(ok && who.iter().all(|w| w == "A" || w == "B"), "{who:?}");
 
     // A's node is removed (A keeps running): calls in flight on A finish, new ones go to B.
-    let in_flight: Vec<Child> = (0..4)
-        .map(|_| {
-            node("consumer.js")
-                .args(via)
-                .args([
-                    "--method",
-                    "sleep",
-                    "--args",
-                    "[1500]",
-                    "--timeout-ms",
-                    "5000",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let in_flight: Vec<Child> = (0..4).map(|_| slow_call(via)).collect();
     std::thread::sleep(Duration::from_millis(700));
     let a_node = zk_ls(zk.port, &providers_path())
         .unwrap()
@@ -341,20 +342,7 @@ fn ringside_registers_the_local_provider_and_deregisters_it_first_on_drain() {
     );
 
     // Drain with a call in flight: the node goes first, while ringside still serves it.
-    let mut slow = node("consumer.js")
-        .args(["--address", &inbound.to_string()])
-        .args([
-            "--method",
-            "sleep",
-            "--args",
-            "[1500]",
-            "--timeout-ms",
-            "5000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut slow = slow_call(&["--address", &inbound.to_string()]);
     let stat = |name: &str| -> u64 {
         rs.get("/stats")
             .1
