@@ -34,6 +34,8 @@ fn free_port() -> u16 {
 }
 
 /// Children to kill if we panic: the release profile aborts, so `Drop` would not run.
+// A bench tool, not the data path.
+#[allow(clippy::disallowed_types)]
 static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 fn spawn(mut cmd: Command, what: &str) -> Proc {
