@@ -35,6 +35,7 @@ struct Sources {
 
 impl Composer {
     /// Starts from the config the server runs now (the file's).
+    #[allow(clippy::disallowed_types)] // the control-plane mutex above
     pub fn new(shared: Arc<Shared>) -> Arc<Composer> {
         let base = shared.snapshot().config.clone();
         Arc::new(Composer {
