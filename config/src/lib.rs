@@ -90,6 +90,123 @@ pub struct Config {
     /// The optional DPDK path (a ringside built with `--features dpdk`; docs/dpdk.md).
     #[serde(default)]
     pub dpdk: Option<Dpdk>,
+    /// A service registry (ZooKeeper, Apache Dubbo's layout): the endpoints of `type: zookeeper`
+    /// clusters, and the local services ringside registers on the application's behalf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Registry>,
+}
+
+pub const REGISTRY_SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const REGISTRY_SESSION_TIMEOUT_MS_MIN: u64 = 2_000;
+pub const REGISTRY_SESSION_TIMEOUT_MS_MAX: u64 = 600_000;
+pub const REGISTRY_INITIAL_FETCH_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const REGISTRY_RETRY_INITIAL_MS_DEFAULT: u64 = 500;
+pub const REGISTRY_RETRY_MAX_MS_DEFAULT: u64 = 30_000;
+pub const REGISTRY_ROOT_DEFAULT: &str = "dubbo";
+pub const REGISTRY_HEALTH_INTERVAL_MS_DEFAULT: u64 = 2_000;
+/// Dubbo's default provider weight.
+pub const ENDPOINT_WEIGHT_DEFAULT: u32 = 100;
+
+/// One ZooKeeper ensemble, read and written in Apache Dubbo's layout
+/// (`/{root}/{interface}/providers/{URL-encoded provider URL}`). One session per process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// `host:port` of each ensemble member.
+    pub addresses: Vec<String>,
+    /// ZooKeeper chroot every path is under (`/` or e.g. `/prod`).
+    #[serde(default = "default_registry_chroot")]
+    pub chroot: String,
+    /// Dubbo's root node (Dubbo's `registry.group`): `dubbo` gives `/dubbo/{interface}/...`.
+    #[serde(default = "default_registry_root")]
+    pub root: String,
+    #[serde(default = "default_registry_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// How long start-up waits for the first read of every `type: zookeeper` cluster before
+    /// serving without it (`/ready` stays 503 until then).
+    #[serde(default = "default_registry_initial_fetch_timeout_ms")]
+    pub initial_fetch_timeout_ms: u64,
+    /// Reconnect back-off: starts here, doubles up to `retry_max_ms`.
+    #[serde(default = "default_registry_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    #[serde(default = "default_registry_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Services of the local application that ringside registers as providers, pointing
+    /// consumers at one of its listeners.
+    #[serde(default)]
+    pub services: Vec<RegisteredService>,
+}
+
+/// A provider ringside registers on the application's behalf: an ephemeral node
+/// `dubbo://{advertised address}/{interface}?...` that exists while `health_port` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisteredService {
+    pub interface: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Method names, published as `methods=a,b`.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Dubbo's `application`.
+    #[serde(default)]
+    pub application: Option<String>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// The listener (by name) consumers are sent to; its address is advertised unless
+    /// `advertise` is given.
+    pub listener: String,
+    /// `host:port` to publish instead of the listener's address (e.g. the pod IP when the
+    /// listener binds 0.0.0.0).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// The application's own port: the service is registered only while a TCP connect to it
+    /// succeeds.
+    pub local_port: u16,
+    /// Host of the local port (default 127.0.0.1).
+    #[serde(default = "default_local_host")]
+    pub local_host: std::net::IpAddr,
+    #[serde(default = "default_registry_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// Also write a consumer node under `/{root}/{interface}/consumers`.
+    #[serde(default)]
+    pub register_consumer: bool,
+}
+
+fn default_registry_protocol() -> String {
+    "dubbo".into()
+}
+fn default_registry_chroot() -> String {
+    "/".into()
+}
+fn default_registry_root() -> String {
+    REGISTRY_ROOT_DEFAULT.into()
+}
+fn default_registry_session_timeout_ms() -> u64 {
+    REGISTRY_SESSION_TIMEOUT_MS_DEFAULT
+}
+fn default_registry_initial_fetch_timeout_ms() -> u64 {
+    REGISTRY_INITIAL_FETCH_TIMEOUT_MS_DEFAULT
+}
+fn default_registry_retry_initial_ms() -> u64 {
+    REGISTRY_RETRY_INITIAL_MS_DEFAULT
+}
+fn default_registry_retry_max_ms() -> u64 {
+    REGISTRY_RETRY_MAX_MS_DEFAULT
+}
+fn default_registry_health_interval_ms() -> u64 {
+    REGISTRY_HEALTH_INTERVAL_MS_DEFAULT
+}
+fn default_local_host() -> std::net::IpAddr {
+    std::net::IpAddr::from([127, 0, 0, 1])
+}
+fn is_default_weight(w: &u32) -> bool {
+    *w == ENDPOINT_WEIGHT_DEFAULT
+}
+fn default_weight() -> u32 {
+    ENDPOINT_WEIGHT_DEFAULT
 }
 
 pub const XDS_INITIAL_FETCH_TIMEOUT_MS_DEFAULT: u64 = 15_000;
@@ -546,6 +663,13 @@ pub struct Cluster {
     pub kind: ClusterType,
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
+    /// Metadata of `endpoints`, index for index; empty when none has any (static clusters
+    /// usually). The registry fills it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_metadata: Vec<EndpointMetadata>,
+    /// `type: zookeeper`: which providers of the registry are this cluster's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySelector>,
     #[serde(default)]
     pub lb: LbPolicy,
     #[serde(default = "default_connect_timeout_ms")]
@@ -572,6 +696,65 @@ pub enum ClusterType {
     Static,
     /// The upstream is the connection's original destination (interception).
     OriginalDestination,
+    /// The providers of one interface in the `registry` (ZooKeeper), selected by `registry`.
+    Zookeeper,
+}
+
+/// The providers a `type: zookeeper` cluster takes: those of `interface` whose version and
+/// group equal the ones given (a field left out matches any provider), enabled and with a
+/// weight above 0. Two clusters on one interface with different versions are two subsets that
+/// routes choose between.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySelector {
+    pub interface: String,
+    /// The provider URL's scheme: `dubbo` (Dubbo2, the default) or `tri` (Triple).
+    #[serde(default = "default_registry_protocol")]
+    pub protocol: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+impl RegistrySelector {
+    /// Whether a provider with this metadata belongs to the cluster (`enabled` and `weight`
+    /// are the registry's business: it never lists disabled or zero-weight providers).
+    pub fn selects(&self, m: &EndpointMetadata) -> bool {
+        self.version.as_ref().is_none_or(|v| *v == m.version)
+            && self.group.as_ref().is_none_or(|g| *g == m.group)
+    }
+}
+
+/// What a registry says about one endpoint (Dubbo provider URL parameters).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointMetadata {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// Relative share of requests (round robin visits an endpoint `weight / gcd` times per
+    /// cycle); Dubbo's default is 100.
+    #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub application: String,
+    /// Comma-separated method names, as the provider URL gives them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub methods: String,
+}
+
+impl Default for EndpointMetadata {
+    fn default() -> Self {
+        EndpointMetadata {
+            version: String::new(),
+            group: String::new(),
+            weight: ENDPOINT_WEIGHT_DEFAULT,
+            application: String::new(),
+            methods: String::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -810,6 +993,9 @@ impl Config {
                 );
             }
         }
+        if let Some(r) = &self.registry {
+            validate_registry(r, &self.listeners, &mut err);
+        }
         if self.runtime.socket_mark == Some(0) {
             err(
                 "runtime.socket_mark".into(),
@@ -861,12 +1047,69 @@ impl Config {
                         );
                     }
                 }
+                ClusterType::Zookeeper => {
+                    if c.registry.is_none() {
+                        err(
+                            at("registry"),
+                            "a cluster of type zookeeper needs registry.interface".into(),
+                        );
+                    }
+                    if self.registry.is_none() {
+                        err(
+                            at("type"),
+                            "a cluster of type zookeeper needs the top-level registry section"
+                                .into(),
+                        );
+                    }
+                    if !c.endpoints.is_empty() && source == Source::File {
+                        err(
+                            at("endpoints"),
+                            "a cluster of type zookeeper takes its endpoints from the registry"
+                                .into(),
+                        );
+                    }
+                }
                 ClusterType::OriginalDestination => {
                     if !c.endpoints.is_empty() {
                         err(
                             at("endpoints"),
                             "a cluster of type original_destination takes no endpoints (each \
                              connection goes to its own original destination)"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            if let Some(sel) = &c.registry {
+                if c.kind != ClusterType::Zookeeper {
+                    err(
+                        at("registry"),
+                        "only a cluster of type zookeeper takes a registry selector".into(),
+                    );
+                }
+                if !valid_interface(&sel.interface) {
+                    err(
+                        at("registry.interface"),
+                        format!("{:?} is not a Dubbo interface name", sel.interface),
+                    );
+                }
+            }
+            if !c.endpoint_metadata.is_empty() {
+                if c.endpoint_metadata.len() != c.endpoints.len() {
+                    err(
+                        at("endpoint_metadata"),
+                        format!(
+                            "has {} entries for {} endpoints (give one per endpoint, in order)",
+                            c.endpoint_metadata.len(),
+                            c.endpoints.len()
+                        ),
+                    );
+                }
+                for (k, m) in c.endpoint_metadata.iter().enumerate() {
+                    if m.weight == 0 {
+                        err(
+                            at(&format!("endpoint_metadata[{k}].weight")),
+                            "must be at least 1 (leave an endpoint that takes no traffic out)"
                                 .into(),
                         );
                     }
@@ -1397,3 +1640,87 @@ fn serde_error(file: &str, text: &str, e: &serde_yaml::Error) -> ConfigError {
 
 #[cfg(test)]
 mod tests;
+
+/// A Dubbo interface name: non-empty, no `/` (it is one ZooKeeper path segment), no spaces.
+fn valid_interface(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', ' ', '?', '&'])
+}
+
+fn validate_registry(r: &Registry, listeners: &[Listener], err: &mut impl FnMut(String, String)) {
+    if r.addresses.is_empty() {
+        err(
+            "registry.addresses".into(),
+            "give at least one host:port".into(),
+        );
+    }
+    for (i, a) in r.addresses.iter().enumerate() {
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            err(
+                format!("registry.addresses[{i}]"),
+                format!("{a:?} is not host:port"),
+            );
+        }
+    }
+    if !r.chroot.starts_with('/') || (r.chroot.len() > 1 && r.chroot.ends_with('/')) {
+        err(
+            "registry.chroot".into(),
+            format!("{:?} must start with / and not end with one", r.chroot),
+        );
+    }
+    if r.root.is_empty() || r.root.contains('/') {
+        err(
+            "registry.root".into(),
+            format!("{:?} must be one path segment (e.g. dubbo)", r.root),
+        );
+    }
+    if !(REGISTRY_SESSION_TIMEOUT_MS_MIN..=REGISTRY_SESSION_TIMEOUT_MS_MAX)
+        .contains(&r.session_timeout_ms)
+    {
+        err(
+            "registry.session_timeout_ms".into(),
+            format!(
+                "{} is out of range {REGISTRY_SESSION_TIMEOUT_MS_MIN}..={REGISTRY_SESSION_TIMEOUT_MS_MAX}",
+                r.session_timeout_ms
+            ),
+        );
+    }
+    if r.retry_initial_ms == 0 || r.retry_initial_ms > r.retry_max_ms {
+        err(
+            "registry.retry_initial_ms".into(),
+            format!(
+                "{} must be at least 1 and at most retry_max_ms ({})",
+                r.retry_initial_ms, r.retry_max_ms
+            ),
+        );
+    }
+    for (i, s) in r.services.iter().enumerate() {
+        let at = |f: &str| format!("registry.services[{i}].{f}");
+        if !valid_interface(&s.interface) {
+            err(
+                at("interface"),
+                format!("{:?} is not a Dubbo interface name", s.interface),
+            );
+        }
+        if !listeners.iter().any(|l| l.name == s.listener) {
+            err(at("listener"), format!("unknown listener {:?}", s.listener));
+        }
+        if s.local_port == 0 {
+            err(at("local_port"), "must be 1..=65535".into());
+        }
+        if s.weight == Some(0) {
+            err(at("weight"), "must be at least 1".into());
+        }
+        if s.health_interval_ms < HEARTBEAT_INTERVAL_MS_MIN {
+            err(
+                at("health_interval_ms"),
+                format!(
+                    "{} is below the minimum {HEARTBEAT_INTERVAL_MS_MIN}",
+                    s.health_interval_ms
+                ),
+            );
+        }
+    }
+}

@@ -153,6 +153,8 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         name: "empty".into(),
         kind: ClusterType::Static,
         endpoints: vec![],
+        endpoint_metadata: Vec::new(),
+        registry: None,
         lb: LbPolicy::RoundRobin,
         connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
         timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
@@ -320,4 +322,43 @@ fn dpdk_section_defaults_subnet_and_listener_checks() {
     assert!(fields.contains(&"listeners[0].protocol"), "{e:?}");
     assert!(fields.contains(&"dpdk"), "{e:?}");
     assert!(fields.contains(&"dpdk.gateway"), "{e:?}");
+}
+
+#[test]
+fn registry_sections_and_zookeeper_clusters_are_checked() {
+    let errs = |yaml: &str| -> Vec<String> {
+        match Config::from_yaml("t.yaml", yaml) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.field.clone()).collect(),
+        }
+    };
+    assert_eq!(
+        errs("clusters:\n  - {name: z, type: zookeeper, registry: {interface: com.a.B}}\n"),
+        ["clusters[0].type"]
+    );
+    assert_eq!(
+        errs("registry: {addresses: ['h:1']}\nclusters:\n  - {name: z, type: zookeeper}\n"),
+        ["clusters[0].registry"]
+    );
+    assert_eq!(
+        errs("registry: {addresses: ['h:1']}\nclusters:\n  - {name: z, endpoints: ['127.0.0.1:1'], registry: {interface: a.B}}\n"),
+        ["clusters[0].registry"]
+    );
+    assert_eq!(
+        errs("registry: {addresses: ['nope'], chroot: 'x/', root: 'a/b', session_timeout_ms: 1, services: [{interface: 'a/b', listener: zz, local_port: 0}]}\n"),
+        [
+            "registry.addresses[0]",
+            "registry.chroot",
+            "registry.root",
+            "registry.session_timeout_ms",
+            "registry.services[0].interface",
+            "registry.services[0].listener",
+            "registry.services[0].local_port"
+        ]
+    );
+    assert_eq!(
+        errs("clusters:\n  - {name: s, endpoints: ['127.0.0.1:1', '127.0.0.1:2'], endpoint_metadata: [{weight: 0}]}\n"),
+        ["clusters[0].endpoint_metadata", "clusters[0].endpoint_metadata[0].weight"]
+    );
+    assert!(errs("registry: {addresses: ['127.0.0.1:2181'], chroot: /prod}\nclusters:\n  - {name: z, type: zookeeper, registry: {interface: com.a.B, version: '1.0.0'}}\n").is_empty());
 }

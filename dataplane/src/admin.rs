@@ -281,6 +281,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
                              "cds": x.versions.cds, "eds": x.versions.eds},
             })
         }),
+        "registry": crate::registry_glue::server_info(shared),
         "shard_count": shared.shard_count,
         "shards": shards,
     })

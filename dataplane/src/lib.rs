@@ -18,6 +18,7 @@ pub mod intercept;
 pub mod io;
 pub mod iptables;
 pub mod listener;
+pub mod registry_glue;
 pub mod server;
 pub mod stats;
 pub mod tcp_proxy;

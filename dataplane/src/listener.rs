@@ -154,6 +154,7 @@ fn listener_params(l: &config::Listener) -> config::Listener {
 fn cluster_params(c: &config::Cluster) -> config::Cluster {
     let mut p = c.clone();
     p.endpoints.clear();
+    p.endpoint_metadata.clear();
     p
 }
 

@@ -269,10 +269,19 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     // xDS: the client thread applies each snapshot to the shards. A successor of a hot
     // upgrade waits for its first snapshot (or the initial fetch timeout) before it tells the
     // predecessor it serves: the dynamic listeners' sockets it inherited accept only then.
-    let _xds = match dataplane::xds_glue::start(&server.shared) {
+    // The registry (ZooKeeper) is the second dynamic source; both go through one composer.
+    let composer = dataplane::registry_glue::Composer::new(server.shared.clone());
+    let _xds = match dataplane::xds_glue::start(&server.shared, &composer) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ringside: cannot start the xDS client: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _registry = match dataplane::registry_glue::start(&server.shared, &composer) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ringside: cannot start the registry client: {e}");
             return ExitCode::from(1);
         }
     };

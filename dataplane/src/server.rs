@@ -245,6 +245,10 @@ pub struct Shared {
     pub xds: OnceLock<Arc<xds::Handle>>,
     /// False while the first dynamic config (xDS) is awaited: `/ready` answers 503.
     pub dynamic_ready: std::sync::atomic::AtomicBool,
+    /// The registry client, when the config has a `registry` section.
+    pub registry: OnceLock<Arc<registry::Handle>>,
+    /// False while the first read of every registry interface is awaited: `/ready` answers 503.
+    pub registry_ready: std::sync::atomic::AtomicBool,
     pub lifecycle: Lifecycle,
     pub shard_infos: OnceLock<Vec<ShardInfo>>,
     pub shard_count: usize,
@@ -283,6 +287,7 @@ impl Shared {
         self.lifecycle.state() == State::Serving
             && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
             && self.dynamic_ready.load(Ordering::Acquire)
+            && self.registry_ready.load(Ordering::Acquire)
     }
 
     /// The xDS versions of the last accepted update.
@@ -761,7 +766,8 @@ impl Builder {
 impl ClusterState {
     /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
     fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
-        if self.published.addrs().eq(c.endpoints.iter().copied()) {
+        let visits = weighted_order(c);
+        if self.published.addrs().eq(visits.iter().copied()) {
             return; // unchanged: shards see the same Arc and skip this cluster
         }
         let distinct: std::collections::HashSet<_> = c.endpoints.iter().collect();
@@ -782,8 +788,7 @@ impl ClusterState {
             .map(|(i, s)| (s.addr, i as u32))
             .collect();
         let mut added: Vec<Slot> = Vec::new();
-        let live: Box<[u32]> = c
-            .endpoints
+        let live: Box<[u32]> = visits
             .iter()
             .map(|&addr| {
                 *by_addr.entry(addr).or_insert_with(|| {
@@ -806,6 +811,52 @@ impl ClusterState {
             generation: old.generation,
         });
     }
+}
+
+/// The most times one endpoint appears in a cluster's live list (weights are scaled down to it).
+pub const WEIGHT_VISITS_MAX: u32 = 10;
+
+/// The order the balancer visits `c`'s endpoints: each once, or, when their metadata gives
+/// different weights, each `weight / gcd` times (scaled so that none exceeds
+/// [`WEIGHT_VISITS_MAX`], at least once), interleaved. Round robin then follows the weights
+/// with no work per request.
+fn weighted_order(c: &config::Cluster) -> Vec<std::net::SocketAddr> {
+    let weights: Vec<u32> = c
+        .endpoint_metadata
+        .iter()
+        .map(|m| m.weight.max(1))
+        .collect();
+    if weights.len() != c.endpoints.len() || weights.windows(2).all(|w| w[0] == w[1]) {
+        return c.endpoints.clone();
+    }
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let max = weights.iter().copied().max().unwrap_or(1);
+    let visits: Vec<u32> = if max / g <= WEIGHT_VISITS_MAX {
+        weights.iter().map(|w| w / g).collect()
+    } else {
+        let max = u64::from(max);
+        weights
+            .iter()
+            .map(|&w| ((u64::from(w) * u64::from(WEIGHT_VISITS_MAX) + max / 2) / max).max(1) as u32)
+            .collect()
+    };
+    let rounds = visits.iter().copied().max().unwrap_or(1);
+    let mut out = Vec::with_capacity(visits.iter().map(|&v| v as usize).sum());
+    for k in 0..rounds {
+        for (i, &v) in visits.iter().enumerate() {
+            if v > k {
+                out.push(c.endpoints[i]);
+            }
+        }
+    }
+    out
 }
 
 /// Binds (or takes over from `inherited`) every listening socket: admin first, then each
@@ -966,6 +1017,10 @@ impl Server {
         let (control, control_rx) = mpsc::sync_channel(16);
         let pin = config.runtime.pin;
         let dynamic = config.xds.is_some();
+        let registry_discovery = config
+            .clusters
+            .iter()
+            .any(|c| c.kind == config::ClusterType::Zookeeper);
         let mut config = config;
         config.listeners = Vec::new();
         config.clusters = Vec::new();
@@ -983,6 +1038,8 @@ impl Server {
             xds_versions: Default::default(),
             xds: OnceLock::new(),
             dynamic_ready: std::sync::atomic::AtomicBool::new(!dynamic),
+            registry: OnceLock::new(),
+            registry_ready: std::sync::atomic::AtomicBool::new(!registry_discovery),
             lifecycle: Lifecycle {
                 state: AtomicU8::new(State::Starting as u8),
                 shards_serving: AtomicUsize::new(0),
@@ -1071,6 +1128,9 @@ impl Server {
                 "draining"
             );
             shared.lifecycle.set(State::Draining);
+            // Graceful offline: consumers that find us through the registry stop choosing us
+            // before we stop accepting.
+            crate::registry_glue::deregister(&shared);
             let linger = successor.is_some();
             for h in &self.shards {
                 if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout, linger }) {
@@ -1140,6 +1200,8 @@ mod tests {
                 .iter()
                 .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
                 .collect(),
+            endpoint_metadata: Vec::new(),
+            registry: None,
             lb: config::LbPolicy::RoundRobin,
             connect_timeout_ms: config::CONNECT_TIMEOUT_MS_DEFAULT,
             timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
@@ -1186,6 +1248,25 @@ mod tests {
         let s3 = build(&mut b, &st, vec![cluster("a", &[2]), cluster("z", &[9])]);
         assert_eq!(&*s3.endpoints[0].live, &[1]);
         assert_eq!(s3.version, 3);
+    }
+
+    #[test]
+    fn weights_become_repeated_visits_in_the_live_list() {
+        let mut c = cluster("w", &[1, 2, 3]);
+        let meta = |weight| config::EndpointMetadata {
+            weight,
+            ..Default::default()
+        };
+        c.endpoint_metadata = vec![meta(100), meta(200), meta(100)];
+        let ports: Vec<u16> = weighted_order(&c).iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 2]);
+        c.endpoint_metadata = vec![meta(1), meta(1000), meta(100)];
+        let ports: Vec<u16> = weighted_order(&c).iter().map(|a| a.port()).collect();
+        assert_eq!(ports.iter().filter(|&&p| p == 2).count(), 10);
+        assert_eq!(ports.iter().filter(|&&p| p == 1).count(), 1);
+        assert_eq!(ports.iter().filter(|&&p| p == 3).count(), 1);
+        c.endpoint_metadata = vec![meta(50), meta(50), meta(50)];
+        assert_eq!(weighted_order(&c), c.endpoints);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Connects the xDS client (crate `xds`, its own thread) to the running server: each snapshot
-//! it builds goes to [`Shared::apply`] (ACK when every shard runs it, NACK with the reason
+//! it builds goes to [`Shared::apply`] through the registry's composer (ACK when every shard runs it, NACK with the reason
 //! otherwise), readiness waits for the first one, and the client's counters are copied into
 //! ringside's stats every second (`xds.*`).
 
@@ -15,7 +15,10 @@ use crate::stats::Kind;
 pub const XDS_STATS_PUBLISH: Duration = Duration::from_secs(1);
 
 /// Starts the xDS client when the config has an `xds` section; `None` otherwise.
-pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> {
+pub fn start(
+    shared: &Arc<Shared>,
+    composer: &Arc<crate::registry_glue::Composer>,
+) -> std::io::Result<Option<Arc<xds::Handle>>> {
     let Some(bootstrap) = shared.config.xds.clone() else {
         return Ok(None);
     };
@@ -25,6 +28,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> 
     static_config.xds = None;
     let initial = Duration::from_millis(bootstrap.initial_fetch_timeout_ms);
     let applier = shared.clone();
+    let composer = composer.clone();
     let apply: xds::ApplyFn = Box::new(move |u: xds::Update| {
         let v = &u.versions;
         let versions: BTreeMap<String, String> = [
@@ -36,9 +40,8 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> 
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-        let mut config = u.config;
-        config.xds = applier.config.xds.clone();
-        let version = applier.apply(config, Some(versions))?;
+        // The registry's endpoints (if any) are filled in by the composer.
+        let version = composer.apply_xds(u.config, versions)?;
         tracing::info!(version, lds = %v.lds, rds = %v.rds, cds = %v.cds, eds = %v.eds, eds_only = u.eds_only, "xds snapshot applied");
         applier.dynamic_ready.store(true, Ordering::Release);
         Ok(())
@@ -65,10 +68,13 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<Option<Arc<xds::Handle>>> 
     Ok(Some(handle))
 }
 
-/// Blocks until the first dynamic snapshot is applied or the initial fetch timeout passed.
+/// Blocks until the first dynamic snapshot (xDS) and the first registry read are applied or
+/// their initial fetch timeouts passed.
 pub fn wait_ready(shared: &Shared) {
     let started = Instant::now();
-    while !shared.dynamic_ready.load(Ordering::Acquire) {
+    while !(shared.dynamic_ready.load(Ordering::Acquire)
+        && shared.registry_ready.load(Ordering::Acquire))
+    {
         if started.elapsed() > Duration::from_secs(600) {
             return;
         }

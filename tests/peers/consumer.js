@@ -1,5 +1,5 @@
 // A Dubbo2 consumer (npm sofa-rpc-node + dubbo-remoting) calling one address directly.
-// Usage: node consumer.js --address host:port --method M [--interface I] [--version V]
+// Usage: node consumer.js (--address host:port | --registry 127.0.0.1:ZKPORT/dubbo) --method M [--interface I] [--version V]
 //        [--group G] [--args JSON-array | --args-file FILE] [--count N] [--timeout-ms T]
 //        [--interval-ms MS]
 // Prints one JSON line per call: {"ok":true,"result":...} or {"ok":false,"error":"..."};
@@ -15,12 +15,19 @@ function arg(name, dflt) {
 
 async function main() {
   const logger = { info() {}, warn() {}, debug() {}, error() {} };
-  const client = new RpcClient({ logger, protocol });
+  const registryAddress = arg('registry', undefined);
+  let registry;
+  if (registryAddress) {
+    const { ZookeeperRegistry } = require('sofa-rpc-node').registry;
+    registry = new ZookeeperRegistry({ logger, address: registryAddress });
+  }
+  const client = new RpcClient({ logger, protocol, registry });
   const opts = {
     interfaceName: arg('interface', 'com.ringside.test.EchoService'),
-    serverHost: arg('address', '127.0.0.1:20880'),
     version: arg('version', '1.0.0'),
   };
+  // With a registry the consumer calls the providers it finds there.
+  if (!registry) opts.serverHost = arg('address', '127.0.0.1:20880');
   const group = arg('group', undefined);
   if (group) opts.group = group;
   const consumer = client.createConsumer(opts);

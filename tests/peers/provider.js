@@ -1,6 +1,8 @@
 // A Dubbo2 provider over Hessian2 (npm sofa-rpc-node + dubbo-remoting), for ringside's tests.
 // Usage: node provider.js --port P --name NAME [--version V] [--group G]
-// Prints "READY <port>" once listening. Serves com.ringside.test.EchoService:
+//        [--registry 127.0.0.1:ZKPORT/dubbo]
+// Prints "READY <port>" once listening (and, with --registry, once published in ZooKeeper
+// as dubbo://127.0.0.1:P?interface=..., unpublished on SIGTERM). Serves com.ringside.test.EchoService:
 //   echo(String) -> String, add(int, int) -> int, map(Map) -> Map, list(List) -> List,
 //   large(String) -> length of the string, empty() -> "empty", whoami() -> NAME,
 //   sleep(int ms) -> "slept" after ms.
@@ -19,7 +21,13 @@ const version = arg('version', '1.0.0');
 const group = arg('group', undefined);
 const logger = { info() {}, warn() {}, debug() {}, error: console.error };
 
-const server = new RpcServer({ logger, protocol, port });
+const registryAddress = arg('registry', undefined);
+let registry;
+if (registryAddress) {
+  const { ZookeeperRegistry } = require('sofa-rpc-node').registry;
+  registry = new ZookeeperRegistry({ logger, address: registryAddress });
+}
+const server = new RpcServer({ logger, protocol, port, registry, publishAddress: '127.0.0.1' });
 const service = {
   async echo(s) { return s; },
   async add(a, b) { return a + b; },
@@ -33,7 +41,7 @@ const service = {
 const meta = { interfaceName: 'com.ringside.test.EchoService', version };
 if (group) meta.group = group;
 server.addService(meta, service);
-server.start().then(() => {
+server.start().then(() => registry && server.publish()).then(() => {
   console.log('READY ' + port);
 }).catch(err => { console.error(err); process.exit(1); });
 process.on('SIGTERM', () => server.close().then(() => process.exit(0)));

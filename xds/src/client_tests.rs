@@ -508,6 +508,8 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         name: "static-c".into(),
         kind: config::ClusterType::Static,
         endpoints: vec!["10.9.0.1:80".parse().unwrap()],
+        endpoint_metadata: Vec::new(),
+        registry: None,
         lb: config::LbPolicy::RoundRobin,
         connect_timeout_ms: 1000,
         timeout_ms: 1000,

@@ -1723,6 +1723,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         name: c.name.clone(),
         kind: config::ClusterType::Static,
         endpoints: Vec::new(),
+        endpoint_metadata: Vec::new(),
+        registry: None,
         lb,
         connect_timeout_ms,
         timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
