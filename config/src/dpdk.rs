@@ -142,12 +142,12 @@ impl Dpdk {
     ) {
         for (i, l) in listeners.iter().enumerate() {
             if l.address.ip() == std::net::IpAddr::V4(self.address) {
-                if l.protocol != crate::Protocol::Dubbo {
+                if l.protocol == crate::Protocol::Tcp {
                     err(
                         format!("listeners[{i}].protocol"),
                         format!(
-                            "listener {:?} is on the DPDK port's address {}: only dubbo listeners \
-                             run on the DPDK path",
+                            "listener {:?} is on the DPDK port's address {}: only dubbo and \
+                             triple listeners run on the DPDK path",
                             l.name, self.address
                         ),
                     );

@@ -653,7 +653,7 @@ pub fn bind_reuseport(
 /// protocol.
 pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>) {
     match l.protocol {
-        // Config validation keeps TCP and Triple listeners off the DPDK path.
+        // Config validation keeps TCP listeners off the DPDK path.
         Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
             Ok(s) => tcp_proxy::serve(s, l).await,
             Err(_) => tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket"),
@@ -663,16 +663,12 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
                 downstream::serve(stream, d).await
             }
         }
-        Protocol::Triple => match (l.triple.clone(), crate::io::Conn::into_kernel(stream)) {
-            (Some(t), Ok(s)) => {
+        Protocol::Triple => {
+            if let Some(t) = l.triple.clone() {
                 let drain = l.draining.borrow().clone();
-                crate::triple::conn::serve(s, t, drain).await
+                crate::triple::conn::serve(stream, t, drain).await
             }
-            (Some(_), Err(_)) => {
-                tracing::error!(listener = %l.name, "triple needs a kernel socket")
-            }
-            (None, _) => {}
-        },
+        }
     }
 }
 

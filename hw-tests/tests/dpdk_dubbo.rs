@@ -1,4 +1,5 @@
-//! A Dubbo call through ringside's DPDK path, both ways, with the real npm peers:
+//! A Dubbo call (the real npm peers) and gRPC calls (grpcio) through ringside's DPDK path, both
+//! ways:
 //!
 //! ```text
 //!  netns dpdk-t<pid>                          root namespace
@@ -28,6 +29,8 @@ const PEER_IP: &str = "10.213.3.1";
 const DPDK_IP: &str = "10.213.3.2";
 const PROVIDER_PORT: u16 = 20881;
 const LISTEN_PORT: u16 = 20880;
+const GRPC_SERVER_PORT: u16 = 50061;
+const GRPC_LISTEN_PORT: u16 = 50060;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -201,8 +204,52 @@ fn config(admin: SocketAddr, host_if: &str) -> String {
         "admin:\n  address: {admin}\nruntime:\n  shards: 1\n\
          dpdk:\n  vdevs: [\"net_af_packet0,iface={host_if}\"]\n  no_huge: true\n  memory_mb: 256\n  mbufs_per_queue: 4095\n  address: {DPDK_IP}\n  prefix_len: 24\n\
          listeners:\n  - name: out\n    address: {DPDK_IP}:{LISTEN_PORT}\n    protocol: dubbo\n    cluster: a\n\
-         clusters:\n  - name: a\n    endpoints: [\"{PEER_IP}:{PROVIDER_PORT}\"]\n    timeout_ms: 5000\n"
+         \x20 - name: grpc\n    address: {DPDK_IP}:{GRPC_LISTEN_PORT}\n    protocol: triple\n    cluster: g\n\
+         clusters:\n  - name: a\n    endpoints: [\"{PEER_IP}:{PROVIDER_PORT}\"]\n    timeout_ms: 5000\n\
+         \x20 - name: g\n    endpoints: [\"{PEER_IP}:{GRPC_SERVER_PORT}\"]\n"
     )
+}
+
+/// The grpcio Greeter server (tests/peers/grpc) in the namespace.
+fn start_grpc_server(net: &Net) -> Proc {
+    let python = root().join(".cache/venv/bin/python");
+    assert!(python.exists(), "run scripts/install-test-deps");
+    let mut child = net
+        .exec(python.to_str().unwrap())
+        .arg(root().join("tests/peers/grpc/server.py"))
+        .args(["--host", PEER_IP, "--port", &GRPC_SERVER_PORT.to_string()])
+        .args(["--name", "G"])
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn grpc server");
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(ready.starts_with("READY"), "grpc server: {ready:?}");
+    Proc(child)
+}
+
+/// One grpcio client run in the namespace against ringside's Triple listener on the DPDK port.
+fn grpc_client(net: &Net, args: &[&str]) -> serde_json::Value {
+    let python = root().join(".cache/venv/bin/python");
+    let out = net
+        .exec(python.to_str().unwrap())
+        .arg(root().join("tests/peers/grpc/client.py"))
+        .args(["--target", &format!("{DPDK_IP}:{GRPC_LISTEN_PORT}")])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run grpc client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "grpc client {args:?}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.lines().last().unwrap_or("")).expect("grpc client JSON line")
 }
 
 fn start_ringside(dir: &std::path::Path, cfg: &str, admin: SocketAddr) -> Proc {
@@ -294,8 +341,21 @@ fn dubbo_call_crosses_the_dpdk_path_both_ways() {
     let lines = consumer(&net, "large", &["--args-file", big.to_str().unwrap()]);
     assert_eq!(lines[0]["result"], 2 << 20, "{lines:?}");
 
+    // Triple/gRPC on the same port: grpcio client → ringside's HTTP/2 listener on the DPDK
+    // stack → grpcio server over an upstream connection of the same stack; unary, a 1 MiB
+    // payload each way, and a bidi stream.
+    let _grpc = start_grpc_server(&net);
+    let r = grpc_client(&net, &["--count", "3"]);
+    assert_eq!(r["replies"].as_array().map(Vec::len), Some(3), "{r}");
+    assert_eq!(r["replies"][0]["server"], "G", "{r}");
+    let r = grpc_client(&net, &["--payload-bytes", "1048576"]);
+    assert_eq!(r["payload_ok"], true, "{r}");
+    let r = grpc_client(&net, &["--call", "bidi", "--count", "20"]);
+    assert_eq!(r["replies"].as_array().map(Vec::len), Some(20), "{r}");
+
     let stats = http_get(admin, "/stats").expect("stats");
     assert_eq!(stat(&stats, "dubbo_route.out.default.rsp_ok"), 5, "{stats}");
+    assert!(stat(&stats, "cluster.g.upstream_cx_total") >= 1, "{stats}");
     assert!(stat(&stats, "cluster.a.upstream_cx_total") >= 1, "{stats}");
 
     // Latency, one connection, sequential calls from a consumer in the namespace (printed for

@@ -20,7 +20,6 @@ use codec::h2::grpc::{self, status};
 use codec::h2::hpack::{self, Decoder};
 use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
-use shard::monoio::net::TcpStream;
 use shard::{Event, Notify};
 
 use super::router::RequestView;
@@ -1248,8 +1247,8 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
     }
 }
 
-/// Serves one caller connection.
-pub async fn serve(stream: TcpStream, l: Rc<TripleListener>, drain: Event) {
+/// Serves one caller connection (a kernel socket, or a DPDK stack's with feature `dpdk`).
+pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: Event) {
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
@@ -1352,9 +1351,25 @@ async fn run_upstream(conn: Rc<Conn>) {
     };
     let host = host.clone();
     let pool: Rc<Pool> = host.pool.clone();
+    // Endpoints in the DPDK port's subnet are reached through this shard's DPDK stack.
+    #[cfg(feature = "dpdk")]
+    if let Some(stack) = crate::dpdk::upstream_stack(host.addr) {
+        let connected =
+            shard::monoio::time::timeout(pool.connect_timeout, stack.connect(host.addr)).await;
+        return serve_upstream(conn, host, pool, connected).await;
+    }
     let connected =
         shard::monoio::time::timeout(pool.connect_timeout, crate::intercept::connect(host.addr))
             .await;
+    serve_upstream(conn, host, pool, connected).await
+}
+
+async fn serve_upstream<S: crate::io::Conn>(
+    conn: Rc<Conn>,
+    host: Rc<Host>,
+    pool: Rc<Pool>,
+    connected: Result<std::io::Result<S>, shard::monoio::time::error::Elapsed>,
+) {
     let why = match connected {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
