@@ -86,14 +86,14 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
     let (ur, uw) = up_stream.into_split();
     let ids = l.ids;
     let first = Cell::new(l.original_destination && !counted);
-    let up = relay_inspect(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
+    let up = relay(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
         l.stats.add(ids.bytes_rx, chunk.len() as u64);
         if first.replace(false) {
             l.stats.inc(detected_id(&l, &detect(chunk)));
         }
     });
-    let back = relay(ur, dw, l.buffer_bytes, &last_activity, |n| {
-        l.stats.add(ids.bytes_tx, n)
+    let back = relay(ur, dw, l.buffer_bytes, &last_activity, |chunk| {
+        l.stats.add(ids.bytes_tx, chunk.len() as u64)
     });
     shard::monoio::select! {
         r = try_join(up, back) => {
@@ -176,38 +176,14 @@ pub fn detect(first: &[u8]) -> Detected {
     }
 }
 
-/// [`relay`], handing each chunk to `inspect` before writing it.
-async fn relay_inspect<R: AsyncReadRent, W: AsyncWriteRent>(
-    mut from: R,
-    mut to: W,
-    buffer_bytes: usize,
-    last_activity: &Cell<Instant>,
-    inspect: impl Fn(&[u8]),
-) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(buffer_bytes);
-    loop {
-        buf.clear();
-        let (r, b) = from.read(buf).await;
-        buf = b;
-        let n = r?;
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(());
-        }
-        last_activity.set(Instant::now());
-        inspect(&buf[..n]);
-        let (r, b) = to.write_all(buf).await;
-        buf = b;
-        r?;
-    }
-}
-
+/// Copies `from` to `to` until EOF, handing each chunk to `inspect` (counting, protocol
+/// detection) before writing it.
 async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
     mut from: R,
     mut to: W,
     buffer_bytes: usize,
     last_activity: &Cell<Instant>,
-    count: impl Fn(u64),
+    inspect: impl Fn(&[u8]),
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(buffer_bytes);
     loop {
@@ -222,7 +198,7 @@ async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
             return Ok(());
         }
         last_activity.set(Instant::now());
-        count(n as u64);
+        inspect(&buf[..n]);
         let (r, b) = to.write_all(buf).await;
         buf = b;
         r?;

@@ -177,17 +177,22 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 }
 
 fn start_provider(net: &Net) -> Proc {
-    let mut child = net
-        .node("provider.js")
-        .args(["--port", &PROVIDER_PORT.to_string(), "--name", "A"])
+    let mut c = net.node("provider.js");
+    c.args(["--port", &PROVIDER_PORT.to_string(), "--name", "A"]);
+    spawn_until_ready(c, "provider")
+}
+
+/// Spawns a peer that prints `READY ...` once it listens, and waits for that line.
+fn spawn_until_ready(mut c: Command, what: &str) -> Proc {
+    let mut child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn provider");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert!(ready.starts_with("READY"), "provider: {ready:?}");
+    assert!(ready.starts_with("READY"), "{what}: {ready:?}");
     Proc(child)
 }
 
@@ -214,22 +219,13 @@ fn config(admin: SocketAddr, host_if: &str) -> String {
 fn start_grpc_server(net: &Net) -> Proc {
     let python = root().join(".cache/venv/bin/python");
     assert!(python.exists(), "run scripts/install-test-deps");
-    let mut child = net
-        .exec(python.to_str().unwrap())
-        .arg(root().join("tests/peers/grpc/server.py"))
+    let mut c = net.exec(python.to_str().unwrap());
+    c.arg(root().join("tests/peers/grpc/server.py"))
         .args(["--host", PEER_IP, "--port", &GRPC_SERVER_PORT.to_string()])
         .args(["--name", "G"])
         .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn grpc server");
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert!(ready.starts_with("READY"), "grpc server: {ready:?}");
-    Proc(child)
+        .stdin(Stdio::null());
+    spawn_until_ready(c, "grpc server")
 }
 
 /// One grpcio client run in the namespace against ringside's Triple listener on the DPDK port.
