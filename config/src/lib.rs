@@ -430,6 +430,21 @@ pub struct Listener {
     pub virtual_listeners: Vec<String>,
 }
 
+impl Listener {
+    /// The route actions of every Dubbo and Triple route of this listener.
+    pub fn route_actions(&self) -> impl Iterator<Item = &RouteAction> {
+        let dubbo = self
+            .dubbo
+            .iter()
+            .flat_map(|d| d.routes.iter().map(|r| &r.route));
+        let triple = self
+            .triple
+            .iter()
+            .flat_map(|t| t.routes.iter().map(|r| &r.route));
+        dubbo.chain(triple)
+    }
+}
+
 /// HTTP/2 limits and routes of a `triple` listener. The limits are what ringside advertises to
 /// callers in its SETTINGS and enforces.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1281,20 +1296,11 @@ impl Config {
                     );
                 }
             }
-            let route_clusters = l
-                .dubbo
-                .iter()
-                .flat_map(|d| d.routes.iter().map(|r| &r.route))
-                .chain(
-                    l.triple
-                        .iter()
-                        .flat_map(|t| t.routes.iter().map(|r| &r.route)),
-                )
-                .flat_map(|a| {
-                    a.cluster
-                        .iter()
-                        .chain(a.weighted_clusters.iter().map(|w| &w.name))
-                });
+            let route_clusters = l.route_actions().flat_map(|a| {
+                a.cluster
+                    .iter()
+                    .chain(a.weighted_clusters.iter().map(|w| &w.name))
+            });
             for c in route_clusters {
                 if orig_dst_cluster(c.as_str()) {
                     err(

@@ -151,16 +151,7 @@ impl Cache {
 /// Every cluster a listener sends traffic to.
 fn referenced_clusters(l: &Listener) -> Vec<&str> {
     let mut out: Vec<&str> = l.cluster.iter().map(String::as_str).collect();
-    let actions = l
-        .dubbo
-        .iter()
-        .flat_map(|d| d.routes.iter().map(|r| &r.route))
-        .chain(
-            l.triple
-                .iter()
-                .flat_map(|t| t.routes.iter().map(|r| &r.route)),
-        );
-    for a in actions {
+    for a in l.route_actions() {
         out.extend(a.cluster.as_deref());
         out.extend(a.weighted_clusters.iter().map(|w| w.name.as_str()));
     }
