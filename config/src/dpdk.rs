@@ -30,6 +30,15 @@ pub const DPDK_SOCKETS_PER_SHARD_MAX: u32 = 65_536;
 pub const DPDK_TCP_BUFFER_BYTES_DEFAULT: u32 = 256 * 1024;
 pub const DPDK_TCP_BUFFER_BYTES_MIN: u32 = 4 * 1024;
 pub const DPDK_TCP_BUFFER_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Packets one shard can have waiting in another's steering ring (multi-queue: packets RSS put
+/// on the wrong shard's queue); beyond it they are dropped and counted, as a full NIC ring would.
+pub const DPDK_STEER_RING_SIZE_DEFAULT: u32 = 4096;
+pub const DPDK_STEER_RING_SIZE_MIN: u32 = 64;
+pub const DPDK_STEER_RING_SIZE_MAX: u32 = 1 << 20;
+/// Local ports `DPDK_EPHEMERAL_PORT_FIRST..=65535` of the DPDK address are the stacks' upstream
+/// source ports, split evenly between the queues (that is how a packet of an upstream
+/// connection finds the shard that opened it). A listener's port in that range is skipped.
+pub const DPDK_EPHEMERAL_PORT_FIRST: u16 = 49_152;
 /// Port MTU (IP packet size).
 pub const DPDK_MTU_DEFAULT: u16 = 1500;
 pub const DPDK_MTU_MIN: u16 = 576;
@@ -90,6 +99,9 @@ pub struct Dpdk {
     pub tcp_tx_buffer_bytes: u32,
     #[serde(default = "mtu_default")]
     pub mtu: u16,
+    /// Packets a shard's steering ring holds (multi-queue only; `DPDK_STEER_RING_SIZE_*`).
+    #[serde(default = "steer_ring_default")]
+    pub steer_ring_size: u32,
 }
 
 fn yes() -> bool {
@@ -122,8 +134,31 @@ fn tcp_buffer_default() -> u32 {
 fn mtu_default() -> u16 {
     DPDK_MTU_DEFAULT
 }
+fn steer_ring_default() -> u32 {
+    DPDK_STEER_RING_SIZE_DEFAULT
+}
 
 impl Dpdk {
+    /// The local ports queue `queue` opens upstream connections from: its even share of
+    /// `DPDK_EPHEMERAL_PORT_FIRST..=65535`.
+    pub fn source_ports(&self, queue: u16) -> std::ops::RangeInclusive<u16> {
+        let span = self.source_port_span();
+        let first = u32::from(DPDK_EPHEMERAL_PORT_FIRST) + u32::from(queue) * span;
+        // In range: queue < queues, so first + span - 1 <= 65535.
+        (first as u16)..=((first + span - 1) as u16)
+    }
+
+    /// The queue whose upstream connections use local port `port`, if any.
+    pub fn source_port_queue(&self, port: u16) -> Option<u16> {
+        let off = u32::from(port.checked_sub(DPDK_EPHEMERAL_PORT_FIRST)?);
+        let q = off / self.source_port_span();
+        (q < u32::from(self.queues)).then_some(q as u16)
+    }
+
+    fn source_port_span(&self) -> u32 {
+        (65_536 - u32::from(DPDK_EPHEMERAL_PORT_FIRST)) / u32::from(self.queues.max(1))
+    }
+
     /// Whether `ip` is in the port's subnet.
     pub fn in_subnet(&self, ip: Ipv4Addr) -> bool {
         let mask = if self.prefix_len == 0 {
@@ -224,17 +259,12 @@ impl Dpdk {
         range("prefix_len", self.prefix_len.into(), 1, 32);
         let most = shards.unwrap_or(crate::SHARDS_MAX) as u64;
         range("queues", self.queues.into(), 1, most);
-        if self.queues > 1 {
-            // Return traffic of upstream connections must reach the queue of the shard that
-            // opened them; steering it (RSS-aware source ports or flow rules) is not built yet.
-            err(
-                "dpdk.queues".into(),
-                format!(
-                    "{}: only 1 is supported so far (one DPDK shard; docs/dpdk.md, limits)",
-                    self.queues
-                ),
-            );
-        }
+        range(
+            "steer_ring_size",
+            self.steer_ring_size.into(),
+            DPDK_STEER_RING_SIZE_MIN.into(),
+            DPDK_STEER_RING_SIZE_MAX.into(),
+        );
         if self.vdevs.is_empty() && self.pci.is_empty() {
             err(
                 "dpdk".into(),

@@ -322,6 +322,24 @@ fn dpdk_section_defaults_subnet_and_listener_checks() {
     assert!(fields.contains(&"listeners[0].protocol"), "{e:?}");
     assert!(fields.contains(&"dpdk"), "{e:?}");
     assert!(fields.contains(&"dpdk.gateway"), "{e:?}");
+
+    // Two queues split the upstream source ports.
+    let two = format!(
+        "{GOOD}dpdk:\n  vdevs: [\"net_null0\"]\n  address: 10.1.2.3\n  prefix_len: 24\n  queues: 2\n"
+    );
+    let c = Config::from_yaml("c.yaml", &two).unwrap();
+    let d = c.dpdk.as_ref().unwrap();
+    assert_eq!(d.source_ports(0), 49_152..=57_343);
+    assert_eq!(d.source_ports(1), 57_344..=65_535);
+    assert_eq!(d.source_port_queue(49_152), Some(0));
+    assert_eq!(d.source_port_queue(57_343), Some(0));
+    assert_eq!(d.source_port_queue(57_344), Some(1));
+    assert_eq!(d.source_port_queue(65_535), Some(1));
+    assert_eq!(d.source_port_queue(20_880), None);
+    let three = Config::from_yaml("c.yaml", &two.replace("queues: 2", "queues: 3")).unwrap();
+    let d = three.dpdk.as_ref().unwrap();
+    assert_eq!(d.source_ports(2), 60_074..=65_534);
+    assert_eq!(d.source_port_queue(65_535), None);
 }
 
 #[test]

@@ -545,7 +545,7 @@ pub fn shard_main(
             accepting: true,
         };
         #[cfg(feature = "dpdk")]
-        crate::dpdk::start_shard(id);
+        crate::dpdk::start_shard(id, &shared.stats, st.stats.clone());
         st.apply(first);
         shared
             .lifecycle

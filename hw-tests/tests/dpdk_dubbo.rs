@@ -7,9 +7,12 @@
 //!  provider.js ─┴─ dpdk-<pid>b 10.213.3.1 ═veth═ dpdk-<pid>a (no IP; DPDK's 10.213.3.2)
 //! ```
 //!
-//! The consumer calls 10.213.3.2:20880 (a listener on the DPDK port: accepted by the shard's
-//! smoltcp stack), ringside forwards to the provider 10.213.3.1:20881 (an upstream connection
-//! opened by the same stack), and the answers come back the same way. The namespace and the veth
+//! The consumer calls 10.213.3.2:20880 (a listener on the DPDK port: accepted by the smoltcp
+//! stack of the shard whose queue got the SYN), ringside forwards to the provider
+//! 10.213.3.1:20881 (an upstream connection opened by the same stack), and the answers come back
+//! the same way. Two shards run the port with a queue pair each (`qpairs=2`, spread by the
+//! kernel's fanout hash): replies of an upstream connection that land on the other shard's queue
+//! are steered to the shard that opened it (its source port says which). The namespace and the veth
 //! are removed on drop, also when the test fails. The kernel never routes for the DPDK end: it
 //! has no address, IPv6 is off and forwarding from it is off.
 #![cfg(feature = "dpdk")]
@@ -204,13 +207,16 @@ fn kernel_config(admin: SocketAddr) -> String {
     )
 }
 
-fn config(admin: SocketAddr, host_if: &str) -> String {
+/// `shards` shards, each with its own queue pair on the port (`qpairs`: the kernel's
+/// PACKET_FANOUT hash spreads the flows, as RSS would on a NIC), and 8 upstream connections per
+/// shard so that replies landing on another shard's queue (steering) are all but certain.
+fn config(admin: SocketAddr, host_if: &str, shards: usize) -> String {
     format!(
-        "admin:\n  address: {admin}\nruntime:\n  shards: 1\n\
-         dpdk:\n  vdevs: [\"net_af_packet0,iface={host_if}\"]\n  no_huge: true\n  memory_mb: 256\n  mbufs_per_queue: 4095\n  address: {DPDK_IP}\n  prefix_len: 24\n\
+        "admin:\n  address: {admin}\nruntime:\n  shards: {shards}\n\
+         dpdk:\n  vdevs: [\"net_af_packet0,iface={host_if},qpairs={shards}\"]\n  no_huge: true\n  memory_mb: 256\n  mbufs_per_queue: 4095\n  address: {DPDK_IP}\n  prefix_len: 24\n  queues: {shards}\n\
          listeners:\n  - name: out\n    address: {DPDK_IP}:{LISTEN_PORT}\n    protocol: dubbo\n    cluster: a\n\
          \x20 - name: grpc\n    address: {DPDK_IP}:{GRPC_LISTEN_PORT}\n    protocol: triple\n    cluster: g\n\
-         clusters:\n  - name: a\n    endpoints: [\"{PEER_IP}:{PROVIDER_PORT}\"]\n    timeout_ms: 5000\n\
+         clusters:\n  - name: a\n    endpoints: [\"{PEER_IP}:{PROVIDER_PORT}\"]\n    timeout_ms: 5000\n    connections_per_host: 8\n\
          \x20 - name: g\n    endpoints: [\"{PEER_IP}:{GRPC_SERVER_PORT}\"]\n"
     )
 }
@@ -317,7 +323,8 @@ fn dubbo_call_crosses_the_dpdk_path_both_ways() {
     let net = Net::new();
     let _provider = start_provider(&net);
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _rs = start_ringside(&dir, &config(admin, &net.host_if), admin);
+    // Two shards, two queue pairs.
+    let _rs = start_ringside(&dir, &config(admin, &net.host_if, 2), admin);
 
     let lines = consumer(
         &net,
@@ -349,10 +356,42 @@ fn dubbo_call_crosses_the_dpdk_path_both_ways() {
     let r = grpc_client(&net, &["--call", "bidi", "--count", "20"]);
     assert_eq!(r["replies"].as_array().map(Vec::len), Some(20), "{r}");
 
+    // Many connections at once: both shards' queues get some (hash fanout), and every upstream
+    // reply RSS puts on the other queue is steered to the shard that opened the connection.
+    let (conns, calls) = (16, 4);
+    let ok = in_netns(&net.ns, move || {
+        let addr: SocketAddr = format!("{DPDK_IP}:{LISTEN_PORT}").parse().unwrap();
+        let mut cs: Vec<dubbo::Consumer> =
+            (0..conns).map(|_| dubbo::Consumer::connect(addr)).collect();
+        echo_calls(&mut cs, calls)
+    });
+    assert_eq!(ok, conns * calls);
+    std::thread::sleep(Duration::from_millis(1500)); // queue counters are published every 1 s
     let stats = http_get(admin, "/stats").expect("stats");
-    assert_eq!(stat(&stats, "dubbo_route.out.default.rsp_ok"), 5, "{stats}");
+    assert_eq!(
+        stat(&stats, "dubbo_route.out.default.rsp_ok"),
+        5 + (conns * calls) as u64,
+        "{stats}"
+    );
+    for q in ["0", "1"] {
+        assert!(stat(&stats, &format!("dpdk.{q}.rx_packets")) > 0, "{stats}");
+        assert!(stat(&stats, &format!("dpdk.{q}.tx_packets")) > 0, "{stats}");
+    }
+    let steered = stat(&stats, "dpdk.0.steered_out") + stat(&stats, "dpdk.1.steered_out");
+    let taken = stat(&stats, "dpdk.0.steered_in") + stat(&stats, "dpdk.1.steered_in");
+    let copies = stat(&stats, "dpdk.0.arp_copies") + stat(&stats, "dpdk.1.arp_copies");
+    for l in stats.lines().filter(|l| l.starts_with("dpdk.")) {
+        println!("{l}");
+    }
+    assert!(steered > 0, "no packet needed steering: {stats}");
+    assert_eq!(steered + copies, taken, "{stats}");
+    assert_eq!(
+        stat(&stats, "dpdk.0.steer_dropped") + stat(&stats, "dpdk.1.steer_dropped"),
+        0,
+        "{stats}"
+    );
+    assert!(stat(&stats, "cluster.a.upstream_cx_total") >= 16, "{stats}");
     assert!(stat(&stats, "cluster.g.upstream_cx_total") >= 1, "{stats}");
-    assert!(stat(&stats, "cluster.a.upstream_cx_total") >= 1, "{stats}");
 
     // Latency, one connection, sequential calls from a consumer in the namespace (printed for
     // docs/benchmarks.md; RINGSIDE_DPDK_BENCH_CALLS sets how many).
@@ -383,6 +422,26 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     })
     .join()
     .expect("netns thread")
+}
+
+/// `calls` echo calls on each connection, all connections' requests on the wire at once;
+/// returns the calls answered Ok.
+fn echo_calls(cs: &mut [dubbo::Consumer], calls: usize) -> usize {
+    use codec::dubbo::encode::{Arg, RequestBuilder};
+    let args = [Arg::Str("spread")];
+    let req = RequestBuilder::new("com.ringside.test.EchoService", "echo")
+        .version("1.0.0")
+        .args(&args);
+    let mut ok = 0;
+    for _ in 0..calls {
+        let ids: Vec<u64> = cs.iter_mut().map(|c| c.send(req)).collect();
+        for (c, id) in cs.iter_mut().zip(ids) {
+            let a = c.recv().expect("an answer");
+            assert_eq!(a.id, id);
+            ok += usize::from(a.status == codec::dubbo::Status::Ok);
+        }
+    }
+    ok
 }
 
 /// p50 and p99 (µs) of `n` sequential echo calls on one connection to `addr`.
@@ -439,7 +498,8 @@ fn latency_kernel_vs_dpdk() {
             sh(&["ip", "addr", "add", &cidr, "dev", &net.host_if]);
             kernel_config(admin)
         } else {
-            config(admin, &net.host_if)
+            // One shard, as the kernel run (figures in docs/benchmarks.md).
+            config(admin, &net.host_if, 1)
         };
         let rs = start_ringside(&dir, &cfg, admin);
         for run in 0..runs {

@@ -84,7 +84,7 @@ fn no_hugepages_says_so() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let e = fails_with("  vdevs: [\"net_null0\"]\n  no_huge: true\n  queues: 2\n  burst: 0\n");
+    let e = fails_with("  vdevs: [\"net_null0\"]\n  no_huge: true\n  queues: 0\n  burst: 0\n");
     assert!(e.contains("dpdk.burst"), "{e}");
     assert!(e.contains("dpdk.queues"), "{e}");
 }

@@ -2,8 +2,10 @@
 //! to fix, and the per-queue packet I/O (rx/tx bursts of mbufs).
 
 use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use crossbeam_queue::ArrayQueue;
 use dpdk_sys as sys;
 
 /// Bytes of packet data per mbuf (DPDK's RTE_MBUF_DEFAULT_BUF_SIZE: 2048 + headroom).
@@ -98,7 +100,20 @@ pub struct Eal {
     pub cfg: config::Dpdk,
     /// One mbuf pool per queue pair, in queue order.
     pools: Vec<Pool>,
+    /// Multi-queue: one steering ring per queue, in queue order (empty with one queue). A shard
+    /// that receives a packet belonging to another shard's connection (RSS hashed it to the
+    /// wrong queue) puts it on that shard's ring, which the shard reads between its RX bursts.
+    steer: Vec<ArrayQueue<MbufPtr>>,
+    /// Ports some shard listens on (a bit per port): packets to them stay on the queue RSS
+    /// chose, and no upstream connection takes one as its source port. Bits are only set.
+    listening: Box<[AtomicU64]>,
 }
+
+/// An mbuf on its way from one shard to another (ownership moves with the pointer).
+struct MbufPtr(*mut sys::rte_mbuf);
+// SAFETY: an mbuf is plain memory owned by whoever holds the pointer; freeing it from another
+// thread returns it to its pool, which is multi-producer safe.
+unsafe impl Send for MbufPtr {}
 
 /// An mbuf pool: created once at start-up and never freed (it lives as long as the process).
 #[derive(Clone, Copy)]
@@ -188,12 +203,21 @@ fn start(cfg: &config::Dpdk) -> Result<Eal, EalError> {
         address = %cfg.address,
         "DPDK port started"
     );
+    let steer = if cfg.queues > 1 {
+        (0..cfg.queues)
+            .map(|_| ArrayQueue::new(cfg.steer_ring_size as usize))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Eal {
         port_id,
         port_name,
         mac: mac.addr_bytes,
         cfg: cfg.clone(),
         pools,
+        steer,
+        listening: (0..65_536 / 64).map(|_| AtomicU64::new(0)).collect(),
     })
 }
 
@@ -366,6 +390,16 @@ fn setup_port(cfg: &config::Dpdk, port: u16, name: &str) -> Result<Vec<Pool>, Ea
 }
 
 impl Eal {
+    /// Notes that a shard listens on `port` (before its listening sockets exist).
+    pub fn mark_listening(&self, port: u16) {
+        self.listening[usize::from(port / 64)].fetch_or(1 << (port % 64), Ordering::Relaxed);
+    }
+
+    /// Whether some shard listens on `port`.
+    pub fn is_listening(&self, port: u16) -> bool {
+        self.listening[usize::from(port / 64)].load(Ordering::Relaxed) & (1 << (port % 64)) != 0
+    }
+
     /// The queue pair of shard `shard`, or `None` when the shard has none (`dpdk.queues`).
     /// Call it once per shard, on the shard's thread.
     pub fn queue(&'static self, shard: usize) -> Option<Queue> {
@@ -386,6 +420,9 @@ impl Eal {
             rx: vec![std::ptr::null_mut(); self.cfg.burst as usize],
             rx_pos: 0,
             rx_len: 0,
+            rx_steered: false,
+            steer_turn: false,
+            eal: self,
             tx: Vec::with_capacity(self.cfg.burst as usize),
             stats: QueueStats::default(),
         })
@@ -403,6 +440,75 @@ pub struct QueueStats {
     pub tx_no_mbuf: u64,
     /// Received packets too large for the stack (multi-segment beyond the MTU).
     pub rx_dropped: u64,
+    /// Multi-queue: packets this queue received for another shard's connection, handed over.
+    pub steered_out: u64,
+    /// Multi-queue: packets other shards handed to this one.
+    pub steered_in: u64,
+    /// Multi-queue: packets dropped because the owning shard's steering ring was full (or,
+    /// for ARP copies, no mbuf was free).
+    pub steer_dropped: u64,
+    /// Multi-queue: ARP replies copied to the other shards (each stack keeps its own cache).
+    pub arp_copies: u64,
+}
+
+/// Where a received packet goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dest {
+    Here,
+    /// Another shard's upstream connection: its local port is in that queue's source ports.
+    Queue(u16),
+    /// An ARP reply: every stack learns from it, and this one too.
+    Everyone,
+}
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+const ARP_REPLY: u16 = 2;
+const IPPROTO_TCP: u8 = 6;
+
+/// Which shard a received Ethernet frame belongs to (multi-queue). Only TCP to `address` with a
+/// destination port in another queue's source ports (and no listener's) moves, and ARP replies
+/// are copied; the rest (connections to listeners, which RSS keeps on the queue that got their
+/// SYN, ICMP, fragments) stays where RSS put it.
+/// `listening`: whether some shard listens on a port.
+pub fn classify(
+    frame: &[u8],
+    cfg: &config::Dpdk,
+    listening: impl Fn(u16) -> bool,
+    me: u16,
+) -> Dest {
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    match be16(12) {
+        Some(ETHERTYPE_ARP) => {
+            if be16(14 + 6) == Some(ARP_REPLY) {
+                Dest::Everyone
+            } else {
+                Dest::Here
+            }
+        }
+        Some(ETHERTYPE_IPV4) => {
+            let Some(&vihl) = frame.get(14) else {
+                return Dest::Here;
+            };
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            let to_us = frame.get(30..34) == Some(&cfg.address.octets()[..]);
+            // Not a later fragment (offset 0): those carry no TCP header.
+            let first_fragment = be16(14 + 6).is_some_and(|f| f & 0x1fff == 0);
+            if frame.get(14 + 9) != Some(&IPPROTO_TCP) || !to_us || !first_fragment {
+                return Dest::Here;
+            }
+            let port = be16(14 + ihl + 2).filter(|&p| !listening(p));
+            match port.and_then(|p| cfg.source_port_queue(p)) {
+                Some(q) if q != me => Dest::Queue(q),
+                _ => Dest::Here,
+            }
+        }
+        _ => Dest::Here,
+    }
 }
 
 /// One RX/TX queue pair of the port and its mbuf pool, owned by one shard.
@@ -414,6 +520,11 @@ pub struct Queue {
     rx: Vec<*mut sys::rte_mbuf>,
     rx_pos: usize,
     rx_len: usize,
+    /// `rx` holds packets from this queue's steering ring (already classified).
+    rx_steered: bool,
+    /// The next refill tries the steering ring first (alternates with the RX ring).
+    steer_turn: bool,
+    eal: &'static Eal,
     tx: Vec<*mut sys::rte_mbuf>,
     pub stats: QueueStats,
 }
@@ -466,20 +577,119 @@ impl Queue {
         n as usize
     }
 
-    /// The next received packet, polling the RX ring (one burst) when the last burst is used up.
-    pub fn recv(&mut self) -> Option<Mbuf> {
-        if self.rx_pos == self.rx_len {
-            let n = self.rx_burst();
-            self.rx_pos = 0;
-            self.rx_len = n;
-            self.stats.rx_packets += n as u64;
-            if n == 0 {
-                return None;
+    /// Takes up to one burst from this queue's steering ring into `rx`.
+    fn steered_burst(&mut self) -> usize {
+        let Some(ring) = self.eal.steer.get(usize::from(self.queue)) else {
+            return 0;
+        };
+        let mut n = 0;
+        while n < self.burst {
+            let Some(MbufPtr(m)) = ring.pop() else { break };
+            self.rx[n] = m;
+            n += 1;
+        }
+        self.stats.steered_in += n as u64;
+        n
+    }
+
+    /// Refills `rx` from the steering ring and the RX ring in turn; false when both are empty.
+    fn refill(&mut self) -> bool {
+        for _ in 0..2 {
+            let steered = self.steer_turn && !self.eal.steer.is_empty();
+            self.steer_turn = !self.steer_turn;
+            let n = if steered {
+                self.steered_burst()
+            } else {
+                let n = self.rx_burst();
+                self.stats.rx_packets += n as u64;
+                n
+            };
+            if n > 0 {
+                (self.rx_pos, self.rx_len, self.rx_steered) = (0, n, steered);
+                return true;
             }
         }
-        let m = self.rx[self.rx_pos];
-        self.rx_pos += 1;
-        Some(Mbuf(m))
+        (self.rx_pos, self.rx_len) = (0, 0);
+        false
+    }
+
+    /// The next packet for this shard's stack: from the RX ring (one burst at a time) or, with
+    /// several queues, handed over by another shard. Packets for other shards are passed on.
+    pub fn recv(&mut self) -> Option<Mbuf> {
+        loop {
+            if self.rx_pos == self.rx_len && !self.refill() {
+                return None;
+            }
+            let m = Mbuf(self.rx[self.rx_pos]);
+            self.rx_pos += 1;
+            if self.rx_steered || self.eal.steer.is_empty() {
+                return Some(m);
+            }
+            let eal = self.eal;
+            match classify(m.data(), &eal.cfg, |p| eal.is_listening(p), self.queue) {
+                Dest::Here => return Some(m),
+                Dest::Everyone => {
+                    self.copy_to_others(&m);
+                    return Some(m);
+                }
+                Dest::Queue(q) => self.steer(q, m),
+            }
+        }
+    }
+
+    /// Hands `m` to queue `q`'s shard (dropped and counted when its ring is full).
+    fn steer(&mut self, q: u16, m: Mbuf) {
+        if self.hand_over(q, m) {
+            self.stats.steered_out += 1;
+        } else {
+            self.stats.steer_dropped += 1;
+        }
+    }
+
+    /// Puts `m` on queue `q`'s steering ring; false (and `m` freed) when it is full.
+    fn hand_over(&self, q: u16, m: Mbuf) -> bool {
+        let Some(ring) = self.eal.steer.get(usize::from(q)) else {
+            return false;
+        };
+        let p = MbufPtr(m.0);
+        std::mem::forget(m);
+        match ring.push(p) {
+            Ok(()) => true,
+            Err(MbufPtr(back)) => {
+                drop(Mbuf(back));
+                false
+            }
+        }
+    }
+
+    /// A copy of `m` (from this queue's pool) for every other shard.
+    fn copy_to_others(&mut self, m: &Mbuf) {
+        let data = m.data();
+        for q in 0..self.eal.cfg.queues {
+            if q == self.queue {
+                continue;
+            }
+            // SAFETY: the pool is valid for the process's life.
+            let c = unsafe { sys::rs_pktmbuf_alloc(self.pool) };
+            if c.is_null() {
+                self.stats.steer_dropped += 1;
+                continue;
+            }
+            let copy = Mbuf(c);
+            // SAFETY: fresh mbuf; append returns NULL when the tailroom is too small.
+            let p = unsafe { sys::rs_pktmbuf_append(c, data.len() as u16) };
+            if p.is_null() {
+                self.stats.steer_dropped += 1;
+                continue;
+            }
+            // SAFETY: append made data.len() bytes at p writable; the source is another mbuf.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+            if self.hand_over(q, copy) {
+                self.stats.arp_copies += 1;
+            } else {
+                self.stats.steer_dropped += 1;
+            }
+        }
     }
 
     /// Queues a packet of `len` bytes filled by `fill`, sending a burst when `burst` are queued.

@@ -7,7 +7,7 @@
 pub mod eal;
 pub mod stack;
 
-pub use eal::{Eal, EalError, Queue};
+pub use eal::{classify, Dest, Eal, EalError, Queue};
 pub use stack::{DpdkListener, DpdkStream, Stack};
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,11 +25,53 @@ pub fn start(cfg: &config::Dpdk, shards: usize) -> Result<(), String> {
     eal::init(cfg).map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Called on each shard as it starts: builds its stack when it has a queue pair.
-pub fn start_shard(shard: usize) {
-    if let Some(e) = eal::get() {
-        let _ = Stack::start(e, shard);
-    }
+/// Called on each shard as it starts: builds its stack when it has a queue pair, and publishes
+/// the queue's packet counters as `dpdk.<queue>.*` stats.
+pub fn start_shard(
+    shard: usize,
+    stats: &std::sync::Arc<crate::stats::Stats>,
+    shard_stats: crate::stats::ShardStats,
+) {
+    let Some(e) = eal::get() else { return };
+    let Some(stack) = Stack::start(e, shard) else {
+        return;
+    };
+    let q = shard.to_string();
+    let t = [("queue", q.as_str())];
+    let id = |name| stats.add("dpdk", name, &t, crate::stats::Kind::Counter);
+    let ids = [
+        id("rx_packets"),
+        id("tx_packets"),
+        id("tx_dropped"),
+        id("tx_no_mbuf"),
+        id("rx_dropped"),
+        id("steered_out"),
+        id("steered_in"),
+        id("steer_dropped"),
+        id("arp_copies"),
+    ];
+    shard::monoio::spawn(async move {
+        let mut last = [0u64; 9];
+        loop {
+            shard::monoio::time::sleep(crate::server::POLL_STATS_PUBLISH).await;
+            let s = stack.queue_stats();
+            let now = [
+                s.rx_packets,
+                s.tx_packets,
+                s.tx_dropped,
+                s.tx_no_mbuf,
+                s.rx_dropped,
+                s.steered_out,
+                s.steered_in,
+                s.steer_dropped,
+                s.arp_copies,
+            ];
+            for ((id, n), l) in ids.iter().zip(now).zip(&mut last) {
+                shard_stats.add(*id, n.saturating_sub(*l));
+                *l = n;
+            }
+        }
+    });
 }
 
 /// Whether a listener on `addr` runs on the DPDK port (its address is the port's).

@@ -33,8 +33,6 @@ pub const LISTEN_BACKLOG: usize = 16;
 pub const ORPHAN_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Polls between two scans of the orphans when nothing changed.
 const ORPHAN_SCAN_POLLS: u64 = 4096;
-/// Local ports of upstream connections: `EPHEMERAL_PORT_FIRST..=u16::MAX`.
-pub const EPHEMERAL_PORT_FIRST: u16 = 49_152;
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Stack>>> = const { RefCell::new(None) };
@@ -122,9 +120,29 @@ struct Inner {
     orphans: Vec<(SocketHandle, std::time::Instant)>,
     /// Tasks waiting in `accept`, woken after every poll that changed socket state.
     accept_wakers: Vec<Waker>,
+    /// Local ports of this shard's upstream connections (its queue's share: how a packet of
+    /// one that RSS puts on another queue is steered back here) and the next one to use.
+    source_ports: std::ops::RangeInclusive<u16>,
     next_port: u16,
     live: usize,
     polls: u64,
+}
+
+impl Inner {
+    /// The next source port of this shard's range that no listener uses (when listeners hold
+    /// every port of the range, which would take thousands of them, the next port anyway).
+    fn take_source_port(&mut self, eal: &Eal) -> u16 {
+        let (first, last) = (*self.source_ports.start(), *self.source_ports.end());
+        let mut p = self.next_port;
+        for _ in first..=last {
+            if !eal.is_listening(p) {
+                break;
+            }
+            p = if p >= last { first } else { p + 1 };
+        }
+        self.next_port = if p >= last { first } else { p + 1 };
+        p
+    }
 }
 
 /// One shard's TCP/IP stack.
@@ -132,6 +150,7 @@ pub struct Stack {
     inner: RefCell<Inner>,
     pub address: Ipv4Addr,
     cfg: config::Dpdk,
+    eal: &'static Eal,
 }
 
 fn now() -> SmolInstant {
@@ -161,7 +180,7 @@ impl Stack {
                 tracing::warn!(gateway = %g, error = ?e, "cannot add the default route");
             }
         }
-        let span = (u16::MAX - EPHEMERAL_PORT_FIRST) / cfg.queues.max(1);
+        let source_ports = cfg.source_ports(shard as u16);
         let stack = Rc::new(Stack {
             inner: RefCell::new(Inner {
                 iface,
@@ -169,12 +188,14 @@ impl Stack {
                 port,
                 orphans: Vec::new(),
                 accept_wakers: Vec::new(),
-                next_port: EPHEMERAL_PORT_FIRST + span * shard as u16,
+                next_port: *source_ports.start(),
+                source_ports,
                 live: 0,
                 polls: 0,
             }),
             address: cfg.address,
             cfg: cfg.clone(),
+            eal,
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(stack.clone()));
         shard::monoio::spawn(poll_loop(stack.clone()));
@@ -242,6 +263,7 @@ impl Stack {
 
     /// Listens on `port` of the stack's address.
     pub fn listen(self: &Rc<Self>, port: u16) -> io::Result<DpdkListener> {
+        self.eal.mark_listening(port);
         let mut backlog = Vec::with_capacity(LISTEN_BACKLOG);
         for _ in 0..LISTEN_BACKLOG {
             backlog.push(self.listening_socket(port)?);
@@ -280,14 +302,7 @@ impl Stack {
                 let mut g = this.inner.borrow_mut();
                 let inner = &mut *g;
                 let h = this.new_socket(inner)?;
-                let span = (u16::MAX - EPHEMERAL_PORT_FIRST) / this.cfg.queues.max(1);
-                let first = inner.next_port;
-                let local = first;
-                inner.next_port = if first.wrapping_sub(EPHEMERAL_PORT_FIRST) % span == span - 1 {
-                    first + 1 - span
-                } else {
-                    first + 1
-                };
+                let local = inner.take_source_port(this.eal);
                 let stream = DpdkStream {
                     stack: this.clone(),
                     h,
