@@ -257,6 +257,10 @@ fn server_info(shared: &Shared) -> serde_json::Value {
                 .collect()
         })
         .unwrap_or_default();
+    #[cfg(feature = "dpdk")]
+    let dpdk = crate::dpdk::server_info();
+    #[cfg(not(feature = "dpdk"))]
+    let dpdk = serde_json::Value::Null;
     let state = match shared.lifecycle.state() {
         State::Starting => "STARTING",
         State::Serving => "LIVE",
@@ -282,6 +286,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
             })
         }),
         "registry": crate::registry_glue::server_info(shared),
+        "dpdk": dpdk,
         "shard_count": shared.shard_count,
         "shards": shards,
     })

@@ -356,6 +356,12 @@ fn dubbo_call_crosses_the_dpdk_path_both_ways() {
     let r = grpc_client(&net, &["--call", "bidi", "--count", "20"]);
     assert_eq!(r["replies"].as_array().map(Vec::len), Some(20), "{r}");
 
+    let info: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/server_info").expect("server_info")).unwrap();
+    assert_eq!(info["dpdk"]["queues"], 2, "{info}");
+    assert_eq!(info["dpdk"]["port"], "net_af_packet0", "{info}");
+    assert_eq!(info["dpdk"]["source_ports"][1], "57344-65535", "{info}");
+
     // Many connections at once: both shards' queues get some (hash fanout), and every upstream
     // reply RSS puts on the other queue is steered to the shard that opened the connection.
     let (conns, calls) = (16, 4);

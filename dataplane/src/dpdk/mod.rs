@@ -74,6 +74,26 @@ pub fn start_shard(
     });
 }
 
+/// The `dpdk` section of `/server_info`: the port and its queues (null without a `dpdk:`
+/// section).
+pub fn server_info() -> serde_json::Value {
+    let Some(e) = eal::get() else {
+        return serde_json::Value::Null;
+    };
+    serde_json::json!({
+        "port": e.port_name,
+        "mac": eal::format_mac(&e.mac),
+        "address": format!("{}/{}", e.cfg.address, e.cfg.prefix_len),
+        "queues": e.cfg.queues,
+        "source_ports": (0..e.cfg.queues)
+            .map(|q| {
+                let r = e.cfg.source_ports(q);
+                format!("{}-{}", r.start(), r.end())
+            })
+            .collect::<Vec<_>>(),
+    })
+}
+
 /// Whether a listener on `addr` runs on the DPDK port (its address is the port's).
 pub fn owns_listener(addr: SocketAddr) -> bool {
     eal::get().is_some_and(|e| addr.ip() == IpAddr::V4(e.cfg.address))
