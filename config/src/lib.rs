@@ -1321,9 +1321,8 @@ impl Config {
         let mut handed: HashSet<&str> = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |f: &str| format!("listeners[{i}].{f}");
-            if !l.virtual_listeners.is_empty()
-                && !(l.protocol == Protocol::Tcp && l.original_destination && l.bind)
-            {
+            let hands_off = l.protocol == Protocol::Tcp && l.original_destination && l.bind;
+            if !l.virtual_listeners.is_empty() && !hands_off {
                 err(
                     at("virtual_listeners"),
                     "only a tcp listener with original_destination: true (and bind: true) hands \

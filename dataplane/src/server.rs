@@ -1024,6 +1024,8 @@ impl Server {
         let mut config = config;
         config.listeners = Vec::new();
         config.clusters = Vec::new();
+        // The two locks are the control plane's (admin, config updates), never a shard's.
+        #[allow(clippy::disallowed_types)]
         let shared = Arc::new(Shared {
             config,
             stats,

@@ -122,13 +122,11 @@ fn large_messages_both_ways_and_many_concurrent_streams() {
 fn local_errors_are_grpc_statuses() {
     let a = Upstream::start("A");
     let dead = local(free_port());
-    let triple = format!(
-        "    triple:\n      routes:\n\
-\x20       - match: {{service: {{exact: helloworld.Greeter}}, method: {{exact: Short}}}}\n          route: {{cluster: a, timeout_ms: 150}}\n\
-\x20       - match: {{service: {{exact: helloworld.Greeter}}}}\n          route: {{cluster: a}}\n\
-\x20       - match: {{service: {{exact: dead.Service}}}}\n          route: {{cluster: dead}}\n"
-    );
-    let (rs, listen) = start(&[("a", a.addr), ("dead", dead)], &triple);
+    let triple = "    triple:\n      routes:\n\
+\x20       - match: {service: {exact: helloworld.Greeter}, method: {exact: Short}}\n          route: {cluster: a, timeout_ms: 150}\n\
+\x20       - match: {service: {exact: helloworld.Greeter}}\n          route: {cluster: a}\n\
+\x20       - match: {service: {exact: dead.Service}}\n          route: {cluster: dead}\n";
+    let (rs, listen) = start(&[("a", a.addr), ("dead", dead)], triple);
     let mut c = Client::connect(listen);
     let r = c.call("/unknown.Service/M", &[], b"");
     assert_eq!(r.grpc_status(), Some(12), "no route: UNIMPLEMENTED {r:?}");

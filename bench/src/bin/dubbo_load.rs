@@ -555,7 +555,8 @@ fn open_reader(
             return;
         };
         if n == 0 {
-            if !counters.stop.load(Relaxed) && !(retired && s.inflight() == 0) {
+            let done = retired && s.inflight() == 0;
+            if !counters.stop.load(Relaxed) && !done {
                 s.error(ErrorKind::Io, counters);
             }
             return;

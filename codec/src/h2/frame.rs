@@ -128,7 +128,7 @@ fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], FrameError> {
         .len()
         .checked_sub(usize::from(pad))
         .ok_or_else(|| protocol("padding longer than the frame"))?;
-    Ok(&rest[..keep])
+    Ok(rest.split_at(keep).0)
 }
 
 /// The header block fragment of a HEADERS frame, without padding and priority fields.
@@ -144,13 +144,15 @@ pub fn headers_fragment(flags: u8, payload: &[u8]) -> Result<&[u8], FrameError> 
 
 /// The (id, value) pairs of a SETTINGS payload.
 pub fn settings(payload: &[u8]) -> Result<impl Iterator<Item = (u16, u32)> + '_, FrameError> {
-    if payload.len() % 6 != 0 {
+    if !payload.len().is_multiple_of(6) {
         return Err(frame_size("SETTINGS length not a multiple of 6"));
     }
     Ok(payload.chunks_exact(6).map(|c| {
+        // chunks_exact: every chunk has 6 bytes.
+        let [a, b, c0, c1, c2, c3] = <[u8; 6]>::try_from(c).unwrap_or_default();
         (
-            u16::from_be_bytes([c[0], c[1]]),
-            u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            u16::from_be_bytes([a, b]),
+            u32::from_be_bytes([c0, c1, c2, c3]),
         )
     }))
 }
@@ -174,7 +176,7 @@ pub fn rst_stream(payload: &[u8]) -> Result<u32, FrameError> {
 /// The last stream id and error code of a GOAWAY frame.
 pub fn goaway(payload: &[u8]) -> Result<(u32, u32), FrameError> {
     let b = payload
-        .get(..8)
+        .first_chunk::<8>()
         .ok_or_else(|| frame_size("GOAWAY shorter than 8 bytes"))?;
     Ok((
         u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & STREAM_ID_MAX,

@@ -16,7 +16,8 @@ pub mod status {
 pub fn split_path(path: &[u8]) -> Option<(&[u8], &[u8])> {
     let rest = path.strip_prefix(b"/")?;
     let slash = rest.iter().rposition(|&b| b == b'/')?;
-    let (service, method) = (&rest[..slash], &rest[slash + 1..]);
+    let (service, method) = rest.split_at(slash);
+    let method = method.get(1..)?;
     if service.is_empty() || method.is_empty() {
         return None;
     }
@@ -64,13 +65,14 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
 pub fn status_text(code: u32, buf: &mut [u8; 10]) -> &[u8] {
     let mut i = buf.len();
     let mut n = code;
-    loop {
+    // u32::MAX has 10 digits: the buffer always has room.
+    for slot in buf.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    &buf[i..]
+    buf.get(i..).unwrap_or_default()
 }

@@ -132,6 +132,8 @@ struct Canonical {
     codes: [u32; 257],
 }
 
+// Runs at compile time: an index out of range fails the build, not a request.
+#[allow(clippy::indexing_slicing)]
 const fn canonical() -> Canonical {
     let mut c = Canonical {
         first_code: [0; HUFFMAN_LEN_MAX + 1],
@@ -193,9 +195,15 @@ pub fn huffman_decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
         let mut len = 5;
         while len <= bits.min(HUFFMAN_LEN_MAX) {
             let code = ((acc >> (bits - len)) & ((1u64 << len) - 1)) as u32;
-            let end = h.first_code[len] + h.count[len];
-            if code < end {
-                let i = h.first_index[len] as usize + (code - h.first_code[len]) as usize;
+            let (Some(&first), Some(&count), Some(&first_index)) = (
+                h.first_code.get(len),
+                h.count.get(len),
+                h.first_index.get(len),
+            ) else {
+                break;
+            };
+            if code < first + count {
+                let i = first_index as usize + (code - first) as usize;
                 let sym = h.symbols.get(i).copied().ok_or(HpackError::Huffman)?;
                 if sym == 256 {
                     // EOS inside a string is an error (RFC 7541 5.2).
@@ -222,6 +230,8 @@ pub fn huffman_decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
 
 /// Appends the Huffman code of `src` (used by tests and tools; the proxy's encoder sends
 /// strings raw).
+// A byte indexes the 257-entry tables: always in range.
+#[allow(clippy::indexing_slicing)]
 pub fn huffman_encode(src: &[u8], dst: &mut Vec<u8>) {
     let mut acc: u64 = 0;
     let mut bits = 0;
@@ -289,10 +299,13 @@ enum Str {
     Table(usize),
 }
 
+/// A dynamic table entry: name, value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
 /// One connection's HPACK decoder.
 pub struct Decoder {
     /// Newest first.
-    entries: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    entries: VecDeque<Entry>,
     size: usize,
     /// Current maximum (changed by size updates from the peer's encoder).
     max: usize,
@@ -403,7 +416,7 @@ impl Decoder {
             let first = block.get(pos).copied().ok_or(HpackError::Truncated)?;
             if first & 0x80 != 0 {
                 // Indexed field.
-                let (index, used) = read_int(&block[pos..], 7)?;
+                let (index, used) = read_int(block.get(pos..).unwrap_or_default(), 7)?;
                 pos += used;
                 let (n, v) = self.entry(index)?;
                 f(n, v, false);
@@ -412,7 +425,7 @@ impl Decoder {
             }
             if first & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the first field.
-                let (size, used) = read_int(&block[pos..], 5)?;
+                let (size, used) = read_int(block.get(pos..).unwrap_or_default(), 5)?;
                 if size > self.limit || fields_seen {
                     return Err(HpackError::TableSizeUpdate {
                         size,
@@ -430,7 +443,7 @@ impl Decoder {
             } else {
                 (4, false, first & 0x10 != 0)
             };
-            let (name_index, used) = read_int(&block[pos..], prefix)?;
+            let (name_index, used) = read_int(block.get(pos..).unwrap_or_default(), prefix)?;
             pos += used;
             let name = if name_index == 0 {
                 let (s, end) = self.read_str(block, pos, true)?;
@@ -444,12 +457,12 @@ impl Decoder {
             pos = end;
             fields_seen = true;
             let n: &[u8] = match name {
-                Str::Block(s, e) => &block[s..e],
+                Str::Block(s, e) => block.get(s..e).ok_or(HpackError::Truncated)?,
                 Str::Scratch => &self.name_buf,
                 Str::Table(i) => self.entry(i)?.0,
             };
             let v: &[u8] = match value {
-                Str::Block(s, e) => &block[s..e],
+                Str::Block(s, e) => block.get(s..e).ok_or(HpackError::Truncated)?,
                 _ => &self.value_buf,
             };
             f(n, v, never);

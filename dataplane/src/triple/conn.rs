@@ -779,7 +779,7 @@ impl Conn {
         id: u32,
         end: bool,
     ) -> Result<(), ConnError> {
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             return Err(conn_err(
                 code::PROTOCOL_ERROR,
                 "even stream id from a client",
@@ -1156,57 +1156,57 @@ async fn read_loop<R: AsyncReadRent>(
             buf.advance(frame::PREFACE.len());
             preface_left = false;
         }
-        while !preface_left {
-            let Some(h) = FrameHeader::parse(&buf) else {
-                break;
-            };
-            if h.len > frame_max {
-                return Err(conn_err(
-                    code::FRAME_SIZE_ERROR,
-                    format!("frame of {} bytes exceeds {frame_max}", h.len),
-                ));
-            }
-            let total = frame::HEADER_BYTES + h.len as usize;
-            if buf.len() < total {
-                buf.reserve(total - buf.len());
-                break;
-            }
-            buf.advance(frame::HEADER_BYTES);
-            let payload = buf.split_to(h.len as usize).freeze();
-            tracing::trace!(
-                side = conn.side_name(),
-                kind = h.kind,
-                stream = h.stream,
-                flags = h.flags,
-                len = h.len,
-                "frame in"
-            );
-            if let Some((sid, end, mut block)) = cont.take() {
-                if h.kind != kind::CONTINUATION || h.stream != sid {
-                    return Err(conn_err(code::PROTOCOL_ERROR, "header block interrupted"));
+        // Frames, once the caller's preface is through (server side).
+        if !preface_left {
+            while let Some(h) = FrameHeader::parse(&buf) {
+                if h.len > frame_max {
+                    return Err(conn_err(
+                        code::FRAME_SIZE_ERROR,
+                        format!("frame of {} bytes exceeds {frame_max}", h.len),
+                    ));
                 }
-                block.extend_from_slice(&payload);
-                if block.len() > cont_max {
-                    return Err(conn_err(code::ENHANCE_YOUR_CALM, "header block too large"));
+                let total = frame::HEADER_BYTES + h.len as usize;
+                if buf.len() < total {
+                    buf.reserve(total - buf.len());
+                    break;
                 }
-                if h.flags & flag::END_HEADERS != 0 {
-                    conn.on_headers(sid, end, &block)?;
-                } else {
-                    cont = Some((sid, end, block));
+                buf.advance(frame::HEADER_BYTES);
+                let payload = buf.split_to(h.len as usize).freeze();
+                tracing::trace!(
+                    side = conn.side_name(),
+                    kind = h.kind,
+                    stream = h.stream,
+                    flags = h.flags,
+                    len = h.len,
+                    "frame in"
+                );
+                if let Some((sid, end, mut block)) = cont.take() {
+                    if h.kind != kind::CONTINUATION || h.stream != sid {
+                        return Err(conn_err(code::PROTOCOL_ERROR, "header block interrupted"));
+                    }
+                    block.extend_from_slice(&payload);
+                    if block.len() > cont_max {
+                        return Err(conn_err(code::ENHANCE_YOUR_CALM, "header block too large"));
+                    }
+                    if h.flags & flag::END_HEADERS != 0 {
+                        conn.on_headers(sid, end, &block)?;
+                    } else {
+                        cont = Some((sid, end, block));
+                    }
+                    continue;
                 }
-                continue;
+                if h.kind == kind::HEADERS {
+                    let frag = frame::headers_fragment(h.flags, &payload)?;
+                    let end = h.flags & flag::END_STREAM != 0;
+                    if h.flags & flag::END_HEADERS != 0 {
+                        conn.on_headers(h.stream, end, frag)?;
+                    } else {
+                        cont = Some((h.stream, end, frag.to_vec()));
+                    }
+                    continue;
+                }
+                conn.on_frame(h, payload)?;
             }
-            if h.kind == kind::HEADERS {
-                let frag = frame::headers_fragment(h.flags, &payload)?;
-                let end = h.flags & flag::END_STREAM != 0;
-                if h.flags & flag::END_HEADERS != 0 {
-                    conn.on_headers(h.stream, end, frag)?;
-                } else {
-                    cont = Some((h.stream, end, frag.to_vec()));
-                }
-                continue;
-            }
-            conn.on_frame(h, payload)?;
         }
         if conn.closed.get() {
             return Ok(());

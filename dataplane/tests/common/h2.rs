@@ -353,6 +353,9 @@ impl Upstream {
     }
 }
 
+/// A request the test upstream is reading: headers so far, body so far.
+type Request = (Vec<(String, String)>, Vec<u8>);
+
 fn serve_upstream(name: &str, s: TcpStream) {
     let mut p = Peer::new(s);
     p.s.set_read_timeout(None).unwrap();
@@ -363,7 +366,7 @@ fn serve_upstream(name: &str, s: TcpStream) {
     let mut o = Vec::new();
     frame::write_settings(&mut o, &[(frame::setting::MAX_CONCURRENT_STREAMS, 1000)]);
     p.write(&o);
-    let mut reqs: HashMap<u32, (Vec<(String, String)>, Vec<u8>)> = HashMap::new();
+    let mut reqs: HashMap<u32, Request> = HashMap::new();
     while let Some(f) = p.read_frame() {
         if p.handle_control(&f) {
             continue;
