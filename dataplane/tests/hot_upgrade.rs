@@ -204,12 +204,14 @@ fn bench_bin(name: &str) -> std::path::PathBuf {
 #[test]
 fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
     let echo_port = free_port();
-    let mut echo = std::process::Command::new(bench_bin("dubbo-echo"))
-        .args(["--listen", &format!("127.0.0.1:{echo_port}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _echo = KillOnDrop(
+        std::process::Command::new(bench_bin("dubbo-echo"))
+            .args(["--listen", &format!("127.0.0.1:{echo_port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (admin, listen) = (local(free_port()), local(free_port()));
     let mut current = Ringside::start(
         &config(admin, listen, local(echo_port)),
@@ -218,28 +220,30 @@ fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
     );
     let dir = TempDir::new("openloop");
     let json = dir.0.join("load.json");
-    let mut load = std::process::Command::new(bench_bin("dubbo-load"))
-        .args([
-            "--target",
-            &listen.to_string(),
-            "--rate",
-            "5000",
-            "--connections",
-            "32",
-        ])
-        .args([
-            "--duration",
-            "14s",
-            "--warmup",
-            "0s",
-            "--timeout",
-            "1s",
-            "--json",
-        ])
-        .arg(&json)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut load = KillOnDrop(
+        std::process::Command::new(bench_bin("dubbo-load"))
+            .args([
+                "--target",
+                &listen.to_string(),
+                "--rate",
+                "5000",
+                "--connections",
+                "32",
+            ])
+            .args([
+                "--duration",
+                "14s",
+                "--warmup",
+                "0s",
+                "--timeout",
+                "1s",
+                "--json",
+            ])
+            .arg(&json)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let fds_before = current.fd_count();
     for _ in 0..20 {
@@ -250,8 +254,7 @@ fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let fds_after = current.fd_count();
-    let status = load.wait().unwrap();
-    let _ = echo.kill();
+    let status = load.0.wait().unwrap();
     assert!(status.success());
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
