@@ -32,7 +32,10 @@ pub fn path(config: &Config) -> PathBuf {
 /// answers belongs to a running ringside: refused unless `replace` (we are its successor).
 pub fn listen(path: &Path, replace: bool) -> Result<UnixListener, String> {
     if path.exists() {
-        if UnixStream::connect(path).is_ok() && !replace {
+        // Probe only a fresh start: a successor replaces the file anyway, and its probe reached
+        // the predecessor's handoff loop as a connection that closes at once (a warning,
+        // "hot upgrade aborted", in every upgrade's log).
+        if !replace && UnixStream::connect(path).is_ok() {
             return Err(format!(
                 "a ringside is already running with control socket {}; start with --upgrade to \
                  replace it",
