@@ -107,6 +107,32 @@ fn config(
     )
 }
 
+/// A provider and a ringside (`--shards shards`) in front of it; returns both and the listener's
+/// address.
+fn provider_and_ringside(shards: &str) -> (Provider, std::net::SocketAddr, Ringside) {
+    let provider = Provider::start("P");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, listen, provider.addr),
+        admin,
+        &["--shards", shards],
+    );
+    (provider, listen, rs)
+}
+
+/// `n` hot upgrades (successors run 2 shards), `pause` after each; every predecessor exits
+/// cleanly after its drain.
+fn upgrade_n_times(mut current: Ringside, n: u64, pause: Duration) -> Ringside {
+    for _ in 0..n {
+        let next = current.upgrade(&["--shards", "2"]);
+        let (status, log) = current.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "predecessor exits cleanly: {log}");
+        current = next;
+        std::thread::sleep(pause);
+    }
+    current
+}
+
 /// The number after `key` in a log, e.g. `requests_in_flight=3`.
 fn field(log: &str, key: &str) -> Option<f64> {
     let at = log.find(key)? + key.len();
@@ -127,13 +153,7 @@ fn stat(rs: &Ringside, name: &str) -> u64 {
 
 #[test]
 fn twenty_upgrades_under_load_lose_nothing_and_carry_counters() {
-    let provider = Provider::start("P");
-    let (admin, listen) = (local(free_port()), local(free_port()));
-    let mut current = Ringside::start(
-        &config(admin, listen, provider.addr),
-        admin,
-        &["--shards", "2"],
-    );
+    let (_provider, listen, mut current) = provider_and_ringside("2");
     let load = start_load(listen, 8);
     std::thread::sleep(Duration::from_millis(300));
     let fds_before = current.fd_count();
@@ -246,13 +266,7 @@ fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let fds_before = current.fd_count();
-    for _ in 0..20 {
-        let next = current.upgrade(&["--shards", "2"]);
-        let (status, log) = current.wait_exit(Duration::from_secs(15));
-        assert!(status.success(), "predecessor exits cleanly: {log}");
-        current = next;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    current = upgrade_n_times(current, 20, Duration::from_millis(50));
     let fds_after = current.fd_count();
     let status = load.0.wait().unwrap();
     assert!(status.success());
@@ -294,14 +308,8 @@ fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
 
 #[test]
 fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
-    let provider = Provider::start("P");
-    let (admin, listen) = (local(free_port()), local(free_port()));
-    let rs = Ringside::start(
-        &config(admin, listen, provider.addr),
-        admin,
-        &["--shards", "1"],
-    );
-    let path = std::env::temp_dir().join(format!("ringside-{}.sock", admin.port()));
+    let (_provider, listen, rs) = provider_and_ringside("1");
+    let path = std::env::temp_dir().join(format!("ringside-{}.sock", rs.admin.port()));
     {
         // A successor that takes the sockets and vanishes without saying it serves.
         let conn = UnixStream::connect(&path).unwrap();
@@ -335,14 +343,8 @@ fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
 
 #[test]
 fn a_successor_that_dies_after_serving_makes_the_old_one_resume() {
-    let provider = Provider::start("P");
-    let (admin, listen) = (local(free_port()), local(free_port()));
-    let rs = Ringside::start(
-        &config(admin, listen, provider.addr),
-        admin,
-        &["--shards", "2"],
-    );
-    let path = std::env::temp_dir().join(format!("ringside-{}.sock", admin.port()));
+    let (_provider, listen, rs) = provider_and_ringside("2");
+    let path = std::env::temp_dir().join(format!("ringside-{}.sock", rs.admin.port()));
     let mut c = Consumer::connect(listen);
     assert_eq!(
         c.call(RequestBuilder::new(SVC, "before")).status,
@@ -379,13 +381,7 @@ fn a_successor_that_dies_after_serving_makes_the_old_one_resume() {
 
 #[test]
 fn an_incompatible_successor_is_refused_cleanly() {
-    let provider = Provider::start("P");
-    let (admin, listen) = (local(free_port()), local(free_port()));
-    let rs = Ringside::start(
-        &config(admin, listen, provider.addr),
-        admin,
-        &["--shards", "1"],
-    );
+    let (_provider, listen, rs) = provider_and_ringside("1");
     let dir = TempDir::new("incompat");
     let cfg = dir.write("c.yaml", &rs.config);
     let out = Command::new(RINGSIDE)
@@ -422,7 +418,7 @@ fn upgrades_under_the_sofa_rpc_node_consumer_fail_no_call() {
     let _p = NodeProvider::start(pport, "P", &[]);
     let (admin, listen) = (local(free_port()), local(free_port()));
     let provider = std::net::SocketAddr::from(([127, 0, 0, 1], pport));
-    let mut current = Ringside::start(&config(admin, listen, provider), admin, &["--shards", "2"]);
+    let current = Ringside::start(&config(admin, listen, provider), admin, &["--shards", "2"]);
     let listen_s = listen.to_string();
     let consumer = std::thread::spawn(move || {
         let mut c = node("consumer.js");
@@ -441,13 +437,8 @@ fn upgrades_under_the_sofa_rpc_node_consumer_fail_no_call() {
         run_consumer(c)
     });
     std::thread::sleep(Duration::from_millis(1500));
-    for _ in 0..3 {
-        let next = current.upgrade(&["--shards", "2"]);
-        let (status, log) = current.wait_exit(Duration::from_secs(15));
-        assert!(status.success(), "{log}");
-        current = next;
-        std::thread::sleep(Duration::from_millis(700));
-    }
+    // The last one serves until the consumer is done.
+    let _current = upgrade_n_times(current, 3, Duration::from_millis(700));
     let (ok, lines) = consumer.join().unwrap();
     let failed: Vec<_> = lines.iter().filter(|l| l["ok"] != true).collect();
     assert!(ok && failed.is_empty(), "failed calls: {failed:?}");
@@ -462,13 +453,7 @@ fn upgrades_under_the_sofa_rpc_node_consumer_fail_no_call() {
 /// grace period did: about one sofa-rpc-node run in eight, nearly every run of this test).
 #[test]
 fn upgrades_under_consumers_that_ignore_readonly_fail_no_call() {
-    let provider = Provider::start("P");
-    let (admin, listen) = (local(free_port()), local(free_port()));
-    let mut current = Ringside::start(
-        &config(admin, listen, provider.addr),
-        admin,
-        &["--shards", "2"],
-    );
+    let (_provider, listen, current) = provider_and_ringside("2");
     const CONSUMERS: u64 = 8;
     const UPGRADES: u64 = 3;
     let stop = Arc::new(AtomicBool::new(false));
@@ -503,13 +488,8 @@ fn upgrades_under_consumers_that_ignore_readonly_fail_no_call() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    for _ in 0..UPGRADES {
-        let next = current.upgrade(&["--shards", "2"]);
-        let (status, log) = current.wait_exit(Duration::from_secs(15));
-        assert!(status.success(), "{log}");
-        current = next;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The last one serves until the consumers are stopped.
+    let _current = upgrade_n_times(current, UPGRADES, Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut reconnects, mut errors) = (0, 0, Vec::new());
     for t in threads {
