@@ -65,14 +65,14 @@ fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
             Ok(false) => continue,
             Err(_) => std::thread::sleep(STOP_CHECK),
         }
-        let Ok((mut conn, _)) = listener.accept() else {
+        let Ok((mut conn, peer)) = listener.accept() else {
             continue;
         };
         let _ = conn.set_nonblocking(false);
         let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
         let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
         let resp = match read_head(&mut conn) {
-            Ok(Some((method, target))) => handle(&method, &target, role, &shared),
+            Ok(Some((method, target))) => handle(&method, &target, role, peer, &shared),
             Ok(None) => continue,
             Err(e) => Response::text(400, &format!("bad request: {e}\n")),
         };
@@ -145,7 +145,7 @@ impl Response {
     }
 }
 
-fn handle(method: &str, target: &str, role: Role, shared: &Shared) -> Response {
+fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Shared) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let allowed = match role {
         Role::Admin => true,
@@ -177,8 +177,8 @@ fn handle(method: &str, target: &str, role: Role, shared: &Shared) -> Response {
                     .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
             }))
         }
-        ("POST", "/drain") => drain(shared, "POST /drain"),
-        ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit"),
+        ("POST", "/drain") => drain(shared, "POST /drain", peer),
+        ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit", peer),
         ("GET", "/") => Response::text(
             200,
             "ringside admin: /ready /server_info /memory /stats /stats?format=json \
@@ -202,7 +202,9 @@ fn ready(shared: &Shared) -> Response {
     }
 }
 
-fn drain(shared: &Shared, reason: &'static str) -> Response {
+fn drain(shared: &Shared, reason: &'static str, peer: SocketAddr) -> Response {
+    // Who asked: a drain nobody expected is explained by its sender.
+    tracing::info!(reason, %peer, "drain requested over the admin API");
     match shared.control.try_send(ControlEvent::Drain { reason }) {
         Ok(()) => Response::text(200, "draining\n"),
         Err(_) => Response::text(200, "already draining\n"),

@@ -32,7 +32,10 @@ pub fn path(config: &Config) -> PathBuf {
 /// answers belongs to a running ringside: refused unless `replace` (we are its successor).
 pub fn listen(path: &Path, replace: bool) -> Result<UnixListener, String> {
     if path.exists() {
-        if UnixStream::connect(path).is_ok() && !replace {
+        // Probe only a fresh start: a successor replaces the file anyway, and its probe reached
+        // the predecessor's handoff loop as a connection that closes at once (a warning,
+        // "hot upgrade aborted", in every upgrade's log).
+        if !replace && UnixStream::connect(path).is_ok() {
             return Err(format!(
                 "a ringside is already running with control socket {}; start with --upgrade to \
                  replace it",
@@ -104,7 +107,11 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
         },
         &[],
     )?;
-    tracing::info!(successor = %theirs, "hot upgrade: successor connected");
+    tracing::info!(
+        successor = %theirs,
+        successor_process = %hotswap::peer_pid(conn).map_or_else(|| "unknown".into(), describe_pid),
+        "hot upgrade: successor connected"
+    );
     match hotswap::recv(conn)?.0 {
         Message::GetListeners => {}
         other => {
@@ -137,6 +144,25 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
             expected: "Serving",
             got: format!("{other:?}"),
         }),
+    }
+}
+
+/// `pid` and its command line (best effort: the process may be gone), for logs that name who
+/// asked this process to drain.
+pub fn describe_pid(pid: i32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text: String = String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(200)
+        .collect();
+    if text.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid} ({text})")
     }
 }
 

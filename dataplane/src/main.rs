@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataplane::config::{self, Config};
 use dataplane::control;
 use dataplane::server::{ControlEvent, Overrides, Server};
+use signal_hook::iterator::exfiltrator::WithOrigin;
 
 #[derive(Parser)]
 #[command(
@@ -308,7 +309,9 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         None => tracing::warn!("no control socket: this process cannot be hot-upgraded"),
     }
     let control = server.control();
-    let mut signals = match signal_hook::iterator::Signals::new([
+    // With the sender's pid: a drain nobody expected (a hot-upgrade successor exiting 0 before
+    // it served) is explained by who sent the signal.
+    let mut signals = match signal_hook::iterator::SignalsInfo::<WithOrigin>::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ]) {
@@ -319,12 +322,17 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         }
     };
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            let reason = if sig == signal_hook::consts::SIGTERM {
+        if let Some(origin) = signals.forever().next() {
+            let reason = if origin.signal == signal_hook::consts::SIGTERM {
                 "SIGTERM"
             } else {
                 "SIGINT"
             };
+            let sender = origin.process.map_or_else(
+                || "unknown (not sent by a process)".to_string(),
+                |p| dataplane::control::describe_pid(p.pid),
+            );
+            tracing::info!(signal = reason, %sender, "drain requested by a signal");
             let _ = control.try_send(ControlEvent::Drain { reason });
         }
     });

@@ -24,7 +24,7 @@ mod wire;
 
 use serde::{Deserialize, Serialize};
 
-pub use wire::{recv, send};
+pub use wire::{peer_pid, recv, send};
 
 /// Bumped on any incompatible change to the messages below.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -100,6 +100,27 @@ pub fn recv(sock: &UnixStream) -> Result<(Message, Vec<OwnedFd>), HandoffError> 
     Ok((msg, fds))
 }
 
+/// The pid of the process at the other end of a Unix socket (SO_PEERCRED), for logs.
+pub fn peer_pid(sock: &UnixStream) -> Option<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
 /// Reads up to `buf.len()` bytes with one recvmsg, collecting any descriptors.
 fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), HandoffError> {
     let mut iov = libc::iovec {

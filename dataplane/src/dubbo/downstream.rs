@@ -28,8 +28,8 @@ use rustc_hash::FxHashMap;
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// While draining, a connection idle for this long after its readonly event is closed.
 pub const DRAIN_QUIET_MS: u64 = 200;
-/// While draining, a caller that keeps sending after our readonly event is closed at its first
-/// idle moment after this long.
+/// While draining, a caller that keeps sending after our readonly event is closed after this
+/// long, right behind the answer that leaves it with nothing in flight.
 pub const DRAIN_GRACE_MS: u64 = 1_000;
 
 /// Stat ids of one Dubbo listener.
@@ -266,6 +266,8 @@ async fn announce_drain(conn: &Rc<DownConn>, drain: Event) {
 
 async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
     let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
+    // The last pass wrote answers (as opposed to waking with nothing to write).
+    let mut wrote = false;
     loop {
         if conn.out.borrow().is_empty() {
             let idle = conn.inflight.get() == 0;
@@ -275,26 +277,23 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
                 return;
             }
             if conn.draining.get() && idle {
-                // Draining and idle: close once no request has come for a quiet period (a
-                // request the caller sent before it saw our readonly event may still arrive).
-                // A caller that ignores readonly events keeps the line busy; after the grace
-                // period it is closed at its next idle moment, between two of its requests.
+                // Draining and idle. A request the caller sent before it saw our readonly event
+                // may still arrive, so close only once no request has come for a quiet period.
+                // A caller that ignores readonly events (sofa-rpc-node) keeps the line busy:
+                // after the grace period it is closed right behind the answer that left it with
+                // nothing in flight, before it can send again. Closing anywhere else in its gap
+                // between two calls (as a timer ending with the grace period did) crosses the
+                // FIN with its next request, which then fails with "socket closed".
                 let since = conn.draining_since.get().unwrap_or_else(Instant::now);
-                let grace_end = since + Duration::from_millis(DRAIN_GRACE_MS);
-                let now = Instant::now();
-                if now >= grace_end {
-                    let _ = w.shutdown().await;
-                    conn.closed.set(true);
-                    conn.finished.set();
+                let grace_over = since.elapsed() >= Duration::from_millis(DRAIN_GRACE_MS);
+                if grace_over && std::mem::take(&mut wrote) {
+                    close_draining(conn, &mut w).await;
                     return;
                 }
-                let quiet = Duration::from_millis(DRAIN_QUIET_MS).min(grace_end - now);
                 shard::monoio::select! {
-                    _ = shard::monoio::time::sleep(quiet) => {
+                    _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)) => {
                         if conn.out.borrow().is_empty() && conn.inflight.get() == 0 {
-                            let _ = w.shutdown().await;
-                            conn.closed.set(true);
-                            conn.finished.set();
+                            close_draining(conn, &mut w).await;
                             return;
                         }
                     }
@@ -302,6 +301,7 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
                 }
                 continue;
             }
+            wrote = false;
             conn.out_ready.wait().await;
             continue;
         }
@@ -312,7 +312,15 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
             conn.finished.set();
             return;
         }
+        wrote = true;
     }
+}
+
+/// Ends a drained connection: FIN to the caller; from now on the reader forwards nothing.
+async fn close_draining<W: AsyncWriteRent>(conn: &DownConn, w: &mut W) {
+    conn.closed.set(true);
+    let _ = w.shutdown().await;
+    conn.finished.set();
 }
 
 async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
@@ -366,6 +374,12 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
 /// queued for it is written).
 fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(), ()> {
     let l = &conn.l;
+    if conn.closed.get() {
+        // It crossed our FIN (a drained connection): its caller sees the close and cannot get
+        // an answer, so it is not forwarded (nor counted) to run with nobody waiting.
+        tracing::debug!(listener = %l.name, id = h.id, "request after close; not forwarded");
+        return Err(());
+    }
     if h.event {
         if h.request && h.two_way {
             l.stats.inc(l.ids.rq_heartbeat);

@@ -199,6 +199,32 @@ impl Consumer {
         self.conn.write_all(bytes).unwrap();
     }
 
+    /// [`Consumer::send`] that reports a failed write instead of panicking.
+    pub fn try_send(&mut self, b: RequestBuilder<'_>) -> std::io::Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conn.write_all(&b.request_id(id).build())?;
+        Ok(id)
+    }
+
+    /// Whether the proxy has closed this connection (its FIN already arrived), without
+    /// blocking; bytes that arrived before it are kept for [`Consumer::recv`]. What an
+    /// event-driven client library knows when it picks a connection for its next call.
+    pub fn closed_by_peer(&mut self) -> bool {
+        let _ = self.conn.set_nonblocking(true);
+        let mut chunk = [0u8; 4096];
+        let closed = loop {
+            match self.conn.read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        let _ = self.conn.set_nonblocking(false);
+        closed
+    }
+
     /// The next answer (events from the proxy are noted and skipped), or `None` at EOF /
     /// reset / timeout.
     pub fn recv(&mut self) -> Option<Answer> {

@@ -233,6 +233,17 @@ impl Drop for Ringside {
     }
 }
 
+/// A helper process (a bench server or load generator), killed and reaped on drop, so a failing
+/// test does not leave it running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One HTTP/1.1 request; returns (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
