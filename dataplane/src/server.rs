@@ -314,8 +314,25 @@ impl Shared {
         config: Config,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<u64, String> {
+        self.record(|| self.apply_inner(config, xds_versions))
+    }
+
+    /// Only the endpoints of `changed` (clusters the running snapshot has) are new: the next
+    /// snapshot shares everything else with the running one, and the shards update just those
+    /// clusters' endpoint tables (their pools and connections to endpoints that stay are
+    /// kept). Returns like [`Shared::apply`].
+    pub fn apply_endpoints(
+        &self,
+        changed: &[xds::ClusterEndpoints],
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        self.record(|| self.apply_endpoints_inner(changed, xds_versions))
+    }
+
+    /// Counts an update's outcome and its time.
+    fn record(&self, apply: impl FnOnce() -> Result<u64, String>) -> Result<u64, String> {
         let started = Instant::now();
-        let result = self.apply_inner(config, xds_versions);
+        let result = apply();
         let shard0 = self.stats.shard(0);
         match &result {
             Ok(_) => {
@@ -331,6 +348,80 @@ impl Shared {
             }
         }
         result
+    }
+
+    fn apply_endpoints_inner(
+        &self,
+        changed: &[xds::ClusterEndpoints],
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let mut clusters: Vec<(usize, config::Cluster)> = Vec::with_capacity(changed.len());
+        for c in changed {
+            let i = u
+                .builder
+                .cluster_index(&c.cluster)
+                .filter(|&i| {
+                    current
+                        .config
+                        .clusters
+                        .get(i)
+                        .is_some_and(|x| x.name == c.cluster)
+                })
+                .ok_or_else(|| format!("endpoints for unknown cluster {:?}", c.cluster))?;
+            let old = &current.config.clusters[i];
+            if old.endpoints == c.endpoints && old.endpoint_metadata.is_empty() {
+                continue;
+            }
+            let mut next = old.clone();
+            next.endpoints = c.endpoints.clone();
+            next.endpoint_metadata.clear();
+            // The cluster alone is what changed: validate it alone.
+            let one = Config {
+                clusters: vec![next],
+                ..Config::default()
+            };
+            let problems = one.validate_as(config::Source::Dynamic);
+            if !problems.is_empty() {
+                return Err(problems
+                    .iter()
+                    .map(|(f, m)| {
+                        format!(
+                            "cluster {:?}: {}: {m}",
+                            c.cluster,
+                            f.replace("clusters[0].", "")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "));
+            }
+            // A cluster named twice in one change: the last one wins.
+            clusters.retain(|(j, _)| *j != i);
+            clusters.extend(one.clusters.into_iter().map(|next| (i, next)));
+        }
+        if clusters.is_empty() {
+            *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) = xds_versions;
+            return Ok(current.version);
+        }
+        self.ready_for_update(&u)?;
+        let snapshot =
+            Arc::new(
+                u.builder
+                    .build_endpoints(&current, clusters, &self.stats, xds_versions),
+            );
+        self.publish(&u, snapshot)
+    }
+
+    /// Refuses updates before the shards run and while draining.
+    fn ready_for_update(&self, u: &Updates) -> Result<(), String> {
+        if u.inboxes.len() != self.shard_count {
+            return Err("the shards are not running yet".into());
+        }
+        if self.lifecycle.state() == State::Draining {
+            return Err("draining: config updates are no longer applied".into());
+        }
+        Ok(())
     }
 
     fn apply_inner(
@@ -367,12 +458,7 @@ impl Shared {
             *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) = xds_versions;
             return Ok(current.version);
         }
-        if u.inboxes.len() != self.shard_count {
-            return Err("the shards are not running yet".into());
-        }
-        if self.lifecycle.state() == State::Draining {
-            return Err("draining: config updates are no longer applied".into());
-        }
+        self.ready_for_update(&u)?;
         let bound = self
             .sockets
             .bind_new(&config.listeners, self.shard_count, &mut u.inherited)
@@ -380,6 +466,12 @@ impl Shared {
         let keep = config.listeners.clone();
         let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
         self.sockets.install(bound, &keep);
+        self.publish(&u, snapshot)
+    }
+
+    /// Hands `snapshot` to every shard and waits until each runs it; then it is the current
+    /// one.
+    fn publish(&self, u: &Updates, snapshot: Arc<Snapshot>) -> Result<u64, String> {
         let version = snapshot.version;
         let done = Arc::new(AtomicUsize::new(0));
         for inbox in &u.inboxes {
@@ -481,12 +573,23 @@ pub struct Snapshot {
     pub dubbo_ids: Vec<Option<DubboStatIds>>,
     /// For `dubbo` and `triple` listeners: per route, then the default route.
     pub route_ids: Vec<Vec<RequestStatIds>>,
-    pub cluster_ids: Vec<ClusterStatIds>,
-    pub upstream_ids: Vec<UpstreamStatIds>,
+    /// Per cluster (shared with the next snapshot when only endpoints change).
+    pub cluster_ids: Arc<[ClusterStatIds]>,
+    pub upstream_ids: Arc<[UpstreamStatIds]>,
     /// For `triple` listeners, by listener index.
     pub triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
     /// Each cluster's endpoints, shared by the shards.
     pub endpoints: Vec<Arc<Endpoints>>,
+    /// Set when this snapshot differs from the one before it (`base`) only in the endpoints
+    /// of these clusters (indices): a shard that runs `base` updates just those.
+    pub endpoints_only: Option<EndpointsOnly>,
+}
+
+/// What an endpoints-only snapshot changed (see [`Snapshot::endpoints_only`]).
+#[derive(Clone, Debug)]
+pub struct EndpointsOnly {
+    pub base: u64,
+    pub clusters: Vec<usize>,
 }
 
 impl Snapshot {
@@ -499,10 +602,11 @@ impl Snapshot {
             listener_ids: Vec::new(),
             dubbo_ids: Vec::new(),
             route_ids: Vec::new(),
-            cluster_ids: Vec::new(),
-            upstream_ids: Vec::new(),
+            cluster_ids: Arc::new([]),
+            upstream_ids: Arc::new([]),
             triple_ids: Vec::new(),
             endpoints: Vec::new(),
+            endpoints_only: None,
         }
     }
 }
@@ -515,6 +619,8 @@ pub const ENDPOINT_SLOTS_SLACK: usize = 64;
 /// What the control thread remembers about one cluster between snapshots: its stat ids
 /// (registered once) and its endpoint table.
 struct ClusterState {
+    /// Its index in the last snapshot's clusters.
+    index: usize,
     ids: ClusterStatIds,
     upstream: UpstreamStatIds,
     published: Arc<Endpoints>,
@@ -574,11 +680,12 @@ impl Builder {
         let mut cluster_ids = Vec::with_capacity(config.clusters.len());
         let mut upstream_ids = Vec::with_capacity(config.clusters.len());
         let mut endpoints = Vec::with_capacity(config.clusters.len());
-        for c in &config.clusters {
+        for (index, c) in config.clusters.iter().enumerate() {
             let state = self.clusters.entry(c.name.clone()).or_insert_with(|| {
                 let t = [("cluster", c.name.as_str())];
                 self.next_generation += 1;
                 ClusterState {
+                    index,
                     ids: ClusterStatIds {
                         cx_total: st.add("cluster", "upstream_cx_total", &t, Counter),
                         cx_active: st.add("cluster", "upstream_cx_active", &t, Gauge),
@@ -604,6 +711,7 @@ impl Builder {
                     }),
                 }
             });
+            state.index = index;
             state.update(c, st, &mut self.next_generation);
             cluster_ids.push(state.ids.clone());
             upstream_ids.push(state.upstream);
@@ -755,10 +863,56 @@ impl Builder {
             listener_ids,
             dubbo_ids,
             route_ids,
-            cluster_ids,
-            upstream_ids,
+            cluster_ids: cluster_ids.into(),
+            upstream_ids: upstream_ids.into(),
             triple_ids,
             endpoints,
+            endpoints_only: None,
+        }
+    }
+
+    /// Index of cluster `name` in the last snapshot built.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.get(name).map(|s| s.index)
+    }
+
+    /// The snapshot after `prev` (the last one built) in which only `changed` (index, the
+    /// cluster with its new endpoints) differ: the endpoint tables of those clusters are
+    /// updated, everything else is shared with or copied from `prev` as it is.
+    pub fn build_endpoints(
+        &mut self,
+        prev: &Snapshot,
+        changed: Vec<(usize, config::Cluster)>,
+        st: &Stats,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Snapshot {
+        self.version += 1;
+        let mut config = prev.config.clone();
+        let mut endpoints = prev.endpoints.clone();
+        let mut indices = Vec::with_capacity(changed.len());
+        for (i, c) in changed {
+            if let Some(state) = self.clusters.get_mut(&c.name) {
+                state.update(&c, st, &mut self.next_generation);
+                endpoints[i] = state.published.clone();
+            }
+            config.clusters[i] = c;
+            indices.push(i);
+        }
+        Snapshot {
+            version: self.version,
+            config,
+            xds_versions,
+            listener_ids: prev.listener_ids.clone(),
+            dubbo_ids: prev.dubbo_ids.clone(),
+            route_ids: prev.route_ids.clone(),
+            cluster_ids: prev.cluster_ids.clone(),
+            upstream_ids: prev.upstream_ids.clone(),
+            triple_ids: prev.triple_ids.clone(),
+            endpoints,
+            endpoints_only: Some(EndpointsOnly {
+                base: prev.version,
+                clusters: indices,
+            }),
         }
     }
 }
