@@ -273,6 +273,9 @@ struct Updates {
 pub struct UpdateStatIds {
     pub applied: StatId,
     pub rejected: StatId,
+    /// Of `applied`: snapshots that changed only some clusters' endpoints (the incremental
+    /// path, see [`Shared::apply_endpoints`]).
+    pub endpoints_only: StatId,
     /// Time from a config's arrival until every shard runs it.
     pub apply_time: crate::stats::HistId,
 }
@@ -405,12 +408,12 @@ impl Shared {
             return Ok(current.version);
         }
         self.ready_for_update(&u)?;
-        let snapshot =
-            Arc::new(
-                u.builder
-                    .build_endpoints(&current, clusters, &self.stats, xds_versions),
-            );
-        self.publish(&u, snapshot)
+        let snapshot = u
+            .builder
+            .build_endpoints(&current, clusters, &self.stats, xds_versions);
+        let version = self.publish(&u, Arc::new(snapshot))?;
+        self.stats.shard(0).inc(self.update_ids.endpoints_only);
+        Ok(version)
     }
 
     /// Refuses updates before the shards run and while draining.
@@ -1156,6 +1159,7 @@ impl Server {
         let update_ids = UpdateStatIds {
             applied: stats.add("config", "update_applied", &[], Kind::Counter),
             rejected: stats.add("config", "update_rejected", &[], Kind::Counter),
+            endpoints_only: stats.add("config", "update_endpoints_only", &[], Kind::Counter),
             apply_time: stats.add_histogram("config", "update_apply_time_us", &[]),
         };
         let mut builder = Builder::default();
