@@ -266,6 +266,10 @@ struct Updates {
     builder: Builder,
     inboxes: Vec<shard::Sender<ShardMsg>>,
     inherited: Inherited,
+    /// When the running snapshot is endpoints-only: the one before it (its base), which no
+    /// shard runs any more. The next endpoints-only snapshot is built in it (brought up to date
+    /// by the running one's few changes) instead of in a copy of the whole config.
+    spare: Option<Arc<Snapshot>>,
 }
 
 /// Stats of config updates.
@@ -408,10 +412,12 @@ impl Shared {
             return Ok(current.version);
         }
         self.ready_for_update(&u)?;
-        let snapshot = u
-            .builder
-            .build_endpoints(&current, clusters, &self.stats, xds_versions);
-        let version = self.publish(&u, Arc::new(snapshot))?;
+        // Nobody else holds the spare unless an admin request is reading it right now.
+        let spare = u.spare.take().and_then(|s| Arc::try_unwrap(s).ok());
+        let snapshot =
+            u.builder
+                .build_endpoints(&current, spare, clusters, &self.stats, xds_versions);
+        let version = self.publish(&mut u, Arc::new(snapshot))?;
         self.stats.shard(0).inc(self.update_ids.endpoints_only);
         Ok(version)
     }
@@ -469,12 +475,12 @@ impl Shared {
         let keep = config.listeners.clone();
         let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
         self.sockets.install(bound, &keep);
-        self.publish(&u, snapshot)
+        self.publish(&mut u, snapshot)
     }
 
     /// Hands `snapshot` to every shard and waits until each runs it; then it is the current
     /// one.
-    fn publish(&self, u: &Updates, snapshot: Arc<Snapshot>) -> Result<u64, String> {
+    fn publish(&self, u: &mut Updates, snapshot: Arc<Snapshot>) -> Result<u64, String> {
         let version = snapshot.version;
         let done = Arc::new(AtomicUsize::new(0));
         for inbox in &u.inboxes {
@@ -508,7 +514,12 @@ impl Shared {
         // `/config_dump` shows what every shard runs.
         *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) =
             snapshot.xds_versions.clone();
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        let endpoints_only = snapshot.endpoints_only.is_some();
+        let old = std::mem::replace(
+            &mut *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()),
+            snapshot,
+        );
+        u.spare = endpoints_only.then_some(old);
         Ok(version)
     }
 }
@@ -881,42 +892,65 @@ impl Builder {
 
     /// The snapshot after `prev` (the last one built) in which only `changed` (index, the
     /// cluster with its new endpoints) differ: the endpoint tables of those clusters are
-    /// updated, everything else is shared with or copied from `prev` as it is.
+    /// updated, everything else is shared with or copied from `prev` as it is. `spare`, when
+    /// it is `prev`'s base (`prev` is endpoints-only), is reused: only `prev`'s changes and
+    /// these are written into it, so the work follows the changes, not the config's size;
+    /// otherwise `prev` is copied.
     pub fn build_endpoints(
         &mut self,
         prev: &Snapshot,
+        spare: Option<Snapshot>,
         changed: Vec<(usize, config::Cluster)>,
         st: &Stats,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
     ) -> Snapshot {
         self.version += 1;
-        let mut config = prev.config.clone();
-        let mut endpoints = prev.endpoints.clone();
+        let base_of_prev = |s: &Snapshot| {
+            prev.endpoints_only.as_ref().filter(|d| {
+                d.base == s.version && s.config.clusters.len() == prev.config.clusters.len()
+            })
+        };
+        let mut next = match spare {
+            Some(mut s) if base_of_prev(&s).is_some() => {
+                for &i in base_of_prev(&s)
+                    .map(|d| d.clusters.as_slice())
+                    .unwrap_or_default()
+                {
+                    s.config.clusters[i] = prev.config.clusters[i].clone();
+                    s.endpoints[i] = prev.endpoints[i].clone();
+                }
+                s
+            }
+            _ => Snapshot {
+                version: 0,
+                config: prev.config.clone(),
+                xds_versions: None,
+                listener_ids: prev.listener_ids.clone(),
+                dubbo_ids: prev.dubbo_ids.clone(),
+                route_ids: prev.route_ids.clone(),
+                cluster_ids: prev.cluster_ids.clone(),
+                upstream_ids: prev.upstream_ids.clone(),
+                triple_ids: prev.triple_ids.clone(),
+                endpoints: prev.endpoints.clone(),
+                endpoints_only: None,
+            },
+        };
         let mut indices = Vec::with_capacity(changed.len());
         for (i, c) in changed {
             if let Some(state) = self.clusters.get_mut(&c.name) {
                 state.update(&c, st, &mut self.next_generation);
-                endpoints[i] = state.published.clone();
+                next.endpoints[i] = state.published.clone();
             }
-            config.clusters[i] = c;
+            next.config.clusters[i] = c;
             indices.push(i);
         }
-        Snapshot {
-            version: self.version,
-            config,
-            xds_versions,
-            listener_ids: prev.listener_ids.clone(),
-            dubbo_ids: prev.dubbo_ids.clone(),
-            route_ids: prev.route_ids.clone(),
-            cluster_ids: prev.cluster_ids.clone(),
-            upstream_ids: prev.upstream_ids.clone(),
-            triple_ids: prev.triple_ids.clone(),
-            endpoints,
-            endpoints_only: Some(EndpointsOnly {
-                base: prev.version,
-                clusters: indices,
-            }),
-        }
+        next.version = self.version;
+        next.xds_versions = xds_versions;
+        next.endpoints_only = Some(EndpointsOnly {
+            base: prev.version,
+            clusters: indices,
+        });
+        next
     }
 }
 
@@ -1191,6 +1225,7 @@ impl Server {
                 builder,
                 inboxes: Vec::new(),
                 inherited,
+                spare: None,
             }),
             update_ids,
             xds_versions: Default::default(),
@@ -1406,6 +1441,48 @@ mod tests {
         let s3 = build(&mut b, &st, vec![cluster("a", &[2]), cluster("z", &[9])]);
         assert_eq!(&*s3.endpoints[0].live, &[1]);
         assert_eq!(s3.version, 3);
+    }
+
+    #[test]
+    fn endpoints_only_snapshots_change_only_their_clusters_and_reuse_the_spare() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let s1 = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[1]), cluster("b", &[2]), cluster("c", &[3])],
+        );
+        assert_eq!(b.cluster_index("c"), Some(2));
+        let s2 = b.build_endpoints(&s1, None, vec![(1, cluster("b", &[2, 4]))], &st, None);
+        let d = s2.endpoints_only.as_ref().unwrap();
+        assert_eq!((d.base, d.clusters.as_slice()), (s1.version, &[1][..]));
+        assert_eq!(s2.config.clusters[1].endpoints.len(), 2);
+        assert!(Arc::ptr_eq(&s1.endpoints[0], &s2.endpoints[0]));
+        assert!(Arc::ptr_eq(&s1.cluster_ids, &s2.cluster_ids));
+        // b keeps its table (slot 0 stays port 2), so shards keep its pool.
+        assert_eq!(s2.endpoints[1].generation, s1.endpoints[1].generation);
+        assert_eq!(s2.endpoints[1].slots[0].addr.port(), 2);
+        // s1 is s2's base: the next snapshot is built in it and must equal s2 plus c's change.
+        let s3 = b.build_endpoints(&s2, Some(s1), vec![(2, cluster("c", &[5]))], &st, None);
+        let ports = |s: &Snapshot| -> Vec<Vec<u16>> {
+            s.config
+                .clusters
+                .iter()
+                .map(|c| c.endpoints.iter().map(|a| a.port()).collect())
+                .collect()
+        };
+        assert_eq!(ports(&s3), [vec![1], vec![2, 4], vec![5]]);
+        assert!(Arc::ptr_eq(&s2.endpoints[1], &s3.endpoints[1]));
+        assert_eq!(s3.endpoints_only.as_ref().unwrap().base, s2.version);
+        assert_eq!(s3.version, s2.version + 1);
+        // A spare that is not the base of the running snapshot is not used.
+        let stale = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[9]), cluster("b", &[9]), cluster("c", &[9])],
+        );
+        let s4 = b.build_endpoints(&s3, Some(stale), vec![(0, cluster("a", &[6]))], &st, None);
+        assert_eq!(ports(&s4), [vec![6], vec![2, 4], vec![5]]);
     }
 
     #[test]
