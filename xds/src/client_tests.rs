@@ -798,6 +798,19 @@ fn ports(u: &Applied, cluster: &str) -> Vec<u16> {
         .collect()
 }
 
+/// The clusters of an endpoints-only update, sorted (panics on a full one).
+fn changed(u: &Applied) -> Vec<&str> {
+    let mut names: Vec<&str> = u
+        .eds_only
+        .as_ref()
+        .expect("an endpoints-only update")
+        .iter()
+        .map(|c| c.cluster.as_str())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
 async fn eds_updates_carry_only_the_clusters_that_changed() {
     let mut server = Server::start(0).await;
@@ -840,14 +853,7 @@ async fn eds_updates_carry_only_the_clusters_that_changed() {
     let ack = server.next_sotw().await;
     assert_eq!(ack.version_info, "e2");
     let u = sidecar.update().await;
-    let changed: Vec<&str> = u
-        .eds_only
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|c| c.cluster.as_str())
-        .collect();
-    assert_eq!(changed, ["b"]);
+    assert_eq!(changed(&u), ["b"]);
     assert_eq!(
         (ports(&u, "a"), ports(&u, "a2"), ports(&u, "b")),
         (vec![1], vec![1], vec![3])
@@ -858,15 +864,7 @@ async fn eds_updates_carry_only_the_clusters_that_changed() {
     server.send(ENDPOINT_TYPE, "e3", both(4, 3));
     server.next_sotw().await;
     let u = sidecar.update().await;
-    let mut changed: Vec<&str> = u
-        .eds_only
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|c| c.cluster.as_str())
-        .collect();
-    changed.sort();
-    assert_eq!(changed, ["a", "a2"]);
+    assert_eq!(changed(&u), ["a", "a2"]);
     assert_eq!(
         (ports(&u, "a"), ports(&u, "a2"), ports(&u, "b")),
         (vec![4], vec![4], vec![3])
