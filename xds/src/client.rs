@@ -190,6 +190,12 @@ pub(crate) struct Client {
     eds_index: HashMap<String, Vec<String>>,
     /// The cache was replaced since the RDS and EDS subscriptions were last compared with it.
     subscriptions_stale: bool,
+    /// Hash of the encoded bytes of each cached assignment the incremental path took (by
+    /// name, and the reverse): an assignment sent again byte for byte (state of the world
+    /// resends every one) is known unchanged without decoding it. Cleared when the cache is
+    /// replaced.
+    eds_hashes: HashMap<String, u64>,
+    eds_by_hash: HashMap<u64, String>,
 }
 
 enum Exit {
@@ -224,6 +230,8 @@ impl Client {
             deadline_done: false,
             eds_index: HashMap::new(),
             subscriptions_stale: true,
+            eds_hashes: HashMap::new(),
+            eds_by_hash: HashMap::new(),
         }
     }
 
@@ -658,21 +666,30 @@ impl Client {
             Changes::Delta(added, _) => added.iter().map(|(v, a)| (v.as_str(), *a)).collect(),
         };
         // By name, the last one sent wins (as in the full path); unreferenced ones are dropped.
-        let mut decoded: HashMap<String, (&str, Vec<SocketAddr>)> = HashMap::new();
+        let mut decoded: HashMap<String, (&str, Vec<SocketAddr>, u64)> = HashMap::new();
+        let mut same: HashMap<&str, &str> = HashMap::new();
         for (v, any) in sent {
+            let hash = any_hash(any);
+            if let Some(name) = self.eds_by_hash.get(&hash) {
+                // Byte for byte the assignment the cache holds for `name`.
+                decoded.remove(name);
+                same.insert(name, v);
+                continue;
+            }
             match proto::decode_endpoints(any) {
                 Ok((name, value)) if self.eds_index.contains_key(&name) => {
                     if !self.cache.endpoints.contains_key(&name) {
                         return None;
                     }
-                    decoded.insert(name, (v, value));
+                    same.remove(name.as_str());
+                    decoded.insert(name, (v, value, hash));
                 }
                 Ok(_) => {}
                 Err(e) => return Some(Err(e.to_string())),
             }
         }
         let mut changed: Vec<ClusterEndpoints> = Vec::new();
-        for (name, (_, value)) in &decoded {
+        for (name, (_, value, _)) in &decoded {
             if self
                 .cache
                 .endpoints
@@ -697,7 +714,20 @@ impl Client {
             self.versions[Kind::Eds as usize] = version_before;
             return Some(Err(e));
         }
-        for (name, (v, value)) in decoded {
+        let same: Vec<(String, String)> = same
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        for (name, version) in same {
+            if let Some(e) = self.cache.endpoints.get_mut(&name) {
+                e.version = version;
+            }
+        }
+        for (name, (v, value, hash)) in decoded {
+            if let Some(old) = self.eds_hashes.insert(name.clone(), hash) {
+                self.eds_by_hash.remove(&old);
+            }
+            self.eds_by_hash.insert(hash, name.clone());
             let version = v.to_string();
             self.cache.endpoints.insert(name, Entry { version, value });
         }
@@ -729,6 +759,8 @@ impl Client {
             }
         }
         self.subscriptions_stale = true;
+        self.eds_hashes.clear();
+        self.eds_by_hash.clear();
     }
 
     fn check_static_names(&self, cand: &Cache, kind: Kind) -> Result<(), String> {
@@ -863,6 +895,15 @@ fn name_problems(config: &Config, problems: Vec<(String, String)>) -> Vec<(Strin
             (named.unwrap_or(field), message)
         })
         .collect()
+}
+
+/// A 64-bit hash of a resource as sent (type and bytes).
+fn any_hash(any: &Any) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    h.finish()
 }
 
 /// A delay in [base/2, base] (ms), spread so that many sidecars do not reconnect in step.
