@@ -120,6 +120,19 @@ struct ClusterEntry {
 }
 
 impl ClusterEntry {
+    /// New endpoints in the same table (same generation): slots that stay keep their pools and
+    /// connections; endpoints that left get no new requests and their connections close once
+    /// idle.
+    fn update_endpoints(&self, eps: &Arc<crate::cluster::Endpoints>) {
+        if !Arc::ptr_eq(&self.lb.endpoints(), eps) {
+            let gone = self.lb.set_endpoints(eps.clone());
+            self.dubbo.retire(&gone);
+            if let Some(t) = &self.triple {
+                t.retire(&gone);
+            }
+        }
+    }
+
     fn retire(&self) {
         self.dubbo.retire_all();
         if let Some(t) = &self.triple {
@@ -176,6 +189,12 @@ impl ShardState {
     /// listeners (route changes swap each listener's routes; new listeners start accepting;
     /// removed ones stop). Runs between requests, without awaiting.
     fn apply(&mut self, snap: Arc<Snapshot>) {
+        if let Some(d) = &snap.endpoints_only {
+            if d.base == self.snapshot.version && self.apply_endpoints(&snap, &d.clusters) {
+                self.snapshot = snap;
+                return;
+            }
+        }
         let config = &snap.config;
         let needs_triple = config
             .listeners
@@ -188,13 +207,7 @@ impl ShardState {
             let params = cluster_params(c);
             let kept = match old.remove(&c.name) {
                 Some(e) if e.params == params && e.lb.endpoints().generation == eps.generation => {
-                    if !Arc::ptr_eq(&e.lb.endpoints(), eps) {
-                        let gone = e.lb.set_endpoints(eps.clone());
-                        e.dubbo.retire(&gone);
-                        if let Some(t) = &e.triple {
-                            t.retire(&gone);
-                        }
-                    }
+                    e.update_endpoints(eps);
                     Some(e)
                 }
                 Some(e) => {
@@ -298,6 +311,26 @@ impl ShardState {
         }
         self.link_virtuals();
         self.snapshot = snap;
+    }
+
+    /// An endpoints-only snapshot after the one this shard runs: only the changed clusters'
+    /// balancers and pools see it (work proportional to the change; listeners, routes and the
+    /// other clusters stay as they are). False, with nothing done, when a changed cluster is
+    /// not here or its table was renumbered: the full apply handles that.
+    fn apply_endpoints(&self, snap: &Snapshot, changed: &[usize]) -> bool {
+        let entry = |i: usize| {
+            let c = snap.config.clusters.get(i)?;
+            let eps = snap.endpoints.get(i)?;
+            let e = self.clusters.get(&c.name)?;
+            (e.lb.endpoints().generation == eps.generation).then_some((e, eps))
+        };
+        if !changed.iter().all(|&i| entry(i).is_some()) {
+            return false;
+        }
+        for (e, eps) in changed.iter().filter_map(|&i| entry(i)) {
+            e.update_endpoints(eps);
+        }
+        true
     }
 
     /// Gives each `original_destination` listener the virtual listeners it names (validation

@@ -31,6 +31,21 @@ struct Sources {
     base: Config,
     xds_versions: Option<BTreeMap<String, String>>,
     providers: Arc<registry::Providers>,
+    /// Cluster name → index in `base.clusters` (rebuilt with `base`).
+    index: Arc<std::collections::HashMap<String, usize>>,
+}
+
+impl Sources {
+    fn reindex(&mut self) {
+        self.index = Arc::new(
+            self.base
+                .clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect(),
+        );
+    }
 }
 
 impl Composer {
@@ -38,13 +53,16 @@ impl Composer {
     #[allow(clippy::disallowed_types)] // the control-plane mutex above
     pub fn new(shared: Arc<Shared>) -> Arc<Composer> {
         let base = shared.snapshot().config.clone();
+        let mut sources = Sources {
+            base,
+            xds_versions: None,
+            providers: Arc::default(),
+            index: Arc::default(),
+        };
+        sources.reindex();
         Arc::new(Composer {
             shared,
-            state: std::sync::Mutex::new(Sources {
-                base,
-                xds_versions: None,
-                providers: Arc::default(),
-            }),
+            state: std::sync::Mutex::new(sources),
         })
     }
 
@@ -56,8 +74,45 @@ impl Composer {
     ) -> Result<u64, String> {
         self.update(|s| {
             s.base = config;
+            s.reindex();
             s.xds_versions = Some(versions);
         })
+    }
+
+    /// An endpoints-only xDS change (the clusters are dynamic ones of the last xDS snapshot):
+    /// applied as it is, the cost following the change. xDS clusters are never `type:
+    /// zookeeper`, so the providers do not enter into it; `base` takes the new endpoints once
+    /// the shards run them.
+    pub fn apply_xds_endpoints(
+        &self,
+        changed: Vec<xds::ClusterEndpoints>,
+        versions: BTreeMap<String, String>,
+    ) -> Result<u64, String> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = Vec::with_capacity(changed.len());
+        for c in &changed {
+            match state.index.get(&c.cluster) {
+                Some(&i) if state.base.clusters[i].kind != config::ClusterType::Zookeeper => {
+                    at.push(i)
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "cluster {:?} takes its endpoints from the registry, not from EDS",
+                        c.cluster
+                    ))
+                }
+                None => return Err(format!("EDS for unknown cluster {:?}", c.cluster)),
+            }
+        }
+        let version = self
+            .shared
+            .apply_endpoints(&changed, Some(versions.clone()))?;
+        for (i, c) in at.into_iter().zip(changed) {
+            state.base.clusters[i].endpoints = c.endpoints;
+            state.base.clusters[i].endpoint_metadata.clear();
+        }
+        state.xds_versions = Some(versions);
+        Ok(version)
     }
 
     /// A new provider map from the registry.

@@ -266,6 +266,10 @@ struct Updates {
     builder: Builder,
     inboxes: Vec<shard::Sender<ShardMsg>>,
     inherited: Inherited,
+    /// When the running snapshot is endpoints-only: the one before it (its base), which no
+    /// shard runs any more. The next endpoints-only snapshot is built in it (brought up to date
+    /// by the running one's few changes) instead of in a copy of the whole config.
+    spare: Option<Arc<Snapshot>>,
 }
 
 /// Stats of config updates.
@@ -273,6 +277,9 @@ struct Updates {
 pub struct UpdateStatIds {
     pub applied: StatId,
     pub rejected: StatId,
+    /// Of `applied`: snapshots that changed only some clusters' endpoints (the incremental
+    /// path, see [`Shared::apply_endpoints`]).
+    pub endpoints_only: StatId,
     /// Time from a config's arrival until every shard runs it.
     pub apply_time: crate::stats::HistId,
 }
@@ -314,8 +321,25 @@ impl Shared {
         config: Config,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<u64, String> {
+        self.record(|| self.apply_inner(config, xds_versions))
+    }
+
+    /// Only the endpoints of `changed` (clusters the running snapshot has) are new: the next
+    /// snapshot shares everything else with the running one, and the shards update just those
+    /// clusters' endpoint tables (their pools and connections to endpoints that stay are
+    /// kept). Returns like [`Shared::apply`].
+    pub fn apply_endpoints(
+        &self,
+        changed: &[xds::ClusterEndpoints],
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        self.record(|| self.apply_endpoints_inner(changed, xds_versions))
+    }
+
+    /// Counts an update's outcome and its time.
+    fn record(&self, apply: impl FnOnce() -> Result<u64, String>) -> Result<u64, String> {
         let started = Instant::now();
-        let result = self.apply_inner(config, xds_versions);
+        let result = apply();
         let shard0 = self.stats.shard(0);
         match &result {
             Ok(_) => {
@@ -331,6 +355,82 @@ impl Shared {
             }
         }
         result
+    }
+
+    fn apply_endpoints_inner(
+        &self,
+        changed: &[xds::ClusterEndpoints],
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let mut clusters: Vec<(usize, config::Cluster)> = Vec::with_capacity(changed.len());
+        for c in changed {
+            let i = u
+                .builder
+                .cluster_index(&c.cluster)
+                .filter(|&i| {
+                    current
+                        .config
+                        .clusters
+                        .get(i)
+                        .is_some_and(|x| x.name == c.cluster)
+                })
+                .ok_or_else(|| format!("endpoints for unknown cluster {:?}", c.cluster))?;
+            let old = &current.config.clusters[i];
+            if old.endpoints == c.endpoints && old.endpoint_metadata.is_empty() {
+                continue;
+            }
+            let mut next = old.clone();
+            next.endpoints = c.endpoints.clone();
+            next.endpoint_metadata.clear();
+            // The cluster alone is what changed: validate it alone.
+            let one = Config {
+                clusters: vec![next],
+                ..Config::default()
+            };
+            let problems = one.validate_as(config::Source::Dynamic);
+            if !problems.is_empty() {
+                return Err(problems
+                    .iter()
+                    .map(|(f, m)| {
+                        format!(
+                            "cluster {:?}: {}: {m}",
+                            c.cluster,
+                            f.replace("clusters[0].", "")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "));
+            }
+            // A cluster named twice in one change: the last one wins.
+            clusters.retain(|(j, _)| *j != i);
+            clusters.extend(one.clusters.into_iter().map(|next| (i, next)));
+        }
+        if clusters.is_empty() {
+            *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) = xds_versions;
+            return Ok(current.version);
+        }
+        self.ready_for_update(&u)?;
+        // Nobody else holds the spare unless an admin request is reading it right now.
+        let spare = u.spare.take().and_then(|s| Arc::try_unwrap(s).ok());
+        let snapshot =
+            u.builder
+                .build_endpoints(&current, spare, clusters, &self.stats, xds_versions);
+        let version = self.publish(&mut u, Arc::new(snapshot))?;
+        self.stats.shard(0).inc(self.update_ids.endpoints_only);
+        Ok(version)
+    }
+
+    /// Refuses updates before the shards run and while draining.
+    fn ready_for_update(&self, u: &Updates) -> Result<(), String> {
+        if u.inboxes.len() != self.shard_count {
+            return Err("the shards are not running yet".into());
+        }
+        if self.lifecycle.state() == State::Draining {
+            return Err("draining: config updates are no longer applied".into());
+        }
+        Ok(())
     }
 
     fn apply_inner(
@@ -367,12 +467,7 @@ impl Shared {
             *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) = xds_versions;
             return Ok(current.version);
         }
-        if u.inboxes.len() != self.shard_count {
-            return Err("the shards are not running yet".into());
-        }
-        if self.lifecycle.state() == State::Draining {
-            return Err("draining: config updates are no longer applied".into());
-        }
+        self.ready_for_update(&u)?;
         let bound = self
             .sockets
             .bind_new(&config.listeners, self.shard_count, &mut u.inherited)
@@ -380,6 +475,12 @@ impl Shared {
         let keep = config.listeners.clone();
         let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
         self.sockets.install(bound, &keep);
+        self.publish(&mut u, snapshot)
+    }
+
+    /// Hands `snapshot` to every shard and waits until each runs it; then it is the current
+    /// one.
+    fn publish(&self, u: &mut Updates, snapshot: Arc<Snapshot>) -> Result<u64, String> {
         let version = snapshot.version;
         let done = Arc::new(AtomicUsize::new(0));
         for inbox in &u.inboxes {
@@ -413,7 +514,12 @@ impl Shared {
         // `/config_dump` shows what every shard runs.
         *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) =
             snapshot.xds_versions.clone();
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        let endpoints_only = snapshot.endpoints_only.is_some();
+        let old = std::mem::replace(
+            &mut *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()),
+            snapshot,
+        );
+        u.spare = endpoints_only.then_some(old);
         Ok(version)
     }
 }
@@ -481,12 +587,23 @@ pub struct Snapshot {
     pub dubbo_ids: Vec<Option<DubboStatIds>>,
     /// For `dubbo` and `triple` listeners: per route, then the default route.
     pub route_ids: Vec<Vec<RequestStatIds>>,
-    pub cluster_ids: Vec<ClusterStatIds>,
-    pub upstream_ids: Vec<UpstreamStatIds>,
+    /// Per cluster (shared with the next snapshot when only endpoints change).
+    pub cluster_ids: Arc<[ClusterStatIds]>,
+    pub upstream_ids: Arc<[UpstreamStatIds]>,
     /// For `triple` listeners, by listener index.
     pub triple_ids: Vec<Option<crate::triple::TripleStatIds>>,
     /// Each cluster's endpoints, shared by the shards.
     pub endpoints: Vec<Arc<Endpoints>>,
+    /// Set when this snapshot differs from the one before it (`base`) only in the endpoints
+    /// of these clusters (indices): a shard that runs `base` updates just those.
+    pub endpoints_only: Option<EndpointsOnly>,
+}
+
+/// What an endpoints-only snapshot changed (see [`Snapshot::endpoints_only`]).
+#[derive(Clone, Debug)]
+pub struct EndpointsOnly {
+    pub base: u64,
+    pub clusters: Vec<usize>,
 }
 
 impl Snapshot {
@@ -499,10 +616,11 @@ impl Snapshot {
             listener_ids: Vec::new(),
             dubbo_ids: Vec::new(),
             route_ids: Vec::new(),
-            cluster_ids: Vec::new(),
-            upstream_ids: Vec::new(),
+            cluster_ids: Arc::new([]),
+            upstream_ids: Arc::new([]),
             triple_ids: Vec::new(),
             endpoints: Vec::new(),
+            endpoints_only: None,
         }
     }
 }
@@ -515,6 +633,8 @@ pub const ENDPOINT_SLOTS_SLACK: usize = 64;
 /// What the control thread remembers about one cluster between snapshots: its stat ids
 /// (registered once) and its endpoint table.
 struct ClusterState {
+    /// Its index in the last snapshot's clusters.
+    index: usize,
     ids: ClusterStatIds,
     upstream: UpstreamStatIds,
     published: Arc<Endpoints>,
@@ -574,11 +694,12 @@ impl Builder {
         let mut cluster_ids = Vec::with_capacity(config.clusters.len());
         let mut upstream_ids = Vec::with_capacity(config.clusters.len());
         let mut endpoints = Vec::with_capacity(config.clusters.len());
-        for c in &config.clusters {
+        for (index, c) in config.clusters.iter().enumerate() {
             let state = self.clusters.entry(c.name.clone()).or_insert_with(|| {
                 let t = [("cluster", c.name.as_str())];
                 self.next_generation += 1;
                 ClusterState {
+                    index,
                     ids: ClusterStatIds {
                         cx_total: st.add("cluster", "upstream_cx_total", &t, Counter),
                         cx_active: st.add("cluster", "upstream_cx_active", &t, Gauge),
@@ -604,6 +725,7 @@ impl Builder {
                     }),
                 }
             });
+            state.index = index;
             state.update(c, st, &mut self.next_generation);
             cluster_ids.push(state.ids.clone());
             upstream_ids.push(state.upstream);
@@ -755,11 +877,80 @@ impl Builder {
             listener_ids,
             dubbo_ids,
             route_ids,
-            cluster_ids,
-            upstream_ids,
+            cluster_ids: cluster_ids.into(),
+            upstream_ids: upstream_ids.into(),
             triple_ids,
             endpoints,
+            endpoints_only: None,
         }
+    }
+
+    /// Index of cluster `name` in the last snapshot built.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.get(name).map(|s| s.index)
+    }
+
+    /// The snapshot after `prev` (the last one built) in which only `changed` (index, the
+    /// cluster with its new endpoints) differ: the endpoint tables of those clusters are
+    /// updated, everything else is shared with or copied from `prev` as it is. `spare`, when
+    /// it is `prev`'s base (`prev` is endpoints-only), is reused: only `prev`'s changes and
+    /// these are written into it, so the work follows the changes, not the config's size;
+    /// otherwise `prev` is copied.
+    pub fn build_endpoints(
+        &mut self,
+        prev: &Snapshot,
+        spare: Option<Snapshot>,
+        changed: Vec<(usize, config::Cluster)>,
+        st: &Stats,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Snapshot {
+        self.version += 1;
+        let base_of_prev = |s: &Snapshot| {
+            prev.endpoints_only.as_ref().filter(|d| {
+                d.base == s.version && s.config.clusters.len() == prev.config.clusters.len()
+            })
+        };
+        let mut next = match spare {
+            Some(mut s) if base_of_prev(&s).is_some() => {
+                for &i in base_of_prev(&s)
+                    .map(|d| d.clusters.as_slice())
+                    .unwrap_or_default()
+                {
+                    s.config.clusters[i] = prev.config.clusters[i].clone();
+                    s.endpoints[i] = prev.endpoints[i].clone();
+                }
+                s
+            }
+            _ => Snapshot {
+                version: 0,
+                config: prev.config.clone(),
+                xds_versions: None,
+                listener_ids: prev.listener_ids.clone(),
+                dubbo_ids: prev.dubbo_ids.clone(),
+                route_ids: prev.route_ids.clone(),
+                cluster_ids: prev.cluster_ids.clone(),
+                upstream_ids: prev.upstream_ids.clone(),
+                triple_ids: prev.triple_ids.clone(),
+                endpoints: prev.endpoints.clone(),
+                endpoints_only: None,
+            },
+        };
+        let mut indices = Vec::with_capacity(changed.len());
+        for (i, c) in changed {
+            if let Some(state) = self.clusters.get_mut(&c.name) {
+                state.update(&c, st, &mut self.next_generation);
+                next.endpoints[i] = state.published.clone();
+            }
+            next.config.clusters[i] = c;
+            indices.push(i);
+        }
+        next.version = self.version;
+        next.xds_versions = xds_versions;
+        next.endpoints_only = Some(EndpointsOnly {
+            base: prev.version,
+            clusters: indices,
+        });
+        next
     }
 }
 
@@ -1002,6 +1193,7 @@ impl Server {
         let update_ids = UpdateStatIds {
             applied: stats.add("config", "update_applied", &[], Kind::Counter),
             rejected: stats.add("config", "update_rejected", &[], Kind::Counter),
+            endpoints_only: stats.add("config", "update_endpoints_only", &[], Kind::Counter),
             apply_time: stats.add_histogram("config", "update_apply_time_us", &[]),
         };
         let mut builder = Builder::default();
@@ -1035,6 +1227,7 @@ impl Server {
                 builder,
                 inboxes: Vec::new(),
                 inherited,
+                spare: None,
             }),
             update_ids,
             xds_versions: Default::default(),
@@ -1250,6 +1443,48 @@ mod tests {
         let s3 = build(&mut b, &st, vec![cluster("a", &[2]), cluster("z", &[9])]);
         assert_eq!(&*s3.endpoints[0].live, &[1]);
         assert_eq!(s3.version, 3);
+    }
+
+    #[test]
+    fn endpoints_only_snapshots_change_only_their_clusters_and_reuse_the_spare() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let s1 = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[1]), cluster("b", &[2]), cluster("c", &[3])],
+        );
+        assert_eq!(b.cluster_index("c"), Some(2));
+        let s2 = b.build_endpoints(&s1, None, vec![(1, cluster("b", &[2, 4]))], &st, None);
+        let d = s2.endpoints_only.as_ref().unwrap();
+        assert_eq!((d.base, d.clusters.as_slice()), (s1.version, &[1][..]));
+        assert_eq!(s2.config.clusters[1].endpoints.len(), 2);
+        assert!(Arc::ptr_eq(&s1.endpoints[0], &s2.endpoints[0]));
+        assert!(Arc::ptr_eq(&s1.cluster_ids, &s2.cluster_ids));
+        // b keeps its table (slot 0 stays port 2), so shards keep its pool.
+        assert_eq!(s2.endpoints[1].generation, s1.endpoints[1].generation);
+        assert_eq!(s2.endpoints[1].slots[0].addr.port(), 2);
+        // s1 is s2's base: the next snapshot is built in it and must equal s2 plus c's change.
+        let s3 = b.build_endpoints(&s2, Some(s1), vec![(2, cluster("c", &[5]))], &st, None);
+        let ports = |s: &Snapshot| -> Vec<Vec<u16>> {
+            s.config
+                .clusters
+                .iter()
+                .map(|c| c.endpoints.iter().map(|a| a.port()).collect())
+                .collect()
+        };
+        assert_eq!(ports(&s3), [vec![1], vec![2, 4], vec![5]]);
+        assert!(Arc::ptr_eq(&s2.endpoints[1], &s3.endpoints[1]));
+        assert_eq!(s3.endpoints_only.as_ref().unwrap().base, s2.version);
+        assert_eq!(s3.version, s2.version + 1);
+        // A spare that is not the base of the running snapshot is not used.
+        let stale = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[9]), cluster("b", &[9]), cluster("c", &[9])],
+        );
+        let s4 = b.build_endpoints(&s3, Some(stale), vec![(0, cluster("a", &[6]))], &st, None);
+        assert_eq!(ports(&s4), [vec![6], vec![2, 4], vec![5]]);
     }
 
     #[test]

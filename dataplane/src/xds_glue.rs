@@ -1,6 +1,6 @@
 //! Connects the xDS client (crate `xds`, its own thread) to the running server: each snapshot
 //! it builds goes to [`Shared::apply`] through the registry's composer (ACK when every shard runs it, NACK with the reason
-//! otherwise), readiness waits for the first one, and the client's counters are copied into
+//! otherwise); an endpoints-only change goes to [`Shared::apply_endpoints`] the same way, readiness waits for the first one, and the client's counters are copied into
 //! ringside's stats every second (`xds.*`).
 
 use std::collections::BTreeMap;
@@ -41,8 +41,21 @@ pub fn start(
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
         // The registry's endpoints (if any) are filled in by the composer.
-        let version = composer.apply_xds(u.config, versions)?;
-        tracing::info!(version, lds = %v.lds, rds = %v.rds, cds = %v.cds, eds = %v.eds, eds_only = u.eds_only, "xds snapshot applied");
+        let (version, changed) = match u.change {
+            xds::Change::Full(config) => (composer.apply_xds(config, versions)?, None),
+            xds::Change::Endpoints(changed) => {
+                let n = changed.len();
+                (composer.apply_xds_endpoints(changed, versions)?, Some(n))
+            }
+        };
+        match changed {
+            None => {
+                tracing::info!(version, lds = %v.lds, rds = %v.rds, cds = %v.cds, eds = %v.eds, "xds snapshot applied")
+            }
+            Some(clusters) => {
+                tracing::debug!(version, eds = %v.eds, clusters, "xds endpoints applied")
+            }
+        }
         applier.dynamic_ready.store(true, Ordering::Release);
         Ok(())
     });

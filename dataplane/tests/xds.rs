@@ -347,6 +347,148 @@ fn delta_adds_changes_and_removes_dubbo_and_triple() {
     xds.terminate().unwrap();
 }
 
+/// An EDS update of one cluster takes the incremental path (`config.update_endpoints_only`):
+/// only that cluster's endpoints change; every other cluster keeps its pool and its upstream
+/// connection (the providers accept no new one), an endpoint that stays keeps its connection,
+/// an endpoint that left gets no new request; a route change after it still works on the same
+/// pools. In both ADS modes (state of the world resends every assignment; delta the changed
+/// one).
+#[test]
+fn eds_update_changes_only_its_cluster_and_keeps_the_other_connections() {
+    for mode in ["sotw", "delta"] {
+        let (a, b1, b2, c) = (
+            Provider::start("a"),
+            Provider::start("b1"),
+            Provider::start("b2"),
+            Provider::start("c"),
+        );
+        let listen = local(free_port());
+        let listener = |to_c: &str| {
+            dubbo_listener(
+                "dubbo_out",
+                listen,
+                json!([{"name": "echo", "interface": ECHO, "routes": [
+                    {"match": {"method": {"name": {"exact": "toB"}}}, "route": {"cluster": "b"}},
+                    {"match": {"method": {"name": {"exact": "toC"}}}, "route": {"cluster": to_c}},
+                    {"match": any_method(), "route": {"cluster": "a"}}
+                ]}]),
+            )
+        };
+        let clusters = json!([
+            eds_cluster("a", false),
+            eds_cluster("b", false),
+            eds_cluster("c", false)
+        ]);
+        let snapshot = |version: &str, to_c: &str, b: &[SocketAddr]| {
+            json!({
+                "version": version,
+                "listeners": [listener(to_c)],
+                "clusters": clusters,
+                "endpoints": [load_assignment("a", &[a.addr]), load_assignment("b", b),
+                              load_assignment("c", &[c.addr])]
+            })
+        };
+        let mut xds = XdsServer::start();
+        xds.put(&snapshot("v1", "c", &[b1.addr])).unwrap();
+        let rs = ringside_on(xds.addr(), mode, &format!("ringside-incr-{mode}"));
+        // One downstream connection: one shard, so each provider sees that shard's pool.
+        let mut consumer = common::dubbo::Consumer::connect(listen);
+        let mut call = |method: &str, arg: &str| -> String {
+            let args = [codec::dubbo::encode::Arg::Str(arg)];
+            let req = codec::dubbo::encode::RequestBuilder::new(ECHO, method).args(&args);
+            consumer.call(req).text
+        };
+        assert!(call("x", "1").starts_with("a|x|1"), "{mode}");
+        assert!(call("toB", "1").starts_with("b1|toB|1"), "{mode}");
+        assert!(call("toC", "1").starts_with("c|toC|1"), "{mode}");
+        let accepted = |p: &Provider| p.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            (accepted(&a), accepted(&b1), accepted(&c)),
+            (1, 1, 1),
+            "{mode}"
+        );
+        let incremental = stat(&rs, "config.update_endpoints_only");
+        let dumped = |d: &Value, cluster: &str| -> Value {
+            let all = d["config"]["clusters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            all.into_iter()
+                .find(|c| c["name"] == cluster)
+                .map(|c| c["endpoints"].clone())
+                .unwrap_or(Value::Null)
+        };
+
+        // v2: b gains b2. Only b changes; b1 keeps its connection.
+        xds.put(&snapshot("v2", "c", &[b1.addr, b2.addr])).unwrap();
+        xds.wait_ack(EDS, "v2");
+        let d = wait_dump(&rs, "eds v2", |d| d["xds_versions"]["eds"] == "v2");
+        assert_eq!(
+            dumped(&d, "b"),
+            json!([b1.addr.to_string(), b2.addr.to_string()]),
+            "{mode}: {d}"
+        );
+        assert_eq!(dumped(&d, "a"), json!([a.addr.to_string()]), "{mode}");
+        assert_eq!(
+            stat(&rs, "config.update_endpoints_only"),
+            incremental + 1,
+            "{mode}: the EDS update did not take the incremental path"
+        );
+        let mut seen: Vec<String> = (0..4)
+            .map(|i| {
+                call("toB", &i.to_string())
+                    .split('|')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, ["b1", "b2"], "{mode}");
+        assert!(call("x", "2").starts_with("a|x|2"), "{mode}");
+        assert!(call("toC", "2").starts_with("c|toC|2"), "{mode}");
+        assert_eq!(
+            (accepted(&a), accepted(&b1), accepted(&b2), accepted(&c)),
+            (1, 1, 1, 1),
+            "{mode}: a connection was dropped or a pool rebuilt"
+        );
+
+        // v3: b1 leaves: no new request goes to it; the others keep their connections.
+        xds.put(&snapshot("v3", "c", &[b2.addr])).unwrap();
+        xds.wait_ack(EDS, "v3");
+        wait_dump(&rs, "eds v3", |d| d["xds_versions"]["eds"] == "v3");
+        for i in 0..6 {
+            let got = call("toB", &format!("after{i}"));
+            assert!(got.starts_with("b2|toB|"), "{mode}: {got}");
+        }
+        assert!(call("x", "3").starts_with("a|x|3"), "{mode}");
+        assert_eq!(
+            (accepted(&a), accepted(&b2), accepted(&c)),
+            (1, 1, 1),
+            "{mode}"
+        );
+        assert_eq!(
+            stat(&rs, "config.update_endpoints_only"),
+            incremental + 2,
+            "{mode}"
+        );
+
+        // v4: a route change after incremental snapshots (toC → b) runs on the same pools.
+        xds.put(&snapshot("v4", "b", &[b2.addr])).unwrap();
+        xds.wait_ack(LDS, "v4");
+        wait_dump(&rs, "lds v4", |d| d["xds_versions"]["lds"] == "v4");
+        assert!(call("toC", "4").starts_with("b2|toC|4"), "{mode}");
+        assert!(call("x", "4").starts_with("a|x|4"), "{mode}");
+        assert_eq!(
+            (accepted(&a), accepted(&b2), accepted(&c)),
+            (1, 1, 1),
+            "{mode}"
+        );
+        xds.terminate().unwrap();
+    }
+}
+
 /// The same snapshot and table of Dubbo requests given to Envoy 1.40 and to ringside: both must
 /// route every request to the same cluster (or both refuse it).
 #[test]

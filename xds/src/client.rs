@@ -23,7 +23,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use config::{Config, Listener, Source, TripleRoute, XdsMode};
 
 use crate::proto::{self, ClusterRes, ListenerRes};
-use crate::{ApplyFn, Shared, TranslateError, Update, Versions};
+use crate::{ApplyFn, Change, ClusterEndpoints, Shared, TranslateError, Update, Versions};
 
 /// google.rpc.Code INVALID_ARGUMENT, the code of every NACK.
 const INVALID_ARGUMENT: i32 = 3;
@@ -185,6 +185,17 @@ pub(crate) struct Client {
     first_deadline: Instant,
     /// The first deadline has passed (and its forced apply was tried).
     deadline_done: bool,
+    /// EDS service name → the cached clusters that take their endpoints from it (rebuilt when
+    /// the cache is replaced), so that an EDS response finds its clusters without a scan.
+    eds_index: HashMap<String, Vec<String>>,
+    /// The cache was replaced since the RDS and EDS subscriptions were last compared with it.
+    subscriptions_stale: bool,
+    /// Hash of the encoded bytes of each cached assignment the incremental path took (by
+    /// name, and the reverse): an assignment sent again byte for byte (state of the world
+    /// resends every one) is known unchanged without decoding it. Cleared when the cache is
+    /// replaced.
+    eds_hashes: HashMap<String, u64>,
+    eds_by_hash: HashMap<u64, String>,
 }
 
 enum Exit {
@@ -217,6 +228,10 @@ impl Client {
             applied_once: false,
             first_deadline,
             deadline_done: false,
+            eds_index: HashMap::new(),
+            subscriptions_stale: true,
+            eds_hashes: HashMap::new(),
+            eds_by_hash: HashMap::new(),
         }
     }
 
@@ -303,6 +318,7 @@ impl Client {
         self.nonces = Default::default();
         self.requested_routes.clear();
         self.requested_endpoints.clear();
+        self.subscriptions_stale = true;
         match self.bootstrap.mode {
             XdsMode::Sotw => self.serve_sotw(client, stop).await,
             XdsMode::Delta => self.serve_delta(client, stop).await,
@@ -420,6 +436,9 @@ impl Client {
     }
 
     fn sync_subscriptions_sotw(&mut self, tx: &mpsc::UnboundedSender<DiscoveryRequest>) {
+        if !std::mem::take(&mut self.subscriptions_stale) {
+            return;
+        }
         let routes = self.cache.wanted_routes();
         if routes != self.requested_routes {
             self.requested_routes = routes;
@@ -542,6 +561,9 @@ impl Client {
     }
 
     fn sync_subscriptions_delta(&mut self, tx: &mpsc::UnboundedSender<DeltaDiscoveryRequest>) {
+        if !std::mem::take(&mut self.subscriptions_stale) {
+            return;
+        }
         for kind in [Kind::Eds, Kind::Rds] {
             let (wanted, requested) = match kind {
                 Kind::Rds => (self.cache.wanted_routes(), &mut self.requested_routes),
@@ -578,6 +600,11 @@ impl Client {
         version: &str,
         changes: Changes<'_>,
     ) -> Result<(), String> {
+        if kind == Kind::Eds {
+            if let Some(result) = self.endpoints_only(version, &changes) {
+                return result;
+            }
+        }
         let mut cand = self.cache.clone();
         match changes {
             Changes::Sotw(resources) => {
@@ -617,6 +644,123 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// An EDS response while a snapshot runs and nothing else waits to be applied: only the
+    /// clusters whose endpoints changed go to `apply` ([`Change::Endpoints`]) and the cache is
+    /// updated in place, so the work follows the response, not the whole config (no cache copy,
+    /// no assembly, no validation of the other clusters). `None` leaves the response to the
+    /// full path: a removal, an assignment the cache has none of yet (it may warm a cluster),
+    /// or changes of other types not applied yet.
+    fn endpoints_only(
+        &mut self,
+        version: &str,
+        changes: &Changes<'_>,
+    ) -> Option<Result<(), String>> {
+        if !self.applied_once || self.dirty.iter().any(|d| *d) {
+            return None;
+        }
+        let sent: Vec<(&str, &Any)> = match changes {
+            Changes::Sotw(resources) => resources.iter().map(|a| (version, a)).collect(),
+            Changes::Delta(_, removed) if !removed.is_empty() => return None,
+            Changes::Delta(added, _) => added.iter().map(|(v, a)| (v.as_str(), *a)).collect(),
+        };
+        // By name, the last one sent wins (as in the full path); unreferenced ones are dropped.
+        let mut decoded: HashMap<String, (&str, Vec<SocketAddr>, u64)> = HashMap::new();
+        let mut same: HashMap<&str, &str> = HashMap::new();
+        for (v, any) in sent {
+            let hash = any_hash(any);
+            if let Some(name) = self.eds_by_hash.get(&hash) {
+                // Byte for byte the assignment the cache holds for `name`.
+                decoded.remove(name);
+                same.insert(name, v);
+                continue;
+            }
+            match proto::decode_endpoints(any) {
+                Ok((name, value)) if self.eds_index.contains_key(&name) => {
+                    if !self.cache.endpoints.contains_key(&name) {
+                        return None;
+                    }
+                    same.remove(name.as_str());
+                    decoded.insert(name, (v, value, hash));
+                }
+                Ok(_) => {}
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+        let mut changed: Vec<ClusterEndpoints> = Vec::new();
+        for (name, (_, value, _)) in &decoded {
+            if self
+                .cache
+                .endpoints
+                .get(name)
+                .is_some_and(|e| e.value == *value)
+            {
+                continue;
+            }
+            let clusters = self.eds_index.get(name).into_iter().flatten();
+            changed.extend(clusters.map(|c| ClusterEndpoints {
+                cluster: c.clone(),
+                endpoints: value.clone(),
+            }));
+        }
+        let version_before =
+            std::mem::replace(&mut self.versions[Kind::Eds as usize], version.to_string());
+        let update = Update {
+            change: Change::Endpoints(changed),
+            versions: self.current_versions(),
+        };
+        if let Err(e) = (self.apply)(update) {
+            self.versions[Kind::Eds as usize] = version_before;
+            return Some(Err(e));
+        }
+        let same: Vec<(String, String)> = same
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        for (name, version) in same {
+            if let Some(e) = self.cache.endpoints.get_mut(&name) {
+                e.version = version;
+            }
+        }
+        for (name, (v, value, hash)) in decoded {
+            if let Some(old) = self.eds_hashes.insert(name.clone(), hash) {
+                self.eds_by_hash.remove(&old);
+            }
+            self.eds_by_hash.insert(hash, name.clone());
+            let version = v.to_string();
+            self.cache.endpoints.insert(name, Entry { version, value });
+        }
+        self.shared.updates.fetch_add(1, Ordering::Relaxed);
+        let versions = self.current_versions();
+        self.shared.with_text(|t| t.1 = versions);
+        Some(Ok(()))
+    }
+
+    fn current_versions(&self) -> Versions {
+        Versions {
+            lds: self.versions[Kind::Lds as usize].clone(),
+            rds: self.versions[Kind::Rds as usize].clone(),
+            cds: self.versions[Kind::Cds as usize].clone(),
+            eds: self.versions[Kind::Eds as usize].clone(),
+        }
+    }
+
+    /// Makes `cand` the cache (and rebuilds what is derived from it).
+    fn commit(&mut self, cand: Cache) {
+        self.cache = cand;
+        self.eds_index.clear();
+        for (name, c) in &self.cache.clusters {
+            if let Some(eds) = &c.value.eds {
+                self.eds_index
+                    .entry(eds.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        self.subscriptions_stale = true;
+        self.eds_hashes.clear();
+        self.eds_by_hash.clear();
     }
 
     fn check_static_names(&self, cand: &Cache, kind: Kind) -> Result<(), String> {
@@ -713,28 +857,16 @@ impl Client {
     fn try_apply(&mut self, cand: Cache, forced: bool) -> Result<(), String> {
         let warm = self.warm(&cand);
         if !warm && !forced {
-            self.cache = cand;
+            self.commit(cand);
             return Ok(());
         }
         let config = self.assemble(&cand, !warm).map_err(|e| e.to_string())?;
-        let d = self.dirty;
-        let eds_only = self.applied_once
-            && d[Kind::Eds as usize]
-            && !d[Kind::Lds as usize]
-            && !d[Kind::Rds as usize]
-            && !d[Kind::Cds as usize];
-        let versions = Versions {
-            lds: self.versions[Kind::Lds as usize].clone(),
-            rds: self.versions[Kind::Rds as usize].clone(),
-            cds: self.versions[Kind::Cds as usize].clone(),
-            eds: self.versions[Kind::Eds as usize].clone(),
-        };
+        let versions = self.current_versions();
         (self.apply)(Update {
-            config,
+            change: Change::Full(config),
             versions: versions.clone(),
-            eds_only,
         })?;
-        self.cache = cand;
+        self.commit(cand);
         self.dirty = [false; 4];
         self.applied_once = true;
         self.shared.updates.fetch_add(1, Ordering::Relaxed);
@@ -763,6 +895,15 @@ fn name_problems(config: &Config, problems: Vec<(String, String)>) -> Vec<(Strin
             (named.unwrap_or(field), message)
         })
         .collect()
+}
+
+/// A 64-bit hash of a resource as sent (type and bytes).
+fn any_hash(any: &Any) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    h.finish()
 }
 
 /// A delay in [base/2, base] (ms), spread so that many sidecars do not reconnect in step.

@@ -16,7 +16,53 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use crate::testing::*;
-use crate::{Handle, Update};
+use crate::{Change, ClusterEndpoints, Handle, Update, Versions};
+
+/// An update as the data plane ends up running it: an endpoints-only change is patched into
+/// the config the last update left (what `dataplane`'s composer does).
+#[derive(Debug)]
+struct Applied {
+    config: config::Config,
+    versions: Versions,
+    /// The update was a [`Change::Endpoints`]; these are its clusters.
+    eds_only: Option<Vec<ClusterEndpoints>>,
+}
+
+// === impl Applied ===
+
+impl Applied {
+    fn eds_only(&self) -> bool {
+        self.eds_only.is_some()
+    }
+
+    fn follow(last: &mut Option<config::Config>, u: Update) -> Result<Applied, String> {
+        let (config, eds_only) = match u.change {
+            Change::Full(c) => (c, None),
+            Change::Endpoints(changed) => {
+                let mut c = last
+                    .clone()
+                    .ok_or("endpoints change before a full config")?;
+                for e in &changed {
+                    let cluster = c
+                        .clusters
+                        .iter_mut()
+                        .find(|x| x.name == e.cluster)
+                        .ok_or_else(|| {
+                            format!("endpoints change of unknown cluster {:?}", e.cluster)
+                        })?;
+                    cluster.endpoints = e.endpoints.clone();
+                }
+                (c, Some(changed))
+            }
+        };
+        *last = Some(config.clone());
+        Ok(Applied {
+            config,
+            versions: u.versions,
+            eds_only,
+        })
+    }
+}
 
 #[derive(Debug)]
 enum Req {
@@ -223,7 +269,7 @@ impl Server {
 
 struct Sidecar {
     handle: Option<Handle>,
-    updates: mpsc::UnboundedReceiver<Update>,
+    updates: mpsc::UnboundedReceiver<Applied>,
     reject: Arc<Mutex<Option<String>>>,
 }
 
@@ -237,6 +283,7 @@ impl Sidecar {
         let (tx, updates) = mpsc::unbounded_channel();
         let reject: Arc<Mutex<Option<String>>> = Default::default();
         let r = reject.clone();
+        let mut last: Option<config::Config> = None;
         let bootstrap = config::XdsBootstrap {
             server: format!("127.0.0.1:{port}"),
             node_id: "sidecar~10.1.2.3~pod.ns~ns.svc.cluster.local".into(),
@@ -258,7 +305,8 @@ impl Sidecar {
                 if let Some(detail) = r.lock().unwrap().take() {
                     return Err(detail);
                 }
-                tx.send(u).map_err(|e| e.to_string())
+                tx.send(Applied::follow(&mut last, u)?)
+                    .map_err(|e| e.to_string())
             }),
         )
         .unwrap();
@@ -269,7 +317,7 @@ impl Sidecar {
         }
     }
 
-    async fn update(&mut self) -> Update {
+    async fn update(&mut self) -> Applied {
         tokio::time::timeout(Duration::from_secs(10), self.updates.recv())
             .await
             .expect("no update within 10 s")
@@ -296,7 +344,7 @@ impl Drop for Sidecar {
     }
 }
 
-fn listener_names(u: &Update) -> Vec<&str> {
+fn listener_names(u: &Applied) -> Vec<&str> {
     u.config.listeners.iter().map(|l| l.name.as_str()).collect()
 }
 
@@ -403,7 +451,7 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
         ),
         ("l1", "r1", "c1", "e1")
     );
-    assert!(!u.eds_only);
+    assert!(!u.eds_only());
 
     // Endpoints only.
     server.send(
@@ -416,7 +464,7 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     );
     server.next_sotw().await;
     let u = sidecar.update().await;
-    assert!(u.eds_only);
+    assert!(u.eds_only());
     assert_eq!(u.config.clusters[0].endpoints.len(), 2);
 
     // NACK: ring hash cannot be honoured; the ACKed version stays c1 and nothing is applied.
@@ -736,6 +784,131 @@ async fn delta_add_remove_and_subscriptions() {
     let u = sidecar.update().await;
     assert!(u.config.clusters.is_empty());
     assert_eq!(sidecar.stats().nacks, 1);
+    server.stop();
+}
+
+/// Ports of one cluster's endpoints in an update.
+fn ports(u: &Applied, cluster: &str) -> Vec<u16> {
+    u.config
+        .cluster(cluster)
+        .unwrap()
+        .endpoints
+        .iter()
+        .map(|a| a.port())
+        .collect()
+}
+
+/// The clusters of an endpoints-only update, sorted (panics on a full one).
+fn changed(u: &Applied) -> Vec<&str> {
+    let mut names: Vec<&str> = u
+        .eds_only
+        .as_ref()
+        .expect("an endpoints-only update")
+        .iter()
+        .map(|c| c.cluster.as_str())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn eds_updates_carry_only_the_clusters_that_changed() {
+    let mut server = Server::start(0).await;
+    let mut sidecar = Sidecar::start(
+        server.port,
+        config::XdsMode::Sotw,
+        30_000,
+        config::Config::default(),
+    );
+    server.next_sotw().await; // CDS
+    server.next_sotw().await; // LDS
+    server.wait_stream().await;
+    // a and a2 share the EDS name "a-eds"; b has its own.
+    server.send(
+        CLUSTER_TYPE,
+        "c1",
+        vec![
+            cluster_eds("a", "a-eds"),
+            cluster_eds("a2", "a-eds"),
+            cluster_eds("b", "b-eds"),
+        ],
+    );
+    server.next_sotw().await; // ACK
+    server.next_sotw().await; // EDS subscription
+    server.send(LISTENER_TYPE, "l1", vec![listener("t", 19001, tcp("a"))]);
+    server.next_sotw().await;
+    let both = |a: u32, b: u32| {
+        vec![
+            cla("a-eds", &[("10.0.0.1", a)]),
+            cla("b-eds", &[("10.0.0.2", b)]),
+        ]
+    };
+    server.send(ENDPOINT_TYPE, "e1", both(1, 2));
+    server.next_sotw().await;
+    let u = sidecar.update().await;
+    assert!(!u.eds_only(), "the first snapshot is a full one");
+
+    // State of the world resends both assignments; only b changed: b alone goes out.
+    server.send(ENDPOINT_TYPE, "e2", both(1, 3));
+    let ack = server.next_sotw().await;
+    assert_eq!(ack.version_info, "e2");
+    let u = sidecar.update().await;
+    assert_eq!(changed(&u), ["b"]);
+    assert_eq!(
+        (ports(&u, "a"), ports(&u, "a2"), ports(&u, "b")),
+        (vec![1], vec![1], vec![3])
+    );
+    assert_eq!(u.versions.eds, "e2");
+
+    // A shared assignment changes both of its clusters.
+    server.send(ENDPOINT_TYPE, "e3", both(4, 3));
+    server.next_sotw().await;
+    let u = sidecar.update().await;
+    assert_eq!(changed(&u), ["a", "a2"]);
+    assert_eq!(
+        (ports(&u, "a"), ports(&u, "a2"), ports(&u, "b")),
+        (vec![4], vec![4], vec![3])
+    );
+
+    // Nothing changed: an empty change, still under the new version.
+    server.send(ENDPOINT_TYPE, "e4", both(4, 3));
+    server.next_sotw().await;
+    let u = sidecar.update().await;
+    assert_eq!(u.eds_only.as_deref(), Some(&[][..]));
+    assert_eq!(u.versions.eds, "e4");
+
+    // Refused by the data plane: NACKed, the version stays, and the next response that changes
+    // the same thing is sent again (the cache did not take the refused one).
+    *sidecar.reject.lock().unwrap() = Some("shard said no".into());
+    server.send(ENDPOINT_TYPE, "e5", both(5, 3));
+    let nack = server.next_sotw().await;
+    assert_eq!(nack.version_info, "e4");
+    assert_eq!(nack.error_detail.unwrap().message, "shard said no");
+    server.send(ENDPOINT_TYPE, "e6", both(5, 3));
+    server.next_sotw().await;
+    let u = sidecar.update().await;
+    assert_eq!(u.eds_only.as_ref().unwrap().len(), 2);
+    assert_eq!(ports(&u, "a"), vec![5]);
+
+    // A bad assignment is NACKed with its field, as on the full path.
+    let mut bad = cla_pb("b-eds", &[("10.0.0.2", 3)]);
+    bad.named_endpoints.insert("x".into(), Default::default());
+    server.send(
+        ENDPOINT_TYPE,
+        "e7",
+        vec![
+            cla("a-eds", &[("10.0.0.1", 5)]),
+            envoy_types::util::pack_any(bad),
+        ],
+    );
+    let nack = server.next_sotw().await;
+    assert!(nack
+        .error_detail
+        .unwrap()
+        .message
+        .contains("named_endpoints"));
+    sidecar.no_update();
+    assert_eq!(sidecar.stats().versions.eds, "e6");
     server.stop();
 }
 

@@ -3,7 +3,9 @@
 //! never on a shard. It subscribes to LDS and CDS (wildcard) and to the RDS and EDS names the
 //! listeners and clusters reference, turns the Envoy v3 resources into one plain
 //! [`config::Config`] (the static YAML listeners and clusters plus the dynamic ones, validated
-//! with `Source::Dynamic`), and hands each warm snapshot to the caller's `apply` callback. What
+//! with `Source::Dynamic`), and hands each warm snapshot to the caller's `apply` callback; an
+//! EDS response that changes only endpoints is handed over as the changed clusters' endpoint
+//! lists alone ([`Change::Endpoints`]), so its cost follows the change, not the config. What
 //! `apply` accepts is ACKed; what cannot be translated, fails validation or is refused by `apply`
 //! is NACKed with the resource and field named, and the last good snapshot stays. No prost type
 //! appears in this API: every proto conversion is fenced in the private `proto` module, whose
@@ -39,12 +41,27 @@ pub struct Versions {
 /// One snapshot for the data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Update {
-    /// The complete merged config: static listeners and clusters first, then the dynamic ones.
-    pub config: config::Config,
+    pub change: Change,
     pub versions: Versions,
-    /// Only endpoints (EDS) changed since the last applied snapshot: the listeners, routes and
-    /// cluster settings are the same, so the data plane may just swap endpoint lists.
-    pub eds_only: bool,
+}
+
+/// What an [`Update`] carries: the whole config, or only the endpoints that changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The complete merged config: static listeners and clusters first, then the dynamic ones.
+    Full(config::Config),
+    /// Only endpoints (EDS) changed since the last applied update, and only these clusters':
+    /// the listeners, routes, cluster settings and every other cluster's endpoints are as the
+    /// last applied update left them. Each cluster appears once, with its complete new
+    /// endpoint list. Empty when a response changed nothing (its versions are still new).
+    Endpoints(Vec<ClusterEndpoints>),
+}
+
+/// The new endpoints of one cluster (a dynamic cluster the last applied update has).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterEndpoints {
+    pub cluster: String,
+    pub endpoints: Vec<std::net::SocketAddr>,
 }
 
 /// Counters of one client, readable from any thread (a point-in-time copy).
