@@ -42,7 +42,7 @@ pub fn start(
         .collect();
         // The registry's endpoints (if any) are filled in by the composer.
         let (version, changed) = match u.change {
-            xds::Change::Full(config) => (composer.apply_xds(config, versions)?, None),
+            xds::Change::Full(config) => (composer.apply_xds(*config, versions)?, None),
             xds::Change::Endpoints(changed) => {
                 let n = changed.len();
                 (composer.apply_xds_endpoints(changed, versions)?, Some(n))

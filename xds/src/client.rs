@@ -863,7 +863,7 @@ impl Client {
         let config = self.assemble(&cand, !warm).map_err(|e| e.to_string())?;
         let versions = self.current_versions();
         (self.apply)(Update {
-            change: Change::Full(config),
+            change: Change::Full(Box::new(config)),
             versions: versions.clone(),
         })?;
         self.commit(cand);

@@ -37,7 +37,7 @@ impl Applied {
 
     fn follow(last: &mut Option<config::Config>, u: Update) -> Result<Applied, String> {
         let (config, eds_only) = match u.change {
-            Change::Full(c) => (c, None),
+            Change::Full(c) => (*c, None),
             Change::Endpoints(changed) => {
                 let mut c = last
                     .clone()

@@ -49,7 +49,7 @@ pub struct Update {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// The complete merged config: static listeners and clusters first, then the dynamic ones.
-    Full(config::Config),
+    Full(Box<config::Config>),
     /// Only endpoints (EDS) changed since the last applied update, and only these clusters':
     /// the listeners, routes, cluster settings and every other cluster's endpoints are as the
     /// last applied update left them. Each cluster appears once, with its complete new
