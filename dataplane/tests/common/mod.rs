@@ -16,13 +16,26 @@ use std::time::{Duration, Instant};
 
 pub const RINGSIDE: &str = env!("CARGO_BIN_EXE_ringside");
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and one this test process has not handed out before.
+///
+/// Tests in one binary run concurrently, and the kernel may give a released port out again at
+/// once: two tests on one port would share a SO_REUSEPORT listener (or one control socket path,
+/// `$TMPDIR/ringside-<admin port>.sock`) and talk to each other's ringside.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    #[allow(clippy::disallowed_types)]
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A temp dir removed on drop.
@@ -30,12 +43,14 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "ringside-test-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
+        // Unique within the process (a counter) and across processes (the pid).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("ringside-test-{tag}-{}-{n}", std::process::id()));
+        // A leftover of an earlier process with the same pid is removed, never shared.
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir(&p).unwrap();
         TempDir(p)
     }
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
