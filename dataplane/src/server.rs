@@ -438,6 +438,7 @@ impl Shared {
         config: Config,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<u64, String> {
+        let started = Instant::now();
         let problems = config.validate_as(config::Source::Dynamic);
         if !problems.is_empty() {
             return Err(problems
@@ -459,6 +460,7 @@ impl Shared {
                 config::Protocol::Tcp => {}
             }
         }
+        let checked = started.elapsed();
         let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
         if current.config == config {
@@ -473,9 +475,21 @@ impl Shared {
             .bind_new(&config.listeners, self.shard_count, &mut u.inherited)
             .map_err(|e| e.to_string())?;
         let keep = config.listeners.clone();
+        let clusters = config.clusters.len();
+        let building = Instant::now();
         let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
+        let built = building.elapsed();
         self.sockets.install(bound, &keep);
-        self.publish(&mut u, snapshot)
+        let result = self.publish(&mut u, snapshot);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            clusters,
+            check_ms = ms(checked),
+            build_ms = ms(built),
+            shards_ms = ms(building.elapsed() - built),
+            "config update applied"
+        );
+        result
     }
 
     /// Hands `snapshot` to every shard and waits until each runs it; then it is the current

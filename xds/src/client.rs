@@ -605,6 +605,11 @@ impl Client {
                 return result;
             }
         }
+        let started = std::time::Instant::now();
+        let resources = match &changes {
+            Changes::Sotw(r) => r.len(),
+            Changes::Delta(a, _) => a.len(),
+        };
         let mut cand = self.cache.clone();
         match changes {
             Changes::Sotw(resources) => {
@@ -636,7 +641,16 @@ impl Client {
         self.versions[kind as usize] = version.to_string();
         self.dirty[kind as usize] = true;
         let forced = !self.applied_once && self.deadline_done;
-        match self.try_apply(cand, forced) {
+        let translated = started.elapsed();
+        let result = self.try_apply(cand, forced);
+        tracing::debug!(
+            kind = ?kind,
+            resources,
+            translate_ms = translated.as_secs_f64() * 1e3,
+            apply_ms = (started.elapsed() - translated).as_secs_f64() * 1e3,
+            "xds: full update"
+        );
+        match result {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.versions[kind as usize] = version_before;
@@ -860,7 +874,13 @@ impl Client {
             self.commit(cand);
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let config = self.assemble(&cand, !warm).map_err(|e| e.to_string())?;
+        tracing::debug!(
+            clusters = config.clusters.len(),
+            assemble_ms = started.elapsed().as_secs_f64() * 1e3,
+            "xds: assembled"
+        );
         let versions = self.current_versions();
         (self.apply)(Update {
             change: Change::Full(Box::new(config)),
