@@ -25,7 +25,10 @@ use crate::listener::ListenerCtx;
 /// its first bytes before it is passed through as plain TCP (a server-first protocol).
 pub const DETECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
-pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
+/// Relays one connection; closes it at the deadline of a drain of its listener (ringside cannot
+/// see where one request of an opaque byte stream ends, so there is no earlier point at which
+/// closing is safe).
+pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::listener::Drain) {
     let _ = down.set_nodelay(true);
     let cluster = l.cluster.borrow().clone();
     let Some(cluster) = cluster.as_ref() else {
@@ -58,12 +61,14 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
             };
             if fits {
                 l.stats.inc(l.ids.cx_handed_off);
-                v.stats.inc(v.ids.cx_total);
-                v.stats.inc(v.ids.cx_active);
+                if !v.admit() {
+                    // Over the virtual listener's connections_per_shard_max: closed, as an
+                    // accepting listener does.
+                    return;
+                }
                 // Boxed: serve_connection may come back here (a virtual tcp listener). One
                 // allocation per handed-off connection, none per request.
-                Box::pin(crate::listener::serve_connection(down, v.clone())).await;
-                v.stats.dec(v.ids.cx_active);
+                Box::pin(crate::listener::serve_connection(down, v)).await;
                 return;
             }
         }
@@ -103,6 +108,9 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
         }
         _ = idle(&last_activity, l.idle_timeout) => {
             l.stats.inc(ids.cx_idle_timeout);
+        }
+        _ = drain.deadline() => {
+            tracing::debug!(listener = %l.name, "drain timeout: closing the connection");
         }
     }
 }
