@@ -70,11 +70,6 @@ impl Drain {
             shard::monoio::time::sleep_until(d.into()).await;
         }
     }
-
-    /// Whether the deadline has passed: a connection that ends now was closed by it.
-    fn expired(&self) -> bool {
-        self.deadline.get().is_some_and(|d| Instant::now() >= d)
-    }
 }
 
 /// One listener's connections on one shard, across the contexts a config update gives it:
@@ -848,28 +843,30 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
     l.stats.inc(l.ids.cx_total);
     l.stats.inc(l.ids.cx_active);
     conns.open.set(conns.open.get() + 1);
-    match l.protocol {
+    // Whether the drain's deadline cut the connection.
+    let cut = match l.protocol {
         // Config validation keeps TCP listeners off the DPDK path.
         Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
             Ok(s) => tcp_proxy::serve(s, l.clone(), &drain).await,
-            Err(_) => tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket"),
+            Err(_) => {
+                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
+                false
+            }
         },
-        Protocol::Dubbo => {
-            if let Some(d) = l.dubbo.clone() {
-                downstream::serve(stream, d, &drain).await
-            }
-        }
-        Protocol::Triple => {
-            if let Some(t) = l.triple.clone() {
-                crate::triple::conn::serve(stream, t, &drain).await
-            }
-        }
-    }
+        Protocol::Dubbo => match l.dubbo.clone() {
+            Some(d) => downstream::serve(stream, d, &drain).await,
+            None => false,
+        },
+        Protocol::Triple => match l.triple.clone() {
+            Some(t) => crate::triple::conn::serve(stream, t, &drain).await,
+            None => false,
+        },
+    };
     l.stats.dec(l.ids.cx_active);
     if drain.is_started() {
         l.stats.inc(l.ids.cx_drained);
         conns.drained.set(conns.drained.get() + 1);
-        if drain.expired() {
+        if cut {
             l.stats.inc(l.ids.cx_drain_timeout);
             conns
                 .closed_at_deadline

@@ -220,8 +220,9 @@ impl DownConn {
 /// Serves one consumer connection, on the kernel or on the DPDK path (`S`: `crate::io::Conn`).
 /// When `drain` starts (the process drains, or a config update removed the listener) the
 /// caller is told to leave and the connection closes once idle; at the drain's deadline it is
-/// closed whatever it is doing.
-pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) {
+/// closed whatever it is doing. Returns whether the deadline cut it (it was not closed yet; a
+/// connection we closed whose caller has not closed its side yet does not count).
+pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
     let _ = stream.set_nodelay(true);
     let conn = Rc::new(DownConn {
         l,
@@ -236,19 +237,24 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         finished: Event::new(),
     });
     let (r, w) = stream.into_split();
-    shard::monoio::select! {
+    let cut = shard::monoio::select! {
         _ = async {
             shard::monoio::join!(
                 read_loop(&conn, r),
                 write_loop(&conn, w),
                 announce_drain(&conn, drain)
             )
-        } => {}
-        _ = drain.deadline() => {
-            tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
-        }
+        } => false,
+        // After our FIN the reader waits for the caller's (so that nothing it sends meanwhile
+        // is answered with a reset that could discard the answers it has not read yet); at the
+        // deadline it stops waiting.
+        _ = drain.deadline() => !conn.finished.is_set(),
+    };
+    if cut {
+        tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
     }
     conn.closed.set(true);
+    cut
 }
 
 /// When the shard drains: tell the caller this process is going away (Dubbo's readonly event,

@@ -1252,7 +1252,8 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
 /// When `drain` starts (the process drains, or a config update removed the listener) the caller
 /// gets the two-step GOAWAY and the connection closes once its streams are done; at the drain's
 /// deadline the final GOAWAY goes out whatever is still open, and the connection closes.
-pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: &Drain) {
+/// Returns whether the deadline cut it.
+pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: &Drain) -> bool {
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
@@ -1288,12 +1289,14 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
             }
         }
     };
+    let cut = std::cell::Cell::new(false);
     let drainer = async {
         drain.started().await;
         shard::monoio::select! {
             _ = drain_gracefully(&conn) => {}
             _ = drain.deadline() => {
                 tracing::debug!(listener = %l.name, streams = conn.stream_count(), "drain timeout: closing the connection");
+                cut.set(true);
             }
         }
         let last = conn.stream_ids.get();
@@ -1317,6 +1320,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         _ = drainer => {}
     }
     conn.cancel_all();
+    cut.get()
 }
 
 /// The caller side of a drain up to the final GOAWAY. Two-step GOAWAY (RFC 9113 6.8): first with
