@@ -26,9 +26,14 @@ fn any_method() -> Value {
 
 /// A ringside whose listeners and clusters all come from the ADS server at `xds`.
 fn ringside_on(xds: SocketAddr, mode: &str, node: &str) -> Ringside {
+    ringside_with(xds, mode, node, "")
+}
+
+/// [`ringside_on`] with `top` (top-level fields, one per line) added to its config file.
+fn ringside_with(xds: SocketAddr, mode: &str, node: &str, top: &str) -> Ringside {
     let admin = local(free_port());
     let config = format!(
-        "admin:\n  address: {admin}\n\
+        "admin:\n  address: {admin}\n{top}\
          xds:\n  server: {xds}\n  node_id: {node}\n  node_cluster: tests\n  mode: {mode}\n  \
          initial_fetch_timeout_ms: 20000\n  retry_initial_ms: 100\n  retry_max_ms: 1000\n"
     );
@@ -567,13 +572,12 @@ fn dubbo_routes_via_ringside(snapshot: &Value, calls: &[DubboCall]) -> Vec<Resul
 
 /// A ringside like [`ringside_on`] (SotW) whose drains last at most `drain_ms`.
 fn ringside_draining(xds: SocketAddr, node: &str, drain_ms: u64) -> Ringside {
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\ndrain_timeout_ms: {drain_ms}\n\
-         xds:\n  server: {xds}\n  node_id: {node}\n  mode: sotw\n  \
-         initial_fetch_timeout_ms: 20000\n  retry_initial_ms: 100\n  retry_max_ms: 1000\n"
-    );
-    Ringside::start(&config, admin, &["--shards", "2"])
+    ringside_with(
+        xds,
+        "sotw",
+        node,
+        &format!("drain_timeout_ms: {drain_ms}\n"),
+    )
 }
 
 /// Waits until stat `name` satisfies `pred`; returns its value.
@@ -667,20 +671,8 @@ fn a_replaced_dubbo_listener_drains_its_connections_within_the_drain_timeout() {
     let mut rs = ringside_draining(xds.addr(), "ringside-drain-dubbo", DRAIN_MS);
     xds.wait_ack(LDS, "v1");
 
-    let listen_s = listen.to_string();
-    let sofa = std::thread::spawn(move || {
-        let mut c = node("consumer.js");
-        c.args([
-            "--address",
-            &listen_s,
-            "--method",
-            "echo",
-            "--args",
-            r#"["sofa"]"#,
-        ])
-        .args(["--count", "300", "--interval-ms", "5"]);
-        run_consumer(c)
-    });
+    let sofa =
+        std::thread::spawn(move || node_consumer_loop(listen, "echo", r#"["sofa"]"#, 300, 5));
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let loops = [
         looping_consumer(listen, true, stop.clone()),
