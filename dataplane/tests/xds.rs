@@ -588,7 +588,12 @@ fn wait_stat(rs: &Ringside, name: &str, within: Duration, pred: impl Fn(i64) -> 
         if pred(v) {
             return v;
         }
-        assert!(Instant::now() < deadline, "{name} stayed at {v}");
+        if Instant::now() >= deadline {
+            let scope = name.rsplit_once('.').map_or(name, |(s, _)| s);
+            let (_, all) = rs.get("/stats");
+            let related: Vec<&str> = all.lines().filter(|l| l.starts_with(scope)).collect();
+            panic!("{name} stayed at {v}: {related:#?}");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -681,7 +686,6 @@ fn a_replaced_dubbo_listener_drains_its_connections_within_the_drain_timeout() {
     let mut idle = common::dubbo::Consumer::connect(listen);
     let mut slow = common::dubbo::Consumer::connect(listen);
     let mut held = common::dubbo::Consumer::connect(listen);
-    held.send(RequestBuilder::new(ECHO, "hold").version("1.0.0"));
     // Six connections: sofa-rpc-node's, the two loops', and the three above.
     let old_total = wait_stat(
         &rs,
@@ -690,6 +694,9 @@ fn a_replaced_dubbo_listener_drains_its_connections_within_the_drain_timeout() {
         |v| v == 6,
     );
     std::thread::sleep(Duration::from_millis(300));
+    // Sent now, so that the cluster's 3 s request timeout cannot answer it before the drain
+    // timeout does.
+    held.send(RequestBuilder::new(ECHO, "hold").version("1.0.0"));
     let slow_id = slow.send(
         RequestBuilder::new(ECHO, "sleep")
             .version("1.0.0")
