@@ -6,12 +6,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shard::monoio::net::TcpListener;
-use shard::{Event, Receiver, ShardCtx};
+use shard::{Event, Notify, Receiver, ShardCtx};
 
 use crate::cluster::ShardCluster;
 use crate::config::{self, Protocol};
@@ -35,6 +35,114 @@ pub const DRAIN_ANNOUNCE_DELAY_MS: u64 = 20;
 /// How often a draining shard checks whether its connections are gone.
 const DRAIN_POLL_MS: u64 = 10;
 
+/// One drain of one listener's connections on one shard: when they are told to leave, and when
+/// those still open are closed anyway. Started for every listener when the process drains
+/// (SIGTERM, `/drain`, hot upgrade), and for one listener when a config update removes it or
+/// replaces it by one with another address, protocol, `transparent` or `bind`.
+#[derive(Default)]
+pub struct Drain {
+    started: Event,
+    deadline: Cell<Option<Instant>>,
+}
+
+impl Drain {
+    /// Tells the connections to leave; those still open after `timeout` are closed.
+    pub fn start(&self, timeout: Duration) {
+        if !self.started.is_set() {
+            self.deadline.set(Some(Instant::now() + timeout));
+            self.started.set();
+        }
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.is_set()
+    }
+
+    /// Completes once the drain has started.
+    pub async fn started(&self) {
+        self.started.wait().await
+    }
+
+    /// Completes at the deadline of the drain (never before it started).
+    pub async fn deadline(&self) {
+        self.started.wait().await;
+        if let Some(d) = self.deadline.get() {
+            shard::monoio::time::sleep_until(d.into()).await;
+        }
+    }
+}
+
+/// One listener's connections on one shard, across the contexts a config update gives it:
+/// how many are open (`connections_per_shard_max`), and the drain they follow.
+#[derive(Default)]
+pub struct Connections {
+    open: Cell<u32>,
+    /// Replaced by a fresh one when a drained shard resumes.
+    drain: RefCell<Rc<Drain>>,
+    /// Of the current drain: connections that ended, and those closed at its deadline.
+    drained: Cell<u64>,
+    closed_at_deadline: Cell<u64>,
+    /// Notified when the last open connection ends.
+    none_open: Notify,
+}
+
+impl Connections {
+    pub fn drain(&self) -> Rc<Drain> {
+        self.drain.borrow().clone()
+    }
+}
+
+/// The drain of a listener that a config update removed or replaced, as the control thread
+/// hands it to every shard: each shard adds what its connections did once they are all gone,
+/// and the last one logs the listener's one line.
+pub struct DrainReport {
+    pub listener: String,
+    started: Instant,
+    timeout: Duration,
+    shards_left: AtomicUsize,
+    connections: AtomicU64,
+    closed_at_deadline: AtomicU64,
+}
+
+impl DrainReport {
+    pub fn new(listener: &str, shards: usize, timeout: Duration) -> Arc<DrainReport> {
+        Arc::new(DrainReport {
+            listener: listener.to_string(),
+            started: Instant::now(),
+            timeout,
+            shards_left: AtomicUsize::new(shards),
+            connections: AtomicU64::new(0),
+            closed_at_deadline: AtomicU64::new(0),
+        })
+    }
+
+    fn shard_done(&self, connections: u64, closed_at_deadline: u64) {
+        self.connections.fetch_add(connections, Ordering::AcqRel);
+        self.closed_at_deadline
+            .fetch_add(closed_at_deadline, Ordering::AcqRel);
+        if self.shards_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            tracing::info!(
+                listener = %self.listener,
+                connections = self.connections.load(Ordering::Acquire),
+                closed_at_timeout = self.closed_at_deadline.load(Ordering::Acquire),
+                drain_ms = self.started.elapsed().as_millis() as u64,
+                drain_timeout_ms = self.timeout.as_millis() as u64,
+                "listener drained"
+            );
+        }
+    }
+}
+
+/// Whether a listener's connections can stay when an update changes it from `old` to `new`
+/// (same name): its socket and protocol are the same. Otherwise the old listener's connections
+/// drain and the new one starts afresh.
+pub fn keeps_connections(old: &config::Listener, new: &config::Listener) -> bool {
+    old.address == new.address
+        && old.protocol == new.protocol
+        && old.transparent == new.transparent
+        && old.bind == new.bind
+}
+
 /// What every connection of one listener on one shard needs.
 pub struct ListenerCtx {
     pub name: String,
@@ -55,8 +163,8 @@ pub struct ListenerCtx {
     pub dubbo: Option<Rc<DubboListener>>,
     /// Set for `triple` listeners.
     pub triple: Option<Rc<crate::triple::TripleListener>>,
-    /// The shard's drain signal.
-    pub draining: Rc<RefCell<Event>>,
+    /// This listener's connections on this shard (shared by its successive contexts).
+    pub conns: Rc<Connections>,
     /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
     /// original destination, exact addresses first (set after every config update).
     pub virtuals: RefCell<Rc<[Virtual]>>,
@@ -148,6 +256,7 @@ struct ShardListener {
     ctx: Rc<RefCell<Rc<ListenerCtx>>>,
     /// Ends this listener's accept loops.
     stop: Event,
+    conns: Rc<Connections>,
 }
 
 /// A listener's config without its routes: a change here rebuilds the listener's context
@@ -179,7 +288,6 @@ struct ShardState {
     snapshot: Arc<Snapshot>,
     clusters: HashMap<String, ClusterEntry>,
     listeners: Vec<ShardListener>,
-    draining: Rc<RefCell<Event>>,
     connections: Rc<Cell<usize>>,
     accepting: bool,
 }
@@ -188,7 +296,7 @@ impl ShardState {
     /// Takes `snap`: clusters first (endpoint-only changes update pools in place), then
     /// listeners (route changes swap each listener's routes; new listeners start accepting;
     /// removed ones stop). Runs between requests, without awaiting.
-    fn apply(&mut self, snap: Arc<Snapshot>) {
+    fn apply(&mut self, snap: Arc<Snapshot>, drains: &[Arc<DrainReport>]) {
         if let Some(d) = &snap.endpoints_only {
             if d.base == self.snapshot.version && self.apply_endpoints(&snap, &d.clusters) {
                 self.snapshot = snap;
@@ -268,15 +376,10 @@ impl ShardState {
                 .position(|x| x.cfg.name == l.name)
                 .map(|k| old.swap_remove(k));
             let sl = match prev {
-                Some(p)
-                    if p.cfg.address == l.address
-                        && p.cfg.protocol == l.protocol
-                        && p.cfg.transparent == l.transparent
-                        && p.cfg.bind == l.bind =>
-                {
+                Some(p) if keeps_connections(&p.cfg, l) => {
                     let ctx = p.ctx.borrow().clone();
                     if listener_params(&p.cfg) != listener_params(l) {
-                        let fresh = self.listener_ctx(&snap, index, Some(&ctx));
+                        let fresh = self.listener_ctx(&snap, index, Some(&ctx), p.conns.clone());
                         *p.ctx.borrow_mut() = fresh;
                     } else if reindexed || p.cfg != *l {
                         self.swap_routes(&snap, index, &ctx);
@@ -286,16 +389,24 @@ impl ShardState {
                         cfg: l.clone(),
                         ctx: p.ctx,
                         stop: p.stop,
+                        conns: p.conns,
                     }
                 }
                 other => {
                     if let Some(p) = other {
-                        p.stop.set();
+                        self.drain_gone(p, drains);
                     }
+                    let conns = Rc::new(Connections::default());
                     let sl = ShardListener {
                         cfg: l.clone(),
-                        ctx: Rc::new(RefCell::new(self.listener_ctx(&snap, index, None))),
+                        ctx: Rc::new(RefCell::new(self.listener_ctx(
+                            &snap,
+                            index,
+                            None,
+                            conns.clone(),
+                        ))),
                         stop: Event::new(),
+                        conns,
                     };
                     if self.accepting {
                         self.start_accepting(&sl);
@@ -306,11 +417,36 @@ impl ShardState {
             self.listeners.push(sl);
         }
         for gone in old {
-            tracing::info!(shard = self.id, listener = %gone.cfg.name, "listener removed: no longer accepting");
-            gone.stop.set();
+            self.drain_gone(gone, drains);
         }
         self.link_virtuals();
         self.snapshot = snap;
+    }
+
+    /// A listener the update removed or replaced: it stops accepting and its connections drain
+    /// (Dubbo readonly, Triple GOAWAY) for up to `drain_timeout_ms`; once they are all gone,
+    /// this shard adds its part to the listener's drain report.
+    fn drain_gone(&self, gone: ShardListener, drains: &[Arc<DrainReport>]) {
+        gone.stop.set();
+        let timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        let conns = gone.conns;
+        conns.drained.set(0);
+        conns.closed_at_deadline.set(0);
+        conns.drain().start(timeout);
+        tracing::debug!(shard = self.id, listener = %gone.cfg.name, open = conns.open.get(), "listener removed: draining its connections");
+        let report = drains
+            .iter()
+            .find(|r| r.listener == gone.cfg.name)
+            .cloned()
+            // Every shard gets the control thread's report; this one stands in should a
+            // listener ever be dropped without one (the line is then per shard).
+            .unwrap_or_else(|| DrainReport::new(&gone.cfg.name, 1, timeout));
+        shard::monoio::spawn(async move {
+            while conns.open.get() > 0 {
+                conns.none_open.wait().await;
+            }
+            report.shard_done(conns.drained.get(), conns.closed_at_deadline.get());
+        });
     }
 
     /// An endpoints-only snapshot after the one this shard runs: only the changed clusters'
@@ -420,6 +556,7 @@ impl ShardState {
         snap: &Snapshot,
         index: usize,
         prev: Option<&Rc<ListenerCtx>>,
+        conns: Rc<Connections>,
     ) -> Rc<ListenerCtx> {
         let l = &snap.config.listeners[index];
         let id = self.id;
@@ -443,7 +580,6 @@ impl ShardState {
                 ids: dubbo_ids,
                 services,
                 dice: crate::dubbo::router::Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
-                draining: self.draining.clone(),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -479,7 +615,7 @@ impl ShardState {
             ids: snap.listener_ids[index],
             dubbo,
             triple,
-            draining: self.draining.clone(),
+            conns,
             virtuals: RefCell::new(Rc::new([])),
         })
     }
@@ -528,18 +664,21 @@ impl ShardState {
         }
     }
 
-    fn stop_accepting(&mut self) {
+    /// The process drains: every listener stops accepting and its connections drain for up to
+    /// `timeout`.
+    fn drain_all(&mut self, timeout: Duration) {
         self.accepting = false;
         for sl in &self.listeners {
             sl.stop.set();
+            sl.conns.drain().start(timeout);
         }
     }
 
     fn resume_accepting(&mut self) {
         self.accepting = true;
-        *self.draining.borrow_mut() = Event::new();
         for sl in &mut self.listeners {
             sl.stop = Event::new();
+            *sl.conns.drain.borrow_mut() = Rc::new(Drain::default());
         }
         for sl in &self.listeners {
             self.start_accepting(sl);
@@ -571,15 +710,12 @@ pub fn shard_main(
             snapshot: Arc::new(crate::server::Snapshot::empty()),
             clusters: HashMap::new(),
             listeners: Vec::new(),
-            // Set when the shard drains: Dubbo connections announce readonly and close when
-            // idle. Replaced by a fresh event on resume.
-            draining: Rc::new(RefCell::new(Event::new())),
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
         };
         #[cfg(feature = "dpdk")]
         crate::dpdk::start_shard(id, &shared.stats, st.stats.clone());
-        st.apply(first);
+        st.apply(first, &[]);
         shared
             .lifecycle
             .shards_serving
@@ -614,8 +750,12 @@ pub fn shard_main(
                 }
             };
             match msg {
-                Some(ShardMsg::Apply { snapshot, done }) => {
-                    st.apply(snapshot);
+                Some(ShardMsg::Apply {
+                    snapshot,
+                    done,
+                    drains,
+                }) => {
+                    st.apply(snapshot, &drains);
                     done.fetch_add(1, Ordering::AcqRel);
                 }
                 Some(ShardMsg::Drain { timeout, linger: l }) if deadline.is_none() => {
@@ -623,8 +763,7 @@ pub fn shard_main(
                         .lifecycle
                         .shards_serving
                         .fetch_sub(1, Ordering::AcqRel);
-                    st.stop_accepting();
-                    st.draining.borrow().set();
+                    st.drain_all(timeout);
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
                     if linger {
@@ -682,26 +821,61 @@ pub fn bind_reuseport(
     Ok(socket.into())
 }
 
-/// Serves one accepted (or, for a virtual listener, handed-off) connection by the listener's
-/// protocol.
+impl ListenerCtx {
+    /// Whether one more connection fits under `connections_per_shard_max` on this shard (one
+    /// over it is counted in `downstream_cx_overflow`; the caller closes it).
+    pub fn admit(&self) -> bool {
+        let fits = self.conns.open.get() < self.connections_max;
+        if !fits {
+            self.stats.inc(self.ids.cx_overflow);
+        }
+        fits
+    }
+}
+
+/// Serves one accepted (or, for a virtual listener, handed-off) connection, admitted by
+/// [`ListenerCtx::admit`], by the listener's protocol, and counts it: open, and whether it
+/// ended during a drain (`downstream_cx_drained`) and at the drain's deadline
+/// (`downstream_cx_drain_timeout`).
 pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>) {
-    match l.protocol {
+    let conns = l.conns.clone();
+    let drain = conns.drain();
+    l.stats.inc(l.ids.cx_total);
+    l.stats.inc(l.ids.cx_active);
+    conns.open.set(conns.open.get() + 1);
+    // Whether the drain's deadline cut the connection.
+    let cut = match l.protocol {
         // Config validation keeps TCP listeners off the DPDK path.
         Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
-            Ok(s) => tcp_proxy::serve(s, l).await,
-            Err(_) => tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket"),
+            Ok(s) => tcp_proxy::serve(s, l.clone(), &drain).await,
+            Err(_) => {
+                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
+                false
+            }
         },
-        Protocol::Dubbo => {
-            if let Some(d) = l.dubbo.clone() {
-                downstream::serve(stream, d).await
-            }
+        Protocol::Dubbo => match l.dubbo.clone() {
+            Some(d) => downstream::serve(stream, d, &drain).await,
+            None => false,
+        },
+        Protocol::Triple => match l.triple.clone() {
+            Some(t) => crate::triple::conn::serve(stream, t, &drain).await,
+            None => false,
+        },
+    };
+    l.stats.dec(l.ids.cx_active);
+    if drain.is_started() {
+        l.stats.inc(l.ids.cx_drained);
+        conns.drained.set(conns.drained.get() + 1);
+        if cut {
+            l.stats.inc(l.ids.cx_drain_timeout);
+            conns
+                .closed_at_deadline
+                .set(conns.closed_at_deadline.get() + 1);
         }
-        Protocol::Triple => {
-            if let Some(t) = l.triple.clone() {
-                let drain = l.draining.borrow().clone();
-                crate::triple::conn::serve(stream, t, drain).await
-            }
-        }
+    }
+    conns.open.set(conns.open.get() - 1);
+    if conns.open.get() == 0 {
+        conns.none_open.notify();
     }
 }
 
@@ -711,7 +885,6 @@ async fn accept_loop<A: crate::io::Accept>(
     stop: Event,
     connections: Rc<Cell<usize>>,
 ) {
-    let active_here = Rc::new(Cell::new(0u32));
     loop {
         // The listener's context as of now (a config update may have replaced it).
         let l = slot.borrow().clone();
@@ -727,22 +900,15 @@ async fn accept_loop<A: crate::io::Accept>(
                 continue;
             }
         };
-        if active_here.get() >= l.connections_max {
-            l.stats.inc(l.ids.cx_overflow);
+        if !l.admit() {
             drop(stream);
             continue;
         }
-        l.stats.inc(l.ids.cx_total);
-        l.stats.inc(l.ids.cx_active);
-        active_here.set(active_here.get() + 1);
         connections.set(connections.get() + 1);
-        let (l2, active_here2, connections2) =
-            (l.clone(), active_here.clone(), connections.clone());
+        let connections = connections.clone();
         shard::monoio::spawn(async move {
-            serve_connection(stream, l2.clone()).await;
-            l2.stats.dec(l2.ids.cx_active);
-            active_here2.set(active_here2.get() - 1);
-            connections2.set(connections2.get() - 1);
+            serve_connection(stream, l).await;
+            connections.set(connections.get() - 1);
         });
     }
 }

@@ -25,9 +25,11 @@ pub const SHARD_INBOX_MAX: usize = 64;
 /// Control thread → shard.
 pub enum ShardMsg {
     /// A new config snapshot: swap it in between requests, then count yourself in `done`.
+    /// `drains`: the listeners it removes or replaces, whose connections drain.
     Apply {
         snapshot: Arc<Snapshot>,
         done: Arc<AtomicUsize>,
+        drains: Arc<[Arc<listener::DrainReport>]>,
     },
     /// Stop accepting, tell Dubbo callers we are going away, let connections finish for at
     /// most `timeout`, then end the shard.
@@ -221,6 +223,10 @@ pub struct ListenerStatIds {
     pub detected_other: StatId,
     /// Listeners with `virtual_listeners`: connections handed to one of them.
     pub cx_handed_off: StatId,
+    /// Connections that ended while their listener drained (removed or replaced by a config
+    /// update, or the process draining), and of those the ones closed at the drain timeout.
+    pub cx_drained: StatId,
+    pub cx_drain_timeout: StatId,
 }
 
 /// State shared by the shards, the admin threads and the control thread.
@@ -417,7 +423,7 @@ impl Shared {
         let snapshot =
             u.builder
                 .build_endpoints(&current, spare, clusters, &self.stats, xds_versions);
-        let version = self.publish(&mut u, Arc::new(snapshot))?;
+        let version = self.publish(&mut u, Arc::new(snapshot), Arc::new([]))?;
         self.stats.shard(0).inc(self.update_ids.endpoints_only);
         Ok(version)
     }
@@ -477,10 +483,11 @@ impl Shared {
         let keep = config.listeners.clone();
         let clusters = config.clusters.len();
         let building = Instant::now();
+        let drains = self.listener_drains(&current.config.listeners, &keep);
         let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
         let built = building.elapsed();
         self.sockets.install(bound, &keep);
-        let result = self.publish(&mut u, snapshot);
+        let result = self.publish(&mut u, snapshot, drains);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
             clusters,
@@ -492,15 +499,51 @@ impl Shared {
         result
     }
 
+    /// The listeners of `old` that `new` removes or replaces (same name, another address,
+    /// protocol, `transparent` or `bind`): their connections drain, up to `drain_timeout_ms`.
+    fn listener_drains(
+        &self,
+        old: &[config::Listener],
+        new: &[config::Listener],
+    ) -> Arc<[Arc<listener::DrainReport>]> {
+        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        old.iter()
+            .filter_map(|o| {
+                let replaced = match new.iter().find(|n| n.name == o.name) {
+                    Some(n) if listener::keeps_connections(o, n) => return None,
+                    Some(_) => true,
+                    None => false,
+                };
+                tracing::info!(
+                    listener = %o.name,
+                    replaced,
+                    drain_timeout_ms = timeout.as_millis() as u64,
+                    "listener removed by a config update: draining its connections"
+                );
+                Some(listener::DrainReport::new(
+                    &o.name,
+                    self.shard_count,
+                    timeout,
+                ))
+            })
+            .collect()
+    }
+
     /// Hands `snapshot` to every shard and waits until each runs it; then it is the current
     /// one.
-    fn publish(&self, u: &mut Updates, snapshot: Arc<Snapshot>) -> Result<u64, String> {
+    fn publish(
+        &self,
+        u: &mut Updates,
+        snapshot: Arc<Snapshot>,
+        drains: Arc<[Arc<listener::DrainReport>]>,
+    ) -> Result<u64, String> {
         let version = snapshot.version;
         let done = Arc::new(AtomicUsize::new(0));
         for inbox in &u.inboxes {
             let mut msg = ShardMsg::Apply {
                 snapshot: snapshot.clone(),
                 done: done.clone(),
+                drains: drains.clone(),
             };
             let deadline = Instant::now() + APPLY_TIMEOUT;
             loop {
@@ -772,6 +815,13 @@ impl Builder {
                     } else {
                         st.add("listener", "downstream_cx_handed_off", &t, Counter)
                     },
+                    cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
+                    cx_drain_timeout: st.add(
+                        "listener",
+                        "downstream_cx_drain_timeout",
+                        &t,
+                        Counter,
+                    ),
                 }
             })
             .collect();

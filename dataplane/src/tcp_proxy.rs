@@ -25,22 +25,25 @@ use crate::listener::ListenerCtx;
 /// its first bytes before it is passed through as plain TCP (a server-first protocol).
 pub const DETECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
-pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
+/// Relays one connection; closes it at the deadline of a drain of its listener (ringside cannot
+/// see where one request of an opaque byte stream ends, so there is no earlier point at which
+/// closing is safe). Returns whether that deadline cut it.
+pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::listener::Drain) -> bool {
     let _ = down.set_nodelay(true);
     let cluster = l.cluster.borrow().clone();
     let Some(cluster) = cluster.as_ref() else {
-        return;
+        return false;
     };
     let mut counted = false;
     let connected = if cluster.original_destination {
         if !l.original_destination {
-            return;
+            return false;
         }
         let dst = match crate::intercept::original_destination(&down, l.address) {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(listener = %l.name, error = %e, "no original destination; closing downstream");
-                return;
+                return false;
             }
         };
         // Virtual listeners (bind: false) take the connections to their address whose
@@ -58,13 +61,15 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
             };
             if fits {
                 l.stats.inc(l.ids.cx_handed_off);
-                v.stats.inc(v.ids.cx_total);
-                v.stats.inc(v.ids.cx_active);
+                if !v.admit() {
+                    // Over the virtual listener's connections_per_shard_max: closed, as an
+                    // accepting listener does.
+                    return false;
+                }
                 // Boxed: serve_connection may come back here (a virtual tcp listener). One
                 // allocation per handed-off connection, none per request.
-                Box::pin(crate::listener::serve_connection(down, v.clone())).await;
-                v.stats.dec(v.ids.cx_active);
-                return;
+                Box::pin(crate::listener::serve_connection(down, v)).await;
+                return false;
             }
         }
         cluster.connect_to(dst, &l.stats).await
@@ -78,7 +83,7 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(listener = %l.name, cluster = %cluster.name, error = %e, "no upstream; closing downstream");
-            return;
+            return false;
         }
     };
     let last_activity = Cell::new(Instant::now());
@@ -100,9 +105,15 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>) {
             if let Err(e) = r {
                 tracing::debug!(listener = %l.name, error = %e, "connection ended with an error");
             }
+            false
         }
         _ = idle(&last_activity, l.idle_timeout) => {
             l.stats.inc(ids.cx_idle_timeout);
+            false
+        }
+        _ = drain.deadline() => {
+            tracing::debug!(listener = %l.name, "drain timeout: closing the connection");
+            true
         }
     }
 }

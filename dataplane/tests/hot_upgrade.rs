@@ -419,23 +419,8 @@ fn upgrades_under_the_sofa_rpc_node_consumer_fail_no_call() {
     let (admin, listen) = (local(free_port()), local(free_port()));
     let provider = std::net::SocketAddr::from(([127, 0, 0, 1], pport));
     let current = Ringside::start(&config(admin, listen, provider), admin, &["--shards", "2"]);
-    let listen_s = listen.to_string();
-    let consumer = std::thread::spawn(move || {
-        let mut c = node("consumer.js");
-        c.args([
-            "--address",
-            &listen_s,
-            "--method",
-            "echo",
-            "--args",
-            r#"["up"]"#,
-            "--count",
-            "600",
-            "--interval-ms",
-            "5",
-        ]);
-        run_consumer(c)
-    });
+    let consumer =
+        std::thread::spawn(move || node_consumer_loop(listen, "echo", r#"["up"]"#, 600, 5));
     std::thread::sleep(Duration::from_millis(1500));
     // The last one serves until the consumer is done.
     let _current = upgrade_n_times(current, 3, Duration::from_millis(700));

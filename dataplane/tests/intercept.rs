@@ -607,7 +607,8 @@ fn redirect_intercepts_ipv6() {
 /// listener `out_20881`, whose Dubbo route sends method `route` to another provider (port
 /// 20882) than the one the app dialled; gRPC connections to :50052 go to the virtual Triple
 /// listener `out_50052`, whose cluster is another server (port 50053). A Dubbo call to a port
-/// no virtual listener has (20883) still passes through to its original destination.
+/// no virtual listener has (20883) still passes through to its original destination. The
+/// virtual Dubbo listener's `connections_per_shard_max` closes a connection beyond it.
 #[test]
 fn tproxy_routes_outbound_dubbo_and_grpc_by_destination_and_protocol() {
     require_root!();
@@ -628,7 +629,7 @@ fn tproxy_routes_outbound_dubbo_and_grpc_by_destination_and_protocol() {
          runtime:\n  shards: 1\n  socket_mark: 1337\n\
          listeners:\n\
          \x20 - name: outbound\n    address: 0.0.0.0:15001\n    protocol: tcp\n    transparent: true\n    original_destination: true\n    cluster: outbound_passthrough\n    virtual_listeners: [out_{REMOTE_DUBBO_PORT}, out_{REMOTE_GRPC_PORT}]\n\
-         \x20 - name: out_{REMOTE_DUBBO_PORT}\n    address: 0.0.0.0:{REMOTE_DUBBO_PORT}\n    bind: false\n    protocol: dubbo\n    cluster: remote\n    dubbo:\n      routes:\n\
+         \x20 - name: out_{REMOTE_DUBBO_PORT}\n    address: 0.0.0.0:{REMOTE_DUBBO_PORT}\n    bind: false\n    protocol: dubbo\n    cluster: remote\n    connections_per_shard_max: 2\n    dubbo:\n      routes:\n\
          \x20       - match: {{method: {{exact: route}}}}\n          route: {{cluster: canary}}\n\
          \x20 - name: out_{REMOTE_GRPC_PORT}\n    address: 0.0.0.0:{REMOTE_GRPC_PORT}\n    bind: false\n    protocol: triple\n    cluster: canary_grpc\n\
          clusters:\n\
@@ -683,5 +684,31 @@ fn tproxy_routes_outbound_dubbo_and_grpc_by_destination_and_protocol() {
     assert!(canary.accepted.load(Ordering::SeqCst) >= 1);
     assert!(other.accepted.load(Ordering::SeqCst) >= 1);
     assert!(remote.accepted.load(Ordering::SeqCst) >= 1);
+
+    // The virtual listener's connections_per_shard_max (2, one shard): two connections held
+    // open, a third handed to it is closed at once and counted as its overflow.
+    let to = addr(CLIENT_IP, REMOTE_DUBBO_PORT);
+    let held: Vec<Consumer> = (0..2)
+        .map(|i| {
+            pod.run(|| {
+                let mut c = Consumer::connect(to);
+                let args = [Arg::Str("held")];
+                let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+                assert_eq!(a.text, "remote|echo|held", "held connection {i}");
+                c
+            })
+        })
+        .collect();
+    let refused = pod.run(|| {
+        let mut c = Consumer::connect(to);
+        let _ = c.try_send(RequestBuilder::new(SVC, "echo"));
+        c.recv()
+    });
+    assert!(refused.is_none(), "over the limit: closed, {refused:?}");
+    let stats = wait_stats(pod, &rs, "the overflow counted", |s| {
+        stat(s, "listener.out_20881.downstream_cx_overflow") == 1
+    });
+    assert_eq!(stat(&stats, "listener.out_20881.downstream_cx_active"), 2);
+    drop(held);
     pod.ringside_iptables(&["--mode", "tproxy", "--clean"]);
 }

@@ -26,9 +26,14 @@ fn any_method() -> Value {
 
 /// A ringside whose listeners and clusters all come from the ADS server at `xds`.
 fn ringside_on(xds: SocketAddr, mode: &str, node: &str) -> Ringside {
+    ringside_with(xds, mode, node, "")
+}
+
+/// [`ringside_on`] with `top` (top-level fields, one per line) added to its config file.
+fn ringside_with(xds: SocketAddr, mode: &str, node: &str, top: &str) -> Ringside {
     let admin = local(free_port());
     let config = format!(
-        "admin:\n  address: {admin}\n\
+        "admin:\n  address: {admin}\n{top}\
          xds:\n  server: {xds}\n  node_id: {node}\n  node_cluster: tests\n  mode: {mode}\n  \
          initial_fetch_timeout_ms: 20000\n  retry_initial_ms: 100\n  retry_max_ms: 1000\n"
     );
@@ -563,4 +568,317 @@ fn dubbo_routes_via_ringside(snapshot: &Value, calls: &[DubboCall]) -> Vec<Resul
     let _rs = ringside_on(xds.addr(), "sotw", "routing-table");
     xds.wait_ack(LDS, "t1");
     route_calls(&t, calls)
+}
+
+/// A ringside like [`ringside_on`] (SotW) whose drains last at most `drain_ms`.
+fn ringside_draining(xds: SocketAddr, node: &str, drain_ms: u64) -> Ringside {
+    ringside_with(
+        xds,
+        "sotw",
+        node,
+        &format!("drain_timeout_ms: {drain_ms}\n"),
+    )
+}
+
+/// Waits until stat `name` satisfies `pred`; returns its value.
+fn wait_stat(rs: &Ringside, name: &str, within: Duration, pred: impl Fn(i64) -> bool) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = stat(rs, name);
+        if pred(v) {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let scope = name.rsplit_once('.').map_or(name, |(s, _)| s);
+            let (_, all) = rs.get("/stats");
+            let related: Vec<&str> = all.lines().filter(|l| l.starts_with(scope)).collect();
+            panic!("{name} stayed at {v}: {related:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A consumer calling `echo` in a loop until `stop` on a connection to `listen`; it reconnects
+/// when told to leave (`honour_readonly`, as Dubbo's Java consumer does) or else only when it
+/// finds its connection closed as it picks it for the next call (as sofa-rpc-node does).
+/// Returns (calls answered, reconnects, failures).
+fn looping_consumer(
+    listen: SocketAddr,
+    honour_readonly: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64, Vec<String>)> {
+    use codec::dubbo::encode::{Arg, RequestBuilder};
+    std::thread::spawn(move || {
+        let (mut ok, mut reconnects, mut errors) = (0u64, 0u64, Vec::new());
+        let mut c = common::dubbo::Consumer::connect(listen);
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let leave = if honour_readonly {
+                c.readonly
+            } else {
+                c.closed_by_peer()
+            };
+            if leave {
+                c = common::dubbo::Consumer::connect(listen);
+                reconnects += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            let arg = format!("{honour_readonly}-{i}");
+            let args = [Arg::Str(&arg)];
+            let req = RequestBuilder::new(ECHO, "echo")
+                .version("1.0.0")
+                .args(&args);
+            let sent = c.try_send(req);
+            match sent.ok().and_then(|id| c.recv().map(|a| (id, a))) {
+                Some((id, a)) if a.id == id && a.text == arg => ok += 1,
+                other => {
+                    errors.push(format!("call {i}: {other:?}"));
+                    c = common::dubbo::Consumer::connect(listen);
+                }
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (ok, reconnects, errors)
+    })
+}
+
+/// An update that replaces a Dubbo listener (same address, another name: a new listener, so the
+/// old one's connections drain) while consumers hold connections: the real sofa-rpc-node
+/// consumer and a Rust one (both ignore readonly events; they are closed right behind an
+/// answer), a Rust one that honours readonly, an idle one, one with a slow call in flight and
+/// one whose call the provider never answers. No call fails, every consumer ends up on the new
+/// listener, the idle connection closes at once, the slow call is answered, and the last
+/// connection is closed at the drain timeout; the old listener's stats and log say so.
+#[test]
+fn a_replaced_dubbo_listener_drains_its_connections_within_the_drain_timeout() {
+    use codec::dubbo::encode::{Arg, RequestBuilder};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const DRAIN_MS: u64 = 1500;
+    let pp = free_port();
+    let _p = NodeProvider::start(pp, "P", &[]);
+    let silent = Provider::start("H"); // never answers method `hold`
+    let listen = local(free_port());
+    let snapshot = |version: &str, name: &str| {
+        json!({
+            "version": version,
+            "listeners": [dubbo_listener(name, listen, json!([{"name": "echo", "interface": ECHO,
+                "routes": [
+                    {"match": {"method": {"name": {"exact": "hold"}}}, "route": {"cluster": "h"}},
+                    {"match": any_method(), "route": {"cluster": "p"}}
+                ]}]))],
+            "clusters": [eds_cluster("p", false), eds_cluster("h", false)],
+            "endpoints": [load_assignment("p", &[local(pp)]), load_assignment("h", &[silent.addr])]
+        })
+    };
+    let xds = XdsServer::start();
+    xds.put(&snapshot("v1", "dubbo_old")).unwrap();
+    let mut rs = ringside_draining(xds.addr(), "ringside-drain-dubbo", DRAIN_MS);
+    xds.wait_ack(LDS, "v1");
+
+    let sofa =
+        std::thread::spawn(move || node_consumer_loop(listen, "echo", r#"["sofa"]"#, 300, 5));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let loops = [
+        looping_consumer(listen, true, stop.clone()),
+        looping_consumer(listen, false, stop.clone()),
+    ];
+    let mut idle = common::dubbo::Consumer::connect(listen);
+    let mut slow = common::dubbo::Consumer::connect(listen);
+    let mut held = common::dubbo::Consumer::connect(listen);
+    // Six connections: sofa-rpc-node's, the two loops', and the three above.
+    let old_total = wait_stat(
+        &rs,
+        "listener.dubbo_old.downstream_cx_active",
+        Duration::from_secs(15),
+        |v| v == 6,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Sent now, so that the cluster's 3 s request timeout cannot answer it before the drain
+    // timeout does.
+    held.send(RequestBuilder::new(ECHO, "hold").version("1.0.0"));
+    let slow_id = slow.send(
+        RequestBuilder::new(ECHO, "sleep")
+            .version("1.0.0")
+            .args(&[Arg::Int(600)]),
+    );
+    let replaced = Instant::now();
+    xds.put(&snapshot("v2", "dubbo_new")).unwrap();
+
+    // Idle: readonly event, then closed once quiet (200 ms).
+    assert!(idle.recv().is_none(), "the idle connection is closed");
+    let idle_closed = replaced.elapsed();
+    assert!(idle.readonly, "it was told to leave first");
+    assert!(idle_closed < Duration::from_millis(1000), "{idle_closed:?}");
+    // The slow call in flight is answered, then its connection closes.
+    let a = slow.recv().expect("the call in flight is answered");
+    assert_eq!((a.id, a.text.as_str()), (slow_id, "slept"));
+    assert!(slow.recv().is_none(), "then its connection is closed");
+    // The call nobody answers keeps its connection until the drain timeout.
+    assert!(held.recv().is_none(), "closed at the drain timeout");
+    let held_closed = replaced.elapsed();
+    assert!(
+        held_closed >= Duration::from_millis(DRAIN_MS - 100)
+            && held_closed < Duration::from_millis(DRAIN_MS + 1000),
+        "{held_closed:?}"
+    );
+    wait_stat(
+        &rs,
+        "listener.dubbo_old.downstream_cx_active",
+        Duration::from_millis(500),
+        |v| v == 0,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let (sofa_ok, lines) = sofa.join().unwrap();
+    let failed: Vec<_> = lines.iter().filter(|l| l["ok"] != true).collect();
+    assert!(sofa_ok && failed.is_empty(), "sofa-rpc-node: {failed:?}");
+    assert_eq!(lines.len(), 300);
+    for (honours, t) in [true, false].into_iter().zip(loops) {
+        let (ok, reconnects, errors) = t.join().unwrap();
+        assert!(errors.is_empty(), "honours readonly {honours}: {errors:?}");
+        assert!(ok > 50 && reconnects >= 1, "{honours}: {ok} {reconnects}");
+    }
+    // Everything that looped moved to the new listener; the old one counts its drain.
+    assert!(stat(&rs, "listener.dubbo_new.downstream_cx_total") >= 3);
+    assert_eq!(
+        stat(&rs, "listener.dubbo_old.downstream_cx_total"),
+        old_total
+    );
+    assert_eq!(stat(&rs, "listener.dubbo_old.downstream_cx_drained"), 6);
+    assert_eq!(
+        stat(&rs, "listener.dubbo_old.downstream_cx_drain_timeout"),
+        1
+    );
+    assert_eq!(stat(&rs, "listener.dubbo_new.downstream_cx_drained"), 0);
+    rs.signal(libc::SIGTERM);
+    let (_, log) = rs.wait_exit(Duration::from_secs(10));
+    assert!(
+        log.contains(
+            "listener removed by a config update: draining its connections listener=dubbo_old"
+        ),
+        "{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("listener drained listener=dubbo_old"))
+        .unwrap_or_else(|| panic!("one line for the drained listener: {log}"));
+    assert!(line.contains("connections=6 closed_at_timeout=1"), "{line}");
+}
+
+/// An update that replaces a Triple listener (same address, another name) and removes a tcp
+/// one: a raw HTTP/2 caller's stream in flight is answered after the graceful GOAWAY and the
+/// connection closes with a final GOAWAY naming it; a grpcio client calling in a loop fails
+/// nothing and moves to the new listener; the tcp connection keeps relaying and is closed at
+/// the drain timeout.
+#[test]
+fn a_replaced_triple_listener_sends_goaway_and_a_removed_tcp_listener_closes_at_the_timeout() {
+    use codec::h2::frame::code;
+    use std::io::{Read, Write};
+    const DRAIN_MS: u64 = 1500;
+    let g = GrpcServer::start(0, "g", &["--delay-ms", "200"]);
+    let echo = echo_server();
+    let (tlisten, tcp_listen) = (local(free_port()), local(free_port()));
+    let tcp_listener = json!({
+        "name": "tcp_old",
+        "address": socket(tcp_listen),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "tcp_old", "cluster": "echo"}}]}]
+    });
+    let snapshot = |version: &str, listeners: Value| {
+        json!({
+            "version": version,
+            "listeners": listeners,
+            "routes": [{"name": "greeter", "virtual_hosts": [{"name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "g"}}]}]}],
+            "clusters": [eds_cluster("g", true), eds_cluster("echo", false)],
+            "endpoints": [load_assignment("g", &[g.addr()]), load_assignment("echo", &[echo])]
+        })
+    };
+    let xds = XdsServer::start();
+    xds.put(&snapshot(
+        "v1",
+        json!([rds_listener("grpc_old", tlisten, "greeter"), tcp_listener]),
+    ))
+    .unwrap();
+    let rs = ringside_draining(xds.addr(), "ringside-drain-triple", DRAIN_MS);
+    xds.wait_ack(LDS, "v1");
+
+    let grpcio = std::thread::spawn(move || {
+        grpc_call(tlisten, &CallOpts::new(common::grpc::Call::Unary).count(12))
+    });
+    let mut tcp = std::net::TcpStream::connect(tcp_listen).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let echoed = |tcp: &mut std::net::TcpStream, b: &[u8]| {
+        tcp.write_all(b).unwrap();
+        let mut got = vec![0u8; b.len()];
+        tcp.read_exact(&mut got).unwrap();
+        assert_eq!(got, b);
+    };
+    echoed(&mut tcp, b"before");
+    let mut h2 = common::h2::Client::connect(tlisten);
+    assert_eq!(
+        h2.call("/helloworld.Greeter/SayHello", &[], b"")
+            .grpc_status(),
+        Some(0)
+    );
+    wait_stat(
+        &rs,
+        "listener.grpc_old.downstream_cx_active",
+        Duration::from_secs(15),
+        |v| v == 2,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let in_flight = h2.start("/helloworld.Greeter/SayHello", &[], b"", true);
+    let replaced = Instant::now();
+    xds.put(&snapshot(
+        "v2",
+        json!([rds_listener("grpc_new", tlisten, "greeter")]),
+    ))
+    .unwrap();
+
+    let reply = h2.finish(in_flight, &mut Default::default());
+    assert_eq!(
+        reply.grpc_status(),
+        Some(0),
+        "the stream in flight finishes"
+    );
+    assert_eq!(h2.read_until_closed(), Some(code::NO_ERROR));
+    assert_eq!(
+        h2.goaway.map(|g| g.0),
+        Some(in_flight),
+        "the final GOAWAY names the last stream served"
+    );
+    let h2_closed = replaced.elapsed();
+    assert!(h2_closed < Duration::from_millis(DRAIN_MS), "{h2_closed:?}");
+    // tcp: relaying until the timeout, then closed.
+    echoed(&mut tcp, b"during the drain");
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    let tcp_closed = replaced.elapsed();
+    assert!(
+        tcp_closed >= Duration::from_millis(DRAIN_MS - 100)
+            && tcp_closed < Duration::from_millis(DRAIN_MS + 1000),
+        "{tcp_closed:?}"
+    );
+    let out = grpcio.join().unwrap();
+    assert!(out.ok && out.replies.len() == 12, "{out:?}");
+    wait_stat(
+        &rs,
+        "listener.grpc_old.downstream_cx_active",
+        Duration::from_millis(500),
+        |v| v == 0,
+    );
+    assert!(
+        stat(&rs, "listener.grpc_new.downstream_cx_total") >= 1,
+        "grpcio moved"
+    );
+    assert_eq!(stat(&rs, "listener.grpc_old.downstream_cx_drained"), 2);
+    assert_eq!(
+        stat(&rs, "listener.grpc_old.downstream_cx_drain_timeout"),
+        0
+    );
+    assert_eq!(stat(&rs, "listener.tcp_old.downstream_cx_drained"), 1);
+    assert_eq!(stat(&rs, "listener.tcp_old.downstream_cx_drain_timeout"), 1);
 }

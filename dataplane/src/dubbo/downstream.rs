@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::{Event, Notify};
 
+use crate::listener::Drain;
+
 use super::router::Router;
 use super::upstream::{ClusterPool, ForwardError};
 use super::wire::{self, Status};
@@ -105,9 +107,6 @@ pub struct DubboListener {
     pub services: Rc<RefCell<ServiceStatsMap>>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
     pub dice: crate::dubbo::router::Dice,
-    /// The shard's drain signal (replaced on resume): connections then announce readonly and
-    /// close once idle.
-    pub draining: Rc<RefCell<Event>>,
 }
 
 impl DubboListener {
@@ -219,7 +218,11 @@ impl DownConn {
 }
 
 /// Serves one consumer connection, on the kernel or on the DPDK path (`S`: `crate::io::Conn`).
-pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>) {
+/// When `drain` starts (the process drains, or a config update removed the listener) the
+/// caller is told to leave and the connection closes once idle; at the drain's deadline it is
+/// closed whatever it is doing. Returns whether the deadline cut it (it was not closed yet; a
+/// connection we closed whose caller has not closed its side yet does not count).
+pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
     let _ = stream.set_nodelay(true);
     let conn = Rc::new(DownConn {
         l,
@@ -233,22 +236,33 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>) {
         draining_since: Cell::new(None),
         finished: Event::new(),
     });
-    let drain = conn.l.draining.borrow().clone();
     let (r, w) = stream.into_split();
-    shard::monoio::join!(
-        read_loop(&conn, r),
-        write_loop(&conn, w),
-        announce_drain(&conn, drain)
-    );
+    let cut = shard::monoio::select! {
+        _ = async {
+            shard::monoio::join!(
+                read_loop(&conn, r),
+                write_loop(&conn, w),
+                announce_drain(&conn, drain)
+            )
+        } => false,
+        // After our FIN the reader waits for the caller's (so that nothing it sends meanwhile
+        // is answered with a reset that could discard the answers it has not read yet); at the
+        // deadline it stops waiting.
+        _ = drain.deadline() => !conn.finished.is_set(),
+    };
+    if cut {
+        tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
+    }
     conn.closed.set(true);
+    cut
 }
 
 /// When the shard drains: tell the caller this process is going away (Dubbo's readonly event,
 /// so a well-behaved consumer sends new requests elsewhere) and let the writer close the
 /// connection once it has been idle for [`DRAIN_QUIET_MS`].
-async fn announce_drain(conn: &Rc<DownConn>, drain: Event) {
+async fn announce_drain(conn: &Rc<DownConn>, drain: &Drain) {
     shard::monoio::select! {
-        _ = drain.wait() => {}
+        _ = drain.started() => {}
         _ = conn.finished.wait() => return,
     }
     shard::monoio::select! {

@@ -20,11 +20,12 @@ use codec::h2::grpc::{self, status};
 use codec::h2::hpack::{self, Decoder};
 use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
-use shard::{Event, Notify};
+use shard::Notify;
 
 use super::router::RequestView;
 use super::{Call, H2Limits, Host, Pool, TripleListener};
 use crate::dubbo::downstream::RequestStatIds;
+use crate::listener::Drain;
 
 /// Read buffer growth step.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -1248,7 +1249,11 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
 }
 
 /// Serves one caller connection (a kernel socket, or a DPDK stack's with feature `dpdk`).
-pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: Event) {
+/// When `drain` starts (the process drains, or a config update removed the listener) the caller
+/// gets the two-step GOAWAY and the connection closes once its streams are done; at the drain's
+/// deadline the final GOAWAY goes out whatever is still open, and the connection closes.
+/// Returns whether the deadline cut it.
+pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: &Drain) -> bool {
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
@@ -1284,34 +1289,15 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
             }
         }
     };
+    let cut = std::cell::Cell::new(false);
     let drainer = async {
-        drain.wait().await;
-        shard::monoio::time::sleep(Duration::from_millis(
-            crate::listener::DRAIN_ANNOUNCE_DELAY_MS,
-        ))
-        .await;
-        // Two-step GOAWAY (RFC 9113 6.8): first with the largest id and a PING, so streams the
-        // caller opens before it sees the GOAWAY are still served. Once the PING is answered
-        // (or after DRAIN_ACK_WAIT_MS), streams are still accepted until the connection has
-        // been idle for DRAIN_QUIET_MS: a client may have streams queued behind its PING ACK
-        // (grpc-core does), and a final GOAWAY that excluded them would fail them ("Stream
-        // removed"). Only then does the final GOAWAY name the last stream served.
-        conn.write(|o| {
-            frame::write_goaway(o, frame::STREAM_ID_MAX, code::NO_ERROR, b"draining");
-            frame::write_ping(o, false, DRAIN_PING);
-        });
+        drain.started().await;
         shard::monoio::select! {
-            _ = conn.drain_acked.wait() => {}
-            _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_ACK_WAIT_MS)) => {}
-        }
-        loop {
-            if conn.stream_count() == 0 {
-                shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)).await;
-                if conn.stream_count() == 0 {
-                    break;
-                }
+            _ = drain_gracefully(&conn) => {}
+            _ = drain.deadline() => {
+                tracing::debug!(listener = %l.name, streams = conn.stream_count(), "drain timeout: closing the connection");
+                cut.set(true);
             }
-            conn.stream_ended.wait().await;
         }
         let last = conn.stream_ids.get();
         conn.goaway.set(Some(last));
@@ -1334,6 +1320,37 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         _ = drainer => {}
     }
     conn.cancel_all();
+    cut.get()
+}
+
+/// The caller side of a drain up to the final GOAWAY. Two-step GOAWAY (RFC 9113 6.8): first with
+/// the largest id and a PING, so streams the caller opens before it sees the GOAWAY are still
+/// served. Once the PING is answered (or after DRAIN_ACK_WAIT_MS), streams are still accepted
+/// until the connection has been idle for DRAIN_QUIET_MS: a client may have streams queued
+/// behind its PING ACK (grpc-core does), and a final GOAWAY that excluded them would fail them
+/// ("Stream removed"). Then the final GOAWAY may name the last stream served.
+async fn drain_gracefully(conn: &Conn) {
+    shard::monoio::time::sleep(Duration::from_millis(
+        crate::listener::DRAIN_ANNOUNCE_DELAY_MS,
+    ))
+    .await;
+    conn.write(|o| {
+        frame::write_goaway(o, frame::STREAM_ID_MAX, code::NO_ERROR, b"draining");
+        frame::write_ping(o, false, DRAIN_PING);
+    });
+    shard::monoio::select! {
+        _ = conn.drain_acked.wait() => {}
+        _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_ACK_WAIT_MS)) => {}
+    }
+    loop {
+        if conn.stream_count() == 0 {
+            shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)).await;
+            if conn.stream_count() == 0 {
+                return;
+            }
+        }
+        conn.stream_ended.wait().await;
+    }
 }
 
 /// A new upstream connection to `host` (connects in the background; frames queue meanwhile).

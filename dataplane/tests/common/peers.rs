@@ -99,3 +99,20 @@ pub fn run_consumer(mut cmd: Command) -> (bool, Vec<serde_json::Value>) {
         .collect();
     (out.status.success(), lines)
 }
+
+/// The sofa-rpc-node consumer making `count` calls of `method(args)` (a JSON array) to `address`,
+/// `interval_ms` apart, on one connection it keeps (it ignores Dubbo readonly events and
+/// reconnects only once the connection is closed); returns like [`run_consumer`].
+pub fn node_consumer_loop(
+    address: std::net::SocketAddr,
+    method: &str,
+    args: &str,
+    count: u32,
+    interval_ms: u32,
+) -> (bool, Vec<serde_json::Value>) {
+    let mut c = node("consumer.js");
+    c.args(["--address", &address.to_string(), "--method", method])
+        .args(["--args", args, "--count", &count.to_string()])
+        .args(["--interval-ms", &interval_ms.to_string()]);
+    run_consumer(c)
+}
