@@ -378,12 +378,12 @@ impl Shared {
                 })
                 .ok_or_else(|| format!("endpoints for unknown cluster {:?}", c.cluster))?;
             let old = &current.config.clusters[i];
-            if old.endpoints == c.endpoints && old.endpoint_metadata.is_empty() {
+            if old.endpoints == c.endpoints && old.endpoint_metadata == c.metadata {
                 continue;
             }
             let mut next = old.clone();
             next.endpoints = c.endpoints.clone();
-            next.endpoint_metadata.clear();
+            next.endpoint_metadata = c.metadata.clone();
             // The cluster alone is what changed: validate it alone.
             let one = Config {
                 clusters: vec![next],
