@@ -320,7 +320,7 @@ impl UpConn {
         for frame in frames {
             let id = wire::request_id(&frame);
             let Some(host) = pool.pick_host(now).filter(|h| {
-                !h.down_until.get().is_some_and(|t| t > now) && h.pending.get() < pool.pending_max
+                h.down_until.get().is_none_or(|t| t <= now) && h.pending.get() < pool.pending_max
             }) else {
                 continue;
             };
