@@ -205,6 +205,9 @@ fn default_local_host() -> std::net::IpAddr {
 fn is_default_weight(w: &u32) -> bool {
     *w == ENDPOINT_WEIGHT_DEFAULT
 }
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
 fn default_weight() -> u32 {
     ENDPOINT_WEIGHT_DEFAULT
 }
@@ -755,6 +758,10 @@ pub struct EndpointMetadata {
     pub weight: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub application: String,
+    /// Failover tier (Envoy's EDS `priority`): requests go to the endpoints of the lowest
+    /// priority that has one available; 0, the default, is the first tier.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub priority: u32,
     /// Comma-separated method names, as the provider URL gives them.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub methods: String,
@@ -767,6 +774,7 @@ impl Default for EndpointMetadata {
             group: String::new(),
             weight: ENDPOINT_WEIGHT_DEFAULT,
             application: String::new(),
+            priority: 0,
             methods: String::new(),
         }
     }

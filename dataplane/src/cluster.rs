@@ -42,14 +42,30 @@ pub struct Slot {
 pub struct Endpoints {
     /// Every endpoint the cluster had since `generation` began (indices never reused).
     pub slots: Arc<[Slot]>,
-    /// The slots in service now, in config order.
+    /// The slots in service now, in the order round robin visits them: priority levels
+    /// lowest number first, each in config order with an endpoint repeated by its weight
+    /// (`server::visit_order`).
     pub live: Box<[u32]>,
+    /// End of each priority level in `live` (empty when `live` is).
+    pub levels: Box<[u32]>,
+    /// Weight of each `live` entry (least_request), empty when every endpoint weighs the same.
+    pub weights: Box<[u32]>,
     /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
     /// cluster instead of updating it.
     pub generation: u64,
 }
 
 impl Endpoints {
+    pub fn empty(generation: u64) -> Self {
+        Endpoints {
+            slots: Arc::new([]),
+            live: Box::new([]),
+            levels: Box::new([]),
+            weights: Box::new([]),
+            generation,
+        }
+    }
+
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.live.iter().map(|&i| self.slots[i as usize].addr)
     }
@@ -210,40 +226,74 @@ impl ShardCluster {
     /// The endpoint slot the next connection or request should use; `None` when the cluster
     /// has no endpoint in service.
     pub fn pick(&self) -> Option<usize> {
-        let e = self.endpoints.borrow();
-        let n = e.live.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.get() % n;
-        self.next.set(start.wrapping_add(1));
-        let slot = |k: usize| e.live[(start + k) % n] as usize;
-        Some(match self.lb {
-            LbPolicy::RoundRobin => slot(0),
-            LbPolicy::LeastRequest => {
-                let active = self.active.borrow();
-                (0..n)
-                    .map(slot)
-                    .min_by_key(|&i| active.get(i).map_or(0, Cell::get))
-                    .unwrap_or(slot(0))
-            }
-        })
+        self.pick_available(|_| Availability::Ready)
     }
 
-    /// The balancer's pick among endpoints `state` does not exclude: the first one ready, else
-    /// the first one in failure back-off (a cluster whose endpoints all failed recently is
-    /// tried anyway), else `None`.
+    /// The balancer's pick among endpoints `state` does not exclude, by priority: from the
+    /// first level (lowest priority number) that has an endpoint ready; when no level has one,
+    /// the first endpoint in failure back-off of the first level that has one (a cluster
+    /// whose endpoints all failed recently is tried anyway); else `None`. Strict failover:
+    /// a level gets no traffic while a level before it has an endpoint ready.
     pub fn pick_available(&self, state: impl Fn(usize) -> Availability) -> Option<usize> {
+        let e = self.endpoints.borrow();
         let mut fallback = None;
-        for _ in 0..self.live_count() {
-            let i = self.pick()?;
-            match state(i) {
-                Availability::Ready => return Some(i),
-                Availability::BackingOff => fallback = fallback.or(Some(i)),
-                Availability::Excluded => {}
+        let mut from = 0;
+        for &end in e.levels.iter() {
+            let level = from..end as usize;
+            from = end as usize;
+            match self.pick_in(&e, level, &state) {
+                Ok(i) => return Some(i),
+                Err(backing_off) => fallback = fallback.or(backing_off),
             }
         }
         fallback
+    }
+
+    /// The pick among `live[level]`: `Ok` a ready endpoint, else `Err` the first one in
+    /// back-off, if any. Round robin: the next ready entry from the cursor (O(1) while
+    /// endpoints are ready). Least request: the ready endpoint with the fewest active
+    /// requests per unit of weight (Envoy's weighted least request with `active_request_bias`
+    /// 1), ties to the first from the cursor.
+    fn pick_in(
+        &self,
+        e: &Endpoints,
+        level: std::ops::Range<usize>,
+        state: &impl Fn(usize) -> Availability,
+    ) -> Result<usize, Option<usize>> {
+        let n = level.len();
+        let start = self.next.get() % n.max(1);
+        let at = |k: usize| level.start + (start + k) % n;
+        let weight = |k: usize| u64::from(e.weights.get(at(k)).copied().unwrap_or(1));
+        let active = self.active.borrow();
+        let load = |i: usize| u64::from(active.get(i).map_or(0, Cell::get)) + 1;
+        let mut best: Option<(usize, usize)> = None; // (k, slot)
+        let mut backing_off = None;
+        for k in 0..n {
+            let i = e.live[at(k)] as usize;
+            match state(i) {
+                Availability::Ready => match (self.lb, best) {
+                    (LbPolicy::RoundRobin, _) => {
+                        best = Some((k, i));
+                        break;
+                    }
+                    (LbPolicy::LeastRequest, Some((b, j)))
+                        if load(i) * weight(b) >= load(j) * weight(k) => {}
+                    (LbPolicy::LeastRequest, _) => best = Some((k, i)),
+                },
+                Availability::BackingOff => backing_off = backing_off.or(Some(i)),
+                Availability::Excluded => {}
+            }
+        }
+        match best {
+            Some((k, i)) => {
+                self.next.set(start + k + 1);
+                Ok(i)
+            }
+            None => {
+                self.next.set(start.wrapping_add(1));
+                Err(backing_off)
+            }
+        }
     }
 
     pub fn live_count(&self) -> usize {
@@ -305,15 +355,22 @@ impl ShardCluster {
     }
 
     /// Connects to an endpoint chosen by the balancer, trying up to [`CONNECT_ATTEMPTS_MAX`]
-    /// endpoints.
+    /// different endpoints (in priority order: a failed connect moves on to the next level
+    /// once the level has none left untried).
     pub async fn connect<'a>(
         &'a self,
         stats: &'a ShardStats,
     ) -> Result<Upstream<'a>, ConnectError> {
-        let attempts = CONNECT_ATTEMPTS_MAX.min(self.live_count());
+        let mut tried = [usize::MAX; CONNECT_ATTEMPTS_MAX];
         let mut last = None;
-        for _ in 0..attempts {
-            let Some(i) = self.pick() else { break };
+        for attempt in 0..CONNECT_ATTEMPTS_MAX {
+            let Some(i) = self.pick_available(|i| match tried.contains(&i) {
+                true => Availability::Excluded,
+                false => Availability::Ready,
+            }) else {
+                break;
+            };
+            tried[attempt] = i;
             let Slot { addr, ids: host } = self.slot(i);
             match shard::monoio::time::timeout(
                 self.connect_timeout,

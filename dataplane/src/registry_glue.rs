@@ -109,7 +109,7 @@ impl Composer {
             .apply_endpoints(&changed, Some(versions.clone()))?;
         for (i, c) in at.into_iter().zip(changed) {
             state.base.clusters[i].endpoints = c.endpoints;
-            state.base.clusters[i].endpoint_metadata.clear();
+            state.base.clusters[i].endpoint_metadata = c.metadata;
         }
         state.xds_versions = Some(versions);
         Ok(version)

@@ -384,12 +384,12 @@ impl Shared {
                 })
                 .ok_or_else(|| format!("endpoints for unknown cluster {:?}", c.cluster))?;
             let old = &current.config.clusters[i];
-            if old.endpoints == c.endpoints && old.endpoint_metadata.is_empty() {
+            if old.endpoints == c.endpoints && old.endpoint_metadata == c.metadata {
                 continue;
             }
             let mut next = old.clone();
             next.endpoints = c.endpoints.clone();
-            next.endpoint_metadata.clear();
+            next.endpoint_metadata = c.metadata.clone();
             // The cluster alone is what changed: validate it alone.
             let one = Config {
                 clusters: vec![next],
@@ -775,11 +775,7 @@ impl Builder {
                         rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
                         rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
                     },
-                    published: Arc::new(Endpoints {
-                        slots: Arc::new([]),
-                        live: Box::new([]),
-                        generation: self.next_generation,
-                    }),
+                    published: Arc::new(Endpoints::empty(self.next_generation)),
                 }
             });
             state.index = index;
@@ -1021,19 +1017,19 @@ impl Builder {
 impl ClusterState {
     /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
     fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
-        let visits = weighted_order(c);
-        if self.published.addrs().eq(visits.iter().copied()) {
+        let visits = visit_order(c);
+        let old = &self.published;
+        if old.addrs().eq(visits.addrs.iter().copied())
+            && *old.levels == visits.levels[..]
+            && *old.weights == visits.weights[..]
+        {
             return; // unchanged: shards see the same Arc and skip this cluster
         }
         let distinct: std::collections::HashSet<_> = c.endpoints.iter().collect();
         if self.published.slots.len() > 2 * distinct.len() + ENDPOINT_SLOTS_SLACK {
             // Too many departed endpoints kept their slots: renumber.
             *generation += 1;
-            self.published = Arc::new(Endpoints {
-                slots: Arc::new([]),
-                live: Box::new([]),
-                generation: *generation,
-            });
+            self.published = Arc::new(Endpoints::empty(*generation));
         }
         let old = &self.published;
         let mut by_addr: std::collections::HashMap<std::net::SocketAddr, u32> = old
@@ -1044,6 +1040,7 @@ impl ClusterState {
             .collect();
         let mut added: Vec<Slot> = Vec::new();
         let live: Box<[u32]> = visits
+            .addrs
             .iter()
             .map(|&addr| {
                 *by_addr.entry(addr).or_insert_with(|| {
@@ -1063,6 +1060,8 @@ impl ClusterState {
         self.published = Arc::new(Endpoints {
             slots,
             live,
+            levels: visits.levels.into(),
+            weights: visits.weights.into(),
             generation: old.generation,
         });
     }
@@ -1071,18 +1070,53 @@ impl ClusterState {
 /// The most times one endpoint appears in a cluster's live list (weights are scaled down to it).
 pub const WEIGHT_VISITS_MAX: u32 = 10;
 
-/// The order the balancer visits `c`'s endpoints: each once, or, when their metadata gives
-/// different weights, each `weight / gcd` times (scaled so that none exceeds
-/// [`WEIGHT_VISITS_MAX`], at least once), interleaved. Round robin then follows the weights
-/// with no work per request.
-fn weighted_order(c: &config::Cluster) -> Vec<std::net::SocketAddr> {
-    let weights: Vec<u32> = c
-        .endpoint_metadata
-        .iter()
-        .map(|m| m.weight.max(1))
-        .collect();
-    if weights.len() != c.endpoints.len() || weights.windows(2).all(|w| w[0] == w[1]) {
-        return c.endpoints.clone();
+/// A cluster's endpoints in the order the balancer visits them (see [`Endpoints`]).
+#[derive(Debug, Default, PartialEq)]
+struct Visits {
+    addrs: Vec<std::net::SocketAddr>,
+    /// End of each priority level in `addrs`, lowest priority number first.
+    levels: Vec<u32>,
+    /// Weight of each entry of `addrs` when the endpoints' weights differ, else empty.
+    weights: Vec<u32>,
+}
+
+/// The visit order of `c`'s endpoints: grouped by priority (metadata `priority`, lowest
+/// first), each group in weighted round-robin order (see [`weighted_visits`]).
+fn visit_order(c: &config::Cluster) -> Visits {
+    let meta = &c.endpoint_metadata;
+    if meta.len() != c.endpoints.len() || meta.is_empty() {
+        let end = c.endpoints.len() as u32;
+        return Visits {
+            addrs: c.endpoints.clone(),
+            levels: if end == 0 { Vec::new() } else { vec![end] },
+            weights: Vec::new(),
+        };
+    }
+    let weight = |i: usize| meta[i].weight.max(1);
+    let weighted = (1..meta.len()).any(|i| weight(i) != weight(0));
+    // By priority, config order within one (a stable sort).
+    let mut order: Vec<usize> = (0..meta.len()).collect();
+    order.sort_by_key(|&i| meta[i].priority);
+    let mut v = Visits::default();
+    for level in order.chunk_by(|&a, &b| meta[a].priority == meta[b].priority) {
+        let weights: Vec<u32> = level.iter().map(|&i| weight(i)).collect();
+        for k in weighted_visits(&weights) {
+            v.addrs.push(c.endpoints[level[k]]);
+            if weighted {
+                v.weights.push(weights[k]);
+            }
+        }
+        v.levels.push(v.addrs.len() as u32);
+    }
+    v
+}
+
+/// Indices of `weights` in the order round robin visits them: each once when the weights are
+/// equal, else each `weight / gcd` times (scaled so that none exceeds [`WEIGHT_VISITS_MAX`], at
+/// least once), interleaved. Round robin then follows the weights with no work per request.
+fn weighted_visits(weights: &[u32]) -> Vec<usize> {
+    if weights.windows(2).all(|w| w[0] == w[1]) {
+        return (0..weights.len()).collect();
     }
     fn gcd(a: u32, b: u32) -> u32 {
         if b == 0 {
@@ -1107,7 +1141,7 @@ fn weighted_order(c: &config::Cluster) -> Vec<std::net::SocketAddr> {
     for k in 0..rounds {
         for (i, &v) in visits.iter().enumerate() {
             if v > k {
-                out.push(c.endpoints[i]);
+                out.push(i);
             }
         }
     }
@@ -1551,23 +1585,139 @@ mod tests {
         assert_eq!(ports(&s4), [vec![6], vec![2, 4], vec![5]]);
     }
 
+    fn meta(weight: u32, priority: u32) -> config::EndpointMetadata {
+        config::EndpointMetadata {
+            weight,
+            priority,
+            ..Default::default()
+        }
+    }
+
+    fn visit_ports(c: &config::Cluster) -> Vec<u16> {
+        visit_order(c).addrs.iter().map(|a| a.port()).collect()
+    }
+
     #[test]
     fn weights_become_repeated_visits_in_the_live_list() {
         let mut c = cluster("w", &[1, 2, 3]);
-        let meta = |weight| config::EndpointMetadata {
-            weight,
-            ..Default::default()
-        };
-        c.endpoint_metadata = vec![meta(100), meta(200), meta(100)];
-        let ports: Vec<u16> = weighted_order(&c).iter().map(|a| a.port()).collect();
-        assert_eq!(ports, [1, 2, 3, 2]);
-        c.endpoint_metadata = vec![meta(1), meta(1000), meta(100)];
-        let ports: Vec<u16> = weighted_order(&c).iter().map(|a| a.port()).collect();
+        c.endpoint_metadata = vec![meta(100, 0), meta(200, 0), meta(100, 0)];
+        assert_eq!(visit_ports(&c), [1, 2, 3, 2]);
+        assert_eq!(visit_order(&c).weights, [100, 200, 100, 200]);
+        c.endpoint_metadata = vec![meta(1, 0), meta(1000, 0), meta(100, 0)];
+        let ports = visit_ports(&c);
         assert_eq!(ports.iter().filter(|&&p| p == 2).count(), 10);
         assert_eq!(ports.iter().filter(|&&p| p == 1).count(), 1);
         assert_eq!(ports.iter().filter(|&&p| p == 3).count(), 1);
-        c.endpoint_metadata = vec![meta(50), meta(50), meta(50)];
-        assert_eq!(weighted_order(&c), c.endpoints);
+        c.endpoint_metadata = vec![meta(50, 0); 3];
+        let v = visit_order(&c);
+        assert_eq!(
+            (v.addrs, v.levels, v.weights),
+            (c.endpoints, vec![3], vec![])
+        );
+    }
+
+    #[test]
+    fn priorities_become_levels_each_weighted_on_its_own() {
+        let mut c = cluster("p", &[1, 2, 3, 4, 5]);
+        c.endpoint_metadata = vec![meta(1, 2), meta(3, 0), meta(1, 2), meta(1, 0), meta(2, 2)];
+        let v = visit_order(&c);
+        assert_eq!(visit_ports(&c), [2, 4, 2, 2, 1, 3, 5, 5]);
+        assert_eq!(v.levels, [4, 8]);
+        assert_eq!(v.weights, [3, 1, 3, 3, 1, 1, 2, 2]);
+        // Equal weights: no weight table; one endpoint per level.
+        c.endpoint_metadata = vec![meta(7, 1), meta(7, 0), meta(7, 1), meta(7, 0), meta(7, 5)];
+        let v = visit_order(&c);
+        assert_eq!(visit_ports(&c), [2, 4, 1, 3, 5]);
+        assert_eq!((v.levels, v.weights), (vec![2, 4, 5], vec![]));
+        assert_eq!(visit_order(&cluster("e", &[])), Visits::default());
+    }
+
+    /// A shard's balancer over `c` (built as the shards build it) and the picks it makes.
+    fn balancer(c: config::Cluster) -> crate::cluster::ShardCluster {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let s = build(&mut b, &st, vec![c.clone()]);
+        crate::cluster::ShardCluster::new(&c, s.endpoints[0].clone(), s.cluster_ids[0].clone())
+    }
+
+    fn picks(
+        lb: &crate::cluster::ShardCluster,
+        n: usize,
+        state: impl Fn(u16) -> crate::cluster::Availability,
+    ) -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                lb.pick_available(|i| state(lb.slot(i).addr.port()))
+                    .map_or(0, |i| lb.slot(i).addr.port())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_follows_weights_and_fails_over_by_priority() {
+        use crate::cluster::Availability::{BackingOff, Excluded, Ready};
+        let mut c = cluster("rr", &[1, 2, 3, 4]);
+        c.endpoint_metadata = vec![meta(3, 0), meta(1, 0), meta(1, 1), meta(1, 2)];
+        let lb = balancer(c);
+        // 3:1 within priority 0; priorities 1 and 2 idle.
+        let p = picks(&lb, 400, |_| Ready);
+        assert_eq!(p.iter().filter(|&&p| p == 1).count(), 300);
+        assert_eq!(p.iter().filter(|&&p| p == 2).count(), 100);
+        // One endpoint of priority 0 down: the other takes it all.
+        assert!(picks(&lb, 20, |p| if p == 1 { BackingOff } else { Ready })
+            .iter()
+            .all(|&p| p == 2));
+        // Priority 0 down (back-off or excluded): priority 1; both 0 and 1 down: priority 2.
+        let down01 = |p| match p {
+            1 => BackingOff,
+            2 => Excluded,
+            _ => Ready,
+        };
+        assert_eq!(
+            picks(&lb, 5, |p| if p <= 2 { BackingOff } else { Ready }),
+            [3; 5]
+        );
+        assert_eq!(
+            picks(&lb, 5, |p| if p == 3 { Excluded } else { down01(p) }),
+            [4; 5]
+        );
+        // Nothing ready: the first endpoint in back-off of the first level that has one.
+        assert_eq!(
+            picks(&lb, 3, |p| if p == 1 { Excluded } else { BackingOff }),
+            [2; 3]
+        );
+        assert_eq!(
+            picks(&lb, 3, |p| if p == 4 { BackingOff } else { Excluded }),
+            [4; 3]
+        );
+        assert_eq!(picks(&lb, 3, |_| Excluded), [0; 3]);
+        // Priority 0 recovered: all traffic back on it.
+        let p = picks(&lb, 8, |_| Ready);
+        assert!(p.iter().all(|&p| p <= 2), "{p:?}");
+    }
+
+    #[test]
+    fn least_request_weighs_active_requests_by_weight() {
+        use crate::cluster::Availability::{BackingOff, Ready};
+        let mut c = cluster("lr", &[1, 2, 3]);
+        c.lb = config::LbPolicy::LeastRequest;
+        c.endpoint_metadata = vec![meta(3, 0), meta(1, 0), meta(1, 1)];
+        let lb = balancer(c);
+        // Requests that never finish: the weight-3 endpoint carries 3 for every 1 of the other.
+        let mut count = [0u32; 4];
+        for _ in 0..400 {
+            let i = lb.pick().unwrap();
+            lb.add_active(i, 1);
+            count[lb.slot(i).addr.port() as usize] += 1;
+        }
+        assert_eq!(count, [0, 300, 100, 0]);
+        // The least loaded ready endpoint wins even when one in back-off has fewer.
+        let p = picks(&lb, 3, |p| if p == 2 { BackingOff } else { Ready });
+        assert_eq!(p, [1; 3]);
+        assert_eq!(
+            picks(&lb, 2, |p| if p == 3 { Ready } else { BackingOff }),
+            [3; 2]
+        );
     }
 
     #[test]

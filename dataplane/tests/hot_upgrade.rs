@@ -208,17 +208,6 @@ fn twenty_upgrades_under_load_lose_nothing_and_carry_counters() {
     );
 }
 
-/// A bench binary next to the ringside binary (`cargo build --workspace` builds them).
-fn bench_bin(name: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(RINGSIDE).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace first (cargo build --workspace)",
-        p.display()
-    );
-    p
-}
-
 /// The load: the bench load generator, open loop at 5k req/s over 32 connections that
 /// follow readonly events, through 20 upgrades.
 #[test]

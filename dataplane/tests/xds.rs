@@ -494,6 +494,196 @@ fn eds_update_changes_only_its_cluster_and_keeps_the_other_connections() {
     }
 }
 
+/// A dubbo-echo provider (bench crate) on `addr` that answers every request with `name`.
+fn echo_provider(addr: SocketAddr, name: &str) -> KillOnDrop {
+    let child = std::process::Command::new(bench_bin("dubbo-echo"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--reply",
+            "fixed",
+            "--fixed",
+            name,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "dubbo-echo {name} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    KillOnDrop(child)
+}
+
+/// One answer a load thread got: when, and the provider's name or the error message.
+type Answered = (Instant, Result<String, String>);
+
+/// Sequential calls on one connection until `stop`.
+fn load(listen: SocketAddr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Vec<Answered> {
+    let mut consumer = common::dubbo::Consumer::connect(listen);
+    let mut out = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let args = [codec::dubbo::encode::Arg::Str("x")];
+        let req = codec::dubbo::encode::RequestBuilder::new(ECHO, "echo").args(&args);
+        let a = consumer.call(req);
+        let r = match u8::from(a.status) {
+            20 => Ok(a.text),
+            s => Err(format!("status {s}: {}", a.text)),
+        };
+        out.push((Instant::now(), r));
+    }
+    out
+}
+
+/// EDS `load_balancing_weight` and `priority` with real providers: weights 3:1 at priority 0
+/// split the traffic 3:1 and priority 1 gets none; with both priority-0 providers killed the
+/// traffic moves to priority 1, and back once they restart. The only failures are the requests
+/// in flight on a killed provider's connection when it died (each load connection has at most
+/// one in flight, so at most one per connection and killed provider); requests that a connect
+/// to a dead provider would have failed (after the kill, and each time its back-off ends) go to
+/// the next endpoint instead.
+#[test]
+fn eds_weights_split_traffic_and_priorities_fail_over_and_back() {
+    let (a, b, c) = (local(free_port()), local(free_port()), local(free_port()));
+    let mut pa = echo_provider(a, "p0a");
+    let mut pb = echo_provider(b, "p0b");
+    let _pc = echo_provider(c, "p1");
+    let listen = local(free_port());
+    let ep = |addr: SocketAddr, weight: u32| json!({"endpoint": {"address": socket(addr)}, "load_balancing_weight": weight});
+    let assignment = json!({"cluster_name": "w", "endpoints": [
+        {"priority": 0, "lb_endpoints": [ep(a, 3), ep(b, 1)]},
+        {"priority": 1, "lb_endpoints": [{"endpoint": {"address": socket(c)}}]}
+    ]});
+    let mut xds = XdsServer::start();
+    xds.put(&json!({
+        "version": "v1",
+        "listeners": [dubbo_listener("dubbo_out", listen, json!([{"name": "echo", "interface": ECHO,
+            "routes": [{"match": any_method(), "route": {"cluster": "w"}}]}]))],
+        "clusters": [eds_cluster("w", false)],
+        "endpoints": [assignment]
+    }))
+    .unwrap();
+    let rs = ringside_on(xds.addr(), "sotw", "ringside-eds-weights");
+    let d = wait_dump(&rs, "listener and cluster w", |d| {
+        d["config"]["listeners"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    });
+    let w = d["config"]["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "w"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&w["endpoints"], &w["endpoint_metadata"]),
+        (
+            &json!([a.to_string(), b.to_string(), c.to_string()]),
+            &json!([{"weight": 3}, {"weight": 1}, {"weight": 1, "priority": 1}])
+        ),
+        "{d}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(listen, "echo", "x").is_err() {
+        assert!(Instant::now() < deadline, "listener never served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Weights: one connection (one shard's balancer), 400 calls, exactly 3:1.
+    let mut counts = std::collections::BTreeMap::new();
+    let mut consumer = common::dubbo::Consumer::connect(listen);
+    for _ in 0..400 {
+        let args = [codec::dubbo::encode::Arg::Str("x")];
+        let req = codec::dubbo::encode::RequestBuilder::new(ECHO, "echo").args(&args);
+        *counts.entry(consumer.call(req).text).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        [("p0a".to_string(), 300), ("p0b".to_string(), 100)].into(),
+        "weights 3:1, nothing to priority 1"
+    );
+
+    // Priority failover under load: 4 connections of sequential calls.
+    const CONNS: usize = 4;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..CONNS)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || load(listen, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    pa.0.kill().unwrap();
+    pb.0.kill().unwrap();
+    let _ = (pa.0.wait(), pb.0.wait());
+    // Three back-off periods (500 ms): each ends with a connect to a dead provider.
+    std::thread::sleep(Duration::from_millis(1600));
+    let restarted = Instant::now();
+    let _pa = echo_provider(a, "p0a");
+    let _pb = echo_provider(b, "p0b");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers: Vec<Answered> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+
+    let failed: Vec<&String> = answers
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .collect();
+    assert!(failed.len() <= 2 * CONNS, "{failed:#?}");
+    for f in &failed {
+        // Status 80 naming a killed provider, for a request on its dead connection (never a
+        // failed connect).
+        assert!(
+            f.starts_with("status 80")
+                && (f.contains(&a.to_string()) || f.contains(&b.to_string()))
+                && !f.contains("connect failed")
+                && !f.contains("connect timed out"),
+            "{f}"
+        );
+    }
+    let served = |from: Instant, to: Instant| -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for (t, r) in &answers {
+            if let (true, Ok(name)) = (*t >= from && *t < to, r) {
+                *m.entry(name.clone()).or_insert(0) += 1;
+            }
+        }
+        m
+    };
+    let ms = Duration::from_millis;
+    let before = served(killed - ms(300), killed);
+    assert!(
+        !before.contains_key("p1") && before.len() == 2,
+        "{before:?}"
+    );
+    let down = served(killed + ms(100), restarted);
+    assert!(
+        down.len() == 1 && down["p1"] > 100,
+        "priority 1 takes over: {down:?}"
+    );
+    let back = served(restarted + ms(1000), Instant::now());
+    assert!(
+        !back.contains_key("p1") && back.get("p0a") > back.get("p0b"),
+        "back on priority 0 once it restarted: {back:?}"
+    );
+    // The connects to the dead providers happened (and their requests went on to priority 1).
+    assert!(stat(&rs, "cluster.w.upstream_cx_connect_fail") >= 2);
+    eprintln!(
+        "failover: {} answers, {} failed; during the outage {down:?}, after {back:?}",
+        answers.len(),
+        failed.len()
+    );
+    xds.terminate().unwrap();
+}
+
 /// The same snapshot and table of Dubbo requests given to Envoy 1.40 and to ringside: both must
 /// route every request to the same cluster (or both refuse it).
 #[test]

@@ -4,7 +4,6 @@
 //! only when the response is ACKed, so a NACK leaves the last good state as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +70,7 @@ struct Cache {
     listeners: BTreeMap<String, Entry<ListenerRes>>,
     routes: BTreeMap<String, Entry<Vec<TripleRoute>>>,
     clusters: BTreeMap<String, Entry<ClusterRes>>,
-    endpoints: BTreeMap<String, Entry<Vec<SocketAddr>>>,
+    endpoints: BTreeMap<String, Entry<proto::Assignment>>,
 }
 
 impl Cache {
@@ -680,7 +679,7 @@ impl Client {
             Changes::Delta(added, _) => added.iter().map(|(v, a)| (v.as_str(), *a)).collect(),
         };
         // By name, the last one sent wins (as in the full path); unreferenced ones are dropped.
-        let mut decoded: HashMap<String, (&str, Vec<SocketAddr>, u64)> = HashMap::new();
+        let mut decoded: HashMap<String, (&str, proto::Assignment, u64)> = HashMap::new();
         let mut same: HashMap<&str, &str> = HashMap::new();
         for (v, any) in sent {
             let hash = any_hash(any);
@@ -715,7 +714,8 @@ impl Client {
             let clusters = self.eds_index.get(name).into_iter().flatten();
             changed.extend(clusters.map(|c| ClusterEndpoints {
                 cluster: c.clone(),
-                endpoints: value.clone(),
+                endpoints: value.endpoints.clone(),
+                metadata: value.metadata.clone(),
             }));
         }
         let version_before =
@@ -846,7 +846,8 @@ impl Client {
         for c in cand.clusters.values() {
             let mut cluster = c.value.cluster.clone();
             if let Some(e) = c.value.eds.as_ref().and_then(|n| cand.endpoints.get(n)) {
-                cluster.endpoints = e.value.clone();
+                cluster.endpoints = e.value.endpoints.clone();
+                cluster.endpoint_metadata = e.value.metadata.clone();
             }
             config.clusters.push(cluster);
         }

@@ -62,6 +62,9 @@ pub enum Change {
 pub struct ClusterEndpoints {
     pub cluster: String,
     pub endpoints: Vec<std::net::SocketAddr>,
+    /// `weight` and `priority` of each endpoint (`config::Cluster::endpoint_metadata`); empty
+    /// when all have priority 0 and the same weight.
+    pub metadata: Vec<config::EndpointMetadata>,
 }
 
 /// Counters of one client, readable from any thread (a point-in-time copy).

@@ -1756,7 +1756,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
                     "a STATIC or STRICT_DNS cluster needs an inline load_assignment",
                 );
             };
-            out.endpoints = endpoints(la, &ctx, "load_assignment")?;
+            let a = endpoints(la, &ctx, "load_assignment")?;
+            (out.endpoints, out.endpoint_metadata) = (a.endpoints, a.metadata);
             None
         }
         _ => {
@@ -1771,7 +1772,16 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
 
 // === endpoints ===
 
-pub(crate) fn decode_endpoints(any: &Any) -> Result<(String, Vec<SocketAddr>), TranslateError> {
+/// The endpoints of one ClusterLoadAssignment as a cluster takes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assignment {
+    pub endpoints: Vec<SocketAddr>,
+    /// `weight` and `priority` of each endpoint, index for index; empty when every endpoint
+    /// has priority 0 and the same weight (the common case costs nothing).
+    pub metadata: Vec<config::EndpointMetadata>,
+}
+
+pub(crate) fn decode_endpoints(any: &Any) -> Result<(String, Assignment), TranslateError> {
     let la: endpoint_pb::ClusterLoadAssignment = decode_top(any, ENDPOINT_TYPE)?;
     let ctx = Ctx {
         kind: "cluster load assignment",
@@ -1783,13 +1793,13 @@ pub(crate) fn decode_endpoints(any: &Any) -> Result<(String, Vec<SocketAddr>), T
     Ok((la.cluster_name.clone(), endpoints(&la, &ctx, "")?))
 }
 
-/// Endpoints of the lowest priority present (Envoy's failover tiers above it are not used:
-/// ringside has no priority load balancing), healthy or of unknown health, in order.
+/// Endpoints healthy or of unknown health, in order, each with its priority and
+/// `load_balancing_weight` (unset: 1, Envoy's default).
 fn endpoints(
     la: &endpoint_pb::ClusterLoadAssignment,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<Vec<SocketAddr>, TranslateError> {
+) -> Result<Assignment, TranslateError> {
     use core_pb::HealthStatus as H;
     if !la.named_endpoints.is_empty() {
         return Err(ctx.err(
@@ -1797,8 +1807,7 @@ fn endpoints(
             "named endpoints are not supported",
         ));
     }
-    let top = la.endpoints.iter().map(|l| l.priority).min().unwrap_or(0);
-    let mut out = Vec::new();
+    let mut out = Assignment::default();
     for (i, l) in la.endpoints.iter().enumerate() {
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let eat = join(at, &format!("endpoints[{i}].lb_endpoints[{j}]"));
@@ -1814,14 +1823,28 @@ fn endpoints(
             };
             let addr =
                 socket_address(ep.address.as_ref(), ctx, &format!("{eat}.endpoint.address"))?;
+            let weight = e.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+            if weight == 0 {
+                return Err(ctx.err(format!("{eat}.load_balancing_weight"), "must be at least 1"));
+            }
             let excluded = matches!(
                 H::try_from(e.health_status),
                 Ok(H::Unhealthy | H::Draining | H::Timeout)
             );
-            if l.priority == top && !excluded {
-                out.push(addr);
+            if !excluded {
+                out.endpoints.push(addr);
+                out.metadata.push(config::EndpointMetadata {
+                    weight,
+                    priority: l.priority,
+                    ..Default::default()
+                });
             }
         }
+    }
+    let plain =
+        |m: &config::EndpointMetadata| m.priority == 0 && m.weight == out.metadata[0].weight;
+    if out.metadata.iter().all(plain) {
+        out.metadata = Vec::new();
     }
     Ok(out)
 }

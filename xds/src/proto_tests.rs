@@ -819,24 +819,44 @@ fn original_dst_clusters() {
 }
 
 #[test]
-fn endpoints_exclude_unhealthy_and_lower_priorities() {
+fn endpoints_exclude_unhealthy_and_keep_weights_and_priorities() {
     let mut la = cla_pb(
         "users",
         &[("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)],
     );
     la.endpoints[0].lb_endpoints[1].health_status = core_pb::HealthStatus::Draining as i32;
     la.endpoints[0].lb_endpoints[2].health_status = core_pb::HealthStatus::Healthy as i32;
+    la.endpoints[0].lb_endpoints[2].load_balancing_weight = Some(UInt32Value { value: 3 });
     let mut failover = cla_pb("users", &[("10.9.9.9", 80)]).endpoints.remove(0);
     failover.priority = 1;
+    // Locality weights are ignored (Envoy too, without locality-weighted balancing).
+    failover.load_balancing_weight = Some(UInt32Value { value: 50 });
     la.endpoints.push(failover);
-    let (name, eps) = decode_endpoints(&pack_any(la)).unwrap();
+    let (name, a) = decode_endpoints(&pack_any(la.clone())).unwrap();
     assert_eq!(name, "users");
-    assert_eq!(
-        eps,
-        vec![
-            "10.0.0.1:80".parse().unwrap(),
-            "10.0.0.3:80".parse().unwrap()
-        ]
+    let addrs: Vec<SocketAddr> = ["10.0.0.1:80", "10.0.0.3:80", "10.9.9.9:80"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(a.endpoints, addrs);
+    let meta = |weight, priority| config::EndpointMetadata {
+        weight,
+        priority,
+        ..Default::default()
+    };
+    assert_eq!(a.metadata, [meta(1, 0), meta(3, 0), meta(1, 1)]);
+    // One priority, one weight: no metadata at all.
+    la.endpoints.pop();
+    la.endpoints[0].lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 3 });
+    let (_, a) = decode_endpoints(&pack_any(la.clone())).unwrap();
+    assert_eq!((a.endpoints, a.metadata), (addrs[..2].to_vec(), vec![]));
+    la.endpoints[0].lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 0 });
+    let e = decode_endpoints(&pack_any(la)).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "field `endpoints[0].lb_endpoints[0].load_balancing_weight`: must be at least 1"
+        ),
+        "{e}"
     );
     let e = decode_endpoints(&cla("users", &[("db.local", 5432)]))
         .unwrap_err()

@@ -183,7 +183,7 @@ impl ClusterPool {
     /// rewritten here; two-way requests are tracked until they end.
     pub fn forward(
         self: &Rc<Self>,
-        mut frame: BytesMut,
+        frame: BytesMut,
         id_down: u64,
         two_way: bool,
         timeout: Duration,
@@ -199,24 +199,29 @@ impl ClusterPool {
                 limit: self.pending_max,
             });
         }
+        let pending = two_way.then(|| Pending {
+            down: down.clone(),
+            id_down,
+            deadline: now + timeout,
+            started: now,
+            counted,
+        });
+        self.send(&host, frame, pending);
+        Ok(())
+    }
+
+    /// Queues `frame` on a connection of `host`; `pending` (two-way requests) is tracked until
+    /// its response, deadline or failure.
+    fn send(self: &Rc<Self>, host: &Rc<Host>, mut frame: BytesMut, pending: Option<Pending>) {
         let conn = host.connection(self);
         self.stats.inc(self.ids.rq_total);
         self.stats.inc(host.ids.rq_total);
-        if two_way {
+        if let Some(p) = pending {
             let id_up = conn.next_id.get();
             conn.next_id.set(id_up.wrapping_add(1));
             wire::set_request_id(&mut frame, id_up);
-            let deadline = now + timeout;
-            conn.pending.borrow_mut().insert(
-                id_up,
-                Pending {
-                    down: down.clone(),
-                    id_down,
-                    deadline,
-                    started: now,
-                    counted,
-                },
-            );
+            let (deadline, down) = (p.deadline, p.down.clone());
+            conn.pending.borrow_mut().insert(id_up, p);
             let earliest = conn.deadlines.borrow_mut().push(deadline, id_up);
             if earliest {
                 conn.keeper_wake.notify();
@@ -228,7 +233,6 @@ impl ClusterPool {
         }
         conn.out.borrow_mut().push_back(frame.freeze());
         conn.out_ready.notify();
-        Ok(())
     }
 }
 
@@ -278,8 +282,8 @@ impl Host {
 // === impl UpConn ===
 
 impl UpConn {
-    /// Ends one pending request: counters down, and its caller answered with `reply`.
-    fn finish(&self, p: Pending, reply: Reply) {
+    /// Counts one pending request out of this connection's endpoint and its caller.
+    fn release(&self, p: &Pending) {
         let host = &self.host;
         let pool = &self.pool;
         host.pending.set(host.pending.get().saturating_sub(1));
@@ -289,6 +293,11 @@ impl UpConn {
         pool.lb.add_active(host.index, -1);
         pool.stats.dec(pool.ids.rq_active);
         p.down.inflight.set(p.down.inflight.get().saturating_sub(1));
+    }
+
+    /// Ends one pending request: counters down, and its caller answered with `reply`.
+    fn finish(&self, p: Pending, reply: Reply) {
+        self.release(&p);
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
@@ -297,6 +306,34 @@ impl UpConn {
             Reply::Local(status, msg) => {
                 p.down.local_reply(p.id_down, status, &msg, Some(p.counted))
             }
+        }
+    }
+
+    /// The connect failed (the endpoint is in back-off now). Its queued requests never
+    /// reached the provider, so each two-way one goes to the endpoint the balancer picks now
+    /// instead (the next one, or the next priority level), unless that one is in back-off too,
+    /// full, or the deadline passed; the rest fail as on any closed connection.
+    fn connect_failed(self: &Rc<Self>, why: &str) {
+        let (now, pool) = (Instant::now(), &self.pool);
+        let frames: Vec<Bytes> = self.out.borrow_mut().drain(..).collect();
+        let mut moved = Vec::new();
+        for frame in frames {
+            let id = wire::request_id(&frame);
+            let Some(host) = pool.pick_host(now).filter(|h| {
+                h.down_until.get().is_none_or(|t| t <= now) && h.pending.get() < pool.pending_max
+            }) else {
+                continue;
+            };
+            let p = self.pending.borrow_mut().remove(&id);
+            if let Some(p) = p.filter(|p| p.deadline > now) {
+                self.release(&p);
+                moved.push((host, frame, p));
+            }
+        }
+        self.close(why);
+        for (host, frame, p) in moved {
+            tracing::debug!(from = %self.host.addr, to = %host.addr, "connect failed; request sent to another endpoint");
+            pool.send(&host, BytesMut::from(&frame[..]), Some(p));
         }
     }
 
@@ -410,7 +447,7 @@ async fn serve_upstream<S: crate::io::Conn>(
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
-            conn.close(&format!("connect failed: {e}"));
+            conn.connect_failed(&format!("connect failed: {e}"));
             return;
         }
         Err(_) => {
@@ -418,7 +455,7 @@ async fn serve_upstream<S: crate::io::Conn>(
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
-            conn.close("connect timed out");
+            conn.connect_failed("connect timed out");
             return;
         }
     };

@@ -84,6 +84,14 @@ pub fn set_request_id(frame: &mut [u8], id: u64) {
     d::set_request_id(frame, id);
 }
 
+/// The request id of a whole frame (0 for a frame too short to have one).
+pub fn request_id(frame: &[u8]) -> u64 {
+    frame
+        .get(d::field::REQUEST_ID)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// Whether a response frame carries status 20.
 pub fn response_ok(frame: &[u8]) -> bool {
     frame.get(3) == Some(&Status::OK.0)

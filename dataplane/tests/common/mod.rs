@@ -248,6 +248,17 @@ impl Drop for Ringside {
     }
 }
 
+/// A binary of the `bench` crate (dubbo-echo, dubbo-load, ...), built next to ringside.
+pub fn bench_bin(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(RINGSIDE).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
 /// A helper process (a bench server or load generator), killed and reaped on drop, so a failing
 /// test does not leave it running.
 pub struct KillOnDrop(pub Child);
