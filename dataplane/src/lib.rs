@@ -14,6 +14,8 @@ pub mod demo;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod dubbo;
+#[cfg(feature = "fuzz")]
+pub mod fuzzing;
 pub mod intercept;
 pub mod io;
 pub mod iptables;

@@ -1430,6 +1430,11 @@ async fn run_upstream(conn: Rc<Conn>) {
             shard::monoio::time::timeout(pool.connect_timeout, stack.connect(host.addr)).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
+    #[cfg(feature = "fuzz")]
+    if let Some(connecting) = crate::fuzzing::connect(host.addr) {
+        let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
+        return serve_upstream(conn, host, pool, connected).await;
+    }
     let connected =
         shard::monoio::time::timeout(pool.connect_timeout, crate::intercept::connect(host.addr))
             .await;
