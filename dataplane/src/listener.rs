@@ -429,7 +429,10 @@ impl ShardState {
     /// this shard adds its part to the listener's drain report.
     fn drain_gone(&self, gone: ShardListener, drains: &[Arc<DrainReport>]) {
         gone.stop.set();
-        let timeout_ms = self.shared.as_ref().map_or(0, |s| s.config.drain_timeout_ms);
+        let timeout_ms = self
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.config.drain_timeout_ms);
         let timeout = Duration::from_millis(timeout_ms);
         let conns = gone.conns;
         conns.drained.set(0);

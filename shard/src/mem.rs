@@ -152,6 +152,7 @@ impl MemStream {
         let n = p.bytes.len();
         out.extend(p.bytes.drain(..));
         if n > 0 {
+            moved(n);
             p.wake_writer();
         }
         Some(n)
@@ -169,6 +170,7 @@ impl MemStream {
         }
         let n = p.capacity.saturating_sub(p.bytes.len()).min(src.len());
         p.bytes.extend(&src[..n]);
+        moved(n);
         if n > 0 {
             p.wake_reader();
         }

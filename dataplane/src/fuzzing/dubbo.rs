@@ -121,14 +121,15 @@ struct Provider {
 /// Runs one script; panics on a broken invariant. `live_bytes`: the heap in use (the fuzz
 /// target's counting allocator), bounded during the run.
 pub fn run(data: &[u8], live_bytes: fn() -> usize) {
-    FIXTURE.with(|fx| {
-        let mut rt = super::runtime();
-        rt.block_on(script(fx, data, live_bytes));
-    });
+    let fx = FIXTURE.with(Fixture::clone);
+    let data = data.to_vec();
+    // A task of its own, so that its turns let the connection tasks run.
+    super::runtime()
+        .block_on(async move { shard::monoio::spawn(script(fx, data, live_bytes)).await });
     Upstreams::uninstall();
 }
 
-async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
+async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     let base = live_bytes();
     let ups = Upstreams::install();
     let (shard, stats) = fx.shard();
@@ -136,14 +137,20 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
     let snap = &fx.snapshot;
     let mut consumers: Vec<Consumer> = Vec::new();
     let mut providers: Vec<Provider> = Vec::new();
-    let mut s = Script::new(data);
+    let mut s = Script::new(&data);
     let mut sleeps = 0;
     let mut peak = 0;
     while !s.is_empty() {
         let code = s.byte() % op::COUNT;
+        let a = s.args();
+        // Raw bytes follow their operation (length: argument 1).
+        let raw = match code {
+            op::RAW | op::UP_RAW => s.bytes(usize::from(a[1])),
+            _ => &[],
+        };
         match code {
             op::REQUEST | op::HEARTBEAT | op::RAW | op::CLOSE | op::VANISH | op::READING => {
-                let pick = usize::from(s.byte());
+                let pick = usize::from(a[0]);
                 if consumers.len() < 2 && (consumers.is_empty() || pick & 1 == 1) {
                     consumers.push(open_consumer(&ctx));
                 }
@@ -152,7 +159,7 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 let Some(end) = &c.end else { continue };
                 match code {
                     op::REQUEST => {
-                        let (flags, id, size) = (s.byte(), s.byte(), s.byte());
+                        let (flags, id, size) = (a[1], a[2], a[3]);
                         let frame = request(flags, id, size);
                         if write_all(end, &frame) && flags & 1 == 1 {
                             *c.sent.entry(u64::from(id)).or_default() += 1;
@@ -161,7 +168,7 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                         }
                     }
                     op::HEARTBEAT => {
-                        let id = s.byte();
+                        let id = a[1];
                         if write_all(end, &encode::heartbeat_request(u64::from(id))) {
                             *c.sent.entry(u64::from(id)).or_default() += 1;
                         } else {
@@ -169,10 +176,8 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                         }
                     }
                     op::RAW => {
-                        let n = usize::from(s.byte());
-                        let bytes = s.bytes(n);
                         c.clean = false;
-                        write_all(end, bytes);
+                        write_all(end, raw);
                     }
                     op::CLOSE => {
                         c.clean = false;
@@ -186,7 +191,7 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 }
             }
             op::ACCEPT => {
-                if let Some((_, end)) = ups.accept(usize::from(s.byte())) {
+                if let Some((_, end)) = ups.accept(usize::from(a[0])) {
                     providers.push(Provider {
                         end: Some(end),
                         input: BytesMut::new(),
@@ -196,10 +201,10 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 }
             }
             op::REFUSE => {
-                ups.refuse(usize::from(s.byte()));
+                ups.refuse(usize::from(a[0]));
             }
             op::REPLY | op::UP_EVENT | op::UP_RAW | op::UP_CLOSE => {
-                let pick = usize::from(s.byte());
+                let pick = usize::from(a[0]);
                 if providers.is_empty() {
                     continue;
                 }
@@ -208,7 +213,7 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 let Some(end) = &p.end else { continue };
                 match code {
                     op::REPLY => {
-                        let (which, kind) = (usize::from(s.byte()), s.byte());
+                        let (which, kind) = (usize::from(a[1]), a[2]);
                         let Some(&id) = p.requests.get(which % p.requests.len().max(1)) else {
                             continue;
                         };
@@ -221,8 +226,8 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                         write_all(end, &frame);
                     }
                     op::UP_EVENT => {
-                        let id = u64::from(s.byte());
-                        let frame = if s.byte() & 1 == 0 {
+                        let id = u64::from(a[1]);
+                        let frame = if a[2] & 1 == 0 {
                             encode::heartbeat_request(id)
                         } else {
                             encode::readonly_event(id)
@@ -230,11 +235,10 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                         write_all(end, &frame);
                     }
                     op::UP_RAW => {
-                        let n = usize::from(s.byte());
-                        write_all(end, s.bytes(n));
+                        write_all(end, raw);
                     }
                     _ => {
-                        if s.byte() & 1 == 0 {
+                        if a[1] & 1 == 0 {
                             end.close_write();
                         } else {
                             p.end = None;
@@ -264,7 +268,10 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
     collect(&mut consumers, &mut providers, true);
     for (i, c) in consumers.iter().enumerate() {
         if c.clean {
-            assert!(!c.eof, "consumer {i}: ringside closed a well-behaved consumer");
+            assert!(
+                !c.eof,
+                "consumer {i}: ringside closed a well-behaved consumer"
+            );
             assert_eq!(
                 c.sent, c.answered,
                 "consumer {i}: two-way requests (by id: count) sent vs answered"
@@ -279,7 +286,10 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
     settle().await;
     collect(&mut consumers, &mut providers, true);
     for (i, c) in consumers.iter().enumerate() {
-        assert!(c.done.get(), "consumer {i}: connection task still running after EOF");
+        assert!(
+            c.done.get(),
+            "consumer {i}: connection task still running after EOF"
+        );
     }
     let gauges = [
         ("listener cx_active", snap.listener_ids[0].cx_active),
@@ -353,7 +363,10 @@ fn collect(consumers: &mut [Consumer], providers: &mut [Provider], all: bool) {
             *n += 1;
             let sent = c.sent.get(&id).copied().unwrap_or(0);
             if c.clean {
-                assert!(*n <= sent, "consumer {i}: id {id} answered {n} times, sent {sent}");
+                assert!(
+                    *n <= sent,
+                    "consumer {i}: id {id} answered {n} times, sent {sent}"
+                );
             }
         }
     }
@@ -368,7 +381,10 @@ fn collect(consumers: &mut [Consumer], providers: &mut [Provider], all: bool) {
                 continue; // answers to the provider's heartbeats
             }
             let id = h.request_id;
-            assert!(p.ids.insert(id), "provider {i}: request id {id} sent twice on one connection");
+            assert!(
+                p.ids.insert(id),
+                "provider {i}: request id {id} sent twice on one connection"
+            );
             if h.flags.two_way && !h.flags.event {
                 p.requests.push(id);
             }

@@ -171,8 +171,10 @@ impl<'a> Script<'a> {
         }
     }
 
-    pub fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.byte(), self.byte()])
+    /// An operation's four argument bytes (every operation takes four, used or not, so that
+    /// an operation skipped for want of a peer leaves the rest of the script in step).
+    pub fn args(&mut self) -> [u8; 4] {
+        [self.byte(), self.byte(), self.byte(), self.byte()]
     }
 
     /// Up to `n` bytes.
@@ -184,7 +186,7 @@ impl<'a> Script<'a> {
     }
 }
 
-/// Returns once, after letting every other ready task run.
+/// Returns once every task that was ready has run.
 struct YieldNow(bool);
 
 impl Future for YieldNow {
@@ -194,7 +196,10 @@ impl Future for YieldNow {
             return Poll::Ready(());
         }
         self.0 = true;
-        cx.waker().wake_by_ref();
+        // monoio runs a task that wakes itself while polled again at once (front of the
+        // queue); a task spawned now runs after every task already queued, and wakes us then.
+        let w = cx.waker().clone();
+        shard::monoio::spawn(async move { w.wake() });
         Poll::Pending
     }
 }
@@ -222,6 +227,7 @@ pub async fn settle() {
 
 /// A fixed config's snapshot and stats, built once per thread (the per-run state is the
 /// [`Detached`] shard built from it).
+#[derive(Clone)]
 pub struct Fixture {
     pub snapshot: Arc<Snapshot>,
     pub stats: Arc<Stats>,
@@ -248,8 +254,8 @@ impl Fixture {
 
 /// A fresh runtime per run: nothing a run leaves behind (a task that never ended) reaches the
 /// next one.
-pub fn runtime() -> shard::monoio::Runtime<shard::monoio::time::TimeDriver<shard::monoio::LegacyDriver>>
-{
+pub fn runtime(
+) -> shard::monoio::Runtime<shard::monoio::time::TimeDriver<shard::monoio::LegacyDriver>> {
     shard::monoio::RuntimeBuilder::<shard::monoio::LegacyDriver>::new()
         .enable_timer()
         .build()

@@ -299,8 +299,14 @@ impl Peer {
                 }
                 kind::DATA => {
                     assert!(s != 0, "{who}: DATA on stream 0");
-                    assert!(!self.ended.contains(&s), "{who}: DATA on stream {s} after its end");
-                    assert!(self.seen.contains(&s), "{who}: DATA before HEADERS on stream {s}");
+                    assert!(
+                        !self.ended.contains(&s),
+                        "{who}: DATA on stream {s} after its end"
+                    );
+                    assert!(
+                        self.seen.contains(&s),
+                        "{who}: DATA before HEADERS on stream {s}"
+                    );
                     let n = i64::from(h.len);
                     self.data_in += n;
                     *self.stream_data.entry(s).or_default() += n;
@@ -364,7 +370,10 @@ impl Peer {
 
     fn on_headers(&mut self, who: &str, s: u32, end: bool, block: &[u8], opened: &mut Vec<u32>) {
         assert!(s != 0, "{who}: HEADERS on stream 0");
-        assert!(!self.ended.contains(&s), "{who}: HEADERS on stream {s} after its end");
+        assert!(
+            !self.ended.contains(&s),
+            "{who}: HEADERS on stream {s} after its end"
+        );
         let mut fields = 0;
         self.decoder
             .decode(block, &mut |_, _, _| fields += 1)
@@ -380,10 +389,11 @@ impl Peer {
 
 /// Runs one script; panics on a broken invariant.
 pub fn run(data: &[u8], live_bytes: fn() -> usize) {
-    FIXTURE.with(|fx| {
-        let mut rt = super::runtime();
-        rt.block_on(script(fx, data, live_bytes));
-    });
+    let fx = FIXTURE.with(Fixture::clone);
+    let data = data.to_vec();
+    // A task of its own, so that its turns let the connection tasks run.
+    super::runtime()
+        .block_on(async move { shard::monoio::spawn(script(fx, data, live_bytes)).await });
     Upstreams::uninstall();
 }
 
@@ -396,7 +406,7 @@ struct Server {
     max_opened: u32,
 }
 
-async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
+async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     let base = live_bytes();
     let ups = Upstreams::install();
     let (shard, stats) = fx.shard();
@@ -419,14 +429,20 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
     let mut opened: Vec<u32> = Vec::new();
     let mut caller_ended: HashSet<u32> = HashSet::new();
     let mut servers: Vec<Server> = Vec::new();
-    let mut s = Script::new(data);
+    let mut s = Script::new(&data);
     let (mut sleeps, mut peak) = (0, 0);
     while !s.is_empty() {
         let code = s.byte() % op::COUNT;
+        let a = s.args();
+        // Raw bytes follow their operation (length: argument 1).
+        let raw = match code {
+            op::RAW | op::UP_RAW => s.bytes(usize::from(a[1])),
+            _ => &[],
+        };
         let mut out = Vec::new();
         match code {
             op::HEADERS => {
-                let (sel, pick) = (s.byte(), s.byte());
+                let (sel, pick) = (a[0], a[1]);
                 let end = pick & 8 != 0;
                 if sel < 128 || opened.is_empty() {
                     let id = opened.last().map_or(1, |l| l + 2);
@@ -446,14 +462,22 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 caller.write(&out);
             }
             op::DATA => {
-                let (sel, len, end) = (usize::from(s.byte()), s.byte(), s.byte() & 1 == 1);
-                let Some(&id) = opened.get(sel % opened.len().max(1)) else { continue };
+                let (sel, len, end) = (usize::from(a[0]), a[1], a[2] & 1 == 1);
+                let Some(&id) = opened.get(sel % opened.len().max(1)) else {
+                    continue;
+                };
                 if caller_ended.contains(&id) {
                     continue;
                 }
                 let mut m = message(usize::from(len) * 8);
                 m.truncate(caller.send_room(id) as usize);
-                h2(&mut out, kind::DATA, if end { flag::END_STREAM } else { 0 }, id, &m);
+                h2(
+                    &mut out,
+                    kind::DATA,
+                    if end { flag::END_STREAM } else { 0 },
+                    id,
+                    &m,
+                );
                 if caller.write(&out) {
                     caller.note_sent(id, m.len());
                     if end {
@@ -462,14 +486,17 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 }
             }
             op::RST => {
-                let (sel, c) = (usize::from(s.byte()), s.byte());
+                let (sel, c) = (usize::from(a[0]), a[1]);
                 let id = opened.get(sel % opened.len().max(1)).copied().unwrap_or(1);
                 frame::write_rst_stream(&mut out, id, u32::from(c % 12));
                 caller.clean = false;
                 caller.write(&out);
             }
             op::WINDOW_UPDATE => {
-                let (sel, inc) = (usize::from(s.byte()), u32::from(s.u16()).max(1));
+                let (sel, inc) = (
+                    usize::from(a[0]),
+                    u32::from(u16::from_be_bytes([a[1], a[2]])).max(1),
+                );
                 let id = if sel == 0 {
                     0
                 } else {
@@ -485,18 +512,16 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 }
             }
             op::SETTINGS => {
-                let (id, v) = (s.byte() % 7, u32::from(s.u16()));
+                let (id, v) = (a[0] % 7, u32::from(u16::from_be_bytes([a[1], a[2]])));
                 frame::write_settings(&mut out, &[(u16::from(id), v)]);
                 caller.clean = false;
                 caller.write(&out);
             }
             op::PING => {
-                frame::write_ping(&mut out, false, [s.byte(); 8]);
+                frame::write_ping(&mut out, false, [a[0]; 8]);
                 caller.write(&out);
             }
             op::RAW => {
-                let n = usize::from(s.byte());
-                let raw = s.bytes(n);
                 caller.clean = false;
                 caller.write(raw);
             }
@@ -507,13 +532,13 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 }
             }
             op::GOAWAY => {
-                frame::write_goaway(&mut out, 0, u32::from(s.byte() % 12), b"bye");
+                frame::write_goaway(&mut out, 0, u32::from(a[0] % 12), b"bye");
                 caller.clean = false;
                 caller.write(&out);
             }
             op::READING => caller.reading = !caller.reading,
             op::ACCEPT => {
-                let (i, max) = (usize::from(s.byte()), s.byte());
+                let (i, max) = (usize::from(a[0]), a[1]);
                 if let Some((_, end)) = ups.accept(i) {
                     let mut peer = Peer::new(end, true);
                     let mut hello = Vec::new();
@@ -532,10 +557,10 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 }
             }
             op::REFUSE => {
-                ups.refuse(usize::from(s.byte()));
+                ups.refuse(usize::from(a[0]));
             }
             op::RESPOND | op::UP_RAW | op::UP_GOAWAY | op::UP_CLOSE => {
-                let pick = usize::from(s.byte());
+                let pick = usize::from(a[0]);
                 if servers.is_empty() {
                     continue;
                 }
@@ -543,7 +568,7 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                 let sv = &mut servers[pick % n];
                 match code {
                     op::RESPOND => {
-                        let (sel, what, len) = (usize::from(s.byte()), s.byte(), s.byte());
+                        let (sel, what, len) = (usize::from(a[1]), a[2], a[3]);
                         let Some(&id) = sv.streams.get(sel % sv.streams.len().max(1)) else {
                             continue;
                         };
@@ -551,17 +576,16 @@ async fn script(fx: &Fixture, data: &[u8], live_bytes: fn() -> usize) {
                         sv.peer.write(&out);
                     }
                     op::UP_RAW => {
-                        let n = usize::from(s.byte());
                         sv.peer.clean = false;
-                        sv.peer.write(s.bytes(n));
+                        sv.peer.write(raw);
                     }
                     op::UP_GOAWAY => {
-                        let last = sv.max_opened.saturating_sub(2 * u32::from(s.byte() % 3));
+                        let last = sv.max_opened.saturating_sub(2 * u32::from(a[1] % 3));
                         frame::write_goaway(&mut out, last, 0, b"");
                         sv.peer.write(&out);
                     }
                     _ => {
-                        if s.byte() & 1 == 0 {
+                        if a[1] & 1 == 0 {
                             if let Some(e) = &sv.peer.end {
                                 e.close_write();
                             }
