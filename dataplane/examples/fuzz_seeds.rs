@@ -2,7 +2,8 @@
 //! meaningful conversations (a call answered, a connect refused and retried elsewhere, a
 //! deadline passing while connecting, a provider dying with calls in flight, a cancelled
 //! stream, a server's GOAWAY, a zero window). Usage:
-//! `cargo run --release -p dataplane --features fuzz --example fuzz_seeds -- dataplane/fuzz/corpus`.
+//! `cargo run --release -p dataplane --features fuzz --example fuzz_seeds -- dataplane/fuzz/corpus`;
+//! `... --example fuzz_seeds -- --replay dubbo_conn|triple_conn FILE...` replays inputs.
 
 use std::path::Path;
 
@@ -29,8 +30,28 @@ fn no_heap() -> usize {
 }
 
 fn main() {
-    let dir = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--replay") {
+        // `--replay TARGET FILE...`: runs inputs (a crash libFuzzer left) through a script
+        // without instrumentation, with ringside's logs (RUST_LOG=debug).
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+        let target = args.get(2).expect("--replay TARGET FILE...");
+        for f in &args[3..] {
+            let data = std::fs::read(f).expect("read input");
+            eprintln!("{target}: {f}");
+            match target.as_str() {
+                "dubbo_conn" => dubbo::run(&data, no_heap),
+                _ => triple::run(&data, no_heap),
+            }
+        }
+        return;
+    }
+    let dir = args
+        .get(1)
+        .cloned()
         .unwrap_or_else(|| "dataplane/fuzz/corpus".into());
     let dir = Path::new(&dir);
     dubbo_seeds(dir);

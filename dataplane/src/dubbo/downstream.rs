@@ -206,10 +206,16 @@ impl DownConn {
     }
 
     /// Wakes the reader if it waits for room under `pending_requests_per_connection_max`
-    /// (after a request left `inflight`).
+    /// (after a request left `inflight`), and the writer when nothing is left in flight: a
+    /// caller whose reader is done closes then, also when the last request was one-way (no
+    /// answer is queued to wake the writer).
     pub fn room_maybe(&self) {
-        if self.inflight.get() < self.l.pending_max {
+        let inflight = self.inflight.get();
+        if inflight < self.l.pending_max {
             self.room.notify();
+        }
+        if inflight == 0 {
+            self.out_ready.notify();
         }
     }
 
