@@ -51,6 +51,8 @@ pub struct UpstreamStatIds {
     pub rq_failure: crate::stats::StatId,
     pub rq_overflow: crate::stats::StatId,
     pub rq_active: crate::stats::StatId,
+    /// HTTP/2 (Triple) upstream connections only.
+    pub h2: crate::triple::UpstreamH2StatIds,
 }
 
 /// A request waiting for its response.
@@ -394,7 +396,9 @@ impl UpConn {
                     moved.push((host, frame, rq));
                 }
                 (None, Request::TwoWay(p)) => {
-                    self.pending.borrow_mut().insert(wire::request_id(&frame), p);
+                    self.pending
+                        .borrow_mut()
+                        .insert(wire::request_id(&frame), p);
                 }
                 (None, Request::OneWay(down)) => {
                     self.release(&down);
