@@ -429,7 +429,8 @@ async fn run(conn: Rc<UpConn>) {
         let connected = shard::monoio::time::timeout(timeout, stack.connect(addr)).await;
         return serve_upstream(conn, connected).await;
     }
-    let connected = shard::monoio::time::timeout(timeout, crate::intercept::connect(addr)).await;
+    let connected =
+        shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)).await;
     serve_upstream(conn, connected).await
 }
 

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::{self, ControlEvent, Shared, State};
+use super::server::{self, ControlEvent, Shared, State};
 
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -287,7 +287,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
                              "cds": x.versions.cds, "eds": x.versions.eds},
             })
         }),
-        "registry": crate::registry_glue::server_info(shared),
+        "registry": super::registry_glue::server_info(shared),
         "dpdk": dpdk,
         "shard_count": shared.shard_count,
         "shards": shards,
