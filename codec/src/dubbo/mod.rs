@@ -103,7 +103,8 @@ pub struct Flags {
 // === impl Flags ===
 
 impl Flags {
-    fn from_byte(byte: u8) -> Flags {
+    /// The flags of a header's flags byte (its serialization bits ignored).
+    pub fn from_byte(byte: u8) -> Flags {
         Flags {
             request: byte & FLAG_REQUEST != 0,
             two_way: byte & FLAG_TWO_WAY != 0,

@@ -33,15 +33,18 @@ pub async fn read_append<R: AsyncReadRent>(
 }
 
 /// Writes every frame queued in `out`: small ones copied into one batch per write, large ones
-/// on their own (no copy).
+/// on their own (no copy). `taken` sees each frame as it leaves the queue (for the owner's
+/// byte and request accounting).
 pub async fn write_queue<W: AsyncWriteRent>(
     out: &RefCell<VecDeque<Bytes>>,
     batch: &mut Vec<u8>,
     w: &mut W,
+    mut taken: impl FnMut(&Bytes),
 ) -> std::io::Result<()> {
     loop {
         let next = out.borrow_mut().pop_front();
         let Some(frame) = next else { break };
+        taken(&frame);
         if frame.len() >= WRITE_COPY_BYTES_MAX {
             flush(batch, w).await?;
             let (r, _) = w.write_all(frame).await;

@@ -24,6 +24,9 @@ use codec::hessian2::Scalar;
 pub struct Provider {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
+    /// The method of every Hessian2 request received, one-way ones included, in order.
+    #[allow(clippy::disallowed_types)]
+    pub seen: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     #[allow(clippy::disallowed_types)]
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -43,11 +46,14 @@ impl Provider {
         let stop = Arc::new(AtomicBool::new(false));
         #[allow(clippy::disallowed_types)]
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (a, s, c, name) = (
+        #[allow(clippy::disallowed_types)]
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, s, c, name, log) = (
             accepted.clone(),
             stop.clone(),
             conns.clone(),
             name.to_string(),
+            seen.clone(),
         );
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
@@ -57,8 +63,8 @@ impl Provider {
                         conn.set_nodelay(true).unwrap();
                         a.fetch_add(1, Ordering::SeqCst);
                         c.lock().unwrap().push(conn.try_clone().unwrap());
-                        let name = name.clone();
-                        std::thread::spawn(move || serve(conn, &name));
+                        let (name, log) = (name.clone(), log.clone());
+                        std::thread::spawn(move || serve(conn, &name, &log));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -67,6 +73,7 @@ impl Provider {
         Provider {
             addr,
             accepted,
+            seen,
             stop,
             conns,
             thread: Some(thread),
@@ -95,7 +102,8 @@ impl Drop for Provider {
     }
 }
 
-fn serve(mut conn: TcpStream, name: &str) {
+#[allow(clippy::disallowed_types)]
+fn serve(mut conn: TcpStream, name: &str, seen: &Mutex<Vec<String>>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 256 * 1024];
     loop {
@@ -116,6 +124,7 @@ fn serve(mut conn: TcpStream, name: &str) {
                     } else {
                         let req = RequestRepr::parse(f.body()).expect("provider got a bad request");
                         let method = String::from_utf8_lossy(req.method()).to_string();
+                        seen.lock().unwrap().push(method.clone());
                         if method == "hold" {
                             None
                         } else {

@@ -333,3 +333,41 @@ pub fn tcp_config(admin: SocketAddr, listen: SocketAddr, endpoints: &[SocketAddr
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// A loopback address whose TCP handshakes never complete: a listener with a backlog of 0
+/// whose one accept-queue slot is taken by a connection nobody accepts, so the kernel drops
+/// every further SYN (the client retransmits until its connect times out), like a black-holed
+/// pod IP. Kept alive as long as the value lives.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _filler: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    pub fn new() -> BlackHole {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // SAFETY: listen(2) on a socket this function owns; Linux lets a listening socket's
+        // backlog be changed by calling listen again.
+        let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
+        assert_eq!(rc, 0, "listen(0): {}", std::io::Error::last_os_error());
+        // Backlog 0 holds one established connection; a second fills any slack.
+        let mut filler = Vec::new();
+        for _ in 0..2 {
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                filler.push(s);
+            }
+        }
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+            "the black hole still completes handshakes"
+        );
+        BlackHole {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+}

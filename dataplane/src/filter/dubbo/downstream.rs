@@ -205,10 +205,15 @@ impl DownConn {
         self.push(wire::error_response(id, status, message));
     }
 
-    fn push(&self, frame: Bytes) {
+    /// Wakes the reader if it waits for room under `pending_requests_per_connection_max`
+    /// (after a request left `inflight`).
+    pub fn room_maybe(&self) {
         if self.inflight.get() < self.l.pending_max {
             self.room.notify();
         }
+    }
+
+    fn push(&self, frame: Bytes) {
         if self.closed.get() {
             return;
         }
@@ -319,7 +324,7 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
             conn.out_ready.wait().await;
             continue;
         }
-        if let Err(e) = crate::io::write_queue(&conn.out, &mut batch, &mut w).await {
+        if let Err(e) = crate::io::write_queue(&conn.out, &mut batch, &mut w, |_| {}).await {
             tracing::debug!(listener = %conn.l.name, error = %e, "downstream write failed");
             conn.closed.set(true);
             conn.out.borrow_mut().clear();
@@ -402,8 +407,16 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         return Ok(());
     }
     if !h.request {
-        // Consumers don't send responses; ignore rather than fail the connection.
-        return Ok(());
+        // Consumers don't send responses: the stream is not what we think it is.
+        l.stats.inc(l.ids.rq_bad);
+        tracing::debug!(listener = %l.name, id = h.id, "response frame from a consumer; closing");
+        conn.local_reply(
+            h.id,
+            Status::BAD_REQUEST,
+            "ringside: a response frame (request bit clear) from a consumer",
+            None,
+        );
+        return Err(());
     }
     l.stats.inc(l.ids.rq_total);
     if !h.two_way {

@@ -1,11 +1,15 @@
 //! Upstream side of the Dubbo filter: per shard, per cluster, per endpoint, a few long-lived
 //! connections that carry requests from many downstream connections at once.
 //!
-//! Each request gets a fresh upstream request id (patched into the frame in place); the
-//! connection's pending map sends the response back to its caller with the original id. Every
-//! pending request ends exactly once: with the provider's response, with a timeout reply
-//! (status 31), or with an upstream-failure reply (status 80) when the connection fails. No
-//! caller waits on a dead connection.
+//! Each request, one-way ones included, gets a fresh upstream request id (patched into the
+//! frame in place), so ids on a connection never collide; the connection's pending map sends
+//! the response back to its caller with the original id. Every pending request ends exactly
+//! once: with the provider's response, with a timeout reply (status 31; deadlines run from the
+//! moment a request is queued, while its connection is still connecting too), or with an
+//! upstream-failure reply (status 80) when the connection fails. No caller waits on a dead
+//! connection. A one-way request counts as pending (against `pending_requests_max` and its
+//! caller's limit) until the writer takes it off the queue; one that cannot be sent is counted
+//! as a failure (it has nobody to answer).
 //!
 //! Tasks per upstream connection: a writer (batches queued frames into few writes), a reader
 //! (matches responses, answers the provider's heartbeats, notes readonly events) and a keeper
@@ -50,7 +54,7 @@ pub struct UpstreamStatIds {
 }
 
 /// A request waiting for its response.
-struct Pending {
+pub(crate) struct Pending {
     down: Rc<DownConn>,
     id_down: u64,
     deadline: Instant,
@@ -71,6 +75,8 @@ pub struct UpConn {
     state: Cell<UpState>,
     out: RefCell<VecDeque<Bytes>>,
     out_ready: Notify,
+    /// The callers of the one-way requests in `out`, in queue order.
+    oneway: RefCell<VecDeque<Rc<DownConn>>>,
     pending: RefCell<FxHashMap<u64, Pending>>,
     deadlines: RefCell<Deadlines>,
     keeper_wake: Notify,
@@ -199,41 +205,66 @@ impl ClusterPool {
                 limit: self.pending_max,
             });
         }
-        let pending = two_way.then(|| Pending {
-            down: down.clone(),
-            id_down,
-            deadline: now + timeout,
-            started: now,
-            counted,
-        });
-        self.send(&host, frame, pending);
+        let rq = if two_way {
+            Request::TwoWay(Pending {
+                down: down.clone(),
+                id_down,
+                deadline: now + timeout,
+                started: now,
+                counted,
+            })
+        } else {
+            Request::OneWay(down.clone())
+        };
+        self.send(&host, frame, rq);
         Ok(())
     }
 
-    /// Queues `frame` on a connection of `host`; `pending` (two-way requests) is tracked until
-    /// its response, deadline or failure.
-    fn send(self: &Rc<Self>, host: &Rc<Host>, mut frame: BytesMut, pending: Option<Pending>) {
+    /// Queues `frame` on a connection of `host` under a fresh request id; a two-way request
+    /// is tracked until its response, deadline or failure, a one-way one until it is written.
+    fn send(self: &Rc<Self>, host: &Rc<Host>, mut frame: BytesMut, rq: Request) {
         let conn = host.connection(self);
         self.stats.inc(self.ids.rq_total);
         self.stats.inc(host.ids.rq_total);
-        if let Some(p) = pending {
-            let id_up = conn.next_id.get();
-            conn.next_id.set(id_up.wrapping_add(1));
-            wire::set_request_id(&mut frame, id_up);
-            let (deadline, down) = (p.deadline, p.down.clone());
-            conn.pending.borrow_mut().insert(id_up, p);
-            let earliest = conn.deadlines.borrow_mut().push(deadline, id_up);
-            if earliest {
-                conn.keeper_wake.notify();
+        let id_up = conn.next_id.get();
+        conn.next_id.set(id_up.wrapping_add(1));
+        wire::set_request_id(&mut frame, id_up);
+        let down = match rq {
+            Request::TwoWay(p) => {
+                let (deadline, down) = (p.deadline, p.down.clone());
+                conn.pending.borrow_mut().insert(id_up, p);
+                let earliest = conn.deadlines.borrow_mut().push(deadline, id_up);
+                if earliest {
+                    conn.keeper_wake.notify();
+                }
+                down
             }
-            host.pending.set(host.pending.get() + 1);
-            self.lb.add_active(host.index, 1);
-            self.stats.inc(self.ids.rq_active);
-            down.inflight.set(down.inflight.get() + 1);
-        }
+            Request::OneWay(down) => {
+                conn.oneway.borrow_mut().push_back(down.clone());
+                down
+            }
+        };
+        host.pending.set(host.pending.get() + 1);
+        self.lb.add_active(host.index, 1);
+        self.stats.inc(self.ids.rq_active);
+        down.inflight.set(down.inflight.get() + 1);
         conn.out.borrow_mut().push_back(frame.freeze());
         conn.out_ready.notify();
     }
+
+    /// A request that reached no provider and has nobody to answer (one-way): counted.
+    fn drop_oneway(&self, host: &Host, why: &str) {
+        self.stats.inc(self.ids.rq_failure);
+        self.stats.inc(host.ids.rq_failure);
+        tracing::debug!(upstream = %host.addr, why, "one-way request dropped");
+    }
+}
+
+/// A request on its way upstream.
+enum Request {
+    TwoWay(Pending),
+    /// Its caller, counted until the frame is written.
+    OneWay(Rc<DownConn>),
 }
 
 // === impl Host ===
@@ -258,6 +289,7 @@ impl Host {
                 state: Cell::new(UpState::Connecting),
                 out: RefCell::new(VecDeque::new()),
                 out_ready: Notify::new(),
+                oneway: RefCell::new(VecDeque::new()),
                 pending: RefCell::new(FxHashMap::default()),
                 deadlines: RefCell::new(Deadlines::default()),
                 keeper_wake: Notify::new(),
@@ -282,8 +314,9 @@ impl Host {
 // === impl UpConn ===
 
 impl UpConn {
-    /// Counts one pending request out of this connection's endpoint and its caller.
-    fn release(&self, p: &Pending) {
+    /// Counts one request (two-way and answered, or one-way and written or dropped) out of
+    /// this connection's endpoint and its caller.
+    fn release(&self, down: &DownConn) {
         let host = &self.host;
         let pool = &self.pool;
         host.pending.set(host.pending.get().saturating_sub(1));
@@ -292,12 +325,24 @@ impl UpConn {
         }
         pool.lb.add_active(host.index, -1);
         pool.stats.dec(pool.ids.rq_active);
-        p.down.inflight.set(p.down.inflight.get().saturating_sub(1));
+        down.inflight.set(down.inflight.get().saturating_sub(1));
+        down.room_maybe();
+    }
+
+    /// The writer took one frame off the queue: a one-way request is done.
+    fn written(&self, frame: &Bytes) {
+        if wire::is_oneway_request(frame) {
+            let down = self.oneway.borrow_mut().pop_front();
+            debug_assert!(down.is_some(), "a one-way frame without its caller");
+            if let Some(down) = down {
+                self.release(&down);
+            }
+        }
     }
 
     /// Ends one pending request: counters down, and its caller answered with `reply`.
     fn finish(&self, p: Pending, reply: Reply) {
-        self.release(&p);
+        self.release(&p.down);
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
@@ -310,31 +355,74 @@ impl UpConn {
     }
 
     /// The connect failed (the endpoint is in back-off now). Its queued requests never
-    /// reached the provider, so each two-way one goes to the endpoint the balancer picks now
-    /// instead (the next one, or the next priority level), unless that one is in back-off too,
-    /// full, or the deadline passed; the rest fail as on any closed connection.
+    /// reached the provider, so each one goes to the endpoint the balancer picks now instead
+    /// (the next one, or the next priority level), unless that one is in back-off too or full;
+    /// a request whose deadline passed meanwhile is answered with 31 (its deadline normally
+    /// fired already), the rest fail as on any closed connection: every request is answered
+    /// (or, one-way, counted) exactly once.
     fn connect_failed(self: &Rc<Self>, why: &str) {
         let (now, pool) = (Instant::now(), &self.pool);
         let frames: Vec<Bytes> = self.out.borrow_mut().drain(..).collect();
         let mut moved = Vec::new();
         for frame in frames {
-            let id = wire::request_id(&frame);
-            let Some(host) = pool.pick_host(now).filter(|h| {
-                h.down_until.get().is_none_or(|t| t <= now) && h.pending.get() < pool.pending_max
-            }) else {
-                continue;
+            let rq = if wire::is_oneway_request(&frame) {
+                let down = self.oneway.borrow_mut().pop_front();
+                debug_assert!(down.is_some(), "a one-way frame without its caller");
+                down.map(Request::OneWay)
+            } else {
+                // None: our heartbeat, or a request already answered (its deadline passed).
+                let p = self.pending.borrow_mut().remove(&wire::request_id(&frame));
+                p.map(Request::TwoWay)
             };
-            let p = self.pending.borrow_mut().remove(&id);
-            if let Some(p) = p.filter(|p| p.deadline > now) {
-                self.release(&p);
-                moved.push((host, frame, p));
+            let Some(rq) = rq else { continue };
+            let rq = match rq {
+                Request::TwoWay(p) if p.deadline <= now => {
+                    self.time_out(p, now);
+                    continue;
+                }
+                rq => rq,
+            };
+            let host = pool.pick_host(now).filter(|h| {
+                h.down_until.get().is_none_or(|t| t <= now) && h.pending.get() < pool.pending_max
+            });
+            match (host, rq) {
+                (Some(host), rq) => {
+                    match &rq {
+                        Request::TwoWay(p) => self.release(&p.down),
+                        Request::OneWay(down) => self.release(down),
+                    }
+                    moved.push((host, frame, rq));
+                }
+                (None, Request::TwoWay(p)) => {
+                    self.pending
+                        .borrow_mut()
+                        .insert(wire::request_id(&frame), p);
+                }
+                (None, Request::OneWay(down)) => {
+                    self.release(&down);
+                    pool.drop_oneway(&self.host, why);
+                }
             }
         }
+        // Fails what stayed pending (no endpoint to move it to) with 80.
         self.close(why);
-        for (host, frame, p) in moved {
+        for (host, frame, rq) in moved {
             tracing::debug!(from = %self.host.addr, to = %host.addr, "connect failed; request sent to another endpoint");
-            pool.send(&host, BytesMut::from(&frame[..]), Some(p));
+            pool.send(&host, BytesMut::from(&frame[..]), rq);
         }
+    }
+
+    /// Answers a request whose deadline passed with status 31.
+    fn time_out(&self, p: Pending, now: Instant) {
+        let pool = &self.pool;
+        pool.stats.inc(pool.ids.rq_timeout);
+        pool.stats.inc(self.host.ids.rq_timeout);
+        let waited = now.duration_since(p.started).as_millis();
+        let msg = format!(
+            "ringside: upstream {} did not answer within {} ms",
+            self.host.addr, waited
+        );
+        self.finish(p, Reply::Local(Status::SERVER_TIMEOUT, msg));
     }
 
     /// Fails every pending request (the connection is gone) and leaves the pool.
@@ -349,6 +437,11 @@ impl UpConn {
             self.host.readonly.set(false);
         }
         self.out.borrow_mut().clear();
+        let oneway = std::mem::take(&mut *self.oneway.borrow_mut());
+        for down in oneway {
+            self.release(&down);
+            self.pool.drop_oneway(&self.host, why);
+        }
         self.out_ready.notify();
         self.keeper_wake.notify();
         let pending: Vec<Pending> = self.pending.borrow_mut().drain().map(|(_, p)| p).collect();
@@ -422,15 +515,22 @@ enum Reply {
 
 /// Connects, then runs reader, writer and keeper until the connection ends. Endpoints in the
 /// DPDK port's subnet are reached through this shard's DPDK stack (feature `dpdk`).
+/// The keeper runs while connecting too, so requests queued meanwhile time out on their own
+/// deadlines.
 async fn run(conn: Rc<UpConn>) {
     let (addr, timeout) = (conn.host.addr, conn.pool.connect_timeout);
     #[cfg(feature = "dpdk")]
     if let Some(stack) = crate::dpdk::upstream_stack(addr) {
-        let connected = shard::monoio::time::timeout(timeout, stack.connect(addr)).await;
+        let connected = shard::monoio::select! {
+            c = shard::monoio::time::timeout(timeout, stack.connect(addr)) => c,
+            why = keeper(&conn) => return conn.close(&why),
+        };
         return serve_upstream(conn, connected).await;
     }
-    let connected =
-        shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)).await;
+    let connected = shard::monoio::select! {
+        c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)) => c,
+        why = keeper(&conn) => return conn.close(&why),
+    };
     serve_upstream(conn, connected).await
 }
 
@@ -492,7 +592,7 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<UpConn>, mut w: W) -> String {
             conn.out_ready.wait().await;
             continue;
         }
-        match crate::io::write_queue(&conn.out, &mut batch, &mut w).await {
+        match crate::io::write_queue(&conn.out, &mut batch, &mut w, |f| conn.written(f)).await {
             Ok(()) => {}
             Err(e) => return format!("write failed: {e}"),
         }
@@ -564,14 +664,20 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
         }
         let now = Instant::now();
         let next_deadline = conn.deadlines.borrow().peek().map(|(d, _)| d);
+        // While connecting, only deadlines run.
+        let open = conn.state.get() == UpState::Open;
         let idle_since = conn.last_read.get();
-        if now.duration_since(idle_since) >= pool.heartbeat * HEARTBEAT_MISSES_MAX {
+        if open && now.duration_since(idle_since) >= pool.heartbeat * HEARTBEAT_MISSES_MAX {
             return format!("missed {HEARTBEAT_MISSES_MAX} heartbeats");
         }
-        let next_heartbeat = idle_since.max(conn.last_ping.get()) + pool.heartbeat;
-        let wake_at = match next_deadline {
-            Some(d) => d.min(next_heartbeat),
-            None => next_heartbeat,
+        let next_heartbeat = open.then(|| idle_since.max(conn.last_ping.get()) + pool.heartbeat);
+        let wake_at = match (next_deadline, next_heartbeat) {
+            (Some(d), Some(h)) => Some(d.min(h)),
+            (d, h) => d.or(h),
+        };
+        let Some(wake_at) = wake_at else {
+            conn.keeper_wake.wait().await;
+            continue;
         };
         shard::monoio::select! {
             _ = shard::monoio::time::sleep_until(wake_at.into()) => {}
@@ -580,7 +686,7 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
         let now = Instant::now();
         expire(conn, now);
         let quiet_since = conn.last_read.get().max(conn.last_ping.get());
-        if now.duration_since(quiet_since) >= pool.heartbeat {
+        if conn.state.get() == UpState::Open && now.duration_since(quiet_since) >= pool.heartbeat {
             conn.last_ping.set(now);
             let id = conn.next_id.get();
             conn.next_id.set(id.wrapping_add(1));
@@ -591,7 +697,6 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
 }
 
 fn expire(conn: &Rc<UpConn>, now: Instant) {
-    let pool = &conn.pool;
     loop {
         let top = conn.deadlines.borrow().peek();
         let Some((deadline, id)) = top else {
@@ -609,14 +714,7 @@ fn expire(conn: &Rc<UpConn>, now: Instant) {
             }
         };
         if let Some(p) = p {
-            pool.stats.inc(pool.ids.rq_timeout);
-            pool.stats.inc(conn.host.ids.rq_timeout);
-            let waited = now.duration_since(p.started).as_millis();
-            let msg = format!(
-                "ringside: upstream {} did not answer within {} ms",
-                conn.host.addr, waited
-            );
-            conn.finish(p, Reply::Local(Status::SERVER_TIMEOUT, msg));
+            conn.time_out(p, now);
         }
     }
 }

@@ -92,6 +92,12 @@ pub fn request_id(frame: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// Whether a whole frame is a one-way request (not an event): nobody waits for its answer.
+pub fn is_oneway_request(frame: &[u8]) -> bool {
+    let f = d::Flags::from_byte(frame.get(d::field::FLAGS).copied().unwrap_or(0));
+    f.request && !f.two_way && !f.event
+}
+
 /// Whether a response frame carries status 20.
 pub fn response_ok(frame: &[u8]) -> bool {
     frame.get(3) == Some(&Status::OK.0)

@@ -1,0 +1,236 @@
+//! Hostile and broken Dubbo peers through the real binary: every request answered exactly once,
+//! every buffer and timer bounded (issue 20).
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use codec::dubbo::encode::{self, Arg, RequestBuilder};
+use codec::dubbo::Status;
+use common::dubbo::*;
+use common::*;
+
+const SVC: &str = "com.ringside.test.EchoService";
+
+/// One counter or gauge from `/stats` (0 when absent).
+fn stat(rs: &Ringside, name: &str) -> i64 {
+    let (_, body) = rs.get("/stats");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A config with one dubbo listener (default route to cluster `a`) and the clusters given as
+/// raw YAML list items.
+fn config(admin: SocketAddr, listen: SocketAddr, listener_extra: &str, clusters: &str) -> String {
+    format!(
+        "admin:\n  address: {admin}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: a\n{listener_extra}clusters:\n{clusters}"
+    )
+}
+
+fn start(listener_extra: &str, clusters: &str) -> (Ringside, SocketAddr) {
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, listen, listener_extra, clusters),
+        admin,
+        &["--shards", "1"],
+    );
+    (rs, listen)
+}
+
+/// Sends `n` requests (ids 1..=n, method `m<i>`) on `c`, one every `gap`, from another thread,
+/// while this one collects the answers; panics on a request left unanswered.
+fn calls_spread(c: &mut Consumer, n: u64, gap: Duration) -> Vec<Answer> {
+    let mut w = c.conn.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for id in 1..=n {
+            let m = format!("m{id}");
+            w.write_all(&RequestBuilder::new(SVC, &m).request_id(id).build())
+                .unwrap();
+            std::thread::sleep(gap);
+        }
+    });
+    let mut answers = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..n {
+        let a = c.recv().unwrap_or_else(|| {
+            let missing: Vec<u64> = (1..=n).filter(|i| !ids.contains(i)).collect();
+            panic!("{} of {n} calls never answered: {missing:?}", missing.len())
+        });
+        assert!(ids.insert(a.id), "answered twice: {a:?}");
+        answers.push(a);
+    }
+    sender.join().unwrap();
+    answers
+}
+
+/// Issue 20: deadlines run while the connection is still connecting. One endpoint that never
+/// completes its handshake, connect timeout 2 s, request timeout 500 ms: every call is
+/// answered (31 when its deadline passes first, 80 when the connect fails first), nothing
+/// stays active, and later calls are answered too.
+#[test]
+fn deadlines_run_while_connecting_to_a_black_hole() {
+    let hole = BlackHole::new();
+    let (rs, listen) = start(
+        "",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\"]\n    connect_timeout_ms: 2000\n    timeout_ms: 500\n",
+            hole.addr
+        ),
+    );
+    let mut c = Consumer::connect(listen);
+    let answers = calls_spread(&mut c, 120, Duration::from_millis(25));
+    let timeouts = answers
+        .iter()
+        .filter(|a| a.status == Status::ServerTimeout)
+        .count();
+    for a in &answers {
+        assert!(
+            matches!(a.status, Status::ServerTimeout | Status::ServerError),
+            "{a:?}"
+        );
+    }
+    assert!(
+        timeouts > 60,
+        "deadlines of requests on a connecting connection must fire: {timeouts} of 120 got 31"
+    );
+    // Later calls are answered.
+    for _ in 0..8 {
+        let a = c.call(RequestBuilder::new(SVC, "later"));
+        assert!(
+            matches!(a.status, Status::ServerTimeout | Status::ServerError),
+            "{a:?}"
+        );
+    }
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_active"), 0);
+    assert!(stat(&rs, "cluster.a.upstream_rq_timeout") >= timeouts as i64);
+}
+
+/// Issue 20: a request whose deadline passed while its connection was connecting is answered
+/// (31) when the connect fails and the other requests move to the next endpoint; none is lost.
+#[test]
+fn expired_requests_are_answered_when_a_failed_connect_moves_the_rest() {
+    let hole = BlackHole::new();
+    let b = Provider::start("B");
+    let (rs, listen) = start(
+        "",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\", \"{}\"]\n    endpoint_metadata: [{{}}, {{priority: 1}}]\n    connect_timeout_ms: 2000\n    timeout_ms: 500\n",
+            hole.addr, b.addr
+        ),
+    );
+    let mut c = Consumer::connect(listen);
+    let answers = calls_spread(&mut c, 120, Duration::from_millis(25));
+    let count = |s: Status| answers.iter().filter(|a| a.status == s).count();
+    assert!(count(Status::ServerTimeout) > 0, "no call timed out");
+    assert!(count(Status::Ok) > 0, "no call moved to the next endpoint");
+    for a in answers.iter().filter(|a| a.status == Status::Ok) {
+        assert_eq!(a.text, format!("B|m{}|", a.id));
+    }
+    assert_eq!(
+        stat(&rs, "cluster.a.upstream_rq_active"),
+        0,
+        "{}",
+        rs.get("/stats").1
+    );
+    let later = c.call(RequestBuilder::new(SVC, "later"));
+    assert!(
+        matches!(
+            later.status,
+            Status::Ok | Status::ServerTimeout | Status::ServerError
+        ),
+        "{later:?}"
+    );
+}
+
+/// Issue 20: a one-way request keeps no caller id on the shared upstream connection, so when a
+/// failed connect moves requests to the next endpoint it can neither take over a two-way
+/// request's entry (whose caller would get the one-way's answer) nor be dropped.
+#[test]
+fn one_way_requests_move_with_a_failed_connect_and_take_over_nothing() {
+    let hole = BlackHole::new();
+    let b = Provider::start("B");
+    let (rs, listen) = start(
+        "",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\", \"{}\"]\n    endpoint_metadata: [{{}}, {{priority: 1}}]\n    connect_timeout_ms: 1000\n    timeout_ms: 5000\n",
+            hole.addr, b.addr
+        ),
+    );
+    let mut c = Consumer::connect(listen);
+    // The first two-way request on a new upstream connection gets upstream id 1; the one-way
+    // request before it carries caller id 1.
+    c.send_raw(
+        &RequestBuilder::new(SVC, "oneway")
+            .two_way(false)
+            .request_id(1)
+            .build(),
+    );
+    c.send_raw(&RequestBuilder::new(SVC, "twoway").request_id(50).build());
+    let a = c.recv().expect("an answer");
+    assert_eq!((a.id, a.status), (50, Status::Ok), "{a:?}");
+    assert_eq!(
+        a.text, "B|twoway|",
+        "the two-way request got its own answer"
+    );
+    let seen = b.seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&"oneway".to_string()),
+        "one-way request moved: {seen:?}"
+    );
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_active"), 0);
+}
+
+/// Issue 20: one-way requests count against the endpoint's pending limit (they wait in the
+/// connection's queue like any other): beyond it they are shed and counted.
+#[test]
+fn one_way_requests_count_against_the_pending_limit() {
+    let hole = BlackHole::new();
+    let (rs, listen) = start(
+        "",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\"]\n    connect_timeout_ms: 3000\n    pending_requests_max: 4\n",
+            hole.addr
+        ),
+    );
+    let mut c = Consumer::connect(listen);
+    for id in 1..=10 {
+        c.send_raw(
+            &RequestBuilder::new(SVC, "oneway")
+                .two_way(false)
+                .request_id(id)
+                .build(),
+        );
+    }
+    let a = c.call(RequestBuilder::new(SVC, "twoway"));
+    assert_eq!(a.status, Status::ServerThreadpoolExhausted, "{a:?}");
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_overflow"), 7);
+}
+
+/// Issue 20: a response frame (request bit clear) from a consumer is a bad frame: answered
+/// with 40 and the connection closed, instead of hanging.
+#[test]
+fn a_response_frame_from_a_consumer_is_answered_40_and_closed() {
+    let a = Provider::start("A");
+    let (rs, listen) = start(
+        "",
+        &format!("  - name: a\n    endpoints: [\"{}\"]\n", a.addr),
+    );
+    let mut c = Consumer::connect(listen);
+    c.send_raw(&encode::response_ok(9, &Arg::Str("hi"), None));
+    let ans = c.recv().expect("an answer");
+    assert_eq!((ans.id, ans.status), (9, Status::BadRequest), "{ans:?}");
+    assert!(ans.text.contains("response frame"), "{}", ans.text);
+    assert!(c.recv().is_none(), "closed");
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_rq_bad"), 1);
+    let mut ok = Consumer::connect(listen);
+    assert_eq!(ok.call(RequestBuilder::new(SVC, "x")).text, "A|x|");
+}
