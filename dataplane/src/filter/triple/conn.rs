@@ -34,9 +34,6 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A caller connection that is draining and has no stream left closes after this long.
 pub const DRAIN_QUIET_MS: u64 = 300;
-/// Draining: how long to wait for the caller to acknowledge the first GOAWAY (by answering our
-/// PING) before the final GOAWAY that refuses new streams.
-pub const DRAIN_ACK_WAIT_MS: u64 = 1_000;
 /// The PING payload that follows the first, graceful GOAWAY.
 const DRAIN_PING: [u8; 8] = *b"rs-drain";
 
@@ -1380,10 +1377,14 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
 
 /// The caller side of a drain up to the final GOAWAY. Two-step GOAWAY (RFC 9113 6.8): first with
 /// the largest id and a PING, so streams the caller opens before it sees the GOAWAY are still
-/// served. Once the PING is answered (or after DRAIN_ACK_WAIT_MS), streams are still accepted
-/// until the connection has been idle for DRAIN_QUIET_MS: a client may have streams queued
-/// behind its PING ACK (grpc-core does), and a final GOAWAY that excluded them would fail them
-/// ("Stream removed"). Then the final GOAWAY may name the last stream served.
+/// served. The final GOAWAY waits for the PING's ACK however long it takes (the drain's deadline
+/// bounds it): until the caller has read the first GOAWAY it may start streams, and a final
+/// GOAWAY that excluded them would fail them (grpcio without retries: "Stream removed (GOAWAY
+/// received)"; this used to give up after 1 s, too short for a loaded client). After the ACK,
+/// streams are still
+/// accepted until the connection has been idle for DRAIN_QUIET_MS: a client may have streams
+/// queued behind its PING ACK (grpc-core does). Then the final GOAWAY may name the last stream
+/// served.
 async fn drain_gracefully(conn: &Conn) {
     shard::monoio::time::sleep(Duration::from_millis(
         crate::filter::DRAIN_ANNOUNCE_DELAY_MS,
@@ -1393,10 +1394,7 @@ async fn drain_gracefully(conn: &Conn) {
         frame::write_goaway(o, frame::STREAM_ID_MAX, code::NO_ERROR, b"draining");
         frame::write_ping(o, false, DRAIN_PING);
     });
-    shard::monoio::select! {
-        _ = conn.drain_acked.wait() => {}
-        _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_ACK_WAIT_MS)) => {}
-    }
+    conn.drain_acked.wait().await;
     loop {
         if conn.stream_count() == 0 {
             shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)).await;
