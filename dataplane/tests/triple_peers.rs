@@ -191,9 +191,8 @@ fn h2load_100_streams_on_4_connections_through_ringside() {
 }
 
 /// Issue 8: a grpcio client looping unary calls through 10 upgrades fails no call. The client
-/// runs batches of 300 calls (one grpcio process each); the test stops it only once two
-/// batches have ended after the upgrades began, so at least 600 calls ran however slow the
-/// machine is (a loaded machine finished only one batch in the upgrades' time, and the
+/// runs batches of 300 calls (one grpcio process each); the test stops it after the upgrades
+/// only once two batches have ended, so at least 600 calls ran however slow the machine is (a loaded machine finished only one batch in the upgrades' time, and the
 /// test failed for it).
 #[test]
 fn grpcio_calls_through_ten_upgrades_fail_nothing() {
