@@ -18,7 +18,13 @@ const SVC: &str = "com.ringside.test.EchoService";
 fn stat(rs: &Ringside, name: &str) -> i64 {
     let (_, body) = rs.get("/stats");
     body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -129,10 +135,18 @@ fn expired_requests_are_answered_when_a_failed_connect_moves_the_rest() {
     for a in answers.iter().filter(|a| a.status == Status::Ok) {
         assert_eq!(a.text, format!("B|m{}|", a.id));
     }
-    assert_eq!(stat(&rs, "cluster.a.upstream_rq_active"), 0, "{}", rs.get("/stats").1);
+    assert_eq!(
+        stat(&rs, "cluster.a.upstream_rq_active"),
+        0,
+        "{}",
+        rs.get("/stats").1
+    );
     let later = c.call(RequestBuilder::new(SVC, "later"));
     assert!(
-        matches!(later.status, Status::Ok | Status::ServerTimeout | Status::ServerError),
+        matches!(
+            later.status,
+            Status::Ok | Status::ServerTimeout | Status::ServerError
+        ),
         "{later:?}"
     );
 }
@@ -163,7 +177,10 @@ fn one_way_requests_move_with_a_failed_connect_and_take_over_nothing() {
     c.send_raw(&RequestBuilder::new(SVC, "twoway").request_id(50).build());
     let a = c.recv().expect("an answer");
     assert_eq!((a.id, a.status), (50, Status::Ok), "{a:?}");
-    assert_eq!(a.text, "B|twoway|", "the two-way request got its own answer");
+    assert_eq!(
+        a.text, "B|twoway|",
+        "the two-way request got its own answer"
+    );
     let seen = b.seen.lock().unwrap().clone();
     assert!(
         seen.contains(&"oneway".to_string()),

@@ -394,7 +394,9 @@ impl UpConn {
                     moved.push((host, frame, rq));
                 }
                 (None, Request::TwoWay(p)) => {
-                    self.pending.borrow_mut().insert(wire::request_id(&frame), p);
+                    self.pending
+                        .borrow_mut()
+                        .insert(wire::request_id(&frame), p);
                 }
                 (None, Request::OneWay(down)) => {
                     self.release(&down);
@@ -526,7 +528,7 @@ async fn run(conn: Rc<UpConn>) {
         return serve_upstream(conn, connected).await;
     }
     let connected = shard::monoio::select! {
-        c = shard::monoio::time::timeout(timeout, crate::intercept::connect(addr)) => c,
+        c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)) => c,
         why = keeper(&conn) => return conn.close(&why),
     };
     serve_upstream(conn, connected).await
