@@ -339,7 +339,8 @@ pub struct Admin {
     #[serde(default)]
     pub prometheus_address: Option<SocketAddr>,
     /// Unix socket a successor connects to for a hot upgrade (`ringside run --upgrade`).
-    /// Default: `$TMPDIR/ringside-<admin port>.sock`.
+    /// Default: `$TMPDIR/ringside-<euid>/ringside-<admin port>.sock`. Created mode 0600; its
+    /// directory must be writable only by ringside's user (checked at start).
     #[serde(default)]
     pub control_socket: Option<std::path::PathBuf>,
 }
