@@ -307,12 +307,12 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     drop(shard);
 }
 
-fn open_consumer(ctx: &Rc<crate::listener::ListenerCtx>) -> Consumer {
+fn open_consumer(ctx: &Rc<crate::worker::listener::ListenerCtx>) -> Consumer {
     let (ours, theirs) = shard::mem::pair(PIPE_BYTES);
     let done = Rc::new(Cell::new(false));
     let (ctx, flag) = (ctx.clone(), done.clone());
     shard::monoio::spawn(async move {
-        crate::listener::serve_connection(theirs, ctx).await;
+        crate::worker::listener::serve_connection(theirs, ctx).await;
         flag.set(true);
     });
     Consumer {

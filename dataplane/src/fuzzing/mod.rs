@@ -1,5 +1,5 @@
 //! (feature `fuzz`) Drives the real Dubbo and Triple connection code with fuzzer-chosen bytes,
-//! in memory: a [`crate::listener::Detached`] shard built from a fixed config serves
+//! in memory: a [`crate::worker::Detached`] shard built from a fixed config serves
 //! [`shard::mem`] streams as its callers' connections, and its upstream pools' connects are
 //! answered by the script ([`Upstreams`]): accepted (the script then plays the provider on the
 //! other end), refused, or left pending. The scripts (`dubbo::run`, `triple::run`) read their
@@ -24,8 +24,8 @@ use std::task::{Context, Poll, Waker};
 
 use shard::mem::MemStream;
 
-use crate::listener::Detached;
-use crate::server::{Builder, Snapshot};
+use crate::worker::Detached;
+use crate::snapshot::{Builder, Snapshot};
 use crate::stats::{ShardStats, Stats};
 
 pub mod dubbo;

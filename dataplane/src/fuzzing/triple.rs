@@ -417,7 +417,7 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     {
         let (ctx, flag) = (ctx.clone(), done.clone());
         shard::monoio::spawn(async move {
-            crate::listener::serve_connection(theirs, ctx).await;
+            crate::worker::listener::serve_connection(theirs, ctx).await;
             flag.set(true);
         });
     }

@@ -51,6 +51,8 @@ pub struct UpstreamStatIds {
     pub rq_failure: crate::stats::StatId,
     pub rq_overflow: crate::stats::StatId,
     pub rq_active: crate::stats::StatId,
+    /// HTTP/2 (Triple) upstream connections only.
+    pub h2: crate::filter::triple::UpstreamH2StatIds,
 }
 
 /// A request waiting for its response.
@@ -536,7 +538,7 @@ async fn run(conn: Rc<UpConn>) {
         return serve_upstream(conn, connected).await;
     }
     let connected = shard::monoio::select! {
-        c = shard::monoio::time::timeout(timeout, crate::intercept::connect(addr)) => c,
+        c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)) => c,
         why = keeper(&conn) => return conn.close(&why),
     };
     serve_upstream(conn, connected).await
