@@ -24,9 +24,9 @@ use std::task::{Context, Poll, Waker};
 
 use shard::mem::MemStream;
 
-use crate::worker::Detached;
 use crate::snapshot::{Builder, Snapshot};
 use crate::stats::{ShardStats, Stats};
+use crate::worker::Detached;
 
 pub mod dubbo;
 pub mod triple;

@@ -87,6 +87,9 @@ pub struct Stream {
     queue: VecDeque<Out>,
     sent_end: bool,
     recv_end: bool,
+    /// HEADERS came first: the caller's request (set when the stream is made) or, upstream
+    /// side, the response's; DATA before it is malformed (RFC 9113 8.1).
+    headers_in: bool,
     /// Caller side: the call's bookkeeping.
     call: Option<Call>,
 }
@@ -130,6 +133,7 @@ impl Stream {
             queue: VecDeque::new(),
             sent_end: false,
             recv_end: false,
+            headers_in: call.is_some(),
             call,
         }
     }
@@ -712,6 +716,9 @@ impl Conn {
                     Next::Drop
                 }
                 Some(s) if s.recv_end => Next::Error(code::STREAM_CLOSED),
+                // An upstream's DATA before its response HEADERS: relayed, the caller would
+                // see a body without a response (the call fails INTERNAL instead).
+                Some(s) if !s.headers_in => Next::Error(code::PROTOCOL_ERROR),
                 Some(s) => {
                     s.recv_avail -= len;
                     if s.recv_avail < 0 {
@@ -1104,6 +1111,9 @@ impl Conn {
     fn on_response_headers(self: &Rc<Self>, id: u32, end: bool) -> Result<(), ConnError> {
         if self.streams.borrow().get(&id).is_some_and(|s| s.recv_end) {
             return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
+        }
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.headers_in = true;
         }
         let Some((down, did)) = self.link(id) else {
             return Ok(());
