@@ -786,6 +786,14 @@ impl Builder {
                         rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
                         rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
                         rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
+                        rsp_too_large: st.add("cluster", "upstream_rsp_too_large", &t, Counter),
+                        cx_idle_timeout: st.add("cluster", "upstream_cx_idle_timeout", &t, Counter),
+                        cx_heartbeat_timeout: st.add(
+                            "cluster",
+                            "upstream_cx_heartbeat_timeout",
+                            &t,
+                            Counter,
+                        ),
                     },
                     published: Arc::new(Endpoints::empty(self.next_generation)),
                 }
@@ -1513,6 +1521,8 @@ mod tests {
             connections_per_host: 1,
             pending_requests_max: 100,
             heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
+            response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
+            idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
         }
     }
 

@@ -217,3 +217,67 @@ fn a_response_frame_from_a_consumer_is_answered_40_and_closed() {
     let mut ok = Consumer::connect(listen);
     assert_eq!(ok.call(RequestBuilder::new(SVC, "x")).text, "A|x|");
 }
+
+/// Issue 20: one answer over the cluster's `response_bytes_max` (default 8 MiB) among 8
+/// concurrent callers on one upstream connection: only its caller gets 80 (with the reason),
+/// the frame is skipped, the 7 others are answered normally on the same connection.
+#[test]
+fn an_oversized_response_fails_only_its_own_request() {
+    let a = Provider::start("A");
+    let (rs, listen) = start(
+        "",
+        &format!("  - name: a\n    endpoints: [\"{}\"]\n", a.addr),
+    );
+    // Warm the one upstream connection.
+    let mut warm = Consumer::connect(listen);
+    assert_eq!(warm.call(RequestBuilder::new(SVC, "warm")).status, Status::Ok);
+    let mut c0 = Consumer::connect(listen);
+    let big_id = c0.send(RequestBuilder::new(SVC, "big").args(&[Arg::Int(9 << 20)]));
+    let others: Vec<_> = (0..7)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Consumer::connect(listen);
+                let s = format!("small{i}");
+                let arg = [Arg::Str(&s)];
+                let ans = c.call(RequestBuilder::new(SVC, "small").args(&arg));
+                (ans, format!("A|small|{s}"))
+            })
+        })
+        .collect();
+    for t in others {
+        let (ans, want) = t.join().unwrap();
+        assert_eq!(ans.status, Status::Ok, "{ans:?}");
+        assert_eq!(ans.text, want);
+    }
+    let ans = c0.recv().expect("an answer to the big request");
+    assert_eq!((ans.id, ans.status), (big_id, Status::ServerError), "{}", ans.text);
+    assert!(ans.text.contains("response_bytes_max"), "{}", ans.text);
+    // The connection stayed up and still works.
+    assert_eq!(c0.call(RequestBuilder::new(SVC, "after")).text, "A|after|");
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 1);
+    assert_eq!(stat(&rs, "cluster.a.upstream_rsp_too_large"), 1);
+}
+
+/// Issue 20: an upstream connection with no request for the cluster's `idle_timeout_ms` is
+/// closed (and counted); the next request opens a new one.
+#[test]
+fn an_idle_upstream_connection_is_closed() {
+    let a = Provider::start("A");
+    let (rs, listen) = start(
+        "",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\"]\n    idle_timeout_ms: 300\n",
+            a.addr
+        ),
+    );
+    let mut c = Consumer::connect(listen);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "one")).text, "A|one|");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "cluster.a.upstream_cx_active") != 0 {
+        assert!(std::time::Instant::now() < deadline, "idle upstream connection not closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_idle_timeout"), 1);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "two")).text, "A|two|");
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 2);
+}
