@@ -1484,7 +1484,10 @@ impl Config {
 /// A Dubbo connection timer: 1 ..= [`DUBBO_TIMER_MS_MAX`].
 fn timer_in_range(ms: u64, field: String, err: &mut dyn FnMut(String, String)) {
     if ms == 0 || ms > DUBBO_TIMER_MS_MAX {
-        err(field, format!("{ms} is out of range 1..={DUBBO_TIMER_MS_MAX}"));
+        err(
+            field,
+            format!("{ms} is out of range 1..={DUBBO_TIMER_MS_MAX}"),
+        );
     }
 }
 

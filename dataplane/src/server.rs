@@ -867,6 +867,10 @@ impl Builder {
                     rsp_ok: c("dubbo_rsp_ok"),
                     rsp_error: c("dubbo_rsp_error"),
                     rsp_local: c("dubbo_rsp_local"),
+                    cx_first_frame_timeout: c("dubbo_cx_first_frame_timeout"),
+                    cx_heartbeat_timeout: c("dubbo_cx_heartbeat_timeout"),
+                    cx_idle_timeout: c("dubbo_cx_idle_timeout"),
+                    cx_output_full: c("dubbo_cx_output_full"),
                     rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
                     other_service: RequestStatIds::register(st, "dubbo_service", &other),
                 })

@@ -408,7 +408,9 @@ impl UpConn {
                     moved.push((host, frame, rq));
                 }
                 (None, Request::TwoWay(p)) => {
-                    self.pending.borrow_mut().insert(wire::request_id(&frame), p);
+                    self.pending
+                        .borrow_mut()
+                        .insert(wire::request_id(&frame), p);
                 }
                 (None, Request::OneWay(down)) => {
                     self.release(&down);
