@@ -1,18 +1,31 @@
-//! The admin API: a small blocking HTTP/1.1 server on its own threads (never on a shard).
+//! The admin API: a small HTTP/1.1 server on its own threads (never on a shard).
 //!
-//! One request per connection (`Connection: close`), requests handled one at a time per
-//! listener: it serves probes and scrapes, not traffic. Request heads above
-//! [`REQUEST_HEAD_BYTES_MAX`] are refused.
+//! One thread per admin listener (admin, health, Prometheus), each running a single-threaded
+//! async runtime, so a slow client never delays another and a big `/config_dump` never delays
+//! a health probe. One request per connection (`Connection: close`). It serves probes and
+//! scrapes, not traffic; its limits, per listener:
+//! - [`REQUEST_DEADLINE`]: the whole exchange, from accept to the last byte of the answer
+//!   (a client that drips its request is cut there: `admin.downstream_rq_timeout`);
+//! - [`CONNECTIONS_MAX`] open connections: one more evicts the oldest
+//!   (`admin.downstream_cx_evicted`), so clients that hold connections open cannot lock
+//!   kubelet's probes out;
+//! - [`REQUEST_HEAD_BYTES_MAX`]: larger request heads are refused with 400.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::server::{self, ControlEvent, Shared, State};
+use crate::stats::{Kind, StatId};
 
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// From accept to the last byte written. Kubelet's probe timeout is 1 s by default, so a
+/// client still talking after this is broken or hostile.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Open connections per admin listener; beyond it the oldest is closed.
+pub const CONNECTIONS_MAX: usize = 64;
 
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -24,8 +37,42 @@ enum Role {
     Prometheus,
 }
 
-/// How often a blocked admin thread checks whether a successor took over its socket.
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Health => "health",
+            Role::Prometheus => "prometheus",
+        }
+    }
+}
+
+/// How often an admin thread checks whether a successor took over its socket.
 const STOP_CHECK: Duration = Duration::from_millis(100);
+/// Pause after an accept error such as EMFILE.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// One admin listener's counters, tagged `listener=admin|health|prometheus`. Written only by
+/// that listener's thread (through shard 0's value array, which no shard writes at these
+/// ids), so the single-writer rule of [`crate::stats`] holds.
+#[derive(Clone, Copy)]
+struct AdminStatIds {
+    cx_total: StatId,
+    cx_evicted: StatId,
+    rq_timeout: StatId,
+}
+
+impl AdminStatIds {
+    fn new(shared: &Shared, role: Role) -> Self {
+        let t = [("listener", role.as_str())];
+        let st = &shared.stats;
+        AdminStatIds {
+            cx_total: st.add("admin", "downstream_cx_total", &t, Kind::Counter),
+            cx_evicted: st.add("admin", "downstream_cx_evicted", &t, Kind::Counter),
+            rq_timeout: st.add("admin", "downstream_rq_timeout", &t, Kind::Counter),
+        }
+    }
+}
 
 /// Starts a thread per admin listener (the sockets were bound, or inherited, by the server);
 /// returns the admin API's address.
@@ -44,48 +91,90 @@ pub fn start(shared: Arc<Shared>) -> Result<SocketAddr, (SocketAddr, io::Error)>
             admin_addr = listener.local_addr().map_err(fail)?;
         }
         listener.set_nonblocking(true).map_err(fail)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(fail)?;
         let shared = shared.clone();
         std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || serve(listener, role, shared))
+            .name(format!("admin-{}", role.as_str()))
+            .spawn(move || runtime.block_on(serve(listener, role, shared)))
             .map_err(fail)?;
     }
     Ok(admin_addr)
 }
 
-fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
-    use std::os::fd::AsFd;
+/// Accepts until a successor takes the admin sockets over, then lets the exchanges in flight
+/// finish (each within its deadline).
+async fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
     use std::sync::atomic::Ordering;
-    loop {
-        if shared.admin_stop.load(Ordering::Acquire) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = role.as_str(), error = %e, "admin: cannot serve");
             return;
         }
-        match shard::wait_readable(listener.as_fd(), STOP_CHECK) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => std::thread::sleep(STOP_CHECK),
+    };
+    let ids = AdminStatIds::new(&shared, role);
+    let stats = shared.stats.shard(0);
+    let mut open: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
+    while !shared.admin_stop.load(Ordering::Acquire) {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = tokio::time::sleep(STOP_CHECK) => continue,
+        };
+        let (conn, peer) = match accepted {
+            Ok(x) => x,
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        stats.inc(ids.cx_total);
+        open.retain(|h| !h.is_finished());
+        if open.len() >= CONNECTIONS_MAX {
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+                stats.inc(ids.cx_evicted);
+            }
         }
-        let Ok((mut conn, peer)) = listener.accept() else {
-            continue;
-        };
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
-        let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
-        let resp = match read_head(&mut conn) {
-            Ok(Some((method, target))) => handle(&method, &target, role, peer, &shared),
-            Ok(None) => continue,
-            Err(e) => Response::text(400, &format!("bad request: {e}\n")),
-        };
-        let _ = resp.write(&mut conn);
+        let (shared, stats) = (shared.clone(), stats.clone());
+        open.push_back(tokio::spawn(async move {
+            let exchange = exchange(conn, peer, role, &shared);
+            if tokio::time::timeout(REQUEST_DEADLINE, exchange)
+                .await
+                .is_err()
+            {
+                stats.inc(ids.rq_timeout);
+            }
+        }));
+    }
+    drop(listener);
+    for h in open {
+        let _ = h.await;
     }
 }
 
+/// Reads one request head, answers it, closes.
+async fn exchange(mut conn: tokio::net::TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
+    use tokio::io::AsyncWriteExt;
+    let resp = match read_head(&mut conn).await {
+        Ok(Some((method, target))) => handle(&method, &target, role, peer, shared),
+        Ok(None) => return,
+        Err(e) => Response::text(400, &format!("bad request: {e}\n")),
+    };
+    let _ = conn.write_all(resp.to_bytes().as_slice()).await;
+    let _ = conn.shutdown().await;
+}
+
 /// Reads the request head; returns (method, target).
-fn read_head(conn: &mut TcpStream) -> io::Result<Option<(String, String)>> {
+async fn read_head(conn: &mut tokio::net::TcpStream) -> io::Result<Option<(String, String)>> {
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = conn.read(&mut chunk)?;
+        let n = conn.read(&mut chunk).await?;
         if n == 0 {
             return Ok(None);
         }
@@ -126,7 +215,7 @@ impl Response {
             body: format!("{v:#}\n"),
         }
     }
-    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+    fn to_bytes(&self) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
@@ -134,14 +223,14 @@ impl Response {
             405 => "Method Not Allowed",
             _ => "Service Unavailable",
         };
-        write!(
-            w,
+        format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
             self.status,
             self.content_type,
             self.body.len(),
             self.body
         )
+        .into_bytes()
     }
 }
 

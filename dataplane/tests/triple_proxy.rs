@@ -318,6 +318,57 @@ fn drain_sends_goaway_and_finishes_calls_in_flight() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A caller slow to answer the drain PING (a loaded client that has not read the first GOAWAY
+/// yet) may start streams until it does: they are served, and the final GOAWAY includes them.
+/// (Issue 20: the final GOAWAY used to follow 1 s after the PING even unanswered, and the
+/// grpcio ten-upgrade test lost a call started meanwhile: "Stream removed (GOAWAY received)".)
+#[test]
+fn drain_serves_streams_a_slow_caller_starts_before_it_answers_the_ping() {
+    use frame::{flag, kind};
+    let a = Upstream::start("A");
+    let (mut rs, listen) = start(&[("a", a.addr)], "    cluster: a\n");
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call(SAY, &[], b"warm").text(), "A:warm");
+    rs.signal(libc::SIGTERM);
+    // Read up to the first GOAWAY and its PING, and leave the PING unanswered.
+    let ping: [u8; 8] = loop {
+        let f = c.p.read_frame().expect("GOAWAY and PING before the close");
+        match f.h.kind {
+            kind::GOAWAY => c.goaway = Some(frame::goaway(&f.payload).unwrap()),
+            kind::PING if f.h.flags & flag::ACK == 0 => break f.payload[..8].try_into().unwrap(),
+            _ => {
+                c.p.handle_control(&f);
+            }
+        }
+    };
+    assert_eq!(
+        c.goaway.map(|g| g.0),
+        Some(frame::STREAM_ID_MAX),
+        "the first GOAWAY refuses nothing"
+    );
+    // The caller stalls for 1.5 s, then sends a stream it started before it read the GOAWAY,
+    // then the PING's ACK.
+    std::thread::sleep(Duration::from_millis(1500));
+    let id = c.start(SAY, &[], b"late", true);
+    let mut o = Vec::new();
+    frame::write_ping(&mut o, true, ping);
+    c.p.write(&o);
+    let r = c.finish(id, &mut HashMap::new());
+    assert_eq!(
+        (r.grpc_status(), r.text()),
+        (Some(0), "A:late".to_string()),
+        "the stream sent before the PING ACK is served: {r:?}"
+    );
+    c.read_until_closed();
+    let last = c.goaway.map(|g| g.0);
+    assert!(
+        last >= Some(id),
+        "final GOAWAY last id {last:?} excludes stream {id}"
+    );
+    let (status, _) = rs.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
+
 /// Callers that follow GOAWAY (open a new connection, as gRPC clients do) lose no call while
 /// the binary is replaced three times.
 #[test]

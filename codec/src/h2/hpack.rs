@@ -493,10 +493,12 @@ fn static_lookup(name: &[u8], value: &[u8]) -> (Option<usize>, Option<usize>) {
     (None, name_index)
 }
 
-/// Appends one header field (see the module doc for the representation chosen).
+/// Appends one header field (see the module doc for the representation chosen). A field the
+/// sender marked "never indexed" keeps that representation even when the static table has it
+/// (RFC 7541 6.2.3: an intermediary must not re-encode it any other way).
 pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed: bool) {
     let (exact, name_index) = static_lookup(name, value);
-    if let Some(i) = exact {
+    if let (Some(i), false) = (exact, never_indexed) {
         write_int(out, i, 7, 0x80);
         return;
     }

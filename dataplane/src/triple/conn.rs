@@ -34,9 +34,6 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A caller connection that is draining and has no stream left closes after this long.
 pub const DRAIN_QUIET_MS: u64 = 300;
-/// Draining: how long to wait for the caller to acknowledge the first GOAWAY (by answering our
-/// PING) before the final GOAWAY that refuses new streams.
-pub const DRAIN_ACK_WAIT_MS: u64 = 1_000;
 /// The PING payload that follows the first, graceful GOAWAY.
 const DRAIN_PING: [u8; 8] = *b"rs-drain";
 
@@ -91,7 +88,36 @@ pub struct Stream {
     call: Option<Call>,
 }
 
+/// DATA bytes dropped unsent, to credit back to the connection they came from.
+type GiveBack = Option<(Weak<Conn>, u32, u32)>;
+
+/// Returns dropped DATA's bytes to their sender as window (connection level, and stream level
+/// while that stream lives): without it every discarded frame shrinks the sender's window for
+/// good, and a shared upstream connection stalls.
+fn give_back(back: GiveBack) {
+    if let Some((w, id, n)) = back {
+        if let Some(c) = w.upgrade() {
+            c.credit(id, n);
+        }
+    }
+}
+
 impl Stream {
+    /// Drops the queue and the link; returns the queued DATA bytes to give back.
+    fn drop_queue(&mut self) -> GiveBack {
+        let n: usize = self
+            .queue
+            .drain(..)
+            .map(|o| match o {
+                Out::Data(b, _) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        let link = self.link.take();
+        let (w, id) = link?;
+        (n > 0).then_some((w, id, n as u32))
+    }
+
     fn new(send_window: i64, recv_window: u32, call: Option<Call>) -> Stream {
         Stream {
             link: None,
@@ -248,18 +274,21 @@ impl Conn {
 
     // === relay ===
 
-    fn send(self: &Rc<Self>, id: u32, item: Out) {
+    /// Queues `item` on stream `id` and writes what the windows allow; false when the stream
+    /// is gone or already ended (the item is dropped: DATA must then be credited by the caller).
+    fn send(self: &Rc<Self>, id: u32, item: Out) -> bool {
         {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
-                return;
+                return false;
             };
             if s.sent_end {
-                return;
+                return false;
             }
             s.queue.push_back(item);
         }
         self.flush(id);
+        true
     }
 
     /// Writes what the windows allow of a stream's queue, returns the relayed bytes' window to
@@ -387,22 +416,26 @@ impl Conn {
         Some((w.upgrade()?, *other))
     }
 
+    /// Cuts a stream from its relay partner (which is ending): what is queued is dropped, its
+    /// DATA credited back to the partner's connection.
     fn unlink(&self, id: u32) {
-        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-            s.link = None;
-        }
+        let back = match self.streams.borrow_mut().get_mut(&id) {
+            Some(s) => s.drop_queue(),
+            None => return,
+        };
+        give_back(back);
     }
 
     /// Ends a stream here without writing anything (the peer reset it, or the connection is
     /// gone) and returns the stream it was relayed to.
     fn end_stream(&self, id: u32) -> Option<(Rc<Conn>, u32)> {
         let link = self.link(id);
-        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-            s.queue.clear();
-            s.link = None;
+        let back = self.streams.borrow_mut().get_mut(&id).and_then(|s| {
             s.sent_end = true;
             s.recv_end = true;
-        }
+            s.drop_queue()
+        });
+        give_back(back);
         self.forget(id);
         let (other, oid) = link?;
         other.unlink(oid);
@@ -423,17 +456,26 @@ impl Conn {
         }
     }
 
-    /// Resets a stream on this connection (and forgets it).
+    /// Resets a stream on this connection and forgets it. The RST_STREAM goes out even when our
+    /// side already ended (a request fully sent upstream): the peer stops working on it and the
+    /// stream no longer counts against its concurrency limit.
     fn reset(self: &Rc<Self>, id: u32, c: u32) {
-        {
+        let (back, open) = {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
                 return;
             };
-            s.queue.clear();
-            s.link = None;
+            let open = !(s.sent_end && s.recv_end);
+            s.sent_end = true;
+            s.recv_end = true;
+            (s.drop_queue(), open)
+        };
+        give_back(back);
+        if open {
+            self.write(|o| frame::write_rst_stream(o, id, c));
         }
-        self.send(id, Out::Rst(c));
+        self.blocked.borrow_mut().retain(|&b| b != id);
+        self.forget(id);
     }
 
     // === frames in ===
@@ -636,9 +678,12 @@ impl Conn {
                 if pad > 0 {
                     self.credit(h.stream, pad);
                 }
-                match w.upgrade() {
-                    Some(c) => c.send(other, Out::Data(data, end)),
-                    None => self.credit(h.stream, data.len() as u32),
+                let n = data.len() as u32;
+                let sent = w
+                    .upgrade()
+                    .is_some_and(|c| c.send(other, Out::Data(data, end)));
+                if !sent {
+                    self.credit(h.stream, n);
                 }
             }
             Next::Drop => self.credit(h.stream, h.len),
@@ -933,7 +978,8 @@ impl Conn {
         let Side::Down(l) = &self.side else {
             return;
         };
-        let headers_sent = {
+        let link = self.link(id);
+        let (headers_sent, back) = {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
                 return;
@@ -941,14 +987,20 @@ impl Conn {
             if s.sent_end {
                 return;
             }
-            s.queue.clear();
+            let back = s.drop_queue();
             let Some(call) = s.call.as_mut() else {
                 return;
             };
             call.local = true;
             call.status = Some(code_);
-            std::mem::replace(&mut call.headers_sent, true)
+            (std::mem::replace(&mut call.headers_sent, true), back)
         };
+        give_back(back);
+        // A call still relayed: its upstream stream is cancelled.
+        if let Some((up, uid)) = link {
+            up.unlink(uid);
+            up.reset(uid, code::CANCEL);
+        }
         l.stats.inc(l.ids.rsp_local);
         let mut block = Vec::with_capacity(96);
         if !headers_sent {
@@ -1325,10 +1377,14 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
 
 /// The caller side of a drain up to the final GOAWAY. Two-step GOAWAY (RFC 9113 6.8): first with
 /// the largest id and a PING, so streams the caller opens before it sees the GOAWAY are still
-/// served. Once the PING is answered (or after DRAIN_ACK_WAIT_MS), streams are still accepted
-/// until the connection has been idle for DRAIN_QUIET_MS: a client may have streams queued
-/// behind its PING ACK (grpc-core does), and a final GOAWAY that excluded them would fail them
-/// ("Stream removed"). Then the final GOAWAY may name the last stream served.
+/// served. The final GOAWAY waits for the PING's ACK however long it takes (the drain's deadline
+/// bounds it): until the caller has read the first GOAWAY it may start streams, and a final
+/// GOAWAY that excluded them would fail them (grpcio without retries: "Stream removed (GOAWAY
+/// received)"; this used to give up after 1 s, too short for a loaded client). After the ACK,
+/// streams are still
+/// accepted until the connection has been idle for DRAIN_QUIET_MS: a client may have streams
+/// queued behind its PING ACK (grpc-core does). Then the final GOAWAY may name the last stream
+/// served.
 async fn drain_gracefully(conn: &Conn) {
     shard::monoio::time::sleep(Duration::from_millis(
         crate::listener::DRAIN_ANNOUNCE_DELAY_MS,
@@ -1338,10 +1394,7 @@ async fn drain_gracefully(conn: &Conn) {
         frame::write_goaway(o, frame::STREAM_ID_MAX, code::NO_ERROR, b"draining");
         frame::write_ping(o, false, DRAIN_PING);
     });
-    shard::monoio::select! {
-        _ = conn.drain_acked.wait() => {}
-        _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_ACK_WAIT_MS)) => {}
-    }
+    conn.drain_acked.wait().await;
     loop {
         if conn.stream_count() == 0 {
             shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)).await;

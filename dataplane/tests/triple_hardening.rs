@@ -1,0 +1,492 @@
+//! Hostile and broken HTTP/2 peers against the Triple proxy through the real binary (issue 20):
+//! cancelled calls must free their upstream stream, discarded DATA must return its window,
+//! caller-caused resets count as resets, control-frame floods and header amplification are shed,
+//! refused streams are retried, and every connection has its timers.
+//!
+//! The upstream here ([`Backend`]) is a raw-frame HTTP/2 server that, unlike `common::h2`'s, keeps
+//! any number of responses in progress under flow control, honours RST_STREAM, and counts what it
+//! sees (streams open, resets, header bytes), so a test can tell what ringside did upstream.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
+use codec::h2::hpack::{self, Decoder};
+use common::h2::*;
+use common::*;
+
+const SAY: &str = "/helloworld.Greeter/SayHello";
+
+/// What a [`Backend`] saw, over all its connections.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    closed: AtomicUsize,
+    /// Request HEADERS frames (streams opened).
+    streams: AtomicUsize,
+    /// Streams open now, and the most open at once on one connection.
+    open: AtomicUsize,
+    open_max: AtomicUsize,
+    resets: AtomicUsize,
+    /// Bytes of HEADERS and CONTINUATION frames received (frame headers included).
+    header_bytes: AtomicUsize,
+    pings: AtomicUsize,
+    /// Set once the first `x-goaway` request was refused with a GOAWAY.
+    goaway_sent: AtomicBool,
+}
+
+/// A raw-frame HTTP/2 upstream. Request headers switch behaviour: `x-hang` (never answer),
+/// `x-reply-bytes: N` (answer N bytes), `x-big-header: N` (answer with a response header of N
+/// bytes), `x-goaway` (the first such request on the backend is refused by a GOAWAY naming the
+/// stream before it, and the connection closes once older streams are answered), `x-freeze`
+/// (stop reading and writing on this connection, keeping it open: a half-open peer).
+struct Backend {
+    addr: SocketAddr,
+    seen: Arc<Seen>,
+}
+
+impl Backend {
+    fn start(streams_max: u32) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                s2.connections.fetch_add(1, Relaxed);
+                let seen = s2.clone();
+                std::thread::spawn(move || {
+                    BackendConn::new(s, seen.clone(), streams_max).run();
+                    seen.closed.fetch_add(1, Relaxed);
+                });
+            }
+        });
+        Backend { addr, seen }
+    }
+
+    fn get(&self, f: impl Fn(&Seen) -> &AtomicUsize) -> usize {
+        f(&self.seen).load(Relaxed)
+    }
+}
+
+/// A response in progress.
+struct Answer {
+    body: Vec<u8>,
+    window: i64,
+    trailers: bool,
+}
+
+struct BackendConn {
+    s: TcpStream,
+    seen: Arc<Seen>,
+    streams_max: u32,
+    dec: Decoder,
+    buf: Vec<u8>,
+    send_window: i64,
+    peer_initial: i64,
+    /// Streams whose request is being read: their headers.
+    reading: HashMap<u32, Vec<(String, String)>>,
+    answering: HashMap<u32, Answer>,
+    /// Streams open (request started, not answered or reset).
+    open: usize,
+    /// A GOAWAY was sent: close once nothing is open.
+    leaving: bool,
+}
+
+impl BackendConn {
+    fn new(s: TcpStream, seen: Arc<Seen>, streams_max: u32) -> BackendConn {
+        s.set_nodelay(true).unwrap();
+        BackendConn {
+            s,
+            seen,
+            streams_max,
+            dec: Decoder::default(),
+            buf: Vec::new(),
+            send_window: 65_535,
+            peer_initial: 65_535,
+            reading: HashMap::new(),
+            answering: HashMap::new(),
+            open: 0,
+            leaving: false,
+        }
+    }
+
+    fn frame(&mut self) -> Option<(FrameHeader, Vec<u8>)> {
+        loop {
+            if let Some(h) = FrameHeader::parse(&self.buf) {
+                let total = 9 + h.len as usize;
+                if self.buf.len() >= total {
+                    let payload = self.buf[9..total].to_vec();
+                    self.buf.drain(..total);
+                    return Some((h, payload));
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn write(&mut self, b: &[u8]) -> bool {
+        self.s.write_all(b).is_ok()
+    }
+
+    fn stream_closed(&mut self) {
+        self.open -= 1;
+        self.seen.open.fetch_sub(1, Relaxed);
+    }
+
+    fn run(mut self) {
+        let mut preface = [0u8; 24];
+        if self.s.read_exact(&mut preface).is_err() || &preface != frame::PREFACE {
+            return;
+        }
+        let mut o = Vec::new();
+        frame::write_settings(
+            &mut o,
+            &[(setting::MAX_CONCURRENT_STREAMS, self.streams_max)],
+        );
+        frame::write_window_update(&mut o, 0, 64 << 20);
+        self.write(&o);
+        while let Some((h, payload)) = self.frame() {
+            if !self.on_frame(h, &payload) {
+                return;
+            }
+            self.pump();
+            if self.leaving && self.open == 0 {
+                return;
+            }
+        }
+        let left = self.open;
+        self.seen.open.fetch_sub(left, Relaxed);
+    }
+
+    /// Handles one frame; false to stop serving the connection.
+    fn on_frame(&mut self, h: FrameHeader, payload: &[u8]) -> bool {
+        let sid = h.stream;
+        let mut o = Vec::new();
+        match h.kind {
+            kind::SETTINGS if h.flags & flag::ACK == 0 => {
+                for (id, v) in frame::settings(payload).unwrap() {
+                    if id == setting::INITIAL_WINDOW_SIZE {
+                        let delta = i64::from(v) - self.peer_initial;
+                        self.peer_initial = i64::from(v);
+                        for a in self.answering.values_mut() {
+                            a.window += delta;
+                        }
+                    }
+                }
+                frame::write_settings_ack(&mut o);
+            }
+            kind::PING if h.flags & flag::ACK == 0 => {
+                self.seen.pings.fetch_add(1, Relaxed);
+                frame::write_ping(&mut o, true, payload.try_into().unwrap());
+            }
+            kind::WINDOW_UPDATE => {
+                let inc = i64::from(frame::window_update(payload).unwrap());
+                if sid == 0 {
+                    self.send_window += inc;
+                } else if let Some(a) = self.answering.get_mut(&sid) {
+                    a.window += inc;
+                }
+            }
+            kind::HEADERS | kind::CONTINUATION => {
+                self.seen.header_bytes.fetch_add(9 + payload.len(), Relaxed);
+                let frag = frame::headers_fragment(h.flags, payload).unwrap().to_vec();
+                let mut fields = Vec::new();
+                self.dec
+                    .decode(&frag, &mut |n, v, _| {
+                        fields.push((
+                            String::from_utf8_lossy(n).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        ))
+                    })
+                    .expect("valid hpack from ringside");
+                if !self.reading.contains_key(&sid) && !self.answering.contains_key(&sid) {
+                    self.seen.streams.fetch_add(1, Relaxed);
+                    self.open += 1;
+                    let now = self.seen.open.fetch_add(1, Relaxed) + 1;
+                    self.seen.open_max.fetch_max(now, Relaxed);
+                    let has = |k: &str| fields.iter().any(|(n, _)| n == k);
+                    if has("x-freeze") {
+                        // Half-open: hold the socket, never read or write again.
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                    if has("x-goaway") && !self.seen.goaway_sent.swap(true, Relaxed) {
+                        frame::write_goaway(&mut o, sid - 2, code::NO_ERROR, b"leaving");
+                        self.stream_closed();
+                        self.leaving = true;
+                        return self.write(&o);
+                    }
+                    self.reading.insert(sid, fields);
+                }
+                if h.flags & flag::END_STREAM != 0 {
+                    self.answer(sid);
+                }
+            }
+            kind::DATA => {
+                let n = payload.len() as u32;
+                if n > 0 {
+                    frame::write_window_update(&mut o, 0, n);
+                    frame::write_window_update(&mut o, sid, n);
+                }
+                if h.flags & flag::END_STREAM != 0 {
+                    self.answer(sid);
+                }
+            }
+            kind::RST_STREAM => {
+                self.seen.resets.fetch_add(1, Relaxed);
+                if self.reading.remove(&sid).is_some() || self.answering.remove(&sid).is_some() {
+                    self.stream_closed();
+                }
+            }
+            _ => {}
+        }
+        o.is_empty() || self.write(&o)
+    }
+
+    /// The request on `sid` is complete: start its answer (unless it hangs).
+    fn answer(&mut self, sid: u32) {
+        let Some(fields) = self.reading.remove(&sid) else {
+            return;
+        };
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if get("x-hang").is_some() {
+            self.reading.insert(sid, fields);
+            return;
+        }
+        let n: usize = get("x-reply-bytes").map_or(2, |v| v.parse().unwrap());
+        let mut block = Vec::new();
+        hpack::encode_field(&mut block, b":status", b"200", false);
+        hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
+        if let Some(big) = get("x-big-header") {
+            let v = vec![b'h'; big.parse().unwrap()];
+            hpack::encode_field(&mut block, b"x-big", &v, false);
+        }
+        let mut o = Vec::new();
+        frame::write_headers(&mut o, sid, &block, false, 16_384);
+        self.write(&o);
+        self.answering.insert(
+            sid,
+            Answer {
+                body: grpc_msg(&vec![b'r'; n]),
+                window: self.peer_initial,
+                trailers: true,
+            },
+        );
+    }
+
+    /// Writes what the windows allow of the answers in progress.
+    fn pump(&mut self) {
+        let mut o = Vec::new();
+        let mut done = Vec::new();
+        for (&sid, a) in self.answering.iter_mut() {
+            while !a.body.is_empty() {
+                let n = a
+                    .body
+                    .len()
+                    .min(16_384)
+                    .min(a.window.min(self.send_window).max(0) as usize);
+                if n == 0 {
+                    break;
+                }
+                frame::write_data_header(&mut o, sid, n, false);
+                o.extend_from_slice(&a.body[..n]);
+                a.body.drain(..n);
+                a.window -= n as i64;
+                self.send_window -= n as i64;
+            }
+            if a.body.is_empty() && a.trailers {
+                let mut block = Vec::new();
+                hpack::encode_field(&mut block, b"grpc-status", b"0", false);
+                frame::write_headers(&mut o, sid, &block, true, 16_384);
+                a.trailers = false;
+                done.push(sid);
+            }
+        }
+        for sid in done {
+            self.answering.remove(&sid);
+            self.stream_closed();
+        }
+        if !o.is_empty() {
+            self.write(&o);
+        }
+    }
+}
+
+fn config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    up: SocketAddr,
+    triple: &str,
+    cluster: &str,
+) -> String {
+    format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: grpc\n    address: {listen}\n    protocol: triple\n    cluster: a\n{triple}clusters:\n  - name: a\n    endpoints: [\"{up}\"]\n{cluster}"
+    )
+}
+
+/// Ringside with one triple listener routing everything to `up`; `triple` and `cluster` are
+/// extra YAML lines of the listener and the cluster.
+fn start(up: SocketAddr, triple: &str, cluster: &str) -> (Ringside, SocketAddr) {
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, listen, up, triple, cluster),
+        admin,
+        &["--shards", "1"],
+    );
+    (rs, listen)
+}
+
+/// The admin /stats values of stat `name` (`scope.label.name: N`), summed.
+fn stat(rs: &Ringside, name: &str) -> u64 {
+    let (_, text) = rs.get("/stats");
+    text.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| k.rsplit('.').next() == Some(name))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// A raw caller: preface and SETTINGS (`settings`), nothing else.
+fn raw_caller(listen: SocketAddr, settings: &[(u16, u32)]) -> Peer {
+    let mut p = Peer::new(TcpStream::connect(listen).unwrap());
+    let mut o = frame::PREFACE.to_vec();
+    frame::write_settings(&mut o, settings);
+    p.write(&o);
+    p
+}
+
+fn request_block(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", SAY),
+        (":authority", "ringside.test"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    .iter()
+    .chain(extra)
+    {
+        hpack::encode_field(&mut block, n.as_bytes(), v.as_bytes(), false);
+    }
+    block
+}
+
+/// A whole unary request on `id` (HEADERS, one DATA with END_STREAM) into `o`.
+fn write_request(o: &mut Vec<u8>, id: u32, extra: &[(&str, &str)]) {
+    frame::write_headers(o, id, &request_block(extra), false, 16_384);
+    let body = grpc_msg(b"hi");
+    frame::write_data_header(o, id, body.len(), true);
+    o.extend_from_slice(&body);
+}
+
+/// Waits until `f` holds (or `within` passes); returns whether it did.
+fn wait_for(within: Duration, f: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// Reads frames until stream `id` gets HEADERS (true) or the connection ends (false).
+fn wait_headers(p: &mut Peer, id: u32) -> bool {
+    while let Some(f) = p.read_frame() {
+        if p.handle_control(&f) {
+            continue;
+        }
+        if f.h.kind == kind::HEADERS && f.h.stream == id {
+            return true;
+        }
+    }
+    false
+}
+
+/// Item 1: a call the caller cancels after sending its whole request is reset upstream, so its
+/// upstream stream slot is freed: 200 cancels against a backend allowing 100 streams leave the
+/// cluster usable.
+#[test]
+fn cancelled_calls_reset_upstream_and_free_their_stream_slot() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "    triple: {resets_per_second_max: 100000}\n", "");
+    let mut c = raw_caller(listen, &[]);
+    for i in 0..200u32 {
+        let id = 1 + 2 * i;
+        let mut o = Vec::new();
+        write_request(&mut o, id, &[("x-hang", "1")]);
+        c.write(&o);
+        // Cancel once the backend has the stream (a caller that gave up waiting).
+        assert!(
+            wait_for(Duration::from_secs(5), || b.get(|s| &s.streams)
+                > i as usize),
+            "stream {i} never reached the backend"
+        );
+        let mut o = Vec::new();
+        frame::write_rst_stream(&mut o, id, code::CANCEL);
+        c.write(&o);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c2 = Client::connect(listen);
+    for _ in 0..5 {
+        let r = c2.call(SAY, &[], b"later");
+        assert_eq!(r.grpc_status(), Some(0), "later calls still succeed: {r:?}");
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || b.get(|s| &s.resets) == 200),
+        "each cancelled call must be reset upstream: {} resets seen",
+        b.get(|s| &s.resets)
+    );
+    assert_eq!(b.get(|s| &s.open), 0);
+    assert_eq!(stat(&rs, "upstream_rq_active"), 0);
+}
+
+/// Item 2: DATA queued for a caller that never grants window and then resets its calls is
+/// dropped: its bytes must go back to the shared upstream connection as WINDOW_UPDATE, else that
+/// connection stalls for every caller on the shard.
+#[test]
+fn discarded_data_returns_its_window_to_the_shared_upstream() {
+    let b = Backend::start(1000);
+    let (_rs, listen) = start(b.addr, "    triple: {resets_per_second_max: 100000}\n", "");
+    // A caller whose streams have no window: answers queue in ringside.
+    let mut z = raw_caller(listen, &[(setting::INITIAL_WINDOW_SIZE, 0)]);
+    // 12 answers of 900 KB: three times ringside's 4 MiB connection window towards upstream.
+    for i in 0..12u32 {
+        let id = 1 + 2 * i;
+        let mut o = Vec::new();
+        write_request(&mut o, id, &[("x-reply-bytes", "900000")]);
+        z.write(&o);
+        assert!(wait_headers(&mut z, id), "answer headers on stream {id}");
+        // Let the backend's DATA reach ringside's queue, then give up on the call.
+        std::thread::sleep(Duration::from_millis(30));
+        let mut o = Vec::new();
+        frame::write_rst_stream(&mut o, id, code::CANCEL);
+        z.write(&o);
+    }
+    // Another caller of the same upstream connection.
+    let mut c = Client::connect(listen);
+    c.p.s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let r = c.call(SAY, &[("x-reply-bytes", "200000")], b"");
+    assert_eq!(
+        (r.grpc_status(), r.data.len()),
+        (Some(0), 5 + 200_000),
+        "the shared upstream connection must not stall: {:?}",
+        r.reset
+    );
+}
