@@ -1,26 +1,24 @@
 //! The ringside data plane: listeners, filters, router, clusters, upstream pools, stats and the
 //! admin API, composed on top of the `shard` runtime and the `codec` wire formats. Owns no wire
 //! format and no syscall wrapper of its own beyond socket options.
+//!
+//! Rooms (docs/architecture.md has the map and the import rule): the data path is `io`, `stats`,
+//! `cluster`, `filter` (one room per protocol), `snapshot` and `worker` (one shard's state);
+//! `control` (process lifecycle, hot-upgrade hand-off, admin, xDS and registry glue) sits on top
+//! and the data path never imports it.
 #![cfg_attr(not(feature = "dpdk"), forbid(unsafe_code))]
 // With `dpdk`, only the FFI module may use unsafe code.
 #![cfg_attr(feature = "dpdk", deny(unsafe_code))]
 
-pub mod admin;
-pub mod cluster;
 pub use config;
+
+pub mod cluster;
 pub mod control;
-pub mod demo;
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
 pub mod dpdk;
-pub mod dubbo;
-pub mod intercept;
+pub mod filter;
 pub mod io;
-pub mod iptables;
-pub mod listener;
-pub mod registry_glue;
-pub mod server;
+pub mod snapshot;
 pub mod stats;
-pub mod tcp_proxy;
-pub mod triple;
-pub mod xds_glue;
+pub mod worker;

@@ -53,7 +53,7 @@ pub fn start_shard(
     shard::monoio::spawn(async move {
         let mut last = [0u64; 9];
         loop {
-            shard::monoio::time::sleep(crate::server::POLL_STATS_PUBLISH).await;
+            shard::monoio::time::sleep(crate::stats::POLL_STATS_PUBLISH).await;
             let s = stack.queue_stats();
             let now = [
                 s.rx_packets,

@@ -660,5 +660,8 @@ impl ShardStats {
     }
 }
 
+/// How often a shard copies its loop counters (poll loop, DPDK port) into the stats.
+pub const POLL_STATS_PUBLISH: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[cfg(test)]
 mod tests;

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Availability, ShardCluster};
 use crate::config;
-use crate::dubbo::downstream::{RequestStatIds, ServiceStatsMap};
-use crate::dubbo::upstream::UpstreamStatIds;
+use crate::filter::dubbo::downstream::{RequestStatIds, ServiceStatsMap};
+use crate::filter::dubbo::upstream::UpstreamStatIds;
 use crate::stats::{HistId, ShardStats, StatId};
 
-use crate::dubbo::upstream::ENDPOINT_FAILURE_BACKOFF_MS;
+use crate::filter::dubbo::upstream::ENDPOINT_FAILURE_BACKOFF_MS;
 
 /// gRPC status codes counted one by one (0..=16); others count as 17 (`other`).
 pub const GRPC_STATUS_COUNTED: usize = 18;
@@ -98,12 +98,12 @@ impl Call {
 pub struct TripleListener {
     pub name: String,
     /// Router, pools and route stats, swapped by config updates (see the Dubbo listener).
-    pub routes: crate::listener::RoutesCell<router::Router, Pool>,
+    pub routes: crate::filter::RoutesCell<router::Router, Pool>,
     pub limits: H2Limits,
     pub stats: ShardStats,
     pub ids: TripleStatIds,
     pub services: Rc<RefCell<ServiceStatsMap>>,
-    pub dice: crate::dubbo::router::Dice,
+    pub dice: crate::filter::dubbo::router::Dice,
 }
 
 impl TripleListener {
@@ -112,7 +112,7 @@ impl TripleListener {
     }
 
     fn service_ids(&self, service: &[u8], method: &[u8]) -> RequestStatIds {
-        crate::dubbo::downstream::service_ids(
+        crate::filter::dubbo::downstream::service_ids(
             &self.services,
             &self.stats,
             "triple_service",

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::{Event, Notify};
 
-use crate::listener::Drain;
+use crate::filter::Drain;
 
 use super::router::Router;
 use super::upstream::{ClusterPool, ForwardError};
@@ -112,7 +112,7 @@ pub struct DubboListener {
     pub name: String,
     /// Router, pools and route stats; a config update swaps them (every connection of the
     /// listener, old and new, routes its next request on the new ones).
-    pub routes: crate::listener::RoutesCell<Router, ClusterPool>,
+    pub routes: crate::filter::RoutesCell<Router, ClusterPool>,
     pub frame_bytes_max: usize,
     pub pending_max: u32,
     pub timers: Timers,
@@ -123,7 +123,7 @@ pub struct DubboListener {
     /// Per (interface, method) seen on this shard; registered on first sight.
     pub services: Rc<RefCell<ServiceStatsMap>>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
-    pub dice: crate::dubbo::router::Dice,
+    pub dice: crate::filter::dubbo::router::Dice,
 }
 
 impl DubboListener {
@@ -448,7 +448,7 @@ async fn announce_drain(conn: &Rc<DownConn>, drain: &Drain) {
         _ = conn.finished.wait() => return,
     }
     shard::monoio::select! {
-        _ = shard::monoio::time::sleep(Duration::from_millis(crate::listener::DRAIN_ANNOUNCE_DELAY_MS)) => {}
+        _ = shard::monoio::time::sleep(Duration::from_millis(crate::filter::DRAIN_ANNOUNCE_DELAY_MS)) => {}
         _ = conn.finished.wait() => return,
     }
     if conn.closed.get() || conn.read_done.get() {

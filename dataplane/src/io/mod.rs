@@ -1,8 +1,13 @@
 //! Small I/O helpers shared by the filters, over monoio's owned-buffer traits, and the two
-//! traits that let the Dubbo filter run on the kernel or on the DPDK path ([`Conn`], [`Accept`]).
+//! traits that let the Dubbo filter run on the kernel or on the DPDK path ([`Conn`], [`Accept`]);
+//! the listening socket of a shard ([`bind_reuseport`]) and the interception socket options
+//! (`intercept`).
+
+pub mod intercept;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use shard::monoio::buf::IoBufMut;
@@ -104,4 +109,23 @@ impl Accept for TcpListener {
     ) -> impl std::future::Future<Output = std::io::Result<(TcpStream, std::net::SocketAddr)>> {
         TcpListener::accept(self)
     }
+}
+/// Listen backlog per shard socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listening socket of one shard; `transparent`: IP_TRANSPARENT (TPROXY). Carries
+/// `runtime.socket_mark` when set.
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    transparent: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    intercept::prepare_listener(&socket, transparent)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }

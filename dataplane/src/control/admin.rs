@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::{self, ControlEvent, Shared, State};
+use super::server::{self, ControlEvent, Shared, State};
 use crate::stats::{Kind, StatId};
 
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -376,7 +376,7 @@ fn server_info(shared: &Shared) -> serde_json::Value {
                              "cds": x.versions.cds, "eds": x.versions.eds},
             })
         }),
-        "registry": crate::registry_glue::server_info(shared),
+        "registry": super::registry_glue::server_info(shared),
         "dpdk": dpdk,
         "shard_count": shared.shard_count,
         "shards": shards,

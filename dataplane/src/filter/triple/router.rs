@@ -6,7 +6,7 @@ use regex::bytes::Regex;
 
 use super::headers::HeaderList;
 use crate::config;
-use crate::dubbo::router::{Action, Matcher};
+use crate::filter::dubbo::router::{Action, Matcher};
 
 /// What a route sees of a request.
 pub struct RequestView<'a> {

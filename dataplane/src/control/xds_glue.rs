@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::server::Shared;
+use super::server::Shared;
 use crate::stats::Kind;
 
 /// How often the xDS client's counters are copied into the stats.
@@ -17,7 +17,7 @@ pub const XDS_STATS_PUBLISH: Duration = Duration::from_secs(1);
 /// Starts the xDS client when the config has an `xds` section; `None` otherwise.
 pub fn start(
     shared: &Arc<Shared>,
-    composer: &Arc<crate::registry_glue::Composer>,
+    composer: &Arc<super::registry_glue::Composer>,
 ) -> std::io::Result<Option<Arc<xds::Handle>>> {
     let Some(bootstrap) = shared.config.xds.clone() else {
         return Ok(None);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use hotswap::{HandoffError, Message, SocketEntry, PROTOCOL_VERSION};
 
+use super::server::{ControlEvent, Inherited, Shared, State};
 use crate::config::Config;
-use crate::server::{ControlEvent, Inherited, Shared, State};
 
 /// Test hook: make a new process claim another protocol version (to test refusals).
 pub const PROTOCOL_OVERRIDE_ENV: &str = "RINGSIDE_HANDOFF_PROTOCOL_OVERRIDE";

@@ -1,96 +1,55 @@
-//! One shard's side of the data plane: it binds its own copy of every listener (SO_REUSEPORT, so
-//! the kernel spreads connections over shards), runs the accept loops, and drains when the
-//! control thread says so.
+//! One shard's side of the data plane: its state (`ShardState`: the listeners and clusters of
+//! the snapshot it runs, applied between two events), its main loop (`shard_main`: the inbox of
+//! snapshots and drains from the control thread), and its listeners' accept loops and
+//! connections (`listener`).
+
+pub mod listener;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shard::monoio::net::TcpListener;
-use shard::{Event, Notify, Receiver, ShardCtx};
+use shard::{Event, Receiver, ShardCtx};
 
 use crate::cluster::ShardCluster;
 use crate::config::{self, Protocol};
-use crate::dubbo::downstream::RequestStatIds;
-use crate::dubbo::downstream::{self, DubboListener};
-use crate::dubbo::router::Router;
-use crate::dubbo::upstream::ClusterPool;
-use crate::server::{ListenerStatIds, PollStatIds, ShardMsg, Shared, Snapshot, POLL_STATS_PUBLISH};
-use crate::stats::ShardStats;
-use crate::tcp_proxy;
+use crate::control::server::Shared;
+use crate::filter::dubbo::downstream::DubboListener;
+use crate::filter::dubbo::router::Router;
+use crate::filter::dubbo::upstream::ClusterPool;
+use crate::filter::{Drain, Routes};
+use crate::snapshot::{PollStatIds, Snapshot};
+use crate::stats::{ShardStats, POLL_STATS_PUBLISH};
+use listener::{accept_loop, Connections, ListenerCtx, Virtual};
 
-/// Listen backlog per shard socket.
-pub const LISTEN_BACKLOG: i32 = 1024;
-/// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
-pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
-/// Draining: connections tell their callers to go elsewhere (Dubbo readonly, HTTP/2 GOAWAY)
-/// this long after the accept loops stopped. Callers reconnect at once when told; an io_uring
-/// accept being cancelled at that very moment can complete with a connection nobody serves, so
-/// the reconnects must find only the successor accepting.
-pub const DRAIN_ANNOUNCE_DELAY_MS: u64 = 20;
+/// Messages queued into each shard's inbox.
+pub const SHARD_INBOX_MAX: usize = 64;
+
+/// Control thread → shard.
+pub enum ShardMsg {
+    /// A new config snapshot: swap it in between requests, then count yourself in `done`.
+    /// `drains`: the listeners it removes or replaces, whose connections drain.
+    Apply {
+        snapshot: Arc<Snapshot>,
+        done: Arc<AtomicUsize>,
+        drains: Arc<[Arc<DrainReport>]>,
+    },
+    /// Stop accepting, tell Dubbo callers we are going away, let connections finish for at
+    /// most `timeout`, then end the shard.
+    /// With `linger` (hot upgrade), a drained shard waits for `Finish` or `Resume`.
+    Drain { timeout: Duration, linger: bool },
+    /// The successor of a hot upgrade failed while we drained: accept again.
+    Resume,
+    /// Every shard drained (hot upgrade): end the shard.
+    Finish,
+}
+
 /// How often a draining shard checks whether its connections are gone.
 const DRAIN_POLL_MS: u64 = 10;
-
-/// One drain of one listener's connections on one shard: when they are told to leave, and when
-/// those still open are closed anyway. Started for every listener when the process drains
-/// (SIGTERM, `/drain`, hot upgrade), and for one listener when a config update removes it or
-/// replaces it by one with another address, protocol, `transparent` or `bind`.
-#[derive(Default)]
-pub struct Drain {
-    started: Event,
-    deadline: Cell<Option<Instant>>,
-}
-
-impl Drain {
-    /// Tells the connections to leave; those still open after `timeout` are closed.
-    pub fn start(&self, timeout: Duration) {
-        if !self.started.is_set() {
-            self.deadline.set(Some(Instant::now() + timeout));
-            self.started.set();
-        }
-    }
-
-    pub fn is_started(&self) -> bool {
-        self.started.is_set()
-    }
-
-    /// Completes once the drain has started.
-    pub async fn started(&self) {
-        self.started.wait().await
-    }
-
-    /// Completes at the deadline of the drain (never before it started).
-    pub async fn deadline(&self) {
-        self.started.wait().await;
-        if let Some(d) = self.deadline.get() {
-            shard::monoio::time::sleep_until(d.into()).await;
-        }
-    }
-}
-
-/// One listener's connections on one shard, across the contexts a config update gives it:
-/// how many are open (`connections_per_shard_max`), and the drain they follow.
-#[derive(Default)]
-pub struct Connections {
-    open: Cell<u32>,
-    /// Replaced by a fresh one when a drained shard resumes.
-    drain: RefCell<Rc<Drain>>,
-    /// Of the current drain: connections that ended, and those closed at its deadline.
-    drained: Cell<u64>,
-    closed_at_deadline: Cell<u64>,
-    /// Notified when the last open connection ends.
-    none_open: Notify,
-}
-
-impl Connections {
-    pub fn drain(&self) -> Rc<Drain> {
-        self.drain.borrow().clone()
-    }
-}
 
 /// The drain of a listener that a config update removed or replaced, as the control thread
 /// hands it to every shard: each shard adds what its connections did once they are all gone,
@@ -143,62 +102,6 @@ pub fn keeps_connections(old: &config::Listener, new: &config::Listener) -> bool
         && old.bind == new.bind
 }
 
-/// What every connection of one listener on one shard needs.
-pub struct ListenerCtx {
-    pub name: String,
-    pub protocol: Protocol,
-    /// The configured listening address (to refuse an original destination that loops back).
-    pub address: SocketAddr,
-    /// tcp: connect each connection to its original destination (a cluster of type
-    /// `original_destination`).
-    pub original_destination: bool,
-    /// tcp: the listener's cluster (refreshed by every config update).
-    pub cluster: std::cell::RefCell<Option<Rc<ShardCluster>>>,
-    pub buffer_bytes: usize,
-    pub idle_timeout: Duration,
-    pub connections_max: u32,
-    pub stats: ShardStats,
-    pub ids: ListenerStatIds,
-    /// Set for `dubbo` listeners.
-    pub dubbo: Option<Rc<DubboListener>>,
-    /// Set for `triple` listeners.
-    pub triple: Option<Rc<crate::triple::TripleListener>>,
-    /// This listener's connections on this shard (shared by its successive contexts).
-    pub conns: Rc<Connections>,
-    /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
-    /// original destination, exact addresses first (set after every config update).
-    pub virtuals: RefCell<Rc<[Virtual]>>,
-}
-
-/// A virtual listener (`bind: false`) as an `original_destination` listener sees it.
-pub struct Virtual {
-    pub address: SocketAddr,
-    pub listener: Rc<RefCell<Rc<ListenerCtx>>>,
-}
-
-/// The virtual listener a connection to `dst` belongs to: one with exactly that address, else
-/// one on that port with an unspecified IP (0.0.0.0 or [::]). `virtuals` lists exact ones
-/// first.
-pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
-    virtuals.iter().find(|v| {
-        v.address.port() == dst.port()
-            && (v.address.ip() == dst.ip() || v.address.ip().is_unspecified())
-    })
-}
-
-/// A listener's routes as one shard runs them: compiled router, the upstream pool of each
-/// cluster (indexed like the snapshot's clusters) and per-route stats. Immutable; a config
-/// update puts a new one in the listener's [`RoutesCell`].
-pub struct Routes<R, P> {
-    pub router: R,
-    pub pools: Vec<Rc<P>>,
-    /// Per route in config order, then the default route.
-    pub route_ids: Vec<RequestStatIds>,
-}
-
-/// The current routes of one listener on one shard, shared by all its connections.
-pub type RoutesCell<R, P> = Rc<RefCell<Rc<Routes<R, P>>>>;
-
 /// Copies this shard's poll-loop counters into its stats, every `POLL_STATS_PUBLISH`, for as
 /// long as the shard runs.
 async fn publish_poll_stats(poll: shard::PollStats, stats: ShardStats, ids: PollStatIds) {
@@ -224,7 +127,7 @@ struct ClusterEntry {
     lb: Rc<ShardCluster>,
     dubbo: Rc<ClusterPool>,
     /// Built once a triple listener exists.
-    triple: Option<Rc<crate::triple::Pool>>,
+    triple: Option<Rc<crate::filter::triple::Pool>>,
 }
 
 impl ClusterEntry {
@@ -345,7 +248,7 @@ impl ShardState {
             });
             if needs_triple && entry.triple.is_none() {
                 replaced = true;
-                entry.triple = Some(crate::triple::Pool::new(
+                entry.triple = Some(crate::filter::triple::Pool::new(
                     c,
                     entry.lb.clone(),
                     self.stats.clone(),
@@ -520,12 +423,12 @@ impl ShardState {
         &self,
         snap: &Snapshot,
         index: usize,
-    ) -> Rc<Routes<crate::triple::router::Router, crate::triple::Pool>> {
+    ) -> Rc<Routes<crate::filter::triple::router::Router, crate::filter::triple::Pool>> {
         let l = &snap.config.listeners[index];
-        let router = crate::triple::router::Router::new(l, &snap.config.clusters).unwrap_or_else(
+        let router = crate::filter::triple::router::Router::new(l, &snap.config.clusters).unwrap_or_else(
             |e| {
                 tracing::error!(listener = %l.name, error = %e, "routes did not compile on a shard");
-                crate::triple::router::Router::empty()
+                crate::filter::triple::router::Router::empty()
             },
         );
         Rc::new(Routes {
@@ -576,12 +479,14 @@ impl ShardState {
                 routes,
                 frame_bytes_max: d.frame_bytes_max,
                 pending_max: d.pending_requests_per_connection_max,
-                timers: crate::dubbo::downstream::Timers::from_config(l, &d),
+                timers: crate::filter::dubbo::downstream::Timers::from_config(l, &d),
                 output_bytes_max: d.output_bytes_max,
                 stats: stats.clone(),
                 ids: dubbo_ids,
                 services,
-                dice: crate::dubbo::router::Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
+                dice: crate::filter::dubbo::router::Dice::new(
+                    (id as u32 + 1).wrapping_mul(0x9e37_79b9),
+                ),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -594,14 +499,16 @@ impl ShardState {
                 }
                 None => (Rc::new(RefCell::new(routes)), Default::default()),
             };
-            Rc::new(crate::triple::TripleListener {
+            Rc::new(crate::filter::triple::TripleListener {
                 name: l.name.clone(),
                 routes,
-                limits: crate::triple::H2Limits::from_config(&t),
+                limits: crate::filter::triple::H2Limits::from_config(&t),
                 stats: stats.clone(),
                 ids,
                 services,
-                dice: crate::dubbo::router::Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
+                dice: crate::filter::dubbo::router::Dice::new(
+                    (id as u32 + 7).wrapping_mul(0x9e37_79b9),
+                ),
             })
         });
         Rc::new(ListenerCtx {
@@ -709,7 +616,7 @@ pub fn shard_main(
             id,
             shared: shared.clone(),
             stats,
-            snapshot: Arc::new(crate::server::Snapshot::empty()),
+            snapshot: Arc::new(Snapshot::empty()),
             clusters: HashMap::new(),
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
@@ -804,113 +711,4 @@ pub fn shard_main(
         }
         tracing::debug!(shard = id, "drained");
     })
-}
-
-/// A listening socket of one shard; `transparent`: IP_TRANSPARENT (TPROXY). Carries
-/// `runtime.socket_mark` when set.
-pub fn bind_reuseport(
-    addr: SocketAddr,
-    transparent: bool,
-) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    crate::intercept::prepare_listener(&socket, transparent)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-impl ListenerCtx {
-    /// Whether one more connection fits under `connections_per_shard_max` on this shard (one
-    /// over it is counted in `downstream_cx_overflow`; the caller closes it).
-    pub fn admit(&self) -> bool {
-        let fits = self.conns.open.get() < self.connections_max;
-        if !fits {
-            self.stats.inc(self.ids.cx_overflow);
-        }
-        fits
-    }
-}
-
-/// Serves one accepted (or, for a virtual listener, handed-off) connection, admitted by
-/// [`ListenerCtx::admit`], by the listener's protocol, and counts it: open, and whether it
-/// ended during a drain (`downstream_cx_drained`) and at the drain's deadline
-/// (`downstream_cx_drain_timeout`).
-pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>) {
-    let conns = l.conns.clone();
-    let drain = conns.drain();
-    l.stats.inc(l.ids.cx_total);
-    l.stats.inc(l.ids.cx_active);
-    conns.open.set(conns.open.get() + 1);
-    // Whether the drain's deadline cut the connection.
-    let cut = match l.protocol {
-        // Config validation keeps TCP listeners off the DPDK path.
-        Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
-            Ok(s) => tcp_proxy::serve(s, l.clone(), &drain).await,
-            Err(_) => {
-                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
-                false
-            }
-        },
-        Protocol::Dubbo => match l.dubbo.clone() {
-            Some(d) => downstream::serve(stream, d, &drain).await,
-            None => false,
-        },
-        Protocol::Triple => match l.triple.clone() {
-            Some(t) => crate::triple::conn::serve(stream, t, &drain).await,
-            None => false,
-        },
-    };
-    l.stats.dec(l.ids.cx_active);
-    if drain.is_started() {
-        l.stats.inc(l.ids.cx_drained);
-        conns.drained.set(conns.drained.get() + 1);
-        if cut {
-            l.stats.inc(l.ids.cx_drain_timeout);
-            conns
-                .closed_at_deadline
-                .set(conns.closed_at_deadline.get() + 1);
-        }
-    }
-    conns.open.set(conns.open.get() - 1);
-    if conns.open.get() == 0 {
-        conns.none_open.notify();
-    }
-}
-
-async fn accept_loop<A: crate::io::Accept>(
-    mut listener: A,
-    slot: Rc<RefCell<Rc<ListenerCtx>>>,
-    stop: Event,
-    connections: Rc<Cell<usize>>,
-) {
-    loop {
-        // The listener's context as of now (a config update may have replaced it).
-        let l = slot.borrow().clone();
-        let accepted = shard::monoio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait() => return,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(listener = %l.name, error = %e, "accept failed");
-                shard::monoio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
-                continue;
-            }
-        };
-        if !l.admit() {
-            drop(stream);
-            continue;
-        }
-        connections.set(connections.get() + 1);
-        let connections = connections.clone();
-        shard::monoio::spawn(async move {
-            serve_connection(stream, l).await;
-            connections.set(connections.get() - 1);
-        });
-    }
 }

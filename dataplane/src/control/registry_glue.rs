@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::server::Shared;
 use crate::config::{self, Config};
-use crate::server::Shared;
 use crate::stats::Kind;
 
 /// How long the drain waits for the registry to delete ringside's provider nodes.
@@ -330,7 +330,7 @@ fn publish(shared: Arc<Shared>, handle: std::sync::Weak<registry::Handle>) {
         gauge(&out, endpoints, last.endpoints, now.endpoints);
         gauge(&out, registered, last.registered, now.registered);
         last = now;
-        std::thread::sleep(crate::xds_glue::XDS_STATS_PUBLISH);
+        std::thread::sleep(super::xds_glue::XDS_STATS_PUBLISH);
     }
 }
 

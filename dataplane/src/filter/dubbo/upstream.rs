@@ -542,7 +542,7 @@ async fn run(conn: Rc<UpConn>) {
         return serve_upstream(conn, connected).await;
     }
     let connected = shard::monoio::select! {
-        c = shard::monoio::time::timeout(timeout, crate::intercept::connect(addr)) => c,
+        c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)) => c,
         why = keeper(&conn) => return conn.close(&why),
     };
     serve_upstream(conn, connected).await

@@ -18,8 +18,8 @@ use codec::dubbo::encode::{self, Arg, RequestBuilder};
 use codec::dubbo::{self as dubbo_wire, Decoded};
 use hdrhistogram::Histogram;
 
-use crate::config::Config;
-use crate::server::{ControlEvent, Overrides, Server};
+use dataplane::config::Config;
+use dataplane::control::server::{ControlEvent, Overrides, Server};
 
 /// Bytes per ping-pong message.
 const MESSAGE_BYTES: usize = 128;

@@ -1,7 +1,7 @@
 //! Traffic interception on the data path: the socket mark on ringside's own sockets
 //! (`runtime.socket_mark`), transparent listening sockets, and the original destination of an
-//! intercepted connection. The rules that steer traffic here are `ringside iptables`
-//! (`crate::iptables`); `docs/sidecar.md` describes both modes.
+//! intercepted connection. The rules that steer traffic here are the `ringside iptables`
+//! command's; `docs/sidecar.md` describes both modes.
 
 use std::io;
 use std::net::SocketAddr;

@@ -24,8 +24,8 @@ use shard::Notify;
 
 use super::router::RequestView;
 use super::{Call, H2Limits, Host, Pool, TripleListener};
-use crate::dubbo::downstream::RequestStatIds;
-use crate::listener::Drain;
+use crate::filter::dubbo::downstream::RequestStatIds;
+use crate::filter::Drain;
 
 /// Read buffer growth step.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -1387,7 +1387,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
 /// served.
 async fn drain_gracefully(conn: &Conn) {
     shard::monoio::time::sleep(Duration::from_millis(
-        crate::listener::DRAIN_ANNOUNCE_DELAY_MS,
+        crate::filter::DRAIN_ANNOUNCE_DELAY_MS,
     ))
     .await;
     conn.write(|o| {
@@ -1428,9 +1428,11 @@ async fn run_upstream(conn: Rc<Conn>) {
             shard::monoio::time::timeout(pool.connect_timeout, stack.connect(host.addr)).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
-    let connected =
-        shard::monoio::time::timeout(pool.connect_timeout, crate::intercept::connect(host.addr))
-            .await;
+    let connected = shard::monoio::time::timeout(
+        pool.connect_timeout,
+        crate::io::intercept::connect(host.addr),
+    )
+    .await;
     serve_upstream(conn, host, pool, connected).await
 }
 

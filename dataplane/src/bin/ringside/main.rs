@@ -6,9 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use dataplane::config::{self, Config};
-use dataplane::control;
-use dataplane::server::{ControlEvent, Overrides, Server};
+use dataplane::control::server::{ControlEvent, Overrides, Server};
+use dataplane::control::{handoff, registry_glue, xds_glue};
 use signal_hook::iterator::exfiltrator::WithOrigin;
+
+mod demo;
+mod iptables;
 
 #[derive(Parser)]
 #[command(
@@ -176,7 +179,7 @@ fn main() -> ExitCode {
             };
             run(cfg, &overrides, upgrade)
         }
-        Command::Demo { seconds } => dataplane::demo::run(seconds),
+        Command::Demo { seconds } => demo::run(seconds),
         Command::Iptables {
             mode,
             inbound_ports,
@@ -190,7 +193,7 @@ fn main() -> ExitCode {
             dry_run,
             clean,
         } => {
-            use dataplane::iptables as ipt;
+            use iptables as ipt;
             let parsed = (|| -> Result<ipt::Options, String> {
                 let exclude = match ipt::parse_ports(&exclude_inbound_ports, false)
                     .map_err(|e| format!("--exclude-inbound-ports: {e}"))?
@@ -228,12 +231,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
-    let control_path = control::path(&cfg);
+    let control_path = handoff::path(&cfg);
     // A fresh start refuses to run next to a live ringside with the same control socket; an
     // upgrade takes that ringside's listening sockets first.
     let upgrade_started = std::time::Instant::now();
     let (predecessor, inherited) = if upgrade {
-        match control::take_over(&control_path) {
+        match handoff::take_over(&control_path) {
             Ok((conn, inherited)) => (Some(conn), inherited),
             Err(e) => {
                 eprintln!("ringside: {e}");
@@ -243,7 +246,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     } else {
         (None, Default::default())
     };
-    let bind_control = || match control::listen(&control_path, upgrade) {
+    let bind_control = || match handoff::listen(&control_path, upgrade) {
         Ok(l) => Some(l),
         Err(e) => {
             eprintln!("ringside: {e}");
@@ -271,15 +274,15 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     // upgrade waits for its first snapshot (or the initial fetch timeout) before it tells the
     // predecessor it serves: the dynamic listeners' sockets it inherited accept only then.
     // The registry (ZooKeeper) is the second dynamic source; both go through one composer.
-    let composer = dataplane::registry_glue::Composer::new(server.shared.clone());
-    let _xds = match dataplane::xds_glue::start(&server.shared, &composer) {
+    let composer = registry_glue::Composer::new(server.shared.clone());
+    let _xds = match xds_glue::start(&server.shared, &composer) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ringside: cannot start the xDS client: {e}");
             return ExitCode::from(1);
         }
     };
-    let _registry = match dataplane::registry_glue::start(&server.shared, &composer) {
+    let _registry = match registry_glue::start(&server.shared, &composer) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ringside: cannot start the registry client: {e}");
@@ -287,7 +290,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         }
     };
     if predecessor.is_some() {
-        dataplane::xds_glue::wait_ready(&server.shared);
+        xds_glue::wait_ready(&server.shared);
     }
     if let Some(conn) = predecessor {
         if let Err(e) = hotswap::send(&conn, &hotswap::Message::Serving, &[]) {
@@ -298,13 +301,13 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
             "hot upgrade: serving on the predecessor's sockets"
         );
         let shared = server.shared.clone();
-        std::thread::spawn(move || control::await_predecessor(conn, shared));
+        std::thread::spawn(move || handoff::await_predecessor(conn, shared));
         control_listener = bind_control();
     }
     match control_listener {
         Some(l) => {
             let shared = server.shared.clone();
-            std::thread::spawn(move || control::serve(l, shared));
+            std::thread::spawn(move || handoff::serve(l, shared));
         }
         None => tracing::warn!("no control socket: this process cannot be hot-upgraded"),
     }
@@ -330,7 +333,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
             };
             let sender = origin.process.map_or_else(
                 || "unknown (not sent by a process)".to_string(),
-                |p| dataplane::control::describe_pid(p.pid),
+                |p| handoff::describe_pid(p.pid),
             );
             tracing::info!(signal = reason, %sender, "drain requested by a signal");
             let _ = control.try_send(ControlEvent::Drain { reason });

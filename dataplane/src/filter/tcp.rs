@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 
 use crate::cluster::Upstream;
 use crate::config::Protocol;
-use crate::listener::ListenerCtx;
+use crate::worker::listener::ListenerCtx;
 
 /// How long a connection whose original destination is a virtual listener's may take to send
 /// its first bytes before it is passed through as plain TCP (a server-first protocol).
@@ -28,7 +28,7 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Relays one connection; closes it at the deadline of a drain of its listener (ringside cannot
 /// see where one request of an opaque byte stream ends, so there is no earlier point at which
 /// closing is safe). Returns whether that deadline cut it.
-pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::listener::Drain) -> bool {
+pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::filter::Drain) -> bool {
     let _ = down.set_nodelay(true);
     let cluster = l.cluster.borrow().clone();
     let Some(cluster) = cluster.as_ref() else {
@@ -39,7 +39,7 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::listener:
         if !l.original_destination {
             return false;
         }
-        let dst = match crate::intercept::original_destination(&down, l.address) {
+        let dst = match crate::io::intercept::original_destination(&down, l.address) {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(listener = %l.name, error = %e, "no original destination; closing downstream");
@@ -49,7 +49,7 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::listener:
         // Virtual listeners (bind: false) take the connections to their address whose
         // protocol they speak; listeners without any pay one empty-slice check.
         let virtuals = l.virtuals.borrow().clone();
-        if let Some(v) = crate::listener::virtual_for(&virtuals, dst) {
+        if let Some(v) = crate::worker::listener::virtual_for(&virtuals, dst) {
             let detected = peek_protocol(&down).await;
             l.stats.inc(detected_id(&l, &detected));
             counted = true;
@@ -68,7 +68,7 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::listener:
                 }
                 // Boxed: serve_connection may come back here (a virtual tcp listener). One
                 // allocation per handed-off connection, none per request.
-                Box::pin(crate::listener::serve_connection(down, v)).await;
+                Box::pin(crate::worker::listener::serve_connection(down, v)).await;
                 return false;
             }
         }

@@ -323,8 +323,11 @@ impl ShardCluster {
         addr: SocketAddr,
         stats: &'a ShardStats,
     ) -> Result<Upstream<'a>, ConnectError> {
-        match shard::monoio::time::timeout(self.connect_timeout, crate::intercept::connect(addr))
-            .await
+        match shard::monoio::time::timeout(
+            self.connect_timeout,
+            crate::io::intercept::connect(addr),
+        )
+        .await
         {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -374,7 +377,7 @@ impl ShardCluster {
             let Slot { addr, ids: host } = self.slot(i);
             match shard::monoio::time::timeout(
                 self.connect_timeout,
-                crate::intercept::connect(addr),
+                crate::io::intercept::connect(addr),
             )
             .await
             {

@@ -1,0 +1,915 @@
+//! The process: builds the stats layout from the config, starts the shards and the admin
+//! listeners, and runs the control loop that turns signals and admin requests into a drain.
+//!
+//! Lifecycle: `Starting` → `Serving` (every shard bound its listeners and is accepting) →
+//! `Draining` (SIGTERM, SIGINT, `POST /drain` or `POST /quitquitquit`: shards stop accepting and
+//! wait up to `drain_timeout_ms` for their connections) → exit 0.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use shard::{ShardHandle, ShardInfo};
+
+use super::admin;
+use crate::config::{self, Config};
+use crate::snapshot::{Builder, PollStatIds, Snapshot};
+use crate::stats::{Kind, StatId, Stats};
+use crate::worker::{self, ShardMsg, SHARD_INBOX_MAX};
+
+/// Listening sockets handed over by a predecessor (hot upgrade), by listener name.
+#[derive(Default)]
+pub struct Inherited {
+    pub sockets: std::collections::HashMap<String, Vec<std::net::TcpListener>>,
+}
+
+impl Inherited {
+    fn take(&mut self, name: &str) -> Vec<std::net::TcpListener> {
+        self.sockets.remove(name).unwrap_or_default()
+    }
+}
+
+/// Every listening socket of the process: per listener, per shard, the sockets that shard
+/// accepts on (usually one; more when a predecessor ran more shards). The control thread keeps
+/// these descriptors (shards accept on duplicates) so that a hot upgrade can hand them over and
+/// a failed one can resume; they are closed only when the process stops listening.
+pub struct ListenSockets {
+    // Control plane only (start-up, config updates, drain, handoff); shards take this lock only
+    // when they start accepting on a listener, never per connection.
+    #[allow(clippy::disallowed_types)]
+    inner: std::sync::Mutex<Option<Vec<BoundListener>>>,
+    /// Admin listeners: (name, socket), `__admin` first.
+    pub admin: Vec<(String, std::net::TcpListener)>,
+}
+
+/// One listener's sockets: per shard, the sockets that shard accepts on.
+pub struct BoundListener {
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    /// IP_TRANSPARENT: a change rebinds the listener.
+    pub transparent: bool,
+    per_shard: Vec<Vec<std::net::TcpListener>>,
+}
+
+impl ListenSockets {
+    /// Duplicates of this shard's sockets of listener `name`.
+    pub fn for_shard(
+        &self,
+        shard: usize,
+        name: &str,
+    ) -> Result<Vec<std::net::TcpListener>, String> {
+        let guard = self
+            .inner
+            .lock()
+            .map_err(|_| "listen sockets poisoned".to_string())?;
+        let all = guard.as_ref().ok_or("listening sockets already closed")?;
+        let Some(b) = all.iter().find(|b| b.name == name) else {
+            return Err(format!("no listening socket for listener {name:?}"));
+        };
+        b.per_shard
+            .get(shard)
+            .map(|socks| socks.iter().map(|s| s.try_clone()).collect())
+            .unwrap_or(Ok(Vec::new()))
+            .map_err(|e| format!("cannot duplicate a listening socket: {e}"))
+    }
+
+    /// (listener name, socket) for every listening socket, for a successor.
+    pub fn for_handoff(&self) -> Vec<(String, std::net::TcpListener)> {
+        let mut out = Vec::new();
+        if let Ok(guard) = self.inner.lock() {
+            for b in guard.iter().flatten() {
+                for s in b.per_shard.iter().flatten() {
+                    if let Ok(d) = s.try_clone() {
+                        out.push((b.name.clone(), d));
+                    }
+                }
+            }
+        }
+        for (name, s) in &self.admin {
+            if let Ok(d) = s.try_clone() {
+                out.push((name.clone(), d));
+            }
+        }
+        out
+    }
+
+    /// Binds what `listeners` needs and is not bound yet (a new listener, or one whose address
+    /// changed), taking a predecessor's sockets first. Returns the bound listeners to install
+    /// with [`ListenSockets::install`] once the shards run the config.
+    fn bind_new(
+        &self,
+        listeners: &[config::Listener],
+        shards: usize,
+        inherited: &mut Inherited,
+    ) -> Result<Vec<BoundListener>, RunError> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let have = |l: &config::Listener| {
+            guard.iter().flatten().any(|b| {
+                b.name == l.name && b.address == l.address && b.transparent == l.transparent
+            })
+        };
+        let mut out = Vec::new();
+        // Virtual listeners (bind: false) have no socket.
+        for l in listeners.iter().filter(|l| l.bind && !have(l)) {
+            out.push(bind_listener(l, shards, inherited)?);
+        }
+        Ok(out)
+    }
+
+    /// Makes `bound` the sockets of their listeners and drops the sockets of listeners not in
+    /// `keep` (removed by a config update; shards stopped accepting on them).
+    fn install(&self, bound: Vec<BoundListener>, keep: &[config::Listener]) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(all) = guard.as_mut() else { return };
+        for b in bound {
+            all.retain(|x| x.name != b.name);
+            all.push(b);
+        }
+        all.retain(|b| keep.iter().any(|l| l.name == b.name && l.bind));
+    }
+
+    /// Closes our descriptors (plain drain: new connections are refused from now on).
+    pub fn close(&self) {
+        if let Ok(mut guard) = self.inner.lock() {
+            guard.take();
+        }
+    }
+}
+
+pub const ADMIN_SOCKET: &str = "__admin";
+pub const HEALTH_SOCKET: &str = "__health";
+pub const PROMETHEUS_SOCKET: &str = "__prometheus";
+
+/// Anyone → control thread.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// Drain and exit (SIGTERM, SIGINT, `POST /drain`, `POST /quitquitquit`).
+    Drain { reason: &'static str },
+    /// A successor serves on our listening sockets: drain, then hand it our final stats.
+    HandOff {
+        stream: std::os::unix::net::UnixStream,
+    },
+    /// The successor died while we drained: serve again.
+    Resume,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Starting = 0,
+    Serving = 1,
+    Draining = 2,
+}
+
+pub struct Lifecycle {
+    state: AtomicU8,
+    pub shards_serving: AtomicUsize,
+    /// Shards done draining for a hot upgrade, lingering until `Finish`.
+    pub shards_drained: AtomicUsize,
+    pub started: Instant,
+}
+
+impl Lifecycle {
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Starting,
+            1 => State::Serving,
+            _ => State::Draining,
+        }
+    }
+    pub fn set(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+/// State shared by the shards, the admin threads and the control thread.
+pub struct Shared {
+    /// The process settings the config file gave (admin, runtime, drain timeout, stats, xds);
+    /// its `listeners` and `clusters` are empty: those live in `snapshot`, which may change.
+    pub config: Config,
+    pub stats: Arc<Stats>,
+    /// Per shard: what its loop did with its time (see `PollStatIds`).
+    pub poll_ids: Vec<PollStatIds>,
+    /// The config the shards run now. Control plane only (admin, config updates); shards get
+    /// their copy through their inbox.
+    #[allow(clippy::disallowed_types)]
+    snapshot: std::sync::Mutex<Arc<Snapshot>>,
+    #[allow(clippy::disallowed_types)]
+    updates: std::sync::Mutex<Updates>,
+    /// The xDS versions of the last accepted update (it may have changed nothing).
+    #[allow(clippy::disallowed_types)]
+    xds_versions: std::sync::Mutex<Option<std::collections::BTreeMap<String, String>>>,
+    pub update_ids: UpdateStatIds,
+    /// The xDS client, when the config has an `xds` section (for `/server_info`).
+    pub xds: OnceLock<Arc<xds::Handle>>,
+    /// False while the first dynamic config (xDS) is awaited: `/ready` answers 503.
+    pub dynamic_ready: std::sync::atomic::AtomicBool,
+    /// The registry client, when the config has a `registry` section.
+    pub registry: OnceLock<Arc<registry::Handle>>,
+    /// False while the first read of every registry interface is awaited: `/ready` answers 503.
+    pub registry_ready: std::sync::atomic::AtomicBool,
+    pub lifecycle: Lifecycle,
+    pub shard_infos: OnceLock<Vec<ShardInfo>>,
+    pub shard_count: usize,
+    pub control: mpsc::SyncSender<ControlEvent>,
+    pub sockets: ListenSockets,
+    /// Set once a successor took over the admin sockets: our admin threads stop accepting.
+    pub admin_stop: std::sync::atomic::AtomicBool,
+    /// Set when every shard finished draining.
+    pub drained: std::sync::atomic::AtomicBool,
+}
+
+/// What config updates need between two of them: the snapshot builder, the shards' inboxes and
+/// the sockets a predecessor handed over for listeners that only a dynamic config names yet.
+struct Updates {
+    builder: Builder,
+    inboxes: Vec<shard::Sender<ShardMsg>>,
+    inherited: Inherited,
+    /// When the running snapshot is endpoints-only: the one before it (its base), which no
+    /// shard runs any more. The next endpoints-only snapshot is built in it (brought up to date
+    /// by the running one's few changes) instead of in a copy of the whole config.
+    spare: Option<Arc<Snapshot>>,
+}
+
+/// Stats of config updates.
+#[derive(Clone, Copy, Debug)]
+pub struct UpdateStatIds {
+    pub applied: StatId,
+    pub rejected: StatId,
+    /// Of `applied`: snapshots that changed only some clusters' endpoints (the incremental
+    /// path, see [`Shared::apply_endpoints`]).
+    pub endpoints_only: StatId,
+    /// Time from a config's arrival until every shard runs it.
+    pub apply_time: crate::stats::HistId,
+}
+
+/// How long an update waits for every shard to take it before it is reported as failed.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Shared {
+    /// Ready: started, every shard accepting, not draining, and the first dynamic config (if
+    /// any is configured) applied or given up on.
+    pub fn ready(&self) -> bool {
+        self.lifecycle.state() == State::Serving
+            && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
+            && self.dynamic_ready.load(Ordering::Acquire)
+            && self.registry_ready.load(Ordering::Acquire)
+    }
+
+    /// The xDS versions of the last accepted update.
+    pub fn xds_versions(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        self.xds_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The config the shards run now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Validates `config`, binds its new listeners, and hands it to every shard; returns once
+    /// every shard runs it (the new snapshot's version), or why it was refused. The caller
+    /// (xDS) NACKs on an error; the running config is then unchanged.
+    pub fn apply(
+        &self,
+        config: Config,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        self.record(|| self.apply_inner(config, xds_versions))
+    }
+
+    /// Only the endpoints of `changed` (clusters the running snapshot has) are new: the next
+    /// snapshot shares everything else with the running one, and the shards update just those
+    /// clusters' endpoint tables (their pools and connections to endpoints that stay are
+    /// kept). Returns like [`Shared::apply`].
+    pub fn apply_endpoints(
+        &self,
+        changed: &[xds::ClusterEndpoints],
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        self.record(|| self.apply_endpoints_inner(changed, xds_versions))
+    }
+
+    /// Counts an update's outcome and its time.
+    fn record(&self, apply: impl FnOnce() -> Result<u64, String>) -> Result<u64, String> {
+        let started = Instant::now();
+        let result = apply();
+        let shard0 = self.stats.shard(0);
+        match &result {
+            Ok(_) => {
+                shard0.inc(self.update_ids.applied);
+                shard0.record_us(
+                    self.update_ids.apply_time,
+                    started.elapsed().as_micros() as u64,
+                );
+            }
+            Err(e) => {
+                shard0.inc(self.update_ids.rejected);
+                tracing::warn!(error = %e, "config update refused");
+            }
+        }
+        result
+    }
+
+    fn apply_endpoints_inner(
+        &self,
+        changed: &[xds::ClusterEndpoints],
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let mut clusters: Vec<(usize, config::Cluster)> = Vec::with_capacity(changed.len());
+        for c in changed {
+            let i = u
+                .builder
+                .cluster_index(&c.cluster)
+                .filter(|&i| {
+                    current
+                        .config
+                        .clusters
+                        .get(i)
+                        .is_some_and(|x| x.name == c.cluster)
+                })
+                .ok_or_else(|| format!("endpoints for unknown cluster {:?}", c.cluster))?;
+            let old = &current.config.clusters[i];
+            if old.endpoints == c.endpoints && old.endpoint_metadata == c.metadata {
+                continue;
+            }
+            let mut next = old.clone();
+            next.endpoints = c.endpoints.clone();
+            next.endpoint_metadata = c.metadata.clone();
+            // The cluster alone is what changed: validate it alone.
+            let one = Config {
+                clusters: vec![next],
+                ..Config::default()
+            };
+            let problems = one.validate_as(config::Source::Dynamic);
+            if !problems.is_empty() {
+                return Err(problems
+                    .iter()
+                    .map(|(f, m)| {
+                        format!(
+                            "cluster {:?}: {}: {m}",
+                            c.cluster,
+                            f.replace("clusters[0].", "")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "));
+            }
+            // A cluster named twice in one change: the last one wins.
+            clusters.retain(|(j, _)| *j != i);
+            clusters.extend(one.clusters.into_iter().map(|next| (i, next)));
+        }
+        if clusters.is_empty() {
+            *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) = xds_versions;
+            return Ok(current.version);
+        }
+        self.ready_for_update(&u)?;
+        // Nobody else holds the spare unless an admin request is reading it right now.
+        let spare = u.spare.take().and_then(|s| Arc::try_unwrap(s).ok());
+        let snapshot =
+            u.builder
+                .build_endpoints(&current, spare, clusters, &self.stats, xds_versions);
+        let version = self.publish(&mut u, Arc::new(snapshot), Arc::new([]))?;
+        self.stats.shard(0).inc(self.update_ids.endpoints_only);
+        Ok(version)
+    }
+
+    /// Refuses updates before the shards run and while draining.
+    fn ready_for_update(&self, u: &Updates) -> Result<(), String> {
+        if u.inboxes.len() != self.shard_count {
+            return Err("the shards are not running yet".into());
+        }
+        if self.lifecycle.state() == State::Draining {
+            return Err("draining: config updates are no longer applied".into());
+        }
+        Ok(())
+    }
+
+    fn apply_inner(
+        &self,
+        config: Config,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<u64, String> {
+        let started = Instant::now();
+        let problems = config.validate_as(config::Source::Dynamic);
+        if !problems.is_empty() {
+            return Err(problems
+                .iter()
+                .map(|(f, m)| format!("{f}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        // Routes compile here first, so that a shard never meets a route it cannot build.
+        for l in &config.listeners {
+            let bad = |e: String| format!("listener {:?}: routes: {e}", l.name);
+            match l.protocol {
+                config::Protocol::Dubbo => {
+                    crate::filter::dubbo::router::Router::new(l, &config.clusters).map_err(bad)?;
+                }
+                config::Protocol::Triple => {
+                    crate::filter::triple::router::Router::new(l, &config.clusters).map_err(bad)?;
+                }
+                config::Protocol::Tcp => {}
+            }
+        }
+        let checked = started.elapsed();
+        let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        if current.config == config {
+            // Same content under new versions (a state-of-the-world push of one type): the
+            // shards have nothing to do.
+            *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) = xds_versions;
+            return Ok(current.version);
+        }
+        self.ready_for_update(&u)?;
+        let bound = self
+            .sockets
+            .bind_new(&config.listeners, self.shard_count, &mut u.inherited)
+            .map_err(|e| e.to_string())?;
+        let keep = config.listeners.clone();
+        let clusters = config.clusters.len();
+        let building = Instant::now();
+        let drains = self.listener_drains(&current.config.listeners, &keep);
+        let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
+        let built = building.elapsed();
+        self.sockets.install(bound, &keep);
+        let result = self.publish(&mut u, snapshot, drains);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            clusters,
+            check_ms = ms(checked),
+            build_ms = ms(built),
+            shards_ms = ms(building.elapsed() - built),
+            "config update applied"
+        );
+        result
+    }
+
+    /// The listeners of `old` that `new` removes or replaces (same name, another address,
+    /// protocol, `transparent` or `bind`): their connections drain, up to `drain_timeout_ms`.
+    fn listener_drains(
+        &self,
+        old: &[config::Listener],
+        new: &[config::Listener],
+    ) -> Arc<[Arc<worker::DrainReport>]> {
+        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        old.iter()
+            .filter_map(|o| {
+                let replaced = match new.iter().find(|n| n.name == o.name) {
+                    Some(n) if worker::keeps_connections(o, n) => return None,
+                    Some(_) => true,
+                    None => false,
+                };
+                tracing::info!(
+                    listener = %o.name,
+                    replaced,
+                    drain_timeout_ms = timeout.as_millis() as u64,
+                    "listener removed by a config update: draining its connections"
+                );
+                Some(worker::DrainReport::new(&o.name, self.shard_count, timeout))
+            })
+            .collect()
+    }
+
+    /// Hands `snapshot` to every shard and waits until each runs it; then it is the current
+    /// one.
+    fn publish(
+        &self,
+        u: &mut Updates,
+        snapshot: Arc<Snapshot>,
+        drains: Arc<[Arc<worker::DrainReport>]>,
+    ) -> Result<u64, String> {
+        let version = snapshot.version;
+        let done = Arc::new(AtomicUsize::new(0));
+        for inbox in &u.inboxes {
+            let mut msg = ShardMsg::Apply {
+                snapshot: snapshot.clone(),
+                done: done.clone(),
+                drains: drains.clone(),
+            };
+            let deadline = Instant::now() + APPLY_TIMEOUT;
+            loop {
+                match inbox.try_send(msg) {
+                    Ok(()) => break,
+                    Err(shard::SendError::Full { message, .. }) if Instant::now() < deadline => {
+                        msg = message;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(format!("a shard did not take the update: {e}")),
+                }
+            }
+        }
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        while done.load(Ordering::Acquire) < u.inboxes.len() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {} of {} shards applied the update within {APPLY_TIMEOUT:?}",
+                    done.load(Ordering::Acquire),
+                    u.inboxes.len()
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // `/config_dump` shows what every shard runs.
+        *self.xds_versions.lock().unwrap_or_else(|p| p.into_inner()) =
+            snapshot.xds_versions.clone();
+        let endpoints_only = snapshot.endpoints_only.is_some();
+        let old = std::mem::replace(
+            &mut *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()),
+            snapshot,
+        );
+        u.spare = endpoints_only.then_some(old);
+        Ok(version)
+    }
+}
+
+/// Command-line overrides of the config's runtime section.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub shards: Option<usize>,
+    pub io: Option<config::IoMode>,
+    pub poll_mode: Option<config::PollMode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] shard::StartError),
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {listener:?}: cannot listen on {addr}: {source}")]
+    Listen {
+        listener: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub struct Server {
+    pub shared: Arc<Shared>,
+    shards: Vec<ShardHandle<ShardMsg>>,
+    control_rx: mpsc::Receiver<ControlEvent>,
+    /// Actual admin address (differs from the config when it asked for port 0).
+    pub admin_address: std::net::SocketAddr,
+}
+
+fn poll_stat_ids(st: &Stats) -> Vec<PollStatIds> {
+    use Kind::Counter;
+    (0..st.shard_count())
+        .map(|i| {
+            let shard = i.to_string();
+            let t = [("shard", shard.as_str())];
+            PollStatIds {
+                idle_spin_us: st.add("shard", "poll_idle_spin_us", &t, Counter),
+                loop_us: st.add("shard", "poll_loop_us", &t, Counter),
+                sleeps: st.add("shard", "poll_sleeps", &t, Counter),
+            }
+        })
+        .collect()
+}
+
+/// Binds (or takes over from `inherited`) every listening socket: admin first, then each
+/// listener once per shard (SO_REUSEPORT). Inherited sockets are spread over the shards; a
+/// shard left without one binds its own.
+fn bind_all(
+    config: &Config,
+    shards: usize,
+    inherited: &mut Inherited,
+) -> Result<ListenSockets, RunError> {
+    let a = &config.admin;
+    let mut admin = Vec::new();
+    for (name, addr) in [
+        (ADMIN_SOCKET, Some(a.address)),
+        (HEALTH_SOCKET, a.health_address),
+        (PROMETHEUS_SOCKET, a.prometheus_address),
+    ] {
+        let Some(addr) = addr else { continue };
+        let sock = match inherited.take(name).into_iter().next() {
+            Some(s) => s,
+            None => bind_admin(addr).map_err(|source| RunError::Admin { addr, source })?,
+        };
+        admin.push((name.to_string(), sock));
+    }
+    let mut all = Vec::with_capacity(config.listeners.len());
+    for l in config.listeners.iter().filter(|l| l.bind) {
+        all.push(bind_listener(l, shards, inherited)?);
+    }
+    #[allow(clippy::disallowed_types)]
+    let inner = std::sync::Mutex::new(Some(all));
+    Ok(ListenSockets { inner, admin })
+}
+
+/// An admin socket (blocking, served by its own thread), marked with `runtime.socket_mark` so
+/// that its SYN-ACKs pass interception rules (health probes come from outside the pod).
+fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    crate::io::intercept::prepare_listener(&socket, false)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// One listener's sockets: a predecessor's (spread over the shards) when it handed some over,
+/// else one SO_REUSEPORT socket per shard.
+fn bind_listener(
+    l: &config::Listener,
+    shards: usize,
+    inherited: &mut Inherited,
+) -> Result<BoundListener, RunError> {
+    let listen_err = |source| RunError::Listen {
+        listener: l.name.clone(),
+        addr: l.address,
+        source,
+    };
+    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    #[cfg(feature = "dpdk")]
+    if crate::dpdk::owns_listener(l.address) {
+        // On the DPDK port's address: no kernel socket; the shards' stacks listen.
+        return Ok(BoundListener {
+            name: l.name.clone(),
+            address: l.address,
+            transparent: l.transparent,
+            per_shard,
+        });
+    }
+    let taken = inherited.take(&l.name);
+    if !taken.is_empty() {
+        tracing::info!(listener = %l.name, sockets = taken.len(), "listening on the predecessor's sockets");
+    }
+    for (j, sock) in taken.into_iter().enumerate() {
+        let bound = sock.local_addr().map_err(listen_err)?;
+        if bound.port() != l.address.port() {
+            return Err(RunError::Invalid(format!(
+                "listener {:?}: the predecessor's socket is bound to {bound}, the config says {}",
+                l.name, l.address
+            )));
+        }
+        sock.set_nonblocking(true).map_err(listen_err)?;
+        per_shard[j % shards].push(sock);
+    }
+    for socks in per_shard.iter_mut().filter(|s| s.is_empty()) {
+        socks.push(crate::io::bind_reuseport(l.address, l.transparent).map_err(listen_err)?);
+    }
+    Ok(BoundListener {
+        name: l.name.clone(),
+        address: l.address,
+        transparent: l.transparent,
+        per_shard,
+    })
+}
+
+impl Server {
+    /// Starts shards and admin; returns once every shard is serving. `inherited` holds the
+    /// listening sockets a predecessor handed over (empty for a fresh start).
+    pub fn start(
+        config: Config,
+        overrides: &Overrides,
+        mut inherited: Inherited,
+    ) -> Result<Server, RunError> {
+        let shard_count = overrides
+            .shards
+            .or(config.runtime.shards)
+            .unwrap_or_else(|| shard::affinity_cores().len().max(1));
+        if shard_count == 0 || shard_count > config::SHARDS_MAX {
+            return Err(RunError::Invalid(format!(
+                "--shards {shard_count} is out of range 1..={}",
+                config::SHARDS_MAX
+            )));
+        }
+        // The DPDK path starts EAL and its port before any listener binds (docs/dpdk.md).
+        #[cfg(feature = "dpdk")]
+        if let Some(d) = &config.dpdk {
+            crate::dpdk::start(d, shard_count).map_err(RunError::Invalid)?;
+        }
+        #[cfg(not(feature = "dpdk"))]
+        if config.dpdk.is_some() {
+            return Err(RunError::Invalid(
+                "the config has a `dpdk:` section but this ringside was built without DPDK \
+                 support (cargo build --release --features dpdk; docs/dpdk.md)"
+                    .into(),
+            ));
+        }
+        let io = match overrides.io.unwrap_or(config.runtime.io) {
+            config::IoMode::Auto => shard::IoMode::Auto,
+            config::IoMode::Uring => shard::IoMode::Uring,
+            config::IoMode::Epoll => shard::IoMode::Epoll,
+        };
+        let poll = match overrides.poll_mode.unwrap_or(config.runtime.poll_mode) {
+            config::PollMode::Sleep => shard::PollMode::Sleep,
+            config::PollMode::Spin => shard::PollMode::Spin,
+            config::PollMode::Hybrid => shard::PollMode::Hybrid,
+        };
+        let spin_budget = Duration::from_micros(config.runtime.spin_budget_us);
+        crate::io::intercept::set_socket_mark(config.runtime.socket_mark);
+        let stats = Arc::new(
+            Stats::new(shard_count, &config.stats)
+                .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
+        );
+        let poll_ids = poll_stat_ids(&stats);
+        let update_ids = UpdateStatIds {
+            applied: stats.add("config", "update_applied", &[], Kind::Counter),
+            rejected: stats.add("config", "update_rejected", &[], Kind::Counter),
+            endpoints_only: stats.add("config", "update_endpoints_only", &[], Kind::Counter),
+            apply_time: stats.add_histogram("config", "update_apply_time_us", &[]),
+        };
+        let mut builder = Builder::default();
+        let snapshot = Arc::new(builder.build(config.clone(), &stats, None));
+        stats.prefault();
+        let sockets = bind_all(&config, shard_count, &mut inherited)?;
+        if config.xds.is_none() {
+            for name in inherited.sockets.keys() {
+                tracing::warn!(listener = %name, "inherited sockets for a listener the config no longer has; closing them");
+            }
+            inherited.sockets.clear();
+        }
+        let (control, control_rx) = mpsc::sync_channel(16);
+        let pin = config.runtime.pin;
+        let dynamic = config.xds.is_some();
+        let registry_discovery = config
+            .clusters
+            .iter()
+            .any(|c| c.kind == config::ClusterType::Zookeeper);
+        let mut config = config;
+        config.listeners = Vec::new();
+        config.clusters = Vec::new();
+        // The two locks are the control plane's (admin, config updates), never a shard's.
+        #[allow(clippy::disallowed_types)]
+        let shared = Arc::new(Shared {
+            config,
+            stats,
+            poll_ids,
+            snapshot: std::sync::Mutex::new(snapshot),
+            updates: std::sync::Mutex::new(Updates {
+                builder,
+                inboxes: Vec::new(),
+                inherited,
+                spare: None,
+            }),
+            update_ids,
+            xds_versions: Default::default(),
+            xds: OnceLock::new(),
+            dynamic_ready: std::sync::atomic::AtomicBool::new(!dynamic),
+            registry: OnceLock::new(),
+            registry_ready: std::sync::atomic::AtomicBool::new(!registry_discovery),
+            lifecycle: Lifecycle {
+                state: AtomicU8::new(State::Starting as u8),
+                shards_serving: AtomicUsize::new(0),
+                shards_drained: AtomicUsize::new(0),
+                started: Instant::now(),
+            },
+            shard_infos: OnceLock::new(),
+            shard_count,
+            control,
+            sockets,
+            admin_stop: std::sync::atomic::AtomicBool::new(false),
+            drained: std::sync::atomic::AtomicBool::new(false),
+        });
+
+        // Admin first: it answers 503 on /ready while the shards come up.
+        let admin_address = admin::start(shared.clone())
+            .map_err(|(addr, source)| RunError::Admin { addr, source })?;
+
+        let spec = shard::Spec {
+            shards: shard_count,
+            io,
+            pin,
+            uring_entries: shard::URING_ENTRIES_DEFAULT,
+            inbox_capacity: SHARD_INBOX_MAX,
+            poll,
+            spin_budget,
+        };
+        let shared2 = shared.clone();
+        let shards = shard::start(&spec, move |ctx, inbox| {
+            worker::shard_main(ctx, shared2.clone(), inbox)
+        })?;
+        let infos: Vec<ShardInfo> = shards.iter().map(|h| h.info.clone()).collect();
+        for i in &infos {
+            tracing::info!(
+                shard = i.id,
+                core = ?i.core,
+                backend = i.backend.as_str(),
+                poll_mode = i.poll.as_str(),
+                fallback = i.fallback_reason.as_deref().unwrap_or(""),
+                "shard up"
+            );
+        }
+        let _ = shared.shard_infos.set(infos);
+        shared
+            .updates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inboxes = shards.iter().map(|h| h.inbox.clone()).collect();
+        // Wait until every shard's accept loops run.
+        while shared.lifecycle.shards_serving.load(Ordering::Acquire) < shard_count {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Parsing a large config leaves freed heap behind; give it back before serving.
+        shard::trim_heap();
+        shared.lifecycle.set(State::Serving);
+        tracing::info!(shards = shard_count, admin = %admin_address, "ringside serving");
+        Ok(Server {
+            shared,
+            shards,
+            control_rx,
+            admin_address,
+        })
+    }
+
+    /// A handle other threads (signal handler, tests, the demo) use to ask for a drain.
+    pub fn control(&self) -> mpsc::SyncSender<ControlEvent> {
+        self.shared.control.clone()
+    }
+
+    /// Blocks until a drain is requested, drains, and returns when every shard has finished.
+    /// For a hot upgrade the listening sockets stay open (the successor accepts on them) and,
+    /// if the successor dies before we are done, we resume serving.
+    pub fn run_until_drained(self) {
+        let shared = self.shared.clone();
+        'serve: loop {
+            let (reason, successor) = match self.control_rx.recv() {
+                Ok(ControlEvent::Drain { reason }) => (reason, None),
+                Ok(ControlEvent::HandOff { stream }) => ("hot upgrade", Some(stream)),
+                Ok(ControlEvent::Resume) => continue,
+                Err(_) => ("control channel closed", None),
+            };
+            let timeout = Duration::from_millis(shared.config.drain_timeout_ms);
+            tracing::info!(
+                reason,
+                drain_timeout_ms = timeout.as_millis() as u64,
+                "draining"
+            );
+            shared.lifecycle.set(State::Draining);
+            // Graceful offline: consumers that find us through the registry stop choosing us
+            // before we stop accepting.
+            super::registry_glue::deregister(&shared);
+            let linger = successor.is_some();
+            for h in &self.shards {
+                if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout, linger }) {
+                    tracing::warn!(error = %e, "could not tell a shard to drain");
+                }
+            }
+            match &successor {
+                Some(stream) => {
+                    // The successor answers on the admin sockets now.
+                    shared.admin_stop.store(true, Ordering::Release);
+                    super::handoff::watch_successor(stream, &shared);
+                }
+                // No successor: refuse new connections from now on.
+                None => shared.sockets.close(),
+            }
+            let mut finish_sent = false;
+            loop {
+                if linger
+                    && !finish_sent
+                    && shared.lifecycle.shards_drained.load(Ordering::Acquire) == shared.shard_count
+                {
+                    for h in &self.shards {
+                        let _ = h.inbox.try_send(ShardMsg::Finish);
+                    }
+                    finish_sent = true;
+                }
+                if self.shards.iter().all(|h| h.thread.is_finished()) {
+                    shared.drained.store(true, Ordering::Release);
+                    if let Some(stream) = &successor {
+                        super::handoff::farewell(stream, &shared);
+                    }
+                    break 'serve;
+                }
+                match self.control_rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(ControlEvent::Resume) if successor.is_some() => {
+                        tracing::warn!("hot upgrade: successor died while we drained; resuming");
+                        for h in &self.shards {
+                            let _ = h.inbox.try_send(ShardMsg::Resume);
+                        }
+                        shared.admin_stop.store(false, Ordering::Release);
+                        if let Err((addr, e)) = admin::start(shared.clone()) {
+                            tracing::error!(%addr, error = %e, "cannot restart admin");
+                        }
+                        shared.lifecycle.set(State::Serving);
+                        continue 'serve;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for h in self.shards {
+            let _ = h.thread.join();
+        }
+        tracing::info!("drained; exiting");
+    }
+}

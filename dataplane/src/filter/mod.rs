@@ -1,0 +1,72 @@
+//! Filters: one room per protocol (`dubbo`, `triple`, `tcp`), each owning its connection
+//! handling, router and stats; here, what they all share: the drain signal their connections
+//! watch and the per-shard routes cell of a listener. Filters never import each other, the
+//! shard's state (`worker`) or control.
+
+pub mod dubbo;
+pub mod tcp;
+pub mod triple;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use shard::Event;
+
+use dubbo::downstream::RequestStatIds;
+
+/// Draining: connections tell their callers to go elsewhere (Dubbo readonly, HTTP/2 GOAWAY)
+/// this long after the accept loops stopped. Callers reconnect at once when told; an io_uring
+/// accept being cancelled at that very moment can complete with a connection nobody serves, so
+/// the reconnects must find only the successor accepting.
+pub const DRAIN_ANNOUNCE_DELAY_MS: u64 = 20;
+
+/// One drain of one listener's connections on one shard: when they are told to leave, and when
+/// those still open are closed anyway. Started for every listener when the process drains
+/// (SIGTERM, `/drain`, hot upgrade), and for one listener when a config update removes it or
+/// replaces it by one with another address, protocol, `transparent` or `bind`.
+#[derive(Default)]
+pub struct Drain {
+    started: Event,
+    deadline: Cell<Option<Instant>>,
+}
+
+impl Drain {
+    /// Tells the connections to leave; those still open after `timeout` are closed.
+    pub fn start(&self, timeout: Duration) {
+        if !self.started.is_set() {
+            self.deadline.set(Some(Instant::now() + timeout));
+            self.started.set();
+        }
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.is_set()
+    }
+
+    /// Completes once the drain has started.
+    pub async fn started(&self) {
+        self.started.wait().await
+    }
+
+    /// Completes at the deadline of the drain (never before it started).
+    pub async fn deadline(&self) {
+        self.started.wait().await;
+        if let Some(d) = self.deadline.get() {
+            shard::monoio::time::sleep_until(d.into()).await;
+        }
+    }
+}
+
+/// A listener's routes as one shard runs them: compiled router, the upstream pool of each
+/// cluster (indexed like the snapshot's clusters) and per-route stats. Immutable; a config
+/// update puts a new one in the listener's [`RoutesCell`].
+pub struct Routes<R, P> {
+    pub router: R,
+    pub pools: Vec<Rc<P>>,
+    /// Per route in config order, then the default route.
+    pub route_ids: Vec<RequestStatIds>,
+}
+
+/// The current routes of one listener on one shard, shared by all its connections.
+pub type RoutesCell<R, P> = Rc<RefCell<Rc<Routes<R, P>>>>;

@@ -1,0 +1,828 @@
+//! Config → `Snapshot`: one immutable config as the shards run it, with every stat id it names
+//! registered once, and each cluster's endpoint table (slots that keep their index across
+//! updates). Built on the control thread by `Builder`, read by the shards.
+
+use std::sync::Arc;
+
+use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot};
+use crate::config::{self, Config};
+use crate::filter::dubbo::downstream::{DubboStatIds, RequestStatIds};
+use crate::filter::dubbo::upstream::UpstreamStatIds;
+use crate::stats::{Kind, StatId, Stats};
+
+/// Stat ids of one listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerStatIds {
+    pub cx_total: StatId,
+    pub cx_active: StatId,
+    pub cx_overflow: StatId,
+    pub cx_idle_timeout: StatId,
+    pub bytes_rx: StatId,
+    pub bytes_tx: StatId,
+    /// `original_destination` listeners: connections whose first bytes are Dubbo (magic
+    /// 0xdabb), the HTTP/2 preface (Triple, gRPC), or anything else. [`crate::stats::SINK`]
+    /// on other listeners.
+    pub detected_dubbo: StatId,
+    pub detected_http2: StatId,
+    pub detected_other: StatId,
+    /// Listeners with `virtual_listeners`: connections handed to one of them.
+    pub cx_handed_off: StatId,
+    /// Connections that ended while their listener drained (removed or replaced by a config
+    /// update, or the process draining), and of those the ones closed at the drain timeout.
+    pub cx_drained: StatId,
+    pub cx_drain_timeout: StatId,
+}
+
+/// One shard's poll-loop counters, copied from the shard's `PollStats` by the shard itself
+/// every `POLL_STATS_PUBLISH`: each shard writes only its own, tagged `shard=N`.
+#[derive(Clone, Copy, Debug)]
+pub struct PollStatIds {
+    /// µs the loop spent in polls that found nothing (spin and hybrid modes).
+    pub idle_spin_us: StatId,
+    /// µs of loop wall time: `idle_spin_us / loop_us` is the idle-spinning fraction.
+    pub loop_us: StatId,
+    /// Times the loop blocked in the kernel (every wait in sleep mode, none in spin mode).
+    pub sleeps: StatId,
+}
+
+/// One immutable config as the shards run it: the config, every stat id it needs, and each
+/// cluster's endpoint table. Built on the control thread; shards swap it in between requests.
+pub struct Snapshot {
+    /// Counts applied configs: 1 for the one the process started with.
+    pub version: u64,
+    pub config: Config,
+    /// The xDS resource versions it was built from (type → version), when xDS built it.
+    pub xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    pub listener_ids: Vec<ListenerStatIds>,
+    /// For `dubbo` listeners, by listener index.
+    pub dubbo_ids: Vec<Option<DubboStatIds>>,
+    /// For `dubbo` and `triple` listeners: per route, then the default route.
+    pub route_ids: Vec<Vec<RequestStatIds>>,
+    /// Per cluster (shared with the next snapshot when only endpoints change).
+    pub cluster_ids: Arc<[ClusterStatIds]>,
+    pub upstream_ids: Arc<[UpstreamStatIds]>,
+    /// For `triple` listeners, by listener index.
+    pub triple_ids: Vec<Option<crate::filter::triple::TripleStatIds>>,
+    /// Each cluster's endpoints, shared by the shards.
+    pub endpoints: Vec<Arc<Endpoints>>,
+    /// Set when this snapshot differs from the one before it (`base`) only in the endpoints
+    /// of these clusters (indices): a shard that runs `base` updates just those.
+    pub endpoints_only: Option<EndpointsOnly>,
+}
+
+/// What an endpoints-only snapshot changed (see [`Snapshot::endpoints_only`]).
+#[derive(Clone, Debug)]
+pub struct EndpointsOnly {
+    pub base: u64,
+    pub clusters: Vec<usize>,
+}
+
+impl Snapshot {
+    /// No listeners, no clusters (what a shard runs before its first snapshot).
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: 0,
+            config: Config::default(),
+            xds_versions: None,
+            listener_ids: Vec::new(),
+            dubbo_ids: Vec::new(),
+            route_ids: Vec::new(),
+            cluster_ids: Arc::new([]),
+            upstream_ids: Arc::new([]),
+            triple_ids: Vec::new(),
+            endpoints: Vec::new(),
+            endpoints_only: None,
+        }
+    }
+}
+
+/// Endpoint tables with slot indices that stay stable across updates fall behind this many
+/// slots beyond twice the live endpoints, then are renumbered (the shards replace that
+/// cluster's pools; its connections close once idle).
+pub const ENDPOINT_SLOTS_SLACK: usize = 64;
+
+/// What the control thread remembers about one cluster between snapshots: its stat ids
+/// (registered once) and its endpoint table.
+struct ClusterState {
+    /// Its index in the last snapshot's clusters.
+    index: usize,
+    ids: ClusterStatIds,
+    upstream: UpstreamStatIds,
+    published: Arc<Endpoints>,
+}
+
+/// The control thread's state between snapshots.
+#[derive(Default)]
+pub struct Builder {
+    clusters: std::collections::HashMap<String, ClusterState>,
+    next_generation: u64,
+    version: u64,
+}
+
+fn host_stat_ids(st: &Stats, cluster: &str, addr: std::net::SocketAddr) -> HostStatIds {
+    if !st.per_host {
+        // Off (the default): every id is the sink. Not formatting the address matters at
+        // 100,000 endpoints (a big xDS push spent ~6 % of its CPU here).
+        let sink = crate::stats::SINK;
+        return HostStatIds {
+            cx_total: sink,
+            cx_connect_fail: sink,
+            rq_total: sink,
+            rq_timeout: sink,
+            rq_failure: sink,
+        };
+    }
+    let host = addr.to_string();
+    let t = [("cluster", cluster), ("host", host.as_str())];
+    HostStatIds {
+        cx_total: st.add_host("cluster_host", "upstream_cx_total", &t),
+        cx_connect_fail: st.add_host("cluster_host", "upstream_cx_connect_fail", &t),
+        rq_total: st.add_host("cluster_host", "upstream_rq_total", &t),
+        rq_timeout: st.add_host("cluster_host", "upstream_rq_timeout", &t),
+        rq_failure: st.add_host("cluster_host", "upstream_rq_failure", &t),
+    }
+}
+
+impl Builder {
+    /// The snapshot of `config` (validated by the caller); registers the stats it names.
+    pub fn build(
+        &mut self,
+        config: Config,
+        st: &Stats,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Snapshot {
+        use Kind::{Counter, Gauge};
+        self.version += 1;
+        // A set of the new names: `retain` with a scan of config.clusters per kept cluster was
+        // O(clusters²) (10,000 clusters: ~10^8 name comparisons on every update, EDS ones too).
+        let names: std::collections::HashSet<&str> =
+            config.clusters.iter().map(|c| c.name.as_str()).collect();
+        self.clusters
+            .retain(|name, _| names.contains(name.as_str()));
+        let mut cluster_ids = Vec::with_capacity(config.clusters.len());
+        let mut upstream_ids = Vec::with_capacity(config.clusters.len());
+        let mut endpoints = Vec::with_capacity(config.clusters.len());
+        for (index, c) in config.clusters.iter().enumerate() {
+            let state = self.clusters.entry(c.name.clone()).or_insert_with(|| {
+                let t = [("cluster", c.name.as_str())];
+                self.next_generation += 1;
+                ClusterState {
+                    index,
+                    ids: ClusterStatIds {
+                        cx_total: st.add("cluster", "upstream_cx_total", &t, Counter),
+                        cx_active: st.add("cluster", "upstream_cx_active", &t, Gauge),
+                        cx_connect_fail: st.add("cluster", "upstream_cx_connect_fail", &t, Counter),
+                        cx_connect_timeout: st.add(
+                            "cluster",
+                            "upstream_cx_connect_timeout",
+                            &t,
+                            Counter,
+                        ),
+                    },
+                    upstream: UpstreamStatIds {
+                        rq_total: st.add("cluster", "upstream_rq_total", &t, Counter),
+                        rq_timeout: st.add("cluster", "upstream_rq_timeout", &t, Counter),
+                        rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
+                        rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
+                        rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
+                        rsp_too_large: st.add("cluster", "upstream_rsp_too_large", &t, Counter),
+                        cx_idle_timeout: st.add("cluster", "upstream_cx_idle_timeout", &t, Counter),
+                        cx_heartbeat_timeout: st.add(
+                            "cluster",
+                            "upstream_cx_heartbeat_timeout",
+                            &t,
+                            Counter,
+                        ),
+                    },
+                    published: Arc::new(Endpoints::empty(self.next_generation)),
+                }
+            });
+            state.index = index;
+            state.update(c, st, &mut self.next_generation);
+            cluster_ids.push(state.ids.clone());
+            upstream_ids.push(state.upstream);
+            endpoints.push(state.published.clone());
+        }
+        let listener_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let t = [("listener", l.name.as_str())];
+                let detected = |name: &str| {
+                    if l.original_destination {
+                        st.add("listener", name, &t, Counter)
+                    } else {
+                        crate::stats::SINK
+                    }
+                };
+                ListenerStatIds {
+                    cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
+                    cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
+                    cx_overflow: st.add("listener", "downstream_cx_overflow", &t, Counter),
+                    cx_idle_timeout: st.add("listener", "downstream_cx_idle_timeout", &t, Counter),
+                    bytes_rx: st.add("listener", "downstream_bytes_rx_total", &t, Counter),
+                    bytes_tx: st.add("listener", "downstream_bytes_tx_total", &t, Counter),
+                    detected_dubbo: detected("downstream_protocol_dubbo"),
+                    detected_http2: detected("downstream_protocol_http2"),
+                    detected_other: detected("downstream_protocol_other"),
+                    cx_handed_off: if l.virtual_listeners.is_empty() {
+                        crate::stats::SINK
+                    } else {
+                        st.add("listener", "downstream_cx_handed_off", &t, Counter)
+                    },
+                    cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
+                    cx_drain_timeout: st.add(
+                        "listener",
+                        "downstream_cx_drain_timeout",
+                        &t,
+                        Counter,
+                    ),
+                }
+            })
+            .collect();
+        let dubbo_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                if l.protocol != config::Protocol::Dubbo {
+                    return None;
+                }
+                let t = [("listener", l.name.as_str())];
+                let c = |name| st.add("listener", name, &t, Counter);
+                let other = [
+                    ("listener", l.name.as_str()),
+                    ("interface", "other"),
+                    ("method", "other"),
+                ];
+                Some(DubboStatIds {
+                    rq_total: c("dubbo_rq_total"),
+                    rq_oneway: c("dubbo_rq_oneway"),
+                    rq_heartbeat: c("dubbo_rq_heartbeat"),
+                    rq_opaque: c("dubbo_rq_opaque"),
+                    rq_no_route: c("dubbo_rq_no_route"),
+                    rq_bad: c("dubbo_rq_bad"),
+                    rq_overflow: c("dubbo_rq_overflow"),
+                    rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
+                    rsp_ok: c("dubbo_rsp_ok"),
+                    rsp_error: c("dubbo_rsp_error"),
+                    rsp_local: c("dubbo_rsp_local"),
+                    cx_first_frame_timeout: c("dubbo_cx_first_frame_timeout"),
+                    cx_heartbeat_timeout: c("dubbo_cx_heartbeat_timeout"),
+                    cx_idle_timeout: c("dubbo_cx_idle_timeout"),
+                    cx_output_full: c("dubbo_cx_output_full"),
+                    rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
+                    other_service: RequestStatIds::register(st, "dubbo_service", &other),
+                })
+            })
+            .collect();
+        let route_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
+                    config::Protocol::Dubbo => (
+                        l.dubbo
+                            .iter()
+                            .flat_map(|d| &d.routes)
+                            .map(|r| r.name.clone())
+                            .collect(),
+                        "dubbo_route",
+                    ),
+                    config::Protocol::Triple => (
+                        l.triple
+                            .iter()
+                            .flat_map(|t| &t.routes)
+                            .map(|r| r.name.clone())
+                            .collect(),
+                        "triple_route",
+                    ),
+                    config::Protocol::Tcp => return Vec::new(),
+                };
+                names
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, n)| n.unwrap_or_else(|| format!("routes[{i}]")))
+                    .chain(std::iter::once("default".to_string()))
+                    .map(|route| {
+                        let t = [("listener", l.name.as_str()), ("route", route.as_str())];
+                        RequestStatIds::register(st, scope, &t)
+                    })
+                    .collect()
+            })
+            .collect();
+        let triple_ids = config
+            .listeners
+            .iter()
+            .map(|l| {
+                if l.protocol != config::Protocol::Triple {
+                    return None;
+                }
+                let t = [("listener", l.name.as_str())];
+                let c = |name| st.add("listener", name, &t, Counter);
+                let other = [
+                    ("listener", l.name.as_str()),
+                    ("service", "other"),
+                    ("method", "other"),
+                ];
+                let rsp_status = std::array::from_fn(|i| {
+                    let code = if i + 1 == crate::filter::triple::GRPC_STATUS_COUNTED {
+                        "other".to_string()
+                    } else {
+                        i.to_string()
+                    };
+                    let t = [
+                        ("listener", l.name.as_str()),
+                        ("grpc_status", code.as_str()),
+                    ];
+                    st.add("listener", "triple_rsp_total", &t, Counter)
+                });
+                Some(crate::filter::triple::TripleStatIds {
+                    rq_total: c("triple_rq_total"),
+                    rq_no_route: c("triple_rq_no_route"),
+                    rq_refused: c("triple_rq_refused"),
+                    rq_bad: c("triple_rq_bad"),
+                    rq_too_large: c("triple_rq_too_large"),
+                    rq_timeout: c("triple_rq_timeout"),
+                    rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
+                    rsp_local: c("triple_rsp_local"),
+                    rsp_status,
+                    protocol_error: c("triple_protocol_error"),
+                    rst_flood: c("triple_rst_flood"),
+                    rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
+                    other_service: RequestStatIds::register(st, "triple_service", &other),
+                })
+            })
+            .collect();
+        Snapshot {
+            version: self.version,
+            config,
+            xds_versions,
+            listener_ids,
+            dubbo_ids,
+            route_ids,
+            cluster_ids: cluster_ids.into(),
+            upstream_ids: upstream_ids.into(),
+            triple_ids,
+            endpoints,
+            endpoints_only: None,
+        }
+    }
+
+    /// Index of cluster `name` in the last snapshot built.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.get(name).map(|s| s.index)
+    }
+
+    /// The snapshot after `prev` (the last one built) in which only `changed` (index, the
+    /// cluster with its new endpoints) differ: the endpoint tables of those clusters are
+    /// updated, everything else is shared with or copied from `prev` as it is. `spare`, when
+    /// it is `prev`'s base (`prev` is endpoints-only), is reused: only `prev`'s changes and
+    /// these are written into it, so the work follows the changes, not the config's size;
+    /// otherwise `prev` is copied.
+    pub fn build_endpoints(
+        &mut self,
+        prev: &Snapshot,
+        spare: Option<Snapshot>,
+        changed: Vec<(usize, config::Cluster)>,
+        st: &Stats,
+        xds_versions: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Snapshot {
+        self.version += 1;
+        let base_of_prev = |s: &Snapshot| {
+            prev.endpoints_only.as_ref().filter(|d| {
+                d.base == s.version && s.config.clusters.len() == prev.config.clusters.len()
+            })
+        };
+        let mut next = match spare {
+            Some(mut s) if base_of_prev(&s).is_some() => {
+                for &i in base_of_prev(&s)
+                    .map(|d| d.clusters.as_slice())
+                    .unwrap_or_default()
+                {
+                    s.config.clusters[i] = prev.config.clusters[i].clone();
+                    s.endpoints[i] = prev.endpoints[i].clone();
+                }
+                s
+            }
+            _ => Snapshot {
+                version: 0,
+                config: prev.config.clone(),
+                xds_versions: None,
+                listener_ids: prev.listener_ids.clone(),
+                dubbo_ids: prev.dubbo_ids.clone(),
+                route_ids: prev.route_ids.clone(),
+                cluster_ids: prev.cluster_ids.clone(),
+                upstream_ids: prev.upstream_ids.clone(),
+                triple_ids: prev.triple_ids.clone(),
+                endpoints: prev.endpoints.clone(),
+                endpoints_only: None,
+            },
+        };
+        let mut indices = Vec::with_capacity(changed.len());
+        for (i, c) in changed {
+            if let Some(state) = self.clusters.get_mut(&c.name) {
+                state.update(&c, st, &mut self.next_generation);
+                next.endpoints[i] = state.published.clone();
+            }
+            next.config.clusters[i] = c;
+            indices.push(i);
+        }
+        next.version = self.version;
+        next.xds_versions = xds_versions;
+        next.endpoints_only = Some(EndpointsOnly {
+            base: prev.version,
+            clusters: indices,
+        });
+        next
+    }
+}
+
+impl ClusterState {
+    /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
+    fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
+        let visits = visit_order(c);
+        let old = &self.published;
+        if old.addrs().eq(visits.addrs.iter().copied())
+            && *old.levels == visits.levels[..]
+            && *old.weights == visits.weights[..]
+        {
+            return; // unchanged: shards see the same Arc and skip this cluster
+        }
+        let distinct: std::collections::HashSet<_> = c.endpoints.iter().collect();
+        if self.published.slots.len() > 2 * distinct.len() + ENDPOINT_SLOTS_SLACK {
+            // Too many departed endpoints kept their slots: renumber.
+            *generation += 1;
+            self.published = Arc::new(Endpoints::empty(*generation));
+        }
+        let old = &self.published;
+        let mut by_addr: std::collections::HashMap<std::net::SocketAddr, u32> = old
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.addr, i as u32))
+            .collect();
+        let mut added: Vec<Slot> = Vec::new();
+        let live: Box<[u32]> = visits
+            .addrs
+            .iter()
+            .map(|&addr| {
+                *by_addr.entry(addr).or_insert_with(|| {
+                    added.push(Slot {
+                        addr,
+                        ids: host_stat_ids(st, &c.name, addr),
+                    });
+                    (old.slots.len() + added.len() - 1) as u32
+                })
+            })
+            .collect();
+        let slots = if added.is_empty() {
+            old.slots.clone()
+        } else {
+            old.slots.iter().copied().chain(added).collect()
+        };
+        self.published = Arc::new(Endpoints {
+            slots,
+            live,
+            levels: visits.levels.into(),
+            weights: visits.weights.into(),
+            generation: old.generation,
+        });
+    }
+}
+
+/// The most times one endpoint appears in a cluster's live list (weights are scaled down to it).
+pub const WEIGHT_VISITS_MAX: u32 = 10;
+
+/// A cluster's endpoints in the order the balancer visits them (see [`Endpoints`]).
+#[derive(Debug, Default, PartialEq)]
+struct Visits {
+    addrs: Vec<std::net::SocketAddr>,
+    /// End of each priority level in `addrs`, lowest priority number first.
+    levels: Vec<u32>,
+    /// Weight of each entry of `addrs` when the endpoints' weights differ, else empty.
+    weights: Vec<u32>,
+}
+
+/// The visit order of `c`'s endpoints: grouped by priority (metadata `priority`, lowest
+/// first), each group in weighted round-robin order (see [`weighted_visits`]).
+fn visit_order(c: &config::Cluster) -> Visits {
+    let meta = &c.endpoint_metadata;
+    if meta.len() != c.endpoints.len() || meta.is_empty() {
+        let end = c.endpoints.len() as u32;
+        return Visits {
+            addrs: c.endpoints.clone(),
+            levels: if end == 0 { Vec::new() } else { vec![end] },
+            weights: Vec::new(),
+        };
+    }
+    let weight = |i: usize| meta[i].weight.max(1);
+    let weighted = (1..meta.len()).any(|i| weight(i) != weight(0));
+    // By priority, config order within one (a stable sort).
+    let mut order: Vec<usize> = (0..meta.len()).collect();
+    order.sort_by_key(|&i| meta[i].priority);
+    let mut v = Visits::default();
+    for level in order.chunk_by(|&a, &b| meta[a].priority == meta[b].priority) {
+        let weights: Vec<u32> = level.iter().map(|&i| weight(i)).collect();
+        for k in weighted_visits(&weights) {
+            v.addrs.push(c.endpoints[level[k]]);
+            if weighted {
+                v.weights.push(weights[k]);
+            }
+        }
+        v.levels.push(v.addrs.len() as u32);
+    }
+    v
+}
+
+/// Indices of `weights` in the order round robin visits them: each once when the weights are
+/// equal, else each `weight / gcd` times (scaled so that none exceeds [`WEIGHT_VISITS_MAX`], at
+/// least once), interleaved. Round robin then follows the weights with no work per request.
+fn weighted_visits(weights: &[u32]) -> Vec<usize> {
+    if weights.windows(2).all(|w| w[0] == w[1]) {
+        return (0..weights.len()).collect();
+    }
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let max = weights.iter().copied().max().unwrap_or(1);
+    let visits: Vec<u32> = if max / g <= WEIGHT_VISITS_MAX {
+        weights.iter().map(|w| w / g).collect()
+    } else {
+        let max = u64::from(max);
+        weights
+            .iter()
+            .map(|&w| ((u64::from(w) * u64::from(WEIGHT_VISITS_MAX) + max / 2) / max).max(1) as u32)
+            .collect()
+    };
+    let rounds = visits.iter().copied().max().unwrap_or(1);
+    let mut out = Vec::with_capacity(visits.iter().map(|&v| v as usize).sum());
+    for k in 0..rounds {
+        for (i, &v) in visits.iter().enumerate() {
+            if v > k {
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str, endpoints: &[u16]) -> config::Cluster {
+        config::Cluster {
+            name: name.into(),
+            kind: config::ClusterType::Static,
+            endpoints: endpoints
+                .iter()
+                .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect(),
+            endpoint_metadata: Vec::new(),
+            registry: None,
+            lb: config::LbPolicy::RoundRobin,
+            connect_timeout_ms: config::CONNECT_TIMEOUT_MS_DEFAULT,
+            timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
+            connections_per_host: 1,
+            pending_requests_max: 100,
+            heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
+            response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
+            idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+        }
+    }
+
+    fn build(b: &mut Builder, st: &Stats, clusters: Vec<config::Cluster>) -> Snapshot {
+        let config = Config {
+            clusters,
+            ..Config::default()
+        };
+        b.build(config, st, None)
+    }
+
+    #[test]
+    fn endpoint_slots_stay_put_and_unchanged_tables_are_shared() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let s1 = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[1, 2, 3]), cluster("z", &[9])],
+        );
+        let ids = s1.cluster_ids[0].cx_total;
+        // 2 leaves, 4 arrives, 1 and 3 keep their slots; z is untouched and shared.
+        let s2 = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[3, 4, 1]), cluster("z", &[9])],
+        );
+        let a = &s2.endpoints[0];
+        assert_eq!(&*a.live, &[2, 3, 0]);
+        assert_eq!(a.slots[3].addr.port(), 4);
+        assert_eq!(a.generation, s1.endpoints[0].generation);
+        assert!(Arc::ptr_eq(&s1.endpoints[1], &s2.endpoints[1]));
+        assert_eq!(
+            s2.cluster_ids[0].cx_total, ids,
+            "stat ids are registered once"
+        );
+        // 2 comes back to its old slot.
+        let s3 = build(&mut b, &st, vec![cluster("a", &[2]), cluster("z", &[9])]);
+        assert_eq!(&*s3.endpoints[0].live, &[1]);
+        assert_eq!(s3.version, 3);
+    }
+
+    #[test]
+    fn endpoints_only_snapshots_change_only_their_clusters_and_reuse_the_spare() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let s1 = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[1]), cluster("b", &[2]), cluster("c", &[3])],
+        );
+        assert_eq!(b.cluster_index("c"), Some(2));
+        let s2 = b.build_endpoints(&s1, None, vec![(1, cluster("b", &[2, 4]))], &st, None);
+        let d = s2.endpoints_only.as_ref().unwrap();
+        assert_eq!((d.base, d.clusters.as_slice()), (s1.version, &[1][..]));
+        assert_eq!(s2.config.clusters[1].endpoints.len(), 2);
+        assert!(Arc::ptr_eq(&s1.endpoints[0], &s2.endpoints[0]));
+        assert!(Arc::ptr_eq(&s1.cluster_ids, &s2.cluster_ids));
+        // b keeps its table (slot 0 stays port 2), so shards keep its pool.
+        assert_eq!(s2.endpoints[1].generation, s1.endpoints[1].generation);
+        assert_eq!(s2.endpoints[1].slots[0].addr.port(), 2);
+        // s1 is s2's base: the next snapshot is built in it and must equal s2 plus c's change.
+        let s3 = b.build_endpoints(&s2, Some(s1), vec![(2, cluster("c", &[5]))], &st, None);
+        let ports = |s: &Snapshot| -> Vec<Vec<u16>> {
+            s.config
+                .clusters
+                .iter()
+                .map(|c| c.endpoints.iter().map(|a| a.port()).collect())
+                .collect()
+        };
+        assert_eq!(ports(&s3), [vec![1], vec![2, 4], vec![5]]);
+        assert!(Arc::ptr_eq(&s2.endpoints[1], &s3.endpoints[1]));
+        assert_eq!(s3.endpoints_only.as_ref().unwrap().base, s2.version);
+        assert_eq!(s3.version, s2.version + 1);
+        // A spare that is not the base of the running snapshot is not used.
+        let stale = build(
+            &mut b,
+            &st,
+            vec![cluster("a", &[9]), cluster("b", &[9]), cluster("c", &[9])],
+        );
+        let s4 = b.build_endpoints(&s3, Some(stale), vec![(0, cluster("a", &[6]))], &st, None);
+        assert_eq!(ports(&s4), [vec![6], vec![2, 4], vec![5]]);
+    }
+
+    fn meta(weight: u32, priority: u32) -> config::EndpointMetadata {
+        config::EndpointMetadata {
+            weight,
+            priority,
+            ..Default::default()
+        }
+    }
+
+    fn visit_ports(c: &config::Cluster) -> Vec<u16> {
+        visit_order(c).addrs.iter().map(|a| a.port()).collect()
+    }
+
+    #[test]
+    fn weights_become_repeated_visits_in_the_live_list() {
+        let mut c = cluster("w", &[1, 2, 3]);
+        c.endpoint_metadata = vec![meta(100, 0), meta(200, 0), meta(100, 0)];
+        assert_eq!(visit_ports(&c), [1, 2, 3, 2]);
+        assert_eq!(visit_order(&c).weights, [100, 200, 100, 200]);
+        c.endpoint_metadata = vec![meta(1, 0), meta(1000, 0), meta(100, 0)];
+        let ports = visit_ports(&c);
+        assert_eq!(ports.iter().filter(|&&p| p == 2).count(), 10);
+        assert_eq!(ports.iter().filter(|&&p| p == 1).count(), 1);
+        assert_eq!(ports.iter().filter(|&&p| p == 3).count(), 1);
+        c.endpoint_metadata = vec![meta(50, 0); 3];
+        let v = visit_order(&c);
+        assert_eq!(
+            (v.addrs, v.levels, v.weights),
+            (c.endpoints, vec![3], vec![])
+        );
+    }
+
+    #[test]
+    fn priorities_become_levels_each_weighted_on_its_own() {
+        let mut c = cluster("p", &[1, 2, 3, 4, 5]);
+        c.endpoint_metadata = vec![meta(1, 2), meta(3, 0), meta(1, 2), meta(1, 0), meta(2, 2)];
+        let v = visit_order(&c);
+        assert_eq!(visit_ports(&c), [2, 4, 2, 2, 1, 3, 5, 5]);
+        assert_eq!(v.levels, [4, 8]);
+        assert_eq!(v.weights, [3, 1, 3, 3, 1, 1, 2, 2]);
+        // Equal weights: no weight table; one endpoint per level.
+        c.endpoint_metadata = vec![meta(7, 1), meta(7, 0), meta(7, 1), meta(7, 0), meta(7, 5)];
+        let v = visit_order(&c);
+        assert_eq!(visit_ports(&c), [2, 4, 1, 3, 5]);
+        assert_eq!((v.levels, v.weights), (vec![2, 4, 5], vec![]));
+        assert_eq!(visit_order(&cluster("e", &[])), Visits::default());
+    }
+
+    /// A shard's balancer over `c` (built as the shards build it) and the picks it makes.
+    fn balancer(c: config::Cluster) -> crate::cluster::ShardCluster {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let s = build(&mut b, &st, vec![c.clone()]);
+        crate::cluster::ShardCluster::new(&c, s.endpoints[0].clone(), s.cluster_ids[0].clone())
+    }
+
+    fn picks(
+        lb: &crate::cluster::ShardCluster,
+        n: usize,
+        state: impl Fn(u16) -> crate::cluster::Availability,
+    ) -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                lb.pick_available(|i| state(lb.slot(i).addr.port()))
+                    .map_or(0, |i| lb.slot(i).addr.port())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_follows_weights_and_fails_over_by_priority() {
+        use crate::cluster::Availability::{BackingOff, Excluded, Ready};
+        let mut c = cluster("rr", &[1, 2, 3, 4]);
+        c.endpoint_metadata = vec![meta(3, 0), meta(1, 0), meta(1, 1), meta(1, 2)];
+        let lb = balancer(c);
+        // 3:1 within priority 0; priorities 1 and 2 idle.
+        let p = picks(&lb, 400, |_| Ready);
+        assert_eq!(p.iter().filter(|&&p| p == 1).count(), 300);
+        assert_eq!(p.iter().filter(|&&p| p == 2).count(), 100);
+        // One endpoint of priority 0 down: the other takes it all.
+        assert!(picks(&lb, 20, |p| if p == 1 { BackingOff } else { Ready })
+            .iter()
+            .all(|&p| p == 2));
+        // Priority 0 down (back-off or excluded): priority 1; both 0 and 1 down: priority 2.
+        let down01 = |p| match p {
+            1 => BackingOff,
+            2 => Excluded,
+            _ => Ready,
+        };
+        assert_eq!(
+            picks(&lb, 5, |p| if p <= 2 { BackingOff } else { Ready }),
+            [3; 5]
+        );
+        assert_eq!(
+            picks(&lb, 5, |p| if p == 3 { Excluded } else { down01(p) }),
+            [4; 5]
+        );
+        // Nothing ready: the first endpoint in back-off of the first level that has one.
+        assert_eq!(
+            picks(&lb, 3, |p| if p == 1 { Excluded } else { BackingOff }),
+            [2; 3]
+        );
+        assert_eq!(
+            picks(&lb, 3, |p| if p == 4 { BackingOff } else { Excluded }),
+            [4; 3]
+        );
+        assert_eq!(picks(&lb, 3, |_| Excluded), [0; 3]);
+        // Priority 0 recovered: all traffic back on it.
+        let p = picks(&lb, 8, |_| Ready);
+        assert!(p.iter().all(|&p| p <= 2), "{p:?}");
+    }
+
+    #[test]
+    fn least_request_weighs_active_requests_by_weight() {
+        use crate::cluster::Availability::{BackingOff, Ready};
+        let mut c = cluster("lr", &[1, 2, 3]);
+        c.lb = config::LbPolicy::LeastRequest;
+        c.endpoint_metadata = vec![meta(3, 0), meta(1, 0), meta(1, 1)];
+        let lb = balancer(c);
+        // Requests that never finish: the weight-3 endpoint carries 3 for every 1 of the other.
+        let mut count = [0u32; 4];
+        for _ in 0..400 {
+            let i = lb.pick().unwrap();
+            lb.add_active(i, 1);
+            count[lb.slot(i).addr.port() as usize] += 1;
+        }
+        assert_eq!(count, [0, 300, 100, 0]);
+        // The least loaded ready endpoint wins even when one in back-off has fewer.
+        let p = picks(&lb, 3, |p| if p == 2 { BackingOff } else { Ready });
+        assert_eq!(p, [1; 3]);
+        assert_eq!(
+            picks(&lb, 2, |p| if p == 3 { Ready } else { BackingOff }),
+            [3; 2]
+        );
+    }
+
+    #[test]
+    fn churned_tables_are_renumbered_with_a_new_generation() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let first = build(&mut b, &st, vec![cluster("a", &[1])]);
+        let mut last = first.endpoints[0].clone();
+        for port in 2..200u16 {
+            last = build(&mut b, &st, vec![cluster("a", &[port])]).endpoints[0].clone();
+            assert!(last.slots.len() <= 2 + ENDPOINT_SLOTS_SLACK + 1);
+        }
+        assert_ne!(last.generation, first.endpoints[0].generation);
+        assert_eq!(last.addrs().next().unwrap().port(), 199);
+    }
+}

@@ -1,0 +1,174 @@
+//! One listener on one shard: its connection context, the accept loop, and the serving of
+//! each accepted connection by the listener's protocol (with connection and drain counts).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use shard::{Event, Notify};
+
+use crate::cluster::ShardCluster;
+use crate::config::Protocol;
+use crate::filter::dubbo::downstream::{self, DubboListener};
+use crate::filter::{tcp as tcp_proxy, Drain};
+use crate::snapshot::ListenerStatIds;
+use crate::stats::ShardStats;
+
+/// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
+pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+
+/// One listener's connections on one shard, across the contexts a config update gives it:
+/// how many are open (`connections_per_shard_max`), and the drain they follow.
+#[derive(Default)]
+pub struct Connections {
+    pub(super) open: Cell<u32>,
+    /// Replaced by a fresh one when a drained shard resumes.
+    pub(super) drain: RefCell<Rc<Drain>>,
+    /// Of the current drain: connections that ended, and those closed at its deadline.
+    pub(super) drained: Cell<u64>,
+    pub(super) closed_at_deadline: Cell<u64>,
+    /// Notified when the last open connection ends.
+    pub(super) none_open: Notify,
+}
+
+impl Connections {
+    pub fn drain(&self) -> Rc<Drain> {
+        self.drain.borrow().clone()
+    }
+}
+
+/// What every connection of one listener on one shard needs.
+pub struct ListenerCtx {
+    pub name: String,
+    pub protocol: Protocol,
+    /// The configured listening address (to refuse an original destination that loops back).
+    pub address: SocketAddr,
+    /// tcp: connect each connection to its original destination (a cluster of type
+    /// `original_destination`).
+    pub original_destination: bool,
+    /// tcp: the listener's cluster (refreshed by every config update).
+    pub cluster: std::cell::RefCell<Option<Rc<ShardCluster>>>,
+    pub buffer_bytes: usize,
+    pub idle_timeout: Duration,
+    pub connections_max: u32,
+    pub stats: ShardStats,
+    pub ids: ListenerStatIds,
+    /// Set for `dubbo` listeners.
+    pub dubbo: Option<Rc<DubboListener>>,
+    /// Set for `triple` listeners.
+    pub triple: Option<Rc<crate::filter::triple::TripleListener>>,
+    /// This listener's connections on this shard (shared by its successive contexts).
+    pub conns: Rc<Connections>,
+    /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
+    /// original destination, exact addresses first (set after every config update).
+    pub virtuals: RefCell<Rc<[Virtual]>>,
+}
+
+/// A virtual listener (`bind: false`) as an `original_destination` listener sees it.
+pub struct Virtual {
+    pub address: SocketAddr,
+    pub listener: Rc<RefCell<Rc<ListenerCtx>>>,
+}
+
+/// The virtual listener a connection to `dst` belongs to: one with exactly that address, else
+/// one on that port with an unspecified IP (0.0.0.0 or [::]). `virtuals` lists exact ones
+/// first.
+pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
+    virtuals.iter().find(|v| {
+        v.address.port() == dst.port()
+            && (v.address.ip() == dst.ip() || v.address.ip().is_unspecified())
+    })
+}
+
+impl ListenerCtx {
+    /// Whether one more connection fits under `connections_per_shard_max` on this shard (one
+    /// over it is counted in `downstream_cx_overflow`; the caller closes it).
+    pub fn admit(&self) -> bool {
+        let fits = self.conns.open.get() < self.connections_max;
+        if !fits {
+            self.stats.inc(self.ids.cx_overflow);
+        }
+        fits
+    }
+}
+
+/// Serves one accepted (or, for a virtual listener, handed-off) connection, admitted by
+/// [`ListenerCtx::admit`], by the listener's protocol, and counts it: open, and whether it
+/// ended during a drain (`downstream_cx_drained`) and at the drain's deadline
+/// (`downstream_cx_drain_timeout`).
+pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>) {
+    let conns = l.conns.clone();
+    let drain = conns.drain();
+    l.stats.inc(l.ids.cx_total);
+    l.stats.inc(l.ids.cx_active);
+    conns.open.set(conns.open.get() + 1);
+    // Whether the drain's deadline cut the connection.
+    let cut = match l.protocol {
+        // Config validation keeps TCP listeners off the DPDK path.
+        Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
+            Ok(s) => tcp_proxy::serve(s, l.clone(), &drain).await,
+            Err(_) => {
+                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
+                false
+            }
+        },
+        Protocol::Dubbo => match l.dubbo.clone() {
+            Some(d) => downstream::serve(stream, d, &drain).await,
+            None => false,
+        },
+        Protocol::Triple => match l.triple.clone() {
+            Some(t) => crate::filter::triple::conn::serve(stream, t, &drain).await,
+            None => false,
+        },
+    };
+    l.stats.dec(l.ids.cx_active);
+    if drain.is_started() {
+        l.stats.inc(l.ids.cx_drained);
+        conns.drained.set(conns.drained.get() + 1);
+        if cut {
+            l.stats.inc(l.ids.cx_drain_timeout);
+            conns
+                .closed_at_deadline
+                .set(conns.closed_at_deadline.get() + 1);
+        }
+    }
+    conns.open.set(conns.open.get() - 1);
+    if conns.open.get() == 0 {
+        conns.none_open.notify();
+    }
+}
+
+pub(super) async fn accept_loop<A: crate::io::Accept>(
+    mut listener: A,
+    slot: Rc<RefCell<Rc<ListenerCtx>>>,
+    stop: Event,
+    connections: Rc<Cell<usize>>,
+) {
+    loop {
+        // The listener's context as of now (a config update may have replaced it).
+        let l = slot.borrow().clone();
+        let accepted = shard::monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait() => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                shard::monoio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                continue;
+            }
+        };
+        if !l.admit() {
+            drop(stream);
+            continue;
+        }
+        connections.set(connections.get() + 1);
+        let connections = connections.clone();
+        shard::monoio::spawn(async move {
+            serve_connection(stream, l).await;
+            connections.set(connections.get() - 1);
+        });
+    }
+}
