@@ -298,7 +298,7 @@ fn twenty_upgrades_under_open_loop_load_fail_and_time_out_nothing() {
 #[test]
 fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
     let (_provider, listen, rs) = provider_and_ringside("1");
-    let path = std::env::temp_dir().join(format!("ringside-{}.sock", rs.admin.port()));
+    let path = control_socket(rs.admin);
     {
         // A successor that takes the sockets and vanishes without saying it serves.
         let conn = UnixStream::connect(&path).unwrap();
@@ -312,11 +312,11 @@ fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
         )
         .unwrap();
         assert!(matches!(
-            hotswap::recv(&conn).unwrap().0,
+            hotswap::recv(&conn, hotswap::MESSAGE_BYTES_MAX).unwrap().0,
             hotswap::Message::Welcome { .. }
         ));
         hotswap::send(&conn, &hotswap::Message::GetListeners, &[]).unwrap();
-        let (msg, fds) = hotswap::recv(&conn).unwrap();
+        let (msg, fds) = hotswap::recv(&conn, hotswap::MESSAGE_BYTES_MAX).unwrap();
         let hotswap::Message::Listeners { sockets } = msg else {
             panic!("{msg:?}")
         };
@@ -333,7 +333,7 @@ fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
 #[test]
 fn a_successor_that_dies_after_serving_makes_the_old_one_resume() {
     let (_provider, listen, rs) = provider_and_ringside("2");
-    let path = std::env::temp_dir().join(format!("ringside-{}.sock", rs.admin.port()));
+    let path = control_socket(rs.admin);
     let mut c = Consumer::connect(listen);
     assert_eq!(
         c.call(RequestBuilder::new(SVC, "before")).status,
@@ -350,9 +350,9 @@ fn a_successor_that_dies_after_serving_makes_the_old_one_resume() {
             &[],
         )
         .unwrap();
-        hotswap::recv(&conn).unwrap();
+        hotswap::recv(&conn, hotswap::MESSAGE_BYTES_MAX).unwrap();
         hotswap::send(&conn, &hotswap::Message::GetListeners, &[]).unwrap();
-        let _fds = hotswap::recv(&conn).unwrap();
+        let _fds = hotswap::recv(&conn, hotswap::MESSAGE_BYTES_MAX).unwrap();
         hotswap::send(&conn, &hotswap::Message::Serving, &[]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         // ... and dies.
@@ -536,4 +536,191 @@ fn upgrades_with_xds_listeners_lose_nothing() {
         log.contains("listening on the predecessor's sockets listener=dubbo"),
         "the xDS listener took over the inherited sockets: {log}"
     );
+}
+
+/// The control socket is mode 0600 in a directory only ringside's user can write; a configured
+/// path in a world-writable directory is refused at start.
+#[test]
+fn the_control_socket_is_private_and_a_shared_directory_is_refused() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let (_provider, _listen, rs) = provider_and_ringside("1");
+    let path = control_socket(rs.admin);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600, "socket mode {:o}", meta.mode());
+    let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(dir.uid(), unsafe { libc::geteuid() });
+    assert_eq!(dir.mode() & 0o777, 0o700, "directory mode {:o}", dir.mode());
+
+    let shared = TempDir::new("shared");
+    std::fs::set_permissions(&shared.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let admin = local(free_port());
+    let cfg = shared.write(
+        "c.yaml",
+        &format!(
+            "admin:\n  address: {admin}\n  control_socket: {}\n",
+            shared.0.join("ctl.sock").display()
+        ),
+    );
+    let out = Command::new(RINGSIDE)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("admin.control_socket") && err.contains("writable by everyone (mode 1777)"),
+        "{err}"
+    );
+}
+
+/// A process of another user that reaches the socket anyway (it holds CAP_DAC_OVERRIDE, so the
+/// file mode does not stop it) is refused before a single descriptor leaves: SO_PEERCRED.
+/// Runs the peer as `nobody` through setpriv, so it needs root.
+#[test]
+fn a_peer_of_another_user_gets_no_descriptor() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED a_peer_of_another_user_gets_no_descriptor: needs root (setpriv --reuid)"
+        );
+        return;
+    }
+    let (_provider, _listen, rs) = provider_and_ringside("1");
+    let path = control_socket(rs.admin);
+    // The peer: Hello, then GetListeners; prints what it got back and how many descriptors.
+    const PEER: &str = r#"
+import json, socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connected": False, "errno": e.errno})); sys.exit(0)
+s.settimeout(10)
+def send(m):
+    b = json.dumps(m).encode(); s.sendall(struct.pack(">I", len(b)) + b)
+def recv():
+    msg, fds, _, _ = socket.recv_fds(s, 1 << 20, 300)
+    if not msg: return None, len(fds)
+    n = struct.unpack(">I", msg[:4])[0]; body = msg[4:]
+    while len(body) < n:
+        more = s.recv(n - len(body))
+        if not more: break
+        body += more
+    return json.loads(body)["type"], len(fds)
+got, fds = [], 0
+for m in ({"type": "Hello", "protocol": 1, "build": "intruder"}, {"type": "GetListeners"}):
+    try:
+        send(m)
+    except OSError:
+        pass  # refused and closed already: read what it said
+    try:
+        t, n = recv()
+    except OSError as e:
+        t, n = "error %d" % e.errno, 0
+    got.append(t); fds += n
+    if t is None: break
+print(json.dumps({"connected": True, "got": got, "fds": fds}))
+"#;
+    let run = |caps: bool| -> serde_json::Value {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        if caps {
+            cmd.args(["--inh-caps=+dac_override", "--ambient-caps=+dac_override"]);
+        }
+        let out = cmd
+            .args(["/usr/bin/python3", "-c", PEER])
+            .arg(&path)
+            .output()
+            .expect("setpriv");
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!("peer: {e}: {text} {}", String::from_utf8_lossy(&out.stderr))
+        })
+    };
+    // Without the capability the file mode keeps it out.
+    let plain = run(false);
+    assert_eq!(plain["connected"], false, "{plain}");
+    assert_eq!(plain["errno"], libc::EACCES, "{plain}");
+    // With it, the credential check does.
+    let capable = run(true);
+    assert_eq!(capable["connected"], true, "{capable}");
+    assert_eq!(
+        capable["fds"], 0,
+        "descriptors handed to uid 65534: {capable}"
+    );
+    assert_eq!(capable["got"][0], "Refused", "{capable}");
+    assert_eq!(rs.get("/ready").0, 200);
+    let next = rs.upgrade(&["--shards", "1"]);
+    drop(next);
+}
+
+/// A peer that connects and says nothing is dropped after the handshake timeout, and a real
+/// successor queued behind it takes over.
+#[test]
+fn a_silent_peer_is_dropped_and_the_upgrade_goes_on() {
+    let (_provider, listen, mut rs) = provider_and_ringside("1");
+    let silent = UnixStream::connect(control_socket(rs.admin)).unwrap();
+    let t = Instant::now();
+    let next = rs.upgrade(&["--shards", "1"]);
+    let (status, log) = rs.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("hot upgrade aborted"),
+        "the silent peer is logged: {log}"
+    );
+    eprintln!("upgrade behind a silent peer took {:?}", t.elapsed());
+    silent
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(
+        std::io::Read::read(&mut &silent, &mut buf),
+        Ok(0) | Err(_)
+    ));
+    let mut c = Consumer::connect(listen);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "after")).status, Status::Ok);
+    drop(next);
+}
+
+/// A length prefix far above what a successor ever sends is refused before its body: the
+/// running process neither reads nor allocates it, and stays upgradable.
+#[test]
+fn an_oversized_control_message_is_refused_before_its_body() {
+    use std::io::Write;
+    let (_provider, _listen, rs) = provider_and_ringside("1");
+    let hwm = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let peak_before = hwm(rs.child.id());
+    let mut conn = UnixStream::connect(control_socket(rs.admin)).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let announced: usize = 60 << 20;
+    conn.write_all(&(announced as u32).to_be_bytes()).unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent < announced {
+        match conn.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let peak_after = hwm(rs.child.id());
+    assert!(
+        sent < 8 << 20,
+        "ringside read {sent} bytes of a message announced as {announced}"
+    );
+    assert!(
+        peak_after < peak_before + 16 * 1024,
+        "peak RSS grew from {peak_before} KiB to {peak_after} KiB"
+    );
+    assert_eq!(rs.get("/ready").0, 200);
+    drop(rs.upgrade(&["--shards", "1"]));
 }

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::grpc::*;
 use common::*;
@@ -190,13 +190,18 @@ fn h2load_100_streams_on_4_connections_through_ringside() {
     );
 }
 
-/// Issue 8: a grpcio client looping unary calls through 10 upgrades fails no call.
+/// Issue 8: a grpcio client looping unary calls through 10 upgrades fails no call. The client
+/// runs batches of 300 calls (one grpcio process each); the test stops it after the upgrades
+/// only once two batches have ended, so at least 600 calls ran however slow the machine is (a loaded machine finished only one batch in the upgrades' time, and the
+/// test failed for it).
 #[test]
 fn grpcio_calls_through_ten_upgrades_fail_nothing() {
+    use std::sync::atomic::AtomicUsize;
     let a = GrpcServer::start(0, "A", &[]);
     let (rs, listen) = start("    cluster: a\n", &[("a", a.addr())]);
     let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
+    let batches = Arc::new(AtomicUsize::new(0));
+    let (stop2, batches2) = (stop.clone(), batches.clone());
     let client = std::thread::spawn(move || {
         let mut outcomes = Vec::new();
         while !stop2.load(Ordering::Relaxed) {
@@ -204,6 +209,7 @@ fn grpcio_calls_through_ten_upgrades_fail_nothing() {
                 listen,
                 &CallOpts::new(Call::Unary).count(300).payload(64),
             ));
+            batches2.fetch_add(1, Ordering::Relaxed);
         }
         outcomes
     });
@@ -215,6 +221,10 @@ fn grpcio_calls_through_ten_upgrades_fail_nothing() {
         assert!(status.success(), "predecessor exits cleanly: {log}");
         current = next;
         std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while batches.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
     let outcomes = client.join().unwrap();

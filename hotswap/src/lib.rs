@@ -18,18 +18,26 @@
 //! Unknown message types are answered with `Refused`, so a later version can add messages (for
 //! example moving live connections with their unread bytes) without breaking this one.
 //!
-//! Limits: [`MESSAGE_BYTES_MAX`] per message, [`FDS_PER_MESSAGE_MAX`] descriptors per message.
+//! Limits: [`REQUEST_BYTES_MAX`] per message the running process reads from a successor,
+//! [`MESSAGE_BYTES_MAX`] per message a successor reads from the process it replaces (the stats
+//! blob), [`FDS_PER_MESSAGE_MAX`] descriptors per message. Who may connect, and the socket's
+//! file mode and directory: [`private`].
 
+pub mod private;
 mod wire;
 
 use serde::{Deserialize, Serialize};
 
-pub use wire::{peer_pid, recv, send};
+pub use private::{bind_private, check_peer, peer_pid};
+pub use wire::{recv, send};
 
 /// Bumped on any incompatible change to the messages below.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest message accepted (a stats blob of a large config fits easily).
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest message the running process reads from whoever connects to its control socket
+/// (`Hello`, `GetListeners`, `Serving` are a few dozen bytes).
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// The kernel's own limit on descriptors in one SCM_RIGHTS message (SCM_MAX_FD).
 pub const FDS_PER_MESSAGE_MAX: usize = 253;
 
@@ -86,4 +94,11 @@ pub enum HandoffError {
     Refused(String),
     #[error("message announced {announced} sockets but carried {carried} descriptors")]
     FdCountMismatch { announced: usize, carried: usize },
+    #[error("peer pid {pid} runs as uid {uid}, not as ringside's uid {ours}")]
+    ForeignPeer { pid: i32, uid: u32, ours: u32 },
+    #[error("control socket directory {}: {why}", dir.display())]
+    UnsafeDir {
+        dir: std::path::PathBuf,
+        why: String,
+    },
 }

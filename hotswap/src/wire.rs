@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+#[cfg(test)]
+use crate::REQUEST_BYTES_MAX;
 use crate::{HandoffError, Message, FDS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
 
 /// Sends `msg` with `fds` attached.
@@ -76,49 +78,45 @@ fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> Result<usize,
     }
 }
 
-/// Receives one message and the descriptors that came with it.
-pub fn recv(sock: &UnixStream) -> Result<(Message, Vec<OwnedFd>), HandoffError> {
+/// Receives one message and the descriptors that came with it. A message longer than
+/// `bytes_max` is refused before its body is read; the body's buffer grows with the bytes that
+/// actually arrive, so a length prefix alone allocates nothing. A read timeout set on `sock`
+/// bounds each read (an expired one is [`HandoffError::Io`] of kind `WouldBlock`).
+pub fn recv(sock: &UnixStream, bytes_max: usize) -> Result<(Message, Vec<OwnedFd>), HandoffError> {
+    let limit = bytes_max.min(MESSAGE_BYTES_MAX);
     let mut len = [0u8; 4];
     let (got, fds) = recv_with_fds(sock, &mut len)?;
     if got == 0 {
         return Err(HandoffError::Closed);
     }
     let mut r = sock;
-    r.read_exact(&mut len[got..])
-        .map_err(|_| HandoffError::Closed)?;
+    r.read_exact(&mut len[got..]).map_err(eof_is_closed)?;
     let n = u32::from_be_bytes(len) as usize;
-    if n > MESSAGE_BYTES_MAX {
-        return Err(HandoffError::TooLarge {
-            bytes: n,
-            limit: MESSAGE_BYTES_MAX,
-        });
+    if n > limit {
+        return Err(HandoffError::TooLarge { bytes: n, limit });
     }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).map_err(|_| HandoffError::Closed)?;
+    let mut body = Vec::with_capacity(n.min(READ_CHUNK_BYTES));
+    r.take(n as u64)
+        .read_to_end(&mut body)
+        .map_err(eof_is_closed)?;
+    if body.len() < n {
+        return Err(HandoffError::Closed);
+    }
     let msg: Message =
         serde_json::from_slice(&body).map_err(|e| HandoffError::Malformed(e.to_string()))?;
     Ok((msg, fds))
 }
 
-/// The pid of the process at the other end of a Unix socket (SO_PEERCRED), for logs.
-pub fn peer_pid(sock: &UnixStream) -> Option<i32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+/// The first allocation for a message body; it grows as bytes arrive.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// An end of stream is the peer closing; a timeout or other error keeps its cause.
+fn eof_is_closed(e: std::io::Error) -> HandoffError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        HandoffError::Closed
+    } else {
+        HandoffError::Io(e)
+    }
 }
 
 /// Reads up to `buf.len()` bytes with one recvmsg, collecting any descriptors.
@@ -196,7 +194,7 @@ mod tests {
                 .collect(),
         };
         send(&a, &msg, &[l1.as_raw_fd(), l2.as_raw_fd()]).unwrap();
-        let (got, fds) = recv(&b).unwrap();
+        let (got, fds) = recv(&b, MESSAGE_BYTES_MAX).unwrap();
         assert_eq!(got, msg);
         assert_eq!(fds.len(), 2);
         // The received descriptors are the same sockets: connections to the old address are
@@ -227,15 +225,18 @@ mod tests {
             send(&a, &Message::Stats { blob }, &[]).unwrap();
         });
         assert!(matches!(
-            recv(&b).unwrap().0,
+            recv(&b, MESSAGE_BYTES_MAX).unwrap().0,
             Message::Hello { protocol: 1, .. }
         ));
-        match recv(&b).unwrap().0 {
+        match recv(&b, MESSAGE_BYTES_MAX).unwrap().0 {
             Message::Stats { blob } => assert_eq!(blob.len(), 3 << 20),
             other => panic!("{other:?}"),
         }
         writer.join().unwrap();
-        assert!(matches!(recv(&b), Err(HandoffError::Closed)));
+        assert!(matches!(
+            recv(&b, MESSAGE_BYTES_MAX),
+            Err(HandoffError::Closed)
+        ));
     }
 
     #[test]
@@ -244,8 +245,46 @@ mod tests {
         let mut w = &a;
         w.write_all(&5u32.to_be_bytes()).unwrap();
         w.write_all(b"{nope").unwrap();
-        assert!(matches!(recv(&b), Err(HandoffError::Malformed(_))));
+        assert!(matches!(
+            recv(&b, MESSAGE_BYTES_MAX),
+            Err(HandoffError::Malformed(_))
+        ));
         w.write_all(&u32::MAX.to_be_bytes()).unwrap();
-        assert!(matches!(recv(&b), Err(HandoffError::TooLarge { .. })));
+        assert!(matches!(
+            recv(&b, MESSAGE_BYTES_MAX),
+            Err(HandoffError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_length_over_the_callers_limit_is_refused_before_the_body() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut w = &a;
+        w.write_all(&((REQUEST_BYTES_MAX + 1) as u32).to_be_bytes())
+            .unwrap();
+        assert!(matches!(
+            recv(&b, REQUEST_BYTES_MAX),
+            Err(HandoffError::TooLarge { bytes, limit })
+                if bytes == REQUEST_BYTES_MAX + 1 && limit == REQUEST_BYTES_MAX
+        ));
+        // A length within the limit whose body never comes is a closed peer.
+        w.write_all(&1000u32.to_be_bytes()).unwrap();
+        w.write_all(b"{").unwrap();
+        drop(a);
+        assert!(matches!(
+            recv(&b, REQUEST_BYTES_MAX),
+            Err(HandoffError::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_silent_peer_times_out() {
+        let (_a, b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        assert!(matches!(
+            recv(&b, REQUEST_BYTES_MAX),
+            Err(HandoffError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock
+        ));
     }
 }

@@ -2,14 +2,22 @@
 //! (old side, [`serve`]); a new process started with `--upgrade` takes the listening sockets
 //! over from it ([`take_over`]). The protocol itself is in the `hotswap` crate; this module
 //! maps it onto ringside's listeners, admin sockets, drain and stats.
+//!
+//! Who may take the sockets over: the control socket is mode 0600 in a directory only
+//! ringside's user can write (checked at bind; the default directory is created mode 0700), and
+//! a connecting process must run as ringside's own uid (SO_PEERCRED) before it is read from.
+//! A peer that says nothing within [`HANDSHAKE_TIMEOUT`] is dropped (the running process serves
+//! one successor at a time), and it reads at most `hotswap::REQUEST_BYTES_MAX` per message.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hotswap::{HandoffError, Message, SocketEntry, PROTOCOL_VERSION};
+use hotswap::REQUEST_BYTES_MAX;
+use hotswap::{HandoffError, Message, SocketEntry, MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
 
 use super::server::{ControlEvent, Inherited, Shared, State};
 use crate::config::Config;
@@ -21,38 +29,74 @@ fn build() -> String {
     format!("ringside {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The control socket path: `admin.control_socket`, or `$TMPDIR/ringside-<admin port>.sock`.
+/// How long either side waits for each handshake message (and for a write to drain) before it
+/// drops the connection. Also how long one silent peer delays a real successor.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the running process waits for `Serving` after it handed its sockets over, beyond the
+/// successor's own wait for its first xDS and registry data.
+pub const SUCCESSOR_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a successor waits for each answer of the running process: that one serves one
+/// connection at a time, so a successor may queue behind a silent peer.
+const PREDECESSOR_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The control socket path: `admin.control_socket`, or
+/// `$TMPDIR/ringside-<euid>/ringside-<admin port>.sock` (see [`default_dir`]).
 pub fn path(config: &Config) -> PathBuf {
     config.admin.control_socket.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("ringside-{}.sock", config.admin.address.port()))
+        default_dir().join(format!("ringside-{}.sock", config.admin.address.port()))
     })
 }
 
-/// Binds the control socket. A socket file nobody answers on is stale and replaced; one that
-/// answers belongs to a running ringside: refused unless `replace` (we are its successor).
-pub fn listen(path: &Path, replace: bool) -> Result<UnixListener, String> {
-    if path.exists() {
-        // Probe only a fresh start: a successor replaces the file anyway, and its probe reached
-        // the predecessor's handoff loop as a connection that closes at once (a warning,
-        // "hot upgrade aborted", in every upgrade's log).
-        if !replace && UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "a ringside is already running with control socket {}; start with --upgrade to \
-                 replace it",
-                path.display()
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove old control socket {}: {e}", path.display()))?;
-    }
-    UnixListener::bind(path)
-        .map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))
+/// `$TMPDIR/ringside-<euid>`: created mode 0700 on first use, refused when it exists but is not
+/// a private directory of this user (as tmux does with its socket directory).
+pub fn default_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("ringside-{}", hotswap::private::euid()))
 }
 
-/// Old side: answers successors on `listener` until the process exits.
+/// Binds the control socket (mode 0600, in a directory only our uid or root can write). A socket
+/// file nobody answers on is stale and replaced; one that answers belongs to a running ringside:
+/// refused unless `replace` (we are its successor).
+pub fn listen(path: &Path, replace: bool) -> Result<UnixListener, String> {
+    let unsafe_dir = |e: HandoffError| {
+        format!(
+            "admin.control_socket {}: {e}; give a path in a directory only this user can write",
+            path.display()
+        )
+    };
+    if path.parent() == Some(default_dir().as_path()) {
+        hotswap::private::private_dir(&default_dir()).map_err(unsafe_dir)?;
+    }
+    // Probe only a fresh start: a successor replaces the file anyway, and its probe reached
+    // the predecessor's handoff loop as a connection that closes at once (a warning,
+    // "hot upgrade aborted", in every upgrade's log).
+    if path.exists() && !replace && UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "a ringside is already running with control socket {}; start with --upgrade to \
+             replace it",
+            path.display()
+        ));
+    }
+    hotswap::bind_private(path).map_err(|e| match e {
+        HandoffError::UnsafeDir { .. } => unsafe_dir(e),
+        e => format!("cannot bind control socket {}: {e}", path.display()),
+    })
+}
+
+/// Old side: answers successors on `listener`, one at a time, until the process exits.
 pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
+        if let Err(e) = admit(&conn) {
+            tracing::warn!(error = %e, "hot upgrade: refused a control socket connection");
+            let _ = hotswap::send(
+                &conn,
+                &Message::Refused {
+                    reason: e.to_string(),
+                },
+                &[],
+            );
+            continue;
+        }
         match handoff(&conn, &shared) {
             Ok(true) => {
                 let _ = shared.control.send(ControlEvent::HandOff { stream: conn });
@@ -63,9 +107,28 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
+/// A connection is read from only when its peer runs as our uid; every read and write on it
+/// is then bounded by [`HANDSHAKE_TIMEOUT`].
+fn admit(conn: &UnixStream) -> Result<(), HandoffError> {
+    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    hotswap::check_peer(conn)?;
+    Ok(())
+}
+
+/// How long the successor may take from `Listeners` to `Serving`: it starts its shards, then
+/// waits for its first xDS snapshot up to the initial fetch timeout.
+fn successor_start_timeout(config: &Config) -> Duration {
+    let xds = config
+        .xds
+        .as_ref()
+        .map_or(0, |x| x.initial_fetch_timeout_ms);
+    SUCCESSOR_START_TIMEOUT + Duration::from_millis(xds)
+}
+
 /// Runs steps 1–3 of the protocol; `Ok(true)` once the successor serves.
 fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
-    let (hello, _) = hotswap::recv(conn)?;
+    let (hello, _) = hotswap::recv(conn, REQUEST_BYTES_MAX)?;
     let Message::Hello {
         protocol,
         build: theirs,
@@ -112,7 +175,7 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
         successor_process = %hotswap::peer_pid(conn).map_or_else(|| "unknown".into(), describe_pid),
         "hot upgrade: successor connected"
     );
-    match hotswap::recv(conn)?.0 {
+    match hotswap::recv(conn, REQUEST_BYTES_MAX)?.0 {
         Message::GetListeners => {}
         other => {
             return Err(HandoffError::Unexpected {
@@ -132,7 +195,8 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
     let fds: Vec<i32> = sockets.iter().map(|(_, s)| s.as_raw_fd()).collect();
     hotswap::send(conn, &Message::Listeners { sockets: entries }, &fds)?;
     drop(sockets);
-    match hotswap::recv(conn)?.0 {
+    conn.set_read_timeout(Some(successor_start_timeout(&shared.config)))?;
+    match hotswap::recv(conn, REQUEST_BYTES_MAX)?.0 {
         Message::Serving => {
             tracing::info!(
                 requests_in_flight = in_flight(shared),
@@ -189,6 +253,14 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
             path.display()
         )
     })?;
+    // The sockets and counters we are about to take must come from a process of our own user.
+    let bounded = conn
+        .set_read_timeout(Some(PREDECESSOR_ANSWER_TIMEOUT))
+        .and_then(|()| conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
+    if let Err(e) = bounded {
+        return Err(format!("--upgrade: {e}"));
+    }
+    hotswap::check_peer(&conn).map_err(|e| format!("--upgrade: {}: {e}", path.display()))?;
     let protocol = std::env::var(PROTOCOL_OVERRIDE_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -203,7 +275,7 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
         &[],
     )
     .map_err(fail)?;
-    match hotswap::recv(&conn).map_err(fail)?.0 {
+    match hotswap::recv(&conn, REQUEST_BYTES_MAX).map_err(fail)?.0 {
         Message::Welcome { build, .. } => {
             tracing::info!(predecessor = %build, "hot upgrade: taking over")
         }
@@ -215,7 +287,7 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
         other => return Err(format!("--upgrade: unexpected {other:?}")),
     }
     hotswap::send(&conn, &Message::GetListeners, &[]).map_err(fail)?;
-    let (msg, fds) = hotswap::recv(&conn).map_err(fail)?;
+    let (msg, fds) = hotswap::recv(&conn, MESSAGE_BYTES_MAX).map_err(fail)?;
     let Message::Listeners { sockets } = msg else {
         return Err(format!("--upgrade: expected Listeners, got {msg:?}"));
     };
@@ -238,8 +310,10 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
 
 /// New side, after `Serving`: imports the predecessor's final counters when it has drained.
 pub fn await_predecessor(conn: UnixStream, shared: Arc<Shared>) {
+    // The predecessor drains first (up to its drain_timeout_ms); this thread only waits.
+    let _ = conn.set_read_timeout(None);
     loop {
-        match hotswap::recv(&conn) {
+        match hotswap::recv(&conn, MESSAGE_BYTES_MAX) {
             Ok((Message::Stats { blob }, _)) => match shared.stats.import(blob.as_bytes()) {
                 Ok(n) => tracing::info!(
                     counters = n,
@@ -273,11 +347,13 @@ pub fn farewell(conn: &UnixStream, shared: &Shared) {
 /// are done, resume serving.
 pub fn watch_successor(conn: &UnixStream, shared: &Arc<Shared>) {
     let Ok(watch) = conn.try_clone() else { return };
+    // The clone shares the socket: no read timeout from the handshake while we drain.
+    let _ = watch.set_read_timeout(None);
     let shared = shared.clone();
     std::thread::spawn(move || {
         // The successor sends nothing more until it closes; a close before our Bye means it
         // died.
-        let _ = hotswap::recv(&watch);
+        let _ = hotswap::recv(&watch, REQUEST_BYTES_MAX);
         if shared.lifecycle.state() == State::Draining && !shared.drained.load(Ordering::Acquire) {
             let _ = shared.control.send(ControlEvent::Resume);
         }

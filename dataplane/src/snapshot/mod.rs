@@ -193,6 +193,7 @@ impl Builder {
                             &t,
                             Counter,
                         ),
+                        h2: crate::filter::triple::UpstreamH2StatIds::register(st, &t),
                     },
                     published: Arc::new(Endpoints::empty(self.next_generation)),
                 }
@@ -348,6 +349,7 @@ impl Builder {
                     rsp_status,
                     protocol_error: c("triple_protocol_error"),
                     rst_flood: c("triple_rst_flood"),
+                    hardening: crate::filter::triple::HardeningStatIds::register(st, &t),
                     rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
                     other_service: RequestStatIds::register(st, "triple_service", &other),
                 })

@@ -20,7 +20,7 @@ pub const RINGSIDE: &str = env!("CARGO_BIN_EXE_ringside");
 ///
 /// Tests in one binary run concurrently, and the kernel may give a released port out again at
 /// once: two tests on one port would share a SO_REUSEPORT listener (or one control socket path,
-/// `$TMPDIR/ringside-<admin port>.sock`) and talk to each other's ringside.
+/// `$TMPDIR/ringside-<euid>/ringside-<admin port>.sock`) and talk to each other's ringside.
 pub fn free_port() -> u16 {
     #[allow(clippy::disallowed_types)]
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
@@ -291,6 +291,16 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16,
         .unwrap_or("")
         .to_string();
     Ok((status, body))
+}
+
+/// The default control socket of the ringside whose admin API is on `admin`
+/// (`$TMPDIR/ringside-<euid>/ringside-<admin port>.sock`).
+pub fn control_socket(admin: SocketAddr) -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    std::env::temp_dir()
+        .join(format!("ringside-{euid}"))
+        .join(format!("ringside-{}.sock", admin.port()))
 }
 
 /// An echo server on its own threads; returns its address.

@@ -57,6 +57,8 @@ pub struct UpstreamStatIds {
     pub cx_idle_timeout: crate::stats::StatId,
     /// Connections closed after missing `HEARTBEAT_MISSES_MAX` heartbeats.
     pub cx_heartbeat_timeout: crate::stats::StatId,
+    /// HTTP/2 (Triple) upstream connections only.
+    pub h2: crate::filter::triple::UpstreamH2StatIds,
 }
 
 /// A request waiting for its response.
