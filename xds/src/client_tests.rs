@@ -564,6 +564,8 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         connections_per_host: 1,
         pending_requests_max: 10,
         heartbeat_interval_ms: 60_000,
+        response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
+        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);
     server.next_sotw().await;
