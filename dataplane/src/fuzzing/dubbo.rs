@@ -134,7 +134,6 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     let ups = Upstreams::install();
     let (shard, stats) = fx.shard();
     let ctx = shard.listener("in").expect("listener in");
-    let snap = &fx.snapshot;
     let mut consumers: Vec<Consumer> = Vec::new();
     let mut providers: Vec<Provider> = Vec::new();
     let mut s = Script::new(&data);
@@ -291,19 +290,7 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
             "consumer {i}: connection task still running after EOF"
         );
     }
-    let gauges = [
-        ("listener cx_active", snap.listener_ids[0].cx_active),
-        ("cluster cx_active", snap.cluster_ids[0].cx_active),
-        ("cluster rq_active", snap.upstream_ids[0].rq_active),
-    ];
-    for (name, id) in gauges {
-        assert_eq!(stats.get(id), 0, "{name} after every peer left");
-    }
-    assert!(
-        peak <= 64 << 20,
-        "heap grew by {peak} bytes during a run of {} input bytes",
-        data.len()
-    );
+    fx.check_end(&stats, peak, data.len());
     drop(shard);
 }
 

@@ -33,6 +33,9 @@ pub mod triple;
 
 /// Bytes each direction of an in-memory connection buffers (a socket's buffer).
 pub const PIPE_BYTES: usize = 64 * 1024;
+/// How much a run may grow the heap: far above what a few KB of input can legitimately make
+/// ringside hold, far below what an unbounded buffer reaches.
+pub const HEAP_GROWTH_MAX: usize = 64 << 20;
 /// Explicit sleeps per run at most (each is a few ms of real time).
 pub const SLEEPS_MAX: u32 = 3;
 
@@ -244,6 +247,24 @@ impl Fixture {
             snapshot: Arc::new(snapshot),
             stats,
         }
+    }
+
+    /// The end of a run, every peer gone: the listener's and the cluster's connection and
+    /// request gauges are back to 0, and the heap grew by at most 64 MiB (`peak`) during it.
+    pub fn check_end(&self, stats: &ShardStats, peak: usize, input_bytes: usize) {
+        let snap = &self.snapshot;
+        let gauges = [
+            ("listener cx_active", snap.listener_ids[0].cx_active),
+            ("cluster cx_active", snap.cluster_ids[0].cx_active),
+            ("cluster rq_active", snap.upstream_ids[0].rq_active),
+        ];
+        for (name, id) in gauges {
+            assert_eq!(stats.get(id), 0, "{name} after every peer left");
+        }
+        assert!(
+            peak <= HEAP_GROWTH_MAX,
+            "heap grew by {peak} bytes during a run of {input_bytes} input bytes"
+        );
     }
 
     pub fn shard(&self) -> (Detached, ShardStats) {

@@ -411,7 +411,6 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     let ups = Upstreams::install();
     let (shard, stats) = fx.shard();
     let ctx = shard.listener("in").expect("listener in");
-    let snap = &fx.snapshot;
     let (ours, theirs) = shard::mem::pair(PIPE_BYTES);
     let done = Rc::new(Cell::new(false));
     {
@@ -652,19 +651,7 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     settle().await;
     collect_all(&mut caller, &mut servers, &opened, true);
     assert!(done.get(), "caller connection task still running after EOF");
-    let gauges = [
-        ("listener cx_active", snap.listener_ids[0].cx_active),
-        ("cluster cx_active", snap.cluster_ids[0].cx_active),
-        ("cluster rq_active", snap.upstream_ids[0].rq_active),
-    ];
-    for (name, id) in gauges {
-        assert_eq!(stats.get(id), 0, "{name} after every peer left");
-    }
-    assert!(
-        peak <= 64 << 20,
-        "heap grew by {peak} bytes during a run of {} input bytes",
-        data.len()
-    );
+    fx.check_end(&stats, peak, data.len());
     drop(shard);
 }
 
@@ -676,14 +663,14 @@ fn respond(sv: &mut Server, id: u32, what: u8, len: u8, out: &mut Vec<u8>) {
     let ended = sv.done.contains(&id);
     match what % 7 {
         0 | 3 if !ended => {
-            if what % 7 == 0 {
+            if what.is_multiple_of(7) {
                 frame::write_headers(out, id, &headers, false, FRAME_MAX);
             }
             let mut m = message(usize::from(len) * 16);
             m.truncate(sv.peer.send_room(id) as usize);
             h2(out, kind::DATA, 0, id, &m);
             sv.peer.note_sent(id, m.len());
-            if what % 7 == 0 {
+            if what.is_multiple_of(7) {
                 frame::write_headers(out, id, &trailers, true, FRAME_MAX);
                 sv.done.insert(id);
             }
