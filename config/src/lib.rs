@@ -72,6 +72,9 @@ pub const OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT: u32 = 1000;
 pub const PREFACE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Upper bound of every HTTP/2 timer (a day).
 pub const H2_TIMER_MS_MAX: u64 = 86_400_000;
+/// HTTP/2 PING keepalive of upstream connections (see `Cluster::keepalive_interval_ms`).
+pub const KEEPALIVE_INTERVAL_MS_DEFAULT: u64 = 300_000;
+pub const KEEPALIVE_TIMEOUT_MS_DEFAULT: u64 = 20_000;
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -723,6 +726,17 @@ pub struct Cluster {
     /// Dubbo: heartbeat idle upstream connections this often; close after 3 missed.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Triple: an upstream connection with no stream for this long is closed (Envoy's
+    /// `common_http_protocol_options.idle_timeout`, 1 h).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Triple: an upstream connection with streams that has read nothing for this long is sent
+    /// an HTTP/2 PING; no answer within `keepalive_timeout_ms` closes it and fails its calls
+    /// UNAVAILABLE. 5 minutes: gRPC servers enforce a 5-minute minimum between PINGs.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -866,6 +880,14 @@ fn default_connections_per_host() -> u32 {
 fn default_pending_per_host() -> u32 {
     PENDING_REQUESTS_PER_HOST_MAX_DEFAULT
 }
+fn default_keepalive_interval_ms() -> u64 {
+    KEEPALIVE_INTERVAL_MS_DEFAULT
+}
+
+fn default_keepalive_timeout_ms() -> u64 {
+    KEEPALIVE_TIMEOUT_MS_DEFAULT
+}
+
 fn default_heartbeat_interval_ms() -> u64 {
     HEARTBEAT_INTERVAL_MS_DEFAULT
 }
@@ -1193,6 +1215,18 @@ impl Config {
             }
             if c.pending_requests_max == 0 {
                 err(at("pending_requests_max"), "must be at least 1".into());
+            }
+            for (field, v) in [
+                ("idle_timeout_ms", c.idle_timeout_ms),
+                ("keepalive_interval_ms", c.keepalive_interval_ms),
+                ("keepalive_timeout_ms", c.keepalive_timeout_ms),
+            ] {
+                if !(1..=H2_TIMER_MS_MAX).contains(&v) {
+                    err(
+                        at(field),
+                        format!("{v} is out of range 1..={H2_TIMER_MS_MAX}"),
+                    );
+                }
             }
             if c.heartbeat_interval_ms < HEARTBEAT_INTERVAL_MS_MIN {
                 err(

@@ -564,6 +564,9 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         connections_per_host: 1,
         pending_requests_max: 10,
         heartbeat_interval_ms: 60_000,
+        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+        keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
+        keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);
     server.next_sotw().await;

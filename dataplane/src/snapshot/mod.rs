@@ -581,6 +581,9 @@ mod tests {
             connections_per_host: 1,
             pending_requests_max: 100,
             heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
+            idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+            keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
+            keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
         }
     }
 
