@@ -564,6 +564,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         connections_per_host: 1,
         pending_requests_max: 10,
         heartbeat_interval_ms: 60_000,
+        response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
         idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
         keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
