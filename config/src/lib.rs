@@ -94,6 +94,9 @@ pub const OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT: u32 = 1000;
 pub const PREFACE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Upper bound of every HTTP/2 timer (a day).
 pub const H2_TIMER_MS_MAX: u64 = 86_400_000;
+/// HTTP/2 PING keepalive of upstream connections (see `Cluster::keepalive_interval_ms`).
+pub const KEEPALIVE_INTERVAL_MS_DEFAULT: u64 = 300_000;
+pub const KEEPALIVE_TIMEOUT_MS_DEFAULT: u64 = 20_000;
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -775,9 +778,17 @@ pub struct Cluster {
     /// connection stays up) and only its caller gets status 80.
     #[serde(default = "default_response_bytes_max")]
     pub response_bytes_max: usize,
-    /// Dubbo: close an upstream connection that has had no request for this long.
+    /// Dubbo and Triple: close an upstream connection that has had no request (Triple: no
+    /// stream) for this long (Envoy's upstream `idle_timeout`, 1 h).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Triple: an upstream connection with streams that has read nothing for this long is sent
+    /// an HTTP/2 PING; no answer within `keepalive_timeout_ms` closes it and fails its calls
+    /// UNAVAILABLE. 5 minutes: gRPC servers enforce a 5-minute minimum between PINGs.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -921,6 +932,14 @@ fn default_connections_per_host() -> u32 {
 fn default_pending_per_host() -> u32 {
     PENDING_REQUESTS_PER_HOST_MAX_DEFAULT
 }
+fn default_keepalive_interval_ms() -> u64 {
+    KEEPALIVE_INTERVAL_MS_DEFAULT
+}
+
+fn default_keepalive_timeout_ms() -> u64 {
+    KEEPALIVE_TIMEOUT_MS_DEFAULT
+}
+
 fn default_heartbeat_interval_ms() -> u64 {
     HEARTBEAT_INTERVAL_MS_DEFAULT
 }
@@ -1282,6 +1301,12 @@ impl Config {
                 );
             }
             timer_in_range(c.idle_timeout_ms, at("idle_timeout_ms"), &mut err);
+            timer_in_range(
+                c.keepalive_interval_ms,
+                at("keepalive_interval_ms"),
+                &mut err,
+            );
+            timer_in_range(c.keepalive_timeout_ms, at("keepalive_timeout_ms"), &mut err);
             if c.heartbeat_interval_ms < HEARTBEAT_INTERVAL_MS_MIN {
                 err(
                     at("heartbeat_interval_ms"),

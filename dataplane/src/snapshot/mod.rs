@@ -595,6 +595,8 @@ mod tests {
             heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
             response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
             idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+            keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
+            keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
         }
     }
 

@@ -507,7 +507,7 @@ impl ShardState {
             Rc::new(crate::filter::triple::TripleListener {
                 name: l.name.clone(),
                 routes,
-                limits: crate::filter::triple::H2Limits::from_config(&t),
+                limits: crate::filter::triple::H2Limits::from_config(&t, l.idle_timeout_ms),
                 stats: stats.clone(),
                 ids,
                 services,
