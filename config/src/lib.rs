@@ -72,6 +72,13 @@ pub const CONNECTION_WINDOW_BYTES_DEFAULT: u32 = 4 * 1024 * 1024;
 pub const WINDOW_BYTES_MIN: u32 = 65_535;
 pub const WINDOW_BYTES_MAX: u32 = (1 << 31) - 1;
 pub const RESETS_PER_SECOND_MAX_DEFAULT: u32 = 200;
+/// Control frames queued for a peer that does not read them (Envoy's
+/// `max_outbound_control_frames`).
+pub const OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT: u32 = 1000;
+/// How long a new caller connection may take to send the HTTP/2 preface and SETTINGS.
+pub const PREFACE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Upper bound of every HTTP/2 timer (a day).
+pub const H2_TIMER_MS_MAX: u64 = 86_400_000;
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -481,6 +488,14 @@ pub struct TripleListener {
     /// closed with ENHANCE_YOUR_CALM (rapid-reset protection).
     #[serde(default = "default_resets_per_second_max")]
     pub resets_per_second_max: u32,
+    /// PING and SETTINGS acknowledgements and RST_STREAM frames queued for a peer that does not
+    /// read them; beyond it GOAWAY ENHANCE_YOUR_CALM (PING / SETTINGS floods).
+    #[serde(default = "default_outbound_control_frames_max")]
+    pub outbound_control_frames_max: u32,
+    /// A caller connection that has not sent the connection preface and its SETTINGS within
+    /// this long is closed.
+    #[serde(default = "default_preface_timeout_ms")]
+    pub preface_timeout_ms: u64,
     /// Tried in order; the first match wins; else the listener's `cluster`; else UNIMPLEMENTED.
     #[serde(default)]
     pub routes: Vec<TripleRoute>,
@@ -495,6 +510,8 @@ impl Default for TripleListener {
             stream_window_bytes: STREAM_WINDOW_BYTES_DEFAULT,
             connection_window_bytes: CONNECTION_WINDOW_BYTES_DEFAULT,
             resets_per_second_max: RESETS_PER_SECOND_MAX_DEFAULT,
+            outbound_control_frames_max: OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT,
+            preface_timeout_ms: PREFACE_TIMEOUT_MS_DEFAULT,
             routes: Vec::new(),
         }
     }
@@ -812,6 +829,14 @@ fn default_stream_window_bytes() -> u32 {
 fn default_connection_window_bytes() -> u32 {
     CONNECTION_WINDOW_BYTES_DEFAULT
 }
+fn default_outbound_control_frames_max() -> u32 {
+    OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT
+}
+
+fn default_preface_timeout_ms() -> u64 {
+    PREFACE_TIMEOUT_MS_DEFAULT
+}
+
 fn default_resets_per_second_max() -> u32 {
     RESETS_PER_SECOND_MAX_DEFAULT
 }
@@ -1594,6 +1619,21 @@ fn validate_triple(
         WINDOW_BYTES_MAX,
     );
     range("resets_per_second_max", t.resets_per_second_max, 1, 1 << 20);
+    range(
+        "outbound_control_frames_max",
+        t.outbound_control_frames_max,
+        1,
+        1 << 20,
+    );
+    if !(1..=H2_TIMER_MS_MAX).contains(&t.preface_timeout_ms) {
+        err(
+            at("preface_timeout_ms"),
+            format!(
+                "{} is out of range 1..={H2_TIMER_MS_MAX}",
+                t.preface_timeout_ms
+            ),
+        );
+    }
     for (i, r) in t.routes.iter().enumerate() {
         let rat = |f: &str| at(&format!("routes[{i}].{f}"));
         let m = &r.matcher;

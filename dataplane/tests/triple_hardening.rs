@@ -37,14 +37,17 @@ struct Seen {
     /// Bytes of HEADERS and CONTINUATION frames received (frame headers included).
     header_bytes: AtomicUsize,
     pings: AtomicUsize,
+    /// Frames (other than RST_STREAM, WINDOW_UPDATE, PRIORITY) on a stream after its END_STREAM.
+    after_end: AtomicUsize,
     /// Set once the first `x-goaway` request was refused with a GOAWAY.
     goaway_sent: AtomicBool,
 }
 
 /// A raw-frame HTTP/2 upstream. Request headers switch behaviour: `x-hang` (never answer),
 /// `x-reply-bytes: N` (answer N bytes), `x-big-header: N` (answer with a response header of N
-/// bytes), `x-goaway` (the first such request on the backend is refused by a GOAWAY naming the
-/// stream before it, and the connection closes once older streams are answered), `x-freeze`
+/// bytes; `x-big-trailer: N` the same in its trailers, before grpc-status), `x-goaway` (the first such request on the backend is refused by a GOAWAY naming the
+/// stream before it, and the connection closes once older streams are answered), `x-no-window`
+/// (never return stream window for the request body), `x-freeze`
 /// (stop reading and writing on this connection, keeping it open: a half-open peer).
 struct Backend {
     addr: SocketAddr,
@@ -81,6 +84,7 @@ struct Answer {
     body: Vec<u8>,
     window: i64,
     trailers: bool,
+    big_trailer: usize,
 }
 
 struct BackendConn {
@@ -98,6 +102,8 @@ struct BackendConn {
     open: usize,
     /// A GOAWAY was sent: close once nothing is open.
     leaving: bool,
+    /// Streams whose request ended.
+    ended: std::collections::HashSet<u32>,
 }
 
 impl BackendConn {
@@ -115,6 +121,7 @@ impl BackendConn {
             answering: HashMap::new(),
             open: 0,
             leaving: false,
+            ended: Default::default(),
         }
     }
 
@@ -174,6 +181,14 @@ impl BackendConn {
     fn on_frame(&mut self, h: FrameHeader, payload: &[u8]) -> bool {
         let sid = h.stream;
         let mut o = Vec::new();
+        if self.ended.contains(&sid)
+            && ![kind::RST_STREAM, kind::WINDOW_UPDATE, kind::PRIORITY].contains(&h.kind)
+        {
+            self.seen.after_end.fetch_add(1, Relaxed);
+        }
+        if h.flags & flag::END_STREAM != 0 && matches!(h.kind, kind::HEADERS | kind::DATA) {
+            self.ended.insert(sid);
+        }
         match h.kind {
             kind::SETTINGS if h.flags & flag::ACK == 0 => {
                 for (id, v) in frame::settings(payload).unwrap() {
@@ -235,9 +250,15 @@ impl BackendConn {
             }
             kind::DATA => {
                 let n = payload.len() as u32;
+                let stingy = self
+                    .reading
+                    .get(&sid)
+                    .is_some_and(|f| f.iter().any(|(n, _)| n == "x-no-window"));
                 if n > 0 {
                     frame::write_window_update(&mut o, 0, n);
-                    frame::write_window_update(&mut o, sid, n);
+                    if !stingy {
+                        frame::write_window_update(&mut o, sid, n);
+                    }
                 }
                 if h.flags & flag::END_STREAM != 0 {
                     self.answer(sid);
@@ -281,6 +302,7 @@ impl BackendConn {
                 body: grpc_msg(&vec![b'r'; n]),
                 window: self.peer_initial,
                 trailers: true,
+                big_trailer: get("x-big-trailer").map_or(0, |v| v.parse().unwrap()),
             },
         );
     }
@@ -307,6 +329,10 @@ impl BackendConn {
             }
             if a.body.is_empty() && a.trailers {
                 let mut block = Vec::new();
+                if a.big_trailer > 0 {
+                    let v = vec![b't'; a.big_trailer];
+                    hpack::encode_field(&mut block, b"x-big", &v, false);
+                }
                 hpack::encode_field(&mut block, b"grpc-status", b"0", false);
                 frame::write_headers(&mut o, sid, &block, true, 16_384);
                 a.trailers = false;
@@ -488,5 +514,253 @@ fn discarded_data_returns_its_window_to_the_shared_upstream() {
         (Some(0), 5 + 200_000),
         "the shared upstream connection must not stall: {:?}",
         r.reset
+    );
+}
+
+/// Reads until the connection ends; returns the GOAWAY error code seen, if any, and the number
+/// of frames of `count_kind` read.
+fn read_to_end(p: &mut Peer, count_kind: u8) -> (Option<u32>, usize) {
+    let (mut goaway, mut n) = (None, 0);
+    while let Some(f) = p.read_frame() {
+        if f.h.kind == count_kind {
+            n += 1;
+        }
+        if f.h.kind == kind::GOAWAY {
+            goaway = Some(frame::goaway(&f.payload).unwrap().1);
+        }
+    }
+    (goaway, n)
+}
+
+/// Item 3 ("MadeYouReset"): streams ringside resets because the caller broke the protocol count
+/// against `resets_per_second_max` like the caller's own resets, and a call already past its
+/// deadline never opens an upstream stream.
+#[test]
+fn caller_caused_resets_count_as_resets() {
+    let b = Backend::start(10_000);
+    let (rs, listen) = start(
+        b.addr,
+        "    triple: {resets_per_second_max: 50, stream_window_bytes: 65535}\n",
+        "",
+    );
+    // grpc-timeout of 1 ns: answered at once, nothing upstream.
+    let mut c = Client::connect(listen);
+    let r = c.call(SAY, &[("grpc-timeout", "1n")], b"x");
+    assert_eq!(r.grpc_status(), Some(4), "DEADLINE_EXCEEDED: {r:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        b.get(|s| &s.streams),
+        0,
+        "no HEADERS upstream for a dead call"
+    );
+    // Each way of making ringside reset a stream, 300 streams on one connection each.
+    type Breaker = fn(&mut Vec<u8>, u32);
+    let ways: [(&str, Breaker); 5] = [
+        ("WINDOW_UPDATE of 0", |o, id| {
+            write_request(o, id, &[("x-hang", "1")]);
+            frame::write_window_update(o, id, 0);
+        }),
+        ("DATA after END_STREAM", |o, id| {
+            write_request(o, id, &[("x-hang", "1")]);
+            frame::write_data_header(o, id, 1, true);
+            o.push(0);
+        }),
+        ("DATA past the stream window", |o, id| {
+            let h = [("x-hang", "1"), ("x-no-window", "1")];
+            frame::write_headers(o, id, &request_block(&h), false, 16_384);
+            // The backend takes 65535 bytes; ringside granted 65535 + 48000.
+            for _ in 0..8 {
+                frame::write_data_header(o, id, 16_000, false);
+                o.extend_from_slice(&[0; 16_000]);
+            }
+        }),
+        ("trailers without END_STREAM", |o, id| {
+            frame::write_headers(o, id, &request_block(&[("x-hang", "1")]), false, 16_384);
+            let mut t = Vec::new();
+            hpack::encode_field(&mut t, b"x-t", b"1", false);
+            frame::write_headers(o, id, &t, false, 16_384);
+        }),
+        ("grpc-timeout 1n", |o, id| {
+            write_request(o, id, &[("grpc-timeout", "1n")])
+        }),
+    ];
+    for (what, breaker) in ways {
+        let before = stat(&rs, "upstream_rq_total");
+        let mut p = raw_caller(listen, &[]);
+        p.s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut o = Vec::new();
+        for i in 0..300 {
+            breaker(&mut o, 1 + 2 * i);
+        }
+        // The connection may close before all is written.
+        let _ = p.s.write_all(&o);
+        let (goaway, _) = read_to_end(&mut p, kind::RST_STREAM);
+        assert_eq!(
+            goaway,
+            Some(code::ENHANCE_YOUR_CALM),
+            "{what}: 300 resets in a second must close the connection"
+        );
+        let opened = stat(&rs, "upstream_rq_total") - before;
+        assert!(opened <= 51, "{what}: {opened} streams opened upstream");
+    }
+    assert_eq!(stat(&rs, "triple_rst_flood"), 5);
+    assert!(stat(&rs, "triple_stream_error") >= 4 * 50);
+    assert!(stat(&rs, "triple_rq_expired_on_arrival") >= 51);
+    // Every stream opened upstream was reset there.
+    assert!(wait_for(Duration::from_secs(5), || b.get(|s| &s.open) == 0));
+}
+
+/// Item 5: PING and SETTINGS floods from a caller that does not read the answers are cut at
+/// `outbound_control_frames_max` queued frames with GOAWAY ENHANCE_YOUR_CALM.
+#[test]
+fn ping_and_settings_floods_are_cut() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "");
+    for (what, k) in [("PING", kind::PING), ("SETTINGS", kind::SETTINGS)] {
+        // A small receive buffer, never read while flooding: acknowledgements pile up in
+        // ringside once its socket buffer is full.
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&listen.into()).unwrap();
+        let mut p = Peer::new(sock.into());
+        p.s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut o = frame::PREFACE.to_vec();
+        frame::write_settings(&mut o, &[]);
+        p.write(&o);
+        let mut chunk = Vec::new();
+        for _ in 0..1000 {
+            if k == kind::PING {
+                frame::write_ping(&mut chunk, false, *b"floodpng");
+            } else {
+                frame::write_settings(&mut chunk, &[(setting::MAX_FRAME_SIZE, 16_384)]);
+            }
+        }
+        // 400k frames: ~7 MB of acknowledgements, more than any socket buffer holds.
+        let mut sent = 0;
+        while sent < 400 && p.s.write_all(&chunk).is_ok() {
+            sent += 1;
+        }
+        let ack = if k == kind::PING {
+            kind::PING
+        } else {
+            kind::SETTINGS
+        };
+        let (goaway, acks) = read_to_end(&mut p, ack);
+        assert!(
+            acks < 400_000,
+            "{what} flood: {acks} acknowledgements, the connection was never cut"
+        );
+        // The GOAWAY is last in a long queue; a reset may overtake it, the stat tells.
+        if let Some(g) = goaway {
+            assert_eq!(g, code::ENHANCE_YOUR_CALM, "{what}");
+        }
+    }
+    assert_eq!(stat(&rs, "triple_control_flood"), 2);
+    // Other callers are unaffected.
+    let r = Client::connect(listen).call(SAY, &[], b"x");
+    assert_eq!(r.grpc_status(), Some(0));
+}
+
+/// Item 6: trailers repeated after END_STREAM are a stream error, never forwarded.
+#[test]
+fn repeated_trailers_are_a_stream_error() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "");
+    let mut p = raw_caller(listen, &[]);
+    let mut o = Vec::new();
+    // More body than the backend's stream window: the trailers queue behind it in ringside.
+    frame::write_headers(&mut o, 1, &request_block(&[("x-hang", "1")]), false, 16_384);
+    for _ in 0..6 {
+        frame::write_data_header(&mut o, 1, 16_000, false);
+        o.extend_from_slice(&[0; 16_000]);
+    }
+    let mut t = Vec::new();
+    hpack::encode_field(&mut t, b"x-t", b"1", false);
+    frame::write_headers(&mut o, 1, &t, true, 16_384);
+    frame::write_headers(&mut o, 1, &t, true, 16_384);
+    p.write(&o);
+    let mut reset = None;
+    while let Some(f) = p.read_frame() {
+        if p.handle_control(&f) {
+            continue;
+        }
+        if f.h.kind == kind::RST_STREAM && f.h.stream == 1 {
+            reset = Some(frame::rst_stream(&f.payload).unwrap());
+            break;
+        }
+    }
+    assert_eq!(
+        reset,
+        Some(code::STREAM_CLOSED),
+        "the caller's stream is reset"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        b.get(|s| &s.after_end),
+        0,
+        "nothing after END_STREAM upstream"
+    );
+    assert!(wait_for(Duration::from_secs(2), || b.get(|s| &s.open) == 0));
+    assert_eq!(stat(&rs, "triple_stream_error"), 1);
+    // The connection lives on.
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call(SAY, &[], b"x").grpc_status(), Some(0));
+}
+
+/// Item 7: upstream response headers or trailers over the header list limit end the call
+/// INTERNAL with a reason, never relayed cut short (which could lose grpc-status).
+#[test]
+fn oversized_upstream_headers_end_the_call_internal() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "    triple: {header_list_bytes_max: 8192}\n", "");
+    let mut c = Client::connect(listen);
+    for h in ["x-big-header", "x-big-trailer"] {
+        let r = c.call(SAY, &[(h, "10000")], b"x");
+        assert_eq!(r.grpc_status(), Some(13), "{h}: INTERNAL {r:?}");
+        assert!(
+            r.grpc_message()
+                .contains("upstream response headers exceed 8192"),
+            "{h}: {r:?}"
+        );
+    }
+    assert_eq!(stat(&rs, "upstream_h2_rsp_headers_too_large"), 2);
+    assert!(wait_for(Duration::from_secs(2), || b.get(|s| &s.open) == 0));
+    // Under the limit, all is relayed.
+    let r = c.call(SAY, &[("x-big-trailer", "4000")], b"x");
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+}
+
+/// Item 9: a caller connection that does not send the preface and SETTINGS in
+/// `preface_timeout_ms` is closed; one that did stays.
+#[test]
+fn silent_callers_are_closed_after_the_preface_timeout() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "    triple: {preface_timeout_ms: 300}\n", "");
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(listen).unwrap();
+    let mut half = TcpStream::connect(listen).unwrap();
+    half.write_all(&frame::PREFACE[..16]).unwrap();
+    let mut ok = Client::connect(listen);
+    for s in [&mut silent, &mut half] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        // Ringside's SETTINGS, then EOF.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => panic!("not closed: {e}"),
+            }
+        }
+    }
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    assert_eq!(stat(&rs, "triple_cx_preface_timeout"), 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        ok.call(SAY, &[], b"x").grpc_status(),
+        Some(0),
+        "a greeted caller stays"
     );
 }

@@ -185,6 +185,7 @@ impl Builder {
                         rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
                         rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
                         rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
+                        h2: crate::filter::triple::UpstreamH2StatIds::register(st, &t),
                     },
                     published: Arc::new(Endpoints::empty(self.next_generation)),
                 }
@@ -336,6 +337,7 @@ impl Builder {
                     rsp_status,
                     protocol_error: c("triple_protocol_error"),
                     rst_flood: c("triple_rst_flood"),
+                    hardening: crate::filter::triple::HardeningStatIds::register(st, &t),
                     rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
                     other_service: RequestStatIds::register(st, "triple_service", &other),
                 })

@@ -51,6 +51,8 @@ pub struct UpstreamStatIds {
     pub rq_failure: crate::stats::StatId,
     pub rq_overflow: crate::stats::StatId,
     pub rq_active: crate::stats::StatId,
+    /// HTTP/2 (Triple) upstream connections only.
+    pub h2: crate::filter::triple::UpstreamH2StatIds,
 }
 
 /// A request waiting for its response.

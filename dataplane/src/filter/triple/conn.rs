@@ -34,6 +34,9 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A caller connection that is draining and has no stream left closes after this long.
 pub const DRAIN_QUIET_MS: u64 = 300;
+/// A call whose deadline is nearer than this on arrival cannot be met through a proxy hop: it is
+/// answered DEADLINE_EXCEEDED at once, without an upstream stream.
+pub const DEADLINE_MIN_US: u64 = 1_000;
 /// The PING payload that follows the first, graceful GOAWAY.
 const DRAIN_PING: [u8; 8] = *b"rs-drain";
 
@@ -156,8 +159,11 @@ pub struct Conn {
     stream_ids: Cell<u32>,
     /// Caller side: GOAWAY sent (draining). Upstream side: GOAWAY received, with its last id.
     goaway: Cell<Option<u32>>,
-    /// Caller side: resets in the current one-second window.
+    /// Caller side: resets (the caller's and those it caused) in the current one-second window.
     resets: Cell<(Instant, u32)>,
+    /// Control frames (PING and SETTINGS ACKs, RST_STREAM) queued since the writer last took
+    /// the output buffer.
+    ctl_queued: Cell<u32>,
     /// Caller side: wakes the deadline task when an earlier deadline is set.
     deadline_wake: Notify,
     armed: Cell<Option<Instant>>,
@@ -167,6 +173,8 @@ pub struct Conn {
     drain_acked: Notify,
     /// Upstream side: connected (frames are queued before).
     pub open: Cell<bool>,
+    /// The peer's first SETTINGS arrived (caller side: the preface is complete).
+    greeted: Cell<bool>,
 }
 
 impl Conn {
@@ -191,10 +199,12 @@ impl Conn {
             stream_ids: Cell::new(0),
             goaway: Cell::new(None),
             resets: Cell::new((Instant::now(), 0)),
+            ctl_queued: Cell::new(0),
             deadline_wake: Notify::new(),
             armed: Cell::new(None),
             stream_ended: Notify::new(),
             drain_acked: Notify::new(),
+            greeted: Cell::new(false),
             open: Cell::new(false),
         }
     }
@@ -246,6 +256,47 @@ impl Conn {
             self.close();
         }
         self.out_ready.notify();
+    }
+
+    /// Queues a control frame (one the peer provoked and cannot flow-control); a peer making
+    /// ringside queue more than `control_frames_max` without reading them is flooding (PING or
+    /// SETTINGS floods): connection error ENHANCE_YOUR_CALM.
+    fn write_control(&self, f: impl FnOnce(&mut BytesMut)) -> Result<(), ConnError> {
+        let n = self.ctl_queued.get() + 1;
+        self.ctl_queued.set(n);
+        if n > self.limits.control_frames_max {
+            match &self.side {
+                Side::Down(l) => l.stats.inc(l.ids.hardening.control_flood),
+                Side::Up(h) => h.pool.stats.inc(h.pool.ids.h2.control_flood),
+            }
+            return Err(conn_err(
+                code::ENHANCE_YOUR_CALM,
+                "too many control frames queued",
+            ));
+        }
+        self.write(f);
+        Ok(())
+    }
+
+    /// Caller side: counts a stream reset (by the caller, or by ringside because of it) against
+    /// `resets_per_second_max`; beyond it the connection is closed (rapid reset, MadeYouReset).
+    fn count_reset(&self) -> Result<(), ConnError> {
+        let Side::Down(l) = &self.side else {
+            return Ok(());
+        };
+        let (start, n) = self.resets.get();
+        let now = Instant::now();
+        let (start, n) = if now.duration_since(start) > Duration::from_secs(1) {
+            (now, 1)
+        } else {
+            (start, n + 1)
+        };
+        self.resets.set((start, n));
+        if n > l.limits.resets_per_second_max {
+            l.stats.inc(l.ids.rst_flood);
+            return Err(conn_err(code::ENHANCE_YOUR_CALM, "too many stream resets"));
+        }
+        Ok(())
     }
 
     fn close(&self) {
@@ -472,6 +523,7 @@ impl Conn {
         };
         give_back(back);
         if open {
+            self.ctl_queued.set(self.ctl_queued.get() + 1);
             self.write(|o| frame::write_rst_stream(o, id, c));
         }
         self.blocked.borrow_mut().retain(|&b| b != id);
@@ -499,7 +551,7 @@ impl Conn {
                     return Err(conn_err(code::PROTOCOL_ERROR, "PING on a stream"));
                 }
                 if h.flags & flag::ACK == 0 {
-                    self.write(|o| frame::write_ping(o, true, data));
+                    self.write_control(|o| frame::write_ping(o, true, data))?;
                 } else if data == DRAIN_PING {
                     self.drain_acked.notify();
                 }
@@ -540,6 +592,7 @@ impl Conn {
             }
             return Ok(());
         }
+        self.greeted.set(true);
         let mut window_delta = 0i64;
         for (id, v) in frame::settings(payload)? {
             match id {
@@ -569,7 +622,7 @@ impl Conn {
                 _ => {}
             }
         }
-        self.write(frame::write_settings_ack);
+        self.write_control(frame::write_settings_ack)?;
         if window_delta != 0 {
             for s in self.streams.borrow_mut().values_mut() {
                 s.send_window += window_delta;
@@ -621,10 +674,10 @@ impl Conn {
             Some(c) => self.on_stream_error(h.stream, c, "bad WINDOW_UPDATE"),
             None => {
                 self.blocked.borrow_mut().retain(|&b| b != h.stream);
-                self.flush(h.stream)
+                self.flush(h.stream);
+                Ok(())
             }
         }
-        Ok(())
     }
 
     fn on_data(self: &Rc<Self>, h: FrameHeader, payload: Bytes) -> Result<(), ConnError> {
@@ -689,7 +742,7 @@ impl Conn {
             Next::Drop => self.credit(h.stream, h.len),
             Next::Error(c) => {
                 self.credit(h.stream, h.len);
-                self.on_stream_error(h.stream, c, "bad DATA");
+                self.on_stream_error(h.stream, c, "bad DATA")?;
             }
         }
         if end {
@@ -717,15 +770,27 @@ impl Conn {
         }
     }
 
-    /// A stream-level protocol error: reset both this stream and its relay partner.
-    fn on_stream_error(self: &Rc<Self>, id: u32, c: u32, why: &str) {
-        tracing::debug!(stream = id, code = c, why, "http/2 stream error");
+    /// A stream-level protocol error: reset both this stream and its relay partner. A caller's
+    /// counts as a reset against `resets_per_second_max` (the caller made ringside reset it).
+    fn on_stream_error(self: &Rc<Self>, id: u32, c: u32, why: &str) -> Result<(), ConnError> {
+        tracing::debug!(
+            side = self.side_name(),
+            stream = id,
+            code = c,
+            why,
+            "http/2 stream error"
+        );
+        match &self.side {
+            Side::Down(l) => l.stats.inc(l.ids.hardening.stream_error),
+            Side::Up(h) => h.pool.stats.inc(h.pool.ids.h2.stream_error),
+        }
         if let Some((other, oid)) = self.link(id) {
             self.unlink(id);
             other.unlink(oid);
             self.abandon(&other, oid, status::INTERNAL, "upstream protocol error");
         }
         self.reset(id, c);
+        self.count_reset()
     }
 
     fn on_rst(self: &Rc<Self>, id: u32, c: u32) -> Result<(), ConnError> {
@@ -735,18 +800,10 @@ impl Conn {
                 "RST_STREAM on an idle stream",
             ));
         }
+        self.count_reset()?;
         if let Side::Down(l) = &self.side {
-            let (start, n) = self.resets.get();
-            let now = Instant::now();
-            let (start, n) = if now.duration_since(start) > Duration::from_secs(1) {
-                (now, 1)
-            } else {
-                (start, n + 1)
-            };
-            self.resets.set((start, n));
-            if n > l.limits.resets_per_second_max {
-                l.stats.inc(l.ids.rst_flood);
-                return Err(conn_err(code::ENHANCE_YOUR_CALM, "too many stream resets"));
+            if self.streams.borrow().contains_key(&id) {
+                l.stats.inc(l.ids.hardening.rq_cancelled);
             }
         }
         if let Some((other, oid)) = self.end_stream(id) {
@@ -810,10 +867,7 @@ impl Conn {
                 let l = l.clone();
                 self.on_request_headers(&l, id, end)
             }
-            Side::Up(_) => {
-                self.on_response_headers(id, end);
-                Ok(())
-            }
+            Side::Up(_) => self.on_response_headers(id, end),
         }
     }
 
@@ -831,11 +885,18 @@ impl Conn {
                 "even stream id from a client",
             ));
         }
-        if self.streams.borrow().contains_key(&id) {
-            // Trailers from the caller.
+        let known = self.streams.borrow().get(&id).map(|s| s.recv_end);
+        if let Some(ended) = known {
+            // Trailers from the caller: once, and ending the stream.
+            if ended {
+                return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
+            }
             if !end {
-                self.on_stream_error(id, code::PROTOCOL_ERROR, "trailers without END_STREAM");
-                return Ok(());
+                return self.on_stream_error(
+                    id,
+                    code::PROTOCOL_ERROR,
+                    "trailers without END_STREAM",
+                );
             }
             let mut block = Vec::new();
             self.headers.borrow().encode(&mut block);
@@ -860,8 +921,7 @@ impl Conn {
             || self.streams.borrow().len() >= l.limits.streams_max as usize
         {
             l.stats.inc(l.ids.rq_refused);
-            self.write(|o| frame::write_rst_stream(o, id, code::REFUSED_STREAM));
-            return Ok(());
+            return self.write_control(|o| frame::write_rst_stream(o, id, code::REFUSED_STREAM));
         }
         let now = Instant::now();
         let mut s = Stream::new(
@@ -887,8 +947,7 @@ impl Conn {
         if hl.malformed || path.is_none() || hl.get(b":method").is_none() {
             drop(hl);
             l.stats.inc(l.ids.rq_bad);
-            self.on_stream_error(id, code::PROTOCOL_ERROR, "malformed request headers");
-            return Ok(());
+            return self.on_stream_error(id, code::PROTOCOL_ERROR, "malformed request headers");
         }
         let Some((service, method)) = path.and_then(grpc::split_path) else {
             drop(hl);
@@ -931,6 +990,17 @@ impl Conn {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if timeout_us.is_some_and(|us| us < DEADLINE_MIN_US) {
+            drop(hl);
+            l.stats.inc(l.ids.rq_timeout);
+            l.stats.inc(l.ids.hardening.rq_expired_on_arrival);
+            self.fail_call(
+                id,
+                status::DEADLINE_EXCEEDED,
+                "ringside: deadline exceeded on arrival",
+            );
+            return self.count_reset();
+        }
         let deadline = timeout_us.map(|us| now + Duration::from_micros(us));
         let cluster = action.pick_cluster(l.roll());
         let mut block = Vec::with_capacity(block_hint(&hl));
@@ -1029,11 +1099,28 @@ impl Conn {
         self.maybe_forget(id);
     }
 
-    /// Response headers or trailers from upstream, relayed to the caller.
-    fn on_response_headers(self: &Rc<Self>, id: u32, end: bool) {
+    /// Response headers or trailers from upstream, relayed to the caller. Headers over the
+    /// limit are not relayed cut short (grpc-status could be lost): the call ends INTERNAL.
+    fn on_response_headers(self: &Rc<Self>, id: u32, end: bool) -> Result<(), ConnError> {
+        if self.streams.borrow().get(&id).is_some_and(|s| s.recv_end) {
+            return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
+        }
         let Some((down, did)) = self.link(id) else {
-            return;
+            return Ok(());
         };
+        if self.headers.borrow().too_large {
+            if let Side::Up(h) = &self.side {
+                h.pool.stats.inc(h.pool.ids.h2.rsp_headers_too_large);
+                h.pool.stats.inc(h.pool.ids.rq_failure);
+            }
+            let why = format!(
+                "ringside: upstream response headers exceed {} bytes",
+                self.limits.header_list_max
+            );
+            // Resets this upstream stream too.
+            down.fail_call(did, status::INTERNAL, &why);
+            return Ok(());
+        }
         let mut block = Vec::new();
         let grpc_status = {
             let hl = self.headers.borrow();
@@ -1051,6 +1138,7 @@ impl Conn {
             self.maybe_forget(id);
         }
         down.relay_response_headers(did, block, end, grpc_status);
+        Ok(())
     }
 
     fn relay_response_headers(
@@ -1289,6 +1377,7 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
             continue;
         }
         let buf = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
+        conn.ctl_queued.set(0);
         let (res, mut buf) = w.write_all(buf).await;
         if res.is_err() {
             conn.closed.set(true);
@@ -1341,6 +1430,15 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
             }
         }
     };
+    // The preface and SETTINGS must arrive in time (a silent connection holds a slot).
+    let preface = async {
+        shard::monoio::time::sleep(limits.preface_timeout).await;
+        if conn.greeted.get() {
+            std::future::pending::<()>().await;
+        }
+        l.stats.inc(l.ids.hardening.cx_preface_timeout);
+        tracing::debug!(listener = %l.name, "no HTTP/2 preface in time: closing");
+    };
     let cut = std::cell::Cell::new(false);
     let drainer = async {
         drain.started().await;
@@ -1370,6 +1468,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         _ = async { shard::monoio::join!(reader, write_loop(&conn, w)) } => {}
         _ = deadlines => {}
         _ = drainer => {}
+        _ = preface => {}
     }
     conn.cancel_all();
     cut.get()

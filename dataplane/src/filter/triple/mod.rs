@@ -35,6 +35,8 @@ pub struct H2Limits {
     pub stream_window: u32,
     pub conn_window: u32,
     pub resets_per_second_max: u32,
+    pub control_frames_max: u32,
+    pub preface_timeout: Duration,
 }
 
 impl H2Limits {
@@ -46,6 +48,8 @@ impl H2Limits {
             stream_window: t.stream_window_bytes,
             conn_window: t.connection_window_bytes,
             resets_per_second_max: t.resets_per_second_max,
+            control_frames_max: t.outbound_control_frames_max,
+            preface_timeout: Duration::from_millis(t.preface_timeout_ms),
         }
     }
 }
@@ -65,8 +69,78 @@ pub struct TripleStatIds {
     pub rsp_status: [StatId; GRPC_STATUS_COUNTED],
     pub protocol_error: StatId,
     pub rst_flood: StatId,
+    pub hardening: HardeningStatIds,
     pub rq_time: HistId,
     pub other_service: RequestStatIds,
+}
+
+/// Caller connections and streams ringside sheds (issue 20), per listener.
+#[derive(Clone, Copy, Debug)]
+pub struct HardeningStatIds {
+    /// Calls the caller cancelled (RST_STREAM) before their end.
+    pub rq_cancelled: StatId,
+    /// Streams ringside reset because the caller broke the protocol on them (WINDOW_UPDATE of
+    /// 0, DATA after END_STREAM or past the window, trailers without END_STREAM or repeated):
+    /// they count against `resets_per_second_max` like the caller's own resets.
+    pub stream_error: StatId,
+    /// Calls whose deadline had passed on arrival (`grpc-timeout` under 1 ms): answered
+    /// DEADLINE_EXCEEDED without opening an upstream stream.
+    pub rq_expired_on_arrival: StatId,
+    /// Connections closed for queueing more than `outbound_control_frames_max` control frames.
+    pub control_flood: StatId,
+    /// Connections closed for decoding more header bytes than `header_bytes_per_second_max`.
+    pub header_flood: StatId,
+    /// Connections closed because the preface did not arrive in `preface_timeout_ms`.
+    pub cx_preface_timeout: StatId,
+    /// Connections closed after `idle_timeout_ms` without a stream.
+    pub cx_idle_timeout: StatId,
+}
+
+impl HardeningStatIds {
+    pub fn register(st: &crate::stats::Stats, t: &[(&str, &str)]) -> Self {
+        let c = |name| st.add("listener", name, t, crate::stats::Kind::Counter);
+        HardeningStatIds {
+            rq_cancelled: c("triple_rq_cancelled"),
+            stream_error: c("triple_stream_error"),
+            rq_expired_on_arrival: c("triple_rq_expired_on_arrival"),
+            control_flood: c("triple_control_flood"),
+            header_flood: c("triple_header_flood"),
+            cx_preface_timeout: c("triple_cx_preface_timeout"),
+            cx_idle_timeout: c("triple_cx_idle_timeout"),
+        }
+    }
+}
+
+/// What HTTP/2 upstream connections count, per cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamH2StatIds {
+    /// Response headers or trailers over `header_list_bytes_max`: the caller got INTERNAL.
+    pub rsp_headers_too_large: StatId,
+    /// Streams the upstream broke the protocol on (reset; the caller got INTERNAL).
+    pub stream_error: StatId,
+    /// Streams the upstream refused unprocessed (GOAWAY above them, or REFUSED_STREAM) and
+    /// ringside sent once more on another connection.
+    pub rq_retry_refused: StatId,
+    /// Connections closed for queueing more than `outbound_control_frames_max` control frames.
+    pub control_flood: StatId,
+    /// Connections closed after the cluster's `idle_timeout_ms` without a stream.
+    pub cx_idle_timeout: StatId,
+    /// Connections closed because a keepalive PING went unanswered.
+    pub cx_keepalive_timeout: StatId,
+}
+
+impl UpstreamH2StatIds {
+    pub fn register(st: &crate::stats::Stats, t: &[(&str, &str)]) -> Self {
+        let c = |name| st.add("cluster", name, t, crate::stats::Kind::Counter);
+        UpstreamH2StatIds {
+            rsp_headers_too_large: c("upstream_h2_rsp_headers_too_large"),
+            stream_error: c("upstream_h2_stream_error"),
+            rq_retry_refused: c("upstream_h2_rq_retry_refused"),
+            control_flood: c("upstream_h2_control_flood"),
+            cx_idle_timeout: c("upstream_h2_cx_idle_timeout"),
+            cx_keepalive_timeout: c("upstream_h2_cx_keepalive_timeout"),
+        }
+    }
 }
 
 /// One call's bookkeeping, kept on the caller's stream.
