@@ -59,6 +59,28 @@ pub const HEARTBEAT_INTERVAL_MS_MAX: u64 = 3_600_000;
 /// Initial fetch timeouts (xDS, registry) and reconnect back-offs.
 pub const FETCH_TIMEOUT_MS_MAX: u64 = 600_000;
 pub const RETRY_MS_MAX: u64 = 600_000;
+/// Largest Dubbo response accepted from a provider (header + body); a larger one is skipped and
+/// its caller answered status 80. Same default as `frame_bytes_max`.
+pub const RESPONSE_BYTES_MAX_DEFAULT: usize = FRAME_BYTES_MAX_DEFAULT;
+/// Upper bound of the Dubbo connection timers (idle, first frame, heartbeat, output stall).
+pub const DUBBO_TIMER_MS_MAX: u64 = 86_400_000;
+/// Dubbo downstream: answers queued for one consumer connection before ringside stops reading
+/// its requests (twice the default largest frame, so one whole answer always fits).
+pub const OUTPUT_BYTES_MAX_DEFAULT: usize = 2 * FRAME_BYTES_MAX_DEFAULT;
+/// Dubbo downstream: how long the output queue may stay over `output_bytes_max` (the consumer
+/// does not read) before the connection is closed.
+pub const OUTPUT_STALL_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Dubbo downstream: a new connection must send its first whole frame within this (Envoy's
+/// `listener_filters_timeout`).
+pub const FIRST_FRAME_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+/// Dubbo downstream: a consumer that sends nothing (not even a heartbeat) for this long is
+/// closed (Apache Dubbo's server side: 3 × its 60 s heartbeat).
+pub const HEARTBEAT_TIMEOUT_MS_DEFAULT: u64 = 180_000;
+/// Bytes one shard may hold buffered for its connections (queued output, partly read large
+/// frames) before it sheds new requests.
+pub const BUFFERED_BYTES_PER_SHARD_MAX_DEFAULT: usize = 512 * 1024 * 1024;
+pub const BUFFERED_BYTES_PER_SHARD_MAX_MIN: usize = 1024 * 1024;
+pub const BUFFERED_BYTES_PER_SHARD_MAX_LIMIT: usize = 1 << 40;
 
 /// HTTP/2 (triple listeners): frame size advertised to callers, and its protocol limits.
 pub const H2_FRAME_BYTES_MAX_DEFAULT: u32 = 16_384;
@@ -79,6 +101,9 @@ pub const OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT: u32 = 1000;
 pub const PREFACE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Upper bound of every HTTP/2 timer (a day).
 pub const H2_TIMER_MS_MAX: u64 = 86_400_000;
+/// HTTP/2 PING keepalive of upstream connections (see `Cluster::keepalive_interval_ms`).
+pub const KEEPALIVE_INTERVAL_MS_DEFAULT: u64 = 300_000;
+pub const KEEPALIVE_TIMEOUT_MS_DEFAULT: u64 = 20_000;
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,6 +400,15 @@ pub struct Runtime {
     /// own traffic is never intercepted again. Needs CAP_NET_ADMIN. Default: no mark.
     #[serde(default)]
     pub socket_mark: Option<u32>,
+    /// Bytes one shard may hold buffered for its connections (output queues, partly read
+    /// large frames); beyond it new requests are shed (Dubbo status 100, gRPC
+    /// RESOURCE_EXHAUSTED) and counted in `shard.<n>.rq_shed_memory`.
+    #[serde(default = "default_buffered_bytes_per_shard_max")]
+    pub buffered_bytes_per_shard_max: usize,
+}
+
+fn default_buffered_bytes_per_shard_max() -> usize {
+    BUFFERED_BYTES_PER_SHARD_MAX_DEFAULT
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -582,6 +616,19 @@ pub struct DubboListener {
     pub frame_bytes_max: usize,
     #[serde(default = "default_pending_per_connection")]
     pub pending_requests_per_connection_max: u32,
+    /// Answers queued for one consumer connection before ringside stops reading its requests.
+    #[serde(default = "default_output_bytes_max")]
+    pub output_bytes_max: usize,
+    /// How long the output queue may stay over `output_bytes_max` before the connection is
+    /// closed.
+    #[serde(default = "default_output_stall_timeout_ms")]
+    pub output_stall_timeout_ms: u64,
+    /// A new connection must send its first whole frame within this.
+    #[serde(default = "default_first_frame_timeout_ms")]
+    pub first_frame_timeout_ms: u64,
+    /// A consumer that sends nothing, not even a heartbeat, for this long is closed.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
     /// Tried in order; the first match wins. When none matches, the listener's `cluster` (if
     /// set) is the default route; otherwise the caller gets status 60.
     #[serde(default)]
@@ -593,6 +640,10 @@ impl Default for DubboListener {
         DubboListener {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             pending_requests_per_connection_max: PENDING_REQUESTS_PER_CONNECTION_MAX_DEFAULT,
+            output_bytes_max: OUTPUT_BYTES_MAX_DEFAULT,
+            output_stall_timeout_ms: OUTPUT_STALL_TIMEOUT_MS_DEFAULT,
+            first_frame_timeout_ms: FIRST_FRAME_TIMEOUT_MS_DEFAULT,
+            heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT,
             routes: Vec::new(),
         }
     }
@@ -730,6 +781,21 @@ pub struct Cluster {
     /// Dubbo: heartbeat idle upstream connections this often; close after 3 missed.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Dubbo: largest response accepted from a provider; a larger one is skipped (the
+    /// connection stays up) and only its caller gets status 80.
+    #[serde(default = "default_response_bytes_max")]
+    pub response_bytes_max: usize,
+    /// Dubbo and Triple: close an upstream connection that has had no request (Triple: no
+    /// stream) for this long (Envoy's upstream `idle_timeout`, 1 h).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Triple: an upstream connection with streams that has read nothing for this long is sent
+    /// an HTTP/2 PING; no answer within `keepalive_timeout_ms` closes it and fails its calls
+    /// UNAVAILABLE. 5 minutes: gRPC servers enforce a 5-minute minimum between PINGs.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -873,8 +939,31 @@ fn default_connections_per_host() -> u32 {
 fn default_pending_per_host() -> u32 {
     PENDING_REQUESTS_PER_HOST_MAX_DEFAULT
 }
+fn default_keepalive_interval_ms() -> u64 {
+    KEEPALIVE_INTERVAL_MS_DEFAULT
+}
+
+fn default_keepalive_timeout_ms() -> u64 {
+    KEEPALIVE_TIMEOUT_MS_DEFAULT
+}
+
 fn default_heartbeat_interval_ms() -> u64 {
     HEARTBEAT_INTERVAL_MS_DEFAULT
+}
+fn default_response_bytes_max() -> usize {
+    RESPONSE_BYTES_MAX_DEFAULT
+}
+fn default_output_bytes_max() -> usize {
+    OUTPUT_BYTES_MAX_DEFAULT
+}
+fn default_output_stall_timeout_ms() -> u64 {
+    OUTPUT_STALL_TIMEOUT_MS_DEFAULT
+}
+fn default_first_frame_timeout_ms() -> u64 {
+    FIRST_FRAME_TIMEOUT_MS_DEFAULT
+}
+fn default_heartbeat_timeout_ms() -> u64 {
+    HEARTBEAT_TIMEOUT_MS_DEFAULT
 }
 fn default_buffer_bytes() -> usize {
     BUFFER_BYTES_DEFAULT
@@ -903,6 +992,7 @@ impl Default for Runtime {
             poll_mode: PollMode::Sleep,
             spin_budget_us: SPIN_BUDGET_US_DEFAULT,
             socket_mark: None,
+            buffered_bytes_per_shard_max: BUFFERED_BYTES_PER_SHARD_MAX_DEFAULT,
         }
     }
 }
@@ -1014,6 +1104,13 @@ impl Config {
                     format!("{n} is out of range 1..={SHARDS_MAX}"),
                 );
             }
+        }
+        let b = self.runtime.buffered_bytes_per_shard_max;
+        if !(BUFFERED_BYTES_PER_SHARD_MAX_MIN..=BUFFERED_BYTES_PER_SHARD_MAX_LIMIT).contains(&b) {
+            err(
+                "runtime.buffered_bytes_per_shard_max".into(),
+                format!("{b} is out of range {BUFFERED_BYTES_PER_SHARD_MAX_MIN}..={BUFFERED_BYTES_PER_SHARD_MAX_LIMIT}"),
+            );
         }
         let budget = self.runtime.spin_budget_us;
         if budget == 0 || budget > SPIN_BUDGET_US_MAX {
@@ -1213,6 +1310,22 @@ impl Config {
             if c.pending_requests_max == 0 {
                 err(at("pending_requests_max"), "must be at least 1".into());
             }
+            if !(BUFFER_BYTES_MIN..=FRAME_BYTES_MAX_LIMIT).contains(&c.response_bytes_max) {
+                err(
+                    at("response_bytes_max"),
+                    format!(
+                        "{} is out of range {BUFFER_BYTES_MIN}..={FRAME_BYTES_MAX_LIMIT}",
+                        c.response_bytes_max
+                    ),
+                );
+            }
+            timer_in_range(c.idle_timeout_ms, at("idle_timeout_ms"), &mut err);
+            timer_in_range(
+                c.keepalive_interval_ms,
+                at("keepalive_interval_ms"),
+                &mut err,
+            );
+            timer_in_range(c.keepalive_timeout_ms, at("keepalive_timeout_ms"), &mut err);
             range_ms(
                 &mut err,
                 at("heartbeat_interval_ms"),
@@ -1440,6 +1553,16 @@ impl Config {
     }
 }
 
+/// A Dubbo connection timer: 1 ..= [`DUBBO_TIMER_MS_MAX`].
+fn timer_in_range(ms: u64, field: String, err: &mut dyn FnMut(String, String)) {
+    if ms == 0 || ms > DUBBO_TIMER_MS_MAX {
+        err(
+            field,
+            format!("{ms} is out of range 1..={DUBBO_TIMER_MS_MAX}"),
+        );
+    }
+}
+
 fn validate_dubbo(
     d: &DubboListener,
     clusters: &HashSet<&str>,
@@ -1460,6 +1583,22 @@ fn validate_dubbo(
             at("pending_requests_per_connection_max"),
             "must be at least 1".into(),
         );
+    }
+    if !(BUFFER_BYTES_MIN..=FRAME_BYTES_MAX_LIMIT).contains(&d.output_bytes_max) {
+        err(
+            at("output_bytes_max"),
+            format!(
+                "{} is out of range {BUFFER_BYTES_MIN}..={FRAME_BYTES_MAX_LIMIT}",
+                d.output_bytes_max
+            ),
+        );
+    }
+    for (name, ms) in [
+        ("output_stall_timeout_ms", d.output_stall_timeout_ms),
+        ("first_frame_timeout_ms", d.first_frame_timeout_ms),
+        ("heartbeat_timeout_ms", d.heartbeat_timeout_ms),
+    ] {
+        timer_in_range(ms, at(name), &mut *err);
     }
     let regex_ok = |field: String, pattern: &str, err: &mut dyn FnMut(String, String)| {
         if let Err(e) = regex::bytes::Regex::new(pattern) {

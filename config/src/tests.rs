@@ -161,6 +161,10 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         connections_per_host: CONNECTIONS_PER_HOST_DEFAULT,
         pending_requests_max: PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,
         heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+        response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
+        idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+        keepalive_interval_ms: KEEPALIVE_INTERVAL_MS_DEFAULT,
+        keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());

@@ -234,3 +234,294 @@ fn a_response_frame_from_a_consumer_is_answered_40_and_closed() {
     let mut ok = Consumer::connect(listen);
     assert_eq!(ok.call(RequestBuilder::new(SVC, "x")).text, "A|x|");
 }
+
+/// Issue 20: one answer over the cluster's `response_bytes_max` (default 8 MiB) among 8
+/// concurrent callers on one upstream connection: only its caller gets 80 (with the reason),
+/// the frame is skipped, the 7 others are answered normally on the same connection.
+#[test]
+fn an_oversized_response_fails_only_its_own_request() {
+    let a = Provider::start("A");
+    let (rs, listen) = start(
+        "",
+        &format!("  - name: a\n    endpoints: [\"{}\"]\n", a.addr),
+    );
+    // Warm the one upstream connection.
+    let mut warm = Consumer::connect(listen);
+    assert_eq!(
+        warm.call(RequestBuilder::new(SVC, "warm")).status,
+        Status::Ok
+    );
+    let mut c0 = Consumer::connect(listen);
+    let big_id = c0.send(RequestBuilder::new(SVC, "big").args(&[Arg::Int(9 << 20)]));
+    let others: Vec<_> = (0..7)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Consumer::connect(listen);
+                let s = format!("small{i}");
+                let arg = [Arg::Str(&s)];
+                let ans = c.call(RequestBuilder::new(SVC, "small").args(&arg));
+                (ans, format!("A|small|{s}"))
+            })
+        })
+        .collect();
+    for t in others {
+        let (ans, want) = t.join().unwrap();
+        assert_eq!(ans.status, Status::Ok, "{ans:?}");
+        assert_eq!(ans.text, want);
+    }
+    let ans = c0.recv().expect("an answer to the big request");
+    assert_eq!(
+        (ans.id, ans.status),
+        (big_id, Status::ServerError),
+        "{}",
+        ans.text
+    );
+    assert!(ans.text.contains("response_bytes_max"), "{}", ans.text);
+    // The connection stayed up and still works.
+    assert_eq!(c0.call(RequestBuilder::new(SVC, "after")).text, "A|after|");
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 1);
+    assert_eq!(stat(&rs, "cluster.a.upstream_rsp_too_large"), 1);
+}
+
+/// Issue 20: an upstream connection with no request for the cluster's `idle_timeout_ms` is
+/// closed (and counted); the next request opens a new one.
+#[test]
+fn an_idle_upstream_connection_is_closed() {
+    let a = Provider::start("A");
+    let (rs, listen) = start(
+        "",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\"]\n    idle_timeout_ms: 300\n",
+            a.addr
+        ),
+    );
+    let mut c = Consumer::connect(listen);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "one")).text, "A|one|");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "cluster.a.upstream_cx_active") != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle upstream connection not closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_idle_timeout"), 1);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "two")).text, "A|two|");
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 2);
+}
+
+/// Reads until EOF or reset; true if that came within `within`.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Issue 20: connections that never send a frame, stop sending (no heartbeat) or stay idle
+/// hold no slot forever: each timer closes them and is counted; a consumer that heartbeats
+/// outlives the heartbeat timer.
+#[test]
+fn first_frame_heartbeat_and_idle_timers_close_silent_consumers() {
+    let a = Provider::start("A");
+    let (rs, listen) = start(
+        "    idle_timeout_ms: 1500\n    dubbo: {first_frame_timeout_ms: 300, heartbeat_timeout_ms: 600}\n",
+        &format!("  - name: a\n    endpoints: [\"{}\"]\n", a.addr),
+    );
+    // Never sends a frame.
+    let mut silent = std::net::TcpStream::connect(listen).unwrap();
+    // Sends one heartbeat, then nothing.
+    let mut quiet = Consumer::connect(listen);
+    quiet.send_raw(&encode::heartbeat_request(1));
+    assert_eq!(quiet.recv().expect("heartbeat answered").id, 1);
+    // Heartbeats every 150 ms and calls once: outlives the heartbeat timer, then goes idle.
+    let mut live = Consumer::connect(listen);
+    assert_eq!(live.call(RequestBuilder::new(SVC, "x")).text, "A|x|");
+    let mut live_w = live.conn.try_clone().unwrap();
+    let beat = std::thread::spawn(move || {
+        for id in 2.. {
+            if live_w.write_all(&encode::heartbeat_request(id)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)),
+        "first-frame timer"
+    );
+    assert!(
+        closed_within(&mut quiet.conn, Duration::from_secs(3)),
+        "heartbeat timer"
+    );
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_cx_first_frame_timeout"), 1);
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_cx_heartbeat_timeout"), 1);
+    assert_eq!(
+        stat(&rs, "listener.dubbo.dubbo_cx_idle_timeout"),
+        0,
+        "live one still open"
+    );
+    assert!(
+        closed_within(&mut live.conn, Duration::from_secs(6)),
+        "idle timer"
+    );
+    beat.join().unwrap();
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_cx_idle_timeout"), 1);
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_cx_heartbeat_timeout"), 1);
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Writes `chunk` over and over for `for_how_long` (or until the peer closes), tracking
+/// ringside's peak RSS; returns (peak RSS growth in MiB, whether ringside closed the
+/// connection).
+fn flood(
+    rs: &Ringside,
+    s: &mut std::net::TcpStream,
+    chunk: &[u8],
+    for_how_long: Duration,
+) -> (u64, bool) {
+    let pid = rs.child.id();
+    let base = rss_kib(pid);
+    let mut peak = base;
+    s.set_write_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let (mut closed, mut at) = (false, 0);
+    while t.elapsed() < for_how_long {
+        // Whole frames only: a partial write goes on where it stopped.
+        match s.write(&chunk[at..]) {
+            Ok(n) => at = (at + n) % chunk.len(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        peak = peak.max(rss_kib(pid));
+    }
+    ((peak - base) / 1024, closed)
+}
+
+/// Issue 20: a consumer that never reads while sending heartbeats: ringside stops reading it
+/// once `output_bytes_max` of answers are queued and closes it when that lasts past
+/// `output_stall_timeout_ms`; its memory stays bounded, other consumers are unaffected.
+#[test]
+fn a_consumer_that_never_reads_its_heartbeat_answers_is_bounded_and_closed() {
+    let a = Provider::start("A");
+    let (rs, listen) = start(
+        "    dubbo: {output_stall_timeout_ms: 1500}\n",
+        &format!("  - name: a\n    endpoints: [\"{}\"]\n", a.addr),
+    );
+    let mut other = Consumer::connect(listen);
+    assert_eq!(other.call(RequestBuilder::new(SVC, "x")).text, "A|x|");
+    let mut s = std::net::TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let chunk: Vec<u8> = (0..4096)
+        .flat_map(|i| encode::heartbeat_request(i).to_vec())
+        .collect();
+    let (grew_mib, _) = flood(&rs, &mut s, &chunk, Duration::from_secs(4));
+    eprintln!("ringside grew by {grew_mib} MiB");
+    assert!(
+        grew_mib < 100,
+        "ringside grew by {grew_mib} MiB for one consumer that does not read"
+    );
+    assert_eq!(other.call(RequestBuilder::new(SVC, "y")).text, "A|y|");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "the consumer was not closed"
+    );
+    assert_eq!(
+        stat(&rs, "listener.dubbo.dubbo_cx_output_full"),
+        1,
+        "{}",
+        rs.get("/stats").1
+    );
+    assert_eq!(other.call(RequestBuilder::new(SVC, "z")).text, "A|z|");
+}
+
+/// Issue 20: a consumer that never reads while asking for 1 MiB answers: the answers to its
+/// requests in flight are bounded too (the queue may reach twice `output_bytes_max`, then the
+/// consumer is closed); other consumers are unaffected.
+#[test]
+fn a_consumer_that_never_reads_its_large_answers_is_bounded_and_closed() {
+    let a = Provider::start("A");
+    // The other consumers' provider is another one: the test provider answers one
+    // connection's requests in order, so its own backlog would delay them.
+    let b = Provider::start("B");
+    let (rs, listen) = start(
+        "    dubbo:\n      routes:\n        - match: {method: {exact: small}}\n          route: {cluster: b}\n",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\"]\n  - name: b\n    endpoints: [\"{}\"]\n",
+            a.addr, b.addr
+        ),
+    );
+    let mut other = Consumer::connect(listen);
+    assert_eq!(
+        other.call(RequestBuilder::new(SVC, "small")).text,
+        "B|small|"
+    );
+    let mut s = std::net::TcpStream::connect(listen).unwrap();
+    // 256 requests for 1 MiB answers, written once.
+    let chunk: Vec<u8> = (0..256)
+        .flat_map(|i| {
+            RequestBuilder::new(SVC, "big")
+                .args(&[Arg::Int(1 << 20)])
+                .request_id(i)
+                .build()
+                .to_vec()
+        })
+        .collect();
+    s.write_all(&chunk).unwrap();
+    let (pid, base) = (rs.child.id(), rss_kib(rs.child.id()));
+    let mut peak = base;
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let grew_mib = (peak - base) / 1024;
+    eprintln!("ringside grew by {grew_mib} MiB");
+    assert!(
+        grew_mib < 100,
+        "ringside grew by {grew_mib} MiB for one consumer that does not read"
+    );
+    assert_eq!(
+        other.call(RequestBuilder::new(SVC, "small")).text,
+        "B|small|"
+    );
+    assert!(
+        closed_within(&mut s, Duration::from_secs(15)),
+        "the consumer was not closed"
+    );
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_cx_output_full"), 1);
+    assert_eq!(
+        other.call(RequestBuilder::new(SVC, "small")).text,
+        "B|small|"
+    );
+}

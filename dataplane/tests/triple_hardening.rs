@@ -764,3 +764,74 @@ fn silent_callers_are_closed_after_the_preface_timeout() {
         "a greeted caller stays"
     );
 }
+
+/// Item 9: a caller connection with no stream for the listener's `idle_timeout_ms` gets GOAWAY
+/// and is closed; one with a call in progress is not.
+#[test]
+fn idle_caller_connections_are_closed() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "    idle_timeout_ms: 300\n", "");
+    let mut busy = Client::connect(listen);
+    let id = busy.start(SAY, &[("x-hang", "1")], b"x", true);
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call(SAY, &[], b"x").grpc_status(), Some(0));
+    let t0 = Instant::now();
+    assert_eq!(
+        c.read_until_closed(),
+        Some(code::NO_ERROR),
+        "GOAWAY, then close"
+    );
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    assert_eq!(stat(&rs, "triple_cx_idle_timeout"), 1);
+    // The connection with a call in progress stayed.
+    let mut o = Vec::new();
+    frame::write_rst_stream(&mut o, id, code::CANCEL);
+    busy.p.write(&o);
+    assert_eq!(busy.call(SAY, &[], b"y").grpc_status(), Some(0));
+}
+
+/// Item 9: an upstream connection with no stream for the cluster's `idle_timeout_ms` is closed;
+/// the next call opens a new one.
+#[test]
+fn idle_upstream_connections_are_closed() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "    idle_timeout_ms: 300\n");
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call(SAY, &[], b"x").grpc_status(), Some(0));
+    assert!(
+        wait_for(Duration::from_secs(2), || b.get(|s| &s.closed) == 1),
+        "the idle upstream connection was not closed"
+    );
+    assert_eq!(stat(&rs, "upstream_h2_cx_idle_timeout"), 1);
+    assert_eq!(c.call(SAY, &[], b"x").grpc_status(), Some(0));
+    assert_eq!(b.get(|s| &s.connections), 2);
+}
+
+/// Item 9: PING keepalive closes a half-open upstream connection, so a call without a deadline
+/// does not hang on it forever; an upstream that answers PINGs keeps its connection.
+#[test]
+fn keepalive_closes_half_open_upstreams() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(
+        b.addr,
+        "",
+        "    keepalive_interval_ms: 200\n    keepalive_timeout_ms: 200\n",
+    );
+    // A long call on a live upstream: PINGs answered, nothing closed.
+    let mut c = Client::connect(listen);
+    let id = c.start(SAY, &[("x-hang", "1")], b"x", true);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(b.get(|s| &s.pings) >= 1, "keepalive PINGs sent");
+    assert_eq!(stat(&rs, "upstream_h2_cx_keepalive_timeout"), 0);
+    let mut o = Vec::new();
+    frame::write_rst_stream(&mut o, id, code::CANCEL);
+    c.p.write(&o);
+    // A call whose upstream goes silent with the connection open, no deadline.
+    let t0 = Instant::now();
+    let r = c.call(SAY, &[("x-freeze", "1")], b"x");
+    assert_eq!(r.grpc_status(), Some(14), "UNAVAILABLE: {r:?}");
+    assert!(r.grpc_message().contains("keepalive"), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(stat(&rs, "upstream_h2_cx_keepalive_timeout"), 1);
+}

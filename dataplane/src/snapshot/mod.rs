@@ -185,6 +185,14 @@ impl Builder {
                         rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
                         rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
                         rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
+                        rsp_too_large: st.add("cluster", "upstream_rsp_too_large", &t, Counter),
+                        cx_idle_timeout: st.add("cluster", "upstream_cx_idle_timeout", &t, Counter),
+                        cx_heartbeat_timeout: st.add(
+                            "cluster",
+                            "upstream_cx_heartbeat_timeout",
+                            &t,
+                            Counter,
+                        ),
                         h2: crate::filter::triple::UpstreamH2StatIds::register(st, &t),
                     },
                     published: Arc::new(Endpoints::empty(self.next_generation)),
@@ -259,6 +267,10 @@ impl Builder {
                     rsp_ok: c("dubbo_rsp_ok"),
                     rsp_error: c("dubbo_rsp_error"),
                     rsp_local: c("dubbo_rsp_local"),
+                    cx_first_frame_timeout: c("dubbo_cx_first_frame_timeout"),
+                    cx_heartbeat_timeout: c("dubbo_cx_heartbeat_timeout"),
+                    cx_idle_timeout: c("dubbo_cx_idle_timeout"),
+                    cx_output_full: c("dubbo_cx_output_full"),
                     rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
                     other_service: RequestStatIds::register(st, "dubbo_service", &other),
                 })
@@ -581,6 +593,10 @@ mod tests {
             connections_per_host: 1,
             pending_requests_max: 100,
             heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
+            response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
+            idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+            keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
+            keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
         }
     }
 

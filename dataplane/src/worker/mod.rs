@@ -479,6 +479,8 @@ impl ShardState {
                 routes,
                 frame_bytes_max: d.frame_bytes_max,
                 pending_max: d.pending_requests_per_connection_max,
+                timers: crate::filter::dubbo::downstream::Timers::from_config(l, &d),
+                output_bytes_max: d.output_bytes_max,
                 stats: stats.clone(),
                 ids: dubbo_ids,
                 services,
@@ -500,7 +502,7 @@ impl ShardState {
             Rc::new(crate::filter::triple::TripleListener {
                 name: l.name.clone(),
                 routes,
-                limits: crate::filter::triple::H2Limits::from_config(&t),
+                limits: crate::filter::triple::H2Limits::from_config(&t, l.idle_timeout_ms),
                 stats: stats.clone(),
                 ids,
                 services,

@@ -1,7 +1,8 @@
 //! A Rust Dubbo2 provider and consumer for tests, built on the codec crate.
 //!
 //! The provider answers each Hessian2 request with the string `"{name}|{method}|{arg0}"`
-//! (so tests can tell which provider served a request), echoes bodies of other serializations
+//! (so tests can tell which provider served a request; method `big` with an int argument n
+//! answers a string of n bytes), echoes bodies of other serializations
 //! unchanged, answers heartbeats, and holds requests to method `hold` unanswered until it is
 //! stopped. It counts the connections it accepted.
 
@@ -140,7 +141,11 @@ fn serve(mut conn: TcpStream, name: &str, seen: &Mutex<Vec<String>>) {
                                 }
                                 _ => String::new(),
                             };
-                            let value = format!("{name}|{method}|{arg0}");
+                            let value = match (method.as_str(), arg0.parse::<usize>()) {
+                                // `big(n)`: an answer of n bytes.
+                                ("big", Ok(n)) => "x".repeat(n),
+                                _ => format!("{name}|{method}|{arg0}"),
+                            };
                             Some(encode::response_ok(h.request_id, &Arg::Str(&value), None))
                         }
                     };

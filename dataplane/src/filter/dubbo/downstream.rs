@@ -6,8 +6,12 @@
 //! back: `match reply (upstream.rs) → response() → writer`.
 //!
 //! Limits: a frame above the listener's `frame_bytes_max` is refused from its header alone; at
-//! `pending_requests_per_connection_max` requests in flight the reader stops reading until
-//! answers drain (backpressure instead of buffering).
+//! `pending_requests_per_connection_max` requests in flight, or `output_bytes_max` bytes of
+//! answers queued, the reader stops reading until answers drain (backpressure instead of
+//! buffering). A consumer that stays over `output_bytes_max` for `output_stall_timeout_ms`, or
+//! makes the queue reach twice the limit, is closed. Timers (one watcher task per connection):
+//! first frame, heartbeat (nothing read at all) and idle (nothing in flight, no request).
+//! Counters are plain `Cell`s updated per read or per frame; the watcher does the clock work.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -28,6 +32,11 @@ use rustc_hash::FxHashMap;
 
 /// Read buffer growth step.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// What one queued answer costs beyond its bytes (its queue slot and allocation), counted
+/// against `output_bytes_max` so a flood of tiny answers (heartbeats) is bounded in memory too.
+pub const QUEUED_FRAME_OVERHEAD_BYTES: usize = 64;
+/// An output queue emptied with more slots than this gives the memory back.
+const OUT_SLOTS_KEPT: usize = 1024;
 /// While draining, a connection idle for this long after its readonly event is closed.
 pub const DRAIN_QUIET_MS: u64 = 200;
 /// While draining, a caller that keeps sending after our readonly event is closed after this
@@ -49,6 +58,11 @@ pub struct DubboStatIds {
     pub rsp_ok: StatId,
     pub rsp_error: StatId,
     pub rsp_local: StatId,
+    /// Connections closed by each timer, and for not reading their answers.
+    pub cx_first_frame_timeout: StatId,
+    pub cx_heartbeat_timeout: StatId,
+    pub cx_idle_timeout: StatId,
+    pub cx_output_full: StatId,
     pub rq_time: HistId,
     /// Where interfaces/methods beyond `stats.dubbo_services_max` are counted.
     pub other_service: RequestStatIds,
@@ -101,6 +115,9 @@ pub struct DubboListener {
     pub routes: crate::filter::RoutesCell<Router, ClusterPool>,
     pub frame_bytes_max: usize,
     pub pending_max: u32,
+    pub timers: Timers,
+    /// Answers queued for one connection before its reader stops.
+    pub output_bytes_max: usize,
     pub stats: ShardStats,
     pub ids: DubboStatIds,
     /// Per (interface, method) seen on this shard; registered on first sight.
@@ -126,6 +143,26 @@ impl DubboListener {
 
     fn roll(&self) -> u32 {
         self.dice.roll()
+    }
+}
+
+/// A Dubbo listener's connection timers.
+#[derive(Clone, Copy, Debug)]
+pub struct Timers {
+    pub first_frame: Duration,
+    pub heartbeat: Duration,
+    pub idle: Duration,
+    pub output_stall: Duration,
+}
+
+impl Timers {
+    pub fn from_config(l: &crate::config::Listener, d: &crate::config::DubboListener) -> Timers {
+        Timers {
+            first_frame: Duration::from_millis(d.first_frame_timeout_ms),
+            heartbeat: Duration::from_millis(d.heartbeat_timeout_ms),
+            idle: Duration::from_millis(l.idle_timeout_ms),
+            output_stall: Duration::from_millis(d.output_stall_timeout_ms),
+        }
     }
 }
 
@@ -165,7 +202,21 @@ pub fn service_ids(
 pub struct DownConn {
     l: Rc<DubboListener>,
     out: RefCell<VecDeque<Bytes>>,
+    /// Bytes in `out`.
+    out_bytes: Cell<usize>,
+    /// Since when `out_bytes` is at or over `output_bytes_max`.
+    full_since: Cell<Option<Instant>>,
     out_ready: Notify,
+    /// A frame (any) arrived; the first-frame timer is off.
+    greeted: Cell<bool>,
+    /// When the last read returned bytes, and when the last request arrived.
+    last_read: Cell<Instant>,
+    last_request: Cell<Instant>,
+    /// The reader waits for room (we stopped reading): the heartbeat timer does not run.
+    paused: Cell<bool>,
+    /// Why the connection must be cut now (the queue overflowed); the watcher acts on it.
+    cut: Cell<Option<Cut>>,
+    watch: Notify,
     /// Requests forwarded and not yet answered.
     pub inflight: Cell<u32>,
     room: Notify,
@@ -208,17 +259,107 @@ impl DownConn {
     /// Wakes the reader if it waits for room under `pending_requests_per_connection_max`
     /// (after a request left `inflight`).
     pub fn room_maybe(&self) {
-        if self.inflight.get() < self.l.pending_max {
+        if self.has_room() {
             self.room.notify();
         }
     }
 
     fn push(&self, frame: Bytes) {
-        if self.closed.get() {
+        if self.closed.get() || self.cut.get().is_some() {
             return;
+        }
+        let len = frame.len() + QUEUED_FRAME_OVERHEAD_BYTES;
+        let (queued, max) = (self.out_bytes.get(), self.l.output_bytes_max);
+        if queued >= max && queued + len > 2 * max {
+            // Already over the limit (the reader stopped), and answers to requests in flight
+            // keep coming: the consumer does not read. One answer alone never trips this.
+            self.cut.set(Some(Cut::OutputOverflow));
+            self.watch.notify();
+            return;
+        }
+        self.out_bytes.set(queued + len);
+        if queued + len >= max && self.full_since.get().is_none() {
+            self.full_since.set(Some(Instant::now()));
+            self.watch.notify();
         }
         self.out.borrow_mut().push_back(frame);
         self.out_ready.notify();
+    }
+
+    /// The writer took `frame` off the queue.
+    fn taken(&self, frame: &Bytes) {
+        let len = frame.len() + QUEUED_FRAME_OVERHEAD_BYTES;
+        debug_assert!(self.out_bytes.get() >= len);
+        let left = self.out_bytes.get().saturating_sub(len);
+        self.out_bytes.set(left);
+        if left < self.l.output_bytes_max && self.full_since.take().is_some() {
+            self.room.notify();
+        }
+    }
+
+    /// The reader may read: room under both the in-flight and the output limits.
+    fn has_room(&self) -> bool {
+        self.inflight.get() < self.l.pending_max && self.out_bytes.get() < self.l.output_bytes_max
+    }
+}
+
+/// Why the watcher closes a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    FirstFrame,
+    Heartbeat,
+    Idle,
+    OutputStall,
+    OutputOverflow,
+}
+
+/// Runs the connection's timers; returns when one of them (or an overflowing queue) ends it.
+/// Wakes only at the earliest timer (or when the queue first fills), never per request.
+async fn watch(conn: &Rc<DownConn>, accepted: Instant) -> Cut {
+    let t = conn.l.timers;
+    // The idle timer is checked at `idle_check`; busy then, it is checked again one idle
+    // period later (a connection is closed between 1 and 2 idle periods after its last use).
+    let mut idle_check = accepted + t.idle;
+    loop {
+        if let Some(c) = conn.cut.get() {
+            return c;
+        }
+        let now = Instant::now();
+        if !conn.greeted.get() && now >= accepted + t.first_frame {
+            return Cut::FirstFrame;
+        }
+        // While we do not read, the consumer's heartbeats cannot be seen.
+        let heartbeat_at = (!conn.paused.get()).then(|| conn.last_read.get() + t.heartbeat);
+        if heartbeat_at.is_some_and(|h| now >= h) {
+            return Cut::Heartbeat;
+        }
+        if conn
+            .full_since
+            .get()
+            .is_some_and(|s| now >= s + t.output_stall)
+        {
+            return Cut::OutputStall;
+        }
+        if now >= idle_check {
+            let busy = conn.inflight.get() > 0 || conn.out_bytes.get() > 0;
+            let idle_at = conn.last_request.get() + t.idle;
+            match (busy, idle_at <= now) {
+                (false, true) => return Cut::Idle,
+                (false, false) => idle_check = idle_at,
+                (true, _) => idle_check = now + t.idle,
+            }
+        }
+        let mut wake = heartbeat_at.map_or(idle_check, |h| h.min(idle_check));
+        if !conn.greeted.get() {
+            wake = wake.min(accepted + t.first_frame);
+        }
+        if let Some(s) = conn.full_since.get() {
+            wake = wake.min(s + t.output_stall);
+        }
+        shard::monoio::select! {
+            _ = shard::monoio::time::sleep_until(wake.into()) => {}
+            _ = conn.watch.wait() => {}
+        }
     }
 }
 
@@ -229,10 +370,19 @@ impl DownConn {
 /// connection we closed whose caller has not closed its side yet does not count).
 pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
     let _ = stream.set_nodelay(true);
+    let accepted = Instant::now();
     let conn = Rc::new(DownConn {
         l,
         out: RefCell::new(VecDeque::new()),
+        out_bytes: Cell::new(0),
+        full_since: Cell::new(None),
         out_ready: Notify::new(),
+        greeted: Cell::new(false),
+        last_read: Cell::new(accepted),
+        last_request: Cell::new(accepted),
+        paused: Cell::new(false),
+        cut: Cell::new(None),
+        watch: Notify::new(),
         inflight: Cell::new(0),
         room: Notify::new(),
         closed: Cell::new(false),
@@ -254,12 +404,39 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         // is answered with a reset that could discard the answers it has not read yet); at the
         // deadline it stops waiting.
         _ = drain.deadline() => !conn.finished.is_set(),
+        why = watch(&conn, accepted) => {
+            closed_by(&conn, why);
+            false
+        }
     };
     if cut {
         tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
     }
     conn.closed.set(true);
     cut
+}
+
+/// Counts and logs a connection the watcher closes.
+fn closed_by(conn: &DownConn, why: Cut) {
+    let (l, ids) = (&conn.l, &conn.l.ids);
+    let (stat, what) = match why {
+        Cut::FirstFrame => (ids.cx_first_frame_timeout, "no first frame in time"),
+        Cut::Heartbeat => (
+            ids.cx_heartbeat_timeout,
+            "sent nothing, not even a heartbeat, in time",
+        ),
+        Cut::Idle => (ids.cx_idle_timeout, "idle"),
+        Cut::OutputStall => (
+            ids.cx_output_full,
+            "does not read its answers (output queue stayed full)",
+        ),
+        Cut::OutputOverflow => (
+            ids.cx_output_full,
+            "does not read its answers (output queue overflowed)",
+        ),
+    };
+    l.stats.inc(stat);
+    tracing::debug!(listener = %l.name, in_flight = conn.inflight.get(), queued_bytes = conn.out_bytes.get(), "closing the connection: {what}");
 }
 
 /// When the shard drains: tell the caller this process is going away (Dubbo's readonly event,
@@ -321,13 +498,22 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
                 continue;
             }
             wrote = false;
+            {
+                let mut out = conn.out.borrow_mut();
+                if out.capacity() > OUT_SLOTS_KEPT {
+                    out.shrink_to(OUT_SLOTS_KEPT);
+                }
+            }
             conn.out_ready.wait().await;
             continue;
         }
-        if let Err(e) = crate::io::write_queue(&conn.out, &mut batch, &mut w, |_| {}).await {
+        if let Err(e) =
+            crate::io::write_queue(&conn.out, &mut batch, &mut w, |f| conn.taken(f)).await
+        {
             tracing::debug!(listener = %conn.l.name, error = %e, "downstream write failed");
             conn.closed.set(true);
             conn.out.borrow_mut().clear();
+            conn.out_bytes.set(0);
             conn.finished.set();
             return;
         }
@@ -372,8 +558,13 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
                 }
             }
         }
-        while conn.inflight.get() >= l.pending_max && !conn.closed.get() {
-            conn.room.wait().await;
+        if !conn.has_room() {
+            conn.paused.set(true);
+            while !conn.has_room() && !conn.closed.get() {
+                conn.room.wait().await;
+            }
+            conn.paused.set(false);
+            conn.last_read.set(Instant::now());
         }
         if conn.closed.get() {
             break;
@@ -382,7 +573,7 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
         buf = b;
         match res {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(_) => conn.last_read.set(Instant::now()),
         }
     }
     conn.read_done.set(true);
@@ -393,6 +584,7 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
 /// queued for it is written).
 fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(), ()> {
     let l = &conn.l;
+    conn.greeted.set(true);
     if conn.closed.get() {
         // It crossed our FIN (a drained connection): its caller sees the close and cannot get
         // an answer, so it is not forwarded (nor counted) to run with nobody waiting.
@@ -419,6 +611,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         return Err(());
     }
     l.stats.inc(l.ids.rq_total);
+    conn.last_request.set(conn.last_read.get());
     if !h.two_way {
         l.stats.inc(l.ids.rq_oneway);
     }

@@ -51,6 +51,12 @@ pub struct UpstreamStatIds {
     pub rq_failure: crate::stats::StatId,
     pub rq_overflow: crate::stats::StatId,
     pub rq_active: crate::stats::StatId,
+    /// Responses over `response_bytes_max`, skipped (their callers got status 80).
+    pub rsp_too_large: crate::stats::StatId,
+    /// Connections closed after `idle_timeout_ms` without a request.
+    pub cx_idle_timeout: crate::stats::StatId,
+    /// Connections closed after missing `HEARTBEAT_MISSES_MAX` heartbeats.
+    pub cx_heartbeat_timeout: crate::stats::StatId,
     /// HTTP/2 (Triple) upstream connections only.
     pub h2: crate::filter::triple::UpstreamH2StatIds,
 }
@@ -83,6 +89,8 @@ pub struct UpConn {
     deadlines: RefCell<Deadlines>,
     keeper_wake: Notify,
     next_id: Cell<u64>,
+    /// When the last request was queued (the idle timer runs from it).
+    last_request: Cell<Instant>,
     last_read: Cell<Instant>,
     last_ping: Cell<Instant>,
 }
@@ -114,6 +122,8 @@ pub struct ClusterPool {
     pending_max: u32,
     heartbeat: Duration,
     connect_timeout: Duration,
+    response_bytes_max: usize,
+    idle_timeout: Duration,
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
 }
@@ -141,6 +151,8 @@ impl ClusterPool {
             pending_max: c.pending_requests_max,
             heartbeat: Duration::from_millis(c.heartbeat_interval_ms),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            response_bytes_max: c.response_bytes_max,
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             stats,
             ids,
         })
@@ -218,14 +230,15 @@ impl ClusterPool {
         } else {
             Request::OneWay(down.clone())
         };
-        self.send(&host, frame, rq);
+        self.send(&host, frame, rq, now);
         Ok(())
     }
 
     /// Queues `frame` on a connection of `host` under a fresh request id; a two-way request
     /// is tracked until its response, deadline or failure, a one-way one until it is written.
-    fn send(self: &Rc<Self>, host: &Rc<Host>, mut frame: BytesMut, rq: Request) {
+    fn send(self: &Rc<Self>, host: &Rc<Host>, mut frame: BytesMut, rq: Request, now: Instant) {
         let conn = host.connection(self);
+        conn.last_request.set(now);
         self.stats.inc(self.ids.rq_total);
         self.stats.inc(host.ids.rq_total);
         let id_up = conn.next_id.get();
@@ -296,6 +309,7 @@ impl Host {
                 deadlines: RefCell::new(Deadlines::default()),
                 keeper_wake: Notify::new(),
                 next_id: Cell::new(1),
+                last_request: Cell::new(Instant::now()),
                 last_read: Cell::new(Instant::now()),
                 last_ping: Cell::new(Instant::now()),
             });
@@ -410,7 +424,7 @@ impl UpConn {
         self.close(why);
         for (host, frame, rq) in moved {
             tracing::debug!(from = %self.host.addr, to = %host.addr, "connect failed; request sent to another endpoint");
-            pool.send(&host, BytesMut::from(&frame[..]), rq);
+            pool.send(&host, BytesMut::from(&frame[..]), rq, now);
         }
     }
 
@@ -603,15 +617,33 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<UpConn>, mut w: W) -> String {
 
 async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> String {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    // Responses are bounded by Dubbo's own default payload limit.
-    let frame_max = config::FRAME_BYTES_MAX_DEFAULT;
+    let frame_max = conn.pool.response_bytes_max;
+    // Bytes of an oversized frame still to be discarded.
+    let mut skip: u64 = 0;
     loop {
         loop {
+            if skip > 0 {
+                let n = usize::try_from(skip).unwrap_or(usize::MAX).min(buf.len());
+                let _ = buf.split_to(n);
+                skip -= n as u64;
+                if skip > 0 {
+                    buf.reserve(READ_CHUNK_BYTES);
+                    break;
+                }
+            }
             match wire::next_frame(&mut buf, frame_max) {
                 Ok(wire::Next::Frame(h, frame)) => on_upstream_frame(conn, h, frame),
                 Ok(wire::Next::NeedMore(n)) => {
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
                     break;
+                }
+                Err(wire::FrameError {
+                    request_id: Some(id),
+                    too_large_bytes: Some(n),
+                    ..
+                }) => {
+                    too_large(conn, id, n);
+                    skip = n;
                 }
                 Err(e) => return format!("sent a bad frame: {e}"),
             }
@@ -654,6 +686,22 @@ fn on_upstream_frame(conn: &Rc<UpConn>, h: wire::Header, frame: BytesMut) {
     }
 }
 
+/// A frame over `response_bytes_max` (its body is skipped, the connection goes on): its
+/// request, if one waits, is answered with 80.
+fn too_large(conn: &Rc<UpConn>, id: u64, frame_bytes: u64) {
+    let pool = &conn.pool;
+    pool.stats.inc(pool.ids.rsp_too_large);
+    let p = conn.pending.borrow_mut().remove(&id);
+    tracing::debug!(upstream = %conn.host.addr, frame_bytes, limit = pool.response_bytes_max, "response too large; skipped");
+    if let Some(p) = p {
+        let msg = format!(
+            "ringside: response of {frame_bytes} bytes from upstream {} exceeds the cluster's response_bytes_max {}",
+            conn.host.addr, pool.response_bytes_max
+        );
+        conn.finish(p, Reply::Local(Status::SERVER_ERROR, msg));
+    }
+}
+
 /// Enforces request deadlines and keeps an idle connection alive with heartbeats.
 async fn keeper(conn: &Rc<UpConn>) -> String {
     let pool = conn.pool.clone();
@@ -670,13 +718,21 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
         let open = conn.state.get() == UpState::Open;
         let idle_since = conn.last_read.get();
         if open && now.duration_since(idle_since) >= pool.heartbeat * HEARTBEAT_MISSES_MAX {
+            pool.stats.inc(pool.ids.cx_heartbeat_timeout);
             return format!("missed {HEARTBEAT_MISSES_MAX} heartbeats");
         }
+        // Idle: nothing pending, nothing queued, no request for `idle_timeout`.
+        let unused = conn.pending.borrow().is_empty() && conn.oneway.borrow().is_empty();
+        let idle_at = unused.then(|| conn.last_request.get() + pool.idle_timeout);
+        if open && idle_at.is_some_and(|t| now >= t) {
+            pool.stats.inc(pool.ids.cx_idle_timeout);
+            return format!("idle for {} ms", pool.idle_timeout.as_millis());
+        }
         let next_heartbeat = open.then(|| idle_since.max(conn.last_ping.get()) + pool.heartbeat);
-        let wake_at = match (next_deadline, next_heartbeat) {
-            (Some(d), Some(h)) => Some(d.min(h)),
-            (d, h) => d.or(h),
-        };
+        let wake_at = [next_deadline, next_heartbeat, idle_at.filter(|_| open)]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(wake_at) = wake_at else {
             conn.keeper_wake.wait().await;
             continue;

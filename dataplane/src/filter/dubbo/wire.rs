@@ -46,6 +46,9 @@ pub enum Next {
 pub struct FrameError {
     /// The request id, when the header was readable (the caller then gets a reply).
     pub request_id: Option<u64>,
+    /// The frame's whole size when it was refused for being too large: a reader that can
+    /// afford to may skip that many bytes and go on with the next frame.
+    pub too_large_bytes: Option<u64>,
     pub message: String,
 }
 
@@ -75,6 +78,10 @@ pub fn next_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Next, Fr
         Ok(d::Decoded::NeedMore(n)) => Ok(Next::NeedMore(n)),
         Err(e) => Err(FrameError {
             request_id: e.request_id(),
+            too_large_bytes: match e {
+                codec::DecodeError::FrameTooLarge { frame_bytes, .. } => Some(frame_bytes),
+                _ => None,
+            },
             message: e.to_string(),
         }),
     }

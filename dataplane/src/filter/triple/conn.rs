@@ -37,6 +37,10 @@ pub const DRAIN_QUIET_MS: u64 = 300;
 /// A call whose deadline is nearer than this on arrival cannot be met through a proxy hop: it is
 /// answered DEADLINE_EXCEEDED at once, without an upstream stream.
 pub const DEADLINE_MIN_US: u64 = 1_000;
+/// The PING payload of upstream keepalives.
+const KEEPALIVE_PING: [u8; 8] = *b"rs-alive";
+/// A connection closing on a timer gets this long to flush its GOAWAY before the socket goes.
+pub const CLOSE_FLUSH_MS: u64 = 500;
 /// The PING payload that follows the first, graceful GOAWAY.
 const DRAIN_PING: [u8; 8] = *b"rs-drain";
 
@@ -175,6 +179,11 @@ pub struct Conn {
     pub open: Cell<bool>,
     /// The peer's first SETTINGS arrived (caller side: the preface is complete).
     greeted: Cell<bool>,
+    /// Successful reads from the socket (the keepalive watches it move).
+    reads: Cell<u64>,
+    /// When the last stream ended (or the connection opened); `went_idle` fires then.
+    idle_since: Cell<Instant>,
+    went_idle: Notify,
 }
 
 impl Conn {
@@ -205,6 +214,9 @@ impl Conn {
             stream_ended: Notify::new(),
             drain_acked: Notify::new(),
             greeted: Cell::new(false),
+            reads: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+            went_idle: Notify::new(),
             open: Cell::new(false),
         }
     }
@@ -457,6 +469,10 @@ impl Conn {
                 }
             }
             self.stream_ended.notify();
+            if self.streams.borrow().is_empty() {
+                self.idle_since.set(Instant::now());
+                self.went_idle.notify();
+            }
         }
     }
 
@@ -1357,6 +1373,7 @@ async fn read_loop<R: AsyncReadRent>(
         }
         let (res, b) = crate::io::read_append(&mut r, buf).await;
         buf = b;
+        conn.reads.set(conn.reads.get() + 1);
         match res {
             Ok(0) => return Ok(()),
             Ok(_) => {}
@@ -1439,6 +1456,13 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         l.stats.inc(l.ids.hardening.cx_preface_timeout);
         tracing::debug!(listener = %l.name, "no HTTP/2 preface in time: closing");
     };
+    let idle = async {
+        idle_for(&conn, limits.idle_timeout).await;
+        l.stats.inc(l.ids.hardening.cx_idle_timeout);
+        tracing::debug!(listener = %l.name, "idle timeout: closing the connection");
+        conn.goaway.set(Some(conn.stream_ids.get()));
+        close_flushed(&conn, "idle timeout").await;
+    };
     let cut = std::cell::Cell::new(false);
     let drainer = async {
         drain.started().await;
@@ -1471,6 +1495,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         _ = deadlines => {}
         _ = drainer => {}
         _ = preface => {}
+        _ = idle => {}
     }
     conn.cancel_all();
     cut.get()
@@ -1505,6 +1530,57 @@ async fn drain_gracefully(conn: &Conn) {
         }
         conn.stream_ended.wait().await;
     }
+}
+
+/// Completes once the connection has had no stream for `timeout`.
+async fn idle_for(conn: &Conn, timeout: Duration) {
+    loop {
+        if conn.stream_count() > 0 {
+            conn.went_idle.wait().await;
+            continue;
+        }
+        let since = conn.idle_since.get();
+        shard::monoio::select! {
+            _ = shard::monoio::time::sleep_until((since + timeout).into()) => {}
+            _ = conn.went_idle.wait() => continue,
+        }
+        if conn.stream_count() == 0 && conn.idle_since.get() == since {
+            return;
+        }
+    }
+}
+
+/// Upstream side: completes when the peer, with streams open, stayed silent for `interval`
+/// and then did not answer a PING within `timeout` (a half-open connection: without this a call
+/// with no deadline would wait on it forever).
+async fn keepalive(conn: &Conn, interval: Duration, timeout: Duration) {
+    let mut seen = conn.reads.get();
+    loop {
+        shard::monoio::time::sleep(interval).await;
+        let now = conn.reads.get();
+        if now != seen || conn.stream_count() == 0 {
+            seen = now;
+            continue;
+        }
+        conn.write(|o| frame::write_ping(o, false, KEEPALIVE_PING));
+        shard::monoio::time::sleep(timeout).await;
+        if conn.reads.get() == now {
+            return;
+        }
+        seen = conn.reads.get();
+    }
+}
+
+/// GOAWAY NO_ERROR, then a bounded wait for it to be written (the caller drops the socket).
+async fn close_flushed(conn: &Conn, why: &str) {
+    conn.goaway_close(code::NO_ERROR, why);
+    for _ in 0..CLOSE_FLUSH_MS / 5 {
+        if conn.out.borrow().is_empty() {
+            break;
+        }
+        shard::monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shard::monoio::time::sleep(Duration::from_millis(5)).await;
 }
 
 /// A new upstream connection to `host` (connects in the background; frames queue meanwhile).
@@ -1563,6 +1639,17 @@ async fn serve_upstream<S: crate::io::Conn>(
                     }
                 },
                 _ = write_loop(&conn, w) => "upstream write failed".to_string(),
+                _ = async {
+                    idle_for(&conn, pool.idle_timeout).await;
+                    // No await between the check and `closing`: no stream can slip in.
+                    pool.stats.inc(pool.ids.h2.cx_idle_timeout);
+                    close_flushed(&conn, "idle timeout").await;
+                } => "upstream connection idle".to_string(),
+                _ = keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout) => {
+                    pool.stats.inc(pool.ids.h2.cx_keepalive_timeout);
+                    tracing::debug!(upstream = %host.addr, "keepalive PING unanswered: closing");
+                    format!("ringside: upstream {} did not answer a keepalive PING", host.addr)
+                },
             };
             pool.stats.dec(pool.lb.ids.cx_active);
             why

@@ -37,10 +37,13 @@ pub struct H2Limits {
     pub resets_per_second_max: u32,
     pub control_frames_max: u32,
     pub preface_timeout: Duration,
+    /// Caller connections: closed after this long without a stream (the listener's
+    /// `idle_timeout_ms`).
+    pub idle_timeout: Duration,
 }
 
 impl H2Limits {
-    pub fn from_config(t: &config::TripleListener) -> H2Limits {
+    pub fn from_config(t: &config::TripleListener, idle_timeout_ms: u64) -> H2Limits {
         H2Limits {
             frame_max: t.frame_bytes_max,
             header_list_max: t.header_list_bytes_max,
@@ -50,6 +53,7 @@ impl H2Limits {
             resets_per_second_max: t.resets_per_second_max,
             control_frames_max: t.outbound_control_frames_max,
             preface_timeout: Duration::from_millis(t.preface_timeout_ms),
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
         }
     }
 }
@@ -226,6 +230,10 @@ pub struct Pool {
     hosts: crate::cluster::HostTable<Host>,
     connections_per_host: usize,
     pub connect_timeout: Duration,
+    /// Connections with no stream for this long close; PING keepalive (interval, timeout).
+    pub idle_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
 }
@@ -254,6 +262,9 @@ impl Pool {
             hosts: crate::cluster::HostTable::new(),
             connections_per_host: c.connections_per_host as usize,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            keepalive_interval: Duration::from_millis(c.keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
             stats,
             ids,
         })
