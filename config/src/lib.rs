@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const DRAIN_TIMEOUT_MS_MAX: u64 = 600_000;
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 3_600_000;
+/// Every duration has an upper bound: a deadline computed from it (`Instant + Duration`) must
+/// not overflow, and a week without a byte is no connection anyone waits for.
+pub const IDLE_TIMEOUT_MS_MAX: u64 = 7 * 24 * 3_600_000;
 pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 pub const CONNECT_TIMEOUT_MS_MAX: u64 = 60_000;
 /// Per-direction relay buffer of one TCP connection: the most a slow peer can make us hold.
@@ -52,6 +55,10 @@ pub const PENDING_REQUESTS_PER_HOST_MAX_DEFAULT: u32 = 8192;
 /// Heartbeats on idle upstream Dubbo connections (Dubbo's default is 60 s).
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 60_000;
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 100;
+pub const HEARTBEAT_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Initial fetch timeouts (xDS, registry) and reconnect back-offs.
+pub const FETCH_TIMEOUT_MS_MAX: u64 = 600_000;
+pub const RETRY_MS_MAX: u64 = 600_000;
 /// Largest Dubbo response accepted from a provider (header + body); a larger one is skipped and
 /// its caller answered status 80. Same default as `frame_bytes_max`.
 pub const RESPONSE_BYTES_MAX_DEFAULT: usize = FRAME_BYTES_MAX_DEFAULT;
@@ -1138,6 +1145,20 @@ impl Config {
                     ),
                 );
             }
+            range_ms(
+                &mut err,
+                "xds.retry_max_ms".into(),
+                x.retry_max_ms,
+                1,
+                RETRY_MS_MAX,
+            );
+            range_ms(
+                &mut err,
+                "xds.initial_fetch_timeout_ms".into(),
+                x.initial_fetch_timeout_ms,
+                0,
+                FETCH_TIMEOUT_MS_MAX,
+            );
         }
         if let Some(r) = &self.registry {
             validate_registry(r, &self.listeners, &mut err);
@@ -1148,15 +1169,13 @@ impl Config {
                 "0 is no mark: give 1..=4294967295 or leave the field out".into(),
             );
         }
-        if self.drain_timeout_ms > DRAIN_TIMEOUT_MS_MAX {
-            err(
-                "drain_timeout_ms".into(),
-                format!(
-                    "{} is above the limit {DRAIN_TIMEOUT_MS_MAX}",
-                    self.drain_timeout_ms
-                ),
-            );
-        }
+        range_ms(
+            &mut err,
+            "drain_timeout_ms".into(),
+            self.drain_timeout_ms,
+            0,
+            DRAIN_TIMEOUT_MS_MAX,
+        );
 
         for (list, rules) in [
             ("include", &self.stats.include),
@@ -1307,15 +1326,13 @@ impl Config {
                 &mut err,
             );
             timer_in_range(c.keepalive_timeout_ms, at("keepalive_timeout_ms"), &mut err);
-            if c.heartbeat_interval_ms < HEARTBEAT_INTERVAL_MS_MIN {
-                err(
-                    at("heartbeat_interval_ms"),
-                    format!(
-                        "{} is below the minimum {HEARTBEAT_INTERVAL_MS_MIN}",
-                        c.heartbeat_interval_ms
-                    ),
-                );
-            }
+            range_ms(
+                &mut err,
+                at("heartbeat_interval_ms"),
+                c.heartbeat_interval_ms,
+                HEARTBEAT_INTERVAL_MS_MIN,
+                HEARTBEAT_INTERVAL_MS_MAX,
+            );
         }
 
         let mut listener_names = HashSet::new();
@@ -1402,9 +1419,13 @@ impl Config {
                     ),
                 );
             }
-            if l.idle_timeout_ms == 0 {
-                err(at("idle_timeout_ms"), "must be at least 1".into());
-            }
+            range_ms(
+                &mut err,
+                at("idle_timeout_ms"),
+                l.idle_timeout_ms,
+                1,
+                IDLE_TIMEOUT_MS_MAX,
+            );
             if l.connections_per_shard_max == 0 {
                 err(at("connections_per_shard_max"), "must be at least 1".into());
             }
@@ -1797,6 +1818,13 @@ fn validate_triple(
     }
 }
 
+/// A duration field in `lo..=hi` milliseconds, or an error naming the field and the range.
+fn range_ms(err: &mut dyn FnMut(String, String), field: String, v: u64, lo: u64, hi: u64) {
+    if !(lo..=hi).contains(&v) {
+        err(field, format!("{v} ms is out of range {lo}..={hi} ms"));
+    }
+}
+
 fn names(clusters: &[Cluster]) -> String {
     if clusters.is_empty() {
         return "none".into();
@@ -1889,6 +1917,20 @@ fn validate_registry(r: &Registry, listeners: &[Listener], err: &mut impl FnMut(
             ),
         );
     }
+    range_ms(
+        err,
+        "registry.retry_max_ms".into(),
+        r.retry_max_ms,
+        1,
+        RETRY_MS_MAX,
+    );
+    range_ms(
+        err,
+        "registry.initial_fetch_timeout_ms".into(),
+        r.initial_fetch_timeout_ms,
+        0,
+        FETCH_TIMEOUT_MS_MAX,
+    );
     for (i, s) in r.services.iter().enumerate() {
         let at = |f: &str| format!("registry.services[{i}].{f}");
         if !valid_interface(&s.interface) {
@@ -1906,14 +1948,12 @@ fn validate_registry(r: &Registry, listeners: &[Listener], err: &mut impl FnMut(
         if s.weight == Some(0) {
             err(at("weight"), "must be at least 1".into());
         }
-        if s.health_interval_ms < HEARTBEAT_INTERVAL_MS_MIN {
-            err(
-                at("health_interval_ms"),
-                format!(
-                    "{} is below the minimum {HEARTBEAT_INTERVAL_MS_MIN}",
-                    s.health_interval_ms
-                ),
-            );
-        }
+        range_ms(
+            err,
+            at("health_interval_ms"),
+            s.health_interval_ms,
+            HEARTBEAT_INTERVAL_MS_MIN,
+            HEARTBEAT_INTERVAL_MS_MAX,
+        );
     }
 }

@@ -172,3 +172,46 @@ fn post_quitquitquit_exits_cleanly() {
     let (status, _) = rs.wait_exit(Duration::from_secs(10));
     assert!(status.success());
 }
+
+/// Every duration field has an upper bound; `validate` names each field out of range and the
+/// allowed range. (Issue 20: `idle_timeout_ms: 18446744073709551615` passed validation and
+/// the first connection on the listener killed its shard in the timer's `expect`.)
+#[test]
+fn validate_bounds_every_duration() {
+    let dir = TempDir::new("durations");
+    let max = u64::MAX;
+    let bad = dir.write(
+        "bad.yaml",
+        &format!(
+            "drain_timeout_ms: {max}\n\
+             xds:\n  server: 127.0.0.1:1\n  node_id: n\n  initial_fetch_timeout_ms: {max}\n  retry_max_ms: {max}\n\
+             registry:\n  addresses: [\"127.0.0.1:2\"]\n  initial_fetch_timeout_ms: {max}\n  retry_max_ms: {max}\n\
+             \x20 services:\n    - interface: a.B\n      listener: a\n      local_port: 3\n      health_interval_ms: {max}\n\
+             listeners:\n  - name: a\n    address: 127.0.0.1:4\n    protocol: tcp\n    cluster: c\n    idle_timeout_ms: {max}\n\
+             clusters:\n  - name: c\n    endpoints: [\"127.0.0.1:5\"]\n    heartbeat_interval_ms: {max}\n"
+        ),
+    );
+    let out = Command::new(RINGSIDE)
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for (field, range) in [
+        ("drain_timeout_ms", "0..=600000 ms"),
+        ("xds.initial_fetch_timeout_ms", "0..=600000 ms"),
+        ("xds.retry_max_ms", "1..=600000 ms"),
+        ("registry.initial_fetch_timeout_ms", "0..=600000 ms"),
+        ("registry.retry_max_ms", "1..=600000 ms"),
+        (
+            "registry.services[0].health_interval_ms",
+            "100..=3600000 ms",
+        ),
+        ("listeners[0].idle_timeout_ms", "1..=604800000 ms"),
+        ("clusters[0].heartbeat_interval_ms", "100..=3600000 ms"),
+    ] {
+        let want = format!("field `{field}`: {max} ms is out of range {range}");
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+}

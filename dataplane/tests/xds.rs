@@ -1072,3 +1072,66 @@ fn a_replaced_triple_listener_sends_goaway_and_a_removed_tcp_listener_closes_at_
     assert_eq!(stat(&rs, "listener.tcp_old.downstream_cx_drained"), 1);
     assert_eq!(stat(&rs, "listener.tcp_old.downstream_cx_drain_timeout"), 1);
 }
+
+/// Durations from xDS are bounded where they are translated: an out-of-range one is NACKed
+/// naming the resource's field, and the running snapshot stays. (Issue 20: an idle_timeout whose
+/// seconds saturated the conversion to u64::MAX ms reached the timer's `expect` and killed the
+/// shard at the first connection; every value was taken unchecked.)
+#[test]
+fn out_of_range_durations_are_nacked_naming_the_field() {
+    use std::io::{Read, Write};
+    let echo = echo_server();
+    let listen = local(free_port());
+    let tcp = |idle: &str| {
+        json!({
+            "name": "tcp_in",
+            "address": socket(listen),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp_in", "cluster": "echo", "idle_timeout": idle}}]}]
+        })
+    };
+    let snapshot = |version: &str, idle: &str, connect: &str| {
+        let mut cluster = eds_cluster("echo", false);
+        cluster["connect_timeout"] = json!(connect);
+        json!({
+            "version": version,
+            "listeners": [tcp(idle)],
+            "clusters": [cluster],
+            "endpoints": [load_assignment("echo", &[echo])]
+        })
+    };
+    let xds = XdsServer::start();
+    xds.put(&snapshot("v1", "10s", "1s")).unwrap();
+    let rs = ringside_on(xds.addr(), "sotw", "ringside-durations");
+    xds.wait_ack(LDS, "v1");
+    let relay = |tag: &[u8]| {
+        let mut c = std::net::TcpStream::connect(listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(tag).unwrap();
+        let mut buf = vec![0; tag.len()];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, tag);
+    };
+    relay(b"v1");
+
+    // The largest Duration proto3 JSON allows: about 10,000 years.
+    xds.put(&snapshot("v2", "315576000000s", "1s")).unwrap();
+    let nack = xds.wait_nack(LDS, "v2");
+    let detail = nack["error_detail"]["message"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("idle_timeout") && detail.contains("out of range 0..=604800000 ms"),
+        "{nack}"
+    );
+    relay(b"still v1");
+
+    xds.put(&snapshot("v3", "10s", "86400s")).unwrap();
+    let nack = xds.wait_nack(CDS, "v3");
+    let detail = nack["error_detail"]["message"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("connect_timeout") && detail.contains("out of range 0..=60000 ms"),
+        "{nack}"
+    );
+    relay(b"still v1 again");
+    assert_eq!(rs.get("/ready").0, 200);
+}

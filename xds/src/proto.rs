@@ -130,14 +130,30 @@ fn decode_top<T: Message + Default>(any: &Any, want: &str) -> Result<T, Translat
     })
 }
 
-fn duration_ms(d: &Duration, ctx: &Ctx<'_>, field: &str) -> Result<u64, TranslateError> {
+/// A proto Duration in whole milliseconds (rounded up), refused (so NACKed, naming `field`)
+/// when negative or above `max_ms`: nothing downstream saturates or overflows.
+fn duration_ms(
+    d: &Duration,
+    ctx: &Ctx<'_>,
+    field: &str,
+    max_ms: u64,
+) -> Result<u64, TranslateError> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(ctx.err(field, "must not be negative"));
     }
     let ms = (d.seconds as u64)
-        .saturating_mul(1000)
-        .saturating_add((d.nanos as u64).div_ceil(1_000_000));
-    Ok(ms)
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add((d.nanos as u64).div_ceil(1_000_000)))
+        .filter(|&ms| ms <= max_ms);
+    ms.ok_or_else(|| {
+        ctx.err(
+            field,
+            format!(
+                "{}.{:09} s is out of range 0..={max_ms} ms",
+                d.seconds, d.nanos
+            ),
+        )
+    })
 }
 
 /// Escapes regex metacharacters (the same set as `regex::escape`).
@@ -1051,7 +1067,7 @@ fn on_match(
 
 /// Envoy's 0 means "no timeout": the largest ringside allows.
 fn timeout_ms(d: &Duration, ctx: &Ctx<'_>, at: &str) -> Result<u64, TranslateError> {
-    let ms = duration_ms(d, ctx, at)?;
+    let ms = duration_ms(d, ctx, at, config::REQUEST_TIMEOUT_MS_MAX)?;
     Ok(if ms == 0 {
         config::REQUEST_TIMEOUT_MS_MAX
     } else {
@@ -1104,7 +1120,12 @@ fn tcp_proxy(
         None => return Err(ctx.err(format!("{at}.cluster"), "missing")),
     };
     let idle = match &t.idle_timeout {
-        Some(d) => match duration_ms(d, ctx, &format!("{at}.idle_timeout"))? {
+        Some(d) => match duration_ms(
+            d,
+            ctx,
+            &format!("{at}.idle_timeout"),
+            config::IDLE_TIMEOUT_MS_MAX,
+        )? {
             0 => None, // Envoy: disabled; ringside keeps its default.
             ms => Some(ms),
         },
@@ -1709,7 +1730,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         }
     };
     let connect_timeout_ms = match &c.connect_timeout {
-        Some(d) => duration_ms(d, &ctx, "connect_timeout")?,
+        Some(d) => duration_ms(d, &ctx, "connect_timeout", config::CONNECT_TIMEOUT_MS_MAX)?,
         None => ENVOY_CONNECT_TIMEOUT_MS_DEFAULT,
     };
     let ty = match &c.cluster_discovery_type {

@@ -1485,7 +1485,9 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         }
         let last = conn.stream_ids.get();
         conn.goaway.set(Some(last));
-        conn.write(|o| frame::write_goaway(o, last, code::NO_ERROR, b"draining"));
+        // Debug text unlike the first GOAWAY's: a client's error names which one it processed
+        // ("draining": the graceful one, which refuses nothing; "drained": this one).
+        conn.write(|o| frame::write_goaway(o, last, code::NO_ERROR, b"drained"));
         conn.closing.set(true);
         conn.out_ready.notify();
         // Let the writer flush the final GOAWAY and shut the socket down (bounded).
