@@ -18,6 +18,8 @@ pub mod control;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod filter;
+#[cfg(feature = "fuzz")]
+pub mod fuzzing;
 pub mod io;
 pub mod snapshot;
 pub mod stats;

@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod inbox;
+pub mod mem;
 mod runtime;
 pub mod sockopt;
 

@@ -93,6 +93,17 @@ impl Conn for TcpStream {
     }
 }
 
+/// In-memory connections (feature `fuzz`): the fuzz targets' downstream and upstream peers.
+#[cfg(feature = "fuzz")]
+impl Conn for shard::mem::MemStream {
+    fn set_nodelay(&self, _on: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn into_kernel(self) -> Result<TcpStream, Self> {
+        Err(self)
+    }
+}
+
 /// Where connections come from: a kernel listening socket or a DPDK stack's listener.
 pub trait Accept {
     type Stream: Conn;

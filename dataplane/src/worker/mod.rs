@@ -186,7 +186,8 @@ fn cluster_params(c: &config::Cluster) -> config::Cluster {
 /// Everything one shard runs: listeners, clusters and the snapshot they came from.
 struct ShardState {
     id: usize,
-    shared: Arc<Shared>,
+    /// `None`: a detached shard ([`Detached`], feature `fuzz`): no sockets, no control thread.
+    shared: Option<Arc<Shared>>,
     stats: ShardStats,
     snapshot: Arc<Snapshot>,
     clusters: HashMap<String, ClusterEntry>,
@@ -331,7 +332,11 @@ impl ShardState {
     /// this shard adds its part to the listener's drain report.
     fn drain_gone(&self, gone: ShardListener, drains: &[Arc<DrainReport>]) {
         gone.stop.set();
-        let timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        let timeout_ms = self
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.config.drain_timeout_ms);
+        let timeout = Duration::from_millis(timeout_ms);
         let conns = gone.conns;
         conns.drained.set(0);
         conns.closed_at_deadline.set(0);
@@ -549,7 +554,10 @@ impl ShardState {
             }
             return;
         }
-        let socks = match self.shared.sockets.for_shard(self.id, &sl.cfg.name) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let socks = match shared.sockets.for_shard(self.id, &sl.cfg.name) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(shard = self.id, listener = %sl.cfg.name, error = %e, "cannot accept");
@@ -595,6 +603,39 @@ impl ShardState {
     }
 }
 
+/// A shard's clusters and listeners built from a snapshot as `shard_main` builds them, with no
+/// socket and no control thread (feature `fuzz`): the fuzz targets hand its listeners
+/// in-memory connections ([`listener::serve_connection`]) and its upstream pools connect through
+/// `crate::fuzzing::Upstreams`.
+#[cfg(feature = "fuzz")]
+pub struct Detached(ShardState);
+
+#[cfg(feature = "fuzz")]
+impl Detached {
+    /// Must be called on the runtime that will serve its connections.
+    pub fn new(snapshot: Arc<Snapshot>, stats: ShardStats) -> Detached {
+        let mut st = ShardState {
+            id: 0,
+            shared: None,
+            stats,
+            snapshot: Arc::new(Snapshot::empty()),
+            clusters: HashMap::new(),
+            listeners: Vec::new(),
+            connections: Rc::new(Cell::new(0usize)),
+            accepting: false,
+        };
+        st.apply(snapshot, &[]);
+        Detached(st)
+    }
+
+    /// The current context of listener `name`.
+    pub fn listener(&self, name: &str) -> Option<Rc<ListenerCtx>> {
+        let sl = self.0.listeners.iter().find(|l| l.cfg.name == name)?;
+        let ctx = sl.ctx.borrow().clone();
+        Some(ctx)
+    }
+}
+
 /// Set-up on the shard thread, then the shard's future: the snapshot current at start, then
 /// every update the control thread sends.
 pub fn shard_main(
@@ -614,7 +655,7 @@ pub fn shard_main(
         let first = shared.snapshot();
         let mut st = ShardState {
             id,
-            shared: shared.clone(),
+            shared: Some(shared.clone()),
             stats,
             snapshot: Arc::new(Snapshot::empty()),
             clusters: HashMap::new(),

@@ -257,10 +257,15 @@ impl DownConn {
     }
 
     /// Wakes the reader if it waits for room under `pending_requests_per_connection_max`
-    /// (after a request left `inflight`).
+    /// (after a request left `inflight`), and the writer when nothing is left in flight: a
+    /// caller whose reader is done closes then, also when the last request was one-way (no
+    /// answer is queued to wake the writer).
     pub fn room_maybe(&self) {
         if self.has_room() {
             self.room.notify();
+        }
+        if self.inflight.get() == 0 {
+            self.out_ready.notify();
         }
     }
 

@@ -543,6 +543,14 @@ async fn run(conn: Rc<UpConn>) {
         };
         return serve_upstream(conn, connected).await;
     }
+    #[cfg(feature = "fuzz")]
+    if let Some(connecting) = crate::fuzzing::connect(addr) {
+        let connected = shard::monoio::select! {
+            c = shard::monoio::time::timeout(timeout, connecting) => c,
+            why = keeper(&conn) => return conn.close(&why),
+        };
+        return serve_upstream(conn, connected).await;
+    }
     let connected = shard::monoio::select! {
         c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)) => c,
         why = keeper(&conn) => return conn.close(&why),

@@ -91,6 +91,9 @@ pub struct Stream {
     queue: VecDeque<Out>,
     sent_end: bool,
     recv_end: bool,
+    /// HEADERS came first: the caller's request (set when the stream is made) or, upstream
+    /// side, the response's; DATA before it is malformed (RFC 9113 8.1).
+    headers_in: bool,
     /// Caller side: the call's bookkeeping.
     call: Option<Call>,
 }
@@ -134,6 +137,7 @@ impl Stream {
             queue: VecDeque::new(),
             sent_end: false,
             recv_end: false,
+            headers_in: call.is_some(),
             call,
         }
     }
@@ -728,6 +732,9 @@ impl Conn {
                     Next::Drop
                 }
                 Some(s) if s.recv_end => Next::Error(code::STREAM_CLOSED),
+                // An upstream's DATA before its response HEADERS: relayed, the caller would
+                // see a body without a response (the call fails INTERNAL instead).
+                Some(s) if !s.headers_in => Next::Error(code::PROTOCOL_ERROR),
                 Some(s) => {
                     s.recv_avail -= len;
                     if s.recv_avail < 0 {
@@ -1120,6 +1127,9 @@ impl Conn {
     fn on_response_headers(self: &Rc<Self>, id: u32, end: bool) -> Result<(), ConnError> {
         if self.streams.borrow().get(&id).is_some_and(|s| s.recv_end) {
             return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
+        }
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.headers_in = true;
         }
         let Some((down, did)) = self.link(id) else {
             return Ok(());
@@ -1603,6 +1613,11 @@ async fn run_upstream(conn: Rc<Conn>) {
     if let Some(stack) = crate::dpdk::upstream_stack(host.addr) {
         let connected =
             shard::monoio::time::timeout(pool.connect_timeout, stack.connect(host.addr)).await;
+        return serve_upstream(conn, host, pool, connected).await;
+    }
+    #[cfg(feature = "fuzz")]
+    if let Some(connecting) = crate::fuzzing::connect(host.addr) {
+        let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
     let connected = shard::monoio::time::timeout(
