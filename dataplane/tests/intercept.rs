@@ -279,11 +279,16 @@ fn scenario(mode: &str, exclusion: Exclusion) {
     let cfg = sidecar_config(&dir, mode == "tproxy");
     let rs = pod.run(|| match exclusion {
         Exclusion::UidAndMark => {
-            // The config and the control socket's directory must be usable by uid 1337.
-            Command::new("chmod")
-                .args(["0777", &dir.0.display().to_string()])
-                .status()
-                .unwrap();
+            // The config and the control socket's directory must be usable by uid 1337, and
+            // ringside refuses a control socket directory that is not its uid's alone (0777
+            // was refused): give the directory to uid 1337, mode 0700.
+            let owner = format!("{PROXY_UID}:{PROXY_UID}");
+            for args in [
+                ["chown", owner.as_str(), &dir.0.display().to_string()],
+                ["chmod", "0700", &dir.0.display().to_string()],
+            ] {
+                assert!(Command::new(args[0]).args(&args[1..]).status().unwrap().success());
+            }
             Ringside::start_wrapped(
                 &[
                     "setpriv",
