@@ -287,7 +287,11 @@ fn scenario(mode: &str, exclusion: Exclusion) {
                 ["chown", owner.as_str(), &dir.0.display().to_string()],
                 ["chmod", "0700", &dir.0.display().to_string()],
             ] {
-                assert!(Command::new(args[0]).args(&args[1..]).status().unwrap().success());
+                assert!(Command::new(args[0])
+                    .args(&args[1..])
+                    .status()
+                    .unwrap()
+                    .success());
             }
             Ringside::start_wrapped(
                 &[
