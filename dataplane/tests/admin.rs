@@ -72,10 +72,10 @@ fn dripper(addr: SocketAddr) -> TcpStream {
 }
 
 fn stat(rs: &Ringside, name: &str) -> u64 {
-    let (_, text) = rs.get("/stats");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
-        .unwrap_or_else(|| panic!("no stat {name} in:\n{text}"))
+    let v = rs
+        .stat_value(name)
+        .unwrap_or_else(|| panic!("no stat {name} in /stats"));
+    u64::try_from(v).unwrap_or_else(|_| panic!("stat {name} is negative: {v}"))
 }
 
 #[test]

@@ -16,16 +16,7 @@ const SVC: &str = "com.ringside.test.EchoService";
 
 /// One counter or gauge from `/stats` (0 when absent).
 fn stat(rs: &Ringside, name: &str) -> i64 {
-    let (_, body) = rs.get("/stats");
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(": ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    rs.stat_value(name).unwrap_or(0)
 }
 
 /// A config with one dubbo listener (default route to cluster `a`) and the clusters given as

@@ -205,6 +205,18 @@ impl Ringside {
         }
     }
 
+    /// The value of stat `name` in `/stats` (`name: N`), if it is there.
+    pub fn stat_value(&self, name: &str) -> Option<i64> {
+        let (_, text) = self.get("/stats");
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http(self.admin, "GET", path).expect("admin request")
     }
