@@ -3,9 +3,10 @@
 //! format and no syscall wrapper of its own beyond socket options.
 //!
 //! Rooms (docs/architecture.md has the map and the import rule): the data path is `io`, `stats`,
-//! `cluster`, `filter` (one room per protocol), `snapshot` and `worker` (one shard's state);
-//! `control` (process lifecycle, hot-upgrade hand-off, admin, xDS and registry glue) sits on top
-//! and the data path never imports it.
+//! `cluster`, `route` (matchers and weighted picks shared by the protocols), `filter` (one room
+//! per protocol), `snapshot` and `worker` (one shard's state); `control` (process lifecycle,
+//! hot-upgrade hand-off, admin, xDS and registry glue) sits on top and the data path never
+//! imports it.
 #![cfg_attr(not(feature = "dpdk"), forbid(unsafe_code))]
 // With `dpdk`, only the FFI module may use unsafe code.
 #![cfg_attr(feature = "dpdk", deny(unsafe_code))]
@@ -21,6 +22,7 @@ pub mod filter;
 #[cfg(feature = "fuzz")]
 pub mod fuzzing;
 pub mod io;
+pub mod route;
 pub mod snapshot;
 pub mod stats;
 pub mod worker;

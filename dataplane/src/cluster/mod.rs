@@ -15,6 +15,10 @@ use shard::monoio::net::TcpStream;
 use crate::config::{self, LbPolicy};
 use crate::stats::{ShardStats, StatId};
 
+/// After a failed connect, an endpoint gets no new requests for this long (unless every
+/// endpoint of the cluster is down, when it is tried again at once).
+pub const ENDPOINT_FAILURE_BACKOFF_MS: u64 = 500;
+
 /// Connect attempts for one downstream connection, each to a different endpoint when there are
 /// several.
 pub const CONNECT_ATTEMPTS_MAX: usize = 3;
@@ -26,6 +30,22 @@ pub struct ClusterStatIds {
     pub cx_active: StatId,
     pub cx_connect_fail: StatId,
     pub cx_connect_timeout: StatId,
+}
+
+/// Stat ids of one cluster's requests, counted by every protocol's upstream pools.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamStatIds {
+    pub rq_total: StatId,
+    pub rq_timeout: StatId,
+    pub rq_failure: StatId,
+    pub rq_overflow: StatId,
+    pub rq_active: StatId,
+    /// Responses over `response_bytes_max`, skipped (their callers got status 80).
+    pub rsp_too_large: StatId,
+    /// Connections closed after `idle_timeout_ms` without a request.
+    pub cx_idle_timeout: StatId,
+    /// Connections closed after missing `HEARTBEAT_MISSES_MAX` heartbeats.
+    pub cx_heartbeat_timeout: StatId,
 }
 
 /// One endpoint of a cluster and its stat ids (all the sink when `stats.per_host` is off).

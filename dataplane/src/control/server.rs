@@ -409,13 +409,13 @@ impl Shared {
         }
         // Routes compile here first, so that a shard never meets a route it cannot build.
         for l in &config.listeners {
-            let bad = |e: String| format!("listener {:?}: routes: {e}", l.name);
+            let bad = |e: crate::route::RouteError| format!("listener {:?}: routes: {e}", l.name);
             match l.protocol {
                 config::Protocol::Dubbo => {
-                    crate::filter::dubbo::router::Router::new(l, &config.clusters).map_err(bad)?;
+                    crate::filter::dubbo::router::compile(l, &config.clusters).map_err(bad)?;
                 }
                 config::Protocol::Triple => {
-                    crate::filter::triple::router::Router::new(l, &config.clusters).map_err(bad)?;
+                    crate::filter::triple::router::compile(l, &config.clusters).map_err(bad)?;
                 }
                 config::Protocol::Tcp => {}
             }

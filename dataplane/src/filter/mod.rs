@@ -1,6 +1,7 @@
 //! Filters: one room per protocol (`dubbo`, `triple`, `tcp`), each owning its connection
 //! handling, router and stats; here, what they all share: the drain signal their connections
-//! watch and the per-shard routes cell of a listener. Filters never import each other, the
+//! watch, the per-shard routes cell of a listener, and the per-route and per-service request
+//! counters. Filters never import each other, the
 //! shard's state (`worker`) or control.
 
 pub mod dubbo;
@@ -11,9 +12,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use shard::Event;
 
-use dubbo::downstream::RequestStatIds;
+use crate::stats::{Kind, ShardStats, StatId, Stats};
 
 /// Draining: connections tell their callers to go elsewhere (Dubbo readonly, HTTP/2 GOAWAY)
 /// this long after the accept loops stopped. Callers reconnect at once when told; an io_uring
@@ -70,3 +72,76 @@ pub struct Routes<R, P> {
 
 /// The current routes of one listener on one shard, shared by all its connections.
 pub type RoutesCell<R, P> = Rc<RefCell<Rc<Routes<R, P>>>>;
+
+// === request stats ===
+
+/// Request and response counters of one route, or of one service and method (Dubbo
+/// interface and method, Triple service and method).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestStatIds {
+    pub rq_total: StatId,
+    pub rsp_ok: StatId,
+    pub rsp_error: StatId,
+    pub rsp_local: StatId,
+}
+
+impl RequestStatIds {
+    pub fn register(stats: &Stats, scope: &str, tags: &[(&str, &str)]) -> Self {
+        let c = |name| stats.add(scope, name, tags, Kind::Counter);
+        RequestStatIds {
+            rq_total: c("rq_total"),
+            rsp_ok: c("rsp_ok"),
+            rsp_error: c("rsp_error"),
+            rsp_local: c("rsp_local"),
+        }
+    }
+}
+
+/// The per-request counters a request carries until it is answered: its route's and its
+/// interface/method's.
+#[derive(Clone, Copy, Debug)]
+pub struct Counted {
+    pub route: RequestStatIds,
+    pub service: RequestStatIds,
+}
+
+impl Counted {
+    pub fn inc(&self, stats: &ShardStats, pick: impl Fn(&RequestStatIds) -> StatId) {
+        stats.inc(pick(&self.route));
+        stats.inc(pick(&self.service));
+    }
+}
+
+/// service (Dubbo interface) → method → counters, per listener per shard.
+pub type ServiceStatsMap = FxHashMap<Box<[u8]>, FxHashMap<Box<[u8]>, RequestStatIds>>;
+
+/// The counters of one service/method: a map lookup on the data path, a registration
+/// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
+pub fn service_ids(
+    map: &RefCell<ServiceStatsMap>,
+    stats: &ShardStats,
+    scope: &str,
+    listener: &str,
+    (service_tag, service): (&str, &[u8]),
+    method: &[u8],
+    other: RequestStatIds,
+) -> RequestStatIds {
+    if let Some(ids) = map.borrow().get(service).and_then(|m| m.get(method)) {
+        return *ids;
+    }
+    let st = &stats.stats;
+    if !st.track_service() {
+        return other;
+    }
+    let (s, m) = (
+        String::from_utf8_lossy(service),
+        String::from_utf8_lossy(method),
+    );
+    let tags = [("listener", listener), (service_tag, &s), ("method", &m)];
+    let ids = RequestStatIds::register(st, scope, &tags);
+    map.borrow_mut()
+        .entry(service.into())
+        .or_default()
+        .insert(method.into(), ids);
+    ids
+}

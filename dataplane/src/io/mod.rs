@@ -14,6 +14,8 @@ use shard::monoio::buf::IoBufMut;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use shard::monoio::net::{TcpListener, TcpStream};
 
+/// A connection's read buffer starts this large and grows by this much when a read fills it.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Frames at least this large are written on their own instead of being copied into a batch.
 pub const WRITE_COPY_BYTES_MAX: usize = 16 * 1024;
 /// A batch of small frames is flushed when it reaches this size.

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot};
+use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot, UpstreamStatIds};
 use crate::config::{self, Config};
-use crate::filter::dubbo::downstream::{DubboStatIds, RequestStatIds};
-use crate::filter::dubbo::upstream::UpstreamStatIds;
+use crate::filter::dubbo::downstream::DubboStatIds;
+use crate::filter::triple::{TripleStatIds, UpstreamH2StatIds};
+use crate::filter::RequestStatIds;
 use crate::stats::{Kind, StatId, Stats};
 
 /// Stat ids of one listener.
@@ -61,8 +62,10 @@ pub struct Snapshot {
     /// Per cluster (shared with the next snapshot when only endpoints change).
     pub cluster_ids: Arc<[ClusterStatIds]>,
     pub upstream_ids: Arc<[UpstreamStatIds]>,
+    /// Per cluster: what its HTTP/2 (Triple) upstream connections count.
+    pub upstream_h2_ids: Arc<[UpstreamH2StatIds]>,
     /// For `triple` listeners, by listener index.
-    pub triple_ids: Vec<Option<crate::filter::triple::TripleStatIds>>,
+    pub triple_ids: Vec<Option<TripleStatIds>>,
     /// Each cluster's endpoints, shared by the shards.
     pub endpoints: Vec<Arc<Endpoints>>,
     /// Set when this snapshot differs from the one before it (`base`) only in the endpoints
@@ -89,6 +92,7 @@ impl Snapshot {
             route_ids: Vec::new(),
             cluster_ids: Arc::new([]),
             upstream_ids: Arc::new([]),
+            upstream_h2_ids: Arc::new([]),
             triple_ids: Vec::new(),
             endpoints: Vec::new(),
             endpoints_only: None,
@@ -108,6 +112,7 @@ struct ClusterState {
     index: usize,
     ids: ClusterStatIds,
     upstream: UpstreamStatIds,
+    upstream_h2: UpstreamH2StatIds,
     published: Arc<Endpoints>,
 }
 
@@ -161,6 +166,7 @@ impl Builder {
             .retain(|name, _| names.contains(name.as_str()));
         let mut cluster_ids = Vec::with_capacity(config.clusters.len());
         let mut upstream_ids = Vec::with_capacity(config.clusters.len());
+        let mut upstream_h2_ids = Vec::with_capacity(config.clusters.len());
         let mut endpoints = Vec::with_capacity(config.clusters.len());
         for (index, c) in config.clusters.iter().enumerate() {
             let state = self.clusters.entry(c.name.clone()).or_insert_with(|| {
@@ -193,8 +199,8 @@ impl Builder {
                             &t,
                             Counter,
                         ),
-                        h2: crate::filter::triple::UpstreamH2StatIds::register(st, &t),
                     },
+                    upstream_h2: UpstreamH2StatIds::register(st, &t),
                     published: Arc::new(Endpoints::empty(self.next_generation)),
                 }
             });
@@ -202,6 +208,7 @@ impl Builder {
             state.update(c, st, &mut self.next_generation);
             cluster_ids.push(state.ids.clone());
             upstream_ids.push(state.upstream);
+            upstream_h2_ids.push(state.upstream_h2);
             endpoints.push(state.published.clone());
         }
         let listener_ids = config
@@ -337,7 +344,7 @@ impl Builder {
                     ];
                     st.add("listener", "triple_rsp_total", &t, Counter)
                 });
-                Some(crate::filter::triple::TripleStatIds {
+                Some(TripleStatIds {
                     rq_total: c("triple_rq_total"),
                     rq_no_route: c("triple_rq_no_route"),
                     rq_refused: c("triple_rq_refused"),
@@ -364,6 +371,7 @@ impl Builder {
             route_ids,
             cluster_ids: cluster_ids.into(),
             upstream_ids: upstream_ids.into(),
+            upstream_h2_ids: upstream_h2_ids.into(),
             triple_ids,
             endpoints,
             endpoints_only: None,
@@ -415,6 +423,7 @@ impl Builder {
                 route_ids: prev.route_ids.clone(),
                 cluster_ids: prev.cluster_ids.clone(),
                 upstream_ids: prev.upstream_ids.clone(),
+                upstream_h2_ids: prev.upstream_h2_ids.clone(),
                 triple_ids: prev.triple_ids.clone(),
                 endpoints: prev.endpoints.clone(),
                 endpoints_only: None,

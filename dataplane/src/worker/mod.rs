@@ -19,9 +19,11 @@ use crate::cluster::ShardCluster;
 use crate::config::{self, Protocol};
 use crate::control::server::Shared;
 use crate::filter::dubbo::downstream::DubboListener;
-use crate::filter::dubbo::router::Router;
+use crate::filter::dubbo::router as dubbo;
 use crate::filter::dubbo::upstream::ClusterPool;
+use crate::filter::triple::router as triple;
 use crate::filter::{Drain, Routes};
+use crate::route::Dice;
 use crate::snapshot::{PollStatIds, Snapshot};
 use crate::stats::{ShardStats, POLL_STATS_PUBLISH};
 use listener::{accept_loop, Connections, ListenerCtx, Virtual};
@@ -254,6 +256,7 @@ impl ShardState {
                     entry.lb.clone(),
                     self.stats.clone(),
                     snap.upstream_ids[i],
+                    snap.upstream_h2_ids[i],
                 ));
             }
             self.clusters.insert(c.name.clone(), entry);
@@ -405,12 +408,16 @@ impl ShardState {
         self.clusters.get(name).map(|e| e.lb.clone())
     }
 
-    fn dubbo_routes(&self, snap: &Snapshot, index: usize) -> Rc<Routes<Router, ClusterPool>> {
+    fn dubbo_routes(
+        &self,
+        snap: &Snapshot,
+        index: usize,
+    ) -> Rc<Routes<dubbo::Router, ClusterPool>> {
         let l = &snap.config.listeners[index];
         // The control thread compiled these routes before sending the snapshot.
-        let router = Router::new(l, &snap.config.clusters).unwrap_or_else(|e| {
+        let router = dubbo::compile(l, &snap.config.clusters).unwrap_or_else(|e| {
             tracing::error!(listener = %l.name, error = %e, "routes did not compile on a shard");
-            Router::empty()
+            dubbo::Router::empty()
         });
         Rc::new(Routes {
             router,
@@ -428,14 +435,12 @@ impl ShardState {
         &self,
         snap: &Snapshot,
         index: usize,
-    ) -> Rc<Routes<crate::filter::triple::router::Router, crate::filter::triple::Pool>> {
+    ) -> Rc<Routes<triple::Router, crate::filter::triple::Pool>> {
         let l = &snap.config.listeners[index];
-        let router = crate::filter::triple::router::Router::new(l, &snap.config.clusters).unwrap_or_else(
-            |e| {
-                tracing::error!(listener = %l.name, error = %e, "routes did not compile on a shard");
-                crate::filter::triple::router::Router::empty()
-            },
-        );
+        let router = triple::compile(l, &snap.config.clusters).unwrap_or_else(|e| {
+            tracing::error!(listener = %l.name, error = %e, "routes did not compile on a shard");
+            triple::Router::empty()
+        });
         Rc::new(Routes {
             router,
             pools: snap
@@ -489,9 +494,7 @@ impl ShardState {
                 stats: stats.clone(),
                 ids: dubbo_ids,
                 services,
-                dice: crate::filter::dubbo::router::Dice::new(
-                    (id as u32 + 1).wrapping_mul(0x9e37_79b9),
-                ),
+                dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -511,9 +514,7 @@ impl ShardState {
                 stats: stats.clone(),
                 ids,
                 services,
-                dice: crate::filter::dubbo::router::Dice::new(
-                    (id as u32 + 7).wrapping_mul(0x9e37_79b9),
-                ),
+                dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
             })
         });
         Rc::new(ListenerCtx {

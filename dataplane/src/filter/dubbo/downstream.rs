@@ -22,16 +22,15 @@ use bytes::{Bytes, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::{Event, Notify};
 
-use crate::filter::Drain;
+use crate::filter::{service_ids, Counted, Drain, RequestStatIds, ServiceStatsMap};
+use crate::io::READ_CHUNK_BYTES;
+use crate::route::Dice;
 
 use super::router::Router;
 use super::upstream::{ClusterPool, ForwardError};
 use super::wire::{self, Status};
-use crate::stats::{HistId, Kind, ShardStats, StatId, Stats};
-use rustc_hash::FxHashMap;
+use crate::stats::{HistId, ShardStats, StatId};
 
-/// Read buffer growth step.
-pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// What one queued answer costs beyond its bytes (its queue slot and allocation), counted
 /// against `output_bytes_max` so a flood of tiny answers (heartbeats) is bounded in memory too.
 pub const QUEUED_FRAME_OVERHEAD_BYTES: usize = 64;
@@ -68,45 +67,6 @@ pub struct DubboStatIds {
     pub other_service: RequestStatIds,
 }
 
-/// Request and response counters of one route, or of one Dubbo (interface, method).
-#[derive(Clone, Copy, Debug)]
-pub struct RequestStatIds {
-    pub rq_total: StatId,
-    pub rsp_ok: StatId,
-    pub rsp_error: StatId,
-    pub rsp_local: StatId,
-}
-
-impl RequestStatIds {
-    pub fn register(stats: &Stats, scope: &str, tags: &[(&str, &str)]) -> Self {
-        let c = |name| stats.add(scope, name, tags, Kind::Counter);
-        RequestStatIds {
-            rq_total: c("rq_total"),
-            rsp_ok: c("rsp_ok"),
-            rsp_error: c("rsp_error"),
-            rsp_local: c("rsp_local"),
-        }
-    }
-}
-
-/// The per-request counters a request carries until it is answered: its route's and its
-/// interface/method's.
-#[derive(Clone, Copy, Debug)]
-pub struct Counted {
-    pub route: RequestStatIds,
-    pub service: RequestStatIds,
-}
-
-impl Counted {
-    fn inc(&self, stats: &ShardStats, pick: impl Fn(&RequestStatIds) -> StatId) {
-        stats.inc(pick(&self.route));
-        stats.inc(pick(&self.service));
-    }
-}
-
-/// interface → method → counters, per listener per shard.
-pub type ServiceStatsMap = FxHashMap<Box<[u8]>, FxHashMap<Box<[u8]>, RequestStatIds>>;
-
 /// Everything one Dubbo listener's connections on one shard need.
 pub struct DubboListener {
     pub name: String,
@@ -123,7 +83,7 @@ pub struct DubboListener {
     /// Per (interface, method) seen on this shard; registered on first sight.
     pub services: Rc<RefCell<ServiceStatsMap>>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
-    pub dice: crate::filter::dubbo::router::Dice,
+    pub dice: Dice,
 }
 
 impl DubboListener {
@@ -164,37 +124,6 @@ impl Timers {
             output_stall: Duration::from_millis(d.output_stall_timeout_ms),
         }
     }
-}
-
-/// The counters of one service/method: a map lookup on the data path, a registration
-/// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
-pub fn service_ids(
-    map: &RefCell<ServiceStatsMap>,
-    stats: &ShardStats,
-    scope: &str,
-    listener: &str,
-    (service_tag, service): (&str, &[u8]),
-    method: &[u8],
-    other: RequestStatIds,
-) -> RequestStatIds {
-    if let Some(ids) = map.borrow().get(service).and_then(|m| m.get(method)) {
-        return *ids;
-    }
-    let st = &stats.stats;
-    if !st.track_service() {
-        return other;
-    }
-    let (s, m) = (
-        String::from_utf8_lossy(service),
-        String::from_utf8_lossy(method),
-    );
-    let tags = [("listener", listener), (service_tag, &s), ("method", &m)];
-    let ids = RequestStatIds::register(st, scope, &tags);
-    map.borrow_mut()
-        .entry(service.into())
-        .or_default()
-        .insert(method.into(), ids);
-    ids
 }
 
 /// One consumer connection, shared by its reader and writer tasks and by the pending entries of

@@ -3,11 +3,8 @@
 //! `cluster`, when set, is the default route. Matching borrows the request's bytes and
 //! allocates nothing.
 
-use std::time::Duration;
-
-use regex::bytes::Regex;
-
-use crate::config::{self, StringMatch};
+use crate::config;
+use crate::route::{Match, Matcher, NamedMatch, RouteError, Table};
 
 /// What a route needs to see of a request. Implemented over the codec's lazy request view, and
 /// by a plain struct in tests.
@@ -27,31 +24,6 @@ pub enum ArgValue<'a> {
     Str(&'a [u8]),
     Int(i64),
     Bool(bool),
-}
-
-pub(crate) enum Matcher {
-    Exact(Box<[u8]>),
-    Prefix(Box<[u8]>),
-    Regex(Regex),
-}
-
-impl Matcher {
-    pub(crate) fn new(m: &StringMatch) -> Result<Self, regex::Error> {
-        Ok(match (&m.exact, &m.prefix, &m.regex) {
-            (_, Some(p), _) => Matcher::Prefix(p.as_bytes().into()),
-            // Full match, as Envoy's safe_regex.
-            (_, _, Some(p)) => Matcher::Regex(Regex::new(&format!("^(?:{p})$"))?),
-            (e, _, _) => Matcher::Exact(e.as_deref().unwrap_or("").as_bytes().into()),
-        })
-    }
-
-    pub(crate) fn matches(&self, v: &[u8]) -> bool {
-        match self {
-            Matcher::Exact(e) => v == &**e,
-            Matcher::Prefix(p) => v.starts_with(p),
-            Matcher::Regex(r) => r.is_match(v),
-        }
-    }
 }
 
 enum ArgMatch {
@@ -115,236 +87,63 @@ impl ArgMatch {
     }
 }
 
-enum AttachmentMatch {
-    Exact(Box<[u8]>, Box<[u8]>),
-    Regex(Box<[u8]>, Regex),
-    Present(Box<[u8]>, bool),
-}
-
-impl AttachmentMatch {
-    fn new(a: &config::AttachmentMatch) -> Result<Self, regex::Error> {
-        let name: Box<[u8]> = a.name.as_bytes().into();
-        Ok(if let Some(e) = &a.exact {
-            AttachmentMatch::Exact(name, e.as_bytes().into())
-        } else if let Some(p) = &a.regex {
-            AttachmentMatch::Regex(name, Regex::new(&format!("^(?:{p})$"))?)
-        } else {
-            AttachmentMatch::Present(name, a.present.unwrap_or(true))
-        })
-    }
-
-    fn matches(&self, req: &impl Inspect) -> bool {
-        match self {
-            AttachmentMatch::Exact(n, v) => req.attachment(n) == Some(&**v),
-            AttachmentMatch::Regex(n, r) => req.attachment(n).is_some_and(|v| r.is_match(v)),
-            AttachmentMatch::Present(n, want) => req.attachment(n).is_some() == *want,
-        }
-    }
-}
-
-/// A shard-local xorshift source for weighted cluster picks.
-pub struct Dice(std::cell::Cell<u32>);
-
-impl Dice {
-    /// `seed` may be anything (zero is avoided).
-    pub fn new(seed: u32) -> Dice {
-        Dice(std::cell::Cell::new(seed | 1))
-    }
-
-    pub fn roll(&self) -> u32 {
-        let mut x = self.0.get();
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.0.set(x);
-        x
-    }
-}
-
-/// Where a matched request goes.
-pub struct Action {
-    /// (cluster index in the config, weight); one entry for a plain `cluster`.
-    targets: Vec<(usize, u32)>,
-    total_weight: u32,
-    pub timeout: Option<Duration>,
-    /// Index of the route (for stats); `None` for the listener's default route.
-    pub route_index: Option<usize>,
-}
-
-impl Action {
-    /// (cluster index, weight) targets; one entry for a plain cluster.
-    pub(crate) fn new(
-        targets: Vec<(usize, u32)>,
-        timeout: Option<Duration>,
-        route_index: Option<usize>,
-    ) -> Action {
-        let total_weight = targets.iter().map(|t| t.1).sum();
-        Action {
-            targets,
-            total_weight,
-            timeout,
-            route_index,
-        }
-    }
-
-    /// The listener's default route: all to `cluster`, no timeout override.
-    pub(crate) fn default_route(
-        clusters: &[config::Cluster],
-        cluster: &str,
-    ) -> Result<Action, String> {
-        Ok(Action::new(
-            vec![(cluster_index(clusters, cluster)?, 1)],
-            None,
-            None,
-        ))
-    }
-
-    /// Compiles a route's action.
-    pub(crate) fn from_config(
-        a: &config::RouteAction,
-        clusters: &[config::Cluster],
-        route_index: Option<usize>,
-    ) -> Result<Action, String> {
-        let targets = match &a.cluster {
-            Some(c) => vec![(cluster_index(clusters, c)?, 1)],
-            None => a
-                .weighted_clusters
-                .iter()
-                .map(|w| Ok((cluster_index(clusters, &w.name)?, w.weight)))
-                .collect::<Result<Vec<_>, String>>()?,
-        };
-        Ok(Action::new(
-            targets,
-            a.timeout_ms.map(Duration::from_millis),
-            route_index,
-        ))
-    }
-
-    /// The cluster for this request; `dice` is any number from the shard's random source.
-    pub fn pick_cluster(&self, dice: u32) -> usize {
-        if self.targets.len() == 1 {
-            return self.targets[0].0;
-        }
-        let mut point = dice % self.total_weight.max(1);
-        for &(cluster, weight) in &self.targets {
-            if point < weight {
-                return cluster;
-            }
-            point -= weight;
-        }
-        self.targets[0].0
-    }
-}
-
-struct Route {
+/// One route's conditions; every one given must hold.
+pub struct Route {
     interface: Option<Matcher>,
     method: Option<Matcher>,
     version: Option<Box<[u8]>>,
-    group: Option<Box<[u8]>>,
     arguments: Vec<ArgMatch>,
-    attachments: Vec<AttachmentMatch>,
-    action: Action,
+    /// `group` first, then the `attachments` conditions.
+    attachments: Vec<NamedMatch>,
 }
 
-impl Route {
-    fn matches(&self, req: &impl Inspect) -> bool {
+impl<R: Inspect> Match<R> for Route {
+    fn matches(&self, req: &R) -> bool {
         self.interface
             .as_ref()
             .is_none_or(|m| m.matches(req.interface()))
             && self.method.as_ref().is_none_or(|m| m.matches(req.method()))
             && self.version.as_ref().is_none_or(|v| req.version() == &**v)
-            && self
-                .group
-                .as_ref()
-                .is_none_or(|g| req.attachment(b"group") == Some(&**g))
             && self.arguments.iter().all(|a| a.matches(req))
-            && self.attachments.iter().all(|a| a.matches(req))
+            && self
+                .attachments
+                .iter()
+                .all(|a| a.value.matches(req.attachment(&a.name)))
     }
 }
 
-/// One listener's compiled route table.
-pub struct Router {
-    routes: Vec<Route>,
-    default: Option<Action>,
-}
+/// One listener's compiled Dubbo routes.
+pub type Router = Table<Route>;
 
-/// Index of a cluster by name in the config.
-pub(crate) fn cluster_index(clusters: &[config::Cluster], name: &str) -> Result<usize, String> {
-    clusters
-        .iter()
-        .position(|c| c.name == name)
-        .ok_or_else(|| format!("unknown cluster {name:?}"))
-}
-
-impl Router {
-    /// Routes nothing (every request gets "no route").
-    pub fn empty() -> Router {
-        Router {
-            routes: Vec::new(),
-            default: None,
+/// Compiles a listener's Dubbo routes. The config was validated, so errors here are bugs, but
+/// they are reported rather than unwrapped.
+pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, RouteError> {
+    let routes = l.dubbo.as_ref().map_or(&[][..], |d| &d.routes);
+    Table::compile(routes, l.cluster.as_deref(), clusters, |r| {
+        let m = &r.matcher;
+        let mut attachments = Vec::with_capacity(m.attachments.len() + 1);
+        if let Some(g) = &m.group {
+            attachments.push(NamedMatch::exact(b"group", g));
         }
-    }
-
-    /// Compiles a listener's routes. The config was validated, so errors here are bugs, but
-    /// they are reported rather than unwrapped.
-    pub fn new(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, String> {
-        let mut routes = Vec::new();
-        let empty = config::DubboListener::default();
-        let d = l.dubbo.as_ref().unwrap_or(&empty);
-        for (i, r) in d.routes.iter().enumerate() {
-            let m = &r.matcher;
-            routes.push(Route {
-                interface: m
-                    .interface
-                    .as_ref()
-                    .map(Matcher::new)
-                    .transpose()
-                    .map_err(|e| e.to_string())?,
-                method: m
-                    .method
-                    .as_ref()
-                    .map(Matcher::new)
-                    .transpose()
-                    .map_err(|e| e.to_string())?,
-                version: m.version.as_ref().map(|v| v.as_bytes().into()),
-                group: m.group.as_ref().map(|v| v.as_bytes().into()),
-                arguments: m.arguments.iter().map(ArgMatch::new).collect(),
-                attachments: m
-                    .attachments
-                    .iter()
-                    .map(AttachmentMatch::new)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?,
-                action: Action::from_config(&r.route, clusters, Some(i))?,
-            });
+        for a in &m.attachments {
+            let (e, r) = (a.exact.as_deref(), a.regex.as_deref());
+            attachments.push(NamedMatch::new(&a.name, e, None, r, a.present)?);
         }
-        let default = l
-            .cluster
-            .as_deref()
-            .map(|c| Action::default_route(clusters, c))
-            .transpose()?;
-        Ok(Router { routes, default })
-    }
-
-    /// The first matching route's action, else the default route, else `None` (no route).
-    pub fn route(&self, req: &impl Inspect) -> Option<&Action> {
-        self.routes
-            .iter()
-            .find(|r| r.matches(req))
-            .map(|r| &r.action)
-            .or(self.default.as_ref())
-    }
-
-    /// For requests whose body ringside does not decode (serializations other than
-    /// Hessian2): only the default route applies.
-    pub fn default_route(&self) -> Option<&Action> {
-        self.default.as_ref()
-    }
+        let route = Route {
+            interface: Matcher::optional(&m.interface)?,
+            method: Matcher::optional(&m.method)?,
+            version: m.version.as_ref().map(|v| v.as_bytes().into()),
+            arguments: m.arguments.iter().map(ArgMatch::new).collect(),
+            attachments,
+        };
+        Ok((route, &r.route))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[derive(Default)]
     struct Req {
@@ -378,7 +177,7 @@ mod tests {
 
     fn router(yaml: &str) -> (Router, crate::config::Config) {
         let c = crate::config::Config::from_yaml("t.yaml", yaml).unwrap();
-        (Router::new(&c.listeners[0], &c.clusters).unwrap(), c)
+        (compile(&c.listeners[0], &c.clusters).unwrap(), c)
     }
 
     const BASE: &str = "clusters:\n  - {name: a, endpoints: [\"127.0.0.1:1\"]}\n  - {name: b, endpoints: [\"127.0.0.1:2\"]}\n  - {name: d, endpoints: [\"127.0.0.1:3\"]}\nlisteners:\n  - name: l\n    address: 127.0.0.1:9\n    protocol: dubbo\n";

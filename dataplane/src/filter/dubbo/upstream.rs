@@ -28,38 +28,19 @@ use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::Notify;
 
-use super::downstream::{Counted, DownConn};
+use super::downstream::DownConn;
 use super::wire::{self, Status};
-use crate::cluster::HostStatIds;
-use crate::cluster::{Availability, HostTable, ShardCluster};
+use crate::cluster::{
+    Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
+    ENDPOINT_FAILURE_BACKOFF_MS,
+};
 use crate::config;
+use crate::filter::Counted;
+use crate::io::READ_CHUNK_BYTES;
 use crate::stats::ShardStats;
 
-/// After a failed connect, an endpoint gets no new requests for this long (unless every
-/// endpoint of the cluster is down, when it is tried again at once).
-pub const ENDPOINT_FAILURE_BACKOFF_MS: u64 = 500;
-/// Read buffer growth step for upstream connections.
-pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Missed heartbeat intervals before an upstream connection is closed as dead.
 pub const HEARTBEAT_MISSES_MAX: u32 = 3;
-
-/// Stat ids the upstream side counts into, per cluster.
-#[derive(Clone, Copy, Debug)]
-pub struct UpstreamStatIds {
-    pub rq_total: crate::stats::StatId,
-    pub rq_timeout: crate::stats::StatId,
-    pub rq_failure: crate::stats::StatId,
-    pub rq_overflow: crate::stats::StatId,
-    pub rq_active: crate::stats::StatId,
-    /// Responses over `response_bytes_max`, skipped (their callers got status 80).
-    pub rsp_too_large: crate::stats::StatId,
-    /// Connections closed after `idle_timeout_ms` without a request.
-    pub cx_idle_timeout: crate::stats::StatId,
-    /// Connections closed after missing `HEARTBEAT_MISSES_MAX` heartbeats.
-    pub cx_heartbeat_timeout: crate::stats::StatId,
-    /// HTTP/2 (Triple) upstream connections only.
-    pub h2: crate::filter::triple::UpstreamH2StatIds,
-}
 
 /// A request waiting for its response.
 pub(crate) struct Pending {

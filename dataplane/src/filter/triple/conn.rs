@@ -24,11 +24,8 @@ use shard::Notify;
 
 use super::router::RequestView;
 use super::{Call, H2Limits, Host, Pool, TripleListener};
-use crate::filter::dubbo::downstream::RequestStatIds;
-use crate::filter::Drain;
-
-/// Read buffer growth step.
-pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+use crate::filter::{Drain, RequestStatIds};
+use crate::io::READ_CHUNK_BYTES;
 /// Bytes queued for a peer that does not read (control frames are not flow controlled): beyond
 /// this the connection is closed.
 pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -283,7 +280,7 @@ impl Conn {
         if n > self.limits.control_frames_max {
             match &self.side {
                 Side::Down(l) => l.stats.inc(l.ids.hardening.control_flood),
-                Side::Up(h) => h.pool.stats.inc(h.pool.ids.h2.control_flood),
+                Side::Up(h) => h.pool.stats.inc(h.pool.h2_ids.control_flood),
             }
             return Err(conn_err(
                 code::ENHANCE_YOUR_CALM,
@@ -805,7 +802,7 @@ impl Conn {
         );
         match &self.side {
             Side::Down(l) => l.stats.inc(l.ids.hardening.stream_error),
-            Side::Up(h) => h.pool.stats.inc(h.pool.ids.h2.stream_error),
+            Side::Up(h) => h.pool.stats.inc(h.pool.h2_ids.stream_error),
         }
         if let Some((other, oid)) = self.link(id) {
             self.unlink(id);
@@ -1136,7 +1133,7 @@ impl Conn {
         };
         if self.headers.borrow().too_large {
             if let Side::Up(h) = &self.side {
-                h.pool.stats.inc(h.pool.ids.h2.rsp_headers_too_large);
+                h.pool.stats.inc(h.pool.h2_ids.rsp_headers_too_large);
                 h.pool.stats.inc(h.pool.ids.rq_failure);
             }
             let why = format!(
@@ -1657,11 +1654,11 @@ async fn serve_upstream<S: crate::io::Conn>(
                 _ = async {
                     idle_for(&conn, pool.idle_timeout).await;
                     // No await between the check and `closing`: no stream can slip in.
-                    pool.stats.inc(pool.ids.h2.cx_idle_timeout);
+                    pool.stats.inc(pool.h2_ids.cx_idle_timeout);
                     close_flushed(&conn, "idle timeout").await;
                 } => "upstream connection idle".to_string(),
                 _ = keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout) => {
-                    pool.stats.inc(pool.ids.h2.cx_keepalive_timeout);
+                    pool.stats.inc(pool.h2_ids.cx_keepalive_timeout);
                     tracing::debug!(upstream = %host.addr, "keepalive PING unanswered: closing");
                     format!("ringside: upstream {} did not answer a keepalive PING", host.addr)
                 },

@@ -15,13 +15,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Availability, ShardCluster};
+use crate::cluster::{Availability, ShardCluster, UpstreamStatIds, ENDPOINT_FAILURE_BACKOFF_MS};
 use crate::config;
-use crate::filter::dubbo::downstream::{RequestStatIds, ServiceStatsMap};
-use crate::filter::dubbo::upstream::UpstreamStatIds;
+use crate::filter::{RequestStatIds, ServiceStatsMap};
+use crate::route::Dice;
 use crate::stats::{HistId, ShardStats, StatId};
-
-use crate::filter::dubbo::upstream::ENDPOINT_FAILURE_BACKOFF_MS;
 
 /// gRPC status codes counted one by one (0..=16); others count as 17 (`other`).
 pub const GRPC_STATUS_COUNTED: usize = 18;
@@ -181,7 +179,7 @@ pub struct TripleListener {
     pub stats: ShardStats,
     pub ids: TripleStatIds,
     pub services: Rc<RefCell<ServiceStatsMap>>,
-    pub dice: crate::filter::dubbo::router::Dice,
+    pub dice: Dice,
 }
 
 impl TripleListener {
@@ -190,7 +188,7 @@ impl TripleListener {
     }
 
     fn service_ids(&self, service: &[u8], method: &[u8]) -> RequestStatIds {
-        crate::filter::dubbo::downstream::service_ids(
+        crate::filter::service_ids(
             &self.services,
             &self.stats,
             "triple_service",
@@ -236,6 +234,7 @@ pub struct Pool {
     pub keepalive_timeout: Duration,
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
+    pub h2_ids: UpstreamH2StatIds,
 }
 
 pub struct Host {
@@ -256,6 +255,7 @@ impl Pool {
         lb: Rc<ShardCluster>,
         stats: ShardStats,
         ids: UpstreamStatIds,
+        h2_ids: UpstreamH2StatIds,
     ) -> Rc<Pool> {
         Rc::new(Pool {
             lb,
@@ -267,6 +267,7 @@ impl Pool {
             keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
             stats,
             ids,
+            h2_ids,
         })
     }
 

@@ -2,11 +2,9 @@
 //! headers (`:path` split into service and method, `:authority`, the `tri-*` headers and any
 //! other header). First match wins; the listener's `cluster` is the default route.
 
-use regex::bytes::Regex;
-
 use super::headers::HeaderList;
 use crate::config;
-use crate::filter::dubbo::router::{Action, Matcher};
+use crate::route::{Match, Matcher, NamedMatch, RouteError, Table};
 
 /// What a route sees of a request.
 pub struct RequestView<'a> {
@@ -15,57 +13,17 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderList,
 }
 
-enum HeaderCond {
-    Exact(Box<[u8]>),
-    Prefix(Box<[u8]>),
-    Regex(Regex),
-    Present(bool),
-}
-
-struct HeaderMatch {
-    name: Box<[u8]>,
-    cond: HeaderCond,
-}
-
-impl HeaderMatch {
-    fn new(h: &config::HeaderMatch) -> Result<Self, regex::Error> {
-        let cond = if let Some(e) = &h.exact {
-            HeaderCond::Exact(e.as_bytes().into())
-        } else if let Some(p) = &h.prefix {
-            HeaderCond::Prefix(p.as_bytes().into())
-        } else if let Some(r) = &h.regex {
-            HeaderCond::Regex(Regex::new(&format!("^(?:{r})$"))?)
-        } else {
-            HeaderCond::Present(h.present.unwrap_or(true))
-        };
-        Ok(HeaderMatch {
-            name: h.name.as_bytes().into(),
-            cond,
-        })
-    }
-
-    fn matches(&self, headers: &HeaderList) -> bool {
-        let v = headers.get(&self.name);
-        match &self.cond {
-            HeaderCond::Exact(e) => v == Some(&**e),
-            HeaderCond::Prefix(p) => v.is_some_and(|v| v.starts_with(p)),
-            HeaderCond::Regex(r) => v.is_some_and(|v| r.is_match(v)),
-            HeaderCond::Present(want) => v.is_some() == *want,
-        }
-    }
-}
-
-struct Route {
+/// One route's conditions; every one given must hold.
+pub struct Route {
     service: Option<Matcher>,
     method: Option<Matcher>,
     authority: Option<Matcher>,
-    /// (header, exact value) for version, group and unit.
-    tri: Vec<(&'static [u8], Box<[u8]>)>,
-    headers: Vec<HeaderMatch>,
-    action: Action,
+    /// `tri-service-version`, `tri-service-group` and `tri-unit-info` (exact), then the
+    /// `headers` conditions.
+    headers: Vec<NamedMatch>,
 }
 
-impl Route {
+impl Match<RequestView<'_>> for Route {
     fn matches(&self, r: &RequestView<'_>) -> bool {
         self.service.as_ref().is_none_or(|m| m.matches(r.service))
             && self.method.as_ref().is_none_or(|m| m.matches(r.method))
@@ -74,73 +32,80 @@ impl Route {
                 .as_ref()
                 .is_none_or(|m| m.matches(r.headers.get(b":authority").unwrap_or(b"")))
             && self
-                .tri
+                .headers
                 .iter()
-                .all(|(name, want)| r.headers.get(name) == Some(&**want))
-            && self.headers.iter().all(|h| h.matches(r.headers))
+                .all(|h| h.value.matches(r.headers.get(&h.name)))
     }
 }
 
-pub struct Router {
-    routes: Vec<Route>,
-    default: Option<Action>,
-}
+/// One listener's compiled Triple routes.
+pub type Router = Table<Route>;
 
-impl Router {
-    /// Routes nothing (every request gets "no route").
-    pub fn empty() -> Router {
-        Router {
-            routes: Vec::new(),
-            default: None,
-        }
-    }
-
-    pub fn new(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, String> {
-        let empty = config::TripleListener::default();
-        let t = l.triple.as_ref().unwrap_or(&empty);
-        let re = |e: regex::Error| e.to_string();
-        let mut routes = Vec::with_capacity(t.routes.len());
-        for (i, r) in t.routes.iter().enumerate() {
-            let m = &r.matcher;
-            let compile =
-                |sm: &Option<config::StringMatch>| sm.as_ref().map(Matcher::new).transpose();
-            let mut tri = Vec::new();
-            for (name, v) in [
-                (&b"tri-service-version"[..], &m.version),
-                (b"tri-service-group", &m.group),
-                (b"tri-unit-info", &m.unit),
-            ] {
-                if let Some(v) = v {
-                    tri.push((name, v.as_bytes().into()));
-                }
+/// Compiles a listener's Triple routes (validated config: errors are bugs, reported).
+pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, RouteError> {
+    let routes = l.triple.as_ref().map_or(&[][..], |t| &t.routes);
+    Table::compile(routes, l.cluster.as_deref(), clusters, |r| {
+        let m = &r.matcher;
+        let mut headers = Vec::with_capacity(m.headers.len() + 3);
+        for (name, v) in [
+            (&b"tri-service-version"[..], &m.version),
+            (b"tri-service-group", &m.group),
+            (b"tri-unit-info", &m.unit),
+        ] {
+            if let Some(v) = v {
+                headers.push(NamedMatch::exact(name, v));
             }
-            routes.push(Route {
-                service: compile(&m.service).map_err(re)?,
-                method: compile(&m.method).map_err(re)?,
-                authority: compile(&m.authority).map_err(re)?,
-                tri,
-                headers: m
-                    .headers
-                    .iter()
-                    .map(HeaderMatch::new)
-                    .collect::<Result<_, _>>()
-                    .map_err(re)?,
-                action: Action::from_config(&r.route, clusters, Some(i))?,
-            });
         }
-        let default = l
-            .cluster
-            .as_deref()
-            .map(|c| Action::default_route(clusters, c))
-            .transpose()?;
-        Ok(Router { routes, default })
+        for h in &m.headers {
+            let (e, p, r) = (h.exact.as_deref(), h.prefix.as_deref(), h.regex.as_deref());
+            headers.push(NamedMatch::new(&h.name, e, p, r, h.present)?);
+        }
+        let route = Route {
+            service: Matcher::optional(&m.service)?,
+            method: Matcher::optional(&m.method)?,
+            authority: Matcher::optional(&m.authority)?,
+            headers,
+        };
+        Ok((route, &r.route))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "clusters:\n  - {name: a, endpoints: [\"127.0.0.1:1\"]}\n  - {name: b, endpoints: [\"127.0.0.1:2\"]}\n  - {name: d, endpoints: [\"127.0.0.1:3\"]}\nlisteners:\n  - name: l\n    address: 127.0.0.1:9\n    protocol: triple\n    cluster: d\n    triple:\n      routes:\n        - match: {service: {prefix: pkg.}, version: '1.0', headers: [{name: x-env, regex: 'gr(a|e)y'}]}\n          route: {cluster: a}\n        - match: {authority: {exact: svc.local}, headers: [{name: x-debug, present: false}]}\n          route: {cluster: b}\n";
+
+    fn pick(r: &Router, service: &str, headers: &[(&str, &str)]) -> Option<usize> {
+        let mut hl = HeaderList::default();
+        for (n, v) in headers {
+            hl.push(n.as_bytes(), v.as_bytes(), false, 1 << 16);
+        }
+        let view = RequestView {
+            service: service.as_bytes(),
+            method: b"Get",
+            headers: &hl,
+        };
+        r.route(&view).map(|a| a.pick_cluster(0))
     }
 
-    pub fn route(&self, r: &RequestView<'_>) -> Option<&Action> {
-        self.routes
-            .iter()
-            .find(|route| route.matches(r))
-            .map(|route| &route.action)
-            .or(self.default.as_ref())
+    #[test]
+    fn tri_headers_headers_and_authority_select_the_route() {
+        let c = config::Config::from_yaml("t.yaml", BASE).unwrap();
+        let r = compile(&c.listeners[0], &c.clusters).unwrap();
+        let v1 = ("tri-service-version", "1.0");
+        assert_eq!(pick(&r, "pkg.S", &[v1, ("x-env", "grey")]), Some(0));
+        assert_eq!(pick(&r, "pkg.S", &[v1, ("x-env", "greyer")]), Some(2));
+        assert_eq!(
+            pick(&r, "pkg.S", &[("x-env", "gray")]),
+            Some(2),
+            "no version"
+        );
+        let host = (":authority", "svc.local");
+        assert_eq!(pick(&r, "other.S", &[host]), Some(1));
+        assert_eq!(pick(&r, "other.S", &[host, ("x-debug", "1")]), Some(2));
+        assert_eq!(pick(&r, "other.S", &[]), Some(2), "default route");
+        let none = compile(&c.listeners[0], &c.clusters[..2]).map(|_| ());
+        assert!(matches!(none, Err(RouteError::UnknownCluster(n)) if n == "d"));
     }
 }

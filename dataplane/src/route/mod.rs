@@ -1,0 +1,316 @@
+//! Routing shared by every protocol: byte matchers compiled once from config ([`Matcher`],
+//! [`ValueMatch`]), where a matched request goes ([`Action`], with a weighted pick by the shard's
+//! [`Dice`]), and one listener's compiled route table ([`Table`]: first match wins, then the
+//! listener's default route). Each protocol's router (`filter::dubbo::router`,
+//! `filter::triple::router`) supplies only its own match type, over its own view of a request.
+//!
+//! Matching borrows the request's bytes and allocates nothing. Imports `config` only.
+
+use std::time::Duration;
+
+use regex::bytes::Regex;
+
+use crate::config::{self, StringMatch};
+
+/// Why a listener's routes do not compile. Config validation rejects these first, so meeting
+/// one on a shard is a bug (reported, not unwrapped).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    #[error(transparent)]
+    Regex(#[from] regex::Error),
+}
+
+/// A full-match regex, as Envoy's `safe_regex`.
+fn full_match(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// A string condition on one request field (interface, method, `:authority`, ...).
+pub enum Matcher {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Regex(Regex),
+}
+
+impl Matcher {
+    pub fn new(m: &StringMatch) -> Result<Self, RouteError> {
+        Ok(match (&m.exact, &m.prefix, &m.regex) {
+            (_, Some(p), _) => Matcher::Prefix(p.as_bytes().into()),
+            (_, _, Some(p)) => Matcher::Regex(full_match(p)?),
+            (e, _, _) => Matcher::Exact(e.as_deref().unwrap_or("").as_bytes().into()),
+        })
+    }
+
+    /// A matcher for each condition given (`None` matches every request).
+    pub fn optional(m: &Option<StringMatch>) -> Result<Option<Self>, RouteError> {
+        m.as_ref().map(Matcher::new).transpose()
+    }
+
+    pub fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            Matcher::Exact(e) => v == &**e,
+            Matcher::Prefix(p) => v.starts_with(p),
+            Matcher::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+/// A condition on a named value that may be absent (a Dubbo attachment, an HTTP/2 header).
+pub enum ValueMatch {
+    /// Present and matching.
+    Is(Matcher),
+    /// Present (`true`) or absent (`false`).
+    Present(bool),
+}
+
+impl ValueMatch {
+    /// The first condition given of `exact`, `prefix`, `regex`; else `present` (default: true).
+    pub fn new(
+        exact: Option<&str>,
+        prefix: Option<&str>,
+        regex: Option<&str>,
+        present: Option<bool>,
+    ) -> Result<Self, RouteError> {
+        Ok(match (exact, prefix, regex) {
+            (Some(e), _, _) => ValueMatch::Is(Matcher::Exact(e.as_bytes().into())),
+            (_, Some(p), _) => ValueMatch::Is(Matcher::Prefix(p.as_bytes().into())),
+            (_, _, Some(r)) => ValueMatch::Is(Matcher::Regex(full_match(r)?)),
+            _ => ValueMatch::Present(present.unwrap_or(true)),
+        })
+    }
+
+    pub fn matches(&self, v: Option<&[u8]>) -> bool {
+        match self {
+            ValueMatch::Is(m) => v.is_some_and(|v| m.matches(v)),
+            ValueMatch::Present(want) => v.is_some() == *want,
+        }
+    }
+}
+
+/// A [`ValueMatch`] on the value named `name`.
+pub struct NamedMatch {
+    pub name: Box<[u8]>,
+    pub value: ValueMatch,
+}
+
+impl NamedMatch {
+    /// See [`ValueMatch::new`].
+    pub fn new(
+        name: &str,
+        exact: Option<&str>,
+        prefix: Option<&str>,
+        regex: Option<&str>,
+        present: Option<bool>,
+    ) -> Result<NamedMatch, RouteError> {
+        Ok(NamedMatch {
+            name: name.as_bytes().into(),
+            value: ValueMatch::new(exact, prefix, regex, present)?,
+        })
+    }
+
+    /// `name` must equal `value` exactly.
+    pub fn exact(name: &[u8], value: &str) -> NamedMatch {
+        NamedMatch {
+            name: name.into(),
+            value: ValueMatch::Is(Matcher::Exact(value.as_bytes().into())),
+        }
+    }
+}
+
+/// A shard-local xorshift source for weighted cluster picks.
+pub struct Dice(std::cell::Cell<u32>);
+
+impl Dice {
+    /// `seed` may be anything (zero is avoided).
+    pub fn new(seed: u32) -> Dice {
+        Dice(std::cell::Cell::new(seed | 1))
+    }
+
+    pub fn roll(&self) -> u32 {
+        let mut x = self.0.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0.set(x);
+        x
+    }
+}
+
+/// Where a matched request goes.
+pub struct Action {
+    /// (cluster index in the config, weight); one entry for a plain `cluster`.
+    targets: Vec<(usize, u32)>,
+    total_weight: u32,
+    pub timeout: Option<Duration>,
+    /// Index of the route (for stats); `None` for the listener's default route.
+    pub route_index: Option<usize>,
+}
+
+impl Action {
+    fn new(
+        targets: Vec<(usize, u32)>,
+        timeout: Option<Duration>,
+        route_index: Option<usize>,
+    ) -> Action {
+        let total_weight = targets.iter().map(|t| t.1).sum();
+        Action {
+            targets,
+            total_weight,
+            timeout,
+            route_index,
+        }
+    }
+
+    /// The listener's default route: all to `cluster`, no timeout override.
+    fn default_route(clusters: &[config::Cluster], cluster: &str) -> Result<Action, RouteError> {
+        Ok(Action::new(
+            vec![(cluster_index(clusters, cluster)?, 1)],
+            None,
+            None,
+        ))
+    }
+
+    /// Compiles a route's action.
+    fn from_config(
+        a: &config::RouteAction,
+        clusters: &[config::Cluster],
+        route_index: usize,
+    ) -> Result<Action, RouteError> {
+        let targets = match &a.cluster {
+            Some(c) => vec![(cluster_index(clusters, c)?, 1)],
+            None => a
+                .weighted_clusters
+                .iter()
+                .map(|w| Ok((cluster_index(clusters, &w.name)?, w.weight)))
+                .collect::<Result<Vec<_>, RouteError>>()?,
+        };
+        Ok(Action::new(
+            targets,
+            a.timeout_ms.map(Duration::from_millis),
+            Some(route_index),
+        ))
+    }
+
+    /// The cluster for this request; `dice` is any number from the shard's random source.
+    pub fn pick_cluster(&self, dice: u32) -> usize {
+        if self.targets.len() == 1 {
+            return self.targets[0].0;
+        }
+        let mut point = dice % self.total_weight.max(1);
+        for &(cluster, weight) in &self.targets {
+            if point < weight {
+                return cluster;
+            }
+            point -= weight;
+        }
+        self.targets[0].0
+    }
+}
+
+/// Index of a cluster by name in the config.
+fn cluster_index(clusters: &[config::Cluster], name: &str) -> Result<usize, RouteError> {
+    clusters
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| RouteError::UnknownCluster(name.to_string()))
+}
+
+/// A protocol's compiled match conditions over its view of a request `R`.
+pub trait Match<R: ?Sized> {
+    /// Whether every condition holds for `req`.
+    fn matches(&self, req: &R) -> bool;
+}
+
+/// One listener's compiled routes: each route's conditions `M` and action, in config order,
+/// and the listener's default route (its `cluster`).
+pub struct Table<M> {
+    routes: Vec<(M, Action)>,
+    default: Option<Action>,
+}
+
+impl<M> Table<M> {
+    /// Routes nothing (every request gets "no route").
+    pub fn empty() -> Self {
+        Table {
+            routes: Vec::new(),
+            default: None,
+        }
+    }
+
+    /// Compiles `routes` (config order; `compile` turns one into its conditions and gives its
+    /// action) and the default route to `default_cluster`, against the config's `clusters`.
+    pub fn compile<C>(
+        routes: &[C],
+        default_cluster: Option<&str>,
+        clusters: &[config::Cluster],
+        compile: impl Fn(&C) -> Result<(M, &config::RouteAction), RouteError>,
+    ) -> Result<Self, RouteError> {
+        let routes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (m, action) = compile(r)?;
+                Ok((m, Action::from_config(action, clusters, i)?))
+            })
+            .collect::<Result<_, RouteError>>()?;
+        let default = default_cluster
+            .map(|c| Action::default_route(clusters, c))
+            .transpose()?;
+        Ok(Table { routes, default })
+    }
+
+    /// The first matching route's action, else the default route, else `None` (no route).
+    pub fn route<R: ?Sized>(&self, req: &R) -> Option<&Action>
+    where
+        M: Match<R>,
+    {
+        self.routes
+            .iter()
+            .find(|(m, _)| m.matches(req))
+            .map(|(_, a)| a)
+            .or(self.default.as_ref())
+    }
+
+    /// The default route alone (for requests whose fields cannot be read).
+    pub fn default_route(&self) -> Option<&Action> {
+        self.default.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matchers_compare_whole_values() {
+        let sm = |exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>| StringMatch {
+            exact: exact.map(Into::into),
+            prefix: prefix.map(Into::into),
+            regex: regex.map(Into::into),
+        };
+        let m = Matcher::new(&sm(None, None, Some("a.c"))).unwrap();
+        assert!(m.matches(b"abc") && !m.matches(b"abcd") && !m.matches(b"xabc"));
+        let m = Matcher::new(&sm(None, Some("ab"), None)).unwrap();
+        assert!(m.matches(b"abc") && !m.matches(b"a"));
+        let m = Matcher::new(&sm(Some("ab"), None, None)).unwrap();
+        assert!(m.matches(b"ab") && !m.matches(b"abc"));
+        assert!(matches!(
+            Matcher::new(&sm(None, None, Some("("))),
+            Err(RouteError::Regex(_))
+        ));
+        let v = ValueMatch::new(None, None, None, Some(false)).unwrap();
+        assert!(v.matches(None) && !v.matches(Some(b"")));
+        let v = ValueMatch::new(None, None, Some("cn-.*"), None).unwrap();
+        assert!(v.matches(Some(b"cn-hz")) && !v.matches(None) && !v.matches(Some(b"us")));
+    }
+
+    #[test]
+    fn dice_never_sticks_at_zero() {
+        let d = Dice::new(0);
+        let rolls: Vec<u32> = (0..4).map(|_| d.roll()).collect();
+        assert!(rolls.iter().all(|&r| r != 0), "{rolls:?}");
+        assert_ne!(rolls[0], rolls[1]);
+    }
+}
