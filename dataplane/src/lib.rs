@@ -22,6 +22,8 @@ pub mod filter;
 #[cfg(feature = "fuzz")]
 pub mod fuzzing;
 pub mod io;
+#[cfg(test)]
+mod rooms;
 pub mod route;
 pub mod snapshot;
 pub mod stats;

@@ -244,6 +244,52 @@ pub struct UpdateStatIds {
     pub apply_time: crate::stats::HistId,
 }
 
+// === impl worker::Process ===
+
+/// What the shards read of the process: set-up, snapshots, sockets and their state counts.
+impl worker::Process for Shared {
+    fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    fn poll_ids(&self, shard: usize) -> PollStatIds {
+        self.poll_ids[shard]
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Shared::snapshot(self)
+    }
+
+    fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.drain_timeout_ms)
+    }
+
+    fn listen_sockets(
+        &self,
+        shard: usize,
+        listener: &str,
+    ) -> Result<Vec<std::net::TcpListener>, String> {
+        self.sockets.for_shard(shard, listener)
+    }
+
+    fn shard_serving(&self, serving: bool) {
+        count(&self.lifecycle.shards_serving, serving);
+    }
+
+    fn shard_drained(&self, drained: bool) {
+        count(&self.lifecycle.shards_drained, drained);
+    }
+}
+
+/// One shard more (`up`) or one fewer in `n`.
+fn count(n: &AtomicUsize, up: bool) {
+    if up {
+        n.fetch_add(1, Ordering::AcqRel);
+    } else {
+        n.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// How long an update waits for every shard to take it before it is reported as failed.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -75,6 +75,30 @@ pub type RoutesCell<R, P> = Rc<RefCell<Rc<Routes<R, P>>>>;
 
 // === request stats ===
 
+/// Stat ids of one listener: its connections (counted by the shard that accepts them) and
+/// the bytes and protocols its tcp filter sees.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerStatIds {
+    pub cx_total: StatId,
+    pub cx_active: StatId,
+    pub cx_overflow: StatId,
+    pub cx_idle_timeout: StatId,
+    pub bytes_rx: StatId,
+    pub bytes_tx: StatId,
+    /// `original_destination` listeners: connections whose first bytes are Dubbo (magic
+    /// 0xdabb), the HTTP/2 preface (Triple, gRPC), or anything else. [`crate::stats::SINK`]
+    /// on other listeners.
+    pub detected_dubbo: StatId,
+    pub detected_http2: StatId,
+    pub detected_other: StatId,
+    /// Listeners with `virtual_listeners`: connections handed to one of them.
+    pub cx_handed_off: StatId,
+    /// Connections that ended while their listener drained (removed or replaced by a config
+    /// update, or the process draining), and of those the ones closed at the drain timeout.
+    pub cx_drained: StatId,
+    pub cx_drain_timeout: StatId,
+}
+
 /// Request and response counters of one route, or of one service and method (Dubbo
 /// interface and method, Triple service and method).
 #[derive(Clone, Copy, Debug)]

@@ -6,8 +6,11 @@
 //! half-close (shutdown of the write side) while the other direction keeps flowing; an error on
 //! either side ends both. The idle timer runs once per connection, not per read.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,18 +20,45 @@ use shard::monoio::net::TcpStream;
 
 use std::os::fd::AsRawFd;
 
-use crate::cluster::Upstream;
+use crate::cluster::{ShardCluster, Upstream};
 use crate::config::Protocol;
-use crate::worker::listener::ListenerCtx;
+use crate::filter::{Drain, ListenerStatIds};
+use crate::stats::ShardStats;
 
 /// How long a connection whose original destination is a virtual listener's may take to send
 /// its first bytes before it is passed through as plain TCP (a server-first protocol).
 pub const DETECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// Everything one tcp listener's connections on one shard need (the proxy side of its context).
+pub struct TcpProxy {
+    pub name: String,
+    /// The configured listening address (to refuse an original destination that loops back).
+    pub address: SocketAddr,
+    /// Connect each connection to its original destination (a cluster of type
+    /// `original_destination`).
+    pub original_destination: bool,
+    /// The listener's cluster (refreshed by every config update).
+    pub cluster: RefCell<Option<Rc<ShardCluster>>>,
+    pub buffer_bytes: usize,
+    pub idle_timeout: Duration,
+    pub stats: ShardStats,
+    pub ids: ListenerStatIds,
+}
+
+/// The virtual listeners (`bind: false`) an `original_destination` listener hands connections
+/// to by their original destination. Implemented by the shard (`worker`), which serves them.
+pub trait Virtuals {
+    /// The protocol of the virtual listener that takes connections to `dst`, if one does.
+    fn protocol(&self, dst: SocketAddr) -> Option<Protocol>;
+    /// Serves `down` on the virtual listener of `dst`, admitted as an accepted connection is
+    /// (closed at once over its `connections_per_shard_max`).
+    fn hand_off(&self, dst: SocketAddr, down: TcpStream) -> Pin<Box<dyn Future<Output = ()>>>;
+}
+
 /// Relays one connection; closes it at the deadline of a drain of its listener (ringside cannot
 /// see where one request of an opaque byte stream ends, so there is no earlier point at which
 /// closing is safe). Returns whether that deadline cut it.
-pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::filter::Drain) -> bool {
+pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
     let _ = down.set_nodelay(true);
     let cluster = l.cluster.borrow().clone();
     let Some(cluster) = cluster.as_ref() else {
@@ -48,27 +78,18 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::filter::D
         };
         // Virtual listeners (bind: false) take the connections to their address whose
         // protocol they speak; listeners without any pay one empty-slice check.
-        let virtuals = l.virtuals.borrow().clone();
-        if let Some(v) = crate::worker::listener::virtual_for(&virtuals, dst) {
+        if let Some(protocol) = virtuals.protocol(dst) {
             let detected = peek_protocol(&down).await;
-            l.stats.inc(detected_id(&l, &detected));
+            l.stats.inc(detected_id(l, &detected));
             counted = true;
-            let v = v.listener.borrow().clone();
-            let fits = match v.protocol {
+            let fits = match protocol {
                 Protocol::Dubbo => detected == Detected::Dubbo,
                 Protocol::Triple => detected == Detected::Http2,
                 Protocol::Tcp => true,
             };
             if fits {
                 l.stats.inc(l.ids.cx_handed_off);
-                if !v.admit() {
-                    // Over the virtual listener's connections_per_shard_max: closed, as an
-                    // accepting listener does.
-                    return false;
-                }
-                // Boxed: serve_connection may come back here (a virtual tcp listener). One
-                // allocation per handed-off connection, none per request.
-                Box::pin(crate::worker::listener::serve_connection(down, v)).await;
+                virtuals.hand_off(dst, down).await;
                 return false;
             }
         }
@@ -94,7 +115,7 @@ pub async fn serve(down: TcpStream, l: Rc<ListenerCtx>, drain: &crate::filter::D
     let up = relay(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
         l.stats.add(ids.bytes_rx, chunk.len() as u64);
         if first.replace(false) {
-            l.stats.inc(detected_id(&l, &detect(chunk)));
+            l.stats.inc(detected_id(l, &detect(chunk)));
         }
     });
     let back = relay(ur, dw, l.buffer_bytes, &last_activity, |chunk| {
@@ -130,7 +151,7 @@ pub enum Detected {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn detected_id(l: &ListenerCtx, d: &Detected) -> crate::stats::StatId {
+fn detected_id(l: &TcpProxy, d: &Detected) -> crate::stats::StatId {
     match d {
         Detected::Dubbo => l.ids.detected_dubbo,
         Detected::Http2 => l.ids.detected_http2,

@@ -3,6 +3,8 @@
 //! the listening socket of a shard ([`bind_reuseport`]) and the interception socket options
 //! (`intercept`).
 
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod intercept;
 
 use std::cell::RefCell;

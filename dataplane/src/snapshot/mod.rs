@@ -8,31 +8,8 @@ use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot, UpstreamStatI
 use crate::config::{self, Config};
 use crate::filter::dubbo::downstream::DubboStatIds;
 use crate::filter::triple::{TripleStatIds, UpstreamH2StatIds};
-use crate::filter::RequestStatIds;
+use crate::filter::{ListenerStatIds, RequestStatIds};
 use crate::stats::{Kind, StatId, Stats};
-
-/// Stat ids of one listener.
-#[derive(Clone, Copy, Debug)]
-pub struct ListenerStatIds {
-    pub cx_total: StatId,
-    pub cx_active: StatId,
-    pub cx_overflow: StatId,
-    pub cx_idle_timeout: StatId,
-    pub bytes_rx: StatId,
-    pub bytes_tx: StatId,
-    /// `original_destination` listeners: connections whose first bytes are Dubbo (magic
-    /// 0xdabb), the HTTP/2 preface (Triple, gRPC), or anything else. [`crate::stats::SINK`]
-    /// on other listeners.
-    pub detected_dubbo: StatId,
-    pub detected_http2: StatId,
-    pub detected_other: StatId,
-    /// Listeners with `virtual_listeners`: connections handed to one of them.
-    pub cx_handed_off: StatId,
-    /// Connections that ended while their listener drained (removed or replaced by a config
-    /// update, or the process draining), and of those the ones closed at the drain timeout.
-    pub cx_drained: StatId,
-    pub cx_drain_timeout: StatId,
-}
 
 /// One shard's poll-loop counters, copied from the shard's `PollStats` by the shard itself
 /// every `POLL_STATS_PUBLISH`: each shard writes only its own, tagged `shard=N`.

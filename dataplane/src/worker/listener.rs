@@ -2,17 +2,19 @@
 //! each accepted connection by the listener's protocol (with connection and drain counts).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+use shard::monoio::net::TcpStream;
 use shard::{Event, Notify};
 
-use crate::cluster::ShardCluster;
 use crate::config::Protocol;
 use crate::filter::dubbo::downstream::{self, DubboListener};
-use crate::filter::{tcp as tcp_proxy, Drain};
-use crate::snapshot::ListenerStatIds;
+use crate::filter::tcp::{self as tcp_proxy, TcpProxy};
+use crate::filter::{Drain, ListenerStatIds};
 use crate::stats::ShardStats;
 
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
@@ -42,15 +44,6 @@ impl Connections {
 pub struct ListenerCtx {
     pub name: String,
     pub protocol: Protocol,
-    /// The configured listening address (to refuse an original destination that loops back).
-    pub address: SocketAddr,
-    /// tcp: connect each connection to its original destination (a cluster of type
-    /// `original_destination`).
-    pub original_destination: bool,
-    /// tcp: the listener's cluster (refreshed by every config update).
-    pub cluster: std::cell::RefCell<Option<Rc<ShardCluster>>>,
-    pub buffer_bytes: usize,
-    pub idle_timeout: Duration,
     pub connections_max: u32,
     pub stats: ShardStats,
     pub ids: ListenerStatIds,
@@ -58,6 +51,8 @@ pub struct ListenerCtx {
     pub dubbo: Option<Rc<DubboListener>>,
     /// Set for `triple` listeners.
     pub triple: Option<Rc<crate::filter::triple::TripleListener>>,
+    /// Set for `tcp` listeners.
+    pub tcp: Option<Rc<TcpProxy>>,
     /// This listener's connections on this shard (shared by its successive contexts).
     pub conns: Rc<Connections>,
     /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
@@ -79,6 +74,25 @@ pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
         v.address.port() == dst.port()
             && (v.address.ip() == dst.ip() || v.address.ip().is_unspecified())
     })
+}
+
+impl tcp_proxy::Virtuals for Rc<[Virtual]> {
+    fn protocol(&self, dst: SocketAddr) -> Option<Protocol> {
+        virtual_for(self, dst).map(|v| v.listener.borrow().protocol)
+    }
+
+    fn hand_off(&self, dst: SocketAddr, down: TcpStream) -> Pin<Box<dyn Future<Output = ()>>> {
+        let v = virtual_for(self, dst).map(|v| v.listener.borrow().clone());
+        // Boxed: serve_connection may come back here (a virtual tcp listener). One allocation
+        // per handed-off connection, none per request.
+        Box::pin(async move {
+            // Over the virtual listener's connections_per_shard_max: closed, as an accepting
+            // listener does.
+            if let Some(v) = v.filter(|v| v.admit()) {
+                serve_connection(down, v).await;
+            }
+        })
+    }
 }
 
 impl ListenerCtx {
@@ -106,12 +120,16 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
     // Whether the drain's deadline cut the connection.
     let cut = match l.protocol {
         // Config validation keeps TCP listeners off the DPDK path.
-        Protocol::Tcp => match crate::io::Conn::into_kernel(stream) {
-            Ok(s) => tcp_proxy::serve(s, l.clone(), &drain).await,
-            Err(_) => {
+        Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
+            (Ok(s), Some(t)) => {
+                let virtuals = l.virtuals.borrow().clone();
+                tcp_proxy::serve(s, t, &virtuals, &drain).await
+            }
+            (Err(_), _) => {
                 tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
                 false
             }
+            (Ok(_), None) => false,
         },
         Protocol::Dubbo => match l.dubbo.clone() {
             Some(d) => downstream::serve(stream, d, &drain).await,

@@ -17,16 +17,39 @@ use shard::{Event, Receiver, ShardCtx};
 
 use crate::cluster::ShardCluster;
 use crate::config::{self, Protocol};
-use crate::control::server::Shared;
 use crate::filter::dubbo::downstream::DubboListener;
 use crate::filter::dubbo::router as dubbo;
 use crate::filter::dubbo::upstream::ClusterPool;
+use crate::filter::tcp::TcpProxy;
 use crate::filter::triple::router as triple;
 use crate::filter::{Drain, Routes};
 use crate::route::Dice;
 use crate::snapshot::{PollStatIds, Snapshot};
-use crate::stats::{ShardStats, POLL_STATS_PUBLISH};
+use crate::stats::{ShardStats, Stats, POLL_STATS_PUBLISH};
 use listener::{accept_loop, Connections, ListenerCtx, Virtual};
+
+/// What a shard needs from the process that runs it, read when the shard starts, applies a
+/// snapshot or changes state; never per request. Implemented by the control side
+/// (`control::server::Shared`), so that the data path imports nothing from `control`.
+pub trait Process: Send + Sync + 'static {
+    fn stats(&self) -> &Arc<Stats>;
+    /// Shard `shard`'s poll-loop counters.
+    fn poll_ids(&self, shard: usize) -> PollStatIds;
+    /// The snapshot the shards run now (a starting shard's first).
+    fn snapshot(&self) -> Arc<Snapshot>;
+    /// How long a removed listener's connections may take to finish.
+    fn drain_timeout(&self) -> Duration;
+    /// Duplicates of the listening sockets of `listener` that shard `shard` accepts on.
+    fn listen_sockets(
+        &self,
+        shard: usize,
+        listener: &str,
+    ) -> Result<Vec<std::net::TcpListener>, String>;
+    /// A shard started (`true`) or stopped (`false`) accepting.
+    fn shard_serving(&self, serving: bool);
+    /// A shard lingering after a hot-upgrade drain finished it (`true`), or resumed (`false`).
+    fn shard_drained(&self, drained: bool);
+}
 
 /// Messages queued into each shard's inbox.
 pub const SHARD_INBOX_MAX: usize = 64;
@@ -189,7 +212,7 @@ fn cluster_params(c: &config::Cluster) -> config::Cluster {
 struct ShardState {
     id: usize,
     /// `None`: a detached shard ([`Detached`], feature `fuzz`): no sockets, no control thread.
-    shared: Option<Arc<Shared>>,
+    process: Option<Arc<dyn Process>>,
     stats: ShardStats,
     snapshot: Arc<Snapshot>,
     clusters: HashMap<String, ClusterEntry>,
@@ -291,7 +314,9 @@ impl ShardState {
                     } else if reindexed || p.cfg != *l {
                         self.swap_routes(&snap, index, &ctx);
                     }
-                    *p.ctx.borrow().cluster.borrow_mut() = self.tcp_cluster(l);
+                    if let Some(t) = &p.ctx.borrow().tcp {
+                        *t.cluster.borrow_mut() = self.tcp_cluster(l);
+                    }
                     ShardListener {
                         cfg: l.clone(),
                         ctx: p.ctx,
@@ -335,11 +360,10 @@ impl ShardState {
     /// this shard adds its part to the listener's drain report.
     fn drain_gone(&self, gone: ShardListener, drains: &[Arc<DrainReport>]) {
         gone.stop.set();
-        let timeout_ms = self
-            .shared
+        let timeout = self
+            .process
             .as_ref()
-            .map_or(0, |s| s.config.drain_timeout_ms);
-        let timeout = Duration::from_millis(timeout_ms);
+            .map_or(Duration::ZERO, |p| p.drain_timeout());
         let conns = gone.conns;
         conns.drained.set(0);
         conns.closed_at_deadline.set(0);
@@ -517,19 +541,27 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
             })
         });
+        let tcp = (l.protocol == Protocol::Tcp).then(|| {
+            Rc::new(TcpProxy {
+                name: l.name.clone(),
+                address: l.address,
+                original_destination: l.original_destination,
+                cluster: RefCell::new(self.tcp_cluster(l)),
+                buffer_bytes: l.buffer_bytes,
+                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+                stats: stats.clone(),
+                ids: snap.listener_ids[index],
+            })
+        });
         Rc::new(ListenerCtx {
             name: l.name.clone(),
             protocol: l.protocol,
-            address: l.address,
-            original_destination: l.original_destination,
-            cluster: RefCell::new(self.tcp_cluster(l)),
-            buffer_bytes: l.buffer_bytes,
-            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             connections_max: l.connections_per_shard_max,
             stats: stats.clone(),
             ids: snap.listener_ids[index],
             dubbo,
             triple,
+            tcp,
             conns,
             virtuals: RefCell::new(Rc::new([])),
         })
@@ -555,10 +587,10 @@ impl ShardState {
             }
             return;
         }
-        let Some(shared) = &self.shared else {
+        let Some(process) = &self.process else {
             return;
         };
-        let socks = match shared.sockets.for_shard(self.id, &sl.cfg.name) {
+        let socks = match process.listen_sockets(self.id, &sl.cfg.name) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(shard = self.id, listener = %sl.cfg.name, error = %e, "cannot accept");
@@ -607,7 +639,7 @@ impl ShardState {
 /// A shard's clusters and listeners built from a snapshot as `shard_main` builds them, with no
 /// socket and no control thread (feature `fuzz`): the fuzz targets hand its listeners
 /// in-memory connections ([`listener::serve_connection`]) and its upstream pools connect through
-/// `crate::fuzzing::Upstreams`.
+/// `crate::io::fuzz::Upstreams`.
 #[cfg(feature = "fuzz")]
 pub struct Detached(ShardState);
 
@@ -617,7 +649,7 @@ impl Detached {
     pub fn new(snapshot: Arc<Snapshot>, stats: ShardStats) -> Detached {
         let mut st = ShardState {
             id: 0,
-            shared: None,
+            process: None,
             stats,
             snapshot: Arc::new(Snapshot::empty()),
             clusters: HashMap::new(),
@@ -641,22 +673,22 @@ impl Detached {
 /// every update the control thread sends.
 pub fn shard_main(
     ctx: ShardCtx,
-    shared: Arc<Shared>,
+    process: Arc<dyn Process>,
     inbox: Receiver<ShardMsg>,
 ) -> Result<impl std::future::Future<Output = ()>, String> {
     let id = ctx.info.id;
     let poll_stats = ctx.info.poll_stats.clone();
     Ok(async move {
-        let stats = shared.stats.shard(id);
+        let stats = process.stats().shard(id);
         shard::monoio::spawn(publish_poll_stats(
             poll_stats,
             stats.clone(),
-            shared.poll_ids[id],
+            process.poll_ids(id),
         ));
-        let first = shared.snapshot();
+        let first = process.snapshot();
         let mut st = ShardState {
             id,
-            shared: Some(shared.clone()),
+            process: Some(process.clone()),
             stats,
             snapshot: Arc::new(Snapshot::empty()),
             clusters: HashMap::new(),
@@ -665,12 +697,9 @@ pub fn shard_main(
             accepting: true,
         };
         #[cfg(feature = "dpdk")]
-        crate::dpdk::start_shard(id, &shared.stats, st.stats.clone());
+        crate::dpdk::start_shard(id, process.stats(), st.stats.clone());
         st.apply(first, &[]);
-        shared
-            .lifecycle
-            .shards_serving
-            .fetch_add(1, Ordering::AcqRel);
+        process.shard_serving(true);
         tracing::debug!(shard = id, "serving");
 
         // Serve until told to drain; a closed inbox (the control thread is gone) means stop now.
@@ -689,10 +718,7 @@ pub fn shard_main(
                     }
                     if done && !reported {
                         reported = true;
-                        shared
-                            .lifecycle
-                            .shards_drained
-                            .fetch_add(1, Ordering::AcqRel);
+                        process.shard_drained(true);
                     }
                     shard::monoio::select! {
                         m = inbox.recv() => m,
@@ -710,10 +736,7 @@ pub fn shard_main(
                     done.fetch_add(1, Ordering::AcqRel);
                 }
                 Some(ShardMsg::Drain { timeout, linger: l }) if deadline.is_none() => {
-                    shared
-                        .lifecycle
-                        .shards_serving
-                        .fetch_sub(1, Ordering::AcqRel);
+                    process.shard_serving(false);
                     st.drain_all(timeout);
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
@@ -725,15 +748,9 @@ pub fn shard_main(
                 Some(ShardMsg::Resume) if deadline.is_some() => {
                     shard::force_sleep(false);
                     st.resume_accepting();
-                    shared
-                        .lifecycle
-                        .shards_serving
-                        .fetch_add(1, Ordering::AcqRel);
+                    process.shard_serving(true);
                     if reported {
-                        shared
-                            .lifecycle
-                            .shards_drained
-                            .fetch_sub(1, Ordering::AcqRel);
+                        process.shard_drained(false);
                     }
                     deadline = None;
                     reported = false;

@@ -525,7 +525,7 @@ async fn run(conn: Rc<UpConn>) {
         return serve_upstream(conn, connected).await;
     }
     #[cfg(feature = "fuzz")]
-    if let Some(connecting) = crate::fuzzing::connect(addr) {
+    if let Some(connecting) = crate::io::fuzz::connect(addr) {
         let connected = shard::monoio::select! {
             c = shard::monoio::time::timeout(timeout, connecting) => c,
             why = keeper(&conn) => return conn.close(&why),

@@ -1613,7 +1613,7 @@ async fn run_upstream(conn: Rc<Conn>) {
         return serve_upstream(conn, host, pool, connected).await;
     }
     #[cfg(feature = "fuzz")]
-    if let Some(connecting) = crate::fuzzing::connect(host.addr) {
+    if let Some(connecting) = crate::io::fuzz::connect(host.addr) {
         let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
