@@ -71,7 +71,35 @@ pub struct Routes<R, P> {
 }
 
 /// The current routes of one listener on one shard, shared by all its connections.
-pub type RoutesCell<R, P> = Rc<RefCell<Rc<Routes<R, P>>>>;
+pub type RoutesCell<R, P> = Rc<Latest<Routes<R, P>>>;
+
+/// A value that config updates replace whole, read by cloning its `Rc` (a listener's routes,
+/// a listener's context): whoever took one keeps it, while later readers get the new one. The
+/// `RefCell` borrow lives only inside [`Latest::get`] and [`Latest::set`], which call nothing
+/// while they hold it, so no two borrows ever overlap and neither can panic.
+pub struct Latest<T: ?Sized>(RefCell<Rc<T>>);
+
+impl<T: ?Sized> Latest<T> {
+    pub fn new(value: Rc<T>) -> Latest<T> {
+        Latest(RefCell::new(value))
+    }
+
+    pub fn get(&self) -> Rc<T> {
+        self.0.borrow().clone()
+    }
+
+    /// Replaces the value; the old one is dropped after the borrow ended.
+    pub fn set(&self, value: Rc<T>) {
+        let old = self.0.replace(value);
+        drop(old);
+    }
+}
+
+impl<T: Default> Default for Latest<T> {
+    fn default() -> Self {
+        Latest::new(Rc::default())
+    }
+}
 
 // === request stats ===
 

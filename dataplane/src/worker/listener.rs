@@ -1,7 +1,7 @@
 //! One listener on one shard: its connection context, the accept loop, and the serving of
 //! each accepted connection by the listener's protocol (with connection and drain counts).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,7 +14,7 @@ use shard::{Event, Notify};
 use crate::config::Protocol;
 use crate::filter::dubbo::downstream::{self, DubboListener};
 use crate::filter::tcp::{self as tcp_proxy, TcpProxy};
-use crate::filter::{Drain, ListenerStatIds};
+use crate::filter::{Drain, Latest, ListenerStatIds};
 use crate::stats::ShardStats;
 
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
@@ -26,7 +26,7 @@ pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
 pub struct Connections {
     pub(super) open: Cell<u32>,
     /// Replaced by a fresh one when a drained shard resumes.
-    pub(super) drain: RefCell<Rc<Drain>>,
+    pub(super) drain: Latest<Drain>,
     /// Of the current drain: connections that ended, and those closed at its deadline.
     pub(super) drained: Cell<u64>,
     pub(super) closed_at_deadline: Cell<u64>,
@@ -36,7 +36,7 @@ pub struct Connections {
 
 impl Connections {
     pub fn drain(&self) -> Rc<Drain> {
-        self.drain.borrow().clone()
+        self.drain.get()
     }
 }
 
@@ -57,13 +57,13 @@ pub struct ListenerCtx {
     pub conns: Rc<Connections>,
     /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
     /// original destination, exact addresses first (set after every config update).
-    pub virtuals: RefCell<Rc<[Virtual]>>,
+    pub virtuals: Latest<[Virtual]>,
 }
 
 /// A virtual listener (`bind: false`) as an `original_destination` listener sees it.
 pub struct Virtual {
     pub address: SocketAddr,
-    pub listener: Rc<RefCell<Rc<ListenerCtx>>>,
+    pub listener: Rc<Latest<ListenerCtx>>,
 }
 
 /// The virtual listener a connection to `dst` belongs to: one with exactly that address, else
@@ -78,11 +78,11 @@ pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
 
 impl tcp_proxy::Virtuals for Rc<[Virtual]> {
     fn protocol(&self, dst: SocketAddr) -> Option<Protocol> {
-        virtual_for(self, dst).map(|v| v.listener.borrow().protocol)
+        virtual_for(self, dst).map(|v| v.listener.get().protocol)
     }
 
     fn hand_off(&self, dst: SocketAddr, down: TcpStream) -> Pin<Box<dyn Future<Output = ()>>> {
-        let v = virtual_for(self, dst).map(|v| v.listener.borrow().clone());
+        let v = virtual_for(self, dst).map(|v| v.listener.get());
         // Boxed: serve_connection may come back here (a virtual tcp listener). One allocation
         // per handed-off connection, none per request.
         Box::pin(async move {
@@ -122,7 +122,7 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
         // Config validation keeps TCP listeners off the DPDK path.
         Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
             (Ok(s), Some(t)) => {
-                let virtuals = l.virtuals.borrow().clone();
+                let virtuals = l.virtuals.get();
                 tcp_proxy::serve(s, t, &virtuals, &drain).await
             }
             (Err(_), _) => {
@@ -159,13 +159,13 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
 
 pub(super) async fn accept_loop<A: crate::io::Accept>(
     mut listener: A,
-    slot: Rc<RefCell<Rc<ListenerCtx>>>,
+    slot: Rc<Latest<ListenerCtx>>,
     stop: Event,
     connections: Rc<Cell<usize>>,
 ) {
     loop {
         // The listener's context as of now (a config update may have replaced it).
-        let l = slot.borrow().clone();
+        let l = slot.get();
         let accepted = shard::monoio::select! {
             r = listener.accept() => r,
             _ = stop.wait() => return,

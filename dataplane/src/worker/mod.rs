@@ -22,7 +22,7 @@ use crate::filter::dubbo::router as dubbo;
 use crate::filter::dubbo::upstream::ClusterPool;
 use crate::filter::tcp::TcpProxy;
 use crate::filter::triple::router as triple;
-use crate::filter::{Drain, Routes};
+use crate::filter::{Drain, Latest, Routes};
 use crate::route::Dice;
 use crate::snapshot::{PollStatIds, Snapshot};
 use crate::stats::{ShardStats, Stats, POLL_STATS_PUBLISH};
@@ -181,7 +181,7 @@ impl ClusterEntry {
 struct ShardListener {
     cfg: config::Listener,
     /// Read by the accept loops for each new connection.
-    ctx: Rc<RefCell<Rc<ListenerCtx>>>,
+    ctx: Rc<Latest<ListenerCtx>>,
     /// Ends this listener's accept loops.
     stop: Event,
     conns: Rc<Connections>,
@@ -307,14 +307,14 @@ impl ShardState {
                 .map(|k| old.swap_remove(k));
             let sl = match prev {
                 Some(p) if keeps_connections(&p.cfg, l) => {
-                    let ctx = p.ctx.borrow().clone();
+                    let ctx = p.ctx.get();
                     if listener_params(&p.cfg) != listener_params(l) {
                         let fresh = self.listener_ctx(&snap, index, Some(&ctx), p.conns.clone());
-                        *p.ctx.borrow_mut() = fresh;
+                        p.ctx.set(fresh);
                     } else if reindexed || p.cfg != *l {
                         self.swap_routes(&snap, index, &ctx);
                     }
-                    if let Some(t) = &p.ctx.borrow().tcp {
+                    if let Some(t) = &p.ctx.get().tcp {
                         *t.cluster.borrow_mut() = self.tcp_cluster(l);
                     }
                     ShardListener {
@@ -331,7 +331,7 @@ impl ShardState {
                     let conns = Rc::new(Connections::default());
                     let sl = ShardListener {
                         cfg: l.clone(),
-                        ctx: Rc::new(RefCell::new(self.listener_ctx(
+                        ctx: Rc::new(Latest::new(self.listener_ctx(
                             &snap,
                             index,
                             None,
@@ -423,7 +423,7 @@ impl ShardState {
                 })
                 .collect();
             v.sort_by_key(|x| x.address.ip().is_unspecified());
-            *sl.ctx.borrow().virtuals.borrow_mut() = v.into();
+            sl.ctx.get().virtuals.set(v.into());
         }
     }
 
@@ -479,10 +479,10 @@ impl ShardState {
 
     fn swap_routes(&self, snap: &Snapshot, index: usize, ctx: &ListenerCtx) {
         if let Some(d) = &ctx.dubbo {
-            *d.routes.borrow_mut() = self.dubbo_routes(snap, index);
+            d.routes.set(self.dubbo_routes(snap, index));
         }
         if let Some(t) = &ctx.triple {
-            *t.routes.borrow_mut() = self.triple_routes(snap, index);
+            t.routes.set(self.triple_routes(snap, index));
         }
     }
 
@@ -503,10 +503,10 @@ impl ShardState {
             let routes = self.dubbo_routes(snap, index);
             let (routes, services) = match prev.and_then(|p| p.dubbo.as_ref()) {
                 Some(p) => {
-                    *p.routes.borrow_mut() = routes;
+                    p.routes.set(routes);
                     (p.routes.clone(), p.services.clone())
                 }
-                None => (Rc::new(RefCell::new(routes)), Default::default()),
+                None => (Rc::new(Latest::new(routes)), Default::default()),
             };
             Rc::new(DubboListener {
                 name: l.name.clone(),
@@ -526,10 +526,10 @@ impl ShardState {
             let routes = self.triple_routes(snap, index);
             let (routes, services) = match prev.and_then(|p| p.triple.as_ref()) {
                 Some(p) => {
-                    *p.routes.borrow_mut() = routes;
+                    p.routes.set(routes);
                     (p.routes.clone(), p.services.clone())
                 }
-                None => (Rc::new(RefCell::new(routes)), Default::default()),
+                None => (Rc::new(Latest::new(routes)), Default::default()),
             };
             Rc::new(crate::filter::triple::TripleListener {
                 name: l.name.clone(),
@@ -563,7 +563,7 @@ impl ShardState {
             triple,
             tcp,
             conns,
-            virtuals: RefCell::new(Rc::new([])),
+            virtuals: Latest::new(Rc::new([])),
         })
     }
 
@@ -628,7 +628,7 @@ impl ShardState {
         self.accepting = true;
         for sl in &mut self.listeners {
             sl.stop = Event::new();
-            *sl.conns.drain.borrow_mut() = Rc::new(Drain::default());
+            sl.conns.drain.set(Rc::new(Drain::default()));
         }
         for sl in &self.listeners {
             self.start_accepting(sl);
@@ -664,7 +664,7 @@ impl Detached {
     /// The current context of listener `name`.
     pub fn listener(&self, name: &str) -> Option<Rc<ListenerCtx>> {
         let sl = self.0.listeners.iter().find(|l| l.cfg.name == name)?;
-        let ctx = sl.ctx.borrow().clone();
+        let ctx = sl.ctx.get();
         Some(ctx)
     }
 }

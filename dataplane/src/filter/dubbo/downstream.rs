@@ -551,7 +551,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     }
     // This request routes on the routes current now (an Rc, so an update cannot pull them
     // away mid-request).
-    let routes = l.routes.borrow().clone();
+    let routes = l.routes.get();
     let (action, service) = if h.hessian2 {
         let req = match wire::RequestView::parse(&frame) {
             Ok(r) => r,

@@ -22,9 +22,11 @@ use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use shard::Notify;
 
-use super::router::RequestView;
+use super::error::CallError;
+use super::headers::HeaderList;
+use super::router::{RequestView, Router};
 use super::{Call, H2Limits, Host, Pool, TripleListener};
-use crate::filter::{Drain, RequestStatIds};
+use crate::filter::{Drain, RequestStatIds, Routes};
 use crate::io::READ_CHUNK_BYTES;
 /// Bytes queued for a peer that does not read (control frames are not flow controlled): beyond
 /// this the connection is closed.
@@ -261,10 +263,12 @@ impl Conn {
         if self.closed.get() {
             return;
         }
-        let mut out = self.out.borrow_mut();
-        f(&mut out);
-        if out.len() > OUT_BYTES_MAX {
-            drop(out);
+        let queued = {
+            let mut out = self.out.borrow_mut();
+            f(&mut out);
+            out.len()
+        };
+        if queued > OUT_BYTES_MAX {
             tracing::warn!("http/2 peer does not read: {OUT_BYTES_MAX} bytes queued, closing");
             self.close();
         }
@@ -367,46 +371,47 @@ impl Conn {
             };
             let frame_max = self.peer_frame_max.get() as usize;
             let mut relayed = 0u32;
-            let mut out = self.out.borrow_mut();
-            while let Some(item) = s.queue.front_mut() {
-                match item {
-                    Out::Headers(block, end) => {
-                        frame::write_headers(&mut *out, id, block, *end, frame_max as u32);
-                        s.sent_end |= *end;
-                        s.queue.pop_front();
-                    }
-                    Out::Rst(c) => {
-                        frame::write_rst_stream(&mut *out, id, *c);
-                        s.sent_end = true;
-                        s.recv_end = true;
-                        s.queue.clear();
-                    }
-                    Out::Data(b, end) => {
-                        let window = s.send_window.min(self.send_window.get()).max(0) as usize;
-                        let n = b.len().min(window).min(frame_max);
-                        if n == 0 && !b.is_empty() {
-                            let mut blocked = self.blocked.borrow_mut();
-                            if !blocked.contains(&id) {
-                                blocked.push(id);
-                            }
-                            break;
-                        }
-                        let last = n == b.len();
-                        frame::write_data_header(&mut *out, id, n, last && *end);
-                        out.extend_from_slice(&b[..n]);
-                        s.send_window -= n as i64;
-                        self.send_window.set(self.send_window.get() - n as i64);
-                        relayed += n as u32;
-                        if last {
+            {
+                let mut out = self.out.borrow_mut();
+                while let Some(item) = s.queue.front_mut() {
+                    match item {
+                        Out::Headers(block, end) => {
+                            frame::write_headers(&mut *out, id, block, *end, frame_max as u32);
                             s.sent_end |= *end;
                             s.queue.pop_front();
-                        } else {
-                            b.advance(n);
+                        }
+                        Out::Rst(c) => {
+                            frame::write_rst_stream(&mut *out, id, *c);
+                            s.sent_end = true;
+                            s.recv_end = true;
+                            s.queue.clear();
+                        }
+                        Out::Data(b, end) => {
+                            let window = s.send_window.min(self.send_window.get()).max(0) as usize;
+                            let n = b.len().min(window).min(frame_max);
+                            if n == 0 && !b.is_empty() {
+                                let mut blocked = self.blocked.borrow_mut();
+                                if !blocked.contains(&id) {
+                                    blocked.push(id);
+                                }
+                                break;
+                            }
+                            let last = n == b.len();
+                            frame::write_data_header(&mut *out, id, n, last && *end);
+                            out.extend_from_slice(&b[..n]);
+                            s.send_window -= n as i64;
+                            self.send_window.set(self.send_window.get() - n as i64);
+                            relayed += n as u32;
+                            if last {
+                                s.sent_end |= *end;
+                                s.queue.pop_front();
+                            } else {
+                                b.advance(n);
+                            }
                         }
                     }
                 }
             }
-            drop(out);
             self.out_ready.notify();
             if relayed > 0 {
                 if let Some((w, other)) = &s.link {
@@ -512,14 +517,14 @@ impl Conn {
 
     /// Tells the relay partner of a lost stream: an upstream stream is cancelled, a caller's
     /// call ends with `status` (counted as an upstream failure).
-    fn abandon(self: &Rc<Self>, other: &Rc<Conn>, oid: u32, status_: u32, why: &str) {
+    fn abandon(self: &Rc<Self>, other: &Rc<Conn>, oid: u32, e: &CallError<'_>) {
         match &other.side {
             Side::Up(_) => other.reset(oid, code::CANCEL),
             Side::Down(_) => {
                 if let Side::Up(h) = &self.side {
                     h.pool.stats.inc(h.pool.ids.rq_failure);
                 }
-                other.fail_call(oid, status_, why)
+                other.fail_call(oid, e)
             }
         }
     }
@@ -807,7 +812,7 @@ impl Conn {
         if let Some((other, oid)) = self.link(id) {
             self.unlink(id);
             other.unlink(oid);
-            self.abandon(&other, oid, status::INTERNAL, "upstream protocol error");
+            self.abandon(&other, oid, &CallError::UpstreamProtocol);
         }
         self.reset(id, c);
         self.count_reset()
@@ -827,8 +832,7 @@ impl Conn {
             }
         }
         if let Some((other, oid)) = self.end_stream(id) {
-            let why = format!("upstream reset stream (code {c})");
-            self.abandon(&other, oid, status::UNAVAILABLE, &why);
+            self.abandon(&other, oid, &CallError::UpstreamReset(c));
         }
         Ok(())
     }
@@ -864,7 +868,7 @@ impl Conn {
     /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
     fn upstream_failed(self: &Rc<Self>, id: u32, why: &str) {
         if let Some((down, did)) = self.end_stream(id) {
-            self.abandon(&down, did, status::UNAVAILABLE, why);
+            self.abandon(&down, did, &CallError::UpstreamLost(why));
         }
     }
 
@@ -907,27 +911,7 @@ impl Conn {
         }
         let known = self.streams.borrow().get(&id).map(|s| s.recv_end);
         if let Some(ended) = known {
-            // Trailers from the caller: once, and ending the stream.
-            if ended {
-                return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
-            }
-            if !end {
-                return self.on_stream_error(
-                    id,
-                    code::PROTOCOL_ERROR,
-                    "trailers without END_STREAM",
-                );
-            }
-            let mut block = Vec::new();
-            self.headers.borrow().encode(&mut block);
-            if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-                s.recv_end = true;
-            }
-            if let Some((up, uid)) = self.link(id) {
-                up.send(uid, Out::Headers(block, true));
-            }
-            self.maybe_forget(id);
-            return Ok(());
+            return self.on_request_trailers(id, ended, end);
         }
         if id <= self.stream_ids.get() {
             return Err(conn_err(
@@ -951,110 +935,83 @@ impl Conn {
         );
         s.recv_end = end;
         self.streams.borrow_mut().insert(id, s);
-
-        let hl = self.headers.borrow();
-        if hl.too_large {
-            drop(hl);
-            l.stats.inc(l.ids.rq_too_large);
-            self.fail_call(
-                id,
-                status::RESOURCE_EXHAUSTED,
-                &format!("header list exceeds {} bytes", self.limits.header_list_max),
-            );
-            return Ok(());
-        }
-        let path = hl.get(b":path");
-        if hl.malformed || path.is_none() || hl.get(b":method").is_none() {
-            drop(hl);
-            l.stats.inc(l.ids.rq_bad);
-            return self.on_stream_error(id, code::PROTOCOL_ERROR, "malformed request headers");
-        }
-        let Some((service, method)) = path.and_then(grpc::split_path) else {
-            drop(hl);
-            l.stats.inc(l.ids.rq_no_route);
-            self.fail_call(id, status::UNIMPLEMENTED, "path is not /{service}/{method}");
-            return Ok(());
-        };
-        let view = RequestView {
-            service,
-            method,
-            headers: &hl,
-        };
-        let routes = l.routes.borrow().clone();
-        let Some(action) = routes.router.route(&view) else {
-            let msg = format!(
-                "ringside: no route for {}/{}",
-                String::from_utf8_lossy(service),
-                String::from_utf8_lossy(method)
-            );
-            drop(hl);
-            l.stats.inc(l.ids.rq_no_route);
-            self.fail_call(id, status::UNIMPLEMENTED, &msg);
-            return Ok(());
-        };
-        let route_ids = match action.route_index {
-            Some(i) => routes.route_ids[i],
-            None => *routes.route_ids.last().unwrap_or(&l.ids.other_service),
-        };
-        let service_ids = l.service_ids(service, method);
-        // Deadline: the caller's grpc-timeout / tri-service-timeout, capped by the route's.
-        let caller_us = hl
-            .get(b"grpc-timeout")
-            .and_then(grpc::parse_grpc_timeout)
-            .or_else(|| {
-                hl.get(b"tri-service-timeout")
-                    .and_then(grpc::parse_tri_timeout)
-            });
-        let route_us = action.timeout.map(|t| t.as_micros() as u64);
-        let timeout_us = match (caller_us, route_us) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if timeout_us.is_some_and(|us| us < DEADLINE_MIN_US) {
-            drop(hl);
-            l.stats.inc(l.ids.rq_timeout);
-            l.stats.inc(l.ids.hardening.rq_expired_on_arrival);
-            self.fail_call(
-                id,
-                status::DEADLINE_EXCEEDED,
-                "ringside: deadline exceeded on arrival",
-            );
-            return self.count_reset();
-        }
-        let deadline = timeout_us.map(|us| now + Duration::from_micros(us));
-        let cluster = action.pick_cluster(l.roll());
-        let mut block = Vec::with_capacity(block_hint(&hl));
-        hl.encode(&mut block);
-        drop(hl);
-        route_ids.rq_total_inc(&l.stats);
-        service_ids.rq_total_inc(&l.stats);
-        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-            if let Some(c) = s.call.as_mut() {
-                c.route = route_ids;
-                c.service = service_ids;
-                c.deadline = deadline;
+        // The header list is borrowed only for this call, into a function that cannot reach
+        // the connection (so cannot borrow it again).
+        let routed = route_call(l, &self.headers.borrow(), self.limits.header_list_max, now);
+        match routed {
+            Ok(call) => self.forward_call(l, id, end, call),
+            Err(Refused::Malformed) => {
+                self.on_stream_error(id, code::PROTOCOL_ERROR, "malformed request headers")
+            }
+            Err(Refused::Call(e)) => {
+                self.fail_call(id, &e);
+                match e {
+                    CallError::ExpiredOnArrival => self.count_reset(),
+                    _ => Ok(()),
+                }
             }
         }
-        let pool = &routes.pools[cluster];
+    }
+
+    /// Trailers from the caller: once, and ending the stream.
+    fn on_request_trailers(
+        self: &Rc<Self>,
+        id: u32,
+        ended: bool,
+        end: bool,
+    ) -> Result<(), ConnError> {
+        if ended {
+            return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
+        }
+        if !end {
+            return self.on_stream_error(id, code::PROTOCOL_ERROR, "trailers without END_STREAM");
+        }
+        let mut block = Vec::new();
+        self.headers.borrow().encode(&mut block);
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.recv_end = true;
+        }
+        if let Some((up, uid)) = self.link(id) {
+            up.send(uid, Out::Headers(block, true));
+        }
+        self.maybe_forget(id);
+        Ok(())
+    }
+
+    /// Sends a routed call upstream: a stream on a connection of the picked cluster, its
+    /// headers, and its deadline armed.
+    fn forward_call(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        id: u32,
+        end: bool,
+        call: Routed,
+    ) -> Result<(), ConnError> {
+        call.route_ids.rq_total_inc(&l.stats);
+        call.service_ids.rq_total_inc(&l.stats);
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            if let Some(c) = s.call.as_mut() {
+                c.route = call.route_ids;
+                c.service = call.service_ids;
+                c.deadline = call.deadline;
+            }
+        }
+        let pool = &call.routes.pools[call.cluster];
         let Some(up) = pool.connection(self.limits) else {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
-            self.fail_call(id, status::UNAVAILABLE, "ringside: no healthy upstream");
+            self.fail_call(id, &CallError::NoHealthyUpstream);
             return Ok(());
         };
         let Some(uid) = up.open_stream(Rc::downgrade(self), id) else {
             pool.stats.inc(pool.ids.rq_overflow);
-            self.fail_call(
-                id,
-                status::RESOURCE_EXHAUSTED,
-                "ringside: upstream streams exhausted",
-            );
+            self.fail_call(id, &CallError::StreamsExhausted);
             return Ok(());
         };
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.link = Some((Rc::downgrade(&up), uid));
         }
-        up.send(uid, Out::Headers(block, end));
-        if let Some(d) = deadline {
+        up.send(uid, Out::Headers(call.block, end));
+        if let Some(d) = call.deadline {
             if self.armed.get().is_none_or(|a| d < a) {
                 self.deadline_wake.notify();
             }
@@ -1064,7 +1021,7 @@ impl Conn {
 
     /// Ends a call with a gRPC status made by ringside: trailers-only when no response headers
     /// were sent yet, else trailers after what is queued is dropped.
-    pub fn fail_call(self: &Rc<Self>, id: u32, code_: u32, message: &str) {
+    pub fn fail_call(self: &Rc<Self>, id: u32, e: &CallError<'_>) {
         let Side::Down(l) = &self.side else {
             return;
         };
@@ -1082,7 +1039,7 @@ impl Conn {
                 return;
             };
             call.local = true;
-            call.status = Some(code_);
+            call.status = Some(e.status());
             (std::mem::replace(&mut call.headers_sent, true), back)
         };
         give_back(back);
@@ -1101,10 +1058,16 @@ impl Conn {
         hpack::encode_field(
             &mut block,
             b"grpc-status",
-            grpc::status_text(code_, &mut num),
+            grpc::status_text(e.status(), &mut num),
             false,
         );
-        hpack::encode_field(&mut block, b"grpc-message", &percent_encode(message), false);
+        let message = e.to_string();
+        hpack::encode_field(
+            &mut block,
+            b"grpc-message",
+            &percent_encode(&message),
+            false,
+        );
         self.send(id, Out::Headers(block, true));
         // The caller may still be sending: tell it to stop (RFC 9113 8.1).
         let still_sending = self.streams.borrow().get(&id).is_some_and(|s| !s.recv_end);
@@ -1136,12 +1099,9 @@ impl Conn {
                 h.pool.stats.inc(h.pool.h2_ids.rsp_headers_too_large);
                 h.pool.stats.inc(h.pool.ids.rq_failure);
             }
-            let why = format!(
-                "ringside: upstream response headers exceed {} bytes",
-                self.limits.header_list_max
-            );
             // Resets this upstream stream too.
-            down.fail_call(did, status::INTERNAL, &why);
+            let e = CallError::ResponseHeadersTooLarge(self.limits.header_list_max);
+            down.fail_call(did, &e);
             return Ok(());
         }
         let mut block = Vec::new();
@@ -1219,7 +1179,7 @@ impl Conn {
                     c.deadline = None;
                 }
             }
-            self.fail_call(id, status::DEADLINE_EXCEEDED, "ringside: deadline exceeded");
+            self.fail_call(id, &CallError::DeadlineExceeded);
         }
         next
     }
@@ -1232,8 +1192,7 @@ impl Conn {
                 self.abandon(
                     &other,
                     oid,
-                    status::UNAVAILABLE,
-                    "upstream connection closed",
+                    &CallError::UpstreamLost("upstream connection closed"),
                 );
             }
         }
@@ -1283,6 +1242,98 @@ fn percent_encode(m: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A caller's request, routed: where it goes and what it counts into.
+struct Routed {
+    /// The routes it was routed on (a config update may swap the listener's meanwhile).
+    routes: Rc<Routes<Router, Pool>>,
+    /// Index of the picked cluster in `routes.pools`.
+    cluster: usize,
+    route_ids: RequestStatIds,
+    service_ids: RequestStatIds,
+    deadline: Option<Instant>,
+    /// The request headers encoded for the upstream.
+    block: Vec<u8>,
+}
+
+/// Why a caller's request is not forwarded.
+enum Refused {
+    /// The request headers break HTTP/2's rules: a stream error.
+    Malformed,
+    /// Answered with a gRPC status.
+    Call(CallError<'static>),
+}
+
+/// Routes a caller's request by its header list `hl`: the route (first match), the cluster
+/// (weighted pick), the counters, the deadline (the caller's `grpc-timeout` or
+/// `tri-service-timeout`, capped by the route's timeout) and the headers encoded for the
+/// upstream. Counts what it refuses. Reads the listener and `hl`, never the connection.
+fn route_call(
+    l: &TripleListener,
+    hl: &HeaderList,
+    header_list_max: u32,
+    now: Instant,
+) -> Result<Routed, Refused> {
+    if hl.too_large {
+        l.stats.inc(l.ids.rq_too_large);
+        return Err(Refused::Call(CallError::HeadersTooLarge(header_list_max)));
+    }
+    let path = hl.get(b":path");
+    if hl.malformed || path.is_none() || hl.get(b":method").is_none() {
+        l.stats.inc(l.ids.rq_bad);
+        return Err(Refused::Malformed);
+    }
+    let Some((service, method)) = path.and_then(grpc::split_path) else {
+        l.stats.inc(l.ids.rq_no_route);
+        return Err(Refused::Call(CallError::BadPath));
+    };
+    let routes = l.routes.get();
+    let view = RequestView {
+        service,
+        method,
+        headers: hl,
+    };
+    let Some(action) = routes.router.route(&view) else {
+        l.stats.inc(l.ids.rq_no_route);
+        return Err(Refused::Call(CallError::NoRoute {
+            service: String::from_utf8_lossy(service).into_owned(),
+            method: String::from_utf8_lossy(method).into_owned(),
+        }));
+    };
+    let route_ids = match action.route_index {
+        Some(i) => routes.route_ids[i],
+        None => *routes.route_ids.last().unwrap_or(&l.ids.other_service),
+    };
+    let service_ids = l.service_ids(service, method);
+    let caller_us = hl
+        .get(b"grpc-timeout")
+        .and_then(grpc::parse_grpc_timeout)
+        .or_else(|| {
+            hl.get(b"tri-service-timeout")
+                .and_then(grpc::parse_tri_timeout)
+        });
+    let route_us = action.timeout.map(|t| t.as_micros() as u64);
+    let timeout_us = match (caller_us, route_us) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if timeout_us.is_some_and(|us| us < DEADLINE_MIN_US) {
+        l.stats.inc(l.ids.rq_timeout);
+        l.stats.inc(l.ids.hardening.rq_expired_on_arrival);
+        return Err(Refused::Call(CallError::ExpiredOnArrival));
+    }
+    let cluster = action.pick_cluster(l.roll());
+    let mut block = Vec::with_capacity(block_hint(hl));
+    hl.encode(&mut block);
+    Ok(Routed {
+        routes,
+        cluster,
+        route_ids,
+        service_ids,
+        deadline: timeout_us.map(|us| now + Duration::from_micros(us)),
+        block,
+    })
 }
 
 fn block_hint(hl: &super::headers::HeaderList) -> usize {

@@ -5,8 +5,10 @@
 //! - `headers`: a decoded header list in a reusable buffer;
 //! - `router`: compiled routes;
 //! - `conn`: one HTTP/2 connection (caller or upstream side) and the stream relay;
+//! - `error`: why ringside answers a call itself, and the gRPC status of each reason;
 //! - here: the listener's per-shard state, the upstream pools, the stat ids.
 pub mod conn;
+pub mod error;
 pub mod headers;
 pub mod router;
 

@@ -1,0 +1,81 @@
+//! Why ringside ends a Triple/gRPC call itself, and the one mapping of each reason to the
+//! `grpc-status` the caller gets ([`CallError::status`]); the `grpc-message` is its `Display`.
+//! Connection-level failures are `conn::ConnError` (a GOAWAY code), not calls' answers.
+
+use codec::h2::grpc::status;
+
+/// A call ringside answers itself, before or after it reached an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<'a> {
+    /// The request's header list is over the listener's `header_list_bytes_max`.
+    #[error("header list exceeds {0} bytes")]
+    HeadersTooLarge(u32),
+    #[error("path is not /{{service}}/{{method}}")]
+    BadPath,
+    #[error("ringside: no route for {service}/{method}")]
+    NoRoute { service: String, method: String },
+    /// The caller's deadline is nearer than a proxy hop can meet (`DEADLINE_MIN_US`).
+    #[error("ringside: deadline exceeded on arrival")]
+    ExpiredOnArrival,
+    #[error("ringside: no healthy upstream")]
+    NoHealthyUpstream,
+    /// No upstream connection has a stream left (its MAX_CONCURRENT_STREAMS).
+    #[error("ringside: upstream streams exhausted")]
+    StreamsExhausted,
+    #[error("ringside: deadline exceeded")]
+    DeadlineExceeded,
+    /// The upstream broke HTTP/2 on the call's stream.
+    #[error("upstream protocol error")]
+    UpstreamProtocol,
+    /// The upstream's response headers or trailers are over `header_list_bytes_max`.
+    #[error("ringside: upstream response headers exceed {0} bytes")]
+    ResponseHeadersTooLarge(u32),
+    /// The upstream reset the stream with this HTTP/2 error code.
+    #[error("upstream reset stream (code {0})")]
+    UpstreamReset(u32),
+    /// The upstream connection closed (the caller's connection is the one gone: see
+    /// `cancel_all`) or failed: the reason.
+    #[error("{0}")]
+    UpstreamLost(&'a str),
+}
+
+impl CallError<'_> {
+    /// The gRPC status the caller gets.
+    pub fn status(&self) -> u32 {
+        match self {
+            CallError::HeadersTooLarge(_) | CallError::StreamsExhausted => {
+                status::RESOURCE_EXHAUSTED
+            }
+            CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
+            CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,
+            CallError::NoHealthyUpstream
+            | CallError::UpstreamReset(_)
+            | CallError::UpstreamLost(_) => status::UNAVAILABLE,
+            CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_messages() {
+        let no_route = CallError::NoRoute {
+            service: "pkg.S".into(),
+            method: "Get".into(),
+        };
+        assert_eq!(no_route.status(), status::UNIMPLEMENTED);
+        assert_eq!(no_route.to_string(), "ringside: no route for pkg.S/Get");
+        assert_eq!(
+            CallError::BadPath.to_string(),
+            "path is not /{service}/{method}"
+        );
+        assert_eq!(CallError::UpstreamReset(8).status(), status::UNAVAILABLE);
+        assert_eq!(
+            CallError::HeadersTooLarge(1).status(),
+            status::RESOURCE_EXHAUSTED
+        );
+    }
+}
