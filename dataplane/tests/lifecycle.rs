@@ -102,6 +102,43 @@ fn taken_port_fails_start_with_a_clear_error() {
     let _ = admin;
 }
 
+/// SO_REUSEPORT lets any process of the same user join a listening port: a second ringside
+/// started by mistake on a running one's listener port must refuse to start, not silently take
+/// half of its connections.
+#[test]
+fn a_second_process_on_a_listener_port_refuses_to_start() {
+    let echo = echo_server();
+    let listen = local(free_port());
+    let first_admin = local(free_port());
+    let first = Ringside::start(
+        &tcp_config(first_admin, listen, &[echo]),
+        first_admin,
+        &["--shards", "2"],
+    );
+    let dir = TempDir::new("second");
+    let cfg = dir.write("c.yaml", &tcp_config(local(free_port()), listen, &[echo]));
+    let out = Command::new(RINGSIDE)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {listen}")) && err.contains("already in use"),
+        "{err}"
+    );
+    // The first one still serves every connection.
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(listen).unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+    drop(first);
+}
+
 #[test]
 fn sigterm_drains_without_cutting_a_transfer_in_flight() {
     let echo = echo_server();

@@ -694,7 +694,9 @@ fn bind_listener(
         });
     }
     let taken = inherited.take(&l.name);
-    if !taken.is_empty() {
+    if taken.is_empty() {
+        crate::io::check_port_free(l.address, l.transparent).map_err(listen_err)?;
+    } else {
         tracing::info!(listener = %l.name, sockets = taken.len(), "listening on the predecessor's sockets");
     }
     for (j, sock) in taken.into_iter().enumerate() {

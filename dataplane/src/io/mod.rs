@@ -128,6 +128,26 @@ impl Accept for TcpListener {
 /// Listen backlog per shard socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
 
+/// Fails with `AddrInUse` when another socket already listens on `addr`. SO_REUSEPORT lets any
+/// process of the same user join a listening port, so a second ringside (or any other program)
+/// started on a listener's port would otherwise silently take half its connections: a probe bound
+/// without SO_REUSEPORT conflicts with any listener there. A predecessor's sockets are taken over
+/// only through `ringside run --upgrade`, which skips this check.
+pub fn check_port_free(addr: SocketAddr, transparent: bool) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    intercept::prepare_listener(&probe, transparent)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "address already in use by another socket (another process listens there; a running \
+             ringside hands its sockets over only through `ringside run --upgrade`)",
+        )),
+        r => r,
+    }
+}
+
 /// A listening socket of one shard; `transparent`: IP_TRANSPARENT (TPROXY). Carries
 /// `runtime.socket_mark` when set.
 pub fn bind_reuseport(
