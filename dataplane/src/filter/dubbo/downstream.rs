@@ -26,9 +26,11 @@ use crate::filter::{service_ids, Counted, Drain, RequestStatIds, ServiceStatsMap
 use crate::io::READ_CHUNK_BYTES;
 use crate::route::Dice;
 
+use super::error::LocalError;
 use super::router::Router;
 use super::upstream::{ClusterPool, ForwardError};
-use super::wire::{self, Status};
+use super::wire;
+use crate::route::Action;
 use crate::stats::{HistId, ShardStats, StatId};
 
 /// What one queued answer costs beyond its bytes (its queue slot and allocation), counted
@@ -66,6 +68,9 @@ pub struct DubboStatIds {
     /// Where interfaces/methods beyond `stats.dubbo_services_max` are counted.
     pub other_service: RequestStatIds,
 }
+
+/// A Dubbo listener's routes on one shard.
+pub type DubboRoutes = crate::filter::Routes<Router, ClusterPool>;
 
 /// Everything one Dubbo listener's connections on one shard need.
 pub struct DubboListener {
@@ -177,12 +182,14 @@ impl DownConn {
     }
 
     /// Queues an error reply made by ringside itself (`counted`: once routed).
-    pub fn local_reply(&self, id: u64, status: Status, message: &str, counted: Option<Counted>) {
+    /// Answers request `id` with the status and message of `e` (see [`LocalError::status`]).
+    pub fn local_reply(&self, id: u64, e: &LocalError<'_>, counted: Option<Counted>) {
         self.l.stats.inc(self.l.ids.rsp_local);
         if let Some(c) = counted {
             c.inc(&self.l.stats, |c| c.rsp_local);
         }
-        self.push(wire::error_response(id, status, message));
+        let message = format!("ringside: {e}");
+        self.push(wire::error_response(id, e.status(), &message));
     }
 
     /// Wakes the reader if it waits for room under `pending_requests_per_connection_max`
@@ -479,14 +486,9 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
                 }
                 Err(e) => {
                     l.stats.inc(l.ids.rq_bad);
-                    tracing::debug!(listener = %l.name, error = %e.message, "bad frame; closing");
-                    if let Some(id) = e.request_id {
-                        conn.local_reply(
-                            id,
-                            Status::BAD_REQUEST,
-                            &format!("ringside: {}", e.message),
-                            None,
-                        );
+                    tracing::debug!(listener = %l.name, error = %e, "bad frame; closing");
+                    if let Some(id) = e.request_id() {
+                        conn.local_reply(id, &LocalError::BadFrame(e), None);
                     }
                     break 'read;
                 }
@@ -536,12 +538,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         // Consumers don't send responses: the stream is not what we think it is.
         l.stats.inc(l.ids.rq_bad);
         tracing::debug!(listener = %l.name, id = h.id, "response frame from a consumer; closing");
-        conn.local_reply(
-            h.id,
-            Status::BAD_REQUEST,
-            "ringside: a response frame (request bit clear) from a consumer",
-            None,
-        );
+        conn.local_reply(h.id, &LocalError::ResponseFromConsumer, None);
         return Err(());
     }
     l.stats.inc(l.ids.rq_total);
@@ -552,58 +549,8 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     // This request routes on the routes current now (an Rc, so an update cannot pull them
     // away mid-request).
     let routes = l.routes.get();
-    let (action, service) = if h.hessian2 {
-        let req = match wire::RequestView::parse(&frame) {
-            Ok(r) => r,
-            Err(e) => {
-                l.stats.inc(l.ids.rq_bad);
-                if h.two_way {
-                    conn.local_reply(h.id, Status::BAD_REQUEST, &format!("ringside: {e}"), None);
-                }
-                return Err(());
-            }
-        };
-        let service = l.service_ids(req.interface_bytes(), req.method_bytes());
-        match routes.router.route(&req) {
-            Some(a) => (a, service),
-            None => {
-                l.stats.inc(service.rq_total);
-                l.stats.inc(service.rsp_local);
-                l.stats.inc(l.ids.rq_no_route);
-                if h.two_way {
-                    let msg = format!(
-                        "ringside: no route for {}:{} method {} (group {}) on listener {}",
-                        String::from_utf8_lossy(req.interface_bytes()),
-                        String::from_utf8_lossy(req.version_bytes()),
-                        String::from_utf8_lossy(req.method_bytes()),
-                        String::from_utf8_lossy(req.group_bytes().unwrap_or(b"-")),
-                        l.name
-                    );
-                    conn.local_reply(h.id, Status::SERVICE_NOT_FOUND, &msg, None);
-                }
-                return Ok(());
-            }
-        }
-    } else {
-        l.stats.inc(l.ids.rq_opaque);
-        match routes.router.default_route() {
-            Some(a) => (a, l.ids.other_service),
-            None => {
-                l.stats.inc(l.ids.rq_no_route);
-                if h.two_way {
-                    conn.local_reply(
-                        h.id,
-                        Status::SERVICE_NOT_FOUND,
-                        &format!(
-                            "ringside: listener {} has no default route for serialization {}",
-                            l.name, h.serialization
-                        ),
-                        None,
-                    );
-                }
-                return Ok(());
-            }
-        }
+    let Some((action, service)) = route_frame(conn, &h, &frame, &routes)? else {
+        return Ok(());
     };
     let counted = Counted {
         route: routes.route_ids[action.route_index.unwrap_or(routes.route_ids.len() - 1)],
@@ -612,30 +559,75 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     counted.inc(&l.stats, |c| c.rq_total);
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
-    match pool.forward(frame, h.id, h.two_way, timeout, conn, counted) {
-        Ok(()) => {}
+    let refused = match pool.forward(frame, h.id, h.two_way, timeout, conn, counted) {
+        Ok(()) => return Ok(()),
         Err(ForwardError::NoHealthyEndpoint) => {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
-            if h.two_way {
-                conn.local_reply(
-                    h.id,
-                    Status::SERVER_ERROR,
-                    &format!("ringside: no healthy endpoint in cluster {}", pool.lb.name),
-                    Some(counted),
-                );
-            }
+            LocalError::NoHealthyEndpoint(&pool.lb.name)
         }
         Err(ForwardError::Overflow { addr, limit }) => {
             l.stats.inc(l.ids.rq_overflow);
-            if h.two_way {
-                conn.local_reply(
-                    h.id,
-                    Status::SERVER_THREADPOOL_EXHAUSTED,
-                    &format!("ringside: {limit} requests already pending to {addr}"),
-                    Some(counted),
-                );
-            }
+            LocalError::Overflow { addr, limit }
         }
+    };
+    if h.two_way {
+        conn.local_reply(h.id, &refused, Some(counted));
     }
     Ok(())
+}
+
+/// Routes a request: its route's action and its (interface, method) counters. A Hessian2
+/// request routes on its fields; any other serialization only by the default route. `Ok(None)`:
+/// no route (answered, counted); `Err(())`: the request cannot be read (answered; the
+/// connection closes).
+fn route_frame<'r>(
+    conn: &Rc<DownConn>,
+    h: &wire::Header,
+    frame: &[u8],
+    routes: &'r DubboRoutes,
+) -> Result<Option<(&'r Action, RequestStatIds)>, ()> {
+    let l = &conn.l;
+    if !h.hessian2 {
+        l.stats.inc(l.ids.rq_opaque);
+        let Some(a) = routes.router.default_route() else {
+            l.stats.inc(l.ids.rq_no_route);
+            if h.two_way {
+                let e = LocalError::NoDefaultRoute {
+                    listener: &l.name,
+                    serialization: h.serialization,
+                };
+                conn.local_reply(h.id, &e, None);
+            }
+            return Ok(None);
+        };
+        return Ok(Some((a, l.ids.other_service)));
+    }
+    let req = match wire::RequestView::parse(frame) {
+        Ok(r) => r,
+        Err(e) => {
+            l.stats.inc(l.ids.rq_bad);
+            if h.two_way {
+                conn.local_reply(h.id, &LocalError::BadRequest(e), None);
+            }
+            return Err(());
+        }
+    };
+    let service = l.service_ids(req.interface_bytes(), req.method_bytes());
+    if let Some(a) = routes.router.route(&req) {
+        return Ok(Some((a, service)));
+    }
+    l.stats.inc(service.rq_total);
+    l.stats.inc(service.rsp_local);
+    l.stats.inc(l.ids.rq_no_route);
+    if h.two_way {
+        let e = LocalError::NoRoute {
+            interface: req.interface_bytes(),
+            version: req.version_bytes(),
+            method: req.method_bytes(),
+            group: req.group_bytes().unwrap_or(b"-"),
+            listener: &l.name,
+        };
+        conn.local_reply(h.id, &e, None);
+    }
+    Ok(None)
 }

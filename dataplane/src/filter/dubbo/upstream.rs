@@ -29,7 +29,8 @@ use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::Notify;
 
 use super::downstream::DownConn;
-use super::wire::{self, Status};
+use super::error::LocalError;
+use super::wire;
 use crate::cluster::{
     Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
     ENDPOINT_FAILURE_BACKOFF_MS,
@@ -338,16 +339,14 @@ impl UpConn {
     }
 
     /// Ends one pending request: counters down, and its caller answered with `reply`.
-    fn finish(&self, p: Pending, reply: Reply) {
+    fn finish(&self, p: Pending, reply: Reply<'_>) {
         self.release(&p.down);
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
                 p.down.response(frame.freeze(), p.started, p.counted);
             }
-            Reply::Local(status, msg) => {
-                p.down.local_reply(p.id_down, status, &msg, Some(p.counted))
-            }
+            Reply::Local(e) => p.down.local_reply(p.id_down, &e, Some(p.counted)),
         }
     }
 
@@ -414,12 +413,11 @@ impl UpConn {
         let pool = &self.pool;
         pool.stats.inc(pool.ids.rq_timeout);
         pool.stats.inc(self.host.ids.rq_timeout);
-        let waited = now.duration_since(p.started).as_millis();
-        let msg = format!(
-            "ringside: upstream {} did not answer within {} ms",
-            self.host.addr, waited
-        );
-        self.finish(p, Reply::Local(Status::SERVER_TIMEOUT, msg));
+        let e = LocalError::Timeout {
+            addr: self.host.addr,
+            waited_ms: now.duration_since(p.started).as_millis(),
+        };
+        self.finish(p, Reply::Local(e));
     }
 
     /// Fails every pending request (the connection is gone) and leaves the pool.
@@ -449,8 +447,8 @@ impl UpConn {
         for p in pending {
             pool.stats.inc(pool.ids.rq_failure);
             pool.stats.inc(self.host.ids.rq_failure);
-            let msg = format!("ringside: upstream {} {why}", self.host.addr);
-            self.finish(p, Reply::Local(Status::SERVER_ERROR, msg));
+            let addr = self.host.addr;
+            self.finish(p, Reply::Local(LocalError::UpstreamFailed { addr, why }));
         }
         self.deadlines.borrow_mut().clear();
     }
@@ -505,9 +503,10 @@ impl Deadlines {
     }
 }
 
-enum Reply {
+enum Reply<'a> {
     Response(BytesMut),
-    Local(Status, String),
+    /// Answered by ringside (status and message from the error).
+    Local(LocalError<'a>),
 }
 
 /// Connects, then runs reader, writer and keeper until the connection ends. Endpoints in the
@@ -626,13 +625,13 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> String {
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
                     break;
                 }
-                Err(wire::FrameError {
-                    request_id: Some(id),
-                    too_large_bytes: Some(n),
+                Err(codec::DecodeError::FrameTooLarge {
+                    request_id,
+                    frame_bytes,
                     ..
                 }) => {
-                    too_large(conn, id, n);
-                    skip = n;
+                    too_large(conn, request_id, frame_bytes);
+                    skip = frame_bytes;
                 }
                 Err(e) => return format!("sent a bad frame: {e}"),
             }
@@ -683,11 +682,12 @@ fn too_large(conn: &Rc<UpConn>, id: u64, frame_bytes: u64) {
     let p = conn.pending.borrow_mut().remove(&id);
     tracing::debug!(upstream = %conn.host.addr, frame_bytes, limit = pool.response_bytes_max, "response too large; skipped");
     if let Some(p) = p {
-        let msg = format!(
-            "ringside: response of {frame_bytes} bytes from upstream {} exceeds the cluster's response_bytes_max {}",
-            conn.host.addr, pool.response_bytes_max
-        );
-        conn.finish(p, Reply::Local(Status::SERVER_ERROR, msg));
+        let e = LocalError::ResponseTooLarge {
+            frame_bytes,
+            addr: conn.host.addr,
+            limit: pool.response_bytes_max,
+        };
+        conn.finish(p, Reply::Local(e));
     }
 }
 

@@ -2,10 +2,9 @@
 //! routing fields of a request, and making the frames ringside writes itself (local replies,
 //! heartbeats). Keeping the codec calls here keeps the filter's code about proxying.
 
-use std::fmt;
-
 use bytes::{Bytes, BytesMut};
 use codec::dubbo as d;
+use codec::DecodeError;
 
 use super::router::{ArgValue, Inspect};
 
@@ -41,25 +40,10 @@ pub enum Next {
     NeedMore(usize),
 }
 
-/// A frame the connection cannot go on from.
-#[derive(Debug)]
-pub struct FrameError {
-    /// The request id, when the header was readable (the caller then gets a reply).
-    pub request_id: Option<u64>,
-    /// The frame's whole size when it was refused for being too large: a reader that can
-    /// afford to may skip that many bytes and go on with the next frame.
-    pub too_large_bytes: Option<u64>,
-    pub message: String,
-}
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Splits the next whole frame off `buf`.
-pub fn next_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Next, FrameError> {
+/// Splits the next whole frame off `buf`. An error is a frame the connection cannot go on
+/// from; `FrameTooLarge` carries the request id and the frame's whole size (a reader that can
+/// afford to may skip that many bytes and go on with the next frame).
+pub fn next_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Next, DecodeError> {
     match d::decode_frame(buf, frame_bytes_max) {
         Ok(d::Decoded::Frame(f)) => {
             let h = &f.header;
@@ -76,14 +60,7 @@ pub fn next_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Next, Fr
             ))
         }
         Ok(d::Decoded::NeedMore(n)) => Ok(Next::NeedMore(n)),
-        Err(e) => Err(FrameError {
-            request_id: e.request_id(),
-            too_large_bytes: match e {
-                codec::DecodeError::FrameTooLarge { frame_bytes, .. } => Some(frame_bytes),
-                _ => None,
-            },
-            message: e.to_string(),
-        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -137,21 +114,11 @@ pub struct RequestView<'a> {
     req: d::request::RequestRepr<'a>,
 }
 
-/// Why a request's preamble could not be read.
-pub struct BadRequest(String);
-
-impl fmt::Display for BadRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 impl<'a> RequestView<'a> {
-    pub fn parse(frame: &'a [u8]) -> Result<Self, BadRequest> {
+    /// Reads the preamble (interface, version, method, attachments) of a Hessian2 request.
+    pub fn parse(frame: &'a [u8]) -> Result<Self, DecodeError> {
         let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
-        d::request::RequestRepr::parse(body)
-            .map(|req| RequestView { req })
-            .map_err(|e| BadRequest(format!("malformed Hessian2 request: {e}")))
+        d::request::RequestRepr::parse(body).map(|req| RequestView { req })
     }
 
     pub fn interface_bytes(&self) -> &[u8] {

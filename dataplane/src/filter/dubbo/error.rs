@@ -1,0 +1,113 @@
+//! Why ringside answers a Dubbo request itself, and the one mapping of each reason to the
+//! response status the caller gets ([`LocalError::status`]); the error message is
+//! `ringside: ` followed by its `Display`. A request whose id is known gets this answer before
+//! its connection closes (two-way requests only: nobody waits for a one-way one).
+
+use std::net::SocketAddr;
+
+use codec::DecodeError;
+
+use super::wire::Status;
+
+/// A request ringside answers itself (status and message of a local reply).
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError<'a> {
+    /// A frame the connection cannot go on from (bad magic, over `frame_bytes_max`, ...).
+    #[error("{0}")]
+    BadFrame(DecodeError),
+    /// Consumers send requests: the stream is not what it should be.
+    #[error("a response frame (request bit clear) from a consumer")]
+    ResponseFromConsumer,
+    /// The Hessian2 preamble (interface, version, method, attachments) cannot be read.
+    #[error("malformed Hessian2 request: {0}")]
+    BadRequest(DecodeError),
+    #[error(
+        "no route for {}:{} method {} (group {}) on listener {listener}",
+        String::from_utf8_lossy(.interface),
+        String::from_utf8_lossy(.version),
+        String::from_utf8_lossy(.method),
+        String::from_utf8_lossy(.group)
+    )]
+    NoRoute {
+        interface: &'a [u8],
+        version: &'a [u8],
+        method: &'a [u8],
+        group: &'a [u8],
+        listener: &'a str,
+    },
+    /// A request in a serialization ringside does not decode, on a listener without a default
+    /// route.
+    #[error("listener {listener} has no default route for serialization {serialization}")]
+    NoDefaultRoute {
+        listener: &'a str,
+        serialization: u8,
+    },
+    #[error("no healthy endpoint in cluster {0}")]
+    NoHealthyEndpoint(&'a str),
+    /// The endpoint has `pending_requests_max` requests in flight.
+    #[error("{limit} requests already pending to {addr}")]
+    Overflow { addr: SocketAddr, limit: u32 },
+    #[error("upstream {addr} did not answer within {waited_ms} ms")]
+    Timeout { addr: SocketAddr, waited_ms: u128 },
+    /// The upstream connection failed or closed with the request in flight: why.
+    #[error("upstream {addr} {why}")]
+    UpstreamFailed { addr: SocketAddr, why: &'a str },
+    #[error(
+        "response of {frame_bytes} bytes from upstream {addr} exceeds the cluster's \
+         response_bytes_max {limit}"
+    )]
+    ResponseTooLarge {
+        frame_bytes: u64,
+        addr: SocketAddr,
+        limit: usize,
+    },
+}
+
+impl LocalError<'_> {
+    /// The Dubbo response status the caller gets.
+    pub fn status(&self) -> Status {
+        match self {
+            LocalError::BadFrame(_)
+            | LocalError::ResponseFromConsumer
+            | LocalError::BadRequest(_) => Status::BAD_REQUEST,
+            LocalError::NoRoute { .. } | LocalError::NoDefaultRoute { .. } => {
+                Status::SERVICE_NOT_FOUND
+            }
+            LocalError::NoHealthyEndpoint(_)
+            | LocalError::UpstreamFailed { .. }
+            | LocalError::ResponseTooLarge { .. } => Status::SERVER_ERROR,
+            LocalError::Overflow { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
+            LocalError::Timeout { .. } => Status::SERVER_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_messages() {
+        let e = LocalError::NoRoute {
+            interface: b"com.a.Svc",
+            version: b"1.0",
+            method: b"get",
+            group: b"-",
+            listener: "l",
+        };
+        assert_eq!(e.status(), Status::SERVICE_NOT_FOUND);
+        assert_eq!(
+            e.to_string(),
+            "no route for com.a.Svc:1.0 method get (group -) on listener l"
+        );
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let e = LocalError::Timeout { addr, waited_ms: 5 };
+        assert_eq!(e.status(), Status::SERVER_TIMEOUT);
+        assert_eq!(
+            e.to_string(),
+            "upstream 127.0.0.1:1 did not answer within 5 ms"
+        );
+        let e = LocalError::Overflow { addr, limit: 3 };
+        assert_eq!(e.status(), Status::SERVER_THREADPOOL_EXHAUSTED);
+    }
+}
