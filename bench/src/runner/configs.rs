@@ -95,8 +95,7 @@ pub fn ringside(with_dubbo: bool) -> String {
 
 /// ringside: the L4 listener and a Triple (gRPC) listener whose one route sends the bench
 /// service to a single-endpoint cluster over one HTTP/2 connection (as Envoy's HTTP/2 pool
-/// with one worker does). Until ringside has `protocol: triple`, `ringside validate` refuses it
-/// and the runner skips ringside for the gRPC scenarios.
+/// with one worker does).
 pub fn ringside_grpc() -> String {
     ringside_head()
         + &format!(
