@@ -109,10 +109,20 @@ impl ListenSockets {
                 b.name == l.name && b.address == l.address && b.transparent == l.transparent
             })
         };
+        // A listener replaced on an address this process already listens on (its old sockets
+        // drain meanwhile) is not someone else's: no probe for it.
+        let ours = |l: &config::Listener| {
+            guard.iter().flatten().any(|b| {
+                b.address.port() == l.address.port()
+                    && (b.address.ip() == l.address.ip()
+                        || b.address.ip().is_unspecified()
+                        || l.address.ip().is_unspecified())
+            })
+        };
         let mut out = Vec::new();
         // Virtual listeners (bind: false) have no socket.
         for l in listeners.iter().filter(|l| l.bind && !have(l)) {
-            out.push(bind_listener(l, shards, inherited)?);
+            out.push(bind_listener(l, shards, inherited, !ours(l))?);
         }
         Ok(out)
     }
@@ -676,7 +686,7 @@ fn bind_all(
     }
     let mut all = Vec::with_capacity(config.listeners.len());
     for l in config.listeners.iter().filter(|l| l.bind) {
-        all.push(bind_listener(l, shards, inherited)?);
+        all.push(bind_listener(l, shards, inherited, true)?);
     }
     #[allow(clippy::disallowed_types)]
     let inner = std::sync::Mutex::new(Some(all));
@@ -696,11 +706,13 @@ fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
 }
 
 /// One listener's sockets: a predecessor's (spread over the shards) when it handed some over,
-/// else one SO_REUSEPORT socket per shard.
+/// else one SO_REUSEPORT socket per shard. `probe`: first check that no other socket listens
+/// on the address ([`crate::io::check_port_free`]); false where this process holds one there.
 fn bind_listener(
     l: &config::Listener,
     shards: usize,
     inherited: &mut Inherited,
+    probe: bool,
 ) -> Result<BoundListener, RunError> {
     let listen_err = |source| RunError::Listen {
         listener: l.name.clone(),
@@ -719,7 +731,7 @@ fn bind_listener(
         });
     }
     let taken = inherited.take(&l.name);
-    if taken.is_empty() {
+    if taken.is_empty() && probe {
         crate::io::check_port_free(l.address, l.transparent).map_err(listen_err)?;
     } else {
         tracing::info!(listener = %l.name, sockets = taken.len(), "listening on the predecessor's sockets");
