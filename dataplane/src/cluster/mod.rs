@@ -13,7 +13,7 @@ use std::time::Duration;
 use shard::monoio::net::TcpStream;
 
 use crate::config::{self, LbPolicy};
-use crate::stats::{ShardStats, StatId};
+use crate::stats::{Kind, ShardStats, StatId, Stats};
 
 /// After a failed connect, an endpoint gets no new requests for this long (unless every
 /// endpoint of the cluster is down, when it is tried again at once).
@@ -46,6 +46,36 @@ pub struct UpstreamStatIds {
     pub cx_idle_timeout: StatId,
     /// Connections closed after missing `HEARTBEAT_MISSES_MAX` heartbeats.
     pub cx_heartbeat_timeout: StatId,
+}
+
+impl ClusterStatIds {
+    pub fn register(st: &Stats, cluster: &str) -> Self {
+        let t = [("cluster", cluster)];
+        let c = |name, kind| st.add("cluster", name, &t, kind);
+        ClusterStatIds {
+            cx_total: c("upstream_cx_total", Kind::Counter),
+            cx_active: c("upstream_cx_active", Kind::Gauge),
+            cx_connect_fail: c("upstream_cx_connect_fail", Kind::Counter),
+            cx_connect_timeout: c("upstream_cx_connect_timeout", Kind::Counter),
+        }
+    }
+}
+
+impl UpstreamStatIds {
+    pub fn register(st: &Stats, cluster: &str) -> Self {
+        let t = [("cluster", cluster)];
+        let c = |name, kind| st.add("cluster", name, &t, kind);
+        UpstreamStatIds {
+            rq_total: c("upstream_rq_total", Kind::Counter),
+            rq_timeout: c("upstream_rq_timeout", Kind::Counter),
+            rq_failure: c("upstream_rq_failure", Kind::Counter),
+            rq_overflow: c("upstream_rq_overflow", Kind::Counter),
+            rq_active: c("upstream_rq_active", Kind::Gauge),
+            rsp_too_large: c("upstream_rsp_too_large", Kind::Counter),
+            cx_idle_timeout: c("upstream_cx_idle_timeout", Kind::Counter),
+            cx_heartbeat_timeout: c("upstream_cx_heartbeat_timeout", Kind::Counter),
+        }
+    }
 }
 
 /// One endpoint of a cluster and its stat ids (all the sink when `stats.per_host` is off).

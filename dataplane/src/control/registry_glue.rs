@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::server::Shared;
+use super::server::{ApplyError, Shared};
 use crate::config::{self, Config};
 use crate::stats::Kind;
 
@@ -71,7 +71,7 @@ impl Composer {
         &self,
         config: Config,
         versions: BTreeMap<String, String>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         self.update(|s| {
             s.base = config;
             s.reindex();
@@ -87,7 +87,7 @@ impl Composer {
         &self,
         changed: Vec<xds::ClusterEndpoints>,
         versions: BTreeMap<String, String>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut at = Vec::with_capacity(changed.len());
         for c in &changed {
@@ -95,13 +95,8 @@ impl Composer {
                 Some(&i) if state.base.clusters[i].kind != config::ClusterType::Zookeeper => {
                     at.push(i)
                 }
-                Some(_) => {
-                    return Err(format!(
-                        "cluster {:?} takes its endpoints from the registry, not from EDS",
-                        c.cluster
-                    ))
-                }
-                None => return Err(format!("EDS for unknown cluster {:?}", c.cluster)),
+                Some(_) => return Err(ApplyError::EdsForRegistryCluster(c.cluster.clone())),
+                None => return Err(ApplyError::EdsUnknownCluster(c.cluster.clone())),
             }
         }
         let version = self
@@ -116,13 +111,13 @@ impl Composer {
     }
 
     /// A new provider map from the registry.
-    pub fn apply_providers(&self, providers: Arc<registry::Providers>) -> Result<u64, String> {
+    pub fn apply_providers(&self, providers: Arc<registry::Providers>) -> Result<u64, ApplyError> {
         self.update(|s| s.providers = providers)
     }
 
     /// Applies the sources as `change` leaves them; keeps the change only if the shards took it
     /// (a refused xDS snapshot must not come back with the next registry change).
-    fn update(&self, change: impl FnOnce(&mut Sources)) -> Result<u64, String> {
+    fn update(&self, change: impl FnOnce(&mut Sources)) -> Result<u64, ApplyError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = state.clone();
         change(&mut next);
@@ -225,7 +220,7 @@ pub fn start(
             providers.len(),
             providers.values().map(Vec::len).sum::<usize>(),
         );
-        let version = c.apply_providers(providers)?;
+        let version = c.apply_providers(providers).map_err(|e| e.to_string())?;
         tracing::info!(version, interfaces, endpoints, "registry providers applied");
         if complete {
             s.registry_ready.store(true, Ordering::Release);

@@ -109,10 +109,20 @@ impl ListenSockets {
                 b.name == l.name && b.address == l.address && b.transparent == l.transparent
             })
         };
+        // A listener replaced on an address this process already listens on (its old sockets
+        // drain meanwhile) is not someone else's: no probe for it.
+        let ours = |l: &config::Listener| {
+            guard.iter().flatten().any(|b| {
+                b.address.port() == l.address.port()
+                    && (b.address.ip() == l.address.ip()
+                        || b.address.ip().is_unspecified()
+                        || l.address.ip().is_unspecified())
+            })
+        };
         let mut out = Vec::new();
         // Virtual listeners (bind: false) have no socket.
         for l in listeners.iter().filter(|l| l.bind && !have(l)) {
-            out.push(bind_listener(l, shards, inherited)?);
+            out.push(bind_listener(l, shards, inherited, !ours(l))?);
         }
         Ok(out)
     }
@@ -326,7 +336,7 @@ impl Shared {
         &self,
         config: Config,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         self.record(|| self.apply_inner(config, xds_versions))
     }
 
@@ -338,12 +348,12 @@ impl Shared {
         &self,
         changed: &[xds::ClusterEndpoints],
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         self.record(|| self.apply_endpoints_inner(changed, xds_versions))
     }
 
     /// Counts an update's outcome and its time.
-    fn record(&self, apply: impl FnOnce() -> Result<u64, String>) -> Result<u64, String> {
+    fn record(&self, apply: impl FnOnce() -> Result<u64, ApplyError>) -> Result<u64, ApplyError> {
         let started = Instant::now();
         let result = apply();
         let shard0 = self.stats.shard(0);
@@ -367,7 +377,7 @@ impl Shared {
         &self,
         changed: &[xds::ClusterEndpoints],
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
         let mut clusters: Vec<(usize, config::Cluster)> = Vec::with_capacity(changed.len());
@@ -382,7 +392,7 @@ impl Shared {
                         .get(i)
                         .is_some_and(|x| x.name == c.cluster)
                 })
-                .ok_or_else(|| format!("endpoints for unknown cluster {:?}", c.cluster))?;
+                .ok_or_else(|| ApplyError::UnknownCluster(c.cluster.clone()))?;
             let old = &current.config.clusters[i];
             if old.endpoints == c.endpoints && old.endpoint_metadata == c.metadata {
                 continue;
@@ -397,17 +407,12 @@ impl Shared {
             };
             let problems = one.validate_as(config::Source::Dynamic);
             if !problems.is_empty() {
-                return Err(problems
-                    .iter()
-                    .map(|(f, m)| {
-                        format!(
-                            "cluster {:?}: {}: {m}",
-                            c.cluster,
-                            f.replace("clusters[0].", "")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; "));
+                let field = |f: String| {
+                    format!("cluster {:?}: {}", c.cluster, f.replace("clusters[0].", ""))
+                };
+                return Err(ApplyError::Invalid(
+                    problems.into_iter().map(|(f, m)| (field(f), m)).collect(),
+                ));
             }
             // A cluster named twice in one change: the last one wins.
             clusters.retain(|(j, _)| *j != i);
@@ -429,12 +434,12 @@ impl Shared {
     }
 
     /// Refuses updates before the shards run and while draining.
-    fn ready_for_update(&self, u: &Updates) -> Result<(), String> {
+    fn ready_for_update(&self, u: &Updates) -> Result<(), ApplyError> {
         if u.inboxes.len() != self.shard_count {
-            return Err("the shards are not running yet".into());
+            return Err(ApplyError::NotRunning);
         }
         if self.lifecycle.state() == State::Draining {
-            return Err("draining: config updates are no longer applied".into());
+            return Err(ApplyError::Draining);
         }
         Ok(())
     }
@@ -443,19 +448,18 @@ impl Shared {
         &self,
         config: Config,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         let started = Instant::now();
         let problems = config.validate_as(config::Source::Dynamic);
         if !problems.is_empty() {
-            return Err(problems
-                .iter()
-                .map(|(f, m)| format!("{f}: {m}"))
-                .collect::<Vec<_>>()
-                .join("; "));
+            return Err(ApplyError::Invalid(problems));
         }
         // Routes compile here first, so that a shard never meets a route it cannot build.
         for l in &config.listeners {
-            let bad = |e: crate::route::RouteError| format!("listener {:?}: routes: {e}", l.name);
+            let bad = |source| ApplyError::Routes {
+                listener: l.name.clone(),
+                source,
+            };
             match l.protocol {
                 config::Protocol::Dubbo => {
                     crate::filter::dubbo::router::compile(l, &config.clusters).map_err(bad)?;
@@ -478,8 +482,7 @@ impl Shared {
         self.ready_for_update(&u)?;
         let bound = self
             .sockets
-            .bind_new(&config.listeners, self.shard_count, &mut u.inherited)
-            .map_err(|e| e.to_string())?;
+            .bind_new(&config.listeners, self.shard_count, &mut u.inherited)?;
         let keep = config.listeners.clone();
         let clusters = config.clusters.len();
         let building = Instant::now();
@@ -532,7 +535,7 @@ impl Shared {
         u: &mut Updates,
         snapshot: Arc<Snapshot>,
         drains: Arc<[Arc<worker::DrainReport>]>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ApplyError> {
         let version = snapshot.version;
         let done = Arc::new(AtomicUsize::new(0));
         for inbox in &u.inboxes {
@@ -549,18 +552,17 @@ impl Shared {
                         msg = message;
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    Err(e) => return Err(format!("a shard did not take the update: {e}")),
+                    Err(e) => return Err(ApplyError::ShardRefused(e.to_string())),
                 }
             }
         }
         let deadline = Instant::now() + APPLY_TIMEOUT;
         while done.load(Ordering::Acquire) < u.inboxes.len() {
             if Instant::now() > deadline {
-                return Err(format!(
-                    "only {} of {} shards applied the update within {APPLY_TIMEOUT:?}",
-                    done.load(Ordering::Acquire),
-                    u.inboxes.len()
-                ));
+                return Err(ApplyError::ShardsSlow {
+                    applied: done.load(Ordering::Acquire),
+                    shards: u.inboxes.len(),
+                });
             }
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -583,6 +585,39 @@ pub struct Overrides {
     pub shards: Option<usize>,
     pub io: Option<config::IoMode>,
     pub poll_mode: Option<config::PollMode>,
+}
+
+/// Why a config update was refused; the running config is then unchanged (xDS NACKs with the
+/// text).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Validation problems, each `field: message`.
+    #[error("{}", .0.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<(String, String)>),
+    #[error("listener {listener:?}: routes: {source}")]
+    Routes {
+        listener: String,
+        source: crate::route::RouteError,
+    },
+    /// Endpoints for a cluster the running config does not have.
+    #[error("endpoints for unknown cluster {0:?}")]
+    UnknownCluster(String),
+    /// EDS for a cluster the composer does not know.
+    #[error("EDS for unknown cluster {0:?}")]
+    EdsUnknownCluster(String),
+    #[error("cluster {0:?} takes its endpoints from the registry, not from EDS")]
+    EdsForRegistryCluster(String),
+    #[error("the shards are not running yet")]
+    NotRunning,
+    #[error("draining: config updates are no longer applied")]
+    Draining,
+    /// A new listener's socket.
+    #[error(transparent)]
+    Bind(#[from] RunError),
+    #[error("a shard did not take the update: {0}")]
+    ShardRefused(String),
+    #[error("only {applied} of {shards} shards applied the update within {APPLY_TIMEOUT:?}")]
+    ShardsSlow { applied: usize, shards: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -651,7 +686,7 @@ fn bind_all(
     }
     let mut all = Vec::with_capacity(config.listeners.len());
     for l in config.listeners.iter().filter(|l| l.bind) {
-        all.push(bind_listener(l, shards, inherited)?);
+        all.push(bind_listener(l, shards, inherited, true)?);
     }
     #[allow(clippy::disallowed_types)]
     let inner = std::sync::Mutex::new(Some(all));
@@ -671,11 +706,13 @@ fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
 }
 
 /// One listener's sockets: a predecessor's (spread over the shards) when it handed some over,
-/// else one SO_REUSEPORT socket per shard.
+/// else one SO_REUSEPORT socket per shard. `probe`: first check that no other socket listens
+/// on the address ([`crate::io::check_port_free`]); false where this process holds one there.
 fn bind_listener(
     l: &config::Listener,
     shards: usize,
     inherited: &mut Inherited,
+    probe: bool,
 ) -> Result<BoundListener, RunError> {
     let listen_err = |source| RunError::Listen {
         listener: l.name.clone(),
@@ -694,7 +731,7 @@ fn bind_listener(
         });
     }
     let taken = inherited.take(&l.name);
-    if taken.is_empty() {
+    if taken.is_empty() && probe {
         crate::io::check_port_free(l.address, l.transparent).map_err(listen_err)?;
     } else {
         tracing::info!(listener = %l.name, sockets = taken.len(), "listening on the predecessor's sockets");
@@ -959,5 +996,30 @@ impl Server {
             let _ = h.thread.join();
         }
         tracing::info!("drained; exiting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_errors_say_what_was_refused() {
+        let e = ApplyError::Invalid(vec![
+            ("clusters[0].name".into(), "empty".into()),
+            ("listeners[1].address".into(), "port 0".into()),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "clusters[0].name: empty; listeners[1].address: port 0"
+        );
+        let e = ApplyError::ShardsSlow {
+            applied: 1,
+            shards: 2,
+        };
+        assert_eq!(
+            e.to_string(),
+            "only 1 of 2 shards applied the update within 10s"
+        );
     }
 }

@@ -41,13 +41,15 @@ pub fn start(
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
         // The registry's endpoints (if any) are filled in by the composer.
-        let (version, changed) = match u.change {
-            xds::Change::Full(config) => (composer.apply_xds(*config, versions)?, None),
+        let (applied, changed) = match u.change {
+            xds::Change::Full(config) => (composer.apply_xds(*config, versions), None),
             xds::Change::Endpoints(changed) => {
                 let n = changed.len();
-                (composer.apply_xds_endpoints(changed, versions)?, Some(n))
+                (composer.apply_xds_endpoints(changed, versions), Some(n))
             }
         };
+        // The NACK's error_detail is the refusal's text.
+        let version = applied.map_err(|e| e.to_string())?;
         match changed {
             None => {
                 tracing::info!(version, lds = %v.lds, rds = %v.rds, cds = %v.cds, eds = %v.eds, "xds snapshot applied")

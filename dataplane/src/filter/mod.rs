@@ -127,6 +127,38 @@ pub struct ListenerStatIds {
     pub cx_drain_timeout: StatId,
 }
 
+impl ListenerStatIds {
+    pub fn register(st: &Stats, l: &crate::config::Listener) -> Self {
+        use Kind::{Counter, Gauge};
+        let t = [("listener", l.name.as_str())];
+        let detected = |name: &str| {
+            if l.original_destination {
+                st.add("listener", name, &t, Counter)
+            } else {
+                crate::stats::SINK
+            }
+        };
+        ListenerStatIds {
+            cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
+            cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
+            cx_overflow: st.add("listener", "downstream_cx_overflow", &t, Counter),
+            cx_idle_timeout: st.add("listener", "downstream_cx_idle_timeout", &t, Counter),
+            bytes_rx: st.add("listener", "downstream_bytes_rx_total", &t, Counter),
+            bytes_tx: st.add("listener", "downstream_bytes_tx_total", &t, Counter),
+            detected_dubbo: detected("downstream_protocol_dubbo"),
+            detected_http2: detected("downstream_protocol_http2"),
+            detected_other: detected("downstream_protocol_other"),
+            cx_handed_off: if l.virtual_listeners.is_empty() {
+                crate::stats::SINK
+            } else {
+                st.add("listener", "downstream_cx_handed_off", &t, Counter)
+            },
+            cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
+            cx_drain_timeout: st.add("listener", "downstream_cx_drain_timeout", &t, Counter),
+        }
+    }
+}
+
 /// Request and response counters of one route, or of one service and method (Dubbo
 /// interface and method, Triple service and method).
 #[derive(Clone, Copy, Debug)]

@@ -9,7 +9,7 @@ use crate::config::{self, Config};
 use crate::filter::dubbo::downstream::DubboStatIds;
 use crate::filter::triple::{TripleStatIds, UpstreamH2StatIds};
 use crate::filter::{ListenerStatIds, RequestStatIds};
-use crate::stats::{Kind, StatId, Stats};
+use crate::stats::{StatId, Stats};
 
 /// One shard's poll-loop counters, copied from the shard's `PollStats` by the shard itself
 /// every `POLL_STATS_PUBLISH`: each shard writes only its own, tagged `shard=N`.
@@ -125,6 +125,40 @@ fn host_stat_ids(st: &Stats, cluster: &str, addr: std::net::SocketAddr) -> HostS
     }
 }
 
+/// The request counters of each route of listener `l` (config order, then its default route),
+/// named by the route's `name` or `routes[i]`.
+fn route_stat_ids(st: &Stats, l: &config::Listener) -> Vec<RequestStatIds> {
+    let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
+        config::Protocol::Dubbo => (
+            l.dubbo
+                .iter()
+                .flat_map(|d| &d.routes)
+                .map(|r| r.name.clone())
+                .collect(),
+            "dubbo_route",
+        ),
+        config::Protocol::Triple => (
+            l.triple
+                .iter()
+                .flat_map(|t| &t.routes)
+                .map(|r| r.name.clone())
+                .collect(),
+            "triple_route",
+        ),
+        config::Protocol::Tcp => return Vec::new(),
+    };
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| n.unwrap_or_else(|| format!("routes[{i}]")))
+        .chain(std::iter::once("default".to_string()))
+        .map(|route| {
+            let t = [("listener", l.name.as_str()), ("route", route.as_str())];
+            RequestStatIds::register(st, scope, &t)
+        })
+        .collect()
+}
+
 impl Builder {
     /// The snapshot of `config` (validated by the caller); registers the stats it names.
     pub fn build(
@@ -133,7 +167,6 @@ impl Builder {
         st: &Stats,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
     ) -> Snapshot {
-        use Kind::{Counter, Gauge};
         self.version += 1;
         // A set of the new names: `retain` with a scan of config.clusters per kept cluster was
         // O(clusters²) (10,000 clusters: ~10^8 name comparisons on every update, EDS ones too).
@@ -147,37 +180,12 @@ impl Builder {
         let mut endpoints = Vec::with_capacity(config.clusters.len());
         for (index, c) in config.clusters.iter().enumerate() {
             let state = self.clusters.entry(c.name.clone()).or_insert_with(|| {
-                let t = [("cluster", c.name.as_str())];
                 self.next_generation += 1;
                 ClusterState {
                     index,
-                    ids: ClusterStatIds {
-                        cx_total: st.add("cluster", "upstream_cx_total", &t, Counter),
-                        cx_active: st.add("cluster", "upstream_cx_active", &t, Gauge),
-                        cx_connect_fail: st.add("cluster", "upstream_cx_connect_fail", &t, Counter),
-                        cx_connect_timeout: st.add(
-                            "cluster",
-                            "upstream_cx_connect_timeout",
-                            &t,
-                            Counter,
-                        ),
-                    },
-                    upstream: UpstreamStatIds {
-                        rq_total: st.add("cluster", "upstream_rq_total", &t, Counter),
-                        rq_timeout: st.add("cluster", "upstream_rq_timeout", &t, Counter),
-                        rq_failure: st.add("cluster", "upstream_rq_failure", &t, Counter),
-                        rq_overflow: st.add("cluster", "upstream_rq_overflow", &t, Counter),
-                        rq_active: st.add("cluster", "upstream_rq_active", &t, Gauge),
-                        rsp_too_large: st.add("cluster", "upstream_rsp_too_large", &t, Counter),
-                        cx_idle_timeout: st.add("cluster", "upstream_cx_idle_timeout", &t, Counter),
-                        cx_heartbeat_timeout: st.add(
-                            "cluster",
-                            "upstream_cx_heartbeat_timeout",
-                            &t,
-                            Counter,
-                        ),
-                    },
-                    upstream_h2: UpstreamH2StatIds::register(st, &t),
+                    ids: ClusterStatIds::register(st, &c.name),
+                    upstream: UpstreamStatIds::register(st, &c.name),
+                    upstream_h2: UpstreamH2StatIds::register(st, &[("cluster", &c.name)]),
                     published: Arc::new(Endpoints::empty(self.next_generation)),
                 }
             });
@@ -191,152 +199,26 @@ impl Builder {
         let listener_ids = config
             .listeners
             .iter()
-            .map(|l| {
-                let t = [("listener", l.name.as_str())];
-                let detected = |name: &str| {
-                    if l.original_destination {
-                        st.add("listener", name, &t, Counter)
-                    } else {
-                        crate::stats::SINK
-                    }
-                };
-                ListenerStatIds {
-                    cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
-                    cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
-                    cx_overflow: st.add("listener", "downstream_cx_overflow", &t, Counter),
-                    cx_idle_timeout: st.add("listener", "downstream_cx_idle_timeout", &t, Counter),
-                    bytes_rx: st.add("listener", "downstream_bytes_rx_total", &t, Counter),
-                    bytes_tx: st.add("listener", "downstream_bytes_tx_total", &t, Counter),
-                    detected_dubbo: detected("downstream_protocol_dubbo"),
-                    detected_http2: detected("downstream_protocol_http2"),
-                    detected_other: detected("downstream_protocol_other"),
-                    cx_handed_off: if l.virtual_listeners.is_empty() {
-                        crate::stats::SINK
-                    } else {
-                        st.add("listener", "downstream_cx_handed_off", &t, Counter)
-                    },
-                    cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
-                    cx_drain_timeout: st.add(
-                        "listener",
-                        "downstream_cx_drain_timeout",
-                        &t,
-                        Counter,
-                    ),
-                }
-            })
+            .map(|l| ListenerStatIds::register(st, l))
             .collect();
         let dubbo_ids = config
             .listeners
             .iter()
             .map(|l| {
-                if l.protocol != config::Protocol::Dubbo {
-                    return None;
-                }
-                let t = [("listener", l.name.as_str())];
-                let c = |name| st.add("listener", name, &t, Counter);
-                let other = [
-                    ("listener", l.name.as_str()),
-                    ("interface", "other"),
-                    ("method", "other"),
-                ];
-                Some(DubboStatIds {
-                    rq_total: c("dubbo_rq_total"),
-                    rq_oneway: c("dubbo_rq_oneway"),
-                    rq_heartbeat: c("dubbo_rq_heartbeat"),
-                    rq_opaque: c("dubbo_rq_opaque"),
-                    rq_no_route: c("dubbo_rq_no_route"),
-                    rq_bad: c("dubbo_rq_bad"),
-                    rq_overflow: c("dubbo_rq_overflow"),
-                    rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
-                    rsp_ok: c("dubbo_rsp_ok"),
-                    rsp_error: c("dubbo_rsp_error"),
-                    rsp_local: c("dubbo_rsp_local"),
-                    cx_first_frame_timeout: c("dubbo_cx_first_frame_timeout"),
-                    cx_heartbeat_timeout: c("dubbo_cx_heartbeat_timeout"),
-                    cx_idle_timeout: c("dubbo_cx_idle_timeout"),
-                    cx_output_full: c("dubbo_cx_output_full"),
-                    rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
-                    other_service: RequestStatIds::register(st, "dubbo_service", &other),
-                })
+                (l.protocol == config::Protocol::Dubbo).then(|| DubboStatIds::register(st, &l.name))
             })
             .collect();
         let route_ids = config
             .listeners
             .iter()
-            .map(|l| {
-                let (names, scope): (Vec<Option<String>>, _) = match l.protocol {
-                    config::Protocol::Dubbo => (
-                        l.dubbo
-                            .iter()
-                            .flat_map(|d| &d.routes)
-                            .map(|r| r.name.clone())
-                            .collect(),
-                        "dubbo_route",
-                    ),
-                    config::Protocol::Triple => (
-                        l.triple
-                            .iter()
-                            .flat_map(|t| &t.routes)
-                            .map(|r| r.name.clone())
-                            .collect(),
-                        "triple_route",
-                    ),
-                    config::Protocol::Tcp => return Vec::new(),
-                };
-                names
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, n)| n.unwrap_or_else(|| format!("routes[{i}]")))
-                    .chain(std::iter::once("default".to_string()))
-                    .map(|route| {
-                        let t = [("listener", l.name.as_str()), ("route", route.as_str())];
-                        RequestStatIds::register(st, scope, &t)
-                    })
-                    .collect()
-            })
+            .map(|l| route_stat_ids(st, l))
             .collect();
         let triple_ids = config
             .listeners
             .iter()
             .map(|l| {
-                if l.protocol != config::Protocol::Triple {
-                    return None;
-                }
-                let t = [("listener", l.name.as_str())];
-                let c = |name| st.add("listener", name, &t, Counter);
-                let other = [
-                    ("listener", l.name.as_str()),
-                    ("service", "other"),
-                    ("method", "other"),
-                ];
-                let rsp_status = std::array::from_fn(|i| {
-                    let code = if i + 1 == crate::filter::triple::GRPC_STATUS_COUNTED {
-                        "other".to_string()
-                    } else {
-                        i.to_string()
-                    };
-                    let t = [
-                        ("listener", l.name.as_str()),
-                        ("grpc_status", code.as_str()),
-                    ];
-                    st.add("listener", "triple_rsp_total", &t, Counter)
-                });
-                Some(TripleStatIds {
-                    rq_total: c("triple_rq_total"),
-                    rq_no_route: c("triple_rq_no_route"),
-                    rq_refused: c("triple_rq_refused"),
-                    rq_bad: c("triple_rq_bad"),
-                    rq_too_large: c("triple_rq_too_large"),
-                    rq_timeout: c("triple_rq_timeout"),
-                    rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
-                    rsp_local: c("triple_rsp_local"),
-                    rsp_status,
-                    protocol_error: c("triple_protocol_error"),
-                    rst_flood: c("triple_rst_flood"),
-                    hardening: crate::filter::triple::HardeningStatIds::register(st, &t),
-                    rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
-                    other_service: RequestStatIds::register(st, "triple_service", &other),
-                })
+                (l.protocol == config::Protocol::Triple)
+                    .then(|| TripleStatIds::register(st, &l.name))
             })
             .collect();
         Snapshot {

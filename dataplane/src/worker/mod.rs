@@ -232,6 +232,17 @@ impl ShardState {
                 return;
             }
         }
+        let reindexed = self.apply_clusters(&snap);
+        self.apply_listeners(&snap, reindexed, drains);
+        self.link_virtuals();
+        self.snapshot = snap;
+    }
+
+    /// The clusters of `snap`: kept (endpoint changes applied in place) when their settings
+    /// and endpoint generation are the same, else new pools while the old ones retire. Returns
+    /// whether the listeners' routes must be rebuilt (they hold cluster indices): a cluster
+    /// came, went, moved or got new pools.
+    fn apply_clusters(&mut self, snap: &Snapshot) -> bool {
         let config = &snap.config;
         let needs_triple = config
             .listeners
@@ -289,7 +300,7 @@ impl ShardState {
             replaced = true;
         }
         // Routes hold cluster indices: rebuild them all when any cluster came, went or moved.
-        let reindexed = replaced
+        replaced
             || self.snapshot.config.clusters.len() != config.clusters.len()
             || self
                 .snapshot
@@ -297,8 +308,19 @@ impl ShardState {
                 .clusters
                 .iter()
                 .zip(&config.clusters)
-                .any(|(a, b)| a.name != b.name);
+                .any(|(a, b)| a.name != b.name)
+    }
 
+    /// The listeners of `snap`: one that keeps its socket and protocol keeps its connections
+    /// (new settings give new connections a new context; new routes are swapped in); new
+    /// listeners start accepting; removed or replaced ones stop and their connections drain.
+    fn apply_listeners(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        reindexed: bool,
+        drains: &[Arc<DrainReport>],
+    ) {
+        let config = &snap.config;
         let mut old = std::mem::take(&mut self.listeners);
         for (index, l) in config.listeners.iter().enumerate() {
             let prev = old
@@ -351,8 +373,6 @@ impl ShardState {
         for gone in old {
             self.drain_gone(gone, drains);
         }
-        self.link_virtuals();
-        self.snapshot = snap;
     }
 
     /// A listener the update removed or replaced: it stops accepting and its connections drain

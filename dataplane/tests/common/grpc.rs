@@ -206,6 +206,9 @@ pub struct CallOpts {
     pub metadata: Vec<(String, String)>,
     /// The service part of `:path` (default helloworld.Greeter).
     pub service: Option<String>,
+    /// grpcio only: gRPC's transparent retries of calls the server never saw (calls queued on
+    /// a connection when a GOAWAY arrives; RFC 9113 6.8 streams above the last stream id).
+    pub transparent_retries: bool,
 }
 
 impl Default for CallOpts {
@@ -217,6 +220,7 @@ impl Default for CallOpts {
             timeout_s: 5.0,
             metadata: Vec::new(),
             service: None,
+            transparent_retries: false,
         }
     }
 }
@@ -246,6 +250,10 @@ impl CallOpts {
     }
     pub fn service(mut self, s: &str) -> Self {
         self.service = Some(s.into());
+        self
+    }
+    pub fn transparent_retries(mut self) -> Self {
+        self.transparent_retries = true;
         self
     }
 }
@@ -300,6 +308,9 @@ pub fn peer_call(peer: Peer, target: SocketAddr, opts: &CallOpts) -> CallOutcome
     }
     if let Some(s) = &opts.service {
         cmd.args(["--service", s]);
+    }
+    if opts.transparent_retries {
+        cmd.arg("--transparent-retries");
     }
     let within = Duration::from_secs_f64(opts.timeout_s * opts.count.max(1) as f64 + 30.0);
     let out = run_with_deadline(cmd, within);

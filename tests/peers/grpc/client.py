@@ -4,7 +4,7 @@ tests.
 
 Usage: python client.py --target host:port [--call unary|server_stream|client_stream|bidi]
        [--count N] [--payload-bytes B] [--timeout-s T] [--metadata k=v]... [--name NAME]
-       [--service helloworld.Greeter]
+       [--service helloworld.Greeter] [--transparent-retries]
 --count: unary: N calls one after another on one channel (stops at the first failure);
 server_stream: N replies asked for; client_stream and bidi: N requests sent.
 Prints one JSON line:
@@ -33,7 +33,10 @@ def main():
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.enable_retries", 0),
+            # Off: a call ringside fails must fail here, not be retried away. With
+            # --transparent-retries only calls the server never saw are retried (grpc-core
+            # transparent retries: no retry policy is configured).
+            ("grpc.enable_retries", 1 if a.transparent_retries else 0),
         ],
     )
     ser = pb2.HelloRequest.SerializeToString

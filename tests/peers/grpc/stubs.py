@@ -68,6 +68,9 @@ def client_args():
     p.add_argument("--name", default="ringside")
     p.add_argument("--service", default="helloworld.Greeter",
                    help="the service part of :path (another name tests an unknown service)")
+    p.add_argument("--transparent-retries", action="store_true",
+                   help="grpcio only: keep gRPC's transparent retries of calls the server never "
+                        "saw (off by default, so that every failure ringside causes shows)")
     a = p.parse_args()
     metadata = []
     for kv in a.metadata:

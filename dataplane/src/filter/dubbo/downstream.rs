@@ -31,7 +31,7 @@ use super::router::Router;
 use super::upstream::{ClusterPool, ForwardError};
 use super::wire;
 use crate::route::Action;
-use crate::stats::{HistId, ShardStats, StatId};
+use crate::stats::{HistId, Kind, ShardStats, StatId, Stats};
 
 /// What one queued answer costs beyond its bytes (its queue slot and allocation), counted
 /// against `output_bytes_max` so a flood of tiny answers (heartbeats) is bounded in memory too.
@@ -67,6 +67,37 @@ pub struct DubboStatIds {
     pub rq_time: HistId,
     /// Where interfaces/methods beyond `stats.dubbo_services_max` are counted.
     pub other_service: RequestStatIds,
+}
+
+impl DubboStatIds {
+    pub fn register(st: &Stats, listener: &str) -> Self {
+        let t = [("listener", listener)];
+        let c = |name| st.add("listener", name, &t, Kind::Counter);
+        let other = [
+            ("listener", listener),
+            ("interface", "other"),
+            ("method", "other"),
+        ];
+        DubboStatIds {
+            rq_total: c("dubbo_rq_total"),
+            rq_oneway: c("dubbo_rq_oneway"),
+            rq_heartbeat: c("dubbo_rq_heartbeat"),
+            rq_opaque: c("dubbo_rq_opaque"),
+            rq_no_route: c("dubbo_rq_no_route"),
+            rq_bad: c("dubbo_rq_bad"),
+            rq_overflow: c("dubbo_rq_overflow"),
+            rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
+            rsp_ok: c("dubbo_rsp_ok"),
+            rsp_error: c("dubbo_rsp_error"),
+            rsp_local: c("dubbo_rsp_local"),
+            cx_first_frame_timeout: c("dubbo_cx_first_frame_timeout"),
+            cx_heartbeat_timeout: c("dubbo_cx_heartbeat_timeout"),
+            cx_idle_timeout: c("dubbo_cx_idle_timeout"),
+            cx_output_full: c("dubbo_cx_output_full"),
+            rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
+            other_service: RequestStatIds::register(st, "dubbo_service", &other),
+        }
+    }
 }
 
 /// A Dubbo listener's routes on one shard.

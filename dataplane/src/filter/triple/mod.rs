@@ -21,7 +21,7 @@ use crate::cluster::{Availability, ShardCluster, UpstreamStatIds, ENDPOINT_FAILU
 use crate::config;
 use crate::filter::{RequestStatIds, ServiceStatsMap};
 use crate::route::Dice;
-use crate::stats::{HistId, ShardStats, StatId};
+use crate::stats::{HistId, Kind, ShardStats, StatId, Stats};
 
 /// gRPC status codes counted one by one (0..=16); others count as 17 (`other`).
 pub const GRPC_STATUS_COUNTED: usize = 18;
@@ -76,6 +76,43 @@ pub struct TripleStatIds {
     pub hardening: HardeningStatIds,
     pub rq_time: HistId,
     pub other_service: RequestStatIds,
+}
+
+impl TripleStatIds {
+    pub fn register(st: &Stats, listener: &str) -> Self {
+        let t = [("listener", listener)];
+        let c = |name| st.add("listener", name, &t, Kind::Counter);
+        let other = [
+            ("listener", listener),
+            ("service", "other"),
+            ("method", "other"),
+        ];
+        let rsp_status = std::array::from_fn(|i| {
+            let code = if i + 1 == GRPC_STATUS_COUNTED {
+                "other".to_string()
+            } else {
+                i.to_string()
+            };
+            let t = [("listener", listener), ("grpc_status", code.as_str())];
+            st.add("listener", "triple_rsp_total", &t, Kind::Counter)
+        });
+        TripleStatIds {
+            rq_total: c("triple_rq_total"),
+            rq_no_route: c("triple_rq_no_route"),
+            rq_refused: c("triple_rq_refused"),
+            rq_bad: c("triple_rq_bad"),
+            rq_too_large: c("triple_rq_too_large"),
+            rq_timeout: c("triple_rq_timeout"),
+            rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
+            rsp_local: c("triple_rsp_local"),
+            rsp_status,
+            protocol_error: c("triple_protocol_error"),
+            rst_flood: c("triple_rst_flood"),
+            hardening: HardeningStatIds::register(st, &t),
+            rq_time: st.add_histogram("listener", "triple_rq_time_us", &t),
+            other_service: RequestStatIds::register(st, "triple_service", &other),
+        }
+    }
 }
 
 /// Caller connections and streams ringside sheds (issue 20), per listener.
