@@ -107,6 +107,63 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa:
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: E402,F401
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: E402,F401,E501
 from xds.type.matcher.v3 import matcher_pb2 as _xm  # noqa: E402,F401
+# What istiod sends a sidecar (dataplane/tests/fixtures/istio): the filters Envoy has, TLS,
+# TypedStruct wrappers, and (below) the Istio-only messages that only istio-proxy builds know.
+from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: E402,F401
+from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: E402,F401
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as _gs  # noqa: E402,F401
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: E402,F401
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2  # noqa: E402,F401
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: E402,F401,E501
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: E402,F401,E501
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: E402,F401,E501
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as _nr  # noqa: E402,F401
+from envoy.extensions.request_id.uuid.v3 import uuid_pb2  # noqa: E402,F401
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402,F401,E501
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: E402,F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: E402,F401
+from udpa.type.v1 import typed_struct_pb2  # noqa: E402,F401
+from xds.type.v3 import typed_struct_pb2 as _ts3  # noqa: E402,F401
+
+
+def _istio_only_messages():
+    """Adds to the default pool the Istio-only messages istiod puts in typed_config (they live
+    in istio/api and istio/proxy, not in xds-protos), with the fields the fixtures use. Their
+    field numbers follow those protos as far as the fixtures need; neither ringside nor the
+    Envoy oracle (which gets them removed) decodes them."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    T = descriptor_pb2.FieldDescriptorProto
+    files = [
+        ("istio_only/stats.proto", "stats", [("PluginConfig", [
+            ("disable_host_header_fallback", 8, T.TYPE_BOOL, T.LABEL_OPTIONAL, None)])]),
+        ("istio_only/metadata_exchange.proto", "envoy.tcp.metadataexchange.config", [
+            ("MetadataExchange", [("protocol", 1, T.TYPE_STRING, T.LABEL_OPTIONAL, None),
+                                  ("enable_discovery", 2, T.TYPE_BOOL, T.LABEL_OPTIONAL, None)])]),
+        ("istio_only/alpn.proto", "istio.envoy.config.filter.http.alpn.v2alpha1", [
+            ("FilterConfig", [("alpn_override", 1, T.TYPE_MESSAGE, T.LABEL_REPEATED,
+                               ".istio.envoy.config.filter.http.alpn.v2alpha1.AlpnOverride")]),
+            ("AlpnOverride", [("upstream_protocol", 1, T.TYPE_ENUM, T.LABEL_OPTIONAL,
+                               ".istio.envoy.config.filter.http.alpn.v2alpha1.Protocol"),
+                              ("alpn_override", 2, T.TYPE_STRING, T.LABEL_REPEATED, None)])]),
+    ]
+    pool = descriptor_pool.Default()
+    for fname, package, messages in files:
+        fd = descriptor_pb2.FileDescriptorProto(name=fname, package=package, syntax="proto3")
+        if package.endswith("alpn.v2alpha1"):
+            e = fd.enum_type.add(name="Protocol")
+            for i, n in enumerate(["HTTP10", "HTTP11", "HTTP2"]):
+                e.value.add(name=n, number=i)
+        for mname, fields in messages:
+            m = fd.message_type.add(name=mname)
+            for n, num, ty, label, tname in fields:
+                f = m.field.add(name=n, number=num, type=ty, label=label, json_name=None)
+                f.ClearField("json_name")
+                if tname:
+                    f.type_name = tname
+        pool.AddSerializedFile(fd.SerializeToString())
+
+
+_istio_only_messages()
 
 PREFIX = "type.googleapis.com/"
 LDS = PREFIX + "envoy.config.listener.v3.Listener"
