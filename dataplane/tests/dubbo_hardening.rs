@@ -516,3 +516,52 @@ fn a_consumer_that_never_reads_its_large_answers_is_bounded_and_closed() {
         "B|small|"
     );
 }
+
+/// Found by the `dubbo_conn` fuzz target (corpus `regress_oneway_then_bad_frame_connection_closes`):
+/// a consumer that sent a one-way request and then a bad frame, or EOF, kept its connection
+/// open forever: releasing the one-way request woke the reader but not the writer, which closes
+/// a finished connection only once nothing is in flight. The one-way request here waits on a
+/// connect that fails after 300 ms, so it is still in flight when the reader is done.
+#[test]
+fn a_one_way_request_then_a_bad_frame_or_eof_closes_the_connection() {
+    let hole = BlackHole::new();
+    let (rs, listen) = start(
+        "",
+        &format!(
+            "  - name: a\n    endpoints: [\"{}\"]\n    connect_timeout_ms: 300\n",
+            hole.addr
+        ),
+    );
+    let oneway = RequestBuilder::new(SVC, "oneway")
+        .two_way(false)
+        .request_id(1)
+        .build();
+    // One-way request, then a bad frame (answered 40).
+    let mut bad = Consumer::connect(listen);
+    let mut o = oneway.to_vec();
+    o.extend_from_slice(b"\xda\xbb\x00garbage that is not a dubbo header");
+    bad.send_raw(&o);
+    let a = bad.recv().expect("the bad frame is answered");
+    assert_eq!(a.status, Status::BadRequest, "{a:?}");
+    // One-way request, then EOF.
+    let mut eof = Consumer::connect(listen);
+    eof.send_raw(&oneway);
+    eof.conn.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        closed_within(&mut bad.conn, Duration::from_secs(3)),
+        "the connection that sent a bad frame after a one-way request stays open"
+    );
+    assert!(
+        closed_within(&mut eof.conn, Duration::from_secs(3)),
+        "the connection that ended after a one-way request stays open"
+    );
+    let mut gone = false;
+    for _ in 0..100 {
+        if stat(&rs, "listener.dubbo.downstream_cx_active") == 0 {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone, "{}", rs.get("/stats").1);
+}

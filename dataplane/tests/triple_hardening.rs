@@ -41,13 +41,23 @@ struct Seen {
     after_end: AtomicUsize,
     /// Set once the first `x-goaway` request was refused with a GOAWAY.
     goaway_sent: AtomicBool,
+    /// Streams refused with RST_STREAM REFUSED_STREAM (`x-refuse`).
+    refused: AtomicUsize,
+    /// Request header fields named `etag` received with the never-indexed bit, and without.
+    etag_never: AtomicUsize,
+    etag_plain: AtomicUsize,
+    /// RST_STREAM frames received, by error code PROTOCOL_ERROR.
+    resets_protocol: AtomicUsize,
 }
 
 /// A raw-frame HTTP/2 upstream. Request headers switch behaviour: `x-hang` (never answer),
 /// `x-reply-bytes: N` (answer N bytes), `x-big-header: N` (answer with a response header of N
 /// bytes; `x-big-trailer: N` the same in its trailers, before grpc-status), `x-goaway` (the first such request on the backend is refused by a GOAWAY naming the
-/// stream before it, and the connection closes once older streams are answered), `x-no-window`
-/// (never return stream window for the request body), `x-freeze`
+/// stream before it, and the connection closes once older streams are answered), `x-refuse: K`
+/// (once the request is in, RST_STREAM REFUSED_STREAM while the backend has refused fewer
+/// than K streams), `x-no-window`
+/// (never return stream window for the request body), `x-data-first` (a DATA frame before the
+/// response HEADERS), `x-never-etag` (a never-indexed `etag: ""` in the response headers), `x-freeze`
 /// (stop reading and writing on this connection, keeping it open: a half-open peer).
 struct Backend {
     addr: SocketAddr,
@@ -218,8 +228,17 @@ impl BackendConn {
                 self.seen.header_bytes.fetch_add(9 + payload.len(), Relaxed);
                 let frag = frame::headers_fragment(h.flags, payload).unwrap().to_vec();
                 let mut fields = Vec::new();
+                let seen = &self.seen;
                 self.dec
-                    .decode(&frag, &mut |n, v, _| {
+                    .decode(&frag, &mut |n, v, never| {
+                        if n == b"etag" {
+                            let c = if never {
+                                &seen.etag_never
+                            } else {
+                                &seen.etag_plain
+                            };
+                            c.fetch_add(1, Relaxed);
+                        }
                         fields.push((
                             String::from_utf8_lossy(n).into_owned(),
                             String::from_utf8_lossy(v).into_owned(),
@@ -266,6 +285,9 @@ impl BackendConn {
             }
             kind::RST_STREAM => {
                 self.seen.resets.fetch_add(1, Relaxed);
+                if frame::rst_stream(payload).ok() == Some(code::PROTOCOL_ERROR) {
+                    self.seen.resets_protocol.fetch_add(1, Relaxed);
+                }
                 if self.reading.remove(&sid).is_some() || self.answering.remove(&sid).is_some() {
                     self.stream_closed();
                 }
@@ -285,6 +307,17 @@ impl BackendConn {
             self.reading.insert(sid, fields);
             return;
         }
+        // Refused once the whole request is in (so ringside has written all of it).
+        if let Some(k) = get("x-refuse") {
+            if self.seen.refused.load(Relaxed) < k.parse().unwrap() {
+                self.seen.refused.fetch_add(1, Relaxed);
+                let mut o = Vec::new();
+                frame::write_rst_stream(&mut o, sid, code::REFUSED_STREAM);
+                self.write(&o);
+                self.stream_closed();
+                return;
+            }
+        }
         let n: usize = get("x-reply-bytes").map_or(2, |v| v.parse().unwrap());
         let mut block = Vec::new();
         hpack::encode_field(&mut block, b":status", b"200", false);
@@ -293,7 +326,16 @@ impl BackendConn {
             let v = vec![b'h'; big.parse().unwrap()];
             hpack::encode_field(&mut block, b"x-big", &v, false);
         }
+        if get("x-never-etag").is_some() {
+            hpack::encode_field(&mut block, b"etag", b"", true);
+        }
         let mut o = Vec::new();
+        if get("x-data-first").is_some() {
+            // Malformed (RFC 9113 8.1): a response body before the response HEADERS.
+            let body = grpc_msg(b"early");
+            frame::write_data_header(&mut o, sid, body.len(), false);
+            o.extend_from_slice(&body);
+        }
         frame::write_headers(&mut o, sid, &block, false, 16_384);
         self.write(&o);
         self.answering.insert(
@@ -834,4 +876,207 @@ fn keepalive_closes_half_open_upstreams() {
     assert!(r.grpc_message().contains("keepalive"), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert_eq!(stat(&rs, "upstream_h2_cx_keepalive_timeout"), 1);
+}
+
+/// Found by the `triple_conn` fuzz target (corpus `regress_upstream_data_before_headers`): an
+/// upstream's DATA before its response HEADERS was relayed, so the caller got a body without a
+/// response (RFC 9113 8.1). The call fails INTERNAL instead, nothing of the body reaches the
+/// caller before HEADERS, and the upstream stream is reset PROTOCOL_ERROR.
+#[test]
+fn upstream_data_before_response_headers_fails_the_call() {
+    let b = Backend::start(100);
+    let (_rs, listen) = start(b.addr, "", "");
+    let mut p = raw_caller(listen, &[]);
+    let mut o = Vec::new();
+    write_request(&mut o, 1, &[("x-data-first", "1")]);
+    p.write(&o);
+    let (mut headers, mut status) = (false, None);
+    while let Some(f) = p.read_frame() {
+        if p.handle_control(&f) || f.h.stream != 1 {
+            continue;
+        }
+        match f.h.kind {
+            kind::DATA => assert!(headers, "DATA before HEADERS relayed to the caller"),
+            kind::HEADERS => {
+                headers = true;
+                let frag = frame::headers_fragment(f.h.flags, &f.payload)
+                    .unwrap()
+                    .to_vec();
+                let fields = p.decode(&frag);
+                if let Some((_, v)) = fields.iter().find(|(n, _)| n == "grpc-status") {
+                    status = v.parse::<u32>().ok();
+                }
+            }
+            kind::RST_STREAM => break,
+            _ => {}
+        }
+        if f.h.flags & flag::END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(status, Some(13), "the call ends INTERNAL");
+    assert!(
+        wait_for(Duration::from_secs(2), || b.get(|s| &s.resets_protocol)
+            == 1),
+        "the upstream stream is reset PROTOCOL_ERROR"
+    );
+    // The shared upstream connection goes on.
+    assert_eq!(
+        Client::connect(listen).call(SAY, &[], b"x").grpc_status(),
+        Some(0)
+    );
+}
+
+/// Found by the `hpack_decode` fuzz target: ringside's HPACK encoder re-encoded a never-indexed
+/// field equal to a static table entry (`etag: ""`) as a static index, dropping the
+/// never-indexed bit an intermediary must keep (RFC 7541 6.2.3). Both directions through the
+/// proxy: the caller's never-indexed field reaches the upstream never-indexed, and the
+/// upstream's reaches the caller never-indexed; a plain one stays plain.
+#[test]
+fn never_indexed_fields_stay_never_indexed_through_the_proxy() {
+    let b = Backend::start(100);
+    let (_rs, listen) = start(b.addr, "", "");
+    let mut p = raw_caller(listen, &[]);
+    let mut block = request_block(&[("x-never-etag", "1")]);
+    hpack::encode_field(&mut block, b"etag", b"", true);
+    let mut o = Vec::new();
+    frame::write_headers(&mut o, 1, &block, false, 16_384);
+    let body = grpc_msg(b"hi");
+    frame::write_data_header(&mut o, 1, body.len(), true);
+    o.extend_from_slice(&body);
+    // A second call with a plain etag.
+    let mut block = request_block(&[]);
+    hpack::encode_field(&mut block, b"etag", b"", false);
+    frame::write_headers(&mut o, 3, &block, false, 16_384);
+    frame::write_data_header(&mut o, 3, body.len(), true);
+    o.extend_from_slice(&body);
+    p.write(&o);
+    let mut dec = Decoder::default();
+    let (mut never, mut ended) = (Vec::new(), 0);
+    while ended < 2 {
+        let f = p.read_frame().expect("both calls end");
+        if p.handle_control(&f) {
+            continue;
+        }
+        if f.h.kind == kind::HEADERS {
+            let frag = frame::headers_fragment(f.h.flags, &f.payload)
+                .unwrap()
+                .to_vec();
+            dec.decode(&frag, &mut |n, _, nv| {
+                if n == b"etag" {
+                    never.push((f.h.stream, nv));
+                }
+            })
+            .unwrap();
+        }
+        if f.h.kind == kind::RST_STREAM || f.h.flags & flag::END_STREAM != 0 {
+            ended += 1;
+        }
+    }
+    assert_eq!(
+        never,
+        [(1, true)],
+        "the upstream's never-indexed etag reaches the caller as sent"
+    );
+    assert_eq!(
+        b.get(|s| &s.etag_never),
+        1,
+        "the caller's never-indexed etag reaches the upstream as sent"
+    );
+    assert_eq!(b.get(|s| &s.etag_plain), 1, "a plain etag stays plain");
+}
+
+/// Item 3 (#20 leftovers): after a connection error the final GOAWAY gets a bounded time to be
+/// written: a caller that never reads does not keep its connection (and its buffers) open
+/// until the idle timeout.
+#[test]
+fn a_caller_that_never_reads_its_goaway_is_closed() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "");
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&listen.into()).unwrap();
+    let mut p = Peer::new(sock.into());
+    // Windows wide open: an 8 MB answer queues in ringside behind full socket buffers.
+    let mut o = frame::PREFACE.to_vec();
+    frame::write_settings(
+        &mut o,
+        &[(setting::INITIAL_WINDOW_SIZE, frame::WINDOW_LIMIT)],
+    );
+    frame::write_window_update(&mut o, 0, frame::WINDOW_LIMIT - 65_535);
+    write_request(&mut o, 1, &[("x-reply-bytes", "8000000")]);
+    p.write(&o);
+    assert!(wait_for(Duration::from_secs(5), || b.get(|s| &s.open) == 0));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(stat(&rs, "downstream_cx_active"), 1);
+    // A connection error (PING of 7 bytes): its GOAWAY can never be written.
+    let mut o = Vec::new();
+    FrameHeader {
+        len: 7,
+        kind: kind::PING,
+        flags: 0,
+        stream: 0,
+    }
+    .write(&mut o);
+    o.extend_from_slice(&[0; 7]);
+    p.write(&o);
+    let t0 = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(5), || stat(&rs, "downstream_cx_active")
+            == 0),
+        "the connection stayed open with its GOAWAY unread"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(stat(&rs, "triple_protocol_error"), 1);
+    drop(p);
+    // The listener serves others.
+    assert_eq!(
+        Client::connect(listen).call(SAY, &[], b"x").grpc_status(),
+        Some(0)
+    );
+}
+
+/// Item 2 (#20 leftovers): a stream the upstream refuses unprocessed (above its GOAWAY's last
+/// stream id, or RST_STREAM REFUSED_STREAM) is sent once more on another connection when what
+/// was written of it is still held; a larger body, or a second refusal, fails UNAVAILABLE.
+#[test]
+fn refused_streams_are_retried_once_on_another_connection() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "");
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call(SAY, &[], b"first").grpc_status(), Some(0));
+    // Refused by a GOAWAY naming the stream before it.
+    let r = c.call(SAY, &[("x-goaway", "1")], b"hello");
+    assert_eq!(
+        r.grpc_status(),
+        Some(0),
+        "GOAWAY-refused call retried: {r:?}"
+    );
+    assert_eq!(b.get(|s| &s.connections), 2);
+    // Refused by RST_STREAM REFUSED_STREAM (the first refusal).
+    let r = c.call(SAY, &[("x-refuse", "1")], b"hello");
+    assert_eq!(
+        r.grpc_status(),
+        Some(0),
+        "REFUSED_STREAM call retried: {r:?}"
+    );
+    assert_eq!(stat(&rs, "upstream_h2_rq_retry_refused"), 2);
+    // Refused on its first attempt and on its retry: not retried twice.
+    let r = c.call(SAY, &[("x-refuse", "3")], b"hello");
+    assert_eq!(r.grpc_status(), Some(14), "refused twice: {r:?}");
+    assert_eq!(b.get(|s| &s.refused), 3);
+    // A body larger than ringside holds for a retry (40 KB, three frames): fails as before.
+    let big = vec![b'b'; 40_000];
+    let r = c.call(SAY, &[("x-refuse", "4")], &big);
+    assert_eq!(r.grpc_status(), Some(14), "large body not retried: {r:?}");
+    assert_eq!(b.get(|s| &s.refused), 4);
+    assert_eq!(stat(&rs, "upstream_h2_rq_retry_refused"), 3);
+    // Nothing leaked: later calls (with a body of several frames) go through.
+    let r = c.call(SAY, &[], &big);
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    assert!(wait_for(Duration::from_secs(2), || stat(
+        &rs,
+        "upstream_rq_active"
+    ) == 0));
+    assert!(wait_for(Duration::from_secs(2), || b.get(|s| &s.open) == 0));
 }
