@@ -42,6 +42,12 @@ const KEEPALIVE_PING: [u8; 8] = *b"rs-alive";
 pub const CLOSE_FLUSH_MS: u64 = 500;
 /// The PING payload that follows the first, graceful GOAWAY.
 const DRAIN_PING: [u8; 8] = *b"rs-drain";
+/// A request the upstream refuses unprocessed (GOAWAY above its stream, REFUSED_STREAM) is sent
+/// once more on another connection if at most this much of its body, in at most
+/// `RETRY_DATA_FRAMES` pieces, was written: ringside keeps those written pieces (slices of the
+/// read buffer, no copy) until the response starts.
+pub const RETRY_BODY_BYTES_MAX: usize = 32 * 1024;
+const RETRY_DATA_FRAMES: usize = 2;
 
 /// What a connection is.
 pub enum Side {
@@ -79,9 +85,42 @@ enum Out {
     Rst(u32),
 }
 
+/// Upstream side: what was written of a request so far, kept until its response starts so that
+/// a stream the upstream refuses unprocessed can be sent again on another connection.
+#[derive(Default)]
+struct Held {
+    /// The request HEADERS block (empty until written) and its END_STREAM flag.
+    block: Vec<u8>,
+    end: bool,
+    data: [Option<(Bytes, bool)>; RETRY_DATA_FRAMES],
+    bytes: usize,
+}
+
+impl Held {
+    /// Keeps `b`, a written piece of the body; false when it no longer fits.
+    fn keep(&mut self, b: Bytes, end: bool) -> bool {
+        self.bytes += b.len();
+        if self.bytes > RETRY_BODY_BYTES_MAX {
+            return false;
+        }
+        match self.data.iter_mut().find(|d| d.is_none()) {
+            Some(slot) => {
+                *slot = Some((b, end));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 pub struct Stream {
     /// The stream this one is relayed to, on the other connection.
     link: Option<(Weak<Conn>, u32)>,
+    /// Upstream side, first attempt: the request as written, while a retry is still possible.
+    held: Option<Held>,
+    /// Upstream side, a retry: DATA bytes at the head of the queue that were already credited
+    /// to the caller by the first attempt (not credited again).
+    no_credit: u32,
     send_window: i64,
     /// What the peer may still send on this stream.
     recv_avail: i64,
@@ -122,6 +161,8 @@ impl Stream {
                 _ => 0,
             })
             .sum();
+        let n = n.saturating_sub(std::mem::take(&mut self.no_credit) as usize);
+        self.held = None;
         let link = self.link.take();
         let (w, id) = link?;
         (n > 0).then_some((w, id, n as u32))
@@ -130,6 +171,8 @@ impl Stream {
     fn new(send_window: i64, recv_window: u32, call: Option<Call>) -> Stream {
         Stream {
             link: None,
+            held: None,
+            no_credit: 0,
             send_window,
             recv_avail: i64::from(recv_window),
             recv_unacked: 0,
@@ -378,12 +421,23 @@ impl Conn {
                         Out::Headers(block, end) => {
                             frame::write_headers(&mut *out, id, block, *end, frame_max as u32);
                             s.sent_end |= *end;
-                            s.queue.pop_front();
+                            let end = *end;
+                            if let Some(Out::Headers(block, _)) = s.queue.pop_front() {
+                                // The request's HEADERS are kept for a retry; trailers end it.
+                                match s.held.as_mut() {
+                                    Some(h) if h.block.is_empty() => {
+                                        h.block = block;
+                                        h.end = end;
+                                    }
+                                    _ => s.held = None,
+                                }
+                            }
                         }
                         Out::Rst(c) => {
                             frame::write_rst_stream(&mut *out, id, *c);
                             s.sent_end = true;
                             s.recv_end = true;
+                            s.held = None;
                             s.queue.clear();
                         }
                         Out::Data(b, end) => {
@@ -402,6 +456,11 @@ impl Conn {
                             s.send_window -= n as i64;
                             self.send_window.set(self.send_window.get() - n as i64);
                             relayed += n as u32;
+                            if let Some(h) = s.held.as_mut() {
+                                if !h.keep(b.slice(..n), last && *end) {
+                                    s.held = None;
+                                }
+                            }
                             if last {
                                 s.sent_end |= *end;
                                 s.queue.pop_front();
@@ -413,6 +472,9 @@ impl Conn {
                 }
             }
             self.out_ready.notify();
+            let resent = relayed.min(s.no_credit);
+            s.no_credit -= resent;
+            relayed -= resent;
             if relayed > 0 {
                 if let Some((w, other)) = &s.link {
                     credit = Some((w.clone(), *other, relayed));
@@ -825,6 +887,9 @@ impl Conn {
                 "RST_STREAM on an idle stream",
             ));
         }
+        if c == code::REFUSED_STREAM && self.retry_refused(id) {
+            return Ok(());
+        }
         self.count_reset()?;
         if let Side::Down(l) = &self.side {
             if self.streams.borrow().contains_key(&id) {
@@ -856,13 +921,81 @@ impl Conn {
                     .filter(|&id| id > last)
                     .collect();
                 for id in refused {
-                    self.upstream_failed(id, "upstream went away (GOAWAY)");
+                    if !self.retry_refused(id) {
+                        self.upstream_failed(id, "upstream went away (GOAWAY)");
+                    }
                 }
                 if self.stream_count() == 0 {
                     self.close();
                 }
             }
         }
+    }
+
+    /// Upstream side: stream `id` was refused unprocessed (above a GOAWAY's last stream id, or
+    /// REFUSED_STREAM), which RFC 9113 8.7 makes safe to retry: when what was written of it is
+    /// still held and it is a first attempt, it is sent once more on another connection (new or
+    /// other) and its caller's stream relinked. False when it cannot be: the caller then fails
+    /// as before.
+    fn retry_refused(self: &Rc<Self>, id: u32) -> bool {
+        let Side::Up(h) = &self.side else {
+            return false;
+        };
+        let (down_w, did) = {
+            let streams = self.streams.borrow();
+            match streams.get(&id) {
+                Some(Stream {
+                    held: Some(_),
+                    link: Some(link),
+                    headers_in: false,
+                    ..
+                }) => link.clone(),
+                _ => return false,
+            }
+        };
+        let Some(down) = down_w.upgrade() else {
+            return false;
+        };
+        let Some(up) = h.pool.connection(self.limits, Some(self)) else {
+            return false;
+        };
+        let Some(uid) = up.open_stream(down_w, did) else {
+            return false;
+        };
+        let (held, queue) = {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return false;
+            };
+            s.link = None;
+            s.sent_end = true;
+            s.recv_end = true;
+            (
+                s.held.take().unwrap_or_default(),
+                std::mem::take(&mut s.queue),
+            )
+        };
+        self.blocked.borrow_mut().retain(|&b| b != id);
+        self.forget(id);
+        h.pool.stats.inc(h.pool.h2_ids.rq_retry_refused);
+        tracing::debug!(upstream = %h.addr, stream = id, "refused stream sent again on another connection");
+        if let Some(s) = down.streams.borrow_mut().get_mut(&did) {
+            s.link = Some((Rc::downgrade(&up), uid));
+        }
+        if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
+            // A retry is not retried again.
+            s.held = None;
+            if !held.block.is_empty() {
+                s.queue.push_back(Out::Headers(held.block, held.end));
+            }
+            for (b, end) in held.data.into_iter().flatten() {
+                s.no_credit += b.len() as u32;
+                s.queue.push_back(Out::Data(b, end));
+            }
+            s.queue.extend(queue);
+        }
+        up.flush(uid);
+        true
     }
 
     /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
@@ -997,7 +1130,7 @@ impl Conn {
             }
         }
         let pool = &call.routes.pools[call.cluster];
-        let Some(up) = pool.connection(self.limits) else {
+        let Some(up) = pool.connection(self.limits, None) else {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             self.fail_call(id, &CallError::NoHealthyUpstream);
             return Ok(());
@@ -1090,6 +1223,8 @@ impl Conn {
         }
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.headers_in = true;
+            // The upstream processes the request: no retry, the held request is let go.
+            s.held = None;
         }
         let Some((down, did)) = self.link(id) else {
             return Ok(());
@@ -1214,6 +1349,7 @@ impl Conn {
             None,
         );
         s.link = Some((down, did));
+        s.held = Some(Held::default());
         self.streams.borrow_mut().insert(id, s);
         if let Side::Up(h) = &self.side {
             h.pool.stats.inc(h.pool.ids.rq_total);
@@ -1475,6 +1611,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
     conn.greet(false);
     let (r, w) = stream.into_split();
+    let reader_done = Notify::new();
     let reader = async {
         if let Err(e) = read_loop(&conn, r, true).await {
             if e.code != code::NO_ERROR {
@@ -1486,6 +1623,15 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         conn.cancel_all();
         conn.closing.set(true);
         conn.out_ready.notify();
+        reader_done.notify();
+    };
+    // Once the reader is done (a connection error, EOF, or the connection closed), what is
+    // queued (the GOAWAY last) gets CLOSE_FLUSH_MS to be written: a caller that never reads
+    // must not keep the connection and its buffers (the writer would wait on it forever).
+    let flush_bound = async {
+        reader_done.wait().await;
+        shard::monoio::time::sleep(Duration::from_millis(CLOSE_FLUSH_MS)).await;
+        tracing::debug!(listener = %l.name, "caller did not read the final frames in time: closing");
     };
     let deadlines = async {
         loop {
@@ -1550,6 +1696,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     };
     shard::monoio::select! {
         _ = async { shard::monoio::join!(reader, write_loop(&conn, w)) } => {}
+        _ = flush_bound => {}
         _ = deadlines => {}
         _ = drainer => {}
         _ = preface => {}

@@ -328,8 +328,13 @@ impl Pool {
     }
 
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
-    /// endpoints in connect-failure back-off unless all are).
-    fn connection(self: &Rc<Self>, limits: H2Limits) -> Option<Rc<conn::Conn>> {
+    /// endpoints in connect-failure back-off unless all are), other than `avoid` (a connection
+    /// that refused the stream).
+    fn connection(
+        self: &Rc<Self>,
+        limits: H2Limits,
+        avoid: Option<&conn::Conn>,
+    ) -> Option<Rc<conn::Conn>> {
         let now = Instant::now();
         let i = self.lb.pick_available(|i| {
             self.hosts.peek(i, |h| match h {
@@ -337,7 +342,8 @@ impl Pool {
                 _ => Availability::Ready,
             })
         })?;
-        self.host(i).connection(self.connections_per_host, limits)
+        self.host(i)
+            .connection(self.connections_per_host, limits, avoid)
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
@@ -362,7 +368,12 @@ impl crate::cluster::Retire for Host {
 }
 
 impl Host {
-    fn connection(self: &Rc<Self>, max: usize, limits: H2Limits) -> Option<Rc<conn::Conn>> {
+    fn connection(
+        self: &Rc<Self>,
+        max: usize,
+        limits: H2Limits,
+        avoid: Option<&conn::Conn>,
+    ) -> Option<Rc<conn::Conn>> {
         let n = self.conns.borrow().len();
         // Up to `connections_per_host` connections share the streams round-robin; when all are
         // full (the upstream's MAX_CONCURRENT_STREAMS) up to as many again are opened.
@@ -373,7 +384,7 @@ impl Host {
             let conns = self.conns.borrow();
             for k in 0..n {
                 let i = (self.next.get() + k) % n;
-                if conns[i].has_room() {
+                if conns[i].has_room() && !avoid.is_some_and(|a| std::ptr::eq(a, &*conns[i])) {
                     self.next.set(i + 1);
                     return Some(conns[i].clone());
                 }
