@@ -1833,6 +1833,12 @@ async fn keepalive(conn: &Conn, interval: Duration, timeout: Duration) {
 /// GOAWAY NO_ERROR, then a bounded wait for it to be written (the caller drops the socket).
 async fn close_flushed(conn: &Conn, why: &str) {
     conn.goaway_close(code::NO_ERROR, why);
+    flushed(conn).await;
+}
+
+/// Waits (at most CLOSE_FLUSH_MS) for what is queued to be handed to the writer, and a moment
+/// for the writer to write it.
+async fn flushed(conn: &Conn) {
     for _ in 0..CLOSE_FLUSH_MS / 5 {
         if conn.out.borrow().is_empty() {
             break;
@@ -1893,15 +1899,22 @@ async fn serve_upstream<S: crate::io::Conn>(
             conn.open.set(true);
             let (r, w) = stream.into_split();
             let why = shard::monoio::select! {
-                r = read_loop(&conn, r, false) => match r {
-                    Ok(()) => "upstream closed the connection".to_string(),
-                    Err(e) => {
-                        if e.code != code::NO_ERROR {
-                            conn.goaway_close(e.code, &e.why);
+                why = async {
+                    match read_loop(&conn, r, false).await {
+                        Ok(()) => "upstream closed the connection".to_string(),
+                        Err(e) => {
+                            let why = format!("upstream connection error: {}", e.why);
+                            if e.code != code::NO_ERROR {
+                                // Its calls fail now; the GOAWAY gets a bounded time to go out
+                                // (the writer runs until this arm ends).
+                                conn.goaway_close(e.code, &e.why);
+                                fail_upstream_streams(&conn, &why);
+                                flushed(&conn).await;
+                            }
+                            why
                         }
-                        format!("upstream connection error: {}", e.why)
                     }
-                },
+                } => why,
                 _ = write_loop(&conn, w) => "upstream write failed".to_string(),
                 _ = async {
                     idle_for(&conn, pool.idle_timeout).await;
@@ -1932,8 +1945,13 @@ async fn serve_upstream<S: crate::io::Conn>(
     };
     conn.closed.set(true);
     host.remove(&conn);
+    fail_upstream_streams(&conn, &why);
+}
+
+/// Upstream side: every stream of the connection is lost; their callers get UNAVAILABLE.
+fn fail_upstream_streams(conn: &Rc<Conn>, why: &str) {
     let ids: Vec<u32> = conn.streams.borrow().keys().copied().collect();
     for id in ids {
-        conn.upstream_failed(id, &why);
+        conn.upstream_failed(id, why);
     }
 }
