@@ -99,6 +99,10 @@ pub const RESETS_PER_SECOND_MAX_DEFAULT: u32 = 200;
 pub const OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT: u32 = 1000;
 /// How long a new caller connection may take to send the HTTP/2 preface and SETTINGS.
 pub const PREFACE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Header bytes a caller may make ringside decode beyond the header block bytes it sent (HPACK
+/// amplification), per connection per second: 16 MiB is some 70,000 calls per second of a
+/// client that indexes ~250 bytes of headers.
+pub const HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT: u32 = 16 << 20;
 /// Upper bound of every HTTP/2 timer (a day).
 pub const H2_TIMER_MS_MAX: u64 = 86_400_000;
 /// HTTP/2 PING keepalive of upstream connections (see `Cluster::keepalive_interval_ms`).
@@ -530,6 +534,11 @@ pub struct TripleListener {
     /// this long is closed.
     #[serde(default = "default_preface_timeout_ms")]
     pub preface_timeout_ms: u64,
+    /// Header bytes a caller's connection may make ringside decode beyond the header block
+    /// bytes it sent (references to its HPACK dynamic table), per second; beyond it GOAWAY
+    /// ENHANCE_YOUR_CALM (HPACK amplification).
+    #[serde(default = "default_hpack_amplified_bytes_per_second_max")]
+    pub hpack_amplified_bytes_per_second_max: u32,
     /// Tried in order; the first match wins; else the listener's `cluster`; else UNIMPLEMENTED.
     #[serde(default)]
     pub routes: Vec<TripleRoute>,
@@ -546,6 +555,7 @@ impl Default for TripleListener {
             resets_per_second_max: RESETS_PER_SECOND_MAX_DEFAULT,
             outbound_control_frames_max: OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT,
             preface_timeout_ms: PREFACE_TIMEOUT_MS_DEFAULT,
+            hpack_amplified_bytes_per_second_max: HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT,
             routes: Vec::new(),
         }
     }
@@ -901,6 +911,10 @@ fn default_outbound_control_frames_max() -> u32 {
 
 fn default_preface_timeout_ms() -> u64 {
     PREFACE_TIMEOUT_MS_DEFAULT
+}
+
+fn default_hpack_amplified_bytes_per_second_max() -> u32 {
+    HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT
 }
 
 fn default_resets_per_second_max() -> u32 {
@@ -1792,6 +1806,12 @@ fn validate_triple(
         t.outbound_control_frames_max,
         1,
         1 << 20,
+    );
+    range(
+        "hpack_amplified_bytes_per_second_max",
+        t.hpack_amplified_bytes_per_second_max,
+        1 << 16,
+        1 << 30,
     );
     if !(1..=H2_TIMER_MS_MAX).contains(&t.preface_timeout_ms) {
         err(
