@@ -190,6 +190,8 @@ pub struct Conn {
     limits: H2Limits,
     out: RefCell<BytesMut>,
     out_ready: Notify,
+    /// The writer has bytes taken from `out` not yet written.
+    writing: Cell<bool>,
     /// Stop reading and writing.
     closed: Cell<bool>,
     /// Write what is queued, then close.
@@ -245,6 +247,7 @@ impl Conn {
             limits,
             out: RefCell::new(BytesMut::with_capacity(16 * 1024)),
             out_ready: Notify::new(),
+            writing: Cell::new(false),
             closed: Cell::new(false),
             closing: Cell::new(false),
             peer_frame_max: Cell::new(frame::FRAME_BYTES_DEFAULT),
@@ -1643,7 +1646,9 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
         }
         let buf = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
         conn.ctl_queued.set(0);
+        conn.writing.set(true);
         let (res, mut buf) = w.write_all(buf).await;
+        conn.writing.set(false);
         if res.is_err() {
             conn.closed.set(true);
             conn.closing.set(true);
@@ -1836,11 +1841,10 @@ async fn close_flushed(conn: &Conn, why: &str) {
     flushed(conn).await;
 }
 
-/// Waits (at most CLOSE_FLUSH_MS) for what is queued to be handed to the writer, and a moment
-/// for the writer to write it.
+/// Waits (at most CLOSE_FLUSH_MS) for what is queued to be written.
 async fn flushed(conn: &Conn) {
     for _ in 0..CLOSE_FLUSH_MS / 5 {
-        if conn.out.borrow().is_empty() {
+        if conn.out.borrow().is_empty() && !conn.writing.get() {
             break;
         }
         shard::monoio::time::sleep(Duration::from_millis(5)).await;
