@@ -801,6 +801,7 @@ impl Server {
         };
         let spin_budget = Duration::from_micros(config.runtime.spin_budget_us);
         crate::io::intercept::set_socket_mark(config.runtime.socket_mark);
+        crate::io::intercept::set_keepalive(config.runtime.tcp_keepalive);
         let stats = Arc::new(
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
