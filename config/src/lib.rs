@@ -99,6 +99,10 @@ pub const RESETS_PER_SECOND_MAX_DEFAULT: u32 = 200;
 pub const OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT: u32 = 1000;
 /// How long a new caller connection may take to send the HTTP/2 preface and SETTINGS.
 pub const PREFACE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Header bytes a caller may make ringside decode beyond the header block bytes it sent (HPACK
+/// amplification), per connection per second: 16 MiB is some 70,000 calls per second of a
+/// client that indexes ~250 bytes of headers.
+pub const HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT: u32 = 16 << 20;
 /// Upper bound of every HTTP/2 timer (a day).
 pub const H2_TIMER_MS_MAX: u64 = 86_400_000;
 /// HTTP/2 PING keepalive of upstream connections (see `Cluster::keepalive_interval_ms`).
@@ -618,6 +622,11 @@ pub struct TripleListener {
     /// this long is closed.
     #[serde(default = "default_preface_timeout_ms")]
     pub preface_timeout_ms: u64,
+    /// Header bytes a caller's connection may make ringside decode beyond the header block
+    /// bytes it sent (references to its HPACK dynamic table), per second; beyond it GOAWAY
+    /// ENHANCE_YOUR_CALM (HPACK amplification).
+    #[serde(default = "default_hpack_amplified_bytes_per_second_max")]
+    pub hpack_amplified_bytes_per_second_max: u32,
     /// Tried in order; the first match wins; else the listener's `cluster`; else UNIMPLEMENTED.
     #[serde(default)]
     pub routes: Vec<TripleRoute>,
@@ -634,6 +643,7 @@ impl Default for TripleListener {
             resets_per_second_max: RESETS_PER_SECOND_MAX_DEFAULT,
             outbound_control_frames_max: OUTBOUND_CONTROL_FRAMES_MAX_DEFAULT,
             preface_timeout_ms: PREFACE_TIMEOUT_MS_DEFAULT,
+            hpack_amplified_bytes_per_second_max: HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT,
             routes: Vec::new(),
         }
     }
@@ -995,6 +1005,10 @@ fn default_preface_timeout_ms() -> u64 {
     PREFACE_TIMEOUT_MS_DEFAULT
 }
 
+fn default_hpack_amplified_bytes_per_second_max() -> u32 {
+    HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT
+}
+
 fn default_resets_per_second_max() -> u32 {
     RESETS_PER_SECOND_MAX_DEFAULT
 }
@@ -1189,7 +1203,15 @@ impl Config {
     pub fn validate_as(&self, source: Source) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut err = |field: String, message: String| out.push((field, message));
+        self.validate_process(&mut err);
+        let cluster_names = self.validate_clusters(source, &mut err);
+        self.validate_listeners(&cluster_names, &mut err);
+        self.validate_virtual_listeners(&mut err);
+        out
+    }
 
+    /// The process-wide sections: runtime, dpdk, xds, registry, drain timeout, stats.
+    fn validate_process(&self, err: &mut dyn FnMut(String, String)) {
         if let Some(n) = self.runtime.shards {
             if n == 0 || n > SHARDS_MAX {
                 err(
@@ -1207,7 +1229,7 @@ impl Config {
         }
         self.runtime
             .tcp_keepalive
-            .validate("runtime.tcp_keepalive", &mut err);
+            .validate("runtime.tcp_keepalive", err);
         let budget = self.runtime.spin_budget_us;
         if budget == 0 || budget > SPIN_BUDGET_US_MAX {
             err(
@@ -1216,48 +1238,13 @@ impl Config {
             );
         }
         if let Some(d) = &self.dpdk {
-            d.validate(self.runtime.shards, &self.listeners, &mut err);
+            d.validate(self.runtime.shards, &self.listeners, err);
         }
         if let Some(x) = &self.xds {
-            let ok = x
-                .server
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !ok {
-                err(
-                    "xds.server".into(),
-                    format!("{:?} is not host:port", x.server),
-                );
-            }
-            if x.node_id.is_empty() {
-                err("xds.node_id".into(), "must not be empty".into());
-            }
-            if x.retry_initial_ms == 0 || x.retry_initial_ms > x.retry_max_ms {
-                err(
-                    "xds.retry_initial_ms".into(),
-                    format!(
-                        "{} must be at least 1 and at most retry_max_ms ({})",
-                        x.retry_initial_ms, x.retry_max_ms
-                    ),
-                );
-            }
-            range_ms(
-                &mut err,
-                "xds.retry_max_ms".into(),
-                x.retry_max_ms,
-                1,
-                RETRY_MS_MAX,
-            );
-            range_ms(
-                &mut err,
-                "xds.initial_fetch_timeout_ms".into(),
-                x.initial_fetch_timeout_ms,
-                0,
-                FETCH_TIMEOUT_MS_MAX,
-            );
+            validate_xds(x, err);
         }
         if let Some(r) = &self.registry {
-            validate_registry(r, &self.listeners, &mut err);
+            validate_registry(r, &self.listeners, err);
         }
         if self.runtime.socket_mark == Some(0) {
             err(
@@ -1266,7 +1253,7 @@ impl Config {
             );
         }
         range_ms(
-            &mut err,
+            err,
             "drain_timeout_ms".into(),
             self.drain_timeout_ms,
             0,
@@ -1290,7 +1277,14 @@ impl Config {
                 }
             }
         }
+    }
 
+    /// Every cluster; returns the names defined.
+    fn validate_clusters(
+        &self,
+        source: Source,
+        err: &mut dyn FnMut(String, String),
+    ) -> HashSet<&str> {
         let mut cluster_names = HashSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             let at = |f: &str| format!("clusters[{i}].{f}");
@@ -1299,141 +1293,102 @@ impl Config {
             } else if !cluster_names.insert(c.name.as_str()) {
                 err(at("name"), format!("duplicate cluster name {:?}", c.name));
             }
-            match c.kind {
-                ClusterType::Static => {
-                    if c.endpoints.is_empty() && source == Source::File {
-                        err(
-                            at("endpoints"),
-                            "a cluster needs at least one endpoint".into(),
-                        );
-                    }
-                }
-                ClusterType::Zookeeper => {
-                    if c.registry.is_none() {
-                        err(
-                            at("registry"),
-                            "a cluster of type zookeeper needs registry.interface".into(),
-                        );
-                    }
-                    if self.registry.is_none() {
-                        err(
-                            at("type"),
-                            "a cluster of type zookeeper needs the top-level registry section"
-                                .into(),
-                        );
-                    }
-                    if !c.endpoints.is_empty() && source == Source::File {
-                        err(
-                            at("endpoints"),
-                            "a cluster of type zookeeper takes its endpoints from the registry"
-                                .into(),
-                        );
-                    }
-                }
-                ClusterType::OriginalDestination => {
-                    if !c.endpoints.is_empty() {
-                        err(
-                            at("endpoints"),
-                            "a cluster of type original_destination takes no endpoints (each \
-                             connection goes to its own original destination)"
-                                .into(),
-                        );
-                    }
+            self.validate_cluster_source(c, source, &at, err);
+            validate_cluster_limits(c, &at, err);
+        }
+        cluster_names
+    }
+
+    /// Where a cluster's endpoints come from: its type, registry selector and metadata.
+    fn validate_cluster_source(
+        &self,
+        c: &Cluster,
+        source: Source,
+        at: &dyn Fn(&str) -> String,
+        err: &mut dyn FnMut(String, String),
+    ) {
+        match c.kind {
+            ClusterType::Static => {
+                if c.endpoints.is_empty() && source == Source::File {
+                    err(
+                        at("endpoints"),
+                        "a cluster needs at least one endpoint".into(),
+                    );
                 }
             }
-            if let Some(sel) = &c.registry {
-                if c.kind != ClusterType::Zookeeper {
+            ClusterType::Zookeeper => {
+                if c.registry.is_none() {
                     err(
                         at("registry"),
-                        "only a cluster of type zookeeper takes a registry selector".into(),
+                        "a cluster of type zookeeper needs registry.interface".into(),
                     );
                 }
-                if !valid_interface(&sel.interface) {
+                if self.registry.is_none() {
                     err(
-                        at("registry.interface"),
-                        format!("{:?} is not a Dubbo interface name", sel.interface),
+                        at("type"),
+                        "a cluster of type zookeeper needs the top-level registry section".into(),
                     );
                 }
-            }
-            if !c.endpoint_metadata.is_empty() {
-                if c.endpoint_metadata.len() != c.endpoints.len() {
+                if !c.endpoints.is_empty() && source == Source::File {
                     err(
-                        at("endpoint_metadata"),
-                        format!(
-                            "has {} entries for {} endpoints (give one per endpoint, in order)",
-                            c.endpoint_metadata.len(),
-                            c.endpoints.len()
-                        ),
+                        at("endpoints"),
+                        "a cluster of type zookeeper takes its endpoints from the registry".into(),
                     );
                 }
-                for (k, m) in c.endpoint_metadata.iter().enumerate() {
-                    if m.weight == 0 {
-                        err(
-                            at(&format!("endpoint_metadata[{k}].weight")),
-                            "must be at least 1 (leave an endpoint that takes no traffic out)"
-                                .into(),
-                        );
-                    }
+            }
+            ClusterType::OriginalDestination => {
+                if !c.endpoints.is_empty() {
+                    err(
+                        at("endpoints"),
+                        "a cluster of type original_destination takes no endpoints (each \
+                         connection goes to its own original destination)"
+                            .into(),
+                    );
                 }
             }
-            if c.connect_timeout_ms == 0 || c.connect_timeout_ms > CONNECT_TIMEOUT_MS_MAX {
-                err(
-                    at("connect_timeout_ms"),
-                    format!(
-                        "{} is out of range 1..={CONNECT_TIMEOUT_MS_MAX}",
-                        c.connect_timeout_ms
-                    ),
-                );
-            }
-            if c.timeout_ms == 0 || c.timeout_ms > REQUEST_TIMEOUT_MS_MAX {
-                err(
-                    at("timeout_ms"),
-                    format!(
-                        "{} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}",
-                        c.timeout_ms
-                    ),
-                );
-            }
-            if c.connections_per_host == 0 || c.connections_per_host > CONNECTIONS_PER_HOST_MAX {
-                err(
-                    at("connections_per_host"),
-                    format!(
-                        "{} is out of range 1..={CONNECTIONS_PER_HOST_MAX}",
-                        c.connections_per_host
-                    ),
-                );
-            }
-            if c.pending_requests_max == 0 {
-                err(at("pending_requests_max"), "must be at least 1".into());
-            }
-            if !(BUFFER_BYTES_MIN..=FRAME_BYTES_MAX_LIMIT).contains(&c.response_bytes_max) {
-                err(
-                    at("response_bytes_max"),
-                    format!(
-                        "{} is out of range {BUFFER_BYTES_MIN}..={FRAME_BYTES_MAX_LIMIT}",
-                        c.response_bytes_max
-                    ),
-                );
-            }
-            timer_in_range(c.idle_timeout_ms, at("idle_timeout_ms"), &mut err);
-            timer_in_range(
-                c.keepalive_interval_ms,
-                at("keepalive_interval_ms"),
-                &mut err,
-            );
-            timer_in_range(c.keepalive_timeout_ms, at("keepalive_timeout_ms"), &mut err);
-            if let Some(k) = &c.tcp_keepalive {
-                k.validate(&at("tcp_keepalive"), &mut err);
-            }
-            range_ms(
-                &mut err,
-                at("heartbeat_interval_ms"),
-                c.heartbeat_interval_ms,
-                HEARTBEAT_INTERVAL_MS_MIN,
-                HEARTBEAT_INTERVAL_MS_MAX,
-            );
         }
+        if let Some(sel) = &c.registry {
+            if c.kind != ClusterType::Zookeeper {
+                err(
+                    at("registry"),
+                    "only a cluster of type zookeeper takes a registry selector".into(),
+                );
+            }
+            if !valid_interface(&sel.interface) {
+                err(
+                    at("registry.interface"),
+                    format!("{:?} is not a Dubbo interface name", sel.interface),
+                );
+            }
+        }
+        if !c.endpoint_metadata.is_empty() {
+            if c.endpoint_metadata.len() != c.endpoints.len() {
+                err(
+                    at("endpoint_metadata"),
+                    format!(
+                        "has {} entries for {} endpoints (give one per endpoint, in order)",
+                        c.endpoint_metadata.len(),
+                        c.endpoints.len()
+                    ),
+                );
+            }
+            for (k, m) in c.endpoint_metadata.iter().enumerate() {
+                if m.weight == 0 {
+                    err(
+                        at(&format!("endpoint_metadata[{k}].weight")),
+                        "must be at least 1 (leave an endpoint that takes no traffic out)".into(),
+                    );
+                }
+            }
+        }
+    }
 
+    /// The admin addresses and every listener.
+    fn validate_listeners(
+        &self,
+        cluster_names: &HashSet<&str>,
+        err: &mut dyn FnMut(String, String),
+    ) {
         let mut listener_names = HashSet::new();
         let mut addresses = HashSet::new();
         addresses.insert(self.admin.address);
@@ -1464,123 +1419,123 @@ impl Config {
                     ),
                 );
             }
-            match (&l.cluster, l.protocol) {
-                (None, Protocol::Tcp) => {
-                    err(at("cluster"), "a tcp listener needs a cluster".into())
-                }
-                (None, Protocol::Dubbo) if l.dubbo.as_ref().is_none_or(|d| d.routes.is_empty()) => {
-                    err(
-                        at("cluster"),
-                        "a dubbo listener needs routes (dubbo.routes) or a default cluster".into(),
-                    )
-                }
-                (None, Protocol::Triple)
-                    if l.triple.as_ref().is_none_or(|t| t.routes.is_empty()) =>
-                {
-                    err(
-                        at("cluster"),
-                        "a triple listener needs routes (triple.routes) or a default cluster"
-                            .into(),
-                    )
-                }
-                (Some(c), _) if !cluster_names.contains(c.as_str()) => err(
-                    at("cluster"),
-                    format!("unknown cluster {c:?} (defined: {})", names(&self.clusters)),
-                ),
-                _ => {}
-            }
-            match (l.protocol, &l.dubbo) {
-                (Protocol::Dubbo, Some(d)) => {
-                    validate_dubbo(d, &cluster_names, &|f| at(&format!("dubbo.{f}")), &mut err)
-                }
-                (_, Some(_)) => err(
-                    at("dubbo"),
-                    "only a dubbo listener takes a dubbo section".into(),
-                ),
-                _ => {}
-            }
-            match (l.protocol, &l.triple) {
-                (Protocol::Triple, Some(t)) => {
-                    validate_triple(t, &cluster_names, &|f| at(&format!("triple.{f}")), &mut err)
-                }
-                (_, Some(_)) => err(
-                    at("triple"),
-                    "only a triple listener takes a triple section".into(),
-                ),
-                _ => {}
-            }
-            if !(BUFFER_BYTES_MIN..=BUFFER_BYTES_MAX).contains(&l.buffer_bytes) {
+            self.validate_listener(l, cluster_names, &at, err);
+        }
+    }
+
+    /// One listener's cluster, protocol section, limits and original destination.
+    fn validate_listener(
+        &self,
+        l: &Listener,
+        cluster_names: &HashSet<&str>,
+        at: &dyn Fn(&str) -> String,
+        err: &mut dyn FnMut(String, String),
+    ) {
+        match (&l.cluster, l.protocol) {
+            (None, Protocol::Tcp) => err(at("cluster"), "a tcp listener needs a cluster".into()),
+            (None, Protocol::Dubbo) if l.dubbo.as_ref().is_none_or(|d| d.routes.is_empty()) => err(
+                at("cluster"),
+                "a dubbo listener needs routes (dubbo.routes) or a default cluster".into(),
+            ),
+            (None, Protocol::Triple) if l.triple.as_ref().is_none_or(|t| t.routes.is_empty()) => {
                 err(
-                    at("buffer_bytes"),
+                    at("cluster"),
+                    "a triple listener needs routes (triple.routes) or a default cluster".into(),
+                )
+            }
+            (Some(c), _) if !cluster_names.contains(c.as_str()) => err(
+                at("cluster"),
+                format!("unknown cluster {c:?} (defined: {})", names(&self.clusters)),
+            ),
+            _ => {}
+        }
+        match (l.protocol, &l.dubbo) {
+            (Protocol::Dubbo, Some(d)) => {
+                validate_dubbo(d, cluster_names, &|f| at(&format!("dubbo.{f}")), err)
+            }
+            (_, Some(_)) => err(
+                at("dubbo"),
+                "only a dubbo listener takes a dubbo section".into(),
+            ),
+            _ => {}
+        }
+        match (l.protocol, &l.triple) {
+            (Protocol::Triple, Some(t)) => {
+                validate_triple(t, cluster_names, &|f| at(&format!("triple.{f}")), err)
+            }
+            (_, Some(_)) => err(
+                at("triple"),
+                "only a triple listener takes a triple section".into(),
+            ),
+            _ => {}
+        }
+        if !(BUFFER_BYTES_MIN..=BUFFER_BYTES_MAX).contains(&l.buffer_bytes) {
+            err(
+                at("buffer_bytes"),
+                format!(
+                    "{} is out of range {BUFFER_BYTES_MIN}..={BUFFER_BYTES_MAX}",
+                    l.buffer_bytes
+                ),
+            );
+        }
+        range_ms(
+            err,
+            at("idle_timeout_ms"),
+            l.idle_timeout_ms,
+            1,
+            IDLE_TIMEOUT_MS_MAX,
+        );
+        if l.connections_per_shard_max == 0 {
+            err(at("connections_per_shard_max"), "must be at least 1".into());
+        }
+        if l.original_destination && l.protocol != Protocol::Tcp {
+            err(
+                at("original_destination"),
+                "only a tcp listener takes original_destination".into(),
+            );
+        }
+        let orig_dst_cluster = |name: &str| {
+            self.cluster(name)
+                .is_some_and(|c| c.kind == ClusterType::OriginalDestination)
+        };
+        if let Some(c) = &l.cluster {
+            if orig_dst_cluster(c.as_str())
+                && !(l.protocol == Protocol::Tcp && l.original_destination)
+            {
+                err(
+                    at("cluster"),
                     format!(
-                        "{} is out of range {BUFFER_BYTES_MIN}..={BUFFER_BYTES_MAX}",
-                        l.buffer_bytes
+                        "cluster {c:?} is of type original_destination: only a tcp listener \
+                         with original_destination: true can use it"
                     ),
                 );
             }
-            range_ms(
-                &mut err,
-                at("idle_timeout_ms"),
-                l.idle_timeout_ms,
-                1,
-                IDLE_TIMEOUT_MS_MAX,
-            );
-            if l.connections_per_shard_max == 0 {
-                err(at("connections_per_shard_max"), "must be at least 1".into());
-            }
-            if l.original_destination && l.protocol != Protocol::Tcp {
+            if l.original_destination
+                && !orig_dst_cluster(c.as_str())
+                && cluster_names.contains(c.as_str())
+            {
                 err(
                     at("original_destination"),
-                    "only a tcp listener takes original_destination".into(),
+                    format!(
+                        "the listener's cluster {c:?} is not of type original_destination, \
+                         so the original destination would be ignored"
+                    ),
                 );
             }
-            let orig_dst_cluster = |name: &str| {
-                self.cluster(name)
-                    .is_some_and(|c| c.kind == ClusterType::OriginalDestination)
-            };
-            if let Some(c) = &l.cluster {
-                if orig_dst_cluster(c.as_str())
-                    && !(l.protocol == Protocol::Tcp && l.original_destination)
-                {
-                    err(
-                        at("cluster"),
-                        format!(
-                            "cluster {c:?} is of type original_destination: only a tcp listener \
-                             with original_destination: true can use it"
-                        ),
-                    );
-                }
-                if l.original_destination
-                    && !orig_dst_cluster(c.as_str())
-                    && cluster_names.contains(c.as_str())
-                {
-                    err(
-                        at("original_destination"),
-                        format!(
-                            "the listener's cluster {c:?} is not of type original_destination, \
-                             so the original destination would be ignored"
-                        ),
-                    );
-                }
-            }
-            let route_clusters = l.route_actions().flat_map(|a| {
-                a.cluster
-                    .iter()
-                    .chain(a.weighted_clusters.iter().map(|w| &w.name))
-            });
-            for c in route_clusters {
-                if orig_dst_cluster(c.as_str()) {
-                    err(
-                        at("routes"),
-                        format!(
-                            "cluster {c:?} is of type original_destination: routes cannot use it"
-                        ),
-                    );
-                }
+        }
+        let route_clusters = l.route_actions().flat_map(|a| {
+            a.cluster
+                .iter()
+                .chain(a.weighted_clusters.iter().map(|w| &w.name))
+        });
+        for c in route_clusters {
+            if orig_dst_cluster(c.as_str()) {
+                err(
+                    at("routes"),
+                    format!("cluster {c:?} is of type original_destination: routes cannot use it"),
+                );
             }
         }
-        self.validate_virtual_listeners(&mut err);
-        out
     }
 
     /// `bind: false` listeners and the `virtual_listeners` that hand connections to them.
@@ -1653,6 +1608,94 @@ impl Config {
 }
 
 /// A Dubbo connection timer: 1 ..= [`DUBBO_TIMER_MS_MAX`].
+/// A cluster's timeouts, connection and request limits.
+fn validate_cluster_limits(
+    c: &Cluster,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    let mut from_1 = |field: &str, v: u64, max: u64| {
+        if v == 0 || v > max {
+            err(at(field), format!("{v} is out of range 1..={max}"));
+        }
+    };
+    from_1(
+        "connect_timeout_ms",
+        c.connect_timeout_ms,
+        CONNECT_TIMEOUT_MS_MAX,
+    );
+    from_1("timeout_ms", c.timeout_ms, REQUEST_TIMEOUT_MS_MAX);
+    from_1(
+        "connections_per_host",
+        u64::from(c.connections_per_host),
+        u64::from(CONNECTIONS_PER_HOST_MAX),
+    );
+    if c.pending_requests_max == 0 {
+        err(at("pending_requests_max"), "must be at least 1".into());
+    }
+    if !(BUFFER_BYTES_MIN..=FRAME_BYTES_MAX_LIMIT).contains(&c.response_bytes_max) {
+        err(
+            at("response_bytes_max"),
+            format!(
+                "{} is out of range {BUFFER_BYTES_MIN}..={FRAME_BYTES_MAX_LIMIT}",
+                c.response_bytes_max
+            ),
+        );
+    }
+    timer_in_range(c.idle_timeout_ms, at("idle_timeout_ms"), err);
+    timer_in_range(c.keepalive_interval_ms, at("keepalive_interval_ms"), err);
+    timer_in_range(c.keepalive_timeout_ms, at("keepalive_timeout_ms"), err);
+    if let Some(k) = &c.tcp_keepalive {
+        k.validate(&at("tcp_keepalive"), err);
+    }
+    range_ms(
+        err,
+        at("heartbeat_interval_ms"),
+        c.heartbeat_interval_ms,
+        HEARTBEAT_INTERVAL_MS_MIN,
+        HEARTBEAT_INTERVAL_MS_MAX,
+    );
+}
+
+fn validate_xds(x: &XdsBootstrap, err: &mut dyn FnMut(String, String)) {
+    let ok = x
+        .server
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        err(
+            "xds.server".into(),
+            format!("{:?} is not host:port", x.server),
+        );
+    }
+    if x.node_id.is_empty() {
+        err("xds.node_id".into(), "must not be empty".into());
+    }
+    if x.retry_initial_ms == 0 || x.retry_initial_ms > x.retry_max_ms {
+        err(
+            "xds.retry_initial_ms".into(),
+            format!(
+                "{} must be at least 1 and at most retry_max_ms ({})",
+                x.retry_initial_ms, x.retry_max_ms
+            ),
+        );
+    }
+    range_ms(
+        err,
+        "xds.retry_max_ms".into(),
+        x.retry_max_ms,
+        1,
+        RETRY_MS_MAX,
+    );
+    range_ms(
+        err,
+        "xds.initial_fetch_timeout_ms".into(),
+        x.initial_fetch_timeout_ms,
+        0,
+        FETCH_TIMEOUT_MS_MAX,
+    );
+}
+
 fn timer_in_range(ms: u64, field: String, err: &mut dyn FnMut(String, String)) {
     if ms == 0 || ms > DUBBO_TIMER_MS_MAX {
         err(
@@ -1863,6 +1906,12 @@ fn validate_triple(
         1,
         1 << 20,
     );
+    range(
+        "hpack_amplified_bytes_per_second_max",
+        t.hpack_amplified_bytes_per_second_max,
+        1 << 16,
+        1 << 30,
+    );
     if !(1..=H2_TIMER_MS_MAX).contains(&t.preface_timeout_ms) {
         err(
             at("preface_timeout_ms"),
@@ -1966,7 +2015,7 @@ fn valid_interface(name: &str) -> bool {
     !name.is_empty() && !name.contains(['/', ' ', '?', '&'])
 }
 
-fn validate_registry(r: &Registry, listeners: &[Listener], err: &mut impl FnMut(String, String)) {
+fn validate_registry(r: &Registry, listeners: &[Listener], err: &mut dyn FnMut(String, String)) {
     if r.addresses.is_empty() {
         err(
             "registry.addresses".into(),

@@ -144,10 +144,8 @@ fn field(log: &str, key: &str) -> Option<f64> {
 }
 
 fn stat(rs: &Ringside, name: &str) -> u64 {
-    let (_, text) = rs.get("/stats");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.parse().ok())
+    rs.stat_value(name)
+        .and_then(|v| u64::try_from(v).ok())
         .unwrap_or(0)
 }
 

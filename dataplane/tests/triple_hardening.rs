@@ -41,6 +41,8 @@ struct Seen {
     after_end: AtomicUsize,
     /// Set once the first `x-goaway` request was refused with a GOAWAY.
     goaway_sent: AtomicBool,
+    /// Streams refused with RST_STREAM REFUSED_STREAM (`x-refuse`).
+    refused: AtomicUsize,
     /// Request header fields named `etag` received with the never-indexed bit, and without.
     etag_never: AtomicUsize,
     etag_plain: AtomicUsize,
@@ -51,7 +53,9 @@ struct Seen {
 /// A raw-frame HTTP/2 upstream. Request headers switch behaviour: `x-hang` (never answer),
 /// `x-reply-bytes: N` (answer N bytes), `x-big-header: N` (answer with a response header of N
 /// bytes; `x-big-trailer: N` the same in its trailers, before grpc-status), `x-goaway` (the first such request on the backend is refused by a GOAWAY naming the
-/// stream before it, and the connection closes once older streams are answered), `x-no-window`
+/// stream before it, and the connection closes once older streams are answered), `x-refuse: K`
+/// (once the request is in, RST_STREAM REFUSED_STREAM while the backend has refused fewer
+/// than K streams), `x-no-window`
 /// (never return stream window for the request body), `x-data-first` (a DATA frame before the
 /// response HEADERS), `x-never-etag` (a never-indexed `etag: ""` in the response headers), `x-freeze`
 /// (stop reading and writing on this connection, keeping it open: a half-open peer).
@@ -302,6 +306,17 @@ impl BackendConn {
         if get("x-hang").is_some() {
             self.reading.insert(sid, fields);
             return;
+        }
+        // Refused once the whole request is in (so ringside has written all of it).
+        if let Some(k) = get("x-refuse") {
+            if self.seen.refused.load(Relaxed) < k.parse().unwrap() {
+                self.seen.refused.fetch_add(1, Relaxed);
+                let mut o = Vec::new();
+                frame::write_rst_stream(&mut o, sid, code::REFUSED_STREAM);
+                self.write(&o);
+                self.stream_closed();
+                return;
+            }
         }
         let n: usize = get("x-reply-bytes").map_or(2, |v| v.parse().unwrap());
         let mut block = Vec::new();
@@ -969,4 +984,214 @@ fn never_indexed_fields_stay_never_indexed_through_the_proxy() {
         "the caller's never-indexed etag reaches the upstream as sent"
     );
     assert_eq!(b.get(|s| &s.etag_plain), 1, "a plain etag stays plain");
+}
+
+/// Item 3 (#20 leftovers): after a connection error the final GOAWAY gets a bounded time to be
+/// written: a caller that never reads does not keep its connection (and its buffers) open
+/// until the idle timeout.
+#[test]
+fn a_caller_that_never_reads_its_goaway_is_closed() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "");
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&listen.into()).unwrap();
+    let mut p = Peer::new(sock.into());
+    // Windows wide open: an 8 MB answer queues in ringside behind full socket buffers.
+    let mut o = frame::PREFACE.to_vec();
+    frame::write_settings(
+        &mut o,
+        &[(setting::INITIAL_WINDOW_SIZE, frame::WINDOW_LIMIT)],
+    );
+    frame::write_window_update(&mut o, 0, frame::WINDOW_LIMIT - 65_535);
+    write_request(&mut o, 1, &[("x-reply-bytes", "8000000")]);
+    p.write(&o);
+    assert!(wait_for(Duration::from_secs(5), || b.get(|s| &s.open) == 0));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(stat(&rs, "downstream_cx_active"), 1);
+    // A connection error (PING of 7 bytes): its GOAWAY can never be written.
+    let mut o = Vec::new();
+    FrameHeader {
+        len: 7,
+        kind: kind::PING,
+        flags: 0,
+        stream: 0,
+    }
+    .write(&mut o);
+    o.extend_from_slice(&[0; 7]);
+    p.write(&o);
+    let t0 = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(5), || stat(&rs, "downstream_cx_active")
+            == 0),
+        "the connection stayed open with its GOAWAY unread"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(stat(&rs, "triple_protocol_error"), 1);
+    drop(p);
+    // The listener serves others.
+    assert_eq!(
+        Client::connect(listen).call(SAY, &[], b"x").grpc_status(),
+        Some(0)
+    );
+}
+
+/// Item 2 (#20 leftovers): a stream the upstream refuses unprocessed (above its GOAWAY's last
+/// stream id, or RST_STREAM REFUSED_STREAM) is sent once more on another connection when what
+/// was written of it is still held; a larger body, or a second refusal, fails UNAVAILABLE.
+#[test]
+fn refused_streams_are_retried_once_on_another_connection() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "");
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call(SAY, &[], b"first").grpc_status(), Some(0));
+    // Refused by a GOAWAY naming the stream before it.
+    let r = c.call(SAY, &[("x-goaway", "1")], b"hello");
+    assert_eq!(
+        r.grpc_status(),
+        Some(0),
+        "GOAWAY-refused call retried: {r:?}"
+    );
+    assert_eq!(b.get(|s| &s.connections), 2);
+    // Refused by RST_STREAM REFUSED_STREAM (the first refusal).
+    let r = c.call(SAY, &[("x-refuse", "1")], b"hello");
+    assert_eq!(
+        r.grpc_status(),
+        Some(0),
+        "REFUSED_STREAM call retried: {r:?}"
+    );
+    assert_eq!(stat(&rs, "upstream_h2_rq_retry_refused"), 2);
+    // Refused on its first attempt and on its retry: not retried twice.
+    let r = c.call(SAY, &[("x-refuse", "3")], b"hello");
+    assert_eq!(r.grpc_status(), Some(14), "refused twice: {r:?}");
+    assert_eq!(b.get(|s| &s.refused), 3);
+    // A body larger than ringside holds for a retry (40 KB, three frames): fails as before.
+    let big = vec![b'b'; 40_000];
+    let r = c.call(SAY, &[("x-refuse", "4")], &big);
+    assert_eq!(r.grpc_status(), Some(14), "large body not retried: {r:?}");
+    assert_eq!(b.get(|s| &s.refused), 4);
+    assert_eq!(stat(&rs, "upstream_h2_rq_retry_refused"), 3);
+    // Nothing leaked: later calls (with a body of several frames) go through.
+    let r = c.call(SAY, &[], &big);
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    assert!(wait_for(Duration::from_secs(2), || stat(
+        &rs,
+        "upstream_rq_active"
+    ) == 0));
+    assert!(wait_for(Duration::from_secs(2), || b.get(|s| &s.open) == 0));
+}
+
+/// A literal with incremental indexing and a new name: the caller adds it to its table.
+fn literal_indexed(o: &mut Vec<u8>, n: &[u8], v: &[u8]) {
+    o.push(0x40);
+    hpack::write_int(o, n.len(), 7, 0);
+    o.extend_from_slice(n);
+    hpack::write_int(o, v.len(), 7, 0);
+    o.extend_from_slice(v);
+}
+
+/// An HPACK amplifier: a new caller connection whose first request adds `entries` to its
+/// table, then `count` requests (the first included) each referencing every entry `refs`
+/// times (one byte each). Returns the bytes it sent, the header bytes the backend received
+/// meanwhile, and the GOAWAY code it got, if any.
+fn amplify(
+    listen: SocketAddr,
+    b: &Backend,
+    entries: &[(String, String)],
+    refs: usize,
+    count: u32,
+) -> (usize, usize, Option<u32>) {
+    let before = b.get(|s| &s.header_bytes);
+    let mut p = raw_caller(listen, &[]);
+    let mut sent = frame::PREFACE.len() + 9;
+    let mut o = Vec::new();
+    for i in 0..count {
+        let id = 1 + 2 * i;
+        let mut block = request_block(&[]);
+        if i == 0 {
+            for (n, v) in entries {
+                literal_indexed(&mut block, n.as_bytes(), v.as_bytes());
+            }
+        }
+        for _ in 0..refs {
+            for k in 0..entries.len() {
+                hpack::write_int(&mut block, 62 + k, 7, 0x80);
+            }
+        }
+        frame::write_headers(&mut o, id, &block, false, 16_384);
+        let body = grpc_msg(b"hi");
+        frame::write_data_header(&mut o, id, body.len(), true);
+        o.extend_from_slice(&body);
+    }
+    sent += o.len();
+    p.s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = p.s.write_all(&o);
+    let (mut ended, mut goaway) = (0, None);
+    while ended < count {
+        let Some(f) = p.read_frame() else { break };
+        if p.handle_control(&f) {
+            continue;
+        }
+        match f.h.kind {
+            kind::HEADERS if f.h.flags & flag::END_STREAM != 0 => ended += 1,
+            kind::RST_STREAM => ended += 1,
+            kind::GOAWAY => goaway = Some(frame::goaway(&f.payload).unwrap().1),
+            _ => {}
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    (sent, b.get(|s| &s.header_bytes) - before, goaway)
+}
+
+/// Item 1 (#20 leftovers): HPACK amplification. A caller's small blocks referencing large
+/// entries of its own table are not re-encoded literally upstream: ringside's encoder indexes
+/// (and Huffman-codes) what it sends, and a large entry is not churned out of its table by
+/// small fields. Two shapes (Envoy 1.40: 27x and 326x bytes upstream per byte received).
+#[test]
+fn hpack_amplification_is_not_passed_upstream() {
+    let b = Backend::start(10_000);
+    let (rs, listen) = start(b.addr, "", "");
+    // '{' has a 15-bit Huffman code: Huffman cannot shrink these values.
+    let big = vec![("x-amp".to_string(), "{".repeat(4000))];
+    let (sent, up, goaway) = amplify(listen, &b, &big, 1, 200);
+    let one = up as f64 / sent as f64;
+    assert_eq!(goaway, None);
+    let small: Vec<_> = (0..60)
+        .map(|i| (format!("x-s{i:02}"), "{".repeat(30)))
+        .collect();
+    let (sent, up, goaway) = amplify(listen, &b, &small, 10, 200);
+    let many = up as f64 / sent as f64;
+    assert_eq!(goaway, None);
+    eprintln!("bytes upstream per byte received: one 4 KB entry {one:.2}x, 60 small entries x10 {many:.2}x");
+    assert!(one < 2.0, "one 4 KB entry: {one:.1}x");
+    assert!(many < 2.0, "many small entries: {many:.1}x");
+    assert_eq!(stat(&rs, "triple_header_flood"), 0);
+    // Ordinary calls still go through both ways (blocks decode with a decoder kept per
+    // connection on both sides).
+    let mut c = Client::connect(listen);
+    for _ in 0..3 {
+        let r = c.call(SAY, &[("x-big-header", "3000")], b"x");
+        assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    }
+}
+
+/// Item 1 (#20 leftovers): a caller that makes ringside decode more than
+/// `hpack_amplified_bytes_per_second_max` header bytes beyond what it sent gets GOAWAY
+/// ENHANCE_YOUR_CALM, counted in `triple_header_flood`.
+#[test]
+fn hpack_amplifying_callers_get_enhance_your_calm() {
+    let b = Backend::start(10_000);
+    let (rs, listen) = start(
+        b.addr,
+        "    triple: {hpack_amplified_bytes_per_second_max: 1048576}\n",
+        "",
+    );
+    let big = vec![("x-amp".to_string(), "{".repeat(4000))];
+    // 400 x 4 KB decoded in well under a second: 1.6 MB.
+    let (_, up, goaway) = amplify(listen, &b, &big, 1, 400);
+    assert_eq!(goaway, Some(code::ENHANCE_YOUR_CALM));
+    assert_eq!(stat(&rs, "triple_header_flood"), 1);
+    assert!(up < 1 << 20, "{up} header bytes upstream");
+    let r = Client::connect(listen).call(SAY, &[], b"x");
+    assert_eq!(r.grpc_status(), Some(0));
 }

@@ -64,11 +64,7 @@ fn wait_dump(rs: &Ringside, what: &str, pred: impl Fn(&Value) -> bool) -> Value 
 }
 
 fn stat(rs: &Ringside, name: &str) -> i64 {
-    let (_, text) = rs.get("/stats");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    rs.stat_value(name).unwrap_or(0)
 }
 
 fn call(listen: SocketAddr, method: &str, arg: &str) -> Result<String, String> {

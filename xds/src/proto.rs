@@ -237,8 +237,15 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             ));
         }
     }
+    let matches_all = |c: &listener_pb::FilterChain| {
+        c.filter_chain_match
+            .as_ref()
+            .is_none_or(|m| *m == listener_pb::FilterChainMatch::default())
+    };
     let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
         ([one], None) => (one, "filter_chains[0]".to_string()),
+        // A chain that matches every connection leaves the default chain unreachable.
+        ([one], Some(_)) if matches_all(one) => (one, "filter_chains[0]".to_string()),
         ([], Some(d)) => (d, "default_filter_chain".to_string()),
         _ => {
             return Err(ctx.err(
@@ -269,19 +276,33 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             ));
         }
     }
-    let filter = match chain.filters.as_slice() {
-        [one] => one,
+    // istiod puts telemetry filters (istio.stats, istio.metadata_exchange, istio_authn) before
+    // the proxy filter: ignored (docs/xds.md, "Istio"); exactly one other filter must remain.
+    let proxies: Vec<(usize, &listener_pb::Filter)> = chain
+        .filters
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| match &f.config_type {
+            Some(listener_pb::filter::ConfigType::TypedConfig(a)) => {
+                ignorable_network_filter(a).is_none()
+            }
+            _ => true,
+        })
+        .collect();
+    let (fi, filter) = match proxies.as_slice() {
+        [one] => *one,
         _ => {
             return Err(ctx.err(
                 format!("{at}.filters"),
                 format!(
-                    "exactly one network filter is supported (got {})",
-                    chain.filters.len()
+                    "exactly one network filter besides Istio's telemetry filters is supported (got {}: {:?})",
+                    proxies.len(),
+                    proxies.iter().map(|(_, f)| f.name.as_str()).collect::<Vec<_>>()
                 ),
             ))
         }
     };
-    let fat = format!("{at}.filters[0]");
+    let fat = format!("{at}.filters[{fi}]");
     let any = match &filter.config_type {
         Some(listener_pb::filter::ConfigType::TypedConfig(any)) => any,
         Some(listener_pb::filter::ConfigType::ConfigDiscovery(_)) => {
@@ -1149,15 +1170,25 @@ fn hcm(
         ));
     }
     for (i, f) in h.http_filters.iter().enumerate() {
+        let typed = match &f.config_type {
+            Some(hcm_pb::http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        };
         let is_router = f.name == "envoy.filters.http.router"
-            || matches!(&f.config_type, Some(hcm_pb::http_filter::ConfigType::TypedConfig(a)) if a.type_url == HTTP_ROUTER_TYPE);
-        if !is_router {
+            || typed.is_some_and(|a| a.type_url == HTTP_ROUTER_TYPE);
+        if is_router {
+            continue;
+        }
+        // The filters istiod always adds: ignored when they only feed telemetry or act on
+        // what ringside refuses anyway (docs/xds.md, "Istio"); refused otherwise.
+        let why = match typed {
+            Some(a) => http_filter_decision(a).err(),
+            None => Some("only envoy.filters.http.router and the filters docs/xds.md lists".into()),
+        };
+        if let Some(why) = why {
             return Err(ctx.err(
                 format!("{at}.http_filters[{i}]"),
-                format!(
-                    "http filter {:?} is not supported (only envoy.filters.http.router)",
-                    f.name
-                ),
+                format!("http filter {:?}: {why}", f.name),
             ));
         }
     }
@@ -1312,6 +1343,7 @@ fn route_configuration(
         ctx,
         at,
     )?;
+    no_fault_override(&rc.typed_per_filter_config, ctx, at)?;
     let mut hosts: Vec<(usize, &route_pb::VirtualHost)> =
         rc.virtual_hosts.iter().enumerate().collect();
     hosts.sort_by_key(|(_, vh)| vh.domains.iter().map(|d| domain_rank(d)).min().unwrap_or(3));
@@ -1341,9 +1373,11 @@ fn route_configuration(
             ctx,
             &vat,
         )?;
+        no_fault_override(&vh.typed_per_filter_config, ctx, &vat)?;
         let auth = authority(&vh.domains);
         for (j, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{j}]");
+            no_fault_override(&r.typed_per_filter_config, ctx, &rat)?;
             let mut route = triple_route(r, ctx, &rat)?;
             route.matcher.authority = auth.clone();
             out.push(route);
@@ -1678,9 +1712,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if !c.health_checks.is_empty() {
         return refuse("health_checks", "active health checks are not supported");
     }
-    if c.outlier_detection.is_some() {
-        return refuse("outlier_detection", "outlier detection is not supported");
-    }
+    // outlier_detection: accepted; ringside's own connect-failure back-off applies (the
+    // governance issue implements Envoy's ejection).
     if c.lb_subset_config.is_some() {
         return refuse("lb_subset_config", "subset load balancing is not supported");
     }
@@ -1693,8 +1726,19 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if c.upstream_bind_config.is_some() {
         return refuse("upstream_bind_config", "not supported");
     }
-    if !c.filters.is_empty() {
-        return refuse("filters", "upstream network filters are not supported");
+    for (i, f) in c.filters.iter().enumerate() {
+        // Istio's cluster filter istio.metadata_exchange acts only on mTLS connections (ALPN
+        // istio-peer-exchange), which ringside does not open: ignored. Any other: refused.
+        let mx = f
+            .typed_config
+            .as_ref()
+            .is_some_and(|a| config_type(a) == ISTIO_MX);
+        if !mx {
+            return Err(ctx.err(
+                format!("filters[{i}]"),
+                format!("upstream network filter {:?} is not supported", f.name),
+            ));
+        }
     }
     if c.upstream_config.is_some() {
         return refuse("upstream_config", "not supported");
@@ -1784,9 +1828,14 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         }
         Ok(DiscoveryType::Static) | Ok(DiscoveryType::StrictDns) => {
             let Some(la) = &c.load_assignment else {
+                if ty == DiscoveryType::Static as i32 {
+                    // No endpoints: every connection and request fails at once (Istio's
+                    // BlackHoleCluster), as in Envoy.
+                    return Ok(ClusterRes { cluster: out, eds: None });
+                }
                 return refuse(
                     "load_assignment",
-                    "a STATIC or STRICT_DNS cluster needs an inline load_assignment",
+                    "a STRICT_DNS cluster needs an inline load_assignment",
                 );
             };
             let a = endpoints(la, &ctx, "load_assignment")?;
@@ -1932,4 +1981,127 @@ fn tcp_keepalive(
         interval_s: interval_s.max(1),
         probes: probes.max(1),
     })
+}
+
+// === filters istiod always adds (docs/xds.md, "Istio": the decisions table) ===
+
+/// `udpa.type.v1.TypedStruct` / `xds.type.v3.TypedStruct`: only the wrapped type is read here.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStructUrl {
+    #[prost(string, tag = "1")]
+    type_url: String,
+}
+
+const UDPA_TYPED_STRUCT: &str = "type.googleapis.com/udpa.type.v1.TypedStruct";
+const XDS_TYPED_STRUCT: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
+const ISTIO_STATS: &str = "type.googleapis.com/stats.PluginConfig";
+const ISTIO_MX: &str = "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
+const ISTIO_PEER_METADATA: &str = "type.googleapis.com/io.istio.http.peer_metadata.Config";
+const ISTIO_AUTHN: &str = "type.googleapis.com/io.istio.network.authn.Config";
+const ISTIO_ALPN: &str =
+    "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig";
+const WASM_HTTP: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const GRPC_STATS: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
+const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// The type a filter's `typed_config` configures: the wrapped one for a TypedStruct.
+fn config_type(any: &Any) -> String {
+    if any.type_url == UDPA_TYPED_STRUCT || any.type_url == XDS_TYPED_STRUCT {
+        if let Ok(t) = TypedStructUrl::decode(any.value.as_slice()) {
+            return t.type_url;
+        }
+    }
+    any.type_url.clone()
+}
+
+/// Why a network filter Istio adds before the proxy filter can be ignored, or None when it
+/// cannot (it is then refused like any other extra filter).
+fn ignorable_network_filter(any: &Any) -> Option<&'static str> {
+    match config_type(any).as_str() {
+        // Counters and histograms of istio-proxy's own (ringside has its /stats).
+        ISTIO_STATS => Some("telemetry only"),
+        // Exchanges peer metadata in-band only on connections that negotiated the ALPN
+        // `istio-peer-exchange`, i.e. over Istio mTLS, which ringside does not terminate.
+        ISTIO_MX => Some("acts only on mTLS connections (ALPN istio-peer-exchange)"),
+        // Records the mTLS peer identity for rbac; ringside has neither TLS nor rbac.
+        ISTIO_AUTHN => Some("records the mTLS peer identity only"),
+        _ => None,
+    }
+}
+
+/// Why an HTTP filter can be ignored; Err(reason) when ignoring it would change what the
+/// listener does (the listener is then refused).
+fn http_filter_decision(any: &Any) -> Result<&'static str, String> {
+    let ty = config_type(any);
+    match ty.as_str() {
+        ISTIO_STATS => Ok("telemetry only"),
+        ISTIO_PEER_METADATA | ISTIO_MX => Ok("peer metadata headers for telemetry only"),
+        ISTIO_ALPN => Ok("sets the ALPN of TLS upstreams only, which ringside refuses"),
+        GRPC_STATS => Ok("telemetry only"),
+        // Acts only on routes with a CORS policy, i.e. browser (gRPC-Web) preflights; ringside
+        // speaks h2c gRPC/Triple, which browsers do not send.
+        CORS => Ok("acts only for browser requests with a route CORS policy"),
+        FAULT => {
+            use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+            let f = HttpFault::decode(any.value.as_slice())
+                .map_err(|e| format!("cannot decode HTTPFault: {e}"))?;
+            if f.delay.is_some() || f.abort.is_some() {
+                Err("fault injection (a delay or abort) is not supported".into())
+            } else {
+                // Istio's filter is empty; faults come per route (typed_per_filter_config,
+                // refused there).
+                Ok("no fault configured")
+            }
+        }
+        WASM_HTTP => {
+            use envoy_types::pb::envoy::config::core::v3::{async_data_source, data_source};
+            use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+            use envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm;
+            let w = Wasm::decode(any.value.as_slice())
+                .map_err(|e| format!("cannot decode Wasm: {e}"))?;
+            let vm = w.config.as_ref().and_then(|c| match &c.vm {
+                Some(Vm::VmConfig(v)) => Some(v),
+                None => None,
+            });
+            let code = vm
+                .and_then(|v| v.code.as_ref())
+                .and_then(|c| match &c.specifier {
+                    Some(async_data_source::Specifier::Local(d)) => d.specifier.as_ref(),
+                    _ => None,
+                });
+            let null_vm = vm.is_some_and(|v| v.runtime == "envoy.wasm.runtime.null");
+            match code {
+                // istio-proxy's compiled-in telemetry plugins (Istio 1.18 and older).
+                Some(data_source::Specifier::InlineString(s))
+                    if null_vm
+                        && (s == "envoy.wasm.metadata_exchange" || s == "envoy.wasm.stats") =>
+                {
+                    Ok("istio-proxy's telemetry plugin")
+                }
+                _ => Err("Wasm filters are not supported".into()),
+            }
+        }
+        _ => Err(format!("http filter type {ty} is not supported")),
+    }
+}
+
+/// Per-route fault injection (Istio's VirtualService `fault`, a `typed_per_filter_config` entry
+/// for the fault filter) changes what callers get: refused. Other per-filter configs only
+/// tune filters ringside ignores.
+fn no_fault_override(
+    m: &std::collections::HashMap<String, Any>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(), TranslateError> {
+    for (k, a) in m {
+        if k == "envoy.filters.http.fault" || a.type_url == FAULT {
+            return Err(ctx.err(
+                join(at, &format!("typed_per_filter_config[{k:?}]")),
+                "fault injection is not supported",
+            ));
+        }
+    }
+    Ok(())
 }

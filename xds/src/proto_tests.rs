@@ -901,3 +901,191 @@ fn wrong_type_url_is_a_decode_error() {
     let e = decode_listener(&cla("x", &[])).unwrap_err();
     assert!(matches!(e, TranslateError::Decode { .. }), "{e:?}");
 }
+
+fn any_of(type_url: &str, value: Vec<u8>) -> Any {
+    Any {
+        type_url: type_url.into(),
+        value,
+    }
+}
+
+fn typed_struct(inner: &str) -> Any {
+    any_of(
+        UDPA_TYPED_STRUCT,
+        TypedStructUrl {
+            type_url: inner.into(),
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn http_filter(name: &str, a: Any) -> hcm_pb::HttpFilter {
+    hcm_pb::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(a)),
+        ..Default::default()
+    }
+}
+
+fn null_wasm(code: &str, runtime: &str) -> Any {
+    use envoy_types::pb::envoy::config::core::v3::{
+        async_data_source, data_source, AsyncDataSource, DataSource,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::{plugin_config::Vm, PluginConfig, VmConfig};
+    let w = Wasm {
+        config: Some(PluginConfig {
+            vm: Some(Vm::VmConfig(VmConfig {
+                runtime: runtime.into(),
+                code: Some(AsyncDataSource {
+                    specifier: Some(async_data_source::Specifier::Local(DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(code.into())),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    any_of(WASM_HTTP, w.encode_to_vec())
+}
+
+/// The filters istiod always adds: accepted and ignored when telemetry-only, refused when
+/// ignoring them would change what the listener does (docs/xds.md, "Istio").
+#[test]
+fn istio_filter_decisions() {
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    let base: hcm_pb::HttpConnectionManager =
+        hcm_pb::HttpConnectionManager::decode(hcm_rds("r").value.as_slice()).unwrap();
+    let with = |fs: Vec<hcm_pb::HttpFilter>| {
+        let mut h = base.clone();
+        let router = h.http_filters.pop().unwrap();
+        h.http_filters = fs;
+        h.http_filters.push(router);
+        decode_listener(&crate::testing::listener("t", 1, pack_any(h)))
+    };
+    let istio = vec![
+        http_filter("istio.metadata_exchange", typed_struct(ISTIO_PEER_METADATA)),
+        http_filter(
+            "istio.metadata_exchange",
+            null_wasm("envoy.wasm.metadata_exchange", "envoy.wasm.runtime.null"),
+        ),
+        http_filter("envoy.filters.http.grpc_stats", any_of(GRPC_STATS, vec![])),
+        http_filter("istio.alpn", any_of(ISTIO_ALPN, vec![])),
+        http_filter("envoy.filters.http.fault", any_of(FAULT, vec![])),
+        http_filter("envoy.filters.http.cors", any_of(CORS, vec![])),
+        http_filter("istio.stats", any_of(ISTIO_STATS, vec![])),
+    ];
+    let (_, res) = with(istio).unwrap();
+    assert_eq!(res.rds.as_deref(), Some("r"));
+
+    let abort = HttpFault {
+        abort: Some(Default::default()),
+        ..Default::default()
+    };
+    let e = err_text(with(vec![http_filter(
+        "envoy.filters.http.fault",
+        any_of(FAULT, abort.encode_to_vec()),
+    )]));
+    assert!(
+        e.contains("http_filters[0]") && e.contains("fault injection"),
+        "{e}"
+    );
+    let rbac = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+    let e = err_text(with(vec![http_filter(
+        "envoy.filters.http.rbac",
+        any_of(rbac, vec![]),
+    )]));
+    assert!(
+        e.contains("envoy.filters.http.rbac") && e.contains("not supported"),
+        "{e}"
+    );
+    let e = err_text(with(vec![http_filter(
+        "w",
+        null_wasm("my.plugin", "envoy.wasm.runtime.v8"),
+    )]));
+    assert!(e.contains("Wasm filters are not supported"), "{e}");
+
+    // Network: telemetry filters before the proxy filter are skipped; rbac is not.
+    let filter = |name: &str, a: Any| listener_pb::Filter {
+        name: name.into(),
+        config_type: Some(listener_pb::filter::ConfigType::TypedConfig(a)),
+    };
+    let mut l = crate::testing::listener_pb("t", 1, tcp("c"));
+    let proxy = l.filter_chains[0].filters.pop().unwrap();
+    l.filter_chains[0].filters = vec![
+        filter("istio_authn", typed_struct(ISTIO_AUTHN)),
+        filter("istio.metadata_exchange", any_of(ISTIO_MX, vec![])),
+        filter("istio.stats", any_of(ISTIO_STATS, vec![])),
+        proxy.clone(),
+    ];
+    let (_, res) = decode_listener(&pack_any(l.clone())).unwrap();
+    assert_eq!(res.listener.cluster.as_deref(), Some("c"));
+    l.filter_chains[0].filters.insert(
+        0,
+        filter(
+            "envoy.filters.network.rbac",
+            any_of(
+                "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                vec![],
+            ),
+        ),
+    );
+    let e = err_text(decode_listener(&pack_any(l)));
+    assert!(
+        e.contains("filter_chains[0].filters") && e.contains("envoy.filters.network.rbac"),
+        "{e}"
+    );
+
+    // Per-route fault injection (a VirtualService `fault`) is refused.
+    let mut rc = route_config_pb("rc", &["*"], vec![route_to("/", "c")]);
+    rc.virtual_hosts[0].routes[0]
+        .typed_per_filter_config
+        .insert(
+            "envoy.filters.http.fault".into(),
+            any_of(FAULT, abort.encode_to_vec()),
+        );
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "t",
+        1,
+        hcm_inline(rc),
+    )));
+    assert!(
+        e.contains("routes[0].typed_per_filter_config") && e.contains("fault injection"),
+        "{e}"
+    );
+}
+
+#[test]
+fn istio_clusters() {
+    use cluster_pb::cluster::{ClusterDiscoveryType, DiscoveryType};
+    // BlackHoleCluster: STATIC without load_assignment has no endpoints.
+    let bh = cluster_pb::Cluster {
+        name: "BlackHoleCluster".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        ..Default::default()
+    };
+    let (_, res) = decode_cluster(&pack_any(bh.clone())).unwrap();
+    assert!(res.cluster.endpoints.is_empty() && res.eds.is_none());
+    let mut dns = bh.clone();
+    dns.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+    assert!(decode_cluster(&pack_any(dns)).is_err());
+
+    // istio.metadata_exchange as a cluster filter (TypedStruct) and outlier_detection: accepted.
+    let mut c = bh.clone();
+    c.filters = vec![cluster_pb::Filter {
+        name: "istio.metadata_exchange".into(),
+        typed_config: Some(typed_struct(ISTIO_MX)),
+        ..Default::default()
+    }];
+    c.outlier_detection = Some(Default::default());
+    assert!(decode_cluster(&pack_any(c.clone())).is_ok());
+    c.filters[0].typed_config = Some(any_of("type.googleapis.com/some.Other", vec![]));
+    let e = match decode_cluster(&pack_any(c)) {
+        Err(e) => e.to_string(),
+        Ok(v) => panic!("expected a NACK, got {v:?}"),
+    };
+    assert!(e.contains("filters[0]"), "{e}");
+}

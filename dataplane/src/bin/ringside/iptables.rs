@@ -272,248 +272,247 @@ fn port_chunks(ports: &[u16]) -> Vec<String> {
 
 /// The commands that install the rules (after [`clean_commands`] removed the old ones).
 pub fn setup_commands(o: &Options) -> Vec<Cmd> {
+    let rules = Rules::new(o);
     let mut out = Vec::new();
-    let mark = o.proxy_mark.to_string();
-    let imark = format!("{INTERCEPT_MARK:#x}");
-    let never = port_chunks(&o.never_inbound());
-    let inbound_port = o.inbound_port.to_string();
-    let outbound_port = o.outbound_port.to_string();
     for f in families(o.ipv6) {
-        let cidrs: Vec<String> = o
-            .exclude_cidrs
-            .iter()
-            .filter(|c| f.has(c.addr))
-            .map(Cidr::to_string)
-            .collect();
-        // The proxy's own packets first: its mark (covers SYN-ACKs of connections not accepted
-        // yet), then its uid; then local destinations and excluded networks.
-        let mut proxy_exempt = vec![s(&["-m", "mark", "--mark", &mark, "-j", "RETURN"])];
-        if let Some(uid) = o.proxy_uid {
-            proxy_exempt.push(s(&[
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid.to_string(),
-                "-j",
-                "RETURN",
-            ]));
-        }
-        proxy_exempt.push(s(&[
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "RETURN",
-        ]));
-        for c in &cidrs {
-            proxy_exempt.push(s(&["-d", c, "-j", "RETURN"]));
-        }
+        let exempt = proxy_exempt(o, f);
         match o.mode {
             Mode::Tproxy => {
-                // No conntrack entries for TCP: nothing in tproxy mode needs them.
-                let t = "raw";
-                let ch = "RINGSIDE_NOTRACK";
-                out.push(ipt(f, t, &["-N", ch]));
-                out.push(ipt_rule(
-                    f,
-                    t,
-                    ch,
-                    &s(&["-p", "tcp", "-j", "CT", "--notrack"]),
-                ));
-                out.push(ipt(f, t, &["-A", "PREROUTING", "-j", ch]));
-                out.push(ipt(f, t, &["-A", "OUTPUT", "-j", ch]));
-
-                let t = "mangle";
-                let ch = "RINGSIDE_PREROUTING";
-                out.push(ipt(f, t, &["-N", ch]));
-                // The app's outbound packets, looped back through lo by policy routing.
-                out.push(ipt_rule(
-                    f,
-                    t,
-                    ch,
-                    &s(&[
-                        "-i",
-                        "lo",
-                        "-p",
-                        "tcp",
-                        "-m",
-                        "mark",
-                        "--mark",
-                        &imark,
-                        "-j",
-                        "TPROXY",
-                        "--on-port",
-                        &outbound_port,
-                        "--tproxy-mark",
-                        &imark,
-                    ]),
-                ));
-                out.push(ipt_rule(f, t, ch, &s(&["-i", "lo", "-j", "RETURN"])));
-                for ports in &never {
-                    out.push(ipt_rule(
-                        f,
-                        t,
-                        ch,
-                        &s(&[
-                            "-p",
-                            "tcp",
-                            "-m",
-                            "multiport",
-                            "--dports",
-                            ports,
-                            "-j",
-                            "RETURN",
-                        ]),
-                    ));
-                }
-                // Inbound: only the SYN needs steering (its destination is local, so the rest of
-                // the connection finds the accepted socket by its addresses); replies to the
-                // proxy's own upstream connections are never SYNs.
-                let tproxy_in = s(&[
-                    "-j",
-                    "TPROXY",
-                    "--on-port",
-                    &inbound_port,
-                    "--tproxy-mark",
-                    &imark,
-                ]);
-                let syn_local = s(&[
-                    "-p",
-                    "tcp",
-                    "--syn",
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                ]);
-                match &o.inbound_ports {
-                    Ports::All => {
-                        out.push(ipt_rule(f, t, ch, &[syn_local.clone(), tproxy_in].concat()))
-                    }
-                    Ports::List(l) => {
-                        for ports in port_chunks(l) {
-                            let m = s(&["-m", "multiport", "--dports", &ports]);
-                            out.push(ipt_rule(
-                                f,
-                                t,
-                                ch,
-                                &[syn_local.clone(), m, tproxy_in.clone()].concat(),
-                            ));
-                        }
-                    }
-                }
-                out.push(ipt(f, t, &["-A", "PREROUTING", "-j", ch]));
-
-                let ch = "RINGSIDE_OUTPUT";
-                out.push(ipt(f, t, &["-N", ch]));
-                for r in &proxy_exempt {
-                    out.push(ipt_rule(f, t, ch, r));
-                }
-                // Replies of inbound connections that are not intercepted.
-                for ports in port_chunks(&o.exclude_inbound_ports) {
-                    out.push(ipt_rule(
-                        f,
-                        t,
-                        ch,
-                        &s(&[
-                            "-p",
-                            "tcp",
-                            "-m",
-                            "multiport",
-                            "--sports",
-                            &ports,
-                            "-j",
-                            "RETURN",
-                        ]),
-                    ));
-                }
-                out.push(ipt_rule(
-                    f,
-                    t,
-                    ch,
-                    &s(&["-p", "tcp", "-j", "MARK", "--set-mark", &imark]),
-                ));
-                out.push(ipt(f, t, &["-A", "OUTPUT", "-j", ch]));
-
-                let table = ROUTE_TABLE.to_string();
-                out.push(Cmd(s(&[
-                    "ip",
-                    f.ip(),
-                    "rule",
-                    "add",
-                    "fwmark",
-                    &imark,
-                    "lookup",
-                    &table,
-                ])));
-                out.push(Cmd(s(&[
-                    "ip",
-                    f.ip(),
-                    "route",
-                    "add",
-                    "local",
-                    f.any(),
-                    "dev",
-                    "lo",
-                    "table",
-                    &table,
-                ])));
+                rules.tproxy_notrack(f, &mut out);
+                rules.tproxy_prerouting(f, &mut out);
+                rules.tproxy_output(f, &exempt, &mut out);
+                rules.tproxy_route(f, &mut out);
             }
             Mode::Redirect => {
-                let t = "nat";
-                let ch = "RINGSIDE_INBOUND";
-                out.push(ipt(f, t, &["-N", ch]));
-                for ports in &never {
-                    out.push(ipt_rule(
-                        f,
-                        t,
-                        ch,
-                        &s(&[
-                            "-p",
-                            "tcp",
-                            "-m",
-                            "multiport",
-                            "--dports",
-                            ports,
-                            "-j",
-                            "RETURN",
-                        ]),
-                    ));
-                }
-                let redirect_in = s(&["-j", "REDIRECT", "--to-ports", &inbound_port]);
-                match &o.inbound_ports {
-                    Ports::All => out.push(ipt_rule(
-                        f,
-                        t,
-                        ch,
-                        &[s(&["-p", "tcp"]), redirect_in].concat(),
-                    )),
-                    Ports::List(l) => {
-                        for ports in port_chunks(l) {
-                            let m = s(&["-p", "tcp", "-m", "multiport", "--dports", &ports]);
-                            out.push(ipt_rule(f, t, ch, &[m, redirect_in.clone()].concat()));
-                        }
-                    }
-                }
-                out.push(ipt(f, t, &["-A", "PREROUTING", "-j", ch]));
-
-                let ch = "RINGSIDE_OUTPUT";
-                out.push(ipt(f, t, &["-N", ch]));
-                for r in &proxy_exempt {
-                    out.push(ipt_rule(f, t, ch, r));
-                }
-                out.push(ipt_rule(
-                    f,
-                    t,
-                    ch,
-                    &s(&["-p", "tcp", "-j", "REDIRECT", "--to-ports", &outbound_port]),
-                ));
-                out.push(ipt(f, t, &["-A", "OUTPUT", "-j", ch]));
+                rules.redirect_inbound(f, &mut out);
+                rules.redirect_output(f, &exempt, &mut out);
             }
         }
     }
     out
+}
+
+/// The rule specs that exempt packets from interception, in order: the proxy's own packets
+/// (its mark, which covers SYN-ACKs of connections not accepted yet, then its uid), then local
+/// destinations and excluded networks.
+fn proxy_exempt(o: &Options, f: Family) -> Vec<Vec<String>> {
+    let mark = o.proxy_mark.to_string();
+    let mut exempt = vec![s(&["-m", "mark", "--mark", &mark, "-j", "RETURN"])];
+    if let Some(uid) = o.proxy_uid {
+        let uid = uid.to_string();
+        exempt.push(s(&["-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]));
+    }
+    exempt.push(s(&[
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "RETURN",
+    ]));
+    for c in o.exclude_cidrs.iter().filter(|c| f.has(c.addr)) {
+        exempt.push(s(&["-d", &c.to_string(), "-j", "RETURN"]));
+    }
+    exempt
+}
+
+/// Creates chain `ch` of table `t`, starting with the rules `first`.
+fn new_chain(f: Family, t: &str, ch: &str, first: &[Vec<String>], out: &mut Vec<Cmd>) {
+    out.push(ipt(f, t, &["-N", ch]));
+    for r in first {
+        out.push(ipt_rule(f, t, ch, r));
+    }
+}
+
+/// What every rule of one set-up needs, formatted once.
+struct Rules<'a> {
+    o: &'a Options,
+    /// The intercept mark, as iptables takes it.
+    imark: String,
+    /// Ports never intercepted, in `multiport` chunks.
+    never: Vec<String>,
+    inbound_port: String,
+    outbound_port: String,
+}
+
+impl Rules<'_> {
+    fn new(o: &Options) -> Rules<'_> {
+        Rules {
+            o,
+            imark: format!("{INTERCEPT_MARK:#x}"),
+            never: port_chunks(&o.never_inbound()),
+            inbound_port: o.inbound_port.to_string(),
+            outbound_port: o.outbound_port.to_string(),
+        }
+    }
+
+    /// `-p tcp -m multiport --<dir> ports -j RETURN` for each chunk of `chunks`.
+    fn return_ports(
+        f: Family,
+        t: &str,
+        ch: &str,
+        dir: &str,
+        chunks: &[String],
+        out: &mut Vec<Cmd>,
+    ) {
+        for ports in chunks {
+            let spec = s(&["-p", "tcp", "-m", "multiport", dir, ports, "-j", "RETURN"]);
+            out.push(ipt_rule(f, t, ch, &spec));
+        }
+    }
+
+    /// tproxy: no conntrack entries for TCP (nothing in tproxy mode needs them).
+    fn tproxy_notrack(&self, f: Family, out: &mut Vec<Cmd>) {
+        let (t, ch) = ("raw", "RINGSIDE_NOTRACK");
+        out.push(ipt(f, t, &["-N", ch]));
+        out.push(ipt_rule(
+            f,
+            t,
+            ch,
+            &s(&["-p", "tcp", "-j", "CT", "--notrack"]),
+        ));
+        out.push(ipt(f, t, &["-A", "PREROUTING", "-j", ch]));
+        out.push(ipt(f, t, &["-A", "OUTPUT", "-j", ch]));
+    }
+
+    /// tproxy: the app's outbound packets (looped back through lo) to the outbound port, the
+    /// inbound SYNs to the inbound port.
+    fn tproxy_prerouting(&self, f: Family, out: &mut Vec<Cmd>) {
+        let (t, ch, imark) = ("mangle", "RINGSIDE_PREROUTING", self.imark.as_str());
+        out.push(ipt(f, t, &["-N", ch]));
+        // The app's outbound packets, looped back through lo by policy routing.
+        let outbound = s(&[
+            "-i",
+            "lo",
+            "-p",
+            "tcp",
+            "-m",
+            "mark",
+            "--mark",
+            imark,
+            "-j",
+            "TPROXY",
+            "--on-port",
+            &self.outbound_port,
+            "--tproxy-mark",
+            imark,
+        ]);
+        out.push(ipt_rule(f, t, ch, &outbound));
+        out.push(ipt_rule(f, t, ch, &s(&["-i", "lo", "-j", "RETURN"])));
+        Self::return_ports(f, t, ch, "--dports", &self.never, out);
+        // Inbound: only the SYN needs steering (its destination is local, so the rest of the
+        // connection finds the accepted socket by its addresses); replies to the proxy's own
+        // upstream connections are never SYNs.
+        let tproxy_in = s(&[
+            "-j",
+            "TPROXY",
+            "--on-port",
+            &self.inbound_port,
+            "--tproxy-mark",
+            imark,
+        ]);
+        let syn_local = s(&[
+            "-p",
+            "tcp",
+            "--syn",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+        ]);
+        match &self.o.inbound_ports {
+            Ports::All => out.push(ipt_rule(f, t, ch, &[syn_local, tproxy_in].concat())),
+            Ports::List(l) => {
+                for ports in port_chunks(l) {
+                    let m = s(&["-m", "multiport", "--dports", &ports]);
+                    let spec = [syn_local.clone(), m, tproxy_in.clone()].concat();
+                    out.push(ipt_rule(f, t, ch, &spec));
+                }
+            }
+        }
+        out.push(ipt(f, t, &["-A", "PREROUTING", "-j", ch]));
+    }
+
+    /// tproxy: the app's outbound packets get the intercept mark (policy routing then loops
+    /// them back), except the exempt ones and replies of inbound connections not intercepted.
+    fn tproxy_output(&self, f: Family, exempt: &[Vec<String>], out: &mut Vec<Cmd>) {
+        let (t, ch) = ("mangle", "RINGSIDE_OUTPUT");
+        new_chain(f, t, ch, exempt, out);
+        // Replies of inbound connections that are not intercepted.
+        let excluded = port_chunks(&self.o.exclude_inbound_ports);
+        Self::return_ports(f, t, ch, "--sports", &excluded, out);
+        let mark = s(&["-p", "tcp", "-j", "MARK", "--set-mark", &self.imark]);
+        out.push(ipt_rule(f, t, ch, &mark));
+        out.push(ipt(f, t, &["-A", "OUTPUT", "-j", ch]));
+    }
+
+    /// tproxy: marked packets are delivered locally (to the TPROXY sockets).
+    fn tproxy_route(&self, f: Family, out: &mut Vec<Cmd>) {
+        let table = ROUTE_TABLE.to_string();
+        let imark = self.imark.as_str();
+        out.push(Cmd(s(&[
+            "ip",
+            f.ip(),
+            "rule",
+            "add",
+            "fwmark",
+            imark,
+            "lookup",
+            &table,
+        ])));
+        let local = [
+            "ip",
+            f.ip(),
+            "route",
+            "add",
+            "local",
+            f.any(),
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ];
+        out.push(Cmd(s(&local)));
+    }
+
+    /// redirect: inbound connections to the inbound port, except the ports never intercepted.
+    fn redirect_inbound(&self, f: Family, out: &mut Vec<Cmd>) {
+        let (t, ch) = ("nat", "RINGSIDE_INBOUND");
+        out.push(ipt(f, t, &["-N", ch]));
+        Self::return_ports(f, t, ch, "--dports", &self.never, out);
+        let redirect_in = s(&["-j", "REDIRECT", "--to-ports", &self.inbound_port]);
+        match &self.o.inbound_ports {
+            Ports::All => out.push(ipt_rule(
+                f,
+                t,
+                ch,
+                &[s(&["-p", "tcp"]), redirect_in].concat(),
+            )),
+            Ports::List(l) => {
+                for ports in port_chunks(l) {
+                    let m = s(&["-p", "tcp", "-m", "multiport", "--dports", &ports]);
+                    out.push(ipt_rule(f, t, ch, &[m, redirect_in.clone()].concat()));
+                }
+            }
+        }
+        out.push(ipt(f, t, &["-A", "PREROUTING", "-j", ch]));
+    }
+
+    /// redirect: the app's outbound connections to the outbound port, except the exempt ones.
+    fn redirect_output(&self, f: Family, exempt: &[Vec<String>], out: &mut Vec<Cmd>) {
+        let (t, ch) = ("nat", "RINGSIDE_OUTPUT");
+        new_chain(f, t, ch, exempt, out);
+        let redirect = s(&[
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &self.outbound_port,
+        ]);
+        out.push(ipt_rule(f, t, ch, &redirect));
+        out.push(ipt(f, t, &["-A", "OUTPUT", "-j", ch]));
+    }
 }
 
 /// What a previous run left, read from `iptables-save` / `ip6tables-save` and `ip rule`: the

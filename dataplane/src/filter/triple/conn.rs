@@ -42,6 +42,12 @@ const KEEPALIVE_PING: [u8; 8] = *b"rs-alive";
 pub const CLOSE_FLUSH_MS: u64 = 500;
 /// The PING payload that follows the first, graceful GOAWAY.
 const DRAIN_PING: [u8; 8] = *b"rs-drain";
+/// A request the upstream refuses unprocessed (GOAWAY above its stream, REFUSED_STREAM) is sent
+/// once more on another connection if at most this much of its body, in at most
+/// `RETRY_DATA_FRAMES` pieces, was written: ringside keeps those written pieces (slices of the
+/// read buffer, no copy) until the response starts.
+pub const RETRY_BODY_BYTES_MAX: usize = 32 * 1024;
+const RETRY_DATA_FRAMES: usize = 2;
 
 /// What a connection is.
 pub enum Side {
@@ -79,9 +85,42 @@ enum Out {
     Rst(u32),
 }
 
+/// Upstream side: what was written of a request so far, kept until its response starts so that
+/// a stream the upstream refuses unprocessed can be sent again on another connection.
+#[derive(Default)]
+struct Held {
+    /// The request HEADERS block (empty until written) and its END_STREAM flag.
+    block: Vec<u8>,
+    end: bool,
+    data: [Option<(Bytes, bool)>; RETRY_DATA_FRAMES],
+    bytes: usize,
+}
+
+impl Held {
+    /// Keeps `b`, a written piece of the body; false when it no longer fits.
+    fn keep(&mut self, b: Bytes, end: bool) -> bool {
+        self.bytes += b.len();
+        if self.bytes > RETRY_BODY_BYTES_MAX {
+            return false;
+        }
+        match self.data.iter_mut().find(|d| d.is_none()) {
+            Some(slot) => {
+                *slot = Some((b, end));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 pub struct Stream {
     /// The stream this one is relayed to, on the other connection.
     link: Option<(Weak<Conn>, u32)>,
+    /// Upstream side, first attempt: the request as written, while a retry is still possible.
+    held: Option<Held>,
+    /// Upstream side, a retry: DATA bytes at the head of the queue that were already credited
+    /// to the caller by the first attempt (not credited again).
+    no_credit: u32,
     send_window: i64,
     /// What the peer may still send on this stream.
     recv_avail: i64,
@@ -122,6 +161,8 @@ impl Stream {
                 _ => 0,
             })
             .sum();
+        let n = n.saturating_sub(std::mem::take(&mut self.no_credit) as usize);
+        self.held = None;
         let link = self.link.take();
         let (w, id) = link?;
         (n > 0).then_some((w, id, n as u32))
@@ -130,6 +171,8 @@ impl Stream {
     fn new(send_window: i64, recv_window: u32, call: Option<Call>) -> Stream {
         Stream {
             link: None,
+            held: None,
+            no_credit: 0,
             send_window,
             recv_avail: i64::from(recv_window),
             recv_unacked: 0,
@@ -161,6 +204,12 @@ pub struct Conn {
     /// Streams with DATA waiting for window.
     blocked: RefCell<Vec<u32>>,
     decoder: RefCell<Decoder>,
+    /// Re-encodes every header block as it is written (indexing, Huffman), and its scratch.
+    encoder: RefCell<hpack::Encoder>,
+    encoded: RefCell<Vec<u8>>,
+    /// Caller side: header bytes decoded beyond the block bytes received in the current
+    /// one-second window (HPACK amplification).
+    amplified: Cell<(Instant, u64)>,
     headers: RefCell<super::headers::HeaderList>,
     /// Caller side: the highest stream id the caller opened. Upstream side: the next id to use.
     stream_ids: Cell<u32>,
@@ -207,6 +256,9 @@ impl Conn {
             streams: RefCell::new(FxHashMap::default()),
             blocked: RefCell::new(Vec::new()),
             decoder: RefCell::new(Decoder::new(hpack::TABLE_BYTES_DEFAULT)),
+            encoder: RefCell::new(hpack::Encoder::default()),
+            encoded: RefCell::new(Vec::with_capacity(1024)),
+            amplified: Cell::new((Instant::now(), 0)),
             headers: RefCell::new(Default::default()),
             stream_ids: Cell::new(0),
             goaway: Cell::new(None),
@@ -316,6 +368,34 @@ impl Conn {
         Ok(())
     }
 
+    /// Caller side: counts header bytes decoded beyond the block bytes received against
+    /// `hpack_amplified_bytes_per_second_max`; beyond it the connection is closed (HPACK
+    /// amplification: small blocks referencing large entries of the caller's table).
+    fn count_amplified(&self, n: usize) -> Result<(), ConnError> {
+        let Side::Down(l) = &self.side else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let (start, sum) = self.amplified.get();
+        let now = Instant::now();
+        let (start, sum) = if now.duration_since(start) > Duration::from_secs(1) {
+            (now, n as u64)
+        } else {
+            (start, sum + n as u64)
+        };
+        self.amplified.set((start, sum));
+        if sum > u64::from(self.limits.amplified_per_second_max) {
+            l.stats.inc(l.ids.hardening.header_flood);
+            return Err(conn_err(
+                code::ENHANCE_YOUR_CALM,
+                "too many header bytes decoded from the HPACK table",
+            ));
+        }
+        Ok(())
+    }
+
     fn close(&self) {
         self.closed.set(true);
         self.closing.set(true);
@@ -376,14 +456,36 @@ impl Conn {
                 while let Some(item) = s.queue.front_mut() {
                     match item {
                         Out::Headers(block, end) => {
-                            frame::write_headers(&mut *out, id, block, *end, frame_max as u32);
+                            // Queued blocks are stateless; the connection's encoder indexes
+                            // them in the order they go out.
+                            let mut enc = self.encoded.borrow_mut();
+                            enc.clear();
+                            if let Err(e) = self.encoder.borrow_mut().encode_block(&mut enc, block)
+                            {
+                                // Our own block: cannot happen; the peer's table may now differ.
+                                tracing::error!(error = %e, "re-encoding a header block failed");
+                                self.closed.set(true);
+                                self.closing.set(true);
+                            }
+                            frame::write_headers(&mut *out, id, &enc, *end, frame_max as u32);
                             s.sent_end |= *end;
-                            s.queue.pop_front();
+                            let end = *end;
+                            if let Some(Out::Headers(block, _)) = s.queue.pop_front() {
+                                // The request's HEADERS are kept for a retry; trailers end it.
+                                match s.held.as_mut() {
+                                    Some(h) if h.block.is_empty() => {
+                                        h.block = block;
+                                        h.end = end;
+                                    }
+                                    _ => s.held = None,
+                                }
+                            }
                         }
                         Out::Rst(c) => {
                             frame::write_rst_stream(&mut *out, id, *c);
                             s.sent_end = true;
                             s.recv_end = true;
+                            s.held = None;
                             s.queue.clear();
                         }
                         Out::Data(b, end) => {
@@ -402,6 +504,11 @@ impl Conn {
                             s.send_window -= n as i64;
                             self.send_window.set(self.send_window.get() - n as i64);
                             relayed += n as u32;
+                            if let Some(h) = s.held.as_mut() {
+                                if !h.keep(b.slice(..n), last && *end) {
+                                    s.held = None;
+                                }
+                            }
                             if last {
                                 s.sent_end |= *end;
                                 s.queue.pop_front();
@@ -413,6 +520,9 @@ impl Conn {
                 }
             }
             self.out_ready.notify();
+            let resent = relayed.min(s.no_credit);
+            s.no_credit -= resent;
+            relayed -= resent;
             if relayed > 0 {
                 if let Some((w, other)) = &s.link {
                     credit = Some((w.clone(), *other, relayed));
@@ -622,6 +732,7 @@ impl Conn {
                     return Err(conn_err(code::PROTOCOL_ERROR, "ENABLE_PUSH above 1"))
                 }
                 setting::MAX_CONCURRENT_STREAMS => self.peer_streams_max.set(v),
+                setting::HEADER_TABLE_SIZE => self.encoder.borrow_mut().set_peer_table_size(v),
                 setting::INITIAL_WINDOW_SIZE => {
                     if v > frame::WINDOW_LIMIT {
                         return Err(conn_err(
@@ -825,6 +936,9 @@ impl Conn {
                 "RST_STREAM on an idle stream",
             ));
         }
+        if c == code::REFUSED_STREAM && self.retry_refused(id) {
+            return Ok(());
+        }
         self.count_reset()?;
         if let Side::Down(l) = &self.side {
             if self.streams.borrow().contains_key(&id) {
@@ -856,13 +970,81 @@ impl Conn {
                     .filter(|&id| id > last)
                     .collect();
                 for id in refused {
-                    self.upstream_failed(id, "upstream went away (GOAWAY)");
+                    if !self.retry_refused(id) {
+                        self.upstream_failed(id, "upstream went away (GOAWAY)");
+                    }
                 }
                 if self.stream_count() == 0 {
                     self.close();
                 }
             }
         }
+    }
+
+    /// Upstream side: stream `id` was refused unprocessed (above a GOAWAY's last stream id, or
+    /// REFUSED_STREAM), which RFC 9113 8.7 makes safe to retry: when what was written of it is
+    /// still held and it is a first attempt, it is sent once more on another connection (new or
+    /// other) and its caller's stream relinked. False when it cannot be: the caller then fails
+    /// as before.
+    fn retry_refused(self: &Rc<Self>, id: u32) -> bool {
+        let Side::Up(h) = &self.side else {
+            return false;
+        };
+        let (down_w, did) = {
+            let streams = self.streams.borrow();
+            match streams.get(&id) {
+                Some(Stream {
+                    held: Some(_),
+                    link: Some(link),
+                    headers_in: false,
+                    ..
+                }) => link.clone(),
+                _ => return false,
+            }
+        };
+        let Some(down) = down_w.upgrade() else {
+            return false;
+        };
+        let Some(up) = h.pool.connection(self.limits, Some(self)) else {
+            return false;
+        };
+        let Some(uid) = up.open_stream(down_w, did) else {
+            return false;
+        };
+        let (held, queue) = {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return false;
+            };
+            s.link = None;
+            s.sent_end = true;
+            s.recv_end = true;
+            (
+                s.held.take().unwrap_or_default(),
+                std::mem::take(&mut s.queue),
+            )
+        };
+        self.blocked.borrow_mut().retain(|&b| b != id);
+        self.forget(id);
+        h.pool.stats.inc(h.pool.h2_ids.rq_retry_refused);
+        tracing::debug!(upstream = %h.addr, stream = id, "refused stream sent again on another connection");
+        if let Some(s) = down.streams.borrow_mut().get_mut(&did) {
+            s.link = Some((Rc::downgrade(&up), uid));
+        }
+        if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
+            // A retry is not retried again.
+            s.held = None;
+            if !held.block.is_empty() {
+                s.queue.push_back(Out::Headers(held.block, held.end));
+            }
+            for (b, end) in held.data.into_iter().flatten() {
+                s.no_credit += b.len() as u32;
+                s.queue.push_back(Out::Data(b, end));
+            }
+            s.queue.extend(queue);
+        }
+        up.flush(uid);
+        true
     }
 
     /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
@@ -876,6 +1058,7 @@ impl Conn {
         if id == 0 {
             return Err(conn_err(code::PROTOCOL_ERROR, "HEADERS on stream 0"));
         }
+        let mut decoded = 0usize;
         {
             let mut hl = self.headers.borrow_mut();
             hl.clear();
@@ -883,9 +1066,13 @@ impl Conn {
             let hl = &mut *hl;
             self.decoder
                 .borrow_mut()
-                .decode(block, &mut |n, v, never| hl.push(n, v, never, limit))
+                .decode(block, &mut |n, v, never| {
+                    decoded += n.len() + v.len();
+                    hl.push(n, v, never, limit)
+                })
                 .map_err(|e| conn_err(code::COMPRESSION_ERROR, e.to_string()))?;
         }
+        self.count_amplified(decoded.saturating_sub(block.len()))?;
         match &self.side {
             Side::Down(l) => {
                 let l = l.clone();
@@ -997,7 +1184,7 @@ impl Conn {
             }
         }
         let pool = &call.routes.pools[call.cluster];
-        let Some(up) = pool.connection(self.limits) else {
+        let Some(up) = pool.connection(self.limits, None) else {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             self.fail_call(id, &CallError::NoHealthyUpstream);
             return Ok(());
@@ -1090,6 +1277,8 @@ impl Conn {
         }
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.headers_in = true;
+            // The upstream processes the request: no retry, the held request is let go.
+            s.held = None;
         }
         let Some((down, did)) = self.link(id) else {
             return Ok(());
@@ -1214,6 +1403,7 @@ impl Conn {
             None,
         );
         s.link = Some((down, did));
+        s.held = Some(Held::default());
         self.streams.borrow_mut().insert(id, s);
         if let Side::Up(h) = &self.side {
             h.pool.stats.inc(h.pool.ids.rq_total);
@@ -1475,6 +1665,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
     conn.greet(false);
     let (r, w) = stream.into_split();
+    let reader_done = Notify::new();
     let reader = async {
         if let Err(e) = read_loop(&conn, r, true).await {
             if e.code != code::NO_ERROR {
@@ -1486,6 +1677,15 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         conn.cancel_all();
         conn.closing.set(true);
         conn.out_ready.notify();
+        reader_done.notify();
+    };
+    // Once the reader is done (a connection error, EOF, or the connection closed), what is
+    // queued (the GOAWAY last) gets CLOSE_FLUSH_MS to be written: a caller that never reads
+    // must not keep the connection and its buffers (the writer would wait on it forever).
+    let flush_bound = async {
+        reader_done.wait().await;
+        shard::monoio::time::sleep(Duration::from_millis(CLOSE_FLUSH_MS)).await;
+        tracing::debug!(listener = %l.name, "caller did not read the final frames in time: closing");
     };
     let deadlines = async {
         loop {
@@ -1550,6 +1750,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     };
     shard::monoio::select! {
         _ = async { shard::monoio::join!(reader, write_loop(&conn, w)) } => {}
+        _ = flush_bound => {}
         _ = deadlines => {}
         _ = drainer => {}
         _ = preface => {}

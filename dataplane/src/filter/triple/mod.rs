@@ -36,6 +36,9 @@ pub struct H2Limits {
     pub conn_window: u32,
     pub resets_per_second_max: u32,
     pub control_frames_max: u32,
+    /// Caller connections: header bytes decoded beyond the header block bytes received, per
+    /// second (HPACK amplification).
+    pub amplified_per_second_max: u32,
     pub preface_timeout: Duration,
     /// Caller connections: closed after this long without a stream (the listener's
     /// `idle_timeout_ms`).
@@ -52,6 +55,7 @@ impl H2Limits {
             conn_window: t.connection_window_bytes,
             resets_per_second_max: t.resets_per_second_max,
             control_frames_max: t.outbound_control_frames_max,
+            amplified_per_second_max: t.hpack_amplified_bytes_per_second_max,
             preface_timeout: Duration::from_millis(t.preface_timeout_ms),
             idle_timeout: Duration::from_millis(idle_timeout_ms),
         }
@@ -129,7 +133,8 @@ pub struct HardeningStatIds {
     pub rq_expired_on_arrival: StatId,
     /// Connections closed for queueing more than `outbound_control_frames_max` control frames.
     pub control_flood: StatId,
-    /// Connections closed for decoding more header bytes than `header_bytes_per_second_max`.
+    /// Connections closed for making ringside decode more header bytes than they sent, beyond
+    /// `hpack_amplified_bytes_per_second_max` per second (HPACK amplification).
     pub header_flood: StatId,
     /// Connections closed because the preface did not arrive in `preface_timeout_ms`.
     pub cx_preface_timeout: StatId,
@@ -328,8 +333,13 @@ impl Pool {
     }
 
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
-    /// endpoints in connect-failure back-off unless all are).
-    fn connection(self: &Rc<Self>, limits: H2Limits) -> Option<Rc<conn::Conn>> {
+    /// endpoints in connect-failure back-off unless all are), other than `avoid` (a connection
+    /// that refused the stream).
+    fn connection(
+        self: &Rc<Self>,
+        limits: H2Limits,
+        avoid: Option<&conn::Conn>,
+    ) -> Option<Rc<conn::Conn>> {
         let now = Instant::now();
         let i = self.lb.pick_available(|i| {
             self.hosts.peek(i, |h| match h {
@@ -337,7 +347,8 @@ impl Pool {
                 _ => Availability::Ready,
             })
         })?;
-        self.host(i).connection(self.connections_per_host, limits)
+        self.host(i)
+            .connection(self.connections_per_host, limits, avoid)
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
@@ -362,7 +373,12 @@ impl crate::cluster::Retire for Host {
 }
 
 impl Host {
-    fn connection(self: &Rc<Self>, max: usize, limits: H2Limits) -> Option<Rc<conn::Conn>> {
+    fn connection(
+        self: &Rc<Self>,
+        max: usize,
+        limits: H2Limits,
+        avoid: Option<&conn::Conn>,
+    ) -> Option<Rc<conn::Conn>> {
         let n = self.conns.borrow().len();
         // Up to `connections_per_host` connections share the streams round-robin; when all are
         // full (the upstream's MAX_CONCURRENT_STREAMS) up to as many again are opened.
@@ -373,7 +389,7 @@ impl Host {
             let conns = self.conns.borrow();
             for k in 0..n {
                 let i = (self.next.get() + k) % n;
-                if conns[i].has_room() {
+                if conns[i].has_room() && !avoid.is_some_and(|a| std::ptr::eq(a, &*conns[i])) {
                     self.next.set(i + 1);
                     return Some(conns[i].clone());
                 }
