@@ -54,8 +54,27 @@ pub fn keepalive() -> config::TcpKeepalive {
 /// socket carries the mark from its SYN on, so interception rules let it pass.
 pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     match socket_mark() {
-        Some(mark) => shard::sockopt::connect_marked(addr, mark).await,
+        Some(mark) => shard::sockopt::connect_marked(addr, mark)
+            .await
+            .map_err(|e| needs_cap(e, "SO_MARK (runtime.socket_mark)")),
         None => TcpStream::connect_addr(addr).await,
+    }
+}
+
+/// A socket option the kernel refused for want of a capability, said as such (the bare EPERM
+/// reads as if the address were the problem).
+fn needs_cap(e: io::Error, option: &str) -> io::Error {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{option} needs CAP_NET_ADMIN, which this process lacks ({e}); give the \
+                 container CAP_NET_ADMIN or drop the option (REDIRECT interception needs \
+                 neither: docs/sidecar.md)"
+            ),
+        )
+    } else {
+        e
     }
 }
 
@@ -64,10 +83,12 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// transparent when asked.
 pub fn prepare_listener(sock: &socket2::Socket, transparent: bool) -> io::Result<()> {
     if let Some(mark) = socket_mark() {
-        sock.set_mark(mark)?;
+        sock.set_mark(mark)
+            .map_err(|e| needs_cap(e, "SO_MARK (runtime.socket_mark)"))?;
     }
     if transparent {
-        shard::sockopt::set_transparent(sock.as_raw_fd())?;
+        shard::sockopt::set_transparent(sock.as_raw_fd())
+            .map_err(|e| needs_cap(e, "IP_TRANSPARENT (a listener's transparent: true)"))?;
     }
     Ok(())
 }
