@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use shard::monoio::net::TcpStream;
 
@@ -21,6 +21,32 @@ pub fn socket_mark() -> Option<u32> {
     match SOCKET_MARK.load(Ordering::Relaxed) {
         0 => None,
         m => Some(m),
+    }
+}
+
+/// `runtime.tcp_keepalive`, process-wide, packed (enabled bit 63, time_s bits 32..48,
+/// interval_s 16..32, probes 0..16). Set once at start, before any socket opens; read when a
+/// connection is accepted or a cluster is built, never per request.
+static KEEPALIVE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+pub fn set_keepalive(k: config::TcpKeepalive) {
+    let packed = (u64::from(k.enabled) << 63)
+        | (u64::from(k.time_s & 0xffff) << 32)
+        | (u64::from(k.interval_s & 0xffff) << 16)
+        | u64::from(k.probes & 0xffff);
+    KEEPALIVE.store(packed, Ordering::Relaxed);
+}
+
+/// `runtime.tcp_keepalive` (its default until [`set_keepalive`] ran).
+pub fn keepalive() -> config::TcpKeepalive {
+    match KEEPALIVE.load(Ordering::Relaxed) {
+        u64::MAX => config::TcpKeepalive::default(),
+        p => config::TcpKeepalive {
+            enabled: p >> 63 == 1,
+            time_s: ((p >> 32) & 0xffff) as u32,
+            interval_s: ((p >> 16) & 0xffff) as u32,
+            probes: (p & 0xffff) as u32,
+        },
     }
 }
 

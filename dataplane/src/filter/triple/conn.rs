@@ -1886,6 +1886,7 @@ async fn serve_upstream<S: crate::io::Conn>(
     let why = match connected {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
+            let _ = stream.set_keepalive(&pool.lb.keepalive);
             pool.stats.inc(pool.lb.ids.cx_total);
             pool.stats.inc(host.ids.cx_total);
             pool.stats.inc(pool.lb.ids.cx_active);
