@@ -308,6 +308,29 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         out.buffer_bytes = b.value as usize;
     }
     let mut rds = None;
+    // A TypedStruct (Aeraki sends dubbo_proxy so) stands for the message it names.
+    let wrapped = if any.type_url == UDPA_TYPED_STRUCT || any.type_url == XDS_TYPED_STRUCT {
+        TypedStructFull::decode(any.value.as_slice())
+            .ok()
+            .filter(|t| t.type_url == DUBBO_PROXY_TYPE)
+    } else {
+        None
+    };
+    if let Some(t) = wrapped {
+        let d = typed_struct::dubbo_proxy(&t.value.unwrap_or_default())
+            .map_err(|(f, m)| ctx.err(format!("{tat}.value.{f}"), m))?;
+        out.protocol = Protocol::Dubbo;
+        out.dubbo = Some(DubboListener {
+            routes: dubbo_proxy(&d, &ctx, &tat)?,
+            ..Default::default()
+        });
+        return Ok(ListenerRes {
+            listener: out,
+            rds: None,
+            hand_off,
+            fallback,
+        });
+    }
     match any.type_url.as_str() {
         DUBBO_PROXY_TYPE => {
             let d: dubbo_pb::DubboProxy = unpack(any, DUBBO_PROXY_TYPE, &ctx, &tat)?;
@@ -2210,5 +2233,295 @@ fn select_chain<'a>(
                 chains.len()
             ),
         ),
+    }
+}
+
+// === TypedStruct-wrapped DubboProxy (Aeraki) ===
+
+/// `udpa.type.v1.TypedStruct` / `xds.type.v3.TypedStruct` in full.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStructFull {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(message, optional, tag = "2")]
+    value: Option<envoy_types::pb::google::protobuf::Struct>,
+}
+
+mod typed_struct {
+    //! A `google.protobuf.Struct` (proto3 JSON of a message, lowerCamelCase or proto field
+    //! names) read as the DubboProxy message it stands for. Only the fields ringside
+    //! translates are read; any other key is refused, so nothing the control plane meant is
+    //! dropped silently.
+    use envoy_types::pb::envoy::config::route::v3 as route_pb;
+    use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_pb;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, UInt32Value, Value};
+
+    type R<T> = Result<T, (String, String)>;
+
+    /// `statPrefix` → `stat_prefix`.
+    fn snake(k: &str) -> String {
+        let mut s = String::with_capacity(k.len() + 4);
+        for c in k.chars() {
+            if c.is_ascii_uppercase() {
+                s.push('_');
+                s.push(c.to_ascii_lowercase());
+            } else {
+                s.push(c);
+            }
+        }
+        s
+    }
+
+    fn fields<'a>(v: &'a Value, at: &str) -> R<Vec<(String, &'a Value)>> {
+        match &v.kind {
+            Some(Kind::StructValue(s)) => Ok(obj(s)),
+            _ => Err((at.into(), "expected an object".into())),
+        }
+    }
+
+    fn obj(s: &Struct) -> Vec<(String, &Value)> {
+        let mut v: Vec<(String, &Value)> = s.fields.iter().map(|(k, v)| (snake(k), v)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn string(v: &Value, at: &str) -> R<String> {
+        match &v.kind {
+            Some(Kind::StringValue(s)) => Ok(s.clone()),
+            _ => Err((at.into(), "expected a string".into())),
+        }
+    }
+
+    fn boolean(v: &Value, at: &str) -> R<bool> {
+        match &v.kind {
+            Some(Kind::BoolValue(b)) => Ok(*b),
+            _ => Err((at.into(), "expected a bool".into())),
+        }
+    }
+
+    fn list<'a>(v: &'a Value, at: &str) -> R<&'a [Value]> {
+        match &v.kind {
+            Some(Kind::ListValue(l)) => Ok(&l.values),
+            _ => Err((at.into(), "expected a list".into())),
+        }
+    }
+
+    fn unknown<T>(at: &str, k: &str) -> R<T> {
+        Err((
+            format!("{at}.{k}"),
+            "not supported in a TypedStruct DubboProxy".into(),
+        ))
+    }
+
+    pub(super) fn dubbo_proxy(s: &Struct) -> R<dubbo_pb::DubboProxy> {
+        let mut d = dubbo_pb::DubboProxy::default();
+        for (k, v) in obj(s) {
+            let at = k.clone();
+            match k.as_str() {
+                "stat_prefix" => d.stat_prefix = string(v, &at)?,
+                "protocol_type" => {
+                    d.protocol_type = match string(v, &at)?.as_str() {
+                        "Dubbo" => dubbo_pb::ProtocolType::Dubbo as i32,
+                        other => return Err((at, format!("protocol {other:?}"))),
+                    }
+                }
+                "serialization_type" => {
+                    d.serialization_type = match string(v, &at)?.as_str() {
+                        "Hessian2" => dubbo_pb::SerializationType::Hessian2 as i32,
+                        other => return Err((at, format!("serialization {other:?}"))),
+                    }
+                }
+                "route_config" => d.route_config = route_configs(v, &at)?,
+                "multiple_route_config" => {
+                    let mut m = dubbo_pb::MultipleRouteConfiguration::default();
+                    for (k, v) in fields(v, &at)? {
+                        match k.as_str() {
+                            "name" => m.name = string(v, &at)?,
+                            "route_config" => m.route_config = route_configs(v, &at)?,
+                            _ => return unknown(&at, &k),
+                        }
+                    }
+                    d.route_specifier = Some(
+                        dubbo_pb::dubbo_proxy::RouteSpecifier::MultipleRouteConfig(m),
+                    );
+                }
+                "dubbo_filters" => {
+                    for (i, f) in list(v, &at)?.iter().enumerate() {
+                        let fat = format!("{at}[{i}]");
+                        let mut df = dubbo_pb::DubboFilter::default();
+                        for (k, v) in fields(f, &fat)? {
+                            match k.as_str() {
+                                "name" => df.name = string(v, &fat)?,
+                                _ => return unknown(&fat, &k),
+                            }
+                        }
+                        d.dubbo_filters.push(df);
+                    }
+                }
+                _ => return Err((k, "not supported in a TypedStruct DubboProxy".into())),
+            }
+        }
+        Ok(d)
+    }
+
+    fn route_configs(v: &Value, at: &str) -> R<Vec<dubbo_pb::RouteConfiguration>> {
+        let mut out = Vec::new();
+        for (i, rc) in list(v, at)?.iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            let mut c = dubbo_pb::RouteConfiguration::default();
+            for (k, v) in fields(rc, &at)? {
+                match k.as_str() {
+                    "name" => c.name = string(v, &at)?,
+                    "interface" => c.interface = string(v, &at)?,
+                    "group" => c.group = string(v, &at)?,
+                    "version" => c.version = string(v, &at)?,
+                    "routes" => {
+                        for (j, r) in list(v, &at)?.iter().enumerate() {
+                            c.routes.push(route(r, &format!("{at}.routes[{j}]"))?);
+                        }
+                    }
+                    _ => return unknown(&at, &k),
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    fn route(v: &Value, at: &str) -> R<dubbo_pb::Route> {
+        let mut r = dubbo_pb::Route::default();
+        for (k, v) in fields(v, at)? {
+            let kat = format!("{at}.{k}");
+            match k.as_str() {
+                "match" => {
+                    let mut m = dubbo_pb::RouteMatch::default();
+                    for (k, v) in fields(v, &kat)? {
+                        let mat = format!("{kat}.{k}");
+                        match k.as_str() {
+                            "method" => {
+                                let mut mm = dubbo_pb::MethodMatch::default();
+                                for (k, v) in fields(v, &mat)? {
+                                    match k.as_str() {
+                                        "name" => mm.name = Some(string_matcher(v, &mat)?),
+                                        _ => return unknown(&mat, &k),
+                                    }
+                                }
+                                m.method = Some(mm);
+                            }
+                            "headers" => {
+                                for (i, h) in list(v, &mat)?.iter().enumerate() {
+                                    m.headers.push(header(h, &format!("{mat}[{i}]"))?);
+                                }
+                            }
+                            _ => return unknown(&kat, &k),
+                        }
+                    }
+                    r.r#match = Some(m);
+                }
+                "route" => {
+                    use dubbo_pb::route_action::ClusterSpecifier as C;
+                    let mut a = dubbo_pb::RouteAction::default();
+                    for (k, v) in fields(v, &kat)? {
+                        let aat = format!("{kat}.{k}");
+                        match k.as_str() {
+                            "cluster" => a.cluster_specifier = Some(C::Cluster(string(v, &aat)?)),
+                            "weighted_clusters" => {
+                                let mut w = route_pb::WeightedCluster::default();
+                                for (k, v) in fields(v, &aat)? {
+                                    match k.as_str() {
+                                        "clusters" => {
+                                            for (i, c) in list(v, &aat)?.iter().enumerate() {
+                                                let cat = format!("{aat}.clusters[{i}]");
+                                                let mut cw = route_pb::weighted_cluster::ClusterWeight::default();
+                                                for (k, v) in fields(c, &cat)? {
+                                                    match (k.as_str(), &v.kind) {
+                                                        ("name", _) => cw.name = string(v, &cat)?,
+                                                        ("weight", Some(Kind::NumberValue(n)))
+                                                            if *n >= 0.0 && n.fract() == 0.0 =>
+                                                        {
+                                                            cw.weight = Some(UInt32Value {
+                                                                value: *n as u32,
+                                                            })
+                                                        }
+                                                        _ => return unknown(&cat, &k),
+                                                    }
+                                                }
+                                                w.clusters.push(cw);
+                                            }
+                                        }
+                                        _ => return unknown(&aat, &k),
+                                    }
+                                }
+                                a.cluster_specifier = Some(C::WeightedClusters(w));
+                            }
+                            _ => return unknown(&kat, &k),
+                        }
+                    }
+                    r.route = Some(a);
+                }
+                _ => return unknown(at, &k),
+            }
+        }
+        Ok(r)
+    }
+
+    fn regex(v: &Value, at: &str) -> R<matcher_pb::RegexMatcher> {
+        let mut re = matcher_pb::RegexMatcher::default();
+        for (k, v) in fields(v, at)? {
+            match k.as_str() {
+                "regex" => re.regex = string(v, at)?,
+                "google_re2" => {}
+                _ => return unknown(at, &k),
+            }
+        }
+        Ok(re)
+    }
+
+    fn string_matcher(v: &Value, at: &str) -> R<matcher_pb::StringMatcher> {
+        use matcher_pb::string_matcher::MatchPattern as P;
+        let mut m = matcher_pb::StringMatcher::default();
+        for (k, v) in fields(v, at)? {
+            m.match_pattern = Some(match k.as_str() {
+                "exact" => P::Exact(string(v, at)?),
+                "prefix" => P::Prefix(string(v, at)?),
+                "suffix" => P::Suffix(string(v, at)?),
+                "contains" => P::Contains(string(v, at)?),
+                "safe_regex" => P::SafeRegex(regex(v, &format!("{at}.safe_regex"))?),
+                "ignore_case" => {
+                    m.ignore_case = boolean(v, at)?;
+                    continue;
+                }
+                _ => return unknown(at, &k),
+            });
+        }
+        Ok(m)
+    }
+
+    fn header(v: &Value, at: &str) -> R<route_pb::HeaderMatcher> {
+        use route_pb::header_matcher::HeaderMatchSpecifier as H;
+        let mut h = route_pb::HeaderMatcher::default();
+        for (k, v) in fields(v, at)? {
+            let spec = match k.as_str() {
+                "name" => {
+                    h.name = string(v, at)?;
+                    continue;
+                }
+                "invert_match" => {
+                    h.invert_match = boolean(v, at)?;
+                    continue;
+                }
+                "exact_match" => H::ExactMatch(string(v, at)?),
+                "prefix_match" => H::PrefixMatch(string(v, at)?),
+                "suffix_match" => H::SuffixMatch(string(v, at)?),
+                "contains_match" => H::ContainsMatch(string(v, at)?),
+                "present_match" => H::PresentMatch(boolean(v, at)?),
+                "safe_regex_match" => H::SafeRegexMatch(regex(v, at)?),
+                "string_match" => H::StringMatch(string_matcher(v, at)?),
+                _ => return unknown(at, &k),
+            };
+            h.header_match_specifier = Some(spec);
+        }
+        Ok(h)
     }
 }

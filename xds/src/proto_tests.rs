@@ -1153,3 +1153,99 @@ fn istio_chain_shapes() {
         "{e}"
     );
 }
+
+/// Aeraki's dubbo_proxy: a TypedStruct whose value is the proto3 JSON (lowerCamelCase) of
+/// DubboProxy; a key ringside does not translate is refused, never dropped.
+#[test]
+fn typed_struct_dubbo_proxy() {
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+    fn o(kv: &[(&str, Value)]) -> Value {
+        Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            })),
+        }
+    }
+    fn s(x: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(x.into())),
+        }
+    }
+    fn l(v: Vec<Value>) -> Value {
+        Value {
+            kind: Some(Kind::ListValue(ListValue { values: v })),
+        }
+    }
+    let proxy = |route: Value| {
+        let v = o(&[
+            ("statPrefix", s("outbound|20880||svc")),
+            ("protocolType", s("Dubbo")),
+            ("serializationType", s("Hessian2")),
+            (
+                "routeConfig",
+                l(vec![o(&[
+                    ("name", s("rc")),
+                    ("interface", s("org.apache.dubbo.samples.DemoService")),
+                    (
+                        "routes",
+                        l(vec![o(&[
+                            (
+                                "match",
+                                o(&[(
+                                    "method",
+                                    o(&[(
+                                        "name",
+                                        o(&[(
+                                            "safeRegex",
+                                            o(&[("googleRe2", o(&[])), ("regex", s(".*"))]),
+                                        )]),
+                                    )]),
+                                )]),
+                            ),
+                            ("route", route),
+                        ])]),
+                    ),
+                ])]),
+            ),
+            (
+                "dubboFilters",
+                l(vec![o(&[("name", s("envoy.filters.dubbo.router"))])]),
+            ),
+        ]);
+        let Some(Kind::StructValue(st)) = v.kind else {
+            unreachable!()
+        };
+        any_of(
+            UDPA_TYPED_STRUCT,
+            TypedStructFull {
+                type_url: DUBBO_PROXY_TYPE.into(),
+                value: Some(st),
+            }
+            .encode_to_vec(),
+        )
+    };
+    let (_, res) = decode_listener(&crate::testing::listener(
+        "d",
+        1,
+        proxy(o(&[("cluster", s("c"))])),
+    ))
+    .unwrap();
+    assert_eq!(res.listener.protocol, Protocol::Dubbo);
+    let routes = res.listener.dubbo.unwrap().routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].route.cluster.as_deref(), Some("c"));
+    assert_eq!(
+        routes[0].matcher.interface,
+        exact("org.apache.dubbo.samples.DemoService")
+    );
+
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "d",
+        1,
+        proxy(o(&[("cluster", s("c")), ("metadataMatch", o(&[]))])),
+    )));
+    assert!(
+        e.contains("metadata_match") && e.contains("not supported"),
+        "{e}"
+    );
+}
