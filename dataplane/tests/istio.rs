@@ -32,18 +32,15 @@ const GAPS: &[(&str, &str, &str, &str)] = &[
     ("stock", "cluster", "outbound|9080||details.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||ratings.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||reviews.default.svc.cluster.local", "`transport_socket_matches`"),
-    ("stock", "listener", "0.0.0.0_9080", "`bind_to_port`"),
-    ("stock", "listener", "10.100.4.52_443", "`bind_to_port`"),
-    ("stock", "listener", "10.96.0.10_53", "`bind_to_port`"),
     ("stock", "listener", "virtualInbound", "`filter_chains`"),
-    ("stock", "listener", "virtualOutbound", "`use_original_dst`"),
+    ("stock", "listeners", "(all)", "`filter_chains`"),
     ("mtls-off", "cluster", "InboundPassthroughClusterIpv4", "`upstream_bind_config`"),
     ("mtls-off", "cluster", "inbound|80||", "`upstream_bind_config`"),
-    ("mtls-off", "listener", "0.0.0.0_9080", "`bind_to_port`"),
-    ("mtls-off", "listener", "10.100.4.52_443", "`bind_to_port`"),
-    ("mtls-off", "listener", "10.96.0.10_53", "`bind_to_port`"),
     ("mtls-off", "listener", "virtualInbound", "`filter_chains`"),
-    ("mtls-off", "listener", "virtualOutbound", "`use_original_dst`"),
+    ("mtls-off", "listeners", "(all)", "`filter_chains`"),
+    ("mtls-off", "listeners", "(outbound)", "`filter_chains`"),
+    ("mtls-off", "route", "9080", "cluster \"PassthroughCluster\" is of type original_destination"),
+    ("mtls-off", "route", "webhook-service.metallb-system.svc.cluster.local:443", "cluster \"PassthroughCluster\" is of type original_destination"),
     ("capture-none", "cluster", "outbound|9080||details.default.svc.cluster.local", "`transport_socket_matches`"),
     ("capture-none", "cluster", "outbound|9080||ratings.default.svc.cluster.local", "`transport_socket_matches`"),
     ("capture-none", "cluster", "outbound|9080||reviews.default.svc.cluster.local", "`transport_socket_matches`"),
@@ -51,10 +48,10 @@ const GAPS: &[(&str, &str, &str, &str)] = &[
     ("aeraki-dubbo", "cluster", "inbound|20880||", "`upstream_bind_config`"),
     ("aeraki-dubbo", "cluster", "inbound|80||", "`upstream_bind_config`"),
     ("aeraki-dubbo", "cluster", "outbound|20880||org.apache.dubbo.samples.basic.api.demoservice", "`transport_socket_matches`"),
-    ("aeraki-dubbo", "listener", "240.240.0.1_20880", "`bind_to_port`"),
+    ("aeraki-dubbo", "listener", "240.240.0.1_20880", "`filter_chains[0].filters[1].typed_config`"),
     ("aeraki-dubbo", "listener", "virtualInbound", "`filter_chains`"),
-    ("mtls-off", "route", "9080", "is of type original_destination"),
-    ("aeraki-dubbo", "listener", "virtualOutbound", "`use_original_dst`"),
+    ("aeraki-dubbo", "listeners", "(all)", "`filter_chains[0].filters[1].typed_config`"),
+    ("aeraki-dubbo", "listeners", "(outbound)", "`filter_chains[0].filters[1].typed_config`"),
 ];
 
 const FIXTURES: &[&str] = &["stock", "mtls-off", "capture-none", "aeraki-dubbo"];
@@ -71,8 +68,16 @@ fn loopback_listeners(snapshot: &mut Value) {
         if l["bind_to_port"] == false {
             continue;
         }
-        l["address"] =
-            json!({"socket_address": {"address": "127.0.0.1", "port_value": free_port()}});
+        let old = l["address"]["socket_address"]["port_value"].clone();
+        let port = free_port();
+        l["address"] = json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+        // istiod matches a listener's own port (virtualOutbound-blackhole, virtualInbound-
+        // blackhole): that chain follows the listener to its new port.
+        for c in l["filter_chains"].as_array_mut().into_iter().flatten() {
+            if c["filter_chain_match"]["destination_port"] == old {
+                c["filter_chain_match"]["destination_port"] = json!(port);
+            }
+        }
     }
 }
 
@@ -129,14 +134,37 @@ enum Answer {
 impl Side {
     /// Pushes `snapshot` and returns the answer of type `ty` to it.
     fn push(&self, snapshot: &Value, ty: &str) -> Answer {
+        self.push_for(snapshot, ty, None)
+    }
+
+    /// [`Side::push`]; with `resource`, only the answer to a response that carried it counts
+    /// (an RDS response of the new version may still follow the old subscription).
+    fn push_for(&self, snapshot: &Value, ty: &str, resource: Option<&str>) -> Answer {
         let version = snapshot["version"].as_str().unwrap().to_string();
         self.xds
             .put(snapshot)
             .expect("the ADS server parses the fixture");
+        self.answer(&version, ty, resource)
+    }
+
+    /// The answer of type `ty` to `version` (with `resource`: to a response carrying it).
+    fn answer(&self, version: &str, ty: &str, resource: Option<&str>) -> Answer {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
+            let responses = self.xds.responses();
+            let carried = |nonce: &Value| {
+                resource.is_none_or(|name| {
+                    responses.iter().any(|p| {
+                        p["nonce"] == *nonce
+                            && p["resources"]
+                                .as_array()
+                                .is_some_and(|rs| rs.iter().any(|n| n == name))
+                    })
+                })
+            };
             for r in self.xds.requests() {
-                if r["type"] == ty && r["acked_version"] == version.as_str() {
+                if r["type"] == ty && r["acked_version"] == version && carried(&r["response_nonce"])
+                {
                     if r["ack"] == true {
                         return Answer::Ack;
                     }
@@ -254,6 +282,35 @@ fn answers(name: &str) -> BTreeMap<(String, String), (Answer, Answer)> {
                 .push(a);
         }
     }
+    // Listener sets: what holds only over the LDS set (Envoy's hand-off from use_original_dst
+    // to the bind_to_port: false listeners), for the outbound listeners and for all.
+    for set in ["(outbound)", "(all)"] {
+        let version = next("lds-set");
+        for (side, fx) in &sides {
+            let clusters: Vec<&Value> = taken.iter().map(|&j| &fx["clusters"][j]).collect();
+            let listeners: Vec<&Value> = fx["listeners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| set == "(all)" || l["traffic_direction"] == "OUTBOUND")
+                .collect();
+            let snap = json!({"version": version, "listeners": listeners, "clusters": clusters,
+                              "endpoints": fx["endpoints"], "routes": fx["routes"]});
+            // The set is checked whole when it is applied, which for listeners with RDS routes
+            // is on the RDS response: its answer counts too.
+            let mut a = side.push(&snap, "lds");
+            let rds = listeners
+                .iter()
+                .any(|l| l.to_string().contains("\"route_config_name\""));
+            if a == Answer::Ack && rds {
+                let first = fx["routes"][0]["name"].as_str().unwrap();
+                a = side.answer(&version, "rds", Some(first));
+            }
+            out.entry(("listeners".into(), set.into()))
+                .or_default()
+                .push(a);
+        }
+    }
     // Route configurations, each behind a plain RDS listener.
     let n_routes = sides[0].1["routes"].as_array().unwrap().len();
     for i in 0..n_routes {
@@ -265,7 +322,7 @@ fn answers(name: &str) -> BTreeMap<(String, String), (Answer, Answer)> {
             let clusters: Vec<&Value> = taken.iter().map(|&j| &fx["clusters"][j]).collect();
             let snap = json!({"version": version, "listeners": [rds_listener("rds", addr, rname)],
                               "clusters": clusters, "endpoints": fx["endpoints"], "routes": [r]});
-            let a = side.push(&snap, "rds");
+            let a = side.push_for(&snap, "rds", Some(rname));
             out.entry(("route".into(), rname.into()))
                 .or_default()
                 .push(a);

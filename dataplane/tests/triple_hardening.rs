@@ -1080,3 +1080,118 @@ fn refused_streams_are_retried_once_on_another_connection() {
     ) == 0));
     assert!(wait_for(Duration::from_secs(2), || b.get(|s| &s.open) == 0));
 }
+
+/// A literal with incremental indexing and a new name: the caller adds it to its table.
+fn literal_indexed(o: &mut Vec<u8>, n: &[u8], v: &[u8]) {
+    o.push(0x40);
+    hpack::write_int(o, n.len(), 7, 0);
+    o.extend_from_slice(n);
+    hpack::write_int(o, v.len(), 7, 0);
+    o.extend_from_slice(v);
+}
+
+/// An HPACK amplifier: a new caller connection whose first request adds `entries` to its
+/// table, then `count` requests (the first included) each referencing every entry `refs`
+/// times (one byte each). Returns the bytes it sent, the header bytes the backend received
+/// meanwhile, and the GOAWAY code it got, if any.
+fn amplify(
+    listen: SocketAddr,
+    b: &Backend,
+    entries: &[(String, String)],
+    refs: usize,
+    count: u32,
+) -> (usize, usize, Option<u32>) {
+    let before = b.get(|s| &s.header_bytes);
+    let mut p = raw_caller(listen, &[]);
+    let mut sent = frame::PREFACE.len() + 9;
+    let mut o = Vec::new();
+    for i in 0..count {
+        let id = 1 + 2 * i;
+        let mut block = request_block(&[]);
+        if i == 0 {
+            for (n, v) in entries {
+                literal_indexed(&mut block, n.as_bytes(), v.as_bytes());
+            }
+        }
+        for _ in 0..refs {
+            for k in 0..entries.len() {
+                hpack::write_int(&mut block, 62 + k, 7, 0x80);
+            }
+        }
+        frame::write_headers(&mut o, id, &block, false, 16_384);
+        let body = grpc_msg(b"hi");
+        frame::write_data_header(&mut o, id, body.len(), true);
+        o.extend_from_slice(&body);
+    }
+    sent += o.len();
+    p.s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = p.s.write_all(&o);
+    let (mut ended, mut goaway) = (0, None);
+    while ended < count {
+        let Some(f) = p.read_frame() else { break };
+        if p.handle_control(&f) {
+            continue;
+        }
+        match f.h.kind {
+            kind::HEADERS if f.h.flags & flag::END_STREAM != 0 => ended += 1,
+            kind::RST_STREAM => ended += 1,
+            kind::GOAWAY => goaway = Some(frame::goaway(&f.payload).unwrap().1),
+            _ => {}
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    (sent, b.get(|s| &s.header_bytes) - before, goaway)
+}
+
+/// Item 1 (#20 leftovers): HPACK amplification. A caller's small blocks referencing large
+/// entries of its own table are not re-encoded literally upstream: ringside's encoder indexes
+/// (and Huffman-codes) what it sends, and a large entry is not churned out of its table by
+/// small fields. Two shapes (Envoy 1.40: 27x and 326x bytes upstream per byte received).
+#[test]
+fn hpack_amplification_is_not_passed_upstream() {
+    let b = Backend::start(10_000);
+    let (rs, listen) = start(b.addr, "", "");
+    // '{' has a 15-bit Huffman code: Huffman cannot shrink these values.
+    let big = vec![("x-amp".to_string(), "{".repeat(4000))];
+    let (sent, up, goaway) = amplify(listen, &b, &big, 1, 200);
+    let one = up as f64 / sent as f64;
+    assert_eq!(goaway, None);
+    let small: Vec<_> = (0..60)
+        .map(|i| (format!("x-s{i:02}"), "{".repeat(30)))
+        .collect();
+    let (sent, up, goaway) = amplify(listen, &b, &small, 10, 200);
+    let many = up as f64 / sent as f64;
+    assert_eq!(goaway, None);
+    eprintln!("bytes upstream per byte received: one 4 KB entry {one:.2}x, 60 small entries x10 {many:.2}x");
+    assert!(one < 2.0, "one 4 KB entry: {one:.1}x");
+    assert!(many < 2.0, "many small entries: {many:.1}x");
+    assert_eq!(stat(&rs, "triple_header_flood"), 0);
+    // Ordinary calls still go through both ways (blocks decode with a decoder kept per
+    // connection on both sides).
+    let mut c = Client::connect(listen);
+    for _ in 0..3 {
+        let r = c.call(SAY, &[("x-big-header", "3000")], b"x");
+        assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    }
+}
+
+/// Item 1 (#20 leftovers): a caller that makes ringside decode more than
+/// `hpack_amplified_bytes_per_second_max` header bytes beyond what it sent gets GOAWAY
+/// ENHANCE_YOUR_CALM, counted in `triple_header_flood`.
+#[test]
+fn hpack_amplifying_callers_get_enhance_your_calm() {
+    let b = Backend::start(10_000);
+    let (rs, listen) = start(
+        b.addr,
+        "    triple: {hpack_amplified_bytes_per_second_max: 1048576}\n",
+        "",
+    );
+    let big = vec![("x-amp".to_string(), "{".repeat(4000))];
+    // 400 x 4 KB decoded in well under a second: 1.6 MB.
+    let (_, up, goaway) = amplify(listen, &b, &big, 1, 400);
+    assert_eq!(goaway, Some(code::ENHANCE_YOUR_CALM));
+    assert_eq!(stat(&rs, "triple_header_flood"), 1);
+    assert!(up < 1 << 20, "{up} header bytes upstream");
+    let r = Client::connect(listen).call(SAY, &[], b"x");
+    assert_eq!(r.grpc_status(), Some(0));
+}

@@ -298,7 +298,19 @@ impl Client {
             "http://{}",
             self.bootstrap.server
         )) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            Ok(e) => {
+                // The management server's connection gets `runtime.tcp_keepalive` too: a
+                // vanished server is noticed and the client reconnects.
+                let k = self.static_config.runtime.tcp_keepalive;
+                let e = e.connect_timeout(Duration::from_secs(5));
+                match k.enabled {
+                    true => e
+                        .tcp_keepalive(Some(Duration::from_secs(k.time_s.into())))
+                        .tcp_keepalive_interval(Some(Duration::from_secs(k.interval_s.into())))
+                        .tcp_keepalive_retries(Some(k.probes)),
+                    false => e,
+                }
+            }
             Err(e) => {
                 return Exit::Failed {
                     got_response: false,
@@ -851,12 +863,14 @@ impl Client {
             }
             config.clusters.push(cluster);
         }
+        let first_dynamic = config.listeners.len();
         for l in cand.listeners.values() {
             if ready_only && !self.listener_ready(cand, &l.value) {
                 continue;
             }
             config.listeners.push(self.fill(cand, &l.value));
         }
+        hand_off(&mut config, first_dynamic, cand)?;
         let problems = config.validate_as(Source::Dynamic);
         if problems.is_empty() {
             Ok(config)
@@ -953,4 +967,54 @@ mod tests {
             }
         }
     }
+}
+
+/// Envoy's hand-off over the whole LDS set: a `use_original_dst` listener passes a connection
+/// to the `bind_to_port: false` listener of its original destination. Each such listener gets
+/// every dynamic virtual listener as `virtual_listeners`; with none, the virtual listeners take
+/// no connection (as in Envoy) and are left out. A virtual listener's catch-all chain must go
+/// where ringside's pass-through goes: the handing listener's cluster.
+fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) -> Result<(), TranslateError> {
+    let dynamic = &config.listeners[first_dynamic..];
+    let virtuals: Vec<String> = dynamic
+        .iter()
+        .filter(|l| !l.bind)
+        .map(|l| l.name.clone())
+        .collect();
+    let res = |name: &str| cand.listeners.get(name).map(|e| &e.value);
+    let handing: Vec<usize> = (first_dynamic..config.listeners.len())
+        .filter(|&i| res(&config.listeners[i].name).is_some_and(|r| r.hand_off))
+        .collect();
+    if handing.is_empty() {
+        config
+            .listeners
+            .retain(|l| l.bind || !virtuals.contains(&l.name));
+        return Ok(());
+    }
+    for v in &virtuals {
+        let Some(fallback) = res(v).and_then(|r| r.fallback.as_deref()) else {
+            continue;
+        };
+        for &h in &handing {
+            let hl = &config.listeners[h];
+            if hl.cluster.as_deref() != Some(fallback) {
+                return Err(TranslateError::Field {
+                    kind: "listener",
+                    name: v.clone(),
+                    field: "filter_chains".into(),
+                    message: format!(
+                        "its catch-all chain goes to cluster {fallback:?}, but ringside passes \
+                         connections that do not speak the listener's protocol through {:?} of \
+                         listener {:?}",
+                        hl.cluster.as_deref().unwrap_or(""),
+                        hl.name
+                    ),
+                });
+            }
+        }
+    }
+    for &h in &handing {
+        config.listeners[h].virtual_listeners = virtuals.clone();
+    }
+    Ok(())
 }

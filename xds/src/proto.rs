@@ -78,6 +78,13 @@ pub(crate) const ENVOY_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub(crate) struct ListenerRes {
     pub listener: Listener,
     pub rds: Option<String>,
+    /// `use_original_dst`: hands connections to every virtual listener of the LDS set.
+    pub hand_off: bool,
+    /// A virtual listener's catch-all tcp_proxy chain beside its protocol chain: the cluster
+    /// connections that do not speak the protocol go to. ringside passes them through to their
+    /// original destination with the handing listener's cluster, so the client checks that
+    /// this is that cluster.
+    pub fallback: Option<String>,
 }
 
 /// A translated CDS resource. An EDS cluster has no endpoints here; `eds` names its
@@ -197,25 +204,23 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             "filter chain selection is not supported",
         ));
     }
-    if l.use_original_dst.as_ref().is_some_and(|b| b.value) {
-        return Err(ctx.err(
-            "use_original_dst",
-            "original-destination hand-off is not supported",
-        ));
-    }
+    // Envoy's hand-off (Istio's virtualOutbound): connections go to the `bind_to_port: false`
+    // listener of their original destination, the rest through this listener's chain. The
+    // client gives it every such listener of the LDS set as `virtual_listeners`.
+    let hand_off = l.use_original_dst.as_ref().is_some_and(|b| b.value);
     // IP_TRANSPARENT (TPROXY interception), and the original_dst listener filter: a tcp_proxy
     // listener whose connections go to their original destination.
     let transparent = l.transparent.as_ref().is_some_and(|b| b.value);
-    let original_destination = l
-        .listener_filters
-        .iter()
-        .any(|f| f.name == "envoy.filters.listener.original_dst");
+    let original_destination = hand_off
+        || l.listener_filters
+            .iter()
+            .any(|f| f.name == "envoy.filters.listener.original_dst");
     if l.freebind.as_ref().is_some_and(|b| b.value) {
         return Err(ctx.err("freebind", "IP_FREEBIND is not supported"));
     }
-    if l.bind_to_port.as_ref().is_some_and(|b| !b.value) {
-        return Err(ctx.err("bind_to_port", "every ringside listener binds its port"));
-    }
+    // A virtual listener (Istio's 0.0.0.0_PORT and IP_PORT): served with the connections a
+    // use_original_dst listener hands it.
+    let bind = l.bind_to_port.as_ref().is_none_or(|b| b.value);
     if l.api_listener.is_some() {
         return Err(ctx.err("api_listener", "API listeners are not supported"));
     }
@@ -237,37 +242,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             ));
         }
     }
-    let matches_all = |c: &listener_pb::FilterChain| {
-        c.filter_chain_match
-            .as_ref()
-            .is_none_or(|m| *m == listener_pb::FilterChainMatch::default())
-    };
-    let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
-        ([one], None) => (one, "filter_chains[0]".to_string()),
-        // A chain that matches every connection leaves the default chain unreachable.
-        ([one], Some(_)) if matches_all(one) => (one, "filter_chains[0]".to_string()),
-        ([], Some(d)) => (d, "default_filter_chain".to_string()),
-        _ => {
-            return Err(ctx.err(
-                "filter_chains",
-                format!(
-                    "exactly one filter chain is supported (got {}{})",
-                    l.filter_chains.len(),
-                    if l.default_filter_chain.is_some() {
-                        " and a default_filter_chain"
-                    } else {
-                        ""
-                    }
-                ),
-            ))
-        }
-    };
-    if chain.filter_chain_match.is_some() && at != "default_filter_chain" {
-        return Err(ctx.err(
-            format!("{at}.filter_chain_match"),
-            "filter chain matching is not supported",
-        ));
-    }
+    let (chain, at, fallback) = select_chain(l, &ctx, hand_off, bind)?;
     if let Some(ts) = &chain.transport_socket {
         if ts.name != RAW_BUFFER_SOCKET {
             return Err(ctx.err(
@@ -326,7 +301,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         triple: None,
         transparent,
         original_destination,
-        bind: true,
+        bind,
         virtual_listeners: Vec::new(),
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
@@ -370,7 +345,12 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             ))
         }
     }
-    Ok(ListenerRes { listener: out, rds })
+    Ok(ListenerRes {
+        listener: out,
+        rds,
+        hand_off,
+        fallback,
+    })
 }
 
 fn socket_address(
@@ -1800,6 +1780,14 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
         keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
+        tcp_keepalive: match c
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref())
+        {
+            Some(k) => Some(tcp_keepalive(k, &ctx)?),
+            None => None,
+        },
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -1927,6 +1915,54 @@ fn endpoints(
 #[path = "proto_tests.rs"]
 mod tests;
 
+/// A cluster's `upstream_connection_options.tcp_keepalive`, as Envoy reads it: a field left
+/// out takes the kernel's default (Linux: 7200 s, 75 s, 9 probes), any field set to 0 turns
+/// keepalive off; a value beyond the kernel's limit is NACKed (Envoy's setsockopt would fail
+/// on every connection).
+fn tcp_keepalive(
+    k: &core_pb::TcpKeepalive,
+    ctx: &Ctx<'_>,
+) -> Result<config::TcpKeepalive, TranslateError> {
+    let field = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>,
+                 name: &str,
+                 default: u32,
+                 max: u32| {
+        let v = v.as_ref().map_or(default, |v| v.value);
+        if v > max {
+            return Err(ctx.err(
+                format!("upstream_connection_options.tcp_keepalive.{name}"),
+                format!("{v} is out of range 0..={max}"),
+            ));
+        }
+        Ok(v)
+    };
+    let time_s = field(
+        &k.keepalive_time,
+        "keepalive_time",
+        config::KEEPALIVE_TIME_S_KERNEL,
+        config::KEEPALIVE_TIME_S_MAX,
+    )?;
+    let interval_s = field(
+        &k.keepalive_interval,
+        "keepalive_interval",
+        config::KEEPALIVE_PROBE_INTERVAL_S_DEFAULT,
+        config::KEEPALIVE_PROBE_INTERVAL_S_MAX,
+    )?;
+    let probes = field(
+        &k.keepalive_probes,
+        "keepalive_probes",
+        config::KEEPALIVE_PROBES_DEFAULT,
+        config::KEEPALIVE_PROBES_MAX,
+    )?;
+    let enabled = time_s > 0 && interval_s > 0 && probes > 0;
+    Ok(config::TcpKeepalive {
+        enabled,
+        time_s: time_s.max(1),
+        interval_s: interval_s.max(1),
+        probes: probes.max(1),
+    })
+}
+
 // === filters istiod always adds (docs/xds.md, "Istio": the decisions table) ===
 
 /// `udpa.type.v1.TypedStruct` / `xds.type.v3.TypedStruct`: only the wrapped type is read here.
@@ -2048,4 +2084,131 @@ fn no_fault_override(
         }
     }
     Ok(())
+}
+
+// === filter chain selection ===
+
+fn matches_all(c: &listener_pb::FilterChain) -> bool {
+    c.filter_chain_match
+        .as_ref()
+        .is_none_or(|m| *m == listener_pb::FilterChainMatch::default())
+}
+
+/// A match that only protocol detection decides (Istio's outbound HTTP chain:
+/// `transport_protocol: raw_buffer`, `application_protocols: [http/1.1, h2c]`).
+fn sniff_only(c: &listener_pb::FilterChain) -> bool {
+    let Some(m) = &c.filter_chain_match else {
+        return true;
+    };
+    let rest = listener_pb::FilterChainMatch {
+        transport_protocol: String::new(),
+        application_protocols: Vec::new(),
+        ..m.clone()
+    };
+    rest == listener_pb::FilterChainMatch::default()
+        && (m.transport_protocol.is_empty() || m.transport_protocol == "raw_buffer")
+        && m.application_protocols
+            .iter()
+            .all(|p| p == "h2c" || p == "http/1.1" || p == "http/1.0")
+}
+
+/// The tcp_proxy cluster of a chain whose only non-telemetry filter is a tcp_proxy.
+fn tcp_proxy_cluster(c: &listener_pb::FilterChain) -> Option<String> {
+    let mut proxies = c.filters.iter().filter(|f| match &f.config_type {
+        Some(listener_pb::filter::ConfigType::TypedConfig(a)) => {
+            ignorable_network_filter(a).is_none()
+        }
+        _ => true,
+    });
+    let (Some(f), None) = (proxies.next(), proxies.next()) else {
+        return None;
+    };
+    let Some(listener_pb::filter::ConfigType::TypedConfig(a)) = &f.config_type else {
+        return None;
+    };
+    if a.type_url != TCP_PROXY_TYPE {
+        return None;
+    }
+    let t = tcp_pb::TcpProxy::decode(a.value.as_slice()).ok()?;
+    match t.cluster_specifier {
+        Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// The one chain ringside runs for listener `l`, its field path, and (virtual listeners) the
+/// cluster of the catch-all chain beside it. Envoy picks a chain per connection by
+/// `filter_chain_match`; ringside takes the shapes in which that choice is one it makes too:
+/// - one chain that matches everything (a `default_filter_chain` beside it is unreachable);
+/// - on a `use_original_dst` listener, chains matching only `destination_port` = its own port
+///   (Istio's `virtualOutbound-blackhole`: ringside closes such connections itself);
+/// - on a virtual listener, a chain matched by protocol detection alone (raw_buffer, h2c /
+///   http/1.1) and a catch-all tcp_proxy chain: ringside's hand-off takes a connection that
+///   sends the protocol's first bytes, and passes any other through.
+fn select_chain<'a>(
+    l: &'a listener_pb::Listener,
+    ctx: &Ctx<'_>,
+    hand_off: bool,
+    bind: bool,
+) -> Result<(&'a listener_pb::FilterChain, String, Option<String>), TranslateError> {
+    let own_port = match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(core_pb::address::Address::SocketAddress(sa)) => match sa.port_specifier {
+            Some(core_pb::socket_address::PortSpecifier::PortValue(p)) => p,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let loop_guard = |c: &listener_pb::FilterChain| {
+        hand_off
+            && c.filter_chain_match.as_ref().is_some_and(|m| {
+                *m == listener_pb::FilterChainMatch {
+                    destination_port: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                        value: own_port,
+                    }),
+                    ..Default::default()
+                }
+            })
+            && tcp_proxy_cluster(c).is_some()
+    };
+    let mut chains: Vec<(String, &listener_pb::FilterChain)> = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !loop_guard(c))
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .collect();
+    if let Some(d) = &l.default_filter_chain {
+        chains.push(("default_filter_chain".to_string(), d));
+    }
+    let is_default = |at: &str| at == "default_filter_chain";
+    let refuse = |at: &str, why: String| Err(ctx.err(at.to_string(), why));
+    match chains.as_slice() {
+        [] => refuse("filter_chains", "no filter chain".into()),
+        [(at, c)] if is_default(at) || matches_all(c) => Ok((c, at.clone(), None)),
+        [(at, c)] if !bind && sniff_only(c) => Ok((c, at.clone(), None)),
+        // The first chain matches everything: the default chain is unreachable.
+        [(at, c), (d, _)] if is_default(d) && matches_all(c) => Ok((c, at.clone(), None)),
+        [(at, c), (fat, f)] if !bind && sniff_only(c) && (is_default(fat) || matches_all(f)) => {
+            match tcp_proxy_cluster(f) {
+                Some(cluster) => Ok((c, at.clone(), Some(cluster))),
+                None => refuse(
+                    fat,
+                    "beside a protocol chain, only a catch-all tcp_proxy chain is supported".into(),
+                ),
+            }
+        }
+        [(at, _)] => refuse(
+            &format!("{at}.filter_chain_match"),
+            "filter chain matching is not supported on this listener (only protocol detection \
+             on a bind_to_port: false listener, and the own-port chain of a use_original_dst one)"
+                .into(),
+        ),
+        _ => refuse(
+            "filter_chains",
+            format!(
+                "ringside cannot choose among these {} filter chains (docs/xds.md, \"Istio\")",
+                chains.len()
+            ),
+        ),
+    }
 }

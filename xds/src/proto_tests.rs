@@ -717,8 +717,14 @@ fn listener_shape_nacks() {
     let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
     assert!(e.contains("listener \"two\": field `filter_chains`"), "{e}");
 
+    // An empty match matches every connection (accepted); a port match chooses (refused).
     let mut l = listener_pb("m", 1, tcp("c"));
     l.filter_chains[0].filter_chain_match = Some(Default::default());
+    assert!(decode_listener(&pack_any(l.clone())).is_ok());
+    l.filter_chains[0].filter_chain_match = Some(listener_pb::FilterChainMatch {
+        destination_port: Some(UInt32Value { value: 80 }),
+        ..Default::default()
+    });
     let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
     assert!(
         e.contains("field `filter_chains[0].filter_chain_match`"),
@@ -766,6 +772,38 @@ fn clusters() {
             "10.0.0.1:80".parse().unwrap(),
             "10.0.0.2:81".parse().unwrap()
         ]
+    );
+
+    // upstream_connection_options.tcp_keepalive: fields left out take the kernel's defaults
+    // (as in Envoy), 0 turns keepalive off, beyond the kernel's limits is refused.
+    assert_eq!(c.cluster.tcp_keepalive, None);
+    let keepalive = |probes: Option<u32>, time: Option<u32>, interval: Option<u32>| {
+        let mut k = s.clone();
+        let v = |v: Option<u32>| {
+            v.map(|value| envoy_types::pb::google::protobuf::UInt32Value { value })
+        };
+        k.upstream_connection_options = Some(cluster_pb::UpstreamConnectionOptions {
+            tcp_keepalive: Some(core_pb::TcpKeepalive {
+                keepalive_probes: v(probes),
+                keepalive_time: v(time),
+                keepalive_interval: v(interval),
+            }),
+            ..Default::default()
+        });
+        decode_cluster(&pack_any(k)).map(|(_, c)| c.cluster.tcp_keepalive.unwrap())
+    };
+    let k = keepalive(Some(3), Some(60), None).unwrap();
+    assert_eq!(
+        (k.enabled, k.time_s, k.interval_s, k.probes),
+        (true, 60, 75, 3)
+    );
+    let k = keepalive(None, None, None).unwrap();
+    assert_eq!((k.enabled, k.time_s, k.probes), (true, 7200, 9));
+    assert!(!keepalive(Some(0), None, None).unwrap().enabled);
+    let e = keepalive(None, Some(40_000), None).unwrap_err().to_string();
+    assert!(
+        e.contains("upstream_connection_options.tcp_keepalive.keepalive_time"),
+        "{e}"
     );
 
     let mut bad = s.clone();
@@ -1056,4 +1094,62 @@ fn istio_clusters() {
         Ok(v) => panic!("expected a NACK, got {v:?}"),
     };
     assert!(e.contains("filters[0]"), "{e}");
+}
+
+/// Istio's virtualOutbound (own-port blackhole chain + catch-all) and an outbound
+/// `0.0.0.0_PORT` (HTTP chain by protocol detection + PassthroughFilterChain); a listener
+/// choosing by destination port is refused.
+#[test]
+fn istio_chain_shapes() {
+    use envoy_types::pb::google::protobuf::BoolValue;
+    let chain = |m: Option<listener_pb::FilterChainMatch>, filter: Any| listener_pb::FilterChain {
+        filter_chain_match: m,
+        filters: vec![listener_pb::Filter {
+            name: "f".into(),
+            config_type: Some(listener_pb::filter::ConfigType::TypedConfig(filter)),
+        }],
+        ..Default::default()
+    };
+    let port = |p: u32| listener_pb::FilterChainMatch {
+        destination_port: Some(UInt32Value { value: p }),
+        ..Default::default()
+    };
+    let mut vo = crate::testing::listener_pb("virtualOutbound", 15001, tcp("x"));
+    vo.use_original_dst = Some(BoolValue { value: true });
+    vo.filter_chains = vec![
+        chain(Some(port(15001)), tcp("BlackHoleCluster")),
+        chain(None, tcp("PassthroughCluster")),
+    ];
+    let (_, res) = decode_listener(&pack_any(vo.clone())).unwrap();
+    assert!(res.hand_off && res.listener.original_destination && res.listener.bind);
+    assert_eq!(res.listener.cluster.as_deref(), Some("PassthroughCluster"));
+
+    let mut out = crate::testing::listener_pb("0.0.0.0_9080", 9080, tcp("x"));
+    out.bind_to_port = Some(BoolValue { value: false });
+    let http = listener_pb::FilterChainMatch {
+        transport_protocol: "raw_buffer".into(),
+        application_protocols: vec!["http/1.1".into(), "h2c".into()],
+        ..Default::default()
+    };
+    out.filter_chains = vec![chain(Some(http.clone()), hcm_rds("9080"))];
+    out.default_filter_chain = Some(chain(None, tcp("PassthroughCluster")));
+    let (_, res) = decode_listener(&pack_any(out.clone())).unwrap();
+    assert!(!res.listener.bind && !res.hand_off);
+    assert_eq!(res.listener.protocol, Protocol::Triple);
+    assert_eq!(res.rds.as_deref(), Some("9080"));
+    assert_eq!(res.fallback.as_deref(), Some("PassthroughCluster"));
+
+    // The same chains on a listener that binds its port: Envoy chooses per connection, ringside
+    // cannot (no hand-off decides it): refused. So is a choice by destination port.
+    let mut bound = out.clone();
+    bound.bind_to_port = None;
+    let e = err_text(decode_listener(&pack_any(bound)));
+    assert!(e.contains("filter_chains"), "{e}");
+    vo.filter_chains
+        .insert(0, chain(Some(port(80)), tcp("c80")));
+    let e = err_text(decode_listener(&pack_any(vo)));
+    assert!(
+        e.contains("`filter_chains`") && e.contains("cannot choose"),
+        "{e}"
+    );
 }

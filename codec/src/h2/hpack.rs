@@ -6,11 +6,14 @@
 //! decoder keeps, so after warm-up decoding allocates only when the peer inserts into the
 //! dynamic table.
 //!
-//! The encoder never inserts into the peer's dynamic table and never Huffman-codes: headers
-//! that equal a static entry are sent as one index byte, others as literals "without indexing"
-//! (or "never indexed" when the sender asked for that) with the name indexed when the static
-//! table has it. It keeps no state, so it cannot fall out of sync with the peer, at the price of
-//! a few dozen bytes per header block on the wire.
+//! Two encoders. [`encode_field`] is stateless: headers that equal a static entry are sent as
+//! one index byte, others as literals "without indexing" (or "never indexed" when the sender
+//! asked for that) with the name indexed when the static table has it; its blocks mean the same
+//! on any connection. [`Encoder`] is one connection's stateful encoder: it re-encodes such a
+//! block at the moment it is written, indexing fields in its dynamic table (a repeated header
+//! costs one or two bytes) and Huffman-coding literals when shorter, so a peer cannot make a
+//! proxy send much more than it received by referencing large entries of its own table (HPACK
+//! amplification).
 
 use std::collections::VecDeque;
 
@@ -473,6 +476,255 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+}
+
+/// One connection's stateful HPACK encoder (RFC 7541 2.3, 4): a dynamic table mirrored by the
+/// peer's decoder, of at most the peer's SETTINGS_HEADER_TABLE_SIZE (and `TABLE_BYTES_DEFAULT`);
+/// a field is added unless it is never-indexed, larger than the table, or would evict a larger
+/// entry (see `may_insert`).
+/// Blocks must be encoded in the order they are written to the connection. Evicted entries'
+/// buffers are reused, so a warm encoder does not allocate.
+pub struct Encoder {
+    /// Newest first: name followed by value, and the name's length.
+    entries: VecDeque<(Vec<u8>, usize)>,
+    size: usize,
+    max: usize,
+    /// The smallest and the last table size to announce at the start of the next block.
+    update: Option<(usize, usize)>,
+    spare: Vec<Vec<u8>>,
+    /// Reads the stateless blocks handed to [`Encoder::encode_block`] (no dynamic table).
+    reader: Decoder,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder {
+            entries: VecDeque::new(),
+            size: 0,
+            max: TABLE_BYTES_DEFAULT,
+            update: None,
+            spare: Vec::new(),
+            reader: Decoder::new(0),
+        }
+    }
+}
+
+/// The length of `src` Huffman-coded.
+// A byte indexes the 257-entry table: always in range.
+#[allow(clippy::indexing_slicing)]
+fn huffman_len(src: &[u8]) -> usize {
+    let bits: usize = src
+        .iter()
+        .map(|&b| usize::from(HUFFMAN_LEN[b as usize]))
+        .sum();
+    bits.div_ceil(8)
+}
+
+/// A string literal, Huffman-coded when that is shorter.
+fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    let h = huffman_len(s);
+    if h < s.len() {
+        write_int(out, h, 7, 0x80);
+        huffman_encode(s, out);
+    } else {
+        write_int(out, s.len(), 7, 0);
+        out.extend_from_slice(s);
+    }
+}
+
+impl Encoder {
+    /// The peer's SETTINGS_HEADER_TABLE_SIZE: the table shrinks to it (or grows up to
+    /// `TABLE_BYTES_DEFAULT`), announced at the start of the next block.
+    pub fn set_peer_table_size(&mut self, bytes: u32) {
+        let new = (bytes as usize).min(TABLE_BYTES_DEFAULT);
+        if new == self.max && self.update.is_none() {
+            return;
+        }
+        let low = self.update.map_or(new, |(low, _)| low.min(new));
+        self.update = Some((low, new));
+        self.max = new;
+        self.evict(0);
+    }
+
+    /// Bytes the dynamic table holds, by RFC 7541's accounting.
+    pub fn table_bytes(&self) -> usize {
+        self.size
+    }
+
+    /// Whether an entry of `cost` bytes goes into the table: it must fit, and it must not evict
+    /// an entry larger than itself. Without the second rule a peer whose own table is full of
+    /// one large entry makes ours churn (the small fields it does not index itself evict the
+    /// large one before each reference), and every reference goes out literally again.
+    fn may_insert(&self, cost: usize) -> bool {
+        if cost > self.max {
+            return false;
+        }
+        let mut free = self.max.saturating_sub(self.size);
+        for (buf, _) in self.entries.iter().rev() {
+            if free >= cost {
+                return true;
+            }
+            let c = buf.len() + ENTRY_OVERHEAD;
+            if c > cost {
+                return false;
+            }
+            free += c;
+        }
+        free >= cost
+    }
+
+    /// Makes room for `need` bytes.
+    fn evict(&mut self, need: usize) {
+        while self.size + need > self.max {
+            match self.entries.pop_back() {
+                Some((buf, _)) => {
+                    self.size -= buf.len() + ENTRY_OVERHEAD;
+                    self.spare.push(buf);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Re-encodes `block`, a complete block of the stateless encoder (or any block that uses no
+    /// dynamic table), appending to `out`.
+    pub fn encode_block(&mut self, out: &mut Vec<u8>, block: &[u8]) -> Result<(), HpackError> {
+        if let Some((low, last)) = self.update.take() {
+            // The peer's table goes through `low`: ours too, or they would differ.
+            if low < last {
+                self.max = low;
+                self.evict(0);
+                write_int(out, low, 5, 0x20);
+            }
+            self.max = last;
+            write_int(out, last, 5, 0x20);
+        }
+        let mut reader = std::mem::replace(&mut self.reader, Decoder::new(0));
+        let r = self.transcode(out, block, &mut reader);
+        self.reader = reader;
+        r
+    }
+
+    /// Reads the fields of a stateless block as they are represented (a static index is
+    /// copied as it is; a literal's static name index is kept, so no static lookup is made
+    /// again) and encodes each. Anything the stateless encoder never writes (a dynamic index,
+    /// a size update) is an error.
+    fn transcode(
+        &mut self,
+        out: &mut Vec<u8>,
+        block: &[u8],
+        reader: &mut Decoder,
+    ) -> Result<(), HpackError> {
+        let mut pos = 0;
+        while let Some(&first) = block.get(pos) {
+            let rest = block.get(pos..).unwrap_or_default();
+            if first & 0x80 != 0 {
+                let (index, used) = read_int(rest, 7)?;
+                if index == 0 || index > STATIC_TABLE.len() {
+                    return Err(HpackError::BadIndex {
+                        index,
+                        entries: STATIC_TABLE.len(),
+                    });
+                }
+                out.extend_from_slice(rest.get(..used).unwrap_or_default());
+                pos += used;
+                continue;
+            }
+            if first & 0xe0 == 0x20 {
+                return Err(HpackError::TableSizeUpdate { size: 0, limit: 0 });
+            }
+            let prefix = if first & 0xc0 == 0x40 { 6 } else { 4 };
+            let never = first & 0xf0 == 0x10;
+            let (name_index, used) = read_int(rest, prefix)?;
+            pos += used;
+            let name = if name_index == 0 {
+                let (s, end) = reader.read_str(block, pos, true)?;
+                pos = end;
+                Some(s)
+            } else if name_index <= STATIC_TABLE.len() {
+                None
+            } else {
+                return Err(HpackError::BadIndex {
+                    index: name_index,
+                    entries: STATIC_TABLE.len(),
+                });
+            };
+            let (value, end) = reader.read_str(block, pos, false)?;
+            pos = end;
+            let n: &[u8] = match name {
+                Some(Str::Block(s, e)) => block.get(s..e).ok_or(HpackError::Truncated)?,
+                Some(_) => &reader.name_buf,
+                None => STATIC_TABLE.get(name_index - 1).map_or(&[][..], |e| e.0),
+            };
+            let v: &[u8] = match value {
+                Str::Block(s, e) => block.get(s..e).ok_or(HpackError::Truncated)?,
+                _ => &reader.value_buf,
+            };
+            let static_name = (name_index > 0).then_some(name_index);
+            self.encode_literal(out, n, v, never, static_name);
+        }
+        Ok(())
+    }
+
+    /// Appends one field: an index when the static or dynamic table has it, else a literal
+    /// (Huffman-coded when shorter) added to the dynamic table when it fits, unless the field is
+    /// "never indexed" (kept so, RFC 7541 6.2.3).
+    pub fn encode(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8], never: bool) {
+        let (exact, name_index) = static_lookup(name, value);
+        if let (Some(i), false) = (exact, never) {
+            write_int(out, i, 7, 0x80);
+            return;
+        }
+        self.encode_literal(out, name, value, never, name_index);
+    }
+
+    /// A field the static table does not have whole (`name_index`: its name's static entry):
+    /// a dynamic index, or a literal added to the dynamic table when it may be.
+    fn encode_literal(
+        &mut self,
+        out: &mut Vec<u8>,
+        name: &[u8],
+        value: &[u8],
+        never: bool,
+        mut name_index: Option<usize>,
+    ) {
+        if !never {
+            for (k, (buf, nl)) in self.entries.iter().enumerate() {
+                if *nl != name.len() || buf.get(..*nl) != Some(name) {
+                    continue;
+                }
+                if buf.get(*nl..) == Some(value) {
+                    write_int(out, STATIC_TABLE.len() + 1 + k, 7, 0x80);
+                    return;
+                }
+                name_index.get_or_insert(STATIC_TABLE.len() + 1 + k);
+            }
+        }
+        let cost = name.len() + value.len() + ENTRY_OVERHEAD;
+        let index_it = !never && self.may_insert(cost);
+        let (prefix, flags) = match (index_it, never) {
+            (true, _) => (6, 0x40),
+            (false, true) => (4, 0x10),
+            (false, false) => (4, 0x00),
+        };
+        match name_index {
+            Some(i) => write_int(out, i, prefix, flags),
+            None => {
+                out.push(flags);
+                write_str(out, name);
+            }
+        }
+        write_str(out, value);
+        if index_it {
+            self.evict(cost);
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(value);
+            self.entries.push_front((buf, name.len()));
+            self.size += cost;
+        }
     }
 }
 

@@ -279,3 +279,75 @@ proptest! {
         let _ = d.decode(&block, &mut |_, _, _| {});
     }
 }
+
+/// The stateful encoder: a repeated field costs one byte, literals are Huffman-coded when
+/// shorter, the peer's table size is followed (updates announced, entries evicted alike), and
+/// a peer decoder kept across blocks always reads back the fields given.
+#[test]
+fn stateful_encoder_indexes_and_stays_in_step_with_the_peer() {
+    use super::hpack::{encode_field, Encoder};
+    let mut enc = Encoder::default();
+    let mut peer = Decoder::default();
+    let big = "a".repeat(3900);
+    let fields = [
+        (":method", "POST"),
+        (":path", "/helloworld.Greeter/SayHello"),
+        ("content-type", "application/grpc"),
+        ("x-amp", big.as_str()),
+        ("authorization", "secret"),
+    ];
+    let mut stateless = Vec::new();
+    for (n, v) in fields {
+        encode_field(
+            &mut stateless,
+            n.as_bytes(),
+            v.as_bytes(),
+            n == "authorization",
+        );
+    }
+    let mut sizes = Vec::new();
+    for round in 0..4 {
+        if round == 2 {
+            // The peer shrinks its table to 256 bytes: the 4 KB entry cannot stay.
+            enc.set_peer_table_size(256);
+        }
+        let mut out = Vec::new();
+        enc.encode_block(&mut out, &stateless).unwrap();
+        sizes.push(out.len());
+        let got = decode_all(&mut peer, &out).unwrap();
+        assert_eq!(got, pairs(&fields), "round {round}");
+        assert!(enc.table_bytes() == peer.table_bytes(), "round {round}");
+    }
+    // First block: Huffman literals (3900 'a' take 5 bits each); then a few index bytes.
+    assert!(sizes[0] < 2600, "{sizes:?}");
+    assert!(sizes[1] < 20, "{sizes:?}");
+    // Table of 256: the big field goes literal again, without indexing.
+    assert!(sizes[3] > 2000, "{sizes:?}");
+    let mut never = Vec::new();
+    enc.encode(&mut never, b"authorization", b"secret", true);
+    assert_eq!(never[0] & 0xf0, 0x10, "never-indexed kept");
+}
+
+/// A table full of one large entry is not churned by small fields (they go literal instead).
+#[test]
+fn stateful_encoder_keeps_a_large_entry_against_small_ones() {
+    use super::hpack::Encoder;
+    let mut enc = Encoder::default();
+    let mut peer = Decoder::default();
+    let big = "z".repeat(4000);
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        let mut out = Vec::new();
+        for (n, v) in [
+            (":path", "/a.B/C"),
+            ("x-amp", big.as_str()),
+            ("te", "trailers"),
+        ] {
+            enc.encode(&mut out, n.as_bytes(), v.as_bytes(), false);
+        }
+        sizes.push(out.len());
+        decode_all(&mut peer, &out).unwrap();
+        assert_eq!(enc.table_bytes(), peer.table_bytes());
+    }
+    assert!(sizes[1] < 40 && sizes[2] < 40, "{sizes:?}");
+}

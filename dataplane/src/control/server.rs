@@ -758,6 +758,79 @@ fn bind_listener(
     })
 }
 
+/// The shards' runtime: the config's `runtime` section with the command line's overrides
+/// (shard count, I/O backend, poll mode). Starts the DPDK port first when the config has one
+/// (before any listener binds, docs/dpdk.md).
+fn runtime_spec(config: &Config, overrides: &Overrides) -> Result<shard::Spec, RunError> {
+    let shard_count = overrides
+        .shards
+        .or(config.runtime.shards)
+        .unwrap_or_else(|| shard::affinity_cores().len().max(1));
+    if shard_count == 0 || shard_count > config::SHARDS_MAX {
+        return Err(RunError::Invalid(format!(
+            "--shards {shard_count} is out of range 1..={}",
+            config::SHARDS_MAX
+        )));
+    }
+    // The DPDK path starts EAL and its port before any listener binds (docs/dpdk.md).
+    #[cfg(feature = "dpdk")]
+    if let Some(d) = &config.dpdk {
+        crate::dpdk::start(d, shard_count).map_err(RunError::Invalid)?;
+    }
+    #[cfg(not(feature = "dpdk"))]
+    if config.dpdk.is_some() {
+        return Err(RunError::Invalid(
+            "the config has a `dpdk:` section but this ringside was built without DPDK \
+             support (cargo build --release --features dpdk; docs/dpdk.md)"
+                .into(),
+        ));
+    }
+    let io = match overrides.io.unwrap_or(config.runtime.io) {
+        config::IoMode::Auto => shard::IoMode::Auto,
+        config::IoMode::Uring => shard::IoMode::Uring,
+        config::IoMode::Epoll => shard::IoMode::Epoll,
+    };
+    let poll = match overrides.poll_mode.unwrap_or(config.runtime.poll_mode) {
+        config::PollMode::Sleep => shard::PollMode::Sleep,
+        config::PollMode::Spin => shard::PollMode::Spin,
+        config::PollMode::Hybrid => shard::PollMode::Hybrid,
+    };
+    let spin_budget = Duration::from_micros(config.runtime.spin_budget_us);
+    Ok(shard::Spec {
+        shards: shard_count,
+        io,
+        pin: config.runtime.pin,
+        uring_entries: shard::URING_ENTRIES_DEFAULT,
+        inbox_capacity: SHARD_INBOX_MAX,
+        poll,
+        spin_budget,
+    })
+}
+
+/// Starts the shards (each runs `worker::shard_main` over `shared`) and logs each one's core,
+/// I/O backend and poll mode.
+fn start_shards(
+    spec: &shard::Spec,
+    shared: &Arc<Shared>,
+) -> Result<Vec<ShardHandle<ShardMsg>>, RunError> {
+    let shared = shared.clone();
+    let shards = shard::start(spec, move |ctx, inbox| {
+        worker::shard_main(ctx, shared.clone(), inbox)
+    })?;
+    for h in &shards {
+        let i = &h.info;
+        tracing::info!(
+            shard = i.id,
+            core = ?i.core,
+            backend = i.backend.as_str(),
+            poll_mode = i.poll.as_str(),
+            fallback = i.fallback_reason.as_deref().unwrap_or(""),
+            "shard up"
+        );
+    }
+    Ok(shards)
+}
+
 impl Server {
     /// Starts shards and admin; returns once every shard is serving. `inherited` holds the
     /// listening sockets a predecessor handed over (empty for a fresh start).
@@ -766,41 +839,10 @@ impl Server {
         overrides: &Overrides,
         mut inherited: Inherited,
     ) -> Result<Server, RunError> {
-        let shard_count = overrides
-            .shards
-            .or(config.runtime.shards)
-            .unwrap_or_else(|| shard::affinity_cores().len().max(1));
-        if shard_count == 0 || shard_count > config::SHARDS_MAX {
-            return Err(RunError::Invalid(format!(
-                "--shards {shard_count} is out of range 1..={}",
-                config::SHARDS_MAX
-            )));
-        }
-        // The DPDK path starts EAL and its port before any listener binds (docs/dpdk.md).
-        #[cfg(feature = "dpdk")]
-        if let Some(d) = &config.dpdk {
-            crate::dpdk::start(d, shard_count).map_err(RunError::Invalid)?;
-        }
-        #[cfg(not(feature = "dpdk"))]
-        if config.dpdk.is_some() {
-            return Err(RunError::Invalid(
-                "the config has a `dpdk:` section but this ringside was built without DPDK \
-                 support (cargo build --release --features dpdk; docs/dpdk.md)"
-                    .into(),
-            ));
-        }
-        let io = match overrides.io.unwrap_or(config.runtime.io) {
-            config::IoMode::Auto => shard::IoMode::Auto,
-            config::IoMode::Uring => shard::IoMode::Uring,
-            config::IoMode::Epoll => shard::IoMode::Epoll,
-        };
-        let poll = match overrides.poll_mode.unwrap_or(config.runtime.poll_mode) {
-            config::PollMode::Sleep => shard::PollMode::Sleep,
-            config::PollMode::Spin => shard::PollMode::Spin,
-            config::PollMode::Hybrid => shard::PollMode::Hybrid,
-        };
-        let spin_budget = Duration::from_micros(config.runtime.spin_budget_us);
+        let spec = runtime_spec(&config, overrides)?;
+        let shard_count = spec.shards;
         crate::io::intercept::set_socket_mark(config.runtime.socket_mark);
+        crate::io::intercept::set_keepalive(config.runtime.tcp_keepalive);
         let stats = Arc::new(
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
@@ -823,7 +865,6 @@ impl Server {
             inherited.sockets.clear();
         }
         let (control, control_rx) = mpsc::sync_channel(16);
-        let pin = config.runtime.pin;
         let dynamic = config.xds.is_some();
         let registry_discovery = config
             .clusters
@@ -869,30 +910,8 @@ impl Server {
         let admin_address = admin::start(shared.clone())
             .map_err(|(addr, source)| RunError::Admin { addr, source })?;
 
-        let spec = shard::Spec {
-            shards: shard_count,
-            io,
-            pin,
-            uring_entries: shard::URING_ENTRIES_DEFAULT,
-            inbox_capacity: SHARD_INBOX_MAX,
-            poll,
-            spin_budget,
-        };
-        let shared2 = shared.clone();
-        let shards = shard::start(&spec, move |ctx, inbox| {
-            worker::shard_main(ctx, shared2.clone(), inbox)
-        })?;
+        let shards = start_shards(&spec, &shared)?;
         let infos: Vec<ShardInfo> = shards.iter().map(|h| h.info.clone()).collect();
-        for i in &infos {
-            tracing::info!(
-                shard = i.id,
-                core = ?i.core,
-                backend = i.backend.as_str(),
-                poll_mode = i.poll.as_str(),
-                fallback = i.fallback_reason.as_deref().unwrap_or(""),
-                "shard up"
-            );
-        }
         let _ = shared.shard_infos.set(infos);
         shared
             .updates

@@ -340,10 +340,10 @@ impl ShardState {
                 Some(p) if keeps_connections(&p.cfg, l) => {
                     let ctx = p.ctx.get();
                     if listener_params(&p.cfg) != listener_params(l) {
-                        let fresh = self.listener_ctx(&snap, index, Some(&ctx), p.conns.clone());
+                        let fresh = self.listener_ctx(snap, index, Some(&ctx), p.conns.clone());
                         p.ctx.set(fresh);
                     } else if reindexed || p.cfg != *l {
-                        self.swap_routes(&snap, index, &ctx);
+                        self.swap_routes(snap, index, &ctx);
                     }
                     if let Some(t) = &p.ctx.get().tcp {
                         *t.cluster.borrow_mut() = self.tcp_cluster(l);
@@ -363,7 +363,7 @@ impl ShardState {
                     let sl = ShardListener {
                         cfg: l.clone(),
                         ctx: Rc::new(Latest::new(self.listener_ctx(
-                            &snap,
+                            snap,
                             index,
                             None,
                             conns.clone(),

@@ -204,6 +204,12 @@ pub struct Conn {
     /// Streams with DATA waiting for window.
     blocked: RefCell<Vec<u32>>,
     decoder: RefCell<Decoder>,
+    /// Re-encodes every header block as it is written (indexing, Huffman), and its scratch.
+    encoder: RefCell<hpack::Encoder>,
+    encoded: RefCell<Vec<u8>>,
+    /// Caller side: header bytes decoded beyond the block bytes received in the current
+    /// one-second window (HPACK amplification).
+    amplified: Cell<(Instant, u64)>,
     headers: RefCell<super::headers::HeaderList>,
     /// Caller side: the highest stream id the caller opened. Upstream side: the next id to use.
     stream_ids: Cell<u32>,
@@ -250,6 +256,9 @@ impl Conn {
             streams: RefCell::new(FxHashMap::default()),
             blocked: RefCell::new(Vec::new()),
             decoder: RefCell::new(Decoder::new(hpack::TABLE_BYTES_DEFAULT)),
+            encoder: RefCell::new(hpack::Encoder::default()),
+            encoded: RefCell::new(Vec::with_capacity(1024)),
+            amplified: Cell::new((Instant::now(), 0)),
             headers: RefCell::new(Default::default()),
             stream_ids: Cell::new(0),
             goaway: Cell::new(None),
@@ -359,6 +368,34 @@ impl Conn {
         Ok(())
     }
 
+    /// Caller side: counts header bytes decoded beyond the block bytes received against
+    /// `hpack_amplified_bytes_per_second_max`; beyond it the connection is closed (HPACK
+    /// amplification: small blocks referencing large entries of the caller's table).
+    fn count_amplified(&self, n: usize) -> Result<(), ConnError> {
+        let Side::Down(l) = &self.side else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let (start, sum) = self.amplified.get();
+        let now = Instant::now();
+        let (start, sum) = if now.duration_since(start) > Duration::from_secs(1) {
+            (now, n as u64)
+        } else {
+            (start, sum + n as u64)
+        };
+        self.amplified.set((start, sum));
+        if sum > u64::from(self.limits.amplified_per_second_max) {
+            l.stats.inc(l.ids.hardening.header_flood);
+            return Err(conn_err(
+                code::ENHANCE_YOUR_CALM,
+                "too many header bytes decoded from the HPACK table",
+            ));
+        }
+        Ok(())
+    }
+
     fn close(&self) {
         self.closed.set(true);
         self.closing.set(true);
@@ -419,7 +456,18 @@ impl Conn {
                 while let Some(item) = s.queue.front_mut() {
                     match item {
                         Out::Headers(block, end) => {
-                            frame::write_headers(&mut *out, id, block, *end, frame_max as u32);
+                            // Queued blocks are stateless; the connection's encoder indexes
+                            // them in the order they go out.
+                            let mut enc = self.encoded.borrow_mut();
+                            enc.clear();
+                            if let Err(e) = self.encoder.borrow_mut().encode_block(&mut enc, block)
+                            {
+                                // Our own block: cannot happen; the peer's table may now differ.
+                                tracing::error!(error = %e, "re-encoding a header block failed");
+                                self.closed.set(true);
+                                self.closing.set(true);
+                            }
+                            frame::write_headers(&mut *out, id, &enc, *end, frame_max as u32);
                             s.sent_end |= *end;
                             let end = *end;
                             if let Some(Out::Headers(block, _)) = s.queue.pop_front() {
@@ -684,6 +732,7 @@ impl Conn {
                     return Err(conn_err(code::PROTOCOL_ERROR, "ENABLE_PUSH above 1"))
                 }
                 setting::MAX_CONCURRENT_STREAMS => self.peer_streams_max.set(v),
+                setting::HEADER_TABLE_SIZE => self.encoder.borrow_mut().set_peer_table_size(v),
                 setting::INITIAL_WINDOW_SIZE => {
                     if v > frame::WINDOW_LIMIT {
                         return Err(conn_err(
@@ -1009,6 +1058,7 @@ impl Conn {
         if id == 0 {
             return Err(conn_err(code::PROTOCOL_ERROR, "HEADERS on stream 0"));
         }
+        let mut decoded = 0usize;
         {
             let mut hl = self.headers.borrow_mut();
             hl.clear();
@@ -1016,9 +1066,13 @@ impl Conn {
             let hl = &mut *hl;
             self.decoder
                 .borrow_mut()
-                .decode(block, &mut |n, v, never| hl.push(n, v, never, limit))
+                .decode(block, &mut |n, v, never| {
+                    decoded += n.len() + v.len();
+                    hl.push(n, v, never, limit)
+                })
                 .map_err(|e| conn_err(code::COMPRESSION_ERROR, e.to_string()))?;
         }
+        self.count_amplified(decoded.saturating_sub(block.len()))?;
         match &self.side {
             Side::Down(l) => {
                 let l = l.clone();
@@ -1832,6 +1886,7 @@ async fn serve_upstream<S: crate::io::Conn>(
     let why = match connected {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
+            let _ = stream.set_keepalive(&pool.lb.keepalive);
             pool.stats.inc(pool.lb.ids.cx_total);
             pool.stats.inc(host.ids.cx_total);
             pool.stats.inc(pool.lb.ids.cx_active);

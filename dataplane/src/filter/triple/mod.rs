@@ -36,6 +36,9 @@ pub struct H2Limits {
     pub conn_window: u32,
     pub resets_per_second_max: u32,
     pub control_frames_max: u32,
+    /// Caller connections: header bytes decoded beyond the header block bytes received, per
+    /// second (HPACK amplification).
+    pub amplified_per_second_max: u32,
     pub preface_timeout: Duration,
     /// Caller connections: closed after this long without a stream (the listener's
     /// `idle_timeout_ms`).
@@ -52,6 +55,7 @@ impl H2Limits {
             conn_window: t.connection_window_bytes,
             resets_per_second_max: t.resets_per_second_max,
             control_frames_max: t.outbound_control_frames_max,
+            amplified_per_second_max: t.hpack_amplified_bytes_per_second_max,
             preface_timeout: Duration::from_millis(t.preface_timeout_ms),
             idle_timeout: Duration::from_millis(idle_timeout_ms),
         }
@@ -129,7 +133,8 @@ pub struct HardeningStatIds {
     pub rq_expired_on_arrival: StatId,
     /// Connections closed for queueing more than `outbound_control_frames_max` control frames.
     pub control_flood: StatId,
-    /// Connections closed for decoding more header bytes than `header_bytes_per_second_max`.
+    /// Connections closed for making ringside decode more header bytes than they sent, beyond
+    /// `hpack_amplified_bytes_per_second_max` per second (HPACK amplification).
     pub header_flood: StatId,
     /// Connections closed because the preface did not arrive in `preface_timeout_ms`.
     pub cx_preface_timeout: StatId,
