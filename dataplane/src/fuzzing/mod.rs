@@ -12,6 +12,7 @@
 //! run is deterministic except for the script's explicit sleeps (a few ms, for the short
 //! deadlines of the fuzz config).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +29,30 @@ pub mod triple;
 /// How much a run may grow the heap: far above what a few KB of input can legitimately make
 /// ringside hold, far below what an unbounded buffer reaches.
 pub const HEAP_GROWTH_MAX: usize = 64 << 20;
+/// How far the heap in use after a run may drift from where it stood after the first run:
+/// memory a run leaves behind (a reference cycle, a task that never ends) adds up run after run
+/// and trips this within a few thousand runs, where the per-run bound cannot see it.
+pub const HEAP_DRIFT_MAX: usize = 1 << 20;
+
+thread_local! {
+    static SETTLED_HEAP: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Checks, after a run, that the runs so far left no memory behind (see [`HEAP_DRIFT_MAX`]).
+pub fn check_no_leak(live_bytes: fn() -> usize) {
+    let now = live_bytes();
+    let first = SETTLED_HEAP.with(|b| {
+        let first = b.get().unwrap_or(now);
+        b.set(Some(first));
+        first
+    });
+    assert!(
+        now <= first + HEAP_DRIFT_MAX,
+        "runs leave memory behind: {} bytes in use after this run, {first} after the first",
+        now
+    );
+}
+
 /// Explicit sleeps per run at most (each is a few ms of real time).
 pub const SLEEPS_MAX: u32 = 3;
 

@@ -395,6 +395,7 @@ pub fn run(data: &[u8], live_bytes: fn() -> usize) {
     super::runtime()
         .block_on(async move { shard::monoio::spawn(script(fx, data, live_bytes)).await });
     Upstreams::uninstall();
+    super::check_no_leak(live_bytes);
 }
 
 /// A server behind an endpoint: the streams ringside opened on it and their state.

@@ -177,6 +177,15 @@ impl ClusterEntry {
     }
 }
 
+/// A pool and its hosts point at each other (a host's connections need the pool's settings):
+/// retiring empties the host table, which ends that cycle, so an entry dropped by any path
+/// (not only a config update) frees its pools once their connections have closed.
+impl Drop for ClusterEntry {
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
 /// One listener on one shard.
 struct ShardListener {
     cfg: config::Listener,
