@@ -409,6 +409,94 @@ pub struct Runtime {
     /// RESOURCE_EXHAUSTED) and counted in `shard.<n>.rq_shed_memory`.
     #[serde(default = "default_buffered_bytes_per_shard_max")]
     pub buffered_bytes_per_shard_max: usize,
+    /// TCP keepalive on every connection ringside accepts or opens (downstream, upstream unless
+    /// the cluster sets its own, the xDS client's): a peer that vanished without a FIN or RST
+    /// (a powered-off node, a NAT or load balancer that forgot the flow) is found and its
+    /// connection closed instead of pinning its slot, requests and buffers forever. Read once
+    /// at start.
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepalive,
+}
+
+/// TCP keepalive of a socket: SO_KEEPALIVE, TCP_KEEPIDLE (`time_s`), TCP_KEEPINTVL
+/// (`interval_s`) and TCP_KEEPCNT (`probes`). A silent peer is given up after `time_s +
+/// interval_s * probes` seconds of silence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// SO_KEEPALIVE on; false leaves the socket without keepalive (the kernel default).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Idle seconds before the first probe.
+    #[serde(default = "default_keepalive_time_s")]
+    pub time_s: u32,
+    /// Seconds between unanswered probes.
+    #[serde(default = "default_keepalive_probe_interval_s")]
+    pub interval_s: u32,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default = "default_keepalive_probes")]
+    pub probes: u32,
+}
+
+/// Idle time before the first probe: 180 s, under the idle timeouts of common NATs and cloud
+/// load balancers (Azure 4 min, AWS NLB 350 s, GCP 10 min), so the probes also keep such a
+/// flow alive. Envoy sets no keepalive unless configured and then takes the kernel's value for
+/// a field left out (Linux: 7200 s, too long to keep those flows or to free a slot soon).
+pub const KEEPALIVE_TIME_S_DEFAULT: u32 = 180;
+/// Linux's default (`tcp_keepalive_intvl`), which Envoy uses for a field left out.
+pub const KEEPALIVE_PROBE_INTERVAL_S_DEFAULT: u32 = 75;
+/// Linux's default (`tcp_keepalive_probes`), which Envoy uses for a field left out.
+pub const KEEPALIVE_PROBES_DEFAULT: u32 = 9;
+/// The kernel's limits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT).
+pub const KEEPALIVE_TIME_S_MAX: u32 = 32_767;
+pub const KEEPALIVE_PROBE_INTERVAL_S_MAX: u32 = 32_767;
+pub const KEEPALIVE_PROBES_MAX: u32 = 127;
+/// Linux's own defaults, for an xDS `tcp_keepalive` field left out (as Envoy does).
+pub const KEEPALIVE_TIME_S_KERNEL: u32 = 7_200;
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive {
+            enabled: true,
+            time_s: KEEPALIVE_TIME_S_DEFAULT,
+            interval_s: KEEPALIVE_PROBE_INTERVAL_S_DEFAULT,
+            probes: KEEPALIVE_PROBES_DEFAULT,
+        }
+    }
+}
+
+impl TcpKeepalive {
+    /// Checks each field against the kernel's limits.
+    pub fn validate(&self, at: &str, err: &mut dyn FnMut(String, String)) {
+        for (name, v, max) in [
+            ("time_s", self.time_s, KEEPALIVE_TIME_S_MAX),
+            (
+                "interval_s",
+                self.interval_s,
+                KEEPALIVE_PROBE_INTERVAL_S_MAX,
+            ),
+            ("probes", self.probes, KEEPALIVE_PROBES_MAX),
+        ] {
+            if v == 0 || v > max {
+                err(
+                    format!("{at}.{name}"),
+                    format!("{v} is out of range 1..={max}"),
+                );
+            }
+        }
+    }
+}
+
+fn default_keepalive_time_s() -> u32 {
+    KEEPALIVE_TIME_S_DEFAULT
+}
+
+fn default_keepalive_probe_interval_s() -> u32 {
+    KEEPALIVE_PROBE_INTERVAL_S_DEFAULT
+}
+
+fn default_keepalive_probes() -> u32 {
+    KEEPALIVE_PROBES_DEFAULT
 }
 
 fn default_buffered_bytes_per_shard_max() -> usize {
@@ -806,6 +894,10 @@ pub struct Cluster {
     pub keepalive_interval_ms: u64,
     #[serde(default = "default_keepalive_timeout_ms")]
     pub keepalive_timeout_ms: u64,
+    /// TCP keepalive of this cluster's upstream connections; default `runtime.tcp_keepalive`
+    /// (xDS: the cluster's `upstream_connection_options.tcp_keepalive`).
+    #[serde(default)]
+    pub tcp_keepalive: Option<TcpKeepalive>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1007,6 +1099,7 @@ impl Default for Runtime {
             spin_budget_us: SPIN_BUDGET_US_DEFAULT,
             socket_mark: None,
             buffered_bytes_per_shard_max: BUFFERED_BYTES_PER_SHARD_MAX_DEFAULT,
+            tcp_keepalive: TcpKeepalive::default(),
         }
     }
 }
@@ -1134,6 +1227,9 @@ impl Config {
                 format!("{b} is out of range {BUFFERED_BYTES_PER_SHARD_MAX_MIN}..={BUFFERED_BYTES_PER_SHARD_MAX_LIMIT}"),
             );
         }
+        self.runtime
+            .tcp_keepalive
+            .validate("runtime.tcp_keepalive", err);
         let budget = self.runtime.spin_budget_us;
         if budget == 0 || budget > SPIN_BUDGET_US_MAX {
             err(
@@ -1549,6 +1645,9 @@ fn validate_cluster_limits(
     timer_in_range(c.idle_timeout_ms, at("idle_timeout_ms"), err);
     timer_in_range(c.keepalive_interval_ms, at("keepalive_interval_ms"), err);
     timer_in_range(c.keepalive_timeout_ms, at("keepalive_timeout_ms"), err);
+    if let Some(k) = &c.tcp_keepalive {
+        k.validate(&at("tcp_keepalive"), err);
+    }
     range_ms(
         err,
         at("heartbeat_interval_ms"),

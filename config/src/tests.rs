@@ -165,6 +165,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
         keepalive_interval_ms: KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
+        tcp_keepalive: None,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());
@@ -383,4 +384,39 @@ fn registry_sections_and_zookeeper_clusters_are_checked() {
         ["clusters[0].endpoint_metadata", "clusters[0].endpoint_metadata[0].weight"]
     );
     assert!(errs("registry: {addresses: ['127.0.0.1:2181'], chroot: /prod}\nclusters:\n  - {name: z, type: zookeeper, registry: {interface: com.a.B, version: '1.0.0'}}\n").is_empty());
+}
+
+#[test]
+fn tcp_keepalive_defaults_and_bounds() {
+    let c = Config::from_yaml("c.yaml", GOOD).unwrap();
+    assert_eq!(c.runtime.tcp_keepalive, TcpKeepalive::default());
+    assert_eq!(
+        (
+            c.runtime.tcp_keepalive.enabled,
+            c.runtime.tcp_keepalive.time_s
+        ),
+        (true, KEEPALIVE_TIME_S_DEFAULT)
+    );
+    assert_eq!(c.clusters[0].tcp_keepalive, None);
+    let with = |runtime: &str| format!("runtime:\n{runtime}{GOOD}");
+    let c = Config::from_yaml(
+        "c.yaml",
+        &with("  tcp_keepalive: {time_s: 30, probes: 3}\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.runtime.tcp_keepalive,
+        TcpKeepalive {
+            enabled: true,
+            time_s: 30,
+            interval_s: KEEPALIVE_PROBE_INTERVAL_S_DEFAULT,
+            probes: 3
+        }
+    );
+    let e = errors(&with("  tcp_keepalive: {time_s: 0}\n"));
+    assert_eq!(e[0].field, "runtime.tcp_keepalive.time_s");
+    let e = errors(&with("  tcp_keepalive: {probes: 128}\n"));
+    assert_eq!(e[0].field, "runtime.tcp_keepalive.probes");
+    let e = errors(&GOOD.replace("lb: least_request", "tcp_keepalive: {interval_s: 40000}"));
+    assert_eq!(e[0].field, "clusters[0].tcp_keepalive.interval_s");
 }

@@ -43,6 +43,8 @@ struct Seen {
     goaway_sent: AtomicBool,
     /// Streams refused with RST_STREAM REFUSED_STREAM (`x-refuse`).
     refused: AtomicUsize,
+    /// GOAWAY frames received.
+    goaways: AtomicUsize,
     /// Request header fields named `etag` received with the never-indexed bit, and without.
     etag_never: AtomicUsize,
     etag_plain: AtomicUsize,
@@ -55,7 +57,7 @@ struct Seen {
 /// bytes; `x-big-trailer: N` the same in its trailers, before grpc-status), `x-goaway` (the first such request on the backend is refused by a GOAWAY naming the
 /// stream before it, and the connection closes once older streams are answered), `x-refuse: K`
 /// (once the request is in, RST_STREAM REFUSED_STREAM while the backend has refused fewer
-/// than K streams), `x-no-window`
+/// than K streams), `x-bad-frame` (a PING of 7 bytes: a connection error), `x-no-window`
 /// (never return stream window for the request body), `x-data-first` (a DATA frame before the
 /// response HEADERS), `x-never-etag` (a never-indexed `etag: ""` in the response headers), `x-freeze`
 /// (stop reading and writing on this connection, keeping it open: a half-open peer).
@@ -251,6 +253,16 @@ impl BackendConn {
                     let now = self.seen.open.fetch_add(1, Relaxed) + 1;
                     self.seen.open_max.fetch_max(now, Relaxed);
                     let has = |k: &str| fields.iter().any(|(n, _)| n == k);
+                    if has("x-bad-frame") {
+                        FrameHeader {
+                            len: 7,
+                            kind: kind::PING,
+                            flags: 0,
+                            stream: 0,
+                        }
+                        .write(&mut o);
+                        o.extend_from_slice(&[0; 7]);
+                    }
                     if has("x-freeze") {
                         // Half-open: hold the socket, never read or write again.
                         std::thread::sleep(Duration::from_secs(3600));
@@ -282,6 +294,9 @@ impl BackendConn {
                 if h.flags & flag::END_STREAM != 0 {
                     self.answer(sid);
                 }
+            }
+            kind::GOAWAY => {
+                self.seen.goaways.fetch_add(1, Relaxed);
             }
             kind::RST_STREAM => {
                 self.seen.resets.fetch_add(1, Relaxed);
@@ -1194,4 +1209,25 @@ fn hpack_amplifying_callers_get_enhance_your_calm() {
     assert!(up < 1 << 20, "{up} header bytes upstream");
     let r = Client::connect(listen).call(SAY, &[], b"x");
     assert_eq!(r.grpc_status(), Some(0));
+}
+
+/// Item 3 (#20 leftovers), upstream side: an upstream that breaks the protocol gets ringside's
+/// GOAWAY (written within a bounded time before the socket closes), and its calls fail
+/// UNAVAILABLE at once.
+#[test]
+fn an_upstream_connection_error_sends_goaway_and_fails_its_calls() {
+    let b = Backend::start(100);
+    let (rs, listen) = start(b.addr, "", "");
+    let mut c = Client::connect(listen);
+    let t0 = Instant::now();
+    let r = c.call(SAY, &[("x-bad-frame", "1")], b"x");
+    assert_eq!(r.grpc_status(), Some(14), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(
+        wait_for(Duration::from_secs(2), || b.get(|s| &s.goaways) == 1),
+        "the upstream got no GOAWAY"
+    );
+    assert!(wait_for(Duration::from_secs(2), || b.get(|s| &s.closed) == 1));
+    assert_eq!(stat(&rs, "upstream_rq_active"), 0);
+    assert_eq!(c.call(SAY, &[], b"x").grpc_status(), Some(0));
 }

@@ -239,3 +239,33 @@ pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+/// TCP keepalive on a connected socket: SO_KEEPALIVE on with TCP_KEEPIDLE `time_s`,
+/// TCP_KEEPINTVL `interval_s` and TCP_KEEPCNT `probes`; `None` turns SO_KEEPALIVE off.
+pub fn set_keepalive(fd: RawFd, k: Option<(u32, u32, u32)>) -> io::Result<()> {
+    let set = |level: libc::c_int, name: libc::c_int, v: libc::c_int| {
+        // SAFETY: setsockopt reads one c_int from a live local.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let Some((time_s, interval_s, probes)) = k else {
+        return set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
+    };
+    let int = |v: u32| libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, int(time_s))?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, int(interval_s))?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, int(probes))?;
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+}

@@ -298,7 +298,19 @@ impl Client {
             "http://{}",
             self.bootstrap.server
         )) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            Ok(e) => {
+                // The management server's connection gets `runtime.tcp_keepalive` too: a
+                // vanished server is noticed and the client reconnects.
+                let k = self.static_config.runtime.tcp_keepalive;
+                let e = e.connect_timeout(Duration::from_secs(5));
+                match k.enabled {
+                    true => e
+                        .tcp_keepalive(Some(Duration::from_secs(k.time_s.into())))
+                        .tcp_keepalive_interval(Some(Duration::from_secs(k.interval_s.into())))
+                        .tcp_keepalive_retries(Some(k.probes)),
+                    false => e,
+                }
+            }
             Err(e) => {
                 return Exit::Failed {
                     got_response: false,

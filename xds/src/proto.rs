@@ -1780,6 +1780,14 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
         keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
+        tcp_keepalive: match c
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref())
+        {
+            Some(k) => Some(tcp_keepalive(k, &ctx)?),
+            None => None,
+        },
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -1906,6 +1914,54 @@ fn endpoints(
 #[cfg(test)]
 #[path = "proto_tests.rs"]
 mod tests;
+
+/// A cluster's `upstream_connection_options.tcp_keepalive`, as Envoy reads it: a field left
+/// out takes the kernel's default (Linux: 7200 s, 75 s, 9 probes), any field set to 0 turns
+/// keepalive off; a value beyond the kernel's limit is NACKed (Envoy's setsockopt would fail
+/// on every connection).
+fn tcp_keepalive(
+    k: &core_pb::TcpKeepalive,
+    ctx: &Ctx<'_>,
+) -> Result<config::TcpKeepalive, TranslateError> {
+    let field = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>,
+                 name: &str,
+                 default: u32,
+                 max: u32| {
+        let v = v.as_ref().map_or(default, |v| v.value);
+        if v > max {
+            return Err(ctx.err(
+                format!("upstream_connection_options.tcp_keepalive.{name}"),
+                format!("{v} is out of range 0..={max}"),
+            ));
+        }
+        Ok(v)
+    };
+    let time_s = field(
+        &k.keepalive_time,
+        "keepalive_time",
+        config::KEEPALIVE_TIME_S_KERNEL,
+        config::KEEPALIVE_TIME_S_MAX,
+    )?;
+    let interval_s = field(
+        &k.keepalive_interval,
+        "keepalive_interval",
+        config::KEEPALIVE_PROBE_INTERVAL_S_DEFAULT,
+        config::KEEPALIVE_PROBE_INTERVAL_S_MAX,
+    )?;
+    let probes = field(
+        &k.keepalive_probes,
+        "keepalive_probes",
+        config::KEEPALIVE_PROBES_DEFAULT,
+        config::KEEPALIVE_PROBES_MAX,
+    )?;
+    let enabled = time_s > 0 && interval_s > 0 && probes > 0;
+    Ok(config::TcpKeepalive {
+        enabled,
+        time_s: time_s.max(1),
+        interval_s: interval_s.max(1),
+        probes: probes.max(1),
+    })
+}
 
 // === filters istiod always adds (docs/xds.md, "Istio": the decisions table) ===
 

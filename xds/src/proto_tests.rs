@@ -774,6 +774,38 @@ fn clusters() {
         ]
     );
 
+    // upstream_connection_options.tcp_keepalive: fields left out take the kernel's defaults
+    // (as in Envoy), 0 turns keepalive off, beyond the kernel's limits is refused.
+    assert_eq!(c.cluster.tcp_keepalive, None);
+    let keepalive = |probes: Option<u32>, time: Option<u32>, interval: Option<u32>| {
+        let mut k = s.clone();
+        let v = |v: Option<u32>| {
+            v.map(|value| envoy_types::pb::google::protobuf::UInt32Value { value })
+        };
+        k.upstream_connection_options = Some(cluster_pb::UpstreamConnectionOptions {
+            tcp_keepalive: Some(core_pb::TcpKeepalive {
+                keepalive_probes: v(probes),
+                keepalive_time: v(time),
+                keepalive_interval: v(interval),
+            }),
+            ..Default::default()
+        });
+        decode_cluster(&pack_any(k)).map(|(_, c)| c.cluster.tcp_keepalive.unwrap())
+    };
+    let k = keepalive(Some(3), Some(60), None).unwrap();
+    assert_eq!(
+        (k.enabled, k.time_s, k.interval_s, k.probes),
+        (true, 60, 75, 3)
+    );
+    let k = keepalive(None, None, None).unwrap();
+    assert_eq!((k.enabled, k.time_s, k.probes), (true, 7200, 9));
+    assert!(!keepalive(Some(0), None, None).unwrap().enabled);
+    let e = keepalive(None, Some(40_000), None).unwrap_err().to_string();
+    assert!(
+        e.contains("upstream_connection_options.tcp_keepalive.keepalive_time"),
+        "{e}"
+    );
+
     let mut bad = s.clone();
     bad.transport_socket = Some(core_pb::TransportSocket {
         name: "envoy.transport_sockets.tls".into(),

@@ -601,20 +601,94 @@ impl Encoder {
             write_int(out, last, 5, 0x20);
         }
         let mut reader = std::mem::replace(&mut self.reader, Decoder::new(0));
-        let r = reader.decode(block, &mut |n, v, never| self.encode(out, n, v, never));
+        let r = self.transcode(out, block, &mut reader);
         self.reader = reader;
         r
+    }
+
+    /// Reads the fields of a stateless block as they are represented (a static index is
+    /// copied as it is; a literal's static name index is kept, so no static lookup is made
+    /// again) and encodes each. Anything the stateless encoder never writes (a dynamic index,
+    /// a size update) is an error.
+    fn transcode(
+        &mut self,
+        out: &mut Vec<u8>,
+        block: &[u8],
+        reader: &mut Decoder,
+    ) -> Result<(), HpackError> {
+        let mut pos = 0;
+        while let Some(&first) = block.get(pos) {
+            let rest = block.get(pos..).unwrap_or_default();
+            if first & 0x80 != 0 {
+                let (index, used) = read_int(rest, 7)?;
+                if index == 0 || index > STATIC_TABLE.len() {
+                    return Err(HpackError::BadIndex {
+                        index,
+                        entries: STATIC_TABLE.len(),
+                    });
+                }
+                out.extend_from_slice(rest.get(..used).unwrap_or_default());
+                pos += used;
+                continue;
+            }
+            if first & 0xe0 == 0x20 {
+                return Err(HpackError::TableSizeUpdate { size: 0, limit: 0 });
+            }
+            let prefix = if first & 0xc0 == 0x40 { 6 } else { 4 };
+            let never = first & 0xf0 == 0x10;
+            let (name_index, used) = read_int(rest, prefix)?;
+            pos += used;
+            let name = if name_index == 0 {
+                let (s, end) = reader.read_str(block, pos, true)?;
+                pos = end;
+                Some(s)
+            } else if name_index <= STATIC_TABLE.len() {
+                None
+            } else {
+                return Err(HpackError::BadIndex {
+                    index: name_index,
+                    entries: STATIC_TABLE.len(),
+                });
+            };
+            let (value, end) = reader.read_str(block, pos, false)?;
+            pos = end;
+            let n: &[u8] = match name {
+                Some(Str::Block(s, e)) => block.get(s..e).ok_or(HpackError::Truncated)?,
+                Some(_) => &reader.name_buf,
+                None => STATIC_TABLE.get(name_index - 1).map_or(&[][..], |e| e.0),
+            };
+            let v: &[u8] = match value {
+                Str::Block(s, e) => block.get(s..e).ok_or(HpackError::Truncated)?,
+                _ => &reader.value_buf,
+            };
+            let static_name = (name_index > 0).then_some(name_index);
+            self.encode_literal(out, n, v, never, static_name);
+        }
+        Ok(())
     }
 
     /// Appends one field: an index when the static or dynamic table has it, else a literal
     /// (Huffman-coded when shorter) added to the dynamic table when it fits, unless the field is
     /// "never indexed" (kept so, RFC 7541 6.2.3).
     pub fn encode(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8], never: bool) {
-        let (exact, mut name_index) = static_lookup(name, value);
+        let (exact, name_index) = static_lookup(name, value);
         if let (Some(i), false) = (exact, never) {
             write_int(out, i, 7, 0x80);
             return;
         }
+        self.encode_literal(out, name, value, never, name_index);
+    }
+
+    /// A field the static table does not have whole (`name_index`: its name's static entry):
+    /// a dynamic index, or a literal added to the dynamic table when it may be.
+    fn encode_literal(
+        &mut self,
+        out: &mut Vec<u8>,
+        name: &[u8],
+        value: &[u8],
+        never: bool,
+        mut name_index: Option<usize>,
+    ) {
         if !never {
             for (k, (buf, nl)) in self.entries.iter().enumerate() {
                 if *nl != name.len() || buf.get(..*nl) != Some(name) {

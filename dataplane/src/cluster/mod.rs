@@ -140,6 +140,8 @@ pub struct ShardCluster {
     next: Cell<usize>,
     lb: LbPolicy,
     connect_timeout: Duration,
+    /// TCP keepalive of its upstream connections: `tcp_keepalive`, else `runtime.tcp_keepalive`.
+    pub keepalive: config::TcpKeepalive,
     /// `type: original_destination`: no endpoints; see [`ShardCluster::connect_to`].
     pub original_destination: bool,
     pub ids: ClusterStatIds,
@@ -254,6 +256,9 @@ impl ShardCluster {
             next: Cell::new(0),
             lb: c.lb,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            keepalive: c
+                .tcp_keepalive
+                .unwrap_or_else(crate::io::intercept::keepalive),
             original_destination: c.kind == config::ClusterType::OriginalDestination,
             ids,
         }
@@ -381,6 +386,7 @@ impl ShardCluster {
         {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                let _ = crate::io::Conn::set_keepalive(&stream, &self.keepalive);
                 stats.inc(self.ids.cx_total);
                 stats.inc(self.ids.cx_active);
                 Ok(Upstream {
@@ -433,6 +439,7 @@ impl ShardCluster {
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
+                    let _ = crate::io::Conn::set_keepalive(&stream, &self.keepalive);
                     self.add_active(i, 1);
                     stats.inc(self.ids.cx_total);
                     stats.inc(host.cx_total);

@@ -842,6 +842,7 @@ impl Server {
         let spec = runtime_spec(&config, overrides)?;
         let shard_count = spec.shards;
         crate::io::intercept::set_socket_mark(config.runtime.socket_mark);
+        crate::io::intercept::set_keepalive(config.runtime.tcp_keepalive);
         let stats = Arc::new(
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,

@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use shard::monoio::net::TcpStream;
 
@@ -24,12 +24,57 @@ pub fn socket_mark() -> Option<u32> {
     }
 }
 
+/// `runtime.tcp_keepalive`, process-wide, packed (enabled bit 63, time_s bits 32..48,
+/// interval_s 16..32, probes 0..16). Set once at start, before any socket opens; read when a
+/// connection is accepted or a cluster is built, never per request.
+static KEEPALIVE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+pub fn set_keepalive(k: config::TcpKeepalive) {
+    let packed = (u64::from(k.enabled) << 63)
+        | (u64::from(k.time_s & 0xffff) << 32)
+        | (u64::from(k.interval_s & 0xffff) << 16)
+        | u64::from(k.probes & 0xffff);
+    KEEPALIVE.store(packed, Ordering::Relaxed);
+}
+
+/// `runtime.tcp_keepalive` (its default until [`set_keepalive`] ran).
+pub fn keepalive() -> config::TcpKeepalive {
+    match KEEPALIVE.load(Ordering::Relaxed) {
+        u64::MAX => config::TcpKeepalive::default(),
+        p => config::TcpKeepalive {
+            enabled: p >> 63 == 1,
+            time_s: ((p >> 32) & 0xffff) as u32,
+            interval_s: ((p >> 16) & 0xffff) as u32,
+            probes: (p & 0xffff) as u32,
+        },
+    }
+}
+
 /// Every upstream connection ringside makes goes through here: with `runtime.socket_mark` the
 /// socket carries the mark from its SYN on, so interception rules let it pass.
 pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     match socket_mark() {
-        Some(mark) => shard::sockopt::connect_marked(addr, mark).await,
+        Some(mark) => shard::sockopt::connect_marked(addr, mark)
+            .await
+            .map_err(|e| needs_cap(e, "SO_MARK (runtime.socket_mark)")),
         None => TcpStream::connect_addr(addr).await,
+    }
+}
+
+/// A socket option the kernel refused for want of a capability, said as such (the bare EPERM
+/// reads as if the address were the problem).
+fn needs_cap(e: io::Error, option: &str) -> io::Error {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{option} needs CAP_NET_ADMIN, which this process lacks ({e}); give the \
+                 container CAP_NET_ADMIN or drop the option (REDIRECT interception needs \
+                 neither: docs/sidecar.md)"
+            ),
+        )
+    } else {
+        e
     }
 }
 
@@ -38,10 +83,12 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// transparent when asked.
 pub fn prepare_listener(sock: &socket2::Socket, transparent: bool) -> io::Result<()> {
     if let Some(mark) = socket_mark() {
-        sock.set_mark(mark)?;
+        sock.set_mark(mark)
+            .map_err(|e| needs_cap(e, "SO_MARK (runtime.socket_mark)"))?;
     }
     if transparent {
-        shard::sockopt::set_transparent(sock.as_raw_fd())?;
+        shard::sockopt::set_transparent(sock.as_raw_fd())
+            .map_err(|e| needs_cap(e, "IP_TRANSPARENT (a listener's transparent: true)"))?;
     }
     Ok(())
 }

@@ -79,6 +79,11 @@ async fn flush<W: AsyncWriteRent>(batch: &mut Vec<u8>, w: &mut W) -> std::io::Re
 /// path compiles to what it was before (no boxing, no dynamic dispatch).
 pub trait Conn: AsyncReadRent + AsyncWriteRent + Split + 'static {
     fn set_nodelay(&self, on: bool) -> std::io::Result<()>;
+    /// TCP keepalive (`runtime.tcp_keepalive` / `clusters[].tcp_keepalive`) on a kernel
+    /// socket; the DPDK stack's and the fuzz targets' in-memory streams have none.
+    fn set_keepalive(&self, _k: &config::TcpKeepalive) -> std::io::Result<()> {
+        Ok(())
+    }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path.
     fn into_kernel(self) -> Result<TcpStream, Self>
@@ -90,6 +95,11 @@ impl Conn for TcpStream {
     #[inline]
     fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
         TcpStream::set_nodelay(self, on)
+    }
+    fn set_keepalive(&self, k: &config::TcpKeepalive) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let k = k.enabled.then_some((k.time_s, k.interval_s, k.probes));
+        shard::sockopt::set_keepalive(self.as_raw_fd(), k)
     }
     #[inline]
     fn into_kernel(self) -> Result<TcpStream, Self> {

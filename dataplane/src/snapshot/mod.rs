@@ -465,6 +465,7 @@ mod tests {
             idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
             keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
+            tcp_keepalive: None,
         }
     }
 

@@ -112,6 +112,7 @@ impl ListenerCtx {
 /// ended during a drain (`downstream_cx_drained`) and at the drain's deadline
 /// (`downstream_cx_drain_timeout`).
 pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>) {
+    let _ = stream.set_keepalive(&crate::io::intercept::keepalive());
     let conns = l.conns.clone();
     let drain = conns.drain();
     l.stats.inc(l.ids.cx_total);

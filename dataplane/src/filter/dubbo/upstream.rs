@@ -568,6 +568,7 @@ async fn serve_upstream<S: crate::io::Conn>(
         return;
     }
     let _ = stream.set_nodelay(true);
+    let _ = stream.set_keepalive(&pool.lb.keepalive);
     pool.stats.inc(pool.lb.ids.cx_total);
     pool.stats.inc(host.ids.cx_total);
     pool.stats.inc(pool.lb.ids.cx_active);

@@ -190,6 +190,8 @@ pub struct Conn {
     limits: H2Limits,
     out: RefCell<BytesMut>,
     out_ready: Notify,
+    /// The writer has bytes taken from `out` not yet written.
+    writing: Cell<bool>,
     /// Stop reading and writing.
     closed: Cell<bool>,
     /// Write what is queued, then close.
@@ -245,6 +247,7 @@ impl Conn {
             limits,
             out: RefCell::new(BytesMut::with_capacity(16 * 1024)),
             out_ready: Notify::new(),
+            writing: Cell::new(false),
             closed: Cell::new(false),
             closing: Cell::new(false),
             peer_frame_max: Cell::new(frame::FRAME_BYTES_DEFAULT),
@@ -1643,7 +1646,9 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
         }
         let buf = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
         conn.ctl_queued.set(0);
+        conn.writing.set(true);
         let (res, mut buf) = w.write_all(buf).await;
+        conn.writing.set(false);
         if res.is_err() {
             conn.closed.set(true);
             conn.closing.set(true);
@@ -1833,8 +1838,13 @@ async fn keepalive(conn: &Conn, interval: Duration, timeout: Duration) {
 /// GOAWAY NO_ERROR, then a bounded wait for it to be written (the caller drops the socket).
 async fn close_flushed(conn: &Conn, why: &str) {
     conn.goaway_close(code::NO_ERROR, why);
+    flushed(conn).await;
+}
+
+/// Waits (at most CLOSE_FLUSH_MS) for what is queued to be written.
+async fn flushed(conn: &Conn) {
     for _ in 0..CLOSE_FLUSH_MS / 5 {
-        if conn.out.borrow().is_empty() {
+        if conn.out.borrow().is_empty() && !conn.writing.get() {
             break;
         }
         shard::monoio::time::sleep(Duration::from_millis(5)).await;
@@ -1886,6 +1896,7 @@ async fn serve_upstream<S: crate::io::Conn>(
     let why = match connected {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
+            let _ = stream.set_keepalive(&pool.lb.keepalive);
             pool.stats.inc(pool.lb.ids.cx_total);
             pool.stats.inc(host.ids.cx_total);
             pool.stats.inc(pool.lb.ids.cx_active);
@@ -1893,15 +1904,22 @@ async fn serve_upstream<S: crate::io::Conn>(
             conn.open.set(true);
             let (r, w) = stream.into_split();
             let why = shard::monoio::select! {
-                r = read_loop(&conn, r, false) => match r {
-                    Ok(()) => "upstream closed the connection".to_string(),
-                    Err(e) => {
-                        if e.code != code::NO_ERROR {
-                            conn.goaway_close(e.code, &e.why);
+                why = async {
+                    match read_loop(&conn, r, false).await {
+                        Ok(()) => "upstream closed the connection".to_string(),
+                        Err(e) => {
+                            let why = format!("upstream connection error: {}", e.why);
+                            if e.code != code::NO_ERROR {
+                                // Its calls fail now; the GOAWAY gets a bounded time to go out
+                                // (the writer runs until this arm ends).
+                                conn.goaway_close(e.code, &e.why);
+                                fail_upstream_streams(&conn, &why);
+                                flushed(&conn).await;
+                            }
+                            why
                         }
-                        format!("upstream connection error: {}", e.why)
                     }
-                },
+                } => why,
                 _ = write_loop(&conn, w) => "upstream write failed".to_string(),
                 _ = async {
                     idle_for(&conn, pool.idle_timeout).await;
@@ -1932,8 +1950,13 @@ async fn serve_upstream<S: crate::io::Conn>(
     };
     conn.closed.set(true);
     host.remove(&conn);
+    fail_upstream_streams(&conn, &why);
+}
+
+/// Upstream side: every stream of the connection is lost; their callers get UNAVAILABLE.
+fn fail_upstream_streams(conn: &Rc<Conn>, why: &str) {
     let ids: Vec<u32> = conn.streams.borrow().keys().copied().collect();
     for id in ids {
-        conn.upstream_failed(id, &why);
+        conn.upstream_failed(id, why);
     }
 }
