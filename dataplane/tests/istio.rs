@@ -364,3 +364,78 @@ fn ringside_acks_what_envoy_acks_for_istiod_sidecar_config() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Reads until the peer closes; Ok(bytes read) or Err when it stays open for `within`.
+fn read_until_closed(addr: SocketAddr, within: Duration) -> Result<usize, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(within)).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(n),
+            Err(e) => return Err(format!("still open after {within:?}: {e}")),
+        }
+    }
+}
+
+/// Istio's BlackHoleCluster (STATIC, no load_assignment) behind a tcp_proxy: Envoy and
+/// ringside both close the connection at once, reading nothing back.
+#[test]
+fn blackhole_cluster_closes_connections_like_envoy() {
+    let fx = fixture("stock");
+    let bh = fx["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "BlackHoleCluster")
+        .unwrap()
+        .clone();
+    let listener = |addr: SocketAddr| {
+        json!({"name": "to_blackhole", "address": {"socket_address": {
+            "address": addr.ip().to_string(), "port_value": addr.port()}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "BlackHoleCluster", "cluster": "BlackHoleCluster"}}]}]})
+    };
+    let (rs_addr, envoy_addr) = (local(free_port()), local(free_port()));
+    let rs_xds = XdsServer::start();
+    let envoy_xds = XdsServer::start();
+    rs_xds
+        .put(&json!({"version": "bh", "clusters": [bh], "listeners": [listener(rs_addr)]}))
+        .unwrap();
+    envoy_xds
+        .put(&json!({"version": "bh", "clusters": [bh], "listeners": [listener(envoy_addr)]}))
+        .unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: bh\n  node_cluster: t\n  \
+         mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
+        rs_xds.addr()
+    );
+    let _rs = Ringside::start(&config, admin, &["--shards", "1"]);
+    let envoy_admin = local(free_port());
+    let _envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "bh"),
+        envoy_admin,
+    );
+    rs_xds.wait_ack("lds", "bh");
+    envoy_xds.wait_ack("lds", "bh");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (who, addr) in [("ringside", rs_addr), ("envoy", envoy_addr)] {
+        // Until the listener is up, a connect is refused; then it must be closed at once.
+        let r = loop {
+            match read_until_closed(addr, Duration::from_secs(2)) {
+                Err(e) if e.contains("refused") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                r => break r,
+            }
+        };
+        assert_eq!(r, Ok(0), "{who}");
+    }
+}

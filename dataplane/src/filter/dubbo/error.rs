@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use codec::DecodeError;
 
+use super::upstream::HEARTBEAT_MISSES_MAX;
 use super::wire::Status;
 
 /// A request ringside answers itself (status and message of a local reply).
@@ -49,9 +50,12 @@ pub enum LocalError<'a> {
     Overflow { addr: SocketAddr, limit: u32 },
     #[error("upstream {addr} did not answer within {waited_ms} ms")]
     Timeout { addr: SocketAddr, waited_ms: u128 },
-    /// The upstream connection failed or closed with the request in flight: why.
+    /// The upstream connection failed or closed with the request in flight.
     #[error("upstream {addr} {why}")]
-    UpstreamFailed { addr: SocketAddr, why: &'a str },
+    UpstreamFailed {
+        addr: SocketAddr,
+        why: &'a UpstreamGone,
+    },
     #[error(
         "response of {frame_bytes} bytes from upstream {addr} exceeds the cluster's \
          response_bytes_max {limit}"
@@ -61,6 +65,34 @@ pub enum LocalError<'a> {
         addr: SocketAddr,
         limit: usize,
     },
+}
+
+/// Why an upstream connection ended (its requests in flight fail with
+/// [`LocalError::UpstreamFailed`]; its queued one-way requests are dropped and counted).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamGone {
+    #[error("connect failed: {0}")]
+    ConnectFailed(std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("write failed: {0}")]
+    WriteFailed(std::io::Error),
+    #[error("read failed: {0}")]
+    ReadFailed(std::io::Error),
+    #[error("sent a bad frame: {0}")]
+    BadFrame(DecodeError),
+    /// The provider closed it (EOF).
+    #[error("closed the connection")]
+    PeerClosed,
+    /// Closed by ringside (the pool, or its other tasks).
+    #[error("closed")]
+    Closed,
+    #[error("endpoint removed from its cluster")]
+    Retired,
+    #[error("missed {HEARTBEAT_MISSES_MAX} heartbeats")]
+    MissedHeartbeats,
+    #[error("idle for {0} ms")]
+    Idle(u128),
 }
 
 impl LocalError<'_> {
@@ -109,5 +141,9 @@ mod tests {
         );
         let e = LocalError::Overflow { addr, limit: 3 };
         assert_eq!(e.status(), Status::SERVER_THREADPOOL_EXHAUSTED);
+        let why = UpstreamGone::MissedHeartbeats;
+        let e = LocalError::UpstreamFailed { addr, why: &why };
+        assert_eq!(e.status(), Status::SERVER_ERROR);
+        assert_eq!(e.to_string(), "upstream 127.0.0.1:1 missed 3 heartbeats");
     }
 }

@@ -29,7 +29,7 @@ use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::Notify;
 
 use super::downstream::DownConn;
-use super::error::LocalError;
+use super::error::{LocalError, UpstreamGone};
 use super::wire;
 use crate::cluster::{
     Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
@@ -250,10 +250,10 @@ impl ClusterPool {
     }
 
     /// A request that reached no provider and has nobody to answer (one-way): counted.
-    fn drop_oneway(&self, host: &Host, why: &str) {
+    fn drop_oneway(&self, host: &Host, why: &UpstreamGone) {
         self.stats.inc(self.ids.rq_failure);
         self.stats.inc(host.ids.rq_failure);
-        tracing::debug!(upstream = %host.addr, why, "one-way request dropped");
+        tracing::debug!(upstream = %host.addr, %why, "one-way request dropped");
     }
 }
 
@@ -356,7 +356,7 @@ impl UpConn {
     /// a request whose deadline passed meanwhile is answered with 31 (its deadline normally
     /// fired already), the rest fail as on any closed connection: every request is answered
     /// (or, one-way, counted) exactly once.
-    fn connect_failed(self: &Rc<Self>, why: &str) {
+    fn connect_failed(self: &Rc<Self>, why: &UpstreamGone) {
         let (now, pool) = (Instant::now(), &self.pool);
         let frames: Vec<Bytes> = self.out.borrow_mut().drain(..).collect();
         let mut moved = Vec::new();
@@ -421,7 +421,7 @@ impl UpConn {
     }
 
     /// Fails every pending request (the connection is gone) and leaves the pool.
-    fn close(self: &Rc<Self>, why: &str) {
+    fn close(self: &Rc<Self>, why: &UpstreamGone) {
         if self.state.replace(UpState::Closed) == UpState::Closed {
             return;
         }
@@ -441,7 +441,7 @@ impl UpConn {
         self.keeper_wake.notify();
         let pending: Vec<Pending> = self.pending.borrow_mut().drain().map(|(_, p)| p).collect();
         if !pending.is_empty() {
-            tracing::debug!(upstream = %self.host.addr, n = pending.len(), why, "failing requests in flight");
+            tracing::debug!(upstream = %self.host.addr, n = pending.len(), %why, "failing requests in flight");
         }
         let pool = &self.pool;
         for p in pending {
@@ -552,7 +552,7 @@ async fn serve_upstream<S: crate::io::Conn>(
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
-            conn.connect_failed(&format!("connect failed: {e}"));
+            conn.connect_failed(&UpstreamGone::ConnectFailed(e));
             return;
         }
         Err(_) => {
@@ -560,7 +560,7 @@ async fn serve_upstream<S: crate::io::Conn>(
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
-            conn.connect_failed("connect timed out");
+            conn.connect_failed(&UpstreamGone::ConnectTimeout);
             return;
         }
     };
@@ -586,25 +586,25 @@ async fn serve_upstream<S: crate::io::Conn>(
     conn.close(&why);
 }
 
-async fn write_loop<W: AsyncWriteRent>(conn: &Rc<UpConn>, mut w: W) -> String {
+async fn write_loop<W: AsyncWriteRent>(conn: &Rc<UpConn>, mut w: W) -> UpstreamGone {
     let mut batch: Vec<u8> = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
     loop {
         if conn.out.borrow().is_empty() {
             if conn.state.get() == UpState::Closed {
                 let _ = w.shutdown().await;
-                return "closed".into();
+                return UpstreamGone::Closed;
             }
             conn.out_ready.wait().await;
             continue;
         }
         match crate::io::write_queue(&conn.out, &mut batch, &mut w, |f| conn.written(f)).await {
             Ok(()) => {}
-            Err(e) => return format!("write failed: {e}"),
+            Err(e) => return UpstreamGone::WriteFailed(e),
         }
     }
 }
 
-async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> String {
+async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> UpstreamGone {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let frame_max = conn.pool.response_bytes_max;
     // Bytes of an oversized frame still to be discarded.
@@ -634,15 +634,15 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> String {
                     too_large(conn, request_id, frame_bytes);
                     skip = frame_bytes;
                 }
-                Err(e) => return format!("sent a bad frame: {e}"),
+                Err(e) => return UpstreamGone::BadFrame(e),
             }
         }
         let (res, b) = crate::io::read_append(&mut r, buf).await;
         buf = b;
         match res {
-            Ok(0) => return "closed the connection".into(),
+            Ok(0) => return UpstreamGone::PeerClosed,
             Ok(_) => conn.last_read.set(Instant::now()),
-            Err(e) => return format!("read failed: {e}"),
+            Err(e) => return UpstreamGone::ReadFailed(e),
         }
     }
 }
@@ -693,14 +693,14 @@ fn too_large(conn: &Rc<UpConn>, id: u64, frame_bytes: u64) {
 }
 
 /// Enforces request deadlines and keeps an idle connection alive with heartbeats.
-async fn keeper(conn: &Rc<UpConn>) -> String {
+async fn keeper(conn: &Rc<UpConn>) -> UpstreamGone {
     let pool = conn.pool.clone();
     loop {
         if conn.state.get() == UpState::Closed {
-            return "closed".into();
+            return UpstreamGone::Closed;
         }
         if conn.host.retired.get() && conn.pending.borrow().is_empty() {
-            return "endpoint removed from its cluster".into();
+            return UpstreamGone::Retired;
         }
         let now = Instant::now();
         let next_deadline = conn.deadlines.borrow().peek().map(|(d, _)| d);
@@ -709,14 +709,14 @@ async fn keeper(conn: &Rc<UpConn>) -> String {
         let idle_since = conn.last_read.get();
         if open && now.duration_since(idle_since) >= pool.heartbeat * HEARTBEAT_MISSES_MAX {
             pool.stats.inc(pool.ids.cx_heartbeat_timeout);
-            return format!("missed {HEARTBEAT_MISSES_MAX} heartbeats");
+            return UpstreamGone::MissedHeartbeats;
         }
         // Idle: nothing pending, nothing queued, no request for `idle_timeout`.
         let unused = conn.pending.borrow().is_empty() && conn.oneway.borrow().is_empty();
         let idle_at = unused.then(|| conn.last_request.get() + pool.idle_timeout);
         if open && idle_at.is_some_and(|t| now >= t) {
             pool.stats.inc(pool.ids.cx_idle_timeout);
-            return format!("idle for {} ms", pool.idle_timeout.as_millis());
+            return UpstreamGone::Idle(pool.idle_timeout.as_millis());
         }
         let next_heartbeat = open.then(|| idle_since.max(conn.last_ping.get()) + pool.heartbeat);
         let wake_at = [next_deadline, next_heartbeat, idle_at.filter(|_| open)]
