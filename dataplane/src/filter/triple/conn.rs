@@ -1743,14 +1743,9 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
         conn.write(|o| frame::write_goaway(o, last, code::NO_ERROR, b"drained"));
         conn.closing.set(true);
         conn.out_ready.notify();
-        // Let the writer flush the final GOAWAY and shut the socket down (bounded).
-        for _ in 0..100 {
-            if conn.out.borrow().is_empty() {
-                break;
-            }
-            shard::monoio::time::sleep(Duration::from_millis(5)).await;
-        }
-        shard::monoio::time::sleep(Duration::from_millis(5)).await;
+        // Let the writer flush the final GOAWAY and shut the socket down (bounded): written,
+        // not only taken from the queue (a write in progress still holds it).
+        flushed(&conn).await;
         conn.closed.set(true);
     };
     shard::monoio::select! {
