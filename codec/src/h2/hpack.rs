@@ -495,6 +495,19 @@ pub struct Encoder {
     spare: Vec<Vec<u8>>,
     /// Reads the stateless blocks handed to [`Encoder::encode_block`] (no dynamic table).
     reader: Decoder,
+    /// Changes whenever the dynamic table does (an insertion, a new size).
+    generation: u64,
+    /// The last block that changed nothing in the table, and what it was encoded to: while the
+    /// table stays as it was, the same block encodes to the same bytes (gRPC's response headers
+    /// and trailers repeat on every call), so it is copied instead of encoded again.
+    memo: Memo,
+}
+
+#[derive(Default)]
+struct Memo {
+    generation: Option<u64>,
+    block: Vec<u8>,
+    encoded: Vec<u8>,
 }
 
 impl Default for Encoder {
@@ -506,6 +519,8 @@ impl Default for Encoder {
             update: None,
             spare: Vec::new(),
             reader: Decoder::new(0),
+            generation: 0,
+            memo: Memo::default(),
         }
     }
 }
@@ -543,6 +558,7 @@ impl Encoder {
         }
         let low = self.update.map_or(new, |(low, _)| low.min(new));
         self.update = Some((low, new));
+        self.generation += 1;
         self.max = new;
         self.evict(0);
     }
@@ -590,6 +606,29 @@ impl Encoder {
     /// Re-encodes `block`, a complete block of the stateless encoder (or any block that uses no
     /// dynamic table), appending to `out`.
     pub fn encode_block(&mut self, out: &mut Vec<u8>, block: &[u8]) -> Result<(), HpackError> {
+        if self.update.is_none()
+            && self.memo.generation == Some(self.generation)
+            && self.memo.block == block
+        {
+            out.extend_from_slice(&self.memo.encoded);
+            return Ok(());
+        }
+        let (start, generation) = (out.len(), self.generation);
+        let plain = self.update.is_none();
+        let r = self.encode_block_fresh(out, block);
+        if r.is_ok() && plain && self.generation == generation {
+            let m = &mut self.memo;
+            m.generation = Some(generation);
+            m.block.clear();
+            m.block.extend_from_slice(block);
+            m.encoded.clear();
+            m.encoded
+                .extend_from_slice(out.get(start..).unwrap_or_default());
+        }
+        r
+    }
+
+    fn encode_block_fresh(&mut self, out: &mut Vec<u8>, block: &[u8]) -> Result<(), HpackError> {
         if let Some((low, last)) = self.update.take() {
             // The peer's table goes through `low`: ours too, or they would differ.
             if low < last {
@@ -724,6 +763,7 @@ impl Encoder {
             buf.extend_from_slice(value);
             self.entries.push_front((buf, name.len()));
             self.size += cost;
+            self.generation += 1;
         }
     }
 }

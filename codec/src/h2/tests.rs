@@ -351,3 +351,49 @@ fn stateful_encoder_keeps_a_large_entry_against_small_ones() {
     }
     assert!(sizes[1] < 40 && sizes[2] < 40, "{sizes:?}");
 }
+
+/// A block that changed nothing in the table is copied the next time it comes, and never after
+/// the table changed (an insertion shifts every dynamic index; a new peer table size).
+#[test]
+fn stateful_encoder_reuses_a_repeated_block_only_while_the_table_stands() {
+    use super::hpack::{encode_field, Encoder};
+    let block = |fields: &[(&str, &str)]| {
+        let mut b = Vec::new();
+        for (n, v) in fields {
+            encode_field(&mut b, n.as_bytes(), v.as_bytes(), false);
+        }
+        b
+    };
+    let a_fields = [(":status", "200"), ("content-type", "application/grpc")];
+    let b_fields = [("x-new", "one"), ("x-other", "two")];
+    let c_fields = [("grpc-status", "0"), ("x-late", "three")];
+    let (a, b, c) = (block(&a_fields), block(&b_fields), block(&c_fields));
+    let mut enc = Encoder::default();
+    let mut peer = Decoder::default();
+    let script: [(&[u8], &[(&str, &str)]); 9] = [
+        (&a, &a_fields),
+        (&a, &a_fields),
+        (&a, &a_fields),
+        (&b, &b_fields),
+        (&a, &a_fields),
+        (&a, &a_fields),
+        (&c, &c_fields),
+        (&a, &a_fields),
+        (&a, &a_fields),
+    ];
+    let mut outs = Vec::new();
+    for (round, (blk, fields)) in script.iter().enumerate() {
+        if round == 5 {
+            enc.set_peer_table_size(64);
+        }
+        let mut out = Vec::new();
+        enc.encode_block(&mut out, blk).unwrap();
+        let got = decode_all(&mut peer, &out).unwrap();
+        assert_eq!(got, pairs(fields), "round {round}");
+        assert_eq!(enc.table_bytes(), peer.table_bytes(), "round {round}");
+        outs.push(out);
+    }
+    // Rounds 1 and 2: all indexed, the same bytes; round 4 after B's insertions: other indexes.
+    assert_eq!(outs[1], outs[2]);
+    assert_ne!(outs[2], outs[4], "B's entries shifted A's indexes");
+}
