@@ -139,6 +139,26 @@ fn a_second_process_on_a_listener_port_refuses_to_start() {
     drop(first);
 }
 
+/// A ringside killed outright (a crash, SIGKILL) can be restarted at once on the same ports: its
+/// io_uring listeners are released a few ms after the process is gone, which the start-up
+/// check for a port someone else listens on waits out.
+#[test]
+fn a_killed_process_can_be_restarted_at_once_on_its_ports() {
+    let echo = echo_server();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let config = tcp_config(admin, listen, &[echo]);
+    for round in 0..5 {
+        let mut rs = Ringside::start(&config, admin, &["--shards", "2", "--io", "uring"]);
+        let mut c = TcpStream::connect(listen).unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping", "round {round}");
+        rs.child.kill().unwrap();
+        rs.child.wait().unwrap();
+    }
+}
+
 #[test]
 fn sigterm_drains_without_cutting_a_transfer_in_flight() {
     let echo = echo_server();

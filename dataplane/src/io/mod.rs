@@ -143,20 +143,37 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// started on a listener's port would otherwise silently take half its connections: a probe bound
 /// without SO_REUSEPORT conflicts with any listener there. A predecessor's sockets are taken over
 /// only through `ringside run --upgrade`, which skips this check.
+///
+/// A listener is tried again for up to [`PORT_BUSY_WAIT_MS`]: a process killed while it used
+/// io_uring (a crash, SIGKILL) releases its listening sockets only when the kernel tears its
+/// ring down, a few milliseconds after the process is gone, and a restart must not fail then.
 pub fn check_port_free(addr: SocketAddr, transparent: bool) -> std::io::Result<()> {
     use socket2::{Domain, Socket, Type};
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    probe.set_reuse_address(true)?;
-    intercept::prepare_listener(&probe, transparent)?;
-    match probe.bind(&addr.into()) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            "address already in use by another socket (another process listens there; a running \
-             ringside hands its sockets over only through `ringside run --upgrade`)",
-        )),
-        r => r,
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(PORT_BUSY_WAIT_MS);
+    loop {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        probe.set_reuse_address(true)?;
+        intercept::prepare_listener(&probe, transparent)?;
+        match probe.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "address already in use by another socket (another process listens there; \
+                     a running ringside hands its sockets over only through `ringside run \
+                     --upgrade`)",
+                ));
+            }
+            r => return r,
+        }
     }
 }
+
+/// How long start-up waits for a listener's address to be released (see [`check_port_free`]).
+pub const PORT_BUSY_WAIT_MS: u64 = 1000;
 
 /// A listening socket of one shard; `transparent`: IP_TRANSPARENT (TPROXY). Carries
 /// `runtime.socket_mark` when set.
