@@ -389,13 +389,9 @@ fn an_incompatible_successor_is_refused_cleanly() {
     assert_eq!(c.call(RequestBuilder::new(SVC, "x")).status, Status::Ok);
 
     // A plain second start next to a running one is refused too.
-    let out = Command::new(RINGSIDE)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("start with --upgrade"));
+    let (code, err) = run_to_exit(&cfg);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("start with --upgrade"), "{err}");
 }
 
 #[test]
@@ -561,13 +557,8 @@ fn the_control_socket_is_private_and_a_shared_directory_is_refused() {
             shared.0.join("ctl.sock").display()
         ),
     );
-    let out = Command::new(RINGSIDE)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = run_to_exit(&cfg);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("admin.control_socket") && err.contains("writable by everyone (mode 1777)"),
         "{err}"

@@ -32,13 +32,9 @@ fn validate_names_file_line_and_field() {
     );
 
     // `run` refuses the same file the same way, before binding anything.
-    let out = Command::new(RINGSIDE)
-        .args(["run", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listeners[0].cluster"));
+    let (code, err) = run_to_exit(&bad);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("listeners[0].cluster"));
 
     let good = dir.write(
         "good.yaml",
@@ -91,13 +87,8 @@ fn taken_port_fails_start_with_a_clear_error() {
         "c.yaml",
         &tcp_config(taken.local_addr().unwrap(), local(free_port()), &[echo]),
     );
-    let out = Command::new(RINGSIDE)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_to_exit(&cfg);
+    assert_eq!(code, Some(1));
     assert!(err.contains("cannot listen on"), "{err}");
     let _ = admin;
 }
@@ -117,24 +108,15 @@ fn a_second_process_on_a_listener_port_refuses_to_start() {
     );
     let dir = TempDir::new("second");
     let cfg = dir.write("c.yaml", &tcp_config(local(free_port()), listen, &[echo]));
-    let out = Command::new(RINGSIDE)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = run_to_exit(&cfg);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!("cannot listen on {listen}")) && err.contains("already in use"),
         "{err}"
     );
     // The first one still serves every connection.
     for _ in 0..20 {
-        let mut c = TcpStream::connect(listen).unwrap();
-        c.write_all(b"ping").unwrap();
-        let mut buf = [0u8; 4];
-        c.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"ping");
+        echo_round_trip(listen);
     }
     drop(first);
 }
@@ -147,13 +129,9 @@ fn a_killed_process_can_be_restarted_at_once_on_its_ports() {
     let echo = echo_server();
     let (admin, listen) = (local(free_port()), local(free_port()));
     let config = tcp_config(admin, listen, &[echo]);
-    for round in 0..5 {
+    for _ in 0..5 {
         let mut rs = Ringside::start(&config, admin, &["--shards", "2", "--io", "uring"]);
-        let mut c = TcpStream::connect(listen).unwrap();
-        c.write_all(b"ping").unwrap();
-        let mut buf = [0u8; 4];
-        c.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"ping", "round {round}");
+        echo_round_trip(listen);
         rs.child.kill().unwrap();
         rs.child.wait().unwrap();
     }

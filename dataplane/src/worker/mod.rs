@@ -168,21 +168,18 @@ impl ClusterEntry {
             }
         }
     }
+}
 
-    fn retire(&self) {
+/// An entry leaves service when it is dropped (its cluster changed or left the config, or the
+/// shard state went away): its pools retire, connections closing once idle. A pool and its
+/// hosts point at each other (a host's connections need the pool's settings); retiring empties
+/// the host table, which ends that cycle, so the pools are freed once their connections close.
+impl Drop for ClusterEntry {
+    fn drop(&mut self) {
         self.dubbo.retire_all();
         if let Some(t) = &self.triple {
             t.retire_all();
         }
-    }
-}
-
-/// A pool and its hosts point at each other (a host's connections need the pool's settings):
-/// retiring empties the host table, which ends that cycle, so an entry dropped by any path
-/// (not only a config update) frees its pools once their connections have closed.
-impl Drop for ClusterEntry {
-    fn drop(&mut self) {
-        self.retire();
     }
 }
 
@@ -267,11 +264,8 @@ impl ShardState {
                     e.update_endpoints(eps);
                     Some(e)
                 }
-                Some(e) => {
-                    e.retire();
-                    None
-                }
-                None => None,
+                // Changed: the old entry is dropped here, which retires its pools.
+                Some(_) | None => None,
             };
             let mut entry = kept.unwrap_or_else(|| {
                 replaced = true;
@@ -304,10 +298,9 @@ impl ShardState {
             }
             self.clusters.insert(c.name.clone(), entry);
         }
-        for (_, e) in old.drain() {
-            e.retire();
-            replaced = true;
-        }
+        // Clusters the config no longer has: dropped here, which retires their pools.
+        replaced |= !old.is_empty();
+        drop(old);
         // Routes hold cluster indices: rebuild them all when any cluster came, went or moved.
         replaced
             || self.snapshot.config.clusters.len() != config.clusters.len()

@@ -343,6 +343,29 @@ pub fn echo_server() -> SocketAddr {
     addr
 }
 
+/// One round trip through `addr` to an echo server behind it: what was sent comes back.
+pub fn echo_round_trip(addr: SocketAddr) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping", "echoed through {addr}");
+}
+
+/// Runs `ringside run --config cfg`, a start that must fail, to its end: its exit code and
+/// what it printed on stderr.
+pub fn run_to_exit(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(RINGSIDE)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A config with one tcp listener in front of `endpoints`.
 pub fn tcp_config(admin: SocketAddr, listen: SocketAddr, endpoints: &[SocketAddr]) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
