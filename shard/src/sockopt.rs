@@ -70,16 +70,16 @@ pub fn original_dst(fd: RawFd) -> io::Result<SocketAddr> {
     }
 }
 
-/// Sets `SO_MARK` on `fd` (needs CAP_NET_ADMIN or CAP_NET_RAW).
-pub fn set_mark(fd: RawFd, mark: u32) -> io::Result<()> {
-    // SAFETY: setsockopt reads `size_of::<u32>()` bytes from a live u32.
+/// Sets an integer socket option.
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt reads one c_int from a live local.
     let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if r == 0 {
@@ -87,6 +87,12 @@ pub fn set_mark(fd: RawFd, mark: u32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Sets `SO_MARK` on `fd` (needs CAP_NET_ADMIN or CAP_NET_RAW).
+pub fn set_mark(fd: RawFd, mark: u32) -> io::Result<()> {
+    // The kernel reads the mark as a 32-bit value: the same bits as a c_int.
+    set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
 }
 
 /// Connects to `addr` from a socket that carries `mark` (`SO_MARK`) from its first packet on,
@@ -204,21 +210,7 @@ pub fn set_transparent(fd: RawFd) -> io::Result<()> {
     } else {
         (libc::SOL_IP, libc::IP_TRANSPARENT)
     };
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_int(fd, level, name, one)
 }
 
 /// Copies up to `buf.len()` bytes a socket has received into `buf` without consuming them
@@ -243,23 +235,7 @@ pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// TCP keepalive on a connected socket: SO_KEEPALIVE on with TCP_KEEPIDLE `time_s`,
 /// TCP_KEEPINTVL `interval_s` and TCP_KEEPCNT `probes`; `None` turns SO_KEEPALIVE off.
 pub fn set_keepalive(fd: RawFd, k: Option<(u32, u32, u32)>) -> io::Result<()> {
-    let set = |level: libc::c_int, name: libc::c_int, v: libc::c_int| {
-        // SAFETY: setsockopt reads one c_int from a live local.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
+    let set = |level, name, v| set_int(fd, level, name, v);
     let Some((time_s, interval_s, probes)) = k else {
         return set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
     };
