@@ -293,7 +293,7 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
             "consumer {i}: connection task still running after EOF"
         );
     }
-    fx.check_end(&stats, peak, data.len());
+    fx.check_end(&stats, shard.budget().used(), peak, data.len());
     drop(shard);
 }
 

@@ -652,7 +652,7 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     settle().await;
     collect_all(&mut caller, &mut servers, &opened, true);
     assert!(done.get(), "caller connection task still running after EOF");
-    fx.check_end(&stats, peak, data.len());
+    fx.check_end(&stats, shard.budget().used(), peak, data.len());
     drop(shard);
 }
 
