@@ -14,8 +14,8 @@
 //! RST_STREAM); DATA within the connection window the peer gave; towards the caller only
 //! streams the caller opened, towards servers new stream ids odd and increasing. At the end
 //! (servers gone, connects refused, the caller's windows opened): every stream a well-behaved
-//! caller opened got its end, unless ringside sent GOAWAY; every task ends and the gauges are
-//! back to 0.
+//! caller opened got its end, unless ringside sent GOAWAY; every task ends and the gauges and
+//! the shard's buffer budget are back to 0.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
