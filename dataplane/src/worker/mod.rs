@@ -206,6 +206,8 @@ struct ShardListener {
 fn listener_params(l: &config::Listener) -> config::Listener {
     let mut p = l.clone();
     p.cluster = None;
+    // Rate limits live with the routes (`filter::Routes::limits`).
+    p.local_rate_limit = None;
     if let Some(d) = p.dubbo.as_mut() {
         d.routes.clear();
     }
@@ -213,6 +215,12 @@ fn listener_params(l: &config::Listener) -> config::Listener {
         t.routes.clear();
     }
     p
+}
+
+/// This shard's fronts of listener `index`'s rate limit buckets, when it has any.
+fn shard_limits(snap: &Snapshot, index: usize) -> Option<Box<crate::filter::ratelimit::Limits>> {
+    let shared = snap.limits.get(index)?.as_ref()?;
+    Some(Box::new(shared.for_shard()))
 }
 
 fn cluster_params(c: &config::Cluster) -> config::Cluster {
@@ -486,6 +494,7 @@ impl ShardState {
                 .map(|c| self.clusters[&c.name].dubbo.clone())
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
+            limits: shard_limits(snap, index),
         })
     }
 
@@ -508,6 +517,7 @@ impl ShardState {
                 .filter_map(|c| self.clusters[&c.name].triple.clone())
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
+            limits: shard_limits(snap, index),
         })
     }
 

@@ -30,6 +30,9 @@ pub enum CallError<'a> {
          (runtime.buffered_bytes_per_shard_max); call shed"
     )]
     ShedMemory { buffered: usize, limit: usize },
+    /// A local rate limit had no token for it.
+    #[error("ringside: local rate limit")]
+    RateLimited,
     /// The upstream broke HTTP/2 on the call's stream.
     #[error("upstream protocol error")]
     UpstreamProtocol,
@@ -51,6 +54,7 @@ impl CallError<'_> {
         match self {
             CallError::HeadersTooLarge(_)
             | CallError::StreamsExhausted
+            | CallError::RateLimited
             | CallError::ShedMemory { .. } => status::RESOURCE_EXHAUSTED,
             CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,
