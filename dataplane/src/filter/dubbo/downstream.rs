@@ -535,14 +535,14 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
             match wire::next_frame(&mut buf, l.frame_bytes_max) {
                 Ok(wire::Next::Frame(h, frame)) => {
                     // The frame is out of the buffer: its bytes are charged where it goes.
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(0);
                     if let Err(()) = on_frame(conn, h, frame) {
                         break 'read;
                     }
                 }
                 Ok(wire::Next::NeedMore(n)) => {
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(wire::large_frame_room(&buf, n));
                     break;
                 }
                 Err(e) => {
