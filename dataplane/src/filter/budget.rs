@@ -123,6 +123,10 @@ impl Charge {
         Charge { budget, n: 0 }
     }
 
+    pub fn is_zero(&self) -> bool {
+        self.n == 0
+    }
+
     #[inline]
     pub fn set(&mut self, n: usize) {
         if n != self.n {
