@@ -399,10 +399,10 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         // is answered with a reset that could discard the answers it has not read yet); at the
         // deadline it stops waiting.
         _ = drain.deadline() => !conn.finished.is_set(),
-        why = watch(&conn, accepted) => {
-            closed_by(&conn, why);
-            false
-        }
+        // Counted inside the branch: once it completes, select! drops the other branches'
+        // futures, which own the socket, before any handler runs; a peer that sees the close
+        // must find it counted.
+        _ = async { closed_by(&conn, watch(&conn, accepted).await) } => false,
     };
     if cut {
         tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
