@@ -846,6 +846,9 @@ impl Client {
         if let (Some(name), Some(t)) = (&l.rds, out.triple.as_mut()) {
             if let Some(r) = cand.routes.get(name) {
                 t.routes = r.value.clone();
+                if !l.route_limits {
+                    t.routes.iter_mut().for_each(|r| r.local_rate_limit = None);
+                }
             }
         }
         out
