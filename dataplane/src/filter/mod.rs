@@ -1,9 +1,10 @@
 //! Filters: one room per protocol (`dubbo`, `triple`, `tcp`), each owning its connection
 //! handling, router and stats; here, what they all share: the drain signal their connections
-//! watch, the per-shard routes cell of a listener, and the per-route and per-service request
-//! counters. Filters never import each other, the
+//! watch, the per-shard routes cell of a listener, the shard's buffer budget (`budget`), and the
+//! per-route and per-service request counters. Filters never import each other, the
 //! shard's state (`worker`) or control.
 
+pub mod budget;
 pub mod dubbo;
 pub mod ratelimit;
 pub mod tcp;
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use shard::Event;
+
+pub use budget::{Budget, BudgetStatIds, Charge};
 
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 

@@ -24,6 +24,13 @@ pub struct PollStatIds {
     pub sleeps: StatId,
 }
 
+/// One shard's own stats, tagged `shard=N`: its poll loop and its buffer budget.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardStatIds {
+    pub poll: PollStatIds,
+    pub budget: crate::filter::BudgetStatIds,
+}
+
 /// One immutable config as the shards run it: the config, every stat id it needs, and each
 /// cluster's endpoint table. Built on the control thread; shards swap it in between requests.
 pub struct Snapshot {

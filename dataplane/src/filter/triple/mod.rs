@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Availability, ShardCluster, UpstreamStatIds, ENDPOINT_FAILURE_BACKOFF_MS};
 use crate::config;
-use crate::filter::{RequestStatIds, ServiceStatsMap};
+use crate::filter::{Budget, RequestStatIds, ServiceStatsMap};
 use crate::route::Dice;
 use crate::stats::{HistId, Kind, ShardStats, StatId, Stats};
 
@@ -225,6 +225,8 @@ pub struct TripleListener {
     pub limits: H2Limits,
     pub stats: ShardStats,
     pub ids: TripleStatIds,
+    /// The shard's buffer budget: calls are shed while it is exhausted.
+    pub budget: Rc<Budget>,
     pub services: Rc<RefCell<ServiceStatsMap>>,
     pub dice: Dice,
 }
@@ -282,6 +284,8 @@ pub struct Pool {
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
     pub h2_ids: UpstreamH2StatIds,
+    /// The shard's buffer budget (what its connections queue is charged to it).
+    pub budget: Rc<Budget>,
 }
 
 pub struct Host {
@@ -303,6 +307,7 @@ impl Pool {
         stats: ShardStats,
         ids: UpstreamStatIds,
         h2_ids: UpstreamH2StatIds,
+        budget: Rc<Budget>,
     ) -> Rc<Pool> {
         Rc::new(Pool {
             lb,
@@ -315,6 +320,7 @@ impl Pool {
             stats,
             ids,
             h2_ids,
+            budget,
         })
     }
 
