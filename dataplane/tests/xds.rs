@@ -538,11 +538,17 @@ fn load(listen: SocketAddr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>)
 
 /// EDS `load_balancing_weight` and `priority` with real providers: weights 3:1 at priority 0
 /// split the traffic 3:1 and priority 1 gets none; with both priority-0 providers killed the
-/// traffic moves to priority 1, and back once they restart. The only failures are the requests
-/// in flight on a killed provider's connection when it died (each load connection has at most
-/// one in flight, so at most one per connection and killed provider); requests that a connect
-/// to a dead provider would have failed (after the kill, and each time its back-off ends) go to
-/// the next endpoint instead.
+/// traffic moves to priority 1, and back once they restart. The only failures are requests on a
+/// killed provider's connections as it died; requests that a connect to a dead provider would
+/// have failed (after the kill, and each time its back-off ends) go to the next endpoint instead.
+///
+/// How many can fail: each load connection has one request in flight, so one per connection on
+/// the killed provider's established connection, and at most one more on a connection ringside
+/// opened while the provider was dying. Linux releases a killed process's files in task work,
+/// last opened first: its accepted connections are reset before its listening socket closes,
+/// so a reconnect right after the reset still completes the handshake into the accept queue and
+/// is reset a moment later (on this machine's 6.18 kernel 188 of 200 reconnects made right after
+/// such a reset were accepted). After that the listener is gone and connects are refused.
 #[test]
 fn eds_weights_split_traffic_and_priorities_fail_over_and_back() {
     let (a, b, c) = (local(free_port()), local(free_port()), local(free_port()));
@@ -624,27 +630,36 @@ fn eds_weights_split_traffic_and_priorities_fail_over_and_back() {
     let _pb = echo_provider(b, "p0b");
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let answers: Vec<Answered> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-
-    let failed: Vec<&String> = answers
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err())
-        .collect();
-    assert!(failed.len() <= 2 * CONNS, "{failed:#?}");
-    for f in &failed {
-        // Status 80 naming a killed provider, for a request on its dead connection (never a
-        // failed connect).
-        assert!(
-            f.starts_with("status 80")
-                && (f.contains(&a.to_string()) || f.contains(&b.to_string()))
-                && !f.contains("connect failed")
-                && !f.contains("connect timed out"),
-            "{f}"
-        );
+    let per_conn: Vec<Vec<Answered>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut failed = 0;
+    for answers in &per_conn {
+        // (time since the kill, None before it; the message)
+        let errors: Vec<(Option<Duration>, &String)> = answers
+            .iter()
+            .filter_map(|(t, r)| Some((t.checked_duration_since(killed), r.as_ref().err()?)))
+            .collect();
+        for provider in [a, b] {
+            let on = errors
+                .iter()
+                .filter(|(_, e)| e.contains(&provider.to_string()));
+            // Its established connection, and one opened while it was dying (see above).
+            assert!(on.count() <= 2, "{provider}: {errors:#?}");
+        }
+        for (after, e) in &errors {
+            // Status 80 naming a killed provider as it died (never a failed connect, nothing
+            // later).
+            assert!(
+                e.starts_with("status 80")
+                    && (e.contains(&a.to_string()) || e.contains(&b.to_string()))
+                    && !e.contains("connect failed")
+                    && !e.contains("connect timed out")
+                    && after.is_some_and(|d| d < restarted.duration_since(killed)),
+                "{after:?} after the kill: {e}"
+            );
+        }
+        failed += errors.len();
     }
+    let answers: Vec<Answered> = per_conn.into_iter().flatten().collect();
     let served = |from: Instant, to: Instant| -> std::collections::BTreeMap<String, usize> {
         let mut m = std::collections::BTreeMap::new();
         for (t, r) in &answers {
@@ -675,7 +690,7 @@ fn eds_weights_split_traffic_and_priorities_fail_over_and_back() {
     eprintln!(
         "failover: {} answers, {} failed; during the outage {down:?}, after {back:?}",
         answers.len(),
-        failed.len()
+        failed
     );
     xds.terminate().unwrap();
 }

@@ -320,6 +320,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         original_destination,
         bind,
         virtual_listeners: Vec::new(),
+        local_rate_limit: None,
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
         out.buffer_bytes = b.value as usize;
@@ -595,6 +596,7 @@ fn dubbo_proxy(
                 name: (!rc.name.is_empty()).then(|| rc.name.clone()),
                 matcher: m,
                 route,
+                local_rate_limit: None,
             });
         }
     }
@@ -1101,6 +1103,7 @@ fn on_match(
                 name: (!a.name.is_empty()).then(|| a.name.clone()),
                 matcher: m.clone(),
                 route,
+                local_rate_limit: None,
             });
             Ok(())
         }
@@ -1620,6 +1623,7 @@ fn triple_route(
         name: (!r.name.is_empty()).then(|| r.name.clone()),
         matcher: m,
         route: http_action(action, ctx, &format!("{at}.route"))?,
+        local_rate_limit: None,
     })
 }
 

@@ -5,6 +5,7 @@
 //! shard's state (`worker`) or control.
 
 pub mod dubbo;
+pub mod ratelimit;
 pub mod tcp;
 pub mod triple;
 
@@ -68,6 +69,9 @@ pub struct Routes<R, P> {
     pub pools: Vec<Rc<P>>,
     /// Per route in config order, then the default route.
     pub route_ids: Vec<RequestStatIds>,
+    /// The listener's and its routes' local rate limits on this shard; `None` (checked once
+    /// per request) when it has none.
+    pub limits: Option<Box<ratelimit::Limits>>,
 }
 
 /// The current routes of one listener on one shard, shared by all its connections.

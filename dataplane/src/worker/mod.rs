@@ -198,6 +198,8 @@ struct ShardListener {
 fn listener_params(l: &config::Listener) -> config::Listener {
     let mut p = l.clone();
     p.cluster = None;
+    // Rate limits live with the routes (`filter::Routes::limits`).
+    p.local_rate_limit = None;
     if let Some(d) = p.dubbo.as_mut() {
         d.routes.clear();
     }
@@ -205,6 +207,12 @@ fn listener_params(l: &config::Listener) -> config::Listener {
         t.routes.clear();
     }
     p
+}
+
+/// This shard's fronts of listener `index`'s rate limit buckets, when it has any.
+fn shard_limits(snap: &Snapshot, index: usize) -> Option<Box<crate::filter::ratelimit::Limits>> {
+    let shared = snap.limits.get(index)?.as_ref()?;
+    Some(Box::new(shared.for_shard()))
 }
 
 fn cluster_params(c: &config::Cluster) -> config::Cluster {
@@ -474,6 +482,7 @@ impl ShardState {
                 .map(|c| self.clusters[&c.name].dubbo.clone())
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
+            limits: shard_limits(snap, index),
         })
     }
 
@@ -496,6 +505,7 @@ impl ShardState {
                 .filter_map(|c| self.clusters[&c.name].triple.clone())
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
+            limits: shard_limits(snap, index),
         })
     }
 

@@ -56,6 +56,8 @@ pub struct DubboStatIds {
     pub rq_bad: StatId,
     pub rq_overflow: StatId,
     pub rq_no_healthy_upstream: StatId,
+    /// Requests a local rate limit refused.
+    pub rq_rate_limited: StatId,
     pub rsp_ok: StatId,
     pub rsp_error: StatId,
     pub rsp_local: StatId,
@@ -87,6 +89,7 @@ impl DubboStatIds {
             rq_bad: c("dubbo_rq_bad"),
             rq_overflow: c("dubbo_rq_overflow"),
             rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
+            rq_rate_limited: c("dubbo_rq_rate_limited"),
             rsp_ok: c("dubbo_rsp_ok"),
             rsp_error: c("dubbo_rsp_error"),
             rsp_local: c("dubbo_rsp_local"),
@@ -588,6 +591,21 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         service,
     };
     counted.inc(&l.stats, |c| c.rq_total);
+    if let Some(limits) = &routes.limits {
+        if let Some(limit) = limits.for_route(action.route_index) {
+            if !limit.admit(&l.stats) {
+                l.stats.inc(l.ids.rq_rate_limited);
+                if h.two_way {
+                    let e = LocalError::RateLimited {
+                        listener: &l.name,
+                        bucket: limit.config(),
+                    };
+                    conn.local_reply(h.id, &e, Some(counted));
+                }
+                return Ok(());
+            }
+        }
+    }
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
     let refused = match pool.forward(frame, h.id, h.two_way, timeout, conn, counted) {

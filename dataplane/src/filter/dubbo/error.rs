@@ -48,6 +48,15 @@ pub enum LocalError<'a> {
     /// The endpoint has `pending_requests_max` requests in flight.
     #[error("{limit} requests already pending to {addr}")]
     Overflow { addr: SocketAddr, limit: u32 },
+    /// A local rate limit had no token for it.
+    #[error(
+        "rate limited by the local rate limit of listener {listener} ({} per {} ms, burst {})",
+        .bucket.tokens_per_fill, .bucket.fill_interval_ms, .bucket.max_tokens
+    )]
+    RateLimited {
+        listener: &'a str,
+        bucket: &'a crate::config::TokenBucket,
+    },
     #[error("upstream {addr} did not answer within {waited_ms} ms")]
     Timeout { addr: SocketAddr, waited_ms: u128 },
     /// The upstream connection failed or closed with the request in flight.
@@ -108,7 +117,9 @@ impl LocalError<'_> {
             LocalError::NoHealthyEndpoint(_)
             | LocalError::UpstreamFailed { .. }
             | LocalError::ResponseTooLarge { .. } => Status::SERVER_ERROR,
-            LocalError::Overflow { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
+            LocalError::Overflow { .. } | LocalError::RateLimited { .. } => {
+                Status::SERVER_THREADPOOL_EXHAUSTED
+            }
             LocalError::Timeout { .. } => Status::SERVER_TIMEOUT,
         }
     }

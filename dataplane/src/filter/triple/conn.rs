@@ -1516,6 +1516,15 @@ fn route_call(
         l.stats.inc(l.ids.hardening.rq_expired_on_arrival);
         return Err(Refused::Call(CallError::ExpiredOnArrival));
     }
+    if let Some(limits) = &routes.limits {
+        if limits
+            .for_route(action.route_index)
+            .is_some_and(|limit| !limit.admit(&l.stats))
+        {
+            l.stats.inc(l.ids.rq_rate_limited);
+            return Err(Refused::Call(CallError::RateLimited));
+        }
+    }
     let cluster = action.pick_cluster(l.roll());
     let mut block = Vec::with_capacity(block_hint(hl));
     hl.encode(&mut block);

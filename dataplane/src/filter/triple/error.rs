@@ -24,6 +24,9 @@ pub enum CallError<'a> {
     StreamsExhausted,
     #[error("ringside: deadline exceeded")]
     DeadlineExceeded,
+    /// A local rate limit had no token for it.
+    #[error("ringside: local rate limit")]
+    RateLimited,
     /// The upstream broke HTTP/2 on the call's stream.
     #[error("upstream protocol error")]
     UpstreamProtocol,
@@ -43,9 +46,9 @@ impl CallError<'_> {
     /// The gRPC status the caller gets.
     pub fn status(&self) -> u32 {
         match self {
-            CallError::HeadersTooLarge(_) | CallError::StreamsExhausted => {
-                status::RESOURCE_EXHAUSTED
-            }
+            CallError::HeadersTooLarge(_)
+            | CallError::StreamsExhausted
+            | CallError::RateLimited => status::RESOURCE_EXHAUSTED,
             CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,
             CallError::NoHealthyUpstream

@@ -72,6 +72,8 @@ pub struct TripleStatIds {
     pub rq_too_large: StatId,
     pub rq_timeout: StatId,
     pub rq_no_healthy_upstream: StatId,
+    /// Calls a local rate limit refused.
+    pub rq_rate_limited: StatId,
     pub rsp_local: StatId,
     /// Responses by grpc-status (index 17: any other value).
     pub rsp_status: [StatId; GRPC_STATUS_COUNTED],
@@ -108,6 +110,7 @@ impl TripleStatIds {
             rq_too_large: c("triple_rq_too_large"),
             rq_timeout: c("triple_rq_timeout"),
             rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
+            rq_rate_limited: c("triple_rq_rate_limited"),
             rsp_local: c("triple_rsp_local"),
             rsp_status,
             protocol_error: c("triple_protocol_error"),
