@@ -347,7 +347,7 @@ fn http_local_rate_limit_matches_envoy() {
     let envoy_limited = envoy.stat("listener_rl.http_local_rate_limit.rate_limited")
         + envoy.stat("route_rl.http_local_rate_limit.rate_limited");
     let rs_limited = stat(&rs, "local_rate_limit.grpc_rl.rate_limited")
-        + stat(&rs, "local_rate_limit.grpc_rl.routes[0].rate_limited");
+        + stat(&rs, "local_rate_limit.grpc_rl.all/routes[0].rate_limited");
     assert_eq!(
         (rs_limited, envoy_limited),
         (4, 4),
