@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as http_rl_pb;
 use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::action::v3 as gp_action_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gp_matcher_pb;
@@ -36,8 +37,8 @@ use prost::Message;
 
 use config::{
     ArgumentMatch, AttachmentMatch, Cluster, DubboListener, DubboMatch, DubboRoute, HeaderMatch,
-    LbPolicy, Listener, Protocol, Range, RouteAction, StringMatch, TripleListener, TripleMatch,
-    TripleRoute, WeightedCluster,
+    LbPolicy, Listener, Protocol, Range, RouteAction, StringMatch, TokenBucket, TripleListener,
+    TripleMatch, TripleRoute, VirtualHost, WeightedCluster,
 };
 
 use crate::TranslateError;
@@ -72,14 +73,34 @@ const RAW_BUFFER_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
 /// Envoy's own default cluster connect timeout (5 s), used when `connect_timeout` is unset.
 pub(crate) const ENVOY_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
-/// A translated LDS resource. A Triple listener whose routes come from RDS has empty
-/// `triple.routes` and names its route configuration in `rds`.
+/// A translated RouteConfiguration: the `virtual_hosts` and `ignore_port_in_host_matching`
+/// of a triple listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RouteTable {
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub ignore_port_in_host_matching: bool,
+}
+
+impl RouteTable {
+    /// Into the triple section `t` (replacing its routes).
+    pub fn fill(&self, t: &mut TripleListener) {
+        t.routes.clear();
+        t.virtual_hosts = self.virtual_hosts.clone();
+        t.ignore_port_in_host_matching = self.ignore_port_in_host_matching;
+    }
+}
+
+/// A translated LDS resource. A Triple listener whose routes come from RDS has no
+/// `triple.virtual_hosts` and names its route configuration in `rds`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ListenerRes {
     pub listener: Listener,
     pub rds: Option<String>,
     /// `use_original_dst`: hands connections to every virtual listener of the LDS set.
     pub hand_off: bool,
+    /// Its HTTP connection manager has a `local_ratelimit` filter: its RDS routes keep their
+    /// own rate limits (without the filter Envoy ignores them).
+    pub route_limits: bool,
     /// A virtual listener's catch-all tcp_proxy chain beside its protocol chain: the cluster
     /// connections that do not speak the protocol go to. ringside passes them through to their
     /// original destination with the handing listener's cluster, so the client checks that
@@ -309,6 +330,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         out.buffer_bytes = b.value as usize;
     }
     let mut rds = None;
+    let mut route_limits = false;
     // A TypedStruct (Aeraki sends dubbo_proxy so) stands for the message it names.
     let wrapped = if any.type_url == UDPA_TYPED_STRUCT || any.type_url == XDS_TYPED_STRUCT {
         TypedStructFull::decode(any.value.as_slice())
@@ -330,6 +352,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             rds: None,
             hand_off,
             fallback,
+            route_limits: false,
         });
     }
     match any.type_url.as_str() {
@@ -346,9 +369,20 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         HCM_TYPE => {
             let h: hcm_pb::HttpConnectionManager = unpack(any, HCM_TYPE, &ctx, &tat)?;
             out.protocol = Protocol::Triple;
-            let (routes, name) = hcm(&h, &ctx, &tat)?;
+            let (mut routes, name, limit) = hcm(&h, &ctx, &tat)?;
             rds = name;
-            out.triple = Some(TripleListener { routes, ..Default::default() });
+            route_limits = limit.is_some();
+            if !route_limits {
+                routes
+                    .virtual_hosts
+                    .iter_mut()
+                    .flat_map(|h| &mut h.routes)
+                    .for_each(|r| r.local_rate_limit = None);
+            }
+            out.local_rate_limit = limit.flatten();
+            let mut t = TripleListener::default();
+            routes.fill(&mut t);
+            out.triple = Some(t);
         }
         TCP_PROXY_TYPE => {
             let t: tcp_pb::TcpProxy = unpack(any, TCP_PROXY_TYPE, &ctx, &tat)?;
@@ -374,6 +408,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         rds,
         hand_off,
         fallback,
+        route_limits,
     })
 }
 
@@ -1163,16 +1198,39 @@ fn tcp_proxy(
 
 // === http_connection_manager ===
 
+/// An HTTP connection manager's `local_ratelimit` filter: `None` without one (routes' own
+/// configs are then ignored, as Envoy ignores per-filter configs of filters not in the chain),
+/// else its filter-level bucket, if it limits.
+type RateLimitFilter = Option<Option<TokenBucket>>;
+
+/// An HTTP connection manager: its inline routes or RDS name, and its `local_ratelimit` filter.
 fn hcm(
     h: &hcm_pb::HttpConnectionManager,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<(Vec<TripleRoute>, Option<String>), TranslateError> {
+) -> Result<(RouteTable, Option<String>, RateLimitFilter), TranslateError> {
+    let mut limit = None;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     if h.codec_type != CodecType::Auto as i32 && h.codec_type != CodecType::Http2 as i32 {
         return Err(ctx.err(
             format!("{at}.codec_type"),
             format!("only AUTO or HTTP2 is supported (got {})", h.codec_type),
+        ));
+    }
+    // They rewrite `:authority` before routing and on the wire; ringside forwards it as sent.
+    let strip = match h.strip_port_mode {
+        Some(hcm_pb::http_connection_manager::StripPortMode::StripAnyHostPort(true)) => {
+            Some("strip_any_host_port")
+        }
+        _ if h.strip_matching_host_port => Some("strip_matching_host_port"),
+        _ if h.strip_trailing_host_dot => Some("strip_trailing_host_dot"),
+        _ => None,
+    };
+    if let Some(field) = strip {
+        return Err(ctx.err(
+            join(at, field),
+            "rewriting :authority is not supported (route configurations' \
+             ignore_port_in_host_matching is)",
         ));
     }
     for (i, f) in h.http_filters.iter().enumerate() {
@@ -1183,6 +1241,12 @@ fn hcm(
         let is_router = f.name == "envoy.filters.http.router"
             || typed.is_some_and(|a| a.type_url == HTTP_ROUTER_TYPE);
         if is_router {
+            continue;
+        }
+        if let Some(a) = typed.filter(|a| a.type_url == HTTP_LOCAL_RATELIMIT) {
+            let fat = format!("{at}.http_filters[{i}].typed_config");
+            let rl: http_rl_pb::LocalRateLimit = unpack(a, HTTP_LOCAL_RATELIMIT, ctx, &fat)?;
+            limit = Some(http_local_rate_limit(&rl, ctx, &fat)?);
             continue;
         }
         // The filters istiod always adds: ignored when they only feed telemetry or act on
@@ -1202,6 +1266,7 @@ fn hcm(
         Some(RouteSpecifier::RouteConfig(rc)) => Ok((
             route_configuration(rc, ctx, &format!("{at}.route_config"))?,
             None,
+            limit,
         )),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -1211,7 +1276,11 @@ fn hcm(
             if let Some(cs) = &rds.config_source {
                 ads_source(cs, ctx, &format!("{rat}.config_source"))?;
             }
-            Ok((Vec::new(), Some(rds.route_config_name.clone())))
+            Ok((
+                RouteTable::default(),
+                Some(rds.route_config_name.clone()),
+                limit,
+            ))
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
             format!("{at}.scoped_routes"),
@@ -1231,7 +1300,7 @@ fn ads_source(cs: &core_pb::ConfigSource, ctx: &Ctx<'_>, at: &str) -> Result<(),
     }
 }
 
-pub(crate) fn decode_route(any: &Any) -> Result<(String, Vec<TripleRoute>), TranslateError> {
+pub(crate) fn decode_route(any: &Any) -> Result<(String, RouteTable), TranslateError> {
     let rc: route_pb::RouteConfiguration = decode_top(any, ROUTE_TYPE)?;
     let ctx = Ctx {
         kind: "route configuration",
@@ -1272,62 +1341,19 @@ fn no_header_mutations(
     Ok(())
 }
 
-/// How specific a virtual host's most specific domain is: Envoy picks exact domains first,
-/// then suffix wildcards, then prefix wildcards, then `*`.
-fn domain_rank(d: &str) -> u8 {
-    if d == "*" {
-        3
-    } else if d.starts_with('*') {
-        1
-    } else if d.ends_with('*') {
-        2
-    } else {
-        0
-    }
-}
-
-fn domain_regex(d: &str) -> String {
-    if let Some(suffix) = d.strip_prefix('*') {
-        format!(".*{}", regex_escape(suffix))
-    } else if let Some(prefix) = d.strip_suffix('*') {
-        format!("{}.*", regex_escape(prefix))
-    } else {
-        regex_escape(d)
-    }
-}
-
-fn authority(domains: &[String]) -> Option<StringMatch> {
-    if domains.is_empty() || domains.iter().any(|d| d == "*") {
-        return None;
-    }
-    if let [d] = domains {
-        if !d.contains('*') {
-            return Some(StringMatch {
-                exact: Some(d.clone()),
-                ..Default::default()
-            });
-        }
-        if let Some(prefix) = d.strip_suffix('*').filter(|p| !p.contains('*')) {
-            return Some(StringMatch {
-                prefix: Some(prefix.to_string()),
-                ..Default::default()
-            });
-        }
-    }
-    let alts: Vec<String> = domains.iter().map(|d| domain_regex(d)).collect();
-    Some(StringMatch {
-        regex: Some(format!("(?:{})", alts.join("|"))),
-        ..Default::default()
-    })
-}
-
 fn route_configuration(
     rc: &route_pb::RouteConfiguration,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<Vec<TripleRoute>, TranslateError> {
+) -> Result<RouteTable, TranslateError> {
     if rc.vhds.is_some() {
         return Err(ctx.err(join(at, "vhds"), "VHDS is not supported"));
+    }
+    if !rc.vhost_header.is_empty() {
+        return Err(ctx.err(
+            join(at, "vhost_header"),
+            "virtual hosts are chosen by :authority only",
+        ));
     }
     if !rc.internal_only_headers.is_empty() {
         return Err(ctx.err(join(at, "internal_only_headers"), "not supported"));
@@ -1350,11 +1376,12 @@ fn route_configuration(
         at,
     )?;
     no_fault_override(&rc.typed_per_filter_config, ctx, at)?;
-    let mut hosts: Vec<(usize, &route_pb::VirtualHost)> =
-        rc.virtual_hosts.iter().enumerate().collect();
-    hosts.sort_by_key(|(_, vh)| vh.domains.iter().map(|d| domain_rank(d)).min().unwrap_or(3));
-    let mut out = Vec::new();
-    for (i, vh) in hosts {
+    no_shared_rate_limit(&rc.typed_per_filter_config, ctx, at)?;
+    let mut out = RouteTable {
+        virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
+        ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+    };
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = join(at, &format!("virtual_hosts[{i}]"));
         if vh.matcher.is_some() {
             return Err(ctx.err(
@@ -1380,14 +1407,27 @@ fn route_configuration(
             &vat,
         )?;
         no_fault_override(&vh.typed_per_filter_config, ctx, &vat)?;
-        let auth = authority(&vh.domains);
+        no_shared_rate_limit(&vh.typed_per_filter_config, ctx, &vat)?;
+        let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{j}]");
             no_fault_override(&r.typed_per_filter_config, ctx, &rat)?;
             let mut route = triple_route(r, ctx, &rat)?;
-            route.matcher.authority = auth.clone();
-            out.push(route);
+            route.local_rate_limit = route_rate_limit(&r.typed_per_filter_config, ctx, &rat)?;
+            routes.push(route);
         }
+        out.virtual_hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.clone(),
+            routes,
+        });
+    }
+    // Envoy's domain rules (non-empty, each once, one `*`), as the RouteConfiguration's own.
+    if let Some((field, message)) = config::virtual_host_problems(&out.virtual_hosts)
+        .into_iter()
+        .next()
+    {
+        return Err(ctx.err(join(at, &field), message));
     }
     Ok(out)
 }
@@ -2012,6 +2052,9 @@ const GRPC_STATS: &str =
     "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
 const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const HTTP_LOCAL_RATELIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const HTTP_LOCAL_RATELIMIT_NAME: &str = "envoy.filters.http.local_ratelimit";
 
 /// The type a filter's `typed_config` configures: the wrapped one for a TypedStruct.
 fn config_type(any: &Any) -> String {
@@ -2111,6 +2154,151 @@ fn no_fault_override(
         }
     }
     Ok(())
+}
+
+// === local rate limits (docs/governance.md) ===
+
+/// The per-filter config of the HTTP local rate limit in `m`, if any.
+fn rate_limit_override<'a>(
+    m: &'a std::collections::HashMap<String, Any>,
+) -> Option<(&'a String, &'a Any)> {
+    m.iter()
+        .find(|(k, a)| *k == HTTP_LOCAL_RATELIMIT_NAME || a.type_url == HTTP_LOCAL_RATELIMIT)
+}
+
+/// A virtual host's or route configuration's local rate limit is one bucket shared by all their
+/// routes in Envoy; ringside has buckets per listener and per route only: refused.
+fn no_shared_rate_limit(
+    m: &std::collections::HashMap<String, Any>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(), TranslateError> {
+    match rate_limit_override(m) {
+        Some((k, _)) => Err(ctx.err(
+            join(at, &format!("typed_per_filter_config[{k:?}]")),
+            "a local rate limit shared by several routes is not supported (give it per route)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A route's own local rate limit (its `typed_per_filter_config`), which replaces the
+/// filter-level one for the route. One that does not limit (disabled, no token bucket) would
+/// exempt the route from the filter-level bucket, which ringside cannot say: refused.
+fn route_rate_limit(
+    m: &std::collections::HashMap<String, Any>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<TokenBucket>, TranslateError> {
+    let Some((k, a)) = rate_limit_override(m) else {
+        return Ok(None);
+    };
+    let fat = join(at, &format!("typed_per_filter_config[{k:?}]"));
+    let rl: http_rl_pb::LocalRateLimit = unpack(a, HTTP_LOCAL_RATELIMIT, ctx, &fat)?;
+    match http_local_rate_limit(&rl, ctx, &fat)? {
+        Some(b) => Ok(Some(b)),
+        None => Err(ctx.err(
+            fat,
+            "a route's local rate limit that does not limit (disabled or without token_bucket) is not supported",
+        )),
+    }
+}
+
+/// An HTTP `LocalRateLimit` as a token bucket: `None` when it does not limit (no
+/// `token_bucket`, or `filter_enabled` 0 %, its default). Refused: partial enablement or
+/// enforcement (runtime fractions), shadow mode, descriptors, per-connection buckets and
+/// cluster-wide sharing. Response status and headers are ignored (ringside answers gRPC
+/// RESOURCE_EXHAUSTED).
+fn http_local_rate_limit(
+    rl: &http_rl_pb::LocalRateLimit,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<TokenBucket>, TranslateError> {
+    let refuse = |field: &str, what: &str| Err(ctx.err(join(at, field), what.to_string()));
+    if !rl.descriptors.is_empty() || !rl.rate_limits.is_empty() {
+        return refuse("descriptors", "rate limit descriptors are not supported");
+    }
+    if rl.local_rate_limit_per_downstream_connection {
+        return refuse(
+            "local_rate_limit_per_downstream_connection",
+            "per-connection buckets are not supported",
+        );
+    }
+    if rl.local_cluster_rate_limit.is_some() {
+        return refuse(
+            "local_cluster_rate_limit",
+            "sharing the limit across the local cluster is not supported",
+        );
+    }
+    let enabled =
+        percent_all_or_none(rl.filter_enabled.as_ref(), ctx, &join(at, "filter_enabled"))?;
+    if !enabled {
+        return Ok(None);
+    }
+    let enforced = percent_all_or_none(
+        rl.filter_enforced.as_ref(),
+        ctx,
+        &join(at, "filter_enforced"),
+    )?;
+    if !enforced {
+        return refuse(
+            "filter_enforced",
+            "shadow mode (enabled, not enforced) is not supported",
+        );
+    }
+    let Some(tb) = &rl.token_bucket else {
+        return Ok(None);
+    };
+    token_bucket(tb, ctx, &join(at, "token_bucket")).map(Some)
+}
+
+/// A `RuntimeFractionalPercent` that must be 0 % (or unset: Envoy's default for the local rate
+/// limit) or 100 %: whether it is 100 %. The runtime key is not consulted (ringside has no
+/// runtime layer).
+fn percent_all_or_none(
+    p: Option<&core_pb::RuntimeFractionalPercent>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<bool, TranslateError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+    let Some(f) = p.and_then(|p| p.default_value.as_ref()) else {
+        return Ok(false);
+    };
+    let whole = match DenominatorType::try_from(f.denominator) {
+        Ok(DenominatorType::Hundred) => 100,
+        Ok(DenominatorType::TenThousand) => 10_000,
+        Ok(DenominatorType::Million) => 1_000_000,
+        Err(_) => return Err(ctx.err(join(at, "default_value.denominator"), "unknown denominator")),
+    };
+    match f.numerator {
+        0 => Ok(false),
+        n if n >= whole => Ok(true),
+        n => Err(ctx.err(
+            join(at, "default_value"),
+            format!("{n}/{whole} of requests: only 0 % or 100 % is supported"),
+        )),
+    }
+}
+
+fn token_bucket(
+    tb: &envoy_types::pb::envoy::r#type::v3::TokenBucket,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<TokenBucket, TranslateError> {
+    let Some(fill) = &tb.fill_interval else {
+        return Err(ctx.err(join(at, "fill_interval"), "missing"));
+    };
+    let fill_interval_ms = duration_ms(
+        fill,
+        ctx,
+        &join(at, "fill_interval"),
+        config::RATE_LIMIT_FILL_INTERVAL_MS_MAX,
+    )?;
+    Ok(TokenBucket {
+        max_tokens: tb.max_tokens,
+        tokens_per_fill: tb.tokens_per_fill.as_ref().map_or(1, |v| v.value),
+        fill_interval_ms,
+    })
 }
 
 // === filter chain selection ===
