@@ -847,17 +847,27 @@ impl Client {
 
     /// The listener, then its chains' listeners, with their RDS routes filled in.
     fn fill(&self, cand: &Cache, l: &ListenerRes) -> Vec<Listener> {
-        let one = |listener: &Listener, rds: &Option<String>| {
+        let one = |listener: &Listener, rds: &Option<String>, route_limits: bool| {
             let mut out = listener.clone();
             if let (Some(name), Some(t)) = (rds, out.triple.as_mut()) {
                 if let Some(r) = cand.routes.get(name) {
                     r.value.fill(t);
+                    if !route_limits {
+                        t.virtual_hosts
+                            .iter_mut()
+                            .flat_map(|h| &mut h.routes)
+                            .for_each(|r| r.local_rate_limit = None);
+                    }
                 }
             }
             out
         };
-        std::iter::once(one(&l.listener, &l.rds))
-            .chain(l.chains.iter().map(|c| one(&c.listener, &c.rds)))
+        std::iter::once(one(&l.listener, &l.rds, l.route_limits))
+            .chain(
+                l.chains
+                    .iter()
+                    .map(|c| one(&c.listener, &c.rds, c.route_limits)),
+            )
             .collect()
     }
 
