@@ -110,8 +110,8 @@ impl ServerSettings<'_> {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder
-            .with_single_cert(load_certs(self.cert_chain)?, load_key(self.private_key)?)?;
+        let mut config =
+            builder.with_single_cert(load_certs(self.cert_chain)?, load_key(self.private_key)?)?;
         config.alpn_protocols = self.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
         // Sidecar connections are long-lived and peers rarely resume: no tickets to mint.
         config.send_tls13_tickets = 0;

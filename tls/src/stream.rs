@@ -171,7 +171,11 @@ impl<S: AsyncWriteRent> TlsStream<S> {
 
     /// The peer's certificate chain (end entity first), as it was verified.
     pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-        self.read.tls.borrow().peer_certificates().map(|c| c.to_vec())
+        self.read
+            .tls
+            .borrow()
+            .peer_certificates()
+            .map(|c| c.to_vec())
     }
 
     /// The plaintext socket underneath (socket options).
@@ -193,21 +197,33 @@ impl<S: AsyncWriteRent> Splitable for TlsStream<S> {
 }
 
 impl<S: AsyncReadRent + AsyncWriteRent> AsyncReadRent for TlsStream<S> {
-    fn read<T: IoBufMut>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+    fn read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         self.read.read(buf)
     }
 
-    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+    fn readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         self.read.readv(buf)
     }
 }
 
 impl<S: AsyncWriteRent> AsyncWriteRent for TlsStream<S> {
-    fn write<T: IoBuf>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+    fn write<T: IoBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         self.write.write(buf)
     }
 
-    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+    fn writev<T: IoVecBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         self.write.writev(buf)
     }
 
@@ -235,7 +251,7 @@ impl<S: AsyncReadRent> TlsRead<S> {
                 let mut tls = self.tls.borrow_mut();
                 let mut reader = tls.reader();
                 match reader.fill_buf() {
-                    Ok(p) if p.is_empty() => return Ok(0),
+                    Ok([]) => return Ok(0),
                     Ok(p) => {
                         let n = p.len().min(len);
                         // SAFETY: `dst` is valid for `len` bytes of writes (the caller's owned

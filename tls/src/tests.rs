@@ -149,7 +149,10 @@ fn mutual_tls_moves_data_both_ways_through_split_halves() {
 
 #[test]
 fn a_server_with_an_unexpected_san_is_refused_by_the_client() {
-    let pki = Pki::new("san-server", &[("server", SERVER_ID), ("client", CLIENT_ID)]);
+    let pki = Pki::new(
+        "san-server",
+        &[("server", SERVER_ID), ("client", CLIENT_ID)],
+    );
     let other = "spiffe://cluster.local/ns/default/sa/other".to_string();
     let (sc, cc) = configs(&pki, &[], &[other]);
     run(async move {
@@ -162,7 +165,10 @@ fn a_server_with_an_unexpected_san_is_refused_by_the_client() {
 
 #[test]
 fn a_client_with_an_unexpected_san_is_refused_by_the_server() {
-    let pki = Pki::new("san-client", &[("server", SERVER_ID), ("client", CLIENT_ID)]);
+    let pki = Pki::new(
+        "san-client",
+        &[("server", SERVER_ID), ("client", CLIENT_ID)],
+    );
     let other = "spiffe://cluster.local/ns/default/sa/other".to_string();
     let (sc, cc) = configs(&pki, &[other], &[SERVER_ID.into()]);
     run(async move {
@@ -188,6 +194,9 @@ fn a_client_without_a_certificate_is_refused_when_one_is_required() {
     .unwrap();
     run(async move {
         let (s, _c) = pair(sc, cc).await;
-        assert!(s.is_err(), "server must refuse a client without a certificate");
+        assert!(
+            s.is_err(),
+            "server must refuse a client without a certificate"
+        );
     });
 }

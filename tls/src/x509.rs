@@ -147,7 +147,10 @@ mod tests {
     #[test]
     fn reads_uri_sans_among_dns_names() {
         let der = cert(
-            &["spiffe://cluster.local/ns/default/sa/provider", "spiffe://x/y"],
+            &[
+                "spiffe://cluster.local/ns/default/sa/provider",
+                "spiffe://x/y",
+            ],
             &["provider.default.svc"],
         );
         assert_eq!(

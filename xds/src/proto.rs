@@ -303,6 +303,8 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         original_destination,
         bind,
         virtual_listeners: Vec::new(),
+        // xDS transport sockets are refused before this (docs/xds.md).
+        tls: None,
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
         out.buffer_bytes = b.value as usize;
@@ -1811,6 +1813,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             Some(k) => Some(tcp_keepalive(k, &ctx)?),
             None => None,
         },
+        // xDS transport sockets are refused before this (docs/xds.md).
+        tls: None,
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {

@@ -273,6 +273,7 @@ impl ShardState {
                     c,
                     eps.clone(),
                     snap.cluster_ids[i].clone(),
+                    snap.tls.clusters.get(i).cloned().flatten(),
                 ));
                 ClusterEntry {
                     params,
@@ -586,6 +587,7 @@ impl ShardState {
             tcp,
             conns,
             virtuals: Latest::new(Rc::new([])),
+            tls: snap.tls.listeners.get(index).cloned().flatten(),
         })
     }
 
