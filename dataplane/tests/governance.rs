@@ -243,3 +243,115 @@ fn dubbo_listener_limit_holds_its_rate_within_5_percent_at_2x_and_10x() {
         );
     }
 }
+
+/// An HTTP connection manager listener (RDS) whose chain has the HTTP local rate limit filter
+/// with `filter` as its config.
+fn hcm_rate_limited_listener(addr: SocketAddr, filter: serde_json::Value) -> serde_json::Value {
+    let mut l = common::envoy::rds_listener("grpc_rl", addr, "rl_routes");
+    let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["http_filters"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": filter}),
+    );
+    l
+}
+
+fn http_rate_limit(prefix: &str, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": prefix,
+        "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": 1, "fill_interval": "60s"},
+        "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "rate_limited_as_resource_exhausted": true
+    })
+}
+
+/// The same xDS resources through Envoy 1.40 and ringside: the HTTP local rate limit filter
+/// (a bucket of 4 for the listener) and a route's own `typed_per_filter_config` (a bucket of 2
+/// replacing it for `/pkg.S/Limited`); the same sequence of calls gets the same statuses from
+/// both, and the same number is counted rate limited.
+#[test]
+fn http_local_rate_limit_matches_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let up = Upstream::start("A");
+    let snapshot = |listen: SocketAddr| {
+        json!({
+            "version": "rl1",
+            "listeners": [hcm_rate_limited_listener(listen, http_rate_limit("listener_rl", 4))],
+            "routes": [{"name": "rl_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [
+                    {"match": {"prefix": "/pkg.S/Limited"}, "route": {"cluster": "a"},
+                     "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": http_rate_limit("route_rl", 2)}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "a"}}
+                ]
+            }]}],
+            "clusters": [eds_cluster("a", true)],
+            "endpoints": [load_assignment("a", &[up.addr])]
+        })
+    };
+    // Envoy, with its own xDS server and listener port.
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-rl"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_rl", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_rl")
+            && dynamic_route_configs(d).iter().any(|r| r == "rl_routes")
+    });
+    // ringside, the same resources but its own port.
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-rl\n  mode: sotw\n",
+        rs_xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", "2"]);
+    rs_xds.wait_ack(RDS, "rl1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(rs_listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {rs_listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let run = |addr: SocketAddr| -> Vec<(&'static str, Option<u32>)> {
+        let mut c = Client::connect(addr);
+        let mut out = Vec::new();
+        for path in ["/pkg.S/Limited"; 4].into_iter().chain(["/pkg.S/Other"; 6]) {
+            out.push((path, c.call(path, &[], b"x").grpc_status()));
+        }
+        out
+    };
+    let envoy_answers = run(envoy_listen);
+    let rs_answers = run(rs_listen);
+    let codes =
+        |v: &[(&str, Option<u32>)]| v.iter().map(|(_, c)| c.unwrap_or(99)).collect::<Vec<_>>();
+    assert_eq!(
+        codes(&envoy_answers),
+        [0, 0, 8, 8, 0, 0, 0, 0, 8, 8],
+        "Envoy, the oracle: {envoy_answers:?}"
+    );
+    assert_eq!(rs_answers, envoy_answers, "ringside vs Envoy");
+    let envoy_limited = envoy.stat("listener_rl.http_local_rate_limit.rate_limited")
+        + envoy.stat("route_rl.http_local_rate_limit.rate_limited");
+    let rs_limited = stat(&rs, "local_rate_limit.grpc_rl.rate_limited")
+        + stat(&rs, "local_rate_limit.grpc_rl.all/routes[0].rate_limited");
+    assert_eq!(
+        (rs_limited, envoy_limited),
+        (4, 4),
+        "{}",
+        envoy.get("/stats")
+    );
+}
