@@ -1859,6 +1859,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         },
         // xDS transport sockets are refused before this (docs/xds.md).
         tls: None,
+        circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -1985,6 +1986,27 @@ fn endpoints(
 #[cfg(test)]
 #[path = "proto_tests.rs"]
 mod tests;
+
+/// A cluster's circuit breakers: the `DEFAULT` priority threshold's `max_requests` (Envoy's
+/// default, 1024, when the threshold leaves it out). Without a `DEFAULT` threshold, no limit
+/// (where Envoy applies its defaults anyway: docs/governance.md). `max_connections`,
+/// `max_pending_requests`, `max_retries`, other priorities, `per_host_thresholds` and budgets
+/// are ignored.
+fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::CircuitBreakers> {
+    let t = cb?
+        .thresholds
+        .iter()
+        .find(|t| t.priority == core_pb::RoutingPriority::Default as i32)?;
+    Some(config::CircuitBreakers {
+        max_requests: t
+            .max_requests
+            .as_ref()
+            .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
+    })
+}
+
+/// Envoy's `max_requests` when a threshold does not give it.
+const ENVOY_MAX_REQUESTS_DEFAULT: u32 = 1024;
 
 /// A cluster's `upstream_connection_options.tcp_keepalive`, as Envoy reads it: a field left
 /// out takes the kernel's default (Linux: 7200 s, 75 s, 9 probes), any field set to 0 turns

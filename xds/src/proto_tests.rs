@@ -1430,3 +1430,38 @@ fn http_local_rate_limit_filter_and_per_route_configs() {
         "{e}"
     );
 }
+
+#[test]
+fn circuit_breakers_default_priority_max_requests() {
+    use cluster_pb::circuit_breakers::Thresholds;
+    let mut s = cluster_static_pb("s", &[("10.0.0.1", 80)]);
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(c.cluster.circuit_breakers, None, "no thresholds: no limit");
+    s.circuit_breakers = Some(cluster_pb::CircuitBreakers {
+        thresholds: vec![
+            Thresholds {
+                priority: core_pb::RoutingPriority::High as i32,
+                max_requests: Some(UInt32Value { value: 7 }),
+                ..Default::default()
+            },
+            Thresholds {
+                max_requests: Some(UInt32Value { value: 50 }),
+                max_connections: Some(UInt32Value { value: 3 }),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(
+        c.cluster.circuit_breakers,
+        Some(config::CircuitBreakers { max_requests: 50 })
+    );
+    s.circuit_breakers.as_mut().unwrap().thresholds[1].max_requests = None;
+    let (_, c) = decode_cluster(&pack_any(s)).unwrap();
+    assert_eq!(
+        c.cluster.circuit_breakers,
+        Some(config::CircuitBreakers { max_requests: 1024 }),
+        "Envoy's default"
+    );
+}

@@ -571,6 +571,7 @@ mod tests {
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
             tcp_keepalive: None,
             tls: None,
+            circuit_breakers: None,
         }
     }
 

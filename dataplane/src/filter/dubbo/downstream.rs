@@ -654,6 +654,13 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             LocalError::NoHealthyEndpoint(&pool.lb.name)
         }
+        Err(ForwardError::CircuitOpen { limit }) => {
+            l.stats.inc(l.ids.rq_overflow);
+            LocalError::CircuitOpen {
+                cluster: &pool.lb.name,
+                limit,
+            }
+        }
         Err(ForwardError::Overflow { addr, limit }) => {
             l.stats.inc(l.ids.rq_overflow);
             LocalError::Overflow { addr, limit }

@@ -30,6 +30,10 @@ pub enum CallError<'a> {
          (runtime.buffered_bytes_per_shard_max); call shed"
     )]
     ShedMemory { buffered: usize, limit: usize },
+    /// The cluster's circuit breaker (`circuit_breakers.max_requests`) is open. UNAVAILABLE,
+    /// as Envoy's 503 overflow reaches a gRPC caller.
+    #[error("ringside: circuit breaker open")]
+    CircuitOpen,
     /// A local rate limit had no token for it.
     #[error("ringside: local rate limit")]
     RateLimited,
@@ -59,6 +63,7 @@ impl CallError<'_> {
             CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,
             CallError::NoHealthyUpstream
+            | CallError::CircuitOpen
             | CallError::UpstreamReset(_)
             | CallError::UpstreamLost(_) => status::UNAVAILABLE,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
