@@ -733,12 +733,12 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> UpstreamGon
             match wire::next_frame(&mut buf, frame_max) {
                 Ok(wire::Next::Frame(h, frame)) => {
                     // Out of the buffer: charged where it goes (the caller's queue).
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(0);
                     on_upstream_frame(conn, h, frame)
                 }
                 Ok(wire::Next::NeedMore(n)) => {
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(wire::large_frame_room(&buf, n));
                     break;
                 }
                 Err(codec::DecodeError::FrameTooLarge {
