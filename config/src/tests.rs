@@ -168,6 +168,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         tcp_keepalive: None,
         tls: None,
         circuit_breakers: None,
+        outlier_detection: None,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());

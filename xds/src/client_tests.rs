@@ -571,6 +571,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         tcp_keepalive: None,
         tls: None,
         circuit_breakers: None,
+        outlier_detection: None,
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);
     server.next_sotw().await;

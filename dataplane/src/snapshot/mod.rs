@@ -572,6 +572,7 @@ mod tests {
             tcp_keepalive: None,
             tls: None,
             circuit_breakers: None,
+            outlier_detection: None,
         }
     }
 
