@@ -137,6 +137,12 @@ pub struct ListenerStatIds {
     /// update, or the process draining), and of those the ones closed at the drain timeout.
     pub cx_drained: StatId,
     pub cx_drain_timeout: StatId,
+    /// Listeners with `tls`: completed handshakes, failed ones (bad or missing certificate,
+    /// wrong SAN, timeout, not TLS under STRICT), and PERMISSIVE connections served as
+    /// plaintext.
+    pub tls_handshake: StatId,
+    pub tls_error: StatId,
+    pub tls_plaintext: StatId,
 }
 
 impl ListenerStatIds {
@@ -155,6 +161,13 @@ impl ListenerStatIds {
                 crate::stats::SINK
             } else {
                 st.add("listener", name, &t, Counter)
+            }
+        };
+        let tls = |name: &str| {
+            if l.tls.is_some() {
+                st.add("listener", name, &t, Counter)
+            } else {
+                crate::stats::SINK
             }
         };
         ListenerStatIds {
@@ -176,6 +189,9 @@ impl ListenerStatIds {
             cx_chain_unserved: chained("downstream_cx_filter_chain_unserved"),
             cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
             cx_drain_timeout: st.add("listener", "downstream_cx_drain_timeout", &t, Counter),
+            tls_handshake: tls("downstream_tls_handshake"),
+            tls_error: tls("downstream_tls_error"),
+            tls_plaintext: tls("downstream_tls_plaintext"),
         }
     }
 }

@@ -292,6 +292,7 @@ impl ShardState {
                     c,
                     eps.clone(),
                     snap.cluster_ids[i].clone(),
+                    snap.tls.clusters.get(i).cloned().flatten(),
                 ));
                 ClusterEntry {
                     params,
@@ -655,6 +656,7 @@ impl ShardState {
             conns,
             virtuals: Latest::new(Rc::new([])),
             chains: Latest::default(),
+            tls: snap.tls.listeners.get(index).cloned().flatten(),
         })
     }
 
