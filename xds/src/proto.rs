@@ -303,6 +303,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         original_destination,
         bind,
         virtual_listeners: Vec::new(),
+        access_log: Vec::new(),
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
         out.buffer_bytes = b.value as usize;

@@ -470,6 +470,7 @@ impl Shared {
                 config::Protocol::Tcp => {}
             }
         }
+        let access_logs = crate::snapshot::open_access_logs(&config)?;
         let checked = started.elapsed();
         let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
@@ -487,7 +488,7 @@ impl Shared {
         let clusters = config.clusters.len();
         let building = Instant::now();
         let drains = self.listener_drains(&current.config.listeners, &keep);
-        let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
+        let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions, access_logs));
         let built = building.elapsed();
         self.sockets.install(bound, &keep);
         let result = self.publish(&mut u, snapshot, drains);
@@ -616,6 +617,8 @@ pub enum ApplyError {
     Bind(#[from] RunError),
     #[error("a shard did not take the update: {0}")]
     ShardRefused(String),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::OpenError),
     #[error("only {applied} of {shards} shards applied the update within {APPLY_TIMEOUT:?}")]
     ShardsSlow { applied: usize, shards: usize },
 }
@@ -855,7 +858,9 @@ impl Server {
             apply_time: stats.add_histogram("config", "update_apply_time_us", &[]),
         };
         let mut builder = Builder::default();
-        let snapshot = Arc::new(builder.build(config.clone(), &stats, None));
+        let access_logs = crate::snapshot::open_access_logs(&config)
+            .map_err(|e| RunError::Invalid(e.to_string()))?;
+        let snapshot = Arc::new(builder.build(config.clone(), &stats, None, access_logs));
         stats.prefault();
         let sockets = bind_all(&config, shard_count, &mut inherited)?;
         if config.xds.is_none() {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::access_log::{LogSpec, OpenError};
 use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot, UpstreamStatIds};
 use crate::config::{self, Config};
 use crate::filter::dubbo::downstream::DubboStatIds;
@@ -48,6 +49,18 @@ pub struct Snapshot {
     /// Set when this snapshot differs from the one before it (`base`) only in the endpoints
     /// of these clusters (indices): a shard that runs `base` updates just those.
     pub endpoints_only: Option<EndpointsOnly>,
+    /// Each listener's access logs (by listener index; files opened by [`open_access_logs`]).
+    pub access_logs: Vec<Vec<LogSpec>>,
+}
+
+/// Opens (or shares) the access-log files of every listener and compiles their formats: a bad
+/// format or a file that cannot be opened refuses the config.
+pub fn open_access_logs(config: &Config) -> Result<Vec<Vec<LogSpec>>, OpenError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| crate::access_log::open(&l.access_log))
+        .collect()
 }
 
 /// What an endpoints-only snapshot changed (see [`Snapshot::endpoints_only`]).
@@ -73,6 +86,7 @@ impl Snapshot {
             triple_ids: Vec::new(),
             endpoints: Vec::new(),
             endpoints_only: None,
+            access_logs: Vec::new(),
         }
     }
 }
@@ -166,6 +180,7 @@ impl Builder {
         config: Config,
         st: &Stats,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
+        access_logs: Vec<Vec<LogSpec>>,
     ) -> Snapshot {
         self.version += 1;
         // A set of the new names: `retain` with a scan of config.clusters per kept cluster was
@@ -234,6 +249,7 @@ impl Builder {
             triple_ids,
             endpoints,
             endpoints_only: None,
+            access_logs,
         }
     }
 
@@ -286,6 +302,7 @@ impl Builder {
                 triple_ids: prev.triple_ids.clone(),
                 endpoints: prev.endpoints.clone(),
                 endpoints_only: None,
+                access_logs: prev.access_logs.clone(),
             },
         };
         let mut indices = Vec::with_capacity(changed.len());
@@ -474,7 +491,7 @@ mod tests {
             clusters,
             ..Config::default()
         };
-        b.build(config, st, None)
+        b.build(config, st, None, Vec::new())
     }
 
     #[test]

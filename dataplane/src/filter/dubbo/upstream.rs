@@ -28,7 +28,7 @@ use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::Notify;
 
-use super::downstream::DownConn;
+use super::downstream::{DownConn, Logged};
 use super::error::{LocalError, UpstreamGone};
 use super::wire;
 use crate::cluster::{
@@ -36,6 +36,7 @@ use crate::cluster::{
     ENDPOINT_FAILURE_BACKOFF_MS,
 };
 use crate::config;
+use crate::access_log::Flags;
 use crate::filter::Counted;
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::ShardStats;
@@ -50,6 +51,8 @@ pub(crate) struct Pending {
     deadline: Instant,
     started: Instant,
     counted: Counted,
+    /// The call's access-log record (when the listener logs).
+    log: Option<Box<Logged>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -191,15 +194,19 @@ impl ClusterPool {
         timeout: Duration,
         down: &Rc<DownConn>,
         counted: Counted,
-    ) -> Result<(), ForwardError> {
+        log: Option<Box<Logged>>,
+    ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
-        let host = self.pick_host(now).ok_or(ForwardError::NoHealthyEndpoint)?;
+        let Some(host) = self.pick_host(now) else {
+            return Err((ForwardError::NoHealthyEndpoint, log));
+        };
         if host.pending.get() >= self.pending_max {
             self.stats.inc(self.ids.rq_overflow);
-            return Err(ForwardError::Overflow {
+            let e = ForwardError::Overflow {
                 addr: host.addr,
                 limit: self.pending_max,
-            });
+            };
+            return Err((e, log));
         }
         let rq = if two_way {
             Request::TwoWay(Pending {
@@ -208,6 +215,7 @@ impl ClusterPool {
                 deadline: now + timeout,
                 started: now,
                 counted,
+                log,
             })
         } else {
             Request::OneWay(down.clone())
@@ -341,12 +349,25 @@ impl UpConn {
     /// Ends one pending request: counters down, and its caller answered with `reply`.
     fn finish(&self, p: Pending, reply: Reply<'_>) {
         self.release(&p.down);
+        let cluster = Some(&*self.pool.lb.name);
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
+                let (status, len) = (frame[3], frame.len());
                 p.down.response(frame.freeze(), p.started, p.counted);
+                if let Some(lg) = p.log {
+                    let addr = Some(self.host.addr);
+                    p.down.log_call(lg, status, Flags::NONE, addr, cluster, len);
+                }
             }
-            Reply::Local(e) => p.down.local_reply(p.id_down, &e, Some(p.counted)),
+            Reply::Local(e) => {
+                let len = p.down.local_reply(p.id_down, &e, Some(p.counted));
+                if let Some(lg) = p.log {
+                    let status = e.status().0;
+                    let addr = e.upstream().or(Some(self.host.addr));
+                    p.down.log_call(lg, status, e.flags(), addr, cluster, len);
+                }
+            }
         }
     }
 

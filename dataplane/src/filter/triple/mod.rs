@@ -224,6 +224,8 @@ pub struct TripleListener {
     pub ids: TripleStatIds,
     pub services: Rc<RefCell<ServiceStatsMap>>,
     pub dice: Dice,
+    /// Access logs, when the listener has any (one line per stream).
+    pub log: Option<Rc<crate::access_log::ListenerLog>>,
 }
 
 impl TripleListener {
