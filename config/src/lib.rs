@@ -108,6 +108,10 @@ pub const H2_TIMER_MS_MAX: u64 = 86_400_000;
 /// HTTP/2 PING keepalive of upstream connections (see `Cluster::keepalive_interval_ms`).
 pub const KEEPALIVE_INTERVAL_MS_DEFAULT: u64 = 300_000;
 pub const KEEPALIVE_TIMEOUT_MS_DEFAULT: u64 = 20_000;
+/// A token bucket's `max_tokens` and `tokens_per_fill` (`local_rate_limit`).
+pub const RATE_LIMIT_TOKENS_MAX: u32 = 1_000_000_000;
+/// A token bucket's `fill_interval_ms`.
+pub const RATE_LIMIT_FILL_INTERVAL_MS_MAX: u64 = 86_400_000;
 
 /// The whole config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,6 +580,10 @@ pub struct Listener {
     /// (docs/observability.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
+    /// dubbo and triple listeners: one token per request (Dubbo request, Triple call) on this
+    /// listener, for the routes without their own `local_rate_limit`; see docs/governance.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<TokenBucket>,
 }
 
 /// One access log of a listener: where its lines go and their format (Envoy's format language).
@@ -591,6 +599,51 @@ pub struct AccessLog {
     /// A format dictionary: one JSON object per line, values format strings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_format: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A token bucket (Envoy's `token_bucket`), shared by every shard: it holds up to
+/// `max_tokens` (the burst; it starts full) and gains `tokens_per_fill` every
+/// `fill_interval_ms`, continuously (as Envoy's local rate limit since 1.32). A request that
+/// finds no token is answered by ringside (Dubbo status 100, gRPC RESOURCE_EXHAUSTED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    pub max_tokens: u32,
+    #[serde(default = "default_tokens_per_fill")]
+    pub tokens_per_fill: u32,
+    pub fill_interval_ms: u64,
+}
+
+impl TokenBucket {
+    /// Tokens gained per second.
+    pub fn rate_per_second(&self) -> f64 {
+        self.tokens_per_fill as f64 * 1000.0 / self.fill_interval_ms as f64
+    }
+
+    fn validate(&self, at: &str, err: &mut dyn FnMut(String, String)) {
+        for (name, v) in [
+            ("max_tokens", self.max_tokens),
+            ("tokens_per_fill", self.tokens_per_fill),
+        ] {
+            if !(1..=RATE_LIMIT_TOKENS_MAX).contains(&v) {
+                err(
+                    format!("{at}.{name}"),
+                    format!("{v} is out of range 1..={RATE_LIMIT_TOKENS_MAX}"),
+                );
+            }
+        }
+        range_ms(
+            err,
+            format!("{at}.fill_interval_ms"),
+            self.fill_interval_ms,
+            1,
+            RATE_LIMIT_FILL_INTERVAL_MS_MAX,
+        );
+    }
+}
+
+fn default_tokens_per_fill() -> u32 {
+    1
 }
 
 impl Listener {
@@ -676,6 +729,10 @@ pub struct TripleRoute {
     #[serde(rename = "match", default)]
     pub matcher: TripleMatch,
     pub route: RouteAction,
+    /// One token per request this route takes; replaces the listener's `local_rate_limit` for
+    /// them (as Envoy's per-route `typed_per_filter_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<TokenBucket>,
 }
 
 /// Every condition given must hold; an empty match matches every stream.
@@ -775,6 +832,10 @@ pub struct DubboRoute {
     #[serde(rename = "match", default)]
     pub matcher: DubboMatch,
     pub route: RouteAction,
+    /// One token per request this route takes; replaces the listener's `local_rate_limit` for
+    /// them (as Envoy's per-route `typed_per_filter_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<TokenBucket>,
 }
 
 /// Every condition given must hold; an empty match matches every request.
@@ -1470,7 +1531,10 @@ impl Config {
         }
         for (i, log) in l.access_log.iter().enumerate() {
             if log.path.is_empty() {
-                err(at(&format!("access_log[{i}].path")), "must not be empty".into());
+                err(
+                    at(&format!("access_log[{i}].path")),
+                    "must not be empty".into(),
+                );
             }
             if log.format.is_some() && log.json_format.is_some() {
                 err(
@@ -1517,6 +1581,15 @@ impl Config {
         );
         if l.connections_per_shard_max == 0 {
             err(at("connections_per_shard_max"), "must be at least 1".into());
+        }
+        if let Some(b) = &l.local_rate_limit {
+            if l.protocol == Protocol::Tcp {
+                err(
+                    at("local_rate_limit"),
+                    "only dubbo and triple listeners count requests".into(),
+                );
+            }
+            b.validate(&at("local_rate_limit"), err);
         }
         if l.original_destination && l.protocol != Protocol::Tcp {
             err(
@@ -1825,6 +1898,9 @@ fn validate_dubbo(
             }
         }
         validate_action(&r.route, clusters, &rat, err);
+        if let Some(b) = &r.local_rate_limit {
+            b.validate(&rat("local_rate_limit"), err);
+        }
     }
 }
 
@@ -1993,6 +2069,9 @@ fn validate_triple(
             }
         }
         validate_action(&r.route, clusters, &rat, err);
+        if let Some(b) = &r.local_rate_limit {
+            b.validate(&rat("local_rate_limit"), err);
+        }
     }
 }
 

@@ -420,3 +420,47 @@ fn tcp_keepalive_defaults_and_bounds() {
     let e = errors(&GOOD.replace("lb: least_request", "tcp_keepalive: {interval_s: 40000}"));
     assert_eq!(e[0].field, "clusters[0].tcp_keepalive.interval_s");
 }
+
+#[test]
+fn local_rate_limits_load_and_are_checked() {
+    let dubbo = GOOD.replace("protocol: tcp", "protocol: dubbo");
+    let with = |extra: &str| {
+        dubbo.replace(
+            "    cluster: echo\n",
+            &format!("    cluster: echo\n{extra}"),
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &with("    local_rate_limit: {max_tokens: 10, fill_interval_ms: 100}\n"),
+    )
+    .unwrap();
+    let b = c.listeners[0].local_rate_limit.unwrap();
+    assert_eq!(
+        (b.max_tokens, b.tokens_per_fill),
+        (10, 1),
+        "one token per fill by default"
+    );
+    assert_eq!(b.rate_per_second(), 10.0);
+    let e = errors(&with(
+        "    local_rate_limit: {max_tokens: 0, tokens_per_fill: 2, fill_interval_ms: 0}\n",
+    ));
+    let fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "listeners[0].local_rate_limit.max_tokens",
+            "listeners[0].local_rate_limit.fill_interval_ms"
+        ]
+    );
+    let e = errors(&GOOD.replace(
+        "    cluster: echo\n",
+        "    cluster: echo\n    local_rate_limit: {max_tokens: 1, fill_interval_ms: 1}\n",
+    ));
+    assert_eq!(e[0].field, "listeners[0].local_rate_limit");
+    let e = errors(&with("    dubbo:\n      routes:\n        - route: {cluster: echo}\n          local_rate_limit: {max_tokens: 1, fill_interval_ms: 90000000}\n"));
+    assert_eq!(
+        e[0].field,
+        "listeners[0].dubbo.routes[0].local_rate_limit.fill_interval_ms"
+    );
+}

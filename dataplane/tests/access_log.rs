@@ -35,7 +35,14 @@ fn lines(path: &Path, n: usize) -> Vec<String> {
     }
 }
 
-fn config(admin: SocketAddr, dubbo: SocketAddr, tcp: SocketAddr, p: SocketAddr, echo: SocketAddr, dir: &Path) -> String {
+fn config(
+    admin: SocketAddr,
+    dubbo: SocketAddr,
+    tcp: SocketAddr,
+    p: SocketAddr,
+    echo: SocketAddr,
+    dir: &Path,
+) -> String {
     config_with(admin, dubbo, tcp, p, echo, dir, "")
 }
 
@@ -98,7 +105,11 @@ fn dubbo_calls_and_tcp_connections_are_logged_once_each() {
     let echo = echo_server();
     let dir = TempDir::new("access-log");
     let (admin, dubbo, tcp) = (local(free_port()), local(free_port()), local(free_port()));
-    let rs = Ringside::start(&config(admin, dubbo, tcp, a.addr, echo, &dir.0), admin, &["--shards", "2"]);
+    let rs = Ringside::start(
+        &config(admin, dubbo, tcp, a.addr, echo, &dir.0),
+        admin,
+        &["--shards", "2"],
+    );
 
     let mut c = Consumer::connect(dubbo);
     let me = c.conn.local_addr().unwrap();
@@ -115,7 +126,10 @@ fn dubbo_calls_and_tcp_connections_are_logged_once_each() {
         [
             format!("{SVC} echo 1.0.0 id={} 20 - {} a dubbo {me}", ok.id, a.addr),
             format!("{SVC} hold - id={} 31 UT {} a dubbo {me}", slow.id, a.addr),
-            format!("com.example.Other get 2 id={} 60 NR - - dubbo {me}", lost.id),
+            format!(
+                "com.example.Other get 2 id={} 60 NR - - dubbo {me}",
+                lost.id
+            ),
         ]
     );
     let json: Vec<serde_json::Value> = lines(&dir.0.join("dubbo.json"), 3)
@@ -126,12 +140,25 @@ fn dubbo_calls_and_tcp_connections_are_logged_once_each() {
     assert_eq!(json[0]["code"], 20);
     assert_eq!(json[0]["host"], a.addr.to_string());
     assert_eq!(json[0]["tx"], ok.frame.len() as u64, "{}", json[0]);
-    assert!(json[0]["rx"].as_u64().is_some_and(|n| n > 16), "{}", json[0]);
-    assert!(json[1]["ms"].as_u64().is_some_and(|ms| (290..2000).contains(&ms)), "{}", json[1]);
+    assert!(
+        json[0]["rx"].as_u64().is_some_and(|n| n > 16),
+        "{}",
+        json[0]
+    );
+    assert!(
+        json[1]["ms"]
+            .as_u64()
+            .is_some_and(|ms| (290..2000).contains(&ms)),
+        "{}",
+        json[1]
+    );
     assert_eq!(json[2]["host"], serde_json::Value::Null);
     // 2026-12-04T15:04:04.123Z
     let start = json[0]["start"].as_str().unwrap_or_default();
-    assert!(start.len() == 24 && start.ends_with('Z') && start.as_bytes()[10] == b'T', "{start}");
+    assert!(
+        start.len() == 24 && start.ends_with('Z') && start.as_bytes()[10] == b'T',
+        "{start}"
+    );
 
     // A TCP connection: one line when it ends, with its bytes each way.
     let mut s = TcpStream::connect(tcp).unwrap();
@@ -142,7 +169,10 @@ fn dubbo_calls_and_tcp_connections_are_logged_once_each() {
     let got = lines(&dir.0.join("tcp.log"), 1);
     assert_eq!(got, [format!("5 5 {echo} echo - - {tcp}")]);
 
-    let (logged, dropped) = (count(&rs, "lines_logged", ""), count(&rs, "lines_dropped", ""));
+    let (logged, dropped) = (
+        count(&rs, "lines_logged", ""),
+        count(&rs, "lines_dropped", ""),
+    );
     assert_eq!((logged, dropped), (3 + 3 + 1, 0), "{}", rs.get("/stats").1);
 }
 
@@ -152,7 +182,11 @@ fn sigusr1_reopens_the_files_after_rotation() {
     let echo = echo_server();
     let dir = TempDir::new("access-log-rotate");
     let (admin, dubbo, tcp) = (local(free_port()), local(free_port()), local(free_port()));
-    let rs = Ringside::start(&config(admin, dubbo, tcp, a.addr, echo, &dir.0), admin, &["--shards", "1"]);
+    let rs = Ringside::start(
+        &config(admin, dubbo, tcp, a.addr, echo, &dir.0),
+        admin,
+        &["--shards", "1"],
+    );
     let log = dir.0.join("dubbo.log");
     let mut c = Consumer::connect(dubbo);
     assert_eq!(c.call(RequestBuilder::new(SVC, "first")).status, Status::Ok);
@@ -162,7 +196,10 @@ fn sigusr1_reopens_the_files_after_rotation() {
     rs.signal(libc::SIGUSR1);
     // The signal is handled off the data path; give the writer a moment to reopen.
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(c.call(RequestBuilder::new(SVC, "second")).status, Status::Ok);
+    assert_eq!(
+        c.call(RequestBuilder::new(SVC, "second")).status,
+        Status::Ok
+    );
     let fresh = lines(&log, 1);
     assert!(fresh[0].starts_with(&format!("{SVC} second ")), "{fresh:?}");
     let old = lines(&rotated, 1);
@@ -209,7 +246,11 @@ fn a_stuck_writer_drops_lines_and_never_slows_calls() {
             })
         })
         .collect();
-    let slowest = threads.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+    let slowest = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .max()
+        .unwrap();
     let total = 4 * calls_per_conn as i64;
     let counts = || {
         (
@@ -226,9 +267,15 @@ fn a_stuck_writer_drops_lines_and_never_slows_calls() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(logged + dropped, total, "logged {logged} dropped {dropped}");
-    assert!(dropped > 0, "the stuck writer made shards drop lines: logged {logged}");
+    assert!(
+        dropped > 0,
+        "the stuck writer made shards drop lines: logged {logged}"
+    );
     // The shard never waited for the log: no call took long (generous for a loaded CI box).
-    assert!(slowest < Duration::from_millis(500), "slowest call {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest call {slowest:?}"
+    );
 }
 
 trait NonBlock {

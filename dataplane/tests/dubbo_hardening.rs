@@ -565,3 +565,99 @@ fn a_one_way_request_then_a_bad_frame_or_eof_closes_the_connection() {
     }
     assert!(gone, "{}", rs.get("/stats").1);
 }
+
+/// Waits until `f` holds (or `within` passes); returns whether it did.
+fn wait_for(within: Duration, f: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + within;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Issue 20, per-process ceilings: what a shard holds buffered is bounded by
+/// `runtime.buffered_bytes_per_shard_max`, whatever each connection's own bound. A consumer
+/// that stops reading while 24 answers of 1 MiB are queued for it (under its own 64 MiB
+/// `output_bytes_max`) exhausts a 4 MiB budget: another consumer's new call is shed with
+/// status 100 naming the budget and counted in `shard.0.rq_shed_memory`. The calls admitted
+/// before are not broken: once the first consumer reads, each of its 24 gets its whole answer;
+/// then the gauge `shard.0.buffered_bytes` is back where it was and calls go through again.
+#[test]
+fn the_shard_buffer_budget_sheds_new_requests_when_exhausted() {
+    let a = Provider::start("A");
+    let b = Provider::start("B");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "runtime:\n  buffered_bytes_per_shard_max: {}\n{}",
+        4 << 20,
+        config(
+            admin,
+            listen,
+            "    dubbo:\n      output_bytes_max: 67108864\n      output_stall_timeout_ms: 60000\n      routes:\n        - match: {method: {exact: small}}\n          route: {cluster: b}\n",
+            &format!(
+                "  - name: a\n    endpoints: [\"{}\"]\n  - name: b\n    endpoints: [\"{}\"]\n",
+                a.addr, b.addr
+            ),
+        )
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let gauge = || stat(&rs, "shard.0.buffered_bytes");
+    let mut other = Consumer::connect(listen);
+    assert_eq!(
+        other.call(RequestBuilder::new(SVC, "small")).text,
+        "B|small|"
+    );
+    // The gauge is published every second.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let base = gauge();
+    let mut hog = Consumer::connect(listen);
+    for _ in 0..24 {
+        hog.send(RequestBuilder::new(SVC, "big").args(&[Arg::Int(1 << 20)]));
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || gauge() >= 4 << 20),
+        "answers queued for a consumer that does not read are charged: gauge {}",
+        gauge()
+    );
+    let shed = other.call(RequestBuilder::new(SVC, "small"));
+    assert_eq!(
+        shed.status,
+        Status::ServerThreadpoolExhausted,
+        "a new call is shed while the budget is exhausted: {shed:?}"
+    );
+    assert!(
+        shed.text.contains("buffer budget exhausted"),
+        "the answer says why: {}",
+        shed.text
+    );
+    // Heartbeats are still answered (they hold nothing).
+    other.send_raw(&encode::heartbeat_request(99));
+    let hb = other.recv().expect("heartbeat answer");
+    assert_eq!((hb.id, hb.status), (99, Status::Ok));
+    assert_eq!(stat(&rs, "shard.0.rq_shed_memory"), 1);
+    let answers = hog.recv_n(24);
+    assert_eq!(answers.len(), 24);
+    for a in answers.values() {
+        assert!(
+            a.status == Status::Ok && a.frame.len() > 1 << 20,
+            "an admitted call is answered whole (id {}: {:?}, {} bytes)",
+            a.id,
+            a.status,
+            a.frame.len()
+        );
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || gauge() <= base),
+        "buffered bytes back to {base} once the answers are read: {}",
+        gauge()
+    );
+    drop(hog);
+    assert_eq!(
+        other.call(RequestBuilder::new(SVC, "small")).text,
+        "B|small|"
+    );
+    assert_eq!(stat(&rs, "shard.0.rq_shed_memory"), 1);
+}

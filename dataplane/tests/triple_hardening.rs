@@ -1231,3 +1231,140 @@ fn an_upstream_connection_error_sends_goaway_and_fails_its_calls() {
     assert_eq!(stat(&rs, "upstream_rq_active"), 0);
     assert_eq!(c.call(SAY, &[], b"x").grpc_status(), Some(0));
 }
+
+/// Reads until each of `ids` has its whole answer (response HEADERS, DATA, trailers with
+/// END_STREAM), returning window as DATA arrives; returns per stream the DATA bytes and the
+/// grpc-status.
+fn read_answers(p: &mut Peer, ids: &[u32]) -> HashMap<u32, (usize, Option<u32>)> {
+    let mut got: HashMap<u32, (usize, Option<u32>)> = HashMap::new();
+    while got.values().filter(|(_, st)| st.is_some()).count() < ids.len() {
+        let f = p
+            .read_frame()
+            .expect("a frame before every answer is complete");
+        if p.handle_control(&f) {
+            continue;
+        }
+        let e = got.entry(f.h.stream).or_default();
+        match f.h.kind {
+            kind::DATA => {
+                e.0 += f.payload.len();
+                p.ack_data(f.h.stream, f.payload.len());
+            }
+            kind::HEADERS if f.h.flags & flag::END_STREAM != 0 => {
+                let block = frame::headers_fragment(f.h.flags, &f.payload)
+                    .unwrap()
+                    .to_vec();
+                let fields = p.decode(&block);
+                let st = fields
+                    .iter()
+                    .find(|(n, _)| n == "grpc-status")
+                    .and_then(|(_, v)| v.parse().ok());
+                e.1 = Some(st.unwrap_or(u32::MAX));
+            }
+            kind::HEADERS => {
+                let block = frame::headers_fragment(f.h.flags, &f.payload)
+                    .unwrap()
+                    .to_vec();
+                p.decode(&block);
+            }
+            kind::RST_STREAM => panic!("stream {} reset: an admitted call broken", f.h.stream),
+            _ => {}
+        }
+    }
+    got
+}
+
+/// Issue 20, per-process ceilings (as `dubbo_hardening::
+/// the_shard_buffer_budget_sheds_new_requests_when_exhausted`): a caller makes the shard hold
+/// more than `runtime.buffered_bytes_per_shard_max` (2 MiB) for it — answers waiting for a
+/// window it never grants (`no_window`), or frames written to a socket it never reads — and
+/// another caller's new call is shed with RESOURCE_EXHAUSTED naming the budget, counted in
+/// `shard.0.rq_shed_memory`. The first caller's calls, admitted before, are answered whole
+/// once it reads; then the gauge `shard.0.buffered_bytes` is back where it was and calls go
+/// through again.
+fn budget_sheds_new_calls(no_window: bool) {
+    let b = Backend::start(1000);
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "runtime:\n  buffered_bytes_per_shard_max: {}\n{}",
+        2 << 20,
+        config(admin, listen, b.addr, "", "")
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let gauge = || stat(&rs, "buffered_bytes");
+    let mut c = Client::connect(listen);
+    let r = c.call(SAY, &[], b"before");
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    // The gauge is published every second.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let base = gauge();
+    let (n, window) = if no_window {
+        // 8 answers of 900 KB: more than the 4 MiB the shared upstream connection may send
+        // before ringside has written them on.
+        (8u32, 0)
+    } else {
+        // 16 answers of 900 KB, all the window they need: what the socket buffers do not take
+        // waits in the connection's output.
+        (16, frame::WINDOW_LIMIT)
+    };
+    let mut hog = raw_caller(listen, &[(setting::INITIAL_WINDOW_SIZE, window)]);
+    let mut o = Vec::new();
+    if !no_window {
+        frame::write_window_update(&mut o, 0, frame::WINDOW_LIMIT - 65_535);
+    }
+    let ids: Vec<u32> = (0..n).map(|i| 1 + 2 * i).collect();
+    for &id in &ids {
+        write_request(&mut o, id, &[("x-reply-bytes", "900000")]);
+    }
+    hog.write(&o);
+    assert!(
+        wait_for(Duration::from_secs(10), || gauge() >= 2 << 20),
+        "what the shard holds for the caller is charged: gauge {}",
+        gauge()
+    );
+    let shed = c.call(SAY, &[], b"shed");
+    assert_eq!(
+        shed.grpc_status(),
+        Some(8),
+        "a new call is shed RESOURCE_EXHAUSTED while the budget is exhausted: {shed:?}"
+    );
+    assert!(
+        shed.grpc_message().contains("buffer budget exhausted"),
+        "the answer says why: {}",
+        shed.grpc_message()
+    );
+    assert_eq!(stat(&rs, "rq_shed_memory"), 1);
+    if no_window {
+        let mut o = Vec::new();
+        frame::write_settings(&mut o, &[(setting::INITIAL_WINDOW_SIZE, 1 << 20)]);
+        frame::write_window_update(&mut o, 0, 16 << 20);
+        hog.write(&o);
+    }
+    let answers = read_answers(&mut hog, &ids);
+    for id in &ids {
+        assert_eq!(
+            answers.get(id).copied(),
+            Some((5 + 900_000, Some(0))),
+            "admitted call on stream {id} answered whole"
+        );
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || gauge() <= base),
+        "buffered bytes back to {base} once the answers are read: {}",
+        gauge()
+    );
+    drop(hog);
+    let r = c.call(SAY, &[], b"after");
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    assert_eq!(stat(&rs, "rq_shed_memory"), 1);
+}
+
+#[test]
+fn the_shard_buffer_budget_sheds_new_calls_when_answers_wait_for_window() {
+    budget_sheds_new_calls(true);
+}
+
+#[test]
+fn the_shard_buffer_budget_sheds_new_calls_when_a_caller_does_not_read() {
+    budget_sheds_new_calls(false);
+}

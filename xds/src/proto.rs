@@ -304,6 +304,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         bind,
         virtual_listeners: Vec::new(),
         access_log: Vec::new(),
+        local_rate_limit: None,
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
         out.buffer_bytes = b.value as usize;
@@ -577,6 +578,7 @@ fn dubbo_proxy(
                 name: (!rc.name.is_empty()).then(|| rc.name.clone()),
                 matcher: m,
                 route,
+                local_rate_limit: None,
             });
         }
     }
@@ -1083,6 +1085,7 @@ fn on_match(
                 name: (!a.name.is_empty()).then(|| a.name.clone()),
                 matcher: m.clone(),
                 route,
+                local_rate_limit: None,
             });
             Ok(())
         }
@@ -1619,6 +1622,7 @@ fn triple_route(
         name: (!r.name.is_empty()).then(|| r.name.clone()),
         matcher: m,
         route: http_action(action, ctx, &format!("{at}.route"))?,
+        local_rate_limit: None,
     })
 }
 

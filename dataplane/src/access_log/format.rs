@@ -441,7 +441,12 @@ fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>) {
             TimePiece::Second => write!(w, "{:02}", sod % 60),
             TimePiece::SecondFrac(digits) => {
                 let frac = u64::from(since.subsec_nanos()) / 10u64.pow(9 - u32::from(*digits));
-                write!(w, "{:02}.{frac:0width$}", sod % 60, width = *digits as usize)
+                write!(
+                    w,
+                    "{:02}.{frac:0width$}",
+                    sod % 60,
+                    width = *digits as usize
+                )
             }
             TimePiece::Epoch => write!(w, "{secs}"),
             TimePiece::Zone => w.write_str("+0000"),
@@ -565,7 +570,9 @@ fn operator(s: &str) -> Option<(Result<(Op, Option<usize>), FormatError>, usize)
     };
     let op = match name {
         "START_TIME" => match arg.map(parse_time) {
-            None => parse_time(DEFAULT_TIME_FORMAT).map_err(|e| bad(&e)).map(Op::StartTime),
+            None => parse_time(DEFAULT_TIME_FORMAT)
+                .map_err(|e| bad(&e))
+                .map(Op::StartTime),
             Some(Ok(p)) => Ok(Op::StartTime(p)),
             Some(Err(e)) => Err(bad(&e)),
         },
@@ -580,7 +587,8 @@ fn operator(s: &str) -> Option<(Result<(Op, Option<usize>), FormatError>, usize)
         "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
             no_arg(Op::DownstreamRemoteAddress)
         }
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
+        | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
             no_arg(Op::DownstreamRemoteAddressWithoutPort)
         }
         "DOWNSTREAM_LOCAL_ADDRESS" => no_arg(Op::DownstreamLocalAddress),
@@ -661,7 +669,11 @@ mod tests {
 
     #[test]
     fn envoy_default_format_renders_envoy_example() {
-        let h = [(":method", "POST"), (":path", "/api/v1/locations"), (":authority", "locations")];
+        let h = [
+            (":method", "POST"),
+            (":path", "/api/v1/locations"),
+            (":authority", "locations"),
+        ];
         let f = Format::text(DEFAULT_FORMAT).unwrap();
         assert_eq!(
             line(&f, &record(&h)),
@@ -733,7 +745,10 @@ mod tests {
             Format::text("%START_TIME(%Q)%"),
             Err(FormatError::BadArgument { .. })
         ));
-        assert!(matches!(Format::text("%REQ()%"), Err(FormatError::BadArgument { .. })));
+        assert!(matches!(
+            Format::text("%REQ()%"),
+            Err(FormatError::BadArgument { .. })
+        ));
     }
 
     #[test]
@@ -741,7 +756,15 @@ mod tests {
         let f = Format::text(DEFAULT_FORMAT).unwrap();
         assert_eq!(
             f.request_headers(),
-            [":method", "x-envoy-original-path", ":path", "x-forwarded-for", "user-agent", "x-request-id", ":authority"]
+            [
+                ":method",
+                "x-envoy-original-path",
+                ":path",
+                "x-forwarded-for",
+                "user-agent",
+                "x-request-id",
+                ":authority"
+            ]
         );
     }
 

@@ -59,6 +59,10 @@ impl Flags {
     pub const DOWNSTREAM_PROTOCOL_ERROR: Flags = Flags(1 << 9);
     /// UPE: the upstream broke the protocol.
     pub const UPSTREAM_PROTOCOL_ERROR: Flags = Flags(1 << 10);
+    /// RL: a local rate limit refused the call.
+    pub const RATE_LIMITED: Flags = Flags(1 << 11);
+    /// OM: shed because the shard's buffer budget is spent (Envoy's overload manager).
+    pub const OVERLOAD_MANAGER: Flags = Flags(1 << 12);
 
     /// In the order Envoy prints them.
     const NAMES: &'static [(Flags, &'static str)] = &[
@@ -70,9 +74,11 @@ impl Flags {
         (Flags::UPSTREAM_CONNECTION_TERMINATION, "UC"),
         (Flags::UPSTREAM_OVERFLOW, "UO"),
         (Flags::NO_ROUTE_FOUND, "NR"),
+        (Flags::RATE_LIMITED, "RL"),
         (Flags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Flags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
         (Flags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
+        (Flags::OVERLOAD_MANAGER, "OM"),
     ];
 
     pub fn is_empty(self) -> bool {
@@ -263,11 +269,7 @@ pub struct ShardLogs {
 impl ShardLogs {
     /// The shard-side logs of a listener (`None` when it has none: the data path then skips
     /// all access-log work with one check).
-    pub fn listener(
-        &self,
-        specs: &[LogSpec],
-        stats: &ShardStats,
-    ) -> Option<Rc<ListenerLog>> {
+    pub fn listener(&self, specs: &[LogSpec], stats: &ShardStats) -> Option<Rc<ListenerLog>> {
         if specs.is_empty() {
             return None;
         }

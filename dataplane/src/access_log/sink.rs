@@ -40,7 +40,9 @@ pub struct FileSink {
 
 impl std::fmt::Debug for FileSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileSink").field("path", &self.path).finish()
+        f.debug_struct("FileSink")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -171,7 +173,9 @@ fn write_loop(sink: Weak<FileSink>, mut out: Output) {
         if s.reopen.swap(false, Ordering::Relaxed) {
             match Output::open(&s.path) {
                 Ok(o) => out = o,
-                Err(e) => tracing::warn!(path = %s.path, error = %e, "access log: reopen failed; writing to the old file"),
+                Err(e) => {
+                    tracing::warn!(path = %s.path, error = %e, "access log: reopen failed; writing to the old file")
+                }
             }
         }
         let mut wrote = false;

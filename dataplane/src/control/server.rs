@@ -14,7 +14,7 @@ use shard::{ShardHandle, ShardInfo};
 
 use super::admin;
 use crate::config::{self, Config};
-use crate::snapshot::{Builder, PollStatIds, Snapshot};
+use crate::snapshot::{Builder, PollStatIds, ShardStatIds, Snapshot};
 use crate::stats::{Kind, StatId, Stats};
 use crate::worker::{self, ShardMsg, SHARD_INBOX_MAX};
 
@@ -199,8 +199,8 @@ pub struct Shared {
     /// its `listeners` and `clusters` are empty: those live in `snapshot`, which may change.
     pub config: Config,
     pub stats: Arc<Stats>,
-    /// Per shard: what its loop did with its time (see `PollStatIds`).
-    pub poll_ids: Vec<PollStatIds>,
+    /// Per shard: what its loop did with its time (see `PollStatIds`), its buffer budget.
+    pub shard_ids: Vec<ShardStatIds>,
     /// The config the shards run now. Control plane only (admin, config updates); shards get
     /// their copy through their inbox.
     #[allow(clippy::disallowed_types)]
@@ -262,8 +262,12 @@ impl worker::Process for Shared {
         &self.stats
     }
 
-    fn poll_ids(&self, shard: usize) -> PollStatIds {
-        self.poll_ids[shard]
+    fn shard_ids(&self, shard: usize) -> ShardStatIds {
+        self.shard_ids[shard]
+    }
+
+    fn buffered_bytes_max(&self) -> usize {
+        self.config.runtime.buffered_bytes_per_shard_max
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -488,7 +492,10 @@ impl Shared {
         let clusters = config.clusters.len();
         let building = Instant::now();
         let drains = self.listener_drains(&current.config.listeners, &keep);
-        let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions, access_logs));
+        let snapshot = Arc::new(
+            u.builder
+                .build(config, &self.stats, xds_versions, access_logs),
+        );
         let built = building.elapsed();
         self.sockets.install(bound, &keep);
         let result = self.publish(&mut u, snapshot, drains);
@@ -650,16 +657,22 @@ pub struct Server {
     pub admin_address: std::net::SocketAddr,
 }
 
-fn poll_stat_ids(st: &Stats) -> Vec<PollStatIds> {
-    use Kind::Counter;
+fn shard_stat_ids(st: &Stats) -> Vec<ShardStatIds> {
+    use Kind::{Counter, Gauge};
     (0..st.shard_count())
         .map(|i| {
             let shard = i.to_string();
             let t = [("shard", shard.as_str())];
-            PollStatIds {
-                idle_spin_us: st.add("shard", "poll_idle_spin_us", &t, Counter),
-                loop_us: st.add("shard", "poll_loop_us", &t, Counter),
-                sleeps: st.add("shard", "poll_sleeps", &t, Counter),
+            ShardStatIds {
+                poll: PollStatIds {
+                    idle_spin_us: st.add("shard", "poll_idle_spin_us", &t, Counter),
+                    loop_us: st.add("shard", "poll_loop_us", &t, Counter),
+                    sleeps: st.add("shard", "poll_sleeps", &t, Counter),
+                },
+                budget: crate::filter::BudgetStatIds {
+                    rq_shed_memory: st.add("shard", "rq_shed_memory", &t, Counter),
+                    buffered_bytes: st.add("shard", "buffered_bytes", &t, Gauge),
+                },
             }
         })
         .collect()
@@ -850,7 +863,7 @@ impl Server {
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
         );
-        let poll_ids = poll_stat_ids(&stats);
+        let shard_ids = shard_stat_ids(&stats);
         let update_ids = UpdateStatIds {
             applied: stats.add("config", "update_applied", &[], Kind::Counter),
             rejected: stats.add("config", "update_rejected", &[], Kind::Counter),
@@ -883,7 +896,7 @@ impl Server {
         let shared = Arc::new(Shared {
             config,
             stats,
-            poll_ids,
+            shard_ids,
             snapshot: std::sync::Mutex::new(snapshot),
             updates: std::sync::Mutex::new(Updates {
                 builder,

@@ -1,10 +1,12 @@
 //! Filters: one room per protocol (`dubbo`, `triple`, `tcp`), each owning its connection
 //! handling, router and stats; here, what they all share: the drain signal their connections
-//! watch, the per-shard routes cell of a listener, and the per-route and per-service request
-//! counters. Filters never import each other, the
+//! watch, the per-shard routes cell of a listener, the shard's buffer budget (`budget`), and the
+//! per-route and per-service request counters. Filters never import each other, the
 //! shard's state (`worker`) or control.
 
+pub mod budget;
 pub mod dubbo;
+pub mod ratelimit;
 pub mod tcp;
 pub mod triple;
 
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use shard::Event;
+
+pub use budget::{Budget, BudgetStatIds, Charge};
 
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 
@@ -68,6 +72,9 @@ pub struct Routes<R, P> {
     pub pools: Vec<Rc<P>>,
     /// Per route in config order, then the default route.
     pub route_ids: Vec<RequestStatIds>,
+    /// The listener's and its routes' local rate limits on this shard; `None` (checked once
+    /// per request) when it has none.
+    pub limits: Option<Box<ratelimit::Limits>>,
 }
 
 /// The current routes of one listener on one shard, shared by all its connections.

@@ -13,7 +13,7 @@
 //! request ids on one provider connection never repeat. At the end (providers gone, connects
 //! refused, consumers' answers read): every two-way request of a consumer that only sent
 //! well-formed frames is answered exactly once; every connection task ends; the active-request
-//! and connection gauges are back to 0.
+//! and connection gauges are back to 0, and so is the shard's buffer budget.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -293,7 +293,7 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
             "consumer {i}: connection task still running after EOF"
         );
     }
-    fx.check_end(&stats, peak, data.len());
+    fx.check_end(&stats, shard.budget().used(), peak, data.len());
     drop(shard);
 }
 

@@ -157,8 +157,9 @@ impl Fixture {
     }
 
     /// The end of a run, every peer gone: the listener's and the cluster's connection and
-    /// request gauges are back to 0, and the heap grew by at most 64 MiB (`peak`) during it.
-    pub fn check_end(&self, stats: &ShardStats, peak: usize, input_bytes: usize) {
+    /// request gauges are back to 0, so is the shard's buffer budget (`buffered`: every byte
+    /// charged was given back), and the heap grew by at most 64 MiB (`peak`) during it.
+    pub fn check_end(&self, stats: &ShardStats, buffered: usize, peak: usize, input_bytes: usize) {
         let snap = &self.snapshot;
         let gauges = [
             ("listener cx_active", snap.listener_ids[0].cx_active),
@@ -168,6 +169,10 @@ impl Fixture {
         for (name, id) in gauges {
             assert_eq!(stats.get(id), 0, "{name} after every peer left");
         }
+        assert_eq!(
+            buffered, 0,
+            "bytes charged to the buffer budget after every peer left"
+        );
         assert!(
             peak <= HEAP_GROWTH_MAX,
             "heap grew by {peak} bytes during a run of {input_bytes} input bytes"

@@ -14,8 +14,8 @@
 //! RST_STREAM); DATA within the connection window the peer gave; towards the caller only
 //! streams the caller opened, towards servers new stream ids odd and increasing. At the end
 //! (servers gone, connects refused, the caller's windows opened): every stream a well-behaved
-//! caller opened got its end, unless ringside sent GOAWAY; every task ends and the gauges are
-//! back to 0.
+//! caller opened got its end, unless ringside sent GOAWAY; every task ends and the gauges and
+//! the shard's buffer budget are back to 0.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -652,7 +652,7 @@ async fn script(fx: Fixture, data: Vec<u8>, live_bytes: fn() -> usize) {
     settle().await;
     collect_all(&mut caller, &mut servers, &opened, true);
     assert!(done.get(), "caller connection task still running after EOF");
-    fx.check_end(&stats, peak, data.len());
+    fx.check_end(&stats, shard.budget().used(), peak, data.len());
     drop(shard);
 }
 

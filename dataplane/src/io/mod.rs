@@ -37,8 +37,9 @@ pub async fn read_append<R: AsyncReadRent>(
 }
 
 /// Writes every frame queued in `out`: small ones copied into one batch per write, large ones
-/// on their own (no copy). `taken` sees each frame as it leaves the queue (for the owner's
-/// byte and request accounting).
+/// on their own (no copy). `taken` sees each frame once the writer no longer holds it (for the
+/// owner's byte and request accounting): a small one as it is copied into the batch, a large
+/// one once written or failed (not if the write is cancelled: the owner's `Drop` settles it).
 pub async fn write_queue<W: AsyncWriteRent>(
     out: &RefCell<VecDeque<Bytes>>,
     batch: &mut Vec<u8>,
@@ -48,13 +49,14 @@ pub async fn write_queue<W: AsyncWriteRent>(
     loop {
         let next = out.borrow_mut().pop_front();
         let Some(frame) = next else { break };
-        taken(&frame);
         if frame.len() >= WRITE_COPY_BYTES_MAX {
             flush(batch, w).await?;
-            let (r, _) = w.write_all(frame).await;
+            let (r, frame) = w.write_all(frame).await;
+            taken(&frame);
             r?;
             continue;
         }
+        taken(&frame);
         batch.extend_from_slice(&frame);
         if batch.len() >= WRITE_BATCH_BYTES {
             flush(batch, w).await?;

@@ -8,6 +8,7 @@ use crate::access_log::{LogSpec, OpenError};
 use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot, UpstreamStatIds};
 use crate::config::{self, Config};
 use crate::filter::dubbo::downstream::DubboStatIds;
+use crate::filter::ratelimit::{Bucket, LimitStatIds, SharedLimit, SharedLimits};
 use crate::filter::triple::{TripleStatIds, UpstreamH2StatIds};
 use crate::filter::{ListenerStatIds, RequestStatIds};
 use crate::stats::{StatId, Stats};
@@ -22,6 +23,13 @@ pub struct PollStatIds {
     pub loop_us: StatId,
     /// Times the loop blocked in the kernel (every wait in sleep mode, none in spin mode).
     pub sleeps: StatId,
+}
+
+/// One shard's own stats, tagged `shard=N`: its poll loop and its buffer budget.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardStatIds {
+    pub poll: PollStatIds,
+    pub budget: crate::filter::BudgetStatIds,
 }
 
 /// One immutable config as the shards run it: the config, every stat id it needs, and each
@@ -51,6 +59,9 @@ pub struct Snapshot {
     pub endpoints_only: Option<EndpointsOnly>,
     /// Each listener's access logs (by listener index; files opened by [`open_access_logs`]).
     pub access_logs: Vec<Vec<LogSpec>>,
+    /// By listener index: its local rate limits (buckets shared by the shards), `None` when
+    /// it has none.
+    pub limits: Vec<Option<SharedLimits>>,
 }
 
 /// Opens (or shares) the access-log files of every listener and compiles their formats: a bad
@@ -87,6 +98,7 @@ impl Snapshot {
             endpoints: Vec::new(),
             endpoints_only: None,
             access_logs: Vec::new(),
+            limits: Vec::new(),
         }
     }
 }
@@ -111,6 +123,9 @@ struct ClusterState {
 #[derive(Default)]
 pub struct Builder {
     clusters: std::collections::HashMap<String, ClusterState>,
+    /// Rate limit buckets by place (`listener/route`): a bucket whose config stays the same
+    /// keeps its tokens across updates.
+    buckets: std::collections::HashMap<String, SharedLimit>,
     next_generation: u64,
     version: u64,
 }
@@ -236,6 +251,12 @@ impl Builder {
                     .then(|| TripleStatIds::register(st, &l.name))
             })
             .collect();
+        let mut buckets = std::mem::take(&mut self.buckets);
+        let limits = config
+            .listeners
+            .iter()
+            .map(|l| self.shared_limits(st, l, &mut buckets))
+            .collect();
         Snapshot {
             version: self.version,
             config,
@@ -250,7 +271,65 @@ impl Builder {
             endpoints,
             endpoints_only: None,
             access_logs,
+            limits,
         }
+    }
+
+    /// Listener `l`'s rate limits: a bucket from `old` (the last snapshot's) when its place and
+    /// config are the same, else a new full one. Kept in `self.buckets` for the next update.
+    fn shared_limits(
+        &mut self,
+        st: &Stats,
+        l: &config::Listener,
+        old: &mut std::collections::HashMap<String, SharedLimit>,
+    ) -> Option<SharedLimits> {
+        let routes: Vec<(Option<&String>, Option<&config::TokenBucket>)> = match l.protocol {
+            config::Protocol::Dubbo => l
+                .dubbo
+                .iter()
+                .flat_map(|d| &d.routes)
+                .map(|r| (r.name.as_ref(), r.local_rate_limit.as_ref()))
+                .collect(),
+            config::Protocol::Triple => l
+                .triple
+                .iter()
+                .flat_map(|t| &t.routes)
+                .map(|r| (r.name.as_ref(), r.local_rate_limit.as_ref()))
+                .collect(),
+            config::Protocol::Tcp => Vec::new(),
+        };
+        if l.local_rate_limit.is_none() && routes.iter().all(|(_, b)| b.is_none()) {
+            return None;
+        }
+        let mut limit = |route: Option<String>, b: &config::TokenBucket| {
+            let key = format!("{}/{}", l.name, route.as_deref().unwrap_or(""));
+            let shared = match old.remove(&key) {
+                Some(s) if s.bucket.config == *b => s,
+                _ => {
+                    let mut tags = vec![("listener", l.name.as_str())];
+                    if let Some(r) = &route {
+                        tags.push(("route", r.as_str()));
+                    }
+                    SharedLimit {
+                        bucket: Arc::new(Bucket::new(*b)),
+                        ids: LimitStatIds::register(st, &tags),
+                    }
+                }
+            };
+            self.buckets.insert(key, shared.clone());
+            shared
+        };
+        let listener = l.local_rate_limit.as_ref().map(|b| limit(None, b));
+        let routes = routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, b))| {
+                let name = name.cloned().unwrap_or_else(|| format!("routes[{i}]"));
+                b.map(|b| limit(Some(name), b))
+            })
+            .chain(std::iter::once(None))
+            .collect();
+        Some(SharedLimits { listener, routes })
     }
 
     /// Index of cluster `name` in the last snapshot built.
@@ -303,6 +382,7 @@ impl Builder {
                 endpoints: prev.endpoints.clone(),
                 endpoints_only: None,
                 access_logs: prev.access_logs.clone(),
+                limits: prev.limits.clone(),
             },
         };
         let mut indices = Vec::with_capacity(changed.len());
@@ -714,5 +794,35 @@ mod tests {
         }
         assert_ne!(last.generation, first.endpoints[0].generation);
         assert_eq!(last.addrs().next().unwrap().port(), 199);
+    }
+
+    #[test]
+    fn rate_limit_buckets_survive_updates_that_keep_them() {
+        let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
+        let mut b = Builder::default();
+        let yaml = |max: u32, other: u64| {
+            format!(
+                "listeners:\n  - name: l\n    address: 127.0.0.1:9\n    protocol: dubbo\n    cluster: a\n    local_rate_limit: {{max_tokens: {max}, fill_interval_ms: 10}}\n    dubbo:\n      routes:\n        - name: r\n          route: {{cluster: a, timeout_ms: {other}}}\n          local_rate_limit: {{max_tokens: 3, fill_interval_ms: 10}}\nclusters:\n  - {{name: a, endpoints: [\"127.0.0.1:1\"]}}\n"
+            )
+        };
+        let cfg = |y: String| Config::from_yaml("t.yaml", &y).unwrap();
+        let s1 = b.build(cfg(yaml(5, 100)), &st, None);
+        let l1 = s1.limits[0].clone().unwrap();
+        assert_eq!(l1.routes.len(), 2, "the route, then the default route");
+        assert!(l1.routes[1].is_none());
+        // Another route timeout: both buckets are the same ones (their tokens carry over).
+        let s2 = b.build(cfg(yaml(5, 200)), &st, None);
+        let l2 = s2.limits[0].clone().unwrap();
+        let same = |a: &Option<SharedLimit>, b: &Option<SharedLimit>| {
+            Arc::ptr_eq(&a.as_ref().unwrap().bucket, &b.as_ref().unwrap().bucket)
+        };
+        assert!(same(&l1.listener, &l2.listener));
+        assert!(same(&l1.routes[0], &l2.routes[0]));
+        // A new listener burst: a new listener bucket, the route's stays.
+        let s3 = b.build(cfg(yaml(6, 200)), &st, None);
+        let l3 = s3.limits[0].clone().unwrap();
+        assert!(!same(&l2.listener, &l3.listener));
+        assert!(same(&l2.routes[0], &l3.routes[0]));
+        assert_eq!(l3.listener.unwrap().bucket.config.max_tokens, 6);
     }
 }

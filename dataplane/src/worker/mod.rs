@@ -22,9 +22,9 @@ use crate::filter::dubbo::router as dubbo;
 use crate::filter::dubbo::upstream::ClusterPool;
 use crate::filter::tcp::TcpProxy;
 use crate::filter::triple::router as triple;
-use crate::filter::{Drain, Latest, Routes};
+use crate::filter::{Budget, Drain, Latest, Routes};
 use crate::route::Dice;
-use crate::snapshot::{PollStatIds, Snapshot};
+use crate::snapshot::{PollStatIds, ShardStatIds, Snapshot};
 use crate::stats::{ShardStats, Stats, POLL_STATS_PUBLISH};
 use listener::{accept_loop, Connections, ListenerCtx, Virtual};
 
@@ -33,8 +33,10 @@ use listener::{accept_loop, Connections, ListenerCtx, Virtual};
 /// (`control::server::Shared`), so that the data path imports nothing from `control`.
 pub trait Process: Send + Sync + 'static {
     fn stats(&self) -> &Arc<Stats>;
-    /// Shard `shard`'s poll-loop counters.
-    fn poll_ids(&self, shard: usize) -> PollStatIds;
+    /// Shard `shard`'s own stats (poll loop, buffer budget).
+    fn shard_ids(&self, shard: usize) -> ShardStatIds;
+    /// `runtime.buffered_bytes_per_shard_max` (read when the shard starts).
+    fn buffered_bytes_max(&self) -> usize;
     /// The snapshot the shards run now (a starting shard's first).
     fn snapshot(&self) -> Arc<Snapshot>;
     /// How long a removed listener's connections may take to finish.
@@ -127,12 +129,18 @@ pub fn keeps_connections(old: &config::Listener, new: &config::Listener) -> bool
         && old.bind == new.bind
 }
 
-/// Copies this shard's poll-loop counters into its stats, every `POLL_STATS_PUBLISH`, for as
-/// long as the shard runs.
-async fn publish_poll_stats(poll: shard::PollStats, stats: ShardStats, ids: PollStatIds) {
+/// Copies this shard's poll-loop counters and its buffered bytes into its stats, every
+/// `POLL_STATS_PUBLISH`, for as long as the shard runs.
+async fn publish_poll_stats(
+    poll: shard::PollStats,
+    stats: ShardStats,
+    ids: PollStatIds,
+    budget: Rc<Budget>,
+) {
     let (mut idle, mut looped, mut sleeps) = (0u64, 0u64, 0u64);
     loop {
         shard::monoio::time::sleep(POLL_STATS_PUBLISH).await;
+        budget.publish();
         let now = (
             poll.idle_spin().as_micros() as u64,
             poll.loop_time().as_micros() as u64,
@@ -198,6 +206,8 @@ struct ShardListener {
 fn listener_params(l: &config::Listener) -> config::Listener {
     let mut p = l.clone();
     p.cluster = None;
+    // Rate limits live with the routes (`filter::Routes::limits`).
+    p.local_rate_limit = None;
     if let Some(d) = p.dubbo.as_mut() {
         d.routes.clear();
     }
@@ -205,6 +215,12 @@ fn listener_params(l: &config::Listener) -> config::Listener {
         t.routes.clear();
     }
     p
+}
+
+/// This shard's fronts of listener `index`'s rate limit buckets, when it has any.
+fn shard_limits(snap: &Snapshot, index: usize) -> Option<Box<crate::filter::ratelimit::Limits>> {
+    let shared = snap.limits.get(index)?.as_ref()?;
+    Some(Box::new(shared.for_shard()))
 }
 
 fn cluster_params(c: &config::Cluster) -> config::Cluster {
@@ -220,6 +236,8 @@ struct ShardState {
     /// `None`: a detached shard ([`Detached`], feature `fuzz`): no sockets, no control thread.
     process: Option<Arc<dyn Process>>,
     stats: ShardStats,
+    /// Bytes this shard's connections hold buffered, and their limit.
+    budget: Rc<Budget>,
     snapshot: Arc<Snapshot>,
     clusters: HashMap<String, ClusterEntry>,
     listeners: Vec<ShardListener>,
@@ -283,6 +301,7 @@ impl ShardState {
                         lb.clone(),
                         self.stats.clone(),
                         snap.upstream_ids[i],
+                        self.budget.clone(),
                     ),
                     lb,
                     triple: None,
@@ -296,6 +315,7 @@ impl ShardState {
                     self.stats.clone(),
                     snap.upstream_ids[i],
                     snap.upstream_h2_ids[i],
+                    self.budget.clone(),
                 ));
             }
             self.clusters.insert(c.name.clone(), entry);
@@ -476,6 +496,7 @@ impl ShardState {
                 .map(|c| self.clusters[&c.name].dubbo.clone())
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
+            limits: shard_limits(snap, index),
         })
     }
 
@@ -498,6 +519,7 @@ impl ShardState {
                 .filter_map(|c| self.clusters[&c.name].triple.clone())
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
+            limits: shard_limits(snap, index),
         })
     }
 
@@ -545,6 +567,7 @@ impl ShardState {
                 output_bytes_max: d.output_bytes_max,
                 stats: stats.clone(),
                 ids: dubbo_ids,
+                budget: self.budget.clone(),
                 services,
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
@@ -567,6 +590,7 @@ impl ShardState {
                 limits: crate::filter::triple::H2Limits::from_config(&t, l.idle_timeout_ms),
                 stats: stats.clone(),
                 ids,
+                budget: self.budget.clone(),
                 services,
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
@@ -679,9 +703,17 @@ pub struct Detached(ShardState);
 impl Detached {
     /// Must be called on the runtime that will serve its connections.
     pub fn new(snapshot: Arc<Snapshot>, stats: ShardStats) -> Detached {
+        // The budget's stats go to the sink: a detached shard has no shard stats; the fuzz
+        // targets read the budget itself ([`Detached::budget`]).
+        let sink = crate::filter::BudgetStatIds {
+            rq_shed_memory: crate::stats::SINK,
+            buffered_bytes: crate::stats::SINK,
+        };
+        let max = snapshot.config.runtime.buffered_bytes_per_shard_max;
         let mut st = ShardState {
             id: 0,
             process: None,
+            budget: Budget::new(max, stats.clone(), sink),
             stats,
             snapshot: Arc::new(Snapshot::empty()),
             clusters: HashMap::new(),
@@ -700,6 +732,11 @@ impl Detached {
         let ctx = sl.ctx.get();
         Some(ctx)
     }
+
+    /// The shard's buffer budget.
+    pub fn budget(&self) -> &Rc<Budget> {
+        &self.0.budget
+    }
 }
 
 /// Set-up on the shard thread, then the shard's future: the snapshot current at start, then
@@ -713,16 +750,20 @@ pub fn shard_main(
     let poll_stats = ctx.info.poll_stats.clone();
     Ok(async move {
         let stats = process.stats().shard(id);
+        let ids = process.shard_ids(id);
+        let budget = Budget::new(process.buffered_bytes_max(), stats.clone(), ids.budget);
         shard::monoio::spawn(publish_poll_stats(
             poll_stats,
             stats.clone(),
-            process.poll_ids(id),
+            ids.poll,
+            budget.clone(),
         ));
         let first = process.snapshot();
         let mut st = ShardState {
             id,
             process: Some(process.clone()),
             stats,
+            budget,
             snapshot: Arc::new(Snapshot::empty()),
             clusters: HashMap::new(),
             listeners: Vec::new(),

@@ -15,8 +15,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -24,7 +24,7 @@ use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::{Event, Notify};
 
 use crate::access_log::{DubboCall, Flags, ListenerLog, Record, NO_HEADERS};
-use crate::filter::{service_ids, Counted, Drain, RequestStatIds, ServiceStatsMap};
+use crate::filter::{service_ids, Budget, Charge, Counted, Drain, RequestStatIds, ServiceStatsMap};
 use crate::io::READ_CHUNK_BYTES;
 use crate::route::Dice;
 
@@ -58,6 +58,8 @@ pub struct DubboStatIds {
     pub rq_bad: StatId,
     pub rq_overflow: StatId,
     pub rq_no_healthy_upstream: StatId,
+    /// Requests a local rate limit refused.
+    pub rq_rate_limited: StatId,
     pub rsp_ok: StatId,
     pub rsp_error: StatId,
     pub rsp_local: StatId,
@@ -89,6 +91,7 @@ impl DubboStatIds {
             rq_bad: c("dubbo_rq_bad"),
             rq_overflow: c("dubbo_rq_overflow"),
             rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
+            rq_rate_limited: c("dubbo_rq_rate_limited"),
             rsp_ok: c("dubbo_rsp_ok"),
             rsp_error: c("dubbo_rsp_error"),
             rsp_local: c("dubbo_rsp_local"),
@@ -118,6 +121,9 @@ pub struct DubboListener {
     pub output_bytes_max: usize,
     pub stats: ShardStats,
     pub ids: DubboStatIds,
+    /// The shard's buffer budget: answers queued and large frames being read are charged to
+    /// it; new requests are shed while it is exhausted.
+    pub budget: Rc<Budget>,
     /// Per (interface, method) seen on this shard; registered on first sight.
     pub services: Rc<RefCell<ServiceStatsMap>>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
@@ -240,7 +246,8 @@ impl Timers {
 pub struct DownConn {
     l: Rc<DubboListener>,
     out: RefCell<VecDeque<Bytes>>,
-    /// Bytes in `out`.
+    /// Bytes in `out` (each frame with [`QUEUED_FRAME_OVERHEAD_BYTES`]), and of a large frame
+    /// being written; charged to the shard's budget.
     out_bytes: Cell<usize>,
     /// Since when `out_bytes` is at or over `output_bytes_max`.
     full_since: Cell<Option<Instant>>,
@@ -379,6 +386,7 @@ impl DownConn {
             return;
         }
         self.out_bytes.set(queued + len);
+        self.l.budget.charge(len);
         if queued + len >= max && self.full_since.get().is_none() {
             self.full_since.set(Some(Instant::now()));
             self.watch.notify();
@@ -387,12 +395,13 @@ impl DownConn {
         self.out_ready.notify();
     }
 
-    /// The writer took `frame` off the queue.
+    /// The writer is done with `frame` (copied into its batch, or written).
     fn taken(&self, frame: &Bytes) {
         let len = frame.len() + QUEUED_FRAME_OVERHEAD_BYTES;
         debug_assert!(self.out_bytes.get() >= len);
         let left = self.out_bytes.get().saturating_sub(len);
         self.out_bytes.set(left);
+        self.l.budget.release(len);
         if left < self.l.output_bytes_max && self.full_since.take().is_some() {
             self.room.notify();
         }
@@ -401,6 +410,20 @@ impl DownConn {
     /// The reader may read: room under both the in-flight and the output limits.
     fn has_room(&self) -> bool {
         self.inflight.get() < self.l.pending_max && self.out_bytes.get() < self.l.output_bytes_max
+    }
+
+    /// Drops every queued answer (nobody will read them) and gives their bytes back.
+    fn clear_out(&self) {
+        self.out.borrow_mut().clear();
+        self.l.budget.release(self.out_bytes.replace(0));
+    }
+}
+
+/// Whatever is still queued when the last reference goes (the connection was cut, or ended
+/// with answers it never took) is given back to the budget.
+impl Drop for DownConn {
+    fn drop(&mut self) {
+        self.l.budget.release(self.out_bytes.get());
     }
 }
 
@@ -519,6 +542,9 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
     }
     conn.closed.set(true);
+    // Nobody takes the answers still queued any more (requests in flight keep `conn` alive
+    // until they end, but push nothing now): their bytes go back to the budget.
+    conn.clear_out();
     cut
 }
 
@@ -618,8 +644,7 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
         {
             tracing::debug!(listener = %conn.l.name, error = %e, "downstream write failed");
             conn.closed.set(true);
-            conn.out.borrow_mut().clear();
-            conn.out_bytes.set(0);
+            conn.clear_out();
             conn.finished.set();
             return;
         }
@@ -637,16 +662,21 @@ async fn close_draining<W: AsyncWriteRent>(conn: &DownConn, w: &mut W) {
 async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
     let l = conn.l.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // A large frame read in part holds its room: charged beyond the first chunk.
+    let mut held = Charge::new(l.budget.clone());
     'read: loop {
         loop {
             match wire::next_frame(&mut buf, l.frame_bytes_max) {
                 Ok(wire::Next::Frame(h, frame)) => {
+                    // The frame is out of the buffer: its bytes are charged where it goes.
+                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
                     if let Err(()) = on_frame(conn, h, frame) {
                         break 'read;
                     }
                 }
                 Ok(wire::Next::NeedMore(n)) => {
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
+                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
                     break;
                 }
                 Err(e) => {
@@ -712,6 +742,20 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     if !h.two_way {
         l.stats.inc(l.ids.rq_oneway);
     }
+    if !l.budget.admits() {
+        // The shard holds too much buffered: shed (a one-way request is dropped); requests
+        // already admitted go on.
+        l.budget.shed();
+        if h.two_way {
+            let e = LocalError::ShedMemory {
+                buffered: l.budget.used(),
+                limit: l.budget.max(),
+            };
+            let lg = l.capture(&h, frame.len(), None);
+            conn.local_reply_logged(h.id, &e, None, lg, None);
+        }
+        return Ok(());
+    }
     // This request routes on the routes current now (an Rc, so an update cannot pull them
     // away mid-request).
     let routes = l.routes.get();
@@ -723,6 +767,21 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         service,
     };
     counted.inc(&l.stats, |c| c.rq_total);
+    if let Some(limits) = &routes.limits {
+        if let Some(limit) = limits.for_route(action.route_index) {
+            if !limit.admit(&l.stats) {
+                l.stats.inc(l.ids.rq_rate_limited);
+                if h.two_way {
+                    let e = LocalError::RateLimited {
+                        listener: &l.name,
+                        bucket: limit.config(),
+                    };
+                    conn.local_reply_logged(h.id, &e, Some(counted), lg, None);
+                }
+                return Ok(());
+            }
+        }
+    }
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
     // A one-way request's record stays here: it is logged as it leaves (nothing comes back).

@@ -50,6 +50,15 @@ pub enum LocalError<'a> {
     /// The endpoint has `pending_requests_max` requests in flight.
     #[error("{limit} requests already pending to {addr}")]
     Overflow { addr: SocketAddr, limit: u32 },
+    /// A local rate limit had no token for it.
+    #[error(
+        "rate limited by the local rate limit of listener {listener} ({} per {} ms, burst {})",
+        .bucket.tokens_per_fill, .bucket.fill_interval_ms, .bucket.max_tokens
+    )]
+    RateLimited {
+        listener: &'a str,
+        bucket: &'a crate::config::TokenBucket,
+    },
     #[error("upstream {addr} did not answer within {waited_ms} ms")]
     Timeout { addr: SocketAddr, waited_ms: u128 },
     /// The upstream connection failed or closed with the request in flight.
@@ -58,6 +67,12 @@ pub enum LocalError<'a> {
         addr: SocketAddr,
         why: &'a UpstreamGone,
     },
+    /// The shard's connections hold more than `runtime.buffered_bytes_per_shard_max`.
+    #[error(
+        "shard buffer budget exhausted: {buffered} bytes buffered, limit {limit} \
+         (runtime.buffered_bytes_per_shard_max); request shed"
+    )]
+    ShedMemory { buffered: usize, limit: usize },
     #[error(
         "response of {frame_bytes} bytes from upstream {addr} exceeds the cluster's \
          response_bytes_max {limit}"
@@ -104,9 +119,7 @@ impl LocalError<'_> {
             LocalError::BadFrame(_)
             | LocalError::ResponseFromConsumer
             | LocalError::BadRequest(_) => Flags::DOWNSTREAM_PROTOCOL_ERROR,
-            LocalError::NoRoute { .. } | LocalError::NoDefaultRoute { .. } => {
-                Flags::NO_ROUTE_FOUND
-            }
+            LocalError::NoRoute { .. } | LocalError::NoDefaultRoute { .. } => Flags::NO_ROUTE_FOUND,
             LocalError::NoHealthyEndpoint(_) => Flags::NO_HEALTHY_UPSTREAM,
             LocalError::UpstreamFailed {
                 why: UpstreamGone::ConnectFailed(_) | UpstreamGone::ConnectTimeout,
@@ -120,6 +133,8 @@ impl LocalError<'_> {
             LocalError::ResponseTooLarge { .. } => Flags::UPSTREAM_PROTOCOL_ERROR,
             LocalError::Overflow { .. } => Flags::UPSTREAM_OVERFLOW,
             LocalError::Timeout { .. } => Flags::UPSTREAM_REQUEST_TIMEOUT,
+            LocalError::RateLimited { .. } => Flags::RATE_LIMITED,
+            LocalError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
         }
     }
 
@@ -146,7 +161,9 @@ impl LocalError<'_> {
             LocalError::NoHealthyEndpoint(_)
             | LocalError::UpstreamFailed { .. }
             | LocalError::ResponseTooLarge { .. } => Status::SERVER_ERROR,
-            LocalError::Overflow { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
+            LocalError::Overflow { .. }
+            | LocalError::RateLimited { .. }
+            | LocalError::ShedMemory { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
             LocalError::Timeout { .. } => Status::SERVER_TIMEOUT,
         }
     }
@@ -179,6 +196,16 @@ mod tests {
         );
         let e = LocalError::Overflow { addr, limit: 3 };
         assert_eq!(e.status(), Status::SERVER_THREADPOOL_EXHAUSTED);
+        let e = LocalError::ShedMemory {
+            buffered: 5,
+            limit: 4,
+        };
+        assert_eq!(e.status(), Status::SERVER_THREADPOOL_EXHAUSTED);
+        assert_eq!(
+            e.to_string(),
+            "shard buffer budget exhausted: 5 bytes buffered, limit 4 \
+             (runtime.buffered_bytes_per_shard_max); request shed"
+        );
         let why = UpstreamGone::MissedHeartbeats;
         let e = LocalError::UpstreamFailed { addr, why: &why };
         assert_eq!(e.status(), Status::SERVER_ERROR);

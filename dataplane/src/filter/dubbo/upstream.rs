@@ -31,13 +31,13 @@ use shard::Notify;
 use super::downstream::{DownConn, Logged};
 use super::error::{LocalError, UpstreamGone};
 use super::wire;
+use crate::access_log::Flags;
 use crate::cluster::{
     Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
     ENDPOINT_FAILURE_BACKOFF_MS,
 };
 use crate::config;
-use crate::access_log::Flags;
-use crate::filter::Counted;
+use crate::filter::{Budget, Charge, Counted};
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::ShardStats;
 
@@ -67,6 +67,8 @@ pub struct UpConn {
     pool: Rc<ClusterPool>,
     state: Cell<UpState>,
     out: RefCell<VecDeque<Bytes>>,
+    /// Bytes in `out` and of a large frame being written, charged to the shard's budget.
+    out_bytes: Cell<usize>,
     out_ready: Notify,
     /// The callers of the one-way requests in `out`, in queue order.
     oneway: RefCell<VecDeque<Rc<DownConn>>>,
@@ -111,6 +113,8 @@ pub struct ClusterPool {
     idle_timeout: Duration,
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
+    /// The shard's buffer budget (requests queued, large responses being read).
+    budget: Rc<Budget>,
 }
 
 /// Why a request could not be sent upstream; each becomes a local reply.
@@ -127,6 +131,7 @@ impl ClusterPool {
         lb: Rc<ShardCluster>,
         stats: ShardStats,
         ids: UpstreamStatIds,
+        budget: Rc<Budget>,
     ) -> Rc<ClusterPool> {
         Rc::new(ClusterPool {
             lb,
@@ -140,6 +145,7 @@ impl ClusterPool {
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             stats,
             ids,
+            budget,
         })
     }
 
@@ -253,8 +259,7 @@ impl ClusterPool {
         self.lb.add_active(host.index, 1);
         self.stats.inc(self.ids.rq_active);
         down.inflight.set(down.inflight.get() + 1);
-        conn.out.borrow_mut().push_back(frame.freeze());
-        conn.out_ready.notify();
+        conn.enqueue(frame.freeze());
     }
 
     /// A request that reached no provider and has nobody to answer (one-way): counted.
@@ -293,6 +298,7 @@ impl Host {
                 pool: pool.clone(),
                 state: Cell::new(UpState::Connecting),
                 out: RefCell::new(VecDeque::new()),
+                out_bytes: Cell::new(0),
                 out_ready: Notify::new(),
                 oneway: RefCell::new(VecDeque::new()),
                 pending: RefCell::new(FxHashMap::default()),
@@ -335,8 +341,27 @@ impl UpConn {
         down.room_maybe();
     }
 
-    /// The writer took one frame off the queue: a one-way request is done.
+    /// Queues a frame for the writer.
+    fn enqueue(&self, frame: Bytes) {
+        let n = frame.len();
+        self.out_bytes.set(self.out_bytes.get() + n);
+        self.pool.budget.charge(n);
+        self.out.borrow_mut().push_back(frame);
+        self.out_ready.notify();
+    }
+
+    /// What is left queued was dropped: its bytes go back to the budget.
+    fn release_out(&self) {
+        self.pool.budget.release(self.out_bytes.replace(0));
+    }
+
+    /// The writer is done with one frame (copied into its batch, or written): a one-way
+    /// request is done.
     fn written(&self, frame: &Bytes) {
+        let n = frame.len();
+        debug_assert!(self.out_bytes.get() >= n);
+        self.out_bytes.set(self.out_bytes.get().saturating_sub(n));
+        self.pool.budget.release(n);
         if wire::is_oneway_request(frame) {
             let down = self.oneway.borrow_mut().pop_front();
             debug_assert!(down.is_some(), "a one-way frame without its caller");
@@ -380,6 +405,7 @@ impl UpConn {
     fn connect_failed(self: &Rc<Self>, why: &UpstreamGone) {
         let (now, pool) = (Instant::now(), &self.pool);
         let frames: Vec<Bytes> = self.out.borrow_mut().drain(..).collect();
+        self.release_out();
         let mut moved = Vec::new();
         for frame in frames {
             let rq = if wire::is_oneway_request(&frame) {
@@ -453,6 +479,7 @@ impl UpConn {
             self.host.readonly.set(false);
         }
         self.out.borrow_mut().clear();
+        self.release_out();
         let oneway = std::mem::take(&mut *self.oneway.borrow_mut());
         for down in oneway {
             self.release(&down);
@@ -472,6 +499,13 @@ impl UpConn {
             self.finish(p, Reply::Local(LocalError::UpstreamFailed { addr, why }));
         }
         self.deadlines.borrow_mut().clear();
+    }
+}
+
+/// A connection dropped with a frame still charged (its writer was cancelled mid-write).
+impl Drop for UpConn {
+    fn drop(&mut self) {
+        self.release_out();
     }
 }
 
@@ -627,6 +661,8 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<UpConn>, mut w: W) -> UpstreamG
 
 async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> UpstreamGone {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // A large response read in part holds its room: charged beyond the first chunk.
+    let mut held = Charge::new(conn.pool.budget.clone());
     let frame_max = conn.pool.response_bytes_max;
     // Bytes of an oversized frame still to be discarded.
     let mut skip: u64 = 0;
@@ -642,9 +678,14 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> UpstreamGon
                 }
             }
             match wire::next_frame(&mut buf, frame_max) {
-                Ok(wire::Next::Frame(h, frame)) => on_upstream_frame(conn, h, frame),
+                Ok(wire::Next::Frame(h, frame)) => {
+                    // Out of the buffer: charged where it goes (the caller's queue).
+                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    on_upstream_frame(conn, h, frame)
+                }
                 Ok(wire::Next::NeedMore(n)) => {
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
+                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
                     break;
                 }
                 Err(codec::DecodeError::FrameTooLarge {
@@ -676,10 +717,7 @@ fn on_upstream_frame(conn: &Rc<UpConn>, h: wire::Header, frame: BytesMut) {
                 conn.host.readonly.set(true);
             }
             if h.two_way {
-                conn.out
-                    .borrow_mut()
-                    .push_back(wire::heartbeat_response(h.id));
-                conn.out_ready.notify();
+                conn.enqueue(wire::heartbeat_response(h.id));
             }
         }
         // Heartbeat responses only prove liveness (last_read is already updated).
@@ -759,8 +797,7 @@ async fn keeper(conn: &Rc<UpConn>) -> UpstreamGone {
             conn.last_ping.set(now);
             let id = conn.next_id.get();
             conn.next_id.set(id.wrapping_add(1));
-            conn.out.borrow_mut().push_back(wire::heartbeat_request(id));
-            conn.out_ready.notify();
+            conn.enqueue(wire::heartbeat_request(id));
         }
     }
 }

@@ -26,7 +26,7 @@ use super::error::CallError;
 use super::headers::HeaderList;
 use super::router::{RequestView, Router};
 use super::{Call, H2Limits, Host, Pool, TripleListener};
-use crate::filter::{Drain, RequestStatIds, Routes};
+use crate::filter::{Budget, Drain, RequestStatIds, Routes};
 use crate::io::READ_CHUNK_BYTES;
 /// Bytes queued for a peer that does not read (control frames are not flow controlled): beyond
 /// this the connection is closed.
@@ -81,8 +81,44 @@ impl From<frame::FrameError> for ConnError {
 /// waits with it, so order is kept).
 enum Out {
     Headers(Vec<u8>, bool),
-    Data(Bytes, bool),
+    Data(Queued, bool),
     Rst(u32),
+}
+
+/// DATA waiting in a stream's queue, charged to the shard's buffer budget for as long as it
+/// waits: released as it is written into the connection's output (charged there) or dropped,
+/// wherever that happens (a retry moves it to another connection's stream).
+struct Queued {
+    b: Bytes,
+    budget: Rc<Budget>,
+}
+
+impl Queued {
+    fn new(b: Bytes, budget: &Rc<Budget>) -> Queued {
+        budget.charge(b.len());
+        Queued {
+            b,
+            budget: budget.clone(),
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.b.advance(n);
+        self.budget.release(n);
+    }
+}
+
+impl std::ops::Deref for Queued {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        &self.b
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.budget.release(self.b.len());
+    }
 }
 
 /// Upstream side: what was written of a request so far, kept until its response starts so that
@@ -192,6 +228,11 @@ pub struct Conn {
     out_ready: Notify,
     /// The writer has bytes taken from `out` not yet written.
     writing: Cell<bool>,
+    /// The shard's buffer budget; `charged`: what this connection's output (`out` and the
+    /// write in progress, `in_write` bytes) holds charged to it.
+    budget: Rc<Budget>,
+    charged: Cell<usize>,
+    in_write: Cell<usize>,
     /// Stop reading and writing.
     closed: Cell<bool>,
     /// Write what is queued, then close.
@@ -240,14 +281,29 @@ pub struct Conn {
     went_idle: Notify,
 }
 
+/// Output never written (the peer stopped reading, the connection failed) is given back to the
+/// budget with the connection; its streams' queued DATA gives itself back ([`Queued`]).
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.budget.release(self.charged.get());
+    }
+}
+
 impl Conn {
     fn new(side: Side, limits: H2Limits) -> Conn {
+        let budget = match &side {
+            Side::Down(l) => l.budget.clone(),
+            Side::Up(h) => h.pool.budget.clone(),
+        };
         Conn {
             side,
             limits,
             out: RefCell::new(BytesMut::with_capacity(16 * 1024)),
             out_ready: Notify::new(),
             writing: Cell::new(false),
+            budget,
+            charged: Cell::new(0),
+            in_write: Cell::new(0),
             closed: Cell::new(false),
             closing: Cell::new(false),
             peer_frame_max: Cell::new(frame::FRAME_BYTES_DEFAULT),
@@ -301,6 +357,15 @@ impl Conn {
             frame::write_window_update(&mut *out, 0, l.conn_window - frame::WINDOW_DEFAULT);
         }
         self.recv_avail.set(i64::from(l.conn_window));
+        drop(out);
+        self.account();
+    }
+
+    /// Brings this connection's charge to the budget in line with its output.
+    fn account(&self) {
+        let now = self.out.borrow().len() + self.in_write.get();
+        let was = self.charged.replace(now);
+        self.budget.recharge(was, now);
     }
 
     fn side_name(&self) -> &'static str {
@@ -323,6 +388,7 @@ impl Conn {
             f(&mut out);
             out.len()
         };
+        self.account();
         if queued > OUT_BYTES_MAX {
             tracing::warn!("http/2 peer does not read: {OUT_BYTES_MAX} bytes queued, closing");
             self.close();
@@ -523,6 +589,7 @@ impl Conn {
                 }
             }
             self.out_ready.notify();
+            self.account();
             let resent = relayed.min(s.no_credit);
             s.no_credit -= resent;
             relayed -= resent;
@@ -871,9 +938,9 @@ impl Conn {
                     self.credit(h.stream, pad);
                 }
                 let n = data.len() as u32;
-                let sent = w
-                    .upgrade()
-                    .is_some_and(|c| c.send(other, Out::Data(data, end)));
+                let sent = w.upgrade().is_some_and(|c| {
+                    c.send(other, Out::Data(Queued::new(data, &self.budget), end))
+                });
                 if !sent {
                     self.credit(h.stream, n);
                 }
@@ -1042,7 +1109,8 @@ impl Conn {
             }
             for (b, end) in held.data.into_iter().flatten() {
                 s.no_credit += b.len() as u32;
-                s.queue.push_back(Out::Data(b, end));
+                s.queue
+                    .push_back(Out::Data(Queued::new(b, &up.budget), end));
             }
             s.queue.extend(queue);
         }
@@ -1125,6 +1193,16 @@ impl Conn {
         );
         s.recv_end = end;
         self.streams.borrow_mut().insert(id, s);
+        if !l.budget.admits() {
+            // The shard holds too much buffered: shed; calls already admitted go on.
+            l.budget.shed();
+            let e = CallError::ShedMemory {
+                buffered: l.budget.used(),
+                limit: l.budget.max(),
+            };
+            self.fail_call(id, &e);
+            return Ok(());
+        }
         // The header list is borrowed only for this call, into a function that cannot reach
         // the connection (so cannot borrow it again).
         let routed = route_call(l, &self.headers.borrow(), self.limits.header_list_max, now);
@@ -1516,6 +1594,15 @@ fn route_call(
         l.stats.inc(l.ids.hardening.rq_expired_on_arrival);
         return Err(Refused::Call(CallError::ExpiredOnArrival));
     }
+    if let Some(limits) = &routes.limits {
+        if limits
+            .for_route(action.route_index)
+            .is_some_and(|limit| !limit.admit(&l.stats))
+        {
+            l.stats.inc(l.ids.rq_rate_limited);
+            return Err(Refused::Call(CallError::RateLimited));
+        }
+    }
     let cluster = action.pick_cluster(l.roll());
     let mut block = Vec::with_capacity(block_hint(hl));
     hl.encode(&mut block);
@@ -1647,8 +1734,11 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
         let buf = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
         conn.ctl_queued.set(0);
         conn.writing.set(true);
+        conn.in_write.set(buf.len());
         let (res, mut buf) = w.write_all(buf).await;
         conn.writing.set(false);
+        conn.in_write.set(0);
+        conn.account();
         if res.is_err() {
             conn.closed.set(true);
             conn.closing.set(true);

@@ -24,6 +24,15 @@ pub enum CallError<'a> {
     StreamsExhausted,
     #[error("ringside: deadline exceeded")]
     DeadlineExceeded,
+    /// The shard's connections hold more than `runtime.buffered_bytes_per_shard_max`.
+    #[error(
+        "ringside: shard buffer budget exhausted: {buffered} bytes buffered, limit {limit} \
+         (runtime.buffered_bytes_per_shard_max); call shed"
+    )]
+    ShedMemory { buffered: usize, limit: usize },
+    /// A local rate limit had no token for it.
+    #[error("ringside: local rate limit")]
+    RateLimited,
     /// The upstream broke HTTP/2 on the call's stream.
     #[error("upstream protocol error")]
     UpstreamProtocol,
@@ -43,9 +52,10 @@ impl CallError<'_> {
     /// The gRPC status the caller gets.
     pub fn status(&self) -> u32 {
         match self {
-            CallError::HeadersTooLarge(_) | CallError::StreamsExhausted => {
-                status::RESOURCE_EXHAUSTED
-            }
+            CallError::HeadersTooLarge(_)
+            | CallError::StreamsExhausted
+            | CallError::RateLimited
+            | CallError::ShedMemory { .. } => status::RESOURCE_EXHAUSTED,
             CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,
             CallError::NoHealthyUpstream
@@ -76,6 +86,16 @@ mod tests {
         assert_eq!(
             CallError::HeadersTooLarge(1).status(),
             status::RESOURCE_EXHAUSTED
+        );
+        let shed = CallError::ShedMemory {
+            buffered: 5,
+            limit: 4,
+        };
+        assert_eq!(shed.status(), status::RESOURCE_EXHAUSTED);
+        assert_eq!(
+            shed.to_string(),
+            "ringside: shard buffer budget exhausted: 5 bytes buffered, limit 4 \
+             (runtime.buffered_bytes_per_shard_max); call shed"
         );
     }
 }

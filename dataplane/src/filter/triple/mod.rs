@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Availability, ShardCluster, UpstreamStatIds, ENDPOINT_FAILURE_BACKOFF_MS};
 use crate::config;
-use crate::filter::{RequestStatIds, ServiceStatsMap};
+use crate::filter::{Budget, RequestStatIds, ServiceStatsMap};
 use crate::route::Dice;
 use crate::stats::{HistId, Kind, ShardStats, StatId, Stats};
 
@@ -72,6 +72,8 @@ pub struct TripleStatIds {
     pub rq_too_large: StatId,
     pub rq_timeout: StatId,
     pub rq_no_healthy_upstream: StatId,
+    /// Calls a local rate limit refused.
+    pub rq_rate_limited: StatId,
     pub rsp_local: StatId,
     /// Responses by grpc-status (index 17: any other value).
     pub rsp_status: [StatId; GRPC_STATUS_COUNTED],
@@ -108,6 +110,7 @@ impl TripleStatIds {
             rq_too_large: c("triple_rq_too_large"),
             rq_timeout: c("triple_rq_timeout"),
             rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
+            rq_rate_limited: c("triple_rq_rate_limited"),
             rsp_local: c("triple_rsp_local"),
             rsp_status,
             protocol_error: c("triple_protocol_error"),
@@ -222,6 +225,8 @@ pub struct TripleListener {
     pub limits: H2Limits,
     pub stats: ShardStats,
     pub ids: TripleStatIds,
+    /// The shard's buffer budget: calls are shed while it is exhausted.
+    pub budget: Rc<Budget>,
     pub services: Rc<RefCell<ServiceStatsMap>>,
     pub dice: Dice,
     /// Access logs, when the listener has any (one line per stream).
@@ -281,6 +286,8 @@ pub struct Pool {
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
     pub h2_ids: UpstreamH2StatIds,
+    /// The shard's buffer budget (what its connections queue is charged to it).
+    pub budget: Rc<Budget>,
 }
 
 pub struct Host {
@@ -302,6 +309,7 @@ impl Pool {
         stats: ShardStats,
         ids: UpstreamStatIds,
         h2_ids: UpstreamH2StatIds,
+        budget: Rc<Budget>,
     ) -> Rc<Pool> {
         Rc::new(Pool {
             lb,
@@ -314,6 +322,7 @@ impl Pool {
             stats,
             ids,
             h2_ids,
+            budget,
         })
     }
 
