@@ -594,6 +594,7 @@ impl ShardState {
                 services,
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
+                log_pool: Default::default(),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
