@@ -16,7 +16,7 @@ mod lines;
 
 pub use dpdk::*;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -656,7 +656,7 @@ impl Listener {
         let triple = self
             .triple
             .iter()
-            .flat_map(|t| t.routes.iter().map(|r| &r.route));
+            .flat_map(|t| t.all_routes().map(|r| &r.route));
         dubbo.chain(triple)
     }
 }
@@ -700,6 +700,40 @@ pub struct TripleListener {
     #[serde(default = "default_hpack_amplified_bytes_per_second_max")]
     pub hpack_amplified_bytes_per_second_max: u32,
     /// Tried in order; the first match wins; else the listener's `cluster`; else UNIMPLEMENTED.
+    /// Not with `virtual_hosts`.
+    #[serde(default)]
+    pub routes: Vec<TripleRoute>,
+    /// Routes per `:authority`, as Envoy's virtual hosts: a stream goes to the one host whose
+    /// domain matches its `:authority` best (exact, then the longest `*suffix`, then the
+    /// longest `prefix*`, then `*`) and takes only that host's routes; else the listener's
+    /// `cluster`; else UNIMPLEMENTED. Not with `routes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Domains are matched against `:authority` without its port (Envoy's
+    /// `ignore_port_in_host_matching`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ignore_port_in_host_matching: bool,
+}
+
+impl TripleListener {
+    /// Every route, `routes` first, then each virtual host's in order: the order of route
+    /// indices (and route stats).
+    pub fn all_routes(&self) -> impl Iterator<Item = &TripleRoute> {
+        self.routes
+            .iter()
+            .chain(self.virtual_hosts.iter().flat_map(|h| &h.routes))
+    }
+}
+
+/// A set of domains and the routes of the streams whose `:authority` they match best.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    /// `host`, `host:port`, `*suffix`, `prefix*` or `*` (at most one host has it); compared
+    /// without regard to ASCII case; each domain in one host only.
+    pub domains: Vec<String>,
+    /// Tried in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<TripleRoute>,
 }
@@ -717,6 +751,8 @@ impl Default for TripleListener {
             preface_timeout_ms: PREFACE_TIMEOUT_MS_DEFAULT,
             hpack_amplified_bytes_per_second_max: HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT,
             routes: Vec::new(),
+            virtual_hosts: Vec::new(),
+            ignore_port_in_host_matching: false,
         }
     }
 }
@@ -1097,6 +1133,9 @@ fn default_true() -> bool {
 }
 fn is_true(b: &bool) -> bool {
     *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 fn default_admin_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15000))
@@ -1517,10 +1556,16 @@ impl Config {
                 at("cluster"),
                 "a dubbo listener needs routes (dubbo.routes) or a default cluster".into(),
             ),
-            (None, Protocol::Triple) if l.triple.as_ref().is_none_or(|t| t.routes.is_empty()) => {
+            (None, Protocol::Triple)
+                if l.triple
+                    .as_ref()
+                    .is_none_or(|t| t.all_routes().next().is_none()) =>
+            {
                 err(
                     at("cluster"),
-                    "a triple listener needs routes (triple.routes) or a default cluster".into(),
+                    "a triple listener needs routes (triple.routes or triple.virtual_hosts) \
+                     or a default cluster"
+                        .into(),
                 )
             }
             (Some(c), _) if !cluster_names.contains(c.as_str()) => err(
@@ -2027,51 +2072,105 @@ fn validate_triple(
             ),
         );
     }
+    if !t.routes.is_empty() && !t.virtual_hosts.is_empty() {
+        err(
+            at("virtual_hosts"),
+            "give routes or virtual_hosts, not both".into(),
+        );
+    }
+    for (field, message) in virtual_host_problems(&t.virtual_hosts) {
+        err(at(&field), message);
+    }
     for (i, r) in t.routes.iter().enumerate() {
-        let rat = |f: &str| at(&format!("routes[{i}].{f}"));
-        let m = &r.matcher;
-        for (name, sm) in [
-            ("service", &m.service),
-            ("method", &m.method),
-            ("authority", &m.authority),
-        ] {
-            if let Some(sm) = sm {
-                validate_string_match(sm, rat(&format!("match.{name}")), err);
+        validate_triple_route(r, clusters, &|f| at(&format!("routes[{i}].{f}")), err);
+    }
+    for (i, h) in t.virtual_hosts.iter().enumerate() {
+        for (j, r) in h.routes.iter().enumerate() {
+            let rat = |f: &str| at(&format!("virtual_hosts[{i}].routes[{j}].{f}"));
+            validate_triple_route(r, clusters, &rat, err);
+        }
+    }
+}
+
+/// Envoy's rules for the domains of a route configuration: each host has a name and a domain,
+/// a domain (ASCII case aside) is in one host only, and `*` in at most one. Each problem as
+/// (field below the list, message), e.g. `virtual_hosts[1].domains[0]`.
+pub fn virtual_host_problems(hosts: &[VirtualHost]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, h) in hosts.iter().enumerate() {
+        if h.name.is_empty() {
+            out.push((format!("virtual_hosts[{i}].name"), "empty".into()));
+        }
+        if h.domains.is_empty() {
+            out.push((
+                format!("virtual_hosts[{i}].domains"),
+                "a virtual host needs at least one domain (`*`: any)".into(),
+            ));
+        }
+        for (k, d) in h.domains.iter().enumerate() {
+            let field = format!("virtual_hosts[{i}].domains[{k}]");
+            if d.is_empty() || d.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                out.push((field, format!("{d:?} is not a host name")));
+            } else if let Some(first) = seen.insert(d.to_ascii_lowercase(), i) {
+                out.push((
+                    field,
+                    format!("{d:?} is already a domain of virtual_hosts[{first}]"),
+                ));
             }
         }
-        for (k, h) in m.headers.iter().enumerate() {
-            let field = rat(&format!("match.headers[{k}]"));
-            let set = [
-                h.exact.is_some(),
-                h.prefix.is_some(),
-                h.regex.is_some(),
-                h.present.is_some(),
-            ];
-            if set.iter().filter(|x| **x).count() != 1 {
-                err(
-                    field.clone(),
-                    "give exactly one of exact, prefix, regex, present".into(),
-                );
-            }
-            if h.name.is_empty() || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
-                err(
-                    format!("{field}.name"),
-                    format!(
-                        "{:?}: HTTP/2 header names are non-empty and lower-case",
-                        h.name
-                    ),
-                );
-            }
-            if let Some(p) = &h.regex {
-                if let Err(e) = regex::bytes::Regex::new(p) {
-                    err(format!("{field}.regex"), format!("invalid regex: {e}"));
-                }
+    }
+    out
+}
+
+fn validate_triple_route(
+    r: &TripleRoute,
+    clusters: &HashSet<&str>,
+    rat: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    let m = &r.matcher;
+    for (name, sm) in [
+        ("service", &m.service),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ] {
+        if let Some(sm) = sm {
+            validate_string_match(sm, rat(&format!("match.{name}")), err);
+        }
+    }
+    for (k, h) in m.headers.iter().enumerate() {
+        let field = rat(&format!("match.headers[{k}]"));
+        let set = [
+            h.exact.is_some(),
+            h.prefix.is_some(),
+            h.regex.is_some(),
+            h.present.is_some(),
+        ];
+        if set.iter().filter(|x| **x).count() != 1 {
+            err(
+                field.clone(),
+                "give exactly one of exact, prefix, regex, present".into(),
+            );
+        }
+        if h.name.is_empty() || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+            err(
+                format!("{field}.name"),
+                format!(
+                    "{:?}: HTTP/2 header names are non-empty and lower-case",
+                    h.name
+                ),
+            );
+        }
+        if let Some(p) = &h.regex {
+            if let Err(e) = regex::bytes::Regex::new(p) {
+                err(format!("{field}.regex"), format!("invalid regex: {e}"));
             }
         }
-        validate_action(&r.route, clusters, &rat, err);
-        if let Some(b) = &r.local_rate_limit {
-            b.validate(&rat("local_rate_limit"), err);
-        }
+    }
+    validate_action(&r.route, clusters, rat, err);
+    if let Some(b) = &r.local_rate_limit {
+        b.validate(&rat("local_rate_limit"), err);
     }
 }
 

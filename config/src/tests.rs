@@ -422,6 +422,46 @@ fn tcp_keepalive_defaults_and_bounds() {
 }
 
 #[test]
+fn virtual_hosts_load_and_follow_envoys_domain_rules() {
+    let base = GOOD.replace(
+        "    protocol: tcp\n    cluster: echo\n",
+        "    protocol: triple\n    triple:\n      ignore_port_in_host_matching: true\n      virtual_hosts:\n        - name: a\n          domains: [a.test, \"a.test:80\"]\n          routes: [{route: {cluster: echo}}]\n        - name: any\n          domains: [\"*\"]\n          routes: [{route: {cluster: echo}}]\n",
+    );
+    let c = Config::from_yaml("c.yaml", &base).unwrap();
+    let t = c.listeners[0].triple.as_ref().unwrap();
+    assert!(t.ignore_port_in_host_matching);
+    assert_eq!(t.virtual_hosts[1].domains, ["*"]);
+    assert_eq!(t.all_routes().count(), 2);
+    let e = errors(&base.replace("domains: [\"*\"]", "domains: [A.TEST]"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        e[0].field,
+        "listeners[0].triple.virtual_hosts[1].domains[0]"
+    );
+    assert!(
+        e[0].message
+            .contains("already a domain of virtual_hosts[0]"),
+        "{}",
+        e[0]
+    );
+    let e = errors(&base.replace("domains: [\"*\"]", "domains: []"));
+    assert_eq!(e[0].field, "listeners[0].triple.virtual_hosts[1].domains");
+    let e = errors(&base.replace(
+        "      ignore_port_in_host_matching: true\n",
+        "      routes: [{route: {cluster: echo}}]\n",
+    ));
+    assert_eq!(e[0].field, "listeners[0].triple.virtual_hosts");
+    let e = errors(&base.replace(
+        "routes: [{route: {cluster: echo}}]\n        - name: any",
+        "routes: [{route: {cluster: nope}}]\n        - name: any",
+    ));
+    assert_eq!(
+        e[0].field,
+        "listeners[0].triple.virtual_hosts[0].routes[0].route.cluster"
+    );
+}
+
+#[test]
 fn local_rate_limits_load_and_are_checked() {
     let dubbo = GOOD.replace("protocol: tcp", "protocol: dubbo");
     let with = |extra: &str| {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::envoy::{bootstrap, load_assignment, rds_listener, Ads, Envoy};
+use common::envoy::{bootstrap, eds_cluster, load_assignment, rds_listener, Ads, Envoy};
 use common::peers::root;
 use common::xds::XdsServer;
 use common::*;
@@ -438,4 +438,145 @@ fn blackhole_cluster_closes_connections_like_envoy() {
         };
         assert_eq!(r, Ok(0), "{who}");
     }
+}
+
+/// What a gRPC call got: the name of the upstream cluster that answered, or the grpc-status.
+fn h2_outcome(addr: SocketAddr, authority: &str, path: &str) -> Result<String, u32> {
+    let mut c = common::h2::Client::connect(addr);
+    let r = c.call(path, &[(":authority", authority)], b"x");
+    match r.grpc_status() {
+        Some(0) => Ok(r.text().split(':').next().unwrap_or("").to_string()),
+        Some(s) => Err(s),
+        None => Err(u32::MAX),
+    }
+}
+
+/// Waits until `addr` accepts connections (a listener just ACKed may still be starting).
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Virtual hosts by `:authority` as Envoy picks them (exact, longest `*suffix`, longest
+/// `prefix*`, `*`; ASCII case ignored; Istio's `host` + `host:port` domains; with and without
+/// `ignore_port_in_host_matching`), and a request takes only its host's routes: one that
+/// matches none of them is "no route" even when another host would take it. The same RDS to
+/// Envoy 1.40 and to ringside; every call must end the same way through both.
+#[test]
+fn virtual_hosts_by_authority_route_like_envoy() {
+    const CLUSTERS: [&str; 6] = ["reviews", "ratings", "wild", "wild-long", "pre", "any"];
+    let upstreams: Vec<common::h2::Upstream> = CLUSTERS
+        .iter()
+        .map(|c| common::h2::Upstream::start(c))
+        .collect();
+    let vh = |name: &str, domains: &[&str], routes: Value| json!({"name": name, "domains": domains, "routes": routes});
+    let to = |prefix: &str, cluster: &str| json!([{"match": {"prefix": prefix}, "route": {"cluster": cluster}}]);
+    // Istio's outbound shape (one host per service, its names with and without the port) plus
+    // wildcards; ratings routes only its own service.
+    let with_port = json!({"name": "with-port", "virtual_hosts": [
+        vh("reviews.default.svc.cluster.local:9080", &["reviews.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local:9080", "reviews", "reviews:9080", "10.96.224.10",
+            "10.96.224.10:9080"], to("/", "reviews")),
+        vh("ratings", &["Ratings.default.svc.cluster.local", "ratings:9080"],
+            to("/pkg.Ratings/", "ratings")),
+        vh("wild", &["*.example.com"], to("/", "wild")),
+        vh("wild-long", &["*-api.example.com"], to("/", "wild-long")),
+        vh("pre", &["api.*"], to("/", "pre")),
+        vh("allow_any", &["*"], to("/", "any")),
+    ]});
+    // Today's Istio: ports ignored, no catch-all host.
+    let no_port = json!({"name": "no-port", "ignore_port_in_host_matching": true, "virtual_hosts": [
+        vh("reviews", &["reviews", "reviews.default.svc.cluster.local"], to("/", "reviews")),
+        vh("ratings", &["ratings"], to("/pkg.Ratings/", "ratings")),
+    ]});
+    let ok = |c: &str| Ok(c.to_string());
+    const NO_ROUTE: Result<String, u32> = Err(12); // UNIMPLEMENTED (Envoy: 404 NR)
+    #[rustfmt::skip]
+    let calls: Vec<(&str, &str, &str, Result<String, u32>)> = vec![
+        ("with-port", "reviews", "/pkg.Any/M", ok("reviews")),
+        ("with-port", "reviews:9080", "/pkg.Any/M", ok("reviews")),
+        ("with-port", "REVIEWS.default.svc.cluster.local:9080", "/pkg.Any/M", ok("reviews")),
+        ("with-port", "10.96.224.10:9080", "/pkg.Any/M", ok("reviews")),
+        ("with-port", "reviews:9081", "/pkg.Any/M", ok("any")),
+        ("with-port", "ratings:9080", "/pkg.Ratings/Get", ok("ratings")),
+        ("with-port", "ratings:9080", "/pkg.Other/Get", NO_ROUTE),
+        ("with-port", "ratings.default.svc.cluster.local", "/pkg.Ratings/Get", ok("ratings")),
+        ("with-port", "ratings.default.svc.cluster.local", "/pkg.Other/Get", NO_ROUTE),
+        ("with-port", "ratings", "/pkg.Other/Get", ok("any")),
+        ("with-port", "x.example.com", "/pkg.Any/M", ok("wild")),
+        ("with-port", "foo-api.example.com", "/pkg.Any/M", ok("wild-long")),
+        ("with-port", "-api.example.com", "/pkg.Any/M", ok("wild")),
+        ("with-port", ".example.com", "/pkg.Any/M", ok("any")),
+        ("with-port", "api.example.com", "/pkg.Any/M", ok("wild")),
+        ("with-port", "api.example.com:443", "/pkg.Any/M", ok("pre")),
+        ("with-port", "API.internal", "/pkg.Any/M", ok("pre")),
+        ("with-port", "api.", "/pkg.Any/M", ok("any")),
+        ("with-port", "unknown", "/pkg.Any/M", ok("any")),
+        ("no-port", "reviews", "/pkg.Any/M", ok("reviews")),
+        ("no-port", "reviews:9080", "/pkg.Any/M", ok("reviews")),
+        ("no-port", "Reviews.Default.svc.cluster.local:1", "/pkg.Any/M", ok("reviews")),
+        ("no-port", "ratings:9080", "/pkg.Ratings/Get", ok("ratings")),
+        ("no-port", "ratings:9080", "/pkg.Other/Get", NO_ROUTE),
+        ("no-port", "[::1]:9080", "/pkg.Any/M", NO_ROUTE),
+        ("no-port", "unknown:9080", "/pkg.Any/M", NO_ROUTE),
+    ];
+
+    let clusters: Vec<Value> = CLUSTERS.iter().map(|c| eds_cluster(c, true)).collect();
+    let endpoints: Vec<Value> = CLUSTERS
+        .iter()
+        .zip(&upstreams)
+        .map(|(c, u)| load_assignment(c, &[u.addr]))
+        .collect();
+    let snapshot = |a: SocketAddr, b: SocketAddr| {
+        json!({"version": "hosts", "clusters": clusters, "endpoints": endpoints,
+               "routes": [with_port, no_port],
+               "listeners": [rds_listener("with-port", a, "with-port"), rds_listener("no-port", b, "no-port")]})
+    };
+    let rs_addrs = (local(free_port()), local(free_port()));
+    let envoy_addrs = (local(free_port()), local(free_port()));
+    let rs_xds = XdsServer::start();
+    let envoy_xds = XdsServer::start();
+    rs_xds.put(&snapshot(rs_addrs.0, rs_addrs.1)).unwrap();
+    envoy_xds
+        .put(&snapshot(envoy_addrs.0, envoy_addrs.1))
+        .unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: hosts\n  node_cluster: t\n  \
+         mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
+        rs_xds.addr()
+    );
+    let _rs = Ringside::start(&config, admin, &["--shards", "1"]);
+    let envoy_admin = local(free_port());
+    let _envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "hosts"),
+        envoy_admin,
+    );
+    for xds in [&rs_xds, &envoy_xds] {
+        xds.wait_ack("rds", "hosts");
+    }
+    for a in [rs_addrs.0, rs_addrs.1, envoy_addrs.0, envoy_addrs.1] {
+        wait_listening(a);
+    }
+    let mut problems = Vec::new();
+    for (listener, authority, path, want) in &calls {
+        let pick = |(a, b): (SocketAddr, SocketAddr)| if *listener == "with-port" { a } else { b };
+        let envoy = h2_outcome(pick(envoy_addrs), authority, path);
+        let rs = h2_outcome(pick(rs_addrs), authority, path);
+        eprintln!("{listener} {authority} {path}: envoy {envoy:?}, ringside {rs:?}");
+        if envoy != *want {
+            problems.push(format!(
+                "{listener} {authority} {path}: Envoy {envoy:?}, the table says {want:?}"
+            ));
+        }
+        if rs != envoy {
+            problems.push(format!(
+                "{listener} {authority} {path}: Envoy {envoy:?}, ringside {rs:?}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use config::{Config, Listener, Source, TripleRoute, XdsMode};
+use config::{Config, Listener, Source, XdsMode};
 
-use crate::proto::{self, ClusterRes, ListenerRes};
+use crate::proto::{self, ClusterRes, ListenerRes, RouteTable};
 use crate::{ApplyFn, Change, ClusterEndpoints, Shared, TranslateError, Update, Versions};
 
 /// google.rpc.Code INVALID_ARGUMENT, the code of every NACK.
@@ -68,7 +68,7 @@ struct Entry<T> {
 #[derive(Clone, Debug, Default)]
 struct Cache {
     listeners: BTreeMap<String, Entry<ListenerRes>>,
-    routes: BTreeMap<String, Entry<Vec<TripleRoute>>>,
+    routes: BTreeMap<String, Entry<RouteTable>>,
     clusters: BTreeMap<String, Entry<ClusterRes>>,
     endpoints: BTreeMap<String, Entry<proto::Assignment>>,
 }
@@ -845,7 +845,7 @@ impl Client {
         let mut out = l.listener.clone();
         if let (Some(name), Some(t)) = (&l.rds, out.triple.as_mut()) {
             if let Some(r) = cand.routes.get(name) {
-                t.routes = r.value.clone();
+                r.value.fill(t);
             }
         }
         out

@@ -431,7 +431,7 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     let l = &u.config.listeners[0];
     assert_eq!(l.protocol, config::Protocol::Triple);
     assert_eq!(
-        l.triple.as_ref().unwrap().routes[0]
+        l.triple.as_ref().unwrap().virtual_hosts[0].routes[0]
             .route
             .cluster
             .as_deref(),

@@ -37,7 +37,7 @@ use prost::Message;
 use config::{
     ArgumentMatch, AttachmentMatch, Cluster, DubboListener, DubboMatch, DubboRoute, HeaderMatch,
     LbPolicy, Listener, Protocol, Range, RouteAction, StringMatch, TripleListener, TripleMatch,
-    TripleRoute, WeightedCluster,
+    TripleRoute, VirtualHost, WeightedCluster,
 };
 
 use crate::TranslateError;
@@ -72,8 +72,25 @@ const RAW_BUFFER_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
 /// Envoy's own default cluster connect timeout (5 s), used when `connect_timeout` is unset.
 pub(crate) const ENVOY_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
-/// A translated LDS resource. A Triple listener whose routes come from RDS has empty
-/// `triple.routes` and names its route configuration in `rds`.
+/// A translated RouteConfiguration: the `virtual_hosts` and `ignore_port_in_host_matching`
+/// of a triple listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RouteTable {
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub ignore_port_in_host_matching: bool,
+}
+
+impl RouteTable {
+    /// Into the triple section `t` (replacing its routes).
+    pub fn fill(&self, t: &mut TripleListener) {
+        t.routes.clear();
+        t.virtual_hosts = self.virtual_hosts.clone();
+        t.ignore_port_in_host_matching = self.ignore_port_in_host_matching;
+    }
+}
+
+/// A translated LDS resource. A Triple listener whose routes come from RDS has no
+/// `triple.virtual_hosts` and names its route configuration in `rds`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ListenerRes {
     pub listener: Listener,
@@ -349,7 +366,9 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             out.protocol = Protocol::Triple;
             let (routes, name) = hcm(&h, &ctx, &tat)?;
             rds = name;
-            out.triple = Some(TripleListener { routes, ..Default::default() });
+            let mut t = TripleListener::default();
+            routes.fill(&mut t);
+            out.triple = Some(t);
         }
         TCP_PROXY_TYPE => {
             let t: tcp_pb::TcpProxy = unpack(any, TCP_PROXY_TYPE, &ctx, &tat)?;
@@ -1168,12 +1187,28 @@ fn hcm(
     h: &hcm_pb::HttpConnectionManager,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<(Vec<TripleRoute>, Option<String>), TranslateError> {
+) -> Result<(RouteTable, Option<String>), TranslateError> {
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     if h.codec_type != CodecType::Auto as i32 && h.codec_type != CodecType::Http2 as i32 {
         return Err(ctx.err(
             format!("{at}.codec_type"),
             format!("only AUTO or HTTP2 is supported (got {})", h.codec_type),
+        ));
+    }
+    // They rewrite `:authority` before routing and on the wire; ringside forwards it as sent.
+    let strip = match h.strip_port_mode {
+        Some(hcm_pb::http_connection_manager::StripPortMode::StripAnyHostPort(true)) => {
+            Some("strip_any_host_port")
+        }
+        _ if h.strip_matching_host_port => Some("strip_matching_host_port"),
+        _ if h.strip_trailing_host_dot => Some("strip_trailing_host_dot"),
+        _ => None,
+    };
+    if let Some(field) = strip {
+        return Err(ctx.err(
+            join(at, field),
+            "rewriting :authority is not supported (route configurations' \
+             ignore_port_in_host_matching is)",
         ));
     }
     for (i, f) in h.http_filters.iter().enumerate() {
@@ -1212,7 +1247,7 @@ fn hcm(
             if let Some(cs) = &rds.config_source {
                 ads_source(cs, ctx, &format!("{rat}.config_source"))?;
             }
-            Ok((Vec::new(), Some(rds.route_config_name.clone())))
+            Ok((RouteTable::default(), Some(rds.route_config_name.clone())))
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
             format!("{at}.scoped_routes"),
@@ -1232,7 +1267,7 @@ fn ads_source(cs: &core_pb::ConfigSource, ctx: &Ctx<'_>, at: &str) -> Result<(),
     }
 }
 
-pub(crate) fn decode_route(any: &Any) -> Result<(String, Vec<TripleRoute>), TranslateError> {
+pub(crate) fn decode_route(any: &Any) -> Result<(String, RouteTable), TranslateError> {
     let rc: route_pb::RouteConfiguration = decode_top(any, ROUTE_TYPE)?;
     let ctx = Ctx {
         kind: "route configuration",
@@ -1273,62 +1308,19 @@ fn no_header_mutations(
     Ok(())
 }
 
-/// How specific a virtual host's most specific domain is: Envoy picks exact domains first,
-/// then suffix wildcards, then prefix wildcards, then `*`.
-fn domain_rank(d: &str) -> u8 {
-    if d == "*" {
-        3
-    } else if d.starts_with('*') {
-        1
-    } else if d.ends_with('*') {
-        2
-    } else {
-        0
-    }
-}
-
-fn domain_regex(d: &str) -> String {
-    if let Some(suffix) = d.strip_prefix('*') {
-        format!(".*{}", regex_escape(suffix))
-    } else if let Some(prefix) = d.strip_suffix('*') {
-        format!("{}.*", regex_escape(prefix))
-    } else {
-        regex_escape(d)
-    }
-}
-
-fn authority(domains: &[String]) -> Option<StringMatch> {
-    if domains.is_empty() || domains.iter().any(|d| d == "*") {
-        return None;
-    }
-    if let [d] = domains {
-        if !d.contains('*') {
-            return Some(StringMatch {
-                exact: Some(d.clone()),
-                ..Default::default()
-            });
-        }
-        if let Some(prefix) = d.strip_suffix('*').filter(|p| !p.contains('*')) {
-            return Some(StringMatch {
-                prefix: Some(prefix.to_string()),
-                ..Default::default()
-            });
-        }
-    }
-    let alts: Vec<String> = domains.iter().map(|d| domain_regex(d)).collect();
-    Some(StringMatch {
-        regex: Some(format!("(?:{})", alts.join("|"))),
-        ..Default::default()
-    })
-}
-
 fn route_configuration(
     rc: &route_pb::RouteConfiguration,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<Vec<TripleRoute>, TranslateError> {
+) -> Result<RouteTable, TranslateError> {
     if rc.vhds.is_some() {
         return Err(ctx.err(join(at, "vhds"), "VHDS is not supported"));
+    }
+    if !rc.vhost_header.is_empty() {
+        return Err(ctx.err(
+            join(at, "vhost_header"),
+            "virtual hosts are chosen by :authority only",
+        ));
     }
     if !rc.internal_only_headers.is_empty() {
         return Err(ctx.err(join(at, "internal_only_headers"), "not supported"));
@@ -1351,11 +1343,11 @@ fn route_configuration(
         at,
     )?;
     no_fault_override(&rc.typed_per_filter_config, ctx, at)?;
-    let mut hosts: Vec<(usize, &route_pb::VirtualHost)> =
-        rc.virtual_hosts.iter().enumerate().collect();
-    hosts.sort_by_key(|(_, vh)| vh.domains.iter().map(|d| domain_rank(d)).min().unwrap_or(3));
-    let mut out = Vec::new();
-    for (i, vh) in hosts {
+    let mut out = RouteTable {
+        virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
+        ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+    };
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = join(at, &format!("virtual_hosts[{i}]"));
         if vh.matcher.is_some() {
             return Err(ctx.err(
@@ -1381,14 +1373,24 @@ fn route_configuration(
             &vat,
         )?;
         no_fault_override(&vh.typed_per_filter_config, ctx, &vat)?;
-        let auth = authority(&vh.domains);
+        let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{j}]");
             no_fault_override(&r.typed_per_filter_config, ctx, &rat)?;
-            let mut route = triple_route(r, ctx, &rat)?;
-            route.matcher.authority = auth.clone();
-            out.push(route);
+            routes.push(triple_route(r, ctx, &rat)?);
         }
+        out.virtual_hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.clone(),
+            routes,
+        });
+    }
+    // Envoy's domain rules (non-empty, each once, one `*`), as the RouteConfiguration's own.
+    if let Some((field, message)) = config::virtual_host_problems(&out.virtual_hosts)
+        .into_iter()
+        .next()
+    {
+        return Err(ctx.err(join(at, &field), message));
     }
     Ok(out)
 }

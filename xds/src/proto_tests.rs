@@ -582,7 +582,14 @@ fn hcm_inline_routes() {
     assert_eq!(res.rds, None);
     let l = res.listener;
     assert_eq!(l.protocol, Protocol::Triple);
-    let routes = l.triple.unwrap().routes;
+    let t = l.triple.unwrap();
+    assert!(t.routes.is_empty());
+    assert_eq!(t.virtual_hosts.len(), 1);
+    assert_eq!(
+        t.virtual_hosts[0].domains,
+        ["greeter.demo", "greeter.demo:50051"]
+    );
+    let routes = &t.virtual_hosts[0].routes;
     assert_eq!(routes.len(), 4);
     let m = &routes[0].matcher;
     assert_eq!(m.service, exact("org.demo.Greeter"));
@@ -591,11 +598,8 @@ fn hcm_inline_routes() {
     assert_eq!(m.group.as_deref(), Some("g"));
     assert_eq!(m.unit.as_deref(), Some("u1"));
     assert_eq!(
-        m.authority,
-        Some(StringMatch {
-            regex: Some("(?:greeter\\.demo|greeter\\.demo:50051)".into()),
-            ..Default::default()
-        })
+        m.authority, None,
+        "the virtual host's domains choose the host"
     );
     assert_eq!(
         m.headers,
@@ -642,12 +646,65 @@ fn hcm_inline_routes() {
 fn hcm_rds_and_route_resource() {
     let (_, res) = decode_listener(&crate::testing::listener("t", 1, hcm_rds("routes-1"))).unwrap();
     assert_eq!(res.rds.as_deref(), Some("routes-1"));
-    assert_eq!(res.listener.triple.unwrap().routes, vec![]);
-    let (name, routes) = decode_route(&route_config("routes-1", "c")).unwrap();
+    assert_eq!(res.listener.triple.unwrap().virtual_hosts, vec![]);
+    let (name, table) = decode_route(&route_config("routes-1", "c")).unwrap();
     assert_eq!(name, "routes-1");
+    assert!(!table.ignore_port_in_host_matching);
+    let routes = &table.virtual_hosts[0].routes;
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].matcher, TripleMatch::default());
     assert_eq!(routes[0].route.cluster.as_deref(), Some("c"));
+}
+
+/// Virtual hosts stay hosts (each with its own routes), in order, with Envoy's domain rules
+/// and `ignore_port_in_host_matching`; `vhost_header` and `:authority` rewrites are refused.
+#[test]
+fn route_configuration_keeps_virtual_hosts() {
+    let mut rc = route_config_pb("rc", &["a.test", "*.b.test"], vec![route_to("/", "a")]);
+    let mut other = rc.virtual_hosts[0].clone();
+    other.name = "any".into();
+    other.domains = vec!["*".into()];
+    rc.virtual_hosts.push(other);
+    rc.ignore_port_in_host_matching = true;
+    let any = |rc: &route_pb::RouteConfiguration| Any {
+        type_url: ROUTE_TYPE.into(),
+        value: rc.encode_to_vec(),
+    };
+    let (_, t) = decode_route(&any(&rc)).unwrap();
+    assert!(t.ignore_port_in_host_matching);
+    let domains: Vec<&[String]> = t.virtual_hosts.iter().map(|h| &h.domains[..]).collect();
+    assert_eq!(domains, [&["a.test", "*.b.test"][..], &["*"][..]]);
+    let mut dup = rc.clone();
+    dup.virtual_hosts[1].domains = vec!["A.test".into()];
+    let e = decode_route(&any(&dup)).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "`virtual_hosts[1].domains[0]`: \"A.test\" is already a domain of virtual_hosts[0]"
+        ),
+        "{e}"
+    );
+    let mut none = rc.clone();
+    none.virtual_hosts[1].domains.clear();
+    let e = decode_route(&any(&none)).unwrap_err().to_string();
+    assert!(e.contains("`virtual_hosts[1].domains`"), "{e}");
+    let mut vh = rc.clone();
+    vh.vhost_header = "x-host".into();
+    let e = decode_route(&any(&vh)).unwrap_err().to_string();
+    assert!(e.contains("`vhost_header`"), "{e}");
+    let mut h: hcm_pb::HttpConnectionManager =
+        hcm_pb::HttpConnectionManager::decode(hcm_rds("r").value.as_slice()).unwrap();
+    h.strip_port_mode =
+        Some(hcm_pb::http_connection_manager::StripPortMode::StripAnyHostPort(true));
+    let l = crate::testing::listener(
+        "t",
+        1,
+        Any {
+            type_url: HCM_TYPE.into(),
+            value: h.encode_to_vec(),
+        },
+    );
+    let e = decode_listener(&l).unwrap_err().to_string();
+    assert!(e.contains("strip_any_host_port"), "{e}");
 }
 
 #[test]

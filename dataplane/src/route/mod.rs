@@ -247,12 +247,24 @@ impl<M> Table<M> {
         clusters: &[config::Cluster],
         compile: impl Fn(&C) -> Result<(M, &config::RouteAction), RouteError>,
     ) -> Result<Self, RouteError> {
+        Self::compile_from(routes, 0, default_cluster, clusters, &compile)
+    }
+
+    /// [`Table::compile`], the route indices counted from `first` (routes of several tables
+    /// share one index space for their stats).
+    fn compile_from<C>(
+        routes: &[C],
+        first: usize,
+        default_cluster: Option<&str>,
+        clusters: &[config::Cluster],
+        compile: &impl Fn(&C) -> Result<(M, &config::RouteAction), RouteError>,
+    ) -> Result<Self, RouteError> {
         let routes = routes
             .iter()
             .enumerate()
             .map(|(i, r)| {
                 let (m, action) = compile(r)?;
-                Ok((m, Action::from_config(action, clusters, i)?))
+                Ok((m, Action::from_config(action, clusters, first + i)?))
             })
             .collect::<Result<_, RouteError>>()?;
         let default = default_cluster
@@ -276,6 +288,175 @@ impl<M> Table<M> {
     /// The default route alone (for requests whose fields cannot be read).
     pub fn default_route(&self) -> Option<&Action> {
         self.default.as_ref()
+    }
+}
+
+/// Domains of one kind, lower-case, sorted, each with its host's index.
+type Domains = Vec<(Box<[u8]>, usize)>;
+
+/// Routes per host, as Envoy's virtual hosts: a request takes the routes of the one host whose
+/// domain matches its host name best (exact, then the longest `*suffix`, then the longest
+/// `prefix*`, then `*`; ASCII case ignored), and only those; then the default route. Built
+/// once per config; choosing a host compares bytes in place (no lower-cased copy), a binary
+/// search per domain kind and length.
+pub struct Hosts<M> {
+    exact: Domains,
+    /// `*suffix` domains without the `*`, by length, longest first.
+    suffixes: Vec<(usize, Domains)>,
+    /// `prefix*` domains without the `*`, by length, longest first.
+    prefixes: Vec<(usize, Domains)>,
+    /// The host of the domain `*`.
+    any: Option<usize>,
+    ignore_port: bool,
+    tables: Vec<Table<M>>,
+    default: Option<Action>,
+}
+
+/// One virtual host to compile: its domains and its routes.
+pub struct HostRoutes<'a, C> {
+    pub domains: &'a [String],
+    pub routes: &'a [C],
+}
+
+impl<M> Hosts<M> {
+    /// Compiles each host's domains and routes (route indices run on across hosts, in order)
+    /// and the default route to `default_cluster`. Validated config has each domain once; a
+    /// repeated one keeps its first host.
+    pub fn compile<C>(
+        hosts: &[HostRoutes<'_, C>],
+        ignore_port: bool,
+        default_cluster: Option<&str>,
+        clusters: &[config::Cluster],
+        compile: impl Fn(&C) -> Result<(M, &config::RouteAction), RouteError>,
+    ) -> Result<Self, RouteError> {
+        let mut exact = Vec::new();
+        let mut suffixes: Vec<(usize, Domains)> = Vec::new();
+        let mut prefixes: Vec<(usize, Domains)> = Vec::new();
+        let mut any = None;
+        let mut tables = Vec::with_capacity(hosts.len());
+        let mut first = 0;
+        for (i, h) in hosts.iter().enumerate() {
+            for d in h.domains {
+                let d = d.to_ascii_lowercase().into_bytes();
+                if d == b"*" {
+                    any = any.or(Some(i));
+                } else if let Some(s) = d.strip_prefix(b"*") {
+                    add_by_len(&mut suffixes, s, i);
+                } else if let Some(p) = d.strip_suffix(b"*") {
+                    add_by_len(&mut prefixes, p, i);
+                } else {
+                    exact.push((d.into_boxed_slice(), i));
+                }
+            }
+            tables.push(Table::compile_from(
+                h.routes, first, None, clusters, &compile,
+            )?);
+            first += h.routes.len();
+        }
+        sort_domains(&mut exact);
+        for kind in [&mut suffixes, &mut prefixes] {
+            kind.sort_by(|a, b| b.0.cmp(&a.0));
+            kind.iter_mut().for_each(|(_, d)| sort_domains(d));
+        }
+        let default = default_cluster
+            .map(|c| Action::default_route(clusters, c))
+            .transpose()?;
+        Ok(Hosts {
+            exact,
+            suffixes,
+            prefixes,
+            any,
+            ignore_port,
+            tables,
+            default,
+        })
+    }
+
+    /// Routes nothing (every request gets "no route").
+    pub fn empty() -> Self {
+        Hosts {
+            exact: Vec::new(),
+            suffixes: Vec::new(),
+            prefixes: Vec::new(),
+            any: None,
+            ignore_port: false,
+            tables: Vec::new(),
+            default: None,
+        }
+    }
+
+    /// The index of the host whose routes a request for `host` takes (Envoy's
+    /// `RouteMatcher::findVirtualHost`): with only a `*` host, that one even without a host
+    /// name; otherwise none without one.
+    pub fn find(&self, host: Option<&[u8]>) -> Option<usize> {
+        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+            return self.any;
+        }
+        let mut host = host?;
+        if self.ignore_port {
+            host = &host[..port_start(host).unwrap_or(host.len())];
+        }
+        if let Some(i) = lookup(&self.exact, host) {
+            return Some(i);
+        }
+        // `>`, not `>=`: `*.foo.com` does not match `.foo.com`.
+        let suffix = self.suffixes.iter().filter(|(len, _)| host.len() > *len);
+        for (len, domains) in suffix {
+            if let Some(i) = lookup(domains, &host[host.len() - len..]) {
+                return Some(i);
+            }
+        }
+        let prefix = self.prefixes.iter().filter(|(len, _)| host.len() > *len);
+        for (len, domains) in prefix {
+            if let Some(i) = lookup(domains, &host[..*len]) {
+                return Some(i);
+            }
+        }
+        self.any
+    }
+
+    /// The first matching route of the host chosen for `host`, else the default route, else
+    /// `None` (no route).
+    pub fn route<R: ?Sized>(&self, host: Option<&[u8]>, req: &R) -> Option<&Action>
+    where
+        M: Match<R>,
+    {
+        self.find(host)
+            .and_then(|i| self.tables[i].routes.iter().find(|(m, _)| m.matches(req)))
+            .map(|(_, a)| a)
+            .or(self.default.as_ref())
+    }
+}
+
+fn add_by_len(kind: &mut Vec<(usize, Domains)>, d: &[u8], host: usize) {
+    match kind.iter_mut().find(|(len, _)| *len == d.len()) {
+        Some((_, domains)) => domains.push((d.into(), host)),
+        None => kind.push((d.len(), vec![(d.into(), host)])),
+    }
+}
+
+/// Sorted by domain; of a repeated domain the first host stays.
+fn sort_domains(d: &mut Domains) {
+    d.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    d.dedup_by(|later, first| later.0 == first.0);
+}
+
+/// The host of `name` among `domains` (lower-case), `name` compared ASCII case-insensitively.
+fn lookup(domains: &Domains, name: &[u8]) -> Option<usize> {
+    let lower = || name.iter().map(u8::to_ascii_lowercase);
+    domains
+        .binary_search_by(|(d, _)| d.iter().copied().cmp(lower()))
+        .ok()
+        .map(|k| domains[k].1)
+}
+
+/// Where the port of a host name starts (its `:`), as Envoy's `HeaderUtility::getPortStart`:
+/// the last `:` unless it is inside an IPv6 literal's brackets.
+fn port_start(host: &[u8]) -> Option<usize> {
+    let colon = host.iter().rposition(|&b| b == b':')?;
+    match host.iter().rposition(|&b| b == b']') {
+        Some(v6_end) if v6_end > colon => None,
+        _ => Some(colon),
     }
 }
 
@@ -312,5 +493,96 @@ mod tests {
         let rolls: Vec<u32> = (0..4).map(|_| d.roll()).collect();
         assert!(rolls.iter().all(|&r| r != 0), "{rolls:?}");
         assert_ne!(rolls[0], rolls[1]);
+    }
+
+    struct Any;
+    impl Match<()> for Any {
+        fn matches(&self, _: &()) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn hosts_pick_the_most_specific_domain_as_envoy() {
+        let clusters: Vec<config::Cluster> = (0..6)
+            .map(|i| config::Cluster {
+                name: format!("c{i}"),
+                ..config::Config::from_yaml(
+                    "t",
+                    "clusters: [{name: x, endpoints: [\"127.0.0.1:1\"]}]",
+                )
+                .unwrap()
+                .clusters[0]
+                    .clone()
+            })
+            .collect();
+        let route = |c: usize| config::RouteAction {
+            cluster: Some(format!("c{c}")),
+            ..Default::default()
+        };
+        let routes: Vec<Vec<config::RouteAction>> = (0..6).map(|c| vec![route(c)]).collect();
+        let domains: Vec<Vec<String>> = [
+            &["Api.Example.com", "api.example.com:8080"][..],
+            &["*.example.com"],
+            &["*-bar.example.com"],
+            &["api.*"],
+            &["api.example.*"],
+            &["*"],
+        ]
+        .iter()
+        .map(|ds| ds.iter().map(|d| d.to_string()).collect())
+        .collect();
+        let compile = |ignore_port: bool| {
+            let hosts: Vec<HostRoutes<'_, config::RouteAction>> = (0..6)
+                .map(|i| HostRoutes {
+                    domains: &domains[i],
+                    routes: &routes[i],
+                })
+                .collect();
+            Hosts::compile(&hosts, ignore_port, None, &clusters, |r| Ok((Any, r))).unwrap()
+        };
+        let h = compile(false);
+        let pick = |h: &Hosts<Any>, host: &str| h.find(Some(host.as_bytes()));
+        assert_eq!(pick(&h, "api.example.com"), Some(0));
+        assert_eq!(pick(&h, "API.EXAMPLE.COM"), Some(0), "case");
+        assert_eq!(pick(&h, "api.example.com:8080"), Some(0));
+        assert_eq!(
+            pick(&h, "api.example.com:9090"),
+            Some(4),
+            "port kept: a prefix"
+        );
+        assert_eq!(pick(&h, "www.example.com"), Some(1), "suffix over prefix");
+        assert_eq!(pick(&h, "foo-bar.example.com"), Some(2), "longest suffix");
+        assert_eq!(
+            pick(&h, "-bar.example.com"),
+            Some(1),
+            "a wildcard needs one byte"
+        );
+        assert_eq!(pick(&h, ".example.com"), Some(5));
+        assert_eq!(pick(&h, "api.example.org"), Some(4), "longest prefix");
+        assert_eq!(pick(&h, "api.x"), Some(3));
+        assert_eq!(pick(&h, "api."), Some(5));
+        assert_eq!(pick(&h, "other"), Some(5));
+        assert_eq!(h.find(None), None, "no host name, several hosts");
+        let h = compile(true);
+        assert_eq!(pick(&h, "api.example.com:9090"), Some(0), "port ignored");
+        assert_eq!(pick(&h, "api.example.com:"), Some(0));
+        assert_eq!(pick(&h, "[::1]"), Some(5));
+        let r = h.route(Some(b"x-bar.example.com"), &()).unwrap();
+        assert_eq!((r.pick_cluster(0), r.route_index), (2, Some(2)));
+        assert_eq!(port_start(b"[::1]:80"), Some(5));
+        assert_eq!(port_start(b"[::1]"), None);
+        let only_any = Hosts::compile(
+            &[HostRoutes {
+                domains: &domains[5],
+                routes: &routes[5],
+            }],
+            false,
+            None,
+            &clusters,
+            |r| Ok((Any, r)),
+        )
+        .unwrap();
+        assert_eq!(only_any.find(None), Some(0), "Envoy's fast path");
     }
 }

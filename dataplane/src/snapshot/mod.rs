@@ -154,6 +154,23 @@ fn host_stat_ids(st: &Stats, cluster: &str, addr: std::net::SocketAddr) -> HostS
     }
 }
 
+/// The stat names of a Triple listener's routes in route-index order: flat routes by their
+/// `name`; a virtual host's as `{host name}/{route name}` (routes of several hosts, Istio's
+/// among them, are often named alike). `None`: `routes[i]` by index, resp.
+/// `{host}/routes[j]`.
+fn triple_route_names(t: &config::TripleListener) -> Vec<Option<String>> {
+    let flat = t.routes.iter().map(|r| r.name.clone());
+    let hosted = t.virtual_hosts.iter().flat_map(|h| {
+        h.routes.iter().enumerate().map(|(j, r)| {
+            Some(match &r.name {
+                Some(n) => format!("{}/{n}", h.name),
+                None => format!("{}/routes[{j}]", h.name),
+            })
+        })
+    });
+    flat.chain(hosted).collect()
+}
+
 /// The request counters of each route of listener `l` (config order, then its default route),
 /// named by the route's `name` or `routes[i]`.
 fn route_stat_ids(st: &Stats, l: &config::Listener) -> Vec<RequestStatIds> {
@@ -167,11 +184,7 @@ fn route_stat_ids(st: &Stats, l: &config::Listener) -> Vec<RequestStatIds> {
             "dubbo_route",
         ),
         config::Protocol::Triple => (
-            l.triple
-                .iter()
-                .flat_map(|t| &t.routes)
-                .map(|r| r.name.clone())
-                .collect(),
+            l.triple.iter().flat_map(triple_route_names).collect(),
             "triple_route",
         ),
         config::Protocol::Tcp => return Vec::new(),
@@ -283,18 +296,21 @@ impl Builder {
         l: &config::Listener,
         old: &mut std::collections::HashMap<String, SharedLimit>,
     ) -> Option<SharedLimits> {
-        let routes: Vec<(Option<&String>, Option<&config::TokenBucket>)> = match l.protocol {
+        // In route-index order, named as the route stats are.
+        let routes: Vec<(Option<String>, Option<&config::TokenBucket>)> = match l.protocol {
             config::Protocol::Dubbo => l
                 .dubbo
                 .iter()
                 .flat_map(|d| &d.routes)
-                .map(|r| (r.name.as_ref(), r.local_rate_limit.as_ref()))
+                .map(|r| (r.name.clone(), r.local_rate_limit.as_ref()))
                 .collect(),
             config::Protocol::Triple => l
                 .triple
                 .iter()
-                .flat_map(|t| &t.routes)
-                .map(|r| (r.name.as_ref(), r.local_rate_limit.as_ref()))
+                .flat_map(|t| {
+                    let limits = t.all_routes().map(|r| r.local_rate_limit.as_ref());
+                    triple_route_names(t).into_iter().zip(limits)
+                })
                 .collect(),
             config::Protocol::Tcp => Vec::new(),
         };
@@ -324,7 +340,7 @@ impl Builder {
             .into_iter()
             .enumerate()
             .map(|(i, (name, b))| {
-                let name = name.cloned().unwrap_or_else(|| format!("routes[{i}]"));
+                let name = name.unwrap_or_else(|| format!("routes[{i}]"));
                 b.map(|b| limit(Some(name), b))
             })
             .chain(std::iter::once(None))

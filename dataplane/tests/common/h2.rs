@@ -236,17 +236,23 @@ impl Client {
         id
     }
 
+    /// Starts a gRPC call; an `:authority` in `extra` replaces the default `ringside.test`
+    /// (among the pseudo-headers, where HTTP/2 wants it).
     pub fn start(&mut self, path: &str, extra: &[(&str, &str)], body: &[u8], end: bool) -> u32 {
         let id = self.next_id();
+        let authority = extra
+            .iter()
+            .find(|(n, _)| *n == ":authority")
+            .map_or("ringside.test", |(_, v)| *v);
         let mut h = vec![
             (":method", "POST"),
             (":scheme", "http"),
             (":path", path),
-            (":authority", "ringside.test"),
+            (":authority", authority),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
         ];
-        h.extend_from_slice(extra);
+        h.extend(extra.iter().filter(|(n, _)| *n != ":authority"));
         self.p.headers(id, &h, false);
         let other = self.p.data(id, &grpc_msg(body), end);
         assert!(other.is_empty(), "unexpected frames while sending");

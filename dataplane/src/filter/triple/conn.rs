@@ -1588,7 +1588,7 @@ fn route_call(
         method,
         headers: hl,
     };
-    let Some(action) = routes.router.route(&view) else {
+    let Some(action) = routes.router.route(hl.get(b":authority"), &view) else {
         l.stats.inc(l.ids.rq_no_route);
         return Err(Refused::Call(CallError::NoRoute {
             service: String::from_utf8_lossy(service).into_owned(),

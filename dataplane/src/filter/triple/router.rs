@@ -1,10 +1,11 @@
 //! Triple/gRPC routing: routes compiled once from config, matched against a stream's request
 //! headers (`:path` split into service and method, `:authority`, the `tri-*` headers and any
-//! other header). First match wins; the listener's `cluster` is the default route.
+//! other header). The virtual host is chosen by `:authority` (flat `routes` are one host of
+//! domain `*`); within it the first match wins; the listener's `cluster` is the default route.
 
 use super::headers::HeaderList;
 use crate::config;
-use crate::route::{Match, Matcher, NamedMatch, RouteError, Table};
+use crate::route::{HostRoutes, Hosts, Match, Matcher, NamedMatch, RouteError};
 
 /// What a route sees of a request.
 pub struct RequestView<'a> {
@@ -39,12 +40,32 @@ impl Match<RequestView<'_>> for Route {
 }
 
 /// One listener's compiled Triple routes.
-pub type Router = Table<Route>;
+pub type Router = Hosts<Route>;
 
 /// Compiles a listener's Triple routes (validated config: errors are bugs, reported).
 pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, RouteError> {
-    let routes = l.triple.as_ref().map_or(&[][..], |t| &t.routes);
-    Table::compile(routes, l.cluster.as_deref(), clusters, |r| {
+    let any = ["*".to_string()];
+    let (hosts, ignore_port): (Vec<HostRoutes<'_, config::TripleRoute>>, bool) = match &l.triple {
+        Some(t) if !t.virtual_hosts.is_empty() => (
+            t.virtual_hosts
+                .iter()
+                .map(|h| HostRoutes {
+                    domains: &h.domains,
+                    routes: &h.routes,
+                })
+                .collect(),
+            t.ignore_port_in_host_matching,
+        ),
+        Some(t) => (
+            vec![HostRoutes {
+                domains: &any,
+                routes: &t.routes,
+            }],
+            false,
+        ),
+        None => (Vec::new(), false),
+    };
+    Hosts::compile(&hosts, ignore_port, l.cluster.as_deref(), clusters, |r| {
         let m = &r.matcher;
         let mut headers = Vec::with_capacity(m.headers.len() + 3);
         for (name, v) in [
@@ -86,7 +107,8 @@ mod tests {
             method: b"Get",
             headers: &hl,
         };
-        r.route(&view).map(|a| a.pick_cluster(0))
+        r.route(hl.get(b":authority"), &view)
+            .map(|a| a.pick_cluster(0))
     }
 
     #[test]
