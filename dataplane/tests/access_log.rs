@@ -16,12 +16,22 @@ use common::{echo_server, free_port, local, Ringside, TempDir};
 
 const SVC: &str = "com.example.Echo";
 
-/// The lines of `path` once it has at least `n` (waits up to 5 s).
+/// The lines of `path` once it has at least `n` (waits up to 15 s: Envoy flushes its file
+/// logs every few seconds).
 fn lines(path: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    lines_where(path, n, |_| true)
+}
+
+/// The lines of `path` that `keep`, once there are at least `n`.
+fn lines_where(path: &Path, n: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| keep(l))
+            .map(str::to_string)
+            .collect();
         if lines.len() >= n {
             return lines;
         }
@@ -366,4 +376,115 @@ clusters:
         ],
         "{got:?}"
     );
+}
+
+/// The same xDS listeners with `access_log` (file loggers, text and JSON formats) given to
+/// Envoy 1.40 and to ringside, the same calls through both (a TCP connection, a grpcio call,
+/// a call without a route): the lines agree field for field, apart from the listener ports and
+/// log paths that differ between the two snapshots.
+#[test]
+fn xds_access_logs_write_the_lines_envoy_writes() {
+    use common::envoy::{bootstrap, eds_cluster, load_assignment, socket, Ads, Envoy};
+    use common::grpc::{grpc_call, CallOpts, GrpcServer};
+    use common::xds::XdsServer;
+    use serde_json::json;
+
+    const TCP_FORMAT: &str = "%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %RESPONSE_CODE% %PROTOCOL%\n";
+    const GRPC_FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %REQ(X-USER)% %REQ(:AUTHORITY)%\n";
+    let echo = echo_server();
+    let server = GrpcServer::start(0, "S", &[]);
+    let dir = TempDir::new("access-log-oracle");
+    let file_log = |path: &Path, format: Value| {
+        json!({"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.display().to_string(), "log_format": format}})
+    };
+    use serde_json::Value;
+    let snapshot = |who: &str, tcp: SocketAddr, grpc: SocketAddr| {
+        let text = |f: &str| json!({"text_format_source": {"inline_string": f}});
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "grpc", "codec_type": "HTTP2",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "s"}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "access_log": [
+                file_log(&dir.0.join(format!("{who}-grpc.log")), text(GRPC_FORMAT)),
+                file_log(&dir.0.join(format!("{who}-grpc.json")), json!({"json_format": {
+                    "path": "%REQ(:PATH)%", "code": "%RESPONSE_CODE%", "grpc": "%GRPC_STATUS%",
+                    "flags": "%RESPONSE_FLAGS%", "missing": "%REQ(X-NONE)%",
+                    "nested": {"cluster": "%UPSTREAM_CLUSTER%"}}}))
+            ]
+        });
+        json!({
+            "version": "v1",
+            "listeners": [
+                {"name": "tcp", "address": socket(tcp), "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "tcp", "cluster": "echo",
+                        "access_log": [file_log(&dir.0.join(format!("{who}-tcp.log")), text(TCP_FORMAT))]}}]}]},
+                {"name": "grpc", "address": socket(grpc), "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
+            ],
+            "clusters": [eds_cluster("echo", false), eds_cluster("s", true)],
+            "endpoints": [load_assignment("echo", &[echo]), load_assignment("s", &[server.addr()])]
+        })
+    };
+    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<Value>) {
+        let (tcp, grpc) = (local(free_port()), local(free_port()));
+        let mut xds = XdsServer::start();
+        xds.put(&snapshot(who, tcp, grpc)).unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle\n  node_cluster: tests\n  mode: sotw\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "2"]))
+        };
+        // Both listeners serving.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(tcp).is_err() || TcpStream::connect(grpc).is_err() {
+            assert!(Instant::now() < deadline, "{who}: listeners never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut s = TcpStream::connect(tcp).unwrap();
+        s.write_all(b"ping!").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        drop(s);
+        let ok = grpc_call(
+            grpc,
+            &CallOpts::default().payload(100).meta("x-user", "vip-1"),
+        );
+        assert!(ok.ok, "{who}: {ok:?}");
+        let lost = grpc_call(grpc, &CallOpts::default().service("other.Service"));
+        assert_eq!(lost.code, "UNIMPLEMENTED", "{who}: {lost:?}");
+        // Without the readiness probes' connections (nothing sent: "0 0 ...").
+        let tcp_lines = lines_where(&dir.0.join(format!("{who}-tcp.log")), 1, |l| {
+            !l.starts_with("0 0 ")
+        });
+        let grpc_lines: Vec<String> = lines(&dir.0.join(format!("{who}-grpc.log")), 2)
+            .iter()
+            .map(|l| l.replace(&grpc.port().to_string(), "PORT"))
+            .collect();
+        let json = lines(&dir.0.join(format!("{who}-grpc.json")), 2)
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: {e}: {l}")))
+            .collect();
+        xds.terminate().unwrap();
+        (tcp_lines, grpc_lines, json)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert_eq!(ringside.0, envoy.0, "tcp lines");
+    assert_eq!(ringside.1, envoy.1, "grpc lines");
+    assert_eq!(ringside.2, envoy.2, "grpc json lines");
 }

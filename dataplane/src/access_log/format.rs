@@ -344,10 +344,12 @@ fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>) -> bool {
             None => false,
         },
         Op::ResponseFlags => {
+            // Envoy writes "-" for no flags, also as a JSON value (a string, not null).
             if r.flags.is_empty() {
-                return false;
+                out.push(b'-');
+            } else {
+                r.flags.write(out);
             }
-            r.flags.write(out);
             true
         }
         Op::UpstreamHost => addr(r.upstream_host, true, out),

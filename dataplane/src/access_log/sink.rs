@@ -14,8 +14,9 @@ use crossbeam_queue::ArrayQueue;
 
 use super::{FormatError, BATCH_BYTES, QUEUED_BATCHES_MAX};
 
-/// `path` values that mean the process's standard output.
+/// `path` values that mean the process's standard output and error.
 const STDOUT: &str = "/dev/stdout";
+const STDERR: &str = "/dev/stderr";
 /// How long the writer sleeps when nothing arrives (it is woken by every batch).
 const IDLE_PARK: Duration = Duration::from_secs(1);
 
@@ -142,6 +143,7 @@ impl FileSink {
 
 enum Output {
     Stdout,
+    Stderr,
     File(File),
 }
 
@@ -149,6 +151,9 @@ impl Output {
     fn open(path: &str) -> std::io::Result<Output> {
         if path == STDOUT {
             return Ok(Output::Stdout);
+        }
+        if path == STDERR {
+            return Ok(Output::Stderr);
         }
         OpenOptions::new()
             .create(true)
@@ -160,6 +165,7 @@ impl Output {
     fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
         match self {
             Output::Stdout => std::io::stdout().lock().write_all(b),
+            Output::Stderr => std::io::stderr().lock().write_all(b),
             Output::File(f) => f.write_all(b),
         }
     }

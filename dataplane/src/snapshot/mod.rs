@@ -822,12 +822,12 @@ mod tests {
             )
         };
         let cfg = |y: String| Config::from_yaml("t.yaml", &y).unwrap();
-        let s1 = b.build(cfg(yaml(5, 100)), &st, None);
+        let s1 = b.build(cfg(yaml(5, 100)), &st, None, Vec::new());
         let l1 = s1.limits[0].clone().unwrap();
         assert_eq!(l1.routes.len(), 2, "the route, then the default route");
         assert!(l1.routes[1].is_none());
         // Another route timeout: both buckets are the same ones (their tokens carry over).
-        let s2 = b.build(cfg(yaml(5, 200)), &st, None);
+        let s2 = b.build(cfg(yaml(5, 200)), &st, None, Vec::new());
         let l2 = s2.limits[0].clone().unwrap();
         let same = |a: &Option<SharedLimit>, b: &Option<SharedLimit>| {
             Arc::ptr_eq(&a.as_ref().unwrap().bucket, &b.as_ref().unwrap().bucket)
@@ -835,7 +835,7 @@ mod tests {
         assert!(same(&l1.listener, &l2.listener));
         assert!(same(&l1.routes[0], &l2.routes[0]));
         // A new listener burst: a new listener bucket, the route's stays.
-        let s3 = b.build(cfg(yaml(6, 200)), &st, None);
+        let s3 = b.build(cfg(yaml(6, 200)), &st, None, Vec::new());
         let l3 = s3.limits[0].clone().unwrap();
         assert!(!same(&l2.listener, &l3.listener));
         assert!(same(&l2.routes[0], &l3.routes[0]));
