@@ -1014,6 +1014,20 @@ pub struct Cluster {
     /// (xDS: the cluster's `upstream_connection_options.tcp_keepalive`).
     #[serde(default)]
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Envoy's `circuit_breakers` (default priority): limits on the whole cluster; see
+    /// docs/governance.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
+}
+
+/// A cluster's circuit breakers (Envoy's `circuit_breakers.thresholds`, default priority).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    /// Requests in flight to the cluster (Dubbo requests, Triple streams), all endpoints
+    /// together; beyond it requests are answered locally (Dubbo status 100, gRPC UNAVAILABLE).
+    /// Enforced per shard as `ceil(max_requests / shards)`.
+    pub max_requests: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1773,6 +1787,13 @@ fn validate_cluster_limits(
         CONNECT_TIMEOUT_MS_MAX,
     );
     from_1("timeout_ms", c.timeout_ms, REQUEST_TIMEOUT_MS_MAX);
+    if let Some(cb) = &c.circuit_breakers {
+        from_1(
+            "circuit_breakers.max_requests",
+            cb.max_requests as u64,
+            u32::MAX as u64,
+        );
+    }
     from_1(
         "connections_per_host",
         u64::from(c.connections_per_host),

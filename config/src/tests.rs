@@ -166,6 +166,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         keepalive_interval_ms: KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
+        circuit_breakers: None,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());

@@ -661,3 +661,73 @@ fn the_shard_buffer_budget_sheds_new_requests_when_exhausted() {
     );
     assert_eq!(stat(&rs, "shard.0.rq_shed_memory"), 1);
 }
+
+/// Issue 20, per-process ceilings: a large request that arrives while the shard is over its
+/// buffer budget is shed from its header (answered 100 before its body is in, the body
+/// discarded as it comes, never buffered), and its connection goes on with the next frame. A
+/// request read in part holds its read buffer's room: a consumer that sends 5 of the 6 MiB of
+/// one request exhausts a 4 MiB budget; once it sends the rest, its request goes through.
+#[test]
+fn a_large_request_is_shed_from_its_header_while_the_budget_is_exhausted() {
+    let a = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "runtime:\n  buffered_bytes_per_shard_max: {}\n{}",
+        4 << 20,
+        config(
+            admin,
+            listen,
+            "",
+            &format!("  - name: a\n    endpoints: [\"{}\"]\n", a.addr),
+        )
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let gauge = || stat(&rs, "shard.0.buffered_bytes");
+    let body = vec![7u8; 6 << 20];
+    let large = |id| {
+        RequestBuilder::new(SVC, "up")
+            .args(&[Arg::Bytes(&body)])
+            .request_id(id)
+            .build()
+    };
+    let mut c = Consumer::connect(listen);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "x")).text, "A|x|");
+    std::thread::sleep(Duration::from_millis(1_200));
+    let base = gauge();
+    let mut hog = Consumer::connect(listen);
+    let first = large(1);
+    hog.send_raw(&first[..5 << 20]);
+    assert!(
+        wait_for(Duration::from_secs(10), || gauge() >= 4 << 20),
+        "a request read in part holds its room: gauge {}",
+        gauge()
+    );
+    let second = large(7);
+    c.send_raw(&second[..1 << 20]);
+    let shed = c
+        .recv()
+        .expect("shed from its header, before its body is in");
+    assert_eq!(
+        (shed.id, shed.status),
+        (7, Status::ServerThreadpoolExhausted),
+        "{shed:?}"
+    );
+    assert!(
+        shed.text.contains("buffer budget exhausted"),
+        "{}",
+        shed.text
+    );
+    assert_eq!(stat(&rs, "shard.0.rq_shed_memory"), 1);
+    // The rest of its body is discarded; the next frame on the connection is read as one.
+    c.send_raw(&second[1 << 20..]);
+    hog.send_raw(&first[5 << 20..]);
+    let a1 = hog.recv().expect("the request read in part goes through");
+    assert_eq!((a1.id, a1.text.as_str()), (1, "A|up|6291456 bytes"));
+    assert!(
+        wait_for(Duration::from_secs(5), || gauge() <= base),
+        "buffered bytes back to {base}: {}",
+        gauge()
+    );
+    assert_eq!(c.call(RequestBuilder::new(SVC, "after")).text, "A|after|");
+    assert_eq!(stat(&rs, "shard.0.rq_shed_memory"), 1);
+}

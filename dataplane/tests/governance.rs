@@ -243,3 +243,331 @@ fn dubbo_listener_limit_holds_its_rate_within_5_percent_at_2x_and_10x() {
         );
     }
 }
+
+/// An HTTP connection manager listener (RDS) whose chain has the HTTP local rate limit filter
+/// with `filter` as its config.
+fn hcm_rate_limited_listener(addr: SocketAddr, filter: serde_json::Value) -> serde_json::Value {
+    let mut l = common::envoy::rds_listener("grpc_rl", addr, "rl_routes");
+    let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["http_filters"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": filter}),
+    );
+    l
+}
+
+fn http_rate_limit(prefix: &str, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": prefix,
+        "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": 1, "fill_interval": "60s"},
+        "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "rate_limited_as_resource_exhausted": true
+    })
+}
+
+/// The same xDS resources through Envoy 1.40 and ringside: the HTTP local rate limit filter
+/// (a bucket of 4 for the listener) and a route's own `typed_per_filter_config` (a bucket of 2
+/// replacing it for `/pkg.S/Limited`); the same sequence of calls gets the same statuses from
+/// both, and the same number is counted rate limited.
+#[test]
+fn http_local_rate_limit_matches_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let up = Upstream::start("A");
+    let snapshot = |listen: SocketAddr| {
+        json!({
+            "version": "rl1",
+            "listeners": [hcm_rate_limited_listener(listen, http_rate_limit("listener_rl", 4))],
+            "routes": [{"name": "rl_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [
+                    {"match": {"prefix": "/pkg.S/Limited"}, "route": {"cluster": "a"},
+                     "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": http_rate_limit("route_rl", 2)}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "a"}}
+                ]
+            }]}],
+            "clusters": [eds_cluster("a", true)],
+            "endpoints": [load_assignment("a", &[up.addr])]
+        })
+    };
+    // Envoy, with its own xDS server and listener port.
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-rl"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_rl", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_rl")
+            && dynamic_route_configs(d).iter().any(|r| r == "rl_routes")
+    });
+    // ringside, the same resources but its own port.
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-rl\n  mode: sotw\n",
+        rs_xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", "2"]);
+    rs_xds.wait_ack(RDS, "rl1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(rs_listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {rs_listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let run = |addr: SocketAddr| -> Vec<(&'static str, Option<u32>)> {
+        let mut c = Client::connect(addr);
+        let mut out = Vec::new();
+        for path in ["/pkg.S/Limited"; 4].into_iter().chain(["/pkg.S/Other"; 6]) {
+            out.push((path, c.call(path, &[], b"x").grpc_status()));
+        }
+        out
+    };
+    let envoy_answers = run(envoy_listen);
+    let rs_answers = run(rs_listen);
+    let codes =
+        |v: &[(&str, Option<u32>)]| v.iter().map(|(_, c)| c.unwrap_or(99)).collect::<Vec<_>>();
+    assert_eq!(
+        codes(&envoy_answers),
+        [0, 0, 8, 8, 0, 0, 0, 0, 8, 8],
+        "Envoy, the oracle: {envoy_answers:?}"
+    );
+    assert_eq!(rs_answers, envoy_answers, "ringside vs Envoy");
+    let envoy_limited = envoy.stat("listener_rl.http_local_rate_limit.rate_limited")
+        + envoy.stat("route_rl.http_local_rate_limit.rate_limited");
+    let rs_limited = stat(&rs, "local_rate_limit.grpc_rl.rate_limited")
+        + stat(&rs, "local_rate_limit.grpc_rl.all/routes[0].rate_limited");
+    assert_eq!(
+        (rs_limited, envoy_limited),
+        (4, 4),
+        "{}",
+        envoy.get("/stats")
+    );
+}
+
+// === circuit breakers ===
+
+fn per_shard_connections(rs: &Ringside) -> Vec<u64> {
+    let info: serde_json::Value = serde_json::from_str(&rs.get("/server_info").1).unwrap();
+    info["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["downstream_cx_total"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn dubbo_max_requests_refuses_beyond_the_limit_until_requests_end() {
+    let p = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = dubbo_config(admin, listen, &[("p", &[p.addr])], "    cluster: p\n").replace(
+        "    timeout_ms: 1000\n",
+        "    timeout_ms: 600\n    circuit_breakers: {max_requests: 4}\n",
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    let args = [Arg::Str("x")];
+    // Four requests the provider never answers hold the breaker's four slots.
+    let held: Vec<u64> = (0..4)
+        .map(|_| c.send(RequestBuilder::new(SVC, "hold").args(&args)))
+        .collect();
+    for _ in 0..3 {
+        let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+        assert_eq!(a.status, Status::ServerThreadpoolExhausted, "{}", a.text);
+        assert!(
+            a.text.contains("circuit breaker of cluster p open"),
+            "{}",
+            a.text
+        );
+    }
+    // They time out (status 31): the slots are free again.
+    let timed_out = c.recv_n(4);
+    assert!(held
+        .iter()
+        .all(|id| timed_out[id].status == Status::ServerTimeout));
+    let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+    assert_eq!((a.status, a.text.as_str()), (Status::Ok, "A|echo|x"));
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_active_overflow"), 3);
+    let seen = p.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|m| *m == "echo").count(),
+        1,
+        "refused calls never reach the provider"
+    );
+}
+
+/// The per-shard approximation: each of 2 shards admits `ceil(8 / 2)` = 4 requests in flight,
+/// so the process admits `Σ min(connections with one request in flight on shard s, 4)`: 8 when
+/// both shards have 4 or more, fewer when SO_REUSEPORT put fewer than 4 on one of them.
+#[test]
+fn dubbo_max_requests_per_shard_approximation() {
+    let p = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = dubbo_config(admin, listen, &[("p", &[p.addr])], "    cluster: p\n").replace(
+        "    timeout_ms: 1000\n",
+        "    timeout_ms: 3000\n    circuit_breakers: {max_requests: 8}\n",
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "2"]);
+    let args = [Arg::Str("x")];
+    let mut conns: Vec<Consumer> = (0..16).map(|_| Consumer::connect(listen)).collect();
+    for c in &mut conns {
+        c.send(RequestBuilder::new(SVC, "hold").args(&args));
+    }
+    // Refused ones are answered at once; admitted ones are held until their timeout (3 s,
+    // after this loop's 0.3 + 16 × 0.1 s at most).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = 0;
+    for c in &mut conns {
+        c.conn
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        if let Some(a) = c.recv() {
+            assert_eq!(a.status, Status::ServerThreadpoolExhausted);
+            refused += 1;
+        }
+    }
+    let admitted = 16 - refused;
+    let per_shard = per_shard_connections(&rs);
+    let expected: u64 = per_shard.iter().map(|&n| n.min(4)).sum();
+    eprintln!("connections per shard {per_shard:?}: admitted {admitted} of max_requests 8 (model {expected})");
+    assert_eq!(admitted as u64, expected);
+    assert!(admitted <= 8, "never more than max_requests");
+}
+
+/// The same xDS resources through Envoy 1.40 and ringside (one shard, where the per-shard
+/// split is exact): a cluster with `circuit_breakers` `max_requests: 3`, eight concurrent slow
+/// calls on one connection: both answer three and refuse five UNAVAILABLE, counted in
+/// `upstream_rq_active_overflow`.
+#[test]
+fn max_requests_matches_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let up = Upstream::start("A");
+    let snapshot = |listen: SocketAddr| {
+        let mut cluster = eds_cluster("a", true);
+        cluster["circuit_breakers"] =
+            json!({"thresholds": [{"priority": "DEFAULT", "max_requests": 3}]});
+        json!({
+            "version": "cb1",
+            "listeners": [rds_listener("grpc_cb", listen, "cb_routes")],
+            "routes": [{"name": "cb_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]
+            }]}],
+            "clusters": [cluster],
+            "endpoints": [load_assignment("a", &[up.addr])]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-cb"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_cb", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_cb")
+            && dynamic_route_configs(d).iter().any(|r| r == "cb_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-cb\n  mode: sotw\n",
+        rs_xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", "1"]);
+    rs_xds.wait_ack(CDS, "cb1");
+    rs_xds.wait_ack(RDS, "cb1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(rs_listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {rs_listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |addr: SocketAddr| -> Vec<u32> {
+        let mut c = Client::connect(addr);
+        // A first call opens the upstream connection.
+        assert_eq!(c.call("/pkg.S/Warm", &[], b"w").grpc_status(), Some(0));
+        let ids: Vec<u32> = (0..8)
+            .map(|i| {
+                c.start(
+                    "/pkg.S/Slow",
+                    &[("x-delay-ms", "500")],
+                    format!("{i}").as_bytes(),
+                    true,
+                )
+            })
+            .collect();
+        let mut others = HashMap::new();
+        let mut codes: Vec<u32> = ids
+            .into_iter()
+            .map(|id| c.finish(id, &mut others).grpc_status().unwrap_or(99))
+            .collect();
+        codes.sort();
+        codes
+    };
+    let envoy_codes = run(envoy_listen);
+    let rs_codes = run(rs_listen);
+    assert_eq!(
+        envoy_codes,
+        [0, 0, 0, 14, 14, 14, 14, 14],
+        "Envoy, the oracle"
+    );
+    assert_eq!(rs_codes, envoy_codes, "ringside vs Envoy");
+    assert_eq!(
+        (
+            stat(&rs, "cluster.a.upstream_rq_active_overflow") as u64,
+            envoy.stat("cluster.a.upstream_rq_active_overflow")
+        ),
+        (5, 5),
+        "{}",
+        envoy
+            .get("/stats")
+            .lines()
+            .filter(|l| l.contains("overflow") || l.contains("rq_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The approximation's worst case: every request on one connection, so on one shard, which
+/// admits only its `ceil(8 / 2)` = 4 (Envoy, counting for the process, would admit 8).
+#[test]
+fn dubbo_max_requests_one_connection_gets_one_shards_share() {
+    let p = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = dubbo_config(admin, listen, &[("p", &[p.addr])], "    cluster: p\n").replace(
+        "    timeout_ms: 1000\n",
+        "    timeout_ms: 3000\n    circuit_breakers: {max_requests: 8}\n",
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "2"]);
+    let mut c = Consumer::connect(listen);
+    let args = [Arg::Str("x")];
+    for _ in 0..16 {
+        c.send(RequestBuilder::new(SVC, "hold").args(&args));
+    }
+    let refused = c.recv_n(12);
+    assert!(refused
+        .values()
+        .all(|a| a.status == Status::ServerThreadpoolExhausted));
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_active_overflow"), 12);
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_active"), 4);
+}

@@ -846,6 +846,12 @@ impl Client {
         if let (Some(name), Some(t)) = (&l.rds, out.triple.as_mut()) {
             if let Some(r) = cand.routes.get(name) {
                 r.value.fill(t);
+                if !l.route_limits {
+                    t.virtual_hosts
+                        .iter_mut()
+                        .flat_map(|h| &mut h.routes)
+                        .for_each(|r| r.local_rate_limit = None);
+                }
             }
         }
         out

@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as http_rl_pb;
 use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::action::v3 as gp_action_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gp_matcher_pb;
@@ -37,8 +38,8 @@ use prost::Message;
 
 use config::{
     ArgumentMatch, AttachmentMatch, Cluster, DubboListener, DubboMatch, DubboRoute, HeaderMatch,
-    LbPolicy, Listener, Protocol, Range, RouteAction, StringMatch, TripleListener, TripleMatch,
-    TripleRoute, VirtualHost, WeightedCluster,
+    LbPolicy, Listener, Protocol, Range, RouteAction, StringMatch, TokenBucket, TripleListener,
+    TripleMatch, TripleRoute, VirtualHost, WeightedCluster,
 };
 
 use crate::TranslateError;
@@ -98,6 +99,9 @@ pub(crate) struct ListenerRes {
     pub rds: Option<String>,
     /// `use_original_dst`: hands connections to every virtual listener of the LDS set.
     pub hand_off: bool,
+    /// Its HTTP connection manager has a `local_ratelimit` filter: its RDS routes keep their
+    /// own rate limits (without the filter Envoy ignores them).
+    pub route_limits: bool,
     /// A virtual listener's catch-all tcp_proxy chain beside its protocol chain: the cluster
     /// connections that do not speak the protocol go to. ringside passes them through to their
     /// original destination with the handing listener's cluster, so the client checks that
@@ -328,6 +332,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         out.buffer_bytes = b.value as usize;
     }
     let mut rds = None;
+    let mut route_limits = false;
     // A TypedStruct (Aeraki sends dubbo_proxy so) stands for the message it names.
     let wrapped = if any.type_url == UDPA_TYPED_STRUCT || any.type_url == XDS_TYPED_STRUCT {
         TypedStructFull::decode(any.value.as_slice())
@@ -349,6 +354,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             rds: None,
             hand_off,
             fallback,
+            route_limits: false,
         });
     }
     match any.type_url.as_str() {
@@ -366,9 +372,18 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         HCM_TYPE => {
             let h: hcm_pb::HttpConnectionManager = unpack(any, HCM_TYPE, &ctx, &tat)?;
             out.protocol = Protocol::Triple;
-            let (routes, name) = hcm(&h, &ctx, &tat)?;
+            let (mut routes, name, limit) = hcm(&h, &ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, &ctx, &format!("{tat}.access_log"))?;
             rds = name;
+            route_limits = limit.is_some();
+            if !route_limits {
+                routes
+                    .virtual_hosts
+                    .iter_mut()
+                    .flat_map(|h| &mut h.routes)
+                    .for_each(|r| r.local_rate_limit = None);
+            }
+            out.local_rate_limit = limit.flatten();
             let mut t = TripleListener::default();
             routes.fill(&mut t);
             out.triple = Some(t);
@@ -398,6 +413,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         rds,
         hand_off,
         fallback,
+        route_limits,
     })
 }
 
@@ -1329,11 +1345,18 @@ fn struct_json(
 
 // === http_connection_manager ===
 
+/// An HTTP connection manager's `local_ratelimit` filter: `None` without one (routes' own
+/// configs are then ignored, as Envoy ignores per-filter configs of filters not in the chain),
+/// else its filter-level bucket, if it limits.
+type RateLimitFilter = Option<Option<TokenBucket>>;
+
+/// An HTTP connection manager: its inline routes or RDS name, and its `local_ratelimit` filter.
 fn hcm(
     h: &hcm_pb::HttpConnectionManager,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<(RouteTable, Option<String>), TranslateError> {
+) -> Result<(RouteTable, Option<String>, RateLimitFilter), TranslateError> {
+    let mut limit = None;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     if h.codec_type != CodecType::Auto as i32 && h.codec_type != CodecType::Http2 as i32 {
         return Err(ctx.err(
@@ -1367,6 +1390,12 @@ fn hcm(
         if is_router {
             continue;
         }
+        if let Some(a) = typed.filter(|a| a.type_url == HTTP_LOCAL_RATELIMIT) {
+            let fat = format!("{at}.http_filters[{i}].typed_config");
+            let rl: http_rl_pb::LocalRateLimit = unpack(a, HTTP_LOCAL_RATELIMIT, ctx, &fat)?;
+            limit = Some(http_local_rate_limit(&rl, ctx, &fat)?);
+            continue;
+        }
         // The filters istiod always adds: ignored when they only feed telemetry or act on
         // what ringside refuses anyway (docs/xds.md, "Istio"); refused otherwise.
         let why = match typed {
@@ -1384,6 +1413,7 @@ fn hcm(
         Some(RouteSpecifier::RouteConfig(rc)) => Ok((
             route_configuration(rc, ctx, &format!("{at}.route_config"))?,
             None,
+            limit,
         )),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -1393,7 +1423,11 @@ fn hcm(
             if let Some(cs) = &rds.config_source {
                 ads_source(cs, ctx, &format!("{rat}.config_source"))?;
             }
-            Ok((RouteTable::default(), Some(rds.route_config_name.clone())))
+            Ok((
+                RouteTable::default(),
+                Some(rds.route_config_name.clone()),
+                limit,
+            ))
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
             format!("{at}.scoped_routes"),
@@ -1489,6 +1523,7 @@ fn route_configuration(
         at,
     )?;
     no_fault_override(&rc.typed_per_filter_config, ctx, at)?;
+    no_shared_rate_limit(&rc.typed_per_filter_config, ctx, at)?;
     let mut out = RouteTable {
         virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
         ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
@@ -1519,11 +1554,14 @@ fn route_configuration(
             &vat,
         )?;
         no_fault_override(&vh.typed_per_filter_config, ctx, &vat)?;
+        no_shared_rate_limit(&vh.typed_per_filter_config, ctx, &vat)?;
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{j}]");
             no_fault_override(&r.typed_per_filter_config, ctx, &rat)?;
-            routes.push(triple_route(r, ctx, &rat)?);
+            let mut route = triple_route(r, ctx, &rat)?;
+            route.local_rate_limit = route_rate_limit(&r.typed_per_filter_config, ctx, &rat)?;
+            routes.push(route);
         }
         out.virtual_hosts.push(VirtualHost {
             name: vh.name.clone(),
@@ -1964,6 +2002,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             Some(k) => Some(tcp_keepalive(k, &ctx)?),
             None => None,
         },
+        circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -2091,6 +2130,27 @@ fn endpoints(
 #[path = "proto_tests.rs"]
 mod tests;
 
+/// A cluster's circuit breakers: the `DEFAULT` priority threshold's `max_requests` (Envoy's
+/// default, 1024, when the threshold leaves it out). Without a `DEFAULT` threshold, no limit
+/// (where Envoy applies its defaults anyway: docs/governance.md). `max_connections`,
+/// `max_pending_requests`, `max_retries`, other priorities, `per_host_thresholds` and budgets
+/// are ignored.
+fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::CircuitBreakers> {
+    let t = cb?
+        .thresholds
+        .iter()
+        .find(|t| t.priority == core_pb::RoutingPriority::Default as i32)?;
+    Some(config::CircuitBreakers {
+        max_requests: t
+            .max_requests
+            .as_ref()
+            .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
+    })
+}
+
+/// Envoy's `max_requests` when a threshold does not give it.
+const ENVOY_MAX_REQUESTS_DEFAULT: u32 = 1024;
+
 /// A cluster's `upstream_connection_options.tcp_keepalive`, as Envoy reads it: a field left
 /// out takes the kernel's default (Linux: 7200 s, 75 s, 9 probes), any field set to 0 turns
 /// keepalive off; a value beyond the kernel's limit is NACKed (Envoy's setsockopt would fail
@@ -2161,6 +2221,9 @@ const GRPC_STATS: &str =
     "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
 const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const HTTP_LOCAL_RATELIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const HTTP_LOCAL_RATELIMIT_NAME: &str = "envoy.filters.http.local_ratelimit";
 
 /// The type a filter's `typed_config` configures: the wrapped one for a TypedStruct.
 fn config_type(any: &Any) -> String {
@@ -2260,6 +2323,151 @@ fn no_fault_override(
         }
     }
     Ok(())
+}
+
+// === local rate limits (docs/governance.md) ===
+
+/// The per-filter config of the HTTP local rate limit in `m`, if any.
+fn rate_limit_override<'a>(
+    m: &'a std::collections::HashMap<String, Any>,
+) -> Option<(&'a String, &'a Any)> {
+    m.iter()
+        .find(|(k, a)| *k == HTTP_LOCAL_RATELIMIT_NAME || a.type_url == HTTP_LOCAL_RATELIMIT)
+}
+
+/// A virtual host's or route configuration's local rate limit is one bucket shared by all their
+/// routes in Envoy; ringside has buckets per listener and per route only: refused.
+fn no_shared_rate_limit(
+    m: &std::collections::HashMap<String, Any>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(), TranslateError> {
+    match rate_limit_override(m) {
+        Some((k, _)) => Err(ctx.err(
+            join(at, &format!("typed_per_filter_config[{k:?}]")),
+            "a local rate limit shared by several routes is not supported (give it per route)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A route's own local rate limit (its `typed_per_filter_config`), which replaces the
+/// filter-level one for the route. One that does not limit (disabled, no token bucket) would
+/// exempt the route from the filter-level bucket, which ringside cannot say: refused.
+fn route_rate_limit(
+    m: &std::collections::HashMap<String, Any>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<TokenBucket>, TranslateError> {
+    let Some((k, a)) = rate_limit_override(m) else {
+        return Ok(None);
+    };
+    let fat = join(at, &format!("typed_per_filter_config[{k:?}]"));
+    let rl: http_rl_pb::LocalRateLimit = unpack(a, HTTP_LOCAL_RATELIMIT, ctx, &fat)?;
+    match http_local_rate_limit(&rl, ctx, &fat)? {
+        Some(b) => Ok(Some(b)),
+        None => Err(ctx.err(
+            fat,
+            "a route's local rate limit that does not limit (disabled or without token_bucket) is not supported",
+        )),
+    }
+}
+
+/// An HTTP `LocalRateLimit` as a token bucket: `None` when it does not limit (no
+/// `token_bucket`, or `filter_enabled` 0 %, its default). Refused: partial enablement or
+/// enforcement (runtime fractions), shadow mode, descriptors, per-connection buckets and
+/// cluster-wide sharing. Response status and headers are ignored (ringside answers gRPC
+/// RESOURCE_EXHAUSTED).
+fn http_local_rate_limit(
+    rl: &http_rl_pb::LocalRateLimit,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<TokenBucket>, TranslateError> {
+    let refuse = |field: &str, what: &str| Err(ctx.err(join(at, field), what.to_string()));
+    if !rl.descriptors.is_empty() || !rl.rate_limits.is_empty() {
+        return refuse("descriptors", "rate limit descriptors are not supported");
+    }
+    if rl.local_rate_limit_per_downstream_connection {
+        return refuse(
+            "local_rate_limit_per_downstream_connection",
+            "per-connection buckets are not supported",
+        );
+    }
+    if rl.local_cluster_rate_limit.is_some() {
+        return refuse(
+            "local_cluster_rate_limit",
+            "sharing the limit across the local cluster is not supported",
+        );
+    }
+    let enabled =
+        percent_all_or_none(rl.filter_enabled.as_ref(), ctx, &join(at, "filter_enabled"))?;
+    if !enabled {
+        return Ok(None);
+    }
+    let enforced = percent_all_or_none(
+        rl.filter_enforced.as_ref(),
+        ctx,
+        &join(at, "filter_enforced"),
+    )?;
+    if !enforced {
+        return refuse(
+            "filter_enforced",
+            "shadow mode (enabled, not enforced) is not supported",
+        );
+    }
+    let Some(tb) = &rl.token_bucket else {
+        return Ok(None);
+    };
+    token_bucket(tb, ctx, &join(at, "token_bucket")).map(Some)
+}
+
+/// A `RuntimeFractionalPercent` that must be 0 % (or unset: Envoy's default for the local rate
+/// limit) or 100 %: whether it is 100 %. The runtime key is not consulted (ringside has no
+/// runtime layer).
+fn percent_all_or_none(
+    p: Option<&core_pb::RuntimeFractionalPercent>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<bool, TranslateError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+    let Some(f) = p.and_then(|p| p.default_value.as_ref()) else {
+        return Ok(false);
+    };
+    let whole = match DenominatorType::try_from(f.denominator) {
+        Ok(DenominatorType::Hundred) => 100,
+        Ok(DenominatorType::TenThousand) => 10_000,
+        Ok(DenominatorType::Million) => 1_000_000,
+        Err(_) => return Err(ctx.err(join(at, "default_value.denominator"), "unknown denominator")),
+    };
+    match f.numerator {
+        0 => Ok(false),
+        n if n >= whole => Ok(true),
+        n => Err(ctx.err(
+            join(at, "default_value"),
+            format!("{n}/{whole} of requests: only 0 % or 100 % is supported"),
+        )),
+    }
+}
+
+fn token_bucket(
+    tb: &envoy_types::pb::envoy::r#type::v3::TokenBucket,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<TokenBucket, TranslateError> {
+    let Some(fill) = &tb.fill_interval else {
+        return Err(ctx.err(join(at, "fill_interval"), "missing"));
+    };
+    let fill_interval_ms = duration_ms(
+        fill,
+        ctx,
+        &join(at, "fill_interval"),
+        config::RATE_LIMIT_FILL_INTERVAL_MS_MAX,
+    )?;
+    Ok(TokenBucket {
+        max_tokens: tb.max_tokens,
+        tokens_per_fill: tb.tokens_per_fill.as_ref().map_or(1, |v| v.value),
+        fill_interval_ms,
+    })
 }
 
 // === filter chain selection ===

@@ -1306,3 +1306,162 @@ fn typed_struct_dubbo_proxy() {
         "{e}"
     );
 }
+
+fn rate_limit_pb(
+    max: u32,
+    per_fill: u32,
+    fill_ms: i32,
+    enabled: u32,
+) -> http_rl_pb::LocalRateLimit {
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket as TokenBucketPb};
+    let all = |n: u32| core_pb::RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: n,
+            denominator: 0,
+        }),
+        runtime_key: "rk".into(),
+    };
+    http_rl_pb::LocalRateLimit {
+        stat_prefix: "rl".into(),
+        token_bucket: Some(TokenBucketPb {
+            max_tokens: max,
+            tokens_per_fill: Some(UInt32Value { value: per_fill }),
+            fill_interval: Some(Duration {
+                seconds: 0,
+                nanos: fill_ms * 1_000_000,
+            }),
+        }),
+        filter_enabled: Some(all(enabled)),
+        filter_enforced: Some(all(100)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn http_local_rate_limit_filter_and_per_route_configs() {
+    let mut limited = route_to("/pkg.S/Limited", "c");
+    limited.typed_per_filter_config.insert(
+        "envoy.filters.http.local_ratelimit".into(),
+        pack_any(rate_limit_pb(5, 2, 500, 100)),
+    );
+    let rc = route_config_pb("rc", &["*"], vec![limited, route_to("/", "c")]);
+    let mut h =
+        hcm_pb::HttpConnectionManager::decode(hcm_inline(rc.clone()).value.as_slice()).unwrap();
+    h.http_filters.insert(
+        0,
+        http_filter(
+            "envoy.filters.http.local_ratelimit",
+            pack_any(rate_limit_pb(100, 10, 100, 100)),
+        ),
+    );
+    let (_, res) = decode_listener(&crate::testing::listener("t", 1, pack_any(h.clone()))).unwrap();
+    let bucket = |max, per, ms| {
+        Some(TokenBucket {
+            max_tokens: max,
+            tokens_per_fill: per,
+            fill_interval_ms: ms,
+        })
+    };
+    assert_eq!(res.listener.local_rate_limit, bucket(100, 10, 100));
+    assert!(res.route_limits);
+    let routes = res.listener.triple.unwrap().virtual_hosts[0].routes.clone();
+    assert_eq!(routes[0].local_rate_limit, bucket(5, 2, 500));
+    assert_eq!(
+        routes[1].local_rate_limit, None,
+        "the filter-level bucket applies"
+    );
+
+    // Filter disabled (0 %, also Envoy's default): no listener bucket, routes keep theirs.
+    h.http_filters[0] = http_filter(
+        "envoy.filters.http.local_ratelimit",
+        pack_any(rate_limit_pb(100, 10, 100, 0)),
+    );
+    let (_, res) = decode_listener(&crate::testing::listener("t", 1, pack_any(h.clone()))).unwrap();
+    assert_eq!(res.listener.local_rate_limit, None);
+    assert_eq!(
+        res.listener.triple.unwrap().virtual_hosts[0].routes[0].local_rate_limit,
+        bucket(5, 2, 500)
+    );
+
+    // No filter in the chain: Envoy ignores the per-route configs, so does ringside.
+    let (_, res) = decode_listener(&crate::testing::listener("t", 1, hcm_inline(rc))).unwrap();
+    assert!(!res.route_limits);
+    assert_eq!(
+        res.listener.triple.unwrap().virtual_hosts[0].routes[0].local_rate_limit,
+        None
+    );
+
+    // Refused: partial enablement, descriptors, shadow mode, a virtual host's shared bucket.
+    h.http_filters[0] = http_filter(
+        "envoy.filters.http.local_ratelimit",
+        pack_any(rate_limit_pb(1, 1, 100, 50)),
+    );
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "t",
+        1,
+        pack_any(h.clone()),
+    )));
+    assert!(
+        e.contains("http_filters[0].typed_config.filter_enabled.default_value")
+            && e.contains("50/100"),
+        "{e}"
+    );
+    let mut shadow = rate_limit_pb(1, 1, 100, 100);
+    shadow.filter_enforced = None;
+    h.http_filters[0] = http_filter("envoy.filters.http.local_ratelimit", pack_any(shadow));
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "t",
+        1,
+        pack_any(h),
+    )));
+    assert!(
+        e.contains("filter_enforced") && e.contains("shadow mode"),
+        "{e}"
+    );
+    let mut rc = route_config_pb("rc", &["*"], vec![route_to("/", "c")]);
+    rc.virtual_hosts[0].typed_per_filter_config.insert(
+        "envoy.filters.http.local_ratelimit".into(),
+        pack_any(rate_limit_pb(5, 2, 500, 100)),
+    );
+    let e = decode_route(&pack_any(rc)).unwrap_err().to_string();
+    assert!(
+        e.contains("virtual_hosts[0].typed_per_filter_config")
+            && e.contains("shared by several routes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn circuit_breakers_default_priority_max_requests() {
+    use cluster_pb::circuit_breakers::Thresholds;
+    let mut s = cluster_static_pb("s", &[("10.0.0.1", 80)]);
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(c.cluster.circuit_breakers, None, "no thresholds: no limit");
+    s.circuit_breakers = Some(cluster_pb::CircuitBreakers {
+        thresholds: vec![
+            Thresholds {
+                priority: core_pb::RoutingPriority::High as i32,
+                max_requests: Some(UInt32Value { value: 7 }),
+                ..Default::default()
+            },
+            Thresholds {
+                max_requests: Some(UInt32Value { value: 50 }),
+                max_connections: Some(UInt32Value { value: 3 }),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(
+        c.cluster.circuit_breakers,
+        Some(config::CircuitBreakers { max_requests: 50 })
+    );
+    s.circuit_breakers.as_mut().unwrap().thresholds[1].max_requests = None;
+    let (_, c) = decode_cluster(&pack_any(s)).unwrap();
+    assert_eq!(
+        c.cluster.circuit_breakers,
+        Some(config::CircuitBreakers { max_requests: 1024 }),
+        "Envoy's default"
+    );
+}

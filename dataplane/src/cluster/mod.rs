@@ -46,6 +46,8 @@ pub struct UpstreamStatIds {
     pub cx_idle_timeout: StatId,
     /// Connections closed after missing `HEARTBEAT_MISSES_MAX` heartbeats.
     pub cx_heartbeat_timeout: StatId,
+    /// Requests refused by the cluster's `circuit_breakers.max_requests` (Envoy 1.40's name).
+    pub rq_active_overflow: StatId,
 }
 
 impl ClusterStatIds {
@@ -74,6 +76,7 @@ impl UpstreamStatIds {
             rsp_too_large: c("upstream_rsp_too_large", Kind::Counter),
             cx_idle_timeout: c("upstream_cx_idle_timeout", Kind::Counter),
             cx_heartbeat_timeout: c("upstream_cx_heartbeat_timeout", Kind::Counter),
+            rq_active_overflow: c("upstream_rq_active_overflow", Kind::Counter),
         }
     }
 }
@@ -471,5 +474,42 @@ impl ShardCluster {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source: io::Error::other("cluster has no endpoints"),
         }))
+    }
+}
+
+// === circuit breakers ===
+
+/// One shard's part of a cluster's `circuit_breakers.max_requests`: `ceil(max_requests /
+/// shards)` requests in flight on this shard (a per-shard approximation of Envoy's process-wide
+/// count; docs/governance.md measures its error).
+pub struct RequestBreaker {
+    pub max: u32,
+    /// Requests in flight to the cluster from this shard's pool.
+    active: std::cell::Cell<u32>,
+}
+
+impl RequestBreaker {
+    /// The breaker of cluster `c` on one of `shards` shards, if it has one.
+    pub fn for_shard(c: &config::Cluster, shards: usize) -> Option<RequestBreaker> {
+        let cb = c.circuit_breakers.as_ref()?;
+        Some(RequestBreaker {
+            max: cb.max_requests.div_ceil(shards.max(1) as u32),
+            active: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Whether the breaker is open: `max` requests are in flight, a new one is refused.
+    pub fn is_open(&self) -> bool {
+        self.active.get() >= self.max
+    }
+
+    /// A request went upstream (counted even when a retry or a move to another endpoint
+    /// re-sends one that was already admitted).
+    pub fn started(&self) {
+        self.active.set(self.active.get() + 1);
+    }
+
+    pub fn ended(&self) {
+        self.active.set(self.active.get().saturating_sub(1));
     }
 }

@@ -4,8 +4,8 @@
 //! their bound at once would exhaust the process; this bounds their sum per shard.
 //!
 //! What is charged: answers queued for a Dubbo consumer and requests queued for a provider
-//! (the frame a connection is writing included), the part of a large Dubbo frame read so far
-//! beyond the first read chunk, an HTTP/2 connection's output buffer and the DATA its streams
+//! (the frame a connection is writing included), the read buffer of a Dubbo frame larger than
+//! one read chunk while it is read, an HTTP/2 connection's output buffer and the DATA its streams
 //! hold waiting for the peer's window. Each is charged where it is queued and released where it
 //! is written, dropped or its connection goes (a `Drop` gives back whatever is left), so the
 //! sum returns to where it was once the connections holding bytes are gone.
@@ -121,6 +121,10 @@ pub struct Charge {
 impl Charge {
     pub fn new(budget: Rc<Budget>) -> Charge {
         Charge { budget, n: 0 }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.n == 0
     }
 
     #[inline]

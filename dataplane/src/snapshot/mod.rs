@@ -579,6 +579,7 @@ mod tests {
             keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
             tcp_keepalive: None,
+            circuit_breakers: None,
         }
     }
 

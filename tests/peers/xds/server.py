@@ -112,6 +112,8 @@ from xds.type.matcher.v3 import matcher_pb2 as _xm  # noqa: E402,F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: E402,F401
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: E402,F401
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as _gs  # noqa: E402,F401
+# Governance (docs/governance.md).
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: E402,F401,E501
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: E402,F401
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2  # noqa: E402,F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: E402,F401,E501

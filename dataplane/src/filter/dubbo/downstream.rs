@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use shard::{Event, Notify};
 
@@ -533,10 +533,10 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         // is answered with a reset that could discard the answers it has not read yet); at the
         // deadline it stops waiting.
         _ = drain.deadline() => !conn.finished.is_set(),
-        why = watch(&conn, accepted) => {
-            closed_by(&conn, why);
-            false
-        }
+        // Counted inside the branch: once it completes, select! drops the other branches'
+        // futures, which own the socket, before any handler runs; a peer that sees the close
+        // must find it counted.
+        _ = async { closed_by(&conn, watch(&conn, accepted).await) } => false,
     };
     if cut {
         tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
@@ -664,19 +664,44 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // A large frame read in part holds its room: charged beyond the first chunk.
     let mut held = Charge::new(l.budget.clone());
+    // Bytes of a shed large request still to be discarded as they arrive.
+    let mut skip: usize = 0;
     'read: loop {
         loop {
+            if skip > 0 {
+                let n = skip.min(buf.len());
+                buf.advance(n);
+                skip -= n;
+                if skip > 0 {
+                    buf.reserve(READ_CHUNK_BYTES);
+                    break;
+                }
+            }
             match wire::next_frame(&mut buf, l.frame_bytes_max) {
                 Ok(wire::Next::Frame(h, frame)) => {
                     // The frame is out of the buffer: its bytes are charged where it goes.
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(0);
                     if let Err(()) = on_frame(conn, h, frame) {
                         break 'read;
                     }
                 }
                 Ok(wire::Next::NeedMore(n)) => {
+                    if held.is_zero() && !l.budget.admits() {
+                        if let Some(h) = wire::large_request(&buf, n) {
+                            // A new large request while the shard is over its budget: shed
+                            // from its header, its body discarded instead of buffered.
+                            conn.greeted.set(true);
+                            l.stats.inc(l.ids.rq_total);
+                            if !h.two_way {
+                                l.stats.inc(l.ids.rq_oneway);
+                            }
+                            shed(conn, &h, buf.len() + n);
+                            skip = buf.len() + n;
+                            continue;
+                        }
+                    }
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(wire::large_frame_room(&buf, n));
                     break;
                 }
                 Err(e) => {
@@ -743,17 +768,8 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         l.stats.inc(l.ids.rq_oneway);
     }
     if !l.budget.admits() {
-        // The shard holds too much buffered: shed (a one-way request is dropped); requests
-        // already admitted go on.
-        l.budget.shed();
-        if h.two_way {
-            let e = LocalError::ShedMemory {
-                buffered: l.budget.used(),
-                limit: l.budget.max(),
-            };
-            let lg = l.capture(&h, frame.len(), None);
-            conn.local_reply_logged(h.id, &e, None, lg, None);
-        }
+        // The shard holds too much buffered; requests already admitted go on.
+        shed(conn, &h, frame.len());
         return Ok(());
     }
     // This request routes on the routes current now (an Rc, so an update cannot pull them
@@ -798,6 +814,14 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
         }
+        Err((ForwardError::CircuitOpen { limit }, lg)) => {
+            l.stats.inc(l.ids.rq_overflow);
+            let e = LocalError::CircuitOpen {
+                cluster: &pool.lb.name,
+                limit,
+            };
+            (e, lg)
+        }
         Err((ForwardError::Overflow { addr, limit }, lg)) => {
             l.stats.inc(l.ids.rq_overflow);
             (LocalError::Overflow { addr, limit }, lg)
@@ -814,6 +838,21 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
 /// A routed request: its route's action, its (interface, method) counters and its access-log
 /// record.
 type Routed<'r> = (&'r Action, RequestStatIds, Option<Box<Logged>>);
+
+/// Sheds a new request because the shard's buffer budget is exhausted: counted, answered 100
+/// (a one-way request is dropped).
+fn shed(conn: &DownConn, h: &wire::Header, frame_bytes: usize) {
+    let l = &conn.l;
+    l.budget.shed();
+    if h.two_way {
+        let e = LocalError::ShedMemory {
+            buffered: l.budget.used(),
+            limit: l.budget.max(),
+        };
+        let lg = l.capture(h, frame_bytes, None);
+        conn.local_reply_logged(h.id, &e, None, lg, None);
+    }
+}
 
 /// Routes a request: its route's action and its (interface, method) counters. A Hessian2
 /// request routes on its fields; any other serialization only by the default route. `Ok(None)`:

@@ -50,6 +50,9 @@ pub enum LocalError<'a> {
     /// The endpoint has `pending_requests_max` requests in flight.
     #[error("{limit} requests already pending to {addr}")]
     Overflow { addr: SocketAddr, limit: u32 },
+    /// The cluster's circuit breaker (`circuit_breakers.max_requests`) is open.
+    #[error("circuit breaker of cluster {cluster} open: {limit} requests in flight on this shard")]
+    CircuitOpen { cluster: &'a str, limit: u32 },
     /// A local rate limit had no token for it.
     #[error(
         "rate limited by the local rate limit of listener {listener} ({} per {} ms, burst {})",
@@ -131,7 +134,9 @@ impl LocalError<'_> {
             } => Flags::UPSTREAM_PROTOCOL_ERROR,
             LocalError::UpstreamFailed { .. } => Flags::UPSTREAM_CONNECTION_TERMINATION,
             LocalError::ResponseTooLarge { .. } => Flags::UPSTREAM_PROTOCOL_ERROR,
-            LocalError::Overflow { .. } => Flags::UPSTREAM_OVERFLOW,
+            LocalError::Overflow { .. } | LocalError::CircuitOpen { .. } => {
+                Flags::UPSTREAM_OVERFLOW
+            }
             LocalError::Timeout { .. } => Flags::UPSTREAM_REQUEST_TIMEOUT,
             LocalError::RateLimited { .. } => Flags::RATE_LIMITED,
             LocalError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
@@ -163,7 +168,8 @@ impl LocalError<'_> {
             | LocalError::ResponseTooLarge { .. } => Status::SERVER_ERROR,
             LocalError::Overflow { .. }
             | LocalError::RateLimited { .. }
-            | LocalError::ShedMemory { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
+            | LocalError::ShedMemory { .. }
+            | LocalError::CircuitOpen { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
             LocalError::Timeout { .. } => Status::SERVER_TIMEOUT,
         }
     }

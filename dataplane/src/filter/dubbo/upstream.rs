@@ -115,12 +115,21 @@ pub struct ClusterPool {
     pub ids: UpstreamStatIds,
     /// The shard's buffer budget (requests queued, large responses being read).
     budget: Rc<Budget>,
+    /// This shard's part of `circuit_breakers.max_requests`, when the cluster has one.
+    breaker: Option<crate::cluster::RequestBreaker>,
 }
 
 /// Why a request could not be sent upstream; each becomes a local reply.
 pub enum ForwardError {
     NoHealthyEndpoint,
-    Overflow { addr: SocketAddr, limit: u32 },
+    /// The cluster's `circuit_breakers.max_requests` (this shard's part) are in flight.
+    CircuitOpen {
+        limit: u32,
+    },
+    Overflow {
+        addr: SocketAddr,
+        limit: u32,
+    },
 }
 
 // === impl ClusterPool ===
@@ -143,6 +152,7 @@ impl ClusterPool {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             response_bytes_max: c.response_bytes_max,
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
             stats,
             ids,
             budget,
@@ -206,6 +216,10 @@ impl ClusterPool {
         let Some(host) = self.pick_host(now) else {
             return Err((ForwardError::NoHealthyEndpoint, log));
         };
+        if let Some(b) = self.breaker.as_ref().filter(|b| b.is_open()) {
+            self.stats.inc(self.ids.rq_active_overflow);
+            return Err((ForwardError::CircuitOpen { limit: b.max }, log));
+        }
         if host.pending.get() >= self.pending_max {
             self.stats.inc(self.ids.rq_overflow);
             let e = ForwardError::Overflow {
@@ -256,6 +270,9 @@ impl ClusterPool {
             }
         };
         host.pending.set(host.pending.get() + 1);
+        if let Some(b) = &self.breaker {
+            b.started();
+        }
         self.lb.add_active(host.index, 1);
         self.stats.inc(self.ids.rq_active);
         down.inflight.set(down.inflight.get() + 1);
@@ -336,6 +353,9 @@ impl UpConn {
             self.keeper_wake.notify();
         }
         pool.lb.add_active(host.index, -1);
+        if let Some(b) = &pool.breaker {
+            b.ended();
+        }
         pool.stats.dec(pool.ids.rq_active);
         down.inflight.set(down.inflight.get().saturating_sub(1));
         down.room_maybe();
@@ -680,12 +700,12 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<UpConn>, mut r: R) -> UpstreamGon
             match wire::next_frame(&mut buf, frame_max) {
                 Ok(wire::Next::Frame(h, frame)) => {
                     // Out of the buffer: charged where it goes (the caller's queue).
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(0);
                     on_upstream_frame(conn, h, frame)
                 }
                 Ok(wire::Next::NeedMore(n)) => {
                     buf.reserve(n.max(READ_CHUNK_BYTES / 4));
-                    held.set(buf.capacity().saturating_sub(READ_CHUNK_BYTES));
+                    held.set(wire::large_frame_room(&buf, n));
                     break;
                 }
                 Err(codec::DecodeError::FrameTooLarge {

@@ -40,6 +40,35 @@ pub enum Next {
     NeedMore(usize),
 }
 
+/// What a read buffer holds for a large frame being read (its whole size above the first read
+/// chunk, `more` bytes of it still to come): its room beyond that chunk, charged to the shard's
+/// budget while the frame is read. Ordinary frames charge nothing.
+pub fn large_frame_room(buf: &BytesMut, more: usize) -> usize {
+    if buf.len() + more > crate::io::READ_CHUNK_BYTES {
+        buf.capacity().saturating_sub(crate::io::READ_CHUNK_BYTES)
+    } else {
+        0
+    }
+}
+
+/// The header of a request (not an event) whose frame, `more` bytes of it still to come, is
+/// larger than one read chunk: one the reader may shed before buffering its body.
+pub fn large_request(buf: &BytesMut, more: usize) -> Option<Header> {
+    if buf.len() + more <= crate::io::READ_CHUNK_BYTES {
+        return None;
+    }
+    let h =
+        d::HeaderRepr::parse(&d::Header::new_checked(buf.get(..d::HEADER_BYTES)?).ok()?).ok()?;
+    (h.flags.request && !h.flags.event).then(|| Header {
+        request: true,
+        two_way: h.flags.two_way,
+        event: false,
+        hessian2: h.serialization == d::Serialization::Hessian2,
+        serialization: h.serialization.into(),
+        id: h.request_id,
+    })
+}
+
 /// Splits the next whole frame off `buf`. An error is a frame the connection cannot go on
 /// from; `FrameTooLarge` carries the request id and the frame's whole size (a reader that can
 /// afford to may skip that many bytes and go on with the next frame).

@@ -659,6 +659,9 @@ impl Conn {
             }
             if let Side::Up(h) = &self.side {
                 h.pool.stats.dec(h.pool.ids.rq_active);
+                if let Some(b) = &h.pool.breaker {
+                    b.ended();
+                }
                 if h.retired.get() {
                     self.close_if_idle();
                 }
@@ -1279,6 +1282,11 @@ impl Conn {
             }
         }
         let pool = &call.routes.pools[call.cluster];
+        if pool.breaker.as_ref().is_some_and(|b| b.is_open()) {
+            pool.stats.inc(pool.ids.rq_active_overflow);
+            self.fail_call(id, &CallError::CircuitOpen);
+            return Ok(());
+        }
         let Some(up) = pool.connection(self.limits, None) else {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             self.fail_call(id, &CallError::NoHealthyUpstream);
@@ -1512,6 +1520,9 @@ impl Conn {
         if let Side::Up(h) = &self.side {
             h.pool.stats.inc(h.pool.ids.rq_total);
             h.pool.stats.inc(h.pool.ids.rq_active);
+            if let Some(b) = &h.pool.breaker {
+                b.started();
+            }
         }
         Some(id)
     }

@@ -32,6 +32,10 @@ pub enum CallError<'a> {
          (runtime.buffered_bytes_per_shard_max); call shed"
     )]
     ShedMemory { buffered: usize, limit: usize },
+    /// The cluster's circuit breaker (`circuit_breakers.max_requests`) is open. UNAVAILABLE,
+    /// as Envoy's 503 overflow reaches a gRPC caller.
+    #[error("ringside: circuit breaker open")]
+    CircuitOpen,
     /// A local rate limit had no token for it.
     #[error("ringside: local rate limit")]
     RateLimited,
@@ -60,7 +64,7 @@ impl CallError<'_> {
                 Flags::UPSTREAM_REQUEST_TIMEOUT
             }
             CallError::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
-            CallError::StreamsExhausted => Flags::UPSTREAM_OVERFLOW,
+            CallError::StreamsExhausted | CallError::CircuitOpen => Flags::UPSTREAM_OVERFLOW,
             CallError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
             CallError::RateLimited => Flags::RATE_LIMITED,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => {
@@ -81,6 +85,7 @@ impl CallError<'_> {
             CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,
             CallError::NoHealthyUpstream
+            | CallError::CircuitOpen
             | CallError::UpstreamReset(_)
             | CallError::UpstreamLost(_) => status::UNAVAILABLE,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,

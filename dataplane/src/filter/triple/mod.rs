@@ -393,6 +393,8 @@ pub struct Pool {
     pub h2_ids: UpstreamH2StatIds,
     /// The shard's buffer budget (what its connections queue is charged to it).
     pub budget: Rc<Budget>,
+    /// This shard's part of `circuit_breakers.max_requests`, when the cluster has one.
+    pub breaker: Option<crate::cluster::RequestBreaker>,
 }
 
 pub struct Host {
@@ -424,6 +426,7 @@ impl Pool {
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             keepalive_interval: Duration::from_millis(c.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
+            breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
             stats,
             ids,
             h2_ids,
