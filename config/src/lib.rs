@@ -1018,6 +1018,61 @@ pub struct Cluster {
     /// docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// Envoy's `outlier_detection` (consecutive errors): an endpoint that fails this many
+    /// requests in a row is ejected for a while; see docs/governance.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Consecutive-error ejection (Envoy's `outlier_detection` `consecutive_5xx`), with Envoy's
+/// defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Failed requests in a row (Dubbo status 31, 80 or 100, local timeouts, connection
+    /// failures) that eject an endpoint.
+    #[serde(default = "default_consecutive_errors")]
+    pub consecutive_errors: u32,
+    /// An endpoint's n-th ejection lasts `n × base_ejection_time_ms`, at most
+    /// `max_ejection_time_ms`.
+    #[serde(default = "default_base_ejection_time_ms")]
+    pub base_ejection_time_ms: u64,
+    #[serde(default = "default_max_ejection_time_ms")]
+    pub max_ejection_time_ms: u64,
+    /// Each `interval_ms` an endpoint spends not ejected takes one off its ejection count.
+    #[serde(default = "default_outlier_interval_ms")]
+    pub interval_ms: u64,
+    /// At most this share of the cluster's endpoints ejected at once (at least one may be).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_errors: default_consecutive_errors(),
+            base_ejection_time_ms: default_base_ejection_time_ms(),
+            max_ejection_time_ms: default_max_ejection_time_ms(),
+            interval_ms: default_outlier_interval_ms(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_consecutive_errors() -> u32 {
+    5
+}
+fn default_base_ejection_time_ms() -> u64 {
+    30_000
+}
+fn default_max_ejection_time_ms() -> u64 {
+    300_000
+}
+fn default_outlier_interval_ms() -> u64 {
+    10_000
+}
+fn default_max_ejection_percent() -> u32 {
+    10
 }
 
 /// A cluster's circuit breakers (Envoy's `circuit_breakers.thresholds`, default priority).
@@ -1787,6 +1842,32 @@ fn validate_cluster_limits(
         CONNECT_TIMEOUT_MS_MAX,
     );
     from_1("timeout_ms", c.timeout_ms, REQUEST_TIMEOUT_MS_MAX);
+    if let Some(o) = &c.outlier_detection {
+        from_1(
+            "outlier_detection.consecutive_errors",
+            o.consecutive_errors as u64,
+            u32::MAX as u64,
+        );
+        for (name, ms) in [
+            ("base_ejection_time_ms", o.base_ejection_time_ms),
+            ("max_ejection_time_ms", o.max_ejection_time_ms),
+            ("interval_ms", o.interval_ms),
+        ] {
+            from_1(
+                &format!("outlier_detection.{name}"),
+                ms,
+                RATE_LIMIT_FILL_INTERVAL_MS_MAX,
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            // 101 is out of 1..=100 too, and names the field.
+            from_1(
+                "outlier_detection.max_ejection_percent",
+                o.max_ejection_percent as u64,
+                100,
+            );
+        }
+    }
     if let Some(cb) = &c.circuit_breakers {
         from_1(
             "circuit_breakers.max_requests",

@@ -167,6 +167,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
         circuit_breakers: None,
+        outlier_detection: None,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());

@@ -571,3 +571,78 @@ fn dubbo_max_requests_one_connection_gets_one_shards_share() {
     assert_eq!(stat(&rs, "cluster.p.upstream_rq_active_overflow"), 12);
     assert_eq!(stat(&rs, "cluster.p.upstream_rq_active"), 4);
 }
+
+// === outlier detection ===
+
+/// Sends `n` calls one after another; returns the answering provider of each OK one (`A`,
+/// `B`) and `!` for each status 80.
+fn who_answers(c: &mut Consumer, n: usize) -> String {
+    let args = [Arg::Str("x")];
+    (0..n)
+        .map(|_| {
+            let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+            match a.status {
+                Status::Ok => a.text[..1].to_string(),
+                Status::ServerError => "!".to_string(),
+                s => panic!("unexpected status {s:?}: {}", a.text),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn dubbo_consecutive_errors_eject_for_base_times_count() {
+    let (a, b) = (Provider::start("A"), Provider::start("B"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = dubbo_config(admin, listen, &[("p", &[a.addr, b.addr])], "    cluster: p\n")
+        .replace(
+            "    timeout_ms: 1000\n",
+            "    timeout_ms: 1000\n    outlier_detection: {consecutive_errors: 3, base_ejection_time_ms: 1000, interval_ms: 5000, max_ejection_percent: 50}\n",
+        );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    assert_eq!(who_answers(&mut c, 4), "ABAB", "round robin");
+    b.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // B fails three times in a row, then is ejected: everything goes to A.
+    assert_eq!(who_answers(&mut c, 12), "A!A!A!AAAAAA");
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        1
+    );
+    // After base_ejection_time (1 s) B is back, still failing: three more errors, and the
+    // second ejection lasts 2 × 1 s.
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = who_answers(&mut c, 10);
+    assert_eq!(again.matches('!').count(), 3, "{again}");
+    assert!(again.ends_with("AAAA"), "{again}");
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        2
+    );
+    b.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        who_answers(&mut c, 6),
+        "AAAAAA",
+        "still ejected after 1.1 s of 2 s"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let back = who_answers(&mut c, 6);
+    assert_eq!(back.matches('B').count(), 3, "healthy again: {back}");
+    // A fails too while B is ejected: max_ejection_percent (50 % of 2) keeps A in.
+    b.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = who_answers(&mut c, 6); // B ejected a third time
+    a.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        who_answers(&mut c, 4),
+        "!!!!",
+        "A stays: the only endpoint not ejected"
+    );
+    assert!(stat(&rs, "cluster.p.outlier_detection.ejections_overflow") >= 1);
+}

@@ -1906,8 +1906,6 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if !c.health_checks.is_empty() {
         return refuse("health_checks", "active health checks are not supported");
     }
-    // outlier_detection: accepted; ringside's own connect-failure back-off applies (the
-    // governance issue implements Envoy's ejection).
     if c.lb_subset_config.is_some() {
         return refuse("lb_subset_config", "subset load balancing is not supported");
     }
@@ -2003,6 +2001,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             None => None,
         },
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
+        outlier_detection: match &c.outlier_detection {
+            Some(o) => outlier_detection(o, &ctx)?,
+            None => None,
+        },
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -2146,6 +2148,62 @@ fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::
             .as_ref()
             .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
     })
+}
+
+/// A cluster's `outlier_detection`: its consecutive-5xx ejection (`consecutive_5xx`,
+/// `interval`, `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`, Envoy's
+/// defaults for those left out). `enforcing_consecutive_5xx` 0 turns it off (`None`), between
+/// 0 and 100 % is NACKed. Success-rate and failure-percentage ejection, gateway and
+/// local-origin splits and the jitter are ignored (docs/governance.md).
+fn outlier_detection(
+    o: &cluster_pb::OutlierDetection,
+    ctx: &Ctx<'_>,
+) -> Result<Option<config::OutlierDetection>, TranslateError> {
+    let d = config::OutlierDetection::default();
+    match o
+        .enforcing_consecutive_5xx
+        .as_ref()
+        .map_or(100, |v| v.value)
+    {
+        0 => return Ok(None),
+        100 => {}
+        n => {
+            return Err(ctx.err(
+                "outlier_detection.enforcing_consecutive_5xx",
+                format!("{n} %: only 0 or 100 is supported"),
+            ))
+        }
+    }
+    let ms = |d: Option<&Duration>, field: &str, default: u64| match d {
+        Some(d) => duration_ms(
+            d,
+            ctx,
+            &format!("outlier_detection.{field}"),
+            config::RATE_LIMIT_FILL_INTERVAL_MS_MAX,
+        ),
+        None => Ok(default),
+    };
+    Ok(Some(config::OutlierDetection {
+        consecutive_errors: o
+            .consecutive_5xx
+            .as_ref()
+            .map_or(d.consecutive_errors, |v| v.value),
+        interval_ms: ms(o.interval.as_ref(), "interval", d.interval_ms)?,
+        base_ejection_time_ms: ms(
+            o.base_ejection_time.as_ref(),
+            "base_ejection_time",
+            d.base_ejection_time_ms,
+        )?,
+        max_ejection_time_ms: ms(
+            o.max_ejection_time.as_ref(),
+            "max_ejection_time",
+            d.max_ejection_time_ms,
+        )?,
+        max_ejection_percent: o
+            .max_ejection_percent
+            .as_ref()
+            .map_or(d.max_ejection_percent, |v| v.value),
+    }))
 }
 
 /// Envoy's `max_requests` when a threshold does not give it.

@@ -1465,3 +1465,47 @@ fn circuit_breakers_default_priority_max_requests() {
         "Envoy's default"
     );
 }
+
+#[test]
+fn outlier_detection_consecutive_5xx() {
+    let mut s = cluster_static_pb("s", &[("10.0.0.1", 80)]);
+    s.outlier_detection = Some(cluster_pb::OutlierDetection::default());
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(
+        c.cluster.outlier_detection,
+        Some(config::OutlierDetection::default()),
+        "Envoy's defaults: 5 in a row, 30 s base, 300 s max, 10 s interval, 10 %"
+    );
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.consecutive_5xx = Some(UInt32Value { value: 2 });
+    o.base_ejection_time = Some(Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    o.max_ejection_percent = Some(UInt32Value { value: 50 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    let got = c.cluster.outlier_detection.unwrap();
+    assert_eq!(
+        (
+            got.consecutive_errors,
+            got.base_ejection_time_ms,
+            got.max_ejection_percent
+        ),
+        (2, 1000, 50)
+    );
+    s.outlier_detection
+        .as_mut()
+        .unwrap()
+        .enforcing_consecutive_5xx = Some(UInt32Value { value: 0 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(c.cluster.outlier_detection, None, "not enforced");
+    s.outlier_detection
+        .as_mut()
+        .unwrap()
+        .enforcing_consecutive_5xx = Some(UInt32Value { value: 30 });
+    let e = decode_cluster(&pack_any(s)).unwrap_err().to_string();
+    assert!(
+        e.contains("outlier_detection.enforcing_consecutive_5xx"),
+        "{e}"
+    );
+}

@@ -48,6 +48,9 @@ pub struct UpstreamStatIds {
     pub cx_heartbeat_timeout: StatId,
     /// Requests refused by the cluster's `circuit_breakers.max_requests` (Envoy 1.40's name).
     pub rq_active_overflow: StatId,
+    /// Outlier detection: endpoints ejected, and ejections skipped for `max_ejection_percent`.
+    pub outlier_ejections: StatId,
+    pub outlier_overflow: StatId,
 }
 
 impl ClusterStatIds {
@@ -77,6 +80,11 @@ impl UpstreamStatIds {
             cx_idle_timeout: c("upstream_cx_idle_timeout", Kind::Counter),
             cx_heartbeat_timeout: c("upstream_cx_heartbeat_timeout", Kind::Counter),
             rq_active_overflow: c("upstream_rq_active_overflow", Kind::Counter),
+            outlier_ejections: c(
+                "outlier_detection.ejections_enforced_consecutive_5xx",
+                Kind::Counter,
+            ),
+            outlier_overflow: c("outlier_detection.ejections_overflow", Kind::Counter),
         }
     }
 }
@@ -175,6 +183,16 @@ impl<H: Retire> HostTable<H> {
             hosts.resize(i + 1, None);
         }
         hosts[i].get_or_insert_with(|| Rc::new(build())).clone()
+    }
+
+    /// How many built hosts `f` holds for (rare decisions: outlier ejection).
+    pub fn count(&self, f: impl Fn(&H) -> bool) -> usize {
+        self.hosts
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|h| f(h))
+            .count()
     }
 
     /// `f` of the host of slot `i`, if it was built (balancer availability checks).
@@ -511,5 +529,93 @@ impl RequestBreaker {
 
     pub fn ended(&self) {
         self.active.set(self.active.get().saturating_sub(1));
+    }
+}
+
+// === outlier detection ===
+
+/// A cluster's consecutive-error ejection settings (`outlier_detection`).
+#[derive(Clone, Copy, Debug)]
+pub struct OutlierConfig {
+    pub consecutive: u32,
+    pub base: Duration,
+    pub max: Duration,
+    pub interval: Duration,
+    pub max_percent: u32,
+}
+
+impl OutlierConfig {
+    pub fn for_cluster(c: &config::Cluster) -> Option<OutlierConfig> {
+        let o = c.outlier_detection.as_ref()?;
+        Some(OutlierConfig {
+            consecutive: o.consecutive_errors,
+            base: Duration::from_millis(o.base_ejection_time_ms),
+            max: Duration::from_millis(o.max_ejection_time_ms.max(o.base_ejection_time_ms)),
+            interval: Duration::from_millis(o.interval_ms),
+            max_percent: o.max_ejection_percent,
+        })
+    }
+}
+
+/// What one failed request did to its endpoint.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ejection {
+    None,
+    /// Ejected for this long.
+    Ejected(Duration),
+    /// Would have been ejected, but `max_ejection_percent` of the cluster already is.
+    Overflow,
+}
+
+/// One endpoint's outlier state on one shard.
+#[derive(Default)]
+pub struct Outlier {
+    consecutive: Cell<u32>,
+    /// Ejections so far, less one per `interval` spent not ejected.
+    ejections: Cell<u32>,
+    /// When the last ejection ends (or ended).
+    until: Cell<Option<std::time::Instant>>,
+}
+
+impl Outlier {
+    pub fn is_ejected(&self, now: std::time::Instant) -> bool {
+        self.until.get().is_some_and(|u| now < u)
+    }
+
+    pub fn success(&self) {
+        self.consecutive.set(0);
+    }
+
+    /// A failed request. `ejected_share`: (ejected, total) endpoints of the cluster now, asked
+    /// only when this failure would eject.
+    pub fn failure(
+        &self,
+        cfg: &OutlierConfig,
+        now: std::time::Instant,
+        ejected_share: impl FnOnce() -> (usize, usize),
+    ) -> Ejection {
+        let n = self.consecutive.get() + 1;
+        self.consecutive.set(n);
+        if n < cfg.consecutive || self.is_ejected(now) {
+            return Ejection::None;
+        }
+        let (ejected, total) = ejected_share();
+        // Envoy: eject while under max_ejection_percent, and always at least one.
+        if ejected > 0 && ejected * 100 >= cfg.max_percent as usize * total.max(1) {
+            self.consecutive.set(0);
+            return Ejection::Overflow;
+        }
+        let mut count = self.ejections.get();
+        if let Some(ended) = self.until.get() {
+            let healthy = now.saturating_duration_since(ended);
+            let decay = healthy.as_nanos() / cfg.interval.as_nanos().max(1);
+            count = count.saturating_sub(decay.min(u32::MAX as u128) as u32);
+        }
+        count += 1;
+        self.ejections.set(count);
+        self.consecutive.set(0);
+        let time = cfg.base.saturating_mul(count).min(cfg.max);
+        self.until.set(Some(now + time));
+        Ejection::Ejected(time)
     }
 }

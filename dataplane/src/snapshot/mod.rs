@@ -580,6 +580,7 @@ mod tests {
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
             tcp_keepalive: None,
             circuit_breakers: None,
+            outlier_detection: None,
         }
     }
 

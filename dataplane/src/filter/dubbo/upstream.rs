@@ -97,6 +97,8 @@ pub struct Host {
     /// picked again; its connections close once their requests in flight are answered.
     retired: Cell<bool>,
     ids: HostStatIds,
+    /// Consecutive errors and ejections (`outlier_detection`).
+    outlier: crate::cluster::Outlier,
 }
 
 /// A cluster's upstream pools on one shard.
@@ -117,6 +119,8 @@ pub struct ClusterPool {
     budget: Rc<Budget>,
     /// This shard's part of `circuit_breakers.max_requests`, when the cluster has one.
     breaker: Option<crate::cluster::RequestBreaker>,
+    /// Consecutive-error ejection, when the cluster has `outlier_detection`.
+    outlier: Option<crate::cluster::OutlierConfig>,
 }
 
 /// Why a request could not be sent upstream; each becomes a local reply.
@@ -153,6 +157,7 @@ impl ClusterPool {
             response_bytes_max: c.response_bytes_max,
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
+            outlier: crate::cluster::OutlierConfig::for_cluster(c),
             stats,
             ids,
             budget,
@@ -173,6 +178,7 @@ impl ClusterPool {
                 readonly: Cell::new(false),
                 retired: Cell::new(false),
                 ids: slot.ids,
+                outlier: Default::default(),
             }
         })
     }
@@ -184,6 +190,10 @@ impl ClusterPool {
             self.hosts.peek(i, |h| match h {
                 Some(h) if h.readonly.get() => Availability::Excluded,
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
+                // Ejected: like back-off, used only when no endpoint is ready.
+                Some(h) if self.outlier.is_some() && h.outlier.is_ejected(now) => {
+                    Availability::BackingOff
+                }
                 _ => Availability::Ready,
             })
         })?;
@@ -277,6 +287,32 @@ impl ClusterPool {
         self.stats.inc(self.ids.rq_active);
         down.inflight.set(down.inflight.get() + 1);
         conn.enqueue(frame.freeze());
+    }
+
+    /// One request's outcome at `host`, for outlier detection (when the cluster has it).
+    fn outcome(&self, host: &Host, failed: bool) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        if !failed {
+            host.outlier.success();
+            return;
+        }
+        let now = Instant::now();
+        let share = || {
+            let mut live = self.lb.endpoints().live.to_vec();
+            live.sort_unstable();
+            live.dedup();
+            (self.hosts.count(|h| h.outlier.is_ejected(now)), live.len())
+        };
+        match host.outlier.failure(cfg, now, share) {
+            crate::cluster::Ejection::None => {}
+            crate::cluster::Ejection::Ejected(t) => {
+                self.stats.inc(self.ids.outlier_ejections);
+                tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
+            }
+            crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
+        }
     }
 
     /// A request that reached no provider and has nobody to answer (one-way): counted.
@@ -394,6 +430,22 @@ impl UpConn {
     /// Ends one pending request: counters down, and its caller answered with `reply`.
     fn finish(&self, p: Pending, reply: Reply<'_>) {
         self.release(&p.down);
+        if self.pool.outlier.is_some() {
+            let failed = match &reply {
+                // Statuses that say the provider is in trouble (not the request).
+                Reply::Response(f) => matches!(
+                    wire::response_status(f),
+                    wire::Status::SERVER_TIMEOUT
+                        | wire::Status::SERVER_ERROR
+                        | wire::Status::SERVER_THREADPOOL_EXHAUSTED
+                ),
+                Reply::Local(e) => matches!(
+                    e,
+                    LocalError::Timeout { .. } | LocalError::UpstreamFailed { .. }
+                ),
+            };
+            self.pool.outcome(&self.host, failed);
+        }
         let cluster = Some(&*self.pool.lb.name);
         match reply {
             Reply::Response(mut frame) => {
@@ -624,6 +676,7 @@ async fn serve_upstream<S: crate::io::Conn>(
         Ok(Err(e)) => {
             pool.stats.inc(pool.lb.ids.cx_connect_fail);
             pool.stats.inc(host.ids.cx_connect_fail);
+            pool.outcome(&host, true);
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
@@ -632,6 +685,7 @@ async fn serve_upstream<S: crate::io::Conn>(
         }
         Err(_) => {
             pool.stats.inc(pool.lb.ids.cx_connect_timeout);
+            pool.outcome(&host, true);
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
