@@ -646,3 +646,36 @@ fn dubbo_consecutive_errors_eject_for_base_times_count() {
     );
     assert!(stat(&rs, "cluster.p.outlier_detection.ejections_overflow") >= 1);
 }
+
+#[test]
+fn triple_unavailable_in_a_row_ejects_the_upstream() {
+    let (a, b) = (Upstream::start("A"), Upstream::start("B"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: grpc\n    address: {listen}\n    protocol: triple\n    cluster: p\n\
+clusters:\n  - name: p\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_errors: 3, base_ejection_time_ms: 60000, max_ejection_percent: 50}}\n",
+        a.addr, b.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    let mut seq = String::new();
+    for i in 0..12 {
+        let r = c.call("/pkg.S/M", &[("x-fail-on", "B")], format!("{i}").as_bytes());
+        seq.push(match r.grpc_status() {
+            Some(0) => r.text().chars().next().unwrap(),
+            Some(14) => '!',
+            other => panic!("{other:?}: {r:?}"),
+        });
+    }
+    assert_eq!(
+        seq, "A!A!A!AAAAAA",
+        "three UNAVAILABLE from B in a row, then only A"
+    );
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        1
+    );
+}

@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub endpoints_only: Option<EndpointsOnly>,
     /// Each listener's access logs (by listener index; files opened by [`open_access_logs`]).
     pub access_logs: Vec<Vec<LogSpec>>,
+    /// The TLS of listeners and clusters, by index: loaded by the control thread from the
+    /// files the config names ([`crate::io::tls::TlsSet::load`]) before the shards get it.
+    pub tls: Arc<crate::io::tls::TlsSet>,
     /// By listener index: its local rate limits (buckets shared by the shards), `None` when
     /// it has none.
     pub limits: Vec<Option<SharedLimits>>,
@@ -98,6 +101,7 @@ impl Snapshot {
             endpoints: Vec::new(),
             endpoints_only: None,
             access_logs: Vec::new(),
+            tls: Arc::default(),
             limits: Vec::new(),
         }
     }
@@ -284,6 +288,7 @@ impl Builder {
             endpoints,
             endpoints_only: None,
             access_logs,
+            tls: Arc::default(),
             limits,
         }
     }
@@ -398,9 +403,12 @@ impl Builder {
                 endpoints: prev.endpoints.clone(),
                 endpoints_only: None,
                 access_logs: prev.access_logs.clone(),
+                tls: prev.tls.clone(),
                 limits: prev.limits.clone(),
             },
         };
+        // Endpoints-only: the listeners and clusters, so their TLS, are prev's.
+        next.tls = prev.tls.clone();
         let mut indices = Vec::with_capacity(changed.len());
         for (i, c) in changed {
             if let Some(state) = self.clusters.get_mut(&c.name) {
@@ -579,6 +587,7 @@ mod tests {
             keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
             tcp_keepalive: None,
+            tls: None,
             circuit_breakers: None,
             outlier_detection: None,
         }
@@ -717,7 +726,12 @@ mod tests {
         let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
         let mut b = Builder::default();
         let s = build(&mut b, &st, vec![c.clone()]);
-        crate::cluster::ShardCluster::new(&c, s.endpoints[0].clone(), s.cluster_ids[0].clone())
+        crate::cluster::ShardCluster::new(
+            &c,
+            s.endpoints[0].clone(),
+            s.cluster_ids[0].clone(),
+            None,
+        )
     }
 
     fn picks(

@@ -293,6 +293,7 @@ impl ShardState {
                     c,
                     eps.clone(),
                     snap.cluster_ids[i].clone(),
+                    snap.tls.clusters.get(i).cloned().flatten(),
                 ));
                 ClusterEntry {
                     params,
@@ -621,6 +622,7 @@ impl ShardState {
             tcp,
             conns,
             virtuals: Latest::new(Rc::new([])),
+            tls: snap.tls.listeners.get(index).cloned().flatten(),
         })
     }
 

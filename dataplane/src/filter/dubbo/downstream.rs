@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
 use shard::{Event, Notify};
 
 use crate::access_log::{DubboCall, Flags, ListenerLog, Record, NO_HEADERS};

@@ -19,7 +19,7 @@ use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
 use codec::h2::grpc::{self, status};
 use codec::h2::hpack::{self, Decoder};
 use rustc_hash::FxHashMap;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use shard::Notify;
 
 use super::error::CallError;
@@ -1030,6 +1030,11 @@ impl Conn {
                 l.stats.inc(l.ids.hardening.rq_cancelled);
             }
         }
+        if let Side::Up(h) = &self.side {
+            if self.streams.borrow().contains_key(&id) {
+                h.pool.outcome(h, true);
+            }
+        }
         if let Some((other, oid)) = self.end_stream(id) {
             self.abandon(&other, oid, &CallError::UpstreamReset(c));
         }
@@ -1135,6 +1140,9 @@ impl Conn {
 
     /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
     fn upstream_failed(self: &Rc<Self>, id: u32, why: &str) {
+        if let Side::Up(h) = &self.side {
+            h.pool.outcome(h, true);
+        }
         if let Some((down, did)) = self.end_stream(id) {
             self.abandon(&down, did, &CallError::UpstreamLost(why));
         }
@@ -1418,6 +1426,12 @@ impl Conn {
         if end {
             if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
                 s.recv_end = true;
+            }
+            if let Side::Up(h) = &self.side {
+                // The gRPC statuses that say the server is in trouble (their HTTP equivalents,
+                // 500 and 503, are 5xx to Envoy's detector).
+                let failed = matches!(grpc_status, Some(status::INTERNAL | status::UNAVAILABLE));
+                h.pool.outcome(h, failed);
             }
             self.maybe_forget(id);
         }
@@ -2001,6 +2015,15 @@ async fn run_upstream(conn: Rc<Conn>) {
         let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
+    // A cluster with `tls`: connect and handshake within the connect timeout.
+    if let Some(tls) = pool.lb.tls.clone() {
+        let connected = shard::monoio::time::timeout(
+            pool.connect_timeout,
+            crate::io::tls::connect(host.addr, &tls),
+        )
+        .await;
+        return serve_upstream(conn, host, pool, connected).await;
+    }
     let connected = shard::monoio::time::timeout(
         pool.connect_timeout,
         crate::io::intercept::connect(host.addr),
@@ -2062,11 +2085,13 @@ async fn serve_upstream<S: crate::io::Conn>(
             pool.stats.inc(pool.lb.ids.cx_connect_fail);
             pool.stats.inc(host.ids.cx_connect_fail);
             host.mark_down();
+            pool.outcome(&host, true);
             format!("ringside: upstream connect to {} failed: {e}", host.addr)
         }
         Err(_) => {
             pool.stats.inc(pool.lb.ids.cx_connect_timeout);
             host.mark_down();
+            pool.outcome(&host, true);
             format!("ringside: upstream connect to {} timed out", host.addr)
         }
     };

@@ -395,6 +395,8 @@ pub struct Pool {
     pub budget: Rc<Budget>,
     /// This shard's part of `circuit_breakers.max_requests`, when the cluster has one.
     pub breaker: Option<crate::cluster::RequestBreaker>,
+    /// Consecutive-error ejection, when the cluster has `outlier_detection`.
+    pub outlier: Option<crate::cluster::OutlierConfig>,
 }
 
 pub struct Host {
@@ -405,6 +407,8 @@ pub struct Host {
     conns: RefCell<Vec<Rc<conn::Conn>>>,
     next: Cell<usize>,
     down_until: Cell<Option<Instant>>,
+    /// Consecutive errors and ejections (`outlier_detection`).
+    pub outlier: crate::cluster::Outlier,
     /// Removed from the cluster: never picked again; its connections close once idle.
     pub retired: Cell<bool>,
 }
@@ -427,6 +431,7 @@ impl Pool {
             keepalive_interval: Duration::from_millis(c.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
+            outlier: crate::cluster::OutlierConfig::for_cluster(c),
             stats,
             ids,
             h2_ids,
@@ -447,6 +452,7 @@ impl Pool {
                 next: Cell::new(0),
                 down_until: Cell::new(None),
                 retired: Cell::new(false),
+                outlier: Default::default(),
             }
         })
     }
@@ -463,11 +469,41 @@ impl Pool {
         let i = self.lb.pick_available(|i| {
             self.hosts.peek(i, |h| match h {
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
+                // Ejected: like back-off, used only when no endpoint is ready.
+                Some(h) if self.outlier.is_some() && h.outlier.is_ejected(now) => {
+                    Availability::BackingOff
+                }
                 _ => Availability::Ready,
             })
         })?;
         self.host(i)
             .connection(self.connections_per_host, limits, avoid)
+    }
+
+    /// One call's outcome at `host`, for outlier detection (when the cluster has it).
+    pub fn outcome(&self, host: &Host, failed: bool) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        if !failed {
+            host.outlier.success();
+            return;
+        }
+        let now = Instant::now();
+        let share = || {
+            let mut live = self.lb.endpoints().live.to_vec();
+            live.sort_unstable();
+            live.dedup();
+            (self.hosts.count(|h| h.outlier.is_ejected(now)), live.len())
+        };
+        match host.outlier.failure(cfg, now, share) {
+            crate::cluster::Ejection::None => {}
+            crate::cluster::Ejection::Ejected(t) => {
+                self.stats.inc(self.ids.outlier_ejections);
+                tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
+            }
+            crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
+        }
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
