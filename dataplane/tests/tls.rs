@@ -37,6 +37,7 @@ fn leaf(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, uri: &str, dns: &[&str]) -> 
                 .map(|d| rcgen::SanType::DnsName((*d).try_into().unwrap())),
         )
         .collect();
+    p.not_after = rcgen::date_time_ymd(2031, 7, 9);
     let cert = p.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -503,4 +504,35 @@ fn envoy_is_the_peer_sidecar_in_both_directions() {
     }
     assert_eq!(stat(&inbound, "downstream_tls_handshake"), 1);
     assert_eq!(stat(&inbound, "downstream_tls_error"), 0);
+}
+
+#[test]
+fn certs_lists_each_file_with_its_sans_and_expiry() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = start(
+        &inbound_yaml(&pki, admin, listen, "dubbo", "strict", provider.addr),
+        admin,
+    );
+    let (code, body) = rs.get("/certs");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let files = v["files"].as_array().unwrap();
+    let chain = files
+        .iter()
+        .find(|f| f["owner"] == "listener inbound" && f["role"] == "cert_chain")
+        .unwrap_or_else(|| panic!("no cert_chain in {body}"));
+    assert_eq!(chain["path"], pki.path("provider.pem"));
+    let leaf = &chain["certificates"][0];
+    assert_eq!(leaf["uri_sans"], serde_json::json!([PROVIDER_ID]));
+    // 2031-07-09T00:00:00Z, as the test CA issued it.
+    assert_eq!(leaf["expiration_unix_s"], 1_941_321_600);
+    assert!(leaf["days_until_expiration"].as_i64().unwrap() > 365);
+    assert!(
+        files
+            .iter()
+            .any(|f| f["owner"] == "listener inbound" && f["role"] == "ca"),
+        "{body}"
+    );
 }
