@@ -2390,9 +2390,7 @@ fn no_fault_override(
 // === local rate limits (docs/governance.md) ===
 
 /// The per-filter config of the HTTP local rate limit in `m`, if any.
-fn rate_limit_override<'a>(
-    m: &'a std::collections::HashMap<String, Any>,
-) -> Option<(&'a String, &'a Any)> {
+fn rate_limit_override(m: &std::collections::HashMap<String, Any>) -> Option<(&String, &Any)> {
     m.iter()
         .find(|(k, a)| *k == HTTP_LOCAL_RATELIMIT_NAME || a.type_url == HTTP_LOCAL_RATELIMIT)
 }
