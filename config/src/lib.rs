@@ -576,10 +576,73 @@ pub struct Listener {
     /// other connection is passed through to its original destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_listeners: Vec<String>,
+    /// TLS termination (dubbo and triple listeners): see [`ListenerTls`] and docs/security.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
     /// dubbo and triple listeners: one token per request (Dubbo request, Triple call) on this
     /// listener, for the routes without their own `local_rate_limit`; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+}
+
+/// Whether a TLS listener also serves plaintext (Istio's PeerAuthentication modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Only TLS: a connection that does not start with a TLS record is closed.
+    #[default]
+    Strict,
+    /// TLS when the first byte is a TLS handshake record (0x16), plaintext otherwise.
+    Permissive,
+}
+
+/// A listener's `tls`: its certificate, and how client certificates are verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM file: the listener's certificate chain, leaf first.
+    pub cert_chain: String,
+    /// PEM file: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+    /// PEM file: the CAs client certificates must chain to. Without it no client certificate
+    /// is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Refuse a client without a certificate (mutual TLS). Needs `ca`.
+    #[serde(default = "default_true")]
+    pub require_client_certificate: bool,
+    /// A client certificate must carry one of these URI SANs (SPIFFE ids, exact match); empty:
+    /// any certificate `ca` signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// ALPN protocols offered, in preference order (e.g. `h2` for gRPC clients).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+}
+
+/// A cluster's `tls`: TLS (mutual, with a client certificate) to its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// PEM files: the client certificate chain and key presented to endpoints (both or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_chain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// PEM file: the CAs an endpoint's certificate must chain to.
+    pub ca: String,
+    /// Server name sent as SNI (Istio: `outbound_.PORT_._.HOST`); none: no SNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// ALPN protocols offered (Istio: `istio-peer-exchange`, `istio`, `h2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    /// An endpoint's certificate must carry one of these URI SANs (exact match; Envoy's
+    /// `match_typed_subject_alt_names` of type URI); empty: any certificate `ca` signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 /// A token bucket (Envoy's `token_bucket`), shared by every shard: it holds up to
@@ -995,6 +1058,9 @@ pub struct Cluster {
     /// (xDS: the cluster's `upstream_connection_options.tcp_keepalive`).
     #[serde(default)]
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// TLS to the endpoints (Dubbo and Triple traffic): see [`ClusterTls`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
     /// Envoy's `circuit_breakers` (default priority): limits on the whole cluster; see
     /// docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1464,6 +1530,9 @@ impl Config {
             }
             self.validate_cluster_source(c, source, &at, err);
             validate_cluster_limits(c, &at, err);
+            if let Some(t) = &c.tls {
+                validate_cluster_tls(c, t, &|f| at(&format!("tls.{f}")), err);
+            }
         }
         cluster_names
     }
@@ -1663,6 +1732,17 @@ impl Config {
         if l.connections_per_shard_max == 0 {
             err(at("connections_per_shard_max"), "must be at least 1".into());
         }
+        if let Some(t) = &l.tls {
+            validate_listener_tls(t, l, &|f| at(&format!("tls.{f}")), err);
+        }
+        if let (Protocol::Tcp, Some(c)) = (l.protocol, &l.cluster) {
+            if self.cluster(c).is_some_and(|c| c.tls.is_some()) {
+                err(
+                    at("cluster"),
+                    format!("cluster {c:?} has tls: the tcp proxy relays bytes as they are"),
+                );
+            }
+        }
         if let Some(b) = &l.local_rate_limit {
             if l.protocol == Protocol::Tcp {
                 err(
@@ -1793,6 +1873,60 @@ impl Config {
 
 /// A Dubbo connection timer: 1 ..= [`DUBBO_TIMER_MS_MAX`].
 /// A cluster's timeouts, connection and request limits.
+fn validate_listener_tls(
+    t: &ListenerTls,
+    l: &Listener,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if l.protocol == Protocol::Tcp {
+        err(
+            at("mode"),
+            "TLS termination is for dubbo and triple listeners (the tcp proxy relays TLS as it is)"
+                .into(),
+        );
+    }
+    for (f, v) in [
+        ("cert_chain", &t.cert_chain),
+        ("private_key", &t.private_key),
+    ] {
+        if v.is_empty() {
+            err(at(f), "must name a PEM file".into());
+        }
+    }
+    if t.ca.is_none() && (t.require_client_certificate || !t.subject_alt_names.is_empty()) {
+        err(
+            at("ca"),
+            "require_client_certificate and subject_alt_names need a ca to verify clients against \
+             (or set require_client_certificate: false for TLS without client certificates)"
+                .into(),
+        );
+    }
+}
+
+fn validate_cluster_tls(
+    c: &Cluster,
+    t: &ClusterTls,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if c.kind == ClusterType::OriginalDestination {
+        err(
+            at("ca"),
+            "an original_destination cluster relays bytes as they are (no TLS origination)".into(),
+        );
+    }
+    if t.cert_chain.is_some() != t.private_key.is_some() {
+        err(
+            at("private_key"),
+            "cert_chain and private_key go together (both for mutual TLS, or neither)".into(),
+        );
+    }
+    if t.ca.is_empty() {
+        err(at("ca"), "must name a PEM file".into());
+    }
+}
+
 fn validate_cluster_limits(
     c: &Cluster,
     at: &dyn Fn(&str) -> String,

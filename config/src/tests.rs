@@ -166,6 +166,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         keepalive_interval_ms: KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
+        tls: None,
         circuit_breakers: None,
         outlier_detection: None,
     });
@@ -421,6 +422,49 @@ fn tcp_keepalive_defaults_and_bounds() {
     assert_eq!(e[0].field, "runtime.tcp_keepalive.probes");
     let e = errors(&GOOD.replace("lb: least_request", "tcp_keepalive: {interval_s: 40000}"));
     assert_eq!(e[0].field, "clusters[0].tcp_keepalive.interval_s");
+}
+
+#[test]
+fn tls_fields_parse_and_their_combinations_are_checked() {
+    let ok = "\
+admin: {address: 127.0.0.1:15000}
+listeners:
+  - name: in
+    address: 127.0.0.1:15001
+    protocol: dubbo
+    cluster: app
+    tls: {mode: permissive, cert_chain: c.pem, private_key: k.pem, ca: ca.pem,
+          subject_alt_names: [\"spiffe://td/ns/a/sa/b\"], alpn: [h2]}
+clusters:
+  - name: app
+    endpoints: [\"127.0.0.1:9000\"]
+    tls: {ca: ca.pem, cert_chain: c.pem, private_key: k.pem, sni: outbound_.80_._.x, alpn: [istio]}
+";
+    let c = Config::from_yaml("c.yaml", ok).unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(t.mode, TlsMode::Permissive);
+    assert!(t.require_client_certificate, "mutual TLS by default");
+    assert_eq!(
+        c.clusters[0].tls.as_ref().unwrap().sni.as_deref(),
+        Some("outbound_.80_._.x")
+    );
+    // A client certificate needs a CA to check it against.
+    let e = errors(&ok.replace(" ca: ca.pem,\n", "\n"));
+    assert_eq!(e[0].field, "listeners[0].tls.ca", "{e:?}");
+    // A cluster's certificate and key go together.
+    let e = errors(&ok.replace(
+        "cert_chain: c.pem, private_key: k.pem, sni",
+        "cert_chain: c.pem, sni",
+    ));
+    assert_eq!(e[0].field, "clusters[0].tls.private_key", "{e:?}");
+    // TLS termination on a tcp listener, and a tcp listener to a TLS cluster: refused.
+    let e = errors(&ok.replace("protocol: dubbo", "protocol: tcp"));
+    let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+    assert!(fields.contains(&"listeners[0].tls.mode"), "{e:?}");
+    assert!(fields.contains(&"listeners[0].cluster"), "{e:?}");
+    // Unknown fields name themselves.
+    let e = errors(&ok.replace("alpn: [istio]", "alpn: [istio], verify: none"));
+    assert!(e[0].message.contains("verify"), "{e:?}");
 }
 
 #[test]

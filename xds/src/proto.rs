@@ -324,6 +324,8 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         original_destination,
         bind,
         virtual_listeners: Vec::new(),
+        // xDS transport sockets are refused before this (docs/xds.md).
+        tls: None,
         local_rate_limit: None,
     };
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
@@ -1853,6 +1855,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             Some(k) => Some(tcp_keepalive(k, &ctx)?),
             None => None,
         },
+        // xDS transport sockets are refused before this (docs/xds.md).
+        tls: None,
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
         outlier_detection: match &c.outlier_detection {
             Some(o) => outlier_detection(o, &ctx)?,

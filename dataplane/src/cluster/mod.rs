@@ -159,6 +159,8 @@ pub struct ShardCluster {
     /// `type: original_destination`: no endpoints; see [`ShardCluster::connect_to`].
     pub original_destination: bool,
     pub ids: ClusterStatIds,
+    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints.
+    pub tls: Option<Arc<crate::io::tls::ClientTls>>,
 }
 
 /// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
@@ -272,7 +274,12 @@ impl Drop for ActiveGuard<'_> {
 
 impl ShardCluster {
     /// `endpoints` is the cluster's endpoint table, built once and shared by every shard.
-    pub fn new(c: &config::Cluster, endpoints: Arc<Endpoints>, ids: ClusterStatIds) -> Self {
+    pub fn new(
+        c: &config::Cluster,
+        endpoints: Arc<Endpoints>,
+        ids: ClusterStatIds,
+        tls: Option<Arc<crate::io::tls::ClientTls>>,
+    ) -> Self {
         ShardCluster {
             name: c.name.clone(),
             active: RefCell::new(endpoints.slots.iter().map(|_| Cell::new(0)).collect()),
@@ -285,6 +292,7 @@ impl ShardCluster {
                 .unwrap_or_else(crate::io::intercept::keepalive),
             original_destination: c.kind == config::ClusterType::OriginalDestination,
             ids,
+            tls,
         }
     }
 

@@ -132,6 +132,12 @@ pub struct ListenerStatIds {
     /// update, or the process draining), and of those the ones closed at the drain timeout.
     pub cx_drained: StatId,
     pub cx_drain_timeout: StatId,
+    /// Listeners with `tls`: completed handshakes, failed ones (bad or missing certificate,
+    /// wrong SAN, timeout, not TLS under STRICT), and PERMISSIVE connections served as
+    /// plaintext.
+    pub tls_handshake: StatId,
+    pub tls_error: StatId,
+    pub tls_plaintext: StatId,
 }
 
 impl ListenerStatIds {
@@ -140,6 +146,13 @@ impl ListenerStatIds {
         let t = [("listener", l.name.as_str())];
         let detected = |name: &str| {
             if l.original_destination {
+                st.add("listener", name, &t, Counter)
+            } else {
+                crate::stats::SINK
+            }
+        };
+        let tls = |name: &str| {
+            if l.tls.is_some() {
                 st.add("listener", name, &t, Counter)
             } else {
                 crate::stats::SINK
@@ -162,6 +175,9 @@ impl ListenerStatIds {
             },
             cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
             cx_drain_timeout: st.add("listener", "downstream_cx_drain_timeout", &t, Counter),
+            tls_handshake: tls("downstream_tls_handshake"),
+            tls_error: tls("downstream_tls_error"),
+            tls_plaintext: tls("downstream_tls_plaintext"),
         }
     }
 }

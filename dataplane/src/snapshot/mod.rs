@@ -56,6 +56,9 @@ pub struct Snapshot {
     /// Set when this snapshot differs from the one before it (`base`) only in the endpoints
     /// of these clusters (indices): a shard that runs `base` updates just those.
     pub endpoints_only: Option<EndpointsOnly>,
+    /// The TLS of listeners and clusters, by index: loaded by the control thread from the
+    /// files the config names ([`crate::io::tls::TlsSet::load`]) before the shards get it.
+    pub tls: Arc<crate::io::tls::TlsSet>,
     /// By listener index: its local rate limits (buckets shared by the shards), `None` when
     /// it has none.
     pub limits: Vec<Option<SharedLimits>>,
@@ -84,6 +87,7 @@ impl Snapshot {
             triple_ids: Vec::new(),
             endpoints: Vec::new(),
             endpoints_only: None,
+            tls: Arc::default(),
             limits: Vec::new(),
         }
     }
@@ -268,6 +272,7 @@ impl Builder {
             triple_ids,
             endpoints,
             endpoints_only: None,
+            tls: Arc::default(),
             limits,
         }
     }
@@ -381,9 +386,12 @@ impl Builder {
                 triple_ids: prev.triple_ids.clone(),
                 endpoints: prev.endpoints.clone(),
                 endpoints_only: None,
+                tls: prev.tls.clone(),
                 limits: prev.limits.clone(),
             },
         };
+        // Endpoints-only: the listeners and clusters, so their TLS, are prev's.
+        next.tls = prev.tls.clone();
         let mut indices = Vec::with_capacity(changed.len());
         for (i, c) in changed {
             if let Some(state) = self.clusters.get_mut(&c.name) {
@@ -562,6 +570,7 @@ mod tests {
             keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
             tcp_keepalive: None,
+            tls: None,
             circuit_breakers: None,
             outlier_detection: None,
         }
@@ -700,7 +709,12 @@ mod tests {
         let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
         let mut b = Builder::default();
         let s = build(&mut b, &st, vec![c.clone()]);
-        crate::cluster::ShardCluster::new(&c, s.endpoints[0].clone(), s.cluster_ids[0].clone())
+        crate::cluster::ShardCluster::new(
+            &c,
+            s.endpoints[0].clone(),
+            s.cluster_ids[0].clone(),
+            None,
+        )
     }
 
     fn picks(

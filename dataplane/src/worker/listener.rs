@@ -58,6 +58,9 @@ pub struct ListenerCtx {
     /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
     /// original destination, exact addresses first (set after every config update).
     pub virtuals: Latest<[Virtual]>,
+    /// `tls`: connections are TLS (STRICT) or, PERMISSIVE, TLS when they start with a TLS
+    /// record.
+    pub tls: Option<std::sync::Arc<crate::io::tls::ServerTls>>,
 }
 
 /// A virtual listener (`bind: false`) as an `original_destination` listener sees it.
@@ -119,26 +122,14 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
     l.stats.inc(l.ids.cx_active);
     conns.open.set(conns.open.get() + 1);
     // Whether the drain's deadline cut the connection.
-    let cut = match l.protocol {
-        // Config validation keeps TCP listeners off the DPDK path.
-        Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
-            (Ok(s), Some(t)) => {
-                let virtuals = l.virtuals.get();
-                tcp_proxy::serve(s, t, &virtuals, &drain).await
-            }
-            (Err(_), _) => {
-                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
+    let cut = match l.tls.clone() {
+        None => serve_protocol(stream, &l, &drain).await,
+        Some(tls) => match crate::io::Conn::into_kernel(stream) {
+            Ok(tcp) => serve_tls(tcp, &l, &tls, &drain).await,
+            Err(_) => {
+                tracing::error!(listener = %l.name, "TLS needs a kernel socket");
                 false
             }
-            (Ok(_), None) => false,
-        },
-        Protocol::Dubbo => match l.dubbo.clone() {
-            Some(d) => downstream::serve(stream, d, &drain).await,
-            None => false,
-        },
-        Protocol::Triple => match l.triple.clone() {
-            Some(t) => crate::filter::triple::conn::serve(stream, t, &drain).await,
-            None => false,
         },
     };
     l.stats.dec(l.ids.cx_active);
@@ -155,6 +146,61 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
     conns.open.set(conns.open.get() - 1);
     if conns.open.get() == 0 {
         conns.none_open.notify();
+    }
+}
+
+/// Serves a connection (plaintext, or TLS after its handshake) by the listener's protocol;
+/// whether the drain's deadline cut it.
+async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &Rc<Drain>) -> bool {
+    match l.protocol {
+        // Config validation keeps TCP listeners off the DPDK path.
+        Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
+            (Ok(s), Some(t)) => {
+                let virtuals = l.virtuals.get();
+                tcp_proxy::serve(s, t, &virtuals, drain).await
+            }
+            (Err(_), _) => {
+                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
+                false
+            }
+            (Ok(_), None) => false,
+        },
+        Protocol::Dubbo => match l.dubbo.clone() {
+            Some(d) => downstream::serve(stream, d, drain).await,
+            None => false,
+        },
+        Protocol::Triple => match l.triple.clone() {
+            Some(t) => crate::filter::triple::conn::serve(stream, t, drain).await,
+            None => false,
+        },
+    }
+}
+
+/// A connection to a listener with `tls`: a handshake, then the protocol over TLS. PERMISSIVE
+/// serves a connection whose first byte is not a TLS record as plaintext; STRICT closes it
+/// (the handshake fails on its first bytes).
+async fn serve_tls(
+    tcp: TcpStream,
+    l: &ListenerCtx,
+    tls: &crate::io::tls::ServerTls,
+    drain: &Rc<Drain>,
+) -> bool {
+    if tls.mode == crate::config::TlsMode::Permissive
+        && !crate::io::tls::starts_with_tls(&tcp).await
+    {
+        l.stats.inc(l.ids.tls_plaintext);
+        return serve_protocol(tcp, l, drain).await;
+    }
+    match crate::io::tls::accept(tcp, tls).await {
+        Ok(s) => {
+            l.stats.inc(l.ids.tls_handshake);
+            serve_protocol(s, l, drain).await
+        }
+        Err(e) => {
+            l.stats.inc(l.ids.tls_error);
+            tracing::debug!(listener = %l.name, error = %e, "TLS handshake failed");
+            false
+        }
     }
 }
 

@@ -291,6 +291,7 @@ impl ShardState {
                     c,
                     eps.clone(),
                     snap.cluster_ids[i].clone(),
+                    snap.tls.clusters.get(i).cloned().flatten(),
                 ));
                 ClusterEntry {
                     params,
@@ -610,6 +611,7 @@ impl ShardState {
             tcp,
             conns,
             virtuals: Latest::new(Rc::new([])),
+            tls: snap.tls.listeners.get(index).cloned().flatten(),
         })
     }
 

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
 use shard::{Event, Notify};
 
 use crate::filter::{service_ids, Budget, Charge, Counted, Drain, RequestStatIds, ServiceStatsMap};

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
 use shard::Notify;
 
 use super::downstream::DownConn;
@@ -633,6 +633,14 @@ async fn run(conn: Rc<UpConn>) {
     if let Some(connecting) = crate::io::fuzz::connect(addr) {
         let connected = shard::monoio::select! {
             c = shard::monoio::time::timeout(timeout, connecting) => c,
+            why = keeper(&conn) => return conn.close(&why),
+        };
+        return serve_upstream(conn, connected).await;
+    }
+    // A cluster with `tls`: connect and handshake within the connect timeout.
+    if let Some(tls) = conn.pool.lb.tls.clone() {
+        let connected = shard::monoio::select! {
+            c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &tls)) => c,
             why = keeper(&conn) => return conn.close(&why),
         };
         return serve_upstream(conn, connected).await;

@@ -19,7 +19,7 @@ use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
 use codec::h2::grpc::{self, status};
 use codec::h2::hpack::{self, Decoder};
 use rustc_hash::FxHashMap;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use shard::Notify;
 
 use super::error::CallError;
@@ -1987,6 +1987,15 @@ async fn run_upstream(conn: Rc<Conn>) {
     #[cfg(feature = "fuzz")]
     if let Some(connecting) = crate::io::fuzz::connect(host.addr) {
         let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
+        return serve_upstream(conn, host, pool, connected).await;
+    }
+    // A cluster with `tls`: connect and handshake within the connect timeout.
+    if let Some(tls) = pool.lb.tls.clone() {
+        let connected = shard::monoio::time::timeout(
+            pool.connect_timeout,
+            crate::io::tls::connect(host.addr, &tls),
+        )
+        .await;
         return serve_upstream(conn, host, pool, connected).await;
     }
     let connected = shard::monoio::time::timeout(
