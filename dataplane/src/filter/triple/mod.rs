@@ -499,7 +499,7 @@ impl Pool {
         match host.outlier.failure(cfg, now, share) {
             crate::cluster::Ejection::None => {}
             crate::cluster::Ejection::Ejected(t) => {
-                self.stats.inc(self.ids.outlier_ejections);
+                crate::cluster::count_ejection(&self.stats, &self.ids, t);
                 tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
             }
             crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
