@@ -37,6 +37,7 @@ fn leaf(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, uri: &str, dns: &[&str]) -> 
                 .map(|d| rcgen::SanType::DnsName((*d).try_into().unwrap())),
         )
         .collect();
+    p.not_after = rcgen::date_time_ymd(2031, 7, 9);
     let cert = p.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -348,4 +349,190 @@ fn grpcio_over_tls_to_ringside_and_through_an_outbound_inbound_pair() {
     assert!(out.ok, "{out:?}");
     assert_eq!(out.servers(), ["G", "G", "G"]);
     assert_eq!(stat(&inbound, "downstream_tls_handshake"), 2);
+}
+
+/// Envoy's `common_tls_context` with a certificate of `pki` and the peer SAN it requires.
+fn envoy_tls_context(pki: &Pki, me: &str, peer_id: &str, alpn: &str) -> serde_json::Value {
+    serde_json::json!({
+        "alpn_protocols": [alpn],
+        "tls_certificates": [{
+            "certificate_chain": {"filename": pki.path(&format!("{me}.pem"))},
+            "private_key": {"filename": pki.path(&format!("{me}.key"))},
+        }],
+        "validation_context": {
+            "trusted_ca": {"filename": pki.path("ca.pem")},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer_id}}],
+        },
+    })
+}
+
+/// A tcp_proxy listener on `listen` to `upstream`, TLS on the listener (`downstream`) and/or
+/// towards the upstream (`upstream_tls`), as Istio's sidecars have on either side.
+fn envoy_sidecar(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    downstream: Option<serde_json::Value>,
+    upstream_tls: Option<serde_json::Value>,
+) -> serde_json::Value {
+    use common::envoy::{load_assignment, socket};
+    let mut chain = serde_json::json!({"filters": [{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "t", "cluster": "app"}}]});
+    if let Some(ctx) = downstream {
+        chain["transport_socket"] = serde_json::json!({"name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": true,
+                "common_tls_context": ctx}});
+    }
+    let mut cluster = serde_json::json!({"name": "app", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": load_assignment("app", &[upstream])});
+    if let Some(ctx) = upstream_tls {
+        cluster["transport_socket"] = serde_json::json!({"name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "outbound_.20880_._.provider.default.svc.cluster.local",
+                "common_tls_context": ctx}});
+    }
+    serde_json::json!({
+        "admin": {"address": socket(admin)},
+        "static_resources": {
+            "listeners": [{"name": "l", "address": socket(listen), "filter_chains": [chain]}],
+            "clusters": [cluster],
+        },
+    })
+}
+
+/// Starts Envoy and waits until it is LIVE (`/ready`: its listeners accept). No connection
+/// probe: an outbound tcp_proxy would open (and cut) a TLS connection upstream for it.
+fn start_envoy(bootstrap: &serde_json::Value, admin: SocketAddr) -> common::envoy::Envoy {
+    let e = common::envoy::Envoy::start(bootstrap, admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !matches!(
+        common::xds::http_body(admin, "GET", "/ready", ""),
+        Ok((200, _))
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "envoy not LIVE:\n{}",
+            e.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    e
+}
+
+#[test]
+fn envoy_is_the_peer_sidecar_in_both_directions() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    // ringside outbound (mTLS) → Envoy inbound (TLS listener requiring the consumer's SAN).
+    let (e_admin, e_listen) = (local(free_port()), local(free_port()));
+    let inbound_ctx = envoy_tls_context(&pki, "provider", CONSUMER_ID, "istio");
+    let envoy_in = start_envoy(
+        &envoy_sidecar(e_admin, e_listen, provider.addr, Some(inbound_ctx), None),
+        e_admin,
+    );
+    let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+    let _out = start(
+        &outbound_yaml(
+            &pki,
+            out_admin,
+            out_listen,
+            "dubbo",
+            e_listen,
+            "consumer",
+            PROVIDER_ID,
+        ),
+        out_admin,
+    );
+    let mut c = Consumer::connect(out_listen);
+    for i in 0..5 {
+        let text = format!("to-envoy-{i}");
+        assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+    }
+    let handshakes = format!(
+        "listener.{}_{}.ssl.handshake",
+        e_listen.ip(),
+        e_listen.port()
+    );
+    assert_eq!(envoy_in.stat(&handshakes), 1, "{}", envoy_in.log());
+    // A ringside presenting the wrong SAN is refused by Envoy.
+    let (rogue_admin, rogue_listen) = (local(free_port()), local(free_port()));
+    let _rogue = start(
+        &outbound_yaml(
+            &pki,
+            rogue_admin,
+            rogue_listen,
+            "dubbo",
+            e_listen,
+            "rogue",
+            PROVIDER_ID,
+        ),
+        rogue_admin,
+    );
+    let mut c = Consumer::connect(rogue_listen);
+    let (status, text) = echo(&mut c, "rogue");
+    assert_ne!(status, Status::Ok, "Envoy let a wrong SAN through: {text}");
+    let ssl: Vec<String> = envoy_in
+        .get("/stats")
+        .lines()
+        .filter(|l| l.contains("ssl.") && !l.ends_with(": 0"))
+        .map(String::from)
+        .collect();
+    assert_eq!(envoy_in.stat(&handshakes), 1, "{ssl:#?}");
+
+    // Envoy outbound (UpstreamTlsContext, mTLS) → ringside inbound (STRICT).
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound = start(
+        &inbound_yaml(&pki, in_admin, in_listen, "dubbo", "strict", provider.addr),
+        in_admin,
+    );
+    let (o_admin, o_listen) = (local(free_port()), local(free_port()));
+    let outbound_ctx = envoy_tls_context(&pki, "consumer", PROVIDER_ID, "istio");
+    let _envoy_out = start_envoy(
+        &envoy_sidecar(o_admin, o_listen, in_listen, None, Some(outbound_ctx)),
+        o_admin,
+    );
+    let mut c = Consumer::connect(o_listen);
+    for i in 0..5 {
+        let text = format!("from-envoy-{i}");
+        assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+    }
+    assert_eq!(stat(&inbound, "downstream_tls_handshake"), 1);
+    assert_eq!(stat(&inbound, "downstream_tls_error"), 0);
+}
+
+#[test]
+fn certs_lists_each_file_with_its_sans_and_expiry() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = start(
+        &inbound_yaml(&pki, admin, listen, "dubbo", "strict", provider.addr),
+        admin,
+    );
+    let (code, body) = rs.get("/certs");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let files = v["files"].as_array().unwrap();
+    let chain = files
+        .iter()
+        .find(|f| f["owner"] == "listener inbound" && f["role"] == "cert_chain")
+        .unwrap_or_else(|| panic!("no cert_chain in {body}"));
+    assert_eq!(chain["path"], pki.path("provider.pem"));
+    let leaf = &chain["certificates"][0];
+    assert_eq!(leaf["uri_sans"], serde_json::json!([PROVIDER_ID]));
+    // 2031-07-09T00:00:00Z, as the test CA issued it.
+    assert_eq!(leaf["expiration_unix_s"], 1_941_321_600);
+    assert!(leaf["days_until_expiration"].as_i64().unwrap() > 365);
+    assert!(
+        files
+            .iter()
+            .any(|f| f["owner"] == "listener inbound" && f["role"] == "ca"),
+        "{body}"
+    );
 }

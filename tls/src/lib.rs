@@ -63,6 +63,28 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
     })
 }
 
+/// What `/certs` shows of one certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSummary {
+    pub uri_sans: Vec<String>,
+    /// notAfter, seconds since the Unix epoch (`None`: unreadable).
+    pub not_after: Option<i64>,
+}
+
+/// Every certificate of a PEM file, summarised (leaf first for a chain).
+pub fn describe(path: &Path) -> Result<Vec<CertSummary>, ConfigError> {
+    Ok(load_certs(path)?
+        .iter()
+        .map(|c| CertSummary {
+            uri_sans: x509::uri_sans(c)
+                .iter()
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .collect(),
+            not_after: x509::not_after(c),
+        })
+        .collect())
+}
+
 fn roots(path: &Path) -> Result<Arc<RootCertStore>, ConfigError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(path)? {

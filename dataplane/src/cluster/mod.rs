@@ -51,6 +51,8 @@ pub struct UpstreamStatIds {
     /// Outlier detection: endpoints ejected, and ejections skipped for `max_ejection_percent`.
     pub outlier_ejections: StatId,
     pub outlier_overflow: StatId,
+    /// Endpoints ejected now (summed over shards: each shard ejects for itself).
+    pub outlier_active: StatId,
 }
 
 impl ClusterStatIds {
@@ -85,6 +87,7 @@ impl UpstreamStatIds {
                 Kind::Counter,
             ),
             outlier_overflow: c("outlier_detection.ejections_overflow", Kind::Counter),
+            outlier_active: c("outlier_detection.ejections_active", Kind::Gauge),
         }
     }
 }
@@ -575,6 +578,18 @@ pub enum Ejection {
     Overflow,
 }
 
+/// Counts an ejection of `time` in `ids`: the active gauge is up until it ends (a timer task
+/// per ejection, which is rare; it runs on even if the pool is replaced meanwhile).
+pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, time: Duration) {
+    stats.inc(ids.outlier_ejections);
+    stats.inc(ids.outlier_active);
+    let (stats, active) = (stats.clone(), ids.outlier_active);
+    shard::monoio::spawn(async move {
+        shard::monoio::time::sleep(time).await;
+        stats.dec(active);
+    });
+}
+
 /// One endpoint's outlier state on one shard.
 #[derive(Default)]
 pub struct Outlier {
@@ -625,5 +640,87 @@ impl Outlier {
         let time = cfg.base.saturating_mul(count).min(cfg.max);
         self.until.set(Some(now + time));
         Ejection::Ejected(time)
+    }
+}
+
+#[cfg(test)]
+mod outlier_tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn cfg() -> OutlierConfig {
+        OutlierConfig {
+            consecutive: 2,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(25),
+            interval: Duration::from_secs(100),
+            max_percent: 50,
+        }
+    }
+
+    #[test]
+    fn ejections_grow_by_base_cap_at_max_and_decay_per_interval() {
+        let (o, c, t0) = (Outlier::default(), cfg(), Instant::now());
+        let none = || (0, 4);
+        assert_eq!(o.failure(&c, t0, none), Ejection::None);
+        o.success();
+        assert_eq!(
+            o.failure(&c, t0, none),
+            Ejection::None,
+            "a success reset the count"
+        );
+        assert_eq!(
+            o.failure(&c, t0, none),
+            Ejection::Ejected(Duration::from_secs(10))
+        );
+        assert!(o.is_ejected(t0 + Duration::from_secs(9)));
+        assert!(!o.is_ejected(t0 + Duration::from_secs(10)));
+        let t1 = t0 + Duration::from_secs(11);
+        o.failure(&c, t1, none);
+        assert_eq!(
+            o.failure(&c, t1, none),
+            Ejection::Ejected(Duration::from_secs(20))
+        );
+        let t2 = t1 + Duration::from_secs(21);
+        o.failure(&c, t2, none);
+        assert_eq!(
+            o.failure(&c, t2, none),
+            Ejection::Ejected(Duration::from_secs(25)),
+            "max"
+        );
+        // 250 s healthy after the third ejection ended: two intervals off the count (3 -> 1),
+        // so the next one is the second: 20 s.
+        let t3 = t2 + Duration::from_secs(25 + 250);
+        o.failure(&c, t3, none);
+        assert_eq!(
+            o.failure(&c, t3, none),
+            Ejection::Ejected(Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn max_ejection_percent_keeps_endpoints_in_but_one_may_always_go() {
+        let (o, c, t0) = (Outlier::default(), cfg(), Instant::now());
+        o.failure(&c, t0, || (0, 4));
+        assert_eq!(
+            o.failure(&c, t0, || (2, 4)),
+            Ejection::Overflow,
+            "50 % already out"
+        );
+        o.failure(&c, t0, || (1, 4));
+        assert!(
+            matches!(o.failure(&c, t0, || (1, 4)), Ejection::Ejected(_)),
+            "25 % < 50 %"
+        );
+        let p = Outlier::default();
+        let strict = OutlierConfig {
+            max_percent: 0,
+            ..cfg()
+        };
+        p.failure(&strict, t0, || (0, 4));
+        assert!(
+            matches!(p.failure(&strict, t0, || (0, 4)), Ejection::Ejected(_)),
+            "at least one"
+        );
     }
 }

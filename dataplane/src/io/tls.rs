@@ -45,6 +45,18 @@ pub struct ClientTls {
 pub struct TlsSet {
     pub listeners: Vec<Option<Arc<ServerTls>>>,
     pub clusters: Vec<Option<Arc<ClientTls>>>,
+    /// Every certificate file the config names, as loaded (for `/certs`).
+    pub certs: Vec<CertFile>,
+}
+
+/// One certificate file of a listener or cluster, as it was loaded.
+pub struct CertFile {
+    /// `listener NAME` or `cluster NAME`.
+    pub owner: String,
+    /// `cert_chain` or `ca`.
+    pub role: &'static str,
+    pub path: String,
+    pub certs: Vec<tls::CertSummary>,
 }
 
 impl TlsSet {
@@ -75,9 +87,37 @@ impl TlsSet {
                     .map_err(|e| (format!("clusters[{i}].tls"), e))
             })
             .collect::<Result<_, _>>()?;
+        let mut certs = Vec::new();
+        let mut add = |owner: String, role, path: &str| -> Result<(), String> {
+            let summary = tls::describe(path.as_ref()).map_err(|e| e.to_string())?;
+            certs.push(CertFile {
+                owner,
+                role,
+                path: path.to_string(),
+                certs: summary,
+            });
+            Ok(())
+        };
+        for (i, l) in c.listeners.iter().enumerate() {
+            let Some(t) = &l.tls else { continue };
+            let at = |e| (format!("listeners[{i}].tls"), e);
+            add(format!("listener {}", l.name), "cert_chain", &t.cert_chain).map_err(at)?;
+            if let Some(ca) = &t.ca {
+                add(format!("listener {}", l.name), "ca", ca).map_err(at)?;
+            }
+        }
+        for (i, cl) in c.clusters.iter().enumerate() {
+            let Some(t) = &cl.tls else { continue };
+            let at = |e| (format!("clusters[{i}].tls"), e);
+            if let Some(chain) = &t.cert_chain {
+                add(format!("cluster {}", cl.name), "cert_chain", chain).map_err(at)?;
+            }
+            add(format!("cluster {}", cl.name), "ca", &t.ca).map_err(at)?;
+        }
         Ok(TlsSet {
             listeners,
             clusters,
+            certs,
         })
     }
 }
@@ -177,6 +217,9 @@ impl Conn for TlsConn {
     }
     fn set_keepalive(&self, k: &config::TcpKeepalive) -> io::Result<()> {
         Conn::set_keepalive(self.get_ref(), k)
+    }
+    fn addrs(&self) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+        Conn::addrs(self.get_ref())
     }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)
