@@ -576,6 +576,10 @@ pub struct Listener {
     /// other connection is passed through to its original destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_listeners: Vec<String>,
+    /// Access logs: one line per Dubbo call, Triple stream or TCP connection
+    /// (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLog>,
     /// TLS termination (dubbo and triple listeners): see [`ListenerTls`] and docs/security.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
@@ -583,6 +587,21 @@ pub struct Listener {
     /// listener, for the routes without their own `local_rate_limit`; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+}
+
+/// One access log of a listener: where its lines go and their format (Envoy's format language).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// The file lines are appended to (created if missing); `/dev/stdout` for standard output.
+    pub path: String,
+    /// A format string (`%START_TIME% %DUBBO_METHOD% ...\n`); Envoy's default format when
+    /// neither this nor `json_format` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A format dictionary: one JSON object per line, values format strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_format: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Whether a TLS listener also serves plaintext (Istio's PeerAuthentication modes).
@@ -1692,6 +1711,20 @@ impl Config {
                 format!("unknown cluster {c:?} (defined: {})", names(&self.clusters)),
             ),
             _ => {}
+        }
+        for (i, log) in l.access_log.iter().enumerate() {
+            if log.path.is_empty() {
+                err(
+                    at(&format!("access_log[{i}].path")),
+                    "must not be empty".into(),
+                );
+            }
+            if log.format.is_some() && log.json_format.is_some() {
+                err(
+                    at(&format!("access_log[{i}]")),
+                    "set format or json_format, not both".into(),
+                );
+            }
         }
         match (l.protocol, &l.dubbo) {
             (Protocol::Dubbo, Some(d)) => {

@@ -612,6 +612,8 @@ fn dubbo_consecutive_errors_eject_for_base_times_count() {
         ),
         1
     );
+    let active = "cluster.p.outlier_detection.ejections_active";
+    assert_eq!(stat(&rs, active), 1);
     // After base_ejection_time (1 s) B is back, still failing: three more errors, and the
     // second ejection lasts 2 × 1 s.
     std::thread::sleep(Duration::from_millis(1100));
@@ -627,12 +629,15 @@ fn dubbo_consecutive_errors_eject_for_base_times_count() {
     );
     b.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(stat(&rs, active), 1, "the second ejection lasts 2 s");
     assert_eq!(
         who_answers(&mut c, 6),
         "AAAAAA",
         "still ejected after 1.1 s of 2 s"
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    // 1.5 s more: the 2 s ejection ended (with room for a late timer on a loaded machine).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(stat(&rs, active), 0, "ended");
     let back = who_answers(&mut c, 6);
     assert_eq!(back.matches('B').count(), 3, "healthy again: {back}");
     // A fails too while B is ejected: max_ejection_percent (50 % of 2) keeps A in.

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use envoy_types::pb::envoy::config::accesslog::v3 as accesslog_pb;
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
@@ -324,6 +325,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         original_destination,
         bind,
         virtual_listeners: Vec::new(),
+        access_log: Vec::new(),
         // xDS transport sockets are refused before this (docs/xds.md).
         tls: None,
         local_rate_limit: None,
@@ -365,6 +367,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         }
         GENERIC_PROXY_TYPE => {
             let g: gp_pb::GenericProxy = unpack(any, GENERIC_PROXY_TYPE, &ctx, &tat)?;
+            out.access_log = access_logs(&g.access_log, &ctx, &format!("{tat}.access_log"))?;
             out.protocol = Protocol::Dubbo;
             out.dubbo = Some(DubboListener { routes: generic_proxy(&g, &ctx, &tat)?, ..Default::default() });
         }
@@ -372,6 +375,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             let h: hcm_pb::HttpConnectionManager = unpack(any, HCM_TYPE, &ctx, &tat)?;
             out.protocol = Protocol::Triple;
             let (mut routes, name, limit) = hcm(&h, &ctx, &tat)?;
+            out.access_log = access_logs(&h.access_log, &ctx, &format!("{tat}.access_log"))?;
             rds = name;
             route_limits = limit.is_some();
             if !route_limits {
@@ -390,6 +394,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             let t: tcp_pb::TcpProxy = unpack(any, TCP_PROXY_TYPE, &ctx, &tat)?;
             out.protocol = Protocol::Tcp;
             let (cluster, idle) = tcp_proxy(&t, &ctx, &tat)?;
+            out.access_log = access_logs(&t.access_log, &ctx, &format!("{tat}.access_log"))?;
             out.cluster = Some(cluster);
             if let Some(ms) = idle {
                 out.idle_timeout_ms = ms;
@@ -1196,6 +1201,148 @@ fn tcp_proxy(
         None => None,
     };
     Ok((cluster, idle))
+}
+
+// === access logs ===
+
+const FILE_ACCESS_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+const STDOUT_ACCESS_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_ACCESS_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+/// A filter's `access_log` entries: file, stdout and stderr loggers with their format (the
+/// dataplane compiles it and NACKs an operator it does not know). Other loggers (gRPC access
+/// log service, OpenTelemetry, ...) and access-log `filter`s are telemetry ringside does not
+/// have: skipped with a warning, never a NACK (docs/xds.md).
+fn access_logs(
+    logs: &[accesslog_pb::AccessLog],
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<config::AccessLog>, TranslateError> {
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+        file_access_log::AccessLogFormat as F, FileAccessLog,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        stderr_access_log::AccessLogFormat as E, stdout_access_log::AccessLogFormat as O,
+        StderrAccessLog, StdoutAccessLog,
+    };
+    let mut out = Vec::new();
+    for (i, l) in logs.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        let Some(accesslog_pb::access_log::ConfigType::TypedConfig(any)) = &l.config_type else {
+            return Err(ctx.err(format!("{at}.typed_config"), "missing"));
+        };
+        if l.filter.is_some() {
+            tracing::warn!(field = %at, "access log filter not supported: every call is logged");
+        }
+        let (path, format) = match any.type_url.as_str() {
+            FILE_ACCESS_LOG_TYPE => {
+                let f: FileAccessLog = unpack(any, FILE_ACCESS_LOG_TYPE, ctx, &at)?;
+                #[allow(deprecated)]
+                let format = match f.access_log_format {
+                    None => None,
+                    Some(F::LogFormat(s)) => Some(substitution_format(&s, ctx, &at)?),
+                    Some(F::Format(s)) => Some((Some(s), None)),
+                    Some(F::JsonFormat(j)) | Some(F::TypedJsonFormat(j)) => {
+                        Some((None, Some(struct_json(&j))))
+                    }
+                };
+                if f.path.is_empty() {
+                    return Err(ctx.err(format!("{at}.path"), "missing"));
+                }
+                (f.path, format)
+            }
+            STDOUT_ACCESS_LOG_TYPE => {
+                let f: StdoutAccessLog = unpack(any, STDOUT_ACCESS_LOG_TYPE, ctx, &at)?;
+                let format = match f.access_log_format {
+                    Some(O::LogFormat(s)) => Some(substitution_format(&s, ctx, &at)?),
+                    None => None,
+                };
+                ("/dev/stdout".to_string(), format)
+            }
+            STDERR_ACCESS_LOG_TYPE => {
+                let f: StderrAccessLog = unpack(any, STDERR_ACCESS_LOG_TYPE, ctx, &at)?;
+                let format = match f.access_log_format {
+                    Some(E::LogFormat(s)) => Some(substitution_format(&s, ctx, &at)?),
+                    None => None,
+                };
+                ("/dev/stderr".to_string(), format)
+            }
+            other => {
+                tracing::warn!(field = %at, logger = other, "access logger not supported: skipped");
+                continue;
+            }
+        };
+        let (format, json_format) = format.unwrap_or((None, None));
+        out.push(config::AccessLog {
+            path,
+            format,
+            json_format,
+        });
+    }
+    Ok(out)
+}
+
+type FormatPair = (
+    Option<String>,
+    Option<serde_json::Map<String, serde_json::Value>>,
+);
+
+/// A `SubstitutionFormatString`: a text format (inline) or a JSON format.
+fn substitution_format(
+    s: &core_pb::SubstitutionFormatString,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<FormatPair, TranslateError> {
+    use core_pb::data_source::Specifier as D;
+    use core_pb::substitution_format_string::Format as S;
+    if !s.formatters.is_empty() {
+        return Err(ctx.err(
+            format!("{at}.log_format.formatters"),
+            "formatter extensions are not supported",
+        ));
+    }
+    #[allow(deprecated)]
+    match &s.format {
+        Some(S::TextFormat(t)) => Ok((Some(t.clone()), None)),
+        Some(S::TextFormatSource(d)) => match &d.specifier {
+            Some(D::InlineString(t)) => Ok((Some(t.clone()), None)),
+            Some(D::InlineBytes(b)) => Ok((Some(String::from_utf8_lossy(b).into_owned()), None)),
+            _ => Err(ctx.err(
+                format!("{at}.log_format.text_format_source"),
+                "only inline_string or inline_bytes",
+            )),
+        },
+        Some(S::JsonFormat(j)) => Ok((None, Some(struct_json(j)))),
+        None => Ok((None, None)),
+    }
+}
+
+/// A `google.protobuf.Struct` as JSON.
+fn struct_json(
+    s: &envoy_types::pb::google::protobuf::Struct,
+) -> serde_json::Map<String, serde_json::Value> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_json(s)),
+            Some(Kind::ListValue(l)) => {
+                serde_json::Value::Array(l.values.iter().map(value).collect())
+            }
+        }
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect()
 }
 
 // === http_connection_manager ===

@@ -51,6 +51,8 @@ pub struct UpstreamStatIds {
     /// Outlier detection: endpoints ejected, and ejections skipped for `max_ejection_percent`.
     pub outlier_ejections: StatId,
     pub outlier_overflow: StatId,
+    /// Endpoints ejected now (summed over shards: each shard ejects for itself).
+    pub outlier_active: StatId,
 }
 
 impl ClusterStatIds {
@@ -85,6 +87,7 @@ impl UpstreamStatIds {
                 Kind::Counter,
             ),
             outlier_overflow: c("outlier_detection.ejections_overflow", Kind::Counter),
+            outlier_active: c("outlier_detection.ejections_active", Kind::Gauge),
         }
     }
 }
@@ -573,6 +576,18 @@ pub enum Ejection {
     Ejected(Duration),
     /// Would have been ejected, but `max_ejection_percent` of the cluster already is.
     Overflow,
+}
+
+/// Counts an ejection of `time` in `ids`: the active gauge is up until it ends (a timer task
+/// per ejection, which is rare; it runs on even if the pool is replaced meanwhile).
+pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, time: Duration) {
+    stats.inc(ids.outlier_ejections);
+    stats.inc(ids.outlier_active);
+    let (stats, active) = (stats.clone(), ids.outlier_active);
+    shard::monoio::spawn(async move {
+        shard::monoio::time::sleep(time).await;
+        stats.dec(active);
+    });
 }
 
 /// One endpoint's outlier state on one shard.

@@ -474,6 +474,7 @@ impl Shared {
                 config::Protocol::Tcp => {}
             }
         }
+        let access_logs = crate::snapshot::open_access_logs(&config)?;
         let checked = started.elapsed();
         let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
@@ -496,7 +497,9 @@ impl Shared {
         let clusters = config.clusters.len();
         let building = Instant::now();
         let drains = self.listener_drains(&current.config.listeners, &keep);
-        let mut snapshot = u.builder.build(config, &self.stats, xds_versions);
+        let mut snapshot = u
+            .builder
+            .build(config, &self.stats, xds_versions, access_logs);
         snapshot.tls = tls;
         let snapshot = Arc::new(snapshot);
         let built = building.elapsed();
@@ -627,6 +630,8 @@ pub enum ApplyError {
     Bind(#[from] RunError),
     #[error("a shard did not take the update: {0}")]
     ShardRefused(String),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::OpenError),
     #[error("only {applied} of {shards} shards applied the update within {APPLY_TIMEOUT:?}")]
     ShardsSlow { applied: usize, shards: usize },
 }
@@ -872,9 +877,11 @@ impl Server {
             apply_time: stats.add_histogram("config", "update_apply_time_us", &[]),
         };
         let mut builder = Builder::default();
+        let access_logs = crate::snapshot::open_access_logs(&config)
+            .map_err(|e| RunError::Invalid(e.to_string()))?;
         let tls = crate::io::tls::TlsSet::load(&config)
             .map_err(|(f, m)| RunError::Invalid(format!("{f}: {m}")))?;
-        let mut snapshot = builder.build(config.clone(), &stats, None);
+        let mut snapshot = builder.build(config.clone(), &stats, None, access_logs);
         snapshot.tls = Arc::new(tls);
         let snapshot = Arc::new(snapshot);
         stats.prefault();

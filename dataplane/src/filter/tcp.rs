@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::try_join;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -20,6 +20,7 @@ use shard::monoio::net::TcpStream;
 
 use std::os::fd::AsRawFd;
 
+use crate::access_log::{Flags, ListenerLog, Record, NO_HEADERS};
 use crate::cluster::{ShardCluster, Upstream};
 use crate::config::Protocol;
 use crate::filter::{Drain, ListenerStatIds};
@@ -43,6 +44,19 @@ pub struct TcpProxy {
     pub idle_timeout: Duration,
     pub stats: ShardStats,
     pub ids: ListenerStatIds,
+    /// Access logs (one line per connection), when the listener has any.
+    pub log: Option<Rc<ListenerLog>>,
+}
+
+/// What the access log says about one connection.
+#[derive(Default)]
+struct Outcome {
+    upstream: Option<SocketAddr>,
+    flags: Flags,
+    bytes_received: Cell<u64>,
+    bytes_sent: Cell<u64>,
+    /// Handed to a virtual listener, which logs it.
+    handed_off: bool,
 }
 
 /// The virtual listeners (`bind: false`) an `original_destination` listener hands connections
@@ -59,9 +73,47 @@ pub trait Virtuals {
 /// see where one request of an opaque byte stream ends, so there is no earlier point at which
 /// closing is safe). Returns whether that deadline cut it.
 pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
+    let Some(log) = l.log.as_ref() else {
+        return relay_connection(down, l, virtuals, drain, &mut Outcome::default()).await;
+    };
+    let (start, started) = (SystemTime::now(), Instant::now());
+    let (remote, local) = (down.peer_addr().ok(), down.local_addr().ok());
+    let mut out = Outcome::default();
+    let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
+    if !out.handed_off {
+        let cluster = l.cluster.borrow().as_ref().map(|c| c.name.clone());
+        log.write(&Record {
+            start,
+            duration: started.elapsed(),
+            protocol: None,
+            response_code: None,
+            grpc_status: None,
+            flags: out.flags,
+            upstream_host: out.upstream,
+            upstream_cluster: cluster.as_deref(),
+            route_name: None,
+            downstream_remote: remote,
+            downstream_local: local,
+            bytes_received: out.bytes_received.get(),
+            bytes_sent: out.bytes_sent.get(),
+            headers: NO_HEADERS,
+            dubbo: None,
+        });
+    }
+    cut
+}
+
+async fn relay_connection(
+    down: TcpStream,
+    l: &TcpProxy,
+    virtuals: &dyn Virtuals,
+    drain: &Drain,
+    out: &mut Outcome,
+) -> bool {
     let _ = down.set_nodelay(true);
     let cluster = l.cluster.borrow().clone();
     let Some(cluster) = cluster.as_ref() else {
+        out.flags = Flags::NO_HEALTHY_UPSTREAM;
         return false;
     };
     let mut counted = false;
@@ -88,6 +140,7 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
                 Protocol::Tcp => true,
             };
             if fits {
+                out.handed_off = true;
                 l.stats.inc(l.ids.cx_handed_off);
                 virtuals.hand_off(dst, down).await;
                 return false;
@@ -104,22 +157,27 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(listener = %l.name, cluster = %cluster.name, error = %e, "no upstream; closing downstream");
+            out.flags = Flags::UPSTREAM_CONNECTION_FAILURE;
             return false;
         }
     };
+    out.upstream = up_stream.peer_addr().ok();
     let last_activity = Cell::new(Instant::now());
     let (dr, dw) = down.into_split();
     let (ur, uw) = up_stream.into_split();
     let ids = l.ids;
     let first = Cell::new(l.original_destination && !counted);
+    let (rx, tx) = (&out.bytes_received, &out.bytes_sent);
     let up = relay(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
         l.stats.add(ids.bytes_rx, chunk.len() as u64);
+        rx.set(rx.get() + chunk.len() as u64);
         if first.replace(false) {
             l.stats.inc(detected_id(l, &detect(chunk)));
         }
     });
     let back = relay(ur, dw, l.buffer_bytes, &last_activity, |chunk| {
-        l.stats.add(ids.bytes_tx, chunk.len() as u64)
+        l.stats.add(ids.bytes_tx, chunk.len() as u64);
+        tx.set(tx.get() + chunk.len() as u64);
     });
     shard::monoio::select! {
         r = try_join(up, back) => {

@@ -94,6 +94,10 @@ pub trait Conn:
     fn set_keepalive(&self, _k: &config::TcpKeepalive) -> std::io::Result<()> {
         Ok(())
     }
+    /// The peer's and the local address (for access logs); none where the stream has none.
+    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (None, None)
+    }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path.
     fn into_kernel(self) -> Result<TcpStream, Self>
@@ -110,6 +114,9 @@ impl Conn for TcpStream {
         use std::os::fd::AsRawFd;
         let k = k.enabled.then_some((k.time_s, k.interval_s, k.probes));
         shard::sockopt::set_keepalive(self.as_raw_fd(), k)
+    }
+    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (self.peer_addr().ok(), self.local_addr().ok())
     }
     #[inline]
     fn into_kernel(self) -> Result<TcpStream, Self> {

@@ -218,6 +218,9 @@ impl Conn for TlsConn {
     fn set_keepalive(&self, k: &config::TcpKeepalive) -> io::Result<()> {
         Conn::set_keepalive(self.get_ref(), k)
     }
+    fn addrs(&self) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+        Conn::addrs(self.get_ref())
+    }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)
     }

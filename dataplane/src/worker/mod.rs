@@ -243,6 +243,8 @@ struct ShardState {
     listeners: Vec<ShardListener>,
     connections: Rc<Cell<usize>>,
     accepting: bool,
+    /// Access-log batches of this shard, one per file.
+    logs: crate::access_log::ShardLogs,
 }
 
 impl ShardState {
@@ -543,6 +545,10 @@ impl ShardState {
         let l = &snap.config.listeners[index];
         let id = self.id;
         let stats = &self.stats;
+        let log = snap
+            .access_logs
+            .get(index)
+            .and_then(|specs| self.logs.listener(specs, stats));
         let dubbo = snap.dubbo_ids[index].map(|dubbo_ids| {
             let d = l.dubbo.clone().unwrap_or_default();
             let routes = self.dubbo_routes(snap, index);
@@ -565,6 +571,8 @@ impl ShardState {
                 budget: self.budget.clone(),
                 services,
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
+                log: log.clone(),
+                log_pool: Default::default(),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -586,6 +594,8 @@ impl ShardState {
                 budget: self.budget.clone(),
                 services,
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
+                log: log.clone(),
+                log_pool: Default::default(),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
@@ -598,6 +608,7 @@ impl ShardState {
                 idle_timeout: Duration::from_millis(l.idle_timeout_ms),
                 stats: stats.clone(),
                 ids: snap.listener_ids[index],
+                log: log.clone(),
             })
         });
         Rc::new(ListenerCtx {
@@ -712,6 +723,7 @@ impl Detached {
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: false,
+            logs: Default::default(),
         };
         st.apply(snapshot, &[]);
         Detached(st)
@@ -760,6 +772,7 @@ pub fn shard_main(
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
+            logs: Default::default(),
         };
         #[cfg(feature = "dpdk")]
         crate::dpdk::start_shard(id, process.stats(), st.stats.clone());
@@ -833,6 +846,8 @@ pub fn shard_main(
                 "drain timeout: closing connections still open"
             );
         }
+        // The lines of the last calls go to their writers (the process waits for them).
+        st.logs.flush_all();
         tracing::debug!(shard = id, "drained");
     })
 }

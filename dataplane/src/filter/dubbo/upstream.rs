@@ -28,9 +28,10 @@ use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
 use shard::Notify;
 
-use super::downstream::DownConn;
+use super::downstream::{DownConn, Logged};
 use super::error::{LocalError, UpstreamGone};
 use super::wire;
+use crate::access_log::Flags;
 use crate::cluster::{
     Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
     ENDPOINT_FAILURE_BACKOFF_MS,
@@ -50,6 +51,8 @@ pub(crate) struct Pending {
     deadline: Instant,
     started: Instant,
     counted: Counted,
+    /// The call's access-log record (when the listener logs).
+    log: Option<Box<Logged>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -217,19 +220,23 @@ impl ClusterPool {
         timeout: Duration,
         down: &Rc<DownConn>,
         counted: Counted,
-    ) -> Result<(), ForwardError> {
+        log: Option<Box<Logged>>,
+    ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
-        let host = self.pick_host(now).ok_or(ForwardError::NoHealthyEndpoint)?;
+        let Some(host) = self.pick_host(now) else {
+            return Err((ForwardError::NoHealthyEndpoint, log));
+        };
         if let Some(b) = self.breaker.as_ref().filter(|b| b.is_open()) {
             self.stats.inc(self.ids.rq_active_overflow);
-            return Err(ForwardError::CircuitOpen { limit: b.max });
+            return Err((ForwardError::CircuitOpen { limit: b.max }, log));
         }
         if host.pending.get() >= self.pending_max {
             self.stats.inc(self.ids.rq_overflow);
-            return Err(ForwardError::Overflow {
+            let e = ForwardError::Overflow {
                 addr: host.addr,
                 limit: self.pending_max,
-            });
+            };
+            return Err((e, log));
         }
         let rq = if two_way {
             Request::TwoWay(Pending {
@@ -238,6 +245,7 @@ impl ClusterPool {
                 deadline: now + timeout,
                 started: now,
                 counted,
+                log,
             })
         } else {
             Request::OneWay(down.clone())
@@ -300,7 +308,7 @@ impl ClusterPool {
         match host.outlier.failure(cfg, now, share) {
             crate::cluster::Ejection::None => {}
             crate::cluster::Ejection::Ejected(t) => {
-                self.stats.inc(self.ids.outlier_ejections);
+                crate::cluster::count_ejection(&self.stats, &self.ids, t);
                 tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
             }
             crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
@@ -438,12 +446,25 @@ impl UpConn {
             };
             self.pool.outcome(&self.host, failed);
         }
+        let cluster = Some(&*self.pool.lb.name);
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
+                let (status, len) = (frame[3], frame.len());
                 p.down.response(frame.freeze(), p.started, p.counted);
+                if let Some(lg) = p.log {
+                    let addr = Some(self.host.addr);
+                    p.down.log_call(lg, status, Flags::NONE, addr, cluster, len);
+                }
             }
-            Reply::Local(e) => p.down.local_reply(p.id_down, &e, Some(p.counted)),
+            Reply::Local(e) => {
+                let len = p.down.local_reply(p.id_down, &e, Some(p.counted));
+                if let Some(lg) = p.log {
+                    let status = e.status().0;
+                    let addr = e.upstream().or(Some(self.host.addr));
+                    p.down.log_call(lg, status, e.flags(), addr, cluster, len);
+                }
+            }
         }
     }
 

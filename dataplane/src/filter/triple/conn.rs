@@ -279,6 +279,8 @@ pub struct Conn {
     /// When the last stream ended (or the connection opened); `went_idle` fires then.
     idle_since: Cell<Instant>,
     went_idle: Notify,
+    /// Caller side, when the listener logs: the caller's and our address.
+    caller_addrs: Cell<(Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -327,6 +329,7 @@ impl Conn {
             armed: Cell::new(None),
             stream_ended: Notify::new(),
             drain_acked: Notify::new(),
+            caller_addrs: Cell::new((None, None)),
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -502,6 +505,11 @@ impl Conn {
             if s.sent_end {
                 return false;
             }
+            if let (Out::Data(b, _), Some(lg)) =
+                (&item, s.call.as_mut().and_then(|c| c.log.as_mut()))
+            {
+                lg.bytes_sent += b.len() as u64;
+            }
             s.queue.push_back(item);
         }
         self.flush(id);
@@ -645,8 +653,9 @@ impl Conn {
     fn forget(&self, id: u32) {
         let removed = self.streams.borrow_mut().remove(&id);
         if let Some(s) = removed {
-            if let (Side::Down(l), Some(call)) = (&self.side, s.call) {
+            if let (Side::Down(l), Some(mut call)) = (&self.side, s.call) {
                 l.end_call(&call);
+                l.log_call(&mut call, self.caller_addrs.get());
             }
             if let Side::Up(h) = &self.side {
                 h.pool.stats.dec(h.pool.ids.rq_active);
@@ -927,6 +936,9 @@ impl Conn {
                         Next::Error(code::FLOW_CONTROL_ERROR)
                     } else {
                         s.recv_end = end;
+                        if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
+                            lg.bytes_received += data.len() as u64;
+                        }
                         match &s.link {
                             Some((w, other)) => Next::Relay(w.clone(), *other),
                             None => Next::Drop,
@@ -1197,10 +1209,12 @@ impl Conn {
             return self.write_control(|o| frame::write_rst_stream(o, id, code::REFUSED_STREAM));
         }
         let now = Instant::now();
+        let mut call = Call::new(l, now);
+        call.log = l.capture(&self.headers.borrow());
         let mut s = Stream::new(
             self.peer_initial_window.get(),
             self.limits.stream_window,
-            Some(Call::new(l, now)),
+            Some(call),
         );
         s.recv_end = end;
         self.streams.borrow_mut().insert(id, s);
@@ -1293,6 +1307,12 @@ impl Conn {
         };
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.link = Some((Rc::downgrade(&up), uid));
+            if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
+                if let Side::Up(h) = &up.side {
+                    lg.upstream = Some(h.addr);
+                }
+                lg.cluster = Some(pool.lb.clone());
+            }
         }
         up.send(uid, Out::Headers(call.block, end));
         if let Some(d) = call.deadline {
@@ -1324,6 +1344,9 @@ impl Conn {
             };
             call.local = true;
             call.status = Some(e.status());
+            if let Some(lg) = call.log.as_mut() {
+                lg.flags = lg.flags | e.flags();
+            }
             (std::mem::replace(&mut call.headers_sent, true), back)
         };
         give_back(back);
@@ -1783,6 +1806,9 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
+    if l.log.is_some() {
+        conn.caller_addrs.set(stream.addrs());
+    }
     conn.greet(false);
     let (r, w) = stream.into_split();
     let reader_done = Notify::new();
