@@ -7,6 +7,8 @@
 //! Knows nothing of listeners, clusters or protocols. `unsafe` only where bytes move between
 //! rustls and a caller's owned buffer (`stream`), each block under a `SAFETY:` comment.
 
+#![deny(unsafe_code)]
+
 pub mod stream;
 pub mod x509;
 

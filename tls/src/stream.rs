@@ -12,6 +12,9 @@
 //! limit is never hit. Everything rustls wants to send (records, alerts, a KeyUpdate answer the
 //! read side queued) leaves through the write half, in one socket write per filter write.
 
+// Copies between rustls and the caller's owned buffers (raw pointers monoio hands over).
+#![allow(unsafe_code)]
+
 use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
 use std::rc::Rc;

@@ -150,23 +150,26 @@ impl Format {
     /// Appends one line (with its newline for `json_format`; a format string has its own).
     pub fn render(&self, r: &Record<'_>, out: &mut Vec<u8>) {
         match self {
-            Format::Text(pieces) => {
-                for p in pieces {
-                    match p {
-                        Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
-                        Piece::Op(op, max) => {
-                            let start = out.len();
-                            if !value(op, r, out) {
-                                out.push(b'-');
-                            }
-                            truncate(out, start, *max);
-                        }
-                    }
-                }
-            }
+            Format::Text(pieces) => render_text(pieces, r, out),
             Format::Json(entries) => {
                 render_json(entries, r, out);
                 out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// Text and operators one after the other, a missing value as `-`.
+fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>) {
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+            Piece::Op(op, max) => {
+                let start = out.len();
+                if !value(op, r, out) {
+                    out.push(b'-');
+                }
+                truncate(out, start, *max);
             }
         }
     }
@@ -226,18 +229,7 @@ fn render_json(entries: &[(String, JsonValue)], r: &Record<'_>, out: &mut Vec<u8
                 }
                 _ => {
                     let start = out.len();
-                    for p in ps {
-                        match p {
-                            Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
-                            Piece::Op(op, max) => {
-                                let s = out.len();
-                                if !value(op, r, out) {
-                                    out.push(b'-');
-                                }
-                                truncate(out, s, *max);
-                            }
-                        }
-                    }
+                    render_text(ps, r, out);
                     quote_from(out, start);
                 }
             },
