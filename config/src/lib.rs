@@ -576,6 +576,24 @@ pub struct Listener {
     /// other connection is passed through to its original destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_listeners: Vec<String>,
+    /// Per connection, the first of these whose `match` fits (as Envoy's filter chain matching
+    /// chooses) hands the connection to its `bind: false` listener; none fits:
+    /// `default_filter_chain`, else the connection is closed. A tcp listener's own `cluster`
+    /// then serves nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_chains: Vec<FilterChain>,
+    /// The chain of the connections no `filter_chains` entry takes (its `match` stays empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_filter_chain: Option<FilterChain>,
+    /// Envoy's `tls_inspector`: chain matching sees `transport_protocol: tls` for a connection
+    /// that starts with a TLS record, else `raw_buffer`. Without it every connection is
+    /// `raw_buffer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_inspector: Option<Inspector>,
+    /// Envoy's `http_inspector`: chain matching sees `application_protocols` `h2c` (the HTTP/2
+    /// preface), `http/1.1` or `http/1.0` (an HTTP/1 request line) of a plaintext connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_inspector: Option<Inspector>,
     /// Access logs: one line per Dubbo call, Triple stream or TCP connection
     /// (docs/observability.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -722,6 +740,104 @@ impl Listener {
             .flat_map(|t| t.all_routes().map(|r| &r.route));
         dubbo.chain(triple)
     }
+}
+
+/// A filter chain of a listener with `filter_chains`: the connections its `match` selects go
+/// to `listener`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChain {
+    /// For stats and logs (Envoy's filter chain `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: ChainMatch,
+    /// The `bind: false` listener that serves the connections. None: a chain ringside cannot
+    /// serve (a TLS chain, until ringside terminates TLS); its connections are closed
+    /// (`downstream_cx_filter_chain_unserved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+}
+
+/// Envoy's `FilterChainMatch`: every criterion given must hold; among the chains that fit, the
+/// most specific wins level by level (destination port, destination IP, server name,
+/// transport protocol, application protocol, direct source IP, source type, source IP, source
+/// port), as Envoy's `FilterChainManager` decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
+    /// CIDR ranges of the destination address (`10.0.0.0/8`, `::/0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_ranges: Vec<String>,
+    /// TLS SNI (`*.example.com` wildcards); a plaintext connection has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+    /// `raw_buffer` or `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub application_protocols: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub direct_source_prefix_ranges: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub source_type: SourceType,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_prefix_ranges: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ports: Vec<u16>,
+}
+
+/// Envoy's `ConnectionSourceType`: `local` is a peer on the connection's own IP or loopback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    #[default]
+    Any,
+    Local,
+    External,
+}
+
+/// A first-bytes inspector feeding filter chain matching, off for connections whose
+/// destination port is in one of `disabled_ports` (`[start, end)`, Envoy's
+/// `filter_disabled` `destination_port_range`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inspector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_ports: Vec<[u32; 2]>,
+}
+
+impl Inspector {
+    pub fn enabled_for(&self, port: u16) -> bool {
+        !self
+            .disabled_ports
+            .iter()
+            .any(|[lo, hi]| (*lo..*hi).contains(&u32::from(port)))
+    }
+}
+
+/// `10.0.0.0/8` → (address, prefix length); the length at most 32 (IPv4) or 128 (IPv6).
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{s:?}: not an IP address range (a.b.c.d/len)"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = if len.is_empty() {
+        max
+    } else {
+        len.parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length over {max}"))?
+    };
+    Ok((ip, len))
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// HTTP/2 limits and routes of a `triple` listener. The limits are what ringside advertises to
@@ -1689,7 +1805,14 @@ impl Config {
         err: &mut dyn FnMut(String, String),
     ) {
         match (&l.cluster, l.protocol) {
-            (None, Protocol::Tcp) => err(at("cluster"), "a tcp listener needs a cluster".into()),
+            (None, Protocol::Tcp)
+                if l.filter_chains.is_empty() && l.default_filter_chain.is_none() =>
+            {
+                err(
+                    at("cluster"),
+                    "a tcp listener needs a cluster (or filter_chains)".into(),
+                )
+            }
             (None, Protocol::Dubbo) if l.dubbo.as_ref().is_none_or(|d| d.routes.is_empty()) => err(
                 at("cluster"),
                 "a dubbo listener needs routes (dubbo.routes) or a default cluster".into(),
@@ -1807,7 +1930,10 @@ impl Config {
                     ),
                 );
             }
+            // A filter chain's listener (bind: false) knows the original destination for
+            // whatever cluster it has, as Envoy's chains behind an original_dst filter.
             if l.original_destination
+                && l.bind
                 && !orig_dst_cluster(c.as_str())
                 && cluster_names.contains(c.as_str())
             {
@@ -1873,12 +1999,17 @@ impl Config {
                 }
             }
         }
+        let chained = self.validate_filter_chains(err);
+        handed.extend(chained.iter().copied());
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |f: &str| format!("listeners[{i}].{f}");
             if l.bind {
                 continue;
             }
-            if l.transparent || l.original_destination {
+            // A chain's listener reads the original destination its handing listener's socket
+            // restored (Istio's virtualInbound chains to ORIGINAL_DST clusters).
+            let chain_od = l.original_destination && chained.contains(l.name.as_str());
+            if l.transparent || (l.original_destination && !chain_od) {
                 err(
                     at("bind"),
                     "a virtual listener (bind: false) opens no socket: transparent and \
@@ -1891,12 +2022,105 @@ impl Config {
                     at("bind"),
                     format!(
                         "no listener hands connections to virtual listener {:?}: name it in an \
-                         original_destination listener's virtual_listeners",
+                         original_destination listener's virtual_listeners or in a \
+                         listener's filter_chains",
                         l.name
                     ),
                 );
             }
         }
+    }
+
+    /// Listeners with `filter_chains`: where they may be, what their chains name, the
+    /// ranges they match. Returns the listeners chains name.
+    fn validate_filter_chains(&self, err: &mut dyn FnMut(String, String)) -> HashSet<&str> {
+        let mut named = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("listeners[{i}].{f}");
+            let chains = l
+                .filter_chains
+                .iter()
+                .enumerate()
+                .map(|(k, c)| (format!("filter_chains[{k}]"), c));
+            let chains: Vec<(String, &FilterChain)> = chains
+                .chain(
+                    l.default_filter_chain
+                        .iter()
+                        .map(|c| ("default_filter_chain".to_string(), c)),
+                )
+                .collect();
+            if chains.is_empty() {
+                continue;
+            }
+            if l.protocol != Protocol::Tcp || !l.bind || !l.virtual_listeners.is_empty() {
+                err(
+                    at("filter_chains"),
+                    "only a tcp listener that binds (bind: true) and has no virtual_listeners \
+                     chooses filter chains"
+                        .into(),
+                );
+            }
+            let mut seen: Vec<&ChainMatch> = Vec::new();
+            for (cat, c) in &chains {
+                let cat = at(cat);
+                if let Some(name) = &c.listener {
+                    named.insert(name.as_str());
+                    match self.listeners.iter().find(|v| &v.name == name) {
+                        None => err(
+                            format!("{cat}.listener"),
+                            format!("unknown listener {name:?}"),
+                        ),
+                        Some(v) if v.bind => err(
+                            format!("{cat}.listener"),
+                            format!("listener {name:?} is not virtual: give it bind: false"),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                let m = &c.matcher;
+                if cat.ends_with("default_filter_chain") && *m != ChainMatch::default() {
+                    err(
+                        format!("{cat}.match"),
+                        "the default chain matches nothing itself".into(),
+                    );
+                }
+                let ranges = [
+                    ("prefix_ranges", &m.prefix_ranges),
+                    (
+                        "direct_source_prefix_ranges",
+                        &m.direct_source_prefix_ranges,
+                    ),
+                    ("source_prefix_ranges", &m.source_prefix_ranges),
+                ];
+                for (field, list) in ranges {
+                    for (k, r) in list.iter().enumerate() {
+                        if let Err(e) = parse_cidr(r) {
+                            err(format!("{cat}.match.{field}[{k}]"), e);
+                        }
+                    }
+                }
+                if let Some(t) = m.transport_protocol.as_deref() {
+                    if t != "raw_buffer" && t != "tls" {
+                        err(
+                            format!("{cat}.match.transport_protocol"),
+                            format!("{t:?}: ringside tells raw_buffer from tls only"),
+                        );
+                    }
+                }
+                if !cat.ends_with("default_filter_chain") {
+                    if seen.contains(&m) {
+                        err(
+                            format!("{cat}.match"),
+                            "another chain has the same match: which one takes a connection \
+                             would be ambiguous"
+                                .into(),
+                        );
+                    }
+                    seen.push(m);
+                }
+            }
+        }
+        named
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {

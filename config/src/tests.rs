@@ -550,3 +550,39 @@ fn local_rate_limits_load_and_are_checked() {
         "listeners[0].dubbo.routes[0].local_rate_limit.fill_interval_ms"
     );
 }
+
+#[test]
+fn filter_chains_load_and_are_checked() {
+    let base = GOOD.replace(
+        "    protocol: tcp\n    cluster: echo\n",
+        "    protocol: tcp\n    original_destination: true\n    http_inspector: {disabled_ports: [[80, 81]]}\n    filter_chains:\n      - {match: {destination_port: 80, prefix_ranges: [10.0.0.0/8]}, listener: in80}\n      - {match: {transport_protocol: tls}}\n    default_filter_chain: {listener: in80}\n  - name: in80\n    address: 127.0.0.1:15001\n    bind: false\n    protocol: tcp\n    original_destination: true\n    cluster: echo\n",
+    );
+    let c = Config::from_yaml("c.yaml", &base).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.filter_chains[0].matcher.destination_port, Some(80));
+    assert_eq!(l.filter_chains[1].listener, None);
+    assert!(!l.http_inspector.as_ref().unwrap().enabled_for(80));
+    let e = errors(&base.replace("10.0.0.0/8", "10.0.0.0/40"));
+    assert_eq!(
+        e[0].field,
+        "listeners[0].filter_chains[0].match.prefix_ranges[0]"
+    );
+    let e = errors(&base.replace(
+        "{transport_protocol: tls}",
+        "{destination_port: 80, prefix_ranges: [10.0.0.0/8]}",
+    ));
+    assert_eq!(e[0].field, "listeners[0].filter_chains[1].match");
+    let e = errors(&base.replace(
+        "listener: in80}\n      - {match",
+        "listener: nope}\n      - {match",
+    ));
+    assert_eq!(e[0].field, "listeners[0].filter_chains[0].listener");
+    let e = errors(&base.replace(
+        "    protocol: tcp\n    original_destination: true\n    http",
+        "    protocol: dubbo\n    original_destination: true\n    http",
+    ));
+    assert!(
+        e.iter().any(|e| e.field == "listeners[0].filter_chains"),
+        "{e:?}"
+    );
+}

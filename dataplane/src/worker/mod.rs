@@ -261,6 +261,7 @@ impl ShardState {
         let reindexed = self.apply_clusters(&snap);
         self.apply_listeners(&snap, reindexed, drains);
         self.link_virtuals();
+        self.link_chains();
         self.snapshot = snap;
     }
 
@@ -472,6 +473,49 @@ impl ShardState {
         }
     }
 
+    /// Gives each listener with `filter_chains` its compiled chains and the virtual listeners
+    /// that serve them (validation made sure they exist and are virtual).
+    fn link_chains(&self) {
+        let ctx_of = |name: &Option<String>| {
+            let name = name.as_ref()?;
+            self.listeners
+                .iter()
+                .find(|x| &x.cfg.name == name)
+                .map(|x| x.ctx.clone())
+        };
+        for sl in &self.listeners {
+            let cfg = &sl.cfg;
+            if cfg.filter_chains.is_empty() && cfg.default_filter_chain.is_none() {
+                continue;
+            }
+            let matches: Vec<crate::filter::chain::Match> = cfg
+                .filter_chains
+                .iter()
+                .map(|c| crate::filter::chain::Match::new(&c.matcher))
+                .collect();
+            let needs = matches.iter().fold((false, false), |acc, m| {
+                let (t, a) = m.inspects();
+                (acc.0 || t, acc.1 || a)
+            });
+            let chains = listener::Chains {
+                targets: cfg
+                    .filter_chains
+                    .iter()
+                    .map(|c| ctx_of(&c.listener))
+                    .collect(),
+                default: cfg
+                    .default_filter_chain
+                    .as_ref()
+                    .map(|c| ctx_of(&c.listener)),
+                matches,
+                tls_inspector: cfg.tls_inspector.clone(),
+                http_inspector: cfg.http_inspector.clone(),
+                needs,
+            };
+            sl.ctx.get().chains.set(Rc::new(chains));
+        }
+    }
+
     fn tcp_cluster(&self, l: &config::Listener) -> Option<Rc<ShardCluster>> {
         let name = l.cluster.as_ref()?;
         self.clusters.get(name).map(|e| e.lb.clone())
@@ -622,6 +666,7 @@ impl ShardState {
             tcp,
             conns,
             virtuals: Latest::new(Rc::new([])),
+            chains: Latest::default(),
             tls: snap.tls.listeners.get(index).cloned().flatten(),
         })
     }

@@ -1689,6 +1689,15 @@ async fn read_loop<R: AsyncReadRent>(
     let mut cont: Option<(u32, bool, Vec<u8>)> = None;
     let cont_max = conn.limits.header_list_max as usize * 2 + 16 * 1024;
     loop {
+        // Bytes that cannot start the preface end the connection at once (as Envoy's codec),
+        // not at the preface timeout.
+        let n = buf.len().min(frame::PREFACE.len());
+        if preface_left && buf[..n] != frame::PREFACE[..n] {
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "not an HTTP/2 connection preface",
+            ));
+        }
         if preface_left && buf.len() >= frame::PREFACE.len() {
             if &buf[..frame::PREFACE.len()] != frame::PREFACE {
                 return Err(conn_err(
