@@ -576,10 +576,110 @@ pub struct Listener {
     /// other connection is passed through to its original destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_listeners: Vec<String>,
+    /// Per connection, the first of these whose `match` fits (as Envoy's filter chain matching
+    /// chooses) hands the connection to its `bind: false` listener; none fits:
+    /// `default_filter_chain`, else the connection is closed. A tcp listener's own `cluster`
+    /// then serves nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_chains: Vec<FilterChain>,
+    /// The chain of the connections no `filter_chains` entry takes (its `match` stays empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_filter_chain: Option<FilterChain>,
+    /// Envoy's `tls_inspector`: chain matching sees `transport_protocol: tls` for a connection
+    /// that starts with a TLS record, else `raw_buffer`. Without it every connection is
+    /// `raw_buffer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_inspector: Option<Inspector>,
+    /// Envoy's `http_inspector`: chain matching sees `application_protocols` `h2c` (the HTTP/2
+    /// preface), `http/1.1` or `http/1.0` (an HTTP/1 request line) of a plaintext connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_inspector: Option<Inspector>,
+    /// Access logs: one line per Dubbo call, Triple stream or TCP connection
+    /// (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLog>,
+    /// TLS termination (dubbo and triple listeners): see [`ListenerTls`] and docs/security.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
     /// dubbo and triple listeners: one token per request (Dubbo request, Triple call) on this
     /// listener, for the routes without their own `local_rate_limit`; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+}
+
+/// One access log of a listener: where its lines go and their format (Envoy's format language).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// The file lines are appended to (created if missing); `/dev/stdout` for standard output.
+    pub path: String,
+    /// A format string (`%START_TIME% %DUBBO_METHOD% ...\n`); Envoy's default format when
+    /// neither this nor `json_format` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A format dictionary: one JSON object per line, values format strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_format: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Whether a TLS listener also serves plaintext (Istio's PeerAuthentication modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Only TLS: a connection that does not start with a TLS record is closed.
+    #[default]
+    Strict,
+    /// TLS when the first byte is a TLS handshake record (0x16), plaintext otherwise.
+    Permissive,
+}
+
+/// A listener's `tls`: its certificate, and how client certificates are verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM file: the listener's certificate chain, leaf first.
+    pub cert_chain: String,
+    /// PEM file: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+    /// PEM file: the CAs client certificates must chain to. Without it no client certificate
+    /// is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Refuse a client without a certificate (mutual TLS). Needs `ca`.
+    #[serde(default = "default_true")]
+    pub require_client_certificate: bool,
+    /// A client certificate must carry one of these URI SANs (SPIFFE ids, exact match); empty:
+    /// any certificate `ca` signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// ALPN protocols offered, in preference order (e.g. `h2` for gRPC clients).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+}
+
+/// A cluster's `tls`: TLS (mutual, with a client certificate) to its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// PEM files: the client certificate chain and key presented to endpoints (both or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_chain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// PEM file: the CAs an endpoint's certificate must chain to.
+    pub ca: String,
+    /// Server name sent as SNI (Istio: `outbound_.PORT_._.HOST`); none: no SNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// ALPN protocols offered (Istio: `istio-peer-exchange`, `istio`, `h2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    /// An endpoint's certificate must carry one of these URI SANs (exact match; Envoy's
+    /// `match_typed_subject_alt_names` of type URI); empty: any certificate `ca` signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 /// A token bucket (Envoy's `token_bucket`), shared by every shard: it holds up to
@@ -640,6 +740,104 @@ impl Listener {
             .flat_map(|t| t.all_routes().map(|r| &r.route));
         dubbo.chain(triple)
     }
+}
+
+/// A filter chain of a listener with `filter_chains`: the connections its `match` selects go
+/// to `listener`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChain {
+    /// For stats and logs (Envoy's filter chain `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: ChainMatch,
+    /// The `bind: false` listener that serves the connections. None: a chain ringside cannot
+    /// serve (a TLS chain, until ringside terminates TLS); its connections are closed
+    /// (`downstream_cx_filter_chain_unserved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+}
+
+/// Envoy's `FilterChainMatch`: every criterion given must hold; among the chains that fit, the
+/// most specific wins level by level (destination port, destination IP, server name,
+/// transport protocol, application protocol, direct source IP, source type, source IP, source
+/// port), as Envoy's `FilterChainManager` decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
+    /// CIDR ranges of the destination address (`10.0.0.0/8`, `::/0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_ranges: Vec<String>,
+    /// TLS SNI (`*.example.com` wildcards); a plaintext connection has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+    /// `raw_buffer` or `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub application_protocols: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub direct_source_prefix_ranges: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub source_type: SourceType,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_prefix_ranges: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ports: Vec<u16>,
+}
+
+/// Envoy's `ConnectionSourceType`: `local` is a peer on the connection's own IP or loopback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    #[default]
+    Any,
+    Local,
+    External,
+}
+
+/// A first-bytes inspector feeding filter chain matching, off for connections whose
+/// destination port is in one of `disabled_ports` (`[start, end)`, Envoy's
+/// `filter_disabled` `destination_port_range`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inspector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_ports: Vec<[u32; 2]>,
+}
+
+impl Inspector {
+    pub fn enabled_for(&self, port: u16) -> bool {
+        !self
+            .disabled_ports
+            .iter()
+            .any(|[lo, hi]| (*lo..*hi).contains(&u32::from(port)))
+    }
+}
+
+/// `10.0.0.0/8` → (address, prefix length); the length at most 32 (IPv4) or 128 (IPv6).
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{s:?}: not an IP address range (a.b.c.d/len)"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = if len.is_empty() {
+        max
+    } else {
+        len.parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length over {max}"))?
+    };
+    Ok((ip, len))
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// HTTP/2 limits and routes of a `triple` listener. The limits are what ringside advertises to
@@ -995,10 +1193,68 @@ pub struct Cluster {
     /// (xDS: the cluster's `upstream_connection_options.tcp_keepalive`).
     #[serde(default)]
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// TLS to the endpoints (Dubbo and Triple traffic): see [`ClusterTls`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
     /// Envoy's `circuit_breakers` (default priority): limits on the whole cluster; see
     /// docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// Envoy's `outlier_detection` (consecutive errors): an endpoint that fails this many
+    /// requests in a row is ejected for a while; see docs/governance.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Consecutive-error ejection (Envoy's `outlier_detection` `consecutive_5xx`), with Envoy's
+/// defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Failed requests in a row (Dubbo status 31, 80 or 100, local timeouts, connection
+    /// failures) that eject an endpoint.
+    #[serde(default = "default_consecutive_errors")]
+    pub consecutive_errors: u32,
+    /// An endpoint's n-th ejection lasts `n × base_ejection_time_ms`, at most
+    /// `max_ejection_time_ms`.
+    #[serde(default = "default_base_ejection_time_ms")]
+    pub base_ejection_time_ms: u64,
+    #[serde(default = "default_max_ejection_time_ms")]
+    pub max_ejection_time_ms: u64,
+    /// Each `interval_ms` an endpoint spends not ejected takes one off its ejection count.
+    #[serde(default = "default_outlier_interval_ms")]
+    pub interval_ms: u64,
+    /// At most this share of the cluster's endpoints ejected at once (at least one may be).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_errors: default_consecutive_errors(),
+            base_ejection_time_ms: default_base_ejection_time_ms(),
+            max_ejection_time_ms: default_max_ejection_time_ms(),
+            interval_ms: default_outlier_interval_ms(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_consecutive_errors() -> u32 {
+    5
+}
+fn default_base_ejection_time_ms() -> u64 {
+    30_000
+}
+fn default_max_ejection_time_ms() -> u64 {
+    300_000
+}
+fn default_outlier_interval_ms() -> u64 {
+    10_000
+}
+fn default_max_ejection_percent() -> u32 {
+    10
 }
 
 /// A cluster's circuit breakers (Envoy's `circuit_breakers.thresholds`, default priority).
@@ -1409,6 +1665,9 @@ impl Config {
             }
             self.validate_cluster_source(c, source, &at, err);
             validate_cluster_limits(c, &at, err);
+            if let Some(t) = &c.tls {
+                validate_cluster_tls(c, t, &|f| at(&format!("tls.{f}")), err);
+            }
         }
         cluster_names
     }
@@ -1546,7 +1805,14 @@ impl Config {
         err: &mut dyn FnMut(String, String),
     ) {
         match (&l.cluster, l.protocol) {
-            (None, Protocol::Tcp) => err(at("cluster"), "a tcp listener needs a cluster".into()),
+            (None, Protocol::Tcp)
+                if l.filter_chains.is_empty() && l.default_filter_chain.is_none() =>
+            {
+                err(
+                    at("cluster"),
+                    "a tcp listener needs a cluster (or filter_chains)".into(),
+                )
+            }
             (None, Protocol::Dubbo) if l.dubbo.as_ref().is_none_or(|d| d.routes.is_empty()) => err(
                 at("cluster"),
                 "a dubbo listener needs routes (dubbo.routes) or a default cluster".into(),
@@ -1568,6 +1834,20 @@ impl Config {
                 format!("unknown cluster {c:?} (defined: {})", names(&self.clusters)),
             ),
             _ => {}
+        }
+        for (i, log) in l.access_log.iter().enumerate() {
+            if log.path.is_empty() {
+                err(
+                    at(&format!("access_log[{i}].path")),
+                    "must not be empty".into(),
+                );
+            }
+            if log.format.is_some() && log.json_format.is_some() {
+                err(
+                    at(&format!("access_log[{i}]")),
+                    "set format or json_format, not both".into(),
+                );
+            }
         }
         match (l.protocol, &l.dubbo) {
             (Protocol::Dubbo, Some(d)) => {
@@ -1608,6 +1888,17 @@ impl Config {
         if l.connections_per_shard_max == 0 {
             err(at("connections_per_shard_max"), "must be at least 1".into());
         }
+        if let Some(t) = &l.tls {
+            validate_listener_tls(t, l, &|f| at(&format!("tls.{f}")), err);
+        }
+        if let (Protocol::Tcp, Some(c)) = (l.protocol, &l.cluster) {
+            if self.cluster(c).is_some_and(|c| c.tls.is_some()) {
+                err(
+                    at("cluster"),
+                    format!("cluster {c:?} has tls: the tcp proxy relays bytes as they are"),
+                );
+            }
+        }
         if let Some(b) = &l.local_rate_limit {
             if l.protocol == Protocol::Tcp {
                 err(
@@ -1639,7 +1930,10 @@ impl Config {
                     ),
                 );
             }
+            // A filter chain's listener (bind: false) knows the original destination for
+            // whatever cluster it has, as Envoy's chains behind an original_dst filter.
             if l.original_destination
+                && l.bind
                 && !orig_dst_cluster(c.as_str())
                 && cluster_names.contains(c.as_str())
             {
@@ -1705,12 +1999,17 @@ impl Config {
                 }
             }
         }
+        let chained = self.validate_filter_chains(err);
+        handed.extend(chained.iter().copied());
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |f: &str| format!("listeners[{i}].{f}");
             if l.bind {
                 continue;
             }
-            if l.transparent || l.original_destination {
+            // A chain's listener reads the original destination its handing listener's socket
+            // restored (Istio's virtualInbound chains to ORIGINAL_DST clusters).
+            let chain_od = l.original_destination && chained.contains(l.name.as_str());
+            if l.transparent || (l.original_destination && !chain_od) {
                 err(
                     at("bind"),
                     "a virtual listener (bind: false) opens no socket: transparent and \
@@ -1723,12 +2022,105 @@ impl Config {
                     at("bind"),
                     format!(
                         "no listener hands connections to virtual listener {:?}: name it in an \
-                         original_destination listener's virtual_listeners",
+                         original_destination listener's virtual_listeners or in a \
+                         listener's filter_chains",
                         l.name
                     ),
                 );
             }
         }
+    }
+
+    /// Listeners with `filter_chains`: where they may be, what their chains name, the
+    /// ranges they match. Returns the listeners chains name.
+    fn validate_filter_chains(&self, err: &mut dyn FnMut(String, String)) -> HashSet<&str> {
+        let mut named = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("listeners[{i}].{f}");
+            let chains = l
+                .filter_chains
+                .iter()
+                .enumerate()
+                .map(|(k, c)| (format!("filter_chains[{k}]"), c));
+            let chains: Vec<(String, &FilterChain)> = chains
+                .chain(
+                    l.default_filter_chain
+                        .iter()
+                        .map(|c| ("default_filter_chain".to_string(), c)),
+                )
+                .collect();
+            if chains.is_empty() {
+                continue;
+            }
+            if l.protocol != Protocol::Tcp || !l.bind || !l.virtual_listeners.is_empty() {
+                err(
+                    at("filter_chains"),
+                    "only a tcp listener that binds (bind: true) and has no virtual_listeners \
+                     chooses filter chains"
+                        .into(),
+                );
+            }
+            let mut seen: Vec<&ChainMatch> = Vec::new();
+            for (cat, c) in &chains {
+                let cat = at(cat);
+                if let Some(name) = &c.listener {
+                    named.insert(name.as_str());
+                    match self.listeners.iter().find(|v| &v.name == name) {
+                        None => err(
+                            format!("{cat}.listener"),
+                            format!("unknown listener {name:?}"),
+                        ),
+                        Some(v) if v.bind => err(
+                            format!("{cat}.listener"),
+                            format!("listener {name:?} is not virtual: give it bind: false"),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                let m = &c.matcher;
+                if cat.ends_with("default_filter_chain") && *m != ChainMatch::default() {
+                    err(
+                        format!("{cat}.match"),
+                        "the default chain matches nothing itself".into(),
+                    );
+                }
+                let ranges = [
+                    ("prefix_ranges", &m.prefix_ranges),
+                    (
+                        "direct_source_prefix_ranges",
+                        &m.direct_source_prefix_ranges,
+                    ),
+                    ("source_prefix_ranges", &m.source_prefix_ranges),
+                ];
+                for (field, list) in ranges {
+                    for (k, r) in list.iter().enumerate() {
+                        if let Err(e) = parse_cidr(r) {
+                            err(format!("{cat}.match.{field}[{k}]"), e);
+                        }
+                    }
+                }
+                if let Some(t) = m.transport_protocol.as_deref() {
+                    if t != "raw_buffer" && t != "tls" {
+                        err(
+                            format!("{cat}.match.transport_protocol"),
+                            format!("{t:?}: ringside tells raw_buffer from tls only"),
+                        );
+                    }
+                }
+                if !cat.ends_with("default_filter_chain") {
+                    if seen.contains(&m) {
+                        err(
+                            format!("{cat}.match"),
+                            "another chain has the same match: which one takes a connection \
+                             would be ambiguous"
+                                .into(),
+                        );
+                    }
+                    seen.push(m);
+                }
+            }
+        }
+        named
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
@@ -1738,6 +2130,60 @@ impl Config {
 
 /// A Dubbo connection timer: 1 ..= [`DUBBO_TIMER_MS_MAX`].
 /// A cluster's timeouts, connection and request limits.
+fn validate_listener_tls(
+    t: &ListenerTls,
+    l: &Listener,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if l.protocol == Protocol::Tcp {
+        err(
+            at("mode"),
+            "TLS termination is for dubbo and triple listeners (the tcp proxy relays TLS as it is)"
+                .into(),
+        );
+    }
+    for (f, v) in [
+        ("cert_chain", &t.cert_chain),
+        ("private_key", &t.private_key),
+    ] {
+        if v.is_empty() {
+            err(at(f), "must name a PEM file".into());
+        }
+    }
+    if t.ca.is_none() && (t.require_client_certificate || !t.subject_alt_names.is_empty()) {
+        err(
+            at("ca"),
+            "require_client_certificate and subject_alt_names need a ca to verify clients against \
+             (or set require_client_certificate: false for TLS without client certificates)"
+                .into(),
+        );
+    }
+}
+
+fn validate_cluster_tls(
+    c: &Cluster,
+    t: &ClusterTls,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if c.kind == ClusterType::OriginalDestination {
+        err(
+            at("ca"),
+            "an original_destination cluster relays bytes as they are (no TLS origination)".into(),
+        );
+    }
+    if t.cert_chain.is_some() != t.private_key.is_some() {
+        err(
+            at("private_key"),
+            "cert_chain and private_key go together (both for mutual TLS, or neither)".into(),
+        );
+    }
+    if t.ca.is_empty() {
+        err(at("ca"), "must name a PEM file".into());
+    }
+}
+
 fn validate_cluster_limits(
     c: &Cluster,
     at: &dyn Fn(&str) -> String,
@@ -1754,6 +2200,32 @@ fn validate_cluster_limits(
         CONNECT_TIMEOUT_MS_MAX,
     );
     from_1("timeout_ms", c.timeout_ms, REQUEST_TIMEOUT_MS_MAX);
+    if let Some(o) = &c.outlier_detection {
+        from_1(
+            "outlier_detection.consecutive_errors",
+            o.consecutive_errors as u64,
+            u32::MAX as u64,
+        );
+        for (name, ms) in [
+            ("base_ejection_time_ms", o.base_ejection_time_ms),
+            ("max_ejection_time_ms", o.max_ejection_time_ms),
+            ("interval_ms", o.interval_ms),
+        ] {
+            from_1(
+                &format!("outlier_detection.{name}"),
+                ms,
+                RATE_LIMIT_FILL_INTERVAL_MS_MAX,
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            // 101 is out of 1..=100 too, and names the field.
+            from_1(
+                "outlier_detection.max_ejection_percent",
+                o.max_ejection_percent as u64,
+                100,
+            );
+        }
+    }
     if let Some(cb) = &c.circuit_breakers {
         from_1(
             "circuit_breakers.max_requests",

@@ -166,7 +166,9 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         keepalive_interval_ms: KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
+        tls: None,
         circuit_breakers: None,
+        outlier_detection: None,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());
@@ -423,6 +425,49 @@ fn tcp_keepalive_defaults_and_bounds() {
 }
 
 #[test]
+fn tls_fields_parse_and_their_combinations_are_checked() {
+    let ok = "\
+admin: {address: 127.0.0.1:15000}
+listeners:
+  - name: in
+    address: 127.0.0.1:15001
+    protocol: dubbo
+    cluster: app
+    tls: {mode: permissive, cert_chain: c.pem, private_key: k.pem, ca: ca.pem,
+          subject_alt_names: [\"spiffe://td/ns/a/sa/b\"], alpn: [h2]}
+clusters:
+  - name: app
+    endpoints: [\"127.0.0.1:9000\"]
+    tls: {ca: ca.pem, cert_chain: c.pem, private_key: k.pem, sni: outbound_.80_._.x, alpn: [istio]}
+";
+    let c = Config::from_yaml("c.yaml", ok).unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(t.mode, TlsMode::Permissive);
+    assert!(t.require_client_certificate, "mutual TLS by default");
+    assert_eq!(
+        c.clusters[0].tls.as_ref().unwrap().sni.as_deref(),
+        Some("outbound_.80_._.x")
+    );
+    // A client certificate needs a CA to check it against.
+    let e = errors(&ok.replace(" ca: ca.pem,\n", "\n"));
+    assert_eq!(e[0].field, "listeners[0].tls.ca", "{e:?}");
+    // A cluster's certificate and key go together.
+    let e = errors(&ok.replace(
+        "cert_chain: c.pem, private_key: k.pem, sni",
+        "cert_chain: c.pem, sni",
+    ));
+    assert_eq!(e[0].field, "clusters[0].tls.private_key", "{e:?}");
+    // TLS termination on a tcp listener, and a tcp listener to a TLS cluster: refused.
+    let e = errors(&ok.replace("protocol: dubbo", "protocol: tcp"));
+    let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+    assert!(fields.contains(&"listeners[0].tls.mode"), "{e:?}");
+    assert!(fields.contains(&"listeners[0].cluster"), "{e:?}");
+    // Unknown fields name themselves.
+    let e = errors(&ok.replace("alpn: [istio]", "alpn: [istio], verify: none"));
+    assert!(e[0].message.contains("verify"), "{e:?}");
+}
+
+#[test]
 fn virtual_hosts_load_and_follow_envoys_domain_rules() {
     let base = GOOD.replace(
         "    protocol: tcp\n    cluster: echo\n",
@@ -503,5 +548,41 @@ fn local_rate_limits_load_and_are_checked() {
     assert_eq!(
         e[0].field,
         "listeners[0].dubbo.routes[0].local_rate_limit.fill_interval_ms"
+    );
+}
+
+#[test]
+fn filter_chains_load_and_are_checked() {
+    let base = GOOD.replace(
+        "    protocol: tcp\n    cluster: echo\n",
+        "    protocol: tcp\n    original_destination: true\n    http_inspector: {disabled_ports: [[80, 81]]}\n    filter_chains:\n      - {match: {destination_port: 80, prefix_ranges: [10.0.0.0/8]}, listener: in80}\n      - {match: {transport_protocol: tls}}\n    default_filter_chain: {listener: in80}\n  - name: in80\n    address: 127.0.0.1:15001\n    bind: false\n    protocol: tcp\n    original_destination: true\n    cluster: echo\n",
+    );
+    let c = Config::from_yaml("c.yaml", &base).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.filter_chains[0].matcher.destination_port, Some(80));
+    assert_eq!(l.filter_chains[1].listener, None);
+    assert!(!l.http_inspector.as_ref().unwrap().enabled_for(80));
+    let e = errors(&base.replace("10.0.0.0/8", "10.0.0.0/40"));
+    assert_eq!(
+        e[0].field,
+        "listeners[0].filter_chains[0].match.prefix_ranges[0]"
+    );
+    let e = errors(&base.replace(
+        "{transport_protocol: tls}",
+        "{destination_port: 80, prefix_ranges: [10.0.0.0/8]}",
+    ));
+    assert_eq!(e[0].field, "listeners[0].filter_chains[1].match");
+    let e = errors(&base.replace(
+        "listener: in80}\n      - {match",
+        "listener: nope}\n      - {match",
+    ));
+    assert_eq!(e[0].field, "listeners[0].filter_chains[0].listener");
+    let e = errors(&base.replace(
+        "    protocol: tcp\n    original_destination: true\n    http",
+        "    protocol: dubbo\n    original_destination: true\n    http",
+    ));
+    assert!(
+        e.iter().any(|e| e.field == "listeners[0].filter_chains"),
+        "{e:?}"
     );
 }

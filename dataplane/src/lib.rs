@@ -13,6 +13,7 @@
 
 pub use config;
 
+pub mod access_log;
 pub mod cluster;
 pub mod control;
 #[cfg(feature = "dpdk")]

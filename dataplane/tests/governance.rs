@@ -571,3 +571,116 @@ fn dubbo_max_requests_one_connection_gets_one_shards_share() {
     assert_eq!(stat(&rs, "cluster.p.upstream_rq_active_overflow"), 12);
     assert_eq!(stat(&rs, "cluster.p.upstream_rq_active"), 4);
 }
+
+// === outlier detection ===
+
+/// Sends `n` calls one after another; returns the answering provider of each OK one (`A`,
+/// `B`) and `!` for each status 80.
+fn who_answers(c: &mut Consumer, n: usize) -> String {
+    let args = [Arg::Str("x")];
+    (0..n)
+        .map(|_| {
+            let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+            match a.status {
+                Status::Ok => a.text[..1].to_string(),
+                Status::ServerError => "!".to_string(),
+                s => panic!("unexpected status {s:?}: {}", a.text),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn dubbo_consecutive_errors_eject_for_base_times_count() {
+    let (a, b) = (Provider::start("A"), Provider::start("B"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = dubbo_config(admin, listen, &[("p", &[a.addr, b.addr])], "    cluster: p\n")
+        .replace(
+            "    timeout_ms: 1000\n",
+            "    timeout_ms: 1000\n    outlier_detection: {consecutive_errors: 3, base_ejection_time_ms: 1000, interval_ms: 5000, max_ejection_percent: 50}\n",
+        );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    assert_eq!(who_answers(&mut c, 4), "ABAB", "round robin");
+    b.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // B fails three times in a row, then is ejected: everything goes to A.
+    assert_eq!(who_answers(&mut c, 12), "A!A!A!AAAAAA");
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        1
+    );
+    let active = "cluster.p.outlier_detection.ejections_active";
+    assert_eq!(stat(&rs, active), 1);
+    // After base_ejection_time (1 s) B is back, still failing: three more errors, and the
+    // second ejection lasts 2 × 1 s.
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = who_answers(&mut c, 10);
+    assert_eq!(again.matches('!').count(), 3, "{again}");
+    assert!(again.ends_with("AAAA"), "{again}");
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        2
+    );
+    b.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(stat(&rs, active), 1, "the second ejection lasts 2 s");
+    assert_eq!(
+        who_answers(&mut c, 6),
+        "AAAAAA",
+        "still ejected after 1.1 s of 2 s"
+    );
+    // 1.5 s more: the 2 s ejection ended (with room for a late timer on a loaded machine).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(stat(&rs, active), 0, "ended");
+    let back = who_answers(&mut c, 6);
+    assert_eq!(back.matches('B').count(), 3, "healthy again: {back}");
+    // A fails too while B is ejected: max_ejection_percent (50 % of 2) keeps A in.
+    b.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = who_answers(&mut c, 6); // B ejected a third time
+    a.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        who_answers(&mut c, 4),
+        "!!!!",
+        "A stays: the only endpoint not ejected"
+    );
+    assert!(stat(&rs, "cluster.p.outlier_detection.ejections_overflow") >= 1);
+}
+
+#[test]
+fn triple_unavailable_in_a_row_ejects_the_upstream() {
+    let (a, b) = (Upstream::start("A"), Upstream::start("B"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: grpc\n    address: {listen}\n    protocol: triple\n    cluster: p\n\
+clusters:\n  - name: p\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_errors: 3, base_ejection_time_ms: 60000, max_ejection_percent: 50}}\n",
+        a.addr, b.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    let mut seq = String::new();
+    for i in 0..12 {
+        let r = c.call("/pkg.S/M", &[("x-fail-on", "B")], format!("{i}").as_bytes());
+        seq.push(match r.grpc_status() {
+            Some(0) => r.text().chars().next().unwrap(),
+            Some(14) => '!',
+            other => panic!("{other:?}: {r:?}"),
+        });
+    }
+    assert_eq!(
+        seq, "A!A!A!AAAAAA",
+        "three UNAVAILABLE from B in a row, then only A"
+    );
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        1
+    );
+}

@@ -32,12 +32,8 @@ const GAPS: &[(&str, &str, &str, &str)] = &[
     ("stock", "cluster", "outbound|9080||details.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||ratings.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||reviews.default.svc.cluster.local", "`transport_socket_matches`"),
-    ("stock", "listener", "virtualInbound", "`filter_chains`"),
-    ("stock", "listeners", "(all)", "`filter_chains`"),
     ("mtls-off", "cluster", "InboundPassthroughClusterIpv4", "`upstream_bind_config`"),
     ("mtls-off", "cluster", "inbound|80||", "`upstream_bind_config`"),
-    ("mtls-off", "listener", "virtualInbound", "`filter_chains`"),
-    ("mtls-off", "listeners", "(all)", "`filter_chains`"),
     ("mtls-off", "listeners", "(outbound)", "`filter_chains`"),
     ("mtls-off", "route", "9080", "cluster \"PassthroughCluster\" is of type original_destination"),
     ("mtls-off", "route", "webhook-service.metallb-system.svc.cluster.local:443", "cluster \"PassthroughCluster\" is of type original_destination"),
@@ -48,8 +44,6 @@ const GAPS: &[(&str, &str, &str, &str)] = &[
     ("aeraki-dubbo", "cluster", "inbound|20880||", "`upstream_bind_config`"),
     ("aeraki-dubbo", "cluster", "inbound|80||", "`upstream_bind_config`"),
     ("aeraki-dubbo", "cluster", "outbound|20880||org.apache.dubbo.samples.basic.api.demoservice", "`transport_socket_matches`"),
-    ("aeraki-dubbo", "listener", "virtualInbound", "`filter_chains`"),
-    ("aeraki-dubbo", "listeners", "(all)", "`filter_chains`"),
 ];
 
 const FIXTURES: &[&str] = &["stock", "mtls-off", "capture-none", "aeraki-dubbo"];
@@ -320,7 +314,13 @@ fn answers(name: &str) -> BTreeMap<(String, String), (Answer, Answer)> {
             let clusters: Vec<&Value> = taken.iter().map(|&j| &fx["clusters"][j]).collect();
             let snap = json!({"version": version, "listeners": [rds_listener("rds", addr, rname)],
                               "clusters": clusters, "endpoints": fx["endpoints"], "routes": [r]});
-            let a = side.push_for(&snap, "rds", Some(rname));
+            let mut a = side.push_for(&snap, "rds", Some(rname));
+            // A route configuration still cached from the step before makes the listener
+            // ready at once: the merged config is then checked (and refused) on the LDS
+            // response, and the RDS response only fills the cache.
+            if let Answer::Nack(m) = side.answer(&version, "lds", None) {
+                a = Answer::Nack(m);
+            }
             out.entry(("route".into(), rname.into()))
                 .or_default()
                 .push(a);
@@ -337,6 +337,7 @@ fn ringside_acks_what_envoy_acks_for_istiod_sidecar_config() {
     let mut seen_gaps = Vec::new();
     for name in FIXTURES {
         for ((kind, res), (envoy, rs)) in answers(name) {
+            eprintln!("{name} {kind} {res:?}: envoy {envoy:?}, ringside {rs:?}");
             let gap = GAPS
                 .iter()
                 .find(|g| g.0 == *name && g.1 == kind && g.2 == res);
@@ -578,5 +579,332 @@ fn virtual_hosts_by_authority_route_like_envoy() {
             ));
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A network namespace for one proxy, deleted on drop: loopback up, 10.200.0.1 on it, and
+/// every TCP connection to 10.200.0.1 REDIRECTed to port 15006 (istio-iptables' inbound
+/// capture), so a connection's original destination port is the one the client dialled.
+struct InboundNs(String);
+
+impl InboundNs {
+    fn new() -> InboundNs {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ns = InboundNs(format!("rs-istio-{}-{seq}", std::process::id()));
+        ns.ip(&["netns", "add", &ns.0]);
+        for cmd in [
+            &["ip", "link", "set", "lo", "up"][..],
+            &["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"],
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                "10.200.0.1",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "15006",
+            ],
+        ] {
+            let mut argv = vec!["netns", "exec", &ns.0];
+            argv.extend_from_slice(cmd);
+            ns.ip(&argv);
+        }
+        ns
+    }
+
+    fn ip(&self, argv: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(argv)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `f` on a thread inside the namespace (its sockets and child processes too).
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd;
+        let path = format!("/var/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap();
+                // SAFETY: setns on a valid namespace fd, for this thread only.
+                let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for InboundNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+/// A TCP upstream that writes `name\n` to each connection, then reads until EOF.
+fn name_server(name: String) -> SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let _ = s.write_all(format!("{name}\n").as_bytes());
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+                let mut rest = [0u8; 1];
+                let _ = s.read(&mut rest);
+            });
+        }
+    });
+    addr
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Payload {
+    /// A gRPC call over h2c.
+    Grpc,
+    /// Bytes of no protocol, client first.
+    Text,
+    /// An HTTP/1.1 request.
+    Http1,
+    /// A TLS ClientHello with these ALPN protocols (Istio's mTLS: istio-peer-exchange, istio).
+    TlsHello(&'static [&'static str]),
+}
+
+/// A TLS record with a ClientHello (TLS 1.3 suite, no SNI), ALPN `alpn`.
+fn client_hello(alpn: &[&str]) -> Vec<u8> {
+    let mut ext = Vec::new();
+    if !alpn.is_empty() {
+        let list: Vec<u8> = alpn
+            .iter()
+            .flat_map(|p| std::iter::once(p.len() as u8).chain(p.bytes()))
+            .collect();
+        ext.extend_from_slice(&[0, 16]);
+        ext.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
+        ext.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        ext.extend_from_slice(&list);
+    }
+    // supported_versions: TLS 1.3, so Envoy's inspector takes it as a modern hello.
+    ext.extend_from_slice(&[0, 43, 0, 3, 2, 3, 4]);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Which upstream answered a connection to 10.200.0.1:`port` (its name), or `closed`.
+fn inbound_outcome(port: u16, payload: Payload, names: &[String]) -> String {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = format!("10.200.0.1:{port}").parse().unwrap();
+    let hello;
+    let bytes: &[u8] = match payload {
+        Payload::Grpc => {
+            // The test client panics on a write to a connection the proxy closed.
+            let call = std::panic::catch_unwind(|| {
+                let mut c = common::h2::Client::connect(addr);
+                c.call("/pkg.S/M", &[], b"x")
+            });
+            return match call.as_ref().map(|r| (r.grpc_status(), r)) {
+                Ok((Some(0), r)) => r.text().split(':').next().unwrap_or("").to_string(),
+                Ok((None, r)) if r.reset.is_some() => "closed".into(),
+                Ok((s, _)) => format!("grpc-status {s:?}"),
+                Err(_) => "closed".into(),
+            };
+        }
+        Payload::Text => b"hello\n",
+        Payload::Http1 => b"POST /pkg.S/M HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n",
+        Payload::TlsHello(alpn) => {
+            hello = client_hello(alpn);
+            &hello
+        }
+    };
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if let Some(n) = names
+                    .iter()
+                    .find(|n| text.contains(&format!("{n}\n")) || text.contains(&format!("{n}:")))
+                {
+                    return n.clone();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(_) => return "open".into(),
+        }
+    }
+    "closed".into()
+}
+
+/// Istio's `virtualInbound` (the stock fixture: mTLS and plaintext chains by destination port,
+/// transport and application protocol, the own-port blackhole) in a network namespace whose
+/// inbound capture is istio-iptables' REDIRECT to 15006, served once by Envoy 1.40 and once by
+/// ringside: a connection to each port, speaking each protocol, must reach the same chain (the
+/// upstreams behind the chains answer with their chain's name). Each chain's clusters are
+/// replaced by one named after the chain (test upstreams instead of the pod's original
+/// destination). Skipped (loudly) unless root.
+#[test]
+fn virtual_inbound_chains_by_port_and_protocol_like_envoy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED virtual_inbound_chains_by_port_and_protocol_like_envoy: needs root (netns, iptables)");
+        return;
+    }
+    let fx = fixture("stock");
+    let mut vi = fx["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "virtualInbound")
+        .unwrap()
+        .clone();
+    vi["address"] = json!({"socket_address": {"address": "0.0.0.0", "port_value": 15006}});
+    // Chain i's clusters become `chain{i}`: an h2 upstream behind an HCM, a name server behind
+    // a tcp_proxy; the BlackHoleCluster stays.
+    fn rename(v: &mut Value, to: &str) {
+        match v {
+            Value::String(s)
+                if s == "InboundPassthroughClusterIpv4" || s.starts_with("inbound|") =>
+            {
+                *s = to.to_string()
+            }
+            Value::Object(o) => o.values_mut().for_each(|x| rename(x, to)),
+            Value::Array(a) => a.iter_mut().for_each(|x| rename(x, to)),
+            _ => {}
+        }
+    }
+    let mut kinds = Vec::new();
+    for (i, c) in vi["filter_chains"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        let name = format!("chain{i}");
+        rename(c, &name);
+        let text = c.to_string();
+        if text.contains("BlackHoleCluster") {
+            continue;
+        }
+        kinds.push((name, text.contains("http_connection_manager")));
+    }
+    let names: Vec<String> = kinds.iter().map(|(n, _)| n.clone()).collect();
+    #[rustfmt::skip]
+    let calls: Vec<(u16, Payload)> = vec![
+        (80, Payload::Grpc), (80, Payload::Text),
+        (8080, Payload::Grpc), (8080, Payload::Text), (8080, Payload::TlsHello(&[])),
+        (8080, Payload::TlsHello(&["istio-peer-exchange", "istio"])),
+        (80, Payload::TlsHello(&["h2"])),
+        (9080, Payload::Grpc), (9080, Payload::Http1),
+        (15006, Payload::Text), (15006, Payload::Grpc),
+    ];
+    let side = |envoy: bool| -> Vec<String> {
+        let ns = InboundNs::new();
+        ns.run(|| {
+            let mut clusters = vec![json!({"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "1s"})];
+            for (name, http) in &kinds {
+                let addr = if *http {
+                    common::h2::Upstream::start(Box::leak(name.clone().into_boxed_str())).addr
+                } else {
+                    name_server(name.clone())
+                };
+                let mut c = json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                                   "load_assignment": load_assignment(name, &[addr])});
+                if *http {
+                    c["typed_extension_protocol_options"] = eds_cluster(name, true)["typed_extension_protocol_options"].clone();
+                }
+                clusters.push(c);
+            }
+            let mut listener = vi.clone();
+            if envoy {
+                strip_istio_only(&mut listener);
+            }
+            let xds = XdsServer::start();
+            xds.put(&json!({"version": "in", "listeners": [listener], "clusters": clusters}))
+                .unwrap();
+            let admin = local(free_port());
+            let node = "sidecar~10.200.0.1~reviews-v1.default~default.svc.cluster.local";
+            let (_rs, _envoy);
+            if envoy {
+                let mut boot = bootstrap(admin, xds.addr(), Ads::Sotw, node);
+                boot["static_resources"]["clusters"].as_array_mut().unwrap().push(json!({
+                    "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+                    "typed_extension_protocol_options": eds_cluster("x", true)["typed_extension_protocol_options"].clone(),
+                    "load_assignment": load_assignment("sds-grpc", &[local(1)])
+                }));
+                _envoy = Some(Envoy::start(&boot, admin));
+                _rs = None;
+            } else {
+                let config = format!(
+                    "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  \
+                     node_cluster: t\n  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
+                    xds.addr()
+                );
+                _rs = Some(Ringside::start(&config, admin, &["--shards", "1"]));
+                _envoy = None;
+            }
+            let ack = xds.wait_ack("lds", "in");
+            assert_eq!(ack["ack"], true);
+            wait_listening(local(15006));
+            // Envoy's TLS chains wait for their (absent) SDS secrets a moment.
+            std::thread::sleep(Duration::from_millis(300));
+            calls
+                .iter()
+                .map(|(port, p)| inbound_outcome(*port, *p, &names))
+                .collect()
+        })
+    };
+    let envoy = side(true);
+    let rs = side(false);
+    let mut problems = Vec::new();
+    for (((port, p), e), r) in calls.iter().zip(&envoy).zip(&rs) {
+        eprintln!("{port} {p:?}: envoy {e}, ringside {r}");
+        // ringside's HTTP chains speak h2c only (docs/xds.md, Istio gaps): an HTTP/1.1
+        // request on one is closed where Envoy serves it.
+        let known = matches!(p, Payload::Http1) && r == "closed";
+        if e != r && !known {
+            problems.push(format!("port {port} {p:?}: Envoy {e}, ringside {r}"));
+        }
+    }
+    // Every non-blackhole outcome names a chain: the table tells chains apart.
+    assert!(
+        envoy.iter().filter(|o| o.starts_with("chain")).count() >= 4,
+        "{envoy:?}"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

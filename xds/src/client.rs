@@ -134,7 +134,10 @@ impl Cache {
     fn wanted_routes(&self) -> BTreeSet<String> {
         self.listeners
             .values()
-            .filter_map(|l| l.value.rds.clone())
+            .flat_map(|l| {
+                let chains = l.value.chains.iter().filter_map(|c| c.rds.clone());
+                l.value.rds.clone().into_iter().chain(chains)
+            })
             .collect()
     }
 
@@ -832,29 +835,40 @@ impl Client {
     }
 
     fn listener_ready(&self, cand: &Cache, l: &ListenerRes) -> bool {
-        let routes_ok = l.rds.as_ref().is_none_or(|n| cand.routes.contains_key(n));
-        let filled = self.fill(cand, l);
+        let rds = std::iter::once(&l.rds).chain(l.chains.iter().map(|c| &c.rds));
+        let routes_ok = rds.flatten().all(|n| cand.routes.contains_key(n));
         routes_ok
-            && referenced_clusters(&filled)
-                .iter()
-                .all(|c| cand.clusters.contains_key(*c) || self.static_config.cluster(c).is_some())
+            && self.fill(cand, l).iter().all(|filled| {
+                referenced_clusters(filled).iter().all(|c| {
+                    cand.clusters.contains_key(*c) || self.static_config.cluster(c).is_some()
+                })
+            })
     }
 
-    /// The listener with its RDS routes filled in.
-    fn fill(&self, cand: &Cache, l: &ListenerRes) -> Listener {
-        let mut out = l.listener.clone();
-        if let (Some(name), Some(t)) = (&l.rds, out.triple.as_mut()) {
-            if let Some(r) = cand.routes.get(name) {
-                r.value.fill(t);
-                if !l.route_limits {
-                    t.virtual_hosts
-                        .iter_mut()
-                        .flat_map(|h| &mut h.routes)
-                        .for_each(|r| r.local_rate_limit = None);
+    /// The listener, then its chains' listeners, with their RDS routes filled in.
+    fn fill(&self, cand: &Cache, l: &ListenerRes) -> Vec<Listener> {
+        let one = |listener: &Listener, rds: &Option<String>, route_limits: bool| {
+            let mut out = listener.clone();
+            if let (Some(name), Some(t)) = (rds, out.triple.as_mut()) {
+                if let Some(r) = cand.routes.get(name) {
+                    r.value.fill(t);
+                    if !route_limits {
+                        t.virtual_hosts
+                            .iter_mut()
+                            .flat_map(|h| &mut h.routes)
+                            .for_each(|r| r.local_rate_limit = None);
+                    }
                 }
             }
-        }
-        out
+            out
+        };
+        std::iter::once(one(&l.listener, &l.rds, l.route_limits))
+            .chain(
+                l.chains
+                    .iter()
+                    .map(|c| one(&c.listener, &c.rds, c.route_limits)),
+            )
+            .collect()
     }
 
     /// Static config plus the dynamic resources; with `ready_only`, listeners whose routes or
@@ -874,7 +888,7 @@ impl Client {
             if ready_only && !self.listener_ready(cand, &l.value) {
                 continue;
             }
-            config.listeners.push(self.fill(cand, &l.value));
+            config.listeners.extend(self.fill(cand, &l.value));
         }
         hand_off(&mut config, first_dynamic, cand)?;
         let problems = config.validate_as(Source::Dynamic);
@@ -982,12 +996,13 @@ mod tests {
 /// where ringside's pass-through goes: the handing listener's cluster.
 fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) -> Result<(), TranslateError> {
     let dynamic = &config.listeners[first_dynamic..];
+    let res = |name: &str| cand.listeners.get(name).map(|e| &e.value);
+    // bind: false LDS listeners (not the listeners of a listener's filter chains).
     let virtuals: Vec<String> = dynamic
         .iter()
-        .filter(|l| !l.bind)
+        .filter(|l| !l.bind && res(&l.name).is_some())
         .map(|l| l.name.clone())
         .collect();
-    let res = |name: &str| cand.listeners.get(name).map(|e| &e.value);
     let handing: Vec<usize> = (first_dynamic..config.listeners.len())
         .filter(|&i| res(&config.listeners[i].name).is_some_and(|r| r.hand_off))
         .collect();

@@ -569,7 +569,9 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
+        tls: None,
         circuit_breakers: None,
+        outlier_detection: None,
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);
     server.next_sotw().await;

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use envoy_types::pb::envoy::config::accesslog::v3 as accesslog_pb;
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
@@ -36,9 +37,10 @@ use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher_pb;
 use prost::Message;
 
 use config::{
-    ArgumentMatch, AttachmentMatch, Cluster, DubboListener, DubboMatch, DubboRoute, HeaderMatch,
-    LbPolicy, Listener, Protocol, Range, RouteAction, StringMatch, TokenBucket, TripleListener,
-    TripleMatch, TripleRoute, VirtualHost, WeightedCluster,
+    ArgumentMatch, AttachmentMatch, ChainMatch, Cluster, DubboListener, DubboMatch, DubboRoute,
+    FilterChain, HeaderMatch, Inspector, LbPolicy, Listener, Protocol, Range, RouteAction,
+    SourceType, StringMatch, TokenBucket, TripleListener, TripleMatch, TripleRoute, VirtualHost,
+    WeightedCluster,
 };
 
 use crate::TranslateError;
@@ -106,7 +108,21 @@ pub(crate) struct ListenerRes {
     /// original destination with the handing listener's cluster, so the client checks that
     /// this is that cluster.
     pub fallback: Option<String>,
+    /// A listener with `filter_chains`: the `bind: false` listener of each chain it serves.
+    pub chains: Vec<ChainRes>,
 }
+
+/// The listener of one filter chain, its RDS name, and whether its RDS routes keep their
+/// rate limits (as [`ListenerRes::route_limits`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChainRes {
+    pub listener: Listener,
+    pub rds: Option<String>,
+    pub route_limits: bool,
+}
+
+/// The most filter chains (with the default one) a listener may have.
+const CHAINS_MAX: usize = 128;
 
 /// A translated CDS resource. An EDS cluster has no endpoints here; `eds` names its
 /// ClusterLoadAssignment.
@@ -252,7 +268,8 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         return Err(ctx.err("listener_specifier", "internal listeners are not supported"));
     }
     for (i, f) in l.listener_filters.iter().enumerate() {
-        // These two only feed filter_chain_match, which is refused below: harmless.
+        // These two feed filter chain matching (`tls_inspector`, `http_inspector` of a
+        // listener that chooses chains); elsewhere they change nothing.
         if f.name != "envoy.filters.listener.tls_inspector"
             && f.name != "envoy.filters.listener.http_inspector"
             && f.name != "envoy.filters.listener.original_dst"
@@ -263,7 +280,260 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             ));
         }
     }
+    let base = Listener {
+        name: l.name.clone(),
+        address,
+        protocol: Protocol::Tcp,
+        cluster: None,
+        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+        buffer_bytes: config::BUFFER_BYTES_DEFAULT,
+        connections_per_shard_max: config::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
+        dubbo: None,
+        triple: None,
+        transparent,
+        original_destination,
+        bind,
+        virtual_listeners: Vec::new(),
+        access_log: Vec::new(),
+        // xDS TLS chains have no listener yet (chain_selecting_listener); plaintext here.
+        tls: None,
+        filter_chains: Vec::new(),
+        default_filter_chain: None,
+        tls_inspector: None,
+        http_inspector: None,
+        local_rate_limit: None,
+    };
+    let mut base = base;
+    if let Some(b) = &l.per_connection_buffer_limit_bytes {
+        base.buffer_bytes = b.value as usize;
+    }
+    if bind && !hand_off && chooses_chains(l) {
+        return chain_selecting_listener(l, base, &ctx);
+    }
     let (chain, at, fallback) = select_chain(l, &ctx, hand_off, bind)?;
+    let c = chain_listener(chain, &at, base, &ctx)?;
+    Ok(ListenerRes {
+        listener: c.listener,
+        rds: c.rds,
+        hand_off,
+        route_limits: c.route_limits,
+        fallback,
+        chains: Vec::new(),
+    })
+}
+
+/// Whether Envoy's per-connection choice among `l`'s chains is one ringside must make too
+/// (more than one chain could take a connection): not for one chain that matches everything,
+/// nor for the default chain alone or behind it.
+fn chooses_chains(l: &listener_pb::Listener) -> bool {
+    match (l.filter_chains.as_slice(), &l.default_filter_chain) {
+        ([], _) => false,
+        ([c], _) if matches_all(c) => false,
+        _ => true,
+    }
+}
+
+/// A listener that chooses a filter chain per connection (Istio's `virtualInbound`): each
+/// chain becomes a `bind: false` listener `NAME/filter_chains[i]` on the same address that its
+/// `filter_chains` entry hands the connection to; a TLS chain, which ringside cannot serve
+/// yet, keeps its place in the matching with no listener (its connections are closed).
+fn chain_selecting_listener(
+    l: &listener_pb::Listener,
+    mut base: Listener,
+    ctx: &Ctx<'_>,
+) -> Result<ListenerRes, TranslateError> {
+    if l.filter_chains.len() >= CHAINS_MAX {
+        return Err(ctx.err(
+            "filter_chains",
+            format!("at most {} filter chains per listener", CHAINS_MAX - 1),
+        ));
+    }
+    let mut chains = Vec::new();
+    let pristine = base.clone();
+    let all = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .chain(
+            l.default_filter_chain
+                .iter()
+                .map(|c| ("default_filter_chain".to_string(), c)),
+        );
+    for (at, c) in all {
+        let matcher = chain_match(c, ctx, &at)?;
+        let tls = c
+            .transport_socket
+            .as_ref()
+            .is_some_and(|ts| ts.name != RAW_BUFFER_SOCKET);
+        let listener = if tls {
+            None
+        } else {
+            let mut sub = pristine.clone();
+            sub.name = format!("{}/{at}", l.name);
+            sub.bind = false;
+            sub.transparent = false;
+            let mut sub = chain_listener(c, &at, sub, ctx)?;
+            // Only a tcp chain connects to a connection's original destination.
+            sub.listener.original_destination &= sub.listener.protocol == Protocol::Tcp;
+            let name = sub.listener.name.clone();
+            chains.push(sub);
+            Some(name)
+        };
+        let fc = FilterChain {
+            name: (!c.name.is_empty()).then(|| c.name.clone()),
+            matcher,
+            listener,
+        };
+        if at == "default_filter_chain" {
+            base.default_filter_chain = Some(fc);
+        } else {
+            // Envoy: "multiple filter chains with the same matching rules are defined".
+            if let Some(k) = base
+                .filter_chains
+                .iter()
+                .position(|o| o.matcher == fc.matcher)
+            {
+                return Err(ctx.err(
+                    format!("{at}.filter_chain_match"),
+                    format!("filter_chains[{k}] has the same match"),
+                ));
+            }
+            base.filter_chains.push(fc);
+        }
+    }
+    [base.tls_inspector, base.http_inspector] = inspectors(l, ctx)?;
+    Ok(ListenerRes {
+        listener: base,
+        rds: None,
+        hand_off: false,
+        route_limits: false,
+        fallback: None,
+        chains,
+    })
+}
+
+/// A chain's `filter_chain_match` in config terms.
+fn chain_match(
+    c: &listener_pb::FilterChain,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<ChainMatch, TranslateError> {
+    let Some(m) = &c.filter_chain_match else {
+        return Ok(ChainMatch::default());
+    };
+    let mat = format!("{at}.filter_chain_match");
+    let cidrs = |list: &[core_pb::CidrRange], field: &str| {
+        list.iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let len = r.prefix_len.as_ref().map_or(None, |l| Some(l.value));
+                let s = match len {
+                    Some(l) => format!("{}/{l}", r.address_prefix),
+                    None => r.address_prefix.clone(),
+                };
+                config::parse_cidr(&s)
+                    .map(|_| s)
+                    .map_err(|e| ctx.err(format!("{mat}.{field}[{k}]"), e))
+            })
+            .collect::<Result<Vec<String>, TranslateError>>()
+    };
+    let port = |p: u32, field: &str| {
+        u16::try_from(p)
+            .map_err(|_| ctx.err(format!("{mat}.{field}"), format!("{p} is not a port")))
+    };
+    use listener_pb::filter_chain_match::ConnectionSourceType as St;
+    let source_type = match St::try_from(m.source_type) {
+        Ok(St::Any) => SourceType::Any,
+        Ok(St::SameIpOrLoopback) => SourceType::Local,
+        Ok(St::External) => SourceType::External,
+        Err(_) => return Err(ctx.err(format!("{mat}.source_type"), "unknown source type")),
+    };
+    let transport = match m.transport_protocol.as_str() {
+        "" => None,
+        t @ ("raw_buffer" | "tls") => Some(t.to_string()),
+        t => {
+            return Err(ctx.err(
+                format!("{mat}.transport_protocol"),
+                format!("{t:?}: ringside tells raw_buffer from tls only"),
+            ))
+        }
+    };
+    Ok(ChainMatch {
+        destination_port: match &m.destination_port {
+            Some(p) if p.value != 0 => Some(port(p.value, "destination_port")?),
+            _ => None,
+        },
+        prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
+        server_names: m.server_names.clone(),
+        transport_protocol: transport,
+        application_protocols: m.application_protocols.clone(),
+        direct_source_prefix_ranges: cidrs(
+            &m.direct_source_prefix_ranges,
+            "direct_source_prefix_ranges",
+        )?,
+        source_type,
+        source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
+        source_ports: m
+            .source_ports
+            .iter()
+            .map(|p| port(*p, "source_ports"))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The `tls_inspector` and `http_inspector` listener filters of `l`, with the destination
+/// ports their `filter_disabled` turns them off for.
+fn inspectors(
+    l: &listener_pb::Listener,
+    ctx: &Ctx<'_>,
+) -> Result<[Option<Inspector>; 2], TranslateError> {
+    let mut out = [None, None];
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let slot = match f.name.as_str() {
+            "envoy.filters.listener.tls_inspector" => 0,
+            "envoy.filters.listener.http_inspector" => 1,
+            _ => continue,
+        };
+        let mut disabled_ports = Vec::new();
+        if let Some(p) = &f.filter_disabled {
+            port_ranges(p, &mut disabled_ports)
+                .map_err(|why| ctx.err(format!("listener_filters[{i}].filter_disabled"), why))?;
+        }
+        out[slot] = Some(Inspector { disabled_ports });
+    }
+    Ok(out)
+}
+
+/// The destination port ranges of a `filter_disabled` predicate made of
+/// `destination_port_range` and `or_match` (what istiod sends).
+fn port_ranges(
+    p: &listener_pb::ListenerFilterChainMatchPredicate,
+    out: &mut Vec<[u32; 2]>,
+) -> Result<(), String> {
+    use listener_pb::listener_filter_chain_match_predicate::Rule;
+    match &p.rule {
+        Some(Rule::DestinationPortRange(r)) => {
+            out.push([r.start.max(0) as u32, r.end.max(0) as u32]);
+            Ok(())
+        }
+        Some(Rule::OrMatch(set)) => set.rules.iter().try_for_each(|r| port_ranges(r, out)),
+        Some(Rule::AnyMatch(true)) => {
+            out.push([0, 65536]);
+            Ok(())
+        }
+        _ => Err("only destination_port_range, or_match and any_match are supported".into()),
+    }
+}
+
+/// One chain translated: its protocol, routes or cluster onto `out` (name, address and socket
+/// options given), and its RDS name.
+fn chain_listener(
+    chain: &listener_pb::FilterChain,
+    at: &str,
+    mut out: Listener,
+    ctx: &Ctx<'_>,
+) -> Result<ChainRes, TranslateError> {
     if let Some(ts) = &chain.transport_socket {
         if ts.name != RAW_BUFFER_SOCKET {
             return Err(ctx.err(
@@ -310,25 +580,6 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         None => return Err(ctx.err(format!("{fat}.typed_config"), "missing")),
     };
     let tat = format!("{fat}.typed_config");
-    let mut out = Listener {
-        name: l.name.clone(),
-        address,
-        protocol: Protocol::Tcp,
-        cluster: None,
-        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
-        buffer_bytes: config::BUFFER_BYTES_DEFAULT,
-        connections_per_shard_max: config::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
-        dubbo: None,
-        triple: None,
-        transparent,
-        original_destination,
-        bind,
-        virtual_listeners: Vec::new(),
-        local_rate_limit: None,
-    };
-    if let Some(b) = &l.per_connection_buffer_limit_bytes {
-        out.buffer_bytes = b.value as usize;
-    }
     let mut rds = None;
     let mut route_limits = false;
     // A TypedStruct (Aeraki sends dubbo_proxy so) stands for the message it names.
@@ -344,32 +595,32 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             .map_err(|(f, m)| ctx.err(format!("{tat}.value.{f}"), m))?;
         out.protocol = Protocol::Dubbo;
         out.dubbo = Some(DubboListener {
-            routes: dubbo_proxy(&d, &ctx, &tat)?,
+            routes: dubbo_proxy(&d, ctx, &tat)?,
             ..Default::default()
         });
-        return Ok(ListenerRes {
+        return Ok(ChainRes {
             listener: out,
             rds: None,
-            hand_off,
-            fallback,
             route_limits: false,
         });
     }
     match any.type_url.as_str() {
         DUBBO_PROXY_TYPE => {
-            let d: dubbo_pb::DubboProxy = unpack(any, DUBBO_PROXY_TYPE, &ctx, &tat)?;
+            let d: dubbo_pb::DubboProxy = unpack(any, DUBBO_PROXY_TYPE, ctx, &tat)?;
             out.protocol = Protocol::Dubbo;
-            out.dubbo = Some(DubboListener { routes: dubbo_proxy(&d, &ctx, &tat)?, ..Default::default() });
+            out.dubbo = Some(DubboListener { routes: dubbo_proxy(&d, ctx, &tat)?, ..Default::default() });
         }
         GENERIC_PROXY_TYPE => {
-            let g: gp_pb::GenericProxy = unpack(any, GENERIC_PROXY_TYPE, &ctx, &tat)?;
+            let g: gp_pb::GenericProxy = unpack(any, GENERIC_PROXY_TYPE, ctx, &tat)?;
+            out.access_log = access_logs(&g.access_log, ctx, &format!("{tat}.access_log"))?;
             out.protocol = Protocol::Dubbo;
-            out.dubbo = Some(DubboListener { routes: generic_proxy(&g, &ctx, &tat)?, ..Default::default() });
+            out.dubbo = Some(DubboListener { routes: generic_proxy(&g, ctx, &tat)?, ..Default::default() });
         }
         HCM_TYPE => {
-            let h: hcm_pb::HttpConnectionManager = unpack(any, HCM_TYPE, &ctx, &tat)?;
+            let h: hcm_pb::HttpConnectionManager = unpack(any, HCM_TYPE, ctx, &tat)?;
             out.protocol = Protocol::Triple;
-            let (mut routes, name, limit) = hcm(&h, &ctx, &tat)?;
+            let (mut routes, name, limit) = hcm(&h, ctx, &tat)?;
+            out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             rds = name;
             route_limits = limit.is_some();
             if !route_limits {
@@ -385,9 +636,10 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             out.triple = Some(t);
         }
         TCP_PROXY_TYPE => {
-            let t: tcp_pb::TcpProxy = unpack(any, TCP_PROXY_TYPE, &ctx, &tat)?;
+            let t: tcp_pb::TcpProxy = unpack(any, TCP_PROXY_TYPE, ctx, &tat)?;
             out.protocol = Protocol::Tcp;
-            let (cluster, idle) = tcp_proxy(&t, &ctx, &tat)?;
+            let (cluster, idle) = tcp_proxy(&t, ctx, &tat)?;
+            out.access_log = access_logs(&t.access_log, ctx, &format!("{tat}.access_log"))?;
             out.cluster = Some(cluster);
             if let Some(ms) = idle {
                 out.idle_timeout_ms = ms;
@@ -403,11 +655,9 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
             ))
         }
     }
-    Ok(ListenerRes {
+    Ok(ChainRes {
         listener: out,
         rds,
-        hand_off,
-        fallback,
         route_limits,
     })
 }
@@ -1196,6 +1446,148 @@ fn tcp_proxy(
     Ok((cluster, idle))
 }
 
+// === access logs ===
+
+const FILE_ACCESS_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+const STDOUT_ACCESS_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_ACCESS_LOG_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+/// A filter's `access_log` entries: file, stdout and stderr loggers with their format (the
+/// dataplane compiles it and NACKs an operator it does not know). Other loggers (gRPC access
+/// log service, OpenTelemetry, ...) and access-log `filter`s are telemetry ringside does not
+/// have: skipped with a warning, never a NACK (docs/xds.md).
+fn access_logs(
+    logs: &[accesslog_pb::AccessLog],
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<config::AccessLog>, TranslateError> {
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+        file_access_log::AccessLogFormat as F, FileAccessLog,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        stderr_access_log::AccessLogFormat as E, stdout_access_log::AccessLogFormat as O,
+        StderrAccessLog, StdoutAccessLog,
+    };
+    let mut out = Vec::new();
+    for (i, l) in logs.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        let Some(accesslog_pb::access_log::ConfigType::TypedConfig(any)) = &l.config_type else {
+            return Err(ctx.err(format!("{at}.typed_config"), "missing"));
+        };
+        if l.filter.is_some() {
+            tracing::warn!(field = %at, "access log filter not supported: every call is logged");
+        }
+        let (path, format) = match any.type_url.as_str() {
+            FILE_ACCESS_LOG_TYPE => {
+                let f: FileAccessLog = unpack(any, FILE_ACCESS_LOG_TYPE, ctx, &at)?;
+                #[allow(deprecated)]
+                let format = match f.access_log_format {
+                    None => None,
+                    Some(F::LogFormat(s)) => Some(substitution_format(&s, ctx, &at)?),
+                    Some(F::Format(s)) => Some((Some(s), None)),
+                    Some(F::JsonFormat(j)) | Some(F::TypedJsonFormat(j)) => {
+                        Some((None, Some(struct_json(&j))))
+                    }
+                };
+                if f.path.is_empty() {
+                    return Err(ctx.err(format!("{at}.path"), "missing"));
+                }
+                (f.path, format)
+            }
+            STDOUT_ACCESS_LOG_TYPE => {
+                let f: StdoutAccessLog = unpack(any, STDOUT_ACCESS_LOG_TYPE, ctx, &at)?;
+                let format = match f.access_log_format {
+                    Some(O::LogFormat(s)) => Some(substitution_format(&s, ctx, &at)?),
+                    None => None,
+                };
+                ("/dev/stdout".to_string(), format)
+            }
+            STDERR_ACCESS_LOG_TYPE => {
+                let f: StderrAccessLog = unpack(any, STDERR_ACCESS_LOG_TYPE, ctx, &at)?;
+                let format = match f.access_log_format {
+                    Some(E::LogFormat(s)) => Some(substitution_format(&s, ctx, &at)?),
+                    None => None,
+                };
+                ("/dev/stderr".to_string(), format)
+            }
+            other => {
+                tracing::warn!(field = %at, logger = other, "access logger not supported: skipped");
+                continue;
+            }
+        };
+        let (format, json_format) = format.unwrap_or((None, None));
+        out.push(config::AccessLog {
+            path,
+            format,
+            json_format,
+        });
+    }
+    Ok(out)
+}
+
+type FormatPair = (
+    Option<String>,
+    Option<serde_json::Map<String, serde_json::Value>>,
+);
+
+/// A `SubstitutionFormatString`: a text format (inline) or a JSON format.
+fn substitution_format(
+    s: &core_pb::SubstitutionFormatString,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<FormatPair, TranslateError> {
+    use core_pb::data_source::Specifier as D;
+    use core_pb::substitution_format_string::Format as S;
+    if !s.formatters.is_empty() {
+        return Err(ctx.err(
+            format!("{at}.log_format.formatters"),
+            "formatter extensions are not supported",
+        ));
+    }
+    #[allow(deprecated)]
+    match &s.format {
+        Some(S::TextFormat(t)) => Ok((Some(t.clone()), None)),
+        Some(S::TextFormatSource(d)) => match &d.specifier {
+            Some(D::InlineString(t)) => Ok((Some(t.clone()), None)),
+            Some(D::InlineBytes(b)) => Ok((Some(String::from_utf8_lossy(b).into_owned()), None)),
+            _ => Err(ctx.err(
+                format!("{at}.log_format.text_format_source"),
+                "only inline_string or inline_bytes",
+            )),
+        },
+        Some(S::JsonFormat(j)) => Ok((None, Some(struct_json(j)))),
+        None => Ok((None, None)),
+    }
+}
+
+/// A `google.protobuf.Struct` as JSON.
+fn struct_json(
+    s: &envoy_types::pb::google::protobuf::Struct,
+) -> serde_json::Map<String, serde_json::Value> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_json(s)),
+            Some(Kind::ListValue(l)) => {
+                serde_json::Value::Array(l.values.iter().map(value).collect())
+            }
+        }
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect()
+}
+
 // === http_connection_manager ===
 
 /// An HTTP connection manager's `local_ratelimit` filter: `None` without one (routes' own
@@ -1759,8 +2151,6 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if !c.health_checks.is_empty() {
         return refuse("health_checks", "active health checks are not supported");
     }
-    // outlier_detection: accepted; ringside's own connect-failure back-off applies (the
-    // governance issue implements Envoy's ejection).
     if c.lb_subset_config.is_some() {
         return refuse("lb_subset_config", "subset load balancing is not supported");
     }
@@ -1855,7 +2245,13 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             Some(k) => Some(tcp_keepalive(k, &ctx)?),
             None => None,
         },
+        // xDS transport sockets are refused before this (docs/xds.md).
+        tls: None,
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
+        outlier_detection: match &c.outlier_detection {
+            Some(o) => outlier_detection(o, &ctx)?,
+            None => None,
+        },
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -1999,6 +2395,62 @@ fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::
             .as_ref()
             .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
     })
+}
+
+/// A cluster's `outlier_detection`: its consecutive-5xx ejection (`consecutive_5xx`,
+/// `interval`, `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`, Envoy's
+/// defaults for those left out). `enforcing_consecutive_5xx` 0 turns it off (`None`), between
+/// 0 and 100 % is NACKed. Success-rate and failure-percentage ejection, gateway and
+/// local-origin splits and the jitter are ignored (docs/governance.md).
+fn outlier_detection(
+    o: &cluster_pb::OutlierDetection,
+    ctx: &Ctx<'_>,
+) -> Result<Option<config::OutlierDetection>, TranslateError> {
+    let d = config::OutlierDetection::default();
+    match o
+        .enforcing_consecutive_5xx
+        .as_ref()
+        .map_or(100, |v| v.value)
+    {
+        0 => return Ok(None),
+        100 => {}
+        n => {
+            return Err(ctx.err(
+                "outlier_detection.enforcing_consecutive_5xx",
+                format!("{n} %: only 0 or 100 is supported"),
+            ))
+        }
+    }
+    let ms = |d: Option<&Duration>, field: &str, default: u64| match d {
+        Some(d) => duration_ms(
+            d,
+            ctx,
+            &format!("outlier_detection.{field}"),
+            config::RATE_LIMIT_FILL_INTERVAL_MS_MAX,
+        ),
+        None => Ok(default),
+    };
+    Ok(Some(config::OutlierDetection {
+        consecutive_errors: o
+            .consecutive_5xx
+            .as_ref()
+            .map_or(d.consecutive_errors, |v| v.value),
+        interval_ms: ms(o.interval.as_ref(), "interval", d.interval_ms)?,
+        base_ejection_time_ms: ms(
+            o.base_ejection_time.as_ref(),
+            "base_ejection_time",
+            d.base_ejection_time_ms,
+        )?,
+        max_ejection_time_ms: ms(
+            o.max_ejection_time.as_ref(),
+            "max_ejection_time",
+            d.max_ejection_time_ms,
+        )?,
+        max_ejection_percent: o
+            .max_ejection_percent
+            .as_ref()
+            .map_or(d.max_ejection_percent, |v| v.value),
+    }))
 }
 
 /// Envoy's `max_requests` when a threshold does not give it.
@@ -2181,9 +2633,7 @@ fn no_fault_override(
 // === local rate limits (docs/governance.md) ===
 
 /// The per-filter config of the HTTP local rate limit in `m`, if any.
-fn rate_limit_override<'a>(
-    m: &'a std::collections::HashMap<String, Any>,
-) -> Option<(&'a String, &'a Any)> {
+fn rate_limit_override(m: &std::collections::HashMap<String, Any>) -> Option<(&String, &Any)> {
     m.iter()
         .find(|(k, a)| *k == HTTP_LOCAL_RATELIMIT_NAME || a.type_url == HTTP_LOCAL_RATELIMIT)
 }

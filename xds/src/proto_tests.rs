@@ -772,21 +772,27 @@ fn listener_shape_nacks() {
     let mut l = listener_pb("two", 1, tcp("c"));
     l.filter_chains.push(l.filter_chains[0].clone());
     let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
-    assert!(e.contains("listener \"two\": field `filter_chains`"), "{e}");
+    assert!(
+        e.contains("listener \"two\": field `filter_chains[1].filter_chain_match`: filter_chains[0] has the same match"),
+        "{e}"
+    );
 
-    // An empty match matches every connection (accepted); a port match chooses (refused).
+    // An empty match matches every connection (one listener); a port match chooses per
+    // connection (a chain-selecting listener whose chain has its own listener).
     let mut l = listener_pb("m", 1, tcp("c"));
     l.filter_chains[0].filter_chain_match = Some(Default::default());
-    assert!(decode_listener(&pack_any(l.clone())).is_ok());
+    let (_, res) = decode_listener(&pack_any(l.clone())).unwrap();
+    assert!(res.chains.is_empty() && res.listener.filter_chains.is_empty());
     l.filter_chains[0].filter_chain_match = Some(listener_pb::FilterChainMatch {
         destination_port: Some(UInt32Value { value: 80 }),
         ..Default::default()
     });
-    let e = decode_listener(&pack_any(l)).unwrap_err().to_string();
-    assert!(
-        e.contains("field `filter_chains[0].filter_chain_match`"),
-        "{e}"
-    );
+    let (_, res) = decode_listener(&pack_any(l)).unwrap();
+    let fc = &res.listener.filter_chains[0];
+    assert_eq!(fc.matcher.destination_port, Some(80));
+    assert_eq!(fc.listener.as_deref(), Some("m/filter_chains[0]"));
+    assert_eq!(res.chains[0].listener.cluster.as_deref(), Some("c"));
+    assert!(!res.chains[0].listener.bind && res.chains[0].listener.filter_chains.is_empty());
 
     let mut l = listener_pb("h", 1, tcp("c"));
     l.address = Some(addr("localhost", 1));
@@ -1196,12 +1202,37 @@ fn istio_chain_shapes() {
     assert_eq!(res.rds.as_deref(), Some("9080"));
     assert_eq!(res.fallback.as_deref(), Some("PassthroughCluster"));
 
-    // The same chains on a listener that binds its port: Envoy chooses per connection, ringside
-    // cannot (no hand-off decides it): refused. So is a choice by destination port.
+    // The same chains on a listener that binds its port: chosen per connection, each chain's
+    // listener with its own RDS; a TLS chain keeps its place without a listener.
     let mut bound = out.clone();
     bound.bind_to_port = None;
-    let e = err_text(decode_listener(&pack_any(bound)));
-    assert!(e.contains("filter_chains"), "{e}");
+    let mut tls_chain = chain(
+        Some(listener_pb::FilterChainMatch {
+            transport_protocol: "tls".into(),
+            ..Default::default()
+        }),
+        tcp("x"),
+    );
+    tls_chain.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: None,
+    });
+    bound.filter_chains.push(tls_chain);
+    let (_, res) = decode_listener(&pack_any(bound)).unwrap();
+    let l = &res.listener;
+    assert!(l.bind && l.protocol == Protocol::Tcp && l.cluster.is_none());
+    assert_eq!(
+        l.filter_chains[0].matcher.application_protocols,
+        ["http/1.1", "h2c"]
+    );
+    assert_eq!(l.filter_chains[1].listener, None, "TLS: unserved");
+    assert_eq!(res.chains.len(), 2);
+    assert_eq!(res.chains[0].rds.as_deref(), Some("9080"));
+    assert_eq!(
+        res.chains[1].listener.name,
+        "0.0.0.0_9080/default_filter_chain"
+    );
+    // A use_original_dst listener keeps the shapes its hand-off decides.
     vo.filter_chains
         .insert(0, chain(Some(port(80)), tcp("c80")));
     let e = err_text(decode_listener(&pack_any(vo)));
@@ -1463,5 +1494,49 @@ fn circuit_breakers_default_priority_max_requests() {
         c.cluster.circuit_breakers,
         Some(config::CircuitBreakers { max_requests: 1024 }),
         "Envoy's default"
+    );
+}
+
+#[test]
+fn outlier_detection_consecutive_5xx() {
+    let mut s = cluster_static_pb("s", &[("10.0.0.1", 80)]);
+    s.outlier_detection = Some(cluster_pb::OutlierDetection::default());
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(
+        c.cluster.outlier_detection,
+        Some(config::OutlierDetection::default()),
+        "Envoy's defaults: 5 in a row, 30 s base, 300 s max, 10 s interval, 10 %"
+    );
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.consecutive_5xx = Some(UInt32Value { value: 2 });
+    o.base_ejection_time = Some(Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    o.max_ejection_percent = Some(UInt32Value { value: 50 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    let got = c.cluster.outlier_detection.unwrap();
+    assert_eq!(
+        (
+            got.consecutive_errors,
+            got.base_ejection_time_ms,
+            got.max_ejection_percent
+        ),
+        (2, 1000, 50)
+    );
+    s.outlier_detection
+        .as_mut()
+        .unwrap()
+        .enforcing_consecutive_5xx = Some(UInt32Value { value: 0 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(c.cluster.outlier_detection, None, "not enforced");
+    s.outlier_detection
+        .as_mut()
+        .unwrap()
+        .enforcing_consecutive_5xx = Some(UInt32Value { value: 30 });
+    let e = decode_cluster(&pack_any(s)).unwrap_err().to_string();
+    assert!(
+        e.contains("outlier_detection.enforcing_consecutive_5xx"),
+        "{e}"
     );
 }

@@ -48,6 +48,11 @@ pub struct UpstreamStatIds {
     pub cx_heartbeat_timeout: StatId,
     /// Requests refused by the cluster's `circuit_breakers.max_requests` (Envoy 1.40's name).
     pub rq_active_overflow: StatId,
+    /// Outlier detection: endpoints ejected, and ejections skipped for `max_ejection_percent`.
+    pub outlier_ejections: StatId,
+    pub outlier_overflow: StatId,
+    /// Endpoints ejected now (summed over shards: each shard ejects for itself).
+    pub outlier_active: StatId,
 }
 
 impl ClusterStatIds {
@@ -77,6 +82,12 @@ impl UpstreamStatIds {
             cx_idle_timeout: c("upstream_cx_idle_timeout", Kind::Counter),
             cx_heartbeat_timeout: c("upstream_cx_heartbeat_timeout", Kind::Counter),
             rq_active_overflow: c("upstream_rq_active_overflow", Kind::Counter),
+            outlier_ejections: c(
+                "outlier_detection.ejections_enforced_consecutive_5xx",
+                Kind::Counter,
+            ),
+            outlier_overflow: c("outlier_detection.ejections_overflow", Kind::Counter),
+            outlier_active: c("outlier_detection.ejections_active", Kind::Gauge),
         }
     }
 }
@@ -148,6 +159,8 @@ pub struct ShardCluster {
     /// `type: original_destination`: no endpoints; see [`ShardCluster::connect_to`].
     pub original_destination: bool,
     pub ids: ClusterStatIds,
+    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints.
+    pub tls: Option<Arc<crate::io::tls::ClientTls>>,
 }
 
 /// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
@@ -175,6 +188,16 @@ impl<H: Retire> HostTable<H> {
             hosts.resize(i + 1, None);
         }
         hosts[i].get_or_insert_with(|| Rc::new(build())).clone()
+    }
+
+    /// How many built hosts `f` holds for (rare decisions: outlier ejection).
+    pub fn count(&self, f: impl Fn(&H) -> bool) -> usize {
+        self.hosts
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|h| f(h))
+            .count()
     }
 
     /// `f` of the host of slot `i`, if it was built (balancer availability checks).
@@ -251,7 +274,12 @@ impl Drop for ActiveGuard<'_> {
 
 impl ShardCluster {
     /// `endpoints` is the cluster's endpoint table, built once and shared by every shard.
-    pub fn new(c: &config::Cluster, endpoints: Arc<Endpoints>, ids: ClusterStatIds) -> Self {
+    pub fn new(
+        c: &config::Cluster,
+        endpoints: Arc<Endpoints>,
+        ids: ClusterStatIds,
+        tls: Option<Arc<crate::io::tls::ClientTls>>,
+    ) -> Self {
         ShardCluster {
             name: c.name.clone(),
             active: RefCell::new(endpoints.slots.iter().map(|_| Cell::new(0)).collect()),
@@ -264,6 +292,7 @@ impl ShardCluster {
                 .unwrap_or_else(crate::io::intercept::keepalive),
             original_destination: c.kind == config::ClusterType::OriginalDestination,
             ids,
+            tls,
         }
     }
 
@@ -511,5 +540,187 @@ impl RequestBreaker {
 
     pub fn ended(&self) {
         self.active.set(self.active.get().saturating_sub(1));
+    }
+}
+
+// === outlier detection ===
+
+/// A cluster's consecutive-error ejection settings (`outlier_detection`).
+#[derive(Clone, Copy, Debug)]
+pub struct OutlierConfig {
+    pub consecutive: u32,
+    pub base: Duration,
+    pub max: Duration,
+    pub interval: Duration,
+    pub max_percent: u32,
+}
+
+impl OutlierConfig {
+    pub fn for_cluster(c: &config::Cluster) -> Option<OutlierConfig> {
+        let o = c.outlier_detection.as_ref()?;
+        Some(OutlierConfig {
+            consecutive: o.consecutive_errors,
+            base: Duration::from_millis(o.base_ejection_time_ms),
+            max: Duration::from_millis(o.max_ejection_time_ms.max(o.base_ejection_time_ms)),
+            interval: Duration::from_millis(o.interval_ms),
+            max_percent: o.max_ejection_percent,
+        })
+    }
+}
+
+/// What one failed request did to its endpoint.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ejection {
+    None,
+    /// Ejected for this long.
+    Ejected(Duration),
+    /// Would have been ejected, but `max_ejection_percent` of the cluster already is.
+    Overflow,
+}
+
+/// Counts an ejection of `time` in `ids`: the active gauge is up until it ends (a timer task
+/// per ejection, which is rare; it runs on even if the pool is replaced meanwhile).
+pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, time: Duration) {
+    stats.inc(ids.outlier_ejections);
+    stats.inc(ids.outlier_active);
+    let (stats, active) = (stats.clone(), ids.outlier_active);
+    shard::monoio::spawn(async move {
+        shard::monoio::time::sleep(time).await;
+        stats.dec(active);
+    });
+}
+
+/// One endpoint's outlier state on one shard.
+#[derive(Default)]
+pub struct Outlier {
+    consecutive: Cell<u32>,
+    /// Ejections so far, less one per `interval` spent not ejected.
+    ejections: Cell<u32>,
+    /// When the last ejection ends (or ended).
+    until: Cell<Option<std::time::Instant>>,
+}
+
+impl Outlier {
+    pub fn is_ejected(&self, now: std::time::Instant) -> bool {
+        self.until.get().is_some_and(|u| now < u)
+    }
+
+    pub fn success(&self) {
+        self.consecutive.set(0);
+    }
+
+    /// A failed request. `ejected_share`: (ejected, total) endpoints of the cluster now, asked
+    /// only when this failure would eject.
+    pub fn failure(
+        &self,
+        cfg: &OutlierConfig,
+        now: std::time::Instant,
+        ejected_share: impl FnOnce() -> (usize, usize),
+    ) -> Ejection {
+        let n = self.consecutive.get() + 1;
+        self.consecutive.set(n);
+        if n < cfg.consecutive || self.is_ejected(now) {
+            return Ejection::None;
+        }
+        let (ejected, total) = ejected_share();
+        // Envoy: eject while under max_ejection_percent, and always at least one.
+        if ejected > 0 && ejected * 100 >= cfg.max_percent as usize * total.max(1) {
+            self.consecutive.set(0);
+            return Ejection::Overflow;
+        }
+        let mut count = self.ejections.get();
+        if let Some(ended) = self.until.get() {
+            let healthy = now.saturating_duration_since(ended);
+            let decay = healthy.as_nanos() / cfg.interval.as_nanos().max(1);
+            count = count.saturating_sub(decay.min(u32::MAX as u128) as u32);
+        }
+        count += 1;
+        self.ejections.set(count);
+        self.consecutive.set(0);
+        let time = cfg.base.saturating_mul(count).min(cfg.max);
+        self.until.set(Some(now + time));
+        Ejection::Ejected(time)
+    }
+}
+
+#[cfg(test)]
+mod outlier_tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn cfg() -> OutlierConfig {
+        OutlierConfig {
+            consecutive: 2,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(25),
+            interval: Duration::from_secs(100),
+            max_percent: 50,
+        }
+    }
+
+    #[test]
+    fn ejections_grow_by_base_cap_at_max_and_decay_per_interval() {
+        let (o, c, t0) = (Outlier::default(), cfg(), Instant::now());
+        let none = || (0, 4);
+        assert_eq!(o.failure(&c, t0, none), Ejection::None);
+        o.success();
+        assert_eq!(
+            o.failure(&c, t0, none),
+            Ejection::None,
+            "a success reset the count"
+        );
+        assert_eq!(
+            o.failure(&c, t0, none),
+            Ejection::Ejected(Duration::from_secs(10))
+        );
+        assert!(o.is_ejected(t0 + Duration::from_secs(9)));
+        assert!(!o.is_ejected(t0 + Duration::from_secs(10)));
+        let t1 = t0 + Duration::from_secs(11);
+        o.failure(&c, t1, none);
+        assert_eq!(
+            o.failure(&c, t1, none),
+            Ejection::Ejected(Duration::from_secs(20))
+        );
+        let t2 = t1 + Duration::from_secs(21);
+        o.failure(&c, t2, none);
+        assert_eq!(
+            o.failure(&c, t2, none),
+            Ejection::Ejected(Duration::from_secs(25)),
+            "max"
+        );
+        // 250 s healthy after the third ejection ended: two intervals off the count (3 -> 1),
+        // so the next one is the second: 20 s.
+        let t3 = t2 + Duration::from_secs(25 + 250);
+        o.failure(&c, t3, none);
+        assert_eq!(
+            o.failure(&c, t3, none),
+            Ejection::Ejected(Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn max_ejection_percent_keeps_endpoints_in_but_one_may_always_go() {
+        let (o, c, t0) = (Outlier::default(), cfg(), Instant::now());
+        o.failure(&c, t0, || (0, 4));
+        assert_eq!(
+            o.failure(&c, t0, || (2, 4)),
+            Ejection::Overflow,
+            "50 % already out"
+        );
+        o.failure(&c, t0, || (1, 4));
+        assert!(
+            matches!(o.failure(&c, t0, || (1, 4)), Ejection::Ejected(_)),
+            "25 % < 50 %"
+        );
+        let p = Outlier::default();
+        let strict = OutlierConfig {
+            max_percent: 0,
+            ..cfg()
+        };
+        p.failure(&strict, t0, || (0, 4));
+        assert!(
+            matches!(p.failure(&strict, t0, || (0, 4)), Ejection::Ejected(_)),
+            "at least one"
+        );
     }
 }

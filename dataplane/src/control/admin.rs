@@ -266,16 +266,45 @@ fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Sha
                     .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
             }))
         }
+        ("GET", "/certs") => Response::json(certs(&shared.snapshot().tls)),
         ("POST", "/drain") => drain(shared, "POST /drain", peer),
         ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit", peer),
         ("GET", "/") => Response::text(
             200,
             "ringside admin: /ready /server_info /memory /stats /stats?format=json \
-             /stats/prometheus /config_dump; POST /drain /quitquitquit\n",
+             /stats/prometheus /config_dump /certs; POST /drain /quitquitquit\n",
         ),
         (_, "/drain" | "/quitquitquit") => Response::text(405, "use POST\n"),
         _ => Response::text(404, "not found\n"),
     }
+}
+
+/// The certificates of the running config's listeners and clusters: file, URI SANs, expiry
+/// (as loaded when the config was applied).
+fn certs(set: &crate::io::tls::TlsSet) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let files: Vec<serde_json::Value> = set
+        .certs
+        .iter()
+        .map(|f| {
+            let certs: Vec<serde_json::Value> = f
+                .certs
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "uri_sans": c.uri_sans,
+                        "expiration_unix_s": c.not_after,
+                        "days_until_expiration": c.not_after.map(|t| (t - now).div_euclid(86_400)),
+                    })
+                })
+                .collect();
+            serde_json::json!({"owner": f.owner, "role": f.role, "path": f.path, "certificates": certs})
+        })
+        .collect();
+    serde_json::json!({ "files": files })
 }
 
 fn ready(shared: &Shared) -> Response {

@@ -474,6 +474,7 @@ impl Shared {
                 config::Protocol::Tcp => {}
             }
         }
+        let access_logs = crate::snapshot::open_access_logs(&config)?;
         let checked = started.elapsed();
         let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
@@ -484,6 +485,11 @@ impl Shared {
             return Ok(current.version);
         }
         self.ready_for_update(&u)?;
+        // Certificates are read here, before any socket is bound: a missing file refuses the
+        // update as a whole.
+        let tls = Arc::new(
+            crate::io::tls::TlsSet::load(&config).map_err(|f| ApplyError::Invalid(vec![f]))?,
+        );
         let bound = self
             .sockets
             .bind_new(&config.listeners, self.shard_count, &mut u.inherited)?;
@@ -491,7 +497,11 @@ impl Shared {
         let clusters = config.clusters.len();
         let building = Instant::now();
         let drains = self.listener_drains(&current.config.listeners, &keep);
-        let snapshot = Arc::new(u.builder.build(config, &self.stats, xds_versions));
+        let mut snapshot = u
+            .builder
+            .build(config, &self.stats, xds_versions, access_logs);
+        snapshot.tls = tls;
+        let snapshot = Arc::new(snapshot);
         let built = building.elapsed();
         self.sockets.install(bound, &keep);
         let result = self.publish(&mut u, snapshot, drains);
@@ -620,6 +630,8 @@ pub enum ApplyError {
     Bind(#[from] RunError),
     #[error("a shard did not take the update: {0}")]
     ShardRefused(String),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::OpenError),
     #[error("only {applied} of {shards} shards applied the update within {APPLY_TIMEOUT:?}")]
     ShardsSlow { applied: usize, shards: usize },
 }
@@ -865,7 +877,13 @@ impl Server {
             apply_time: stats.add_histogram("config", "update_apply_time_us", &[]),
         };
         let mut builder = Builder::default();
-        let snapshot = Arc::new(builder.build(config.clone(), &stats, None));
+        let access_logs = crate::snapshot::open_access_logs(&config)
+            .map_err(|e| RunError::Invalid(e.to_string()))?;
+        let tls = crate::io::tls::TlsSet::load(&config)
+            .map_err(|(f, m)| RunError::Invalid(format!("{f}: {m}")))?;
+        let mut snapshot = builder.build(config.clone(), &stats, None, access_logs);
+        snapshot.tls = Arc::new(tls);
+        let snapshot = Arc::new(snapshot);
         stats.prefault();
         let sockets = bind_all(&config, shard_count, &mut inherited)?;
         if config.xds.is_none() {

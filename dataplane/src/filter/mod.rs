@@ -5,6 +5,7 @@
 //! shard's state (`worker`) or control.
 
 pub mod budget;
+pub mod chain;
 pub mod dubbo;
 pub mod ratelimit;
 pub mod tcp;
@@ -128,10 +129,20 @@ pub struct ListenerStatIds {
     pub detected_other: StatId,
     /// Listeners with `virtual_listeners`: connections handed to one of them.
     pub cx_handed_off: StatId,
+    /// Listeners with `filter_chains`: connections no chain took (Envoy's
+    /// `no_filter_chain_match`), and those whose chain ringside cannot serve (TLS).
+    pub cx_no_filter_chain: StatId,
+    pub cx_chain_unserved: StatId,
     /// Connections that ended while their listener drained (removed or replaced by a config
     /// update, or the process draining), and of those the ones closed at the drain timeout.
     pub cx_drained: StatId,
     pub cx_drain_timeout: StatId,
+    /// Listeners with `tls`: completed handshakes, failed ones (bad or missing certificate,
+    /// wrong SAN, timeout, not TLS under STRICT), and PERMISSIVE connections served as
+    /// plaintext.
+    pub tls_handshake: StatId,
+    pub tls_error: StatId,
+    pub tls_plaintext: StatId,
 }
 
 impl ListenerStatIds {
@@ -140,6 +151,20 @@ impl ListenerStatIds {
         let t = [("listener", l.name.as_str())];
         let detected = |name: &str| {
             if l.original_destination {
+                st.add("listener", name, &t, Counter)
+            } else {
+                crate::stats::SINK
+            }
+        };
+        let chained = |name: &str| {
+            if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+                crate::stats::SINK
+            } else {
+                st.add("listener", name, &t, Counter)
+            }
+        };
+        let tls = |name: &str| {
+            if l.tls.is_some() {
                 st.add("listener", name, &t, Counter)
             } else {
                 crate::stats::SINK
@@ -160,8 +185,13 @@ impl ListenerStatIds {
             } else {
                 st.add("listener", "downstream_cx_handed_off", &t, Counter)
             },
+            cx_no_filter_chain: chained("no_filter_chain_match"),
+            cx_chain_unserved: chained("downstream_cx_filter_chain_unserved"),
             cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
             cx_drain_timeout: st.add("listener", "downstream_cx_drain_timeout", &t, Counter),
+            tls_handshake: tls("downstream_tls_handshake"),
+            tls_error: tls("downstream_tls_error"),
+            tls_plaintext: tls("downstream_tls_plaintext"),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::try_join;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -20,6 +20,7 @@ use shard::monoio::net::TcpStream;
 
 use std::os::fd::AsRawFd;
 
+use crate::access_log::{Flags, ListenerLog, Record, NO_HEADERS};
 use crate::cluster::{ShardCluster, Upstream};
 use crate::config::Protocol;
 use crate::filter::{Drain, ListenerStatIds};
@@ -43,6 +44,19 @@ pub struct TcpProxy {
     pub idle_timeout: Duration,
     pub stats: ShardStats,
     pub ids: ListenerStatIds,
+    /// Access logs (one line per connection), when the listener has any.
+    pub log: Option<Rc<ListenerLog>>,
+}
+
+/// What the access log says about one connection.
+#[derive(Default)]
+struct Outcome {
+    upstream: Option<SocketAddr>,
+    flags: Flags,
+    bytes_received: Cell<u64>,
+    bytes_sent: Cell<u64>,
+    /// Handed to a virtual listener, which logs it.
+    handed_off: bool,
 }
 
 /// The virtual listeners (`bind: false`) an `original_destination` listener hands connections
@@ -59,9 +73,47 @@ pub trait Virtuals {
 /// see where one request of an opaque byte stream ends, so there is no earlier point at which
 /// closing is safe). Returns whether that deadline cut it.
 pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
+    let Some(log) = l.log.as_ref() else {
+        return relay_connection(down, l, virtuals, drain, &mut Outcome::default()).await;
+    };
+    let (start, started) = (SystemTime::now(), Instant::now());
+    let (remote, local) = (down.peer_addr().ok(), down.local_addr().ok());
+    let mut out = Outcome::default();
+    let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
+    if !out.handed_off {
+        let cluster = l.cluster.borrow().as_ref().map(|c| c.name.clone());
+        log.write(&Record {
+            start,
+            duration: started.elapsed(),
+            protocol: None,
+            response_code: None,
+            grpc_status: None,
+            flags: out.flags,
+            upstream_host: out.upstream,
+            upstream_cluster: cluster.as_deref(),
+            route_name: None,
+            downstream_remote: remote,
+            downstream_local: local,
+            bytes_received: out.bytes_received.get(),
+            bytes_sent: out.bytes_sent.get(),
+            headers: NO_HEADERS,
+            dubbo: None,
+        });
+    }
+    cut
+}
+
+async fn relay_connection(
+    down: TcpStream,
+    l: &TcpProxy,
+    virtuals: &dyn Virtuals,
+    drain: &Drain,
+    out: &mut Outcome,
+) -> bool {
     let _ = down.set_nodelay(true);
     let cluster = l.cluster.borrow().clone();
     let Some(cluster) = cluster.as_ref() else {
+        out.flags = Flags::NO_HEALTHY_UPSTREAM;
         return false;
     };
     let mut counted = false;
@@ -88,6 +140,7 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
                 Protocol::Tcp => true,
             };
             if fits {
+                out.handed_off = true;
                 l.stats.inc(l.ids.cx_handed_off);
                 virtuals.hand_off(dst, down).await;
                 return false;
@@ -104,22 +157,27 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(listener = %l.name, cluster = %cluster.name, error = %e, "no upstream; closing downstream");
+            out.flags = Flags::UPSTREAM_CONNECTION_FAILURE;
             return false;
         }
     };
+    out.upstream = up_stream.peer_addr().ok();
     let last_activity = Cell::new(Instant::now());
     let (dr, dw) = down.into_split();
     let (ur, uw) = up_stream.into_split();
     let ids = l.ids;
     let first = Cell::new(l.original_destination && !counted);
+    let (rx, tx) = (&out.bytes_received, &out.bytes_sent);
     let up = relay(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
         l.stats.add(ids.bytes_rx, chunk.len() as u64);
+        rx.set(rx.get() + chunk.len() as u64);
         if first.replace(false) {
             l.stats.inc(detected_id(l, &detect(chunk)));
         }
     });
     let back = relay(ur, dw, l.buffer_bytes, &last_activity, |chunk| {
-        l.stats.add(ids.bytes_tx, chunk.len() as u64)
+        l.stats.add(ids.bytes_tx, chunk.len() as u64);
+        tx.set(tx.get() + chunk.len() as u64);
     });
     shard::monoio::select! {
         r = try_join(up, back) => {
@@ -194,6 +252,202 @@ async fn peek_protocol(down: &TcpStream) -> Detected {
     }
 }
 
+/// What filter chain matching learns from a connection's first bytes (Envoy's `tls_inspector`
+/// and `http_inspector`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Inspected {
+    /// `tls` for a TLS record, else `raw_buffer`.
+    pub transport: &'static str,
+    /// `h2c`, `http/1.1` or `http/1.0` of a plaintext connection.
+    pub application_protocol: Option<&'static str>,
+    /// A TLS connection's ClientHello: its SNI and ALPN protocols.
+    pub hello: Option<ClientHello>,
+}
+
+/// What chain matching reads of a TLS ClientHello (Envoy's `tls_inspector`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClientHello {
+    pub server_name: Vec<u8>,
+    pub alpn: Vec<String>,
+}
+
+/// The SNI and ALPN of the ClientHello in the TLS record `rec` (header included); `None`
+/// when it is not a ClientHello or is cut short.
+pub fn parse_client_hello(rec: &[u8]) -> Option<ClientHello> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (h, t) = (b.get(..n)?, b.get(n..)?);
+        *b = t;
+        Some(h)
+    }
+    fn len(b: &mut &[u8], n: usize) -> Option<usize> {
+        Some(take(b, n)?.iter().fold(0, |a, x| a << 8 | *x as usize))
+    }
+    let mut b = rec.get(5..)?;
+    if take(&mut b, 1)? != [1] {
+        return None;
+    }
+    let body = len(&mut b, 3)?;
+    let mut b = b.get(..body.min(b.len()))?;
+    take(&mut b, 2 + 32)?;
+    let sid = len(&mut b, 1)?;
+    take(&mut b, sid)?;
+    let suites = len(&mut b, 2)?;
+    take(&mut b, suites)?;
+    let comp = len(&mut b, 1)?;
+    take(&mut b, comp)?;
+    let mut out = ClientHello::default();
+    if b.is_empty() {
+        return Some(out);
+    }
+    let ext_len = len(&mut b, 2)?;
+    let mut exts = take(&mut b, ext_len)?;
+    while !exts.is_empty() {
+        let ty = len(&mut exts, 2)?;
+        let n = len(&mut exts, 2)?;
+        let mut data = take(&mut exts, n)?;
+        match ty {
+            0 => {
+                let list = len(&mut data, 2)?;
+                let mut list = take(&mut data, list)?;
+                while !list.is_empty() {
+                    let kind = len(&mut list, 1)?;
+                    let n = len(&mut list, 2)?;
+                    let name = take(&mut list, n)?;
+                    if kind == 0 {
+                        out.server_name = name.to_ascii_lowercase();
+                    }
+                }
+            }
+            16 => {
+                let list = len(&mut data, 2)?;
+                let mut list = take(&mut data, list)?;
+                while !list.is_empty() {
+                    let n = len(&mut list, 1)?;
+                    let p = take(&mut list, n)?;
+                    out.alpn.push(String::from_utf8_lossy(p).into_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Reads (peeks) the whole first TLS record, up to its 16 KiB, then parses the ClientHello in
+/// it. One buffer per TLS connection, only for chain matching.
+async fn peek_tls_record(down: &TcpStream, header: &[u8], deadline: Instant) -> Inspected {
+    let tls = |hello| Inspected {
+        transport: "tls",
+        application_protocol: None,
+        hello,
+    };
+    let want = 5 + (usize::from(header[3]) << 8 | usize::from(header[4])).min(16 * 1024 + 256);
+    let mut rec = vec![0u8; want];
+    loop {
+        match shard::sockopt::peek(down.as_raw_fd(), &mut rec) {
+            Ok(n) if n == want => return tls(parse_client_hello(&rec)),
+            Ok(0) => return tls(None),
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return tls(None),
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return tls(None);
+        }
+        shard::monoio::select! {
+            r = down.readable(false) => if r.is_err() { return tls(None) },
+            _ = shard::monoio::time::sleep_until(deadline.into()) => return tls(None),
+        }
+        shard::monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Bytes of an HTTP/1 request line read to find its version; a longer line counts as no
+/// HTTP.
+pub const REQUEST_LINE_BYTES_MAX: usize = 1024;
+
+/// Reads the first bytes (with MSG_PEEK, left for whoever serves the connection) until they
+/// decide what `tls` and `http` inspection asks, or [`DETECT_TIMEOUT`] passes (then: what is
+/// known, as Envoy's inspectors with `continue_on_listener_filters_timeout`).
+pub async fn inspect(down: &TcpStream, tls: bool, http: bool) -> Inspected {
+    let deadline = Instant::now() + DETECT_TIMEOUT;
+    let mut buf = [0u8; REQUEST_LINE_BYTES_MAX];
+    let mut seen = 0;
+    loop {
+        let (verdict, done) = classify(&buf[..seen], tls, http);
+        if verdict.transport == "tls" && seen >= 5 {
+            return peek_tls_record(down, &buf[..5], deadline).await;
+        }
+        if done && verdict.transport == "tls" {
+            // Wait for the record header.
+        } else if done || Instant::now() >= deadline {
+            return verdict;
+        }
+        shard::monoio::select! {
+            r = down.readable(false) => if r.is_err() { return verdict },
+            _ = shard::monoio::time::sleep_until(deadline.into()) => return verdict,
+        }
+        match shard::sockopt::peek(down.as_raw_fd(), &mut buf) {
+            Ok(0) => return classify(&buf[..seen], tls, http).0,
+            Ok(n) if n == seen => {
+                // Readable with nothing new (the rest is on its way).
+                shard::monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(n) => seen = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return classify(&buf[..seen], tls, http).0,
+        }
+    }
+}
+
+/// What `first` tells, and whether more bytes could change it.
+fn classify(first: &[u8], tls: bool, http: bool) -> (Inspected, bool) {
+    let raw = |app| Inspected {
+        transport: "raw_buffer",
+        application_protocol: app,
+        hello: None,
+    };
+    if first.is_empty() {
+        return (raw(None), !tls && !http);
+    }
+    if tls && first[0] == 0x16 {
+        if first.len() < 2 {
+            return (raw(None), false);
+        }
+        if first[1] == 0x03 {
+            let t = Inspected {
+                transport: "tls",
+                application_protocol: None,
+                hello: None,
+            };
+            return (t, true);
+        }
+    }
+    if !http {
+        return (raw(None), true);
+    }
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] == H2_PREFACE[..n] {
+        return (raw(Some("h2c")), n == H2_PREFACE.len());
+    }
+    // An HTTP/1 request line: METHOD SP target SP HTTP/1.x CRLF.
+    let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    if method == 0 || (method < first.len() && first[method] != b' ') {
+        return (raw(None), true);
+    }
+    let Some(end) = first.windows(2).position(|w| w == b"\r\n") else {
+        return (raw(None), first.len() >= REQUEST_LINE_BYTES_MAX);
+    };
+    let line = &first[..end];
+    let app = if line.ends_with(b" HTTP/1.1") {
+        Some("http/1.1")
+    } else if line.ends_with(b" HTTP/1.0") {
+        Some("http/1.0")
+    } else {
+        None
+    };
+    (raw(app), true)
+}
+
 /// Classifies a connection by its first chunk (at least the bytes that decide it: a chunk
 /// shorter than the preface counts as HTTP/2 when it is a prefix of it).
 pub fn detect(first: &[u8]) -> Detected {
@@ -259,6 +513,90 @@ mod tests {
         assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Detected::Other);
         assert_eq!(detect(b"PRX"), Detected::Other);
         assert_eq!(detect(&[0xda]), Detected::Other);
+    }
+
+    #[test]
+    fn inspection_finds_tls_h2c_and_http1_as_envoys_inspectors() {
+        let c = |b: &[u8]| classify(b, true, true);
+        let app = |b: &[u8]| c(b).0.application_protocol;
+        assert_eq!(c(&[0x16, 0x03, 0x01]).0.transport, "tls");
+        assert_eq!(c(&[0x16]).1, false, "one byte does not decide");
+        assert_eq!(
+            classify(&[0x16, 0x03], false, true).0.transport,
+            "raw_buffer"
+        );
+        assert_eq!(app(H2_PREFACE), Some("h2c"));
+        assert_eq!(c(b"PRI * HT").1, false);
+        assert_eq!(app(b"GET /x HTTP/1.1\r\nHost: a\r\n"), Some("http/1.1"));
+        assert_eq!(app(b"POST / HTTP/1.0\r\n"), Some("http/1.0"));
+        assert_eq!(c(b"GET /x HTT").1, false);
+        assert_eq!(app(b"SSH-2.0-x\r\n"), None);
+        assert_eq!(
+            c(&[0xda, 0xbb]),
+            (
+                Inspected {
+                    transport: "raw_buffer",
+                    application_protocol: None,
+                    hello: None
+                },
+                true
+            )
+        );
+        assert_eq!(c(b"").1, false);
+        assert_eq!(classify(b"", false, false).1, true);
+    }
+
+    /// A ClientHello as a client sends it: SNI `Svc.NS` and ALPN istio-peer-exchange, istio.
+    pub fn client_hello(sni: &str, alpn: &[&str]) -> Vec<u8> {
+        let mut ext = Vec::new();
+        let name = sni.as_bytes();
+        if !name.is_empty() {
+            ext.extend_from_slice(&[0, 0]);
+            ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
+            ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+            ext.push(0);
+            ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            ext.extend_from_slice(name);
+        }
+        if !alpn.is_empty() {
+            let list: Vec<u8> = alpn
+                .iter()
+                .flat_map(|p| {
+                    let mut v = vec![p.len() as u8];
+                    v.extend_from_slice(p.as_bytes());
+                    v
+                })
+                .collect();
+            ext.extend_from_slice(&[0, 16]);
+            ext.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
+            ext.extend_from_slice(&(list.len() as u16).to_be_bytes());
+            ext.extend_from_slice(&list);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1, 0];
+        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn client_hello_gives_sni_and_alpn() {
+        let h =
+            parse_client_hello(&client_hello("Svc.NS", &["istio-peer-exchange", "istio"])).unwrap();
+        assert_eq!(h.server_name, b"svc.ns");
+        assert_eq!(h.alpn, ["istio-peer-exchange", "istio"]);
+        let h = parse_client_hello(&client_hello("", &[])).unwrap();
+        assert_eq!(h, ClientHello::default());
+        let cut = client_hello("a", &["h2"]);
+        assert_eq!(parse_client_hello(&cut[..cut.len() - 3]), None);
     }
 
     #[test]

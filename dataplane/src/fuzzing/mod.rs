@@ -149,7 +149,7 @@ impl Fixture {
         let errors = config.validate();
         assert!(errors.is_empty(), "fuzz config: {errors:?}");
         let stats = Arc::new(Stats::new(1, &config.stats).expect("stats"));
-        let snapshot = Builder::default().build(config, &stats, None);
+        let snapshot = Builder::default().build(config, &stats, None, Vec::new());
         Fixture {
             snapshot: Arc::new(snapshot),
             stats,

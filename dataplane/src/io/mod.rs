@@ -6,6 +6,7 @@
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod intercept;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use shard::monoio::buf::IoBufMut;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use shard::monoio::net::{TcpListener, TcpStream};
 
 /// A connection's read buffer starts this large and grows by this much when a read fills it.
@@ -76,15 +77,26 @@ async fn flush<W: AsyncWriteRent>(batch: &mut Vec<u8>, w: &mut W) -> std::io::Re
     r.map(|_| ())
 }
 
-/// A connection the filters serve or open: the kernel's `TcpStream`, or (feature `dpdk`) a
-/// stream of a shard's DPDK stack. Generic code over it is monomorphised per backend: the kernel
-/// path compiles to what it was before (no boxing, no dynamic dispatch).
-pub trait Conn: AsyncReadRent + AsyncWriteRent + Split + 'static {
+/// A connection the filters serve or open: the kernel's `TcpStream`, a TLS stream over it
+/// ([`tls`]), or (feature `dpdk`) a stream of a shard's DPDK stack. Generic code over it is
+/// monomorphised per backend: the kernel path compiles to what it was before (no boxing, no
+/// dynamic dispatch, no TLS branch), and a TLS connection is a type of its own, chosen once at
+/// accept or connect. It splits into a read and a write half that run concurrently.
+pub trait Conn:
+    AsyncReadRent
+    + AsyncWriteRent
+    + Splitable<OwnedRead: AsyncReadRent + 'static, OwnedWrite: AsyncWriteRent + 'static>
+    + 'static
+{
     fn set_nodelay(&self, on: bool) -> std::io::Result<()>;
     /// TCP keepalive (`runtime.tcp_keepalive` / `clusters[].tcp_keepalive`) on a kernel
     /// socket; the DPDK stack's and the fuzz targets' in-memory streams have none.
     fn set_keepalive(&self, _k: &config::TcpKeepalive) -> std::io::Result<()> {
         Ok(())
+    }
+    /// The peer's and the local address (for access logs); none where the stream has none.
+    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (None, None)
     }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path.
@@ -102,6 +114,9 @@ impl Conn for TcpStream {
         use std::os::fd::AsRawFd;
         let k = k.enabled.then_some((k.time_s, k.interval_s, k.probes));
         shard::sockopt::set_keepalive(self.as_raw_fd(), k)
+    }
+    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (self.peer_addr().ok(), self.local_addr().ok())
     }
     #[inline]
     fn into_kernel(self) -> Result<TcpStream, Self> {

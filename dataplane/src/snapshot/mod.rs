@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::access_log::{LogSpec, OpenError};
 use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot, UpstreamStatIds};
 use crate::config::{self, Config};
 use crate::filter::dubbo::downstream::DubboStatIds;
@@ -56,9 +57,24 @@ pub struct Snapshot {
     /// Set when this snapshot differs from the one before it (`base`) only in the endpoints
     /// of these clusters (indices): a shard that runs `base` updates just those.
     pub endpoints_only: Option<EndpointsOnly>,
+    /// Each listener's access logs (by listener index; files opened by [`open_access_logs`]).
+    pub access_logs: Vec<Vec<LogSpec>>,
+    /// The TLS of listeners and clusters, by index: loaded by the control thread from the
+    /// files the config names ([`crate::io::tls::TlsSet::load`]) before the shards get it.
+    pub tls: Arc<crate::io::tls::TlsSet>,
     /// By listener index: its local rate limits (buckets shared by the shards), `None` when
     /// it has none.
     pub limits: Vec<Option<SharedLimits>>,
+}
+
+/// Opens (or shares) the access-log files of every listener and compiles their formats: a bad
+/// format or a file that cannot be opened refuses the config.
+pub fn open_access_logs(config: &Config) -> Result<Vec<Vec<LogSpec>>, OpenError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| crate::access_log::open(&l.access_log))
+        .collect()
 }
 
 /// What an endpoints-only snapshot changed (see [`Snapshot::endpoints_only`]).
@@ -84,6 +100,8 @@ impl Snapshot {
             triple_ids: Vec::new(),
             endpoints: Vec::new(),
             endpoints_only: None,
+            access_logs: Vec::new(),
+            tls: Arc::default(),
             limits: Vec::new(),
         }
     }
@@ -194,6 +212,7 @@ impl Builder {
         config: Config,
         st: &Stats,
         xds_versions: Option<std::collections::BTreeMap<String, String>>,
+        access_logs: Vec<Vec<LogSpec>>,
     ) -> Snapshot {
         self.version += 1;
         // A set of the new names: `retain` with a scan of config.clusters per kept cluster was
@@ -268,6 +287,8 @@ impl Builder {
             triple_ids,
             endpoints,
             endpoints_only: None,
+            access_logs,
+            tls: Arc::default(),
             limits,
         }
     }
@@ -381,9 +402,13 @@ impl Builder {
                 triple_ids: prev.triple_ids.clone(),
                 endpoints: prev.endpoints.clone(),
                 endpoints_only: None,
+                access_logs: prev.access_logs.clone(),
+                tls: prev.tls.clone(),
                 limits: prev.limits.clone(),
             },
         };
+        // Endpoints-only: the listeners and clusters, so their TLS, are prev's.
+        next.tls = prev.tls.clone();
         let mut indices = Vec::with_capacity(changed.len());
         for (i, c) in changed {
             if let Some(state) = self.clusters.get_mut(&c.name) {
@@ -562,7 +587,9 @@ mod tests {
             keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
             tcp_keepalive: None,
+            tls: None,
             circuit_breakers: None,
+            outlier_detection: None,
         }
     }
 
@@ -571,7 +598,7 @@ mod tests {
             clusters,
             ..Config::default()
         };
-        b.build(config, st, None)
+        b.build(config, st, None, Vec::new())
     }
 
     #[test]
@@ -699,7 +726,12 @@ mod tests {
         let st = Stats::new(1, &config::StatsConfig::default()).unwrap();
         let mut b = Builder::default();
         let s = build(&mut b, &st, vec![c.clone()]);
-        crate::cluster::ShardCluster::new(&c, s.endpoints[0].clone(), s.cluster_ids[0].clone())
+        crate::cluster::ShardCluster::new(
+            &c,
+            s.endpoints[0].clone(),
+            s.cluster_ids[0].clone(),
+            None,
+        )
     }
 
     fn picks(
@@ -806,12 +838,12 @@ mod tests {
             )
         };
         let cfg = |y: String| Config::from_yaml("t.yaml", &y).unwrap();
-        let s1 = b.build(cfg(yaml(5, 100)), &st, None);
+        let s1 = b.build(cfg(yaml(5, 100)), &st, None, Vec::new());
         let l1 = s1.limits[0].clone().unwrap();
         assert_eq!(l1.routes.len(), 2, "the route, then the default route");
         assert!(l1.routes[1].is_none());
         // Another route timeout: both buckets are the same ones (their tokens carry over).
-        let s2 = b.build(cfg(yaml(5, 200)), &st, None);
+        let s2 = b.build(cfg(yaml(5, 200)), &st, None, Vec::new());
         let l2 = s2.limits[0].clone().unwrap();
         let same = |a: &Option<SharedLimit>, b: &Option<SharedLimit>| {
             Arc::ptr_eq(&a.as_ref().unwrap().bucket, &b.as_ref().unwrap().bucket)
@@ -819,7 +851,7 @@ mod tests {
         assert!(same(&l1.listener, &l2.listener));
         assert!(same(&l1.routes[0], &l2.routes[0]));
         // A new listener burst: a new listener bucket, the route's stays.
-        let s3 = b.build(cfg(yaml(6, 200)), &st, None);
+        let s3 = b.build(cfg(yaml(6, 200)), &st, None, Vec::new());
         let l3 = s3.limits[0].clone().unwrap();
         assert!(!same(&l2.listener, &l3.listener));
         assert!(same(&l2.routes[0], &l3.routes[0]));

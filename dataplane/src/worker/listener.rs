@@ -14,7 +14,7 @@ use shard::{Event, Notify};
 use crate::config::Protocol;
 use crate::filter::dubbo::downstream::{self, DubboListener};
 use crate::filter::tcp::{self as tcp_proxy, TcpProxy};
-use crate::filter::{Drain, Latest, ListenerStatIds};
+use crate::filter::{chain, Drain, Latest, ListenerStatIds};
 use crate::stats::ShardStats;
 
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
@@ -58,6 +58,100 @@ pub struct ListenerCtx {
     /// `original_destination` listeners: the `virtual_listeners` connections are handed to by
     /// original destination, exact addresses first (set after every config update).
     pub virtuals: Latest<[Virtual]>,
+    /// Listeners with `filter_chains`: the chains and the listeners that serve them (set after
+    /// every config update).
+    pub chains: Latest<Chains>,
+    /// `tls`: connections are TLS (STRICT) or, PERMISSIVE, TLS when they start with a TLS
+    /// record.
+    pub tls: Option<std::sync::Arc<crate::io::tls::ServerTls>>,
+}
+
+/// A listener's filter chains as its connections are matched against them.
+#[derive(Default)]
+pub struct Chains {
+    pub matches: Vec<chain::Match>,
+    /// Per chain in `matches`: the virtual listener that serves it (`None`: unserved).
+    pub targets: Vec<Option<Rc<Latest<ListenerCtx>>>>,
+    /// The default chain, if the listener has one.
+    pub default: Option<Option<Rc<Latest<ListenerCtx>>>>,
+    pub tls_inspector: Option<crate::config::Inspector>,
+    pub http_inspector: Option<crate::config::Inspector>,
+    /// Whether any chain matches on the transport protocol, on application protocols.
+    pub needs: (bool, bool),
+}
+
+impl Chains {
+    pub fn is_empty(&self) -> bool {
+        self.matches.is_empty() && self.default.is_none()
+    }
+}
+
+/// Hands `down` to the virtual listener of the filter chain it matches (`l` has chains, `t`
+/// is its tcp side); closes it when none matches or its chain is unserved.
+async fn serve_chains(down: TcpStream, l: &ListenerCtx, t: &TcpProxy, chains: &Chains) {
+    let dst = if t.original_destination {
+        // A connection to the listener's own address matches too (Istio's blackhole chain).
+        match crate::io::intercept::original_destination(&down, t.address) {
+            Ok(a) | Err(crate::io::intercept::OrigDstError::Loop(a)) => Some(a),
+            Err(_) => None,
+        }
+    } else {
+        down.local_addr().ok()
+    };
+    let (Some(dst), Ok(src)) = (dst, down.peer_addr()) else {
+        tracing::debug!(listener = %l.name, "no addresses for chain matching; closing");
+        return;
+    };
+    let on = |i: &Option<crate::config::Inspector>, needed: bool| {
+        needed && i.as_ref().is_some_and(|i| i.enabled_for(dst.port()))
+    };
+    let (tls, http) = (
+        on(&chains.tls_inspector, chains.needs.0),
+        on(&chains.http_inspector, chains.needs.1),
+    );
+    let inspected = if tls || http {
+        tcp_proxy::inspect(&down, tls, http).await
+    } else {
+        tcp_proxy::Inspected {
+            transport: "raw_buffer",
+            application_protocol: None,
+            hello: None,
+        }
+    };
+    // A TLS connection's ALPN list (allocated for TLS connections only).
+    let tls_alpn: Vec<&str> = inspected
+        .hello
+        .iter()
+        .flat_map(|h| h.alpn.iter().map(String::as_str))
+        .collect();
+    let info = chain::ConnInfo {
+        dst,
+        src,
+        server_name: inspected
+            .hello
+            .as_ref()
+            .map_or(&b""[..], |h| &h.server_name),
+        transport: inspected.transport,
+        application_protocols: match &inspected.hello {
+            Some(_) => &tls_alpn,
+            None => inspected.application_protocol.as_slice(),
+        },
+    };
+    let target = match chain::select(&chains.matches, &info) {
+        Some(i) => chains.targets.get(i),
+        None => chains.default.as_ref(),
+    };
+    match target {
+        None => l.stats.inc(l.ids.cx_no_filter_chain),
+        Some(None) => l.stats.inc(l.ids.cx_chain_unserved),
+        Some(Some(v)) => {
+            let v = v.get();
+            if v.admit() {
+                // Boxed: serve_connection brought us here. One allocation per connection.
+                Box::pin(serve_connection(down, v)).await;
+            }
+        }
+    }
 }
 
 /// A virtual listener (`bind: false`) as an `original_destination` listener sees it.
@@ -119,26 +213,14 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
     l.stats.inc(l.ids.cx_active);
     conns.open.set(conns.open.get() + 1);
     // Whether the drain's deadline cut the connection.
-    let cut = match l.protocol {
-        // Config validation keeps TCP listeners off the DPDK path.
-        Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
-            (Ok(s), Some(t)) => {
-                let virtuals = l.virtuals.get();
-                tcp_proxy::serve(s, t, &virtuals, &drain).await
-            }
-            (Err(_), _) => {
-                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
+    let cut = match l.tls.clone() {
+        None => serve_protocol(stream, &l, &drain).await,
+        Some(tls) => match crate::io::Conn::into_kernel(stream) {
+            Ok(tcp) => serve_tls(tcp, &l, &tls, &drain).await,
+            Err(_) => {
+                tracing::error!(listener = %l.name, "TLS needs a kernel socket");
                 false
             }
-            (Ok(_), None) => false,
-        },
-        Protocol::Dubbo => match l.dubbo.clone() {
-            Some(d) => downstream::serve(stream, d, &drain).await,
-            None => false,
-        },
-        Protocol::Triple => match l.triple.clone() {
-            Some(t) => crate::filter::triple::conn::serve(stream, t, &drain).await,
-            None => false,
         },
     };
     l.stats.dec(l.ids.cx_active);
@@ -155,6 +237,67 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
     conns.open.set(conns.open.get() - 1);
     if conns.open.get() == 0 {
         conns.none_open.notify();
+    }
+}
+
+/// Serves a connection (plaintext, or TLS after its handshake) by the listener's protocol;
+/// whether the drain's deadline cut it.
+async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &Rc<Drain>) -> bool {
+    match l.protocol {
+        // Config validation keeps TCP listeners off the DPDK path.
+        Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
+            (Ok(s), Some(t)) => {
+                let chains = l.chains.get();
+                if chains.is_empty() {
+                    let virtuals = l.virtuals.get();
+                    tcp_proxy::serve(s, t, &virtuals, drain).await
+                } else {
+                    serve_chains(s, l, t, &chains).await;
+                    false
+                }
+            }
+            (Err(_), _) => {
+                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
+                false
+            }
+            (Ok(_), None) => false,
+        },
+        Protocol::Dubbo => match l.dubbo.clone() {
+            Some(d) => downstream::serve(stream, d, drain).await,
+            None => false,
+        },
+        Protocol::Triple => match l.triple.clone() {
+            Some(t) => crate::filter::triple::conn::serve(stream, t, drain).await,
+            None => false,
+        },
+    }
+}
+
+/// A connection to a listener with `tls`: a handshake, then the protocol over TLS. PERMISSIVE
+/// serves a connection whose first byte is not a TLS record as plaintext; STRICT closes it
+/// (the handshake fails on its first bytes).
+async fn serve_tls(
+    tcp: TcpStream,
+    l: &ListenerCtx,
+    tls: &crate::io::tls::ServerTls,
+    drain: &Rc<Drain>,
+) -> bool {
+    if tls.mode == crate::config::TlsMode::Permissive
+        && !crate::io::tls::starts_with_tls(&tcp).await
+    {
+        l.stats.inc(l.ids.tls_plaintext);
+        return serve_protocol(tcp, l, drain).await;
+    }
+    match crate::io::tls::accept(tcp, tls).await {
+        Ok(s) => {
+            l.stats.inc(l.ids.tls_handshake);
+            serve_protocol(s, l, drain).await
+        }
+        Err(e) => {
+            l.stats.inc(l.ids.tls_error);
+            tracing::debug!(listener = %l.name, error = %e, "TLS handshake failed");
+            false
+        }
     }
 }
 

@@ -243,6 +243,8 @@ struct ShardState {
     listeners: Vec<ShardListener>,
     connections: Rc<Cell<usize>>,
     accepting: bool,
+    /// Access-log batches of this shard, one per file.
+    logs: crate::access_log::ShardLogs,
 }
 
 impl ShardState {
@@ -259,6 +261,7 @@ impl ShardState {
         let reindexed = self.apply_clusters(&snap);
         self.apply_listeners(&snap, reindexed, drains);
         self.link_virtuals();
+        self.link_chains();
         self.snapshot = snap;
     }
 
@@ -291,6 +294,7 @@ impl ShardState {
                     c,
                     eps.clone(),
                     snap.cluster_ids[i].clone(),
+                    snap.tls.clusters.get(i).cloned().flatten(),
                 ));
                 ClusterEntry {
                     params,
@@ -469,6 +473,49 @@ impl ShardState {
         }
     }
 
+    /// Gives each listener with `filter_chains` its compiled chains and the virtual listeners
+    /// that serve them (validation made sure they exist and are virtual).
+    fn link_chains(&self) {
+        let ctx_of = |name: &Option<String>| {
+            let name = name.as_ref()?;
+            self.listeners
+                .iter()
+                .find(|x| &x.cfg.name == name)
+                .map(|x| x.ctx.clone())
+        };
+        for sl in &self.listeners {
+            let cfg = &sl.cfg;
+            if cfg.filter_chains.is_empty() && cfg.default_filter_chain.is_none() {
+                continue;
+            }
+            let matches: Vec<crate::filter::chain::Match> = cfg
+                .filter_chains
+                .iter()
+                .map(|c| crate::filter::chain::Match::new(&c.matcher))
+                .collect();
+            let needs = matches.iter().fold((false, false), |acc, m| {
+                let (t, a) = m.inspects();
+                (acc.0 || t, acc.1 || a)
+            });
+            let chains = listener::Chains {
+                targets: cfg
+                    .filter_chains
+                    .iter()
+                    .map(|c| ctx_of(&c.listener))
+                    .collect(),
+                default: cfg
+                    .default_filter_chain
+                    .as_ref()
+                    .map(|c| ctx_of(&c.listener)),
+                matches,
+                tls_inspector: cfg.tls_inspector.clone(),
+                http_inspector: cfg.http_inspector.clone(),
+                needs,
+            };
+            sl.ctx.get().chains.set(Rc::new(chains));
+        }
+    }
+
     fn tcp_cluster(&self, l: &config::Listener) -> Option<Rc<ShardCluster>> {
         let name = l.cluster.as_ref()?;
         self.clusters.get(name).map(|e| e.lb.clone())
@@ -542,6 +589,10 @@ impl ShardState {
         let l = &snap.config.listeners[index];
         let id = self.id;
         let stats = &self.stats;
+        let log = snap
+            .access_logs
+            .get(index)
+            .and_then(|specs| self.logs.listener(specs, stats));
         let dubbo = snap.dubbo_ids[index].map(|dubbo_ids| {
             let d = l.dubbo.clone().unwrap_or_default();
             let routes = self.dubbo_routes(snap, index);
@@ -564,6 +615,8 @@ impl ShardState {
                 budget: self.budget.clone(),
                 services,
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
+                log: log.clone(),
+                log_pool: Default::default(),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -585,6 +638,8 @@ impl ShardState {
                 budget: self.budget.clone(),
                 services,
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
+                log: log.clone(),
+                log_pool: Default::default(),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
@@ -597,6 +652,7 @@ impl ShardState {
                 idle_timeout: Duration::from_millis(l.idle_timeout_ms),
                 stats: stats.clone(),
                 ids: snap.listener_ids[index],
+                log: log.clone(),
             })
         });
         Rc::new(ListenerCtx {
@@ -610,6 +666,8 @@ impl ShardState {
             tcp,
             conns,
             virtuals: Latest::new(Rc::new([])),
+            chains: Latest::default(),
+            tls: snap.tls.listeners.get(index).cloned().flatten(),
         })
     }
 
@@ -710,6 +768,7 @@ impl Detached {
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: false,
+            logs: Default::default(),
         };
         st.apply(snapshot, &[]);
         Detached(st)
@@ -758,6 +817,7 @@ pub fn shard_main(
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
+            logs: Default::default(),
         };
         #[cfg(feature = "dpdk")]
         crate::dpdk::start_shard(id, process.stats(), st.stats.clone());
@@ -831,6 +891,8 @@ pub fn shard_main(
                 "drain timeout: closing connections still open"
             );
         }
+        // The lines of the last calls go to their writers (the process waits for them).
+        st.logs.flush_all();
         tracing::debug!(shard = id, "drained");
     })
 }

@@ -25,6 +25,9 @@ use codec::hessian2::Scalar;
 pub struct Provider {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
+    /// While set, every Hessian2 request is answered with status 80 (SERVER_ERROR), as a
+    /// provider in trouble does.
+    pub fail: Arc<AtomicBool>,
     /// The method of every Hessian2 request received, one-way ones included, in order.
     #[allow(clippy::disallowed_types)]
     pub seen: Arc<Mutex<Vec<String>>>,
@@ -45,16 +48,18 @@ impl Provider {
         l.set_nonblocking(true).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let fail = Arc::new(AtomicBool::new(false));
         #[allow(clippy::disallowed_types)]
         let conns = Arc::new(Mutex::new(Vec::new()));
         #[allow(clippy::disallowed_types)]
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (a, s, c, name, log) = (
+        let (a, s, c, name, log, failing) = (
             accepted.clone(),
             stop.clone(),
             conns.clone(),
             name.to_string(),
             seen.clone(),
+            fail.clone(),
         );
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
@@ -64,8 +69,8 @@ impl Provider {
                         conn.set_nodelay(true).unwrap();
                         a.fetch_add(1, Ordering::SeqCst);
                         c.lock().unwrap().push(conn.try_clone().unwrap());
-                        let (name, log) = (name.clone(), log.clone());
-                        std::thread::spawn(move || serve(conn, &name, &log));
+                        let (name, log, failing) = (name.clone(), log.clone(), failing.clone());
+                        std::thread::spawn(move || serve(conn, &name, &log, &failing));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -74,6 +79,7 @@ impl Provider {
         Provider {
             addr,
             accepted,
+            fail,
             seen,
             stop,
             conns,
@@ -104,7 +110,7 @@ impl Drop for Provider {
 }
 
 #[allow(clippy::disallowed_types)]
-fn serve(mut conn: TcpStream, name: &str, seen: &Mutex<Vec<String>>) {
+fn serve(mut conn: TcpStream, name: &str, seen: &Mutex<Vec<String>>, failing: &AtomicBool) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 256 * 1024];
     loop {
@@ -128,6 +134,12 @@ fn serve(mut conn: TcpStream, name: &str, seen: &Mutex<Vec<String>>) {
                         seen.lock().unwrap().push(method.clone());
                         if method == "hold" {
                             None
+                        } else if failing.load(Ordering::SeqCst) {
+                            Some(encode::response_error(
+                                h.request_id,
+                                Status::ServerError,
+                                &format!("{name} is failing"),
+                            ))
                         } else {
                             let arg0 = match req.argument(0) {
                                 Ok(Some(Scalar::Str(s))) => String::from_utf8_lossy(s).to_string(),

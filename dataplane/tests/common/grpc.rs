@@ -209,6 +209,17 @@ pub struct CallOpts {
     /// grpcio only: gRPC's transparent retries of calls the server never saw (calls queued on
     /// a connection when a GOAWAY arrives; RFC 9113 6.8 streams above the last stream id).
     pub transparent_retries: bool,
+    /// grpcio only: a TLS channel (mutual when `cert` is set) instead of h2c.
+    pub tls: Option<ClientTls>,
+}
+
+/// A grpcio TLS channel: PEM files, and the name the server certificate is checked against
+/// (`grpc.ssl_target_name_override`; it must be one of the certificate's DNS SANs).
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: Option<(PathBuf, PathBuf)>,
+    pub authority: String,
 }
 
 impl Default for CallOpts {
@@ -221,6 +232,7 @@ impl Default for CallOpts {
             metadata: Vec::new(),
             service: None,
             transparent_retries: false,
+            tls: None,
         }
     }
 }
@@ -254,6 +266,10 @@ impl CallOpts {
     }
     pub fn transparent_retries(mut self) -> Self {
         self.transparent_retries = true;
+        self
+    }
+    pub fn tls(mut self, t: ClientTls) -> Self {
+        self.tls = Some(t);
         self
     }
 }
@@ -311,6 +327,13 @@ pub fn peer_call(peer: Peer, target: SocketAddr, opts: &CallOpts) -> CallOutcome
     }
     if opts.transparent_retries {
         cmd.arg("--transparent-retries");
+    }
+    if let Some(t) = &opts.tls {
+        cmd.arg("--tls-ca").arg(&t.ca);
+        cmd.args(["--tls-authority", &t.authority]);
+        if let Some((cert, key)) = &t.cert {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
     }
     let within = Duration::from_secs_f64(opts.timeout_s * opts.count.max(1) as f64 + 30.0);
     let out = run_with_deadline(cmd, within);

@@ -334,7 +334,8 @@ impl Client {
 /// A test upstream: each stream is answered, once the request ends, with a gRPC message
 /// `{name}:{request payload}` and grpc-status 0. Request headers switch behaviour:
 /// `x-delay-ms` (wait first), `x-reply-bytes` (reply with that many bytes), `x-rst` (reset the
-/// stream instead), `x-status` (reply with that grpc-status), `x-echo-header` (reply with the
+/// stream instead), `x-status` (reply with that grpc-status), `x-fail-on: NAME` (UNAVAILABLE
+/// when this upstream is NAME), `x-echo-header` (reply with the
 /// value of the named request header).
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -426,7 +427,13 @@ fn serve_upstream(name: &str, s: TcpStream) {
             v.extend_from_slice(body.get(5..).unwrap_or(&[]));
             v
         };
-        let status = get("x-status").unwrap_or_else(|| "0".into());
+        // `x-fail-on: NAME`: the upstream of that name answers UNAVAILABLE (a provider in
+        // trouble among healthy ones).
+        let status = if get("x-fail-on").is_some_and(|n| n == name) {
+            "14".to_string()
+        } else {
+            get("x-status").unwrap_or_else(|| "0".into())
+        };
         p.headers(
             sid,
             &[(":status", "200"), ("content-type", "application/grpc")],

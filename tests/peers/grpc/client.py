@@ -1,6 +1,6 @@
 """A grpcio (PyPI grpcio==1.85.1) Greeter client over plaintext HTTP/2 (h2c with prior
-knowledge: grpcio's insecure channels never use HTTP/1.1 Upgrade), for ringside's gRPC / Triple
-tests.
+knowledge: grpcio's insecure channels never use HTTP/1.1 Upgrade), or over TLS with --tls-ca
+(mutual with --tls-cert/--tls-key), for ringside's gRPC / Triple tests.
 
 Usage: python client.py --target host:port [--call unary|server_stream|client_stream|bidi]
        [--count N] [--payload-bytes B] [--timeout-s T] [--metadata k=v]... [--name NAME]
@@ -28,17 +28,26 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 def main():
     a, metadata = stubs.client_args()
-    channel = grpc.insecure_channel(
-        a.target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            # Off: a call ringside fails must fail here, not be retried away. With
-            # --transparent-retries only calls the server never saw are retried (grpc-core
-            # transparent retries: no retry policy is configured).
-            ("grpc.enable_retries", 1 if a.transparent_retries else 0),
-        ],
-    )
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        # Off: a call ringside fails must fail here, not be retried away. With
+        # --transparent-retries only calls the server never saw are retried (grpc-core
+        # transparent retries: no retry policy is configured).
+        ("grpc.enable_retries", 1 if a.transparent_retries else 0),
+    ]
+    if a.tls_ca:
+        read = lambda p: open(p, "rb").read() if p else None
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(a.tls_ca),
+            private_key=read(a.tls_key),
+            certificate_chain=read(a.tls_cert),
+        )
+        if a.tls_authority:
+            options.append(("grpc.ssl_target_name_override", a.tls_authority))
+        channel = grpc.secure_channel(a.target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(a.target, options=options)
     ser = pb2.HelloRequest.SerializeToString
     de = pb2.HelloReply.FromString
 

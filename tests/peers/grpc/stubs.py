@@ -71,6 +71,11 @@ def client_args():
     p.add_argument("--transparent-retries", action="store_true",
                    help="grpcio only: keep gRPC's transparent retries of calls the server never "
                         "saw (off by default, so that every failure ringside causes shows)")
+    p.add_argument("--tls-ca", help="grpcio only: a TLS channel trusting this PEM CA bundle")
+    p.add_argument("--tls-cert", help="grpcio only: client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="grpcio only: its private key")
+    p.add_argument("--tls-authority",
+                   help="grpcio only: the DNS name the server certificate must carry")
     a = p.parse_args()
     metadata = []
     for kv in a.metadata:

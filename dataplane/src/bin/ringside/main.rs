@@ -317,6 +317,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     let mut signals = match signal_hook::iterator::SignalsInfo::<WithOrigin>::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -325,7 +326,13 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         }
     };
     std::thread::spawn(move || {
-        if let Some(origin) = signals.forever().next() {
+        for origin in signals.forever() {
+            if origin.signal == signal_hook::consts::SIGUSR1 {
+                // Log rotation: the access-log writers reopen their files.
+                tracing::info!("SIGUSR1: reopening access log files");
+                dataplane::access_log::reopen_all();
+                continue;
+            }
             let reason = if origin.signal == signal_hook::consts::SIGTERM {
                 "SIGTERM"
             } else {
@@ -337,8 +344,11 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
             );
             tracing::info!(signal = reason, %sender, "drain requested by a signal");
             let _ = control.try_send(ControlEvent::Drain { reason });
+            break;
         }
     });
     server.run_until_drained();
+    // The shards handed their last access-log batches to the writers: let them finish.
+    dataplane::access_log::drain_all(std::time::Duration::from_secs(2));
     ExitCode::SUCCESS
 }

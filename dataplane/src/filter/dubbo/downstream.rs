@@ -15,13 +15,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
 use shard::{Event, Notify};
 
+use crate::access_log::{DubboCall, Flags, ListenerLog, Record, NO_HEADERS};
 use crate::filter::{service_ids, Budget, Charge, Counted, Drain, RequestStatIds, ServiceStatsMap};
 use crate::io::READ_CHUNK_BYTES;
 use crate::route::Dice;
@@ -126,9 +128,80 @@ pub struct DubboListener {
     pub services: Rc<RefCell<ServiceStatsMap>>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
     pub dice: Dice,
+    /// Access logs, when the listener has any (one line per call).
+    pub log: Option<Rc<ListenerLog>>,
+    /// Spent call records, reused (no allocation per logged call in steady state).
+    pub log_pool: RefCell<Vec<Box<Logged>>>,
+}
+
+/// Spent records kept for reuse per listener and shard.
+const LOG_POOL_MAX: usize = 1024;
+
+/// What a logged call keeps from its request until it is answered.
+pub struct Logged {
+    start: SystemTime,
+    started: Instant,
+    /// interface, method, version, group, one after the other (`ends` marks where each ends).
+    fields: Vec<u8>,
+    ends: [usize; 4],
+    request_id: u64,
+    bytes_received: u64,
+}
+
+impl Logged {
+    fn call(&self) -> DubboCall<'_> {
+        let f = |i: usize| &self.fields[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]];
+        DubboCall {
+            interface: f(0),
+            method: f(1),
+            version: f(2),
+            group: f(3),
+            request_id: self.request_id,
+        }
+    }
 }
 
 impl DubboListener {
+    /// A record of a request for the access log (`None` when the listener logs nothing).
+    fn capture(
+        &self,
+        h: &wire::Header,
+        frame_bytes: usize,
+        req: Option<&wire::RequestView<'_>>,
+    ) -> Option<Box<Logged>> {
+        self.log.as_ref()?;
+        let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(Logged {
+                start: SystemTime::UNIX_EPOCH,
+                started: Instant::now(),
+                fields: Vec::new(),
+                ends: [0; 4],
+                request_id: 0,
+                bytes_received: 0,
+            })
+        });
+        lg.start = SystemTime::now();
+        lg.started = Instant::now();
+        lg.request_id = h.id;
+        lg.bytes_received = frame_bytes as u64;
+        lg.fields.clear();
+        if let Some(r) = req {
+            let parts = [
+                r.interface_bytes(),
+                r.method_bytes(),
+                r.version_bytes(),
+                r.group_bytes().unwrap_or_default(),
+            ];
+            for (i, p) in parts.iter().enumerate() {
+                lg.fields.extend_from_slice(p);
+                lg.ends[i] = lg.fields.len();
+            }
+        } else {
+            lg.ends = [0; 4];
+        }
+        Some(lg)
+    }
+
     /// The counters of one interface/method: a map lookup on the data path, a registration
     /// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
     fn service_ids(&self, interface: &[u8], method: &[u8]) -> RequestStatIds {
@@ -201,6 +274,8 @@ pub struct DownConn {
     draining_since: Cell<Option<Instant>>,
     /// Set when the writer is done (ends the drain announcer).
     finished: Event,
+    /// The caller's and our address (looked up only when the listener logs).
+    addrs: (Option<SocketAddr>, Option<SocketAddr>),
 }
 
 impl DownConn {
@@ -221,13 +296,67 @@ impl DownConn {
 
     /// Queues an error reply made by ringside itself (`counted`: once routed).
     /// Answers request `id` with the status and message of `e` (see [`LocalError::status`]).
-    pub fn local_reply(&self, id: u64, e: &LocalError<'_>, counted: Option<Counted>) {
+    /// Returns the answer's length.
+    pub fn local_reply(&self, id: u64, e: &LocalError<'_>, counted: Option<Counted>) -> usize {
         self.l.stats.inc(self.l.ids.rsp_local);
         if let Some(c) = counted {
             c.inc(&self.l.stats, |c| c.rsp_local);
         }
         let message = format!("ringside: {e}");
-        self.push(wire::error_response(id, e.status(), &message));
+        let frame = wire::error_response(id, e.status(), &message);
+        let len = frame.len();
+        self.push(frame);
+        len
+    }
+
+    /// Answers `id` with `e` and logs the call (when the listener logs and `lg` was captured).
+    fn local_reply_logged(
+        &self,
+        id: u64,
+        e: &LocalError<'_>,
+        counted: Option<Counted>,
+        lg: Option<Box<Logged>>,
+        cluster: Option<&str>,
+    ) {
+        let len = self.local_reply(id, e, counted);
+        if let Some(lg) = lg {
+            let status = e.status().0;
+            self.log_call(lg, status, e.flags(), e.upstream(), cluster, len);
+        }
+    }
+
+    /// Writes a call's access-log line and keeps its record for reuse.
+    pub(crate) fn log_call(
+        &self,
+        lg: Box<Logged>,
+        status: u8,
+        flags: Flags,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+        bytes_sent: usize,
+    ) {
+        let Some(log) = &self.l.log else { return };
+        log.write(&Record {
+            start: lg.start,
+            duration: lg.started.elapsed(),
+            protocol: Some("dubbo"),
+            response_code: Some(u32::from(status)),
+            grpc_status: None,
+            flags,
+            upstream_host: upstream,
+            upstream_cluster: cluster,
+            route_name: None,
+            downstream_remote: self.addrs.0,
+            downstream_local: self.addrs.1,
+            bytes_received: lg.bytes_received,
+            bytes_sent: bytes_sent as u64,
+            headers: NO_HEADERS,
+            dubbo: Some(lg.call()),
+        });
+        let mut pool = self.l.log_pool.borrow_mut();
+        if pool.len() < LOG_POOL_MAX {
+            pool.push(lg);
+        }
     }
 
     /// Wakes the reader if it waits for room under `pending_requests_per_connection_max`
@@ -366,6 +495,10 @@ async fn watch(conn: &Rc<DownConn>, accepted: Instant) -> Cut {
 pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
+    let addrs = match l.log {
+        Some(_) => stream.addrs(),
+        None => (None, None),
+    };
     let conn = Rc::new(DownConn {
         l,
         out: RefCell::new(VecDeque::new()),
@@ -385,6 +518,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         draining: Cell::new(false),
         draining_since: Cell::new(None),
         finished: Event::new(),
+        addrs,
     });
     let (r, w) = stream.into_split();
     let cut = shard::monoio::select! {
@@ -561,7 +695,7 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
                             if !h.two_way {
                                 l.stats.inc(l.ids.rq_oneway);
                             }
-                            shed(conn, &h);
+                            shed(conn, &h, buf.len() + n);
                             skip = buf.len() + n;
                             continue;
                         }
@@ -624,7 +758,8 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         // Consumers don't send responses: the stream is not what we think it is.
         l.stats.inc(l.ids.rq_bad);
         tracing::debug!(listener = %l.name, id = h.id, "response frame from a consumer; closing");
-        conn.local_reply(h.id, &LocalError::ResponseFromConsumer, None);
+        let lg = l.capture(&h, frame.len(), None);
+        conn.local_reply_logged(h.id, &LocalError::ResponseFromConsumer, None, lg, None);
         return Err(());
     }
     l.stats.inc(l.ids.rq_total);
@@ -634,13 +769,13 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     }
     if !l.budget.admits() {
         // The shard holds too much buffered; requests already admitted go on.
-        shed(conn, &h);
+        shed(conn, &h, frame.len());
         return Ok(());
     }
     // This request routes on the routes current now (an Rc, so an update cannot pull them
     // away mid-request).
     let routes = l.routes.get();
-    let Some((action, service)) = route_frame(conn, &h, &frame, &routes)? else {
+    let Some((action, service, lg)) = route_frame(conn, &h, &frame, &routes)? else {
         return Ok(());
     };
     let counted = Counted {
@@ -657,7 +792,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
                         listener: &l.name,
                         bucket: limit.config(),
                     };
-                    conn.local_reply(h.id, &e, Some(counted));
+                    conn.local_reply_logged(h.id, &e, Some(counted), lg, None);
                 }
                 return Ok(());
             }
@@ -665,33 +800,48 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     }
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
-    let refused = match pool.forward(frame, h.id, h.two_way, timeout, conn, counted) {
-        Ok(()) => return Ok(()),
-        Err(ForwardError::NoHealthyEndpoint) => {
-            l.stats.inc(l.ids.rq_no_healthy_upstream);
-            LocalError::NoHealthyEndpoint(&pool.lb.name)
+    // A one-way request's record stays here: it is logged as it leaves (nothing comes back).
+    let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
+    let cluster = Some(&*pool.lb.name);
+    let (refused, lg) = match pool.forward(frame, h.id, h.two_way, timeout, conn, counted, lg) {
+        Ok(()) => {
+            if let Some(lg) = oneway_lg {
+                conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
+            }
+            return Ok(());
         }
-        Err(ForwardError::CircuitOpen { limit }) => {
+        Err((ForwardError::NoHealthyEndpoint, lg)) => {
+            l.stats.inc(l.ids.rq_no_healthy_upstream);
+            (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
+        }
+        Err((ForwardError::CircuitOpen { limit }, lg)) => {
             l.stats.inc(l.ids.rq_overflow);
-            LocalError::CircuitOpen {
+            let e = LocalError::CircuitOpen {
                 cluster: &pool.lb.name,
                 limit,
-            }
+            };
+            (e, lg)
         }
-        Err(ForwardError::Overflow { addr, limit }) => {
+        Err((ForwardError::Overflow { addr, limit }, lg)) => {
             l.stats.inc(l.ids.rq_overflow);
-            LocalError::Overflow { addr, limit }
+            (LocalError::Overflow { addr, limit }, lg)
         }
     };
     if h.two_way {
-        conn.local_reply(h.id, &refused, Some(counted));
+        conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
+    } else if let Some(lg) = oneway_lg {
+        conn.log_call(lg, 0, refused.flags(), refused.upstream(), cluster, 0);
     }
     Ok(())
 }
 
+/// A routed request: its route's action, its (interface, method) counters and its access-log
+/// record.
+type Routed<'r> = (&'r Action, RequestStatIds, Option<Box<Logged>>);
+
 /// Sheds a new request because the shard's buffer budget is exhausted: counted, answered 100
 /// (a one-way request is dropped).
-fn shed(conn: &DownConn, h: &wire::Header) {
+fn shed(conn: &DownConn, h: &wire::Header, frame_bytes: usize) {
     let l = &conn.l;
     l.budget.shed();
     if h.two_way {
@@ -699,7 +849,8 @@ fn shed(conn: &DownConn, h: &wire::Header) {
             buffered: l.budget.used(),
             limit: l.budget.max(),
         };
-        conn.local_reply(h.id, &e, None);
+        let lg = l.capture(h, frame_bytes, None);
+        conn.local_reply_logged(h.id, &e, None, lg, None);
     }
 }
 
@@ -712,7 +863,7 @@ fn route_frame<'r>(
     h: &wire::Header,
     frame: &[u8],
     routes: &'r DubboRoutes,
-) -> Result<Option<(&'r Action, RequestStatIds)>, ()> {
+) -> Result<Option<Routed<'r>>, ()> {
     let l = &conn.l;
     if !h.hessian2 {
         l.stats.inc(l.ids.rq_opaque);
@@ -723,25 +874,28 @@ fn route_frame<'r>(
                     listener: &l.name,
                     serialization: h.serialization,
                 };
-                conn.local_reply(h.id, &e, None);
+                let lg = l.capture(h, frame.len(), None);
+                conn.local_reply_logged(h.id, &e, None, lg, None);
             }
             return Ok(None);
         };
-        return Ok(Some((a, l.ids.other_service)));
+        let lg = l.capture(h, frame.len(), None);
+        return Ok(Some((a, l.ids.other_service, lg)));
     }
     let req = match wire::RequestView::parse(frame) {
         Ok(r) => r,
         Err(e) => {
             l.stats.inc(l.ids.rq_bad);
             if h.two_way {
-                conn.local_reply(h.id, &LocalError::BadRequest(e), None);
+                let lg = l.capture(h, frame.len(), None);
+                conn.local_reply_logged(h.id, &LocalError::BadRequest(e), None, lg, None);
             }
             return Err(());
         }
     };
     let service = l.service_ids(req.interface_bytes(), req.method_bytes());
     if let Some(a) = routes.router.route(&req) {
-        return Ok(Some((a, service)));
+        return Ok(Some((a, service, l.capture(h, frame.len(), Some(&req)))));
     }
     l.stats.inc(service.rq_total);
     l.stats.inc(service.rsp_local);
@@ -754,7 +908,8 @@ fn route_frame<'r>(
             group: req.group_bytes().unwrap_or(b"-"),
             listener: &l.name,
         };
-        conn.local_reply(h.id, &e, None);
+        let lg = l.capture(h, frame.len(), Some(&req));
+        conn.local_reply_logged(h.id, &e, None, lg, None);
     }
     Ok(None)
 }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use codec::DecodeError;
 
+use crate::access_log::Flags;
+
 use super::upstream::HEARTBEAT_MISSES_MAX;
 use super::wire::Status;
 
@@ -114,6 +116,44 @@ pub enum UpstreamGone {
 }
 
 impl LocalError<'_> {
+    /// The access log's response flags for this answer (Envoy's names).
+    pub fn flags(&self) -> Flags {
+        match self {
+            LocalError::BadFrame(_)
+            | LocalError::ResponseFromConsumer
+            | LocalError::BadRequest(_) => Flags::DOWNSTREAM_PROTOCOL_ERROR,
+            LocalError::NoRoute { .. } | LocalError::NoDefaultRoute { .. } => Flags::NO_ROUTE_FOUND,
+            LocalError::NoHealthyEndpoint(_) => Flags::NO_HEALTHY_UPSTREAM,
+            LocalError::UpstreamFailed {
+                why: UpstreamGone::ConnectFailed(_) | UpstreamGone::ConnectTimeout,
+                ..
+            } => Flags::UPSTREAM_CONNECTION_FAILURE,
+            LocalError::UpstreamFailed {
+                why: UpstreamGone::BadFrame(_),
+                ..
+            } => Flags::UPSTREAM_PROTOCOL_ERROR,
+            LocalError::UpstreamFailed { .. } => Flags::UPSTREAM_CONNECTION_TERMINATION,
+            LocalError::ResponseTooLarge { .. } => Flags::UPSTREAM_PROTOCOL_ERROR,
+            LocalError::Overflow { .. } | LocalError::CircuitOpen { .. } => {
+                Flags::UPSTREAM_OVERFLOW
+            }
+            LocalError::Timeout { .. } => Flags::UPSTREAM_REQUEST_TIMEOUT,
+            LocalError::RateLimited { .. } => Flags::RATE_LIMITED,
+            LocalError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
+        }
+    }
+
+    /// The upstream the answer is about, when there is one.
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        match self {
+            LocalError::Overflow { addr, .. }
+            | LocalError::Timeout { addr, .. }
+            | LocalError::UpstreamFailed { addr, .. }
+            | LocalError::ResponseTooLarge { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
     /// The Dubbo response status the caller gets.
     pub fn status(&self) -> Status {
         match self {

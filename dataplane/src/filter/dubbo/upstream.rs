@@ -25,12 +25,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
 use shard::Notify;
 
-use super::downstream::DownConn;
+use super::downstream::{DownConn, Logged};
 use super::error::{LocalError, UpstreamGone};
 use super::wire;
+use crate::access_log::Flags;
 use crate::cluster::{
     Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
     ENDPOINT_FAILURE_BACKOFF_MS,
@@ -50,6 +51,8 @@ pub(crate) struct Pending {
     deadline: Instant,
     started: Instant,
     counted: Counted,
+    /// The call's access-log record (when the listener logs).
+    log: Option<Box<Logged>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -94,6 +97,8 @@ pub struct Host {
     /// picked again; its connections close once their requests in flight are answered.
     retired: Cell<bool>,
     ids: HostStatIds,
+    /// Consecutive errors and ejections (`outlier_detection`).
+    outlier: crate::cluster::Outlier,
 }
 
 /// A cluster's upstream pools on one shard.
@@ -114,6 +119,8 @@ pub struct ClusterPool {
     budget: Rc<Budget>,
     /// This shard's part of `circuit_breakers.max_requests`, when the cluster has one.
     breaker: Option<crate::cluster::RequestBreaker>,
+    /// Consecutive-error ejection, when the cluster has `outlier_detection`.
+    outlier: Option<crate::cluster::OutlierConfig>,
 }
 
 /// Why a request could not be sent upstream; each becomes a local reply.
@@ -150,6 +157,7 @@ impl ClusterPool {
             response_bytes_max: c.response_bytes_max,
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
+            outlier: crate::cluster::OutlierConfig::for_cluster(c),
             stats,
             ids,
             budget,
@@ -170,6 +178,7 @@ impl ClusterPool {
                 readonly: Cell::new(false),
                 retired: Cell::new(false),
                 ids: slot.ids,
+                outlier: Default::default(),
             }
         })
     }
@@ -181,6 +190,10 @@ impl ClusterPool {
             self.hosts.peek(i, |h| match h {
                 Some(h) if h.readonly.get() => Availability::Excluded,
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
+                // Ejected: like back-off, used only when no endpoint is ready.
+                Some(h) if self.outlier.is_some() && h.outlier.is_ejected(now) => {
+                    Availability::BackingOff
+                }
                 _ => Availability::Ready,
             })
         })?;
@@ -207,19 +220,23 @@ impl ClusterPool {
         timeout: Duration,
         down: &Rc<DownConn>,
         counted: Counted,
-    ) -> Result<(), ForwardError> {
+        log: Option<Box<Logged>>,
+    ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
-        let host = self.pick_host(now).ok_or(ForwardError::NoHealthyEndpoint)?;
+        let Some(host) = self.pick_host(now) else {
+            return Err((ForwardError::NoHealthyEndpoint, log));
+        };
         if let Some(b) = self.breaker.as_ref().filter(|b| b.is_open()) {
             self.stats.inc(self.ids.rq_active_overflow);
-            return Err(ForwardError::CircuitOpen { limit: b.max });
+            return Err((ForwardError::CircuitOpen { limit: b.max }, log));
         }
         if host.pending.get() >= self.pending_max {
             self.stats.inc(self.ids.rq_overflow);
-            return Err(ForwardError::Overflow {
+            let e = ForwardError::Overflow {
                 addr: host.addr,
                 limit: self.pending_max,
-            });
+            };
+            return Err((e, log));
         }
         let rq = if two_way {
             Request::TwoWay(Pending {
@@ -228,6 +245,7 @@ impl ClusterPool {
                 deadline: now + timeout,
                 started: now,
                 counted,
+                log,
             })
         } else {
             Request::OneWay(down.clone())
@@ -269,6 +287,32 @@ impl ClusterPool {
         self.stats.inc(self.ids.rq_active);
         down.inflight.set(down.inflight.get() + 1);
         conn.enqueue(frame.freeze());
+    }
+
+    /// One request's outcome at `host`, for outlier detection (when the cluster has it).
+    fn outcome(&self, host: &Host, failed: bool) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        if !failed {
+            host.outlier.success();
+            return;
+        }
+        let now = Instant::now();
+        let share = || {
+            let mut live = self.lb.endpoints().live.to_vec();
+            live.sort_unstable();
+            live.dedup();
+            (self.hosts.count(|h| h.outlier.is_ejected(now)), live.len())
+        };
+        match host.outlier.failure(cfg, now, share) {
+            crate::cluster::Ejection::None => {}
+            crate::cluster::Ejection::Ejected(t) => {
+                crate::cluster::count_ejection(&self.stats, &self.ids, t);
+                tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
+            }
+            crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
+        }
     }
 
     /// A request that reached no provider and has nobody to answer (one-way): counted.
@@ -386,12 +430,41 @@ impl UpConn {
     /// Ends one pending request: counters down, and its caller answered with `reply`.
     fn finish(&self, p: Pending, reply: Reply<'_>) {
         self.release(&p.down);
+        if self.pool.outlier.is_some() {
+            let failed = match &reply {
+                // Statuses that say the provider is in trouble (not the request).
+                Reply::Response(f) => matches!(
+                    wire::response_status(f),
+                    wire::Status::SERVER_TIMEOUT
+                        | wire::Status::SERVER_ERROR
+                        | wire::Status::SERVER_THREADPOOL_EXHAUSTED
+                ),
+                Reply::Local(e) => matches!(
+                    e,
+                    LocalError::Timeout { .. } | LocalError::UpstreamFailed { .. }
+                ),
+            };
+            self.pool.outcome(&self.host, failed);
+        }
+        let cluster = Some(&*self.pool.lb.name);
         match reply {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
+                let (status, len) = (frame[3], frame.len());
                 p.down.response(frame.freeze(), p.started, p.counted);
+                if let Some(lg) = p.log {
+                    let addr = Some(self.host.addr);
+                    p.down.log_call(lg, status, Flags::NONE, addr, cluster, len);
+                }
             }
-            Reply::Local(e) => p.down.local_reply(p.id_down, &e, Some(p.counted)),
+            Reply::Local(e) => {
+                let len = p.down.local_reply(p.id_down, &e, Some(p.counted));
+                if let Some(lg) = p.log {
+                    let status = e.status().0;
+                    let addr = e.upstream().or(Some(self.host.addr));
+                    p.down.log_call(lg, status, e.flags(), addr, cluster, len);
+                }
+            }
         }
     }
 
@@ -585,6 +658,14 @@ async fn run(conn: Rc<UpConn>) {
         };
         return serve_upstream(conn, connected).await;
     }
+    // A cluster with `tls`: connect and handshake within the connect timeout.
+    if let Some(tls) = conn.pool.lb.tls.clone() {
+        let connected = shard::monoio::select! {
+            c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &tls)) => c,
+            why = keeper(&conn) => return conn.close(&why),
+        };
+        return serve_upstream(conn, connected).await;
+    }
     let connected = shard::monoio::select! {
         c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)) => c,
         why = keeper(&conn) => return conn.close(&why),
@@ -603,6 +684,7 @@ async fn serve_upstream<S: crate::io::Conn>(
         Ok(Err(e)) => {
             pool.stats.inc(pool.lb.ids.cx_connect_fail);
             pool.stats.inc(host.ids.cx_connect_fail);
+            pool.outcome(&host, true);
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));
@@ -611,6 +693,7 @@ async fn serve_upstream<S: crate::io::Conn>(
         }
         Err(_) => {
             pool.stats.inc(pool.lb.ids.cx_connect_timeout);
+            pool.outcome(&host, true);
             host.down_until.set(Some(
                 Instant::now() + Duration::from_millis(ENDPOINT_FAILURE_BACKOFF_MS),
             ));

@@ -116,6 +116,11 @@ pub fn response_ok(frame: &[u8]) -> bool {
     frame.get(3) == Some(&Status::OK.0)
 }
 
+/// A response frame's status (byte 3 of the header).
+pub fn response_status(frame: &[u8]) -> Status {
+    Status(frame.get(3).copied().unwrap_or(0))
+}
+
 /// Whether an event frame is Dubbo's readonly event (a provider going away).
 pub fn is_readonly_event(frame: &[u8]) -> bool {
     d::is_readonly_event(frame)

@@ -19,7 +19,7 @@ use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
 use codec::h2::grpc::{self, status};
 use codec::h2::hpack::{self, Decoder};
 use rustc_hash::FxHashMap;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use shard::Notify;
 
 use super::error::CallError;
@@ -279,6 +279,8 @@ pub struct Conn {
     /// When the last stream ended (or the connection opened); `went_idle` fires then.
     idle_since: Cell<Instant>,
     went_idle: Notify,
+    /// Caller side, when the listener logs: the caller's and our address.
+    caller_addrs: Cell<(Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -327,6 +329,7 @@ impl Conn {
             armed: Cell::new(None),
             stream_ended: Notify::new(),
             drain_acked: Notify::new(),
+            caller_addrs: Cell::new((None, None)),
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -502,6 +505,11 @@ impl Conn {
             if s.sent_end {
                 return false;
             }
+            if let (Out::Data(b, _), Some(lg)) =
+                (&item, s.call.as_mut().and_then(|c| c.log.as_mut()))
+            {
+                lg.bytes_sent += b.len() as u64;
+            }
             s.queue.push_back(item);
         }
         self.flush(id);
@@ -645,8 +653,9 @@ impl Conn {
     fn forget(&self, id: u32) {
         let removed = self.streams.borrow_mut().remove(&id);
         if let Some(s) = removed {
-            if let (Side::Down(l), Some(call)) = (&self.side, s.call) {
+            if let (Side::Down(l), Some(mut call)) = (&self.side, s.call) {
                 l.end_call(&call);
+                l.log_call(&mut call, self.caller_addrs.get());
             }
             if let Side::Up(h) = &self.side {
                 h.pool.stats.dec(h.pool.ids.rq_active);
@@ -927,6 +936,9 @@ impl Conn {
                         Next::Error(code::FLOW_CONTROL_ERROR)
                     } else {
                         s.recv_end = end;
+                        if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
+                            lg.bytes_received += data.len() as u64;
+                        }
                         match &s.link {
                             Some((w, other)) => Next::Relay(w.clone(), *other),
                             None => Next::Drop,
@@ -1016,6 +1028,11 @@ impl Conn {
         if let Side::Down(l) = &self.side {
             if self.streams.borrow().contains_key(&id) {
                 l.stats.inc(l.ids.hardening.rq_cancelled);
+            }
+        }
+        if let Side::Up(h) = &self.side {
+            if self.streams.borrow().contains_key(&id) {
+                h.pool.outcome(h, true);
             }
         }
         if let Some((other, oid)) = self.end_stream(id) {
@@ -1123,6 +1140,9 @@ impl Conn {
 
     /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
     fn upstream_failed(self: &Rc<Self>, id: u32, why: &str) {
+        if let Side::Up(h) = &self.side {
+            h.pool.outcome(h, true);
+        }
         if let Some((down, did)) = self.end_stream(id) {
             self.abandon(&down, did, &CallError::UpstreamLost(why));
         }
@@ -1189,10 +1209,12 @@ impl Conn {
             return self.write_control(|o| frame::write_rst_stream(o, id, code::REFUSED_STREAM));
         }
         let now = Instant::now();
+        let mut call = Call::new(l, now);
+        call.log = l.capture(&self.headers.borrow());
         let mut s = Stream::new(
             self.peer_initial_window.get(),
             self.limits.stream_window,
-            Some(Call::new(l, now)),
+            Some(call),
         );
         s.recv_end = end;
         self.streams.borrow_mut().insert(id, s);
@@ -1285,6 +1307,12 @@ impl Conn {
         };
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.link = Some((Rc::downgrade(&up), uid));
+            if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
+                if let Side::Up(h) = &up.side {
+                    lg.upstream = Some(h.addr);
+                }
+                lg.cluster = Some(pool.lb.clone());
+            }
         }
         up.send(uid, Out::Headers(call.block, end));
         if let Some(d) = call.deadline {
@@ -1316,6 +1344,9 @@ impl Conn {
             };
             call.local = true;
             call.status = Some(e.status());
+            if let Some(lg) = call.log.as_mut() {
+                lg.flags = lg.flags | e.flags();
+            }
             (std::mem::replace(&mut call.headers_sent, true), back)
         };
         give_back(back);
@@ -1395,6 +1426,12 @@ impl Conn {
         if end {
             if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
                 s.recv_end = true;
+            }
+            if let Side::Up(h) = &self.side {
+                // The gRPC statuses that say the server is in trouble (their HTTP equivalents,
+                // 500 and 503, are 5xx to Envoy's detector).
+                let failed = matches!(grpc_status, Some(status::INTERNAL | status::UNAVAILABLE));
+                h.pool.outcome(h, failed);
             }
             self.maybe_forget(id);
         }
@@ -1652,6 +1689,15 @@ async fn read_loop<R: AsyncReadRent>(
     let mut cont: Option<(u32, bool, Vec<u8>)> = None;
     let cont_max = conn.limits.header_list_max as usize * 2 + 16 * 1024;
     loop {
+        // Bytes that cannot start the preface end the connection at once (as Envoy's codec),
+        // not at the preface timeout.
+        let n = buf.len().min(frame::PREFACE.len());
+        if preface_left && buf[..n] != frame::PREFACE[..n] {
+            return Err(conn_err(
+                code::PROTOCOL_ERROR,
+                "not an HTTP/2 connection preface",
+            ));
+        }
         if preface_left && buf.len() >= frame::PREFACE.len() {
             if &buf[..frame::PREFACE.len()] != frame::PREFACE {
                 return Err(conn_err(
@@ -1769,6 +1815,9 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
+    if l.log.is_some() {
+        conn.caller_addrs.set(stream.addrs());
+    }
     conn.greet(false);
     let (r, w) = stream.into_split();
     let reader_done = Notify::new();
@@ -1975,6 +2024,15 @@ async fn run_upstream(conn: Rc<Conn>) {
         let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
+    // A cluster with `tls`: connect and handshake within the connect timeout.
+    if let Some(tls) = pool.lb.tls.clone() {
+        let connected = shard::monoio::time::timeout(
+            pool.connect_timeout,
+            crate::io::tls::connect(host.addr, &tls),
+        )
+        .await;
+        return serve_upstream(conn, host, pool, connected).await;
+    }
     let connected = shard::monoio::time::timeout(
         pool.connect_timeout,
         crate::io::intercept::connect(host.addr),
@@ -2036,11 +2094,13 @@ async fn serve_upstream<S: crate::io::Conn>(
             pool.stats.inc(pool.lb.ids.cx_connect_fail);
             pool.stats.inc(host.ids.cx_connect_fail);
             host.mark_down();
+            pool.outcome(&host, true);
             format!("ringside: upstream connect to {} failed: {e}", host.addr)
         }
         Err(_) => {
             pool.stats.inc(pool.lb.ids.cx_connect_timeout);
             host.mark_down();
+            pool.outcome(&host, true);
             format!("ringside: upstream connect to {} timed out", host.addr)
         }
     };

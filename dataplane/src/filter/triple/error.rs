@@ -4,6 +4,8 @@
 
 use codec::h2::grpc::status;
 
+use crate::access_log::Flags;
+
 /// A call ringside answers itself, before or after it reached an upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError<'a> {
@@ -53,6 +55,26 @@ pub enum CallError<'a> {
 }
 
 impl CallError<'_> {
+    /// The access log's response flags for this end (Envoy's names).
+    pub fn flags(&self) -> Flags {
+        match self {
+            CallError::HeadersTooLarge(_) | CallError::BadPath => Flags::DOWNSTREAM_PROTOCOL_ERROR,
+            CallError::NoRoute { .. } => Flags::NO_ROUTE_FOUND,
+            CallError::ExpiredOnArrival | CallError::DeadlineExceeded => {
+                Flags::UPSTREAM_REQUEST_TIMEOUT
+            }
+            CallError::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
+            CallError::StreamsExhausted | CallError::CircuitOpen => Flags::UPSTREAM_OVERFLOW,
+            CallError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
+            CallError::RateLimited => Flags::RATE_LIMITED,
+            CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => {
+                Flags::UPSTREAM_PROTOCOL_ERROR
+            }
+            CallError::UpstreamReset(_) => Flags::UPSTREAM_REMOTE_RESET,
+            CallError::UpstreamLost(_) => Flags::UPSTREAM_CONNECTION_TERMINATION,
+        }
+    }
+
     /// The gRPC status the caller gets.
     pub fn status(&self) -> u32 {
         match self {

@@ -15,8 +15,9 @@ pub mod router;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::access_log::{Flags, Headers, Record};
 use crate::cluster::{Availability, ShardCluster, UpstreamStatIds, ENDPOINT_FAILURE_BACKOFF_MS};
 use crate::config;
 use crate::filter::{Budget, RequestStatIds, ServiceStatsMap};
@@ -201,6 +202,8 @@ pub struct Call {
     pub local: bool,
     pub route: RequestStatIds,
     pub service: RequestStatIds,
+    /// The call's access-log record (when the listener logs).
+    pub log: Option<Box<Logged>>,
 }
 
 impl Call {
@@ -213,7 +216,39 @@ impl Call {
             local: false,
             route: l.ids.other_service,
             service: l.ids.other_service,
+            log: None,
         }
+    }
+}
+
+/// Spent records kept for reuse per listener and shard.
+const LOG_POOL_MAX: usize = 1024;
+
+/// What a logged call keeps until its stream ends: the request headers its formats read, where
+/// it went, its bytes and how it ended.
+pub struct Logged {
+    start: SystemTime,
+    /// Values of the captured headers, one after the other; `spans[i]`: (name index, end).
+    values: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    names: Rc<[String]>,
+    pub upstream: Option<SocketAddr>,
+    pub cluster: Option<Rc<ShardCluster>>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub flags: Flags,
+}
+
+impl Headers for Logged {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        let mut from = 0;
+        for &(i, end) in &self.spans {
+            if self.names[i] == name {
+                return Some(&self.values[from..end]);
+            }
+            from = end;
+        }
+        None
     }
 }
 
@@ -229,6 +264,10 @@ pub struct TripleListener {
     pub budget: Rc<Budget>,
     pub services: Rc<RefCell<ServiceStatsMap>>,
     pub dice: Dice,
+    /// Access logs, when the listener has any (one line per stream).
+    pub log: Option<Rc<crate::access_log::ListenerLog>>,
+    /// Spent call records, reused (no allocation per logged call in steady state).
+    pub log_pool: RefCell<Vec<Box<Logged>>>,
 }
 
 impl TripleListener {
@@ -246,6 +285,74 @@ impl TripleListener {
             method,
             self.ids.other_service,
         )
+    }
+
+    /// A record of the call whose request headers are `hl` (`None` when nothing is logged).
+    fn capture(&self, hl: &headers::HeaderList) -> Option<Box<Logged>> {
+        let log = self.log.as_ref()?;
+        let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(Logged {
+                start: SystemTime::UNIX_EPOCH,
+                values: Vec::new(),
+                spans: Vec::new(),
+                names: log.request_headers.clone(),
+                upstream: None,
+                cluster: None,
+                bytes_received: 0,
+                bytes_sent: 0,
+                flags: Flags::NONE,
+            })
+        });
+        lg.start = SystemTime::now();
+        lg.values.clear();
+        lg.spans.clear();
+        lg.names = log.request_headers.clone();
+        lg.upstream = None;
+        lg.cluster = None;
+        lg.bytes_received = 0;
+        lg.bytes_sent = 0;
+        lg.flags = Flags::NONE;
+        for (i, name) in log.request_headers.iter().enumerate() {
+            if let Some(v) = hl.get(name.as_bytes()) {
+                lg.values.extend_from_slice(v);
+                lg.spans.push((i, lg.values.len()));
+            }
+        }
+        Some(lg)
+    }
+
+    /// Writes a finished call's access-log line; `caller` is the caller's (remote, local)
+    /// address.
+    fn log_call(&self, c: &mut Call, caller: (Option<SocketAddr>, Option<SocketAddr>)) {
+        let (Some(log), Some(lg)) = (&self.log, c.log.take()) else {
+            return;
+        };
+        let mut flags = lg.flags;
+        if c.status.is_none() {
+            // Cancelled by the caller, or its connection is gone.
+            flags = flags | Flags::DOWNSTREAM_CONNECTION_TERMINATION;
+        }
+        log.write(&Record {
+            start: lg.start,
+            duration: c.started.elapsed(),
+            protocol: Some("HTTP/2"),
+            response_code: Some(if c.headers_sent { 200 } else { 0 }),
+            grpc_status: c.status,
+            flags,
+            upstream_host: lg.upstream,
+            upstream_cluster: lg.cluster.as_ref().map(|c| c.name.as_str()),
+            route_name: None,
+            downstream_remote: caller.0,
+            downstream_local: caller.1,
+            bytes_received: lg.bytes_received,
+            bytes_sent: lg.bytes_sent,
+            headers: &*lg,
+            dubbo: None,
+        });
+        let mut pool = self.log_pool.borrow_mut();
+        if pool.len() < LOG_POOL_MAX {
+            pool.push(lg);
+        }
     }
 
     /// Counts a finished call (called when its stream is forgotten).
@@ -288,6 +395,8 @@ pub struct Pool {
     pub budget: Rc<Budget>,
     /// This shard's part of `circuit_breakers.max_requests`, when the cluster has one.
     pub breaker: Option<crate::cluster::RequestBreaker>,
+    /// Consecutive-error ejection, when the cluster has `outlier_detection`.
+    pub outlier: Option<crate::cluster::OutlierConfig>,
 }
 
 pub struct Host {
@@ -298,6 +407,8 @@ pub struct Host {
     conns: RefCell<Vec<Rc<conn::Conn>>>,
     next: Cell<usize>,
     down_until: Cell<Option<Instant>>,
+    /// Consecutive errors and ejections (`outlier_detection`).
+    pub outlier: crate::cluster::Outlier,
     /// Removed from the cluster: never picked again; its connections close once idle.
     pub retired: Cell<bool>,
 }
@@ -320,6 +431,7 @@ impl Pool {
             keepalive_interval: Duration::from_millis(c.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
+            outlier: crate::cluster::OutlierConfig::for_cluster(c),
             stats,
             ids,
             h2_ids,
@@ -340,6 +452,7 @@ impl Pool {
                 next: Cell::new(0),
                 down_until: Cell::new(None),
                 retired: Cell::new(false),
+                outlier: Default::default(),
             }
         })
     }
@@ -356,11 +469,41 @@ impl Pool {
         let i = self.lb.pick_available(|i| {
             self.hosts.peek(i, |h| match h {
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
+                // Ejected: like back-off, used only when no endpoint is ready.
+                Some(h) if self.outlier.is_some() && h.outlier.is_ejected(now) => {
+                    Availability::BackingOff
+                }
                 _ => Availability::Ready,
             })
         })?;
         self.host(i)
             .connection(self.connections_per_host, limits, avoid)
+    }
+
+    /// One call's outcome at `host`, for outlier detection (when the cluster has it).
+    pub fn outcome(&self, host: &Host, failed: bool) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        if !failed {
+            host.outlier.success();
+            return;
+        }
+        let now = Instant::now();
+        let share = || {
+            let mut live = self.lb.endpoints().live.to_vec();
+            live.sort_unstable();
+            live.dedup();
+            (self.hosts.count(|h| h.outlier.is_ejected(now)), live.len())
+        };
+        match host.outlier.failure(cfg, now, share) {
+            crate::cluster::Ejection::None => {}
+            crate::cluster::Ejection::Ejected(t) => {
+                crate::cluster::count_ejection(&self.stats, &self.ids, t);
+                tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
+            }
+            crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
+        }
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.

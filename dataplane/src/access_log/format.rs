@@ -1,0 +1,771 @@
+//! Envoy's access-log format language: a format string (`format`) or a format dictionary
+//! (`json_format`) compiled once, at config time, into pieces; rendering a line walks the
+//! pieces and appends to the shard's batch (no allocation).
+//!
+//! Command operators are `%NAME%`, `%NAME(ARG)%` and either with `:N` (truncate to N bytes)
+//! before the closing `%`. An unknown operator, a missing closing `%` or a malformed argument is
+//! a config error naming it (Envoy refuses them too). The operators and what each protocol
+//! fills in are listed in docs/observability.md.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Flags, Record};
+
+/// Envoy's default format, which ringside uses when a log names no format.
+pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
+
+/// Envoy's `%START_TIME%` format.
+const DEFAULT_TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%E3SZ";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("unknown command operator %{0}% (docs/observability.md lists the supported ones)")]
+    UnknownOperator(String),
+    #[error("command operator starting at byte {0} has no closing '%'")]
+    Unterminated(usize),
+    #[error("%{op}%: {why}")]
+    BadArgument { op: String, why: String },
+    #[error("json_format: {0}")]
+    Json(String),
+}
+
+/// A compiled format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text(Vec<Piece>),
+    /// Keys in order, each with its value: a single operator renders typed (numbers as JSON
+    /// numbers, a missing value as null), anything else as a JSON string.
+    Json(Vec<(String, JsonValue)>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonValue {
+    Pieces(Vec<Piece>),
+    Nested(Vec<(String, JsonValue)>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Op(Op, Option<usize>),
+}
+
+/// One command operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    StartTime(Vec<TimePiece>),
+    Duration,
+    ResponseCode,
+    GrpcStatus,
+    GrpcStatusNumber,
+    ResponseFlags,
+    UpstreamHost,
+    UpstreamCluster,
+    RouteName,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    BytesReceived,
+    BytesSent,
+    Protocol,
+    /// A request header (lower case), with a fallback header (`%REQ(A?B)%`).
+    Req(String, Option<String>),
+    /// A response header: ringside keeps none, so always `-` (Envoy's default format names one).
+    Resp,
+    DubboInterface,
+    DubboMethod,
+    DubboVersion,
+    DubboGroup,
+    DubboRequestId,
+    Hostname,
+}
+
+impl Op {
+    /// Renders a number (JSON number in `json_format`).
+    fn numeric(&self) -> bool {
+        matches!(
+            self,
+            Op::Duration
+                | Op::ResponseCode
+                | Op::GrpcStatusNumber
+                | Op::BytesReceived
+                | Op::BytesSent
+                | Op::DubboRequestId
+        )
+    }
+}
+
+/// A piece of a `%START_TIME(...)%` format (a strftime subset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimePiece {
+    Text(String),
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    /// `%E3S`, `%E6S`, `%E9S`: seconds with that many fractional digits.
+    SecondFrac(u8),
+    /// `%s`: seconds since the epoch.
+    Epoch,
+    /// `%z`: always `+0000` (times are UTC).
+    Zone,
+}
+
+impl Format {
+    /// Compiles a format string.
+    pub fn text(s: &str) -> Result<Format, FormatError> {
+        Ok(Format::Text(parse(s)?))
+    }
+
+    /// Compiles a format dictionary (`json_format`): string values may hold operators and
+    /// text; nested objects nest; numbers and booleans are kept as text.
+    pub fn json(map: &serde_json::Map<String, serde_json::Value>) -> Result<Format, FormatError> {
+        Ok(Format::Json(json_entries(map)?))
+    }
+
+    /// Request headers the format reads (lower case): the only ones a call keeps.
+    pub fn request_headers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut add = |p: &Piece| {
+            if let Piece::Op(Op::Req(a, b), _) = p {
+                for h in std::iter::once(a).chain(b) {
+                    if !out.contains(h) {
+                        out.push(h.clone());
+                    }
+                }
+            }
+        };
+        match self {
+            Format::Text(ps) => ps.iter().for_each(&mut add),
+            Format::Json(entries) => visit_json(entries, &mut add),
+        }
+        out
+    }
+
+    /// Appends one line (with its newline for `json_format`; a format string has its own).
+    pub fn render(&self, r: &Record<'_>, out: &mut Vec<u8>) {
+        match self {
+            Format::Text(pieces) => render_text(pieces, r, out),
+            Format::Json(entries) => {
+                render_json(entries, r, out);
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// Text and operators one after the other, a missing value as `-`.
+fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>) {
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+            Piece::Op(op, max) => {
+                let start = out.len();
+                if !value(op, r, out) {
+                    out.push(b'-');
+                }
+                truncate(out, start, *max);
+            }
+        }
+    }
+}
+
+fn visit_json(entries: &[(String, JsonValue)], f: &mut impl FnMut(&Piece)) {
+    for (_, v) in entries {
+        match v {
+            JsonValue::Pieces(ps) => ps.iter().for_each(&mut *f),
+            JsonValue::Nested(n) => visit_json(n, f),
+        }
+    }
+}
+
+fn json_entries(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(String, JsonValue)>, FormatError> {
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let v = match v {
+            serde_json::Value::String(s) => JsonValue::Pieces(parse(s)?),
+            serde_json::Value::Object(m) => JsonValue::Nested(json_entries(m)?),
+            serde_json::Value::Number(n) => JsonValue::Pieces(vec![Piece::Text(n.to_string())]),
+            serde_json::Value::Bool(b) => JsonValue::Pieces(vec![Piece::Text(b.to_string())]),
+            other => {
+                return Err(FormatError::Json(format!(
+                    "key {k:?}: values are strings or objects, not {other}"
+                )))
+            }
+        };
+        out.push((k.clone(), v));
+    }
+    Ok(out)
+}
+
+fn render_json(entries: &[(String, JsonValue)], r: &Record<'_>, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (k, v)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(k.as_bytes(), out);
+        out.push(b':');
+        match v {
+            JsonValue::Nested(n) => render_json(n, r, out),
+            JsonValue::Pieces(ps) => match ps.as_slice() {
+                [Piece::Op(op, max)] => {
+                    let start = out.len();
+                    if !value(op, r, out) {
+                        out.extend_from_slice(b"null");
+                    } else {
+                        truncate(out, start, *max);
+                        if !op.numeric() {
+                            quote_from(out, start);
+                        }
+                    }
+                }
+                _ => {
+                    let start = out.len();
+                    render_text(ps, r, out);
+                    quote_from(out, start);
+                }
+            },
+        }
+    }
+    out.push(b'}');
+}
+
+/// Turns `out[start..]` into a JSON string in place.
+fn quote_from(out: &mut Vec<u8>, start: usize) {
+    let needs_escape = out[start..]
+        .iter()
+        .any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+    if !needs_escape {
+        out.insert(start, b'"');
+        out.push(b'"');
+        return;
+    }
+    let raw: Vec<u8> = out.split_off(start);
+    json_string(&raw, out);
+}
+
+fn json_string(s: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b if b < 0x20 => {
+                let _ = write!(Bytes(out), "\\u{b:04x}");
+            }
+            b => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Cuts what an operator wrote to `max` bytes (at a UTF-8 boundary).
+fn truncate(out: &mut Vec<u8>, start: usize, max: Option<usize>) {
+    if let Some(max) = max {
+        if out.len() - start > max {
+            let mut end = start + max;
+            while end > start && (out[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
+            out.truncate(end);
+        }
+    }
+}
+
+/// `fmt::Write` into a byte vector.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Bytes<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn addr(a: Option<SocketAddr>, port: bool, out: &mut Vec<u8>) -> bool {
+    let Some(a) = a else { return false };
+    let _ = if port {
+        write!(Bytes(out), "{a}")
+    } else {
+        write!(Bytes(out), "{}", a.ip())
+    };
+    true
+}
+
+fn num(n: impl std::fmt::Display, out: &mut Vec<u8>) -> bool {
+    let _ = write!(Bytes(out), "{n}");
+    true
+}
+
+fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
+    match s {
+        Some(s) if !s.is_empty() => {
+            out.extend_from_slice(s);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Writes an operator's value; false when the record has none (rendered `-` or null).
+fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>) -> bool {
+    match op {
+        Op::StartTime(pieces) => {
+            time(r.start, pieces, out);
+            true
+        }
+        Op::Duration => num(r.duration.as_millis(), out),
+        Op::ResponseCode => num(r.response_code.unwrap_or(0), out),
+        Op::GrpcStatus => match r.grpc_status {
+            Some(s) => text(Some(grpc_status_name(s).as_bytes()), out),
+            None => false,
+        },
+        Op::GrpcStatusNumber => match r.grpc_status {
+            Some(s) => num(s, out),
+            None => false,
+        },
+        Op::ResponseFlags => {
+            // Envoy writes "-" for no flags, also as a JSON value (a string, not null).
+            if r.flags.is_empty() {
+                out.push(b'-');
+            } else {
+                r.flags.write(out);
+            }
+            true
+        }
+        Op::UpstreamHost => addr(r.upstream_host, true, out),
+        Op::UpstreamCluster => text(r.upstream_cluster.map(str::as_bytes), out),
+        Op::RouteName => text(r.route_name.map(str::as_bytes), out),
+        Op::DownstreamRemoteAddress => addr(r.downstream_remote, true, out),
+        Op::DownstreamRemoteAddressWithoutPort => addr(r.downstream_remote, false, out),
+        Op::DownstreamLocalAddress => addr(r.downstream_local, true, out),
+        Op::DownstreamLocalAddressWithoutPort => addr(r.downstream_local, false, out),
+        Op::BytesReceived => num(r.bytes_received, out),
+        Op::BytesSent => num(r.bytes_sent, out),
+        Op::Protocol => text(r.protocol.map(str::as_bytes), out),
+        Op::Req(a, b) => {
+            let v = r.header(a).or_else(|| b.as_ref().and_then(|b| r.header(b)));
+            text(v, out)
+        }
+        Op::Resp => false,
+        Op::DubboInterface => text(r.dubbo.map(|d| d.interface), out),
+        Op::DubboMethod => text(r.dubbo.map(|d| d.method), out),
+        Op::DubboVersion => text(r.dubbo.map(|d| d.version), out),
+        Op::DubboGroup => text(r.dubbo.map(|d| d.group), out),
+        Op::DubboRequestId => match r.dubbo {
+            Some(d) => num(d.request_id, out),
+            None => false,
+        },
+        Op::Hostname => text(Some(hostname().as_bytes()), out),
+    }
+}
+
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "-".into())
+    })
+}
+
+/// gRPC status names as Envoy prints them for `%GRPC_STATUS%`.
+fn grpc_status_name(s: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    NAMES.get(s as usize).copied().unwrap_or("InvalidCode")
+}
+
+/// UTC civil date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs() as i64;
+    let (y, mo, d) = civil(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let mut w = Bytes(out);
+    for p in pieces {
+        let _ = match p {
+            TimePiece::Text(s) => w.write_str(s),
+            TimePiece::Year => write!(w, "{y:04}"),
+            TimePiece::Month => write!(w, "{mo:02}"),
+            TimePiece::Day => write!(w, "{d:02}"),
+            TimePiece::Hour => write!(w, "{:02}", sod / 3600),
+            TimePiece::Minute => write!(w, "{:02}", sod / 60 % 60),
+            TimePiece::Second => write!(w, "{:02}", sod % 60),
+            TimePiece::SecondFrac(digits) => {
+                let frac = u64::from(since.subsec_nanos()) / 10u64.pow(9 - u32::from(*digits));
+                write!(
+                    w,
+                    "{:02}.{frac:0width$}",
+                    sod % 60,
+                    width = *digits as usize
+                )
+            }
+            TimePiece::Epoch => write!(w, "{secs}"),
+            TimePiece::Zone => w.write_str("+0000"),
+        };
+    }
+}
+
+fn parse_time(fmt: &str) -> Result<Vec<TimePiece>, String> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            lit.push(c);
+            continue;
+        }
+        let piece = match chars.next() {
+            Some('Y') => TimePiece::Year,
+            Some('m') => TimePiece::Month,
+            Some('d') => TimePiece::Day,
+            Some('H') => TimePiece::Hour,
+            Some('M') => TimePiece::Minute,
+            Some('S') => TimePiece::Second,
+            Some('s') => TimePiece::Epoch,
+            Some('z') => TimePiece::Zone,
+            Some('%') => {
+                lit.push('%');
+                continue;
+            }
+            Some('E') => {
+                let digits = chars.next();
+                let s = chars.next();
+                match (digits, s) {
+                    (Some(n @ ('3' | '6' | '9')), Some('S')) => {
+                        TimePiece::SecondFrac(n.to_digit(10).unwrap_or(3) as u8)
+                    }
+                    _ => return Err("only %E3S, %E6S and %E9S of the %E forms".into()),
+                }
+            }
+            Some(other) => return Err(format!("time specifier %{other} is not supported")),
+            None => return Err("a time format ends with '%'".into()),
+        };
+        if !lit.is_empty() {
+            out.push(TimePiece::Text(std::mem::take(&mut lit)));
+        }
+        out.push(piece);
+    }
+    if !lit.is_empty() {
+        out.push(TimePiece::Text(lit));
+    }
+    Ok(out)
+}
+
+/// Compiles a format string into pieces.
+fn parse(s: &str) -> Result<Vec<Piece>, FormatError> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut rest = s;
+    let mut offset = 0;
+    while let Some(i) = rest.find('%') {
+        lit.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (op, len) = operator(after).ok_or(FormatError::Unterminated(offset + i))?;
+        let (op, max) = op?;
+        if !lit.is_empty() {
+            out.push(Piece::Text(std::mem::take(&mut lit)));
+        }
+        out.push(Piece::Op(op, max));
+        rest = &after[len..];
+        offset += i + 1 + len;
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        out.push(Piece::Text(lit));
+    }
+    Ok(out)
+}
+
+/// Reads `NAME[(ARG)][:N]%` at the start of `s`: the operator and the bytes taken (closing `%`
+/// included); None when there is no closing `%`.
+#[allow(clippy::type_complexity)]
+fn operator(s: &str) -> Option<(Result<(Op, Option<usize>), FormatError>, usize)> {
+    let name_end = s
+        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .unwrap_or(s.len());
+    let name = &s[..name_end];
+    let mut i = name_end;
+    let mut arg = None;
+    if s[i..].starts_with('(') {
+        let close = s[i..].find(')')? + i;
+        arg = Some(&s[i + 1..close]);
+        i = close + 1;
+    }
+    let mut max = None;
+    if s[i..].starts_with(':') {
+        let digits_end = s[i + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(s.len(), |e| e + i + 1);
+        let digits = &s[i + 1..digits_end];
+        max = Some(digits);
+        i = digits_end;
+    }
+    if !s[i..].starts_with('%') {
+        return None;
+    }
+    let taken = i + 1;
+    let bad = |why: &str| FormatError::BadArgument {
+        op: name.to_string(),
+        why: why.to_string(),
+    };
+    let max = match max {
+        None => None,
+        Some(d) => match d.parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => return Some((Err(bad("the length after ':' is not a number")), taken)),
+        },
+    };
+    let no_arg = |op: Op| match arg {
+        None => Ok(op),
+        Some(_) => Err(bad("takes no argument")),
+    };
+    let op = match name {
+        "START_TIME" => match arg.map(parse_time) {
+            None => parse_time(DEFAULT_TIME_FORMAT)
+                .map_err(|e| bad(&e))
+                .map(Op::StartTime),
+            Some(Ok(p)) => Ok(Op::StartTime(p)),
+            Some(Err(e)) => Err(bad(&e)),
+        },
+        "DURATION" => no_arg(Op::Duration),
+        "RESPONSE_CODE" => no_arg(Op::ResponseCode),
+        "GRPC_STATUS" => no_arg(Op::GrpcStatus),
+        "GRPC_STATUS_NUMBER" => no_arg(Op::GrpcStatusNumber),
+        "RESPONSE_FLAGS" => no_arg(Op::ResponseFlags),
+        "UPSTREAM_HOST" => no_arg(Op::UpstreamHost),
+        "UPSTREAM_CLUSTER" => no_arg(Op::UpstreamCluster),
+        "ROUTE_NAME" => no_arg(Op::RouteName),
+        "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
+            no_arg(Op::DownstreamRemoteAddress)
+        }
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
+        | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            no_arg(Op::DownstreamRemoteAddressWithoutPort)
+        }
+        "DOWNSTREAM_LOCAL_ADDRESS" => no_arg(Op::DownstreamLocalAddress),
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => no_arg(Op::DownstreamLocalAddressWithoutPort),
+        "BYTES_RECEIVED" => no_arg(Op::BytesReceived),
+        "BYTES_SENT" => no_arg(Op::BytesSent),
+        "PROTOCOL" => no_arg(Op::Protocol),
+        "HOSTNAME" => no_arg(Op::Hostname),
+        "DUBBO_INTERFACE" => no_arg(Op::DubboInterface),
+        "DUBBO_METHOD" => no_arg(Op::DubboMethod),
+        "DUBBO_VERSION" => no_arg(Op::DubboVersion),
+        "DUBBO_GROUP" => no_arg(Op::DubboGroup),
+        "DUBBO_REQUEST_ID" => no_arg(Op::DubboRequestId),
+        "REQ" | "REQUEST_HEADER" => match arg {
+            None | Some("") => Err(bad("names a header: %REQ(NAME)% or %REQ(NAME?FALLBACK)%")),
+            Some(a) => {
+                let mut parts = a.splitn(2, '?');
+                let main = parts.next().unwrap_or_default().to_ascii_lowercase();
+                let alt = parts.next().map(str::to_ascii_lowercase);
+                Ok(Op::Req(main, alt))
+            }
+        },
+        "RESP" | "RESPONSE_HEADER" | "TRAILER" | "RESPONSE_TRAILER" => match arg {
+            None | Some("") => Err(bad("names a header")),
+            Some(_) => Ok(Op::Resp),
+        },
+        other => Err(FormatError::UnknownOperator(other.to_string())),
+    };
+    Some((op.map(|op| (op, max)), taken))
+}
+
+impl Flags {
+    /// Envoy's short names, comma-separated in Envoy's order.
+    fn write(&self, out: &mut Vec<u8>) {
+        let mut first = true;
+        for (flag, name) in Flags::NAMES {
+            if self.contains(*flag) {
+                if !first {
+                    out.push(b',');
+                }
+                out.extend_from_slice(name.as_bytes());
+                first = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::DubboCall;
+
+    fn record<'a>(headers: &'a dyn crate::access_log::Headers) -> Record<'a> {
+        Record {
+            start: UNIX_EPOCH + Duration::from_millis(1_460_751_420_310),
+            duration: Duration::from_micros(226_900),
+            protocol: Some("HTTP/2"),
+            response_code: Some(200),
+            grpc_status: Some(14),
+            flags: Flags::UPSTREAM_CONNECTION_FAILURE | Flags::NO_HEALTHY_UPSTREAM,
+            upstream_host: Some("10.0.2.1:80".parse().unwrap()),
+            upstream_cluster: Some("locations"),
+            route_name: None,
+            downstream_remote: Some("10.0.35.28:4711".parse().unwrap()),
+            downstream_local: None,
+            bytes_received: 154,
+            bytes_sent: 0,
+            headers,
+            dubbo: None,
+        }
+    }
+
+    fn line(f: &Format, r: &Record<'_>) -> String {
+        let mut out = Vec::new();
+        f.render(r, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn envoy_default_format_renders_envoy_example() {
+        let h = [
+            (":method", "POST"),
+            (":path", "/api/v1/locations"),
+            (":authority", "locations"),
+        ];
+        let f = Format::text(DEFAULT_FORMAT).unwrap();
+        assert_eq!(
+            line(&f, &record(&h)),
+            "[2016-04-15T20:17:00.310Z] \"POST /api/v1/locations HTTP/2\" 200 UH,UF 154 0 226 - \"-\" \"-\" \"-\" \"locations\" \"10.0.2.1:80\"\n"
+        );
+    }
+
+    #[test]
+    fn operators_arguments_and_truncation() {
+        let h = [("user-agent", "grpc-python/1.85")];
+        let f = Format::text(
+            "%START_TIME(%s.%E6S %z)% %REQ(X-MISSING?USER-AGENT):6% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %ROUTE_NAME%",
+        )
+        .unwrap();
+        assert_eq!(
+            line(&f, &record(&h)),
+            "1460751420.00.310000 +0000 grpc-p Unavailable 14 10.0.35.28 -"
+        );
+    }
+
+    #[test]
+    fn json_format_types_values_and_escapes() {
+        let map = serde_json::json!({
+            "code": "%RESPONSE_CODE%",
+            "ua": "%REQ(USER-AGENT)%",
+            "missing": "%REQ(X-NONE)%",
+            "mixed": "%PROTOCOL% to %UPSTREAM_HOST%",
+            "inner": {"bytes": "%BYTES_RECEIVED%", "fixed": 7},
+            "dubbo": "%DUBBO_INTERFACE%.%DUBBO_METHOD%"
+        });
+        let f = Format::json(map.as_object().unwrap()).unwrap();
+        let h = [("user-agent", "a \"quoted\"\tagent")];
+        let mut r = record(&h);
+        r.dubbo = Some(DubboCall {
+            interface: b"org.apache.Echo",
+            method: b"echo",
+            version: b"",
+            group: b"",
+            request_id: 9,
+        });
+        let out = line(&f, &r);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "code": 200, "ua": "a \"quoted\"\tagent", "missing": null,
+                "mixed": "HTTP/2 to 10.0.2.1:80", "inner": {"bytes": 154, "fixed": "7"},
+                "dubbo": "org.apache.Echo.echo"
+            })
+        );
+        assert!(out.ends_with("}\n"));
+    }
+
+    #[test]
+    fn bad_formats_name_the_problem() {
+        assert_eq!(
+            Format::text("%NOPE%"),
+            Err(FormatError::UnknownOperator("NOPE".into()))
+        );
+        assert_eq!(
+            Format::text("abc %DURATION"),
+            Err(FormatError::Unterminated(4))
+        );
+        assert!(matches!(
+            Format::text("%DURATION(x)%"),
+            Err(FormatError::BadArgument { .. })
+        ));
+        assert!(matches!(
+            Format::text("%START_TIME(%Q)%"),
+            Err(FormatError::BadArgument { .. })
+        ));
+        assert!(matches!(
+            Format::text("%REQ()%"),
+            Err(FormatError::BadArgument { .. })
+        ));
+    }
+
+    #[test]
+    fn request_headers_lists_what_the_format_reads() {
+        let f = Format::text(DEFAULT_FORMAT).unwrap();
+        assert_eq!(
+            f.request_headers(),
+            [
+                ":method",
+                "x-envoy-original-path",
+                ":path",
+                "x-forwarded-for",
+                "user-agent",
+                "x-request-id",
+                ":authority"
+            ]
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+        assert_eq!(civil(20_791), (2026, 12, 4));
+    }
+}

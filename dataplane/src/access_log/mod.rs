@@ -1,0 +1,335 @@
+//! Access logs: one line per Dubbo call, Triple stream and TCP connection, in Envoy's format
+//! language ([`format`]), written off the data path.
+//!
+//! A shard renders a finished call's line into its own batch for that file (a `Vec<u8>` reused
+//! from batch to batch) and hands full batches, and every [`FLUSH_INTERVAL_MS`] the batch it
+//! has, to the file's writer thread through a bounded lock-free queue. When the writer falls
+//! behind and the queue is full, the shard drops the batch and counts its lines
+//! (`access_log.lines_dropped`): a slow disk never blocks a shard and never grows memory past
+//! `QUEUED_BATCHES_MAX` batches per file. SIGUSR1 makes every writer reopen its file (log
+//! rotation). Nothing here runs when no listener has an access log.
+
+pub mod format;
+mod sink;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use format::{Format, FormatError};
+pub use sink::{drain_all, reopen_all, FileSink, OpenError};
+
+use crate::stats::{Kind, ShardStats, StatId, Stats};
+
+/// How long a line may wait in a shard's batch before the batch goes to the writer (Envoy
+/// flushes its file logs every second; a shorter wait keeps `tail -f` live).
+pub const FLUSH_INTERVAL_MS: u64 = 100;
+/// A batch this large goes to the writer at once.
+pub const BATCH_BYTES: usize = 64 * 1024;
+/// Batches queued per file (all shards together) before shards drop lines.
+pub const QUEUED_BATCHES_MAX: usize = 64;
+
+/// Envoy's response flags ringside sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags(u16);
+
+impl Flags {
+    pub const NONE: Flags = Flags(0);
+    /// UH: no healthy endpoint.
+    pub const NO_HEALTHY_UPSTREAM: Flags = Flags(1);
+    /// UT: the upstream did not answer before the deadline.
+    pub const UPSTREAM_REQUEST_TIMEOUT: Flags = Flags(1 << 1);
+    /// LR: ringside reset the stream.
+    pub const LOCAL_RESET: Flags = Flags(1 << 2);
+    /// UR: the upstream reset the stream.
+    pub const UPSTREAM_REMOTE_RESET: Flags = Flags(1 << 3);
+    /// UF: the connect to the upstream failed.
+    pub const UPSTREAM_CONNECTION_FAILURE: Flags = Flags(1 << 4);
+    /// UC: the upstream connection ended with the call in flight.
+    pub const UPSTREAM_CONNECTION_TERMINATION: Flags = Flags(1 << 5);
+    /// UO: a pending or concurrency limit refused the call.
+    pub const UPSTREAM_OVERFLOW: Flags = Flags(1 << 6);
+    /// NR: no route.
+    pub const NO_ROUTE_FOUND: Flags = Flags(1 << 7);
+    /// DC: the caller went away first.
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: Flags = Flags(1 << 8);
+    /// DPE: the caller broke the protocol.
+    pub const DOWNSTREAM_PROTOCOL_ERROR: Flags = Flags(1 << 9);
+    /// UPE: the upstream broke the protocol.
+    pub const UPSTREAM_PROTOCOL_ERROR: Flags = Flags(1 << 10);
+    /// RL: a local rate limit refused the call.
+    pub const RATE_LIMITED: Flags = Flags(1 << 11);
+    /// OM: shed because the shard's buffer budget is spent (Envoy's overload manager).
+    pub const OVERLOAD_MANAGER: Flags = Flags(1 << 12);
+
+    /// In the order Envoy prints them.
+    const NAMES: &'static [(Flags, &'static str)] = &[
+        (Flags::NO_HEALTHY_UPSTREAM, "UH"),
+        (Flags::UPSTREAM_REQUEST_TIMEOUT, "UT"),
+        (Flags::LOCAL_RESET, "LR"),
+        (Flags::UPSTREAM_REMOTE_RESET, "UR"),
+        (Flags::UPSTREAM_CONNECTION_FAILURE, "UF"),
+        (Flags::UPSTREAM_CONNECTION_TERMINATION, "UC"),
+        (Flags::UPSTREAM_OVERFLOW, "UO"),
+        (Flags::NO_ROUTE_FOUND, "NR"),
+        (Flags::RATE_LIMITED, "RL"),
+        (Flags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+        (Flags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+        (Flags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
+        (Flags::OVERLOAD_MANAGER, "OM"),
+    ];
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, o: Flags) -> Flags {
+        Flags(self.0 | o.0)
+    }
+}
+
+/// Request headers (or Dubbo attachments) a record can show, by lower-case name.
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl<const N: usize> Headers for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
+}
+
+/// What a Dubbo call adds to its record.
+#[derive(Clone, Copy, Debug)]
+pub struct DubboCall<'a> {
+    pub interface: &'a [u8],
+    pub method: &'a [u8],
+    pub version: &'a [u8],
+    pub group: &'a [u8],
+    /// The caller's request id.
+    pub request_id: u64,
+}
+
+/// One finished call or connection, as the format sees it.
+pub struct Record<'a> {
+    pub start: SystemTime,
+    pub duration: Duration,
+    /// `dubbo`, `HTTP/2` (Triple) or none (TCP), as Envoy prints `%PROTOCOL%`.
+    pub protocol: Option<&'a str>,
+    /// Dubbo: the response status (20 OK, 31 timeout, ...); Triple: the HTTP status; TCP: none
+    /// (rendered 0, as Envoy does).
+    pub response_code: Option<u32>,
+    pub grpc_status: Option<u32>,
+    pub flags: Flags,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<&'a str>,
+    pub route_name: Option<&'a str>,
+    pub downstream_remote: Option<SocketAddr>,
+    pub downstream_local: Option<SocketAddr>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub headers: &'a dyn Headers,
+    pub dubbo: Option<DubboCall<'a>>,
+}
+
+impl Record<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name)
+    }
+}
+
+/// No headers (TCP, Dubbo).
+pub const NO_HEADERS: &NoHeaders = &NoHeaders;
+
+pub struct NoHeaders;
+
+impl Headers for NoHeaders {
+    fn get(&self, _name: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// One configured log of a listener: its format and its file.
+#[derive(Clone, Debug)]
+pub struct LogSpec {
+    pub format: Arc<Format>,
+    pub file: Arc<FileSink>,
+}
+
+/// Builds a listener's logs from its config, opening (or sharing) their files. Called when a
+/// snapshot is built (control thread), never on a shard.
+pub fn open(logs: &[config::AccessLog]) -> Result<Vec<LogSpec>, OpenError> {
+    logs.iter()
+        .map(|l| {
+            let format = match (&l.format, &l.json_format) {
+                (_, Some(map)) => Format::json(map),
+                (Some(f), None) => Format::text(f),
+                (None, None) => Format::text(format::DEFAULT_FORMAT),
+            }
+            .map_err(|e| OpenError::Format {
+                path: l.path.clone(),
+                error: e,
+            })?;
+            Ok(LogSpec {
+                format: Arc::new(format),
+                file: FileSink::open(&l.path)?,
+            })
+        })
+        .collect()
+}
+
+/// A listener's logs on one shard.
+pub struct ListenerLog {
+    logs: Vec<(Arc<Format>, Rc<ShardFile>)>,
+    /// Request headers any of the formats reads (lower case): a Triple call keeps only these.
+    pub request_headers: Rc<[String]>,
+}
+
+impl ListenerLog {
+    /// Renders `r` into every log's batch.
+    pub fn write(&self, r: &Record<'_>) {
+        for (format, file) in &self.logs {
+            file.line(|out| format.render(r, out));
+        }
+    }
+}
+
+/// One file's batch on one shard.
+pub struct ShardFile {
+    sink: Arc<FileSink>,
+    batch: RefCell<Vec<u8>>,
+    lines: Cell<u32>,
+    /// A flush of the current batch is scheduled.
+    armed: Cell<bool>,
+    stats: ShardStats,
+    ids: FileStatIds,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FileStatIds {
+    logged: StatId,
+    dropped: StatId,
+}
+
+impl ShardFile {
+    fn line(self: &Rc<Self>, render: impl FnOnce(&mut Vec<u8>)) {
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            if b.capacity() == 0 {
+                *b = self.sink.spare_batch();
+            }
+            render(&mut b);
+            b.len() >= BATCH_BYTES
+        };
+        self.lines.set(self.lines.get() + 1);
+        if full {
+            self.flush();
+        } else if !self.armed.replace(true) {
+            let me = self.clone();
+            shard::monoio::spawn(async move {
+                shard::monoio::time::sleep(Duration::from_millis(FLUSH_INTERVAL_MS)).await;
+                me.flush();
+            });
+        }
+    }
+
+    /// Hands the batch to the writer (or drops it, counted, when the writer is behind).
+    pub fn flush(&self) {
+        self.armed.set(false);
+        let lines = self.lines.replace(0);
+        if lines == 0 {
+            return;
+        }
+        let batch = std::mem::take(&mut *self.batch.borrow_mut());
+        if self.sink.push(batch) {
+            self.stats.add(self.ids.logged, u64::from(lines));
+        } else {
+            self.stats.add(self.ids.dropped, u64::from(lines));
+        }
+    }
+}
+
+/// A shard's files, shared by its listeners (one batch per file per shard).
+#[derive(Default)]
+pub struct ShardLogs {
+    files: RefCell<Vec<Rc<ShardFile>>>,
+}
+
+impl ShardLogs {
+    /// The shard-side logs of a listener (`None` when it has none: the data path then skips
+    /// all access-log work with one check).
+    pub fn listener(&self, specs: &[LogSpec], stats: &ShardStats) -> Option<Rc<ListenerLog>> {
+        if specs.is_empty() {
+            return None;
+        }
+        let mut headers: Vec<String> = Vec::new();
+        let logs = specs
+            .iter()
+            .map(|s| {
+                for h in s.format.request_headers() {
+                    if !headers.contains(&h) {
+                        headers.push(h);
+                    }
+                }
+                (s.format.clone(), self.file(&s.file, stats))
+            })
+            .collect();
+        Some(Rc::new(ListenerLog {
+            logs,
+            request_headers: headers.into(),
+        }))
+    }
+
+    fn file(&self, sink: &Arc<FileSink>, stats: &ShardStats) -> Rc<ShardFile> {
+        let mut files = self.files.borrow_mut();
+        // Files no listener of this shard writes to any more (their last batch goes first).
+        files.retain(|f| {
+            let used = Rc::strong_count(f) > 1;
+            if !used {
+                f.flush();
+            }
+            used
+        });
+        if let Some(f) = files.iter().find(|f| Arc::ptr_eq(&f.sink, sink)) {
+            return f.clone();
+        }
+        let f = Rc::new(ShardFile {
+            sink: sink.clone(),
+            batch: RefCell::new(Vec::new()),
+            lines: Cell::new(0),
+            armed: Cell::new(false),
+            stats: stats.clone(),
+            ids: FileStatIds::register(&stats.stats, sink.path()),
+        });
+        files.push(f.clone());
+        f
+    }
+
+    /// Hands every batch to its writer (the shard is stopping).
+    pub fn flush_all(&self) {
+        for f in self.files.borrow().iter() {
+            f.flush();
+        }
+    }
+}
+
+impl FileStatIds {
+    fn register(stats: &Stats, path: &str) -> FileStatIds {
+        let tags = [("path", path)];
+        FileStatIds {
+            logged: stats.add("access_log", "lines_logged", &tags, Kind::Counter),
+            dropped: stats.add("access_log", "lines_dropped", &tags, Kind::Counter),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! One access-log file: the bounded queue shards hand batches to, and the writer thread that
+//! writes them. Files are shared by path across listeners and config updates (one writer per
+//! path); a file no snapshot names any more is closed once its last batch is written.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::Thread;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+
+use super::{FormatError, BATCH_BYTES, QUEUED_BATCHES_MAX};
+
+/// `path` values that mean the process's standard output and error.
+const STDOUT: &str = "/dev/stdout";
+const STDERR: &str = "/dev/stderr";
+/// How long the writer sleeps when nothing arrives (it is woken by every batch).
+const IDLE_PARK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("access log {path}: {error}")]
+    Format { path: String, error: FormatError },
+    #[error("access log {path}: cannot open: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+pub struct FileSink {
+    path: String,
+    queue: ArrayQueue<Vec<u8>>,
+    /// Written batches, cleared, for shards to fill again (no allocation in steady state).
+    spare: ArrayQueue<Vec<u8>>,
+    writer: OnceLock<Thread>,
+    reopen: AtomicBool,
+    /// The writer holds a batch it has not finished writing.
+    busy: AtomicBool,
+}
+
+impl std::fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSink")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Every open file by path (weak: the snapshots that name a file keep it open).
+fn registry() -> &'static Mutex<HashMap<String, Weak<FileSink>>> {
+    static FILES: OnceLock<Mutex<HashMap<String, Weak<FileSink>>>> = OnceLock::new();
+    FILES.get_or_init(Default::default)
+}
+
+/// Waits (up to `timeout`) until every batch handed to a writer is written: the process is
+/// exiting, after its shards flushed their batches.
+pub fn drain_all(timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    let files: Vec<Arc<FileSink>> = {
+        let files = registry().lock().unwrap_or_else(|e| e.into_inner());
+        files.values().filter_map(Weak::upgrade).collect()
+    };
+    for f in files {
+        while !f.queue.is_empty() || f.busy.load(Ordering::SeqCst) {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(path = %f.path, "access log: exiting with lines not yet written");
+                break;
+            }
+            if let Some(t) = f.writer.get() {
+                t.unpark();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Makes every writer reopen its file before its next write (SIGUSR1: the file was rotated).
+pub fn reopen_all() {
+    let files = registry().lock().unwrap_or_else(|e| e.into_inner());
+    for f in files.values().filter_map(Weak::upgrade) {
+        f.reopen.store(true, Ordering::Relaxed);
+        if let Some(t) = f.writer.get() {
+            t.unpark();
+        }
+    }
+}
+
+impl FileSink {
+    /// The sink of `path`, shared with every other log naming it; opens the file (appending,
+    /// created 0644) and starts its writer the first time.
+    pub fn open(path: &str) -> Result<Arc<FileSink>, OpenError> {
+        let mut files = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = files.get(path).and_then(Weak::upgrade) {
+            return Ok(f);
+        }
+        let out = Output::open(path).map_err(|error| OpenError::Io {
+            path: path.to_string(),
+            error,
+        })?;
+        let sink = Arc::new(FileSink {
+            path: path.to_string(),
+            queue: ArrayQueue::new(QUEUED_BATCHES_MAX),
+            spare: ArrayQueue::new(QUEUED_BATCHES_MAX),
+            writer: OnceLock::new(),
+            reopen: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&sink);
+        let thread = std::thread::Builder::new()
+            .name("ringside-log".into())
+            .spawn(move || write_loop(weak, out))
+            .map_err(|error| OpenError::Io {
+                path: path.to_string(),
+                error,
+            })?;
+        let _ = sink.writer.set(thread.thread().clone());
+        files.retain(|_, w| w.strong_count() > 0);
+        files.insert(path.to_string(), Arc::downgrade(&sink));
+        Ok(sink)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// An empty batch to fill (a written one when there is one).
+    pub(super) fn spare_batch(&self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4))
+    }
+
+    /// Queues a batch for the writer; false (the batch dropped) when the queue is full.
+    pub(super) fn push(&self, batch: Vec<u8>) -> bool {
+        let ok = self.queue.push(batch).is_ok();
+        if let Some(t) = self.writer.get() {
+            t.unpark();
+        }
+        ok
+    }
+}
+
+enum Output {
+    Stdout,
+    Stderr,
+    File(File),
+}
+
+impl Output {
+    fn open(path: &str) -> std::io::Result<Output> {
+        if path == STDOUT {
+            return Ok(Output::Stdout);
+        }
+        if path == STDERR {
+            return Ok(Output::Stderr);
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Output::File)
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Stdout => std::io::stdout().lock().write_all(b),
+            Output::Stderr => std::io::stderr().lock().write_all(b),
+            Output::File(f) => f.write_all(b),
+        }
+    }
+}
+
+/// The writer thread: writes batches in the order they were queued until the sink is gone.
+fn write_loop(sink: Weak<FileSink>, mut out: Output) {
+    let mut failures = 0u64;
+    loop {
+        let Some(s) = sink.upgrade() else { return };
+        if s.reopen.swap(false, Ordering::Relaxed) {
+            match Output::open(&s.path) {
+                Ok(o) => out = o,
+                Err(e) => {
+                    tracing::warn!(path = %s.path, error = %e, "access log: reopen failed; writing to the old file")
+                }
+            }
+        }
+        let mut wrote = false;
+        loop {
+            s.busy.store(true, Ordering::SeqCst);
+            let Some(mut batch) = s.queue.pop() else {
+                s.busy.store(false, Ordering::SeqCst);
+                break;
+            };
+            wrote = true;
+            if let Err(e) = out.write_all(&batch) {
+                failures += 1;
+                // Once, then every 1000th failure: a full disk must not flood the log.
+                if failures % 1000 == 1 {
+                    tracing::warn!(path = %s.path, error = %e, failures, "access log: write failed; lines lost");
+                }
+            }
+            batch.clear();
+            if batch.capacity() <= 4 * BATCH_BYTES {
+                let _ = s.spare.push(batch);
+            }
+        }
+        drop(s);
+        if !wrote {
+            std::thread::park_timeout(IDLE_PARK);
+        }
+    }
+}

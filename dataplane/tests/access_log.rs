@@ -1,0 +1,490 @@
+//! Access logs through the binary: one line per Dubbo call and TCP connection with Envoy's
+//! operators and ringside's Dubbo ones, JSON lines, reopening on SIGUSR1, and a writer that
+//! cannot keep up (lines dropped and counted, calls unaffected).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use codec::dubbo::encode::RequestBuilder;
+use codec::dubbo::Status;
+use common::dubbo::{Consumer, Provider};
+use common::{echo_server, free_port, local, Ringside, TempDir};
+
+const SVC: &str = "com.example.Echo";
+
+/// The lines of `path` once it has at least `n` (waits up to 15 s: Envoy flushes its file
+/// logs every few seconds).
+fn lines(path: &Path, n: usize) -> Vec<String> {
+    lines_where(path, n, |_| true)
+}
+
+/// The lines of `path` that `keep`, once there are at least `n`.
+fn lines_where(path: &Path, n: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| keep(l))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} lines, want {n}: {text}",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn config(
+    admin: SocketAddr,
+    dubbo: SocketAddr,
+    tcp: SocketAddr,
+    p: SocketAddr,
+    echo: SocketAddr,
+    dir: &Path,
+) -> String {
+    config_with(admin, dubbo, tcp, p, echo, dir, "")
+}
+
+/// `padding`: text added to every line of dubbo.log.
+fn config_with(
+    admin: SocketAddr,
+    dubbo: SocketAddr,
+    tcp: SocketAddr,
+    p: SocketAddr,
+    echo: SocketAddr,
+    dir: &Path,
+    padding: &str,
+) -> String {
+    let d = dir.display();
+    format!(
+        r#"admin:
+  address: {admin}
+listeners:
+  - name: dubbo
+    address: {dubbo}
+    protocol: dubbo
+    dubbo:
+      routes:
+        - match: {{interface: {{exact: {SVC}}}}}
+          route: {{cluster: a, timeout_ms: 300}}
+    access_log:
+      - path: {d}/dubbo.log
+        format: "%DUBBO_INTERFACE% %DUBBO_METHOD% %DUBBO_VERSION% id=%DUBBO_REQUEST_ID% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %PROTOCOL% %DOWNSTREAM_REMOTE_ADDRESS%{padding}\n"
+      - path: {d}/dubbo.json
+        json_format: {{method: '%DUBBO_METHOD%', code: '%RESPONSE_CODE%', rx: '%BYTES_RECEIVED%', tx: '%BYTES_SENT%', ms: '%DURATION%', start: '%START_TIME%', host: '%UPSTREAM_HOST%'}}
+  - name: l4
+    address: {tcp}
+    protocol: tcp
+    cluster: echo
+    access_log:
+      - path: {d}/tcp.log
+        format: "%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %PROTOCOL% %DOWNSTREAM_LOCAL_ADDRESS%\n"
+clusters:
+  - name: a
+    endpoints: ["{p}"]
+  - name: echo
+    endpoints: ["{echo}"]
+"#
+    )
+}
+
+/// The sum of the `access_log` counter `name` over the files whose stat names contain `file`.
+fn count(rs: &Ringside, name: &str, file: &str) -> i64 {
+    rs.get("/stats")
+        .1
+        .lines()
+        .filter(|l| l.starts_with("access_log.") && l.contains(name) && l.contains(file))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<i64>().ok())
+        .sum()
+}
+
+#[test]
+fn dubbo_calls_and_tcp_connections_are_logged_once_each() {
+    let a = Provider::start("A");
+    let echo = echo_server();
+    let dir = TempDir::new("access-log");
+    let (admin, dubbo, tcp) = (local(free_port()), local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, dubbo, tcp, a.addr, echo, &dir.0),
+        admin,
+        &["--shards", "2"],
+    );
+
+    let mut c = Consumer::connect(dubbo);
+    let me = c.conn.local_addr().unwrap();
+    let ok = c.call(RequestBuilder::new(SVC, "echo").version("1.0.0"));
+    assert_eq!(ok.status, Status::Ok, "{ok:?}");
+    let slow = c.call(RequestBuilder::new(SVC, "hold"));
+    assert_eq!(slow.status, Status::ServerTimeout, "{slow:?}");
+    let lost = c.call(RequestBuilder::new("com.example.Other", "get").version("2"));
+    assert_eq!(lost.status, Status::ServiceNotFound, "{lost:?}");
+
+    let got = lines(&dir.0.join("dubbo.log"), 3);
+    assert_eq!(
+        got,
+        [
+            format!("{SVC} echo 1.0.0 id={} 20 - {} a dubbo {me}", ok.id, a.addr),
+            format!("{SVC} hold - id={} 31 UT {} a dubbo {me}", slow.id, a.addr),
+            format!(
+                "com.example.Other get 2 id={} 60 NR - - dubbo {me}",
+                lost.id
+            ),
+        ]
+    );
+    let json: Vec<serde_json::Value> = lines(&dir.0.join("dubbo.json"), 3)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(json[0]["method"], "echo");
+    assert_eq!(json[0]["code"], 20);
+    assert_eq!(json[0]["host"], a.addr.to_string());
+    assert_eq!(json[0]["tx"], ok.frame.len() as u64, "{}", json[0]);
+    assert!(
+        json[0]["rx"].as_u64().is_some_and(|n| n > 16),
+        "{}",
+        json[0]
+    );
+    assert!(
+        json[1]["ms"]
+            .as_u64()
+            .is_some_and(|ms| (290..2000).contains(&ms)),
+        "{}",
+        json[1]
+    );
+    assert_eq!(json[2]["host"], serde_json::Value::Null);
+    // 2026-12-04T15:04:04.123Z
+    let start = json[0]["start"].as_str().unwrap_or_default();
+    assert!(
+        start.len() == 24 && start.ends_with('Z') && start.as_bytes()[10] == b'T',
+        "{start}"
+    );
+
+    // A TCP connection: one line when it ends, with its bytes each way.
+    let mut s = TcpStream::connect(tcp).unwrap();
+    s.write_all(b"ping!").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    drop(s);
+    let got = lines(&dir.0.join("tcp.log"), 1);
+    assert_eq!(got, [format!("5 5 {echo} echo - - {tcp}")]);
+
+    let (logged, dropped) = (
+        count(&rs, "lines_logged", ""),
+        count(&rs, "lines_dropped", ""),
+    );
+    assert_eq!((logged, dropped), (3 + 3 + 1, 0), "{}", rs.get("/stats").1);
+}
+
+#[test]
+fn sigusr1_reopens_the_files_after_rotation() {
+    let a = Provider::start("A");
+    let echo = echo_server();
+    let dir = TempDir::new("access-log-rotate");
+    let (admin, dubbo, tcp) = (local(free_port()), local(free_port()), local(free_port()));
+    let rs = Ringside::start(
+        &config(admin, dubbo, tcp, a.addr, echo, &dir.0),
+        admin,
+        &["--shards", "1"],
+    );
+    let log = dir.0.join("dubbo.log");
+    let mut c = Consumer::connect(dubbo);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "first")).status, Status::Ok);
+    assert_eq!(lines(&log, 1).len(), 1);
+    let rotated = dir.0.join("dubbo.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    rs.signal(libc::SIGUSR1);
+    // The signal is handled off the data path; give the writer a moment to reopen.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        c.call(RequestBuilder::new(SVC, "second")).status,
+        Status::Ok
+    );
+    let fresh = lines(&log, 1);
+    assert!(fresh[0].starts_with(&format!("{SVC} second ")), "{fresh:?}");
+    let old = lines(&rotated, 1);
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert!(old[0].starts_with(&format!("{SVC} first ")), "{old:?}");
+}
+
+/// A log whose reader never reads (a FIFO opened and left alone): the writer blocks, the
+/// queue fills, shards drop batches and count them; calls go on at full speed and every line
+/// is either logged or counted as dropped.
+#[test]
+fn a_stuck_writer_drops_lines_and_never_slows_calls() {
+    let a = Provider::start("A");
+    let echo = echo_server();
+    let dir = TempDir::new("access-log-stuck");
+    let fifo = dir.0.join("dubbo.log");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // Opened for reading (never read), so that ringside's open for writing does not block.
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open(&fifo)
+        .unwrap();
+    let (admin, dubbo, tcp) = (local(free_port()), local(free_port()), local(free_port()));
+    // 1 KiB lines: 24,000 calls make 24 MiB, far more than the pipe and the writer's queue
+    // (64 batches of 64 KiB) hold.
+    let padding = " ".repeat(1024);
+    let cfg = config_with(admin, dubbo, tcp, a.addr, echo, &dir.0, &padding);
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let calls_per_conn = 6000;
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Consumer::connect(dubbo);
+                let mut slowest = Duration::ZERO;
+                for _ in 0..calls_per_conn {
+                    let t = Instant::now();
+                    assert_eq!(c.call(RequestBuilder::new(SVC, "echo")).status, Status::Ok);
+                    slowest = slowest.max(t.elapsed());
+                }
+                slowest
+            })
+        })
+        .collect();
+    let slowest = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .max()
+        .unwrap();
+    let total = 4 * calls_per_conn as i64;
+    let counts = || {
+        (
+            count(&rs, "lines_logged", "dubbo.log"),
+            count(&rs, "lines_dropped", "dubbo.log"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (logged, dropped) = loop {
+        let (l, d) = counts();
+        if l + d == total || Instant::now() > deadline {
+            break (l, d);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(logged + dropped, total, "logged {logged} dropped {dropped}");
+    assert!(
+        dropped > 0,
+        "the stuck writer made shards drop lines: logged {logged}"
+    );
+    // The shard never waited for the log: no call took long (generous for a loaded CI box).
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest call {slowest:?}"
+    );
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// Triple: one line per stream from grpcio calls through ringside to a grpcio server, with
+/// request headers, the gRPC status, bytes and where the call went; a call with no route and a
+/// call the server fails show their status and flags.
+#[test]
+fn grpc_calls_are_logged_with_headers_status_and_bytes() {
+    use common::grpc::{grpc_call, CallOpts, GrpcServer};
+    let server = GrpcServer::start(0, "S", &[]);
+    let dir = TempDir::new("access-log-grpc");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let log = dir.0.join("grpc.log");
+    let cfg = format!(
+        r#"admin: {{address: {admin}}}
+listeners:
+  - name: grpc
+    address: {listen}
+    protocol: triple
+    triple:
+      routes:
+        - match: {{service: {{exact: helloworld.Greeter}}}}
+          route: {{cluster: s}}
+    access_log:
+      - path: {log}
+        format: "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %REQ(X-USER):5% %REQ(USER-AGENT):11%\n"
+clusters:
+  - name: s
+    endpoints: ["{s}"]
+"#,
+        log = log.display(),
+        s = server.addr()
+    );
+    let _rs = Ringside::start(&cfg, admin, &["--shards", "2"]);
+    let ok = grpc_call(
+        listen,
+        &CallOpts::default().payload(100).meta("x-user", "vip-12345"),
+    );
+    assert!(ok.ok, "{ok:?}");
+    let lost = grpc_call(listen, &CallOpts::default().service("other.Service"));
+    assert_eq!(lost.code, "UNIMPLEMENTED", "{lost:?}");
+    let got = lines(&log, 2);
+    let f: Vec<Vec<&str>> = got.iter().map(|l| l.split(' ').collect()).collect();
+    let s = server.addr().to_string();
+    assert_eq!(
+        f[0][..6],
+        [
+            "POST",
+            "/helloworld.Greeter/SayHello",
+            "HTTP/2",
+            "200",
+            "OK",
+            "-"
+        ],
+        "{got:?}"
+    );
+    // The request message is the 100-byte payload plus its gRPC framing; the answer echoes it.
+    let (rx, tx): (u64, u64) = (f[0][6].parse().unwrap(), f[0][7].parse().unwrap());
+    assert!(rx > 100 && rx < 200 && tx > 100, "{got:?}");
+    assert_eq!(
+        f[0][8..],
+        [s.as_str(), "s", "vip-1", "grpc-python"],
+        "{got:?}"
+    );
+    assert_eq!(
+        f[1][..10],
+        [
+            "POST",
+            "/other.Service/SayHello",
+            "HTTP/2",
+            "200",
+            "Unimplemented",
+            "NR",
+            "0",
+            "0",
+            "-",
+            "-"
+        ],
+        "{got:?}"
+    );
+}
+
+/// The same xDS listeners with `access_log` (file loggers, text and JSON formats) given to
+/// Envoy 1.40 and to ringside, the same calls through both (a TCP connection, a grpcio call,
+/// a call without a route): the lines agree field for field, apart from the listener ports and
+/// log paths that differ between the two snapshots.
+#[test]
+fn xds_access_logs_write_the_lines_envoy_writes() {
+    use common::envoy::{bootstrap, eds_cluster, load_assignment, socket, Ads, Envoy};
+    use common::grpc::{grpc_call, CallOpts, GrpcServer};
+    use common::xds::XdsServer;
+    use serde_json::json;
+
+    const TCP_FORMAT: &str = "%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %RESPONSE_CODE% %PROTOCOL%\n";
+    const GRPC_FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %REQ(X-USER)% %REQ(:AUTHORITY)%\n";
+    let echo = echo_server();
+    let server = GrpcServer::start(0, "S", &[]);
+    let dir = TempDir::new("access-log-oracle");
+    let file_log = |path: &Path, format: Value| {
+        json!({"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.display().to_string(), "log_format": format}})
+    };
+    use serde_json::Value;
+    let snapshot = |who: &str, tcp: SocketAddr, grpc: SocketAddr| {
+        let text = |f: &str| json!({"text_format_source": {"inline_string": f}});
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "grpc", "codec_type": "HTTP2",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "s"}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "access_log": [
+                file_log(&dir.0.join(format!("{who}-grpc.log")), text(GRPC_FORMAT)),
+                file_log(&dir.0.join(format!("{who}-grpc.json")), json!({"json_format": {
+                    "path": "%REQ(:PATH)%", "code": "%RESPONSE_CODE%", "grpc": "%GRPC_STATUS%",
+                    "flags": "%RESPONSE_FLAGS%", "missing": "%REQ(X-NONE)%",
+                    "nested": {"cluster": "%UPSTREAM_CLUSTER%"}}}))
+            ]
+        });
+        json!({
+            "version": "v1",
+            "listeners": [
+                {"name": "tcp", "address": socket(tcp), "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "tcp", "cluster": "echo",
+                        "access_log": [file_log(&dir.0.join(format!("{who}-tcp.log")), text(TCP_FORMAT))]}}]}]},
+                {"name": "grpc", "address": socket(grpc), "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
+            ],
+            "clusters": [eds_cluster("echo", false), eds_cluster("s", true)],
+            "endpoints": [load_assignment("echo", &[echo]), load_assignment("s", &[server.addr()])]
+        })
+    };
+    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<Value>) {
+        let (tcp, grpc) = (local(free_port()), local(free_port()));
+        let mut xds = XdsServer::start();
+        xds.put(&snapshot(who, tcp, grpc)).unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle\n  node_cluster: tests\n  mode: sotw\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "2"]))
+        };
+        // Both listeners serving.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(tcp).is_err() || TcpStream::connect(grpc).is_err() {
+            assert!(Instant::now() < deadline, "{who}: listeners never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut s = TcpStream::connect(tcp).unwrap();
+        s.write_all(b"ping!").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        drop(s);
+        let ok = grpc_call(
+            grpc,
+            &CallOpts::default().payload(100).meta("x-user", "vip-1"),
+        );
+        assert!(ok.ok, "{who}: {ok:?}");
+        let lost = grpc_call(grpc, &CallOpts::default().service("other.Service"));
+        assert_eq!(lost.code, "UNIMPLEMENTED", "{who}: {lost:?}");
+        // Without the readiness probes' connections (nothing sent: "0 0 ...").
+        let tcp_lines = lines_where(&dir.0.join(format!("{who}-tcp.log")), 1, |l| {
+            !l.starts_with("0 0 ")
+        });
+        let grpc_lines: Vec<String> = lines(&dir.0.join(format!("{who}-grpc.log")), 2)
+            .iter()
+            .map(|l| l.replace(&grpc.port().to_string(), "PORT"))
+            .collect();
+        let json = lines(&dir.0.join(format!("{who}-grpc.json")), 2)
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: {e}: {l}")))
+            .collect();
+        xds.terminate().unwrap();
+        (tcp_lines, grpc_lines, json)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert_eq!(ringside.0, envoy.0, "tcp lines");
+    assert_eq!(ringside.1, envoy.1, "grpc lines");
+    assert_eq!(ringside.2, envoy.2, "grpc json lines");
+}

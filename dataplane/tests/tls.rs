@@ -1,0 +1,538 @@
+//! Mutual TLS through the real binary (docs/security.md): a test CA issues SPIFFE certificates
+//! (rcgen, ECDSA P-256 as Istio's CA does); a Dubbo consumer → ringside (outbound, cluster
+//! `tls`) → ringside (inbound listener `tls`, STRICT) → provider chain; STRICT refusing
+//! plaintext and PERMISSIVE serving both; peers with the wrong SAN or from another CA refused;
+//! grpcio over TLS to ringside, and through an outbound → inbound pair.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use codec::dubbo::encode::{Arg, RequestBuilder};
+use codec::dubbo::Status;
+use common::dubbo::*;
+use common::grpc::{grpc_call, CallOpts, ClientTls, GrpcServer};
+use common::*;
+
+const SVC: &str = "com.ringside.test.EchoService";
+const PROVIDER_ID: &str = "spiffe://cluster.local/ns/default/sa/provider";
+const CONSUMER_ID: &str = "spiffe://cluster.local/ns/default/sa/consumer";
+const ROGUE_ID: &str = "spiffe://cluster.local/ns/default/sa/rogue";
+/// The DNS name grpcio checks the inbound certificate against.
+const PROVIDER_DNS: &str = "provider.default.svc";
+
+/// A CA and the leaves it issued, as PEM files in a temp dir: `ca.pem`; `NAME.pem` and
+/// `NAME.key` for `provider`, `consumer`, `rogue` (right CA, wrong SAN) and `stranger`
+/// (the consumer's SAN, issued by another CA).
+struct Pki {
+    dir: TempDir,
+}
+
+fn leaf(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, uri: &str, dns: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = std::iter::once(rcgen::SanType::URI(uri.try_into().unwrap()))
+        .chain(
+            dns.iter()
+                .map(|d| rcgen::SanType::DnsName((*d).try_into().unwrap())),
+        )
+        .collect();
+    p.not_after = rcgen::date_time_ymd(2031, 7, 9);
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "cluster.local");
+    let cert = p.self_signed(&key).unwrap();
+    (cert.pem(), rcgen::Issuer::new(p, key))
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = TempDir::new("tls");
+        let (ca_pem, issuer) = ca();
+        dir.write("ca.pem", &ca_pem);
+        let leaves = [
+            ("provider", PROVIDER_ID, &[PROVIDER_DNS][..]),
+            ("consumer", CONSUMER_ID, &[][..]),
+            ("rogue", ROGUE_ID, &[][..]),
+        ];
+        for (name, uri, dns) in leaves {
+            let (cert, key) = leaf(&issuer, uri, dns);
+            dir.write(&format!("{name}.pem"), &cert);
+            dir.write(&format!("{name}.key"), &key);
+        }
+        let (_, other) = ca();
+        let (cert, key) = leaf(&other, CONSUMER_ID, &[]);
+        dir.write("stranger.pem", &cert);
+        dir.write("stranger.key", &key);
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.0.join(f).display().to_string()
+    }
+}
+
+/// An inbound sidecar: listener `inbound` (`protocol`, TLS `mode`, client certificates must
+/// carry the consumer's SAN) in front of `app`.
+fn inbound_yaml(
+    pki: &Pki,
+    admin: SocketAddr,
+    listen: SocketAddr,
+    protocol: &str,
+    mode: &str,
+    app: SocketAddr,
+) -> String {
+    let alpn = if protocol == "triple" { "[h2]" } else { "[]" };
+    format!(
+        "admin: {{address: {admin}}}\n\
+         listeners:\n\
+         \x20 - name: inbound\n    address: {listen}\n    protocol: {protocol}\n    cluster: app\n\
+         \x20   tls:\n      mode: {mode}\n      cert_chain: {}\n      private_key: {}\n\
+         \x20     ca: {}\n      subject_alt_names: [\"{CONSUMER_ID}\"]\n      alpn: {alpn}\n\
+         clusters:\n  - {{name: app, endpoints: [\"{app}\"]}}\n",
+        pki.path("provider.pem"),
+        pki.path("provider.key"),
+        pki.path("ca.pem"),
+    )
+}
+
+/// An outbound sidecar: plaintext listener `outbound` to cluster `peer` (the inbound sidecar)
+/// over mutual TLS with certificate `me`, expecting the server SAN `want`.
+fn outbound_yaml(
+    pki: &Pki,
+    admin: SocketAddr,
+    listen: SocketAddr,
+    protocol: &str,
+    peer: SocketAddr,
+    me: &str,
+    want: &str,
+) -> String {
+    let alpn = if protocol == "triple" {
+        "[h2]"
+    } else {
+        "[istio]"
+    };
+    format!(
+        "admin: {{address: {admin}}}\n\
+         listeners:\n\
+         \x20 - {{name: outbound, address: {listen}, protocol: {protocol}, cluster: peer}}\n\
+         clusters:\n\
+         \x20 - name: peer\n    endpoints: [\"{peer}\"]\n    timeout_ms: 3000\n\
+         \x20   tls:\n      cert_chain: {}\n      private_key: {}\n      ca: {}\n\
+         \x20     sni: outbound_.20880_._.provider.default.svc.cluster.local\n\
+         \x20     alpn: {alpn}\n      subject_alt_names: [\"{want}\"]\n",
+        pki.path(&format!("{me}.pem")),
+        pki.path(&format!("{me}.key")),
+        pki.path("ca.pem"),
+    )
+}
+
+fn start(yaml: &str, admin: SocketAddr) -> Ringside {
+    Ringside::start(yaml, admin, &["--shards", "1"])
+}
+
+fn stat(rs: &Ringside, name: &str) -> i64 {
+    rs.stat_value(&format!("listener.inbound.{name}"))
+        .unwrap_or_else(|| panic!("no stat listener.inbound.{name}"))
+}
+
+/// Waits (up to 5 s) until listener stat `name` reaches `value`.
+fn wait_stat(rs: &Ringside, name: &str, value: i64, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stat(rs, name) < value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {name} stayed at {} (want {value})",
+            stat(rs, name)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(stat(rs, name), value, "{what}: {name}");
+}
+
+fn echo(c: &mut Consumer, text: &str) -> (Status, String) {
+    let args = [Arg::Str(text)];
+    let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+    (a.status, a.text)
+}
+
+/// Plaintext Dubbo straight to a TLS listener: what came back before the connection closed.
+fn plaintext_reply(addr: SocketAddr) -> Vec<u8> {
+    use std::io::Read;
+    let mut c = Consumer::connect(addr);
+    let args = [Arg::Str("plain")];
+    let _ = c.try_send(RequestBuilder::new(SVC, "echo").args(&args));
+    let mut got = Vec::new();
+    let _ = c.conn.read_to_end(&mut got);
+    got
+}
+
+/// A TLS alert record (content type 21): what rustls answers a ClientHello that is not one.
+fn is_tls_alert(b: &[u8]) -> bool {
+    b.len() >= 7 && b[0] == 0x15 && b[1] == 0x03
+}
+
+#[test]
+fn dubbo_consumer_to_outbound_to_strict_inbound_over_mutual_tls() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound = start(
+        &inbound_yaml(&pki, in_admin, in_listen, "dubbo", "strict", provider.addr),
+        in_admin,
+    );
+    let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+    let outbound = start(
+        &outbound_yaml(
+            &pki,
+            out_admin,
+            out_listen,
+            "dubbo",
+            in_listen,
+            "consumer",
+            PROVIDER_ID,
+        ),
+        out_admin,
+    );
+    let mut c = Consumer::connect(out_listen);
+    for i in 0..20 {
+        let text = format!("hello-{i}");
+        assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+    }
+    // One upstream connection (one shard), one handshake, reused by every call.
+    assert_eq!(stat(&inbound, "downstream_tls_handshake"), 1);
+    assert_eq!(stat(&inbound, "downstream_tls_error"), 0);
+
+    // STRICT: plaintext is refused before the provider sees anything.
+    let seen = provider.seen.lock().unwrap().len();
+    let reply = plaintext_reply(in_listen);
+    assert!(
+        is_tls_alert(&reply),
+        "plaintext under STRICT got {reply:02x?}"
+    );
+    // The socket may close a moment before the shard counts the failure.
+    wait_stat(
+        &inbound,
+        "downstream_tls_error",
+        1,
+        "plaintext under STRICT",
+    );
+    assert_eq!(provider.seen.lock().unwrap().len(), seen);
+    drop(outbound);
+}
+
+#[test]
+fn permissive_serves_tls_and_plaintext_on_one_port() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound = start(
+        &inbound_yaml(
+            &pki,
+            in_admin,
+            in_listen,
+            "dubbo",
+            "permissive",
+            provider.addr,
+        ),
+        in_admin,
+    );
+    let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+    let _outbound = start(
+        &outbound_yaml(
+            &pki,
+            out_admin,
+            out_listen,
+            "dubbo",
+            in_listen,
+            "consumer",
+            PROVIDER_ID,
+        ),
+        out_admin,
+    );
+    let mut plain = Consumer::connect(in_listen);
+    assert_eq!(
+        echo(&mut plain, "plain"),
+        (Status::Ok, "A|echo|plain".to_string())
+    );
+    let mut c = Consumer::connect(out_listen);
+    assert_eq!(echo(&mut c, "tls"), (Status::Ok, "A|echo|tls".to_string()));
+    assert_eq!(stat(&inbound, "downstream_tls_plaintext"), 1);
+    assert_eq!(stat(&inbound, "downstream_tls_handshake"), 1);
+}
+
+#[test]
+fn peers_with_the_wrong_identity_are_refused_on_both_sides() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound = start(
+        &inbound_yaml(&pki, in_admin, in_listen, "dubbo", "strict", provider.addr),
+        in_admin,
+    );
+    // (client cert, server SAN the outbound side expects): the outbound refuses a server
+    // without the expected SAN; the inbound refuses a client with the wrong SAN or from
+    // another CA.
+    let cases = [
+        (
+            "consumer",
+            "spiffe://cluster.local/ns/default/sa/other",
+            "server SAN",
+        ),
+        ("rogue", PROVIDER_ID, "client SAN"),
+        ("stranger", PROVIDER_ID, "client CA"),
+    ];
+    for (i, (me, want, what)) in cases.into_iter().enumerate() {
+        let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+        let _outbound = start(
+            &outbound_yaml(&pki, out_admin, out_listen, "dubbo", in_listen, me, want),
+            out_admin,
+        );
+        let mut c = Consumer::connect(out_listen);
+        let (status, text) = echo(&mut c, "who");
+        assert_ne!(status, Status::Ok, "{what}: answered: {text}");
+        // The consumer's answer can come before the inbound side reads the alert.
+        wait_stat(&inbound, "downstream_tls_error", i as i64 + 1, what);
+    }
+    assert_eq!(stat(&inbound, "downstream_tls_handshake"), 0);
+    assert!(provider.seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn grpcio_over_tls_to_ringside_and_through_an_outbound_inbound_pair() {
+    let pki = Pki::new();
+    let server = GrpcServer::start(0, "G", &[]);
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound = start(
+        &inbound_yaml(&pki, in_admin, in_listen, "triple", "strict", server.addr()),
+        in_admin,
+    );
+    // grpcio with the consumer's certificate, straight to the inbound listener.
+    let tls = ClientTls {
+        ca: pki.dir.0.join("ca.pem"),
+        cert: Some((
+            pki.dir.0.join("consumer.pem"),
+            pki.dir.0.join("consumer.key"),
+        )),
+        authority: PROVIDER_DNS.into(),
+    };
+    let out = grpc_call(in_listen, &CallOpts::default().count(3).tls(tls.clone()));
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.servers(), ["G", "G", "G"]);
+    assert_eq!(stat(&inbound, "downstream_tls_handshake"), 1);
+    // Without a client certificate: refused (STRICT, require_client_certificate).
+    let anon = ClientTls { cert: None, ..tls };
+    let out = grpc_call(in_listen, &CallOpts::default().tls(anon));
+    assert!(!out.ok, "{out:?}");
+    // Plaintext grpcio → outbound (Triple, mTLS upstream) → inbound.
+    let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+    let _outbound = start(
+        &outbound_yaml(
+            &pki,
+            out_admin,
+            out_listen,
+            "triple",
+            in_listen,
+            "consumer",
+            PROVIDER_ID,
+        ),
+        out_admin,
+    );
+    let out = grpc_call(out_listen, &CallOpts::default().count(3));
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.servers(), ["G", "G", "G"]);
+    assert_eq!(stat(&inbound, "downstream_tls_handshake"), 2);
+}
+
+/// Envoy's `common_tls_context` with a certificate of `pki` and the peer SAN it requires.
+fn envoy_tls_context(pki: &Pki, me: &str, peer_id: &str, alpn: &str) -> serde_json::Value {
+    serde_json::json!({
+        "alpn_protocols": [alpn],
+        "tls_certificates": [{
+            "certificate_chain": {"filename": pki.path(&format!("{me}.pem"))},
+            "private_key": {"filename": pki.path(&format!("{me}.key"))},
+        }],
+        "validation_context": {
+            "trusted_ca": {"filename": pki.path("ca.pem")},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer_id}}],
+        },
+    })
+}
+
+/// A tcp_proxy listener on `listen` to `upstream`, TLS on the listener (`downstream`) and/or
+/// towards the upstream (`upstream_tls`), as Istio's sidecars have on either side.
+fn envoy_sidecar(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    downstream: Option<serde_json::Value>,
+    upstream_tls: Option<serde_json::Value>,
+) -> serde_json::Value {
+    use common::envoy::{load_assignment, socket};
+    let mut chain = serde_json::json!({"filters": [{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "t", "cluster": "app"}}]});
+    if let Some(ctx) = downstream {
+        chain["transport_socket"] = serde_json::json!({"name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": true,
+                "common_tls_context": ctx}});
+    }
+    let mut cluster = serde_json::json!({"name": "app", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": load_assignment("app", &[upstream])});
+    if let Some(ctx) = upstream_tls {
+        cluster["transport_socket"] = serde_json::json!({"name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "outbound_.20880_._.provider.default.svc.cluster.local",
+                "common_tls_context": ctx}});
+    }
+    serde_json::json!({
+        "admin": {"address": socket(admin)},
+        "static_resources": {
+            "listeners": [{"name": "l", "address": socket(listen), "filter_chains": [chain]}],
+            "clusters": [cluster],
+        },
+    })
+}
+
+/// Starts Envoy and waits until it is LIVE (`/ready`: its listeners accept). No connection
+/// probe: an outbound tcp_proxy would open (and cut) a TLS connection upstream for it.
+fn start_envoy(bootstrap: &serde_json::Value, admin: SocketAddr) -> common::envoy::Envoy {
+    let e = common::envoy::Envoy::start(bootstrap, admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !matches!(
+        common::xds::http_body(admin, "GET", "/ready", ""),
+        Ok((200, _))
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "envoy not LIVE:\n{}",
+            e.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    e
+}
+
+#[test]
+fn envoy_is_the_peer_sidecar_in_both_directions() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    // ringside outbound (mTLS) → Envoy inbound (TLS listener requiring the consumer's SAN).
+    let (e_admin, e_listen) = (local(free_port()), local(free_port()));
+    let inbound_ctx = envoy_tls_context(&pki, "provider", CONSUMER_ID, "istio");
+    let envoy_in = start_envoy(
+        &envoy_sidecar(e_admin, e_listen, provider.addr, Some(inbound_ctx), None),
+        e_admin,
+    );
+    let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+    let _out = start(
+        &outbound_yaml(
+            &pki,
+            out_admin,
+            out_listen,
+            "dubbo",
+            e_listen,
+            "consumer",
+            PROVIDER_ID,
+        ),
+        out_admin,
+    );
+    let mut c = Consumer::connect(out_listen);
+    for i in 0..5 {
+        let text = format!("to-envoy-{i}");
+        assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+    }
+    let handshakes = format!(
+        "listener.{}_{}.ssl.handshake",
+        e_listen.ip(),
+        e_listen.port()
+    );
+    assert_eq!(envoy_in.stat(&handshakes), 1, "{}", envoy_in.log());
+    // A ringside presenting the wrong SAN is refused by Envoy.
+    let (rogue_admin, rogue_listen) = (local(free_port()), local(free_port()));
+    let _rogue = start(
+        &outbound_yaml(
+            &pki,
+            rogue_admin,
+            rogue_listen,
+            "dubbo",
+            e_listen,
+            "rogue",
+            PROVIDER_ID,
+        ),
+        rogue_admin,
+    );
+    let mut c = Consumer::connect(rogue_listen);
+    let (status, text) = echo(&mut c, "rogue");
+    assert_ne!(status, Status::Ok, "Envoy let a wrong SAN through: {text}");
+    let ssl: Vec<String> = envoy_in
+        .get("/stats")
+        .lines()
+        .filter(|l| l.contains("ssl.") && !l.ends_with(": 0"))
+        .map(String::from)
+        .collect();
+    assert_eq!(envoy_in.stat(&handshakes), 1, "{ssl:#?}");
+
+    // Envoy outbound (UpstreamTlsContext, mTLS) → ringside inbound (STRICT).
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound = start(
+        &inbound_yaml(&pki, in_admin, in_listen, "dubbo", "strict", provider.addr),
+        in_admin,
+    );
+    let (o_admin, o_listen) = (local(free_port()), local(free_port()));
+    let outbound_ctx = envoy_tls_context(&pki, "consumer", PROVIDER_ID, "istio");
+    let _envoy_out = start_envoy(
+        &envoy_sidecar(o_admin, o_listen, in_listen, None, Some(outbound_ctx)),
+        o_admin,
+    );
+    let mut c = Consumer::connect(o_listen);
+    for i in 0..5 {
+        let text = format!("from-envoy-{i}");
+        assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+    }
+    assert_eq!(stat(&inbound, "downstream_tls_handshake"), 1);
+    assert_eq!(stat(&inbound, "downstream_tls_error"), 0);
+}
+
+#[test]
+fn certs_lists_each_file_with_its_sans_and_expiry() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let rs = start(
+        &inbound_yaml(&pki, admin, listen, "dubbo", "strict", provider.addr),
+        admin,
+    );
+    let (code, body) = rs.get("/certs");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let files = v["files"].as_array().unwrap();
+    let chain = files
+        .iter()
+        .find(|f| f["owner"] == "listener inbound" && f["role"] == "cert_chain")
+        .unwrap_or_else(|| panic!("no cert_chain in {body}"));
+    assert_eq!(chain["path"], pki.path("provider.pem"));
+    let leaf = &chain["certificates"][0];
+    assert_eq!(leaf["uri_sans"], serde_json::json!([PROVIDER_ID]));
+    // 2031-07-09T00:00:00Z, as the test CA issued it.
+    assert_eq!(leaf["expiration_unix_s"], 1_941_321_600);
+    assert!(leaf["days_until_expiration"].as_i64().unwrap() > 365);
+    assert!(
+        files
+            .iter()
+            .any(|f| f["owner"] == "listener inbound" && f["role"] == "ca"),
+        "{body}"
+    );
+}

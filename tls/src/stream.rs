@@ -1,0 +1,414 @@
+//! [`TlsStream`]: a rustls connection over a monoio stream, read and written with owned buffers.
+//!
+//! The handshake runs to completion on the whole stream ([`accept`], [`connect`]) before any
+//! filter sees it. The stream then splits into a [`TlsRead`] and a [`TlsWrite`] half that share
+//! the rustls connection through an `Rc<RefCell<_>>` borrowed only between awaits (never across
+//! one), over the two halves of the socket: reads and writes run concurrently, as they do on a
+//! plaintext socket, without two `&mut` to one value (the halves implement `Splitable`
+//! themselves instead of the `Split` marker).
+//!
+//! Ciphertext is read into a buffer owned by the read half ([`CIPHER_READ_BYTES`]) and handed to
+//! rustls only once the plaintext it already holds is drained, so rustls' received-plaintext
+//! limit is never hit. Everything rustls wants to send (records, alerts, a KeyUpdate answer the
+//! read side queued) leaves through the write half, in one socket write per filter write.
+
+// Copies between rustls and the caller's owned buffers (raw pointers monoio hands over).
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::io::{self, BufRead, Write};
+use std::rc::Rc;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Split,
+    Splitable,
+};
+use monoio::BufResult;
+use rustls::Connection;
+
+/// Ciphertext read per socket read: one full TLS record (16 KiB plaintext plus overhead) fits.
+pub const CIPHER_READ_BYTES: usize = 18 * 1024;
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("TLS handshake: {0}")]
+    Io(#[from] io::Error),
+    #[error("TLS handshake: the peer closed the connection")]
+    Closed,
+}
+
+/// A TLS connection over `S` after a completed handshake.
+pub struct TlsStream<S: AsyncWriteRent> {
+    read: TlsRead<S>,
+    write: TlsWrite<S>,
+}
+
+/// The read half of a [`TlsStream`].
+pub struct TlsRead<S> {
+    io: OwnedReadHalf<S>,
+    tls: Rc<RefCell<Connection>>,
+    /// Ciphertext read from the socket and not yet given to rustls: `cipher[pos..]`.
+    cipher: Vec<u8>,
+    pos: usize,
+}
+
+/// The write half of a [`TlsStream`].
+pub struct TlsWrite<S: AsyncWriteRent> {
+    io: OwnedWriteHalf<S>,
+    tls: Rc<RefCell<Connection>>,
+    /// Ciphertext on its way to the socket (reused).
+    out: Vec<u8>,
+}
+
+/// Completes a server handshake on `io`.
+pub async fn accept<S>(
+    mut io: S,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> Result<TlsStream<S>, HandshakeError>
+where
+    S: AsyncReadRent + AsyncWriteRent + Split,
+{
+    let mut conn = Connection::Server(rustls::ServerConnection::new(config)?);
+    handshake(&mut io, &mut conn).await?;
+    Ok(TlsStream::new(io, conn))
+}
+
+/// Completes a client handshake on `io` for `name` (SNI, unless the config disables it).
+pub async fn connect<S>(
+    mut io: S,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+) -> Result<TlsStream<S>, HandshakeError>
+where
+    S: AsyncReadRent + AsyncWriteRent + Split,
+{
+    let mut conn = Connection::Client(rustls::ClientConnection::new(config, name)?);
+    handshake(&mut io, &mut conn).await?;
+    Ok(TlsStream::new(io, conn))
+}
+
+/// Drives `conn` until the handshake is done and everything it queued is written. Records read
+/// past the handshake (a client's first request may share a segment with its Finished) stay
+/// in rustls, decrypted, for the read half.
+async fn handshake<S: AsyncReadRent + AsyncWriteRent>(
+    io: &mut S,
+    conn: &mut Connection,
+) -> Result<(), HandshakeError> {
+    let mut out = Vec::new();
+    let mut cipher = Vec::with_capacity(CIPHER_READ_BYTES);
+    loop {
+        out = send(io, conn, out).await?;
+        if !conn.is_handshaking() {
+            return Ok(());
+        }
+        cipher.clear();
+        let (r, c) = io.read(cipher).await;
+        cipher = c;
+        if r? == 0 {
+            return Err(HandshakeError::Closed);
+        }
+        let mut rd = &cipher[..];
+        while !rd.is_empty() {
+            if conn.read_tls(&mut rd)? == 0 {
+                // close_notify during the handshake.
+                return Err(HandshakeError::Closed);
+            }
+            if let Err(e) = conn.process_new_packets() {
+                // The alert rustls queued tells the peer why.
+                let _ = send(io, conn, out).await;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Writes everything `conn` has queued; returns the (empty) buffer for reuse.
+async fn send<S: AsyncWriteRent>(
+    io: &mut S,
+    conn: &mut Connection,
+    mut out: Vec<u8>,
+) -> io::Result<Vec<u8>> {
+    while conn.wants_write() {
+        out.clear();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)?;
+        }
+        let (r, o) = io.write_all(out).await;
+        out = o;
+        r?;
+    }
+    Ok(out)
+}
+
+// === impl TlsStream ===
+
+impl<S: AsyncReadRent + AsyncWriteRent + Split> TlsStream<S> {
+    fn new(io: S, conn: Connection) -> Self {
+        let (r, w) = io.into_split();
+        let tls = Rc::new(RefCell::new(conn));
+        TlsStream {
+            read: TlsRead {
+                io: r,
+                tls: tls.clone(),
+                cipher: Vec::with_capacity(CIPHER_READ_BYTES),
+                pos: 0,
+            },
+            write: TlsWrite {
+                io: w,
+                tls,
+                out: Vec::new(),
+            },
+        }
+    }
+}
+
+impl<S: AsyncWriteRent> TlsStream<S> {
+    /// The negotiated ALPN protocol, if any.
+    pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
+        self.read.tls.borrow().alpn_protocol().map(|p| p.to_vec())
+    }
+
+    /// The peer's certificate chain (end entity first), as it was verified.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.read
+            .tls
+            .borrow()
+            .peer_certificates()
+            .map(|c| c.to_vec())
+    }
+
+    /// The plaintext socket underneath (socket options).
+    pub fn get_ref(&self) -> &S {
+        // SAFETY: a shared borrow of the socket for a synchronous call (a socket option);
+        // both halves only ever use it through their own &mut for IO, never concurrently
+        // with this borrow of `&self` (the whole stream, not split).
+        unsafe { &*self.read.io.0.get() }
+    }
+}
+
+impl<S: AsyncWriteRent> Splitable for TlsStream<S> {
+    type OwnedRead = TlsRead<S>;
+    type OwnedWrite = TlsWrite<S>;
+
+    fn into_split(self) -> (TlsRead<S>, TlsWrite<S>) {
+        (self.read, self.write)
+    }
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> AsyncReadRent for TlsStream<S> {
+    fn read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.read.read(buf)
+    }
+
+    fn readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.read.readv(buf)
+    }
+}
+
+impl<S: AsyncWriteRent> AsyncWriteRent for TlsStream<S> {
+    fn write<T: IoBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.write.write(buf)
+    }
+
+    fn writev<T: IoVecBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.write.writev(buf)
+    }
+
+    fn flush(&mut self) -> impl std::future::Future<Output = io::Result<()>> {
+        self.write.flush()
+    }
+
+    fn shutdown(&mut self) -> impl std::future::Future<Output = io::Result<()>> {
+        self.write.shutdown()
+    }
+}
+
+// === impl TlsRead ===
+
+impl<S: AsyncReadRent> TlsRead<S> {
+    /// Copies decrypted bytes into `dst` (at most `len`); reads and decrypts more first when
+    /// rustls holds none. `Ok(0)`: the peer closed (with or without close_notify: Dubbo and
+    /// HTTP/2 frame their messages, so a truncation shows as an incomplete frame there).
+    async fn read_into(&mut self, dst: *mut u8, len: usize) -> io::Result<usize> {
+        if len == 0 {
+            return Ok(0);
+        }
+        loop {
+            {
+                let mut tls = self.tls.borrow_mut();
+                let mut reader = tls.reader();
+                match reader.fill_buf() {
+                    Ok([]) => return Ok(0),
+                    Ok(p) => {
+                        let n = p.len().min(len);
+                        // SAFETY: `dst` is valid for `len` bytes of writes (the caller's owned
+                        // buffer, kept alive by the caller for this call) and cannot overlap
+                        // rustls' own buffer.
+                        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), dst, n) };
+                        reader.consume(n);
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) => return Err(e),
+                }
+                // No plaintext: give rustls the next ciphertext, if any is buffered.
+                if self.pos < self.cipher.len() {
+                    let mut rd = &self.cipher[self.pos..];
+                    let before = rd.len();
+                    tls.read_tls(&mut rd)?;
+                    self.pos += before - rd.len();
+                    tls.process_new_packets()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    continue;
+                }
+            }
+            let mut cipher = std::mem::take(&mut self.cipher);
+            cipher.clear();
+            self.pos = 0;
+            let (r, c) = self.io.read(cipher).await;
+            self.cipher = c;
+            if r? == 0 {
+                // EOF: rustls decides whether it was clean.
+                let mut tls = self.tls.borrow_mut();
+                tls.read_tls(&mut &[][..])?;
+                tls.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+        }
+    }
+}
+
+impl<S: AsyncReadRent> AsyncReadRent for TlsRead<S> {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let len = buf.bytes_total();
+        let dst = buf.write_ptr();
+        let r = self.read_into(dst, len).await;
+        if let Ok(n) = r {
+            // SAFETY: `read_into` wrote `n` bytes at the start of the buffer's writable area.
+            unsafe { buf.set_init(n) };
+        }
+        (r, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // The first non-empty iovec only: a short read is allowed.
+        let iovecs: Vec<(usize, *mut u8)> = (0..buf.write_iovec_len())
+            .map(|i| {
+                // SAFETY: `i` is below write_iovec_len, so the iovec exists.
+                let v = unsafe { *buf.write_iovec_ptr().add(i) };
+                (v.iov_len, v.iov_base.cast::<u8>())
+            })
+            .collect();
+        let Some(&(len, dst)) = iovecs.iter().find(|(len, _)| *len > 0) else {
+            return (Ok(0), buf);
+        };
+        let skipped: usize = iovecs
+            .iter()
+            .take_while(|(l, _)| *l == 0)
+            .map(|(l, _)| l)
+            .sum();
+        let r = self.read_into(dst, len).await;
+        if let Ok(n) = r {
+            // SAFETY: `n` bytes were written at the start of the first non-empty iovec.
+            unsafe { buf.set_init(skipped + n) };
+        }
+        (r, buf)
+    }
+}
+
+// === impl TlsWrite ===
+
+impl<S: AsyncWriteRent> TlsWrite<S> {
+    /// Encrypts what rustls accepts of `plain` (its buffer limit may take less than all) and
+    /// writes the records.
+    async fn write_slices(&mut self, plain: &[&[u8]]) -> io::Result<usize> {
+        let mut taken = 0;
+        {
+            let mut tls = self.tls.borrow_mut();
+            for p in plain {
+                let n = tls.writer().write(p)?;
+                taken += n;
+                if n < p.len() {
+                    break;
+                }
+            }
+        }
+        self.flush_tls().await?;
+        Ok(taken)
+    }
+
+    /// Writes every record rustls has queued.
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        loop {
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            {
+                let mut tls = self.tls.borrow_mut();
+                while tls.wants_write() {
+                    tls.write_tls(&mut out)?;
+                }
+            }
+            if out.is_empty() {
+                self.out = out;
+                return Ok(());
+            }
+            let (r, o) = self.io.write_all(out).await;
+            self.out = o;
+            r?;
+        }
+    }
+}
+
+impl<S: AsyncWriteRent> AsyncWriteRent for TlsWrite<S> {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: `read_ptr` is valid for `bytes_init` initialised bytes while we own `buf`.
+        let plain = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let r = self.write_slices(&[plain]).await;
+        (r, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let slices: Vec<&[u8]> = (0..buf.read_iovec_len())
+            .map(|i| {
+                // SAFETY: `i` is below read_iovec_len, and each iovec points at initialised
+                // bytes of `buf`, which we own for the whole call.
+                unsafe {
+                    let v = *buf.read_iovec_ptr().add(i);
+                    std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len)
+                }
+            })
+            .collect();
+        let r = self.write_slices(&slices).await;
+        drop(slices);
+        (r, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls().await?;
+        self.io.flush().await
+    }
+
+    /// Sends close_notify, then shuts the socket's write side.
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.tls.borrow_mut().send_close_notify();
+        self.flush_tls().await?;
+        self.io.shutdown().await
+    }
+}
