@@ -4,7 +4,7 @@
 //! their bound at once would exhaust the process; this bounds their sum per shard.
 //!
 //! What is charged: answers queued for a Dubbo consumer and requests queued for a provider
-//! (the frame a connection is writing included), the read buffer of a Dubbo frame larger than
+//! (a large frame a connection is writing included), the read buffer of a Dubbo frame larger than
 //! one read chunk while it is read, an HTTP/2 connection's output buffer and the DATA its streams
 //! hold waiting for the peer's window. Each is charged where it is queued and released where it
 //! is written, dropped or its connection goes (a `Drop` gives back whatever is left), so the
