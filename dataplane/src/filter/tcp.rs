@@ -81,7 +81,8 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
     let mut out = Outcome::default();
     let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
     if !out.handed_off {
-        let cluster = l.cluster.borrow().as_ref().map(|c| c.name.clone());
+        // Borrowed for the line only (no await while held): no copy of the name per connection.
+        let cluster = l.cluster.borrow();
         log.write(&Record {
             start,
             duration: started.elapsed(),
@@ -90,7 +91,7 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
             grpc_status: None,
             flags: out.flags,
             upstream_host: out.upstream,
-            upstream_cluster: cluster.as_deref(),
+            upstream_cluster: cluster.as_ref().map(|c| c.name.as_str()),
             route_name: None,
             downstream_remote: remote,
             downstream_local: local,
