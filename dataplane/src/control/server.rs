@@ -228,6 +228,9 @@ pub struct Shared {
     pub admin_stop: std::sync::atomic::AtomicBool,
     /// Set when every shard finished draining.
     pub drained: std::sync::atomic::AtomicBool,
+    /// `POST /healthcheck/fail` (until `POST /healthcheck/ok`): `/ready` answers 503
+    /// `DRAINING`, as Envoy's does, while traffic is still served.
+    pub health_failed: std::sync::atomic::AtomicBool,
 }
 
 /// What config updates need between two of them: the snapshot builder, the shards' inboxes and
@@ -315,6 +318,7 @@ impl Shared {
             && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
             && self.dynamic_ready.load(Ordering::Acquire)
             && self.registry_ready.load(Ordering::Acquire)
+            && !self.health_failed.load(Ordering::Acquire)
     }
 
     /// The xDS versions of the last accepted update.
@@ -869,6 +873,9 @@ impl Server {
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
         );
+        if let Some(x) = &config.xds {
+            stats.set_istio_node(crate::stats::istio::Node::from_metadata(&x.node_metadata));
+        }
         let shard_ids = shard_stat_ids(&stats);
         let update_ids = UpdateStatIds {
             applied: stats.add("config", "update_applied", &[], Kind::Counter),
@@ -932,6 +939,7 @@ impl Server {
             sockets,
             admin_stop: std::sync::atomic::AtomicBool::new(false),
             drained: std::sync::atomic::AtomicBool::new(false),
+            health_failed: std::sync::atomic::AtomicBool::new(false),
         });
 
         // Admin first: it answers 503 on /ready while the shards come up.
