@@ -250,15 +250,7 @@ fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Sha
         ("GET", "/server_info") => Response::json(server_info(shared)),
         ("GET", "/stats") | ("GET", "/stats/prometheus") => stats(shared, path, &q),
         ("GET", "/memory") => Response::json(memory(shared)),
-        ("GET", "/config_dump") => {
-            let snap = shared.snapshot();
-            Response::json(serde_json::json!({
-                "version": snap.version,
-                "xds_versions": shared.xds_versions(),
-                "config": serde_json::to_value(&snap.config)
-                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
-            }))
-        }
+        ("GET", "/config_dump") => config_dump(shared, &q),
         ("GET", "/certs") => Response::json(certs(&shared.snapshot().tls)),
         ("GET", "/listeners") => listeners(shared, q.has_value("format", "json")),
         ("GET", "/clusters") => clusters(shared, q.has_value("format", "json")),
@@ -296,6 +288,36 @@ fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Sha
         ),
         _ => Response::text(404, "not found\n"),
     }
+}
+
+/// `/config_dump`: Envoy's `ConfigDump` (`configs`, for tools such as `istioctl
+/// proxy-config`), and beside it ringside's own view: `version` (snapshots applied),
+/// `xds_versions` and the effective `config`.
+fn config_dump(shared: &Shared, q: &Query) -> Response {
+    let snap = shared.snapshot();
+    let versions = shared.xds_versions();
+    let node = match &shared.config.xds {
+        Some(x) => serde_json::json!({
+            "id": x.node_id, "cluster": x.node_cluster, "user_agent_name": "ringside",
+            "metadata": serde_json::to_value(&x.node_metadata).unwrap_or_default(),
+        }),
+        None => serde_json::json!({"user_agent_name": "ringside"}),
+    };
+    let configs = super::config_dump::configs(&super::config_dump::Source {
+        config: &snap.config,
+        versions: versions.as_ref(),
+        static_listeners: &shared.static_names.0,
+        static_clusters: &shared.static_names.1,
+        node,
+        include_eds: q.has("include_eds"),
+    });
+    Response::json(serde_json::json!({
+        "configs": configs,
+        "version": snap.version,
+        "xds_versions": versions,
+        "config": serde_json::to_value(&snap.config)
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
+    }))
 }
 
 /// A request's query: `key=value` pairs and bare `key`s, percent-decoded.
@@ -555,8 +577,17 @@ fn clusters(shared: &Shared, json: bool) -> Response {
             .circuit_breakers
             .map(|b| b.max_requests)
             .unwrap_or(UNLIMITED);
+        // Envoy's default 3 applies without `circuit_breakers` too (docs/governance.md).
+        let max_retries = c
+            .circuit_breakers
+            .map_or(crate::config::MAX_RETRIES_DEFAULT, |b| b.max_retries);
         if json {
-            statuses.push(cluster_json(c, &hosts, max_requests, via_api));
+            statuses.push(cluster_json(
+                c,
+                &hosts,
+                (max_requests, max_retries),
+                via_api,
+            ));
             continue;
         }
         let n = &c.name;
@@ -581,7 +612,12 @@ fn clusters(shared: &Shared, json: bool) -> Response {
             text.push_str(&format!("{n}::{p}::max_connections::{limit}\n"));
             text.push_str(&format!("{n}::{p}::max_pending_requests::{limit}\n"));
             text.push_str(&format!("{n}::{p}::max_requests::{rq}\n"));
-            text.push_str(&format!("{n}::{p}::max_retries::{limit}\n"));
+            let retries = if p == "default_priority" {
+                max_retries
+            } else {
+                limit
+            };
+            text.push_str(&format!("{n}::{p}::max_retries::{retries}\n"));
         }
         text.push_str(&format!("{n}::added_via_api::{via_api}\n"));
         for h in &hosts {
@@ -614,7 +650,7 @@ fn clusters(shared: &Shared, json: bool) -> Response {
 fn cluster_json(
     c: &crate::config::Cluster,
     hosts: &[HostStatus],
-    max_requests: u32,
+    (max_requests, max_retries): (u32, u32),
     via_api: bool,
 ) -> serde_json::Value {
     use serde_json::{json, Map, Value};
@@ -663,7 +699,7 @@ fn cluster_json(
     o.insert(
         "circuit_breakers".into(),
         json!({"thresholds": [
-            {"max_connections": limit, "max_pending_requests": limit, "max_requests": max_requests, "max_retries": limit},
+            {"max_connections": limit, "max_pending_requests": limit, "max_requests": max_requests, "max_retries": max_retries},
             {"priority": "HIGH", "max_connections": limit, "max_pending_requests": limit, "max_requests": limit, "max_retries": limit},
         ]}),
     );

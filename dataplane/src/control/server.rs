@@ -5,6 +5,7 @@
 //! `Draining` (SIGTERM, SIGINT, `POST /drain` or `POST /quitquitquit`: shards stop accepting and
 //! wait up to `drain_timeout_ms` for their connections) → exit 0.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -231,6 +232,9 @@ pub struct Shared {
     /// `POST /healthcheck/fail` (until `POST /healthcheck/ok`): `/ready` answers 503
     /// `DRAINING`, as Envoy's does, while traffic is still served.
     pub health_failed: std::sync::atomic::AtomicBool,
+    /// Names of the config file's listeners and clusters (`/config_dump`: static, the others
+    /// came from xDS).
+    pub static_names: (HashSet<String>, HashSet<String>),
 }
 
 /// What config updates need between two of them: the snapshot builder, the shards' inboxes and
@@ -905,6 +909,10 @@ impl Server {
             .clusters
             .iter()
             .any(|c| c.kind == config::ClusterType::Zookeeper);
+        let static_names = (
+            config.listeners.iter().map(|l| l.name.clone()).collect(),
+            config.clusters.iter().map(|c| c.name.clone()).collect(),
+        );
         let mut config = config;
         config.listeners = Vec::new();
         config.clusters = Vec::new();
@@ -940,6 +948,7 @@ impl Server {
             admin_stop: std::sync::atomic::AtomicBool::new(false),
             drained: std::sync::atomic::AtomicBool::new(false),
             health_failed: std::sync::atomic::AtomicBool::new(false),
+            static_names,
         });
 
         // Admin first: it answers 503 on /ready while the shards come up.
