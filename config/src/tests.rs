@@ -157,6 +157,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         registry: None,
         lb: LbPolicy::RoundRobin,
         connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+        source_addresses: Vec::new(),
         timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
         connections_per_host: CONNECTIONS_PER_HOST_DEFAULT,
         pending_requests_max: PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,
