@@ -587,3 +587,17 @@ fn filter_chains_load_and_are_checked() {
         "{e:?}"
     );
 }
+
+#[test]
+fn source_addresses_one_per_family() {
+    let with = |list: &str| {
+        GOOD.replace(
+            "lb: least_request",
+            &format!("lb: least_request\n    source_addresses: {list}"),
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &with("[127.0.0.6, \"::6\"]")).unwrap();
+    assert_eq!(c.clusters[0].source_addresses.len(), 2);
+    let e = errors(&with("[127.0.0.6, 127.0.0.7]"));
+    assert_eq!(e[0].field, "clusters[0].source_addresses", "{e:?}");
+}

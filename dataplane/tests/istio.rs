@@ -30,12 +30,16 @@ const GAPS: &[(&str, &str, &str, &str)] = &[
     ("stock", "cluster", "outbound|9080||details.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||ratings.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||reviews.default.svc.cluster.local", "`transport_socket_matches`"),
+    ("stock", "listener", "virtualInbound", "is of type original_destination: routes cannot use it"),
+    ("mtls-off", "listener", "virtualInbound", "is of type original_destination: routes cannot use it"),
     ("mtls-off", "listeners", "(outbound)", "`filter_chains`"),
+    ("mtls-off", "listeners", "(all)", "`filter_chains`"),
     ("mtls-off", "route", "9080", "cluster \"PassthroughCluster\" is of type original_destination"),
     ("mtls-off", "route", "webhook-service.metallb-system.svc.cluster.local:443", "cluster \"PassthroughCluster\" is of type original_destination"),
     ("capture-none", "cluster", "outbound|9080||details.default.svc.cluster.local", "`transport_socket_matches`"),
     ("capture-none", "cluster", "outbound|9080||ratings.default.svc.cluster.local", "`transport_socket_matches`"),
     ("capture-none", "cluster", "outbound|9080||reviews.default.svc.cluster.local", "`transport_socket_matches`"),
+    ("aeraki-dubbo", "listener", "virtualInbound", "is of type original_destination: routes cannot use it"),
     ("aeraki-dubbo", "cluster", "outbound|20880||org.apache.dubbo.samples.basic.api.demoservice", "`transport_socket_matches`"),
 ];
 
@@ -960,7 +964,9 @@ impl Pod {
         ]);
         for (ns, dev, ip) in [(&client, "veth0", POD_CLIENT_IP), (&pod, "eth0", POD_IP)] {
             let cidr = format!("{ip}/24");
-            ns.ip(&["netns", "exec", &ns.0, "ip", "addr", "add", &cidr, "dev", dev]);
+            ns.ip(&[
+                "netns", "exec", &ns.0, "ip", "addr", "add", &cidr, "dev", dev,
+            ]);
             ns.ip(&["netns", "exec", &ns.0, "ip", "link", "set", dev, "up"]);
         }
         use std::io::Write;
@@ -989,7 +995,10 @@ fn app_server(port: u16, name: &'static str) {
         for s in l.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
                 let mut s = s;
-                let peer = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                let peer = s
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
                 let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
                 let _ = std::io::copy(&mut s, &mut std::io::sink());
             });
@@ -1058,7 +1067,7 @@ fn inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy() {
     assert!(clusters[0]["upstream_bind_config"].is_object());
     let app: SocketAddr = format!("{POD_IP}:8080").parse().unwrap();
     let mut outcomes = Vec::new();
-    for (who, io) in [("envoy", ""), ("ringside", "io_uring"), ("ringside", "epoll")] {
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
         let pod = Pod::new();
         let line = pod.pod.run(|| {
             app_server(8080, "app");
@@ -1085,7 +1094,13 @@ fn inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy() {
                     xds.addr()
                 );
                 let args = ["--shards", "1", "--io", io];
-                _rs = Some(Ringside::start_wrapped(AS_PROXY, &config, admin, &args, |_| {}));
+                _rs = Some(Ringside::start_wrapped(
+                    AS_PROXY,
+                    &config,
+                    admin,
+                    &args,
+                    |_| {},
+                ));
                 _envoy = None;
             }
             let ack = xds.wait_ack("lds", "in");

@@ -2301,7 +2301,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
 /// `extra_source_addresses` on dual-stack pods): the source address of each family.
 fn upstream_bind(b: &core_pb::BindConfig, ctx: &Ctx<'_>) -> Result<Vec<IpAddr>, TranslateError> {
     let at = "upstream_bind_config";
-    if b.freebind == Some(true) {
+    if b.freebind.as_ref().is_some_and(|f| f.value) {
         return Err(ctx.err(format!("{at}.freebind"), "not supported"));
     }
     if !b.socket_options.is_empty() {
@@ -2311,12 +2311,17 @@ fn upstream_bind(b: &core_pb::BindConfig, ctx: &Ctx<'_>) -> Result<Vec<IpAddr>, 
         return Err(ctx.err(format!("{at}.local_address_selector"), "not supported"));
     }
     #[allow(deprecated)]
-    let additional = b.additional_source_addresses.iter().enumerate().map(|(i, a)| {
-        (Some(a), format!("{at}.additional_source_addresses[{i}]"))
-    });
+    let additional = b
+        .additional_source_addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (Some(a), format!("{at}.additional_source_addresses[{i}]")));
     let mut sources = Vec::new();
     let extra = b.extra_source_addresses.iter().enumerate().map(|(i, e)| {
-        (e.address.as_ref(), format!("{at}.extra_source_addresses[{i}].address"))
+        (
+            e.address.as_ref(),
+            format!("{at}.extra_source_addresses[{i}].address"),
+        )
     });
     // No source_address: only socket options would be bound (none are supported).
     let first = b
