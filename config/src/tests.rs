@@ -22,6 +22,20 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 #[test]
+fn source_addresses_one_per_family() {
+    let with = |list: &str| {
+        GOOD.replace(
+            "lb: least_request",
+            &format!("lb: least_request\n    source_addresses: {list}"),
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &with("[127.0.0.6, \"::6\"]")).unwrap();
+    assert_eq!(c.clusters[0].source_addresses.len(), 2);
+    let e = errors(&with("[127.0.0.6, 127.0.0.7]"));
+    assert_eq!(e[0].field, "clusters[0].source_addresses", "{e:?}");
+}
+
+#[test]
 fn good_config_loads_with_defaults() {
     let c = Config::from_yaml("c.yaml", GOOD).unwrap();
     assert_eq!(c.listeners[0].buffer_bytes, BUFFER_BYTES_DEFAULT);
@@ -589,17 +603,34 @@ fn filter_chains_load_and_are_checked() {
 }
 
 #[test]
-fn source_addresses_one_per_family() {
-    let with = |list: &str| {
-        GOOD.replace(
-            "lb: least_request",
-            &format!("lb: least_request\n    source_addresses: {list}"),
+fn tracing_parses_with_defaults_and_names_bad_fields() {
+    let traced = |extra: &str| {
+        GOOD.replace("protocol: tcp", "protocol: dubbo").replace(
+            "    cluster: echo\n",
+            &format!("    cluster: echo\n    tracing:\n      collector_cluster: echo\n{extra}"),
         )
     };
-    let c = Config::from_yaml("c.yaml", &with("[127.0.0.6, \"::6\"]")).unwrap();
-    assert_eq!(c.clusters[0].source_addresses.len(), 2);
-    let e = errors(&with("[127.0.0.6, 127.0.0.7]"));
-    assert_eq!(e[0].field, "clusters[0].source_addresses", "{e:?}");
+    let c = Config::from_yaml("c.yaml", &traced("")).unwrap();
+    let t = c.listeners[0].tracing.as_ref().unwrap();
+    assert_eq!(t.service_name, TRACING_SERVICE_NAME_DEFAULT);
+    assert_eq!(t.random_sampling, Percent(100.0));
+    assert_eq!(t.span_kind, SpanKind::Client);
+    let c = Config::from_yaml(
+        "c.yaml",
+        &traced("      random_sampling: 1\n      span_kind: server\n"),
+    )
+    .unwrap();
+    let t = c.listeners[0].tracing.as_ref().unwrap();
+    assert_eq!(
+        (t.random_sampling, t.span_kind),
+        (Percent(1.0), SpanKind::Server)
+    );
+    let e = errors(&traced("      random_sampling: 101\n"));
+    assert_eq!(e[0].field, "listeners[0].tracing.random_sampling");
+    let e = errors(&traced("").replace("collector_cluster: echo", "collector_cluster: nope"));
+    assert_eq!(e[0].field, "listeners[0].tracing.collector_cluster");
+    let e = errors(&traced("").replace("protocol: dubbo", "protocol: tcp"));
+    assert_eq!(e[0].field, "listeners[0].tracing");
 }
 
 #[test]

@@ -194,6 +194,28 @@ impl<'a> RequestRepr<'a> {
         Attachments { reader }
     }
 
+    /// Where the attachments map's end marker (`Z`) is in the body: an attachment added before
+    /// it ([`super::encode::insert_attachment`]) joins the map. `None` when the body has no
+    /// attachments map or it cannot be read to its end.
+    pub fn attachments_end(&self) -> Option<usize> {
+        let mut it = self.attachments();
+        loop {
+            let r = it.reader.as_ref()?;
+            if r.peek() == Some(crate::hessian2::tag::END) {
+                return Some(r.position());
+            }
+            it.next()?;
+        }
+    }
+
+    /// The offset of `value` (a slice this request returned, e.g. an attachment's string) in
+    /// the body; `None` for a slice of other memory.
+    pub fn offset_of(&self, value: &[u8]) -> Option<usize> {
+        let start = self.body.as_ptr() as usize;
+        let at = (value.as_ptr() as usize).checked_sub(start)?;
+        (at + value.len() <= self.body.len()).then_some(at)
+    }
+
     /// The argument at `index` (0-based): `Ok(None)` past the last one; scalars in place, other
     /// values as `Composite`. Scans the arguments before it.
     pub fn argument(&self, index: usize) -> Result<Option<Scalar<'a>>, DecodeError> {
