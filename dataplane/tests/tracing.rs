@@ -497,3 +497,59 @@ fn a_collector_that_never_reads_drops_spans_and_never_slows_calls() {
         "slowest call {slowest:?}"
     );
 }
+
+/// Real peers: the sofa-rpc-node and dubbo-ssl-python consumers (no trace context) call the
+/// sofa-rpc-node provider through a traced listener: every request reaches the provider with
+/// a `traceparent` attachment added (after string, int, map and list arguments), the provider
+/// reads it and answers, and each call's span is exported.
+#[test]
+fn real_dubbo_peers_accept_requests_with_an_added_traceparent() {
+    use common::peers::{node, python_consumer, run_consumer, NodeProvider};
+    let mut rx = Receiver::start();
+    let pa = free_port();
+    let _a = NodeProvider::start(pa, "A", &[]);
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: a\n{}clusters:\n  - name: a\n    endpoints: [\"127.0.0.1:{pa}\"]\n    timeout_ms: 5000\n  - name: otel\n    endpoints: [\"{}\"]\n",
+        tracing_yaml("otel", "client", "100"),
+        rx.addr()
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut calls = 0;
+    for (method, args, want) in [
+        ("echo", r#"["hello"]"#, json!("hello")),
+        ("add", "[40, 2]", json!(42)),
+        ("map", r#"[{"k": "v", "n": 1}]"#, json!({"k": "v", "n": 1})),
+        ("list", "[[1, 2, 3]]", json!([1, 2, 3])),
+    ] {
+        let mut c = node("consumer.js");
+        c.args(["--address", &listen.to_string(), "--method", method])
+            .args(["--args", args, "--count", "2"]);
+        let (ok, lines) = run_consumer(c);
+        assert!(ok, "{method}: {lines:?}");
+        assert!(
+            lines.iter().all(|l| l["result"] == want),
+            "{method}: {lines:?}"
+        );
+        calls += 2;
+        let span = rx.wait(method, |v| v["attributes"]["rpc.method"] == method);
+        assert_eq!(
+            *attr(&span, "rpc.service"),
+            json!("com.ringside.test.EchoService")
+        );
+        assert_eq!(*attr(&span, "rpc.dubbo.status_code"), json!(20));
+        assert_eq!(span["parent_span_id"], "", "a trace started here: {span}");
+    }
+    let mut p = python_consumer();
+    p.args(["--address", &listen.to_string(), "--method", "add"])
+        .args(["--args", "[2, 3]", "--count", "2"]);
+    let (ok, lines) = run_consumer(p);
+    assert!(ok && lines.iter().all(|l| l["result"] == 5), "{lines:?}");
+    calls += 2;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "spans_queued") < calls && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(&rs, "spans_queued"), calls, "{}", rs.get("/stats").1);
+    assert_eq!(stat(&rs, "spans_dropped"), 0);
+}
