@@ -553,3 +553,88 @@ fn real_dubbo_peers_accept_requests_with_an_added_traceparent() {
     assert_eq!(stat(&rs, "spans_queued"), calls, "{}", rs.get("/stats").1);
     assert_eq!(stat(&rs, "spans_dropped"), 0);
 }
+
+/// The same xDS snapshot (an INBOUND listener whose HTTP connection manager has the
+/// OpenTelemetry tracer over gRPC to an EDS cluster) given to Envoy 1.40 and to ringside, the
+/// same sampled call through each: both report a server span of the caller's trace, the
+/// caller's span as parent, under the service name the tracer config gives.
+#[test]
+fn xds_opentelemetry_tracer_spans_match_envoys() {
+    use common::envoy::{bootstrap, eds_cluster, load_assignment, socket, Ads, Envoy};
+    use common::xds::XdsServer;
+    let mut rx = Receiver::start();
+    let server = GrpcServer::start(0, "S", &[]);
+    let collector = rx.addr();
+    let snapshot = |who: &str, grpc: SocketAddr| {
+        json!({
+            "version": "v1",
+            "listeners": [{
+                "name": "grpc", "address": socket(grpc), "traffic_direction": "INBOUND",
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "grpc", "codec_type": "HTTP2",
+                        "tracing": {
+                            "random_sampling": {"value": 100},
+                            "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                                "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"},
+                                "service_name": format!("{who}-xds")
+                            }}
+                        },
+                        "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "route": {"cluster": "s"}}]}]},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                    }
+                }]}]
+            }],
+            "clusters": [eds_cluster("s", true), eds_cluster("otel", true)],
+            "endpoints": [
+                load_assignment("s", &[server.addr()]),
+                load_assignment("otel", &[collector])
+            ]
+        })
+    };
+    for (who, trace) in [
+        ("envoy", "11111111111111111111111111111111"),
+        ("ringside", "22222222222222222222222222222222"),
+    ] {
+        let grpc = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(who, grpc)).unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle\n  node_cluster: tests\n  mode: sotw\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(grpc).is_err() {
+            assert!(Instant::now() < deadline, "{who}: listener never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = grpc_call(
+            grpc,
+            &CallOpts::default().meta("traceparent", &traceparent(trace, PARENT, "01")),
+        );
+        let seen = echoed(&out, "traceparent");
+        let span = rx.of_trace(trace);
+        assert_eq!(span["service"], format!("{who}-xds"), "{span}");
+        assert_eq!(span["kind"], 2, "{who}: SPAN_KIND_SERVER: {span}");
+        assert_eq!(span["parent_span_id"], PARENT, "{who}: {span}");
+        assert_eq!(
+            seen,
+            traceparent(trace, span["span_id"].as_str().unwrap(), "01"),
+            "{who}"
+        );
+    }
+}
