@@ -497,3 +497,144 @@ fn a_collector_that_never_reads_drops_spans_and_never_slows_calls() {
         "slowest call {slowest:?}"
     );
 }
+
+/// Real peers: the sofa-rpc-node and dubbo-ssl-python consumers (no trace context) call the
+/// sofa-rpc-node provider through a traced listener: every request reaches the provider with
+/// a `traceparent` attachment added (after string, int, map and list arguments), the provider
+/// reads it and answers, and each call's span is exported.
+#[test]
+fn real_dubbo_peers_accept_requests_with_an_added_traceparent() {
+    use common::peers::{node, python_consumer, run_consumer, NodeProvider};
+    let mut rx = Receiver::start();
+    let pa = free_port();
+    let _a = NodeProvider::start(pa, "A", &[]);
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: a\n{}clusters:\n  - name: a\n    endpoints: [\"127.0.0.1:{pa}\"]\n    timeout_ms: 5000\n  - name: otel\n    endpoints: [\"{}\"]\n",
+        tracing_yaml("otel", "client", "100"),
+        rx.addr()
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut calls = 0;
+    for (method, args, want) in [
+        ("echo", r#"["hello"]"#, json!("hello")),
+        ("add", "[40, 2]", json!(42)),
+        ("map", r#"[{"k": "v", "n": 1}]"#, json!({"k": "v", "n": 1})),
+        ("list", "[[1, 2, 3]]", json!([1, 2, 3])),
+    ] {
+        let mut c = node("consumer.js");
+        c.args(["--address", &listen.to_string(), "--method", method])
+            .args(["--args", args, "--count", "2"]);
+        let (ok, lines) = run_consumer(c);
+        assert!(ok, "{method}: {lines:?}");
+        assert!(
+            lines.iter().all(|l| l["result"] == want),
+            "{method}: {lines:?}"
+        );
+        calls += 2;
+        let span = rx.wait(method, |v| v["attributes"]["rpc.method"] == method);
+        assert_eq!(
+            *attr(&span, "rpc.service"),
+            json!("com.ringside.test.EchoService")
+        );
+        assert_eq!(*attr(&span, "rpc.dubbo.status_code"), json!(20));
+        assert_eq!(span["parent_span_id"], "", "a trace started here: {span}");
+    }
+    let mut p = python_consumer();
+    p.args(["--address", &listen.to_string(), "--method", "add"])
+        .args(["--args", "[2, 3]", "--count", "2"]);
+    let (ok, lines) = run_consumer(p);
+    assert!(ok && lines.iter().all(|l| l["result"] == 5), "{lines:?}");
+    calls += 2;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "spans_queued") < calls && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(&rs, "spans_queued"), calls, "{}", rs.get("/stats").1);
+    assert_eq!(stat(&rs, "spans_dropped"), 0);
+}
+
+/// The same xDS snapshot (an INBOUND listener whose HTTP connection manager has the
+/// OpenTelemetry tracer over gRPC to an EDS cluster) given to Envoy 1.40 and to ringside, the
+/// same sampled call through each: both report a server span of the caller's trace, the
+/// caller's span as parent, under the service name the tracer config gives.
+#[test]
+fn xds_opentelemetry_tracer_spans_match_envoys() {
+    use common::envoy::{bootstrap, eds_cluster, load_assignment, socket, Ads, Envoy};
+    use common::xds::XdsServer;
+    let mut rx = Receiver::start();
+    let server = GrpcServer::start(0, "S", &[]);
+    let collector = rx.addr();
+    let snapshot = |who: &str, grpc: SocketAddr| {
+        json!({
+            "version": "v1",
+            "listeners": [{
+                "name": "grpc", "address": socket(grpc), "traffic_direction": "INBOUND",
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "grpc", "codec_type": "HTTP2",
+                        "tracing": {
+                            "random_sampling": {"value": 100},
+                            "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                                "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"},
+                                "service_name": format!("{who}-xds")
+                            }}
+                        },
+                        "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "route": {"cluster": "s"}}]}]},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                    }
+                }]}]
+            }],
+            "clusters": [eds_cluster("s", true), eds_cluster("otel", true)],
+            "endpoints": [
+                load_assignment("s", &[server.addr()]),
+                load_assignment("otel", &[collector])
+            ]
+        })
+    };
+    for (who, trace) in [
+        ("envoy", "11111111111111111111111111111111"),
+        ("ringside", "22222222222222222222222222222222"),
+    ] {
+        let grpc = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(who, grpc)).unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle\n  node_cluster: tests\n  mode: sotw\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(grpc).is_err() {
+            assert!(Instant::now() < deadline, "{who}: listener never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = grpc_call(
+            grpc,
+            &CallOpts::default().meta("traceparent", &traceparent(trace, PARENT, "01")),
+        );
+        let seen = echoed(&out, "traceparent");
+        let span = rx.of_trace(trace);
+        assert_eq!(span["service"], format!("{who}-xds"), "{span}");
+        assert_eq!(span["kind"], 2, "{who}: SPAN_KIND_SERVER: {span}");
+        assert_eq!(span["parent_span_id"], PARENT, "{who}: {span}");
+        assert_eq!(
+            seen,
+            traceparent(trace, span["span_id"].as_str().unwrap(), "01"),
+            "{who}"
+        );
+    }
+}

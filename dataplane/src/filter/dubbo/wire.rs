@@ -196,7 +196,8 @@ impl<'a> RequestView<'a> {
             attachments_end: None,
         };
         let mut other = None;
-        for (k, v) in self.req.attachments() {
+        let mut attachments = self.req.attachments();
+        for (k, v) in attachments.by_ref() {
             let (Some(field), d::request::Scalar::Str(v)) = (Field::of(k), v) else {
                 continue;
             };
@@ -213,7 +214,7 @@ impl<'a> RequestView<'a> {
             }
             t.carrier.set(field, v);
         }
-        t.attachments_end = self.req.attachments_end().map(|o| o + d::HEADER_BYTES);
+        t.attachments_end = attachments.end().map(|o| o + d::HEADER_BYTES);
         t
     }
 }
