@@ -2081,14 +2081,16 @@ impl Config {
                 .is_some_and(|c| c.kind == ClusterType::OriginalDestination)
         };
         if let Some(c) = &l.cluster {
+            // Triple calls go to their connection's original destination (docs/sidecar.md).
             if orig_dst_cluster(c.as_str())
                 && !(l.protocol == Protocol::Tcp && l.original_destination)
+                && l.protocol != Protocol::Triple
             {
                 err(
                     at("cluster"),
                     format!(
                         "cluster {c:?} is of type original_destination: only a tcp listener \
-                         with original_destination: true can use it"
+                         with original_destination: true or a triple listener can use it"
                     ),
                 );
             }
@@ -2114,10 +2116,13 @@ impl Config {
                 .chain(a.weighted_clusters.iter().map(|w| &w.name))
         });
         for c in route_clusters {
-            if orig_dst_cluster(c.as_str()) {
+            if orig_dst_cluster(c.as_str()) && l.protocol != Protocol::Triple {
                 err(
                     at("routes"),
-                    format!("cluster {c:?} is of type original_destination: routes cannot use it"),
+                    format!(
+                        "cluster {c:?} is of type original_destination: dubbo routes cannot \
+                         use it (triple calls go to their connection's original destination)"
+                    ),
                 );
             }
         }

@@ -158,6 +158,20 @@ pub struct HostStatIds {
     pub rq_failure: StatId,
 }
 
+impl HostStatIds {
+    /// Every id the sink: a host that is no endpoint (an original destination).
+    pub fn sink() -> Self {
+        let sink = crate::stats::SINK;
+        HostStatIds {
+            cx_total: sink,
+            cx_connect_fail: sink,
+            rq_total: sink,
+            rq_timeout: sink,
+            rq_failure: sink,
+        }
+    }
+}
+
 pub struct ShardCluster {
     pub name: String,
     /// Shared by every shard (read-only); replaced by endpoint updates.

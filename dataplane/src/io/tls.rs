@@ -225,6 +225,9 @@ impl Conn for TlsConn {
     fn addrs(&self) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
         Conn::addrs(self.get_ref())
     }
+    fn original_dst(&self) -> Option<std::net::SocketAddr> {
+        Conn::original_dst(self.get_ref())
+    }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)
     }

@@ -648,6 +648,7 @@ impl ShardState {
                 log_pool: Default::default(),
                 trace,
                 trace_pool: Default::default(),
+                bound: l.bind.then_some(l.address),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
