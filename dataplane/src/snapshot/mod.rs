@@ -353,6 +353,29 @@ impl Builder {
         Some(SharedLimits { listener, routes })
     }
 
+    /// The snapshot after `prev` (the last one built) that differs only in its TLS configs
+    /// (new SDS certificates): everything else is shared with or copied from `prev`.
+    pub fn build_tls(&mut self, prev: &Snapshot, tls: Arc<crate::io::tls::TlsSet>) -> Snapshot {
+        self.version += 1;
+        Snapshot {
+            version: self.version,
+            config: prev.config.clone(),
+            xds_versions: prev.xds_versions.clone(),
+            listener_ids: prev.listener_ids.clone(),
+            dubbo_ids: prev.dubbo_ids.clone(),
+            route_ids: prev.route_ids.clone(),
+            cluster_ids: prev.cluster_ids.clone(),
+            upstream_ids: prev.upstream_ids.clone(),
+            upstream_h2_ids: prev.upstream_h2_ids.clone(),
+            triple_ids: prev.triple_ids.clone(),
+            endpoints: prev.endpoints.clone(),
+            endpoints_only: None,
+            access_logs: prev.access_logs.clone(),
+            tls,
+            limits: prev.limits.clone(),
+        }
+    }
+
     /// Index of cluster `name` in the last snapshot built.
     pub fn cluster_index(&self, name: &str) -> Option<usize> {
         self.clusters.get(name).map(|s| s.index)
