@@ -1211,6 +1211,74 @@ pub struct RouteAction {
     /// Overrides the cluster's `timeout_ms`.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Retries of the route's requests (docs/governance.md#retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// Most retries a route may ask for (`retry_policy.num_retries`).
+pub const RETRIES_MAX: u32 = 10;
+/// Most `retry_policy.retriable_status_codes`.
+pub const RETRIABLE_STATUS_CODES_MAX: usize = 8;
+/// Envoy's default `circuit_breakers` `max_retries`: retries in flight to a cluster.
+pub const MAX_RETRIES_DEFAULT: u32 = 3;
+/// Envoy's default `circuit_breakers` `max_requests`.
+pub const MAX_REQUESTS_DEFAULT: u32 = 1024;
+
+/// When a route's request is sent again (Envoy's `retry_on` values; docs/governance.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The connection to the endpoint could not be made.
+    ConnectFailure,
+    /// The endpoint refused the stream unprocessed (Triple: REFUSED_STREAM, GOAWAY above it).
+    RefusedStream,
+    /// No answer: the stream was reset, the connection was lost with the request in flight,
+    /// or `per_try_timeout_ms` passed.
+    Reset,
+    /// A response status in `retriable_status_codes` (Dubbo: the response status; Triple: the
+    /// HTTP `:status` of a response without body).
+    RetriableStatusCodes,
+    /// Triple: a trailers-only answer with this gRPC status.
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+}
+
+impl RetryOn {
+    /// Whether it applies to Dubbo routes (the gRPC statuses do not).
+    pub fn dubbo(self) -> bool {
+        matches!(
+            self,
+            RetryOn::ConnectFailure | RetryOn::Reset | RetryOn::RetriableStatusCodes
+        )
+    }
+}
+
+/// A route's `retry_policy` (Envoy's `RouteAction.retry_policy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub retry_on: Vec<RetryOn>,
+    /// Retries after the first try (Envoy's default 1), at most `RETRIES_MAX`.
+    #[serde(default = "default_num_retries")]
+    pub num_retries: u32,
+    /// Each try's own deadline (within the request's); one that passes is a `reset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Statuses retried under `retriable-status-codes` (Dubbo: e.g. 80, 100; Triple: HTTP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u32>,
+    /// Each retry goes to an endpoint not tried yet for this request, while the cluster has
+    /// one available (Envoy's `previous_hosts` retry host predicate).
+    #[serde(default = "default_true")]
+    pub previous_hosts: bool,
+}
+
+fn default_num_retries() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1345,7 +1413,19 @@ pub struct CircuitBreakers {
     /// Requests in flight to the cluster (Dubbo requests, Triple streams), all endpoints
     /// together; beyond it requests are answered locally (Dubbo status 100, gRPC UNAVAILABLE).
     /// Enforced per shard as `ceil(max_requests / shards)`.
+    #[serde(default = "default_max_requests")]
     pub max_requests: u32,
+    /// Retries in flight to the cluster (Envoy's default 3 also applies to a cluster without
+    /// `circuit_breakers`); a retry beyond it is not made. Per shard as `max_requests`.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_max_requests() -> u32 {
+    MAX_REQUESTS_DEFAULT
+}
+fn default_max_retries() -> u32 {
+    MAX_RETRIES_DEFAULT
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -2608,20 +2688,24 @@ fn validate_dubbo(
                 regex_ok(rat(&format!("match.attachments[{k}].regex")), p, err);
             }
         }
-        validate_action(&r.route, clusters, &rat, err);
+        validate_action(&r.route, clusters, false, &rat, err);
         if let Some(b) = &r.local_rate_limit {
             b.validate(&rat("local_rate_limit"), err);
         }
     }
 }
 
-/// The route action of a Dubbo or Triple route.
+/// The route action of a Dubbo or (`grpc`) Triple route.
 fn validate_action(
     action: &RouteAction,
     clusters: &HashSet<&str>,
+    grpc: bool,
     rat: &dyn Fn(&str) -> String,
     err: &mut dyn FnMut(String, String),
 ) {
+    if let Some(p) = &action.retry_policy {
+        validate_retry(p, grpc, &|f| rat(&format!("route.retry_policy.{f}")), err);
+    }
     match (&action.cluster, action.weighted_clusters.is_empty()) {
         (Some(_), false) | (None, true) => err(
             rat("route"),
@@ -2657,6 +2741,61 @@ fn validate_action(
                 format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
             );
         }
+    }
+}
+
+fn validate_retry(
+    p: &RetryPolicy,
+    grpc: bool,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if p.retry_on.is_empty() {
+        err(at("retry_on"), "give at least one condition".into());
+    }
+    for (i, on) in p.retry_on.iter().enumerate() {
+        if !grpc && !on.dubbo() {
+            err(
+                at(&format!("retry_on[{i}]")),
+                format!("{on:?} is a gRPC status: Dubbo routes retry on connect-failure, reset, retriable-status-codes"),
+            );
+        }
+    }
+    if p.num_retries > RETRIES_MAX {
+        err(
+            at("num_retries"),
+            format!("{} is out of range 0..={RETRIES_MAX}", p.num_retries),
+        );
+    }
+    if let Some(t) = p.per_try_timeout_ms {
+        if t == 0 || t > REQUEST_TIMEOUT_MS_MAX {
+            err(
+                at("per_try_timeout_ms"),
+                format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
+            );
+        }
+    }
+    if p.retriable_status_codes.len() > RETRIABLE_STATUS_CODES_MAX {
+        err(
+            at("retriable_status_codes"),
+            format!("at most {RETRIABLE_STATUS_CODES_MAX} codes"),
+        );
+    }
+    let top = if grpc { 599 } else { 255 };
+    for (i, &c) in p.retriable_status_codes.iter().enumerate() {
+        if c > top {
+            err(
+                at(&format!("retriable_status_codes[{i}]")),
+                format!("{c} is out of range 0..={top}"),
+            );
+        }
+    }
+    let wants = p.retry_on.contains(&RetryOn::RetriableStatusCodes);
+    if wants != !p.retriable_status_codes.is_empty() {
+        err(
+            at("retriable_status_codes"),
+            "give codes exactly when retry_on has retriable-status-codes".into(),
+        );
     }
 }
 
@@ -2834,7 +2973,7 @@ fn validate_triple_route(
             }
         }
     }
-    validate_action(&r.route, clusters, rat, err);
+    validate_action(&r.route, clusters, true, rat, err);
     if let Some(b) = &r.local_rate_limit {
         b.validate(&rat("local_rate_limit"), err);
     }

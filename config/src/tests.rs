@@ -586,3 +586,51 @@ fn filter_chains_load_and_are_checked() {
         "{e:?}"
     );
 }
+
+#[test]
+fn retry_policies_load_and_are_checked() {
+    let dubbo = GOOD.replace("protocol: tcp", "protocol: dubbo");
+    let route = |policy: &str| {
+        dubbo.replace(
+            "    cluster: echo\n",
+            &format!("    cluster: echo\n    dubbo:\n      routes:\n        - route: {{cluster: echo, retry_policy: {policy}}}\n"),
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &route("{retry_on: [reset, retriable-status-codes], retriable_status_codes: [80]}"),
+    )
+    .unwrap();
+    let p = c.listeners[0].dubbo.as_ref().unwrap().routes[0]
+        .route
+        .retry_policy
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (p.num_retries, p.previous_hosts, p.per_try_timeout_ms),
+        (1, true, None),
+        "defaults"
+    );
+    let at = "listeners[0].dubbo.routes[0].route.retry_policy";
+    for (policy, field) in [
+        ("{retry_on: [unavailable]}", "retry_on[0]"),
+        ("{retry_on: [reset], num_retries: 11}", "num_retries"),
+        (
+            "{retry_on: [reset], per_try_timeout_ms: 0}",
+            "per_try_timeout_ms",
+        ),
+        (
+            "{retry_on: [retriable-status-codes]}",
+            "retriable_status_codes",
+        ),
+        (
+            "{retry_on: [reset], retriable_status_codes: [80]}",
+            "retriable_status_codes",
+        ),
+        ("{retry_on: []}", "retry_on"),
+    ] {
+        let e = errors(&route(policy));
+        assert_eq!(e[0].field, format!("{at}.{field}"), "{policy}");
+    }
+    assert!(!errors(&route("{retry_on: [5xx]}")).is_empty());
+}

@@ -684,3 +684,276 @@ clusters:\n  - name: p\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: 
         1
     );
 }
+
+// === retries ===
+
+/// A triple listener config: routes `extra_routes` (YAML lines of `triple.routes`) and clusters
+/// `clusters` (name, endpoints, extra YAML lines).
+fn triple_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    routes: &str,
+    clusters: &[(&str, &[SocketAddr], &str)],
+) -> String {
+    let mut s = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: grpc\n    address: {listen}\n    protocol: triple\n    cluster: {}\n    triple:\n      routes:\n{routes}clusters:\n",
+        clusters[0].0
+    );
+    for (name, eps, extra) in clusters {
+        let eps: Vec<String> = eps.iter().map(|e| format!("\"{e}\"")).collect();
+        s.push_str(&format!(
+            "  - name: {name}\n    endpoints: [{}]\n{extra}",
+            eps.join(", ")
+        ));
+    }
+    s
+}
+
+/// Answers of `n` calls to `path` with `headers`: the upstream's name for OK ones (`A`), else
+/// the gRPC status in brackets.
+fn answers(c: &mut Client, n: usize, path: &str, headers: &[(&str, &str)]) -> String {
+    (0..n)
+        .map(|i| {
+            let r = c.call(path, headers, format!("{i}").as_bytes());
+            match r.grpc_status() {
+                Some(0) => r.text().chars().next().unwrap().to_string(),
+                s => format!("[{}]", s.unwrap_or(99)),
+            }
+        })
+        .collect()
+}
+
+/// A route's `retry_policy` sends a trailers-only UNAVAILABLE, a reset stream and a failed
+/// connect again, to an upstream not tried yet (`previous_hosts`): callers see only answers
+/// from the healthy upstream. `num_retries` and `max_retries` bound it, each counted.
+#[test]
+fn triple_retry_policy_hides_a_failing_upstream() {
+    let (a, b) = (Upstream::start("A"), Upstream::start("B"));
+    let dead = local(free_port());
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let retry = "{retry_on: [unavailable, reset, connect-failure], num_retries: 2}";
+    let routes = format!(
+        "        - match: {{method: {{exact: Plain}}}}\n          route: {{cluster: plain}}\n\
+\x20       - match: {{method: {{exact: Capped}}}}\n          route: {{cluster: capped, retry_policy: {retry}}}\n\
+\x20       - match: {{method: {{exact: Dead}}}}\n          route: {{cluster: dead, retry_policy: {retry}}}\n\
+\x20       - match: {{service: {{exact: pkg.S}}}}\n          route: {{cluster: ab, retry_policy: {retry}}}\n"
+    );
+    let cfg = triple_config(
+        admin,
+        listen,
+        &routes,
+        &[
+            ("ab", &[a.addr, b.addr], ""),
+            ("plain", &[a.addr, b.addr], ""),
+            (
+                "capped",
+                &[a.addr, b.addr],
+                "    circuit_breakers: {max_retries: 0}\n",
+            ),
+            ("dead", &[dead, a.addr], ""),
+        ],
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    let on_b = [("x-fail-only-on", "B")];
+    // Without a policy B's failures reach the caller.
+    assert_eq!(answers(&mut c, 4, "/pkg.P/Plain", &on_b), "A[14]A[14]");
+    // With one, every call that tried B first is answered by A.
+    assert_eq!(answers(&mut c, 6, "/pkg.S/M", &on_b), "AAAAAA");
+    let retried = stat(&rs, "cluster.ab.upstream_rq_retry");
+    assert!(retried >= 3, "{retried}");
+    assert_eq!(stat(&rs, "cluster.ab.upstream_rq_retry_success"), retried);
+    let rst = [("x-fail-only-on", "B"), ("x-fail-with", "rst")];
+    assert_eq!(answers(&mut c, 4, "/pkg.S/M", &rst), "AAAA");
+    assert!(stat(&rs, "cluster.ab.upstream_rq_retry") > retried);
+    // Both failing: the first try and two retries, then the last answer.
+    let both = [("x-fail-first", "9"), ("x-key", "both")];
+    assert_eq!(answers(&mut c, 1, "/pkg.S/M", &both), "[14]");
+    assert_eq!(stat(&rs, "cluster.ab.upstream_rq_retry_limit_exceeded"), 1);
+    // A cluster whose `max_retries` is 0 retries nothing.
+    assert_eq!(answers(&mut c, 2, "/pkg.S/Capped", &on_b), "A[14]");
+    assert_eq!(stat(&rs, "cluster.capped.upstream_rq_retry_overflow"), 1);
+    assert_eq!(stat(&rs, "cluster.capped.upstream_rq_retry"), 0);
+    // A connect that fails (nothing listens on `dead`) goes to the other endpoint.
+    assert_eq!(answers(&mut c, 3, "/pkg.S/Dead", &[]), "AAA");
+    assert!(stat(&rs, "cluster.dead.upstream_rq_retry") >= 1);
+    assert!(stat(&rs, "cluster.dead.upstream_cx_connect_fail") >= 1);
+}
+
+/// `per_try_timeout_ms`: a try without an answer in time is given up (reset upstream) and sent
+/// to the other upstream, within the call's own deadline.
+#[test]
+fn triple_per_try_timeout_moves_a_slow_try() {
+    let (a, b) = (Upstream::start("A"), Upstream::start("B"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let routes = "        - route: {cluster: ab, timeout_ms: 2000, retry_policy: {retry_on: [reset], num_retries: 1, per_try_timeout_ms: 150}}\n";
+    let cfg = triple_config(admin, listen, routes, &[("ab", &[a.addr, b.addr], "")]);
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    let slow_a = [("x-fail-only-on", "A"), ("x-fail-with", "slow")];
+    let t0 = Instant::now();
+    assert_eq!(answers(&mut c, 1, "/pkg.S/M", &slow_a), "B");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_millis(450),
+        "{took:?}"
+    );
+    assert_eq!(stat(&rs, "cluster.ab.upstream_rq_per_try_timeout"), 1);
+    assert_eq!(stat(&rs, "cluster.ab.upstream_rq_retry"), 1);
+}
+
+/// The same xDS resources through Envoy 1.40 and ringside (one shard): a route whose
+/// `retry_policy` retries `unavailable` and `reset` twice, one upstream that fails the first N
+/// tries of each call (trailers-only UNAVAILABLE, or a reset stream): both answer the same
+/// statuses and count the same retries, successes and exhausted policies.
+#[test]
+fn retry_policy_matches_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let up = Upstream::start("A");
+    let snapshot = |listen: SocketAddr| {
+        json!({
+            "version": "rt1",
+            "listeners": [rds_listener("grpc_rt", listen, "rt_routes")],
+            "routes": [{"name": "rt_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a", "retry_policy": {
+                    "retry_on": "unavailable,reset",
+                    "num_retries": 2,
+                    "retry_host_predicate": [{
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+                    }],
+                    "host_selection_retry_max_attempts": 3,
+                    "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.01s"}
+                }}}]
+            }]}],
+            "clusters": [eds_cluster("a", true)],
+            "endpoints": [load_assignment("a", &[up.addr])]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-rt"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_rt", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_rt")
+            && dynamic_route_configs(d).iter().any(|r| r == "rt_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-rt\n  mode: sotw\n",
+        rs_xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", "1"]);
+    rs_xds.wait_ack(RDS, "rt1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(rs_listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {rs_listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |who: &str, addr: SocketAddr| -> Vec<u32> {
+        let mut c = Client::connect(addr);
+        [
+            ("1", "14"),
+            ("2", "14"),
+            ("3", "14"),
+            ("1", "rst"),
+            ("1", "13"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (n, with))| {
+            let key = format!("{who}-{i}");
+            let h = [
+                ("x-fail-first", *n),
+                ("x-key", &key),
+                ("x-fail-with", *with),
+            ];
+            c.call("/pkg.S/M", &h, b"x").grpc_status().unwrap_or(99)
+        })
+        .collect()
+    };
+    let envoy_codes = run("envoy", envoy_listen);
+    let rs_codes = run("ringside", rs_listen);
+    assert_eq!(envoy_codes, [0, 0, 14, 0, 13], "Envoy, the oracle");
+    assert_eq!(rs_codes, envoy_codes, "ringside vs Envoy");
+    for name in [
+        "upstream_rq_retry",
+        "upstream_rq_retry_success",
+        "upstream_rq_retry_limit_exceeded",
+        "upstream_rq_retry_overflow",
+    ] {
+        let full = format!("cluster.a.{name}");
+        assert_eq!(
+            stat(&rs, &full) as u64,
+            envoy.stat(&full),
+            "{full}: ringside vs Envoy"
+        );
+    }
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_retry"), 6);
+}
+
+/// A Dubbo route's `retry_policy`: status 80 from a failing provider is sent again to the
+/// other one (the caller sees only its answers); with both failing, the policy's retries run
+/// out and the last answer goes back; tries past `per_try_timeout_ms` are given up in turn.
+#[test]
+fn dubbo_retry_policy_hides_a_failing_provider() {
+    let (a, b) = (Provider::start("A"), Provider::start("B"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let extra = "    cluster: p\n    dubbo:\n      routes:\n\
+\x20       - match: {method: {exact: hold}}\n          route: {cluster: p, timeout_ms: 1000, retry_policy: {retry_on: [reset], num_retries: 2, per_try_timeout_ms: 100}}\n\
+\x20       - match: {method: {exact: plain}}\n          route: {cluster: p}\n\
+\x20       - route: {cluster: p, retry_policy: {retry_on: [retriable-status-codes], retriable_status_codes: [80, 100], num_retries: 1}}\n";
+    let cfg = dubbo_config(admin, listen, &[("p", &[a.addr, b.addr])], extra);
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    a.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let args = [Arg::Str("x")];
+    let mut call = |method: &str| {
+        let r = c.call(RequestBuilder::new(SVC, method).args(&args));
+        match r.status {
+            Status::Ok => r.text[..1].to_string(),
+            s => format!("[{}]", u8::from(s)),
+        }
+    };
+    let plain: String = (0..4).map(|_| call("plain")).collect();
+    assert_eq!(plain.matches("[80]").count(), 2, "no policy: {plain}");
+    let echo: String = (0..6).map(|_| call("echo")).collect();
+    assert_eq!(echo, "BBBBBB");
+    let retried = stat(&rs, "cluster.p.upstream_rq_retry");
+    assert!(retried >= 3, "{retried}");
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_retry_success"), retried);
+    let seen_a = a
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| *m == "echo")
+        .count();
+    assert_eq!(seen_a as i64, retried, "each retry followed a try at A");
+    b.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(call("echo"), "[80]");
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_retry_limit_exceeded"), 1);
+    // Held by both: three tries of 100 ms (two retries), then status 31 well within 1 s.
+    let t0 = Instant::now();
+    assert_eq!(call("hold"), "[31]");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(800),
+        "{took:?}"
+    );
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_per_try_timeout"), 3);
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_retry_limit_exceeded"), 2);
+}

@@ -52,6 +52,64 @@ fn validate_names_file_line_and_field() {
     );
 }
 
+/// `validate` refuses what `run` would refuse at start beyond the config's own checks: an
+/// access-log format that does not compile and a certificate file that cannot be read, without
+/// creating the log file (no side effects).
+#[test]
+fn validate_checks_access_log_formats_and_certificate_files() {
+    let dir = TempDir::new("validate-files");
+    let log = dir.0.join("calls.log");
+    let bad_format = dir.write(
+        "bad-format.yaml",
+        &format!(
+            "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: tcp\n    \
+             cluster: c\n    access_log:\n      - path: {}\n        format: \"%NOPE%\\n\"\n\
+             clusters:\n  - name: c\n    endpoints: [\"127.0.0.1:2\"]\n",
+            log.display()
+        ),
+    );
+    let (code, err) = validate(&bad_format);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("listeners[0] (a): access log"), "{err}");
+    assert!(err.contains("NOPE"), "{err}");
+    assert!(!log.exists(), "validate created the access log file");
+
+    let missing = dir.0.join("missing.pem");
+    let bad_cert = dir.write(
+        "bad-cert.yaml",
+        &format!(
+            "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    protocol: dubbo\n    \
+             cluster: c\n    tls:\n      cert_chain: {0}\n      private_key: {0}\n      \
+             require_client_certificate: false\n\
+             clusters:\n  - name: c\n    endpoints: [\"127.0.0.1:2\"]\n",
+            missing.display()
+        ),
+    );
+    let (code, err) = validate(&bad_cert);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("listeners[0].tls"), "{err}");
+    assert!(err.contains("missing.pem"), "{err}");
+    // `run` refuses both at start (exit 1, "cannot start"), naming the same problem.
+    for (cfg, what) in [(&bad_format, "NOPE"), (&bad_cert, "missing.pem")] {
+        let (code, err) = run_to_exit(cfg);
+        assert_eq!(code, Some(1), "{}: {err}", cfg.display());
+        assert!(err.contains(what), "{err}");
+    }
+}
+
+/// `ringside validate --config cfg`: its exit code and stderr.
+fn validate(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(RINGSIDE)
+        .args(["validate", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn examples_validate() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");

@@ -1812,6 +1812,10 @@ fn route_configuration(
             let rat = format!("{vat}.routes[{j}]");
             no_fault_override(&r.typed_per_filter_config, ctx, &rat)?;
             let mut route = triple_route(r, ctx, &rat)?;
+            // The virtual host's policy, for its routes without their own.
+            if let (None, Some(p)) = (&route.route.retry_policy, &vh.retry_policy) {
+                route.route.retry_policy = retry_policy(p, ctx, &format!("{vat}.retry_policy"))?;
+            }
             route.local_rate_limit = route_rate_limit(&r.typed_per_filter_config, ctx, &rat)?;
             routes.push(route);
         }
@@ -2121,7 +2125,109 @@ fn http_action(
     if let Some(t) = &a.timeout {
         out.timeout_ms = Some(timeout_ms(t, ctx, &format!("{at}.timeout"))?);
     }
+    if let Some(p) = &a.retry_policy {
+        out.retry_policy = retry_policy(p, ctx, &format!("{at}.retry_policy"))?;
+    }
     Ok(out)
+}
+
+const PREVIOUS_HOSTS: &str =
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+
+/// A route's or virtual host's `retry_policy` (docs/governance.md#retries); `None` when it
+/// retries on nothing.
+fn retry_policy(
+    p: &route_pb::RetryPolicy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::RetryPolicy>, TranslateError> {
+    use config::RetryOn as On;
+    let refuse = |field: &str, why: &str| Err(ctx.err(format!("{at}.{field}"), why.to_string()));
+    if p.per_try_idle_timeout.is_some() {
+        return refuse("per_try_idle_timeout", "not supported");
+    }
+    if p.retry_priority.is_some() {
+        return refuse("retry_priority", "not supported");
+    }
+    if !p.retry_options_predicates.is_empty() {
+        return refuse("retry_options_predicates", "not supported");
+    }
+    if p.rate_limited_retry_back_off.is_some() {
+        return refuse("rate_limited_retry_back_off", "not supported");
+    }
+    if !p.retriable_headers.is_empty() {
+        return refuse("retriable_headers", "not supported");
+    }
+    if !p.retriable_request_headers.is_empty() {
+        return refuse("retriable_request_headers", "not supported");
+    }
+    let mut previous_hosts = false;
+    for (i, h) in p.retry_host_predicate.iter().enumerate() {
+        let typed = match &h.config_type {
+            Some(route_pb::retry_policy::retry_host_predicate::ConfigType::TypedConfig(a)) => {
+                a.type_url == PREVIOUS_HOSTS
+            }
+            None => false,
+        };
+        if !typed && h.name != "envoy.retry_host_predicates.previous_hosts" {
+            return Err(ctx.err(
+                format!("{at}.retry_host_predicate[{i}]"),
+                format!("{:?}: only previous_hosts is supported", h.name),
+            ));
+        }
+        previous_hosts = true;
+    }
+    let mut retry_on = Vec::new();
+    for name in p
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        let on = match name {
+            "connect-failure" => On::ConnectFailure,
+            "refused-stream" => On::RefusedStream,
+            "reset" => On::Reset,
+            "retriable-status-codes" if p.retriable_status_codes.is_empty() => continue,
+            "retriable-status-codes" => On::RetriableStatusCodes,
+            "cancelled" => On::Cancelled,
+            "deadline-exceeded" => On::DeadlineExceeded,
+            "internal" => On::Internal,
+            "resource-exhausted" => On::ResourceExhausted,
+            "unavailable" => On::Unavailable,
+            _ => {
+                return refuse(
+                    "retry_on",
+                    &format!(
+                        "{name:?} is not supported (connect-failure, refused-stream, reset, \
+                         retriable-status-codes, cancelled, deadline-exceeded, internal, \
+                         resource-exhausted, unavailable are)"
+                    ),
+                )
+            }
+        };
+        if !retry_on.contains(&on) {
+            retry_on.push(on);
+        }
+    }
+    if retry_on.is_empty() {
+        return Ok(None);
+    }
+    let codes = match retry_on.contains(&On::RetriableStatusCodes) {
+        true => p.retriable_status_codes.clone(),
+        false => Vec::new(),
+    };
+    let per_try_timeout_ms = match &p.per_try_timeout {
+        Some(d) => Some(timeout_ms(d, ctx, &format!("{at}.per_try_timeout"))?),
+        None => None,
+    };
+    Ok(Some(config::RetryPolicy {
+        retry_on,
+        num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout_ms,
+        retriable_status_codes: codes,
+        previous_hosts,
+    }))
 }
 
 // === clusters ===
@@ -2399,6 +2505,10 @@ fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::
             .max_requests
             .as_ref()
             .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
+        max_retries: t
+            .max_retries
+            .as_ref()
+            .map_or(config::MAX_RETRIES_DEFAULT, |v| v.value),
     })
 }
 

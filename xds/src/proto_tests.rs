@@ -1506,13 +1506,19 @@ fn circuit_breakers_default_priority_max_requests() {
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(
         c.cluster.circuit_breakers,
-        Some(config::CircuitBreakers { max_requests: 50 })
+        Some(config::CircuitBreakers {
+            max_requests: 50,
+            max_retries: 3
+        })
     );
     s.circuit_breakers.as_mut().unwrap().thresholds[1].max_requests = None;
     let (_, c) = decode_cluster(&pack_any(s)).unwrap();
     assert_eq!(
         c.cluster.circuit_breakers,
-        Some(config::CircuitBreakers { max_requests: 1024 }),
+        Some(config::CircuitBreakers {
+            max_requests: 1024,
+            max_retries: 3
+        }),
         "Envoy's default"
     );
 }
@@ -1557,6 +1563,76 @@ fn outlier_detection_consecutive_5xx() {
     let e = decode_cluster(&pack_any(s)).unwrap_err().to_string();
     assert!(
         e.contains("outlier_detection.enforcing_consecutive_5xx"),
+        "{e}"
+    );
+}
+
+/// A route's `retry_policy` (Istio's default shape), the virtual host's for routes without
+/// one, and what is refused.
+#[test]
+fn retry_policy_from_rds() {
+    let policy = |retry_on: &str| route_pb::RetryPolicy {
+        retry_on: retry_on.into(),
+        num_retries: Some(UInt32Value { value: 2 }),
+        retry_host_predicate: vec![route_pb::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: None,
+        }],
+        host_selection_retry_max_attempts: 5,
+        retriable_status_codes: vec![503],
+        ..Default::default()
+    };
+    let mut own = route_to("/a", "c");
+    if let Some(route_pb::route::Action::Route(a)) = own.action.as_mut() {
+        a.retry_policy = Some(policy(
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        ));
+    }
+    let mut rc = route_config_pb("rc", &["*"], vec![own, route_to("/", "c")]);
+    rc.virtual_hosts[0].retry_policy = Some(route_pb::RetryPolicy {
+        retry_on: "reset".into(),
+        ..Default::default()
+    });
+    let (_, t) = decode_route(&pack_any(rc.clone())).unwrap();
+    let routes = &t.virtual_hosts[0].routes;
+    use config::RetryOn as On;
+    assert_eq!(
+        routes[0].route.retry_policy,
+        Some(config::RetryPolicy {
+            retry_on: vec![
+                On::ConnectFailure,
+                On::RefusedStream,
+                On::Unavailable,
+                On::Cancelled,
+                On::RetriableStatusCodes
+            ],
+            num_retries: 2,
+            per_try_timeout_ms: None,
+            retriable_status_codes: vec![503],
+            previous_hosts: true,
+        })
+    );
+    let vh = routes[1].route.retry_policy.as_ref().unwrap();
+    assert_eq!(
+        (&vh.retry_on[..], vh.num_retries, vh.previous_hosts),
+        (&[On::Reset][..], 1, false)
+    );
+    let mut bad = rc.clone();
+    bad.virtual_hosts[0].retry_policy = Some(policy("5xx"));
+    let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
+    assert!(
+        e.contains("`virtual_hosts[0].retry_policy.retry_on`: \"5xx\" is not supported"),
+        "{e}"
+    );
+    let mut bad = rc;
+    bad.virtual_hosts[0].retry_policy = Some(route_pb::RetryPolicy {
+        retry_on: "reset".into(),
+        retriable_headers: vec![Default::default()],
+        ..Default::default()
+    });
+    let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
+    assert!(
+        e.contains("retry_policy.retriable_headers`: not supported"),
         "{e}"
     );
 }

@@ -172,21 +172,31 @@ pub struct LogSpec {
 pub fn open(logs: &[config::AccessLog]) -> Result<Vec<LogSpec>, OpenError> {
     logs.iter()
         .map(|l| {
-            let format = match (&l.format, &l.json_format) {
-                (_, Some(map)) => Format::json(map),
-                (Some(f), None) => Format::text(f),
-                (None, None) => Format::text(format::DEFAULT_FORMAT),
-            }
-            .map_err(|e| OpenError::Format {
-                path: l.path.clone(),
-                error: e,
-            })?;
             Ok(LogSpec {
-                format: Arc::new(format),
+                format: Arc::new(compile(l)?),
                 file: FileSink::open(&l.path)?,
             })
         })
         .collect()
+}
+
+/// Compiles a listener's log formats without opening (or creating) their files: what
+/// `ringside validate` checks.
+pub fn check(logs: &[config::AccessLog]) -> Result<(), OpenError> {
+    logs.iter().try_for_each(|l| compile(l).map(drop))
+}
+
+/// A log's format, compiled (the default format when the config names none).
+fn compile(l: &config::AccessLog) -> Result<Format, OpenError> {
+    match (&l.format, &l.json_format) {
+        (_, Some(map)) => Format::json(map),
+        (Some(f), None) => Format::text(f),
+        (None, None) => Format::text(format::DEFAULT_FORMAT),
+    }
+    .map_err(|e| OpenError::Format {
+        path: l.path.clone(),
+        error: e,
+    })
 }
 
 /// A listener's logs on one shard.

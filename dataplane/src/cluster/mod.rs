@@ -53,6 +53,14 @@ pub struct UpstreamStatIds {
     pub outlier_overflow: StatId,
     /// Endpoints ejected now (summed over shards: each shard ejects for itself).
     pub outlier_active: StatId,
+    /// Retries (`retry_policy`), Envoy's names: each retry sent; retried requests whose last
+    /// answer was not retriable; retries not made for `max_retries`; or for `num_retries`.
+    pub rq_retry: StatId,
+    pub rq_retry_success: StatId,
+    pub rq_retry_overflow: StatId,
+    pub rq_retry_limit_exceeded: StatId,
+    /// Tries that passed `per_try_timeout_ms`.
+    pub rq_per_try_timeout: StatId,
 }
 
 impl ClusterStatIds {
@@ -88,6 +96,11 @@ impl UpstreamStatIds {
             ),
             outlier_overflow: c("outlier_detection.ejections_overflow", Kind::Counter),
             outlier_active: c("outlier_detection.ejections_active", Kind::Gauge),
+            rq_retry: c("upstream_rq_retry", Kind::Counter),
+            rq_retry_success: c("upstream_rq_retry_success", Kind::Counter),
+            rq_retry_overflow: c("upstream_rq_retry_overflow", Kind::Counter),
+            rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded", Kind::Counter),
+            rq_per_try_timeout: c("upstream_rq_per_try_timeout", Kind::Counter),
         }
     }
 }
@@ -547,6 +560,40 @@ impl RequestBreaker {
     /// re-sends one that was already admitted).
     pub fn started(&self) {
         self.active.set(self.active.get() + 1);
+    }
+
+    pub fn ended(&self) {
+        self.active.set(self.active.get().saturating_sub(1));
+    }
+}
+
+/// One shard's part of a cluster's `circuit_breakers.max_retries` (Envoy's default 3 without
+/// one): `ceil(max_retries / shards)` retries in flight on this shard, so retries cannot
+/// multiply the load on a cluster that is failing everything.
+pub struct RetryBreaker {
+    pub max: u32,
+    active: Cell<u32>,
+}
+
+impl RetryBreaker {
+    pub fn for_shard(c: &config::Cluster, shards: usize) -> RetryBreaker {
+        let max = c
+            .circuit_breakers
+            .map_or(config::MAX_RETRIES_DEFAULT, |cb| cb.max_retries);
+        RetryBreaker {
+            max: max.div_ceil(shards.max(1) as u32),
+            active: Cell::new(0),
+        }
+    }
+
+    /// Takes a slot for one retry; false when `max` are in flight.
+    pub fn try_start(&self) -> bool {
+        let n = self.active.get();
+        if n >= self.max {
+            return false;
+        }
+        self.active.set(n + 1);
+        true
     }
 
     pub fn ended(&self) {

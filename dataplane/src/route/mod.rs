@@ -146,6 +146,91 @@ pub struct Action {
     pub timeout: Option<Duration>,
     /// Index of the route (for stats); `None` for the listener's default route.
     pub route_index: Option<usize>,
+    /// The route's `retry_policy`, compiled.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A route's `retry_policy` compiled into a small copyable value (a request that may be
+/// retried carries it, no allocation).
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// `retry_on` as bits (`1 << RetryOn as u32`).
+    on: u16,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    codes: [u16; config::RETRIABLE_STATUS_CODES_MAX],
+    codes_len: u8,
+    pub previous_hosts: bool,
+}
+
+/// One request's retries so far: its route's policy, the retries sent, the endpoints tried
+/// (for `previous_hosts`). Inline in the request's state: no allocation.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub policy: RetryPolicy,
+    pub done: u32,
+    tried: [u32; config::RETRIES_MAX as usize + 1],
+    tried_len: u8,
+}
+
+impl Retry {
+    pub fn new(policy: RetryPolicy) -> Retry {
+        Retry {
+            policy,
+            done: 0,
+            tried: [0; config::RETRIES_MAX as usize + 1],
+            tried_len: 0,
+        }
+    }
+
+    /// Whether `num_retries` leaves one more.
+    pub fn left(&self) -> bool {
+        self.done < self.policy.num_retries
+    }
+
+    /// The request went to endpoint slot `slot`.
+    pub fn tried(&mut self, slot: usize) {
+        if let Some(t) = self.tried.get_mut(self.tried_len as usize) {
+            *t = slot as u32;
+            self.tried_len += 1;
+        }
+    }
+
+    /// Whether the next pick should skip endpoint slot `slot` (`previous_hosts`).
+    pub fn avoids(&self, slot: usize) -> bool {
+        self.policy.previous_hosts && self.tried[..self.tried_len as usize].contains(&(slot as u32))
+    }
+}
+
+impl RetryPolicy {
+    pub fn new(p: &config::RetryPolicy) -> RetryPolicy {
+        let mut codes = [0u16; config::RETRIABLE_STATUS_CODES_MAX];
+        let n = p.retriable_status_codes.len().min(codes.len());
+        for (c, &v) in codes.iter_mut().zip(&p.retriable_status_codes) {
+            *c = v.min(u32::from(u16::MAX)) as u16;
+        }
+        RetryPolicy {
+            on: p.retry_on.iter().fold(0, |b, &o| b | (1 << o as u32)),
+            num_retries: p.num_retries,
+            per_try_timeout: p.per_try_timeout_ms.map(Duration::from_millis),
+            codes,
+            codes_len: n as u8,
+            previous_hosts: p.previous_hosts,
+        }
+    }
+
+    /// Whether `retry_on` has `on`.
+    pub fn on(&self, on: config::RetryOn) -> bool {
+        self.on & (1 << on as u32) != 0
+    }
+
+    /// Whether `code` is one of `retriable_status_codes` (and `retry_on` says to use them).
+    pub fn retriable_status(&self, code: u32) -> bool {
+        self.on(config::RetryOn::RetriableStatusCodes)
+            && self.codes[..self.codes_len as usize]
+                .iter()
+                .any(|&c| u32::from(c) == code)
+    }
 }
 
 impl Action {
@@ -160,6 +245,7 @@ impl Action {
             total_weight,
             timeout,
             route_index,
+            retry: None,
         }
     }
 
@@ -186,11 +272,13 @@ impl Action {
                 .map(|w| Ok((cluster_index(clusters, &w.name)?, w.weight)))
                 .collect::<Result<Vec<_>, RouteError>>()?,
         };
-        Ok(Action::new(
+        let mut action = Action::new(
             targets,
             a.timeout_ms.map(Duration::from_millis),
             Some(route_index),
-        ))
+        );
+        action.retry = a.retry_policy.as_ref().map(RetryPolicy::new);
+        Ok(action)
     }
 
     /// The cluster for this request; `dice` is any number from the shard's random source.

@@ -77,6 +77,26 @@ pub fn open_access_logs(config: &Config) -> Result<Vec<Vec<LogSpec>>, OpenError>
         .collect()
 }
 
+/// What `ringside run` would refuse beyond the config's own validation, checked without side
+/// effects (`ringside validate`): access-log formats that do not compile (their files are not
+/// opened) and certificate, key and CA files that cannot be read or do not parse.
+pub fn check_files(config: &Config) -> Vec<String> {
+    let mut problems: Vec<String> = config
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            crate::access_log::check(&l.access_log)
+                .err()
+                .map(|e| format!("listeners[{i}] ({}): {e}", l.name))
+        })
+        .collect();
+    if let Err((field, message)) = crate::io::tls::TlsSet::load(config) {
+        problems.push(format!("{field}: {message}"));
+    }
+    problems
+}
+
 /// What an endpoints-only snapshot changed (see [`Snapshot::endpoints_only`]).
 #[derive(Clone, Debug)]
 pub struct EndpointsOnly {

@@ -336,7 +336,10 @@ impl Client {
 /// `x-delay-ms` (wait first), `x-reply-bytes` (reply with that many bytes), `x-rst` (reset the
 /// stream instead), `x-status` (reply with that grpc-status), `x-fail-on: NAME` (UNAVAILABLE
 /// when this upstream is NAME), `x-echo-header` (reply with the
-/// value of the named request header).
+/// value of the named request header). Failures for retries: `x-fail-first: N` with `x-key: K`
+/// (the first N attempts of key K, over all test upstreams, fail), `x-fail-only-on: NAME`
+/// (every attempt at this upstream fails), each as `x-fail-with` says: a gRPC code answered
+/// trailers-only (default 14), `rst` (RST_STREAM INTERNAL_ERROR) or `slow` (answer after 500 ms).
 pub struct Upstream {
     pub addr: SocketAddr,
 }
@@ -359,6 +362,10 @@ impl Upstream {
         Upstream { addr }
     }
 }
+
+/// Attempts per `x-key` seen by the test upstreams (`x-fail-first`).
+static ATTEMPTS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, u32>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// A request the test upstream is reading: headers so far, body so far.
 type Request = (Vec<(String, String)>, Vec<u8>);
@@ -409,6 +416,41 @@ fn serve_upstream(name: &str, s: TcpStream) {
             continue;
         };
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let fail = match (get("x-fail-first"), get("x-key")) {
+            (Some(n), Some(k)) => {
+                let mut m = ATTEMPTS.lock().unwrap();
+                let seen = m.entry(k).or_insert(0);
+                *seen += 1;
+                *seen <= n.parse::<u32>().unwrap()
+            }
+            _ => get("x-fail-only-on").is_some_and(|n| n == name),
+        };
+        if fail {
+            let mut o = Vec::new();
+            match get("x-fail-with").as_deref() {
+                Some("rst") => frame::write_rst_stream(&mut o, sid, frame::code::INTERNAL_ERROR),
+                Some("slow") => std::thread::sleep(Duration::from_millis(500)),
+                code => {
+                    p.headers(
+                        sid,
+                        &[
+                            (":status", "200"),
+                            ("content-type", "application/grpc"),
+                            ("grpc-status", code.unwrap_or("14")),
+                            ("grpc-message", "failing on purpose"),
+                        ],
+                        true,
+                    );
+                }
+            }
+            if !o.is_empty() {
+                p.write(&o);
+                continue;
+            }
+            if get("x-fail-with").as_deref() != Some("slow") {
+                continue;
+            }
+        }
         if let Some(ms) = get("x-delay-ms") {
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
         }

@@ -137,6 +137,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {
             Ok(c) => {
+                let problems = dataplane::snapshot::check_files(&c);
+                if !problems.is_empty() {
+                    for p in &problems {
+                        eprintln!("{}: {p}", config.display());
+                    }
+                    return ExitCode::from(2);
+                }
                 println!(
                     "{}: ok ({} listeners, {} clusters)",
                     config.display(),

@@ -803,7 +803,16 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     // A one-way request's record stays here: it is logged as it leaves (nothing comes back).
     let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
     let cluster = Some(&*pool.lb.name);
-    let (refused, lg) = match pool.forward(frame, h.id, h.two_way, timeout, conn, counted, lg) {
+    let (refused, lg) = match pool.forward(
+        frame,
+        h.id,
+        h.two_way,
+        timeout,
+        action.retry,
+        conn,
+        counted,
+        lg,
+    ) {
         Ok(()) => {
             if let Some(lg) = oneway_lg {
                 conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);

@@ -43,6 +43,9 @@ use crate::stats::ShardStats;
 
 /// Missed heartbeat intervals before an upstream connection is closed as dead.
 pub const HEARTBEAT_MISSES_MAX: u32 = 3;
+/// A two-way request whose route has a `retry_policy` is kept (charged to the shard's budget)
+/// until it is answered, so it can be sent again, if its frame is at most this large.
+pub const RETRY_FRAME_BYTES_MAX: usize = 32 * 1024;
 
 /// A request waiting for its response.
 pub(crate) struct Pending {
@@ -53,6 +56,68 @@ pub(crate) struct Pending {
     counted: Counted,
     /// The call's access-log record (when the listener logs).
     log: Option<Box<Logged>>,
+    /// Its route's `retry_policy`, when it has one and the frame is small enough to keep.
+    again: Option<Again>,
+}
+
+/// What a request that may be retried keeps: its frame as last sent, its retries so far, the
+/// request's own deadline (each try's `deadline` is within it), and whether it holds a slot of
+/// the cluster's `max_retries`.
+struct Again {
+    frame: Bytes,
+    budget: Rc<Budget>,
+    retry: crate::route::Retry,
+    deadline: Instant,
+    slot: bool,
+}
+
+impl Again {
+    /// Keeps `frame` (as sent) in place of the one kept so far.
+    fn keep(&mut self, frame: &Bytes) {
+        self.budget.recharge(self.frame.len(), frame.len());
+        self.frame = frame.clone();
+    }
+}
+
+impl Drop for Again {
+    fn drop(&mut self) {
+        self.budget.release(self.frame.len());
+    }
+}
+
+/// Why a request might be sent again.
+#[derive(Clone, Copy, Debug)]
+enum Cause {
+    ConnectFailure,
+    /// The connection was lost with the request in flight, or its try's deadline passed.
+    Reset,
+    /// The provider answered with this status.
+    Status(u8),
+}
+
+impl Cause {
+    fn of(reply: &Reply<'_>) -> Option<Cause> {
+        match reply {
+            Reply::Response(f) => Some(Cause::Status(wire::response_status(f).0)),
+            Reply::Local(LocalError::UpstreamFailed { why, .. }) => Some(match why {
+                UpstreamGone::ConnectFailed(_) | UpstreamGone::ConnectTimeout => {
+                    Cause::ConnectFailure
+                }
+                _ => Cause::Reset,
+            }),
+            Reply::Local(LocalError::Timeout { .. }) => Some(Cause::Reset),
+            Reply::Local(_) => None,
+        }
+    }
+
+    fn wanted_by(self, p: &crate::route::RetryPolicy) -> bool {
+        use crate::config::RetryOn as On;
+        match self {
+            Cause::ConnectFailure => p.on(On::ConnectFailure),
+            Cause::Reset => p.on(On::Reset),
+            Cause::Status(s) => p.retriable_status(u32::from(s)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,6 +186,8 @@ pub struct ClusterPool {
     breaker: Option<crate::cluster::RequestBreaker>,
     /// Consecutive-error ejection, when the cluster has `outlier_detection`.
     outlier: Option<crate::cluster::OutlierConfig>,
+    /// This shard's part of `circuit_breakers.max_retries`.
+    retries: crate::cluster::RetryBreaker,
 }
 
 /// Why a request could not be sent upstream; each becomes a local reply.
@@ -158,6 +225,7 @@ impl ClusterPool {
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
             outlier: crate::cluster::OutlierConfig::for_cluster(c),
+            retries: crate::cluster::RetryBreaker::for_shard(c, stats.stats.shard_count()),
             stats,
             ids,
             budget,
@@ -186,7 +254,28 @@ impl ClusterPool {
     /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
     /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
     fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
-        let i = self.lb.pick_available(|i| {
+        self.pick_host_but(now, None)
+    }
+
+    /// [`Self::pick_host`] for a retry: skips the endpoints `retry` tried (`previous_hosts`)
+    /// while another is available.
+    fn pick_host_but(&self, now: Instant, retry: Option<&crate::route::Retry>) -> Option<Rc<Host>> {
+        if let Some(r) = retry {
+            let i = self
+                .lb
+                .pick_available(|i| match r.avoids(i) {
+                    true => Availability::Excluded,
+                    false => self.availability(i, now),
+                })
+                .or_else(|| self.lb.pick_available(|i| self.availability(i, now)))?;
+            return Some(self.host(i));
+        }
+        let i = self.lb.pick_available(|i| self.availability(i, now))?;
+        Some(self.host(i))
+    }
+
+    fn availability(&self, i: usize, now: Instant) -> Availability {
+        {
             self.hosts.peek(i, |h| match h {
                 Some(h) if h.readonly.get() => Availability::Excluded,
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
@@ -196,8 +285,7 @@ impl ClusterPool {
                 }
                 _ => Availability::Ready,
             })
-        })?;
-        Some(self.host(i))
+        }
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
@@ -218,6 +306,7 @@ impl ClusterPool {
         id_down: u64,
         two_way: bool,
         timeout: Duration,
+        retry: Option<crate::route::RetryPolicy>,
         down: &Rc<DownConn>,
         counted: Counted,
         log: Option<Box<Logged>>,
@@ -239,13 +328,27 @@ impl ClusterPool {
             return Err((e, log));
         }
         let rq = if two_way {
+            let again = retry
+                .filter(|_| frame.len() <= RETRY_FRAME_BYTES_MAX)
+                .map(|p| Again {
+                    frame: Bytes::new(),
+                    budget: self.budget.clone(),
+                    retry: crate::route::Retry::new(p),
+                    deadline: now + timeout,
+                    slot: false,
+                });
+            let first = match again.as_ref().and_then(|a| a.retry.policy.per_try_timeout) {
+                Some(t) => t.min(timeout),
+                None => timeout,
+            };
             Request::TwoWay(Pending {
                 down: down.clone(),
                 id_down,
-                deadline: now + timeout,
+                deadline: now + first,
                 started: now,
                 counted,
                 log,
+                again,
             })
         } else {
             Request::OneWay(down.clone())
@@ -264,8 +367,13 @@ impl ClusterPool {
         let id_up = conn.next_id.get();
         conn.next_id.set(id_up.wrapping_add(1));
         wire::set_request_id(&mut frame, id_up);
+        let frame = frame.freeze();
         let down = match rq {
-            Request::TwoWay(p) => {
+            Request::TwoWay(mut p) => {
+                if let Some(a) = p.again.as_mut() {
+                    a.keep(&frame);
+                    a.retry.tried(host.index);
+                }
                 let (deadline, down) = (p.deadline, p.down.clone());
                 conn.pending.borrow_mut().insert(id_up, p);
                 let earliest = conn.deadlines.borrow_mut().push(deadline, id_up);
@@ -286,7 +394,7 @@ impl ClusterPool {
         self.lb.add_active(host.index, 1);
         self.stats.inc(self.ids.rq_active);
         down.inflight.set(down.inflight.get() + 1);
-        conn.enqueue(frame.freeze());
+        conn.enqueue(frame);
     }
 
     /// One request's outcome at `host`, for outlier detection (when the cluster has it).
@@ -427,9 +535,9 @@ impl UpConn {
         }
     }
 
-    /// Ends one pending request: counters down, and its caller answered with `reply`.
-    fn finish(&self, p: Pending, reply: Reply<'_>) {
-        self.release(&p.down);
+    /// Ends one pending request: counters down, and its caller answered with `reply`, unless
+    /// its route retries it.
+    fn finish(&self, mut p: Pending, reply: Reply<'_>) {
         if self.pool.outlier.is_some() {
             let failed = match &reply {
                 // Statuses that say the provider is in trouble (not the request).
@@ -446,6 +554,13 @@ impl UpConn {
             };
             self.pool.outcome(&self.host, failed);
         }
+        if p.again.is_some() {
+            p = match self.retry(p, &reply) {
+                Ok(()) => return,
+                Err(p) => p,
+            };
+        }
+        self.release(&p.down);
         let cluster = Some(&*self.pool.lb.name);
         match reply {
             Reply::Response(mut frame) => {
@@ -466,6 +581,63 @@ impl UpConn {
                 }
             }
         }
+    }
+
+    /// Sends `p` again if its route's `retry_policy` retries `reply` (the cause is in
+    /// `retry_on`, retries and time are left, the cluster's `max_retries` has room), to an
+    /// endpoint it did not try yet while one is available. `Err(p)`: answered as it is.
+    fn retry(&self, mut p: Pending, reply: &Reply<'_>) -> Result<(), Pending> {
+        let (pool, now) = (&self.pool, Instant::now());
+        let Some(a) = p.again.as_mut() else {
+            return Err(p);
+        };
+        let wanted = Cause::of(reply).is_some_and(|c| c.wanted_by(&a.retry.policy));
+        // The request's own deadline passed (not just this try's): no time for another.
+        if !wanted || now >= a.deadline {
+            let success = a.retry.done > 0 && !wanted;
+            return Err(self.answered(p, success));
+        }
+        if !a.retry.left() {
+            pool.stats.inc(pool.ids.rq_retry_limit_exceeded);
+            return Err(self.answered(p, false));
+        }
+        if !a.slot && !pool.retries.try_start() {
+            pool.stats.inc(pool.ids.rq_retry_overflow);
+            return Err(self.answered(p, false));
+        }
+        a.slot = true;
+        let host = pool
+            .pick_host_but(now, Some(&a.retry))
+            .filter(|h| h.pending.get() < pool.pending_max);
+        let Some(host) = host else {
+            return Err(self.answered(p, false));
+        };
+        a.retry.done += 1;
+        let frame = BytesMut::from(&a.frame[..]);
+        p.deadline = match a.retry.policy.per_try_timeout {
+            Some(t) => (now + t).min(a.deadline),
+            None => a.deadline,
+        };
+        self.release(&p.down);
+        pool.stats.inc(pool.ids.rq_retry);
+        tracing::debug!(from = %self.host.addr, to = %host.addr, "request sent again (retry_policy)");
+        pool.send(&host, frame, Request::TwoWay(p), now);
+        Ok(())
+    }
+
+    /// A request that may have been retried is answered: its `max_retries` slot is freed, and
+    /// `success` (a retried request whose last answer was not retriable) counted.
+    fn answered(&self, mut p: Pending, success: bool) -> Pending {
+        let pool = &self.pool;
+        if let Some(a) = p.again.as_mut() {
+            if std::mem::take(&mut a.slot) {
+                pool.retries.ended();
+            }
+        }
+        if success {
+            pool.stats.inc(pool.ids.rq_retry_success);
+        }
+        p
     }
 
     /// The connect failed (the endpoint is in back-off now). Its queued requests never
@@ -527,10 +699,15 @@ impl UpConn {
         }
     }
 
-    /// Answers a request whose deadline passed with status 31.
+    /// Answers a request whose deadline passed with status 31 (or, its try's deadline only,
+    /// retries it if its route says so).
     fn time_out(&self, p: Pending, now: Instant) {
         let pool = &self.pool;
-        pool.stats.inc(pool.ids.rq_timeout);
+        if p.again.as_ref().is_some_and(|a| p.deadline < a.deadline) {
+            pool.stats.inc(pool.ids.rq_per_try_timeout);
+        } else {
+            pool.stats.inc(pool.ids.rq_timeout);
+        }
         pool.stats.inc(self.host.ids.rq_timeout);
         let e = LocalError::Timeout {
             addr: self.host.addr,

@@ -157,6 +157,9 @@ pub struct Stream {
     /// Upstream side, a retry: DATA bytes at the head of the queue that were already credited
     /// to the caller by the first attempt (not credited again).
     no_credit: u32,
+    /// Upstream side: a retry of a `retry_policy`, holding a slot of the cluster's
+    /// `max_retries` until it ends.
+    retried: bool,
     send_window: i64,
     /// What the peer may still send on this stream.
     recv_avail: i64,
@@ -209,6 +212,7 @@ impl Stream {
             link: None,
             held: None,
             no_credit: 0,
+            retried: false,
             send_window,
             recv_avail: i64::from(recv_window),
             recv_unacked: 0,
@@ -658,6 +662,9 @@ impl Conn {
                 l.log_call(&mut call, self.caller_addrs.get());
             }
             if let Side::Up(h) = &self.side {
+                if s.retried {
+                    h.pool.retries.ended();
+                }
                 h.pool.stats.dec(h.pool.ids.rq_active);
                 if let Some(b) = &h.pool.breaker {
                     b.ended();
@@ -1021,7 +1028,7 @@ impl Conn {
                 "RST_STREAM on an idle stream",
             ));
         }
-        if c == code::REFUSED_STREAM && self.retry_refused(id) {
+        if c == code::REFUSED_STREAM && self.retry(id, Again::Refused) == Sent::Yes {
             return Ok(());
         }
         self.count_reset()?;
@@ -1033,6 +1040,9 @@ impl Conn {
         if let Side::Up(h) = &self.side {
             if self.streams.borrow().contains_key(&id) {
                 h.pool.outcome(h, true);
+            }
+            if c != code::REFUSED_STREAM && self.retry(id, Again::Reset) == Sent::Yes {
+                return Ok(());
             }
         }
         if let Some((other, oid)) = self.end_stream(id) {
@@ -1060,7 +1070,7 @@ impl Conn {
                     .filter(|&id| id > last)
                     .collect();
                 for id in refused {
-                    if !self.retry_refused(id) {
+                    if self.retry(id, Again::Refused) != Sent::Yes {
                         self.upstream_failed(id, "upstream went away (GOAWAY)");
                     }
                 }
@@ -1071,59 +1081,136 @@ impl Conn {
         }
     }
 
-    /// Upstream side: stream `id` was refused unprocessed (above a GOAWAY's last stream id, or
-    /// REFUSED_STREAM), which RFC 9113 8.7 makes safe to retry: when what was written of it is
-    /// still held and it is a first attempt, it is sent once more on another connection (new or
-    /// other) and its caller's stream relinked. False when it cannot be: the caller then fails
-    /// as before.
-    fn retry_refused(self: &Rc<Self>, id: u32) -> bool {
+    /// Upstream side: stream `id` failed for `why` before any response reached its caller;
+    /// sends it again on another connection (new or other) and relinks its caller's stream,
+    /// when what was written of it is still held (`RETRY_BODY_BYTES_MAX`). A call whose route
+    /// has a `retry_policy` is retried as it says (`retry_on`, `num_retries`, `previous_hosts`)
+    /// within the cluster's `max_retries`; a refused stream (above a GOAWAY's last stream id,
+    /// or REFUSED_STREAM: unprocessed, RFC 9113 8.7) is also retried, counted by the policy
+    /// when there is one, else once. Anything else: not retried (the caller then fails or gets
+    /// the answer as before).
+    fn retry(self: &Rc<Self>, id: u32, why: Again) -> Sent {
         let Side::Up(h) = &self.side else {
-            return false;
+            return Sent::NotRetriable;
         };
-        let (down_w, did) = {
+        let (down_w, did, was_retry, sent_end, held) = {
             let streams = self.streams.borrow();
             match streams.get(&id) {
-                Some(Stream {
-                    held: Some(_),
-                    link: Some(link),
-                    headers_in: false,
-                    ..
-                }) => link.clone(),
-                _ => return false,
+                Some(
+                    s @ Stream {
+                        link: Some(link),
+                        headers_in: false,
+                        ..
+                    },
+                ) => (
+                    link.0.clone(),
+                    link.1,
+                    s.retried,
+                    s.sent_end,
+                    s.held.is_some(),
+                ),
+                _ => return Sent::NotRetriable,
             }
         };
         let Some(down) = down_w.upgrade() else {
-            return false;
+            return Sent::NotRetriable;
         };
-        let Some(up) = h.pool.connection(self.limits, Some(self)) else {
-            return false;
+        let pool = &h.pool;
+        let mut policy = down
+            .streams
+            .borrow()
+            .get(&did)
+            .and_then(|s| s.call.as_ref())
+            .and_then(|c| c.retry);
+        match &policy {
+            Some(r) if matches!(why, Again::Refused) || why.wanted_by(&r.policy) => {
+                if !r.left() {
+                    pool.stats.inc(pool.ids.rq_retry_limit_exceeded);
+                    return Sent::Limited;
+                }
+                if !held {
+                    return Sent::NotRetriable;
+                }
+                // A retry retried again keeps its slot.
+                if !was_retry && !pool.retries.try_start() {
+                    pool.stats.inc(pool.ids.rq_retry_overflow);
+                    return Sent::Limited;
+                }
+            }
+            None if matches!(why, Again::Refused) && held => {}
+            _ => return Sent::NotRetriable,
+        }
+        let by_policy = policy.is_some();
+        let picked = pool
+            .connection(self.limits, Some(self), policy.as_ref())
+            .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
+        let Some((uid, up)) = picked else {
+            if by_policy && !was_retry {
+                pool.retries.ended();
+            }
+            return Sent::NotRetriable;
         };
-        let Some(uid) = up.open_stream(down_w, did) else {
-            return false;
-        };
-        let (held, queue) = {
+        let (held, queue, no_credit) = {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
-                return false;
+                return Sent::NotRetriable;
             };
             s.link = None;
             s.sent_end = true;
             s.recv_end = true;
+            // Its retry slot moves to the new stream.
+            s.retried = false;
             (
                 s.held.take().unwrap_or_default(),
                 std::mem::take(&mut s.queue),
+                std::mem::take(&mut s.no_credit),
             )
         };
+        let open = match why {
+            Again::Answer { .. } => !sent_end,
+            Again::TryTimeout => true,
+            _ => false,
+        };
+        if open {
+            // Answered while the request was still going out, or given up on: stop it.
+            self.ctl_queued.set(self.ctl_queued.get() + 1);
+            self.write(|o| frame::write_rst_stream(o, id, code::CANCEL));
+        }
         self.blocked.borrow_mut().retain(|&b| b != id);
         self.forget(id);
-        h.pool.stats.inc(h.pool.h2_ids.rq_retry_refused);
-        tracing::debug!(upstream = %h.addr, stream = id, "refused stream sent again on another connection");
+        if matches!(why, Again::Refused) {
+            pool.stats.inc(pool.h2_ids.rq_retry_refused);
+        }
+        if let Some(r) = policy.as_mut() {
+            pool.stats.inc(pool.ids.rq_retry);
+            r.done += 1;
+            if let Side::Up(nh) = &up.side {
+                r.tried(nh.index);
+            }
+        }
+        tracing::debug!(upstream = %h.addr, stream = id, ?why, "stream sent again");
+        let mut try_deadline = None;
         if let Some(s) = down.streams.borrow_mut().get_mut(&did) {
             s.link = Some((Rc::downgrade(&up), uid));
+            if let Some(c) = s.call.as_mut() {
+                c.retry = policy;
+                try_deadline = policy
+                    .and_then(|r| r.policy.per_try_timeout)
+                    .map(|t| Instant::now() + t);
+                c.try_deadline = try_deadline;
+            }
+        }
+        if let Some(d) = try_deadline {
+            if down.armed.get().is_none_or(|a| d < a) {
+                down.deadline_wake.notify();
+            }
         }
         if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
-            // A retry is not retried again.
-            s.held = None;
+            s.retried = by_policy;
+            // Held again only while the policy has retries left (a refused stream without
+            // a policy is sent again once).
+            s.held = policy.filter(|r| r.left()).map(|_| Held::default());
+            s.no_credit = no_credit;
             if !held.block.is_empty() {
                 s.queue.push_back(Out::Headers(held.block, held.end));
             }
@@ -1135,7 +1222,7 @@ impl Conn {
             s.queue.extend(queue);
         }
         up.flush(uid);
-        true
+        Sent::Yes
     }
 
     /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
@@ -1295,7 +1382,7 @@ impl Conn {
             self.fail_call(id, &CallError::CircuitOpen);
             return Ok(());
         }
-        let Some(up) = pool.connection(self.limits, None) else {
+        let Some(up) = pool.connection(self.limits, None, None) else {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             self.fail_call(id, &CallError::NoHealthyUpstream);
             return Ok(());
@@ -1307,6 +1394,14 @@ impl Conn {
         };
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.link = Some((Rc::downgrade(&up), uid));
+            if let (Some(c), Side::Up(h)) = (s.call.as_mut(), &up.side) {
+                if let Some(p) = call.retry {
+                    let mut r = crate::route::Retry::new(p);
+                    r.tried(h.index);
+                    c.retry = Some(r);
+                    c.try_deadline = p.per_try_timeout.map(|t| Instant::now() + t);
+                }
+            }
             if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
                 if let Side::Up(h) = &up.side {
                     lg.upstream = Some(h.addr);
@@ -1315,7 +1410,11 @@ impl Conn {
             }
         }
         up.send(uid, Out::Headers(call.block, end));
-        if let Some(d) = call.deadline {
+        let try_deadline = call
+            .retry
+            .and_then(|p| p.per_try_timeout)
+            .map(|t| Instant::now() + t);
+        if let Some(d) = [call.deadline, try_deadline].into_iter().flatten().min() {
             if self.armed.get().is_none_or(|a| d < a) {
                 self.deadline_wake.notify();
             }
@@ -1395,6 +1494,36 @@ impl Conn {
         if self.streams.borrow().get(&id).is_some_and(|s| s.recv_end) {
             return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
         }
+        let first = self
+            .streams
+            .borrow()
+            .get(&id)
+            .map(|s| (!s.headers_in, s.retried));
+        if let (Some((true, was_retry)), Side::Up(h)) = (first, &self.side) {
+            let mut retried = was_retry;
+            // A trailers-only answer (an error without a message) its route retries.
+            if end && !self.headers.borrow().too_large {
+                let (grpc, http) = {
+                    let hl = self.headers.borrow();
+                    (
+                        header_u32(hl.get(b"grpc-status")),
+                        header_u32(hl.get(b":status")),
+                    )
+                };
+                match self.retry(id, Again::Answer { grpc, http }) {
+                    Sent::Yes => {
+                        let failed = matches!(grpc, Some(status::INTERNAL | status::UNAVAILABLE));
+                        h.pool.outcome(h, failed);
+                        return Ok(());
+                    }
+                    Sent::Limited => retried = false,
+                    Sent::NotRetriable => {}
+                }
+            }
+            if retried {
+                h.pool.stats.inc(h.pool.ids.rq_retry_success);
+            }
+        }
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.headers_in = true;
             // The upstream processes the request: no retry, the held request is let go.
@@ -1462,23 +1591,62 @@ impl Conn {
     /// upstream); returns the next deadline.
     fn expire(self: &Rc<Self>, now: Instant) -> Option<Instant> {
         let mut expired = Vec::new();
+        let mut tries = Vec::new();
         let mut next: Option<Instant> = None;
         for (&id, s) in self.streams.borrow().iter() {
-            let Some(d) = s.call.as_ref().and_then(|c| c.deadline) else {
+            let Some(c) = s.call.as_ref() else {
+                continue;
+            };
+            // A try's deadline holds until its response starts.
+            let try_d = c.try_deadline.filter(|_| !c.headers_sent);
+            let Some(d) = [c.deadline, try_d].into_iter().flatten().min() else {
                 continue;
             };
             if s.sent_end {
                 continue;
             }
-            if d <= now {
+            if d > now {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            } else if c.deadline.is_some_and(|d| d <= now) {
                 expired.push(id);
             } else {
-                next = Some(next.map_or(d, |n| n.min(d)));
+                tries.push(id);
             }
         }
         let Side::Down(l) = &self.side else {
             return next;
         };
+        // Tries past `per_try_timeout_ms`: sent again when the policy says so (a `reset`),
+        // else the call ends as at its deadline.
+        for id in tries {
+            let link = self.link(id);
+            if let Some(c) = self
+                .streams
+                .borrow_mut()
+                .get_mut(&id)
+                .and_then(|s| s.call.as_mut())
+            {
+                c.try_deadline = None;
+            }
+            if let Some((up, uid)) = link {
+                if let Side::Up(h) = &up.side {
+                    h.pool.stats.inc(h.pool.ids.rq_per_try_timeout);
+                    h.pool.outcome(h, true);
+                }
+                if up.retry(uid, Again::TryTimeout) == Sent::Yes {
+                    let d = self
+                        .streams
+                        .borrow()
+                        .get(&id)
+                        .and_then(|s| s.call.as_ref()?.try_deadline);
+                    if let Some(d) = d {
+                        next = Some(next.map_or(d, |n| n.min(d)));
+                    }
+                    continue;
+                }
+            }
+            expired.push(id);
+        }
         for id in expired {
             l.stats.inc(l.ids.rq_timeout);
             if let Some((up, uid)) = self.link(id) {
@@ -1550,6 +1718,11 @@ impl Conn {
     }
 }
 
+/// A header value that is a decimal number (`grpc-status`, `:status`).
+fn header_u32(v: Option<&[u8]>) -> Option<u32> {
+    std::str::from_utf8(v?).ok()?.parse().ok()
+}
+
 /// Percent-encodes a grpc-message (gRPC over HTTP/2: bytes outside 0x20..=0x7e and '%').
 fn percent_encode(m: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(m.len());
@@ -1574,6 +1747,8 @@ struct Routed {
     deadline: Option<Instant>,
     /// The request headers encoded for the upstream.
     block: Vec<u8>,
+    /// The route's `retry_policy`.
+    retry: Option<crate::route::RetryPolicy>,
 }
 
 /// Why a caller's request is not forwarded.
@@ -1652,6 +1827,7 @@ fn route_call(
         }
     }
     let cluster = action.pick_cluster(l.roll());
+    let retry = action.retry;
     let mut block = Vec::with_capacity(block_hint(hl));
     hl.encode(&mut block);
     Ok(Routed {
@@ -1661,6 +1837,7 @@ fn route_call(
         service_ids,
         deadline: timeout_us.map(|us| now + Duration::from_micros(us)),
         block,
+        retry,
     })
 }
 
@@ -2067,7 +2244,7 @@ async fn serve_upstream<S: crate::io::Conn>(
                                 // Its calls fail now; the GOAWAY gets a bounded time to go out
                                 // (the writer runs until this arm ends).
                                 conn.goaway_close(e.code, &e.why);
-                                fail_upstream_streams(&conn, &why);
+                                fail_upstream_streams(&conn, &why, false);
                                 flushed(&conn).await;
                             }
                             why
@@ -2106,13 +2283,75 @@ async fn serve_upstream<S: crate::io::Conn>(
     };
     conn.closed.set(true);
     host.remove(&conn);
-    fail_upstream_streams(&conn, &why);
+    fail_upstream_streams(&conn, &why, !conn.open.get());
 }
 
-/// Upstream side: every stream of the connection is lost; their callers get UNAVAILABLE.
-fn fail_upstream_streams(conn: &Rc<Conn>, why: &str) {
+/// Upstream side: every stream of the connection is lost (`connect_failed`: it never opened);
+/// each is retried if its call's `retry_policy` says so, else its caller gets UNAVAILABLE.
+fn fail_upstream_streams(conn: &Rc<Conn>, why: &str, connect_failed: bool) {
     let ids: Vec<u32> = conn.streams.borrow().keys().copied().collect();
+    let again = match connect_failed {
+        true => Again::ConnectFailure,
+        false => Again::Reset,
+    };
     for id in ids {
+        if conn.retry(id, again) == Sent::Yes {
+            // A lost stream still counts against its endpoint (a failed connect was counted
+            // once for the connection).
+            if let (Side::Up(h), false) = (&conn.side, connect_failed) {
+                h.pool.outcome(h, true);
+            }
+            continue;
+        }
         conn.upstream_failed(id, why);
     }
+}
+
+/// Why an upstream stream may be sent again ([`Conn::retry`]).
+#[derive(Clone, Copy, Debug)]
+enum Again {
+    /// Refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream id).
+    Refused,
+    ConnectFailure,
+    /// Reset by the upstream, or its connection lost with the stream open.
+    Reset,
+    /// `per_try_timeout_ms` passed without a response (retried as a `reset`).
+    TryTimeout,
+    /// A trailers-only answer: its `grpc-status` and HTTP `:status`.
+    Answer {
+        grpc: Option<u32>,
+        http: Option<u32>,
+    },
+}
+
+impl Again {
+    fn wanted_by(self, p: &crate::route::RetryPolicy) -> bool {
+        use crate::config::RetryOn as On;
+        match self {
+            Again::Refused => p.on(On::RefusedStream),
+            Again::ConnectFailure => p.on(On::ConnectFailure),
+            Again::Reset | Again::TryTimeout => p.on(On::Reset),
+            Again::Answer { grpc, http } => {
+                http.is_some_and(|c| p.retriable_status(c))
+                    || match grpc {
+                        Some(status::CANCELLED) => p.on(On::Cancelled),
+                        Some(status::DEADLINE_EXCEEDED) => p.on(On::DeadlineExceeded),
+                        Some(status::INTERNAL) => p.on(On::Internal),
+                        Some(status::RESOURCE_EXHAUSTED) => p.on(On::ResourceExhausted),
+                        Some(status::UNAVAILABLE) => p.on(On::Unavailable),
+                        _ => false,
+                    }
+            }
+        }
+    }
+}
+
+/// What [`Conn::retry`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// Not a failure its call retries (or nowhere to send it).
+    NotRetriable,
+    /// Retriable, but `num_retries` or `max_retries` said no (counted).
+    Limited,
 }

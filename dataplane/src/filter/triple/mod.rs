@@ -204,6 +204,10 @@ pub struct Call {
     pub service: RequestStatIds,
     /// The call's access-log record (when the listener logs).
     pub log: Option<Box<Logged>>,
+    /// Its route's `retry_policy` and the retries so far, when the route has one.
+    pub retry: Option<crate::route::Retry>,
+    /// The current try's deadline (`per_try_timeout_ms`), until the response starts.
+    pub try_deadline: Option<Instant>,
 }
 
 impl Call {
@@ -217,6 +221,8 @@ impl Call {
             route: l.ids.other_service,
             service: l.ids.other_service,
             log: None,
+            retry: None,
+            try_deadline: None,
         }
     }
 }
@@ -397,6 +403,8 @@ pub struct Pool {
     pub breaker: Option<crate::cluster::RequestBreaker>,
     /// Consecutive-error ejection, when the cluster has `outlier_detection`.
     pub outlier: Option<crate::cluster::OutlierConfig>,
+    /// This shard's part of `circuit_breakers.max_retries`.
+    pub retries: crate::cluster::RetryBreaker,
 }
 
 pub struct Host {
@@ -432,6 +440,7 @@ impl Pool {
             keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
             outlier: crate::cluster::OutlierConfig::for_cluster(c),
+            retries: crate::cluster::RetryBreaker::for_shard(c, stats.stats.shard_count()),
             stats,
             ids,
             h2_ids,
@@ -459,14 +468,19 @@ impl Pool {
 
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
     /// endpoints in connect-failure back-off unless all are), other than `avoid` (a connection
-    /// that refused the stream).
+    /// that refused the stream) and, for a retry, the endpoints `retry` already tried while
+    /// another is available (`previous_hosts`).
     fn connection(
         self: &Rc<Self>,
         limits: H2Limits,
         avoid: Option<&conn::Conn>,
+        retry: Option<&crate::route::Retry>,
     ) -> Option<Rc<conn::Conn>> {
         let now = Instant::now();
-        let i = self.lb.pick_available(|i| {
+        let state = |i: usize, skip_tried: bool| {
+            if skip_tried && retry.is_some_and(|r| r.avoids(i)) {
+                return Availability::Excluded;
+            }
             self.hosts.peek(i, |h| match h {
                 Some(h) if h.down_until.get().is_some_and(|t| t > now) => Availability::BackingOff,
                 // Ejected: like back-off, used only when no endpoint is ready.
@@ -475,7 +489,12 @@ impl Pool {
                 }
                 _ => Availability::Ready,
             })
-        })?;
+        };
+        let i = match self.lb.pick_available(|i| state(i, true)) {
+            Some(i) => i,
+            None if retry.is_some() => self.lb.pick_available(|i| state(i, false))?,
+            None => return None,
+        };
         self.host(i)
             .connection(self.connections_per_host, limits, avoid)
     }
