@@ -91,7 +91,8 @@ pub fn check_files(config: &Config) -> Vec<String> {
                 .map(|e| format!("listeners[{i}] ({}): {e}", l.name))
         })
         .collect();
-    if let Err((field, message)) = crate::io::tls::TlsSet::load(config) {
+    // SDS secrets arrive at run time: only files are checked here.
+    if let Err((field, message)) = crate::io::tls::TlsSet::load(config, &Default::default()) {
         problems.push(format!("{field}: {message}"));
     }
     problems
