@@ -448,6 +448,7 @@ impl Builder {
             endpoints: prev.endpoints.clone(),
             endpoints_only: None,
             access_logs: prev.access_logs.clone(),
+            traces: prev.traces.clone(),
             tls,
             limits: prev.limits.clone(),
         }
