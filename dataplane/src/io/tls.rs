@@ -360,9 +360,13 @@ fn client(t: &config::ClusterTls, secrets: &Secrets) -> Result<ClientTls, String
 
 /// Connects to `addr` and completes a client handshake (the caller bounds the whole by its
 /// connect timeout).
-pub async fn connect(addr: SocketAddr, t: &ClientTls) -> io::Result<TlsConn> {
+pub async fn connect(
+    addr: SocketAddr,
+    sources: &[std::net::IpAddr],
+    t: &ClientTls,
+) -> io::Result<TlsConn> {
     let config = t.config.clone().map_err(io::Error::other)?;
-    let tcp = super::intercept::connect(addr).await?;
+    let tcp = super::intercept::connect(addr, sources).await?;
     let _ = tcp.set_nodelay(true);
     let name = t
         .sni
