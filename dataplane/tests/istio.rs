@@ -185,8 +185,11 @@ fn answers(name: &str) -> BTreeMap<(String, String), (Answer, Answer)> {
     envoy_xds.put(&empty).unwrap();
 
     let admin = local(free_port());
+    // pilot-agent's SDS socket, named as istio-proxy's bootstrap names it; nothing serves it
+    // here, so TLS listeners and clusters wait for their secrets (as Envoy's warm).
     let config = format!(
         "admin:\n  address: {admin}\n\
+         sds:\n  - {{name: sds-grpc, path: /nonexistent/workload-spiffe-uds/socket}}\n\
          xds:\n  server: {}\n  node_id: sidecar~10.244.0.7~reviews-v1.default~default.svc.cluster.local\n  \
          node_cluster: reviews.default\n  mode: sotw\n  initial_fetch_timeout_ms: 200\n  \
          retry_initial_ms: 100\n  retry_max_ms: 1000\n",
@@ -870,7 +873,9 @@ fn virtual_inbound_chains_by_port_and_protocol_like_envoy() {
                 _rs = None;
             } else {
                 let config = format!(
-                    "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  \
+                    "admin:\n  address: {admin}\n\
+                     sds:\n  - {{name: sds-grpc, path: /nonexistent/workload-spiffe-uds/socket}}\n\
+                     xds:\n  server: {}\n  node_id: {node}\n  \
                      node_cluster: t\n  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
                     xds.addr()
                 );

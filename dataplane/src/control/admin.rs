@@ -279,8 +279,8 @@ fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Sha
     }
 }
 
-/// The certificates of the running config's listeners and clusters: file, URI SANs, expiry
-/// (as loaded when the config was applied).
+/// The certificates of the running config's listeners and clusters: file (or `sds:NAME`), URI
+/// SANs, expiry (as loaded when the config was applied or the SDS secret arrived).
 fn certs(set: &crate::io::tls::TlsSet) -> serde_json::Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

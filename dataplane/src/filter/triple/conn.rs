@@ -2309,7 +2309,7 @@ async fn run_upstream(conn: Rc<Conn>) {
         return serve_upstream(conn, host, pool, connected).await;
     }
     // A cluster with `tls`: connect and handshake within the connect timeout.
-    if let Some(tls) = pool.lb.tls.clone() {
+    if let Some(tls) = pool.lb.tls() {
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
             crate::io::tls::connect(host.addr, &pool.lb.sources, &tls),
