@@ -966,7 +966,7 @@ fn any_hash(any: &Any) -> u64 {
 }
 
 /// A delay in [base/2, base] (ms), spread so that many sidecars do not reconnect in step.
-fn jitter(base_ms: u64) -> u64 {
+pub(crate) fn jitter(base_ms: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

@@ -161,6 +161,21 @@ pub struct HostStatIds {
     pub ejected: StatId,
 }
 
+impl HostStatIds {
+    /// Every id the sink: a host that is no endpoint (an original destination).
+    pub fn sink() -> Self {
+        let sink = crate::stats::SINK;
+        HostStatIds {
+            cx_total: sink,
+            cx_connect_fail: sink,
+            rq_total: sink,
+            rq_timeout: sink,
+            rq_failure: sink,
+            ejected: sink,
+        }
+    }
+}
+
 pub struct ShardCluster {
     pub name: String,
     /// Shared by every shard (read-only); replaced by endpoint updates.
@@ -177,8 +192,9 @@ pub struct ShardCluster {
     /// `source_addresses`: what its upstream connections bind (one per IP family).
     pub sources: Box<[std::net::IpAddr]>,
     pub ids: ClusterStatIds,
-    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints.
-    pub tls: Option<Arc<crate::io::tls::ClientTls>>,
+    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints. Replaced in
+    /// place when new certificates arrive (SDS): connections open keep theirs.
+    tls: RefCell<Option<Arc<crate::io::tls::ClientTls>>>,
 }
 
 /// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
@@ -311,8 +327,18 @@ impl ShardCluster {
             original_destination: c.kind == config::ClusterType::OriginalDestination,
             sources: c.source_addresses.clone().into_boxed_slice(),
             ids,
-            tls,
+            tls: RefCell::new(tls),
         }
+    }
+
+    /// The TLS a new connection to an endpoint uses (`None`: plaintext).
+    pub fn tls(&self) -> Option<Arc<crate::io::tls::ClientTls>> {
+        self.tls.borrow().clone()
+    }
+
+    /// New certificates (or a TLS now ready): for connections opened from now on.
+    pub fn set_tls(&self, tls: Option<Arc<crate::io::tls::ClientTls>>) {
+        *self.tls.borrow_mut() = tls;
     }
 
     /// Takes an endpoint update of the same generation; returns the slots that left service.

@@ -707,8 +707,8 @@ fn cluster_json(
     Value::Object(o)
 }
 
-/// The certificates of the running config's listeners and clusters: file, URI SANs, expiry
-/// (as loaded when the config was applied).
+/// The certificates of the running config's listeners and clusters: file (or `sds:NAME`), URI
+/// SANs, expiry (as loaded when the config was applied or the SDS secret arrived).
 fn certs(set: &crate::io::tls::TlsSet) -> serde_json::Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

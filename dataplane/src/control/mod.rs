@@ -7,5 +7,6 @@ pub mod admin;
 pub mod config_dump;
 pub mod handoff;
 pub mod registry_glue;
+pub mod sds_glue;
 pub mod server;
 pub mod xds_glue;

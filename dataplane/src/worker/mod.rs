@@ -307,6 +307,8 @@ impl ShardState {
             let kept = match old.remove(&c.name) {
                 Some(e) if e.params == params && e.lb.endpoints().generation == eps.generation => {
                     e.update_endpoints(eps);
+                    // New certificates (SDS) for the connections it opens from now on.
+                    e.lb.set_tls(snap.tls.clusters.get(i).cloned().flatten());
                     Some(e)
                 }
                 // Changed: the old entry is dropped here, which retires its pools.
@@ -380,7 +382,13 @@ impl ShardState {
             let sl = match prev {
                 Some(p) if keeps_connections(&p.cfg, l) => {
                     let ctx = p.ctx.get();
-                    if listener_params(&p.cfg) != listener_params(l) {
+                    // New certificates (SDS) give new connections a new context too.
+                    let tls = snap.tls.listeners.get(index).cloned().flatten();
+                    let same_tls = match (&ctx.tls, &tls) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (a, b) => a.is_none() && b.is_none(),
+                    };
+                    if listener_params(&p.cfg) != listener_params(l) || !same_tls {
                         let fresh = self.listener_ctx(snap, index, Some(&ctx), p.conns.clone());
                         p.ctx.set(fresh);
                     } else if reindexed || p.cfg != *l {
@@ -672,6 +680,7 @@ impl ShardState {
                 istio: istio_listener(l, &stats, IstioProtocol::Grpc),
                 trace,
                 trace_pool: Default::default(),
+                bound: l.bind.then_some(l.address),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {

@@ -289,6 +289,11 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     // upgrade waits for its first snapshot (or the initial fetch timeout) before it tells the
     // predecessor it serves: the dynamic listeners' sockets it inherited accept only then.
     // The registry (ZooKeeper) is the second dynamic source; both go through one composer.
+    // SDS first: certificates the static and dynamic configs name arrive on their own clients.
+    if let Err(e) = dataplane::control::sds_glue::start(&server.shared) {
+        eprintln!("ringside: cannot start an SDS client: {e}");
+        return ExitCode::from(1);
+    }
     let composer = registry_glue::Composer::new(server.shared.clone());
     let _xds = match xds_glue::start(&server.shared, &composer) {
         Ok(h) => h,

@@ -295,6 +295,9 @@ pub struct TripleListener {
     pub trace: Option<Rc<crate::trace::ListenerTrace>>,
     /// Spent span records, reused like `log_pool`.
     pub trace_pool: RefCell<Vec<Box<Traced>>>,
+    /// The address it listens on; `None` for a virtual listener (`bind: false`), whose
+    /// connections were handed over by an `original_destination` listener.
+    pub bound: Option<SocketAddr>,
 }
 
 impl TripleListener {
@@ -493,11 +496,19 @@ impl TripleListener {
     }
 }
 
+/// Original destinations one `original_destination` cluster keeps hosts (and their
+/// connections) for, per shard: beyond it a host without connections makes room, and with
+/// none such the call fails UNAVAILABLE (`upstream_rq_overflow`).
+pub const ORIGINAL_DST_HOSTS_MAX: usize = 1024;
+
 /// A cluster's HTTP/2 upstream connections on one shard.
 pub struct Pool {
     pub lb: Rc<ShardCluster>,
     /// By endpoint slot, each built on first use.
     hosts: crate::cluster::HostTable<Host>,
+    /// `original_destination` clusters: a host per original destination called (at most
+    /// [`ORIGINAL_DST_HOSTS_MAX`]), found by address.
+    destinations: RefCell<Vec<Rc<Host>>>,
     connections_per_host: usize,
     pub connect_timeout: Duration,
     /// Connections with no stream for this long close; PING keepalive (interval, timeout).
@@ -543,6 +554,7 @@ impl Pool {
         Rc::new(Pool {
             lb,
             hosts: crate::cluster::HostTable::new(),
+            destinations: RefCell::new(Vec::new()),
             connections_per_host: c.connections_per_host as usize,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
@@ -609,6 +621,64 @@ impl Pool {
             .connection(self.connections_per_host, limits, avoid)
     }
 
+    /// `original_destination` clusters: a connection with room for one more stream to `dst`
+    /// (the caller connection's original destination), other than `avoid`. `None` when
+    /// [`ORIGINAL_DST_HOSTS_MAX`] destinations all have connections, or `dst`'s host has no
+    /// room.
+    fn connection_to(
+        self: &Rc<Self>,
+        dst: SocketAddr,
+        limits: H2Limits,
+        avoid: Option<&conn::Conn>,
+    ) -> Option<Rc<conn::Conn>> {
+        let found = self
+            .destinations
+            .borrow()
+            .iter()
+            .find(|h| h.addr == dst)
+            .cloned();
+        let host = match found {
+            Some(h) => h,
+            None => {
+                let mut ds = self.destinations.borrow_mut();
+                if ds.len() >= ORIGINAL_DST_HOSTS_MAX {
+                    let idle = ds.iter().position(|h| h.conns.borrow().is_empty())?;
+                    ds.swap_remove(idle);
+                }
+                let h = Rc::new(Host {
+                    addr: dst,
+                    index: usize::MAX,
+                    pool: self.clone(),
+                    ids: crate::cluster::HostStatIds::sink(),
+                    conns: RefCell::new(Vec::new()),
+                    next: Cell::new(0),
+                    down_until: Cell::new(None),
+                    retired: Cell::new(false),
+                    outlier: Default::default(),
+                });
+                ds.push(h.clone());
+                h
+            }
+        };
+        host.connection(self.connections_per_host, limits, avoid)
+    }
+
+    /// Another connection for a stream `avoid` refused: of the same endpoint for an
+    /// original destination, else of any endpoint the balancer picks.
+    fn retry_connection(
+        self: &Rc<Self>,
+        host: &Rc<Host>,
+        limits: H2Limits,
+        avoid: &conn::Conn,
+        retry: Option<&crate::route::Retry>,
+    ) -> Option<Rc<conn::Conn>> {
+        if host.index == usize::MAX {
+            host.connection(self.connections_per_host, limits, Some(avoid))
+        } else {
+            self.connection(limits, Some(avoid), retry)
+        }
+    }
+
     /// One call's outcome at `host`, for outlier detection (when the cluster has it).
     pub fn outcome(&self, host: &Host, failed: bool) {
         let Some(cfg) = &self.outlier else {
@@ -643,6 +713,9 @@ impl Pool {
     /// The whole pool left service (its cluster was removed or replaced).
     pub fn retire_all(&self) {
         self.hosts.retire_all();
+        for h in self.destinations.take() {
+            crate::cluster::Retire::retire(&*h);
+        }
     }
 }
 
