@@ -349,6 +349,19 @@ pub struct XdsBootstrap {
     pub retry_initial_ms: u64,
     #[serde(default = "default_xds_retry_max_ms")]
     pub retry_max_ms: u64,
+    /// Envoy's `node.metadata`, sent to the control plane and read by Istio's standard metrics
+    /// (docs/observability.md): Istio's keys `NAME`, `NAMESPACE`, `WORKLOAD_NAME`,
+    /// `CLUSTER_ID`, `LABELS` (a map: `app`, `version`, `service.istio.io/canonical-name`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_metadata: std::collections::BTreeMap<String, NodeMetadataValue>,
+}
+
+/// One `xds.node_metadata` value: a string, or a map of strings (Istio's `LABELS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NodeMetadataValue {
+    String(String),
+    Map(std::collections::BTreeMap<String, String>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,6 +412,21 @@ pub struct StatsConfig {
     /// requests are counted under interface and method `other`.
     #[serde(default = "default_dubbo_services_max")]
     pub dubbo_services_max: usize,
+    /// Istio metrics (listeners with `istio_metrics`): distinct label sets per listener and
+    /// shard; a call or connection with a new label set beyond it is not counted in them
+    /// (`istio.label_sets_overflow` counts it).
+    #[serde(default = "default_istio_label_sets_max")]
+    pub istio_label_sets_max: usize,
+}
+
+/// Default cap on Istio metric label sets per listener and shard.
+pub const ISTIO_LABEL_SETS_MAX_DEFAULT: usize = 1_000;
+/// Upper bound of `stats.istio_label_sets_max` (each set is ~100 bytes of names plus 64
+/// value slots per shard).
+pub const ISTIO_LABEL_SETS_MAX_LIMIT: usize = 100_000;
+
+fn default_istio_label_sets_max() -> usize {
+    ISTIO_LABEL_SETS_MAX_DEFAULT
 }
 
 impl Default for StatsConfig {
@@ -408,6 +436,7 @@ impl Default for StatsConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             dubbo_services_max: DUBBO_SERVICES_MAX_DEFAULT,
+            istio_label_sets_max: ISTIO_LABEL_SETS_MAX_DEFAULT,
         }
     }
 }
@@ -666,10 +695,26 @@ pub struct Listener {
     /// listener, for the routes without their own `local_rate_limit`; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+    /// Istio's standard metrics (`istio_requests_total`, `istio_tcp_*`, ...) for this
+    /// listener's calls or connections, reported as `source` (outbound) or `destination`
+    /// (inbound); from xDS: a listener with Istio's `istio.stats` filter
+    /// (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio_metrics: Option<IstioReporter>,
     /// dubbo and triple listeners: trace context propagation and one span per call, exported
     /// with OTLP/gRPC (docs/observability.md#tracing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+}
+
+/// Who reports a listener's Istio metrics (the `reporter` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IstioReporter {
+    /// The client's sidecar: outbound listeners.
+    Source,
+    /// The server's sidecar: inbound listeners.
+    Destination,
 }
 
 /// `service.name` of ringside's spans when the config names none (Envoy's default is
@@ -1835,6 +1880,13 @@ impl Config {
         }
         if let Some(d) = &self.dpdk {
             d.validate(self.runtime.shards, &self.listeners, err);
+        }
+        let sets = self.stats.istio_label_sets_max;
+        if !(1..=ISTIO_LABEL_SETS_MAX_LIMIT).contains(&sets) {
+            err(
+                "stats.istio_label_sets_max".into(),
+                format!("{sets} is out of range 1..={ISTIO_LABEL_SETS_MAX_LIMIT}"),
+            );
         }
         if let Some(x) = &self.xds {
             validate_xds(x, err);

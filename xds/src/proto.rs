@@ -323,6 +323,7 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
         tls_inspector: None,
         http_inspector: None,
         local_rate_limit: None,
+        istio_metrics: istio_reporter(l),
         tracing: None,
     };
     let mut base = base;
@@ -2799,6 +2800,37 @@ fn config_type(any: &Any) -> String {
         }
     }
     any.type_url.clone()
+}
+
+/// Istio's standard metrics for a listener whose chains carry Istio's `istio.stats` filter (a
+/// network filter, or an HTTP filter of its connection manager): reported as `destination` on
+/// an INBOUND listener, else as `source` (what istio-proxy does).
+fn istio_reporter(l: &listener_pb::Listener) -> Option<config::IstioReporter> {
+    let stats = |a: &Any| config_type(a) == ISTIO_STATS;
+    let in_hcm = |a: &Any| {
+        a.type_url == HCM_TYPE
+            && hcm_pb::HttpConnectionManager::decode(a.value.as_slice()).is_ok_and(|h| {
+                h.http_filters.iter().any(|f| match &f.config_type {
+                    Some(hcm_pb::http_filter::ConfigType::TypedConfig(t)) => stats(t),
+                    _ => false,
+                })
+            })
+    };
+    let has = l
+        .filter_chains
+        .iter()
+        .chain(&l.default_filter_chain)
+        .flat_map(|c| &c.filters)
+        .any(|f| match &f.config_type {
+            Some(listener_pb::filter::ConfigType::TypedConfig(a)) => stats(a) || in_hcm(a),
+            _ => false,
+        });
+    // envoy.config.core.v3.TrafficDirection: 1 INBOUND.
+    has.then_some(if l.traffic_direction == 1 {
+        config::IstioReporter::Destination
+    } else {
+        config::IstioReporter::Source
+    })
 }
 
 /// Why a network filter Istio adds before the proxy filter can be ignored, or None when it

@@ -156,6 +156,9 @@ pub struct HostStatIds {
     pub rq_total: StatId,
     pub rq_timeout: StatId,
     pub rq_failure: StatId,
+    /// Shards on which the endpoint is ejected now (outlier detection; never exported, read by
+    /// `/clusters`; the sink when the cluster has no `outlier_detection`).
+    pub ejected: StatId,
 }
 
 impl HostStatIds {
@@ -168,6 +171,7 @@ impl HostStatIds {
             rq_total: sink,
             rq_timeout: sink,
             rq_failure: sink,
+            ejected: sink,
         }
     }
 }
@@ -655,13 +659,15 @@ pub enum Ejection {
 
 /// Counts an ejection of `time` in `ids`: the active gauge is up until it ends (a timer task
 /// per ejection, which is rare; it runs on even if the pool is replaced meanwhile).
-pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, time: Duration) {
+pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, host: StatId, time: Duration) {
     stats.inc(ids.outlier_ejections);
     stats.inc(ids.outlier_active);
+    stats.inc(host);
     let (stats, active) = (stats.clone(), ids.outlier_active);
     shard::monoio::spawn(async move {
         shard::monoio::time::sleep(time).await;
         stats.dec(active);
+        stats.dec(host);
     });
 }
 

@@ -5,6 +5,7 @@
 //! `Draining` (SIGTERM, SIGINT, `POST /drain` or `POST /quitquitquit`: shards stop accepting and
 //! wait up to `drain_timeout_ms` for their connections) → exit 0.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -228,6 +229,12 @@ pub struct Shared {
     pub admin_stop: std::sync::atomic::AtomicBool,
     /// Set when every shard finished draining.
     pub drained: std::sync::atomic::AtomicBool,
+    /// `POST /healthcheck/fail` (until `POST /healthcheck/ok`): `/ready` answers 503
+    /// `DRAINING`, as Envoy's does, while traffic is still served.
+    pub health_failed: std::sync::atomic::AtomicBool,
+    /// Names of the config file's listeners and clusters (`/config_dump`: static, the others
+    /// came from xDS).
+    pub static_names: (HashSet<String>, HashSet<String>),
     /// The SDS secrets received (ADS or the `sds` servers), for [`crate::io::tls::TlsSet::load`].
     /// Taken after `updates` when both are.
     #[allow(clippy::disallowed_types)]
@@ -322,6 +329,7 @@ impl Shared {
             && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
             && self.dynamic_ready.load(Ordering::Acquire)
             && self.registry_ready.load(Ordering::Acquire)
+            && !self.health_failed.load(Ordering::Acquire)
     }
 
     /// The xDS versions of the last accepted update.
@@ -925,6 +933,9 @@ impl Server {
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
         );
+        if let Some(x) = &config.xds {
+            stats.set_istio_node(crate::stats::istio::Node::from_metadata(&x.node_metadata));
+        }
         let shard_ids = shard_stat_ids(&stats);
         let update_ids = UpdateStatIds {
             applied: stats.add("config", "update_applied", &[], Kind::Counter),
@@ -954,6 +965,10 @@ impl Server {
             .clusters
             .iter()
             .any(|c| c.kind == config::ClusterType::Zookeeper);
+        let static_names = (
+            config.listeners.iter().map(|l| l.name.clone()).collect(),
+            config.clusters.iter().map(|c| c.name.clone()).collect(),
+        );
         let mut config = config;
         config.listeners = Vec::new();
         config.clusters = Vec::new();
@@ -988,6 +1003,8 @@ impl Server {
             sockets,
             admin_stop: std::sync::atomic::AtomicBool::new(false),
             drained: std::sync::atomic::AtomicBool::new(false),
+            health_failed: std::sync::atomic::AtomicBool::new(false),
+            static_names,
             secrets: Default::default(),
             sds: OnceLock::new(),
         });

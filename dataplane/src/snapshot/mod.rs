@@ -209,11 +209,27 @@ pub struct Builder {
     version: u64,
 }
 
-fn host_stat_ids(st: &Stats, cluster: &str, addr: std::net::SocketAddr) -> HostStatIds {
+fn host_stat_ids(st: &Stats, c: &config::Cluster, addr: std::net::SocketAddr) -> HostStatIds {
+    let cluster = c.name.as_str();
+    // Whether the endpoint is ejected on some shard, for `/clusters` (outlier detection only:
+    // the address is formatted once per new endpoint).
+    let ejected = if c.outlier_detection.is_some() {
+        let host = addr.to_string();
+        st.add_hidden(
+            "cluster_host",
+            "outlier_ejected",
+            &[("cluster", cluster), ("host", host.as_str())],
+        )
+    } else {
+        crate::stats::SINK
+    };
     if !st.per_host {
         // Off (the default): every id is the sink. Not formatting the address matters at
         // 100,000 endpoints (a big xDS push spent ~6 % of its CPU here).
-        return HostStatIds::sink();
+        return HostStatIds {
+            ejected,
+            ..HostStatIds::sink()
+        };
     }
     let host = addr.to_string();
     let t = [("cluster", cluster), ("host", host.as_str())];
@@ -223,6 +239,7 @@ fn host_stat_ids(st: &Stats, cluster: &str, addr: std::net::SocketAddr) -> HostS
         rq_total: st.add_host("cluster_host", "upstream_rq_total", &t),
         rq_timeout: st.add_host("cluster_host", "upstream_rq_timeout", &t),
         rq_failure: st.add_host("cluster_host", "upstream_rq_failure", &t),
+        ejected,
     }
 }
 
@@ -564,7 +581,7 @@ impl ClusterState {
                 *by_addr.entry(addr).or_insert_with(|| {
                     added.push(Slot {
                         addr,
-                        ids: host_stat_ids(st, &c.name, addr),
+                        ids: host_stat_ids(st, c, addr),
                     });
                     (old.slots.len() + added.len() - 1) as u32
                 })

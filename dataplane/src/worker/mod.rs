@@ -25,6 +25,7 @@ use crate::filter::triple::router as triple;
 use crate::filter::{Budget, Drain, Latest, Routes};
 use crate::route::Dice;
 use crate::snapshot::{PollStatIds, ShardStatIds, Snapshot};
+use crate::stats::istio::Protocol as IstioProtocol;
 use crate::stats::{ShardStats, Stats, POLL_STATS_PUBLISH};
 use listener::{accept_loop, Connections, ListenerCtx, Virtual};
 
@@ -215,6 +216,27 @@ fn listener_params(l: &config::Listener) -> config::Listener {
         t.routes.clear();
     }
     p
+}
+
+/// Listener `l`'s Istio metrics on this shard, when it has `istio_metrics`.
+fn istio_listener(
+    l: &config::Listener,
+    stats: &crate::stats::ShardStats,
+    protocol: IstioProtocol,
+) -> Option<crate::stats::istio::IstioListener> {
+    let reporter = l.istio_metrics?;
+    let mutual_tls = l
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.ca.is_some() && t.require_client_certificate);
+    Some(crate::stats::istio::IstioListener::new(
+        stats.clone(),
+        reporter,
+        protocol,
+        stats.stats.istio_node(),
+        mutual_tls,
+        stats.stats.istio_label_sets_max,
+    ))
 }
 
 /// This shard's fronts of listener `index`'s rate limit buckets, when it has any.
@@ -630,6 +652,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
+                istio: istio_listener(l, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
             })
         });
@@ -654,6 +677,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
+                istio: istio_listener(l, &stats, IstioProtocol::Grpc),
                 trace,
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
@@ -670,6 +694,7 @@ impl ShardState {
                 stats: stats.clone(),
                 ids: snap.listener_ids[index],
                 log: log.clone(),
+                istio: istio_listener(l, &stats, IstioProtocol::Tcp),
             })
         });
         Rc::new(ListenerCtx {

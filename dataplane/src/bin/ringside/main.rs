@@ -12,6 +12,7 @@ use signal_hook::iterator::exfiltrator::WithOrigin;
 
 mod demo;
 mod iptables;
+mod logging;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,16 @@ mod iptables;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects, one per line (timestamp, level, target, message,
+    /// fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,14 +137,11 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init(
+        default_level,
+        cli.log_format == LogFormat::Json,
+        std::io::stderr().is_terminal(),
+    );
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {
             Ok(c) => {

@@ -288,6 +288,9 @@ pub struct TripleListener {
     pub log: Option<Rc<crate::access_log::ListenerLog>>,
     /// Spent call records, reused (no allocation per logged call in steady state).
     pub log_pool: RefCell<Vec<Box<Logged>>>,
+    /// Istio's standard metrics, when the listener has `istio_metrics` (they read the call's
+    /// record too: cluster, bytes, flags).
+    pub istio: Option<crate::stats::istio::IstioListener>,
     /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
     pub trace: Option<Rc<crate::trace::ListenerTrace>>,
     /// Spent span records, reused like `log_pool`.
@@ -373,13 +376,15 @@ impl TripleListener {
 
     /// A record of the call whose request headers are `hl` (`None` when nothing is logged).
     fn capture(&self, hl: &headers::HeaderList) -> Option<Box<Logged>> {
-        let log = self.log.as_ref()?;
+        if self.log.is_none() && self.istio.is_none() {
+            return None;
+        }
         let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(Logged {
                 start: SystemTime::UNIX_EPOCH,
                 values: Vec::new(),
                 spans: Vec::new(),
-                names: log.request_headers.clone(),
+                names: Rc::from(Vec::new()),
                 upstream: None,
                 cluster: None,
                 bytes_received: 0,
@@ -387,15 +392,19 @@ impl TripleListener {
                 flags: Flags::NONE,
             })
         });
-        lg.start = SystemTime::now();
         lg.values.clear();
         lg.spans.clear();
-        lg.names = log.request_headers.clone();
         lg.upstream = None;
         lg.cluster = None;
         lg.bytes_received = 0;
         lg.bytes_sent = 0;
         lg.flags = Flags::NONE;
+        let Some(log) = &self.log else {
+            return Some(lg);
+        };
+        // Only a logged call reads the clock of day and copies headers.
+        lg.start = SystemTime::now();
+        lg.names = log.request_headers.clone();
         for (i, name) in log.request_headers.iter().enumerate() {
             if let Some(v) = hl.get(name.as_bytes()) {
                 lg.values.extend_from_slice(v);
@@ -408,7 +417,7 @@ impl TripleListener {
     /// Writes a finished call's access-log line; `caller` is the caller's (remote, local)
     /// address.
     fn log_call(&self, c: &mut Call, caller: (Option<SocketAddr>, Option<SocketAddr>)) {
-        let (Some(log), Some(lg)) = (&self.log, c.log.take()) else {
+        let Some(lg) = c.log.take() else {
             return;
         };
         let mut flags = lg.flags;
@@ -416,6 +425,36 @@ impl TripleListener {
             // Cancelled by the caller, or its connection is gone.
             flags = flags | Flags::DOWNSTREAM_CONNECTION_TERMINATION;
         }
+        if let Some(istio) = &self.istio {
+            let text = || flags.short_string();
+            let o = crate::stats::istio::Outcome {
+                cluster: lg
+                    .cluster
+                    .as_ref()
+                    .map(|c| (c.ids.cx_total, c.name.as_str())),
+                code: if c.headers_sent { 200 } else { 0 },
+                grpc: c.status,
+                flags: (flags.bits(), &text),
+            };
+            let us = c.started.elapsed().as_micros() as u64;
+            istio.request(&o, us, lg.bytes_received, lg.bytes_sent);
+        }
+        if let Some(log) = &self.log {
+            Self::write_line(log, c, &lg, flags, caller);
+        }
+        let mut pool = self.log_pool.borrow_mut();
+        if pool.len() < LOG_POOL_MAX {
+            pool.push(lg);
+        }
+    }
+
+    fn write_line(
+        log: &crate::access_log::ListenerLog,
+        c: &Call,
+        lg: &Logged,
+        flags: Flags,
+        caller: (Option<SocketAddr>, Option<SocketAddr>),
+    ) {
         log.write(&Record {
             start: lg.start,
             duration: c.started.elapsed(),
@@ -430,13 +469,9 @@ impl TripleListener {
             downstream_local: caller.1,
             bytes_received: lg.bytes_received,
             bytes_sent: lg.bytes_sent,
-            headers: &*lg,
+            headers: lg,
             dubbo: None,
         });
-        let mut pool = self.log_pool.borrow_mut();
-        if pool.len() < LOG_POOL_MAX {
-            pool.push(lg);
-        }
     }
 
     /// Counts a finished call (called when its stream is forgotten).
@@ -663,7 +698,7 @@ impl Pool {
         match host.outlier.failure(cfg, now, share) {
             crate::cluster::Ejection::None => {}
             crate::cluster::Ejection::Ejected(t) => {
-                crate::cluster::count_ejection(&self.stats, &self.ids, t);
+                crate::cluster::count_ejection(&self.stats, &self.ids, host.ids.ejected, t);
                 tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
             }
             crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
