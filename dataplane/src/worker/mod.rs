@@ -617,6 +617,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
+                faults_active: Default::default(),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -640,6 +641,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
+                faults_active: Default::default(),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {

@@ -52,6 +52,9 @@ pub enum CallError<'a> {
     /// `cancel_all`) or failed: the reason.
     #[error("{0}")]
     UpstreamLost(&'a str),
+    /// The route's `fault` aborts it with this gRPC status.
+    #[error("ringside: fault injected")]
+    FaultAbort(u32),
 }
 
 impl CallError<'_> {
@@ -72,6 +75,7 @@ impl CallError<'_> {
             }
             CallError::UpstreamReset(_) => Flags::UPSTREAM_REMOTE_RESET,
             CallError::UpstreamLost(_) => Flags::UPSTREAM_CONNECTION_TERMINATION,
+            CallError::FaultAbort(_) => Flags::FAULT_INJECTED,
         }
     }
 
@@ -89,6 +93,7 @@ impl CallError<'_> {
             | CallError::UpstreamReset(_)
             | CallError::UpstreamLost(_) => status::UNAVAILABLE,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
+            CallError::FaultAbort(code) => *code,
         }
     }
 }
