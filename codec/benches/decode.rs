@@ -66,6 +66,33 @@ fn routing(c: &mut Criterion) {
         let req = RequestRepr::parse(&frame[HEADER_BYTES..]).ok();
         b.iter(|| black_box(req.as_ref()?.attachment(b"traceid")))
     });
+    // Tracing (docs/observability.md#tracing): the one scan of the attachments a traced
+    // request pays (the context fields and the map's end), and, for a request that arrived
+    // without a context, adding a `traceparent` attachment (one copy of the frame); beside it
+    // a plain copy of the frame.
+    group.bench_function("trace_scan_attachments", |b| {
+        let req = RequestRepr::parse(&frame[HEADER_BYTES..]).ok();
+        b.iter(|| {
+            let mut it = req.as_ref()?.attachments();
+            let n = it.by_ref().filter(|(k, _)| k.len() == 11).count();
+            black_box((n, it.end()));
+            Some(())
+        })
+    });
+    group.bench_function("trace_insert_traceparent", |b| {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let end = RequestRepr::parse(&frame[HEADER_BYTES..])
+            .ok()
+            .and_then(|r| r.attachments_end());
+        b.iter(|| {
+            let grown = codec::dubbo::encode::insert_attachment(&frame, end?, "traceparent", tp)?;
+            black_box(grown.len());
+            Some(())
+        })
+    });
+    group.bench_function("copy_frame", |b| {
+        b.iter(|| black_box(BytesMut::from(black_box(&frame[..])).len()))
+    });
     group.bench_function("emit_request", |b| {
         let mut out = BytesMut::with_capacity(1024);
         b.iter(|| {

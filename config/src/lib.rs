@@ -605,6 +605,65 @@ pub struct Listener {
     /// listener, for the routes without their own `local_rate_limit`; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+    /// dubbo and triple listeners: trace context propagation and one span per call, exported
+    /// with OTLP/gRPC (docs/observability.md#tracing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// `service.name` of ringside's spans when the config names none (Envoy's default is
+/// `unknown_service:envoy`).
+pub const TRACING_SERVICE_NAME_DEFAULT: &str = "ringside";
+/// Envoy's `random_sampling` default: every call that starts a trace here is sampled.
+pub const TRACING_RANDOM_SAMPLING_DEFAULT: f64 = 100.0;
+
+/// A listener's tracing: where its spans go, how often a call that arrives without a trace
+/// context starts a sampled one, and the kind of its spans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The cluster of an OpenTelemetry collector (OTLP over gRPC, plaintext HTTP/2).
+    pub collector_cluster: String,
+    /// The spans' resource attribute `service.name`.
+    #[serde(default = "default_tracing_service_name")]
+    pub service_name: String,
+    /// Percent (0 to 100) of the calls arriving without a sampling decision (no context, or a
+    /// B3 context that defers it) that ringside samples (Envoy's `random_sampling`).
+    #[serde(default = "default_tracing_random_sampling")]
+    pub random_sampling: Percent,
+    /// `server` for a listener in front of the local application (inbound), `client` for
+    /// one the application calls out through (outbound): Envoy's listener direction.
+    #[serde(default)]
+    pub span_kind: SpanKind,
+}
+
+/// A percentage (0 to 100), compared bit for bit (so configs stay `Eq`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Percent(pub f64);
+
+impl PartialEq for Percent {
+    fn eq(&self, o: &Percent) -> bool {
+        self.0.to_bits() == o.0.to_bits()
+    }
+}
+
+impl Eq for Percent {}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanKind {
+    Server,
+    #[default]
+    Client,
+}
+
+fn default_tracing_service_name() -> String {
+    TRACING_SERVICE_NAME_DEFAULT.to_string()
+}
+
+fn default_tracing_random_sampling() -> Percent {
+    Percent(TRACING_RANDOM_SAMPLING_DEFAULT)
 }
 
 /// One access log of a listener: where its lines go and their format (Envoy's format language).
@@ -1991,6 +2050,15 @@ impl Config {
                 );
             }
         }
+        if let Some(t) = &l.tracing {
+            if l.protocol == Protocol::Tcp {
+                err(
+                    at("tracing"),
+                    "only dubbo and triple listeners are traced".into(),
+                );
+            }
+            validate_tracing(t, cluster_names, &|f| at(&format!("tracing.{f}")), err);
+        }
         match (l.protocol, &l.dubbo) {
             (Protocol::Dubbo, Some(d)) => {
                 validate_dubbo(d, cluster_names, &|f| at(&format!("dubbo.{f}")), err)
@@ -2865,6 +2933,31 @@ fn validate_triple_route(
 fn range_ms(err: &mut dyn FnMut(String, String), field: String, v: u64, lo: u64, hi: u64) {
     if !(lo..=hi).contains(&v) {
         err(field, format!("{v} ms is out of range {lo}..={hi} ms"));
+    }
+}
+
+/// A listener's `tracing`: a known collector cluster, a sampling percentage between 0 and 100.
+fn validate_tracing(
+    t: &Tracing,
+    cluster_names: &HashSet<&str>,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if !cluster_names.contains(t.collector_cluster.as_str()) {
+        err(
+            at("collector_cluster"),
+            format!("unknown cluster {:?}", t.collector_cluster),
+        );
+    }
+    if t.service_name.is_empty() {
+        err(at("service_name"), "must not be empty".into());
+    }
+    let p = t.random_sampling.0;
+    if !(0.0..=100.0).contains(&p) {
+        err(
+            at("random_sampling"),
+            format!("{p} is not a percentage (0 to 100)"),
+        );
     }
 }
 

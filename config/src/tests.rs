@@ -588,6 +588,37 @@ fn filter_chains_load_and_are_checked() {
 }
 
 #[test]
+fn tracing_parses_with_defaults_and_names_bad_fields() {
+    let traced = |extra: &str| {
+        GOOD.replace("protocol: tcp", "protocol: dubbo").replace(
+            "    cluster: echo\n",
+            &format!("    cluster: echo\n    tracing:\n      collector_cluster: echo\n{extra}"),
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &traced("")).unwrap();
+    let t = c.listeners[0].tracing.as_ref().unwrap();
+    assert_eq!(t.service_name, TRACING_SERVICE_NAME_DEFAULT);
+    assert_eq!(t.random_sampling, Percent(100.0));
+    assert_eq!(t.span_kind, SpanKind::Client);
+    let c = Config::from_yaml(
+        "c.yaml",
+        &traced("      random_sampling: 1\n      span_kind: server\n"),
+    )
+    .unwrap();
+    let t = c.listeners[0].tracing.as_ref().unwrap();
+    assert_eq!(
+        (t.random_sampling, t.span_kind),
+        (Percent(1.0), SpanKind::Server)
+    );
+    let e = errors(&traced("      random_sampling: 101\n"));
+    assert_eq!(e[0].field, "listeners[0].tracing.random_sampling");
+    let e = errors(&traced("").replace("collector_cluster: echo", "collector_cluster: nope"));
+    assert_eq!(e[0].field, "listeners[0].tracing.collector_cluster");
+    let e = errors(&traced("").replace("protocol: dubbo", "protocol: tcp"));
+    assert_eq!(e[0].field, "listeners[0].tracing");
+}
+
+#[test]
 fn retry_policies_load_and_are_checked() {
     let dubbo = GOOD.replace("protocol: tcp", "protocol: dubbo");
     let route = |policy: &str| {

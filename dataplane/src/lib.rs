@@ -28,4 +28,5 @@ mod rooms;
 pub mod route;
 pub mod snapshot;
 pub mod stats;
+pub mod trace;
 pub mod worker;

@@ -68,13 +68,8 @@ fn validate_checks_access_log_formats_and_certificate_files() {
             log.display()
         ),
     );
-    let out = Command::new(RINGSIDE)
-        .args(["validate", "--config"])
-        .arg(&bad_format)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = validate(&bad_format);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("listeners[0] (a): access log"), "{err}");
     assert!(err.contains("NOPE"), "{err}");
     assert!(!log.exists(), "validate created the access log file");
@@ -90,13 +85,8 @@ fn validate_checks_access_log_formats_and_certificate_files() {
             missing.display()
         ),
     );
-    let out = Command::new(RINGSIDE)
-        .args(["validate", "--config"])
-        .arg(&bad_cert)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = validate(&bad_cert);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("listeners[0].tls"), "{err}");
     assert!(err.contains("missing.pem"), "{err}");
     // `run` refuses both at start (exit 1, "cannot start"), naming the same problem.
@@ -105,6 +95,19 @@ fn validate_checks_access_log_formats_and_certificate_files() {
         assert_eq!(code, Some(1), "{}: {err}", cfg.display());
         assert!(err.contains(what), "{err}");
     }
+}
+
+/// `ringside validate --config cfg`: its exit code and stderr.
+fn validate(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(RINGSIDE)
+        .args(["validate", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

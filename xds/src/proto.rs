@@ -7,8 +7,8 @@
 //! - a field that decides where traffic goes, what bytes reach the wire, or security (routing,
 //!   rewrites, header mutations, TLS, filters, subsets, health checks) is translated or, when
 //!   ringside cannot honour it, NACKed;
-//! - a field that only tunes something ringside does not have (stats prefixes, access logs,
-//!   tracing, retry/hedge policies, circuit breaker thresholds, HTTP/2 protocol options, DNS
+//! - a field that only tunes something ringside does not have (stats prefixes, access logs and
+//!   tracers of kinds ringside lacks, retry/hedge policies, circuit breaker thresholds, HTTP/2 protocol options, DNS
 //!   settings, metadata) is accepted and ignored: ringside's own defaults apply.
 //!
 //! Fields not named anywhere in this file are in the second group.
@@ -221,6 +221,23 @@ pub(crate) fn decode_listener(any: &Any) -> Result<(String, ListenerRes), Transl
 }
 
 fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
+    let mut res = listener_unkinded(l)?;
+    // Envoy makes a listener's spans server spans when its direction is INBOUND, client spans
+    // otherwise (egress).
+    let kind = if l.traffic_direction == core_pb::TrafficDirection::Inbound as i32 {
+        config::SpanKind::Server
+    } else {
+        config::SpanKind::Client
+    };
+    let listeners =
+        std::iter::once(&mut res.listener).chain(res.chains.iter_mut().map(|c| &mut c.listener));
+    for t in listeners.filter_map(|l| l.tracing.as_mut()) {
+        t.span_kind = kind;
+    }
+    Ok(res)
+}
+
+fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
     let ctx = Ctx {
         kind: "listener",
         name: &l.name,
@@ -302,6 +319,7 @@ fn listener(l: &listener_pb::Listener) -> Result<ListenerRes, TranslateError> {
         tls_inspector: None,
         http_inspector: None,
         local_rate_limit: None,
+        tracing: None,
     };
     let mut base = base;
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
@@ -613,6 +631,7 @@ fn chain_listener(
         GENERIC_PROXY_TYPE => {
             let g: gp_pb::GenericProxy = unpack(any, GENERIC_PROXY_TYPE, ctx, &tat)?;
             out.access_log = access_logs(&g.access_log, ctx, &format!("{tat}.access_log"))?;
+            out.tracing = tracing_config(g.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
             out.protocol = Protocol::Dubbo;
             out.dubbo = Some(DubboListener { routes: generic_proxy(&g, ctx, &tat)?, ..Default::default() });
         }
@@ -621,6 +640,7 @@ fn chain_listener(
             out.protocol = Protocol::Triple;
             let (mut routes, name, limit) = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
+            out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
             rds = name;
             route_limits = limit.is_some();
             if !route_limits {
@@ -1454,6 +1474,75 @@ const STDOUT_ACCESS_LOG_TYPE: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_ACCESS_LOG_TYPE: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+const OPENTELEMETRY_TRACER_TYPE: &str =
+    "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
+
+/// An HTTP connection manager's (or generic proxy's) `tracing`: the OpenTelemetry tracer over
+/// gRPC (`grpc_service.envoy_grpc`) is translated; a `tracing` without a provider traces
+/// nothing (as in Envoy); any other provider (Istio's default is Zipkin), or the OpenTelemetry
+/// tracer over HTTP or a Google gRPC client, is accepted and ignored with a warning: tracing
+/// only observes, and refusing it would refuse the mesh's listeners.
+fn tracing_config(
+    t: Option<&hcm_pb::http_connection_manager::Tracing>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::Tracing>, TranslateError> {
+    use envoy_types::pb::envoy::config::trace::v3 as trace_pb;
+    let Some(t) = t else { return Ok(None) };
+    let Some(p) = &t.provider else {
+        return Ok(None);
+    };
+    let pat = format!("{at}.provider");
+    let any = match &p.config_type {
+        Some(trace_pb::tracing::http::ConfigType::TypedConfig(any))
+            if any.type_url == OPENTELEMETRY_TRACER_TYPE =>
+        {
+            any
+        }
+        _ => {
+            tracing::warn!(field = %pat, tracer = %p.name, "tracer not supported (ringside exports with envoy.tracers.opentelemetry): calls not traced");
+            return Ok(None);
+        }
+    };
+    let tat = format!("{pat}.typed_config");
+    let o: trace_pb::OpenTelemetryConfig = unpack(any, OPENTELEMETRY_TRACER_TYPE, ctx, &tat)?;
+    let cluster = match o
+        .grpc_service
+        .as_ref()
+        .and_then(|g| g.target_specifier.as_ref())
+    {
+        Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(e))
+            if !e.cluster_name.is_empty() =>
+        {
+            e.cluster_name.clone()
+        }
+        _ => {
+            tracing::warn!(field = %tat, "OpenTelemetry tracer without grpc_service.envoy_grpc (OTLP over HTTP, Google gRPC) not supported: calls not traced");
+            return Ok(None);
+        }
+    };
+    let random_sampling = match &t.random_sampling {
+        Some(p) if !(0.0..=100.0).contains(&p.value) => {
+            return Err(ctx.err(
+                format!("{at}.random_sampling.value"),
+                format!("{} is not a percentage (0 to 100)", p.value),
+            ))
+        }
+        Some(p) => p.value,
+        None => config::TRACING_RANDOM_SAMPLING_DEFAULT,
+    };
+    Ok(Some(config::Tracing {
+        collector_cluster: cluster,
+        service_name: if o.service_name.is_empty() {
+            config::TRACING_SERVICE_NAME_DEFAULT.to_string()
+        } else {
+            o.service_name
+        },
+        random_sampling: config::Percent(random_sampling),
+        span_kind: config::SpanKind::Client,
+    }))
+}
 
 /// A filter's `access_log` entries: file, stdout and stderr loggers with their format (the
 /// dataplane compiles it and NACKs an operator it does not know). Other loggers (gRPC access

@@ -1549,6 +1549,70 @@ fn outlier_detection_consecutive_5xx() {
     );
 }
 
+#[test]
+fn hcm_opentelemetry_tracing() {
+    use envoy_types::pb::envoy::config::trace::v3 as trace_pb;
+    use envoy_types::pb::envoy::r#type::v3::Percent;
+    let otel = |cluster: &str| trace_pb::OpenTelemetryConfig {
+        grpc_service: Some(core_pb::GrpcService {
+            target_specifier: Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(
+                core_pb::grpc_service::EnvoyGrpc {
+                    cluster_name: cluster.into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        service_name: "frontend".into(),
+        ..Default::default()
+    };
+    let provider = |any: Any| trace_pb::tracing::Http {
+        name: "envoy.tracers.opentelemetry".into(),
+        config_type: Some(trace_pb::tracing::http::ConfigType::TypedConfig(any)),
+    };
+    let with = |t: Option<hcm_pb::http_connection_manager::Tracing>, direction: i32| {
+        let mut h = hcm_pb::HttpConnectionManager::decode(hcm_rds("r").value.as_slice()).unwrap();
+        h.tracing = t;
+        let mut l = crate::testing::listener_pb("t", 1, pack_any(h));
+        l.traffic_direction = direction;
+        decode_listener(&pack_any(l))
+    };
+    let t = hcm_pb::http_connection_manager::Tracing {
+        random_sampling: Some(Percent { value: 12.5 }),
+        provider: Some(provider(pack_any(otel("otel")))),
+        ..Default::default()
+    };
+    let (_, res) = with(Some(t.clone()), core_pb::TrafficDirection::Inbound as i32).unwrap();
+    let got = res.listener.tracing.unwrap();
+    assert_eq!(got.collector_cluster, "otel");
+    assert_eq!(got.service_name, "frontend");
+    assert_eq!(got.random_sampling, config::Percent(12.5));
+    assert_eq!(got.span_kind, config::SpanKind::Server);
+    let (_, res) = with(Some(t.clone()), core_pb::TrafficDirection::Outbound as i32).unwrap();
+    assert_eq!(
+        res.listener.tracing.unwrap().span_kind,
+        config::SpanKind::Client
+    );
+    // Without a provider (istiod's shape when no tracer is configured), or with one ringside
+    // lacks: not traced, accepted.
+    let (_, res) = with(Some(hcm_pb::http_connection_manager::Tracing::default()), 0).unwrap();
+    assert_eq!(res.listener.tracing, None);
+    let zipkin = hcm_pb::http_connection_manager::Tracing {
+        provider: Some(provider(any_of(
+            "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+            Vec::new(),
+        ))),
+        ..Default::default()
+    };
+    assert_eq!(with(Some(zipkin), 0).unwrap().1.listener.tracing, None);
+    let bad = hcm_pb::http_connection_manager::Tracing {
+        random_sampling: Some(Percent { value: 250.0 }),
+        ..t
+    };
+    let e = err_text(with(Some(bad), 0));
+    assert!(e.contains("tracing.random_sampling.value"), "{e}");
+}
+
 /// A route's `retry_policy` (Istio's default shape), the virtual host's for routes without
 /// one, and what is refused.
 #[test]

@@ -348,3 +348,24 @@ fn frame_into(
         dst.copy_from_slice(&body_len.to_be_bytes());
     }
 }
+
+/// A copy of request `frame` with one string attachment added: `key`/`value` are written at
+/// `end` (a body offset from [`super::request::RequestRepr::attachments_end`]), before the
+/// attachments map's end marker, and the header's body length grows by their size. The only
+/// way ringside changes a forwarded request's size (one allocation of the new frame). `None`
+/// when `end` is not inside the body or the body would outgrow the header's length field.
+pub fn insert_attachment(frame: &[u8], end: usize, key: &str, value: &str) -> Option<BytesMut> {
+    let body = frame.get(HEADER_BYTES..)?;
+    if end >= body.len() {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(frame.len() + key.len() + value.len() + 8);
+    out.extend_from_slice(&frame[..HEADER_BYTES + end]);
+    let mut w = Writer::new(out);
+    w.string(key).string(value);
+    let mut out = w.into_inner();
+    out.extend_from_slice(&body[end..]);
+    let len = u32::try_from(out.len() - HEADER_BYTES).ok()?;
+    out[field::BODY_LEN].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}

@@ -179,7 +179,10 @@ impl<'a> RequestRepr<'a> {
     /// Every attachment with a string key, in wire order.
     pub fn attachments(&self) -> Attachments<'a> {
         let Some(offset) = self.attachments_offset else {
-            return Attachments { reader: None };
+            return Attachments {
+                reader: None,
+                end: None,
+            };
         };
         let reader = if self.attachments_need_arguments {
             let mut r = Reader::with_position(self.body, self.arguments_offset);
@@ -191,7 +194,24 @@ impl<'a> RequestRepr<'a> {
             Some(Reader::with_position(self.body, offset))
         };
         let reader = reader.and_then(|mut r| r.read_map_begin().ok().map(|_| r));
-        Attachments { reader }
+        Attachments { reader, end: None }
+    }
+
+    /// Where the attachments map's end marker (`Z`) is in the body: an attachment added before
+    /// it ([`super::encode::insert_attachment`]) joins the map. `None` when the body has no
+    /// attachments map or it cannot be read to its end.
+    pub fn attachments_end(&self) -> Option<usize> {
+        let mut it = self.attachments();
+        it.by_ref().for_each(drop);
+        it.end()
+    }
+
+    /// The offset of `value` (a slice this request returned, e.g. an attachment's string) in
+    /// the body; `None` for a slice of other memory.
+    pub fn offset_of(&self, value: &[u8]) -> Option<usize> {
+        let start = self.body.as_ptr() as usize;
+        let at = (value.as_ptr() as usize).checked_sub(start)?;
+        (at + value.len() <= self.body.len()).then_some(at)
     }
 
     /// The argument at `index` (0-based): `Ok(None)` past the last one; scalars in place, other
@@ -224,6 +244,17 @@ fn routing_string<'a>(r: &mut Reader<'a>, field: &'static str) -> Result<&'a [u8
 #[derive(Clone, Debug)]
 pub struct Attachments<'a> {
     reader: Option<Reader<'a>>,
+    /// Where the map's end marker is, once the iterator reached it.
+    end: Option<usize>,
+}
+
+impl Attachments<'_> {
+    /// The body offset of the map's end marker (`Z`), once the iteration has ended there
+    /// (`None` before, or when the map could not be read to its end): where
+    /// [`super::encode::insert_attachment`] adds an entry, found without a second scan.
+    pub fn end(&self) -> Option<usize> {
+        self.end
+    }
 }
 
 impl<'a> Iterator for Attachments<'a> {
@@ -232,8 +263,10 @@ impl<'a> Iterator for Attachments<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let r = self.reader.as_mut()?;
+            let at = r.position();
             if r.read_end() {
                 self.reader = None;
+                self.end = Some(at);
                 return None;
             }
             let entry = r.read_value().and_then(|k| Ok((k, r.read_value()?)));

@@ -603,3 +603,40 @@ fn descriptors() {
         assert_eq!(argument_count(desc.as_bytes()).unwrap(), n, "{desc}");
     }
 }
+
+#[test]
+fn insert_attachment_joins_the_map() {
+    let args = [Arg::Str("world"), Arg::Int(7)];
+    let frame = RequestBuilder::new("com.example.Greeter", "sayHello")
+        .version("1.0.0")
+        .group("g1")
+        .args(&args)
+        .attachments(&[("tenant", "t1")])
+        .build();
+    let req = RequestRepr::parse_frame(&frame).unwrap();
+    let end = req.attachments_end().unwrap();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let grown = encode::insert_attachment(&frame, end, "traceparent", tp).unwrap();
+    let req2 = RequestRepr::parse_frame(&grown).unwrap();
+    assert_eq!(req2.attachment(b"traceparent"), Some(tp.as_bytes()));
+    assert_eq!(req2.attachment(b"tenant"), Some(&b"t1"[..]));
+    assert_eq!(req2.group(), Some(&b"g1"[..]));
+    assert_eq!(req2.argument(1).unwrap(), Some(Scalar::Int(7)));
+    let h = HeaderRepr::parse(&Header::new_checked(&grown[..]).unwrap()).unwrap();
+    assert_eq!(h.body_bytes as usize, grown.len() - HEADER_BYTES);
+    assert_eq!(
+        h.request_id,
+        HeaderRepr::parse(&Header::new_checked(&frame[..]).unwrap())
+            .unwrap()
+            .request_id
+    );
+    // The value's offset lets a proxy patch it in place.
+    let v = req2.attachment(b"traceparent").unwrap();
+    let at = req2.offset_of(v).unwrap();
+    assert_eq!(
+        &grown[HEADER_BYTES + at..HEADER_BYTES + at + tp.len()],
+        tp.as_bytes()
+    );
+    assert_eq!(req2.offset_of(b"elsewhere"), None);
+    assert!(encode::insert_attachment(&frame, frame.len(), "k", "v").is_none());
+}

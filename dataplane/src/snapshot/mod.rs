@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub endpoints_only: Option<EndpointsOnly>,
     /// Each listener's access logs (by listener index; files opened by [`open_access_logs`]).
     pub access_logs: Vec<Vec<LogSpec>>,
+    /// Each listener's tracing (by listener index): its collector, shared across updates.
+    pub traces: Vec<Option<crate::trace::TraceSpec>>,
     /// The TLS of listeners and clusters, by index: loaded by the control thread from the
     /// files the config names ([`crate::io::tls::TlsSet::load`]) before the shards get it.
     pub tls: Arc<crate::io::tls::TlsSet>,
@@ -75,6 +77,57 @@ pub fn open_access_logs(config: &Config) -> Result<Vec<Vec<LogSpec>>, OpenError>
         .iter()
         .map(|l| crate::access_log::open(&l.access_log))
         .collect()
+}
+
+/// Opens (or shares) the collector of every traced listener and gives each the endpoints of
+/// its cluster now. A collector whose exporter thread cannot start leaves its listener
+/// untraced (logged).
+fn open_traces(
+    config: &Config,
+    endpoints: &[Arc<Endpoints>],
+) -> Vec<Option<crate::trace::TraceSpec>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let t = l.tracing.as_ref()?;
+            match crate::trace::TraceSpec::open(t) {
+                Ok(spec) => {
+                    set_collector_endpoints(config, endpoints, &spec);
+                    Some(spec)
+                }
+                Err(e) => {
+                    tracing::error!(listener = %l.name, error = %e, "tracing: cannot start the exporter; listener not traced");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Gives a collector the live endpoints of its cluster.
+fn set_collector_endpoints(
+    config: &Config,
+    endpoints: &[Arc<Endpoints>],
+    spec: &crate::trace::TraceSpec,
+) {
+    let Some(i) = config
+        .clusters
+        .iter()
+        .position(|c| c.name == spec.collector.cluster())
+    else {
+        return;
+    };
+    let Some(e) = endpoints.get(i) else { return };
+    let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
+    for &slot in e.live.iter() {
+        if let Some(s) = e.slots.get(slot as usize) {
+            if !addrs.contains(&s.addr) {
+                addrs.push(s.addr);
+            }
+        }
+    }
+    spec.collector.set_endpoints(addrs);
 }
 
 /// What `ringside run` would refuse beyond the config's own validation, checked without side
@@ -121,6 +174,7 @@ impl Snapshot {
             endpoints: Vec::new(),
             endpoints_only: None,
             access_logs: Vec::new(),
+            traces: Vec::new(),
             tls: Arc::default(),
             limits: Vec::new(),
         }
@@ -288,6 +342,7 @@ impl Builder {
                     .then(|| TripleStatIds::register(st, &l.name))
             })
             .collect();
+        let traces = open_traces(&config, &endpoints);
         let mut buckets = std::mem::take(&mut self.buckets);
         let limits = config
             .listeners
@@ -308,6 +363,7 @@ impl Builder {
             endpoints,
             endpoints_only: None,
             access_logs,
+            traces,
             tls: Arc::default(),
             limits,
         }
@@ -423,6 +479,7 @@ impl Builder {
                 endpoints: prev.endpoints.clone(),
                 endpoints_only: None,
                 access_logs: prev.access_logs.clone(),
+                traces: prev.traces.clone(),
                 tls: prev.tls.clone(),
                 limits: prev.limits.clone(),
             },
@@ -437,6 +494,15 @@ impl Builder {
             }
             next.config.clusters[i] = c;
             indices.push(i);
+        }
+        // Collectors whose cluster changed follow it (work per traced listener and change).
+        for spec in next.traces.iter().flatten() {
+            if indices
+                .iter()
+                .any(|&i| next.config.clusters[i].name == spec.collector.cluster())
+            {
+                set_collector_endpoints(&next.config, &next.endpoints, spec);
+            }
         }
         next.version = self.version;
         next.xds_versions = xds_versions;

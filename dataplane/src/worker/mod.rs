@@ -245,6 +245,8 @@ struct ShardState {
     accepting: bool,
     /// Access-log batches of this shard, one per file.
     logs: crate::access_log::ShardLogs,
+    /// Span batches of this shard, one per collector.
+    traces: crate::trace::ShardTraces,
 }
 
 impl ShardState {
@@ -593,6 +595,9 @@ impl ShardState {
             .access_logs
             .get(index)
             .and_then(|specs| self.logs.listener(specs, stats));
+        let trace = self
+            .traces
+            .listener(snap.traces.get(index).and_then(Option::as_ref), stats);
         let dubbo = snap.dubbo_ids[index].map(|dubbo_ids| {
             let d = l.dubbo.clone().unwrap_or_default();
             let routes = self.dubbo_routes(snap, index);
@@ -618,6 +623,7 @@ impl ShardState {
                 log: log.clone(),
                 log_pool: Default::default(),
                 faults_active: Default::default(),
+                trace: trace.clone(),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -642,6 +648,8 @@ impl ShardState {
                 log: log.clone(),
                 log_pool: Default::default(),
                 faults_active: Default::default(),
+                trace,
+                trace_pool: Default::default(),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
@@ -771,6 +779,7 @@ impl Detached {
             connections: Rc::new(Cell::new(0usize)),
             accepting: false,
             logs: Default::default(),
+            traces: Default::default(),
         };
         st.apply(snapshot, &[]);
         Detached(st)
@@ -820,6 +829,7 @@ pub fn shard_main(
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
             logs: Default::default(),
+            traces: Default::default(),
         };
         #[cfg(feature = "dpdk")]
         crate::dpdk::start_shard(id, process.stats(), st.stats.clone());
@@ -895,6 +905,7 @@ pub fn shard_main(
         }
         // The lines of the last calls go to their writers (the process waits for them).
         st.logs.flush_all();
+        st.traces.flush_all();
         tracing::debug!(shard = id, "drained");
     })
 }

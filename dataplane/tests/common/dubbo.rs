@@ -2,7 +2,8 @@
 //!
 //! The provider answers each Hessian2 request with the string `"{name}|{method}|{arg0}"`
 //! (so tests can tell which provider served a request; method `big` with an int argument n
-//! answers a string of n bytes), echoes bodies of other serializations
+//! answers a string of n bytes; method `attachment` with a string argument k answers the
+//! request's attachment k, or `-`), echoes bodies of other serializations
 //! unchanged, answers heartbeats, and holds requests to method `hold` unanswered until it is
 //! stopped. It counts the connections it accepted.
 
@@ -156,6 +157,10 @@ fn serve(mut conn: TcpStream, name: &str, seen: &Mutex<Vec<String>>, failing: &A
                             let value = match (method.as_str(), arg0.parse::<usize>()) {
                                 // `big(n)`: an answer of n bytes.
                                 ("big", Ok(n)) => "x".repeat(n),
+                                // `attachment(key)`: the value of that attachment, or `-`.
+                                ("attachment", _) => req
+                                    .attachment(arg0.as_bytes())
+                                    .map_or("-".into(), |v| String::from_utf8_lossy(v).into()),
                                 _ => format!("{name}|{method}|{arg0}"),
                             };
                             Some(encode::response_ok(h.request_id, &Arg::Str(&value), None))

@@ -284,7 +284,8 @@ pub struct Reply {
     pub payload_bytes: u64,
     /// Payload bytes the server received for this reply's request(s).
     pub received_bytes: u64,
-    /// Request metadata the server saw (tri-* and x-* keys), "k=v", sorted.
+    /// Request metadata the server saw (tri-* and x-* keys, traceparent, tracestate, b3),
+    /// "k=v", sorted.
     pub metadata: Vec<String>,
 }
 

@@ -4,8 +4,8 @@ gRPC / Triple tests.
 Usage: python server.py --port P [--host 127.0.0.1] [--name NAME] [--delay-ms MS]
        [--status CODE --message TEXT]
 Prints `READY port=P name=NAME` once listening. Every reply carries --name (so a test knows which
-upstream answered), the request metadata whose keys start with tri- or x-, and echoes the request
-payload; trailers carry x-server=NAME. --delay-ms sleeps before each reply (deadline tests);
+upstream answered), the request metadata whose keys start with tri- or x- (and the trace context
+keys traceparent, tracestate, b3), and echoes the request payload; trailers carry x-server=NAME. --delay-ms sleeps before each reply (deadline tests);
 --status makes every call fail with that gRPC status (e.g. NOT_FOUND) after the delay.
 Exits 0 on SIGTERM or SIGINT.
 """
@@ -20,13 +20,16 @@ import stubs
 pb2, pb2_grpc = stubs.load()
 
 MAX_MESSAGE = 64 * 1024 * 1024
+# Trace context headers (W3C, B3 single) echoed too: tracing tests check what the server saw.
+TRACE_KEYS = ("traceparent", "tracestate", "b3")
 
 
 def seen_metadata(context):
     return sorted(
         f"{k}={v}"
         for k, v in context.invocation_metadata()
-        if (k.startswith("tri-") or k.startswith("x-")) and not k.endswith("-bin")
+        if (k.startswith("tri-") or k.startswith("x-") or k in TRACE_KEYS)
+        and not k.endswith("-bin")
     )
 
 

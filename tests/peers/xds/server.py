@@ -127,6 +127,8 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: E402,F401
 from udpa.type.v1 import typed_struct_pb2  # noqa: E402,F401
 from envoy.extensions.access_loggers.file.v3 import file_pb2 as _alf  # noqa: E402,F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2 as _als  # noqa: E402,F401
+# Tracing (docs/observability.md#tracing).
+from envoy.config.trace.v3 import opentelemetry_pb2 as _otel  # noqa: E402,F401
 from xds.type.v3 import typed_struct_pb2 as _ts3  # noqa: E402,F401
 
 

@@ -357,5 +357,6 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     server.run_until_drained();
     // The shards handed their last access-log batches to the writers: let them finish.
     dataplane::access_log::drain_all(std::time::Duration::from_secs(2));
+    dataplane::trace::drain_all(std::time::Duration::from_secs(2));
     ExitCode::SUCCESS
 }

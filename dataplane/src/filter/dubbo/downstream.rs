@@ -27,6 +27,7 @@ use crate::access_log::{DubboCall, Flags, ListenerLog, Record, NO_HEADERS};
 use crate::filter::{service_ids, Budget, Charge, Counted, Drain, RequestStatIds, ServiceStatsMap};
 use crate::io::READ_CHUNK_BYTES;
 use crate::route::Dice;
+use crate::trace::{Decision, ListenerTrace};
 
 use super::error::LocalError;
 use super::router::Router;
@@ -136,6 +137,8 @@ pub struct DubboListener {
     pub log_pool: RefCell<Vec<Box<Logged>>>,
     /// Requests held by a fault delay now (against `max_active_faults`).
     pub faults_active: Cell<u32>,
+    /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
+    pub trace: Option<Rc<ListenerTrace>>,
 }
 
 /// Spent records kept for reuse per listener and shard.
@@ -150,6 +153,8 @@ pub struct Logged {
     ends: [usize; 4],
     request_id: u64,
     bytes_received: u64,
+    /// A sampled call's trace context (its span is written when the call is answered).
+    trace: Option<Decision>,
 }
 
 impl Logged {
@@ -173,7 +178,22 @@ impl DubboListener {
         frame_bytes: usize,
         req: Option<&wire::RequestView<'_>>,
     ) -> Option<Box<Logged>> {
-        self.log.as_ref()?;
+        self.capture_traced(h, frame_bytes, req, None)
+    }
+
+    /// A record of a request for the access log and, for a sampled call, its span (`None`
+    /// when neither wants one).
+    fn capture_traced(
+        &self,
+        h: &wire::Header,
+        frame_bytes: usize,
+        req: Option<&wire::RequestView<'_>>,
+        trace: Option<Decision>,
+    ) -> Option<Box<Logged>> {
+        let trace = trace.filter(|d| d.sampled);
+        if self.log.is_none() && trace.is_none() {
+            return None;
+        }
         let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(Logged {
                 start: SystemTime::UNIX_EPOCH,
@@ -182,8 +202,10 @@ impl DubboListener {
                 ends: [0; 4],
                 request_id: 0,
                 bytes_received: 0,
+                trace: None,
             })
         });
+        lg.trace = trace;
         lg.start = SystemTime::now();
         lg.started = Instant::now();
         lg.request_id = h.id;
@@ -329,10 +351,50 @@ impl DownConn {
         }
     }
 
-    /// Writes a call's access-log line and keeps its record for reuse.
+    /// Writes a call's access-log line and span, and keeps its record for reuse.
     pub(crate) fn log_call(
         &self,
         lg: Box<Logged>,
+        status: u8,
+        flags: Flags,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+        bytes_sent: usize,
+    ) {
+        if let (Some(t), Some(d)) = (&self.l.trace, &lg.trace) {
+            let call = lg.call();
+            let server = t.kind() == crate::trace::otlp::SPAN_KIND_SERVER;
+            t.finish(
+                d,
+                &crate::trace::SpanData {
+                    trace_id: &d.trace_id,
+                    span_id: &d.span_id,
+                    parent: d.parent.as_ref(),
+                    kind: t.kind(),
+                    system: "apache_dubbo",
+                    service: call.interface,
+                    method: call.method,
+                    start_unix_ns: crate::trace::unix_ns(lg.start),
+                    end_unix_ns: crate::trace::unix_ns(SystemTime::now()),
+                    status: Some(u32::from(status)),
+                    // 0: a one-way request, handed on (nothing comes back).
+                    failed: status != wire::Status::OK.0 && status != 0,
+                    peer: if server { self.addrs.0 } else { upstream },
+                    upstream,
+                    cluster,
+                },
+            );
+        }
+        self.log_line(&lg, status, flags, upstream, cluster, bytes_sent);
+        let mut pool = self.l.log_pool.borrow_mut();
+        if pool.len() < LOG_POOL_MAX {
+            pool.push(lg);
+        }
+    }
+
+    fn log_line(
+        &self,
+        lg: &Logged,
         status: u8,
         flags: Flags,
         upstream: Option<SocketAddr>,
@@ -357,10 +419,6 @@ impl DownConn {
             headers: NO_HEADERS,
             dubbo: Some(lg.call()),
         });
-        let mut pool = self.l.log_pool.borrow_mut();
-        if pool.len() < LOG_POOL_MAX {
-            pool.push(lg);
-        }
     }
 
     /// Wakes the reader if it waits for room under `pending_requests_per_connection_max`
@@ -499,9 +557,9 @@ async fn watch(conn: &Rc<DownConn>, accepted: Instant) -> Cut {
 pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
-    let addrs = match l.log {
-        Some(_) => stream.addrs(),
-        None => (None, None),
+    let addrs = match (&l.log, &l.trace) {
+        (Some(_), _) | (_, Some(_)) => stream.addrs(),
+        _ => (None, None),
     };
     let conn = Rc::new(DownConn {
         l,
@@ -779,9 +837,10 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     // This request routes on the routes current now (an Rc, so an update cannot pull them
     // away mid-request).
     let routes = l.routes.get();
-    let Some((action, service, lg)) = route_frame(conn, &h, &frame, &routes)? else {
+    let Some((action, service, lg, propagate)) = route_frame(conn, &h, &frame, &routes)? else {
         return Ok(());
     };
+    let frame = propagate.apply(frame);
     let counted = Counted {
         route: routes.route_ids[action.route_index.unwrap_or(routes.route_ids.len() - 1)],
         service,
@@ -939,9 +998,87 @@ fn send(
     }
 }
 
-/// A routed request: its route's action, its (interface, method) counters and its access-log
-/// record.
-type Routed<'r> = (&'r Action, RequestStatIds, Option<Box<Logged>>);
+/// A routed request: its route's action, its (interface, method) counters, its access-log
+/// (and span) record and what its trace context needs before it is forwarded.
+type Routed<'r> = (&'r Action, RequestStatIds, Option<Box<Logged>>, Propagate);
+
+/// What a traced request's frame needs so the provider sees ringside's span as its parent.
+#[derive(Clone, Copy, Debug)]
+enum Propagate {
+    /// Not traced, or its context goes on as it came (unsampled).
+    Untouched,
+    /// Span ids rewritten in place (same length: no copy): up to two (frame offset, hex).
+    Patch([Option<(usize, [u8; 16])>; 2]),
+    /// No context arrived: a `traceparent` attachment is added at this frame offset (a copy
+    /// of the frame, the one case that re-encodes a forwarded request).
+    Insert {
+        end: usize,
+        value: [u8; crate::trace::context::TRACEPARENT_BYTES],
+    },
+}
+
+impl Propagate {
+    /// The trace context of a request ringside traces: how its frame carries ringside's span.
+    fn of(d: &Decision, t: &wire::TraceFields<'_>) -> Propagate {
+        use crate::trace::context::{self as cx, Format};
+        if !d.rewrites() {
+            return Propagate::Untouched;
+        }
+        let ours = cx::span_hex(&d.span_id);
+        let Some(inc) = d.incoming else {
+            return match t.attachments_end {
+                Some(end) => Propagate::Insert {
+                    end,
+                    value: cx::traceparent(&d.trace_id, &d.span_id, d.sampled),
+                },
+                None => Propagate::Untouched,
+            };
+        };
+        let caller = cx::span_hex(&inc.span_id);
+        let at = |base: Option<usize>, skip: usize| base.map(|b| b + skip);
+        match inc.format {
+            Format::W3c => Propagate::Patch([
+                at(t.traceparent_at, cx::TRACEPARENT_PARENT.start).map(|a| (a, ours)),
+                None,
+            ]),
+            Format::B3Single => {
+                // {trace}-{span}-{sampling}-{parent}: the span after the trace id; a parent
+                // (when the value has one) becomes the caller's span.
+                let tl = usize::from(inc.trace_hex_len);
+                let has_parent = t.carrier.b3.is_some_and(|v| v.len() == tl + 36);
+                Propagate::Patch([
+                    at(t.b3_at, tl + 1).map(|a| (a, ours)),
+                    at(t.b3_at, tl + 20)
+                        .filter(|_| has_parent)
+                        .map(|a| (a, caller)),
+                ])
+            }
+            Format::B3Multi => Propagate::Patch([
+                t.spanid_at.map(|a| (a, ours)),
+                t.parentspanid_at
+                    .filter(|_| t.carrier.x_b3_parentspanid.is_some_and(|v| v.len() == 16))
+                    .map(|a| (a, caller)),
+            ]),
+        }
+    }
+
+    fn apply(self, mut frame: BytesMut) -> BytesMut {
+        match self {
+            Propagate::Untouched => frame,
+            Propagate::Patch(patches) => {
+                for (at, hex) in patches.into_iter().flatten() {
+                    if let Some(dst) = frame.get_mut(at..at + 16) {
+                        dst.copy_from_slice(&hex);
+                    }
+                }
+                frame
+            }
+            Propagate::Insert { end, value } => {
+                wire::insert_traceparent(&frame, end, &value).unwrap_or(frame)
+            }
+        }
+    }
+}
 
 /// Sheds a new request because the shard's buffer budget is exhausted: counted, answered 100
 /// (a one-way request is dropped).
@@ -984,7 +1121,7 @@ fn route_frame<'r>(
             return Ok(None);
         };
         let lg = l.capture(h, frame.len(), None);
-        return Ok(Some((a, l.ids.other_service, lg)));
+        return Ok(Some((a, l.ids.other_service, lg, Propagate::Untouched)));
     }
     let req = match wire::RequestView::parse(frame) {
         Ok(r) => r,
@@ -999,7 +1136,18 @@ fn route_frame<'r>(
     };
     let service = l.service_ids(req.interface_bytes(), req.method_bytes());
     if let Some(a) = routes.router.route(&req) {
-        return Ok(Some((a, service, l.capture(h, frame.len(), Some(&req)))));
+        let (trace, propagate) = match &l.trace {
+            None => (None, Propagate::Untouched),
+            Some(t) => {
+                let fields = req.trace_fields();
+                match t.decide(fields.carrier.arrived()) {
+                    Some(d) => (Some(d), Propagate::of(&d, &fields)),
+                    None => (None, Propagate::Untouched),
+                }
+            }
+        };
+        let lg = l.capture_traced(h, frame.len(), Some(&req), trace);
+        return Ok(Some((a, service, lg, propagate)));
     }
     l.stats.inc(service.rq_total);
     l.stats.inc(service.rsp_local);

@@ -7,6 +7,8 @@ use codec::dubbo as d;
 use codec::DecodeError;
 
 use super::router::{ArgValue, Inspect};
+use crate::trace::context::TRACEPARENT_BYTES;
+use crate::trace::{Carrier, Field};
 
 /// Dubbo response status, as on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +169,65 @@ impl<'a> RequestView<'a> {
     pub fn group_bytes(&self) -> Option<&[u8]> {
         self.req.attachment(b"group")
     }
+}
+
+/// A request's trace context: the values it carries, and where the values ringside may
+/// rewrite in place sit in the frame.
+pub struct TraceFields<'a> {
+    pub carrier: Carrier<'a>,
+    /// Frame offsets of the `traceparent`, `b3`, `X-B3-SpanId` and `X-B3-ParentSpanId` values.
+    pub traceparent_at: Option<usize>,
+    pub b3_at: Option<usize>,
+    pub spanid_at: Option<usize>,
+    pub parentspanid_at: Option<usize>,
+    /// Frame offset of the attachments map's end: where a new attachment goes.
+    pub attachments_end: Option<usize>,
+}
+
+impl<'a> RequestView<'a> {
+    /// One scan of the attachments for the tracing ones (string values only).
+    pub fn trace_fields(&self) -> TraceFields<'a> {
+        let mut t = TraceFields {
+            carrier: Carrier::default(),
+            traceparent_at: None,
+            b3_at: None,
+            spanid_at: None,
+            parentspanid_at: None,
+            attachments_end: None,
+        };
+        let mut other = None;
+        let mut attachments = self.req.attachments();
+        for (k, v) in attachments.by_ref() {
+            let (Some(field), d::request::Scalar::Str(v)) = (Field::of(k), v) else {
+                continue;
+            };
+            let at = self.req.offset_of(v).map(|o| o + d::HEADER_BYTES);
+            let slot = match field {
+                Field::Traceparent => &mut t.traceparent_at,
+                Field::B3 => &mut t.b3_at,
+                Field::SpanId => &mut t.spanid_at,
+                Field::ParentSpanId => &mut t.parentspanid_at,
+                _ => &mut other,
+            };
+            if slot.is_none() {
+                *slot = at;
+            }
+            t.carrier.set(field, v);
+        }
+        t.attachments_end = attachments.end().map(|o| o + d::HEADER_BYTES);
+        t
+    }
+}
+
+/// A copy of `frame` with a `traceparent` attachment added at frame offset `end` (from
+/// [`TraceFields::attachments_end`]).
+pub fn insert_traceparent(
+    frame: &[u8],
+    end: usize,
+    value: &[u8; TRACEPARENT_BYTES],
+) -> Option<BytesMut> {
+    let v = std::str::from_utf8(value).ok()?;
+    d::encode::insert_attachment(frame, end.checked_sub(d::HEADER_BYTES)?, "traceparent", v)
 }
 
 impl Inspect for RequestView<'_> {

@@ -682,6 +682,7 @@ impl Conn {
             if let (Side::Down(l), Some(mut call)) = (&self.side, s.call) {
                 l.end_call(&call);
                 l.log_call(&mut call, self.caller_addrs.get());
+                l.trace_call(&mut call, self.caller_addrs.get());
             }
             if let Side::Up(h) = &self.side {
                 if s.retried {
@@ -1406,7 +1407,7 @@ impl Conn {
         l: &Rc<TripleListener>,
         id: u32,
         end: bool,
-        call: Routed,
+        mut call: Routed,
     ) -> Result<(), ConnError> {
         call.route_ids.rq_total_inc(&l.stats);
         call.service_ids.rq_total_inc(&l.stats);
@@ -1415,6 +1416,7 @@ impl Conn {
                 c.route = call.route_ids;
                 c.service = call.service_ids;
                 c.deadline = call.deadline;
+                c.trace = call.trace.take();
             }
         }
         if let Some(d) = call.fault.and_then(|f| f.delay) {
@@ -1536,6 +1538,12 @@ impl Conn {
                     lg.upstream = Some(h.addr);
                 }
                 lg.cluster = Some(pool.lb.clone());
+            }
+            if let Some(tr) = s.call.as_mut().and_then(|c| c.trace.as_mut()) {
+                if let Side::Up(h) = &up.side {
+                    tr.upstream = Some(h.addr);
+                }
+                tr.cluster = Some(pool.lb.clone());
             }
         }
         up.send(uid, Out::Headers(call.block, end));
@@ -1895,6 +1903,8 @@ struct Routed {
     deadline: Option<Instant>,
     /// The request headers encoded for the upstream.
     block: Vec<u8>,
+    /// A sampled call's span record.
+    trace: Option<Box<super::Traced>>,
     /// The route's `retry_policy`.
     retry: Option<crate::route::RetryPolicy>,
     /// The route's fault for this call: a delay (then, with an abort, the abort).
@@ -1996,7 +2006,13 @@ fn route_call(
     let cluster = action.pick_cluster(l.roll());
     let retry = action.retry;
     let mut block = Vec::with_capacity(block_hint(hl));
-    hl.encode(&mut block);
+    let trace = match &l.trace {
+        None => {
+            hl.encode(&mut block);
+            None
+        }
+        Some(t) => encode_traced(l, t, hl, (service, method), &mut block),
+    };
     Ok(Routed {
         routes,
         cluster,
@@ -2004,9 +2020,63 @@ fn route_call(
         service_ids,
         deadline: timeout_us.map(|us| now + Duration::from_micros(us)),
         block,
+        trace,
         retry,
         fault,
     })
+}
+
+/// Encodes a traced call's headers for the upstream: the trace context it carries with
+/// ringside's span as the parent (its other headers as they came), a new `traceparent` when it
+/// carries none, or everything untouched when its context is not sampled. Returns the span
+/// record of a sampled call.
+fn encode_traced(
+    l: &TripleListener,
+    t: &crate::trace::ListenerTrace,
+    hl: &HeaderList,
+    (service, method): (&[u8], &[u8]),
+    block: &mut Vec<u8>,
+) -> Option<Box<super::Traced>> {
+    use crate::trace::context::{self as cx, Format};
+    let mut carrier = crate::trace::Carrier::default();
+    for (n, v, _) in hl.iter() {
+        if let Some(f) = crate::trace::Field::of(n) {
+            carrier.set(f, v);
+        }
+    }
+    let d = match t.decide(carrier.arrived()) {
+        Some(d) if d.rewrites() => d,
+        _ => {
+            hl.encode(block);
+            return None;
+        }
+    };
+    let format = d.incoming.map_or(Format::W3c, |i| i.format);
+    hl.encode_except(block, |n| match format {
+        Format::W3c => n == b"traceparent",
+        Format::B3Single => n == b"b3",
+        Format::B3Multi => n == b"x-b3-spanid" || n == b"x-b3-parentspanid" || n == b"x-b3-sampled",
+    });
+    let caller = d.incoming.map(|i| i.span_id).unwrap_or_default();
+    match format {
+        Format::W3c => {
+            let v = cx::traceparent(&d.trace_id, &d.span_id, d.sampled);
+            hpack::encode_field(block, b"traceparent", &v, false);
+        }
+        Format::B3Single => {
+            let mut v = [0u8; 68];
+            let hex_len = d.incoming.map_or(32, |i| i.trace_hex_len);
+            let n = cx::b3_single(&d.trace_id, hex_len, &d.span_id, d.sampled, &caller, &mut v);
+            hpack::encode_field(block, b"b3", &v[..n], false);
+        }
+        Format::B3Multi => {
+            hpack::encode_field(block, b"x-b3-spanid", &cx::span_hex(&d.span_id), false);
+            hpack::encode_field(block, b"x-b3-parentspanid", &cx::span_hex(&caller), false);
+            let sampled: &[u8] = if d.sampled { b"1" } else { b"0" };
+            hpack::encode_field(block, b"x-b3-sampled", sampled, false);
+        }
+    }
+    d.sampled.then(|| l.traced(d, service, method))
 }
 
 fn block_hint(hl: &super::headers::HeaderList) -> usize {
@@ -2160,7 +2230,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
-    if l.log.is_some() {
+    if l.log.is_some() || l.trace.is_some() {
         conn.caller_addrs.set(stream.addrs());
     }
     conn.greet(false);

@@ -76,8 +76,14 @@ impl HeaderList {
 
     /// HPACK-encodes the list for the next hop, without connection-specific headers.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_except(out, |_| false);
+    }
+
+    /// As [`HeaderList::encode`], leaving out the fields `skip` names (ones the caller writes
+    /// anew, e.g. a trace context).
+    pub fn encode_except(&self, out: &mut Vec<u8>, skip: impl Fn(&[u8]) -> bool) {
         for (n, v, never) in self.iter() {
-            if HOP_BY_HOP.contains(&n) || (n == b"te" && v != b"trailers") {
+            if HOP_BY_HOP.contains(&n) || (n == b"te" && v != b"trailers") || skip(n) {
                 continue;
             }
             hpack::encode_field(out, n, v, never);

@@ -206,10 +206,23 @@ pub struct Call {
     pub service: RequestStatIds,
     /// The call's access-log record (when the listener logs).
     pub log: Option<Box<Logged>>,
+    /// A sampled call's span record (when the listener traces).
+    pub trace: Option<Box<Traced>>,
     /// Its route's `retry_policy` and the retries so far, when the route has one.
     pub retry: Option<crate::route::Retry>,
     /// The current try's deadline (`per_try_timeout_ms`), until the response starts.
     pub try_deadline: Option<Instant>,
+}
+
+/// What a sampled call keeps until its stream ends, for its span.
+pub struct Traced {
+    pub decision: crate::trace::Decision,
+    start_unix_ns: u64,
+    /// The service, then the method (`service_len` bytes of service).
+    name: Vec<u8>,
+    service_len: usize,
+    pub upstream: Option<SocketAddr>,
+    pub cluster: Option<Rc<ShardCluster>>,
 }
 
 impl Call {
@@ -223,6 +236,7 @@ impl Call {
             route: l.ids.other_service,
             service: l.ids.other_service,
             log: None,
+            trace: None,
             retry: None,
             try_deadline: None,
         }
@@ -278,9 +292,70 @@ pub struct TripleListener {
     pub log_pool: RefCell<Vec<Box<Logged>>>,
     /// Calls held by a fault delay now (against `max_active_faults`).
     pub faults_active: Cell<u32>,
+    /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
+    pub trace: Option<Rc<crate::trace::ListenerTrace>>,
+    /// Spent span records, reused like `log_pool`.
+    pub trace_pool: RefCell<Vec<Box<Traced>>>,
 }
 
 impl TripleListener {
+    /// A span record for a sampled call to `service`/`method` (from the pool when it can).
+    fn traced(&self, d: crate::trace::Decision, service: &[u8], method: &[u8]) -> Box<Traced> {
+        let mut t = self.trace_pool.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(Traced {
+                decision: d,
+                start_unix_ns: 0,
+                name: Vec::new(),
+                service_len: 0,
+                upstream: None,
+                cluster: None,
+            })
+        });
+        t.decision = d;
+        t.start_unix_ns = crate::trace::unix_ns(SystemTime::now());
+        t.name.clear();
+        t.name.extend_from_slice(service);
+        t.service_len = service.len();
+        t.name.extend_from_slice(method);
+        t.upstream = None;
+        t.cluster = None;
+        t
+    }
+
+    /// Writes a finished sampled call's span; `caller` is the caller's (remote, local) address.
+    fn trace_call(&self, c: &mut Call, caller: (Option<SocketAddr>, Option<SocketAddr>)) {
+        let (Some(t), Some(mut tr)) = (&self.trace, c.trace.take()) else {
+            return;
+        };
+        let d = &tr.decision;
+        let (service, method) = tr.name.split_at(tr.service_len);
+        let server = t.kind() == crate::trace::otlp::SPAN_KIND_SERVER;
+        t.finish(
+            d,
+            &crate::trace::SpanData {
+                trace_id: &d.trace_id,
+                span_id: &d.span_id,
+                parent: d.parent.as_ref(),
+                kind: t.kind(),
+                system: "grpc",
+                service,
+                method,
+                start_unix_ns: tr.start_unix_ns,
+                end_unix_ns: crate::trace::unix_ns(SystemTime::now()),
+                status: c.status,
+                failed: c.status != Some(0),
+                peer: if server { caller.0 } else { tr.upstream },
+                upstream: tr.upstream,
+                cluster: tr.cluster.as_ref().map(|c| c.name.as_str()),
+            },
+        );
+        tr.cluster = None;
+        let mut pool = self.trace_pool.borrow_mut();
+        if pool.len() < LOG_POOL_MAX {
+            pool.push(tr);
+        }
+    }
+
     fn roll(&self) -> u32 {
         self.dice.roll()
     }

@@ -1,0 +1,401 @@
+//! Trace contexts on the wire: W3C Trace Context `traceparent` (Level 1, §3.2), B3 single
+//! (`b3`) and B3 multi (`x-b3-*`), read from a call's Triple headers or Dubbo attachments
+//! ([`Carrier`]), and the values ringside forwards in their place.
+//!
+//! Parsing is strict where the specs are (lower-case hex, fixed lengths, all-zero ids
+//! invalid): a context that does not parse is treated as absent, as Envoy does. Nothing here
+//! allocates; values are written into caller-provided arrays.
+
+/// 16 bytes; a 64-bit B3 trace id is kept in the low half (high half zero).
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+
+/// `traceparent` of version 00 is exactly this long: `00-{32 hex}-{16 hex}-{2 hex}`.
+pub const TRACEPARENT_BYTES: usize = 55;
+/// Where the parent id (16 hex) sits in a `traceparent` value.
+pub const TRACEPARENT_PARENT: std::ops::Range<usize> = 36..52;
+
+/// Which propagation format a context arrived in (and is forwarded in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    W3c,
+    B3Single,
+    B3Multi,
+}
+
+/// The tracing values a call carries, found by one pass over its headers or attachments.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Carrier<'a> {
+    pub traceparent: Option<&'a [u8]>,
+    pub b3: Option<&'a [u8]>,
+    pub x_b3_traceid: Option<&'a [u8]>,
+    pub x_b3_spanid: Option<&'a [u8]>,
+    pub x_b3_parentspanid: Option<&'a [u8]>,
+    pub x_b3_sampled: Option<&'a [u8]>,
+    pub x_b3_flags: Option<&'a [u8]>,
+}
+
+/// Which [`Carrier`] slot a header or attachment name fills (names compared ignoring case:
+/// Dubbo attachments keep the case the application wrote, `X-B3-TraceId` included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Traceparent,
+    B3,
+    TraceId,
+    SpanId,
+    ParentSpanId,
+    Sampled,
+    Flags,
+}
+
+impl Field {
+    pub fn of(name: &[u8]) -> Option<Field> {
+        const NAMES: [(&[u8], Field); 7] = [
+            (b"traceparent", Field::Traceparent),
+            (b"b3", Field::B3),
+            (b"x-b3-traceid", Field::TraceId),
+            (b"x-b3-spanid", Field::SpanId),
+            (b"x-b3-parentspanid", Field::ParentSpanId),
+            (b"x-b3-sampled", Field::Sampled),
+            (b"x-b3-flags", Field::Flags),
+        ];
+        // Every name starts with t, b or x: one byte rejects almost every other header.
+        if !matches!(name.first(), Some(b't' | b'T' | b'b' | b'B' | b'x' | b'X')) {
+            return None;
+        }
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, f)| f)
+    }
+}
+
+impl<'a> Carrier<'a> {
+    /// Records `value` under `field` (the first value of a name wins).
+    pub fn set(&mut self, field: Field, value: &'a [u8]) {
+        let slot = match field {
+            Field::Traceparent => &mut self.traceparent,
+            Field::B3 => &mut self.b3,
+            Field::TraceId => &mut self.x_b3_traceid,
+            Field::SpanId => &mut self.x_b3_spanid,
+            Field::ParentSpanId => &mut self.x_b3_parentspanid,
+            Field::Sampled => &mut self.x_b3_sampled,
+            Field::Flags => &mut self.x_b3_flags,
+        };
+        slot.get_or_insert(value);
+    }
+
+    /// The context the call carries: W3C first, then B3 single, then B3 multi.
+    pub fn arrived(&self) -> Arrived {
+        if let Some(c) = self.traceparent.and_then(parse_traceparent) {
+            return Arrived::Context(c);
+        }
+        if let Some(v) = self.b3 {
+            if let Some(a) = parse_b3_single(v) {
+                return a;
+            }
+        }
+        self.b3_multi()
+    }
+
+    fn b3_multi(&self) -> Arrived {
+        let sampled = match (self.x_b3_flags, self.x_b3_sampled) {
+            (Some(b"1"), _) => Some(true),
+            (_, Some(b"1" | b"true")) => Some(true),
+            (_, Some(b"0" | b"false")) => Some(false),
+            _ => None,
+        };
+        let ids = self.x_b3_traceid.and_then(|t| {
+            let (trace_id, hex_len) = parse_trace_id(t)?;
+            let span_id = parse_span_id(self.x_b3_spanid?)?;
+            Some((trace_id, hex_len, span_id))
+        });
+        match (ids, sampled) {
+            (Some((trace_id, trace_hex_len, span_id)), sampled) => Arrived::Context(Incoming {
+                format: Format::B3Multi,
+                trace_id,
+                trace_hex_len,
+                span_id,
+                sampled,
+            }),
+            (None, Some(false)) => Arrived::Deny,
+            _ => Arrived::None,
+        }
+    }
+}
+
+/// What a call arrived with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrived {
+    /// No (valid) context: ringside starts one.
+    None,
+    Context(Incoming),
+    /// A B3 "do not sample" without ids (`b3: 0`, `x-b3-sampled: 0`): no span, and the call
+    /// is forwarded as it is.
+    Deny,
+}
+
+/// A context that arrived with a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    pub format: Format,
+    pub trace_id: TraceId,
+    /// 32, or 16 for a 64-bit B3 trace id (forwarded as it came).
+    pub trace_hex_len: u8,
+    /// The caller's span: the parent of ringside's.
+    pub span_id: SpanId,
+    /// `None`: B3 left the sampling decision to the receiver.
+    pub sampled: Option<bool>,
+}
+
+/// W3C `traceparent`: `version-traceid-parentid-flags`. Version 00 is exactly 55 bytes; a
+/// later version may append fields after a `-` (§3.2.4); version ff is invalid.
+pub fn parse_traceparent(v: &[u8]) -> Option<Incoming> {
+    if v.len() < TRACEPARENT_BYTES || (v.len() > TRACEPARENT_BYTES && v[TRACEPARENT_BYTES] != b'-')
+    {
+        return None;
+    }
+    let version = hex_byte(&v[0..2])?;
+    if version == 0xff || (version == 0 && v.len() != TRACEPARENT_BYTES) {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let mut trace_id = [0u8; 16];
+    hex_decode(&v[3..35], &mut trace_id)?;
+    let span_id = parse_span_id(&v[TRACEPARENT_PARENT])?;
+    let flags = hex_byte(&v[53..55])?;
+    if trace_id == [0; 16] {
+        return None;
+    }
+    Some(Incoming {
+        format: Format::W3c,
+        trace_id,
+        trace_hex_len: 32,
+        span_id,
+        sampled: Some(flags & 1 == 1),
+    })
+}
+
+/// B3 single: `{traceid}-{spanid}[-{sampling}[-{parentspanid}]]`, or a lone `{sampling}`
+/// (`0`, `1`, `d`). `None`: not a valid b3 value (the multi headers are tried next).
+pub fn parse_b3_single(v: &[u8]) -> Option<Arrived> {
+    match v {
+        b"0" => return Some(Arrived::Deny),
+        // Sampling without ids: as if nothing came, but sampled.
+        b"1" | b"d" => return Some(Arrived::None),
+        _ => {}
+    }
+    let mut parts = v.split(|&b| b == b'-');
+    let (trace_id, trace_hex_len) = parse_trace_id(parts.next()?)?;
+    let span_id = parse_span_id(parts.next()?)?;
+    let sampled = match parts.next() {
+        None => None,
+        Some(b"1" | b"d") => Some(true),
+        Some(b"0") => Some(false),
+        Some(_) => return None,
+    };
+    if let Some(p) = parts.next() {
+        parse_span_id(p)?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Arrived::Context(Incoming {
+        format: Format::B3Single,
+        trace_id,
+        trace_hex_len,
+        span_id,
+        sampled,
+    }))
+}
+
+/// 32 or 16 lower-case hex digits, not all zero.
+fn parse_trace_id(v: &[u8]) -> Option<(TraceId, u8)> {
+    let mut id = [0u8; 16];
+    match v.len() {
+        32 => hex_decode(v, &mut id)?,
+        16 => hex_decode(v, &mut id[8..])?,
+        _ => return None,
+    }
+    (id != [0; 16]).then_some((id, v.len() as u8))
+}
+
+/// 16 lower-case hex digits, not all zero.
+pub fn parse_span_id(v: &[u8]) -> Option<SpanId> {
+    let mut id = [0u8; 8];
+    if v.len() != 16 {
+        return None;
+    }
+    hex_decode(v, &mut id)?;
+    (id != [0; 8]).then_some(id)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_byte(v: &[u8]) -> Option<u8> {
+    Some(hex_digit(*v.first()?)? << 4 | hex_digit(*v.get(1)?)?)
+}
+
+fn hex_decode(v: &[u8], out: &mut [u8]) -> Option<()> {
+    if v.len() != out.len() * 2 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(v.chunks_exact(2)) {
+        *o = hex_byte(pair)?;
+    }
+    Some(())
+}
+
+/// Lower-case hex of `id` into `out` (twice its length).
+pub fn hex_encode(id: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(id) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
+}
+
+/// A version-00 `traceparent` naming `span_id` as the parent of the next hop.
+pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> [u8; TRACEPARENT_BYTES] {
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_encode(trace_id, &mut v[3..35]);
+    hex_encode(span_id, &mut v[TRACEPARENT_PARENT]);
+    if sampled {
+        v[54] = b'1';
+    }
+    v
+}
+
+/// A `b3` single value: `{traceid}-{spanid}-{1|0}-{parentspanid}` (the trace id as long as it
+/// arrived). Returns the bytes used of `out`.
+pub fn b3_single(
+    trace_id: &TraceId,
+    trace_hex_len: u8,
+    span_id: &SpanId,
+    sampled: bool,
+    parent: &SpanId,
+    out: &mut [u8; 68],
+) -> usize {
+    let t = usize::from(trace_hex_len);
+    let tid = if t == 16 {
+        &trace_id[8..]
+    } else {
+        &trace_id[..]
+    };
+    hex_encode(tid, &mut out[..t]);
+    out[t] = b'-';
+    hex_encode(span_id, &mut out[t + 1..t + 17]);
+    out[t + 17] = b'-';
+    out[t + 18] = if sampled { b'1' } else { b'0' };
+    out[t + 19] = b'-';
+    hex_encode(parent, &mut out[t + 20..t + 36]);
+    t + 36
+}
+
+/// 16 hex digits of a span id.
+pub fn span_hex(id: &SpanId) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    hex_encode(id, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent_round_trip() {
+        let c = parse_traceparent(TP).unwrap();
+        assert_eq!(c.format, Format::W3c);
+        assert_eq!(c.sampled, Some(true));
+        assert_eq!(&traceparent(&c.trace_id, &c.span_id, true)[..], TP);
+        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert_eq!(parse_traceparent(unsampled).unwrap().sampled, Some(false));
+    }
+
+    #[test]
+    fn traceparent_rejects() {
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"",
+        ] {
+            assert_eq!(
+                parse_traceparent(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A later version may carry more fields.
+        let v1 = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later";
+        assert!(parse_traceparent(v1).is_some());
+    }
+
+    #[test]
+    fn b3_single_forms() {
+        let a = parse_b3_single(
+            b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        );
+        let Some(Arrived::Context(c)) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            (c.format, c.sampled, c.trace_hex_len),
+            (Format::B3Single, Some(true), 32)
+        );
+        let Some(Arrived::Context(c)) = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1")
+        else {
+            panic!()
+        };
+        assert_eq!((c.sampled, c.trace_hex_len), (None, 16));
+        assert_eq!(&c.trace_id[..8], &[0; 8]);
+        assert_eq!(parse_b3_single(b"0"), Some(Arrived::Deny));
+        assert_eq!(parse_b3_single(b"xyz-e457b5a2e4d86bd1"), None);
+        let mut out = [0u8; 68];
+        let n = b3_single(&c.trace_id, 16, &c.span_id, true, &[1; 8], &mut out);
+        assert_eq!(
+            &out[..n],
+            b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-0101010101010101"
+        );
+    }
+
+    #[test]
+    fn carrier_precedence_and_multi() {
+        let mut c = Carrier::default();
+        c.set(
+            Field::of(b"X-B3-TraceId").unwrap(),
+            b"463ac35c9f6413ad48485a3953bb6124",
+        );
+        c.set(Field::of(b"x-b3-spanid").unwrap(), b"a2fb4a1d1a96d312");
+        c.set(Field::of(b"x-b3-sampled").unwrap(), b"1");
+        let Arrived::Context(m) = c.arrived() else {
+            panic!()
+        };
+        assert_eq!((m.format, m.sampled), (Format::B3Multi, Some(true)));
+        c.set(Field::Traceparent, TP);
+        let Arrived::Context(w) = c.arrived() else {
+            panic!()
+        };
+        assert_eq!(w.format, Format::W3c);
+        let mut deny = Carrier::default();
+        deny.set(Field::Sampled, b"0");
+        assert_eq!(deny.arrived(), Arrived::Deny);
+        assert_eq!(Carrier::default().arrived(), Arrived::None);
+        assert_eq!(Field::of(b"content-type"), None);
+    }
+}
