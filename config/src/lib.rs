@@ -1202,19 +1202,19 @@ pub const FAULT_DELAY_MS_MAX: u64 = 3_600_000;
 
 /// A share of requests, in parts per million; written as a percentage (`25`, `0.5`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Percent(pub u32);
+pub struct Share(pub u32);
 
-impl Percent {
+impl Share {
     pub const PER_MILLION: u32 = 1_000_000;
 }
 
-impl Serialize for Percent {
+impl Serialize for Share {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(f64::from(self.0) / 10_000.0)
     }
 }
 
-impl<'de> Deserialize<'de> for Percent {
+impl<'de> Deserialize<'de> for Share {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = f64::deserialize(d)?;
         if !(0.0..=100.0).contains(&v) {
@@ -1222,7 +1222,7 @@ impl<'de> Deserialize<'de> for Percent {
                 "percentage {v} is out of range 0..=100"
             )));
         }
-        Ok(Percent((v * 10_000.0).round() as u32))
+        Ok(Share((v * 10_000.0).round() as u32))
     }
 }
 
@@ -1245,7 +1245,7 @@ pub struct Fault {
 #[serde(deny_unknown_fields)]
 pub struct FaultDelay {
     pub fixed_delay_ms: u64,
-    pub percentage: Percent,
+    pub percentage: Share,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1253,7 +1253,7 @@ pub struct FaultDelay {
 pub struct FaultAbort {
     /// The answer: a gRPC status (Triple) or a Dubbo response status (Dubbo).
     pub status: u32,
-    pub percentage: Percent,
+    pub percentage: Share,
 }
 
 /// Most retries a route may ask for (`retry_policy.num_retries`).

@@ -2865,7 +2865,7 @@ fn route_fault(
         use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
         // Left out: 0 % (the proto's default, as Envoy reads it): Istio's empty fault.
         let Some(p) = p else {
-            return Ok(config::Percent(0));
+            return Ok(config::Share(0));
         };
         let scale = match D::try_from(p.denominator) {
             Ok(D::Hundred) => 10_000,
@@ -2873,10 +2873,10 @@ fn route_fault(
             Ok(D::Million) => 1,
             Err(_) => return Err(ctx.err(format!("{fat}.{field}"), "unknown denominator")),
         };
-        Ok(config::Percent(
+        Ok(config::Share(
             p.numerator
                 .saturating_mul(scale)
-                .min(config::Percent::PER_MILLION),
+                .min(config::Share::PER_MILLION),
         ))
     };
     let delay = match &f.delay {

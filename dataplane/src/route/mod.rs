@@ -161,8 +161,8 @@ pub struct Injected {
 }
 
 /// Whether a request falls in `share` of requests, by a roll of the shard's dice.
-fn hit(share: config::Percent, roll: u32) -> bool {
-    share.0 >= config::Percent::PER_MILLION || roll % config::Percent::PER_MILLION < share.0
+fn hit(share: config::Share, roll: u32) -> bool {
+    share.0 >= config::Share::PER_MILLION || roll % config::Share::PER_MILLION < share.0
 }
 
 impl Action {
