@@ -18,7 +18,7 @@ pub use dpdk::*;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -1350,6 +1350,11 @@ pub struct Cluster {
     pub lb: LbPolicy,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Source addresses of upstream connections (Envoy's `upstream_bind_config`: Istio's
+    /// 127.0.0.6, which its iptables rules let pass): a connection binds the one of its
+    /// destination's family, port chosen by the kernel. At most one per family.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_addresses: Vec<IpAddr>,
     /// Dubbo: how long a request may wait for its response.
     #[serde(default = "default_request_timeout_ms")]
     pub timeout_ms: u64,
@@ -1866,6 +1871,15 @@ impl Config {
             }
             self.validate_cluster_source(c, source, &at, err);
             validate_cluster_limits(c, &at, err);
+            let v4 = c.source_addresses.iter().filter(|a| a.is_ipv4()).count();
+            if v4 > 1 || c.source_addresses.len() - v4 > 1 {
+                err(
+                    at("source_addresses"),
+                    "at most one IPv4 and one IPv6 address (a connection binds the one of its \
+                     destination's family)"
+                        .into(),
+                );
+            }
             if let Some(t) = &c.tls {
                 validate_cluster_tls(c, t, &|f| at(&format!("tls.{f}")), err);
             }

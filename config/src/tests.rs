@@ -22,6 +22,20 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 #[test]
+fn source_addresses_one_per_family() {
+    let with = |list: &str| {
+        GOOD.replace(
+            "lb: least_request",
+            &format!("lb: least_request\n    source_addresses: {list}"),
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &with("[127.0.0.6, \"::6\"]")).unwrap();
+    assert_eq!(c.clusters[0].source_addresses.len(), 2);
+    let e = errors(&with("[127.0.0.6, 127.0.0.7]"));
+    assert_eq!(e[0].field, "clusters[0].source_addresses", "{e:?}");
+}
+
+#[test]
 fn good_config_loads_with_defaults() {
     let c = Config::from_yaml("c.yaml", GOOD).unwrap();
     assert_eq!(c.listeners[0].buffer_bytes, BUFFER_BYTES_DEFAULT);
@@ -157,6 +171,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         registry: None,
         lb: LbPolicy::RoundRobin,
         connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+        source_addresses: Vec::new(),
         timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
         connections_per_host: CONNECTIONS_PER_HOST_DEFAULT,
         pending_requests_max: PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,

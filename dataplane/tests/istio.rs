@@ -25,24 +25,21 @@ use serde_json::{json, Value};
 /// refuses today. docs/xds.md ("Istio") gives the reason of each.
 #[rustfmt::skip]
 const GAPS: &[(&str, &str, &str, &str)] = &[
-    ("stock", "cluster", "InboundPassthroughClusterIpv4", "`upstream_bind_config`"),
-    ("stock", "cluster", "inbound|80||", "`upstream_bind_config`"),
     ("stock", "cluster", "outbound|443||webhook-service.metallb-system.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|53||kube-dns.kube-system.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||details.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||ratings.default.svc.cluster.local", "`transport_socket_matches`"),
     ("stock", "cluster", "outbound|9080||reviews.default.svc.cluster.local", "`transport_socket_matches`"),
-    ("mtls-off", "cluster", "InboundPassthroughClusterIpv4", "`upstream_bind_config`"),
-    ("mtls-off", "cluster", "inbound|80||", "`upstream_bind_config`"),
+    ("stock", "listener", "virtualInbound", "is of type original_destination: routes cannot use it"),
+    ("mtls-off", "listener", "virtualInbound", "is of type original_destination: routes cannot use it"),
     ("mtls-off", "listeners", "(outbound)", "`filter_chains`"),
+    ("mtls-off", "listeners", "(all)", "`filter_chains`"),
     ("mtls-off", "route", "9080", "cluster \"PassthroughCluster\" is of type original_destination"),
     ("mtls-off", "route", "webhook-service.metallb-system.svc.cluster.local:443", "cluster \"PassthroughCluster\" is of type original_destination"),
     ("capture-none", "cluster", "outbound|9080||details.default.svc.cluster.local", "`transport_socket_matches`"),
     ("capture-none", "cluster", "outbound|9080||ratings.default.svc.cluster.local", "`transport_socket_matches`"),
     ("capture-none", "cluster", "outbound|9080||reviews.default.svc.cluster.local", "`transport_socket_matches`"),
-    ("aeraki-dubbo", "cluster", "InboundPassthroughClusterIpv4", "`upstream_bind_config`"),
-    ("aeraki-dubbo", "cluster", "inbound|20880||", "`upstream_bind_config`"),
-    ("aeraki-dubbo", "cluster", "inbound|80||", "`upstream_bind_config`"),
+    ("aeraki-dubbo", "listener", "virtualInbound", "is of type original_destination: routes cannot use it"),
     ("aeraki-dubbo", "cluster", "outbound|20880||org.apache.dubbo.samples.basic.api.demoservice", "`transport_socket_matches`"),
 ];
 
@@ -588,14 +585,20 @@ fn virtual_hosts_by_authority_route_like_envoy() {
 struct InboundNs(String);
 
 impl InboundNs {
-    fn new() -> InboundNs {
+    /// A namespace with only loopback, up.
+    fn bare(tag: &str) -> InboundNs {
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let ns = InboundNs(format!("rs-istio-{}-{seq}", std::process::id()));
+        let ns = InboundNs(format!("rs-istio-{tag}-{}-{seq}", std::process::id()));
         ns.ip(&["netns", "add", &ns.0]);
+        ns.ip(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn new() -> InboundNs {
+        let ns = InboundNs::bare("in");
         for cmd in [
-            &["ip", "link", "set", "lo", "up"][..],
-            &["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"],
+            &["ip", "addr", "add", "10.200.0.1/32", "dev", "lo"][..],
             &[
                 "iptables",
                 "-t",
@@ -907,4 +910,208 @@ fn virtual_inbound_chains_by_port_and_protocol_like_envoy() {
         "{envoy:?}"
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Istio's iptables rules for a sidecar (nat table, REDIRECT), as istio-iptables installs them
+/// with the injector's arguments (`-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -b '*' -d
+/// 15090,15021,15020`): istio/istio `tools/istio-iptables/pkg/capture/testdata/
+/// inbound-ports-wildcard.golden` (inbound `*`) and `kube-virt-interfaces.golden` (outbound
+/// `*`, its last ISTIO_OUTPUT rule), without the virtual-interface rules, plus the injector's
+/// excluded inbound ports. The proxy's own connections over `lo` to a pod address (not
+/// 127.0.0.1) are sent to 15006 again unless their source is 127.0.0.6.
+const ISTIO_IPTABLES: &str = "*nat
+:ISTIO_INBOUND - [0:0]
+:ISTIO_REDIRECT - [0:0]
+:ISTIO_IN_REDIRECT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+";
+
+const POD_CLIENT_IP: &str = "10.78.0.1";
+const POD_IP: &str = "10.78.0.2";
+
+/// A pod: a network namespace with Istio's iptables rules, and a client namespace joined to it
+/// by a veth pair (inbound capture sees only traffic from outside the pod). Deleted on drop.
+struct Pod {
+    client: InboundNs,
+    pod: InboundNs,
+}
+
+impl Pod {
+    fn new() -> Pod {
+        let (client, pod) = (InboundNs::bare("cl"), InboundNs::bare("pod"));
+        client.ip(&[
+            "netns", "exec", &client.0, "ip", "link", "add", "veth0", "type", "veth", "peer",
+            "name", "eth0", "netns", &pod.0,
+        ]);
+        for (ns, dev, ip) in [(&client, "veth0", POD_CLIENT_IP), (&pod, "eth0", POD_IP)] {
+            let cidr = format!("{ip}/24");
+            ns.ip(&[
+                "netns", "exec", &ns.0, "ip", "addr", "add", &cidr, "dev", dev,
+            ]);
+            ns.ip(&["netns", "exec", &ns.0, "ip", "link", "set", dev, "up"]);
+        }
+        use std::io::Write;
+        let mut restore = std::process::Command::new("ip")
+            .args(["netns", "exec", &pod.0, "iptables-restore", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        restore
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ISTIO_IPTABLES.as_bytes())
+            .unwrap();
+        assert!(restore.wait().unwrap().success(), "iptables-restore");
+        Pod { client, pod }
+    }
+}
+
+/// A TCP server of the app in the pod: writes `name PEER_IP\n` to each connection (the peer is
+/// the proxy's source address), then reads until EOF.
+fn app_server(port: u16, name: &'static str) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let peer = s
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            });
+        }
+    });
+}
+
+/// The first line a connection to `addr` reads (`closed` when there is none within 3 s).
+fn first_line(addr: SocketAddr) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => return format!("connect: {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(b"hello\n");
+    let mut line = String::new();
+    match std::io::BufReader::new(s).read_line(&mut line) {
+        Ok(n) if n > 0 => line.trim_end().to_string(),
+        _ => "closed".into(),
+    }
+}
+
+const AS_PROXY: &[&str] = &[
+    "setpriv",
+    "--reuid",
+    "1337",
+    "--regid",
+    "1337",
+    "--clear-groups",
+];
+
+/// Istio's inbound passthrough (`virtualInbound`'s plaintext tcp_proxy chain to
+/// `InboundPassthroughClusterIpv4`: ORIGINAL_DST, `upstream_bind_config` 127.0.0.6) in a pod
+/// with Istio's own iptables rules, the proxy running as uid/gid 1337 as in a real pod: a
+/// client outside the pod reaches the app, which sees the connection come from 127.0.0.6
+/// (the address Istio's rules let pass; from the pod IP the connection would be sent back to
+/// 15006 for ever). Envoy 1.40 and ringside, the same resources. Skipped (loudly) unless root.
+#[test]
+fn inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy: needs root (netns, iptables, setpriv)");
+        return;
+    }
+    let fx = fixture("mtls-off");
+    let find = |kind: &str, name: &str| {
+        fx[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let mut vi = find("listeners", "virtualInbound");
+    // The tcp_proxy chains (the HTTP chains are item 2 of issue #21's list).
+    vi["filter_chains"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| !c.to_string().contains("http_connection_manager"));
+    let clusters = json!([
+        find("clusters", "InboundPassthroughClusterIpv4"),
+        find("clusters", "BlackHoleCluster")
+    ]);
+    assert!(clusters[0]["upstream_bind_config"].is_object());
+    let app: SocketAddr = format!("{POD_IP}:8080").parse().unwrap();
+    let mut outcomes = Vec::new();
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let pod = Pod::new();
+        let line = pod.pod.run(|| {
+            app_server(8080, "app");
+            let mut listener = vi.clone();
+            let mut clusters = clusters.clone();
+            if who == "envoy" {
+                strip_istio_only(&mut listener);
+                strip_istio_only(&mut clusters);
+            }
+            let xds = XdsServer::start();
+            xds.put(&json!({"version": "in", "listeners": [listener], "clusters": clusters}))
+                .unwrap();
+            let admin = local(free_port());
+            let node = format!("sidecar~{POD_IP}~app.default~default.svc.cluster.local");
+            let (_rs, _envoy);
+            if who == "envoy" {
+                let boot = bootstrap(admin, xds.addr(), Ads::Sotw, &node);
+                _envoy = Some(Envoy::start_wrapped(AS_PROXY, &boot, admin));
+                _rs = None;
+            } else {
+                let config = format!(
+                    "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  \
+                     node_cluster: t\n  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
+                    xds.addr()
+                );
+                let args = ["--shards", "1", "--io", io];
+                _rs = Some(Ringside::start_wrapped(
+                    AS_PROXY,
+                    &config,
+                    admin,
+                    &args,
+                    |_| {},
+                ));
+                _envoy = None;
+            }
+            let ack = xds.wait_ack("lds", "in");
+            assert_eq!(ack["ack"], true, "{who}: {ack}");
+            wait_listening(local(15006));
+            pod.client.run(|| first_line(app))
+        });
+        eprintln!("{who} {io}: {line}");
+        outcomes.push(((who, io), line));
+    }
+    for (who, line) in &outcomes {
+        assert_eq!(line, "app 127.0.0.6", "{who:?}: {outcomes:?}");
+    }
 }

@@ -1,7 +1,7 @@
 //! Socket options for traffic interception that need raw `getsockopt` or a socket configured
 //! before `connect`: the original destination of a REDIRECTed connection (`SO_ORIGINAL_DST`,
-//! `IP6T_SO_ORIGINAL_DST`) and upstream connections carrying a socket mark (`SO_MARK`), which
-//! must be set before the SYN leaves.
+//! `IP6T_SO_ORIGINAL_DST`) and upstream connections carrying a socket mark (`SO_MARK`) or bound
+//! to a source address, both set before the SYN leaves.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -96,9 +96,15 @@ pub fn set_mark(fd: RawFd, mark: u32) -> io::Result<()> {
 }
 
 /// Connects to `addr` from a socket that carries `mark` (`SO_MARK`) from its first packet on,
-/// so interception rules can tell the proxy's own upstream connections apart. Runs on the
-/// shard's runtime (io_uring or epoll): a non-blocking connect, then a wait for writability.
-pub async fn connect_marked(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+/// so interception rules can tell the proxy's own upstream connections apart, and that is
+/// bound to `source` (port chosen by the kernel; Istio's 127.0.0.6, which its rules let pass).
+/// Runs on the shard's runtime (io_uring or epoll): a non-blocking connect, then a wait for
+/// writability.
+pub async fn connect_with(
+    addr: SocketAddr,
+    mark: Option<u32>,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<TcpStream> {
     let domain = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -116,7 +122,21 @@ pub async fn connect_marked(addr: SocketAddr, mark: u32) -> io::Result<TcpStream
     }
     // SAFETY: `fd` is a fresh socket nobody else owns.
     let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    set_mark(fd, mark)?;
+    if let Some(mark) = mark {
+        set_mark(fd, mark)?;
+    }
+    if let Some(ip) = source {
+        let (storage, len) = sockaddr(SocketAddr::new(ip, 0));
+        // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+        let r = unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("bind source address {ip}: {e}"),
+            ));
+        }
+    }
     let (storage, len) = sockaddr(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
     let r = unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };

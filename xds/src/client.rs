@@ -150,9 +150,12 @@ impl Cache {
     }
 }
 
-/// Every cluster a listener sends traffic to.
+/// Every cluster a listener sends traffic (or spans) to.
 fn referenced_clusters(l: &Listener) -> Vec<&str> {
     let mut out: Vec<&str> = l.cluster.iter().map(String::as_str).collect();
+    // The tracer's collector too: a listener naming one that is not there yet warms (as for a
+    // route's cluster) instead of failing the whole update's validation.
+    out.extend(l.tracing.as_ref().map(|t| t.collector_cluster.as_str()));
     for a in l.route_actions() {
         out.extend(a.cluster.as_deref());
         out.extend(a.weighted_clusters.iter().map(|w| w.name.as_str()));
@@ -1038,4 +1041,15 @@ fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) -> Result<(
         config.listeners[h].virtual_listeners = virtuals.clone();
     }
     Ok(())
+}
+
+/// What a listener makes the client wait for.
+#[cfg(test)]
+mod referenced_tests {
+    #[test]
+    fn a_tracers_collector_cluster_is_waited_for() {
+        let yaml = "listeners:\n  - name: d\n    address: 127.0.0.1:20880\n    protocol: dubbo\n    cluster: app\n    tracing: {collector_cluster: otel}\nclusters:\n  - name: app\n    endpoints: [\"127.0.0.1:1\"]\n  - name: otel\n    endpoints: [\"127.0.0.1:2\"]\n";
+        let c = config::Config::from_yaml("t.yaml", yaml).unwrap();
+        assert_eq!(super::referenced_clusters(&c.listeners[0]), ["app", "otel"]);
+    }
 }

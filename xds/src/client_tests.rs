@@ -560,6 +560,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         registry: None,
         lb: config::LbPolicy::RoundRobin,
         connect_timeout_ms: 1000,
+        source_addresses: Vec::new(),
         timeout_ms: 1000,
         connections_per_host: 1,
         pending_requests_max: 10,

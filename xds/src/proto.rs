@@ -2355,9 +2355,6 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             "give lb_policy ROUND_ROBIN or LEAST_REQUEST instead",
         );
     }
-    if c.upstream_bind_config.is_some() {
-        return refuse("upstream_bind_config", "not supported");
-    }
     for (i, f) in c.filters.iter().enumerate() {
         // Istio's cluster filter istio.metadata_exchange acts only on mTLS connections (ALPN
         // istio-peer-exchange), which ringside does not open: ignored. Any other: refused.
@@ -2424,6 +2421,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         registry: None,
         lb,
         connect_timeout_ms,
+        source_addresses: match &c.upstream_bind_config {
+            Some(b) => upstream_bind(b, &ctx)?,
+            None => Vec::new(),
+        },
         timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
         connections_per_host: config::CONNECTIONS_PER_HOST_DEFAULT,
         pending_requests_max: config::PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,
@@ -2489,6 +2490,62 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         }
     };
     Ok(ClusterRes { cluster: out, eds })
+}
+
+/// A cluster's `upstream_bind_config` (Istio's inbound clusters: 127.0.0.6, and `::6` in
+/// `extra_source_addresses` on dual-stack pods): the source address of each family.
+fn upstream_bind(b: &core_pb::BindConfig, ctx: &Ctx<'_>) -> Result<Vec<IpAddr>, TranslateError> {
+    let at = "upstream_bind_config";
+    if b.freebind.as_ref().is_some_and(|f| f.value) {
+        return Err(ctx.err(format!("{at}.freebind"), "not supported"));
+    }
+    if !b.socket_options.is_empty() {
+        return Err(ctx.err(format!("{at}.socket_options"), "not supported"));
+    }
+    if b.local_address_selector.is_some() {
+        return Err(ctx.err(format!("{at}.local_address_selector"), "not supported"));
+    }
+    #[allow(deprecated)]
+    let additional = b
+        .additional_source_addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (Some(a), format!("{at}.additional_source_addresses[{i}]")));
+    let mut sources = Vec::new();
+    let extra = b.extra_source_addresses.iter().enumerate().map(|(i, e)| {
+        (
+            e.address.as_ref(),
+            format!("{at}.extra_source_addresses[{i}].address"),
+        )
+    });
+    // No source_address: only socket options would be bound (none are supported).
+    let first = b
+        .source_address
+        .as_ref()
+        .map(|a| (Some(a), format!("{at}.source_address")));
+    for (sa, field) in first.into_iter().chain(extra).chain(additional) {
+        let Some(sa) = sa else {
+            return Err(ctx.err(field, "missing"));
+        };
+        let ip: IpAddr = sa.address.parse().map_err(|_| {
+            ctx.err(
+                format!("{field}.address"),
+                format!("{:?} is not an IP literal", sa.address),
+            )
+        })?;
+        use core_pb::socket_address::PortSpecifier as P;
+        if !matches!(sa.port_specifier, None | Some(P::PortValue(0))) {
+            return Err(ctx.err(
+                format!("{field}.port_value"),
+                "only port 0 (the kernel picks the source port) is supported",
+            ));
+        }
+        if sources.iter().any(|s: &IpAddr| s.is_ipv4() == ip.is_ipv4()) {
+            return Err(ctx.err(field, "another source address has this IP family"));
+        }
+        sources.push(ip);
+    }
+    Ok(sources)
 }
 
 // === endpoints ===

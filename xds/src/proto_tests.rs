@@ -1161,6 +1161,75 @@ fn istio_clusters() {
     assert!(e.contains("filters[0]"), "{e}");
 }
 
+/// `upstream_bind_config` as istiod sends it (127.0.0.6; `::6` as an extra source address on
+/// dual-stack pods) becomes `source_addresses`; what ringside cannot bind is refused by name.
+#[test]
+fn upstream_bind_config_source_addresses() {
+    use core_pb::socket_address::PortSpecifier;
+    let sa = |ip: &str, port: u32| core_pb::SocketAddress {
+        address: ip.into(),
+        port_specifier: Some(PortSpecifier::PortValue(port)),
+        ..Default::default()
+    };
+    let cluster = |b: core_pb::BindConfig| {
+        let c = cluster_pb::Cluster {
+            name: "inbound|80||".into(),
+            cluster_discovery_type: Some(cluster_pb::cluster::ClusterDiscoveryType::Type(
+                cluster_pb::cluster::DiscoveryType::OriginalDst as i32,
+            )),
+            lb_policy: cluster_pb::cluster::LbPolicy::ClusterProvided as i32,
+            upstream_bind_config: Some(b),
+            ..Default::default()
+        };
+        decode_cluster(&pack_any(c)).map(|(_, r)| r.cluster.source_addresses)
+    };
+    let v4 = core_pb::BindConfig {
+        source_address: Some(sa("127.0.0.6", 0)),
+        ..Default::default()
+    };
+    assert_eq!(
+        cluster(v4.clone()).unwrap(),
+        vec!["127.0.0.6".parse::<IpAddr>().unwrap()]
+    );
+    let mut dual = v4.clone();
+    dual.extra_source_addresses = vec![core_pb::ExtraSourceAddress {
+        address: Some(sa("::6", 0)),
+        ..Default::default()
+    }];
+    let want: Vec<IpAddr> = vec!["127.0.0.6".parse().unwrap(), "::6".parse().unwrap()];
+    assert_eq!(cluster(dual.clone()).unwrap(), want);
+    let nack = |b: core_pb::BindConfig| match cluster(b) {
+        Err(e) => e.to_string(),
+        Ok(v) => panic!("expected a NACK, got {v:?}"),
+    };
+    let mut same = dual.clone();
+    same.extra_source_addresses[0].address = Some(sa("127.0.0.7", 0));
+    let e = nack(same);
+    assert!(
+        e.contains("upstream_bind_config.extra_source_addresses[0].address"),
+        "{e}"
+    );
+    let e = nack(core_pb::BindConfig {
+        source_address: Some(sa("127.0.0.6", 7)),
+        ..Default::default()
+    });
+    assert!(
+        e.contains("upstream_bind_config.source_address.port_value"),
+        "{e}"
+    );
+    let e = nack(core_pb::BindConfig {
+        source_address: Some(sa("localhost", 0)),
+        ..Default::default()
+    });
+    assert!(
+        e.contains("upstream_bind_config.source_address.address"),
+        "{e}"
+    );
+    let mut free = v4;
+    free.freebind = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    assert!(nack(free).contains("upstream_bind_config.freebind"));
+}
+
 /// Istio's virtualOutbound (own-port blackhole chain + catch-all) and an outbound
 /// `0.0.0.0_PORT` (HTTP chain by protocol detection + PassthroughFilterChain); a listener
 /// choosing by destination port is refused.

@@ -171,6 +171,8 @@ pub struct ShardCluster {
     pub keepalive: config::TcpKeepalive,
     /// `type: original_destination`: no endpoints; see [`ShardCluster::connect_to`].
     pub original_destination: bool,
+    /// `source_addresses`: what its upstream connections bind (one per IP family).
+    pub sources: Box<[std::net::IpAddr]>,
     pub ids: ClusterStatIds,
     /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints.
     pub tls: Option<Arc<crate::io::tls::ClientTls>>,
@@ -304,6 +306,7 @@ impl ShardCluster {
                 .tcp_keepalive
                 .unwrap_or_else(crate::io::intercept::keepalive),
             original_destination: c.kind == config::ClusterType::OriginalDestination,
+            sources: c.source_addresses.clone().into_boxed_slice(),
             ids,
             tls,
         }
@@ -425,7 +428,7 @@ impl ShardCluster {
     ) -> Result<Upstream<'a>, ConnectError> {
         match shard::monoio::time::timeout(
             self.connect_timeout,
-            crate::io::intercept::connect(addr),
+            crate::io::intercept::connect(addr, &self.sources),
         )
         .await
         {
@@ -478,7 +481,7 @@ impl ShardCluster {
             let Slot { addr, ids: host } = self.slot(i);
             match shard::monoio::time::timeout(
                 self.connect_timeout,
-                crate::io::intercept::connect(addr),
+                crate::io::intercept::connect(addr, &self.sources),
             )
             .await
             {

@@ -4,7 +4,7 @@
 //! command's; `docs/sidecar.md` describes both modes.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -51,13 +51,27 @@ pub fn keepalive() -> config::TcpKeepalive {
 }
 
 /// Every upstream connection ringside makes goes through here: with `runtime.socket_mark` the
-/// socket carries the mark from its SYN on, so interception rules let it pass.
-pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    match socket_mark() {
-        Some(mark) => shard::sockopt::connect_marked(addr, mark)
+/// socket carries the mark from its SYN on, so interception rules let it pass; with a
+/// cluster's `source_addresses` it is bound to the one of `addr`'s family (none of that
+/// family: the connect fails, as Envoy's bind of another family's address does).
+pub async fn connect(addr: SocketAddr, sources: &[IpAddr]) -> io::Result<TcpStream> {
+    let source = match sources {
+        [] => None,
+        s => match s.iter().find(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            Some(ip) => Some(*ip),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("the cluster's source_addresses {s:?} have none of {addr}'s family"),
+                ))
+            }
+        },
+    };
+    match (socket_mark(), source) {
+        (None, None) => TcpStream::connect_addr(addr).await,
+        (mark, source) => shard::sockopt::connect_with(addr, mark, source)
             .await
             .map_err(|e| needs_cap(e, "SO_MARK (runtime.socket_mark)")),
-        None => TcpStream::connect_addr(addr).await,
     }
 }
 

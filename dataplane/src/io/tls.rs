@@ -161,8 +161,12 @@ fn client(t: &config::ClusterTls) -> Result<ClientTls, String> {
 
 /// Connects to `addr` and completes a client handshake (the caller bounds the whole by its
 /// connect timeout).
-pub async fn connect(addr: SocketAddr, t: &ClientTls) -> io::Result<TlsConn> {
-    let tcp = super::intercept::connect(addr).await?;
+pub async fn connect(
+    addr: SocketAddr,
+    sources: &[std::net::IpAddr],
+    t: &ClientTls,
+) -> io::Result<TlsConn> {
+    let tcp = super::intercept::connect(addr, sources).await?;
     let _ = tcp.set_nodelay(true);
     let name = t
         .sni

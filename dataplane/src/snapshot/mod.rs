@@ -664,6 +664,7 @@ mod tests {
             registry: None,
             lb: config::LbPolicy::RoundRobin,
             connect_timeout_ms: config::CONNECT_TIMEOUT_MS_DEFAULT,
+            source_addresses: Vec::new(),
             timeout_ms: config::REQUEST_TIMEOUT_MS_DEFAULT,
             connections_per_host: 1,
             pending_requests_max: 100,

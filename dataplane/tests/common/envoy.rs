@@ -191,11 +191,24 @@ impl Envoy {
     /// Starts Envoy with `bootstrap` (admin must be on `admin`) and waits until its admin
     /// answers. Hot restart is disabled, so Envoys of parallel tests share no base id.
     pub fn start(bootstrap: &Value, admin: SocketAddr) -> Envoy {
+        Self::start_wrapped(&[], bootstrap, admin)
+    }
+
+    /// [`Envoy::start`] through a wrapper program (e.g. `setpriv --reuid 1337 ...`).
+    pub fn start_wrapped(wrapper: &[&str], bootstrap: &Value, admin: SocketAddr) -> Envoy {
         let bin = require(root().join(".cache/bin/envoy"));
         let dir = TempDir::new("envoy");
         let cfg = dir.write("bootstrap.json", &bootstrap.to_string());
         let log = std::fs::File::create(dir.0.join("envoy.log")).unwrap();
-        let child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("-c")
             .arg(&cfg)
             .args([

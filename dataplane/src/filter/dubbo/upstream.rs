@@ -838,13 +838,13 @@ async fn run(conn: Rc<UpConn>) {
     // A cluster with `tls`: connect and handshake within the connect timeout.
     if let Some(tls) = conn.pool.lb.tls.clone() {
         let connected = shard::monoio::select! {
-            c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &tls)) => c,
+            c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls)) => c,
             why = keeper(&conn) => return conn.close(&why),
         };
         return serve_upstream(conn, connected).await;
     }
     let connected = shard::monoio::select! {
-        c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr)) => c,
+        c = shard::monoio::time::timeout(timeout, crate::io::intercept::connect(addr, &conn.pool.lb.sources)) => c,
         why = keeper(&conn) => return conn.close(&why),
     };
     serve_upstream(conn, connected).await

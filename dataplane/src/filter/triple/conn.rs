@@ -2443,14 +2443,14 @@ async fn run_upstream(conn: Rc<Conn>) {
     if let Some(tls) = pool.lb.tls.clone() {
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
-            crate::io::tls::connect(host.addr, &tls),
+            crate::io::tls::connect(host.addr, &pool.lb.sources, &tls),
         )
         .await;
         return serve_upstream(conn, host, pool, connected).await;
     }
     let connected = shard::monoio::time::timeout(
         pool.connect_timeout,
-        crate::io::intercept::connect(host.addr),
+        crate::io::intercept::connect(host.addr, &pool.lb.sources),
     )
     .await;
     serve_upstream(conn, host, pool, connected).await
