@@ -141,6 +141,67 @@ pub struct Config {
     /// clusters, and the local services ringside registers on the application's behalf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<Registry>,
+    /// SDS servers on Unix sockets (Istio's pilot-agent), by the cluster name xDS's
+    /// `sds_config` gives them: certificates of `tls` sections with `sds` from `server: NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sds: Vec<SdsServer>,
+}
+
+/// An SDS server (`envoy.service.secret.v3.SecretDiscoveryService`) on a Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdsServer {
+    /// The name secrets refer to it by (xDS: `sds_config`'s `envoy_grpc.cluster_name`, Istio's
+    /// `sds-grpc`).
+    pub name: String,
+    /// The Unix socket (Istio: `/var/run/secrets/workload-spiffe-uds/socket`).
+    pub path: String,
+}
+
+/// A secret from SDS: a certificate with its key (`tls_certificate`), or a trust bundle
+/// (`validation_context`), by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdsSecret {
+    /// The secret's name (Istio: `default` for the workload certificate, `ROOTCA`).
+    pub name: String,
+    /// The `sds` server it comes from; none: the ADS stream of the `xds` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+}
+
+/// How a peer certificate's URI SAN is matched: a string matches exactly, `{prefix: P}` any
+/// SAN that starts with P.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SanMatcher {
+    Exact(String),
+    Prefix { prefix: String },
+}
+
+/// A TLS version (Envoy's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "TLSv1_2")]
+    Tls12,
+    #[serde(rename = "TLSv1_3")]
+    Tls13,
+}
+
+/// TLS versions and TLS 1.2 cipher suites of a listener or cluster (Envoy's `tls_params`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsParams {
+    /// Default TLSv1_2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<TlsVersion>,
+    /// Default TLSv1_3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<TlsVersion>,
+    /// TLS 1.2 suites allowed, OpenSSL names; those ringside lacks are skipped (at least one
+    /// must be known). Empty: all of ringside's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
 }
 
 pub const REGISTRY_SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
@@ -288,6 +349,19 @@ pub struct XdsBootstrap {
     pub retry_initial_ms: u64,
     #[serde(default = "default_xds_retry_max_ms")]
     pub retry_max_ms: u64,
+    /// Envoy's `node.metadata`, sent to the control plane and read by Istio's standard metrics
+    /// (docs/observability.md): Istio's keys `NAME`, `NAMESPACE`, `WORKLOAD_NAME`,
+    /// `CLUSTER_ID`, `LABELS` (a map: `app`, `version`, `service.istio.io/canonical-name`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_metadata: std::collections::BTreeMap<String, NodeMetadataValue>,
+}
+
+/// One `xds.node_metadata` value: a string, or a map of strings (Istio's `LABELS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NodeMetadataValue {
+    String(String),
+    Map(std::collections::BTreeMap<String, String>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +412,21 @@ pub struct StatsConfig {
     /// requests are counted under interface and method `other`.
     #[serde(default = "default_dubbo_services_max")]
     pub dubbo_services_max: usize,
+    /// Istio metrics (listeners with `istio_metrics`): distinct label sets per listener and
+    /// shard; a call or connection with a new label set beyond it is not counted in them
+    /// (`istio.label_sets_overflow` counts it).
+    #[serde(default = "default_istio_label_sets_max")]
+    pub istio_label_sets_max: usize,
+}
+
+/// Default cap on Istio metric label sets per listener and shard.
+pub const ISTIO_LABEL_SETS_MAX_DEFAULT: usize = 1_000;
+/// Upper bound of `stats.istio_label_sets_max` (each set is ~100 bytes of names plus 64
+/// value slots per shard).
+pub const ISTIO_LABEL_SETS_MAX_LIMIT: usize = 100_000;
+
+fn default_istio_label_sets_max() -> usize {
+    ISTIO_LABEL_SETS_MAX_DEFAULT
 }
 
 impl Default for StatsConfig {
@@ -347,6 +436,7 @@ impl Default for StatsConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             dubbo_services_max: DUBBO_SERVICES_MAX_DEFAULT,
+            istio_label_sets_max: ISTIO_LABEL_SETS_MAX_DEFAULT,
         }
     }
 }
@@ -605,10 +695,26 @@ pub struct Listener {
     /// listener, for the routes without their own `local_rate_limit`; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+    /// Istio's standard metrics (`istio_requests_total`, `istio_tcp_*`, ...) for this
+    /// listener's calls or connections, reported as `source` (outbound) or `destination`
+    /// (inbound); from xDS: a listener with Istio's `istio.stats` filter
+    /// (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio_metrics: Option<IstioReporter>,
     /// dubbo and triple listeners: trace context propagation and one span per call, exported
     /// with OTLP/gRPC (docs/observability.md#tracing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+}
+
+/// Who reports a listener's Istio metrics (the `reporter` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IstioReporter {
+    /// The client's sidecar: outbound listeners.
+    Source,
+    /// The server's sidecar: inbound listeners.
+    Destination,
 }
 
 /// `service.name` of ringside's spans when the config names none (Envoy's default is
@@ -698,24 +804,34 @@ pub enum TlsMode {
 pub struct ListenerTls {
     #[serde(default)]
     pub mode: TlsMode,
-    /// PEM file: the listener's certificate chain, leaf first.
+    /// PEM file: the listener's certificate chain, leaf first (or `certificate_sds`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cert_chain: String,
     /// PEM file: its private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub private_key: String,
-    /// PEM file: the CAs client certificates must chain to. Without it no client certificate
-    /// is asked for.
+    /// The certificate and key from SDS instead of files (Istio: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sds: Option<SdsSecret>,
+    /// PEM file: the CAs client certificates must chain to. Without it (and `ca_sds`) no
+    /// client certificate is asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// The trust bundle from SDS instead of a file (Istio: `ROOTCA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sds: Option<SdsSecret>,
     /// Refuse a client without a certificate (mutual TLS). Needs `ca`.
     #[serde(default = "default_true")]
     pub require_client_certificate: bool,
-    /// A client certificate must carry one of these URI SANs (SPIFFE ids, exact match); empty:
-    /// any certificate `ca` signed.
+    /// A client certificate must carry a URI SAN one of these matches (SPIFFE ids: a string
+    /// exactly, `{prefix: ...}` by prefix); empty: any certificate `ca` signed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subject_alt_names: Vec<String>,
+    pub subject_alt_names: Vec<SanMatcher>,
     /// ALPN protocols offered, in preference order (e.g. `h2` for gRPC clients).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub params: TlsParams,
 }
 
 /// A cluster's `tls`: TLS (mutual, with a client certificate) to its endpoints.
@@ -727,18 +843,28 @@ pub struct ClusterTls {
     pub cert_chain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
-    /// PEM file: the CAs an endpoint's certificate must chain to.
+    /// The client certificate and key from SDS instead of files (Istio: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sds: Option<SdsSecret>,
+    /// PEM file: the CAs an endpoint's certificate must chain to (or `ca_sds`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ca: String,
+    /// The trust bundle from SDS instead of a file (Istio: `ROOTCA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sds: Option<SdsSecret>,
     /// Server name sent as SNI (Istio: `outbound_.PORT_._.HOST`); none: no SNI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
     /// ALPN protocols offered (Istio: `istio-peer-exchange`, `istio`, `h2`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
-    /// An endpoint's certificate must carry one of these URI SANs (exact match; Envoy's
-    /// `match_typed_subject_alt_names` of type URI); empty: any certificate `ca` signed.
+    /// An endpoint's certificate must carry a URI SAN one of these matches (a string exactly,
+    /// `{prefix: ...}` by prefix; Envoy's `match_typed_subject_alt_names` of type URI); empty:
+    /// any certificate `ca` signed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subject_alt_names: Vec<String>,
+    pub subject_alt_names: Vec<SanMatcher>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub params: TlsParams,
 }
 
 /// A token bucket (Envoy's `token_bucket`), shared by every shard: it holds up to
@@ -1780,6 +1906,7 @@ impl Config {
         let mut out = Vec::new();
         let mut err = |field: String, message: String| out.push((field, message));
         self.validate_process(&mut err);
+        self.validate_sds(&mut err);
         let cluster_names = self.validate_clusters(source, &mut err);
         self.validate_listeners(&cluster_names, &mut err);
         self.validate_virtual_listeners(&mut err);
@@ -1815,6 +1942,13 @@ impl Config {
         }
         if let Some(d) = &self.dpdk {
             d.validate(self.runtime.shards, &self.listeners, err);
+        }
+        let sets = self.stats.istio_label_sets_max;
+        if !(1..=ISTIO_LABEL_SETS_MAX_LIMIT).contains(&sets) {
+            err(
+                "stats.istio_label_sets_max".into(),
+                format!("{sets} is out of range 1..={ISTIO_LABEL_SETS_MAX_LIMIT}"),
+            );
         }
         if let Some(x) = &self.xds {
             validate_xds(x, err);
@@ -2143,14 +2277,16 @@ impl Config {
                 .is_some_and(|c| c.kind == ClusterType::OriginalDestination)
         };
         if let Some(c) = &l.cluster {
+            // Triple calls go to their connection's original destination (docs/sidecar.md).
             if orig_dst_cluster(c.as_str())
                 && !(l.protocol == Protocol::Tcp && l.original_destination)
+                && l.protocol != Protocol::Triple
             {
                 err(
                     at("cluster"),
                     format!(
                         "cluster {c:?} is of type original_destination: only a tcp listener \
-                         with original_destination: true can use it"
+                         with original_destination: true or a triple listener can use it"
                     ),
                 );
             }
@@ -2176,10 +2312,13 @@ impl Config {
                 .chain(a.weighted_clusters.iter().map(|w| &w.name))
         });
         for c in route_clusters {
-            if orig_dst_cluster(c.as_str()) {
+            if orig_dst_cluster(c.as_str()) && l.protocol != Protocol::Triple {
                 err(
                     at("routes"),
-                    format!("cluster {c:?} is of type original_destination: routes cannot use it"),
+                    format!(
+                        "cluster {c:?} is of type original_destination: dubbo routes cannot \
+                         use it (triple calls go to their connection's original destination)"
+                    ),
                 );
             }
         }
@@ -2367,21 +2506,75 @@ fn validate_listener_tls(
                 .into(),
         );
     }
-    for (f, v) in [
-        ("cert_chain", &t.cert_chain),
-        ("private_key", &t.private_key),
-    ] {
-        if v.is_empty() {
-            err(at(f), "must name a PEM file".into());
+    if t.certificate_sds.is_some() {
+        if !t.cert_chain.is_empty() || !t.private_key.is_empty() {
+            err(
+                at("certificate_sds"),
+                "either certificate_sds or cert_chain and private_key".into(),
+            );
+        }
+    } else {
+        for (f, v) in [
+            ("cert_chain", &t.cert_chain),
+            ("private_key", &t.private_key),
+        ] {
+            if v.is_empty() {
+                err(
+                    at(f),
+                    "must name a PEM file (or set certificate_sds)".into(),
+                );
+            }
         }
     }
-    if t.ca.is_none() && (t.require_client_certificate || !t.subject_alt_names.is_empty()) {
+    if t.ca.is_some() && t.ca_sds.is_some() {
+        err(at("ca_sds"), "either ca or ca_sds".into());
+    }
+    if t.ca.is_none()
+        && t.ca_sds.is_none()
+        && (t.require_client_certificate || !t.subject_alt_names.is_empty())
+    {
         err(
             at("ca"),
             "require_client_certificate and subject_alt_names need a ca to verify clients against \
              (or set require_client_certificate: false for TLS without client certificates)"
                 .into(),
         );
+    }
+    t.params.validate(&|f| at(&format!("params.{f}")), err);
+}
+
+impl TlsParams {
+    fn validate(&self, at: &dyn Fn(&str) -> String, err: &mut dyn FnMut(String, String)) {
+        if let (Some(min), Some(max)) = (self.min_version, self.max_version) {
+            if min > max {
+                err(at("min_version"), "is above max_version".into());
+            }
+        }
+        let tls12 = self.min_version.is_none_or(|v| v == TlsVersion::Tls12);
+        let known = [
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "ECDHE-RSA-CHACHA20-POLY1305",
+        ];
+        if tls12
+            && !self.cipher_suites.is_empty()
+            && !self
+                .cipher_suites
+                .iter()
+                .flat_map(|n| n.split(['[', ']', '|']))
+                .any(|n| known.contains(&n))
+        {
+            err(
+                at("cipher_suites"),
+                format!(
+                    "none of them is a TLS 1.2 suite ringside has ({})",
+                    known.join(", ")
+                ),
+            );
+        }
     }
 }
 
@@ -2403,8 +2596,78 @@ fn validate_cluster_tls(
             "cert_chain and private_key go together (both for mutual TLS, or neither)".into(),
         );
     }
-    if t.ca.is_empty() {
-        err(at("ca"), "must name a PEM file".into());
+    if t.cert_chain.is_some() && t.certificate_sds.is_some() {
+        err(
+            at("certificate_sds"),
+            "either certificate_sds or cert_chain and private_key".into(),
+        );
+    }
+    match (t.ca.is_empty(), &t.ca_sds) {
+        (true, None) => err(at("ca"), "must name a PEM file (or set ca_sds)".into()),
+        (false, Some(_)) => err(at("ca_sds"), "either ca or ca_sds".into()),
+        _ => {}
+    }
+    t.params.validate(&|f| at(&format!("params.{f}")), err);
+}
+
+impl Config {
+    /// Every SDS secret a listener or cluster names, with the field that names it.
+    pub fn sds_secrets(&self) -> impl Iterator<Item = (String, &SdsSecret)> {
+        let listeners = self.listeners.iter().enumerate().flat_map(|(i, l)| {
+            l.tls.iter().flat_map(move |t| {
+                [
+                    ("certificate_sds", &t.certificate_sds),
+                    ("ca_sds", &t.ca_sds),
+                ]
+                .into_iter()
+                .filter_map(move |(f, s)| {
+                    s.as_ref().map(|s| (format!("listeners[{i}].tls.{f}"), s))
+                })
+            })
+        });
+        let clusters = self.clusters.iter().enumerate().flat_map(|(i, c)| {
+            c.tls.iter().flat_map(move |t| {
+                [
+                    ("certificate_sds", &t.certificate_sds),
+                    ("ca_sds", &t.ca_sds),
+                ]
+                .into_iter()
+                .filter_map(move |(f, s)| s.as_ref().map(|s| (format!("clusters[{i}].tls.{f}"), s)))
+            })
+        });
+        listeners.chain(clusters)
+    }
+
+    /// SDS servers named once each, with a path; secrets from a server `sds` lists, or from
+    /// ADS only with an `xds` section.
+    fn validate_sds(&self, err: &mut dyn FnMut(String, String)) {
+        for (i, s) in self.sds.iter().enumerate() {
+            if s.name.is_empty() || s.path.is_empty() {
+                err(format!("sds[{i}]"), "needs a name and a path".into());
+            }
+            if self.sds[..i].iter().any(|o| o.name == s.name) {
+                err(
+                    format!("sds[{i}].name"),
+                    format!("{:?} is listed twice", s.name),
+                );
+            }
+        }
+        for (at, s) in self.sds_secrets() {
+            if s.name.is_empty() {
+                err(format!("{at}.name"), "must not be empty".into());
+            }
+            match &s.server {
+                Some(server) if !self.sds.iter().any(|o| &o.name == server) => err(
+                    format!("{at}.server"),
+                    format!("no sds server named {server:?} (the top-level `sds` list)"),
+                ),
+                None if self.xds.is_none() => err(
+                    format!("{at}.server"),
+                    "a secret over ADS needs an xds section (or name an sds server)".into(),
+                ),
+                _ => {}
+            }
+        }
     }
 }
 

@@ -1065,7 +1065,7 @@ fn http_fault_matches_envoy() {
                     {"match": {"prefix": "/pkg.S/Http"}, "route": {"cluster": "a"},
                      "typed_per_filter_config": fault(json!({"abort": {"http_status": 503, "percentage": hundred}}))},
                     {"match": {"prefix": "/pkg.S/Delay"}, "route": {"cluster": "a"},
-                     "typed_per_filter_config": fault(json!({"delay": {"fixed_delay": "0.2s", "percentage": hundred}}))},
+                     "typed_per_filter_config": fault(json!({"delay": {"fixed_delay": "1s", "percentage": hundred}}))},
                     {"match": {"prefix": "/pkg.S/Empty"}, "route": {"cluster": "a"},
                      "typed_per_filter_config": fault(json!({"abort": {"http_status": 503}}))},
                     {"match": {"prefix": "/"}, "route": {"cluster": "a"}}
@@ -1118,7 +1118,7 @@ fn http_fault_matches_envoy() {
         .map(|p| {
             let t0 = Instant::now();
             let s = c.call(p, &[], b"x").grpc_status().unwrap_or(99);
-            (s, t0.elapsed() >= Duration::from_millis(200))
+            (s, t0.elapsed() >= Duration::from_millis(1000))
         })
         .collect()
     };

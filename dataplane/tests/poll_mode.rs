@@ -186,8 +186,8 @@ fn idle_cpu_is_near_zero_when_sleeping_or_hybrid_and_a_core_when_spinning() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| panic!("{name} missing: {prom}"))
             };
-            let idle = value("ringside_shard_poll_idle_spin_us{shard=\"0\"}");
-            let looped = value("ringside_shard_poll_loop_us{shard=\"0\"}");
+            let idle = value("ringside_shard_poll_idle_spin_us_total{shard=\"0\"}");
+            let looped = value("ringside_shard_poll_loop_us_total{shard=\"0\"}");
             assert!(
                 looped >= 1_000_000 && idle * 2 > looped,
                 "{idle} / {looped}"

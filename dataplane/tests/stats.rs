@@ -120,7 +120,7 @@ fams = list(text_string_to_metric_families(sys.stdin.read()))
 samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams for s in f.samples}
 print(len(fams), len(samples))
 assert samples[("ringside_listener_dubbo_rq_total", (("listener", "dubbo"),))] == 4
-hist = [f for f in fams if f.name == "ringside_listener_dubbo_rq_time_us"][0]
+hist = [f for f in fams if f.name == "ringside_listener_dubbo_rq_time_seconds"][0]
 assert hist.type == "histogram", hist.type
 count = [s for s in hist.samples if s.name.endswith("_count")][0]
 assert count.value == 4, count

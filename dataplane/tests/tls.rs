@@ -12,72 +12,10 @@ use codec::dubbo::encode::{Arg, RequestBuilder};
 use codec::dubbo::Status;
 use common::dubbo::*;
 use common::grpc::{grpc_call, CallOpts, ClientTls, GrpcServer};
+use common::pki::*;
 use common::*;
 
 const SVC: &str = "com.ringside.test.EchoService";
-const PROVIDER_ID: &str = "spiffe://cluster.local/ns/default/sa/provider";
-const CONSUMER_ID: &str = "spiffe://cluster.local/ns/default/sa/consumer";
-const ROGUE_ID: &str = "spiffe://cluster.local/ns/default/sa/rogue";
-/// The DNS name grpcio checks the inbound certificate against.
-const PROVIDER_DNS: &str = "provider.default.svc";
-
-/// A CA and the leaves it issued, as PEM files in a temp dir: `ca.pem`; `NAME.pem` and
-/// `NAME.key` for `provider`, `consumer`, `rogue` (right CA, wrong SAN) and `stranger`
-/// (the consumer's SAN, issued by another CA).
-struct Pki {
-    dir: TempDir,
-}
-
-fn leaf(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, uri: &str, dns: &[&str]) -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names = std::iter::once(rcgen::SanType::URI(uri.try_into().unwrap()))
-        .chain(
-            dns.iter()
-                .map(|d| rcgen::SanType::DnsName((*d).try_into().unwrap())),
-        )
-        .collect();
-    p.not_after = rcgen::date_time_ymd(2031, 7, 9);
-    let cert = p.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::OrganizationName, "cluster.local");
-    let cert = p.self_signed(&key).unwrap();
-    (cert.pem(), rcgen::Issuer::new(p, key))
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = TempDir::new("tls");
-        let (ca_pem, issuer) = ca();
-        dir.write("ca.pem", &ca_pem);
-        let leaves = [
-            ("provider", PROVIDER_ID, &[PROVIDER_DNS][..]),
-            ("consumer", CONSUMER_ID, &[][..]),
-            ("rogue", ROGUE_ID, &[][..]),
-        ];
-        for (name, uri, dns) in leaves {
-            let (cert, key) = leaf(&issuer, uri, dns);
-            dir.write(&format!("{name}.pem"), &cert);
-            dir.write(&format!("{name}.key"), &key);
-        }
-        let (_, other) = ca();
-        let (cert, key) = leaf(&other, CONSUMER_ID, &[]);
-        dir.write("stranger.pem", &cert);
-        dir.write("stranger.key", &key);
-        Pki { dir }
-    }
-
-    fn path(&self, f: &str) -> String {
-        self.dir.0.join(f).display().to_string()
-    }
-}
 
 /// An inbound sidecar: listener `inbound` (`protocol`, TLS `mode`, client certificates must
 /// carry the consumer's SAN) in front of `app`.
@@ -527,7 +465,7 @@ fn certs_lists_each_file_with_its_sans_and_expiry() {
     let leaf = &chain["certificates"][0];
     assert_eq!(leaf["uri_sans"], serde_json::json!([PROVIDER_ID]));
     // 2031-07-09T00:00:00Z, as the test CA issued it.
-    assert_eq!(leaf["expiration_unix_s"], 1_941_321_600);
+    assert_eq!(leaf["expiration_unix_s"], NOT_AFTER_UNIX_S);
     assert!(leaf["days_until_expiration"].as_i64().unwrap() > 365);
     assert!(
         files

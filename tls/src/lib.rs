@@ -23,7 +23,16 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 pub use rustls;
-pub use stream::{accept, connect, HandshakeError, TlsRead, TlsStream, TlsWrite};
+pub use stream::{
+    accept, accept_lenient_alpn, connect, HandshakeError, TlsRead, TlsStream, TlsWrite,
+};
+
+/// `config` without ALPN protocols, for [`accept_lenient_alpn`].
+pub fn without_alpn(config: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    let mut c = (**config).clone();
+    c.alpn_protocols.clear();
+    Arc::new(c)
+}
 
 /// Why certificates or a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,28 +50,179 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Where PEM text comes from: a file (read when a config is built), or bytes already in
+/// memory (an SDS secret), named for errors.
+#[derive(Clone, Copy, Debug)]
+pub enum Pem<'a> {
+    File(&'a Path),
+    Bytes { name: &'a str, pem: &'a [u8] },
+}
+
+impl Pem<'_> {
+    fn name(&self) -> String {
+        match self {
+            Pem::File(p) => p.display().to_string(),
+            Pem::Bytes { name, .. } => (*name).to_string(),
+        }
+    }
+
+    fn bad(&self, why: impl ToString) -> ConfigError {
+        ConfigError::File {
+            path: self.name(),
+            why: why.to_string(),
+        }
+    }
+}
+
 /// Every certificate in a PEM file, in order (a chain: leaf first).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let bad = |why: String| ConfigError::File {
-        path: path.display().to_string(),
-        why,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
+    certs(Pem::File(path))
+}
+
+/// Every certificate of PEM text, in order (a chain: leaf first).
+pub fn certs(pem: Pem<'_>) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = match pem {
+        Pem::File(path) => CertificateDer::pem_file_iter(path)
+            .map_err(|e| pem.bad(e))?
+            .collect::<Result<Vec<_>, _>>(),
+        Pem::Bytes { pem: bytes, .. } => {
+            CertificateDer::pem_slice_iter(bytes).collect::<Result<Vec<_>, _>>()
+        }
+    }
+    .map_err(|e| pem.bad(e))?;
     if certs.is_empty() {
-        return Err(bad("no CERTIFICATE in the file".into()));
+        return Err(pem.bad("no CERTIFICATE in it"));
     }
     Ok(certs)
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| ConfigError::File {
-        path: path.display().to_string(),
-        why: e.to_string(),
+    key(Pem::File(path))
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) of PEM text.
+pub fn key(pem: Pem<'_>) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    match pem {
+        Pem::File(path) => PrivateKeyDer::from_pem_file(path),
+        Pem::Bytes { pem: bytes, .. } => PrivateKeyDer::from_pem_slice(bytes),
+    }
+    .map_err(|e| pem.bad(e))
+}
+
+/// How a peer's URI SAN is matched (Envoy's `match_typed_subject_alt_names` of type URI, or
+/// `match_subject_alt_names`): exactly, or by prefix (Istio's inbound
+/// `spiffe://TRUST_DOMAIN/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SanMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl SanMatch {
+    fn matches(&self, uri: &[u8]) -> bool {
+        match self {
+            SanMatch::Exact(s) => s.as_bytes() == uri,
+            SanMatch::Prefix(p) => uri.starts_with(p.as_bytes()),
+        }
+    }
+}
+
+impl std::fmt::Display for SanMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SanMatch::Exact(s) => write!(f, "{s:?}"),
+            SanMatch::Prefix(p) => write!(f, "prefix {p:?}"),
+        }
+    }
+}
+
+/// Which TLS versions and TLS 1.2 cipher suites a config allows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// Only TLS 1.3 (Envoy's `tls_minimum_protocol_version: TLSv1_3`).
+    pub tls13_only: bool,
+    /// Only TLS 1.2 (`tls_maximum_protocol_version: TLSv1_2`).
+    pub tls12_only: bool,
+    /// TLS 1.2 cipher suites by their OpenSSL names (`ECDHE-ECDSA-AES256-GCM-SHA384`); those
+    /// rustls does not implement are skipped. Empty: every suite rustls has.
+    pub cipher_suites: Vec<String>,
+}
+
+/// The TLS 1.2 suites of rustls by OpenSSL name.
+const TLS12_SUITES: &[(&str, rustls::SupportedCipherSuite)] = {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    &[
+        (
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-RSA-CHACHA20-POLY1305",
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+};
+
+/// Whether some TLS 1.2 suite of `names` is one rustls has (else a config restricted to them
+/// could never negotiate TLS 1.2).
+pub fn any_cipher_suite_known(names: &[String]) -> bool {
+    names.iter().any(|n| {
+        n.split(['[', ']', '|'])
+            .any(|n| TLS12_SUITES.iter().any(|(s, _)| *s == n))
     })
+}
+
+impl Params {
+    /// The provider with only the allowed TLS 1.2 suites, and the versions.
+    fn provider(
+        &self,
+    ) -> (
+        Arc<CryptoProvider>,
+        &'static [&'static rustls::SupportedProtocolVersion],
+    ) {
+        let mut p = rustls::crypto::aws_lc_rs::default_provider();
+        if !self.cipher_suites.is_empty() {
+            // An OpenSSL equal-preference group `[A|B]` counts as its members.
+            let allowed: Vec<&str> = self
+                .cipher_suites
+                .iter()
+                .flat_map(|n| n.split(['[', ']', '|']))
+                .collect();
+            p.cipher_suites.retain(|s| {
+                s.version() == &rustls::version::TLS13
+                    || TLS12_SUITES
+                        .iter()
+                        .any(|(n, known)| known.suite() == s.suite() && allowed.contains(n))
+            });
+        }
+        static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+        static BOTH: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let versions = match (self.tls13_only, self.tls12_only) {
+            (true, _) => TLS13,
+            (false, true) => TLS12,
+            (false, false) => BOTH,
+        };
+        (Arc::new(p), versions)
+    }
 }
 
 /// What `/certs` shows of one certificate.
@@ -73,9 +233,9 @@ pub struct CertSummary {
     pub not_after: Option<i64>,
 }
 
-/// Every certificate of a PEM file, summarised (leaf first for a chain).
-pub fn describe(path: &Path) -> Result<Vec<CertSummary>, ConfigError> {
-    Ok(load_certs(path)?
+/// Every certificate of a PEM file or text, summarised (leaf first for a chain).
+pub fn describe(pem: Pem<'_>) -> Result<Vec<CertSummary>, ConfigError> {
+    Ok(certs(pem)?
         .iter()
         .map(|c| CertSummary {
             uri_sans: x509::uri_sans(c)
@@ -87,34 +247,34 @@ pub fn describe(path: &Path) -> Result<Vec<CertSummary>, ConfigError> {
         .collect())
 }
 
-fn roots(path: &Path) -> Result<Arc<RootCertStore>, ConfigError> {
+fn roots(pem: Pem<'_>) -> Result<Arc<RootCertStore>, ConfigError> {
     let mut roots = RootCertStore::empty();
-    for c in load_certs(path)? {
-        roots.add(c).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            why: format!("not a usable CA certificate: {e}"),
-        })?;
+    for c in certs(pem)? {
+        roots
+            .add(c)
+            .map_err(|e| pem.bad(format!("not a usable CA certificate: {e}")))?;
     }
     Ok(Arc::new(roots))
 }
 
 /// A listener's TLS termination.
 pub struct ServerSettings<'a> {
-    pub cert_chain: &'a Path,
-    pub private_key: &'a Path,
+    pub cert_chain: Pem<'a>,
+    pub private_key: Pem<'a>,
     /// Trust bundle for client certificates; `None`: no client certificate asked for.
-    pub ca: Option<&'a Path>,
+    pub ca: Option<Pem<'a>>,
     pub require_client_certificate: bool,
     /// Accepted client URI SANs; empty: any certificate `ca` signed.
-    pub subject_alt_names: &'a [String],
+    pub subject_alt_names: &'a [SanMatch],
     pub alpn: &'a [String],
+    pub params: &'a Params,
 }
 
 impl ServerSettings<'_> {
     pub fn build(&self) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-        let p = provider();
+        let (p, versions) = self.params.provider();
         let builder = rustls::ServerConfig::builder_with_provider(p.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+            .with_protocol_versions(versions)?;
         let builder = match self.ca {
             Some(ca) => {
                 let mut v = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -135,7 +295,7 @@ impl ServerSettings<'_> {
             None => builder.with_no_client_auth(),
         };
         let mut config =
-            builder.with_single_cert(load_certs(self.cert_chain)?, load_key(self.private_key)?)?;
+            builder.with_single_cert(certs(self.cert_chain)?, key(self.private_key)?)?;
         config.alpn_protocols = self.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
         // Sidecar connections are long-lived and peers rarely resume: no tickets to mint.
         config.send_tls13_tickets = 0;
@@ -146,21 +306,22 @@ impl ServerSettings<'_> {
 /// A cluster's TLS origination.
 pub struct ClientSettings<'a> {
     /// Client certificate and key (mutual TLS); `None`: none presented.
-    pub cert_chain: Option<&'a Path>,
-    pub private_key: Option<&'a Path>,
-    pub ca: &'a Path,
+    pub cert_chain: Option<Pem<'a>>,
+    pub private_key: Option<Pem<'a>>,
+    pub ca: Pem<'a>,
     /// Accepted server URI SANs; empty: any certificate `ca` signed.
-    pub subject_alt_names: &'a [String],
+    pub subject_alt_names: &'a [SanMatch],
     pub alpn: &'a [String],
     /// Whether an SNI is sent (the name given to [`connect`]).
     pub sni: bool,
+    pub params: &'a Params,
 }
 
 impl ClientSettings<'_> {
     pub fn build(&self) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-        let p = provider();
+        let (p, versions) = self.params.provider();
         let builder = rustls::ClientConfig::builder_with_provider(p.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_protocol_versions(versions)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
                 roots: roots(self.ca)?,
@@ -168,7 +329,7 @@ impl ClientSettings<'_> {
                 provider: p,
             }));
         let mut config = match (self.cert_chain, self.private_key) {
-            (Some(c), Some(k)) => builder.with_client_auth_cert(load_certs(c)?, load_key(k)?)?,
+            (Some(c), Some(k)) => builder.with_client_auth_cert(certs(c)?, key(k)?)?,
             _ => builder.with_no_client_auth(),
         };
         config.alpn_protocols = self.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
@@ -177,21 +338,24 @@ impl ClientSettings<'_> {
     }
 }
 
-/// Whether the end-entity certificate carries one of `sans` as a URI SAN (any, when empty).
-fn san_allowed(end_entity: &CertificateDer<'_>, sans: &[String]) -> bool {
+/// Whether the end-entity certificate carries a URI SAN that one of `sans` matches (any, when
+/// empty).
+fn san_allowed(end_entity: &CertificateDer<'_>, sans: &[SanMatch]) -> bool {
     sans.is_empty()
         || x509::uri_sans(end_entity)
             .iter()
-            .any(|u| sans.iter().any(|s| s.as_bytes() == *u))
+            .any(|u| sans.iter().any(|s| s.matches(u)))
 }
 
-fn san_mismatch(end_entity: &CertificateDer<'_>, sans: &[String]) -> rustls::Error {
+fn san_mismatch(end_entity: &CertificateDer<'_>, sans: &[SanMatch]) -> rustls::Error {
     let seen: Vec<String> = x509::uri_sans(end_entity)
         .iter()
         .map(|u| String::from_utf8_lossy(u).into_owned())
         .collect();
+    let want: Vec<String> = sans.iter().map(ToString::to_string).collect();
     rustls::Error::General(format!(
-        "peer certificate URI SANs {seen:?} match none of {sans:?}"
+        "peer certificate URI SANs {seen:?} match none of [{}]",
+        want.join(", ")
     ))
 }
 
@@ -201,7 +365,7 @@ fn san_mismatch(end_entity: &CertificateDer<'_>, sans: &[String]) -> rustls::Err
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
-    sans: Vec<String>,
+    sans: Vec<SanMatch>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -271,7 +435,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 #[derive(Debug)]
 struct SanClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    sans: Vec<String>,
+    sans: Vec<SanMatch>,
 }
 
 impl ClientCertVerifier for SanClientVerifier {

@@ -77,6 +77,60 @@ where
     Ok(TlsStream::new(io, conn))
 }
 
+/// Completes a server handshake on `io` as Envoy (BoringSSL) does when the client's ALPN list
+/// and the server's have nothing in common: without ALPN (`no_alpn`, the same config with no
+/// protocols), where rustls alone would refuse the handshake. Istio's inbound chains offer
+/// `h2, http/1.1` while its sidecars ask for `istio-peer-exchange, istio`.
+pub async fn accept_lenient_alpn<S>(
+    mut io: S,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    no_alpn: &std::sync::Arc<rustls::ServerConfig>,
+) -> Result<TlsStream<S>, HandshakeError>
+where
+    S: AsyncReadRent + AsyncWriteRent + Split,
+{
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut cipher = Vec::with_capacity(CIPHER_READ_BYTES);
+    let accepted = loop {
+        cipher.clear();
+        let (r, c) = io.read(cipher).await;
+        cipher = c;
+        if r? == 0 {
+            return Err(HandshakeError::Closed);
+        }
+        let mut rd = &cipher[..];
+        while !rd.is_empty() {
+            acceptor.read_tls(&mut rd)?;
+        }
+        match acceptor.accept() {
+            Ok(Some(a)) => break a,
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                let _ = io.write_all(out).await;
+                return Err(e.into());
+            }
+        }
+    };
+    let overlap = match accepted.client_hello().alpn() {
+        None => true,
+        Some(mut offered) => offered.any(|p| config.alpn_protocols.iter().any(|a| a == p)),
+    };
+    let config = if overlap { config } else { no_alpn.clone() };
+    let mut conn = match accepted.into_connection(config) {
+        Ok(c) => Connection::Server(c),
+        Err((e, mut alert)) => {
+            let mut out = Vec::new();
+            let _ = alert.write_all(&mut out);
+            let _ = io.write_all(out).await;
+            return Err(e.into());
+        }
+    };
+    handshake(&mut io, &mut conn).await?;
+    Ok(TlsStream::new(io, conn))
+}
+
 /// Completes a client handshake on `io` for `name` (SNI, unless the config disables it).
 pub async fn connect<S>(
     mut io: S,

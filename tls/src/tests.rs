@@ -50,27 +50,29 @@ const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/consumer";
 
 fn configs(
     pki: &Pki,
-    server_wants: &[String],
-    client_wants: &[String],
+    server_wants: &[SanMatch],
+    client_wants: &[SanMatch],
 ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let alpn = vec!["istio".to_string()];
     let server = ServerSettings {
-        cert_chain: &pki.path("server.pem"),
-        private_key: &pki.path("server.key"),
-        ca: Some(&pki.path("ca.pem")),
+        cert_chain: Pem::File(&pki.path("server.pem")),
+        private_key: Pem::File(&pki.path("server.key")),
+        ca: Some(Pem::File(&pki.path("ca.pem"))),
         require_client_certificate: true,
         subject_alt_names: server_wants,
         alpn: &alpn,
+        params: &Params::default(),
     }
     .build()
     .unwrap();
     let client = ClientSettings {
-        cert_chain: Some(&pki.path("client.pem")),
-        private_key: Some(&pki.path("client.key")),
-        ca: &pki.path("ca.pem"),
+        cert_chain: Some(Pem::File(&pki.path("client.pem"))),
+        private_key: Some(Pem::File(&pki.path("client.key"))),
+        ca: Pem::File(&pki.path("ca.pem")),
         subject_alt_names: client_wants,
         alpn: &alpn,
         sni: true,
+        params: &Params::default(),
     }
     .build()
     .unwrap();
@@ -110,7 +112,11 @@ async fn pair(
 #[test]
 fn mutual_tls_moves_data_both_ways_through_split_halves() {
     let pki = Pki::new("data", &[("server", SERVER_ID), ("client", CLIENT_ID)]);
-    let (sc, cc) = configs(&pki, &[CLIENT_ID.into()], &[SERVER_ID.into()]);
+    let (sc, cc) = configs(
+        &pki,
+        &[SanMatch::Prefix("spiffe://cluster.local/".into())],
+        &[SanMatch::Exact(SERVER_ID.into())],
+    );
     run(async move {
         let (s, c) = pair(sc, cc).await;
         let (s, c) = (s.unwrap(), c.unwrap());
@@ -153,7 +159,7 @@ fn a_server_with_an_unexpected_san_is_refused_by_the_client() {
         "san-server",
         &[("server", SERVER_ID), ("client", CLIENT_ID)],
     );
-    let other = "spiffe://cluster.local/ns/default/sa/other".to_string();
+    let other = SanMatch::Exact("spiffe://cluster.local/ns/default/sa/other".into());
     let (sc, cc) = configs(&pki, &[], &[other]);
     run(async move {
         let (s, c) = pair(sc, cc).await;
@@ -169,8 +175,9 @@ fn a_client_with_an_unexpected_san_is_refused_by_the_server() {
         "san-client",
         &[("server", SERVER_ID), ("client", CLIENT_ID)],
     );
-    let other = "spiffe://cluster.local/ns/default/sa/other".to_string();
-    let (sc, cc) = configs(&pki, &[other], &[SERVER_ID.into()]);
+    // A prefix that the client's id does not start with.
+    let other = SanMatch::Prefix("spiffe://cluster.local/ns/other/".into());
+    let (sc, cc) = configs(&pki, &[other], &[SanMatch::Exact(SERVER_ID.into())]);
     run(async move {
         let (s, _c) = pair(sc, cc).await;
         let e = s.err().expect("server must refuse").to_string();
@@ -185,10 +192,11 @@ fn a_client_without_a_certificate_is_refused_when_one_is_required() {
     let cc = ClientSettings {
         cert_chain: None,
         private_key: None,
-        ca: &pki.path("ca.pem"),
+        ca: Pem::File(&pki.path("ca.pem")),
         subject_alt_names: &[],
         alpn: &[],
         sni: true,
+        params: &Params::default(),
     }
     .build()
     .unwrap();
@@ -197,6 +205,59 @@ fn a_client_without_a_certificate_is_refused_when_one_is_required() {
         assert!(
             s.is_err(),
             "server must refuse a client without a certificate"
+        );
+    });
+}
+
+#[test]
+fn an_alpn_mismatch_is_served_without_alpn_as_envoy_does() {
+    let pki = Pki::new("alpn", &[("server", SERVER_ID), ("client", CLIENT_ID)]);
+    let (sc, cc) = configs(&pki, &[], &[]);
+    // The server offers h2 (Istio's inbound chains), the client asks for istio only.
+    let mut server = (*sc).clone();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let server = Arc::new(server);
+    run(async move {
+        // rustls alone refuses the handshake (no_application_protocol).
+        let (s, c) = pair(server.clone(), cc.clone()).await;
+        assert!(
+            s.is_err() && c.is_err(),
+            "plain accept must refuse a mismatch"
+        );
+        // Lenient: served, without ALPN.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let no_alpn = without_alpn(&server);
+        let s = monoio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            accept_lenient_alpn(tcp, server, &no_alpn).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("provider").unwrap().to_owned();
+        let c = connect(tcp, cc.clone(), name).await.unwrap();
+        let s = s.await.unwrap();
+        assert_eq!(c.alpn_protocol(), None);
+        assert_eq!(s.alpn_protocol(), None);
+        // A client that offers what the server has still negotiates it.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut h2 = (*cc).clone();
+        h2.alpn_protocols = vec![b"istio".to_vec(), b"h2".to_vec()];
+        let mut server = (*sc).clone();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let server = Arc::new(server);
+        let no_alpn = without_alpn(&server);
+        let s = monoio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            accept_lenient_alpn(tcp, server, &no_alpn).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("provider").unwrap().to_owned();
+        let c = connect(tcp, Arc::new(h2), name).await.unwrap();
+        assert_eq!(c.alpn_protocol().as_deref(), Some(&b"h2"[..]));
+        assert_eq!(
+            s.await.unwrap().alpn_protocol().as_deref(),
+            Some(&b"h2"[..])
         );
     });
 }

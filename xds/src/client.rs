@@ -352,6 +352,7 @@ impl Client {
                 sub_zone: l.sub_zone.clone(),
             }),
             user_agent_name: "ringside".into(),
+            metadata: node_metadata(&self.bootstrap.node_metadata),
             ..Default::default()
         }
     }
@@ -965,7 +966,7 @@ fn any_hash(any: &Any) -> u64 {
 }
 
 /// A delay in [base/2, base] (ms), spread so that many sidecars do not reconnect in step.
-fn jitter(base_ms: u64) -> u64 {
+pub(crate) fn jitter(base_ms: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -1041,6 +1042,32 @@ fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) -> Result<(
         config.listeners[h].virtual_listeners = virtuals.clone();
     }
     Ok(())
+}
+
+/// `xds.node_metadata` as the `google.protobuf.Struct` of `Node.metadata` (none when empty).
+fn node_metadata(
+    m: &std::collections::BTreeMap<String, config::NodeMetadataValue>,
+) -> Option<envoy_types::pb::google::protobuf::Struct> {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    (!m.is_empty()).then(|| Struct {
+        fields: m
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    config::NodeMetadataValue::String(s) => string(s),
+                    config::NodeMetadataValue::Map(m) => Value {
+                        kind: Some(Kind::StructValue(Struct {
+                            fields: m.iter().map(|(k, v)| (k.clone(), string(v))).collect(),
+                        })),
+                    },
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    })
 }
 
 /// What a listener makes the client wait for.

@@ -297,6 +297,7 @@ impl Sidecar {
             initial_fetch_timeout_ms,
             retry_initial_ms: 50,
             retry_max_ms: 200,
+            node_metadata: Default::default(),
         };
         let handle = crate::start(
             bootstrap,

@@ -18,8 +18,12 @@ mod client;
 #[allow(clippy::disallowed_types)] // test harness state shared with the server task
 mod client_tests;
 mod proto;
+mod sds;
 #[cfg(test)]
 mod testing;
+
+pub(crate) use client::jitter as client_jitter;
+pub use sds::{start_sds, SdsHandle, SdsTarget, Secret, SecretsFn};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 // The control thread is not the data path: the mutex below guards two strings that the

@@ -45,6 +45,10 @@ use config::{
 
 use crate::TranslateError;
 
+#[path = "proto_tls.rs"]
+mod tls;
+pub(crate) use tls::{decode_secret, SECRET_TYPE};
+
 pub(crate) const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub(crate) const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub(crate) const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -312,13 +316,14 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
         bind,
         virtual_listeners: Vec::new(),
         access_log: Vec::new(),
-        // xDS TLS chains have no listener yet (chain_selecting_listener); plaintext here.
+        // A chain's transport socket sets it (chain_listener).
         tls: None,
         filter_chains: Vec::new(),
         default_filter_chain: None,
         tls_inspector: None,
         http_inspector: None,
         local_rate_limit: None,
+        istio_metrics: istio_reporter(l),
         tracing: None,
     };
     let mut base = base;
@@ -330,6 +335,12 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
     }
     let (chain, at, fallback) = select_chain(l, &ctx, hand_off, bind)?;
     let c = chain_listener(chain, &at, base, &ctx)?;
+    if c.listener.tls.is_some() && c.listener.protocol == Protocol::Tcp {
+        return Err(ctx.err(
+            format!("{at}.transport_socket"),
+            "TLS termination in front of a tcp_proxy is not supported (dubbo and triple listeners only)",
+        ));
+    }
     Ok(ListenerRes {
         listener: c.listener,
         rds: c.rds,
@@ -380,18 +391,17 @@ fn chain_selecting_listener(
         );
     for (at, c) in all {
         let matcher = chain_match(c, ctx, &at)?;
-        let tls = c
-            .transport_socket
-            .as_ref()
-            .is_some_and(|ts| ts.name != RAW_BUFFER_SOCKET);
-        let listener = if tls {
+        let mut sub = pristine.clone();
+        sub.name = format!("{}/{at}", l.name);
+        sub.bind = false;
+        sub.transparent = false;
+        let mut sub = chain_listener(c, &at, sub, ctx)?;
+        // A TLS chain of a tcp proxy (terminating TLS, then relaying plaintext) ringside
+        // cannot serve: it keeps its place in the matching with no listener (its connections
+        // are closed).
+        let listener = if sub.listener.tls.is_some() && sub.listener.protocol == Protocol::Tcp {
             None
         } else {
-            let mut sub = pristine.clone();
-            sub.name = format!("{}/{at}", l.name);
-            sub.bind = false;
-            sub.transparent = false;
-            let mut sub = chain_listener(c, &at, sub, ctx)?;
             // Only a tcp chain connects to a connection's original destination.
             sub.listener.original_destination &= sub.listener.protocol == Protocol::Tcp;
             let name = sub.listener.name.clone();
@@ -553,11 +563,9 @@ fn chain_listener(
     ctx: &Ctx<'_>,
 ) -> Result<ChainRes, TranslateError> {
     if let Some(ts) = &chain.transport_socket {
-        if ts.name != RAW_BUFFER_SOCKET {
-            return Err(ctx.err(
-                format!("{at}.transport_socket"),
-                format!("transport socket {:?} (TLS) is not supported", ts.name),
-            ));
+        let tat = format!("{at}.transport_socket");
+        if let Some(any) = tls::tls_context(ts, ctx, &tat)? {
+            out.tls = Some(tls::downstream(any, ctx, &tat)?);
         }
     }
     // istiod puts telemetry filters (istio.stats, istio.metadata_exchange, istio_authn) before
@@ -2335,14 +2343,13 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if c.transport_socket_matcher.is_some() {
         return refuse("transport_socket_matcher", "TLS is not supported");
     }
-    if let Some(ts) = &c.transport_socket {
-        if ts.name != RAW_BUFFER_SOCKET {
-            return Err(ctx.err(
-                "transport_socket",
-                format!("transport socket {:?} (TLS) is not supported", ts.name),
-            ));
-        }
-    }
+    let tls = match &c.transport_socket {
+        Some(ts) => match tls::tls_context(ts, &ctx, "transport_socket")? {
+            Some(any) => Some(tls::upstream(any, &ctx, "transport_socket")?),
+            None => None,
+        },
+        None => None,
+    };
     if !c.health_checks.is_empty() {
         return refuse("health_checks", "active health checks are not supported");
     }
@@ -2441,8 +2448,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             Some(k) => Some(tcp_keepalive(k, &ctx)?),
             None => None,
         },
-        // xDS transport sockets are refused before this (docs/xds.md).
-        tls: None,
+        tls,
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
         outlier_detection: match &c.outlier_detection {
             Some(o) => outlier_detection(o, &ctx)?,
@@ -2794,6 +2800,37 @@ fn config_type(any: &Any) -> String {
         }
     }
     any.type_url.clone()
+}
+
+/// Istio's standard metrics for a listener whose chains carry Istio's `istio.stats` filter (a
+/// network filter, or an HTTP filter of its connection manager): reported as `destination` on
+/// an INBOUND listener, else as `source` (what istio-proxy does).
+fn istio_reporter(l: &listener_pb::Listener) -> Option<config::IstioReporter> {
+    let stats = |a: &Any| config_type(a) == ISTIO_STATS;
+    let in_hcm = |a: &Any| {
+        a.type_url == HCM_TYPE
+            && hcm_pb::HttpConnectionManager::decode(a.value.as_slice()).is_ok_and(|h| {
+                h.http_filters.iter().any(|f| match &f.config_type {
+                    Some(hcm_pb::http_filter::ConfigType::TypedConfig(t)) => stats(t),
+                    _ => false,
+                })
+            })
+    };
+    let has = l
+        .filter_chains
+        .iter()
+        .chain(&l.default_filter_chain)
+        .flat_map(|c| &c.filters)
+        .any(|f| match &f.config_type {
+            Some(listener_pb::filter::ConfigType::TypedConfig(a)) => stats(a) || in_hcm(a),
+            _ => false,
+        });
+    // envoy.config.core.v3.TrafficDirection: 1 INBOUND.
+    has.then_some(if l.traffic_direction == 1 {
+        config::IstioReporter::Destination
+    } else {
+        config::IstioReporter::Source
+    })
 }
 
 /// Why a network filter Istio adds before the proxy filter can be ignored, or None when it

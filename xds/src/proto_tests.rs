@@ -877,7 +877,7 @@ fn clusters() {
     assert!(decode_cluster(&pack_any(bad))
         .unwrap_err()
         .to_string()
-        .contains("cluster \"s\": field `transport_socket`"));
+        .contains("cluster \"s\": field `transport_socket.typed_config`"));
     let mut bad = s.clone();
     bad.lb_policy = cluster_pb::cluster::LbPolicy::RingHash as i32;
     assert!(decode_cluster(&pack_any(bad))
@@ -1274,7 +1274,8 @@ fn istio_chain_shapes() {
     assert_eq!(res.fallback.as_deref(), Some("PassthroughCluster"));
 
     // The same chains on a listener that binds its port: chosen per connection, each chain's
-    // listener with its own RDS; a TLS chain keeps its place without a listener.
+    // listener with its own RDS; a TLS chain in front of a tcp_proxy keeps its place without
+    // a listener.
     let mut bound = out.clone();
     bound.bind_to_port = None;
     let mut tls_chain = chain(
@@ -1284,9 +1285,28 @@ fn istio_chain_shapes() {
         }),
         tcp("x"),
     );
-    tls_chain.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+    let file = |f: &str| {
+        Some(core_pb::DataSource {
+            specifier: Some(core_pb::data_source::Specifier::Filename(f.into())),
+            ..Default::default()
+        })
+    };
+    tls_chain.transport_socket = Some(core_pb::TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
-        config_type: None,
+        config_type: Some(core_pb::transport_socket::ConfigType::TypedConfig(
+            pack_any(tls_pb::DownstreamTlsContext {
+                common_tls_context: Some(tls_pb::CommonTlsContext {
+                    tls_certificates: vec![tls_pb::TlsCertificate {
+                        certificate_chain: file("/c.pem"),
+                        private_key: file("/c.key"),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )),
     });
     bound.filter_chains.push(tls_chain);
     let (_, res) = decode_listener(&pack_any(bound)).unwrap();

@@ -615,6 +615,16 @@ fn operator(s: &str) -> Option<(Result<(Op, Option<usize>), FormatError>, usize)
 }
 
 impl Flags {
+    /// Envoy's short form (`UH,UT`; `-` for none), as Istio's `response_flags` label.
+    pub fn short_string(self) -> String {
+        if self.is_empty() {
+            return "-".to_string();
+        }
+        let mut out = Vec::new();
+        self.write(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Envoy's short names, comma-separated in Envoy's order.
     fn write(&self, out: &mut Vec<u8>) {
         let mut first = true;

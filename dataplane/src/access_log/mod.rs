@@ -91,6 +91,11 @@ impl Flags {
         self.0 == 0
     }
 
+    /// The flags as a number (a table key).
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0 && other.0 != 0
     }

@@ -156,6 +156,24 @@ pub struct HostStatIds {
     pub rq_total: StatId,
     pub rq_timeout: StatId,
     pub rq_failure: StatId,
+    /// Shards on which the endpoint is ejected now (outlier detection; never exported, read by
+    /// `/clusters`; the sink when the cluster has no `outlier_detection`).
+    pub ejected: StatId,
+}
+
+impl HostStatIds {
+    /// Every id the sink: a host that is no endpoint (an original destination).
+    pub fn sink() -> Self {
+        let sink = crate::stats::SINK;
+        HostStatIds {
+            cx_total: sink,
+            cx_connect_fail: sink,
+            rq_total: sink,
+            rq_timeout: sink,
+            rq_failure: sink,
+            ejected: sink,
+        }
+    }
 }
 
 pub struct ShardCluster {
@@ -174,8 +192,9 @@ pub struct ShardCluster {
     /// `source_addresses`: what its upstream connections bind (one per IP family).
     pub sources: Box<[std::net::IpAddr]>,
     pub ids: ClusterStatIds,
-    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints.
-    pub tls: Option<Arc<crate::io::tls::ClientTls>>,
+    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints. Replaced in
+    /// place when new certificates arrive (SDS): connections open keep theirs.
+    tls: RefCell<Option<Arc<crate::io::tls::ClientTls>>>,
 }
 
 /// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
@@ -308,8 +327,18 @@ impl ShardCluster {
             original_destination: c.kind == config::ClusterType::OriginalDestination,
             sources: c.source_addresses.clone().into_boxed_slice(),
             ids,
-            tls,
+            tls: RefCell::new(tls),
         }
+    }
+
+    /// The TLS a new connection to an endpoint uses (`None`: plaintext).
+    pub fn tls(&self) -> Option<Arc<crate::io::tls::ClientTls>> {
+        self.tls.borrow().clone()
+    }
+
+    /// New certificates (or a TLS now ready): for connections opened from now on.
+    pub fn set_tls(&self, tls: Option<Arc<crate::io::tls::ClientTls>>) {
+        *self.tls.borrow_mut() = tls;
     }
 
     /// Takes an endpoint update of the same generation; returns the slots that left service.
@@ -630,13 +659,15 @@ pub enum Ejection {
 
 /// Counts an ejection of `time` in `ids`: the active gauge is up until it ends (a timer task
 /// per ejection, which is rare; it runs on even if the pool is replaced meanwhile).
-pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, time: Duration) {
+pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, host: StatId, time: Duration) {
     stats.inc(ids.outlier_ejections);
     stats.inc(ids.outlier_active);
+    stats.inc(host);
     let (stats, active) = (stats.clone(), ids.outlier_active);
     shard::monoio::spawn(async move {
         shard::monoio::time::sleep(time).await;
         stats.dec(active);
+        stats.dec(host);
     });
 }
 

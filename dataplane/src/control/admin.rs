@@ -244,43 +244,471 @@ fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Sha
     if !allowed {
         return Response::text(404, "not found\n");
     }
+    let q = Query::parse(query);
     match (method, path) {
         ("GET", "/ready") | ("GET", "/healthz/ready") => ready(shared),
         ("GET", "/server_info") => Response::json(server_info(shared)),
-        ("GET", "/stats") if query.split('&').any(|q| q == "format=json") => {
-            Response::json(shared.stats.render_json())
-        }
-        ("GET", "/stats") => Response::text(200, &shared.stats.render_text()),
-        ("GET", "/stats/prometheus") => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: shared.stats.render_prometheus(),
-        },
+        ("GET", "/stats") | ("GET", "/stats/prometheus") => stats(shared, path, &q),
         ("GET", "/memory") => Response::json(memory(shared)),
-        ("GET", "/config_dump") => {
-            let snap = shared.snapshot();
-            Response::json(serde_json::json!({
-                "version": snap.version,
-                "xds_versions": shared.xds_versions(),
-                "config": serde_json::to_value(&snap.config)
-                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
-            }))
-        }
+        ("GET", "/config_dump") => config_dump(shared, &q),
         ("GET", "/certs") => Response::json(certs(&shared.snapshot().tls)),
+        ("GET", "/listeners") => listeners(shared, q.has_value("format", "json")),
+        ("GET", "/clusters") => clusters(shared, q.has_value("format", "json")),
         ("POST", "/drain") => drain(shared, "POST /drain", peer),
         ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit", peer),
+        ("POST", "/reset_counters") => {
+            shared.stats.reset_counters();
+            Response::text(200, "OK\n")
+        }
+        ("POST", "/healthcheck/fail") | ("POST", "/healthcheck/ok") => {
+            let fail = path.ends_with("fail");
+            let was = shared
+                .health_failed
+                .swap(fail, std::sync::atomic::Ordering::AcqRel);
+            if was != fail {
+                tracing::info!(%peer, "admin: {path}: /ready now answers {}", if fail { 503 } else { 200 });
+            }
+            Response::text(200, "OK\n")
+        }
+        ("POST", "/logging") => logging(&q),
         ("GET", "/") => Response::text(
             200,
-            "ringside admin: /ready /server_info /memory /stats /stats?format=json \
-             /stats/prometheus /config_dump /certs; POST /drain /quitquitquit\n",
+            "ringside admin: GET /ready /server_info /memory /stats /stats?format=json \
+             /stats?filter=REGEX&usedonly /stats/prometheus /config_dump /certs /listeners \
+             /clusters (?format=json); POST /drain /quitquitquit /reset_counters \
+             /healthcheck/fail /healthcheck/ok /logging?level=LEVEL\n",
         ),
-        (_, "/drain" | "/quitquitquit") => Response::text(405, "use POST\n"),
+        (
+            _,
+            "/drain" | "/quitquitquit" | "/reset_counters" | "/healthcheck/fail"
+            | "/healthcheck/ok" | "/logging",
+        ) => Response::text(
+            405,
+            &format!("Method {method} not allowed, POST required.\n"),
+        ),
         _ => Response::text(404, "not found\n"),
     }
 }
 
-/// The certificates of the running config's listeners and clusters: file, URI SANs, expiry
-/// (as loaded when the config was applied).
+/// `/config_dump`: Envoy's `ConfigDump` (`configs`, for tools such as `istioctl
+/// proxy-config`), and beside it ringside's own view: `version` (snapshots applied),
+/// `xds_versions` and the effective `config`.
+fn config_dump(shared: &Shared, q: &Query) -> Response {
+    let snap = shared.snapshot();
+    let versions = shared.xds_versions();
+    let node = match &shared.config.xds {
+        Some(x) => serde_json::json!({
+            "id": x.node_id, "cluster": x.node_cluster, "user_agent_name": "ringside",
+            "metadata": serde_json::to_value(&x.node_metadata).unwrap_or_default(),
+        }),
+        None => serde_json::json!({"user_agent_name": "ringside"}),
+    };
+    let configs = super::config_dump::configs(&super::config_dump::Source {
+        config: &snap.config,
+        versions: versions.as_ref(),
+        static_listeners: &shared.static_names.0,
+        static_clusters: &shared.static_names.1,
+        node,
+        include_eds: q.has("include_eds"),
+    });
+    Response::json(serde_json::json!({
+        "configs": configs,
+        "version": snap.version,
+        "xds_versions": versions,
+        "config": serde_json::to_value(&snap.config)
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() })),
+    }))
+}
+
+/// A request's query: `key=value` pairs and bare `key`s, percent-decoded.
+struct Query(Vec<(String, Option<String>)>);
+
+impl Query {
+    fn parse(q: &str) -> Query {
+        Query(
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (percent_decode(k), Some(percent_decode(v))),
+                    None => (percent_decode(p), None),
+                })
+                .collect(),
+        )
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+    }
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+    fn has_value(&self, key: &str, value: &str) -> bool {
+        self.get(key) == Some(value)
+    }
+}
+
+/// `%XX` escapes and `+` (a space, in a query).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/stats` (text, `?format=json`) and `/stats/prometheus`, each with Envoy's `filter=REGEX`
+/// (searched in the stat's text name) and `usedonly`.
+fn stats(shared: &Shared, path: &str, q: &Query) -> Response {
+    let filter = match q.get("filter").filter(|f| !f.is_empty()) {
+        Some(f) => match regex::Regex::new(f) {
+            Ok(r) => Some(r),
+            Err(e) => return Response::text(400, &format!("Invalid regex: {e}\n")),
+        },
+        None => None,
+    };
+    let sel = crate::stats::Select {
+        filter: filter.as_ref(),
+        used_only: q.has("usedonly"),
+    };
+    if path == "/stats/prometheus" {
+        return Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: shared.stats.render_prometheus_selected(&sel),
+        };
+    }
+    match q.get("format") {
+        Some("json") => Response::json(shared.stats.render_json(&sel)),
+        Some("prometheus") => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: shared.stats.render_prometheus_selected(&sel),
+        },
+        _ => Response::text(200, &shared.stats.render_text_selected(&sel)),
+    }
+}
+
+/// What `POST /logging?level=` calls: set by the binary, which owns the log subscriber.
+/// Takes the new filter (`debug`, or `dataplane=debug,xds=info`), returns the active one.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+static LOG_LEVEL_HOOK: std::sync::OnceLock<LogLevelHook> = std::sync::OnceLock::new();
+
+/// Lets `POST /logging` change the log level (once per process).
+pub fn set_log_level_hook(hook: LogLevelHook) {
+    let _ = LOG_LEVEL_HOOK.set(hook);
+}
+
+/// `POST /logging?level=L` (every log), `?paths=target:L,target:L` or `?target=L` (some), as
+/// Envoy's; levels are Envoy's names (`warning`, `critical` = error).
+fn logging(q: &Query) -> Response {
+    let usage = "usage: /logging?level=<level> (change all levels)\n\
+                 usage: /logging?<name>=<level> (change single level)\n\
+                 usage: /logging?paths=name1:level1,name2:level2,... (change multiple levels)\n\
+                 levels: trace debug info warning error critical off\n";
+    let level = |l: &str| -> Option<&'static str> {
+        Some(match l {
+            "trace" => "trace",
+            "debug" => "debug",
+            "info" => "info",
+            "warning" | "warn" => "warn",
+            "error" | "critical" => "error",
+            "off" => "off",
+            _ => return None,
+        })
+    };
+    let mut directives: Vec<String> = Vec::new();
+    for (k, v) in &q.0 {
+        let v = v.as_deref().unwrap_or("");
+        let pairs: Vec<(&str, &str)> = match k.as_str() {
+            "level" => vec![("", v)],
+            "paths" => v
+                .split(',')
+                .map(|p| p.split_once(':').unwrap_or((p, "")))
+                .collect(),
+            name => vec![(name, v)],
+        };
+        for (target, l) in pairs {
+            let Some(l) = level(l) else {
+                return Response::text(400, &format!("error: unknown logger level\n\n{usage}"));
+            };
+            let ok_target = target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+            if !ok_target {
+                return Response::text(
+                    400,
+                    &format!("error: bad logger name {target:?}\n\n{usage}"),
+                );
+            }
+            directives.push(if target.is_empty() {
+                l.to_string()
+            } else {
+                format!("{target}={l}")
+            });
+        }
+    }
+    if directives.is_empty() {
+        return Response::text(400, usage);
+    }
+    let Some(hook) = LOG_LEVEL_HOOK.get() else {
+        return Response::text(503, "this process cannot change its log level\n");
+    };
+    match hook(&directives.join(",")) {
+        Ok(active) => {
+            tracing::info!(filter = %active, "admin: log level changed");
+            Response::text(200, &format!("active loggers:\n  {active}\n"))
+        }
+        Err(e) => Response::text(400, &format!("error: {e}\n\n{usage}")),
+    }
+}
+
+/// `/listeners`: Envoy's `name::address` lines, or `listener_statuses` JSON.
+fn listeners(shared: &Shared, json: bool) -> Response {
+    let snap = shared.snapshot();
+    if json {
+        let statuses: Vec<serde_json::Value> = snap
+            .config
+            .listeners
+            .iter()
+            .map(
+                |l| serde_json::json!({"name": l.name, "local_address": socket_address(l.address)}),
+            )
+            .collect();
+        return Response::json(serde_json::json!({ "listener_statuses": statuses }));
+    }
+    let mut out = String::new();
+    for l in &snap.config.listeners {
+        out.push_str(&format!("{}::{}\n", l.name, l.address));
+    }
+    Response::text(200, &out)
+}
+
+fn socket_address(a: SocketAddr) -> serde_json::Value {
+    serde_json::json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}})
+}
+
+/// A circuit-breaker threshold ringside does not enforce, shown as Envoy shows an unlimited
+/// one (Istio sets them to this).
+const UNLIMITED: u32 = u32::MAX;
+
+/// One endpoint of a cluster as `/clusters` shows it.
+struct HostStatus {
+    addr: SocketAddr,
+    weight: u32,
+    priority: u32,
+    ejected: bool,
+    /// (name, value, is gauge), in Envoy's text order.
+    stats: [(&'static str, u64, bool); 9],
+}
+
+/// `/clusters`: per cluster its circuit breakers and, per endpoint, Envoy's host stats
+/// (`stats.per_host` on; 0 otherwise), weight, priority and health flags (`healthy`, or
+/// `/failed_outlier_check` while outlier detection ejects it on some shard).
+fn clusters(shared: &Shared, json: bool) -> Response {
+    let snap = shared.snapshot();
+    let st = &shared.stats;
+    let via_api = snap.xds_versions.is_some();
+    let mut text = String::new();
+    let mut statuses = Vec::new();
+    for (i, c) in snap.config.clusters.iter().enumerate() {
+        let meta: std::collections::HashMap<SocketAddr, &crate::config::EndpointMetadata> = c
+            .endpoints
+            .iter()
+            .zip(&c.endpoint_metadata)
+            .map(|(a, m)| (*a, m))
+            .collect();
+        let mut hosts: Vec<HostStatus> = Vec::new();
+        if let Some(e) = snap.endpoints.get(i) {
+            let mut live: Vec<u32> = e.live.to_vec();
+            live.sort_unstable();
+            live.dedup();
+            for k in live {
+                let Some(slot) = e.slots.get(k as usize) else {
+                    continue;
+                };
+                let ids = slot.ids;
+                let total = |id| st.total(id);
+                let (rq, timeout, failure) = (
+                    total(ids.rq_total),
+                    total(ids.rq_timeout),
+                    total(ids.rq_failure),
+                );
+                let m = meta.get(&slot.addr);
+                hosts.push(HostStatus {
+                    addr: slot.addr,
+                    weight: m.map(|m| m.weight).unwrap_or(1),
+                    priority: m.map(|m| m.priority).unwrap_or(0),
+                    ejected: ids.ejected != crate::stats::SINK && (total(ids.ejected) as i64) > 0,
+                    stats: [
+                        ("cx_active", 0, true),
+                        ("cx_connect_fail", total(ids.cx_connect_fail), false),
+                        ("cx_total", total(ids.cx_total), false),
+                        ("rq_active", 0, true),
+                        ("rq_error", failure + timeout, false),
+                        ("rq_pending_active", 0, true),
+                        ("rq_success", rq.saturating_sub(failure + timeout), false),
+                        ("rq_timeout", timeout, false),
+                        ("rq_total", rq, false),
+                    ],
+                });
+            }
+        }
+        let max_requests = c
+            .circuit_breakers
+            .map(|b| b.max_requests)
+            .unwrap_or(UNLIMITED);
+        // Envoy's default 3 applies without `circuit_breakers` too (docs/governance.md).
+        let max_retries = c
+            .circuit_breakers
+            .map_or(crate::config::MAX_RETRIES_DEFAULT, |b| b.max_retries);
+        if json {
+            statuses.push(cluster_json(
+                c,
+                &hosts,
+                (max_requests, max_retries),
+                via_api,
+            ));
+            continue;
+        }
+        let n = &c.name;
+        text.push_str(&format!("{n}::observability_name::{n}\n"));
+        if c.outlier_detection.is_some() {
+            for k in [
+                "success_rate_average",
+                "success_rate_ejection_threshold",
+                "local_origin_success_rate_average",
+                "local_origin_success_rate_ejection_threshold",
+            ] {
+                text.push_str(&format!("{n}::outlier::{k}::-1\n"));
+            }
+        }
+        for p in ["default_priority", "high_priority"] {
+            let limit = UNLIMITED;
+            let rq = if p == "default_priority" {
+                max_requests
+            } else {
+                limit
+            };
+            text.push_str(&format!("{n}::{p}::max_connections::{limit}\n"));
+            text.push_str(&format!("{n}::{p}::max_pending_requests::{limit}\n"));
+            text.push_str(&format!("{n}::{p}::max_requests::{rq}\n"));
+            let retries = if p == "default_priority" {
+                max_retries
+            } else {
+                limit
+            };
+            text.push_str(&format!("{n}::{p}::max_retries::{retries}\n"));
+        }
+        text.push_str(&format!("{n}::added_via_api::{via_api}\n"));
+        for h in &hosts {
+            let a = h.addr;
+            for (k, v, _) in h.stats {
+                text.push_str(&format!("{n}::{a}::{k}::{v}\n"));
+            }
+            let flags = if h.ejected {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            text.push_str(&format!(
+                "{n}::{a}::hostname::\n{n}::{a}::health_flags::{flags}\n{n}::{a}::weight::{}\n\
+                 {n}::{a}::region::\n{n}::{a}::zone::\n{n}::{a}::sub_zone::\n\
+                 {n}::{a}::canary::false\n{n}::{a}::priority::{}\n\
+                 {n}::{a}::success_rate::-1\n{n}::{a}::local_origin_success_rate::-1\n",
+                h.weight, h.priority
+            ));
+        }
+    }
+    if json {
+        return Response::json(serde_json::json!({ "cluster_statuses": statuses }));
+    }
+    Response::text(200, &text)
+}
+
+/// One cluster in Envoy's `ClusterStatus` JSON (proto3 JSON: zero values left out, 64-bit
+/// counters as strings).
+fn cluster_json(
+    c: &crate::config::Cluster,
+    hosts: &[HostStatus],
+    (max_requests, max_retries): (u32, u32),
+    via_api: bool,
+) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let limit = UNLIMITED;
+    let host_statuses: Vec<Value> = hosts
+        .iter()
+        .map(|h| {
+            // Envoy lists counters first, then gauges.
+            let mut stats: Vec<Value> = Vec::new();
+            for gauge in [false, true] {
+                for (k, v, g) in h.stats.iter().filter(|s| s.2 == gauge) {
+                    let mut o = Map::new();
+                    if *g {
+                        o.insert("type".into(), json!("GAUGE"));
+                    }
+                    o.insert("name".into(), json!(k));
+                    if *v != 0 {
+                        o.insert("value".into(), json!(v.to_string()));
+                    }
+                    stats.push(Value::Object(o));
+                }
+            }
+            let mut health = Map::new();
+            if h.ejected {
+                health.insert("failed_outlier_check".into(), json!(true));
+            }
+            health.insert("eds_health_status".into(), json!("HEALTHY"));
+            let mut o = Map::new();
+            o.insert("address".into(), socket_address(h.addr));
+            o.insert("stats".into(), Value::Array(stats));
+            o.insert("health_status".into(), Value::Object(health));
+            o.insert("weight".into(), json!(h.weight));
+            if h.priority != 0 {
+                o.insert("priority".into(), json!(h.priority));
+            }
+            o.insert("locality".into(), json!({}));
+            Value::Object(o)
+        })
+        .collect();
+    let mut o = Map::new();
+    o.insert("name".into(), json!(c.name));
+    if via_api {
+        o.insert("added_via_api".into(), json!(true));
+    }
+    o.insert("host_statuses".into(), Value::Array(host_statuses));
+    o.insert(
+        "circuit_breakers".into(),
+        json!({"thresholds": [
+            {"max_connections": limit, "max_pending_requests": limit, "max_requests": max_requests, "max_retries": max_retries},
+            {"priority": "HIGH", "max_connections": limit, "max_pending_requests": limit, "max_requests": limit, "max_retries": limit},
+        ]}),
+    );
+    o.insert("observability_name".into(), json!(c.name));
+    Value::Object(o)
+}
+
+/// The certificates of the running config's listeners and clusters: file (or `sds:NAME`), URI
+/// SANs, expiry (as loaded when the config was applied or the SDS secret arrived).
 fn certs(set: &crate::io::tls::TlsSet) -> serde_json::Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -311,9 +739,14 @@ fn ready(shared: &Shared) -> Response {
     if shared.ready() {
         Response::text(200, "LIVE\n")
     } else {
+        let failed = shared
+            .health_failed
+            .load(std::sync::atomic::Ordering::Acquire);
         let why = match shared.lifecycle.state() {
             State::Starting => "STARTING\n",
             State::Draining => "DRAINING\n",
+            // Envoy's state after POST /healthcheck/fail.
+            State::Serving if failed => "DRAINING\n",
             State::Serving => "NOT ALL SHARDS SERVING\n",
         };
         Response::text(503, why)

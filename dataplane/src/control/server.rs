@@ -5,6 +5,7 @@
 //! `Draining` (SIGTERM, SIGINT, `POST /drain` or `POST /quitquitquit`: shards stop accepting and
 //! wait up to `drain_timeout_ms` for their connections) → exit 0.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -228,6 +229,19 @@ pub struct Shared {
     pub admin_stop: std::sync::atomic::AtomicBool,
     /// Set when every shard finished draining.
     pub drained: std::sync::atomic::AtomicBool,
+    /// `POST /healthcheck/fail` (until `POST /healthcheck/ok`): `/ready` answers 503
+    /// `DRAINING`, as Envoy's does, while traffic is still served.
+    pub health_failed: std::sync::atomic::AtomicBool,
+    /// Names of the config file's listeners and clusters (`/config_dump`: static, the others
+    /// came from xDS).
+    pub static_names: (HashSet<String>, HashSet<String>),
+    /// The SDS secrets received (ADS or the `sds` servers), for [`crate::io::tls::TlsSet::load`].
+    /// Taken after `updates` when both are.
+    #[allow(clippy::disallowed_types)]
+    secrets: std::sync::Mutex<crate::io::tls::Secrets>,
+    /// The SDS clients, one per `sds` server of the config by its name, and one on the ADS
+    /// server (`None`) with an `xds` section.
+    pub sds: OnceLock<Vec<(Option<String>, Arc<xds::SdsHandle>)>>,
 }
 
 /// What config updates need between two of them: the snapshot builder, the shards' inboxes and
@@ -315,6 +329,7 @@ impl Shared {
             && self.lifecycle.shards_serving.load(Ordering::Acquire) == self.shard_count
             && self.dynamic_ready.load(Ordering::Acquire)
             && self.registry_ready.load(Ordering::Acquire)
+            && !self.health_failed.load(Ordering::Acquire)
     }
 
     /// The xDS versions of the last accepted update.
@@ -437,6 +452,51 @@ impl Shared {
         Ok(version)
     }
 
+    fn secrets(&self) -> crate::io::tls::Secrets {
+        self.secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New SDS secrets from `server` (`None`: ADS), checked by the caller (their PEM loads).
+    /// When the running config uses one, its TLS is rebuilt and handed to the shards: new
+    /// handshakes use the new certificates, connections open keep theirs. Before the shards
+    /// run (`ApplyError::NotRunning`) the secrets are kept and the caller tries again.
+    pub fn update_secrets(
+        &self,
+        server: Option<&str>,
+        updated: Vec<(String, crate::io::tls::Secret)>,
+    ) -> Result<(), ApplyError> {
+        let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = Vec::new();
+        {
+            let mut held = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, secret) in updated {
+                let key = (server.map(str::to_string), name.clone());
+                if held.get(&key).is_none_or(|s| **s != secret) {
+                    held.insert(key, Arc::new(secret));
+                    changed.push(name);
+                }
+            }
+        }
+        let current = self.snapshot();
+        let used = current
+            .config
+            .sds_secrets()
+            .any(|(_, s)| s.server.as_deref() == server && changed.contains(&s.name));
+        if !used {
+            return Ok(());
+        }
+        self.ready_for_update(&u)?;
+        let tls = crate::io::tls::TlsSet::load(&current.config, &self.secrets())
+            .map_err(|f| ApplyError::Invalid(vec![f]))?;
+        let next = u.builder.build_tls(&current, Arc::new(tls));
+        self.publish(&mut u, Arc::new(next), Arc::new([]))?;
+        tracing::info!(secrets = ?changed, "sds: new certificates for new connections");
+        Ok(())
+    }
+
     /// Refuses updates before the shards run and while draining.
     fn ready_for_update(&self, u: &Updates) -> Result<(), ApplyError> {
         if u.inboxes.len() != self.shard_count {
@@ -488,7 +548,8 @@ impl Shared {
         // Certificates are read here, before any socket is bound: a missing file refuses the
         // update as a whole.
         let tls = Arc::new(
-            crate::io::tls::TlsSet::load(&config).map_err(|f| ApplyError::Invalid(vec![f]))?,
+            crate::io::tls::TlsSet::load(&config, &self.secrets())
+                .map_err(|f| ApplyError::Invalid(vec![f]))?,
         );
         let bound = self
             .sockets
@@ -504,7 +565,10 @@ impl Shared {
         let snapshot = Arc::new(snapshot);
         let built = building.elapsed();
         self.sockets.install(bound, &keep);
-        let result = self.publish(&mut u, snapshot, drains);
+        let result = self.publish(&mut u, snapshot.clone(), drains);
+        if result.is_ok() {
+            super::sds_glue::resubscribe(self, &snapshot.config);
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
             clusters,
@@ -869,6 +933,9 @@ impl Server {
             Stats::new(shard_count, &config.stats)
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
         );
+        if let Some(x) = &config.xds {
+            stats.set_istio_node(crate::stats::istio::Node::from_metadata(&x.node_metadata));
+        }
         let shard_ids = shard_stat_ids(&stats);
         let update_ids = UpdateStatIds {
             applied: stats.add("config", "update_applied", &[], Kind::Counter),
@@ -879,7 +946,7 @@ impl Server {
         let mut builder = Builder::default();
         let access_logs = crate::snapshot::open_access_logs(&config)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
-        let tls = crate::io::tls::TlsSet::load(&config)
+        let tls = crate::io::tls::TlsSet::load(&config, &Default::default())
             .map_err(|(f, m)| RunError::Invalid(format!("{f}: {m}")))?;
         let mut snapshot = builder.build(config.clone(), &stats, None, access_logs);
         snapshot.tls = Arc::new(tls);
@@ -898,6 +965,10 @@ impl Server {
             .clusters
             .iter()
             .any(|c| c.kind == config::ClusterType::Zookeeper);
+        let static_names = (
+            config.listeners.iter().map(|l| l.name.clone()).collect(),
+            config.clusters.iter().map(|c| c.name.clone()).collect(),
+        );
         let mut config = config;
         config.listeners = Vec::new();
         config.clusters = Vec::new();
@@ -932,6 +1003,10 @@ impl Server {
             sockets,
             admin_stop: std::sync::atomic::AtomicBool::new(false),
             drained: std::sync::atomic::AtomicBool::new(false),
+            health_failed: std::sync::atomic::AtomicBool::new(false),
+            static_names,
+            secrets: Default::default(),
+            sds: OnceLock::new(),
         });
 
         // Admin first: it answers 503 on /ready while the shards come up.

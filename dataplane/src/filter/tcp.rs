@@ -46,6 +46,8 @@ pub struct TcpProxy {
     pub ids: ListenerStatIds,
     /// Access logs (one line per connection), when the listener has any.
     pub log: Option<Rc<ListenerLog>>,
+    /// Istio's standard metrics (`istio_tcp_*`), when the listener has `istio_metrics`.
+    pub istio: Option<crate::stats::istio::IstioListener>,
 }
 
 /// What the access log says about one connection.
@@ -73,14 +75,29 @@ pub trait Virtuals {
 /// see where one request of an opaque byte stream ends, so there is no earlier point at which
 /// closing is safe). Returns whether that deadline cut it.
 pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
-    let Some(log) = l.log.as_ref() else {
+    if l.log.is_none() && l.istio.is_none() {
         return relay_connection(down, l, virtuals, drain, &mut Outcome::default()).await;
-    };
+    }
     let (start, started) = (SystemTime::now(), Instant::now());
     let (remote, local) = (down.peer_addr().ok(), down.local_addr().ok());
     let mut out = Outcome::default();
     let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
-    if !out.handed_off {
+    if out.handed_off {
+        // The virtual listener it went to counts and logs it.
+        return cut;
+    }
+    if let Some(istio) = &l.istio {
+        let cluster = l.cluster.borrow();
+        let text = || out.flags.short_string();
+        let o = crate::stats::istio::Outcome {
+            cluster: cluster.as_ref().map(|c| (c.ids.cx_total, c.name.as_str())),
+            code: 0,
+            grpc: None,
+            flags: (out.flags.bits(), &text),
+        };
+        istio.connection(&o, out.bytes_received.get(), out.bytes_sent.get());
+    }
+    if let Some(log) = l.log.as_ref() {
         // Borrowed for the line only (no await while held): no copy of the name per connection.
         let cluster = l.cluster.borrow();
         log.write(&Record {

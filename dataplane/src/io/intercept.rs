@@ -123,17 +123,23 @@ pub fn original_destination(
     down: &TcpStream,
     listener: SocketAddr,
 ) -> Result<SocketAddr, OrigDstError> {
-    let dst = match shard::sockopt::original_dst(down.as_raw_fd()) {
-        Ok(a) => a,
-        Err(_) => down.local_addr()?,
-    };
-    let dst = canonical(dst);
+    let dst = destination(down)?;
     if dst.port() == listener.port()
         && (listener.ip().is_unspecified() || canonical(listener).ip() == dst.ip())
     {
         return Err(OrigDstError::Loop(dst));
     }
     Ok(dst)
+}
+
+/// The destination `down`'s peer meant: `SO_ORIGINAL_DST` (REDIRECT), else the local address
+/// (TPROXY, or a connection that was not intercepted); IPv4-mapped addresses as IPv4.
+pub fn destination(down: &TcpStream) -> io::Result<SocketAddr> {
+    let dst = match shard::sockopt::original_dst(down.as_raw_fd()) {
+        Ok(a) => a,
+        Err(_) => down.local_addr()?,
+    };
+    Ok(canonical(dst))
 }
 
 /// IPv4-mapped IPv6 addresses (a dual-stack listener) as plain IPv4.

@@ -98,6 +98,11 @@ pub trait Conn:
     fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         (None, None)
     }
+    /// Where the peer meant to connect: the address before a REDIRECT (`SO_ORIGINAL_DST`),
+    /// else the local address (TPROXY, or no interception); none where the stream has none.
+    fn original_dst(&self) -> Option<SocketAddr> {
+        None
+    }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path.
     fn into_kernel(self) -> Result<TcpStream, Self>
@@ -117,6 +122,9 @@ impl Conn for TcpStream {
     }
     fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         (self.peer_addr().ok(), self.local_addr().ok())
+    }
+    fn original_dst(&self) -> Option<SocketAddr> {
+        intercept::destination(self).ok()
     }
     #[inline]
     fn into_kernel(self) -> Result<TcpStream, Self> {

@@ -29,15 +29,118 @@ pub const PEEK_TIMEOUT_MS: u64 = 5_000;
 
 /// A listener's TLS termination.
 pub struct ServerTls {
-    pub config: Arc<rustls::ServerConfig>,
+    /// `Err`: not ready (an SDS secret has not arrived): every handshake fails with this.
+    /// With it, the same config without ALPN, for clients whose ALPN list has nothing in
+    /// common with the listener's (served without ALPN, as Envoy does).
+    pub config: Result<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>), String>,
     pub mode: config::TlsMode,
 }
 
 /// A cluster's TLS origination.
 pub struct ClientTls {
-    pub config: Arc<rustls::ClientConfig>,
+    /// `Err`: not ready (an SDS secret has not arrived): every connect fails with this.
+    pub config: Result<Arc<rustls::ClientConfig>, String>,
     /// The SNI; `None`: the endpoint's IP address (no SNI is sent for an address).
     pub sni: Option<ServerName<'static>>,
+}
+
+/// One SDS secret as received: PEM text of a certificate chain and its key
+/// (`tls_certificate`), or of a trust bundle (`validation_context`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Secret {
+    pub cert_chain: Option<Vec<u8>>,
+    pub private_key: Option<Vec<u8>>,
+    pub trusted_ca: Option<Vec<u8>>,
+}
+
+/// The SDS secrets held now, by (server, name) (`None`: over ADS).
+pub type Secrets = std::collections::HashMap<(Option<String>, String), Arc<Secret>>;
+
+/// Where the PEM of a certificate or a trust bundle is: a file, or an SDS secret (which may
+/// not be there yet).
+enum Source<'a> {
+    File(&'a str),
+    Sds(&'a config::SdsSecret, Option<&'a Secret>),
+}
+
+impl Source<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Source::File(p) => (*p).to_string(),
+            Source::Sds(s, _) => sds_name(s),
+        }
+    }
+}
+
+/// `sds:NAME` (over ADS) or `sds:SERVER/NAME`, as `/certs` shows a secret.
+fn sds_name(s: &config::SdsSecret) -> String {
+    match &s.server {
+        Some(server) => format!("sds:{server}/{}", s.name),
+        None => format!("sds:{}", s.name),
+    }
+}
+
+/// Why a TLS config of an SDS secret is not built yet, or `Err` for a file that is bad.
+enum Missing {
+    /// An SDS secret not received (or without the part needed): the listener or cluster waits.
+    Waiting(String),
+    /// A file (or an SDS secret's PEM) that does not load.
+    Bad(String),
+}
+
+fn secret<'a>(secrets: &'a Secrets, s: &config::SdsSecret) -> Option<&'a Secret> {
+    secrets
+        .get(&(s.server.clone(), s.name.clone()))
+        .map(|s| &**s)
+}
+
+/// The PEM of a certificate chain (`want_key`: and its key) or a trust bundle.
+fn pem<'a>(src: &'a Source<'a>, part: Part) -> Result<tls::Pem<'a>, Missing> {
+    match src {
+        Source::File(p) => Ok(tls::Pem::File(std::path::Path::new(p))),
+        Source::Sds(s, got) => {
+            let bytes = got.and_then(|g| match part {
+                Part::Chain => g.cert_chain.as_deref(),
+                Part::Key => g.private_key.as_deref(),
+                Part::Ca => g.trusted_ca.as_deref(),
+            });
+            match bytes {
+                Some(pem) => Ok(tls::Pem::Bytes { name: &s.name, pem }),
+                None => Err(Missing::Waiting(format!(
+                    "waiting for SDS secret {:?}{}",
+                    s.name,
+                    s.server
+                        .as_ref()
+                        .map(|v| format!(" from {v:?}"))
+                        .unwrap_or_default()
+                ))),
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Chain,
+    Key,
+    Ca,
+}
+
+fn params(p: &config::TlsParams) -> tls::Params {
+    tls::Params {
+        tls13_only: p.min_version == Some(config::TlsVersion::Tls13),
+        tls12_only: p.max_version == Some(config::TlsVersion::Tls12),
+        cipher_suites: p.cipher_suites.clone(),
+    }
+}
+
+fn sans(list: &[config::SanMatcher]) -> Vec<tls::SanMatch> {
+    list.iter()
+        .map(|m| match m {
+            config::SanMatcher::Exact(s) => tls::SanMatch::Exact(s.clone()),
+            config::SanMatcher::Prefix { prefix } => tls::SanMatch::Prefix(prefix.clone()),
+        })
+        .collect()
 }
 
 /// The TLS of every listener and cluster of one config, by index (`None`: plaintext).
@@ -49,20 +152,23 @@ pub struct TlsSet {
     pub certs: Vec<CertFile>,
 }
 
-/// One certificate file of a listener or cluster, as it was loaded.
+/// One certificate file or SDS secret of a listener or cluster, as it was loaded.
 pub struct CertFile {
     /// `listener NAME` or `cluster NAME`.
     pub owner: String,
     /// `cert_chain` or `ca`.
     pub role: &'static str,
+    /// The file, or `sds:NAME` / `sds:SERVER/NAME`.
     pub path: String,
+    /// Empty for an SDS secret that has not arrived.
     pub certs: Vec<tls::CertSummary>,
 }
 
 impl TlsSet {
-    /// Reads every certificate and key the config names; the first problem as `(field,
-    /// message)`.
-    pub fn load(c: &config::Config) -> Result<TlsSet, (String, String)> {
+    /// Reads every certificate and key the config names, files or SDS `secrets`; the first
+    /// problem with a file as `(field, message)`. A listener or cluster whose SDS secret is
+    /// not in `secrets` gets a TLS that is not ready (handshakes fail) until a later load.
+    pub fn load(c: &config::Config, secrets: &Secrets) -> Result<TlsSet, (String, String)> {
         let listeners = c
             .listeners
             .iter()
@@ -70,7 +176,7 @@ impl TlsSet {
             .map(|(i, l)| {
                 l.tls
                     .as_ref()
-                    .map(|t| server(t).map(Arc::new))
+                    .map(|t| server(t, secrets).map(Arc::new))
                     .transpose()
                     .map_err(|e| (format!("listeners[{i}].tls"), e))
             })
@@ -82,18 +188,21 @@ impl TlsSet {
             .map(|(i, cl)| {
                 cl.tls
                     .as_ref()
-                    .map(|t| client(t).map(Arc::new))
+                    .map(|t| client(t, secrets).map(Arc::new))
                     .transpose()
                     .map_err(|e| (format!("clusters[{i}].tls"), e))
             })
             .collect::<Result<_, _>>()?;
         let mut certs = Vec::new();
-        let mut add = |owner: String, role, path: &str| -> Result<(), String> {
-            let summary = tls::describe(path.as_ref()).map_err(|e| e.to_string())?;
+        let mut add = |owner: String, role, src: Source<'_>| -> Result<(), String> {
+            let summary = match pem(&src, if role == "ca" { Part::Ca } else { Part::Chain }) {
+                Ok(p) => tls::describe(p).map_err(|e| e.to_string())?,
+                Err(_) => Vec::new(),
+            };
             certs.push(CertFile {
                 owner,
                 role,
-                path: path.to_string(),
+                path: src.describe(),
                 certs: summary,
             });
             Ok(())
@@ -101,18 +210,32 @@ impl TlsSet {
         for (i, l) in c.listeners.iter().enumerate() {
             let Some(t) = &l.tls else { continue };
             let at = |e| (format!("listeners[{i}].tls"), e);
-            add(format!("listener {}", l.name), "cert_chain", &t.cert_chain).map_err(at)?;
-            if let Some(ca) = &t.ca {
-                add(format!("listener {}", l.name), "ca", ca).map_err(at)?;
+            let owner = format!("listener {}", l.name);
+            add(
+                owner.clone(),
+                "cert_chain",
+                chain_source(&t.certificate_sds, Some(&t.cert_chain), secrets),
+            )
+            .map_err(at)?;
+            if let Some(ca) = ca_source(&t.ca_sds, t.ca.as_deref(), secrets) {
+                add(owner, "ca", ca).map_err(at)?;
             }
         }
         for (i, cl) in c.clusters.iter().enumerate() {
             let Some(t) = &cl.tls else { continue };
             let at = |e| (format!("clusters[{i}].tls"), e);
-            if let Some(chain) = &t.cert_chain {
-                add(format!("cluster {}", cl.name), "cert_chain", chain).map_err(at)?;
+            let owner = format!("cluster {}", cl.name);
+            if t.cert_chain.is_some() || t.certificate_sds.is_some() {
+                add(
+                    owner.clone(),
+                    "cert_chain",
+                    chain_source(&t.certificate_sds, t.cert_chain.as_ref(), secrets),
+                )
+                .map_err(at)?;
             }
-            add(format!("cluster {}", cl.name), "ca", &t.ca).map_err(at)?;
+            if let Some(ca) = ca_source(&t.ca_sds, Some(&t.ca), secrets) {
+                add(owner, "ca", ca).map_err(at)?;
+            }
         }
         Ok(TlsSet {
             listeners,
@@ -122,35 +245,111 @@ impl TlsSet {
     }
 }
 
-fn server(t: &config::ListenerTls) -> Result<ServerTls, String> {
-    let ca = t.ca.as_ref().map(std::path::Path::new);
-    let config = tls::ServerSettings {
-        cert_chain: t.cert_chain.as_ref(),
-        private_key: t.private_key.as_ref(),
-        ca,
-        require_client_certificate: t.require_client_certificate,
-        subject_alt_names: &t.subject_alt_names,
-        alpn: &t.alpn,
+fn chain_source<'a>(
+    sds: &'a Option<config::SdsSecret>,
+    file: Option<&'a String>,
+    secrets: &'a Secrets,
+) -> Source<'a> {
+    match sds {
+        Some(s) => Source::Sds(s, secret(secrets, s)),
+        None => Source::File(file.map_or("", |f| f.as_str())),
     }
-    .build()
-    .map_err(|e| e.to_string())?;
+}
+
+fn ca_source<'a>(
+    sds: &'a Option<config::SdsSecret>,
+    file: Option<&'a str>,
+    secrets: &'a Secrets,
+) -> Option<Source<'a>> {
+    match (sds, file) {
+        (Some(s), _) => Some(Source::Sds(s, secret(secrets, s))),
+        (None, Some(f)) if !f.is_empty() => Some(Source::File(f)),
+        _ => None,
+    }
+}
+
+/// A file that does not load refuses the config (`Err`); an SDS secret that has not arrived
+/// (or does not load) leaves the TLS not ready.
+fn ready_or<T>(r: Result<T, Missing>) -> Result<Result<T, String>, String> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(Missing::Waiting(why)) => Ok(Err(why)),
+        Err(Missing::Bad(why)) => Err(why),
+    }
+}
+
+fn server(t: &config::ListenerTls, secrets: &Secrets) -> Result<ServerTls, String> {
+    let chain = chain_source(&t.certificate_sds, Some(&t.cert_chain), secrets);
+    let key = match &t.certificate_sds {
+        Some(s) => Source::Sds(s, secret(secrets, s)),
+        None => Source::File(&t.private_key),
+    };
+    let ca = ca_source(&t.ca_sds, t.ca.as_deref(), secrets);
+    let from_sds = t.certificate_sds.is_some() || t.ca_sds.is_some();
+    let build = || -> Result<Arc<rustls::ServerConfig>, Missing> {
+        let sans = sans(&t.subject_alt_names);
+        let params = params(&t.params);
+        tls::ServerSettings {
+            cert_chain: pem(&chain, Part::Chain)?,
+            private_key: pem(&key, Part::Key)?,
+            ca: ca.as_ref().map(|c| pem(c, Part::Ca)).transpose()?,
+            require_client_certificate: t.require_client_certificate,
+            subject_alt_names: &sans,
+            alpn: &t.alpn,
+            params: &params,
+        }
+        .build()
+        .map_err(|e| bad(e.to_string(), from_sds))
+    };
+    let config = ready_or(build())?.map(|c| {
+        let plain = tls::without_alpn(&c);
+        (c, plain)
+    });
     Ok(ServerTls {
         config,
         mode: t.mode,
     })
 }
 
-fn client(t: &config::ClusterTls) -> Result<ClientTls, String> {
-    let config = tls::ClientSettings {
-        cert_chain: t.cert_chain.as_deref().map(std::path::Path::new),
-        private_key: t.private_key.as_deref().map(std::path::Path::new),
-        ca: t.ca.as_ref(),
-        subject_alt_names: &t.subject_alt_names,
-        alpn: &t.alpn,
-        sni: true,
+/// A certificate that does not load: from a file, a refused config; from SDS, a listener or
+/// cluster that waits for a better secret.
+fn bad(why: String, from_sds: bool) -> Missing {
+    if from_sds {
+        Missing::Waiting(format!("SDS secret: {why}"))
+    } else {
+        Missing::Bad(why)
     }
-    .build()
-    .map_err(|e| e.to_string())?;
+}
+
+fn client(t: &config::ClusterTls, secrets: &Secrets) -> Result<ClientTls, String> {
+    let chain = (t.cert_chain.is_some() || t.certificate_sds.is_some())
+        .then(|| chain_source(&t.certificate_sds, t.cert_chain.as_ref(), secrets));
+    let key = match (&t.certificate_sds, &t.private_key) {
+        (Some(s), _) => Some(Source::Sds(s, secret(secrets, s))),
+        (None, Some(k)) => Some(Source::File(k)),
+        (None, None) => None,
+    };
+    let ca = ca_source(&t.ca_sds, Some(&t.ca), secrets);
+    let from_sds = t.certificate_sds.is_some() || t.ca_sds.is_some();
+    let build = || -> Result<Arc<rustls::ClientConfig>, Missing> {
+        let sans = sans(&t.subject_alt_names);
+        let params = params(&t.params);
+        let Some(ca) = &ca else {
+            return Err(Missing::Bad("no ca".into()));
+        };
+        tls::ClientSettings {
+            cert_chain: chain.as_ref().map(|c| pem(c, Part::Chain)).transpose()?,
+            private_key: key.as_ref().map(|k| pem(k, Part::Key)).transpose()?,
+            ca: pem(ca, Part::Ca)?,
+            subject_alt_names: &sans,
+            alpn: &t.alpn,
+            sni: true,
+            params: &params,
+        }
+        .build()
+        .map_err(|e| bad(e.to_string(), from_sds))
+    };
+    let config = ready_or(build())?;
     let sni = t
         .sni
         .as_ref()
@@ -166,21 +365,24 @@ pub async fn connect(
     sources: &[std::net::IpAddr],
     t: &ClientTls,
 ) -> io::Result<TlsConn> {
+    let config = t.config.clone().map_err(io::Error::other)?;
     let tcp = super::intercept::connect(addr, sources).await?;
     let _ = tcp.set_nodelay(true);
     let name = t
         .sni
         .clone()
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-    tls::connect(tcp, t.config.clone(), name)
+    tls::connect(tcp, config, name)
         .await
         .map_err(io::Error::other)
 }
 
 /// Completes a server handshake within [`HANDSHAKE_TIMEOUT_MS`].
 pub async fn accept(tcp: TcpStream, t: &ServerTls) -> io::Result<TlsConn> {
+    let (config, no_alpn) = t.config.as_ref().map_err(|e| io::Error::other(e.clone()))?;
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    match shard::monoio::time::timeout(timeout, tls::accept(tcp, t.config.clone())).await {
+    let handshake = tls::accept_lenient_alpn(tcp, config.clone(), no_alpn);
+    match shard::monoio::time::timeout(timeout, handshake).await {
         Ok(r) => r.map_err(io::Error::other),
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -224,6 +426,9 @@ impl Conn for TlsConn {
     }
     fn addrs(&self) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
         Conn::addrs(self.get_ref())
+    }
+    fn original_dst(&self) -> Option<std::net::SocketAddr> {
+        Conn::original_dst(self.get_ref())
     }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)

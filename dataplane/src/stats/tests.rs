@@ -51,11 +51,11 @@ fn histograms_merge_and_render_cumulative_buckets() {
     assert!(text.contains("listener.l.rq_time_us_count: 3"), "{text}");
     let prom = s.render_prometheus();
     assert!(
-        prom.contains("ringside_listener_rq_time_us_bucket{listener=\"l\",le=\"+Inf\"} 3"),
+        prom.contains("ringside_listener_rq_time_seconds_bucket{listener=\"l\",le=\"+Inf\"} 3"),
         "{prom}"
     );
     assert!(
-        prom.contains("ringside_listener_rq_time_us_count{listener=\"l\"} 3"),
+        prom.contains("ringside_listener_rq_time_seconds_count{listener=\"l\"} 3"),
         "{prom}"
     );
 }
@@ -306,4 +306,146 @@ fn registering_a_name_again_returns_its_id_and_grows_nothing() {
     );
     assert_ne!(other, a);
     assert_eq!(s.defs.len(), n + 1);
+}
+
+#[test]
+fn prometheus_families_follow_the_conventions_and_all_have_help() {
+    let s = Arc::new(Stats::new(1, &cfg()).unwrap());
+    let t = [("listener", "l")];
+    let ev = s.add("admin", "downstream_cx_evicted", &t, Kind::Counter);
+    s.add("listener", "downstream_cx_total", &t, Kind::Counter);
+    s.add("listener", "downstream_cx_active", &t, Kind::Gauge);
+    s.add_histogram("listener", "rq_time_us", &t);
+    s.shard(0).add(ev, 2);
+    let prom = s.render_prometheus();
+    for want in [
+        "# HELP ringside_admin_downstream_cx_evicted_total ringside counter admin.<listener>.downstream_cx_evicted\n",
+        "# TYPE ringside_admin_downstream_cx_evicted_total counter\n",
+        "ringside_admin_downstream_cx_evicted_total{listener=\"l\"} 2\n",
+        "# TYPE ringside_listener_downstream_cx_total counter\n",
+        "# TYPE ringside_listener_downstream_cx_active gauge\n",
+        "# TYPE ringside_listener_rq_time_seconds histogram\n",
+    ] {
+        assert!(prom.contains(want), "missing {want:?} in\n{prom}");
+    }
+    let types = prom.lines().filter(|l| l.starts_with("# TYPE")).count();
+    let helps = prom.lines().filter(|l| l.starts_with("# HELP")).count();
+    assert_eq!((types, helps), (4, 4), "{prom}");
+}
+
+#[test]
+fn istio_histograms_use_envoys_buckets_in_their_unit() {
+    let s = Arc::new(Stats::new(2, &cfg()).unwrap());
+    let tags = [("reporter", "source"), ("response_code", "20")];
+    let h = s.add_histogram_in(
+        ISTIO_SCOPE,
+        "istio_request_duration_milliseconds",
+        &tags,
+        Layout::EnvoyMilli,
+    );
+    let c = s.add(ISTIO_SCOPE, "istio_requests_total", &tags, Kind::Counter);
+    s.shard(0).record(h, 400); // 0.4 ms
+    s.shard(1).record(h, 7_000); // 7 ms
+    s.shard(1).inc(c);
+    let prom = s.render_prometheus();
+    for want in [
+        "# TYPE istio_requests_total counter\n",
+        "istio_requests_total{reporter=\"source\",response_code=\"20\"} 1\n",
+        "# TYPE istio_request_duration_milliseconds histogram\n",
+        "istio_request_duration_milliseconds_bucket{reporter=\"source\",response_code=\"20\",le=\"0.5\"} 1\n",
+        "istio_request_duration_milliseconds_bucket{reporter=\"source\",response_code=\"20\",le=\"5\"} 1\n",
+        "istio_request_duration_milliseconds_bucket{reporter=\"source\",response_code=\"20\",le=\"10\"} 2\n",
+        "istio_request_duration_milliseconds_bucket{reporter=\"source\",response_code=\"20\",le=\"3600000\"} 2\n",
+        "istio_request_duration_milliseconds_bucket{reporter=\"source\",response_code=\"20\",le=\"+Inf\"} 2\n",
+        "istio_request_duration_milliseconds_sum{reporter=\"source\",response_code=\"20\"} 7.4\n",
+    ] {
+        assert!(prom.contains(want), "missing {want:?} in\n{prom}");
+    }
+    let text = s.render_text();
+    assert!(
+        text.contains("istiocustom.istio_requests_total.reporter.source.response_code.20: 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn selection_filters_by_regex_and_by_use() {
+    let s = Arc::new(Stats::new(1, &cfg()).unwrap());
+    let a = s.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "a")],
+        Kind::Counter,
+    );
+    s.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "b")],
+        Kind::Counter,
+    );
+    s.add(
+        "listener",
+        "downstream_cx_total",
+        &[("listener", "l")],
+        Kind::Counter,
+    );
+    s.shard(0).inc(a);
+    let re = Regex::new("rq_total").unwrap();
+    let sel = Select {
+        filter: Some(&re),
+        used_only: false,
+    };
+    let text = s.render_text_selected(&sel);
+    assert_eq!(
+        text,
+        "cluster.a.upstream_rq_total: 1\ncluster.b.upstream_rq_total: 0\n"
+    );
+    let used = Select {
+        filter: None,
+        used_only: true,
+    };
+    assert_eq!(
+        s.render_text_selected(&used),
+        "cluster.a.upstream_rq_total: 1\n"
+    );
+    let prom = s.render_prometheus_selected(&used);
+    assert!(
+        prom.contains("cluster=\"a\"")
+            && !prom.contains("cluster=\"b\"")
+            && !prom.contains("listener"),
+        "{prom}"
+    );
+}
+
+#[test]
+fn reset_counters_zeroes_counters_but_not_gauges() {
+    let s = Arc::new(Stats::new(2, &cfg()).unwrap());
+    let c = s.add(
+        "cluster",
+        "upstream_rq_total",
+        &[("cluster", "a")],
+        Kind::Counter,
+    );
+    let g = s.add(
+        "cluster",
+        "upstream_rq_active",
+        &[("cluster", "a")],
+        Kind::Gauge,
+    );
+    s.shard(0).add(c, 5);
+    s.shard(1).add(c, 2);
+    s.shard(0).add(g, 3);
+    s.reset_counters();
+    let text = s.render_text();
+    assert!(text.contains("cluster.a.upstream_rq_total: 0"), "{text}");
+    assert!(text.contains("cluster.a.upstream_rq_active: 3"), "{text}");
+    s.shard(1).inc(c);
+    let text = s.render_text();
+    assert!(text.contains("cluster.a.upstream_rq_total: 1"), "{text}");
+    let prom = s.render_prometheus();
+    assert!(
+        prom.contains("ringside_cluster_upstream_rq_total{cluster=\"a\"} 1"),
+        "{prom}"
+    );
+    assert_eq!(s.total(c), 8, "the shards' slots are untouched");
 }

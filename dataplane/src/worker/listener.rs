@@ -308,12 +308,13 @@ pub(super) async fn accept_loop<A: crate::io::Accept>(
     connections: Rc<Cell<usize>>,
 ) {
     loop {
-        // The listener's context as of now (a config update may have replaced it).
-        let l = slot.get();
         let accepted = shard::monoio::select! {
             r = listener.accept() => r,
             _ = stop.wait() => return,
         };
+        // The listener's context as of now, after the accept: a config update while the
+        // loop waited (new certificates included) applies to this very connection.
+        let l = slot.get();
         let (stream, _peer) = match accepted {
             Ok(x) => x,
             Err(e) => {

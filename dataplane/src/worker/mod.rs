@@ -25,6 +25,7 @@ use crate::filter::triple::router as triple;
 use crate::filter::{Budget, Drain, Latest, Routes};
 use crate::route::Dice;
 use crate::snapshot::{PollStatIds, ShardStatIds, Snapshot};
+use crate::stats::istio::Protocol as IstioProtocol;
 use crate::stats::{ShardStats, Stats, POLL_STATS_PUBLISH};
 use listener::{accept_loop, Connections, ListenerCtx, Virtual};
 
@@ -217,6 +218,27 @@ fn listener_params(l: &config::Listener) -> config::Listener {
     p
 }
 
+/// Listener `l`'s Istio metrics on this shard, when it has `istio_metrics`.
+fn istio_listener(
+    l: &config::Listener,
+    stats: &crate::stats::ShardStats,
+    protocol: IstioProtocol,
+) -> Option<crate::stats::istio::IstioListener> {
+    let reporter = l.istio_metrics?;
+    let mutual_tls = l
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.ca.is_some() && t.require_client_certificate);
+    Some(crate::stats::istio::IstioListener::new(
+        stats.clone(),
+        reporter,
+        protocol,
+        stats.stats.istio_node(),
+        mutual_tls,
+        stats.stats.istio_label_sets_max,
+    ))
+}
+
 /// This shard's fronts of listener `index`'s rate limit buckets, when it has any.
 fn shard_limits(snap: &Snapshot, index: usize) -> Option<Box<crate::filter::ratelimit::Limits>> {
     let shared = snap.limits.get(index)?.as_ref()?;
@@ -285,6 +307,8 @@ impl ShardState {
             let kept = match old.remove(&c.name) {
                 Some(e) if e.params == params && e.lb.endpoints().generation == eps.generation => {
                     e.update_endpoints(eps);
+                    // New certificates (SDS) for the connections it opens from now on.
+                    e.lb.set_tls(snap.tls.clusters.get(i).cloned().flatten());
                     Some(e)
                 }
                 // Changed: the old entry is dropped here, which retires its pools.
@@ -358,7 +382,13 @@ impl ShardState {
             let sl = match prev {
                 Some(p) if keeps_connections(&p.cfg, l) => {
                     let ctx = p.ctx.get();
-                    if listener_params(&p.cfg) != listener_params(l) {
+                    // New certificates (SDS) give new connections a new context too.
+                    let tls = snap.tls.listeners.get(index).cloned().flatten();
+                    let same_tls = match (&ctx.tls, &tls) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (a, b) => a.is_none() && b.is_none(),
+                    };
+                    if listener_params(&p.cfg) != listener_params(l) || !same_tls {
                         let fresh = self.listener_ctx(snap, index, Some(&ctx), p.conns.clone());
                         p.ctx.set(fresh);
                     } else if reindexed || p.cfg != *l {
@@ -623,6 +653,7 @@ impl ShardState {
                 log: log.clone(),
                 log_pool: Default::default(),
                 faults_active: Default::default(),
+                istio: istio_listener(l, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
             })
         });
@@ -648,8 +679,10 @@ impl ShardState {
                 log: log.clone(),
                 log_pool: Default::default(),
                 faults_active: Default::default(),
+                istio: istio_listener(l, &stats, IstioProtocol::Grpc),
                 trace,
                 trace_pool: Default::default(),
+                bound: l.bind.then_some(l.address),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
@@ -663,6 +696,7 @@ impl ShardState {
                 stats: stats.clone(),
                 ids: snap.listener_ids[index],
                 log: log.clone(),
+                istio: istio_listener(l, &stats, IstioProtocol::Tcp),
             })
         });
         Rc::new(ListenerCtx {

@@ -211,6 +211,8 @@ pub struct CallOpts {
     pub transparent_retries: bool,
     /// grpcio only: a TLS channel (mutual when `cert` is set) instead of h2c.
     pub tls: Option<ClientTls>,
+    /// grpcio only: the calls' `:authority` (default: the target).
+    pub authority: Option<String>,
 }
 
 /// A grpcio TLS channel: PEM files, and the name the server certificate is checked against
@@ -233,6 +235,7 @@ impl Default for CallOpts {
             service: None,
             transparent_retries: false,
             tls: None,
+            authority: None,
         }
     }
 }
@@ -266,6 +269,10 @@ impl CallOpts {
     }
     pub fn transparent_retries(mut self) -> Self {
         self.transparent_retries = true;
+        self
+    }
+    pub fn authority(mut self, a: &str) -> Self {
+        self.authority = Some(a.into());
         self
     }
     pub fn tls(mut self, t: ClientTls) -> Self {
@@ -328,6 +335,9 @@ pub fn peer_call(peer: Peer, target: SocketAddr, opts: &CallOpts) -> CallOutcome
     }
     if opts.transparent_retries {
         cmd.arg("--transparent-retries");
+    }
+    if let Some(a) = &opts.authority {
+        cmd.args(["--authority", a]);
     }
     if let Some(t) = &opts.tls {
         cmd.arg("--tls-ca").arg(&t.ca);

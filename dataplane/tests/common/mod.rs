@@ -6,6 +6,7 @@ pub mod envoy;
 pub mod grpc;
 pub mod h2;
 pub mod peers;
+pub mod pki;
 pub mod xds;
 
 use std::io::{Read, Write};

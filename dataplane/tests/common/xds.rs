@@ -18,6 +18,7 @@ pub const LDS: &str = "lds";
 pub const RDS: &str = "rds";
 pub const CDS: &str = "cds";
 pub const EDS: &str = "eds";
+pub const SDS: &str = "sds";
 
 /// A running tests/peers/xds/server.py, killed on drop.
 pub struct XdsServer {
@@ -28,6 +29,8 @@ pub struct XdsServer {
     pub control: u16,
     dir: TempDir,
     stderr: PathBuf,
+    /// The Unix socket it serves SDS (and ADS) on as well, as pilot-agent does.
+    pub sds_socket: PathBuf,
 }
 
 impl XdsServer {
@@ -41,10 +44,13 @@ impl XdsServer {
         let dir = TempDir::new("xds");
         let python = require(root().join(".cache/venv/bin/python"));
         let stderr = dir.0.join("stderr");
+        let sds_socket = dir.0.join("sds.sock");
         let mut cmd = Command::new(python);
         cmd.arg(root().join("tests/peers/xds/server.py"))
             .args(["--port", &port.to_string()])
             .args(["--control-port", &control.to_string()])
+            .arg("--sds-socket")
+            .arg(&sds_socket)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -86,6 +92,7 @@ impl XdsServer {
             control,
             dir,
             stderr,
+            sds_socket,
         }
     }
 
@@ -107,6 +114,18 @@ impl XdsServer {
     /// message for a resource that does not parse.
     pub fn put(&self, snapshot: &Value) -> Result<Value, String> {
         match self.call("PUT", "/resources", &snapshot.to_string()) {
+            (200, v) => Ok(v),
+            (code, v) => Err(format!(
+                "{code}: {}",
+                v["error"].as_str().unwrap_or(&v.to_string())
+            )),
+        }
+    }
+
+    /// Changes only the given resources (`remove`: names per key) under a new version and
+    /// pushes only their types: `{"version": "v3", "secrets": [...]}`.
+    pub fn patch(&self, change: &Value) -> Result<Value, String> {
+        match self.call("PATCH", "/resources", &change.to_string()) {
             (200, v) => Ok(v),
             (code, v) => Err(format!(
                 "{code}: {}",

@@ -4,7 +4,7 @@ knowledge: grpcio's insecure channels never use HTTP/1.1 Upgrade), or over TLS w
 
 Usage: python client.py --target host:port [--call unary|server_stream|client_stream|bidi]
        [--count N] [--payload-bytes B] [--timeout-s T] [--metadata k=v]... [--name NAME]
-       [--service helloworld.Greeter] [--transparent-retries]
+       [--service helloworld.Greeter] [--transparent-retries] [--authority A]
 --count: unary: N calls one after another on one channel (stops at the first failure);
 server_stream: N replies asked for; client_stream and bidi: N requests sent.
 Prints one JSON line:
@@ -36,6 +36,8 @@ def main():
         # transparent retries: no retry policy is configured).
         ("grpc.enable_retries", 1 if a.transparent_retries else 0),
     ]
+    if a.authority:
+        options.append(("grpc.default_authority", a.authority))
     if a.tls_ca:
         read = lambda p: open(p, "rb").read() if p else None
         creds = grpc.ssl_channel_credentials(

@@ -76,6 +76,9 @@ def client_args():
     p.add_argument("--tls-key", help="grpcio only: its private key")
     p.add_argument("--tls-authority",
                    help="grpcio only: the DNS name the server certificate must carry")
+    p.add_argument("--authority",
+                   help="grpcio only: the :authority of the calls (grpc.default_authority; "
+                        "default: the target), as a client that dialled a service name")
     a = p.parse_args()
     metadata = []
     for kv in a.metadata:

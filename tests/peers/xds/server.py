@@ -5,9 +5,11 @@ Usage: python server.py [--port P] [--control-port C] [--host 127.0.0.1] [--snap
 Prints `READY port=P control=C` once both ports listen (0 = pick a free one); exits 0 on SIGTERM
 or SIGINT. Restarting on the same ports works (tests restart it to see clients resubscribe).
 
-gRPC (port P): envoy.service.discovery.v3.AggregatedDiscoveryService
-  StreamAggregatedResources (state of the world) and DeltaAggregatedResources (incremental), for
-  the LDS, RDS, CDS and EDS v3 type URLs. Per stream it behaves like a real control plane:
+gRPC (port P, and with --sds-socket PATH also on that Unix socket):
+  envoy.service.discovery.v3.AggregatedDiscoveryService StreamAggregatedResources (state of the
+  world) and DeltaAggregatedResources (incremental), for the LDS, RDS, CDS, EDS and SDS (Secret)
+  v3 type URLs; envoy.service.secret.v3.SecretDiscoveryService StreamSecrets / DeltaSecrets (the
+  snapshot's `secrets`, by name, as Istio's pilot-agent serves them). Per stream it behaves like a real control plane:
   * SotW: a request whose subscription (resource_names) changed, or the first one of a type, or
     one that is behind the current snapshot version, is answered with the current resources of
     that type: every resource for LDS/CDS (wildcard), only the requested names for RDS/EDS; each
@@ -26,7 +28,7 @@ their typed_config Any types resolve.
 
 Control API (HTTP/1.1 JSON, port C, loopback):
   PUT  /resources  {"version": "v2", "listeners": [...], "routes": [...], "clusters": [...],
-                    "endpoints": [...]}   (JSON or YAML body) replaces the whole snapshot and
+                    "endpoints": [...], "secrets": [...]}   (JSON or YAML body) replaces the whole snapshot and
                     pushes it; 200 {"version": ..., "pushed": N streams} or 400 {"error": ...}
                     when a resource does not parse.
   PATCH /resources {"version": "v3", "clusters": [...], "endpoints": [...], ...,
@@ -90,6 +92,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: E402
 from envoy.config.listener.v3 import listener_pb2  # noqa: E402
 from envoy.config.route.v3 import route_pb2  # noqa: E402
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # noqa: E402
+from envoy.service.secret.v3 import sds_pb2_grpc  # noqa: E402
 
 # Imported for their side effect: their messages join the default descriptor pool, so
 # json_format resolves `@type` in typed_config.
@@ -124,6 +127,7 @@ from envoy.extensions.request_id.uuid.v3 import uuid_pb2  # noqa: E402,F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402,F401,E501
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: E402,F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: E402,F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2  # noqa: E402
 from udpa.type.v1 import typed_struct_pb2  # noqa: E402,F401
 from envoy.extensions.access_loggers.file.v3 import file_pb2 as _alf  # noqa: E402,F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2 as _als  # noqa: E402,F401
@@ -176,14 +180,16 @@ LDS = PREFIX + "envoy.config.listener.v3.Listener"
 RDS = PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CDS = PREFIX + "envoy.config.cluster.v3.Cluster"
 EDS = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SDS = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 # snapshot key, message class, the field that names a resource, short name
 TYPES = {
+    SDS: ("secrets", secret_pb2.Secret, "name", "sds"),
     CDS: ("clusters", cluster_pb2.Cluster, "name", "cds"),
     EDS: ("endpoints", endpoint_pb2.ClusterLoadAssignment, "cluster_name", "eds"),
     LDS: ("listeners", listener_pb2.Listener, "name", "lds"),
     RDS: ("routes", route_pb2.RouteConfiguration, "name", "rds"),
 }
-PUSH_ORDER = [CDS, EDS, LDS, RDS]
+PUSH_ORDER = [SDS, CDS, EDS, LDS, RDS]
 WILDCARD_TYPES = {LDS, CDS}
 
 
@@ -195,7 +201,7 @@ def parse_snapshot(doc):
     """{"version", "listeners", ...} -> (version, {type_url: {name: (Any, digest)}}, doc)."""
     if not isinstance(doc, dict):
         raise ValueError("the snapshot must be an object")
-    unknown = set(doc) - {"version", "listeners", "routes", "clusters", "endpoints"}
+    unknown = set(doc) - {"version", "listeners", "routes", "clusters", "endpoints", "secrets"}
     if unknown:
         raise ValueError(f"unknown snapshot keys: {sorted(unknown)}")
     resources = {}
@@ -537,6 +543,16 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return self._serve("delta", request_iterator, context, STATE.delta_request)
 
 
+class Sds(sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    """SDS on its own service (pilot-agent's shape): the snapshot's `secrets`, by name."""
+
+    def StreamSecrets(self, request_iterator, context):
+        return Ads()._serve("sotw", request_iterator, context, STATE.sotw_request)
+
+    def DeltaSecrets(self, request_iterator, context):
+        return Ads()._serve("delta", request_iterator, context, STATE.delta_request)
+
+
 class Control(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -642,6 +658,8 @@ def main():
     p.add_argument("--port", type=int, default=0, help="ADS gRPC port (0: pick one)")
     p.add_argument("--control-port", type=int, default=0, help="HTTP control port (0: pick)")
     p.add_argument("--snapshot", help="initial resources, JSON or YAML (as PUT /resources)")
+    p.add_argument("--sds-socket", help="also serve gRPC (SDS: the snapshot's secrets) on this "
+                   "Unix socket, as pilot-agent does")
     a = p.parse_args()
     if a.snapshot:
         with open(a.snapshot) as f:
@@ -654,10 +672,17 @@ def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
                          options=[("grpc.so_reuseport", 0)])
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(), server)
+    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(Sds(), server)
     port = server.add_insecure_port(f"{a.host}:{a.port}")
     if port == 0:
         print(f"cannot listen on {a.host}:{a.port}", file=sys.stderr, flush=True)
         os._exit(1)
+    if a.sds_socket:
+        if os.path.exists(a.sds_socket):
+            os.unlink(a.sds_socket)
+        if server.add_insecure_port(f"unix:{a.sds_socket}") == 0:
+            print(f"cannot listen on unix:{a.sds_socket}", file=sys.stderr, flush=True)
+            os._exit(1)
     server.start()
 
     ThreadingHTTPServer.allow_reuse_address = True

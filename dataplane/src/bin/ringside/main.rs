@@ -12,6 +12,7 @@ use signal_hook::iterator::exfiltrator::WithOrigin;
 
 mod demo;
 mod iptables;
+mod logging;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,16 @@ mod iptables;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects, one per line (timestamp, level, target, message,
+    /// fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,14 +137,11 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init(
+        default_level,
+        cli.log_format == LogFormat::Json,
+        std::io::stderr().is_terminal(),
+    );
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {
             Ok(c) => {
@@ -281,6 +289,11 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     // upgrade waits for its first snapshot (or the initial fetch timeout) before it tells the
     // predecessor it serves: the dynamic listeners' sockets it inherited accept only then.
     // The registry (ZooKeeper) is the second dynamic source; both go through one composer.
+    // SDS first: certificates the static and dynamic configs name arrive on their own clients.
+    if let Err(e) = dataplane::control::sds_glue::start(&server.shared) {
+        eprintln!("ringside: cannot start an SDS client: {e}");
+        return ExitCode::from(1);
+    }
     let composer = registry_glue::Composer::new(server.shared.clone());
     let _xds = match xds_glue::start(&server.shared, &composer) {
         Ok(h) => h,

@@ -137,6 +137,8 @@ pub struct DubboListener {
     pub log_pool: RefCell<Vec<Box<Logged>>>,
     /// Requests held by a fault delay now (against `max_active_faults`).
     pub faults_active: Cell<u32>,
+    /// Istio's standard metrics, when the listener has `istio_metrics`.
+    pub istio: Option<crate::stats::istio::IstioListener>,
     /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
     pub trace: Option<Rc<ListenerTrace>>,
 }
@@ -343,12 +345,36 @@ impl DownConn {
         counted: Option<Counted>,
         lg: Option<Box<Logged>>,
         cluster: Option<&str>,
-    ) {
+    ) -> usize {
         let len = self.local_reply(id, e, counted);
         if let Some(lg) = lg {
             let status = e.status().0;
             self.log_call(lg, status, e.flags(), e.upstream(), cluster, len);
         }
+        len
+    }
+
+    /// Counts a finished call in Istio's metrics (when the listener has them): `status` the
+    /// Dubbo status it was answered with, `cluster` where it went.
+    pub(crate) fn count_istio(
+        &self,
+        cluster: Option<&crate::cluster::ShardCluster>,
+        status: u8,
+        flags: Flags,
+        started: Instant,
+        bytes_in: u32,
+        bytes_out: usize,
+    ) {
+        let Some(istio) = &self.l.istio else { return };
+        let text = || flags.short_string();
+        let o = crate::stats::istio::Outcome {
+            cluster: cluster.map(|c| (c.ids.cx_total, c.name.as_str())),
+            code: u32::from(status),
+            grpc: None,
+            flags: (flags.bits(), &text),
+        };
+        let us = started.elapsed().as_micros() as u64;
+        istio.request(&o, us, u64::from(bytes_in), bytes_out as u64);
     }
 
     /// Writes a call's access-log line and span, and keeps its record for reuse.
@@ -966,6 +992,7 @@ fn send(
     // A one-way request's record stays here: it is logged as it leaves (nothing comes back).
     let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
     let cluster = Some(&*pool.lb.name);
+    let bytes_in = u32::try_from(frame.len()).unwrap_or(u32::MAX);
     let (refused, lg) =
         match pool.forward(frame, h.id, h.two_way, timeout, rq.retry, conn, counted, lg) {
             Ok(()) => {
@@ -992,7 +1019,16 @@ fn send(
             }
         };
     if h.two_way {
-        conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
+        let len = conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
+        let (status, flags) = (refused.status().0, refused.flags());
+        conn.count_istio(
+            Some(&pool.lb),
+            status,
+            flags,
+            conn.last_read.get(),
+            bytes_in,
+            len,
+        );
     } else if let Some(lg) = oneway_lg {
         conn.log_call(lg, 0, refused.flags(), refused.upstream(), cluster, 0);
     }

@@ -56,6 +56,8 @@ pub(crate) struct Pending {
     counted: Counted,
     /// The call's access-log record (when the listener logs).
     log: Option<Box<Logged>>,
+    /// The request frame's length (Istio's `istio_request_bytes`).
+    bytes_in: u32,
     /// Its route's `retry_policy`, when it has one and the frame is small enough to keep.
     again: Option<Again>,
 }
@@ -349,6 +351,7 @@ impl ClusterPool {
                 counted,
                 log,
                 again,
+                bytes_in: u32::try_from(frame.len()).unwrap_or(u32::MAX),
             })
         } else {
             Request::OneWay(down.clone())
@@ -416,7 +419,7 @@ impl ClusterPool {
         match host.outlier.failure(cfg, now, share) {
             crate::cluster::Ejection::None => {}
             crate::cluster::Ejection::Ejected(t) => {
-                crate::cluster::count_ejection(&self.stats, &self.ids, t);
+                crate::cluster::count_ejection(&self.stats, &self.ids, host.ids.ejected, t);
                 tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
             }
             crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
@@ -567,6 +570,9 @@ impl UpConn {
                 wire::set_request_id(&mut frame, p.id_down);
                 let (status, len) = (frame[3], frame.len());
                 p.down.response(frame.freeze(), p.started, p.counted);
+                let lb = Some(&*self.pool.lb);
+                p.down
+                    .count_istio(lb, status, Flags::NONE, p.started, p.bytes_in, len);
                 if let Some(lg) = p.log {
                     let addr = Some(self.host.addr);
                     p.down.log_call(lg, status, Flags::NONE, addr, cluster, len);
@@ -574,6 +580,9 @@ impl UpConn {
             }
             Reply::Local(e) => {
                 let len = p.down.local_reply(p.id_down, &e, Some(p.counted));
+                let lb = Some(&*self.pool.lb);
+                p.down
+                    .count_istio(lb, e.status().0, e.flags(), p.started, p.bytes_in, len);
                 if let Some(lg) = p.log {
                     let status = e.status().0;
                     let addr = e.upstream().or(Some(self.host.addr));
@@ -836,7 +845,7 @@ async fn run(conn: Rc<UpConn>) {
         return serve_upstream(conn, connected).await;
     }
     // A cluster with `tls`: connect and handshake within the connect timeout.
-    if let Some(tls) = conn.pool.lb.tls.clone() {
+    if let Some(tls) = conn.pool.lb.tls() {
         let connected = shard::monoio::select! {
             c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls)) => c,
             why = keeper(&conn) => return conn.close(&why),

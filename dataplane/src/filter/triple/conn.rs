@@ -299,6 +299,9 @@ pub struct Conn {
     went_idle: Notify,
     /// Caller side, when the listener logs: the caller's and our address.
     caller_addrs: Cell<(Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)>,
+    /// Caller side: where the caller meant to connect (intercepted connections), for routes
+    /// to `original_destination` clusters.
+    original_dst: Cell<Option<std::net::SocketAddr>>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -348,6 +351,7 @@ impl Conn {
             stream_ended: Notify::new(),
             drain_acked: Notify::new(),
             caller_addrs: Cell::new((None, None)),
+            original_dst: Cell::new(None),
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -1177,7 +1181,7 @@ impl Conn {
         }
         let by_policy = policy.is_some();
         let picked = pool
-            .connection(self.limits, Some(self), policy.as_ref())
+            .retry_connection(h, self.limits, self, policy.as_ref())
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
         let Some((uid, up)) = picked else {
             if by_policy && !was_retry {
@@ -1513,7 +1517,17 @@ impl Conn {
             self.fail_call(id, &CallError::CircuitOpen);
             return Ok(());
         }
-        let Some(up) = pool.connection(self.limits, None, None) else {
+        let up = if pool.lb.original_destination {
+            let Some(dst) = self.original_dst.get() else {
+                l.stats.inc(l.ids.rq_no_healthy_upstream);
+                self.fail_call(id, &CallError::NoOriginalDestination);
+                return Ok(());
+            };
+            pool.connection_to(dst, self.limits, None)
+        } else {
+            pool.connection(self.limits, None, None)
+        };
+        let Some(up) = up else {
             l.stats.inc(l.ids.rq_no_healthy_upstream);
             self.fail_call(id, &CallError::NoHealthyUpstream);
             return Ok(());
@@ -2233,6 +2247,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     if l.log.is_some() || l.trace.is_some() {
         conn.caller_addrs.set(stream.addrs());
     }
+    conn.original_dst.set(original_dst(&stream, &l));
     conn.greet(false);
     let (r, w) = stream.into_split();
     let reader_done = Notify::new();
@@ -2323,6 +2338,28 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     }
     conn.cancel_all();
     cut.get()
+}
+
+/// The original destination of a caller connection, for routes to `original_destination`
+/// clusters: always on a virtual listener's (handed over by an `original_destination`
+/// listener), on a bound listener's only while its routes use such a cluster (and never its own
+/// address: a connection that was not intercepted would be sent back to the listener).
+fn original_dst<S: crate::io::Conn>(
+    stream: &S,
+    l: &TripleListener,
+) -> Option<std::net::SocketAddr> {
+    match l.bound {
+        None => stream.original_dst(),
+        Some(own) => {
+            let routes = l.routes.get();
+            if !routes.pools.iter().any(|p| p.lb.original_destination) {
+                return None;
+            }
+            stream.original_dst().filter(|d| {
+                !(d.port() == own.port() && (own.ip().is_unspecified() || own.ip() == d.ip()))
+            })
+        }
+    }
 }
 
 /// The caller side of a drain up to the final GOAWAY. Two-step GOAWAY (RFC 9113 6.8): first with
@@ -2440,7 +2477,7 @@ async fn run_upstream(conn: Rc<Conn>) {
         return serve_upstream(conn, host, pool, connected).await;
     }
     // A cluster with `tls`: connect and handshake within the connect timeout.
-    if let Some(tls) = pool.lb.tls.clone() {
+    if let Some(tls) = pool.lb.tls() {
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
             crate::io::tls::connect(host.addr, &pool.lb.sources, &tls),

@@ -21,6 +21,12 @@ pub enum CallError<'a> {
     ExpiredOnArrival,
     #[error("ringside: no healthy upstream")]
     NoHealthyUpstream,
+    /// The route's cluster is `original_destination` and the caller's connection has none
+    /// (it reached a bound listener directly, not by interception).
+    #[error(
+        "ringside: the connection has no original destination for its original_destination cluster"
+    )]
+    NoOriginalDestination,
     /// No upstream connection has a stream left (its MAX_CONCURRENT_STREAMS).
     #[error("ringside: upstream streams exhausted")]
     StreamsExhausted,
@@ -66,7 +72,9 @@ impl CallError<'_> {
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => {
                 Flags::UPSTREAM_REQUEST_TIMEOUT
             }
-            CallError::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
+            CallError::NoHealthyUpstream | CallError::NoOriginalDestination => {
+                Flags::NO_HEALTHY_UPSTREAM
+            }
             CallError::StreamsExhausted | CallError::CircuitOpen => Flags::UPSTREAM_OVERFLOW,
             CallError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
             CallError::RateLimited => Flags::RATE_LIMITED,
@@ -89,6 +97,7 @@ impl CallError<'_> {
             CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,
             CallError::NoHealthyUpstream
+            | CallError::NoOriginalDestination
             | CallError::CircuitOpen
             | CallError::UpstreamReset(_)
             | CallError::UpstreamLost(_) => status::UNAVAILABLE,

@@ -292,10 +292,16 @@ pub struct TripleListener {
     pub log_pool: RefCell<Vec<Box<Logged>>>,
     /// Calls held by a fault delay now (against `max_active_faults`).
     pub faults_active: Cell<u32>,
+    /// Istio's standard metrics, when the listener has `istio_metrics` (they read the call's
+    /// record too: cluster, bytes, flags).
+    pub istio: Option<crate::stats::istio::IstioListener>,
     /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
     pub trace: Option<Rc<crate::trace::ListenerTrace>>,
     /// Spent span records, reused like `log_pool`.
     pub trace_pool: RefCell<Vec<Box<Traced>>>,
+    /// The address it listens on; `None` for a virtual listener (`bind: false`), whose
+    /// connections were handed over by an `original_destination` listener.
+    pub bound: Option<SocketAddr>,
 }
 
 impl TripleListener {
@@ -374,13 +380,15 @@ impl TripleListener {
 
     /// A record of the call whose request headers are `hl` (`None` when nothing is logged).
     fn capture(&self, hl: &headers::HeaderList) -> Option<Box<Logged>> {
-        let log = self.log.as_ref()?;
+        if self.log.is_none() && self.istio.is_none() {
+            return None;
+        }
         let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(Logged {
                 start: SystemTime::UNIX_EPOCH,
                 values: Vec::new(),
                 spans: Vec::new(),
-                names: log.request_headers.clone(),
+                names: Rc::from(Vec::new()),
                 upstream: None,
                 cluster: None,
                 bytes_received: 0,
@@ -388,15 +396,19 @@ impl TripleListener {
                 flags: Flags::NONE,
             })
         });
-        lg.start = SystemTime::now();
         lg.values.clear();
         lg.spans.clear();
-        lg.names = log.request_headers.clone();
         lg.upstream = None;
         lg.cluster = None;
         lg.bytes_received = 0;
         lg.bytes_sent = 0;
         lg.flags = Flags::NONE;
+        let Some(log) = &self.log else {
+            return Some(lg);
+        };
+        // Only a logged call reads the clock of day and copies headers.
+        lg.start = SystemTime::now();
+        lg.names = log.request_headers.clone();
         for (i, name) in log.request_headers.iter().enumerate() {
             if let Some(v) = hl.get(name.as_bytes()) {
                 lg.values.extend_from_slice(v);
@@ -409,7 +421,7 @@ impl TripleListener {
     /// Writes a finished call's access-log line; `caller` is the caller's (remote, local)
     /// address.
     fn log_call(&self, c: &mut Call, caller: (Option<SocketAddr>, Option<SocketAddr>)) {
-        let (Some(log), Some(lg)) = (&self.log, c.log.take()) else {
+        let Some(lg) = c.log.take() else {
             return;
         };
         let mut flags = lg.flags;
@@ -417,6 +429,36 @@ impl TripleListener {
             // Cancelled by the caller, or its connection is gone.
             flags = flags | Flags::DOWNSTREAM_CONNECTION_TERMINATION;
         }
+        if let Some(istio) = &self.istio {
+            let text = || flags.short_string();
+            let o = crate::stats::istio::Outcome {
+                cluster: lg
+                    .cluster
+                    .as_ref()
+                    .map(|c| (c.ids.cx_total, c.name.as_str())),
+                code: if c.headers_sent { 200 } else { 0 },
+                grpc: c.status,
+                flags: (flags.bits(), &text),
+            };
+            let us = c.started.elapsed().as_micros() as u64;
+            istio.request(&o, us, lg.bytes_received, lg.bytes_sent);
+        }
+        if let Some(log) = &self.log {
+            Self::write_line(log, c, &lg, flags, caller);
+        }
+        let mut pool = self.log_pool.borrow_mut();
+        if pool.len() < LOG_POOL_MAX {
+            pool.push(lg);
+        }
+    }
+
+    fn write_line(
+        log: &crate::access_log::ListenerLog,
+        c: &Call,
+        lg: &Logged,
+        flags: Flags,
+        caller: (Option<SocketAddr>, Option<SocketAddr>),
+    ) {
         log.write(&Record {
             start: lg.start,
             duration: c.started.elapsed(),
@@ -431,13 +473,9 @@ impl TripleListener {
             downstream_local: caller.1,
             bytes_received: lg.bytes_received,
             bytes_sent: lg.bytes_sent,
-            headers: &*lg,
+            headers: lg,
             dubbo: None,
         });
-        let mut pool = self.log_pool.borrow_mut();
-        if pool.len() < LOG_POOL_MAX {
-            pool.push(lg);
-        }
     }
 
     /// Counts a finished call (called when its stream is forgotten).
@@ -462,11 +500,19 @@ impl TripleListener {
     }
 }
 
+/// Original destinations one `original_destination` cluster keeps hosts (and their
+/// connections) for, per shard: beyond it a host without connections makes room, and with
+/// none such the call fails UNAVAILABLE (`upstream_rq_overflow`).
+pub const ORIGINAL_DST_HOSTS_MAX: usize = 1024;
+
 /// A cluster's HTTP/2 upstream connections on one shard.
 pub struct Pool {
     pub lb: Rc<ShardCluster>,
     /// By endpoint slot, each built on first use.
     hosts: crate::cluster::HostTable<Host>,
+    /// `original_destination` clusters: a host per original destination called (at most
+    /// [`ORIGINAL_DST_HOSTS_MAX`]), found by address.
+    destinations: RefCell<Vec<Rc<Host>>>,
     connections_per_host: usize,
     pub connect_timeout: Duration,
     /// Connections with no stream for this long close; PING keepalive (interval, timeout).
@@ -512,6 +558,7 @@ impl Pool {
         Rc::new(Pool {
             lb,
             hosts: crate::cluster::HostTable::new(),
+            destinations: RefCell::new(Vec::new()),
             connections_per_host: c.connections_per_host as usize,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
@@ -578,6 +625,64 @@ impl Pool {
             .connection(self.connections_per_host, limits, avoid)
     }
 
+    /// `original_destination` clusters: a connection with room for one more stream to `dst`
+    /// (the caller connection's original destination), other than `avoid`. `None` when
+    /// [`ORIGINAL_DST_HOSTS_MAX`] destinations all have connections, or `dst`'s host has no
+    /// room.
+    fn connection_to(
+        self: &Rc<Self>,
+        dst: SocketAddr,
+        limits: H2Limits,
+        avoid: Option<&conn::Conn>,
+    ) -> Option<Rc<conn::Conn>> {
+        let found = self
+            .destinations
+            .borrow()
+            .iter()
+            .find(|h| h.addr == dst)
+            .cloned();
+        let host = match found {
+            Some(h) => h,
+            None => {
+                let mut ds = self.destinations.borrow_mut();
+                if ds.len() >= ORIGINAL_DST_HOSTS_MAX {
+                    let idle = ds.iter().position(|h| h.conns.borrow().is_empty())?;
+                    ds.swap_remove(idle);
+                }
+                let h = Rc::new(Host {
+                    addr: dst,
+                    index: usize::MAX,
+                    pool: self.clone(),
+                    ids: crate::cluster::HostStatIds::sink(),
+                    conns: RefCell::new(Vec::new()),
+                    next: Cell::new(0),
+                    down_until: Cell::new(None),
+                    retired: Cell::new(false),
+                    outlier: Default::default(),
+                });
+                ds.push(h.clone());
+                h
+            }
+        };
+        host.connection(self.connections_per_host, limits, avoid)
+    }
+
+    /// Another connection for a stream `avoid` refused: of the same endpoint for an
+    /// original destination, else of any endpoint the balancer picks.
+    fn retry_connection(
+        self: &Rc<Self>,
+        host: &Rc<Host>,
+        limits: H2Limits,
+        avoid: &conn::Conn,
+        retry: Option<&crate::route::Retry>,
+    ) -> Option<Rc<conn::Conn>> {
+        if host.index == usize::MAX {
+            host.connection(self.connections_per_host, limits, Some(avoid))
+        } else {
+            self.connection(limits, Some(avoid), retry)
+        }
+    }
+
     /// One call's outcome at `host`, for outlier detection (when the cluster has it).
     pub fn outcome(&self, host: &Host, failed: bool) {
         let Some(cfg) = &self.outlier else {
@@ -597,7 +702,7 @@ impl Pool {
         match host.outlier.failure(cfg, now, share) {
             crate::cluster::Ejection::None => {}
             crate::cluster::Ejection::Ejected(t) => {
-                crate::cluster::count_ejection(&self.stats, &self.ids, t);
+                crate::cluster::count_ejection(&self.stats, &self.ids, host.ids.ejected, t);
                 tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
             }
             crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
@@ -612,6 +717,9 @@ impl Pool {
     /// The whole pool left service (its cluster was removed or replaced).
     pub fn retire_all(&self) {
         self.hosts.retire_all();
+        for h in self.destinations.take() {
+            crate::cluster::Retire::retire(&*h);
+        }
     }
 }
 

@@ -1,0 +1,498 @@
+//! Istio's standard metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes`, `istio_response_bytes`, `istio_tcp_*`) for the listeners with
+//! `istio_metrics`, with the labels istio-proxy's stats filter gives them, in its order.
+//!
+//! Labels come from three places: the node metadata (`xds.node_metadata`: this workload's
+//! name, namespace, app, version, canonical service and revision, cluster id), the cluster a
+//! call went to (an Istio cluster name `outbound|PORT|SUBSET|HOST` names the destination
+//! service), and the call itself (response code, gRPC status, response flags). What ringside
+//! cannot know (the peer's workload: istio-proxy learns it from a metadata exchange over
+//! Istio mTLS) is `unknown`, as istio-proxy reports it without that exchange.
+//!
+//! Data path: each listener has, per shard, a table from the call's variable part (cluster,
+//! code, gRPC status, flags) to its registered stat ids; a call looks its key up (no
+//! allocation, no lock) and counts into the shard's own slots like any stat. A key seen for
+//! the first time registers its label set (allocation, the stats registration lock: once per
+//! set and shard). The table holds at most `stats.istio_label_sets_max` sets; a call with a
+//! new set beyond it is not counted here, only in `istio.label_sets_overflow`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::{HistId, Kind, Layout, ShardStats, StatId, Stats, ISTIO_SCOPE};
+use crate::config::{IstioReporter, NodeMetadataValue};
+
+/// What istio-proxy reports for a value it does not know.
+pub const UNKNOWN: &str = "unknown";
+
+/// This workload, as the node metadata names it (`unknown` for what it leaves out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub workload: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub cluster_id: String,
+}
+
+impl Node {
+    /// From Istio's node metadata keys: `WORKLOAD_NAME`, `NAMESPACE`, `CLUSTER_ID` and the
+    /// `LABELS` `app`, `version`, `service.istio.io/canonical-name` and
+    /// `service.istio.io/canonical-revision` (falling back on `app` and `version`, as Istio's
+    /// injector does).
+    pub fn from_metadata(m: &BTreeMap<String, NodeMetadataValue>) -> Node {
+        let string = |k: &str| match m.get(k) {
+            Some(NodeMetadataValue::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let label = |k: &str| match m.get("LABELS") {
+            Some(NodeMetadataValue::Map(l)) => l.get(k).filter(|v| !v.is_empty()).cloned(),
+            _ => None,
+        };
+        let unknown = || UNKNOWN.to_string();
+        let app = label("app");
+        let version = label("version");
+        Node {
+            workload: string("WORKLOAD_NAME").unwrap_or_else(unknown),
+            namespace: string("NAMESPACE").unwrap_or_else(unknown),
+            canonical_service: label("service.istio.io/canonical-name")
+                .or_else(|| app.clone())
+                .or_else(|| string("WORKLOAD_NAME"))
+                .unwrap_or_else(unknown),
+            canonical_revision: label("service.istio.io/canonical-revision")
+                .or_else(|| version.clone())
+                .unwrap_or_else(|| "latest".to_string()),
+            app: app.unwrap_or_else(unknown),
+            version: version.unwrap_or_else(unknown),
+            cluster_id: string("CLUSTER_ID").unwrap_or_else(unknown),
+        }
+    }
+}
+
+/// Which protocol a listener's calls are (`request_protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Dubbo,
+    Grpc,
+    Tcp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Dubbo => "dubbo",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// The part of a call's label set that varies per call: the table's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    /// The cluster (a stat id its name registered once: stable while the process lives).
+    cluster: Option<StatId>,
+    code: u32,
+    grpc: Option<u32>,
+    flags: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ids {
+    Request {
+        total: StatId,
+        duration: HistId,
+        request_bytes: HistId,
+        response_bytes: HistId,
+    },
+    Tcp {
+        opened: StatId,
+        closed: StatId,
+        sent: StatId,
+        received: StatId,
+    },
+}
+
+/// One finished call or connection, as the metrics see it.
+pub struct Outcome<'a> {
+    /// The cluster it went to: a stable stat id of that cluster, and its name. `None`: no
+    /// cluster (no route).
+    pub cluster: Option<(StatId, &'a str)>,
+    /// Dubbo status or HTTP status (0 for TCP).
+    pub code: u32,
+    pub grpc: Option<u32>,
+    /// The response flags (an `access_log::Flags` value) and how to write them (`-` for none),
+    /// called only for a label set seen for the first time.
+    pub flags: (u16, &'a dyn Fn() -> String),
+}
+
+/// One listener's Istio metrics on one shard.
+pub struct IstioListener {
+    stats: ShardStats,
+    reporter: IstioReporter,
+    protocol: Protocol,
+    node: Arc<Node>,
+    /// `connection_security_policy`: `mutual_tls` on an inbound listener that requires client
+    /// certificates, `none` on other inbound ones, `unknown` outbound (as istio-proxy).
+    security: &'static str,
+    table: RefCell<FxHashMap<Key, Ids>>,
+    max: usize,
+    overflow: StatId,
+}
+
+impl IstioListener {
+    pub fn new(
+        stats: ShardStats,
+        reporter: IstioReporter,
+        protocol: Protocol,
+        node: Arc<Node>,
+        mutual_tls: bool,
+        max: usize,
+    ) -> IstioListener {
+        let security = match (reporter, mutual_tls) {
+            (IstioReporter::Source, _) => UNKNOWN,
+            (IstioReporter::Destination, true) => "mutual_tls",
+            (IstioReporter::Destination, false) => "none",
+        };
+        let overflow = stats
+            .stats
+            .add("istio", "label_sets_overflow", &[], Kind::Counter);
+        IstioListener {
+            stats,
+            reporter,
+            protocol,
+            node,
+            security,
+            table: RefCell::new(FxHashMap::default()),
+            max,
+            overflow,
+        }
+    }
+
+    /// Counts one finished request (Dubbo call, gRPC/Triple call).
+    pub fn request(&self, o: &Outcome<'_>, duration_us: u64, bytes_in: u64, bytes_out: u64) {
+        let Some(Ids::Request {
+            total,
+            duration,
+            request_bytes,
+            response_bytes,
+        }) = self.ids(o)
+        else {
+            return;
+        };
+        let st = &self.stats;
+        st.inc(total);
+        st.record(duration, duration_us);
+        st.record(request_bytes, bytes_in.saturating_mul(1000));
+        st.record(response_bytes, bytes_out.saturating_mul(1000));
+    }
+
+    /// Counts one closed TCP connection: opened and closed, and its bytes each way.
+    pub fn connection(&self, o: &Outcome<'_>, received: u64, sent: u64) {
+        let Some(Ids::Tcp {
+            opened,
+            closed,
+            sent: sent_id,
+            received: received_id,
+        }) = self.ids(o)
+        else {
+            return;
+        };
+        let st = &self.stats;
+        st.inc(opened);
+        st.inc(closed);
+        st.add(sent_id, sent);
+        st.add(received_id, received);
+    }
+
+    fn ids(&self, o: &Outcome<'_>) -> Option<Ids> {
+        let key = Key {
+            cluster: o.cluster.map(|c| c.0),
+            code: o.code,
+            grpc: o.grpc,
+            flags: o.flags.0,
+        };
+        if let Some(ids) = self.table.borrow().get(&key) {
+            return Some(*ids);
+        }
+        if self.table.borrow().len() >= self.max {
+            self.stats.inc(self.overflow);
+            return None;
+        }
+        let ids = self.register(o);
+        self.table.borrow_mut().insert(key, ids);
+        Some(ids)
+    }
+
+    /// Registers the stats of a label set seen for the first time.
+    fn register(&self, o: &Outcome<'_>) -> Ids {
+        let labels = self.labels(o);
+        let tags: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let st: &Stats = &self.stats.stats;
+        match self.protocol {
+            Protocol::Tcp => Ids::Tcp {
+                opened: st.add(
+                    ISTIO_SCOPE,
+                    "istio_tcp_connections_opened_total",
+                    &tags,
+                    Kind::Counter,
+                ),
+                closed: st.add(
+                    ISTIO_SCOPE,
+                    "istio_tcp_connections_closed_total",
+                    &tags,
+                    Kind::Counter,
+                ),
+                sent: st.add(
+                    ISTIO_SCOPE,
+                    "istio_tcp_sent_bytes_total",
+                    &tags,
+                    Kind::Counter,
+                ),
+                received: st.add(
+                    ISTIO_SCOPE,
+                    "istio_tcp_received_bytes_total",
+                    &tags,
+                    Kind::Counter,
+                ),
+            },
+            _ => Ids::Request {
+                total: st.add(ISTIO_SCOPE, "istio_requests_total", &tags, Kind::Counter),
+                duration: st.add_histogram_in(
+                    ISTIO_SCOPE,
+                    "istio_request_duration_milliseconds",
+                    &tags,
+                    Layout::EnvoyMilli,
+                ),
+                request_bytes: st.add_histogram_in(
+                    ISTIO_SCOPE,
+                    "istio_request_bytes",
+                    &tags,
+                    Layout::EnvoyMilli,
+                ),
+                response_bytes: st.add_histogram_in(
+                    ISTIO_SCOPE,
+                    "istio_response_bytes",
+                    &tags,
+                    Layout::EnvoyMilli,
+                ),
+            },
+        }
+    }
+
+    /// The labels of `o`, in the order istio-proxy's stats filter adds them.
+    fn labels(&self, o: &Outcome<'_>) -> Vec<(&'static str, String)> {
+        let n = &*self.node;
+        let u = || UNKNOWN.to_string();
+        let service = o.cluster.and_then(|c| service_of(c.1));
+        let mut l: Vec<(&'static str, String)> = Vec::with_capacity(25);
+        match self.reporter {
+            IstioReporter::Destination => {
+                l.push(("reporter", "destination".into()));
+                l.push(("source_workload", u()));
+                l.push(("source_canonical_service", u()));
+                l.push(("source_canonical_revision", "latest".into()));
+                l.push(("source_workload_namespace", u()));
+                l.push(("source_principal", u()));
+                l.push(("source_app", u()));
+                l.push(("source_version", u()));
+                l.push(("source_cluster", u()));
+                l.push(("destination_workload", n.workload.clone()));
+                l.push(("destination_workload_namespace", n.namespace.clone()));
+                l.push(("destination_principal", u()));
+                l.push(("destination_app", n.app.clone()));
+                l.push(("destination_version", n.version.clone()));
+                let (host, name) = match &service {
+                    Some(s) => (s.host.clone(), s.name.clone()),
+                    None => (n.canonical_service.clone(), n.canonical_service.clone()),
+                };
+                l.push(("destination_service", host));
+                l.push(("destination_canonical_service", n.canonical_service.clone()));
+                l.push((
+                    "destination_canonical_revision",
+                    n.canonical_revision.clone(),
+                ));
+                l.push(("destination_service_name", name));
+                l.push(("destination_service_namespace", n.namespace.clone()));
+                l.push(("destination_cluster", n.cluster_id.clone()));
+            }
+            IstioReporter::Source => {
+                l.push(("reporter", "source".into()));
+                l.push(("source_workload", n.workload.clone()));
+                l.push(("source_canonical_service", n.canonical_service.clone()));
+                l.push(("source_canonical_revision", n.canonical_revision.clone()));
+                l.push(("source_workload_namespace", n.namespace.clone()));
+                l.push(("source_principal", u()));
+                l.push(("source_app", n.app.clone()));
+                l.push(("source_version", n.version.clone()));
+                l.push(("source_cluster", n.cluster_id.clone()));
+                l.push(("destination_workload", u()));
+                l.push(("destination_workload_namespace", u()));
+                l.push(("destination_principal", u()));
+                l.push(("destination_app", u()));
+                l.push(("destination_version", u()));
+                let s = service.as_ref();
+                l.push((
+                    "destination_service",
+                    s.map(|s| s.host.clone()).unwrap_or_else(u),
+                ));
+                l.push(("destination_canonical_service", u()));
+                l.push(("destination_canonical_revision", "latest".into()));
+                l.push((
+                    "destination_service_name",
+                    s.map(|s| s.name.clone()).unwrap_or_else(u),
+                ));
+                l.push((
+                    "destination_service_namespace",
+                    s.and_then(|s| s.namespace.clone()).unwrap_or_else(u),
+                ));
+                l.push(("destination_cluster", u()));
+            }
+        }
+        l.push(("request_protocol", self.protocol.as_str().into()));
+        if self.protocol != Protocol::Tcp {
+            l.push(("response_code", o.code.to_string()));
+            l.push((
+                "grpc_response_status",
+                o.grpc.map(|g| g.to_string()).unwrap_or_default(),
+            ));
+        }
+        l.push(("response_flags", (o.flags.1)()));
+        l.push(("connection_security_policy", self.security.into()));
+        l
+    }
+}
+
+/// The destination service a cluster name stands for.
+#[derive(Debug, PartialEq, Eq)]
+struct Service {
+    host: String,
+    name: String,
+    namespace: Option<String>,
+}
+
+/// Istio's cluster names: `outbound|PORT|SUBSET|HOST` (and `inbound|PORT|SUBSET|HOST`) name
+/// the service host; its name is the host's first label and, for a Kubernetes host
+/// (`NAME.NAMESPACE.svc...`), its namespace the second. Istio's special clusters
+/// (`PassthroughCluster`, `BlackHoleCluster`, `InboundPassthroughCluster*`) are their own
+/// service name, as istio-proxy reports them. Other names: unknown.
+fn service_of(cluster: &str) -> Option<Service> {
+    if matches!(cluster, "PassthroughCluster" | "BlackHoleCluster")
+        || cluster.starts_with("InboundPassthroughCluster")
+    {
+        return Some(Service {
+            host: cluster.to_string(),
+            name: cluster.to_string(),
+            namespace: None,
+        });
+    }
+    let mut parts = cluster.split('|');
+    let (Some("outbound" | "inbound"), Some(_port), Some(_subset), Some(host), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let mut labels = host.split('.');
+    let name = labels.next().unwrap_or(host).to_string();
+    let namespace = match (labels.next(), labels.next()) {
+        (Some(ns), Some("svc")) => Some(ns.to_string()),
+        _ => None,
+    };
+    Some(Service {
+        host: host.to_string(),
+        name,
+        namespace,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_cluster_names_give_the_service() {
+        let s = service_of("outbound|20880||users.shop.svc.cluster.local").unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.name.as_str(), s.namespace.as_deref()),
+            ("users.shop.svc.cluster.local", "users", Some("shop"))
+        );
+        let s = service_of("outbound|50051|v1|greeter.example.com").unwrap();
+        assert_eq!((s.name.as_str(), s.namespace), ("greeter", None));
+        assert_eq!(service_of("inbound|20880||"), None);
+        assert_eq!(service_of("users"), None);
+        assert_eq!(
+            service_of("PassthroughCluster").unwrap().name,
+            "PassthroughCluster"
+        );
+    }
+
+    #[test]
+    fn node_metadata_names_the_workload_with_istio_fallbacks() {
+        let m: BTreeMap<String, NodeMetadataValue> = serde_yaml::from_str(
+            "WORKLOAD_NAME: users-v1\nNAMESPACE: shop\nLABELS: {app: users, version: v1}\n",
+        )
+        .unwrap();
+        let n = Node::from_metadata(&m);
+        assert_eq!(n.workload, "users-v1");
+        assert_eq!(
+            n.canonical_service, "users",
+            "app stands for the canonical name"
+        );
+        assert_eq!(n.canonical_revision, "v1");
+        assert_eq!(n.cluster_id, UNKNOWN);
+        let n = Node::from_metadata(&BTreeMap::new());
+        assert_eq!(
+            (n.app.as_str(), n.canonical_revision.as_str()),
+            (UNKNOWN, "latest")
+        );
+    }
+
+    #[test]
+    fn label_sets_are_capped_and_the_overflow_counted() {
+        let s = Arc::new(Stats::new(1, &crate::config::StatsConfig::default()).unwrap());
+        let node = Arc::new(Node::from_metadata(&BTreeMap::new()));
+        let l = IstioListener::new(
+            s.shard(0),
+            IstioReporter::Source,
+            Protocol::Dubbo,
+            node,
+            false,
+            2,
+        );
+        let dash = || "-".to_string();
+        for code in [20, 30, 20, 40, 50] {
+            let o = Outcome {
+                cluster: None,
+                code,
+                grpc: None,
+                flags: (0, &dash),
+            };
+            l.request(&o, 1_000, 10, 20);
+        }
+        let text = s.render_text();
+        assert!(text.contains("istio.label_sets_overflow: 2"), "{text}");
+        let counted: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("istiocustom.istio_requests_total."))
+            .collect();
+        assert_eq!(counted.len(), 2, "{counted:?}");
+        assert!(
+            counted
+                .iter()
+                .any(|l| l.contains("response_code.20.") && l.ends_with(": 2")),
+            "{counted:?}"
+        );
+    }
+}

@@ -1,0 +1,446 @@
+//! TLS from xDS with certificates over SDS (docs/security.md, docs/xds.md "TLS"): the shapes
+//! istiod sends (`DownstreamTlsContext` / `UpstreamTlsContext` whose certificate is the SDS
+//! secret `default` and whose trust bundle is `ROOTCA`, both from the `sds-grpc` cluster, i.e.
+//! pilot-agent's Unix socket), served by the test xDS server (tests/peers/xds/server.py, which
+//! also serves SDS on a Unix socket) to ringside and to Envoy 1.40 as the peer sidecar, both
+//! ways; certificate rotation over SDS in the middle of a load run. Needs
+//! scripts/install-test-deps (the venv with xds-protos, Envoy).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::dubbo::*;
+use common::envoy::{
+    bootstrap, dubbo_call, dubbo_listener, load_assignment, socket, Ads, DubboCall, Envoy,
+};
+use common::pki::*;
+use common::xds::*;
+use common::*;
+use serde_json::{json, Value};
+
+const ECHO: &str = "com.ringside.test.EchoService";
+
+/// Istio's `sds_config`: the SDS server behind the bootstrap's `sds-grpc` cluster.
+fn sds_config() -> Value {
+    json!({"api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}],
+        "set_node_on_first_message_only": true},
+        "initial_fetch_timeout": "0s", "resource_api_version": "V3"})
+}
+
+/// istiod's `common_tls_context`: certificate `default` and trust bundle `ROOTCA` over SDS,
+/// the peer's SAN matched by `san` (`{"exact": ..}` or `{"prefix": ..}`).
+fn istio_tls_context(alpn: &[&str], san: Value) -> Value {
+    json!({
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+        "alpn_protocols": alpn,
+        "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": sds_config()}],
+        "combined_validation_context": {
+            "default_validation_context": {"match_subject_alt_names": [san]},
+            "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": sds_config()}
+        }
+    })
+}
+
+/// The SDS secrets pilot-agent serves a workload: its certificate `default` and `ROOTCA`.
+fn secrets(cert: &str, key: &str, ca: &str) -> Value {
+    json!([
+        {"name": "default", "tls_certificate": {
+            "certificate_chain": {"inline_string": cert},
+            "private_key": {"inline_string": key}}},
+        {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": ca}}}
+    ])
+}
+
+fn downstream_tls(ctx: Value) -> Value {
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": true,
+        "common_tls_context": ctx}})
+}
+
+fn upstream_tls(ctx: Value) -> Value {
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "outbound_.20880_._.provider.default.svc.cluster.local",
+        "common_tls_context": ctx}})
+}
+
+fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> Value {
+    json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": load_assignment(name, endpoints)})
+}
+
+/// A Dubbo listener (dubbo_proxy) sending every EchoService call to `cluster`.
+fn dubbo_to(name: &str, addr: SocketAddr, cluster: &str) -> Value {
+    dubbo_listener(
+        name,
+        addr,
+        json!([{"name": "echo", "interface": ECHO, "routes": [
+            {"match": {"method": {"name": {"safe_regex": {"regex": ".*"}}}}, "route": {"cluster": cluster}}
+        ]}]),
+    )
+}
+
+fn tcp_proxy_to(name: &str, addr: SocketAddr, cluster: &str) -> Value {
+    json!({"name": name, "address": socket(addr), "filter_chains": [{"filters": [{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": name, "cluster": cluster}}]}]})
+}
+
+/// A ringside whose listeners and clusters come from `xds` and whose SDS server `sds-grpc` is
+/// `xds`'s Unix socket.
+fn ringside(xds: &XdsServer, node: &str) -> Ringside {
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\n\
+         sds:\n  - {{name: sds-grpc, path: {}}}\n\
+         xds:\n  server: {}\n  node_id: {node}\n  node_cluster: tests\n  \
+         initial_fetch_timeout_ms: 20000\n  retry_initial_ms: 100\n  retry_max_ms: 1000\n",
+        xds.sds_socket.display(),
+        xds.addr()
+    );
+    Ringside::start(&config, admin, &["--shards", "1"])
+}
+
+/// An Envoy whose listeners and clusters come from `xds`, with istio-proxy's `sds-grpc` static
+/// cluster on `xds`'s Unix socket (as pilot-agent's).
+fn envoy(xds: &XdsServer, node: &str) -> Envoy {
+    let admin = local(free_port());
+    let mut boot = bootstrap(admin, xds.addr(), Ads::Sotw, node);
+    boot["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"pipe": {"path": xds.sds_socket.display().to_string()}}}}]}]}
+        }));
+    Envoy::start(&boot, admin)
+}
+
+fn echo(addr: SocketAddr, text: &str) -> Result<String, String> {
+    dubbo_call(addr, &DubboCall::new(ECHO, "", "", "echo", text))
+}
+
+/// Calls until one is answered by the provider (the proxies warm, SDS arrives), up to 20 s.
+fn wait_answered(addr: SocketAddr, what: &str, logs: &dyn Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The listener comes with the first xDS snapshot.
+        if std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {addr} never listened\n{}",
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        match echo(addr, "warm") {
+            Ok(t) if t.ends_with("|echo|warm") => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "{what}: never answered (last: {other:?})\n{}",
+                logs()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn certs(rs: &Ringside) -> Value {
+    let (code, body) = rs.get("/certs");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The expiry `/certs` shows for the SDS certificate `default` of `owner`.
+fn sds_expiry(rs: &Ringside, owner: &str) -> Option<i64> {
+    let v = certs(rs);
+    v["files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["owner"] == owner && f["path"] == "sds:sds-grpc/default")?["certificates"][0]
+        ["expiration_unix_s"]
+        .as_i64()
+}
+
+#[test]
+fn istio_shaped_tls_over_sds_with_envoy_as_the_peer_both_ways() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let ca = pki.read("ca.pem");
+
+    // ringside outbound (consumer's certificate over SDS) → Envoy inbound (provider's
+    // certificate over SDS, client SAN by prefix as istiod's inbound chains) → provider.
+    let rs_xds = XdsServer::start();
+    let envoy_xds = XdsServer::start();
+    let (out_listen, envoy_listen) = (local(free_port()), local(free_port()));
+    let mut to_envoy = static_cluster("to-envoy", &[envoy_listen]);
+    to_envoy["transport_socket"] = upstream_tls(istio_tls_context(
+        &["istio-peer-exchange", "istio"],
+        json!({"exact": PROVIDER_ID}),
+    ));
+    rs_xds
+        .put(&json!({"version": "1",
+            "listeners": [dubbo_to("out", out_listen, "to-envoy")],
+            "clusters": [to_envoy],
+            "secrets": secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)}))
+        .unwrap();
+    let mut inbound = tcp_proxy_to("in", envoy_listen, "app");
+    inbound["filter_chains"][0]["transport_socket"] = downstream_tls(istio_tls_context(
+        &["istio-peer-exchange", "h2", "http/1.1"],
+        json!({"prefix": "spiffe://cluster.local/"}),
+    ));
+    envoy_xds
+        .put(&json!({"version": "1",
+            "listeners": [inbound],
+            "clusters": [static_cluster("app", &[provider.addr])],
+            "secrets": secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)}))
+        .unwrap();
+    let envoy_in = envoy(&envoy_xds, "envoy-in");
+    let rs_out = ringside(&rs_xds, "ringside-out");
+    wait_answered(out_listen, "ringside → Envoy", &|| envoy_in.log());
+    for i in 0..5 {
+        let text = format!("to-envoy-{i}");
+        assert_eq!(echo(out_listen, &text), Ok(format!("A|echo|{text}")));
+    }
+    let handshakes = format!(
+        "listener.{}_{}.ssl.handshake",
+        envoy_listen.ip(),
+        envoy_listen.port()
+    );
+    assert!(envoy_in.stat(&handshakes) >= 1, "{}", envoy_in.log());
+    assert_eq!(
+        sds_expiry(&rs_out, "cluster to-envoy"),
+        Some(NOT_AFTER_UNIX_S),
+        "{}",
+        certs(&rs_out)
+    );
+    // Both secrets were asked for on the Unix socket, and ACKed.
+    let sds: Vec<Value> = rs_xds
+        .requests()
+        .into_iter()
+        .filter(|r| r["type"] == SDS && r["ack"] == true)
+        .collect();
+    assert!(!sds.is_empty(), "no SDS ACK: {:?}", rs_xds.requests());
+    let names = sds[0]["resource_names"].as_array().unwrap();
+    assert_eq!(names, &[json!("ROOTCA"), json!("default")]);
+
+    // Envoy outbound (consumer's certificate) → ringside inbound (DownstreamTlsContext as
+    // istiod's inbound chains, provider's certificate over SDS) → provider.
+    let rs_xds = XdsServer::start();
+    let envoy_xds = XdsServer::start();
+    let (in_listen, envoy_out) = (local(free_port()), local(free_port()));
+    let mut inbound = dubbo_to("in", in_listen, "app");
+    inbound["filter_chains"][0]["transport_socket"] = downstream_tls(istio_tls_context(
+        &["istio-peer-exchange", "h2", "http/1.1"],
+        json!({"prefix": "spiffe://cluster.local/"}),
+    ));
+    rs_xds
+        .put(&json!({"version": "1",
+            "listeners": [inbound],
+            "clusters": [static_cluster("app", &[provider.addr])],
+            "secrets": secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)}))
+        .unwrap();
+    let mut to_rs = static_cluster("to-ringside", &[in_listen]);
+    to_rs["transport_socket"] = upstream_tls(istio_tls_context(
+        &["istio-peer-exchange", "istio"],
+        json!({"exact": PROVIDER_ID}),
+    ));
+    envoy_xds
+        .put(&json!({"version": "1",
+            "listeners": [tcp_proxy_to("out", envoy_out, "to-ringside")],
+            "clusters": [to_rs],
+            "secrets": secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)}))
+        .unwrap();
+    let rs_in = ringside(&rs_xds, "ringside-in");
+    let _envoy_out = envoy(&envoy_xds, "envoy-out");
+    wait_answered(envoy_out, "Envoy → ringside", &|| {
+        let tls: Vec<String> = rs_in
+            .get("/stats")
+            .1
+            .lines()
+            .filter(|l| l.contains("tls") || l.contains("cx_total"))
+            .map(String::from)
+            .collect();
+        format!("{}\n{tls:#?}\n{}", _envoy_out.log(), certs(&rs_in))
+    });
+    for i in 0..5 {
+        let text = format!("from-envoy-{i}");
+        assert_eq!(echo(envoy_out, &text), Ok(format!("A|echo|{text}")));
+    }
+    assert!(
+        rs_in
+            .stat_value("listener.in.downstream_tls_handshake")
+            .unwrap_or(0)
+            >= 1
+    );
+    assert_eq!(
+        rs_in.stat_value("listener.in.downstream_tls_error"),
+        Some(0)
+    );
+    assert_eq!(sds_expiry(&rs_in, "listener in"), Some(NOT_AFTER_UNIX_S));
+}
+
+/// The expiry (notAfter, as openssl prints it) of the certificate a TLS server on `addr`
+/// presents to a client with `pki`'s consumer certificate, or why there is none.
+fn served_not_after(pki: &Pki, addr: SocketAddr) -> Result<String, String> {
+    use std::process::{Command, Stdio};
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-showcerts"])
+        .args([
+            "-cert",
+            &pki.path("consumer.pem"),
+            "-key",
+            &pki.path("consumer.key"),
+        ])
+        .args(["-CAfile", &pki.path("ca.pem")])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or("no certificate")?;
+    let end = text[start..]
+        .find("-----END CERTIFICATE-----")
+        .ok_or("no certificate end")?
+        + start
+        + "-----END CERTIFICATE-----".len();
+    let mut x = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("openssl: {e}"))?;
+    use std::io::Write;
+    x.stdin
+        .take()
+        .unwrap()
+        .write_all(text[start..end].as_bytes())
+        .unwrap();
+    let out = x.wait_with_output().map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn certificate_rotation_over_sds_during_a_load_run_fails_no_call() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP certificate_rotation_over_sds_during_a_load_run_fails_no_call: no openssl binary (it reads the served certificate)");
+        return;
+    }
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let ca = pki.read("ca.pem");
+    // ringside inbound (istiod's shape, certificate over SDS) ← ringside outbound (files).
+    let xds = XdsServer::start();
+    let in_listen = local(free_port());
+    let mut inbound = dubbo_to("in", in_listen, "app");
+    inbound["filter_chains"][0]["transport_socket"] = downstream_tls(istio_tls_context(
+        &["istio"],
+        json!({"prefix": "spiffe://cluster.local/"}),
+    ));
+    xds.put(&json!({"version": "1",
+        "listeners": [inbound],
+        "clusters": [static_cluster("app", &[provider.addr])],
+        "secrets": secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)}))
+        .unwrap();
+    let rs_in = ringside(&xds, "ringside-in");
+    let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+    let out_yaml = format!(
+        "admin: {{address: {out_admin}}}\n\
+         listeners:\n  - {{name: out, address: {out_listen}, protocol: dubbo, cluster: peer}}\n\
+         clusters:\n\
+         \x20 - name: peer\n    endpoints: [\"{in_listen}\"]\n    timeout_ms: 3000\n\
+         \x20   tls:\n      cert_chain: {}\n      private_key: {}\n      ca: {}\n\
+         \x20     alpn: [istio]\n      subject_alt_names: [\"{PROVIDER_ID}\"]\n",
+        pki.path("consumer.pem"),
+        pki.path("consumer.key"),
+        pki.path("ca.pem"),
+    );
+    let _rs_out = Ringside::start(&out_yaml, out_admin, &["--shards", "1"]);
+    wait_answered(out_listen, "outbound → inbound", &|| String::new());
+    assert_eq!(sds_expiry(&rs_in, "listener in"), Some(NOT_AFTER_UNIX_S));
+    let before = served_not_after(&pki, in_listen).unwrap();
+    assert!(before.contains("2031"), "{before}");
+
+    // Load: 4 consumers calling back to back through the outbound, one upstream TLS
+    // connection, until told to stop; every answer must be the provider's.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, ok, bad) = (stop.clone(), ok.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let mut c = Consumer::connect(out_listen);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let text = format!("w{w}-{i}");
+                    let args = [codec::dubbo::encode::Arg::Str(&text)];
+                    let a =
+                        c.call(codec::dubbo::encode::RequestBuilder::new(ECHO, "echo").args(&args));
+                    if a.status == codec::dubbo::Status::Ok && a.text == format!("A|echo|{text}") {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("failed call {text}: {:?} {}", a.status, a.text);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let ok_before = ok.load(Ordering::Relaxed);
+    assert!(ok_before > 0, "no call answered before the rotation");
+
+    // Rotation: pilot-agent pushes a new `default` (expiring 2032-01-15).
+    let (cert, key) = pki.issue(PROVIDER_ID, (2032, 1, 15));
+    xds.patch(&json!({"version": "2", "secrets": [
+        {"name": "default", "tls_certificate": {
+            "certificate_chain": {"inline_string": cert},
+            "private_key": {"inline_string": key}}}]}))
+        .unwrap();
+    let rotated = 1_957_737_600; // 2032-01-15T00:00:00Z
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sds_expiry(&rs_in, "listener in") != Some(rotated) {
+        assert!(
+            Instant::now() < deadline,
+            "rotation not applied: {}",
+            certs(&rs_in)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // New handshakes get the new certificate at once.
+    let after = served_not_after(&pki, in_listen).unwrap();
+    assert!(after.contains("2032"), "{after}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    assert_eq!(bad, 0, "{bad} calls failed ({ok} answered)");
+    assert!(ok > ok_before, "no call answered after the rotation");
+    // The outbound's connection survived the rotation: one handshake from it, plus the two
+    // openssl probes.
+    assert_eq!(
+        rs_in.stat_value("listener.in.downstream_tls_handshake"),
+        Some(3)
+    );
+}
