@@ -75,6 +75,7 @@ pub struct TripleStatIds {
     pub rq_no_healthy_upstream: StatId,
     /// Calls a local rate limit refused.
     pub rq_rate_limited: StatId,
+    pub fault: crate::filter::FaultStatIds,
     pub rsp_local: StatId,
     /// Responses by grpc-status (index 17: any other value).
     pub rsp_status: [StatId; GRPC_STATUS_COUNTED],
@@ -112,6 +113,7 @@ impl TripleStatIds {
             rq_timeout: c("triple_rq_timeout"),
             rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
             rq_rate_limited: c("triple_rq_rate_limited"),
+            fault: crate::filter::FaultStatIds::register(st, listener),
             rsp_local: c("triple_rsp_local"),
             rsp_status,
             protocol_error: c("triple_protocol_error"),
@@ -288,6 +290,8 @@ pub struct TripleListener {
     pub log: Option<Rc<crate::access_log::ListenerLog>>,
     /// Spent call records, reused (no allocation per logged call in steady state).
     pub log_pool: RefCell<Vec<Box<Logged>>>,
+    /// Calls held by a fault delay now (against `max_active_faults`).
+    pub faults_active: Cell<u32>,
     /// Istio's standard metrics, when the listener has `istio_metrics` (they read the call's
     /// record too: cluster, bytes, flags).
     pub istio: Option<crate::stats::istio::IstioListener>,
