@@ -685,28 +685,15 @@ impl Pool {
 
     /// One call's outcome at `host`, for outlier detection (when the cluster has it).
     pub fn outcome(&self, host: &Host, failed: bool) {
-        let Some(cfg) = &self.outlier else {
-            return;
-        };
-        if !failed {
-            host.outlier.success();
-            return;
-        }
-        let now = Instant::now();
-        let share = || {
-            let mut live = self.lb.endpoints().live.to_vec();
-            live.sort_unstable();
-            live.dedup();
-            (self.hosts.count(|h| h.outlier.is_ejected(now)), live.len())
-        };
-        match host.outlier.failure(cfg, now, share) {
-            crate::cluster::Ejection::None => {}
-            crate::cluster::Ejection::Ejected(t) => {
-                crate::cluster::count_ejection(&self.stats, &self.ids, host.ids.ejected, t);
-                tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
-            }
-            crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
-        }
+        crate::cluster::outcome(
+            self.outlier.as_ref(),
+            &self.lb,
+            &self.hosts,
+            &self.stats,
+            &self.ids,
+            host,
+            failed,
+        );
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
@@ -720,6 +707,18 @@ impl Pool {
         for h in self.destinations.take() {
             crate::cluster::Retire::retire(&*h);
         }
+    }
+}
+
+impl crate::cluster::OutlierHost for Host {
+    fn outlier(&self) -> &crate::cluster::Outlier {
+        &self.outlier
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn ids(&self) -> &crate::cluster::HostStatIds {
+        &self.ids
     }
 }
 
