@@ -182,6 +182,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
         tls: None,
+        transport_socket_matches: Vec::new(),
         circuit_breakers: None,
         outlier_detection: None,
     });
