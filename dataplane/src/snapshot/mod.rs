@@ -611,9 +611,16 @@ impl ClusterState {
             true => Box::default(),
             false => slots.iter().map(|s| socket(s.addr)).collect(),
         };
+        let distinct = {
+            let mut d = live.to_vec();
+            d.sort_unstable();
+            d.dedup();
+            d.len() as u32
+        };
         self.published = Arc::new(Endpoints {
             slots,
             live,
+            distinct,
             levels: visits.levels.into(),
             weights: visits.weights.into(),
             generation: old.generation,
