@@ -251,7 +251,6 @@ fn secrets_of_both_kinds_decode_and_others_are_refused() {
 #[test]
 fn transport_socket_matches_and_endpoint_labels_as_istiod_sends_them() {
     use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
-    use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
     use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
     let labels = |kv: &[(&str, Kind)]| Struct {
         fields: kv
