@@ -1327,6 +1327,68 @@ pub struct RouteAction {
     /// Retries of the route's requests (docs/governance.md#retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
+    /// Fault injection on the route's requests (docs/governance.md#fault-injection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+/// Longest `fault.delay.fixed_delay_ms`.
+pub const FAULT_DELAY_MS_MAX: u64 = 3_600_000;
+
+/// A share of requests, in parts per million; written as a percentage (`25`, `0.5`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Share(pub u32);
+
+impl Share {
+    pub const PER_MILLION: u32 = 1_000_000;
+}
+
+impl Serialize for Share {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(f64::from(self.0) / 10_000.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "percentage {v} is out of range 0..=100"
+            )));
+        }
+        Ok(Share((v * 10_000.0).round() as u32))
+    }
+}
+
+/// A route's fault injection (Envoy's HTTP `fault` filter): a delay before the request is
+/// forwarded, and/or an answer instead of forwarding it, each for a share of requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Faults in progress at most (per shard); beyond it requests pass unharmed
+    /// (`fault.faults_overflow`). Default: no limit but the connections' own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_faults: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    pub fixed_delay_ms: u64,
+    pub percentage: Share,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// The answer: a gRPC status (Triple) or a Dubbo response status (Dubbo).
+    pub status: u32,
+    pub percentage: Share,
 }
 
 /// Most retries a route may ask for (`retry_policy.num_retries`).
@@ -2863,6 +2925,32 @@ fn validate_action(
 ) {
     if let Some(p) = &action.retry_policy {
         validate_retry(p, grpc, &|f| rat(&format!("route.retry_policy.{f}")), err);
+    }
+    if let Some(f) = &action.fault {
+        if let Some(d) = &f.delay {
+            if d.fixed_delay_ms == 0 || d.fixed_delay_ms > FAULT_DELAY_MS_MAX {
+                err(
+                    rat("route.fault.delay.fixed_delay_ms"),
+                    format!(
+                        "{} is out of range 1..={FAULT_DELAY_MS_MAX}",
+                        d.fixed_delay_ms
+                    ),
+                );
+            }
+        }
+        if let Some(a) = &f.abort {
+            // gRPC 0 or Dubbo 20 (OK) would be an answer no provider gave.
+            let (ok, top) = if grpc { (0, 16) } else { (20, 255) };
+            if a.status == ok || a.status > top {
+                err(
+                    rat("route.fault.abort.status"),
+                    format!("{} is not an error status (1..={top}, not {ok})", a.status),
+                );
+            }
+        }
+        if f.delay.is_none() && f.abort.is_none() {
+            err(rat("route.fault"), "give delay, abort or both".into());
+        }
     }
     match (&action.cluster, action.weighted_clusters.is_empty()) {
         (Some(_), false) | (None, true) => err(

@@ -680,3 +680,43 @@ fn retry_policies_load_and_are_checked() {
     }
     assert!(!errors(&route("{retry_on: [5xx]}")).is_empty());
 }
+
+#[test]
+fn faults_load_and_are_checked() {
+    let dubbo = GOOD.replace("protocol: tcp", "protocol: dubbo");
+    let route = |fault: &str| {
+        dubbo.replace(
+            "    cluster: echo\n",
+            &format!("    cluster: echo\n    dubbo:\n      routes:\n        - route: {{cluster: echo, fault: {fault}}}\n"),
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &route("{delay: {fixed_delay_ms: 10, percentage: 12.5}, abort: {status: 80, percentage: 0.0001}}"),
+    )
+    .unwrap();
+    let f = c.listeners[0].dubbo.as_ref().unwrap().routes[0]
+        .route
+        .fault
+        .unwrap();
+    assert_eq!(f.delay.unwrap().percentage, Share(125_000));
+    assert_eq!(f.abort.unwrap().percentage, Share(1));
+    let at = "listeners[0].dubbo.routes[0].route.fault";
+    for (fault, field) in [
+        ("{abort: {status: 20, percentage: 1}}", "abort.status"),
+        (
+            "{delay: {fixed_delay_ms: 0, percentage: 1}}",
+            "delay.fixed_delay_ms",
+        ),
+        ("{}", ""),
+    ] {
+        let e = errors(&route(fault));
+        let want = if field.is_empty() {
+            at.to_string()
+        } else {
+            format!("{at}.{field}")
+        };
+        assert_eq!(e[0].field, want, "{fault}");
+    }
+    assert!(!errors(&route("{abort: {status: 80, percentage: 101}}")).is_empty());
+}

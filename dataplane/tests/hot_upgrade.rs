@@ -303,8 +303,9 @@ fn a_successor_that_dies_before_serving_leaves_the_old_one_serving() {
         hotswap::send(
             &conn,
             &hotswap::Message::Hello {
-                protocol: hotswap::PROTOCOL_VERSION,
+                protocol: hotswap::PROTOCOL_BASE,
                 build: "test".into(),
+                highest: None,
             },
             &[],
         )
@@ -342,8 +343,9 @@ fn a_successor_that_dies_after_serving_makes_the_old_one_resume() {
         hotswap::send(
             &conn,
             &hotswap::Message::Hello {
-                protocol: hotswap::PROTOCOL_VERSION,
+                protocol: hotswap::PROTOCOL_BASE,
                 build: "test".into(),
+                highest: None,
             },
             &[],
         )

@@ -1900,8 +1900,8 @@ fn route_configuration(
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{j}]");
-            no_fault_override(&r.typed_per_filter_config, ctx, &rat)?;
             let mut route = triple_route(r, ctx, &rat)?;
+            route.route.fault = route_fault(&r.typed_per_filter_config, ctx, &rat)?;
             // The virtual host's policy, for its routes without their own.
             if let (None, Some(p)) = (&route.route.retry_policy, &vh.retry_policy) {
                 route.route.retry_policy = retry_policy(p, ctx, &format!("{vat}.retry_policy"))?;
@@ -2921,6 +2921,106 @@ fn no_fault_override(
         }
     }
     Ok(())
+}
+
+/// A route's own fault injection (`typed_per_filter_config` of `envoy.filters.http.fault`,
+/// docs/governance.md#fault-injection); `None` without one or when it injects nothing.
+fn route_fault(
+    m: &std::collections::HashMap<String, Any>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::Fault>, TranslateError> {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        fault_abort::ErrorType, HttpFault,
+    };
+    let Some((k, a)) = m
+        .iter()
+        .find(|(k, a)| *k == "envoy.filters.http.fault" || a.type_url == FAULT)
+    else {
+        return Ok(None);
+    };
+    let fat = join(at, &format!("typed_per_filter_config[{k:?}]"));
+    let f: HttpFault = unpack(a, FAULT, ctx, &fat)?;
+    let refuse = |field: &str, why: &str| Err(ctx.err(format!("{fat}.{field}"), why.to_string()));
+    if !f.headers.is_empty() {
+        return refuse("headers", "faults by header match are not supported");
+    }
+    if !f.downstream_nodes.is_empty() {
+        return refuse("downstream_nodes", "not supported");
+    }
+    if !f.upstream_cluster.is_empty() {
+        return refuse("upstream_cluster", "not supported");
+    }
+    if f.response_rate_limit.is_some() {
+        return refuse("response_rate_limit", "not supported");
+    }
+    let share = |p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>, field: &str| {
+        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+        // Left out: 0 % (the proto's default, as Envoy reads it): Istio's empty fault.
+        let Some(p) = p else {
+            return Ok(config::Share(0));
+        };
+        let scale = match D::try_from(p.denominator) {
+            Ok(D::Hundred) => 10_000,
+            Ok(D::TenThousand) => 100,
+            Ok(D::Million) => 1,
+            Err(_) => return Err(ctx.err(format!("{fat}.{field}"), "unknown denominator")),
+        };
+        Ok(config::Share(
+            p.numerator
+                .saturating_mul(scale)
+                .min(config::Share::PER_MILLION),
+        ))
+    };
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => {
+            let ms = match &d.fault_delay_secifier {
+                Some(FaultDelaySecifier::FixedDelay(t)) => duration_ms(
+                    t,
+                    ctx,
+                    &format!("{fat}.delay.fixed_delay"),
+                    config::FAULT_DELAY_MS_MAX,
+                )?,
+                _ => return refuse("delay", "only fixed_delay is supported"),
+            };
+            let percentage = share(d.percentage.as_ref(), "delay.percentage")?;
+            (ms > 0 && percentage.0 > 0).then_some(config::FaultDelay {
+                fixed_delay_ms: ms,
+                percentage,
+            })
+        }
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => {
+            let status = match a.error_type {
+                Some(ErrorType::GrpcStatus(c)) => c,
+                // Envoy's HTTP status to gRPC status mapping for a gRPC caller.
+                Some(ErrorType::HttpStatus(h)) => match h {
+                    400 => 13,
+                    401 => 16,
+                    403 => 7,
+                    404 => 12,
+                    429 | 502 | 503 | 504 => 14,
+                    _ => 2,
+                },
+                _ => return refuse("abort", "give http_status or grpc_status"),
+            };
+            let percentage = share(a.percentage.as_ref(), "abort.percentage")?;
+            (percentage.0 > 0).then_some(config::FaultAbort { status, percentage })
+        }
+    };
+    if delay.is_none() && abort.is_none() {
+        // Istio's default: nothing to inject.
+        return Ok(None);
+    }
+    Ok(Some(config::Fault {
+        delay,
+        abort,
+        max_active_faults: f.max_active_faults.map(|m| m.value),
+    }))
 }
 
 // === local rate limits (docs/governance.md) ===

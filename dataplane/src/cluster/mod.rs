@@ -127,6 +127,8 @@ pub struct Endpoints {
     pub levels: Box<[u32]>,
     /// Weight of each `live` entry (least_request), empty when every endpoint weighs the same.
     pub weights: Box<[u32]>,
+    /// Distinct endpoints in `live` (an endpoint appears there once per weight visit).
+    pub distinct: u32,
     /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
     /// cluster instead of updating it.
     pub generation: u64,
@@ -139,6 +141,7 @@ impl Endpoints {
             live: Box::new([]),
             levels: Box::new([]),
             weights: Box::new([]),
+            distinct: 0,
             generation,
         }
     }
@@ -669,6 +672,49 @@ pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, host: StatId, t
         stats.dec(active);
         stats.dec(host);
     });
+}
+
+/// A pool's host (Dubbo or HTTP/2) as outlier detection sees it.
+pub trait OutlierHost {
+    fn outlier(&self) -> &Outlier;
+    fn addr(&self) -> SocketAddr;
+    fn ids(&self) -> &HostStatIds;
+}
+
+/// One request's outcome at `host` of a pool (`hosts`, balanced by `lb`), for outlier
+/// detection: nothing without `cfg`; a success resets the host's count, a failure may eject it
+/// (counted in `ids`, logged). No allocation: the cluster's endpoint count is the published
+/// `Endpoints::distinct`.
+#[allow(clippy::too_many_arguments)]
+pub fn outcome<H: OutlierHost + Retire>(
+    cfg: Option<&OutlierConfig>,
+    lb: &ShardCluster,
+    hosts: &HostTable<H>,
+    stats: &ShardStats,
+    ids: &UpstreamStatIds,
+    host: &H,
+    failed: bool,
+) {
+    let Some(cfg) = cfg else {
+        return;
+    };
+    if !failed {
+        host.outlier().success();
+        return;
+    }
+    let now = std::time::Instant::now();
+    let share = || {
+        let total = lb.endpoints.borrow().distinct as usize;
+        (hosts.count(|h| h.outlier().is_ejected(now)), total)
+    };
+    match host.outlier().failure(cfg, now, share) {
+        Ejection::None => {}
+        Ejection::Ejected(t) => {
+            count_ejection(stats, ids, host.ids().ejected, t);
+            tracing::info!(cluster = %lb.name, upstream = %host.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
+        }
+        Ejection::Overflow => stats.inc(ids.outlier_overflow),
+    }
 }
 
 /// One endpoint's outlier state on one shard.

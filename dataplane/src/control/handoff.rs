@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotswap::REQUEST_BYTES_MAX;
-use hotswap::{HandoffError, Message, SocketEntry, MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
+use hotswap::{HandoffError, Message, SocketEntry, MESSAGE_BYTES_MAX, PROTOCOL_BASE};
 
 use super::server::{ControlEvent, Inherited, Shared, State};
 use crate::config::Config;
@@ -132,6 +132,7 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
     let Message::Hello {
         protocol,
         build: theirs,
+        ..
     } = hello
     else {
         hotswap::send(
@@ -143,9 +144,9 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
         )?;
         return Ok(false);
     };
-    if protocol != PROTOCOL_VERSION {
+    if protocol != PROTOCOL_BASE {
         let reason = format!(
-            "handoff protocol {protocol} ({theirs}) is not compatible with {PROTOCOL_VERSION} ({})",
+            "handoff protocol {protocol} ({theirs}) is not compatible with {PROTOCOL_BASE} ({})",
             build()
         );
         tracing::warn!(%reason, "refusing hot upgrade");
@@ -165,7 +166,7 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
     hotswap::send(
         conn,
         &Message::Welcome {
-            protocol: PROTOCOL_VERSION,
+            protocol: PROTOCOL_BASE,
             build: build(),
         },
         &[],
@@ -264,13 +265,14 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
     let protocol = std::env::var(PROTOCOL_OVERRIDE_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(PROTOCOL_VERSION);
+        .unwrap_or(PROTOCOL_BASE);
     let fail = |e: HandoffError| format!("--upgrade: {e}");
     hotswap::send(
         &conn,
         &Message::Hello {
             protocol,
             build: build(),
+            highest: None,
         },
         &[],
     )

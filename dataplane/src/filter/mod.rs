@@ -109,6 +109,31 @@ impl<T: Default> Default for Latest<T> {
     }
 }
 
+// === fault injection ===
+
+/// Fault injection counters of one listener (Envoy's `fault.*` names): delays and aborts
+/// injected, faults not injected for `max_active_faults`, and delays in progress.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultStatIds {
+    pub delays_injected: StatId,
+    pub aborts_injected: StatId,
+    pub overflow: StatId,
+    pub active: StatId,
+}
+
+impl FaultStatIds {
+    pub fn register(st: &Stats, listener: &str) -> Self {
+        let t = [("listener", listener)];
+        let c = |name, kind| st.add("listener", name, &t, kind);
+        FaultStatIds {
+            delays_injected: c("fault.delays_injected", Kind::Counter),
+            aborts_injected: c("fault.aborts_injected", Kind::Counter),
+            overflow: c("fault.faults_overflow", Kind::Counter),
+            active: c("fault.active_faults", Kind::Gauge),
+        }
+    }
+}
+
 // === request stats ===
 
 /// Stat ids of one listener: its connections (counted by the shard that accepts them) and

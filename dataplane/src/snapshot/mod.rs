@@ -592,9 +592,16 @@ impl ClusterState {
         } else {
             old.slots.iter().copied().chain(added).collect()
         };
+        let distinct = {
+            let mut d = live.to_vec();
+            d.sort_unstable();
+            d.dedup();
+            d.len() as u32
+        };
         self.published = Arc::new(Endpoints {
             slots,
             live,
+            distinct,
             levels: visits.levels.into(),
             weights: visits.weights.into(),
             generation: old.generation,

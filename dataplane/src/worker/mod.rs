@@ -652,6 +652,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
+                faults_active: Default::default(),
                 istio: istio_listener(l, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
             })
@@ -677,6 +678,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
+                faults_active: Default::default(),
                 istio: istio_listener(l, &stats, IstioProtocol::Grpc),
                 trace,
                 trace_pool: Default::default(),

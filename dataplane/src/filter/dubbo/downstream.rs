@@ -61,6 +61,7 @@ pub struct DubboStatIds {
     pub rq_no_healthy_upstream: StatId,
     /// Requests a local rate limit refused.
     pub rq_rate_limited: StatId,
+    pub fault: crate::filter::FaultStatIds,
     pub rsp_ok: StatId,
     pub rsp_error: StatId,
     pub rsp_local: StatId,
@@ -93,6 +94,7 @@ impl DubboStatIds {
             rq_overflow: c("dubbo_rq_overflow"),
             rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
             rq_rate_limited: c("dubbo_rq_rate_limited"),
+            fault: crate::filter::FaultStatIds::register(st, listener),
             rsp_ok: c("dubbo_rsp_ok"),
             rsp_error: c("dubbo_rsp_error"),
             rsp_local: c("dubbo_rsp_local"),
@@ -133,6 +135,8 @@ pub struct DubboListener {
     pub log: Option<Rc<ListenerLog>>,
     /// Spent call records, reused (no allocation per logged call in steady state).
     pub log_pool: RefCell<Vec<Box<Logged>>>,
+    /// Requests held by a fault delay now (against `max_active_faults`).
+    pub faults_active: Cell<u32>,
     /// Istio's standard metrics, when the listener has `istio_metrics`.
     pub istio: Option<crate::stats::istio::IstioListener>,
     /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
@@ -885,43 +889,135 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     }
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
+    let rq = Routed1 {
+        id: h.id,
+        two_way: h.two_way,
+        timeout,
+        retry: action.retry,
+        counted,
+    };
+    let fault = match action.fault(&l.dice) {
+        Some(_)
+            if action
+                .fault
+                .and_then(|f| f.max_active_faults)
+                .is_some_and(|m| l.faults_active.get() >= m) =>
+        {
+            l.stats.inc(l.ids.fault.overflow);
+            None
+        }
+        f => f,
+    };
+    match fault {
+        Some(f) if f.delay.is_some() => delay(conn, pool, frame, rq, lg, f),
+        Some(f) => abort(conn, rq, lg, f.abort.unwrap_or_default()),
+        None => send(conn, pool, frame, rq, lg),
+    }
+    Ok(())
+}
+
+/// What a routed request carries to its pool.
+#[derive(Clone, Copy)]
+struct Routed1 {
+    id: u64,
+    two_way: bool,
+    timeout: Duration,
+    retry: Option<crate::route::RetryPolicy>,
+    counted: Counted,
+}
+
+/// A route's fault delay holds the request for its time (it counts as in flight on its
+/// connection meanwhile, and its frame against the shard's buffer budget); a connection that
+/// closes first drops it. Then it is forwarded, or answered with the fault's abort.
+fn delay(
+    conn: &Rc<DownConn>,
+    pool: &Rc<ClusterPool>,
+    frame: BytesMut,
+    rq: Routed1,
+    lg: Option<Box<Logged>>,
+    f: crate::route::Injected,
+) {
+    let l = &conn.l;
+    l.stats.inc(l.ids.fault.delays_injected);
+    l.stats.inc(l.ids.fault.active);
+    l.faults_active.set(l.faults_active.get() + 1);
+    conn.inflight.set(conn.inflight.get() + 1);
+    let mut held = Charge::new(l.budget.clone());
+    held.set(frame.len());
+    let (conn, pool) = (conn.clone(), pool.clone());
+    let d = f.delay.unwrap_or_default();
+    shard::monoio::spawn(async move {
+        let gone = shard::monoio::select! {
+            _ = shard::monoio::time::sleep(d) => false,
+            _ = conn.finished.wait() => true,
+        };
+        drop(held);
+        let l = &conn.l;
+        l.stats.dec(l.ids.fault.active);
+        l.faults_active.set(l.faults_active.get().saturating_sub(1));
+        conn.inflight.set(conn.inflight.get().saturating_sub(1));
+        conn.room_maybe();
+        if gone || conn.closed.get() {
+            return;
+        }
+        match f.abort {
+            Some(code) => abort(&conn, rq, lg, code),
+            None => send(&conn, &pool, frame, rq, lg),
+        }
+    });
+}
+
+/// Answers a request with the route's fault abort status (a one-way one is dropped).
+fn abort(conn: &Rc<DownConn>, rq: Routed1, lg: Option<Box<Logged>>, code: u32) {
+    let l = &conn.l;
+    l.stats.inc(l.ids.fault.aborts_injected);
+    let e = LocalError::FaultAbort(code as u8);
+    if rq.two_way {
+        conn.local_reply_logged(rq.id, &e, Some(rq.counted), lg, None);
+    } else if let Some(lg) = lg {
+        conn.log_call(lg, 0, e.flags(), None, None, 0);
+    }
+}
+
+/// Forwards a request to `pool`, or answers it when the pool refuses.
+fn send(
+    conn: &Rc<DownConn>,
+    pool: &Rc<ClusterPool>,
+    frame: BytesMut,
+    rq: Routed1,
+    lg: Option<Box<Logged>>,
+) {
+    let l = &conn.l;
+    let (h, timeout, counted) = (rq, rq.timeout, rq.counted);
     // A one-way request's record stays here: it is logged as it leaves (nothing comes back).
     let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
     let cluster = Some(&*pool.lb.name);
     let bytes_in = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    let (refused, lg) = match pool.forward(
-        frame,
-        h.id,
-        h.two_way,
-        timeout,
-        action.retry,
-        conn,
-        counted,
-        lg,
-    ) {
-        Ok(()) => {
-            if let Some(lg) = oneway_lg {
-                conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
+    let (refused, lg) =
+        match pool.forward(frame, h.id, h.two_way, timeout, rq.retry, conn, counted, lg) {
+            Ok(()) => {
+                if let Some(lg) = oneway_lg {
+                    conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
+                }
+                return;
             }
-            return Ok(());
-        }
-        Err((ForwardError::NoHealthyEndpoint, lg)) => {
-            l.stats.inc(l.ids.rq_no_healthy_upstream);
-            (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
-        }
-        Err((ForwardError::CircuitOpen { limit }, lg)) => {
-            l.stats.inc(l.ids.rq_overflow);
-            let e = LocalError::CircuitOpen {
-                cluster: &pool.lb.name,
-                limit,
-            };
-            (e, lg)
-        }
-        Err((ForwardError::Overflow { addr, limit }, lg)) => {
-            l.stats.inc(l.ids.rq_overflow);
-            (LocalError::Overflow { addr, limit }, lg)
-        }
-    };
+            Err((ForwardError::NoHealthyEndpoint, lg)) => {
+                l.stats.inc(l.ids.rq_no_healthy_upstream);
+                (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
+            }
+            Err((ForwardError::CircuitOpen { limit }, lg)) => {
+                l.stats.inc(l.ids.rq_overflow);
+                let e = LocalError::CircuitOpen {
+                    cluster: &pool.lb.name,
+                    limit,
+                };
+                (e, lg)
+            }
+            Err((ForwardError::Overflow { addr, limit }, lg)) => {
+                l.stats.inc(l.ids.rq_overflow);
+                (LocalError::Overflow { addr, limit }, lg)
+            }
+        };
     if h.two_way {
         let len = conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
         let (status, flags) = (refused.status().0, refused.flags());
@@ -936,7 +1032,6 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     } else if let Some(lg) = oneway_lg {
         conn.log_call(lg, 0, refused.flags(), refused.upstream(), cluster, 0);
     }
-    Ok(())
 }
 
 /// A routed request: its route's action, its (interface, method) counters, its access-log
