@@ -38,6 +38,8 @@ pub struct Flags {
     pub log_level: Option<String>,
     pub drain_time_s: Option<u64>,
     pub allow_unknown_static_fields: bool,
+    /// No hot-upgrade control socket (nothing written to `$TMPDIR`).
+    pub disable_hot_restart: bool,
     pub validate_only: bool,
     pub service_cluster: Option<String>,
     pub service_node: Option<String>,
@@ -125,9 +127,8 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
                      (application_log_config.log_format.json_format selects JSON)"
                 ));
             }
-            "--disable-hot-restart"
-            | "--skip-deprecated-logs"
-            | "--ignore-unknown-dynamic-fields" => {}
+            "--disable-hot-restart" => f.disable_hot_restart = true,
+            "--skip-deprecated-logs" | "--ignore-unknown-dynamic-fields" => {}
             "--parent-shutdown-time-s" | "--base-id" => {
                 number(value("number")?)?;
                 f.ignored.push(format!(
@@ -709,7 +710,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         io: None::<config::IoMode>,
         poll_mode: None,
     };
-    super::run(cfg, &overrides, false)
+    super::run(cfg, &overrides, false, !flags.disable_hot_restart)
 }
 
 #[cfg(test)]
@@ -737,6 +738,7 @@ mod tests {
         assert_eq!(f.concurrency, Some(2));
         assert_eq!(f.log_level.as_deref(), Some("warn"));
         assert!(f.allow_unknown_static_fields);
+        assert!(f.disable_hot_restart);
     }
 
     #[test]
