@@ -1339,9 +1339,13 @@ impl AgentPod {
     /// `binary` with pilot-agent's argv, run in the pod's root; its log in `proxy.log`.
     fn exec(&self, binary: &std::path::Path, extra: &[&str]) -> KillOnDrop {
         let log = std::fs::File::create(self.dir.0.join("proxy.log")).unwrap();
+        // Istio's sidecar has a read-only root filesystem (readOnlyRootFilesystem, no /tmp
+        // volume): a $TMPDIR nothing can be created in (its parent is a file) stands for it.
+        let blocked = self.dir.write("not-a-dir", "");
         let child = std::process::Command::new(binary)
             .args(PILOT_AGENT_ARGV)
             .args(extra)
+            .env("TMPDIR", blocked.join("tmp"))
             .current_dir(&self.dir.0)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
