@@ -590,7 +590,20 @@ fn ignore_readonly_through_upgrades(protocol_max: Option<u32>) {
 /// answers the whole request on the same connection.
 #[test]
 fn a_request_split_across_the_handover_is_answered_whole() {
-    let (_provider, listen, mut current) = provider_and_ringside("1");
+    split_across_the_handover("auto");
+}
+
+/// The same on the epoll backend, where the stopped read is cancelled through its readiness.
+#[test]
+fn a_request_split_across_the_handover_is_answered_whole_on_epoll() {
+    split_across_the_handover("epoll");
+}
+
+fn split_across_the_handover(io: &str) {
+    let provider = Provider::start("P");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let args = ["--shards", "1", "--io", io];
+    let mut current = Ringside::start(&config(admin, listen, provider.addr), admin, &args);
     let mut c = Consumer::connect(listen);
     assert_eq!(
         c.call(RequestBuilder::new(SVC, "echo").args(&[Arg::Str("before")]))
@@ -605,7 +618,7 @@ fn a_request_split_across_the_handover_is_answered_whole() {
     let half = frame.len() / 2;
     c.send_raw(&frame[..half]);
     std::thread::sleep(Duration::from_millis(200));
-    let next = current.upgrade(&["--shards", "2"]);
+    let next = current.upgrade(&["--shards", "2", "--io", io]);
     let (status, log) = current.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{log}");
     assert!(
@@ -931,4 +944,65 @@ fn an_oversized_control_message_is_refused_before_its_body() {
     );
     assert_eq!(rs.get("/ready").0, 200);
     drop(rs.upgrade(&["--shards", "1"]));
+}
+
+/// TLS connections do not move (their session lives in the old process): upgrading an inbound
+/// sidecar whose Dubbo listener is STRICT TLS drains them as before (readonly event; the calling
+/// ringside's pool opens a new connection, a second handshake), while upgrading the outbound
+/// sidecar in front of it moves its consumer's plaintext connection.
+#[test]
+fn tls_connections_drain_while_plaintext_ones_move() {
+    use common::pki::*;
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound_yaml = format!(
+        "admin: {{address: {in_admin}}}\n\
+         listeners:\n\
+         \x20 - name: inbound\n    address: {in_listen}\n    protocol: dubbo\n    cluster: app\n\
+         \x20   tls:\n      mode: strict\n      cert_chain: {}\n      private_key: {}\n\
+         \x20     ca: {}\n      subject_alt_names: [\"{CONSUMER_ID}\"]\n\
+         clusters:\n  - {{name: app, endpoints: [\"{}\"]}}\n",
+        pki.path("provider.pem"),
+        pki.path("provider.key"),
+        pki.path("ca.pem"),
+        provider.addr,
+    );
+    let (out_admin, out_listen) = (local(free_port()), local(free_port()));
+    let outbound_yaml = format!(
+        "admin: {{address: {out_admin}}}\n\
+         listeners:\n\
+         \x20 - {{name: outbound, address: {out_listen}, protocol: dubbo, cluster: peer}}\n\
+         clusters:\n\
+         \x20 - name: peer\n    endpoints: [\"{in_listen}\"]\n    timeout_ms: 3000\n\
+         \x20   tls:\n      cert_chain: {}\n      private_key: {}\n      ca: {}\n\
+         \x20     subject_alt_names: [\"{PROVIDER_ID}\"]\n",
+        pki.path("consumer.pem"),
+        pki.path("consumer.key"),
+        pki.path("ca.pem"),
+    );
+    let one = ["--shards", "1"];
+    let mut inbound = Ringside::start(&inbound_yaml, in_admin, &one);
+    let mut outbound = Ringside::start(&outbound_yaml, out_admin, &one);
+    let mut c = Consumer::connect(out_listen);
+    let call = |c: &mut Consumer, text: &str| {
+        let a = c.call(RequestBuilder::new(SVC, "echo").args(&[Arg::Str(text)]));
+        assert_eq!((a.status, a.text), (Status::Ok, format!("A|echo|{text}")));
+    };
+    call(&mut c, "before");
+    let inbound2 = inbound.upgrade(&one);
+    let (status, log) = inbound.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{log}");
+    call(&mut c, "inbound upgraded");
+    let outbound2 = outbound.upgrade(&one);
+    let (status, log) = outbound.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{log}");
+    call(&mut c, "outbound upgraded");
+    assert!(!c.readonly, "the consumer's plaintext connection moved");
+    // The TLS connection drained and the outbound side connected again (a second handshake);
+    // the outbound successor opened its own upstream connection (upstreams never move: a third).
+    wait_stat(&inbound2, "listener.inbound.downstream_tls_handshake", 3);
+    wait_stat(&inbound2, "listener.inbound.dubbo_cx_handed_over", 0);
+    wait_stat(&outbound2, "listener.outbound.dubbo_cx_handed_over", 1);
+    wait_stat(&outbound2, "listener.outbound.downstream_cx_total", 1);
 }

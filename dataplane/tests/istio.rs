@@ -1339,9 +1339,13 @@ impl AgentPod {
     /// `binary` with pilot-agent's argv, run in the pod's root; its log in `proxy.log`.
     fn exec(&self, binary: &std::path::Path, extra: &[&str]) -> KillOnDrop {
         let log = std::fs::File::create(self.dir.0.join("proxy.log")).unwrap();
+        // Istio's sidecar has a read-only root filesystem (readOnlyRootFilesystem, no /tmp
+        // volume): a $TMPDIR nothing can be created in (its parent is a file) stands for it.
+        let blocked = self.dir.write("not-a-dir", "");
         let child = std::process::Command::new(binary)
             .args(PILOT_AGENT_ARGV)
             .args(extra)
+            .env("TMPDIR", blocked.join("tmp"))
             .current_dir(&self.dir.0)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -1386,6 +1390,8 @@ struct PodView {
     lds_cds_acked: bool,
     scrape: Result<usize, String>,
     scrape_other_path: u16,
+    /// 15021 once the agent is gone (its port refuses connections).
+    ready_agent_gone: u16,
 }
 
 /// One GET (`Connection: close`, a chunked body joined: Envoy keeps connections open).
@@ -1416,7 +1422,7 @@ fn prometheus_lines(text: &str) -> Result<usize, String> {
 
 fn pod_view(binary: &std::path::Path, envoy: bool) -> PodView {
     let pod = AgentPod::new();
-    let _agent = pod.agent();
+    let agent = pod.agent();
     let mut proxy = pod.exec(binary, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(pod.admin, "/server_info").is_err() {
@@ -1477,6 +1483,10 @@ fn pod_view(binary: &std::path::Path, envoy: bool) -> PodView {
         lds_cds_acked,
         scrape: scrape.map(|n| usize::from(n > 0)),
         scrape_other_path: http_status(pod.prometheus, "/stats"),
+        ready_agent_gone: {
+            drop(agent);
+            http_status(pod.health, "/healthz/ready")
+        },
     };
     eprintln!("{}: {view:?}", if envoy { "envoy" } else { "ringside" });
     if view.ready_after_config != 200 {
@@ -1496,6 +1506,7 @@ fn pilot_agent_runs_ringside_with_envoys_command_line_and_bootstrap_like_envoy()
         lds_cds_acked: true,
         scrape: Ok(1),
         scrape_other_path: 404,
+        ready_agent_gone: 503,
     };
     assert_eq!(envoy, want, "the oracle");
     assert_eq!(ringside, want);

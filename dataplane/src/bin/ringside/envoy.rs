@@ -38,6 +38,8 @@ pub struct Flags {
     pub log_level: Option<String>,
     pub drain_time_s: Option<u64>,
     pub allow_unknown_static_fields: bool,
+    /// No hot-upgrade control socket (nothing written to `$TMPDIR`).
+    pub disable_hot_restart: bool,
     pub validate_only: bool,
     pub service_cluster: Option<String>,
     pub service_node: Option<String>,
@@ -125,9 +127,8 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
                      (application_log_config.log_format.json_format selects JSON)"
                 ));
             }
-            "--disable-hot-restart"
-            | "--skip-deprecated-logs"
-            | "--ignore-unknown-dynamic-fields" => {}
+            "--disable-hot-restart" => f.disable_hot_restart = true,
+            "--skip-deprecated-logs" | "--ignore-unknown-dynamic-fields" => {}
             "--parent-shutdown-time-s" | "--base-id" => {
                 number(value("number")?)?;
                 f.ignored.push(format!(
@@ -296,8 +297,10 @@ pub fn translate(
     if let Some(a) = &admin_addr {
         admin.insert("address".into(), json!(a));
     }
-    // static clusters: by name, their one address
+    // static clusters: by name, their one address; those ringside cannot take (a tracer's
+    // STRICT_DNS cluster by host name) matter only when something it runs names them.
     let mut clusters: Vec<(String, Endpoint)> = Vec::new();
+    let mut unusable: Vec<(String, String)> = Vec::new();
     let statics = &b.get("static_resources").cloned().unwrap_or(json!({}));
     for k in statics
         .as_object()
@@ -337,7 +340,7 @@ pub fn translate(
         };
         match ep {
             Ok(ep) => clusters.push((name, ep)),
-            Err(e) => errs.push(format!("bootstrap field `{at}.load_assignment`: {e}")),
+            Err(e) => unusable.push((name, format!("bootstrap field `{at}.load_assignment`: {e}"))),
         }
     }
     let cluster = |n: &str| clusters.iter().find(|(c, _)| c == n).map(|(_, e)| e);
@@ -485,6 +488,15 @@ pub fn translate(
         }
     }
     out.insert("admin".into(), Value::Object(admin));
+    let mut named = Vec::new();
+    cluster_names(&statics["listeners"], &mut named);
+    named.extend(ads_cluster.clone());
+    for (name, e) in unusable {
+        match named.contains(&name) {
+            true => errs.push(e),
+            false => warnings.push(format!("static cluster {name:?}: not used: {e}")),
+        }
+    }
     // overload manager: only Istio's unlimited downstream connections
     if let Some(o) = b.get("overload_manager") {
         let monitors = o["resource_monitors"]
@@ -535,6 +547,22 @@ pub fn translate(
 enum Endpoint {
     Pipe(String),
     Socket(String),
+}
+
+/// Every `cluster` string under `v` (the clusters static listeners route to).
+fn cluster_names(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x) {
+                    ("cluster", Value::String(c)) => out.push(c.clone()),
+                    _ => cluster_names(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| cluster_names(x, out)),
+        _ => {}
+    }
 }
 
 /// `{socket_address: {address, port_value}}` as `ip:port`.
@@ -709,7 +737,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         io: None::<config::IoMode>,
         poll_mode: None,
     };
-    super::run(cfg, &overrides, false)
+    super::run(cfg, &overrides, false, !flags.disable_hot_restart)
 }
 
 #[cfg(test)]
@@ -737,6 +765,7 @@ mod tests {
         assert_eq!(f.concurrency, Some(2));
         assert_eq!(f.log_level.as_deref(), Some("warn"));
         assert!(f.allow_unknown_static_fields);
+        assert!(f.disable_hot_restart);
     }
 
     #[test]
@@ -750,6 +779,46 @@ mod tests {
         assert_eq!(
             parse_flags(&args("--concurrency=3")).unwrap().concurrency,
             Some(3)
+        );
+    }
+
+    /// pilot-agent's bootstrap with a tracer (`zipkin`: a STRICT_DNS cluster by host name) runs
+    /// without it; the same cluster named by the ADS config is refused with its reason.
+    #[test]
+    fn an_unused_static_cluster_ringside_cannot_take_is_only_logged() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/istio/envoy-rev.json"
+        );
+        let mut b: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        b["static_resources"]["clusters"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({
+            "name": "zipkin", "type": "STRICT_DNS", "load_assignment": {"cluster_name": "zipkin",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address":
+            {"address": "zipkin.istio-system", "port_value": 9411}}}}]}]}}));
+        let flags = parse_flags(&args("-c x --allow-unknown-static-fields")).unwrap();
+        let mut warnings = Vec::new();
+        let c = translate(&b, &flags, &mut warnings).unwrap();
+        assert_eq!(c["xds"]["server"], "unix:./etc/istio/proxy/XDS");
+        assert_eq!(
+            c["sds"][0]["path"],
+            "./var/run/secrets/workload-spiffe-uds/socket"
+        );
+        assert_eq!(c["admin"]["health_upstream"], "127.0.0.1:15020");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("\"zipkin\": not used") && w.contains("not an IP address")),
+            "{warnings:?}"
+        );
+        b["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"] =
+            json!("zipkin");
+        let errs = translate(&b, &flags, &mut Vec::new()).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.contains("not an IP address")),
+            "{errs:?}"
         );
     }
 

@@ -199,7 +199,7 @@ fn main() -> ExitCode {
                     Poll::Hybrid => config::PollMode::Hybrid,
                 }),
             };
-            run(cfg, &overrides, upgrade)
+            run(cfg, &overrides, upgrade, true)
         }
         Command::Demo { seconds } => demo::run(seconds),
         Command::Iptables {
@@ -252,7 +252,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
+/// `control_socket: false` (Envoy's `--disable-hot-restart`): no control socket, so nothing is
+/// written outside the config's own paths (Istio's sidecar has a read-only root filesystem).
+fn run(cfg: Config, overrides: &Overrides, upgrade: bool, control_socket: bool) -> ExitCode {
     let control_path = handoff::path(&cfg);
     // A fresh start refuses to run next to a live ringside with the same control socket; an
     // upgrade takes that ringside's listening sockets first.
@@ -278,7 +280,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     // A fresh start claims the control socket first; a successor only once it serves, so a
     // failed upgrade leaves the predecessor reachable for the next attempt.
     let mut control_listener = None;
-    if !upgrade {
+    if !upgrade && control_socket {
         control_listener = bind_control();
         if control_listener.is_none() {
             return ExitCode::from(1);
@@ -336,6 +338,9 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         Some(l) => {
             let shared = server.shared.clone();
             std::thread::spawn(move || handoff::serve(l, shared));
+        }
+        None if !control_socket => {
+            tracing::info!("no control socket (--disable-hot-restart): no hot upgrade")
         }
         None => tracing::warn!("no control socket: this process cannot be hot-upgraded"),
     }
