@@ -182,6 +182,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
         tls: None,
+        transport_socket_matches: Vec::new(),
         circuit_breakers: None,
         outlier_detection: None,
     });
@@ -472,11 +473,26 @@ clusters:
         "cert_chain: c.pem, sni",
     ));
     assert_eq!(e[0].field, "clusters[0].tls.private_key", "{e:?}");
-    // TLS termination on a tcp listener, and a tcp listener to a TLS cluster: refused.
+    // TLS termination on a tcp listener: refused; a tcp listener to a TLS cluster is fine
+    // (the tcp proxy originates TLS).
     let e = errors(&ok.replace("protocol: dubbo", "protocol: tcp"));
     let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
-    assert!(fields.contains(&"listeners[0].tls.mode"), "{e:?}");
-    assert!(fields.contains(&"listeners[0].cluster"), "{e:?}");
+    assert_eq!(fields, ["listeners[0].tls.mode"], "{e:?}");
+    // transport_socket_matches: each entry's tls is checked like the cluster's.
+    let matches = ok.replace(
+        "    tls: {ca: ca.pem, cert_chain: c.pem, private_key: k.pem, sni: outbound_.80_._.x, alpn: [istio]}\n",
+        "    endpoint_metadata: [{transport_socket_match: {tlsMode: istio}}]\n    \
+         transport_socket_matches:\n      - {name: tlsMode-istio, match: {tlsMode: istio}, tls: {ca: ca.pem}}\n      \
+         - {name: tlsMode-disabled}\n",
+    );
+    let c = Config::from_yaml("c.yaml", &matches).unwrap();
+    assert_eq!(c.clusters[0].transport_socket(0), 1);
+    assert!(c.clusters[0].has_tls());
+    let e = errors(&matches.replace("tls: {ca: ca.pem}", "tls: {sni: x}"));
+    assert_eq!(
+        e[0].field, "clusters[0].transport_socket_matches[0].tls.ca",
+        "{e:?}"
+    );
     // Unknown fields name themselves.
     let e = errors(&ok.replace("alpn: [istio]", "alpn: [istio], verify: none"));
     assert!(e[0].message.contains("verify"), "{e:?}");

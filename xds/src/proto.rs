@@ -2337,19 +2337,47 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if c.name.is_empty() {
         return refuse("name", "must not be empty");
     }
-    if !c.transport_socket_matches.is_empty() {
-        return refuse("transport_socket_matches", "TLS is not supported");
-    }
     if c.transport_socket_matcher.is_some() {
-        return refuse("transport_socket_matcher", "TLS is not supported");
+        return refuse(
+            "transport_socket_matcher",
+            "not supported (transport_socket_matches is)",
+        );
     }
+    let upstream_tls = |ts: &core_pb::TransportSocket, at: &str| {
+        tls::tls_context(ts, &ctx, at)?
+            .map(|any| tls::upstream(any, &ctx, at))
+            .transpose()
+    };
     let tls = match &c.transport_socket {
-        Some(ts) => match tls::tls_context(ts, &ctx, "transport_socket")? {
-            Some(any) => Some(tls::upstream(any, &ctx, "transport_socket")?),
-            None => None,
-        },
+        Some(ts) => upstream_tls(ts, "transport_socket")?,
         None => None,
     };
+    let transport_socket_matches = c
+        .transport_socket_matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = format!("transport_socket_matches[{i}]");
+            let labels = match &m.r#match {
+                Some(st) => string_labels(st).map_err(|k| {
+                    ctx.err(
+                        format!("{at}.match.{k}"),
+                        "only string values are supported",
+                    )
+                })?,
+                None => Default::default(),
+            };
+            let tls = match &m.transport_socket {
+                Some(ts) => upstream_tls(ts, &format!("{at}.transport_socket"))?,
+                None => None,
+            };
+            Ok(config::TransportSocketMatch {
+                name: m.name.clone(),
+                labels,
+                tls,
+            })
+        })
+        .collect::<Result<Vec<_>, TranslateError>>()?;
     if !c.health_checks.is_empty() {
         return refuse("health_checks", "active health checks are not supported");
     }
@@ -2449,6 +2477,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             None => None,
         },
         tls,
+        transport_socket_matches,
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
         outlier_detection: match &c.outlier_detection {
             Some(o) => outlier_detection(o, &ctx)?,
@@ -2615,22 +2644,65 @@ fn endpoints(
                 H::try_from(e.health_status),
                 Ok(H::Unhealthy | H::Draining | H::Timeout)
             );
+            let transport_socket_match = match e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH_KEY))
+            {
+                Some(st) => string_labels(st).map_err(|k| {
+                    ctx.err(
+                        format!(
+                            "{eat}.metadata.filter_metadata[{TRANSPORT_SOCKET_MATCH_KEY:?}].{k}"
+                        ),
+                        "only string values are supported",
+                    )
+                })?,
+                None => Default::default(),
+            };
             if !excluded {
                 out.endpoints.push(addr);
                 out.metadata.push(config::EndpointMetadata {
                     weight,
                     priority: l.priority,
+                    transport_socket_match,
                     ..Default::default()
                 });
             }
         }
+        if l.metadata
+            .as_ref()
+            .is_some_and(|m| m.filter_metadata.contains_key(TRANSPORT_SOCKET_MATCH_KEY))
+        {
+            return Err(ctx.err(
+                join(at, &format!("endpoints[{i}].metadata")),
+                "transport socket matching by locality metadata is not supported (by endpoint metadata it is)",
+            ));
+        }
     }
-    let plain =
-        |m: &config::EndpointMetadata| m.priority == 0 && m.weight == out.metadata[0].weight;
+    let plain = |m: &config::EndpointMetadata| {
+        m.priority == 0 && m.weight == out.metadata[0].weight && m.transport_socket_match.is_empty()
+    };
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
     }
     Ok(out)
+}
+
+/// The endpoint metadata that chooses among a cluster's `transport_socket_matches`.
+const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
+
+/// A `Struct` of string values as labels; `Err` the first key whose value is no string.
+fn string_labels(
+    st: &envoy_types::pb::google::protobuf::Struct,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    st.fields
+        .iter()
+        .map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Ok((k.clone(), s.clone())),
+            _ => Err(k.clone()),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -114,6 +114,12 @@ pub enum Target {
     RingsideHybrid,
     #[serde(rename = "ringside-spin")]
     RingsideSpin,
+    /// ringside (sleep) with an access log and tracing at 1% sampling (`dubbo-16x16-observed`).
+    #[serde(rename = "ringside-observed")]
+    RingsideObserved,
+    /// ringside (sleep) with an access log and every call traced.
+    #[serde(rename = "ringside-traced")]
+    RingsideTraced,
     #[serde(rename = "envoy-tcp_proxy")]
     EnvoyTcp,
     #[serde(rename = "envoy-dubbo_proxy")]
@@ -127,11 +133,13 @@ pub enum Target {
 // === impl Target ===
 
 impl Target {
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 10] = [
         Target::Direct,
         Target::Ringside,
         Target::RingsideHybrid,
         Target::RingsideSpin,
+        Target::RingsideObserved,
+        Target::RingsideTraced,
         Target::EnvoyTcp,
         Target::EnvoyDubbo,
         Target::EnvoyGeneric,
@@ -144,6 +152,8 @@ impl Target {
             Target::Ringside => "ringside",
             Target::RingsideHybrid => "ringside-hybrid",
             Target::RingsideSpin => "ringside-spin",
+            Target::RingsideObserved => "ringside-observed",
+            Target::RingsideTraced => "ringside-traced",
             Target::EnvoyTcp => "envoy-tcp_proxy",
             Target::EnvoyDubbo => "envoy-dubbo_proxy",
             Target::EnvoyGeneric => "envoy-generic_proxy",
@@ -173,6 +183,16 @@ impl Target {
 
     pub fn is_envoy(self) -> bool {
         self.envoy_filter().is_some()
+    }
+
+    /// The tracing sampling percentage of an observed ringside target (which also writes an
+    /// access log).
+    pub fn observed_sampling(self) -> Option<u32> {
+        match self {
+            Target::RingsideObserved => Some(1),
+            Target::RingsideTraced => Some(100),
+            _ => None,
+        }
     }
 }
 
@@ -206,6 +226,9 @@ pub struct Scenario {
     /// The poll-mode set: direct and ringside in each `--poll-mode`, one proxy up at a time (a
     /// spinning one would take the proxy CPU from the others), and each proxy's idle CPU.
     pub poll_modes: bool,
+    /// The observability set: ringside plain, with an access log and tracing at 1%, and with
+    /// every call traced (spans to a gRPC sink), side by side.
+    pub observed: bool,
 }
 
 // === impl Scenario ===
@@ -220,6 +243,14 @@ impl Scenario {
     }
 
     pub fn targets(&self) -> &'static [Target] {
+        if self.observed {
+            return &[
+                Target::Direct,
+                Target::Ringside,
+                Target::RingsideObserved,
+                Target::RingsideTraced,
+            ];
+        }
         if self.poll_modes {
             return &[
                 Target::Direct,
@@ -252,6 +283,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 bytes: 128,
             },
             poll_modes: false,
+            observed: false,
         },
         Scenario {
             id: "l4-32c",
@@ -261,6 +293,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 bytes: 128,
             },
             poll_modes: false,
+            observed: false,
         },
         Scenario {
             id: "dubbo-1x1",
@@ -270,6 +303,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 1,
             },
             poll_modes: false,
+            observed: false,
         },
         Scenario {
             id: "dubbo-16x16",
@@ -279,6 +313,17 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 16,
             },
             poll_modes: false,
+            observed: false,
+        },
+        Scenario {
+            id: "dubbo-16x16-observed",
+            title: "Dubbo closed loop, 16 connections x 16 in flight; ringside plain, with an access log and 1% of calls traced, and with every call traced",
+            load: Load::DubboClosed {
+                connections: 16,
+                pipeline: 16,
+            },
+            poll_modes: false,
+            observed: true,
         },
         Scenario {
             id: "dubbo-open-5k",
@@ -288,6 +333,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 rate_per_s: 5_000,
             },
             poll_modes: false,
+            observed: false,
         },
         Scenario {
             id: "dubbo-open-20k",
@@ -297,6 +343,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 rate_per_s: 20_000,
             },
             poll_modes: false,
+            observed: false,
         },
         Scenario {
             id: "poll-1x1",
@@ -306,6 +353,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 1,
             },
             poll_modes: true,
+            observed: false,
         },
         Scenario {
             id: "poll-open-5k",
@@ -315,6 +363,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 rate_per_s: 5_000,
             },
             poll_modes: true,
+            observed: false,
         },
         Scenario {
             id: "grpc-1x1",
@@ -324,6 +373,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 streams: 1,
             },
             poll_modes: false,
+            observed: false,
         },
         Scenario {
             id: "grpc-16x16",
@@ -333,6 +383,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 streams: 16,
             },
             poll_modes: false,
+            observed: false,
         },
     ]
 }
@@ -414,10 +465,11 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
   --quick              3 reps x 2.5 s (< 5 min on 2 cores)
   (default)            full: 3 reps x 10 s (< 30 min on 2 cores)
   --reps N  --duration 10s  --warmup 3s     override the mode's
-  --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-open-5k
+  --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-16x16-observed dubbo-open-5k
                        dubbo-open-20k poll-1x1 poll-open-5k grpc-1x1 grpc-16x16
                        idle-rss-1000-clusters)
-  --targets T,T        direct ringside ringside-hybrid ringside-spin envoy-tcp_proxy
+  --targets T,T        direct ringside ringside-hybrid ringside-spin ringside-observed
+                       ringside-traced envoy-tcp_proxy
                        envoy-dubbo_proxy envoy-generic_proxy
                        envoy-http_router (http_connection_manager + router, gRPC)
   --no-envoy           skip every Envoy target
@@ -804,7 +856,11 @@ impl Runner {
     /// peak RSS (and whatever memory a proxy keeps after it) never shows in the next one; its
     /// repetitions run back to back with the order of the targets rotated each time.
     fn run_scenarios(&self, set: &mut RunSet) {
-        let protocols: Vec<Protocol> = self.scenarios.iter().map(Scenario::protocol).collect();
+        let mut protocols: Vec<Protocol> = self.scenarios.iter().map(Scenario::protocol).collect();
+        if self.scenarios.iter().any(|s| s.observed) {
+            // The gRPC echo upstream is the observed targets' OTLP collector.
+            protocols.push(Protocol::Grpc);
+        }
         let upstreams = match Upstreams::start(self, &protocols) {
             Ok(u) => u,
             Err(e) => {
@@ -907,7 +963,11 @@ impl Runner {
         for &target in targets {
             let sut = match target {
                 Target::Direct => continue,
-                Target::Ringside | Target::RingsideHybrid | Target::RingsideSpin => {
+                Target::Ringside
+                | Target::RingsideHybrid
+                | Target::RingsideSpin
+                | Target::RingsideObserved
+                | Target::RingsideTraced => {
                     match self.start_ringside(scenario.protocol(), target) {
                         Sut::Up { proc, .. } => Sut::Up {
                             proc,
@@ -934,14 +994,28 @@ impl Runner {
         if !self.ringside.exists() {
             return Sut::Missing(format!("{} not built", self.ringside.display()));
         }
-        let (file, body, listener) = match protocol {
-            Protocol::Tcp => ("ringside-l4-only.yaml", configs::ringside(false), None),
-            Protocol::Dubbo => ("ringside.yaml", configs::ringside(true), Some("dubbo")),
-            Protocol::Grpc => (
-                "ringside-grpc.yaml",
-                configs::ringside_grpc(),
-                Some("triple"),
-            ),
+        let mut admin_port = configs::RINGSIDE_ADMIN_PORT;
+        let observed_file;
+        let (file, body, listener) = match (protocol, target.observed_sampling()) {
+            (Protocol::Dubbo, Some(pct)) => {
+                let (admin, dubbo) = configs::observed_ports(target);
+                admin_port = admin;
+                observed_file = format!("{}.yaml", target.name());
+                (
+                    observed_file.as_str(),
+                    configs::ringside_observed(admin, dubbo, pct),
+                    Some("dubbo"),
+                )
+            }
+            (protocol, _) => match protocol {
+                Protocol::Tcp => ("ringside-l4-only.yaml", configs::ringside(false), None),
+                Protocol::Dubbo => ("ringside.yaml", configs::ringside(true), Some("dubbo")),
+                Protocol::Grpc => (
+                    "ringside-grpc.yaml",
+                    configs::ringside_grpc(),
+                    Some("triple"),
+                ),
+            },
         };
         let config = self.work.join(file);
         let _ = std::fs::write(&config, body);
@@ -965,7 +1039,7 @@ impl Runner {
                 target.poll_mode().unwrap_or("sleep").into(),
             ]);
         }
-        let admin = configs::addr(configs::RINGSIDE_ADMIN_PORT);
+        let admin = configs::addr(admin_port);
         self.start_proxy(
             target.name(),
             &self.ringside,
@@ -1289,6 +1363,7 @@ fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
         (Target::Ringside, Protocol::Dubbo) => configs::RINGSIDE_DUBBO_PORT,
         (Target::Ringside, Protocol::Grpc) => configs::RINGSIDE_GRPC_PORT,
         (t, Protocol::Tcp) if t.poll_mode().is_some() => configs::RINGSIDE_TCP_PORT,
+        (t, Protocol::Dubbo) if t.observed_sampling().is_some() => configs::observed_ports(t).1,
         (t, Protocol::Dubbo) if t.poll_mode().is_some() => configs::RINGSIDE_DUBBO_PORT,
         (_, _) => target.envoy_filter().map_or(0, EnvoyFilter::listener_port),
     }

@@ -187,6 +187,47 @@ impl Summary {
         }
     }
 
+    /// The observability set: ringside with an access log and tracing (1% and 100% sampled)
+    /// against plain ringside in the same scenario (the goal at 1%: rps ≥ 0.95x).
+    pub fn observed_markdown(&self) -> String {
+        let mut t = String::from(
+            "| scenario | target | rps | rps ÷ plain ringside | CPU µs/req | CPU µs/req − plain | added p50 | added p99 |\n\
+             |---|---|--:|--:|--:|--:|--:|--:|\n",
+        );
+        let mut any = false;
+        for r in self
+            .rows
+            .iter()
+            .filter(|r| r.target.observed_sampling().is_some())
+        {
+            let Some(plain) = self.row(&r.scenario, Target::Ringside) else {
+                continue;
+            };
+            let added = self.added(r);
+            let cpu_delta = match (r.cpu_us_per_req, plain.cpu_us_per_req) {
+                (Some(a), Some(b)) => format!("{:+.2}", a - b),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.0} | {} | {} | {cpu_delta} | {} | {} |",
+                r.scenario,
+                r.target.name(),
+                r.rps,
+                ratio(Some(r.rps), Some(plain.rps)),
+                opt(r.cpu_us_per_req, 2),
+                added.map_or("—".into(), |a| format!("{:+.1}", a[0])),
+                added.map_or("—".into(), |a| format!("{:+.1}", a[1])),
+            );
+            any = true;
+        }
+        if any {
+            t
+        } else {
+            "Not measured in this run.\n".into()
+        }
+    }
+
     fn row(&self, scenario: &str, target: Target) -> Option<&Row> {
         self.rows
             .iter()
@@ -402,6 +443,14 @@ impl Summary {
             let _ = writeln!(s, "\npoll modes (ringside = sleep):");
             s += &self.poll_markdown();
         }
+        if self
+            .rows
+            .iter()
+            .any(|r| r.target.observed_sampling().is_some())
+        {
+            let _ = writeln!(s, "\nobservability cost (access log + tracing):");
+            s += &self.observed_markdown();
+        }
         let _ = writeln!(
             s,
             "\nringside ÷ Envoy (< 1 is better for ringside, except rps):"
@@ -583,6 +632,16 @@ fn generated_block(set: &RunSet, summary: &Summary, scenarios: &[Scenario], plot
          with no traffic, in % of a core.\n"
     );
     s += &summary.poll_markdown();
+    let _ = writeln!(s, "\n### Observability cost\n");
+    let _ = writeln!(
+        s,
+        "ringside with an access log (Envoy's default format, to `/dev/null`: formatting and the \
+         hand-off to the writer thread, not a disk) and tracing (spans exported with OTLP/gRPC to \
+         a sink that answers each export), 1% (`ringside-observed`) and 100% \
+         (`ringside-traced`) of calls sampled, against plain `ringside` in the same run. CPU \
+         counts every thread of the process (shard, log writer, span exporter).\n"
+    );
+    s += &summary.observed_markdown();
     let _ = writeln!(s, "\n### Idle RSS, 1,000 clusters\n");
     s += &summary.idle_markdown();
     if !set.skips.is_empty() || !set.failures.is_empty() {

@@ -138,6 +138,10 @@ pub struct Endpoints {
     /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
     /// cluster instead of updating it.
     pub generation: u64,
+    /// The transport socket of each slot (`config::Cluster::transport_socket`: TLS or
+    /// plaintext per endpoint, Istio's auto mTLS); empty when the cluster has no
+    /// `transport_socket_matches` (every endpoint: socket 0).
+    pub sockets: Box<[u8]>,
 }
 
 impl Endpoints {
@@ -149,11 +153,17 @@ impl Endpoints {
             weights: Box::new([]),
             distinct: 0,
             generation,
+            sockets: Box::new([]),
         }
     }
 
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.live.iter().map(|&i| self.slots[i as usize].addr)
+    }
+
+    /// The transport socket of slot `i` (see [`Endpoints::sockets`]).
+    pub fn socket(&self, i: usize) -> usize {
+        usize::from(self.sockets.get(i).copied().unwrap_or(0))
     }
 }
 
@@ -201,9 +211,10 @@ pub struct ShardCluster {
     /// `source_addresses`: what its upstream connections bind (one per IP family).
     pub sources: Box<[std::net::IpAddr]>,
     pub ids: ClusterStatIds,
-    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints. Replaced in
-    /// place when new certificates arrive (SDS): connections open keep theirs.
-    tls: RefCell<Option<Arc<crate::io::tls::ClientTls>>>,
+    /// Its transport sockets (`tls`, `transport_socket_matches`): connections to an endpoint
+    /// whose socket has TLS are TLS connections. Replaced in place when new certificates
+    /// arrive (SDS): connections open keep theirs.
+    tls: RefCell<Option<crate::io::tls::ClusterSockets>>,
 }
 
 /// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
@@ -297,8 +308,24 @@ pub enum ConnectError {
 
 /// A new upstream connection and the guard that counts it out of its endpoint's active count.
 pub struct Upstream<'a> {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub guard: ActiveGuard<'a>,
+}
+
+/// An upstream connection of the tcp proxy: plaintext, or TLS when the endpoint's transport
+/// socket has it.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<crate::io::tls::TlsConn>),
+}
+
+impl UpstreamStream {
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamStream::Plain(s) => s.peer_addr().ok(),
+            UpstreamStream::Tls(s) => s.get_ref().peer_addr().ok(),
+        }
+    }
 }
 
 /// Counts one connection (or request) on an endpoint until dropped.
@@ -321,7 +348,7 @@ impl ShardCluster {
         c: &config::Cluster,
         endpoints: Arc<Endpoints>,
         ids: ClusterStatIds,
-        tls: Option<Arc<crate::io::tls::ClientTls>>,
+        tls: Option<crate::io::tls::ClusterSockets>,
     ) -> Self {
         ShardCluster {
             name: c.name.clone(),
@@ -340,17 +367,22 @@ impl ShardCluster {
         }
     }
 
-    /// The TLS a new connection to an endpoint uses (`None`: plaintext).
-    pub fn tls(&self) -> Option<Arc<crate::io::tls::ClientTls>> {
-        self.tls.borrow().clone()
+    /// The TLS a new connection to endpoint slot `i` uses (`None`: plaintext): the cluster's
+    /// `tls`, or the one of the `transport_socket_matches` entry the endpoint matched.
+    pub fn tls(&self, i: usize) -> Option<Arc<crate::io::tls::ClientTls>> {
+        let sockets = self.tls.borrow();
+        let k = self.endpoints.borrow().socket(i);
+        sockets.as_ref()?.get(k).cloned().flatten()
     }
 
     /// New certificates (or a TLS now ready): for connections opened from now on.
-    pub fn set_tls(&self, tls: Option<Arc<crate::io::tls::ClientTls>>) {
+    pub fn set_tls(&self, tls: Option<crate::io::tls::ClusterSockets>) {
         *self.tls.borrow_mut() = tls;
     }
 
-    /// Takes an endpoint update of the same generation; returns the slots that left service.
+    /// Takes an endpoint update of the same generation; returns the slots that left service,
+    /// and those whose transport socket changed (their connections close once idle; new
+    /// ones use the new socket).
     pub fn set_endpoints(&self, e: Arc<Endpoints>) -> Vec<u32> {
         let old = self.endpoints.replace(e.clone());
         let mut active = self.active.borrow_mut();
@@ -360,7 +392,7 @@ impl ShardCluster {
         old.live
             .iter()
             .copied()
-            .filter(|i| !e.live.contains(i))
+            .filter(|&i| !e.live.contains(&i) || old.socket(i as usize) != e.socket(i as usize))
             .collect()
     }
 
@@ -476,7 +508,7 @@ impl ShardCluster {
                 stats.inc(self.ids.cx_total);
                 stats.inc(self.ids.cx_active);
                 Ok(Upstream {
-                    stream,
+                    stream: UpstreamStream::Plain(stream),
                     guard: ActiveGuard {
                         // No slot: the guard's active count is a no-op.
                         endpoint: usize::MAX,
@@ -517,15 +549,8 @@ impl ShardCluster {
             };
             tried[attempt] = i;
             let Slot { addr, ids: host } = self.slot(i);
-            match shard::monoio::time::timeout(
-                self.connect_timeout,
-                crate::io::intercept::connect(addr, &self.sources),
-            )
-            .await
-            {
+            match shard::monoio::time::timeout(self.connect_timeout, self.open(i, addr)).await {
                 Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let _ = crate::io::Conn::set_keepalive(&stream, &self.keepalive);
                     self.add_active(i, 1);
                     stats.inc(self.ids.cx_total);
                     stats.inc(host.cx_total);
@@ -557,6 +582,29 @@ impl ShardCluster {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source: io::Error::other("cluster has no endpoints"),
         }))
+    }
+}
+
+impl ShardCluster {
+    /// A connection to endpoint slot `i` at `addr`, TLS when its transport socket has it
+    /// (connect and handshake: the caller bounds both by the connect timeout).
+    async fn open(&self, i: usize, addr: SocketAddr) -> io::Result<UpstreamStream> {
+        let stream = match self.tls(i) {
+            Some(t) => {
+                let s = crate::io::tls::connect(addr, &self.sources, &t).await?;
+                UpstreamStream::Tls(Box::new(s))
+            }
+            None => {
+                let s = crate::io::intercept::connect(addr, &self.sources).await?;
+                let _ = s.set_nodelay(true);
+                UpstreamStream::Plain(s)
+            }
+        };
+        let _ = match &stream {
+            UpstreamStream::Plain(s) => crate::io::Conn::set_keepalive(s, &self.keepalive),
+            UpstreamStream::Tls(s) => crate::io::Conn::set_keepalive(&**s, &self.keepalive),
+        };
+        Ok(stream)
     }
 }
 

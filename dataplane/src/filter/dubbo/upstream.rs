@@ -912,8 +912,9 @@ async fn run(conn: Rc<UpConn>) {
         };
         return serve_upstream(conn, connected).await;
     }
-    // A cluster with `tls`: connect and handshake within the connect timeout.
-    if let Some(tls) = conn.pool.lb.tls() {
+    // An endpoint whose transport socket has TLS: connect and handshake within the connect
+    // timeout.
+    if let Some(tls) = conn.pool.lb.tls(conn.host.index) {
         let connected = shard::monoio::select! {
             c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls)) => c,
             why = keeper(&conn) => return conn.close(&why),

@@ -2555,8 +2555,9 @@ async fn run_upstream(conn: Rc<Conn>) {
         let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
-    // A cluster with `tls`: connect and handshake within the connect timeout.
-    if let Some(tls) = pool.lb.tls() {
+    // An endpoint whose transport socket has TLS: connect and handshake within the connect
+    // timeout.
+    if let Some(tls) = pool.lb.tls(host.index) {
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
             crate::io::tls::connect(host.addr, &pool.lb.sources, &tls),
