@@ -662,6 +662,50 @@ fn max_connections_and_pending_requests_match_envoy() {
     assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 1);
 }
 
+/// Calls waiting for a stream leave the queue when their deadline passes (DEADLINE_EXCEEDED)
+/// or their caller resets them: the room they held goes to later calls, which wait and then
+/// go up once the stream in use ends.
+#[test]
+fn triple_waiting_calls_leave_the_queue_at_their_deadline() {
+    let up = Upstream::with_streams_max("A", 1);
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = triple_config(
+        admin,
+        listen,
+        "        - route: {cluster: a}\n",
+        &[(
+            "a",
+            &[up.addr],
+            "    timeout_ms: 5000\n    circuit_breakers: {max_connections: 1, max_pending_requests: 2}\n",
+        )],
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call("/pkg.S/Warm", &[], b"w").grpc_status(), Some(0));
+    let held = c.start("/pkg.S/Hold", &[("x-delay-ms", "800")], b"h", true);
+    let short: Vec<u32> = (0..2)
+        .map(|_| c.start("/pkg.S/Short", &[("grpc-timeout", "100m")], b"s", true))
+        .collect();
+    let mut others = HashMap::new();
+    for id in short {
+        assert_eq!(c.finish(id, &mut others).grpc_status(), Some(4));
+    }
+    // The queue is empty again: two more calls wait (a third would not fit), one is reset by
+    // its caller, the other goes up after the held one.
+    let later = c.start("/pkg.S/Later", &[], b"l", true);
+    let cancelled = c.start("/pkg.S/Cancelled", &[], b"c", true);
+    let mut rst = Vec::new();
+    codec::h2::frame::write_rst_stream(&mut rst, cancelled, codec::h2::frame::code::CANCEL);
+    c.p.write(&rst);
+    let third = c.start("/pkg.S/Third", &[], b"t", true);
+    assert_eq!(c.finish(held, &mut others).text(), "A:h");
+    let r = c.finish(later, &mut others);
+    assert_eq!((r.grpc_status(), r.text()), (Some(0), "A:l".to_string()));
+    assert_eq!(c.finish(third, &mut others).grpc_status(), Some(0));
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_pending_overflow"), 0);
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 1);
+}
+
 /// Dubbo: `max_connections` caps the connections a pool opens (`connections_per_host: 4`, at
 /// most 2, the others counted in `upstream_cx_overflow`); `max_pending_requests` caps the
 /// requests queued on a connection still connecting (three pipelined to a cold cluster: one
