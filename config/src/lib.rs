@@ -1655,6 +1655,17 @@ pub struct CircuitBreakers {
     /// `circuit_breakers`); a retry beyond it is not made. Per shard as `max_requests`.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Upstream connections to the cluster, all endpoints together (per shard as
+    /// `max_requests`); beyond it no new connection is opened (`upstream_cx_overflow`), except
+    /// an endpoint's first.
+    #[serde(default = "default_max_requests")]
+    pub max_connections: u32,
+    /// Requests waiting for an upstream connection with room (Triple: every connection at the
+    /// upstream's stream limit and no new one allowed; Dubbo: queued on a connection still
+    /// connecting); beyond it requests are answered locally as for `max_requests`
+    /// (`upstream_rq_pending_overflow`). Per shard as `max_requests`.
+    #[serde(default = "default_max_requests")]
+    pub max_pending_requests: u32,
 }
 
 fn default_max_requests() -> u32 {
@@ -2809,11 +2820,16 @@ fn validate_cluster_limits(
         }
     }
     if let Some(cb) = &c.circuit_breakers {
-        from_1(
-            "circuit_breakers.max_requests",
-            cb.max_requests as u64,
-            u32::MAX as u64,
-        );
+        for (name, v) in [
+            ("max_requests", cb.max_requests),
+            ("max_connections", cb.max_connections),
+        ] {
+            from_1(
+                &format!("circuit_breakers.{name}"),
+                v as u64,
+                u32::MAX as u64,
+            );
+        }
     }
     from_1(
         "connections_per_host",

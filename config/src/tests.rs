@@ -736,3 +736,29 @@ fn faults_load_and_are_checked() {
     }
     assert!(!errors(&route("{abort: {status: 80, percentage: 101}}")).is_empty());
 }
+
+#[test]
+fn circuit_breakers_take_envoy_defaults_and_name_a_zero_field() {
+    let with = |cb: &str| {
+        GOOD.replace(
+            "lb: least_request",
+            &format!("lb: least_request\n    circuit_breakers: {cb}"),
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &with("{max_connections: 2, max_pending_requests: 0}"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.clusters[0].circuit_breakers,
+        Some(CircuitBreakers {
+            max_requests: 1024,
+            max_retries: 3,
+            max_connections: 2,
+            max_pending_requests: 0,
+        })
+    );
+    let e = errors(&with("{max_connections: 0}"));
+    assert_eq!(e[0].field, "clusters[0].circuit_breakers.max_connections");
+}

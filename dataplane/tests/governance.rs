@@ -548,6 +548,215 @@ fn max_requests_matches_envoy() {
     );
 }
 
+/// The same xDS resources through Envoy 1.40 and ringside (one shard): a cluster with
+/// `circuit_breakers` `max_connections: 1` and `max_pending_requests: 1`, an upstream that
+/// allows one stream per connection, three concurrent calls: the first goes up, the second
+/// waits (no new connection allowed) with its body until the first ends, the third finds the
+/// waiting room full and is refused UNAVAILABLE: the same answers, the same one connection,
+/// the same `upstream_rq_pending_overflow` and `upstream_cx_overflow`.
+#[test]
+fn max_connections_and_pending_requests_match_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let up = Upstream::with_streams_max("A", 1);
+    let snapshot = |listen: SocketAddr| {
+        let mut cluster = eds_cluster("a", true);
+        cluster["circuit_breakers"] = json!({"thresholds": [
+            {"priority": "DEFAULT", "max_connections": 1, "max_pending_requests": 1}
+        ]});
+        json!({
+            "version": "cx1",
+            "listeners": [rds_listener("grpc_cx", listen, "cx_routes")],
+            "routes": [{"name": "cx_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}]
+            }]}],
+            "clusters": [cluster],
+            "endpoints": [load_assignment("a", &[up.addr])]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-cx"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_cx", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_cx")
+            && dynamic_route_configs(d).iter().any(|r| r == "cx_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-cx\n  mode: sotw\n",
+        rs_xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", "1"]);
+    rs_xds.wait_ack(CDS, "cx1");
+    rs_xds.wait_ack(RDS, "cx1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(rs_listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {rs_listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |addr: SocketAddr| -> Vec<(u32, String)> {
+        let mut c = Client::connect(addr);
+        // A first call opens the upstream connection (and learns its stream limit).
+        assert_eq!(c.call("/pkg.S/Warm", &[], b"w").grpc_status(), Some(0));
+        // Streams of one connection: both proxies see them in this order.
+        let ids: Vec<u32> = (0..3)
+            .map(|i| {
+                c.start(
+                    "/pkg.S/Slow",
+                    &[("x-delay-ms", "300")],
+                    format!("{i}").as_bytes(),
+                    true,
+                )
+            })
+            .collect();
+        let mut others = HashMap::new();
+        ids.into_iter()
+            .map(|id| {
+                let r = c.finish(id, &mut others);
+                let text = match r.grpc_status() {
+                    Some(0) => r.text(),
+                    _ => String::new(),
+                };
+                (r.grpc_status().unwrap_or(99), text)
+            })
+            .collect()
+    };
+    let envoy_answers = run(envoy_listen);
+    let rs_answers = run(rs_listen);
+    assert_eq!(
+        envoy_answers,
+        [
+            (0, "A:0".to_string()),
+            (0, "A:1".to_string()),
+            (14, String::new())
+        ],
+        "Envoy, the oracle"
+    );
+    assert_eq!(rs_answers, envoy_answers, "ringside vs Envoy");
+    for name in [
+        "upstream_rq_pending_overflow",
+        "upstream_cx_overflow",
+        "upstream_cx_total",
+    ] {
+        let full = format!("cluster.a.{name}");
+        assert_eq!(
+            stat(&rs, &full) as u64,
+            envoy.stat(&full),
+            "{full}: ringside vs Envoy"
+        );
+    }
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_pending_overflow"), 1);
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 1);
+}
+
+/// Calls waiting for a stream leave the queue when their deadline passes (DEADLINE_EXCEEDED)
+/// or their caller resets them: the room they held goes to later calls, which wait and then
+/// go up once the stream in use ends.
+#[test]
+fn triple_waiting_calls_leave_the_queue_at_their_deadline() {
+    let up = Upstream::with_streams_max("A", 1);
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = triple_config(
+        admin,
+        listen,
+        "        - route: {cluster: a}\n",
+        &[(
+            "a",
+            &[up.addr],
+            "    timeout_ms: 5000\n    circuit_breakers: {max_connections: 1, max_pending_requests: 2}\n",
+        )],
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    assert_eq!(c.call("/pkg.S/Warm", &[], b"w").grpc_status(), Some(0));
+    let held = c.start("/pkg.S/Hold", &[("x-delay-ms", "800")], b"h", true);
+    let short: Vec<u32> = (0..2)
+        .map(|_| c.start("/pkg.S/Short", &[("grpc-timeout", "100m")], b"s", true))
+        .collect();
+    let mut others = HashMap::new();
+    for id in short {
+        assert_eq!(c.finish(id, &mut others).grpc_status(), Some(4));
+    }
+    // The queue is empty again: two more calls wait (a third would not fit), one is reset by
+    // its caller, the other goes up after the held one.
+    let later = c.start("/pkg.S/Later", &[], b"l", true);
+    let cancelled = c.start("/pkg.S/Cancelled", &[], b"c", true);
+    let mut rst = Vec::new();
+    codec::h2::frame::write_rst_stream(&mut rst, cancelled, codec::h2::frame::code::CANCEL);
+    c.p.write(&rst);
+    let third = c.start("/pkg.S/Third", &[], b"t", true);
+    assert_eq!(c.finish(held, &mut others).text(), "A:h");
+    let r = c.finish(later, &mut others);
+    assert_eq!((r.grpc_status(), r.text()), (Some(0), "A:l".to_string()));
+    assert_eq!(c.finish(third, &mut others).grpc_status(), Some(0));
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_pending_overflow"), 0);
+    assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 1);
+}
+
+/// Dubbo: `max_connections` caps the connections a pool opens (`connections_per_host: 4`, at
+/// most 2, the others counted in `upstream_cx_overflow`); `max_pending_requests` caps the
+/// requests queued on a connection still connecting (three pipelined to a cold cluster: one
+/// waits, two are answered status 100 at once).
+#[test]
+fn dubbo_max_connections_and_pending_requests() {
+    let p = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin:\n  address: {admin}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n\
+\x20   cluster: few\n    dubbo:\n      routes:\n\
+\x20       - match: {{method: {{exact: burst}}}}\n          route: {{cluster: cold}}\n\
+\x20       - route: {{cluster: few}}\n\
+clusters:\n\
+\x20 - name: few\n    endpoints: [\"{a}\"]\n    connections_per_host: 4\n    circuit_breakers: {{max_connections: 2}}\n\
+\x20 - name: cold\n    endpoints: [\"{a}\"]\n    circuit_breakers: {{max_pending_requests: 1}}\n",
+        a = p.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    let args = [Arg::Str("x")];
+    for _ in 0..8 {
+        let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+        assert_eq!((a.status, a.text.as_str()), (Status::Ok, "A|echo|x"));
+    }
+    assert_eq!(stat(&rs, "cluster.few.upstream_cx_total"), 2);
+    assert_eq!(stat(&rs, "cluster.few.upstream_cx_overflow"), 6);
+    // Three requests in one write: read together, all before the connection they open is up.
+    let burst: Vec<u8> = (101..104)
+        .flat_map(|id| {
+            RequestBuilder::new(SVC, "burst")
+                .args(&args)
+                .request_id(id)
+                .build()
+                .to_vec()
+        })
+        .collect();
+    c.send_raw(&burst);
+    let answers = c.recv_n(3);
+    assert_eq!(answers[&101].status, Status::Ok, "{}", answers[&101].text);
+    for id in [102, 103] {
+        let a = &answers[&id];
+        assert_eq!(a.status, Status::ServerThreadpoolExhausted, "{}", a.text);
+        assert!(a.text.contains("waiting for a connection"), "{}", a.text);
+    }
+    assert_eq!(stat(&rs, "cluster.cold.upstream_rq_pending_overflow"), 2);
+    // Connected: nothing waits any more.
+    let a = c.call(RequestBuilder::new(SVC, "burst").args(&args));
+    assert_eq!(a.status, Status::Ok);
+}
+
 /// The approximation's worst case: every request on one connection, so on one shard, which
 /// admits only its `ceil(8 / 2)` = 4 (Envoy, counting for the process, would admit 8).
 #[test]

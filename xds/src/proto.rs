@@ -2709,11 +2709,11 @@ fn string_labels(
 #[path = "proto_tests.rs"]
 mod tests;
 
-/// A cluster's circuit breakers: the `DEFAULT` priority threshold's `max_requests` (Envoy's
-/// default, 1024, when the threshold leaves it out). Without a `DEFAULT` threshold, no limit
-/// (where Envoy applies its defaults anyway: docs/governance.md). `max_connections`,
-/// `max_pending_requests`, `max_retries`, other priorities, `per_host_thresholds` and budgets
-/// are ignored.
+/// A cluster's circuit breakers: the `DEFAULT` priority threshold's `max_requests`,
+/// `max_connections`, `max_pending_requests` and `max_retries` (Envoy's defaults, 1024 and 3,
+/// for those the threshold leaves out). Without a `DEFAULT` threshold, no limit (where Envoy
+/// applies its defaults anyway: docs/governance.md). Other priorities, `per_host_thresholds`
+/// and budgets are ignored.
 fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::CircuitBreakers> {
     let t = cb?
         .thresholds
@@ -2728,6 +2728,14 @@ fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::
             .max_retries
             .as_ref()
             .map_or(config::MAX_RETRIES_DEFAULT, |v| v.value),
+        max_connections: t
+            .max_connections
+            .as_ref()
+            .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
+        max_pending_requests: t
+            .max_pending_requests
+            .as_ref()
+            .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
     })
 }
 

@@ -1569,6 +1569,7 @@ fn circuit_breakers_default_priority_max_requests() {
             Thresholds {
                 max_requests: Some(UInt32Value { value: 50 }),
                 max_connections: Some(UInt32Value { value: 3 }),
+                max_pending_requests: Some(UInt32Value { value: 0 }),
                 ..Default::default()
             },
         ],
@@ -1579,16 +1580,20 @@ fn circuit_breakers_default_priority_max_requests() {
         c.cluster.circuit_breakers,
         Some(config::CircuitBreakers {
             max_requests: 50,
-            max_retries: 3
+            max_retries: 3,
+            max_connections: 3,
+            max_pending_requests: 0,
         })
     );
-    s.circuit_breakers.as_mut().unwrap().thresholds[1].max_requests = None;
+    s.circuit_breakers.as_mut().unwrap().thresholds[1] = Thresholds::default();
     let (_, c) = decode_cluster(&pack_any(s)).unwrap();
     assert_eq!(
         c.cluster.circuit_breakers,
         Some(config::CircuitBreakers {
             max_requests: 1024,
-            max_retries: 3
+            max_retries: 3,
+            max_connections: 1024,
+            max_pending_requests: 1024,
         }),
         "Envoy's default"
     );

@@ -48,6 +48,10 @@ pub struct UpstreamStatIds {
     pub cx_heartbeat_timeout: StatId,
     /// Requests refused by the cluster's `circuit_breakers.max_requests` (Envoy 1.40's name).
     pub rq_active_overflow: StatId,
+    /// Connections not opened for `circuit_breakers.max_connections`, and requests refused
+    /// for `max_pending_requests` (Envoy's names).
+    pub cx_overflow: StatId,
+    pub rq_pending_overflow: StatId,
     /// Outlier detection: endpoints ejected, and ejections skipped for `max_ejection_percent`.
     pub outlier_ejections: StatId,
     pub outlier_overflow: StatId,
@@ -90,6 +94,8 @@ impl UpstreamStatIds {
             cx_idle_timeout: c("upstream_cx_idle_timeout", Kind::Counter),
             cx_heartbeat_timeout: c("upstream_cx_heartbeat_timeout", Kind::Counter),
             rq_active_overflow: c("upstream_rq_active_overflow", Kind::Counter),
+            cx_overflow: c("upstream_cx_overflow", Kind::Counter),
+            rq_pending_overflow: c("upstream_rq_pending_overflow", Kind::Counter),
             outlier_ejections: c(
                 "outlier_detection.ejections_enforced_consecutive_5xx",
                 Kind::Counter,
@@ -636,6 +642,48 @@ impl RequestBreaker {
 
     pub fn ended(&self) {
         self.active.set(self.active.get().saturating_sub(1));
+    }
+}
+
+/// One shard's part of a cluster's `circuit_breakers` `max_connections` and
+/// `max_pending_requests`: `ceil(max / shards)` each, as `max_requests`. The connections are
+/// counted here; the pools count their waiting requests themselves.
+pub struct ConnBreaker {
+    pub max_connections: u32,
+    pub max_pending: u32,
+    /// Upstream connections of the cluster's pool on this shard, connecting or open.
+    connections: Cell<u32>,
+}
+
+impl ConnBreaker {
+    pub fn for_shard(c: &config::Cluster, shards: usize) -> Option<ConnBreaker> {
+        let cb = c.circuit_breakers.as_ref()?;
+        let n = shards.max(1) as u32;
+        Some(ConnBreaker {
+            max_connections: cb.max_connections.div_ceil(n),
+            max_pending: cb.max_pending_requests.div_ceil(n),
+            connections: Cell::new(0),
+        })
+    }
+
+    /// Whether the pool may open one more connection: under `max_connections`, or `first`
+    /// (an endpoint without any connection always gets one, as in Envoy). A connection not
+    /// allowed, or allowed only as an endpoint's first, is counted in `upstream_cx_overflow`.
+    pub fn may_connect(&self, first: bool, stats: &ShardStats, ids: &UpstreamStatIds) -> bool {
+        if self.connections.get() < self.max_connections {
+            return true;
+        }
+        stats.inc(ids.cx_overflow);
+        first
+    }
+
+    pub fn opened(&self) {
+        self.connections.set(self.connections.get() + 1);
+    }
+
+    pub fn closed(&self) {
+        self.connections
+            .set(self.connections.get().saturating_sub(1));
     }
 }
 

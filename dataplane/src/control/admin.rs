@@ -578,21 +578,25 @@ fn clusters(shared: &Shared, json: bool) -> Response {
                 });
             }
         }
-        let max_requests = c
-            .circuit_breakers
-            .map(|b| b.max_requests)
-            .unwrap_or(UNLIMITED);
-        // Envoy's default 3 applies without `circuit_breakers` too (docs/governance.md).
-        let max_retries = c
-            .circuit_breakers
-            .map_or(crate::config::MAX_RETRIES_DEFAULT, |b| b.max_retries);
+        // Envoy's default 3 retries applies without `circuit_breakers` too (docs/governance.md).
+        let limits = c.circuit_breakers.map_or(
+            [
+                UNLIMITED,
+                UNLIMITED,
+                UNLIMITED,
+                crate::config::MAX_RETRIES_DEFAULT,
+            ],
+            |b| {
+                [
+                    b.max_connections,
+                    b.max_pending_requests,
+                    b.max_requests,
+                    b.max_retries,
+                ]
+            },
+        );
         if json {
-            statuses.push(cluster_json(
-                c,
-                &hosts,
-                (max_requests, max_retries),
-                via_api,
-            ));
+            statuses.push(cluster_json(c, &hosts, limits, via_api));
             continue;
         }
         let n = &c.name;
@@ -608,21 +612,21 @@ fn clusters(shared: &Shared, json: bool) -> Response {
             }
         }
         for p in ["default_priority", "high_priority"] {
-            let limit = UNLIMITED;
-            let rq = if p == "default_priority" {
-                max_requests
-            } else {
-                limit
+            let l = match p {
+                "default_priority" => limits,
+                _ => [UNLIMITED; 4],
             };
-            text.push_str(&format!("{n}::{p}::max_connections::{limit}\n"));
-            text.push_str(&format!("{n}::{p}::max_pending_requests::{limit}\n"));
-            text.push_str(&format!("{n}::{p}::max_requests::{rq}\n"));
-            let retries = if p == "default_priority" {
-                max_retries
-            } else {
-                limit
-            };
-            text.push_str(&format!("{n}::{p}::max_retries::{retries}\n"));
+            for (k, v) in [
+                "max_connections",
+                "max_pending_requests",
+                "max_requests",
+                "max_retries",
+            ]
+            .iter()
+            .zip(l)
+            {
+                text.push_str(&format!("{n}::{p}::{k}::{v}\n"));
+            }
         }
         text.push_str(&format!("{n}::added_via_api::{via_api}\n"));
         for h in &hosts {
@@ -655,7 +659,7 @@ fn clusters(shared: &Shared, json: bool) -> Response {
 fn cluster_json(
     c: &crate::config::Cluster,
     hosts: &[HostStatus],
-    (max_requests, max_retries): (u32, u32),
+    [max_connections, max_pending_requests, max_requests, max_retries]: [u32; 4],
     via_api: bool,
 ) -> serde_json::Value {
     use serde_json::{json, Map, Value};
@@ -704,7 +708,7 @@ fn cluster_json(
     o.insert(
         "circuit_breakers".into(),
         json!({"thresholds": [
-            {"max_connections": limit, "max_pending_requests": limit, "max_requests": max_requests, "max_retries": max_retries},
+            {"max_connections": max_connections, "max_pending_requests": max_pending_requests, "max_requests": max_requests, "max_retries": max_retries},
             {"priority": "HIGH", "max_connections": limit, "max_pending_requests": limit, "max_requests": limit, "max_retries": limit},
         ]}),
     );

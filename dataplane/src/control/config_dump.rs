@@ -376,7 +376,7 @@ fn cluster(c: &config::Cluster) -> Value {
     if let Some(b) = c.circuit_breakers {
         o.insert(
             "circuit_breakers".into(),
-            json!({"thresholds": [{"max_requests": b.max_requests, "max_retries": b.max_retries}]}),
+            json!({"thresholds": [{"max_connections": b.max_connections, "max_pending_requests": b.max_pending_requests, "max_requests": b.max_requests, "max_retries": b.max_retries}]}),
         );
     }
     if let Some(d) = c.outlier_detection {

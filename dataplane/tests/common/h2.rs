@@ -350,13 +350,18 @@ pub static UPSTREAM_CONNECTIONS: std::sync::atomic::AtomicUsize =
 
 impl Upstream {
     pub fn start(name: &'static str) -> Upstream {
+        Self::with_streams_max(name, 1000)
+    }
+
+    /// An upstream whose SETTINGS allow `streams` concurrent streams per connection.
+    pub fn with_streams_max(name: &'static str, streams: u32) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { continue };
                 UPSTREAM_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                std::thread::spawn(move || serve_upstream(name, s));
+                std::thread::spawn(move || serve_upstream(name, s, streams));
             }
         });
         Upstream { addr }
@@ -370,7 +375,7 @@ static ATTEMPTS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, u32>>> =
 /// A request the test upstream is reading: headers so far, body so far.
 type Request = (Vec<(String, String)>, Vec<u8>);
 
-fn serve_upstream(name: &str, s: TcpStream) {
+fn serve_upstream(name: &str, s: TcpStream, streams: u32) {
     let mut p = Peer::new(s);
     p.s.set_read_timeout(None).unwrap();
     let mut preface = [0u8; 24];
@@ -378,7 +383,7 @@ fn serve_upstream(name: &str, s: TcpStream) {
         return;
     }
     let mut o = Vec::new();
-    frame::write_settings(&mut o, &[(frame::setting::MAX_CONCURRENT_STREAMS, 1000)]);
+    frame::write_settings(&mut o, &[(frame::setting::MAX_CONCURRENT_STREAMS, streams)]);
     p.write(&o);
     let mut reqs: HashMap<u32, Request> = HashMap::new();
     while let Some(f) = p.read_frame() {

@@ -1192,6 +1192,14 @@ fn send(
                 };
                 (e, lg)
             }
+            Err((ForwardError::PendingOverflow { limit }, lg)) => {
+                l.stats.inc(l.ids.rq_overflow);
+                let e = LocalError::PendingOverflow {
+                    cluster: &pool.lb.name,
+                    limit,
+                };
+                (e, lg)
+            }
             Err((ForwardError::Overflow { addr, limit }, lg)) => {
                 l.stats.inc(l.ids.rq_overflow);
                 (LocalError::Overflow { addr, limit }, lg)

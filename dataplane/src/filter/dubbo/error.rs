@@ -53,6 +53,12 @@ pub enum LocalError<'a> {
     /// The cluster's circuit breaker (`circuit_breakers.max_requests`) is open.
     #[error("circuit breaker of cluster {cluster} open: {limit} requests in flight on this shard")]
     CircuitOpen { cluster: &'a str, limit: u32 },
+    /// The cluster's `circuit_breakers.max_pending_requests` requests wait for a connection.
+    #[error(
+        "circuit breaker of cluster {cluster} open: {limit} requests waiting for a connection \
+         on this shard"
+    )]
+    PendingOverflow { cluster: &'a str, limit: u32 },
     /// A local rate limit had no token for it.
     #[error(
         "rate limited by the local rate limit of listener {listener} ({} per {} ms, burst {})",
@@ -137,9 +143,9 @@ impl LocalError<'_> {
             } => Flags::UPSTREAM_PROTOCOL_ERROR,
             LocalError::UpstreamFailed { .. } => Flags::UPSTREAM_CONNECTION_TERMINATION,
             LocalError::ResponseTooLarge { .. } => Flags::UPSTREAM_PROTOCOL_ERROR,
-            LocalError::Overflow { .. } | LocalError::CircuitOpen { .. } => {
-                Flags::UPSTREAM_OVERFLOW
-            }
+            LocalError::Overflow { .. }
+            | LocalError::CircuitOpen { .. }
+            | LocalError::PendingOverflow { .. } => Flags::UPSTREAM_OVERFLOW,
             LocalError::Timeout { .. } => Flags::UPSTREAM_REQUEST_TIMEOUT,
             LocalError::RateLimited { .. } => Flags::RATE_LIMITED,
             LocalError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
@@ -173,7 +179,8 @@ impl LocalError<'_> {
             LocalError::Overflow { .. }
             | LocalError::RateLimited { .. }
             | LocalError::ShedMemory { .. }
-            | LocalError::CircuitOpen { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
+            | LocalError::CircuitOpen { .. }
+            | LocalError::PendingOverflow { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
             LocalError::Timeout { .. } => Status::SERVER_TIMEOUT,
             LocalError::FaultAbort(s) => Status(*s),
         }

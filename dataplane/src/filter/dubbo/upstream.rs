@@ -143,6 +143,9 @@ pub struct UpConn {
     deadlines: RefCell<Deadlines>,
     keeper_wake: Notify,
     next_id: Cell<u64>,
+    /// With `circuit_breakers`: requests queued while it was connecting (counted in the pool's
+    /// `connecting_requests` until it opens or fails).
+    connecting_requests: Cell<u32>,
     /// When the last request was queued (the idle timer runs from it).
     last_request: Cell<Instant>,
     last_read: Cell<Instant>,
@@ -190,6 +193,10 @@ pub struct ClusterPool {
     outlier: Option<crate::cluster::OutlierConfig>,
     /// This shard's part of `circuit_breakers.max_retries`.
     retries: crate::cluster::RetryBreaker,
+    /// This shard's part of `circuit_breakers` `max_connections` and `max_pending_requests`.
+    conn_breaker: Option<crate::cluster::ConnBreaker>,
+    /// With `conn_breaker`: requests queued on connections still connecting.
+    connecting_requests: Cell<u32>,
 }
 
 /// Why a request could not be sent upstream; each becomes a local reply.
@@ -197,6 +204,10 @@ pub enum ForwardError {
     NoHealthyEndpoint,
     /// The cluster's `circuit_breakers.max_requests` (this shard's part) are in flight.
     CircuitOpen {
+        limit: u32,
+    },
+    /// `circuit_breakers.max_pending_requests` (this shard's part) wait for a connection.
+    PendingOverflow {
         limit: u32,
     },
     Overflow {
@@ -228,6 +239,8 @@ impl ClusterPool {
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
             outlier: crate::cluster::OutlierConfig::for_cluster(c),
             retries: crate::cluster::RetryBreaker::for_shard(c, stats.stats.shard_count()),
+            conn_breaker: crate::cluster::ConnBreaker::for_shard(c, stats.stats.shard_count()),
+            connecting_requests: Cell::new(0),
             stats,
             ids,
             budget,
@@ -329,6 +342,18 @@ impl ClusterPool {
             };
             return Err((e, log));
         }
+        let conn = host.connection(self);
+        if let Some(b) = &self.conn_breaker {
+            if conn.state.get() == UpState::Connecting
+                && self.connecting_requests.get() >= b.max_pending
+            {
+                self.stats.inc(self.ids.rq_pending_overflow);
+                let e = ForwardError::PendingOverflow {
+                    limit: b.max_pending,
+                };
+                return Err((e, log));
+            }
+        }
         let rq = if two_way {
             let again = retry
                 .filter(|_| frame.len() <= RETRY_FRAME_BYTES_MAX)
@@ -356,14 +381,31 @@ impl ClusterPool {
         } else {
             Request::OneWay(down.clone())
         };
-        self.send(&host, frame, rq, now);
+        self.send_on(&host, &conn, frame, rq, now);
         Ok(())
     }
 
     /// Queues `frame` on a connection of `host` under a fresh request id; a two-way request
     /// is tracked until its response, deadline or failure, a one-way one until it is written.
-    fn send(self: &Rc<Self>, host: &Rc<Host>, mut frame: BytesMut, rq: Request, now: Instant) {
-        let conn = host.connection(self);
+    fn send(self: &Rc<Self>, host: &Rc<Host>, frame: BytesMut, rq: Request, now: Instant) {
+        self.send_on(host, &host.connection(self), frame, rq, now);
+    }
+
+    /// [`Self::send`] on `conn`, a connection of `host`.
+    fn send_on(
+        self: &Rc<Self>,
+        host: &Rc<Host>,
+        conn: &Rc<UpConn>,
+        mut frame: BytesMut,
+        rq: Request,
+        now: Instant,
+    ) {
+        if self.conn_breaker.is_some() && conn.state.get() == UpState::Connecting {
+            conn.connecting_requests
+                .set(conn.connecting_requests.get() + 1);
+            self.connecting_requests
+                .set(self.connecting_requests.get() + 1);
+        }
         conn.last_request.set(now);
         self.stats.inc(self.ids.rq_total);
         self.stats.inc(host.ids.rq_total);
@@ -455,7 +497,14 @@ impl Host {
     /// An open or connecting connection to this endpoint, opening one when the pool has room.
     fn connection(self: &Rc<Self>, pool: &Rc<ClusterPool>) -> Rc<UpConn> {
         let mut conns = self.conns.borrow_mut();
-        if conns.len() < pool.connections_per_host {
+        // With `max_connections`: an endpoint's first connection is always opened, others
+        // only under the limit (else the request shares a connection there is).
+        let may_open = || {
+            pool.conn_breaker
+                .as_ref()
+                .is_none_or(|b| b.may_connect(conns.is_empty(), &pool.stats, &pool.ids))
+        };
+        if conns.len() < pool.connections_per_host && may_open() {
             let c = Rc::new(UpConn {
                 host: self.clone(),
                 pool: pool.clone(),
@@ -468,11 +517,15 @@ impl Host {
                 deadlines: RefCell::new(Deadlines::default()),
                 keeper_wake: Notify::new(),
                 next_id: Cell::new(1),
+                connecting_requests: Cell::new(0),
                 last_request: Cell::new(Instant::now()),
                 last_read: Cell::new(Instant::now()),
                 last_ping: Cell::new(Instant::now()),
             });
             conns.push(c.clone());
+            if let Some(b) = &pool.conn_breaker {
+                b.opened();
+            }
             shard::monoio::spawn(run(c.clone()));
             return c;
         }
@@ -482,7 +535,14 @@ impl Host {
     }
 
     fn remove(&self, conn: &Rc<UpConn>) {
-        self.conns.borrow_mut().retain(|c| !Rc::ptr_eq(c, conn));
+        let mut conns = self.conns.borrow_mut();
+        let n = conns.len();
+        conns.retain(|c| !Rc::ptr_eq(c, conn));
+        if conns.len() < n {
+            if let Some(b) = &conn.pool.conn_breaker {
+                b.closed();
+            }
+        }
     }
 }
 
@@ -505,6 +565,14 @@ impl UpConn {
         pool.stats.dec(pool.ids.rq_active);
         down.inflight.set(down.inflight.get().saturating_sub(1));
         down.room_maybe();
+    }
+
+    /// The connection is no longer connecting (open, or closed): its queued requests no
+    /// longer wait for it.
+    fn connected(&self) {
+        let n = self.connecting_requests.replace(0);
+        let p = &self.pool.connecting_requests;
+        p.set(p.get().saturating_sub(n));
     }
 
     /// Queues a frame for the writer.
@@ -729,6 +797,7 @@ impl UpConn {
         if self.state.replace(UpState::Closed) == UpState::Closed {
             return;
         }
+        self.connected();
         self.host.remove(self);
         if self.host.conns.borrow().is_empty() {
             // A readonly provider is tried again once its connections are gone: it may have
@@ -898,6 +967,7 @@ async fn serve_upstream<S: crate::io::Conn>(
     host.down_until.set(None);
     host.readonly.set(false);
     conn.state.set(UpState::Open);
+    conn.connected();
     conn.last_read.set(Instant::now());
     let (r, w) = stream.into_split();
     let why = shard::monoio::select! {

@@ -177,10 +177,12 @@ pub struct Stream {
     call: Option<Call>,
 }
 
-/// Caller side: a call a fault delay holds, and what its caller sent meanwhile (not credited
-/// back until relayed, so bounded by the stream's window).
+/// Caller side: a call held before it goes upstream, by a fault delay (until `until`) or, with
+/// `until` `None`, waiting in its pool's `waiting` queue for room on a connection
+/// (`circuit_breakers`); and what its caller sent meanwhile (not credited back until relayed,
+/// so bounded by the stream's window).
 struct Delayed {
-    until: Instant,
+    until: Option<Instant>,
     routed: Routed,
     /// The request HEADERS ended the stream.
     end: bool,
@@ -676,10 +678,18 @@ impl Conn {
         let removed = self.streams.borrow_mut().remove(&id);
         if let Some(mut s) = removed {
             if let (Side::Down(l), Some(d)) = (&self.side, s.delayed.take()) {
-                // Ended while delayed (deadline, cancel, connection gone): what its caller
-                // sent is given back to the connection's window.
-                l.stats.dec(l.ids.fault.active);
-                l.faults_active.set(l.faults_active.get().saturating_sub(1));
+                // Ended while delayed or waiting (deadline, cancel, connection gone): what its
+                // caller sent is given back to the connection's window.
+                if d.until.is_some() {
+                    l.stats.dec(l.ids.fault.active);
+                    l.faults_active.set(l.faults_active.get().saturating_sub(1));
+                } else {
+                    let me: *const Conn = self;
+                    d.routed.routes.pools[d.routed.cluster]
+                        .waiting
+                        .borrow_mut()
+                        .retain(|(w, i)| !(*i == id && std::ptr::eq(w.as_ptr(), me)));
+                }
                 let n: usize = d.data.iter().map(|(q, _)| q.len()).sum();
                 self.credit(id, n as u32);
             }
@@ -696,6 +706,8 @@ impl Conn {
                 if let Some(b) = &h.pool.breaker {
                     b.ended();
                 }
+                // Room on this connection: a call waiting for it may go.
+                wake_waiting(&h.pool);
                 if h.retired.get() {
                     self.close_if_idle();
                 }
@@ -1182,6 +1194,7 @@ impl Conn {
         let by_policy = policy.is_some();
         let picked = pool
             .retry_connection(h, self.limits, self, policy.as_ref())
+            .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
         let Some((uid, up)) = picked else {
             if by_policy && !was_retry {
@@ -1427,7 +1440,7 @@ impl Conn {
             self.delay_call(l, id, end, call, d);
             return Ok(());
         }
-        self.send_upstream(l, id, end, call)
+        self.send_upstream(l, id, end, call, false)
     }
 
     /// A route's fault delay holds the call: nothing goes upstream until `delay` passed (the
@@ -1450,7 +1463,7 @@ impl Conn {
                 lg.flags = lg.flags | crate::access_log::Flags::DELAY_INJECTED;
             }
             s.delayed = Some(Box::new(Delayed {
-                until,
+                until: Some(until),
                 routed: call,
                 end,
                 data: VecDeque::new(),
@@ -1462,8 +1475,9 @@ impl Conn {
         }
     }
 
-    /// Caller side: the fault delay of stream `id` is over: the call goes upstream with what
-    /// its caller sent meanwhile, or is answered with the fault's abort.
+    /// Caller side: the fault delay of stream `id` is over, or its turn to leave its pool's
+    /// `waiting` queue came: the call goes upstream with what its caller sent meanwhile, or is
+    /// answered with the fault's abort, or (no room after all) waits again with it.
     fn release_delayed(self: &Rc<Self>, l: &Rc<TripleListener>, id: u32) {
         let d = self
             .streams
@@ -1473,10 +1487,13 @@ impl Conn {
         let Some(d) = d else {
             return;
         };
-        let d = *d;
-        l.stats.dec(l.ids.fault.active);
-        l.faults_active.set(l.faults_active.get().saturating_sub(1));
-        if let Some(code) = d.routed.fault.and_then(|f| f.abort) {
+        let mut d = *d;
+        let fault = d.until.is_some();
+        if fault {
+            l.stats.dec(l.ids.fault.active);
+            l.faults_active.set(l.faults_active.get().saturating_sub(1));
+        }
+        if let Some(code) = d.routed.fault.and_then(|f| f.abort).filter(|_| fault) {
             l.stats.inc(l.ids.fault.aborts_injected);
             let n: usize = d.data.iter().map(|(q, _)| q.len()).sum();
             drop(d);
@@ -1484,11 +1501,21 @@ impl Conn {
             self.fail_call(id, &CallError::FaultAbort(code));
             return;
         }
-        if self.send_upstream(l, id, d.end, d.routed).is_err() {
+        let (data, trailers) = (std::mem::take(&mut d.data), d.trailers.take());
+        if self.send_upstream(l, id, d.end, d.routed, !fault).is_err() {
             return;
         }
         let link = self.link(id);
-        for (q, end) in d.data {
+        if link.is_none() {
+            // Waiting (again) for room: what its caller sent waits with it.
+            let mut streams = self.streams.borrow_mut();
+            if let Some(w) = streams.get_mut(&id).and_then(|s| s.delayed.as_mut()) {
+                w.data = data;
+                w.trailers = trailers;
+                return;
+            }
+        }
+        for (q, end) in data {
             let n = q.len() as u32;
             let sent = link
                 .as_ref()
@@ -1497,21 +1524,66 @@ impl Conn {
                 self.credit(id, n);
             }
         }
-        if let (Some(t), Some((up, uid))) = (d.trailers, link) {
+        if let (Some(t), Some((up, uid))) = (trailers, link) {
             up.send(uid, Out::Headers(t, true));
         }
         self.maybe_forget(id);
     }
 
-    /// Sends a routed call upstream (after its fault delay, if any).
+    /// With `circuit_breakers`: no connection of the call's cluster has room for it and no new
+    /// one may be opened, or calls wait already: it waits in its pool's `waiting` queue (at
+    /// most this shard's part of `max_pending_requests`; beyond it, UNAVAILABLE), with what
+    /// its caller sends meanwhile, until a stream of the pool ends (`wake_waiting`) or its
+    /// deadline passes. `again`: it had its turn and found no room: back to the front.
+    fn wait_for_room(self: &Rc<Self>, id: u32, end: bool, call: Routed, again: bool) {
+        let pool = call.routes.pools[call.cluster].clone();
+        let max = pool.conn_breaker.as_ref().map_or(0, |b| b.max_pending) as usize;
+        if pool.waiting.borrow().len() >= max {
+            pool.stats.inc(pool.ids.rq_pending_overflow);
+            self.fail_call(id, &CallError::PendingOverflow);
+            return;
+        }
+        let deadline = call.deadline;
+        {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return;
+            };
+            s.delayed = Some(Box::new(Delayed {
+                until: None,
+                routed: call,
+                end,
+                data: VecDeque::new(),
+                trailers: None,
+            }));
+        }
+        let entry = (Rc::downgrade(self), id);
+        match again {
+            true => pool.waiting.borrow_mut().push_front(entry),
+            false => pool.waiting.borrow_mut().push_back(entry),
+        }
+        if let Some(d) = deadline {
+            if self.armed.get().is_none_or(|a| d < a) {
+                self.deadline_wake.notify();
+            }
+        }
+    }
+
+    /// Sends a routed call upstream (after its fault delay, if any; `queued`: taken from its
+    /// pool's `waiting` queue, which other calls do not overtake).
     fn send_upstream(
         self: &Rc<Self>,
         l: &Rc<TripleListener>,
         id: u32,
         end: bool,
         call: Routed,
+        queued: bool,
     ) -> Result<(), ConnError> {
         let pool = &call.routes.pools[call.cluster];
+        if !queued && pool.conn_breaker.is_some() && !pool.waiting.borrow().is_empty() {
+            self.wait_for_room(id, end, call, false);
+            return Ok(());
+        }
         if pool.breaker.as_ref().is_some_and(|b| b.is_open()) {
             pool.stats.inc(pool.ids.rq_active_overflow);
             self.fail_call(id, &CallError::CircuitOpen);
@@ -1527,10 +1599,17 @@ impl Conn {
         } else {
             pool.connection(self.limits, None, None)
         };
-        let Some(up) = up else {
-            l.stats.inc(l.ids.rq_no_healthy_upstream);
-            self.fail_call(id, &CallError::NoHealthyUpstream);
-            return Ok(());
+        let up = match up {
+            Ok(up) => up,
+            Err(super::NoConn::Full) if pool.conn_breaker.is_some() => {
+                self.wait_for_room(id, end, call, queued);
+                return Ok(());
+            }
+            Err(_) => {
+                l.stats.inc(l.ids.rq_no_healthy_upstream);
+                self.fail_call(id, &CallError::NoHealthyUpstream);
+                return Ok(());
+            }
         };
         let Some(uid) = up.open_stream(Rc::downgrade(self), id) else {
             pool.stats.inc(pool.ids.rq_overflow);
@@ -1750,7 +1829,7 @@ impl Conn {
                 continue;
             };
             // A fault delay ends (unless the call's deadline came first).
-            if let Some(u) = s.delayed.as_ref().map(|d| d.until) {
+            if let Some(u) = s.delayed.as_ref().and_then(|d| d.until) {
                 if u <= now && c.deadline.is_none_or(|d| d > now) {
                     released.push(id);
                 } else if u > now {
@@ -2560,6 +2639,41 @@ async fn serve_upstream<S: crate::io::Conn>(
     conn.closed.set(true);
     host.remove(&conn);
     fail_upstream_streams(&conn, &why, !conn.open.get());
+    // One connection fewer under `max_connections`: a waiting call may open another.
+    wake_waiting(&pool);
+}
+
+/// Room may have come up on `pool`'s connections (a stream ended, a connection closed): the
+/// calls waiting for it go, oldest first, until one finds none. In a task of its own (one at
+/// a time per pool), so no borrow of the connection that made room is held meanwhile.
+fn wake_waiting(pool: &Rc<Pool>) {
+    if pool.waking.get() || pool.waiting.borrow().is_empty() {
+        return;
+    }
+    pool.waking.set(true);
+    let pool = pool.clone();
+    shard::monoio::spawn(async move {
+        pool.waking.set(false);
+        loop {
+            let Some((w, id)) = pool.waiting.borrow_mut().pop_front() else {
+                break;
+            };
+            let Some(down) = w.upgrade() else {
+                continue;
+            };
+            if let Side::Down(l) = &down.side {
+                down.release_delayed(l, id);
+            }
+            let again = pool
+                .waiting
+                .borrow()
+                .front()
+                .is_some_and(|(w2, i2)| *i2 == id && Weak::ptr_eq(w2, &w));
+            if again {
+                break;
+            }
+        }
+    });
 }
 
 /// Upstream side: every stream of the connection is lost (`connect_failed`: it never opened);

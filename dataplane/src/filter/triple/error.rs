@@ -42,6 +42,10 @@ pub enum CallError<'a> {
     /// as Envoy's 503 overflow reaches a gRPC caller.
     #[error("ringside: circuit breaker open")]
     CircuitOpen,
+    /// The cluster's `circuit_breakers.max_pending_requests` calls already wait for room on
+    /// its connections. UNAVAILABLE, as Envoy's 503 overflow reaches a gRPC caller.
+    #[error("ringside: circuit breaker open: too many calls waiting for an upstream connection")]
+    PendingOverflow,
     /// A local rate limit had no token for it.
     #[error("ringside: local rate limit")]
     RateLimited,
@@ -75,7 +79,9 @@ impl CallError<'_> {
             CallError::NoHealthyUpstream | CallError::NoOriginalDestination => {
                 Flags::NO_HEALTHY_UPSTREAM
             }
-            CallError::StreamsExhausted | CallError::CircuitOpen => Flags::UPSTREAM_OVERFLOW,
+            CallError::StreamsExhausted | CallError::CircuitOpen | CallError::PendingOverflow => {
+                Flags::UPSTREAM_OVERFLOW
+            }
             CallError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
             CallError::RateLimited => Flags::RATE_LIMITED,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => {
@@ -99,6 +105,7 @@ impl CallError<'_> {
             CallError::NoHealthyUpstream
             | CallError::NoOriginalDestination
             | CallError::CircuitOpen
+            | CallError::PendingOverflow
             | CallError::UpstreamReset(_)
             | CallError::UpstreamLost(_) => status::UNAVAILABLE,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,

@@ -530,6 +530,23 @@ pub struct Pool {
     pub outlier: Option<crate::cluster::OutlierConfig>,
     /// This shard's part of `circuit_breakers.max_retries`.
     pub retries: crate::cluster::RetryBreaker,
+    /// This shard's part of `circuit_breakers` `max_connections` and `max_pending_requests`.
+    pub conn_breaker: Option<crate::cluster::ConnBreaker>,
+    /// With `circuit_breakers`: calls waiting for room on a connection (every connection at
+    /// the upstream's stream limit and no new one allowed), oldest first, at most
+    /// `max_pending_requests` (this shard's part): (caller connection, stream).
+    pub waiting: RefCell<std::collections::VecDeque<(std::rc::Weak<conn::Conn>, u32)>>,
+    /// A task sending waiting calls is scheduled.
+    pub waking: Cell<bool>,
+}
+
+/// Why a pool has no connection for a call.
+pub enum NoConn {
+    /// No endpoint to pick.
+    NoEndpoint,
+    /// The picked endpoint's connections are all at the upstream's stream limit and no new
+    /// one may be opened.
+    Full,
 }
 
 pub struct Host {
@@ -567,6 +584,9 @@ impl Pool {
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
             outlier: crate::cluster::OutlierConfig::for_cluster(c),
             retries: crate::cluster::RetryBreaker::for_shard(c, stats.stats.shard_count()),
+            conn_breaker: crate::cluster::ConnBreaker::for_shard(c, stats.stats.shard_count()),
+            waiting: RefCell::new(std::collections::VecDeque::new()),
+            waking: Cell::new(false),
             stats,
             ids,
             h2_ids,
@@ -601,7 +621,7 @@ impl Pool {
         limits: H2Limits,
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
-    ) -> Option<Rc<conn::Conn>> {
+    ) -> Result<Rc<conn::Conn>, NoConn> {
         let now = Instant::now();
         let state = |i: usize, skip_tried: bool| {
             if skip_tried && retry.is_some_and(|r| r.avoids(i)) {
@@ -618,8 +638,11 @@ impl Pool {
         };
         let i = match self.lb.pick_available(|i| state(i, true)) {
             Some(i) => i,
-            None if retry.is_some() => self.lb.pick_available(|i| state(i, false))?,
-            None => return None,
+            None if retry.is_some() => self
+                .lb
+                .pick_available(|i| state(i, false))
+                .ok_or(NoConn::NoEndpoint)?,
+            None => return Err(NoConn::NoEndpoint),
         };
         self.host(i)
             .connection(self.connections_per_host, limits, avoid)
@@ -634,7 +657,7 @@ impl Pool {
         dst: SocketAddr,
         limits: H2Limits,
         avoid: Option<&conn::Conn>,
-    ) -> Option<Rc<conn::Conn>> {
+    ) -> Result<Rc<conn::Conn>, NoConn> {
         let found = self
             .destinations
             .borrow()
@@ -646,7 +669,10 @@ impl Pool {
             None => {
                 let mut ds = self.destinations.borrow_mut();
                 if ds.len() >= ORIGINAL_DST_HOSTS_MAX {
-                    let idle = ds.iter().position(|h| h.conns.borrow().is_empty())?;
+                    let idle = ds
+                        .iter()
+                        .position(|h| h.conns.borrow().is_empty())
+                        .ok_or(NoConn::NoEndpoint)?;
                     ds.swap_remove(idle);
                 }
                 let h = Rc::new(Host {
@@ -675,7 +701,7 @@ impl Pool {
         limits: H2Limits,
         avoid: &conn::Conn,
         retry: Option<&crate::route::Retry>,
-    ) -> Option<Rc<conn::Conn>> {
+    ) -> Result<Rc<conn::Conn>, NoConn> {
         if host.index == usize::MAX {
             host.connection(self.connections_per_host, limits, Some(avoid))
         } else {
@@ -738,12 +764,21 @@ impl Host {
         max: usize,
         limits: H2Limits,
         avoid: Option<&conn::Conn>,
-    ) -> Option<Rc<conn::Conn>> {
+    ) -> Result<Rc<conn::Conn>, NoConn> {
         let n = self.conns.borrow().len();
+        let base = max.max(1);
+        // With `max_connections`: whether one more may be opened (asked only when one would).
+        let may_open = || {
+            let p = &self.pool;
+            p.conn_breaker
+                .as_ref()
+                .is_none_or(|b| b.may_connect(n == 0, &p.stats, &p.ids))
+        };
         // Up to `connections_per_host` connections share the streams round-robin; when all are
         // full (the upstream's MAX_CONCURRENT_STREAMS) up to as many again are opened.
-        if n < max.max(1) {
-            return Some(self.open(limits));
+        let asked = n < base;
+        if asked && may_open() {
+            return Ok(self.open(limits));
         }
         {
             let conns = self.conns.borrow();
@@ -751,16 +786,22 @@ impl Host {
                 let i = (self.next.get() + k) % n;
                 if conns[i].has_room() && !avoid.is_some_and(|a| std::ptr::eq(a, &*conns[i])) {
                     self.next.set(i + 1);
-                    return Some(conns[i].clone());
+                    return Ok(conns[i].clone());
                 }
             }
         }
-        (n < max.max(1) * 2).then(|| self.open(limits))
+        if !asked && n < base * 2 && may_open() {
+            return Ok(self.open(limits));
+        }
+        Err(NoConn::Full)
     }
 
     fn open(self: &Rc<Self>, limits: H2Limits) -> Rc<conn::Conn> {
         let c = conn::connect(self, limits);
         self.conns.borrow_mut().push(c.clone());
+        if let Some(b) = &self.pool.conn_breaker {
+            b.opened();
+        }
         c
     }
 
@@ -771,6 +812,13 @@ impl Host {
     }
 
     fn remove(&self, c: &Rc<conn::Conn>) {
-        self.conns.borrow_mut().retain(|x| !Rc::ptr_eq(x, c));
+        let mut conns = self.conns.borrow_mut();
+        let n = conns.len();
+        conns.retain(|x| !Rc::ptr_eq(x, c));
+        if conns.len() < n {
+            if let Some(b) = &self.pool.conn_breaker {
+                b.closed();
+            }
+        }
     }
 }
