@@ -390,3 +390,91 @@ fn next(buf: &mut BytesMut, who: &str, i: usize) -> Option<codec::dubbo::Frame> 
         Err(e) => panic!("{who} {i}: ringside sent a bad frame: {e:?}"),
     }
 }
+
+/// The config of [`steady_state_allocations`]: one listener, one route, one endpoint.
+const CLOSED_LOOP_CONFIG: &str = r#"
+listeners:
+  - name: in
+    address: 127.0.0.1:20880
+    protocol: dubbo
+    dubbo:
+      routes:
+        - match: {interface: {exact: com.example.Svc}}
+          route: {cluster: backend}
+clusters:
+  - name: backend
+    endpoints: [127.0.0.2:20880]
+    connect_timeout_ms: 60000
+    timeout_ms: 60000
+    heartbeat_interval_ms: 60000
+"#;
+
+/// Heap allocations made while one consumer sends `measured` two-way requests one at a time
+/// (a 1x1 closed loop) through a Dubbo listener to one provider, after `warmup` such requests:
+/// the real downstream, routing and upstream pool code over in-memory streams. `allocations`:
+/// the allocator's count of allocation calls (the bench `dubbo_allocs` counts them). The
+/// harness itself allocates nothing per request once warm.
+pub fn steady_state_allocations(warmup: u32, measured: u32, allocations: fn() -> u64) -> u64 {
+    let fx = Fixture::new(CLOSED_LOOP_CONFIG);
+    let n = super::runtime().block_on(async move {
+        shard::monoio::spawn(closed_loop(fx, warmup, measured, allocations)).await
+    });
+    Upstreams::uninstall();
+    n
+}
+
+async fn closed_loop(fx: Fixture, warmup: u32, measured: u32, allocations: fn() -> u64) -> u64 {
+    let ups = Upstreams::install();
+    let (shard, _stats) = fx.shard();
+    let ctx = shard.listener("in").expect("listener in");
+    let (mut consumer, theirs) = shard::mem::pair(PIPE_BYTES);
+    shard::monoio::spawn(crate::worker::listener::serve_connection(theirs, ctx));
+    let request = request(1, 7, 4);
+    let template = encode::response_ok(0, &Arg::Str("ok"), None);
+    let mut reply = Vec::with_capacity(template.len());
+    let (mut buf, mut acc) = (Vec::with_capacity(64 << 10), Vec::with_capacity(64 << 10));
+    let mut provider: Option<MemStream> = None;
+    let mut start = 0;
+    for i in 0..warmup + measured {
+        if i == warmup {
+            start = allocations();
+        }
+        assert_eq!(consumer.try_write(&request).ok(), Some(request.len()));
+        while provider.is_none() {
+            match ups.accept(0) {
+                Some((_, end)) => provider = Some(end),
+                None => settle().await,
+            }
+        }
+        let p = provider.as_mut().expect("accepted");
+        let id = read_frame(p, &mut buf, &mut acc).await;
+        reply.clear();
+        reply.extend_from_slice(&template);
+        reply[4..12].copy_from_slice(&id.to_be_bytes());
+        assert_eq!(p.try_write(&reply).ok(), Some(reply.len()));
+        assert_eq!(read_frame(&mut consumer, &mut buf, &mut acc).await, 7);
+    }
+    let n = allocations() - start;
+    drop(shard);
+    n
+}
+
+/// Reads one whole Dubbo frame from `end` (through `acc`); returns its request id.
+async fn read_frame(end: &mut MemStream, buf: &mut Vec<u8>, acc: &mut Vec<u8>) -> u64 {
+    use shard::monoio::io::AsyncReadRent;
+    loop {
+        if acc.len() >= 16 {
+            let len = 16 + u32::from_be_bytes(acc[12..16].try_into().expect("4 bytes")) as usize;
+            if acc.len() >= len {
+                let id = u64::from_be_bytes(acc[4..12].try_into().expect("8 bytes"));
+                acc.drain(..len);
+                return id;
+            }
+        }
+        let (r, b) = end.read(std::mem::take(buf)).await;
+        *buf = b;
+        let n = r.expect("in-memory read");
+        assert!(n > 0, "the other end closed");
+        acc.extend_from_slice(&buf[..n]);
+    }
+}
