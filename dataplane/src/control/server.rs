@@ -165,6 +165,9 @@ pub enum ControlEvent {
     },
     /// The successor died while we drained: serve again.
     Resume,
+    /// A shard handed a connection over: send it to the successor now (not at the next 10 ms
+    /// check).
+    HandedOver,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,7 +319,10 @@ impl worker::Process for Shared {
     }
 
     fn hand_over(&self, conn: crate::filter::HandedOver) -> bool {
-        self.handed_over.send(conn).is_ok()
+        let sent = self.handed_over.send(conn).is_ok();
+        // A full control queue already wakes the control thread.
+        let _ = self.control.try_send(ControlEvent::HandedOver);
+        sent
     }
 }
 
@@ -1101,7 +1107,7 @@ impl Server {
                     stream,
                     connections,
                 }) => ("hot upgrade", Some(stream), connections),
-                Ok(ControlEvent::Resume) => continue,
+                Ok(ControlEvent::Resume | ControlEvent::HandedOver) => continue,
                 Err(_) => ("control channel closed", None, false),
             };
             let timeout = Duration::from_millis(shared.config.drain_timeout_ms);
