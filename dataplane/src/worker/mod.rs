@@ -74,6 +74,35 @@ pub enum ShardMsg {
     Resume,
     /// Every shard drained (hot upgrade): end the shard.
     Finish,
+    /// `POST /drain_listeners`: the connections of the listeners in `scope` (those there now
+    /// and those a later update adds) drain as in a listener drain (Dubbo readonly, Triple
+    /// GOAWAY; closed `timeout` after), new ones told at once; the listeners keep accepting.
+    DrainListeners {
+        scope: ListenerScope,
+        timeout: Duration,
+    },
+    /// The listeners in `scope` stop accepting for good (the control thread closed their
+    /// sockets); a later update's listeners in it do not start.
+    StopListeners { scope: ListenerScope },
+}
+
+/// Which listeners `POST /drain_listeners` drains: `inboundonly` those with
+/// `traffic_direction: inbound`, else all. `All` covers `Inbound`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ListenerScope {
+    Inbound,
+    All,
+}
+
+impl ListenerScope {
+    pub fn covers(self, l: &config::Listener) -> bool {
+        self == ListenerScope::All || l.traffic_direction == Some(config::TrafficDirection::Inbound)
+    }
+
+    /// The wider of `self` and `other` (either may be unset).
+    pub fn widen(self, other: Option<ListenerScope>) -> ListenerScope {
+        other.map_or(self, |o| o.max(self))
+    }
 }
 
 /// How often a draining shard checks whether its connections are gone.
@@ -265,6 +294,10 @@ struct ShardState {
     listeners: Vec<ShardListener>,
     connections: Rc<Cell<usize>>,
     accepting: bool,
+    /// `POST /drain_listeners`: the listeners whose connections drain, and for how long.
+    listener_drain: Option<(ListenerScope, Duration)>,
+    /// The listeners that stopped accepting for good (the end of a `/drain_listeners`).
+    stopped: Option<ListenerScope>,
     /// Access-log batches of this shard, one per file.
     logs: crate::access_log::ShardLogs,
     /// Span batches of this shard, one per collector.
@@ -286,7 +319,36 @@ impl ShardState {
         self.apply_listeners(&snap, reindexed, drains);
         self.link_virtuals();
         self.link_chains();
+        self.follow_listener_drain();
         self.snapshot = snap;
+    }
+
+    /// `POST /drain_listeners` reached this shard: see [`ShardMsg::DrainListeners`].
+    fn drain_listeners(&mut self, scope: ListenerScope, timeout: Duration) {
+        let scope = scope.widen(self.listener_drain.map(|(s, _)| s));
+        self.listener_drain = Some((scope, timeout));
+        self.follow_listener_drain();
+    }
+
+    /// See [`ShardMsg::StopListeners`].
+    fn stop_listeners(&mut self, scope: ListenerScope) {
+        self.stopped = Some(scope.widen(self.stopped));
+        self.follow_listener_drain();
+    }
+
+    /// The listeners in a `/drain_listeners` scope drain (starting a drain that runs is a
+    /// no-op: its deadline stays), those in a stopped scope stop accepting.
+    fn follow_listener_drain(&self) {
+        if let Some((scope, timeout)) = self.listener_drain {
+            for sl in self.listeners.iter().filter(|l| scope.covers(&l.cfg)) {
+                sl.conns.drain().start(timeout);
+            }
+        }
+        if let Some(scope) = self.stopped {
+            for sl in self.listeners.iter().filter(|l| scope.covers(&l.cfg)) {
+                sl.stop.set();
+            }
+        }
     }
 
     /// The clusters of `snap`: kept (endpoint changes applied in place) when their settings
@@ -715,6 +777,10 @@ impl ShardState {
 
     /// Accept loops on this shard's sockets of `sl`, until `sl.stop`.
     fn start_accepting(&self, sl: &ShardListener) {
+        if self.stopped.is_some_and(|s| s.covers(&sl.cfg)) {
+            // Stopped by `/drain_listeners`: the control thread holds no socket for it.
+            return;
+        }
         if !sl.cfg.bind {
             // Virtual: its connections come from an original_destination listener.
             return;
@@ -779,6 +845,8 @@ impl ShardState {
         for sl in &self.listeners {
             self.start_accepting(sl);
         }
+        // A `/drain_listeners` drain outlives the failed hot upgrade.
+        self.follow_listener_drain();
     }
 }
 
@@ -810,6 +878,8 @@ impl Detached {
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: false,
+            listener_drain: None,
+            stopped: None,
             logs: Default::default(),
             traces: Default::default(),
         };
@@ -860,6 +930,8 @@ pub fn shard_main(
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
+            listener_drain: None,
+            stopped: None,
             logs: Default::default(),
             traces: Default::default(),
         };
@@ -924,6 +996,10 @@ pub fn shard_main(
                     tracing::info!(shard = id, "resumed accepting");
                 }
                 Some(ShardMsg::Finish) => break,
+                Some(ShardMsg::DrainListeners { scope, timeout }) => {
+                    st.drain_listeners(scope, timeout)
+                }
+                Some(ShardMsg::StopListeners { scope }) => st.stop_listeners(scope),
                 Some(_) => {}
                 None => break,
             }
