@@ -356,13 +356,23 @@ pub struct XdsBootstrap {
     pub node_metadata: std::collections::BTreeMap<String, NodeMetadataValue>,
 }
 
-/// One `xds.node_metadata` value: a string, or a map of strings (Istio's `LABELS`).
+/// One `xds.node_metadata` value: a string, a map of strings (Istio's `LABELS`), or any other
+/// JSON value (pilot-agent's bootstrap also has numbers, lists and the nested `PROXY_CONFIG`),
+/// sent to the control plane as it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum NodeMetadataValue {
     String(String),
     Map(std::collections::BTreeMap<String, String>),
+    Other(JsonValue),
 }
+
+/// A JSON value in the config (compared as JSON; JSON has no NaN, so equality is total).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonValue(pub serde_json::Value);
+
+impl Eq for JsonValue {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

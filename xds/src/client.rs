@@ -1063,11 +1063,30 @@ fn node_metadata(
                             fields: m.iter().map(|(k, v)| (k.clone(), string(v))).collect(),
                         })),
                     },
+                    config::NodeMetadataValue::Other(v) => json_value(&v.0),
                 };
                 (k.clone(), v)
             })
             .collect(),
     })
+}
+
+/// A JSON value as a `google.protobuf.Value` (numbers become doubles, as in proto3 JSON).
+fn json_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, NullValue, Struct, Value};
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(NullValue::NullValue as i32),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
 }
 
 /// What a listener makes the client wait for.
