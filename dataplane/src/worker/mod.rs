@@ -249,21 +249,24 @@ fn listener_params(l: &config::Listener) -> config::Listener {
 
 /// Listener `l`'s Istio metrics on this shard, when it has `istio_metrics`.
 fn istio_listener(
-    l: &config::Listener,
+    snap: &Snapshot,
+    index: usize,
     stats: &crate::stats::ShardStats,
     protocol: IstioProtocol,
 ) -> Option<crate::stats::istio::IstioListener> {
-    let reporter = l.istio_metrics?;
-    let mutual_tls = l
+    let reporter = snap.config.listeners[index].istio_metrics?;
+    // Our certificate's SPIFFE id: destination_principal of inbound mutual-TLS calls.
+    let principal = snap
         .tls
-        .as_ref()
-        .is_some_and(|t| t.ca.is_some() && t.require_client_certificate);
+        .listeners
+        .get(index)
+        .and_then(|t| t.as_ref()?.principal.clone());
     Some(crate::stats::istio::IstioListener::new(
         stats.clone(),
         reporter,
         protocol,
         stats.stats.istio_node(),
-        mutual_tls,
+        principal,
         stats.stats.istio_label_sets_max,
     ))
 }
@@ -714,7 +717,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
-                istio: istio_listener(l, &stats, IstioProtocol::Dubbo),
+                istio: istio_listener(snap, index, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
             })
         });
@@ -739,7 +742,7 @@ impl ShardState {
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
-                istio: istio_listener(l, &stats, IstioProtocol::Grpc),
+                istio: istio_listener(snap, index, &stats, IstioProtocol::Grpc),
                 trace,
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
@@ -756,7 +759,7 @@ impl ShardState {
                 stats: stats.clone(),
                 ids: snap.listener_ids[index],
                 log: log.clone(),
-                istio: istio_listener(l, &stats, IstioProtocol::Tcp),
+                istio: istio_listener(snap, index, &stats, IstioProtocol::Tcp),
             })
         });
         Rc::new(ListenerCtx {

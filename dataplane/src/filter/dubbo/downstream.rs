@@ -300,6 +300,8 @@ pub struct DownConn {
     finished: Event,
     /// The caller's and our address (looked up only when the listener logs).
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    /// The caller's mutual TLS as Istio's metrics label it (with `istio_metrics`).
+    peer: crate::stats::istio::PeerId,
 }
 
 impl DownConn {
@@ -368,6 +370,7 @@ impl DownConn {
             code: u32::from(status),
             grpc: None,
             flags: (flags.bits(), &text),
+            peer: self.peer,
         };
         let us = started.elapsed().as_micros() as u64;
         istio.request(&o, us, u64::from(bytes_in), bytes_out as u64);
@@ -583,6 +586,10 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         (Some(_), _) | (_, Some(_)) => stream.addrs(),
         _ => (None, None),
     };
+    let peer = match &l.istio {
+        Some(i) => i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())),
+        None => crate::stats::istio::PeerId::NONE,
+    };
     let conn = Rc::new(DownConn {
         l,
         out: RefCell::new(VecDeque::new()),
@@ -603,6 +610,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         draining_since: Cell::new(None),
         finished: Event::new(),
         addrs,
+        peer,
     });
     let (r, w) = stream.into_split();
     let cut = shard::monoio::select! {
