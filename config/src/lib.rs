@@ -16,7 +16,7 @@ mod lines;
 
 pub use dpdk::*;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -1340,6 +1340,68 @@ pub struct RouteAction {
     /// Retries of the route's requests (docs/governance.md#retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
+    /// Fault injection on the route's requests (docs/governance.md#fault-injection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+/// Longest `fault.delay.fixed_delay_ms`.
+pub const FAULT_DELAY_MS_MAX: u64 = 3_600_000;
+
+/// A share of requests, in parts per million; written as a percentage (`25`, `0.5`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Share(pub u32);
+
+impl Share {
+    pub const PER_MILLION: u32 = 1_000_000;
+}
+
+impl Serialize for Share {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(f64::from(self.0) / 10_000.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "percentage {v} is out of range 0..=100"
+            )));
+        }
+        Ok(Share((v * 10_000.0).round() as u32))
+    }
+}
+
+/// A route's fault injection (Envoy's HTTP `fault` filter): a delay before the request is
+/// forwarded, and/or an answer instead of forwarding it, each for a share of requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Faults in progress at most (per shard); beyond it requests pass unharmed
+    /// (`fault.faults_overflow`). Default: no limit but the connections' own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_faults: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    pub fixed_delay_ms: u64,
+    pub percentage: Share,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// The answer: a gRPC status (Triple) or a Dubbo response status (Dubbo).
+    pub status: u32,
+    pub percentage: Share,
 }
 
 /// Most retries a route may ask for (`retry_policy.num_retries`).
@@ -1473,9 +1535,15 @@ pub struct Cluster {
     /// (xDS: the cluster's `upstream_connection_options.tcp_keepalive`).
     #[serde(default)]
     pub tcp_keepalive: Option<TcpKeepalive>,
-    /// TLS to the endpoints (Dubbo and Triple traffic): see [`ClusterTls`].
+    /// TLS to the endpoints: see [`ClusterTls`]. With `transport_socket_matches`, what an
+    /// endpoint none of them matches gets (none: plaintext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// TLS or plaintext per endpoint (Envoy's `transport_socket_matches`: Istio's auto mTLS):
+    /// the first entry whose `match` an endpoint's `transport_socket_match` metadata contains
+    /// decides; an endpoint no entry matches gets `tls`. See [`Cluster::transport_socket`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transport_socket_matches: Vec<TransportSocketMatch>,
     /// Envoy's `circuit_breakers` (default priority): limits on the whole cluster; see
     /// docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1484,6 +1552,56 @@ pub struct Cluster {
     /// requests in a row is ejected for a while; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Most `transport_socket_matches` of one cluster (istiod sends two).
+pub const TRANSPORT_SOCKET_MATCHES_MAX: usize = 16;
+
+/// One of a cluster's `transport_socket_matches`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocketMatch {
+    pub name: String,
+    /// Labels an endpoint's `transport_socket_match` metadata must all carry, with these
+    /// values (empty: every endpoint; Istio: `{tlsMode: istio}`).
+    #[serde(default, rename = "match", skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// TLS to the endpoints it matches; none: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+}
+
+impl Cluster {
+    /// The transport socket of endpoint `i` (index into `endpoints`): 0 for the cluster's
+    /// `tls`, `k` for `transport_socket_matches[k - 1]`.
+    pub fn transport_socket(&self, i: usize) -> usize {
+        if self.transport_socket_matches.is_empty() {
+            return 0;
+        }
+        let labels = self
+            .endpoint_metadata
+            .get(i)
+            .map(|m| &m.transport_socket_match);
+        self.transport_socket_matches
+            .iter()
+            .position(|m| {
+                m.labels
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .map_or(0, |k| k + 1)
+    }
+
+    /// The cluster's TLS settings, by transport socket index (see [`Cluster::transport_socket`]).
+    pub fn transport_sockets(&self) -> impl Iterator<Item = Option<&ClusterTls>> {
+        std::iter::once(self.tls.as_ref())
+            .chain(self.transport_socket_matches.iter().map(|m| m.tls.as_ref()))
+    }
+
+    /// Whether any endpoint may get TLS.
+    pub fn has_tls(&self) -> bool {
+        self.transport_sockets().any(|t| t.is_some())
+    }
 }
 
 /// Consecutive-error ejection (Envoy's `outlier_detection` `consecutive_5xx`), with Envoy's
@@ -1617,6 +1735,10 @@ pub struct EndpointMetadata {
     /// Comma-separated method names, as the provider URL gives them.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub methods: String,
+    /// Envoy's `envoy.transport_socket_match` metadata (Istio: `{tlsMode: istio}` on pods
+    /// with a sidecar): chooses among the cluster's `transport_socket_matches`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub transport_socket_match: BTreeMap<String, String>,
 }
 
 impl Default for EndpointMetadata {
@@ -1628,6 +1750,7 @@ impl Default for EndpointMetadata {
             application: String::new(),
             priority: 0,
             methods: String::new(),
+            transport_socket_match: BTreeMap::new(),
         }
     }
 }
@@ -1977,6 +2100,21 @@ impl Config {
             if let Some(t) = &c.tls {
                 validate_cluster_tls(c, t, &|f| at(&format!("tls.{f}")), err);
             }
+            if c.transport_socket_matches.len() > TRANSPORT_SOCKET_MATCHES_MAX {
+                err(
+                    at("transport_socket_matches"),
+                    format!(
+                        "{} entries: at most {TRANSPORT_SOCKET_MATCHES_MAX}",
+                        c.transport_socket_matches.len()
+                    ),
+                );
+            }
+            for (k, m) in c.transport_socket_matches.iter().enumerate() {
+                if let Some(t) = &m.tls {
+                    let at = |f: &str| at(&format!("transport_socket_matches[{k}].tls.{f}"));
+                    validate_cluster_tls(c, t, &at, err);
+                }
+            }
         }
         cluster_names
     }
@@ -2208,14 +2346,6 @@ impl Config {
         }
         if let Some(t) = &l.tls {
             validate_listener_tls(t, l, &|f| at(&format!("tls.{f}")), err);
-        }
-        if let (Protocol::Tcp, Some(c)) = (l.protocol, &l.cluster) {
-            if self.cluster(c).is_some_and(|c| c.tls.is_some()) {
-                err(
-                    at("cluster"),
-                    format!("cluster {c:?} has tls: the tcp proxy relays bytes as they are"),
-                );
-            }
         }
         if let Some(b) = &l.local_rate_limit {
             if l.protocol == Protocol::Tcp {
@@ -2586,14 +2716,25 @@ impl Config {
             })
         });
         let clusters = self.clusters.iter().enumerate().flat_map(|(i, c)| {
-            c.tls.iter().flat_map(move |t| {
-                [
-                    ("certificate_sds", &t.certificate_sds),
-                    ("ca_sds", &t.ca_sds),
-                ]
-                .into_iter()
-                .filter_map(move |(f, s)| s.as_ref().map(|s| (format!("clusters[{i}].tls.{f}"), s)))
-            })
+            c.transport_sockets()
+                .enumerate()
+                .filter_map(|(k, t)| t.map(|t| (k, t)))
+                .flat_map(move |(k, t)| {
+                    [
+                        ("certificate_sds", &t.certificate_sds),
+                        ("ca_sds", &t.ca_sds),
+                    ]
+                    .into_iter()
+                    .filter_map(move |(f, s)| {
+                        let at = match k {
+                            0 => format!("clusters[{i}].tls.{f}"),
+                            k => {
+                                format!("clusters[{i}].transport_socket_matches[{}].tls.{f}", k - 1)
+                            }
+                        };
+                        s.as_ref().map(|s| (at, s))
+                    })
+                })
         });
         listeners.chain(clusters)
     }
@@ -2866,6 +3007,32 @@ fn validate_action(
 ) {
     if let Some(p) = &action.retry_policy {
         validate_retry(p, grpc, &|f| rat(&format!("route.retry_policy.{f}")), err);
+    }
+    if let Some(f) = &action.fault {
+        if let Some(d) = &f.delay {
+            if d.fixed_delay_ms == 0 || d.fixed_delay_ms > FAULT_DELAY_MS_MAX {
+                err(
+                    rat("route.fault.delay.fixed_delay_ms"),
+                    format!(
+                        "{} is out of range 1..={FAULT_DELAY_MS_MAX}",
+                        d.fixed_delay_ms
+                    ),
+                );
+            }
+        }
+        if let Some(a) = &f.abort {
+            // gRPC 0 or Dubbo 20 (OK) would be an answer no provider gave.
+            let (ok, top) = if grpc { (0, 16) } else { (20, 255) };
+            if a.status == ok || a.status > top {
+                err(
+                    rat("route.fault.abort.status"),
+                    format!("{} is not an error status (1..={top}, not {ok})", a.status),
+                );
+            }
+        }
+        if f.delay.is_none() && f.abort.is_none() {
+            err(rat("route.fault"), "give delay, abort or both".into());
+        }
     }
     match (&action.cluster, action.weighted_clusters.is_empty()) {
         (Some(_), false) | (None, true) => err(

@@ -182,6 +182,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         keepalive_timeout_ms: KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
         tls: None,
+        transport_socket_matches: Vec::new(),
         circuit_breakers: None,
         outlier_detection: None,
     });
@@ -472,11 +473,26 @@ clusters:
         "cert_chain: c.pem, sni",
     ));
     assert_eq!(e[0].field, "clusters[0].tls.private_key", "{e:?}");
-    // TLS termination on a tcp listener, and a tcp listener to a TLS cluster: refused.
+    // TLS termination on a tcp listener: refused; a tcp listener to a TLS cluster is fine
+    // (the tcp proxy originates TLS).
     let e = errors(&ok.replace("protocol: dubbo", "protocol: tcp"));
     let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
-    assert!(fields.contains(&"listeners[0].tls.mode"), "{e:?}");
-    assert!(fields.contains(&"listeners[0].cluster"), "{e:?}");
+    assert_eq!(fields, ["listeners[0].tls.mode"], "{e:?}");
+    // transport_socket_matches: each entry's tls is checked like the cluster's.
+    let matches = ok.replace(
+        "    tls: {ca: ca.pem, cert_chain: c.pem, private_key: k.pem, sni: outbound_.80_._.x, alpn: [istio]}\n",
+        "    endpoint_metadata: [{transport_socket_match: {tlsMode: istio}}]\n    \
+         transport_socket_matches:\n      - {name: tlsMode-istio, match: {tlsMode: istio}, tls: {ca: ca.pem}}\n      \
+         - {name: tlsMode-disabled}\n",
+    );
+    let c = Config::from_yaml("c.yaml", &matches).unwrap();
+    assert_eq!(c.clusters[0].transport_socket(0), 1);
+    assert!(c.clusters[0].has_tls());
+    let e = errors(&matches.replace("tls: {ca: ca.pem}", "tls: {sni: x}"));
+    assert_eq!(
+        e[0].field, "clusters[0].transport_socket_matches[0].tls.ca",
+        "{e:?}"
+    );
     // Unknown fields name themselves.
     let e = errors(&ok.replace("alpn: [istio]", "alpn: [istio], verify: none"));
     assert!(e[0].message.contains("verify"), "{e:?}");
@@ -679,4 +695,44 @@ fn retry_policies_load_and_are_checked() {
         assert_eq!(e[0].field, format!("{at}.{field}"), "{policy}");
     }
     assert!(!errors(&route("{retry_on: [5xx]}")).is_empty());
+}
+
+#[test]
+fn faults_load_and_are_checked() {
+    let dubbo = GOOD.replace("protocol: tcp", "protocol: dubbo");
+    let route = |fault: &str| {
+        dubbo.replace(
+            "    cluster: echo\n",
+            &format!("    cluster: echo\n    dubbo:\n      routes:\n        - route: {{cluster: echo, fault: {fault}}}\n"),
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &route("{delay: {fixed_delay_ms: 10, percentage: 12.5}, abort: {status: 80, percentage: 0.0001}}"),
+    )
+    .unwrap();
+    let f = c.listeners[0].dubbo.as_ref().unwrap().routes[0]
+        .route
+        .fault
+        .unwrap();
+    assert_eq!(f.delay.unwrap().percentage, Share(125_000));
+    assert_eq!(f.abort.unwrap().percentage, Share(1));
+    let at = "listeners[0].dubbo.routes[0].route.fault";
+    for (fault, field) in [
+        ("{abort: {status: 20, percentage: 1}}", "abort.status"),
+        (
+            "{delay: {fixed_delay_ms: 0, percentage: 1}}",
+            "delay.fixed_delay_ms",
+        ),
+        ("{}", ""),
+    ] {
+        let e = errors(&route(fault));
+        let want = if field.is_empty() {
+            at.to_string()
+        } else {
+            format!("{at}.{field}")
+        };
+        assert_eq!(e[0].field, want, "{fault}");
+    }
+    assert!(!errors(&route("{abort: {status: 80, percentage: 101}}")).is_empty());
 }

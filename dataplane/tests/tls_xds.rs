@@ -444,3 +444,149 @@ fn certificate_rotation_over_sds_during_a_load_run_fails_no_call() {
         Some(3)
     );
 }
+
+/// istiod's auto-mTLS cluster for a Dubbo service and its EDS assignment, verbatim from the
+/// fixture `aeraki-dubbo.json` (`cluster_tls.go`: `transport_socket_matches` `tlsMode-istio` →
+/// ISTIO_MUTUAL over SDS, `tlsMode-disabled` `{}` → raw_buffer; the endpoint's
+/// `envoy.transport_socket_match` `{tlsMode: istio}`).
+fn auto_mtls_fixture() -> (Value, Value) {
+    let p = common::peers::root().join("dataplane/tests/fixtures/istio/aeraki-dubbo.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let name = "outbound|20880||org.apache.dubbo.samples.basic.api.demoservice";
+    let cluster = v["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+        .clone();
+    let endpoints = v["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cluster_name"] == name)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        cluster["transport_socket_matches"][0]["match"]["tlsMode"],
+        "istio"
+    );
+    (cluster, endpoints)
+}
+
+/// Dubbo calls on new connections to `addr` until both providers answered (the balancer picks
+/// each within a few calls), at most 40: the providers that answered, or the first failure.
+fn providers_reached(addr: SocketAddr) -> Result<std::collections::BTreeSet<String>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let text = format!("m{i}");
+        let got = echo(addr, &text)?;
+        let (who, rest) = got.split_once('|').ok_or(got.clone())?;
+        if rest != format!("echo|{text}") {
+            return Err(got);
+        }
+        seen.insert(who.to_string());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    Ok(seen)
+}
+
+#[test]
+fn istio_auto_mtls_tls_to_sidecar_endpoints_plaintext_to_the_others_like_envoy() {
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    // "B": a pod with a sidecar (Envoy inbound, STRICT mTLS, the SAN istiod's cluster names);
+    // "A": a legacy pod without one (plaintext provider, no tlsMode label).
+    let (legacy, meshed) = (Provider::start("A"), Provider::start("B"));
+    let (cluster, mut assignment) = auto_mtls_fixture();
+    let san = cluster["transport_socket_matches"][0]["transport_socket"]["typed_config"]
+        ["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+        ["match_subject_alt_names"][0]["exact"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (cert, key) = pki.issue(&san, NOT_AFTER);
+    let envoy_in_xds = XdsServer::start();
+    let sidecar_in = local(free_port());
+    let mut inbound = tcp_proxy_to("in", sidecar_in, "app");
+    inbound["filter_chains"][0]["transport_socket"] = downstream_tls(istio_tls_context(
+        &["istio-peer-exchange", "istio"],
+        json!({"prefix": "spiffe://cluster.local/"}),
+    ));
+    envoy_in_xds
+        .put(&json!({"version": "1", "listeners": [inbound],
+            "clusters": [static_cluster("app", &[meshed.addr])],
+            "secrets": secrets(&cert, &key, &ca)}))
+        .unwrap();
+    let envoy_in = envoy(&envoy_in_xds, "sidecar-in");
+
+    // The service's endpoints: the meshed pod (istiod's labelled endpoint, readdressed) and the
+    // legacy pod (no metadata).
+    let eps = assignment["endpoints"][0]["lb_endpoints"]
+        .as_array_mut()
+        .unwrap();
+    eps[0]["endpoint"]["address"] = socket(sidecar_in);
+    eps.push(json!({"endpoint": {"address": socket(legacy.addr)}, "load_balancing_weight": 1}));
+    let name = cluster["name"].as_str().unwrap().to_string();
+    let outbound = |dubbo: SocketAddr, tcp: SocketAddr, cluster: &Value| {
+        json!({"version": "1",
+            "listeners": [dubbo_to("out", dubbo, &name), tcp_proxy_to("out-tcp", tcp, &name)],
+            "clusters": [cluster], "endpoints": [assignment],
+            "secrets": secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)})
+    };
+
+    // ringside outbound, given istiod's resources as they are.
+    let rs_xds = XdsServer::start();
+    let (rs_dubbo, rs_tcp) = (local(free_port()), local(free_port()));
+    rs_xds.put(&outbound(rs_dubbo, rs_tcp, &cluster)).unwrap();
+    let rs = ringside(&rs_xds, "ringside-out");
+    // Envoy outbound (the oracle), the same resources without the Istio-only cluster filter
+    // (istio.metadata_exchange: only istio-proxy builds have it).
+    let mut plain = cluster.clone();
+    plain.as_object_mut().unwrap().remove("filters");
+    let envoy_xds = XdsServer::start();
+    let (envoy_dubbo, envoy_tcp) = (local(free_port()), local(free_port()));
+    envoy_xds
+        .put(&outbound(envoy_dubbo, envoy_tcp, &plain))
+        .unwrap();
+    let envoy_out = envoy(&envoy_xds, "envoy-out");
+
+    let both: std::collections::BTreeSet<String> = ["A", "B"].map(String::from).into();
+    let rs_logs = || format!("{:#?}", certs(&rs));
+    wait_answered(rs_dubbo, "ringside dubbo", &rs_logs);
+    assert_eq!(
+        providers_reached(rs_dubbo),
+        Ok(both.clone()),
+        "{}",
+        rs_logs()
+    );
+    wait_answered(envoy_dubbo, "Envoy dubbo", &|| envoy_out.log());
+    assert_eq!(
+        providers_reached(envoy_dubbo),
+        Ok(both.clone()),
+        "{}",
+        envoy_out.log()
+    );
+    // TCP (tcp_proxy): each connection to one endpoint, TLS to the meshed one only.
+    for (what, addr) in [("ringside tcp", rs_tcp), ("Envoy tcp", envoy_tcp)] {
+        assert_eq!(providers_reached(addr), Ok(both.clone()), "{what}");
+    }
+    // TLS connections reached the sidecar: ringside's Dubbo pool connection, its tcp proxy's
+    // connection(s), and Envoy's (whose tcp_proxy may reuse the idle connection its
+    // dubbo_proxy released to the cluster's TCP pool).
+    let handshakes = format!(
+        "listener.{}_{}.ssl.handshake",
+        sidecar_in.ip(),
+        sidecar_in.port()
+    );
+    let n = envoy_in.stat(&handshakes);
+    assert!(n >= 3, "{n} handshakes\n{}", envoy_in.get("/stats"));
+    assert_eq!(
+        sds_expiry(&rs, &format!("cluster {name}/tlsMode-istio")),
+        Some(NOT_AFTER_UNIX_S),
+        "{}",
+        certs(&rs)
+    );
+}

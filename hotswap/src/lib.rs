@@ -6,33 +6,56 @@
 //! ## Protocol (version [`PROTOCOL_VERSION`])
 //! Every message is a 4-byte big-endian length and a JSON object tagged by `"type"`; file
 //! descriptors travel with the message that names them.
-//! 1. new → old `Hello { protocol, build }`; old → new `Welcome { protocol, build }` or
-//!    `Refused { reason }` (a different protocol version: the old process keeps serving).
+//! 1. new → old `Hello { protocol, build, highest }`; old → new `Welcome { protocol, build }` or
+//!    `Refused { reason }` (another base protocol: the old process keeps serving). `protocol`
+//!    is the base version every ringside speaks ([`PROTOCOL_BASE`], 1); `highest` (absent in
+//!    version 1) the highest the successor speaks. The old process answers the version both
+//!    speak ([`negotiate`]); a version 1 process ignores `highest` and answers 1, so each side
+//!    falls back to version 1 with a peer that predates version 2.
 //! 2. new → old `GetListeners`; old → new `Listeners { sockets: [{name, address}] }` with one
 //!    fd per entry (several entries may share a name: one per old shard).
 //! 3. new → old `Serving` once its shards accept on those sockets. The old process stops
 //!    accepting, tells its callers it is going away, drains, then sends `Stats { blob }` and
 //!    `Bye` and exits. If the connection drops before `Serving`, the old process never stopped
 //!    serving; if it drops after, the old process resumes accepting.
+//! 4. Version 2 only: new → old `GetConnections` right after `Serving`. While it drains, the
+//!    old process hands over live downstream connections in batches: `Connections { conns:
+//!    [{listener, unread}] }` with one fd per entry (at most [`FDS_PER_MESSAGE_MAX`] and about
+//!    [`CONNECTIONS_BATCH_BYTES_MAX`] per message, see [`connection_batches`]); `unread` is
+//!    what the old process read from the connection and did not forward (at most
+//!    [`UNREAD_BYTES_MAX`], hex in the JSON). The successor serves each as if it had accepted
+//!    it, starting with those bytes. Then `Stats` and `Bye` as in version 1.
 //!
-//! Unknown message types are answered with `Refused`, so a later version can add messages (for
-//! example moving live connections with their unread bytes) without breaking this one.
+//! Unknown message types are answered with `Refused`, so a later version can add messages
+//! without breaking this one.
 //!
 //! Limits: [`REQUEST_BYTES_MAX`] per message the running process reads from a successor,
 //! [`MESSAGE_BYTES_MAX`] per message a successor reads from the process it replaces (the stats
 //! blob), [`FDS_PER_MESSAGE_MAX`] descriptors per message. Who may connect, and the socket's
 //! file mode and directory: [`private`].
 
+mod hex;
 pub mod private;
 mod wire;
 
 use serde::{Deserialize, Serialize};
 
 pub use private::{bind_private, check_peer, peer_pid};
-pub use wire::{recv, send};
+pub use wire::{recv, send, send_connections};
 
-/// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this crate speaks: 2 (live connections move, step 4).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The version every ringside speaks, sent as `Hello::protocol`: a process refuses a successor
+/// whose base differs. Bumped only on a change that breaks version 1's messages.
+pub const PROTOCOL_BASE: u32 = 1;
+/// The first version that moves live connections (`GetConnections`, `Connections`).
+pub const PROTOCOL_CONNECTIONS: u32 = 2;
+/// Most bytes read but not forwarded that one handed-over connection carries; a connection
+/// holding more is not handed over (it drains in the old process instead).
+pub const UNREAD_BYTES_MAX: usize = 256 * 1024;
+/// A batch of connections is closed once its message reaches this size (the successor reads
+/// up to [`MESSAGE_BYTES_MAX`]).
+pub const CONNECTIONS_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Largest message accepted (a stats blob of a large config fits easily).
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest message the running process reads from whoever connects to its control socket
@@ -50,14 +73,38 @@ pub struct SocketEntry {
     pub address: String,
 }
 
+/// One handed-over connection (version 2): the fd travels with its message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnEntry {
+    /// The name of the listener that accepted it (a virtual listener's for a handed-off one).
+    pub listener: String,
+    /// Bytes the old process read from it and did not forward: the start of the next frame.
+    #[serde(with = "hex")]
+    pub unread: Vec<u8>,
+}
+
+/// The version a process speaking up to `ours` uses with a successor that says `highest`
+/// (`None`: a version 1 successor, which does not send it).
+pub fn negotiate(highest: Option<u32>, ours: u32) -> u32 {
+    highest
+        .unwrap_or(PROTOCOL_BASE)
+        .clamp(PROTOCOL_BASE, ours.max(PROTOCOL_BASE))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Message {
     Hello {
+        /// [`PROTOCOL_BASE`].
         protocol: u32,
         build: String,
+        /// The highest version the successor speaks (version 2 on; a version 1 process
+        /// ignores it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        highest: Option<u32>,
     },
     Welcome {
+        /// The version both sides use from now on.
         protocol: u32,
         build: String,
     },
@@ -70,10 +117,40 @@ pub enum Message {
         sockets: Vec<SocketEntry>,
     },
     Serving,
+    /// Version 2: the successor adopts live connections (sent right after `Serving`).
+    GetConnections,
+    /// Version 2: followed by exactly `conns.len()` descriptors, in order.
+    Connections {
+        conns: Vec<ConnEntry>,
+    },
     Stats {
         blob: String,
     },
     Bye,
+}
+
+/// Splits handed-over connections into `Connections` messages the successor accepts: at most
+/// [`FDS_PER_MESSAGE_MAX`] descriptors each, and a new message once one reaches
+/// [`CONNECTIONS_BATCH_BYTES_MAX`] of encoded entries (an entry's `unread` is at most
+/// [`UNREAD_BYTES_MAX`]). Returns each batch's range in `conns`.
+pub fn connection_batches(conns: &[ConnEntry]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, c) in conns.iter().enumerate() {
+        // The entry's JSON: hex doubles the bytes; the name and punctuation are small.
+        let len = 2 * c.unread.len() + c.listener.len() * 2 + 64;
+        if i > start
+            && (i - start == FDS_PER_MESSAGE_MAX || bytes + len > CONNECTIONS_BATCH_BYTES_MAX)
+        {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < conns.len() {
+        out.push(start..conns.len());
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 
 #[cfg(test)]
 use crate::REQUEST_BYTES_MAX;
-use crate::{HandoffError, Message, FDS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
+use crate::{ConnEntry, HandoffError, Message, FDS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
 
 /// Sends `msg` with `fds` attached.
 pub fn send(sock: &UnixStream, msg: &Message, fds: &[RawFd]) -> Result<(), HandoffError> {
@@ -32,6 +32,29 @@ pub fn send(sock: &UnixStream, msg: &Message, fds: &[RawFd]) -> Result<(), Hando
     let mut w = sock;
     w.write_all(&frame[first..])?;
     Ok(())
+}
+
+/// Sends handed-over connections (version 2): `conns[i]` with `fds[i]`, in as many
+/// `Connections` messages as [`crate::connection_batches`] makes. Returns the number of messages.
+pub fn send_connections(
+    sock: &UnixStream,
+    conns: &[ConnEntry],
+    fds: &[RawFd],
+) -> Result<usize, HandoffError> {
+    if conns.len() != fds.len() {
+        return Err(HandoffError::FdCountMismatch {
+            announced: conns.len(),
+            carried: fds.len(),
+        });
+    }
+    let batches = crate::connection_batches(conns);
+    for r in &batches {
+        let msg = Message::Connections {
+            conns: conns[r.clone()].to_vec(),
+        };
+        send(sock, &msg, &fds[r.clone()])?;
+    }
+    Ok(batches.len())
 }
 
 fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> Result<usize, HandoffError> {
@@ -218,6 +241,7 @@ mod tests {
                 &Message::Hello {
                     protocol: 1,
                     build: "t".into(),
+                    highest: None,
                 },
                 &[],
             )
@@ -285,6 +309,149 @@ mod tests {
         assert!(matches!(
             recv(&b, REQUEST_BYTES_MAX),
             Err(HandoffError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock
+        ));
+    }
+
+    /// Connections cross in batches with their unread bytes, and the received descriptors are
+    /// the same connections: what the peer sends arrives on them, what we write reaches it.
+    #[test]
+    fn connections_cross_in_batches_with_their_unread_bytes() {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // More than one message's worth of descriptors.
+        const N: usize = FDS_PER_MESSAGE_MAX + 7;
+        let mut peers = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..N {
+            peers.push(TcpStream::connect(addr).unwrap());
+            served.push(l.accept().unwrap().0);
+        }
+        let conns: Vec<ConnEntry> = (0..N)
+            .map(|i| ConnEntry {
+                listener: format!("l{}", i % 3),
+                unread: vec![i as u8; i % 5],
+            })
+            .collect();
+        let fds: Vec<RawFd> = served.iter().map(|s| s.as_raw_fd()).collect();
+        let (a, b) = UnixStream::pair().unwrap();
+        let sent = std::thread::scope(|s| {
+            let w = s.spawn(|| send_connections(&a, &conns, &fds).unwrap());
+            let mut got = Vec::new();
+            while got.len() < N {
+                let (msg, fds) = recv(&b, MESSAGE_BYTES_MAX).unwrap();
+                let Message::Connections { conns } = msg else {
+                    panic!("{msg:?}")
+                };
+                assert_eq!(conns.len(), fds.len());
+                assert!(fds.len() <= FDS_PER_MESSAGE_MAX);
+                got.extend(conns.into_iter().zip(fds));
+            }
+            assert_eq!(w.join().unwrap(), 2);
+            got
+        });
+        // The old process closes its copies once they are sent.
+        drop(served);
+        for (i, ((entry, fd), peer)) in sent.into_iter().zip(&mut peers).enumerate() {
+            assert_eq!(entry, conns[i]);
+            let mut adopted = TcpStream::from(fd);
+            adopted.write_all(&[i as u8]).unwrap();
+            let mut one = [0u8];
+            peer.read_exact(&mut one).unwrap();
+            assert_eq!(one[0], i as u8);
+            peer.write_all(b"ok").unwrap();
+            let mut two = [0u8; 2];
+            adopted.read_exact(&mut two).unwrap();
+            assert_eq!(&two, b"ok");
+        }
+        // Announced entries must match the descriptors.
+        assert!(matches!(
+            send_connections(&a, &conns[..2], &fds[..1]),
+            Err(HandoffError::FdCountMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn batches_respect_descriptors_and_bytes() {
+        use crate::{connection_batches, CONNECTIONS_BATCH_BYTES_MAX, UNREAD_BYTES_MAX};
+        let small = |n| {
+            (0..n)
+                .map(|_| ConnEntry {
+                    listener: "d".into(),
+                    unread: Vec::new(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(connection_batches(&[]).is_empty());
+        assert_eq!(connection_batches(&small(3)), vec![0..3]);
+        assert_eq!(
+            connection_batches(&small(600)),
+            vec![0..253, 253..506, 506..600]
+        );
+        let big: Vec<ConnEntry> = (0..40)
+            .map(|_| ConnEntry {
+                listener: "d".into(),
+                unread: vec![7; UNREAD_BYTES_MAX],
+            })
+            .collect();
+        let batches = connection_batches(&big);
+        assert!(batches.len() >= 2, "{batches:?}");
+        for r in batches {
+            let body = serde_json::to_vec(&Message::Connections {
+                conns: big[r].to_vec(),
+            })
+            .unwrap();
+            assert!(body.len() <= CONNECTIONS_BATCH_BYTES_MAX + UNREAD_BYTES_MAX * 2 + 1024);
+            assert!(body.len() < MESSAGE_BYTES_MAX);
+        }
+    }
+
+    /// Version 1 peers: a version 1 successor's Hello (no `highest`) is version 1 here, and a
+    /// version 1 process reads our Hello (its own message type, without `highest`) and answers
+    /// version 1, which we then use.
+    #[test]
+    fn version_one_peers_fall_back() {
+        use crate::{negotiate, PROTOCOL_BASE, PROTOCOL_VERSION};
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(tag = "type")]
+        enum V1 {
+            Hello { protocol: u32, build: String },
+        }
+        let v1_hello = br#"{"type":"Hello","protocol":1,"build":"ringside 0.0.9"}"#;
+        let Message::Hello { highest, .. } = serde_json::from_slice(v1_hello).unwrap() else {
+            panic!()
+        };
+        assert_eq!(highest, None);
+        assert_eq!(negotiate(highest, PROTOCOL_VERSION), 1);
+        let ours = serde_json::to_vec(&Message::Hello {
+            protocol: PROTOCOL_BASE,
+            build: "t".into(),
+            highest: Some(PROTOCOL_VERSION),
+        })
+        .unwrap();
+        let V1::Hello { protocol, build } = serde_json::from_slice(&ours).unwrap();
+        assert_eq!((protocol, build.as_str()), (1, "t"));
+        assert_eq!(negotiate(Some(2), 2), 2);
+        assert_eq!(negotiate(Some(9), 2), 2);
+        assert_eq!(negotiate(Some(2), 1), 1);
+        assert_eq!(negotiate(Some(0), 2), 1);
+        // A version 1 process refuses a message type it does not know: GetConnections is sent
+        // only after Welcome said 2.
+        let unknown = serde_json::to_vec(&Message::GetConnections).unwrap();
+        assert!(serde_json::from_slice::<V1>(&unknown).is_err());
+    }
+
+    #[test]
+    fn bad_unread_text_is_malformed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let body = br#"{"type":"Connections","conns":[{"listener":"d","unread":"abc"}]}"#;
+        let mut w = &a;
+        w.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        w.write_all(body).unwrap();
+        assert!(matches!(
+            recv(&b, MESSAGE_BYTES_MAX),
+            Err(HandoffError::Malformed(_))
         ));
     }
 }

@@ -572,6 +572,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: None,
         tls: None,
+        transport_socket_matches: Vec::new(),
         circuit_breakers: None,
         outlier_detection: None,
     });

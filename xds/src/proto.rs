@@ -1901,8 +1901,8 @@ fn route_configuration(
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, r) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{j}]");
-            no_fault_override(&r.typed_per_filter_config, ctx, &rat)?;
             let mut route = triple_route(r, ctx, &rat)?;
+            route.route.fault = route_fault(&r.typed_per_filter_config, ctx, &rat)?;
             // The virtual host's policy, for its routes without their own.
             if let (None, Some(p)) = (&route.route.retry_policy, &vh.retry_policy) {
                 route.route.retry_policy = retry_policy(p, ctx, &format!("{vat}.retry_policy"))?;
@@ -2338,19 +2338,47 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if c.name.is_empty() {
         return refuse("name", "must not be empty");
     }
-    if !c.transport_socket_matches.is_empty() {
-        return refuse("transport_socket_matches", "TLS is not supported");
-    }
     if c.transport_socket_matcher.is_some() {
-        return refuse("transport_socket_matcher", "TLS is not supported");
+        return refuse(
+            "transport_socket_matcher",
+            "not supported (transport_socket_matches is)",
+        );
     }
+    let upstream_tls = |ts: &core_pb::TransportSocket, at: &str| {
+        tls::tls_context(ts, &ctx, at)?
+            .map(|any| tls::upstream(any, &ctx, at))
+            .transpose()
+    };
     let tls = match &c.transport_socket {
-        Some(ts) => match tls::tls_context(ts, &ctx, "transport_socket")? {
-            Some(any) => Some(tls::upstream(any, &ctx, "transport_socket")?),
-            None => None,
-        },
+        Some(ts) => upstream_tls(ts, "transport_socket")?,
         None => None,
     };
+    let transport_socket_matches = c
+        .transport_socket_matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = format!("transport_socket_matches[{i}]");
+            let labels = match &m.r#match {
+                Some(st) => string_labels(st).map_err(|k| {
+                    ctx.err(
+                        format!("{at}.match.{k}"),
+                        "only string values are supported",
+                    )
+                })?,
+                None => Default::default(),
+            };
+            let tls = match &m.transport_socket {
+                Some(ts) => upstream_tls(ts, &format!("{at}.transport_socket"))?,
+                None => None,
+            };
+            Ok(config::TransportSocketMatch {
+                name: m.name.clone(),
+                labels,
+                tls,
+            })
+        })
+        .collect::<Result<Vec<_>, TranslateError>>()?;
     if !c.health_checks.is_empty() {
         return refuse("health_checks", "active health checks are not supported");
     }
@@ -2450,6 +2478,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             None => None,
         },
         tls,
+        transport_socket_matches,
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
         outlier_detection: match &c.outlier_detection {
             Some(o) => outlier_detection(o, &ctx)?,
@@ -2616,22 +2645,65 @@ fn endpoints(
                 H::try_from(e.health_status),
                 Ok(H::Unhealthy | H::Draining | H::Timeout)
             );
+            let transport_socket_match = match e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH_KEY))
+            {
+                Some(st) => string_labels(st).map_err(|k| {
+                    ctx.err(
+                        format!(
+                            "{eat}.metadata.filter_metadata[{TRANSPORT_SOCKET_MATCH_KEY:?}].{k}"
+                        ),
+                        "only string values are supported",
+                    )
+                })?,
+                None => Default::default(),
+            };
             if !excluded {
                 out.endpoints.push(addr);
                 out.metadata.push(config::EndpointMetadata {
                     weight,
                     priority: l.priority,
+                    transport_socket_match,
                     ..Default::default()
                 });
             }
         }
+        if l.metadata
+            .as_ref()
+            .is_some_and(|m| m.filter_metadata.contains_key(TRANSPORT_SOCKET_MATCH_KEY))
+        {
+            return Err(ctx.err(
+                join(at, &format!("endpoints[{i}].metadata")),
+                "transport socket matching by locality metadata is not supported (by endpoint metadata it is)",
+            ));
+        }
     }
-    let plain =
-        |m: &config::EndpointMetadata| m.priority == 0 && m.weight == out.metadata[0].weight;
+    let plain = |m: &config::EndpointMetadata| {
+        m.priority == 0 && m.weight == out.metadata[0].weight && m.transport_socket_match.is_empty()
+    };
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
     }
     Ok(out)
+}
+
+/// The endpoint metadata that chooses among a cluster's `transport_socket_matches`.
+const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
+
+/// A `Struct` of string values as labels; `Err` the first key whose value is no string.
+fn string_labels(
+    st: &envoy_types::pb::google::protobuf::Struct,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    st.fields
+        .iter()
+        .map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Ok((k.clone(), s.clone())),
+            _ => Err(k.clone()),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -2931,6 +3003,106 @@ fn no_fault_override(
         }
     }
     Ok(())
+}
+
+/// A route's own fault injection (`typed_per_filter_config` of `envoy.filters.http.fault`,
+/// docs/governance.md#fault-injection); `None` without one or when it injects nothing.
+fn route_fault(
+    m: &std::collections::HashMap<String, Any>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::Fault>, TranslateError> {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        fault_abort::ErrorType, HttpFault,
+    };
+    let Some((k, a)) = m
+        .iter()
+        .find(|(k, a)| *k == "envoy.filters.http.fault" || a.type_url == FAULT)
+    else {
+        return Ok(None);
+    };
+    let fat = join(at, &format!("typed_per_filter_config[{k:?}]"));
+    let f: HttpFault = unpack(a, FAULT, ctx, &fat)?;
+    let refuse = |field: &str, why: &str| Err(ctx.err(format!("{fat}.{field}"), why.to_string()));
+    if !f.headers.is_empty() {
+        return refuse("headers", "faults by header match are not supported");
+    }
+    if !f.downstream_nodes.is_empty() {
+        return refuse("downstream_nodes", "not supported");
+    }
+    if !f.upstream_cluster.is_empty() {
+        return refuse("upstream_cluster", "not supported");
+    }
+    if f.response_rate_limit.is_some() {
+        return refuse("response_rate_limit", "not supported");
+    }
+    let share = |p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>, field: &str| {
+        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+        // Left out: 0 % (the proto's default, as Envoy reads it): Istio's empty fault.
+        let Some(p) = p else {
+            return Ok(config::Share(0));
+        };
+        let scale = match D::try_from(p.denominator) {
+            Ok(D::Hundred) => 10_000,
+            Ok(D::TenThousand) => 100,
+            Ok(D::Million) => 1,
+            Err(_) => return Err(ctx.err(format!("{fat}.{field}"), "unknown denominator")),
+        };
+        Ok(config::Share(
+            p.numerator
+                .saturating_mul(scale)
+                .min(config::Share::PER_MILLION),
+        ))
+    };
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => {
+            let ms = match &d.fault_delay_secifier {
+                Some(FaultDelaySecifier::FixedDelay(t)) => duration_ms(
+                    t,
+                    ctx,
+                    &format!("{fat}.delay.fixed_delay"),
+                    config::FAULT_DELAY_MS_MAX,
+                )?,
+                _ => return refuse("delay", "only fixed_delay is supported"),
+            };
+            let percentage = share(d.percentage.as_ref(), "delay.percentage")?;
+            (ms > 0 && percentage.0 > 0).then_some(config::FaultDelay {
+                fixed_delay_ms: ms,
+                percentage,
+            })
+        }
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => {
+            let status = match a.error_type {
+                Some(ErrorType::GrpcStatus(c)) => c,
+                // Envoy's HTTP status to gRPC status mapping for a gRPC caller.
+                Some(ErrorType::HttpStatus(h)) => match h {
+                    400 => 13,
+                    401 => 16,
+                    403 => 7,
+                    404 => 12,
+                    429 | 502 | 503 | 504 => 14,
+                    _ => 2,
+                },
+                _ => return refuse("abort", "give http_status or grpc_status"),
+            };
+            let percentage = share(a.percentage.as_ref(), "abort.percentage")?;
+            (percentage.0 > 0).then_some(config::FaultAbort { status, percentage })
+        }
+    };
+    if delay.is_none() && abort.is_none() {
+        // Istio's default: nothing to inject.
+        return Ok(None);
+    }
+    Ok(Some(config::Fault {
+        delay,
+        abort,
+        max_active_faults: f.max_active_faults.map(|m| m.value),
+    }))
 }
 
 // === local rate limits (docs/governance.md) ===

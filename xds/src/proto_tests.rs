@@ -1108,7 +1108,8 @@ fn istio_filter_decisions() {
         "{e}"
     );
 
-    // Per-route fault injection (a VirtualService `fault`) is refused.
+    // Per-route fault injection (a VirtualService `fault`) is the route's `fault`; an abort
+    // without a status is refused.
     let mut rc = route_config_pb("rc", &["*"], vec![route_to("/", "c")]);
     rc.virtual_hosts[0].routes[0]
         .typed_per_filter_config
@@ -1122,7 +1123,8 @@ fn istio_filter_decisions() {
         hcm_inline(rc),
     )));
     assert!(
-        e.contains("routes[0].typed_per_filter_config") && e.contains("fault injection"),
+        e.contains("routes[0].typed_per_filter_config")
+            && e.contains("give http_status or grpc_status"),
         "{e}"
     );
 }

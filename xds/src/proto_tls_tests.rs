@@ -245,3 +245,134 @@ fn secrets_of_both_kinds_decode_and_others_are_refused() {
         "{e}"
     );
 }
+
+/// istiod's auto-mTLS cluster (`cluster_tls.go`): `tlsMode-istio` → ISTIO_MUTUAL over SDS,
+/// `tlsMode-disabled` `{}` → raw_buffer; endpoints chosen by `envoy.transport_socket_match`.
+#[test]
+fn transport_socket_matches_and_endpoint_labels_as_istiod_sends_them() {
+    use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let labels = |kv: &[(&str, Kind)]| Struct {
+        fields: kv
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value {
+                        kind: Some(v.clone()),
+                    },
+                )
+            })
+            .collect(),
+    };
+    let istio = || labels(&[("tlsMode", Kind::StringValue("istio".into()))]);
+    let tls = core_pb::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core_pb::transport_socket::ConfigType::TypedConfig(
+            pack_any(tls_pb::UpstreamTlsContext {
+                common_tls_context: Some(istio_common(&["istio-peer-exchange", "istio"])),
+                sni: "outbound_.20880_._.p.default.svc.cluster.local".into(),
+                ..Default::default()
+            }),
+        )),
+    };
+    let raw = core_pb::TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".into(),
+        config_type: None,
+    };
+    let mut pb =
+        crate::testing::cluster_static_pb("c", &[("10.0.0.1", 20880), ("10.0.0.2", 20880)]);
+    pb.transport_socket_matches = vec![
+        cluster_pb::cluster::TransportSocketMatch {
+            name: "tlsMode-istio".into(),
+            r#match: Some(istio()),
+            transport_socket: Some(tls),
+        },
+        cluster_pb::cluster::TransportSocketMatch {
+            name: "tlsMode-disabled".into(),
+            r#match: Some(Struct::default()),
+            transport_socket: Some(raw),
+        },
+    ];
+    let eps = &mut pb.load_assignment.as_mut().unwrap().endpoints[0].lb_endpoints;
+    eps[0].metadata = Some(core_pb::Metadata {
+        filter_metadata: [("envoy.transport_socket_match".to_string(), istio())].into(),
+        ..Default::default()
+    });
+    let c = super::super::cluster(&pb).unwrap().cluster;
+    assert_eq!(c.tls, None);
+    assert_eq!(c.transport_socket_matches.len(), 2);
+    let m = &c.transport_socket_matches[0];
+    assert_eq!(m.name, "tlsMode-istio");
+    assert_eq!(m.labels.get("tlsMode").map(String::as_str), Some("istio"));
+    let t = m.tls.as_ref().unwrap();
+    assert_eq!(t.certificate_sds.as_ref().unwrap().name, "default");
+    assert_eq!(t.ca_sds.as_ref().unwrap().name, "ROOTCA");
+    assert_eq!(c.transport_socket_matches[1].tls, None);
+    assert!(c.transport_socket_matches[1].labels.is_empty());
+    // The labelled endpoint gets the TLS socket, the other one the catch-all plaintext.
+    assert_eq!((c.transport_socket(0), c.transport_socket(1)), (1, 2));
+    // The secrets of a match are asked for like the cluster's own.
+    let cfg = config::Config {
+        clusters: vec![c.clone()],
+        ..Default::default()
+    };
+    let named: Vec<String> = cfg
+        .sds_secrets()
+        .map(|(at, s)| format!("{at}={}", s.name))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "clusters[0].transport_socket_matches[0].tls.certificate_sds=default",
+            "clusters[0].transport_socket_matches[0].tls.ca_sds=ROOTCA"
+        ]
+    );
+
+    // Only string labels, on the match and on endpoints; locality metadata: NACK.
+    let mut bad = pb.clone();
+    bad.transport_socket_matches[0].r#match = Some(labels(&[("tlsMode", Kind::BoolValue(true))]));
+    let e = super::super::cluster(&bad).err().unwrap().to_string();
+    assert!(
+        e.contains("transport_socket_matches[0].match.tlsMode"),
+        "{e}"
+    );
+    let mut bad = pb.clone();
+    bad.load_assignment.as_mut().unwrap().endpoints[0].lb_endpoints[1].metadata =
+        Some(core_pb::Metadata {
+            filter_metadata: [(
+                "envoy.transport_socket_match".to_string(),
+                labels(&[("tlsMode", Kind::NumberValue(1.0))]),
+            )]
+            .into(),
+            ..Default::default()
+        });
+    let e = super::super::cluster(&bad).err().unwrap().to_string();
+    assert!(
+        e.contains(
+            "lb_endpoints[1].metadata.filter_metadata[\"envoy.transport_socket_match\"].tlsMode"
+        ),
+        "{e}"
+    );
+    let mut bad = pb.clone();
+    bad.load_assignment.as_mut().unwrap().endpoints[0].metadata = Some(core_pb::Metadata {
+        filter_metadata: [("envoy.transport_socket_match".to_string(), istio())].into(),
+        ..Default::default()
+    });
+    let e = super::super::cluster(&bad).err().unwrap().to_string();
+    assert!(
+        e.contains("endpoints[0].metadata") && e.contains("locality"),
+        "{e}"
+    );
+    // A transport socket other than tls or raw_buffer (istiod's HBONE internal_upstream): NACK.
+    let mut bad = pb;
+    bad.transport_socket_matches[1].transport_socket = Some(core_pb::TransportSocket {
+        name: "envoy.transport_sockets.internal_upstream".into(),
+        config_type: None,
+    });
+    let e = super::super::cluster(&bad).err().unwrap().to_string();
+    assert!(
+        e.contains("transport_socket_matches[1].transport_socket"),
+        "{e}"
+    );
+}

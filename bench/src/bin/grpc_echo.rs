@@ -2,7 +2,9 @@
 //! tokio). Every stream, whatever its path, is answered with `:status 200`,
 //! `content-type: application/grpc`, the request body echoed back unchanged as the reply message
 //! (the bench's HelloRequest{name, payload} reads as a HelloReply{message, payload}), and
-//! `grpc-status: 0` trailers. Request trailers are ignored.
+//! `grpc-status: 0` trailers. Request trailers are ignored. The one exception is OTLP's
+//! `TraceService/Export` (the `dubbo-16x16-observed` bench sends ringside's spans here): it is
+//! answered with an empty `ExportTraceServiceResponse`, as a collector does, not an echo.
 
 use bench::args::Args;
 use bytes::BytesMut;
@@ -11,7 +13,11 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 const USAGE: &str = "grpc-echo [--listen 127.0.0.1:30870] [--threads 1] [--max-streams 1024]
 
 Echoes each request body as the response message with grpc-status 0 trailers (h2c, prior
-knowledge). Pin it with taskset; --threads N > 1 uses a multi-thread runtime.";
+knowledge). Pin it with taskset; --threads N > 1 uses a multi-thread runtime.
+OpenTelemetry's TraceService/Export gets an empty reply (a span sink).";
+
+/// OTLP/gRPC span export: read and discarded.
+const OTLP_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Flow-control windows large enough that a benchmark never waits on WINDOW_UPDATEs.
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -70,6 +76,7 @@ async fn serve(stream: tokio::net::TcpStream, max_streams: u32) {
 }
 
 async fn echo(req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<bytes::Bytes>) {
+    let sink = req.uri().path() == OTLP_EXPORT_PATH;
     let mut body = req.into_body();
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.data().await {
@@ -77,7 +84,13 @@ async fn echo(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespons
             return;
         };
         let _ = body.flow_control().release_capacity(chunk.len());
-        buf.extend_from_slice(&chunk);
+        if !sink {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if sink {
+        // One gRPC message of length 0: an empty ExportTraceServiceResponse.
+        buf.extend_from_slice(&[0; 5]);
     }
     let mut head = Response::new(());
     head.headers_mut()

@@ -63,6 +63,10 @@ impl Flags {
     pub const RATE_LIMITED: Flags = Flags(1 << 11);
     /// OM: shed because the shard's buffer budget is spent (Envoy's overload manager).
     pub const OVERLOAD_MANAGER: Flags = Flags(1 << 12);
+    /// DI: a fault delay held the call.
+    pub const DELAY_INJECTED: Flags = Flags(1 << 13);
+    /// FI: a fault abort answered the call.
+    pub const FAULT_INJECTED: Flags = Flags(1 << 14);
 
     /// In the order Envoy prints them.
     const NAMES: &'static [(Flags, &'static str)] = &[
@@ -74,6 +78,8 @@ impl Flags {
         (Flags::UPSTREAM_CONNECTION_TERMINATION, "UC"),
         (Flags::UPSTREAM_OVERFLOW, "UO"),
         (Flags::NO_ROUTE_FOUND, "NR"),
+        (Flags::DELAY_INJECTED, "DI"),
+        (Flags::FAULT_INJECTED, "FI"),
         (Flags::RATE_LIMITED, "RL"),
         (Flags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Flags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),

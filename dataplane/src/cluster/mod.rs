@@ -127,9 +127,15 @@ pub struct Endpoints {
     pub levels: Box<[u32]>,
     /// Weight of each `live` entry (least_request), empty when every endpoint weighs the same.
     pub weights: Box<[u32]>,
+    /// Distinct endpoints in `live` (an endpoint appears there once per weight visit).
+    pub distinct: u32,
     /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
     /// cluster instead of updating it.
     pub generation: u64,
+    /// The transport socket of each slot (`config::Cluster::transport_socket`: TLS or
+    /// plaintext per endpoint, Istio's auto mTLS); empty when the cluster has no
+    /// `transport_socket_matches` (every endpoint: socket 0).
+    pub sockets: Box<[u8]>,
 }
 
 impl Endpoints {
@@ -139,12 +145,19 @@ impl Endpoints {
             live: Box::new([]),
             levels: Box::new([]),
             weights: Box::new([]),
+            distinct: 0,
             generation,
+            sockets: Box::new([]),
         }
     }
 
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.live.iter().map(|&i| self.slots[i as usize].addr)
+    }
+
+    /// The transport socket of slot `i` (see [`Endpoints::sockets`]).
+    pub fn socket(&self, i: usize) -> usize {
+        usize::from(self.sockets.get(i).copied().unwrap_or(0))
     }
 }
 
@@ -192,9 +205,10 @@ pub struct ShardCluster {
     /// `source_addresses`: what its upstream connections bind (one per IP family).
     pub sources: Box<[std::net::IpAddr]>,
     pub ids: ClusterStatIds,
-    /// `tls`: the Dubbo and Triple pools open TLS connections to its endpoints. Replaced in
-    /// place when new certificates arrive (SDS): connections open keep theirs.
-    tls: RefCell<Option<Arc<crate::io::tls::ClientTls>>>,
+    /// Its transport sockets (`tls`, `transport_socket_matches`): connections to an endpoint
+    /// whose socket has TLS are TLS connections. Replaced in place when new certificates
+    /// arrive (SDS): connections open keep theirs.
+    tls: RefCell<Option<crate::io::tls::ClusterSockets>>,
 }
 
 /// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
@@ -288,8 +302,24 @@ pub enum ConnectError {
 
 /// A new upstream connection and the guard that counts it out of its endpoint's active count.
 pub struct Upstream<'a> {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub guard: ActiveGuard<'a>,
+}
+
+/// An upstream connection of the tcp proxy: plaintext, or TLS when the endpoint's transport
+/// socket has it.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<crate::io::tls::TlsConn>),
+}
+
+impl UpstreamStream {
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamStream::Plain(s) => s.peer_addr().ok(),
+            UpstreamStream::Tls(s) => s.get_ref().peer_addr().ok(),
+        }
+    }
 }
 
 /// Counts one connection (or request) on an endpoint until dropped.
@@ -312,7 +342,7 @@ impl ShardCluster {
         c: &config::Cluster,
         endpoints: Arc<Endpoints>,
         ids: ClusterStatIds,
-        tls: Option<Arc<crate::io::tls::ClientTls>>,
+        tls: Option<crate::io::tls::ClusterSockets>,
     ) -> Self {
         ShardCluster {
             name: c.name.clone(),
@@ -331,17 +361,22 @@ impl ShardCluster {
         }
     }
 
-    /// The TLS a new connection to an endpoint uses (`None`: plaintext).
-    pub fn tls(&self) -> Option<Arc<crate::io::tls::ClientTls>> {
-        self.tls.borrow().clone()
+    /// The TLS a new connection to endpoint slot `i` uses (`None`: plaintext): the cluster's
+    /// `tls`, or the one of the `transport_socket_matches` entry the endpoint matched.
+    pub fn tls(&self, i: usize) -> Option<Arc<crate::io::tls::ClientTls>> {
+        let sockets = self.tls.borrow();
+        let k = self.endpoints.borrow().socket(i);
+        sockets.as_ref()?.get(k).cloned().flatten()
     }
 
     /// New certificates (or a TLS now ready): for connections opened from now on.
-    pub fn set_tls(&self, tls: Option<Arc<crate::io::tls::ClientTls>>) {
+    pub fn set_tls(&self, tls: Option<crate::io::tls::ClusterSockets>) {
         *self.tls.borrow_mut() = tls;
     }
 
-    /// Takes an endpoint update of the same generation; returns the slots that left service.
+    /// Takes an endpoint update of the same generation; returns the slots that left service,
+    /// and those whose transport socket changed (their connections close once idle; new
+    /// ones use the new socket).
     pub fn set_endpoints(&self, e: Arc<Endpoints>) -> Vec<u32> {
         let old = self.endpoints.replace(e.clone());
         let mut active = self.active.borrow_mut();
@@ -351,7 +386,7 @@ impl ShardCluster {
         old.live
             .iter()
             .copied()
-            .filter(|i| !e.live.contains(i))
+            .filter(|&i| !e.live.contains(&i) || old.socket(i as usize) != e.socket(i as usize))
             .collect()
     }
 
@@ -467,7 +502,7 @@ impl ShardCluster {
                 stats.inc(self.ids.cx_total);
                 stats.inc(self.ids.cx_active);
                 Ok(Upstream {
-                    stream,
+                    stream: UpstreamStream::Plain(stream),
                     guard: ActiveGuard {
                         // No slot: the guard's active count is a no-op.
                         endpoint: usize::MAX,
@@ -508,15 +543,8 @@ impl ShardCluster {
             };
             tried[attempt] = i;
             let Slot { addr, ids: host } = self.slot(i);
-            match shard::monoio::time::timeout(
-                self.connect_timeout,
-                crate::io::intercept::connect(addr, &self.sources),
-            )
-            .await
-            {
+            match shard::monoio::time::timeout(self.connect_timeout, self.open(i, addr)).await {
                 Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let _ = crate::io::Conn::set_keepalive(&stream, &self.keepalive);
                     self.add_active(i, 1);
                     stats.inc(self.ids.cx_total);
                     stats.inc(host.cx_total);
@@ -548,6 +576,29 @@ impl ShardCluster {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source: io::Error::other("cluster has no endpoints"),
         }))
+    }
+}
+
+impl ShardCluster {
+    /// A connection to endpoint slot `i` at `addr`, TLS when its transport socket has it
+    /// (connect and handshake: the caller bounds both by the connect timeout).
+    async fn open(&self, i: usize, addr: SocketAddr) -> io::Result<UpstreamStream> {
+        let stream = match self.tls(i) {
+            Some(t) => {
+                let s = crate::io::tls::connect(addr, &self.sources, &t).await?;
+                UpstreamStream::Tls(Box::new(s))
+            }
+            None => {
+                let s = crate::io::intercept::connect(addr, &self.sources).await?;
+                let _ = s.set_nodelay(true);
+                UpstreamStream::Plain(s)
+            }
+        };
+        let _ = match &stream {
+            UpstreamStream::Plain(s) => crate::io::Conn::set_keepalive(s, &self.keepalive),
+            UpstreamStream::Tls(s) => crate::io::Conn::set_keepalive(&**s, &self.keepalive),
+        };
+        Ok(stream)
     }
 }
 
@@ -669,6 +720,49 @@ pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, host: StatId, t
         stats.dec(active);
         stats.dec(host);
     });
+}
+
+/// A pool's host (Dubbo or HTTP/2) as outlier detection sees it.
+pub trait OutlierHost {
+    fn outlier(&self) -> &Outlier;
+    fn addr(&self) -> SocketAddr;
+    fn ids(&self) -> &HostStatIds;
+}
+
+/// One request's outcome at `host` of a pool (`hosts`, balanced by `lb`), for outlier
+/// detection: nothing without `cfg`; a success resets the host's count, a failure may eject it
+/// (counted in `ids`, logged). No allocation: the cluster's endpoint count is the published
+/// `Endpoints::distinct`.
+#[allow(clippy::too_many_arguments)]
+pub fn outcome<H: OutlierHost + Retire>(
+    cfg: Option<&OutlierConfig>,
+    lb: &ShardCluster,
+    hosts: &HostTable<H>,
+    stats: &ShardStats,
+    ids: &UpstreamStatIds,
+    host: &H,
+    failed: bool,
+) {
+    let Some(cfg) = cfg else {
+        return;
+    };
+    if !failed {
+        host.outlier().success();
+        return;
+    }
+    let now = std::time::Instant::now();
+    let share = || {
+        let total = lb.endpoints.borrow().distinct as usize;
+        (hosts.count(|h| h.outlier().is_ejected(now)), total)
+    };
+    match host.outlier().failure(cfg, now, share) {
+        Ejection::None => {}
+        Ejection::Ejected(t) => {
+            count_ejection(stats, ids, host.ids().ejected, t);
+            tracing::info!(cluster = %lb.name, upstream = %host.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
+        }
+        Ejection::Overflow => stats.inc(ids.outlier_overflow),
+    }
 }
 
 /// One endpoint's outlier state on one shard.

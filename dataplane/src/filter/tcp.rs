@@ -21,7 +21,7 @@ use shard::monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 
 use crate::access_log::{Flags, ListenerLog, Record, NO_HEADERS};
-use crate::cluster::{ShardCluster, Upstream};
+use crate::cluster::{ShardCluster, Upstream, UpstreamStream};
 use crate::config::Protocol;
 use crate::filter::{Drain, ListenerStatIds};
 use crate::stats::ShardStats;
@@ -180,12 +180,34 @@ async fn relay_connection(
             return false;
         }
     };
-    out.upstream = up_stream.peer_addr().ok();
+    out.upstream = up_stream.peer_addr();
+    let first = l.original_destination && !counted;
+    match up_stream {
+        UpstreamStream::Plain(up) => relay_both(down, up, l, drain, first, out).await,
+        UpstreamStream::Tls(up) => relay_both(down, *up, l, drain, first, out).await,
+    }
+}
+
+/// Relays both directions until both ended, the connection was idle too long or the drain
+/// deadline came (`true`). `first`: detect the protocol of the first chunk.
+async fn relay_both<U>(
+    down: TcpStream,
+    up: U,
+    l: &TcpProxy,
+    drain: &Drain,
+    first: bool,
+    out: &Outcome,
+) -> bool
+where
+    U: Splitable,
+    U::OwnedRead: AsyncReadRent,
+    U::OwnedWrite: AsyncWriteRent,
+{
     let last_activity = Cell::new(Instant::now());
     let (dr, dw) = down.into_split();
-    let (ur, uw) = up_stream.into_split();
+    let (ur, uw) = up.into_split();
     let ids = l.ids;
-    let first = Cell::new(l.original_destination && !counted);
+    let first = Cell::new(first);
     let (rx, tx) = (&out.bytes_received, &out.bytes_sent);
     let up = relay(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
         l.stats.add(ids.bytes_rx, chunk.len() as u64);

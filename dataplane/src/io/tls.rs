@@ -145,11 +145,16 @@ fn sans(list: &[config::SanMatcher]) -> Vec<tls::SanMatch> {
         .collect()
 }
 
+/// A cluster's transport sockets, by the index `config::Cluster::transport_socket` gives an
+/// endpoint: 0 its `tls`, `k` its `transport_socket_matches[k - 1]`'s (`None`: plaintext).
+pub type ClusterSockets = Arc<[Option<Arc<ClientTls>>]>;
+
 /// The TLS of every listener and cluster of one config, by index (`None`: plaintext).
 #[derive(Default)]
 pub struct TlsSet {
     pub listeners: Vec<Option<Arc<ServerTls>>>,
-    pub clusters: Vec<Option<Arc<ClientTls>>>,
+    /// `None`: a cluster whose endpoints all get plaintext.
+    pub clusters: Vec<Option<ClusterSockets>>,
     /// Every certificate file the config names, as loaded (for `/certs`).
     pub certs: Vec<CertFile>,
 }
@@ -188,11 +193,18 @@ impl TlsSet {
             .iter()
             .enumerate()
             .map(|(i, cl)| {
-                cl.tls
-                    .as_ref()
-                    .map(|t| client(t, secrets).map(Arc::new))
-                    .transpose()
-                    .map_err(|e| (format!("clusters[{i}].tls"), e))
+                if !cl.has_tls() {
+                    return Ok(None);
+                }
+                cl.transport_sockets()
+                    .enumerate()
+                    .map(|(k, t)| {
+                        t.map(|t| client(t, secrets).map(Arc::new))
+                            .transpose()
+                            .map_err(|e| (socket_field(i, k), e))
+                    })
+                    .collect::<Result<ClusterSockets, _>>()
+                    .map(Some)
             })
             .collect::<Result<_, _>>()?;
         let mut certs = Vec::new();
@@ -224,19 +236,29 @@ impl TlsSet {
             }
         }
         for (i, cl) in c.clusters.iter().enumerate() {
-            let Some(t) = &cl.tls else { continue };
-            let at = |e| (format!("clusters[{i}].tls"), e);
-            let owner = format!("cluster {}", cl.name);
-            if t.cert_chain.is_some() || t.certificate_sds.is_some() {
-                add(
-                    owner.clone(),
-                    "cert_chain",
-                    chain_source(&t.certificate_sds, t.cert_chain.as_ref(), secrets),
-                )
-                .map_err(at)?;
-            }
-            if let Some(ca) = ca_source(&t.ca_sds, Some(&t.ca), secrets) {
-                add(owner, "ca", ca).map_err(at)?;
+            for (k, t) in cl.transport_sockets().enumerate() {
+                let Some(t) = t else { continue };
+                let at = |e| (socket_field(i, k), e);
+                // A transport socket match: `cluster NAME/MATCH` (Istio: `tlsMode-istio`).
+                let owner = match k {
+                    0 => format!("cluster {}", cl.name),
+                    k => format!(
+                        "cluster {}/{}",
+                        cl.name,
+                        cl.transport_socket_matches[k - 1].name
+                    ),
+                };
+                if t.cert_chain.is_some() || t.certificate_sds.is_some() {
+                    add(
+                        owner.clone(),
+                        "cert_chain",
+                        chain_source(&t.certificate_sds, t.cert_chain.as_ref(), secrets),
+                    )
+                    .map_err(at)?;
+                }
+                if let Some(ca) = ca_source(&t.ca_sds, Some(&t.ca), secrets) {
+                    add(owner, "ca", ca).map_err(at)?;
+                }
             }
         }
         Ok(TlsSet {
@@ -244,6 +266,14 @@ impl TlsSet {
             clusters,
             certs,
         })
+    }
+}
+
+/// The config field of cluster `i`'s transport socket `k`.
+fn socket_field(i: usize, k: usize) -> String {
+    match k {
+        0 => format!("clusters[{i}].tls"),
+        k => format!("clusters[{i}].transport_socket_matches[{}].tls", k - 1),
     }
 }
 

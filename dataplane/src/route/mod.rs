@@ -148,6 +148,40 @@ pub struct Action {
     pub route_index: Option<usize>,
     /// The route's `retry_policy`, compiled.
     pub retry: Option<RetryPolicy>,
+    /// The route's `fault`.
+    pub fault: Option<config::Fault>,
+}
+
+/// A fault to inject into one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Injected {
+    pub delay: Option<Duration>,
+    /// The status to answer with instead of forwarding (after the delay, if any).
+    pub abort: Option<u32>,
+}
+
+/// Whether a request falls in `share` of requests, by a roll of the shard's dice.
+fn hit(share: config::Share, roll: u32) -> bool {
+    share.0 >= config::Share::PER_MILLION || roll % config::Share::PER_MILLION < share.0
+}
+
+impl Action {
+    /// The fault to inject into one request (each of delay and abort rolled on its own, as
+    /// Envoy); `None` when none applies.
+    pub fn fault(&self, dice: &Dice) -> Option<Injected> {
+        let f = self.fault.as_ref()?;
+        let i = Injected {
+            delay: f
+                .delay
+                .filter(|d| hit(d.percentage, dice.roll()))
+                .map(|d| Duration::from_millis(d.fixed_delay_ms)),
+            abort: f
+                .abort
+                .filter(|a| hit(a.percentage, dice.roll()))
+                .map(|a| a.status),
+        };
+        (i != Injected::default()).then_some(i)
+    }
 }
 
 /// A route's `retry_policy` compiled into a small copyable value (a request that may be
@@ -246,6 +280,7 @@ impl Action {
             timeout,
             route_index,
             retry: None,
+            fault: None,
         }
     }
 
@@ -278,6 +313,7 @@ impl Action {
             Some(route_index),
         );
         action.retry = a.retry_policy.as_ref().map(RetryPolicy::new);
+        action.fault = a.fault;
         Ok(action)
     }
 

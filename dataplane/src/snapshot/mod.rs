@@ -553,10 +553,25 @@ impl ClusterState {
     /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
     fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
         let visits = visit_order(c);
+        // The transport socket of each address (TLS or plaintext per endpoint), when the
+        // cluster chooses per endpoint.
+        let socket_of: std::collections::HashMap<std::net::SocketAddr, u8> =
+            match c.transport_socket_matches.is_empty() {
+                true => Default::default(),
+                // At most TRANSPORT_SOCKET_MATCHES_MAX + 1 sockets: fits a u8.
+                false => (0..c.endpoints.len())
+                    .map(|i| (c.endpoints[i], c.transport_socket(i) as u8))
+                    .collect(),
+            };
+        let socket = |addr| socket_of.get(&addr).copied().unwrap_or(0);
         let old = &self.published;
         if old.addrs().eq(visits.addrs.iter().copied())
             && *old.levels == visits.levels[..]
             && *old.weights == visits.weights[..]
+            && old
+                .live
+                .iter()
+                .all(|&i| old.socket(i as usize) == usize::from(socket(old.slots[i as usize].addr)))
         {
             return; // unchanged: shards see the same Arc and skip this cluster
         }
@@ -587,17 +602,29 @@ impl ClusterState {
                 })
             })
             .collect();
-        let slots = if added.is_empty() {
+        let slots: Arc<[Slot]> = if added.is_empty() {
             old.slots.clone()
         } else {
             old.slots.iter().copied().chain(added).collect()
         };
+        let sockets = match socket_of.is_empty() {
+            true => Box::default(),
+            false => slots.iter().map(|s| socket(s.addr)).collect(),
+        };
+        let distinct = {
+            let mut d = live.to_vec();
+            d.sort_unstable();
+            d.dedup();
+            d.len() as u32
+        };
         self.published = Arc::new(Endpoints {
             slots,
             live,
+            distinct,
             levels: visits.levels.into(),
             weights: visits.weights.into(),
             generation: old.generation,
+            sockets,
         });
     }
 }
@@ -710,6 +737,7 @@ mod tests {
             keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
             tcp_keepalive: None,
             tls: None,
+            transport_socket_matches: Vec::new(),
             circuit_breakers: None,
             outlier_detection: None,
         }

@@ -182,7 +182,7 @@ fn export_loop(collector: Weak<Collector>) {
         }
         super::otlp::export_request(&c.service_name, &spans, &mut request);
         let body = bytes::Bytes::copy_from_slice(&request);
-        let mut sent = false;
+        let mut failure = None;
         for _ in 0..EXPORT_TRIES {
             let endpoints = c
                 .endpoints
@@ -191,20 +191,21 @@ fn export_loop(collector: Weak<Collector>) {
                 .clone();
             match rt.block_on(client.export(&endpoints, body.clone())) {
                 Ok(()) => {
-                    sent = true;
+                    failure = None;
                     break;
                 }
                 Err(e) => {
                     tracing::debug!(cluster = %c.cluster, error = %e, "tracing: export failed");
                     client.next();
+                    failure = Some(e);
                 }
             }
         }
-        if !sent {
+        if let Some(e) = failure {
             let n = c.failed.fetch_add(1, Ordering::Relaxed) + 1;
             // Once, then every 100th: a dead collector must not flood the log.
             if n % 100 == 1 {
-                tracing::warn!(cluster = %c.cluster, failed_requests = n, "tracing: export failed; spans lost");
+                tracing::warn!(cluster = %c.cluster, failed_requests = n, error = %e, "tracing: export failed; spans lost");
             }
         }
         c.busy.store(false, Ordering::SeqCst);

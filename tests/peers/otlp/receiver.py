@@ -10,12 +10,20 @@ Exits 0 on SIGTERM or SIGINT.
 """
 import argparse
 import json
+import os
 import signal
 import sys
 from concurrent import futures
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+# opentelemetry-proto lives in .cache/otlp, apart from the venv: xds-protos installs an older
+# copy of the same opentelemetry/proto files there (scripts/install-test-deps).
+OTLP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", ".cache", "otlp")
+if not os.path.isdir(os.path.join(OTLP, "opentelemetry", "proto")):
+    sys.exit(f"receiver.py: {os.path.normpath(OTLP)} is missing: run scripts/install-test-deps")
+sys.path.insert(0, OTLP)
+
+import grpc  # noqa: E402
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc  # noqa: E402
 
 
 def value(v):

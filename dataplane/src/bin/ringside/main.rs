@@ -250,16 +250,16 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     // A fresh start refuses to run next to a live ringside with the same control socket; an
     // upgrade takes that ringside's listening sockets first.
     let upgrade_started = std::time::Instant::now();
-    let (predecessor, inherited) = if upgrade {
+    let (predecessor, inherited, protocol) = if upgrade {
         match handoff::take_over(&control_path) {
-            Ok((conn, inherited)) => (Some(conn), inherited),
+            Ok((conn, inherited, protocol)) => (Some(conn), inherited, protocol),
             Err(e) => {
                 eprintln!("ringside: {e}");
                 return ExitCode::from(1);
             }
         }
     } else {
-        (None, Default::default())
+        (None, Default::default(), 0)
     };
     let bind_control = || match handoff::listen(&control_path, upgrade) {
         Ok(l) => Some(l),
@@ -316,6 +316,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         if let Err(e) = hotswap::send(&conn, &hotswap::Message::Serving, &[]) {
             tracing::warn!(error = %e, "hot upgrade: could not tell the predecessor we serve");
         }
+        handoff::ask_for_connections(&conn, protocol);
         tracing::info!(
             handoff_ms = upgrade_started.elapsed().as_secs_f64() * 1e3,
             "hot upgrade: serving on the predecessor's sockets"

@@ -20,12 +20,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
+use shard::monoio::io::AsyncWriteRent;
 use shard::{Event, Notify};
 
 use crate::access_log::{DubboCall, Flags, ListenerLog, Record, NO_HEADERS};
-use crate::filter::{service_ids, Budget, Charge, Counted, Drain, RequestStatIds, ServiceStatsMap};
-use crate::io::READ_CHUNK_BYTES;
+use crate::filter::{
+    service_ids, Budget, Charge, Counted, Drain, HandedOver, Handover, RequestStatIds,
+    ServiceStatsMap, HANDOVER_UNREAD_BYTES_MAX, HANDOVER_WAIT_MS,
+};
+use crate::io::{StopRead, READ_CHUNK_BYTES};
 use crate::route::Dice;
 use crate::trace::{Decision, ListenerTrace};
 
@@ -61,6 +64,7 @@ pub struct DubboStatIds {
     pub rq_no_healthy_upstream: StatId,
     /// Requests a local rate limit refused.
     pub rq_rate_limited: StatId,
+    pub fault: crate::filter::FaultStatIds,
     pub rsp_ok: StatId,
     pub rsp_error: StatId,
     pub rsp_local: StatId,
@@ -69,6 +73,12 @@ pub struct DubboStatIds {
     pub cx_heartbeat_timeout: StatId,
     pub cx_idle_timeout: StatId,
     pub cx_output_full: StatId,
+    /// Hot upgrade: connections handed to the successor, those that drained here instead
+    /// (requests in flight past `HANDOVER_WAIT_MS`, too many unread bytes), and, in the
+    /// successor, those adopted from the predecessor.
+    pub cx_handed_over: StatId,
+    pub cx_handover_fallback: StatId,
+    pub cx_adopted: StatId,
     pub rq_time: HistId,
     /// Where interfaces/methods beyond `stats.dubbo_services_max` are counted.
     pub other_service: RequestStatIds,
@@ -93,6 +103,7 @@ impl DubboStatIds {
             rq_overflow: c("dubbo_rq_overflow"),
             rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
             rq_rate_limited: c("dubbo_rq_rate_limited"),
+            fault: crate::filter::FaultStatIds::register(st, listener),
             rsp_ok: c("dubbo_rsp_ok"),
             rsp_error: c("dubbo_rsp_error"),
             rsp_local: c("dubbo_rsp_local"),
@@ -100,6 +111,9 @@ impl DubboStatIds {
             cx_heartbeat_timeout: c("dubbo_cx_heartbeat_timeout"),
             cx_idle_timeout: c("dubbo_cx_idle_timeout"),
             cx_output_full: c("dubbo_cx_output_full"),
+            cx_handed_over: c("dubbo_cx_handed_over"),
+            cx_handover_fallback: c("dubbo_cx_handover_fallback"),
+            cx_adopted: c("dubbo_cx_adopted"),
             rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
             other_service: RequestStatIds::register(st, "dubbo_service", &other),
         }
@@ -133,6 +147,8 @@ pub struct DubboListener {
     pub log: Option<Rc<ListenerLog>>,
     /// Spent call records, reused (no allocation per logged call in steady state).
     pub log_pool: RefCell<Vec<Box<Logged>>>,
+    /// Requests held by a fault delay now (against `max_active_faults`).
+    pub faults_active: Cell<u32>,
     /// Istio's standard metrics, when the listener has `istio_metrics`.
     pub istio: Option<crate::stats::istio::IstioListener>,
     /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
@@ -302,6 +318,20 @@ pub struct DownConn {
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
     /// The caller's mutual TLS as Istio's metrics label it (with `istio_metrics`).
     peer: crate::stats::istio::PeerId,
+    /// The kernel socket a hot-upgrade successor can take over (`None`: TLS, DPDK).
+    handover_fd: Option<std::os::fd::RawFd>,
+    /// Set when a hot-upgrade drain hands this connection over (to `handover_to`): the reader
+    /// stops at the next frame boundary.
+    handover: Event,
+    handover_to: RefCell<Option<Rc<dyn Handover>>>,
+    /// The reader stopped for the hand-over: the writer notifies `quiet` whenever nothing is
+    /// in flight and everything is written.
+    read_stopped: Cell<bool>,
+    quiet: Notify,
+    /// The writer holds a batch (the queue may be empty while it is being written).
+    writing: Cell<bool>,
+    /// Handed over: the writer ends without a FIN (the successor owns the socket now).
+    handed_over: Cell<bool>,
 }
 
 impl DownConn {
@@ -499,6 +529,11 @@ impl DownConn {
         self.inflight.get() < self.l.pending_max && self.out_bytes.get() < self.l.output_bytes_max
     }
 
+    /// Every request answered and every answer written.
+    fn is_quiet(&self) -> bool {
+        self.inflight.get() == 0 && self.out.borrow().is_empty() && !self.writing.get()
+    }
+
     /// Drops every queued answer (nobody will read them) and gives their bytes back.
     fn clear_out(&self) {
         self.out.borrow_mut().clear();
@@ -580,8 +615,23 @@ async fn watch(conn: &Rc<DownConn>, accepted: Instant) -> Cut {
 /// closed whatever it is doing. Returns whether the deadline cut it (it was not closed yet; a
 /// connection we closed whose caller has not closed its side yet does not count).
 pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
+    serve_carried(stream, l, drain, None).await
+}
+
+/// [`serve`] for a connection a hot-upgrade predecessor handed over, with the bytes it read
+/// and did not forward (`carried`): they are decoded before anything new is read.
+pub async fn serve_carried<S: crate::io::Conn>(
+    stream: S,
+    l: Rc<DubboListener>,
+    drain: &Drain,
+    carried: Option<Vec<u8>>,
+) -> bool {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
+    let adopted = carried.is_some();
+    if adopted {
+        l.stats.inc(l.ids.cx_adopted);
+    }
     let addrs = match (&l.log, &l.trace) {
         (Some(_), _) | (_, Some(_)) => stream.addrs(),
         _ => (None, None),
@@ -596,7 +646,8 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         out_bytes: Cell::new(0),
         full_since: Cell::new(None),
         out_ready: Notify::new(),
-        greeted: Cell::new(false),
+        // An adopted connection spoke to the predecessor already.
+        greeted: Cell::new(adopted),
         last_read: Cell::new(accepted),
         last_request: Cell::new(accepted),
         paused: Cell::new(false),
@@ -611,13 +662,20 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         finished: Event::new(),
         addrs,
         peer,
+        handover_fd: stream.handover_fd(),
+        handover: Event::new(),
+        handover_to: RefCell::new(None),
+        read_stopped: Cell::new(false),
+        quiet: Notify::new(),
+        writing: Cell::new(false),
+        handed_over: Cell::new(false),
     });
-    let (r, w) = stream.into_split();
+    let (mut r, mut w) = stream.into_split();
     let cut = shard::monoio::select! {
         _ = async {
             shard::monoio::join!(
-                read_loop(&conn, r),
-                write_loop(&conn, w),
+                read_loop(&conn, &mut r, carried),
+                write_loop(&conn, &mut w),
                 announce_drain(&conn, drain)
             )
         } => false,
@@ -632,6 +690,10 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
     };
     if cut {
         tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
+    }
+    if conn.handed_over.get() {
+        // The successor serves the socket: our descriptor goes, without a FIN.
+        S::close_handed_over(r, w);
     }
     conn.closed.set(true);
     // Nobody takes the answers still queued any more (requests in flight keep `conn` alive
@@ -678,19 +740,42 @@ async fn announce_drain(conn: &Rc<DownConn>, drain: &Drain) {
     if conn.closed.get() || conn.read_done.get() {
         return;
     }
+    if let (Some(_), Some(to)) = (conn.handover_fd, drain.handover()) {
+        // A successor adopts it: the reader stops at a frame boundary and hands it over once
+        // its requests are answered (or drains it as below).
+        *conn.handover_to.borrow_mut() = Some(to);
+        conn.handover.set();
+        return;
+    }
+    tell_readonly(conn);
+}
+
+/// Dubbo's readonly event: the caller sends new requests elsewhere; we close once idle.
+fn tell_readonly(conn: &DownConn) {
     conn.push(wire::readonly_event());
     conn.draining.set(true);
     conn.draining_since.set(Some(Instant::now()));
     conn.out_ready.notify();
 }
 
-async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
+async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, w: &mut W) {
     let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
     // The last pass wrote answers (as opposed to waking with nothing to write).
     let mut wrote = false;
     loop {
+        if conn.handed_over.get() {
+            // The successor serves the socket: no FIN.
+            conn.finished.set();
+            return;
+        }
         if conn.out.borrow().is_empty() {
             let idle = conn.inflight.get() == 0;
+            if conn.read_stopped.get() && idle && !conn.closed.get() {
+                // Stopped for a hand-over and quiet: tell the reader, wait for its decision.
+                conn.quiet.notify();
+                conn.out_ready.wait().await;
+                continue;
+            }
             if conn.closed.get() || (conn.read_done.get() && idle) {
                 let _ = w.shutdown().await;
                 conn.finished.set();
@@ -707,13 +792,13 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
                 let since = conn.draining_since.get().unwrap_or_else(Instant::now);
                 let grace_over = since.elapsed() >= Duration::from_millis(DRAIN_GRACE_MS);
                 if grace_over && std::mem::take(&mut wrote) {
-                    close_draining(conn, &mut w).await;
+                    close_draining(conn, w).await;
                     return;
                 }
                 shard::monoio::select! {
                     _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)) => {
                         if conn.out.borrow().is_empty() && conn.inflight.get() == 0 {
-                            close_draining(conn, &mut w).await;
+                            close_draining(conn, w).await;
                             return;
                         }
                     }
@@ -731,9 +816,10 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
             conn.out_ready.wait().await;
             continue;
         }
-        if let Err(e) =
-            crate::io::write_queue(&conn.out, &mut batch, &mut w, |f| conn.taken(f)).await
-        {
+        conn.writing.set(true);
+        let written = crate::io::write_queue(&conn.out, &mut batch, w, |f| conn.taken(f)).await;
+        conn.writing.set(false);
+        if let Err(e) = written {
             tracing::debug!(listener = %conn.l.name, error = %e, "downstream write failed");
             conn.closed.set(true);
             conn.clear_out();
@@ -751,9 +837,18 @@ async fn close_draining<W: AsyncWriteRent>(conn: &DownConn, w: &mut W) {
     conn.finished.set();
 }
 
-async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
+async fn read_loop<R: StopRead>(conn: &Rc<DownConn>, r: &mut R, carried: Option<Vec<u8>>) {
     let l = conn.l.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Bytes a hot-upgrade predecessor read from this connection and did not forward: the
+    // start of its next frame, read before anything new.
+    if let Some(c) = carried {
+        buf.extend_from_slice(&c);
+        buf.reserve(READ_CHUNK_BYTES / 4);
+    }
+    // Until a hand-over falls back, a hot upgrade can stop the reads.
+    let mut may_hand_over = conn.handover_fd.is_some();
+    let mut stopper = R::Stopper::default();
     // A large frame read in part holds its room: charged beyond the first chunk.
     let mut held = Charge::new(l.budget.clone());
     // Bytes of a shed large request still to be discarded as they arrive.
@@ -809,7 +904,14 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
         if !conn.has_room() {
             conn.paused.set(true);
             while !conn.has_room() && !conn.closed.get() {
-                conn.room.wait().await;
+                if may_hand_over {
+                    shard::monoio::select! {
+                        _ = conn.room.wait() => {}
+                        _ = conn.handover.wait() => break,
+                    }
+                } else {
+                    conn.room.wait().await;
+                }
             }
             conn.paused.set(false);
             conn.last_read.set(Instant::now());
@@ -817,8 +919,28 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
         if conn.closed.get() {
             break;
         }
-        let (res, b) = crate::io::read_append(&mut r, buf).await;
+        let (res, b, stopped) = if may_hand_over {
+            r.read_until(buf, &conn.handover, &mut stopper).await
+        } else {
+            let (res, b) = crate::io::read_append(r, buf).await;
+            (res, b, false)
+        };
         buf = b;
+        if stopped {
+            // At a frame boundary: `buf` holds the start of the next frame and whatever the
+            // cancelled read brought, none of it forwarded.
+            match &res {
+                Ok(0) => break,
+                Err(e) if e.kind() != std::io::ErrorKind::Interrupted => break,
+                _ => {}
+            }
+            if hand_over(conn, &buf, skip > 0).await {
+                return;
+            }
+            // It drains here: what was read meanwhile is served first.
+            may_hand_over = false;
+            continue;
+        }
         match res {
             Ok(0) | Err(_) => break,
             Ok(_) => conn.last_read.set(Instant::now()),
@@ -826,6 +948,67 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
     }
     conn.read_done.set(true);
     conn.out_ready.notify();
+}
+
+/// Hot upgrade: the reader stopped at a frame boundary with `unread` not forwarded. Waits up to
+/// [`HANDOVER_WAIT_MS`] for every request in flight to be answered and written, then hands a
+/// duplicate of the socket and `unread` to the successor; the writer then ends without a FIN.
+/// `false`: it drains here instead (readonly event, close once idle), its answers still due.
+async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> bool {
+    let l = &conn.l;
+    let to = conn.handover_to.borrow_mut().take();
+    let movable = !mid_discard && unread.len() <= HANDOVER_UNREAD_BYTES_MAX;
+    let quiet = match (&to, movable) {
+        (Some(_), true) => {
+            conn.read_stopped.set(true);
+            conn.out_ready.notify();
+            let quiet = shard::monoio::select! {
+                _ = async {
+                    while !conn.is_quiet() {
+                        conn.quiet.wait().await;
+                    }
+                } => true,
+                _ = shard::monoio::time::sleep(Duration::from_millis(HANDOVER_WAIT_MS)) => false,
+                _ = conn.finished.wait() => false,
+            };
+            conn.read_stopped.set(false);
+            quiet
+        }
+        _ => false,
+    };
+    // Checked again with no await in between: nothing can be queued or sent from here on.
+    if let (true, Some(to), Some(fd)) = (quiet, to, conn.handover_fd) {
+        let moved = !conn.closed.get()
+            && conn.cut.get().is_none()
+            && conn.is_quiet()
+            && match shard::sockopt::dup_socket(fd) {
+                Ok(fd) => to.hand_over(HandedOver {
+                    listener: l.name.clone(),
+                    fd,
+                    unread: unread.to_vec(),
+                }),
+                Err(e) => {
+                    tracing::warn!(listener = %l.name, error = %e, "hot upgrade: cannot duplicate a connection's socket");
+                    false
+                }
+            };
+        if moved {
+            l.stats.inc(l.ids.cx_handed_over);
+            conn.handed_over.set(true);
+            conn.closed.set(true);
+            conn.out_ready.notify();
+            return true;
+        }
+    }
+    l.stats.inc(l.ids.cx_handover_fallback);
+    tracing::debug!(
+        listener = %l.name,
+        in_flight = conn.inflight.get(),
+        unread = unread.len(),
+        "hot upgrade: connection not handed over; draining it here"
+    );
+    tell_readonly(conn);
+    false
 }
 
 /// Handles one whole frame from the consumer. `Err(())` closes the connection (after any reply
@@ -893,43 +1076,135 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     }
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
+    let rq = Routed1 {
+        id: h.id,
+        two_way: h.two_way,
+        timeout,
+        retry: action.retry,
+        counted,
+    };
+    let fault = match action.fault(&l.dice) {
+        Some(_)
+            if action
+                .fault
+                .and_then(|f| f.max_active_faults)
+                .is_some_and(|m| l.faults_active.get() >= m) =>
+        {
+            l.stats.inc(l.ids.fault.overflow);
+            None
+        }
+        f => f,
+    };
+    match fault {
+        Some(f) if f.delay.is_some() => delay(conn, pool, frame, rq, lg, f),
+        Some(f) => abort(conn, rq, lg, f.abort.unwrap_or_default()),
+        None => send(conn, pool, frame, rq, lg),
+    }
+    Ok(())
+}
+
+/// What a routed request carries to its pool.
+#[derive(Clone, Copy)]
+struct Routed1 {
+    id: u64,
+    two_way: bool,
+    timeout: Duration,
+    retry: Option<crate::route::RetryPolicy>,
+    counted: Counted,
+}
+
+/// A route's fault delay holds the request for its time (it counts as in flight on its
+/// connection meanwhile, and its frame against the shard's buffer budget); a connection that
+/// closes first drops it. Then it is forwarded, or answered with the fault's abort.
+fn delay(
+    conn: &Rc<DownConn>,
+    pool: &Rc<ClusterPool>,
+    frame: BytesMut,
+    rq: Routed1,
+    lg: Option<Box<Logged>>,
+    f: crate::route::Injected,
+) {
+    let l = &conn.l;
+    l.stats.inc(l.ids.fault.delays_injected);
+    l.stats.inc(l.ids.fault.active);
+    l.faults_active.set(l.faults_active.get() + 1);
+    conn.inflight.set(conn.inflight.get() + 1);
+    let mut held = Charge::new(l.budget.clone());
+    held.set(frame.len());
+    let (conn, pool) = (conn.clone(), pool.clone());
+    let d = f.delay.unwrap_or_default();
+    shard::monoio::spawn(async move {
+        let gone = shard::monoio::select! {
+            _ = shard::monoio::time::sleep(d) => false,
+            _ = conn.finished.wait() => true,
+        };
+        drop(held);
+        let l = &conn.l;
+        l.stats.dec(l.ids.fault.active);
+        l.faults_active.set(l.faults_active.get().saturating_sub(1));
+        conn.inflight.set(conn.inflight.get().saturating_sub(1));
+        conn.room_maybe();
+        if gone || conn.closed.get() {
+            return;
+        }
+        match f.abort {
+            Some(code) => abort(&conn, rq, lg, code),
+            None => send(&conn, &pool, frame, rq, lg),
+        }
+    });
+}
+
+/// Answers a request with the route's fault abort status (a one-way one is dropped).
+fn abort(conn: &Rc<DownConn>, rq: Routed1, lg: Option<Box<Logged>>, code: u32) {
+    let l = &conn.l;
+    l.stats.inc(l.ids.fault.aborts_injected);
+    let e = LocalError::FaultAbort(code as u8);
+    if rq.two_way {
+        conn.local_reply_logged(rq.id, &e, Some(rq.counted), lg, None);
+    } else if let Some(lg) = lg {
+        conn.log_call(lg, 0, e.flags(), None, None, 0);
+    }
+}
+
+/// Forwards a request to `pool`, or answers it when the pool refuses.
+fn send(
+    conn: &Rc<DownConn>,
+    pool: &Rc<ClusterPool>,
+    frame: BytesMut,
+    rq: Routed1,
+    lg: Option<Box<Logged>>,
+) {
+    let l = &conn.l;
+    let (h, timeout, counted) = (rq, rq.timeout, rq.counted);
     // A one-way request's record stays here: it is logged as it leaves (nothing comes back).
     let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
     let cluster = Some(&*pool.lb.name);
     let bytes_in = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    let (refused, lg) = match pool.forward(
-        frame,
-        h.id,
-        h.two_way,
-        timeout,
-        action.retry,
-        conn,
-        counted,
-        lg,
-    ) {
-        Ok(()) => {
-            if let Some(lg) = oneway_lg {
-                conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
+    let (refused, lg) =
+        match pool.forward(frame, h.id, h.two_way, timeout, rq.retry, conn, counted, lg) {
+            Ok(()) => {
+                if let Some(lg) = oneway_lg {
+                    conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
+                }
+                return;
             }
-            return Ok(());
-        }
-        Err((ForwardError::NoHealthyEndpoint, lg)) => {
-            l.stats.inc(l.ids.rq_no_healthy_upstream);
-            (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
-        }
-        Err((ForwardError::CircuitOpen { limit }, lg)) => {
-            l.stats.inc(l.ids.rq_overflow);
-            let e = LocalError::CircuitOpen {
-                cluster: &pool.lb.name,
-                limit,
-            };
-            (e, lg)
-        }
-        Err((ForwardError::Overflow { addr, limit }, lg)) => {
-            l.stats.inc(l.ids.rq_overflow);
-            (LocalError::Overflow { addr, limit }, lg)
-        }
-    };
+            Err((ForwardError::NoHealthyEndpoint, lg)) => {
+                l.stats.inc(l.ids.rq_no_healthy_upstream);
+                (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
+            }
+            Err((ForwardError::CircuitOpen { limit }, lg)) => {
+                l.stats.inc(l.ids.rq_overflow);
+                let e = LocalError::CircuitOpen {
+                    cluster: &pool.lb.name,
+                    limit,
+                };
+                (e, lg)
+            }
+            Err((ForwardError::Overflow { addr, limit }, lg)) => {
+                l.stats.inc(l.ids.rq_overflow);
+                (LocalError::Overflow { addr, limit }, lg)
+            }
+        };
     if h.two_way {
         let len = conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
         let (status, flags) = (refused.status().0, refused.flags());
@@ -944,7 +1219,6 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     } else if let Some(lg) = oneway_lg {
         conn.log_call(lg, 0, refused.flags(), refused.upstream(), cluster, 0);
     }
-    Ok(())
 }
 
 /// A routed request: its route's action, its (interface, method) counters, its access-log

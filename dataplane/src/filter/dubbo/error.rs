@@ -85,6 +85,9 @@ pub enum LocalError<'a> {
         addr: SocketAddr,
         limit: usize,
     },
+    /// The route's `fault` answers it with this status.
+    #[error("fault injected")]
+    FaultAbort(u8),
 }
 
 /// Why an upstream connection ended (its requests in flight fail with
@@ -140,6 +143,7 @@ impl LocalError<'_> {
             LocalError::Timeout { .. } => Flags::UPSTREAM_REQUEST_TIMEOUT,
             LocalError::RateLimited { .. } => Flags::RATE_LIMITED,
             LocalError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
+            LocalError::FaultAbort(_) => Flags::FAULT_INJECTED,
         }
     }
 
@@ -171,6 +175,7 @@ impl LocalError<'_> {
             | LocalError::ShedMemory { .. }
             | LocalError::CircuitOpen { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,
             LocalError::Timeout { .. } => Status::SERVER_TIMEOUT,
+            LocalError::FaultAbort(s) => Status(*s),
         }
     }
 }

@@ -402,28 +402,15 @@ impl ClusterPool {
 
     /// One request's outcome at `host`, for outlier detection (when the cluster has it).
     fn outcome(&self, host: &Host, failed: bool) {
-        let Some(cfg) = &self.outlier else {
-            return;
-        };
-        if !failed {
-            host.outlier.success();
-            return;
-        }
-        let now = Instant::now();
-        let share = || {
-            let mut live = self.lb.endpoints().live.to_vec();
-            live.sort_unstable();
-            live.dedup();
-            (self.hosts.count(|h| h.outlier.is_ejected(now)), live.len())
-        };
-        match host.outlier.failure(cfg, now, share) {
-            crate::cluster::Ejection::None => {}
-            crate::cluster::Ejection::Ejected(t) => {
-                crate::cluster::count_ejection(&self.stats, &self.ids, host.ids.ejected, t);
-                tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
-            }
-            crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
-        }
+        crate::cluster::outcome(
+            self.outlier.as_ref(),
+            &self.lb,
+            &self.hosts,
+            &self.stats,
+            &self.ids,
+            host,
+            failed,
+        );
     }
 
     /// A request that reached no provider and has nobody to answer (one-way): counted.
@@ -442,6 +429,18 @@ enum Request {
 }
 
 // === impl Host ===
+
+impl crate::cluster::OutlierHost for Host {
+    fn outlier(&self) -> &crate::cluster::Outlier {
+        &self.outlier
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn ids(&self) -> &HostStatIds {
+        &self.ids
+    }
+}
 
 impl crate::cluster::Retire for Host {
     fn retire(&self) {
@@ -844,8 +843,9 @@ async fn run(conn: Rc<UpConn>) {
         };
         return serve_upstream(conn, connected).await;
     }
-    // A cluster with `tls`: connect and handshake within the connect timeout.
-    if let Some(tls) = conn.pool.lb.tls() {
+    // An endpoint whose transport socket has TLS: connect and handshake within the connect
+    // timeout.
+    if let Some(tls) = conn.pool.lb.tls(conn.host.index) {
         let connected = shard::monoio::select! {
             c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls)) => c,
             why = keeper(&conn) => return conn.close(&why),

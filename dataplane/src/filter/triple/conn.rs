@@ -160,6 +160,8 @@ pub struct Stream {
     /// Upstream side: a retry of a `retry_policy`, holding a slot of the cluster's
     /// `max_retries` until it ends.
     retried: bool,
+    /// Caller side: held by a fault delay (boxed: only delayed calls pay for it).
+    delayed: Option<Box<Delayed>>,
     send_window: i64,
     /// What the peer may still send on this stream.
     recv_avail: i64,
@@ -173,6 +175,17 @@ pub struct Stream {
     headers_in: bool,
     /// Caller side: the call's bookkeeping.
     call: Option<Call>,
+}
+
+/// Caller side: a call a fault delay holds, and what its caller sent meanwhile (not credited
+/// back until relayed, so bounded by the stream's window).
+struct Delayed {
+    until: Instant,
+    routed: Routed,
+    /// The request HEADERS ended the stream.
+    end: bool,
+    data: VecDeque<(Queued, bool)>,
+    trailers: Option<Vec<u8>>,
 }
 
 /// DATA bytes dropped unsent, to credit back to the connection they came from.
@@ -213,6 +226,7 @@ impl Stream {
             held: None,
             no_credit: 0,
             retried: false,
+            delayed: None,
             send_window,
             recv_avail: i64::from(recv_window),
             recv_unacked: 0,
@@ -663,7 +677,15 @@ impl Conn {
 
     fn forget(&self, id: u32) {
         let removed = self.streams.borrow_mut().remove(&id);
-        if let Some(s) = removed {
+        if let Some(mut s) = removed {
+            if let (Side::Down(l), Some(d)) = (&self.side, s.delayed.take()) {
+                // Ended while delayed (deadline, cancel, connection gone): what its caller
+                // sent is given back to the connection's window.
+                l.stats.dec(l.ids.fault.active);
+                l.faults_active.set(l.faults_active.get().saturating_sub(1));
+                let n: usize = d.data.iter().map(|(q, _)| q.len()).sum();
+                self.credit(id, n as u32);
+            }
             if let (Side::Down(l), Some(mut call)) = (&self.side, s.call) {
                 l.end_call(&call);
                 l.log_call(&mut call, self.caller_addrs.get(), self.peer.get());
@@ -929,6 +951,8 @@ impl Conn {
         let end = h.flags & flag::END_STREAM != 0;
         enum Next {
             Relay(Weak<Conn>, u32),
+            /// Kept by a fault delay.
+            Held,
             Drop,
             Error(u32),
         }
@@ -954,9 +978,14 @@ impl Conn {
                         if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
                             lg.bytes_received += data.len() as u64;
                         }
-                        match &s.link {
-                            Some((w, other)) => Next::Relay(w.clone(), *other),
-                            None => Next::Drop,
+                        match (&s.link, s.delayed.as_mut()) {
+                            (Some((w, other)), _) => Next::Relay(w.clone(), *other),
+                            (None, Some(d)) => {
+                                d.data
+                                    .push_back((Queued::new(data.clone(), &self.budget), end));
+                                Next::Held
+                            }
+                            (None, None) => Next::Drop,
                         }
                     }
                 }
@@ -973,6 +1002,11 @@ impl Conn {
                 });
                 if !sent {
                     self.credit(h.stream, n);
+                }
+            }
+            Next::Held => {
+                if pad > 0 {
+                    self.credit(h.stream, pad);
                 }
             }
             Next::Drop => self.credit(h.stream, h.len),
@@ -1361,6 +1395,13 @@ impl Conn {
         }
         if let Some((up, uid)) = self.link(id) {
             up.send(uid, Out::Headers(block, true));
+        } else if let Some(d) = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.delayed.as_mut())
+        {
+            d.trailers = Some(block);
         }
         self.maybe_forget(id);
         Ok(())
@@ -1373,7 +1414,7 @@ impl Conn {
         l: &Rc<TripleListener>,
         id: u32,
         end: bool,
-        call: Routed,
+        mut call: Routed,
     ) -> Result<(), ConnError> {
         call.route_ids.rq_total_inc(&l.stats);
         call.service_ids.rq_total_inc(&l.stats);
@@ -1382,9 +1423,97 @@ impl Conn {
                 c.route = call.route_ids;
                 c.service = call.service_ids;
                 c.deadline = call.deadline;
-                c.trace = call.trace;
+                c.trace = call.trace.take();
             }
         }
+        if let Some(d) = call.fault.and_then(|f| f.delay) {
+            self.delay_call(l, id, end, call, d);
+            return Ok(());
+        }
+        self.send_upstream(l, id, end, call)
+    }
+
+    /// A route's fault delay holds the call: nothing goes upstream until `delay` passed (the
+    /// deadline task releases it); what the caller sends meanwhile waits with it, bounded by
+    /// the stream's flow-control window.
+    fn delay_call(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        id: u32,
+        end: bool,
+        call: Routed,
+        delay: Duration,
+    ) {
+        let until = Instant::now() + delay;
+        l.stats.inc(l.ids.fault.delays_injected);
+        l.stats.inc(l.ids.fault.active);
+        l.faults_active.set(l.faults_active.get() + 1);
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
+                lg.flags = lg.flags | crate::access_log::Flags::DELAY_INJECTED;
+            }
+            s.delayed = Some(Box::new(Delayed {
+                until,
+                routed: call,
+                end,
+                data: VecDeque::new(),
+                trailers: None,
+            }));
+        }
+        if self.armed.get().is_none_or(|a| until < a) {
+            self.deadline_wake.notify();
+        }
+    }
+
+    /// Caller side: the fault delay of stream `id` is over: the call goes upstream with what
+    /// its caller sent meanwhile, or is answered with the fault's abort.
+    fn release_delayed(self: &Rc<Self>, l: &Rc<TripleListener>, id: u32) {
+        let d = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.delayed.take());
+        let Some(d) = d else {
+            return;
+        };
+        let d = *d;
+        l.stats.dec(l.ids.fault.active);
+        l.faults_active.set(l.faults_active.get().saturating_sub(1));
+        if let Some(code) = d.routed.fault.and_then(|f| f.abort) {
+            l.stats.inc(l.ids.fault.aborts_injected);
+            let n: usize = d.data.iter().map(|(q, _)| q.len()).sum();
+            drop(d);
+            self.credit(id, n as u32);
+            self.fail_call(id, &CallError::FaultAbort(code));
+            return;
+        }
+        if self.send_upstream(l, id, d.end, d.routed).is_err() {
+            return;
+        }
+        let link = self.link(id);
+        for (q, end) in d.data {
+            let n = q.len() as u32;
+            let sent = link
+                .as_ref()
+                .is_some_and(|(up, uid)| up.send(*uid, Out::Data(q, end)));
+            if !sent {
+                self.credit(id, n);
+            }
+        }
+        if let (Some(t), Some((up, uid))) = (d.trailers, link) {
+            up.send(uid, Out::Headers(t, true));
+        }
+        self.maybe_forget(id);
+    }
+
+    /// Sends a routed call upstream (after its fault delay, if any).
+    fn send_upstream(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        id: u32,
+        end: bool,
+        call: Routed,
+    ) -> Result<(), ConnError> {
         let pool = &call.routes.pools[call.cluster];
         if pool.breaker.as_ref().is_some_and(|b| b.is_open()) {
             pool.stats.inc(pool.ids.rq_active_overflow);
@@ -1617,11 +1746,20 @@ impl Conn {
     fn expire(self: &Rc<Self>, now: Instant) -> Option<Instant> {
         let mut expired = Vec::new();
         let mut tries = Vec::new();
+        let mut released = Vec::new();
         let mut next: Option<Instant> = None;
         for (&id, s) in self.streams.borrow().iter() {
             let Some(c) = s.call.as_ref() else {
                 continue;
             };
+            // A fault delay ends (unless the call's deadline came first).
+            if let Some(u) = s.delayed.as_ref().map(|d| d.until) {
+                if u <= now && c.deadline.is_none_or(|d| d > now) {
+                    released.push(id);
+                } else if u > now {
+                    next = Some(next.map_or(u, |n| n.min(u)));
+                }
+            }
             // A try's deadline holds until its response starts.
             let try_d = c.try_deadline.filter(|_| !c.headers_sent);
             let Some(d) = [c.deadline, try_d].into_iter().flatten().min() else {
@@ -1641,6 +1779,16 @@ impl Conn {
         let Side::Down(l) = &self.side else {
             return next;
         };
+        for id in released {
+            self.release_delayed(l, id);
+            let d = self.streams.borrow().get(&id).and_then(|s| {
+                let c = s.call.as_ref()?;
+                [c.deadline, c.try_deadline].into_iter().flatten().min()
+            });
+            if let Some(d) = d {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
         // Tries past `per_try_timeout_ms`: sent again when the policy says so (a `reset`),
         // else the call ends as at its deadline.
         for id in tries {
@@ -1776,6 +1924,8 @@ struct Routed {
     trace: Option<Box<super::Traced>>,
     /// The route's `retry_policy`.
     retry: Option<crate::route::RetryPolicy>,
+    /// The route's fault for this call: a delay (then, with an abort, the abort).
+    fault: Option<crate::route::Injected>,
 }
 
 /// Why a caller's request is not forwarded.
@@ -1853,6 +2003,23 @@ fn route_call(
             return Err(Refused::Call(CallError::RateLimited));
         }
     }
+    let fault = match action.fault(&l.dice) {
+        Some(f)
+            if action
+                .fault
+                .and_then(|p| p.max_active_faults)
+                .is_some_and(|m| l.faults_active.get() >= m) =>
+        {
+            let _ = f;
+            l.stats.inc(l.ids.fault.overflow);
+            None
+        }
+        f => f,
+    };
+    if let Some(code) = fault.filter(|f| f.delay.is_none()).and_then(|f| f.abort) {
+        l.stats.inc(l.ids.fault.aborts_injected);
+        return Err(Refused::Call(CallError::FaultAbort(code)));
+    }
     let cluster = action.pick_cluster(l.roll());
     let retry = action.retry;
     let mut block = Vec::with_capacity(block_hint(hl));
@@ -1872,6 +2039,7 @@ fn route_call(
         block,
         trace,
         retry,
+        fault,
     })
 }
 
@@ -2315,8 +2483,9 @@ async fn run_upstream(conn: Rc<Conn>) {
         let connected = shard::monoio::time::timeout(pool.connect_timeout, connecting).await;
         return serve_upstream(conn, host, pool, connected).await;
     }
-    // A cluster with `tls`: connect and handshake within the connect timeout.
-    if let Some(tls) = pool.lb.tls() {
+    // An endpoint whose transport socket has TLS: connect and handshake within the connect
+    // timeout.
+    if let Some(tls) = pool.lb.tls(host.index) {
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
             crate::io::tls::connect(host.addr, &pool.lb.sources, &tls),

@@ -58,6 +58,9 @@ pub enum CallError<'a> {
     /// `cancel_all`) or failed: the reason.
     #[error("{0}")]
     UpstreamLost(&'a str),
+    /// The route's `fault` aborts it with this gRPC status.
+    #[error("ringside: fault injected")]
+    FaultAbort(u32),
 }
 
 impl CallError<'_> {
@@ -80,6 +83,7 @@ impl CallError<'_> {
             }
             CallError::UpstreamReset(_) => Flags::UPSTREAM_REMOTE_RESET,
             CallError::UpstreamLost(_) => Flags::UPSTREAM_CONNECTION_TERMINATION,
+            CallError::FaultAbort(_) => Flags::FAULT_INJECTED,
         }
     }
 
@@ -98,6 +102,7 @@ impl CallError<'_> {
             | CallError::UpstreamReset(_)
             | CallError::UpstreamLost(_) => status::UNAVAILABLE,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
+            CallError::FaultAbort(code) => *code,
         }
     }
 }

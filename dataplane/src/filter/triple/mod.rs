@@ -75,6 +75,7 @@ pub struct TripleStatIds {
     pub rq_no_healthy_upstream: StatId,
     /// Calls a local rate limit refused.
     pub rq_rate_limited: StatId,
+    pub fault: crate::filter::FaultStatIds,
     pub rsp_local: StatId,
     /// Responses by grpc-status (index 17: any other value).
     pub rsp_status: [StatId; GRPC_STATUS_COUNTED],
@@ -112,6 +113,7 @@ impl TripleStatIds {
             rq_timeout: c("triple_rq_timeout"),
             rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
             rq_rate_limited: c("triple_rq_rate_limited"),
+            fault: crate::filter::FaultStatIds::register(st, listener),
             rsp_local: c("triple_rsp_local"),
             rsp_status,
             protocol_error: c("triple_protocol_error"),
@@ -288,6 +290,8 @@ pub struct TripleListener {
     pub log: Option<Rc<crate::access_log::ListenerLog>>,
     /// Spent call records, reused (no allocation per logged call in steady state).
     pub log_pool: RefCell<Vec<Box<Logged>>>,
+    /// Calls held by a fault delay now (against `max_active_faults`).
+    pub faults_active: Cell<u32>,
     /// Istio's standard metrics, when the listener has `istio_metrics` (they read the call's
     /// record too: cluster, bytes, flags).
     pub istio: Option<crate::stats::istio::IstioListener>,
@@ -687,28 +691,15 @@ impl Pool {
 
     /// One call's outcome at `host`, for outlier detection (when the cluster has it).
     pub fn outcome(&self, host: &Host, failed: bool) {
-        let Some(cfg) = &self.outlier else {
-            return;
-        };
-        if !failed {
-            host.outlier.success();
-            return;
-        }
-        let now = Instant::now();
-        let share = || {
-            let mut live = self.lb.endpoints().live.to_vec();
-            live.sort_unstable();
-            live.dedup();
-            (self.hosts.count(|h| h.outlier.is_ejected(now)), live.len())
-        };
-        match host.outlier.failure(cfg, now, share) {
-            crate::cluster::Ejection::None => {}
-            crate::cluster::Ejection::Ejected(t) => {
-                crate::cluster::count_ejection(&self.stats, &self.ids, host.ids.ejected, t);
-                tracing::info!(cluster = %self.lb.name, upstream = %host.addr, ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
-            }
-            crate::cluster::Ejection::Overflow => self.stats.inc(self.ids.outlier_overflow),
-        }
+        crate::cluster::outcome(
+            self.outlier.as_ref(),
+            &self.lb,
+            &self.hosts,
+            &self.stats,
+            &self.ids,
+            host,
+            failed,
+        );
     }
 
     /// Endpoint slots that left the cluster: their connections close once idle.
@@ -722,6 +713,18 @@ impl Pool {
         for h in self.destinations.take() {
             crate::cluster::Retire::retire(&*h);
         }
+    }
+}
+
+impl crate::cluster::OutlierHost for Host {
+    fn outlier(&self) -> &crate::cluster::Outlier {
+        &self.outlier
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn ids(&self) -> &crate::cluster::HostStatIds {
+        &self.ids
     }
 }
 
