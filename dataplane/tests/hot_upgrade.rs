@@ -590,7 +590,20 @@ fn ignore_readonly_through_upgrades(protocol_max: Option<u32>) {
 /// answers the whole request on the same connection.
 #[test]
 fn a_request_split_across_the_handover_is_answered_whole() {
-    let (_provider, listen, mut current) = provider_and_ringside("1");
+    split_across_the_handover("auto");
+}
+
+/// The same on the epoll backend, where the stopped read is cancelled through its readiness.
+#[test]
+fn a_request_split_across_the_handover_is_answered_whole_on_epoll() {
+    split_across_the_handover("epoll");
+}
+
+fn split_across_the_handover(io: &str) {
+    let provider = Provider::start("P");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let args = ["--shards", "1", "--io", io];
+    let mut current = Ringside::start(&config(admin, listen, provider.addr), admin, &args);
     let mut c = Consumer::connect(listen);
     assert_eq!(
         c.call(RequestBuilder::new(SVC, "echo").args(&[Arg::Str("before")]))
@@ -605,7 +618,7 @@ fn a_request_split_across_the_handover_is_answered_whole() {
     let half = frame.len() / 2;
     c.send_raw(&frame[..half]);
     std::thread::sleep(Duration::from_millis(200));
-    let next = current.upgrade(&["--shards", "2"]);
+    let next = current.upgrade(&["--shards", "2", "--io", io]);
     let (status, log) = current.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{log}");
     assert!(

@@ -1,4 +1,5 @@
-//! The `ringside` binary: `run`, `validate`, `demo` and `iptables`.
+//! The `ringside` binary: `run`, `validate`, `demo` and `iptables`; and Envoy's command line
+//! (`ringside -c BOOTSTRAP ...`, `ringside envoy ...`), as Istio's pilot-agent runs the proxy.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use dataplane::control::{handoff, registry_glue, xds_glue};
 use signal_hook::iterator::exfiltrator::WithOrigin;
 
 mod demo;
+mod envoy;
 mod iptables;
 mod logging;
 
@@ -131,6 +133,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // pilot-agent execs the proxy with Envoy's command line (`-c envoy-rev.json ...`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(envoy_args) = envoy::command_line(&args) {
+        return envoy::main(envoy_args);
+    }
     let cli = Cli::parse();
     // The demo prints its own report; keep its log to warnings unless RUST_LOG says otherwise.
     let default_level = match cli.command {
