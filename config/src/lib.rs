@@ -714,6 +714,18 @@ pub struct Listener {
     /// with OTLP/gRPC (docs/observability.md#tracing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// Envoy's `traffic_direction`: `inbound` (in front of the local application) or
+    /// `outbound`; `POST /drain_listeners?inboundonly` drains the `inbound` ones only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_direction: Option<TrafficDirection>,
+}
+
+/// A listener's direction (Envoy's `envoy.config.core.v3.TrafficDirection`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficDirection {
+    Inbound,
+    Outbound,
 }
 
 /// Who reports a listener's Istio metrics (the `reporter` label).

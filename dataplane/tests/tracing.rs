@@ -638,3 +638,98 @@ fn xds_opentelemetry_tracer_spans_match_envoys() {
         );
     }
 }
+
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A collector that refuses connections: each export request fails (tried twice) and is
+/// counted in `tracing.export_failed`; an xDS update that takes the tracer off the listener
+/// ends the collector's exporter thread.
+#[test]
+fn failed_exports_are_counted_and_the_exporter_ends_with_its_collector() {
+    use common::envoy::{eds_cluster, load_assignment, socket};
+    use common::xds::{XdsServer, LDS};
+    let server = GrpcServer::start(0, "S", &[]);
+    // Nobody listens there: connections are refused.
+    let collector = local(free_port());
+    let grpc = local(free_port());
+    let snapshot = |version: &str, traced: bool| {
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "grpc", "codec_type": "HTTP2",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "s"}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        });
+        if traced {
+            hcm["tracing"] = json!({
+                "random_sampling": {"value": 100},
+                "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"},
+                    "service_name": "refused"
+                }}
+            });
+        }
+        json!({
+            "version": version,
+            "listeners": [{
+                "name": "grpc", "address": socket(grpc), "traffic_direction": "INBOUND",
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm
+                }]}]
+            }],
+            "clusters": [eds_cluster("s", true), eds_cluster("otel", true)],
+            "endpoints": [
+                load_assignment("s", &[server.addr()]),
+                load_assignment("otel", &[collector])
+            ]
+        })
+    };
+    let xds = XdsServer::start();
+    xds.put(&snapshot("v1", true)).unwrap();
+    let admin = local(free_port());
+    let cfg = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: exporter\n  mode: sotw\n",
+        xds.addr()
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let pid = rs.child.id();
+    xds.wait_ack(LDS, "v1");
+    assert_eq!(threads_named(pid, "ringside-trace"), 1, "one exporter");
+    let out = grpc_call(
+        grpc,
+        &CallOpts::default().meta("traceparent", &traceparent(TRACE, PARENT, "01")),
+    );
+    assert!(out.ok, "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&rs, "export_failed") < 1 {
+        assert!(Instant::now() < deadline, "{}", rs.get("/stats").1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(&rs, "export_failed"), 1);
+    assert_eq!(stat(&rs, "export_ok"), 0);
+    // The tracer leaves the config: its exporter thread ends.
+    xds.put(&snapshot("v2", false)).unwrap();
+    xds.wait_ack(LDS, "v2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while threads_named(pid, "ringside-trace") > 0 {
+        assert!(Instant::now() < deadline, "the exporter thread is still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Calls go on, untraced.
+    assert!(grpc_call(grpc, &CallOpts::default()).ok);
+}

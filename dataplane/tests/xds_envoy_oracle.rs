@@ -507,3 +507,100 @@ fn sotw_generic_proxy_dubbo_listener() {
     let err = call("com.nobody.Svc", "").unwrap_err();
     eprintln!("generic_proxy, no route: {err}");
 }
+
+/// The node of a sidecar as pilot-agent writes it into Envoy's bootstrap (from the pod's
+/// ISTIO_META_* variables, its labels and annotations, the mesh's proxy config): strings, the
+/// `LABELS` and `ANNOTATIONS` maps, numbers, a list and the nested `PROXY_CONFIG`.
+fn istio_node_metadata() -> Value {
+    json!({
+        "ANNOTATIONS": {"kubectl.kubernetes.io/default-container": "reviews",
+                        "sidecar.istio.io/status": "{\"initContainers\":[\"istio-init\"]}"},
+        "APP_CONTAINERS": "reviews",
+        "CLUSTER_ID": "Kubernetes",
+        "ENVOY_PROMETHEUS_PORT": 15090,
+        "ENVOY_STATUS_PORT": 15021,
+        "INSTANCE_IPS": "10.1.2.3",
+        "INTERCEPTION_MODE": "REDIRECT",
+        "ISTIO_VERSION": "1.24.0",
+        "LABELS": {"app": "reviews", "version": "v2",
+                   "security.istio.io/tlsMode": "istio",
+                   "service.istio.io/canonical-name": "reviews",
+                   "service.istio.io/canonical-revision": "v2"},
+        "MESH_ID": "cluster.local",
+        "NAME": "reviews-v2-5b6d8c7f9-x7k2p",
+        "NAMESPACE": "bookinfo",
+        "OWNER": "kubernetes://apis/apps/v1/namespaces/bookinfo/deployments/reviews-v2",
+        "PILOT_SAN": ["istiod.istio-system.svc"],
+        "POD_PORTS": "[{\"containerPort\":9080,\"protocol\":\"TCP\"}]",
+        "PROXY_CONFIG": {"concurrency": 2, "discoveryAddress": "istiod.istio-system.svc:15012",
+                         "drainDuration": "45s", "holdApplicationUntilProxyStarts": false,
+                         "proxyMetadata": {"DNS_AGENT": ""}, "statusPort": 15020,
+                         "terminationDrainDuration": "5s"},
+        "SERVICE_ACCOUNT": "bookinfo-reviews",
+        "WORKLOAD_NAME": "reviews-v2"
+    })
+}
+
+/// istiod reads a proxy's identity from the Node of the first request of its ADS stream:
+/// Envoy 1.40 and ringside given the same node (Envoy in its bootstrap, ringside in
+/// `xds.node_id`, `node_cluster`, `locality`, `node_metadata`) send the same id, cluster,
+/// locality and metadata, values and types alike.
+#[test]
+fn node_metadata_reaches_the_ads_server_as_envoys() {
+    let xds = XdsServer::start();
+    let meta = istio_node_metadata();
+    let id = "sidecar~10.1.2.3~reviews-v2-5b6d8c7f9-x7k2p.bookinfo~bookinfo.svc.cluster.local";
+    let e_admin = local(free_port());
+    let mut b = bootstrap(e_admin, xds.addr(), Ads::Sotw, id);
+    b["node"] = json!({"id": id, "cluster": "reviews.bookinfo",
+                       "locality": {"region": "eu-west-1", "zone": "eu-west-1a"},
+                       "metadata": meta});
+    let _envoy = Envoy::start(&b, e_admin);
+    let admin = local(free_port());
+    // YAML takes the JSON as it is.
+    let cfg = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: \"{id}\"\n  \
+         node_cluster: reviews.bookinfo\n  locality: {{region: eu-west-1, zone: eu-west-1a}}\n  \
+         mode: sotw\n  node_metadata: {meta}\n",
+        xds.addr()
+    );
+    let _rs = Ringside::start(&cfg, admin, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (envoy, ours) = loop {
+        let streams = xds.streams();
+        let first = |agent: &str| {
+            streams
+                .iter()
+                .filter_map(|s| s.get("first_node").filter(|n| !n.is_null()))
+                .find(|n| n["userAgentName"] == agent)
+                .cloned()
+        };
+        if let (Some(e), Some(r)) = (first("envoy"), first("ringside")) {
+            break (e, r);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stream whose first request carries each node: {streams:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for field in ["id", "cluster", "locality", "metadata"] {
+        assert_eq!(
+            ours[field], envoy[field],
+            "node.{field}: ringside vs Envoy 1.40"
+        );
+    }
+    // And what istiod reads, as the pod gave it.
+    assert_eq!(ours["id"], id);
+    for key in [
+        "NAMESPACE",
+        "CLUSTER_ID",
+        "ISTIO_VERSION",
+        "WORKLOAD_NAME",
+        "LABELS",
+    ] {
+        assert_eq!(ours["metadata"][key], meta[key], "{key}");
+    }
+    assert_eq!(ours["metadata"]["PROXY_CONFIG"]["concurrency"], 2.0);
+    assert_eq!(ours["metadata"]["PILOT_SAN"], meta["PILOT_SAN"]);
+}

@@ -325,6 +325,7 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
         local_rate_limit: None,
         istio_metrics: istio_reporter(l),
         tracing: None,
+        traffic_direction: traffic_direction(l.traffic_direction),
     };
     let mut base = base;
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
@@ -2911,6 +2912,15 @@ fn istio_reporter(l: &listener_pb::Listener) -> Option<config::IstioReporter> {
     } else {
         config::IstioReporter::Source
     })
+}
+
+/// A listener's `traffic_direction` (UNSPECIFIED: none).
+fn traffic_direction(d: i32) -> Option<config::TrafficDirection> {
+    match core_pb::TrafficDirection::try_from(d) {
+        Ok(core_pb::TrafficDirection::Inbound) => Some(config::TrafficDirection::Inbound),
+        Ok(core_pb::TrafficDirection::Outbound) => Some(config::TrafficDirection::Outbound),
+        _ => None,
+    }
 }
 
 /// Why a network filter Istio adds before the proxy filter can be ignored, or None when it

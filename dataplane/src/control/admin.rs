@@ -157,7 +157,12 @@ async fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
 }
 
 /// Reads one request head, answers it, closes.
-async fn exchange(mut conn: tokio::net::TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
+async fn exchange(
+    mut conn: tokio::net::TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    shared: &Arc<Shared>,
+) {
     use tokio::io::AsyncWriteExt;
     let resp = match read_head(&mut conn).await {
         Ok(Some((method, target))) => match (role, shared.config.admin.health_upstream) {
@@ -239,7 +244,13 @@ impl Response {
     }
 }
 
-fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Shared) -> Response {
+fn handle(
+    method: &str,
+    target: &str,
+    role: Role,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let allowed = match role {
         Role::Admin => true,
@@ -261,6 +272,7 @@ fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Sha
         ("GET", "/clusters") => clusters(shared, q.has_value("format", "json")),
         ("POST", "/drain") => drain(shared, "POST /drain", peer),
         ("POST", "/quitquitquit") => drain(shared, "POST /quitquitquit", peer),
+        ("POST", "/drain_listeners") => drain_listeners(shared, &q, peer),
         ("POST", "/reset_counters") => {
             shared.stats.reset_counters();
             Response::text(200, "OK\n")
@@ -280,13 +292,14 @@ fn handle(method: &str, target: &str, role: Role, peer: SocketAddr, shared: &Sha
             200,
             "ringside admin: GET /ready /server_info /memory /stats /stats?format=json \
              /stats?filter=REGEX&usedonly /stats/prometheus /config_dump /certs /listeners \
-             /clusters (?format=json); POST /drain /quitquitquit /reset_counters \
+             /clusters (?format=json); POST /drain /quitquitquit \
+             /drain_listeners?inboundonly&graceful /reset_counters \
              /healthcheck/fail /healthcheck/ok /logging?level=LEVEL\n",
         ),
         (
             _,
-            "/drain" | "/quitquitquit" | "/reset_counters" | "/healthcheck/fail"
-            | "/healthcheck/ok" | "/logging",
+            "/drain" | "/quitquitquit" | "/drain_listeners" | "/reset_counters"
+            | "/healthcheck/fail" | "/healthcheck/ok" | "/logging",
         ) => Response::text(
             405,
             &format!("Method {method} not allowed, POST required.\n"),
@@ -816,6 +829,24 @@ fn drain(shared: &Shared, reason: &'static str, peer: SocketAddr) -> Response {
     match shared.control.try_send(ControlEvent::Drain { reason }) {
         Ok(()) => Response::text(200, "draining\n"),
         Err(_) => Response::text(200, "already draining\n"),
+    }
+}
+
+/// `POST /drain_listeners[?inboundonly][&graceful]`, as Envoy's (docs/observability.md).
+fn drain_listeners(shared: &Arc<Shared>, q: &Query, peer: SocketAddr) -> Response {
+    if q.has("skip_exit") {
+        return Response::text(400, "skip_exit is not supported\n");
+    }
+    let scope = if q.has("inboundonly") {
+        crate::worker::ListenerScope::Inbound
+    } else {
+        crate::worker::ListenerScope::All
+    };
+    let graceful = q.has("graceful");
+    tracing::info!(?scope, graceful, %peer, "drain_listeners requested over the admin API");
+    match shared.drain_listeners(scope, graceful) {
+        Ok(()) => Response::text(200, "OK\n"),
+        Err(e) => Response::text(503, &format!("{e}\n")),
     }
 }
 

@@ -171,11 +171,16 @@ fn listener(l: &config::Listener, cfg: &Config) -> Value {
     if !l.bind {
         o.insert("bind_to_port".into(), json!(false));
     }
-    match l.istio_metrics {
-        Some(config::IstioReporter::Destination) => {
+    let direction = l.traffic_direction.or(match l.istio_metrics {
+        Some(config::IstioReporter::Destination) => Some(config::TrafficDirection::Inbound),
+        Some(config::IstioReporter::Source) => Some(config::TrafficDirection::Outbound),
+        None => None,
+    });
+    match direction {
+        Some(config::TrafficDirection::Inbound) => {
             o.insert("traffic_direction".into(), json!("INBOUND"));
         }
-        Some(config::IstioReporter::Source) => {
+        Some(config::TrafficDirection::Outbound) => {
             o.insert("traffic_direction".into(), json!("OUTBOUND"));
         }
         None => {}

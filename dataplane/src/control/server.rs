@@ -103,6 +103,7 @@ impl ListenSockets {
         listeners: &[config::Listener],
         shards: usize,
         inherited: &mut Inherited,
+        stopped: Option<worker::ListenerScope>,
     ) -> Result<Vec<BoundListener>, RunError> {
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let have = |l: &config::Listener| {
@@ -122,7 +123,12 @@ impl ListenSockets {
         };
         let mut out = Vec::new();
         // Virtual listeners (bind: false) have no socket.
-        for l in listeners.iter().filter(|l| l.bind && !have(l)) {
+        // Listeners that `/drain_listeners` stopped do not listen again.
+        let stopped = |l: &config::Listener| stopped.is_some_and(|s| s.covers(l));
+        for l in listeners
+            .iter()
+            .filter(|l| l.bind && !have(l) && !stopped(l))
+        {
             out.push(bind_listener(l, shards, inherited, !ours(l))?);
         }
         Ok(out)
@@ -138,6 +144,16 @@ impl ListenSockets {
             all.push(b);
         }
         all.retain(|b| keep.iter().any(|l| l.name == b.name && l.bind));
+    }
+
+    /// Closes our descriptors of the listeners `stop` names (`/drain_listeners`: new
+    /// connections to them are refused once the shards dropped theirs).
+    fn close_some(&self, stop: impl Fn(&str) -> bool) {
+        if let Ok(mut guard) = self.inner.lock() {
+            if let Some(all) = guard.as_mut() {
+                all.retain(|b| !stop(&b.name));
+            }
+        }
     }
 
     /// Closes our descriptors (plain drain: new connections are refused from now on).
@@ -264,6 +280,9 @@ struct Updates {
     /// shard runs any more. The next endpoints-only snapshot is built in it (brought up to date
     /// by the running one's few changes) instead of in a copy of the whole config.
     spare: Option<Arc<Snapshot>>,
+    /// `POST /drain_listeners`: the listeners draining, and those stopped.
+    listener_drain: Option<worker::ListenerScope>,
+    stopped: Option<worker::ListenerScope>,
 }
 
 /// Stats of config updates.
@@ -598,9 +617,13 @@ impl Shared {
             crate::io::tls::TlsSet::load(&config, &self.secrets())
                 .map_err(|f| ApplyError::Invalid(vec![f]))?,
         );
-        let bound = self
-            .sockets
-            .bind_new(&config.listeners, self.shard_count, &mut u.inherited)?;
+        let stopped = u.stopped;
+        let bound = self.sockets.bind_new(
+            &config.listeners,
+            self.shard_count,
+            &mut u.inherited,
+            stopped,
+        )?;
         let keep = config.listeners.clone();
         let clusters = config.clusters.len();
         let building = Instant::now();
@@ -701,6 +724,99 @@ impl Shared {
         );
         u.spare = endpoints_only.then_some(old);
         Ok(version)
+    }
+
+    /// `POST /drain_listeners`: the connections of the listeners in `scope` drain for
+    /// `drain_timeout_ms` (Dubbo readonly, Triple GOAWAY, those still open then closed); with
+    /// `graceful` the listeners keep accepting until then (new connections told at once) and
+    /// then stop, else they stop now. The process keeps serving its other listeners. A graceful
+    /// drain asked again for a scope already draining changes nothing (Envoy's answer too).
+    pub fn drain_listeners(
+        self: &Arc<Self>,
+        scope: worker::ListenerScope,
+        graceful: bool,
+    ) -> Result<(), ApplyError> {
+        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        let mut u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        self.ready_for_update(&u)?;
+        let draining = u.listener_drain.is_some_and(|d| d >= scope);
+        if graceful && draining {
+            return Ok(());
+        }
+        if !draining {
+            u.listener_drain = Some(scope.widen(u.listener_drain));
+            tracing::info!(
+                ?scope,
+                graceful,
+                drain_timeout_ms = timeout.as_millis() as u64,
+                "draining listeners"
+            );
+            Self::send_all(&u, || ShardMsg::DrainListeners { scope, timeout })?;
+        }
+        if !graceful {
+            return self.stop_listeners_locked(&mut u, scope);
+        }
+        // One such thread per scope at most (a second graceful request returned above).
+        let shared = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringside-drain-listeners".into())
+            .spawn(move || {
+                std::thread::sleep(timeout);
+                let mut u = shared.updates.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = shared.stop_listeners_locked(&mut u, scope) {
+                    tracing::warn!(error = %e, "drain_listeners: cannot stop the listeners");
+                }
+            });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "drain_listeners: no thread to wait out the drain; stopping the listeners now");
+                self.stop_listeners_locked(&mut u, scope)
+            }
+        }
+    }
+
+    /// The listeners in `scope` stop accepting for good: our sockets of them close, the
+    /// shards drop theirs, and later updates do not bind them again.
+    fn stop_listeners_locked(
+        &self,
+        u: &mut Updates,
+        scope: worker::ListenerScope,
+    ) -> Result<(), ApplyError> {
+        if u.stopped.is_some_and(|s| s >= scope) {
+            return Ok(());
+        }
+        u.stopped = Some(scope.widen(u.stopped));
+        let snap = self.snapshot();
+        let names: HashSet<&str> = snap
+            .config
+            .listeners
+            .iter()
+            .filter(|l| scope.covers(l))
+            .map(|l| l.name.as_str())
+            .collect();
+        tracing::info!(?scope, listeners = ?names, "drain_listeners: listeners stopped");
+        self.sockets.close_some(|name| names.contains(name));
+        Self::send_all(u, || ShardMsg::StopListeners { scope })
+    }
+
+    /// Puts `msg()` in every shard's inbox, waiting up to `APPLY_TIMEOUT` for room.
+    fn send_all(u: &Updates, msg: impl Fn() -> ShardMsg) -> Result<(), ApplyError> {
+        for inbox in &u.inboxes {
+            let mut m = msg();
+            let deadline = Instant::now() + APPLY_TIMEOUT;
+            loop {
+                match inbox.try_send(m) {
+                    Ok(()) => break,
+                    Err(shard::SendError::Full { message, .. }) if Instant::now() < deadline => {
+                        m = message;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(ApplyError::ShardRefused(e.to_string())),
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1034,6 +1150,8 @@ impl Server {
                 inboxes: Vec::new(),
                 inherited,
                 spare: None,
+                listener_drain: None,
+                stopped: None,
             }),
             update_ids,
             xds_versions: Default::default(),

@@ -94,6 +94,7 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
             code: 0,
             grpc: None,
             flags: (out.flags.bits(), &text),
+            peer: crate::stats::istio::PeerId::NONE,
         };
         istio.connection(&o, out.bytes_received.get(), out.bytes_sent.get());
     }

@@ -117,6 +117,11 @@ pub trait Conn:
     fn original_dst(&self) -> Option<SocketAddr> {
         None
     }
+    /// A TLS peer that presented a certificate: `Some(its SPIFFE id)` (Istio's principal;
+    /// `Some(None)`: a certificate without one). `None`: plaintext, or no client certificate.
+    fn peer_principal(&self) -> Option<Option<String>> {
+        None
+    }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path.
     fn into_kernel(self) -> Result<TcpStream, Self>

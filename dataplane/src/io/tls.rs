@@ -34,6 +34,8 @@ pub struct ServerTls {
     /// common with the listener's (served without ALPN, as Envoy does).
     pub config: Result<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>), String>,
     pub mode: config::TlsMode,
+    /// Our certificate's SPIFFE id, if it has one (known once the certificate is).
+    pub principal: Option<Arc<str>>,
 }
 
 /// A cluster's TLS origination.
@@ -308,6 +310,15 @@ fn ready_or<T>(r: Result<T, Missing>) -> Result<Result<T, String>, String> {
     }
 }
 
+/// The SPIFFE id (the `spiffe://` URI SAN) of a DER certificate: Istio's principal.
+pub fn spiffe_id(der: &[u8]) -> Option<String> {
+    tls::x509::uri_sans(der)
+        .into_iter()
+        .find(|u| u.starts_with(b"spiffe://"))
+        .and_then(|u| std::str::from_utf8(u).ok())
+        .map(str::to_string)
+}
+
 fn server(t: &config::ListenerTls, secrets: &Secrets) -> Result<ServerTls, String> {
     let chain = chain_source(&t.certificate_sds, Some(&t.cert_chain), secrets);
     let key = match &t.certificate_sds {
@@ -335,9 +346,16 @@ fn server(t: &config::ListenerTls, secrets: &Secrets) -> Result<ServerTls, Strin
         let plain = tls::without_alpn(&c);
         (c, plain)
     });
+    // Our certificate's SPIFFE id (Istio's destination_principal on inbound calls).
+    let principal = pem(&chain, Part::Chain)
+        .ok()
+        .and_then(|p| tls::certs(p).ok())
+        .and_then(|c| spiffe_id(c.first()?))
+        .map(Arc::from);
     Ok(ServerTls {
         config,
         mode: t.mode,
+        principal,
     })
 }
 
@@ -459,6 +477,10 @@ impl Conn for TlsConn {
     }
     fn original_dst(&self) -> Option<std::net::SocketAddr> {
         Conn::original_dst(self.get_ref())
+    }
+    fn peer_principal(&self) -> Option<Option<String>> {
+        let chain = self.peer_certificates()?;
+        Some(spiffe_id(chain.first()?))
     }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)

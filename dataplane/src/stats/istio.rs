@@ -5,9 +5,11 @@
 //! Labels come from three places: the node metadata (`xds.node_metadata`: this workload's
 //! name, namespace, app, version, canonical service and revision, cluster id), the cluster a
 //! call went to (an Istio cluster name `outbound|PORT|SUBSET|HOST` names the destination
-//! service), and the call itself (response code, gRPC status, response flags). What ringside
-//! cannot know (the peer's workload: istio-proxy learns it from a metadata exchange over
-//! Istio mTLS) is `unknown`, as istio-proxy reports it without that exchange.
+//! service), the call itself (response code, gRPC status, response flags) and, on inbound
+//! listeners, the connection's mutual TLS (the peer's and our certificate's SPIFFE ids are
+//! `source_principal` and `destination_principal`). What ringside cannot know (the peer's
+//! workload: istio-proxy learns it from a metadata exchange over Istio mTLS) is `unknown`, as
+//! istio-proxy reports it without that exchange.
 //!
 //! Data path: each listener has, per shard, a table from the call's variable part (cluster,
 //! code, gRPC status, flags) to its registered stat ids; a call looks its key up (no
@@ -92,9 +94,26 @@ impl Protocol {
     }
 }
 
+/// Distinct mutual-TLS peers (principals) one listener labels on one shard; a connection from
+/// yet another is not counted in Istio's metrics (`istio.label_sets_overflow`).
+pub const PEERS_MAX: usize = 256;
+
+/// A connection's peer as the labels see it, from [`IstioListener::peer`]: no mutual TLS, or
+/// an index into the listener's principals on this shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerId(u16);
+
+impl PeerId {
+    /// Plaintext, or TLS without a client certificate.
+    pub const NONE: PeerId = PeerId(0);
+    /// Beyond [`PEERS_MAX`]: not counted.
+    const OVERFLOW: PeerId = PeerId(u16::MAX);
+}
+
 /// The part of a call's label set that varies per call: the table's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
+    peer: PeerId,
     /// The cluster (a stat id its name registered once: stable while the process lives).
     cluster: Option<StatId>,
     code: u32,
@@ -129,6 +148,8 @@ pub struct Outcome<'a> {
     /// The response flags (an `access_log::Flags` value) and how to write them (`-` for none),
     /// called only for a label set seen for the first time.
     pub flags: (u16, &'a dyn Fn() -> String),
+    /// The connection's peer ([`IstioListener::peer`]).
+    pub peer: PeerId,
 }
 
 /// One listener's Istio metrics on one shard.
@@ -137,9 +158,11 @@ pub struct IstioListener {
     reporter: IstioReporter,
     protocol: Protocol,
     node: Arc<Node>,
-    /// `connection_security_policy`: `mutual_tls` on an inbound listener that requires client
-    /// certificates, `none` on other inbound ones, `unknown` outbound (as istio-proxy).
-    security: &'static str,
+    /// Our certificate's SPIFFE id (inbound: `destination_principal` of mutual-TLS calls).
+    local_principal: Option<Arc<str>>,
+    /// The principals of mutual-TLS peers seen, `PeerId` `i` at `i - 1` (`None`: a
+    /// certificate without a SPIFFE id); at most [`PEERS_MAX`].
+    peers: RefCell<Vec<Option<Box<str>>>>,
     table: RefCell<FxHashMap<Key, Ids>>,
     max: usize,
     overflow: StatId,
@@ -151,14 +174,9 @@ impl IstioListener {
         reporter: IstioReporter,
         protocol: Protocol,
         node: Arc<Node>,
-        mutual_tls: bool,
+        local_principal: Option<Arc<str>>,
         max: usize,
     ) -> IstioListener {
-        let security = match (reporter, mutual_tls) {
-            (IstioReporter::Source, _) => UNKNOWN,
-            (IstioReporter::Destination, true) => "mutual_tls",
-            (IstioReporter::Destination, false) => "none",
-        };
         let overflow = stats
             .stats
             .add("istio", "label_sets_overflow", &[], Kind::Counter);
@@ -167,11 +185,30 @@ impl IstioListener {
             reporter,
             protocol,
             node,
-            security,
+            local_principal,
+            peers: RefCell::new(Vec::new()),
             table: RefCell::new(FxHashMap::default()),
             max,
             overflow,
         }
+    }
+
+    /// The peer of a new connection, from its TLS: `Some(principal)` for a peer that presented
+    /// a certificate (`Some(None)`: one without a SPIFFE id), `None` for no mutual TLS. Once
+    /// per connection; a principal seen for the first time on this shard is copied once.
+    pub fn peer(&self, mutual: Option<Option<&str>>) -> PeerId {
+        let Some(principal) = mutual else {
+            return PeerId::NONE;
+        };
+        let mut peers = self.peers.borrow_mut();
+        if let Some(i) = peers.iter().position(|p| p.as_deref() == principal) {
+            return PeerId(i as u16 + 1);
+        }
+        if peers.len() >= PEERS_MAX {
+            return PeerId::OVERFLOW;
+        }
+        peers.push(principal.map(Box::from));
+        PeerId(peers.len() as u16)
     }
 
     /// Counts one finished request (Dubbo call, gRPC/Triple call).
@@ -211,7 +248,12 @@ impl IstioListener {
     }
 
     fn ids(&self, o: &Outcome<'_>) -> Option<Ids> {
+        if o.peer == PeerId::OVERFLOW {
+            self.stats.inc(self.overflow);
+            return None;
+        }
         let key = Key {
+            peer: o.peer,
             cluster: o.cluster.map(|c| c.0),
             code: o.code,
             grpc: o.grpc,
@@ -289,6 +331,26 @@ impl IstioListener {
     fn labels(&self, o: &Outcome<'_>) -> Vec<(&'static str, String)> {
         let n = &*self.node;
         let u = || UNKNOWN.to_string();
+        // Inbound mutual TLS: the peer's principal and ours (istio-proxy's values).
+        let mutual = o.peer != PeerId::NONE;
+        let peer_principal = match o.peer.0 {
+            0 => None,
+            i => self.peers.borrow()[usize::from(i) - 1]
+                .as_deref()
+                .map(str::to_string),
+        };
+        let local_principal = || {
+            self.local_principal
+                .as_deref()
+                .filter(|_| mutual)
+                .map(str::to_string)
+                .unwrap_or_else(u)
+        };
+        let security = match (self.reporter, mutual) {
+            (IstioReporter::Source, _) => UNKNOWN,
+            (IstioReporter::Destination, true) => "mutual_tls",
+            (IstioReporter::Destination, false) => "none",
+        };
         let service = o.cluster.and_then(|c| service_of(c.1));
         let mut l: Vec<(&'static str, String)> = Vec::with_capacity(25);
         match self.reporter {
@@ -298,13 +360,13 @@ impl IstioListener {
                 l.push(("source_canonical_service", u()));
                 l.push(("source_canonical_revision", "latest".into()));
                 l.push(("source_workload_namespace", u()));
-                l.push(("source_principal", u()));
+                l.push(("source_principal", peer_principal.unwrap_or_else(u)));
                 l.push(("source_app", u()));
                 l.push(("source_version", u()));
                 l.push(("source_cluster", u()));
                 l.push(("destination_workload", n.workload.clone()));
                 l.push(("destination_workload_namespace", n.namespace.clone()));
-                l.push(("destination_principal", u()));
+                l.push(("destination_principal", local_principal()));
                 l.push(("destination_app", n.app.clone()));
                 l.push(("destination_version", n.version.clone()));
                 let (host, name) = match &service {
@@ -363,7 +425,7 @@ impl IstioListener {
             ));
         }
         l.push(("response_flags", (o.flags.1)()));
-        l.push(("connection_security_policy", self.security.into()));
+        l.push(("connection_security_policy", security.into()));
         l
     }
 }
@@ -460,6 +522,70 @@ mod tests {
     }
 
     #[test]
+    fn mutual_tls_peers_are_labelled_by_principal_and_capped() {
+        let s = Arc::new(Stats::new(1, &crate::config::StatsConfig::default()).unwrap());
+        let node = Arc::new(Node::from_metadata(&BTreeMap::new()));
+        let me = "spiffe://cluster.local/ns/a/sa/server";
+        let l = IstioListener::new(
+            s.shard(0),
+            IstioReporter::Destination,
+            Protocol::Dubbo,
+            node,
+            Some(Arc::from(me)),
+            100,
+        );
+        let alice = "spiffe://cluster.local/ns/b/sa/alice";
+        let peers = [
+            l.peer(None),
+            l.peer(Some(Some(alice))),
+            l.peer(Some(Some(alice))),
+            l.peer(Some(None)),
+        ];
+        assert_eq!(peers[0], PeerId::NONE);
+        assert_eq!(peers[1], peers[2], "one id per principal");
+        let dash = || "-".to_string();
+        for peer in peers {
+            let o = Outcome {
+                cluster: None,
+                code: 20,
+                grpc: None,
+                flags: (0, &dash),
+                peer,
+            };
+            l.request(&o, 1_000, 10, 20);
+        }
+        let text = s.render_prometheus();
+        let line = |src: &str, dst: &str, policy: &str| {
+            text.lines()
+                .find(|x| {
+                    x.starts_with("istio_requests_total{")
+                        && x.contains(&format!("source_principal=\"{src}\""))
+                        && x.contains(&format!("destination_principal=\"{dst}\""))
+                        && x.contains(&format!("connection_security_policy=\"{policy}\""))
+                })
+                .unwrap_or_else(|| panic!("no {src} {dst} {policy}:\n{text}"))
+                .to_string()
+        };
+        assert!(line(alice, me, "mutual_tls").ends_with(" 2"));
+        assert!(line("unknown", me, "mutual_tls").ends_with(" 1"));
+        assert!(line("unknown", "unknown", "none").ends_with(" 1"));
+        // A bounded table: peers beyond PEERS_MAX are not counted, only the overflow.
+        for i in 1..PEERS_MAX {
+            l.peer(Some(Some(&format!("spiffe://x/{i}"))));
+        }
+        let over = l.peer(Some(Some("spiffe://x/one-too-many")));
+        let o = Outcome {
+            cluster: None,
+            code: 20,
+            grpc: None,
+            flags: (0, &dash),
+            peer: over,
+        };
+        l.request(&o, 1_000, 10, 20);
+        assert!(s.render_text().contains("istio.label_sets_overflow: 1"));
+    }
+
+    #[test]
     fn label_sets_are_capped_and_the_overflow_counted() {
         let s = Arc::new(Stats::new(1, &crate::config::StatsConfig::default()).unwrap());
         let node = Arc::new(Node::from_metadata(&BTreeMap::new()));
@@ -468,7 +594,7 @@ mod tests {
             IstioReporter::Source,
             Protocol::Dubbo,
             node,
-            false,
+            None,
             2,
         );
         let dash = || "-".to_string();
@@ -478,6 +604,7 @@ mod tests {
                 code,
                 grpc: None,
                 flags: (0, &dash),
+                peer: PeerId::NONE,
             };
             l.request(&o, 1_000, 10, 20);
         }

@@ -2,10 +2,11 @@
 //! sends them with OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
 //!
 //! Collectors are shared by (cluster, service name) across listeners and config updates (one
-//! exporter thread each); one no snapshot names any more stops once its last batch is sent.
-//! The exporter never holds up a shard: when it falls behind (a slow or dead collector), the
-//! queue fills and shards drop batches, counted (`tracing.spans_dropped`). An export that
-//! fails is tried once more, on the next endpoint, then dropped and logged.
+//! exporter thread each). A collector no snapshot and no listener of a shard uses any more is
+//! dropped, which wakes its exporter thread to end. The exporter never holds up a shard: when
+//! it falls behind (a slow or dead collector), the queue fills and shards drop batches,
+//! counted (`tracing.spans_dropped`). An export that fails is tried once more, on the next
+//! endpoint, then dropped, counted (`tracing.export_failed`) and logged.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use bytes::{Buf, BufMut};
 use crossbeam_queue::ArrayQueue;
 
 use super::{BATCH_BYTES, QUEUED_BATCHES_MAX};
+use crate::stats::{Kind, ShardStats, StatId, Stats};
 
 /// How long the exporter sleeps when nothing arrives (every batch wakes it).
 const IDLE_PARK: Duration = Duration::from_secs(1);
@@ -47,6 +49,27 @@ pub struct Collector {
     busy: AtomicBool,
     /// Export requests that failed (every try), and their spans' bytes: logged.
     failed: AtomicU64,
+    /// `tracing.export_ok` / `tracing.export_failed` (tag `collector`): export requests sent,
+    /// and dropped after every try failed. Registered by the first shard that batches spans
+    /// for this collector ([`Collector::count_in`]); written by the exporter thread only (in
+    /// shard 0's slots, which no shard writes for these stats).
+    counts: OnceLock<(ShardStats, ExportStatIds)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ExportStatIds {
+    ok: StatId,
+    failed: StatId,
+}
+
+/// The last user of a collector left (the config no longer names it): its exporter thread
+/// wakes, finds it gone and ends.
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(t) = self.exporter.get() {
+            t.unpark();
+        }
+    }
 }
 
 impl std::fmt::Debug for Collector {
@@ -107,6 +130,7 @@ impl Collector {
             exporter: OnceLock::new(),
             busy: AtomicBool::new(false),
             failed: AtomicU64::new(0),
+            counts: OnceLock::new(),
         });
         let weak = Arc::downgrade(&c);
         let thread = std::thread::Builder::new()
@@ -120,6 +144,19 @@ impl Collector {
 
     pub fn cluster(&self) -> &str {
         &self.cluster
+    }
+
+    /// Registers the exporter's stats in `stats` (once; a shard calls it when it starts a
+    /// batch for this collector, off the request path).
+    pub(super) fn count_in(&self, stats: &Arc<Stats>) {
+        self.counts.get_or_init(|| {
+            let tags = [("collector", self.cluster.as_str())];
+            let ids = ExportStatIds {
+                ok: stats.add("tracing", "export_ok", &tags, Kind::Counter),
+                failed: stats.add("tracing", "export_failed", &tags, Kind::Counter),
+            };
+            (stats.shard(0), ids)
+        });
     }
 
     /// The collector cluster's endpoints now (control thread, on every update).
@@ -161,7 +198,10 @@ fn export_loop(collector: Weak<Collector>) {
     let mut spans: Vec<u8> = Vec::new();
     let mut request: Vec<u8> = Vec::new();
     loop {
-        let Some(c) = collector.upgrade() else { return };
+        let Some(c) = collector.upgrade() else {
+            tracing::debug!("tracing: collector left the config; exporter thread ends");
+            return;
+        };
         c.busy.store(true, Ordering::SeqCst);
         spans.clear();
         while spans.len() < EXPORT_BYTES_MAX {
@@ -200,6 +240,9 @@ fn export_loop(collector: Weak<Collector>) {
                     failure = Some(e);
                 }
             }
+        }
+        if let Some((stats, ids)) = c.counts.get() {
+            stats.inc(if failure.is_none() { ids.ok } else { ids.failed });
         }
         if let Some(e) = failure {
             let n = c.failed.fetch_add(1, Ordering::Relaxed) + 1;

@@ -225,10 +225,19 @@ impl ShardBatch {
     }
 }
 
-/// A shard's collector batches, shared by its listeners.
+/// The last listener of this shard that used a collector is gone: its last spans go to the
+/// exporter, and the collector is no longer held here.
+impl Drop for ShardBatch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A shard's collector batches, shared by its listeners (held by them: a batch no listener
+/// context uses is dropped, and with it the shard's hold on the collector).
 #[derive(Default)]
 pub struct ShardTraces {
-    batches: RefCell<Vec<Rc<ShardBatch>>>,
+    batches: RefCell<Vec<std::rc::Weak<ShardBatch>>>,
     /// Seeds of the listeners' generators.
     seeds: Cell<u64>,
 }
@@ -263,20 +272,16 @@ impl ShardTraces {
 
     fn batch(&self, collector: &Arc<Collector>, stats: &ShardStats) -> Rc<ShardBatch> {
         let mut batches = self.batches.borrow_mut();
-        // Collectors no listener of this shard uses any more (their last batch goes first).
-        batches.retain(|b| {
-            let used = Rc::strong_count(b) > 1;
-            if !used {
-                b.flush();
-            }
-            used
-        });
+        // Batches no listener of this shard uses any more were dropped (and flushed).
+        batches.retain(|b| b.strong_count() > 0);
         if let Some(b) = batches
             .iter()
+            .filter_map(std::rc::Weak::upgrade)
             .find(|b| Arc::ptr_eq(&b.collector, collector))
         {
-            return b.clone();
+            return b;
         }
+        collector.count_in(&stats.stats);
         let b = Rc::new(ShardBatch {
             collector: collector.clone(),
             batch: RefCell::new(Vec::new()),
@@ -285,13 +290,19 @@ impl ShardTraces {
             stats: stats.clone(),
             ids: TraceStatIds::register(&stats.stats, collector.cluster()),
         });
-        batches.push(b.clone());
+        batches.push(Rc::downgrade(&b));
         b
     }
 
     /// Hands every batch to its exporter (the shard is stopping).
     pub fn flush_all(&self) {
-        for b in self.batches.borrow().iter() {
+        let live: Vec<Rc<ShardBatch>> = self
+            .batches
+            .borrow()
+            .iter()
+            .filter_map(std::rc::Weak::upgrade)
+            .collect();
+        for b in live {
             b.flush();
         }
     }

@@ -97,6 +97,35 @@ pub enum ShardMsg {
     Resume,
     /// Every shard drained (hot upgrade): end the shard.
     Finish,
+    /// `POST /drain_listeners`: the connections of the listeners in `scope` (those there now
+    /// and those a later update adds) drain as in a listener drain (Dubbo readonly, Triple
+    /// GOAWAY; closed `timeout` after), new ones told at once; the listeners keep accepting.
+    DrainListeners {
+        scope: ListenerScope,
+        timeout: Duration,
+    },
+    /// The listeners in `scope` stop accepting for good (the control thread closed their
+    /// sockets); a later update's listeners in it do not start.
+    StopListeners { scope: ListenerScope },
+}
+
+/// Which listeners `POST /drain_listeners` drains: `inboundonly` those with
+/// `traffic_direction: inbound`, else all. `All` covers `Inbound`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ListenerScope {
+    Inbound,
+    All,
+}
+
+impl ListenerScope {
+    pub fn covers(self, l: &config::Listener) -> bool {
+        self == ListenerScope::All || l.traffic_direction == Some(config::TrafficDirection::Inbound)
+    }
+
+    /// The wider of `self` and `other` (either may be unset).
+    pub fn widen(self, other: Option<ListenerScope>) -> ListenerScope {
+        other.map_or(self, |o| o.max(self))
+    }
 }
 
 /// How often a draining shard checks whether its connections are gone.
@@ -243,21 +272,24 @@ fn listener_params(l: &config::Listener) -> config::Listener {
 
 /// Listener `l`'s Istio metrics on this shard, when it has `istio_metrics`.
 fn istio_listener(
-    l: &config::Listener,
+    snap: &Snapshot,
+    index: usize,
     stats: &crate::stats::ShardStats,
     protocol: IstioProtocol,
 ) -> Option<crate::stats::istio::IstioListener> {
-    let reporter = l.istio_metrics?;
-    let mutual_tls = l
+    let reporter = snap.config.listeners[index].istio_metrics?;
+    // Our certificate's SPIFFE id: destination_principal of inbound mutual-TLS calls.
+    let principal = snap
         .tls
-        .as_ref()
-        .is_some_and(|t| t.ca.is_some() && t.require_client_certificate);
+        .listeners
+        .get(index)
+        .and_then(|t| t.as_ref()?.principal.clone());
     Some(crate::stats::istio::IstioListener::new(
         stats.clone(),
         reporter,
         protocol,
         stats.stats.istio_node(),
-        mutual_tls,
+        principal,
         stats.stats.istio_label_sets_max,
     ))
 }
@@ -288,6 +320,10 @@ struct ShardState {
     listeners: Vec<ShardListener>,
     connections: Rc<Cell<usize>>,
     accepting: bool,
+    /// `POST /drain_listeners`: the listeners whose connections drain, and for how long.
+    listener_drain: Option<(ListenerScope, Duration)>,
+    /// The listeners that stopped accepting for good (the end of a `/drain_listeners`).
+    stopped: Option<ListenerScope>,
     /// Access-log batches of this shard, one per file.
     logs: crate::access_log::ShardLogs,
     /// Span batches of this shard, one per collector.
@@ -309,7 +345,36 @@ impl ShardState {
         self.apply_listeners(&snap, reindexed, drains);
         self.link_virtuals();
         self.link_chains();
+        self.follow_listener_drain();
         self.snapshot = snap;
+    }
+
+    /// `POST /drain_listeners` reached this shard: see [`ShardMsg::DrainListeners`].
+    fn drain_listeners(&mut self, scope: ListenerScope, timeout: Duration) {
+        let scope = scope.widen(self.listener_drain.map(|(s, _)| s));
+        self.listener_drain = Some((scope, timeout));
+        self.follow_listener_drain();
+    }
+
+    /// See [`ShardMsg::StopListeners`].
+    fn stop_listeners(&mut self, scope: ListenerScope) {
+        self.stopped = Some(scope.widen(self.stopped));
+        self.follow_listener_drain();
+    }
+
+    /// The listeners in a `/drain_listeners` scope drain (starting a drain that runs is a
+    /// no-op: its deadline stays), those in a stopped scope stop accepting.
+    fn follow_listener_drain(&self) {
+        if let Some((scope, timeout)) = self.listener_drain {
+            for sl in self.listeners.iter().filter(|l| scope.covers(&l.cfg)) {
+                sl.conns.drain().start(timeout);
+            }
+        }
+        if let Some(scope) = self.stopped {
+            for sl in self.listeners.iter().filter(|l| scope.covers(&l.cfg)) {
+                sl.stop.set();
+            }
+        }
     }
 
     /// The clusters of `snap`: kept (endpoint changes applied in place) when their settings
@@ -676,7 +741,7 @@ impl ShardState {
                 log: log.clone(),
                 log_pool: Default::default(),
                 faults_active: Default::default(),
-                istio: istio_listener(l, &stats, IstioProtocol::Dubbo),
+                istio: istio_listener(snap, index, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
             })
         });
@@ -702,7 +767,7 @@ impl ShardState {
                 log: log.clone(),
                 log_pool: Default::default(),
                 faults_active: Default::default(),
-                istio: istio_listener(l, &stats, IstioProtocol::Grpc),
+                istio: istio_listener(snap, index, &stats, IstioProtocol::Grpc),
                 trace,
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
@@ -719,7 +784,7 @@ impl ShardState {
                 stats: stats.clone(),
                 ids: snap.listener_ids[index],
                 log: log.clone(),
-                istio: istio_listener(l, &stats, IstioProtocol::Tcp),
+                istio: istio_listener(snap, index, &stats, IstioProtocol::Tcp),
             })
         });
         Rc::new(ListenerCtx {
@@ -740,6 +805,10 @@ impl ShardState {
 
     /// Accept loops on this shard's sockets of `sl`, until `sl.stop`.
     fn start_accepting(&self, sl: &ShardListener) {
+        if self.stopped.is_some_and(|s| s.covers(&sl.cfg)) {
+            // Stopped by `/drain_listeners`: the control thread holds no socket for it.
+            return;
+        }
         if !sl.cfg.bind {
             // Virtual: its connections come from an original_destination listener.
             return;
@@ -844,6 +913,8 @@ impl ShardState {
         for sl in &self.listeners {
             self.start_accepting(sl);
         }
+        // A `/drain_listeners` drain outlives the failed hot upgrade.
+        self.follow_listener_drain();
     }
 }
 
@@ -875,6 +946,8 @@ impl Detached {
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: false,
+            listener_drain: None,
+            stopped: None,
             logs: Default::default(),
             traces: Default::default(),
         };
@@ -925,6 +998,8 @@ pub fn shard_main(
             listeners: Vec::new(),
             connections: Rc::new(Cell::new(0usize)),
             accepting: true,
+            listener_drain: None,
+            stopped: None,
             logs: Default::default(),
             traces: Default::default(),
         };
@@ -998,6 +1073,10 @@ pub fn shard_main(
                     unread,
                 }) => st.adopt(&listener, stream, unread),
                 Some(ShardMsg::Finish) => break,
+                Some(ShardMsg::DrainListeners { scope, timeout }) => {
+                    st.drain_listeners(scope, timeout)
+                }
+                Some(ShardMsg::StopListeners { scope }) => st.stop_listeners(scope),
                 Some(_) => {}
                 None => break,
             }

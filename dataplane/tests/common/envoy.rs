@@ -194,8 +194,17 @@ impl Envoy {
         Self::start_wrapped(&[], bootstrap, admin)
     }
 
+    /// [`Envoy::start`] with more command-line arguments (e.g. `--drain-time-s 2`).
+    pub fn start_with_args(bootstrap: &Value, admin: SocketAddr, args: &[&str]) -> Envoy {
+        Self::start_full(&[], bootstrap, admin, args)
+    }
+
     /// [`Envoy::start`] through a wrapper program (e.g. `setpriv --reuid 1337 ...`).
     pub fn start_wrapped(wrapper: &[&str], bootstrap: &Value, admin: SocketAddr) -> Envoy {
+        Self::start_full(wrapper, bootstrap, admin, &[])
+    }
+
+    fn start_full(wrapper: &[&str], bootstrap: &Value, admin: SocketAddr, args: &[&str]) -> Envoy {
         let bin = require(root().join(".cache/bin/envoy"));
         let dir = TempDir::new("envoy");
         let cfg = dir.write("bootstrap.json", &bootstrap.to_string());
@@ -218,6 +227,7 @@ impl Envoy {
                 "--concurrency",
                 "1",
             ])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -60,7 +60,9 @@ Control API (HTTP/1.1 JSON, port C, loopback):
   GET  /requests?since=SEQ, /responses?since=SEQ  only the records after SEQ, each name list
                    replaced by its length (cheap to poll with 10,000 resources); records carry
                    `time` (Unix s: received, or queued to send).
-  GET  /streams    the connected streams: {id, mode, node, cluster, types}.
+  GET  /streams    the connected streams: {id, mode, node, cluster, first_node (the whole
+                   Node of the stream's first request as proto3 JSON, null if it had none),
+                   types}.
   POST /reset      forgets the recorded requests and responses.
 """
 import argparse
@@ -244,6 +246,10 @@ class Stream:
         self.peer = peer
         self.node = ""
         self.cluster = ""
+        # The whole Node of the stream's first request (proto3 JSON), None when it had none:
+        # istiod reads it from the first request only.
+        self.first_node = None
+        self.seen = False
         self.out = queue.Queue()
         # SotW: type -> {"names": set or None (wildcard), "version": sent, "nonce": last}
         # Delta: type -> {"wildcard": bool, "names": set, "sent": {name: digest}}
@@ -397,6 +403,10 @@ class State:
         s.out.put(resp)
 
     def _node(self, s, req):
+        if not s.seen:
+            s.seen = True
+            if req.HasField("node"):
+                s.first_node = json_format.MessageToDict(req.node)
         if req.HasField("node") and not s.node:
             s.node, s.cluster = req.node.id, req.node.cluster
 
@@ -600,6 +610,7 @@ class Control(BaseHTTPRequestHandler):
             if self.path == "/streams":
                 return self._reply(200, [
                     {"id": s.id, "mode": s.mode, "node": s.node, "cluster": s.cluster,
+                     "first_node": s.first_node,
                      "peer": s.peer, "types": sorted(short(t) for t in s.types)}
                     for s in STATE.streams.values()])
         self._reply(404, {"error": f"no {self.path}"})

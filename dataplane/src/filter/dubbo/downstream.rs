@@ -316,6 +316,8 @@ pub struct DownConn {
     finished: Event,
     /// The caller's and our address (looked up only when the listener logs).
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    /// The caller's mutual TLS as Istio's metrics label it (with `istio_metrics`).
+    peer: crate::stats::istio::PeerId,
     /// The kernel socket a hot-upgrade successor can take over (`None`: TLS, DPDK).
     handover_fd: Option<std::os::fd::RawFd>,
     /// Set when a hot-upgrade drain hands this connection over (to `handover_to`): the reader
@@ -398,6 +400,7 @@ impl DownConn {
             code: u32::from(status),
             grpc: None,
             flags: (flags.bits(), &text),
+            peer: self.peer,
         };
         let us = started.elapsed().as_micros() as u64;
         istio.request(&o, us, u64::from(bytes_in), bytes_out as u64);
@@ -633,6 +636,10 @@ pub async fn serve_carried<S: crate::io::Conn>(
         (Some(_), _) | (_, Some(_)) => stream.addrs(),
         _ => (None, None),
     };
+    let peer = match &l.istio {
+        Some(i) => i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())),
+        None => crate::stats::istio::PeerId::NONE,
+    };
     let conn = Rc::new(DownConn {
         l,
         out: RefCell::new(VecDeque::new()),
@@ -654,6 +661,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         draining_since: Cell::new(None),
         finished: Event::new(),
         addrs,
+        peer,
         handover_fd: stream.handover_fd(),
         handover: Event::new(),
         handover_to: RefCell::new(None),

@@ -301,6 +301,8 @@ pub struct Conn {
     went_idle: Notify,
     /// Caller side, when the listener logs: the caller's and our address.
     caller_addrs: Cell<(Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)>,
+    /// Caller side: its mutual TLS as Istio's metrics label it (with `istio_metrics`).
+    peer: Cell<crate::stats::istio::PeerId>,
     /// Caller side: where the caller meant to connect (intercepted connections), for routes
     /// to `original_destination` clusters.
     original_dst: Cell<Option<std::net::SocketAddr>>,
@@ -353,6 +355,7 @@ impl Conn {
             stream_ended: Notify::new(),
             drain_acked: Notify::new(),
             caller_addrs: Cell::new((None, None)),
+            peer: Cell::new(crate::stats::istio::PeerId::NONE),
             original_dst: Cell::new(None),
             greeted: Cell::new(false),
             reads: Cell::new(0),
@@ -695,7 +698,7 @@ impl Conn {
             }
             if let (Side::Down(l), Some(mut call)) = (&self.side, s.call) {
                 l.end_call(&call);
-                l.log_call(&mut call, self.caller_addrs.get());
+                l.log_call(&mut call, self.caller_addrs.get(), self.peer.get());
                 l.trace_call(&mut call, self.caller_addrs.get());
             }
             if let Side::Up(h) = &self.side {
@@ -2325,6 +2328,10 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
     if l.log.is_some() || l.trace.is_some() {
         conn.caller_addrs.set(stream.addrs());
+    }
+    if let Some(i) = &l.istio {
+        conn.peer
+            .set(i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())));
     }
     conn.original_dst.set(original_dst(&stream, &l));
     conn.greet(false);

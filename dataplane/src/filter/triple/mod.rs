@@ -420,7 +420,12 @@ impl TripleListener {
 
     /// Writes a finished call's access-log line; `caller` is the caller's (remote, local)
     /// address.
-    fn log_call(&self, c: &mut Call, caller: (Option<SocketAddr>, Option<SocketAddr>)) {
+    fn log_call(
+        &self,
+        c: &mut Call,
+        caller: (Option<SocketAddr>, Option<SocketAddr>),
+        peer: crate::stats::istio::PeerId,
+    ) {
         let Some(lg) = c.log.take() else {
             return;
         };
@@ -439,6 +444,7 @@ impl TripleListener {
                 code: if c.headers_sent { 200 } else { 0 },
                 grpc: c.status,
                 flags: (flags.bits(), &text),
+                peer,
             };
             let us = c.started.elapsed().as_micros() as u64;
             istio.request(&o, us, lg.bytes_received, lg.bytes_sent);
