@@ -460,6 +460,9 @@ impl Conn for TlsConn {
     fn original_dst(&self) -> Option<std::net::SocketAddr> {
         Conn::original_dst(self.get_ref())
     }
+    fn with_peer_certificate(&self, f: &mut dyn FnMut(Option<&[u8]>) -> bool) -> bool {
+        self.with_peer_certificate(|c| f(c))
+    }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)
     }
