@@ -330,7 +330,8 @@ pub const XDS_RETRY_MAX_MS_DEFAULT: u64 = 30_000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XdsBootstrap {
-    /// `host:port` of the ADS server (e.g. `istiod.istio-system.svc:15010`).
+    /// `host:port` of the ADS server (e.g. `istiod.istio-system.svc:15010`), or `unix:PATH`: a
+    /// Unix socket (Istio's pilot-agent proxies ADS on `./etc/istio/proxy/XDS`).
     pub server: String,
     /// The node id the control plane knows this sidecar by (Istio: `sidecar~IP~POD.NS~NS.svc.cluster.local`).
     pub node_id: String,
@@ -358,12 +359,15 @@ pub struct XdsBootstrap {
     pub node_metadata: std::collections::BTreeMap<String, NodeMetadataValue>,
 }
 
-/// One `xds.node_metadata` value: a string, or a map of strings (Istio's `LABELS`).
+/// One `xds.node_metadata` value: a string, a map of strings (Istio's `LABELS`), or any other
+/// JSON value (pilot-agent's bootstrap: numbers such as `ENVOY_STATUS_PORT`, lists such as
+/// `PILOT_SAN`, objects such as `PROXY_CONFIG`), sent as the `google.protobuf.Value` it maps to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum NodeMetadataValue {
     String(String),
     Map(std::collections::BTreeMap<String, String>),
+    Json(serde_json::Value),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +471,11 @@ pub struct Admin {
     /// Optional extra listener answering only `/healthz/ready` (Istio: 15021).
     #[serde(default)]
     pub health_address: Option<SocketAddr>,
+    /// With `health_address`: `/healthz/ready` there is answered by this HTTP server instead
+    /// (request and answer relayed as Envoy's bootstrap routes it to pilot-agent's status port,
+    /// 15020); unreachable: 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_upstream: Option<SocketAddr>,
     /// Optional extra listener answering only `/stats/prometheus` (Istio: 15090).
     #[serde(default)]
     pub prometheus_address: Option<SocketAddr>,
@@ -1852,6 +1861,7 @@ impl Default for Admin {
         Admin {
             address: default_admin_address(),
             health_address: None,
+            health_upstream: None,
             prometheus_address: None,
             control_socket: None,
         }
@@ -2196,6 +2206,12 @@ impl Config {
         let mut listener_names = HashSet::new();
         let mut addresses = HashSet::new();
         addresses.insert(self.admin.address);
+        if self.admin.health_upstream.is_some() && self.admin.health_address.is_none() {
+            err(
+                "admin.health_upstream".into(),
+                "needs admin.health_address (the listener whose probes it answers)".into(),
+            );
+        }
         for extra in [self.admin.health_address, self.admin.prometheus_address]
             .into_iter()
             .flatten()
@@ -2847,14 +2863,17 @@ fn validate_cluster_limits(
 }
 
 fn validate_xds(x: &XdsBootstrap, err: &mut dyn FnMut(String, String)) {
-    let ok = x
-        .server
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    let ok = match x.server.strip_prefix("unix:") {
+        Some(path) => !path.is_empty(),
+        None => x
+            .server
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)),
+    };
     if !ok {
         err(
             "xds.server".into(),
-            format!("{:?} is not host:port", x.server),
+            format!("{:?} is not host:port or unix:PATH", x.server),
         );
     }
     if x.node_id.is_empty() {

@@ -573,6 +573,75 @@ mod tests {
         }
     }
 
+    /// Reads on a shard after the patched drivers' short cuts (docs/decisions/0009): epoll
+    /// clears read readiness after a short read (the next read waits for the next edge), and a
+    /// spinning io_uring loop reads completions without entering the kernel. A peer that sends,
+    /// pauses and sends again must be read twice; data and FIN arriving together must read as
+    /// the data, then EOF (the FIN's readiness must survive the clearing).
+    fn short_reads_then_more_then_eof(io: IoMode, poll: PollMode) {
+        use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"hello").unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            s.write_all(b"world").unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            // Data and FIN in one go, while the reader waits.
+            s.write_all(b"bye").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let spec = Spec {
+            shards: 1,
+            io,
+            pin: true,
+            uring_entries: URING_ENTRIES_DEFAULT,
+            inbox_capacity: 4,
+            poll,
+            spin_budget: SPIN_BUDGET_DEFAULT,
+        };
+        let handles = start(&spec, move |_ctx, _rx: Receiver<()>| {
+            Ok::<_, String>(async move {
+                let mut s = monoio::net::TcpStream::connect(addr).await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let read = monoio::time::timeout(Duration::from_secs(5), s.read(buf)).await;
+                    let (r, b) = read.unwrap_or_else(|_| {
+                        panic!(
+                            "{io:?} {poll:?}: read hung after {:?}",
+                            String::from_utf8_lossy(&got)
+                        )
+                    });
+                    buf = b;
+                    match r.unwrap() {
+                        0 => break,
+                        n => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                assert_eq!(got, b"helloworldbye", "{io:?} {poll:?}");
+                let (r, _) = s.write_all(b"x").await;
+                r.unwrap();
+            })
+        })
+        .unwrap();
+        for h in handles {
+            h.thread.join().unwrap();
+        }
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn short_reads_wait_for_more_and_see_eof() {
+        for io in [IoMode::Auto, IoMode::Epoll] {
+            for poll in [PollMode::Sleep, PollMode::Spin] {
+                short_reads_then_more_then_eof(io, poll);
+            }
+        }
+    }
+
     #[test]
     fn spin_refuses_more_shards_than_cores_and_no_pinning() {
         let spec = |shards, pin| Spec {

@@ -9,6 +9,19 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 use monoio::net::TcpStream;
 
+/// A new descriptor (close-on-exec) for the socket `fd` refers to: a connection handed to a
+/// hot-upgrade successor outlives the runtime's own descriptor, which is closed as usual.
+pub fn dup_socket(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) only reads `fd` (EBADF when it is not open) and returns a
+    // new descriptor that nobody else owns.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
 /// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
 /// (linux/netfilter_ipv6/ip6_tables.h): both 80.
 const SO_ORIGINAL_DST: libc::c_int = 80;

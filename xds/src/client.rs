@@ -300,10 +300,12 @@ impl Client {
     }
 
     async fn connect_and_serve(&mut self, stop: &mut watch::Receiver<bool>) -> Exit {
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            self.bootstrap.server
-        )) {
+        let authority = match self.bootstrap.server.starts_with("unix:") {
+            true => "xds.local",
+            false => self.bootstrap.server.as_str(),
+        };
+        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        {
             Ok(e) => {
                 // The management server's connection gets `runtime.tcp_keepalive` too: a
                 // vanished server is noticed and the client reconnects.
@@ -324,8 +326,21 @@ impl Client {
                 }
             }
         };
+        // `unix:PATH`: pilot-agent's XDS proxy socket (keepalive does not apply).
+        let unix =
+            self.bootstrap
+                .server
+                .strip_prefix("unix:")
+                .map(|path| crate::sds::UdsConnector {
+                    path: path.to_string(),
+                });
         let channel = tokio::select! {
-            c = endpoint.connect() => match c {
+            c = async {
+                match unix {
+                    Some(connector) => endpoint.connect_with_connector(connector).await,
+                    None => endpoint.connect().await,
+                }
+            } => match c {
                 Ok(c) => c,
                 Err(e) => return Exit::Failed { got_response: false, why: format!("connect: {e}") },
             },
@@ -444,8 +459,14 @@ impl Client {
             Ok(()) => {
                 let _ = tx.send(self.sotw_request(kind, None));
                 self.shared.acks.fetch_add(1, Ordering::Relaxed);
+                self.shared.by_type[kind as usize]
+                    .0
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(detail) => {
+                self.shared.by_type[kind as usize]
+                    .1
+                    .fetch_add(1, Ordering::Relaxed);
                 self.nack(&detail);
                 let _ = tx.send(self.sotw_request(kind, Some(detail)));
             }
@@ -558,9 +579,15 @@ impl Client {
         let error_detail = match result {
             Ok(()) => {
                 self.shared.acks.fetch_add(1, Ordering::Relaxed);
+                self.shared.by_type[kind as usize]
+                    .0
+                    .fetch_add(1, Ordering::Relaxed);
                 None
             }
             Err(detail) => {
+                self.shared.by_type[kind as usize]
+                    .1
+                    .fetch_add(1, Ordering::Relaxed);
                 self.nack(&detail);
                 Some(Status {
                     code: INVALID_ARGUMENT,
@@ -1048,10 +1075,25 @@ fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) -> Result<(
 fn node_metadata(
     m: &std::collections::BTreeMap<String, config::NodeMetadataValue>,
 ) -> Option<envoy_types::pb::google::protobuf::Struct> {
-    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };
+    fn json(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(json).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), json(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
     (!m.is_empty()).then(|| Struct {
         fields: m
             .iter()
@@ -1063,6 +1105,7 @@ fn node_metadata(
                             fields: m.iter().map(|(k, v)| (k.clone(), string(v))).collect(),
                         })),
                     },
+                    config::NodeMetadataValue::Json(v) => json(v),
                 };
                 (k.clone(), v)
             })

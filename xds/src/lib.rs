@@ -80,6 +80,9 @@ pub struct XdsStats {
     pub updates: u64,
     pub acks: u64,
     pub nacks: u64,
+    /// ACKs and NACKs per type, in the order LDS, RDS, CDS, EDS (Envoy's
+    /// `listener_manager.lds.update_success` / `update_rejected`, `cluster_manager.cds.*`).
+    pub by_type: [(u64, u64); 4],
     /// Streams opened after the first one (each after a back-off).
     pub reconnects: u64,
     /// Detail of the last NACK (or of a snapshot the initial-fetch timeout could not apply).
@@ -173,6 +176,8 @@ pub(crate) struct Shared {
     updates: AtomicU64,
     acks: AtomicU64,
     nacks: AtomicU64,
+    /// (ACKs, NACKs) per type: LDS, RDS, CDS, EDS.
+    pub(crate) by_type: [(AtomicU64, AtomicU64); 4],
     reconnects: AtomicU64,
     /// Last NACK detail and applied versions: strings, so a mutex held for a copy only.
     #[allow(clippy::disallowed_types)]
@@ -192,6 +197,10 @@ impl Shared {
             updates: self.updates.load(Ordering::Relaxed),
             acks: self.acks.load(Ordering::Relaxed),
             nacks: self.nacks.load(Ordering::Relaxed),
+            by_type: std::array::from_fn(|i| {
+                let (a, n) = &self.by_type[i];
+                (a.load(Ordering::Relaxed), n.load(Ordering::Relaxed))
+            }),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             last_nack,
             versions,

@@ -281,8 +281,8 @@ impl Client {
 
 /// Connects tonic's channel to the Unix socket.
 #[derive(Clone)]
-struct UdsConnector {
-    path: String,
+pub(crate) struct UdsConnector {
+    pub(crate) path: String,
 }
 
 impl tower_service::Service<tonic::transport::Uri> for UdsConnector {

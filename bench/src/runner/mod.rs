@@ -120,6 +120,10 @@ pub enum Target {
     /// ringside (sleep) with an access log and every call traced.
     #[serde(rename = "ringside-traced")]
     RingsideTraced,
+    /// ringside (sleep) with a rate limit, circuit breaker, outlier detection and retry policy
+    /// on its route, none of which triggers (`dubbo-*-governed`).
+    #[serde(rename = "ringside-governed")]
+    RingsideGoverned,
     #[serde(rename = "envoy-tcp_proxy")]
     EnvoyTcp,
     #[serde(rename = "envoy-dubbo_proxy")]
@@ -133,13 +137,14 @@ pub enum Target {
 // === impl Target ===
 
 impl Target {
-    pub const ALL: [Target; 10] = [
+    pub const ALL: [Target; 11] = [
         Target::Direct,
         Target::Ringside,
         Target::RingsideHybrid,
         Target::RingsideSpin,
         Target::RingsideObserved,
         Target::RingsideTraced,
+        Target::RingsideGoverned,
         Target::EnvoyTcp,
         Target::EnvoyDubbo,
         Target::EnvoyGeneric,
@@ -154,6 +159,7 @@ impl Target {
             Target::RingsideSpin => "ringside-spin",
             Target::RingsideObserved => "ringside-observed",
             Target::RingsideTraced => "ringside-traced",
+            Target::RingsideGoverned => "ringside-governed",
             Target::EnvoyTcp => "envoy-tcp_proxy",
             Target::EnvoyDubbo => "envoy-dubbo_proxy",
             Target::EnvoyGeneric => "envoy-generic_proxy",
@@ -185,15 +191,25 @@ impl Target {
         self.envoy_filter().is_some()
     }
 
-    /// The tracing sampling percentage of an observed ringside target (which also writes an
-    /// access log).
-    pub fn observed_sampling(self) -> Option<u32> {
+    /// A ringside target with features on, measured beside plain ringside.
+    pub fn variant(self) -> Option<Variant> {
         match self {
-            Target::RingsideObserved => Some(1),
-            Target::RingsideTraced => Some(100),
+            Target::RingsideObserved => Some(Variant::Observed { sampling_pct: 1 }),
+            Target::RingsideTraced => Some(Variant::Observed { sampling_pct: 100 }),
+            Target::RingsideGoverned => Some(Variant::Governed),
             _ => None,
         }
     }
+}
+
+/// What a ringside variant target turns on (its Dubbo listener; configs::ringside_variant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// An access log and tracing with this share of calls sampled.
+    Observed { sampling_pct: u32 },
+    /// Local rate limits (listener and route), a circuit breaker, outlier detection and a
+    /// retry policy, set so that none of them triggers.
+    Governed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -226,9 +242,9 @@ pub struct Scenario {
     /// The poll-mode set: direct and ringside in each `--poll-mode`, one proxy up at a time (a
     /// spinning one would take the proxy CPU from the others), and each proxy's idle CPU.
     pub poll_modes: bool,
-    /// The observability set: ringside plain, with an access log and tracing at 1%, and with
-    /// every call traced (spans to a gRPC sink), side by side.
-    pub observed: bool,
+    /// A variant set: its targets (direct, plain ringside and ringside variants with features
+    /// on, side by side); empty for the usual sets.
+    pub variants: &'static [Target],
 }
 
 // === impl Scenario ===
@@ -243,13 +259,8 @@ impl Scenario {
     }
 
     pub fn targets(&self) -> &'static [Target] {
-        if self.observed {
-            return &[
-                Target::Direct,
-                Target::Ringside,
-                Target::RingsideObserved,
-                Target::RingsideTraced,
-            ];
+        if !self.variants.is_empty() {
+            return self.variants;
         }
         if self.poll_modes {
             return &[
@@ -283,7 +294,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 bytes: 128,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "l4-32c",
@@ -293,7 +304,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 bytes: 128,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "dubbo-1x1",
@@ -303,7 +314,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 1,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "dubbo-16x16",
@@ -313,7 +324,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 16,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "dubbo-16x16-observed",
@@ -323,7 +334,32 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 16,
             },
             poll_modes: false,
-            observed: true,
+            variants: &[
+                Target::Direct,
+                Target::Ringside,
+                Target::RingsideObserved,
+                Target::RingsideTraced,
+            ],
+        },
+        Scenario {
+            id: "dubbo-1x1-governed",
+            title: "Dubbo closed loop, 1 connection x 1 in flight; ringside plain and with rate limits, a breaker, outlier detection and retries configured",
+            load: Load::DubboClosed {
+                connections: 1,
+                pipeline: 1,
+            },
+            poll_modes: false,
+            variants: &[Target::Direct, Target::Ringside, Target::RingsideGoverned],
+        },
+        Scenario {
+            id: "dubbo-16x16-governed",
+            title: "Dubbo closed loop, 16 connections x 16 in flight; ringside plain and with rate limits, a breaker, outlier detection and retries configured",
+            load: Load::DubboClosed {
+                connections: 16,
+                pipeline: 16,
+            },
+            poll_modes: false,
+            variants: &[Target::Direct, Target::Ringside, Target::RingsideGoverned],
         },
         Scenario {
             id: "dubbo-open-5k",
@@ -333,7 +369,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 rate_per_s: 5_000,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "dubbo-open-20k",
@@ -343,7 +379,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 rate_per_s: 20_000,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "poll-1x1",
@@ -353,7 +389,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 1,
             },
             poll_modes: true,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "poll-open-5k",
@@ -363,7 +399,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 rate_per_s: 5_000,
             },
             poll_modes: true,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "grpc-1x1",
@@ -373,7 +409,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 streams: 1,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
         Scenario {
             id: "grpc-16x16",
@@ -383,7 +419,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 streams: 16,
             },
             poll_modes: false,
-            observed: false,
+            variants: &[],
         },
     ]
 }
@@ -465,11 +501,12 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
   --quick              3 reps x 2.5 s (< 5 min on 2 cores)
   (default)            full: 3 reps x 10 s (< 30 min on 2 cores)
   --reps N  --duration 10s  --warmup 3s     override the mode's
-  --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-16x16-observed dubbo-open-5k
+  --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-16x16-observed
+                       dubbo-1x1-governed dubbo-16x16-governed dubbo-open-5k
                        dubbo-open-20k poll-1x1 poll-open-5k grpc-1x1 grpc-16x16
                        idle-rss-1000-clusters)
   --targets T,T        direct ringside ringside-hybrid ringside-spin ringside-observed
-                       ringside-traced envoy-tcp_proxy
+                       ringside-traced ringside-governed envoy-tcp_proxy
                        envoy-dubbo_proxy envoy-generic_proxy
                        envoy-http_router (http_connection_manager + router, gRPC)
   --no-envoy           skip every Envoy target
@@ -857,7 +894,11 @@ impl Runner {
     /// repetitions run back to back with the order of the targets rotated each time.
     fn run_scenarios(&self, set: &mut RunSet) {
         let mut protocols: Vec<Protocol> = self.scenarios.iter().map(Scenario::protocol).collect();
-        if self.scenarios.iter().any(|s| s.observed) {
+        if self
+            .scenarios
+            .iter()
+            .any(|s| s.variants.contains(&Target::RingsideObserved))
+        {
             // The gRPC echo upstream is the observed targets' OTLP collector.
             protocols.push(Protocol::Grpc);
         }
@@ -967,7 +1008,8 @@ impl Runner {
                 | Target::RingsideHybrid
                 | Target::RingsideSpin
                 | Target::RingsideObserved
-                | Target::RingsideTraced => {
+                | Target::RingsideTraced
+                | Target::RingsideGoverned => {
                     match self.start_ringside(scenario.protocol(), target) {
                         Sut::Up { proc, .. } => Sut::Up {
                             proc,
@@ -995,15 +1037,15 @@ impl Runner {
             return Sut::Missing(format!("{} not built", self.ringside.display()));
         }
         let mut admin_port = configs::RINGSIDE_ADMIN_PORT;
-        let observed_file;
-        let (file, body, listener) = match (protocol, target.observed_sampling()) {
-            (Protocol::Dubbo, Some(pct)) => {
-                let (admin, dubbo) = configs::observed_ports(target);
+        let variant_file;
+        let (file, body, listener) = match (protocol, target.variant()) {
+            (Protocol::Dubbo, Some(variant)) => {
+                let (admin, dubbo) = configs::variant_ports(target);
                 admin_port = admin;
-                observed_file = format!("{}.yaml", target.name());
+                variant_file = format!("{}.yaml", target.name());
                 (
-                    observed_file.as_str(),
-                    configs::ringside_observed(admin, dubbo, pct),
+                    variant_file.as_str(),
+                    configs::ringside_variant(variant, admin, dubbo),
                     Some("dubbo"),
                 )
             }
@@ -1363,7 +1405,7 @@ fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
         (Target::Ringside, Protocol::Dubbo) => configs::RINGSIDE_DUBBO_PORT,
         (Target::Ringside, Protocol::Grpc) => configs::RINGSIDE_GRPC_PORT,
         (t, Protocol::Tcp) if t.poll_mode().is_some() => configs::RINGSIDE_TCP_PORT,
-        (t, Protocol::Dubbo) if t.observed_sampling().is_some() => configs::observed_ports(t).1,
+        (t, Protocol::Dubbo) if t.variant().is_some() => configs::variant_ports(t).1,
         (t, Protocol::Dubbo) if t.poll_mode().is_some() => configs::RINGSIDE_DUBBO_PORT,
         (_, _) => target.envoy_filter().map_or(0, EnvoyFilter::listener_port),
     }

@@ -187,19 +187,16 @@ impl Summary {
         }
     }
 
-    /// The observability set: ringside with an access log and tracing (1% and 100% sampled)
-    /// against plain ringside in the same scenario (the goal at 1%: rps ≥ 0.95x).
-    pub fn observed_markdown(&self) -> String {
+    /// The variant sets: ringside with an access log and tracing (1% and 100% sampled), or with
+    /// governance configured, against plain ringside in the same scenario (the goals: rps ≥
+    /// 0.95x at 1% sampling and governed; governed 1x1 added p50 within 2 µs).
+    pub fn variants_markdown(&self) -> String {
         let mut t = String::from(
-            "| scenario | target | rps | rps ÷ plain ringside | CPU µs/req | CPU µs/req − plain | added p50 | added p99 |\n\
-             |---|---|--:|--:|--:|--:|--:|--:|\n",
+            "| scenario | target | rps | rps ÷ plain ringside | CPU µs/req | CPU µs/req − plain | added p50 | added p50 − plain | added p99 |\n\
+             |---|---|--:|--:|--:|--:|--:|--:|--:|\n",
         );
         let mut any = false;
-        for r in self
-            .rows
-            .iter()
-            .filter(|r| r.target.observed_sampling().is_some())
-        {
+        for r in self.rows.iter().filter(|r| r.target.variant().is_some()) {
             let Some(plain) = self.row(&r.scenario, Target::Ringside) else {
                 continue;
             };
@@ -208,9 +205,13 @@ impl Summary {
                 (Some(a), Some(b)) => format!("{:+.2}", a - b),
                 _ => "—".into(),
             };
+            let p50_delta = match (added, self.added(plain)) {
+                (Some(a), Some(b)) => format!("{:+.1}", a[0] - b[0]),
+                _ => "—".into(),
+            };
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.0} | {} | {} | {cpu_delta} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {cpu_delta} | {} | {p50_delta} | {} |",
                 r.scenario,
                 r.target.name(),
                 r.rps,
@@ -443,13 +444,9 @@ impl Summary {
             let _ = writeln!(s, "\npoll modes (ringside = sleep):");
             s += &self.poll_markdown();
         }
-        if self
-            .rows
-            .iter()
-            .any(|r| r.target.observed_sampling().is_some())
-        {
-            let _ = writeln!(s, "\nobservability cost (access log + tracing):");
-            s += &self.observed_markdown();
+        if self.rows.iter().any(|r| r.target.variant().is_some()) {
+            let _ = writeln!(s, "\nfeature cost (ringside variants vs plain ringside):");
+            s += &self.variants_markdown();
         }
         let _ = writeln!(
             s,
@@ -632,16 +629,18 @@ fn generated_block(set: &RunSet, summary: &Summary, scenarios: &[Scenario], plot
          with no traffic, in % of a core.\n"
     );
     s += &summary.poll_markdown();
-    let _ = writeln!(s, "\n### Observability cost\n");
+    let _ = writeln!(s, "\n### Feature cost: observability and governance\n");
     let _ = writeln!(
         s,
         "ringside with an access log (Envoy's default format, to `/dev/null`: formatting and the \
          hand-off to the writer thread, not a disk) and tracing (spans exported with OTLP/gRPC to \
          a sink that answers each export), 1% (`ringside-observed`) and 100% \
-         (`ringside-traced`) of calls sampled, against plain `ringside` in the same run. CPU \
-         counts every thread of the process (shard, log writer, span exporter).\n"
+         (`ringside-traced`) of calls sampled; and with listener and route rate limits, a \
+         circuit breaker, outlier detection and a retry policy configured, none triggering \
+         (`ringside-governed`); each against plain `ringside` in the same run. CPU counts every \
+         thread of the process (shard, log writer, span exporter).\n"
     );
-    s += &summary.observed_markdown();
+    s += &summary.variants_markdown();
     let _ = writeln!(s, "\n### Idle RSS, 1,000 clusters\n");
     s += &summary.idle_markdown();
     if !set.skips.is_empty() || !set.failures.is_empty() {

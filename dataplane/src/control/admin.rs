@@ -160,7 +160,12 @@ async fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
 async fn exchange(mut conn: tokio::net::TcpStream, peer: SocketAddr, role: Role, shared: &Shared) {
     use tokio::io::AsyncWriteExt;
     let resp = match read_head(&mut conn).await {
-        Ok(Some((method, target))) => handle(&method, &target, role, peer, shared),
+        Ok(Some((method, target))) => match (role, shared.config.admin.health_upstream) {
+            (Role::Health, Some(up)) if target.split('?').next() == Some("/healthz/ready") => {
+                health_upstream(up, &method, &target).await
+            }
+            _ => handle(&method, &target, role, peer, shared),
+        },
         Ok(None) => return,
         Err(e) => Response::text(400, &format!("bad request: {e}\n")),
     };
@@ -752,6 +757,54 @@ fn ready(shared: &Shared) -> Response {
         Response::text(503, why)
     }
 }
+
+/// `admin.health_upstream`: the probe relayed to pilot-agent's status port, as Envoy's
+/// bootstrap routes `/healthz/ready` to its `agent` cluster: the agent's status and body, or
+/// 503 when it cannot be reached within the `agent` cluster's connect timeout or does not
+/// answer within [`HEALTH_UPSTREAM_TIMEOUT`] (under the exchange's own deadline). Its answer
+/// is read up to [`HEALTH_UPSTREAM_BYTES_MAX`].
+async fn health_upstream(up: SocketAddr, method: &str, target: &str) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = async {
+        let mut s = tokio::time::timeout(
+            HEALTH_UPSTREAM_CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(up),
+        )
+        .await
+        .map_err(|_| io::Error::other("connect timeout"))??;
+        let head = format!("{method} {target} HTTP/1.1\r\nHost: {up}\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await?;
+        let mut buf = Vec::new();
+        (&mut s)
+            .take(HEALTH_UPSTREAM_BYTES_MAX)
+            .read_to_end(&mut buf)
+            .await?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (100..600).contains(c))
+            .ok_or_else(|| io::Error::other("no HTTP status line"))?;
+        Ok::<_, io::Error>(Response::text(status, body))
+    };
+    let why = match tokio::time::timeout(HEALTH_UPSTREAM_TIMEOUT, relay).await {
+        Ok(Ok(r)) => return r,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timeout".to_string(),
+    };
+    Response::text(
+        503,
+        &format!("upstream connect error or disconnect/reset before headers: {why}\n"),
+    )
+}
+
+/// `connect_timeout` of the `agent` cluster in pilot-agent's bootstrap.
+const HEALTH_UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+/// Under the exchange's deadline (`REQUEST_DEADLINE`), so the prober gets a 503, not a close.
+const HEALTH_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const HEALTH_UPSTREAM_BYTES_MAX: u64 = 64 * 1024;
 
 fn drain(shared: &Shared, reason: &'static str, peer: SocketAddr) -> Response {
     // Who asked: a drain nobody expected is explained by its sender.

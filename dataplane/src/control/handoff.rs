@@ -17,13 +17,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotswap::REQUEST_BYTES_MAX;
-use hotswap::{HandoffError, Message, SocketEntry, MESSAGE_BYTES_MAX, PROTOCOL_BASE};
+use hotswap::{
+    HandoffError, Message, SocketEntry, MESSAGE_BYTES_MAX, PROTOCOL_BASE, PROTOCOL_CONNECTIONS,
+    PROTOCOL_VERSION,
+};
 
 use super::server::{ControlEvent, Inherited, Shared, State};
 use crate::config::Config;
 
 /// Test hook: make a new process claim another protocol version (to test refusals).
 pub const PROTOCOL_OVERRIDE_ENV: &str = "RINGSIDE_HANDOFF_PROTOCOL_OVERRIDE";
+/// Test hook: the highest protocol version this process speaks, below [`PROTOCOL_VERSION`]
+/// (`1`: on the wire exactly a version 1 ringside, which moves no connection).
+pub const PROTOCOL_MAX_ENV: &str = "RINGSIDE_HANDOFF_PROTOCOL_MAX";
+
+// A connection's unread bytes fit in the protocol's limit.
+const _: () = assert!(crate::filter::HANDOVER_UNREAD_BYTES_MAX <= hotswap::UNREAD_BYTES_MAX);
+
+/// The highest protocol version this process speaks.
+fn speaks() -> u32 {
+    std::env::var(PROTOCOL_MAX_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(PROTOCOL_VERSION, |v: u32| {
+            v.clamp(PROTOCOL_BASE, PROTOCOL_VERSION)
+        })
+}
 
 fn build() -> String {
     format!("ringside {}", env!("CARGO_PKG_VERSION"))
@@ -98,10 +117,13 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
             continue;
         }
         match handoff(&conn, &shared) {
-            Ok(true) => {
-                let _ = shared.control.send(ControlEvent::HandOff { stream: conn });
+            Ok(Some(connections)) => {
+                let _ = shared.control.send(ControlEvent::HandOff {
+                    stream: conn,
+                    connections,
+                });
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "hot upgrade aborted; still serving"),
         }
     }
@@ -126,13 +148,14 @@ fn successor_start_timeout(config: &Config) -> Duration {
     SUCCESSOR_START_TIMEOUT + Duration::from_millis(xds)
 }
 
-/// Runs steps 1–3 of the protocol; `Ok(true)` once the successor serves.
-fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
+/// Runs steps 1–3 of the protocol (and, with version 2, the successor's `GetConnections`);
+/// `Ok(Some(adopts_connections))` once the successor serves.
+fn handoff(conn: &UnixStream, shared: &Shared) -> Result<Option<bool>, HandoffError> {
     let (hello, _) = hotswap::recv(conn, REQUEST_BYTES_MAX)?;
     let Message::Hello {
         protocol,
         build: theirs,
-        ..
+        highest,
     } = hello
     else {
         hotswap::send(
@@ -142,7 +165,7 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
             },
             &[],
         )?;
-        return Ok(false);
+        return Ok(None);
     };
     if protocol != PROTOCOL_BASE {
         let reason = format!(
@@ -151,7 +174,7 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
         );
         tracing::warn!(%reason, "refusing hot upgrade");
         hotswap::send(conn, &Message::Refused { reason }, &[])?;
-        return Ok(false);
+        return Ok(None);
     }
     if shared.lifecycle.state() != State::Serving {
         hotswap::send(
@@ -161,18 +184,20 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
             },
             &[],
         )?;
-        return Ok(false);
+        return Ok(None);
     }
+    let version = hotswap::negotiate(highest, speaks());
     hotswap::send(
         conn,
         &Message::Welcome {
-            protocol: PROTOCOL_BASE,
+            protocol: version,
             build: build(),
         },
         &[],
     )?;
     tracing::info!(
         successor = %theirs,
+        protocol = version,
         successor_process = %hotswap::peer_pid(conn).map_or_else(|| "unknown".into(), describe_pid),
         "hot upgrade: successor connected"
     );
@@ -198,17 +223,60 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<bool, HandoffError> {
     drop(sockets);
     conn.set_read_timeout(Some(successor_start_timeout(&shared.config)))?;
     match hotswap::recv(conn, REQUEST_BYTES_MAX)?.0 {
-        Message::Serving => {
-            tracing::info!(
-                requests_in_flight = in_flight(shared),
-                "hot upgrade: successor serves; draining"
-            );
-            Ok(true)
+        Message::Serving => {}
+        other => {
+            return Err(HandoffError::Unexpected {
+                expected: "Serving",
+                got: format!("{other:?}"),
+            })
         }
-        other => Err(HandoffError::Unexpected {
-            expected: "Serving",
-            got: format!("{other:?}"),
-        }),
+    }
+    let connections = version >= PROTOCOL_CONNECTIONS;
+    if connections {
+        conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        match hotswap::recv(conn, REQUEST_BYTES_MAX)?.0 {
+            Message::GetConnections => {}
+            other => {
+                return Err(HandoffError::Unexpected {
+                    expected: "GetConnections",
+                    got: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    tracing::info!(
+        requests_in_flight = in_flight(shared),
+        hand_over_connections = connections,
+        "hot upgrade: successor serves; draining"
+    );
+    Ok(Some(connections))
+}
+
+/// Old side, while draining: sends the connections the shards handed over since the last call
+/// (batches of `Connections`), then closes our copies of their sockets. Returns how many were
+/// sent; a failed send closes them (the successor died: their callers reconnect).
+pub fn send_connections(
+    conn: &UnixStream,
+    rx: &std::sync::mpsc::Receiver<crate::filter::HandedOver>,
+) -> usize {
+    let taken: Vec<crate::filter::HandedOver> = rx.try_iter().collect();
+    if taken.is_empty() {
+        return 0;
+    }
+    let entries: Vec<hotswap::ConnEntry> = taken
+        .iter()
+        .map(|c| hotswap::ConnEntry {
+            listener: c.listener.clone(),
+            unread: c.unread.clone(),
+        })
+        .collect();
+    let fds: Vec<i32> = taken.iter().map(|c| c.fd.as_raw_fd()).collect();
+    match hotswap::send_connections(conn, &entries, &fds) {
+        Ok(_) => taken.len(),
+        Err(e) => {
+            tracing::warn!(error = %e, connections = taken.len(), "hot upgrade: could not hand connections to the successor; closing them");
+            0
+        }
     }
 }
 
@@ -246,8 +314,9 @@ fn in_flight(shared: &Shared) -> u64 {
         .max(0) as u64
 }
 
-/// New side: connects to the running process and takes its listening sockets.
-pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
+/// New side: connects to the running process and takes its listening sockets. Returns the
+/// protocol version both speak too (2: send `GetConnections` after `Serving`).
+pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited, u32), String> {
     let conn = UnixStream::connect(path).map_err(|e| {
         format!(
             "--upgrade: no running ringside answers on {}: {e}",
@@ -272,14 +341,18 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
         &Message::Hello {
             protocol,
             build: build(),
-            highest: None,
+            highest: (speaks() > PROTOCOL_BASE).then(speaks),
         },
         &[],
     )
     .map_err(fail)?;
-    match hotswap::recv(&conn, REQUEST_BYTES_MAX).map_err(fail)?.0 {
-        Message::Welcome { build, .. } => {
-            tracing::info!(predecessor = %build, "hot upgrade: taking over")
+    let version = match hotswap::recv(&conn, REQUEST_BYTES_MAX).map_err(fail)?.0 {
+        Message::Welcome {
+            build,
+            protocol: version,
+        } => {
+            tracing::info!(predecessor = %build, protocol = version, "hot upgrade: taking over");
+            version.min(speaks())
         }
         Message::Refused { reason } => {
             return Err(format!(
@@ -287,7 +360,7 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
             ))
         }
         other => return Err(format!("--upgrade: unexpected {other:?}")),
-    }
+    };
     hotswap::send(&conn, &Message::GetListeners, &[]).map_err(fail)?;
     let (msg, fds) = hotswap::recv(&conn, MESSAGE_BYTES_MAX).map_err(fail)?;
     let Message::Listeners { sockets } = msg else {
@@ -307,15 +380,38 @@ pub fn take_over(path: &Path) -> Result<(UnixStream, Inherited), String> {
             .or_default()
             .push(std::net::TcpListener::from(fd));
     }
-    Ok((conn, inherited))
+    Ok((conn, inherited, version))
+}
+
+/// New side, right after `Serving`: with protocol 2, asks for the predecessor's live
+/// connections ([`await_predecessor`] adopts them as they come).
+pub fn ask_for_connections(conn: &UnixStream, version: u32) {
+    if version < PROTOCOL_CONNECTIONS {
+        return;
+    }
+    if let Err(e) = hotswap::send(conn, &Message::GetConnections, &[]) {
+        tracing::warn!(error = %e, "hot upgrade: could not ask for the predecessor's connections");
+    }
 }
 
 /// New side, after `Serving`: imports the predecessor's final counters when it has drained.
 pub fn await_predecessor(conn: UnixStream, shared: Arc<Shared>) {
     // The predecessor drains first (up to its drain_timeout_ms); this thread only waits.
     let _ = conn.set_read_timeout(None);
+    let mut adopted = 0u64;
     loop {
         match hotswap::recv(&conn, MESSAGE_BYTES_MAX) {
+            Ok((Message::Connections { conns }, fds)) => {
+                if conns.len() != fds.len() {
+                    tracing::warn!(announced = conns.len(), carried = fds.len(), "hot upgrade: handed-over connections without their descriptors; closing them");
+                    continue;
+                }
+                for (c, fd) in conns.into_iter().zip(fds) {
+                    if shared.adopt(c.listener, std::net::TcpStream::from(fd), c.unread) {
+                        adopted += 1;
+                    }
+                }
+            }
             Ok((Message::Stats { blob }, _)) => match shared.stats.import(blob.as_bytes()) {
                 Ok(n) => tracing::info!(
                     counters = n,
@@ -326,7 +422,10 @@ pub fn await_predecessor(conn: UnixStream, shared: Arc<Shared>) {
                 }
             },
             Ok((Message::Bye, _)) => {
-                tracing::info!("hot upgrade: predecessor drained and exited");
+                tracing::info!(
+                    connections_adopted = adopted,
+                    "hot upgrade: predecessor drained and exited"
+                );
                 return;
             }
             Ok(_) => {}

@@ -157,9 +157,11 @@ pub const PROMETHEUS_SOCKET: &str = "__prometheus";
 pub enum ControlEvent {
     /// Drain and exit (SIGTERM, SIGINT, `POST /drain`, `POST /quitquitquit`).
     Drain { reason: &'static str },
-    /// A successor serves on our listening sockets: drain, then hand it our final stats.
+    /// A successor serves on our listening sockets: drain (handing it our Dubbo connections
+    /// when it adopts them: `connections`, protocol 2), then hand it our final stats.
     HandOff {
         stream: std::os::unix::net::UnixStream,
+        connections: bool,
     },
     /// The successor died while we drained: serve again.
     Resume,
@@ -242,6 +244,11 @@ pub struct Shared {
     /// The SDS clients, one per `sds` server of the config by its name, and one on the ADS
     /// server (`None`) with an `xds` section.
     pub sds: OnceLock<Vec<(Option<String>, Arc<xds::SdsHandle>)>>,
+    /// Hot upgrade, old side: connections the shards hand over, on their way to the
+    /// successor (at most the connections open; sent by the control thread).
+    handed_over: mpsc::Sender<crate::filter::HandedOver>,
+    /// Hot upgrade, new side: the shard that adopts the next handed-over connection.
+    adopt_next: AtomicUsize,
 }
 
 /// What config updates need between two of them: the snapshot builder, the shards' inboxes and
@@ -306,6 +313,10 @@ impl worker::Process for Shared {
 
     fn shard_drained(&self, drained: bool) {
         count(&self.lifecycle.shards_drained, drained);
+    }
+
+    fn hand_over(&self, conn: crate::filter::HandedOver) -> bool {
+        self.handed_over.send(conn).is_ok()
     }
 }
 
@@ -495,6 +506,36 @@ impl Shared {
         self.publish(&mut u, Arc::new(next), Arc::new([]))?;
         tracing::info!(secrets = ?changed, "sds: new certificates for new connections");
         Ok(())
+    }
+
+    /// Hot upgrade, new side: gives a connection the predecessor handed over to one of our
+    /// shards (in turn), which serves it on listener `listener` starting with `unread`.
+    /// `false` when no shard took it (the connection is closed).
+    pub fn adopt(&self, listener: String, stream: std::net::TcpStream, unread: Vec<u8>) -> bool {
+        let inbox = {
+            let u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+            if u.inboxes.is_empty() {
+                return false;
+            }
+            let k = self.adopt_next.fetch_add(1, Ordering::Relaxed) % u.inboxes.len();
+            u.inboxes[k].clone()
+        };
+        let mut msg = ShardMsg::Adopt {
+            listener,
+            stream,
+            unread,
+        };
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        loop {
+            match inbox.try_send(msg) {
+                Ok(()) => return true,
+                Err(shard::SendError::Full { message, .. }) if Instant::now() < deadline => {
+                    msg = message;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Refuses updates before the shards run and while draining.
@@ -723,6 +764,8 @@ pub struct Server {
     pub shared: Arc<Shared>,
     shards: Vec<ShardHandle<ShardMsg>>,
     control_rx: mpsc::Receiver<ControlEvent>,
+    /// Connections the shards hand to a hot-upgrade successor.
+    handed_over_rx: mpsc::Receiver<crate::filter::HandedOver>,
     /// Actual admin address (differs from the config when it asked for port 0).
     pub admin_address: std::net::SocketAddr,
 }
@@ -960,6 +1003,7 @@ impl Server {
             inherited.sockets.clear();
         }
         let (control, control_rx) = mpsc::sync_channel(16);
+        let (handed_over, handed_over_rx) = mpsc::channel();
         let dynamic = config.xds.is_some();
         let registry_discovery = config
             .clusters
@@ -1007,6 +1051,8 @@ impl Server {
             static_names,
             secrets: Default::default(),
             sds: OnceLock::new(),
+            handed_over,
+            adopt_next: AtomicUsize::new(0),
         });
 
         // Admin first: it answers 503 on /ready while the shards come up.
@@ -1033,6 +1079,7 @@ impl Server {
             shared,
             shards,
             control_rx,
+            handed_over_rx,
             admin_address,
         })
     }
@@ -1048,11 +1095,14 @@ impl Server {
     pub fn run_until_drained(self) {
         let shared = self.shared.clone();
         'serve: loop {
-            let (reason, successor) = match self.control_rx.recv() {
-                Ok(ControlEvent::Drain { reason }) => (reason, None),
-                Ok(ControlEvent::HandOff { stream }) => ("hot upgrade", Some(stream)),
+            let (reason, successor, hand_over) = match self.control_rx.recv() {
+                Ok(ControlEvent::Drain { reason }) => (reason, None, false),
+                Ok(ControlEvent::HandOff {
+                    stream,
+                    connections,
+                }) => ("hot upgrade", Some(stream), connections),
                 Ok(ControlEvent::Resume) => continue,
-                Err(_) => ("control channel closed", None),
+                Err(_) => ("control channel closed", None, false),
             };
             let timeout = Duration::from_millis(shared.config.drain_timeout_ms);
             tracing::info!(
@@ -1066,7 +1116,12 @@ impl Server {
             super::registry_glue::deregister(&shared);
             let linger = successor.is_some();
             for h in &self.shards {
-                if let Err(e) = h.inbox.try_send(ShardMsg::Drain { timeout, linger }) {
+                let drain = ShardMsg::Drain {
+                    timeout,
+                    linger,
+                    hand_over,
+                };
+                if let Err(e) = h.inbox.try_send(drain) {
                     tracing::warn!(error = %e, "could not tell a shard to drain");
                 }
             }
@@ -1080,7 +1135,11 @@ impl Server {
                 None => shared.sockets.close(),
             }
             let mut finish_sent = false;
+            let mut moved = 0;
             loop {
+                if let Some(stream) = &successor {
+                    moved += super::handoff::send_connections(stream, &self.handed_over_rx);
+                }
                 if linger
                     && !finish_sent
                     && shared.lifecycle.shards_drained.load(Ordering::Acquire) == shared.shard_count
@@ -1093,6 +1152,13 @@ impl Server {
                 if self.shards.iter().all(|h| h.thread.is_finished()) {
                     shared.drained.store(true, Ordering::Release);
                     if let Some(stream) = &successor {
+                        moved += super::handoff::send_connections(stream, &self.handed_over_rx);
+                        if hand_over {
+                            tracing::info!(
+                                connections = moved,
+                                "hot upgrade: connections handed to the successor"
+                            );
+                        }
                         super::handoff::farewell(stream, &shared);
                     }
                     break 'serve;
@@ -1100,6 +1166,14 @@ impl Server {
                 match self.control_rx.recv_timeout(Duration::from_millis(10)) {
                     Ok(ControlEvent::Resume) if successor.is_some() => {
                         tracing::warn!("hot upgrade: successor died while we drained; resuming");
+                        // Connections on their way to it are closed (their callers reconnect).
+                        let lost = self.handed_over_rx.try_iter().count();
+                        if lost > 0 {
+                            tracing::warn!(
+                                connections = lost,
+                                "hot upgrade: closing connections the dead successor did not take"
+                            );
+                        }
                         for h in &self.shards {
                             let _ = h.inbox.try_send(ShardMsg::Resume);
                         }

@@ -109,7 +109,21 @@ fn publish(shared: Arc<Shared>, handle: std::sync::Weak<xds::Handle>) {
         c("reconnects"),
     );
     let connected = st.add("xds", "connected", &[], Kind::Gauge);
+    // Envoy's names for what pilot-agent's readiness probe reads from `/stats?usedonly&filter=`
+    // (istio/istio pilot/cmd/pilot-agent/status/util/stats.go): first LDS and CDS accepted,
+    // then `server.state` LIVE (0) and `listener_manager.workers_started` 1.
+    let envoy = |scope, name| st.add(scope, name, &[], Kind::Counter);
+    let by_type = [
+        (0, envoy("listener_manager", "lds.update_success")),
+        (0, envoy("listener_manager", "lds.update_rejected")),
+        (2, envoy("cluster_manager", "cds.update_success")),
+        (2, envoy("cluster_manager", "cds.update_rejected")),
+    ];
+    let server_state = st.add("server", "state", &[], Kind::Gauge);
+    let workers_started = st.add("listener_manager", "workers_started", &[], Kind::Gauge);
     let out = st.shard(0);
+    // Gauges start at 0 (LIVE, no workers): say INITIALIZING (3) until ready.
+    let (mut state, mut started) = (0u64, 0u64);
     let mut last = xds::XdsStats::default();
     // The Arc in `Shared` keeps the client alive as long as the process: stop with the drain.
     while let Some(h) = handle.upgrade() {
@@ -122,6 +136,23 @@ fn publish(shared: Arc<Shared>, handle: std::sync::Weak<xds::Handle>) {
         out.add(nacks, now.nacks.saturating_sub(last.nacks));
         out.add(updates, now.updates.saturating_sub(last.updates));
         out.add(reconnects, now.reconnects.saturating_sub(last.reconnects));
+        for (i, (t, id)) in by_type.iter().enumerate() {
+            let (n, l) = match i % 2 {
+                0 => (now.by_type[*t].0, last.by_type[*t].0),
+                _ => (now.by_type[*t].1, last.by_type[*t].1),
+            };
+            out.add(*id, n.saturating_sub(l));
+        }
+        let serving = shared.lifecycle.state() == super::server::State::Serving;
+        let new_state = match shared.lifecycle.state() {
+            super::server::State::Draining => 1u64,
+            _ if shared.ready() => 0,
+            // Envoy's INITIALIZING: waiting for the first listeners and clusters.
+            _ => 3,
+        };
+        out.add(server_state, new_state.wrapping_sub(state));
+        out.add(workers_started, u64::from(serving).wrapping_sub(started));
+        (state, started) = (new_state, u64::from(serving));
         match (last.connected, now.connected) {
             (false, true) => out.inc(connected),
             (true, false) => out.dec(connected),

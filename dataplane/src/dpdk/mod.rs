@@ -130,6 +130,10 @@ pub fn listen(shard: usize, name: &str, addr: SocketAddr) -> Option<DpdkListener
     }
 }
 
+impl crate::io::StopRead for shard::monoio::io::OwnedReadHalf<DpdkStream> {
+    type Stopper = ();
+}
+
 impl crate::io::Conn for DpdkStream {
     fn set_nodelay(&self, _on: bool) -> std::io::Result<()> {
         // The stack's sockets never delay (Nagle and delayed ACKs are off).

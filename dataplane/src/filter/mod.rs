@@ -29,6 +29,29 @@ use crate::stats::{Kind, ShardStats, StatId, Stats};
 /// the reconnects must find only the successor accepting.
 pub const DRAIN_ANNOUNCE_DELAY_MS: u64 = 20;
 
+/// How long a connection being handed to a hot-upgrade successor waits for its requests in
+/// flight to be answered (and written); past it, it drains in this process (Dubbo's readonly
+/// event, then a close once idle).
+pub const HANDOVER_WAIT_MS: u64 = 1_000;
+/// Most bytes read but not yet forwarded that a handed-over connection carries to the
+/// successor (at most `hotswap::UNREAD_BYTES_MAX`); a connection holding more drains here.
+pub const HANDOVER_UNREAD_BYTES_MAX: usize = 256 * 1024;
+
+/// A live downstream connection on its way to a hot-upgrade successor: a duplicate of its
+/// socket, the listener that accepted it, and the bytes read from it and not forwarded (the
+/// start of its next frame). The successor serves it as if it had accepted it.
+pub struct HandedOver {
+    pub listener: String,
+    pub fd: std::os::fd::OwnedFd,
+    pub unread: Vec<u8>,
+}
+
+/// Where a draining shard hands connections over (the worker's way up to the control thread,
+/// which sends them to the successor). `false`: not taken (the connection drains here).
+pub trait Handover {
+    fn hand_over(&self, conn: HandedOver) -> bool;
+}
+
 /// One drain of one listener's connections on one shard: when they are told to leave, and when
 /// those still open are closed anyway. Started for every listener when the process drains
 /// (SIGTERM, `/drain`, hot upgrade), and for one listener when a config update removes it or
@@ -37,9 +60,26 @@ pub const DRAIN_ANNOUNCE_DELAY_MS: u64 = 20;
 pub struct Drain {
     started: Event,
     deadline: Cell<Option<Instant>>,
+    /// A hot upgrade whose successor adopts connections: where they go.
+    handover: RefCell<Option<Rc<dyn Handover>>>,
 }
 
 impl Drain {
+    /// Starts the drain of a hot upgrade whose successor adopts live connections: connections
+    /// that can move (Dubbo on a kernel socket without TLS) go to `to`; the others are told to
+    /// leave as [`Drain::start`] does.
+    pub fn start_handing_over(&self, timeout: Duration, to: Rc<dyn Handover>) {
+        if !self.started.is_set() {
+            *self.handover.borrow_mut() = Some(to);
+        }
+        self.start(timeout);
+    }
+
+    /// Where this drain hands connections over, if it does.
+    pub fn handover(&self) -> Option<Rc<dyn Handover>> {
+        self.handover.borrow().clone()
+    }
+
     /// Tells the connections to leave; those still open after `timeout` are closed.
     pub fn start(&self, timeout: Duration) {
         if !self.started.is_set() {

@@ -85,10 +85,24 @@ async fn flush<W: AsyncWriteRent>(batch: &mut Vec<u8>, w: &mut W) -> std::io::Re
 pub trait Conn:
     AsyncReadRent
     + AsyncWriteRent
-    + Splitable<OwnedRead: AsyncReadRent + 'static, OwnedWrite: AsyncWriteRent + 'static>
+    + Splitable<OwnedRead: StopRead + 'static, OwnedWrite: AsyncWriteRent + 'static>
     + 'static
 {
     fn set_nodelay(&self, on: bool) -> std::io::Result<()>;
+    /// The kernel socket a hot-upgrade successor can take over (a plaintext kernel TCP
+    /// connection); `None` where its state lives in this process (TLS, the DPDK stack).
+    fn handover_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Closes a connection handed to a hot-upgrade successor: our descriptor only, no FIN
+    /// (the successor serves the socket). Dropping monoio's write half would shut the socket
+    /// down for writing, for the successor too.
+    fn close_handed_over(r: Self::OwnedRead, w: Self::OwnedWrite)
+    where
+        Self: Sized,
+    {
+        drop((r, w));
+    }
     /// TCP keepalive (`runtime.tcp_keepalive` / `clusters[].tcp_keepalive`) on a kernel
     /// socket; the DPDK stack's and the fuzz targets' in-memory streams have none.
     fn set_keepalive(&self, _k: &config::TcpKeepalive) -> std::io::Result<()> {
@@ -131,10 +145,90 @@ impl Conn for TcpStream {
     fn original_dst(&self) -> Option<SocketAddr> {
         intercept::destination(self).ok()
     }
+    fn handover_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.as_raw_fd())
+    }
+    fn close_handed_over(r: Self::OwnedRead, w: Self::OwnedWrite) {
+        // Reunited, the stream closes its descriptor without a shutdown.
+        if let Ok(stream) = r.reunite(w) {
+            drop(stream);
+        }
+    }
     #[inline]
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Ok(self)
     }
+}
+
+/// The read half of a [`Conn`]: [`read_append`], or (for a connection handed to a
+/// hot-upgrade successor) a read that `stop` ends without losing a byte.
+pub trait StopRead: AsyncReadRent + Sized {
+    /// Per-connection state of stoppable reads (kept across reads, so none allocates).
+    type Stopper: Default;
+
+    /// Reads like [`read_append`] until `stop` is set. Then the read is cancelled and its
+    /// outcome awaited: bytes the kernel delivered before the cancellation are in the
+    /// returned buffer (io_uring completes such a read with its data; epoll reads nothing once
+    /// cancelled). Returns whether `stop` ended the read. Halves that are never handed over
+    /// ([`Conn::handover_fd`] is `None`) ignore `stop`.
+    fn read_until<'a>(
+        &'a mut self,
+        buf: BytesMut,
+        stop: &'a shard::Event,
+        stopper: &'a mut Self::Stopper,
+    ) -> impl std::future::Future<Output = (std::io::Result<usize>, BytesMut, bool)> + 'a {
+        let _ = (stop, stopper);
+        async move {
+            let (r, b) = read_append(self, buf).await;
+            (r, b, false)
+        }
+    }
+}
+
+/// A kernel connection's read half: its reads are cancellable (monoio's `Canceller`, one per
+/// connection: the set of ops it tracks keeps its capacity, so a read allocates nothing).
+impl StopRead for shard::monoio::io::OwnedReadHalf<TcpStream> {
+    type Stopper = shard::monoio::io::Canceller;
+
+    async fn read_until<'a>(
+        &'a mut self,
+        buf: BytesMut,
+        stop: &'a shard::Event,
+        stopper: &'a mut Self::Stopper,
+    ) -> (std::io::Result<usize>, BytesMut, bool) {
+        use shard::monoio::io::CancelableAsyncReadRent;
+        if stop.is_set() {
+            return (Err(std::io::ErrorKind::Interrupted.into()), buf, true);
+        }
+        let start = buf.len();
+        let read = self.cancelable_read(buf.slice_mut(start..), stopper.handle());
+        let mut read = std::pin::pin!(read);
+        shard::monoio::select! {
+            (r, slice) = &mut read => (r, slice.into_inner(), false),
+            _ = stop.wait() => {
+                *stopper = std::mem::take(stopper).cancel();
+                let (r, slice) = read.as_mut().await;
+                // A cancelled read is no error: the buffer holds what arrived.
+                let r = match r {
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                        Err(std::io::ErrorKind::Interrupted.into())
+                    }
+                    r => r,
+                };
+                (r, slice.into_inner(), true)
+            }
+        }
+    }
+}
+
+impl StopRead for ::tls::TlsRead<TcpStream> {
+    type Stopper = ();
+}
+
+#[cfg(feature = "fuzz")]
+impl StopRead for shard::monoio::io::OwnedReadHalf<shard::mem::MemStream> {
+    type Stopper = ();
 }
 
 /// In-memory connections (feature `fuzz`): the fuzz targets' downstream and upstream peers.

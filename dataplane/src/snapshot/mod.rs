@@ -69,6 +69,31 @@ pub struct Snapshot {
     pub limits: Vec<Option<SharedLimits>>,
 }
 
+impl Snapshot {
+    /// A copy of this snapshot as version `version` (a full one, not endpoints-only): the
+    /// config and endpoint tables copied, everything else shared.
+    fn copy(&self, version: u64) -> Snapshot {
+        Snapshot {
+            version,
+            config: self.config.clone(),
+            xds_versions: self.xds_versions.clone(),
+            listener_ids: self.listener_ids.clone(),
+            dubbo_ids: self.dubbo_ids.clone(),
+            route_ids: self.route_ids.clone(),
+            cluster_ids: self.cluster_ids.clone(),
+            upstream_ids: self.upstream_ids.clone(),
+            upstream_h2_ids: self.upstream_h2_ids.clone(),
+            triple_ids: self.triple_ids.clone(),
+            endpoints: self.endpoints.clone(),
+            endpoints_only: None,
+            access_logs: self.access_logs.clone(),
+            traces: self.traces.clone(),
+            tls: self.tls.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
 /// Opens (or shares) the access-log files of every listener and compiles their formats: a bad
 /// format or a file that cannot be opened refuses the config.
 pub fn open_access_logs(config: &Config) -> Result<Vec<Vec<LogSpec>>, OpenError> {
@@ -445,22 +470,8 @@ impl Builder {
     pub fn build_tls(&mut self, prev: &Snapshot, tls: Arc<crate::io::tls::TlsSet>) -> Snapshot {
         self.version += 1;
         Snapshot {
-            version: self.version,
-            config: prev.config.clone(),
-            xds_versions: prev.xds_versions.clone(),
-            listener_ids: prev.listener_ids.clone(),
-            dubbo_ids: prev.dubbo_ids.clone(),
-            route_ids: prev.route_ids.clone(),
-            cluster_ids: prev.cluster_ids.clone(),
-            upstream_ids: prev.upstream_ids.clone(),
-            upstream_h2_ids: prev.upstream_h2_ids.clone(),
-            triple_ids: prev.triple_ids.clone(),
-            endpoints: prev.endpoints.clone(),
-            endpoints_only: None,
-            access_logs: prev.access_logs.clone(),
-            traces: prev.traces.clone(),
             tls,
-            limits: prev.limits.clone(),
+            ..prev.copy(self.version)
         }
     }
 
@@ -500,24 +511,7 @@ impl Builder {
                 }
                 s
             }
-            _ => Snapshot {
-                version: 0,
-                config: prev.config.clone(),
-                xds_versions: None,
-                listener_ids: prev.listener_ids.clone(),
-                dubbo_ids: prev.dubbo_ids.clone(),
-                route_ids: prev.route_ids.clone(),
-                cluster_ids: prev.cluster_ids.clone(),
-                upstream_ids: prev.upstream_ids.clone(),
-                upstream_h2_ids: prev.upstream_h2_ids.clone(),
-                triple_ids: prev.triple_ids.clone(),
-                endpoints: prev.endpoints.clone(),
-                endpoints_only: None,
-                access_logs: prev.access_logs.clone(),
-                traces: prev.traces.clone(),
-                tls: prev.tls.clone(),
-                limits: prev.limits.clone(),
-            },
+            _ => prev.copy(0),
         };
         // Endpoints-only: the listeners and clusters, so their TLS, are prev's.
         next.tls = prev.tls.clone();

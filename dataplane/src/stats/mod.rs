@@ -781,7 +781,10 @@ impl Select<'_> {
         if self.filter.is_some_and(|r| !r.is_match(text)) {
             return false;
         }
+        // `server.state` is set by Envoy at start, so its `usedonly` lists it even at LIVE (0),
+        // and pilot-agent's readiness probe needs it there.
         !self.used_only
+            || text == "server.state"
             || match m {
                 Merged::Value(_, v) => *v != 0,
                 Merged::Histogram(slots) => slots.last().is_some_and(|&c| c != 0),

@@ -208,16 +208,36 @@ impl ListenerCtx {
 /// ended during a drain (`downstream_cx_drained`) and at the drain's deadline
 /// (`downstream_cx_drain_timeout`).
 pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>) {
+    l.stats.inc(l.ids.cx_total);
+    serve_counted(stream, l, None).await
+}
+
+/// Serves a Dubbo connection a hot-upgrade predecessor handed over (admitted by
+/// [`ListenerCtx::admit`]), starting with the bytes it read and did not forward. Counted like
+/// an accepted one, except in `downstream_cx_total`: the caller did not connect again.
+pub async fn serve_adopted(stream: TcpStream, l: Rc<ListenerCtx>, unread: Vec<u8>) {
+    serve_counted(stream, l, Some(unread)).await
+}
+
+async fn serve_counted<C: crate::io::Conn>(
+    stream: C,
+    l: Rc<ListenerCtx>,
+    carried: Option<Vec<u8>>,
+) {
     let _ = stream.set_keepalive(&crate::io::intercept::keepalive());
     let conns = l.conns.clone();
     let drain = conns.drain();
-    l.stats.inc(l.ids.cx_total);
     l.stats.inc(l.ids.cx_active);
     conns.open.set(conns.open.get() + 1);
     // Whether the drain's deadline cut the connection.
-    let cut = match l.tls.clone() {
-        None => serve_protocol(stream, &l, &drain).await,
-        Some(tls) => match crate::io::Conn::into_kernel(stream) {
+    let cut = match (l.tls.clone(), carried) {
+        (None, Some(carried)) => match l.dubbo.clone() {
+            Some(d) => downstream::serve_carried(stream, d, &drain, Some(carried)).await,
+            None => false,
+        },
+        (Some(_), Some(_)) => false,
+        (None, None) => serve_protocol(stream, &l, &drain).await,
+        (Some(tls), None) => match crate::io::Conn::into_kernel(stream) {
             Ok(tcp) => serve_tls(tcp, &l, &tls, &drain).await,
             Err(_) => {
                 tracing::error!(listener = %l.name, "TLS needs a kernel socket");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shard::monoio::net::TcpListener;
+use shard::monoio::net::{TcpListener, TcpStream};
 use shard::{Event, Receiver, ShardCtx};
 
 use crate::cluster::ShardCluster;
@@ -22,7 +22,7 @@ use crate::filter::dubbo::router as dubbo;
 use crate::filter::dubbo::upstream::ClusterPool;
 use crate::filter::tcp::TcpProxy;
 use crate::filter::triple::router as triple;
-use crate::filter::{Budget, Drain, Latest, Routes};
+use crate::filter::{Budget, Drain, HandedOver, Handover, Latest, Routes};
 use crate::route::Dice;
 use crate::snapshot::{PollStatIds, ShardStatIds, Snapshot};
 use crate::stats::istio::Protocol as IstioProtocol;
@@ -52,6 +52,17 @@ pub trait Process: Send + Sync + 'static {
     fn shard_serving(&self, serving: bool);
     /// A shard lingering after a hot-upgrade drain finished it (`true`), or resumed (`false`).
     fn shard_drained(&self, drained: bool);
+    /// Hot upgrade: a live connection for the successor (`false`: not taken).
+    fn hand_over(&self, conn: HandedOver) -> bool;
+}
+
+/// A shard's connections go to the hot-upgrade successor through the process.
+struct ToSuccessor(Arc<dyn Process>);
+
+impl Handover for ToSuccessor {
+    fn hand_over(&self, conn: HandedOver) -> bool {
+        self.0.hand_over(conn)
+    }
 }
 
 /// Messages queued into each shard's inbox.
@@ -68,8 +79,20 @@ pub enum ShardMsg {
     },
     /// Stop accepting, tell Dubbo callers we are going away, let connections finish for at
     /// most `timeout`, then end the shard.
-    /// With `linger` (hot upgrade), a drained shard waits for `Finish` or `Resume`.
-    Drain { timeout: Duration, linger: bool },
+    /// With `linger` (hot upgrade), a drained shard waits for `Finish` or `Resume`; with
+    /// `hand_over`, Dubbo connections go to the successor ([`Process::hand_over`]).
+    Drain {
+        timeout: Duration,
+        linger: bool,
+        hand_over: bool,
+    },
+    /// Hot upgrade, new side: serve this connection the predecessor handed over, on listener
+    /// `listener`, starting with `unread`.
+    Adopt {
+        listener: String,
+        stream: std::net::TcpStream,
+        unread: Vec<u8>,
+    },
     /// The successor of a hot upgrade failed while we drained: accept again.
     Resume,
     /// Every shard drained (hot upgrade): end the shard.
@@ -764,13 +787,53 @@ impl ShardState {
     }
 
     /// The process drains: every listener stops accepting and its connections drain for up to
-    /// `timeout`.
-    fn drain_all(&mut self, timeout: Duration) {
+    /// `timeout`; with `hand_over`, those that can move go to the hot-upgrade successor.
+    fn drain_all(&mut self, timeout: Duration, hand_over: bool) {
         self.accepting = false;
+        let to: Option<Rc<dyn Handover>> = match &self.process {
+            Some(p) if hand_over => Some(Rc::new(ToSuccessor(p.clone()))),
+            _ => None,
+        };
         for sl in &self.listeners {
             sl.stop.set();
-            sl.conns.drain().start(timeout);
+            match &to {
+                Some(to) => sl.conns.drain().start_handing_over(timeout, to.clone()),
+                None => sl.conns.drain().start(timeout),
+            }
         }
+    }
+
+    /// Serves a connection the hot-upgrade predecessor handed over, on Dubbo listener
+    /// `name` as if this shard had accepted it; closed when this config has no such listener
+    /// (its caller reconnects).
+    fn adopt(&self, name: &str, stream: std::net::TcpStream, unread: Vec<u8>) {
+        let sl = self
+            .listeners
+            .iter()
+            .find(|sl| sl.cfg.name == name && sl.cfg.protocol == Protocol::Dubbo);
+        let Some(ctx) = sl.map(|sl| sl.ctx.get()).filter(|c| c.tls.is_none()) else {
+            tracing::warn!(shard = self.id, listener = %name, "hot upgrade: a handed-over connection for a plaintext Dubbo listener this config does not have; closing it");
+            return;
+        };
+        if !ctx.admit() {
+            return;
+        }
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard = self.id, error = %e, "hot upgrade: cannot serve a handed-over connection");
+                return;
+            }
+        };
+        let connections = self.connections.clone();
+        connections.set(connections.get() + 1);
+        shard::monoio::spawn(async move {
+            listener::serve_adopted(stream, ctx, unread).await;
+            connections.set(connections.get() - 1);
+        });
     }
 
     fn resume_accepting(&mut self) {
@@ -905,9 +968,13 @@ pub fn shard_main(
                     st.apply(snapshot, &drains);
                     done.fetch_add(1, Ordering::AcqRel);
                 }
-                Some(ShardMsg::Drain { timeout, linger: l }) if deadline.is_none() => {
+                Some(ShardMsg::Drain {
+                    timeout,
+                    linger: l,
+                    hand_over,
+                }) if deadline.is_none() => {
                     process.shard_serving(false);
-                    st.drain_all(timeout);
+                    st.drain_all(timeout, hand_over);
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
                     if linger {
@@ -926,6 +993,11 @@ pub fn shard_main(
                     reported = false;
                     tracing::info!(shard = id, "resumed accepting");
                 }
+                Some(ShardMsg::Adopt {
+                    listener,
+                    stream,
+                    unread,
+                }) => st.adopt(&listener, stream, unread),
                 Some(ShardMsg::Finish) => break,
                 Some(_) => {}
                 None => break,

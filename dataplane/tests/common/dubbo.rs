@@ -3,7 +3,8 @@
 //! The provider answers each Hessian2 request with the string `"{name}|{method}|{arg0}"`
 //! (so tests can tell which provider served a request; method `big` with an int argument n
 //! answers a string of n bytes; method `attachment` with a string argument k answers the
-//! request's attachment k, or `-`), echoes bodies of other serializations
+//! request's attachment k, or `-`; method `slow` with an int argument ms answers after ms
+//! milliseconds), echoes bodies of other serializations
 //! unchanged, answers heartbeats, and holds requests to method `hold` unanswered until it is
 //! stopped. It counts the connections it accepted.
 
@@ -154,6 +155,12 @@ fn serve(mut conn: TcpStream, name: &str, seen: &Mutex<Vec<String>>, failing: &A
                                 }
                                 _ => String::new(),
                             };
+                            if method == "slow" {
+                                // `slow(ms)`: answered after ms milliseconds (this
+                                // connection's later requests wait behind it).
+                                let ms = arg0.parse::<u64>().unwrap_or(0);
+                                std::thread::sleep(Duration::from_millis(ms));
+                            }
                             let value = match (method.as_str(), arg0.parse::<usize>()) {
                                 // `big(n)`: an answer of n bytes.
                                 ("big", Ok(n)) => "x".repeat(n),

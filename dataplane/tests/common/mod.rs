@@ -136,12 +136,17 @@ impl Ringside {
     /// Starts a successor with `--upgrade` and waits until it is the one answering the admin
     /// API (the predecessor then drains and exits on its own).
     pub fn upgrade(&self, extra: &[&str]) -> Ringside {
+        self.upgrade_with(extra, |_| {})
+    }
+
+    /// [`Ringside::upgrade`] with `tweak` applied to the successor's command (environment).
+    pub fn upgrade_with(&self, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Ringside {
         let mut args = vec!["--upgrade"];
         args.extend_from_slice(extra);
         let dir = TempDir::new("rs-up");
         let path = dir.write("ringside.yaml", &self.config);
-        let child = Command::new(RINGSIDE)
-            .arg("run")
+        let mut cmd = Command::new(RINGSIDE);
+        cmd.arg("run")
             .arg("--config")
             .arg(&path)
             .args(&args)
@@ -151,9 +156,9 @@ impl Ringside {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn successor");
+            .stderr(Stdio::piped());
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("spawn successor");
         let mut r = Ringside {
             child,
             admin: self.admin,

@@ -41,6 +41,17 @@ impl XdsServer {
 
     /// On `port` / `control` (0: pick), with `snapshot` (as for [`XdsServer::put`]) if given.
     pub fn start_on(port: u16, control: u16, snapshot: Option<&Value>) -> XdsServer {
+        Self::start_with_sockets(port, control, snapshot, &[])
+    }
+
+    /// [`XdsServer::start_on`], serving gRPC on these Unix sockets as well (pilot-agent's
+    /// `./etc/istio/proxy/XDS` and `./var/run/secrets/workload-spiffe-uds/socket`).
+    pub fn start_with_sockets(
+        port: u16,
+        control: u16,
+        snapshot: Option<&Value>,
+        sockets: &[&std::path::Path],
+    ) -> XdsServer {
         let dir = TempDir::new("xds");
         let python = require(root().join(".cache/venv/bin/python"));
         let stderr = dir.0.join("stderr");
@@ -51,6 +62,11 @@ impl XdsServer {
             .args(["--control-port", &control.to_string()])
             .arg("--sds-socket")
             .arg(&sds_socket)
+            .args(
+                sockets
+                    .iter()
+                    .flat_map(|s| [std::ffi::OsStr::new("--sds-socket"), s.as_os_str()]),
+            )
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -5,7 +5,7 @@ Usage: python server.py [--port P] [--control-port C] [--host 127.0.0.1] [--snap
 Prints `READY port=P control=C` once both ports listen (0 = pick a free one); exits 0 on SIGTERM
 or SIGINT. Restarting on the same ports works (tests restart it to see clients resubscribe).
 
-gRPC (port P, and with --sds-socket PATH also on that Unix socket):
+gRPC (port P, and with --sds-socket PATH (repeatable) also on those Unix sockets):
   envoy.service.discovery.v3.AggregatedDiscoveryService StreamAggregatedResources (state of the
   world) and DeltaAggregatedResources (incremental), for the LDS, RDS, CDS, EDS and SDS (Secret)
   v3 type URLs; envoy.service.secret.v3.SecretDiscoveryService StreamSecrets / DeltaSecrets (the
@@ -658,8 +658,9 @@ def main():
     p.add_argument("--port", type=int, default=0, help="ADS gRPC port (0: pick one)")
     p.add_argument("--control-port", type=int, default=0, help="HTTP control port (0: pick)")
     p.add_argument("--snapshot", help="initial resources, JSON or YAML (as PUT /resources)")
-    p.add_argument("--sds-socket", help="also serve gRPC (SDS: the snapshot's secrets) on this "
-                   "Unix socket, as pilot-agent does")
+    p.add_argument("--sds-socket", action="append", default=[],
+                   help="also serve gRPC (ADS, and SDS: the snapshot's secrets) on this Unix "
+                   "socket, as pilot-agent does (repeatable)")
     a = p.parse_args()
     if a.snapshot:
         with open(a.snapshot) as f:
@@ -677,11 +678,11 @@ def main():
     if port == 0:
         print(f"cannot listen on {a.host}:{a.port}", file=sys.stderr, flush=True)
         os._exit(1)
-    if a.sds_socket:
-        if os.path.exists(a.sds_socket):
-            os.unlink(a.sds_socket)
-        if server.add_insecure_port(f"unix:{a.sds_socket}") == 0:
-            print(f"cannot listen on unix:{a.sds_socket}", file=sys.stderr, flush=True)
+    for path in a.sds_socket:
+        if os.path.exists(path):
+            os.unlink(path)
+        if server.add_insecure_port(f"unix:{path}") == 0:
+            print(f"cannot listen on unix:{path}", file=sys.stderr, flush=True)
             os._exit(1)
     server.start()
 

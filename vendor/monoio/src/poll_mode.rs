@@ -41,7 +41,7 @@ pub enum PollMode {
 /// any thread.
 #[derive(Debug, Default)]
 pub struct PollCounters {
-    /// Nanoseconds spent in non-blocking polls that found nothing to do.
+    /// Nanoseconds of loop turns whose non-blocking poll found nothing to do.
     pub idle_spin_ns: AtomicU64,
     /// Non-blocking polls.
     pub spins: AtomicU64,
@@ -91,6 +91,9 @@ pub(crate) struct Poller {
     idle_since: Option<Instant>,
     /// The last `park_timeout(0)`.
     full_poll: Instant,
+    /// When the last non-blocking poll started, if it found nothing: the loop turn from then to
+    /// the next poll was idle.
+    idle_poll: Option<Instant>,
     idle_ns: u64,
     spins: u64,
     sleeps: u64,
@@ -102,6 +105,7 @@ impl Poller {
             counters: COUNTERS.with(|c| c.borrow().clone()),
             idle_since: None,
             full_poll: Instant::now(),
+            idle_poll: None,
             idle_ns: 0,
             spins: 0,
             sleeps: 0,
@@ -133,6 +137,7 @@ impl Poller {
     }
 
     fn sleep<D: Driver>(&mut self, driver: &D) -> io::Result<()> {
+        self.idle_poll = None;
         self.sleeps += 1;
         if let Some(c) = &self.counters {
             c.sleeps.store(self.sleeps, Ordering::Relaxed);
@@ -149,8 +154,14 @@ impl Poller {
             driver.submit()
         };
         self.spins += 1;
+        // Idle time is whole loop turns that found nothing, counted at the next poll's start:
+        // once a poll no longer enters the kernel (io_uring, docs/decisions/0009), the loop's
+        // own overhead is most of a turn, and the poll alone would undercount it.
+        if let Some(t) = self.idle_poll.take() {
+            self.idle_ns += start.duration_since(t).as_nanos() as u64;
+        }
         if tasks.is_empty() {
-            self.idle_ns += start.elapsed().as_nanos() as u64;
+            self.idle_poll = Some(start);
             self.idle_since.get_or_insert(start);
         } else {
             self.idle_since = None;

@@ -1,4 +1,5 @@
-//! The `ringside` binary: `run`, `validate`, `demo` and `iptables`.
+//! The `ringside` binary: `run`, `validate`, `demo` and `iptables`; and Envoy's command line
+//! (`ringside -c BOOTSTRAP ...`, `ringside envoy ...`), as Istio's pilot-agent runs the proxy.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use dataplane::control::{handoff, registry_glue, xds_glue};
 use signal_hook::iterator::exfiltrator::WithOrigin;
 
 mod demo;
+mod envoy;
 mod iptables;
 mod logging;
 
@@ -131,6 +133,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // pilot-agent execs the proxy with Envoy's command line (`-c envoy-rev.json ...`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(envoy_args) = envoy::command_line(&args) {
+        return envoy::main(envoy_args);
+    }
     let cli = Cli::parse();
     // The demo prints its own report; keep its log to warnings unless RUST_LOG says otherwise.
     let default_level = match cli.command {
@@ -192,7 +199,7 @@ fn main() -> ExitCode {
                     Poll::Hybrid => config::PollMode::Hybrid,
                 }),
             };
-            run(cfg, &overrides, upgrade)
+            run(cfg, &overrides, upgrade, true)
         }
         Command::Demo { seconds } => demo::run(seconds),
         Command::Iptables {
@@ -245,21 +252,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
+/// `control_socket: false` (Envoy's `--disable-hot-restart`): no control socket, so nothing is
+/// written outside the config's own paths (Istio's sidecar has a read-only root filesystem).
+fn run(cfg: Config, overrides: &Overrides, upgrade: bool, control_socket: bool) -> ExitCode {
     let control_path = handoff::path(&cfg);
     // A fresh start refuses to run next to a live ringside with the same control socket; an
     // upgrade takes that ringside's listening sockets first.
     let upgrade_started = std::time::Instant::now();
-    let (predecessor, inherited) = if upgrade {
+    let (predecessor, inherited, protocol) = if upgrade {
         match handoff::take_over(&control_path) {
-            Ok((conn, inherited)) => (Some(conn), inherited),
+            Ok((conn, inherited, protocol)) => (Some(conn), inherited, protocol),
             Err(e) => {
                 eprintln!("ringside: {e}");
                 return ExitCode::from(1);
             }
         }
     } else {
-        (None, Default::default())
+        (None, Default::default(), 0)
     };
     let bind_control = || match handoff::listen(&control_path, upgrade) {
         Ok(l) => Some(l),
@@ -271,7 +280,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
     // A fresh start claims the control socket first; a successor only once it serves, so a
     // failed upgrade leaves the predecessor reachable for the next attempt.
     let mut control_listener = None;
-    if !upgrade {
+    if !upgrade && control_socket {
         control_listener = bind_control();
         if control_listener.is_none() {
             return ExitCode::from(1);
@@ -316,6 +325,7 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         if let Err(e) = hotswap::send(&conn, &hotswap::Message::Serving, &[]) {
             tracing::warn!(error = %e, "hot upgrade: could not tell the predecessor we serve");
         }
+        handoff::ask_for_connections(&conn, protocol);
         tracing::info!(
             handoff_ms = upgrade_started.elapsed().as_secs_f64() * 1e3,
             "hot upgrade: serving on the predecessor's sockets"
@@ -328,6 +338,9 @@ fn run(cfg: Config, overrides: &Overrides, upgrade: bool) -> ExitCode {
         Some(l) => {
             let shared = server.shared.clone();
             std::thread::spawn(move || handoff::serve(l, shared));
+        }
+        None if !control_socket => {
+            tracing::info!("no control socket (--disable-hot-restart): no hot upgrade")
         }
         None => tracing::warn!("no control socket: this process cannot be hot-upgraded"),
     }

@@ -20,12 +20,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent};
+use shard::monoio::io::AsyncWriteRent;
 use shard::{Event, Notify};
 
 use crate::access_log::{DubboCall, Flags, ListenerLog, Record, NO_HEADERS};
-use crate::filter::{service_ids, Budget, Charge, Counted, Drain, RequestStatIds, ServiceStatsMap};
-use crate::io::READ_CHUNK_BYTES;
+use crate::filter::{
+    service_ids, Budget, Charge, Counted, Drain, HandedOver, Handover, RequestStatIds,
+    ServiceStatsMap, HANDOVER_UNREAD_BYTES_MAX, HANDOVER_WAIT_MS,
+};
+use crate::io::{StopRead, READ_CHUNK_BYTES};
 use crate::route::Dice;
 use crate::trace::{Decision, ListenerTrace};
 
@@ -70,6 +73,12 @@ pub struct DubboStatIds {
     pub cx_heartbeat_timeout: StatId,
     pub cx_idle_timeout: StatId,
     pub cx_output_full: StatId,
+    /// Hot upgrade: connections handed to the successor, those that drained here instead
+    /// (requests in flight past `HANDOVER_WAIT_MS`, too many unread bytes), and, in the
+    /// successor, those adopted from the predecessor.
+    pub cx_handed_over: StatId,
+    pub cx_handover_fallback: StatId,
+    pub cx_adopted: StatId,
     pub rq_time: HistId,
     /// Where interfaces/methods beyond `stats.dubbo_services_max` are counted.
     pub other_service: RequestStatIds,
@@ -102,6 +111,9 @@ impl DubboStatIds {
             cx_heartbeat_timeout: c("dubbo_cx_heartbeat_timeout"),
             cx_idle_timeout: c("dubbo_cx_idle_timeout"),
             cx_output_full: c("dubbo_cx_output_full"),
+            cx_handed_over: c("dubbo_cx_handed_over"),
+            cx_handover_fallback: c("dubbo_cx_handover_fallback"),
+            cx_adopted: c("dubbo_cx_adopted"),
             rq_time: st.add_histogram("listener", "dubbo_rq_time_us", &t),
             other_service: RequestStatIds::register(st, "dubbo_service", &other),
         }
@@ -304,6 +316,20 @@ pub struct DownConn {
     finished: Event,
     /// The caller's and our address (looked up only when the listener logs).
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    /// The kernel socket a hot-upgrade successor can take over (`None`: TLS, DPDK).
+    handover_fd: Option<std::os::fd::RawFd>,
+    /// Set when a hot-upgrade drain hands this connection over (to `handover_to`): the reader
+    /// stops at the next frame boundary.
+    handover: Event,
+    handover_to: RefCell<Option<Rc<dyn Handover>>>,
+    /// The reader stopped for the hand-over: the writer notifies `quiet` whenever nothing is
+    /// in flight and everything is written.
+    read_stopped: Cell<bool>,
+    quiet: Notify,
+    /// The writer holds a batch (the queue may be empty while it is being written).
+    writing: Cell<bool>,
+    /// Handed over: the writer ends without a FIN (the successor owns the socket now).
+    handed_over: Cell<bool>,
 }
 
 impl DownConn {
@@ -500,6 +526,11 @@ impl DownConn {
         self.inflight.get() < self.l.pending_max && self.out_bytes.get() < self.l.output_bytes_max
     }
 
+    /// Every request answered and every answer written.
+    fn is_quiet(&self) -> bool {
+        self.inflight.get() == 0 && self.out.borrow().is_empty() && !self.writing.get()
+    }
+
     /// Drops every queued answer (nobody will read them) and gives their bytes back.
     fn clear_out(&self) {
         self.out.borrow_mut().clear();
@@ -581,8 +612,23 @@ async fn watch(conn: &Rc<DownConn>, accepted: Instant) -> Cut {
 /// closed whatever it is doing. Returns whether the deadline cut it (it was not closed yet; a
 /// connection we closed whose caller has not closed its side yet does not count).
 pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
+    serve_carried(stream, l, drain, None).await
+}
+
+/// [`serve`] for a connection a hot-upgrade predecessor handed over, with the bytes it read
+/// and did not forward (`carried`): they are decoded before anything new is read.
+pub async fn serve_carried<S: crate::io::Conn>(
+    stream: S,
+    l: Rc<DubboListener>,
+    drain: &Drain,
+    carried: Option<Vec<u8>>,
+) -> bool {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
+    let adopted = carried.is_some();
+    if adopted {
+        l.stats.inc(l.ids.cx_adopted);
+    }
     let addrs = match (&l.log, &l.trace) {
         (Some(_), _) | (_, Some(_)) => stream.addrs(),
         _ => (None, None),
@@ -593,7 +639,8 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         out_bytes: Cell::new(0),
         full_since: Cell::new(None),
         out_ready: Notify::new(),
-        greeted: Cell::new(false),
+        // An adopted connection spoke to the predecessor already.
+        greeted: Cell::new(adopted),
         last_read: Cell::new(accepted),
         last_request: Cell::new(accepted),
         paused: Cell::new(false),
@@ -607,13 +654,20 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
         draining_since: Cell::new(None),
         finished: Event::new(),
         addrs,
+        handover_fd: stream.handover_fd(),
+        handover: Event::new(),
+        handover_to: RefCell::new(None),
+        read_stopped: Cell::new(false),
+        quiet: Notify::new(),
+        writing: Cell::new(false),
+        handed_over: Cell::new(false),
     });
-    let (r, w) = stream.into_split();
+    let (mut r, mut w) = stream.into_split();
     let cut = shard::monoio::select! {
         _ = async {
             shard::monoio::join!(
-                read_loop(&conn, r),
-                write_loop(&conn, w),
+                read_loop(&conn, &mut r, carried),
+                write_loop(&conn, &mut w),
                 announce_drain(&conn, drain)
             )
         } => false,
@@ -628,6 +682,10 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &
     };
     if cut {
         tracing::debug!(listener = %conn.l.name, in_flight = conn.inflight.get(), "drain timeout: closing the connection");
+    }
+    if conn.handed_over.get() {
+        // The successor serves the socket: our descriptor goes, without a FIN.
+        S::close_handed_over(r, w);
     }
     conn.closed.set(true);
     // Nobody takes the answers still queued any more (requests in flight keep `conn` alive
@@ -674,19 +732,42 @@ async fn announce_drain(conn: &Rc<DownConn>, drain: &Drain) {
     if conn.closed.get() || conn.read_done.get() {
         return;
     }
+    if let (Some(_), Some(to)) = (conn.handover_fd, drain.handover()) {
+        // A successor adopts it: the reader stops at a frame boundary and hands it over once
+        // its requests are answered (or drains it as below).
+        *conn.handover_to.borrow_mut() = Some(to);
+        conn.handover.set();
+        return;
+    }
+    tell_readonly(conn);
+}
+
+/// Dubbo's readonly event: the caller sends new requests elsewhere; we close once idle.
+fn tell_readonly(conn: &DownConn) {
     conn.push(wire::readonly_event());
     conn.draining.set(true);
     conn.draining_since.set(Some(Instant::now()));
     conn.out_ready.notify();
 }
 
-async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
+async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, w: &mut W) {
     let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
     // The last pass wrote answers (as opposed to waking with nothing to write).
     let mut wrote = false;
     loop {
+        if conn.handed_over.get() {
+            // The successor serves the socket: no FIN.
+            conn.finished.set();
+            return;
+        }
         if conn.out.borrow().is_empty() {
             let idle = conn.inflight.get() == 0;
+            if conn.read_stopped.get() && idle && !conn.closed.get() {
+                // Stopped for a hand-over and quiet: tell the reader, wait for its decision.
+                conn.quiet.notify();
+                conn.out_ready.wait().await;
+                continue;
+            }
             if conn.closed.get() || (conn.read_done.get() && idle) {
                 let _ = w.shutdown().await;
                 conn.finished.set();
@@ -703,13 +784,13 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
                 let since = conn.draining_since.get().unwrap_or_else(Instant::now);
                 let grace_over = since.elapsed() >= Duration::from_millis(DRAIN_GRACE_MS);
                 if grace_over && std::mem::take(&mut wrote) {
-                    close_draining(conn, &mut w).await;
+                    close_draining(conn, w).await;
                     return;
                 }
                 shard::monoio::select! {
                     _ = shard::monoio::time::sleep(Duration::from_millis(DRAIN_QUIET_MS)) => {
                         if conn.out.borrow().is_empty() && conn.inflight.get() == 0 {
-                            close_draining(conn, &mut w).await;
+                            close_draining(conn, w).await;
                             return;
                         }
                     }
@@ -727,9 +808,10 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, mut w: W) {
             conn.out_ready.wait().await;
             continue;
         }
-        if let Err(e) =
-            crate::io::write_queue(&conn.out, &mut batch, &mut w, |f| conn.taken(f)).await
-        {
+        conn.writing.set(true);
+        let written = crate::io::write_queue(&conn.out, &mut batch, w, |f| conn.taken(f)).await;
+        conn.writing.set(false);
+        if let Err(e) = written {
             tracing::debug!(listener = %conn.l.name, error = %e, "downstream write failed");
             conn.closed.set(true);
             conn.clear_out();
@@ -747,9 +829,18 @@ async fn close_draining<W: AsyncWriteRent>(conn: &DownConn, w: &mut W) {
     conn.finished.set();
 }
 
-async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
+async fn read_loop<R: StopRead>(conn: &Rc<DownConn>, r: &mut R, carried: Option<Vec<u8>>) {
     let l = conn.l.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Bytes a hot-upgrade predecessor read from this connection and did not forward: the
+    // start of its next frame, read before anything new.
+    if let Some(c) = carried {
+        buf.extend_from_slice(&c);
+        buf.reserve(READ_CHUNK_BYTES / 4);
+    }
+    // Until a hand-over falls back, a hot upgrade can stop the reads.
+    let mut may_hand_over = conn.handover_fd.is_some();
+    let mut stopper = R::Stopper::default();
     // A large frame read in part holds its room: charged beyond the first chunk.
     let mut held = Charge::new(l.budget.clone());
     // Bytes of a shed large request still to be discarded as they arrive.
@@ -805,7 +896,14 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
         if !conn.has_room() {
             conn.paused.set(true);
             while !conn.has_room() && !conn.closed.get() {
-                conn.room.wait().await;
+                if may_hand_over {
+                    shard::monoio::select! {
+                        _ = conn.room.wait() => {}
+                        _ = conn.handover.wait() => break,
+                    }
+                } else {
+                    conn.room.wait().await;
+                }
             }
             conn.paused.set(false);
             conn.last_read.set(Instant::now());
@@ -813,8 +911,28 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
         if conn.closed.get() {
             break;
         }
-        let (res, b) = crate::io::read_append(&mut r, buf).await;
+        let (res, b, stopped) = if may_hand_over {
+            r.read_until(buf, &conn.handover, &mut stopper).await
+        } else {
+            let (res, b) = crate::io::read_append(r, buf).await;
+            (res, b, false)
+        };
         buf = b;
+        if stopped {
+            // At a frame boundary: `buf` holds the start of the next frame and whatever the
+            // cancelled read brought, none of it forwarded.
+            match &res {
+                Ok(0) => break,
+                Err(e) if e.kind() != std::io::ErrorKind::Interrupted => break,
+                _ => {}
+            }
+            if hand_over(conn, &buf, skip > 0).await {
+                return;
+            }
+            // It drains here: what was read meanwhile is served first.
+            may_hand_over = false;
+            continue;
+        }
         match res {
             Ok(0) | Err(_) => break,
             Ok(_) => conn.last_read.set(Instant::now()),
@@ -822,6 +940,67 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<DownConn>, mut r: R) {
     }
     conn.read_done.set(true);
     conn.out_ready.notify();
+}
+
+/// Hot upgrade: the reader stopped at a frame boundary with `unread` not forwarded. Waits up to
+/// [`HANDOVER_WAIT_MS`] for every request in flight to be answered and written, then hands a
+/// duplicate of the socket and `unread` to the successor; the writer then ends without a FIN.
+/// `false`: it drains here instead (readonly event, close once idle), its answers still due.
+async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> bool {
+    let l = &conn.l;
+    let to = conn.handover_to.borrow_mut().take();
+    let movable = !mid_discard && unread.len() <= HANDOVER_UNREAD_BYTES_MAX;
+    let quiet = match (&to, movable) {
+        (Some(_), true) => {
+            conn.read_stopped.set(true);
+            conn.out_ready.notify();
+            let quiet = shard::monoio::select! {
+                _ = async {
+                    while !conn.is_quiet() {
+                        conn.quiet.wait().await;
+                    }
+                } => true,
+                _ = shard::monoio::time::sleep(Duration::from_millis(HANDOVER_WAIT_MS)) => false,
+                _ = conn.finished.wait() => false,
+            };
+            conn.read_stopped.set(false);
+            quiet
+        }
+        _ => false,
+    };
+    // Checked again with no await in between: nothing can be queued or sent from here on.
+    if let (true, Some(to), Some(fd)) = (quiet, to, conn.handover_fd) {
+        let moved = !conn.closed.get()
+            && conn.cut.get().is_none()
+            && conn.is_quiet()
+            && match shard::sockopt::dup_socket(fd) {
+                Ok(fd) => to.hand_over(HandedOver {
+                    listener: l.name.clone(),
+                    fd,
+                    unread: unread.to_vec(),
+                }),
+                Err(e) => {
+                    tracing::warn!(listener = %l.name, error = %e, "hot upgrade: cannot duplicate a connection's socket");
+                    false
+                }
+            };
+        if moved {
+            l.stats.inc(l.ids.cx_handed_over);
+            conn.handed_over.set(true);
+            conn.closed.set(true);
+            conn.out_ready.notify();
+            return true;
+        }
+    }
+    l.stats.inc(l.ids.cx_handover_fallback);
+    tracing::debug!(
+        listener = %l.name,
+        in_flight = conn.inflight.get(),
+        unread = unread.len(),
+        "hot upgrade: connection not handed over; draining it here"
+    );
+    tell_readonly(conn);
+    false
 }
 
 /// Handles one whole frame from the consumer. `Err(())` closes the connection (after any reply

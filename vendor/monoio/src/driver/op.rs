@@ -69,6 +69,16 @@ pub(crate) trait OpAble {
     fn legacy_interest(&self) -> Option<(super::ready::Direction, usize)>;
     #[cfg(any(feature = "legacy", feature = "poll-io"))]
     fn legacy_call(&mut self) -> io::Result<u32>;
+
+    /// RINGSIDE PATCH: whether a `legacy_call` that moved `n` bytes shows the socket's receive
+    /// queue empty (a short read), so the legacy driver can clear read readiness instead of
+    /// failing the next read with EAGAIN (as tokio does). Edge-triggered epoll reports any data
+    /// that arrives after the read as a new event.
+    #[cfg(any(feature = "legacy", feature = "poll-io"))]
+    #[inline]
+    fn legacy_drained(&mut self, _n: u32) -> bool {
+        false
+    }
 }
 
 /// If legacy is enabled and iouring is not, we can expose io interface in a poll-like way.

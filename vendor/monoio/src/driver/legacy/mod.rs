@@ -298,12 +298,21 @@ impl LegacyInner {
         }
 
         match OpAble::legacy_call(data) {
-            Ok(n) => Poll::Ready(CompletionMeta {
-                result: Ok(n),
-                flags: 0,
-            }),
+            Ok(n) => {
+                // RINGSIDE PATCH: after a short read the socket is drained; wait for the next
+                // edge instead of failing the next read with EAGAIN. Only READABLE is cleared:
+                // a peer's FIN (READ_CLOSED) is final and must stay seen.
+                #[cfg(unix)]
+                if direction == ready::Direction::Read && data.legacy_drained(n) {
+                    ref_mut.clear_readiness(Ready::READABLE);
+                }
+                Poll::Ready(CompletionMeta {
+                    result: Ok(n),
+                    flags: 0,
+                })
+            }
             Err(ref e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ref_mut.clear_readiness(direction.mask());
+                ref_mut.clear_readiness(Ready::READABLE);
                 ref_mut.set_waker(cx, direction);
                 Poll::Pending
             }

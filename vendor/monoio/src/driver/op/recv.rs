@@ -107,6 +107,13 @@ impl<T: IoBufMut> OpAble for Recv<T> {
         ))
     }
 
+    // RINGSIDE PATCH: a read shorter than the buffer emptied the socket (see OpAble).
+    #[cfg(all(any(feature = "legacy", feature = "poll-io"), unix))]
+    #[inline]
+    fn legacy_drained(&mut self, n: u32) -> bool {
+        n > 0 && (n as usize) < self.buf.bytes_total()
+    }
+
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]
     fn legacy_call(&mut self) -> io::Result<u32> {
         let fd = self.fd.as_raw_socket();

@@ -220,6 +220,19 @@ impl IoUringDriver {
     fn inner_park(&self, timeout: Option<Duration>) -> io::Result<()> {
         let inner = unsafe { &mut *self.inner.get() };
 
+        // RINGSIDE PATCH: a zero timeout (a spinning shard's periodic full poll, or a timer
+        // already due) waits for nothing, so it arms no kernel wait (an hrtimer and
+        // io_cqring_wait for a zero timeout cost several times a plain enter): foreign wakers,
+        // then one io_uring_enter that submits and runs pending task work, then the CQ.
+        if timeout == Some(Duration::ZERO) {
+            #[cfg(feature = "sync")]
+            while let Ok(w) = inner.waker_receiver.try_recv() {
+                w.wake();
+            }
+            inner.submit()?;
+            return inner.tick();
+        }
+
         #[allow(unused_mut)]
         let mut need_wait = true;
 
@@ -354,7 +367,14 @@ impl Driver for IoUringDriver {
 
     fn submit(&self) -> io::Result<()> {
         let inner = unsafe { &mut *self.inner.get() };
-        inner.submit()?;
+        // RINGSIDE PATCH: enter the kernel only when there is something to submit (or the
+        // kernel flags a CQ overflow or pending task work); otherwise just read the completion
+        // ring. Without IORING_SETUP_COOP_TASKRUN (monoio sets no setup flags) the kernel runs
+        // a completion's task work by interrupting this thread (TWA_SIGNAL), so completions
+        // reach the ring while it runs in user space. Was `inner.submit()` unconditionally.
+        if inner.needs_enter() {
+            inner.submit()?;
+        }
         inner.tick()?;
         Ok(())
     }
@@ -377,6 +397,15 @@ impl Driver for IoUringDriver {
 }
 
 impl UringInner {
+    /// RINGSIDE PATCH: whether a non-waiting poll must enter the kernel: entries to submit, a
+    /// CQ overflow to flush, or task work the kernel asks us to run (IORING_SQ_TASKRUN, only
+    /// with IORING_SETUP_TASKRUN_FLAG).
+    #[inline]
+    fn needs_enter(&mut self) -> bool {
+        let sq = self.uring.submission();
+        !sq.is_empty() || sq.cq_overflow() || sq.taskrun()
+    }
+
     fn tick(&mut self) -> io::Result<()> {
         let cq = self.uring.completion();
 
