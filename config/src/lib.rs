@@ -13,8 +13,10 @@
 
 mod dpdk;
 mod lines;
+mod rbac;
 
 pub use dpdk::*;
+pub use rbac::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -718,6 +720,10 @@ pub struct Listener {
     /// `outbound`; `POST /drain_listeners?inboundonly` drains the `inbound` ones only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_direction: Option<TrafficDirection>,
+    /// Connection authorization (Envoy's network `rbac` filters, in order): a connection
+    /// that one of them denies is closed (docs/security.md#authorization).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<Rbac>,
 }
 
 /// A listener's direction (Envoy's `envoy.config.core.v3.TrafficDirection`).
@@ -2363,6 +2369,15 @@ impl Config {
         }
         if let Some(t) = &l.tls {
             validate_listener_tls(t, l, &|f| at(&format!("tls.{f}")), err);
+        }
+        if l.rbac.len() > RBAC_FILTERS_MAX {
+            err(
+                at("rbac"),
+                format!("{} filters: at most {RBAC_FILTERS_MAX}", l.rbac.len()),
+            );
+        }
+        for (i, r) in l.rbac.iter().enumerate() {
+            r.validate(&|f| at(&format!("rbac[{i}].{f}")), err);
         }
         if let Some(b) = &l.local_rate_limit {
             if l.protocol == Protocol::Tcp {

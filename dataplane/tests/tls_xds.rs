@@ -590,3 +590,132 @@ fn istio_auto_mtls_tls_to_sidecar_endpoints_plaintext_to_the_others_like_envoy()
         certs(&rs)
     );
 }
+
+/// istiod's `envoy.filters.network.rbac` for an AuthorizationPolicy, from its golden files
+/// (fixtures/istio/rbac, copied from istio/istio pilot/pkg/security/authz/builder/testdata/tcp):
+/// `allow-both-http-tcp-out` (ALLOW port 80 from principals `.*/ns/ns-1/.*`) with the shadow
+/// rules of `dry-run-mix-out` (a dry-run ALLOW of port 80), port 80 being `port` here.
+fn istiod_rbac(port: u16) -> Value {
+    let golden = |f: &str| -> Value {
+        let p = common::peers::root().join(format!("dataplane/tests/fixtures/istio/rbac/{f}.yaml"));
+        serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    fn port_80_to(v: &mut Value, port: u16) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    if k == "destinationPort" && *v == json!(80) {
+                        *v = json!(port);
+                    } else {
+                        port_80_to(v, port);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|v| port_80_to(v, port)),
+            _ => {}
+        }
+    }
+    let mut f = golden("allow-both-http-tcp-out");
+    f["typedConfig"]["shadowRules"] =
+        golden("dry-run-mix-out")["typedConfig"]["shadowRules"].clone();
+    port_80_to(&mut f, port);
+    f
+}
+
+#[test]
+fn istiod_network_rbac_by_spiffe_id_and_port_like_envoy() {
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    let provider = Provider::start("A");
+    let (rs_in, envoy_in) = (local(free_port()), local(free_port()));
+    // The same inbound for both: mTLS (istiod's inbound context), then istiod's rbac filter,
+    // then dubbo_proxy to the provider.
+    let inbound = |addr: SocketAddr| {
+        let mut l = dubbo_to("in", addr, "app");
+        let proxy = l["filter_chains"][0]["filters"][0].clone();
+        l["filter_chains"][0]["filters"] = json!([istiod_rbac(addr.port()), proxy]);
+        l["filter_chains"][0]["transport_socket"] = downstream_tls(istio_tls_context(
+            &["istio"],
+            json!({"prefix": "spiffe://cluster.local/"}),
+        ));
+        json!({"version": "1", "listeners": [l],
+            "clusters": [static_cluster("app", &[provider.addr])],
+            "secrets": secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)})
+    };
+    let rs_xds = XdsServer::start();
+    rs_xds.put(&inbound(rs_in)).unwrap();
+    let rs = ringside(&rs_xds, "ringside-in");
+    let envoy_xds = XdsServer::start();
+    envoy_xds.put(&inbound(envoy_in)).unwrap();
+    let envoy = envoy(&envoy_xds, "envoy-in");
+
+    // Callers: a ringside outbound presenting an `ns-1` identity (allowed) or a `default` one
+    // (denied by the ALLOW policy), to each inbound.
+    let dir = TempDir::new("rbac");
+    let (ok_cert, ok_key) = pki.issue("spiffe://cluster.local/ns/ns-1/sa/consumer", NOT_AFTER);
+    let files = [
+        (
+            "ok",
+            dir.write("ok.pem", &ok_cert),
+            dir.write("ok.key", &ok_key),
+        ),
+        (
+            "no",
+            pki.path("consumer.pem").into(),
+            pki.path("consumer.key").into(),
+        ),
+    ];
+    let admin = local(free_port());
+    let mut yaml = format!("admin: {{address: {admin}}}\nlisteners:\n");
+    let mut clusters = String::from("clusters:\n");
+    let mut addrs = std::collections::HashMap::new();
+    for (who, cert, key) in &files {
+        for (side, target) in [("rs", rs_in), ("envoy", envoy_in)] {
+            let (name, listen) = (format!("{who}-{side}"), local(free_port()));
+            addrs.insert(name.clone(), listen);
+            yaml += &format!(
+                "  - {{name: {name}, address: {listen}, protocol: dubbo, cluster: {name}}}\n"
+            );
+            clusters += &format!(
+                "  - name: {name}\n    endpoints: [\"{target}\"]\n    timeout_ms: 3000\n    \
+                 tls: {{cert_chain: {}, private_key: {}, ca: {}, alpn: [istio], subject_alt_names: [\"{PROVIDER_ID}\"]}}\n",
+                cert.display(),
+                key.display(),
+                pki.path("ca.pem")
+            );
+        }
+    }
+    let _out = Ringside::start(&(yaml + &clusters), admin, &["--shards", "1"]);
+    wait_answered(addrs["ok-rs"], "allowed → ringside", &|| String::new());
+    wait_answered(addrs["ok-envoy"], "allowed → Envoy", &|| envoy.log());
+    for side in ["rs", "envoy"] {
+        let text = format!("via-{side}");
+        assert_eq!(
+            echo(addrs[&format!("ok-{side}")], &text),
+            Ok(format!("A|echo|{text}"))
+        );
+        let denied = echo(addrs[&format!("no-{side}")], "denied");
+        assert!(
+            denied.is_err(),
+            "{side}: a denied identity was answered: {denied:?}"
+        );
+    }
+    // Envoy's counters, same names: the enforced rules allowed and denied, the shadow rules
+    // (port only) allowed every connection.
+    let names = [
+        "tcp.rbac.allowed",
+        "tcp.rbac.denied",
+        "tcp.rbac.istio_dry_run_allow_.shadow_allowed",
+        "tcp.rbac.istio_dry_run_allow_.shadow_denied",
+    ];
+    let rs_stats: Vec<u64> = names
+        .iter()
+        .map(|n| rs.stat_value(n).map_or(u64::MAX, |v| v as u64))
+        .collect();
+    let envoy_stats: Vec<u64> = names.iter().map(|n| envoy.stat(n)).collect();
+    for (who, s) in [("ringside", &rs_stats), ("Envoy", &envoy_stats)] {
+        assert!(s[0] >= 1 && s[1] >= 1, "{who}: {names:?} = {s:?}");
+        assert_eq!(s[2], s[0] + s[1], "{who}: {names:?} = {s:?}");
+        assert_eq!(s[3], 0, "{who}: {names:?} = {s:?}");
+    }
+}

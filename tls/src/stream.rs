@@ -235,6 +235,16 @@ impl<S: AsyncWriteRent> TlsStream<S> {
             .map(|c| c.to_vec())
     }
 
+    /// `f` of the peer's end-entity certificate as it was verified (DER, borrowed in place:
+    /// no copy), or of `None` when the peer sent none.
+    pub fn with_peer_certificate<R>(&self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let tls = self.read.tls.borrow();
+        f(tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref()))
+    }
+
     /// The plaintext socket underneath (socket options).
     pub fn get_ref(&self) -> &S {
         // SAFETY: a shared borrow of the socket for a synchronous call (a socket option);

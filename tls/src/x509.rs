@@ -57,31 +57,34 @@ fn tbs(der: &[u8]) -> Option<&[u8]> {
 /// The URI subject alternative names of a DER certificate (empty when it has none or cannot
 /// be read).
 pub fn uri_sans(der: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let Some(tbs) = tbs(der) else { return out };
-    let Some((_, exts)) = elements(tbs).find(|(t, _)| *t == EXTENSIONS) else {
-        return out;
-    };
-    let Some((SEQUENCE, list, _)) = element(exts) else {
-        return out;
-    };
-    for (tag, ext) in elements(list) {
-        if tag != SEQUENCE {
-            continue;
-        }
-        let mut fields = elements(ext);
-        if fields.next() != Some((OID, OID_SAN)) {
-            continue;
-        }
-        // `critical` (a BOOLEAN) may come before the value.
-        let Some((_, value)) = fields.find(|(t, _)| *t == OCTET_STRING) else {
-            continue;
-        };
-        if let Some((SEQUENCE, names, _)) = element(value) {
-            out.extend(elements(names).filter(|(t, _)| *t == URI).map(|(_, v)| v));
-        }
-    }
-    out
+    uri_sans_iter(der).collect()
+}
+
+/// The URI subject alternative names of a DER certificate, read in place (no allocation:
+/// authorization reads them once per connection).
+pub fn uri_sans_iter(der: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let exts = tbs(der)
+        .and_then(|tbs| elements(tbs).find(|(t, _)| *t == EXTENSIONS))
+        .and_then(|(_, exts)| match element(exts) {
+            Some((SEQUENCE, list, _)) => Some(list),
+            _ => None,
+        })
+        .unwrap_or(&[]);
+    elements(exts)
+        .filter(|(tag, _)| *tag == SEQUENCE)
+        .filter_map(|(_, ext)| {
+            let mut fields = elements(ext);
+            if fields.next() != Some((OID, OID_SAN)) {
+                return None;
+            }
+            // `critical` (a BOOLEAN) may come before the value.
+            let (_, value) = fields.find(|(t, _)| *t == OCTET_STRING)?;
+            match element(value) {
+                Some((SEQUENCE, names, _)) => Some(names),
+                _ => None,
+            }
+        })
+        .flat_map(|names| elements(names).filter(|(t, _)| *t == URI).map(|(_, v)| v))
 }
 
 /// notAfter of a DER certificate, in seconds since the Unix epoch.

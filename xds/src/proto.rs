@@ -45,6 +45,8 @@ use config::{
 
 use crate::TranslateError;
 
+#[path = "proto_rbac.rs"]
+mod rbac;
 #[path = "proto_tls.rs"]
 mod tls;
 pub(crate) use tls::{decode_secret, SECRET_TYPE};
@@ -326,6 +328,7 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
         istio_metrics: istio_reporter(l),
         tracing: None,
         traffic_direction: traffic_direction(l.traffic_direction),
+        rbac: Vec::new(),
     };
     let mut base = base;
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
@@ -571,13 +574,25 @@ fn chain_listener(
     }
     // istiod puts telemetry filters (istio.stats, istio.metadata_exchange, istio_authn) before
     // the proxy filter: ignored (docs/xds.md, "Istio"); exactly one other filter must remain.
+    // Network rbac filters (istiod's AuthorizationPolicy), in order: the listener's `rbac`.
+    for (i, f) in chain.filters.iter().enumerate() {
+        if let Some(listener_pb::filter::ConfigType::TypedConfig(a)) = &f.config_type {
+            if a.type_url == rbac::NETWORK_RBAC_TYPE {
+                out.rbac.push(rbac::network(
+                    a,
+                    ctx,
+                    &format!("{at}.filters[{i}].typed_config"),
+                )?);
+            }
+        }
+    }
     let proxies: Vec<(usize, &listener_pb::Filter)> = chain
         .filters
         .iter()
         .enumerate()
         .filter(|(_, f)| match &f.config_type {
             Some(listener_pb::filter::ConfigType::TypedConfig(a)) => {
-                ignorable_network_filter(a).is_none()
+                ignorable_network_filter(a).is_none() && a.type_url != rbac::NETWORK_RBAC_TYPE
             }
             _ => true,
         })
@@ -2932,7 +2947,8 @@ fn ignorable_network_filter(any: &Any) -> Option<&'static str> {
         // Exchanges peer metadata in-band only on connections that negotiated the ALPN
         // `istio-peer-exchange`, i.e. over Istio mTLS, which ringside does not terminate.
         ISTIO_MX => Some("acts only on mTLS connections (ALPN istio-peer-exchange)"),
-        // Records the mTLS peer identity for rbac; ringside has neither TLS nor rbac.
+        // Records the mTLS peer identity for Istio's filters; ringside's rbac reads the
+        // peer's certificate itself.
         ISTIO_AUTHN => Some("records the mTLS peer identity only"),
         _ => None,
     }

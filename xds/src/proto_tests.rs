@@ -1077,7 +1077,8 @@ fn istio_filter_decisions() {
     )]));
     assert!(e.contains("Wasm filters are not supported"), "{e}");
 
-    // Network: telemetry filters before the proxy filter are skipped; rbac is not.
+    // Network: telemetry filters before the proxy filter are skipped; rbac becomes the
+    // listener's `rbac`; any other extra filter is refused.
     let filter = |name: &str, a: Any| listener_pb::Filter {
         name: name.into(),
         config_type: Some(listener_pb::filter::ConfigType::TypedConfig(a)),
@@ -1102,9 +1103,22 @@ fn istio_filter_decisions() {
             ),
         ),
     );
+    let (_, res) = decode_listener(&pack_any(l.clone())).unwrap();
+    assert_eq!(res.listener.rbac.len(), 1);
+    assert_eq!(res.listener.cluster.as_deref(), Some("c"));
+    l.filter_chains[0].filters.insert(
+        0,
+        filter(
+            "envoy.filters.network.ext_authz",
+            any_of(
+                "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+                vec![],
+            ),
+        ),
+    );
     let e = err_text(decode_listener(&pack_any(l)));
     assert!(
-        e.contains("filter_chains[0].filters") && e.contains("envoy.filters.network.rbac"),
+        e.contains("filter_chains[0].filters") && e.contains("envoy.filters.network.ext_authz"),
         "{e}"
     );
 

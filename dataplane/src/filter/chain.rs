@@ -28,13 +28,18 @@ pub struct ConnInfo<'a> {
 /// An IP range; `None` address: the chain gives none (matches any, as Envoy's implicit
 /// `0.0.0.0/0` and `::/0`, with length 0).
 #[derive(Clone, Copy, Debug)]
-struct Cidr {
+pub(super) struct Cidr {
     ip: IpAddr,
     len: u8,
 }
 
 impl Cidr {
-    fn contains(&self, ip: IpAddr) -> bool {
+    /// A validated config range (`a.b.c.d/len`); `None` for one that does not parse.
+    pub(super) fn parse(s: &str) -> Option<Cidr> {
+        config::parse_cidr(s).ok().map(|(ip, len)| Cidr { ip, len })
+    }
+
+    pub(super) fn contains(&self, ip: IpAddr) -> bool {
         match (self.ip, ip) {
             (IpAddr::V4(net), IpAddr::V4(a)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);

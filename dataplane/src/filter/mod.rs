@@ -8,6 +8,7 @@ pub mod budget;
 pub mod chain;
 pub mod dubbo;
 pub mod ratelimit;
+pub mod rbac;
 pub mod tcp;
 pub mod triple;
 

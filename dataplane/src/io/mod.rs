@@ -122,6 +122,11 @@ pub trait Conn:
     fn peer_principal(&self) -> Option<Option<String>> {
         None
     }
+    /// `f` of the peer's verified TLS certificate (DER, read in place), or of `None` on a
+    /// plaintext connection or a client that sent none.
+    fn with_peer_certificate(&self, f: &mut dyn FnMut(Option<&[u8]>) -> bool) -> bool {
+        f(None)
+    }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path.
     fn into_kernel(self) -> Result<TcpStream, Self>

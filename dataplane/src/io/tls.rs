@@ -482,6 +482,9 @@ impl Conn for TlsConn {
         let chain = self.peer_certificates()?;
         Some(spiffe_id(chain.first()?))
     }
+    fn with_peer_certificate(&self, f: &mut dyn FnMut(Option<&[u8]>) -> bool) -> bool {
+        self.with_peer_certificate(|c| f(c))
+    }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)
     }

@@ -64,6 +64,8 @@ pub struct ListenerCtx {
     /// `tls`: connections are TLS (STRICT) or, PERMISSIVE, TLS when they start with a TLS
     /// record.
     pub tls: Option<std::sync::Arc<crate::io::tls::ServerTls>>,
+    /// `rbac`: a connection it denies is closed before its protocol reads a byte.
+    pub rbac: Option<crate::filter::rbac::Rbac>,
 }
 
 /// A listener's filter chains as its connections are matched against them.
@@ -263,6 +265,22 @@ async fn serve_counted<C: crate::io::Conn>(
 /// Serves a connection (plaintext, or TLS after its handshake) by the listener's protocol;
 /// whether the drain's deadline cut it.
 async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &Rc<Drain>) -> bool {
+    if let Some(rbac) = &l.rbac {
+        let (source, local) = stream.addrs();
+        let destination = stream.original_dst().or(local);
+        let allowed = stream.with_peer_certificate(&mut |certificate| {
+            let peer = crate::filter::rbac::Peer {
+                source,
+                destination,
+                certificate,
+            };
+            rbac.allows(&peer, &l.stats)
+        });
+        if !allowed {
+            tracing::debug!(listener = %l.name, peer = ?source, "rbac: connection denied");
+            return false;
+        }
+    }
     match l.protocol {
         // Config validation keeps TCP listeners off the DPDK path.
         Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {

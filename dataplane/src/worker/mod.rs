@@ -800,6 +800,7 @@ impl ShardState {
             virtuals: Latest::new(Rc::new([])),
             chains: Latest::default(),
             tls: snap.tls.listeners.get(index).cloned().flatten(),
+            rbac: crate::filter::rbac::Rbac::new(&l.rbac, &stats.stats),
         })
     }
 

@@ -1,0 +1,203 @@
+//! Connection authorization (Envoy's `envoy.filters.network.rbac`, what istiod makes of an
+//! AuthorizationPolicy): a listener's `rbac` filters, evaluated in order once per connection
+//! (docs/security.md#authorization).
+
+use serde::{Deserialize, Serialize};
+
+use crate::StringMatch;
+
+/// Most policies of one rules set (istiod: one per AuthorizationPolicy rule).
+pub const RBAC_POLICIES_MAX: usize = 1024;
+/// Deepest nesting of `and_*` / `or_*` / `not_*` (the evaluation recurses this deep).
+pub const RBAC_DEPTH_MAX: usize = 16;
+/// Most `rbac` filters of one listener (istiod: DENY, ALLOW, AUDIT).
+pub const RBAC_FILTERS_MAX: usize = 8;
+
+/// One RBAC filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rbac {
+    /// Counters `STAT_PREFIXrbac.allowed`, `.denied` (Envoy's names; istiod: `tcp.`).
+    #[serde(default)]
+    pub stat_prefix: String,
+    /// Enforced; none: every connection passes this filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RbacRules>,
+    /// Evaluated and counted (`STAT_PREFIXrbac.SHADOW_PREFIX.shadow_allowed`, `shadow_denied`),
+    /// never enforced (istiod's dry-run policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_rules: Option<RbacRules>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shadow_rules_stat_prefix: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbacRules {
+    #[serde(default)]
+    pub action: RbacAction,
+    #[serde(default)]
+    pub policies: Vec<RbacPolicy>,
+}
+
+/// `allow`: a connection passes when a policy matches; `deny`: when none does; `log`: always.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RbacAction {
+    #[default]
+    Allow,
+    Deny,
+    Log,
+}
+
+/// Matches a connection when one of `permissions` and one of `principals` match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbacPolicy {
+    pub name: String,
+    pub permissions: Vec<Permission>,
+    pub principals: Vec<Principal>,
+}
+
+/// What the connection asks for (its destination).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Permission {
+    /// Must be `true`.
+    Any(bool),
+    AndRules(Vec<Permission>),
+    OrRules(Vec<Permission>),
+    NotRule(Box<Permission>),
+    /// The port the client connected to (the original destination's, under interception).
+    DestinationPort(u16),
+    /// `[start, end)`.
+    DestinationPortRange {
+        start: u16,
+        end: u16,
+    },
+    /// A CIDR (`10.0.0.0/8`) the destination address is in.
+    DestinationIp(String),
+}
+
+/// Who the peer is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Principal {
+    /// Must be `true`.
+    Any(bool),
+    AndIds(Vec<Principal>),
+    OrIds(Vec<Principal>),
+    NotId(Box<Principal>),
+    /// A peer with a verified TLS client certificate; with `principal_name`, one of whose URI
+    /// SANs (the SPIFFE id) matches it.
+    Authenticated {
+        #[serde(default)]
+        principal_name: Option<StringMatch>,
+    },
+    /// CIDR of the peer's address (`source_ip`, `direct_remote_ip` and `remote_ip` are the
+    /// same for a connection: ringside reads no PROXY protocol or forwarded header).
+    SourceIp(String),
+    DirectRemoteIp(String),
+    RemoteIp(String),
+}
+
+impl Rbac {
+    pub(crate) fn validate(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        err: &mut dyn FnMut(String, String),
+    ) {
+        for (f, r) in [("rules", &self.rules), ("shadow_rules", &self.shadow_rules)] {
+            let Some(r) = r else { continue };
+            if r.policies.len() > RBAC_POLICIES_MAX {
+                err(
+                    at(&format!("{f}.policies")),
+                    format!("{} policies: at most {RBAC_POLICIES_MAX}", r.policies.len()),
+                );
+            }
+            for (i, p) in r.policies.iter().enumerate() {
+                let at = |g: &str| at(&format!("{f}.policies[{i}].{g}"));
+                for (k, m) in p.permissions.iter().enumerate() {
+                    m.validate(&at(&format!("permissions[{k}]")), 1, err);
+                }
+                for (k, m) in p.principals.iter().enumerate() {
+                    m.validate(&at(&format!("principals[{k}]")), 1, err);
+                }
+            }
+        }
+    }
+}
+
+fn cidr(at: &str, s: &str, err: &mut dyn FnMut(String, String)) {
+    if let Err(e) = crate::parse_cidr(s) {
+        err(at.to_string(), e);
+    }
+}
+
+fn depth(at: &str, d: usize, err: &mut dyn FnMut(String, String)) -> bool {
+    if d > RBAC_DEPTH_MAX {
+        err(
+            at.to_string(),
+            format!("nested deeper than {RBAC_DEPTH_MAX}"),
+        );
+        return false;
+    }
+    true
+}
+
+impl Permission {
+    fn validate(&self, at: &str, d: usize, err: &mut dyn FnMut(String, String)) {
+        if !depth(at, d, err) {
+            return;
+        }
+        match self {
+            Permission::Any(false) => err(format!("{at}.any"), "must be true".into()),
+            Permission::Any(true) | Permission::DestinationPort(_) => {}
+            Permission::AndRules(l) | Permission::OrRules(l) => {
+                for (i, p) in l.iter().enumerate() {
+                    p.validate(&format!("{at}[{i}]"), d + 1, err);
+                }
+            }
+            Permission::NotRule(p) => p.validate(&format!("{at}.not_rule"), d + 1, err),
+            Permission::DestinationPortRange { start, end } if start > end => err(
+                format!("{at}.destination_port_range"),
+                format!("start {start} is above end {end}"),
+            ),
+            Permission::DestinationPortRange { .. } => {}
+            Permission::DestinationIp(s) => cidr(&format!("{at}.destination_ip"), s, err),
+        }
+    }
+}
+
+impl Principal {
+    fn validate(&self, at: &str, d: usize, err: &mut dyn FnMut(String, String)) {
+        if !depth(at, d, err) {
+            return;
+        }
+        match self {
+            Principal::Any(false) => err(format!("{at}.any"), "must be true".into()),
+            Principal::Any(true) => {}
+            Principal::AndIds(l) | Principal::OrIds(l) => {
+                for (i, p) in l.iter().enumerate() {
+                    p.validate(&format!("{at}[{i}]"), d + 1, err);
+                }
+            }
+            Principal::NotId(p) => p.validate(&format!("{at}.not_id"), d + 1, err),
+            Principal::Authenticated { principal_name } => {
+                if let Some(Err(e)) = principal_name
+                    .as_ref()
+                    .and_then(|m| m.regex.as_deref())
+                    .map(|r| regex::Regex::new(r))
+                {
+                    err(
+                        format!("{at}.authenticated.principal_name.regex"),
+                        e.to_string(),
+                    );
+                }
+            }
+            Principal::SourceIp(s) | Principal::DirectRemoteIp(s) | Principal::RemoteIp(s) => {
+                cidr(&format!("{at}.ip"), s, err)
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Connection authorization: a listener's network `rbac` filters (Envoy's
+//! `envoy.filters.network.rbac`, istiod's AuthorizationPolicy), compiled once per config into
+//! trees of matchers, evaluated once per connection (after its TLS handshake) with no
+//! allocation: the peer's SPIFFE id is read in place from its verified certificate
+//! (docs/security.md#authorization).
+
+use std::net::SocketAddr;
+
+use super::chain::Cidr;
+use crate::config;
+use crate::route::{Matcher, RouteError};
+use crate::stats::{Kind, ShardStats, StatId, Stats};
+
+/// What a connection shows the rules.
+pub struct Peer<'a> {
+    /// The client's address.
+    pub source: Option<SocketAddr>,
+    /// Where it connected to (its original destination under interception).
+    pub destination: Option<SocketAddr>,
+    /// The client's verified TLS certificate (DER), if it sent one.
+    pub certificate: Option<&'a [u8]>,
+}
+
+/// A listener's rbac filters, in order: a connection passes when every one allows it.
+pub struct Rbac {
+    filters: Box<[Filter]>,
+    /// The rules did not compile (a bug: config validation checks them): every connection is
+    /// refused rather than let through.
+    broken: bool,
+}
+
+struct Filter {
+    rules: Option<Rules>,
+    shadow: Option<Rules>,
+    ids: RbacStatIds,
+}
+
+/// Envoy's counters of one filter (`STAT_PREFIXrbac.allowed`, ...).
+#[derive(Clone, Copy)]
+struct RbacStatIds {
+    allowed: StatId,
+    denied: StatId,
+    shadow_allowed: StatId,
+    shadow_denied: StatId,
+}
+
+struct Rules {
+    action: config::RbacAction,
+    policies: Box<[Policy]>,
+}
+
+struct Policy {
+    permissions: Box<[Permission]>,
+    principals: Box<[Principal]>,
+}
+
+enum Permission {
+    Any,
+    And(Box<[Permission]>),
+    Or(Box<[Permission]>),
+    Not(Box<Permission>),
+    Port(u16),
+    /// `[start, end)`.
+    Ports(u16, u16),
+    DestinationIp(Option<Cidr>),
+}
+
+enum Principal {
+    Any,
+    And(Box<[Principal]>),
+    Or(Box<[Principal]>),
+    Not(Box<Principal>),
+    /// A verified certificate; with a matcher, one of its URI SANs matching it.
+    Authenticated(Option<Matcher>),
+    SourceIp(Option<Cidr>),
+}
+
+impl Rbac {
+    /// `None` for a listener without rbac filters. Validated config: a regex that does not
+    /// compile is a bug; it is logged and the listener refuses every connection.
+    pub fn new(filters: &[config::Rbac], st: &Stats) -> Option<Rbac> {
+        if filters.is_empty() {
+            return None;
+        }
+        Some(Self::compile(filters, st).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "rbac rules do not compile: refusing every connection");
+            Rbac {
+                filters: Box::new([]),
+                broken: true,
+            }
+        }))
+    }
+
+    fn compile(filters: &[config::Rbac], st: &Stats) -> Result<Rbac, RouteError> {
+        let filters = filters
+            .iter()
+            .map(|f| {
+                let counter = |name: &str| {
+                    st.add(&format!("{}rbac", f.stat_prefix), name, &[], Kind::Counter)
+                };
+                // Envoy 1.40's names: `STAT_PREFIXrbac.SHADOW_PREFIX.shadow_allowed` (no
+                // second dot without a shadow prefix).
+                let shadow = |name: &str| {
+                    let scope = match f.shadow_rules_stat_prefix.as_str() {
+                        "" => format!("{}rbac", f.stat_prefix),
+                        p => format!("{}rbac.{p}", f.stat_prefix),
+                    };
+                    st.add(&scope, name, &[], Kind::Counter)
+                };
+                Ok(Filter {
+                    rules: f.rules.as_ref().map(Rules::new).transpose()?,
+                    shadow: f.shadow_rules.as_ref().map(Rules::new).transpose()?,
+                    ids: RbacStatIds {
+                        allowed: counter("allowed"),
+                        denied: counter("denied"),
+                        shadow_allowed: shadow("shadow_allowed"),
+                        shadow_denied: shadow("shadow_denied"),
+                    },
+                })
+            })
+            .collect::<Result<_, RouteError>>()?;
+        Ok(Rbac {
+            filters,
+            broken: false,
+        })
+    }
+
+    /// Whether `peer` may go on, counted as Envoy counts: each filter's shadow rules are
+    /// evaluated and counted, never enforced; its rules count `allowed` or `denied`, and the
+    /// first filter that denies ends the evaluation.
+    pub fn allows(&self, peer: &Peer<'_>, stats: &ShardStats) -> bool {
+        if self.broken {
+            return false;
+        }
+        for f in self.filters.iter() {
+            if let Some(s) = &f.shadow {
+                let id = match s.allows(peer) {
+                    true => f.ids.shadow_allowed,
+                    false => f.ids.shadow_denied,
+                };
+                stats.inc(id);
+            }
+            if let Some(r) = &f.rules {
+                if r.allows(peer) {
+                    stats.inc(f.ids.allowed);
+                } else {
+                    stats.inc(f.ids.denied);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Rules {
+    fn new(r: &config::RbacRules) -> Result<Rules, RouteError> {
+        Ok(Rules {
+            action: r.action,
+            policies: r
+                .policies
+                .iter()
+                .map(|p| {
+                    Ok(Policy {
+                        permissions: p.permissions.iter().map(Permission::new).collect(),
+                        principals: p
+                            .principals
+                            .iter()
+                            .map(Principal::new)
+                            .collect::<Result<_, RouteError>>()?,
+                    })
+                })
+                .collect::<Result<_, RouteError>>()?,
+        })
+    }
+
+    fn allows(&self, peer: &Peer<'_>) -> bool {
+        let matched = self.policies.iter().any(|p| {
+            p.permissions.iter().any(|m| m.matches(peer))
+                && p.principals.iter().any(|m| m.matches(peer))
+        });
+        match self.action {
+            config::RbacAction::Allow => matched,
+            config::RbacAction::Deny => !matched,
+            config::RbacAction::Log => true,
+        }
+    }
+}
+
+impl Permission {
+    fn new(p: &config::Permission) -> Permission {
+        use config::Permission as P;
+        let list = |l: &[P]| l.iter().map(Permission::new).collect();
+        match p {
+            P::Any(_) => Permission::Any,
+            P::AndRules(l) => Permission::And(list(l)),
+            P::OrRules(l) => Permission::Or(list(l)),
+            P::NotRule(p) => Permission::Not(Box::new(Permission::new(p))),
+            P::DestinationPort(port) => Permission::Port(*port),
+            P::DestinationPortRange { start, end } => Permission::Ports(*start, *end),
+            P::DestinationIp(c) => Permission::DestinationIp(Cidr::parse(c)),
+        }
+    }
+
+    /// Recursion depth bounded by `config::RBAC_DEPTH_MAX` (validated).
+    fn matches(&self, peer: &Peer<'_>) -> bool {
+        let port = peer.destination.map(|a| a.port());
+        match self {
+            Permission::Any => true,
+            Permission::And(l) => l.iter().all(|m| m.matches(peer)),
+            Permission::Or(l) => l.iter().any(|m| m.matches(peer)),
+            Permission::Not(m) => !m.matches(peer),
+            Permission::Port(p) => port == Some(*p),
+            Permission::Ports(lo, hi) => port.is_some_and(|p| (*lo..*hi).contains(&p)),
+            Permission::DestinationIp(c) => match (c, peer.destination) {
+                (Some(c), Some(a)) => c.contains(a.ip()),
+                _ => false,
+            },
+        }
+    }
+}
+
+impl Principal {
+    fn new(p: &config::Principal) -> Result<Principal, RouteError> {
+        use config::Principal as P;
+        let list = |l: &[P]| l.iter().map(Principal::new).collect::<Result<_, _>>();
+        Ok(match p {
+            P::Any(_) => Principal::Any,
+            P::AndIds(l) => Principal::And(list(l)?),
+            P::OrIds(l) => Principal::Or(list(l)?),
+            P::NotId(p) => Principal::Not(Box::new(Principal::new(p)?)),
+            P::Authenticated { principal_name } => {
+                Principal::Authenticated(Matcher::optional(principal_name)?)
+            }
+            P::SourceIp(c) | P::DirectRemoteIp(c) | P::RemoteIp(c) => {
+                Principal::SourceIp(Cidr::parse(c))
+            }
+        })
+    }
+
+    fn matches(&self, peer: &Peer<'_>) -> bool {
+        match self {
+            Principal::Any => true,
+            Principal::And(l) => l.iter().all(|m| m.matches(peer)),
+            Principal::Or(l) => l.iter().any(|m| m.matches(peer)),
+            Principal::Not(m) => !m.matches(peer),
+            Principal::Authenticated(name) => match (peer.certificate, name) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(der), Some(m)) => tls::x509::uri_sans_iter(der).any(|san| m.matches(san)),
+            },
+            Principal::SourceIp(c) => match (c, peer.source) {
+                (Some(c), Some(a)) => c.contains(a.ip()),
+                _ => false,
+            },
+        }
+    }
+}
