@@ -1392,6 +1392,9 @@ struct PodView {
     scrape_other_path: u16,
     /// 15021 once the agent is gone (its port refuses connections).
     ready_agent_gone: u16,
+    /// `server.state` after `POST /healthcheck/fail` (Envoy's DRAINING, 1; Envoy updates it
+    /// at its stats flush, every 5 s).
+    state_after_healthcheck_fail: Option<u64>,
 }
 
 /// One GET (`Connection: close`, a chunked body joined: Envoy keeps connections open).
@@ -1487,6 +1490,22 @@ fn pod_view(binary: &std::path::Path, envoy: bool) -> PodView {
             drop(agent);
             http_status(pod.health, "/healthz/ready")
         },
+        state_after_healthcheck_fail: {
+            common::xds::http_body(pod.admin, "POST", "/healthcheck/fail", "").unwrap();
+            let state = || {
+                let (_, text) = get(pod.admin, "/stats?filter=^server\\.state$").ok()?;
+                text.lines()
+                    .find_map(|l| l.strip_prefix("server.state: "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut s = state();
+            while s != Some(1) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                s = state();
+            }
+            s
+        },
     };
     eprintln!("{}: {view:?}", if envoy { "envoy" } else { "ringside" });
     if view.ready_after_config != 200 {
@@ -1507,6 +1526,7 @@ fn pilot_agent_runs_ringside_with_envoys_command_line_and_bootstrap_like_envoy()
         scrape: Ok(1),
         scrape_other_path: 404,
         ready_agent_gone: 503,
+        state_after_healthcheck_fail: Some(1),
     };
     assert_eq!(envoy, want, "the oracle");
     assert_eq!(ringside, want);
