@@ -597,13 +597,16 @@ def run_istio(a, proxy, mode, work):
                     continue
                 total = total + r["resources"] if mode == "delta" else r["resources"]
                 if total >= want[t]:
-                    got[t] = ack["time"] - t_push
+                    got[t] = (ack["time"] - t_push, r["time"] - t_push)
                     break
         return got if len(got) == len(ISTIO_TYPES) else None
 
     got = wait_until(f"{proxy} ACK of the push", pushed, a.push_timeout)
-    push = {f"{t}_ack_s": round(got[t], 3) for t in ISTIO_TYPES}
-    push["applied_s"] = round(max(got.values()), 3)
+    push = {f"{t}_ack_s": round(got[t][0], 3) for t in ISTIO_TYPES}
+    # When the server queued the response that completed each type: the time before it is the
+    # proxy asking (RDS and EDS names come after LDS and CDS) and the server's own work.
+    push.update({f"{t}_response_s": round(got[t][1], 3) for t in ISTIO_TYPES})
+    push["applied_s"] = round(max(v[0] for v in got.values()), 3)
     log(f"{proxy}/{mode}: ACKed in {push['applied_s']:.3f} s ({push})")
 
     # Applied, not only ACKed: every listener and cluster of the push, with its endpoints.
@@ -639,6 +642,8 @@ def istio_table(runs):
     rows = [("push to last ACK (CDS, EDS, LDS, RDS), ms", "applied_s", 1000, 0),
             ("  CDS ACK, ms", "cds_ack_s", 1000, 0), ("  EDS ACK, ms", "eds_ack_s", 1000, 0),
             ("  LDS ACK, ms", "lds_ack_s", 1000, 0), ("  RDS ACK, ms", "rds_ack_s", 1000, 0),
+            ("  last RDS response queued, ms", "rds_response_s", 1000, 0),
+            ("  last EDS response queued, ms", "eds_response_s", 1000, 0),
             ("proxy CPU, push until 1 s after in force, s", "cpu_s", 1, 2),
             ("RSS before the push, MB", "rss_before_mb", 1, 1),
             ("RSS after the push, MB", "rss_after_mb", 1, 1),
