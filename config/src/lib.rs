@@ -2410,9 +2410,12 @@ impl Config {
                 );
             }
             // A filter chain's listener (bind: false) knows the original destination for
-            // whatever cluster it has, as Envoy's chains behind an original_dst filter.
+            // whatever cluster it has, as Envoy's chains behind an original_dst filter. A
+            // listener with virtual_listeners uses it to pick one; its own cluster takes the
+            // rest (Istio's REGISTRY_ONLY virtualOutbound: BlackHoleCluster).
             if l.original_destination
                 && l.bind
+                && l.virtual_listeners.is_empty()
                 && !orig_dst_cluster(c.as_str())
                 && cluster_names.contains(c.as_str())
             {

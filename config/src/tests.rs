@@ -278,6 +278,21 @@ fn virtual_listeners_load() {
     // A virtual listener may share its address with a bound one: it opens no socket.
     let shared = VIRTUAL.replace("address: 0.0.0.0:20880", "address: 0.0.0.0:15001");
     assert!(Config::from_yaml("c.yaml", &shared).is_ok());
+    // The rest may go to a cluster of any type (Istio's REGISTRY_ONLY: BlackHoleCluster): the
+    // original destination still picks the virtual listener.
+    let rest = VIRTUAL.replace("    cluster: passthrough\n", "    cluster: users\n");
+    Config::from_yaml("c.yaml", &rest).unwrap();
+    // Without virtual listeners that original destination would be ignored.
+    let e = errors(
+        &rest
+            .replace("    virtual_listeners: [out_20880]\n", "")
+            .replace("    bind: false\n", ""),
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.field == "listeners[0].original_destination"),
+        "{e:?}"
+    );
 }
 
 #[test]
