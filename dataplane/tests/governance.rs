@@ -1391,3 +1391,92 @@ fn dubbo_fault_aborts_with_the_status_of_choice_and_delays() {
     assert_eq!(stat(&rs, "listener.dubbo.fault.delays_injected"), 1);
     assert_eq!(stat(&rs, "listener.dubbo.fault.active_faults"), 0);
 }
+
+// === mirroring ===
+
+/// A Dubbo route's `request_mirror_policies`, with the real sofa-rpc-node consumer and
+/// provider: every call (100 %) or about half of them (50 %) is copied to the shadow cluster,
+/// whose answers never reach the consumer.
+#[test]
+fn dubbo_mirror_copies_calls_of_a_real_consumer_to_the_shadow() {
+    let pa = free_port();
+    let _a = common::peers::NodeProvider::start(pa, "A", &[]);
+    let shadow = Provider::start("S");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: a\n    dubbo:\n      routes:\n\
+\x20       - match: {{method: {{exact: echo}}}}\n          route: {{cluster: a, request_mirror_policies: [{{cluster: s}}]}}\n\
+\x20       - match: {{method: {{exact: whoami}}}}\n          route: {{cluster: a, request_mirror_policies: [{{cluster: s, percentage: 50}}]}}\n\
+clusters:\n  - name: a\n    endpoints: [\"127.0.0.1:{pa}\"]\n  - name: s\n    endpoints: [\"{}\"]\n",
+        shadow.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "2"]);
+    let (ok, lines) = common::peers::node_consumer_loop(listen, "echo", r#"["hi"]"#, 10, 0);
+    assert!(ok, "{lines:?}");
+    assert!(lines.iter().all(|l| l["result"] == "hi"), "{lines:?}");
+    let (ok, lines) = common::peers::node_consumer_loop(listen, "whoami", "[]", 200, 0);
+    assert!(ok, "{lines:?}");
+    assert_eq!(lines.len(), 200);
+    assert!(lines.iter().all(|l| l["result"] == "A"), "answered by A only");
+    // The shadow's answers are not waited for: wait for its copies to arrive.
+    let mirrored = || stat(&rs, "cluster.s.upstream_rq_mirror");
+    let seen = |m: &str| shadow.seen.lock().unwrap().iter().filter(|s| *s == m).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (seen("echo") + seen("whoami")) as i64 != mirrored() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen("echo"), 10, "100 %: every call");
+    let half = seen("whoami");
+    assert!((70..=130).contains(&half), "50 % of 200: {half}");
+    assert_eq!(mirrored(), (10 + half) as i64);
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror_dropped"), 0);
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_total"), 210);
+}
+
+/// A shadow that never answers: the caller's requests are answered by the main cluster as
+/// always, the shadow holds at most `MIRRORS_ACTIVE_PER_SHARD_MAX` (256) copies in flight,
+/// the rest are dropped and counted, and the held ones end at their deadline.
+#[test]
+fn dubbo_mirror_to_a_dead_shadow_is_bounded_and_never_delays_the_caller() {
+    let p = Provider::start("A");
+    // Accepts and never reads: every copy stays unanswered.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hole.incoming().take(4) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let extra = "    cluster: p\n    dubbo:\n      routes:\n\
+\x20       - route: {cluster: p, timeout_ms: 3000, request_mirror_policies: [{cluster: hole}]}\n";
+    let cfg = dubbo_config(admin, listen, &[("p", &[p.addr]), ("hole", &[hole_addr])], extra);
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    let args = [Arg::Str("x")];
+    let t0 = Instant::now();
+    for _ in 0..300 {
+        c.send(RequestBuilder::new(SVC, "echo").args(&args));
+    }
+    let answers = c.recv_n(300);
+    let took = t0.elapsed();
+    assert!(answers.values().all(|a| a.status == Status::Ok && a.text == "A|echo|x"));
+    assert!(took < Duration::from_secs(3), "answered before any copy's deadline: {took:?}");
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror"), 256);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror_dropped"), 44);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_active"), 256);
+    // At the route's timeout the copies end (timeouts of the shadow cluster), and make room.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&rs, "cluster.hole.upstream_rq_active") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_active"), 0);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_timeout"), 256);
+    assert_eq!(c.call(RequestBuilder::new(SVC, "echo").args(&args)).status, Status::Ok);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror"), 257);
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_total"), 301);
+    drop(rs);
+    drop(held);
+}

@@ -1897,12 +1897,6 @@ fn route_configuration(
         if vh.require_tls != 0 {
             return Err(ctx.err(format!("{vat}.require_tls"), "TLS is not supported"));
         }
-        if !vh.request_mirror_policies.is_empty() {
-            return Err(ctx.err(
-                format!("{vat}.request_mirror_policies"),
-                "mirroring is not supported",
-            ));
-        }
         no_header_mutations(
             vh.request_headers_to_add.len(),
             vh.request_headers_to_remove.len(),
@@ -1921,6 +1915,16 @@ fn route_configuration(
             // The virtual host's policy, for its routes without their own.
             if let (None, Some(p)) = (&route.route.retry_policy, &vh.retry_policy) {
                 route.route.retry_policy = retry_policy(p, ctx, &format!("{vat}.retry_policy"))?;
+            }
+            // Likewise its mirror policies (Envoy: a route's own replace them).
+            if matches!(&r.action, Some(route_pb::route::Action::Route(a)) if a.request_mirror_policies.is_empty())
+            {
+                for (k, m) in vh.request_mirror_policies.iter().enumerate() {
+                    let mat = format!("{vat}.request_mirror_policies[{k}]");
+                    if let Some(m) = mirror_policy(m, ctx, &mat)? {
+                        route.route.request_mirror_policies.push(m);
+                    }
+                }
             }
             route.local_rate_limit = route_rate_limit(&r.typed_per_filter_config, ctx, &rat)?;
             routes.push(route);
@@ -2199,9 +2203,6 @@ fn http_action(
     if a.host_rewrite_specifier.is_some() {
         return refuse("host_rewrite_literal", "host rewrites are not supported");
     }
-    if !a.request_mirror_policies.is_empty() {
-        return refuse("request_mirror_policies", "mirroring is not supported");
-    }
     if !a.upgrade_configs.is_empty() {
         return refuse("upgrade_configs", "upgrades are not supported");
     }
@@ -2234,7 +2235,59 @@ fn http_action(
     if let Some(p) = &a.retry_policy {
         out.retry_policy = retry_policy(p, ctx, &format!("{at}.retry_policy"))?;
     }
+    for (i, m) in a.request_mirror_policies.iter().enumerate() {
+        let mat = format!("{at}.request_mirror_policies[{i}]");
+        if let Some(m) = mirror_policy(m, ctx, &mat)? {
+            out.request_mirror_policies.push(m);
+        }
+    }
     Ok(out)
+}
+
+/// A route's `request_mirror_policies` entry (docs/governance.md#mirroring); `None` when it
+/// mirrors nothing (`runtime_fraction` of 0 %).
+fn mirror_policy(
+    m: &route_pb::route_action::RequestMirrorPolicy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::MirrorPolicy>, TranslateError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let refuse = |field: &str, why: &str| Err(ctx.err(format!("{at}.{field}"), why.to_string()));
+    if !m.cluster_header.is_empty() {
+        return refuse("cluster_header", "clusters named by a header are not supported");
+    }
+    if m.cluster.is_empty() {
+        return refuse("cluster", "missing");
+    }
+    if !m.request_headers_mutations.is_empty() {
+        return refuse("request_headers_mutations", "not supported");
+    }
+    if !m.host_rewrite_literal.is_empty() {
+        return refuse("host_rewrite_literal", "not supported");
+    }
+    // Unset: every request (Envoy's default); the runtime key is not consulted.
+    let share = match m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()) {
+        None if m.runtime_fraction.is_none() => config::Share(config::Share::PER_MILLION),
+        None => config::Share(0),
+        Some(p) => {
+            let scale = match D::try_from(p.denominator) {
+                Ok(D::Hundred) => 10_000,
+                Ok(D::TenThousand) => 100,
+                Ok(D::Million) => 1,
+                Err(_) => {
+                    return refuse("runtime_fraction.default_value.denominator", "unknown denominator")
+                }
+            };
+            config::Share(p.numerator.saturating_mul(scale).min(config::Share::PER_MILLION))
+        }
+    };
+    if share.0 == 0 {
+        return Ok(None);
+    }
+    Ok(Some(config::MirrorPolicy {
+        cluster: m.cluster.clone(),
+        percentage: share,
+    }))
 }
 
 const PREVIOUS_HOSTS: &str =
