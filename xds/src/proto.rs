@@ -2244,6 +2244,26 @@ fn http_action(
     Ok(out)
 }
 
+/// A `FractionalPercent` as a share of requests (above 100 %: all).
+fn fractional_share(
+    p: &envoy_types::pb::envoy::r#type::v3::FractionalPercent,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<config::Share, TranslateError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let scale = match D::try_from(p.denominator) {
+        Ok(D::Hundred) => 10_000,
+        Ok(D::TenThousand) => 100,
+        Ok(D::Million) => 1,
+        Err(_) => return Err(ctx.err(format!("{at}.denominator"), "unknown denominator")),
+    };
+    Ok(config::Share(
+        p.numerator
+            .saturating_mul(scale)
+            .min(config::Share::PER_MILLION),
+    ))
+}
+
 /// A route's `request_mirror_policies` entry (docs/governance.md#mirroring); `None` when it
 /// mirrors nothing (`runtime_fraction` of 0 %).
 fn mirror_policy(
@@ -2251,10 +2271,12 @@ fn mirror_policy(
     ctx: &Ctx<'_>,
     at: &str,
 ) -> Result<Option<config::MirrorPolicy>, TranslateError> {
-    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
     let refuse = |field: &str, why: &str| Err(ctx.err(format!("{at}.{field}"), why.to_string()));
     if !m.cluster_header.is_empty() {
-        return refuse("cluster_header", "clusters named by a header are not supported");
+        return refuse(
+            "cluster_header",
+            "clusters named by a header are not supported",
+        );
     }
     if m.cluster.is_empty() {
         return refuse("cluster", "missing");
@@ -2266,20 +2288,14 @@ fn mirror_policy(
         return refuse("host_rewrite_literal", "not supported");
     }
     // Unset: every request (Envoy's default); the runtime key is not consulted.
-    let share = match m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()) {
+    let share = match m
+        .runtime_fraction
+        .as_ref()
+        .and_then(|f| f.default_value.as_ref())
+    {
         None if m.runtime_fraction.is_none() => config::Share(config::Share::PER_MILLION),
         None => config::Share(0),
-        Some(p) => {
-            let scale = match D::try_from(p.denominator) {
-                Ok(D::Hundred) => 10_000,
-                Ok(D::TenThousand) => 100,
-                Ok(D::Million) => 1,
-                Err(_) => {
-                    return refuse("runtime_fraction.default_value.denominator", "unknown denominator")
-                }
-            };
-            config::Share(p.numerator.saturating_mul(scale).min(config::Share::PER_MILLION))
-        }
+        Some(p) => fractional_share(p, ctx, &format!("{at}.runtime_fraction.default_value"))?,
     };
     if share.0 == 0 {
         return Ok(None);
@@ -3115,22 +3131,11 @@ fn route_fault(
         return refuse("response_rate_limit", "not supported");
     }
     let share = |p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>, field: &str| {
-        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
         // Left out: 0 % (the proto's default, as Envoy reads it): Istio's empty fault.
-        let Some(p) = p else {
-            return Ok(config::Share(0));
-        };
-        let scale = match D::try_from(p.denominator) {
-            Ok(D::Hundred) => 10_000,
-            Ok(D::TenThousand) => 100,
-            Ok(D::Million) => 1,
-            Err(_) => return Err(ctx.err(format!("{fat}.{field}"), "unknown denominator")),
-        };
-        Ok(config::Share(
-            p.numerator
-                .saturating_mul(scale)
-                .min(config::Share::PER_MILLION),
-        ))
+        match p {
+            None => Ok(config::Share(0)),
+            Some(p) => fractional_share(p, ctx, &format!("{fat}.{field}")),
+        }
     };
     let delay = match &f.delay {
         None => None,
