@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+import istio_shape
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INTERFACE = "org.apache.dubbo.bench.EchoService"
 T0 = time.time()
@@ -290,6 +292,33 @@ def envoy_stats(admin, pattern):
     return out
 
 
+def start_proxy(a, proxy, mode, work, ads, admin):
+    """Starts `proxy` (pinned to CPU1, one shard / --concurrency 1) on the ADS server `ads`,
+    admin on `admin`; returns its Popen once /ready answers 200."""
+    if proxy == "ringside":
+        cfg = os.path.join(work, "ringside.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"admin:\n  address: 127.0.0.1:{admin}\n"
+                    f"xds:\n  server: 127.0.0.1:{ads.port}\n  node_id: bench-ringside\n"
+                    f"  node_cluster: bench\n  mode: {mode}\n  initial_fetch_timeout_ms: 20000\n")
+        plog = open(os.path.join(work, "ringside.log"), "w")
+        env = dict(os.environ, RUST_LOG=a.ringside_log) if a.ringside_log else None
+        p = spawn("ringside", 1, [a.ringside, "run", "--config", cfg, "--shards", "1"],
+                  stdout=plog, stderr=subprocess.STDOUT, env=env)
+        wait_until("ringside /ready", lambda: _ok(lambda: http(admin, "GET", "/ready")[0] == 200),
+                   30)
+    else:
+        cfg = os.path.join(work, "envoy.json")
+        with open(cfg, "w") as f:
+            json.dump(envoy_bootstrap(admin, ads.port, mode), f)
+        plog = open(os.path.join(work, "envoy.log"), "w")
+        p = spawn("envoy", 1, [a.envoy, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
+                               "-l", "warning"], stdout=plog, stderr=subprocess.STDOUT)
+        wait_until("envoy /ready", lambda: _ok(lambda: http(admin, "GET", "/ready")[0] == 200),
+                   30)
+    return p
+
+
 def run_one(a, proxy, mode, work):
     """One run of the four phases for `proxy` in ADS `mode`; returns its results."""
     res = {"proxy": proxy, "mode": mode}
@@ -314,27 +343,7 @@ def run_one(a, proxy, mode, work):
         "stage": True}, timeout=300)
     res["stage_build_s"] = round(st["build_s"], 2)
 
-    if proxy == "ringside":
-        cfg = os.path.join(work, "ringside.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"admin:\n  address: 127.0.0.1:{admin}\n"
-                    f"xds:\n  server: 127.0.0.1:{ads.port}\n  node_id: bench-ringside\n"
-                    f"  node_cluster: bench\n  mode: {mode}\n  initial_fetch_timeout_ms: 20000\n")
-        plog = open(os.path.join(work, "ringside.log"), "w")
-        env = dict(os.environ, RUST_LOG=a.ringside_log) if a.ringside_log else None
-        p = spawn("ringside", 1, [a.ringside, "run", "--config", cfg, "--shards", "1"],
-                  stdout=plog, stderr=subprocess.STDOUT, env=env)
-        wait_until("ringside /ready", lambda: _ok(lambda: http(admin, "GET", "/ready")[0] == 200),
-                   30)
-    else:
-        cfg = os.path.join(work, "envoy.json")
-        with open(cfg, "w") as f:
-            json.dump(envoy_bootstrap(admin, ads.port, mode), f)
-        plog = open(os.path.join(work, "envoy.log"), "w")
-        p = spawn("envoy", 1, [a.envoy, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
-                               "-l", "warning"], stdout=plog, stderr=subprocess.STDOUT)
-        wait_until("envoy /ready", lambda: _ok(lambda: http(admin, "GET", "/ready")[0] == 200),
-                   30)
+    p = start_proxy(a, proxy, mode, work, ads, admin)
     wait_port(listen, f"{proxy} dubbo listener")
     pid = p.pid
 
@@ -524,6 +533,135 @@ def run_one(a, proxy, mode, work):
     return res
 
 
+ISTIO_TYPES = ("cds", "eds", "lds", "rds")
+
+
+def names_of(admin, what):
+    """The listener or cluster names (and per cluster its host count) a proxy's admin lists."""
+    key = "listener_statuses" if what == "listeners" else "cluster_statuses"
+    code, text = http(admin, "GET", f"/{what}?format=json", timeout=60)
+    return {x["name"]: len(x.get("host_statuses") or []) for x in json.loads(text).get(key) or []}
+
+
+def run_istio(a, proxy, mode, work):
+    """--istio: one push of istiod's shape for `a.services` services (bench/scripts/
+    istio_shape.py) onto a sidecar that has only the virtual listeners; time to ACK, RSS."""
+    res = {"proxy": proxy, "mode": mode, "shape": "istio", "services": a.services}
+    res["idle_check"] = ic = idle_check()
+    log(f"{proxy}/{mode}: machine {'idle' if ic['idle'] else 'NOT IDLE'}: load {ic['loadavg_1m']}"
+        f", busy {ic['cpu_busy_pct']}, top {ic['top'][:2]}")
+    admin, vout, vin = free_port(), free_port(), free_port()
+    ads = Ads(work)
+    base = istio_shape.base("init", vout, vin)
+    big = istio_shape.services(base, a.services, a.endpoints, "big")
+    if proxy == "envoy":
+        base, big = istio_shape.for_envoy(base), istio_shape.for_envoy(big)
+    res["resources"] = istio_shape.counts(big)
+    res["snapshot_json_bytes"] = len(json.dumps(big))
+    jhttp(ads.control, "PUT", "/resources", base)
+    log(f"{proxy}/{mode}: staging {a.services} services: {res['resources']}")
+    st = jhttp(ads.control, "POST", "/stage", big, timeout=300)
+    res["stage_build_s"] = round(st["build_s"], 2)
+    p = start_proxy(a, proxy, mode, work, ads, admin)
+    pid = p.pid
+
+    def base_acked():
+        ads.poll()
+        return all(any(q["type"] == t and q["ack"] and q["acked_version"] == "init"
+                       for q in ads.reqs) for t in ("cds", "lds"))
+    wait_until(f"{proxy} ACK of the base config", base_acked, 30)
+    wait_port(vout, f"{proxy} virtualOutbound")
+    time.sleep(1.0)
+    ads.poll()
+    cpu0, rss0 = cpu_s(pid), status_kb(pid, "VmRSS")
+    n_resp0 = len(ads.resps)
+    base_n = istio_shape.counts(base)
+    # SotW: one response of each type carries them all; delta: only what changed (the new ones),
+    # possibly over several responses.
+    want = {t: n - (base_n[t] if mode == "delta" else 0) for t, n in res["resources"].items()}
+    log(f"{proxy}/{mode}: push")
+    t_push = jhttp(ads.control, "POST", "/push")["time"]
+
+    def pushed():
+        ads.poll()
+        got = {}
+        for t in ISTIO_TYPES:
+            total = 0
+            for r in ads.resps[n_resp0:]:
+                if r["type"] != t or r["version"] != "big":
+                    continue
+                _, ack, nack = ads.ack_of(lambda x, r=r: x["nonce"] == r["nonce"])
+                if nack:
+                    raise RuntimeError(f"{proxy} NACKed {t}: {nack['error_detail']}")
+                if not ack:
+                    continue
+                total = total + r["resources"] if mode == "delta" else r["resources"]
+                if total >= want[t]:
+                    got[t] = (ack["time"] - t_push, r["time"] - t_push)
+                    break
+        return got if len(got) == len(ISTIO_TYPES) else None
+
+    got = wait_until(f"{proxy} ACK of the push", pushed, a.push_timeout)
+    push = {f"{t}_ack_s": round(got[t][0], 3) for t in ISTIO_TYPES}
+    # When the server queued the response that completed each type: the time before it is the
+    # proxy asking (RDS and EDS names come after LDS and CDS) and the server's own work.
+    push.update({f"{t}_response_s": round(got[t][1], 3) for t in ISTIO_TYPES})
+    push["applied_s"] = round(max(v[0] for v in got.values()), 3)
+    log(f"{proxy}/{mode}: ACKed in {push['applied_s']:.3f} s ({push})")
+
+    # Applied, not only ACKed: every listener and cluster of the push, with its endpoints.
+    def in_force():
+        ls, cs = names_of(admin, "listeners"), names_of(admin, "clusters")
+        missing = [x["name"] for x in big["listeners"] if x["name"] not in ls]
+        missing += [x["cluster_name"] for x in big["endpoints"]
+                    if cs.get(x["cluster_name"], 0) != a.endpoints]
+        return not missing
+    wait_until(f"{proxy}: every listener and cluster listed with its endpoints", in_force, 60,
+               every=0.2)
+    push["in_force_check_s"] = round(time.time() - t_push, 3)
+    if proxy == "envoy":
+        s = envoy_stats(admin, r"^cluster_manager\.(active|warming)_clusters$|"
+                               r"^listener_manager\.total_listeners_(active|warming)$")
+        push["envoy_stats"] = s
+    time.sleep(1.0)
+    push["cpu_s"] = round(cpu_s(pid) - cpu0, 3)
+    push["rss_before_mb"] = round(rss0 / 1024, 1)
+    push["rss_after_mb"] = round(status_kb(pid, "VmRSS") / 1024, 1)
+    push["rss_peak_mb"] = round(status_kb(pid, "VmHWM") / 1024, 1)
+    res["push"] = push
+    stop(p)
+    stop(ads.proc)
+    return res
+
+
+def istio_table(runs):
+    """Medians over the runs of each (proxy, mode), with every run's value."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["proxy"], r["mode"]), []).append(r)
+    rows = [("push to last ACK (CDS, EDS, LDS, RDS), ms", "applied_s", 1000, 0),
+            ("  CDS ACK, ms", "cds_ack_s", 1000, 0), ("  EDS ACK, ms", "eds_ack_s", 1000, 0),
+            ("  LDS ACK, ms", "lds_ack_s", 1000, 0), ("  RDS ACK, ms", "rds_ack_s", 1000, 0),
+            ("  last RDS response queued, ms", "rds_response_s", 1000, 0),
+            ("  last EDS response queued, ms", "eds_response_s", 1000, 0),
+            ("proxy CPU, push until 1 s after in force, s", "cpu_s", 1, 2),
+            ("RSS before the push, MB", "rss_before_mb", 1, 1),
+            ("RSS after the push, MB", "rss_after_mb", 1, 1),
+            ("peak RSS (VmHWM), MB", "rss_peak_mb", 1, 1)]
+    keys = sorted(groups, key=lambda k: (k[0] != "ringside", k[1]))
+    out = ["| | " + " | ".join(f"{p} ({m}, {len(groups[(p, m)])} runs)" for p, m in keys) + " |",
+           "|---|" + "---:|" * len(keys)]
+    for label, key, scale, nd in rows:
+        cells = []
+        for k in keys:
+            vals = [r["push"][key] * scale for r in groups[k]]
+            each = ", ".join(f"{v:.{nd}f}" for v in vals)
+            cells.append(f"{statistics.median(vals):.{nd}f} [{each}]" if len(vals) > 1
+                         else f"{vals[0]:.{nd}f}")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _ok(fn):
     try:
         return fn()
@@ -589,10 +727,16 @@ def table(runs):
 def main():
     p = argparse.ArgumentParser(prog="bench/xds-push", description=__doc__.split("\n")[0])
     p.add_argument("--proxies", default="ringside,envoy")
-    p.add_argument("--modes", default="sotw", help="sotw,delta")
+    p.add_argument("--modes", help="sotw,delta (default: sotw; with --istio delta, as "
+                   "pilot-agent's bootstrap asks)")
     p.add_argument("--runs", type=int, default=1, help="runs per proxy and mode (median)")
     p.add_argument("--clusters", type=int, default=10000)
-    p.add_argument("--endpoints", type=int, default=10, help="per cluster")
+    p.add_argument("--endpoints", type=int, help="per cluster (default 10; --istio: 2)")
+    p.add_argument("--istio", action="store_true",
+                   help="istiod's shape instead: one push of --services services (clusters, "
+                   "endpoints, 0.0.0.0_PORT listeners and route configurations, "
+                   "bench/scripts/istio_shape.py) onto the virtual listeners; time to ACK, RSS")
+    p.add_argument("--services", type=int, default=1000, help="--istio: services")
     p.add_argument("--rate", type=int, default=5000, help="dubbo-load open-loop rate, req/s")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--steady", type=float, default=10.0, help="steady-state seconds")
@@ -603,13 +747,19 @@ def main():
     p.add_argument("--stream-timeout", type=float, default=60.0,
                    help="after the last update, wait this long for it to be applied; updates "
                         "still not applied then count with the time until then (a lower bound)")
-    p.add_argument("--smoke", action="store_true", help="200 clusters x 2, 5 updates, seconds")
+    p.add_argument("--smoke", action="store_true", help="200 clusters x 2, 5 updates, seconds "
+                   "(--istio: 100 services)")
     p.add_argument("--json", help="write every run's results here")
     p.add_argument("--ringside-log", help="RUST_LOG for ringside (e.g. xds=debug)")
     p.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR",
                                                           os.path.join(ROOT, "target")) + "/release")
     a = p.parse_args()
-    if a.smoke:
+    a.modes = a.modes or ("delta" if a.istio else "sotw")
+    if a.endpoints is None:
+        a.endpoints = 2 if a.istio else 10
+    if a.smoke and a.istio:
+        a.services, a.push_timeout = 100, 30.0
+    elif a.smoke:
         a.clusters, a.endpoints, a.updates, a.steady, a.rate = 200, 2, 5, 2.0, 1000
         a.update_rate, a.push_timeout, a.stream_timeout = 10.0, 30.0, 30.0
     a.ringside = os.path.join(a.target_dir, "ringside")
@@ -631,7 +781,7 @@ def main():
                     d = os.path.join(work, f"{proxy}-{mode}-{rep}")
                     os.makedirs(d)
                     log(f"=== run {rep + 1}/{a.runs}: {proxy}, ADS {mode} (logs in {d})")
-                    r = run_one(a, proxy, mode, d)
+                    r = (run_istio if a.istio else run_one)(a, proxy, mode, d)
                     r["run"] = rep + 1
                     runs.append(r)
                     if a.json:
@@ -639,14 +789,21 @@ def main():
                             json.dump({"command": " ".join(sys.argv), "runs": runs}, f, indent=1)
     finally:
         stop_all()
-    print(table(runs))
+    print(istio_table(runs) if a.istio else table(runs))
     print()
     for r in runs:
         ic = r["idle_check"]
+        if a.istio:
+            what = (f"{r['resources']}: ACKed in {r['push']['applied_s'] * 1000:.0f} ms, RSS "
+                    f"{r['push']['rss_after_mb']} MB")
+        else:
+            what = (f"big push {r['big_push']['applied_s'] * 1000:.0f} ms; updates median "
+                    f"{r['stream']['median_ms']} ms")
         print(f"{r['proxy']}/{r['mode']} run {r['run']}: machine {'idle' if ic['idle'] else 'NOT IDLE'}"
-              f" (load {ic['loadavg_1m']}, busy {ic['cpu_busy_pct']}); big push "
-              f"{r['big_push']['applied_s'] * 1000:.0f} ms; updates median "
-              f"{r['stream']['median_ms']} ms")
+              f" (load {ic['loadavg_1m']}, busy {ic['cpu_busy_pct']}); {what}")
+    if a.smoke and a.istio:
+        print("bench/xds-push --istio --smoke: ok")
+        return
     if a.smoke:
         bad = [r for r in runs if r["latency"]["steady"]["requests"] == 0]
         if bad:

@@ -1026,6 +1026,49 @@ const AS_PROXY: &[&str] = &[
     "--clear-groups",
 ];
 
+/// The proxy of a pod test, started in the calling thread's network namespace as uid/gid 1337
+/// (`AS_PROXY`) on its own ADS server, which serves `snapshot` (Envoy's copy without the
+/// Istio-only filters): Envoy 1.40 when `who` is `envoy`, else ringside with `--io io`.
+struct PodProxy {
+    _ringside: Option<Ringside>,
+    _envoy: Option<Envoy>,
+    xds: XdsServer,
+}
+
+impl PodProxy {
+    fn start(who: &str, io: &str, snapshot: &Value) -> PodProxy {
+        let mut snap = snapshot.clone();
+        if who == "envoy" {
+            strip_istio_only(&mut snap);
+        }
+        let xds = XdsServer::start();
+        xds.put(&snap).unwrap();
+        let admin = local(free_port());
+        let node = format!("sidecar~{POD_IP}~app.default~default.svc.cluster.local");
+        if who == "envoy" {
+            let boot = bootstrap(admin, xds.addr(), Ads::Sotw, &node);
+            let envoy = Envoy::start_wrapped(AS_PROXY, &boot, admin);
+            return PodProxy {
+                _ringside: None,
+                _envoy: Some(envoy),
+                xds,
+            };
+        }
+        let config = format!(
+            "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  \
+             node_cluster: t\n  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
+            xds.addr()
+        );
+        let args = ["--shards", "1", "--io", io];
+        let ringside = Ringside::start_wrapped(AS_PROXY, &config, admin, &args, |_| {});
+        PodProxy {
+            _ringside: Some(ringside),
+            _envoy: None,
+            xds,
+        }
+    }
+}
+
 /// Istio's inbound passthrough (`virtualInbound`'s plaintext tcp_proxy chain to
 /// `InboundPassthroughClusterIpv4`: ORIGINAL_DST, `upstream_bind_config` 127.0.0.6) in a pod
 /// with Istio's own iptables rules, the proxy running as uid/gid 1337 as in a real pod: a
@@ -1066,38 +1109,9 @@ fn inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy() {
         let pod = Pod::new();
         let line = pod.pod.run(|| {
             app_server(8080, "app");
-            let mut listener = vi.clone();
-            let mut clusters = clusters.clone();
-            if who == "envoy" {
-                strip_istio_only(&mut listener);
-                strip_istio_only(&mut clusters);
-            }
-            let xds = XdsServer::start();
-            xds.put(&json!({"version": "in", "listeners": [listener], "clusters": clusters}))
-                .unwrap();
-            let admin = local(free_port());
-            let node = format!("sidecar~{POD_IP}~app.default~default.svc.cluster.local");
-            let (_rs, _envoy);
-            if who == "envoy" {
-                let boot = bootstrap(admin, xds.addr(), Ads::Sotw, &node);
-                _envoy = Some(Envoy::start_wrapped(AS_PROXY, &boot, admin));
-                _rs = None;
-            } else {
-                let config = format!(
-                    "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  \
-                     node_cluster: t\n  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
-                    xds.addr()
-                );
-                let args = ["--shards", "1", "--io", io];
-                _rs = Some(Ringside::start_wrapped(
-                    AS_PROXY,
-                    &config,
-                    admin,
-                    &args,
-                    |_| {},
-                ));
-                _envoy = None;
-            }
+            let snapshot = json!({"version": "in", "listeners": [vi], "clusters": clusters});
+            let proxy = PodProxy::start(who, io, &snapshot);
+            let xds = &proxy.xds;
             let ack = xds.wait_ack("lds", "in");
             assert_eq!(ack["ack"], true, "{who}: {ack}");
             wait_listening(local(15006));
@@ -1199,35 +1213,9 @@ fn istio_sidecar_grpc_paths_under_istio_iptables_like_envoy() {
                 &["--host", "0.0.0.0"],
             ));
             let mut snap = fx.clone();
-            if who == "envoy" {
-                strip_istio_only(&mut snap);
-            }
             snap["version"] = json!("pod");
-            let xds = XdsServer::start();
-            xds.put(&snap).unwrap();
-            let admin = local(free_port());
-            let node = format!("sidecar~{POD_IP}~app.default~default.svc.cluster.local");
-            let (_rs, _envoy);
-            if who == "envoy" {
-                let boot = bootstrap(admin, xds.addr(), Ads::Sotw, &node);
-                _envoy = Some(Envoy::start_wrapped(AS_PROXY, &boot, admin));
-                _rs = None;
-            } else {
-                let config = format!(
-                    "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  \
-                     node_cluster: t\n  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
-                    xds.addr()
-                );
-                let args = ["--shards", "1", "--io", io];
-                _rs = Some(Ringside::start_wrapped(
-                    AS_PROXY,
-                    &config,
-                    admin,
-                    &args,
-                    |_| {},
-                ));
-                _envoy = None;
-            }
+            let proxy = PodProxy::start(who, io, &snap);
+            let xds = &proxy.xds;
             for ty in ["lds", "rds"] {
                 let ack = xds.wait_ack(ty, "pod");
                 assert_eq!(ack["ack"], true, "{who}: {ack}");
@@ -1249,6 +1237,109 @@ fn istio_sidecar_grpc_paths_under_istio_iptables_like_envoy() {
     let mut want: Vec<String> = outbound.iter().map(|c| c.2.to_string()).collect();
     want.push("app-80".into());
     want.push("app 127.0.0.6".into());
+    for (who, got) in &results {
+        assert_eq!(got, &want, "{who}: {results:?}");
+    }
+}
+
+/// A Dubbo call by the real dubbo-ssl-python consumer from inside the pod: the outcome line
+/// of its one call of `whoami` (the sofa-rpc-node provider answers with its name).
+fn dubbo_outcome(target: SocketAddr) -> String {
+    let mut c = common::peers::python_consumer();
+    c.args(["--address", &target.to_string(), "--method", "whoami"])
+        .args(["--timeout-s", "5"]);
+    let (_, lines) = common::peers::run_consumer(c);
+    match lines.first() {
+        Some(l) if l["ok"] == true => l["result"].as_str().unwrap_or("?").to_string(),
+        Some(l) => format!("error: {}", l["error"]),
+        None => "no answer".into(),
+    }
+}
+
+/// Aeraki's Dubbo listener (fixture `aeraki-dubbo`: `240.240.0.1_20880`, `bind_to_port:
+/// false`, Aeraki's `dubbo_proxy` as a `udpa.type.v1.TypedStruct` with lowerCamelCase JSON,
+/// routing the interface to `outbound|20880||...`) behind istiod's `virtualOutbound`, in a pod
+/// with Istio's iptables rules, the proxy as uid/gid 1337: the app's Dubbo call to the
+/// service's VIP goes through the Dubbo listener to the service's endpoint, and one to an
+/// address no listener has goes through to it (`PassthroughCluster`, ORIGINAL_DST). Real peers
+/// on both ends (dubbo-ssl-python consumer in the pod, sofa-rpc-node providers outside it).
+/// Envoy 1.40 and ringside (io_uring, epoll), the same resources, must end every call the same
+/// way. Changed from the fixture: the route's interface is the test provider's, the endpoint is
+/// that provider, and the cluster has no `transport_socket_matches` (mTLS off, as in
+/// `mtls-off`: there is no SDS server here; auto-mTLS for this cluster is checked by
+/// tls_xds.rs); `virtualInbound` is left out (its Dubbo chain is a listed gap, docs/xds.md).
+/// Skipped (loudly) unless root.
+#[test]
+fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy: needs root (netns, iptables, setpriv)");
+        return;
+    }
+    const INTERFACE: &str = "com.ringside.test.EchoService";
+    let mut fx = fixture("aeraki-dubbo");
+    fx["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|l| l["name"] != "virtualInbound");
+    let dubbo = fx["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["name"] == "240.240.0.1_20880")
+        .expect("Aeraki's listener");
+    let value = &mut dubbo["filter_chains"][0]["filters"][1]["typed_config"]["value"];
+    assert_eq!(
+        value["routeConfig"][0]["interface"],
+        "org.apache.dubbo.samples.basic.api.DemoService"
+    );
+    value["routeConfig"][0]["interface"] = json!(INTERFACE);
+    let cluster_name = "outbound|20880||org.apache.dubbo.samples.basic.api.demoservice";
+    for c in fx["clusters"].as_array_mut().unwrap() {
+        c.as_object_mut()
+            .unwrap()
+            .remove("transport_socket_matches");
+    }
+    let provider: SocketAddr = format!("{POD_CLIENT_IP}:20880").parse().unwrap();
+    fx["endpoints"] = json!([load_assignment(cluster_name, &[provider])]);
+    let vip: SocketAddr = "240.240.0.1:20880".parse().unwrap();
+    let unknown: SocketAddr = format!("{POD_CLIENT_IP}:20881").parse().unwrap();
+
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let pod = Pod::new();
+        // The service VIP is routed like any address outside the pod (kube-proxy's VIPs).
+        pod.pod.ip(&[
+            "netns",
+            "exec",
+            &pod.pod.0,
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            POD_CLIENT_IP,
+        ]);
+        let _providers = pod.client.run(|| {
+            [(20880, "dubbo-service"), (20881, "dubbo-unknown")]
+                .map(|(port, name)| common::peers::NodeProvider::start(port, name, &[]))
+        });
+        let got = pod.pod.run(|| {
+            let mut snap = fx.clone();
+            snap["version"] = json!("pod");
+            let proxy = PodProxy::start(who, io, &snap);
+            let xds = &proxy.xds;
+            for ty in ["cds", "eds", "lds"] {
+                let ack = xds.wait_ack(ty, "pod");
+                assert_eq!(ack["ack"], true, "{who}: {ack}");
+            }
+            wait_listening(local(15001));
+            vec![dubbo_outcome(vip), dubbo_outcome(unknown)]
+        });
+        eprintln!("{who} {io}: {got:?}");
+        results.push((format!("{who} {io}"), got));
+    }
+    let want = vec!["dubbo-service".to_string(), "dubbo-unknown".to_string()];
     for (who, got) in &results {
         assert_eq!(got, &want, "{who}: {results:?}");
     }
@@ -1439,13 +1530,14 @@ fn pod_view(binary: &std::path::Path, envoy: bool) -> PodView {
     // only once its first listeners and clusters arrived; ringside answers 503 until then.)
     std::thread::sleep(Duration::from_millis(500));
     let ready_before_config = http_status(pod.health, "/healthz/ready") == 200;
-    // istiod's resources for a sidecar (mtls-off: every cluster plaintext), with the two
-    // listeners ringside refuses today (GAPS) left out, through pilot-agent's sockets.
+    // istiod's resources for a sidecar (mtls-off: every cluster plaintext), with the listener
+    // ringside refuses today in a set with virtualOutbound (GAPS: the sniffed port's catch-all
+    // to the service's cluster) left out, through pilot-agent's sockets.
     let mut snapshot = fixture("mtls-off");
     snapshot["listeners"]
         .as_array_mut()
         .unwrap()
-        .retain(|l| !["10.100.4.52_443", "10.96.0.10_53"].contains(&l["name"].as_str().unwrap()));
+        .retain(|l| l["name"] != "10.100.4.52_443");
     loopback_listeners(&mut snapshot);
     if envoy {
         strip_istio_only(&mut snapshot);

@@ -645,8 +645,7 @@ fn threads_named(pid: u32, name: &str) -> usize {
         .map(|d| {
             d.filter_map(Result::ok)
                 .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.trim() == name)
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
                 })
                 .count()
         })
@@ -727,7 +726,10 @@ fn failed_exports_are_counted_and_the_exporter_ends_with_its_collector() {
     xds.wait_ack(LDS, "v2");
     let deadline = Instant::now() + Duration::from_secs(5);
     while threads_named(pid, "ringside-trace") > 0 {
-        assert!(Instant::now() < deadline, "the exporter thread is still there");
+        assert!(
+            Instant::now() < deadline,
+            "the exporter thread is still there"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Calls go on, untraced.

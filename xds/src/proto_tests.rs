@@ -1347,8 +1347,9 @@ fn istio_chain_shapes() {
     );
 }
 
-/// Aeraki's dubbo_proxy: a TypedStruct whose value is the proto3 JSON (lowerCamelCase) of
-/// DubboProxy; a key ringside does not translate is refused, never dropped.
+/// Aeraki's dubbo_proxy: a TypedStruct (`udpa.type.v1`, as Aeraki sends it, or its successor
+/// `xds.type.v3`) whose value is the proto3 JSON (lowerCamelCase) of DubboProxy; a key ringside
+/// does not translate is refused, never dropped.
 #[test]
 fn typed_struct_dubbo_proxy() {
     use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
@@ -1369,7 +1370,7 @@ fn typed_struct_dubbo_proxy() {
             kind: Some(Kind::ListValue(ListValue { values: v })),
         }
     }
-    let proxy = |route: Value| {
+    let proxy = |wrapper: &str, route: Value| {
         let v = o(&[
             ("statPrefix", s("outbound|20880||svc")),
             ("protocolType", s("Dubbo")),
@@ -1409,7 +1410,7 @@ fn typed_struct_dubbo_proxy() {
             unreachable!()
         };
         any_of(
-            UDPA_TYPED_STRUCT,
+            wrapper,
             TypedStructFull {
                 type_url: DUBBO_PROXY_TYPE.into(),
                 value: Some(st),
@@ -1417,30 +1418,35 @@ fn typed_struct_dubbo_proxy() {
             .encode_to_vec(),
         )
     };
-    let (_, res) = decode_listener(&crate::testing::listener(
-        "d",
-        1,
-        proxy(o(&[("cluster", s("c"))])),
-    ))
-    .unwrap();
-    assert_eq!(res.listener.protocol, Protocol::Dubbo);
-    let routes = res.listener.dubbo.unwrap().routes;
-    assert_eq!(routes.len(), 1);
-    assert_eq!(routes[0].route.cluster.as_deref(), Some("c"));
-    assert_eq!(
-        routes[0].matcher.interface,
-        exact("org.apache.dubbo.samples.DemoService")
-    );
+    for wrapper in [UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT] {
+        let (_, res) = decode_listener(&crate::testing::listener(
+            "d",
+            1,
+            proxy(wrapper, o(&[("cluster", s("c"))])),
+        ))
+        .unwrap();
+        assert_eq!(res.listener.protocol, Protocol::Dubbo, "{wrapper}");
+        let routes = res.listener.dubbo.unwrap().routes;
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].route.cluster.as_deref(), Some("c"));
+        assert_eq!(
+            routes[0].matcher.interface,
+            exact("org.apache.dubbo.samples.DemoService")
+        );
 
-    let e = err_text(decode_listener(&crate::testing::listener(
-        "d",
-        1,
-        proxy(o(&[("cluster", s("c")), ("metadataMatch", o(&[]))])),
-    )));
-    assert!(
-        e.contains("metadata_match") && e.contains("not supported"),
-        "{e}"
-    );
+        let e = err_text(decode_listener(&crate::testing::listener(
+            "d",
+            1,
+            proxy(
+                wrapper,
+                o(&[("cluster", s("c")), ("metadataMatch", o(&[]))]),
+            ),
+        )));
+        assert!(
+            e.contains("metadata_match") && e.contains("not supported"),
+            "{wrapper}: {e}"
+        );
+    }
 }
 
 fn rate_limit_pb(

@@ -904,6 +904,14 @@ fn server_info(shared: &Shared) -> serde_json::Value {
     let dpdk = serde_json::Value::Null;
     let state = match shared.lifecycle.state() {
         State::Starting => "STARTING",
+        // Envoy's state after `POST /healthcheck/fail`.
+        State::Serving
+            if shared
+                .health_failed
+                .load(std::sync::atomic::Ordering::Acquire) =>
+        {
+            "DRAINING"
+        }
         State::Serving => "LIVE",
         State::Draining => "DRAINING",
     };

@@ -146,6 +146,8 @@ fn publish(shared: Arc<Shared>, handle: std::sync::Weak<xds::Handle>) {
         let serving = shared.lifecycle.state() == super::server::State::Serving;
         let new_state = match shared.lifecycle.state() {
             super::server::State::Draining => 1u64,
+            // Envoy reports DRAINING after `POST /healthcheck/fail` too.
+            _ if shared.health_failed.load(Ordering::Acquire) => 1,
             _ if shared.ready() => 0,
             // Envoy's INITIALIZING: waiting for the first listeners and clusters.
             _ => 3,

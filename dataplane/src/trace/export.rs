@@ -242,7 +242,11 @@ fn export_loop(collector: Weak<Collector>) {
             }
         }
         if let Some((stats, ids)) = c.counts.get() {
-            stats.inc(if failure.is_none() { ids.ok } else { ids.failed });
+            stats.inc(if failure.is_none() {
+                ids.ok
+            } else {
+                ids.failed
+            });
         }
         if let Some(e) = failure {
             let n = c.failed.fetch_add(1, Ordering::Relaxed) + 1;

@@ -46,6 +46,8 @@ Control API (HTTP/1.1 JSON, port C, loopback):
                     from first_address on `port`. With "stage": true it is only built (200
                     {"staged": version, "build_s": ...}); POST /push then makes the staged
                     snapshot current and pushes it, so building costs nothing in the push.
+  POST /stage      {snapshot as PUT}: parses it and stages it for POST /push (200 {"staged":
+                    version, "build_s": ...}), so parsing costs nothing in the push.
   POST /push       makes the staged snapshot current and pushes it: 200 {"version", "pushed",
                     "time": when the first response was queued (Unix s)}.
   GET  /resources  the current snapshot as given (a generated or patched one: as proto3 JSON).
@@ -648,9 +650,18 @@ class Control(BaseHTTPRequestHandler):
             pushed = STATE.set_parsed(version, resources, None)
             return self._reply(200, {"version": version, "pushed": pushed, "build_s": build_s,
                                      "time": STATE.pushed_at})
+        if self.path == "/stage":
+            t0 = time.time()
+            try:
+                version, resources, _ = parse_snapshot(load_text(body))
+            except (ValueError, yaml.YAMLError) as e:
+                return self._reply(400, {"error": str(e)})
+            STATE.staged = (version, resources)
+            return self._reply(200, {"staged": version, "build_s": time.time() - t0})
         if self.path == "/push":
             if STATE.staged is None:
-                return self._reply(400, {"error": "nothing staged (POST /generate with stage)"})
+                return self._reply(400, {"error": "nothing staged (POST /generate with stage, "
+                                                  "or POST /stage)"})
             (version, resources), STATE.staged = STATE.staged, None
             pushed = STATE.set_parsed(version, resources, None)
             return self._reply(200, {"version": version, "pushed": pushed,
