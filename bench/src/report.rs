@@ -109,6 +109,9 @@ pub struct LoadReport {
     /// Open loop: connections replaced after a readonly event.
     #[serde(default)]
     pub reconnects: u64,
+    /// Open loop with `--reconnect-on-close`: connections replaced after the peer closed them.
+    #[serde(default)]
+    pub reconnects_after_close: u64,
     /// Latency CDF points `[quantile, µs]`, for plots.
     pub cdf: Vec<(f64, f64)>,
 }

@@ -1094,6 +1094,10 @@ pub struct TripleListener {
     /// Not with `virtual_hosts`.
     #[serde(default)]
     pub routes: Vec<TripleRoute>,
+    /// Call authorization (Envoy's HTTP `rbac` filters, in order): a call one of them denies
+    /// is answered PERMISSION_DENIED (docs/security.md#authorization).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<Rbac>,
     /// Routes per `:authority`, as Envoy's virtual hosts: a stream goes to the one host whose
     /// domain matches its `:authority` best (exact, then the longest `*suffix`, then the
     /// longest `prefix*`, then `*`) and takes only that host's routes; else the listener's
@@ -1142,6 +1146,7 @@ impl Default for TripleListener {
             preface_timeout_ms: PREFACE_TIMEOUT_MS_DEFAULT,
             hpack_amplified_bytes_per_second_max: HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT,
             routes: Vec::new(),
+            rbac: Vec::new(),
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
         }
@@ -2391,15 +2396,7 @@ impl Config {
         if let Some(t) = &l.tls {
             validate_listener_tls(t, l, &|f| at(&format!("tls.{f}")), err);
         }
-        if l.rbac.len() > RBAC_FILTERS_MAX {
-            err(
-                at("rbac"),
-                format!("{} filters: at most {RBAC_FILTERS_MAX}", l.rbac.len()),
-            );
-        }
-        for (i, r) in l.rbac.iter().enumerate() {
-            r.validate(&|f| at(&format!("rbac[{i}].{f}")), err);
-        }
+        validate_rbac_filters(&l.rbac, RbacScope::Network, at, err);
         if let Some(b) = &l.local_rate_limit {
             if l.protocol == Protocol::Tcp {
                 err(
@@ -3205,7 +3202,11 @@ fn validate_retry(
     }
 }
 
-fn validate_string_match(m: &StringMatch, field: String, err: &mut dyn FnMut(String, String)) {
+pub(crate) fn validate_string_match(
+    m: &StringMatch,
+    field: String,
+    err: &mut dyn FnMut(String, String),
+) {
     let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()];
     if set.iter().filter(|x| **x).count() != 1 {
         err(
@@ -3220,12 +3221,65 @@ fn validate_string_match(m: &StringMatch, field: String, err: &mut dyn FnMut(Str
     }
 }
 
+/// A header condition: exactly one of exact, prefix, regex, present; an HTTP/2 name.
+pub(crate) fn validate_header_match(
+    h: &HeaderMatch,
+    field: String,
+    err: &mut dyn FnMut(String, String),
+) {
+    let set = [
+        h.exact.is_some(),
+        h.prefix.is_some(),
+        h.regex.is_some(),
+        h.present.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        err(
+            field.clone(),
+            "give exactly one of exact, prefix, regex, present".into(),
+        );
+    }
+    if h.name.is_empty() || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+        err(
+            format!("{field}.name"),
+            format!(
+                "{:?}: HTTP/2 header names are non-empty and lower-case",
+                h.name
+            ),
+        );
+    }
+    if let Some(p) = &h.regex {
+        if let Err(e) = regex::bytes::Regex::new(p) {
+            err(format!("{field}.regex"), format!("invalid regex: {e}"));
+        }
+    }
+}
+
+/// A list of rbac filters (a listener's `rbac` or `triple.rbac`), each field under `at("rbac")`.
+fn validate_rbac_filters(
+    list: &[Rbac],
+    scope: RbacScope,
+    at: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if list.len() > RBAC_FILTERS_MAX {
+        err(
+            at("rbac"),
+            format!("{} filters: at most {RBAC_FILTERS_MAX}", list.len()),
+        );
+    }
+    for (i, r) in list.iter().enumerate() {
+        r.validate(scope, &|f| at(&format!("rbac[{i}].{f}")), err);
+    }
+}
+
 fn validate_triple(
     t: &TripleListener,
     clusters: &HashSet<&str>,
     at: &dyn Fn(&str) -> String,
     err: &mut dyn FnMut(String, String),
 ) {
+    validate_rbac_filters(&t.rbac, RbacScope::Http, at, err);
     let mut range = |field: &str, v: u32, lo: u32, hi: u32| {
         if !(lo..=hi).contains(&v) {
             err(at(field), format!("{v} is out of range {lo}..={hi}"));
@@ -3351,33 +3405,7 @@ fn validate_triple_route(
         }
     }
     for (k, h) in m.headers.iter().enumerate() {
-        let field = rat(&format!("match.headers[{k}]"));
-        let set = [
-            h.exact.is_some(),
-            h.prefix.is_some(),
-            h.regex.is_some(),
-            h.present.is_some(),
-        ];
-        if set.iter().filter(|x| **x).count() != 1 {
-            err(
-                field.clone(),
-                "give exactly one of exact, prefix, regex, present".into(),
-            );
-        }
-        if h.name.is_empty() || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
-            err(
-                format!("{field}.name"),
-                format!(
-                    "{:?}: HTTP/2 header names are non-empty and lower-case",
-                    h.name
-                ),
-            );
-        }
-        if let Some(p) = &h.regex {
-            if let Err(e) = regex::bytes::Regex::new(p) {
-                err(format!("{field}.regex"), format!("invalid regex: {e}"));
-            }
-        }
+        validate_header_match(h, rat(&format!("match.headers[{k}]")), err);
     }
     validate_action(&r.route, clusters, true, rat, err);
     if let Some(b) = &r.local_rate_limit {

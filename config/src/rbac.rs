@@ -1,10 +1,20 @@
-//! Connection authorization (Envoy's `envoy.filters.network.rbac`, what istiod makes of an
-//! AuthorizationPolicy): a listener's `rbac` filters, evaluated in order once per connection
+//! Authorization (Envoy's `envoy.filters.network.rbac` and `envoy.filters.http.rbac`, what
+//! istiod makes of an AuthorizationPolicy): a listener's `rbac` filters, evaluated in order once
+//! per connection, and a Triple listener's `triple.rbac` filters, evaluated once per call
 //! (docs/security.md#authorization).
 
 use serde::{Deserialize, Serialize};
 
-use crate::StringMatch;
+use crate::{HeaderMatch, StringMatch};
+
+/// Where a set of rbac filters runs: what its rules may look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RbacScope {
+    /// A listener's `rbac`: once per connection, no request to look at.
+    Network,
+    /// A Triple listener's `triple.rbac`: once per call, its headers too.
+    Http,
+}
 
 /// Most policies of one rules set (istiod: one per AuthorizationPolicy rule).
 pub const RBAC_POLICIES_MAX: usize = 1024;
@@ -17,9 +27,14 @@ pub const RBAC_FILTERS_MAX: usize = 8;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rbac {
-    /// Counters `STAT_PREFIXrbac.allowed`, `.denied` (Envoy's names; istiod: `tcp.`).
+    /// Counters `STAT_PREFIXrbac.allowed`, `.denied` (Envoy's names; istiod: `tcp.` for the
+    /// network filter; the HTTP filter's are `http.HCM_STAT_PREFIX.`).
     #[serde(default)]
     pub stat_prefix: String,
+    /// The HTTP filter's `rules_stat_prefix`: the enforced rules' counters are
+    /// `STAT_PREFIXrbac.RULES_STAT_PREFIX.allowed` (none: `STAT_PREFIXrbac.allowed`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rules_stat_prefix: String,
     /// Enforced; none: every connection passes this filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RbacRules>,
@@ -55,7 +70,11 @@ pub enum RbacAction {
 #[serde(deny_unknown_fields)]
 pub struct RbacPolicy {
     pub name: String,
+    /// Each rule a map of one key (`url_path: {...}`, Envoy's form), not a YAML tag
+    /// (serde_yaml's default for enums).
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub permissions: Vec<Permission>,
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub principals: Vec<Principal>,
 }
 
@@ -77,6 +96,10 @@ pub enum Permission {
     },
     /// A CIDR (`10.0.0.0/8`) the destination address is in.
     DestinationIp(String),
+    /// HTTP only: the request's `:path` without its query (Envoy's `url_path`).
+    UrlPath(StringMatch),
+    /// HTTP only: a request header (pseudo-headers `:authority`, `:method`, `:path` too).
+    Header(HeaderMatch),
 }
 
 /// Who the peer is.
@@ -99,11 +122,14 @@ pub enum Principal {
     SourceIp(String),
     DirectRemoteIp(String),
     RemoteIp(String),
+    /// HTTP only: a request header (istiod's `request.headers[...]` conditions).
+    Header(HeaderMatch),
 }
 
 impl Rbac {
     pub(crate) fn validate(
         &self,
+        scope: RbacScope,
         at: &dyn Fn(&str) -> String,
         err: &mut dyn FnMut(String, String),
     ) {
@@ -118,13 +144,29 @@ impl Rbac {
             for (i, p) in r.policies.iter().enumerate() {
                 let at = |g: &str| at(&format!("{f}.policies[{i}].{g}"));
                 for (k, m) in p.permissions.iter().enumerate() {
-                    m.validate(&at(&format!("permissions[{k}]")), 1, err);
+                    m.validate(&at(&format!("permissions[{k}]")), scope, 1, err);
                 }
                 for (k, m) in p.principals.iter().enumerate() {
-                    m.validate(&at(&format!("principals[{k}]")), 1, err);
+                    m.validate(&at(&format!("principals[{k}]")), scope, 1, err);
                 }
             }
         }
+        if scope == RbacScope::Network && !self.rules_stat_prefix.is_empty() {
+            err(
+                at("rules_stat_prefix"),
+                "only the HTTP filter (triple.rbac) has one".into(),
+            );
+        }
+    }
+}
+
+/// A rule that needs a request, in a filter that runs per connection.
+fn http_only(at: &str, scope: RbacScope, what: &str, err: &mut dyn FnMut(String, String)) {
+    if scope == RbacScope::Network {
+        err(
+            format!("{at}.{what}"),
+            "matches a request: only in a triple listener's triple.rbac (HTTP filter)".into(),
+        );
     }
 }
 
@@ -146,7 +188,7 @@ fn depth(at: &str, d: usize, err: &mut dyn FnMut(String, String)) -> bool {
 }
 
 impl Permission {
-    fn validate(&self, at: &str, d: usize, err: &mut dyn FnMut(String, String)) {
+    fn validate(&self, at: &str, scope: RbacScope, d: usize, err: &mut dyn FnMut(String, String)) {
         if !depth(at, d, err) {
             return;
         }
@@ -155,22 +197,30 @@ impl Permission {
             Permission::Any(true) | Permission::DestinationPort(_) => {}
             Permission::AndRules(l) | Permission::OrRules(l) => {
                 for (i, p) in l.iter().enumerate() {
-                    p.validate(&format!("{at}[{i}]"), d + 1, err);
+                    p.validate(&format!("{at}[{i}]"), scope, d + 1, err);
                 }
             }
-            Permission::NotRule(p) => p.validate(&format!("{at}.not_rule"), d + 1, err),
+            Permission::NotRule(p) => p.validate(&format!("{at}.not_rule"), scope, d + 1, err),
             Permission::DestinationPortRange { start, end } if start > end => err(
                 format!("{at}.destination_port_range"),
                 format!("start {start} is above end {end}"),
             ),
             Permission::DestinationPortRange { .. } => {}
             Permission::DestinationIp(s) => cidr(&format!("{at}.destination_ip"), s, err),
+            Permission::UrlPath(m) => {
+                http_only(at, scope, "url_path", err);
+                crate::validate_string_match(m, format!("{at}.url_path"), err);
+            }
+            Permission::Header(h) => {
+                http_only(at, scope, "header", err);
+                crate::validate_header_match(h, format!("{at}.header"), err);
+            }
         }
     }
 }
 
 impl Principal {
-    fn validate(&self, at: &str, d: usize, err: &mut dyn FnMut(String, String)) {
+    fn validate(&self, at: &str, scope: RbacScope, d: usize, err: &mut dyn FnMut(String, String)) {
         if !depth(at, d, err) {
             return;
         }
@@ -179,15 +229,15 @@ impl Principal {
             Principal::Any(true) => {}
             Principal::AndIds(l) | Principal::OrIds(l) => {
                 for (i, p) in l.iter().enumerate() {
-                    p.validate(&format!("{at}[{i}]"), d + 1, err);
+                    p.validate(&format!("{at}[{i}]"), scope, d + 1, err);
                 }
             }
-            Principal::NotId(p) => p.validate(&format!("{at}.not_id"), d + 1, err),
+            Principal::NotId(p) => p.validate(&format!("{at}.not_id"), scope, d + 1, err),
             Principal::Authenticated { principal_name } => {
                 if let Some(Err(e)) = principal_name
                     .as_ref()
                     .and_then(|m| m.regex.as_deref())
-                    .map(|r| regex::Regex::new(r))
+                    .map(regex::Regex::new)
                 {
                     err(
                         format!("{at}.authenticated.principal_name.regex"),
@@ -197,6 +247,10 @@ impl Principal {
             }
             Principal::SourceIp(s) | Principal::DirectRemoteIp(s) | Principal::RemoteIp(s) => {
                 cidr(&format!("{at}.ip"), s, err)
+            }
+            Principal::Header(h) => {
+                http_only(at, scope, "header", err);
+                crate::validate_header_match(h, format!("{at}.header"), err);
             }
         }
     }

@@ -797,4 +797,46 @@ fn mirror_policies_load_and_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("out of range"), "{e}");
+
+fn rbac_request_rules_only_in_the_http_filter() {
+    let filters = "\
+- stat_prefix: http.in.
+  rules:
+    action: deny
+    policies:
+      - name: p
+        permissions:
+          - url_path: {prefix: /pkg.Admin/}
+          - header: {name: ':authority', regex: '(?i:admin\\..*)'}
+        principals:
+          - header: {name: x-user, exact: eve}
+";
+    let with = |at: &str, filters: &str| {
+        let pad = " ".repeat(at.len() - at.trim_start().len() + 2);
+        let filters: String = filters.lines().map(|l| format!("{pad}{l}\n")).collect();
+        format!(
+            "listeners:\n  - name: in\n    address: 127.0.0.1:15006\n    protocol: triple\n    \
+             cluster: echo\n{at}\n{filters}clusters:\n  - name: echo\n    endpoints: [\"127.0.0.1:9000\"]\n"
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &with("    triple:\n      rbac:", filters)).unwrap();
+    let r = &c.listeners[0].triple.as_ref().unwrap().rbac[0];
+    assert_eq!(r.rules.as_ref().unwrap().policies[0].permissions.len(), 2);
+    // The same rules in the network filter (per connection, no request): refused.
+    let e = errors(&with("    rbac:", filters));
+    assert!(
+        e.iter()
+            .any(|e| e.field.ends_with("permissions[0].url_path")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.field.ends_with("principals[0].header")),
+        "{e:?}"
+    );
+    // A header rule needs an HTTP/2 (lower-case) name.
+    let e = errors(&with(
+        "    triple:\n      rbac:",
+        &filters.replace("name: x-user", "name: X-User"),
+    ));
+    assert!(e.iter().any(|e| e.field.ends_with("header.name")), "{e:?}");
 }

@@ -591,6 +591,32 @@ fn istio_auto_mtls_tls_to_sidecar_endpoints_plaintext_to_the_others_like_envoy()
     );
 }
 
+/// A ringside and an Envoy each given the snapshot `inbound` makes for its own address, by
+/// its own xDS server (kept alive with them).
+struct Inbounds {
+    rs: Ringside,
+    envoy: Envoy,
+    _xds: [XdsServer; 2],
+}
+
+fn inbounds(
+    rs_in: SocketAddr,
+    envoy_in: SocketAddr,
+    inbound: &dyn Fn(SocketAddr) -> Value,
+) -> Inbounds {
+    let rs_xds = XdsServer::start();
+    rs_xds.put(&inbound(rs_in)).unwrap();
+    let rs = ringside(&rs_xds, "ringside-in");
+    let envoy_xds = XdsServer::start();
+    envoy_xds.put(&inbound(envoy_in)).unwrap();
+    let envoy = envoy(&envoy_xds, "envoy-in");
+    Inbounds {
+        rs,
+        envoy,
+        _xds: [rs_xds, envoy_xds],
+    }
+}
+
 /// istiod's `envoy.filters.network.rbac` for an AuthorizationPolicy, from its golden files
 /// (fixtures/istio/rbac, copied from istio/istio pilot/pkg/security/authz/builder/testdata/tcp):
 /// `allow-both-http-tcp-out` (ALLOW port 80 from principals `.*/ns/ns-1/.*`) with the shadow
@@ -642,12 +668,9 @@ fn istiod_network_rbac_by_spiffe_id_and_port_like_envoy() {
             "clusters": [static_cluster("app", &[provider.addr])],
             "secrets": secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)})
     };
-    let rs_xds = XdsServer::start();
-    rs_xds.put(&inbound(rs_in)).unwrap();
-    let rs = ringside(&rs_xds, "ringside-in");
-    let envoy_xds = XdsServer::start();
-    envoy_xds.put(&inbound(envoy_in)).unwrap();
-    let envoy = envoy(&envoy_xds, "envoy-in");
+    let Inbounds {
+        rs, envoy, _xds, ..
+    } = inbounds(rs_in, envoy_in, &inbound);
 
     // Callers: a ringside outbound presenting an `ns-1` identity (allowed) or a `default` one
     // (denied by the ALLOW policy), to each inbound.
@@ -717,5 +740,138 @@ fn istiod_network_rbac_by_spiffe_id_and_port_like_envoy() {
         assert!(s[0] >= 1 && s[1] >= 1, "{who}: {names:?} = {s:?}");
         assert_eq!(s[2], s[0] + s[1], "{who}: {names:?} = {s:?}");
         assert_eq!(s[3], 0, "{who}: {names:?} = {s:?}");
+    }
+}
+
+/// istiod's `envoy.filters.http.rbac` filters for two AuthorizationPolicies, from its golden
+/// files (fixtures/istio/rbac/http, copied from istio/istio
+/// pilot/pkg/security/authz/builder/testdata/http): `deny-and-allow-out1` (DENY principal
+/// `spiffe://deny`, here the rogue's id) and `dry-run-mix-out` (ALLOW path `/another`, here
+/// `allowed`; a dry-run ALLOW of `/allow`, here `shadow`), in that order (istiod puts DENY
+/// first).
+fn istiod_http_rbac(allowed: &str, shadow: &str) -> Vec<Value> {
+    let golden = |f: &str| -> String {
+        let p = common::peers::root()
+            .join(format!("dataplane/tests/fixtures/istio/rbac/http/{f}.yaml"));
+        std::fs::read_to_string(p).unwrap()
+    };
+    let deny = golden("deny-and-allow-out1").replace("spiffe://deny", ROGUE_ID);
+    let allow = golden("dry-run-mix-out")
+        .replace("exact: /another", &format!("exact: {allowed}"))
+        .replace("exact: /allow", &format!("exact: {shadow}"));
+    [deny, allow]
+        .iter()
+        .map(|y| serde_yaml::from_str(y).unwrap())
+        .collect()
+}
+
+#[test]
+fn istiod_http_rbac_on_grpc_calls_like_envoy() {
+    use common::grpc::{grpc_call, Call, CallOpts, ClientTls, GrpcServer};
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    let server = GrpcServer::start(0, "G", &[]);
+    let (rs_in, envoy_in) = (local(free_port()), local(free_port()));
+    const UNARY: &str = "/helloworld.Greeter/SayHello";
+    const STREAM: &str = "/helloworld.Greeter/SayHelloStream";
+    // The same inbound for both: mTLS (istiod's inbound context), an HTTP connection manager
+    // with istiod's rbac filters, then the router to the gRPC server.
+    let inbound = |addr: SocketAddr| {
+        let mut filters = istiod_http_rbac(UNARY, STREAM);
+        filters.push(
+            json!({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+        );
+        let hcm = json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "inbound_grpc",
+            "codec_type": "HTTP2",
+            "http_filters": filters,
+            "route_config": {"name": "in", "virtual_hosts": [{"name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]}}});
+        let mut app = static_cluster("app", &[server.addr()]);
+        app["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}});
+        let l = json!({"name": "in", "address": socket(addr), "filter_chains": [{
+            "filters": [hcm],
+            "transport_socket": downstream_tls(istio_tls_context(
+                &["h2"], json!({"prefix": "spiffe://cluster.local/"})))}]});
+        json!({"version": "1", "listeners": [l], "clusters": [app],
+            "secrets": secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)})
+    };
+    let Inbounds {
+        rs, envoy, _xds, ..
+    } = inbounds(rs_in, envoy_in, &inbound);
+
+    let tls = |who: &str| ClientTls {
+        ca: pki.dir.0.join("ca.pem"),
+        cert: Some((
+            pki.dir.0.join(format!("{who}.pem")),
+            pki.dir.0.join(format!("{who}.key")),
+        )),
+        authority: PROVIDER_DNS.into(),
+    };
+    let names = [
+        "http.inbound_grpc.rbac.allowed",
+        "http.inbound_grpc.rbac.denied",
+        "http.inbound_grpc.rbac.istio_dry_run_allow_.shadow_allowed",
+        "http.inbound_grpc.rbac.istio_dry_run_allow_.shadow_denied",
+    ];
+    for (side, addr) in [("ringside", rs_in), ("Envoy", envoy_in)] {
+        let counters = || -> Vec<u64> {
+            names
+                .iter()
+                .map(|n| match side {
+                    "ringside" => rs.stat_value(n).map_or(u64::MAX, |v| v as u64),
+                    _ => envoy.stat(n),
+                })
+                .collect()
+        };
+        // Warm: the listener and the SDS secrets arrive.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = grpc_call(
+                addr,
+                &CallOpts::default().tls(tls("consumer")).timeout_s(2.0),
+            );
+            if out.ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{side}: never answered: {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let before = counters();
+        // Allowed: the consumer's unary calls (two on one connection).
+        let out = grpc_call(addr, &CallOpts::default().count(2).tls(tls("consumer")));
+        assert!(out.ok, "{side}: {out:?}");
+        assert_eq!(out.servers(), ["G", "G"], "{side}");
+        // Denied by the ALLOW policy (its path is not allowed).
+        let out = grpc_call(
+            addr,
+            &CallOpts::new(Call::ServerStream).tls(tls("consumer")),
+        );
+        assert_eq!(
+            (out.code.as_str(), out.details.as_str()),
+            ("PERMISSION_DENIED", "RBAC: access denied"),
+            "{side}: {out:?}"
+        );
+        // Denied by the DENY policy (the rogue's SPIFFE id).
+        let out = grpc_call(addr, &CallOpts::default().tls(tls("rogue")));
+        assert_eq!(
+            (out.code.as_str(), out.details.as_str()),
+            ("PERMISSION_DENIED", "RBAC: access denied"),
+            "{side}: {out:?}"
+        );
+        // Both filters count under the same names: DENY allowed 3 and denied 1, ALLOW allowed
+        // 2 and denied 1; its shadow rules allowed the stream call, denied the unary ones.
+        let after = counters();
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(
+            delta,
+            [5, 2, 1, 2],
+            "{side}: {names:?} before {before:?} after {after:?}"
+        );
     }
 }

@@ -369,6 +369,87 @@ fn drain_serves_streams_a_slow_caller_starts_before_it_answers_the_ping() {
     assert!(status.success(), "{status:?}");
 }
 
+/// The cost of the GOAWAY path (docs/hot-upgrade.md, "Why Triple and TCP connections drain
+/// instead"): `grpc-load --reconnect` (32 h2c connections, one call in flight on each, a new
+/// connection once one takes no new stream, as a gRPC channel does) through 20 upgrades against
+/// `grpc-echo`, beside the same load without upgrades. No call fails; every connection is
+/// replaced at each upgrade. Prints the figures (run with --nocapture).
+#[test]
+fn grpc_load_through_twenty_upgrades_fails_nothing() {
+    const UPGRADES: u64 = 20;
+    let (_echo, echo) = bench_echo("grpc-echo");
+    let (mut current, listen) = start(&[("a", echo)], "    cluster: a\n");
+    let dir = TempDir::new("grpc-upgrades");
+    let stop = dir.0.join("stop");
+    let load = |secs: u64, name: &str| {
+        let json = dir.0.join(name);
+        let child = KillOnDrop(
+            std::process::Command::new(bench_bin("grpc-load"))
+                .args(["--target", &listen.to_string(), "--connections", "32"])
+                .args(["--streams", "1", "--duration", &format!("{secs}s")])
+                .args(["--warmup", "0s", "--timeout", "1s", "--reconnect", "--json"])
+                .arg(&json)
+                .arg("--stop-file")
+                .arg(&stop)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        (child, json)
+    };
+    let report = |(mut child, json): (KillOnDrop, std::path::PathBuf)| {
+        assert!(child.0.wait().unwrap().success(), "grpc-load ran");
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap())
+            .unwrap()
+    };
+    let line = |r: &serde_json::Value| {
+        format!(
+            "sent {} received {} errors {} reconnects {} p99 {} us p999 {} us",
+            r["sent"],
+            r["received"],
+            r["errors"],
+            r["reconnects"],
+            r["latency_us"]["p99"],
+            r["latency_us"]["p999"]
+        )
+    };
+    let steady = report(load(3, "steady.json"));
+    let run = load(300, "load.json");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    for _ in 0..UPGRADES {
+        let next = current.upgrade(&["--shards", "2"]);
+        let (status, log) = current.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "predecessor exits cleanly: {log}");
+        current = next;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, "").unwrap();
+    let run = report(run);
+    eprintln!(
+        "grpc-load through {UPGRADES} upgrades in {:.1} s: {} (steady, no upgrade: {})",
+        took.as_secs_f64(),
+        line(&run),
+        line(&steady)
+    );
+    let failed: u64 = run["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert_eq!(failed, 0, "no call failed: {}", line(&run));
+    assert!(run["received"].as_u64().unwrap() > 1000, "{}", line(&run));
+    // Every upgrade sent each connection a GOAWAY and each caller opened a new connection.
+    assert!(
+        run["reconnects"].as_u64().unwrap() >= 32 * UPGRADES,
+        "{}",
+        line(&run)
+    );
+}
+
 /// Callers that follow GOAWAY (open a new connection, as gRPC clients do) lose no call while
 /// the binary is replaced three times.
 #[test]

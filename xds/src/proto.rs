@@ -662,7 +662,12 @@ fn chain_listener(
         HCM_TYPE => {
             let h: hcm_pb::HttpConnectionManager = unpack(any, HCM_TYPE, ctx, &tat)?;
             out.protocol = Protocol::Triple;
-            let (mut routes, name, limit) = hcm(&h, ctx, &tat)?;
+            let HcmRes {
+                mut routes,
+                rds: name,
+                limit,
+                rbac,
+            } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
             rds = name;
@@ -675,7 +680,10 @@ fn chain_listener(
                     .for_each(|r| r.local_rate_limit = None);
             }
             out.local_rate_limit = limit.flatten();
-            let mut t = TripleListener::default();
+            let mut t = TripleListener {
+                rbac,
+                ..TripleListener::default()
+            };
             routes.fill(&mut t);
             out.triple = Some(t);
         }
@@ -1708,13 +1716,23 @@ fn struct_json(
 /// else its filter-level bucket, if it limits.
 type RateLimitFilter = Option<Option<TokenBucket>>;
 
-/// An HTTP connection manager: its inline routes or RDS name, and its `local_ratelimit` filter.
+/// What an HTTP connection manager translates to: its inline routes or RDS name, its
+/// `local_ratelimit` filter, its `rbac` filters in order.
+struct HcmRes {
+    routes: RouteTable,
+    rds: Option<String>,
+    limit: RateLimitFilter,
+    rbac: Vec<config::Rbac>,
+}
+
+/// An HTTP connection manager: its inline routes or RDS name, and its filters.
 fn hcm(
     h: &hcm_pb::HttpConnectionManager,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<(RouteTable, Option<String>, RateLimitFilter), TranslateError> {
+) -> Result<HcmRes, TranslateError> {
     let mut limit = None;
+    let mut rbac = Vec::new();
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     if h.codec_type != CodecType::Auto as i32 && h.codec_type != CodecType::Http2 as i32 {
         return Err(ctx.err(
@@ -1754,6 +1772,13 @@ fn hcm(
             limit = Some(http_local_rate_limit(&rl, ctx, &fat)?);
             continue;
         }
+        // istiod's AuthorizationPolicy (DENY, ALLOW, AUDIT filters): checked per call before
+        // routing, as Envoy runs them before the router.
+        if let Some(a) = typed.filter(|a| a.type_url == rbac::HTTP_RBAC_TYPE) {
+            let fat = format!("{at}.http_filters[{i}].typed_config");
+            rbac.push(rbac::http(a, &h.stat_prefix, ctx, &fat)?);
+            continue;
+        }
         // The filters istiod always adds: ignored when they only feed telemetry or act on
         // what ringside refuses anyway (docs/xds.md, "Istio"); refused otherwise.
         let why = match typed {
@@ -1768,11 +1793,12 @@ fn hcm(
         }
     }
     match &h.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => Ok((
-            route_configuration(rc, ctx, &format!("{at}.route_config"))?,
-            None,
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok(HcmRes {
+            routes: route_configuration(rc, ctx, &format!("{at}.route_config"))?,
+            rds: None,
             limit,
-        )),
+            rbac,
+        }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
             if rds.route_config_name.is_empty() {
@@ -1781,11 +1807,12 @@ fn hcm(
             if let Some(cs) = &rds.config_source {
                 ads_source(cs, ctx, &format!("{rat}.config_source"))?;
             }
-            Ok((
-                RouteTable::default(),
-                Some(rds.route_config_name.clone()),
+            Ok(HcmRes {
+                routes: RouteTable::default(),
+                rds: Some(rds.route_config_name.clone()),
                 limit,
-            ))
+                rbac,
+            })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
             format!("{at}.scoped_routes"),
@@ -3092,6 +3119,15 @@ fn no_fault_override(
             return Err(ctx.err(
                 join(at, &format!("typed_per_filter_config[{k:?}]")),
                 "fault injection is not supported",
+            ));
+        }
+        // RBACPerRoute replaces or disables the listener's rules for the route.
+        if k == "envoy.filters.http.rbac"
+            || a.type_url.ends_with("filters.http.rbac.v3.RBACPerRoute")
+        {
+            return Err(ctx.err(
+                join(at, &format!("typed_per_filter_config[{k:?}]")),
+                "per-route rbac is not supported",
             ));
         }
     }

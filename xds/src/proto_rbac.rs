@@ -1,19 +1,32 @@
-//! `envoy.filters.network.rbac` into a listener's `rbac` (docs/xds.md, "RBAC"): the shapes
-//! istiod builds from AuthorizationPolicy (principals by SPIFFE id, source IP; permissions by
-//! destination port and IP; ALLOW, DENY, shadow rules). Part of the `proto` module.
+//! `envoy.filters.network.rbac` into a listener's `rbac` and `envoy.filters.http.rbac` into a
+//! Triple listener's `triple.rbac` (docs/xds.md, "RBAC"): the shapes istiod builds from
+//! AuthorizationPolicy (principals by SPIFFE id, source IP, request headers; permissions by
+//! destination port and IP, and for HTTP by `:path` and headers; ALLOW, DENY, shadow rules).
+//! Part of the `proto` module.
 
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 use envoy_types::pb::google::protobuf::Any;
 
-use config::{Permission, Principal, Rbac, RbacAction, RbacPolicy, RbacRules};
+use config::{HeaderMatch, Permission, Principal, Rbac, RbacAction, RbacPolicy, RbacRules};
 
-use super::{pattern, string_match, unpack, Ctx};
+use super::{header_pat, pattern, regex_escape, string_match, unpack, Ctx, HeaderPat, Pat};
 use crate::TranslateError;
 
 pub(super) const NETWORK_RBAC_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+pub(super) const HTTP_RBAC_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+/// Which filter a rule is in: the HTTP one may look at the request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Network,
+    Http,
+}
 
 pub(super) fn network(any: &Any, ctx: &Ctx<'_>, at: &str) -> Result<Rbac, TranslateError> {
     let r: NetworkRbac = unpack(any, NETWORK_RBAC_TYPE, ctx, at)?;
@@ -28,23 +41,68 @@ pub(super) fn network(any: &Any, ctx: &Ctx<'_>, at: &str) -> Result<Rbac, Transl
     }
     // CONTINUOUS re-checks on every read; ringside's rules (no dynamic metadata) decide the
     // same for the whole connection, so both enforcement types are one check.
+    let (rules, shadow_rules) = both_rules(&r.rules, &r.shadow_rules, Scope::Network, ctx, at)?;
     Ok(Rbac {
         stat_prefix: r.stat_prefix.clone(),
-        rules: r
-            .rules
-            .as_ref()
-            .map(|x| rules(x, ctx, &format!("{at}.rules")))
-            .transpose()?,
-        shadow_rules: r
-            .shadow_rules
-            .as_ref()
-            .map(|x| rules(x, ctx, &format!("{at}.shadow_rules")))
-            .transpose()?,
+        rules_stat_prefix: String::new(),
+        rules,
+        shadow_rules,
         shadow_rules_stat_prefix: r.shadow_rules_stat_prefix.clone(),
     })
 }
 
-fn rules(r: &rbac_pb::Rbac, ctx: &Ctx<'_>, at: &str) -> Result<RbacRules, TranslateError> {
+/// A filter's `rules` and `shadow_rules`.
+fn both_rules(
+    enforced: &Option<rbac_pb::Rbac>,
+    shadow: &Option<rbac_pb::Rbac>,
+    scope: Scope,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(Option<RbacRules>, Option<RbacRules>), TranslateError> {
+    Ok((
+        enforced
+            .as_ref()
+            .map(|x| rules(x, scope, ctx, &format!("{at}.rules")))
+            .transpose()?,
+        shadow
+            .as_ref()
+            .map(|x| rules(x, scope, ctx, &format!("{at}.shadow_rules")))
+            .transpose()?,
+    ))
+}
+
+/// An HTTP connection manager's `envoy.filters.http.rbac`, its counters under Envoy's
+/// `http.STAT_PREFIX.` (the manager's `stat_prefix`).
+pub(super) fn http(
+    any: &Any,
+    hcm_stat_prefix: &str,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Rbac, TranslateError> {
+    let r: HttpRbac = unpack(any, HTTP_RBAC_TYPE, ctx, at)?;
+    if r.matcher.is_some() || r.shadow_matcher.is_some() {
+        return Err(ctx.err(
+            format!("{at}.matcher"),
+            "the matcher API is not supported (rules are)",
+        ));
+    }
+    // `track_per_rule_stats` only adds per-policy counters: ignored (docs/xds.md, "RBAC").
+    let (rules, shadow_rules) = both_rules(&r.rules, &r.shadow_rules, Scope::Http, ctx, at)?;
+    Ok(Rbac {
+        stat_prefix: format!("http.{hcm_stat_prefix}."),
+        rules_stat_prefix: r.rules_stat_prefix.clone(),
+        rules,
+        shadow_rules,
+        shadow_rules_stat_prefix: r.shadow_rules_stat_prefix.clone(),
+    })
+}
+
+fn rules(
+    r: &rbac_pb::Rbac,
+    scope: Scope,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<RbacRules, TranslateError> {
     use rbac_pb::rbac::Action as A;
     let action = match A::try_from(r.action) {
         Ok(A::Allow) => RbacAction::Allow,
@@ -80,13 +138,13 @@ fn rules(r: &rbac_pb::Rbac, ctx: &Ctx<'_>, at: &str) -> Result<RbacRules, Transl
                     .permissions
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| permission(x, ctx, &format!("{at}.permissions[{i}]")))
+                    .map(|(i, x)| permission(x, scope, ctx, &format!("{at}.permissions[{i}]")))
                     .collect::<Result<_, _>>()?,
                 principals: p
                     .principals
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| principal(x, ctx, &format!("{at}.principals[{i}]")))
+                    .map(|(i, x)| principal(x, scope, ctx, &format!("{at}.principals[{i}]")))
                     .collect::<Result<_, _>>()?,
             })
         })
@@ -102,8 +160,80 @@ fn cidr(c: &core_pb::CidrRange) -> String {
     )
 }
 
+/// A string matcher as a pattern; `ignore_case` (istiod's `:authority` matches) as a
+/// case-insensitive regex.
+fn rbac_pattern(
+    m: &matcher_pb::StringMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Pat, TranslateError> {
+    if !m.ignore_case {
+        return pattern(m, ctx, at);
+    }
+    let plain = matcher_pb::StringMatcher {
+        ignore_case: false,
+        ..m.clone()
+    };
+    let re = match pattern(&plain, ctx, at)? {
+        Pat::Exact(s) => regex_escape(&s),
+        Pat::Prefix(s) => format!("{}.*", regex_escape(&s)),
+        Pat::Regex(r) => r,
+    };
+    Ok(Pat::Regex(format!("(?i:{re})")))
+}
+
+/// A header condition of the HTTP filter.
+fn header(
+    h: &envoy_types::pb::envoy::config::route::v3::HeaderMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<HeaderMatch, TranslateError> {
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier as H;
+    if h.name.is_empty() || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ctx.err(
+            format!("{at}.name"),
+            format!(
+                "{:?}: HTTP/2 header names are non-empty and lower-case",
+                h.name
+            ),
+        ));
+    }
+    let pat = match &h.header_match_specifier {
+        Some(H::StringMatch(m)) if !h.invert_match && !h.treat_missing_header_as_empty => {
+            HeaderPat::Pat(rbac_pattern(m, ctx, &format!("{at}.string_match"))?)
+        }
+        _ => header_pat(h, ctx, at)?,
+    };
+    let mut out = HeaderMatch {
+        name: h.name.clone(),
+        exact: None,
+        prefix: None,
+        regex: None,
+        present: None,
+    };
+    match pat {
+        HeaderPat::Pat(Pat::Exact(s)) => out.exact = Some(s),
+        HeaderPat::Pat(Pat::Prefix(s)) => out.prefix = Some(s),
+        HeaderPat::Pat(Pat::Regex(s)) => out.regex = Some(s),
+        HeaderPat::Present(b) => out.present = Some(b),
+    }
+    Ok(out)
+}
+
+fn http_only(scope: Scope, ctx: &Ctx<'_>, at: &str, what: &str) -> Result<(), TranslateError> {
+    match scope {
+        Scope::Http => Ok(()),
+        // Envoy's network filter has no request: such a rule never matches there.
+        Scope::Network => Err(ctx.err(
+            at,
+            format!("{what} rules are for the HTTP rbac filter, not the network one"),
+        )),
+    }
+}
+
 fn permission(
     p: &rbac_pb::Permission,
+    scope: Scope,
     ctx: &Ctx<'_>,
     at: &str,
 ) -> Result<Permission, TranslateError> {
@@ -112,16 +242,19 @@ fn permission(
         s.rules
             .iter()
             .enumerate()
-            .map(|(i, x)| permission(x, ctx, &format!("{at}.{f}.rules[{i}]")))
+            .map(|(i, x)| permission(x, scope, ctx, &format!("{at}.{f}.rules[{i}]")))
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(match &p.rule {
         Some(R::Any(b)) => Permission::Any(*b),
         Some(R::AndRules(s)) => Permission::AndRules(list(s, "and_rules")?),
         Some(R::OrRules(s)) => Permission::OrRules(list(s, "or_rules")?),
-        Some(R::NotRule(n)) => {
-            Permission::NotRule(Box::new(permission(n, ctx, &format!("{at}.not_rule"))?))
-        }
+        Some(R::NotRule(n)) => Permission::NotRule(Box::new(permission(
+            n,
+            scope,
+            ctx,
+            &format!("{at}.not_rule"),
+        )?)),
         Some(R::DestinationPort(v)) => {
             Permission::DestinationPort(u16::try_from(*v).map_err(|_| {
                 ctx.err(
@@ -138,25 +271,38 @@ fn permission(
             }
         }
         Some(R::DestinationIp(c)) => Permission::DestinationIp(cidr(c)),
-        // HTTP rules on a network filter never match a connection (Envoy: no headers).
-        Some(R::Header(_)) | Some(R::UrlPath(_)) => {
-            return Err(ctx.err(
-                at,
-                "header and url_path permissions are for the HTTP rbac filter (not supported)",
-            ))
+        Some(R::Header(h)) => {
+            http_only(scope, ctx, at, "header")?;
+            Permission::Header(header(h, ctx, &format!("{at}.header"))?)
         }
+        Some(R::UrlPath(m)) => {
+            http_only(scope, ctx, at, "url_path")?;
+            let pat = match &m.rule {
+                Some(matcher_pb::path_matcher::Rule::Path(s)) => {
+                    rbac_pattern(s, ctx, &format!("{at}.url_path.path"))?
+                }
+                None => return Err(ctx.err(format!("{at}.url_path.path"), "missing")),
+            };
+            Permission::UrlPath(string_match(&pat))
+        }
+        // istiod's `{*}` / `{**}` path templates, SNI, dynamic metadata, ...
         Some(_) => return Err(ctx.err(at, "this permission rule is not supported")),
         None => return Err(ctx.err(at, "missing rule")),
     })
 }
 
-fn principal(p: &rbac_pb::Principal, ctx: &Ctx<'_>, at: &str) -> Result<Principal, TranslateError> {
+fn principal(
+    p: &rbac_pb::Principal,
+    scope: Scope,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Principal, TranslateError> {
     use rbac_pb::principal::Identifier as I;
     let list = |s: &rbac_pb::principal::Set, f: &str| {
         s.ids
             .iter()
             .enumerate()
-            .map(|(i, x)| principal(x, ctx, &format!("{at}.{f}.ids[{i}]")))
+            .map(|(i, x)| principal(x, scope, ctx, &format!("{at}.{f}.ids[{i}]")))
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(match &p.identifier {
@@ -164,7 +310,7 @@ fn principal(p: &rbac_pb::Principal, ctx: &Ctx<'_>, at: &str) -> Result<Principa
         Some(I::AndIds(s)) => Principal::AndIds(list(s, "and_ids")?),
         Some(I::OrIds(s)) => Principal::OrIds(list(s, "or_ids")?),
         Some(I::NotId(n)) => {
-            Principal::NotId(Box::new(principal(n, ctx, &format!("{at}.not_id"))?))
+            Principal::NotId(Box::new(principal(n, scope, ctx, &format!("{at}.not_id"))?))
         }
         Some(I::Authenticated(a)) => Principal::Authenticated {
             principal_name: a
@@ -180,11 +326,9 @@ fn principal(p: &rbac_pb::Principal, ctx: &Ctx<'_>, at: &str) -> Result<Principa
         Some(I::SourceIp(c)) => Principal::SourceIp(cidr(c)),
         Some(I::DirectRemoteIp(c)) => Principal::DirectRemoteIp(cidr(c)),
         Some(I::RemoteIp(c)) => Principal::RemoteIp(cidr(c)),
-        Some(I::Header(_)) | Some(I::UrlPath(_)) => {
-            return Err(ctx.err(
-                at,
-                "header and url_path principals are for the HTTP rbac filter (not supported)",
-            ))
+        Some(I::Header(h)) => {
+            http_only(scope, ctx, at, "header")?;
+            Principal::Header(header(h, ctx, &format!("{at}.header"))?)
         }
         Some(_) => return Err(ctx.err(at, "this principal is not supported")),
         None => return Err(ctx.err(at, "missing identifier")),
@@ -266,5 +410,86 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("f.rules.policies[\"p\"].permissions[0]"), "{e}");
+    }
+
+    #[test]
+    fn http_rules_translate_with_istiods_case_insensitive_authority() {
+        use envoy_types::pb::envoy::config::route::v3::{header_matcher, HeaderMatcher};
+        use matcher_pb::string_matcher::MatchPattern as P;
+        let sm = |p: P, ignore_case: bool| matcher_pb::StringMatcher {
+            match_pattern: Some(p),
+            ignore_case,
+        };
+        let authority = rbac_pb::Permission {
+            rule: Some(rbac_pb::permission::Rule::Header(HeaderMatcher {
+                name: ":authority".into(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    sm(P::Suffix(".suffix.com".into()), true),
+                )),
+                ..Default::default()
+            })),
+        };
+        let path = rbac_pb::Permission {
+            rule: Some(rbac_pb::permission::Rule::UrlPath(
+                matcher_pb::PathMatcher {
+                    rule: Some(matcher_pb::path_matcher::Rule::Path(sm(
+                        P::Prefix("/pkg.".into()),
+                        false,
+                    ))),
+                },
+            )),
+        };
+        let and = rbac_pb::Permission {
+            rule: Some(rbac_pb::permission::Rule::AndRules(
+                rbac_pb::permission::Set {
+                    rules: vec![authority, path],
+                },
+            )),
+        };
+        let f = pack_any(HttpRbac {
+            rules: Some(rbac_pb::Rbac {
+                policies: [(
+                    "p".to_string(),
+                    rbac_pb::Policy {
+                        permissions: vec![and.clone()],
+                        principals: vec![by_suffix("/sa/a")],
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }),
+            rules_stat_prefix: "r_".into(),
+            ..Default::default()
+        });
+        let r = http(&f, "inbound_0.0.0.0_80", &ctx(), "f").unwrap();
+        assert_eq!(r.stat_prefix, "http.inbound_0.0.0.0_80.");
+        assert_eq!(r.rules_stat_prefix, "r_");
+        let Permission::AndRules(l) = &r.rules.unwrap().policies[0].permissions[0] else {
+            panic!()
+        };
+        match &l[0] {
+            Permission::Header(h) => {
+                assert_eq!(h.name, ":authority");
+                assert_eq!(h.regex.as_deref(), Some(r"(?i:.*\.suffix\.com)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            l[1],
+            Permission::UrlPath(config::StringMatch {
+                prefix: Some("/pkg.".into()),
+                ..Default::default()
+            })
+        );
+        // The same rule in the network filter: NACKed, naming the rule.
+        let e = network(&filter(and, by_suffix("x")), &ctx(), "f")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("and_rules.rules[0]") && e.contains("HTTP rbac filter"),
+            "{e}"
+        );
     }
 }

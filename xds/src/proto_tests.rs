@@ -1062,13 +1062,24 @@ fn istio_filter_decisions() {
         e.contains("http_filters[0]") && e.contains("fault injection"),
         "{e}"
     );
+    // istiod's AuthorizationPolicy filter becomes the listener's triple.rbac; ext_authz
+    // (CUSTOM policies) is refused.
     let rbac = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
-    let e = err_text(with(vec![http_filter(
+    let (_, res) = with(vec![http_filter(
         "envoy.filters.http.rbac",
         any_of(rbac, vec![]),
+    )])
+    .unwrap();
+    let t = res.listener.triple.unwrap();
+    assert_eq!(t.rbac.len(), 1);
+    assert!(t.rbac[0].stat_prefix.starts_with("http.") && t.rbac[0].stat_prefix.ends_with('.'));
+    let ext_authz = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+    let e = err_text(with(vec![http_filter(
+        "envoy.filters.http.ext_authz",
+        any_of(ext_authz, vec![]),
     )]));
     assert!(
-        e.contains("envoy.filters.http.rbac") && e.contains("not supported"),
+        e.contains("envoy.filters.http.ext_authz") && e.contains("not supported"),
         "{e}"
     );
     let e = err_text(with(vec![http_filter(

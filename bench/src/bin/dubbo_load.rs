@@ -33,7 +33,7 @@ const USAGE: &str =
     "dubbo-load --target 127.0.0.1:30880 [--connections 1] [--pipeline 1 | --rate R]
            [--duration 10s] [--warmup 2s] [--timeout 1s] [--payload 16] [--json FILE]
            [--interface org.apache.dubbo.bench.EchoService] [--method echo]
-           [--samples FILE] [--stop-file FILE]
+           [--samples FILE] [--stop-file FILE] [--reconnect-on-close]
 
 Closed loop by default: --connections x --pipeline requests in flight.
 Open loop with --rate R: R requests/s over all connections, latency from the intended send time;
@@ -44,6 +44,9 @@ and closed once its answers are in (counted as reconnects).
 latency over time windows (bench/xds-push).
 --stop-file FILE (open loop): stop sending once FILE exists (checked every 50 ms), as if
 --duration ended then.
+--reconnect-on-close (open loop): a connection the peer closes (or resets) is replaced at once
+by a new one, as a consumer does (counted as reconnects_after_close); its requests in flight are
+lost (timeouts). Without it the slot stays dead and its requests fail.
 Every response must be status 20 with an id in flight on its connection; errors are counted by
 kind (status, unknown_id, decode, connect, timeout, io). Latency is recorded after --warmup for
 --duration. JSON on stdout or --json FILE; a progress line each second on stderr.";
@@ -65,10 +68,11 @@ struct Opts {
     template: Template,
     samples: Option<String>,
     stop_file: Option<String>,
+    reconnect_on_close: bool,
 }
 
 fn main() {
-    let args = Args::parse(USAGE, &[]);
+    let args = Args::parse(USAGE, &["reconnect-on-close"]);
     let target = args
         .opt_str("target")
         .unwrap_or_else(|| args.fail("--target is required"))
@@ -88,9 +92,13 @@ fn main() {
         template: Template::new(&interface, &method, payload),
         samples: args.opt_str("samples").map(str::to_string),
         stop_file: args.opt_str("stop-file").map(str::to_string),
+        reconnect_on_close: args.flag("reconnect-on-close"),
     };
     if opts.samples.is_some() && opts.rate.is_none() {
         args.fail("--samples needs the open loop (--rate)");
+    }
+    if opts.reconnect_on_close && opts.rate.is_none() {
+        args.fail("--reconnect-on-close needs the open loop (--rate)");
     }
     if opts.connections == 0 || opts.pipeline == 0 {
         args.fail("--connections and --pipeline must be at least 1");
@@ -105,10 +113,10 @@ fn main() {
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
     let progress = progress::spawn("dubbo-load", counters.clone(), start, opts.warmup);
-    let (rec, errors, reconnects) = match opts.rate {
+    let (rec, errors, (reconnects, reconnects_after_close)) = match opts.rate {
         None => {
             let (rec, errors) = closed_loop(&opts, start, &counters);
-            (rec, errors, 0)
+            (rec, errors, (0, 0))
         }
         Some(rate) => open_loop(&opts, rate, start, &counters),
     };
@@ -133,6 +141,7 @@ fn main() {
         rate_per_s: opts.rate,
         payload_bytes: opts.payload,
         reconnects,
+        reconnects_after_close,
         ..LoadReport::measured(&counters, &rec, errors, opts.duration, opts.warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
@@ -269,6 +278,9 @@ struct OpenShared {
     links: Mutex<Vec<Arc<OpenLink>>>,
     readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     reconnects: std::sync::atomic::AtomicU64,
+    /// `--reconnect-on-close`: replace a link the peer closed.
+    reconnect_on_close: bool,
+    reconnects_after_close: std::sync::atomic::AtomicU64,
     /// `--samples`: every link keeps its samples.
     samples: bool,
 }
@@ -318,13 +330,13 @@ fn open_loop(
     rate: f64,
     start: Instant,
     counters: &Arc<Counters>,
-) -> (Recorder, ErrorCounts, u64) {
+) -> (Recorder, ErrorCounts, (u64, u64)) {
     let measure_from = start + opts.warmup;
     let end = measure_from + opts.duration;
     let mut failed = ErrorCounts::default();
     let addr: SocketAddr = match opts.target.parse() {
         Ok(a) => a,
-        Err(_) => return (Recorder::new(), failed, 0),
+        Err(_) => return (Recorder::new(), failed, (0, 0)),
     };
     let shared = Arc::new(OpenShared {
         addr,
@@ -335,6 +347,8 @@ fn open_loop(
         links: Mutex::new(Vec::new()),
         readers: Mutex::new(Vec::new()),
         reconnects: Default::default(),
+        reconnect_on_close: opts.reconnect_on_close,
+        reconnects_after_close: Default::default(),
         samples: opts.samples.is_some(),
     });
     let mut conns: Vec<Arc<OpenConn>> = Vec::new();
@@ -352,7 +366,7 @@ fn open_loop(
         }
     }
     if conns.is_empty() {
-        return (Recorder::new(), failed, 0);
+        return (Recorder::new(), failed, (0, 0));
     }
     if let Ok(mut slots) = SLOTS.lock() {
         *slots = conns.clone();
@@ -446,7 +460,10 @@ fn open_loop(
             failed.merge(&s.errors);
         }
     }
-    let reconnects = shared.reconnects.load(Relaxed);
+    let reconnects = (
+        shared.reconnects.load(Relaxed),
+        shared.reconnects_after_close.load(Relaxed),
+    );
     (rec, failed, reconnects)
 }
 
@@ -480,8 +497,10 @@ fn write_samples(path: &str, links: &[Arc<OpenLink>]) -> std::io::Result<()> {
 /// The open loop's connection slots, for readers started before their slot existed.
 static SLOTS: Mutex<Vec<Arc<OpenConn>>> = Mutex::new(Vec::new());
 
-/// After a readonly event: a new link takes the slot's new requests; this one finishes.
-fn follow_readonly(shared: &Arc<OpenShared>, conn: Option<Arc<OpenConn>>, link: &Arc<OpenLink>) {
+/// After a readonly event (or, with `--reconnect-on-close`, a close): a new link takes the
+/// slot's new requests; this one finishes. False when `link` was no longer the slot's current
+/// one or no new connection could be made.
+fn replace_link(shared: &Arc<OpenShared>, conn: Option<Arc<OpenConn>>, link: &Arc<OpenLink>) -> bool {
     let conn = conn.or_else(|| {
         let slots = SLOTS.lock().ok()?;
         slots
@@ -494,21 +513,22 @@ fn follow_readonly(shared: &Arc<OpenShared>, conn: Option<Arc<OpenConn>>, link: 
             })
             .cloned()
     });
-    let Some(conn) = conn else { return };
+    let Some(conn) = conn else { return false };
     let is_current = conn
         .current
         .lock()
         .map(|l| Arc::ptr_eq(&l, link))
         .unwrap_or(false);
     if !is_current {
-        return;
+        return false;
     }
-    if let Some(new) = shared.connect(Some(&conn), conn.index) {
-        if let Ok(mut cur) = conn.current.lock() {
-            *cur = new;
-        }
-        shared.reconnects.fetch_add(1, Relaxed);
+    let Some(new) = shared.connect(Some(&conn), conn.index) else {
+        return false;
+    };
+    if let Ok(mut cur) = conn.current.lock() {
+        *cur = new;
     }
+    true
 }
 
 fn open_reader(
@@ -556,8 +576,15 @@ fn open_reader(
         };
         if n == 0 {
             let done = retired && s.inflight() == 0;
-            if !counters.stop.load(Relaxed) && !done {
+            let stopping = counters.stop.load(Relaxed);
+            if !stopping && !done {
                 s.error(ErrorKind::Io, counters);
+            }
+            drop(s);
+            // Its requests in flight stay in this link's state and expire as timeouts.
+            if shared.reconnect_on_close && !stopping && !retired && replace_link(shared, conn, link)
+            {
+                shared.reconnects_after_close.fetch_add(1, Relaxed);
             }
             return;
         }
@@ -574,7 +601,9 @@ fn open_reader(
         }
         if p.readonly && !retired {
             retired = true;
-            follow_readonly(shared, conn.clone(), link);
+            if replace_link(shared, conn.clone(), link) {
+                shared.reconnects.fetch_add(1, Relaxed);
+            }
         }
         if p.fatal {
             return;

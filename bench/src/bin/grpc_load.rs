@@ -9,6 +9,12 @@
 //! trailers-only answer); anything else is an error by kind (status, decode, connect, timeout,
 //! io). Calls still in flight when the run ends are neither.
 //!
+//! `--reconnect` behaves like a gRPC client's channel: once a connection takes no new stream (a
+//! GOAWAY arrived, or it closed), a new connection is made for the calls that follow (counted in
+//! `reconnects`). A call the old connection refused before sending it is not failed: it goes out
+//! on the new connection, and its latency includes the wait for it. Calls the peer had accepted
+//! and then lost still fail.
+//!
 //! Why not h2load: it reports min / max / mean / sd of request time only (no percentiles) and
 //! never reads grpc-status, so a proxy answering UNIMPLEMENTED with :status 200 would look fine.
 
@@ -26,12 +32,17 @@ use http::{HeaderMap, Request};
 
 const USAGE: &str = "grpc-load --target 127.0.0.1:30870 [--connections 1] [--streams 1]
            [--duration 10s] [--warmup 2s] [--timeout 1s] [--payload 16] [--json FILE]
-           [--header k:v]...
+           [--header k:v]... [--reconnect] [--stop-file FILE]
 
 Closed loop: --connections x --streams unary calls in flight (h2c, prior knowledge), each to
 /helloworld.Greeter/SayHello with a HelloRequest of --payload bytes. Good = :status 200 and
 grpc-status 0. Latency recorded after --warmup for --duration. JSON on stdout or --json FILE; a
-progress line each second on stderr.";
+progress line each second on stderr.
+--reconnect: a connection that takes no new stream (GOAWAY, close) is replaced by a new one,
+as a gRPC channel does (counted as reconnects); a call it refused before sending goes out on
+the new one, timed from its first attempt.
+--stop-file FILE: stop starting calls once FILE exists (checked every 50 ms), as if --duration
+ended then.";
 
 const CONNECT_TIMEOUT_MS: u64 = 2000;
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -46,10 +57,12 @@ struct Opts {
     timeout: Duration,
     payload: usize,
     headers: Vec<(String, String)>,
+    reconnect: bool,
+    stop_file: Option<String>,
 }
 
 fn main() {
-    let args = Args::parse(USAGE, &[]);
+    let args = Args::parse(USAGE, &["reconnect"]);
     let target = args
         .opt_str("target")
         .unwrap_or_else(|| args.fail("--target is required"))
@@ -75,6 +88,8 @@ fn main() {
         timeout: args.duration("timeout", Duration::from_secs(1)),
         payload: args.get("payload", 16),
         headers,
+        reconnect: args.flag("reconnect"),
+        stop_file: args.opt_str("stop-file").map(str::to_string),
     };
     if opts.connections == 0 || opts.streams == 0 {
         args.fail("--connections and --streams must be at least 1");
@@ -83,7 +98,7 @@ fn main() {
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
     let progress = progress::spawn("grpc-load", counters.clone(), start, opts.warmup);
-    let (rec, errors) = closed_loop(&opts, start, &counters);
+    let (rec, errors, reconnects) = closed_loop(&opts, start, &counters);
     counters.stop.store(true, Relaxed);
     let _ = progress.join();
 
@@ -95,6 +110,7 @@ fn main() {
         pipeline: opts.streams,
         rate_per_s: None,
         payload_bytes: opts.payload,
+        reconnects,
         ..LoadReport::measured(&counters, &rec, errors, opts.duration, opts.warmup)
     };
     if let Err(e) = report::emit(&report, args.opt_str("json")) {
@@ -112,9 +128,23 @@ struct Shared {
     end: Instant,
     timeout: Duration,
     counters: Arc<Counters>,
+    reconnect: bool,
+    /// `--stop-file` appeared.
+    stopped: std::cell::Cell<bool>,
 }
 
-fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Recorder, ErrorCounts) {
+impl Shared {
+    /// The run is over: `--duration` ended or `--stop-file` appeared.
+    fn over(&self) -> bool {
+        self.stopped.get() || Instant::now() >= self.end
+    }
+}
+
+fn closed_loop(
+    opts: &Opts,
+    start: Instant,
+    counters: &Arc<Counters>,
+) -> (Recorder, ErrorCounts, u64) {
     let rt = bench::runner::tokio_runtime(1);
     let measure_from = start + opts.warmup;
     let uri: http::Uri = match format!("http://{}{}", opts.target, grpc_path()).parse() {
@@ -142,21 +172,69 @@ fn closed_loop(opts: &Opts, start: Instant, counters: &Arc<Counters>) -> (Record
         end: measure_from + opts.duration,
         timeout: opts.timeout,
         counters: counters.clone(),
+        reconnect: opts.reconnect,
+        stopped: std::cell::Cell::new(false),
     });
     let local = tokio::task::LocalSet::new();
-    rt.block_on(local.run_until(async {
+    let reconnects = Rc::new(std::cell::Cell::new(0u64));
+    let (rec, errors) = rt.block_on(local.run_until(async {
+        if let Some(file) = opts.stop_file.clone() {
+            let shared = shared.clone();
+            tokio::task::spawn_local(async move {
+                while !shared.over() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if std::path::Path::new(&file).exists() {
+                        shared.stopped.set(true);
+                    }
+                }
+            });
+        }
         let mut tasks = Vec::new();
         for _ in 0..opts.connections {
             let (target, shared, streams) = (opts.target.clone(), shared.clone(), opts.streams);
+            let reconnects = reconnects.clone();
             tasks.push(tokio::task::spawn_local(async move {
-                connection(&target, streams, shared).await
+                channel(&target, streams, shared, &reconnects).await
             }));
         }
         report::merge_all(tasks).await
-    }))
+    }));
+    (rec, errors, reconnects.get())
 }
 
-async fn connection(target: &str, streams: usize, shared: Rc<Shared>) -> (Recorder, ErrorCounts) {
+/// One connection slot: with `--reconnect`, a new connection each time the current one takes no
+/// new stream, until the run ends.
+async fn channel(
+    target: &str,
+    streams: usize,
+    shared: Rc<Shared>,
+    reconnects: &std::cell::Cell<u64>,
+) -> (Recorder, ErrorCounts) {
+    let mut rec = Recorder::new();
+    let mut errors = ErrorCounts::default();
+    // Calls a connection refused before sending them: (lane, first attempt).
+    let mut refused: Vec<Instant> = Vec::new();
+    loop {
+        let (r, e, gone) = connection(target, streams, shared.clone(), &mut refused).await;
+        rec.merge(&r);
+        errors.merge(&e);
+        if !(shared.reconnect && gone) || shared.over() {
+            break;
+        }
+        reconnects.set(reconnects.get() + 1);
+    }
+    (rec, errors)
+}
+
+/// One connection and its `streams` lanes; `refused` holds the first-attempt times of calls an
+/// earlier connection refused, which go out first here (and on return, those this one
+/// refused). True when the connection went away before the run ended.
+async fn connection(
+    target: &str,
+    streams: usize,
+    shared: Rc<Shared>,
+    refused: &mut Vec<Instant>,
+) -> (Recorder, ErrorCounts, bool) {
     let mut errors = ErrorCounts::default();
     let connect = tokio::net::TcpStream::connect(target);
     let tcp = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
@@ -167,7 +245,7 @@ async fn connection(target: &str, streams: usize, shared: Rc<Shared>) -> (Record
             }
             errors.add(ErrorKind::Connect);
             shared.counters.error();
-            return (Recorder::new(), errors);
+            return (Recorder::new(), errors, false);
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -182,7 +260,7 @@ async fn connection(target: &str, streams: usize, shared: Rc<Shared>) -> (Record
             eprintln!("grpc-load: HTTP/2 handshake with {target}: {e}");
             errors.add(ErrorKind::Connect);
             shared.counters.error();
-            return (Recorder::new(), errors);
+            return (Recorder::new(), errors, false);
         }
     };
     let driver = tokio::task::spawn_local(async move {
@@ -191,24 +269,38 @@ async fn connection(target: &str, streams: usize, shared: Rc<Shared>) -> (Record
     let mut lanes = Vec::new();
     for _ in 0..streams {
         let (client, shared) = (client.clone(), shared.clone());
-        lanes.push(tokio::task::spawn_local(lane(client, shared)));
+        let first = refused.pop();
+        lanes.push(tokio::task::spawn_local(lane(client, shared, first)));
     }
-    let (rec, lane_errors) = report::merge_all(lanes).await;
-    errors.merge(&lane_errors);
+    refused.clear();
+    let mut rec = Recorder::new();
+    for l in lanes {
+        if let Ok((r, e, end)) = l.await {
+            rec.merge(&r);
+            errors.merge(&e);
+            if let Some(t0) = end {
+                refused.push(t0);
+            }
+        }
+    }
     driver.abort();
-    (rec, errors)
+    let gone = !shared.over();
+    (rec, errors, gone)
 }
 
-/// One stream slot of a connection: calls one after another until the run ends.
+/// One stream slot of a connection: calls one after another until the run ends or the
+/// connection goes away. `first`: the first attempt of a call an earlier connection refused,
+/// made now. Returns, with `--reconnect`, the first attempt of the call this connection refused.
 async fn lane(
     mut client: h2::client::SendRequest<Bytes>,
     shared: Rc<Shared>,
-) -> (Recorder, ErrorCounts) {
+    mut first: Option<Instant>,
+) -> (Recorder, ErrorCounts, Option<Instant>) {
     let mut rec = Recorder::new();
     let mut errors = ErrorCounts::default();
     let end = tokio::time::Instant::from_std(shared.end);
-    while Instant::now() < shared.end {
-        let t0 = Instant::now();
+    while !shared.over() {
+        let t0 = first.take().unwrap_or_else(Instant::now);
         let deadline = tokio::time::Instant::from_std(t0 + shared.timeout);
         let outcome = tokio::select! {
             r = call(&mut client, &shared) => Some(r),
@@ -222,45 +314,65 @@ async fn lane(
                     rec.record(now - t0);
                 }
             }
-            Some(Err(kind)) => {
+            Some(Err(Failure::NotSent)) if shared.reconnect => return (rec, errors, Some(t0)),
+            Some(Err(Failure::NotSent)) => {
+                errors.add(ErrorKind::Io);
+                shared.counters.error();
+                break; // the connection is gone
+            }
+            Some(Err(Failure::Failed(kind))) => {
                 errors.add(kind);
                 shared.counters.error();
                 if kind == ErrorKind::Io {
                     break; // the connection is gone
                 }
             }
-            None if now >= shared.end => break, // abandoned at the end of the run
+            None if shared.over() => break, // abandoned at the end of the run
             None => {
                 errors.add(ErrorKind::Timeout);
                 shared.counters.error();
             }
         }
     }
-    (rec, errors)
+    (rec, errors, None)
 }
 
-async fn call(
-    client: &mut h2::client::SendRequest<Bytes>,
-    shared: &Shared,
-) -> Result<(), ErrorKind> {
+/// Why a call did not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// The connection took no new stream (GOAWAY received, or closed): nothing was sent.
+    NotSent,
+    /// Sent, and failed this way.
+    Failed(ErrorKind),
+}
+
+impl From<ErrorKind> for Failure {
+    fn from(kind: ErrorKind) -> Failure {
+        Failure::Failed(kind)
+    }
+}
+
+async fn call(client: &mut h2::client::SendRequest<Bytes>, shared: &Shared) -> Result<(), Failure> {
     let ready = std::future::poll_fn(|cx| client.poll_ready(cx)).await;
     if ready.is_err() {
-        return Err(ErrorKind::Io);
+        return Err(Failure::NotSent);
     }
     let mut req = Request::post(shared.uri.clone())
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
-        .map_err(|_| ErrorKind::Decode)?;
+        .map_err(|_| Failure::Failed(ErrorKind::Decode))?;
     for (k, v) in &shared.headers {
         req.headers_mut().insert(k.clone(), v.clone());
     }
-    let (response, mut send) = client.send_request(req, false).map_err(h2_kind)?;
+    let (response, mut send) = client
+        .send_request(req, false)
+        .map_err(|_| Failure::NotSent)?;
     shared.counters.sent(1);
     send.send_data(shared.body.clone(), true).map_err(h2_kind)?;
     let response = response.await.map_err(h2_kind)?;
     if response.status() != http::StatusCode::OK {
-        return Err(ErrorKind::Status);
+        return Err(ErrorKind::Status.into());
     }
     let head_status = grpc_status(response.headers());
     let mut body = response.into_body();
@@ -271,8 +383,8 @@ async fn call(
     let trailers = body.trailers().await.map_err(h2_kind)?;
     match trailers.as_ref().and_then(grpc_status).or(head_status) {
         Some(0) => Ok(()),
-        Some(_) => Err(ErrorKind::Status),
-        None => Err(ErrorKind::Decode),
+        Some(_) => Err(ErrorKind::Status.into()),
+        None => Err(ErrorKind::Decode.into()),
     }
 }
 

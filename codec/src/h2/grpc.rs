@@ -6,6 +6,7 @@ pub mod status {
     pub const OK: u32 = 0;
     pub const CANCELLED: u32 = 1;
     pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const PERMISSION_DENIED: u32 = 7;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const INTERNAL: u32 = 13;
     pub const UNIMPLEMENTED: u32 = 12;

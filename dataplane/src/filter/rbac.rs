@@ -1,17 +1,25 @@
-//! Connection authorization: a listener's network `rbac` filters (Envoy's
-//! `envoy.filters.network.rbac`, istiod's AuthorizationPolicy), compiled once per config into
-//! trees of matchers, evaluated once per connection (after its TLS handshake) with no
-//! allocation: the peer's SPIFFE id is read in place from its verified certificate
-//! (docs/security.md#authorization).
+//! Authorization: a listener's network `rbac` filters (Envoy's `envoy.filters.network.rbac`),
+//! evaluated once per connection (after its TLS handshake), and a Triple listener's HTTP
+//! `rbac` filters (`envoy.filters.http.rbac`), evaluated once per call before routing; both
+//! istiod's AuthorizationPolicy. Compiled once per config into trees of matchers, evaluated
+//! with no allocation: the peer's SPIFFE id is read in place from its verified certificate,
+//! a call's headers in place from its header list (docs/security.md#authorization).
 
 use std::net::SocketAddr;
 
 use super::chain::Cidr;
 use crate::config;
-use crate::route::{Matcher, RouteError};
+use crate::route::{Matcher, NamedMatch, RouteError};
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 
-/// What a connection shows the rules.
+/// A call's request, as the HTTP filter's rules read it.
+pub trait Request {
+    /// The first value of header `name` (lower-case; pseudo-headers `:path`, `:authority`,
+    /// `:method` too).
+    fn header(&self, name: &[u8]) -> Option<&[u8]>;
+}
+
+/// What a connection (and, for the HTTP filter, a call) shows the rules.
 pub struct Peer<'a> {
     /// The client's address.
     pub source: Option<SocketAddr>,
@@ -19,6 +27,8 @@ pub struct Peer<'a> {
     pub destination: Option<SocketAddr>,
     /// The client's verified TLS certificate (DER), if it sent one.
     pub certificate: Option<&'a [u8]>,
+    /// The call (HTTP filter); none for the network filter.
+    pub request: Option<&'a dyn Request>,
 }
 
 /// A listener's rbac filters, in order: a connection passes when every one allows it.
@@ -63,6 +73,9 @@ enum Permission {
     /// `[start, end)`.
     Ports(u16, u16),
     DestinationIp(Option<Cidr>),
+    /// `:path` without its query or fragment.
+    UrlPath(Matcher),
+    Header(NamedMatch),
 }
 
 enum Principal {
@@ -73,6 +86,7 @@ enum Principal {
     /// A verified certificate; with a matcher, one of its URI SANs matching it.
     Authenticated(Option<Matcher>),
     SourceIp(Option<Cidr>),
+    Header(NamedMatch),
 }
 
 impl Rbac {
@@ -95,8 +109,14 @@ impl Rbac {
         let filters = filters
             .iter()
             .map(|f| {
+                // `STAT_PREFIXrbac.RULES_STAT_PREFIX.allowed` (the HTTP filter's rules prefix;
+                // none: `STAT_PREFIXrbac.allowed`).
                 let counter = |name: &str| {
-                    st.add(&format!("{}rbac", f.stat_prefix), name, &[], Kind::Counter)
+                    let scope = match f.rules_stat_prefix.as_str() {
+                        "" => format!("{}rbac", f.stat_prefix),
+                        p => format!("{}rbac.{p}", f.stat_prefix),
+                    };
+                    st.add(&scope, name, &[], Kind::Counter)
                 };
                 // Envoy 1.40's names: `STAT_PREFIXrbac.SHADOW_PREFIX.shadow_allowed` (no
                 // second dot without a shadow prefix).
@@ -162,7 +182,11 @@ impl Rules {
                 .iter()
                 .map(|p| {
                     Ok(Policy {
-                        permissions: p.permissions.iter().map(Permission::new).collect(),
+                        permissions: p.permissions.iter().map(Permission::new).collect::<Result<
+                            _,
+                            RouteError,
+                        >>(
+                        )?,
                         principals: p
                             .principals
                             .iter()
@@ -188,18 +212,20 @@ impl Rules {
 }
 
 impl Permission {
-    fn new(p: &config::Permission) -> Permission {
+    fn new(p: &config::Permission) -> Result<Permission, RouteError> {
         use config::Permission as P;
-        let list = |l: &[P]| l.iter().map(Permission::new).collect();
-        match p {
+        let list = |l: &[P]| l.iter().map(Permission::new).collect::<Result<_, _>>();
+        Ok(match p {
             P::Any(_) => Permission::Any,
-            P::AndRules(l) => Permission::And(list(l)),
-            P::OrRules(l) => Permission::Or(list(l)),
-            P::NotRule(p) => Permission::Not(Box::new(Permission::new(p))),
+            P::AndRules(l) => Permission::And(list(l)?),
+            P::OrRules(l) => Permission::Or(list(l)?),
+            P::NotRule(p) => Permission::Not(Box::new(Permission::new(p)?)),
             P::DestinationPort(port) => Permission::Port(*port),
             P::DestinationPortRange { start, end } => Permission::Ports(*start, *end),
             P::DestinationIp(c) => Permission::DestinationIp(Cidr::parse(c)),
-        }
+            P::UrlPath(m) => Permission::UrlPath(Matcher::new(m)?),
+            P::Header(h) => Permission::Header(named(h)?),
+        })
     }
 
     /// Recursion depth bounded by `config::RBAC_DEPTH_MAX` (validated).
@@ -216,6 +242,11 @@ impl Permission {
                 (Some(c), Some(a)) => c.contains(a.ip()),
                 _ => false,
             },
+            Permission::UrlPath(m) => peer
+                .request
+                .and_then(|r| r.header(b":path"))
+                .is_some_and(|p| m.matches(url_path(p))),
+            Permission::Header(h) => header_matches(h, peer),
         }
     }
 }
@@ -235,6 +266,7 @@ impl Principal {
             P::SourceIp(c) | P::DirectRemoteIp(c) | P::RemoteIp(c) => {
                 Principal::SourceIp(Cidr::parse(c))
             }
+            P::Header(h) => Principal::Header(named(h)?),
         })
     }
 
@@ -253,6 +285,96 @@ impl Principal {
                 (Some(c), Some(a)) => c.contains(a.ip()),
                 _ => false,
             },
+            Principal::Header(h) => header_matches(h, peer),
         }
+    }
+}
+
+fn named(h: &config::HeaderMatch) -> Result<NamedMatch, RouteError> {
+    NamedMatch::new(
+        &h.name,
+        h.exact.as_deref(),
+        h.prefix.as_deref(),
+        h.regex.as_deref(),
+        h.present,
+    )
+}
+
+/// A header condition; a connection (no request) has no headers.
+fn header_matches(h: &NamedMatch, peer: &Peer<'_>) -> bool {
+    h.value
+        .matches(peer.request.and_then(|r| r.header(&h.name)))
+}
+
+/// Envoy's `url_path`: the path without its query and fragment.
+fn url_path(p: &[u8]) -> &[u8] {
+    match p.iter().position(|b| *b == b'?' || *b == b'#') {
+        Some(i) => &p[..i],
+        None => p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Headers(&'static [(&'static str, &'static str)]);
+
+    impl Request for Headers {
+        fn header(&self, name: &[u8]) -> Option<&[u8]> {
+            self.0
+                .iter()
+                .find(|(n, _)| n.as_bytes() == name)
+                .map(|(_, v)| v.as_bytes())
+        }
+    }
+
+    #[test]
+    fn http_rules_read_the_path_without_query_and_headers_in_place() {
+        let yaml = "\
+stat_prefix: http.in.
+rules_stat_prefix: r_
+rules:
+  action: deny
+  policies:
+    - name: admin
+      permissions:
+        - and_rules:
+            - url_path: {prefix: /pkg.Admin/}
+            - not_rule: {header: {name: x-debug, present: true}}
+      principals: [{any: true}]
+";
+        let filter: config::Rbac = serde_yaml::from_str(yaml).unwrap();
+        let st = Arc::new(Stats::new(1, &Default::default()).unwrap());
+        let rbac = Rbac::new(&[filter], &st).unwrap();
+        let shard = st.shard(0);
+        let allows = |h: &'static [(&'static str, &'static str)]| {
+            let req = Headers(h);
+            let peer = Peer {
+                source: None,
+                destination: None,
+                certificate: None,
+                request: Some(&req),
+            };
+            rbac.allows(&peer, &shard)
+        };
+        assert!(
+            !allows(&[(":path", "/pkg.Admin/Drop?x=1")]),
+            "query ignored"
+        );
+        assert!(allows(&[(":path", "/pkg.Admin/Drop"), ("x-debug", "1")]));
+        assert!(allows(&[(":path", "/pkg.User/Get")]));
+        // A connection (no request) matches no url_path.
+        let conn = Peer {
+            source: None,
+            destination: None,
+            certificate: None,
+            request: None,
+        };
+        assert!(rbac.allows(&conn, &shard));
+        let id = |n: &str| st.add("http.in.rbac.r_", n, &[], Kind::Counter);
+        assert_eq!(shard.get(id("allowed")), 3);
+        assert_eq!(shard.get(id("denied")), 1);
     }
 }

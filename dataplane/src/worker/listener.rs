@@ -273,6 +273,7 @@ async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &
                 source,
                 destination,
                 certificate,
+                request: None,
             };
             rbac.allows(&peer, &l.stats)
         });

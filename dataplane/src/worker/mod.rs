@@ -771,6 +771,7 @@ impl ShardState {
                 trace,
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
+                rbac: crate::filter::rbac::Rbac::new(&t.rbac, &stats.stats),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {

@@ -277,6 +277,19 @@ pub fn bench_bin(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// `bench`'s `name` (dubbo-echo, grpc-echo, tcp-echo) listening on a free loopback port, its
+/// output discarded: the process (killed on drop) and its address.
+pub fn bench_echo(name: &str) -> (KillOnDrop, SocketAddr) {
+    let addr = local(free_port());
+    let child = Command::new(bench_bin(name))
+        .args(["--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (KillOnDrop(child), addr)
+}
+
 /// A helper process (a bench server or load generator), killed and reaped on drop, so a failing
 /// test does not leave it running.
 pub struct KillOnDrop(pub Child);

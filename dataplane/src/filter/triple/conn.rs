@@ -323,6 +323,18 @@ pub struct Conn {
     /// Caller side: where the caller meant to connect (intercepted connections), for routes
     /// to `original_destination` clusters.
     original_dst: Cell<Option<std::net::SocketAddr>>,
+    /// Caller side, when the listener has HTTP rbac filters: what the rules know of the
+    /// connection (set once when it is accepted).
+    rbac_peer: RefCell<Option<RbacPeer>>,
+}
+
+/// The connection's part of what a call shows the HTTP rbac rules.
+struct RbacPeer {
+    source: Option<std::net::SocketAddr>,
+    /// The original destination under interception, else our address.
+    destination: Option<std::net::SocketAddr>,
+    /// The caller's verified TLS certificate (DER), copied once per connection.
+    certificate: Option<Box<[u8]>>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -376,6 +388,7 @@ impl Conn {
             caller_addrs: Cell::new((None, None)),
             peer: Cell::new(crate::stats::istio::PeerId::NONE),
             original_dst: Cell::new(None),
+            rbac_peer: RefCell::new(None),
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -1403,6 +1416,10 @@ impl Conn {
             self.fail_call(id, &e);
             return Ok(());
         }
+        if !self.authorized(l) {
+            self.fail_call(id, &CallError::RbacDenied);
+            return Ok(());
+        }
         // The header list is borrowed only for this call, into a function that cannot reach
         // the connection (so cannot borrow it again).
         let routed = route_call(l, &self.headers.borrow(), self.limits.header_list_max, now);
@@ -1419,6 +1436,23 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// The listener's HTTP rbac filters on the call whose headers were just decoded (counted;
+    /// no filters: allowed). Envoy runs them before the router: a denied call is not routed.
+    fn authorized(&self, l: &TripleListener) -> bool {
+        let Some(rbac) = &l.rbac else {
+            return true;
+        };
+        let facts = self.rbac_peer.borrow();
+        let hl = self.headers.borrow();
+        let peer = crate::filter::rbac::Peer {
+            source: facts.as_ref().and_then(|f| f.source),
+            destination: facts.as_ref().and_then(|f| f.destination),
+            certificate: facts.as_ref().and_then(|f| f.certificate.as_deref()),
+            request: Some(&*hl),
+        };
+        rbac.allows(&peer, &l.stats)
     }
 
     /// Trailers from the caller: once, and ending the stream.
@@ -2530,6 +2564,19 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
             .set(i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())));
     }
     conn.original_dst.set(original_dst(&stream, &l));
+    if l.rbac.is_some() {
+        let (source, local) = stream.addrs();
+        let mut certificate = None;
+        stream.with_peer_certificate(&mut |c| {
+            certificate = c.map(Box::from);
+            true
+        });
+        *conn.rbac_peer.borrow_mut() = Some(RbacPeer {
+            source,
+            destination: stream.original_dst().or(local),
+            certificate,
+        });
+    }
     conn.greet(false);
     let (r, w) = stream.into_split();
     let reader_done = Notify::new();

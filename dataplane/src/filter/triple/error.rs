@@ -65,6 +65,10 @@ pub enum CallError<'a> {
     /// The route's `fault` aborts it with this gRPC status.
     #[error("ringside: fault injected")]
     FaultAbort(u32),
+    /// The listener's HTTP rbac filters deny it. PERMISSION_DENIED with Envoy's message (its
+    /// 403 local reply as a gRPC caller gets it).
+    #[error("RBAC: access denied")]
+    RbacDenied,
 }
 
 impl CallError<'_> {
@@ -90,6 +94,8 @@ impl CallError<'_> {
             CallError::UpstreamReset(_) => Flags::UPSTREAM_REMOTE_RESET,
             CallError::UpstreamLost(_) => Flags::UPSTREAM_CONNECTION_TERMINATION,
             CallError::FaultAbort(_) => Flags::FAULT_INJECTED,
+            // Envoy sets no response flag, only the details `rbac_access_denied_matched_policy`.
+            CallError::RbacDenied => Flags::default(),
         }
     }
 
@@ -110,6 +116,7 @@ impl CallError<'_> {
             | CallError::UpstreamLost(_) => status::UNAVAILABLE,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
             CallError::FaultAbort(code) => *code,
+            CallError::RbacDenied => status::PERMISSION_DENIED,
         }
     }
 }

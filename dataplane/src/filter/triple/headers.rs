@@ -114,3 +114,9 @@ impl HeaderList {
         }
     }
 }
+
+impl crate::filter::rbac::Request for HeaderList {
+    fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.get(name)
+    }
+}

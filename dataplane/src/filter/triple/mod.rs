@@ -302,6 +302,8 @@ pub struct TripleListener {
     /// The address it listens on; `None` for a virtual listener (`bind: false`), whose
     /// connections were handed over by an `original_destination` listener.
     pub bound: Option<SocketAddr>,
+    /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
+    pub rbac: Option<crate::filter::rbac::Rbac>,
 }
 
 impl TripleListener {
