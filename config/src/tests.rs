@@ -797,7 +797,9 @@ fn mirror_policies_load_and_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("out of range"), "{e}");
+}
 
+#[test]
 fn rbac_request_rules_only_in_the_http_filter() {
     let filters = "\
 - stat_prefix: http.in.
