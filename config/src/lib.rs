@@ -1359,6 +1359,27 @@ pub struct RouteAction {
     /// Fault injection on the route's requests (docs/governance.md#fault-injection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// Copies of a share of the route's requests to shadow clusters, their answers discarded
+    /// (Envoy's `request_mirror_policies`; docs/governance.md#mirroring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_mirror_policies: Vec<MirrorPolicy>,
+}
+
+/// Most `request_mirror_policies` of one route.
+pub const MIRROR_POLICIES_MAX: usize = 4;
+
+/// One shadow cluster of a route: `percentage` of its requests are copied there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorPolicy {
+    pub cluster: String,
+    /// Share of the route's requests copied (Envoy's `runtime_fraction`); default 100.
+    #[serde(default = "share_all")]
+    pub percentage: Share,
+}
+
+fn share_all() -> Share {
+    Share(Share::PER_MILLION)
 }
 
 /// Longest `fault.delay.fixed_delay_ms`.
@@ -2416,9 +2437,12 @@ impl Config {
                 );
             }
             // A filter chain's listener (bind: false) knows the original destination for
-            // whatever cluster it has, as Envoy's chains behind an original_dst filter.
+            // whatever cluster it has, as Envoy's chains behind an original_dst filter. A
+            // listener with virtual_listeners uses it to pick one; its own cluster takes the
+            // rest (Istio's REGISTRY_ONLY virtualOutbound: BlackHoleCluster).
             if l.original_destination
                 && l.bind
+                && l.virtual_listeners.is_empty()
                 && !orig_dst_cluster(c.as_str())
                 && cluster_names.contains(c.as_str())
             {
@@ -3076,6 +3100,23 @@ fn validate_action(
         }
         if f.delay.is_none() && f.abort.is_none() {
             err(rat("route.fault"), "give delay, abort or both".into());
+        }
+    }
+    if action.request_mirror_policies.len() > MIRROR_POLICIES_MAX {
+        err(
+            rat("route.request_mirror_policies"),
+            format!(
+                "{} policies: at most {MIRROR_POLICIES_MAX}",
+                action.request_mirror_policies.len()
+            ),
+        );
+    }
+    for (k, m) in action.request_mirror_policies.iter().enumerate() {
+        if !clusters.contains(m.cluster.as_str()) {
+            err(
+                rat(&format!("route.request_mirror_policies[{k}].cluster")),
+                format!("unknown cluster {:?}", m.cluster),
+            );
         }
     }
     match (&action.cluster, action.weighted_clusters.is_empty()) {

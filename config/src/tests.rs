@@ -278,6 +278,21 @@ fn virtual_listeners_load() {
     // A virtual listener may share its address with a bound one: it opens no socket.
     let shared = VIRTUAL.replace("address: 0.0.0.0:20880", "address: 0.0.0.0:15001");
     assert!(Config::from_yaml("c.yaml", &shared).is_ok());
+    // The rest may go to a cluster of any type (Istio's REGISTRY_ONLY: BlackHoleCluster): the
+    // original destination still picks the virtual listener.
+    let rest = VIRTUAL.replace("    cluster: passthrough\n", "    cluster: users\n");
+    Config::from_yaml("c.yaml", &rest).unwrap();
+    // Without virtual listeners that original destination would be ignored.
+    let e = errors(
+        &rest
+            .replace("    virtual_listeners: [out_20880]\n", "")
+            .replace("    bind: false\n", ""),
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.field == "listeners[0].original_destination"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -761,6 +776,42 @@ fn circuit_breakers_take_envoy_defaults_and_name_a_zero_field() {
     );
     let e = errors(&with("{max_connections: 0}"));
     assert_eq!(e[0].field, "clusters[0].circuit_breakers.max_connections");
+}
+
+#[test]
+fn mirror_policies_load_and_are_checked() {
+    let yaml = |mirrors: &str| {
+        format!(
+            "listeners:\n  - name: d\n    address: 127.0.0.1:20880\n    protocol: dubbo\n    cluster: a\n    dubbo:\n      routes:\n        - route: {{cluster: a, request_mirror_policies: {mirrors}}}\nclusters:\n  - name: a\n    endpoints: [\"127.0.0.1:1\"]\n  - name: s\n    endpoints: [\"127.0.0.1:2\"]\n"
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &yaml("[{cluster: s}, {cluster: s, percentage: 12.5}]"),
+    )
+    .unwrap();
+    let d = c.listeners[0].dubbo.as_ref().unwrap();
+    let m = &d.routes[0].route.request_mirror_policies;
+    assert_eq!(
+        (m[0].percentage, m[1].percentage),
+        (Share(1_000_000), Share(125_000))
+    );
+    let e = Config::from_yaml("c.yaml", &yaml("[{cluster: nope}]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("request_mirror_policies[0].cluster") && e.contains("unknown cluster"),
+        "{e}"
+    );
+    let five = "[{cluster: s}, {cluster: s}, {cluster: s}, {cluster: s}, {cluster: s}]";
+    let e = Config::from_yaml("c.yaml", &yaml(five))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 4"), "{e}");
+    let e = Config::from_yaml("c.yaml", &yaml("[{cluster: s, percentage: 101}]"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out of range"), "{e}");
 }
 
 #[test]
