@@ -1239,6 +1239,11 @@ pub struct DubboListener {
     /// set) is the default route; otherwise the caller gets status 60.
     #[serde(default)]
     pub routes: Vec<DubboRoute>,
+    /// Request authorization (rbac filters in order, as Aeraki's `envoy.filters.dubbo.rbac`):
+    /// a request one of them denies is answered status 40 "ringside: RBAC: access denied"
+    /// (docs/security.md#authorization).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<Rbac>,
 }
 
 impl Default for DubboListener {
@@ -1251,6 +1256,7 @@ impl Default for DubboListener {
             first_frame_timeout_ms: FIRST_FRAME_TIMEOUT_MS_DEFAULT,
             heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT,
             routes: Vec::new(),
+            rbac: Vec::new(),
         }
     }
 }
@@ -2968,6 +2974,7 @@ fn validate_dubbo(
     at: &dyn Fn(&str) -> String,
     err: &mut dyn FnMut(String, String),
 ) {
+    validate_rbac_filters(&d.rbac, RbacScope::Dubbo, at, err);
     if d.frame_bytes_max < BUFFER_BYTES_MIN || d.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
         err(
             at("frame_bytes_max"),

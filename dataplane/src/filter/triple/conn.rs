@@ -325,16 +325,7 @@ pub struct Conn {
     original_dst: Cell<Option<std::net::SocketAddr>>,
     /// Caller side, when the listener has HTTP rbac filters: what the rules know of the
     /// connection (set once when it is accepted).
-    rbac_peer: RefCell<Option<RbacPeer>>,
-}
-
-/// The connection's part of what a call shows the HTTP rbac rules.
-struct RbacPeer {
-    source: Option<std::net::SocketAddr>,
-    /// The original destination under interception, else our address.
-    destination: Option<std::net::SocketAddr>,
-    /// The caller's verified TLS certificate (DER), copied once per connection.
-    certificate: Option<Box<[u8]>>,
+    rbac_peer: RefCell<Option<crate::filter::rbac::ConnPeer>>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -1444,15 +1435,12 @@ impl Conn {
         let Some(rbac) = &l.rbac else {
             return true;
         };
-        let facts = self.rbac_peer.borrow();
         let hl = self.headers.borrow();
-        let peer = crate::filter::rbac::Peer {
-            source: facts.as_ref().and_then(|f| f.source),
-            destination: facts.as_ref().and_then(|f| f.destination),
-            certificate: facts.as_ref().and_then(|f| f.certificate.as_deref()),
-            request: Some(&*hl),
-        };
-        rbac.allows(&peer, &l.stats)
+        match &*self.rbac_peer.borrow() {
+            Some(c) => rbac.allows(&c.with(&*hl), &l.stats),
+            // Set at accept whenever the listener has rules.
+            None => false,
+        }
     }
 
     /// Trailers from the caller: once, and ending the stream.
@@ -2565,17 +2553,8 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     }
     conn.original_dst.set(original_dst(&stream, &l));
     if l.rbac.is_some() {
-        let (source, local) = stream.addrs();
-        let mut certificate = None;
-        stream.with_peer_certificate(&mut |c| {
-            certificate = c.map(Box::from);
-            true
-        });
-        *conn.rbac_peer.borrow_mut() = Some(RbacPeer {
-            source,
-            destination: stream.original_dst().or(local),
-            certificate,
-        });
+        *conn.rbac_peer.borrow_mut() =
+            Some(crate::filter::rbac::ConnPeer::new(stream.rbac_facts()));
     }
     conn.greet(false);
     let (r, w) = stream.into_split();
