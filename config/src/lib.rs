@@ -1368,6 +1368,11 @@ pub struct DubboListener {
     /// set) is the default route; otherwise the caller gets status 60.
     #[serde(default)]
     pub routes: Vec<DubboRoute>,
+    /// Request authorization (rbac filters in order, as Aeraki's `envoy.filters.dubbo.rbac`):
+    /// a request one of them denies is answered status 40 "ringside: RBAC: access denied"
+    /// (docs/security.md#authorization).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<Rbac>,
 }
 
 impl Default for DubboListener {
@@ -1380,6 +1385,7 @@ impl Default for DubboListener {
             first_frame_timeout_ms: FIRST_FRAME_TIMEOUT_MS_DEFAULT,
             heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT,
             routes: Vec::new(),
+            rbac: Vec::new(),
         }
     }
 }
@@ -1482,6 +1488,27 @@ pub struct RouteAction {
     /// Fault injection on the route's requests (docs/governance.md#fault-injection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// Copies of a share of the route's requests to shadow clusters, their answers discarded
+    /// (Envoy's `request_mirror_policies`; docs/governance.md#mirroring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_mirror_policies: Vec<MirrorPolicy>,
+}
+
+/// Most `request_mirror_policies` of one route.
+pub const MIRROR_POLICIES_MAX: usize = 4;
+
+/// One shadow cluster of a route: `percentage` of its requests are copied there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorPolicy {
+    pub cluster: String,
+    /// Share of the route's requests copied (Envoy's `runtime_fraction`); default 100.
+    #[serde(default = "share_all")]
+    pub percentage: Share,
+}
+
+fn share_all() -> Share {
+    Share(Share::PER_MILLION)
 }
 
 /// Longest `fault.delay.fixed_delay_ms`.
@@ -2542,9 +2569,12 @@ impl Config {
                 );
             }
             // A filter chain's listener (bind: false) knows the original destination for
-            // whatever cluster it has, as Envoy's chains behind an original_dst filter.
+            // whatever cluster it has, as Envoy's chains behind an original_dst filter. A
+            // listener with virtual_listeners uses it to pick one; its own cluster takes the
+            // rest (Istio's REGISTRY_ONLY virtualOutbound: BlackHoleCluster).
             if l.original_destination
                 && l.bind
+                && l.virtual_listeners.is_empty()
                 && !orig_dst_cluster(c.as_str())
                 && cluster_names.contains(c.as_str())
             {
@@ -3076,6 +3106,7 @@ fn validate_dubbo(
     at: &dyn Fn(&str) -> String,
     err: &mut dyn FnMut(String, String),
 ) {
+    validate_rbac_filters(&d.rbac, RbacScope::Dubbo, at, err);
     if d.frame_bytes_max < BUFFER_BYTES_MIN || d.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
         err(
             at("frame_bytes_max"),
@@ -3201,6 +3232,23 @@ fn validate_action(
         }
         if f.delay.is_none() && f.abort.is_none() {
             err(rat("route.fault"), "give delay, abort or both".into());
+        }
+    }
+    if action.request_mirror_policies.len() > MIRROR_POLICIES_MAX {
+        err(
+            rat("route.request_mirror_policies"),
+            format!(
+                "{} policies: at most {MIRROR_POLICIES_MAX}",
+                action.request_mirror_policies.len()
+            ),
+        );
+    }
+    for (k, m) in action.request_mirror_policies.iter().enumerate() {
+        if !clusters.contains(m.cluster.as_str()) {
+            err(
+                rat(&format!("route.request_mirror_policies[{k}].cluster")),
+                format!("unknown cluster {:?}", m.cluster),
+            );
         }
     }
     match (&action.cluster, action.weighted_clusters.is_empty()) {

@@ -14,6 +14,8 @@ pub enum RbacScope {
     Network,
     /// A Triple listener's `triple.rbac`: once per call, its headers too.
     Http,
+    /// A Dubbo listener's `dubbo.rbac`: once per request, its interface and method too.
+    Dubbo,
 }
 
 /// Most policies of one rules set (istiod: one per AuthorizationPolicy rule).
@@ -100,6 +102,10 @@ pub enum Permission {
     UrlPath(StringMatch),
     /// HTTP only: a request header (pseudo-headers `:authority`, `:method`, `:path` too).
     Header(HeaderMatch),
+    /// Dubbo only: the request's interface (Aeraki's `dubboInterface`).
+    DubboInterface(StringMatch),
+    /// Dubbo only: the request's method (Aeraki's `dubboMethod`).
+    DubboMethod(StringMatch),
 }
 
 /// Who the peer is.
@@ -151,7 +157,7 @@ impl Rbac {
                 }
             }
         }
-        if scope == RbacScope::Network && !self.rules_stat_prefix.is_empty() {
+        if scope != RbacScope::Http && !self.rules_stat_prefix.is_empty() {
             err(
                 at("rules_stat_prefix"),
                 "only the HTTP filter (triple.rbac) has one".into(),
@@ -160,12 +166,23 @@ impl Rbac {
     }
 }
 
-/// A rule that needs a request, in a filter that runs per connection.
-fn http_only(at: &str, scope: RbacScope, what: &str, err: &mut dyn FnMut(String, String)) {
-    if scope == RbacScope::Network {
+/// A rule that reads a request of one protocol, in a filter of another scope.
+fn only_in(
+    want: RbacScope,
+    at: &str,
+    scope: RbacScope,
+    what: &str,
+    err: &mut dyn FnMut(String, String),
+) {
+    if scope != want {
+        let home = match want {
+            RbacScope::Http => "a triple listener's triple.rbac",
+            RbacScope::Dubbo => "a dubbo listener's dubbo.rbac",
+            RbacScope::Network => "a listener's rbac",
+        };
         err(
             format!("{at}.{what}"),
-            "matches a request: only in a triple listener's triple.rbac (HTTP filter)".into(),
+            format!("matches a request: only in {home}"),
         );
     }
 }
@@ -208,12 +225,20 @@ impl Permission {
             Permission::DestinationPortRange { .. } => {}
             Permission::DestinationIp(s) => cidr(&format!("{at}.destination_ip"), s, err),
             Permission::UrlPath(m) => {
-                http_only(at, scope, "url_path", err);
+                only_in(RbacScope::Http, at, scope, "url_path", err);
                 crate::validate_string_match(m, format!("{at}.url_path"), err);
             }
             Permission::Header(h) => {
-                http_only(at, scope, "header", err);
+                only_in(RbacScope::Http, at, scope, "header", err);
                 crate::validate_header_match(h, format!("{at}.header"), err);
+            }
+            Permission::DubboInterface(m) => {
+                only_in(RbacScope::Dubbo, at, scope, "dubbo_interface", err);
+                crate::validate_string_match(m, format!("{at}.dubbo_interface"), err);
+            }
+            Permission::DubboMethod(m) => {
+                only_in(RbacScope::Dubbo, at, scope, "dubbo_method", err);
+                crate::validate_string_match(m, format!("{at}.dubbo_method"), err);
             }
         }
     }
@@ -249,7 +274,7 @@ impl Principal {
                 cidr(&format!("{at}.ip"), s, err)
             }
             Principal::Header(h) => {
-                http_only(at, scope, "header", err);
+                only_in(RbacScope::Http, at, scope, "header", err);
                 crate::validate_header_match(h, format!("{at}.header"), err);
             }
         }

@@ -278,6 +278,21 @@ fn virtual_listeners_load() {
     // A virtual listener may share its address with a bound one: it opens no socket.
     let shared = VIRTUAL.replace("address: 0.0.0.0:20880", "address: 0.0.0.0:15001");
     assert!(Config::from_yaml("c.yaml", &shared).is_ok());
+    // The rest may go to a cluster of any type (Istio's REGISTRY_ONLY: BlackHoleCluster): the
+    // original destination still picks the virtual listener.
+    let rest = VIRTUAL.replace("    cluster: passthrough\n", "    cluster: users\n");
+    Config::from_yaml("c.yaml", &rest).unwrap();
+    // Without virtual listeners that original destination would be ignored.
+    let e = errors(
+        &rest
+            .replace("    virtual_listeners: [out_20880]\n", "")
+            .replace("    bind: false\n", ""),
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.field == "listeners[0].original_destination"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -764,6 +779,95 @@ fn circuit_breakers_take_envoy_defaults_and_name_a_zero_field() {
 }
 
 #[test]
+fn mirror_policies_load_and_are_checked() {
+    let yaml = |mirrors: &str| {
+        format!(
+            "listeners:\n  - name: d\n    address: 127.0.0.1:20880\n    protocol: dubbo\n    cluster: a\n    dubbo:\n      routes:\n        - route: {{cluster: a, request_mirror_policies: {mirrors}}}\nclusters:\n  - name: a\n    endpoints: [\"127.0.0.1:1\"]\n  - name: s\n    endpoints: [\"127.0.0.1:2\"]\n"
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &yaml("[{cluster: s}, {cluster: s, percentage: 12.5}]"),
+    )
+    .unwrap();
+    let d = c.listeners[0].dubbo.as_ref().unwrap();
+    let m = &d.routes[0].route.request_mirror_policies;
+    assert_eq!(
+        (m[0].percentage, m[1].percentage),
+        (Share(1_000_000), Share(125_000))
+    );
+    let e = Config::from_yaml("c.yaml", &yaml("[{cluster: nope}]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("request_mirror_policies[0].cluster") && e.contains("unknown cluster"),
+        "{e}"
+    );
+    let five = "[{cluster: s}, {cluster: s}, {cluster: s}, {cluster: s}, {cluster: s}]";
+    let e = Config::from_yaml("c.yaml", &yaml(five))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 4"), "{e}");
+    let e = Config::from_yaml("c.yaml", &yaml("[{cluster: s, percentage: 101}]"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn rbac_request_rules_only_in_the_http_filter() {
+    let filters = "\
+- stat_prefix: http.in.
+  rules:
+    action: deny
+    policies:
+      - name: p
+        permissions:
+          - url_path: {prefix: /pkg.Admin/}
+          - header: {name: ':authority', regex: '(?i:admin\\..*)'}
+        principals:
+          - header: {name: x-user, exact: eve}
+";
+    let with = |at: &str, filters: &str| {
+        let pad = " ".repeat(at.len() - at.trim_start().len() + 2);
+        let filters: String = filters.lines().map(|l| format!("{pad}{l}\n")).collect();
+        format!(
+            "listeners:\n  - name: in\n    address: 127.0.0.1:15006\n    protocol: triple\n    \
+             cluster: echo\n{at}\n{filters}clusters:\n  - name: echo\n    endpoints: [\"127.0.0.1:9000\"]\n"
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &with("    triple:\n      rbac:", filters)).unwrap();
+    let r = &c.listeners[0].triple.as_ref().unwrap().rbac[0];
+    assert_eq!(r.rules.as_ref().unwrap().policies[0].permissions.len(), 2);
+    // The same rules in the network filter (per connection, no request): refused.
+    let e = errors(&with("    rbac:", filters));
+    assert!(
+        e.iter()
+            .any(|e| e.field.ends_with("permissions[0].url_path")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.field.ends_with("principals[0].header")),
+        "{e:?}"
+    );
+    // Dubbo rules belong in dubbo.rbac.
+    let e = errors(&with(
+        "    triple:\n      rbac:",
+        &filters.replace("url_path: {prefix: /pkg.Admin/}", "dubbo_method: {exact: drop}"),
+    ));
+    assert!(
+        e.iter().any(|e| e.field.ends_with("permissions[0].dubbo_method")),
+        "{e:?}"
+    );
+    // A header rule needs an HTTP/2 (lower-case) name.
+    let e = errors(&with(
+        "    triple:\n      rbac:",
+        &filters.replace("name: x-user", "name: X-User"),
+    ));
+    assert!(e.iter().any(|e| e.field.ends_with("header.name")), "{e:?}");
+}
+
+#[test]
 fn access_log_filters_parse_and_name_bad_fields() {
     let logged = |filter: &str| {
         GOOD.replace(
@@ -818,48 +922,4 @@ fn access_log_filters_parse_and_name_bad_fields() {
     assert!(e[0].message.contains("deeper"), "{e:?}");
     let e = errors(&logged("{status_code: {op: gt, value: 1}}"));
     assert!(!e.is_empty());
-}
-
-#[test]
-fn rbac_request_rules_only_in_the_http_filter() {
-    let filters = "\
-- stat_prefix: http.in.
-  rules:
-    action: deny
-    policies:
-      - name: p
-        permissions:
-          - url_path: {prefix: /pkg.Admin/}
-          - header: {name: ':authority', regex: '(?i:admin\\..*)'}
-        principals:
-          - header: {name: x-user, exact: eve}
-";
-    let with = |at: &str, filters: &str| {
-        let pad = " ".repeat(at.len() - at.trim_start().len() + 2);
-        let filters: String = filters.lines().map(|l| format!("{pad}{l}\n")).collect();
-        format!(
-            "listeners:\n  - name: in\n    address: 127.0.0.1:15006\n    protocol: triple\n    \
-             cluster: echo\n{at}\n{filters}clusters:\n  - name: echo\n    endpoints: [\"127.0.0.1:9000\"]\n"
-        )
-    };
-    let c = Config::from_yaml("c.yaml", &with("    triple:\n      rbac:", filters)).unwrap();
-    let r = &c.listeners[0].triple.as_ref().unwrap().rbac[0];
-    assert_eq!(r.rules.as_ref().unwrap().policies[0].permissions.len(), 2);
-    // The same rules in the network filter (per connection, no request): refused.
-    let e = errors(&with("    rbac:", filters));
-    assert!(
-        e.iter()
-            .any(|e| e.field.ends_with("permissions[0].url_path")),
-        "{e:?}"
-    );
-    assert!(
-        e.iter().any(|e| e.field.ends_with("principals[0].header")),
-        "{e:?}"
-    );
-    // A header rule needs an HTTP/2 (lower-case) name.
-    let e = errors(&with(
-        "    triple:\n      rbac:",
-        &filters.replace("name: x-user", "name: X-User"),
-    ));
-    assert!(e.iter().any(|e| e.field.ends_with("header.name")), "{e:?}");
 }

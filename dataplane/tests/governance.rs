@@ -1391,3 +1391,289 @@ fn dubbo_fault_aborts_with_the_status_of_choice_and_delays() {
     assert_eq!(stat(&rs, "listener.dubbo.fault.delays_injected"), 1);
     assert_eq!(stat(&rs, "listener.dubbo.fault.active_faults"), 0);
 }
+
+// === mirroring ===
+
+/// A shadow that accepts connections and never reads from them (every copy stays unanswered);
+/// the listener and its connections live for the rest of the test process.
+fn dead_shadow() -> SocketAddr {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hole.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let conns: Vec<_> = hole.incoming().take(8).collect();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(conns);
+    });
+    addr
+}
+
+/// The 256 copies held by the dead shadow `hole` end at their deadline, as timeouts.
+fn held_copies_time_out(rs: &Ringside) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(rs, "cluster.hole.upstream_rq_active") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(rs, "cluster.hole.upstream_rq_active"), 0);
+    assert_eq!(stat(rs, "cluster.hole.upstream_rq_timeout"), 256);
+}
+
+/// A Dubbo route's `request_mirror_policies`, with the real sofa-rpc-node consumer and
+/// provider: every call (100 %) or about half of them (50 %) is copied to the shadow cluster,
+/// whose answers never reach the consumer.
+#[test]
+fn dubbo_mirror_copies_calls_of_a_real_consumer_to_the_shadow() {
+    let pa = free_port();
+    let _a = common::peers::NodeProvider::start(pa, "A", &[]);
+    let shadow = Provider::start("S");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: a\n    dubbo:\n      routes:\n\
+\x20       - match: {{method: {{exact: echo}}}}\n          route: {{cluster: a, request_mirror_policies: [{{cluster: s}}]}}\n\
+\x20       - match: {{method: {{exact: whoami}}}}\n          route: {{cluster: a, request_mirror_policies: [{{cluster: s, percentage: 50}}]}}\n\
+clusters:\n  - name: a\n    endpoints: [\"127.0.0.1:{pa}\"]\n  - name: s\n    endpoints: [\"{}\"]\n",
+        shadow.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "2"]);
+    let (ok, lines) = common::peers::node_consumer_loop(listen, "echo", r#"["hi"]"#, 10, 0);
+    assert!(ok, "{lines:?}");
+    assert!(lines.iter().all(|l| l["result"] == "hi"), "{lines:?}");
+    let (ok, lines) = common::peers::node_consumer_loop(listen, "whoami", "[]", 200, 0);
+    assert!(ok, "{lines:?}");
+    assert_eq!(lines.len(), 200);
+    assert!(
+        lines.iter().all(|l| l["result"] == "A"),
+        "answered by A only"
+    );
+    // The shadow's answers are not waited for: wait for its copies to arrive.
+    let mirrored = || stat(&rs, "cluster.s.upstream_rq_mirror");
+    let seen = |m: &str| {
+        shadow
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| *s == m)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (seen("echo") + seen("whoami")) as i64 != mirrored() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen("echo"), 10, "100 %: every call");
+    let half = seen("whoami");
+    assert!((70..=130).contains(&half), "50 % of 200: {half}");
+    assert_eq!(mirrored(), (10 + half) as i64);
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror_dropped"), 0);
+    assert_eq!(stat(&rs, "cluster.a.upstream_rq_total"), 210);
+}
+
+/// A shadow that never answers: the caller's requests are answered by the main cluster as
+/// always, the shadow holds at most `MIRRORS_ACTIVE_PER_SHARD_MAX` (256) copies in flight,
+/// the rest are dropped and counted, and the held ones end at their deadline.
+#[test]
+fn dubbo_mirror_to_a_dead_shadow_is_bounded_and_never_delays_the_caller() {
+    let p = Provider::start("A");
+    let hole_addr = dead_shadow();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let extra = "    cluster: p\n    dubbo:\n      routes:\n\
+\x20       - route: {cluster: p, timeout_ms: 3000, request_mirror_policies: [{cluster: hole}]}\n";
+    let cfg = dubbo_config(
+        admin,
+        listen,
+        &[("p", &[p.addr]), ("hole", &[hole_addr])],
+        extra,
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    let args = [Arg::Str("x")];
+    let t0 = Instant::now();
+    for _ in 0..300 {
+        c.send(RequestBuilder::new(SVC, "echo").args(&args));
+    }
+    let answers = c.recv_n(300);
+    let took = t0.elapsed();
+    assert!(answers
+        .values()
+        .all(|a| a.status == Status::Ok && a.text == "A|echo|x"));
+    assert!(
+        took < Duration::from_secs(3),
+        "answered before any copy's deadline: {took:?}"
+    );
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror"), 256);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror_dropped"), 44);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_active"), 256);
+    // At the route's timeout the copies end (timeouts of the shadow cluster), and make room.
+    held_copies_time_out(&rs);
+    assert_eq!(
+        c.call(RequestBuilder::new(SVC, "echo").args(&args)).status,
+        Status::Ok
+    );
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror"), 257);
+    assert_eq!(stat(&rs, "cluster.p.upstream_rq_total"), 301);
+}
+
+/// The same RDS `request_mirror_policies` to Envoy 1.40 and to ringside: every call of the
+/// 100 % route reaches the shadow once, about half of the 50 % route's (each within the
+/// binomial tolerance of 100 ± 30 of 200), none of the unmirrored route's; the shadow sees
+/// `:authority` with `-shadow` from both; the callers get only the main cluster's answers.
+#[test]
+fn request_mirror_policies_match_envoy() {
+    use common::envoy::*;
+    use common::h2::upstream_seen;
+    use common::xds::*;
+    use serde_json::json;
+    let main = Upstream::start("MIRROR-MAIN");
+    let (shadow_envoy, shadow_rs) = (
+        Upstream::start("MIRROR-ENVOY"),
+        Upstream::start("MIRROR-RS"),
+    );
+    let snapshot = |listen: SocketAddr, shadow: SocketAddr| {
+        json!({
+            "version": "mr1",
+            "listeners": [rds_listener("grpc_mr", listen, "mr_routes")],
+            "routes": [{"name": "mr_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [
+                    {"match": {"prefix": "/pkg.S/All"}, "route": {"cluster": "a",
+                        "request_mirror_policies": [{"cluster": "s"}]}},
+                    {"match": {"prefix": "/pkg.S/Half"}, "route": {"cluster": "a",
+                        "request_mirror_policies": [{"cluster": "s", "runtime_fraction": {
+                            "default_value": {"numerator": 50, "denominator": "HUNDRED"},
+                            "runtime_key": "mirror.half"}}]}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "a"}}
+                ]
+            }]}],
+            "clusters": [eds_cluster("a", true), eds_cluster("s", true)],
+            "endpoints": [load_assignment("a", &[main.addr]), load_assignment("s", &[shadow])]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds
+        .put(&snapshot(envoy_listen, shadow_envoy.addr))
+        .unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-mr"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_mr", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_mr")
+            && dynamic_route_configs(d).iter().any(|r| r == "mr_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen, shadow_rs.addr)).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-mr\n  mode: sotw\n",
+        rs_xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", "2"]);
+    rs_xds.wait_ack(RDS, "mr1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(rs_listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {rs_listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |who: &str, addr: SocketAddr| {
+        let mut c = Client::connect(addr);
+        for (method, n) in [("All", 20), ("Half", 200), ("None", 10)] {
+            for i in 0..n {
+                let body = format!("{who}-{method}-{i}");
+                let r = c.call(&format!("/pkg.S/{method}"), &[], body.as_bytes());
+                assert_eq!(r.grpc_status(), Some(0), "{who} {method} {i}");
+            }
+        }
+    };
+    run("envoy", envoy_listen);
+    run("ringside", rs_listen);
+    // Copies are not waited for by the callers: give them time to land.
+    let count = |name: &str, method: &str| {
+        upstream_seen(name)
+            .iter()
+            .filter(|(_, b)| String::from_utf8_lossy(b).contains(&format!("-{method}-")))
+            .count()
+    };
+    let settled = |name: &str, cluster_total: &dyn Fn() -> u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (upstream_seen(name).len() as u64) < cluster_total() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    settled("MIRROR-ENVOY", &|| {
+        envoy.stat("cluster.s.upstream_rq_completed")
+    });
+    settled("MIRROR-RS", &|| {
+        stat(&rs, "cluster.s.upstream_rq_total") as u64
+    });
+    let (e_all, r_all) = (count("MIRROR-ENVOY", "All"), count("MIRROR-RS", "All"));
+    let (e_half, r_half) = (count("MIRROR-ENVOY", "Half"), count("MIRROR-RS", "Half"));
+    let (e_none, r_none) = (count("MIRROR-ENVOY", "None"), count("MIRROR-RS", "None"));
+    assert_eq!((e_all, e_none), (20, 0), "Envoy, the oracle");
+    assert_eq!((r_all, r_none), (e_all, e_none), "ringside vs Envoy");
+    assert!((70..=130).contains(&e_half), "Envoy 50 % of 200: {e_half}");
+    assert!(
+        (70..=130).contains(&r_half),
+        "ringside 50 % of 200: {r_half} (Envoy {e_half})"
+    );
+    let authorities = |name: &str| {
+        let mut a: Vec<String> = upstream_seen(name).into_iter().map(|(a, _)| a).collect();
+        a.dedup();
+        a
+    };
+    assert_eq!(authorities("MIRROR-ENVOY"), ["ringside.test-shadow"]);
+    assert_eq!(authorities("MIRROR-RS"), authorities("MIRROR-ENVOY"));
+    // The main cluster answered every call of both.
+    let main_seen = upstream_seen("MIRROR-MAIN");
+    for who in ["envoy", "ringside"] {
+        let n = main_seen
+            .iter()
+            .filter(|(_, b)| String::from_utf8_lossy(b).contains(&format!("{who}-")))
+            .count();
+        assert_eq!(n, 230, "{who}");
+    }
+    assert_eq!(
+        stat(&rs, "cluster.s.upstream_rq_mirror"),
+        (r_all + r_half) as i64
+    );
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror_dropped"), 0);
+}
+
+/// A Triple shadow that never reads: calls are answered by their own cluster as always; at
+/// most `MIRRORS_ACTIVE_PER_SHARD_MAX` copies are held (the rest dropped and counted), a copy
+/// whose body outgrows `MIRROR_QUEUED_BYTES_MAX` is dropped, and held copies end at their
+/// deadline.
+#[test]
+fn triple_mirror_to_a_dead_shadow_is_bounded_and_never_delays_the_caller() {
+    let up = Upstream::start("A");
+    let hole_addr = dead_shadow();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: grpc\n    address: {listen}\n    protocol: triple\n    cluster: a\n    triple:\n      routes:\n\
+\x20       - route: {{cluster: a, timeout_ms: 3000, request_mirror_policies: [{{cluster: hole}}]}}\n\
+clusters:\n  - name: a\n    endpoints: [\"{}\"]\n  - name: hole\n    endpoints: [\"{hole_addr}\"]\n",
+        up.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    let t0 = Instant::now();
+    for i in 0..300 {
+        let r = c.call("/pkg.S/M", &[], format!("m{i}").as_bytes());
+        assert_eq!(r.grpc_status(), Some(0), "{i}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror"), 256);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror_dropped"), 44);
+    held_copies_time_out(&rs);
+    // A body larger than the copy may queue: the copy is dropped, the call goes through.
+    let big = vec![b'b'; 200 * 1024];
+    let r = c.call("/pkg.S/M", &[], &big);
+    assert_eq!(r.grpc_status(), Some(0));
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror"), 257);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror_dropped"), 45);
+    assert_eq!(stat(&rs, "cluster.hole.upstream_rq_active"), 0);
+}

@@ -1261,7 +1261,9 @@ fn dubbo_outcome(target: SocketAddr) -> String {
 /// routing the interface to `outbound|20880||...`) behind istiod's `virtualOutbound`, in a pod
 /// with Istio's iptables rules, the proxy as uid/gid 1337: the app's Dubbo call to the
 /// service's VIP goes through the Dubbo listener to the service's endpoint, and one to an
-/// address no listener has goes through to it (`PassthroughCluster`, ORIGINAL_DST). Real peers
+/// address no listener has goes through to it (`PassthroughCluster`, ORIGINAL_DST); with
+/// istiod's REGISTRY_ONLY shape (the catch-all to `BlackHoleCluster`) that call fails and the
+/// VIP call still works. Real peers
 /// on both ends (dubbo-ssl-python consumer in the pod, sofa-rpc-node providers outside it).
 /// Envoy 1.40 and ringside (io_uring, epoll), the same resources, must end every call the same
 /// way. Changed from the fixture: the route's interface is the test provider's, the endpoint is
@@ -1334,12 +1336,55 @@ fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
                 assert_eq!(ack["ack"], true, "{who}: {ack}");
             }
             wait_listening(local(15001));
-            vec![dubbo_outcome(vip), dubbo_outcome(unknown)]
+            let mut got = vec![dubbo_outcome(vip), dubbo_outcome(unknown)];
+            // meshConfig.outboundTrafficPolicy REGISTRY_ONLY: istiod's `virtualOutbound`
+            // catch-all goes to `BlackHoleCluster` instead. A listener update takes effect for
+            // new connections shortly after its ACK (Envoy's workers take it asynchronously):
+            // up to 5 s for a call to the unknown address to stop reaching it.
+            let mut registry_only = snap.clone();
+            registry_only["version"] = json!("registry-only");
+            for l in registry_only["listeners"].as_array_mut().unwrap() {
+                if l["name"] != "virtualOutbound" {
+                    continue;
+                }
+                for c in l["filter_chains"].as_array_mut().unwrap() {
+                    if c["name"] != "virtualOutbound-catchall-tcp" {
+                        continue;
+                    }
+                    for f in c["filters"].as_array_mut().unwrap() {
+                        if f["name"] == "envoy.filters.network.tcp_proxy" {
+                            f["typed_config"]["cluster"] = json!("BlackHoleCluster");
+                            f["typed_config"]["stat_prefix"] = json!("BlackHoleCluster");
+                        }
+                    }
+                }
+            }
+            if who == "envoy" {
+                strip_istio_only(&mut registry_only);
+            }
+            xds.put(&registry_only).unwrap();
+            let ack = xds.wait_ack("lds", "registry-only");
+            assert_eq!(ack["ack"], true, "{who}: {ack}");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let blocked = loop {
+                let out = dubbo_outcome(unknown);
+                if out != "dubbo-unknown" || Instant::now() > deadline {
+                    break out;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            got.push(if blocked.starts_with("error") || blocked == "no answer" {
+                "blocked".into()
+            } else {
+                blocked
+            });
+            got.push(dubbo_outcome(vip));
+            got
         });
         eprintln!("{who} {io}: {got:?}");
         results.push((format!("{who} {io}"), got));
     }
-    let want = vec!["dubbo-service".to_string(), "dubbo-unknown".to_string()];
+    let want = ["dubbo-service", "dubbo-unknown", "blocked", "dubbo-service"].map(String::from);
     for (who, got) in &results {
         assert_eq!(got, &want, "{who}: {results:?}");
     }

@@ -2040,12 +2040,6 @@ fn route_configuration(
         if vh.require_tls != 0 {
             return Err(ctx.err(format!("{vat}.require_tls"), "TLS is not supported"));
         }
-        if !vh.request_mirror_policies.is_empty() {
-            return Err(ctx.err(
-                format!("{vat}.request_mirror_policies"),
-                "mirroring is not supported",
-            ));
-        }
         no_header_mutations(
             vh.request_headers_to_add.len(),
             vh.request_headers_to_remove.len(),
@@ -2064,6 +2058,16 @@ fn route_configuration(
             // The virtual host's policy, for its routes without their own.
             if let (None, Some(p)) = (&route.route.retry_policy, &vh.retry_policy) {
                 route.route.retry_policy = retry_policy(p, ctx, &format!("{vat}.retry_policy"))?;
+            }
+            // Likewise its mirror policies (Envoy: a route's own replace them).
+            if matches!(&r.action, Some(route_pb::route::Action::Route(a)) if a.request_mirror_policies.is_empty())
+            {
+                for (k, m) in vh.request_mirror_policies.iter().enumerate() {
+                    let mat = format!("{vat}.request_mirror_policies[{k}]");
+                    if let Some(m) = mirror_policy(m, ctx, &mat)? {
+                        route.route.request_mirror_policies.push(m);
+                    }
+                }
             }
             route.local_rate_limit = route_rate_limit(&r.typed_per_filter_config, ctx, &rat)?;
             routes.push(route);
@@ -2342,9 +2346,6 @@ fn http_action(
     if a.host_rewrite_specifier.is_some() {
         return refuse("host_rewrite_literal", "host rewrites are not supported");
     }
-    if !a.request_mirror_policies.is_empty() {
-        return refuse("request_mirror_policies", "mirroring is not supported");
-    }
     if !a.upgrade_configs.is_empty() {
         return refuse("upgrade_configs", "upgrades are not supported");
     }
@@ -2377,7 +2378,75 @@ fn http_action(
     if let Some(p) = &a.retry_policy {
         out.retry_policy = retry_policy(p, ctx, &format!("{at}.retry_policy"))?;
     }
+    for (i, m) in a.request_mirror_policies.iter().enumerate() {
+        let mat = format!("{at}.request_mirror_policies[{i}]");
+        if let Some(m) = mirror_policy(m, ctx, &mat)? {
+            out.request_mirror_policies.push(m);
+        }
+    }
     Ok(out)
+}
+
+/// A `FractionalPercent` as a share of requests (above 100 %: all).
+fn fractional_share(
+    p: &envoy_types::pb::envoy::r#type::v3::FractionalPercent,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<config::Share, TranslateError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let scale = match D::try_from(p.denominator) {
+        Ok(D::Hundred) => 10_000,
+        Ok(D::TenThousand) => 100,
+        Ok(D::Million) => 1,
+        Err(_) => return Err(ctx.err(format!("{at}.denominator"), "unknown denominator")),
+    };
+    Ok(config::Share(
+        p.numerator
+            .saturating_mul(scale)
+            .min(config::Share::PER_MILLION),
+    ))
+}
+
+/// A route's `request_mirror_policies` entry (docs/governance.md#mirroring); `None` when it
+/// mirrors nothing (`runtime_fraction` of 0 %).
+fn mirror_policy(
+    m: &route_pb::route_action::RequestMirrorPolicy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::MirrorPolicy>, TranslateError> {
+    let refuse = |field: &str, why: &str| Err(ctx.err(format!("{at}.{field}"), why.to_string()));
+    if !m.cluster_header.is_empty() {
+        return refuse(
+            "cluster_header",
+            "clusters named by a header are not supported",
+        );
+    }
+    if m.cluster.is_empty() {
+        return refuse("cluster", "missing");
+    }
+    if !m.request_headers_mutations.is_empty() {
+        return refuse("request_headers_mutations", "not supported");
+    }
+    if !m.host_rewrite_literal.is_empty() {
+        return refuse("host_rewrite_literal", "not supported");
+    }
+    // Unset: every request (Envoy's default); the runtime key is not consulted.
+    let share = match m
+        .runtime_fraction
+        .as_ref()
+        .and_then(|f| f.default_value.as_ref())
+    {
+        None if m.runtime_fraction.is_none() => config::Share(config::Share::PER_MILLION),
+        None => config::Share(0),
+        Some(p) => fractional_share(p, ctx, &format!("{at}.runtime_fraction.default_value"))?,
+    };
+    if share.0 == 0 {
+        return Ok(None);
+    }
+    Ok(Some(config::MirrorPolicy {
+        cluster: m.cluster.clone(),
+        percentage: share,
+    }))
 }
 
 const PREVIOUS_HOSTS: &str =
@@ -3214,22 +3283,11 @@ fn route_fault(
         return refuse("response_rate_limit", "not supported");
     }
     let share = |p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>, field: &str| {
-        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
         // Left out: 0 % (the proto's default, as Envoy reads it): Istio's empty fault.
-        let Some(p) = p else {
-            return Ok(config::Share(0));
-        };
-        let scale = match D::try_from(p.denominator) {
-            Ok(D::Hundred) => 10_000,
-            Ok(D::TenThousand) => 100,
-            Ok(D::Million) => 1,
-            Err(_) => return Err(ctx.err(format!("{fat}.{field}"), "unknown denominator")),
-        };
-        Ok(config::Share(
-            p.numerator
-                .saturating_mul(scale)
-                .min(config::Share::PER_MILLION),
-        ))
+        match p {
+            None => Ok(config::Share(0)),
+            Some(p) => fractional_share(p, ctx, &format!("{fat}.{field}")),
+        }
     };
     let delay = match &f.delay {
         None => None,

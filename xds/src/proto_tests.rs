@@ -1899,3 +1899,58 @@ fn access_log_filters() {
     })));
     assert!(e.contains("duration_filter.comparison"), "{e}");
 }
+
+/// A route's `request_mirror_policies` (every request unless `runtime_fraction` says a share),
+/// the virtual host's for routes without their own, and what is refused.
+#[test]
+fn request_mirror_policies_from_rds() {
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    let mirror =
+        |cluster: &str, percent: Option<u32>| route_pb::route_action::RequestMirrorPolicy {
+            cluster: cluster.into(),
+            runtime_fraction: percent.map(|n| core_pb::RuntimeFractionalPercent {
+                default_value: Some(FractionalPercent {
+                    numerator: n,
+                    denominator: 1, // TEN_THOUSAND
+                }),
+                runtime_key: "k".into(),
+            }),
+            ..Default::default()
+        };
+    let mut own = route_to("/a", "c");
+    if let Some(route_pb::route::Action::Route(a)) = own.action.as_mut() {
+        a.request_mirror_policies = vec![
+            mirror("s1", None),
+            mirror("s2", Some(2500)),
+            mirror("s3", Some(0)),
+        ];
+    }
+    let mut rc = route_config_pb("rc", &["*"], vec![own, route_to("/", "c")]);
+    rc.virtual_hosts[0].request_mirror_policies = vec![mirror("s4", Some(10))];
+    let (_, t) = decode_route(&pack_any(rc.clone())).unwrap();
+    let routes = &t.virtual_hosts[0].routes;
+    let policy = |c: &str, per_million: u32| config::MirrorPolicy {
+        cluster: c.into(),
+        percentage: config::Share(per_million),
+    };
+    assert_eq!(
+        routes[0].route.request_mirror_policies,
+        [policy("s1", 1_000_000), policy("s2", 250_000)],
+        "a route's own replace the virtual host's; 0 % is none"
+    );
+    assert_eq!(
+        routes[1].route.request_mirror_policies,
+        [policy("s4", 1_000)]
+    );
+    let mut bad = rc.clone();
+    bad.virtual_hosts[0].request_mirror_policies[0].cluster_header = "x-shadow".into();
+    let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
+    assert!(
+        e.contains("request_mirror_policies[0].cluster_header"),
+        "{e}"
+    );
+    let mut bad = rc;
+    bad.request_mirror_policies = vec![mirror("s1", None)];
+    let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
+    assert!(e.contains("request_mirror_policies"), "{e}");
+}

@@ -65,6 +65,11 @@ pub struct UpstreamStatIds {
     pub rq_retry_limit_exceeded: StatId,
     /// Tries that passed `per_try_timeout_ms`.
     pub rq_per_try_timeout: StatId,
+    /// Mirroring (`request_mirror_policies`) to this cluster as a shadow: copies sent, and
+    /// copies not sent (`MIRRORS_ACTIVE_PER_SHARD_MAX` in flight, its circuit breaker open,
+    /// no endpoint, too large, or dropped mid-way by a slow shadow).
+    pub rq_mirror: StatId,
+    pub rq_mirror_dropped: StatId,
 }
 
 impl ClusterStatIds {
@@ -107,6 +112,8 @@ impl UpstreamStatIds {
             rq_retry_overflow: c("upstream_rq_retry_overflow", Kind::Counter),
             rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded", Kind::Counter),
             rq_per_try_timeout: c("upstream_rq_per_try_timeout", Kind::Counter),
+            rq_mirror: c("upstream_rq_mirror", Kind::Counter),
+            rq_mirror_dropped: c("upstream_rq_mirror_dropped", Kind::Counter),
         }
     }
 }
@@ -710,6 +717,33 @@ impl RetryBreaker {
     pub fn try_start(&self) -> bool {
         let n = self.active.get();
         if n >= self.max {
+            return false;
+        }
+        self.active.set(n + 1);
+        true
+    }
+
+    pub fn ended(&self) {
+        self.active.set(self.active.get().saturating_sub(1));
+    }
+}
+
+/// Shadow copies (`request_mirror_policies`) in flight to one cluster on one shard, at most:
+/// a shadow that answers slowly or never holds at most this many requests' state (each until
+/// its deadline); beyond it copies are dropped and counted, the main requests never wait.
+pub const MIRRORS_ACTIVE_PER_SHARD_MAX: u32 = 256;
+
+/// One shard's count of a cluster's shadow copies in flight.
+#[derive(Default)]
+pub struct MirrorBudget {
+    active: Cell<u32>,
+}
+
+impl MirrorBudget {
+    /// Takes room for one copy; false when `MIRRORS_ACTIVE_PER_SHARD_MAX` are in flight.
+    pub fn try_start(&self) -> bool {
+        let n = self.active.get();
+        if n >= MIRRORS_ACTIVE_PER_SHARD_MAX {
             return false;
         }
         self.active.set(n + 1);

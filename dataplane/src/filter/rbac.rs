@@ -12,11 +12,58 @@ use crate::config;
 use crate::route::{Matcher, NamedMatch, RouteError};
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 
-/// A call's request, as the HTTP filter's rules read it.
+/// A request, as the HTTP and Dubbo filters' rules read it (what a protocol does not have
+/// is `None`, and rules on it do not match).
 pub trait Request {
     /// The first value of header `name` (lower-case; pseudo-headers `:path`, `:authority`,
     /// `:method` too).
-    fn header(&self, name: &[u8]) -> Option<&[u8]>;
+    fn header(&self, _name: &[u8]) -> Option<&[u8]> {
+        None
+    }
+    /// A Dubbo request's interface.
+    fn interface(&self) -> Option<&[u8]> {
+        None
+    }
+    /// A Dubbo request's method.
+    fn method(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// What a connection shows per-request rules, taken once when it is accepted.
+pub struct ConnPeer {
+    pub source: Option<SocketAddr>,
+    /// The original destination under interception, else the listener's address.
+    pub destination: Option<SocketAddr>,
+    /// The caller's verified TLS certificate (DER), copied once per connection.
+    pub certificate: Option<Box<[u8]>>,
+}
+
+impl ConnPeer {
+    /// From `io::Conn::rbac_facts`: (source, destination, certificate).
+    pub fn new(
+        (source, destination, certificate): (
+            Option<SocketAddr>,
+            Option<SocketAddr>,
+            Option<Box<[u8]>>,
+        ),
+    ) -> ConnPeer {
+        ConnPeer {
+            source,
+            destination,
+            certificate,
+        }
+    }
+
+    /// The rules' view of a request on this connection.
+    pub fn with<'a>(&'a self, request: &'a dyn Request) -> Peer<'a> {
+        Peer {
+            source: self.source,
+            destination: self.destination,
+            certificate: self.certificate.as_deref(),
+            request: Some(request),
+        }
+    }
 }
 
 /// What a connection (and, for the HTTP filter, a call) shows the rules.
@@ -76,6 +123,8 @@ enum Permission {
     /// `:path` without its query or fragment.
     UrlPath(Matcher),
     Header(NamedMatch),
+    Interface(Matcher),
+    Method(Matcher),
 }
 
 enum Principal {
@@ -225,6 +274,8 @@ impl Permission {
             P::DestinationIp(c) => Permission::DestinationIp(Cidr::parse(c)),
             P::UrlPath(m) => Permission::UrlPath(Matcher::new(m)?),
             P::Header(h) => Permission::Header(named(h)?),
+            P::DubboInterface(m) => Permission::Interface(Matcher::new(m)?),
+            P::DubboMethod(m) => Permission::Method(Matcher::new(m)?),
         })
     }
 
@@ -247,6 +298,14 @@ impl Permission {
                 .and_then(|r| r.header(b":path"))
                 .is_some_and(|p| m.matches(url_path(p))),
             Permission::Header(h) => header_matches(h, peer),
+            Permission::Interface(m) => peer
+                .request
+                .and_then(|r| r.interface())
+                .is_some_and(|v| m.matches(v)),
+            Permission::Method(m) => peer
+                .request
+                .and_then(|r| r.method())
+                .is_some_and(|v| m.matches(v)),
         }
     }
 }

@@ -136,19 +136,27 @@ async fn relay_connection(
         return false;
     };
     let mut counted = false;
-    let connected = if cluster.original_destination {
-        if !l.original_destination {
-            return false;
-        }
-        let dst = match crate::io::intercept::original_destination(&down, l.address) {
-            Ok(a) => a,
-            Err(e) => {
+    if cluster.original_destination && !l.original_destination {
+        return false;
+    }
+    // The original destination: where an original_destination cluster connects, and which
+    // virtual listener takes the connection whatever the listener's own cluster (Istio's
+    // REGISTRY_ONLY virtualOutbound sends the rest to BlackHoleCluster).
+    let dst = if l.original_destination {
+        match crate::io::intercept::original_destination(&down, l.address) {
+            Ok(a) => Some(a),
+            Err(e) if cluster.original_destination => {
                 tracing::debug!(listener = %l.name, error = %e, "no original destination; closing downstream");
                 return false;
             }
-        };
-        // Virtual listeners (bind: false) take the connections to their address whose
-        // protocol they speak; listeners without any pay one empty-slice check.
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    // Virtual listeners (bind: false) take the connections to their address whose protocol
+    // they speak; listeners without any pay one empty-slice check.
+    if let Some(dst) = dst {
         if let Some(protocol) = virtuals.protocol(dst) {
             let detected = peek_protocol(&down).await;
             l.stats.inc(detected_id(l, &detected));
@@ -165,9 +173,10 @@ async fn relay_connection(
                 return false;
             }
         }
-        cluster.connect_to(dst, &l.stats).await
-    } else {
-        cluster.connect(&l.stats).await
+    }
+    let connected = match dst {
+        Some(dst) if cluster.original_destination => cluster.connect_to(dst, &l.stats).await,
+        _ => cluster.connect(&l.stats).await,
     };
     let Upstream {
         stream: up_stream,

@@ -127,6 +127,18 @@ pub trait Conn:
     fn with_peer_certificate(&self, f: &mut dyn FnMut(Option<&[u8]>) -> bool) -> bool {
         f(None)
     }
+    /// What per-request authorization needs of the connection, taken once: the peer's
+    /// address, where it meant to connect (else the local address), its verified certificate
+    /// (DER, copied).
+    fn rbac_facts(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<Box<[u8]>>) {
+        let (source, local) = self.addrs();
+        let mut certificate = None;
+        self.with_peer_certificate(&mut |c| {
+            certificate = c.map(Box::from);
+            true
+        });
+        (source, self.original_dst().or(local), certificate)
+    }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path.
     fn into_kernel(self) -> Result<TcpStream, Self>

@@ -150,6 +150,8 @@ pub struct Action {
     pub retry: Option<RetryPolicy>,
     /// The route's `fault`.
     pub fault: Option<config::Fault>,
+    /// The route's `request_mirror_policies`: (shadow cluster index in the config, share).
+    pub mirrors: Vec<(usize, config::Share)>,
 }
 
 /// A fault to inject into one request.
@@ -181,6 +183,15 @@ impl Action {
                 .map(|a| a.status),
         };
         (i != Injected::default()).then_some(i)
+    }
+
+    /// The shadow clusters one request is copied to (each policy rolled on its own, as
+    /// Envoy); nothing rolled, and no allocation, when the route has no mirror policy.
+    pub fn mirrors<'a>(&'a self, dice: &'a Dice) -> impl Iterator<Item = usize> + 'a {
+        self.mirrors
+            .iter()
+            .filter(|&&(_, share)| hit(share, dice.roll()))
+            .map(|&(cluster, _)| cluster)
     }
 }
 
@@ -281,6 +292,7 @@ impl Action {
             route_index,
             retry: None,
             fault: None,
+            mirrors: Vec::new(),
         }
     }
 
@@ -314,6 +326,11 @@ impl Action {
         );
         action.retry = a.retry_policy.as_ref().map(RetryPolicy::new);
         action.fault = a.fault;
+        action.mirrors = a
+            .request_mirror_policies
+            .iter()
+            .map(|m| Ok((cluster_index(clusters, &m.cluster)?, m.percentage)))
+            .collect::<Result<_, RouteError>>()?;
         Ok(action)
     }
 

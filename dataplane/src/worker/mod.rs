@@ -743,6 +743,7 @@ impl ShardState {
                 faults_active: Default::default(),
                 istio: istio_listener(snap, index, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
+                rbac: crate::filter::rbac::Rbac::new(&d.rbac, &stats.stats),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {

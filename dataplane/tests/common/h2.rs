@@ -368,6 +368,19 @@ impl Upstream {
     }
 }
 
+/// Requests by test upstream name: their `:authority` and body.
+type Seen = HashMap<String, Vec<(String, Vec<u8>)>>;
+
+/// Requests each test upstream (by name) answered.
+#[allow(clippy::disallowed_types)]
+static SEEN: std::sync::LazyLock<std::sync::Mutex<Seen>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The requests (`:authority`, body) the test upstreams named `name` received complete.
+pub fn upstream_seen(name: &str) -> Vec<(String, Vec<u8>)> {
+    SEEN.lock().unwrap().get(name).cloned().unwrap_or_default()
+}
+
 /// Attempts per `x-key` seen by the test upstreams (`x-fail-first`).
 static ATTEMPTS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, u32>>> =
     std::sync::LazyLock::new(Default::default);
@@ -421,6 +434,11 @@ fn serve_upstream(name: &str, s: TcpStream, streams: u32) {
             continue;
         };
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        SEEN.lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .push((get(":authority").unwrap_or_default(), body.clone()));
         let fail = match (get("x-fail-first"), get("x-key")) {
             (Some(n), Some(k)) => {
                 let mut m = ATTEMPTS.lock().unwrap();

@@ -153,6 +153,8 @@ pub struct DubboListener {
     pub istio: Option<crate::stats::istio::IstioListener>,
     /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
     pub trace: Option<Rc<ListenerTrace>>,
+    /// Request authorization (`dubbo.rbac`), checked on every request before routing.
+    pub rbac: Option<crate::filter::rbac::Rbac>,
 }
 
 /// Spent records kept for reuse per listener and shard.
@@ -318,6 +320,8 @@ pub struct DownConn {
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
     /// The caller's mutual TLS as Istio's metrics label it (with `istio_metrics`).
     peer: crate::stats::istio::PeerId,
+    /// What `rbac` rules know of the connection (when the listener has any).
+    rbac_peer: Option<crate::filter::rbac::ConnPeer>,
     /// The kernel socket a hot-upgrade successor can take over (`None`: TLS, DPDK).
     handover_fd: Option<std::os::fd::RawFd>,
     /// Set when a hot-upgrade drain hands this connection over (to `handover_to`): the reader
@@ -640,6 +644,10 @@ pub async fn serve_carried<S: crate::io::Conn>(
         Some(i) => i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())),
         None => crate::stats::istio::PeerId::NONE,
     };
+    let conn_l_rbac = l
+        .rbac
+        .as_ref()
+        .map(|_| crate::filter::rbac::ConnPeer::new(stream.rbac_facts()));
     let conn = Rc::new(DownConn {
         l,
         out: RefCell::new(VecDeque::new()),
@@ -662,6 +670,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         finished: Event::new(),
         addrs,
         peer,
+        rbac_peer: conn_l_rbac,
         handover_fd: stream.handover_fd(),
         handover: Event::new(),
         handover_to: RefCell::new(None),
@@ -1049,6 +1058,9 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     }
     // This request routes on the routes current now (an Rc, so an update cannot pull them
     // away mid-request).
+    if !authorized(conn, &h, &frame) {
+        return Ok(());
+    }
     let routes = l.routes.get();
     let Some((action, service, lg, propagate)) = route_frame(conn, &h, &frame, &routes)? else {
         return Ok(());
@@ -1095,6 +1107,13 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         }
         f => f,
     };
+    // A copy to each shadow cluster the route's mirror policies pick (two-way requests that go
+    // on: an aborted one is not mirrored, a delayed one is, when it is routed).
+    if h.two_way && !action.mirrors.is_empty() && fault.is_none_or(|f| f.abort.is_none()) {
+        for shadow in action.mirrors(&l.dice) {
+            routes.pools[shadow].mirror(&frame, timeout);
+        }
+    }
     match fault {
         Some(f) if f.delay.is_some() => delay(conn, pool, frame, rq, lg, f),
         Some(f) => abort(conn, rq, lg, f.abort.unwrap_or_default()),
@@ -1330,6 +1349,32 @@ fn shed(conn: &DownConn, h: &wire::Header, frame_bytes: usize) {
 /// request routes on its fields; any other serialization only by the default route. `Ok(None)`:
 /// no route (answered, counted); `Err(())`: the request cannot be read (answered; the
 /// connection closes).
+/// The listener's `dubbo.rbac` filters on a request (counted; none: allowed). A denied
+/// two-way request is answered status 40 here. Runs before routing, on the interface and
+/// method read in place (a frame that is not Hessian2, or does not parse, shows the rules
+/// neither: routing answers a malformed one).
+fn authorized(conn: &Rc<DownConn>, h: &wire::Header, frame: &[u8]) -> bool {
+    let l = &conn.l;
+    let (Some(rbac), Some(peer)) = (&l.rbac, &conn.rbac_peer) else {
+        return l.rbac.is_none();
+    };
+    struct Opaque;
+    impl crate::filter::rbac::Request for Opaque {}
+    let req = h
+        .hessian2
+        .then(|| wire::RequestView::parse(frame).ok())
+        .flatten();
+    let allowed = match &req {
+        Some(r) => rbac.allows(&peer.with(r), &l.stats),
+        None => rbac.allows(&peer.with(&Opaque), &l.stats),
+    };
+    if !allowed && h.two_way {
+        let lg = l.capture(h, frame.len(), req.as_ref());
+        conn.local_reply_logged(h.id, &LocalError::RbacDenied, None, lg, None);
+    }
+    allowed
+}
+
 fn route_frame<'r>(
     conn: &Rc<DownConn>,
     h: &wire::Header,

@@ -94,6 +94,10 @@ pub enum LocalError<'a> {
     /// The route's `fault` answers it with this status.
     #[error("fault injected")]
     FaultAbort(u8),
+    /// The listener's `dubbo.rbac` filters deny it: 40 (BAD_REQUEST), which a consumer does
+    /// not retry, with Envoy's RBAC message.
+    #[error("RBAC: access denied")]
+    RbacDenied,
 }
 
 /// Why an upstream connection ended (its requests in flight fail with
@@ -150,6 +154,7 @@ impl LocalError<'_> {
             LocalError::RateLimited { .. } => Flags::RATE_LIMITED,
             LocalError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
             LocalError::FaultAbort(_) => Flags::FAULT_INJECTED,
+            LocalError::RbacDenied => Flags::default(),
         }
     }
 
@@ -169,7 +174,8 @@ impl LocalError<'_> {
         match self {
             LocalError::BadFrame(_)
             | LocalError::ResponseFromConsumer
-            | LocalError::BadRequest(_) => Status::BAD_REQUEST,
+            | LocalError::BadRequest(_)
+            | LocalError::RbacDenied => Status::BAD_REQUEST,
             LocalError::NoRoute { .. } | LocalError::NoDefaultRoute { .. } => {
                 Status::SERVICE_NOT_FOUND
             }

@@ -46,6 +46,9 @@ pub const HEARTBEAT_MISSES_MAX: u32 = 3;
 /// A two-way request whose route has a `retry_policy` is kept (charged to the shard's budget)
 /// until it is answered, so it can be sent again, if its frame is at most this large.
 pub const RETRY_FRAME_BYTES_MAX: usize = 32 * 1024;
+/// A request larger than this is not copied to a shadow cluster (`request_mirror_policies`):
+/// the copy is made per mirrored request, so its size is bounded (counted as dropped).
+pub const MIRROR_FRAME_BYTES_MAX: usize = 64 * 1024;
 
 /// A request waiting for its response.
 pub(crate) struct Pending {
@@ -140,6 +143,9 @@ pub struct UpConn {
     /// The callers of the one-way requests in `out`, in queue order.
     oneway: RefCell<VecDeque<Rc<DownConn>>>,
     pending: RefCell<FxHashMap<u64, Pending>>,
+    /// Shadow copies (`request_mirror_policies`) in flight, by upstream request id: their
+    /// deadline. Their answers are dropped; nobody waits for them.
+    mirrors: RefCell<FxHashMap<u64, Instant>>,
     deadlines: RefCell<Deadlines>,
     keeper_wake: Notify,
     next_id: Cell<u64>,
@@ -197,6 +203,8 @@ pub struct ClusterPool {
     conn_breaker: Option<crate::cluster::ConnBreaker>,
     /// With `conn_breaker`: requests queued on connections still connecting.
     connecting_requests: Cell<u32>,
+    /// Shadow copies in flight to this cluster on this shard.
+    mirrors: crate::cluster::MirrorBudget,
 }
 
 /// Why a request could not be sent upstream; each becomes a local reply.
@@ -241,6 +249,7 @@ impl ClusterPool {
             retries: crate::cluster::RetryBreaker::for_shard(c, stats.stats.shard_count()),
             conn_breaker: crate::cluster::ConnBreaker::for_shard(c, stats.stats.shard_count()),
             connecting_requests: Cell::new(0),
+            mirrors: Default::default(),
             stats,
             ids,
             budget,
@@ -385,6 +394,75 @@ impl ClusterPool {
         Ok(())
     }
 
+    /// Sends a copy of a two-way request `frame` to this cluster as a shadow: its answer is
+    /// dropped, and it is dropped itself (counted in `upstream_rq_mirror_dropped`) rather than
+    /// wait or grow anything: too large, the shard's buffer budget full,
+    /// `MIRRORS_ACTIVE_PER_SHARD_MAX` in flight, no endpoint available, its circuit breakers
+    /// (`max_requests`, the endpoint's `pending_requests_max`, `max_pending_requests`) full.
+    /// Its deadline is `timeout`; it counts against this cluster's limits as any request.
+    pub fn mirror(self: &Rc<Self>, frame: &[u8], timeout: Duration) {
+        let now = Instant::now();
+        let dropped = || self.stats.inc(self.ids.rq_mirror_dropped);
+        if frame.len() > MIRROR_FRAME_BYTES_MAX || !self.budget.admits() {
+            return dropped();
+        }
+        let Some(host) = self.pick_host(now) else {
+            return dropped();
+        };
+        if self.breaker.as_ref().is_some_and(|b| b.is_open())
+            || host.pending.get() >= self.pending_max
+        {
+            return dropped();
+        }
+        let conn = host.connection(self);
+        if let Some(b) = &self.conn_breaker {
+            if conn.state.get() == UpState::Connecting
+                && self.connecting_requests.get() >= b.max_pending
+            {
+                return dropped();
+            }
+        }
+        if !self.mirrors.try_start() {
+            return dropped();
+        }
+        self.stats.inc(self.ids.rq_mirror);
+        let mut frame = BytesMut::from(frame);
+        let id_up = self.queue_on(&host, &conn, &mut frame, now);
+        conn.mirrors.borrow_mut().insert(id_up, now + timeout);
+        if conn.deadlines.borrow_mut().push(now + timeout, id_up) {
+            conn.keeper_wake.notify();
+        }
+        self.take_room(&host);
+        conn.enqueue(frame.freeze());
+    }
+
+    /// Counts a request queued to `conn` and gives it a fresh request id (returned).
+    fn queue_on(&self, host: &Host, conn: &UpConn, frame: &mut BytesMut, now: Instant) -> u64 {
+        if self.conn_breaker.is_some() && conn.state.get() == UpState::Connecting {
+            conn.connecting_requests
+                .set(conn.connecting_requests.get() + 1);
+            self.connecting_requests
+                .set(self.connecting_requests.get() + 1);
+        }
+        conn.last_request.set(now);
+        self.stats.inc(self.ids.rq_total);
+        self.stats.inc(host.ids.rq_total);
+        let id_up = conn.next_id.get();
+        conn.next_id.set(id_up.wrapping_add(1));
+        wire::set_request_id(frame, id_up);
+        id_up
+    }
+
+    /// A request to `host` is in flight: the endpoint's, balancer's and breaker's counts.
+    fn take_room(&self, host: &Host) {
+        host.pending.set(host.pending.get() + 1);
+        if let Some(b) = &self.breaker {
+            b.started();
+        }
+        self.lb.add_active(host.index, 1);
+        self.stats.inc(self.ids.rq_active);
+    }
+
     /// Queues `frame` on a connection of `host` under a fresh request id; a two-way request
     /// is tracked until its response, deadline or failure, a one-way one until it is written.
     fn send(self: &Rc<Self>, host: &Rc<Host>, frame: BytesMut, rq: Request, now: Instant) {
@@ -400,18 +478,7 @@ impl ClusterPool {
         rq: Request,
         now: Instant,
     ) {
-        if self.conn_breaker.is_some() && conn.state.get() == UpState::Connecting {
-            conn.connecting_requests
-                .set(conn.connecting_requests.get() + 1);
-            self.connecting_requests
-                .set(self.connecting_requests.get() + 1);
-        }
-        conn.last_request.set(now);
-        self.stats.inc(self.ids.rq_total);
-        self.stats.inc(host.ids.rq_total);
-        let id_up = conn.next_id.get();
-        conn.next_id.set(id_up.wrapping_add(1));
-        wire::set_request_id(&mut frame, id_up);
+        let id_up = self.queue_on(host, conn, &mut frame, now);
         let frame = frame.freeze();
         let down = match rq {
             Request::TwoWay(mut p) => {
@@ -432,12 +499,7 @@ impl ClusterPool {
                 down
             }
         };
-        host.pending.set(host.pending.get() + 1);
-        if let Some(b) = &self.breaker {
-            b.started();
-        }
-        self.lb.add_active(host.index, 1);
-        self.stats.inc(self.ids.rq_active);
+        self.take_room(host);
         down.inflight.set(down.inflight.get() + 1);
         conn.enqueue(frame);
     }
@@ -514,6 +576,7 @@ impl Host {
                 out_ready: Notify::new(),
                 oneway: RefCell::new(VecDeque::new()),
                 pending: RefCell::new(FxHashMap::default()),
+                mirrors: RefCell::new(FxHashMap::default()),
                 deadlines: RefCell::new(Deadlines::default()),
                 keeper_wake: Notify::new(),
                 next_id: Cell::new(1),
@@ -552,6 +615,13 @@ impl UpConn {
     /// Counts one request (two-way and answered, or one-way and written or dropped) out of
     /// this connection's endpoint and its caller.
     fn release(&self, down: &DownConn) {
+        self.release_host();
+        down.inflight.set(down.inflight.get().saturating_sub(1));
+        down.room_maybe();
+    }
+
+    /// Counts one request out of this connection's endpoint (its caller's part aside).
+    fn release_host(&self) {
         let host = &self.host;
         let pool = &self.pool;
         host.pending.set(host.pending.get().saturating_sub(1));
@@ -563,8 +633,18 @@ impl UpConn {
             b.ended();
         }
         pool.stats.dec(pool.ids.rq_active);
-        down.inflight.set(down.inflight.get().saturating_sub(1));
-        down.room_maybe();
+    }
+
+    /// A shadow copy ended: answered (`failed` as for any answer, for outlier detection), timed
+    /// out or lost with the connection (`None`). Nothing goes anywhere.
+    fn end_mirror(&self, failed: Option<bool>) {
+        self.release_host();
+        self.pool.mirrors.ended();
+        if let Some(failed) = failed {
+            if self.pool.outlier.is_some() {
+                self.pool.outcome(&self.host, failed);
+            }
+        }
     }
 
     /// The connection is no longer connecting (open, or closed): its queued requests no
@@ -824,6 +904,10 @@ impl UpConn {
             let addr = self.host.addr;
             self.finish(p, Reply::Local(LocalError::UpstreamFailed { addr, why }));
         }
+        let mirrors = std::mem::take(&mut *self.mirrors.borrow_mut());
+        for _ in mirrors {
+            self.end_mirror(None);
+        }
         self.deadlines.borrow_mut().clear();
     }
 }
@@ -1069,6 +1153,14 @@ fn on_upstream_frame(conn: &Rc<UpConn>, h: wire::Header, frame: BytesMut) {
     let p = conn.pending.borrow_mut().remove(&h.id);
     if let Some(p) = p {
         conn.finish(p, Reply::Response(frame));
+    } else if conn.mirrors.borrow_mut().remove(&h.id).is_some() {
+        let failed = matches!(
+            wire::response_status(&frame),
+            wire::Status::SERVER_TIMEOUT
+                | wire::Status::SERVER_ERROR
+                | wire::Status::SERVER_THREADPOOL_EXHAUSTED
+        );
+        conn.end_mirror(Some(failed));
     }
 }
 
@@ -1078,6 +1170,9 @@ fn too_large(conn: &Rc<UpConn>, id: u64, frame_bytes: u64) {
     let pool = &conn.pool;
     pool.stats.inc(pool.ids.rsp_too_large);
     let p = conn.pending.borrow_mut().remove(&id);
+    if conn.mirrors.borrow_mut().remove(&id).is_some() {
+        conn.end_mirror(Some(false));
+    }
     tracing::debug!(upstream = %conn.host.addr, frame_bytes, limit = pool.response_bytes_max, "response too large; skipped");
     if let Some(p) = p {
         let e = LocalError::ResponseTooLarge {
@@ -1109,7 +1204,9 @@ async fn keeper(conn: &Rc<UpConn>) -> UpstreamGone {
             return UpstreamGone::MissedHeartbeats;
         }
         // Idle: nothing pending, nothing queued, no request for `idle_timeout`.
-        let unused = conn.pending.borrow().is_empty() && conn.oneway.borrow().is_empty();
+        let unused = conn.pending.borrow().is_empty()
+            && conn.oneway.borrow().is_empty()
+            && conn.mirrors.borrow().is_empty();
         let idle_at = unused.then(|| conn.last_request.get() + pool.idle_timeout);
         if open && idle_at.is_some_and(|t| now >= t) {
             pool.stats.inc(pool.ids.cx_idle_timeout);
@@ -1159,6 +1256,18 @@ fn expire(conn: &Rc<UpConn>, now: Instant) {
         };
         if let Some(p) = p {
             conn.time_out(p, now);
+            continue;
+        }
+        let mirror = {
+            let mut mirrors = conn.mirrors.borrow_mut();
+            match mirrors.get(&id) {
+                Some(&d) if d == deadline => mirrors.remove(&id),
+                _ => None,
+            }
+        };
+        if mirror.is_some() {
+            conn.pool.stats.inc(conn.pool.ids.rq_timeout);
+            conn.end_mirror(Some(true));
         }
     }
 }

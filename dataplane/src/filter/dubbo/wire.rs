@@ -253,3 +253,12 @@ impl Inspect for RequestView<'_> {
         }
     }
 }
+
+impl crate::filter::rbac::Request for RequestView<'_> {
+    fn interface(&self) -> Option<&[u8]> {
+        Some(self.interface_bytes())
+    }
+    fn method(&self) -> Option<&[u8]> {
+        Some(self.method_bytes())
+    }
+}

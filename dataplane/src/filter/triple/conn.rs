@@ -48,6 +48,12 @@ const DRAIN_PING: [u8; 8] = *b"rs-drain";
 /// read buffer, no copy) until the response starts.
 pub const RETRY_BODY_BYTES_MAX: usize = 32 * 1024;
 const RETRY_DATA_FRAMES: usize = 2;
+/// A shadow copy (`request_mirror_policies`) whose stream has more than this queued (its
+/// shadow reads slower than the call's own upstream) is reset and counted as dropped: a slow
+/// shadow never holds the call back nor grows memory beyond this per copy.
+pub const MIRROR_QUEUED_BYTES_MAX: usize = 64 * 1024;
+/// A shadow copy's deadline when its call has none (Envoy's default route timeout, 15 s).
+pub const MIRROR_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 
 /// What a connection is.
 pub enum Side {
@@ -162,6 +168,11 @@ pub struct Stream {
     retried: bool,
     /// Caller side: held by a fault delay (boxed: only delayed calls pay for it).
     delayed: Option<Box<Delayed>>,
+    /// Caller side: the shadow copies of the call (`request_mirror_policies`) that its request
+    /// still goes to, until it ended (empty, no allocation, for calls not mirrored).
+    mirrors: Vec<(Weak<Conn>, u32)>,
+    /// Upstream side: a shadow copy, unlinked; its answer is dropped.
+    shadow: bool,
     send_window: i64,
     /// What the peer may still send on this stream.
     recv_avail: i64,
@@ -229,6 +240,8 @@ impl Stream {
             no_credit: 0,
             retried: false,
             delayed: None,
+            mirrors: Vec::new(),
+            shadow: false,
             send_window,
             recv_avail: i64::from(recv_window),
             recv_unacked: 0,
@@ -285,6 +298,10 @@ pub struct Conn {
     ctl_queued: Cell<u32>,
     /// Caller side: wakes the deadline task when an earlier deadline is set.
     deadline_wake: Notify,
+    /// Upstream side: the deadlines of its shadow copies (earliest first), and what wakes
+    /// their task when an earlier one is added.
+    mirror_deadlines: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u32)>>>,
+    mirror_wake: Notify,
     armed: Cell<Option<Instant>>,
     /// Caller side: a stream ended (the drain waits for the last one).
     stream_ended: Notify,
@@ -308,16 +325,7 @@ pub struct Conn {
     original_dst: Cell<Option<std::net::SocketAddr>>,
     /// Caller side, when the listener has HTTP rbac filters: what the rules know of the
     /// connection (set once when it is accepted).
-    rbac_peer: RefCell<Option<RbacPeer>>,
-}
-
-/// The connection's part of what a call shows the HTTP rbac rules.
-struct RbacPeer {
-    source: Option<std::net::SocketAddr>,
-    /// The original destination under interception, else our address.
-    destination: Option<std::net::SocketAddr>,
-    /// The caller's verified TLS certificate (DER), copied once per connection.
-    certificate: Option<Box<[u8]>>,
+    rbac_peer: RefCell<Option<crate::filter::rbac::ConnPeer>>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -363,6 +371,8 @@ impl Conn {
             resets: Cell::new((Instant::now(), 0)),
             ctl_queued: Cell::new(0),
             deadline_wake: Notify::new(),
+            mirror_deadlines: RefCell::new(Default::default()),
+            mirror_wake: Notify::new(),
             armed: Cell::new(None),
             stream_ended: Notify::new(),
             drain_acked: Notify::new(),
@@ -709,6 +719,12 @@ impl Conn {
                 let n: usize = d.data.iter().map(|(q, _)| q.len()).sum();
                 self.credit(id, n as u32);
             }
+            // Ended before its request did: its shadow copies would never end theirs.
+            for (w, uid) in std::mem::take(&mut s.mirrors) {
+                if let Some(up) = w.upgrade() {
+                    up.drop_shadow(uid);
+                }
+            }
             if let (Side::Down(l), Some(mut call)) = (&self.side, s.call) {
                 l.end_call(&call);
                 l.log_call(&mut call, self.caller_addrs.get(), self.peer.get());
@@ -717,6 +733,9 @@ impl Conn {
             if let Side::Up(h) = &self.side {
                 if s.retried {
                     h.pool.retries.ended();
+                }
+                if s.shadow {
+                    h.pool.mirrors.ended();
                 }
                 h.pool.stats.dec(h.pool.ids.rq_active);
                 if let Some(b) = &h.pool.breaker {
@@ -1021,6 +1040,11 @@ impl Conn {
                 if pad > 0 {
                     self.credit(h.stream, pad);
                 }
+                self.to_mirrors(
+                    h.stream,
+                    |up| Out::Data(Queued::new(data.clone(), &up.budget), end),
+                    end,
+                );
                 let n = data.len() as u32;
                 let sent = w.upgrade().is_some_and(|c| {
                     c.send(other, Out::Data(Queued::new(data, &self.budget), end))
@@ -1411,15 +1435,12 @@ impl Conn {
         let Some(rbac) = &l.rbac else {
             return true;
         };
-        let facts = self.rbac_peer.borrow();
         let hl = self.headers.borrow();
-        let peer = crate::filter::rbac::Peer {
-            source: facts.as_ref().and_then(|f| f.source),
-            destination: facts.as_ref().and_then(|f| f.destination),
-            certificate: facts.as_ref().and_then(|f| f.certificate.as_deref()),
-            request: Some(&*hl),
-        };
-        rbac.allows(&peer, &l.stats)
+        match &*self.rbac_peer.borrow() {
+            Some(c) => rbac.allows(&c.with(&*hl), &l.stats),
+            // Set at accept whenever the listener has rules.
+            None => false,
+        }
     }
 
     /// Trailers from the caller: once, and ending the stream.
@@ -1441,6 +1462,7 @@ impl Conn {
             s.recv_end = true;
         }
         if let Some((up, uid)) = self.link(id) {
+            self.to_mirrors(id, |_| Out::Headers(block.clone(), true), true);
             up.send(uid, Out::Headers(block, true));
         } else if let Some(d) = self
             .streams
@@ -1554,6 +1576,11 @@ impl Conn {
         }
         for (q, end) in data {
             let n = q.len() as u32;
+            self.to_mirrors(
+                id,
+                |up| Out::Data(Queued::new((*q).clone(), &up.budget), end),
+                end,
+            );
             let sent = link
                 .as_ref()
                 .is_some_and(|(up, uid)| up.send(*uid, Out::Data(q, end)));
@@ -1562,6 +1589,7 @@ impl Conn {
             }
         }
         if let (Some(t), Some((up, uid))) = (trailers, link) {
+            self.to_mirrors(id, |_| Out::Headers(t.clone(), true), true);
             up.send(uid, Out::Headers(t, true));
         }
         self.maybe_forget(id);
@@ -1613,7 +1641,7 @@ impl Conn {
         l: &Rc<TripleListener>,
         id: u32,
         end: bool,
-        call: Routed,
+        mut call: Routed,
         queued: bool,
     ) -> Result<(), ConnError> {
         let pool = &call.routes.pools[call.cluster];
@@ -1676,7 +1704,10 @@ impl Conn {
                 tr.cluster = Some(pool.lb.clone());
             }
         }
-        up.send(uid, Out::Headers(call.block, end));
+        up.send(uid, Out::Headers(std::mem::take(&mut call.block), end));
+        if call.mirrors_len > 0 {
+            self.open_mirrors(id, end, &call);
+        }
         let try_deadline = call
             .retry
             .and_then(|p| p.per_try_timeout)
@@ -1791,10 +1822,29 @@ impl Conn {
                 h.pool.stats.inc(h.pool.ids.rq_retry_success);
             }
         }
-        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
-            s.headers_in = true;
-            // The upstream processes the request: no retry, the held request is let go.
-            s.held = None;
+        let shadow = match self.streams.borrow_mut().get_mut(&id) {
+            Some(s) => {
+                s.headers_in = true;
+                // The upstream processes the request: no retry, the held request is let go.
+                s.held = None;
+                s.recv_end |= end && s.shadow;
+                s.shadow
+            }
+            None => false,
+        };
+        if shadow {
+            // A shadow's answer goes nowhere; its end counts for outlier detection as any.
+            if end {
+                if let Side::Up(h) = &self.side {
+                    let grpc = header_u32(self.headers.borrow().get(b"grpc-status"));
+                    h.pool.outcome(
+                        h,
+                        matches!(grpc, Some(status::INTERNAL | status::UNAVAILABLE)),
+                    );
+                }
+                self.maybe_forget(id);
+            }
+            return Ok(());
         }
         let Some((down, did)) = self.link(id) else {
             return Ok(());
@@ -1995,6 +2045,122 @@ impl Conn {
         Some(id)
     }
 
+    /// Caller side: opens a shadow copy of call `id` on each of its mirror clusters (after its
+    /// own upstream stream): the same headers (`:authority` with `-shadow`, as Envoy), then
+    /// what the caller sends, as it is relayed. Dropped and counted, never waited for, when
+    /// the shadow has no room (`MIRRORS_ACTIVE_PER_SHARD_MAX`, its breaker, no connection).
+    fn open_mirrors(self: &Rc<Self>, id: u32, end: bool, call: &Routed) {
+        let deadline = call
+            .deadline
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(MIRROR_TIMEOUT_MS_DEFAULT));
+        for &c in &call.mirrors[..call.mirrors_len as usize] {
+            let pool = &call.routes.pools[c];
+            let dropped = || pool.stats.inc(pool.ids.rq_mirror_dropped);
+            if pool.lb.original_destination
+                || !pool.budget.admits()
+                || pool.breaker.as_ref().is_some_and(|b| b.is_open())
+            {
+                dropped();
+                continue;
+            }
+            let Ok(up) = pool.connection(self.limits, None, None) else {
+                dropped();
+                continue;
+            };
+            if !pool.mirrors.try_start() {
+                dropped();
+                continue;
+            }
+            let Some(uid) = up.open_stream(Weak::new(), 0) else {
+                pool.mirrors.ended();
+                dropped();
+                continue;
+            };
+            pool.stats.inc(pool.ids.rq_mirror);
+            if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
+                s.link = None;
+                s.held = None;
+                s.shadow = true;
+            }
+            up.send(uid, Out::Headers(call.shadow_block.clone(), end));
+            let earliest = {
+                let mut d = up.mirror_deadlines.borrow_mut();
+                let earliest = d.peek().is_none_or(|e| deadline < e.0 .0);
+                d.push(std::cmp::Reverse((deadline, uid)));
+                earliest
+            };
+            if earliest {
+                up.mirror_wake.notify();
+            }
+            if !end {
+                if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+                    s.mirrors.push((Rc::downgrade(&up), uid));
+                }
+            }
+        }
+    }
+
+    /// Caller side: queues `item` (made per shadow connection) on each shadow copy of call
+    /// `id`; a copy with `MIRROR_QUEUED_BYTES_MAX` queued already is reset and counted as
+    /// dropped. `end`: the request is complete, the call lets its copies go.
+    fn to_mirrors(&self, id: u32, item: impl Fn(&Conn) -> Out, end: bool) {
+        let mirrors = match self.streams.borrow_mut().get_mut(&id) {
+            Some(s) if !s.mirrors.is_empty() => match end {
+                true => std::mem::take(&mut s.mirrors),
+                false => s.mirrors.clone(),
+            },
+            _ => return,
+        };
+        for (w, uid) in mirrors {
+            let Some(up) = w.upgrade() else { continue };
+            let queued: usize = up.streams.borrow().get(&uid).map_or(0, |s| {
+                s.queue
+                    .iter()
+                    .map(|o| match o {
+                        Out::Data(b, _) => b.len(),
+                        _ => 0,
+                    })
+                    .sum()
+            });
+            if queued > MIRROR_QUEUED_BYTES_MAX || !up.send(uid, item(&up)) {
+                up.drop_shadow(uid);
+                if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+                    s.mirrors
+                        .retain(|(w2, u2)| !(*u2 == uid && Weak::ptr_eq(w2, &w)));
+                }
+            }
+        }
+    }
+
+    /// Upstream side: resets shadow copy `uid` (if still there), counted as dropped.
+    fn drop_shadow(self: &Rc<Self>, uid: u32) {
+        let Side::Up(h) = &self.side else { return };
+        let shadow = self.streams.borrow().get(&uid).is_some_and(|s| s.shadow);
+        if shadow {
+            h.pool.stats.inc(h.pool.ids.rq_mirror_dropped);
+            self.reset(uid, code::CANCEL);
+        }
+    }
+
+    /// Upstream side: resets the shadow copies past their deadline (counted as timeouts);
+    /// returns the next deadline.
+    fn expire_mirrors(self: &Rc<Self>, now: Instant) -> Option<Instant> {
+        loop {
+            let top = self.mirror_deadlines.borrow().peek().map(|e| e.0);
+            let (d, uid) = top?;
+            if d > now {
+                return Some(d);
+            }
+            self.mirror_deadlines.borrow_mut().pop();
+            let shadow = self.streams.borrow().get(&uid).is_some_and(|s| s.shadow);
+            if let (Side::Up(h), true) = (&self.side, shadow) {
+                h.pool.stats.inc(h.pool.ids.rq_timeout);
+                h.pool.outcome(h, true);
+                self.reset(uid, code::CANCEL);
+            }
+        }
+    }
+
     pub fn has_room(&self) -> bool {
         !self.closed.get()
             && !self.closing.get()
@@ -2039,6 +2205,11 @@ struct Routed {
     retry: Option<crate::route::RetryPolicy>,
     /// The route's fault for this call: a delay (then, with an abort, the abort).
     fault: Option<crate::route::Injected>,
+    /// The shadow clusters its route's mirror policies picked (indices in `routes.pools`), and
+    /// the request headers for them (empty when none).
+    mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
+    mirrors_len: u8,
+    shadow_block: Vec<u8>,
 }
 
 /// Why a caller's request is not forwarded.
@@ -2135,6 +2306,16 @@ fn route_call(
     }
     let cluster = action.pick_cluster(l.roll());
     let retry = action.retry;
+    let mut mirrors = [0; crate::config::MIRROR_POLICIES_MAX];
+    let mut mirrors_len = 0u8;
+    for (slot, c) in mirrors.iter_mut().zip(action.mirrors(&l.dice)) {
+        *slot = c;
+        mirrors_len += 1;
+    }
+    let mut shadow_block = Vec::new();
+    if mirrors_len > 0 {
+        hl.encode_shadow(&mut shadow_block);
+    }
     let mut block = Vec::with_capacity(block_hint(hl));
     let trace = match &l.trace {
         None => {
@@ -2153,6 +2334,9 @@ fn route_call(
         trace,
         retry,
         fault,
+        mirrors,
+        mirrors_len,
+        shadow_block,
     })
 }
 
@@ -2369,17 +2553,8 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     }
     conn.original_dst.set(original_dst(&stream, &l));
     if l.rbac.is_some() {
-        let (source, local) = stream.addrs();
-        let mut certificate = None;
-        stream.with_peer_certificate(&mut |c| {
-            certificate = c.map(Box::from);
-            true
-        });
-        *conn.rbac_peer.borrow_mut() = Some(RbacPeer {
-            source,
-            destination: stream.original_dst().or(local),
-            certificate,
-        });
+        *conn.rbac_peer.borrow_mut() =
+            Some(crate::filter::rbac::ConnPeer::new(stream.rbac_facts()));
     }
     conn.greet(false);
     let (r, w) = stream.into_split();
@@ -2544,6 +2719,19 @@ async fn idle_for(conn: &Conn, timeout: Duration) {
     }
 }
 
+/// Upstream side: ends shadow copies at their deadline (never completes).
+async fn mirror_deadlines(conn: &Rc<Conn>) {
+    loop {
+        match conn.expire_mirrors(Instant::now()) {
+            None => conn.mirror_wake.wait().await,
+            Some(d) => shard::monoio::select! {
+                _ = shard::monoio::time::sleep_until(d.into()) => {}
+                _ = conn.mirror_wake.wait() => {}
+            },
+        }
+    }
+}
+
 /// Upstream side: completes when the peer, with streams open, stayed silent for `interval`
 /// and then did not answer a PING within `timeout` (a half-open connection: without this a call
 /// with no deadline would wait on it forever).
@@ -2667,6 +2855,7 @@ async fn serve_upstream<S: crate::io::Conn>(
                     pool.stats.inc(pool.h2_ids.cx_idle_timeout);
                     close_flushed(&conn, "idle timeout").await;
                 } => "upstream connection idle".to_string(),
+                _ = mirror_deadlines(&conn) => unreachable!("runs until the connection ends"),
                 _ = keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout) => {
                     pool.stats.inc(pool.h2_ids.cx_keepalive_timeout);
                     tracing::debug!(upstream = %host.addr, "keepalive PING unanswered: closing");

@@ -79,6 +79,30 @@ impl HeaderList {
         self.encode_except(out, |_| false);
     }
 
+    /// As [`HeaderList::encode`] for a shadow copy (`request_mirror_policies`): `:authority`
+    /// gets `-shadow` appended, as Envoy does to the shadow's host.
+    pub fn encode_shadow(&self, out: &mut Vec<u8>) {
+        for (n, v, never) in self.iter() {
+            if HOP_BY_HOP.contains(&n) || (n == b"te" && v != b"trailers") {
+                continue;
+            }
+            if n == b":authority" {
+                // Before the port, if it has one (`host-shadow:port`, as Envoy).
+                let host_end = match v.iter().rposition(|&b| b == b':') {
+                    Some(i) if i + 1 < v.len() && v[i + 1..].iter().all(u8::is_ascii_digit) => i,
+                    _ => v.len(),
+                };
+                let mut shadow = Vec::with_capacity(v.len() + 7);
+                shadow.extend_from_slice(&v[..host_end]);
+                shadow.extend_from_slice(b"-shadow");
+                shadow.extend_from_slice(&v[host_end..]);
+                hpack::encode_field(out, n, &shadow, never);
+            } else {
+                hpack::encode_field(out, n, v, never);
+            }
+        }
+    }
+
     /// As [`HeaderList::encode`], leaving out the fields `skip` names (ones the caller writes
     /// anew, e.g. a trace context).
     pub fn encode_except(&self, out: &mut Vec<u8>, skip: impl Fn(&[u8]) -> bool) {

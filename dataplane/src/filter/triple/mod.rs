@@ -546,6 +546,8 @@ pub struct Pool {
     pub waiting: RefCell<std::collections::VecDeque<(std::rc::Weak<conn::Conn>, u32)>>,
     /// A task sending waiting calls is scheduled.
     pub waking: Cell<bool>,
+    /// Shadow copies (`request_mirror_policies`) in flight to this cluster on this shard.
+    pub mirrors: crate::cluster::MirrorBudget,
 }
 
 /// Why a pool has no connection for a call.
@@ -595,6 +597,7 @@ impl Pool {
             conn_breaker: crate::cluster::ConnBreaker::for_shard(c, stats.stats.shard_count()),
             waiting: RefCell::new(std::collections::VecDeque::new()),
             waking: Cell::new(false),
+            mirrors: Default::default(),
             stats,
             ids,
             h2_ids,
