@@ -812,6 +812,135 @@ pub struct AccessLog {
     /// A format dictionary: one JSON object per line, values format strings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_format: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Which calls get a line (Envoy's access-log `filter`); every call when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<AccessLogFilter>,
+}
+
+/// Nesting of `and`/`or` access-log filters accepted (Envoy has no limit; a deeper tree is
+/// refused rather than walked per call).
+pub const ACCESS_LOG_FILTER_DEPTH_MAX: usize = 8;
+
+/// Envoy's response flag names (`%RESPONSE_FLAGS%`), the ones a `response_flags` filter may
+/// name (ringside sets a subset: docs/observability.md).
+pub const RESPONSE_FLAG_NAMES: &[&str] = &[
+    "UH", "UF", "UO", "NR", "URX", "NC", "DT", "DC", "LH", "UT", "LR", "UR", "UC", "DI", "FI",
+    "RL", "UAEX", "RLSE", "IH", "SI", "DPE", "UPE", "UMSDR", "OM", "DF", "DO", "DR", "UDO", "NFCF",
+    "RFCF",
+];
+
+/// An access-log filter (Envoy's `AccessLogFilter`): exactly one field set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFilter {
+    /// `%RESPONSE_CODE%` compared with `value`: the Dubbo status (20 OK; `{op: ge, value: 30}`
+    /// keeps every failed Dubbo call), the HTTP status of a Triple call, 0 for TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<Comparison>,
+    /// `%DURATION%` (milliseconds) compared with `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<Comparison>,
+    /// This percentage of the calls (0 to 100), each chosen at random (Envoy's
+    /// `runtime_filter` with its `percent_sampled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_percent: Option<Percent>,
+    /// Calls with any of these response flags (`[UH, UT]`); an empty list: any flag at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_flags: Option<Vec<String>>,
+    /// Every one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub and: Option<Vec<AccessLogFilter>>,
+    /// Any one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub or: Option<Vec<AccessLogFilter>>,
+}
+
+impl AccessLogFilter {
+    fn validate(&self, at: &str, depth: usize, err: &mut dyn FnMut(String, String)) {
+        let set = [
+            self.status_code.is_some(),
+            self.duration_ms.is_some(),
+            self.runtime_percent.is_some(),
+            self.response_flags.is_some(),
+            self.and.is_some(),
+            self.or.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            err(
+                at.to_string(),
+                "set exactly one of status_code, duration_ms, runtime_percent, response_flags, \
+                 and, or"
+                    .into(),
+            );
+        }
+        if let Some(p) = self.runtime_percent {
+            if !(0.0..=100.0).contains(&p.0) {
+                err(
+                    format!("{at}.runtime_percent"),
+                    format!("{} is not a percentage (0 to 100)", p.0),
+                );
+            }
+        }
+        for (i, f) in self.response_flags.iter().flatten().enumerate() {
+            if !RESPONSE_FLAG_NAMES.contains(&f.as_str()) {
+                err(
+                    format!("{at}.response_flags[{i}]"),
+                    format!(
+                        "{f:?} is not a response flag ({})",
+                        RESPONSE_FLAG_NAMES.join(", ")
+                    ),
+                );
+            }
+        }
+        for (name, list) in [("and", &self.and), ("or", &self.or)] {
+            let Some(list) = list else { continue };
+            if depth >= ACCESS_LOG_FILTER_DEPTH_MAX {
+                err(
+                    format!("{at}.{name}"),
+                    format!("filters nest deeper than {ACCESS_LOG_FILTER_DEPTH_MAX}"),
+                );
+                continue;
+            }
+            if list.len() < 2 {
+                err(format!("{at}.{name}"), "needs at least two filters".into());
+            }
+            for (i, f) in list.iter().enumerate() {
+                f.validate(&format!("{at}.{name}[{i}]"), depth + 1, err);
+            }
+        }
+    }
+}
+
+/// A value compared with a threshold (Envoy's `ComparisonFilter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Comparison {
+    pub op: ComparisonOp,
+    pub value: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComparisonOp {
+    /// Equal.
+    Eq,
+    /// Greater than or equal.
+    Ge,
+    /// Less than or equal.
+    Le,
+    /// Not equal.
+    Ne,
+}
+
+impl Comparison {
+    pub fn holds(self, v: u64) -> bool {
+        match self.op {
+            ComparisonOp::Eq => v == self.value,
+            ComparisonOp::Ge => v >= self.value,
+            ComparisonOp::Le => v <= self.value,
+            ComparisonOp::Ne => v != self.value,
+        }
+    }
 }
 
 /// Whether a TLS listener also serves plaintext (Istio's PeerAuthentication modes).
@@ -2349,6 +2478,9 @@ impl Config {
                     at(&format!("access_log[{i}]")),
                     "set format or json_format, not both".into(),
                 );
+            }
+            if let Some(f) = &log.filter {
+                f.validate(&at(&format!("access_log[{i}].filter")), 0, err);
             }
         }
         if let Some(t) = &l.tracing {

@@ -866,3 +866,60 @@ fn rbac_request_rules_only_in_the_http_filter() {
     ));
     assert!(e.iter().any(|e| e.field.ends_with("header.name")), "{e:?}");
 }
+
+#[test]
+fn access_log_filters_parse_and_name_bad_fields() {
+    let logged = |filter: &str| {
+        GOOD.replace(
+            "    cluster: echo\n",
+            &format!("    cluster: echo\n    access_log:\n      - path: /dev/stdout\n        filter: {filter}\n"),
+        )
+    };
+    let c = Config::from_yaml(
+        "c.yaml",
+        &logged("{or: [{status_code: {op: ge, value: 30}}, {and: [{runtime_percent: 10}, {response_flags: [UT, UH]}]}]}"),
+    )
+    .unwrap();
+    let f = c.listeners[0].access_log[0].filter.as_ref().unwrap();
+    let or = f.or.as_ref().unwrap();
+    assert_eq!(
+        or[0].status_code,
+        Some(Comparison {
+            op: ComparisonOp::Ge,
+            value: 30
+        })
+    );
+    assert_eq!(
+        or[1].and.as_ref().unwrap()[0].runtime_percent,
+        Some(Percent(10.0))
+    );
+    let at = "listeners[0].access_log[0].filter";
+    for (filter, field) in [
+        ("{}", at.to_string()),
+        (
+            "{status_code: {op: eq, value: 20}, duration_ms: {op: ge, value: 5}}",
+            at.to_string(),
+        ),
+        ("{runtime_percent: 101}", format!("{at}.runtime_percent")),
+        (
+            "{response_flags: [UH, XX]}",
+            format!("{at}.response_flags[1]"),
+        ),
+        ("{and: [{response_flags: []}]}", format!("{at}.and")),
+        (
+            "{or: [{response_flags: []}, {runtime_percent: -1}]}",
+            format!("{at}.or[1].runtime_percent"),
+        ),
+    ] {
+        let e = errors(&logged(filter));
+        assert_eq!(e[0].field, field, "{filter}: {e:?}");
+    }
+    let mut deep = "{response_flags: []}".to_string();
+    for _ in 0..=ACCESS_LOG_FILTER_DEPTH_MAX {
+        deep = format!("{{and: [{deep}, {{response_flags: []}}]}}");
+    }
+    let e = errors(&logged(&deep));
+    assert!(e[0].message.contains("deeper"), "{e:?}");
+    let e = errors(&logged("{status_code: {op: gt, value: 1}}"));
+    assert!(!e.is_empty());
+}

@@ -488,3 +488,157 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
     assert_eq!(ringside.1, envoy.1, "grpc lines");
     assert_eq!(ringside.2, envoy.2, "grpc json lines");
 }
+
+/// Access-log filters from xDS (status code, duration, runtime fraction, response flags, and,
+/// or) given to Envoy 1.40 and to ringside with the same calls (a TCP connection, a grpcio
+/// call, a call without a route): each log keeps the same lines in both, and the logs whose
+/// filters keep nothing stay empty in both.
+#[test]
+fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
+    use common::envoy::{bootstrap, eds_cluster, load_assignment, socket, Ads, Envoy};
+    use common::grpc::{grpc_call, CallOpts, GrpcServer};
+    use common::xds::XdsServer;
+    use serde_json::{json, Value};
+
+    let echo = echo_server();
+    let server = GrpcServer::start(0, "S", &[]);
+    let dir = TempDir::new("access-log-filters");
+    let cmp =
+        |op: &str, v: u32| json!({"op": op, "value": {"default_value": v, "runtime_key": "k"}});
+    let runtime = |n: u32| {
+        json!({"runtime_filter": {"runtime_key": "access_log.sample",
+            "percent_sampled": {"numerator": n, "denominator": "HUNDRED"}}})
+    };
+    // (file, filter, kept lines: TCP, gRPC OK, gRPC without a route)
+    let grpc_logs: Vec<(&str, Value, usize)> = vec![
+        (
+            "no-route",
+            json!({"response_flag_filter": {"flags": ["NR"]}}),
+            1,
+        ),
+        (
+            "flagged-200",
+            json!({"and_filter": {"filters": [
+            {"status_code_filter": {"comparison": cmp("EQ", 200)}},
+            {"response_flag_filter": {}}]}}),
+            1,
+        ),
+        (
+            "uh-or-any-duration",
+            json!({"or_filter": {"filters": [
+            {"response_flag_filter": {"flags": ["UH"]}},
+            {"duration_filter": {"comparison": cmp("GE", 0)}}]}}),
+            2,
+        ),
+        (
+            "below-200",
+            json!({"status_code_filter": {"comparison": cmp("LE", 199)}}),
+            0,
+        ),
+        ("runtime-0", runtime(0), 0),
+        ("runtime-100", runtime(100), 2),
+    ];
+    let tcp_logs: Vec<(&str, Value, usize)> = vec![
+        (
+            "tcp-code-0",
+            json!({"status_code_filter": {"comparison": cmp("EQ", 0)}}),
+            1,
+        ),
+        (
+            "tcp-code-1",
+            json!({"status_code_filter": {"comparison": cmp("GE", 1)}}),
+            0,
+        ),
+    ];
+    let file_log = |who: &str, name: &str, format: &str, filter: &Value| {
+        json!({"name": "envoy.access_loggers.file", "filter": filter, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": dir.0.join(format!("{who}-{name}.log")).display().to_string(),
+            "log_format": {"text_format_source": {"inline_string": format}}}})
+    };
+    const GRPC_FORMAT: &str = "%REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS% %RESPONSE_FLAGS%\n";
+    const TCP_FORMAT: &str = "%BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_CODE% %RESPONSE_FLAGS%\n";
+    let snapshot = |who: &str, tcp: SocketAddr, grpc: SocketAddr| {
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "grpc", "codec_type": "HTTP2",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "s"}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "access_log": grpc_logs.iter().map(|(n, f, _)| file_log(who, n, GRPC_FORMAT, f)).collect::<Vec<_>>()
+        });
+        json!({
+            "version": "v1",
+            "listeners": [
+                {"name": "tcp", "address": socket(tcp), "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "tcp", "cluster": "echo",
+                        "access_log": tcp_logs.iter().map(|(n, f, _)| file_log(who, n, TCP_FORMAT, f)).collect::<Vec<_>>()}}]}]},
+                {"name": "grpc", "address": socket(grpc), "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
+            ],
+            "clusters": [eds_cluster("echo", false), eds_cluster("s", true)],
+            "endpoints": [load_assignment("echo", &[echo]), load_assignment("s", &[server.addr()])]
+        })
+    };
+    // Per log, its lines (TCP: without the readiness probes' connections, "0 0 ...").
+    let run = |who: &str| -> Vec<(String, Vec<String>)> {
+        let (tcp, grpc) = (local(free_port()), local(free_port()));
+        let mut xds = XdsServer::start();
+        xds.put(&snapshot(who, tcp, grpc)).unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start_with_args(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "oracle"),
+                admin,
+                &["--file-flush-interval-msec", "100"],
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle\n  node_cluster: tests\n  mode: sotw\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "2"]))
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(tcp).is_err() || TcpStream::connect(grpc).is_err() {
+            assert!(Instant::now() < deadline, "{who}: listeners never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut s = TcpStream::connect(tcp).unwrap();
+        s.write_all(b"ping!").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        drop(s);
+        let ok = grpc_call(grpc, &CallOpts::default());
+        assert!(ok.ok, "{who}: {ok:?}");
+        let lost = grpc_call(grpc, &CallOpts::default().service("other.Service"));
+        assert_eq!(lost.code, "UNIMPLEMENTED", "{who}: {lost:?}");
+        let not_probe = |l: &str| !l.starts_with("0 0 ");
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, _, n) in grpc_logs.iter().chain(&tcp_logs) {
+            let path = dir.0.join(format!("{who}-{name}.log"));
+            out.push((name.to_string(), lines_where(&path, *n, not_probe)));
+        }
+        // The logs that keep nothing: still nothing well after the others were flushed.
+        std::thread::sleep(Duration::from_millis(1500));
+        for (name, kept) in out.iter_mut() {
+            let path = dir.0.join(format!("{who}-{name}.log"));
+            *kept = lines_where(&path, 0, not_probe);
+        }
+        xds.terminate().unwrap();
+        out
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for ((name, _, n), (e, r)) in grpc_logs
+        .iter()
+        .chain(&tcp_logs)
+        .zip(envoy.iter().zip(&ringside))
+    {
+        assert_eq!(e.1.len(), *n, "envoy {name}: {:?}", e.1);
+        assert_eq!(r.1, e.1, "{name}");
+    }
+}

@@ -1468,19 +1468,32 @@ impl AgentPod {
         }
     }
 
+    /// Changes the rendered bootstrap.
+    fn edit_bootstrap(&self, edit: impl FnOnce(&mut Value)) {
+        let path = self.dir.0.join(PILOT_AGENT_ARGV[1]);
+        let mut b: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut b);
+        std::fs::write(path, b.to_string()).unwrap();
+    }
+
     fn socket(&self, rel: &str) -> std::path::PathBuf {
         self.dir.0.join(rel)
     }
 
     /// `binary` with pilot-agent's argv, run in the pod's root; its log in `proxy.log`.
     fn exec(&self, binary: &std::path::Path, extra: &[&str]) -> KillOnDrop {
+        let argv: Vec<&str> = PILOT_AGENT_ARGV.iter().chain(extra).copied().collect();
+        self.exec_argv(binary, &argv)
+    }
+
+    /// `binary` with `argv`, run in the pod's root; its log in `proxy.log`.
+    fn exec_argv(&self, binary: &std::path::Path, argv: &[&str]) -> KillOnDrop {
         let log = std::fs::File::create(self.dir.0.join("proxy.log")).unwrap();
         // Istio's sidecar has a read-only root filesystem (readOnlyRootFilesystem, no /tmp
         // volume): a $TMPDIR nothing can be created in (its parent is a file) stands for it.
         let blocked = self.dir.write("not-a-dir", "");
         let child = std::process::Command::new(binary)
-            .args(PILOT_AGENT_ARGV)
-            .args(extra)
+            .args(argv)
             .env("TMPDIR", blocked.join("tmp"))
             .current_dir(&self.dir.0)
             .stdin(std::process::Stdio::null())
@@ -1690,5 +1703,70 @@ fn an_envoy_flag_ringside_does_not_take_is_named_like_envoy_does() {
             bin.display(),
             pod.log()
         );
+    }
+}
+
+/// Istio's `logAsJson`: the bootstrap's `application_log_config.log_format.json_format` (what
+/// pilot-agent renders today) or a JSON object as `--log-format` (what it passed before, and
+/// what an Envoy command line may say). Envoy 1.40 and ringside, each run as pilot-agent runs
+/// the proxy (at `-l info`, so that start-up is logged), write only JSON objects, one a line
+/// (Envoy: once it has read the bootstrap).
+#[test]
+fn istio_log_as_json_gives_json_lines_like_envoy() {
+    const ISTIO_JSON: &str = r#"{"level":"%l","time":"%Y-%m-%dT%T.%fZ","scope":"envoy %n","msg":"%j","caller":"%g:%#","thread":"%t"}"#;
+    let envoy_bin = common::peers::require(root().join(".cache/bin/envoy"));
+    for bin in [envoy_bin.as_path(), std::path::Path::new(RINGSIDE)] {
+        for from_flag in [false, true] {
+            let pod = AgentPod::new();
+            pod.edit_bootstrap(|b| {
+                let o = b.as_object_mut().unwrap();
+                match from_flag {
+                    // Envoy refuses both at once.
+                    true => drop(o.remove("application_log_config")),
+                    false => drop(o.insert(
+                        "application_log_config".into(),
+                        json!({"log_format": {"json_format":
+                            serde_json::from_str::<Value>(ISTIO_JSON).unwrap()}}),
+                    )),
+                }
+            });
+            // pilot-agent's argv at log level info (Envoy takes `-l` once).
+            let mut argv: Vec<&str> = PILOT_AGENT_ARGV
+                .iter()
+                .map(|a| if *a == "warning" { "info" } else { a })
+                .collect();
+            if from_flag {
+                argv.extend(["--log-format", ISTIO_JSON]);
+            }
+            let mut proxy = pod.exec_argv(bin, &argv);
+            let what = format!("{} (--log-format: {from_flag})", bin.display());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while get(pod.admin, "/server_info").is_err() {
+                if let Ok(Some(s)) = proxy.0.try_wait() {
+                    panic!("{what}: exited: {s}\n{}", pod.log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: admin not up:\n{}",
+                    pod.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(proxy);
+            let log = pod.log();
+            let mut lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            // Envoy logs in its default format until it has read the bootstrap; ringside reads
+            // the bootstrap before it logs anything.
+            if bin == envoy_bin.as_path() && !from_flag {
+                let first = lines.iter().position(|l| l.starts_with('{')).unwrap_or(0);
+                lines.drain(..first);
+            }
+            assert!(lines.len() >= 2, "{what}: {log}");
+            for l in lines {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {l}\n{log}"));
+                assert!(v.is_object(), "{what}: {l}");
+            }
+        }
     }
 }

@@ -112,6 +112,52 @@ print(json.dumps(out))
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// ringside's own families in a scrape against the Prometheus conventions the issue names, as
+/// `prometheus_client` reads them: every family has a HELP text, a counter's samples end in
+/// `_total`, a histogram's family ends in `_seconds`. Returns the families checked and what
+/// breaks a convention.
+fn ringside_conventions(text: &str) -> (Vec<String>, Vec<String>) {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
+    let script = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+checked, bad = [], []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    if not f.name.startswith("ringside_"):
+        continue
+    checked.append(f.type + " " + f.name)
+    if not f.documentation:
+        bad.append(f.name + ": no HELP")
+    if f.type == "counter" and not all(s.name.endswith("_total") for s in f.samples):
+        bad.append(f.name + ": counter samples without _total")
+    if f.type == "histogram" and not f.name.endswith("_seconds"):
+        bad.append(f.name + ": histogram without its unit (_seconds)")
+    if f.type not in ("counter", "gauge", "histogram"):
+        bad.append(f.name + ": type " + f.type)
+print(json.dumps([checked, bad]))
+"#;
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser rejected the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The label names of a family's first series in the raw text, in their order.
 fn label_order(text: &str, family: &str) -> Vec<String> {
     let line = text
@@ -193,6 +239,17 @@ fn istio_standard_metrics_for_dubbo_grpc_and_tcp_in_istio_proxys_shape() {
     };
 
     let ours = parse(&prom);
+    // ringside's own families beside Istio's: HELP on each, `_total` counters, `_seconds`
+    // histograms (Dubbo, Triple, TCP, xDS and admin families are all in this scrape).
+    let (checked, bad) = ringside_conventions(&prom);
+    for kind in ["counter ", "gauge ", "histogram "] {
+        assert!(
+            checked.iter().any(|c| c.starts_with(kind)),
+            "no ringside {kind}family in\n{prom}"
+        );
+    }
+    assert!(bad.is_empty(), "{bad:#?}\n{prom}");
+    eprintln!("{} ringside families follow the conventions", checked.len());
     let fixture_text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/istio/istio-proxy-scrape.txt"),

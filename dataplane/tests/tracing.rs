@@ -250,8 +250,9 @@ fn grpc_calls_continue_the_callers_trace() {
 }
 
 /// Dubbo calls through a traced listener (client spans): a `traceparent` attachment is patched
-/// in place, a call without one gets one added (its arguments intact), B3 attachments in
-/// Java's capitalisation are continued, an unsampled context goes on untouched.
+/// in place, a call without one gets one added (its arguments intact), B3 multi attachments in
+/// Java's capitalisation and B3 single ones are continued, an unsampled context goes on
+/// untouched.
 #[test]
 fn dubbo_calls_continue_the_callers_trace() {
     let mut rx = Receiver::start();
@@ -324,6 +325,21 @@ fn dubbo_calls_continue_the_callers_trace() {
     let span = rx.of_trace(b3_trace);
     assert_eq!(seen_span, span_id(&span));
     assert_eq!(ask(&mut c, "X-B3-ParentSpanId", &b3), PARENT);
+    assert_eq!(span["parent_span_id"], PARENT);
+
+    // B3 single: with a parent, span id and parent patched in place; without one, the span id
+    // (the value keeps its length).
+    let single_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+    let sent = format!("{single_trace}-{PARENT}-1-0000000000000001");
+    let seen = ask(&mut c, "b3", &[("b3", &sent)]);
+    let span = rx.of_trace(single_trace);
+    assert_eq!(seen, format!("{single_trace}-{}-1-{PARENT}", span_id(&span)));
+    assert_eq!(span["parent_span_id"], PARENT);
+    let short_trace = "e457b5a2e4d86bd1a3ce929d0e0e4736";
+    let sent = format!("{short_trace}-{PARENT}-1");
+    let seen = ask(&mut c, "b3", &[("b3", &sent)]);
+    let span = rx.of_trace(short_trace);
+    assert_eq!(seen, format!("{short_trace}-{}-1", span_id(&span)));
     assert_eq!(span["parent_span_id"], PARENT);
 
     assert!(

@@ -1598,9 +1598,17 @@ fn access_logs(
         let Some(accesslog_pb::access_log::ConfigType::TypedConfig(any)) = &l.config_type else {
             return Err(ctx.err(format!("{at}.typed_config"), "missing"));
         };
-        if l.filter.is_some() {
-            tracing::warn!(field = %at, "access log filter not supported: every call is logged");
-        }
+        let filter = match &l.filter {
+            None => None,
+            Some(f) => {
+                let fat = format!("{at}.filter");
+                let f = access_log_filter(f, ctx, &fat, 0)?;
+                if f.is_none() {
+                    tracing::warn!(field = %fat, "access log filter not supported (ringside takes status_code, duration, runtime, response_flag, and, or): every call is logged");
+                }
+                f
+            }
+        };
         let (path, format) = match any.type_url.as_str() {
             FILE_ACCESS_LOG_TYPE => {
                 let f: FileAccessLog = unpack(any, FILE_ACCESS_LOG_TYPE, ctx, &at)?;
@@ -1644,9 +1652,117 @@ fn access_logs(
             path,
             format,
             json_format,
+            filter,
         });
     }
     Ok(out)
+}
+
+/// An access log's `filter`: status code, duration, runtime (its `percent_sampled`: ringside
+/// has no runtime layer to look `runtime_key` up in), response flag, and, or. Ok(None): the
+/// filter (or a filter in it) is one ringside does not evaluate (headers, metadata, gRPC
+/// status, CEL...): the caller logs every call rather than guess.
+fn access_log_filter(
+    f: &accesslog_pb::AccessLogFilter,
+    ctx: &Ctx<'_>,
+    at: &str,
+    depth: usize,
+) -> Result<Option<config::AccessLogFilter>, TranslateError> {
+    use accesslog_pb::access_log_filter::FilterSpecifier as F;
+    use accesslog_pb::comparison_filter::Op;
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let comparison = |c: &Option<accesslog_pb::ComparisonFilter>, field: &str| {
+        let cat = format!("{at}.{field}.comparison");
+        let Some(c) = c else {
+            return Err(ctx.err(cat, "missing"));
+        };
+        let op = match Op::try_from(c.op) {
+            Ok(Op::Eq) => config::ComparisonOp::Eq,
+            Ok(Op::Ge) => config::ComparisonOp::Ge,
+            Ok(Op::Le) => config::ComparisonOp::Le,
+            Ok(Op::Ne) => config::ComparisonOp::Ne,
+            Err(_) => return Err(ctx.err(format!("{cat}.op"), format!("unknown op {}", c.op))),
+        };
+        let value = c.value.as_ref().map_or(0, |v| u64::from(v.default_value));
+        Ok(config::Comparison { op, value })
+    };
+    let list = |fs: &[accesslog_pb::AccessLogFilter], field: &str| {
+        if depth >= config::ACCESS_LOG_FILTER_DEPTH_MAX {
+            return Err(ctx.err(
+                format!("{at}.{field}"),
+                format!(
+                    "filters nest deeper than {}",
+                    config::ACCESS_LOG_FILTER_DEPTH_MAX
+                ),
+            ));
+        }
+        if fs.len() < 2 {
+            return Err(ctx.err(
+                format!("{at}.{field}.filters"),
+                "needs at least two filters",
+            ));
+        }
+        let mut out = Vec::with_capacity(fs.len());
+        for (i, f) in fs.iter().enumerate() {
+            match access_log_filter(f, ctx, &format!("{at}.{field}.filters[{i}]"), depth + 1)? {
+                Some(f) => out.push(f),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    };
+    let mut out = config::AccessLogFilter::default();
+    match &f.filter_specifier {
+        None => return Err(ctx.err(at.to_string(), "no filter set")),
+        Some(F::StatusCodeFilter(s)) => {
+            out.status_code = Some(comparison(&s.comparison, "status_code_filter")?)
+        }
+        Some(F::DurationFilter(d)) => {
+            out.duration_ms = Some(comparison(&d.comparison, "duration_filter")?)
+        }
+        Some(F::RuntimeFilter(r)) => {
+            // Envoy's default: 0 %.
+            let percent = match &r.percent_sampled {
+                None => 0.0,
+                Some(p) => {
+                    let denominator = match D::try_from(p.denominator) {
+                        Ok(D::Hundred) => 100.0,
+                        Ok(D::TenThousand) => 10_000.0,
+                        Ok(D::Million) => 1_000_000.0,
+                        Err(_) => {
+                            return Err(ctx.err(
+                                format!("{at}.runtime_filter.percent_sampled.denominator"),
+                                format!("unknown denominator {}", p.denominator),
+                            ))
+                        }
+                    };
+                    (f64::from(p.numerator) / denominator * 100.0).min(100.0)
+                }
+            };
+            out.runtime_percent = Some(config::Percent(percent));
+        }
+        Some(F::ResponseFlagFilter(r)) => {
+            for (i, flag) in r.flags.iter().enumerate() {
+                if !config::RESPONSE_FLAG_NAMES.contains(&flag.as_str()) {
+                    return Err(ctx.err(
+                        format!("{at}.response_flag_filter.flags[{i}]"),
+                        format!("{flag:?} is not a response flag"),
+                    ));
+                }
+            }
+            out.response_flags = Some(r.flags.clone());
+        }
+        Some(F::AndFilter(a)) => match list(&a.filters, "and_filter")? {
+            Some(l) => out.and = Some(l),
+            None => return Ok(None),
+        },
+        Some(F::OrFilter(o)) => match list(&o.filters, "or_filter")? {
+            Some(l) => out.or = Some(l),
+            None => return Ok(None),
+        },
+        Some(_) => return Ok(None),
+    }
+    Ok(Some(out))
 }
 
 type FormatPair = (

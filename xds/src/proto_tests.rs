@@ -1808,6 +1808,98 @@ fn retry_policy_from_rds() {
     );
 }
 
+/// A tcp_proxy's access logs with filters: supported ones translate (a runtime fraction of
+/// ten thousand as a percentage), one ringside does not evaluate anywhere in the tree keeps
+/// every call (no filter), bad flags and missing comparisons are NACKed.
+#[test]
+fn access_log_filters() {
+    use accesslog_pb::access_log_filter::FilterSpecifier as F;
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    let with = |filter: F| -> Result<(String, ListenerRes), TranslateError> {
+        let t = tcp_pb::TcpProxy {
+            stat_prefix: "tcp".into(),
+            cluster_specifier: Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster("b".into())),
+            access_log: vec![accesslog_pb::AccessLog {
+                name: "stdout".into(),
+                filter: Some(accesslog_pb::AccessLogFilter {
+                    filter_specifier: Some(filter),
+                }),
+                config_type: Some(accesslog_pb::access_log::ConfigType::TypedConfig(pack_any(
+                    StdoutAccessLog::default(),
+                ))),
+            }],
+            ..Default::default()
+        };
+        decode_listener(&crate::testing::listener("in", 9000, pack_any(t)))
+    };
+    let filter = |r: Result<(String, ListenerRes), TranslateError>| {
+        r.unwrap().1.listener.access_log[0].filter.clone()
+    };
+    let sampled = F::RuntimeFilter(accesslog_pb::RuntimeFilter {
+        runtime_key: "k".into(),
+        percent_sampled: Some(FractionalPercent {
+            numerator: 50,
+            denominator: 1,
+        }),
+        use_independent_randomness: false,
+    });
+    assert_eq!(
+        filter(with(sampled.clone())).unwrap().runtime_percent,
+        Some(config::Percent(0.5))
+    );
+    let code = F::StatusCodeFilter(accesslog_pb::StatusCodeFilter {
+        comparison: Some(accesslog_pb::ComparisonFilter {
+            op: 1,
+            value: Some(core_pb::RuntimeUInt32 {
+                default_value: 30,
+                runtime_key: "k".into(),
+            }),
+        }),
+    });
+    let f = filter(with(F::AndFilter(accesslog_pb::AndFilter {
+        filters: vec![
+            accesslog_pb::AccessLogFilter {
+                filter_specifier: Some(code.clone()),
+            },
+            accesslog_pb::AccessLogFilter {
+                filter_specifier: Some(sampled),
+            },
+        ],
+    })))
+    .unwrap();
+    assert_eq!(
+        f.and.unwrap()[0].status_code,
+        Some(config::Comparison {
+            op: config::ComparisonOp::Ge,
+            value: 30
+        })
+    );
+    // A header filter inside an or: the whole filter is dropped (every call logged).
+    let unsupported = F::OrFilter(accesslog_pb::OrFilter {
+        filters: vec![
+            accesslog_pb::AccessLogFilter {
+                filter_specifier: Some(code),
+            },
+            accesslog_pb::AccessLogFilter {
+                filter_specifier: Some(F::HeaderFilter(accesslog_pb::HeaderFilter::default())),
+            },
+        ],
+    });
+    assert_eq!(filter(with(unsupported)), None);
+    let e = err_text(with(F::ResponseFlagFilter(
+        accesslog_pb::ResponseFlagFilter {
+            flags: vec!["UH".into(), "XX".into()],
+        },
+    )));
+    assert!(e.contains("response_flag_filter.flags[1]"), "{e}");
+    let e = err_text(with(F::DurationFilter(accesslog_pb::DurationFilter {
+        comparison: None,
+    })));
+    assert!(e.contains("duration_filter.comparison"), "{e}");
+}
+
 /// A route's `request_mirror_policies` (every request unless `runtime_fraction` says a share),
 /// the virtual host's for routes without their own, and what is refused.
 #[test]

@@ -779,3 +779,71 @@ mod tests {
         assert_eq!(civil(20_791), (2026, 12, 4));
     }
 }
+
+#[cfg(test)]
+mod filter_tests {
+    use crate::access_log::{Filter, Flags, Record, NO_HEADERS};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn record(code: Option<u32>, flags: Flags, ms: u64) -> Record<'static> {
+        Record {
+            start: UNIX_EPOCH,
+            duration: Duration::from_millis(ms),
+            protocol: None,
+            response_code: code,
+            grpc_status: None,
+            flags,
+            upstream_host: None,
+            upstream_cluster: None,
+            route_name: None,
+            downstream_remote: None,
+            downstream_local: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            headers: NO_HEADERS,
+            dubbo: None,
+        }
+    }
+
+    fn compile(yaml: &str) -> Filter {
+        Filter::compile(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn filters_keep_what_envoy_keeps() {
+        let mut roll = || 0u32;
+        let failed = compile("{status_code: {op: ge, value: 30}}");
+        assert!(!failed.keeps(&record(Some(20), Flags::NONE, 1), &mut roll));
+        assert!(failed.keeps(&record(Some(31), Flags::NONE, 1), &mut roll));
+        // TCP: no response code, compared as 0.
+        assert!(compile("{status_code: {op: eq, value: 0}}")
+            .keeps(&record(None, Flags::NONE, 1), &mut roll));
+        let slow_or_flagged =
+            compile("{or: [{duration_ms: {op: ge, value: 100}}, {response_flags: [UT, UH]}]}");
+        assert!(!slow_or_flagged.keeps(&record(Some(20), Flags::UPSTREAM_OVERFLOW, 5), &mut roll));
+        assert!(slow_or_flagged.keeps(&record(Some(20), Flags::NO_HEALTHY_UPSTREAM, 5), &mut roll));
+        assert!(slow_or_flagged.keeps(&record(Some(20), Flags::NONE, 100), &mut roll));
+        let any_flag = compile("{response_flags: []}");
+        assert!(!any_flag.keeps(&record(Some(20), Flags::NONE, 5), &mut roll));
+        assert!(any_flag.keeps(&record(Some(20), Flags::RATE_LIMITED, 5), &mut roll));
+        // A flag ringside never sets matches nothing.
+        assert!(!compile("{response_flags: [URX]}")
+            .keeps(&record(Some(20), Flags::RATE_LIMITED, 5), &mut roll));
+    }
+
+    /// `runtime_percent` keeps about that share of the calls (a uniform roll below it).
+    #[test]
+    fn runtime_percent_keeps_its_share() {
+        let r = record(Some(20), Flags::NONE, 1);
+        let mut x: u32 = 0;
+        let mut roll = || {
+            x = x.wrapping_add(0x9e37_79b9);
+            x
+        };
+        for (percent, lo, hi) in [(0.0, 0, 0), (10.0, 900, 1100), (100.0, 10_000, 10_000)] {
+            let f = compile(&format!("{{runtime_percent: {percent}}}"));
+            let kept = (0..10_000).filter(|_| f.keeps(&r, &mut roll)).count();
+            assert!((lo..=hi).contains(&kept), "{percent}%: {kept} of 10000");
+        }
+    }
+}

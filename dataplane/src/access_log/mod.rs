@@ -91,6 +91,14 @@ impl Flags {
         self.0 == 0
     }
 
+    /// The flag of an Envoy short name; None for one ringside never sets (`URX`, `LH`, ...).
+    pub fn from_name(name: &str) -> Option<Flags> {
+        Flags::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(f, _)| *f)
+    }
+
     /// The flags as a number (a table key).
     pub fn bits(self) -> u16 {
         self.0
@@ -171,11 +179,70 @@ impl Headers for NoHeaders {
     }
 }
 
-/// One configured log of a listener: its format and its file.
+/// One configured log of a listener: its format, which calls it keeps, and its file.
 #[derive(Clone, Debug)]
 pub struct LogSpec {
     pub format: Arc<Format>,
+    pub filter: Option<Arc<Filter>>,
     pub file: Arc<FileSink>,
+}
+
+/// An access log's filter, compiled from [`config::AccessLogFilter`] (validated: exactly one
+/// kind, flags known, nesting bounded by `config::ACCESS_LOG_FILTER_DEPTH_MAX`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Filter {
+    StatusCode(config::Comparison),
+    DurationMs(config::Comparison),
+    /// Kept when a 32-bit roll is below this (the percentage of 2^32).
+    Sampled(u64),
+    /// Any of these flags (any flag when empty).
+    ResponseFlags(Flags),
+    AnyResponseFlag,
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+}
+
+impl Filter {
+    fn compile(f: &config::AccessLogFilter) -> Filter {
+        if let Some(c) = f.status_code {
+            Filter::StatusCode(c)
+        } else if let Some(c) = f.duration_ms {
+            Filter::DurationMs(c)
+        } else if let Some(p) = f.runtime_percent {
+            Filter::Sampled((p.0.clamp(0.0, 100.0) / 100.0 * (1u64 << 32) as f64) as u64)
+        } else if let Some(names) = &f.response_flags {
+            match names.is_empty() {
+                true => Filter::AnyResponseFlag,
+                false => Filter::ResponseFlags(
+                    names
+                        .iter()
+                        .filter_map(|n| Flags::from_name(n))
+                        .fold(Flags::NONE, |a, b| a | b),
+                ),
+            }
+        } else if let Some(l) = &f.and {
+            Filter::And(l.iter().map(Filter::compile).collect())
+        } else if let Some(l) = &f.or {
+            Filter::Or(l.iter().map(Filter::compile).collect())
+        } else {
+            // Validation refuses a filter with nothing set; keep every call if one got here.
+            Filter::And(Vec::new())
+        }
+    }
+
+    /// Whether `r` gets a line; `roll` draws a uniform 32-bit number (runtime filters).
+    pub fn keeps(&self, r: &Record<'_>, roll: &mut dyn FnMut() -> u32) -> bool {
+        match self {
+            // TCP has no response code: 0, as in Envoy.
+            Filter::StatusCode(c) => c.holds(u64::from(r.response_code.unwrap_or(0))),
+            Filter::DurationMs(c) => c.holds(r.duration.as_millis() as u64),
+            Filter::Sampled(threshold) => u64::from(roll()) < *threshold,
+            Filter::ResponseFlags(f) => f.0 & r.flags.0 != 0,
+            Filter::AnyResponseFlag => !r.flags.is_empty(),
+            Filter::And(l) => l.iter().all(|f| f.keeps(r, roll)),
+            Filter::Or(l) => l.iter().any(|f| f.keeps(r, roll)),
+        }
+    }
 }
 
 /// Builds a listener's logs from its config, opening (or sharing) their files. Called when a
@@ -185,6 +252,7 @@ pub fn open(logs: &[config::AccessLog]) -> Result<Vec<LogSpec>, OpenError> {
         .map(|l| {
             Ok(LogSpec {
                 format: Arc::new(compile(l)?),
+                filter: l.filter.as_ref().map(|f| Arc::new(Filter::compile(f))),
                 file: FileSink::open(&l.path)?,
             })
         })
@@ -212,17 +280,41 @@ fn compile(l: &config::AccessLog) -> Result<Format, OpenError> {
 
 /// A listener's logs on one shard.
 pub struct ListenerLog {
-    logs: Vec<(Arc<Format>, Rc<ShardFile>)>,
+    logs: Vec<ShardLog>,
     /// Request headers any of the formats reads (lower case): a Triple call keeps only these.
     pub request_headers: Rc<[String]>,
+    /// xorshift64* state for runtime filters (never 0); seeded per listener and shard.
+    rng: Cell<u64>,
+}
+
+/// One log of a listener on one shard.
+struct ShardLog {
+    format: Arc<Format>,
+    filter: Option<Arc<Filter>>,
+    file: Rc<ShardFile>,
 }
 
 impl ListenerLog {
-    /// Renders `r` into every log's batch.
+    /// Renders `r` into the batch of every log whose filter keeps it.
     pub fn write(&self, r: &Record<'_>) {
-        for (format, file) in &self.logs {
-            file.line(|out| format.render(r, out));
+        for l in &self.logs {
+            if let Some(f) = &l.filter {
+                if !f.keeps(r, &mut || self.roll()) {
+                    continue;
+                }
+            }
+            l.file.line(|out| l.format.render(r, out));
         }
+    }
+
+    fn roll(&self) -> u32 {
+        // xorshift64* (Vigna).
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
     }
 }
 
@@ -303,12 +395,17 @@ impl ShardLogs {
                         headers.push(h);
                     }
                 }
-                (s.format.clone(), self.file(&s.file, stats))
+                ShardLog {
+                    format: s.format.clone(),
+                    filter: s.filter.clone(),
+                    file: self.file(&s.file, stats),
+                }
             })
             .collect();
         Some(Rc::new(ListenerLog {
             logs,
             request_headers: headers.into(),
+            rng: Cell::new(seed()),
         }))
     }
 
@@ -343,6 +440,19 @@ impl ShardLogs {
             f.flush();
         }
     }
+}
+
+/// A non-zero seed, random per process (std's hasher keys) and per call.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish() | 1
 }
 
 impl FileStatIds {

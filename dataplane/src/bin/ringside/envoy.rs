@@ -45,6 +45,8 @@ pub struct Flags {
     pub service_node: Option<String>,
     pub service_zone: Option<String>,
     pub version: bool,
+    /// `--log-format` is a JSON object: log JSON lines.
+    pub log_json: bool,
     /// Accepted flags that change nothing here, with why (logged at start).
     pub ignored: Vec<String>,
 }
@@ -119,13 +121,16 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
                     .push(format!("{name}: Envoy's components are not ringside's"));
             }
             "--log-format" | "--log-format-escaped" => {
-                if name == "--log-format" {
-                    value("format")?;
+                // A format that is a JSON object (`{"level":"%l",...}`, what pilot-agent passes
+                // for `logAsJson`) asks for JSON lines: ringside writes its own JSON lines.
+                if name == "--log-format" && value("format")?.trim_start().starts_with('{') {
+                    f.log_json = true;
+                } else {
+                    f.ignored.push(format!(
+                        "{name}: ringside writes its own text lines (a JSON object format, or \
+                         application_log_config.log_format.json_format, selects its JSON lines)"
+                    ));
                 }
-                f.ignored.push(format!(
-                    "{name}: ringside writes its own text or JSON lines \
-                     (application_log_config.log_format.json_format selects JSON)"
-                ));
             }
             "--disable-hot-restart" => f.disable_hot_restart = true,
             "--skip-deprecated-logs" | "--ignore-unknown-dynamic-fields" => {}
@@ -525,7 +530,10 @@ pub fn translate(
             );
         }
     }
-    if b["application_log_config"]["log_format"]["json_format"].is_object() {
+    // `b` is a Map: index only through `get` (a bootstrap without the field is the common case).
+    if b.get("application_log_config")
+        .is_some_and(|a| a["log_format"]["json_format"].is_object())
+    {
         out.insert("_log_json".into(), json!(true));
     }
     let mut runtime = Map::new();
@@ -711,7 +719,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
     let log_json = translated
         .as_object_mut()
         .and_then(|o| o.remove("_log_json"))
-        .is_some();
+        .is_some()
+        || flags.log_json;
     super::logging::init(
         flags.log_level.as_deref().unwrap_or("info"),
         log_json,
@@ -766,6 +775,20 @@ mod tests {
         assert_eq!(f.log_level.as_deref(), Some("warn"));
         assert!(f.allow_unknown_static_fields);
         assert!(f.disable_hot_restart);
+    }
+
+    /// pilot-agent's `--log-format` for `logAsJson` selects JSON lines; its text format does not.
+    #[test]
+    fn a_json_log_format_selects_json_lines() {
+        let json = r#"{"level":"%l","time":"%Y-%m-%dT%T.%fZ","scope":"envoy %n","msg":"%j"}"#;
+        let mut a = args("-c x");
+        a.extend(["--log-format".to_string(), json.to_string()]);
+        let f = parse_flags(&a).unwrap();
+        assert!(f.log_json && f.ignored.is_empty(), "{f:?}");
+        let mut a = args("-c x");
+        a.push("--log-format=%Y-%m-%dT%T.%fZ\t%l\tenvoy %n\t%v".to_string());
+        let f = parse_flags(&a).unwrap();
+        assert!(!f.log_json && f.ignored.len() == 1, "{f:?}");
     }
 
     #[test]
