@@ -178,6 +178,14 @@ impl BackendConn {
         self.write(&o);
         while let Some((h, payload)) = self.frame() {
             if !self.on_frame(h, &payload) {
+                // A write failed: ringside closed the connection (after a connection error it
+                // writes its GOAWAY, then closes; an answer written meanwhile meets the reset).
+                // What it sent before is still in the socket: count its GOAWAY.
+                while let Some((h, _)) = self.frame() {
+                    if h.kind == kind::GOAWAY {
+                        self.seen.goaways.fetch_add(1, Relaxed);
+                    }
+                }
                 return;
             }
             self.pump();
