@@ -674,6 +674,8 @@ const DRAIN_PERIOD: Duration = Duration::from_secs(3);
 fn accepts(addr: SocketAddr) -> bool {
     let mut c = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return false,
+        // The handshake completed into the backlog as the listener closed: reset, as refused.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return false,
         Err(e) => panic!("connect {addr}: {e}"),
         Ok(c) => c,
     };
