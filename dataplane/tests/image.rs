@@ -259,7 +259,9 @@ fn image_default_config_is_valid_and_the_image_is_small() {
     let out = String::from_utf8(output(c, "podman image inspect").unwrap().stdout).unwrap();
     let mut f = out.split_whitespace();
     let size: u64 = f.next().unwrap().parse().unwrap();
-    assert!(size < 15_000_000, "image is {size} bytes");
+    // Built with scripts/test's profile (no LTO): scripts/build-image --test-profile's bound;
+    // the shipped (thin LTO) image's budget is 15 MB.
+    assert!(size < 25_000_000, "image is {size} bytes");
     assert_eq!(f.next(), Some("1337:1337"), "{out}");
     for port in [15000, 15001, 15006, 15021, 15090] {
         assert!(
