@@ -853,10 +853,14 @@ fn rbac_request_rules_only_in_the_http_filter() {
     // Dubbo rules belong in dubbo.rbac.
     let e = errors(&with(
         "    triple:\n      rbac:",
-        &filters.replace("url_path: {prefix: /pkg.Admin/}", "dubbo_method: {exact: drop}"),
+        &filters.replace(
+            "url_path: {prefix: /pkg.Admin/}",
+            "dubbo_method: {exact: drop}",
+        ),
     ));
     assert!(
-        e.iter().any(|e| e.field.ends_with("permissions[0].dubbo_method")),
+        e.iter()
+            .any(|e| e.field.ends_with("permissions[0].dubbo_method")),
         "{e:?}"
     );
     // A header rule needs an HTTP/2 (lower-case) name.

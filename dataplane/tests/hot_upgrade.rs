@@ -369,7 +369,11 @@ fn open_loop_through_upgrades(io: &str, upgrades: u64, secs: u64) {
     );
     // The connections moved from process to process: none was closed or told to leave.
     assert_eq!(report["reconnects"], 0, "consumers kept their connections");
-    assert_eq!(run.count("reconnects_after_close"), 0, "no connection closed");
+    assert_eq!(
+        run.count("reconnects_after_close"),
+        0,
+        "no connection closed"
+    );
     wait_stat(
         &current,
         "listener.dubbo.downstream_cx_total",
@@ -451,7 +455,12 @@ fn envoy_hot_restart_under_the_same_open_loop_load() {
         run.line(),
         steady.line()
     );
-    assert_eq!(steady.lost(), 0, "no call lost without restarts: {}", steady.line());
+    assert_eq!(
+        steady.lost(),
+        0,
+        "no call lost without restarts: {}",
+        steady.line()
+    );
     assert!(run.count("received") > 5000, "load ran: {}", run.line());
     // dubbo_proxy tells no consumer to leave; the parent closes their connections as it exits.
     assert_eq!(run.count("reconnects"), 0, "{}", run.line());
@@ -499,8 +508,7 @@ impl EnvoyEpochs {
             if let Ok(Some(s)) = child.0.try_wait() {
                 panic!("envoy epoch {epoch} exited: {s}\n{}", self.log(epoch));
             }
-            if let Ok((200, body)) = common::xds::http_body(self.admin, "GET", "/server_info", "")
-            {
+            if let Ok((200, body)) = common::xds::http_body(self.admin, "GET", "/server_info", "") {
                 let info: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 if info["state"] == "LIVE" && info["command_line_options"]["restart_epoch"] == epoch
                 {

@@ -333,7 +333,10 @@ fn dubbo_calls_continue_the_callers_trace() {
     let sent = format!("{single_trace}-{PARENT}-1-0000000000000001");
     let seen = ask(&mut c, "b3", &[("b3", &sent)]);
     let span = rx.of_trace(single_trace);
-    assert_eq!(seen, format!("{single_trace}-{}-1-{PARENT}", span_id(&span)));
+    assert_eq!(
+        seen,
+        format!("{single_trace}-{}-1-{PARENT}", span_id(&span))
+    );
     assert_eq!(span["parent_span_id"], PARENT);
     let short_trace = "e457b5a2e4d86bd1a3ce929d0e0e4736";
     let sent = format!("{short_trace}-{PARENT}-1");

@@ -399,8 +399,7 @@ fn grpc_load_through_twenty_upgrades_fails_nothing() {
     };
     let report = |(mut child, json): (KillOnDrop, std::path::PathBuf)| {
         assert!(child.0.wait().unwrap().success(), "grpc-load ran");
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap())
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap()).unwrap()
     };
     let line = |r: &serde_json::Value| {
         format!(

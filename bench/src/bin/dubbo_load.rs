@@ -500,7 +500,11 @@ static SLOTS: Mutex<Vec<Arc<OpenConn>>> = Mutex::new(Vec::new());
 /// After a readonly event (or, with `--reconnect-on-close`, a close): a new link takes the
 /// slot's new requests; this one finishes. False when `link` was no longer the slot's current
 /// one or no new connection could be made.
-fn replace_link(shared: &Arc<OpenShared>, conn: Option<Arc<OpenConn>>, link: &Arc<OpenLink>) -> bool {
+fn replace_link(
+    shared: &Arc<OpenShared>,
+    conn: Option<Arc<OpenConn>>,
+    link: &Arc<OpenLink>,
+) -> bool {
     let conn = conn.or_else(|| {
         let slots = SLOTS.lock().ok()?;
         slots
@@ -582,7 +586,10 @@ fn open_reader(
             }
             drop(s);
             // Its requests in flight stay in this link's state and expire as timeouts.
-            if shared.reconnect_on_close && !stopping && !retired && replace_link(shared, conn, link)
+            if shared.reconnect_on_close
+                && !stopping
+                && !retired
+                && replace_link(shared, conn, link)
             {
                 shared.reconnects_after_close.fetch_add(1, Relaxed);
             }
