@@ -518,12 +518,6 @@ fn log_format_json_writes_one_json_object_per_line() {
 /// parser with the xds-protos messages, every `Any` resolved to its type): what
 /// `istioctl proxy-config` unmarshals. Prints per dump type what it found.
 fn parse_config_dump(text: &str) -> serde_json::Value {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/install-test-deps",
-        python.display()
-    );
     let script = r#"
 import sys, json
 from google.protobuf import json_format
@@ -579,26 +573,8 @@ for a in d.configs:
         out[name] = {}
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new(&python)
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ConfigDump rejected: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = common::peers::python_script(script, text, "ConfigDump rejected");
+    serde_json::from_slice(&out).unwrap()
 }
 
 #[test]

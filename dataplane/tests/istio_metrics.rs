@@ -9,9 +9,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use codec::dubbo::encode::{Arg, RequestBuilder};
@@ -76,12 +74,6 @@ fn snapshot(dubbo: SocketAddr, grpc: SocketAddr, tcp: SocketAddr, eps: [SocketAd
 /// Parses Prometheus text with `prometheus_client`; per family: its type and its samples
 /// (name, labels, value).
 fn parse(text: &str) -> BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)> {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/install-test-deps",
-        python.display()
-    );
     let script = r#"
 import sys, json
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,26 +82,8 @@ for f in text_string_to_metric_families(sys.stdin.read()):
     out[f.name] = [f.type, [[s.name, s.labels, s.value] for s in f.samples]]
 print(json.dumps(out))
 "#;
-    let mut child = Command::new(&python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the parser rejected the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = common::peers::python_script(script, text, "the parser rejected the exposition");
+    serde_json::from_slice(&out).unwrap()
 }
 
 /// ringside's own families in a scrape against the Prometheus conventions the issue names, as
@@ -117,7 +91,6 @@ print(json.dumps(out))
 /// `_total`, a histogram's family ends in `_seconds`. Returns the families checked and what
 /// breaks a convention.
 fn ringside_conventions(text: &str) -> (Vec<String>, Vec<String>) {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
     let script = r#"
 import sys, json
 from prometheus_client.parser import text_string_to_metric_families
@@ -136,26 +109,8 @@ for f in text_string_to_metric_families(sys.stdin.read()):
         bad.append(f.name + ": type " + f.type)
 print(json.dumps([checked, bad]))
 "#;
-    let mut child = Command::new(&python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the parser rejected the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = common::peers::python_script(script, text, "the parser rejected the exposition");
+    serde_json::from_slice(&out).unwrap()
 }
 
 /// The label names of a family's first series in the raw text, in their order.

@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 
 use codec::dubbo::encode::{Arg, RequestBuilder};
 use common::dubbo::*;
@@ -107,12 +106,6 @@ fn prometheus_output_parses_with_the_reference_parser() {
     let rs = traffic(true);
     let (code, prom) = rs.get("/stats/prometheus");
     assert_eq!(code, 200);
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/install-test-deps",
-        python.display()
-    );
     let script = r#"
 import sys
 from prometheus_client.parser import text_string_to_metric_families
@@ -127,25 +120,7 @@ assert count.value == 4, count
 svc = samples[("ringside_dubbo_service_rq_total", (("interface", "com.acme.UserService"), ("listener", "dubbo"), ("method", "getUser")))]
 assert svc == 3, svc
 "#;
-    let mut child = Command::new(&python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(prom.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "parser rejected the output: {}\n{prom}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::peers::python_script(script, &prom, "parser rejected the output");
 
     // The same output on the dedicated Prometheus listener is the Istio convention (15090);
     // it is configured in examples/ and checked here by path only.

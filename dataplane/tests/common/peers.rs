@@ -116,3 +116,30 @@ pub fn node_consumer_loop(
         .args(["--interval-ms", &interval_ms.to_string()]);
     run_consumer(c)
 }
+
+/// Runs `script` (`python -c`) with the test venv's Python, `input` on its stdin; returns its
+/// standard output. A failing script panics with `what`, its standard error and the input.
+pub fn python_script(script: &str, input: &str, what: &str) -> Vec<u8> {
+    use std::io::Write;
+    let python = require(root().join(".cache/venv/bin/python"));
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{input}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
