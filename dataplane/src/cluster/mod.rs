@@ -172,22 +172,44 @@ pub struct Subset {
 }
 
 /// A request's traffic label as the balancer takes it (docs/governance.md#traffic-labels):
-/// `tag` is [`tag_hash`] of the label, 0 for none; `force` forbids the fall-back to the
-/// untagged endpoints.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Label {
-    pub tag: u64,
-    pub force: bool,
+/// the label's [`tag_hash`] (0: the call has none) and whether it forbids the fall-back to the
+/// untagged endpoints, in one word (bit 0: force; bit 1: always set, so that an
+/// `Option<Label>` is 8 bytes; the rest: the hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label(std::num::NonZeroU64);
+
+impl Default for Label {
+    /// No label, not forced.
+    fn default() -> Self {
+        Label::new(0, false)
+    }
 }
 
 impl Label {
+    const PRESENT: u64 = 0b10;
+
+    /// `tag`: a [`tag_hash`], or 0 for none.
+    pub fn new(tag: u64, force: bool) -> Label {
+        let bits = (tag & !0b11) | Label::PRESENT | u64::from(force);
+        Label(std::num::NonZeroU64::new(bits).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+
+    /// The label's [`tag_hash`]; 0 when the call has none.
+    pub fn tag(self) -> u64 {
+        self.0.get() & !0b11
+    }
+
+    pub fn force(self) -> bool {
+        self.0.get() & 1 == 1
+    }
+
     /// The label of a call that carries `tag` (absent or empty: none) and `force` (Apache
     /// Dubbo reads `Boolean.valueOf`: `true` in any case forces).
     pub fn of(tag: Option<&[u8]>, force: Option<&[u8]>) -> Label {
-        Label {
-            tag: tag.filter(|t| !t.is_empty()).map_or(0, tag_hash),
-            force: force.is_some_and(|f| f.eq_ignore_ascii_case(b"true")),
-        }
+        Label::new(
+            tag.filter(|t| !t.is_empty()).map_or(0, tag_hash),
+            force.is_some_and(|f| f.eq_ignore_ascii_case(b"true")),
+        )
     }
 }
 
@@ -208,15 +230,16 @@ impl LabelKeys {
     }
 }
 
-/// FNV-1a of a traffic label, never 0 (0 is "no label"). Equal labels hash equal; two labels
-/// of one cluster hashing equal are one label (64 bits: not seen in practice; the label is
-/// the caller's to choose anyway, so a collision grants nothing it could not ask for).
+/// FNV-1a of a traffic label, its low two bits cleared (see [`Label`]), never 0 (0 is "no
+/// label"). Equal labels hash equal; two labels of one cluster hashing equal are one label
+/// (62 bits: not seen in practice; the label is the caller's to choose anyway, so a collision
+/// grants nothing it could not ask for).
 pub fn tag_hash(tag: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in tag {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    h.max(1)
+    (h & !0b11).max(0b100)
 }
 
 /// The endpoints one pick chooses among (borrowed from [`Endpoints`] or one of its
@@ -270,18 +293,18 @@ impl Endpoints {
         };
         let Some(labels) = &self.labels else {
             // No endpoint is tagged: every one is untagged.
-            return if label.tag != 0 && label.force {
+            return if label.tag() != 0 && label.force() {
                 none
             } else {
                 all
             };
         };
-        if label.tag == 0 {
+        if label.tag() == 0 {
             return labels.untagged.set();
         }
-        match labels.tagged.binary_search_by_key(&label.tag, |(t, _)| *t) {
+        match labels.tagged.binary_search_by_key(&label.tag(), |(t, _)| *t) {
             Ok(k) => labels.tagged[k].1.set(),
-            Err(_) if label.force => none,
+            Err(_) if label.force() => none,
             Err(_) => labels.untagged.set(),
         }
     }

@@ -1028,8 +1028,11 @@ mod tests {
         untagged.sort();
         assert_eq!(untagged, [1, 1, 2, 2], "no endpoint has it: the untagged ones");
         assert_eq!(pick(label("red", true), &[], 1), [0], "forced: none");
-        assert_eq!(pick(label("", false), &[], 1)[0] <= 2, true, "unlabelled: untagged only");
-        assert_eq!(pick(Some(Label::default()), &[1, 2], 1)[0] <= 2, true);
+        assert!(pick(label("", false), &[], 1)[0] <= 2, "unlabelled: untagged only");
+        assert!(pick(Some(Label::default()), &[1, 2], 1)[0] <= 2);
+        assert_eq!(std::mem::size_of::<Option<Label>>(), 8);
+        let l = Label::of(Some(b"gray"), Some(b"True"));
+        assert_eq!((l.tag(), l.force()), (crate::cluster::tag_hash(b"gray"), true));
         // Without any tagged endpoint, every endpoint is untagged.
         c.endpoint_metadata = vec![tagged("", 0); 5];
         let lb = balancer(c);

@@ -332,6 +332,7 @@ impl ClusterPool {
 
     /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is
     /// rewritten here; two-way requests are tracked until they end.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         self: &Rc<Self>,
         frame: BytesMut,
