@@ -1425,7 +1425,12 @@ impl TrafficLabel {
         )
     }
 
-    fn validate(&self, header: bool, at: &dyn Fn(&str) -> String, err: &mut dyn FnMut(String, String)) {
+    fn validate(
+        &self,
+        header: bool,
+        at: &dyn Fn(&str) -> String,
+        err: &mut dyn FnMut(String, String),
+    ) {
         for (field, v) in [("key", &self.key), ("force_key", &self.force_key)] {
             let Some(v) = v else { continue };
             let bad = if v.is_empty() || v.len() > TAG_BYTES_MAX {

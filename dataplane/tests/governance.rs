@@ -1727,11 +1727,22 @@ clusters:\n  - name: p\n    endpoints: [\"127.0.0.1:{pb}\", \"127.0.0.1:{pg}\", 
         v.join(" ")
     };
     let fallback = sorted(whoami_with(listen, 4, r#"{"dubbo.tag":"blue"}"#));
-    assert_eq!(fallback, "B B C C", "no provider tagged blue: the untagged ones");
-    let forced = whoami_with(listen, 2, r#"{"dubbo.tag":"blue","dubbo.force.tag":"true"}"#);
+    assert_eq!(
+        fallback, "B B C C",
+        "no provider tagged blue: the untagged ones"
+    );
+    let forced = whoami_with(
+        listen,
+        2,
+        r#"{"dubbo.tag":"blue","dubbo.force.tag":"true"}"#,
+    );
     assert_eq!(forced, "! !", "forced: no provider");
     assert_eq!(
-        whoami_with(listen, 2, r#"{"dubbo.tag":"gray","dubbo.force.tag":"true"}"#),
+        whoami_with(
+            listen,
+            2,
+            r#"{"dubbo.tag":"gray","dubbo.force.tag":"true"}"#
+        ),
         "G G"
     );
     assert_eq!(
@@ -1742,8 +1753,14 @@ clusters:\n  - name: p\n    endpoints: [\"127.0.0.1:{pb}\", \"127.0.0.1:{pg}\", 
     // Other keys: `dubbo.tag` is just an attachment now.
     let (_rs2, listen2) = start("{key: env, force_key: env.force}");
     assert_eq!(whoami_with(listen2, 2, r#"{"env":"gray"}"#), "G G");
-    assert_eq!(sorted(whoami_with(listen2, 2, r#"{"dubbo.tag":"gray"}"#)), "B C");
-    assert_eq!(whoami_with(listen2, 1, r#"{"env":"x","env.force":"TRUE"}"#), "!");
+    assert_eq!(
+        sorted(whoami_with(listen2, 2, r#"{"dubbo.tag":"gray"}"#)),
+        "B C"
+    );
+    assert_eq!(
+        whoami_with(listen2, 1, r#"{"env":"x","env.force":"TRUE"}"#),
+        "!"
+    );
 }
 
 /// Traffic labels for Triple: a call's `dubbo-tag` header picks the upstreams tagged with it

@@ -2900,7 +2900,10 @@ fn endpoints(
                 Some(_) => {
                     return Err(ctx.err(
                         format!("{eat}.metadata.filter_metadata[{LB_METADATA_KEY:?}].{TAG_FIELD}"),
-                        format!("must be a string of at most {} bytes", config::TAG_BYTES_MAX),
+                        format!(
+                            "must be a string of at most {} bytes",
+                            config::TAG_BYTES_MAX
+                        ),
                     ))
                 }
             };

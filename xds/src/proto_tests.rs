@@ -987,7 +987,9 @@ fn eds_endpoint_metadata_gives_the_traffic_label() {
     la.endpoints[0].lb_endpoints[1].metadata = Some(lb(Kind::NumberValue(1.0)));
     let e = decode_endpoints(&pack_any(la)).unwrap_err().to_string();
     assert!(
-        e.contains("lb_endpoints[1].metadata.filter_metadata[\"envoy.lb\"].dubbo.tag`: must be a string"),
+        e.contains(
+            "lb_endpoints[1].metadata.filter_metadata[\"envoy.lb\"].dubbo.tag`: must be a string"
+        ),
         "{e}"
     );
 }

@@ -302,7 +302,10 @@ impl Endpoints {
         if label.tag() == 0 {
             return labels.untagged.set();
         }
-        match labels.tagged.binary_search_by_key(&label.tag(), |(t, _)| *t) {
+        match labels
+            .tagged
+            .binary_search_by_key(&label.tag(), |(t, _)| *t)
+        {
             Ok(k) => labels.tagged[k].1.set(),
             Err(_) if label.force() => none,
             Err(_) => labels.untagged.set(),

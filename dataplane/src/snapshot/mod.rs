@@ -652,7 +652,11 @@ fn labels_of(
         }
     };
     let meta = &c.endpoint_metadata;
-    let mut tags: Vec<&str> = meta.iter().map(|m| m.tag.as_str()).filter(|t| !t.is_empty()).collect();
+    let mut tags: Vec<&str> = meta
+        .iter()
+        .map(|m| m.tag.as_str())
+        .filter(|t| !t.is_empty())
+        .collect();
     tags.sort_unstable();
     tags.dedup();
     let mut tagged: Vec<(u64, Subset)> = tags
@@ -1016,23 +1020,47 @@ mod tests {
                 })
                 .collect()
         };
-        let label = |t: &str, force: bool| Some(Label::of(Some(t.as_bytes()), force.then_some(&b"TRUE"[..])));
+        let label = |t: &str, force: bool| {
+            Some(Label::of(Some(t.as_bytes()), force.then_some(&b"TRUE"[..])))
+        };
         let mut all = pick(None, &[], 4);
         all.sort();
-        assert_eq!(all, [1, 2, 3, 5], "no label read: every endpoint (of priority 0)");
+        assert_eq!(
+            all,
+            [1, 2, 3, 5],
+            "no label read: every endpoint (of priority 0)"
+        );
         assert_eq!(pick(label("gray", false), &[], 4), [3; 4]);
-        assert_eq!(pick(label("gray", false), &[3], 2), [4; 2], "priority failover within the tag");
-        assert_eq!(pick(label("gray", false), &[3, 4], 1), [3], "all in back-off: still the tag's");
+        assert_eq!(
+            pick(label("gray", false), &[3], 2),
+            [4; 2],
+            "priority failover within the tag"
+        );
+        assert_eq!(
+            pick(label("gray", false), &[3, 4], 1),
+            [3],
+            "all in back-off: still the tag's"
+        );
         assert_eq!(pick(label("blue", true), &[], 2), [5; 2]);
         let mut untagged = pick(label("red", false), &[], 4);
         untagged.sort();
-        assert_eq!(untagged, [1, 1, 2, 2], "no endpoint has it: the untagged ones");
+        assert_eq!(
+            untagged,
+            [1, 1, 2, 2],
+            "no endpoint has it: the untagged ones"
+        );
         assert_eq!(pick(label("red", true), &[], 1), [0], "forced: none");
-        assert!(pick(label("", false), &[], 1)[0] <= 2, "unlabelled: untagged only");
+        assert!(
+            pick(label("", false), &[], 1)[0] <= 2,
+            "unlabelled: untagged only"
+        );
         assert!(pick(Some(Label::default()), &[1, 2], 1)[0] <= 2);
         assert_eq!(std::mem::size_of::<Option<Label>>(), 8);
         let l = Label::of(Some(b"gray"), Some(b"True"));
-        assert_eq!((l.tag(), l.force()), (crate::cluster::tag_hash(b"gray"), true));
+        assert_eq!(
+            (l.tag(), l.force()),
+            (crate::cluster::tag_hash(b"gray"), true)
+        );
         // Without any tagged endpoint, every endpoint is untagged.
         c.endpoint_metadata = vec![tagged("", 0); 5];
         let lb = balancer(c);

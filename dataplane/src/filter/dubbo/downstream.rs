@@ -1205,39 +1205,40 @@ fn send(
     let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
     let cluster = Some(&*pool.lb.name);
     let bytes_in = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    let (refused, lg) =
-        match pool.forward(frame, h.id, h.two_way, timeout, rq.retry, rq.label, conn, counted, lg) {
-            Ok(()) => {
-                if let Some(lg) = oneway_lg {
-                    conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
-                }
-                return;
+    let (refused, lg) = match pool.forward(
+        frame, h.id, h.two_way, timeout, rq.retry, rq.label, conn, counted, lg,
+    ) {
+        Ok(()) => {
+            if let Some(lg) = oneway_lg {
+                conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
             }
-            Err((ForwardError::NoHealthyEndpoint, lg)) => {
-                l.stats.inc(l.ids.rq_no_healthy_upstream);
-                (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
-            }
-            Err((ForwardError::CircuitOpen { limit }, lg)) => {
-                l.stats.inc(l.ids.rq_overflow);
-                let e = LocalError::CircuitOpen {
-                    cluster: &pool.lb.name,
-                    limit,
-                };
-                (e, lg)
-            }
-            Err((ForwardError::PendingOverflow { limit }, lg)) => {
-                l.stats.inc(l.ids.rq_overflow);
-                let e = LocalError::PendingOverflow {
-                    cluster: &pool.lb.name,
-                    limit,
-                };
-                (e, lg)
-            }
-            Err((ForwardError::Overflow { addr, limit }, lg)) => {
-                l.stats.inc(l.ids.rq_overflow);
-                (LocalError::Overflow { addr, limit }, lg)
-            }
-        };
+            return;
+        }
+        Err((ForwardError::NoHealthyEndpoint, lg)) => {
+            l.stats.inc(l.ids.rq_no_healthy_upstream);
+            (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
+        }
+        Err((ForwardError::CircuitOpen { limit }, lg)) => {
+            l.stats.inc(l.ids.rq_overflow);
+            let e = LocalError::CircuitOpen {
+                cluster: &pool.lb.name,
+                limit,
+            };
+            (e, lg)
+        }
+        Err((ForwardError::PendingOverflow { limit }, lg)) => {
+            l.stats.inc(l.ids.rq_overflow);
+            let e = LocalError::PendingOverflow {
+                cluster: &pool.lb.name,
+                limit,
+            };
+            (e, lg)
+        }
+        Err((ForwardError::Overflow { addr, limit }, lg)) => {
+            l.stats.inc(l.ids.rq_overflow);
+            (LocalError::Overflow { addr, limit }, lg)
+        }
+    };
     if h.two_way {
         let len = conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
         let (status, flags) = (refused.status().0, refused.flags());
@@ -1412,7 +1413,13 @@ fn route_frame<'r>(
         let lg = l.capture(h, frame.len(), None);
         // No label can be read: the request is unlabelled.
         let label = l.labels.as_ref().map(|_| crate::cluster::Label::default());
-        return Ok(Some((a, l.ids.other_service, lg, Propagate::Untouched, label)));
+        return Ok(Some((
+            a,
+            l.ids.other_service,
+            lg,
+            Propagate::Untouched,
+            label,
+        )));
     }
     let req = match wire::RequestView::parse(frame) {
         Ok(r) => r,

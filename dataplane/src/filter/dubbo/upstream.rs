@@ -302,7 +302,9 @@ impl ClusterPool {
                 .or_else(|| self.lb.pick_labelled(label, |i| self.availability(i, now)))?;
             return Some(self.host(i));
         }
-        let i = self.lb.pick_labelled(label, |i| self.availability(i, now))?;
+        let i = self
+            .lb
+            .pick_labelled(label, |i| self.availability(i, now))?;
         Some(self.host(i))
     }
 
