@@ -763,6 +763,10 @@ impl ShardState {
                 istio: istio_listener(snap, index, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
                 rbac: crate::filter::rbac::Rbac::new(&d.rbac, &stats.stats),
+                labels: d
+                    .traffic_label
+                    .as_ref()
+                    .map(|t| crate::cluster::LabelKeys::new(t.dubbo_keys())),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -793,6 +797,10 @@ impl ShardState {
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
                 rbac: crate::filter::rbac::Rbac::new(&t.rbac, &stats.stats),
+                labels: t
+                    .traffic_label
+                    .as_ref()
+                    .map(|t| crate::cluster::LabelKeys::new(t.triple_keys())),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
