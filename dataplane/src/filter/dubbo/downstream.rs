@@ -965,6 +965,9 @@ async fn read_loop<R: StopRead>(conn: &Rc<DownConn>, r: &mut R, carried: Option<
 /// `false`: it drains here instead (readonly event, close once idle), its answers still due.
 async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> bool {
     let l = &conn.l;
+    // The reader stopped just now: from here until a successor's shard reads it, the
+    // connection pauses.
+    let paused_at_ns = hotswap::monotonic_ns();
     let to = conn.handover_to.borrow_mut().take();
     let movable = !mid_discard && unread.len() <= HANDOVER_UNREAD_BYTES_MAX;
     let quiet = match (&to, movable) {
@@ -995,6 +998,8 @@ async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> boo
                     listener: l.name.clone(),
                     fd,
                     unread: unread.to_vec(),
+                    paused_at_ns,
+                    upstream: None,
                 }),
                 Err(e) => {
                     tracing::warn!(listener = %l.name, error = %e, "hot upgrade: cannot duplicate a connection's socket");
