@@ -346,9 +346,17 @@ fn open_loop_through_upgrades(io: &str, upgrades: u64, secs: u64) {
     current = upgrade_n_times_with(current, upgrades, Duration::from_millis(50), &args, None);
     let fds_after = current.fd_count();
     let run = LoadFigures::of(load, &json);
+    // How long the connections the last successor adopted paused (its predecessor's last
+    // read to its own first), as a cumulative histogram.
+    let (_, stats) = current.get("/stats");
+    let pause: Vec<&str> = stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("server.hot_upgrade_handover_pause_us_"))
+        .filter(|l| !l.ends_with(": 0") || l.starts_with("count"))
+        .collect();
     eprintln!(
         "open loop ({io}) through {upgrades} upgrades: {} (steady, no upgrade: {}), \
-         fds {fds_before} -> {fds_after}",
+         fds {fds_before} -> {fds_after}, last upgrade's pauses: {pause:?}",
         run.line(),
         steady.line()
     );

@@ -987,6 +987,12 @@ async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> boo
                 _ = conn.finished.wait() => false,
             };
             conn.read_stopped.set(false);
+            tracing::debug!(
+                listener = %l.name,
+                quiet,
+                waited_us = hotswap::monotonic_ns().saturating_sub(paused_at_ns) / 1000,
+                "hot upgrade: stopped connection waited for its requests in flight"
+            );
             quiet
         }
         _ => false,
