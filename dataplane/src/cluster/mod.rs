@@ -655,6 +655,27 @@ impl ShardCluster {
         }
     }
 
+    /// Counts an upstream connection a hot-upgrade predecessor opened to `addr` and handed
+    /// over (tcp proxy): active on the endpoint slot of that address if the cluster still has
+    /// one, not in `upstream_cx_total` (nobody connected again).
+    pub fn adopt<'a>(&'a self, addr: SocketAddr, stats: &'a ShardStats) -> ActiveGuard<'a> {
+        let endpoint = {
+            let e = self.endpoints.borrow();
+            e.live
+                .iter()
+                .map(|&i| i as usize)
+                .find(|&i| e.slots.get(i).is_some_and(|s| s.addr == addr))
+                .unwrap_or(usize::MAX)
+        };
+        self.add_active(endpoint, 1);
+        stats.inc(self.ids.cx_active);
+        ActiveGuard {
+            endpoint,
+            cluster: self,
+            stats,
+        }
+    }
+
     /// `type: original_destination`: connects to `addr`, the downstream connection's original
     /// destination (one attempt; counted on the cluster, not on any endpoint).
     pub async fn connect_to<'a>(

@@ -32,6 +32,10 @@ pub struct PollStatIds {
 pub struct ShardStatIds {
     pub poll: PollStatIds,
     pub budget: crate::filter::BudgetStatIds,
+    /// Hot upgrade, new side: how long each adopted connection paused, from the moment its
+    /// predecessor stopped reading it until a shard here starts reading it (one histogram
+    /// for the process, recorded by the shard that adopts).
+    pub handover_pause: crate::stats::HistId,
 }
 
 /// One immutable config as the shards run it: the config, every stat id it needs, and each

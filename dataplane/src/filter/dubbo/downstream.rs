@@ -970,6 +970,9 @@ async fn read_loop<R: StopRead>(conn: &Rc<DownConn>, r: &mut R, carried: Option<
 /// `false`: it drains here instead (readonly event, close once idle), its answers still due.
 async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> bool {
     let l = &conn.l;
+    // The reader stopped just now: from here until a successor's shard reads it, the
+    // connection pauses.
+    let paused_at_ns = hotswap::monotonic_ns();
     let to = conn.handover_to.borrow_mut().take();
     let movable = !mid_discard && unread.len() <= HANDOVER_UNREAD_BYTES_MAX;
     let quiet = match (&to, movable) {
@@ -986,6 +989,12 @@ async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> boo
                 _ = conn.finished.wait() => false,
             };
             conn.read_stopped.set(false);
+            tracing::debug!(
+                listener = %l.name,
+                quiet,
+                waited_us = hotswap::monotonic_ns().saturating_sub(paused_at_ns) / 1000,
+                "hot upgrade: stopped connection waited for its requests in flight"
+            );
             quiet
         }
         _ => false,
@@ -1000,6 +1009,8 @@ async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> boo
                     listener: l.name.clone(),
                     fd,
                     unread: unread.to_vec(),
+                    paused_at_ns,
+                    upstream: None,
                 }),
                 Err(e) => {
                     tracing::warn!(listener = %l.name, error = %e, "hot upgrade: cannot duplicate a connection's socket");
