@@ -704,8 +704,9 @@ pub struct Listener {
     /// over connections by original destination and protocol. A connection whose original
     /// destination is a virtual listener's address (its IP, or any IP when that is 0.0.0.0 or
     /// [::]; an exact IP wins) goes to that listener when the first bytes fit its protocol
-    /// (Dubbo magic for `dubbo`, the HTTP/2 preface for `triple`, anything for `tcp`); every
-    /// other connection is passed through to its original destination.
+    /// (Dubbo magic for `dubbo`, the HTTP/2 preface for `triple`, anything for `tcp`), else to
+    /// that listener's `default_filter_chain` when it has one; every other connection is
+    /// passed through to its original destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_listeners: Vec<String>,
     /// Per connection, the first of these whose `match` fits (as Envoy's filter chain matching
@@ -715,6 +716,9 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter_chains: Vec<FilterChain>,
     /// The chain of the connections no `filter_chains` entry takes (its `match` stays empty).
+    /// On a virtual (`bind: false`) dubbo or triple listener, without `filter_chains`: the
+    /// tcp listener that takes the connections handed to it whose first bytes do not speak
+    /// its protocol (Istio's catch-all chain of a sniffed port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_filter_chain: Option<FilterChain>,
     /// Envoy's `tls_inspector`: chain matching sees `transport_protocol: tls` for a connection
@@ -2727,11 +2731,29 @@ impl Config {
             if chains.is_empty() {
                 continue;
             }
-            if l.protocol != Protocol::Tcp || !l.bind || !l.virtual_listeners.is_empty() {
+            // A virtual dubbo or triple listener's catch-all chain: the connections handed to
+            // it whose first bytes do not speak its protocol (Istio's sniffed outbound ports).
+            let catch_all = !l.bind && l.protocol != Protocol::Tcp && l.filter_chains.is_empty();
+            if catch_all {
+                let target = l
+                    .default_filter_chain
+                    .as_ref()
+                    .and_then(|c| c.listener.as_ref());
+                let target = target.and_then(|n| self.listeners.iter().find(|v| &v.name == n));
+                if target.is_some_and(|t| t.protocol != Protocol::Tcp) {
+                    err(
+                        at("default_filter_chain.listener"),
+                        "a virtual dubbo or triple listener's catch-all chain must be a tcp \
+                         listener"
+                            .into(),
+                    );
+                }
+            } else if l.protocol != Protocol::Tcp || !l.bind || !l.virtual_listeners.is_empty() {
                 err(
                     at("filter_chains"),
                     "only a tcp listener that binds (bind: true) and has no virtual_listeners \
-                     chooses filter chains"
+                     chooses filter chains (a virtual dubbo or triple listener has a \
+                     default_filter_chain only)"
                         .into(),
                 );
             }

@@ -1296,7 +1296,20 @@ fn istio_chain_shapes() {
     assert!(!res.listener.bind && !res.hand_off);
     assert_eq!(res.listener.protocol, Protocol::Triple);
     assert_eq!(res.rds.as_deref(), Some("9080"));
-    assert_eq!(res.fallback.as_deref(), Some("PassthroughCluster"));
+    // Its catch-all chain: a listener of its own, to the original destination.
+    let d = res.listener.default_filter_chain.as_ref().unwrap();
+    assert_eq!(
+        d.listener.as_deref(),
+        Some("0.0.0.0_9080/default_filter_chain")
+    );
+    assert!(res.listener.filter_chains.is_empty());
+    let [c] = res.chains.as_slice() else {
+        panic!("{:?}", res.chains)
+    };
+    assert_eq!(c.listener.name, "0.0.0.0_9080/default_filter_chain");
+    assert_eq!(c.listener.cluster.as_deref(), Some("PassthroughCluster"));
+    assert!(!c.listener.bind && c.listener.original_destination);
+    assert_eq!(c.listener.protocol, Protocol::Tcp);
 
     // The same chains on a listener that binds its port: chosen per connection, each chain's
     // listener with its own RDS; a TLS chain in front of a tcp_proxy keeps its place without
