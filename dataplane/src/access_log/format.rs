@@ -8,7 +8,7 @@
 //! fills in are listed in docs/observability.md.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Flags, Record};
@@ -149,24 +149,43 @@ impl Format {
 
     /// Appends one line (with its newline for `json_format`; a format string has its own).
     pub fn render(&self, r: &Record<'_>, out: &mut Vec<u8>) {
+        self.render_cached(r, out, &mut TimeCache::default());
+    }
+
+    /// [`Format::render`] with the shard's cache of `%START_TIME%` texts (a log on a shard
+    /// keeps one: the lines of one second share the text up to their sub-second digits).
+    pub fn render_cached(&self, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut TimeCache) {
         match self {
-            Format::Text(pieces) => render_text(pieces, r, out),
+            Format::Text(pieces) => render_text(pieces, r, out, tc),
             Format::Json(entries) => {
-                render_json(entries, r, out);
+                render_json(entries, r, out, tc);
                 out.push(b'\n');
             }
         }
     }
 }
 
+/// Appends `s`: a short piece byte by byte (most constant pieces of a format are 1-3 bytes,
+/// where a `memcpy` call costs more than the copy), a longer one with one copy.
+#[inline]
+fn put(out: &mut Vec<u8>, s: &[u8]) {
+    if s.len() <= 8 {
+        for &b in s {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(s);
+    }
+}
+
 /// Text and operators one after the other, a missing value as `-`.
-fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>) {
+fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>, tc: &mut TimeCache) {
     for p in pieces {
         match p {
-            Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+            Piece::Text(t) => put(out, t.as_bytes()),
             Piece::Op(op, max) => {
                 let start = out.len();
-                if !value(op, r, out) {
+                if !value(op, r, out, tc) {
                     out.push(b'-');
                 }
                 truncate(out, start, *max);
@@ -200,25 +219,34 @@ fn json_entries(
                 )))
             }
         };
-        out.push((k.clone(), v));
+        // Rendered once here: every line copies the quoted, escaped key and its colon.
+        let mut key = Vec::with_capacity(k.len() + 3);
+        json_string(k.as_bytes(), &mut key);
+        key.push(b':');
+        out.push((String::from_utf8_lossy(&key).into_owned(), v));
     }
     Ok(out)
 }
 
-fn render_json(entries: &[(String, JsonValue)], r: &Record<'_>, out: &mut Vec<u8>) {
+fn render_json(
+    entries: &[(String, JsonValue)],
+    r: &Record<'_>,
+    out: &mut Vec<u8>,
+    tc: &mut TimeCache,
+) {
     out.push(b'{');
     for (i, (k, v)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        json_string(k.as_bytes(), out);
-        out.push(b':');
+        // The key as compiled: already a JSON string with its colon.
+        put(out, k.as_bytes());
         match v {
-            JsonValue::Nested(n) => render_json(n, r, out),
+            JsonValue::Nested(n) => render_json(n, r, out, tc),
             JsonValue::Pieces(ps) => match ps.as_slice() {
                 [Piece::Op(op, max)] => {
                     let start = out.len();
-                    if !value(op, r, out) {
+                    if !value(op, r, out, tc) {
                         out.extend_from_slice(b"null");
                     } else {
                         truncate(out, start, *max);
@@ -229,7 +257,7 @@ fn render_json(entries: &[(String, JsonValue)], r: &Record<'_>, out: &mut Vec<u8
                 }
                 _ => {
                     let start = out.len();
-                    render_text(ps, r, out);
+                    render_text(ps, r, out, tc);
                     quote_from(out, start);
                 }
             },
@@ -293,25 +321,81 @@ impl std::fmt::Write for Bytes<'_> {
     }
 }
 
+// Numbers, addresses and times are written digit by digit: `write!` through `fmt` cost
+// ~5,000 instructions per line of Envoy's default format (callgrind, docs/benchmarks.md
+// "Observability cost in instructions"); these cost a few per digit.
+
+/// The decimal digits of `n`.
+fn put_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put(out, &buf[i..]);
+}
+
+/// `n` zero-padded to `width` digits (more digits when it has more).
+fn put_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    while n > 0 {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let from = i.min(buf.len() - width.min(buf.len()));
+    put(out, &buf[from..]);
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                put_u64(out, u64::from(o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(Bytes(out), "{v6}");
+        }
+    }
+}
+
 fn addr(a: Option<SocketAddr>, port: bool, out: &mut Vec<u8>) -> bool {
     let Some(a) = a else { return false };
-    let _ = if port {
-        write!(Bytes(out), "{a}")
-    } else {
-        write!(Bytes(out), "{}", a.ip())
-    };
+    match (a, port) {
+        (_, false) => put_ip(out, a.ip()),
+        (SocketAddr::V4(v4), true) => {
+            put_ip(out, IpAddr::V4(*v4.ip()));
+            out.push(b':');
+            put_u64(out, u64::from(v4.port()));
+        }
+        // `[ip%scope]:port`, as std writes it.
+        (SocketAddr::V6(_), true) => {
+            let _ = write!(Bytes(out), "{a}");
+        }
+    }
     true
 }
 
-fn num(n: impl std::fmt::Display, out: &mut Vec<u8>) -> bool {
-    let _ = write!(Bytes(out), "{n}");
+fn num(n: u64, out: &mut Vec<u8>) -> bool {
+    put_u64(out, n);
     true
 }
 
 fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
     match s {
         Some(s) if !s.is_empty() => {
-            out.extend_from_slice(s);
+            put(out, s);
             true
         }
         _ => false,
@@ -319,20 +403,20 @@ fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
 }
 
 /// Writes an operator's value; false when the record has none (rendered `-` or null).
-fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>) -> bool {
+fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut TimeCache) -> bool {
     match op {
         Op::StartTime(pieces) => {
-            time(r.start, pieces, out);
+            time(r.start, pieces, out, tc);
             true
         }
-        Op::Duration => num(r.duration.as_millis(), out),
-        Op::ResponseCode => num(r.response_code.unwrap_or(0), out),
+        Op::Duration => num(r.duration.as_millis() as u64, out),
+        Op::ResponseCode => num(u64::from(r.response_code.unwrap_or(0)), out),
         Op::GrpcStatus => match r.grpc_status {
             Some(s) => text(Some(grpc_status_name(s).as_bytes()), out),
             None => false,
         },
         Op::GrpcStatusNumber => match r.grpc_status {
-            Some(s) => num(s, out),
+            Some(s) => num(u64::from(s), out),
             None => false,
         },
         Op::ResponseFlags => {
@@ -418,33 +502,64 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>) {
+/// The `%START_TIME%` text of one second, kept per log and shard: the lines of that second copy
+/// it and write only their sub-second digits (a line's time costs one copy, not a date
+/// computation and a dozen numbers).
+#[derive(Debug, Default)]
+pub struct TimeCache {
+    /// (the time format's address, the unix second) the text is for.
+    key: Option<(usize, u64)>,
+    text: Vec<u8>,
+    /// Where in `text` each `%E3S`-style piece's fraction goes, and its digits.
+    fracs: Vec<(usize, u8)>,
+}
+
+fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>, tc: &mut TimeCache) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = since.as_secs() as i64;
-    let (y, mo, d) = civil(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    let mut w = Bytes(out);
+    let secs = since.as_secs();
+    let key = (pieces.as_ptr() as usize, secs);
+    if tc.key != Some(key) {
+        tc.text.clear();
+        tc.fracs.clear();
+        second(secs, pieces, &mut tc.text, &mut tc.fracs);
+        tc.key = Some(key);
+    }
+    let start = out.len();
+    out.extend_from_slice(&tc.text);
+    for &(at, digits) in &tc.fracs {
+        let mut frac = u64::from(since.subsec_nanos()) / 10u64.pow(9 - u32::from(digits));
+        for b in out[start + at..start + at + usize::from(digits)]
+            .iter_mut()
+            .rev()
+        {
+            *b = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+    }
+}
+
+/// The text of `pieces` for unix second `secs`, each fraction as zeros (its place in `fracs`).
+fn second(secs: u64, pieces: &[TimePiece], out: &mut Vec<u8>, fracs: &mut Vec<(usize, u8)>) {
+    let (y, mo, d) = civil((secs / 86_400) as i64);
+    let sod = secs % 86_400;
     for p in pieces {
-        let _ = match p {
-            TimePiece::Text(s) => w.write_str(s),
-            TimePiece::Year => write!(w, "{y:04}"),
-            TimePiece::Month => write!(w, "{mo:02}"),
-            TimePiece::Day => write!(w, "{d:02}"),
-            TimePiece::Hour => write!(w, "{:02}", sod / 3600),
-            TimePiece::Minute => write!(w, "{:02}", sod / 60 % 60),
-            TimePiece::Second => write!(w, "{:02}", sod % 60),
+        match p {
+            TimePiece::Text(s) => out.extend_from_slice(s.as_bytes()),
+            TimePiece::Year => put_padded(out, y.max(0) as u64, 4),
+            TimePiece::Month => put_padded(out, u64::from(mo), 2),
+            TimePiece::Day => put_padded(out, u64::from(d), 2),
+            TimePiece::Hour => put_padded(out, sod / 3600, 2),
+            TimePiece::Minute => put_padded(out, sod / 60 % 60, 2),
+            TimePiece::Second => put_padded(out, sod % 60, 2),
             TimePiece::SecondFrac(digits) => {
-                let frac = u64::from(since.subsec_nanos()) / 10u64.pow(9 - u32::from(*digits));
-                write!(
-                    w,
-                    "{:02}.{frac:0width$}",
-                    sod % 60,
-                    width = *digits as usize
-                )
+                put_padded(out, sod % 60, 2);
+                out.push(b'.');
+                fracs.push((out.len(), *digits));
+                out.resize(out.len() + usize::from(*digits), b'0');
             }
-            TimePiece::Epoch => write!(w, "{secs}"),
-            TimePiece::Zone => w.write_str("+0000"),
-        };
+            TimePiece::Epoch => put_u64(out, secs),
+            TimePiece::Zone => out.extend_from_slice(b"+0000"),
+        }
     }
 }
 
@@ -770,6 +885,76 @@ mod tests {
                 ":authority"
             ]
         );
+    }
+
+    /// Lines of one second share the cached text and differ in their fractions; another
+    /// second or another format renders afresh.
+    #[test]
+    fn start_times_through_the_cache() {
+        let f = Format::text("%START_TIME% %START_TIME(%s %E6S|%E9S)%").unwrap();
+        let mut tc = TimeCache::default();
+        let at = |ms: u64, extra_ns: u32| {
+            let mut r = record(NO_HEADERS_FOR_TESTS);
+            r.start =
+                UNIX_EPOCH + Duration::from_millis(ms) + Duration::from_nanos(extra_ns.into());
+            r
+        };
+        let mut line = |r: &Record<'_>| {
+            let mut out = Vec::new();
+            f.render_cached(r, &mut out, &mut tc);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            line(&at(1_460_751_420_310, 0)),
+            "2016-04-15T20:17:00.310Z 1460751420 00.310000|00.310000000"
+        );
+        assert_eq!(
+            line(&at(1_460_751_420_007, 123)),
+            "2016-04-15T20:17:00.007Z 1460751420 00.007000|00.007000123"
+        );
+        assert_eq!(
+            line(&at(1_460_751_479_999, 999_999)),
+            "2016-04-15T20:17:59.999Z 1460751479 59.999999|59.999999999"
+        );
+        assert_eq!(
+            line(&at(0, 0)),
+            "1970-01-01T00:00:00.000Z 0 00.000000|00.000000000"
+        );
+    }
+
+    const NO_HEADERS_FOR_TESTS: &dyn crate::access_log::Headers = crate::access_log::NO_HEADERS;
+
+    /// The digit-by-digit writers print what `fmt` prints.
+    #[test]
+    fn numbers_and_addresses_as_fmt_prints_them() {
+        for n in [0u64, 7, 9, 10, 99, 100, 65_535, 1_000_000_007, u64::MAX] {
+            let mut out = Vec::new();
+            put_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+            for width in [1, 2, 3, 4, 9] {
+                let mut out = Vec::new();
+                put_padded(&mut out, n, width);
+                assert_eq!(out, format!("{n:0width$}").as_bytes(), "{n} width {width}");
+            }
+        }
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:20880",
+            "255.255.255.255:65535",
+            "10.0.35.28:4711",
+            "[::1]:8080",
+            "[fe80::1%2]:443",
+            "[2001:db8::ff00:42:8329]:1",
+        ] {
+            let sa: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            assert!(addr(Some(sa), true, &mut out));
+            assert_eq!(out, sa.to_string().as_bytes());
+            let mut out = Vec::new();
+            assert!(addr(Some(sa), false, &mut out));
+            assert_eq!(out, sa.ip().to_string().as_bytes());
+        }
+        assert!(!addr(None, true, &mut Vec::new()));
     }
 
     #[test]
