@@ -149,12 +149,11 @@ impl Format {
 
     /// Appends one line (with its newline for `json_format`; a format string has its own).
     pub fn render(&self, r: &Record<'_>, out: &mut Vec<u8>) {
-        self.render_cached(r, out, &mut TimeCache::default());
+        self.render_cached(r, out, &mut LineCache::default());
     }
 
-    /// [`Format::render`] with the shard's cache of `%START_TIME%` texts (a log on a shard
-    /// keeps one: the lines of one second share the text up to their sub-second digits).
-    pub fn render_cached(&self, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut TimeCache) {
+    /// [`Format::render`] with what a log on a shard keeps from line to line ([`LineCache`]).
+    pub fn render_cached(&self, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) {
         match self {
             Format::Text(pieces) => render_text(pieces, r, out, tc),
             Format::Json(entries) => {
@@ -179,7 +178,7 @@ fn put(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Text and operators one after the other, a missing value as `-`.
-fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>, tc: &mut TimeCache) {
+fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) {
     for p in pieces {
         match p {
             Piece::Text(t) => put(out, t.as_bytes()),
@@ -232,7 +231,7 @@ fn render_json(
     entries: &[(String, JsonValue)],
     r: &Record<'_>,
     out: &mut Vec<u8>,
-    tc: &mut TimeCache,
+    tc: &mut LineCache,
 ) {
     out.push(b'{');
     for (i, (k, v)) in entries.iter().enumerate() {
@@ -370,17 +369,31 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-fn addr(a: Option<SocketAddr>, port: bool, out: &mut Vec<u8>) -> bool {
+fn addr(a: Option<SocketAddr>, port: bool, out: &mut Vec<u8>, lc: &mut LineCache) -> bool {
     let Some(a) = a else { return false };
-    match (a, port) {
-        (_, false) => put_ip(out, a.ip()),
-        (SocketAddr::V4(v4), true) => {
+    match a {
+        SocketAddr::V4(v4) => {
+            let key = Some((v4, port));
+            if let Some(hit) = lc.addrs.iter().find(|s| s.key == key) {
+                out.extend_from_slice(&hit.text[..usize::from(hit.len)]);
+                return true;
+            }
+            let start = out.len();
             put_ip(out, IpAddr::V4(*v4.ip()));
-            out.push(b':');
-            put_u64(out, u64::from(v4.port()));
+            if port {
+                out.push(b':');
+                put_u64(out, u64::from(v4.port()));
+            }
+            let written = &out[start..];
+            let slot = &mut lc.addrs[lc.next_addr];
+            slot.key = key;
+            slot.len = written.len() as u8;
+            slot.text[..written.len()].copy_from_slice(written);
+            lc.next_addr = (lc.next_addr + 1) % ADDR_CACHE_SLOTS;
         }
+        SocketAddr::V6(_) if !port => put_ip(out, a.ip()),
         // `[ip%scope]:port`, as std writes it.
-        (SocketAddr::V6(_), true) => {
+        SocketAddr::V6(_) => {
             let _ = write!(Bytes(out), "{a}");
         }
     }
@@ -403,7 +416,7 @@ fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
 }
 
 /// Writes an operator's value; false when the record has none (rendered `-` or null).
-fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut TimeCache) -> bool {
+fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) -> bool {
     match op {
         Op::StartTime(pieces) => {
             time(r.start, pieces, out, tc);
@@ -428,13 +441,13 @@ fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut TimeCache) -> bool
             }
             true
         }
-        Op::UpstreamHost => addr(r.upstream_host, true, out),
+        Op::UpstreamHost => addr(r.upstream_host, true, out, tc),
         Op::UpstreamCluster => text(r.upstream_cluster.map(str::as_bytes), out),
         Op::RouteName => text(r.route_name.map(str::as_bytes), out),
-        Op::DownstreamRemoteAddress => addr(r.downstream_remote, true, out),
-        Op::DownstreamRemoteAddressWithoutPort => addr(r.downstream_remote, false, out),
-        Op::DownstreamLocalAddress => addr(r.downstream_local, true, out),
-        Op::DownstreamLocalAddressWithoutPort => addr(r.downstream_local, false, out),
+        Op::DownstreamRemoteAddress => addr(r.downstream_remote, true, out, tc),
+        Op::DownstreamRemoteAddressWithoutPort => addr(r.downstream_remote, false, out, tc),
+        Op::DownstreamLocalAddress => addr(r.downstream_local, true, out, tc),
+        Op::DownstreamLocalAddressWithoutPort => addr(r.downstream_local, false, out, tc),
         Op::BytesReceived => num(r.bytes_received, out),
         Op::BytesSent => num(r.bytes_sent, out),
         Op::Protocol => text(r.protocol.map(str::as_bytes), out),
@@ -502,19 +515,36 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// The `%START_TIME%` text of one second, kept per log and shard: the lines of that second copy
-/// it and write only their sub-second digits (a line's time costs one copy, not a date
-/// computation and a dozen numbers).
+/// What a log on one shard keeps from line to line so that constant-ish parts are rendered
+/// once: the `%START_TIME%` text of the current second (the lines of that second copy it and
+/// write only their sub-second digits) and the last few IPv4 addresses written (a log names
+/// the same few upstreams and callers over and over).
 #[derive(Debug, Default)]
-pub struct TimeCache {
+pub struct LineCache {
     /// (the time format's address, the unix second) the text is for.
     key: Option<(usize, u64)>,
     text: Vec<u8>,
     /// Where in `text` each `%E3S`-style piece's fraction goes, and its digits.
     fracs: Vec<(usize, u8)>,
+    addrs: [AddrText; ADDR_CACHE_SLOTS],
+    /// The slot the next new address replaces (round robin).
+    next_addr: usize,
 }
 
-fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>, tc: &mut TimeCache) {
+/// Addresses a [`LineCache`] keeps.
+const ADDR_CACHE_SLOTS: usize = 4;
+/// `255.255.255.255:65535`.
+const ADDR_TEXT_BYTES_MAX: usize = 21;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct AddrText {
+    /// The address and whether its port was written.
+    key: Option<(std::net::SocketAddrV4, bool)>,
+    text: [u8; ADDR_TEXT_BYTES_MAX],
+    len: u8,
+}
+
+fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>, tc: &mut LineCache) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since.as_secs();
     let key = (pieces.as_ptr() as usize, secs);
@@ -892,7 +922,7 @@ mod tests {
     #[test]
     fn start_times_through_the_cache() {
         let f = Format::text("%START_TIME% %START_TIME(%s %E6S|%E9S)%").unwrap();
-        let mut tc = TimeCache::default();
+        let mut tc = LineCache::default();
         let at = |ms: u64, extra_ns: u32| {
             let mut r = record(NO_HEADERS_FOR_TESTS);
             r.start =
@@ -937,6 +967,7 @@ mod tests {
                 assert_eq!(out, format!("{n:0width$}").as_bytes(), "{n} width {width}");
             }
         }
+        let mut lc = LineCache::default();
         for a in [
             "0.0.0.0:0",
             "127.0.0.1:20880",
@@ -947,14 +978,17 @@ mod tests {
             "[2001:db8::ff00:42:8329]:1",
         ] {
             let sa: SocketAddr = a.parse().unwrap();
-            let mut out = Vec::new();
-            assert!(addr(Some(sa), true, &mut out));
-            assert_eq!(out, sa.to_string().as_bytes());
-            let mut out = Vec::new();
-            assert!(addr(Some(sa), false, &mut out));
-            assert_eq!(out, sa.ip().to_string().as_bytes());
+            // Twice each: written, then from the cache.
+            for _ in 0..2 {
+                let mut out = Vec::new();
+                assert!(addr(Some(sa), true, &mut out, &mut lc));
+                assert_eq!(out, sa.to_string().as_bytes());
+                let mut out = Vec::new();
+                assert!(addr(Some(sa), false, &mut out, &mut lc));
+                assert_eq!(out, sa.ip().to_string().as_bytes());
+            }
         }
-        assert!(!addr(None, true, &mut Vec::new()));
+        assert!(!addr(None, true, &mut Vec::new(), &mut lc));
     }
 
     #[test]

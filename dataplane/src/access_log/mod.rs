@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use format::{Format, FormatError, TimeCache};
+pub use format::{Format, FormatError, LineCache};
 pub use sink::{drain_all, reopen_all, FileSink, OpenError};
 
 use crate::stats::{Kind, ShardStats, StatId, Stats};
@@ -292,7 +292,7 @@ struct ShardLog {
     format: Arc<Format>,
     filter: Option<Arc<Filter>>,
     file: Rc<ShardFile>,
-    times: RefCell<TimeCache>,
+    cache: RefCell<LineCache>,
 }
 
 impl ListenerLog {
@@ -304,9 +304,9 @@ impl ListenerLog {
                     continue;
                 }
             }
-            let mut times = l.times.borrow_mut();
+            let mut cache = l.cache.borrow_mut();
             l.file
-                .line(|out| l.format.render_cached(r, out, &mut times));
+                .line(|out| l.format.render_cached(r, out, &mut cache));
         }
     }
 
@@ -402,7 +402,7 @@ impl ShardLogs {
                     format: s.format.clone(),
                     filter: s.filter.clone(),
                     file: self.file(&s.file, stats),
-                    times: RefCell::default(),
+                    cache: RefCell::default(),
                 }
             })
             .collect();
