@@ -373,16 +373,20 @@ pub fn insert_attachment_into(
     if end >= body.len() {
         return None;
     }
+    let (head, tail) = (frame.get(..HEADER_BYTES + end)?, body.get(end..)?);
     let start = out.len();
     out.reserve(frame.len() + key.len() + value.len() + 8);
-    out.extend_from_slice(&frame[..HEADER_BYTES + end]);
+    out.extend_from_slice(head);
     Writer::new(&mut *out).string(key).string(value);
-    out.extend_from_slice(&body[end..]);
-    let Ok(len) = u32::try_from(out.len() - start - HEADER_BYTES) else {
-        out.truncate(start);
-        return None;
-    };
-    out[start + field::BODY_LEN.start..start + field::BODY_LEN.end]
-        .copy_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(tail);
+    let len = u32::try_from(out.len() - start - HEADER_BYTES).ok();
+    let at = start + field::BODY_LEN.start..start + field::BODY_LEN.end;
+    match (len, out.get_mut(at)) {
+        (Some(len), Some(dst)) => dst.copy_from_slice(&len.to_be_bytes()),
+        _ => {
+            out.truncate(start);
+            return None;
+        }
+    }
     Some(())
 }
