@@ -673,8 +673,9 @@ pub struct Listener {
     /// over connections by original destination and protocol. A connection whose original
     /// destination is a virtual listener's address (its IP, or any IP when that is 0.0.0.0 or
     /// [::]; an exact IP wins) goes to that listener when the first bytes fit its protocol
-    /// (Dubbo magic for `dubbo`, the HTTP/2 preface for `triple`, anything for `tcp`); every
-    /// other connection is passed through to its original destination.
+    /// (Dubbo magic for `dubbo`, the HTTP/2 preface for `triple`, anything for `tcp`), else to
+    /// that listener's `default_filter_chain` when it has one; every other connection is
+    /// passed through to its original destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_listeners: Vec<String>,
     /// Per connection, the first of these whose `match` fits (as Envoy's filter chain matching
@@ -684,6 +685,9 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter_chains: Vec<FilterChain>,
     /// The chain of the connections no `filter_chains` entry takes (its `match` stays empty).
+    /// On a virtual (`bind: false`) dubbo or triple listener, without `filter_chains`: the
+    /// tcp listener that takes the connections handed to it whose first bytes do not speak
+    /// its protocol (Istio's catch-all chain of a sniffed port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_filter_chain: Option<FilterChain>,
     /// Envoy's `tls_inspector`: chain matching sees `transport_protocol: tls` for a connection
@@ -1237,6 +1241,10 @@ pub struct TripleListener {
     /// `ignore_port_in_host_matching`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub ignore_port_in_host_matching: bool,
+    /// Traffic labels (Apache Dubbo's tag routing): a call's `dubbo-tag` header (by default)
+    /// sends it to the endpoints tagged with it; docs/governance.md#traffic-labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_label: Option<TrafficLabel>,
 }
 
 impl TripleListener {
@@ -1278,6 +1286,7 @@ impl Default for TripleListener {
             rbac: Vec::new(),
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
+            traffic_label: None,
         }
     }
 }
@@ -1373,6 +1382,77 @@ pub struct DubboListener {
     /// (docs/security.md#authorization).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<Rbac>,
+    /// Traffic labels (Apache Dubbo's tag routing): a request's `dubbo.tag` attachment (by
+    /// default) sends it to the endpoints tagged with it; docs/governance.md#traffic-labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_label: Option<TrafficLabel>,
+}
+
+/// Longest traffic label (an endpoint's `tag`) and label key accepted.
+pub const TAG_BYTES_MAX: usize = 128;
+
+/// Where a listener reads a call's traffic label (Apache Dubbo's tag routing): the label
+/// selects the endpoints whose `tag` equals it, else (none carries it, and the call does not
+/// force it) the untagged ones; a call without a label goes to the untagged endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficLabel {
+    /// The Dubbo attachment (default `dubbo.tag`) or Triple header (default `dubbo-tag`)
+    /// holding the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The attachment (default `dubbo.force.tag`) or header (default `dubbo-force-tag`) that,
+    /// `true`, forbids the fall-back to untagged endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_key: Option<String>,
+}
+
+impl TrafficLabel {
+    pub const DUBBO_KEY: &'static str = "dubbo.tag";
+    pub const DUBBO_FORCE_KEY: &'static str = "dubbo.force.tag";
+    pub const TRIPLE_KEY: &'static str = "dubbo-tag";
+    pub const TRIPLE_FORCE_KEY: &'static str = "dubbo-force-tag";
+
+    /// (key, force key) of a Dubbo listener.
+    pub fn dubbo_keys(&self) -> (&str, &str) {
+        (
+            self.key.as_deref().unwrap_or(Self::DUBBO_KEY),
+            self.force_key.as_deref().unwrap_or(Self::DUBBO_FORCE_KEY),
+        )
+    }
+
+    /// (key, force key) of a Triple listener.
+    pub fn triple_keys(&self) -> (&str, &str) {
+        (
+            self.key.as_deref().unwrap_or(Self::TRIPLE_KEY),
+            self.force_key.as_deref().unwrap_or(Self::TRIPLE_FORCE_KEY),
+        )
+    }
+
+    fn validate(
+        &self,
+        header: bool,
+        at: &dyn Fn(&str) -> String,
+        err: &mut dyn FnMut(String, String),
+    ) {
+        for (field, v) in [("key", &self.key), ("force_key", &self.force_key)] {
+            let Some(v) = v else { continue };
+            let bad = if v.is_empty() || v.len() > TAG_BYTES_MAX {
+                Some(format!("must be 1..={TAG_BYTES_MAX} bytes"))
+            } else if header
+                && !v
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+            {
+                Some("a header name: lowercase letters, digits, '-', '_', '.'".into())
+            } else {
+                None
+            };
+            if let Some(m) = bad {
+                err(at(&format!("traffic_label.{field}")), format!("{v:?}: {m}"));
+            }
+        }
+    }
 }
 
 impl Default for DubboListener {
@@ -1386,6 +1466,7 @@ impl Default for DubboListener {
             heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT,
             routes: Vec::new(),
             rbac: Vec::new(),
+            traffic_label: None,
         }
     }
 }
@@ -1916,6 +1997,11 @@ pub struct EndpointMetadata {
     /// with a sidecar): chooses among the cluster's `transport_socket_matches`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub transport_socket_match: BTreeMap<String, String>,
+    /// Traffic label (Apache Dubbo's `dubbo.tag` provider parameter; EDS: the
+    /// `filter_metadata["envoy.lb"]["dubbo.tag"]` string): calls labelled with it go here
+    /// (docs/governance.md#traffic-labels). Empty: untagged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
 }
 
 impl Default for EndpointMetadata {
@@ -1928,6 +2014,7 @@ impl Default for EndpointMetadata {
             priority: 0,
             methods: String::new(),
             transport_socket_match: BTreeMap::new(),
+            tag: String::new(),
         }
     }
 }
@@ -2377,6 +2464,12 @@ impl Config {
                         "must be at least 1 (leave an endpoint that takes no traffic out)".into(),
                     );
                 }
+                if m.tag.len() > TAG_BYTES_MAX {
+                    err(
+                        at(&format!("endpoint_metadata[{k}].tag")),
+                        format!("{} bytes: at most {TAG_BYTES_MAX}", m.tag.len()),
+                    );
+                }
             }
         }
     }
@@ -2696,11 +2789,29 @@ impl Config {
             if chains.is_empty() {
                 continue;
             }
-            if l.protocol != Protocol::Tcp || !l.bind || !l.virtual_listeners.is_empty() {
+            // A virtual dubbo or triple listener's catch-all chain: the connections handed to
+            // it whose first bytes do not speak its protocol (Istio's sniffed outbound ports).
+            let catch_all = !l.bind && l.protocol != Protocol::Tcp && l.filter_chains.is_empty();
+            if catch_all {
+                let target = l
+                    .default_filter_chain
+                    .as_ref()
+                    .and_then(|c| c.listener.as_ref());
+                let target = target.and_then(|n| self.listeners.iter().find(|v| &v.name == n));
+                if target.is_some_and(|t| t.protocol != Protocol::Tcp) {
+                    err(
+                        at("default_filter_chain.listener"),
+                        "a virtual dubbo or triple listener's catch-all chain must be a tcp \
+                         listener"
+                            .into(),
+                    );
+                }
+            } else if l.protocol != Protocol::Tcp || !l.bind || !l.virtual_listeners.is_empty() {
                 err(
                     at("filter_chains"),
                     "only a tcp listener that binds (bind: true) and has no virtual_listeners \
-                     chooses filter chains"
+                     chooses filter chains (a virtual dubbo or triple listener has a \
+                     default_filter_chain only)"
                         .into(),
                 );
             }
@@ -3107,6 +3218,9 @@ fn validate_dubbo(
     err: &mut dyn FnMut(String, String),
 ) {
     validate_rbac_filters(&d.rbac, RbacScope::Dubbo, at, err);
+    if let Some(t) = &d.traffic_label {
+        t.validate(false, at, err);
+    }
     if d.frame_bytes_max < BUFFER_BYTES_MIN || d.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
         err(
             at("frame_bytes_max"),
@@ -3422,6 +3536,9 @@ fn validate_triple(
     err: &mut dyn FnMut(String, String),
 ) {
     validate_rbac_filters(&t.rbac, RbacScope::Http, at, err);
+    if let Some(tl) = &t.traffic_label {
+        tl.validate(true, at, err);
+    }
     let mut range = |field: &str, v: u32, lo: u32, hi: u32| {
         if !(lo..=hi).contains(&v) {
             err(at(field), format!("{v} is out of range {lo}..={hi}"));

@@ -295,6 +295,48 @@ fn virtual_listeners_load() {
     );
 }
 
+/// A virtual dubbo listener's catch-all chain (Istio's sniffed port): a virtual tcp listener
+/// that may read the original destination; anything else there is refused.
+#[test]
+fn a_virtual_listeners_catch_all_chain_is_a_virtual_tcp_listener() {
+    let with = |target: &str| {
+        VIRTUAL.replace(
+            "    cluster: users\nclusters:",
+            &format!(
+                "    cluster: users\n    default_filter_chain: {{listener: rest}}\n  - name: rest\n    \
+                 address: 0.0.0.0:20880\n    bind: false\n    protocol: {target}\n    cluster: \
+                 passthrough\n    original_destination: true\nclusters:"
+            ),
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &with("tcp")).unwrap();
+    assert_eq!(
+        c.listeners[1]
+            .default_filter_chain
+            .as_ref()
+            .unwrap()
+            .listener
+            .as_deref(),
+        Some("rest")
+    );
+    let e = errors(&with("dubbo"));
+    assert!(
+        e.iter()
+            .any(|e| e.field == "listeners[1].default_filter_chain.listener"),
+        "{e:?}"
+    );
+    // Beside filter_chains it is not a catch-all: a virtual listener does not choose chains.
+    let chains = with("tcp").replace(
+        "    default_filter_chain:",
+        "    filter_chains: [{match: {destination_port: 1}, listener: rest}]\n    default_filter_chain:",
+    );
+    let e = errors(&chains);
+    assert!(
+        e.iter().any(|e| e.field == "listeners[1].filter_chains"),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn virtual_listener_mistakes_are_refused() {
     let first = |text: &str| -> (String, String) {

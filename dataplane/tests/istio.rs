@@ -25,10 +25,6 @@ use serde_json::{json, Value};
 /// refuses today. docs/xds.md ("Istio") gives the reason of each.
 #[rustfmt::skip]
 const GAPS: &[(&str, &str, &str, &str)] = &[
-    ("stock", "listeners", "(outbound)", "`filter_chains`"),
-    ("stock", "listeners", "(all)", "`filter_chains`"),
-    ("mtls-off", "listeners", "(outbound)", "`filter_chains`"),
-    ("mtls-off", "listeners", "(all)", "`filter_chains`"),
     ("aeraki-dubbo", "listener", "virtualInbound", "is of type original_destination: dubbo routes cannot use it"),
     ("aeraki-dubbo", "listeners", "(all)", "is of type original_destination: dubbo routes cannot use it"),
 ];
@@ -942,6 +938,8 @@ COMMIT
 
 const POD_CLIENT_IP: &str = "10.78.0.1";
 const POD_IP: &str = "10.78.0.2";
+/// A second address outside the pod (tests that need two hosts on one port add it).
+const POD_OTHER_IP: &str = "10.78.0.3";
 
 /// A pod: a network namespace with Istio's iptables rules, and a client namespace joined to it
 /// by a veth pair (inbound capture sees only traffic from outside the pod). Deleted on drop.
@@ -979,13 +977,37 @@ impl Pod {
         assert!(restore.wait().unwrap().success(), "iptables-restore");
         Pod { client, pod }
     }
+
+    /// Routes `dst` (`default`, a CIDR) from the pod to the client side, as a node routes
+    /// service VIPs (kube-proxy's): the app's connection gets a route, and REDIRECT sends it
+    /// to the proxy before it leaves.
+    fn route_out(&self, dst: &str) {
+        let ns = &self.pod.0;
+        let argv = [
+            "netns",
+            "exec",
+            ns,
+            "ip",
+            "route",
+            "add",
+            dst,
+            "via",
+            POD_CLIENT_IP,
+        ];
+        self.pod.ip(&argv);
+    }
 }
 
 /// A TCP server of the app in the pod: writes `name PEER_IP\n` to each connection (the peer is
 /// the proxy's source address), then reads until EOF.
 fn app_server(port: u16, name: &'static str) {
+    app_server_on(SocketAddr::from(([0, 0, 0, 0], port)), name)
+}
+
+/// [`app_server`] on `addr`.
+fn app_server_on(addr: SocketAddr, name: &'static str) {
     use std::io::Write;
-    let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    let l = std::net::TcpListener::bind(addr).unwrap();
     std::thread::spawn(move || {
         for s in l.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
@@ -1144,8 +1166,10 @@ fn grpc_outcome(target: SocketAddr, authority: &str) -> String {
 /// with `upstream_bind_config` 127.0.0.6) in a pod with Istio's iptables rules, the proxy as
 /// uid/gid 1337: the app's grpcio calls to a service port go by `:authority` to the service's
 /// endpoints, to an unknown host through to the address the app dialled (ORIGINAL_DST), and a
-/// caller outside the pod reaches the app's gRPC port through `inbound|80||`. Envoy 1.40 and
-/// ringside (io_uring, epoll) with the same resources must end every call the same way.
+/// caller outside the pod reaches the app's gRPC port through `inbound|80||`; plain TCP (not
+/// HTTP) to the webhook's VIP takes `10.100.4.52_443`'s catch-all chain to its endpoint, and to
+/// another host on 9080 `0.0.0.0_9080`'s to that host. Envoy 1.40 and ringside (io_uring,
+/// epoll) with the same resources must end every call the same way.
 /// Skipped (loudly) unless root.
 #[test]
 fn istio_sidecar_grpc_paths_under_istio_iptables_like_envoy() {
@@ -1155,17 +1179,14 @@ fn istio_sidecar_grpc_paths_under_istio_iptables_like_envoy() {
         return;
     }
     let mut fx = fixture("mtls-off");
-    // `10.100.4.52_443` is a listed gap (docs/xds.md); nothing here calls it.
-    fx["listeners"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|l| l["name"] != "10.100.4.52_443");
-    // The services' endpoints: servers outside the pod, each answering with its name.
+    // The services' endpoints: servers outside the pod, each answering with its name (the
+    // webhook's 443, a port of no declared protocol, with a TCP server).
     let remote = |port: u16| -> SocketAddr { format!("{POD_CLIENT_IP}:{port}").parse().unwrap() };
     for e in fx["endpoints"].as_array_mut().unwrap() {
         let port = match e["cluster_name"].as_str().unwrap() {
             n if n.contains("reviews") => 9081,
             n if n.contains("ratings") => 9082,
+            n if n.contains("webhook") => 9443,
             _ => continue,
         };
         *e = load_assignment(e["cluster_name"].as_str().unwrap(), &[remote(port)]);
@@ -1190,20 +1211,42 @@ fn istio_sidecar_grpc_paths_under_istio_iptables_like_envoy() {
         (service(9080), "unknown.example.com:9080", "remote-9080"),
         (service(9080), "10.78.0.1:9080", "remote-9080"),
     ];
+    // Plain TCP from the app (`hello`, not HTTP): to the webhook's VIP, `10.100.4.52_443`'s
+    // catch-all chain to the service's cluster; to another host on port 9080, `0.0.0.0_9080`'s
+    // catch-all chain to PassthroughCluster (the address dialled).
+    let webhook_vip: SocketAddr = "10.100.4.52:443".parse().unwrap();
+    let other_9080: SocketAddr = format!("{POD_OTHER_IP}:9080").parse().unwrap();
     let pod_grpc: SocketAddr = format!("{POD_IP}:80").parse().unwrap();
     let pod_tcp: SocketAddr = format!("{POD_IP}:8080").parse().unwrap();
     let mut results: Vec<(String, Vec<String>)> = Vec::new();
     for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
         let pod = Pod::new();
+        // The app's route to the VIP (REDIRECT sends it to 15001 before it leaves), and a
+        // second address outside the pod.
+        pod.route_out("10.100.4.52/32");
+        let other = format!("{POD_OTHER_IP}/24");
+        pod.client.ip(&[
+            "netns",
+            "exec",
+            &pod.client.0,
+            "ip",
+            "addr",
+            "add",
+            &other,
+            "dev",
+            "veth0",
+        ]);
         let mut servers = Vec::new();
         pod.client.run(|| {
             for (port, name) in [(9080, "remote-9080"), (9081, "reviews"), (9082, "ratings")] {
                 servers.push(common::grpc::GrpcServer::start(
                     port,
                     name,
-                    &["--host", "0.0.0.0"],
+                    &["--host", POD_CLIENT_IP],
                 ));
             }
+            app_server_on(remote(9443), "webhook");
+            app_server_on(other_9080, "tcp-9080");
         });
         let got = pod.pod.run(|| {
             app_server(8080, "app");
@@ -1226,6 +1269,8 @@ fn istio_sidecar_grpc_paths_under_istio_iptables_like_envoy() {
                 .iter()
                 .map(|(to, authority, _)| grpc_outcome(*to, authority))
                 .collect();
+            got.push(first_line(webhook_vip));
+            got.push(first_line(other_9080));
             got.push(pod.client.run(|| grpc_outcome(pod_grpc, "app.default:80")));
             got.push(pod.client.run(|| first_line(pod_tcp)));
             got
@@ -1235,6 +1280,8 @@ fn istio_sidecar_grpc_paths_under_istio_iptables_like_envoy() {
         drop(servers);
     }
     let mut want: Vec<String> = outbound.iter().map(|c| c.2.to_string()).collect();
+    want.push(format!("webhook {POD_IP}"));
+    want.push(format!("tcp-9080 {POD_IP}"));
     want.push("app-80".into());
     want.push("app 127.0.0.6".into());
     for (who, got) in &results {
@@ -1311,17 +1358,7 @@ fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
     for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
         let pod = Pod::new();
         // The service VIP is routed like any address outside the pod (kube-proxy's VIPs).
-        pod.pod.ip(&[
-            "netns",
-            "exec",
-            &pod.pod.0,
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            POD_CLIENT_IP,
-        ]);
+        pod.route_out("default");
         let _providers = pod.client.run(|| {
             [(20880, "dubbo-service"), (20881, "dubbo-unknown")]
                 .map(|(port, name)| common::peers::NodeProvider::start(port, name, &[]))
@@ -1588,14 +1625,9 @@ fn pod_view(binary: &std::path::Path, envoy: bool) -> PodView {
     // only once its first listeners and clusters arrived; ringside answers 503 until then.)
     std::thread::sleep(Duration::from_millis(500));
     let ready_before_config = http_status(pod.health, "/healthz/ready") == 200;
-    // istiod's resources for a sidecar (mtls-off: every cluster plaintext), with the listener
-    // ringside refuses today in a set with virtualOutbound (GAPS: the sniffed port's catch-all
-    // to the service's cluster) left out, through pilot-agent's sockets.
+    // istiod's resources for a sidecar (mtls-off: every cluster plaintext), through
+    // pilot-agent's sockets.
     let mut snapshot = fixture("mtls-off");
-    snapshot["listeners"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|l| l["name"] != "10.100.4.52_443");
     loopback_listeners(&mut snapshot);
     if envoy {
         strip_istio_only(&mut snapshot);

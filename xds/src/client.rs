@@ -921,7 +921,7 @@ impl Client {
             }
             config.listeners.extend(self.fill(cand, &l.value));
         }
-        hand_off(&mut config, first_dynamic, cand)?;
+        hand_off(&mut config, first_dynamic, cand);
         let problems = config.validate_as(Source::Dynamic);
         if problems.is_empty() {
             Ok(config)
@@ -1023,9 +1023,8 @@ mod tests {
 /// Envoy's hand-off over the whole LDS set: a `use_original_dst` listener passes a connection
 /// to the `bind_to_port: false` listener of its original destination. Each such listener gets
 /// every dynamic virtual listener as `virtual_listeners`; with none, the virtual listeners take
-/// no connection (as in Envoy) and are left out. A virtual listener's catch-all chain must go
-/// where ringside's pass-through goes: the handing listener's cluster.
-fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) -> Result<(), TranslateError> {
+/// no connection (as in Envoy) and are left out, with the listeners of their chains.
+fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) {
     let dynamic = &config.listeners[first_dynamic..];
     let res = |name: &str| cand.listeners.get(name).map(|e| &e.value);
     // bind: false LDS listeners (not the listeners of a listener's filter chains).
@@ -1038,37 +1037,21 @@ fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) -> Result<(
         .filter(|&i| res(&config.listeners[i].name).is_some_and(|r| r.hand_off))
         .collect();
     if handing.is_empty() {
+        let chain_of = |l: &Listener| {
+            virtuals.iter().any(|v| {
+                l.name
+                    .strip_prefix(v.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
         config
             .listeners
-            .retain(|l| l.bind || !virtuals.contains(&l.name));
-        return Ok(());
-    }
-    for v in &virtuals {
-        let Some(fallback) = res(v).and_then(|r| r.fallback.as_deref()) else {
-            continue;
-        };
-        for &h in &handing {
-            let hl = &config.listeners[h];
-            if hl.cluster.as_deref() != Some(fallback) {
-                return Err(TranslateError::Field {
-                    kind: "listener",
-                    name: v.clone(),
-                    field: "filter_chains".into(),
-                    message: format!(
-                        "its catch-all chain goes to cluster {fallback:?}, but ringside passes \
-                         connections that do not speak the listener's protocol through {:?} of \
-                         listener {:?}",
-                        hl.cluster.as_deref().unwrap_or(""),
-                        hl.name
-                    ),
-                });
-            }
-        }
+            .retain(|l| l.bind || !(virtuals.contains(&l.name) || chain_of(l)));
+        return;
     }
     for &h in &handing {
         config.listeners[h].virtual_listeners = virtuals.clone();
     }
-    Ok(())
 }
 
 /// `xds.node_metadata` as the `google.protobuf.Struct` of `Node.metadata` (none when empty).

@@ -109,12 +109,8 @@ pub(crate) struct ListenerRes {
     /// Its HTTP connection manager has a `local_ratelimit` filter: its RDS routes keep their
     /// own rate limits (without the filter Envoy ignores them).
     pub route_limits: bool,
-    /// A virtual listener's catch-all tcp_proxy chain beside its protocol chain: the cluster
-    /// connections that do not speak the protocol go to. ringside passes them through to their
-    /// original destination with the handing listener's cluster, so the client checks that
-    /// this is that cluster.
-    pub fallback: Option<String>,
-    /// A listener with `filter_chains`: the `bind: false` listener of each chain it serves.
+    /// A listener with `filter_chains` (or a virtual listener with a catch-all chain beside its
+    /// protocol chain): the `bind: false` listener of each chain it serves.
     pub chains: Vec<ChainRes>,
 }
 
@@ -337,21 +333,45 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
     if bind && !hand_off && chooses_chains(l) {
         return chain_selecting_listener(l, base, &ctx);
     }
-    let (chain, at, fallback) = select_chain(l, &ctx, hand_off, bind)?;
-    let c = chain_listener(chain, &at, base, &ctx)?;
+    let (chain, at, catch_all) = select_chain(l, &ctx, hand_off, bind)?;
+    let pristine = base.clone();
+    let mut c = chain_listener(chain, &at, base, &ctx)?;
     if c.listener.tls.is_some() && c.listener.protocol == Protocol::Tcp {
         return Err(ctx.err(
             format!("{at}.transport_socket"),
             "TLS termination in front of a tcp_proxy is not supported (dubbo and triple listeners only)",
         ));
     }
+    let mut chains = Vec::new();
+    if let Some((fat, f)) = catch_all {
+        // The connections handed to this virtual listener that do not speak its protocol:
+        // served by the catch-all chain's own listener, `NAME/default_filter_chain` (Envoy
+        // picks that chain for them by filter_chain_match).
+        let mut sub = pristine;
+        sub.name = format!("{}/{fat}", l.name);
+        // It connects to the original destination its connections were handed off by
+        // (PassthroughCluster), whatever listener filters its own listener has.
+        sub.original_destination = true;
+        let sub = chain_listener(f, &fat, sub, &ctx)?;
+        if sub.listener.protocol != Protocol::Tcp || sub.listener.tls.is_some() {
+            return Err(ctx.err(
+                fat,
+                "beside a protocol chain, only a catch-all plaintext tcp_proxy chain is supported",
+            ));
+        }
+        c.listener.default_filter_chain = Some(FilterChain {
+            name: (!f.name.is_empty()).then(|| f.name.clone()),
+            matcher: ChainMatch::default(),
+            listener: Some(sub.listener.name.clone()),
+        });
+        chains.push(sub);
+    }
     Ok(ListenerRes {
         listener: c.listener,
         rds: c.rds,
         hand_off,
         route_limits: c.route_limits,
-        fallback,
-        chains: Vec::new(),
+        chains,
     })
 }
 
@@ -440,7 +460,6 @@ fn chain_selecting_listener(
         rds: None,
         hand_off: false,
         route_limits: false,
-        fallback: None,
         chains,
     })
 }
@@ -2842,6 +2861,7 @@ fn endpoints(
     at: &str,
 ) -> Result<Assignment, TranslateError> {
     use core_pb::HealthStatus as H;
+    use envoy_types::pb::google::protobuf::value::Kind;
     if !la.named_endpoints.is_empty() {
         return Err(ctx.err(
             join(at, "named_endpoints"),
@@ -2887,12 +2907,32 @@ fn endpoints(
                 })?,
                 None => Default::default(),
             };
+            let tag = match e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(LB_METADATA_KEY))
+                .and_then(|st| st.fields.get(TAG_FIELD))
+                .map(|v| &v.kind)
+            {
+                None => String::new(),
+                Some(Some(Kind::StringValue(s))) if s.len() <= config::TAG_BYTES_MAX => s.clone(),
+                Some(_) => {
+                    return Err(ctx.err(
+                        format!("{eat}.metadata.filter_metadata[{LB_METADATA_KEY:?}].{TAG_FIELD}"),
+                        format!(
+                            "must be a string of at most {} bytes",
+                            config::TAG_BYTES_MAX
+                        ),
+                    ))
+                }
+            };
             if !excluded {
                 out.endpoints.push(addr);
                 out.metadata.push(config::EndpointMetadata {
                     weight,
                     priority: l.priority,
                     transport_socket_match,
+                    tag,
                     ..Default::default()
                 });
             }
@@ -2908,7 +2948,10 @@ fn endpoints(
         }
     }
     let plain = |m: &config::EndpointMetadata| {
-        m.priority == 0 && m.weight == out.metadata[0].weight && m.transport_socket_match.is_empty()
+        m.priority == 0
+            && m.weight == out.metadata[0].weight
+            && m.transport_socket_match.is_empty()
+            && m.tag.is_empty()
     };
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
@@ -2918,6 +2961,11 @@ fn endpoints(
 
 /// The endpoint metadata that chooses among a cluster's `transport_socket_matches`.
 const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
+
+/// Envoy's load-balancing metadata namespace, and the field in it that is an endpoint's
+/// traffic label (docs/governance.md#traffic-labels).
+const LB_METADATA_KEY: &str = "envoy.lb";
+const TAG_FIELD: &str = "dubbo.tag";
 
 /// A `Struct` of string values as labels; `Err` the first key whose value is no string.
 fn string_labels(
@@ -3533,20 +3581,28 @@ fn tcp_proxy_cluster(c: &listener_pb::FilterChain) -> Option<String> {
 }
 
 /// The one chain ringside runs for listener `l`, its field path, and (virtual listeners) the
-/// cluster of the catch-all chain beside it. Envoy picks a chain per connection by
+/// catch-all chain beside it with its field path. Envoy picks a chain per connection by
 /// `filter_chain_match`; ringside takes the shapes in which that choice is one it makes too:
 /// - one chain that matches everything (a `default_filter_chain` beside it is unreachable);
 /// - on a `use_original_dst` listener, chains matching only `destination_port` = its own port
 ///   (Istio's `virtualOutbound-blackhole`: ringside closes such connections itself);
 /// - on a virtual listener, a chain matched by protocol detection alone (raw_buffer, h2c /
-///   http/1.1) and a catch-all tcp_proxy chain: ringside's hand-off takes a connection that
-///   sends the protocol's first bytes, and passes any other through.
+///   http/1.1) and a catch-all tcp_proxy chain: ringside's hand-off gives the listener a
+///   connection that sends the protocol's first bytes, and the catch-all chain any other.
+#[allow(clippy::type_complexity)]
 fn select_chain<'a>(
     l: &'a listener_pb::Listener,
     ctx: &Ctx<'_>,
     hand_off: bool,
     bind: bool,
-) -> Result<(&'a listener_pb::FilterChain, String, Option<String>), TranslateError> {
+) -> Result<
+    (
+        &'a listener_pb::FilterChain,
+        String,
+        Option<(String, &'a listener_pb::FilterChain)>,
+    ),
+    TranslateError,
+> {
     let own_port = match l.address.as_ref().and_then(|a| a.address.as_ref()) {
         Some(core_pb::address::Address::SocketAddress(sa)) => match sa.port_specifier {
             Some(core_pb::socket_address::PortSpecifier::PortValue(p)) => p,
@@ -3586,7 +3642,7 @@ fn select_chain<'a>(
         [(at, c), (d, _)] if is_default(d) && matches_all(c) => Ok((c, at.clone(), None)),
         [(at, c), (fat, f)] if !bind && sniff_only(c) && (is_default(fat) || matches_all(f)) => {
             match tcp_proxy_cluster(f) {
-                Some(cluster) => Ok((c, at.clone(), Some(cluster))),
+                Some(_) => Ok((c, at.clone(), Some((fat.clone(), *f)))),
                 None => refuse(
                     fat,
                     "beside a protocol chain, only a catch-all tcp_proxy chain is supported".into(),

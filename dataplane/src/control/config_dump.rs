@@ -152,7 +152,12 @@ fn listener(l: &config::Listener, cfg: &Config) -> Value {
         if let Some(d) = &l.default_filter_chain {
             o.insert("default_filter_chain".into(), chain(d));
         }
-        l.filter_chains.iter().map(chain).collect()
+        // A virtual dubbo or triple listener's own chain, beside its catch-all default one.
+        let own =
+            (l.protocol != config::Protocol::Tcp).then(|| json!({"filters": [proxy_filter(l)]}));
+        own.into_iter()
+            .chain(l.filter_chains.iter().map(chain))
+            .collect()
     };
     o.insert("filter_chains".into(), Value::Array(chains));
     if !l.virtual_listeners.is_empty() {

@@ -48,6 +48,10 @@ pub struct TcpProxy {
     pub log: Option<Rc<ListenerLog>>,
     /// Istio's standard metrics (`istio_tcp_*`), when the listener has `istio_metrics`.
     pub istio: Option<crate::stats::istio::IstioListener>,
+    /// A virtual listener's catch-all chain (set after every config update): its connections
+    /// come from a hand-off whose listener checked their original destination, which is this
+    /// listener's own (virtual) address, so that is no loop.
+    pub handed: Cell<bool>,
 }
 
 /// What the access log says about one connection.
@@ -64,11 +68,18 @@ struct Outcome {
 /// The virtual listeners (`bind: false`) an `original_destination` listener hands connections
 /// to by their original destination. Implemented by the shard (`worker`), which serves them.
 pub trait Virtuals {
-    /// The protocol of the virtual listener that takes connections to `dst`, if one does.
-    fn protocol(&self, dst: SocketAddr) -> Option<Protocol>;
-    /// Serves `down` on the virtual listener of `dst`, admitted as an accepted connection is
-    /// (closed at once over its `connections_per_shard_max`).
-    fn hand_off(&self, dst: SocketAddr, down: TcpStream) -> Pin<Box<dyn Future<Output = ()>>>;
+    /// The virtual listener that takes connections to `dst`, if one does: its protocol, and
+    /// whether it has a catch-all chain for the connections that do not speak it.
+    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool)>;
+    /// Serves `down` on the virtual listener of `dst` (`spoken`: its first bytes fit the
+    /// listener's protocol) or else on its catch-all chain's listener, admitted as an accepted
+    /// connection is (closed at once over its `connections_per_shard_max`).
+    fn hand_off(
+        &self,
+        dst: SocketAddr,
+        down: TcpStream,
+        spoken: bool,
+    ) -> Pin<Box<dyn Future<Output = ()>>>;
 }
 
 /// Relays one connection; closes it at the deadline of a drain of its listener (ringside cannot
@@ -145,6 +156,7 @@ async fn relay_connection(
     let dst = if l.original_destination {
         match crate::io::intercept::original_destination(&down, l.address) {
             Ok(a) => Some(a),
+            Err(crate::io::intercept::OrigDstError::Loop(a)) if l.handed.get() => Some(a),
             Err(e) if cluster.original_destination => {
                 tracing::debug!(listener = %l.name, error = %e, "no original destination; closing downstream");
                 return false;
@@ -157,7 +169,7 @@ async fn relay_connection(
     // Virtual listeners (bind: false) take the connections to their address whose protocol
     // they speak; listeners without any pay one empty-slice check.
     if let Some(dst) = dst {
-        if let Some(protocol) = virtuals.protocol(dst) {
+        if let Some((protocol, catch_all)) = virtuals.protocol(dst) {
             let detected = peek_protocol(&down).await;
             l.stats.inc(detected_id(l, &detected));
             counted = true;
@@ -166,10 +178,10 @@ async fn relay_connection(
                 Protocol::Triple => detected == Detected::Http2,
                 Protocol::Tcp => true,
             };
-            if fits {
+            if fits || catch_all {
                 out.handed_off = true;
                 l.stats.inc(l.ids.cx_handed_off);
-                virtuals.hand_off(dst, down).await;
+                virtuals.hand_off(dst, down, fits).await;
                 return false;
             }
         }

@@ -160,6 +160,9 @@ async fn serve_chains(down: TcpStream, l: &ListenerCtx, t: &TcpProxy, chains: &C
 pub struct Virtual {
     pub address: SocketAddr,
     pub listener: Rc<Latest<ListenerCtx>>,
+    /// A dubbo or triple virtual listener's `default_filter_chain` listener: the connections
+    /// whose first bytes do not speak its protocol.
+    pub catch_all: Option<Rc<Latest<ListenerCtx>>>,
 }
 
 /// The virtual listener a connection to `dst` belongs to: one with exactly that address, else
@@ -173,12 +176,20 @@ pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
 }
 
 impl tcp_proxy::Virtuals for Rc<[Virtual]> {
-    fn protocol(&self, dst: SocketAddr) -> Option<Protocol> {
-        virtual_for(self, dst).map(|v| v.listener.get().protocol)
+    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool)> {
+        virtual_for(self, dst).map(|v| (v.listener.get().protocol, v.catch_all.is_some()))
     }
 
-    fn hand_off(&self, dst: SocketAddr, down: TcpStream) -> Pin<Box<dyn Future<Output = ()>>> {
-        let v = virtual_for(self, dst).map(|v| v.listener.get());
+    fn hand_off(
+        &self,
+        dst: SocketAddr,
+        down: TcpStream,
+        spoken: bool,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        let v = virtual_for(self, dst).and_then(|v| match spoken {
+            true => Some(v.listener.get()),
+            false => v.catch_all.as_ref().map(|c| c.get()),
+        });
         // Boxed: serve_connection may come back here (a virtual tcp listener). One allocation
         // per handed-off connection, none per request.
         Box::pin(async move {

@@ -586,11 +586,26 @@ impl ShardState {
                 .map(|x| Virtual {
                     address: x.cfg.address,
                     listener: x.ctx.clone(),
+                    catch_all: self.catch_all(&x.cfg),
                 })
                 .collect();
             v.sort_by_key(|x| x.address.ip().is_unspecified());
             sl.ctx.get().virtuals.set(v.into());
         }
+    }
+
+    /// A dubbo or triple virtual listener's catch-all chain listener (validation made sure it
+    /// is a virtual tcp listener), marked as such.
+    fn catch_all(&self, v: &config::Listener) -> Option<Rc<Latest<ListenerCtx>>> {
+        if v.protocol == Protocol::Tcp || !v.filter_chains.is_empty() {
+            return None;
+        }
+        let name = v.default_filter_chain.as_ref()?.listener.as_ref()?;
+        let x = self.listeners.iter().find(|x| &x.cfg.name == name)?;
+        if let Some(t) = &x.ctx.get().tcp {
+            t.handed.set(true);
+        }
+        Some(x.ctx.clone())
     }
 
     /// Gives each listener with `filter_chains` its compiled chains and the virtual listeners
@@ -605,7 +620,10 @@ impl ShardState {
         };
         for sl in &self.listeners {
             let cfg = &sl.cfg;
-            if cfg.filter_chains.is_empty() && cfg.default_filter_chain.is_none() {
+            // A dubbo or triple virtual listener's default chain is its catch-all, which the
+            // hand-off uses (link_virtuals).
+            let chooses = cfg.protocol == Protocol::Tcp;
+            if !chooses || (cfg.filter_chains.is_empty() && cfg.default_filter_chain.is_none()) {
                 continue;
             }
             let matches: Vec<crate::filter::chain::Match> = cfg
@@ -737,6 +755,7 @@ impl ShardState {
                 ids: dubbo_ids,
                 budget: self.budget.clone(),
                 services,
+                service_memo: Default::default(),
                 dice: Dice::new((id as u32 + 1).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
@@ -745,6 +764,10 @@ impl ShardState {
                 trace: trace.clone(),
                 trace_arena: Default::default(),
                 rbac: crate::filter::rbac::Rbac::new(&d.rbac, &stats.stats),
+                labels: d
+                    .traffic_label
+                    .as_ref()
+                    .map(|t| crate::cluster::LabelKeys::new(t.dubbo_keys())),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -765,6 +788,7 @@ impl ShardState {
                 ids,
                 budget: self.budget.clone(),
                 services,
+                service_memo: Default::default(),
                 dice: Dice::new((id as u32 + 7).wrapping_mul(0x9e37_79b9)),
                 log: log.clone(),
                 log_pool: Default::default(),
@@ -774,6 +798,10 @@ impl ShardState {
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
                 rbac: crate::filter::rbac::Rbac::new(&t.rbac, &stats.stats),
+                labels: t
+                    .traffic_label
+                    .as_ref()
+                    .map(|t| crate::cluster::LabelKeys::new(t.triple_keys())),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
@@ -788,6 +816,7 @@ impl ShardState {
                 ids: snap.listener_ids[index],
                 log: log.clone(),
                 istio: istio_listener(snap, index, &stats, IstioProtocol::Tcp),
+                handed: Cell::new(false),
             })
         });
         Rc::new(ListenerCtx {

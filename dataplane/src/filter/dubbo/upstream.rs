@@ -33,7 +33,7 @@ use super::error::{LocalError, UpstreamGone};
 use super::wire;
 use crate::access_log::Flags;
 use crate::cluster::{
-    Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
+    Availability, HostStatIds, HostTable, Label, ShardCluster, UpstreamStatIds,
     ENDPOINT_FAILURE_BACKOFF_MS,
 };
 use crate::config;
@@ -63,6 +63,8 @@ pub(crate) struct Pending {
     bytes_in: u32,
     /// Its route's `retry_policy`, when it has one and the frame is small enough to keep.
     again: Option<Again>,
+    /// Its traffic label (`traffic_label`): retries and moves stay within its endpoints.
+    label: Option<Label>,
 }
 
 /// What a request that may be retried keeps: its frame as last sent, its retries so far, the
@@ -141,13 +143,16 @@ pub struct UpConn {
     out_bytes: Cell<usize>,
     out_ready: Notify,
     /// The callers of the one-way requests in `out`, in queue order.
-    oneway: RefCell<VecDeque<Rc<DownConn>>>,
+    oneway: RefCell<VecDeque<(Rc<DownConn>, Option<Label>)>>,
     pending: RefCell<FxHashMap<u64, Pending>>,
     /// Shadow copies (`request_mirror_policies`) in flight, by upstream request id: their
     /// deadline. Their answers are dropped; nobody waits for them.
     mirrors: RefCell<FxHashMap<u64, Instant>>,
     deadlines: RefCell<Deadlines>,
     keeper_wake: Notify,
+    /// When the keeper's timer fires next (`None`: it waits without a timer, or has not run
+    /// yet). A new deadline wakes it only when it is earlier than that.
+    keeper_until: Cell<Option<Instant>>,
     next_id: Cell<u64>,
     /// With `circuit_breakers`: requests queued while it was connecting (counted in the pool's
     /// `connecting_requests` until it opens or fails).
@@ -275,26 +280,34 @@ impl ClusterPool {
         })
     }
 
-    /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
-    /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
-    fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
-        self.pick_host_but(now, None)
+    /// Picks a healthy endpoint with the cluster's balancer, among those traffic label
+    /// `label` selects: skips endpoints in failure back-off or readonly; when every endpoint
+    /// is in back-off, tries the balancer's pick.
+    fn pick_host(&self, now: Instant, label: Option<Label>) -> Option<Rc<Host>> {
+        self.pick_host_but(now, None, label)
     }
 
     /// [`Self::pick_host`] for a retry: skips the endpoints `retry` tried (`previous_hosts`)
     /// while another is available.
-    fn pick_host_but(&self, now: Instant, retry: Option<&crate::route::Retry>) -> Option<Rc<Host>> {
+    fn pick_host_but(
+        &self,
+        now: Instant,
+        retry: Option<&crate::route::Retry>,
+        label: Option<Label>,
+    ) -> Option<Rc<Host>> {
         if let Some(r) = retry {
             let i = self
                 .lb
-                .pick_available(|i| match r.avoids(i) {
+                .pick_labelled(label, |i| match r.avoids(i) {
                     true => Availability::Excluded,
                     false => self.availability(i, now),
                 })
-                .or_else(|| self.lb.pick_available(|i| self.availability(i, now)))?;
+                .or_else(|| self.lb.pick_labelled(label, |i| self.availability(i, now)))?;
             return Some(self.host(i));
         }
-        let i = self.lb.pick_available(|i| self.availability(i, now))?;
+        let i = self
+            .lb
+            .pick_labelled(label, |i| self.availability(i, now))?;
         Some(self.host(i))
     }
 
@@ -324,6 +337,7 @@ impl ClusterPool {
 
     /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is
     /// rewritten here; two-way requests are tracked until they end.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         self: &Rc<Self>,
         frame: BytesMut,
@@ -331,12 +345,13 @@ impl ClusterPool {
         two_way: bool,
         timeout: Duration,
         retry: Option<crate::route::RetryPolicy>,
+        label: Option<Label>,
         down: &Rc<DownConn>,
         counted: Counted,
         log: Option<Box<Logged>>,
     ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
-        let Some(host) = self.pick_host(now) else {
+        let Some(host) = self.pick_host(now, label) else {
             return Err((ForwardError::NoHealthyEndpoint, log));
         };
         if let Some(b) = self.breaker.as_ref().filter(|b| b.is_open()) {
@@ -386,9 +401,10 @@ impl ClusterPool {
                 log,
                 again,
                 bytes_in: u32::try_from(frame.len()).unwrap_or(u32::MAX),
+                label,
             })
         } else {
-            Request::OneWay(down.clone())
+            Request::OneWay(down.clone(), label)
         };
         self.send_on(&host, &conn, frame, rq, now);
         Ok(())
@@ -400,13 +416,13 @@ impl ClusterPool {
     /// `MIRRORS_ACTIVE_PER_SHARD_MAX` in flight, no endpoint available, its circuit breakers
     /// (`max_requests`, the endpoint's `pending_requests_max`, `max_pending_requests`) full.
     /// Its deadline is `timeout`; it counts against this cluster's limits as any request.
-    pub fn mirror(self: &Rc<Self>, frame: &[u8], timeout: Duration) {
+    pub fn mirror(self: &Rc<Self>, frame: &[u8], timeout: Duration, label: Option<Label>) {
         let now = Instant::now();
         let dropped = || self.stats.inc(self.ids.rq_mirror_dropped);
         if frame.len() > MIRROR_FRAME_BYTES_MAX || !self.budget.admits() {
             return dropped();
         }
-        let Some(host) = self.pick_host(now) else {
+        let Some(host) = self.pick_host(now, label) else {
             return dropped();
         };
         if self.breaker.as_ref().is_some_and(|b| b.is_open())
@@ -429,9 +445,7 @@ impl ClusterPool {
         let mut frame = BytesMut::from(frame);
         let id_up = self.queue_on(&host, &conn, &mut frame, now);
         conn.mirrors.borrow_mut().insert(id_up, now + timeout);
-        if conn.deadlines.borrow_mut().push(now + timeout, id_up) {
-            conn.keeper_wake.notify();
-        }
+        conn.deadline(now + timeout, id_up);
         self.take_room(&host);
         conn.enqueue(frame.freeze());
     }
@@ -488,14 +502,11 @@ impl ClusterPool {
                 }
                 let (deadline, down) = (p.deadline, p.down.clone());
                 conn.pending.borrow_mut().insert(id_up, p);
-                let earliest = conn.deadlines.borrow_mut().push(deadline, id_up);
-                if earliest {
-                    conn.keeper_wake.notify();
-                }
+                conn.deadline(deadline, id_up);
                 down
             }
-            Request::OneWay(down) => {
-                conn.oneway.borrow_mut().push_back(down.clone());
+            Request::OneWay(down, label) => {
+                conn.oneway.borrow_mut().push_back((down.clone(), label));
                 down
             }
         };
@@ -528,8 +539,8 @@ impl ClusterPool {
 /// A request on its way upstream.
 enum Request {
     TwoWay(Pending),
-    /// Its caller, counted until the frame is written.
-    OneWay(Rc<DownConn>),
+    /// Its caller, counted until the frame is written, and its traffic label.
+    OneWay(Rc<DownConn>, Option<Label>),
 }
 
 // === impl Host ===
@@ -579,6 +590,7 @@ impl Host {
                 mirrors: RefCell::new(FxHashMap::default()),
                 deadlines: RefCell::new(Deadlines::default()),
                 keeper_wake: Notify::new(),
+                keeper_until: Cell::new(None),
                 next_id: Cell::new(1),
                 connecting_requests: Cell::new(0),
                 last_request: Cell::new(Instant::now()),
@@ -679,7 +691,7 @@ impl UpConn {
         if wire::is_oneway_request(frame) {
             let down = self.oneway.borrow_mut().pop_front();
             debug_assert!(down.is_some(), "a one-way frame without its caller");
-            if let Some(down) = down {
+            if let Some((down, _)) = down {
                 self.release(&down);
             }
         }
@@ -763,7 +775,7 @@ impl UpConn {
         }
         a.slot = true;
         let host = pool
-            .pick_host_but(now, Some(&a.retry))
+            .pick_host_but(now, Some(&a.retry), p.label)
             .filter(|h| h.pending.get() < pool.pending_max);
         let Some(host) = host else {
             return Err(self.answered(p, false));
@@ -811,7 +823,7 @@ impl UpConn {
             let rq = if wire::is_oneway_request(&frame) {
                 let down = self.oneway.borrow_mut().pop_front();
                 debug_assert!(down.is_some(), "a one-way frame without its caller");
-                down.map(Request::OneWay)
+                down.map(|(d, label)| Request::OneWay(d, label))
             } else {
                 // None: our heartbeat, or a request already answered (its deadline passed).
                 let p = self.pending.borrow_mut().remove(&wire::request_id(&frame));
@@ -825,14 +837,18 @@ impl UpConn {
                 }
                 rq => rq,
             };
-            let host = pool.pick_host(now).filter(|h| {
+            let label = match &rq {
+                Request::TwoWay(p) => p.label,
+                Request::OneWay(_, label) => *label,
+            };
+            let host = pool.pick_host(now, label).filter(|h| {
                 h.down_until.get().is_none_or(|t| t <= now) && h.pending.get() < pool.pending_max
             });
             match (host, rq) {
                 (Some(host), rq) => {
                     match &rq {
                         Request::TwoWay(p) => self.release(&p.down),
-                        Request::OneWay(down) => self.release(down),
+                        Request::OneWay(down, _) => self.release(down),
                     }
                     moved.push((host, frame, rq));
                 }
@@ -841,7 +857,7 @@ impl UpConn {
                         .borrow_mut()
                         .insert(wire::request_id(&frame), p);
                 }
-                (None, Request::OneWay(down)) => {
+                (None, Request::OneWay(down, _)) => {
                     self.release(&down);
                     pool.drop_oneway(&self.host, why);
                 }
@@ -887,7 +903,7 @@ impl UpConn {
         self.out.borrow_mut().clear();
         self.release_out();
         let oneway = std::mem::take(&mut *self.oneway.borrow_mut());
-        for down in oneway {
+        for (down, _) in oneway {
             self.release(&down);
             self.pool.drop_oneway(&self.host, why);
         }
@@ -912,6 +928,17 @@ impl UpConn {
     }
 }
 
+impl UpConn {
+    /// Tracks the deadline of request `id`, waking the keeper when it must fire sooner than
+    /// its timer.
+    fn deadline(&self, deadline: Instant, id: u64) {
+        self.deadlines.borrow_mut().push(deadline, id);
+        if self.keeper_until.get().is_none_or(|t| deadline < t) {
+            self.keeper_wake.notify();
+        }
+    }
+}
+
 /// A connection dropped with a frame still charged (its writer was cancelled mid-write).
 impl Drop for UpConn {
     fn drop(&mut self) {
@@ -921,8 +948,10 @@ impl Drop for UpConn {
 
 /// Request deadlines of one connection, earliest first. Requests on a connection usually share
 /// one timeout, so deadlines mostly arrive in order: those go to a FIFO (O(1) push and pop);
-/// the rare earlier one goes to a heap. Entries of answered requests stay until their deadline
-/// and are skipped then (the pending map decides).
+/// the rare earlier one goes to a heap. An answer to the oldest request in the FIFO removes its
+/// entry (providers mostly answer a connection's requests in order, so the FIFO holds about
+/// the requests in flight and the keeper's timer rarely fires); other answered requests' entries
+/// stay until their deadline and are skipped then (the pending map decides).
 #[derive(Default)]
 struct Deadlines {
     in_order: VecDeque<(Instant, u64)>,
@@ -930,14 +959,22 @@ struct Deadlines {
 }
 
 impl Deadlines {
-    /// Adds a deadline; true when it is now the earliest (the keeper must re-arm its timer).
-    fn push(&mut self, deadline: Instant, id: u64) -> bool {
-        let earliest = self.peek().is_none_or(|(d, _)| deadline < d);
+    fn push(&mut self, deadline: Instant, id: u64) {
         match self.in_order.back() {
             Some(&(last, _)) if deadline < last => self.out_of_order.push(Reverse((deadline, id))),
             _ => self.in_order.push_back((deadline, id)),
         }
-        earliest
+    }
+
+    /// Request `id` was answered: its entry goes if it is the FIFO's oldest.
+    fn answered(&mut self, id: u64) {
+        if self
+            .in_order
+            .front()
+            .is_some_and(|&(_, oldest)| oldest == id)
+        {
+            self.in_order.pop_front();
+        }
     }
 
     fn peek(&self) -> Option<(Instant, u64)> {
@@ -1152,8 +1189,10 @@ fn on_upstream_frame(conn: &Rc<UpConn>, h: wire::Header, frame: BytesMut) {
     // No entry: a late response after a timeout, or the answer to our own heartbeat: dropped.
     let p = conn.pending.borrow_mut().remove(&h.id);
     if let Some(p) = p {
+        conn.deadlines.borrow_mut().answered(h.id);
         conn.finish(p, Reply::Response(frame));
     } else if conn.mirrors.borrow_mut().remove(&h.id).is_some() {
+        conn.deadlines.borrow_mut().answered(h.id);
         let failed = matches!(
             wire::response_status(&frame),
             wire::Status::SERVER_TIMEOUT
@@ -1217,6 +1256,7 @@ async fn keeper(conn: &Rc<UpConn>) -> UpstreamGone {
             .into_iter()
             .flatten()
             .min();
+        conn.keeper_until.set(wake_at);
         let Some(wake_at) = wake_at else {
             conn.keeper_wake.wait().await;
             continue;
@@ -1225,6 +1265,7 @@ async fn keeper(conn: &Rc<UpConn>) -> UpstreamGone {
             _ = shard::monoio::time::sleep_until(wake_at.into()) => {}
             _ = conn.keeper_wake.wait() => continue,
         }
+        conn.keeper_until.set(None);
         let now = Instant::now();
         expire(conn, now);
         let quiet_since = conn.last_read.get().max(conn.last_ping.get());
@@ -1281,16 +1322,36 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut d = Deadlines::default();
-        assert!(d.push(at(100), 1));
-        assert!(!d.push(at(200), 2));
-        assert!(d.push(at(50), 3), "an earlier deadline re-arms the timer");
-        assert!(!d.push(at(150), 4));
-        assert!(!d.push(at(300), 5));
+        d.push(at(100), 1);
+        d.push(at(200), 2);
+        d.push(at(50), 3);
+        d.push(at(150), 4);
+        d.push(at(300), 5);
         let mut order = Vec::new();
         while let Some((_, id)) = d.peek() {
             order.push(id);
             d.pop();
         }
         assert_eq!(order, [3, 1, 4, 2, 5]);
+    }
+
+    #[test]
+    fn an_answer_to_the_oldest_request_removes_its_deadline() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut d = Deadlines::default();
+        for id in 1..=4 {
+            d.push(at(100 + id), id);
+        }
+        d.answered(1);
+        assert_eq!(d.peek(), Some((at(102), 2)));
+        // Out of order: 3's entry stays (skipped at its deadline by the pending map).
+        d.answered(3);
+        assert_eq!(d.peek(), Some((at(102), 2)));
+        d.answered(2);
+        assert_eq!(d.peek(), Some((at(103), 3)));
+        d.pop();
+        d.answered(4);
+        assert_eq!(d.peek(), None);
     }
 }
