@@ -1413,10 +1413,17 @@ fn tcp_through_upgrades(io: &str, with_busy: bool) {
     // First upgrade while the busy connection is stuck: it stays, the others move.
     let next = current.upgrade(&args);
     if let Some((writer, reader)) = busy {
-        let back = reader.join().unwrap().expect("the busy connection ends cleanly");
+        let back = reader
+            .join()
+            .unwrap()
+            .expect("the busy connection ends cleanly");
         writer.join().unwrap();
         let expect: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
-        assert!(back == expect, "busy: {} of {BULK} bytes, in order", back.len());
+        assert!(
+            back == expect,
+            "busy: {} of {BULK} bytes, in order",
+            back.len()
+        );
     }
     let (status, log) = current.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{log}");
@@ -1428,7 +1435,10 @@ fn tcp_through_upgrades(io: &str, with_busy: bool) {
     stop.store(true, Ordering::Relaxed);
     let quick_calls = quick.join().unwrap().unwrap();
     let late_calls = late.join().unwrap().unwrap();
-    assert!(quick_calls > 10 && late_calls > 10, "{quick_calls} {late_calls}");
+    assert!(
+        quick_calls > 10 && late_calls > 10,
+        "{quick_calls} {late_calls}"
+    );
     let connections = 2 + u64::from(with_busy);
     assert_eq!(
         server.accepted.load(Ordering::SeqCst),
@@ -1450,10 +1460,8 @@ fn tcp_through_upgrades(io: &str, with_busy: bool) {
 fn tcp_connections_stay_with_a_protocol_two_successor() {
     let server = LineServer::start();
     let (admin, listen) = (local(free_port()), local(free_port()));
-    let cfg = tcp_config(admin, listen, &[server.addr]).replace(
-        "drain_timeout_ms: 10000",
-        "drain_timeout_ms: 1500",
-    );
+    let cfg = tcp_config(admin, listen, &[server.addr])
+        .replace("drain_timeout_ms: 10000", "drain_timeout_ms: 1500");
     let mut current = Ringside::start(&cfg, admin, &["--shards", "1"]);
     let mut c = LineClient::connect(listen);
     assert_eq!(c.call("before").unwrap(), "before");

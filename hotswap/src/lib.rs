@@ -225,8 +225,7 @@ fn batches<T>(
     let (mut start, mut bytes) = (0, 0);
     for (i, c) in conns.iter().enumerate() {
         let len = len_of(c);
-        if i > start
-            && (i - start == per_message_max || bytes + len > CONNECTIONS_BATCH_BYTES_MAX)
+        if i > start && (i - start == per_message_max || bytes + len > CONNECTIONS_BATCH_BYTES_MAX)
         {
             out.push(start..i);
             (start, bytes) = (i, 0);

@@ -474,7 +474,10 @@ mod tests {
         let Message::Connections { conns } = serde_json::from_slice(v2).unwrap() else {
             panic!()
         };
-        assert_eq!((conns[0].unread.as_slice(), conns[0].paused_at_ns), (&[0xab][..], 0));
+        assert_eq!(
+            (conns[0].unread.as_slice(), conns[0].paused_at_ns),
+            (&[0xab][..], 0)
+        );
     }
 
     #[test]
