@@ -1830,6 +1830,13 @@ pub struct Cluster {
     /// requests in a row is ejected for a while; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Envoy's priority load (xDS only: computed from EDS health and the overprovisioning
+    /// factor, docs/governance.md#locality): the percentage of requests each priority level
+    /// present in `endpoint_metadata` takes, lowest priority number first, summing to 100.
+    /// Empty: the first level takes every request while it has an endpoint available (strict
+    /// failover; what a YAML cluster always has).
+    #[serde(skip)]
+    pub priority_load: Vec<u32>,
 }
 
 /// Most `transport_socket_matches` of one cluster (istiod sends two).

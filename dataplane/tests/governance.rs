@@ -246,6 +246,35 @@ fn dubbo_listener_limit_holds_its_rate_within_5_percent_at_2x_and_10x() {
 
 /// An HTTP connection manager listener (RDS) whose chain has the HTTP local rate limit filter
 /// with `filter` as its config.
+/// ringside configured by the test ADS server `xds` alone (node `node`; `extra`: more lines
+/// of its `xds:` block), with `shards` shards, once it acked RDS `version` and listens on
+/// `listen`.
+fn ringside_over_xds(
+    xds: &common::xds::XdsServer,
+    node: &str,
+    extra: &str,
+    shards: u32,
+    version: &str,
+    listen: SocketAddr,
+) -> Ringside {
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  mode: sotw\n{extra}",
+        xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", &shards.to_string()]);
+    xds.wait_ack(common::xds::RDS, version);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rs
+}
+
 fn hcm_rate_limited_listener(addr: SocketAddr, filter: serde_json::Value) -> serde_json::Value {
     let mut l = common::envoy::rds_listener("grpc_rl", addr, "rl_routes");
     let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
@@ -310,21 +339,7 @@ fn http_local_rate_limit_matches_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-rl\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "2"]);
-    rs_xds.wait_ack(RDS, "rl1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-rl", "", 2, "rl1", rs_listen);
 
     let run = |addr: SocketAddr| -> Vec<(&'static str, Option<u32>)> {
         let mut c = Client::connect(addr);
@@ -1057,21 +1072,7 @@ fn retry_policy_matches_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-rt\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "1"]);
-    rs_xds.wait_ack(RDS, "rt1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-rt", "", 1, "rt1", rs_listen);
     let run = |who: &str, addr: SocketAddr| -> Vec<u32> {
         let mut c = Client::connect(addr);
         [
@@ -1299,21 +1300,7 @@ fn http_fault_matches_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-ft\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "1"]);
-    rs_xds.wait_ack(RDS, "ft1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-ft", "", 1, "ft1", rs_listen);
     let run = |addr: SocketAddr| -> Vec<(u32, bool)> {
         let mut c = Client::connect(addr);
         [
@@ -1564,21 +1551,7 @@ fn request_mirror_policies_match_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen, shadow_rs.addr)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-mr\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "2"]);
-    rs_xds.wait_ack(RDS, "mr1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-mr", "", 2, "mr1", rs_listen);
     let run = |who: &str, addr: SocketAddr| {
         let mut c = Client::connect(addr);
         for (method, n) in [("All", 20), ("Half", 200), ("None", 10)] {
@@ -1794,4 +1767,137 @@ fn triple_traffic_labels_select_tagged_upstreams_and_retries_keep_the_label() {
     assert_eq!(answers(&mut c, 4, "/pkg.S/Retried", &failing_a), "BBBB");
     let failing_g = [("dubbo-tag", "gray"), ("x-fail-only-on", "G")];
     assert_eq!(answers(&mut c, 6, "/pkg.S/Retried", &failing_g), "HHHHHH");
+}
+
+/// Locality failover by priority against Envoy 1.40 (docs/governance.md#locality): grpcio
+/// providers in two zones, the caller's zone `zone-a` at priority 0 (four providers) and
+/// `zone-b` at priority 1 (two), as istiod orders them for a caller in `zone-a`; then
+/// `zone-a` fails, its providers marked unhealthy by EDS one after another (they keep
+/// running: an answer from one would be a routing error). Per phase, 400 calls of one grpcio
+/// client through each proxy: zone-a's share follows Envoy's priority load with the
+/// overprovisioning factor 1.4 (all healthy 100 %, 2 of 4: 70 %, 1 of 4: 35 %, none: 0 %) in
+/// both. Tolerance: ringside draws deterministically (every 100 requests of a shard take the
+/// exact split), so it must be within 2 points of the load; Envoy draws at random (binomial:
+/// 2.3 points at 70 % of 400), so it must be within 8 points (3.5 σ), and the two within 8.
+#[test]
+fn locality_priority_failover_matches_envoy() {
+    use common::envoy::*;
+    use common::grpc::{grpc_call, Call, CallOpts, GrpcServer};
+    use common::xds::*;
+    use serde_json::json;
+    let a: Vec<GrpcServer> = (1..=4)
+        .map(|i| GrpcServer::start(0, &format!("a{i}"), &[]))
+        .collect();
+    let b: Vec<GrpcServer> = (1..=2)
+        .map(|i| GrpcServer::start(0, &format!("b{i}"), &[]))
+        .collect();
+    // `a_healthy`: how many of zone-a's providers EDS says are healthy (the first ones).
+    let snapshot = |version: &str, listen: SocketAddr, a_healthy: usize| {
+        let eps = |servers: &[GrpcServer], healthy: usize| -> Vec<serde_json::Value> {
+            servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    json!({"endpoint": {"address": socket(s.addr())},
+                        "health_status": if i < healthy { "HEALTHY" } else { "UNHEALTHY" }})
+                })
+                .collect()
+        };
+        json!({
+            "version": version,
+            "listeners": [rds_listener("grpc_loc", listen, "loc_routes")],
+            "routes": [{"name": "loc_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "greeter"}}]
+            }]}],
+            "clusters": [eds_cluster("greeter", true)],
+            "endpoints": [{"cluster_name": "greeter", "endpoints": [
+                {"locality": {"region": "r1", "zone": "zone-a"}, "priority": 0,
+                    "lb_endpoints": eps(&a, a_healthy)},
+                {"locality": {"region": "r1", "zone": "zone-b"}, "priority": 1,
+                    "lb_endpoints": eps(&b, b.len())}
+            ]}]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot("loc4", envoy_listen, 4)).unwrap();
+    let envoy_admin = local(free_port());
+    let mut boot = bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-loc");
+    boot["node"]["locality"] = json!({"region": "r1", "zone": "zone-a"});
+    let envoy = Envoy::start(&boot, envoy_admin);
+    envoy.wait_dump("grpc_loc", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_loc")
+            && dynamic_route_configs(d).iter().any(|r| r == "loc_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot("loc4", rs_listen, 4)).unwrap();
+    let _rs = ringside_over_xds(
+        &rs_xds,
+        "oracle-loc",
+        "  locality: {region: r1, zone: zone-a}\n",
+        2,
+        "loc4",
+        rs_listen,
+    );
+    const CALLS: u32 = 400;
+    // Zone-a's share of CALLS calls, in percent; no call may reach an unhealthy provider.
+    let share_a = |who: &str, addr: SocketAddr, a_healthy: usize| -> f64 {
+        let out = grpc_call(addr, &CallOpts::new(Call::Unary).count(CALLS));
+        assert!(out.ok, "{who}: {out:?}");
+        let servers = out.servers();
+        assert_eq!(servers.len(), CALLS as usize, "{who}");
+        for s in &servers {
+            let unhealthy: Vec<String> = (a_healthy + 1..=4).map(|i| format!("a{i}")).collect();
+            assert!(
+                !unhealthy.iter().any(|u| u == s),
+                "{who}: a call reached {s}, which EDS marks unhealthy"
+            );
+        }
+        let n = servers.iter().filter(|s| s.starts_with('a')).count();
+        n as f64 * 100.0 / f64::from(CALLS)
+    };
+    for (a_healthy, load) in [(4usize, 100.0), (2, 70.0), (1, 35.0), (0, 0.0)] {
+        if a_healthy < 4 {
+            let v = format!("loc{a_healthy}");
+            envoy_xds
+                .put(&snapshot(&v, envoy_listen, a_healthy))
+                .unwrap();
+            rs_xds.put(&snapshot(&v, rs_listen, a_healthy)).unwrap();
+            rs_xds.wait_ack(EDS, &v);
+            // Envoy: until its /clusters shows the new health of every zone-a provider.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let clusters = envoy.get("/clusters");
+                let failed = clusters
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("greeter::")
+                            && l.contains("::health_flags::")
+                            && l.contains("failed_eds_health")
+                    })
+                    .count();
+                if failed == 4 - a_healthy {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Envoy never applied {v}: {clusters}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // ringside: the acked snapshot reaches the shards between requests.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let e = share_a("envoy", envoy_listen, a_healthy);
+        let r = share_a("ringside", rs_listen, a_healthy);
+        eprintln!("zone-a healthy {a_healthy}/4: load {load} %, Envoy {e} %, ringside {r} %");
+        assert!(
+            (e - load).abs() <= 8.0,
+            "Envoy, the oracle: {e} % (load {load} %)"
+        );
+        assert!((r - load).abs() <= 2.0, "ringside: {r} % (load {load} %)");
+        assert!((r - e).abs() <= 8.0, "ringside {r} % vs Envoy {e} %");
+    }
 }

@@ -946,6 +946,8 @@ fn endpoints_exclude_unhealthy_and_keep_weights_and_priorities() {
         ..Default::default()
     };
     assert_eq!(a.metadata, [meta(1, 0), meta(3, 0), meta(1, 1)]);
+    // 2 of 3 healthy at priority 0: health 140 × 2 / 3 = 93 %, the rest fails over.
+    assert_eq!(a.priority_load, [93, 7]);
     // One priority, one weight: no metadata at all.
     la.endpoints.pop();
     la.endpoints[0].lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 3 });
@@ -1995,4 +1997,23 @@ fn request_mirror_policies_from_rds() {
     bad.request_mirror_policies = vec![mirror("s1", None)];
     let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
     assert!(e.contains("request_mirror_policies"), "{e}");
+}
+
+/// Envoy's priority load (LoadBalancerBase::recalculatePerPriorityState): health per level
+/// `min(100, 140 × healthy / all)`, given out in order, scaled up when it sums under 100, the
+/// rounding's remainder to the first level with health.
+#[test]
+fn priority_load_is_envoys() {
+    use super::priority_load;
+    assert_eq!(priority_load(&[(4, 4), (2, 2)], 140), [100, 0]);
+    assert_eq!(priority_load(&[(3, 4), (2, 2)], 140), [100, 0]); // 105 % capped
+    assert_eq!(priority_load(&[(2, 4), (2, 2)], 140), [70, 30]);
+    assert_eq!(priority_load(&[(1, 4), (2, 2)], 140), [35, 65]);
+    assert_eq!(priority_load(&[(0, 4), (2, 2)], 140), [0, 100]);
+    assert_eq!(priority_load(&[(2, 4), (2, 2)], 100), [50, 50]);
+    // Health under 100 in total: scaled up (35 + 17 = 52: 67 % and 32 %, 1 left to the first).
+    assert_eq!(priority_load(&[(1, 4), (1, 8)], 140), [68, 32]);
+    // Three levels, the middle one empty of healthy endpoints.
+    assert_eq!(priority_load(&[(1, 4), (0, 3), (1, 2)], 140), [35, 0, 65]);
+    assert_eq!(priority_load(&[(0, 4)], 140), [0]);
 }

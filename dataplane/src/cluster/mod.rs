@@ -118,6 +118,12 @@ impl UpstreamStatIds {
     }
 }
 
+/// The step of a shard's priority-load draws through 0..100: coprime with 100, so every 100
+/// draws of a cluster take each value once (a level with load L gets exactly L of every 100
+/// requests that find it ready), and near 100 / golden ratio, so that any few consecutive
+/// draws are spread over the range (a level of 30 % gets about 3 of any 10).
+pub const LOAD_DRAW_STEP: u8 = 61;
+
 /// One endpoint of a cluster and its stat ids (all the sink when `stats.per_host` is off).
 /// Its index in [`Endpoints::slots`] is stable while the cluster lives, so per-endpoint state
 /// on the shards (balancer counts, connections) survives endpoint updates.
@@ -140,6 +146,10 @@ pub struct Endpoints {
     pub levels: Box<[u32]>,
     /// Weight of each `live` entry (least_request), empty when every endpoint weighs the same.
     pub weights: Box<[u32]>,
+    /// Envoy's priority load (`config::Cluster::priority_load`) as cumulative percentages, one
+    /// per level: a request draws `r` in 0..100 and starts at the first level whose entry
+    /// exceeds `r`. Empty: strict failover (every request starts at the first level).
+    pub load: Box<[u8]>,
     /// Distinct endpoints in `live` (an endpoint appears there once per weight visit).
     pub distinct: u32,
     /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
@@ -248,6 +258,8 @@ struct Set<'a> {
     live: &'a [u32],
     levels: &'a [u32],
     weights: &'a [u32],
+    /// See [`Endpoints::load`] (traffic-label subsets: empty).
+    load: &'a [u8],
 }
 
 impl Subset {
@@ -256,6 +268,7 @@ impl Subset {
             live: &self.live,
             levels: &self.levels,
             weights: &self.weights,
+            load: &[],
         }
     }
 }
@@ -267,6 +280,7 @@ impl Endpoints {
             live: Box::new([]),
             levels: Box::new([]),
             weights: Box::new([]),
+            load: Box::new([]),
             distinct: 0,
             generation,
             sockets: Box::new([]),
@@ -282,6 +296,7 @@ impl Endpoints {
             live: &self.live,
             levels: &self.levels,
             weights: &self.weights,
+            load: &self.load,
         };
         let Some(label) = label else {
             return all;
@@ -290,6 +305,7 @@ impl Endpoints {
             live: &[],
             levels: &[],
             weights: &[],
+            load: &[],
         };
         let Some(labels) = &self.labels else {
             // No endpoint is tagged: every one is untagged.
@@ -357,6 +373,9 @@ pub struct ShardCluster {
     /// Connections (tcp) or requests in flight (dubbo) per endpoint slot, on this shard.
     active: RefCell<Vec<Cell<u32>>>,
     next: Cell<usize>,
+    /// The next priority-load draw (see [`Endpoints::load`]): 0..100, stepping by
+    /// [`LOAD_DRAW_STEP`].
+    draw: Cell<u8>,
     lb: LbPolicy,
     connect_timeout: Duration,
     /// TCP keepalive of its upstream connections: `tcp_keepalive`, else `runtime.tcp_keepalive`.
@@ -510,6 +529,7 @@ impl ShardCluster {
             active: RefCell::new(endpoints.slots.iter().map(|_| Cell::new(0)).collect()),
             endpoints: RefCell::new(endpoints),
             next: Cell::new(0),
+            draw: Cell::new(0),
             lb: c.lb,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             keepalive: c
@@ -576,6 +596,22 @@ impl ShardCluster {
         let e = self.endpoints.borrow();
         let set = e.set(label);
         let mut fallback = None;
+        if !set.load.is_empty() {
+            // Envoy's priority load: the level this request's draw falls in first; when it
+            // has no endpoint ready, strict failover over all levels below.
+            let r = self.draw.get();
+            self.draw.set((r + LOAD_DRAW_STEP) % 100);
+            let k = set.load.iter().position(|&c| r < c).unwrap_or(0);
+            let from = if k == 0 {
+                0
+            } else {
+                set.levels[k - 1] as usize
+            };
+            match self.pick_in(&set, from..set.levels[k] as usize, &state) {
+                Ok(i) => return Some(i),
+                Err(backing_off) => fallback = backing_off,
+            }
+        }
         let mut from = 0;
         for &end in set.levels.iter() {
             let level = from..end as usize;
