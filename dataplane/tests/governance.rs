@@ -1901,3 +1901,139 @@ fn locality_priority_failover_matches_envoy() {
         assert!((r - e).abs() <= 8.0, "ringside {r} % vs Envoy {e} %");
     }
 }
+
+/// Success-rate ejection for Dubbo (docs/governance.md#outlier-detection): three providers,
+/// C failing every request; each interval (500 ms) the providers with 5 requests or more are
+/// compared, and C's success rate (0 %) is below `mean - 1.0 × stdev` (66.7 - 47.1 %) of the
+/// three: ejected at the interval's end, after which A and B take every request. Consecutive
+/// errors are off (`consecutive_errors: 0`): C's failures in a row eject nothing by
+/// themselves.
+#[test]
+fn dubbo_success_rate_ejects_at_the_interval() {
+    let (a, b, c) = (
+        Provider::start("A"),
+        Provider::start("B"),
+        Provider::start("C"),
+    );
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = dubbo_config(
+        admin,
+        listen,
+        &[("p", &[a.addr, b.addr, c.addr])],
+        "    cluster: p\n",
+    )
+    .replace(
+        "    timeout_ms: 1000\n",
+        "    timeout_ms: 1000\n    outlier_detection: {consecutive_errors: 0, interval_ms: 500, base_ejection_time_ms: 60000, max_ejection_percent: 100, success_rate: {minimum_hosts: 3, request_volume: 5, stdev_factor: 1000}}\n",
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut consumer = Consumer::connect(listen);
+    c.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // 30 requests, 10 per provider: whichever way the interval's end splits them, one side
+    // has 5 or more of each.
+    let first = who_answers(&mut consumer, 30);
+    assert_eq!(first.matches('!').count(), 10, "{first}");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_success_rate"
+        ),
+        1
+    );
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        0
+    );
+    let after = who_answers(&mut consumer, 12);
+    assert_eq!(after, "ABABABABABAB", "C ejected");
+}
+
+/// Failure-percentage ejection against Envoy 1.40: the same CDS `outlier_detection` (interval
+/// 1 s, `enforcing_failure_percentage: 100`, threshold 50 %, 3 hosts with 10 requests or more;
+/// consecutive and success-rate ejection not enforced) to both, three upstreams of which C
+/// answers every call trailers-only UNAVAILABLE: 60 calls (20 per upstream, so at least one interval of
+/// each proxy sees 10 or more of each), a pause past the interval, 20 more calls. Both eject C
+/// once (`ejections_enforced_failure_percentage` 1) and answer the 20 from A and B only.
+/// Tolerance: the failures of the first 60 calls may differ (each proxy's interval may end
+/// during them and eject C early): 10 to 20 each.
+#[test]
+fn failure_percentage_ejection_matches_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let ups = [
+        Upstream::start("A"),
+        Upstream::start("B"),
+        Upstream::start("C"),
+    ];
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let snapshot = |listen: SocketAddr| {
+        let mut cluster = eds_cluster("fp", true);
+        cluster["outlier_detection"] = json!({
+            "interval": "1s", "base_ejection_time": "60s", "max_ejection_percent": 100,
+            "enforcing_consecutive_5xx": 0, "enforcing_success_rate": 0,
+            "enforcing_failure_percentage": 100, "failure_percentage_threshold": 50,
+            "failure_percentage_minimum_hosts": 3, "failure_percentage_request_volume": 10
+        });
+        json!({
+            "version": "fp1",
+            "listeners": [rds_listener("grpc_fp", listen, "fp_routes")],
+            "routes": [{"name": "fp_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "fp"}}]
+            }]}],
+            "clusters": [cluster],
+            "endpoints": [load_assignment("fp", &addrs)]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-fp"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_fp", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_fp")
+            && dynamic_route_configs(d).iter().any(|r| r == "fp_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let rs = ringside_over_xds(&rs_xds, "oracle-fp", "", 1, "fp1", rs_listen);
+    // Trailers-only UNAVAILABLE: Envoy's router gives its detector a 503 for it (a
+    // grpc-status in trailers after a message counts as the 200 of its headers there).
+    let fail_c = [("x-fail-only-on", "C")];
+    let mut e = Client::connect(envoy_listen);
+    let mut r = Client::connect(rs_listen);
+    let (e1, r1) = (
+        answers(&mut e, 60, "/pkg.S/M", &fail_c),
+        answers(&mut r, 60, "/pkg.S/M", &fail_c),
+    );
+    std::thread::sleep(Duration::from_millis(2300));
+    let (e2, r2) = (
+        answers(&mut e, 20, "/pkg.S/M", &fail_c),
+        answers(&mut r, 20, "/pkg.S/M", &fail_c),
+    );
+    eprintln!("Envoy: {e1} then {e2}\nringside: {r1} then {r2}");
+    let failed = |s: &str| s.matches("[14]").count();
+    assert!((10..=20).contains(&failed(&e1)), "Envoy, the oracle: {e1}");
+    assert!((10..=20).contains(&failed(&r1)), "ringside: {r1}");
+    assert_eq!(failed(&e2), 0, "Envoy ejected C: {e2}");
+    assert_eq!(failed(&r2), 0, "ringside ejected C: {r2}");
+    let name = "cluster.fp.outlier_detection.ejections_enforced_failure_percentage";
+    assert_eq!(envoy.stat(name), 1, "Envoy");
+    assert_eq!(stat(&rs, name), 1, "ringside");
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.fp.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        0
+    );
+}

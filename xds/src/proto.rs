@@ -3101,19 +3101,35 @@ fn outlier_detection(
     ctx: &Ctx<'_>,
 ) -> Result<Option<config::OutlierDetection>, TranslateError> {
     let d = config::OutlierDetection::default();
-    match o
-        .enforcing_consecutive_5xx
-        .as_ref()
-        .map_or(100, |v| v.value)
-    {
-        0 => return Ok(None),
-        100 => {}
-        n => {
-            return Err(ctx.err(
-                "outlier_detection.enforcing_consecutive_5xx",
+    // Envoy's enforcing_* percentages: 0 or 100 (a share of detections enforced is not
+    // supported); `default` is Envoy's.
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    let enforced =
+        |v: Option<&UInt32Value>, field: &str, default: u32| match v.map_or(default, |v| v.value) {
+            0 => Ok(false),
+            100 => Ok(true),
+            n => Err(ctx.err(
+                format!("outlier_detection.{field}"),
                 format!("{n} %: only 0 or 100 is supported"),
-            ))
-        }
+            )),
+        };
+    let consecutive = enforced(
+        o.enforcing_consecutive_5xx.as_ref(),
+        "enforcing_consecutive_5xx",
+        100,
+    )?;
+    let success_rate = enforced(
+        o.enforcing_success_rate.as_ref(),
+        "enforcing_success_rate",
+        100,
+    )?;
+    let failure_percentage = enforced(
+        o.enforcing_failure_percentage.as_ref(),
+        "enforcing_failure_percentage",
+        0,
+    )?;
+    if !(consecutive || success_rate || failure_percentage) {
+        return Ok(None);
     }
     let ms = |d: Option<&Duration>, field: &str, default: u64| match d {
         Some(d) => duration_ms(
@@ -3124,11 +3140,36 @@ fn outlier_detection(
         ),
         None => Ok(default),
     };
+    let or = |v: Option<&UInt32Value>, default: u32| v.map_or(default, |v| v.value);
+    let fp = config::FailurePercentage::default();
+    let sr = config::SuccessRate::default();
+    if or(o.failure_percentage_threshold.as_ref(), fp.threshold) > 100 {
+        return Err(ctx.err(
+            "outlier_detection.failure_percentage_threshold",
+            "must be at most 100",
+        ));
+    }
     Ok(Some(config::OutlierDetection {
-        consecutive_errors: o
-            .consecutive_5xx
-            .as_ref()
-            .map_or(d.consecutive_errors, |v| v.value),
+        consecutive_errors: match consecutive {
+            true => or(o.consecutive_5xx.as_ref(), d.consecutive_errors),
+            false => 0,
+        },
+        failure_percentage: failure_percentage.then(|| config::FailurePercentage {
+            threshold: or(o.failure_percentage_threshold.as_ref(), fp.threshold),
+            minimum_hosts: or(
+                o.failure_percentage_minimum_hosts.as_ref(),
+                fp.minimum_hosts,
+            ),
+            request_volume: or(
+                o.failure_percentage_request_volume.as_ref(),
+                fp.request_volume,
+            ),
+        }),
+        success_rate: success_rate.then(|| config::SuccessRate {
+            stdev_factor: or(o.success_rate_stdev_factor.as_ref(), sr.stdev_factor),
+            minimum_hosts: or(o.success_rate_minimum_hosts.as_ref(), sr.minimum_hosts),
+            request_volume: or(o.success_rate_request_volume.as_ref(), sr.request_volume),
+        }),
         interval_ms: ms(o.interval.as_ref(), "interval", d.interval_ms)?,
         base_ejection_time_ms: ms(
             o.base_ejection_time.as_ref(),

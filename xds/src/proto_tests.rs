@@ -1681,8 +1681,12 @@ fn outlier_detection_consecutive_5xx() {
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(
         c.cluster.outlier_detection,
-        Some(config::OutlierDetection::default()),
-        "Envoy's defaults: 5 in a row, 30 s base, 300 s max, 10 s interval, 10 %"
+        Some(config::OutlierDetection {
+            success_rate: Some(config::SuccessRate::default()),
+            ..Default::default()
+        }),
+        "Envoy's defaults: 5 in a row, 30 s base, 300 s max, 10 s interval, 10 %, success \
+         rate enforced (1.9 stdev, 5 hosts, 100 requests), failure percentage not"
     );
     let o = s.outlier_detection.as_mut().unwrap();
     o.consecutive_5xx = Some(UInt32Value { value: 2 });
@@ -1706,7 +1710,45 @@ fn outlier_detection_consecutive_5xx() {
         .unwrap()
         .enforcing_consecutive_5xx = Some(UInt32Value { value: 0 });
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
-    assert_eq!(c.cluster.outlier_detection, None, "not enforced");
+    assert_eq!(
+        c.cluster.outlier_detection.map(|o| o.consecutive_errors),
+        Some(0),
+        "consecutive errors not enforced, success rate still"
+    );
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.enforcing_success_rate = Some(UInt32Value { value: 0 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(c.cluster.outlier_detection, None, "nothing enforced");
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.enforcing_failure_percentage = Some(UInt32Value { value: 100 });
+    o.failure_percentage_threshold = Some(UInt32Value { value: 50 });
+    o.failure_percentage_minimum_hosts = Some(UInt32Value { value: 3 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    let got = c.cluster.outlier_detection.unwrap();
+    assert_eq!(
+        (
+            got.consecutive_errors,
+            got.success_rate,
+            got.failure_percentage
+        ),
+        (
+            0,
+            None,
+            Some(config::FailurePercentage {
+                threshold: 50,
+                minimum_hosts: 3,
+                request_volume: 50
+            })
+        )
+    );
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.failure_percentage_threshold = Some(UInt32Value { value: 101 });
+    let e = decode_cluster(&pack_any(s.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("failure_percentage_threshold"), "{e}");
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.failure_percentage_threshold = None;
     s.outlier_detection
         .as_mut()
         .unwrap()

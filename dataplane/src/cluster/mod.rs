@@ -54,6 +54,9 @@ pub struct UpstreamStatIds {
     pub rq_pending_overflow: StatId,
     /// Outlier detection: endpoints ejected, and ejections skipped for `max_ejection_percent`.
     pub outlier_ejections: StatId,
+    /// ... by failure percentage and by success rate (each interval).
+    pub outlier_ejections_failure_percentage: StatId,
+    pub outlier_ejections_success_rate: StatId,
     pub outlier_overflow: StatId,
     /// Endpoints ejected now (summed over shards: each shard ejects for itself).
     pub outlier_active: StatId,
@@ -103,6 +106,14 @@ impl UpstreamStatIds {
             rq_pending_overflow: c("upstream_rq_pending_overflow", Kind::Counter),
             outlier_ejections: c(
                 "outlier_detection.ejections_enforced_consecutive_5xx",
+                Kind::Counter,
+            ),
+            outlier_ejections_failure_percentage: c(
+                "outlier_detection.ejections_enforced_failure_percentage",
+                Kind::Counter,
+            ),
+            outlier_ejections_success_rate: c(
+                "outlier_detection.ejections_enforced_success_rate",
                 Kind::Counter,
             ),
             outlier_overflow: c("outlier_detection.ejections_overflow", Kind::Counter),
@@ -416,6 +427,11 @@ impl<H: Retire> HostTable<H> {
             hosts.resize(i + 1, None);
         }
         hosts[i].get_or_insert_with(|| Rc::new(build())).clone()
+    }
+
+    /// Every built host (outlier detection's interval: once per interval, not per request).
+    pub fn all(&self) -> Vec<Rc<H>> {
+        self.hosts.borrow().iter().flatten().cloned().collect()
     }
 
     /// How many built hosts `f` holds for (rare decisions: outlier ejection).
@@ -973,10 +989,13 @@ impl MirrorBudget {
 
 // === outlier detection ===
 
-/// A cluster's consecutive-error ejection settings (`outlier_detection`).
+/// A cluster's ejection settings (`outlier_detection`).
 #[derive(Clone, Copy, Debug)]
 pub struct OutlierConfig {
+    /// 0: no consecutive-error ejection.
     pub consecutive: u32,
+    pub failure_percentage: Option<config::FailurePercentage>,
+    pub success_rate: Option<config::SuccessRate>,
     pub base: Duration,
     pub max: Duration,
     pub interval: Duration,
@@ -988,6 +1007,8 @@ impl OutlierConfig {
         let o = c.outlier_detection.as_ref()?;
         Some(OutlierConfig {
             consecutive: o.consecutive_errors,
+            failure_percentage: o.failure_percentage,
+            success_rate: o.success_rate,
             base: Duration::from_millis(o.base_ejection_time_ms),
             max: Duration::from_millis(o.max_ejection_time_ms.max(o.base_ejection_time_ms)),
             interval: Duration::from_millis(o.interval_ms),
@@ -1006,10 +1027,118 @@ pub enum Ejection {
     Overflow,
 }
 
-/// Counts an ejection of `time` in `ids`: the active gauge is up until it ends (a timer task
-/// per ejection, which is rare; it runs on even if the pool is replaced meanwhile).
-pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, host: StatId, time: Duration) {
-    stats.inc(ids.outlier_ejections);
+impl OutlierConfig {
+    /// Whether requests are tallied per interval (failure-percentage or success-rate
+    /// ejection).
+    pub fn windowed(&self) -> bool {
+        self.failure_percentage.is_some() || self.success_rate.is_some()
+    }
+}
+
+/// Runs `tick` on `pool` every `cfg.interval` while the pool lives, when `cfg` ejects by
+/// interval (one timer task per pool per shard; none otherwise).
+pub fn watch_intervals<P: 'static>(pool: &Rc<P>, cfg: Option<&OutlierConfig>, tick: fn(&P)) {
+    let Some(cfg) = cfg.filter(|c| c.windowed()) else {
+        return;
+    };
+    let (pool, every) = (
+        Rc::downgrade(pool),
+        cfg.interval.max(Duration::from_millis(1)),
+    );
+    shard::monoio::spawn(async move {
+        loop {
+            shard::monoio::time::sleep(every).await;
+            let Some(p) = pool.upgrade() else {
+                return;
+            };
+            tick(&p);
+        }
+    });
+}
+
+/// Envoy's interval ejections over the requests each host of a pool had since the last
+/// interval (`DetectorImpl::processSuccessRateEjections`): hosts not ejected with at least a
+/// check's `request_volume` are that check's candidates; with at least its `minimum_hosts` of
+/// them, failure percentage ejects those failing `threshold` % or more, success rate those
+/// below `mean - stdev_factor / 1000 × stdev` of the candidates' success rates. Every host's
+/// tally starts again. Allocates the candidate list, once per interval.
+pub fn interval<H: OutlierHost + Retire>(
+    cfg: Option<&OutlierConfig>,
+    lb: &ShardCluster,
+    hosts: &HostTable<H>,
+    stats: &ShardStats,
+    ids: &UpstreamStatIds,
+) {
+    let Some(cfg) = cfg else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    let all = hosts.all();
+    // (host, success rate in %, requests)
+    let tallies: Vec<(&H, f64, u32)> = all
+        .iter()
+        .filter_map(|h| {
+            let (total, failed) = h.outlier().take_tally();
+            (total > 0 && !h.outlier().is_ejected(now)).then(|| {
+                let rate = f64::from(total - failed) * 100.0 / f64::from(total);
+                (&**h, rate, total)
+            })
+        })
+        .collect();
+    let total_hosts = lb.endpoints.borrow().distinct as usize;
+    let eject = |h: &H, counter: StatId| {
+        let share = || (hosts.count(|h| h.outlier().is_ejected(now)), total_hosts);
+        match h.outlier().eject(cfg, now, share) {
+            Ejection::Ejected(t) => {
+                count_ejection(stats, ids, counter, h.ids().ejected, t);
+                tracing::info!(cluster = %lb.name, upstream = %h.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected (interval)");
+            }
+            Ejection::Overflow => stats.inc(ids.outlier_overflow),
+            Ejection::None => {}
+        }
+    };
+    if let Some(sr) = cfg.success_rate {
+        let valid: Vec<&(&H, f64, u32)> = tallies
+            .iter()
+            .filter(|t| t.2 >= sr.request_volume)
+            .collect();
+        if !valid.is_empty() && valid.len() >= sr.minimum_hosts as usize {
+            let n = valid.len() as f64;
+            let mean = valid.iter().map(|t| t.1).sum::<f64>() / n;
+            let variance = valid.iter().map(|t| (t.1 - mean).powi(2)).sum::<f64>() / n;
+            let threshold = mean - f64::from(sr.stdev_factor) / 1000.0 * variance.sqrt();
+            for t in valid.iter().filter(|t| t.1 < threshold) {
+                eject(t.0, ids.outlier_ejections_success_rate);
+            }
+        }
+    }
+    if let Some(fp) = cfg.failure_percentage {
+        let valid: Vec<&(&H, f64, u32)> = tallies
+            .iter()
+            .filter(|t| t.2 >= fp.request_volume)
+            .collect();
+        if !valid.is_empty() && valid.len() >= fp.minimum_hosts as usize {
+            for t in valid
+                .iter()
+                .filter(|t| 100.0 - t.1 >= f64::from(fp.threshold))
+            {
+                eject(t.0, ids.outlier_ejections_failure_percentage);
+            }
+        }
+    }
+}
+
+/// Counts an ejection of `time` in `counter` (its kind) and `ids`: the active gauge is up
+/// until it ends (a timer task per ejection, which is rare; it runs on even if the pool is
+/// replaced meanwhile).
+pub fn count_ejection(
+    stats: &ShardStats,
+    ids: &UpstreamStatIds,
+    counter: StatId,
+    host: StatId,
+    time: Duration,
+) {
+    stats.inc(counter);
     stats.inc(ids.outlier_active);
     stats.inc(host);
     let (stats, active) = (stats.clone(), ids.outlier_active);
@@ -1044,8 +1173,14 @@ pub fn outcome<H: OutlierHost + Retire>(
     let Some(cfg) = cfg else {
         return;
     };
+    if cfg.windowed() {
+        host.outlier().tally(failed);
+    }
     if !failed {
         host.outlier().success();
+        return;
+    }
+    if cfg.consecutive == 0 {
         return;
     }
     let now = std::time::Instant::now();
@@ -1056,7 +1191,7 @@ pub fn outcome<H: OutlierHost + Retire>(
     match host.outlier().failure(cfg, now, share) {
         Ejection::None => {}
         Ejection::Ejected(t) => {
-            count_ejection(stats, ids, host.ids().ejected, t);
+            count_ejection(stats, ids, ids.outlier_ejections, host.ids().ejected, t);
             tracing::info!(cluster = %lb.name, upstream = %host.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
         }
         Ejection::Overflow => stats.inc(ids.outlier_overflow),
@@ -1071,6 +1206,9 @@ pub struct Outlier {
     ejections: Cell<u32>,
     /// When the last ejection ends (or ended).
     until: Cell<Option<std::time::Instant>>,
+    /// Requests and failed ones since the last interval (failure percentage, success rate).
+    total: Cell<u32>,
+    failed: Cell<u32>,
 }
 
 impl Outlier {
@@ -1080,6 +1218,18 @@ impl Outlier {
 
     pub fn success(&self) {
         self.consecutive.set(0);
+    }
+
+    /// One request for the interval's tally.
+    pub fn tally(&self, failed: bool) {
+        self.total.set(self.total.get().saturating_add(1));
+        self.failed
+            .set(self.failed.get().saturating_add(u32::from(failed)));
+    }
+
+    /// The interval's (requests, failed), starting the next.
+    pub fn take_tally(&self) -> (u32, u32) {
+        (self.total.take(), self.failed.take())
     }
 
     /// A failed request. `ejected_share`: (ejected, total) endpoints of the cluster now, asked
@@ -1095,6 +1245,17 @@ impl Outlier {
         if n < cfg.consecutive || self.is_ejected(now) {
             return Ejection::None;
         }
+        self.eject(cfg, now, ejected_share)
+    }
+
+    /// Ejects the endpoint (consecutive errors, or an interval's check) unless
+    /// `max_ejection_percent` of the cluster already is: the n-th ejection lasts n × base.
+    pub fn eject(
+        &self,
+        cfg: &OutlierConfig,
+        now: std::time::Instant,
+        ejected_share: impl FnOnce() -> (usize, usize),
+    ) -> Ejection {
         let (ejected, total) = ejected_share();
         // Envoy: eject while under max_ejection_percent, and always at least one.
         if ejected > 0 && ejected * 100 >= cfg.max_percent as usize * total.max(1) {
@@ -1124,6 +1285,8 @@ mod outlier_tests {
     fn cfg() -> OutlierConfig {
         OutlierConfig {
             consecutive: 2,
+            failure_percentage: None,
+            success_rate: None,
             base: Duration::from_secs(10),
             max: Duration::from_secs(25),
             interval: Duration::from_secs(100),
