@@ -762,6 +762,7 @@ impl ShardState {
                 istio: istio_listener(snap, index, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
                 rbac: crate::filter::rbac::Rbac::new(&d.rbac, &stats.stats),
+                bound: l.bind.then_some(l.address),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
