@@ -255,6 +255,32 @@ fn nesting_is_bounded() {
 }
 
 #[test]
+fn objects_of_many_class_defs_read_their_own_field_counts() {
+    // More definitions than a reader keeps inline (16): each object must take its own
+    // definition's field count, wherever the count is kept.
+    let mut out = Vec::new();
+    let mut w = Writer::new(&mut out);
+    let names = ["a", "b", "c"];
+    for i in 0..40 {
+        w.class_def(&format!("example.C{i}"), &names[..i % 3]);
+    }
+    for i in (0..40).rev() {
+        w.object_begin(i);
+        for f in 0..i % 3 {
+            w.int(f as i32);
+        }
+    }
+    w.string("end");
+    let mut r = Reader::new(&out);
+    for _ in 0..40 {
+        r.skip_value().unwrap();
+    }
+    assert_eq!(r.class_defs(), 40);
+    assert_eq!(r.read_value().unwrap(), Scalar::Str(b"end"));
+    assert!(r.is_empty());
+}
+
+#[test]
 fn class_defs_are_bounded_and_checked() {
     let mut defs = Vec::new();
     for _ in 0..=CLASS_DEFS_MAX {

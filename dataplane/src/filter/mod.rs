@@ -302,9 +302,85 @@ impl Counted {
 /// service (Dubbo interface) → method → counters, per listener per shard.
 pub type ServiceStatsMap = FxHashMap<Box<[u8]>, FxHashMap<Box<[u8]>, RequestStatIds>>;
 
-/// The counters of one service/method: a map lookup on the data path, a registration
-/// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
+/// Bytes of service and method name a [`ServiceMemo`] holds (longer pairs are not remembered).
+const SERVICE_MEMO_BYTES: usize = 192;
+
+/// The (service, method) pair a listener last looked up on its shard, and its counters. A
+/// consumer usually calls the same method many times in a row, and then the lookup is one
+/// comparison of the names instead of two hash-map lookups (callgrind, dubbo 16x16: 260
+/// instructions per request for the lookups, ~40 for the comparison). No allocation: the names
+/// are copied into a fixed buffer.
+pub struct ServiceMemo {
+    names: [u8; SERVICE_MEMO_BYTES],
+    service_len: usize,
+    method_len: usize,
+    ids: Option<RequestStatIds>,
+}
+
+impl Default for ServiceMemo {
+    fn default() -> Self {
+        ServiceMemo {
+            names: [0; SERVICE_MEMO_BYTES],
+            service_len: 0,
+            method_len: 0,
+            ids: None,
+        }
+    }
+}
+
+impl ServiceMemo {
+    fn get(&self, service: &[u8], method: &[u8]) -> Option<RequestStatIds> {
+        let ids = self.ids?;
+        let (s, m) = (self.service_len, self.method_len);
+        (s == service.len()
+            && m == method.len()
+            && self.names[..s] == *service
+            && self.names[s..s + m] == *method)
+            .then_some(ids)
+    }
+
+    fn set(&mut self, service: &[u8], method: &[u8], ids: RequestStatIds) {
+        let (s, m) = (service.len(), method.len());
+        if s + m > SERVICE_MEMO_BYTES {
+            return;
+        }
+        self.names[..s].copy_from_slice(service);
+        self.names[s..s + m].copy_from_slice(method);
+        (self.service_len, self.method_len, self.ids) = (s, m, Some(ids));
+    }
+}
+
+/// The counters of one service/method: the memo of the last pair, else a map lookup on the
+/// data path, a registration (allocating) only the first time this shard sees the pair,
+/// `other` beyond the cap.
+#[allow(clippy::too_many_arguments)]
 pub fn service_ids(
+    memo: &RefCell<ServiceMemo>,
+    map: &RefCell<ServiceStatsMap>,
+    stats: &ShardStats,
+    scope: &str,
+    listener: &str,
+    (service_tag, service): (&str, &[u8]),
+    method: &[u8],
+    other: RequestStatIds,
+) -> RequestStatIds {
+    if let Some(ids) = memo.borrow().get(service, method) {
+        return ids;
+    }
+    let ids = service_ids_looked_up(
+        map,
+        stats,
+        scope,
+        listener,
+        (service_tag, service),
+        method,
+        other,
+    );
+    memo.borrow_mut().set(service, method, ids);
+    ids
+}
+
+fn service_ids_looked_up(
     map: &RefCell<ServiceStatsMap>,
     stats: &ShardStats,
     scope: &str,

@@ -437,7 +437,10 @@ impl Stats {
 
     /// Claims room for one more Dubbo (listener, interface, method) entry; false at the cap.
     pub fn track_service(&self) -> bool {
-        self.services_tracked.fetch_add(1, Ordering::Relaxed) < self.services_max
+        // Past the cap every request of an untracked pair asks again: a plain load then, not a
+        // read-modify-write of a line every shard shares.
+        self.services_tracked.load(Ordering::Relaxed) < self.services_max
+            && self.services_tracked.fetch_add(1, Ordering::Relaxed) < self.services_max
     }
 
     /// Allocates every shard's storage for the stats registered so far (at start-up, so the

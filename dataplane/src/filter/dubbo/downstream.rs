@@ -141,6 +141,8 @@ pub struct DubboListener {
     pub budget: Rc<Budget>,
     /// Per (interface, method) seen on this shard; registered on first sight.
     pub services: Rc<RefCell<ServiceStatsMap>>,
+    /// The pair looked up last, in front of `services`.
+    pub service_memo: RefCell<crate::filter::ServiceMemo>,
     /// xorshift state for weighted cluster picks (any non-zero seed).
     pub dice: Dice,
     /// Access logs, when the listener has any (one line per call).
@@ -251,6 +253,7 @@ impl DubboListener {
     /// (allocating) only the first time this shard sees the pair, `other` beyond the cap.
     fn service_ids(&self, interface: &[u8], method: &[u8]) -> RequestStatIds {
         service_ids(
+            &self.service_memo,
             &self.services,
             &self.stats,
             "dubbo_service",

@@ -151,6 +151,9 @@ pub struct UpConn {
     mirrors: RefCell<FxHashMap<u64, Instant>>,
     deadlines: RefCell<Deadlines>,
     keeper_wake: Notify,
+    /// When the keeper's timer fires next (`None`: it waits without a timer, or has not run
+    /// yet). A new deadline wakes it only when it is earlier than that.
+    keeper_until: Cell<Option<Instant>>,
     next_id: Cell<u64>,
     /// With `circuit_breakers`: requests queued while it was connecting (counted in the pool's
     /// `connecting_requests` until it opens or fails).
@@ -461,9 +464,7 @@ impl ClusterPool {
         let mut frame = BytesMut::from(frame);
         let id_up = self.queue_on(&host, &conn, &mut frame, now);
         conn.mirrors.borrow_mut().insert(id_up, now + timeout);
-        if conn.deadlines.borrow_mut().push(now + timeout, id_up) {
-            conn.keeper_wake.notify();
-        }
+        conn.deadline(now + timeout, id_up);
         self.take_room(&host);
         conn.enqueue(frame.freeze());
     }
@@ -520,10 +521,7 @@ impl ClusterPool {
                 }
                 let (deadline, down) = (p.deadline, p.down.clone());
                 conn.pending.borrow_mut().insert(id_up, p);
-                let earliest = conn.deadlines.borrow_mut().push(deadline, id_up);
-                if earliest {
-                    conn.keeper_wake.notify();
-                }
+                conn.deadline(deadline, id_up);
                 down
             }
             Request::OneWay(down) => {
@@ -626,6 +624,7 @@ impl Host {
                 mirrors: RefCell::new(FxHashMap::default()),
                 deadlines: RefCell::new(Deadlines::default()),
                 keeper_wake: Notify::new(),
+                keeper_until: Cell::new(None),
                 next_id: Cell::new(1),
                 connecting_requests: Cell::new(0),
                 last_request: Cell::new(Instant::now()),
@@ -962,6 +961,17 @@ impl UpConn {
     }
 }
 
+impl UpConn {
+    /// Tracks the deadline of request `id`, waking the keeper when it must fire sooner than
+    /// its timer.
+    fn deadline(&self, deadline: Instant, id: u64) {
+        self.deadlines.borrow_mut().push(deadline, id);
+        if self.keeper_until.get().is_none_or(|t| deadline < t) {
+            self.keeper_wake.notify();
+        }
+    }
+}
+
 /// A connection dropped with a frame still charged (its writer was cancelled mid-write).
 impl Drop for UpConn {
     fn drop(&mut self) {
@@ -971,8 +981,10 @@ impl Drop for UpConn {
 
 /// Request deadlines of one connection, earliest first. Requests on a connection usually share
 /// one timeout, so deadlines mostly arrive in order: those go to a FIFO (O(1) push and pop);
-/// the rare earlier one goes to a heap. Entries of answered requests stay until their deadline
-/// and are skipped then (the pending map decides).
+/// the rare earlier one goes to a heap. An answer to the oldest request in the FIFO removes its
+/// entry (providers mostly answer a connection's requests in order, so the FIFO holds about
+/// the requests in flight and the keeper's timer rarely fires); other answered requests' entries
+/// stay until their deadline and are skipped then (the pending map decides).
 #[derive(Default)]
 struct Deadlines {
     in_order: VecDeque<(Instant, u64)>,
@@ -980,14 +992,22 @@ struct Deadlines {
 }
 
 impl Deadlines {
-    /// Adds a deadline; true when it is now the earliest (the keeper must re-arm its timer).
-    fn push(&mut self, deadline: Instant, id: u64) -> bool {
-        let earliest = self.peek().is_none_or(|(d, _)| deadline < d);
+    fn push(&mut self, deadline: Instant, id: u64) {
         match self.in_order.back() {
             Some(&(last, _)) if deadline < last => self.out_of_order.push(Reverse((deadline, id))),
             _ => self.in_order.push_back((deadline, id)),
         }
-        earliest
+    }
+
+    /// Request `id` was answered: its entry goes if it is the FIFO's oldest.
+    fn answered(&mut self, id: u64) {
+        if self
+            .in_order
+            .front()
+            .is_some_and(|&(_, oldest)| oldest == id)
+        {
+            self.in_order.pop_front();
+        }
     }
 
     fn peek(&self) -> Option<(Instant, u64)> {
@@ -1202,8 +1222,10 @@ fn on_upstream_frame(conn: &Rc<UpConn>, h: wire::Header, frame: BytesMut) {
     // No entry: a late response after a timeout, or the answer to our own heartbeat: dropped.
     let p = conn.pending.borrow_mut().remove(&h.id);
     if let Some(p) = p {
+        conn.deadlines.borrow_mut().answered(h.id);
         conn.finish(p, Reply::Response(frame));
     } else if conn.mirrors.borrow_mut().remove(&h.id).is_some() {
+        conn.deadlines.borrow_mut().answered(h.id);
         let failed = matches!(
             wire::response_status(&frame),
             wire::Status::SERVER_TIMEOUT
@@ -1267,6 +1289,7 @@ async fn keeper(conn: &Rc<UpConn>) -> UpstreamGone {
             .into_iter()
             .flatten()
             .min();
+        conn.keeper_until.set(wake_at);
         let Some(wake_at) = wake_at else {
             conn.keeper_wake.wait().await;
             continue;
@@ -1275,6 +1298,7 @@ async fn keeper(conn: &Rc<UpConn>) -> UpstreamGone {
             _ = shard::monoio::time::sleep_until(wake_at.into()) => {}
             _ = conn.keeper_wake.wait() => continue,
         }
+        conn.keeper_until.set(None);
         let now = Instant::now();
         expire(conn, now);
         let quiet_since = conn.last_read.get().max(conn.last_ping.get());
@@ -1331,16 +1355,36 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut d = Deadlines::default();
-        assert!(d.push(at(100), 1));
-        assert!(!d.push(at(200), 2));
-        assert!(d.push(at(50), 3), "an earlier deadline re-arms the timer");
-        assert!(!d.push(at(150), 4));
-        assert!(!d.push(at(300), 5));
+        d.push(at(100), 1);
+        d.push(at(200), 2);
+        d.push(at(50), 3);
+        d.push(at(150), 4);
+        d.push(at(300), 5);
         let mut order = Vec::new();
         while let Some((_, id)) = d.peek() {
             order.push(id);
             d.pop();
         }
         assert_eq!(order, [3, 1, 4, 2, 5]);
+    }
+
+    #[test]
+    fn an_answer_to_the_oldest_request_removes_its_deadline() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut d = Deadlines::default();
+        for id in 1..=4 {
+            d.push(at(100 + id), id);
+        }
+        d.answered(1);
+        assert_eq!(d.peek(), Some((at(102), 2)));
+        // Out of order: 3's entry stays (skipped at its deadline by the pending map).
+        d.answered(3);
+        assert_eq!(d.peek(), Some((at(102), 2)));
+        d.answered(2);
+        assert_eq!(d.peek(), Some((at(103), 3)));
+        d.pop();
+        d.answered(4);
+        assert_eq!(d.peek(), None);
     }
 }

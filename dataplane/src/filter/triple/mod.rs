@@ -285,6 +285,8 @@ pub struct TripleListener {
     /// The shard's buffer budget: calls are shed while it is exhausted.
     pub budget: Rc<Budget>,
     pub services: Rc<RefCell<ServiceStatsMap>>,
+    /// The pair looked up last, in front of `services`.
+    pub service_memo: RefCell<crate::filter::ServiceMemo>,
     pub dice: Dice,
     /// Access logs, when the listener has any (one line per stream).
     pub log: Option<Rc<crate::access_log::ListenerLog>>,
@@ -370,6 +372,7 @@ impl TripleListener {
 
     fn service_ids(&self, service: &[u8], method: &[u8]) -> RequestStatIds {
         crate::filter::service_ids(
+            &self.service_memo,
             &self.services,
             &self.stats,
             "triple_service",
