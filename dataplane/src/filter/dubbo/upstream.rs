@@ -41,9 +41,6 @@ use crate::filter::{Budget, Charge, Counted};
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::ShardStats;
 
-/// Original destinations one `original_destination` cluster keeps hosts (and their
-/// connections) for on one shard, as for Triple.
-pub const ORIGINAL_DST_HOSTS_MAX: usize = crate::filter::triple::ORIGINAL_DST_HOSTS_MAX;
 /// Missed heartbeat intervals before an upstream connection is closed as dead.
 pub const HEARTBEAT_MISSES_MAX: u32 = 3;
 /// A two-way request whose route has a `retry_policy` is kept (charged to the shard's budget)
@@ -189,7 +186,7 @@ pub struct ClusterPool {
     /// By endpoint slot, each built on first use.
     hosts: HostTable<Host>,
     /// `original_destination` clusters: a host per original destination called (at most
-    /// [`ORIGINAL_DST_HOSTS_MAX`]), found by address.
+    /// [`crate::cluster::ORIGINAL_DST_HOSTS_MAX`]), found by address.
     destinations: RefCell<Vec<Rc<Host>>>,
     pub timeout: Duration,
     connections_per_host: usize,
@@ -325,14 +322,14 @@ impl ClusterPool {
     }
 
     /// `original_destination` clusters: the host of `dst` (the caller connection's original
-    /// destination), built on first use. `None` when [`ORIGINAL_DST_HOSTS_MAX`] destinations
+    /// destination), built on first use. `None` when [`crate::cluster::ORIGINAL_DST_HOSTS_MAX`] destinations
     /// all have connections.
     fn host_to(&self, dst: SocketAddr) -> Option<Rc<Host>> {
         let mut ds = self.destinations.borrow_mut();
         if let Some(h) = ds.iter().find(|h| h.addr == dst) {
             return Some(h.clone());
         }
-        if ds.len() >= ORIGINAL_DST_HOSTS_MAX {
+        if ds.len() >= crate::cluster::ORIGINAL_DST_HOSTS_MAX {
             let idle = ds.iter().position(|h| h.conns.borrow().is_empty())?;
             ds.swap_remove(idle);
         }
