@@ -1241,6 +1241,10 @@ pub struct TripleListener {
     /// `ignore_port_in_host_matching`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub ignore_port_in_host_matching: bool,
+    /// Traffic labels (Apache Dubbo's tag routing): a call's `dubbo-tag` header (by default)
+    /// sends it to the endpoints tagged with it; docs/governance.md#traffic-labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_label: Option<TrafficLabel>,
 }
 
 impl TripleListener {
@@ -1282,6 +1286,7 @@ impl Default for TripleListener {
             rbac: Vec::new(),
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
+            traffic_label: None,
         }
     }
 }
@@ -1377,6 +1382,77 @@ pub struct DubboListener {
     /// (docs/security.md#authorization).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<Rbac>,
+    /// Traffic labels (Apache Dubbo's tag routing): a request's `dubbo.tag` attachment (by
+    /// default) sends it to the endpoints tagged with it; docs/governance.md#traffic-labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_label: Option<TrafficLabel>,
+}
+
+/// Longest traffic label (an endpoint's `tag`) and label key accepted.
+pub const TAG_BYTES_MAX: usize = 128;
+
+/// Where a listener reads a call's traffic label (Apache Dubbo's tag routing): the label
+/// selects the endpoints whose `tag` equals it, else (none carries it, and the call does not
+/// force it) the untagged ones; a call without a label goes to the untagged endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficLabel {
+    /// The Dubbo attachment (default `dubbo.tag`) or Triple header (default `dubbo-tag`)
+    /// holding the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The attachment (default `dubbo.force.tag`) or header (default `dubbo-force-tag`) that,
+    /// `true`, forbids the fall-back to untagged endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_key: Option<String>,
+}
+
+impl TrafficLabel {
+    pub const DUBBO_KEY: &'static str = "dubbo.tag";
+    pub const DUBBO_FORCE_KEY: &'static str = "dubbo.force.tag";
+    pub const TRIPLE_KEY: &'static str = "dubbo-tag";
+    pub const TRIPLE_FORCE_KEY: &'static str = "dubbo-force-tag";
+
+    /// (key, force key) of a Dubbo listener.
+    pub fn dubbo_keys(&self) -> (&str, &str) {
+        (
+            self.key.as_deref().unwrap_or(Self::DUBBO_KEY),
+            self.force_key.as_deref().unwrap_or(Self::DUBBO_FORCE_KEY),
+        )
+    }
+
+    /// (key, force key) of a Triple listener.
+    pub fn triple_keys(&self) -> (&str, &str) {
+        (
+            self.key.as_deref().unwrap_or(Self::TRIPLE_KEY),
+            self.force_key.as_deref().unwrap_or(Self::TRIPLE_FORCE_KEY),
+        )
+    }
+
+    fn validate(
+        &self,
+        header: bool,
+        at: &dyn Fn(&str) -> String,
+        err: &mut dyn FnMut(String, String),
+    ) {
+        for (field, v) in [("key", &self.key), ("force_key", &self.force_key)] {
+            let Some(v) = v else { continue };
+            let bad = if v.is_empty() || v.len() > TAG_BYTES_MAX {
+                Some(format!("must be 1..={TAG_BYTES_MAX} bytes"))
+            } else if header
+                && !v
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+            {
+                Some("a header name: lowercase letters, digits, '-', '_', '.'".into())
+            } else {
+                None
+            };
+            if let Some(m) = bad {
+                err(at(&format!("traffic_label.{field}")), format!("{v:?}: {m}"));
+            }
+        }
+    }
 }
 
 impl Default for DubboListener {
@@ -1390,6 +1466,7 @@ impl Default for DubboListener {
             heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS_DEFAULT,
             routes: Vec::new(),
             rbac: Vec::new(),
+            traffic_label: None,
         }
     }
 }
@@ -1920,6 +1997,11 @@ pub struct EndpointMetadata {
     /// with a sidecar): chooses among the cluster's `transport_socket_matches`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub transport_socket_match: BTreeMap<String, String>,
+    /// Traffic label (Apache Dubbo's `dubbo.tag` provider parameter; EDS: the
+    /// `filter_metadata["envoy.lb"]["dubbo.tag"]` string): calls labelled with it go here
+    /// (docs/governance.md#traffic-labels). Empty: untagged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
 }
 
 impl Default for EndpointMetadata {
@@ -1932,6 +2014,7 @@ impl Default for EndpointMetadata {
             priority: 0,
             methods: String::new(),
             transport_socket_match: BTreeMap::new(),
+            tag: String::new(),
         }
     }
 }
@@ -2379,6 +2462,12 @@ impl Config {
                     err(
                         at(&format!("endpoint_metadata[{k}].weight")),
                         "must be at least 1 (leave an endpoint that takes no traffic out)".into(),
+                    );
+                }
+                if m.tag.len() > TAG_BYTES_MAX {
+                    err(
+                        at(&format!("endpoint_metadata[{k}].tag")),
+                        format!("{} bytes: at most {TAG_BYTES_MAX}", m.tag.len()),
                     );
                 }
             }
@@ -3114,6 +3203,9 @@ fn validate_dubbo(
     err: &mut dyn FnMut(String, String),
 ) {
     validate_rbac_filters(&d.rbac, RbacScope::Dubbo, at, err);
+    if let Some(t) = &d.traffic_label {
+        t.validate(false, at, err);
+    }
     if d.frame_bytes_max < BUFFER_BYTES_MIN || d.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
         err(
             at("frame_bytes_max"),
@@ -3429,6 +3521,9 @@ fn validate_triple(
     err: &mut dyn FnMut(String, String),
 ) {
     validate_rbac_filters(&t.rbac, RbacScope::Http, at, err);
+    if let Some(tl) = &t.traffic_label {
+        tl.validate(true, at, err);
+    }
     let mut range = |field: &str, v: u32, lo: u32, hi: u32| {
         if !(lo..=hi).contains(&v) {
             err(at(field), format!("{v} is out of range {lo}..={hi}"));

@@ -1677,3 +1677,121 @@ clusters:\n  - name: a\n    endpoints: [\"{}\"]\n  - name: hole\n    endpoints: 
     assert_eq!(stat(&rs, "cluster.hole.upstream_rq_mirror_dropped"), 45);
     assert_eq!(stat(&rs, "cluster.hole.upstream_rq_active"), 0);
 }
+
+/// The sofa-rpc-node consumer's `whoami` answers (`n` calls on one connection) with these
+/// attachments; a failed call is `!`.
+fn whoami_with(listen: SocketAddr, n: u32, attachments: &str) -> String {
+    let mut c = common::peers::node("consumer.js");
+    c.args(["--address", &listen.to_string(), "--method", "whoami"])
+        .args(["--count", &n.to_string()]);
+    if !attachments.is_empty() {
+        c.args(["--attachments", attachments]);
+    }
+    let (_, lines) = common::peers::run_consumer(c);
+    assert_eq!(lines.len(), n as usize, "{lines:?}");
+    lines
+        .iter()
+        .map(|l| match l["ok"].as_bool() {
+            Some(true) => l["result"].as_str().unwrap_or("?").to_string(),
+            _ => "!".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Traffic labels (Apache Dubbo's tag routing) with real sofa-rpc-node consumers and
+/// providers: B and C untagged, G tagged `gray`; a call's `dubbo.tag` attachment picks its
+/// providers, an unknown tag falls back to the untagged ones unless `dubbo.force.tag` says
+/// `true`, an unlabelled call never reaches the tagged provider; the keys are configurable.
+#[test]
+fn dubbo_traffic_labels_select_tagged_providers_and_fall_back_to_untagged() {
+    let (pb, pc, pg) = (free_port(), free_port(), free_port());
+    let _b = common::peers::NodeProvider::start(pb, "B", &[]);
+    let _c = common::peers::NodeProvider::start(pc, "C", &[]);
+    let _g = common::peers::NodeProvider::start(pg, "G", &[]);
+    let start = |traffic_label: &str| {
+        let (admin, listen) = (local(free_port()), local(free_port()));
+        let cfg = format!(
+            "admin: {{address: {admin}}}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: p\n    dubbo: {{traffic_label: {traffic_label}}}\n\
+clusters:\n  - name: p\n    endpoints: [\"127.0.0.1:{pb}\", \"127.0.0.1:{pg}\", \"127.0.0.1:{pc}\"]\n\
+\x20   endpoint_metadata: [{{}}, {{tag: gray}}, {{}}]\n"
+        );
+        (Ringside::start(&cfg, admin, &["--shards", "2"]), listen)
+    };
+    let (_rs, listen) = start("{}");
+    assert_eq!(whoami_with(listen, 4, r#"{"dubbo.tag":"gray"}"#), "G G G G");
+    // Round robin over the untagged two (which one comes first depends on earlier picks).
+    let sorted = |s: String| {
+        let mut v: Vec<&str> = s.split(' ').collect();
+        v.sort_unstable();
+        v.join(" ")
+    };
+    let fallback = sorted(whoami_with(listen, 4, r#"{"dubbo.tag":"blue"}"#));
+    assert_eq!(
+        fallback, "B B C C",
+        "no provider tagged blue: the untagged ones"
+    );
+    let forced = whoami_with(
+        listen,
+        2,
+        r#"{"dubbo.tag":"blue","dubbo.force.tag":"true"}"#,
+    );
+    assert_eq!(forced, "! !", "forced: no provider");
+    assert_eq!(
+        whoami_with(
+            listen,
+            2,
+            r#"{"dubbo.tag":"gray","dubbo.force.tag":"true"}"#
+        ),
+        "G G"
+    );
+    assert_eq!(
+        sorted(whoami_with(listen, 4, "")),
+        "B B C C",
+        "unlabelled: untagged only"
+    );
+    // Other keys: `dubbo.tag` is just an attachment now.
+    let (_rs2, listen2) = start("{key: env, force_key: env.force}");
+    assert_eq!(whoami_with(listen2, 2, r#"{"env":"gray"}"#), "G G");
+    assert_eq!(
+        sorted(whoami_with(listen2, 2, r#"{"dubbo.tag":"gray"}"#)),
+        "B C"
+    );
+    assert_eq!(
+        whoami_with(listen2, 1, r#"{"env":"x","env.force":"TRUE"}"#),
+        "!"
+    );
+}
+
+/// Traffic labels for Triple: a call's `dubbo-tag` header picks the upstreams tagged with it
+/// (G and H `gray`, A and B untagged), an unknown one falls back to the untagged ones unless
+/// `dubbo-force-tag: true`, an unlabelled call stays untagged; a retry stays within the label
+/// (G failing UNAVAILABLE is retried on H, never on A or B).
+#[test]
+fn triple_traffic_labels_select_tagged_upstreams_and_retries_keep_the_label() {
+    let ups: Vec<Upstream> = ["A", "B", "G", "H"].map(Upstream::start).into();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let routes = "        - match: {method: {exact: Retried}}\n          route: {cluster: p, retry_policy: {retry_on: [unavailable], num_retries: 1}}\n";
+    let meta = "    endpoint_metadata: [{}, {}, {tag: gray}, {tag: gray}]\n";
+    let cfg = triple_config(admin, listen, routes, &[("p", &addrs, meta)])
+        .replace("    triple:\n", "    triple:\n      traffic_label: {}\n");
+    let _rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    let sorted = |s: String| {
+        let mut v: Vec<char> = s.chars().collect();
+        v.sort_unstable();
+        v.into_iter().collect::<String>()
+    };
+    let gray = [("dubbo-tag", "gray")];
+    assert_eq!(sorted(answers(&mut c, 4, "/pkg.S/M", &gray)), "GGHH");
+    let blue = [("dubbo-tag", "blue")];
+    assert_eq!(sorted(answers(&mut c, 4, "/pkg.S/M", &blue)), "AABB");
+    let forced = [("dubbo-tag", "blue"), ("dubbo-force-tag", "true")];
+    assert_eq!(answers(&mut c, 2, "/pkg.S/M", &forced), "[14][14]");
+    assert_eq!(sorted(answers(&mut c, 4, "/pkg.S/M", &[])), "AABB");
+    let failing_a = [("x-fail-only-on", "A")];
+    assert_eq!(answers(&mut c, 4, "/pkg.S/Retried", &failing_a), "BBBB");
+    let failing_g = [("dubbo-tag", "gray"), ("x-fail-only-on", "G")];
+    assert_eq!(answers(&mut c, 6, "/pkg.S/Retried", &failing_g), "HHHHHH");
+}

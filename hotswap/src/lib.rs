@@ -25,6 +25,18 @@
 //!    what the old process read from the connection and did not forward (at most
 //!    [`UNREAD_BYTES_MAX`], hex in the JSON). The successor serves each as if it had accepted
 //!    it, starting with those bytes. Then `Stats` and `Bye` as in version 1.
+//! 5. Version 3 adds TCP proxy connections: `TcpConnections { conns: [{listener, cluster,
+//!    upstream, unread, unread_upstream, ...}] }` with two fds per entry, in order: the
+//!    downstream connection, then the upstream connection ringside relays it to (at most
+//!    [`FDS_PER_MESSAGE_MAX`]` / 2` entries per message, see [`tcp_batches`]). `unread` is what
+//!    was read from the downstream and not yet written upstream, `unread_upstream` the other
+//!    way. The successor resumes relaying the same pair, writing those bytes first. A version 2
+//!    process never sees one (it would take the pair's second fd for the next entry's).
+//!
+//! Entries carry `paused_at_ns` and `sent_at_ns` (`CLOCK_MONOTONIC`, [`monotonic_ns`], the
+//! same clock in every process of the host): when the old process stopped reading the
+//! connection and when it sent the message, so the successor can tell how long the connection
+//! paused. Absent (0) from a version 2 process of an earlier build.
 //!
 //! Unknown message types are answered with `Refused`, so a later version can add messages
 //! without breaking this one.
@@ -41,15 +53,18 @@ mod wire;
 use serde::{Deserialize, Serialize};
 
 pub use private::{bind_private, check_peer, peer_pid};
-pub use wire::{recv, send, send_connections};
+pub use wire::{recv, send, send_connections, send_tcp_connections};
 
-/// The highest protocol version this crate speaks: 2 (live connections move, step 4).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The highest protocol version this crate speaks: 3 (TCP proxy connections move with their
+/// upstream connection, step 5).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The version every ringside speaks, sent as `Hello::protocol`: a process refuses a successor
 /// whose base differs. Bumped only on a change that breaks version 1's messages.
 pub const PROTOCOL_BASE: u32 = 1;
 /// The first version that moves live connections (`GetConnections`, `Connections`).
 pub const PROTOCOL_CONNECTIONS: u32 = 2;
+/// The first version that moves TCP proxy connections (`TcpConnections`).
+pub const PROTOCOL_TCP: u32 = 3;
 /// Most bytes read but not forwarded that one handed-over connection carries; a connection
 /// holding more is not handed over (it drains in the old process instead).
 pub const UNREAD_BYTES_MAX: usize = 256 * 1024;
@@ -81,6 +96,52 @@ pub struct ConnEntry {
     /// Bytes the old process read from it and did not forward: the start of the next frame.
     #[serde(with = "hex")]
     pub unread: Vec<u8>,
+    /// When the old process stopped reading it ([`monotonic_ns`]; 0: not said).
+    #[serde(default)]
+    pub paused_at_ns: u64,
+    /// When the old process sent it ([`monotonic_ns`]; 0: not said).
+    #[serde(default)]
+    pub sent_at_ns: u64,
+}
+
+/// One handed-over TCP proxy connection (version 3): its two fds (downstream, upstream) travel
+/// with its message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpPairEntry {
+    /// The name of the listener that accepted it (a virtual listener's for a handed-off one).
+    pub listener: String,
+    /// The cluster and the address of the upstream connection (counts and logs).
+    pub cluster: String,
+    pub upstream: String,
+    /// Read from the downstream and not yet written upstream.
+    #[serde(with = "hex")]
+    pub unread: Vec<u8>,
+    /// Read from the upstream and not yet written downstream.
+    #[serde(with = "hex")]
+    pub unread_upstream: Vec<u8>,
+    /// When the downstream connected (ms since the Unix epoch; the access log's start).
+    pub started_unix_ms: u64,
+    /// Bytes relayed so far each way (the access log's and Istio's per-connection totals).
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// As in [`ConnEntry`].
+    pub paused_at_ns: u64,
+    pub sent_at_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable between the processes of one host (Rust's
+/// `Instant` reads the same clock but does not expose it).
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists on
+    // Linux.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts
+    };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// The version a process speaking up to `ours` uses with a successor that says `highest`
@@ -123,6 +184,11 @@ pub enum Message {
     Connections {
         conns: Vec<ConnEntry>,
     },
+    /// Version 3: followed by exactly `2 * conns.len()` descriptors, in order (each entry's
+    /// downstream, then its upstream).
+    TcpConnections {
+        conns: Vec<TcpPairEntry>,
+    },
     Stats {
         blob: String,
     },
@@ -134,13 +200,32 @@ pub enum Message {
 /// [`CONNECTIONS_BATCH_BYTES_MAX`] of encoded entries (an entry's `unread` is at most
 /// [`UNREAD_BYTES_MAX`]). Returns each batch's range in `conns`.
 pub fn connection_batches(conns: &[ConnEntry]) -> Vec<std::ops::Range<usize>> {
+    // The entry's JSON: hex doubles the bytes; the name and punctuation are small.
+    batches(conns, FDS_PER_MESSAGE_MAX, |c| {
+        2 * c.unread.len() + c.listener.len() * 2 + 128
+    })
+}
+
+/// [`connection_batches`] for TCP pairs (version 3): two descriptors per entry, so at most
+/// [`FDS_PER_MESSAGE_MAX`]` / 2` entries per message.
+pub fn tcp_batches(conns: &[TcpPairEntry]) -> Vec<std::ops::Range<usize>> {
+    batches(conns, FDS_PER_MESSAGE_MAX / 2, |c| {
+        2 * (c.unread.len() + c.unread_upstream.len())
+            + 2 * (c.listener.len() + c.cluster.len() + c.upstream.len())
+            + 256
+    })
+}
+
+fn batches<T>(
+    conns: &[T],
+    per_message_max: usize,
+    len_of: impl Fn(&T) -> usize,
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, c) in conns.iter().enumerate() {
-        // The entry's JSON: hex doubles the bytes; the name and punctuation are small.
-        let len = 2 * c.unread.len() + c.listener.len() * 2 + 64;
-        if i > start
-            && (i - start == FDS_PER_MESSAGE_MAX || bytes + len > CONNECTIONS_BATCH_BYTES_MAX)
+        let len = len_of(c);
+        if i > start && (i - start == per_message_max || bytes + len > CONNECTIONS_BATCH_BYTES_MAX)
         {
             out.push(start..i);
             (start, bytes) = (i, 0);

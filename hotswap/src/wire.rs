@@ -7,7 +7,9 @@ use std::os::unix::net::UnixStream;
 
 #[cfg(test)]
 use crate::REQUEST_BYTES_MAX;
-use crate::{ConnEntry, HandoffError, Message, FDS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
+use crate::{
+    ConnEntry, HandoffError, Message, TcpPairEntry, FDS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX,
+};
 
 /// Sends `msg` with `fds` attached.
 pub fn send(sock: &UnixStream, msg: &Message, fds: &[RawFd]) -> Result<(), HandoffError> {
@@ -53,6 +55,31 @@ pub fn send_connections(
             conns: conns[r.clone()].to_vec(),
         };
         send(sock, &msg, &fds[r.clone()])?;
+    }
+    Ok(batches.len())
+}
+
+/// Sends handed-over TCP proxy connections (version 3): `conns[i]` with `fds[i]` (its
+/// downstream, then its upstream descriptor), in as many `TcpConnections` messages as
+/// [`crate::tcp_batches`] makes. Returns the number of messages.
+pub fn send_tcp_connections(
+    sock: &UnixStream,
+    conns: &[TcpPairEntry],
+    fds: &[(RawFd, RawFd)],
+) -> Result<usize, HandoffError> {
+    if conns.len() != fds.len() {
+        return Err(HandoffError::FdCountMismatch {
+            announced: conns.len() * 2,
+            carried: fds.len() * 2,
+        });
+    }
+    let batches = crate::tcp_batches(conns);
+    for r in &batches {
+        let msg = Message::TcpConnections {
+            conns: conns[r.clone()].to_vec(),
+        };
+        let flat: Vec<RawFd> = fds[r.clone()].iter().flat_map(|&(d, u)| [d, u]).collect();
+        send(sock, &msg, &flat)?;
     }
     Ok(batches.len())
 }
@@ -332,6 +359,8 @@ mod tests {
             .map(|i| ConnEntry {
                 listener: format!("l{}", i % 3),
                 unread: vec![i as u8; i % 5],
+                paused_at_ns: i as u64,
+                sent_at_ns: 0,
             })
             .collect();
         let fds: Vec<RawFd> = served.iter().map(|s| s.as_raw_fd()).collect();
@@ -372,6 +401,85 @@ mod tests {
         ));
     }
 
+    /// TCP pairs (version 3) cross two descriptors per entry, downstream then upstream, in
+    /// batches of at most half the descriptor limit; each received pair is the same two
+    /// connections, and an entry without its ConnEntry fields (a version 2 message) still
+    /// parses.
+    #[test]
+    fn tcp_pairs_cross_with_both_descriptors_in_order() {
+        use crate::{tcp_batches, TcpPairEntry};
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        const N: usize = FDS_PER_MESSAGE_MAX / 2 + 3;
+        let mut peers = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..2 * N {
+            peers.push(TcpStream::connect(addr).unwrap());
+            served.push(l.accept().unwrap().0);
+        }
+        let conns: Vec<TcpPairEntry> = (0..N)
+            .map(|i| TcpPairEntry {
+                listener: "l4".into(),
+                cluster: "up".into(),
+                upstream: "127.0.0.1:9".into(),
+                unread: vec![i as u8; i % 3],
+                unread_upstream: vec![!(i as u8); i % 4],
+                started_unix_ms: 1,
+                bytes_received: i as u64,
+                bytes_sent: 2,
+                paused_at_ns: 3,
+                sent_at_ns: 4,
+            })
+            .collect();
+        let fds: Vec<(RawFd, RawFd)> = (0..N)
+            .map(|i| (served[2 * i].as_raw_fd(), served[2 * i + 1].as_raw_fd()))
+            .collect();
+        assert_eq!(tcp_batches(&conns), vec![0..126, 126..N]);
+        let (a, b) = UnixStream::pair().unwrap();
+        let got = std::thread::scope(|s| {
+            let w = s.spawn(|| send_tcp_connections(&a, &conns, &fds).unwrap());
+            let mut got = Vec::new();
+            while got.len() < N {
+                let (msg, fds) = recv(&b, MESSAGE_BYTES_MAX).unwrap();
+                let Message::TcpConnections { conns } = msg else {
+                    panic!("{msg:?}")
+                };
+                assert_eq!(2 * conns.len(), fds.len());
+                let mut fds = fds.into_iter();
+                for c in conns {
+                    got.push((c, fds.next().unwrap(), fds.next().unwrap()));
+                }
+            }
+            assert_eq!(w.join().unwrap(), 2);
+            got
+        });
+        drop(served);
+        for (i, (entry, down, up)) in got.into_iter().enumerate() {
+            assert_eq!(entry, conns[i]);
+            for (k, fd) in [(2 * i, down), (2 * i + 1, up)] {
+                let mut s = TcpStream::from(fd);
+                s.write_all(&[k as u8]).unwrap();
+                let mut one = [0u8];
+                peers[k].read_exact(&mut one).unwrap();
+                assert_eq!(one[0], k as u8, "entry {i}: descriptors in order");
+            }
+        }
+        assert!(matches!(
+            send_tcp_connections(&a, &conns[..2], &fds[..1]),
+            Err(HandoffError::FdCountMismatch { .. })
+        ));
+        let v2 = br#"{"type":"Connections","conns":[{"listener":"d","unread":"ab"}]}"#;
+        let Message::Connections { conns } = serde_json::from_slice(v2).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (conns[0].unread.as_slice(), conns[0].paused_at_ns),
+            (&[0xab][..], 0)
+        );
+    }
+
     #[test]
     fn batches_respect_descriptors_and_bytes() {
         use crate::{connection_batches, CONNECTIONS_BATCH_BYTES_MAX, UNREAD_BYTES_MAX};
@@ -380,6 +488,8 @@ mod tests {
                 .map(|_| ConnEntry {
                     listener: "d".into(),
                     unread: Vec::new(),
+                    paused_at_ns: 0,
+                    sent_at_ns: 0,
                 })
                 .collect::<Vec<_>>()
         };
@@ -393,6 +503,8 @@ mod tests {
             .map(|_| ConnEntry {
                 listener: "d".into(),
                 unread: vec![7; UNREAD_BYTES_MAX],
+                paused_at_ns: 0,
+                sent_at_ns: 0,
             })
             .collect();
         let batches = connection_batches(&big);

@@ -95,6 +95,11 @@ pub fn parse(url: &str, interface: &str) -> Result<Provider, Skip> {
             "application" => meta.application = v.to_string(),
             "methods" => meta.methods = v.to_string(),
             "interface" => url_interface = Some(v),
+            // Apache Dubbo's tag routing label (docs/governance.md#traffic-labels).
+            "dubbo.tag" if v.len() > config::TAG_BYTES_MAX => {
+                return Err(Skip::Invalid(format!("dubbo.tag of {} bytes", v.len())))
+            }
+            "dubbo.tag" => meta.tag = v.to_string(),
             "weight" => {
                 meta.weight = v
                     .parse()
@@ -184,6 +189,15 @@ mod tests {
         assert_eq!(p.meta.weight, 50);
         assert_eq!(p.meta.application, "demo");
         assert_eq!(p.meta.methods, "echo,add");
+        assert_eq!(p.meta.tag, "");
+    }
+
+    #[test]
+    fn reads_the_dubbo_tag_of_a_provider() {
+        let url = "dubbo://10.0.0.7:20880/com.ringside.test.EchoService?interface=com.ringside.test.EchoService&dubbo.tag=gray";
+        assert_eq!(parse(url, I).unwrap().meta.tag, "gray");
+        let long = format!("dubbo://10.0.0.7:20880?dubbo.tag={}", "x".repeat(200));
+        assert!(matches!(parse(&long, I), Err(Skip::Invalid(_))));
     }
 
     #[test]

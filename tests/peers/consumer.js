@@ -1,7 +1,9 @@
 // A Dubbo2 consumer (npm sofa-rpc-node + dubbo-remoting) calling one address directly.
 // Usage: node consumer.js (--address host:port | --registry 127.0.0.1:ZKPORT/dubbo) --method M [--interface I] [--version V]
 //        [--group G] [--args JSON-array | --args-file FILE] [--count N] [--timeout-ms T]
-//        [--interval-ms MS]
+//        [--interval-ms MS] [--attachments JSON-object]
+// --attachments: Dubbo attachments sent with every call (sofa-rpc-node's requestProps), e.g.
+// {"dubbo.tag":"gray"}.
 // Prints one JSON line per call: {"ok":true,"result":...} or {"ok":false,"error":"..."};
 // exits 1 if any call failed.
 'use strict';
@@ -38,10 +40,12 @@ async function main() {
   const count = Number(arg('count', '1'));
   const timeout = Number(arg('timeout-ms', '3000'));
   const interval = Number(arg('interval-ms', '0'));
+  const attachments = arg('attachments', undefined);
+  const requestProps = attachments ? JSON.parse(attachments) : undefined;
   let failed = 0;
   for (let i = 0; i < count; i++) {
     try {
-      const result = await consumer.invoke(method, args, { responseTimeout: timeout });
+      const result = await consumer.invoke(method, args, { responseTimeout: timeout, requestProps });
       const shown = typeof result === 'string' && result.length > 256 ? { length: result.length } : result;
       console.log(JSON.stringify({ ok: true, result: shown }));
     } catch (err) {

@@ -2861,6 +2861,7 @@ fn endpoints(
     at: &str,
 ) -> Result<Assignment, TranslateError> {
     use core_pb::HealthStatus as H;
+    use envoy_types::pb::google::protobuf::value::Kind;
     if !la.named_endpoints.is_empty() {
         return Err(ctx.err(
             join(at, "named_endpoints"),
@@ -2906,12 +2907,32 @@ fn endpoints(
                 })?,
                 None => Default::default(),
             };
+            let tag = match e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(LB_METADATA_KEY))
+                .and_then(|st| st.fields.get(TAG_FIELD))
+                .map(|v| &v.kind)
+            {
+                None => String::new(),
+                Some(Some(Kind::StringValue(s))) if s.len() <= config::TAG_BYTES_MAX => s.clone(),
+                Some(_) => {
+                    return Err(ctx.err(
+                        format!("{eat}.metadata.filter_metadata[{LB_METADATA_KEY:?}].{TAG_FIELD}"),
+                        format!(
+                            "must be a string of at most {} bytes",
+                            config::TAG_BYTES_MAX
+                        ),
+                    ))
+                }
+            };
             if !excluded {
                 out.endpoints.push(addr);
                 out.metadata.push(config::EndpointMetadata {
                     weight,
                     priority: l.priority,
                     transport_socket_match,
+                    tag,
                     ..Default::default()
                 });
             }
@@ -2927,7 +2948,10 @@ fn endpoints(
         }
     }
     let plain = |m: &config::EndpointMetadata| {
-        m.priority == 0 && m.weight == out.metadata[0].weight && m.transport_socket_match.is_empty()
+        m.priority == 0
+            && m.weight == out.metadata[0].weight
+            && m.transport_socket_match.is_empty()
+            && m.tag.is_empty()
     };
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
@@ -2937,6 +2961,11 @@ fn endpoints(
 
 /// The endpoint metadata that chooses among a cluster's `transport_socket_matches`.
 const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
+
+/// Envoy's load-balancing metadata namespace, and the field in it that is an endpoint's
+/// traffic label (docs/governance.md#traffic-labels).
+const LB_METADATA_KEY: &str = "envoy.lb";
+const TAG_FIELD: &str = "dubbo.tag";
 
 /// A `Struct` of string values as labels; `Err` the first key whose value is no string.
 fn string_labels(

@@ -966,6 +966,35 @@ fn endpoints_exclude_unhealthy_and_keep_weights_and_priorities() {
 }
 
 #[test]
+fn eds_endpoint_metadata_gives_the_traffic_label() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let lb = |v: Kind| Metadata {
+        filter_metadata: [(
+            "envoy.lb".to_string(),
+            Struct {
+                fields: [("dubbo.tag".to_string(), Value { kind: Some(v) })].into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let mut la = cla_pb("users", &[("10.0.0.1", 80), ("10.0.0.2", 80)]);
+    la.endpoints[0].lb_endpoints[1].metadata = Some(lb(Kind::StringValue("gray".into())));
+    let (_, a) = decode_endpoints(&pack_any(la.clone())).unwrap();
+    let tags: Vec<&str> = a.metadata.iter().map(|m| m.tag.as_str()).collect();
+    assert_eq!(tags, ["", "gray"]);
+    la.endpoints[0].lb_endpoints[1].metadata = Some(lb(Kind::NumberValue(1.0)));
+    let e = decode_endpoints(&pack_any(la)).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "lb_endpoints[1].metadata.filter_metadata[\"envoy.lb\"].dubbo.tag`: must be a string"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn wrong_type_url_is_a_decode_error() {
     let e = decode_listener(&cla("x", &[])).unwrap_err();
     assert!(matches!(e, TranslateError::Decode { .. }), "{e:?}");

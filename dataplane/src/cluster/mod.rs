@@ -153,6 +153,115 @@ pub struct Endpoints {
     /// plaintext per endpoint, Istio's auto mTLS); empty when the cluster has no
     /// `transport_socket_matches` (every endpoint: socket 0).
     pub sockets: Box<[u8]>,
+    /// The endpoints by traffic label, when one of them has a `tag` (built with the table, so
+    /// a labelled request picks from its subset with no work beyond a binary search).
+    pub labels: Option<Box<Labels>>,
+}
+
+/// The live endpoints of a cluster by traffic label: the untagged ones, and those of each
+/// tag (by [`tag_hash`], sorted), each in the visit order of [`Endpoints::live`].
+#[derive(Debug, Default)]
+pub struct Labels {
+    pub untagged: Subset,
+    pub tagged: Box<[(u64, Subset)]>,
+}
+
+/// Some of a cluster's live endpoints, as [`Endpoints`] keeps all of them: `live`, `levels`,
+/// `weights`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Subset {
+    pub live: Box<[u32]>,
+    pub levels: Box<[u32]>,
+    pub weights: Box<[u32]>,
+}
+
+/// A request's traffic label as the balancer takes it (docs/governance.md#traffic-labels):
+/// the label's [`tag_hash`] (0: the call has none) and whether it forbids the fall-back to the
+/// untagged endpoints, in one word (bit 0: force; bit 1: always set, so that an
+/// `Option<Label>` is 8 bytes; the rest: the hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label(std::num::NonZeroU64);
+
+impl Default for Label {
+    /// No label, not forced.
+    fn default() -> Self {
+        Label::new(0, false)
+    }
+}
+
+impl Label {
+    const PRESENT: u64 = 0b10;
+
+    /// `tag`: a [`tag_hash`], or 0 for none.
+    pub fn new(tag: u64, force: bool) -> Label {
+        let bits = (tag & !0b11) | Label::PRESENT | u64::from(force);
+        Label(std::num::NonZeroU64::new(bits).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+
+    /// The label's [`tag_hash`]; 0 when the call has none.
+    pub fn tag(self) -> u64 {
+        self.0.get() & !0b11
+    }
+
+    pub fn force(self) -> bool {
+        self.0.get() & 1 == 1
+    }
+
+    /// The label of a call that carries `tag` (absent or empty: none) and `force` (Apache
+    /// Dubbo reads `Boolean.valueOf`: `true` in any case forces).
+    pub fn of(tag: Option<&[u8]>, force: Option<&[u8]>) -> Label {
+        Label::new(
+            tag.filter(|t| !t.is_empty()).map_or(0, tag_hash),
+            force.is_some_and(|f| f.eq_ignore_ascii_case(b"true")),
+        )
+    }
+}
+
+/// Where a listener reads a call's traffic label (`traffic_label`: a Dubbo attachment or a
+/// Triple header), as bytes.
+#[derive(Debug)]
+pub struct LabelKeys {
+    pub key: Box<[u8]>,
+    pub force_key: Box<[u8]>,
+}
+
+impl LabelKeys {
+    pub fn new((key, force_key): (&str, &str)) -> LabelKeys {
+        LabelKeys {
+            key: key.as_bytes().into(),
+            force_key: force_key.as_bytes().into(),
+        }
+    }
+}
+
+/// FNV-1a of a traffic label, its low two bits cleared (see [`Label`]), never 0 (0 is "no
+/// label"). Equal labels hash equal; two labels of one cluster hashing equal are one label
+/// (62 bits: not seen in practice; the label is the caller's to choose anyway, so a collision
+/// grants nothing it could not ask for).
+pub fn tag_hash(tag: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in tag {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h & !0b11).max(0b100)
+}
+
+/// The endpoints one pick chooses among (borrowed from [`Endpoints`] or one of its
+/// [`Subset`]s).
+struct Set<'a> {
+    live: &'a [u32],
+    levels: &'a [u32],
+    weights: &'a [u32],
+}
+
+impl Subset {
+    fn set(&self) -> Set<'_> {
+        Set {
+            live: &self.live,
+            levels: &self.levels,
+            weights: &self.weights,
+        }
+    }
 }
 
 impl Endpoints {
@@ -165,6 +274,45 @@ impl Endpoints {
             distinct: 0,
             generation,
             sockets: Box::new([]),
+            labels: None,
+        }
+    }
+
+    /// The endpoints a request with `label` may go to (Apache Dubbo's tag routing): without a
+    /// label (the listener reads none), all; labelled `t`, those tagged `t`, else (none is, and
+    /// the label is not forced) the untagged ones; with an empty label, the untagged ones.
+    fn set(&self, label: Option<Label>) -> Set<'_> {
+        let all = Set {
+            live: &self.live,
+            levels: &self.levels,
+            weights: &self.weights,
+        };
+        let Some(label) = label else {
+            return all;
+        };
+        let none = Set {
+            live: &[],
+            levels: &[],
+            weights: &[],
+        };
+        let Some(labels) = &self.labels else {
+            // No endpoint is tagged: every one is untagged.
+            return if label.tag() != 0 && label.force() {
+                none
+            } else {
+                all
+            };
+        };
+        if label.tag() == 0 {
+            return labels.untagged.set();
+        }
+        match labels
+            .tagged
+            .binary_search_by_key(&label.tag(), |(t, _)| *t)
+        {
+            Ok(k) => labels.tagged[k].1.set(),
+            Err(_) if label.force() => none,
+            Err(_) => labels.untagged.set(),
         }
     }
 
@@ -419,13 +567,24 @@ impl ShardCluster {
     /// whose endpoints all failed recently is tried anyway); else `None`. Strict failover:
     /// a level gets no traffic while a level before it has an endpoint ready.
     pub fn pick_available(&self, state: impl Fn(usize) -> Availability) -> Option<usize> {
+        self.pick_labelled(None, state)
+    }
+
+    /// [`Self::pick_available`] among the endpoints a request with traffic label `label` may
+    /// go to (see [`Endpoints::set`]; `None`: all of them).
+    pub fn pick_labelled(
+        &self,
+        label: Option<Label>,
+        state: impl Fn(usize) -> Availability,
+    ) -> Option<usize> {
         let e = self.endpoints.borrow();
+        let set = e.set(label);
         let mut fallback = None;
         let mut from = 0;
-        for &end in e.levels.iter() {
+        for &end in set.levels.iter() {
             let level = from..end as usize;
             from = end as usize;
-            match self.pick_in(&e, level, &state) {
+            match self.pick_in(&set, level, &state) {
                 Ok(i) => return Some(i),
                 Err(backing_off) => fallback = fallback.or(backing_off),
             }
@@ -440,7 +599,7 @@ impl ShardCluster {
     /// 1), ties to the first from the cursor.
     fn pick_in(
         &self,
-        e: &Endpoints,
+        e: &Set<'_>,
         level: std::ops::Range<usize>,
         state: &impl Fn(usize) -> Availability,
     ) -> Result<usize, Option<usize>> {
@@ -497,6 +656,27 @@ impl ShardCluster {
     pub fn add_active(&self, endpoint: usize, delta: i32) {
         if let Some(a) = self.active.borrow().get(endpoint) {
             a.set(a.get().saturating_add_signed(delta));
+        }
+    }
+
+    /// Counts an upstream connection a hot-upgrade predecessor opened to `addr` and handed
+    /// over (tcp proxy): active on the endpoint slot of that address if the cluster still has
+    /// one, not in `upstream_cx_total` (nobody connected again).
+    pub fn adopt<'a>(&'a self, addr: SocketAddr, stats: &'a ShardStats) -> ActiveGuard<'a> {
+        let endpoint = {
+            let e = self.endpoints.borrow();
+            e.live
+                .iter()
+                .map(|&i| i as usize)
+                .find(|&i| e.slots.get(i).is_some_and(|s| s.addr == addr))
+                .unwrap_or(usize::MAX)
+        };
+        self.add_active(endpoint, 1);
+        stats.inc(self.ids.cx_active);
+        ActiveGuard {
+            endpoint,
+            cluster: self,
+            stats,
         }
     }
 

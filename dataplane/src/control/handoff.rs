@@ -19,7 +19,7 @@ use std::time::Duration;
 use hotswap::REQUEST_BYTES_MAX;
 use hotswap::{
     HandoffError, Message, SocketEntry, MESSAGE_BYTES_MAX, PROTOCOL_BASE, PROTOCOL_CONNECTIONS,
-    PROTOCOL_VERSION,
+    PROTOCOL_TCP, PROTOCOL_VERSION,
 };
 
 use super::server::{ControlEvent, Inherited, Shared, State};
@@ -117,10 +117,10 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
             continue;
         }
         match handoff(&conn, &shared) {
-            Ok(Some(connections)) => {
+            Ok(Some(protocol)) => {
                 let _ = shared.control.send(ControlEvent::HandOff {
                     stream: conn,
-                    connections,
+                    protocol,
                 });
             }
             Ok(None) => {}
@@ -149,8 +149,8 @@ fn successor_start_timeout(config: &Config) -> Duration {
 }
 
 /// Runs steps 1–3 of the protocol (and, with version 2, the successor's `GetConnections`);
-/// `Ok(Some(adopts_connections))` once the successor serves.
-fn handoff(conn: &UnixStream, shared: &Shared) -> Result<Option<bool>, HandoffError> {
+/// `Ok(Some(version))` once the successor serves (2 on: it adopts connections).
+fn handoff(conn: &UnixStream, shared: &Shared) -> Result<Option<u32>, HandoffError> {
     let (hello, _) = hotswap::recv(conn, REQUEST_BYTES_MAX)?;
     let Message::Hello {
         protocol,
@@ -247,14 +247,16 @@ fn handoff(conn: &UnixStream, shared: &Shared) -> Result<Option<bool>, HandoffEr
     tracing::info!(
         requests_in_flight = in_flight(shared),
         hand_over_connections = connections,
+        hand_over_tcp = version >= PROTOCOL_TCP,
         "hot upgrade: successor serves; draining"
     );
-    Ok(Some(connections))
+    Ok(Some(version))
 }
 
 /// Old side, while draining: sends the connections the shards handed over since the last call
-/// (batches of `Connections`), then closes our copies of their sockets. Returns how many were
-/// sent; a failed send closes them (the successor died: their callers reconnect).
+/// (batches of `Connections`, and of `TcpConnections` for TCP proxy pairs), then closes our
+/// copies of their sockets. Returns how many were sent; a failed send closes them (the
+/// successor died: their callers reconnect).
 pub fn send_connections(
     conn: &UnixStream,
     rx: &std::sync::mpsc::Receiver<crate::filter::HandedOver>,
@@ -263,15 +265,49 @@ pub fn send_connections(
     if taken.is_empty() {
         return 0;
     }
-    let entries: Vec<hotswap::ConnEntry> = taken
+    let sent_at_ns = hotswap::monotonic_ns();
+    let (tcp, dubbo): (Vec<_>, Vec<_>) = taken.iter().partition(|c| c.upstream.is_some());
+    let entries: Vec<hotswap::ConnEntry> = dubbo
         .iter()
         .map(|c| hotswap::ConnEntry {
             listener: c.listener.clone(),
             unread: c.unread.clone(),
+            paused_at_ns: c.paused_at_ns,
+            sent_at_ns,
         })
         .collect();
-    let fds: Vec<i32> = taken.iter().map(|c| c.fd.as_raw_fd()).collect();
-    match hotswap::send_connections(conn, &entries, &fds) {
+    let fds: Vec<i32> = dubbo.iter().map(|c| c.fd.as_raw_fd()).collect();
+    let (pairs, pair_fds): (Vec<hotswap::TcpPairEntry>, Vec<(i32, i32)>) = tcp
+        .iter()
+        .filter_map(|c| {
+            let u = c.upstream.as_ref()?;
+            let entry = hotswap::TcpPairEntry {
+                listener: c.listener.clone(),
+                cluster: u.cluster.clone(),
+                upstream: u.address.to_string(),
+                unread: c.unread.clone(),
+                unread_upstream: u.unread.clone(),
+                started_unix_ms: u
+                    .started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                bytes_received: u.bytes_received,
+                bytes_sent: u.bytes_sent,
+                paused_at_ns: c.paused_at_ns,
+                sent_at_ns,
+            };
+            Some((entry, (c.fd.as_raw_fd(), u.fd.as_raw_fd())))
+        })
+        .unzip();
+    let sent = (!entries.is_empty())
+        .then(|| hotswap::send_connections(conn, &entries, &fds))
+        .transpose()
+        .and_then(|_| {
+            (!pairs.is_empty())
+                .then(|| hotswap::send_tcp_connections(conn, &pairs, &pair_fds))
+                .transpose()
+        });
+    match sent {
         Ok(_) => taken.len(),
         Err(e) => {
             tracing::warn!(error = %e, connections = taken.len(), "hot upgrade: could not hand connections to the successor; closing them");
@@ -407,7 +443,51 @@ pub fn await_predecessor(conn: UnixStream, shared: Arc<Shared>) {
                     continue;
                 }
                 for (c, fd) in conns.into_iter().zip(fds) {
-                    if shared.adopt(c.listener, std::net::TcpStream::from(fd), c.unread) {
+                    let a = crate::worker::Adoption {
+                        listener: c.listener,
+                        stream: std::net::TcpStream::from(fd),
+                        unread: c.unread,
+                        upstream: None,
+                        paused_at_ns: c.paused_at_ns,
+                        sent_at_ns: c.sent_at_ns,
+                    };
+                    if shared.adopt(a) {
+                        adopted += 1;
+                    }
+                }
+            }
+            Ok((Message::TcpConnections { conns }, fds)) => {
+                if 2 * conns.len() != fds.len() {
+                    tracing::warn!(announced = 2 * conns.len(), carried = fds.len(), "hot upgrade: handed-over TCP connections without their descriptors; closing them");
+                    continue;
+                }
+                let mut fds = fds.into_iter();
+                for c in conns {
+                    let (Some(down), Some(up)) = (fds.next(), fds.next()) else {
+                        break;
+                    };
+                    let Ok(address) = c.upstream.parse() else {
+                        tracing::warn!(upstream = %c.upstream, "hot upgrade: a handed-over TCP connection with an unreadable upstream address; closing it");
+                        continue;
+                    };
+                    let a = crate::worker::Adoption {
+                        listener: c.listener,
+                        stream: std::net::TcpStream::from(down),
+                        unread: c.unread,
+                        upstream: Some(crate::filter::UpstreamHandedOver {
+                            fd: up,
+                            cluster: c.cluster,
+                            address,
+                            unread: c.unread_upstream,
+                            started: std::time::UNIX_EPOCH
+                                + Duration::from_millis(c.started_unix_ms),
+                            bytes_received: c.bytes_received,
+                            bytes_sent: c.bytes_sent,
+                        }),
+                        paused_at_ns: c.paused_at_ns,
+                        sent_at_ns: c.sent_at_ns,
+                    };
+                    if shared.adopt(a) {
                         adopted += 1;
                     }
                 }

@@ -174,10 +174,11 @@ pub enum ControlEvent {
     /// Drain and exit (SIGTERM, SIGINT, `POST /drain`, `POST /quitquitquit`).
     Drain { reason: &'static str },
     /// A successor serves on our listening sockets: drain (handing it our Dubbo connections
-    /// when it adopts them: `connections`, protocol 2), then hand it our final stats.
+    /// when it adopts them: `protocol` 2, and our TCP proxy connections: 3), then hand it our
+    /// final stats.
     HandOff {
         stream: std::os::unix::net::UnixStream,
-        connections: bool,
+        protocol: u32,
     },
     /// The successor died while we drained: serve again.
     Resume,
@@ -536,7 +537,7 @@ impl Shared {
     /// Hot upgrade, new side: gives a connection the predecessor handed over to one of our
     /// shards (in turn), which serves it on listener `listener` starting with `unread`.
     /// `false` when no shard took it (the connection is closed).
-    pub fn adopt(&self, listener: String, stream: std::net::TcpStream, unread: Vec<u8>) -> bool {
+    pub fn adopt(&self, adoption: worker::Adoption) -> bool {
         let inbox = {
             let u = self.updates.lock().unwrap_or_else(|p| p.into_inner());
             if u.inboxes.is_empty() {
@@ -545,11 +546,7 @@ impl Shared {
             let k = self.adopt_next.fetch_add(1, Ordering::Relaxed) % u.inboxes.len();
             u.inboxes[k].clone()
         };
-        let mut msg = ShardMsg::Adopt {
-            listener,
-            stream,
-            unread,
-        };
+        let mut msg = ShardMsg::Adopt(adoption);
         let deadline = Instant::now() + APPLY_TIMEOUT;
         loop {
             match inbox.try_send(msg) {
@@ -894,6 +891,7 @@ pub struct Server {
 
 fn shard_stat_ids(st: &Stats) -> Vec<ShardStatIds> {
     use Kind::{Counter, Gauge};
+    let handover_pause = st.add_histogram("server", "hot_upgrade_handover_pause_us", &[]);
     (0..st.shard_count())
         .map(|i| {
             let shard = i.to_string();
@@ -908,6 +906,7 @@ fn shard_stat_ids(st: &Stats) -> Vec<ShardStatIds> {
                     rq_shed_memory: st.add("shard", "rq_shed_memory", &t, Counter),
                     buffered_bytes: st.add("shard", "buffered_bytes", &t, Gauge),
                 },
+                handover_pause,
             }
         })
         .collect()
@@ -1219,15 +1218,15 @@ impl Server {
     pub fn run_until_drained(self) {
         let shared = self.shared.clone();
         'serve: loop {
-            let (reason, successor, hand_over) = match self.control_rx.recv() {
-                Ok(ControlEvent::Drain { reason }) => (reason, None, false),
-                Ok(ControlEvent::HandOff {
-                    stream,
-                    connections,
-                }) => ("hot upgrade", Some(stream), connections),
+            let (reason, successor, protocol) = match self.control_rx.recv() {
+                Ok(ControlEvent::Drain { reason }) => (reason, None, 0),
+                Ok(ControlEvent::HandOff { stream, protocol }) => {
+                    ("hot upgrade", Some(stream), protocol)
+                }
                 Ok(ControlEvent::Resume | ControlEvent::HandedOver) => continue,
-                Err(_) => ("control channel closed", None, false),
+                Err(_) => ("control channel closed", None, 0),
             };
+            let hand_over = protocol >= hotswap::PROTOCOL_CONNECTIONS;
             let timeout = Duration::from_millis(shared.config.drain_timeout_ms);
             tracing::info!(
                 reason,
@@ -1244,6 +1243,7 @@ impl Server {
                     timeout,
                     linger,
                     hand_over,
+                    hand_over_tcp: protocol >= hotswap::PROTOCOL_TCP,
                 };
                 if let Err(e) = h.inbox.try_send(drain) {
                     tracing::warn!(error = %e, "could not tell a shard to drain");

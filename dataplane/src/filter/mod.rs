@@ -43,13 +43,36 @@ pub const HANDOVER_UNREAD_BYTES_MAX: usize = 256 * 1024;
 pub struct HandedOver {
     pub listener: String,
     pub fd: std::os::fd::OwnedFd,
+    /// Dubbo: the start of its next frame; TCP proxy: read and not yet written upstream.
     pub unread: Vec<u8>,
+    /// When this process stopped reading it (`hotswap::monotonic_ns`): the start of the pause
+    /// the successor measures.
+    pub paused_at_ns: u64,
+    /// A TCP proxy connection: the upstream connection it is relayed to, which moves with it.
+    pub upstream: Option<UpstreamHandedOver>,
+}
+
+/// The upstream half of a TCP proxy connection on its way to a hot-upgrade successor, which
+/// resumes relaying the same pair (the byte stream between caller and server is untouched).
+pub struct UpstreamHandedOver {
+    pub fd: std::os::fd::OwnedFd,
+    pub cluster: String,
+    pub address: std::net::SocketAddr,
+    /// Read from the upstream and not yet written downstream.
+    pub unread: Vec<u8>,
+    /// When the downstream connected, and the bytes relayed so far (received from the
+    /// downstream, sent to it): the access log's and Istio's per-connection figures.
+    pub started: std::time::SystemTime,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
 }
 
 /// Where a draining shard hands connections over (the worker's way up to the control thread,
 /// which sends them to the successor). `false`: not taken (the connection drains here).
 pub trait Handover {
     fn hand_over(&self, conn: HandedOver) -> bool;
+    /// Whether the successor adopts TCP proxy connections (handoff protocol 3).
+    fn takes_tcp(&self) -> bool;
 }
 
 /// One drain of one listener's connections on one shard: when they are told to leave, and when
@@ -209,6 +232,10 @@ pub struct ListenerStatIds {
     pub tls_handshake: StatId,
     pub tls_error: StatId,
     pub tls_plaintext: StatId,
+    /// `tcp` listeners: connections handed to a hot-upgrade successor with their upstream
+    /// connection, and those adopted from a predecessor.
+    pub tcp_cx_handed_over: StatId,
+    pub tcp_cx_adopted: StatId,
 }
 
 impl ListenerStatIds {
@@ -236,6 +263,13 @@ impl ListenerStatIds {
                 crate::stats::SINK
             }
         };
+        let tcp = |name: &str| {
+            if l.protocol == crate::config::Protocol::Tcp {
+                st.add("listener", name, &t, Counter)
+            } else {
+                crate::stats::SINK
+            }
+        };
         ListenerStatIds {
             cx_total: st.add("listener", "downstream_cx_total", &t, Counter),
             cx_active: st.add("listener", "downstream_cx_active", &t, Gauge),
@@ -258,6 +292,8 @@ impl ListenerStatIds {
             tls_handshake: tls("downstream_tls_handshake"),
             tls_error: tls("downstream_tls_error"),
             tls_plaintext: tls("downstream_tls_plaintext"),
+            tcp_cx_handed_over: tcp("tcp_cx_handed_over"),
+            tcp_cx_adopted: tcp("tcp_cx_adopted"),
         }
     }
 }

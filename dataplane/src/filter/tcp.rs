@@ -5,6 +5,14 @@
 //! and a connection never holds more than two buffers. EOF on one side is passed on as a
 //! half-close (shutdown of the write side) while the other direction keeps flowing; an error on
 //! either side ends both. The idle timer runs once per connection, not per read.
+//!
+//! Hot upgrade (handoff protocol 3): a connection whose upstream is a plaintext kernel socket
+//! moves to the successor with that upstream connection once both directions are quiet (each
+//! waiting in a read, nothing read for [`HANDOVER_QUIET_MS`]): both reads are cancelled (what a
+//! cancelled read still brought is carried, at most [`crate::filter::HANDOVER_UNREAD_BYTES_MAX`]
+//! each way) and both sockets go to the successor, which resumes relaying the same pair. Bytes
+//! that arrive meanwhile wait in the sockets. A connection never quiet stays here until it ends
+//! or the drain's deadline closes it.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -14,17 +22,41 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::BytesMut;
 use futures_util::future::try_join;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use shard::monoio::net::TcpStream;
+use shard::Event;
 
 use std::os::fd::AsRawFd;
 
 use crate::access_log::{Flags, ListenerLog, Record, NO_HEADERS};
 use crate::cluster::{ShardCluster, Upstream, UpstreamStream};
 use crate::config::Protocol;
-use crate::filter::{Drain, ListenerStatIds};
+use crate::filter::{
+    Drain, HandedOver, ListenerStatIds, UpstreamHandedOver, HANDOVER_UNREAD_BYTES_MAX,
+};
+use crate::io::{Conn, StopRead};
 use crate::stats::ShardStats;
+
+/// A hot-upgrade successor takes a connection once neither direction has read anything for
+/// this long (and neither holds bytes it has not written): a bulk transfer is not paused, a
+/// connection between two exchanges moves.
+pub const HANDOVER_QUIET_MS: u64 = 20;
+
+/// A TCP proxy connection a hot-upgrade predecessor handed over, with the upstream connection
+/// it relayed it to.
+pub struct Adopted {
+    pub up: TcpStream,
+    pub cluster: String,
+    pub upstream: SocketAddr,
+    /// Read from the downstream and not yet written upstream, and the other way.
+    pub to_upstream: Vec<u8>,
+    pub to_downstream: Vec<u8>,
+    pub started: SystemTime,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
 
 /// How long a connection whose original destination is a virtual listener's may take to send
 /// its first bytes before it is passed through as plain TCP (a server-first protocol).
@@ -55,14 +87,42 @@ pub struct TcpProxy {
 }
 
 /// What the access log says about one connection.
-#[derive(Default)]
 struct Outcome {
+    /// When the downstream connected (to this process or, moved, to a predecessor).
+    start: SystemTime,
     upstream: Option<SocketAddr>,
     flags: Flags,
     bytes_received: Cell<u64>,
     bytes_sent: Cell<u64>,
     /// Handed to a virtual listener, which logs it.
     handed_off: bool,
+    /// Moved to a hot-upgrade successor, which logs it when it ends.
+    moved: bool,
+}
+
+impl Outcome {
+    fn new(start: SystemTime) -> Outcome {
+        Outcome {
+            start,
+            upstream: None,
+            flags: Flags::default(),
+            bytes_received: Cell::new(0),
+            bytes_sent: Cell::new(0),
+            handed_off: false,
+            moved: false,
+        }
+    }
+}
+
+/// How a relay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relayed {
+    /// Both directions ended, an error or the idle timeout.
+    Ended,
+    /// The drain's deadline closed it.
+    Cut,
+    /// It went to a hot-upgrade successor.
+    Moved,
 }
 
 /// The virtual listeners (`bind: false`) an `original_destination` listener hands connections
@@ -86,17 +146,54 @@ pub trait Virtuals {
 /// see where one request of an opaque byte stream ends, so there is no earlier point at which
 /// closing is safe). Returns whether that deadline cut it.
 pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
-    if l.log.is_none() && l.istio.is_none() {
-        return relay_connection(down, l, virtuals, drain, &mut Outcome::default()).await;
-    }
     let (start, started) = (SystemTime::now(), Instant::now());
+    if l.log.is_none() && l.istio.is_none() {
+        return relay_connection(down, l, virtuals, drain, &mut Outcome::new(start)).await;
+    }
     let (remote, local) = (down.peer_addr().ok(), down.local_addr().ok());
-    let mut out = Outcome::default();
+    let mut out = Outcome::new(start);
     let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
-    if out.handed_off {
-        // The virtual listener it went to counts and logs it.
+    if out.handed_off || out.moved {
+        // The virtual listener it went to counts and logs it, or the successor does.
         return cut;
     }
+    report(l, &out, start, started.elapsed(), (remote, local));
+    cut
+}
+
+/// Relays a connection a hot-upgrade predecessor handed over: the bytes it carried first,
+/// then on as [`serve`] does. Counted and logged as one connection from its first accept.
+pub async fn serve_adopted(down: TcpStream, a: Adopted, l: &TcpProxy, drain: &Drain) -> bool {
+    let _ = down.set_nodelay(true);
+    l.stats.inc(l.ids.tcp_cx_adopted);
+    let (remote, local) = (down.peer_addr().ok(), down.local_addr().ok());
+    let mut out = Outcome::new(a.started);
+    out.upstream = Some(a.upstream);
+    out.bytes_received.set(a.bytes_received);
+    out.bytes_sent.set(a.bytes_sent);
+    // Counted on the cluster when this config has it (any endpoint slot of that address).
+    let cluster = l.cluster.borrow().clone().filter(|c| c.name == a.cluster);
+    let _active = cluster.as_ref().map(|c| c.adopt(a.upstream, &l.stats));
+    let pending = [a.to_upstream, a.to_downstream];
+    let relayed = relay_both(down, a.up, l, drain, false, &out, &a.cluster, pending).await;
+    out.moved = relayed == Relayed::Moved;
+    if !out.moved && (l.log.is_some() || l.istio.is_some()) {
+        let took = SystemTime::now()
+            .duration_since(a.started)
+            .unwrap_or_default();
+        report(l, &out, a.started, took, (remote, local));
+    }
+    relayed == Relayed::Cut
+}
+
+/// Istio's metrics and the access-log line of one connection that ended.
+fn report(
+    l: &TcpProxy,
+    out: &Outcome,
+    start: SystemTime,
+    duration: Duration,
+    (remote, local): (Option<SocketAddr>, Option<SocketAddr>),
+) {
     if let Some(istio) = &l.istio {
         let cluster = l.cluster.borrow();
         let text = || out.flags.short_string();
@@ -114,7 +211,7 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
         let cluster = l.cluster.borrow();
         log.write(&Record {
             start,
-            duration: started.elapsed(),
+            duration,
             protocol: None,
             response_code: None,
             grpc_status: None,
@@ -130,7 +227,6 @@ pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain
             dubbo: None,
         });
     }
-    cut
 }
 
 async fn relay_connection(
@@ -203,60 +299,185 @@ async fn relay_connection(
     };
     out.upstream = up_stream.peer_addr();
     let first = l.original_destination && !counted;
-    match up_stream {
-        UpstreamStream::Plain(up) => relay_both(down, up, l, drain, first, out).await,
-        UpstreamStream::Tls(up) => relay_both(down, *up, l, drain, first, out).await,
-    }
+    let pending = [Vec::new(), Vec::new()];
+    let relayed = match up_stream {
+        UpstreamStream::Plain(up) => {
+            relay_both(down, up, l, drain, first, out, &cluster.name, pending).await
+        }
+        UpstreamStream::Tls(up) => {
+            relay_both(down, *up, l, drain, first, out, &cluster.name, pending).await
+        }
+    };
+    out.moved = relayed == Relayed::Moved;
+    relayed == Relayed::Cut
 }
 
-/// Relays both directions until both ended, the connection was idle too long or the drain
-/// deadline came (`true`). `first`: detect the protocol of the first chunk.
-async fn relay_both<U>(
+/// One direction of a relay: whether it is waiting in a read (holding no bytes), and whether
+/// it has ended.
+#[derive(Default)]
+struct Direction {
+    reading: Cell<bool>,
+    ended: Cell<bool>,
+}
+
+/// Relays both directions until both ended, the connection was idle too long, the drain
+/// deadline came, or a hot-upgrade successor took the pair. `first`: detect the protocol of
+/// the first chunk. `pending`: bytes to write upstream and downstream before reading (carried
+/// by a predecessor). `cluster`: the upstream's cluster (named to the successor).
+#[allow(clippy::too_many_arguments)]
+async fn relay_both<U: Conn>(
     down: TcpStream,
     up: U,
     l: &TcpProxy,
     drain: &Drain,
     first: bool,
     out: &Outcome,
-) -> bool
-where
-    U: Splitable,
-    U::OwnedRead: AsyncReadRent,
-    U::OwnedWrite: AsyncWriteRent,
-{
+    cluster: &str,
+    pending: [Vec<u8>; 2],
+) -> Relayed {
     let last_activity = Cell::new(Instant::now());
-    let (dr, dw) = down.into_split();
-    let (ur, uw) = up.into_split();
+    // Only a pair of plaintext kernel sockets can move (an upstream TLS session lives here).
+    let fds = match (Conn::handover_fd(&down), up.handover_fd(), out.upstream) {
+        (Some(d), Some(u), Some(addr)) => Some((d, u, addr)),
+        _ => None,
+    };
+    let (mut dr, mut dw) = down.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let (mut stop_down, mut stop_up) = Default::default();
     let ids = l.ids;
     let first = Cell::new(first);
     let (rx, tx) = (&out.bytes_received, &out.bytes_sent);
-    let up = relay(dr, uw, l.buffer_bytes, &last_activity, |chunk| {
+    let to_up = |chunk: &[u8]| {
         l.stats.add(ids.bytes_rx, chunk.len() as u64);
         rx.set(rx.get() + chunk.len() as u64);
         if first.replace(false) {
             l.stats.inc(detected_id(l, &detect(chunk)));
         }
-    });
-    let back = relay(ur, dw, l.buffer_bytes, &last_activity, |chunk| {
+    };
+    let to_down = |chunk: &[u8]| {
         l.stats.add(ids.bytes_tx, chunk.len() as u64);
         tx.set(tx.get() + chunk.len() as u64);
-    });
-    shard::monoio::select! {
-        r = try_join(up, back) => {
-            if let Err(e) = r {
-                tracing::debug!(listener = %l.name, error = %e, "connection ended with an error");
+    };
+    let dirs = [Direction::default(), Direction::default()];
+    let mut pending = pending;
+    let mut movable = fds.is_some();
+    loop {
+        let stop = Event::new();
+        let [p_up, p_down] = std::mem::take(&mut pending);
+        let relays = try_join(
+            relay(
+                (&mut dr, &mut uw),
+                l.buffer_bytes,
+                &last_activity,
+                &to_up,
+                p_up,
+                (&stop, &mut stop_down, &dirs[0]),
+            ),
+            relay(
+                (&mut ur, &mut dw),
+                l.buffer_bytes,
+                &last_activity,
+                &to_down,
+                p_down,
+                (&stop, &mut stop_up, &dirs[1]),
+            ),
+        );
+        let r = shard::monoio::select! {
+            r = relays => r,
+            _ = await_quiet(drain, movable, &dirs, &last_activity, &stop) => unreachable!("await_quiet never completes"),
+            _ = idle(&last_activity, l.idle_timeout) => {
+                l.stats.inc(ids.cx_idle_timeout);
+                return Relayed::Ended;
             }
-            false
+            _ = drain.deadline() => {
+                tracing::debug!(listener = %l.name, "drain timeout: closing the connection");
+                return Relayed::Cut;
+            }
+        };
+        let (a, b) = match r {
+            Ok(ab) => ab,
+            Err(e) => {
+                tracing::debug!(listener = %l.name, error = %e, "connection ended with an error");
+                return Relayed::Ended;
+            }
+        };
+        if !stop.is_set() {
+            return Relayed::Ended;
         }
-        _ = idle(&last_activity, l.idle_timeout) => {
-            l.stats.inc(ids.cx_idle_timeout);
-            false
+        // Both reads stopped: `a` was read from the downstream, `b` from the upstream, neither
+        // written yet.
+        let paused_at_ns = hotswap::monotonic_ns();
+        let fits = a.len() <= HANDOVER_UNREAD_BYTES_MAX && b.len() <= HANDOVER_UNREAD_BYTES_MAX;
+        let to = drain.handover();
+        if let (true, Some(to), Some((down_fd, up_fd, address))) = (fits, to, fds) {
+            let dups = shard::sockopt::dup_socket(down_fd)
+                .and_then(|d| Ok((d, shard::sockopt::dup_socket(up_fd)?)));
+            let moved = match dups {
+                Ok((down_dup, up_dup)) => to.hand_over(HandedOver {
+                    listener: l.name.clone(),
+                    fd: down_dup,
+                    unread: a.to_vec(),
+                    paused_at_ns,
+                    upstream: Some(UpstreamHandedOver {
+                        fd: up_dup,
+                        cluster: cluster.to_owned(),
+                        address,
+                        unread: b.to_vec(),
+                        started: out.start,
+                        bytes_received: rx.get(),
+                        bytes_sent: tx.get(),
+                    }),
+                }),
+                Err(e) => {
+                    tracing::warn!(listener = %l.name, error = %e, "hot upgrade: cannot duplicate a connection's sockets");
+                    false
+                }
+            };
+            if moved {
+                l.stats.inc(ids.tcp_cx_handed_over);
+                // Our descriptors close without a shutdown: the successor relays on them.
+                <TcpStream as Conn>::close_handed_over(dr, dw);
+                U::close_handed_over(ur, uw);
+                return Relayed::Moved;
+            }
         }
-        _ = drain.deadline() => {
-            tracing::debug!(listener = %l.name, "drain timeout: closing the connection");
-            true
+        // It stays: what the stopped reads brought is written first, then relaying goes on.
+        tracing::debug!(listener = %l.name, to_upstream = a.len(), to_downstream = b.len(), "hot upgrade: connection not handed over; relaying it here");
+        movable = false;
+        pending = [a.to_vec(), b.to_vec()];
+    }
+}
+
+/// Hot upgrade: once the drain hands connections to a successor that takes TCP ones, waits
+/// until both directions wait in a read and nothing was read for [`HANDOVER_QUIET_MS`], then
+/// stops both reads (`stop`). Never completes.
+async fn await_quiet(
+    drain: &Drain,
+    movable: bool,
+    dirs: &[Direction; 2],
+    last_activity: &Cell<Instant>,
+    stop: &Event,
+) {
+    let quiet = Duration::from_millis(HANDOVER_QUIET_MS);
+    if movable {
+        drain.started().await;
+        if drain.handover().is_some_and(|to| to.takes_tcp()) {
+            loop {
+                let due = last_activity.get() + quiet;
+                let now = Instant::now();
+                let waiting = dirs.iter().all(|d| d.reading.get() && !d.ended.get());
+                if now >= due && waiting {
+                    stop.set();
+                    break;
+                }
+                // Busy (a direction writing, or bytes read within the period): look again
+                // when the period would end.
+                let next = if now >= due { now + quiet } else { due };
+                shard::monoio::time::sleep_until(next.into()).await;
+            }
         }
     }
+    std::future::pending::<()>().await
 }
 
 /// What the first bytes a downstream sent look like.
@@ -525,25 +746,49 @@ pub fn detect(first: &[u8]) -> Detected {
 }
 
 /// Copies `from` to `to` until EOF, handing each chunk to `inspect` (counting, protocol
-/// detection) before writing it.
-async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
-    mut from: R,
-    mut to: W,
+/// detection) before writing it; `pending` (carried by a hot-upgrade predecessor, or read by a
+/// stopped read that did not lead to a hand-over) is written first. Ends early once `stop` is
+/// set while it reads, with the bytes that read brought (not written, not inspected); an
+/// ended direction stays ended.
+async fn relay<R: StopRead, W: AsyncWriteRent>(
+    (from, to): (&mut R, &mut W),
     buffer_bytes: usize,
     last_activity: &Cell<Instant>,
-    inspect: impl Fn(&[u8]),
-) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(buffer_bytes);
+    inspect: &impl Fn(&[u8]),
+    pending: Vec<u8>,
+    (stop, stopper, dir): (&Event, &mut R::Stopper, &Direction),
+) -> io::Result<BytesMut> {
+    if dir.ended.get() {
+        return Ok(BytesMut::new());
+    }
+    if !pending.is_empty() {
+        inspect(&pending);
+        let (r, _) = to.write_all(pending).await;
+        r?;
+    }
+    let mut buf = BytesMut::with_capacity(buffer_bytes);
     loop {
         buf.clear();
-        let (r, b) = from.read(buf).await;
+        dir.reading.set(true);
+        let (r, b, _) = from.read_until(buf, stop, stopper).await;
+        dir.reading.set(false);
         buf = b;
+        if stop.is_set() {
+            // A cancelled read is no error, and an EOF read now is read again by whoever
+            // relays next (a FIN stays readable).
+            return match r {
+                Ok(_) => Ok(buf),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(buf),
+                Err(e) => Err(e),
+            };
+        }
         let n = r?;
         if n == 0 {
             // Half-close: the peer finished sending; tell the other side, keep the reverse
             // direction open.
+            dir.ended.set(true);
             let _ = to.shutdown().await;
-            return Ok(());
+            return Ok(BytesMut::new());
         }
         last_activity.set(Instant::now());
         inspect(&buf[..n]);

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use crate::access_log::{LogSpec, OpenError};
-use crate::cluster::{ClusterStatIds, Endpoints, HostStatIds, Slot, UpstreamStatIds};
+use crate::cluster::{
+    tag_hash, ClusterStatIds, Endpoints, HostStatIds, Labels, Slot, Subset, UpstreamStatIds,
+};
 use crate::config::{self, Config};
 use crate::filter::dubbo::downstream::DubboStatIds;
 use crate::filter::ratelimit::{Bucket, LimitStatIds, SharedLimit, SharedLimits};
@@ -30,6 +32,10 @@ pub struct PollStatIds {
 pub struct ShardStatIds {
     pub poll: PollStatIds,
     pub budget: crate::filter::BudgetStatIds,
+    /// Hot upgrade, new side: how long each adopted connection paused, from the moment its
+    /// predecessor stopped reading it until a shard here starts reading it (one histogram
+    /// for the process, recorded by the shard that adopts).
+    pub handover_pause: crate::stats::HistId,
 }
 
 /// One immutable config as the shards run it: the config, every stat id it needs, and each
@@ -221,6 +227,9 @@ struct ClusterState {
     upstream: UpstreamStatIds,
     upstream_h2: UpstreamH2StatIds,
     published: Arc<Endpoints>,
+    /// Each endpoint's traffic label as last published (address order of the config),
+    /// for the unchanged check.
+    tags: Vec<String>,
 }
 
 /// The control thread's state between snapshots.
@@ -344,6 +353,7 @@ impl Builder {
                     upstream: UpstreamStatIds::register(st, &c.name),
                     upstream_h2: UpstreamH2StatIds::register(st, &[("cluster", &c.name)]),
                     published: Arc::new(Endpoints::empty(self.next_generation)),
+                    tags: Vec::new(),
                 }
             });
             state.index = index;
@@ -558,8 +568,13 @@ impl ClusterState {
                     .collect(),
             };
         let socket = |addr| socket_of.get(&addr).copied().unwrap_or(0);
+        let tags: Vec<String> = match c.endpoint_metadata.iter().any(|m| !m.tag.is_empty()) {
+            true => c.endpoint_metadata.iter().map(|m| m.tag.clone()).collect(),
+            false => Vec::new(),
+        };
         let old = &self.published;
         if old.addrs().eq(visits.addrs.iter().copied())
+            && self.tags == tags
             && *old.levels == visits.levels[..]
             && *old.weights == visits.weights[..]
             && old
@@ -611,6 +626,8 @@ impl ClusterState {
             d.dedup();
             d.len() as u32
         };
+        let labels = (!tags.is_empty()).then(|| labels_of(c, &by_addr));
+        self.tags = tags;
         self.published = Arc::new(Endpoints {
             slots,
             live,
@@ -619,8 +636,43 @@ impl ClusterState {
             weights: visits.weights.into(),
             generation: old.generation,
             sockets,
+            labels,
         });
     }
+}
+
+/// `c`'s endpoints by traffic label (`tag`), each subset in the visit order of
+/// [`visit_order`], as slot numbers (`slot_of`: every endpoint's slot).
+fn labels_of(
+    c: &config::Cluster,
+    slot_of: &std::collections::HashMap<std::net::SocketAddr, u32>,
+) -> Box<Labels> {
+    let subset = |keep: &dyn Fn(usize) -> bool| {
+        let v = visit_order_of(c, keep);
+        Subset {
+            live: v.addrs.iter().map(|a| slot_of[a]).collect(),
+            levels: v.levels.into(),
+            weights: v.weights.into(),
+        }
+    };
+    let meta = &c.endpoint_metadata;
+    let mut tags: Vec<&str> = meta
+        .iter()
+        .map(|m| m.tag.as_str())
+        .filter(|t| !t.is_empty())
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let mut tagged: Vec<(u64, Subset)> = tags
+        .iter()
+        .map(|&t| (tag_hash(t.as_bytes()), subset(&|i| meta[i].tag == t)))
+        .collect();
+    tagged.sort_by_key(|(h, _)| *h);
+    tagged.dedup_by_key(|(h, _)| *h);
+    Box::new(Labels {
+        untagged: subset(&|i| meta[i].tag.is_empty()),
+        tagged: tagged.into(),
+    })
 }
 
 /// The most times one endpoint appears in a cluster's live list (weights are scaled down to it).
@@ -639,11 +691,20 @@ struct Visits {
 /// The visit order of `c`'s endpoints: grouped by priority (metadata `priority`, lowest
 /// first), each group in weighted round-robin order (see [`weighted_visits`]).
 fn visit_order(c: &config::Cluster) -> Visits {
+    visit_order_of(c, &|_| true)
+}
+
+/// [`visit_order`] of the endpoints `keep` keeps (by index in `c.endpoints`).
+fn visit_order_of(c: &config::Cluster, keep: &dyn Fn(usize) -> bool) -> Visits {
     let meta = &c.endpoint_metadata;
     if meta.len() != c.endpoints.len() || meta.is_empty() {
-        let end = c.endpoints.len() as u32;
+        let addrs: Vec<_> = (0..c.endpoints.len())
+            .filter(|&i| keep(i))
+            .map(|i| c.endpoints[i])
+            .collect();
+        let end = addrs.len() as u32;
         return Visits {
-            addrs: c.endpoints.clone(),
+            addrs,
             levels: if end == 0 { Vec::new() } else { vec![end] },
             weights: Vec::new(),
         };
@@ -651,7 +712,7 @@ fn visit_order(c: &config::Cluster) -> Visits {
     let weight = |i: usize| meta[i].weight.max(1);
     let weighted = (1..meta.len()).any(|i| weight(i) != weight(0));
     // By priority, config order within one (a stable sort).
-    let mut order: Vec<usize> = (0..meta.len()).collect();
+    let mut order: Vec<usize> = (0..meta.len()).filter(|&i| keep(i)).collect();
     order.sort_by_key(|&i| meta[i].priority);
     let mut v = Visits::default();
     for level in order.chunk_by(|&a, &b| meta[a].priority == meta[b].priority) {
@@ -932,6 +993,84 @@ mod tests {
         // Priority 0 recovered: all traffic back on it.
         let p = picks(&lb, 8, |_| Ready);
         assert!(p.iter().all(|&p| p <= 2), "{p:?}");
+    }
+
+    #[test]
+    fn traffic_labels_pick_their_subset_and_fall_back_to_the_untagged() {
+        use crate::cluster::{Availability::BackingOff, Availability::Ready, Label};
+        let tagged = |tag: &str, priority| config::EndpointMetadata {
+            tag: tag.into(),
+            priority,
+            ..Default::default()
+        };
+        // 1, 2 untagged; 3, 4 gray (4 a priority-1 failover); 5 blue.
+        let mut c = cluster("t", &[1, 2, 3, 4, 5]);
+        c.endpoint_metadata = vec![
+            tagged("", 0),
+            tagged("", 0),
+            tagged("gray", 0),
+            tagged("gray", 1),
+            tagged("blue", 0),
+        ];
+        let lb = balancer(c.clone());
+        let pick = |label: Option<Label>, down: &[u16], n: usize| -> Vec<u16> {
+            (0..n)
+                .map(|_| {
+                    lb.pick_labelled(label, |i| match down.contains(&lb.slot(i).addr.port()) {
+                        true => BackingOff,
+                        false => Ready,
+                    })
+                    .map_or(0, |i| lb.slot(i).addr.port())
+                })
+                .collect()
+        };
+        let label = |t: &str, force: bool| {
+            Some(Label::of(Some(t.as_bytes()), force.then_some(&b"TRUE"[..])))
+        };
+        let mut all = pick(None, &[], 4);
+        all.sort();
+        assert_eq!(
+            all,
+            [1, 2, 3, 5],
+            "no label read: every endpoint (of priority 0)"
+        );
+        assert_eq!(pick(label("gray", false), &[], 4), [3; 4]);
+        assert_eq!(
+            pick(label("gray", false), &[3], 2),
+            [4; 2],
+            "priority failover within the tag"
+        );
+        assert_eq!(
+            pick(label("gray", false), &[3, 4], 1),
+            [3],
+            "all in back-off: still the tag's"
+        );
+        assert_eq!(pick(label("blue", true), &[], 2), [5; 2]);
+        let mut untagged = pick(label("red", false), &[], 4);
+        untagged.sort();
+        assert_eq!(
+            untagged,
+            [1, 1, 2, 2],
+            "no endpoint has it: the untagged ones"
+        );
+        assert_eq!(pick(label("red", true), &[], 1), [0], "forced: none");
+        assert!(
+            pick(label("", false), &[], 1)[0] <= 2,
+            "unlabelled: untagged only"
+        );
+        assert!(pick(Some(Label::default()), &[1, 2], 1)[0] <= 2);
+        assert_eq!(std::mem::size_of::<Option<Label>>(), 8);
+        let l = Label::of(Some(b"gray"), Some(b"True"));
+        assert_eq!(
+            (l.tag(), l.force()),
+            (crate::cluster::tag_hash(b"gray"), true)
+        );
+        // Without any tagged endpoint, every endpoint is untagged.
+        c.endpoint_metadata = vec![tagged("", 0); 5];
+        let lb = balancer(c);
+        let any = lb.pick_labelled(label("red", false), |_| Ready);
+        assert!(any.is_some());
+        assert_eq!(lb.pick_labelled(label("red", true), |_| Ready), None);
     }
 
     #[test]

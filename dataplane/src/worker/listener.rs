@@ -223,17 +223,25 @@ pub async fn serve_connection<C: crate::io::Conn>(stream: C, l: Rc<ListenerCtx>)
     serve_counted(stream, l, None).await
 }
 
-/// Serves a Dubbo connection a hot-upgrade predecessor handed over (admitted by
-/// [`ListenerCtx::admit`]), starting with the bytes it read and did not forward. Counted like
-/// an accepted one, except in `downstream_cx_total`: the caller did not connect again.
-pub async fn serve_adopted(stream: TcpStream, l: Rc<ListenerCtx>, unread: Vec<u8>) {
-    serve_counted(stream, l, Some(unread)).await
+/// What a hot-upgrade predecessor handed over with a connection.
+pub enum Carried {
+    /// Dubbo: the bytes it read and did not forward (the start of the next frame).
+    Dubbo(Vec<u8>),
+    /// TCP proxy: the upstream connection and what neither direction wrote yet.
+    Tcp(tcp_proxy::Adopted),
+}
+
+/// Serves a connection a hot-upgrade predecessor handed over (admitted by
+/// [`ListenerCtx::admit`]), starting with what it carried. Counted like an accepted one,
+/// except in `downstream_cx_total`: the caller did not connect again.
+pub async fn serve_adopted(stream: TcpStream, l: Rc<ListenerCtx>, carried: Carried) {
+    serve_counted(stream, l, Some(carried)).await
 }
 
 async fn serve_counted<C: crate::io::Conn>(
     stream: C,
     l: Rc<ListenerCtx>,
-    carried: Option<Vec<u8>>,
+    carried: Option<Carried>,
 ) {
     let _ = stream.set_keepalive(&crate::io::intercept::keepalive());
     let conns = l.conns.clone();
@@ -242,10 +250,16 @@ async fn serve_counted<C: crate::io::Conn>(
     conns.open.set(conns.open.get() + 1);
     // Whether the drain's deadline cut the connection.
     let cut = match (l.tls.clone(), carried) {
-        (None, Some(carried)) => match l.dubbo.clone() {
+        (None, Some(Carried::Dubbo(carried))) => match l.dubbo.clone() {
             Some(d) => downstream::serve_carried(stream, d, &drain, Some(carried)).await,
             None => false,
         },
+        (None, Some(Carried::Tcp(a))) => {
+            match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
+                (Ok(s), Some(t)) => tcp_proxy::serve_adopted(s, a, t, &drain).await,
+                _ => false,
+            }
+        }
         (Some(_), Some(_)) => false,
         (None, None) => serve_protocol(stream, &l, &drain).await,
         (Some(tls), None) => match crate::io::Conn::into_kernel(stream) {

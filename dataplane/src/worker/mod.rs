@@ -22,7 +22,7 @@ use crate::filter::dubbo::router as dubbo;
 use crate::filter::dubbo::upstream::ClusterPool;
 use crate::filter::tcp::TcpProxy;
 use crate::filter::triple::router as triple;
-use crate::filter::{Budget, Drain, HandedOver, Handover, Latest, Routes};
+use crate::filter::{Budget, Drain, HandedOver, Handover, Latest, Routes, UpstreamHandedOver};
 use crate::route::Dice;
 use crate::snapshot::{PollStatIds, ShardStatIds, Snapshot};
 use crate::stats::istio::Protocol as IstioProtocol;
@@ -56,13 +56,33 @@ pub trait Process: Send + Sync + 'static {
     fn hand_over(&self, conn: HandedOver) -> bool;
 }
 
-/// A shard's connections go to the hot-upgrade successor through the process.
-struct ToSuccessor(Arc<dyn Process>);
+/// A shard's connections go to the hot-upgrade successor through the process; `tcp`: the
+/// successor adopts TCP proxy connections too (handoff protocol 3).
+struct ToSuccessor(Arc<dyn Process>, bool);
 
 impl Handover for ToSuccessor {
     fn hand_over(&self, conn: HandedOver) -> bool {
         self.0.hand_over(conn)
     }
+
+    fn takes_tcp(&self) -> bool {
+        self.1
+    }
+}
+
+/// A connection a hot-upgrade predecessor handed over, on its way to a shard.
+pub struct Adoption {
+    /// The listener that serves it (by name).
+    pub listener: String,
+    pub stream: std::net::TcpStream,
+    /// What the predecessor read from it and did not forward.
+    pub unread: Vec<u8>,
+    /// A TCP proxy connection: its upstream half, as the predecessor named it.
+    pub upstream: Option<UpstreamHandedOver>,
+    /// When the predecessor stopped reading it and when it sent it (`hotswap::monotonic_ns`,
+    /// 0 when it did not say).
+    pub paused_at_ns: u64,
+    pub sent_at_ns: u64,
 }
 
 /// Messages queued into each shard's inbox.
@@ -80,19 +100,16 @@ pub enum ShardMsg {
     /// Stop accepting, tell Dubbo callers we are going away, let connections finish for at
     /// most `timeout`, then end the shard.
     /// With `linger` (hot upgrade), a drained shard waits for `Finish` or `Resume`; with
-    /// `hand_over`, Dubbo connections go to the successor ([`Process::hand_over`]).
+    /// `hand_over`, Dubbo connections go to the successor ([`Process::hand_over`]), and with
+    /// `hand_over_tcp` TCP proxy connections too.
     Drain {
         timeout: Duration,
         linger: bool,
         hand_over: bool,
+        hand_over_tcp: bool,
     },
-    /// Hot upgrade, new side: serve this connection the predecessor handed over, on listener
-    /// `listener`, starting with `unread`.
-    Adopt {
-        listener: String,
-        stream: std::net::TcpStream,
-        unread: Vec<u8>,
-    },
+    /// Hot upgrade, new side: serve this connection the predecessor handed over.
+    Adopt(Adoption),
     /// The successor of a hot upgrade failed while we drained: accept again.
     Resume,
     /// Every shard drained (hot upgrade): end the shard.
@@ -764,6 +781,10 @@ impl ShardState {
                 trace: trace.clone(),
                 rbac: crate::filter::rbac::Rbac::new(&d.rbac, &stats.stats),
                 bound: l.bind.then_some(l.address),
+                labels: d
+                    .traffic_label
+                    .as_ref()
+                    .map(|t| crate::cluster::LabelKeys::new(t.dubbo_keys())),
             })
         });
         let triple = snap.triple_ids[index].clone().map(|ids| {
@@ -794,6 +815,10 @@ impl ShardState {
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
                 rbac: crate::filter::rbac::Rbac::new(&t.rbac, &stats.stats),
+                labels: t
+                    .traffic_label
+                    .as_ref()
+                    .map(|t| crate::cluster::LabelKeys::new(t.triple_keys())),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {
@@ -881,10 +906,10 @@ impl ShardState {
 
     /// The process drains: every listener stops accepting and its connections drain for up to
     /// `timeout`; with `hand_over`, those that can move go to the hot-upgrade successor.
-    fn drain_all(&mut self, timeout: Duration, hand_over: bool) {
+    fn drain_all(&mut self, timeout: Duration, hand_over: bool, hand_over_tcp: bool) {
         self.accepting = false;
         let to: Option<Rc<dyn Handover>> = match &self.process {
-            Some(p) if hand_over => Some(Rc::new(ToSuccessor(p.clone()))),
+            Some(p) if hand_over => Some(Rc::new(ToSuccessor(p.clone(), hand_over_tcp))),
             _ => None,
         };
         for sl in &self.listeners {
@@ -896,37 +921,81 @@ impl ShardState {
         }
     }
 
-    /// Serves a connection the hot-upgrade predecessor handed over, on Dubbo listener
-    /// `name` as if this shard had accepted it; closed when this config has no such listener
-    /// (its caller reconnects).
-    fn adopt(&self, name: &str, stream: std::net::TcpStream, unread: Vec<u8>) {
+    /// Serves a connection the hot-upgrade predecessor handed over, on the plaintext Dubbo
+    /// listener (or, with an upstream connection, the tcp listener) of its name as if this
+    /// shard had accepted it; closed when this config has no such listener (its caller
+    /// reconnects). Records how long it paused.
+    fn adopt(&self, a: Adoption) {
+        let protocol = match a.upstream {
+            Some(_) => Protocol::Tcp,
+            None => Protocol::Dubbo,
+        };
         let sl = self
             .listeners
             .iter()
-            .find(|sl| sl.cfg.name == name && sl.cfg.protocol == Protocol::Dubbo);
+            .find(|sl| sl.cfg.name == a.listener && sl.cfg.protocol == protocol);
         let Some(ctx) = sl.map(|sl| sl.ctx.get()).filter(|c| c.tls.is_none()) else {
-            tracing::warn!(shard = self.id, listener = %name, "hot upgrade: a handed-over connection for a plaintext Dubbo listener this config does not have; closing it");
+            tracing::warn!(shard = self.id, listener = %a.listener, ?protocol, "hot upgrade: a handed-over connection for a plaintext listener this config does not have; closing it");
             return;
         };
         if !ctx.admit() {
             return;
         }
-        let stream = match stream
-            .set_nonblocking(true)
-            .and_then(|()| TcpStream::from_std(stream))
-        {
-            Ok(s) => s,
+        let kernel = |s: std::net::TcpStream| {
+            s.set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(s))
+        };
+        let served = kernel(a.stream).and_then(|stream| {
+            let carried = match a.upstream {
+                None => listener::Carried::Dubbo(a.unread),
+                Some(u) => listener::Carried::Tcp(crate::filter::tcp::Adopted {
+                    up: kernel(std::net::TcpStream::from(u.fd))?,
+                    cluster: u.cluster,
+                    upstream: u.address,
+                    to_upstream: a.unread,
+                    to_downstream: u.unread,
+                    started: u.started,
+                    bytes_received: u.bytes_received,
+                    bytes_sent: u.bytes_sent,
+                }),
+            };
+            Ok((stream, carried))
+        });
+        let (stream, carried) = match served {
+            Ok(x) => x,
             Err(e) => {
                 tracing::warn!(shard = self.id, error = %e, "hot upgrade: cannot serve a handed-over connection");
                 return;
             }
         };
+        self.record_pause(&a.listener, a.paused_at_ns, a.sent_at_ns);
         let connections = self.connections.clone();
         connections.set(connections.get() + 1);
         shard::monoio::spawn(async move {
-            listener::serve_adopted(stream, ctx, unread).await;
+            listener::serve_adopted(stream, ctx, carried).await;
             connections.set(connections.get() - 1);
         });
+    }
+
+    /// How long an adopted connection paused: from its predecessor's last read until now (the
+    /// shard is about to read it), in `server.hot_upgrade_handover_pause_us`; the split at the
+    /// predecessor's send is logged at debug.
+    fn record_pause(&self, listener: &str, paused_at_ns: u64, sent_at_ns: u64) {
+        let (Some(p), true) = (&self.process, paused_at_ns > 0) else {
+            return;
+        };
+        let now = hotswap::monotonic_ns();
+        let pause_us = now.saturating_sub(paused_at_ns) / 1000;
+        self.stats
+            .record_us(p.shard_ids(self.id).handover_pause, pause_us);
+        tracing::debug!(
+            shard = self.id,
+            %listener,
+            pause_us,
+            predecessor_us = sent_at_ns.saturating_sub(paused_at_ns) / 1000,
+            transit_us = now.saturating_sub(sent_at_ns) / 1000,
+            "hot upgrade: adopted a connection"
+        );
     }
 
     fn resume_accepting(&mut self) {
@@ -1071,9 +1140,10 @@ pub fn shard_main(
                     timeout,
                     linger: l,
                     hand_over,
+                    hand_over_tcp,
                 }) if deadline.is_none() => {
                     process.shard_serving(false);
-                    st.drain_all(timeout, hand_over);
+                    st.drain_all(timeout, hand_over, hand_over_tcp);
                     deadline = Some(Instant::now() + timeout);
                     linger = l;
                     if linger {
@@ -1092,11 +1162,7 @@ pub fn shard_main(
                     reported = false;
                     tracing::info!(shard = id, "resumed accepting");
                 }
-                Some(ShardMsg::Adopt {
-                    listener,
-                    stream,
-                    unread,
-                }) => st.adopt(&listener, stream, unread),
+                Some(ShardMsg::Adopt(a)) => st.adopt(a),
                 Some(ShardMsg::Finish) => break,
                 Some(ShardMsg::DrainListeners { scope, timeout }) => {
                     st.drain_listeners(scope, timeout)

@@ -160,6 +160,8 @@ pub struct DubboListener {
     /// The listener's own address when it binds one (`None`: a virtual listener, whose
     /// connections an `original_destination` listener handed over).
     pub bound: Option<SocketAddr>,
+    /// Traffic labels (`dubbo.traffic_label`): the attachments a request's label is read from.
+    pub labels: Option<crate::cluster::LabelKeys>,
 }
 
 /// Spent records kept for reuse per listener and shard.
@@ -996,6 +998,9 @@ async fn read_loop<R: StopRead>(conn: &Rc<DownConn>, r: &mut R, carried: Option<
 /// `false`: it drains here instead (readonly event, close once idle), its answers still due.
 async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> bool {
     let l = &conn.l;
+    // The reader stopped just now: from here until a successor's shard reads it, the
+    // connection pauses.
+    let paused_at_ns = hotswap::monotonic_ns();
     let to = conn.handover_to.borrow_mut().take();
     let movable = !mid_discard && unread.len() <= HANDOVER_UNREAD_BYTES_MAX;
     let quiet = match (&to, movable) {
@@ -1012,6 +1017,12 @@ async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> boo
                 _ = conn.finished.wait() => false,
             };
             conn.read_stopped.set(false);
+            tracing::debug!(
+                listener = %l.name,
+                quiet,
+                waited_us = hotswap::monotonic_ns().saturating_sub(paused_at_ns) / 1000,
+                "hot upgrade: stopped connection waited for its requests in flight"
+            );
             quiet
         }
         _ => false,
@@ -1026,6 +1037,8 @@ async fn hand_over(conn: &Rc<DownConn>, unread: &[u8], mid_discard: bool) -> boo
                     listener: l.name.clone(),
                     fd,
                     unread: unread.to_vec(),
+                    paused_at_ns,
+                    upstream: None,
                 }),
                 Err(e) => {
                     tracing::warn!(listener = %l.name, error = %e, "hot upgrade: cannot duplicate a connection's socket");
@@ -1093,7 +1106,8 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         return Ok(());
     }
     let routes = l.routes.get();
-    let Some((action, service, lg, propagate)) = route_frame(conn, &h, &frame, &routes)? else {
+    let Some((action, service, lg, propagate, label)) = route_frame(conn, &h, &frame, &routes)?
+    else {
         return Ok(());
     };
     let frame = propagate.apply(frame);
@@ -1125,6 +1139,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         timeout,
         retry: action.retry,
         counted,
+        label,
     };
     let fault = match action.fault(&l.dice) {
         Some(_)
@@ -1142,7 +1157,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     // on: an aborted one is not mirrored, a delayed one is, when it is routed).
     if h.two_way && !action.mirrors.is_empty() && fault.is_none_or(|f| f.abort.is_none()) {
         for shadow in action.mirrors(&l.dice) {
-            routes.pools[shadow].mirror(&frame, timeout);
+            routes.pools[shadow].mirror(&frame, timeout, label);
         }
     }
     match fault {
@@ -1161,6 +1176,8 @@ struct Routed1 {
     timeout: Duration,
     retry: Option<crate::route::RetryPolicy>,
     counted: Counted,
+    /// Its traffic label, when the listener reads them.
+    label: Option<crate::cluster::Label>,
 }
 
 /// A route's fault delay holds the request for its time (it counts as in flight on its
@@ -1230,39 +1247,40 @@ fn send(
     let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
     let cluster = Some(&*pool.lb.name);
     let bytes_in = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    let (refused, lg) =
-        match pool.forward(frame, h.id, h.two_way, timeout, rq.retry, conn, counted, lg) {
-            Ok(()) => {
-                if let Some(lg) = oneway_lg {
-                    conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
-                }
-                return;
+    let (refused, lg) = match pool.forward(
+        frame, h.id, h.two_way, timeout, rq.retry, rq.label, conn, counted, lg,
+    ) {
+        Ok(()) => {
+            if let Some(lg) = oneway_lg {
+                conn.log_call(lg, 0, Flags::NONE, None, cluster, 0);
             }
-            Err((ForwardError::NoHealthyEndpoint, lg)) => {
-                l.stats.inc(l.ids.rq_no_healthy_upstream);
-                (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
-            }
-            Err((ForwardError::CircuitOpen { limit }, lg)) => {
-                l.stats.inc(l.ids.rq_overflow);
-                let e = LocalError::CircuitOpen {
-                    cluster: &pool.lb.name,
-                    limit,
-                };
-                (e, lg)
-            }
-            Err((ForwardError::PendingOverflow { limit }, lg)) => {
-                l.stats.inc(l.ids.rq_overflow);
-                let e = LocalError::PendingOverflow {
-                    cluster: &pool.lb.name,
-                    limit,
-                };
-                (e, lg)
-            }
-            Err((ForwardError::Overflow { addr, limit }, lg)) => {
-                l.stats.inc(l.ids.rq_overflow);
-                (LocalError::Overflow { addr, limit }, lg)
-            }
-        };
+            return;
+        }
+        Err((ForwardError::NoHealthyEndpoint, lg)) => {
+            l.stats.inc(l.ids.rq_no_healthy_upstream);
+            (LocalError::NoHealthyEndpoint(&pool.lb.name), lg)
+        }
+        Err((ForwardError::CircuitOpen { limit }, lg)) => {
+            l.stats.inc(l.ids.rq_overflow);
+            let e = LocalError::CircuitOpen {
+                cluster: &pool.lb.name,
+                limit,
+            };
+            (e, lg)
+        }
+        Err((ForwardError::PendingOverflow { limit }, lg)) => {
+            l.stats.inc(l.ids.rq_overflow);
+            let e = LocalError::PendingOverflow {
+                cluster: &pool.lb.name,
+                limit,
+            };
+            (e, lg)
+        }
+        Err((ForwardError::Overflow { addr, limit }, lg)) => {
+            l.stats.inc(l.ids.rq_overflow);
+            (LocalError::Overflow { addr, limit }, lg)
+        }
+    };
     if h.two_way {
         let len = conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
         let (status, flags) = (refused.status().0, refused.flags());
@@ -1280,8 +1298,15 @@ fn send(
 }
 
 /// A routed request: its route's action, its (interface, method) counters, its access-log
-/// (and span) record and what its trace context needs before it is forwarded.
-type Routed<'r> = (&'r Action, RequestStatIds, Option<Box<Logged>>, Propagate);
+/// (and span) record, what its trace context needs before it is forwarded, and its traffic
+/// label (when the listener reads them).
+type Routed<'r> = (
+    &'r Action,
+    RequestStatIds,
+    Option<Box<Logged>>,
+    Propagate,
+    Option<crate::cluster::Label>,
+);
 
 /// What a traced request's frame needs so the provider sees ringside's span as its parent.
 #[derive(Clone, Copy, Debug)]
@@ -1428,7 +1453,15 @@ fn route_frame<'r>(
             return Ok(None);
         };
         let lg = l.capture(h, frame.len(), None);
-        return Ok(Some((a, l.ids.other_service, lg, Propagate::Untouched)));
+        // No label can be read: the request is unlabelled.
+        let label = l.labels.as_ref().map(|_| crate::cluster::Label::default());
+        return Ok(Some((
+            a,
+            l.ids.other_service,
+            lg,
+            Propagate::Untouched,
+            label,
+        )));
     }
     let req = match wire::RequestView::parse(frame) {
         Ok(r) => r,
@@ -1454,7 +1487,8 @@ fn route_frame<'r>(
             }
         };
         let lg = l.capture_traced(h, frame.len(), Some(&req), trace);
-        return Ok(Some((a, service, lg, propagate)));
+        let label = l.labels.as_ref().map(|k| req.label(k));
+        return Ok(Some((a, service, lg, propagate, label)));
     }
     l.stats.inc(service.rq_total);
     l.stats.inc(service.rsp_local);

@@ -33,7 +33,7 @@ use super::error::{LocalError, UpstreamGone};
 use super::wire;
 use crate::access_log::Flags;
 use crate::cluster::{
-    Availability, HostStatIds, HostTable, ShardCluster, UpstreamStatIds,
+    Availability, HostStatIds, HostTable, Label, ShardCluster, UpstreamStatIds,
     ENDPOINT_FAILURE_BACKOFF_MS,
 };
 use crate::config;
@@ -63,6 +63,8 @@ pub(crate) struct Pending {
     bytes_in: u32,
     /// Its route's `retry_policy`, when it has one and the frame is small enough to keep.
     again: Option<Again>,
+    /// Its traffic label (`traffic_label`): retries and moves stay within its endpoints.
+    label: Option<Label>,
 }
 
 /// What a request that may be retried keeps: its frame as last sent, its retries so far, the
@@ -141,7 +143,7 @@ pub struct UpConn {
     out_bytes: Cell<usize>,
     out_ready: Notify,
     /// The callers of the one-way requests in `out`, in queue order.
-    oneway: RefCell<VecDeque<Rc<DownConn>>>,
+    oneway: RefCell<VecDeque<(Rc<DownConn>, Option<Label>)>>,
     pending: RefCell<FxHashMap<u64, Pending>>,
     /// Shadow copies (`request_mirror_policies`) in flight, by upstream request id: their
     /// deadline. Their answers are dropped; nobody waits for them.
@@ -271,26 +273,34 @@ impl ClusterPool {
         })
     }
 
-    /// Picks a healthy endpoint with the cluster's balancer: skips endpoints in failure
-    /// back-off or readonly; when every endpoint is in back-off, tries the balancer's pick.
-    fn pick_host(&self, now: Instant) -> Option<Rc<Host>> {
-        self.pick_host_but(now, None)
+    /// Picks a healthy endpoint with the cluster's balancer, among those traffic label
+    /// `label` selects: skips endpoints in failure back-off or readonly; when every endpoint
+    /// is in back-off, tries the balancer's pick.
+    fn pick_host(&self, now: Instant, label: Option<Label>) -> Option<Rc<Host>> {
+        self.pick_host_but(now, None, label)
     }
 
     /// [`Self::pick_host`] for a retry: skips the endpoints `retry` tried (`previous_hosts`)
     /// while another is available.
-    fn pick_host_but(&self, now: Instant, retry: Option<&crate::route::Retry>) -> Option<Rc<Host>> {
+    fn pick_host_but(
+        &self,
+        now: Instant,
+        retry: Option<&crate::route::Retry>,
+        label: Option<Label>,
+    ) -> Option<Rc<Host>> {
         if let Some(r) = retry {
             let i = self
                 .lb
-                .pick_available(|i| match r.avoids(i) {
+                .pick_labelled(label, |i| match r.avoids(i) {
                     true => Availability::Excluded,
                     false => self.availability(i, now),
                 })
-                .or_else(|| self.lb.pick_available(|i| self.availability(i, now)))?;
+                .or_else(|| self.lb.pick_labelled(label, |i| self.availability(i, now)))?;
             return Some(self.host(i));
         }
-        let i = self.lb.pick_available(|i| self.availability(i, now))?;
+        let i = self
+            .lb
+            .pick_labelled(label, |i| self.availability(i, now))?;
         Some(self.host(i))
     }
 
@@ -342,16 +352,17 @@ impl ClusterPool {
     /// The host a request of `down` goes to: its original destination for an
     /// `original_destination` cluster (none: the connection was not intercepted), else the
     /// balancer's pick.
-    fn host_for(&self, down: &DownConn, now: Instant) -> Option<Rc<Host>> {
+    fn host_for(&self, down: &DownConn, now: Instant, label: Option<Label>) -> Option<Rc<Host>> {
         if self.lb.original_destination {
             down.original_dst.and_then(|d| self.host_to(d))
         } else {
-            self.pick_host(now)
+            self.pick_host(now, label)
         }
     }
 
     /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is
     /// rewritten here; two-way requests are tracked until they end.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         self: &Rc<Self>,
         frame: BytesMut,
@@ -359,12 +370,13 @@ impl ClusterPool {
         two_way: bool,
         timeout: Duration,
         retry: Option<crate::route::RetryPolicy>,
+        label: Option<Label>,
         down: &Rc<DownConn>,
         counted: Counted,
         log: Option<Box<Logged>>,
     ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
-        let Some(host) = self.host_for(down, now) else {
+        let Some(host) = self.host_for(down, now, label) else {
             return Err((ForwardError::NoHealthyEndpoint, log));
         };
         if let Some(b) = self.breaker.as_ref().filter(|b| b.is_open()) {
@@ -414,9 +426,10 @@ impl ClusterPool {
                 log,
                 again,
                 bytes_in: u32::try_from(frame.len()).unwrap_or(u32::MAX),
+                label,
             })
         } else {
-            Request::OneWay(down.clone())
+            Request::OneWay(down.clone(), label)
         };
         self.send_on(&host, &conn, frame, rq, now);
         Ok(())
@@ -428,7 +441,7 @@ impl ClusterPool {
     /// `MIRRORS_ACTIVE_PER_SHARD_MAX` in flight, no endpoint available, its circuit breakers
     /// (`max_requests`, the endpoint's `pending_requests_max`, `max_pending_requests`) full.
     /// Its deadline is `timeout`; it counts against this cluster's limits as any request.
-    pub fn mirror(self: &Rc<Self>, frame: &[u8], timeout: Duration) {
+    pub fn mirror(self: &Rc<Self>, frame: &[u8], timeout: Duration, label: Option<Label>) {
         let now = Instant::now();
         let dropped = || self.stats.inc(self.ids.rq_mirror_dropped);
         // A shadow has no caller connection, so no original destination.
@@ -438,7 +451,7 @@ impl ClusterPool {
         {
             return dropped();
         }
-        let Some(host) = self.pick_host(now) else {
+        let Some(host) = self.pick_host(now, label) else {
             return dropped();
         };
         if self.breaker.as_ref().is_some_and(|b| b.is_open())
@@ -521,8 +534,8 @@ impl ClusterPool {
                 conn.deadline(deadline, id_up);
                 down
             }
-            Request::OneWay(down) => {
-                conn.oneway.borrow_mut().push_back(down.clone());
+            Request::OneWay(down, label) => {
+                conn.oneway.borrow_mut().push_back((down.clone(), label));
                 down
             }
         };
@@ -555,8 +568,8 @@ impl ClusterPool {
 /// A request on its way upstream.
 enum Request {
     TwoWay(Pending),
-    /// Its caller, counted until the frame is written.
-    OneWay(Rc<DownConn>),
+    /// Its caller, counted until the frame is written, and its traffic label.
+    OneWay(Rc<DownConn>, Option<Label>),
 }
 
 // === impl Host ===
@@ -722,7 +735,7 @@ impl UpConn {
         if wire::is_oneway_request(frame) {
             let down = self.oneway.borrow_mut().pop_front();
             debug_assert!(down.is_some(), "a one-way frame without its caller");
-            if let Some(down) = down {
+            if let Some((down, _)) = down {
                 self.release(&down);
             }
         }
@@ -808,7 +821,7 @@ impl UpConn {
         // An original destination is the one place the request can go.
         let host = match pool.lb.original_destination {
             true => Some(self.host.clone()),
-            false => pool.pick_host_but(now, Some(&a.retry)),
+            false => pool.pick_host_but(now, Some(&a.retry), p.label),
         };
         let host = host.filter(|h| h.pending.get() < pool.pending_max);
         let Some(host) = host else {
@@ -857,7 +870,7 @@ impl UpConn {
             let rq = if wire::is_oneway_request(&frame) {
                 let down = self.oneway.borrow_mut().pop_front();
                 debug_assert!(down.is_some(), "a one-way frame without its caller");
-                down.map(Request::OneWay)
+                down.map(|(d, label)| Request::OneWay(d, label))
             } else {
                 // None: our heartbeat, or a request already answered (its deadline passed).
                 let p = self.pending.borrow_mut().remove(&wire::request_id(&frame));
@@ -871,14 +884,18 @@ impl UpConn {
                 }
                 rq => rq,
             };
-            let host = pool.pick_host(now).filter(|h| {
+            let label = match &rq {
+                Request::TwoWay(p) => p.label,
+                Request::OneWay(_, label) => *label,
+            };
+            let host = pool.pick_host(now, label).filter(|h| {
                 h.down_until.get().is_none_or(|t| t <= now) && h.pending.get() < pool.pending_max
             });
             match (host, rq) {
                 (Some(host), rq) => {
                     match &rq {
                         Request::TwoWay(p) => self.release(&p.down),
-                        Request::OneWay(down) => self.release(down),
+                        Request::OneWay(down, _) => self.release(down),
                     }
                     moved.push((host, frame, rq));
                 }
@@ -887,7 +904,7 @@ impl UpConn {
                         .borrow_mut()
                         .insert(wire::request_id(&frame), p);
                 }
-                (None, Request::OneWay(down)) => {
+                (None, Request::OneWay(down, _)) => {
                     self.release(&down);
                     pool.drop_oneway(&self.host, why);
                 }
@@ -933,7 +950,7 @@ impl UpConn {
         self.out.borrow_mut().clear();
         self.release_out();
         let oneway = std::mem::take(&mut *self.oneway.borrow_mut());
-        for down in oneway {
+        for (down, _) in oneway {
             self.release(&down);
             self.pool.drop_oneway(&self.host, why);
         }

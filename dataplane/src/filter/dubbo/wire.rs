@@ -230,6 +230,25 @@ pub fn insert_traceparent(
     d::encode::insert_attachment(frame, end.checked_sub(d::HEADER_BYTES)?, "traceparent", v)
 }
 
+impl RequestView<'_> {
+    /// The request's traffic label (`keys`: the attachments holding it), from one scan of the
+    /// attachments (string values only).
+    pub fn label(&self, keys: &crate::cluster::LabelKeys) -> crate::cluster::Label {
+        let (mut tag, mut force) = (None, None);
+        for (k, v) in self.req.attachments() {
+            let d::request::Scalar::Str(v) = v else {
+                continue;
+            };
+            if k == &keys.key[..] {
+                tag = tag.or(Some(v));
+            } else if k == &keys.force_key[..] {
+                force = force.or(Some(v));
+            }
+        }
+        crate::cluster::Label::of(tag, force)
+    }
+}
+
 impl Inspect for RequestView<'_> {
     fn interface(&self) -> &[u8] {
         self.req.interface()

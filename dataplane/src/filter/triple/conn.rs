@@ -1207,12 +1207,12 @@ impl Conn {
             return Sent::NotRetriable;
         };
         let pool = &h.pool;
-        let mut policy = down
+        let (mut policy, label) = down
             .streams
             .borrow()
             .get(&did)
             .and_then(|s| s.call.as_ref())
-            .and_then(|c| c.retry);
+            .map_or((None, None), |c| (c.retry, c.label));
         match &policy {
             Some(r) if matches!(why, Again::Refused) || why.wanted_by(&r.policy) => {
                 if !r.left() {
@@ -1233,7 +1233,7 @@ impl Conn {
         }
         let by_policy = policy.is_some();
         let picked = pool
-            .retry_connection(h, self.limits, self, policy.as_ref())
+            .retry_connection(h, self.limits, self, policy.as_ref(), label)
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
         let Some((uid, up)) = picked else {
@@ -1493,6 +1493,7 @@ impl Conn {
                 c.service = call.service_ids;
                 c.deadline = call.deadline;
                 c.trace = call.trace.take();
+                c.label = call.label;
             }
         }
         if let Some(d) = call.fault.and_then(|f| f.delay) {
@@ -1662,7 +1663,7 @@ impl Conn {
             };
             pool.connection_to(dst, self.limits, None)
         } else {
-            pool.connection(self.limits, None, None)
+            pool.connection(self.limits, None, None, call.label)
         };
         let up = match up {
             Ok(up) => up,
@@ -2063,7 +2064,7 @@ impl Conn {
                 dropped();
                 continue;
             }
-            let Ok(up) = pool.connection(self.limits, None, None) else {
+            let Ok(up) = pool.connection(self.limits, None, None, call.label) else {
                 dropped();
                 continue;
             };
@@ -2205,6 +2206,8 @@ struct Routed {
     retry: Option<crate::route::RetryPolicy>,
     /// The route's fault for this call: a delay (then, with an abort, the abort).
     fault: Option<crate::route::Injected>,
+    /// Its traffic label, when the listener reads them.
+    label: Option<crate::cluster::Label>,
     /// The shadow clusters its route's mirror policies picked (indices in `routes.pools`), and
     /// the request headers for them (empty when none).
     mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
@@ -2334,6 +2337,10 @@ fn route_call(
         trace,
         retry,
         fault,
+        label: l
+            .labels
+            .as_ref()
+            .map(|k| crate::cluster::Label::of(hl.get(&k.key), hl.get(&k.force_key))),
         mirrors,
         mirrors_len,
         shadow_block,

@@ -212,6 +212,8 @@ pub struct Call {
     pub retry: Option<crate::route::Retry>,
     /// The current try's deadline (`per_try_timeout_ms`), until the response starts.
     pub try_deadline: Option<Instant>,
+    /// Its traffic label (`triple.traffic_label`): retries stay within its endpoints.
+    pub label: Option<crate::cluster::Label>,
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -239,6 +241,7 @@ impl Call {
             trace: None,
             retry: None,
             try_deadline: None,
+            label: None,
         }
     }
 }
@@ -306,6 +309,8 @@ pub struct TripleListener {
     pub bound: Option<SocketAddr>,
     /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
+    pub labels: Option<crate::cluster::LabelKeys>,
 }
 
 impl TripleListener {
@@ -635,6 +640,7 @@ impl Pool {
         limits: H2Limits,
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
+        label: Option<crate::cluster::Label>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         let now = Instant::now();
         let state = |i: usize, skip_tried: bool| {
@@ -650,11 +656,11 @@ impl Pool {
                 _ => Availability::Ready,
             })
         };
-        let i = match self.lb.pick_available(|i| state(i, true)) {
+        let i = match self.lb.pick_labelled(label, |i| state(i, true)) {
             Some(i) => i,
             None if retry.is_some() => self
                 .lb
-                .pick_available(|i| state(i, false))
+                .pick_labelled(label, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };
@@ -715,11 +721,12 @@ impl Pool {
         limits: H2Limits,
         avoid: &conn::Conn,
         retry: Option<&crate::route::Retry>,
+        label: Option<crate::cluster::Label>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         if host.index == usize::MAX {
             host.connection(self.connections_per_host, limits, Some(avoid))
         } else {
-            self.connection(limits, Some(avoid), retry)
+            self.connection(limits, Some(avoid), retry, label)
         }
     }
 
