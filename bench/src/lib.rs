@@ -15,6 +15,7 @@
 pub mod args;
 pub mod dubbo_client;
 pub mod grpc;
+pub mod mtls;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -112,6 +112,9 @@ pub struct LoadReport {
     /// Open loop with `--reconnect-on-close`: connections replaced after the peer closed them.
     #[serde(default)]
     pub reconnects_after_close: u64,
+    /// `dubbo-tls-load`: TLS handshakes completed (handshake mode: in the measured window).
+    #[serde(default)]
+    pub handshakes: u64,
     /// Latency CDF points `[quantile, µs]`, for plots.
     pub cdf: Vec<(f64, f64)>,
 }

@@ -1,6 +1,7 @@
 //! The bench tools against each other through real sockets: every load generator gets only good
 //! answers from its echo server, and `dubbo-load` counts a peer that does not speak Dubbo
-//! responses as errors. No assertion on timings. Ports 31880-31899, loopback only; every child
+//! responses as errors; `dubbo-tls-load` handshakes with a TLS relay and refuses a wrong server
+//! identity. No assertion on timings. Ports 31880-31899, loopback only; every child
 //! is killed and reaped on drop, even when an assertion fails.
 
 use std::net::TcpStream;
@@ -183,4 +184,108 @@ fn grpc_load_counts_a_peer_that_is_not_http2() {
     );
     assert_eq!(r.measured, 0);
     assert!(r.errors.total() > 0, "{:?}", r.errors);
+}
+
+/// A mutual-TLS terminator in front of `upstream`, with the bench's server certificate: one
+/// thread per connection, handshake then bytes relayed both ways. Runs until the test ends.
+fn tls_relay(listen: &str, upstream: &'static str, files: &bench::mtls::Files) {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(&files.ca).expect("ca"))
+        .expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.server_key).expect("key");
+    let chain =
+        vec![rustls::pki_types::CertificateDer::from_pem_file(&files.server_cert).expect("cert")];
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("server config"),
+    );
+    let listener = std::net::TcpListener::bind(listen).expect("bind");
+    std::thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                let Ok(mut up) = TcpStream::connect(upstream) else {
+                    return;
+                };
+                let mut buf = [0u8; 16 * 1024];
+                // One call at a time per connection: read a request, relay the answer.
+                loop {
+                    let n = match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if up.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    let n = match up.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if tls.write_all(&buf[..n]).and_then(|()| tls.flush()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn dubbo_tls_load_handshakes_and_checks_the_server_identity() {
+    let _echo = Server::start(env!("CARGO_BIN_EXE_dubbo-echo"), "127.0.0.1:31881");
+    let dir = std::env::temp_dir().join(format!("dubbo-tls-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let files = bench::mtls::write_files(&dir).expect("certificates");
+    tls_relay("127.0.0.1:31882", "127.0.0.1:31881", &files);
+    let (ca, cert, key) = (
+        files.ca.display().to_string(),
+        files.client_cert.display().to_string(),
+        files.client_key.display().to_string(),
+    );
+    let base = [
+        "--target",
+        "127.0.0.1:31882",
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--connections",
+        "2",
+        "--calls-per-connection",
+        "2",
+    ];
+    let bin = env!("CARGO_BIN_EXE_dubbo-tls-load");
+    let r = load(bin, &base);
+    assert!(r.handshakes > 0, "{r:?}");
+    assert!(r.measured >= r.handshakes, "{r:?}");
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+
+    // A server without the expected SPIFFE id is refused: every attempt a connect error.
+    let mut wrong = base.to_vec();
+    wrong.extend(["--server-san", "spiffe://cluster.local/ns/bench/sa/other"]);
+    let r = load(bin, &wrong);
+    assert_eq!((r.handshakes, r.measured), (0, 0), "{r:?}");
+    assert!(r.errors.connect > 0, "{:?}", r.errors);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -357,6 +357,37 @@ pub struct XdsBootstrap {
     /// `CLUSTER_ID`, `LABELS` (a map: `app`, `version`, `service.istio.io/canonical-name`, ...).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub node_metadata: std::collections::BTreeMap<String, NodeMetadataValue>,
+    /// TLS to the ADS server (Envoy: the xDS cluster's `UpstreamTlsContext`; istiod's port
+    /// 15012); none: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<XdsTls>,
+}
+
+/// TLS to the ADS server: the server's certificate must chain to `ca` and carry a SAN (DNS or
+/// URI) one of `subject_alt_names` matches; a client certificate when `cert_chain` and
+/// `private_key` are given. Files only (SDS itself may come over this stream). No plaintext
+/// fallback: a failed handshake is a failed connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsTls {
+    /// PEM file: the CAs the server's certificate must chain to (Istio: the mesh root,
+    /// `/var/run/secrets/istio/root-cert.pem`).
+    pub ca: String,
+    /// PEM files: the client certificate chain and key presented (both or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_chain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// The server's certificate must carry a DNS or URI SAN one of these matches (Envoy's
+    /// `match_subject_alt_names`; Istio: `istiod.istio-system.svc`); empty: any certificate
+    /// `ca` signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<SanMatcher>,
+    /// Server name sent as SNI; none: no SNI (Envoy's `sni`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub params: TlsParams,
 }
 
 /// One `xds.node_metadata` value: a string, a map of strings (Istio's `LABELS`), or any other
@@ -3161,6 +3192,26 @@ fn validate_xds(x: &XdsBootstrap, err: &mut dyn FnMut(String, String)) {
     }
     if x.node_id.is_empty() {
         err("xds.node_id".into(), "must not be empty".into());
+    }
+    if let Some(t) = &x.tls {
+        if x.server.starts_with("unix:") {
+            err(
+                "xds.tls".into(),
+                "TLS to a unix: server is not supported (pilot-agent's socket is plaintext)".into(),
+            );
+        }
+        if t.ca.is_empty() {
+            err(
+                "xds.tls.ca".into(),
+                "required: the server's trust bundle".into(),
+            );
+        }
+        if t.cert_chain.is_some() != t.private_key.is_some() {
+            err(
+                "xds.tls.cert_chain".into(),
+                "cert_chain and private_key go together".into(),
+            );
+        }
     }
     if x.retry_initial_ms == 0 || x.retry_initial_ms > x.retry_max_ms {
         err(

@@ -291,7 +291,12 @@ fn a_spinning_predecessor_sleeps_while_a_hot_upgrade_drains_it() {
     };
     echoed(&mut s, 1);
     let before = idle(&old, Duration::from_millis(500));
-    let new = old.upgrade(&spin);
+    // Since hand-off protocol 3 an idle TCP connection moves to the successor, and the
+    // predecessor, with nothing left, exits at once. A protocol 2 successor leaves TCP
+    // connections with it, which is the draining predecessor this test needs.
+    let new = old.upgrade_with(&spin, |c| {
+        c.env("RINGSIDE_HANDOFF_PROTOCOL_MAX", "2");
+    });
     std::thread::sleep(Duration::from_millis(200));
     // Both measured over the same window: a predecessor still spinning on the successor's
     // pinned core would get about as much of it as the successor does.

@@ -188,3 +188,60 @@ fn admin_endpoints_answer() {
     assert_eq!(rs.get("/nope").0, 404);
     assert_eq!(rs.get("/drain").0, 405, "drain needs POST");
 }
+
+/// Both directions of one relayed connection backpressured at once, on both backends: the
+/// upstream holds its echo for 1.5 s while the client keeps sending 32 MiB, so ringside's write
+/// to the upstream meets a full socket while the answer side fills too. On epoll a write's
+/// EAGAIN once dropped the read readiness of the same socket (a vendored monoio patch cleared
+/// READABLE for either direction): the relay then slept forever with data waiting, in 2 of 3
+/// runs. Every byte must come back, in order.
+#[test]
+fn a_relay_survives_both_directions_backpressured() {
+    for io in ["epoll", "uring"] {
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = up.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = c.shutdown(Shutdown::Write);
+        });
+        let (admin, listen) = (local(free_port()), local(free_port()));
+        let rs = Ringside::start(
+            &tcp_config(admin, listen, &[up_addr]),
+            admin,
+            &["--shards", "1", "--io", io],
+        );
+        let c = TcpStream::connect(listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut w = c.try_clone().unwrap();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&sent).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::with_capacity(data.len());
+        let mut r = c;
+        let read = r.read_to_end(&mut got);
+        assert!(
+            read.is_ok() && got == data,
+            "{io}: {} of {} bytes came back ({read:?}): the relay stalled",
+            got.len(),
+            data.len()
+        );
+        writer.join().unwrap();
+        server.join().unwrap();
+        drop(rs);
+    }
+}

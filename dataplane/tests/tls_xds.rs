@@ -875,3 +875,93 @@ fn istiod_http_rbac_on_grpc_calls_like_envoy() {
         );
     }
 }
+
+/// istiod's serving identity: its service's DNS name (what Istio's bootstrap matches) and its
+/// SPIFFE id.
+const ISTIOD_DNS: &str = "istiod.istio-system.svc";
+const ISTIOD_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/istiod";
+
+/// A ringside whose ADS stream goes to `xds` over TLS (`xds.tls`: `ca`, the server's SANs, the
+/// consumer's certificate), its stderr in a file (the connect errors are read from it).
+fn ringside_ads_tls(xds: &XdsServer, ca: &str, san: &str, pki: &Pki) -> (Ringside, TempDir) {
+    let logs = TempDir::new("ads-tls-log");
+    let log = std::fs::File::create(logs.0.join("stderr")).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\n\
+         xds:\n  server: {}\n  node_id: sidecar~127.0.0.1~c.default~default.svc.cluster.local\n  \
+         initial_fetch_timeout_ms: 300\n  retry_initial_ms: 100\n  retry_max_ms: 300\n  \
+         tls:\n    ca: {ca}\n    cert_chain: {}\n    private_key: {}\n    \
+         subject_alt_names: [\"{san}\"]\n    sni: {ISTIOD_DNS}\n",
+        xds.addr(),
+        pki.path("consumer.pem"),
+        pki.path("consumer.key"),
+    );
+    let rs = Ringside::start_with(&config, admin, &["--shards", "1"], |c| {
+        c.stderr(log);
+    });
+    (rs, logs)
+}
+
+/// Waits until ringside's log shows `what` (at most 10 s); the log.
+fn wait_logged(logs: &TempDir, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(logs.0.join("stderr")).unwrap_or_default();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never logged {what:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ads_over_tls_is_acked_and_a_wrong_ca_or_san_is_refused_without_plaintext() {
+    let pki = Pki::new();
+    pki.write_leaf("istiod", ISTIOD_ID, &[ISTIOD_DNS]);
+    // istiod's 15012 as a TLS-only server requiring a client certificate of the mesh CA.
+    let xds = XdsServer::start_tls(
+        &pki.path("istiod.pem"),
+        &pki.path("istiod.key"),
+        Some(&pki.path("ca.pem")),
+    );
+    let upstream = local(free_port());
+    xds.put(&json!({"version": "v1", "clusters": [static_cluster("c1", &[upstream])]}))
+        .unwrap();
+
+    // The right trust bundle and istiod's DNS SAN: the snapshot is ACKed through TLS.
+    let (rs, _logs) = ringside_ads_tls(&xds, &pki.path("ca.pem"), ISTIOD_DNS, &pki);
+    xds.wait_ack(CDS, "v1");
+    let dump = rs.get("/config_dump").1;
+    assert!(dump.contains("\"c1\""), "{dump}");
+    drop(rs);
+
+    // Another CA's trust bundle: every handshake fails, the error names the certificate, and
+    // nothing ever reaches the server (no plaintext fallback).
+    let other = Pki::new();
+    xds.reset();
+    let (rs, logs) = ringside_ads_tls(&xds, &other.path("ca.pem"), ISTIOD_DNS, &pki);
+    // (The other CA has the same subject: its signature, not its name, fails.)
+    let text = wait_logged(&logs, "TLS handshake");
+    assert!(
+        text.contains("peer certificate: InvalidSignatureForPublicKey"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(xds.requests().is_empty(), "{:?}", xds.requests());
+    assert_ne!(rs.stat_value("xds.connected"), Some(1));
+    drop(rs);
+
+    // The right CA, a SAN istiod's certificate does not carry: refused, naming both.
+    xds.reset();
+    let (rs, logs) = ringside_ads_tls(&xds, &pki.path("ca.pem"), "istiod.other.svc", &pki);
+    let text = wait_logged(&logs, "match none of");
+    assert!(
+        text.contains(ISTIOD_DNS) && text.contains("istiod.other.svc"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(xds.requests().is_empty(), "{:?}", xds.requests());
+    drop(rs);
+}

@@ -309,8 +309,10 @@ pub struct ClientSettings<'a> {
     pub cert_chain: Option<Pem<'a>>,
     pub private_key: Option<Pem<'a>>,
     pub ca: Pem<'a>,
-    /// Accepted server URI SANs; empty: any certificate `ca` signed.
+    /// Accepted server SANs; empty: any certificate `ca` signed.
     pub subject_alt_names: &'a [SanMatch],
+    /// Which SANs `subject_alt_names` are matched against.
+    pub san_kinds: SanKinds,
     pub alpn: &'a [String],
     /// Whether an SNI is sent (the name given to [`connect`]).
     pub sni: bool,
@@ -326,6 +328,7 @@ impl ClientSettings<'_> {
             .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
                 roots: roots(self.ca)?,
                 sans: self.subject_alt_names.to_vec(),
+                san_kinds: self.san_kinds,
                 provider: p,
             }));
         let mut config = match (self.cert_chain, self.private_key) {
@@ -338,23 +341,51 @@ impl ClientSettings<'_> {
     }
 }
 
-/// Whether the end-entity certificate carries a URI SAN that one of `sans` matches (any, when
-/// empty).
-fn san_allowed(end_entity: &CertificateDer<'_>, sans: &[SanMatch]) -> bool {
+/// Which of a peer certificate's subject alternative names `subject_alt_names` are matched
+/// against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SanKinds {
+    /// URI SANs only (Envoy's `match_typed_subject_alt_names` of type URI: SPIFFE ids).
+    #[default]
+    Uri,
+    /// URI and DNS SANs (Envoy's untyped `match_subject_alt_names`, as Istio's bootstrap checks
+    /// istiod's certificate, which names its service: `istiod.istio-system.svc`).
+    UriAndDns,
+}
+
+/// The SANs of `end_entity` of `kinds`.
+fn sans_of<'a>(end_entity: &'a CertificateDer<'_>, kinds: SanKinds) -> Vec<&'a [u8]> {
+    let dns = (kinds == SanKinds::UriAndDns).then(|| x509::dns_sans_iter(end_entity));
+    x509::uri_sans_iter(end_entity)
+        .chain(dns.into_iter().flatten())
+        .collect()
+}
+
+/// Whether the end-entity certificate carries a SAN of `kinds` that one of `sans` matches
+/// (any, when empty).
+fn san_allowed(end_entity: &CertificateDer<'_>, sans: &[SanMatch], kinds: SanKinds) -> bool {
     sans.is_empty()
-        || x509::uri_sans(end_entity)
+        || sans_of(end_entity, kinds)
             .iter()
             .any(|u| sans.iter().any(|s| s.matches(u)))
 }
 
-fn san_mismatch(end_entity: &CertificateDer<'_>, sans: &[SanMatch]) -> rustls::Error {
-    let seen: Vec<String> = x509::uri_sans(end_entity)
+fn san_mismatch(
+    end_entity: &CertificateDer<'_>,
+    sans: &[SanMatch],
+    kinds: SanKinds,
+) -> rustls::Error {
+    let seen: Vec<String> = sans_of(end_entity, kinds)
         .iter()
         .map(|u| String::from_utf8_lossy(u).into_owned())
         .collect();
     let want: Vec<String> = sans.iter().map(ToString::to_string).collect();
+    let kind = match kinds {
+        SanKinds::Uri => "URI SANs",
+        SanKinds::UriAndDns => "URI and DNS SANs",
+    };
     rustls::Error::General(format!(
-        "peer certificate URI SANs {seen:?} match none of [{}]",
+        "peer certificate {kind} {seen:?} match none of [{}]",
         want.join(", ")
     ))
 }
@@ -366,6 +397,7 @@ fn san_mismatch(end_entity: &CertificateDer<'_>, sans: &[SanMatch]) -> rustls::E
 struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     sans: Vec<SanMatch>,
+    san_kinds: SanKinds,
     provider: Arc<CryptoProvider>,
 }
 
@@ -390,8 +422,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             None,
         )
         .map_err(|e| rustls::Error::General(format!("peer certificate: {e}")))?;
-        if !san_allowed(end_entity, &self.sans) {
-            return Err(san_mismatch(end_entity, &self.sans));
+        if !san_allowed(end_entity, &self.sans, self.san_kinds) {
+            return Err(san_mismatch(end_entity, &self.sans, self.san_kinds));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -460,8 +492,8 @@ impl ClientCertVerifier for SanClientVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if !san_allowed(end_entity, &self.sans) {
-            return Err(san_mismatch(end_entity, &self.sans));
+        if !san_allowed(end_entity, &self.sans, SanKinds::Uri) {
+            return Err(san_mismatch(end_entity, &self.sans, SanKinds::Uri));
         }
         Ok(ok)
     }

@@ -72,6 +72,7 @@ fn configs(
         subject_alt_names: client_wants,
         alpn: &alpn,
         sni: true,
+        san_kinds: SanKinds::Uri,
         params: &Params::default(),
     }
     .build()
@@ -196,6 +197,7 @@ fn a_client_without_a_certificate_is_refused_when_one_is_required() {
         subject_alt_names: &[],
         alpn: &[],
         sni: true,
+        san_kinds: SanKinds::Uri,
         params: &Params::default(),
     }
     .build()

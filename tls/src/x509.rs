@@ -41,6 +41,8 @@ const EXTENSIONS: u8 = 0xa3;
 const OID: u8 = 0x06;
 const OCTET_STRING: u8 = 0x04;
 const URI: u8 = 0x86;
+/// GeneralName dNSName, `[2] IA5String`.
+const DNS: u8 = 0x82;
 /// 2.5.29.17, subjectAltName.
 const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
 
@@ -63,6 +65,16 @@ pub fn uri_sans(der: &[u8]) -> Vec<&[u8]> {
 /// The URI subject alternative names of a DER certificate, read in place (no allocation:
 /// authorization reads them once per connection).
 pub fn uri_sans_iter(der: &[u8]) -> impl Iterator<Item = &[u8]> {
+    sans_iter(der, URI)
+}
+
+/// The DNS subject alternative names of a DER certificate, read in place.
+pub fn dns_sans_iter(der: &[u8]) -> impl Iterator<Item = &[u8]> {
+    sans_iter(der, DNS)
+}
+
+/// The subject alternative names of GeneralName tag `kind`.
+fn sans_iter(der: &[u8], kind: u8) -> impl Iterator<Item = &[u8]> {
     let exts = tbs(der)
         .and_then(|tbs| elements(tbs).find(|(t, _)| *t == EXTENSIONS))
         .and_then(|(_, exts)| match element(exts) {
@@ -84,7 +96,11 @@ pub fn uri_sans_iter(der: &[u8]) -> impl Iterator<Item = &[u8]> {
                 _ => None,
             }
         })
-        .flat_map(|names| elements(names).filter(|(t, _)| *t == URI).map(|(_, v)| v))
+        .flat_map(move |names| {
+            elements(names)
+                .filter(move |(t, _)| *t == kind)
+                .map(|(_, v)| v)
+        })
 }
 
 /// notAfter of a DER certificate, in seconds since the Unix epoch.
@@ -164,6 +180,10 @@ mod tests {
             ]
         );
         assert!(uri_sans(&cert(&[], &["a.b"])).is_empty());
+        assert_eq!(
+            dns_sans_iter(&der).collect::<Vec<_>>(),
+            vec![&b"provider.default.svc"[..]]
+        );
     }
 
     #[test]

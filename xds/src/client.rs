@@ -173,6 +173,8 @@ enum Changes<'a> {
 
 pub(crate) struct Client {
     bootstrap: config::XdsBootstrap,
+    /// `xds.tls`, built by the caller (files read, SANs compiled).
+    tls: Option<crate::XdsTls>,
     static_config: Config,
     apply: ApplyFn,
     shared: Arc<Shared>,
@@ -216,11 +218,13 @@ impl Client {
         static_config: Config,
         apply: ApplyFn,
         shared: Arc<Shared>,
+        tls: Option<crate::XdsTls>,
     ) -> Client {
         let first_deadline =
             Instant::now() + Duration::from_millis(bootstrap.initial_fetch_timeout_ms);
         Client {
             bootstrap,
+            tls,
             static_config,
             apply,
             shared,
@@ -300,49 +304,20 @@ impl Client {
     }
 
     async fn connect_and_serve(&mut self, stop: &mut watch::Receiver<bool>) -> Exit {
-        let authority = match self.bootstrap.server.starts_with("unix:") {
-            true => "xds.local",
-            false => self.bootstrap.server.as_str(),
-        };
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
-        {
-            Ok(e) => {
-                // The management server's connection gets `runtime.tcp_keepalive` too: a
-                // vanished server is noticed and the client reconnects.
-                let k = self.static_config.runtime.tcp_keepalive;
-                let e = e.connect_timeout(Duration::from_secs(5));
-                match k.enabled {
-                    true => e
-                        .tcp_keepalive(Some(Duration::from_secs(k.time_s.into())))
-                        .tcp_keepalive_interval(Some(Duration::from_secs(k.interval_s.into())))
-                        .tcp_keepalive_retries(Some(k.probes)),
-                    false => e,
-                }
-            }
-            Err(e) => {
-                return Exit::Failed {
-                    got_response: false,
-                    why: e.to_string(),
-                }
-            }
-        };
-        // `unix:PATH`: pilot-agent's XDS proxy socket (keepalive does not apply).
-        let unix =
-            self.bootstrap
-                .server
-                .strip_prefix("unix:")
-                .map(|path| crate::sds::UdsConnector {
-                    path: path.to_string(),
-                });
+        // The management server's connection gets `runtime.tcp_keepalive` too: a vanished
+        // server is noticed and the client reconnects.
+        let k = self.static_config.runtime.tcp_keepalive;
+        let keepalive = k.enabled.then(|| {
+            (
+                Duration::from_secs(k.time_s.into()),
+                Duration::from_secs(k.interval_s.into()),
+                k.probes,
+            )
+        });
         let channel = tokio::select! {
-            c = async {
-                match unix {
-                    Some(connector) => endpoint.connect_with_connector(connector).await,
-                    None => endpoint.connect().await,
-                }
-            } => match c {
+            c = crate::transport::connect(&self.bootstrap.server, self.tls.as_ref(), keepalive) => match c {
                 Ok(c) => c,
-                Err(e) => return Exit::Failed { got_response: false, why: format!("connect: {e}") },
+                Err(why) => return Exit::Failed { got_response: false, why },
             },
             _ = stop.changed() => return Exit::Stopped,
         };

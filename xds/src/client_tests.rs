@@ -298,6 +298,7 @@ impl Sidecar {
             retry_initial_ms: 50,
             retry_max_ms: 200,
             node_metadata: Default::default(),
+            tls: None,
         };
         let handle = crate::start(
             bootstrap,
@@ -309,6 +310,7 @@ impl Sidecar {
                 tx.send(Applied::follow(&mut last, u)?)
                     .map_err(|e| e.to_string())
             }),
+            None,
         )
         .unwrap();
         Sidecar {

@@ -21,9 +21,11 @@ mod proto;
 mod sds;
 #[cfg(test)]
 mod testing;
+mod transport;
 
 pub(crate) use client::jitter as client_jitter;
 pub use sds::{start_sds, SdsHandle, SdsTarget, Secret, SecretsFn};
+pub use transport::XdsTls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 // The control thread is not the data path: the mutex below guards two strings that the
@@ -122,13 +124,14 @@ pub fn start(
     bootstrap: config::XdsBootstrap,
     static_config: config::Config,
     apply: ApplyFn,
+    tls: Option<XdsTls>,
 ) -> std::io::Result<Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let client = client::Client::new(bootstrap, static_config, apply, shared.clone());
+    let client = client::Client::new(bootstrap, static_config, apply, shared.clone(), tls);
     let thread = std::thread::Builder::new()
         .name("ringside-xds".into())
         .spawn(move || runtime.block_on(client.run(stop_rx)))?;

@@ -99,6 +99,7 @@ pub fn start_sds(
     node_cluster: String,
     names: Vec<String>,
     apply: SecretsFn,
+    tls: Option<crate::XdsTls>,
 ) -> std::io::Result<SdsHandle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -113,6 +114,7 @@ pub fn start_sds(
     };
     let mut client = Client {
         target,
+        tls,
         node,
         apply,
         version: String::new(),
@@ -130,6 +132,8 @@ pub fn start_sds(
 
 struct Client {
     target: SdsTarget,
+    /// `xds.tls` for [`SdsTarget::Ads`] (the ADS server's transport).
+    tls: Option<crate::XdsTls>,
     node: core_pb::Node,
     apply: SecretsFn,
     /// Of the last accepted response (kept across reconnects, so the server can skip what
@@ -199,18 +203,15 @@ impl Client {
             SdsTarget::Unix(path) => {
                 let endpoint = tonic::transport::Endpoint::from_static("http://sds.local")
                     .connect_timeout(Duration::from_secs(5));
-                let connector = UdsConnector { path: path.clone() };
+                let connector = crate::transport::unix(path);
                 tokio::select! {
                     c = endpoint.connect_with_connector(connector) => c.map_err(|e| format!("connect: {e}"))?,
                     _ = stop.changed() => return Ok(true),
                 }
             }
             SdsTarget::Ads(addr) => {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(Duration::from_secs(5));
                 tokio::select! {
-                    c = endpoint.connect() => c.map_err(|e| format!("connect: {e}"))?,
+                    c = crate::transport::connect(addr, self.tls.as_ref(), None) => c?,
                     _ = stop.changed() => return Ok(true),
                 }
             }
@@ -276,34 +277,5 @@ impl Client {
                 Some(detail)
             }
         }
-    }
-}
-
-/// Connects tonic's channel to the Unix socket.
-#[derive(Clone)]
-pub(crate) struct UdsConnector {
-    pub(crate) path: String,
-}
-
-impl tower_service::Service<tonic::transport::Uri> for UdsConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
-        let path = self.path.clone();
-        Box::pin(async move {
-            let s = tokio::net::UnixStream::connect(path).await?;
-            Ok(hyper_util::rt::TokioIo::new(s))
-        })
     }
 }

@@ -43,75 +43,15 @@ impl Cpu {
 }
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
-struct Certs {
-    ca_pem: String,
-    ca: CertificateDer<'static>,
-    server: (Vec<CertificateDer<'static>>, String, String),
-    client: (Vec<CertificateDer<'static>>, String, String),
-}
-
-fn leaf(
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-    ns: &str,
-    sa: &str,
-) -> (Vec<CertificateDer<'static>>, String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    let uri = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
-    p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
-    let cert = p.signed_by(&key, issuer).expect("sign");
-    (vec![cert.der().clone()], cert.pem(), key.serialize_pem())
-}
-
-fn certs() -> Certs {
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::OrganizationName, "cluster.local");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    Certs {
-        ca_pem: ca_cert.pem(),
-        ca: ca_cert.der().clone(),
-        server: leaf(&issuer, "default", "provider"),
-        client: leaf(&issuer, "default", "consumer"),
-    }
-}
+use bench::mtls::{self, Certs};
 
 fn key_der(pem: &str) -> PrivateKeyDer<'static> {
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(b64_decode(&b64)))
-}
-
-fn b64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for ch in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in ch.iter().enumerate() {
-            n |= (val(c) as u32) << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if ch.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if ch.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    out
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("key")
 }
 
 fn configs(p: &Arc<CryptoProvider>, c: &Certs) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
@@ -125,113 +65,20 @@ fn configs(p: &Arc<CryptoProvider>, c: &Certs) -> (Arc<ServerConfig>, Arc<Client
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
         .with_client_cert_verifier(verifier)
-        .with_single_cert(c.server.0.clone(), key_der(&c.server.2))
+        .with_single_cert(c.server.chain.clone(), key_der(&c.server.key_pem))
         .expect("server cert");
     server.send_tls13_tickets = 0;
     server.alpn_protocols = vec![b"istio".to_vec(), b"h2".to_vec()];
-    let mut client = ClientConfig::builder_with_provider(p.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(c.client.0.clone(), key_der(&c.client.2))
-        .expect("client cert");
-    client.resumption = rustls::client::Resumption::disabled();
+    let mut client = mtls::client_config(
+        p,
+        c.ca.clone(),
+        c.client.chain.clone(),
+        key_der(&c.client.key_pem),
+        mtls::SERVER_SAN,
+    )
+    .expect("client config");
     client.alpn_protocols = vec![b"istio".to_vec()];
-    // Istio verifies the URI SAN, not the DNS name; the leaves carry none, so the bench skips
-    // the name check the same way a SPIFFE verifier does (chain verified, SAN compared apart).
-    client
-        .dangerous()
-        .set_certificate_verifier(Arc::new(SpiffeVerifier::new(c.ca.clone(), p.clone())));
     (Arc::new(server), Arc::new(client))
-}
-
-/// Chain verification against the trust bundle plus the URI SAN check, as a SPIFFE peer
-/// verifier does (rustls' WebPkiServerVerifier insists on a DNS/IP name).
-#[derive(Debug)]
-struct SpiffeVerifier {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl SpiffeVerifier {
-    fn new(ca: CertificateDer<'static>, provider: Arc<CryptoProvider>) -> Self {
-        let mut roots = RootCertStore::empty();
-        roots.add(ca).expect("root");
-        SpiffeVerifier {
-            roots: Arc::new(roots),
-            provider,
-        }
-    }
-}
-
-impl rustls::client::danger::ServerCertVerifier for SpiffeVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| rustls::Error::General("bad cert".into()))?;
-        cert.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
-            &self.roots.roots,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| rustls::Error::General(format!("{e:?}")))?;
-        // The URI SAN is found in the DER (webpki does not expose URI names); ringside parses it.
-        if !contains(
-            end_entity.as_ref(),
-            b"spiffe://cluster.local/ns/default/sa/provider",
-        ) {
-            return Err(rustls::Error::General("peer SAN mismatch".into()));
-        }
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 mod common_any {
@@ -512,8 +359,8 @@ fn envoy_server(envoy: &str, c: &Certs, n: u32, cc: &Arc<ClientConfig>) {
     std::fs::create_dir_all(&dir).expect("dir");
     let w = |f: &str, s: &str| std::fs::write(dir.join(f), s).expect("write");
     w("ca.pem", &c.ca_pem);
-    w("cert.pem", &c.server.1);
-    w("key.pem", &c.server.2);
+    w("cert.pem", &c.server.cert_pem);
+    w("key.pem", &c.server.key_pem);
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("p")
         .local_addr()
@@ -591,7 +438,7 @@ fn main() {
         .position(|a| a == "--envoy")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let certs = certs();
+    let certs = mtls::generate().expect("certificates");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load avg before: {}", load.trim());
     ktls_probe();

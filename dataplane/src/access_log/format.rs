@@ -8,7 +8,7 @@
 //! fills in are listed in docs/observability.md.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Flags, Record};
@@ -149,24 +149,42 @@ impl Format {
 
     /// Appends one line (with its newline for `json_format`; a format string has its own).
     pub fn render(&self, r: &Record<'_>, out: &mut Vec<u8>) {
+        self.render_cached(r, out, &mut LineCache::default());
+    }
+
+    /// [`Format::render`] with what a log on a shard keeps from line to line ([`LineCache`]).
+    pub fn render_cached(&self, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) {
         match self {
-            Format::Text(pieces) => render_text(pieces, r, out),
+            Format::Text(pieces) => render_text(pieces, r, out, tc),
             Format::Json(entries) => {
-                render_json(entries, r, out);
+                render_json(entries, r, out, tc);
                 out.push(b'\n');
             }
         }
     }
 }
 
+/// Appends `s`: a short piece byte by byte (most constant pieces of a format are 1-3 bytes,
+/// where a `memcpy` call costs more than the copy), a longer one with one copy.
+#[inline]
+fn put(out: &mut Vec<u8>, s: &[u8]) {
+    if s.len() <= 8 {
+        for &b in s {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(s);
+    }
+}
+
 /// Text and operators one after the other, a missing value as `-`.
-fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>) {
+fn render_text(pieces: &[Piece], r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) {
     for p in pieces {
         match p {
-            Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+            Piece::Text(t) => put(out, t.as_bytes()),
             Piece::Op(op, max) => {
                 let start = out.len();
-                if !value(op, r, out) {
+                if !value(op, r, out, tc) {
                     out.push(b'-');
                 }
                 truncate(out, start, *max);
@@ -200,25 +218,34 @@ fn json_entries(
                 )))
             }
         };
-        out.push((k.clone(), v));
+        // Rendered once here: every line copies the quoted, escaped key and its colon.
+        let mut key = Vec::with_capacity(k.len() + 3);
+        json_string(k.as_bytes(), &mut key);
+        key.push(b':');
+        out.push((String::from_utf8_lossy(&key).into_owned(), v));
     }
     Ok(out)
 }
 
-fn render_json(entries: &[(String, JsonValue)], r: &Record<'_>, out: &mut Vec<u8>) {
+fn render_json(
+    entries: &[(String, JsonValue)],
+    r: &Record<'_>,
+    out: &mut Vec<u8>,
+    tc: &mut LineCache,
+) {
     out.push(b'{');
     for (i, (k, v)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        json_string(k.as_bytes(), out);
-        out.push(b':');
+        // The key as compiled: already a JSON string with its colon.
+        put(out, k.as_bytes());
         match v {
-            JsonValue::Nested(n) => render_json(n, r, out),
+            JsonValue::Nested(n) => render_json(n, r, out, tc),
             JsonValue::Pieces(ps) => match ps.as_slice() {
                 [Piece::Op(op, max)] => {
                     let start = out.len();
-                    if !value(op, r, out) {
+                    if !value(op, r, out, tc) {
                         out.extend_from_slice(b"null");
                     } else {
                         truncate(out, start, *max);
@@ -229,7 +256,7 @@ fn render_json(entries: &[(String, JsonValue)], r: &Record<'_>, out: &mut Vec<u8
                 }
                 _ => {
                     let start = out.len();
-                    render_text(ps, r, out);
+                    render_text(ps, r, out, tc);
                     quote_from(out, start);
                 }
             },
@@ -293,25 +320,95 @@ impl std::fmt::Write for Bytes<'_> {
     }
 }
 
-fn addr(a: Option<SocketAddr>, port: bool, out: &mut Vec<u8>) -> bool {
+// Numbers, addresses and times are written digit by digit: `write!` through `fmt` cost
+// ~5,000 instructions per line of Envoy's default format (callgrind, docs/benchmarks.md
+// "Observability cost in instructions"); these cost a few per digit.
+
+/// The decimal digits of `n`.
+fn put_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put(out, &buf[i..]);
+}
+
+/// `n` zero-padded to `width` digits (more digits when it has more).
+fn put_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    while n > 0 {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let from = i.min(buf.len() - width.min(buf.len()));
+    put(out, &buf[from..]);
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                put_u64(out, u64::from(o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(Bytes(out), "{v6}");
+        }
+    }
+}
+
+fn addr(a: Option<SocketAddr>, port: bool, out: &mut Vec<u8>, lc: &mut LineCache) -> bool {
     let Some(a) = a else { return false };
-    let _ = if port {
-        write!(Bytes(out), "{a}")
-    } else {
-        write!(Bytes(out), "{}", a.ip())
-    };
+    match a {
+        SocketAddr::V4(v4) => {
+            let key = Some((v4, port));
+            if let Some(hit) = lc.addrs.iter().find(|s| s.key == key) {
+                out.extend_from_slice(&hit.text[..usize::from(hit.len)]);
+                return true;
+            }
+            let start = out.len();
+            put_ip(out, IpAddr::V4(*v4.ip()));
+            if port {
+                out.push(b':');
+                put_u64(out, u64::from(v4.port()));
+            }
+            let written = &out[start..];
+            let slot = &mut lc.addrs[lc.next_addr];
+            slot.key = key;
+            slot.len = written.len() as u8;
+            slot.text[..written.len()].copy_from_slice(written);
+            lc.next_addr = (lc.next_addr + 1) % ADDR_CACHE_SLOTS;
+        }
+        SocketAddr::V6(_) if !port => put_ip(out, a.ip()),
+        // `[ip%scope]:port`, as std writes it.
+        SocketAddr::V6(_) => {
+            let _ = write!(Bytes(out), "{a}");
+        }
+    }
     true
 }
 
-fn num(n: impl std::fmt::Display, out: &mut Vec<u8>) -> bool {
-    let _ = write!(Bytes(out), "{n}");
+fn num(n: u64, out: &mut Vec<u8>) -> bool {
+    put_u64(out, n);
     true
 }
 
 fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
     match s {
         Some(s) if !s.is_empty() => {
-            out.extend_from_slice(s);
+            put(out, s);
             true
         }
         _ => false,
@@ -319,20 +416,20 @@ fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
 }
 
 /// Writes an operator's value; false when the record has none (rendered `-` or null).
-fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>) -> bool {
+fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) -> bool {
     match op {
         Op::StartTime(pieces) => {
-            time(r.start, pieces, out);
+            time(r.start, pieces, out, tc);
             true
         }
-        Op::Duration => num(r.duration.as_millis(), out),
-        Op::ResponseCode => num(r.response_code.unwrap_or(0), out),
+        Op::Duration => num(r.duration.as_millis() as u64, out),
+        Op::ResponseCode => num(u64::from(r.response_code.unwrap_or(0)), out),
         Op::GrpcStatus => match r.grpc_status {
             Some(s) => text(Some(grpc_status_name(s).as_bytes()), out),
             None => false,
         },
         Op::GrpcStatusNumber => match r.grpc_status {
-            Some(s) => num(s, out),
+            Some(s) => num(u64::from(s), out),
             None => false,
         },
         Op::ResponseFlags => {
@@ -344,13 +441,13 @@ fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>) -> bool {
             }
             true
         }
-        Op::UpstreamHost => addr(r.upstream_host, true, out),
+        Op::UpstreamHost => addr(r.upstream_host, true, out, tc),
         Op::UpstreamCluster => text(r.upstream_cluster.map(str::as_bytes), out),
         Op::RouteName => text(r.route_name.map(str::as_bytes), out),
-        Op::DownstreamRemoteAddress => addr(r.downstream_remote, true, out),
-        Op::DownstreamRemoteAddressWithoutPort => addr(r.downstream_remote, false, out),
-        Op::DownstreamLocalAddress => addr(r.downstream_local, true, out),
-        Op::DownstreamLocalAddressWithoutPort => addr(r.downstream_local, false, out),
+        Op::DownstreamRemoteAddress => addr(r.downstream_remote, true, out, tc),
+        Op::DownstreamRemoteAddressWithoutPort => addr(r.downstream_remote, false, out, tc),
+        Op::DownstreamLocalAddress => addr(r.downstream_local, true, out, tc),
+        Op::DownstreamLocalAddressWithoutPort => addr(r.downstream_local, false, out, tc),
         Op::BytesReceived => num(r.bytes_received, out),
         Op::BytesSent => num(r.bytes_sent, out),
         Op::Protocol => text(r.protocol.map(str::as_bytes), out),
@@ -418,33 +515,81 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>) {
+/// What a log on one shard keeps from line to line so that constant-ish parts are rendered
+/// once: the `%START_TIME%` text of the current second (the lines of that second copy it and
+/// write only their sub-second digits) and the last few IPv4 addresses written (a log names
+/// the same few upstreams and callers over and over).
+#[derive(Debug, Default)]
+pub struct LineCache {
+    /// (the time format's address, the unix second) the text is for.
+    key: Option<(usize, u64)>,
+    text: Vec<u8>,
+    /// Where in `text` each `%E3S`-style piece's fraction goes, and its digits.
+    fracs: Vec<(usize, u8)>,
+    addrs: [AddrText; ADDR_CACHE_SLOTS],
+    /// The slot the next new address replaces (round robin).
+    next_addr: usize,
+}
+
+/// Addresses a [`LineCache`] keeps.
+const ADDR_CACHE_SLOTS: usize = 4;
+/// `255.255.255.255:65535`.
+const ADDR_TEXT_BYTES_MAX: usize = 21;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct AddrText {
+    /// The address and whether its port was written.
+    key: Option<(std::net::SocketAddrV4, bool)>,
+    text: [u8; ADDR_TEXT_BYTES_MAX],
+    len: u8,
+}
+
+fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>, tc: &mut LineCache) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = since.as_secs() as i64;
-    let (y, mo, d) = civil(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    let mut w = Bytes(out);
+    let secs = since.as_secs();
+    let key = (pieces.as_ptr() as usize, secs);
+    if tc.key != Some(key) {
+        tc.text.clear();
+        tc.fracs.clear();
+        second(secs, pieces, &mut tc.text, &mut tc.fracs);
+        tc.key = Some(key);
+    }
+    let start = out.len();
+    out.extend_from_slice(&tc.text);
+    for &(at, digits) in &tc.fracs {
+        let mut frac = u64::from(since.subsec_nanos()) / 10u64.pow(9 - u32::from(digits));
+        for b in out[start + at..start + at + usize::from(digits)]
+            .iter_mut()
+            .rev()
+        {
+            *b = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+    }
+}
+
+/// The text of `pieces` for unix second `secs`, each fraction as zeros (its place in `fracs`).
+fn second(secs: u64, pieces: &[TimePiece], out: &mut Vec<u8>, fracs: &mut Vec<(usize, u8)>) {
+    let (y, mo, d) = civil((secs / 86_400) as i64);
+    let sod = secs % 86_400;
     for p in pieces {
-        let _ = match p {
-            TimePiece::Text(s) => w.write_str(s),
-            TimePiece::Year => write!(w, "{y:04}"),
-            TimePiece::Month => write!(w, "{mo:02}"),
-            TimePiece::Day => write!(w, "{d:02}"),
-            TimePiece::Hour => write!(w, "{:02}", sod / 3600),
-            TimePiece::Minute => write!(w, "{:02}", sod / 60 % 60),
-            TimePiece::Second => write!(w, "{:02}", sod % 60),
+        match p {
+            TimePiece::Text(s) => out.extend_from_slice(s.as_bytes()),
+            TimePiece::Year => put_padded(out, y.max(0) as u64, 4),
+            TimePiece::Month => put_padded(out, u64::from(mo), 2),
+            TimePiece::Day => put_padded(out, u64::from(d), 2),
+            TimePiece::Hour => put_padded(out, sod / 3600, 2),
+            TimePiece::Minute => put_padded(out, sod / 60 % 60, 2),
+            TimePiece::Second => put_padded(out, sod % 60, 2),
             TimePiece::SecondFrac(digits) => {
-                let frac = u64::from(since.subsec_nanos()) / 10u64.pow(9 - u32::from(*digits));
-                write!(
-                    w,
-                    "{:02}.{frac:0width$}",
-                    sod % 60,
-                    width = *digits as usize
-                )
+                put_padded(out, sod % 60, 2);
+                out.push(b'.');
+                fracs.push((out.len(), *digits));
+                out.resize(out.len() + usize::from(*digits), b'0');
             }
-            TimePiece::Epoch => write!(w, "{secs}"),
-            TimePiece::Zone => w.write_str("+0000"),
-        };
+            TimePiece::Epoch => put_u64(out, secs),
+            TimePiece::Zone => out.extend_from_slice(b"+0000"),
+        }
     }
 }
 
@@ -770,6 +915,84 @@ mod tests {
                 ":authority"
             ]
         );
+    }
+
+    /// Lines of one second share the cached text and differ in their fractions; another
+    /// second or another format renders afresh.
+    #[test]
+    fn start_times_through_the_cache() {
+        let f = Format::text("%START_TIME% %START_TIME(%s %E6S|%E9S)%").unwrap();
+        let mut tc = LineCache::default();
+        let at = |ms: u64, extra_ns: u32| {
+            let mut r = record(NO_HEADERS_FOR_TESTS);
+            r.start =
+                UNIX_EPOCH + Duration::from_millis(ms) + Duration::from_nanos(extra_ns.into());
+            r
+        };
+        let mut line = |r: &Record<'_>| {
+            let mut out = Vec::new();
+            f.render_cached(r, &mut out, &mut tc);
+            String::from_utf8(out).unwrap()
+        };
+        for (ms, ns, want) in [
+            (
+                1_460_751_420_310,
+                0,
+                "2016-04-15T20:17:00.310Z 1460751420 00.310000|00.310000000",
+            ),
+            (
+                1_460_751_420_007,
+                123,
+                "2016-04-15T20:17:00.007Z 1460751420 00.007000|00.007000123",
+            ),
+            (
+                1_460_751_479_999,
+                999_999,
+                "2016-04-15T20:17:59.999Z 1460751479 59.999999|59.999999999",
+            ),
+            (0, 0, "1970-01-01T00:00:00.000Z 0 00.000000|00.000000000"),
+        ] {
+            assert_eq!(line(&at(ms, ns)), want);
+        }
+    }
+
+    const NO_HEADERS_FOR_TESTS: &dyn crate::access_log::Headers = crate::access_log::NO_HEADERS;
+
+    /// The digit-by-digit writers print what `fmt` prints.
+    #[test]
+    fn numbers_and_addresses_as_fmt_prints_them() {
+        for n in [0u64, 7, 9, 10, 99, 100, 65_535, 1_000_000_007, u64::MAX] {
+            let mut out = Vec::new();
+            put_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+            for width in [1, 2, 3, 4, 9] {
+                let mut out = Vec::new();
+                put_padded(&mut out, n, width);
+                assert_eq!(out, format!("{n:0width$}").as_bytes(), "{n} width {width}");
+            }
+        }
+        let mut lc = LineCache::default();
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:20880",
+            "255.255.255.255:65535",
+            "10.0.35.28:4711",
+            "[::1]:8080",
+            "[fe80::1%2]:443",
+            "[2001:db8::ff00:42:8329]:1",
+        ] {
+            let sa: SocketAddr = a.parse().unwrap();
+            // Twice each: written, then from the cache.
+            for _ in 0..2 {
+                let mut out = Vec::new();
+                assert!(addr(Some(sa), true, &mut out, &mut lc));
+                assert_eq!(out, sa.to_string().as_bytes());
+                let mut out = Vec::new();
+                assert!(addr(Some(sa), false, &mut out, &mut lc));
+                assert_eq!(out, sa.ip().to_string().as_bytes());
+            }
+        }
+        assert!(!addr(None, true, &mut Vec::new(), &mut lc));
     }
 
     #[test]

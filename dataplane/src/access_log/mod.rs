@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use format::{Format, FormatError};
+pub use format::{Format, FormatError, LineCache};
 pub use sink::{drain_all, reopen_all, FileSink, OpenError};
 
 use crate::stats::{Kind, ShardStats, StatId, Stats};
@@ -292,6 +292,7 @@ struct ShardLog {
     format: Arc<Format>,
     filter: Option<Arc<Filter>>,
     file: Rc<ShardFile>,
+    cache: RefCell<LineCache>,
 }
 
 impl ListenerLog {
@@ -303,7 +304,9 @@ impl ListenerLog {
                     continue;
                 }
             }
-            l.file.line(|out| l.format.render(r, out));
+            let mut cache = l.cache.borrow_mut();
+            l.file
+                .line(|out| l.format.render_cached(r, out, &mut cache));
         }
     }
 
@@ -399,6 +402,7 @@ impl ShardLogs {
                     format: s.format.clone(),
                     filter: s.filter.clone(),
                     file: self.file(&s.file, stats),
+                    cache: RefCell::default(),
                 }
             })
             .collect();

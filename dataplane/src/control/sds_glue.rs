@@ -71,12 +71,23 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
             }
         });
         tracing::debug!(%target, "sds client started");
+        // Secrets over ADS travel as the ADS stream does: over `xds.tls` when it is set.
+        let tls = match (&target, shared.config.xds.as_ref()) {
+            (xds::SdsTarget::Ads(_), Some(x)) => x
+                .tls
+                .as_ref()
+                .map(|t| crate::io::tls::xds_tls(t, &x.server))
+                .transpose()
+                .map_err(std::io::Error::other)?,
+            _ => None,
+        };
         let h = xds::start_sds(
             target,
             node_id.clone(),
             node_cluster.clone(),
             names(&config, server.as_deref()),
             apply,
+            tls,
         )?;
         handles.push((server, Arc::new(h)));
     }

@@ -61,7 +61,13 @@ pub fn start(
         applier.dynamic_ready.store(true, Ordering::Release);
         Ok(())
     });
-    let handle = Arc::new(xds::start(bootstrap, static_config, apply)?);
+    let tls = bootstrap
+        .tls
+        .as_ref()
+        .map(|t| crate::io::tls::xds_tls(t, &bootstrap.server))
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    let handle = Arc::new(xds::start(bootstrap, static_config, apply, tls)?);
     let _ = shared.xds.set(handle.clone());
     // Readiness does not wait forever for a control plane that does not answer.
     let s = shared.clone();

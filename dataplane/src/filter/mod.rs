@@ -403,44 +403,28 @@ pub fn service_ids(
     if let Some(ids) = memo.borrow().get(service, method) {
         return ids;
     }
-    let ids = service_ids_looked_up(
-        map,
-        stats,
-        scope,
-        listener,
-        (service_tag, service),
-        method,
-        other,
-    );
+    let known = map
+        .borrow()
+        .get(service)
+        .and_then(|m| m.get(method))
+        .copied();
+    let ids = match known {
+        Some(ids) => ids,
+        None if !stats.stats.track_service() => other,
+        None => {
+            let (s, m) = (
+                String::from_utf8_lossy(service),
+                String::from_utf8_lossy(method),
+            );
+            let tags = [("listener", listener), (service_tag, &s), ("method", &m)];
+            let ids = RequestStatIds::register(&stats.stats, scope, &tags);
+            map.borrow_mut()
+                .entry(service.into())
+                .or_default()
+                .insert(method.into(), ids);
+            ids
+        }
+    };
     memo.borrow_mut().set(service, method, ids);
-    ids
-}
-
-fn service_ids_looked_up(
-    map: &RefCell<ServiceStatsMap>,
-    stats: &ShardStats,
-    scope: &str,
-    listener: &str,
-    (service_tag, service): (&str, &[u8]),
-    method: &[u8],
-    other: RequestStatIds,
-) -> RequestStatIds {
-    if let Some(ids) = map.borrow().get(service).and_then(|m| m.get(method)) {
-        return *ids;
-    }
-    let st = &stats.stats;
-    if !st.track_service() {
-        return other;
-    }
-    let (s, m) = (
-        String::from_utf8_lossy(service),
-        String::from_utf8_lossy(method),
-    );
-    let tags = [("listener", listener), (service_tag, &s), ("method", &m)];
-    let ids = RequestStatIds::register(st, scope, &tags);
-    map.borrow_mut()
-        .entry(service.into())
-        .or_default()
-        .insert(method.into(), ids);
     ids
 }

@@ -359,6 +359,49 @@ fn server(t: &config::ListenerTls, secrets: &Secrets) -> Result<ServerTls, Strin
     })
 }
 
+/// The TLS of the xDS client (`xds.tls`) to `server` (`host:port`): the trust bundle, the
+/// server's SANs (DNS or URI, as Envoy's untyped `match_subject_alt_names` reads istiod's
+/// certificate), the optional client certificate, ALPN `h2` (gRPC servers require it), SNI
+/// only when `sni` is set. Files are read now: one that does not load is the error.
+pub fn xds_tls(t: &config::XdsTls, server: &str) -> Result<xds::XdsTls, String> {
+    let sans = sans(&t.subject_alt_names);
+    let params = params(&t.params);
+    let file = |field: &str, path: &str| -> Result<(), String> {
+        std::fs::metadata(path)
+            .map(|_| ())
+            .map_err(|e| format!("xds.tls.{field}: {path}: {e}"))
+    };
+    file("ca", &t.ca)?;
+    let config = tls::ClientSettings {
+        cert_chain: t
+            .cert_chain
+            .as_deref()
+            .map(|p| tls::Pem::File(std::path::Path::new(p))),
+        private_key: t
+            .private_key
+            .as_deref()
+            .map(|p| tls::Pem::File(std::path::Path::new(p))),
+        ca: tls::Pem::File(std::path::Path::new(&t.ca)),
+        subject_alt_names: &sans,
+        san_kinds: tls::SanKinds::UriAndDns,
+        alpn: &["h2".to_string()],
+        sni: t.sni.is_some(),
+        params: &params,
+    }
+    .build()
+    .map_err(|e| format!("xds.tls: {e}"))?;
+    // The name rustls is given: the SNI when set, else the server's host (not sent).
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    let name = t.sni.as_deref().unwrap_or(host).trim_matches(['[', ']']);
+    let server_name = ServerName::try_from(name.to_string())
+        .or_else(|_| ServerName::try_from("xds.local".to_string()))
+        .map_err(|e| format!("xds.tls.sni: {name:?}: {e}"))?;
+    Ok(xds::XdsTls {
+        config,
+        server_name,
+    })
+}
+
 /// A certificate that does not load: from a file, a refused config; from SDS, a listener or
 /// cluster that waits for a better secret.
 fn bad(why: String, from_sds: bool) -> Missing {
@@ -392,6 +435,7 @@ fn client(t: &config::ClusterTls, secrets: &Secrets) -> Result<ClientTls, String
             subject_alt_names: &sans,
             alpn: &t.alpn,
             sni: true,
+            san_kinds: tls::SanKinds::Uri,
             params: &params,
         }
         .build()

@@ -254,12 +254,26 @@ fn hex_decode(v: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// Lower-case hex of `id` into `out` (twice its length).
+/// Lower-case hex of `id` into `out` (twice its length): one table look-up per byte (a
+/// traced call encodes 48 bytes; the iterator form cost ~35 instructions a byte, callgrind).
+#[inline]
 pub fn hex_encode(id: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(id) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 15]];
+            i += 1;
+        }
+        t
+    };
+    debug_assert!(out.len() >= 2 * id.len());
+    let n = id.len().min(out.len() / 2);
+    for i in 0..n {
+        let [hi, lo] = PAIRS[usize::from(id[i])];
+        out[2 * i] = hi;
+        out[2 * i + 1] = lo;
     }
 }
 

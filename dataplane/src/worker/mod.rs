@@ -779,6 +779,7 @@ impl ShardState {
                 faults_active: Default::default(),
                 istio: istio_listener(snap, index, &stats, IstioProtocol::Dubbo),
                 trace: trace.clone(),
+                trace_arena: Default::default(),
                 rbac: crate::filter::rbac::Rbac::new(&d.rbac, &stats.stats),
                 bound: l.bind.then_some(l.address),
                 labels: d

@@ -22,21 +22,33 @@ pub const RINGSIDE: &str = env!("CARGO_BIN_EXE_ringside");
 /// Tests in one binary run concurrently, and the kernel may give a released port out again at
 /// once: two tests on one port would share a SO_REUSEPORT listener (or one control socket path,
 /// `$TMPDIR/ringside-<euid>/ringside-<admin port>.sock`) and talk to each other's ringside.
+///
+/// Ports come from 20000-29999, below the kernel's ephemeral range (32768-60999 here): a port
+/// from the ephemeral range that a test's listener releases and binds again (a listener
+/// removed by one xDS push and added back by the next) can meanwhile become the local port of
+/// any process's outgoing connection, and the second bind then fails with EADDRINUSE
+/// (`istio::ringside_acks_what_envoy_acks_for_istiod_sidecar_config` failed so in scripts/test).
+/// Nothing connects from these ports on its own. The bench's fixed ports (30000-31999) are
+/// above them.
 pub fn free_port() -> u16 {
     #[allow(clippy::disallowed_types)]
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    const FIRST: u32 = 20000;
+    const COUNT: u32 = 10000;
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
+    // Test binaries that run at the same time start apart.
+    let start = std::process::id().wrapping_mul(2654435761) % COUNT;
+    for k in 0..COUNT {
+        let port = (FIRST + (start + given.len() as u32 * 7 + k) % COUNT) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// A temp dir removed on drop.

@@ -81,6 +81,13 @@ impl Pki {
         std::fs::read_to_string(self.dir.0.join(f)).unwrap()
     }
 
+    /// Writes `NAME.pem` and `NAME.key`: a leaf of this CA for `uri` and `dns` names.
+    pub fn write_leaf(&self, name: &str, uri: &str, dns: &[&str]) {
+        let (cert, key) = leaf(&self.issuer, uri, dns, NOT_AFTER);
+        self.dir.write(&format!("{name}.pem"), &cert);
+        self.dir.write(&format!("{name}.key"), &key);
+    }
+
     /// A new leaf of this CA for `uri`, valid until `not_after`: (cert, key) PEM.
     pub fn issue(&self, uri: &str, not_after: (i32, u8, u8)) -> (String, String) {
         leaf(&self.issuer, uri, &[], not_after)

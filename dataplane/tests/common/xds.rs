@@ -52,6 +52,27 @@ impl XdsServer {
         snapshot: Option<&Value>,
         sockets: &[&std::path::Path],
     ) -> XdsServer {
+        Self::start_with_args(port, control, snapshot, sockets, &[])
+    }
+
+    /// On a free port serving ADS over TLS only (as istiod's 15012) with `cert`/`key` (PEM
+    /// files), requiring a client certificate `client_ca` signed when given.
+    pub fn start_tls(cert: &str, key: &str, client_ca: Option<&str>) -> XdsServer {
+        let mut args = vec!["--tls-cert", cert, "--tls-key", key];
+        if let Some(ca) = client_ca {
+            args.extend(["--tls-client-ca", ca]);
+        }
+        Self::start_with_args(0, 0, None, &[], &args)
+    }
+
+    /// [`XdsServer::start_with_sockets`] with more command-line arguments.
+    pub fn start_with_args(
+        port: u16,
+        control: u16,
+        snapshot: Option<&Value>,
+        sockets: &[&std::path::Path],
+        args: &[&str],
+    ) -> XdsServer {
         let dir = TempDir::new("xds");
         let python = require(root().join(".cache/venv/bin/python"));
         let stderr = dir.0.join("stderr");
@@ -67,6 +88,7 @@ impl XdsServer {
                     .iter()
                     .flat_map(|s| [std::ffi::OsStr::new("--sds-socket"), s.as_os_str()]),
             )
+            .args(args)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -2,8 +2,13 @@
 for checking xDS behaviour against the real Envoy.
 
 Usage: python server.py [--port P] [--control-port C] [--host 127.0.0.1] [--snapshot FILE]
+                        [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 Prints `READY port=P control=C` once both ports listen (0 = pick a free one); exits 0 on SIGTERM
 or SIGINT. Restarting on the same ports works (tests restart it to see clients resubscribe).
+
+With --tls-cert/--tls-key, port P serves gRPC over TLS only (as istiod's 15012), with that
+certificate; with --tls-client-ca too, a client certificate signed by that CA is required. A
+client that fails the handshake never reaches the services (nothing is recorded).
 
 gRPC (port P, and with --sds-socket PATH (repeatable) also on those Unix sockets):
   envoy.service.discovery.v3.AggregatedDiscoveryService StreamAggregatedResources (state of the
@@ -683,7 +688,15 @@ def main():
     p.add_argument("--sds-socket", action="append", default=[],
                    help="also serve gRPC (ADS, and SDS: the snapshot's secrets) on this Unix "
                    "socket, as pilot-agent does (repeatable)")
+    p.add_argument("--tls-cert", help="serve --port over TLS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca",
+                   help="with --tls-cert: require a client certificate this CA (PEM) signed")
     a = p.parse_args()
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if a.tls_client_ca and not a.tls_cert:
+        p.error("--tls-client-ca needs --tls-cert")
     if a.snapshot:
         with open(a.snapshot) as f:
             try:
@@ -696,7 +709,17 @@ def main():
                          options=[("grpc.so_reuseport", 0)])
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(), server)
     sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(Sds(), server)
-    port = server.add_insecure_port(f"{a.host}:{a.port}")
+    if a.tls_cert:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        creds = grpc.ssl_server_credentials(
+            [(read(a.tls_key), read(a.tls_cert))],
+            root_certificates=read(a.tls_client_ca) if a.tls_client_ca else None,
+            require_client_auth=bool(a.tls_client_ca))
+        port = server.add_secure_port(f"{a.host}:{a.port}", creds)
+    else:
+        port = server.add_insecure_port(f"{a.host}:{a.port}")
     if port == 0:
         print(f"cannot listen on {a.host}:{a.port}", file=sys.stderr, flush=True)
         os._exit(1)

@@ -155,6 +155,9 @@ pub struct DubboListener {
     pub istio: Option<crate::stats::istio::IstioListener>,
     /// Tracing, when the listener has it (a span per sampled call; docs/observability.md).
     pub trace: Option<Rc<ListenerTrace>>,
+    /// The buffer requests that get a `traceparent` added are copied into (split off it, one
+    /// allocation per [`TRACE_ARENA_BYTES`] of them, reused once they are all written).
+    pub trace_arena: RefCell<BytesMut>,
     /// Request authorization (`dubbo.rbac`), checked on every request before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
     /// The listener's own address when it binds one (`None`: a virtual listener, whose
@@ -166,6 +169,12 @@ pub struct DubboListener {
 
 /// Spent records kept for reuse per listener and shard.
 const LOG_POOL_MAX: usize = 1024;
+/// Capacity of a listener's buffer for requests copied to add a `traceparent` (on one shard).
+pub const TRACE_ARENA_BYTES: usize = 64 * 1024;
+/// What an added `traceparent` attachment takes at most: key and value with their Hessian2
+/// string tags, and `insert_attachment_into`'s slack.
+const TRACEPARENT_ATTACHMENT_BYTES: usize =
+    1 + "traceparent".len() + 2 + crate::trace::context::TRACEPARENT_BYTES + 8;
 
 /// What a logged call keeps from its request until it is answered.
 pub struct Logged {
@@ -1110,7 +1119,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
     else {
         return Ok(());
     };
-    let frame = propagate.apply(frame);
+    let frame = propagate.apply(frame, &l.trace_arena);
     let counted = Counted {
         route: routes.route_ids[action.route_index.unwrap_or(routes.route_ids.len() - 1)],
         service,
@@ -1330,7 +1339,6 @@ impl Propagate {
         if !d.rewrites() {
             return Propagate::Untouched;
         }
-        let ours = cx::span_hex(&d.span_id);
         let Some(inc) = d.incoming else {
             return match t.attachments_end {
                 Some(end) => Propagate::Insert {
@@ -1340,7 +1348,8 @@ impl Propagate {
                 None => Propagate::Untouched,
             };
         };
-        let caller = cx::span_hex(&inc.span_id);
+        let ours = cx::span_hex(&d.span_id);
+        let caller = || cx::span_hex(&inc.span_id);
         let at = |base: Option<usize>, skip: usize| base.map(|b| b + skip);
         match inc.format {
             Format::W3c => Propagate::Patch([
@@ -1356,19 +1365,19 @@ impl Propagate {
                     at(t.b3_at, tl + 1).map(|a| (a, ours)),
                     at(t.b3_at, tl + 20)
                         .filter(|_| has_parent)
-                        .map(|a| (a, caller)),
+                        .map(|a| (a, caller())),
                 ])
             }
             Format::B3Multi => Propagate::Patch([
                 t.spanid_at.map(|a| (a, ours)),
                 t.parentspanid_at
                     .filter(|_| t.carrier.x_b3_parentspanid.is_some_and(|v| v.len() == 16))
-                    .map(|a| (a, caller)),
+                    .map(|a| (a, caller())),
             ]),
         }
     }
 
-    fn apply(self, mut frame: BytesMut) -> BytesMut {
+    fn apply(self, mut frame: BytesMut, arena: &RefCell<BytesMut>) -> BytesMut {
         match self {
             Propagate::Untouched => frame,
             Propagate::Patch(patches) => {
@@ -1380,7 +1389,16 @@ impl Propagate {
                 frame
             }
             Propagate::Insert { end, value } => {
-                wire::insert_traceparent(&frame, end, &value).unwrap_or(frame)
+                let mut arena = arena.borrow_mut();
+                if arena.capacity() < frame.len() + TRACEPARENT_ATTACHMENT_BYTES {
+                    // A new buffer, or the old one again when every frame cut from it is gone.
+                    arena
+                        .reserve(TRACE_ARENA_BYTES.max(frame.len() + TRACEPARENT_ATTACHMENT_BYTES));
+                }
+                match wire::insert_traceparent_into(&mut arena, &frame, end, &value) {
+                    Some(()) => arena.split(),
+                    None => frame,
+                }
             }
         }
     }

@@ -219,15 +219,23 @@ impl<'a> RequestView<'a> {
     }
 }
 
-/// A copy of `frame` with a `traceparent` attachment added at frame offset `end` (from
-/// [`TraceFields::attachments_end`]).
-pub fn insert_traceparent(
+/// Appends to `out` a copy of `frame` with a `traceparent` attachment added at frame offset
+/// `end` (from [`TraceFields::attachments_end`]); `None` (and `out` unchanged) when `end` is not
+/// in the body.
+pub fn insert_traceparent_into(
+    out: &mut BytesMut,
     frame: &[u8],
     end: usize,
     value: &[u8; TRACEPARENT_BYTES],
-) -> Option<BytesMut> {
+) -> Option<()> {
     let v = std::str::from_utf8(value).ok()?;
-    d::encode::insert_attachment(frame, end.checked_sub(d::HEADER_BYTES)?, "traceparent", v)
+    d::encode::insert_attachment_into(
+        out,
+        frame,
+        end.checked_sub(d::HEADER_BYTES)?,
+        "traceparent",
+        v,
+    )
 }
 
 impl RequestView<'_> {

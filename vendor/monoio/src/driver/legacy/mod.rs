@@ -312,7 +312,13 @@ impl LegacyInner {
                 })
             }
             Err(ref e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ref_mut.clear_readiness(Ready::READABLE);
+                // RINGSIDE PATCH (fix): clear the readiness of this op's direction only. The
+                // short-read patch had READABLE here for both directions, so a write meeting a
+                // full socket dropped the read readiness of the same fd: with its edge already
+                // consumed and data waiting, the reader then slept forever (a TCP relay on
+                // epoll with both directions backpressured stalled: hot_upgrade's busy-connection
+                // check, `tcp_proxy::epoll_relay_survives_both_directions_backpressured`).
+                ref_mut.clear_readiness(direction.mask());
                 ref_mut.set_waker(cx, direction);
                 Poll::Pending
             }
