@@ -259,6 +259,11 @@ impl<S: AsyncWriteRent> TlsStream<S> {
         self.read.tls.borrow().alpn_protocol().map(|p| p.to_vec())
     }
 
+    /// Whether the handshake resumed an earlier session (a TLS 1.3 ticket).
+    pub fn resumed(&self) -> bool {
+        self.read.tls.borrow().handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The peer's certificate chain (end entity first), as it was verified.
     pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
         self.read
