@@ -580,7 +580,12 @@ fn second_connections_resume_from_envoy_and_ringside_clients() {
         o_admin,
     );
     calls(o_listen, "from-envoy");
-    wait_stat(&inbound, "downstream_tls_handshake", 3, "Envoy's connections");
+    wait_stat(
+        &inbound,
+        "downstream_tls_handshake",
+        3,
+        "Envoy's connections",
+    );
     assert_eq!(
         stat(&inbound, "downstream_tls_session_reused"),
         2,
@@ -607,7 +612,12 @@ fn second_connections_resume_from_envoy_and_ringside_clients() {
     .replace("protocol: dubbo", "protocol: tcp");
     let _out = start(&yaml, r_admin);
     calls(r_listen, "from-ringside");
-    wait_stat(&inbound, "downstream_tls_handshake", 6, "ringside's connections");
+    wait_stat(
+        &inbound,
+        "downstream_tls_handshake",
+        6,
+        "ringside's connections",
+    );
     assert_eq!(
         stat(&inbound, "downstream_tls_session_reused"),
         4,

@@ -289,20 +289,28 @@ fn tickets_resume_only_on_the_listener_context_that_issued_them() {
     run(async move {
         let (s, c) = pair(sc.clone(), cc.clone()).await;
         let (s, c) = (s.unwrap(), c.unwrap());
-        assert!(!s.resumed() && !c.resumed(), "the first handshake is a full one");
+        assert!(
+            !s.resumed() && !c.resumed(),
+            "the first handshake is a full one"
+        );
         server_speaks(s, c).await;
 
         let (s, c) = pair(sc.clone(), cc.clone()).await;
         let (s, c) = (s.unwrap(), c.unwrap());
         assert!(s.resumed() && c.resumed(), "the second connection resumes");
         // The client certificate travels in the ticket: RBAC still sees the client's id.
-        let peer = s.peer_certificates().expect("client certificate after resumption");
+        let peer = s
+            .peer_certificates()
+            .expect("client certificate after resumption");
         assert_eq!(x509::uri_sans(&peer[0]), vec![CLIENT_ID.as_bytes()]);
         server_speaks(s, c).await;
 
         // A ticket of one context offered to another: a full handshake, not a failure.
         let (s, c) = pair(other, cc).await;
         let (s, c) = (s.unwrap(), c.unwrap());
-        assert!(!s.resumed() && !c.resumed(), "another context's ticket must not resume");
+        assert!(
+            !s.resumed() && !c.resumed(),
+            "another context's ticket must not resume"
+        );
     });
 }
