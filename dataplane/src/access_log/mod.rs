@@ -116,13 +116,25 @@ impl std::ops::BitOr for Flags {
     }
 }
 
-/// Request headers (or Dubbo attachments) a record can show, by lower-case name.
-pub trait Headers {
-    fn get(&self, name: &str) -> Option<&[u8]>;
+/// Which headers of a call an operator reads: `%REQ(...)%`, `%RESP(...)%`, `%TRAILER(...)%`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Request,
+    Response,
+    Trailer,
 }
 
+/// The headers a record can show (request, response, trailers), by lower-case name.
+pub trait Headers {
+    fn get(&self, part: Part, name: &str) -> Option<&[u8]>;
+}
+
+/// Request headers only (tests).
 impl<const N: usize> Headers for [(&str, &str); N] {
-    fn get(&self, name: &str) -> Option<&[u8]> {
+    fn get(&self, part: Part, name: &str) -> Option<&[u8]> {
+        if part != Part::Request {
+            return None;
+        }
         self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_bytes())
@@ -162,19 +174,13 @@ pub struct Record<'a> {
     pub dubbo: Option<DubboCall<'a>>,
 }
 
-impl Record<'_> {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.get(name)
-    }
-}
-
 /// No headers (TCP, Dubbo).
 pub const NO_HEADERS: &NoHeaders = &NoHeaders;
 
 pub struct NoHeaders;
 
 impl Headers for NoHeaders {
-    fn get(&self, _name: &str) -> Option<&[u8]> {
+    fn get(&self, _part: Part, _name: &str) -> Option<&[u8]> {
         None
     }
 }
@@ -281,8 +287,10 @@ fn compile(l: &config::AccessLog) -> Result<Format, OpenError> {
 /// A listener's logs on one shard.
 pub struct ListenerLog {
     logs: Vec<ShardLog>,
-    /// Request headers any of the formats reads (lower case): a Triple call keeps only these.
-    pub request_headers: Rc<[String]>,
+    /// Headers any of the formats reads (lower case): a Triple call keeps only these.
+    pub headers: Rc<[(Part, String)]>,
+    /// Some format reads a response header or trailer.
+    pub reads_response: bool,
     /// xorshift64* state for runtime filters (never 0); seeded per listener and shard.
     rng: Cell<u64>,
 }
@@ -389,11 +397,11 @@ impl ShardLogs {
         if specs.is_empty() {
             return None;
         }
-        let mut headers: Vec<String> = Vec::new();
+        let mut headers: Vec<(Part, String)> = Vec::new();
         let logs = specs
             .iter()
             .map(|s| {
-                for h in s.format.request_headers() {
+                for h in s.format.headers() {
                     if !headers.contains(&h) {
                         headers.push(h);
                     }
@@ -408,7 +416,8 @@ impl ShardLogs {
             .collect();
         Some(Rc::new(ListenerLog {
             logs,
-            request_headers: headers.into(),
+            reads_response: headers.iter().any(|(p, _)| *p != Part::Request),
+            headers: headers.into(),
             rng: Cell::new(seed()),
         }))
     }
