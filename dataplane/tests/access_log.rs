@@ -507,8 +507,8 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
     assert_eq!(ringside.3, envoy.3, "response header and trailer lines");
 }
 
-/// Access-log filters from xDS (status code, duration, runtime fraction, response flags, and,
-/// or) given to Envoy 1.40 and to ringside with the same calls (a TCP connection, a grpcio
+/// Access-log filters from xDS (status code, duration, runtime fraction, response flags,
+/// headers, gRPC status, and, or) given to Envoy 1.40 and to ringside with the same calls (a TCP connection, a grpcio
 /// call, a call without a route): each log keeps the same lines in both, and the logs whose
 /// filters keep nothing stay empty in both.
 #[test]
@@ -555,6 +555,56 @@ fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
         ),
         ("runtime-0", runtime(0), 0),
         ("runtime-100", runtime(100), 2),
+        // Header filters (the OK call sends x-user: vip-1, the other none), Envoy's rules for
+        // missing headers and inversion included.
+        (
+            "header-vip",
+            json!({"header_filter": {"header": {"name": "X-User", "string_match": {"prefix": "vip"}}}}),
+            1,
+        ),
+        (
+            "header-inverted",
+            json!({"header_filter": {"header": {"name": "x-user", "exact_match": "vip-1", "invert_match": true}}}),
+            0,
+        ),
+        (
+            "header-inverted-missing-as-empty",
+            json!({"header_filter": {"header": {"name": "x-user", "exact_match": "vip-1",
+                "invert_match": true, "treat_missing_header_as_empty": true}}}),
+            1,
+        ),
+        (
+            "header-absent",
+            json!({"header_filter": {"header": {"name": "x-user", "present_match": false}}}),
+            1,
+        ),
+        (
+            "header-present-inverted",
+            json!({"header_filter": {"header": {"name": "x-user", "present_match": true, "invert_match": true}}}),
+            1,
+        ),
+        (
+            "grpc-ok",
+            json!({"grpc_status_filter": {"statuses": ["OK"]}}),
+            1,
+        ),
+        (
+            "grpc-not-ok",
+            json!({"grpc_status_filter": {"statuses": ["OK"], "exclude": true}}),
+            1,
+        ),
+        (
+            "grpc-unimplemented-or-unavailable",
+            json!({"grpc_status_filter": {"statuses": ["UNIMPLEMENTED", "UNAVAILABLE"]}}),
+            1,
+        ),
+        (
+            "grpc-ok-and-vip",
+            json!({"and_filter": {"filters": [
+                {"grpc_status_filter": {"statuses": ["OK"]}},
+                {"header_filter": {"header": {"name": "x-user", "exact_match": "vip-1"}}}]}}),
+            1,
+        ),
     ];
     let tcp_logs: Vec<(&str, Value, usize)> = vec![
         (
@@ -566,6 +616,22 @@ fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
             "tcp-code-1",
             json!({"status_code_filter": {"comparison": cmp("GE", 1)}}),
             0,
+        ),
+        // A connection has no gRPC status (UNKNOWN) and no headers.
+        (
+            "tcp-grpc-unknown",
+            json!({"grpc_status_filter": {"statuses": ["UNKNOWN"]}}),
+            1,
+        ),
+        (
+            "tcp-grpc-ok",
+            json!({"grpc_status_filter": {"statuses": ["OK"]}}),
+            0,
+        ),
+        (
+            "tcp-header-absent",
+            json!({"header_filter": {"header": {"name": "x-user", "present_match": false}}}),
+            1,
         ),
     ];
     let file_log = |who: &str, name: &str, format: &str, filter: &Value| {
@@ -630,7 +696,7 @@ fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).unwrap();
         drop(s);
-        let ok = grpc_call(grpc, &CallOpts::default());
+        let ok = grpc_call(grpc, &CallOpts::default().meta("x-user", "vip-1"));
         assert!(ok.ok, "{who}: {ok:?}");
         let lost = grpc_call(grpc, &CallOpts::default().service("other.Service"));
         assert_eq!(lost.code, "UNIMPLEMENTED", "{who}: {lost:?}");

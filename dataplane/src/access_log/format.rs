@@ -1053,7 +1053,45 @@ mod filter_tests {
     }
 
     fn compile(yaml: &str) -> Filter {
-        Filter::compile(&serde_yaml::from_str(yaml).unwrap())
+        Filter::compile(&serde_yaml::from_str(yaml).unwrap()).unwrap()
+    }
+
+    /// Envoy's header matcher rules (missing headers, inversion) and its gRPC status filter
+    /// (no status: UNKNOWN).
+    #[test]
+    fn header_and_grpc_status_filters_follow_envoy() {
+        let mut roll = || 0u32;
+        let keeps = |f: &Filter, h: &[(&str, &str); 1], grpc: Option<u32>, roll: &mut dyn FnMut() -> u32| {
+            let mut r = record(Some(200), Flags::NONE, 1);
+            r.grpc_status = grpc;
+            r.headers = h;
+            f.keeps(&r, roll)
+        };
+        let vip = [("x-user", "vip-1")];
+        let other = [("x-other", "1")];
+        let prefix = compile("{header: {name: X-User, prefix: vip-}}");
+        assert!(keeps(&prefix, &vip, None, &mut roll));
+        assert!(!keeps(&prefix, &other, None, &mut roll));
+        let inverted = compile("{header: {name: x-user, exact: vip-1, invert: true}}");
+        assert!(!keeps(&inverted, &vip, None, &mut roll));
+        // A missing header never matches a value condition, inverted or not...
+        assert!(!keeps(&inverted, &other, None, &mut roll));
+        // ...unless it counts as empty.
+        let empty = compile("{header: {name: x-user, exact: vip-1, invert: true, treat_missing_as_empty: true}}");
+        assert!(keeps(&empty, &other, None, &mut roll));
+        assert!(keeps(&compile("{header: {name: x-user, present: false}}"), &other, None, &mut roll));
+        assert!(keeps(&compile("{header: {name: x-user, invert: true}}"), &other, None, &mut roll));
+        assert!(!keeps(&compile("{header: {name: x-user}}"), &other, None, &mut roll));
+        let failed = compile("{grpc_status: {statuses: [OK], exclude: true}}");
+        assert!(!keeps(&failed, &vip, Some(0), &mut roll));
+        assert!(keeps(&failed, &vip, Some(14), &mut roll));
+        // No status (Dubbo, TCP, a cancelled stream): UNKNOWN.
+        assert!(keeps(&failed, &vip, None, &mut roll));
+        let unknown = compile("{grpc_status: {statuses: [UNKNOWN, UNAVAILABLE]}}");
+        assert!(keeps(&unknown, &vip, None, &mut roll));
+        assert!(keeps(&unknown, &vip, Some(14), &mut roll));
+        assert!(!keeps(&unknown, &vip, Some(0), &mut roll));
+        assert!(!keeps(&unknown, &vip, Some(40), &mut roll));
     }
 
     #[test]
