@@ -996,11 +996,19 @@ impl AccessLogFilter {
                 }
             }
         }
-        for (i, s) in self.grpc_status.iter().flat_map(|g| &g.statuses).enumerate() {
+        for (i, s) in self
+            .grpc_status
+            .iter()
+            .flat_map(|g| &g.statuses)
+            .enumerate()
+        {
             if !GRPC_STATUS_NAMES.contains(&s.as_str()) {
                 err(
                     format!("{at}.grpc_status.statuses[{i}]"),
-                    format!("{s:?} is not a gRPC status ({})", GRPC_STATUS_NAMES.join(", ")),
+                    format!(
+                        "{s:?} is not a gRPC status ({})",
+                        GRPC_STATUS_NAMES.join(", ")
+                    ),
                 );
             }
         }

@@ -970,7 +970,10 @@ fn access_log_filters_parse_and_name_bad_fields() {
             "{header: {name: x-a, exact: a, prefix: b}}",
             format!("{at}.header"),
         ),
-        ("{header: {name: x-a, regex: '('}}", format!("{at}.header.regex")),
+        (
+            "{header: {name: x-a, regex: '('}}",
+            format!("{at}.header.regex"),
+        ),
         (
             "{grpc_status: {statuses: [OK, CANCELLED]}}",
             format!("{at}.grpc_status.statuses[1]"),

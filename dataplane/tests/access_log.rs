@@ -395,7 +395,11 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
     const RESP_FORMAT: &str = "%REQ(:PATH)% %RESP(:STATUS)% %RESP(CONTENT-TYPE)% %RESP(GRPC-STATUS)% %TRAILER(GRPC-STATUS)% %TRAILER(GRPC-MESSAGE)% %TRAILER(X-SERVER)% %RESP(X-NONE?GRPC-STATUS)% %TRAILER(X-NONE?X-SERVER):3% %RESPONSE_TRAILER(X-NONE)%\n";
     let echo = echo_server();
     let server = GrpcServer::start(0, "S", &[]);
-    let failing = GrpcServer::start(0, "F", &["--status", "NOT_FOUND", "--message", "no such greeting"]);
+    let failing = GrpcServer::start(
+        0,
+        "F",
+        &["--status", "NOT_FOUND", "--message", "no such greeting"],
+    );
     let dir = TempDir::new("access-log-oracle");
     let file_log = |path: &Path, format: Value| {
         json!({"name": "envoy.access_loggers.file", "typed_config": {

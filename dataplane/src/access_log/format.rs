@@ -1061,7 +1061,10 @@ mod filter_tests {
     #[test]
     fn header_and_grpc_status_filters_follow_envoy() {
         let mut roll = || 0u32;
-        let keeps = |f: &Filter, h: &[(&str, &str); 1], grpc: Option<u32>, roll: &mut dyn FnMut() -> u32| {
+        let keeps = |f: &Filter,
+                     h: &[(&str, &str); 1],
+                     grpc: Option<u32>,
+                     roll: &mut dyn FnMut() -> u32| {
             let mut r = record(Some(200), Flags::NONE, 1);
             r.grpc_status = grpc;
             r.headers = h;
@@ -1077,11 +1080,28 @@ mod filter_tests {
         // A missing header never matches a value condition, inverted or not...
         assert!(!keeps(&inverted, &other, None, &mut roll));
         // ...unless it counts as empty.
-        let empty = compile("{header: {name: x-user, exact: vip-1, invert: true, treat_missing_as_empty: true}}");
+        let empty = compile(
+            "{header: {name: x-user, exact: vip-1, invert: true, treat_missing_as_empty: true}}",
+        );
         assert!(keeps(&empty, &other, None, &mut roll));
-        assert!(keeps(&compile("{header: {name: x-user, present: false}}"), &other, None, &mut roll));
-        assert!(keeps(&compile("{header: {name: x-user, invert: true}}"), &other, None, &mut roll));
-        assert!(!keeps(&compile("{header: {name: x-user}}"), &other, None, &mut roll));
+        assert!(keeps(
+            &compile("{header: {name: x-user, present: false}}"),
+            &other,
+            None,
+            &mut roll
+        ));
+        assert!(keeps(
+            &compile("{header: {name: x-user, invert: true}}"),
+            &other,
+            None,
+            &mut roll
+        ));
+        assert!(!keeps(
+            &compile("{header: {name: x-user}}"),
+            &other,
+            None,
+            &mut roll
+        ));
         let failed = compile("{grpc_status: {statuses: [OK], exclude: true}}");
         assert!(!keeps(&failed, &vip, Some(0), &mut roll));
         assert!(keeps(&failed, &vip, Some(14), &mut roll));

@@ -207,7 +207,10 @@ pub enum Filter {
     Header(HeaderFilter),
     /// The gRPC status (a call without one: UNKNOWN) is in the set (bit per status), or with
     /// `exclude`, is not.
-    GrpcStatus { set: u32, exclude: bool },
+    GrpcStatus {
+        set: u32,
+        exclude: bool,
+    },
     And(Vec<Filter>),
     Or(Vec<Filter>),
 }
@@ -310,10 +313,8 @@ impl Filter {
     /// The request headers the filter reads (lower case), added to `out` once each.
     fn header_names(&self, out: &mut Vec<(Part, String)>) {
         match self {
-            Filter::Header(h) => {
-                if !out.iter().any(|(p, n)| *p == Part::Request && *n == h.name) {
-                    out.push((Part::Request, h.name.clone()));
-                }
+            Filter::Header(h) if !out.iter().any(|(p, n)| *p == Part::Request && *n == h.name) => {
+                out.push((Part::Request, h.name.clone()));
             }
             Filter::And(l) | Filter::Or(l) => l.iter().for_each(|f| f.header_names(out)),
             _ => {}

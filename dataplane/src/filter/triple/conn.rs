@@ -1750,7 +1750,11 @@ impl Conn {
                 lg.flags = lg.flags | e.flags();
                 // What the caller is sent, for `%RESP(...)%` / `%TRAILER(...)%`.
                 let trailers = call.headers_sent;
-                let part = if trailers { Part::Trailer } else { Part::Response };
+                let part = if trailers {
+                    Part::Trailer
+                } else {
+                    Part::Response
+                };
                 lg.keep(part, |n| match n {
                     b":status" if !trailers => Some(b"200".as_slice()),
                     b"content-type" if !trailers => Some(b"application/grpc".as_slice()),
@@ -1892,7 +1896,12 @@ impl Conn {
     /// Keeps, for the call's access log, the response headers (or trailers, when headers were
     /// sent before) the formats read; `get` finds a header in the block going to the caller.
     fn keep_response_headers<'h>(&self, id: u32, get: impl Fn(&[u8]) -> Option<&'h [u8]>) {
-        if let Some(c) = self.streams.borrow_mut().get_mut(&id).and_then(|s| s.call.as_mut()) {
+        if let Some(c) = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.call.as_mut())
+        {
             let part = if c.headers_sent {
                 Part::Trailer
             } else {
