@@ -810,7 +810,7 @@ fn tell_readonly(conn: &DownConn) {
 }
 
 async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, w: &mut W) {
-    let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
+    let mut batch = Vec::new();
     // The last pass wrote answers (as opposed to waking with nothing to write).
     let mut wrote = false;
     loop {

@@ -1298,7 +1298,7 @@ async fn serve_upstream<S: crate::io::Conn>(
 }
 
 async fn write_loop<W: AsyncWriteRent>(conn: &Rc<UpConn>, mut w: W) -> UpstreamGone {
-    let mut batch: Vec<u8> = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
+    let mut batch: Vec<u8> = Vec::new();
     loop {
         if conn.out.borrow().is_empty() {
             if conn.state.get() == UpState::Closed {
