@@ -43,6 +43,10 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_UPSTREAM_MAX: usize = 64;
 /// Endpoints tried for one request when connecting fails (nothing was sent yet).
 const CONNECT_ATTEMPTS_MAX: usize = 3;
+/// A head not complete yet is checked as far as it goes while it is at most this long (a
+/// request line that cannot be HTTP is refused at once, as Envoy's parser does, instead of
+/// waiting for a blank line that may never come); a longer one only once it is complete.
+const PARTIAL_CHECK_BYTES_MAX: usize = 4096;
 /// A chunk-size line (with extensions) or a trailer line longer than this is malformed.
 const CHUNK_LINE_MAX: usize = 4096;
 /// The HTTP/2 connection preface's first bytes: a connection starting with them is HTTP/2.
@@ -205,7 +209,7 @@ struct Down {
 
 /// One request and its response.
 async fn exchange(c: &mut Down, l: &TripleListener) -> Next {
-    let head = match read_head(&mut c.s, &mut c.buf, l.limits.idle_timeout).await {
+    let head = match read_head(&mut c.s, &mut c.buf, l.limits.idle_timeout, true).await {
         Ok(n) => n,
         Err(HeadError::Closed) => return Next::Close,
         Err(HeadError::TooLarge) => {
@@ -246,19 +250,16 @@ async fn exchange(c: &mut Down, l: &TripleListener) -> Next {
         .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
     match out {
         Ok(next) => next,
-        Err((e, head_sent)) => {
-            if head_sent {
-                Next::Close
-            } else {
-                let id = match e {
-                    Local::Timeout => l.ids.rq_timeout,
-                    Local::NoHealthyUpstream => l.ids.rq_no_healthy_upstream,
-                    _ => l.ids.rsp_local,
-                };
-                l.stats.inc(id);
-                // What the caller still sends of the body is not read: close.
-                local(c, l, &e, true).await
+        // The response head went out: the connection can only close.
+        Err((_, None)) => Next::Close,
+        Err((e, Some(body_read))) => {
+            match e {
+                Local::Timeout => l.stats.inc(l.ids.rq_timeout),
+                Local::NoHealthyUpstream => l.stats.inc(l.ids.rq_no_healthy_upstream),
+                _ => {}
             }
+            // A body not read to its end would be taken for the next request: close.
+            local(c, l, &e, req.close || !body_read).await
         }
     }
 }
@@ -320,12 +321,14 @@ enum HeadError {
     Bad,
 }
 
-/// Reads until `buf` holds a whole head; its length. `idle`: how long the first byte may take
-/// (zero: no limit); once it came, the whole head gets [`HEAD_TIMEOUT`].
+/// Reads until `buf` holds a whole head (a request's, or a response's when `!request`); its
+/// length. `idle`: how long the first byte may take (zero: no limit); once it came, the whole
+/// head gets [`HEAD_TIMEOUT`].
 async fn read_head<R: AsyncReadRent>(
     s: &mut R,
     buf: &mut BytesMut,
     idle: Duration,
+    request: bool,
 ) -> Result<usize, HeadError> {
     let mut deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
     let mut head_started = false;
@@ -349,6 +352,9 @@ async fn read_head<R: AsyncReadRent>(
         if buf.len() > HEAD_BYTES_MAX {
             return Err(HeadError::TooLarge);
         }
+        if !buf.is_empty() && buf.len() <= PARTIAL_CHECK_BYTES_MAX && !partial_ok(buf, request) {
+            return Err(HeadError::Bad);
+        }
         buf.reserve(READ_CHUNK_BYTES);
         let read = crate::io::read_append(s, std::mem::take(buf));
         let (r, b) = match deadline {
@@ -366,6 +372,17 @@ async fn read_head<R: AsyncReadRent>(
             Ok(_) => {}
         }
     }
+}
+
+/// Whether the start of a head is valid as far as it goes.
+fn partial_ok(b: &[u8], request: bool) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let parsed = match request {
+        true => httparse::Request::new(&mut fields).parse(b).map(|_| ()),
+        false => httparse::Response::new(&mut fields).parse(b).map(|_| ()),
+    };
+    // Too many fields is decided on the whole head (431, not 400).
+    matches!(parsed, Ok(()) | Err(httparse::Error::TooManyHeaders))
 }
 
 /// The length of the head at the start of `b` (through its blank line), if it is complete.
@@ -784,22 +801,26 @@ fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Respons
     })
 }
 
-/// Forwards one routed request and relays its response. `Err` carries the local answer and
-/// whether the response head was already written (then the connection can only close).
+/// Forwards one routed request and relays its response. `Err` carries the local answer and,
+/// unless the response head was already written (`None`: the connection can only close),
+/// whether the request's body was read to its end.
 async fn forward(
     c: &mut Down,
     l: &TripleListener,
     req: &Request,
     pool: &Rc<Pool>,
     deadline: Option<Instant>,
-) -> Result<Next, (Local, bool)> {
+) -> Result<Next, (Local, Option<bool>)> {
     let head = request_head(req, || request_id(l));
     let bodiless = req.framing == Framing::Length(0);
+    let body_read = std::cell::Cell::new(bodiless);
     let mut fresh = false;
     // A reused connection the upstream closed meanwhile is retried once on a new one (a
     // request without body only: nothing of it is lost).
     let (mut up, resp_head) = loop {
-        let mut up = upstream(c, pool, fresh).await.map_err(|e| (e, false))?;
+        let mut up = upstream(c, pool, fresh)
+            .await
+            .map_err(|e| (e, Some(body_read.get())))?;
         let sent = async {
             let (r, _) = up.s.write_all(head.clone()).await;
             r.map_err(|_| Local::ConnectFailure)?;
@@ -810,9 +831,10 @@ async fn forward(
             relay_body(&mut c.s, &mut c.buf, &mut up.s, req.framing)
                 .await
                 .map_err(|_| Local::ConnectFailure)?;
+            body_read.set(true);
             let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
             loop {
-                let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO)
+                let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO, false)
                     .await
                     .map_err(|e| match e {
                         HeadError::Closed => Local::ConnectFailure,
@@ -838,7 +860,7 @@ async fn forward(
         match got {
             Ok(r) => break (up, r),
             Err(Local::ConnectFailure) if up.reused && bodiless && !fresh => fresh = true,
-            Err(e) => return Err((e, false)),
+            Err(e) => return Err((e, Some(body_read.get()))),
         }
     };
     let (resp, mut rbuf) = resp_head;
@@ -857,7 +879,7 @@ async fn forward(
         None => relayed.await,
     };
     if relayed.is_err() {
-        return Err((Local::Timeout, true));
+        return Err((Local::Timeout, None));
     }
     if resp.reusable && rbuf.is_empty() {
         up.reused = true;
@@ -1090,6 +1112,16 @@ mod tests {
         assert!(matches!(parse_request(req.as_bytes()), Err(Local::TooLarge)));
         let ws = parse_request(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
         assert!(ws.websocket && !ws.other_upgrade);
+    }
+
+    #[test]
+    fn a_head_that_cannot_be_http_is_refused_before_it_ends() {
+        assert!(partial_ok(b"GET /a HTTP/1.1\r\nHost: x", true));
+        assert!(partial_ok(b"GE", true));
+        assert!(!partial_ok(b"hello\n", true));
+        assert!(!partial_ok(b"GET / HTTP/1.1\r\nbad header\r\n", true));
+        assert!(partial_ok(b"HTTP/1.1 200 O", false));
+        assert!(!partial_ok(b"SSH-2.0-OpenSSH\r\n", false));
     }
 
     #[test]
