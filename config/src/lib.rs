@@ -2685,16 +2685,17 @@ impl Config {
                 .is_some_and(|c| c.kind == ClusterType::OriginalDestination)
         };
         if let Some(c) = &l.cluster {
-            // Triple calls go to their connection's original destination (docs/sidecar.md).
+            // Triple and Dubbo calls go to their connection's original destination
+            // (docs/sidecar.md).
             if orig_dst_cluster(c.as_str())
-                && !(l.protocol == Protocol::Tcp && l.original_destination)
-                && l.protocol != Protocol::Triple
+                && l.protocol == Protocol::Tcp
+                && !l.original_destination
             {
                 err(
                     at("cluster"),
                     format!(
                         "cluster {c:?} is of type original_destination: only a tcp listener \
-                         with original_destination: true or a triple listener can use it"
+                         with original_destination: true, a triple or a dubbo listener can use it"
                     ),
                 );
             }
@@ -2713,22 +2714,6 @@ impl Config {
                     format!(
                         "the listener's cluster {c:?} is not of type original_destination, \
                          so the original destination would be ignored"
-                    ),
-                );
-            }
-        }
-        let route_clusters = l.route_actions().flat_map(|a| {
-            a.cluster
-                .iter()
-                .chain(a.weighted_clusters.iter().map(|w| &w.name))
-        });
-        for c in route_clusters {
-            if orig_dst_cluster(c.as_str()) && l.protocol != Protocol::Triple {
-                err(
-                    at("routes"),
-                    format!(
-                        "cluster {c:?} is of type original_destination: dubbo routes cannot \
-                         use it (triple calls go to their connection's original destination)"
                     ),
                 );
             }

@@ -247,7 +247,11 @@ fn interception_mistakes_are_refused() {
             .any(|e| e.field == "listeners[0].original_destination"),
         "{e:?}"
     );
-    assert!(e.iter().any(|e| e.field == "listeners[0].cluster"), "{e:?}");
+    // Its cluster is fine: a dubbo request goes to its connection's original destination.
+    assert!(
+        !e.iter().any(|e| e.field == "listeners[0].cluster"),
+        "{e:?}"
+    );
 }
 
 const VIRTUAL: &str = "\
@@ -335,6 +339,20 @@ fn a_virtual_listeners_catch_all_chain_is_a_virtual_tcp_listener() {
         e.iter().any(|e| e.field == "listeners[1].filter_chains"),
         "{e:?}"
     );
+}
+
+/// A dubbo listener may route to an original_destination cluster (Istio's `inbound|PORT||`
+/// behind Aeraki's inbound chain); a tcp listener only with original_destination: true.
+#[test]
+fn dubbo_routes_may_use_an_original_destination_cluster() {
+    let dubbo = VIRTUAL.replace(
+        "    cluster: users\nclusters:",
+        "    cluster: passthrough\nclusters:",
+    );
+    Config::from_yaml("c.yaml", &dubbo).unwrap();
+    let tcp = VIRTUAL.replace("    original_destination: true\n", "");
+    let e = errors(&tcp);
+    assert!(e.iter().any(|e| e.field == "listeners[0].cluster"), "{e:?}");
 }
 
 #[test]

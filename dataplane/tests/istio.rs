@@ -25,8 +25,6 @@ use serde_json::{json, Value};
 /// refuses today. docs/xds.md ("Istio") gives the reason of each.
 #[rustfmt::skip]
 const GAPS: &[(&str, &str, &str, &str)] = &[
-    ("aeraki-dubbo", "listener", "virtualInbound", "is of type original_destination: dubbo routes cannot use it"),
-    ("aeraki-dubbo", "listeners", "(all)", "is of type original_destination: dubbo routes cannot use it"),
 ];
 
 const FIXTURES: &[&str] = &["stock", "mtls-off", "capture-none", "aeraki-dubbo"];
@@ -1319,8 +1317,9 @@ fn dubbo_outcome(target: SocketAddr) -> String {
 /// way. Changed from the fixture: the route's interface is the test provider's, the endpoint is
 /// that provider, and the cluster has no `transport_socket_matches` (mTLS off, as in
 /// `mtls-off`: there is no SDS server here; auto-mTLS for this cluster is checked by
-/// tls_xds.rs); `virtualInbound` is left out (its Dubbo chain is a listed gap, docs/xds.md).
-/// Skipped (loudly) unless root.
+/// tls_xds.rs), and `virtualInbound` keeps its plaintext chains: a caller outside the pod
+/// reaches the app's own provider through Aeraki's inbound chain to `inbound|20880||`
+/// (ORIGINAL_DST, from 127.0.0.6). Skipped (loudly) unless root.
 #[test]
 fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
     // SAFETY: geteuid has no preconditions.
@@ -1330,10 +1329,15 @@ fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
     }
     const INTERFACE: &str = "com.ringside.test.EchoService";
     let mut fx = fixture("aeraki-dubbo");
-    fx["listeners"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|l| l["name"] != "virtualInbound");
+    // virtualInbound's plaintext chains (mTLS off: there is no SDS server here), Aeraki's
+    // Dubbo chain for port 20880 among them.
+    for l in fx["listeners"].as_array_mut().unwrap() {
+        if l["name"] == "virtualInbound" {
+            let chains = l["filter_chains"].as_array_mut().unwrap();
+            chains.retain(|c| c.get("transport_socket").is_none());
+            assert!(chains.iter().any(|c| c["name"] == "0.0.0.0_20880"));
+        }
+    }
     let dubbo = fx["listeners"]
         .as_array_mut()
         .unwrap()
@@ -1356,6 +1360,7 @@ fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
     fx["endpoints"] = json!([load_assignment(cluster_name, &[provider])]);
     let vip: SocketAddr = "240.240.0.1:20880".parse().unwrap();
     let unknown: SocketAddr = format!("{POD_CLIENT_IP}:20881").parse().unwrap();
+    let pod_dubbo: SocketAddr = format!("{POD_IP}:20880").parse().unwrap();
 
     let mut results: Vec<(String, Vec<String>)> = Vec::new();
     for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
@@ -1367,6 +1372,8 @@ fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
                 .map(|(port, name)| common::peers::NodeProvider::start(port, name, &[]))
         });
         let got = pod.pod.run(|| {
+            // The app's own Dubbo provider, in the pod.
+            let _app = common::peers::NodeProvider::start(20880, "dubbo-app", &[]);
             let mut snap = fx.clone();
             snap["version"] = json!("pod");
             let proxy = PodProxy::start(who, io, &snap);
@@ -1376,7 +1383,12 @@ fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
                 assert_eq!(ack["ack"], true, "{who}: {ack}");
             }
             wait_listening(local(15001));
+            wait_listening(local(15006));
             let mut got = vec![dubbo_outcome(vip), dubbo_outcome(unknown)];
+            // Inbound: a caller outside the pod reaches the app's provider through Aeraki's
+            // chain of virtualInbound, to `inbound|20880||` (its original destination, from
+            // 127.0.0.6).
+            got.push(pod.client.run(|| dubbo_outcome(pod_dubbo)));
             // meshConfig.outboundTrafficPolicy REGISTRY_ONLY: istiod's `virtualOutbound`
             // catch-all goes to `BlackHoleCluster` instead. A listener update takes effect for
             // new connections shortly after its ACK (Envoy's workers take it asynchronously):
@@ -1424,7 +1436,14 @@ fn aeraki_dubbo_listener_routes_calls_under_istio_iptables_like_envoy() {
         eprintln!("{who} {io}: {got:?}");
         results.push((format!("{who} {io}"), got));
     }
-    let want = ["dubbo-service", "dubbo-unknown", "blocked", "dubbo-service"].map(String::from);
+    let want = [
+        "dubbo-service",
+        "dubbo-unknown",
+        "dubbo-app",
+        "blocked",
+        "dubbo-service",
+    ]
+    .map(String::from);
     for (who, got) in &results {
         assert_eq!(got, &want, "{who}: {results:?}");
     }

@@ -23,6 +23,10 @@ pub const ENDPOINT_FAILURE_BACKOFF_MS: u64 = 500;
 /// several.
 pub const CONNECT_ATTEMPTS_MAX: usize = 3;
 
+/// Original destinations one `original_destination` cluster keeps hosts (and their
+/// connections) for, per shard, in the Dubbo and Triple pools.
+pub const ORIGINAL_DST_HOSTS_MAX: usize = 1024;
+
 /// Stat ids of one cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterStatIds {

@@ -781,6 +781,7 @@ impl ShardState {
                 trace: trace.clone(),
                 trace_arena: Default::default(),
                 rbac: crate::filter::rbac::Rbac::new(&d.rbac, &stats.stats),
+                bound: l.bind.then_some(l.address),
                 labels: d
                     .traffic_label
                     .as_ref()

@@ -160,6 +160,9 @@ pub struct DubboListener {
     pub trace_arena: RefCell<BytesMut>,
     /// Request authorization (`dubbo.rbac`), checked on every request before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// The listener's own address when it binds one (`None`: a virtual listener, whose
+    /// connections an `original_destination` listener handed over).
+    pub bound: Option<SocketAddr>,
     /// Traffic labels (`dubbo.traffic_label`): the attachments a request's label is read from.
     pub labels: Option<crate::cluster::LabelKeys>,
 }
@@ -338,6 +341,9 @@ pub struct DownConn {
     rbac_peer: Option<crate::filter::rbac::ConnPeer>,
     /// The kernel socket a hot-upgrade successor can take over (`None`: TLS, DPDK).
     handover_fd: Option<std::os::fd::RawFd>,
+    /// Where the caller meant to connect, for routes to `original_destination` clusters
+    /// (looked up only when the listener's routes have one).
+    pub(super) original_dst: Option<SocketAddr>,
     /// Set when a hot-upgrade drain hands this connection over (to `handover_to`): the reader
     /// stops at the next frame boundary.
     handover: Event,
@@ -627,6 +633,26 @@ async fn watch(conn: &Rc<DownConn>, accepted: Instant) -> Cut {
     }
 }
 
+/// The original destination of a caller connection, for routes to `original_destination`
+/// clusters (Istio's inbound `inbound|PORT||`): only while the listener's routes use such a
+/// cluster; on a bound listener never its own address (a connection that was not intercepted
+/// would be sent back to the listener).
+fn original_dst<S: crate::io::Conn>(stream: &S, l: &DubboListener) -> Option<SocketAddr> {
+    let routes = l.routes.get();
+    if !routes.pools.iter().any(|p| p.lb.original_destination) {
+        return None;
+    }
+    let d = stream.original_dst()?;
+    match l.bound {
+        Some(own)
+            if d.port() == own.port() && (own.ip().is_unspecified() || own.ip() == d.ip()) =>
+        {
+            None
+        }
+        _ => Some(d),
+    }
+}
+
 /// Serves one consumer connection, on the kernel or on the DPDK path (`S`: `crate::io::Conn`).
 /// When `drain` starts (the process drains, or a config update removed the listener) the
 /// caller is told to leave and the connection closes once idle; at the drain's deadline it is
@@ -662,6 +688,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         .rbac
         .as_ref()
         .map(|_| crate::filter::rbac::ConnPeer::new(stream.rbac_facts()));
+    let original_dst = original_dst(&stream, &l);
     let conn = Rc::new(DownConn {
         l,
         out: RefCell::new(VecDeque::new()),
@@ -686,6 +713,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         peer,
         rbac_peer: conn_l_rbac,
         handover_fd: stream.handover_fd(),
+        original_dst,
         handover: Event::new(),
         handover_to: RefCell::new(None),
         read_stopped: Cell::new(false),

@@ -187,6 +187,9 @@ pub struct ClusterPool {
     pub lb: Rc<ShardCluster>,
     /// By endpoint slot, each built on first use.
     hosts: HostTable<Host>,
+    /// `original_destination` clusters: a host per original destination called (at most
+    /// [`crate::cluster::ORIGINAL_DST_HOSTS_MAX`]), found by address.
+    destinations: RefCell<Vec<Rc<Host>>>,
     pub timeout: Duration,
     connections_per_host: usize,
     pending_max: u32,
@@ -242,6 +245,7 @@ impl ClusterPool {
         Rc::new(ClusterPool {
             lb,
             hosts: HostTable::new(),
+            destinations: RefCell::new(Vec::new()),
             timeout: Duration::from_millis(c.timeout_ms),
             connections_per_host: c.connections_per_host as usize,
             pending_max: c.pending_requests_max,
@@ -265,18 +269,7 @@ impl ClusterPool {
     fn host(&self, i: usize) -> Rc<Host> {
         self.hosts.get_or_build(i, || {
             let slot = self.lb.slot(i);
-            Host {
-                addr: slot.addr,
-                index: i,
-                conns: RefCell::new(Vec::new()),
-                next_conn: Cell::new(0),
-                pending: Cell::new(0),
-                down_until: Cell::new(None),
-                readonly: Cell::new(false),
-                retired: Cell::new(false),
-                ids: slot.ids,
-                outlier: Default::default(),
-            }
+            Host::new(slot.addr, i, slot.ids)
         })
     }
 
@@ -333,6 +326,38 @@ impl ClusterPool {
     /// The whole pool left service (its cluster was removed or replaced).
     pub fn retire_all(&self) {
         self.hosts.retire_all();
+        for h in self.destinations.borrow().iter() {
+            crate::cluster::Retire::retire(&**h);
+        }
+    }
+
+    /// `original_destination` clusters: the host of `dst` (the caller connection's original
+    /// destination), built on first use. `None` when [`crate::cluster::ORIGINAL_DST_HOSTS_MAX`] destinations
+    /// all have connections.
+    fn host_to(&self, dst: SocketAddr) -> Option<Rc<Host>> {
+        let mut ds = self.destinations.borrow_mut();
+        if let Some(h) = ds.iter().find(|h| h.addr == dst) {
+            return Some(h.clone());
+        }
+        if ds.len() >= crate::cluster::ORIGINAL_DST_HOSTS_MAX {
+            let idle = ds.iter().position(|h| h.conns.borrow().is_empty())?;
+            ds.swap_remove(idle);
+        }
+        // No endpoint slot: counted on the cluster, not per host (as tcp's connect_to).
+        let h = Rc::new(Host::new(dst, usize::MAX, HostStatIds::sink()));
+        ds.push(h.clone());
+        Some(h)
+    }
+
+    /// The host a request of `down` goes to: its original destination for an
+    /// `original_destination` cluster (none: the connection was not intercepted), else the
+    /// balancer's pick.
+    fn host_for(&self, down: &DownConn, now: Instant, label: Option<Label>) -> Option<Rc<Host>> {
+        if self.lb.original_destination {
+            down.original_dst.and_then(|d| self.host_to(d))
+        } else {
+            self.pick_host(now, label)
+        }
     }
 
     /// Sends one request frame upstream. `frame` is a whole Dubbo frame whose request id is
@@ -351,7 +376,7 @@ impl ClusterPool {
         log: Option<Box<Logged>>,
     ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
-        let Some(host) = self.pick_host(now, label) else {
+        let Some(host) = self.host_for(down, now, label) else {
             return Err((ForwardError::NoHealthyEndpoint, log));
         };
         if let Some(b) = self.breaker.as_ref().filter(|b| b.is_open()) {
@@ -419,7 +444,11 @@ impl ClusterPool {
     pub fn mirror(self: &Rc<Self>, frame: &[u8], timeout: Duration, label: Option<Label>) {
         let now = Instant::now();
         let dropped = || self.stats.inc(self.ids.rq_mirror_dropped);
-        if frame.len() > MIRROR_FRAME_BYTES_MAX || !self.budget.admits() {
+        // A shadow has no caller connection, so no original destination.
+        if frame.len() > MIRROR_FRAME_BYTES_MAX
+            || !self.budget.admits()
+            || self.lb.original_destination
+        {
             return dropped();
         }
         let Some(host) = self.pick_host(now, label) else {
@@ -567,6 +596,21 @@ impl crate::cluster::Retire for Host {
 }
 
 impl Host {
+    fn new(addr: SocketAddr, index: usize, ids: HostStatIds) -> Host {
+        Host {
+            addr,
+            index,
+            conns: RefCell::new(Vec::new()),
+            next_conn: Cell::new(0),
+            pending: Cell::new(0),
+            down_until: Cell::new(None),
+            readonly: Cell::new(false),
+            retired: Cell::new(false),
+            ids,
+            outlier: Default::default(),
+        }
+    }
+
     /// An open or connecting connection to this endpoint, opening one when the pool has room.
     fn connection(self: &Rc<Self>, pool: &Rc<ClusterPool>) -> Rc<UpConn> {
         let mut conns = self.conns.borrow_mut();
@@ -774,9 +818,12 @@ impl UpConn {
             return Err(self.answered(p, false));
         }
         a.slot = true;
-        let host = pool
-            .pick_host_but(now, Some(&a.retry), p.label)
-            .filter(|h| h.pending.get() < pool.pending_max);
+        // An original destination is the one place the request can go.
+        let host = match pool.lb.original_destination {
+            true => Some(self.host.clone()),
+            false => pool.pick_host_but(now, Some(&a.retry), p.label),
+        };
+        let host = host.filter(|h| h.pending.get() < pool.pending_max);
         let Some(host) = host else {
             return Err(self.answered(p, false));
         };

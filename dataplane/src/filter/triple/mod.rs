@@ -523,7 +523,7 @@ impl TripleListener {
 /// Original destinations one `original_destination` cluster keeps hosts (and their
 /// connections) for, per shard: beyond it a host without connections makes room, and with
 /// none such the call fails UNAVAILABLE (`upstream_rq_overflow`).
-pub const ORIGINAL_DST_HOSTS_MAX: usize = 1024;
+pub const ORIGINAL_DST_HOSTS_MAX: usize = crate::cluster::ORIGINAL_DST_HOSTS_MAX;
 
 /// A cluster's HTTP/2 upstream connections on one shard.
 pub struct Pool {
