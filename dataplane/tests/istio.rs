@@ -1889,6 +1889,19 @@ fn http1_outcomes(target: SocketAddr, requests: &Value) -> Vec<String> {
         .collect()
 }
 
+/// An outcome of [`http1_outcomes`] as two proxies' are compared: a local answer's body is
+/// each proxy's own words, so only its status (and whether it needed a new connection) counts.
+fn http1_comparable(o: &str) -> String {
+    let (new, rest) = match o.strip_prefix("[new] ") {
+        Some(rest) => ("[new] ", rest),
+        None => ("", o),
+    };
+    match rest.split_once(' ') {
+        Some((s, _)) if s.parse::<u16>().is_ok_and(|s| s >= 400) => format!("{new}{s}"),
+        _ => o.to_string(),
+    }
+}
+
 /// The status line's code of what `target` answers to the raw bytes `request` (`closed` when
 /// it answers nothing within 3 s).
 fn http1_raw_status(target: SocketAddr, request: &[u8]) -> String {
@@ -2011,22 +2024,11 @@ fn istio_sidecar_http1_paths_under_istio_iptables_like_envoy() {
         results.push((format!("{who} {io}"), got));
         drop(servers);
     }
-    // Local answers' bodies are each proxy's own words: their statuses are compared.
-    let comparable = |o: &String| -> String {
-        let (new, rest) = match o.strip_prefix("[new] ") {
-            Some(rest) => ("[new] ", rest),
-            None => ("", o.as_str()),
-        };
-        match rest.split_once(' ') {
-            Some((s, _)) if s.parse::<u16>().is_ok_and(|s| s >= 400) => format!("{new}{s}"),
-            _ => o.clone(),
-        }
-    };
-    let want: Vec<String> = results[0].1.iter().map(comparable).collect();
+    let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
     assert!(want[0].starts_with("[new] 200 reviews GET /a?q=1"), "{want:?}");
     assert!(!want[1].starts_with("[new]"), "keep-alive: {want:?}");
     for (who, got) in &results[1..] {
-        let got: Vec<String> = got.iter().map(comparable).collect();
+        let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
         assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
     }
 }
@@ -2206,21 +2208,11 @@ fn http1_answers_upgrades_and_pipelining_like_envoy() {
         eprintln!("{who} {io}: {got:#?}");
         results.push((format!("{who} {io}"), got));
     }
-    let comparable = |o: &String| -> String {
-        let (new, rest) = match o.strip_prefix("[new] ") {
-            Some(rest) => ("[new] ", rest),
-            None => ("", o.as_str()),
-        };
-        match rest.split_once(' ') {
-            Some((s, _)) if s.parse::<u16>().is_ok_and(|s| s >= 400) => format!("{new}{s}"),
-            _ => o.clone(),
-        }
-    };
-    let want: Vec<String> = results[0].1.iter().map(comparable).collect();
+    let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
     assert!(want[0].starts_with("[new] 200 up GET /one"), "{want:?}");
     assert!(want.last().unwrap().starts_with("101 echo=ping"), "{want:?}");
     for (who, got) in &results[1..] {
-        let got: Vec<String> = got.iter().map(comparable).collect();
+        let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
         assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
     }
 }
