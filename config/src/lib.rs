@@ -883,12 +883,76 @@ pub struct AccessLogFilter {
     /// Calls with any of these response flags (`[UH, UT]`); an empty list: any flag at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_flags: Option<Vec<String>>,
+    /// A request header condition (Envoy's `header_filter`; Triple only: Dubbo calls and TCP
+    /// connections have no headers, so every header is missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<AccessLogHeaderFilter>,
+    /// The call's gRPC status is (or, with `exclude`, is not) one of `statuses` (Envoy's
+    /// `grpc_status_filter`; a call without one, Dubbo and TCP included, is `UNKNOWN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<AccessLogGrpcStatusFilter>,
     /// Every one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub and: Option<Vec<AccessLogFilter>>,
     /// Any one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub or: Option<Vec<AccessLogFilter>>,
+}
+
+/// A request header condition of an access-log filter: `name` and at most one of `exact`,
+/// `prefix`, `regex` (a full match) or `present` (without any: present), as Envoy's
+/// `HeaderMatcher`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogHeaderFilter {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    /// Envoy's `invert_match`: a present header matches when the condition does not hold; a
+    /// missing one matches only `present: true` (Envoy's rule).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+    /// Envoy's `treat_missing_header_as_empty`: a missing header is compared as "".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub treat_missing_as_empty: bool,
+}
+
+/// gRPC status names as Envoy's `GrpcStatusFilter` spells them, by number.
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The gRPC-status condition of an access-log filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogGrpcStatusFilter {
+    /// Names from [`GRPC_STATUS_NAMES`] (`[UNAVAILABLE, DEADLINE_EXCEEDED]`).
+    pub statuses: Vec<String>,
+    /// Keep the calls whose status is *not* listed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude: bool,
 }
 
 impl AccessLogFilter {
@@ -898,6 +962,8 @@ impl AccessLogFilter {
             self.duration_ms.is_some(),
             self.runtime_percent.is_some(),
             self.response_flags.is_some(),
+            self.header.is_some(),
+            self.grpc_status.is_some(),
             self.and.is_some(),
             self.or.is_some(),
         ];
@@ -905,9 +971,47 @@ impl AccessLogFilter {
             err(
                 at.to_string(),
                 "set exactly one of status_code, duration_ms, runtime_percent, response_flags, \
-                 and, or"
+                 header, grpc_status, and, or"
                     .into(),
             );
+        }
+        if let Some(h) = &self.header {
+            if h.name.is_empty() {
+                err(format!("{at}.header.name"), "is empty".into());
+            }
+            let conditions = [
+                h.exact.is_some(),
+                h.prefix.is_some(),
+                h.regex.is_some(),
+                h.present.is_some(),
+            ];
+            if conditions.iter().filter(|c| **c).count() > 1 {
+                err(
+                    format!("{at}.header"),
+                    "set at most one of exact, prefix, regex, present".into(),
+                );
+            }
+            if let Some(r) = &h.regex {
+                if let Err(e) = regex::Regex::new(r) {
+                    err(format!("{at}.header.regex"), e.to_string());
+                }
+            }
+        }
+        for (i, s) in self
+            .grpc_status
+            .iter()
+            .flat_map(|g| &g.statuses)
+            .enumerate()
+        {
+            if !GRPC_STATUS_NAMES.contains(&s.as_str()) {
+                err(
+                    format!("{at}.grpc_status.statuses[{i}]"),
+                    format!(
+                        "{s:?} is not a gRPC status ({})",
+                        GRPC_STATUS_NAMES.join(", ")
+                    ),
+                );
+            }
         }
         if let Some(p) = self.runtime_percent {
             if !(0.0..=100.0).contains(&p.0) {

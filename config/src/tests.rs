@@ -978,6 +978,19 @@ fn access_log_filters_parse_and_name_bad_fields() {
             at.to_string(),
         ),
         ("{runtime_percent: 101}", format!("{at}.runtime_percent")),
+        ("{header: {name: ''}}", format!("{at}.header.name")),
+        (
+            "{header: {name: x-a, exact: a, prefix: b}}",
+            format!("{at}.header"),
+        ),
+        (
+            "{header: {name: x-a, regex: '('}}",
+            format!("{at}.header.regex"),
+        ),
+        (
+            "{grpc_status: {statuses: [OK, CANCELLED]}}",
+            format!("{at}.grpc_status.statuses[1]"),
+        ),
         (
             "{response_flags: [UH, XX]}",
             format!("{at}.response_flags[1]"),

@@ -391,8 +391,15 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
 
     const TCP_FORMAT: &str = "%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %RESPONSE_CODE% %PROTOCOL%\n";
     const GRPC_FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %REQ(X-USER)% %REQ(:AUTHORITY)%\n";
+    // Response headers and trailers: the upstream's, and ringside's own local reply (no route).
+    const RESP_FORMAT: &str = "%REQ(:PATH)% %RESP(:STATUS)% %RESP(CONTENT-TYPE)% %RESP(GRPC-STATUS)% %TRAILER(GRPC-STATUS)% %TRAILER(GRPC-MESSAGE)% %TRAILER(X-SERVER)% %RESP(X-NONE?GRPC-STATUS)% %TRAILER(X-NONE?X-SERVER):3% %RESPONSE_TRAILER(X-NONE)%\n";
     let echo = echo_server();
     let server = GrpcServer::start(0, "S", &[]);
+    let failing = GrpcServer::start(
+        0,
+        "F",
+        &["--status", "NOT_FOUND", "--message", "no such greeting"],
+    );
     let dir = TempDir::new("access-log-oracle");
     let file_log = |path: &Path, format: Value| {
         json!({"name": "envoy.access_loggers.file", "typed_config": {
@@ -406,11 +413,13 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "grpc", "codec_type": "HTTP2",
             "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/helloworld.Greeter/SayHelloStream"}, "route": {"cluster": "f"}},
                 {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "s"}}]}]},
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
             "access_log": [
                 file_log(&dir.0.join(format!("{who}-grpc.log")), text(GRPC_FORMAT)),
+                file_log(&dir.0.join(format!("{who}-resp.log")), text(RESP_FORMAT)),
                 file_log(&dir.0.join(format!("{who}-grpc.json")), json!({"json_format": {
                     "path": "%REQ(:PATH)%", "code": "%RESPONSE_CODE%", "grpc": "%GRPC_STATUS%",
                     "flags": "%RESPONSE_FLAGS%", "missing": "%REQ(X-NONE)%",
@@ -428,11 +437,12 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
                 {"name": "grpc", "address": socket(grpc), "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
             ],
-            "clusters": [eds_cluster("echo", false), eds_cluster("s", true)],
-            "endpoints": [load_assignment("echo", &[echo]), load_assignment("s", &[server.addr()])]
+            "clusters": [eds_cluster("echo", false), eds_cluster("s", true), eds_cluster("f", true)],
+            "endpoints": [load_assignment("echo", &[echo]), load_assignment("s", &[server.addr()]),
+                load_assignment("f", &[failing.addr()])]
         })
     };
-    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<Value>) {
+    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<Value>, Vec<String>) {
         let (tcp, grpc) = (local(free_port()), local(free_port()));
         let mut xds = XdsServer::start();
         xds.put(&snapshot(who, tcp, grpc)).unwrap();
@@ -467,30 +477,42 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
         assert!(ok.ok, "{who}: {ok:?}");
         let lost = grpc_call(grpc, &CallOpts::default().service("other.Service"));
         assert_eq!(lost.code, "UNIMPLEMENTED", "{who}: {lost:?}");
+        let failed = grpc_call(grpc, &CallOpts::new(common::grpc::Call::ServerStream));
+        assert_eq!(failed.code, "NOT_FOUND", "{who}: {failed:?}");
         // Without the readiness probes' connections (nothing sent: "0 0 ...").
         let tcp_lines = lines_where(&dir.0.join(format!("{who}-tcp.log")), 1, |l| {
             !l.starts_with("0 0 ")
         });
-        let grpc_lines: Vec<String> = lines(&dir.0.join(format!("{who}-grpc.log")), 2)
-            .iter()
-            .map(|l| l.replace(&grpc.port().to_string(), "PORT"))
-            .collect();
-        let json = lines(&dir.0.join(format!("{who}-grpc.json")), 2)
+        // Sorted: two shards may hand their batches over in either order.
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let grpc_lines: Vec<String> = sorted(
+            lines(&dir.0.join(format!("{who}-grpc.log")), 3)
+                .iter()
+                .map(|l| l.replace(&grpc.port().to_string(), "PORT"))
+                .collect(),
+        );
+        let mut json: Vec<Value> = lines(&dir.0.join(format!("{who}-grpc.json")), 3)
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: {e}: {l}")))
             .collect();
+        json.sort_by_key(|v| v.to_string());
+        let resp_lines = sorted(lines(&dir.0.join(format!("{who}-resp.log")), 3));
         xds.terminate().unwrap();
-        (tcp_lines, grpc_lines, json)
+        (tcp_lines, grpc_lines, json, resp_lines)
     };
     let envoy = run("envoy");
     let ringside = run("ringside");
     assert_eq!(ringside.0, envoy.0, "tcp lines");
     assert_eq!(ringside.1, envoy.1, "grpc lines");
     assert_eq!(ringside.2, envoy.2, "grpc json lines");
+    assert_eq!(ringside.3, envoy.3, "response header and trailer lines");
 }
 
-/// Access-log filters from xDS (status code, duration, runtime fraction, response flags, and,
-/// or) given to Envoy 1.40 and to ringside with the same calls (a TCP connection, a grpcio
+/// Access-log filters from xDS (status code, duration, runtime fraction, response flags,
+/// headers, gRPC status, and, or) given to Envoy 1.40 and to ringside with the same calls (a TCP connection, a grpcio
 /// call, a call without a route): each log keeps the same lines in both, and the logs whose
 /// filters keep nothing stay empty in both.
 #[test]
@@ -537,6 +559,56 @@ fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
         ),
         ("runtime-0", runtime(0), 0),
         ("runtime-100", runtime(100), 2),
+        // Header filters (the OK call sends x-user: vip-1, the other none), Envoy's rules for
+        // missing headers and inversion included.
+        (
+            "header-vip",
+            json!({"header_filter": {"header": {"name": "X-User", "string_match": {"prefix": "vip"}}}}),
+            1,
+        ),
+        (
+            "header-inverted",
+            json!({"header_filter": {"header": {"name": "x-user", "exact_match": "vip-1", "invert_match": true}}}),
+            0,
+        ),
+        (
+            "header-inverted-missing-as-empty",
+            json!({"header_filter": {"header": {"name": "x-user", "exact_match": "vip-1",
+                "invert_match": true, "treat_missing_header_as_empty": true}}}),
+            1,
+        ),
+        (
+            "header-absent",
+            json!({"header_filter": {"header": {"name": "x-user", "present_match": false}}}),
+            1,
+        ),
+        (
+            "header-present-inverted",
+            json!({"header_filter": {"header": {"name": "x-user", "present_match": true, "invert_match": true}}}),
+            1,
+        ),
+        (
+            "grpc-ok",
+            json!({"grpc_status_filter": {"statuses": ["OK"]}}),
+            1,
+        ),
+        (
+            "grpc-not-ok",
+            json!({"grpc_status_filter": {"statuses": ["OK"], "exclude": true}}),
+            1,
+        ),
+        (
+            "grpc-unimplemented-or-unavailable",
+            json!({"grpc_status_filter": {"statuses": ["UNIMPLEMENTED", "UNAVAILABLE"]}}),
+            1,
+        ),
+        (
+            "grpc-ok-and-vip",
+            json!({"and_filter": {"filters": [
+                {"grpc_status_filter": {"statuses": ["OK"]}},
+                {"header_filter": {"header": {"name": "x-user", "exact_match": "vip-1"}}}]}}),
+            1,
+        ),
     ];
     let tcp_logs: Vec<(&str, Value, usize)> = vec![
         (
@@ -548,6 +620,22 @@ fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
             "tcp-code-1",
             json!({"status_code_filter": {"comparison": cmp("GE", 1)}}),
             0,
+        ),
+        // A connection has no gRPC status (UNKNOWN) and no headers.
+        (
+            "tcp-grpc-unknown",
+            json!({"grpc_status_filter": {"statuses": ["UNKNOWN"]}}),
+            1,
+        ),
+        (
+            "tcp-grpc-ok",
+            json!({"grpc_status_filter": {"statuses": ["OK"]}}),
+            0,
+        ),
+        (
+            "tcp-header-absent",
+            json!({"header_filter": {"header": {"name": "x-user", "present_match": false}}}),
+            1,
         ),
     ];
     let file_log = |who: &str, name: &str, format: &str, filter: &Value| {
@@ -612,7 +700,7 @@ fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).unwrap();
         drop(s);
-        let ok = grpc_call(grpc, &CallOpts::default());
+        let ok = grpc_call(grpc, &CallOpts::default().meta("x-user", "vip-1"));
         assert!(ok.ok, "{who}: {ok:?}");
         let lost = grpc_call(grpc, &CallOpts::default().service("other.Service"));
         assert_eq!(lost.code, "UNIMPLEMENTED", "{who}: {lost:?}");

@@ -1608,7 +1608,7 @@ fn access_logs(
                 let fat = format!("{at}.filter");
                 let f = access_log_filter(f, ctx, &fat, 0)?;
                 if f.is_none() {
-                    tracing::warn!(field = %fat, "access log filter not supported (ringside takes status_code, duration, runtime, response_flag, and, or): every call is logged");
+                    tracing::warn!(field = %fat, "access log filter not supported (ringside takes status_code, duration, runtime, response_flag, header, grpc_status, and, or): every call is logged");
                 }
                 f
             }
@@ -1755,6 +1755,53 @@ fn access_log_filter(
                 }
             }
             out.response_flags = Some(r.flags.clone());
+        }
+        Some(F::HeaderFilter(h)) => {
+            let Some(m) = &h.header else {
+                return Err(ctx.err(format!("{at}.header_filter.header"), "missing"));
+            };
+            // Inversion and missing-as-empty are the filter's own; the rest is a route header
+            // matcher. One ringside cannot take (a range) logs every call.
+            let plain = route_pb::HeaderMatcher {
+                invert_match: false,
+                treat_missing_header_as_empty: false,
+                ..m.clone()
+            };
+            let Ok(pat) = header_pat(&plain, ctx, &format!("{at}.header_filter.header")) else {
+                return Ok(None);
+            };
+            let mut hf = config::AccessLogHeaderFilter {
+                name: m.name.to_ascii_lowercase(),
+                invert: m.invert_match,
+                treat_missing_as_empty: m.treat_missing_header_as_empty,
+                ..Default::default()
+            };
+            match pat {
+                HeaderPat::Pat(Pat::Exact(v)) => hf.exact = Some(v),
+                HeaderPat::Pat(Pat::Prefix(v)) => hf.prefix = Some(v),
+                HeaderPat::Pat(Pat::Regex(v)) => hf.regex = Some(v),
+                HeaderPat::Present(b) => hf.present = Some(b),
+            }
+            out.header = Some(hf);
+        }
+        Some(F::GrpcStatusFilter(g)) => {
+            let mut statuses = Vec::with_capacity(g.statuses.len());
+            for (i, &n) in g.statuses.iter().enumerate() {
+                let Some(name) = usize::try_from(n)
+                    .ok()
+                    .and_then(|n| config::GRPC_STATUS_NAMES.get(n))
+                else {
+                    return Err(ctx.err(
+                        format!("{at}.grpc_status_filter.statuses[{i}]"),
+                        format!("unknown gRPC status {n}"),
+                    ));
+                };
+                statuses.push(name.to_string());
+            }
+            out.grpc_status = Some(config::AccessLogGrpcStatusFilter {
+                statuses,
+                exclude: g.exclude,
+            });
         }
         Some(F::AndFilter(a)) => match list(&a.filters, "and_filter")? {
             Some(l) => out.and = Some(l),

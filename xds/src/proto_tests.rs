@@ -1927,14 +1927,57 @@ fn access_log_filters() {
             value: 30
         })
     );
-    // A header filter inside an or: the whole filter is dropped (every call logged).
+    // Header filters: inversion kept, suffix as a regex; gRPC status filters by name.
+    use route_pb::header_matcher::HeaderMatchSpecifier as H;
+    let header = |m: H, invert: bool| {
+        F::HeaderFilter(accesslog_pb::HeaderFilter {
+            header: Some(route_pb::HeaderMatcher {
+                name: "X-User".into(),
+                header_match_specifier: Some(m),
+                invert_match: invert,
+                ..Default::default()
+            }),
+        })
+    };
+    let h = filter(with(header(H::SuffixMatch("-1".into()), true)))
+        .unwrap()
+        .header
+        .unwrap();
+    assert_eq!(
+        h,
+        config::AccessLogHeaderFilter {
+            name: "x-user".into(),
+            regex: Some(".*\\-1".into()),
+            invert: true,
+            ..Default::default()
+        }
+    );
+    let g = filter(with(F::GrpcStatusFilter(accesslog_pb::GrpcStatusFilter {
+        statuses: vec![0, 14],
+        exclude: true,
+    })))
+    .unwrap()
+    .grpc_status
+    .unwrap();
+    assert_eq!(g.statuses, ["OK", "UNAVAILABLE"]);
+    assert!(g.exclude);
+    let e = err_text(with(F::GrpcStatusFilter(accesslog_pb::GrpcStatusFilter {
+        statuses: vec![17],
+        exclude: false,
+    })));
+    assert!(e.contains("grpc_status_filter.statuses[0]"), "{e}");
+    // A header filter ringside cannot take (a range) inside an or: the whole filter is dropped
+    // (every call logged).
     let unsupported = F::OrFilter(accesslog_pb::OrFilter {
         filters: vec![
             accesslog_pb::AccessLogFilter {
                 filter_specifier: Some(code),
             },
             accesslog_pb::AccessLogFilter {
-                filter_specifier: Some(F::HeaderFilter(accesslog_pb::HeaderFilter::default())),
+                filter_specifier: Some(header(
+                    H::RangeMatch(Int64Range { start: 1, end: 2 }),
+                    false,
+                )),
             },
         ],
     });

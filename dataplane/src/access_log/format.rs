@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Flags, Record};
+use super::{Flags, Part, Record};
 
 /// Envoy's default format, which ringside uses when a log names no format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
@@ -71,10 +71,9 @@ pub enum Op {
     BytesReceived,
     BytesSent,
     Protocol,
-    /// A request header (lower case), with a fallback header (`%REQ(A?B)%`).
-    Req(String, Option<String>),
-    /// A response header: ringside keeps none, so always `-` (Envoy's default format names one).
-    Resp,
+    /// A request header, response header or trailer (lower case), with a fallback header
+    /// (`%REQ(A?B)%`, `%RESP(A?B)%`, `%TRAILER(A?B)%`).
+    Header(Part, String, Option<String>),
     DubboInterface,
     DubboMethod,
     DubboVersion,
@@ -128,14 +127,15 @@ impl Format {
         Ok(Format::Json(json_entries(map)?))
     }
 
-    /// Request headers the format reads (lower case): the only ones a call keeps.
-    pub fn request_headers(&self) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Request headers, response headers and trailers the format reads (lower case): the only
+    /// ones a call keeps.
+    pub fn headers(&self) -> Vec<(Part, String)> {
+        let mut out: Vec<(Part, String)> = Vec::new();
         let mut add = |p: &Piece| {
-            if let Piece::Op(Op::Req(a, b), _) = p {
+            if let Piece::Op(Op::Header(part, a, b), _) = p {
                 for h in std::iter::once(a).chain(b) {
-                    if !out.contains(h) {
-                        out.push(h.clone());
+                    if !out.iter().any(|(p, n)| p == part && n == h) {
+                        out.push((*part, h.clone()));
                     }
                 }
             }
@@ -451,11 +451,20 @@ fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) -> bool
         Op::BytesReceived => num(r.bytes_received, out),
         Op::BytesSent => num(r.bytes_sent, out),
         Op::Protocol => text(r.protocol.map(str::as_bytes), out),
-        Op::Req(a, b) => {
-            let v = r.header(a).or_else(|| b.as_ref().and_then(|b| r.header(b)));
-            text(v, out)
+        Op::Header(part, a, b) => {
+            let v = r
+                .headers
+                .get(*part, a)
+                .or_else(|| b.as_ref().and_then(|b| r.headers.get(*part, b)));
+            // A header sent empty renders empty (Envoy); only a missing one is `-`.
+            match v {
+                Some(v) => {
+                    put(out, v);
+                    true
+                }
+                None => false,
+            }
         }
-        Op::Resp => false,
         Op::DubboInterface => text(r.dubbo.map(|d| d.interface), out),
         Op::DubboMethod => text(r.dubbo.map(|d| d.method), out),
         Op::DubboVersion => text(r.dubbo.map(|d| d.version), out),
@@ -741,19 +750,22 @@ fn operator(s: &str) -> Option<(Result<(Op, Option<usize>), FormatError>, usize)
         "DUBBO_VERSION" => no_arg(Op::DubboVersion),
         "DUBBO_GROUP" => no_arg(Op::DubboGroup),
         "DUBBO_REQUEST_ID" => no_arg(Op::DubboRequestId),
-        "REQ" | "REQUEST_HEADER" => match arg {
-            None | Some("") => Err(bad("names a header: %REQ(NAME)% or %REQ(NAME?FALLBACK)%")),
-            Some(a) => {
-                let mut parts = a.splitn(2, '?');
-                let main = parts.next().unwrap_or_default().to_ascii_lowercase();
-                let alt = parts.next().map(str::to_ascii_lowercase);
-                Ok(Op::Req(main, alt))
+        "REQ" | "REQUEST_HEADER" | "RESP" | "RESPONSE_HEADER" | "TRAILER" | "RESPONSE_TRAILER" => {
+            let part = match name {
+                "REQ" | "REQUEST_HEADER" => Part::Request,
+                "RESP" | "RESPONSE_HEADER" => Part::Response,
+                _ => Part::Trailer,
+            };
+            match arg {
+                None | Some("") => Err(bad("names a header: %OP(NAME)% or %OP(NAME?FALLBACK)%")),
+                Some(a) => {
+                    let mut parts = a.splitn(2, '?');
+                    let main = parts.next().unwrap_or_default().to_ascii_lowercase();
+                    let alt = parts.next().map(str::to_ascii_lowercase);
+                    Ok(Op::Header(part, main, alt))
+                }
             }
-        },
-        "RESP" | "RESPONSE_HEADER" | "TRAILER" | "RESPONSE_TRAILER" => match arg {
-            None | Some("") => Err(bad("names a header")),
-            Some(_) => Ok(Op::Resp),
-        },
+        }
         other => Err(FormatError::UnknownOperator(other.to_string())),
     };
     Some((op.map(|op| (op, max)), taken))
@@ -901,18 +913,30 @@ mod tests {
     }
 
     #[test]
-    fn request_headers_lists_what_the_format_reads() {
+    fn headers_lists_what_the_format_reads() {
         let f = Format::text(DEFAULT_FORMAT).unwrap();
+        let req = |n: &str| (Part::Request, n.to_string());
         assert_eq!(
-            f.request_headers(),
+            f.headers(),
             [
-                ":method",
-                "x-envoy-original-path",
-                ":path",
-                "x-forwarded-for",
-                "user-agent",
-                "x-request-id",
-                ":authority"
+                req(":method"),
+                req("x-envoy-original-path"),
+                req(":path"),
+                (Part::Response, "x-envoy-upstream-service-time".to_string()),
+                req("x-forwarded-for"),
+                req("user-agent"),
+                req("x-request-id"),
+                req(":authority")
+            ]
+        );
+        let f = Format::text("%RESP(grpc-status)% %TRAILER(GRPC-STATUS?x-a)% %REQ(x-a)%").unwrap();
+        assert_eq!(
+            f.headers(),
+            [
+                (Part::Response, "grpc-status".to_string()),
+                (Part::Trailer, "grpc-status".to_string()),
+                (Part::Trailer, "x-a".to_string()),
+                req("x-a"),
             ]
         );
     }
@@ -1029,7 +1053,65 @@ mod filter_tests {
     }
 
     fn compile(yaml: &str) -> Filter {
-        Filter::compile(&serde_yaml::from_str(yaml).unwrap())
+        Filter::compile(&serde_yaml::from_str(yaml).unwrap()).unwrap()
+    }
+
+    /// Envoy's header matcher rules (missing headers, inversion) and its gRPC status filter
+    /// (no status: UNKNOWN).
+    #[test]
+    fn header_and_grpc_status_filters_follow_envoy() {
+        let mut roll = || 0u32;
+        let keeps = |f: &Filter,
+                     h: &[(&str, &str); 1],
+                     grpc: Option<u32>,
+                     roll: &mut dyn FnMut() -> u32| {
+            let mut r = record(Some(200), Flags::NONE, 1);
+            r.grpc_status = grpc;
+            r.headers = h;
+            f.keeps(&r, roll)
+        };
+        let vip = [("x-user", "vip-1")];
+        let other = [("x-other", "1")];
+        let prefix = compile("{header: {name: X-User, prefix: vip-}}");
+        assert!(keeps(&prefix, &vip, None, &mut roll));
+        assert!(!keeps(&prefix, &other, None, &mut roll));
+        let inverted = compile("{header: {name: x-user, exact: vip-1, invert: true}}");
+        assert!(!keeps(&inverted, &vip, None, &mut roll));
+        // A missing header never matches a value condition, inverted or not...
+        assert!(!keeps(&inverted, &other, None, &mut roll));
+        // ...unless it counts as empty.
+        let empty = compile(
+            "{header: {name: x-user, exact: vip-1, invert: true, treat_missing_as_empty: true}}",
+        );
+        assert!(keeps(&empty, &other, None, &mut roll));
+        assert!(keeps(
+            &compile("{header: {name: x-user, present: false}}"),
+            &other,
+            None,
+            &mut roll
+        ));
+        assert!(keeps(
+            &compile("{header: {name: x-user, invert: true}}"),
+            &other,
+            None,
+            &mut roll
+        ));
+        assert!(!keeps(
+            &compile("{header: {name: x-user}}"),
+            &other,
+            None,
+            &mut roll
+        ));
+        let failed = compile("{grpc_status: {statuses: [OK], exclude: true}}");
+        assert!(!keeps(&failed, &vip, Some(0), &mut roll));
+        assert!(keeps(&failed, &vip, Some(14), &mut roll));
+        // No status (Dubbo, TCP, a cancelled stream): UNKNOWN.
+        assert!(keeps(&failed, &vip, None, &mut roll));
+        let unknown = compile("{grpc_status: {statuses: [UNKNOWN, UNAVAILABLE]}}");
+        assert!(keeps(&unknown, &vip, None, &mut roll));
+        assert!(keeps(&unknown, &vip, Some(14), &mut roll));
+        assert!(!keeps(&unknown, &vip, Some(0), &mut roll));
+        assert!(!keeps(&unknown, &vip, Some(40), &mut roll));
     }
 
     #[test]

@@ -116,13 +116,25 @@ impl std::ops::BitOr for Flags {
     }
 }
 
-/// Request headers (or Dubbo attachments) a record can show, by lower-case name.
-pub trait Headers {
-    fn get(&self, name: &str) -> Option<&[u8]>;
+/// Which headers of a call an operator reads: `%REQ(...)%`, `%RESP(...)%`, `%TRAILER(...)%`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Request,
+    Response,
+    Trailer,
 }
 
+/// The headers a record can show (request, response, trailers), by lower-case name.
+pub trait Headers {
+    fn get(&self, part: Part, name: &str) -> Option<&[u8]>;
+}
+
+/// Request headers only (tests).
 impl<const N: usize> Headers for [(&str, &str); N] {
-    fn get(&self, name: &str) -> Option<&[u8]> {
+    fn get(&self, part: Part, name: &str) -> Option<&[u8]> {
+        if part != Part::Request {
+            return None;
+        }
         self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_bytes())
@@ -162,19 +174,13 @@ pub struct Record<'a> {
     pub dubbo: Option<DubboCall<'a>>,
 }
 
-impl Record<'_> {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.get(name)
-    }
-}
-
 /// No headers (TCP, Dubbo).
 pub const NO_HEADERS: &NoHeaders = &NoHeaders;
 
 pub struct NoHeaders;
 
 impl Headers for NoHeaders {
-    fn get(&self, _name: &str) -> Option<&[u8]> {
+    fn get(&self, _part: Part, _name: &str) -> Option<&[u8]> {
         None
     }
 }
@@ -188,8 +194,8 @@ pub struct LogSpec {
 }
 
 /// An access log's filter, compiled from [`config::AccessLogFilter`] (validated: exactly one
-/// kind, flags known, nesting bounded by `config::ACCESS_LOG_FILTER_DEPTH_MAX`).
-#[derive(Clone, Debug, PartialEq)]
+/// kind, flags and statuses known, nesting bounded by `config::ACCESS_LOG_FILTER_DEPTH_MAX`).
+#[derive(Debug)]
 pub enum Filter {
     StatusCode(config::Comparison),
     DurationMs(config::Comparison),
@@ -198,13 +204,75 @@ pub enum Filter {
     /// Any of these flags (any flag when empty).
     ResponseFlags(Flags),
     AnyResponseFlag,
+    Header(HeaderFilter),
+    /// The gRPC status (a call without one: UNKNOWN) is in the set (bit per status), or with
+    /// `exclude`, is not.
+    GrpcStatus {
+        set: u32,
+        exclude: bool,
+    },
     And(Vec<Filter>),
     Or(Vec<Filter>),
 }
 
+/// A request header condition, with Envoy's `HeaderMatcher` rules for inversion and missing
+/// headers.
+pub struct HeaderFilter {
+    /// Lower case (HTTP/2 header names are).
+    name: String,
+    value: crate::route::ValueMatch,
+    invert: bool,
+    missing_as_empty: bool,
+}
+
+impl std::fmt::Debug for HeaderFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderFilter")
+            .field("name", &self.name)
+            .field("invert", &self.invert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeaderFilter {
+    fn new(h: &config::AccessLogHeaderFilter) -> Result<HeaderFilter, crate::route::RouteError> {
+        Ok(HeaderFilter {
+            name: h.name.to_ascii_lowercase(),
+            value: crate::route::ValueMatch::new(
+                h.exact.as_deref(),
+                h.prefix.as_deref(),
+                h.regex.as_deref(),
+                h.present,
+            )?,
+            invert: h.invert,
+            missing_as_empty: h.treat_missing_as_empty,
+        })
+    }
+
+    /// Envoy's `HeaderUtility::matchHeaders`: a missing header matches only a presence
+    /// condition (`present: false`, or inverted `present: true`) unless it counts as empty.
+    fn matches(&self, v: Option<&[u8]>) -> bool {
+        use crate::route::ValueMatch;
+        let v = match v {
+            Some(v) => Some(v),
+            None if self.missing_as_empty => Some(&b""[..]),
+            None => {
+                return match self.value {
+                    ValueMatch::Present(want) => want == self.invert,
+                    ValueMatch::Is(_) => false,
+                }
+            }
+        };
+        self.value.matches(v) != self.invert
+    }
+}
+
 impl Filter {
-    fn compile(f: &config::AccessLogFilter) -> Filter {
-        if let Some(c) = f.status_code {
+    fn compile(f: &config::AccessLogFilter) -> Result<Filter, crate::route::RouteError> {
+        let list = |l: &[config::AccessLogFilter]| {
+            l.iter().map(Filter::compile).collect::<Result<Vec<_>, _>>()
+        };
+        Ok(if let Some(c) = f.status_code {
             Filter::StatusCode(c)
         } else if let Some(c) = f.duration_ms {
             Filter::DurationMs(c)
@@ -220,13 +288,36 @@ impl Filter {
                         .fold(Flags::NONE, |a, b| a | b),
                 ),
             }
+        } else if let Some(h) = &f.header {
+            Filter::Header(HeaderFilter::new(h)?)
+        } else if let Some(g) = &f.grpc_status {
+            let set = g
+                .statuses
+                .iter()
+                .filter_map(|n| config::GRPC_STATUS_NAMES.iter().position(|k| k == n))
+                .fold(0u32, |set, i| set | 1 << i);
+            Filter::GrpcStatus {
+                set,
+                exclude: g.exclude,
+            }
         } else if let Some(l) = &f.and {
-            Filter::And(l.iter().map(Filter::compile).collect())
+            Filter::And(list(l)?)
         } else if let Some(l) = &f.or {
-            Filter::Or(l.iter().map(Filter::compile).collect())
+            Filter::Or(list(l)?)
         } else {
             // Validation refuses a filter with nothing set; keep every call if one got here.
             Filter::And(Vec::new())
+        })
+    }
+
+    /// The request headers the filter reads (lower case), added to `out` once each.
+    fn header_names(&self, out: &mut Vec<(Part, String)>) {
+        match self {
+            Filter::Header(h) if !out.iter().any(|(p, n)| *p == Part::Request && *n == h.name) => {
+                out.push((Part::Request, h.name.clone()));
+            }
+            Filter::And(l) | Filter::Or(l) => l.iter().for_each(|f| f.header_names(out)),
+            _ => {}
         }
     }
 
@@ -239,6 +330,14 @@ impl Filter {
             Filter::Sampled(threshold) => u64::from(roll()) < *threshold,
             Filter::ResponseFlags(f) => f.0 & r.flags.0 != 0,
             Filter::AnyResponseFlag => !r.flags.is_empty(),
+            Filter::Header(h) => h.matches(r.headers.get(Part::Request, &h.name)),
+            Filter::GrpcStatus { set, exclude } => {
+                // Envoy: a call without a status is UNKNOWN; a status beyond the known ones is
+                // in no list.
+                let s = r.grpc_status.unwrap_or(2);
+                let listed = s < 32 && set & (1 << s) != 0;
+                listed != *exclude
+            }
             Filter::And(l) => l.iter().all(|f| f.keeps(r, roll)),
             Filter::Or(l) => l.iter().any(|f| f.keeps(r, roll)),
         }
@@ -252,7 +351,7 @@ pub fn open(logs: &[config::AccessLog]) -> Result<Vec<LogSpec>, OpenError> {
         .map(|l| {
             Ok(LogSpec {
                 format: Arc::new(compile(l)?),
-                filter: l.filter.as_ref().map(|f| Arc::new(Filter::compile(f))),
+                filter: compile_filter(l)?.map(Arc::new),
                 file: FileSink::open(&l.path)?,
             })
         })
@@ -262,7 +361,20 @@ pub fn open(logs: &[config::AccessLog]) -> Result<Vec<LogSpec>, OpenError> {
 /// Compiles a listener's log formats without opening (or creating) their files: what
 /// `ringside validate` checks.
 pub fn check(logs: &[config::AccessLog]) -> Result<(), OpenError> {
-    logs.iter().try_for_each(|l| compile(l).map(drop))
+    logs.iter()
+        .try_for_each(|l| compile(l).and_then(|_| compile_filter(l)).map(drop))
+}
+
+/// A log's filter, compiled (its regexes: config validation checked them already).
+fn compile_filter(l: &config::AccessLog) -> Result<Option<Filter>, OpenError> {
+    l.filter
+        .as_ref()
+        .map(Filter::compile)
+        .transpose()
+        .map_err(|e| OpenError::Filter {
+            path: l.path.clone(),
+            error: e.to_string(),
+        })
 }
 
 /// A log's format, compiled (the default format when the config names none).
@@ -281,8 +393,10 @@ fn compile(l: &config::AccessLog) -> Result<Format, OpenError> {
 /// A listener's logs on one shard.
 pub struct ListenerLog {
     logs: Vec<ShardLog>,
-    /// Request headers any of the formats reads (lower case): a Triple call keeps only these.
-    pub request_headers: Rc<[String]>,
+    /// Headers any of the formats reads (lower case): a Triple call keeps only these.
+    pub headers: Rc<[(Part, String)]>,
+    /// Some format reads a response header or trailer.
+    pub reads_response: bool,
     /// xorshift64* state for runtime filters (never 0); seeded per listener and shard.
     rng: Cell<u64>,
 }
@@ -389,14 +503,17 @@ impl ShardLogs {
         if specs.is_empty() {
             return None;
         }
-        let mut headers: Vec<String> = Vec::new();
+        let mut headers: Vec<(Part, String)> = Vec::new();
         let logs = specs
             .iter()
             .map(|s| {
-                for h in s.format.request_headers() {
+                for h in s.format.headers() {
                     if !headers.contains(&h) {
                         headers.push(h);
                     }
+                }
+                if let Some(f) = &s.filter {
+                    f.header_names(&mut headers);
                 }
                 ShardLog {
                     format: s.format.clone(),
@@ -408,7 +525,8 @@ impl ShardLogs {
             .collect();
         Some(Rc::new(ListenerLog {
             logs,
-            request_headers: headers.into(),
+            reads_response: headers.iter().any(|(p, _)| *p != Part::Request),
+            headers: headers.into(),
             rng: Cell::new(seed()),
         }))
     }

@@ -24,6 +24,8 @@ const IDLE_PARK: Duration = Duration::from_secs(1);
 pub enum OpenError {
     #[error("access log {path}: {error}")]
     Format { path: String, error: FormatError },
+    #[error("access log {path}: filter: {error}")]
+    Filter { path: String, error: String },
     #[error("access log {path}: cannot open: {error}")]
     Io { path: String, error: std::io::Error },
 }

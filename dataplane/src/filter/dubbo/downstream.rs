@@ -810,7 +810,7 @@ fn tell_readonly(conn: &DownConn) {
 }
 
 async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, w: &mut W) {
-    let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
+    let mut batch = Vec::new();
     // The last pass wrote answers (as opposed to waking with nothing to write).
     let mut wrote = false;
     loop {
@@ -1481,7 +1481,16 @@ fn route_frame<'r>(
             label,
         )));
     }
-    let req = match wire::RequestView::parse(frame) {
+    // Routes that read attachments get them read (and checked) once, `group` remembered;
+    // otherwise only what routes on interface, version and method is read here (about half
+    // the instructions), and tracing, traffic labels or the access log scan the attachments
+    // when they need them.
+    let parsed = if routes.router.reads_attachments() {
+        wire::RequestView::parse(frame)
+    } else {
+        wire::RequestView::parse_preamble(frame)
+    };
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             l.stats.inc(l.ids.rq_bad);

@@ -26,6 +26,7 @@ use super::error::CallError;
 use super::headers::HeaderList;
 use super::router::{RequestView, Router};
 use super::{Call, H2Limits, Host, Pool, TripleListener};
+use crate::access_log::Part;
 use crate::filter::{Budget, Drain, RequestStatIds, Routes};
 use crate::io::READ_CHUNK_BYTES;
 /// Bytes queued for a peer that does not read (control frames are not flow controlled): beyond
@@ -1728,6 +1729,9 @@ impl Conn {
             return;
         };
         let link = self.link(id);
+        let message = percent_encode(&e.to_string());
+        let mut num = [0u8; 10];
+        let status_text = grpc::status_text(e.status(), &mut num);
         let (headers_sent, back) = {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
@@ -1744,6 +1748,20 @@ impl Conn {
             call.status = Some(e.status());
             if let Some(lg) = call.log.as_mut() {
                 lg.flags = lg.flags | e.flags();
+                // What the caller is sent, for `%RESP(...)%` / `%TRAILER(...)%`.
+                let trailers = call.headers_sent;
+                let part = if trailers {
+                    Part::Trailer
+                } else {
+                    Part::Response
+                };
+                lg.keep(part, |n| match n {
+                    b":status" if !trailers => Some(b"200".as_slice()),
+                    b"content-type" if !trailers => Some(b"application/grpc".as_slice()),
+                    b"grpc-status" => Some(status_text),
+                    b"grpc-message" => Some(&message),
+                    _ => None,
+                });
             }
             (std::mem::replace(&mut call.headers_sent, true), back)
         };
@@ -1759,20 +1777,8 @@ impl Conn {
             hpack::encode_field(&mut block, b":status", b"200", false);
             hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
         }
-        let mut num = [0u8; 10];
-        hpack::encode_field(
-            &mut block,
-            b"grpc-status",
-            grpc::status_text(e.status(), &mut num),
-            false,
-        );
-        let message = e.to_string();
-        hpack::encode_field(
-            &mut block,
-            b"grpc-message",
-            &percent_encode(&message),
-            false,
-        );
+        hpack::encode_field(&mut block, b"grpc-status", status_text, false);
+        hpack::encode_field(&mut block, b"grpc-message", &message, false);
         self.send(id, Out::Headers(block, true));
         // The caller may still be sending: tell it to stop (RFC 9113 8.1).
         let still_sending = self.streams.borrow().get(&id).is_some_and(|s| !s.recv_end);
@@ -1864,6 +1870,7 @@ impl Conn {
         let grpc_status = {
             let hl = self.headers.borrow();
             hl.encode(&mut block);
+            down.keep_response_headers(did, |n| hl.get(n));
             hl.get(b"grpc-status").and_then(|v| {
                 std::str::from_utf8(v)
                     .ok()
@@ -1884,6 +1891,26 @@ impl Conn {
         }
         down.relay_response_headers(did, block, end, grpc_status);
         Ok(())
+    }
+
+    /// Keeps, for the call's access log, the response headers (or trailers, when headers were
+    /// sent before) the formats read; `get` finds a header in the block going to the caller.
+    fn keep_response_headers<'h>(&self, id: u32, get: impl Fn(&[u8]) -> Option<&'h [u8]>) {
+        if let Some(c) = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.call.as_mut())
+        {
+            let part = if c.headers_sent {
+                Part::Trailer
+            } else {
+                Part::Response
+            };
+            if let Some(lg) = c.log.as_mut() {
+                lg.keep(part, get);
+            }
+        }
     }
 
     fn relay_response_headers(

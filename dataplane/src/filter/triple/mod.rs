@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::access_log::{Flags, Headers, Record};
+use crate::access_log::{Flags, Headers, Part, Record};
 use crate::cluster::{Availability, ShardCluster, UpstreamStatIds, ENDPOINT_FAILURE_BACKOFF_MS};
 use crate::config;
 use crate::filter::{Budget, RequestStatIds, ServiceStatsMap};
@@ -249,14 +249,16 @@ impl Call {
 /// Spent records kept for reuse per listener and shard.
 const LOG_POOL_MAX: usize = 1024;
 
-/// What a logged call keeps until its stream ends: the request headers its formats read, where
-/// it went, its bytes and how it ended.
+/// What a logged call keeps until its stream ends: the request headers, response headers and
+/// trailers its formats read, where it went, its bytes and how it ended.
 pub struct Logged {
     start: SystemTime,
     /// Values of the captured headers, one after the other; `spans[i]`: (name index, end).
     values: Vec<u8>,
     spans: Vec<(usize, usize)>,
-    names: Rc<[String]>,
+    names: Rc<[(Part, String)]>,
+    /// Some format reads a response header or trailer.
+    reads_response: bool,
     pub upstream: Option<SocketAddr>,
     pub cluster: Option<Rc<ShardCluster>>,
     pub bytes_received: u64,
@@ -265,15 +267,35 @@ pub struct Logged {
 }
 
 impl Headers for Logged {
-    fn get(&self, name: &str) -> Option<&[u8]> {
+    fn get(&self, part: Part, name: &str) -> Option<&[u8]> {
         let mut from = 0;
         for &(i, end) in &self.spans {
-            if self.names[i] == name {
+            let (p, n) = &self.names[i];
+            if *p == part && n == name {
                 return Some(&self.values[from..end]);
             }
             from = end;
         }
         None
+    }
+}
+
+impl Logged {
+    /// Keeps the values of the `part` headers the formats read; `get` finds a header (the
+    /// first value of a name) in what was sent to the caller.
+    pub fn keep<'h>(&mut self, part: Part, get: impl Fn(&[u8]) -> Option<&'h [u8]>) {
+        if !self.reads_response && part != Part::Request {
+            return;
+        }
+        for (i, (p, name)) in self.names.iter().enumerate() {
+            if *p != part {
+                continue;
+            }
+            if let Some(v) = get(name.as_bytes()) {
+                self.values.extend_from_slice(v);
+                self.spans.push((i, self.values.len()));
+            }
+        }
     }
 }
 
@@ -399,6 +421,7 @@ impl TripleListener {
                 values: Vec::new(),
                 spans: Vec::new(),
                 names: Rc::from(Vec::new()),
+                reads_response: false,
                 upstream: None,
                 cluster: None,
                 bytes_received: 0,
@@ -408,6 +431,7 @@ impl TripleListener {
         });
         lg.values.clear();
         lg.spans.clear();
+        lg.reads_response = false;
         lg.upstream = None;
         lg.cluster = None;
         lg.bytes_received = 0;
@@ -418,13 +442,9 @@ impl TripleListener {
         };
         // Only a logged call reads the clock of day and copies headers.
         lg.start = SystemTime::now();
-        lg.names = log.request_headers.clone();
-        for (i, name) in log.request_headers.iter().enumerate() {
-            if let Some(v) = hl.get(name.as_bytes()) {
-                lg.values.extend_from_slice(v);
-                lg.spans.push((i, lg.values.len()));
-            }
-        }
+        lg.names = log.headers.clone();
+        lg.reads_response = log.reads_response;
+        lg.keep(Part::Request, |n| hl.get(n));
         Some(lg)
     }
 
