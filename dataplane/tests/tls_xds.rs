@@ -257,6 +257,9 @@ fn istio_shaped_tls_over_sds_with_envoy_as_the_peer_both_ways() {
             .collect();
         format!("{}\n{tls:#?}\n{}", _envoy_out.log(), certs(&rs_in))
     });
+    // Handshakes Envoy tried while warming (before ringside had its SDS secret) may have
+    // failed; none fails once both are warm.
+    let warm_errors = rs_in.stat_value("listener.in.downstream_tls_error");
     for i in 0..5 {
         let text = format!("from-envoy-{i}");
         assert_eq!(echo(envoy_out, &text), Ok(format!("A|echo|{text}")));
@@ -269,7 +272,7 @@ fn istio_shaped_tls_over_sds_with_envoy_as_the_peer_both_ways() {
     );
     assert_eq!(
         rs_in.stat_value("listener.in.downstream_tls_error"),
-        Some(0)
+        warm_errors
     );
     assert_eq!(sds_expiry(&rs_in, "listener in"), Some(NOT_AFTER_UNIX_S));
 }
