@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::envoy::{bootstrap, eds_cluster, load_assignment, rds_listener, Ads, Envoy};
 use common::peers::root;
+use common::pki::{sds_secrets, Pki, PROVIDER_DNS, PROVIDER_ID};
 use common::xds::XdsServer;
 use common::*;
 use serde_json::{json, Value};
@@ -1007,6 +1008,13 @@ fn app_server(port: u16, name: &'static str) {
 
 /// [`app_server`] on `addr`.
 fn app_server_on(addr: SocketAddr, name: &'static str) {
+    serve_app(addr, name, false)
+}
+
+/// The app's TCP server on `addr`: writes `name PEER_IP\n` to each connection, then reads
+/// until EOF, and with `echo` writes back every byte it reads and closes its sending side at
+/// EOF.
+fn serve_app(addr: SocketAddr, name: &'static str, echo: bool) {
     use std::io::Write;
     let l = std::net::TcpListener::bind(addr).unwrap();
     std::thread::spawn(move || {
@@ -1018,7 +1026,15 @@ fn app_server_on(addr: SocketAddr, name: &'static str) {
                     .map(|a| a.ip().to_string())
                     .unwrap_or_default();
                 let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
-                let _ = std::io::copy(&mut s, &mut std::io::sink());
+                match s.try_clone() {
+                    Ok(mut r) if echo => {
+                        let _ = std::io::copy(&mut r, &mut s);
+                        let _ = s.shutdown(std::net::Shutdown::Write);
+                    }
+                    _ => {
+                        let _ = std::io::copy(&mut s, &mut std::io::sink());
+                    }
+                }
             });
         }
     });
@@ -1060,16 +1076,31 @@ struct PodProxy {
 
 impl PodProxy {
     fn start(who: &str, io: &str, snapshot: &Value) -> PodProxy {
+        Self::start_with(who, io, snapshot, false)
+    }
+
+    /// `sds`: the proxy's `sds-grpc` is the ADS server's SDS socket (pilot-agent's), which
+    /// serves the snapshot's `secrets`.
+    fn start_with(who: &str, io: &str, snapshot: &Value, sds: bool) -> PodProxy {
         let mut snap = snapshot.clone();
         if who == "envoy" {
             strip_istio_only(&mut snap);
         }
         let xds = XdsServer::start();
         xds.put(&snap).unwrap();
+        if sds {
+            // The proxy runs as uid 1337: connecting to a Unix socket takes write permission.
+            use std::os::unix::fs::PermissionsExt;
+            let open = std::fs::Permissions::from_mode(0o777);
+            std::fs::set_permissions(&xds.sds_socket, open).unwrap();
+        }
         let admin = local(free_port());
         let node = format!("sidecar~{POD_IP}~app.default~default.svc.cluster.local");
         if who == "envoy" {
-            let boot = bootstrap(admin, xds.addr(), Ads::Sotw, &node);
+            let mut boot = bootstrap(admin, xds.addr(), Ads::Sotw, &node);
+            if sds {
+                common::envoy::add_sds_cluster(&mut boot, &xds.sds_socket);
+            }
             let envoy = Envoy::start_wrapped(AS_PROXY, &boot, admin);
             return PodProxy {
                 _ringside: None,
@@ -1077,8 +1108,15 @@ impl PodProxy {
                 xds,
             };
         }
+        let sds = match sds {
+            true => format!(
+                "sds:\n  - {{name: sds-grpc, path: {}}}\n",
+                xds.sds_socket.display()
+            ),
+            false => String::new(),
+        };
         let config = format!(
-            "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  \
+            "admin:\n  address: {admin}\n{sds}xds:\n  server: {}\n  node_id: {node}\n  \
              node_cluster: t\n  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
             xds.addr()
         );
@@ -1090,6 +1128,33 @@ impl PodProxy {
             xds,
         }
     }
+}
+
+/// The resource of `kind` (`listeners`, `clusters`, ...) named `name` in fixture `fx`.
+fn resource(fx: &Value, kind: &str, name: &str) -> Value {
+    fx[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+/// `virtualInbound` of fixture `fx` with its tcp_proxy chains only (the HTTP chains want
+/// their RDS and `inbound|PORT||` clusters), and the clusters those use: the inbound
+/// passthrough, the blackhole.
+fn inbound_tcp_chains(fx: &Value) -> (Value, Value) {
+    let mut vi = resource(fx, "listeners", "virtualInbound");
+    vi["filter_chains"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| !c.to_string().contains("http_connection_manager"));
+    let clusters = json!([
+        resource(fx, "clusters", "InboundPassthroughClusterIpv4"),
+        resource(fx, "clusters", "BlackHoleCluster")
+    ]);
+    (vi, clusters)
 }
 
 /// Istio's inbound passthrough (`virtualInbound`'s plaintext tcp_proxy chain to
@@ -1105,26 +1170,7 @@ fn inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy() {
         eprintln!("SKIPPED inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy: needs root (netns, iptables, setpriv)");
         return;
     }
-    let fx = fixture("mtls-off");
-    let find = |kind: &str, name: &str| {
-        fx[kind]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == name)
-            .unwrap()
-            .clone()
-    };
-    let mut vi = find("listeners", "virtualInbound");
-    // The tcp_proxy chains (the HTTP chains are item 2 of issue #21's list).
-    vi["filter_chains"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|c| !c.to_string().contains("http_connection_manager"));
-    let clusters = json!([
-        find("clusters", "InboundPassthroughClusterIpv4"),
-        find("clusters", "BlackHoleCluster")
-    ]);
+    let (vi, clusters) = inbound_tcp_chains(&fixture("mtls-off"));
     assert!(clusters[0]["upstream_bind_config"].is_object());
     let app: SocketAddr = format!("{POD_IP}:8080").parse().unwrap();
     let mut outcomes = Vec::new();
@@ -1145,6 +1191,246 @@ fn inbound_passthrough_binds_127_0_0_6_under_istio_iptables_like_envoy() {
     }
     for (who, line) in &outcomes {
         assert_eq!(line, "app 127.0.0.6", "{who:?}: {outcomes:?}");
+    }
+}
+
+/// The app's echo server in the pod on `port` ([`serve_app`]: a proxy must pass a half-close
+/// on both ways for the client to see its end).
+fn echo_app_server(port: u16, name: &'static str) {
+    serve_app(SocketAddr::from(([0, 0, 0, 0], port)), name, true)
+}
+
+/// `n` bytes of a pattern whose period (251) is no power of two, so a chunk repeated or lost
+/// shows.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// What came back for `payload`: `LINE +N echoed, END` when the app's line then exactly
+/// `payload` arrived, else what differs.
+fn echoed(got: &[u8], payload: &[u8], end: &str) -> String {
+    let Some(nl) = got.iter().position(|b| *b == b'\n') else {
+        return format!("no line ({} bytes), {end}", got.len());
+    };
+    let line = String::from_utf8_lossy(&got[..nl]);
+    let rest = &got[nl + 1..];
+    if rest == payload {
+        return format!("{line} +{} echoed, {end}", rest.len());
+    }
+    let at = rest.iter().zip(payload).position(|(a, b)| a != b);
+    format!(
+        "{line}: {} of {} bytes back, first difference at {at:?}, {end}",
+        rest.len(),
+        payload.len()
+    )
+}
+
+/// A plaintext client of `addr` that sends `payload` (from a second thread, reading all the
+/// while), then its FIN, and reads to the end: [`echoed`].
+fn echo_exchange(addr: SocketAddr, payload: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => return format!("connect: {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let data = payload.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data)?;
+        w.shutdown(std::net::Shutdown::Write)
+    });
+    let mut got = Vec::new();
+    let end = match s.read_to_end(&mut got) {
+        Ok(_) => "EOF".to_string(),
+        Err(e) => format!("read: {e}"),
+    };
+    let end = match writer.join().unwrap() {
+        Ok(()) => end,
+        Err(e) => format!("{end}, write: {e}"),
+    };
+    echoed(&got, payload, &end)
+}
+
+/// A client with `pki`'s workload certificate `leaf` (`consumer`: an Istio peer; `stranger`:
+/// the consumer's SAN from another CA) and an Istio sidecar's ALPN (`istio-peer-exchange`,
+/// `istio`), straight to `addr`: sends `payload`, then close_notify and its FIN, and reads to
+/// the end: [`echoed`], ending `close_notify` when the server closed cleanly, `EOF without
+/// close_notify` when it only closed its socket; `refused` when the handshake or the first
+/// read failed before any byte came back (the server refused the certificate).
+fn mtls_exchange(pki: &Pki, leaf: &str, addr: SocketAddr, payload: &[u8]) -> String {
+    use std::io::{Read, Write};
+    use tls::rustls;
+    let path = |f: String| std::path::PathBuf::from(pki.path(&f));
+    let certs = tls::load_certs(&path(format!("{leaf}.pem"))).unwrap();
+    let key = tls::load_key(&path(format!("{leaf}.key"))).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tls::load_certs(&path("ca.pem".into())).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(PROVIDER_DNS).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => return format!("connect: {e}"),
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    // Small enough to sit in the socket buffers on the way while this thread writes.
+    if tls.write_all(payload).and_then(|_| tls.flush()).is_err() {
+        return "refused".into();
+    }
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    let _ = tls.sock.shutdown(std::net::Shutdown::Write);
+    let mut got = Vec::new();
+    let end = match tls.read_to_end(&mut got) {
+        Ok(_) => "close_notify".to_string(),
+        Err(_) if got.is_empty() => return "refused".into(),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "EOF without close_notify".into()
+        }
+        Err(e) => format!("read: {e}"),
+    };
+    echoed(&got, payload, &end)
+}
+
+/// Istio's mTLS to a TCP port of the app: `virtualInbound`'s TLS chain whose filter is a
+/// `tcp_proxy` (the stock fixture: `transport_protocol: tls`, ALPN `istio-peer-exchange`,
+/// `istio`; istiod's `DownstreamTlsContext` with the workload certificate `default` and the
+/// trust bundle `ROOTCA` over SDS, peers by SPIFFE prefix, a client certificate required) to
+/// `InboundPassthroughClusterIpv4` (ORIGINAL_DST from 127.0.0.6), in a pod with Istio's
+/// iptables rules, the proxy as uid/gid 1337 with its secrets from pilot-agent's SDS socket
+/// (the test ADS server's). Callers outside the pod: an Envoy 1.40 client sidecar (its outbound
+/// cluster with istiod's `tlsMode-istio` transport socket) relaying 4 MiB that the app echoes,
+/// then a half-close each way; a client speaking TLS itself (the consumer's certificate) that
+/// ends with close_notify and must get the server's close_notify after the echo; one with a
+/// certificate of another CA, refused; plaintext, through the plaintext chain. Envoy 1.40 as
+/// the server sidecar is the oracle; ringside (io_uring, epoll) must end every call the same
+/// way. Skipped (loudly) unless root.
+#[test]
+fn mtls_to_a_tcp_port_through_virtual_inbound_under_istio_iptables_like_envoy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED mtls_to_a_tcp_port_through_virtual_inbound_under_istio_iptables_like_envoy: needs root (netns, iptables, setpriv)");
+        return;
+    }
+    let fx = fixture("stock");
+    // The tcp_proxy chains: the TLS one to the passthrough, the plaintext one, TLS of other
+    // ALPN passed through as it is, the own-port blackhole.
+    let (vi, clusters) = inbound_tcp_chains(&fx);
+    let tls_chain = vi["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c["transport_socket"].is_object() && c.to_string().contains("tcp_proxy"))
+        .expect("a TLS tcp_proxy chain");
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    let server_secrets = sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca);
+    // The client sidecar: istiod's outbound transport socket (a service's `tlsMode-istio`
+    // match) with the app's SNI and SAN.
+    let mut socket = resource(
+        &fx,
+        "clusters",
+        "outbound|9080||details.default.svc.cluster.local",
+    )["transport_socket_matches"][0]["transport_socket"]
+        .clone();
+    let ctx = &mut socket["typed_config"];
+    ctx["sni"] = json!("outbound_.8080_._.app.default.svc.cluster.local");
+    ctx["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+        ["match_subject_alt_names"] = json!([{"exact": PROVIDER_ID}]);
+    let app: SocketAddr = format!("{POD_IP}:8080").parse().unwrap();
+    let client_listen = local(free_port());
+    let client_snapshot = json!({"version": "c",
+        "listeners": [{"name": "out", "address": common::envoy::socket(client_listen),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "out", "cluster": "outbound|8080||app"}}]}]}],
+        "clusters": [{"name": "outbound|8080||app", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": load_assignment("outbound|8080||app", &[app]),
+            "transport_socket": socket}],
+        "secrets": sds_secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)});
+    let bulk = pattern(4 << 20);
+    let small = pattern(64 << 10);
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let pod = Pod::new();
+        let got = pod.pod.run(|| {
+            echo_app_server(8080, "app");
+            let snapshot = json!({"version": "in", "listeners": [vi], "clusters": clusters,
+                                  "secrets": server_secrets});
+            let proxy = PodProxy::start_with(who, io, &snapshot, true);
+            let ack = proxy.xds.wait_ack("lds", "in");
+            assert_eq!(ack["ack"], true, "{who}: {ack}");
+            wait_listening(local(15006));
+            let got = pod.client.run(|| {
+                // The client sidecar, on its own ADS and SDS server.
+                let xds = XdsServer::start();
+                xds.put(&client_snapshot).unwrap();
+                let admin = local(free_port());
+                let mut boot = bootstrap(
+                    admin,
+                    xds.addr(),
+                    Ads::Sotw,
+                    "sidecar~10.78.0.1~client.default~default.svc.cluster.local",
+                );
+                common::envoy::add_sds_cluster(&mut boot, &xds.sds_socket);
+                let envoy = Envoy::start(&boot, admin);
+                // Both sidecars warm (listeners, then the secrets over SDS): the first call
+                // that comes back whole.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut first = mtls_exchange(&pki, "consumer", app, &small);
+                while !first.contains("echoed") && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                    first = mtls_exchange(&pki, "consumer", app, &small);
+                }
+                wait_listening(client_listen);
+                let mut through = echo_exchange(client_listen, &bulk);
+                while !through.contains("echoed") && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                    through = echo_exchange(client_listen, &bulk);
+                }
+                let handshakes = envoy.stat("cluster.outbound|8080||app.ssl.handshake");
+                vec![
+                    through,
+                    format!("client sidecar handshakes {}", handshakes.min(1)),
+                    first,
+                    mtls_exchange(&pki, "stranger", app, &small),
+                    first_line(app),
+                ]
+            });
+            if let Some(rs) = &proxy._ringside {
+                let chain = format!("listener.virtualInbound/filter_chains[{tls_chain}].");
+                let stats = rs.get("/stats").1;
+                let mine: Vec<&str> = stats.lines().filter(|l| l.starts_with(&chain)).collect();
+                eprintln!("{who} {io}: {mine:#?}");
+                let handshakes = rs.stat_value(&format!("{chain}downstream_tls_handshake"));
+                assert!(handshakes >= Some(2), "{who} {io}: {mine:#?}");
+            }
+            got
+        });
+        eprintln!("{who} {io}: {got:#?}");
+        results.push((format!("{who} {io}"), got));
+    }
+    let want = vec![
+        format!("app 127.0.0.6 +{} echoed, EOF", bulk.len()),
+        "client sidecar handshakes 1".to_string(),
+        format!("app 127.0.0.6 +{} echoed, close_notify", small.len()),
+        "refused".to_string(),
+        "app 127.0.0.6".to_string(),
+    ];
+    for (who, got) in &results {
+        assert_eq!(got, &want, "{who}: {results:#?}");
     }
 }
 

@@ -336,12 +336,6 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
     let (chain, at, catch_all) = select_chain(l, &ctx, hand_off, bind)?;
     let pristine = base.clone();
     let mut c = chain_listener(chain, &at, base, &ctx)?;
-    if c.listener.tls.is_some() && c.listener.protocol == Protocol::Tcp {
-        return Err(ctx.err(
-            format!("{at}.transport_socket"),
-            "TLS termination in front of a tcp_proxy is not supported (dubbo and triple listeners only)",
-        ));
-    }
     let mut chains = Vec::new();
     if let Some((fat, f)) = catch_all {
         // The connections handed to this virtual listener that do not speak its protocol:
@@ -388,8 +382,8 @@ fn chooses_chains(l: &listener_pb::Listener) -> bool {
 
 /// A listener that chooses a filter chain per connection (Istio's `virtualInbound`): each
 /// chain becomes a `bind: false` listener `NAME/filter_chains[i]` on the same address that its
-/// `filter_chains` entry hands the connection to; a TLS chain, which ringside cannot serve
-/// yet, keeps its place in the matching with no listener (its connections are closed).
+/// `filter_chains` entry hands the connection to (a TLS chain's listener terminates TLS, a
+/// tcp_proxy's then relays the plaintext).
 fn chain_selecting_listener(
     l: &listener_pb::Listener,
     mut base: Listener,
@@ -420,23 +414,14 @@ fn chain_selecting_listener(
         sub.bind = false;
         sub.transparent = false;
         let mut sub = chain_listener(c, &at, sub, ctx)?;
-        // A TLS chain of a tcp proxy (terminating TLS, then relaying plaintext) ringside
-        // cannot serve: it keeps its place in the matching with no listener (its connections
-        // are closed).
-        let listener = if sub.listener.tls.is_some() && sub.listener.protocol == Protocol::Tcp {
-            None
-        } else {
-            // Only a tcp chain connects to a connection's original destination.
-            sub.listener.original_destination &= sub.listener.protocol == Protocol::Tcp;
-            let name = sub.listener.name.clone();
-            chains.push(sub);
-            Some(name)
-        };
+        // Only a tcp chain connects to a connection's original destination.
+        sub.listener.original_destination &= sub.listener.protocol == Protocol::Tcp;
         let fc = FilterChain {
             name: (!c.name.is_empty()).then(|| c.name.clone()),
             matcher,
-            listener,
+            listener: Some(sub.listener.name.clone()),
         };
+        chains.push(sub);
         if at == "default_filter_chain" {
             base.default_filter_chain = Some(fc);
         } else {
@@ -2695,8 +2680,9 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         );
     }
     for (i, f) in c.filters.iter().enumerate() {
-        // Istio's cluster filter istio.metadata_exchange acts only on mTLS connections (ALPN
-        // istio-peer-exchange), which ringside does not open: ignored. Any other: refused.
+        // Istio's cluster filter istio.metadata_exchange acts only on mTLS connections that
+        // negotiated ALPN istio-peer-exchange, which ringside never offers: ignored. Any
+        // other: refused.
         let mx = f
             .typed_config
             .as_ref()
@@ -3262,7 +3248,7 @@ fn ignorable_network_filter(any: &Any) -> Option<&'static str> {
         // Counters and histograms of istio-proxy's own (ringside has its /stats).
         ISTIO_STATS => Some("telemetry only"),
         // Exchanges peer metadata in-band only on connections that negotiated the ALPN
-        // `istio-peer-exchange`, i.e. over Istio mTLS, which ringside does not terminate.
+        // `istio-peer-exchange`, which ringside's TLS never offers (proto_tls).
         ISTIO_MX => Some("acts only on mTLS connections (ALPN istio-peer-exchange)"),
         // Records the mTLS peer identity for Istio's filters; ringside's rbac reads the
         // peer's certificate itself.

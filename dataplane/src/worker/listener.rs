@@ -312,24 +312,27 @@ async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &
         }
     }
     match l.protocol {
-        // Config validation keeps TCP listeners off the DPDK path.
-        Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
-            (Ok(s), Some(t)) => {
-                let chains = l.chains.get();
-                if chains.is_empty() {
-                    let virtuals = l.virtuals.get();
-                    tcp_proxy::serve(s, t, &virtuals, drain).await
-                } else {
-                    serve_chains(s, l, t, &chains).await;
-                    false
+        Protocol::Tcp => {
+            let Some(t) = l.tcp.as_ref() else {
+                return false;
+            };
+            let virtuals = l.virtuals.get();
+            match crate::io::Conn::into_kernel(stream) {
+                Ok(s) => {
+                    let chains = l.chains.get();
+                    if chains.is_empty() {
+                        tcp_proxy::serve(s, t, &virtuals, drain).await
+                    } else {
+                        serve_chains(s, l, t, &chains).await;
+                        false
+                    }
                 }
+                // TLS terminated in front of the proxy (config validation keeps tls off a tcp
+                // listener with chains or virtual listeners, and tcp listeners off the DPDK
+                // path).
+                Err(s) => tcp_proxy::serve(s, t, &virtuals, drain).await,
             }
-            (Err(_), _) => {
-                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
-                false
-            }
-            (Ok(_), None) => false,
-        },
+        }
         Protocol::Dubbo => match l.dubbo.clone() {
             Some(d) => downstream::serve(stream, d, drain).await,
             None => false,
