@@ -1381,6 +1381,11 @@ pub struct TripleListener {
     /// sends it to the endpoints tagged with it; docs/governance.md#traffic-labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_label: Option<TrafficLabel>,
+    /// Also serve HTTP/1.1 (Envoy's `codec_type: AUTO`): a plaintext connection whose first
+    /// bytes are not the HTTP/2 preface is served as HTTP/1.1, each request routed by Host and
+    /// path with these routes (docs/decisions/0010-http1.md).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub http1: bool,
 }
 
 impl TripleListener {
@@ -1423,6 +1428,7 @@ impl Default for TripleListener {
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
             traffic_label: None,
+            http1: false,
         }
     }
 }

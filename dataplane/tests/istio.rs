@@ -887,9 +887,12 @@ fn virtual_inbound_chains_by_port_and_protocol_like_envoy() {
     let mut problems = Vec::new();
     for (((port, p), e), r) in calls.iter().zip(&envoy).zip(&rs) {
         eprintln!("{port} {p:?}: envoy {e}, ringside {r}");
-        // ringside's HTTP chains speak h2c only (docs/xds.md, Istio gaps): an HTTP/1.1
-        // request on one is closed where Envoy serves it.
-        let known = matches!(p, Payload::Http1) && r == "closed";
+        // The chains' clusters here ask for HTTP/2 upstream (the test's h2 upstreams): ringside
+        // forwards an HTTP/1.1 request as HTTP/1.1 (docs/decisions/0010-http1.md), which the
+        // test's h2 upstream never answers (it waits for a preface), where Envoy converts it.
+        // istiod's HTTP ports get HTTP/1.1 clusters: see
+        // istio_sidecar_http1_paths_under_istio_iptables_like_envoy.
+        let known = matches!(p, Payload::Http1) && (r == "closed" || r == "open");
         if e != r && !known {
             problems.push(format!("port {port} {p:?}: Envoy {e}, ringside {r}"));
         }
@@ -2105,5 +2108,397 @@ fn istio_log_as_json_gives_json_lines_like_envoy() {
                 assert!(v.is_object(), "{what}: {l}");
             }
         }
+    }
+}
+
+/// An HTTP/1.1 server of tests/peers/http1/peer.py (Python's http.server, keep-alive), killed
+/// on drop; it answers each request with a line naming itself (see the script).
+struct Http1Server(std::process::Child);
+
+impl Http1Server {
+    fn start(host: &str, port: u16, name: &str) -> Http1Server {
+        use std::io::BufRead;
+        let python = common::peers::require(root().join(".cache/venv/bin/python"));
+        let mut child = std::process::Command::new(python)
+            .arg(root().join("tests/peers/http1/peer.py"))
+            .args(["server", "--host", host, "--port", &port.to_string(), "--name", name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "http1 server {name}");
+        Http1Server(child)
+    }
+}
+
+impl Drop for Http1Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The outcome of each request in `requests` (JSON, see tests/peers/http1/peer.py) sent by
+/// Python's http.client to `target` on one keep-alive connection: `STATUS BODY` (the body's
+/// line names the server that answered and what it received), `error ...` when it failed.
+fn http1_outcomes(target: SocketAddr, requests: &Value) -> Vec<String> {
+    let python = common::peers::require(root().join(".cache/venv/bin/python"));
+    let mut child = std::process::Command::new(python)
+        .arg(root().join("tests/peers/http1/peer.py"))
+        .args(["client", "--target", &target.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(requests.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            // A request that needed a new connection (the first, or after a close) says so.
+            let new = if v["reused"] == true { "" } else { "[new] " };
+            match v["status"].as_u64() {
+                Some(s) => format!("{new}{s} {}", v["body"].as_str().unwrap_or("").trim_end()),
+                None => format!("error {}", v["error"]),
+            }
+        })
+        .collect()
+}
+
+/// An outcome of [`http1_outcomes`] as two proxies' are compared: a local answer's body is
+/// each proxy's own words, so only its status (and whether it needed a new connection) counts.
+fn http1_comparable(o: &str) -> String {
+    let (new, rest) = match o.strip_prefix("[new] ") {
+        Some(rest) => ("[new] ", rest),
+        None => ("", o),
+    };
+    match rest.split_once(' ') {
+        Some((s, _)) if s.parse::<u16>().is_ok_and(|s| s >= 400) => format!("{new}{s}"),
+        _ => o.to_string(),
+    }
+}
+
+/// The status line's code of what `target` answers to the raw bytes `request` (`closed` when
+/// it answers nothing within 3 s).
+fn http1_raw_status(target: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => return format!("connect: {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(request);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    match text.split(' ').nth(1) {
+        Some(code) if text.starts_with("HTTP/1.1 ") => code.to_string(),
+        _ => "closed".into(),
+    }
+}
+
+/// The mtls-off sidecar as istiod sends it (its HTTP ports' clusters speak HTTP/1.1 upstream)
+/// in a pod with Istio's iptables rules, the proxy as uid/gid 1337, and HTTP/1.1 peers
+/// (Python's http.server and http.client): the app's requests to a service port on one
+/// keep-alive connection go by Host to the service's endpoints (`0.0.0.0_9080`, route `9080`;
+/// GET, POST with a Content-Length body and a chunked one, HEAD, 204, a chunked response,
+/// hop-by-hop fields dropped), an unknown Host through `allow_any` to the address dialled
+/// (`PassthroughCluster`), or 503 when nothing listens there; a malformed head is answered
+/// 400, a head over 60 KiB 431; a caller outside the pod reaches the app's HTTP ports through
+/// `inbound|80||` and `virtualInbound-catchall-http` (`InboundPassthroughClusterIpv4`, from
+/// 127.0.0.6). Envoy 1.40 and ringside (io_uring, epoll), the same resources: the same
+/// statuses, and for every forwarded request the same answer line (server, what it received).
+/// Skipped (loudly) unless root.
+#[test]
+fn istio_sidecar_http1_paths_under_istio_iptables_like_envoy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED istio_sidecar_http1_paths_under_istio_iptables_like_envoy: needs root (netns, iptables, setpriv)");
+        return;
+    }
+    let mut fx = fixture("mtls-off");
+    let remote = |port: u16| -> SocketAddr { format!("{POD_CLIENT_IP}:{port}").parse().unwrap() };
+    for e in fx["endpoints"].as_array_mut().unwrap() {
+        let port = match e["cluster_name"].as_str().unwrap() {
+            n if n.contains("reviews") => 9081,
+            n if n.contains("ratings") => 9082,
+            _ => continue,
+        };
+        *e = load_assignment(e["cluster_name"].as_str().unwrap(), &[remote(port)]);
+    }
+    let hop = json!({"Connection": "keep-alive, x-hop", "X-Hop": "1", "Keep-Alive": "timeout=5"});
+    let requests = json!([
+        {"method": "GET", "path": "/a?q=1", "host": "reviews:9080", "headers": hop},
+        {"method": "POST", "path": "/upload", "host": "ratings.default:9080", "body_len": 300000},
+        {"method": "PUT", "path": "/chunks", "host": "reviews.default.svc.cluster.local:9080",
+         "body_len": 50000, "chunked": true},
+        {"method": "HEAD", "path": "/h", "host": "reviews:9080"},
+        {"method": "GET", "path": "/status/204", "host": "reviews:9080"},
+        {"method": "GET", "path": "/chunked", "host": "ratings:9080"},
+        {"method": "GET", "path": "/x", "host": "unknown.example.com:9080"},
+        {"method": "GET", "path": "/last", "host": "reviews:9080",
+         "headers": {"x-forwarded-proto": "https", "x-request-id": "given"}},
+    ]);
+    let inbound = json!([
+        {"method": "GET", "path": "/in", "host": "app.default:80"},
+        {"method": "POST", "path": "/in", "host": "app.default:80", "body_len": 1000, "chunked": true},
+    ]);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: reviews:9080\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let service = remote(9080);
+    let nobody: SocketAddr = format!("{POD_OTHER_IP}:9080").parse().unwrap();
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let pod = Pod::new();
+        let other = format!("{POD_OTHER_IP}/24");
+        pod.client.ip(&[
+            "netns", "exec", &pod.client.0, "ip", "addr", "add", &other, "dev", "veth0",
+        ]);
+        let mut servers = Vec::new();
+        pod.client.run(|| {
+            for (port, name) in [(9080, "remote-9080"), (9081, "reviews"), (9082, "ratings")] {
+                servers.push(Http1Server::start(POD_CLIENT_IP, port, name));
+            }
+        });
+        let got = pod.pod.run(|| {
+            servers.push(Http1Server::start("0.0.0.0", 80, "app-80"));
+            servers.push(Http1Server::start("0.0.0.0", 8081, "app-8081"));
+            let mut snap = fx.clone();
+            snap["version"] = json!("pod");
+            let proxy = PodProxy::start(who, io, &snap);
+            for ty in ["lds", "rds"] {
+                let ack = proxy.xds.wait_ack(ty, "pod");
+                assert_eq!(ack["ack"], true, "{who}: {ack}");
+            }
+            wait_listening(local(15001));
+            wait_listening(local(15006));
+            let mut got = http1_outcomes(service, &requests);
+            let refused = json!([{"method": "GET", "path": "/", "host": "nobody.example.com"}]);
+            got.extend(http1_outcomes(nobody, &refused));
+            got.push(http1_raw_status(
+                service,
+                b"GET / HTTP/1.1\r\nHost: reviews:9080\r\nbad header\r\n\r\n",
+            ));
+            got.push(http1_raw_status(service, big.as_bytes()));
+            let pod_80: SocketAddr = format!("{POD_IP}:80").parse().unwrap();
+            let pod_8081: SocketAddr = format!("{POD_IP}:8081").parse().unwrap();
+            got.extend(pod.client.run(|| http1_outcomes(pod_80, &inbound)));
+            got.extend(pod.client.run(|| {
+                http1_outcomes(pod_8081, &json!([{"method": "GET", "path": "/p", "host": "app:8081"}]))
+            }));
+            got
+        });
+        eprintln!("{who} {io}: {got:#?}");
+        results.push((format!("{who} {io}"), got));
+        drop(servers);
+    }
+    let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
+    assert!(want[0].starts_with("[new] 200 reviews GET /a?q=1"), "{want:?}");
+    assert!(!want[1].starts_with("[new]"), "keep-alive: {want:?}");
+    for (who, got) in &results[1..] {
+        let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
+        assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
+    }
+}
+
+/// A WebSocket-ish upstream on loopback: answers an `Upgrade: websocket` request 101 and then
+/// echoes every byte; anything else 400.
+fn upgrade_echo_server() -> SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !text.contains("upgrade: websocket") {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                );
+                let _ = std::io::copy(&mut s.try_clone().unwrap(), &mut s);
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket upgrade through `target`: the response's status code, then what the upstream
+/// echoed of `ping` (`echo=...`).
+fn websocket_outcome(target: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => got.push(b[0]),
+            _ => return format!("closed after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let code = String::from_utf8_lossy(&got).split(' ').nth(1).unwrap_or("?").to_string();
+    if code != "101" {
+        return code;
+    }
+    s.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    match s.read_exact(&mut echo) {
+        Ok(()) => format!("101 echo={}", String::from_utf8_lossy(&echo)),
+        Err(e) => format!("101 {e}"),
+    }
+}
+
+/// The bodies of the responses to `n` requests written in one piece (pipelined) to `target`.
+fn pipelined_outcome(target: SocketAddr, requests: &[u8], n: usize) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(requests).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let lines = |got: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(got)
+            .lines()
+            .filter(|l| l.starts_with("HTTP/1.1 ") || l.starts_with("up "))
+            .map(|l| l.split(" xfp=").next().unwrap().to_string())
+            .collect()
+    };
+    while lines(&got).len() < 2 * n {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+    lines(&got)
+}
+
+/// `curl` (if installed) posting 3000 bytes with `Expect: 100-continue`: the status code and
+/// the body's line.
+fn curl_expect_outcome(target: SocketAddr) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-m", "5", "-H", "Host: svc", "-H", "Expect: 100-continue"])
+        .args(["--data-binary", &"y".repeat(3000), "-w", " %{http_code}"])
+        .arg(format!("http://{target}/expect"))
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => format!("curl: {e}"),
+    }
+}
+
+/// An HTTP connection manager as istiod writes it (`codec_type: AUTO`, RDS, `websocket`
+/// upgrades) on loopback, its route configuration with a host `svc` whose route has a 1 s
+/// timeout, an HTTP/1.1 cluster (Python's http.server) and a WebSocket one: through Envoy 1.40
+/// and through ringside (io_uring, epoll), each request (Python's http.client on one
+/// keep-alive connection, curl, raw sockets) must end with the same status, and the forwarded
+/// ones with the same answer: 200, 404 for an unknown host, 504 when the upstream is slower
+/// than the route's timeout (the connection kept), `Connection: close` honoured, 503 for a
+/// cluster without endpoints, pipelined requests answered in order, `Expect: 100-continue`,
+/// and a WebSocket upgrade tunnelled.
+#[test]
+fn http1_answers_upgrades_and_pipelining_like_envoy() {
+    let python_port = free_port();
+    let _up = Http1Server::start("127.0.0.1", python_port, "up");
+    let ws = upgrade_echo_server();
+    let routes = json!({"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc", "svc:80"],
+        "routes": [
+            {"match": {"prefix": "/ws"}, "route": {"cluster": "ws", "timeout": "0s"}},
+            {"match": {"prefix": "/empty"}, "route": {"cluster": "empty", "timeout": "0s"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "1s"}}]}]});
+    let clusters = json!([
+        {"name": "up", "type": "STATIC", "connect_timeout": "1s",
+         "load_assignment": load_assignment("up", &[local(python_port)])},
+        {"name": "ws", "type": "STATIC", "connect_timeout": "1s", "load_assignment": load_assignment("ws", &[ws])},
+        {"name": "empty", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "empty", "endpoints": []}},
+    ]);
+    let listener = |addr: SocketAddr| {
+        let mut l = rds_listener("http", addr, "r");
+        let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+        hcm["codec_type"] = json!("AUTO");
+        hcm["upgrade_configs"] = json!([{"upgrade_type": "websocket"}]);
+        l
+    };
+    let requests = json!([
+        {"method": "GET", "path": "/one", "host": "svc"},
+        {"method": "GET", "path": "/one", "host": "other"},
+        {"method": "GET", "path": "/sleep/2000", "host": "svc"},
+        {"method": "GET", "path": "/after-timeout", "host": "svc:80"},
+        {"method": "GET", "path": "/empty", "host": "svc"},
+        {"method": "POST", "path": "/close", "host": "svc", "body_len": 10, "headers": {"Connection": "close"}},
+        {"method": "GET", "path": "/after-close", "host": "svc"},
+    ]);
+    let pipelined = b"GET /p1 HTTP/1.1\r\nHost: svc\r\n\r\nPOST /p2 HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n\r\nabcGET /p3 HTTP/1.1\r\nHost: svc\r\n\r\n";
+    let run = |who: &str, io: &str| -> Vec<String> {
+        let addr = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&json!({"version": "h1", "listeners": [listener(addr)], "routes": [routes],
+                        "clusters": clusters}))
+            .unwrap();
+        let admin = local(free_port());
+        let (_rs, _envoy);
+        if who == "envoy" {
+            _envoy = Some(Envoy::start(&bootstrap(admin, xds.addr(), Ads::Sotw, "h1"), admin));
+            _rs = None;
+        } else {
+            let config = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: h1\n  node_cluster: t\n  \
+                 mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
+                xds.addr()
+            );
+            _rs = Some(Ringside::start(&config, admin, &["--shards", "1", "--io", io]));
+            _envoy = None;
+        }
+        let ack = xds.wait_ack("rds", "h1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(addr);
+        let mut got = http1_outcomes(addr, &requests);
+        got.extend(pipelined_outcome(addr, pipelined, 3));
+        got.push(curl_expect_outcome(addr));
+        got.push(websocket_outcome(addr));
+        got
+    };
+    let mut results = Vec::new();
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let got = run(who, io);
+        eprintln!("{who} {io}: {got:#?}");
+        results.push((format!("{who} {io}"), got));
+    }
+    let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
+    assert!(want[0].starts_with("[new] 200 up GET /one"), "{want:?}");
+    assert!(want.last().unwrap().starts_with("101 echo=ping"), "{want:?}");
+    for (who, got) in &results[1..] {
+        let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
+        assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
     }
 }

@@ -671,6 +671,7 @@ fn chain_listener(
                 rds: name,
                 limit,
                 rbac,
+                http1,
             } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
@@ -686,6 +687,7 @@ fn chain_listener(
             out.local_rate_limit = limit.flatten();
             let mut t = TripleListener {
                 rbac,
+                http1,
                 ..TripleListener::default()
             };
             routes.fill(&mut t);
@@ -1890,6 +1892,8 @@ struct HcmRes {
     rds: Option<String>,
     limit: RateLimitFilter,
     rbac: Vec<config::Rbac>,
+    /// `codec_type` AUTO or HTTP1: HTTP/1.1 connections are served too.
+    http1: bool,
 }
 
 /// An HTTP connection manager: its inline routes or RDS name, and its filters.
@@ -1901,12 +1905,16 @@ fn hcm(
     let mut limit = None;
     let mut rbac = Vec::new();
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
-    if h.codec_type != CodecType::Auto as i32 && h.codec_type != CodecType::Http2 as i32 {
-        return Err(ctx.err(
-            format!("{at}.codec_type"),
-            format!("only AUTO or HTTP2 is supported (got {})", h.codec_type),
-        ));
-    }
+    let http1 = match CodecType::try_from(h.codec_type) {
+        Ok(CodecType::Auto | CodecType::Http1) => true,
+        Ok(CodecType::Http2) => false,
+        _ => {
+            return Err(ctx.err(
+                format!("{at}.codec_type"),
+                format!("only AUTO, HTTP1 or HTTP2 is supported (got {})", h.codec_type),
+            ))
+        }
+    };
     // They rewrite `:authority` before routing and on the wire; ringside forwards it as sent.
     let strip = match h.strip_port_mode {
         Some(hcm_pb::http_connection_manager::StripPortMode::StripAnyHostPort(true)) => {
@@ -1965,6 +1973,7 @@ fn hcm(
             rds: None,
             limit,
             rbac,
+            http1,
         }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -1979,6 +1988,7 @@ fn hcm(
                 rds: Some(rds.route_config_name.clone()),
                 limit,
                 rbac,
+                http1,
             })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(

@@ -729,7 +729,14 @@ fn hcm_nacks_name_the_field() {
     );
 
     h.http_filters.remove(0);
+    // HTTP/1.1 is served beside HTTP/2 (AUTO, HTTP1); HTTP/3 is not.
     h.codec_type = hcm_pb::http_connection_manager::CodecType::Http1 as i32;
+    let (_, l) = decode_listener(&crate::testing::listener("t", 1, pack_any(h.clone()))).unwrap();
+    assert!(l.listener.triple.as_ref().is_some_and(|t| t.http1));
+    h.codec_type = hcm_pb::http_connection_manager::CodecType::Http2 as i32;
+    let (_, l) = decode_listener(&crate::testing::listener("t", 1, pack_any(h.clone()))).unwrap();
+    assert!(l.listener.triple.as_ref().is_some_and(|t| !t.http1));
+    h.codec_type = hcm_pb::http_connection_manager::CodecType::Http3 as i32;
     let e = err_text(decode_listener(&crate::testing::listener(
         "t",
         1,

@@ -136,9 +136,10 @@ enum Relayed {
 /// The virtual listeners (`bind: false`) an `original_destination` listener hands connections
 /// to by their original destination. Implemented by the shard (`worker`), which serves them.
 pub trait Virtuals {
-    /// The virtual listener that takes connections to `dst`, if one does: its protocol, and
-    /// whether it has a catch-all chain for the connections that do not speak it.
-    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool)>;
+    /// The virtual listener that takes connections to `dst`, if one does: its protocol,
+    /// whether it has a catch-all chain for the connections that do not speak it, and whether
+    /// (a triple listener) it serves HTTP/1.1 too.
+    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool, bool)>;
     /// Serves `down` on the virtual listener of `dst` (`spoken`: its first bytes fit the
     /// listener's protocol) or else on its catch-all chain's listener, admitted as an accepted
     /// connection is (closed at once over its `connections_per_shard_max`).
@@ -279,7 +280,9 @@ async fn relay_connection<D: Conn>(
     };
     // Virtual listeners (bind: false) take the connections to their address whose protocol
     // they speak; listeners without any pay one empty-slice check.
-    if let Some((dst, (protocol, catch_all))) = dst.and_then(|d| Some((d, virtuals.protocol(d)?))) {
+    if let Some((dst, (protocol, catch_all, http1))) =
+        dst.and_then(|d| Some((d, virtuals.protocol(d)?)))
+    {
         // Config validation keeps tls off a listener with virtual_listeners.
         let Ok(down) = down.into_kernel() else {
             tracing::debug!(listener = %l.name, "a TLS connection is not handed to a virtual listener; closing it");
@@ -287,9 +290,17 @@ async fn relay_connection<D: Conn>(
         };
         let detected = peek_protocol(&down).await;
         l.stats.inc(detected_id(l, &detected));
+        // HTTP/1.x (a request line, as Envoy's http_inspector reads it) to a triple listener
+        // that serves it.
+        let http1 = http1
+            && detected == Detected::Other
+            && inspect(&down, false, true)
+                .await
+                .application_protocol
+                .is_some_and(|p| p != "h2c");
         let fits = match protocol {
             Protocol::Dubbo => detected == Detected::Dubbo,
-            Protocol::Triple => detected == Detected::Http2,
+            Protocol::Triple => detected == Detected::Http2 || http1,
             Protocol::Tcp => true,
         };
         if fits || catch_all {

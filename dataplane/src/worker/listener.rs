@@ -176,8 +176,12 @@ pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
 }
 
 impl tcp_proxy::Virtuals for Rc<[Virtual]> {
-    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool)> {
-        virtual_for(self, dst).map(|v| (v.listener.get().protocol, v.catch_all.is_some()))
+    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool, bool)> {
+        virtual_for(self, dst).map(|v| {
+            let l = v.listener.get();
+            let http1 = l.triple.as_ref().is_some_and(|t| t.http1);
+            (l.protocol, v.catch_all.is_some(), http1)
+        })
     }
 
     fn hand_off(
@@ -334,6 +338,23 @@ async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &
             None => false,
         },
         Protocol::Triple => match l.triple.clone() {
+            // HTTP/1.1 beside HTTP/2 (plaintext): one peek at the first bytes decides.
+            Some(t) if t.http1 => match crate::io::Conn::into_kernel(stream) {
+                Ok(s) => {
+                    use crate::filter::triple::http1;
+                    match http1::sniff(&s, t.limits.preface_timeout).await {
+                        http1::Sniffed::Http1 => http1::serve(s, t, drain).await,
+                        http1::Sniffed::Http2 => {
+                            crate::filter::triple::conn::serve(s, t, drain).await
+                        }
+                        http1::Sniffed::Nothing => {
+                            l.stats.inc(t.ids.hardening.cx_preface_timeout);
+                            false
+                        }
+                    }
+                }
+                Err(s) => crate::filter::triple::conn::serve(s, t, drain).await,
+            },
             Some(t) => crate::filter::triple::conn::serve(stream, t, drain).await,
             None => false,
         },
