@@ -1116,7 +1116,11 @@ impl<T> InFlight<T> {
 
     /// Every request in flight, the table left empty.
     fn drain(&mut self) -> Vec<T> {
-        let out: Vec<T> = self.slots.iter_mut().filter_map(|s| s.request.take()).collect();
+        let out: Vec<T> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.request.take())
+            .collect();
         self.free.clear();
         self.free.extend((0..self.slots.len() as u32).rev());
         self.len = 0;
@@ -1576,7 +1580,11 @@ mod tests {
         let p = t.remove(b).unwrap();
         t.restore(b, p);
         assert_eq!(t.get(b), Some(&20));
-        assert_eq!(t.next_id() & 0xffff_ffff, 2, "the restored slot left the free list");
+        assert_eq!(
+            t.next_id() & 0xffff_ffff,
+            2,
+            "the restored slot left the free list"
+        );
         let mut all = t.drain();
         all.sort();
         assert_eq!(all, [20, 30]);
