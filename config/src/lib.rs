@@ -1941,6 +1941,13 @@ pub struct Cluster {
     /// requests in a row is ejected for a while; see docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Envoy's priority load (xDS only: computed from EDS health and the overprovisioning
+    /// factor, docs/governance.md#locality): the percentage of requests each priority level
+    /// present in `endpoint_metadata` takes, lowest priority number first, summing to 100.
+    /// Empty: the first level takes every request while it has an endpoint available (strict
+    /// failover; what a YAML cluster always has).
+    #[serde(skip)]
+    pub priority_load: Vec<u32>,
 }
 
 /// Most `transport_socket_matches` of one cluster (istiod sends two).
@@ -1999,9 +2006,16 @@ impl Cluster {
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Failed requests in a row (Dubbo status 31, 80 or 100, local timeouts, connection
-    /// failures) that eject an endpoint.
+    /// failures) that eject an endpoint; 0: no consecutive-error ejection (Envoy's
+    /// `enforcing_consecutive_5xx: 0`).
     #[serde(default = "default_consecutive_errors")]
     pub consecutive_errors: u32,
+    /// Envoy's failure-percentage ejection, checked each `interval_ms`: none when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage: Option<FailurePercentage>,
+    /// Envoy's success-rate ejection, checked each `interval_ms`: none when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRate>,
     /// An endpoint's n-th ejection lasts `n × base_ejection_time_ms`, at most
     /// `max_ejection_time_ms`.
     #[serde(default = "default_base_ejection_time_ms")]
@@ -2020,6 +2034,8 @@ impl Default for OutlierDetection {
     fn default() -> Self {
         OutlierDetection {
             consecutive_errors: default_consecutive_errors(),
+            failure_percentage: None,
+            success_rate: None,
             base_ejection_time_ms: default_base_ejection_time_ms(),
             max_ejection_time_ms: default_max_ejection_time_ms(),
             interval_ms: default_outlier_interval_ms(),
@@ -2042,6 +2058,70 @@ fn default_outlier_interval_ms() -> u64 {
 }
 fn default_max_ejection_percent() -> u32 {
     10
+}
+
+/// Failure-percentage ejection (Envoy's `failure_percentage_*`, its defaults): each interval,
+/// when at least `minimum_hosts` endpoints had `request_volume` requests or more in it, each
+/// of those whose share of failed requests is `threshold` % or more is ejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailurePercentage {
+    #[serde(default = "default_failure_percentage_threshold")]
+    pub threshold: u32,
+    #[serde(default = "default_outlier_minimum_hosts")]
+    pub minimum_hosts: u32,
+    #[serde(default = "default_failure_percentage_request_volume")]
+    pub request_volume: u32,
+}
+
+impl Default for FailurePercentage {
+    fn default() -> Self {
+        FailurePercentage {
+            threshold: default_failure_percentage_threshold(),
+            minimum_hosts: default_outlier_minimum_hosts(),
+            request_volume: default_failure_percentage_request_volume(),
+        }
+    }
+}
+
+/// Success-rate ejection (Envoy's `success_rate_*`, its defaults): each interval, when at
+/// least `minimum_hosts` endpoints had `request_volume` requests or more in it, each of those
+/// whose success rate is below `mean - stdev_factor / 1000 × stdev` of theirs is ejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRate {
+    #[serde(default = "default_success_rate_stdev_factor")]
+    pub stdev_factor: u32,
+    #[serde(default = "default_outlier_minimum_hosts")]
+    pub minimum_hosts: u32,
+    #[serde(default = "default_success_rate_request_volume")]
+    pub request_volume: u32,
+}
+
+impl Default for SuccessRate {
+    fn default() -> Self {
+        SuccessRate {
+            stdev_factor: default_success_rate_stdev_factor(),
+            minimum_hosts: default_outlier_minimum_hosts(),
+            request_volume: default_success_rate_request_volume(),
+        }
+    }
+}
+
+fn default_failure_percentage_threshold() -> u32 {
+    85
+}
+fn default_outlier_minimum_hosts() -> u32 {
+    5
+}
+fn default_failure_percentage_request_volume() -> u32 {
+    50
+}
+fn default_success_rate_stdev_factor() -> u32 {
+    1900
+}
+fn default_success_rate_request_volume() -> u32 {
+    100
 }
 
 /// A cluster's circuit breakers (Envoy's `circuit_breakers.thresholds`, default priority).
@@ -3212,6 +3292,14 @@ fn validate_cluster_limits(
     at: &dyn Fn(&str) -> String,
     err: &mut dyn FnMut(String, String),
 ) {
+    if let Some(fp) = c.outlier_detection.and_then(|o| o.failure_percentage) {
+        if fp.threshold > 100 {
+            err(
+                at("outlier_detection.failure_percentage.threshold"),
+                format!("{} is out of range 0..=100", fp.threshold),
+            );
+        }
+    }
     let mut from_1 = |field: &str, v: u64, max: u64| {
         if v == 0 || v > max {
             err(at(field), format!("{v} is out of range 1..={max}"));
@@ -3224,11 +3312,6 @@ fn validate_cluster_limits(
     );
     from_1("timeout_ms", c.timeout_ms, REQUEST_TIMEOUT_MS_MAX);
     if let Some(o) = &c.outlier_detection {
-        from_1(
-            "outlier_detection.consecutive_errors",
-            o.consecutive_errors as u64,
-            u32::MAX as u64,
-        );
         for (name, ms) in [
             ("base_ejection_time_ms", o.base_ejection_time_ms),
             ("max_ejection_time_ms", o.max_ejection_time_ms),

@@ -185,6 +185,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         transport_socket_matches: Vec::new(),
         circuit_breakers: None,
         outlier_detection: None,
+        priority_load: Vec::new(),
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());

@@ -246,6 +246,35 @@ fn dubbo_listener_limit_holds_its_rate_within_5_percent_at_2x_and_10x() {
 
 /// An HTTP connection manager listener (RDS) whose chain has the HTTP local rate limit filter
 /// with `filter` as its config.
+/// ringside configured by the test ADS server `xds` alone (node `node`; `extra`: more lines
+/// of its `xds:` block), with `shards` shards, once it acked RDS `version` and listens on
+/// `listen`.
+fn ringside_over_xds(
+    xds: &common::xds::XdsServer,
+    node: &str,
+    extra: &str,
+    shards: u32,
+    version: &str,
+    listen: SocketAddr,
+) -> Ringside {
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  mode: sotw\n{extra}",
+        xds.addr()
+    );
+    let rs = Ringside::start(&config, admin, &["--shards", &shards.to_string()]);
+    xds.wait_ack(common::xds::RDS, version);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ringside never listened on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rs
+}
+
 fn hcm_rate_limited_listener(addr: SocketAddr, filter: serde_json::Value) -> serde_json::Value {
     let mut l = common::envoy::rds_listener("grpc_rl", addr, "rl_routes");
     let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
@@ -310,21 +339,7 @@ fn http_local_rate_limit_matches_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-rl\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "2"]);
-    rs_xds.wait_ack(RDS, "rl1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-rl", "", 2, "rl1", rs_listen);
 
     let run = |addr: SocketAddr| -> Vec<(&'static str, Option<u32>)> {
         let mut c = Client::connect(addr);
@@ -1057,21 +1072,7 @@ fn retry_policy_matches_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-rt\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "1"]);
-    rs_xds.wait_ack(RDS, "rt1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-rt", "", 1, "rt1", rs_listen);
     let run = |who: &str, addr: SocketAddr| -> Vec<u32> {
         let mut c = Client::connect(addr);
         [
@@ -1299,21 +1300,7 @@ fn http_fault_matches_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-ft\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "1"]);
-    rs_xds.wait_ack(RDS, "ft1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-ft", "", 1, "ft1", rs_listen);
     let run = |addr: SocketAddr| -> Vec<(u32, bool)> {
         let mut c = Client::connect(addr);
         [
@@ -1564,21 +1551,7 @@ fn request_mirror_policies_match_envoy() {
     let rs_xds = XdsServer::start();
     let rs_listen = local(free_port());
     rs_xds.put(&snapshot(rs_listen, shadow_rs.addr)).unwrap();
-    let admin = local(free_port());
-    let config = format!(
-        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: oracle-mr\n  mode: sotw\n",
-        rs_xds.addr()
-    );
-    let rs = Ringside::start(&config, admin, &["--shards", "2"]);
-    rs_xds.wait_ack(RDS, "mr1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(rs_listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ringside never listened on {rs_listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rs = ringside_over_xds(&rs_xds, "oracle-mr", "", 2, "mr1", rs_listen);
     let run = |who: &str, addr: SocketAddr| {
         let mut c = Client::connect(addr);
         for (method, n) in [("All", 20), ("Half", 200), ("None", 10)] {
@@ -1794,4 +1767,273 @@ fn triple_traffic_labels_select_tagged_upstreams_and_retries_keep_the_label() {
     assert_eq!(answers(&mut c, 4, "/pkg.S/Retried", &failing_a), "BBBB");
     let failing_g = [("dubbo-tag", "gray"), ("x-fail-only-on", "G")];
     assert_eq!(answers(&mut c, 6, "/pkg.S/Retried", &failing_g), "HHHHHH");
+}
+
+/// Locality failover by priority against Envoy 1.40 (docs/governance.md#locality): grpcio
+/// providers in two zones, the caller's zone `zone-a` at priority 0 (four providers) and
+/// `zone-b` at priority 1 (two), as istiod orders them for a caller in `zone-a`; then
+/// `zone-a` fails, its providers marked unhealthy by EDS one after another (they keep
+/// running: an answer from one would be a routing error). Per phase, 400 calls of one grpcio
+/// client through each proxy: zone-a's share follows Envoy's priority load with the
+/// overprovisioning factor 1.4 (all healthy 100 %, 2 of 4: 70 %, 1 of 4: 35 %, none: 0 %) in
+/// both. Tolerance: ringside draws deterministically (every 100 requests of a shard take the
+/// exact split), so it must be within 2 points of the load; Envoy draws at random (binomial:
+/// 2.3 points at 70 % of 400), so it must be within 8 points (3.5 σ), and the two within 8.
+#[test]
+fn locality_priority_failover_matches_envoy() {
+    use common::envoy::*;
+    use common::grpc::{grpc_call, Call, CallOpts, GrpcServer};
+    use common::xds::*;
+    use serde_json::json;
+    let a: Vec<GrpcServer> = (1..=4)
+        .map(|i| GrpcServer::start(0, &format!("a{i}"), &[]))
+        .collect();
+    let b: Vec<GrpcServer> = (1..=2)
+        .map(|i| GrpcServer::start(0, &format!("b{i}"), &[]))
+        .collect();
+    // `a_healthy`: how many of zone-a's providers EDS says are healthy (the first ones).
+    let snapshot = |version: &str, listen: SocketAddr, a_healthy: usize| {
+        let eps = |servers: &[GrpcServer], healthy: usize| -> Vec<serde_json::Value> {
+            servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    json!({"endpoint": {"address": socket(s.addr())},
+                        "health_status": if i < healthy { "HEALTHY" } else { "UNHEALTHY" }})
+                })
+                .collect()
+        };
+        json!({
+            "version": version,
+            "listeners": [rds_listener("grpc_loc", listen, "loc_routes")],
+            "routes": [{"name": "loc_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "greeter"}}]
+            }]}],
+            "clusters": [eds_cluster("greeter", true)],
+            "endpoints": [{"cluster_name": "greeter", "endpoints": [
+                {"locality": {"region": "r1", "zone": "zone-a"}, "priority": 0,
+                    "lb_endpoints": eps(&a, a_healthy)},
+                {"locality": {"region": "r1", "zone": "zone-b"}, "priority": 1,
+                    "lb_endpoints": eps(&b, b.len())}
+            ]}]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot("loc4", envoy_listen, 4)).unwrap();
+    let envoy_admin = local(free_port());
+    let mut boot = bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-loc");
+    boot["node"]["locality"] = json!({"region": "r1", "zone": "zone-a"});
+    let envoy = Envoy::start(&boot, envoy_admin);
+    envoy.wait_dump("grpc_loc", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_loc")
+            && dynamic_route_configs(d).iter().any(|r| r == "loc_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot("loc4", rs_listen, 4)).unwrap();
+    let _rs = ringside_over_xds(
+        &rs_xds,
+        "oracle-loc",
+        "  locality: {region: r1, zone: zone-a}\n",
+        2,
+        "loc4",
+        rs_listen,
+    );
+    const CALLS: u32 = 400;
+    // Zone-a's share of CALLS calls, in percent; no call may reach an unhealthy provider.
+    let share_a = |who: &str, addr: SocketAddr, a_healthy: usize| -> f64 {
+        let out = grpc_call(addr, &CallOpts::new(Call::Unary).count(CALLS));
+        assert!(out.ok, "{who}: {out:?}");
+        let servers = out.servers();
+        assert_eq!(servers.len(), CALLS as usize, "{who}");
+        for s in &servers {
+            let unhealthy: Vec<String> = (a_healthy + 1..=4).map(|i| format!("a{i}")).collect();
+            assert!(
+                !unhealthy.iter().any(|u| u == s),
+                "{who}: a call reached {s}, which EDS marks unhealthy"
+            );
+        }
+        let n = servers.iter().filter(|s| s.starts_with('a')).count();
+        n as f64 * 100.0 / f64::from(CALLS)
+    };
+    for (a_healthy, load) in [(4usize, 100.0), (2, 70.0), (1, 35.0), (0, 0.0)] {
+        if a_healthy < 4 {
+            let v = format!("loc{a_healthy}");
+            envoy_xds
+                .put(&snapshot(&v, envoy_listen, a_healthy))
+                .unwrap();
+            rs_xds.put(&snapshot(&v, rs_listen, a_healthy)).unwrap();
+            rs_xds.wait_ack(EDS, &v);
+            // Envoy: until its /clusters shows the new health of every zone-a provider.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let clusters = envoy.get("/clusters");
+                let failed = clusters
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("greeter::")
+                            && l.contains("::health_flags::")
+                            && l.contains("failed_eds_health")
+                    })
+                    .count();
+                if failed == 4 - a_healthy {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Envoy never applied {v}: {clusters}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // ringside: the acked snapshot reaches the shards between requests.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let e = share_a("envoy", envoy_listen, a_healthy);
+        let r = share_a("ringside", rs_listen, a_healthy);
+        eprintln!("zone-a healthy {a_healthy}/4: load {load} %, Envoy {e} %, ringside {r} %");
+        assert!(
+            (e - load).abs() <= 8.0,
+            "Envoy, the oracle: {e} % (load {load} %)"
+        );
+        assert!((r - load).abs() <= 2.0, "ringside: {r} % (load {load} %)");
+        assert!((r - e).abs() <= 8.0, "ringside {r} % vs Envoy {e} %");
+    }
+}
+
+/// Success-rate ejection for Dubbo (docs/governance.md#outlier-detection): three providers,
+/// C failing every request; each interval (500 ms) the providers with 5 requests or more are
+/// compared, and C's success rate (0 %) is below `mean - 1.0 × stdev` (66.7 - 47.1 %) of the
+/// three: ejected at the interval's end, after which A and B take every request. Consecutive
+/// errors are off (`consecutive_errors: 0`): C's failures in a row eject nothing by
+/// themselves.
+#[test]
+fn dubbo_success_rate_ejects_at_the_interval() {
+    let (a, b, c) = (
+        Provider::start("A"),
+        Provider::start("B"),
+        Provider::start("C"),
+    );
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = dubbo_config(
+        admin,
+        listen,
+        &[("p", &[a.addr, b.addr, c.addr])],
+        "    cluster: p\n",
+    )
+    .replace(
+        "    timeout_ms: 1000\n",
+        "    timeout_ms: 1000\n    outlier_detection: {consecutive_errors: 0, interval_ms: 500, base_ejection_time_ms: 60000, max_ejection_percent: 100, success_rate: {minimum_hosts: 3, request_volume: 5, stdev_factor: 1000}}\n",
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut consumer = Consumer::connect(listen);
+    c.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // 30 requests, 10 per provider: whichever way the interval's end splits them, one side
+    // has 5 or more of each.
+    let first = who_answers(&mut consumer, 30);
+    assert_eq!(first.matches('!').count(), 10, "{first}");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_success_rate"
+        ),
+        1
+    );
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.p.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        0
+    );
+    let after = who_answers(&mut consumer, 12);
+    assert_eq!(after, "ABABABABABAB", "C ejected");
+}
+
+/// Failure-percentage ejection against Envoy 1.40: the same CDS `outlier_detection` (interval
+/// 1 s, `enforcing_failure_percentage: 100`, threshold 50 %, 3 hosts with 10 requests or more;
+/// consecutive and success-rate ejection not enforced) to both, three upstreams of which C
+/// answers every call trailers-only UNAVAILABLE: 60 calls (20 per upstream, so at least one interval of
+/// each proxy sees 10 or more of each), a pause past the interval, 20 more calls. Both eject C
+/// once (`ejections_enforced_failure_percentage` 1) and answer the 20 from A and B only.
+/// Tolerance: the failures of the first 60 calls may differ (each proxy's interval may end
+/// during them and eject C early): 10 to 20 each.
+#[test]
+fn failure_percentage_ejection_matches_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let ups = [
+        Upstream::start("A"),
+        Upstream::start("B"),
+        Upstream::start("C"),
+    ];
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let snapshot = |listen: SocketAddr| {
+        let mut cluster = eds_cluster("fp", true);
+        cluster["outlier_detection"] = json!({
+            "interval": "1s", "base_ejection_time": "60s", "max_ejection_percent": 100,
+            "enforcing_consecutive_5xx": 0, "enforcing_success_rate": 0,
+            "enforcing_failure_percentage": 100, "failure_percentage_threshold": 50,
+            "failure_percentage_minimum_hosts": 3, "failure_percentage_request_volume": 10
+        });
+        json!({
+            "version": "fp1",
+            "listeners": [rds_listener("grpc_fp", listen, "fp_routes")],
+            "routes": [{"name": "fp_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "fp"}}]
+            }]}],
+            "clusters": [cluster],
+            "endpoints": [load_assignment("fp", &addrs)]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-fp"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_fp", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_fp")
+            && dynamic_route_configs(d).iter().any(|r| r == "fp_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let rs = ringside_over_xds(&rs_xds, "oracle-fp", "", 1, "fp1", rs_listen);
+    // Trailers-only UNAVAILABLE: Envoy's router gives its detector a 503 for it (a
+    // grpc-status in trailers after a message counts as the 200 of its headers there).
+    let fail_c = [("x-fail-only-on", "C")];
+    let mut e = Client::connect(envoy_listen);
+    let mut r = Client::connect(rs_listen);
+    let (e1, r1) = (
+        answers(&mut e, 60, "/pkg.S/M", &fail_c),
+        answers(&mut r, 60, "/pkg.S/M", &fail_c),
+    );
+    std::thread::sleep(Duration::from_millis(2300));
+    let (e2, r2) = (
+        answers(&mut e, 20, "/pkg.S/M", &fail_c),
+        answers(&mut r, 20, "/pkg.S/M", &fail_c),
+    );
+    eprintln!("Envoy: {e1} then {e2}\nringside: {r1} then {r2}");
+    let failed = |s: &str| s.matches("[14]").count();
+    assert!((10..=20).contains(&failed(&e1)), "Envoy, the oracle: {e1}");
+    assert!((10..=20).contains(&failed(&r1)), "ringside: {r1}");
+    assert_eq!(failed(&e2), 0, "Envoy ejected C: {e2}");
+    assert_eq!(failed(&r2), 0, "ringside ejected C: {r2}");
+    let name = "cluster.fp.outlier_detection.ejections_enforced_failure_percentage";
+    assert_eq!(envoy.stat(name), 1, "Envoy");
+    assert_eq!(stat(&rs, name), 1, "ringside");
+    assert_eq!(
+        stat(
+            &rs,
+            "cluster.fp.outlier_detection.ejections_enforced_consecutive_5xx"
+        ),
+        0
+    );
 }

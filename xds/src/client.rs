@@ -886,6 +886,7 @@ impl Client {
             if let Some(e) = c.value.eds.as_ref().and_then(|n| cand.endpoints.get(n)) {
                 cluster.endpoints = e.value.endpoints.clone();
                 cluster.endpoint_metadata = e.value.metadata.clone();
+                cluster.priority_load = e.value.priority_load.clone();
             }
             config.clusters.push(cluster);
         }

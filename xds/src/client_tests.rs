@@ -577,6 +577,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         transport_socket_matches: Vec::new(),
         circuit_breakers: None,
         outlier_detection: None,
+        priority_load: Vec::new(),
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);
     server.next_sotw().await;

@@ -2773,6 +2773,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             Some(o) => outlier_detection(o, &ctx)?,
             None => None,
         },
+        priority_load: Vec::new(),
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -2804,7 +2805,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
                 );
             };
             let a = endpoints(la, &ctx, "load_assignment")?;
-            (out.endpoints, out.endpoint_metadata) = (a.endpoints, a.metadata);
+            (out.endpoints, out.endpoint_metadata, out.priority_load) =
+                (a.endpoints, a.metadata, a.priority_load);
             None
         }
         _ => {
@@ -2882,6 +2884,9 @@ pub struct Assignment {
     /// `weight` and `priority` of each endpoint, index for index; empty when every endpoint
     /// has priority 0 and the same weight (the common case costs nothing).
     pub metadata: Vec<config::EndpointMetadata>,
+    /// Envoy's load per priority level present in `metadata` (see [`priority_load`]); empty
+    /// when the first level takes it all.
+    pub priority_load: Vec<u32>,
 }
 
 pub(crate) fn decode_endpoints(any: &Any) -> Result<(String, Assignment), TranslateError> {
@@ -2912,6 +2917,8 @@ fn endpoints(
         ));
     }
     let mut out = Assignment::default();
+    // (healthy, all) endpoints per priority, for Envoy's priority load.
+    let mut hosts: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
     for (i, l) in la.endpoints.iter().enumerate() {
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let eat = join(at, &format!("endpoints[{i}].lb_endpoints[{j}]"));
@@ -2969,7 +2976,10 @@ fn endpoints(
                     ))
                 }
             };
+            let count = hosts.entry(l.priority).or_default();
+            count.1 += 1;
             if !excluded {
+                count.0 += 1;
                 out.endpoints.push(addr);
                 out.metadata.push(config::EndpointMetadata {
                     weight,
@@ -2999,7 +3009,73 @@ fn endpoints(
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
     }
+    let overprovisioning = match la.policy.as_ref() {
+        Some(p) if p.weighted_priority_health => {
+            return Err(ctx.err(
+                join(at, "policy.weighted_priority_health"),
+                "not supported (priority health counts endpoints, Envoy's default)",
+            ))
+        }
+        Some(p) => match p.overprovisioning_factor.as_ref().map(|f| f.value) {
+            Some(0) => {
+                return Err(ctx.err(
+                    join(at, "policy.overprovisioning_factor"),
+                    "must be at least 1",
+                ))
+            }
+            f => f.unwrap_or(OVERPROVISIONING_FACTOR_DEFAULT),
+        },
+        None => OVERPROVISIONING_FACTOR_DEFAULT,
+    };
+    let counts: Vec<(u32, u32)> = hosts.into_values().collect();
+    let load = priority_load(&counts, overprovisioning);
+    // The levels the endpoint table has: those with a healthy endpoint.
+    let present: Vec<u32> = counts
+        .iter()
+        .zip(&load)
+        .filter(|((healthy, _), _)| *healthy > 0)
+        .map(|(_, &l)| l)
+        .collect();
+    if present.first().is_some_and(|&l| l < 100) {
+        out.priority_load = present;
+    }
     Ok(out)
+}
+
+/// Envoy's default `policy.overprovisioning_factor` (140 %: a level is not considered
+/// degraded until fewer than 1/1.4 = 71.4 % of its endpoints are healthy).
+pub const OVERPROVISIONING_FACTOR_DEFAULT: u32 = 140;
+
+/// Envoy's priority load (`LoadBalancerBase::recalculatePerPriorityState`, without degraded
+/// hosts and panic mode): `counts` is (healthy, all) endpoints of each priority present in
+/// the assignment, lowest number first; the result is the percentage of requests each one
+/// takes. A level's health is `min(100, overprovisioning × healthy / all)`; the levels take
+/// their health in turn, scaled up when the health of all of them sums to less than 100,
+/// until 100 is given out; what rounding leaves goes to the first level with health.
+pub fn priority_load(counts: &[(u32, u32)], overprovisioning: u32) -> Vec<u32> {
+    let health: Vec<u32> = counts
+        .iter()
+        .map(|&(healthy, all)| match all {
+            0 => 0,
+            _ => {
+                (u64::from(overprovisioning) * u64::from(healthy) / u64::from(all)).min(100) as u32
+            }
+        })
+        .collect();
+    let total = health.iter().sum::<u32>().min(100);
+    let mut load = vec![0; health.len()];
+    if total == 0 {
+        return load;
+    }
+    let mut left = 100;
+    for (l, &h) in load.iter_mut().zip(&health) {
+        *l = (h * 100 / total).min(left);
+        left -= *l;
+    }
+    if let Some(first) = health.iter().position(|&h| h > 0) {
+        load[first] += left;
+    }
+    load
 }
 
 /// The endpoint metadata that chooses among a cluster's `transport_socket_matches`.
@@ -3068,19 +3144,35 @@ fn outlier_detection(
     ctx: &Ctx<'_>,
 ) -> Result<Option<config::OutlierDetection>, TranslateError> {
     let d = config::OutlierDetection::default();
-    match o
-        .enforcing_consecutive_5xx
-        .as_ref()
-        .map_or(100, |v| v.value)
-    {
-        0 => return Ok(None),
-        100 => {}
-        n => {
-            return Err(ctx.err(
-                "outlier_detection.enforcing_consecutive_5xx",
+    // Envoy's enforcing_* percentages: 0 or 100 (a share of detections enforced is not
+    // supported); `default` is Envoy's.
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    let enforced =
+        |v: Option<&UInt32Value>, field: &str, default: u32| match v.map_or(default, |v| v.value) {
+            0 => Ok(false),
+            100 => Ok(true),
+            n => Err(ctx.err(
+                format!("outlier_detection.{field}"),
                 format!("{n} %: only 0 or 100 is supported"),
-            ))
-        }
+            )),
+        };
+    let consecutive = enforced(
+        o.enforcing_consecutive_5xx.as_ref(),
+        "enforcing_consecutive_5xx",
+        100,
+    )?;
+    let success_rate = enforced(
+        o.enforcing_success_rate.as_ref(),
+        "enforcing_success_rate",
+        100,
+    )?;
+    let failure_percentage = enforced(
+        o.enforcing_failure_percentage.as_ref(),
+        "enforcing_failure_percentage",
+        0,
+    )?;
+    if !(consecutive || success_rate || failure_percentage) {
+        return Ok(None);
     }
     let ms = |d: Option<&Duration>, field: &str, default: u64| match d {
         Some(d) => duration_ms(
@@ -3091,11 +3183,36 @@ fn outlier_detection(
         ),
         None => Ok(default),
     };
+    let or = |v: Option<&UInt32Value>, default: u32| v.map_or(default, |v| v.value);
+    let fp = config::FailurePercentage::default();
+    let sr = config::SuccessRate::default();
+    if or(o.failure_percentage_threshold.as_ref(), fp.threshold) > 100 {
+        return Err(ctx.err(
+            "outlier_detection.failure_percentage_threshold",
+            "must be at most 100",
+        ));
+    }
     Ok(Some(config::OutlierDetection {
-        consecutive_errors: o
-            .consecutive_5xx
-            .as_ref()
-            .map_or(d.consecutive_errors, |v| v.value),
+        consecutive_errors: match consecutive {
+            true => or(o.consecutive_5xx.as_ref(), d.consecutive_errors),
+            false => 0,
+        },
+        failure_percentage: failure_percentage.then(|| config::FailurePercentage {
+            threshold: or(o.failure_percentage_threshold.as_ref(), fp.threshold),
+            minimum_hosts: or(
+                o.failure_percentage_minimum_hosts.as_ref(),
+                fp.minimum_hosts,
+            ),
+            request_volume: or(
+                o.failure_percentage_request_volume.as_ref(),
+                fp.request_volume,
+            ),
+        }),
+        success_rate: success_rate.then(|| config::SuccessRate {
+            stdev_factor: or(o.success_rate_stdev_factor.as_ref(), sr.stdev_factor),
+            minimum_hosts: or(o.success_rate_minimum_hosts.as_ref(), sr.minimum_hosts),
+            request_volume: or(o.success_rate_request_volume.as_ref(), sr.request_volume),
+        }),
         interval_ms: ms(o.interval.as_ref(), "interval", d.interval_ms)?,
         base_ejection_time_ms: ms(
             o.base_ejection_time.as_ref(),

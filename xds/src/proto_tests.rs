@@ -953,6 +953,8 @@ fn endpoints_exclude_unhealthy_and_keep_weights_and_priorities() {
         ..Default::default()
     };
     assert_eq!(a.metadata, [meta(1, 0), meta(3, 0), meta(1, 1)]);
+    // 2 of 3 healthy at priority 0: health 140 × 2 / 3 = 93 %, the rest fails over.
+    assert_eq!(a.priority_load, [93, 7]);
     // One priority, one weight: no metadata at all.
     la.endpoints.pop();
     la.endpoints[0].lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 3 });
@@ -1695,8 +1697,12 @@ fn outlier_detection_consecutive_5xx() {
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(
         c.cluster.outlier_detection,
-        Some(config::OutlierDetection::default()),
-        "Envoy's defaults: 5 in a row, 30 s base, 300 s max, 10 s interval, 10 %"
+        Some(config::OutlierDetection {
+            success_rate: Some(config::SuccessRate::default()),
+            ..Default::default()
+        }),
+        "Envoy's defaults: 5 in a row, 30 s base, 300 s max, 10 s interval, 10 %, success \
+         rate enforced (1.9 stdev, 5 hosts, 100 requests), failure percentage not"
     );
     let o = s.outlier_detection.as_mut().unwrap();
     o.consecutive_5xx = Some(UInt32Value { value: 2 });
@@ -1720,7 +1726,45 @@ fn outlier_detection_consecutive_5xx() {
         .unwrap()
         .enforcing_consecutive_5xx = Some(UInt32Value { value: 0 });
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
-    assert_eq!(c.cluster.outlier_detection, None, "not enforced");
+    assert_eq!(
+        c.cluster.outlier_detection.map(|o| o.consecutive_errors),
+        Some(0),
+        "consecutive errors not enforced, success rate still"
+    );
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.enforcing_success_rate = Some(UInt32Value { value: 0 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(c.cluster.outlier_detection, None, "nothing enforced");
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.enforcing_failure_percentage = Some(UInt32Value { value: 100 });
+    o.failure_percentage_threshold = Some(UInt32Value { value: 50 });
+    o.failure_percentage_minimum_hosts = Some(UInt32Value { value: 3 });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    let got = c.cluster.outlier_detection.unwrap();
+    assert_eq!(
+        (
+            got.consecutive_errors,
+            got.success_rate,
+            got.failure_percentage
+        ),
+        (
+            0,
+            None,
+            Some(config::FailurePercentage {
+                threshold: 50,
+                minimum_hosts: 3,
+                request_volume: 50
+            })
+        )
+    );
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.failure_percentage_threshold = Some(UInt32Value { value: 101 });
+    let e = decode_cluster(&pack_any(s.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("failure_percentage_threshold"), "{e}");
+    let o = s.outlier_detection.as_mut().unwrap();
+    o.failure_percentage_threshold = None;
     s.outlier_detection
         .as_mut()
         .unwrap()
@@ -2054,4 +2098,23 @@ fn request_mirror_policies_from_rds() {
     bad.request_mirror_policies = vec![mirror("s1", None)];
     let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
     assert!(e.contains("request_mirror_policies"), "{e}");
+}
+
+/// Envoy's priority load (LoadBalancerBase::recalculatePerPriorityState): health per level
+/// `min(100, 140 × healthy / all)`, given out in order, scaled up when it sums under 100, the
+/// rounding's remainder to the first level with health.
+#[test]
+fn priority_load_is_envoys() {
+    use super::priority_load;
+    assert_eq!(priority_load(&[(4, 4), (2, 2)], 140), [100, 0]);
+    assert_eq!(priority_load(&[(3, 4), (2, 2)], 140), [100, 0]); // 105 % capped
+    assert_eq!(priority_load(&[(2, 4), (2, 2)], 140), [70, 30]);
+    assert_eq!(priority_load(&[(1, 4), (2, 2)], 140), [35, 65]);
+    assert_eq!(priority_load(&[(0, 4), (2, 2)], 140), [0, 100]);
+    assert_eq!(priority_load(&[(2, 4), (2, 2)], 100), [50, 50]);
+    // Health under 100 in total: scaled up (35 + 17 = 52: 67 % and 32 %, 1 left to the first).
+    assert_eq!(priority_load(&[(1, 4), (1, 8)], 140), [68, 32]);
+    // Three levels, the middle one empty of healthy endpoints.
+    assert_eq!(priority_load(&[(1, 4), (0, 3), (1, 2)], 140), [35, 0, 65]);
+    assert_eq!(priority_load(&[(0, 4)], 140), [0]);
 }

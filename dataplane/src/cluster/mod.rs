@@ -58,6 +58,9 @@ pub struct UpstreamStatIds {
     pub rq_pending_overflow: StatId,
     /// Outlier detection: endpoints ejected, and ejections skipped for `max_ejection_percent`.
     pub outlier_ejections: StatId,
+    /// ... by failure percentage and by success rate (each interval).
+    pub outlier_ejections_failure_percentage: StatId,
+    pub outlier_ejections_success_rate: StatId,
     pub outlier_overflow: StatId,
     /// Endpoints ejected now (summed over shards: each shard ejects for itself).
     pub outlier_active: StatId,
@@ -109,6 +112,14 @@ impl UpstreamStatIds {
                 "outlier_detection.ejections_enforced_consecutive_5xx",
                 Kind::Counter,
             ),
+            outlier_ejections_failure_percentage: c(
+                "outlier_detection.ejections_enforced_failure_percentage",
+                Kind::Counter,
+            ),
+            outlier_ejections_success_rate: c(
+                "outlier_detection.ejections_enforced_success_rate",
+                Kind::Counter,
+            ),
             outlier_overflow: c("outlier_detection.ejections_overflow", Kind::Counter),
             outlier_active: c("outlier_detection.ejections_active", Kind::Gauge),
             rq_retry: c("upstream_rq_retry", Kind::Counter),
@@ -121,6 +132,12 @@ impl UpstreamStatIds {
         }
     }
 }
+
+/// The step of a shard's priority-load draws through 0..100: coprime with 100, so every 100
+/// draws of a cluster take each value once (a level with load L gets exactly L of every 100
+/// requests that find it ready), and near 100 / golden ratio, so that any few consecutive
+/// draws are spread over the range (a level of 30 % gets about 3 of any 10).
+pub const LOAD_DRAW_STEP: u8 = 61;
 
 /// One endpoint of a cluster and its stat ids (all the sink when `stats.per_host` is off).
 /// Its index in [`Endpoints::slots`] is stable while the cluster lives, so per-endpoint state
@@ -144,6 +161,10 @@ pub struct Endpoints {
     pub levels: Box<[u32]>,
     /// Weight of each `live` entry (least_request), empty when every endpoint weighs the same.
     pub weights: Box<[u32]>,
+    /// Envoy's priority load (`config::Cluster::priority_load`) as cumulative percentages, one
+    /// per level: a request draws `r` in 0..100 and starts at the first level whose entry
+    /// exceeds `r`. Empty: strict failover (every request starts at the first level).
+    pub load: Box<[u8]>,
     /// Distinct endpoints in `live` (an endpoint appears there once per weight visit).
     pub distinct: u32,
     /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
@@ -252,6 +273,8 @@ struct Set<'a> {
     live: &'a [u32],
     levels: &'a [u32],
     weights: &'a [u32],
+    /// See [`Endpoints::load`] (traffic-label subsets: empty).
+    load: &'a [u8],
 }
 
 impl Subset {
@@ -260,6 +283,7 @@ impl Subset {
             live: &self.live,
             levels: &self.levels,
             weights: &self.weights,
+            load: &[],
         }
     }
 }
@@ -271,6 +295,7 @@ impl Endpoints {
             live: Box::new([]),
             levels: Box::new([]),
             weights: Box::new([]),
+            load: Box::new([]),
             distinct: 0,
             generation,
             sockets: Box::new([]),
@@ -286,6 +311,7 @@ impl Endpoints {
             live: &self.live,
             levels: &self.levels,
             weights: &self.weights,
+            load: &self.load,
         };
         let Some(label) = label else {
             return all;
@@ -294,6 +320,7 @@ impl Endpoints {
             live: &[],
             levels: &[],
             weights: &[],
+            load: &[],
         };
         let Some(labels) = &self.labels else {
             // No endpoint is tagged: every one is untagged.
@@ -361,6 +388,9 @@ pub struct ShardCluster {
     /// Connections (tcp) or requests in flight (dubbo) per endpoint slot, on this shard.
     active: RefCell<Vec<Cell<u32>>>,
     next: Cell<usize>,
+    /// The next priority-load draw (see [`Endpoints::load`]): 0..100, stepping by
+    /// [`LOAD_DRAW_STEP`].
+    draw: Cell<u8>,
     lb: LbPolicy,
     connect_timeout: Duration,
     /// TCP keepalive of its upstream connections: `tcp_keepalive`, else `runtime.tcp_keepalive`.
@@ -401,6 +431,11 @@ impl<H: Retire> HostTable<H> {
             hosts.resize(i + 1, None);
         }
         hosts[i].get_or_insert_with(|| Rc::new(build())).clone()
+    }
+
+    /// Every built host (outlier detection's interval: once per interval, not per request).
+    pub fn all(&self) -> Vec<Rc<H>> {
+        self.hosts.borrow().iter().flatten().cloned().collect()
     }
 
     /// How many built hosts `f` holds for (rare decisions: outlier ejection).
@@ -514,6 +549,7 @@ impl ShardCluster {
             active: RefCell::new(endpoints.slots.iter().map(|_| Cell::new(0)).collect()),
             endpoints: RefCell::new(endpoints),
             next: Cell::new(0),
+            draw: Cell::new(0),
             lb: c.lb,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             keepalive: c
@@ -580,6 +616,22 @@ impl ShardCluster {
         let e = self.endpoints.borrow();
         let set = e.set(label);
         let mut fallback = None;
+        if !set.load.is_empty() {
+            // Envoy's priority load: the level this request's draw falls in first; when it
+            // has no endpoint ready, strict failover over all levels below.
+            let r = self.draw.get();
+            self.draw.set((r + LOAD_DRAW_STEP) % 100);
+            let k = set.load.iter().position(|&c| r < c).unwrap_or(0);
+            let from = if k == 0 {
+                0
+            } else {
+                set.levels[k - 1] as usize
+            };
+            match self.pick_in(&set, from..set.levels[k] as usize, &state) {
+                Ok(i) => return Some(i),
+                Err(backing_off) => fallback = backing_off,
+            }
+        }
         let mut from = 0;
         for &end in set.levels.iter() {
             let level = from..end as usize;
@@ -941,10 +993,13 @@ impl MirrorBudget {
 
 // === outlier detection ===
 
-/// A cluster's consecutive-error ejection settings (`outlier_detection`).
+/// A cluster's ejection settings (`outlier_detection`).
 #[derive(Clone, Copy, Debug)]
 pub struct OutlierConfig {
+    /// 0: no consecutive-error ejection.
     pub consecutive: u32,
+    pub failure_percentage: Option<config::FailurePercentage>,
+    pub success_rate: Option<config::SuccessRate>,
     pub base: Duration,
     pub max: Duration,
     pub interval: Duration,
@@ -956,6 +1011,8 @@ impl OutlierConfig {
         let o = c.outlier_detection.as_ref()?;
         Some(OutlierConfig {
             consecutive: o.consecutive_errors,
+            failure_percentage: o.failure_percentage,
+            success_rate: o.success_rate,
             base: Duration::from_millis(o.base_ejection_time_ms),
             max: Duration::from_millis(o.max_ejection_time_ms.max(o.base_ejection_time_ms)),
             interval: Duration::from_millis(o.interval_ms),
@@ -974,10 +1031,118 @@ pub enum Ejection {
     Overflow,
 }
 
-/// Counts an ejection of `time` in `ids`: the active gauge is up until it ends (a timer task
-/// per ejection, which is rare; it runs on even if the pool is replaced meanwhile).
-pub fn count_ejection(stats: &ShardStats, ids: &UpstreamStatIds, host: StatId, time: Duration) {
-    stats.inc(ids.outlier_ejections);
+impl OutlierConfig {
+    /// Whether requests are tallied per interval (failure-percentage or success-rate
+    /// ejection).
+    pub fn windowed(&self) -> bool {
+        self.failure_percentage.is_some() || self.success_rate.is_some()
+    }
+}
+
+/// Runs `tick` on `pool` every `cfg.interval` while the pool lives, when `cfg` ejects by
+/// interval (one timer task per pool per shard; none otherwise).
+pub fn watch_intervals<P: 'static>(pool: &Rc<P>, cfg: Option<&OutlierConfig>, tick: fn(&P)) {
+    let Some(cfg) = cfg.filter(|c| c.windowed()) else {
+        return;
+    };
+    let (pool, every) = (
+        Rc::downgrade(pool),
+        cfg.interval.max(Duration::from_millis(1)),
+    );
+    shard::monoio::spawn(async move {
+        loop {
+            shard::monoio::time::sleep(every).await;
+            let Some(p) = pool.upgrade() else {
+                return;
+            };
+            tick(&p);
+        }
+    });
+}
+
+/// Envoy's interval ejections over the requests each host of a pool had since the last
+/// interval (`DetectorImpl::processSuccessRateEjections`): hosts not ejected with at least a
+/// check's `request_volume` are that check's candidates; with at least its `minimum_hosts` of
+/// them, failure percentage ejects those failing `threshold` % or more, success rate those
+/// below `mean - stdev_factor / 1000 × stdev` of the candidates' success rates. Every host's
+/// tally starts again. Allocates the candidate list, once per interval.
+pub fn interval<H: OutlierHost + Retire>(
+    cfg: Option<&OutlierConfig>,
+    lb: &ShardCluster,
+    hosts: &HostTable<H>,
+    stats: &ShardStats,
+    ids: &UpstreamStatIds,
+) {
+    let Some(cfg) = cfg else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    let all = hosts.all();
+    // (host, success rate in %, requests)
+    let tallies: Vec<(&H, f64, u32)> = all
+        .iter()
+        .filter_map(|h| {
+            let (total, failed) = h.outlier().take_tally();
+            (total > 0 && !h.outlier().is_ejected(now)).then(|| {
+                let rate = f64::from(total - failed) * 100.0 / f64::from(total);
+                (&**h, rate, total)
+            })
+        })
+        .collect();
+    let total_hosts = lb.endpoints.borrow().distinct as usize;
+    let eject = |h: &H, counter: StatId| {
+        let share = || (hosts.count(|h| h.outlier().is_ejected(now)), total_hosts);
+        match h.outlier().eject(cfg, now, share) {
+            Ejection::Ejected(t) => {
+                count_ejection(stats, ids, counter, h.ids().ejected, t);
+                tracing::info!(cluster = %lb.name, upstream = %h.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected (interval)");
+            }
+            Ejection::Overflow => stats.inc(ids.outlier_overflow),
+            Ejection::None => {}
+        }
+    };
+    if let Some(sr) = cfg.success_rate {
+        let valid: Vec<&(&H, f64, u32)> = tallies
+            .iter()
+            .filter(|t| t.2 >= sr.request_volume)
+            .collect();
+        if !valid.is_empty() && valid.len() >= sr.minimum_hosts as usize {
+            let n = valid.len() as f64;
+            let mean = valid.iter().map(|t| t.1).sum::<f64>() / n;
+            let variance = valid.iter().map(|t| (t.1 - mean).powi(2)).sum::<f64>() / n;
+            let threshold = mean - f64::from(sr.stdev_factor) / 1000.0 * variance.sqrt();
+            for t in valid.iter().filter(|t| t.1 < threshold) {
+                eject(t.0, ids.outlier_ejections_success_rate);
+            }
+        }
+    }
+    if let Some(fp) = cfg.failure_percentage {
+        let valid: Vec<&(&H, f64, u32)> = tallies
+            .iter()
+            .filter(|t| t.2 >= fp.request_volume)
+            .collect();
+        if !valid.is_empty() && valid.len() >= fp.minimum_hosts as usize {
+            for t in valid
+                .iter()
+                .filter(|t| 100.0 - t.1 >= f64::from(fp.threshold))
+            {
+                eject(t.0, ids.outlier_ejections_failure_percentage);
+            }
+        }
+    }
+}
+
+/// Counts an ejection of `time` in `counter` (its kind) and `ids`: the active gauge is up
+/// until it ends (a timer task per ejection, which is rare; it runs on even if the pool is
+/// replaced meanwhile).
+pub fn count_ejection(
+    stats: &ShardStats,
+    ids: &UpstreamStatIds,
+    counter: StatId,
+    host: StatId,
+    time: Duration,
+) {
+    stats.inc(counter);
     stats.inc(ids.outlier_active);
     stats.inc(host);
     let (stats, active) = (stats.clone(), ids.outlier_active);
@@ -1012,8 +1177,14 @@ pub fn outcome<H: OutlierHost + Retire>(
     let Some(cfg) = cfg else {
         return;
     };
+    if cfg.windowed() {
+        host.outlier().tally(failed);
+    }
     if !failed {
         host.outlier().success();
+        return;
+    }
+    if cfg.consecutive == 0 {
         return;
     }
     let now = std::time::Instant::now();
@@ -1024,7 +1195,7 @@ pub fn outcome<H: OutlierHost + Retire>(
     match host.outlier().failure(cfg, now, share) {
         Ejection::None => {}
         Ejection::Ejected(t) => {
-            count_ejection(stats, ids, host.ids().ejected, t);
+            count_ejection(stats, ids, ids.outlier_ejections, host.ids().ejected, t);
             tracing::info!(cluster = %lb.name, upstream = %host.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
         }
         Ejection::Overflow => stats.inc(ids.outlier_overflow),
@@ -1039,6 +1210,9 @@ pub struct Outlier {
     ejections: Cell<u32>,
     /// When the last ejection ends (or ended).
     until: Cell<Option<std::time::Instant>>,
+    /// Requests and failed ones since the last interval (failure percentage, success rate).
+    total: Cell<u32>,
+    failed: Cell<u32>,
 }
 
 impl Outlier {
@@ -1048,6 +1222,18 @@ impl Outlier {
 
     pub fn success(&self) {
         self.consecutive.set(0);
+    }
+
+    /// One request for the interval's tally.
+    pub fn tally(&self, failed: bool) {
+        self.total.set(self.total.get().saturating_add(1));
+        self.failed
+            .set(self.failed.get().saturating_add(u32::from(failed)));
+    }
+
+    /// The interval's (requests, failed), starting the next.
+    pub fn take_tally(&self) -> (u32, u32) {
+        (self.total.take(), self.failed.take())
     }
 
     /// A failed request. `ejected_share`: (ejected, total) endpoints of the cluster now, asked
@@ -1063,6 +1249,17 @@ impl Outlier {
         if n < cfg.consecutive || self.is_ejected(now) {
             return Ejection::None;
         }
+        self.eject(cfg, now, ejected_share)
+    }
+
+    /// Ejects the endpoint (consecutive errors, or an interval's check) unless
+    /// `max_ejection_percent` of the cluster already is: the n-th ejection lasts n × base.
+    pub fn eject(
+        &self,
+        cfg: &OutlierConfig,
+        now: std::time::Instant,
+        ejected_share: impl FnOnce() -> (usize, usize),
+    ) -> Ejection {
         let (ejected, total) = ejected_share();
         // Envoy: eject while under max_ejection_percent, and always at least one.
         if ejected > 0 && ejected * 100 >= cfg.max_percent as usize * total.max(1) {
@@ -1092,6 +1289,8 @@ mod outlier_tests {
     fn cfg() -> OutlierConfig {
         OutlierConfig {
             consecutive: 2,
+            failure_percentage: None,
+            success_rate: None,
             base: Duration::from_secs(10),
             max: Duration::from_secs(25),
             interval: Duration::from_secs(100),

@@ -390,14 +390,25 @@ fn cluster(c: &config::Cluster) -> Value {
         );
     }
     if let Some(d) = c.outlier_detection {
-        o.insert(
-            "outlier_detection".into(),
-            json!({"consecutive_5xx": d.consecutive_errors,
-                   "interval": duration_ms(d.interval_ms),
-                   "base_ejection_time": duration_ms(d.base_ejection_time_ms),
-                   "max_ejection_time": duration_ms(d.max_ejection_time_ms),
-                   "max_ejection_percent": d.max_ejection_percent}),
-        );
+        let mut od = json!({"consecutive_5xx": d.consecutive_errors,
+               "enforcing_consecutive_5xx": if d.consecutive_errors > 0 { 100 } else { 0 },
+               "interval": duration_ms(d.interval_ms),
+               "base_ejection_time": duration_ms(d.base_ejection_time_ms),
+               "max_ejection_time": duration_ms(d.max_ejection_time_ms),
+               "max_ejection_percent": d.max_ejection_percent,
+               "enforcing_success_rate": if d.success_rate.is_some() { 100 } else { 0 },
+               "enforcing_failure_percentage": if d.failure_percentage.is_some() { 100 } else { 0 }});
+        if let Some(sr) = d.success_rate {
+            od["success_rate_minimum_hosts"] = json!(sr.minimum_hosts);
+            od["success_rate_request_volume"] = json!(sr.request_volume);
+            od["success_rate_stdev_factor"] = json!(sr.stdev_factor);
+        }
+        if let Some(fp) = d.failure_percentage {
+            od["failure_percentage_threshold"] = json!(fp.threshold);
+            od["failure_percentage_minimum_hosts"] = json!(fp.minimum_hosts);
+            od["failure_percentage_request_volume"] = json!(fp.request_volume);
+        }
+        o.insert("outlier_detection".into(), od);
     }
     Value::Object(o)
 }

@@ -557,6 +557,7 @@ impl ClusterState {
     /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
     fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
         let visits = visit_order(c);
+        let load = cumulative_load(c, visits.levels.len());
         // The transport socket of each address (TLS or plaintext per endpoint), when the
         // cluster chooses per endpoint.
         let socket_of: std::collections::HashMap<std::net::SocketAddr, u8> =
@@ -577,6 +578,7 @@ impl ClusterState {
             && self.tags == tags
             && *old.levels == visits.levels[..]
             && *old.weights == visits.weights[..]
+            && *old.load == load[..]
             && old
                 .live
                 .iter()
@@ -634,6 +636,7 @@ impl ClusterState {
             distinct,
             levels: visits.levels.into(),
             weights: visits.weights.into(),
+            load: load.into(),
             generation: old.generation,
             sockets,
             labels,
@@ -673,6 +676,23 @@ fn labels_of(
         untagged: subset(&|i| meta[i].tag.is_empty()),
         tagged: tagged.into(),
     })
+}
+
+/// `c.priority_load` as [`Endpoints::load`] wants it: cumulative, one per level of the
+/// table (`levels` of them); empty when the loads do not fit the levels (the endpoints and
+/// their loads come from one EDS assignment, so they always do) or the first level takes all.
+fn cumulative_load(c: &config::Cluster, levels: usize) -> Vec<u8> {
+    let load = &c.priority_load;
+    if load.len() != levels || load.first().is_none_or(|&l| l >= 100) {
+        return Vec::new();
+    }
+    let mut sum = 0u32;
+    load.iter()
+        .map(|&l| {
+            sum = (sum + l).min(100);
+            sum as u8
+        })
+        .collect()
 }
 
 /// The most times one endpoint appears in a cluster's live list (weights are scaled down to it).
@@ -795,6 +815,7 @@ mod tests {
             transport_socket_matches: Vec::new(),
             circuit_breakers: None,
             outlier_detection: None,
+            priority_load: Vec::new(),
         }
     }
 

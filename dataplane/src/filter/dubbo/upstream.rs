@@ -243,7 +243,7 @@ impl ClusterPool {
         ids: UpstreamStatIds,
         budget: Rc<Budget>,
     ) -> Rc<ClusterPool> {
-        Rc::new(ClusterPool {
+        let pool = Rc::new(ClusterPool {
             lb,
             hosts: HostTable::new(),
             destinations: RefCell::new(Vec::new()),
@@ -263,7 +263,20 @@ impl ClusterPool {
             stats,
             ids,
             budget,
-        })
+        });
+        crate::cluster::watch_intervals(&pool, pool.outlier.as_ref(), ClusterPool::interval);
+        pool
+    }
+
+    /// Outlier detection's interval (failure percentage, success rate).
+    fn interval(&self) {
+        crate::cluster::interval(
+            self.outlier.as_ref(),
+            &self.lb,
+            &self.hosts,
+            &self.stats,
+            &self.ids,
+        );
     }
 
     /// The host of endpoint slot `i`, built on first use.

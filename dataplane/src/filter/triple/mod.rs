@@ -617,7 +617,7 @@ impl Pool {
         h2_ids: UpstreamH2StatIds,
         budget: Rc<Budget>,
     ) -> Rc<Pool> {
-        Rc::new(Pool {
+        let pool = Rc::new(Pool {
             lb,
             hosts: crate::cluster::HostTable::new(),
             destinations: RefCell::new(Vec::new()),
@@ -638,7 +638,20 @@ impl Pool {
             ids,
             h2_ids,
             budget,
-        })
+        });
+        crate::cluster::watch_intervals(&pool, pool.outlier.as_ref(), Pool::interval);
+        pool
+    }
+
+    /// Outlier detection's interval (failure percentage, success rate).
+    fn interval(&self) {
+        crate::cluster::interval(
+            self.outlier.as_ref(),
+            &self.lb,
+            &self.hosts,
+            &self.stats,
+            &self.ids,
+        );
     }
 
     /// The host of endpoint slot `i`, built on first use.
