@@ -6,9 +6,10 @@
 //! attachments map (string keys: `path`, `interface`, `version`, `group`, `timeout`, custom).
 //!
 //! [`RequestRepr::parse`] reads the five strings as slices of the body, skips the arguments
-//! without building them, and checks the attachments map, remembering only offsets and the
-//! `group` value: routing reads interface, version, method and group without allocating or
-//! rescanning. Arguments ([`RequestRepr::argument`]) and other attachments
+//! without building them, and checks the attachments map, remembering only offsets (the map's
+//! start and end) and the `group` value: routing reads interface, version, method and group
+//! without allocating or rescanning. [`RequestRepr::parse_visiting`] also hands the caller each
+//! attachment that scan reads (the trace context, without a second scan). Arguments ([`RequestRepr::argument`]) and other attachments
 //! ([`RequestRepr::attachment`]) are found on demand by a scan from a remembered offset.
 //! Emitting a request is [`super::encode::RequestBuilder`].
 //!
@@ -45,6 +46,8 @@ pub struct RequestRepr<'a> {
     /// Arguments defined classes or types the attachments may refer to: scans of the map must
     /// then start from the arguments to learn them again.
     attachments_need_arguments: bool,
+    /// Where the attachments map's end marker is (found by `parse`'s scan).
+    attachments_end: Option<usize>,
 }
 
 // === impl RequestRepr ===
@@ -63,6 +66,16 @@ impl<'a> RequestRepr<'a> {
 
     /// Parses a request body (the frame after its header). Offsets in errors are into `body`.
     pub fn parse(body: &'a [u8]) -> Result<RequestRepr<'a>, DecodeError> {
+        Self::parse_visiting(body, |_, _| {})
+    }
+
+    /// As [`RequestRepr::parse`], handing `visit` every attachment with a string key as the
+    /// parse's one scan of the map reads it: a caller that wants a few attachments (a trace
+    /// context) gets them without a second scan.
+    pub fn parse_visiting(
+        body: &'a [u8],
+        mut visit: impl FnMut(&'a [u8], Scalar<'a>),
+    ) -> Result<RequestRepr<'a>, DecodeError> {
         let mut r = Reader::new(body);
         let dubbo_version = routing_string(&mut r, "dubbo version")?;
         let interface = routing_string(&mut r, "interface")?;
@@ -76,17 +89,26 @@ impl<'a> RequestRepr<'a> {
         }
         let attachments_need_arguments = r.class_defs() > 0 || r.types() > 0;
         let mut group = None;
+        let mut attachments_end = None;
         let attachments_offset = match r.peek() {
             None => None,
             Some(crate::hessian2::tag::NULL) => None,
             Some(_) => {
                 let offset = r.position();
                 r.read_map_begin()?;
-                while !r.read_end() {
+                loop {
+                    let at = r.position();
+                    if r.read_end() {
+                        attachments_end = Some(at);
+                        break;
+                    }
                     let key = r.read_value()?;
                     let value = r.read_value()?;
-                    if let (Scalar::Str(b"group"), Scalar::Str(value)) = (key, value) {
-                        group = Some(value);
+                    if let Scalar::Str(key) = key {
+                        if let (b"group", Scalar::Str(value)) = (key, value) {
+                            group = Some(value);
+                        }
+                        visit(key, value);
                     }
                 }
                 Some(offset)
@@ -104,6 +126,7 @@ impl<'a> RequestRepr<'a> {
             arguments_offset,
             attachments_offset,
             attachments_need_arguments,
+            attachments_end,
         })
     }
 
@@ -201,9 +224,7 @@ impl<'a> RequestRepr<'a> {
     /// it ([`super::encode::insert_attachment`]) joins the map. `None` when the body has no
     /// attachments map or it cannot be read to its end.
     pub fn attachments_end(&self) -> Option<usize> {
-        let mut it = self.attachments();
-        it.by_ref().for_each(drop);
-        it.end()
+        self.attachments_end
     }
 
     /// The offset of `value` (a slice this request returned, e.g. an attachment's string) in

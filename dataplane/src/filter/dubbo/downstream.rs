@@ -1481,7 +1481,12 @@ fn route_frame<'r>(
             label,
         )));
     }
-    let req = match wire::RequestView::parse(frame) {
+    // A traced listener reads the trace context in the parse's own scan of the attachments.
+    let parsed = match &l.trace {
+        None => wire::RequestView::parse(frame).map(|r| (r, None)),
+        Some(_) => wire::RequestView::parse_traced(frame).map(|(r, t)| (r, Some(t))),
+    };
+    let (req, fields) = match parsed {
         Ok(r) => r,
         Err(e) => {
             l.stats.inc(l.ids.rq_bad);
@@ -1494,15 +1499,12 @@ fn route_frame<'r>(
     };
     let service = l.service_ids(req.interface_bytes(), req.method_bytes());
     if let Some(a) = routes.router.route(&req) {
-        let (trace, propagate) = match &l.trace {
-            None => (None, Propagate::Untouched),
-            Some(t) => {
-                let fields = req.trace_fields();
-                match t.decide(fields.carrier.arrived()) {
-                    Some(d) => (Some(d), Propagate::of(&d, &fields)),
-                    None => (None, Propagate::Untouched),
-                }
-            }
+        let (trace, propagate) = match (&l.trace, &fields) {
+            (Some(t), Some(fields)) => match t.decide(fields.carrier.arrived()) {
+                Some(d) => (Some(d), Propagate::of(&d, fields)),
+                None => (None, Propagate::Untouched),
+            },
+            _ => (None, Propagate::Untouched),
         };
         let lg = l.capture_traced(h, frame.len(), Some(&req), trace);
         let label = l.labels.as_ref().map(|k| req.label(k));
