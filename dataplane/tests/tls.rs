@@ -548,3 +548,80 @@ fn istio_metrics_name_the_principals_of_mutual_tls_calls() {
     assert_eq!(count(("unknown", "unknown"), "none"), 2, "{requests:#?}");
     assert_eq!(requests.len(), 2, "{requests:#?}");
 }
+
+/// TLS 1.3 session resumption (docs/security.md, "Session resumption"): ringside's listener
+/// sends session tickets, and a second connection resumes, from Envoy 1.40 as the client
+/// sidecar and from a ringside client sidecar alike (each a tcp proxy, so that every
+/// connection of the consumer opens a TLS connection of its own); the resumed connections
+/// serve calls like the first.
+#[test]
+fn second_connections_resume_from_envoy_and_ringside_clients() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (in_admin, in_listen) = (local(free_port()), local(free_port()));
+    let inbound = start(
+        &inbound_yaml(&pki, in_admin, in_listen, "dubbo", "strict", provider.addr),
+        in_admin,
+    );
+    // Each consumer connection: one call, then closed (the next one is a new TLS connection).
+    let calls = |through: SocketAddr, tag: &str| {
+        for i in 0..3 {
+            let mut c = Consumer::connect(through);
+            let text = format!("{tag}-{i}");
+            assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+        }
+    };
+
+    // Envoy outbound (UpstreamTlsContext; session reuse is its default) → ringside inbound.
+    let (o_admin, o_listen) = (local(free_port()), local(free_port()));
+    let outbound_ctx = envoy_tls_context(&pki, "consumer", PROVIDER_ID, "istio");
+    let envoy_out = start_envoy(
+        &envoy_sidecar(o_admin, o_listen, in_listen, None, Some(outbound_ctx)),
+        o_admin,
+    );
+    calls(o_listen, "from-envoy");
+    wait_stat(
+        &inbound,
+        "downstream_tls_handshake",
+        3,
+        "Envoy's connections",
+    );
+    assert_eq!(
+        stat(&inbound, "downstream_tls_session_reused"),
+        2,
+        "the 2nd and 3rd connections from Envoy resume"
+    );
+    assert_eq!(
+        envoy_out.stat("cluster.app.ssl.session_reused"),
+        2,
+        "{}",
+        envoy_out.log()
+    );
+
+    // ringside outbound (a tcp listener, cluster `tls`) → ringside inbound.
+    let (r_admin, r_listen) = (local(free_port()), local(free_port()));
+    let yaml = outbound_yaml(
+        &pki,
+        r_admin,
+        r_listen,
+        "dubbo",
+        in_listen,
+        "consumer",
+        PROVIDER_ID,
+    )
+    .replace("protocol: dubbo", "protocol: tcp");
+    let _out = start(&yaml, r_admin);
+    calls(r_listen, "from-ringside");
+    wait_stat(
+        &inbound,
+        "downstream_tls_handshake",
+        6,
+        "ringside's connections",
+    );
+    assert_eq!(
+        stat(&inbound, "downstream_tls_session_reused"),
+        4,
+        "the 2nd and 3rd connections from ringside resume"
+    );
+    assert_eq!(stat(&inbound, "downstream_tls_error"), 0);
+}

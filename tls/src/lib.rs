@@ -257,6 +257,13 @@ fn roots(pem: Pem<'_>) -> Result<Arc<RootCertStore>, ConfigError> {
     Ok(Arc::new(roots))
 }
 
+/// TLS 1.3 session tickets a listener sends after each handshake.
+pub const TICKETS_PER_HANDSHAKE: usize = 2;
+/// Servers whose tickets a cluster's client config keeps (the oldest is forgotten first).
+pub const CLIENT_SESSION_SERVERS: usize = 16;
+/// Tickets rustls keeps per server.
+const CLIENT_TICKETS_PER_SERVER: usize = 8;
+
 /// A listener's TLS termination.
 pub struct ServerSettings<'a> {
     pub cert_chain: Pem<'a>,
@@ -297,8 +304,13 @@ impl ServerSettings<'_> {
         let mut config =
             builder.with_single_cert(certs(self.cert_chain)?, key(self.private_key)?)?;
         config.alpn_protocols = self.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        // Sidecar connections are long-lived and peers rarely resume: no tickets to mint.
-        config.send_tls13_tickets = 0;
+        // TLS 1.3 session tickets (docs/security.md, "Session resumption"): stateless, sealed
+        // with keys of this listener's config alone (a ticket of one listener, whose client
+        // verification it vouches for, cannot resume on another), random per process and
+        // rotated every 6 hours (rustls' TicketRotator; a ticket lives 12 hours), 2 per
+        // handshake as BoringSSL sends: a client opening two connections at once resumes both.
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        config.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
         Ok(Arc::new(config))
     }
 }
@@ -337,6 +349,11 @@ impl ClientSettings<'_> {
         };
         config.alpn_protocols = self.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
         config.enable_sni = self.sni;
+        // Resumption: the tickets of at most CLIENT_SESSION_SERVERS servers (by SNI, or the
+        // endpoint's address without one), 8 each, per cluster transport socket.
+        config.resumption = rustls::client::Resumption::in_memory_sessions(
+            CLIENT_SESSION_SERVERS * CLIENT_TICKETS_PER_SERVER,
+        );
         Ok(Arc::new(config))
     }
 }

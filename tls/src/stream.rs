@@ -27,8 +27,20 @@ use monoio::io::{
 use monoio::BufResult;
 use rustls::Connection;
 
-/// Ciphertext read per socket read: one full TLS record (16 KiB plaintext plus overhead) fits.
+/// Ciphertext read per socket read, at most: one full TLS record (16 KiB plaintext plus
+/// overhead) fits.
 pub const CIPHER_READ_BYTES: usize = 18 * 1024;
+
+/// The ciphertext buffer a connection starts with: a handshake flight of SPIFFE certificates
+/// and the small records of RPC traffic fit. It grows to [`CIPHER_READ_BYTES`], once, the first
+/// time a read fills it (large frames: one record per read), and is never shrunk, so the
+/// steady state allocates nothing; an idle or small-message connection keeps 4 KiB instead of
+/// 18 (docs/security.md, "Memory per connection").
+pub const CIPHER_START_BYTES: usize = 4 * 1024;
+
+/// The handshake's write buffer (a certificate flight) is shrunk to this when the connection
+/// keeps it: RPC records are small, and the buffer grows again if one is not.
+const OUT_KEEP_BYTES: usize = 1024;
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +64,29 @@ pub struct TlsRead<S> {
     io: OwnedReadHalf<S>,
     tls: Rc<RefCell<Connection>>,
     /// Ciphertext read from the socket and not yet given to rustls: `cipher[pos..]`.
-    cipher: Vec<u8>,
+    cipher: Cipher,
     pos: usize,
+}
+
+/// A ciphertext read buffer: [`CIPHER_START_BYTES`] until a read fills it, then
+/// [`CIPHER_READ_BYTES`].
+struct Cipher(Vec<u8>);
+
+impl Cipher {
+    fn new() -> Cipher {
+        Cipher(Vec::with_capacity(CIPHER_START_BYTES))
+    }
+
+    /// The emptied buffer for the next socket read (grown if the last read filled it).
+    fn take(&mut self) -> Vec<u8> {
+        let mut b = std::mem::take(&mut self.0);
+        let full = b.len() == b.capacity();
+        b.clear();
+        if full && b.capacity() < CIPHER_READ_BYTES {
+            b.reserve_exact(CIPHER_READ_BYTES);
+        }
+        b
+    }
 }
 
 /// The write half of a [`TlsStream`].
@@ -73,8 +106,8 @@ where
     S: AsyncReadRent + AsyncWriteRent + Split,
 {
     let mut conn = Connection::Server(rustls::ServerConnection::new(config)?);
-    handshake(&mut io, &mut conn).await?;
-    Ok(TlsStream::new(io, conn))
+    let bufs = handshake(&mut io, &mut conn, Cipher::new()).await?;
+    Ok(TlsStream::new(io, conn, bufs))
 }
 
 /// Completes a server handshake on `io` as Envoy (BoringSSL) does when the client's ALPN list
@@ -90,15 +123,14 @@ where
     S: AsyncReadRent + AsyncWriteRent + Split,
 {
     let mut acceptor = rustls::server::Acceptor::default();
-    let mut cipher = Vec::with_capacity(CIPHER_READ_BYTES);
+    let mut cipher = Cipher::new();
     let accepted = loop {
-        cipher.clear();
-        let (r, c) = io.read(cipher).await;
-        cipher = c;
+        let (r, c) = io.read(cipher.take()).await;
+        cipher.0 = c;
         if r? == 0 {
             return Err(HandshakeError::Closed);
         }
-        let mut rd = &cipher[..];
+        let mut rd = &cipher.0[..];
         while !rd.is_empty() {
             acceptor.read_tls(&mut rd)?;
         }
@@ -127,8 +159,8 @@ where
             return Err(e.into());
         }
     };
-    handshake(&mut io, &mut conn).await?;
-    Ok(TlsStream::new(io, conn))
+    let bufs = handshake(&mut io, &mut conn, cipher).await?;
+    Ok(TlsStream::new(io, conn, bufs))
 }
 
 /// Completes a client handshake on `io` for `name` (SNI, unless the config disables it).
@@ -141,31 +173,31 @@ where
     S: AsyncReadRent + AsyncWriteRent + Split,
 {
     let mut conn = Connection::Client(rustls::ClientConnection::new(config, name)?);
-    handshake(&mut io, &mut conn).await?;
-    Ok(TlsStream::new(io, conn))
+    let bufs = handshake(&mut io, &mut conn, Cipher::new()).await?;
+    Ok(TlsStream::new(io, conn, bufs))
 }
 
 /// Drives `conn` until the handshake is done and everything it queued is written. Records read
 /// past the handshake (a client's first request may share a segment with its Finished) stay
-/// in rustls, decrypted, for the read half.
+/// in rustls, decrypted, for the read half. Returns the read and write buffers, for the
+/// connection to keep (no second allocation).
 async fn handshake<S: AsyncReadRent + AsyncWriteRent>(
     io: &mut S,
     conn: &mut Connection,
-) -> Result<(), HandshakeError> {
+    mut cipher: Cipher,
+) -> Result<(Cipher, Vec<u8>), HandshakeError> {
     let mut out = Vec::new();
-    let mut cipher = Vec::with_capacity(CIPHER_READ_BYTES);
     loop {
         out = send(io, conn, out).await?;
         if !conn.is_handshaking() {
-            return Ok(());
+            return Ok((cipher, out));
         }
-        cipher.clear();
-        let (r, c) = io.read(cipher).await;
-        cipher = c;
+        let (r, c) = io.read(cipher.take()).await;
+        cipher.0 = c;
         if r? == 0 {
             return Err(HandshakeError::Closed);
         }
-        let mut rd = &cipher[..];
+        let mut rd = &cipher.0[..];
         while !rd.is_empty() {
             if conn.read_tls(&mut rd)? == 0 {
                 // close_notify during the handshake.
@@ -201,21 +233,22 @@ async fn send<S: AsyncWriteRent>(
 // === impl TlsStream ===
 
 impl<S: AsyncReadRent + AsyncWriteRent + Split> TlsStream<S> {
-    fn new(io: S, conn: Connection) -> Self {
+    fn new(io: S, conn: Connection, (mut cipher, mut out): (Cipher, Vec<u8>)) -> Self {
         let (r, w) = io.into_split();
         let tls = Rc::new(RefCell::new(conn));
+        // The handshake's buffers, emptied (everything they held was given to rustls or
+        // written); the write buffer no larger than a small record needs.
+        cipher.0.clear();
+        out.clear();
+        out.shrink_to(OUT_KEEP_BYTES);
         TlsStream {
             read: TlsRead {
                 io: r,
                 tls: tls.clone(),
-                cipher: Vec::with_capacity(CIPHER_READ_BYTES),
+                cipher,
                 pos: 0,
             },
-            write: TlsWrite {
-                io: w,
-                tls,
-                out: Vec::new(),
-            },
+            write: TlsWrite { io: w, tls, out },
         }
     }
 }
@@ -224,6 +257,11 @@ impl<S: AsyncWriteRent> TlsStream<S> {
     /// The negotiated ALPN protocol, if any.
     pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
         self.read.tls.borrow().alpn_protocol().map(|p| p.to_vec())
+    }
+
+    /// Whether the handshake resumed an earlier session (a TLS 1.3 ticket).
+    pub fn resumed(&self) -> bool {
+        self.read.tls.borrow().handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     /// The peer's certificate chain (end entity first), as it was verified.
@@ -333,8 +371,8 @@ impl<S: AsyncReadRent> TlsRead<S> {
                     Err(e) => return Err(e),
                 }
                 // No plaintext: give rustls the next ciphertext, if any is buffered.
-                if self.pos < self.cipher.len() {
-                    let mut rd = &self.cipher[self.pos..];
+                if self.pos < self.cipher.0.len() {
+                    let mut rd = &self.cipher.0[self.pos..];
                     let before = rd.len();
                     tls.read_tls(&mut rd)?;
                     self.pos += before - rd.len();
@@ -343,11 +381,10 @@ impl<S: AsyncReadRent> TlsRead<S> {
                     continue;
                 }
             }
-            let mut cipher = std::mem::take(&mut self.cipher);
-            cipher.clear();
+            let cipher = self.cipher.take();
             self.pos = 0;
             let (r, c) = self.io.read(cipher).await;
-            self.cipher = c;
+            self.cipher.0 = c;
             if r? == 0 {
                 // EOF: rustls decides whether it was clean.
                 let mut tls = self.tls.borrow_mut();

@@ -263,3 +263,54 @@ fn an_alpn_mismatch_is_served_without_alpn_as_envoy_does() {
         );
     });
 }
+
+/// One byte from the server, read by the client: the client has processed everything the
+/// server sent before it (the session tickets that follow a handshake).
+async fn server_speaks(s: TlsStream<TcpStream>, c: TlsStream<TcpStream>) {
+    let (_sr, mut sw) = s.into_split();
+    let (mut cr, _cw) = c.into_split();
+    let (r, _) = sw.write_all(b"x".to_vec()).await;
+    r.unwrap();
+    let (r, b) = cr.read_exact(vec![0u8; 1]).await;
+    r.unwrap();
+    assert_eq!(b, b"x");
+}
+
+#[test]
+fn tickets_resume_only_on_the_listener_context_that_issued_them() {
+    let pki = Pki::new("tickets", &[("server", SERVER_ID), ("client", CLIENT_ID)]);
+    let wants = (
+        [SanMatch::Exact(CLIENT_ID.into())],
+        [SanMatch::Exact(SERVER_ID.into())],
+    );
+    let (sc, cc) = configs(&pki, &wants.0, &wants.1);
+    // The same settings built again (another listener, or this one after a rotation).
+    let (other, _) = configs(&pki, &wants.0, &wants.1);
+    run(async move {
+        let (s, c) = pair(sc.clone(), cc.clone()).await;
+        let (s, c) = (s.unwrap(), c.unwrap());
+        assert!(
+            !s.resumed() && !c.resumed(),
+            "the first handshake is a full one"
+        );
+        server_speaks(s, c).await;
+
+        let (s, c) = pair(sc.clone(), cc.clone()).await;
+        let (s, c) = (s.unwrap(), c.unwrap());
+        assert!(s.resumed() && c.resumed(), "the second connection resumes");
+        // The client certificate travels in the ticket: RBAC still sees the client's id.
+        let peer = s
+            .peer_certificates()
+            .expect("client certificate after resumption");
+        assert_eq!(x509::uri_sans(&peer[0]), vec![CLIENT_ID.as_bytes()]);
+        server_speaks(s, c).await;
+
+        // A ticket of one context offered to another: a full handshake, not a failure.
+        let (s, c) = pair(other, cc).await;
+        let (s, c) = (s.unwrap(), c.unwrap());
+        assert!(
+            !s.resumed() && !c.resumed(),
+            "another context's ticket must not resume"
+        );
+    });
+}

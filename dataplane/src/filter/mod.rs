@@ -226,10 +226,11 @@ pub struct ListenerStatIds {
     /// update, or the process draining), and of those the ones closed at the drain timeout.
     pub cx_drained: StatId,
     pub cx_drain_timeout: StatId,
-    /// Listeners with `tls`: completed handshakes, failed ones (bad or missing certificate,
-    /// wrong SAN, timeout, not TLS under STRICT), and PERMISSIVE connections served as
-    /// plaintext.
+    /// Listeners with `tls`: completed handshakes (and of those the resumed ones), failed ones
+    /// (bad or missing certificate, wrong SAN, timeout, not TLS under STRICT), and PERMISSIVE
+    /// connections served as plaintext.
     pub tls_handshake: StatId,
+    pub tls_resumed: StatId,
     pub tls_error: StatId,
     pub tls_plaintext: StatId,
     /// `tcp` listeners: connections handed to a hot-upgrade successor with their upstream
@@ -290,6 +291,7 @@ impl ListenerStatIds {
             cx_drained: st.add("listener", "downstream_cx_drained", &t, Counter),
             cx_drain_timeout: st.add("listener", "downstream_cx_drain_timeout", &t, Counter),
             tls_handshake: tls("downstream_tls_handshake"),
+            tls_resumed: tls("downstream_tls_session_reused"),
             tls_error: tls("downstream_tls_error"),
             tls_plaintext: tls("downstream_tls_plaintext"),
             tcp_cx_handed_over: tcp("tcp_cx_handed_over"),

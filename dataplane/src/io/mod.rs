@@ -21,7 +21,10 @@ use shard::monoio::net::{TcpListener, TcpStream};
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Frames at least this large are written on their own instead of being copied into a batch.
 pub const WRITE_COPY_BYTES_MAX: usize = 16 * 1024;
-/// A batch of small frames is flushed when it reaches this size.
+/// A batch of small frames is flushed when it reaches this size. A connection's batch buffer
+/// starts empty and grows, the first times its batches need more, to what they need (never
+/// shrunk: no allocation in the steady state), so an idle connection does not hold a 64 KiB
+/// buffer it never fills (docs/security.md, "Memory per connection").
 pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Reads into the spare capacity of `buf`, after the bytes it already holds (monoio's own

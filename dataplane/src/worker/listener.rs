@@ -355,6 +355,9 @@ async fn serve_tls(
     match crate::io::tls::accept(tcp, tls).await {
         Ok(s) => {
             l.stats.inc(l.ids.tls_handshake);
+            if s.resumed() {
+                l.stats.inc(l.ids.tls_resumed);
+            }
             serve_protocol(s, l, drain).await
         }
         Err(e) => {

@@ -810,7 +810,7 @@ fn tell_readonly(conn: &DownConn) {
 }
 
 async fn write_loop<W: AsyncWriteRent>(conn: &Rc<DownConn>, w: &mut W) {
-    let mut batch = Vec::with_capacity(crate::io::WRITE_BATCH_BYTES);
+    let mut batch = Vec::new();
     // The last pass wrote answers (as opposed to waking with nothing to write).
     let mut wrote = false;
     loop {
@@ -1482,9 +1482,16 @@ fn route_frame<'r>(
         )));
     }
     // A traced listener reads the trace context in the parse's own scan of the attachments.
+    // Otherwise routes that read attachments get them read (and checked) once, `group`
+    // remembered; else only what routes on interface, version and method is read here (about
+    // half the instructions), and traffic labels or the access log scan the attachments when
+    // they need them.
     let parsed = match &l.trace {
-        None => wire::RequestView::parse(frame).map(|r| (r, None)),
         Some(_) => wire::RequestView::parse_traced(frame).map(|(r, t)| (r, Some(t))),
+        None if routes.router.reads_attachments() => {
+            wire::RequestView::parse(frame).map(|r| (r, None))
+        }
+        None => wire::RequestView::parse_preamble(frame).map(|r| (r, None)),
     };
     let (req, fields) = match parsed {
         Ok(r) => r,

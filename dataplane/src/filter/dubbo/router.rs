@@ -112,14 +112,43 @@ impl<R: Inspect> Match<R> for Route {
     }
 }
 
-/// One listener's compiled Dubbo routes.
-pub type Router = Table<Route>;
+/// One listener's compiled Dubbo routes, and whether any of them reads attachments (`group`
+/// or `attachments` conditions): when none does, requests are read up to the method only
+/// (`RequestRepr::parse_preamble`), their arguments and attachments left unread unless
+/// something else asks for them.
+pub struct Router {
+    table: Table<Route>,
+    reads_attachments: bool,
+}
+
+impl Router {
+    pub fn empty() -> Self {
+        Router {
+            table: Table::empty(),
+            reads_attachments: false,
+        }
+    }
+
+    pub fn reads_attachments(&self) -> bool {
+        self.reads_attachments
+    }
+}
+
+impl std::ops::Deref for Router {
+    type Target = Table<Route>;
+    fn deref(&self) -> &Table<Route> {
+        &self.table
+    }
+}
 
 /// Compiles a listener's Dubbo routes. The config was validated, so errors here are bugs, but
 /// they are reported rather than unwrapped.
 pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Router, RouteError> {
     let routes = l.dubbo.as_ref().map_or(&[][..], |d| &d.routes);
-    Table::compile(routes, l.cluster.as_deref(), clusters, |r| {
+    let reads_attachments = routes
+        .iter()
+        .any(|r| r.matcher.group.is_some() || !r.matcher.attachments.is_empty());
+    let table = Table::compile(routes, l.cluster.as_deref(), clusters, |r| {
         let m = &r.matcher;
         let mut attachments = Vec::with_capacity(m.attachments.len() + 1);
         if let Some(g) = &m.group {
@@ -137,6 +166,10 @@ pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Rou
             attachments,
         };
         Ok((route, &r.route))
+    })?;
+    Ok(Router {
+        table,
+        reads_attachments,
     })
 }
 

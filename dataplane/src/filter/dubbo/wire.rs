@@ -157,6 +157,13 @@ impl<'a> RequestView<'a> {
         d::request::RequestRepr::parse(body).map(|req| RequestView { req })
     }
 
+    /// Reads a Hessian2 request up to its method (and parameter types); arguments and
+    /// attachments are read when asked for (each ask a scan from the arguments).
+    pub fn parse_preamble(frame: &'a [u8]) -> Result<Self, DecodeError> {
+        let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
+        d::request::RequestRepr::parse_preamble(body).map(|req| RequestView { req })
+    }
+
     pub fn interface_bytes(&self) -> &[u8] {
         self.req.interface()
     }
