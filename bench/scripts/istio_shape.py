@@ -6,12 +6,17 @@ service port (pilot/pkg/networking/core):
   * per service: one EDS cluster `outbound|PORT||svc-I.ns-K.svc.cluster.local` (the fixture's
     `outbound|9080||details...` with the host replaced; gRPC ports get istiod's explicit HTTP/2
     protocol options) and its ClusterLoadAssignment (`endpoints` pod IPs on 10.244.0.0/16);
-  * HTTP and gRPC services (9 in 10): a virtual host in the route configuration `PORT` (one per
+  * HTTP and gRPC services (8 in 10): a virtual host in the route configuration `PORT` (one per
     port, the fixture's `9080` shape: domains host, host:port, short names, VIP, each also with
     `:PORT`; istiod's `allow_any` host last) behind one `0.0.0.0_PORT` listener per port (the
     fixture's `0.0.0.0_9080`: protocol-sniffed HTTP chain to RDS, `PassthroughFilterChain`);
   * TCP services (1 in 10): a `VIP_PORT` listener each (the fixture's `10.96.0.10_53`: one
     tcp_proxy chain to the service's cluster);
+  * services whose port declares no protocol (1 in 10, ports 443, 8443, 6443, 9443): istiod
+    sniffs them, a `VIP_PORT` listener each (the fixture's `10.100.4.52_443`, `bind_to_port:
+    false`: an HTTP chain chosen by the sniffed protocol, to RDS `HOST:PORT`, and a catch-all
+    `default_filter_chain` tcp_proxy to the service's cluster) and its route configuration
+    `HOST:PORT` (the service's virtual host, `allow_any` last);
   * once: the fixture's `virtualOutbound` and `virtualInbound` listeners, `PassthroughCluster`,
     `InboundPassthroughClusterIpv4`, `BlackHoleCluster` and `inbound|80||`.
 `base()` is the once-part alone (a sidecar before any service), `services()` adds the N services.
@@ -19,9 +24,7 @@ Listeners that bind move to 127.0.0.1 and the given ports (as dataplane/tests/is
 `for_envoy()` removes the Istio-only filters that stock Envoy 1.40 does not have (the same rule
 as istio.rs's `istio_only`).
 
-Not in this shape: ports without a declared protocol (istiod's sniffed `VIP_PORT` listener with a
-catch-all chain to the service's cluster, the fixture's `10.100.4.52_443`): ringside NACKs that
-listener in a set with `virtualOutbound` (docs/xds.md "Istio", today's gaps).
+Not in this shape: mTLS (`transport_socket_matches` with SDS secrets; there is no SDS server).
 """
 import copy
 import json
@@ -33,8 +36,12 @@ FIXTURE = os.path.join(ROOT, "dataplane/tests/fixtures/istio/mtls-off.json")
 HTTP_PORTS = [8080, 9080, 50051, 8000, 3000, 5000, 7070, 9090]
 GRPC_PORTS = {50051}
 TCP_PORTS = [5432, 6379, 3306, 27017, 9092]
+# Ports without a declared protocol (protocol sniffing).
+SNIFFED_PORTS = [443, 8443, 6443, 9443]
 TEMPLATE_HOST = "details.default.svc.cluster.local"
 TEMPLATE_VIP = "10.96.83.171"
+SNIFFED_HOST = "webhook-service.metallb-system.svc.cluster.local"
+SNIFFED_VIP = "10.100.4.52"
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -79,11 +86,13 @@ def base(version, outbound_port, inbound_port):
 
 
 def service(i):
-    """(host, port, vip, kind) of service i: kind "http", "grpc" or "tcp"."""
+    """(host, port, vip, kind) of service i: kind "http", "grpc", "tcp" or "sniffed"."""
     host = f"svc-{i:04d}.ns-{i // 50:02d}.svc.cluster.local"
     vip = f"10.96.{100 + i // 250}.{i % 250 + 1}"
     if i % 10 == 9:
         return host, TCP_PORTS[(i // 10) % len(TCP_PORTS)], vip, "tcp"
+    if i % 10 == 8:
+        return host, SNIFFED_PORTS[(i // 10) % len(SNIFFED_PORTS)], vip, "sniffed"
     port = HTTP_PORTS[i % len(HTTP_PORTS)]
     return host, port, vip, "grpc" if port in GRPC_PORTS else "http"
 
@@ -92,6 +101,7 @@ def services(doc, n, endpoints, version):
     """`doc` (from base()) plus n services as istiod would push them; returns a new snapshot."""
     ls, rs, cs, es = _fixture()
     http_l, tcp_l = ls["0.0.0.0_9080"], ls["10.96.0.10_53"]
+    sniff_l, sniff_r = ls[f"{SNIFFED_VIP}_443"], rs[f"{SNIFFED_HOST}:443"]
     route = rs["9080"]
     vh_t = next(v for v in route["virtual_hosts"] if v["name"] == f"{TEMPLATE_HOST}:9080")
     allow_any = next(v for v in route["virtual_hosts"] if v["name"] == "allow_any")
@@ -128,10 +138,26 @@ def services(doc, n, endpoints, version):
             l["address"] = {"socket_address": {"address": vip, "port_value": port}}
             out["listeners"].append(l)
             continue
+        name, ns = host.split(".")[:2]
+        if kind == "sniffed":
+            template = f"outbound|443||{SNIFFED_HOST}"
+            l = _replace(sniff_l, template, cname)
+            l = _replace(l, f"{SNIFFED_HOST}:443", f"{host}:{port}")
+            l = _replace(l, f"{SNIFFED_VIP}_443", f"{vip}_{port}")
+            l["address"] = {"socket_address": {"address": vip, "port_value": port}}
+            out["listeners"].append(l)
+            r = _replace(sniff_r, template, cname)
+            r = _replace(r, f"{SNIFFED_HOST}:443", f"{host}:{port}")
+            r = _replace(r, SNIFFED_HOST, host)
+            # The short names: "webhook-service.metallb-system.svc", "...metallb-system", ...
+            r = _replace(r, "webhook-service.metallb-system", f"{name}.{ns}")
+            r = _replace(r, "webhook-service", name)
+            r = _replace(r, SNIFFED_VIP, vip)
+            out["routes"].append(r)
+            continue
         vh = _replace(vh_t, TEMPLATE_HOST, host)
         vh = _replace(vh, "9080", str(port))
         vh = _replace(vh, TEMPLATE_VIP, vip)
-        name, ns = host.split(".")[:2]
         # The short names: "details.default.svc", "details.default", "details" (each + :PORT).
         vh = _replace(vh, "details.default", f"{name}.{ns}")
         vh = _replace(vh, "details", name)

@@ -734,7 +734,8 @@ pub struct Listener {
     /// (docs/observability.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
-    /// TLS termination (dubbo and triple listeners): see [`ListenerTls`] and docs/security.md.
+    /// TLS termination (dubbo, triple and tcp listeners; a tcp listener's proxy relays the
+    /// plaintext): see [`ListenerTls`] and docs/security.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
     /// dubbo and triple listeners: one token per request (Dubbo request, Triple call) on this
@@ -1386,6 +1387,11 @@ pub struct TripleListener {
     /// sends it to the endpoints tagged with it; docs/governance.md#traffic-labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_label: Option<TrafficLabel>,
+    /// Also serve HTTP/1.1 (Envoy's `codec_type: AUTO`): a plaintext connection whose first
+    /// bytes are not the HTTP/2 preface is served as HTTP/1.1, each request routed by Host and
+    /// path with these routes (docs/decisions/0010-http1.md).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub http1: bool,
 }
 
 impl TripleListener {
@@ -1428,6 +1434,7 @@ impl Default for TripleListener {
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
             traffic_label: None,
+            http1: false,
         }
     }
 }
@@ -3009,18 +3016,24 @@ impl Config {
     }
 }
 
-/// A Dubbo connection timer: 1 ..= [`DUBBO_TIMER_MS_MAX`].
-/// A cluster's timeouts, connection and request limits.
+/// A listener's `tls`: where it may be, and its certificate and CA fields.
 fn validate_listener_tls(
     t: &ListenerTls,
     l: &Listener,
     at: &dyn Fn(&str) -> String,
     err: &mut dyn FnMut(String, String),
 ) {
-    if l.protocol == Protocol::Tcp {
+    // A tcp listener that hands its connections on chooses by bytes TLS would hide: TLS
+    // belongs on the listener a connection is handed to (Istio's TLS chains of
+    // virtualInbound).
+    let hands_on = !l.filter_chains.is_empty()
+        || l.default_filter_chain.is_some()
+        || !l.virtual_listeners.is_empty();
+    if l.protocol == Protocol::Tcp && hands_on {
         err(
             at("mode"),
-            "TLS termination is for dubbo and triple listeners (the tcp proxy relays TLS as it is)"
+            "a tcp listener with filter_chains, default_filter_chain or virtual_listeners hands \
+             connections on before TLS: put tls on the listener that serves them"
                 .into(),
         );
     }

@@ -548,9 +548,22 @@ clusters:
         "cert_chain: c.pem, sni",
     ));
     assert_eq!(e[0].field, "clusters[0].tls.private_key", "{e:?}");
-    // TLS termination on a tcp listener: refused; a tcp listener to a TLS cluster is fine
-    // (the tcp proxy originates TLS).
-    let e = errors(&ok.replace("protocol: dubbo", "protocol: tcp"));
+    // TLS termination on a tcp listener (its proxy relays the plaintext), to a TLS cluster
+    // too (the tcp proxy originates TLS); not on one that hands connections on by bytes TLS
+    // would hide (filter_chains, virtual_listeners).
+    let tcp = ok.replace("protocol: dubbo", "protocol: tcp");
+    Config::from_yaml("c.yaml", &tcp).unwrap();
+    let chains = tcp
+        .replace(
+            "    cluster: app\n    tls:",
+            "    cluster: app\n    default_filter_chain: {listener: v}\n    tls:",
+        )
+        .replace(
+            "clusters:\n",
+            "  - {name: v, address: 127.0.0.1:15002, bind: false, protocol: tcp, cluster: app}\n\
+             clusters:\n",
+        );
+    let e = errors(&chains);
     let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["listeners[0].tls.mode"], "{e:?}");
     // transport_socket_matches: each entry's tls is checked like the cluster's.

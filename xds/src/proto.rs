@@ -336,12 +336,6 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
     let (chain, at, catch_all) = select_chain(l, &ctx, hand_off, bind)?;
     let pristine = base.clone();
     let mut c = chain_listener(chain, &at, base, &ctx)?;
-    if c.listener.tls.is_some() && c.listener.protocol == Protocol::Tcp {
-        return Err(ctx.err(
-            format!("{at}.transport_socket"),
-            "TLS termination in front of a tcp_proxy is not supported (dubbo and triple listeners only)",
-        ));
-    }
     let mut chains = Vec::new();
     if let Some((fat, f)) = catch_all {
         // The connections handed to this virtual listener that do not speak its protocol:
@@ -388,8 +382,8 @@ fn chooses_chains(l: &listener_pb::Listener) -> bool {
 
 /// A listener that chooses a filter chain per connection (Istio's `virtualInbound`): each
 /// chain becomes a `bind: false` listener `NAME/filter_chains[i]` on the same address that its
-/// `filter_chains` entry hands the connection to; a TLS chain, which ringside cannot serve
-/// yet, keeps its place in the matching with no listener (its connections are closed).
+/// `filter_chains` entry hands the connection to (a TLS chain's listener terminates TLS, a
+/// tcp_proxy's then relays the plaintext).
 fn chain_selecting_listener(
     l: &listener_pb::Listener,
     mut base: Listener,
@@ -420,23 +414,14 @@ fn chain_selecting_listener(
         sub.bind = false;
         sub.transparent = false;
         let mut sub = chain_listener(c, &at, sub, ctx)?;
-        // A TLS chain of a tcp proxy (terminating TLS, then relaying plaintext) ringside
-        // cannot serve: it keeps its place in the matching with no listener (its connections
-        // are closed).
-        let listener = if sub.listener.tls.is_some() && sub.listener.protocol == Protocol::Tcp {
-            None
-        } else {
-            // Only a tcp chain connects to a connection's original destination.
-            sub.listener.original_destination &= sub.listener.protocol == Protocol::Tcp;
-            let name = sub.listener.name.clone();
-            chains.push(sub);
-            Some(name)
-        };
+        // Only a tcp chain connects to a connection's original destination.
+        sub.listener.original_destination &= sub.listener.protocol == Protocol::Tcp;
         let fc = FilterChain {
             name: (!c.name.is_empty()).then(|| c.name.clone()),
             matcher,
-            listener,
+            listener: Some(sub.listener.name.clone()),
         };
+        chains.push(sub);
         if at == "default_filter_chain" {
             base.default_filter_chain = Some(fc);
         } else {
@@ -686,6 +671,7 @@ fn chain_listener(
                 rds: name,
                 limit,
                 rbac,
+                http1,
             } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
@@ -701,6 +687,7 @@ fn chain_listener(
             out.local_rate_limit = limit.flatten();
             let mut t = TripleListener {
                 rbac,
+                http1,
                 ..TripleListener::default()
             };
             routes.fill(&mut t);
@@ -1907,6 +1894,8 @@ struct HcmRes {
     rds: Option<String>,
     limit: RateLimitFilter,
     rbac: Vec<config::Rbac>,
+    /// `codec_type` AUTO or HTTP1: HTTP/1.1 connections are served too.
+    http1: bool,
 }
 
 /// An HTTP connection manager: its inline routes or RDS name, and its filters.
@@ -1918,12 +1907,16 @@ fn hcm(
     let mut limit = None;
     let mut rbac = Vec::new();
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
-    if h.codec_type != CodecType::Auto as i32 && h.codec_type != CodecType::Http2 as i32 {
-        return Err(ctx.err(
-            format!("{at}.codec_type"),
-            format!("only AUTO or HTTP2 is supported (got {})", h.codec_type),
-        ));
-    }
+    let http1 = match CodecType::try_from(h.codec_type) {
+        Ok(CodecType::Auto | CodecType::Http1) => true,
+        Ok(CodecType::Http2) => false,
+        _ => {
+            return Err(ctx.err(
+                format!("{at}.codec_type"),
+                format!("only AUTO, HTTP1 or HTTP2 is supported (got {})", h.codec_type),
+            ))
+        }
+    };
     // They rewrite `:authority` before routing and on the wire; ringside forwards it as sent.
     let strip = match h.strip_port_mode {
         Some(hcm_pb::http_connection_manager::StripPortMode::StripAnyHostPort(true)) => {
@@ -1982,6 +1975,7 @@ fn hcm(
             rds: None,
             limit,
             rbac,
+            http1,
         }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -1996,6 +1990,7 @@ fn hcm(
                 rds: Some(rds.route_config_name.clone()),
                 limit,
                 rbac,
+                http1,
             })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
@@ -2687,8 +2682,9 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         );
     }
     for (i, f) in c.filters.iter().enumerate() {
-        // Istio's cluster filter istio.metadata_exchange acts only on mTLS connections (ALPN
-        // istio-peer-exchange), which ringside does not open: ignored. Any other: refused.
+        // Istio's cluster filter istio.metadata_exchange acts only on mTLS connections that
+        // negotiated ALPN istio-peer-exchange, which ringside never offers: ignored. Any
+        // other: refused.
         let mx = f
             .typed_config
             .as_ref()
@@ -3254,7 +3250,7 @@ fn ignorable_network_filter(any: &Any) -> Option<&'static str> {
         // Counters and histograms of istio-proxy's own (ringside has its /stats).
         ISTIO_STATS => Some("telemetry only"),
         // Exchanges peer metadata in-band only on connections that negotiated the ALPN
-        // `istio-peer-exchange`, i.e. over Istio mTLS, which ringside does not terminate.
+        // `istio-peer-exchange`, which ringside's TLS never offers (proto_tls).
         ISTIO_MX => Some("acts only on mTLS connections (ALPN istio-peer-exchange)"),
         // Records the mTLS peer identity for Istio's filters; ringside's rbac reads the
         // peer's certificate itself.

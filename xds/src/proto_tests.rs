@@ -729,7 +729,14 @@ fn hcm_nacks_name_the_field() {
     );
 
     h.http_filters.remove(0);
+    // HTTP/1.1 is served beside HTTP/2 (AUTO, HTTP1); HTTP/3 is not.
     h.codec_type = hcm_pb::http_connection_manager::CodecType::Http1 as i32;
+    let (_, l) = decode_listener(&crate::testing::listener("t", 1, pack_any(h.clone()))).unwrap();
+    assert!(l.listener.triple.as_ref().is_some_and(|t| t.http1));
+    h.codec_type = hcm_pb::http_connection_manager::CodecType::Http2 as i32;
+    let (_, l) = decode_listener(&crate::testing::listener("t", 1, pack_any(h.clone()))).unwrap();
+    assert!(l.listener.triple.as_ref().is_some_and(|t| !t.http1));
+    h.codec_type = hcm_pb::http_connection_manager::CodecType::Http3 as i32;
     let e = err_text(decode_listener(&crate::testing::listener(
         "t",
         1,
@@ -1341,8 +1348,8 @@ fn istio_chain_shapes() {
     assert_eq!(c.listener.protocol, Protocol::Tcp);
 
     // The same chains on a listener that binds its port: chosen per connection, each chain's
-    // listener with its own RDS; a TLS chain in front of a tcp_proxy keeps its place without
-    // a listener.
+    // listener with its own RDS; a TLS chain in front of a tcp_proxy gets a tcp listener that
+    // terminates TLS.
     let mut bound = out.clone();
     bound.bind_to_port = None;
     let mut tls_chain = chain(
@@ -1383,11 +1390,20 @@ fn istio_chain_shapes() {
         l.filter_chains[0].matcher.application_protocols,
         ["http/1.1", "h2c"]
     );
-    assert_eq!(l.filter_chains[1].listener, None, "TLS: unserved");
-    assert_eq!(res.chains.len(), 2);
-    assert_eq!(res.chains[0].rds.as_deref(), Some("9080"));
     assert_eq!(
-        res.chains[1].listener.name,
+        l.filter_chains[1].listener.as_deref(),
+        Some("0.0.0.0_9080/filter_chains[1]")
+    );
+    assert_eq!(res.chains.len(), 3);
+    assert_eq!(res.chains[0].rds.as_deref(), Some("9080"));
+    let t = &res.chains[1].listener;
+    assert!(
+        t.protocol == Protocol::Tcp && t.tls.is_some() && !t.bind,
+        "{t:?}"
+    );
+    assert_eq!(t.cluster.as_deref(), Some("x"));
+    assert_eq!(
+        res.chains[2].listener.name,
         "0.0.0.0_9080/default_filter_chain"
     );
     // A use_original_dst listener keeps the shapes its hand-off decides.

@@ -6,6 +6,11 @@
 //! half-close (shutdown of the write side) while the other direction keeps flowing; an error on
 //! either side ends both. The idle timer runs once per connection, not per read.
 //!
+//! A listener with `tls` hands the proxy the TLS connection after its handshake: the relay
+//! reads and writes plaintext on that side (a half-close is a close_notify, then the socket's
+//! FIN; a close_notify received reads as EOF). Such a connection stays in this process on hot
+//! upgrade (its TLS session lives here) until it ends or the drain's deadline.
+//!
 //! Hot upgrade (handoff protocol 3): a connection whose upstream is a plaintext kernel socket
 //! moves to the successor with that upstream connection once both directions are quiet (each
 //! waiting in a read, nothing read for [`HANDOVER_QUIET_MS`]): both reads are cancelled (what a
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use futures_util::future::try_join;
-use shard::monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use shard::monoio::net::TcpStream;
 use shard::Event;
 
@@ -98,6 +103,8 @@ struct Outcome {
     handed_off: bool,
     /// Moved to a hot-upgrade successor, which logs it when it ends.
     moved: bool,
+    /// The downstream's TLS peer, for Istio's metrics (`mutual_tls` and its principal).
+    peer: crate::stats::istio::PeerId,
 }
 
 impl Outcome {
@@ -110,6 +117,7 @@ impl Outcome {
             bytes_sent: Cell::new(0),
             handed_off: false,
             moved: false,
+            peer: crate::stats::istio::PeerId::NONE,
         }
     }
 }
@@ -128,9 +136,10 @@ enum Relayed {
 /// The virtual listeners (`bind: false`) an `original_destination` listener hands connections
 /// to by their original destination. Implemented by the shard (`worker`), which serves them.
 pub trait Virtuals {
-    /// The virtual listener that takes connections to `dst`, if one does: its protocol, and
-    /// whether it has a catch-all chain for the connections that do not speak it.
-    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool)>;
+    /// The virtual listener that takes connections to `dst`, if one does: its protocol,
+    /// whether it has a catch-all chain for the connections that do not speak it, and whether
+    /// (a triple listener) it serves HTTP/1.1 too.
+    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool, bool)>;
     /// Serves `down` on the virtual listener of `dst` (`spoken`: its first bytes fit the
     /// listener's protocol) or else on its catch-all chain's listener, admitted as an accepted
     /// connection is (closed at once over its `connections_per_shard_max`).
@@ -142,16 +151,20 @@ pub trait Virtuals {
     ) -> Pin<Box<dyn Future<Output = ()>>>;
 }
 
-/// Relays one connection; closes it at the deadline of a drain of its listener (ringside cannot
-/// see where one request of an opaque byte stream ends, so there is no earlier point at which
-/// closing is safe). Returns whether that deadline cut it.
-pub async fn serve(down: TcpStream, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
+/// Relays one connection (a kernel socket, or a TLS connection whose handshake the listener
+/// completed); closes it at the deadline of a drain of its listener (ringside cannot see where
+/// one request of an opaque byte stream ends, so there is no earlier point at which closing is
+/// safe). Returns whether that deadline cut it.
+pub async fn serve<D: Conn>(down: D, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
     let (start, started) = (SystemTime::now(), Instant::now());
     if l.log.is_none() && l.istio.is_none() {
         return relay_connection(down, l, virtuals, drain, &mut Outcome::new(start)).await;
     }
-    let (remote, local) = (down.peer_addr().ok(), down.local_addr().ok());
+    let (remote, local) = down.addrs();
     let mut out = Outcome::new(start);
+    if let Some(istio) = &l.istio {
+        out.peer = istio.peer(down.peer_principal().as_ref().map(|p| p.as_deref()));
+    }
     let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
     if out.handed_off || out.moved {
         // The virtual listener it went to counts and logs it, or the successor does.
@@ -202,7 +215,7 @@ fn report(
             code: 0,
             grpc: None,
             flags: (out.flags.bits(), &text),
-            peer: crate::stats::istio::PeerId::NONE,
+            peer: out.peer,
         };
         istio.connection(&o, out.bytes_received.get(), out.bytes_sent.get());
     }
@@ -229,20 +242,19 @@ fn report(
     }
 }
 
-async fn relay_connection(
-    down: TcpStream,
+async fn relay_connection<D: Conn>(
+    down: D,
     l: &TcpProxy,
     virtuals: &dyn Virtuals,
     drain: &Drain,
     out: &mut Outcome,
 ) -> bool {
-    let _ = down.set_nodelay(true);
+    let _ = Conn::set_nodelay(&down, true);
     let cluster = l.cluster.borrow().clone();
     let Some(cluster) = cluster.as_ref() else {
         out.flags = Flags::NO_HEALTHY_UPSTREAM;
         return false;
     };
-    let mut counted = false;
     if cluster.original_destination && !l.original_destination {
         return false;
     }
@@ -250,7 +262,11 @@ async fn relay_connection(
     // virtual listener takes the connection whatever the listener's own cluster (Istio's
     // REGISTRY_ONLY virtualOutbound sends the rest to BlackHoleCluster).
     let dst = if l.original_destination {
-        match crate::io::intercept::original_destination(&down, l.address) {
+        let found = match down.socket() {
+            Some(s) => crate::io::intercept::original_destination(s, l.address),
+            None => Err(io::Error::from(io::ErrorKind::Unsupported).into()),
+        };
+        match found {
             Ok(a) => Some(a),
             Err(crate::io::intercept::OrigDstError::Loop(a)) if l.handed.get() => Some(a),
             Err(e) if cluster.original_destination => {
@@ -264,24 +280,52 @@ async fn relay_connection(
     };
     // Virtual listeners (bind: false) take the connections to their address whose protocol
     // they speak; listeners without any pay one empty-slice check.
-    if let Some(dst) = dst {
-        if let Some((protocol, catch_all)) = virtuals.protocol(dst) {
-            let detected = peek_protocol(&down).await;
-            l.stats.inc(detected_id(l, &detected));
-            counted = true;
-            let fits = match protocol {
-                Protocol::Dubbo => detected == Detected::Dubbo,
-                Protocol::Triple => detected == Detected::Http2,
-                Protocol::Tcp => true,
-            };
-            if fits || catch_all {
-                out.handed_off = true;
-                l.stats.inc(l.ids.cx_handed_off);
-                virtuals.hand_off(dst, down, fits).await;
-                return false;
-            }
+    if let Some((dst, (protocol, catch_all, http1))) =
+        dst.and_then(|d| Some((d, virtuals.protocol(d)?)))
+    {
+        // Config validation keeps tls off a listener with virtual_listeners.
+        let Ok(down) = down.into_kernel() else {
+            tracing::debug!(listener = %l.name, "a TLS connection is not handed to a virtual listener; closing it");
+            return false;
+        };
+        let detected = peek_protocol(&down).await;
+        l.stats.inc(detected_id(l, &detected));
+        // HTTP/1.x (a request line, as Envoy's http_inspector reads it) to a triple listener
+        // that serves it.
+        let http1 = http1
+            && detected == Detected::Other
+            && inspect(&down, false, true)
+                .await
+                .application_protocol
+                .is_some_and(|p| p != "h2c");
+        let fits = match protocol {
+            Protocol::Dubbo => detected == Detected::Dubbo,
+            Protocol::Triple => detected == Detected::Http2 || http1,
+            Protocol::Tcp => true,
+        };
+        if fits || catch_all {
+            out.handed_off = true;
+            l.stats.inc(l.ids.cx_handed_off);
+            virtuals.hand_off(dst, down, fits).await;
+            return false;
         }
+        return connect_and_relay(down, Some(dst), true, cluster, l, drain, out).await;
     }
+    connect_and_relay(down, dst, false, cluster, l, drain, out).await
+}
+
+/// Connects `cluster` (to `dst` for an original_destination one) and relays `down` to it.
+/// `counted`: its protocol was detected already (else the first chunk's is, on an
+/// original_destination listener).
+async fn connect_and_relay<D: Conn>(
+    down: D,
+    dst: Option<SocketAddr>,
+    counted: bool,
+    cluster: &ShardCluster,
+    l: &TcpProxy,
+    drain: &Drain,
+    out: &mut Outcome,
+) -> bool {
     let connected = match dst {
         Some(dst) if cluster.original_destination => cluster.connect_to(dst, &l.stats).await,
         _ => cluster.connect(&l.stats).await,
@@ -325,8 +369,8 @@ struct Direction {
 /// the first chunk. `pending`: bytes to write upstream and downstream before reading (carried
 /// by a predecessor). `cluster`: the upstream's cluster (named to the successor).
 #[allow(clippy::too_many_arguments)]
-async fn relay_both<U: Conn>(
-    down: TcpStream,
+async fn relay_both<D: Conn, U: Conn>(
+    down: D,
     up: U,
     l: &TcpProxy,
     drain: &Drain,
@@ -336,8 +380,8 @@ async fn relay_both<U: Conn>(
     pending: [Vec<u8>; 2],
 ) -> Relayed {
     let last_activity = Cell::new(Instant::now());
-    // Only a pair of plaintext kernel sockets can move (an upstream TLS session lives here).
-    let fds = match (Conn::handover_fd(&down), up.handover_fd(), out.upstream) {
+    // Only a pair of plaintext kernel sockets can move (a TLS session lives here).
+    let fds = match (down.handover_fd(), up.handover_fd(), out.upstream) {
         (Some(d), Some(u), Some(addr)) => Some((d, u, addr)),
         _ => None,
     };
@@ -436,7 +480,7 @@ async fn relay_both<U: Conn>(
             if moved {
                 l.stats.inc(ids.tcp_cx_handed_over);
                 // Our descriptors close without a shutdown: the successor relays on them.
-                <TcpStream as Conn>::close_handed_over(dr, dw);
+                D::close_handed_over(dr, dw);
                 U::close_handed_over(ur, uw);
                 return Relayed::Moved;
             }

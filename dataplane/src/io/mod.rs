@@ -143,10 +143,15 @@ pub trait Conn:
         (source, self.original_dst().or(local), certificate)
     }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
-    /// config validation keeps those off the DPDK path.
+    /// config validation keeps those off the DPDK path. A TLS connection is no kernel socket.
     fn into_kernel(self) -> Result<TcpStream, Self>
     where
         Self: Sized;
+    /// The kernel socket underneath (a TLS connection's too), for what reads the socket
+    /// itself, such as its original destination; none on the DPDK path.
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 impl Conn for TcpStream {
@@ -178,6 +183,9 @@ impl Conn for TcpStream {
     #[inline]
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Ok(self)
+    }
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self)
     }
 }
 

@@ -532,4 +532,7 @@ impl Conn for TlsConn {
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)
     }
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.get_ref())
+    }
 }

@@ -176,8 +176,12 @@ pub fn virtual_for(virtuals: &[Virtual], dst: SocketAddr) -> Option<&Virtual> {
 }
 
 impl tcp_proxy::Virtuals for Rc<[Virtual]> {
-    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool)> {
-        virtual_for(self, dst).map(|v| (v.listener.get().protocol, v.catch_all.is_some()))
+    fn protocol(&self, dst: SocketAddr) -> Option<(Protocol, bool, bool)> {
+        virtual_for(self, dst).map(|v| {
+            let l = v.listener.get();
+            let http1 = l.triple.as_ref().is_some_and(|t| t.http1);
+            (l.protocol, v.catch_all.is_some(), http1)
+        })
     }
 
     fn hand_off(
@@ -308,29 +312,49 @@ async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &
         }
     }
     match l.protocol {
-        // Config validation keeps TCP listeners off the DPDK path.
-        Protocol::Tcp => match (crate::io::Conn::into_kernel(stream), l.tcp.as_ref()) {
-            (Ok(s), Some(t)) => {
-                let chains = l.chains.get();
-                if chains.is_empty() {
-                    let virtuals = l.virtuals.get();
-                    tcp_proxy::serve(s, t, &virtuals, drain).await
-                } else {
-                    serve_chains(s, l, t, &chains).await;
-                    false
+        Protocol::Tcp => {
+            let Some(t) = l.tcp.as_ref() else {
+                return false;
+            };
+            let virtuals = l.virtuals.get();
+            match crate::io::Conn::into_kernel(stream) {
+                Ok(s) => {
+                    let chains = l.chains.get();
+                    if chains.is_empty() {
+                        tcp_proxy::serve(s, t, &virtuals, drain).await
+                    } else {
+                        serve_chains(s, l, t, &chains).await;
+                        false
+                    }
                 }
+                // TLS terminated in front of the proxy (config validation keeps tls off a tcp
+                // listener with chains or virtual listeners, and tcp listeners off the DPDK
+                // path).
+                Err(s) => tcp_proxy::serve(s, t, &virtuals, drain).await,
             }
-            (Err(_), _) => {
-                tracing::error!(listener = %l.name, "tcp proxy needs a kernel socket");
-                false
-            }
-            (Ok(_), None) => false,
-        },
+        }
         Protocol::Dubbo => match l.dubbo.clone() {
             Some(d) => downstream::serve(stream, d, drain).await,
             None => false,
         },
         Protocol::Triple => match l.triple.clone() {
+            // HTTP/1.1 beside HTTP/2 (plaintext): one peek at the first bytes decides.
+            Some(t) if t.http1 => match crate::io::Conn::into_kernel(stream) {
+                Ok(s) => {
+                    use crate::filter::triple::http1;
+                    match http1::sniff(&s, t.limits.preface_timeout).await {
+                        http1::Sniffed::Http1 => http1::serve(s, t, drain).await,
+                        http1::Sniffed::Http2 => {
+                            crate::filter::triple::conn::serve(s, t, drain).await
+                        }
+                        http1::Sniffed::Nothing => {
+                            l.stats.inc(t.ids.hardening.cx_preface_timeout);
+                            false
+                        }
+                    }
+                }
+                Err(s) => crate::filter::triple::conn::serve(s, t, drain).await,
+            },
             Some(t) => crate::filter::triple::conn::serve(stream, t, drain).await,
             None => false,
         },

@@ -820,6 +820,7 @@ impl ShardState {
                     .traffic_label
                     .as_ref()
                     .map(|t| crate::cluster::LabelKeys::new(t.triple_keys())),
+                http1: t.http1,
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {

@@ -543,3 +543,19 @@ pub fn dubbo_routes_via_envoy(
     });
     route_calls(&t, calls)
 }
+
+/// Adds istio-proxy's `sds-grpc` static cluster to `boot`: the SDS server on the Unix socket
+/// `socket` (pilot-agent's, or the test xDS server's).
+pub fn add_sds_cluster(boot: &mut Value, socket: &std::path::Path) {
+    boot["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"pipe": {"path": socket.display().to_string()}}}}]}]}
+        }));
+}

@@ -93,3 +93,14 @@ impl Pki {
         leaf(&self.issuer, uri, &[], not_after)
     }
 }
+
+/// The SDS secrets pilot-agent serves a workload (as the test xDS server's `secrets`): its
+/// certificate `default` and the trust bundle `ROOTCA`, PEM inline.
+pub fn sds_secrets(cert: &str, key: &str, ca: &str) -> serde_json::Value {
+    serde_json::json!([
+        {"name": "default", "tls_certificate": {
+            "certificate_chain": {"inline_string": cert},
+            "private_key": {"inline_string": key}}},
+        {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": ca}}}
+    ])
+}

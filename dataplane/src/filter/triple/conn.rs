@@ -2686,7 +2686,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
 /// clusters: always on a virtual listener's (handed over by an `original_destination`
 /// listener), on a bound listener's only while its routes use such a cluster (and never its own
 /// address: a connection that was not intercepted would be sent back to the listener).
-fn original_dst<S: crate::io::Conn>(
+pub(super) fn original_dst<S: crate::io::Conn>(
     stream: &S,
     l: &TripleListener,
 ) -> Option<std::net::SocketAddr> {

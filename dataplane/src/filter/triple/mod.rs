@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod error;
 pub mod headers;
+pub mod http1;
 pub mod router;
 
 use std::cell::{Cell, RefCell};
@@ -333,6 +334,9 @@ pub struct TripleListener {
     pub rbac: Option<crate::filter::rbac::Rbac>,
     /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
     pub labels: Option<crate::cluster::LabelKeys>,
+    /// `triple.http1`: connections that do not start with the HTTP/2 preface are HTTP/1.1
+    /// ([`http1`]).
+    pub http1: bool,
 }
 
 impl TripleListener {
@@ -576,6 +580,9 @@ pub struct Pool {
     pub waking: Cell<bool>,
     /// Shadow copies (`request_mirror_policies`) in flight to this cluster on this shard.
     pub mirrors: crate::cluster::MirrorBudget,
+    /// Idle keep-alive HTTP/1.1 connections ([`http1`]): (endpoint, socket, idle since), at
+    /// most [`http1::IDLE_UPSTREAM_MAX`].
+    pub http1_idle: RefCell<Vec<(SocketAddr, shard::monoio::net::TcpStream, Instant)>>,
 }
 
 /// Why a pool has no connection for a call.
@@ -626,6 +633,7 @@ impl Pool {
             waiting: RefCell::new(std::collections::VecDeque::new()),
             waking: Cell::new(false),
             mirrors: Default::default(),
+            http1_idle: RefCell::new(Vec::new()),
             stats,
             ids,
             h2_ids,

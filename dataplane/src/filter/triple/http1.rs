@@ -1,0 +1,1138 @@
+//! HTTP/1.1 on a triple listener that accepts it (`triple.http1`: Envoy's
+//! `http_connection_manager` with `codec_type: AUTO`, as istiod sends every HTTP chain): a
+//! plaintext connection whose first bytes are not the HTTP/2 preface is served here, one
+//! request at a time. Each request is routed by Host and path with the listener's own routes
+//! (virtual hosts by authority, as for HTTP/2) and forwarded over HTTP/1.1 on a keep-alive
+//! connection to the picked endpoint of the route's cluster (an idle one of the pool when
+//! there is one, one request at a time per connection). Bodies stream through one bounded
+//! buffer per direction (Content-Length, chunked, or until close for a response), never
+//! whole. Local answers and limits follow Envoy (docs/decisions/0010-http1.md): a head over
+//! [`HEAD_BYTES_MAX`] or [`HEADERS_MAX`] fields 431, malformed 400 (then close), no route
+//! 404, no endpoint or a failed connect 503, the route's timeout 504. WebSocket upgrades are
+//! tunnelled once the upstream answers 101; other upgrades 403.
+//!
+//! Connections that speak HTTP/2 never reach this module: the listener peeks at their first
+//! bytes once ([`sniff`]) and hands them to `conn::serve` as before.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::net::TcpStream;
+
+use super::headers::HeaderList;
+use super::router::RequestView;
+use super::{Pool, TripleListener};
+use crate::cluster::Availability;
+use crate::filter::Drain;
+use crate::io::READ_CHUNK_BYTES;
+
+/// A request head (request line and fields) larger than this is answered 431 (Envoy's
+/// `max_request_headers_kb` default, 60 KiB). The response head from an upstream is held to
+/// the same bound (502 beyond it).
+pub const HEAD_BYTES_MAX: usize = 60 * 1024;
+/// Header fields per request head; more: 431 (Envoy's `max_request_headers_count` default).
+pub const HEADERS_MAX: usize = 100;
+/// Once a request's first byte arrived, its whole head must arrive within this long, else
+/// the connection is closed (a peer that never finishes a head holds no slot for long).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle keep-alive upstream connections kept per cluster and shard; beyond it they close.
+pub const IDLE_UPSTREAM_MAX: usize = 64;
+/// Endpoints tried for one request when connecting fails (nothing was sent yet).
+const CONNECT_ATTEMPTS_MAX: usize = 3;
+/// A head not complete yet is checked as far as it goes while it is at most this long (a
+/// request line that cannot be HTTP is refused at once, as Envoy's parser does, instead of
+/// waiting for a blank line that may never come); a longer one only once it is complete.
+const PARTIAL_CHECK_BYTES_MAX: usize = 4096;
+/// A chunk-size line (with extensions) or a trailer line longer than this is malformed.
+const CHUNK_LINE_MAX: usize = 4096;
+/// The HTTP/2 connection preface's first bytes: a connection starting with them is HTTP/2.
+const H2_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// What a connection's first bytes speak.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    Http2,
+    Http1,
+    /// Nothing within the timeout, or the peer closed first.
+    Nothing,
+}
+
+/// Peeks (MSG_PEEK: the bytes stay for whoever serves the connection) until the first bytes
+/// tell HTTP/2's preface from anything else, at most `timeout`.
+pub async fn sniff(s: &TcpStream, timeout: Duration) -> Sniffed {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 16];
+    loop {
+        shard::monoio::select! {
+            r = s.readable(false) => if r.is_err() { return Sniffed::Nothing },
+            _ = shard::monoio::time::sleep_until(deadline.into()) => return Sniffed::Nothing,
+        }
+        match shard::sockopt::peek(s.as_raw_fd(), &mut buf) {
+            Ok(0) => return Sniffed::Nothing,
+            Ok(n) => {
+                let k = n.min(H2_START.len());
+                if buf[..k] != H2_START[..k] {
+                    return Sniffed::Http1;
+                }
+                if k == H2_START.len() {
+                    return Sniffed::Http2;
+                }
+                // A prefix of the preface: the rest is on its way.
+                shard::monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Sniffed::Nothing,
+        }
+        if Instant::now() >= deadline {
+            return Sniffed::Nothing;
+        }
+    }
+}
+
+/// How a message's body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// A response without length: its body ends when the upstream closes.
+    UntilClose,
+}
+
+/// A request head, copied out of the read buffer.
+struct Request {
+    method: String,
+    /// The path (origin form; an absolute-form target's path part).
+    path: String,
+    authority: String,
+    /// Fields as received (names lower-cased), `host` left out.
+    fields: Vec<(String, Vec<u8>)>,
+    framing: Framing,
+    /// The caller asked to close after this exchange (`Connection: close`, or HTTP/1.0
+    /// without `keep-alive`).
+    close: bool,
+    expect_continue: bool,
+    /// `Upgrade: websocket` with `Connection: upgrade`.
+    websocket: bool,
+    /// Another upgrade (not h2c, which is dropped as Envoy does).
+    other_upgrade: bool,
+}
+
+/// Why a request ends in a local answer (its status and body, as Envoy answers).
+#[derive(Debug)]
+enum Local {
+    BadRequest,
+    TooLarge,
+    Forbidden(&'static str),
+    NoRoute,
+    RateLimited,
+    NoHealthyUpstream,
+    ConnectFailure,
+    Timeout,
+    BadGateway,
+}
+
+impl Local {
+    fn status(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            Local::BadRequest => (400, "Bad Request", "Bad Request"),
+            Local::TooLarge => (431, "Request Header Fields Too Large", "Request Header Fields Too Large"),
+            Local::Forbidden(body) => (403, "Forbidden", body),
+            Local::NoRoute => (404, "Not Found", ""),
+            Local::RateLimited => (429, "Too Many Requests", "local_rate_limited"),
+            Local::NoHealthyUpstream => (503, "Service Unavailable", "no healthy upstream"),
+            Local::ConnectFailure => (
+                503,
+                "Service Unavailable",
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            ),
+            Local::Timeout => (504, "Gateway Timeout", "upstream request timeout"),
+            Local::BadGateway => (502, "Bad Gateway", "upstream sent a malformed response"),
+        }
+    }
+}
+
+/// What one exchange leaves the connection with.
+enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched to WebSocket: relay bytes both ways (with what it sent ahead).
+    Tunnel(Up, BytesMut),
+}
+
+/// Serves one HTTP/1.x caller connection (its first bytes are not HTTP/2's preface) until it
+/// closes, asks to, breaks the protocol, sits idle for the listener's `idle_timeout_ms`, or
+/// its listener drains (closed after the exchange in flight; at the drain's deadline in any
+/// case). Returns whether the drain's deadline cut it.
+pub async fn serve(down: TcpStream, l: Rc<TripleListener>, drain: &Drain) -> bool {
+    let _ = down.set_nodelay(true);
+    let dst = super::conn::original_dst(&down, &l);
+    let peer = l
+        .rbac
+        .as_ref()
+        .map(|_| crate::filter::rbac::ConnPeer::new(crate::io::Conn::rbac_facts(&down)));
+    let mut c = Down {
+        s: down,
+        buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+        dst,
+        peer,
+    };
+    loop {
+        let next = shard::monoio::select! {
+            n = exchange(&mut c, &l) => n,
+            _ = drain.deadline() => return true,
+        };
+        match next {
+            Next::KeepAlive if !drain.is_started() => {}
+            Next::Tunnel(up, rbuf) => {
+                return shard::monoio::select! {
+                    _ = tunnel(c, up, rbuf) => false,
+                    _ = drain.deadline() => true,
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// The caller's connection: the socket, what was read and not used yet (the start of the
+/// next request, when pipelined), what routing needs of the connection.
+struct Down {
+    s: TcpStream,
+    buf: BytesMut,
+    dst: Option<SocketAddr>,
+    peer: Option<crate::filter::rbac::ConnPeer>,
+}
+
+/// One request and its response.
+async fn exchange(c: &mut Down, l: &TripleListener) -> Next {
+    let head = match read_head(&mut c.s, &mut c.buf, l.limits.idle_timeout, true).await {
+        Ok(n) => n,
+        Err(HeadError::Closed) => return Next::Close,
+        Err(HeadError::TooLarge) => {
+            l.stats.inc(l.ids.rq_too_large);
+            return local(c, l, &Local::TooLarge, true).await;
+        }
+        Err(HeadError::Bad) => {
+            l.stats.inc(l.ids.rq_bad);
+            return local(c, l, &Local::BadRequest, true).await;
+        }
+    };
+    l.stats.inc(l.ids.rq_total);
+    let req = parse_request(&c.buf[..head]);
+    c.buf.advance(head);
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            let id = match e {
+                Local::TooLarge => l.ids.rq_too_large,
+                _ => l.ids.rq_bad,
+            };
+            l.stats.inc(id);
+            return local(c, l, &e, true).await;
+        }
+    };
+    let started = Instant::now();
+    let (pool, timeout) = match route(c, l, &req) {
+        Ok(r) => r,
+        Err(e) => {
+            // The body, unread, would be taken for the next request.
+            let close = req.close || req.framing != Framing::Length(0);
+            return local(c, l, &e, close).await;
+        }
+    };
+    let deadline = timeout.map(|t| started + t);
+    let out = forward(c, l, &req, &pool, deadline).await;
+    l.stats
+        .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
+    match out {
+        Ok(next) => next,
+        // The response head went out: the connection can only close.
+        Err((_, None)) => Next::Close,
+        Err((e, Some(body_read))) => {
+            match e {
+                Local::Timeout => l.stats.inc(l.ids.rq_timeout),
+                Local::NoHealthyUpstream => l.stats.inc(l.ids.rq_no_healthy_upstream),
+                _ => {}
+            }
+            // A body not read to its end would be taken for the next request: close.
+            local(c, l, &e, req.close || !body_read).await
+        }
+    }
+}
+
+/// The route's cluster pool and timeout, or the local answer.
+fn route(
+    c: &Down,
+    l: &TripleListener,
+    req: &Request,
+) -> Result<(Rc<Pool>, Option<Duration>), Local> {
+    if req.other_upgrade {
+        return Err(Local::Forbidden("upgrade not allowed"));
+    }
+    let mut hl = HeaderList::default();
+    let limit = usize::MAX;
+    hl.push(b":method", req.method.as_bytes(), false, limit);
+    hl.push(b":scheme", b"http", false, limit);
+    hl.push(b":authority", req.authority.as_bytes(), false, limit);
+    hl.push(b":path", req.path.as_bytes(), false, limit);
+    for (n, v) in &req.fields {
+        hl.push(n.as_bytes(), v, false, limit);
+    }
+    if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
+        if !rbac.allows(&peer.with(&hl), &l.stats) {
+            return Err(Local::Forbidden("RBAC: access denied"));
+        }
+    }
+    let path = req.path.as_bytes();
+    let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
+    let (service, method) = codec::h2::grpc::split_path(path)
+        .unwrap_or((path.strip_prefix(b"/").unwrap_or(path), b""));
+    let routes = l.routes.get();
+    let view = RequestView {
+        service,
+        method,
+        headers: &hl,
+    };
+    let Some(action) = routes.router.route(Some(req.authority.as_bytes()), &view) else {
+        l.stats.inc(l.ids.rq_no_route);
+        return Err(Local::NoRoute);
+    };
+    if let Some(limits) = &routes.limits {
+        if limits
+            .for_route(action.route_index)
+            .is_some_and(|limit| !limit.admit(&l.stats))
+        {
+            l.stats.inc(l.ids.rq_rate_limited);
+            return Err(Local::RateLimited);
+        }
+    }
+    let cluster = action.pick_cluster(l.roll());
+    Ok((routes.pools[cluster].clone(), action.timeout))
+}
+
+enum HeadError {
+    /// The peer closed (or went idle) between requests: nothing to answer.
+    Closed,
+    TooLarge,
+    Bad,
+}
+
+/// Reads until `buf` holds a whole head (a request's, or a response's when `!request`); its
+/// length. `idle`: how long the first byte may take (zero: no limit); once it came, the whole
+/// head gets [`HEAD_TIMEOUT`].
+async fn read_head<R: AsyncReadRent>(
+    s: &mut R,
+    buf: &mut BytesMut,
+    idle: Duration,
+    request: bool,
+) -> Result<usize, HeadError> {
+    let mut deadline = (!idle.is_zero()).then(|| Instant::now() + idle);
+    let mut head_started = false;
+    let mut searched: usize = 0;
+    loop {
+        if !buf.is_empty() && !head_started {
+            head_started = true;
+            deadline = Some(Instant::now() + HEAD_TIMEOUT);
+        }
+        // Searched only past what was searched before (a head sent byte by byte is not
+        // scanned again per byte).
+        let from = searched.saturating_sub(3);
+        if let Some(end) = head_end(&buf[from..]) {
+            let n = from + end;
+            if n > HEAD_BYTES_MAX {
+                return Err(HeadError::TooLarge);
+            }
+            return Ok(n);
+        }
+        searched = buf.len();
+        if buf.len() > HEAD_BYTES_MAX {
+            return Err(HeadError::TooLarge);
+        }
+        if !buf.is_empty() && buf.len() <= PARTIAL_CHECK_BYTES_MAX && !partial_ok(buf, request) {
+            return Err(HeadError::Bad);
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        let read = crate::io::read_append(s, std::mem::take(buf));
+        let (r, b) = match deadline {
+            Some(d) => match shard::monoio::time::timeout_at(d.into(), read).await {
+                Ok(x) => x,
+                // Idle, or a head that never ends: closed without an answer.
+                Err(_) => return Err(HeadError::Closed),
+            },
+            None => read.await,
+        };
+        *buf = b;
+        match r {
+            Ok(0) | Err(_) if buf.is_empty() => return Err(HeadError::Closed),
+            Ok(0) | Err(_) => return Err(HeadError::Bad),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Whether the start of a head is valid as far as it goes.
+fn partial_ok(b: &[u8], request: bool) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let parsed = match request {
+        true => httparse::Request::new(&mut fields).parse(b).map(|_| ()),
+        false => httparse::Response::new(&mut fields).parse(b).map(|_| ()),
+    };
+    // Too many fields is decided on the whole head (431, not 400).
+    matches!(parsed, Ok(()) | Err(httparse::Error::TooManyHeaders))
+}
+
+/// The length of the head at the start of `b` (through its blank line), if it is complete.
+fn head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Hop-by-hop fields (RFC 9110 7.6.1), never forwarded; the fields a `Connection` field
+/// names are dropped too.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "http2-settings"
+    )
+}
+
+fn contains_token(v: &[u8], token: &str) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn parse_request(head: &[u8]) -> Result<Request, Local> {
+    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut r = httparse::Request::new(&mut fields);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Local::BadRequest),
+        Err(httparse::Error::TooManyHeaders) => return Err(Local::TooLarge),
+        Err(_) => return Err(Local::BadRequest),
+    }
+    let (Some(method), Some(target), Some(version)) = (r.method, r.path, r.version) else {
+        return Err(Local::BadRequest);
+    };
+    let http10 = version == 0;
+    let mut host: Option<&[u8]> = None;
+    let (mut length, mut chunked, mut te) = (None::<u64>, false, false);
+    let mut connection: Vec<&[u8]> = Vec::new();
+    let (mut upgrade, mut expect) = (None, false);
+    for h in r.headers.iter() {
+        let v = h.value;
+        match h.name.to_ascii_lowercase().as_str() {
+            "host" => {
+                if host.is_some() {
+                    return Err(Local::BadRequest);
+                }
+                host = Some(v);
+            }
+            "content-length" => {
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or(Local::BadRequest)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Local::BadRequest);
+                }
+                length = Some(n);
+            }
+            "transfer-encoding" => {
+                te = true;
+                // Only `chunked`, last (RFC 9112 6.1); another coding: 400 (as Envoy's 501
+                // would refuse it).
+                chunked = v.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            "connection" => connection.push(v),
+            "upgrade" => upgrade = Some(v),
+            "expect" => expect = v.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
+            _ => {}
+        }
+    }
+    if te && (!chunked || length.is_some() || http10) {
+        return Err(Local::BadRequest);
+    }
+    let framing = match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::Length(0),
+    };
+    let names_token = |t: &str| connection.iter().any(|v| contains_token(v, t));
+    let close = names_token("close") || (http10 && !names_token("keep-alive"));
+    let upgrading = upgrade.is_some() && names_token("upgrade");
+    let websocket = upgrading && upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    let other_upgrade = upgrading
+        && !websocket
+        && !upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    // The target: origin form, or absolute form (whose authority replaces Host).
+    let (authority, path) = if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        let slash = rest.find('/').unwrap_or(rest.len());
+        let path = if slash == rest.len() { "/" } else { &rest[slash..] };
+        (rest[..slash].to_string(), path.to_string())
+    } else if target.starts_with('/') {
+        let Some(h) = host else {
+            if !http10 {
+                return Err(Local::BadRequest);
+            }
+            return Ok(Request {
+                method: method.to_string(),
+                path: target.to_string(),
+                authority: String::new(),
+                fields: fields_of(r.headers, &connection),
+                framing,
+                close,
+                expect_continue: false,
+                websocket: false,
+                other_upgrade: false,
+            });
+        };
+        let h = std::str::from_utf8(h).map_err(|_| Local::BadRequest)?;
+        (h.trim().to_string(), target.to_string())
+    } else if method == "OPTIONS" && target == "*" {
+        let h = std::str::from_utf8(host.unwrap_or(b"")).map_err(|_| Local::BadRequest)?;
+        (h.trim().to_string(), target.to_string())
+    } else {
+        // CONNECT (authority form) and anything else.
+        return Err(Local::BadRequest);
+    };
+    if method == "CONNECT" {
+        return Err(Local::Forbidden("CONNECT not allowed"));
+    }
+    Ok(Request {
+        method: method.to_string(),
+        path,
+        authority,
+        fields: fields_of(r.headers, &connection),
+        framing,
+        close,
+        expect_continue: expect && !http10 && framing != Framing::Length(0),
+        websocket,
+        other_upgrade,
+    })
+}
+
+/// The end-to-end fields of a head, names lower-cased: hop-by-hop ones, `host`, `expect`
+/// (answered here) and those `connection` names left out.
+fn fields_of(headers: &[httparse::Header<'_>], connection: &[&[u8]]) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let n = h.name.to_ascii_lowercase();
+            let named = connection.iter().any(|v| contains_token(v, &n));
+            (!hop_by_hop(&n) && n != "host" && n != "expect" && !named)
+                .then(|| (n, h.value.to_vec()))
+        })
+        .collect()
+}
+
+/// Writes a local answer; closes after it when `close`.
+async fn local(c: &mut Down, l: &TripleListener, e: &Local, close: bool) -> Next {
+    l.stats.inc(l.ids.rsp_local);
+    let (code, reason, body) = e.status();
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        out.push_str("content-type: text/plain\r\n");
+    }
+    if close {
+        out.push_str("connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    let (r, _) = c.s.write_all(out.into_bytes()).await;
+    match (r, close) {
+        (Ok(_), false) => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// An upstream HTTP/1.1 connection, returned to its pool's idle list when an exchange leaves
+/// it clean.
+struct Up {
+    s: TcpStream,
+    addr: SocketAddr,
+    /// Taken from the idle list (may have been closed by the upstream meanwhile).
+    reused: bool,
+}
+
+/// An idle connection to `addr` from `pool`, if a live one is there.
+fn idle_connection(pool: &Pool, addr: SocketAddr) -> Option<Up> {
+    let mut idle = pool.http1_idle.borrow_mut();
+    let now = Instant::now();
+    // Expired ones go first (their sockets close as they drop).
+    idle.retain(|(_, _, since)| pool.idle_timeout.is_zero() || now - *since < pool.idle_timeout);
+    while let Some(i) = idle.iter().rposition(|(a, _, _)| *a == addr) {
+        let (_, s, _) = idle.swap_remove(i);
+        let mut b = [0u8; 1];
+        // Alive and quiet: nothing to read yet. EOF or stray bytes: dropped.
+        match shard::sockopt::peek(s.as_raw_fd(), &mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Some(Up {
+                    s,
+                    addr,
+                    reused: true,
+                })
+            }
+            _ => continue,
+        }
+    }
+    None
+}
+
+fn put_idle(pool: &Pool, up: Up) {
+    let mut idle = pool.http1_idle.borrow_mut();
+    if idle.len() < IDLE_UPSTREAM_MAX {
+        idle.push((up.addr, up.s, Instant::now()));
+    }
+}
+
+/// A connection for one request: to the caller's original destination for an
+/// `original_destination` cluster, else to an endpoint the balancer picks (another one, up to
+/// [`CONNECT_ATTEMPTS_MAX`], when connecting fails).
+async fn upstream(c: &Down, pool: &Pool, fresh: bool) -> Result<Up, Local> {
+    let lb = &pool.lb;
+    let mut tried = [usize::MAX; CONNECT_ATTEMPTS_MAX];
+    for attempt in 0..CONNECT_ATTEMPTS_MAX {
+        let addr = if lb.original_destination {
+            if attempt > 0 {
+                break;
+            }
+            c.dst.ok_or(Local::NoHealthyUpstream)?
+        } else {
+            let Some(i) = lb.pick_available(|i| match tried.contains(&i) {
+                true => Availability::Excluded,
+                false => Availability::Ready,
+            }) else {
+                if attempt == 0 {
+                    return Err(Local::NoHealthyUpstream);
+                }
+                break;
+            };
+            tried[attempt] = i;
+            if lb.tls(i).is_some() {
+                // HTTP/1.1 to a TLS endpoint is not supported yet (docs/decisions/0010-http1.md).
+                tracing::debug!(cluster = %lb.name, "HTTP/1.1 to a TLS endpoint: not supported");
+                continue;
+            }
+            lb.slot(i).addr
+        };
+        if !fresh {
+            if let Some(up) = idle_connection(pool, addr) {
+                return Ok(up);
+            }
+        }
+        let connected = shard::monoio::time::timeout(
+            pool.connect_timeout,
+            crate::io::intercept::connect(addr, &lb.sources),
+        )
+        .await;
+        match connected {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                let _ = crate::io::Conn::set_keepalive(&s, &lb.keepalive);
+                pool.stats.inc(lb.ids.cx_total);
+                return Ok(Up {
+                    s,
+                    addr,
+                    reused: false,
+                });
+            }
+            Ok(Err(e)) => {
+                pool.stats.inc(lb.ids.cx_connect_fail);
+                tracing::debug!(cluster = %lb.name, %addr, error = %e, "HTTP/1.1 upstream connect failed");
+            }
+            Err(_) => pool.stats.inc(lb.ids.cx_connect_timeout),
+        }
+    }
+    Err(Local::ConnectFailure)
+}
+
+/// The request head as it goes upstream.
+fn request_head(req: &Request, request_id: impl FnOnce() -> String) -> Vec<u8> {
+    let mut h = Vec::with_capacity(256 + req.fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
+    h.extend_from_slice(req.method.as_bytes());
+    h.push(b' ');
+    h.extend_from_slice(req.path.as_bytes());
+    h.extend_from_slice(b" HTTP/1.1\r\n");
+    if !req.authority.is_empty() {
+        h.extend_from_slice(b"host: ");
+        h.extend_from_slice(req.authority.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    let mut proto = false;
+    let mut id = false;
+    for (n, v) in &req.fields {
+        proto |= n == "x-forwarded-proto";
+        id |= n == "x-request-id";
+        h.extend_from_slice(n.as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(v);
+        h.extend_from_slice(b"\r\n");
+    }
+    // What Envoy's connection manager adds in Istio's configuration.
+    if !proto {
+        h.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
+    if !id {
+        h.extend_from_slice(b"x-request-id: ");
+        h.extend_from_slice(request_id().as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    match req.framing {
+        Framing::Chunked => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(_) | Framing::UntilClose => {}
+    }
+    if req.websocket {
+        h.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    }
+    h.extend_from_slice(b"\r\n");
+    h
+}
+
+/// A version-4 UUID from the listener's dice (Envoy's `x-request-id` format).
+fn request_id(l: &TripleListener) -> String {
+    let r = [l.roll(), l.roll(), l.roll(), l.roll()];
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:04x}{:08x}",
+        r[0],
+        r[1] >> 16,
+        r[1] & 0xfff,
+        (r[2] >> 16 & 0x3fff) | 0x8000,
+        r[2] & 0xffff,
+        r[3]
+    )
+}
+
+/// The response head from the upstream.
+struct Response {
+    code: u16,
+    head: Vec<u8>,
+    framing: Framing,
+    /// The upstream keeps the connection open after it.
+    reusable: bool,
+}
+
+fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Response, Local> {
+    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut r = httparse::Response::new(&mut fields);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(Local::BadGateway),
+    }
+    let (Some(code), Some(version)) = (r.code, r.version) else {
+        return Err(Local::BadGateway);
+    };
+    let mut connection: Vec<&[u8]> = Vec::new();
+    let (mut length, mut chunked, mut te) = (None::<u64>, false, false);
+    for h in r.headers.iter() {
+        match h.name.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or(Local::BadGateway)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Local::BadGateway);
+                }
+                length = Some(n);
+            }
+            "transfer-encoding" => {
+                te = true;
+                chunked = h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            "connection" => connection.push(h.value),
+            _ => {}
+        }
+    }
+    let no_body = method_head || code == 204 || code == 304 || (100..200).contains(&code);
+    let framing = match (no_body, chunked, te, length) {
+        (true, ..) => Framing::Length(0),
+        (false, true, _, _) => Framing::Chunked,
+        (false, false, true, _) => Framing::UntilClose,
+        (false, false, false, Some(n)) => Framing::Length(n),
+        (false, false, false, None) => Framing::UntilClose,
+    };
+    let upstream_close = connection.iter().any(|v| contains_token(v, "close")) || version == 0;
+    let mut out = Vec::with_capacity(head.len() + 32);
+    out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", r.reason.unwrap_or("")).as_bytes());
+    let upgrade = code == 101;
+    for h in r.headers.iter() {
+        let n = h.name.to_ascii_lowercase();
+        let named = connection.iter().any(|v| contains_token(v, &n));
+        let keep = match n.as_str() {
+            "transfer-encoding" => framing == Framing::Chunked,
+            "upgrade" => upgrade,
+            _ => !hop_by_hop(&n) && !named,
+        };
+        if keep {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if close || framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Response {
+        code,
+        head: out,
+        framing,
+        reusable: !upstream_close && framing != Framing::UntilClose,
+    })
+}
+
+/// Forwards one routed request and relays its response. `Err` carries the local answer and,
+/// unless the response head was already written (`None`: the connection can only close),
+/// whether the request's body was read to its end.
+async fn forward(
+    c: &mut Down,
+    l: &TripleListener,
+    req: &Request,
+    pool: &Rc<Pool>,
+    deadline: Option<Instant>,
+) -> Result<Next, (Local, Option<bool>)> {
+    let head = request_head(req, || request_id(l));
+    let bodiless = req.framing == Framing::Length(0);
+    let body_read = std::cell::Cell::new(bodiless);
+    let mut fresh = false;
+    // A reused connection the upstream closed meanwhile is retried once on a new one (a
+    // request without body only: nothing of it is lost).
+    let (mut up, resp_head) = loop {
+        let mut up = upstream(c, pool, fresh)
+            .await
+            .map_err(|e| (e, Some(body_read.get())))?;
+        let sent = async {
+            let (r, _) = up.s.write_all(head.clone()).await;
+            r.map_err(|_| Local::ConnectFailure)?;
+            if req.expect_continue {
+                let (r, _) = c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+                r.map_err(|_| Local::BadRequest)?;
+            }
+            relay_body(&mut c.s, &mut c.buf, &mut up.s, req.framing)
+                .await
+                .map_err(|_| Local::ConnectFailure)?;
+            body_read.set(true);
+            let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            loop {
+                let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO, false)
+                    .await
+                    .map_err(|e| match e {
+                        HeadError::Closed => Local::ConnectFailure,
+                        _ => Local::BadGateway,
+                    })?;
+                let resp = parse_response(&rbuf[..n], req.method == "HEAD", req.close)?;
+                rbuf.advance(n);
+                // Interim responses (100 Continue, 103) are dropped: the caller got its 100
+                // from ringside.
+                if resp.code != 101 && (100..200).contains(&resp.code) {
+                    continue;
+                }
+                return Ok::<_, Local>((resp, rbuf));
+            }
+        };
+        let got = match deadline {
+            Some(d) => match shard::monoio::time::timeout_at(d.into(), sent).await {
+                Ok(r) => r,
+                Err(_) => Err(Local::Timeout),
+            },
+            None => sent.await,
+        };
+        match got {
+            Ok(r) => break (up, r),
+            Err(Local::ConnectFailure) if up.reused && bodiless && !fresh => fresh = true,
+            Err(e) => return Err((e, Some(body_read.get()))),
+        }
+    };
+    let (resp, mut rbuf) = resp_head;
+    let (r, _) = c.s.write_all(resp.head.clone()).await;
+    if r.is_err() {
+        return Ok(Next::Close);
+    }
+    if resp.code == 101 && req.websocket {
+        return Ok(Next::Tunnel(up, rbuf));
+    }
+    let relayed = async { relay_body(&mut up.s, &mut rbuf, &mut c.s, resp.framing).await };
+    let relayed = match deadline {
+        Some(d) => shard::monoio::time::timeout_at(d.into(), relayed)
+            .await
+            .unwrap_or(Err(BodyError::Read)),
+        None => relayed.await,
+    };
+    if relayed.is_err() {
+        return Err((Local::Timeout, None));
+    }
+    if resp.reusable && rbuf.is_empty() {
+        up.reused = true;
+        put_idle(pool, up);
+    }
+    Ok(match req.close || resp.framing == Framing::UntilClose {
+        true => Next::Close,
+        false => Next::KeepAlive,
+    })
+}
+
+#[derive(Debug)]
+enum BodyError {
+    Read,
+    Write,
+    Malformed,
+}
+
+/// Relays one body framed by `framing` from `from` (after what `buf` already holds) to `to`,
+/// through `buf`: bytes read beyond the body stay in `buf` (a pipelined next request).
+async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
+    from: &mut R,
+    buf: &mut BytesMut,
+    to: &mut W,
+    framing: Framing,
+) -> Result<(), BodyError> {
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut chunks = Chunks::default();
+    while left > 0 {
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK_BYTES);
+            let (r, b) = crate::io::read_append(from, std::mem::take(buf)).await;
+            *buf = b;
+            match r {
+                Ok(0) if framing == Framing::UntilClose => return Ok(()),
+                Ok(0) | Err(_) => return Err(BodyError::Read),
+                Ok(_) => {}
+            }
+        }
+        let take = match framing {
+            Framing::Length(_) => (buf.len() as u64).min(left) as usize,
+            Framing::UntilClose => buf.len(),
+            Framing::Chunked => {
+                let (n, done) = chunks.feed(buf).map_err(|_| BodyError::Malformed)?;
+                if done {
+                    left = 0;
+                }
+                n
+            }
+        };
+        if let Framing::Length(_) = framing {
+            left -= take as u64;
+        }
+        let piece = buf.split_to(take).freeze();
+        let (r, _) = to.write_all(piece).await;
+        r.map_err(|_| BodyError::Write)?;
+    }
+    Ok(())
+}
+
+/// Where a chunked body's framing is (RFC 9112 7.1): it is relayed as it came, and this finds
+/// where it ends.
+#[derive(Default)]
+struct Chunks {
+    state: ChunkState,
+    /// Bytes of the current size or trailer line.
+    line: usize,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum ChunkState {
+    /// In a chunk-size line: its value so far, whether a digit came, whether extensions began.
+    #[default]
+    SizeStart,
+    Size(u64, bool),
+    Ext(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// In a trailer section line; `true`: at its start (an empty line ends the body).
+    Trailer(bool),
+    TrailerLf(bool),
+    Done,
+}
+
+impl Chunks {
+    /// Consumes the start of `b` up to the body's end: (bytes of it that belong to the body,
+    /// whether the body ended there).
+    fn feed(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
+        use ChunkState as S;
+        let mut i = 0;
+        while i < b.len() {
+            let x = b[i];
+            self.state = match self.state {
+                S::Done => return Ok((i, true)),
+                S::Data(n) => {
+                    let take = (n as usize).min(b.len() - i);
+                    i += take;
+                    let rest = n - take as u64;
+                    self.state = if rest == 0 { S::DataCr } else { S::Data(rest) };
+                    continue;
+                }
+                S::DataCr if x == b'\r' => S::DataLf,
+                S::DataLf if x == b'\n' => S::SizeStart,
+                S::DataCr | S::DataLf => return Err(()),
+                S::SizeStart | S::Size(..) => {
+                    let (v, digit) = match self.state {
+                        S::Size(v, d) => (v, d),
+                        _ => (0, false),
+                    };
+                    match (x as char).to_digit(16) {
+                        Some(d) if v >> 60 == 0 => S::Size(v << 4 | u64::from(d), true),
+                        Some(_) => return Err(()),
+                        None if !digit => return Err(()),
+                        None if x == b'\r' => S::SizeLf(v),
+                        None if x == b';' || x == b' ' || x == b'\t' => S::Ext(v),
+                        None => return Err(()),
+                    }
+                }
+                S::Ext(v) if x == b'\r' => S::SizeLf(v),
+                S::Ext(v) => S::Ext(v),
+                S::SizeLf(0) if x == b'\n' => S::Trailer(true),
+                S::SizeLf(v) if x == b'\n' => S::Data(v),
+                S::SizeLf(_) => return Err(()),
+                S::Trailer(start) if x == b'\r' => S::TrailerLf(start),
+                S::Trailer(_) => S::Trailer(false),
+                S::TrailerLf(true) if x == b'\n' => {
+                    i += 1;
+                    self.state = S::Done;
+                    return Ok((i, true));
+                }
+                S::TrailerLf(false) if x == b'\n' => S::Trailer(true),
+                S::TrailerLf(_) => return Err(()),
+            };
+            self.line = match self.state {
+                S::SizeStart | S::Trailer(true) | S::Data(_) => 0,
+                _ => self.line + 1,
+            };
+            if self.line > CHUNK_LINE_MAX {
+                return Err(());
+            }
+            i += 1;
+        }
+        Ok((i, self.state == S::Done))
+    }
+}
+
+/// After a 101 to a WebSocket upgrade: bytes both ways until either side closes (what each
+/// side sent ahead, still in its buffer, first).
+async fn tunnel(c: Down, up: Up, rbuf: BytesMut) {
+    let (mut dr, mut dw) = c.s.into_split();
+    let (mut ur, mut uw) = up.s.into_split();
+    shard::monoio::select! {
+        _ = copy(c.buf, &mut dr, &mut uw) => {}
+        _ = copy(rbuf, &mut ur, &mut dw) => {}
+    }
+}
+
+async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(pending: BytesMut, r: &mut R, w: &mut W) {
+    let mut buf = pending;
+    loop {
+        if !buf.is_empty() {
+            let (res, b) = w.write_all(buf).await;
+            if res.is_err() {
+                return;
+            }
+            buf = b;
+            buf.clear();
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        let (res, b) = crate::io::read_append(r, buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => {
+                let _ = w.shutdown().await;
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_end_where_their_last_chunk_and_trailers_end() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\n";
+        let mut c = Chunks::default();
+        let (n, done) = c.feed(body).unwrap();
+        assert!(done);
+        assert_eq!(&body[n..], b"GET / HTTP/1.1\r\n");
+        // Byte by byte, the same end.
+        let mut c = Chunks::default();
+        let mut total = 0;
+        for (i, b) in body.iter().enumerate() {
+            let (n, done) = c.feed(std::slice::from_ref(b)).unwrap();
+            total += n;
+            if done {
+                assert_eq!(i + 1, total);
+                break;
+            }
+        }
+        assert_eq!(total, body.len() - b"GET / HTTP/1.1\r\n".len());
+        for bad in [&b"x\r\n"[..], b"4\r\nWikiX\r\n", b"\r\n", b"fffffffffffffffff\r\n"] {
+            assert!(Chunks::default().feed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn requests_are_framed_and_cleaned_as_envoy_does() {
+        let r = parse_request(b"POST /a/b?x=1 HTTP/1.1\r\nHost: svc:80\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nX-App: v\r\n\r\n").unwrap();
+        assert_eq!(r.authority, "svc:80");
+        assert_eq!(r.path, "/a/b?x=1");
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(r.expect_continue && !r.close);
+        assert_eq!(r.fields, vec![("x-app".to_string(), b"v".to_vec())]);
+        let cl_te = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(parse_request(cl_te), Err(Local::BadRequest)));
+        assert!(matches!(parse_request(b"GET / HTTP/1.1\r\n\r\n"), Err(Local::BadRequest)), "no Host");
+        let r = parse_request(b"GET http://h:8/p HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!((r.authority.as_str(), r.path.as_str(), r.close), ("h:8", "/p", true));
+        let many: String = (0..=HEADERS_MAX).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert!(matches!(parse_request(req.as_bytes()), Err(Local::TooLarge)));
+        let ws = parse_request(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert!(ws.websocket && !ws.other_upgrade);
+    }
+
+    #[test]
+    fn a_head_that_cannot_be_http_is_refused_before_it_ends() {
+        assert!(partial_ok(b"GET /a HTTP/1.1\r\nHost: x", true));
+        assert!(partial_ok(b"GE", true));
+        assert!(!partial_ok(b"hello\n", true));
+        assert!(!partial_ok(b"GET / HTTP/1.1\r\nbad header\r\n", true));
+        assert!(partial_ok(b"HTTP/1.1 200 O", false));
+        assert!(!partial_ok(b"SSH-2.0-OpenSSH\r\n", false));
+    }
+
+    #[test]
+    fn responses_without_body_and_until_close() {
+        let r = parse_response(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", false, false).unwrap();
+        assert_eq!(r.framing, Framing::Length(0));
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false).unwrap();
+        assert_eq!(r.framing, Framing::Length(0), "HEAD");
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false, false).unwrap();
+        assert_eq!(r.framing, Framing::UntilClose);
+        assert!(!r.reusable);
+        assert!(r.head.ends_with(b"connection: close\r\n\r\n"));
+    }
+}
