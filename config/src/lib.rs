@@ -804,6 +804,12 @@ pub struct Tracing {
     /// one the application calls out through (outbound): Envoy's listener direction.
     #[serde(default)]
     pub span_kind: SpanKind,
+    /// A call that arrives without a context and is not sampled still carries a new context
+    /// (`traceparent` flags `00`) to the next hop, as Envoy sends it (the default). `false`:
+    /// it is forwarded untouched (a Dubbo request is then never copied); the next hop makes
+    /// its own decision.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub propagate_unsampled: bool,
 }
 
 /// A percentage (0 to 100), compared bit for bit (so configs stay `Eq`).

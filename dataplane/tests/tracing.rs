@@ -353,6 +353,55 @@ fn dubbo_calls_continue_the_callers_trace() {
     assert_eq!(stat(&rs, "spans_dropped"), 0);
 }
 
+/// A Dubbo call without a context that ringside does not sample (random_sampling 0): by
+/// default it still carries a new `traceparent` with flags `00` to the provider (as Envoy
+/// sends the context it started); on a listener with `propagate_unsampled: false` it reaches
+/// the provider untouched (no attachment added, arguments intact). Neither is exported.
+#[test]
+fn unsampled_new_traces_carry_a_context_unless_propagate_unsampled_is_off() {
+    let mut rx = Receiver::start();
+    let p = Provider::start("A");
+    let (admin, loud, quiet) = (local(free_port()), local(free_port()), local(free_port()));
+    let tracing = tracing_yaml("otel", "client", "0");
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: loud\n    address: {loud}\n    protocol: dubbo\n    cluster: provider\n{tracing}  - name: quiet\n    address: {quiet}\n    protocol: dubbo\n    cluster: provider\n{tracing}      propagate_unsampled: false\nclusters:\n  - name: provider\n    endpoints: [\"{}\"]\n  - name: otel\n    endpoints: [\"{}\"]\n",
+        p.addr,
+        rx.addr()
+    );
+    let _rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let svc = "com.example.Echo";
+    let ask = |to: SocketAddr, key: &str| {
+        let mut c = Consumer::connect(to);
+        let args = [Arg::Str(key)];
+        let a = c.call(
+            RequestBuilder::new(svc, "attachment")
+                .args(&args)
+                .attachments(&[("tenant", "t1")]),
+        );
+        assert_eq!(a.status, Status::Ok, "{a:?}");
+        let echo = c.call(RequestBuilder::new(svc, "echo").args(&[Arg::Str("hi")]));
+        assert_eq!(echo.text, "A|echo|hi");
+        a.text
+    };
+    let sent = ask(loud, "traceparent");
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!((parts[0], parts[3]), ("00", "00"), "{sent}");
+    // The provider answers "-" for an attachment the request does not carry.
+    assert_eq!(ask(quiet, "traceparent"), "-", "no traceparent expected");
+    assert_eq!(ask(quiet, "tenant"), "t1");
+    // The exporter would have sent them within 200 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    while let Ok(v) = rx.lines.try_recv() {
+        rx.seen.push(v);
+    }
+    assert!(
+        rx.seen.is_empty(),
+        "unsampled calls were exported: {:#?}",
+        rx.seen
+    );
+}
+
 /// A grpcio client calls Envoy 1.40 (OpenTelemetry tracer, random_sampling 100), Envoy calls
 /// ringside, ringside the server: Envoy's span and ringside's are one trace, ringside's the
 /// child of Envoy's, and the server's parent is ringside's span.

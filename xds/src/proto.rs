@@ -1579,6 +1579,8 @@ fn tracing_config(
         },
         random_sampling: config::Percent(random_sampling),
         span_kind: config::SpanKind::Client,
+        // Envoy always sends the context it started.
+        propagate_unsampled: true,
     }))
 }
 

@@ -8,7 +8,9 @@
 //! [`RequestRepr::parse`] reads the five strings as slices of the body, skips the arguments
 //! without building them, and checks the attachments map, remembering only offsets and the
 //! `group` value: routing reads interface, version, method and group without allocating or
-//! rescanning. Arguments ([`RequestRepr::argument`]) and other attachments
+//! rescanning (and the map's end). [`RequestRepr::parse_visiting`] also hands the caller each
+//! attachment that scan reads (a trace context, without a second scan). Arguments
+//! ([`RequestRepr::argument`]) and other attachments
 //! ([`RequestRepr::attachment`]) are found on demand by a scan from a remembered offset.
 //! [`RequestRepr::parse_preamble`] reads only the five strings (and checks the descriptor), for
 //! a caller that routes on interface, version and method alone: the arguments and attachments
@@ -52,6 +54,8 @@ pub struct RequestRepr<'a> {
     /// Made by [`RequestRepr::parse_preamble`]: the arguments were not skipped, so where the
     /// attachments are (and `group`) is found by a scan when asked.
     preamble_only: bool,
+    /// Where the attachments map's end marker is, when `parse` read the map.
+    attachments_end: Option<usize>,
 }
 
 // === impl RequestRepr ===
@@ -70,6 +74,16 @@ impl<'a> RequestRepr<'a> {
 
     /// Parses a request body (the frame after its header). Offsets in errors are into `body`.
     pub fn parse(body: &'a [u8]) -> Result<RequestRepr<'a>, DecodeError> {
+        Self::parse_visiting(body, |_, _| {})
+    }
+
+    /// As [`RequestRepr::parse`], handing `visit` every attachment with a string key as the
+    /// parse's one scan of the map reads it: a caller that wants a few attachments (a trace
+    /// context) gets them without a second scan.
+    pub fn parse_visiting(
+        body: &'a [u8],
+        mut visit: impl FnMut(&'a [u8], Scalar<'a>),
+    ) -> Result<RequestRepr<'a>, DecodeError> {
         let (mut req, mut r) = Self::preamble(body)?;
         req.preamble_only = false;
         for _ in 0..req.argument_count {
@@ -77,17 +91,26 @@ impl<'a> RequestRepr<'a> {
         }
         let attachments_need_arguments = r.class_defs() > 0 || r.types() > 0;
         let mut group = None;
+        let mut attachments_end = None;
         let attachments_offset = match r.peek() {
             None => None,
             Some(crate::hessian2::tag::NULL) => None,
             Some(_) => {
                 let offset = r.position();
                 r.read_map_begin()?;
-                while !r.read_end() {
+                loop {
+                    let at = r.position();
+                    if r.read_end() {
+                        attachments_end = Some(at);
+                        break;
+                    }
                     let key = r.read_value()?;
                     let value = r.read_value()?;
-                    if let (Scalar::Str(b"group"), Scalar::Str(value)) = (key, value) {
-                        group = Some(value);
+                    if let Scalar::Str(key) = key {
+                        if let (b"group", Scalar::Str(value)) = (key, value) {
+                            group = Some(value);
+                        }
+                        visit(key, value);
                     }
                 }
                 Some(offset)
@@ -97,6 +120,7 @@ impl<'a> RequestRepr<'a> {
             group,
             attachments_offset,
             attachments_need_arguments,
+            attachments_end,
             ..req
         })
     }
@@ -130,6 +154,7 @@ impl<'a> RequestRepr<'a> {
             attachments_offset: None,
             attachments_need_arguments: false,
             preamble_only: true,
+            attachments_end: None,
         };
         Ok((req, r))
     }
@@ -250,6 +275,10 @@ impl<'a> RequestRepr<'a> {
     /// it ([`super::encode::insert_attachment`]) joins the map. `None` when the body has no
     /// attachments map or it cannot be read to its end.
     pub fn attachments_end(&self) -> Option<usize> {
+        if self.attachments_end.is_some() {
+            // Found by `parse`.
+            return self.attachments_end;
+        }
         let mut it = self.attachments();
         it.by_ref().for_each(drop);
         it.end()

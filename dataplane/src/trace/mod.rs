@@ -43,6 +43,8 @@ pub struct TraceSpec {
     /// Sampled when a 32-bit roll is below this (`random_sampling` of 2^32).
     pub threshold: u64,
     pub kind: u64,
+    /// `tracing.propagate_unsampled`.
+    pub propagate_unsampled: bool,
 }
 
 impl TraceSpec {
@@ -55,6 +57,7 @@ impl TraceSpec {
                 config::SpanKind::Server => otlp::SPAN_KIND_SERVER,
                 config::SpanKind::Client => otlp::SPAN_KIND_CLIENT,
             },
+            propagate_unsampled: t.propagate_unsampled,
         })
     }
 }
@@ -84,6 +87,7 @@ impl Decision {
 pub struct ListenerTrace {
     kind: u64,
     threshold: u64,
+    propagate_unsampled: bool,
     batch: Rc<ShardBatch>,
     /// xorshift64* state (ids and sampling rolls); seeded per listener and shard.
     rng: Cell<u64>,
@@ -104,6 +108,11 @@ impl ListenerTrace {
                 incoming: Some(c),
             }),
             Arrived::None => {
+                // The decision first: an unsampled call that carries nothing on needs no ids.
+                let sampled = self.roll();
+                if !sampled && !self.propagate_unsampled {
+                    return None;
+                }
                 let (a, b) = (self.next(), self.next());
                 let mut trace_id = [0u8; 16];
                 trace_id[..8].copy_from_slice(&a.to_be_bytes());
@@ -112,7 +121,7 @@ impl ListenerTrace {
                     trace_id,
                     span_id: self.span_id(),
                     parent: None,
-                    sampled: self.roll(),
+                    sampled,
                     incoming: None,
                 })
             }
@@ -254,6 +263,7 @@ impl ShardTraces {
         Some(Rc::new(ListenerTrace {
             kind: spec.kind,
             threshold: spec.threshold,
+            propagate_unsampled: spec.propagate_unsampled,
             batch,
             rng: Cell::new(self.seed()),
         }))
@@ -320,6 +330,7 @@ mod tests {
             collector,
             threshold: (percent / 100.0 * (1u64 << 32) as f64) as u64,
             kind: otlp::SPAN_KIND_CLIENT,
+            propagate_unsampled: true,
         };
         Rc::try_unwrap(shard.listener(Some(&spec), &stats.shard(0)).unwrap())
             .ok()

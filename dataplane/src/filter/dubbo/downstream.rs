@@ -1481,16 +1481,19 @@ fn route_frame<'r>(
             label,
         )));
     }
-    // Routes that read attachments get them read (and checked) once, `group` remembered;
-    // otherwise only what routes on interface, version and method is read here (about half
-    // the instructions), and tracing, traffic labels or the access log scan the attachments
-    // when they need them.
-    let parsed = if routes.router.reads_attachments() {
-        wire::RequestView::parse(frame)
-    } else {
-        wire::RequestView::parse_preamble(frame)
+    // A traced listener reads the trace context in the parse's own scan of the attachments.
+    // Otherwise routes that read attachments get them read (and checked) once, `group`
+    // remembered; else only what routes on interface, version and method is read here (about
+    // half the instructions), and traffic labels or the access log scan the attachments when
+    // they need them.
+    let parsed = match &l.trace {
+        Some(_) => wire::RequestView::parse_traced(frame).map(|(r, t)| (r, Some(t))),
+        None if routes.router.reads_attachments() => {
+            wire::RequestView::parse(frame).map(|r| (r, None))
+        }
+        None => wire::RequestView::parse_preamble(frame).map(|r| (r, None)),
     };
-    let req = match parsed {
+    let (req, fields) = match parsed {
         Ok(r) => r,
         Err(e) => {
             l.stats.inc(l.ids.rq_bad);
@@ -1503,15 +1506,12 @@ fn route_frame<'r>(
     };
     let service = l.service_ids(req.interface_bytes(), req.method_bytes());
     if let Some(a) = routes.router.route(&req) {
-        let (trace, propagate) = match &l.trace {
-            None => (None, Propagate::Untouched),
-            Some(t) => {
-                let fields = req.trace_fields();
-                match t.decide(fields.carrier.arrived()) {
-                    Some(d) => (Some(d), Propagate::of(&d, &fields)),
-                    None => (None, Propagate::Untouched),
-                }
-            }
+        let (trace, propagate) = match (&l.trace, &fields) {
+            (Some(t), Some(fields)) => match t.decide(fields.carrier.arrived()) {
+                Some(d) => (Some(d), Propagate::of(&d, fields)),
+                None => (None, Propagate::Untouched),
+            },
+            _ => (None, Propagate::Untouched),
         };
         let lg = l.capture_traced(h, frame.len(), Some(&req), trace);
         let label = l.labels.as_ref().map(|k| req.label(k));

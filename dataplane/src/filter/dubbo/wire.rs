@@ -192,37 +192,30 @@ pub struct TraceFields<'a> {
 }
 
 impl<'a> RequestView<'a> {
-    /// One scan of the attachments for the tracing ones (string values only).
-    pub fn trace_fields(&self) -> TraceFields<'a> {
-        let mut t = TraceFields {
-            carrier: Carrier::default(),
-            traceparent_at: None,
-            b3_at: None,
-            spanid_at: None,
-            parentspanid_at: None,
-            attachments_end: None,
-        };
-        let mut other = None;
-        let mut attachments = self.req.attachments();
-        for (k, v) in attachments.by_ref() {
-            let (Some(field), d::request::Scalar::Str(v)) = (Field::of(k), v) else {
-                continue;
-            };
-            let at = self.req.offset_of(v).map(|o| o + d::HEADER_BYTES);
-            let slot = match field {
-                Field::Traceparent => &mut t.traceparent_at,
-                Field::B3 => &mut t.b3_at,
-                Field::SpanId => &mut t.spanid_at,
-                Field::ParentSpanId => &mut t.parentspanid_at,
-                _ => &mut other,
-            };
-            if slot.is_none() {
-                *slot = at;
+    /// [`RequestView::parse`] that also reads the request's trace context (string values
+    /// only), in the same scan of the attachments the parse makes for routing.
+    pub fn parse_traced(frame: &'a [u8]) -> Result<(Self, TraceFields<'a>), DecodeError> {
+        let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
+        let mut carrier = Carrier::default();
+        let req = d::request::RequestRepr::parse_visiting(body, |k, v| {
+            if let (Some(field), d::request::Scalar::Str(v)) = (Field::of(k), v) {
+                carrier.set(field, v);
             }
-            t.carrier.set(field, v);
-        }
-        t.attachments_end = attachments.end().map(|o| o + d::HEADER_BYTES);
-        t
+        })?;
+        // The first value of each field is the one kept, and the one rewritten in place.
+        let at = |v: Option<&[u8]>| {
+            v.and_then(|v| req.offset_of(v))
+                .map(|o| o + d::HEADER_BYTES)
+        };
+        let fields = TraceFields {
+            traceparent_at: at(carrier.traceparent),
+            b3_at: at(carrier.b3),
+            spanid_at: at(carrier.x_b3_spanid),
+            parentspanid_at: at(carrier.x_b3_parentspanid),
+            attachments_end: req.attachments_end().map(|o| o + d::HEADER_BYTES),
+            carrier,
+        };
+        Ok((RequestView { req }, fields))
     }
 }
 
