@@ -2121,7 +2121,15 @@ impl Http1Server {
         let python = common::peers::require(root().join(".cache/venv/bin/python"));
         let mut child = std::process::Command::new(python)
             .arg(root().join("tests/peers/http1/peer.py"))
-            .args(["server", "--host", host, "--port", &port.to_string(), "--name", name])
+            .args([
+                "server",
+                "--host",
+                host,
+                "--port",
+                &port.to_string(),
+                "--name",
+                name,
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -2270,7 +2278,15 @@ fn istio_sidecar_http1_paths_under_istio_iptables_like_envoy() {
         let pod = Pod::new();
         let other = format!("{POD_OTHER_IP}/24");
         pod.client.ip(&[
-            "netns", "exec", &pod.client.0, "ip", "addr", "add", &other, "dev", "veth0",
+            "netns",
+            "exec",
+            &pod.client.0,
+            "ip",
+            "addr",
+            "add",
+            &other,
+            "dev",
+            "veth0",
         ]);
         let mut servers = Vec::new();
         pod.client.run(|| {
@@ -2302,7 +2318,10 @@ fn istio_sidecar_http1_paths_under_istio_iptables_like_envoy() {
             let pod_8081: SocketAddr = format!("{POD_IP}:8081").parse().unwrap();
             got.extend(pod.client.run(|| http1_outcomes(pod_80, &inbound)));
             got.extend(pod.client.run(|| {
-                http1_outcomes(pod_8081, &json!([{"method": "GET", "path": "/p", "host": "app:8081"}]))
+                http1_outcomes(
+                    pod_8081,
+                    &json!([{"method": "GET", "path": "/p", "host": "app:8081"}]),
+                )
             }));
             got
         });
@@ -2311,7 +2330,10 @@ fn istio_sidecar_http1_paths_under_istio_iptables_like_envoy() {
         drop(servers);
     }
     let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
-    assert!(want[0].starts_with("[new] 200 reviews GET /a?q=1"), "{want:?}");
+    assert!(
+        want[0].starts_with("[new] 200 reviews GET /a?q=1"),
+        "{want:?}"
+    );
     assert!(!want[1].starts_with("[new]"), "keep-alive: {want:?}");
     for (who, got) in &results[1..] {
         let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
@@ -2367,7 +2389,11 @@ fn websocket_outcome(target: SocketAddr) -> String {
             _ => return format!("closed after {:?}", String::from_utf8_lossy(&got)),
         }
     }
-    let code = String::from_utf8_lossy(&got).split(' ').nth(1).unwrap_or("?").to_string();
+    let code = String::from_utf8_lossy(&got)
+        .split(' ')
+        .nth(1)
+        .unwrap_or("?")
+        .to_string();
     if code != "101" {
         return code;
     }
@@ -2407,7 +2433,15 @@ fn pipelined_outcome(target: SocketAddr, requests: &[u8], n: usize) -> Vec<Strin
 /// the body's line.
 fn curl_expect_outcome(target: SocketAddr) -> String {
     let out = std::process::Command::new("curl")
-        .args(["-sS", "-m", "5", "-H", "Host: svc", "-H", "Expect: 100-continue"])
+        .args([
+            "-sS",
+            "-m",
+            "5",
+            "-H",
+            "Host: svc",
+            "-H",
+            "Expect: 100-continue",
+        ])
         .args(["--data-binary", &"y".repeat(3000), "-w", " %{http_code}"])
         .arg(format!("http://{target}/expect"))
         .output();
@@ -2462,13 +2496,18 @@ fn http1_answers_upgrades_and_pipelining_like_envoy() {
     let run = |who: &str, io: &str| -> Vec<String> {
         let addr = local(free_port());
         let xds = XdsServer::start();
-        xds.put(&json!({"version": "h1", "listeners": [listener(addr)], "routes": [routes],
-                        "clusters": clusters}))
-            .unwrap();
+        xds.put(
+            &json!({"version": "h1", "listeners": [listener(addr)], "routes": [routes],
+                        "clusters": clusters}),
+        )
+        .unwrap();
         let admin = local(free_port());
         let (_rs, _envoy);
         if who == "envoy" {
-            _envoy = Some(Envoy::start(&bootstrap(admin, xds.addr(), Ads::Sotw, "h1"), admin));
+            _envoy = Some(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "h1"),
+                admin,
+            ));
             _rs = None;
         } else {
             let config = format!(
@@ -2476,7 +2515,11 @@ fn http1_answers_upgrades_and_pipelining_like_envoy() {
                  mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
                 xds.addr()
             );
-            _rs = Some(Ringside::start(&config, admin, &["--shards", "1", "--io", io]));
+            _rs = Some(Ringside::start(
+                &config,
+                admin,
+                &["--shards", "1", "--io", io],
+            ));
             _envoy = None;
         }
         let ack = xds.wait_ack("rds", "h1");
@@ -2496,7 +2539,10 @@ fn http1_answers_upgrades_and_pipelining_like_envoy() {
     }
     let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
     assert!(want[0].starts_with("[new] 200 up GET /one"), "{want:?}");
-    assert!(want.last().unwrap().starts_with("101 echo=ping"), "{want:?}");
+    assert!(
+        want.last().unwrap().starts_with("101 echo=ping"),
+        "{want:?}"
+    );
     for (who, got) in &results[1..] {
         let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
         assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");

@@ -1913,7 +1913,10 @@ fn hcm(
         _ => {
             return Err(ctx.err(
                 format!("{at}.codec_type"),
-                format!("only AUTO, HTTP1 or HTTP2 is supported (got {})", h.codec_type),
+                format!(
+                    "only AUTO, HTTP1 or HTTP2 is supported (got {})",
+                    h.codec_type
+                ),
             ))
         }
     };

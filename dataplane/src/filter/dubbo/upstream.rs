@@ -1032,8 +1032,8 @@ const GENERATION_MASK: u32 = (1 << 30) - 1;
 /// endpoint's `pending_requests_max`).
 struct InFlight<T = Pending> {
     slots: Vec<Slot<T>>,
+    /// The empty slots: every slot not holding a request is here, exactly once.
     free: Vec<u32>,
-    len: usize,
 }
 
 struct Slot<T> {
@@ -1046,7 +1046,6 @@ impl<T> Default for InFlight<T> {
         InFlight {
             slots: Vec::new(),
             free: Vec::new(),
-            len: 0,
         }
     }
 }
@@ -1074,7 +1073,6 @@ impl<T> InFlight<T> {
         let slot = &mut self.slots[i as usize];
         slot.generation = Self::bump(slot.generation);
         slot.request = Some(p);
-        self.len += 1;
         Self::id(i, slot.generation)
     }
 
@@ -1092,7 +1090,6 @@ impl<T> InFlight<T> {
         }
         let p = slot.request.take()?;
         self.free.push(i as u32);
-        self.len -= 1;
         Some(p)
     }
 
@@ -1104,14 +1101,13 @@ impl<T> InFlight<T> {
             (Some(at), Some(slot)) if slot.generation == generation && slot.request.is_none() => {
                 self.free.swap_remove(at);
                 slot.request = Some(p);
-                self.len += 1;
             }
             _ => debug_assert!(false, "restore: slot {i} was reused"),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.len == 0
+        self.free.len() == self.slots.len()
     }
 
     /// Every request in flight, the table left empty.
@@ -1123,7 +1119,6 @@ impl<T> InFlight<T> {
             .collect();
         self.free.clear();
         self.free.extend((0..self.slots.len() as u32).rev());
-        self.len = 0;
         out
     }
 

@@ -289,8 +289,8 @@ fn route(
     }
     let path = req.path.as_bytes();
     let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
-    let (service, method) = codec::h2::grpc::split_path(path)
-        .unwrap_or((path.strip_prefix(b"/").unwrap_or(path), b""));
+    let (service, method) =
+        codec::h2::grpc::split_path(path).unwrap_or((path.strip_prefix(b"/").unwrap_or(path), b""));
     let routes = l.routes.get();
     let view = RequestView {
         service,
@@ -471,7 +471,8 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
     let names_token = |t: &str| connection.iter().any(|v| contains_token(v, t));
     let close = names_token("close") || (http10 && !names_token("keep-alive"));
     let upgrading = upgrade.is_some() && names_token("upgrade");
-    let websocket = upgrading && upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    let websocket =
+        upgrading && upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
     let other_upgrade = upgrading
         && !websocket
         && !upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"h2c"));
@@ -481,7 +482,11 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
         .or_else(|| target.strip_prefix("https://"))
     {
         let slash = rest.find('/').unwrap_or(rest.len());
-        let path = if slash == rest.len() { "/" } else { &rest[slash..] };
+        let path = if slash == rest.len() {
+            "/"
+        } else {
+            &rest[slash..]
+        };
         (rest[..slash].to_string(), path.to_string())
     } else if target.starts_with('/') {
         let Some(h) = host else {
@@ -665,7 +670,13 @@ async fn upstream(c: &Down, pool: &Pool, fresh: bool) -> Result<Up, Local> {
 
 /// The request head as it goes upstream.
 fn request_head(req: &Request, request_id: impl FnOnce() -> String) -> Vec<u8> {
-    let mut h = Vec::with_capacity(256 + req.fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
+    let mut h = Vec::with_capacity(
+        256 + req
+            .fields
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>(),
+    );
     h.extend_from_slice(req.method.as_bytes());
     h.push(b' ');
     h.extend_from_slice(req.path.as_bytes());
@@ -825,7 +836,9 @@ async fn forward(
             let (r, _) = up.s.write_all(head.clone()).await;
             r.map_err(|_| Local::ConnectFailure)?;
             if req.expect_continue {
-                let (r, _) = c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+                let (r, _) =
+                    c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                        .await;
                 r.map_err(|_| Local::BadRequest)?;
             }
             relay_body(&mut c.s, &mut c.buf, &mut up.s, req.framing)
@@ -1089,7 +1102,12 @@ mod tests {
             }
         }
         assert_eq!(total, body.len() - b"GET / HTTP/1.1\r\n".len());
-        for bad in [&b"x\r\n"[..], b"4\r\nWikiX\r\n", b"\r\n", b"fffffffffffffffff\r\n"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"4\r\nWikiX\r\n",
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
             assert!(Chunks::default().feed(bad).is_err(), "{bad:?}");
         }
     }
@@ -1104,13 +1122,28 @@ mod tests {
         assert_eq!(r.fields, vec![("x-app".to_string(), b"v".to_vec())]);
         let cl_te = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(parse_request(cl_te), Err(Local::BadRequest)));
-        assert!(matches!(parse_request(b"GET / HTTP/1.1\r\n\r\n"), Err(Local::BadRequest)), "no Host");
+        assert!(
+            matches!(
+                parse_request(b"GET / HTTP/1.1\r\n\r\n"),
+                Err(Local::BadRequest)
+            ),
+            "no Host"
+        );
         let r = parse_request(b"GET http://h:8/p HTTP/1.0\r\n\r\n").unwrap();
-        assert_eq!((r.authority.as_str(), r.path.as_str(), r.close), ("h:8", "/p", true));
+        assert_eq!(
+            (r.authority.as_str(), r.path.as_str(), r.close),
+            ("h:8", "/p", true)
+        );
         let many: String = (0..=HEADERS_MAX).map(|i| format!("x-{i}: 1\r\n")).collect();
         let req = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
-        assert!(matches!(parse_request(req.as_bytes()), Err(Local::TooLarge)));
-        let ws = parse_request(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert!(matches!(
+            parse_request(req.as_bytes()),
+            Err(Local::TooLarge)
+        ));
+        let ws = parse_request(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
         assert!(ws.websocket && !ws.other_upgrade);
     }
 
@@ -1126,9 +1159,15 @@ mod tests {
 
     #[test]
     fn responses_without_body_and_until_close() {
-        let r = parse_response(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", false, false).unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(r.framing, Framing::Length(0));
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false).unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false).unwrap();
         assert_eq!(r.framing, Framing::Length(0), "HEAD");
         let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false, false).unwrap();
         assert_eq!(r.framing, Framing::UntilClose);
