@@ -178,12 +178,25 @@ fn istio_standard_metrics_for_dubbo_grpc_and_tcp_in_istio_proxys_shape() {
     assert!(out.ok, "{out:?}");
     echo_round_trip(tcp);
 
-    // The TCP connection is counted when it closes.
+    // The TCP connection is counted when it closes, and a call may be counted just after its
+    // answer is sent (on either shard): wait until the closed connection and all 6 calls show
+    // (the closed counter is written last, after the connection's bytes).
     let deadline = Instant::now() + Duration::from_secs(10);
+    let total = |prom: &str, family: &str, sample: &str| -> f64 {
+        parse(prom).get(family).map_or(0.0, |(_, samples)| {
+            samples.iter().filter(|s| s.0 == sample).map(|s| s.2).sum()
+        })
+    };
     let prom = loop {
         let (code, prom) = rs.get("/stats/prometheus");
         assert_eq!(code, 200);
-        if prom.contains("istio_tcp_connections_closed_total{") {
+        if total(
+            &prom,
+            "istio_tcp_connections_closed",
+            "istio_tcp_connections_closed_total",
+        ) >= 1.0
+            && total(&prom, "istio_requests", "istio_requests_total") >= 6.0
+        {
             break prom;
         }
         assert!(

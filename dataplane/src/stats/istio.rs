@@ -240,11 +240,13 @@ impl IstioListener {
         else {
             return;
         };
+        // `closed` is written last (and registered last): a scrape that sees the connection
+        // closed sees its bytes too (x86 keeps the order of these relaxed stores).
         let st = &self.stats;
-        st.inc(opened);
-        st.inc(closed);
         st.add(sent_id, sent);
         st.add(received_id, received);
+        st.inc(opened);
+        st.inc(closed);
     }
 
     fn ids(&self, o: &Outcome<'_>) -> Option<Ids> {
@@ -284,12 +286,6 @@ impl IstioListener {
                     &tags,
                     Kind::Counter,
                 ),
-                closed: st.add(
-                    ISTIO_SCOPE,
-                    "istio_tcp_connections_closed_total",
-                    &tags,
-                    Kind::Counter,
-                ),
                 sent: st.add(
                     ISTIO_SCOPE,
                     "istio_tcp_sent_bytes_total",
@@ -299,6 +295,13 @@ impl IstioListener {
                 received: st.add(
                     ISTIO_SCOPE,
                     "istio_tcp_received_bytes_total",
+                    &tags,
+                    Kind::Counter,
+                ),
+                // Last: see `connection`.
+                closed: st.add(
+                    ISTIO_SCOPE,
+                    "istio_tcp_connections_closed_total",
                     &tags,
                     Kind::Counter,
                 ),
