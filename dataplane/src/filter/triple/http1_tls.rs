@@ -69,10 +69,12 @@ pub enum UpStream {
 
 impl UpStream {
     /// Whether an idle connection is alive and quiet: nothing to read (an EOF, a TLS alert
-    /// such as close_notify, or stray bytes: not reusable).
+    /// such as close_notify, or stray bytes, in the socket or already in TLS's buffers: not
+    /// reusable; a response that was not asked for must not answer the next request).
     pub fn quiet(&self) -> bool {
         let fd = match self {
             UpStream::Plain(s) => s.as_raw_fd(),
+            UpStream::Tls(s) if s.has_unread() => return false,
             UpStream::Tls(s) => s.get_ref().as_raw_fd(),
         };
         let mut b = [0u8; 1];
