@@ -1981,7 +1981,9 @@ fn locality_weighted_dubbo_matches_envoy() {
     };
     let envoy_xds = XdsServer::start();
     let envoy_listen = local(free_port());
-    envoy_xds.put(&snapshot("lw1", envoy_listen, Some(2))).unwrap();
+    envoy_xds
+        .put(&snapshot("lw1", envoy_listen, Some(2)))
+        .unwrap();
     let envoy_admin = local(free_port());
     let mut boot = bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-lw");
     boot["node"]["locality"] = json!({"region": "r1", "zone": "zone-a"});
@@ -2018,7 +2020,14 @@ fn locality_weighted_dubbo_matches_envoy() {
         }
         n.map(|k| f64::from(k) * 100.0 / f64::from(CALLS))
     };
-    let phases: [(&str, Option<usize>, &[&str], [f64; 3]); 4] = [
+    // (version, zone-b's healthy providers (None: removed), the unhealthy ones, exact shares)
+    type Phase = (
+        &'static str,
+        Option<usize>,
+        &'static [&'static str],
+        [f64; 3],
+    );
+    let phases: [Phase; 4] = [
         ("lw1", Some(2), &[], [25.0, 75.0, 0.0]),
         ("lw2", Some(1), &["b2"], [100.0 / 3.1, 210.0 / 3.1, 0.0]),
         ("lw3", Some(0), &["b1", "b2"], [70.0, 0.0, 30.0]),
@@ -2026,7 +2035,9 @@ fn locality_weighted_dubbo_matches_envoy() {
     ];
     for (v, b_healthy, unhealthy, exact) in phases {
         if v != "lw1" {
-            envoy_xds.put(&snapshot(v, envoy_listen, b_healthy)).unwrap();
+            envoy_xds
+                .put(&snapshot(v, envoy_listen, b_healthy))
+                .unwrap();
             rs_xds.put(&snapshot(v, rs_listen, b_healthy)).unwrap();
             rs_xds.wait_ack(EDS, v);
             // Envoy: until its /clusters shows the assignment (hosts and failed health).
@@ -2066,7 +2077,10 @@ fn locality_weighted_dubbo_matches_envoy() {
                 (r[z] - exact[z]).abs() <= 2.0,
                 "{v} zone {z}: ringside {r:?} (exact {exact:?})"
             );
-            assert!((r[z] - e[z]).abs() <= 8.0, "{v} zone {z}: ringside {r:?} vs Envoy {e:?}");
+            assert!(
+                (r[z] - e[z]).abs() <= 8.0,
+                "{v} zone {z}: ringside {r:?} vs Envoy {e:?}"
+            );
         }
     }
 }

@@ -830,15 +830,17 @@ fn clusters() {
         use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier as L;
         use cluster_pb::cluster::CommonLbConfig;
         let with = |l: L| {
-            let mut k: cluster_pb::Cluster = prost::Message::decode(
-                &cluster_eds("orders", "").value[..],
-            )
-            .unwrap();
+            let mut k: cluster_pb::Cluster =
+                prost::Message::decode(&cluster_eds("orders", "").value[..]).unwrap();
             k.common_lb_config = Some(CommonLbConfig {
                 locality_config_specifier: Some(l),
                 ..Default::default()
             });
-            decode_cluster(&pack_any(k)).unwrap().1.cluster.locality_weighted
+            decode_cluster(&pack_any(k))
+                .unwrap()
+                .1
+                .cluster
+                .locality_weighted
         };
         assert!(with(L::LocalityWeightedLbConfig(Default::default())));
         assert!(!with(L::ZoneAwareLbConfig(Default::default())));
@@ -2184,5 +2186,8 @@ fn locality_load_is_envoys() {
     // A locality without weight beside weighted ones takes nothing.
     assert_eq!(run(&[at(0, 1, 1, 0), at(0, 3, 3, 2)]), [0, 100]);
     // Thirds: rounded on the cumulative sums (33, 67, 100).
-    assert_eq!(run(&[at(0, 1, 1, 1), at(0, 1, 1, 1), at(0, 1, 1, 1)]), [33, 34, 33]);
+    assert_eq!(
+        run(&[at(0, 1, 1, 1), at(0, 1, 1, 1), at(0, 1, 1, 1)]),
+        [33, 34, 33]
+    );
 }

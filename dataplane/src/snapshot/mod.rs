@@ -720,11 +720,7 @@ fn visit_order(c: &config::Cluster) -> Visits {
 
 /// [`visit_order`] of the endpoints `keep` keeps (by index in `c.endpoints`), grouped by
 /// locality too if `by_locality`.
-fn visit_order_of(
-    c: &config::Cluster,
-    keep: &dyn Fn(usize) -> bool,
-    by_locality: bool,
-) -> Visits {
+fn visit_order_of(c: &config::Cluster, keep: &dyn Fn(usize) -> bool, by_locality: bool) -> Visits {
     let meta = &c.endpoint_metadata;
     if meta.len() != c.endpoints.len() || meta.is_empty() {
         let addrs: Vec<_> = (0..c.endpoints.len())
@@ -741,7 +737,12 @@ fn visit_order_of(
     let weight = |i: usize| meta[i].weight.max(1);
     let weighted = (1..meta.len()).any(|i| weight(i) != weight(0));
     // By priority (and locality), config order within one (a stable sort).
-    let group = |i: usize| (meta[i].priority, if by_locality { meta[i].locality } else { 0 });
+    let group = |i: usize| {
+        (
+            meta[i].priority,
+            if by_locality { meta[i].locality } else { 0 },
+        )
+    };
     let mut order: Vec<usize> = (0..meta.len()).filter(|&i| keep(i)).collect();
     order.sort_by_key(|&i| group(i));
     let mut v = Visits::default();
@@ -972,7 +973,10 @@ mod tests {
         assert_eq!(visit_ports(&c), [3, 5, 1, 4, 2]);
         assert_eq!(v.levels, [2, 4, 5]);
         let v = visit_order_of(&c, &|_| true, false);
-        assert_eq!(v.addrs.iter().map(|a| a.port()).collect::<Vec<_>>(), [1, 3, 4, 5, 2]);
+        assert_eq!(
+            v.addrs.iter().map(|a| a.port()).collect::<Vec<_>>(),
+            [1, 3, 4, 5, 2]
+        );
         assert_eq!(v.levels, [4, 5]);
     }
 
