@@ -1880,26 +1880,7 @@ fn locality_priority_failover_matches_envoy() {
             rs_xds.put(&snapshot(&v, rs_listen, a_healthy)).unwrap();
             rs_xds.wait_ack(EDS, &v);
             // Envoy: until its /clusters shows the new health of every zone-a provider.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let clusters = envoy.get("/clusters");
-                let failed = clusters
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("greeter::")
-                            && l.contains("::health_flags::")
-                            && l.contains("failed_eds_health")
-                    })
-                    .count();
-                if failed == 4 - a_healthy {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "Envoy never applied {v}: {clusters}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            await_envoy_eds(&envoy, "greeter", 6, 4 - a_healthy, &v);
             // ringside: the acked snapshot reaches the shards between requests.
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -1912,6 +1893,37 @@ fn locality_priority_failover_matches_envoy() {
         );
         assert!((r - load).abs() <= 2.0, "ringside: {r} % (load {load} %)");
         assert!((r - e).abs() <= 8.0, "ringside {r} % vs Envoy {e} %");
+    }
+}
+
+/// Waits until Envoy's `/clusters` lists `hosts` endpoints of `cluster`, `failed` of them
+/// marked unhealthy by EDS (`failed_eds_health`): snapshot `version` applied.
+fn await_envoy_eds(
+    envoy: &common::envoy::Envoy,
+    cluster: &str,
+    hosts: usize,
+    failed: usize,
+    version: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let clusters = envoy.get("/clusters");
+        let flags: Vec<&str> = clusters
+            .lines()
+            .filter(|l| l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::"))
+            .collect();
+        let unhealthy = flags
+            .iter()
+            .filter(|l| l.contains("failed_eds_health"))
+            .count();
+        if flags.len() == hosts && unhealthy == failed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never applied {version}: {clusters}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -2042,26 +2054,7 @@ fn locality_weighted_dubbo_matches_envoy() {
             rs_xds.wait_ack(EDS, v);
             // Envoy: until its /clusters shows the assignment (hosts and failed health).
             let hosts = if b_healthy.is_some() { 5 } else { 3 };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let clusters = envoy.get("/clusters");
-                let flags: Vec<&str> = clusters
-                    .lines()
-                    .filter(|l| l.starts_with("zoned::") && l.contains("::health_flags::"))
-                    .collect();
-                let failed = flags
-                    .iter()
-                    .filter(|l| l.contains("failed_eds_health"))
-                    .count();
-                if flags.len() == hosts && failed == 2 - b_healthy.unwrap_or(2) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "Envoy never applied {v}: {clusters}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            await_envoy_eds(&envoy, "zoned", hosts, 2 - b_healthy.unwrap_or(2), v);
             // ringside: the acked snapshot reaches the shards between requests.
             std::thread::sleep(Duration::from_millis(200));
         }
