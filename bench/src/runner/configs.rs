@@ -42,6 +42,9 @@ pub const ENVOY_MTLS_IN_ADMIN_PORT: u16 = 30430;
 /// The plaintext ringside pair: admin port, listener = admin + 1.
 pub const RINGSIDE_PAIR_OUT_ADMIN_PORT: u16 = 30340;
 pub const RINGSIDE_PAIR_IN_ADMIN_PORT: u16 = 30350;
+/// The plaintext Envoy pair: admin port, listener = admin + 1.
+pub const ENVOY_PAIR_OUT_ADMIN_PORT: u16 = 30360;
+pub const ENVOY_PAIR_IN_ADMIN_PORT: u16 = 30370;
 /// Idle-RSS processes: admin port, listener port = admin + 1.
 pub const IDLE_RINGSIDE_ADMIN_PORT: u16 = 30200;
 pub const IDLE_ENVOY_ADMIN_PORT: u16 = 30210;
@@ -433,6 +436,24 @@ pub fn envoy_mtls_in(c: &crate::mtls::Files) -> String {
     envoy_with(
         ENVOY_MTLS_IN_ADMIN_PORT,
         &filters,
+        &envoy_cluster("upstream", DUBBO_UPSTREAM_PORT),
+    )
+}
+
+/// The client sidecar of the plaintext Envoy pair: [`envoy_mtls_out`] without TLS.
+pub fn envoy_pair_out() -> String {
+    envoy_with(
+        ENVOY_PAIR_OUT_ADMIN_PORT,
+        &EnvoyFilter::DubboProxy.filter(),
+        &envoy_cluster("upstream", ENVOY_PAIR_IN_ADMIN_PORT + 1),
+    )
+}
+
+/// The server sidecar of the plaintext Envoy pair: [`envoy_mtls_in`] without TLS.
+pub fn envoy_pair_in() -> String {
+    envoy_with(
+        ENVOY_PAIR_IN_ADMIN_PORT,
+        &EnvoyFilter::DubboProxy.filter(),
         &envoy_cluster("upstream", DUBBO_UPSTREAM_PORT),
     )
 }

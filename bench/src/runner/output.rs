@@ -327,7 +327,12 @@ impl Summary {
              |---|---|--:|--:|--:|--:|--:|--:|\n",
         );
         let mut any = false;
-        let ringside = |t: Target| matches!(t, Target::Ringside | Target::RingsideMtls);
+        let ringside = |t: Target| {
+            matches!(
+                t,
+                Target::Ringside | Target::RingsideMtls | Target::RingsidePair
+            )
+        };
         for r in self.rows.iter().filter(|r| ringside(r.target)) {
             let ra = self.added(r);
             // A pair is compared with the other pair only.
@@ -335,6 +340,7 @@ impl Summary {
                 e.scenario == r.scenario
                     && e.target.is_envoy()
                     && e.target.is_mtls_pair() == r.target.is_mtls_pair()
+                    && e.target.is_plain_pair() == r.target.is_plain_pair()
             }) {
                 let ea = self.added(e);
                 let added = |i: usize| match (ra, ea) {
