@@ -949,3 +949,174 @@ fn ads_over_tls_is_acked_and_a_wrong_ca_or_san_is_refused_without_plaintext() {
     assert!(xds.requests().is_empty(), "{:?}", xds.requests());
     drop(rs);
 }
+
+/// A permission or principal rule of Aeraki's Dubbo authz (`internal/plugin/dubbo/authz/model`:
+/// each condition an `or` of its values, the conditions of a rule an `and`).
+fn aeraki_and(kind: &str, items: Vec<Value>) -> Value {
+    let (and, or, list) = match kind {
+        "permission" => ("andRules", "orRules", "rules"),
+        _ => ("andIds", "orIds", "ids"),
+    };
+    let ors: Vec<Value> = items
+        .into_iter()
+        .map(|i| json!({ or: { list: [i] } }))
+        .collect();
+    json!({ and: { list: ors } })
+}
+
+/// `to.operation.interfaces` / `methods` as Aeraki writes them: a metadata matcher on the
+/// `envoy.filters.dubbo.rbac` filter's `service` / `method` (`*` suffix: a prefix).
+fn aeraki_operation(key: &str, value: &str) -> Value {
+    let m = match value.strip_suffix('*') {
+        Some(p) => json!({"prefix": p}),
+        None => json!({"exact": value}),
+    };
+    json!({"metadata": {"filter": "envoy.filters.dubbo.rbac", "path": [{"key": key}],
+        "value": {"stringMatch": m}}})
+}
+
+/// Aeraki's inbound dubbo_proxy (`internal/plugin/dubbo/dubboproxy.go` `buildInboundProxy`,
+/// `authz/builder`) for two DubboAuthorizationPolicies of namespace `default`: `deny-add`
+/// (DENY, `to.operation.methods: [add]`) and `allow-ns-1` (ALLOW, `from.source.namespaces:
+/// [ns-1]`, `to.operation.interfaces: [com.ringside.test.*]`): a DENY rbac filter, an ALLOW one,
+/// the router; as the TypedStruct of Aeraki's EnvoyFilter (protojson, lowerCamelCase).
+fn aeraki_inbound_dubbo_proxy(cluster: &str) -> Value {
+    let rbac = |action: Option<&str>, name: &str, permission: Value, principal: Value| {
+        let mut rules = json!({"policies": {
+            format!("ns[default]-policy[{name}]-rule[0]"): {
+                "permissions": [permission], "principals": [principal]}}});
+        if let Some(a) = action {
+            rules["action"] = json!(a);
+        }
+        json!({"name": "envoy.filters.dubbo.rbac", "config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "rules": rules, "statPrefix": "dubbo."}})
+    };
+    let any_principal = json!({"andIds": {"ids": [{"any": true}]}});
+    let ns_1 = json!({"authenticated": {"principalName": {"safeRegex": {"googleRe2": {}, "regex": ".*/ns/ns-1/.*"}}}});
+    json!({"name": "envoy.filters.network.dubbo_proxy", "typed_config": {
+    "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+    "type_url": "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy",
+    "value": {
+        "statPrefix": cluster, "protocolType": "Dubbo", "serializationType": "Hessian2",
+        "routeConfig": [{"name": cluster, "interface": "*", "routes": [{
+            "match": {"method": {"name": {"safeRegex": {"googleRe2": {}, "regex": ".*"}}}},
+            "route": {"cluster": cluster}}]}],
+        "dubboFilters": [
+            rbac(Some("DENY"), "deny-add",
+                aeraki_and("permission", vec![aeraki_operation("method", "add")]), any_principal),
+            // ALLOW is proto3's default: protojson leaves `action` out.
+            rbac(None, "allow-ns-1",
+                aeraki_and("permission", vec![aeraki_operation("service", "com.ringside.test.*")]),
+                aeraki_and("principal", vec![ns_1])),
+            {"name": "envoy.filters.dubbo.router"}
+        ]
+    }}})
+}
+
+/// Aeraki's Dubbo authorization from xDS (docs/security.md#authorization): the inbound
+/// dubbo_proxy above on an istiod mTLS chain, served by the test ADS server to ringside, the
+/// sofa-rpc-node consumer calling through a ringside outbound that presents an `ns-1` identity
+/// or a `default` one. `ns-1`: `echo` is answered, `add` denied by the DENY policy with the
+/// reason; `default`: `echo` denied by the ALLOW policy. Counted per filter as Envoy's.
+#[test]
+fn aeraki_dubbo_authorization_policy_from_xds_by_method_and_namespace() {
+    use common::peers::{node, run_consumer, NodeProvider};
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    let pa = free_port();
+    let _provider = NodeProvider::start(pa, "A", &[]);
+    let rs_in = local(free_port());
+    let cluster = "inbound|20880||";
+    let xds = XdsServer::start();
+    xds.put(&json!({"version": "1",
+        "listeners": [{"name": "virtualInbound-20880", "address": socket(rs_in), "filter_chains": [{
+            "filters": [aeraki_inbound_dubbo_proxy(cluster)],
+            "transport_socket": downstream_tls(istio_tls_context(
+                &["istio"], json!({"prefix": "spiffe://cluster.local/"})))}]}],
+        "clusters": [static_cluster(cluster, &[local(pa)])],
+        "secrets": sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)}))
+        .unwrap();
+    let rs = ringside(&xds, "ringside-in");
+
+    let dir = TempDir::new("aeraki-rbac");
+    let (ok_cert, ok_key) = pki.issue("spiffe://cluster.local/ns/ns-1/sa/consumer", NOT_AFTER);
+    let (ok_cert, ok_key) = (dir.write("ok.pem", &ok_cert), dir.write("ok.key", &ok_key));
+    let admin = local(free_port());
+    let (ok_out, no_out) = (local(free_port()), local(free_port()));
+    let tls = |cert: &str, key: &str| {
+        format!(
+            "tls: {{cert_chain: {cert}, private_key: {key}, ca: {}, alpn: [istio], subject_alt_names: [\"{PROVIDER_ID}\"]}}",
+            pki.path("ca.pem")
+        )
+    };
+    let yaml = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n\
+         \x20 - {{name: ok, address: {ok_out}, protocol: dubbo, cluster: ok}}\n\
+         \x20 - {{name: no, address: {no_out}, protocol: dubbo, cluster: no}}\n\
+         clusters:\n\
+         \x20 - {{name: ok, endpoints: [\"{rs_in}\"], timeout_ms: 5000, {}}}\n\
+         \x20 - {{name: no, endpoints: [\"{rs_in}\"], timeout_ms: 5000, {}}}\n",
+        tls(
+            &ok_cert.display().to_string(),
+            &ok_key.display().to_string()
+        ),
+        tls(&pki.path("consumer.pem"), &pki.path("consumer.key")),
+    );
+    let _out = Ringside::start(&yaml, admin, &["--shards", "1"]);
+    let call = |addr: SocketAddr, interface: &str, method: &str, args: &str| {
+        let mut c = node("consumer.js");
+        c.args([
+            "--address",
+            &addr.to_string(),
+            "--interface",
+            interface,
+            "--method",
+            method,
+            "--args",
+            args,
+        ]);
+        run_consumer(c)
+    };
+    let stat = |n: &str| rs.stat_value(&format!("dubbo.rbac.{n}")).unwrap_or(-1);
+    // The inbound listener and its SDS certificate arrive over xDS: call until answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, lines) = call(ok_out, ECHO, "echo", r#"["warm"]"#);
+        if ok && lines.first().is_some_and(|l| l["result"] == "warm") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never answered: {lines:?}\n{}",
+            rs.get("/stats").1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (allowed, denied) = (stat("allowed"), stat("denied"));
+    assert!(allowed >= 2 && denied == 0, "{allowed} {denied}");
+
+    let (ok, lines) = call(ok_out, ECHO, "echo", r#"["hi"]"#);
+    assert!(ok && lines[0]["result"] == "hi", "{lines:?}");
+    // Denied by the DENY policy: a Dubbo error carrying the reason, from the consumer.
+    let (ok, lines) = call(ok_out, ECHO, "add", "[40, 2]");
+    assert!(!ok, "{lines:?}");
+    let err = lines[0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("ringside: RBAC: access denied"), "{err}");
+    // A `default` identity: allowed by the DENY filter, denied by the ALLOW one.
+    let (ok, lines) = call(no_out, ECHO, "echo", r#"["hi"]"#);
+    assert!(!ok, "{lines:?}");
+    let err = lines[0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("RBAC: access denied"), "{err}");
+    // ns-1 on another interface: outside the ALLOW policy's `com.ringside.test.*`.
+    let (ok, lines) = call(ok_out, "com.other.Svc", "echo", r#"["hi"]"#);
+    assert!(!ok, "{lines:?}");
+    // Both filters count into `dubbo.rbac.*`: echo (2 allowed), add (1 denied), default's
+    // echo (1 allowed, 1 denied), com.other.Svc (1 allowed, 1 denied).
+    assert_eq!(
+        [stat("allowed") - allowed, stat("denied") - denied],
+        [2 + 1 + 1, 1 + 1 + 1],
+        "{}",
+        rs.get("/stats").1
+    );
+}

@@ -1030,29 +1030,32 @@ fn hand_off(config: &mut Config, first_dynamic: usize, cand: &Cache) {
     }
 }
 
+/// A JSON value as a `google.protobuf.Value`.
+pub(crate) fn json(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
 /// `xds.node_metadata` as the `google.protobuf.Struct` of `Node.metadata` (none when empty).
 fn node_metadata(
     m: &std::collections::BTreeMap<String, config::NodeMetadataValue>,
 ) -> Option<envoy_types::pb::google::protobuf::Struct> {
-    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };
-    fn json(v: &serde_json::Value) -> Value {
-        let kind = match v {
-            serde_json::Value::Null => Kind::NullValue(0),
-            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
-                values: a.iter().map(json).collect(),
-            }),
-            serde_json::Value::Object(o) => Kind::StructValue(Struct {
-                fields: o.iter().map(|(k, v)| (k.clone(), json(v))).collect(),
-            }),
-        };
-        Value { kind: Some(kind) }
-    }
     (!m.is_empty()).then(|| Struct {
         fields: m
             .iter()

@@ -640,10 +640,7 @@ fn chain_listener(
         let d = typed_struct::dubbo_proxy(&t.value.unwrap_or_default())
             .map_err(|(f, m)| ctx.err(format!("{tat}.value.{f}"), m))?;
         out.protocol = Protocol::Dubbo;
-        out.dubbo = Some(DubboListener {
-            routes: dubbo_proxy(&d, ctx, &tat)?,
-            ..Default::default()
-        });
+        out.dubbo = Some(dubbo_proxy(&d, ctx, &tat)?);
         return Ok(ChainRes {
             listener: out,
             rds: None,
@@ -654,7 +651,7 @@ fn chain_listener(
         DUBBO_PROXY_TYPE => {
             let d: dubbo_pb::DubboProxy = unpack(any, DUBBO_PROXY_TYPE, ctx, &tat)?;
             out.protocol = Protocol::Dubbo;
-            out.dubbo = Some(DubboListener { routes: dubbo_proxy(&d, ctx, &tat)?, ..Default::default() });
+            out.dubbo = Some(dubbo_proxy(&d, ctx, &tat)?);
         }
         GENERIC_PROXY_TYPE => {
             let g: gp_pb::GenericProxy = unpack(any, GENERIC_PROXY_TYPE, ctx, &tat)?;
@@ -778,11 +775,12 @@ fn socket_address(
 
 // === dubbo_proxy ===
 
+/// A dubbo_proxy as a Dubbo listener: its routes and its rbac filters.
 fn dubbo_proxy(
     d: &dubbo_pb::DubboProxy,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<Vec<DubboRoute>, TranslateError> {
+) -> Result<DubboListener, TranslateError> {
     if d.protocol_type != dubbo_pb::ProtocolType::Dubbo as i32 {
         return Err(ctx.err(
             format!("{at}.protocol_type"),
@@ -795,16 +793,39 @@ fn dubbo_proxy(
             format!("only Hessian2 is supported (got {})", d.serialization_type),
         ));
     }
+    // Aeraki's inbound shape: `envoy.filters.dubbo.rbac` entries (DENY, then ALLOW), then the
+    // router. Envoy runs them in order per request and nothing after the router.
+    let mut rbac_filters = Vec::new();
+    let mut routed = false;
     for (i, f) in d.dubbo_filters.iter().enumerate() {
-        if f.name != "envoy.filters.dubbo.router" {
-            return Err(ctx.err(
-                format!("{at}.dubbo_filters[{i}].name"),
-                format!(
-                    "dubbo filter {:?} is not supported (only envoy.filters.dubbo.router)",
-                    f.name
-                ),
-            ));
+        let fat = format!("{at}.dubbo_filters[{i}]");
+        match f.name.as_str() {
+            "envoy.filters.dubbo.router" => routed = true,
+            rbac::DUBBO_RBAC_FILTER if routed => {
+                return Err(ctx.err(
+                    format!("{fat}.name"),
+                    "an rbac filter after the router never runs (Envoy) and is refused here: put it before",
+                ))
+            }
+            rbac::DUBBO_RBAC_FILTER => match &f.config {
+                Some(a) => rbac_filters.push(rbac::dubbo(a, ctx, &format!("{fat}.config"))?),
+                None => return Err(ctx.err(format!("{fat}.config"), "missing (an RBAC)")),
+            },
+            other => {
+                return Err(ctx.err(
+                    format!("{fat}.name"),
+                    format!(
+                        "dubbo filter {other:?} is not supported (only envoy.filters.dubbo.rbac and envoy.filters.dubbo.router)"
+                    ),
+                ))
+            }
         }
+    }
+    if !routed && !d.dubbo_filters.is_empty() {
+        return Err(ctx.err(
+            format!("{at}.dubbo_filters"),
+            "no envoy.filters.dubbo.router: requests would never be routed",
+        ));
     }
     let (configs, rat) = match &d.route_specifier {
         Some(dubbo_pb::dubbo_proxy::RouteSpecifier::Drds(_)) => {
@@ -924,7 +945,11 @@ fn dubbo_proxy(
             });
         }
     }
-    Ok(out)
+    Ok(DubboListener {
+        routes: out,
+        rbac: rbac_filters,
+        ..Default::default()
+    })
 }
 
 fn weighted(
@@ -3846,10 +3871,13 @@ mod typed_struct {
     //! names) read as the DubboProxy message it stands for. Only the fields ringside
     //! translates are read; any other key is refused, so nothing the control plane meant is
     //! dropped silently.
+    use envoy_types::pb::envoy::config::core::v3 as core_pb;
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
     use envoy_types::pb::envoy::config::route::v3 as route_pb;
     use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_pb;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
     use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
-    use envoy_types::pb::google::protobuf::{value::Kind, Struct, UInt32Value, Value};
+    use envoy_types::pb::google::protobuf::{value::Kind, Any, Struct, UInt32Value, Value};
 
     type R<T> = Result<T, (String, String)>;
 
@@ -3947,6 +3975,9 @@ mod typed_struct {
                         for (k, v) in fields(f, &fat)? {
                             match k.as_str() {
                                 "name" => df.name = string(v, &fat)?,
+                                "config" => {
+                                    df.config = Some(filter_config(v, &format!("{fat}.config"))?)
+                                }
                                 _ => return unknown(&fat, &k),
                             }
                         }
@@ -4058,6 +4089,244 @@ mod typed_struct {
             }
         }
         Ok(r)
+    }
+
+    fn number(v: &Value, at: &str) -> R<u32> {
+        match &v.kind {
+            Some(Kind::NumberValue(n))
+                if *n >= 0.0 && n.fract() == 0.0 && *n <= u32::MAX as f64 =>
+            {
+                Ok(*n as u32)
+            }
+            _ => Err((at.into(), "expected a non-negative integer".into())),
+        }
+    }
+
+    /// A dubbo filter's `config`: an Any in proto3 JSON (`@type` and the message's fields).
+    /// Only the network `RBAC` of Aeraki's `envoy.filters.dubbo.rbac` is known.
+    fn filter_config(v: &Value, at: &str) -> R<Any> {
+        let mut r = NetworkRbac::default();
+        let mut typ = String::new();
+        for (k, v) in fields(v, at)? {
+            let kat = format!("{at}.{k}");
+            match k.as_str() {
+                "@type" => typ = string(v, &kat)?,
+                "stat_prefix" => r.stat_prefix = string(v, &kat)?,
+                "shadow_rules_stat_prefix" => r.shadow_rules_stat_prefix = string(v, &kat)?,
+                "rules" => r.rules = Some(rbac_rules(v, &kat)?),
+                "shadow_rules" => r.shadow_rules = Some(rbac_rules(v, &kat)?),
+                "enforcement_type" => {
+                    r.enforcement_type = match string(v, &kat)?.as_str() {
+                        "ONE_TIME_ON_FIRST_BYTE" => 0,
+                        "CONTINUOUS" => 1,
+                        other => return Err((kat, format!("enforcement type {other:?}"))),
+                    }
+                }
+                _ => return unknown(at, &k),
+            }
+        }
+        if typ != super::rbac::NETWORK_RBAC_TYPE {
+            return Err((
+                format!("{at}.@type"),
+                format!(
+                    "{typ:?}: only {} is supported",
+                    super::rbac::NETWORK_RBAC_TYPE
+                ),
+            ));
+        }
+        Ok(Any {
+            type_url: typ,
+            value: prost::Message::encode_to_vec(&r),
+        })
+    }
+
+    fn rbac_rules(v: &Value, at: &str) -> R<rbac_pb::Rbac> {
+        let mut r = rbac_pb::Rbac::default();
+        for (k, v) in fields(v, at)? {
+            let kat = format!("{at}.{k}");
+            match k.as_str() {
+                // proto3 JSON leaves out ALLOW, the default.
+                "action" => {
+                    r.action = match string(v, &kat)?.as_str() {
+                        "ALLOW" => rbac_pb::rbac::Action::Allow as i32,
+                        "DENY" => rbac_pb::rbac::Action::Deny as i32,
+                        "LOG" => rbac_pb::rbac::Action::Log as i32,
+                        other => return Err((kat, format!("action {other:?}"))),
+                    }
+                }
+                // A map: its keys are policy names, kept as they are.
+                "policies" => match &v.kind {
+                    Some(Kind::StructValue(s)) => {
+                        for (name, p) in &s.fields {
+                            let pat = format!("{kat}[{name:?}]");
+                            let mut policy = rbac_pb::Policy::default();
+                            for (k, v) in fields(p, &pat)? {
+                                match k.as_str() {
+                                    "permissions" => {
+                                        policy.permissions = list(v, &pat)?
+                                            .iter()
+                                            .enumerate()
+                                            .map(|(i, x)| {
+                                                permission(x, &format!("{pat}.permissions[{i}]"))
+                                            })
+                                            .collect::<R<_>>()?
+                                    }
+                                    "principals" => {
+                                        policy.principals = list(v, &pat)?
+                                            .iter()
+                                            .enumerate()
+                                            .map(|(i, x)| {
+                                                principal(x, &format!("{pat}.principals[{i}]"))
+                                            })
+                                            .collect::<R<_>>()?
+                                    }
+                                    _ => return unknown(&pat, &k),
+                                }
+                            }
+                            r.policies.insert(name.clone(), policy);
+                        }
+                    }
+                    _ => return Err((kat, "expected an object".into())),
+                },
+                _ => return unknown(at, &k),
+            }
+        }
+        Ok(r)
+    }
+
+    fn cidr(v: &Value, at: &str) -> R<core_pb::CidrRange> {
+        let mut c = core_pb::CidrRange::default();
+        for (k, v) in fields(v, at)? {
+            match k.as_str() {
+                "address_prefix" => c.address_prefix = string(v, at)?,
+                "prefix_len" => {
+                    c.prefix_len = Some(UInt32Value {
+                        value: number(v, at)?,
+                    })
+                }
+                _ => return unknown(at, &k),
+            }
+        }
+        Ok(c)
+    }
+
+    /// The one key of a oneof message (`{"andRules": ...}`).
+    fn one_of<'a>(v: &'a Value, at: &str) -> R<(String, &'a Value)> {
+        let mut f = fields(v, at)?;
+        match f.len() {
+            1 => Ok(f.remove(0)),
+            n => Err((at.into(), format!("expected one rule, got {n} keys"))),
+        }
+    }
+
+    /// A rule set, `{"KEY": [..]}` (`rules`, `ids`), each item read by `item`.
+    fn set_of<T>(v: &Value, at: &str, key: &str, item: fn(&Value, &str) -> R<T>) -> R<Vec<T>> {
+        let mut out = Vec::new();
+        for (k, v) in fields(v, at)? {
+            if k != key {
+                return unknown(at, &k);
+            }
+            for (i, x) in list(v, at)?.iter().enumerate() {
+                out.push(item(x, &format!("{at}.{key}[{i}]"))?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn permission(v: &Value, at: &str) -> R<rbac_pb::Permission> {
+        use rbac_pb::permission::{Rule, Set};
+        let (k, v) = one_of(v, at)?;
+        let kat = format!("{at}.{k}");
+        let rule =
+            match k.as_str() {
+                "any" => Rule::Any(boolean(v, &kat)?),
+                "and_rules" => Rule::AndRules(Set {
+                    rules: set_of(v, &kat, "rules", permission)?,
+                }),
+                "or_rules" => Rule::OrRules(Set {
+                    rules: set_of(v, &kat, "rules", permission)?,
+                }),
+                "not_rule" => Rule::NotRule(Box::new(permission(v, &kat)?)),
+                "destination_port" => Rule::DestinationPort(number(v, &kat)?),
+                "destination_ip" => Rule::DestinationIp(cidr(v, &kat)?),
+                "metadata" => {
+                    use matcher_pb::metadata_matcher::{path_segment::Segment, PathSegment};
+                    let mut m = matcher_pb::MetadataMatcher::default();
+                    for (k, v) in fields(v, &kat)? {
+                        let mat = format!("{kat}.{k}");
+                        match k.as_str() {
+                            "filter" => m.filter = string(v, &mat)?,
+                            "invert" => m.invert = boolean(v, &mat)?,
+                            "path" => {
+                                for (i, seg) in list(v, &mat)?.iter().enumerate() {
+                                    let sat = format!("{mat}[{i}]");
+                                    let (k, v) = one_of(seg, &sat)?;
+                                    match k.as_str() {
+                                        "key" => m.path.push(PathSegment {
+                                            segment: Some(Segment::Key(string(v, &sat)?)),
+                                        }),
+                                        _ => return unknown(&sat, &k),
+                                    }
+                                }
+                            }
+                            "value" => {
+                                let (k, v) = one_of(v, &mat)?;
+                                match k.as_str() {
+                                    "string_match" => m.value = Some(matcher_pb::ValueMatcher {
+                                        match_pattern: Some(
+                                            matcher_pb::value_matcher::MatchPattern::StringMatch(
+                                                string_matcher(v, &format!("{mat}.string_match"))?,
+                                            ),
+                                        ),
+                                    }),
+                                    _ => return unknown(&mat, &k),
+                                }
+                            }
+                            _ => return unknown(&kat, &k),
+                        }
+                    }
+                    Rule::Metadata(m)
+                }
+                _ => return unknown(at, &k),
+            };
+        Ok(rbac_pb::Permission { rule: Some(rule) })
+    }
+
+    fn principal(v: &Value, at: &str) -> R<rbac_pb::Principal> {
+        use rbac_pb::principal::{Authenticated, Identifier as I, Set};
+        let (k, v) = one_of(v, at)?;
+        let kat = format!("{at}.{k}");
+        let id = match k.as_str() {
+            "any" => I::Any(boolean(v, &kat)?),
+            "and_ids" => I::AndIds(Set {
+                ids: set_of(v, &kat, "ids", principal)?,
+            }),
+            "or_ids" => I::OrIds(Set {
+                ids: set_of(v, &kat, "ids", principal)?,
+            }),
+            "not_id" => I::NotId(Box::new(principal(v, &kat)?)),
+            "authenticated" => {
+                let mut a = Authenticated::default();
+                for (k, v) in fields(v, &kat)? {
+                    match k.as_str() {
+                        "principal_name" => {
+                            a.principal_name =
+                                Some(string_matcher(v, &format!("{kat}.principal_name"))?)
+                        }
+                        _ => return unknown(&kat, &k),
+                    }
+                }
+                I::Authenticated(a)
+            }
+            "direct_remote_ip" => I::DirectRemoteIp(cidr(v, &kat)?),
+            "remote_ip" => I::RemoteIp(cidr(v, &kat)?),
+            #[allow(deprecated)]
+            "source_ip" => I::SourceIp(cidr(v, &kat)?),
+            _ => return unknown(at, &k),
+        };
+        Ok(rbac_pb::Principal {
+            identifier: Some(id),
+        })
     }
 
     fn regex(v: &Value, at: &str) -> R<matcher_pb::RegexMatcher> {

@@ -1,8 +1,10 @@
 //! `envoy.filters.network.rbac` into a listener's `rbac` and `envoy.filters.http.rbac` into a
 //! Triple listener's `triple.rbac` (docs/xds.md, "RBAC"): the shapes istiod builds from
 //! AuthorizationPolicy (principals by SPIFFE id, source IP, request headers; permissions by
-//! destination port and IP, and for HTTP by `:path` and headers; ALLOW, DENY, shadow rules).
-//! Part of the `proto` module.
+//! destination port and IP, and for HTTP by `:path` and headers; ALLOW, DENY, shadow rules),
+//! and Aeraki's `envoy.filters.dubbo.rbac` entries of a dubbo_proxy into a Dubbo listener's
+//! `dubbo.rbac` (the request's interface and method as `metadata` matchers). Part of the
+//! `proto` module.
 
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
@@ -20,16 +22,36 @@ pub(super) const NETWORK_RBAC_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 pub(super) const HTTP_RBAC_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// Aeraki's Dubbo RBAC filter (a `dubbo_filters` entry whose `config` is a network `RBAC`),
+/// also the `filter` of the metadata its permissions match.
+pub(super) const DUBBO_RBAC_FILTER: &str = "envoy.filters.dubbo.rbac";
 
 /// Which filter a rule is in: the HTTP one may look at the request.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scope {
     Network,
     Http,
+    /// Aeraki's `envoy.filters.dubbo.rbac`: may look at the request's interface and method.
+    Dubbo,
 }
 
 pub(super) fn network(any: &Any, ctx: &Ctx<'_>, at: &str) -> Result<Rbac, TranslateError> {
     let r: NetworkRbac = unpack(any, NETWORK_RBAC_TYPE, ctx, at)?;
+    network_or_dubbo(&r, Scope::Network, ctx, at)
+}
+
+/// The `config` of an `envoy.filters.dubbo.rbac` entry of a dubbo_proxy's `dubbo_filters`.
+pub(super) fn dubbo(any: &Any, ctx: &Ctx<'_>, at: &str) -> Result<Rbac, TranslateError> {
+    let r: NetworkRbac = unpack(any, NETWORK_RBAC_TYPE, ctx, at)?;
+    network_or_dubbo(&r, Scope::Dubbo, ctx, at)
+}
+
+fn network_or_dubbo(
+    r: &NetworkRbac,
+    scope: Scope,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Rbac, TranslateError> {
     if r.matcher.is_some() || r.shadow_matcher.is_some() {
         return Err(ctx.err(
             format!("{at}.matcher"),
@@ -40,8 +62,9 @@ pub(super) fn network(any: &Any, ctx: &Ctx<'_>, at: &str) -> Result<Rbac, Transl
         return Err(ctx.err(format!("{at}.delay_deny"), "not supported"));
     }
     // CONTINUOUS re-checks on every read; ringside's rules (no dynamic metadata) decide the
-    // same for the whole connection, so both enforcement types are one check.
-    let (rules, shadow_rules) = both_rules(&r.rules, &r.shadow_rules, Scope::Network, ctx, at)?;
+    // same for the whole connection, so both enforcement types are one check. The Dubbo
+    // filter checks every request either way (Envoy's runs per message).
+    let (rules, shadow_rules) = both_rules(&r.rules, &r.shadow_rules, scope, ctx, at)?;
     Ok(Rbac {
         stat_prefix: r.stat_prefix.clone(),
         rules_stat_prefix: String::new(),
@@ -224,11 +247,76 @@ fn http_only(scope: Scope, ctx: &Ctx<'_>, at: &str, what: &str) -> Result<(), Tr
     match scope {
         Scope::Http => Ok(()),
         // Envoy's network filter has no request: such a rule never matches there.
-        Scope::Network => Err(ctx.err(
+        Scope::Network | Scope::Dubbo => Err(ctx.err(
             at,
             format!("{what} rules are for the HTTP rbac filter, not the network one"),
         )),
     }
+}
+
+/// Aeraki's Dubbo permissions (`internal/plugin/dubbo/authz`): a `metadata` matcher on the
+/// `envoy.filters.dubbo.rbac` filter's `service` (the request's interface) or `method` key,
+/// whose value is a string matcher. Any other metadata is NACKed: ringside has no dynamic
+/// metadata, and a rule that could never match would silently change what a policy means.
+fn dubbo_metadata(
+    m: &matcher_pb::MetadataMatcher,
+    scope: Scope,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Permission, TranslateError> {
+    use matcher_pb::metadata_matcher::path_segment::Segment;
+    use matcher_pb::value_matcher::MatchPattern as V;
+    if scope != Scope::Dubbo {
+        return Err(ctx.err(
+            format!("{at}.metadata"),
+            format!("metadata rules are supported only in {DUBBO_RBAC_FILTER} (dynamic metadata is not)"),
+        ));
+    }
+    if m.filter != DUBBO_RBAC_FILTER {
+        return Err(ctx.err(
+            format!("{at}.metadata.filter"),
+            format!(
+                "{:?}: only {DUBBO_RBAC_FILTER}'s `service` and `method` are known",
+                m.filter
+            ),
+        ));
+    }
+    let key = match m.path.as_slice() {
+        [one] => match &one.segment {
+            Some(Segment::Key(k)) => k.as_str(),
+            None => "",
+        },
+        _ => "",
+    };
+    let sm = match m.value.as_ref().and_then(|v| v.match_pattern.as_ref()) {
+        Some(V::StringMatch(sm)) => sm,
+        _ => {
+            return Err(ctx.err(
+                format!("{at}.metadata.value"),
+                "only a string_match is supported",
+            ))
+        }
+    };
+    let s = string_match(&rbac_pattern(
+        sm,
+        ctx,
+        &format!("{at}.metadata.value.string_match"),
+    )?);
+    let p = match key {
+        "service" => Permission::DubboInterface(s),
+        "method" => Permission::DubboMethod(s),
+        _ => {
+            return Err(ctx.err(
+                format!("{at}.metadata.path"),
+                "one key, `service` or `method`, is supported",
+            ))
+        }
+    };
+    Ok(if m.invert {
+        Permission::NotRule(Box::new(p))
+    } else {
+        p
+    })
 }
 
 fn permission(
@@ -285,6 +373,7 @@ fn permission(
             };
             Permission::UrlPath(string_match(&pat))
         }
+        Some(R::Metadata(m)) => dubbo_metadata(m, scope, ctx, at)?,
         // istiod's `{*}` / `{**}` path templates, SNI, dynamic metadata, ...
         Some(_) => return Err(ctx.err(at, "this permission rule is not supported")),
         None => return Err(ctx.err(at, "missing rule")),

@@ -2118,3 +2118,219 @@ fn priority_load_is_envoys() {
     assert_eq!(priority_load(&[(1, 4), (0, 3), (1, 2)], 140), [35, 0, 65]);
     assert_eq!(priority_load(&[(0, 4)], 140), [0]);
 }
+
+/// Aeraki's inbound dubbo_proxy for a Dubbo service with DubboAuthorizationPolicies
+/// (`internal/plugin/dubbo/authz`: a DENY filter, then an ALLOW filter, then the router; the
+/// interfaces and methods as `metadata` matchers on `envoy.filters.dubbo.rbac`'s `service` and
+/// `method`, namespaces as `.*/ns/NS/.*` principals), in the TypedStruct Aeraki sends and as a
+/// DubboProxy message: the listener's `dubbo.rbac`, in order.
+#[test]
+fn aeraki_dubbo_rbac_filters_become_the_listeners_dubbo_rbac() {
+    use config::{Permission, Principal, RbacAction};
+    let meta = |key: &str, m: serde_json::Value| {
+        serde_json::json!({"metadata": {"filter": "envoy.filters.dubbo.rbac",
+            "path": [{"key": key}], "value": {"stringMatch": m}}})
+    };
+    let deny = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "statPrefix": "dubbo.",
+        "rules": {"action": "DENY", "policies": {"ns[default]-policy[Deny-Add]-rule[0]": {
+            "permissions": [{"andRules": {"rules": [
+                {"orRules": {"rules": [meta("method", serde_json::json!({"exact": "add"}))]}},
+                {"notRule": {"orRules": {"rules": [meta("service", serde_json::json!({"suffix": "Admin"}))]}}}
+            ]}}],
+            "principals": [{"andIds": {"ids": [{"orIds": {"ids": [{"authenticated": {
+                "principalName": {"safeRegex": {"googleRe2": {}, "regex": ".*/ns/evil/.*"}}}}]}}]}}]
+        }}}
+    });
+    let allow = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "statPrefix": "dubbo.",
+        "rules": {"policies": {"ns[default]-policy[allow]-rule[0]": {
+            "permissions": [{"andRules": {"rules": [{"orRules": {"rules": [
+                meta("service", serde_json::json!({"safeRegex": {"googleRe2": {}, "regex": ".+"}}))]}}]}}],
+            "principals": [{"andIds": {"ids": [{"any": true}]}}]
+        }}}
+    });
+    let value = |filters: serde_json::Value| {
+        serde_json::json!({
+            "statPrefix": "inbound|20880||", "protocolType": "Dubbo", "serializationType": "Hessian2",
+            "routeConfig": [{"name": "inbound|20880||", "interface": "*", "routes": [{
+                "match": {"method": {"name": {"safeRegex": {"googleRe2": {}, "regex": ".*"}}}},
+                "route": {"cluster": "inbound|20880||"}}]}],
+            "dubboFilters": filters
+        })
+    };
+    let typed = |v: serde_json::Value| {
+        let Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(st)) =
+            crate::client::json(&v).kind
+        else {
+            unreachable!()
+        };
+        crate::testing::listener(
+            "in",
+            20880,
+            any_of(
+                UDPA_TYPED_STRUCT,
+                TypedStructFull {
+                    type_url: DUBBO_PROXY_TYPE.into(),
+                    value: Some(st),
+                }
+                .encode_to_vec(),
+            ),
+        )
+    };
+    let router = serde_json::json!({"name": "envoy.filters.dubbo.router"});
+    let filters = serde_json::json!([
+        {"name": "envoy.filters.dubbo.rbac", "config": deny},
+        {"name": "envoy.filters.dubbo.rbac", "config": allow},
+        router
+    ]);
+    let (_, res) = decode_listener(&typed(value(filters))).unwrap();
+    let d = res.listener.dubbo.unwrap();
+    assert_eq!(d.routes.len(), 1);
+    assert_eq!(d.rbac.len(), 2);
+    assert!(d.rbac.iter().all(|r| r.stat_prefix == "dubbo."));
+    let deny = d.rbac[0].rules.as_ref().unwrap();
+    assert_eq!(deny.action, RbacAction::Deny);
+    assert_eq!(
+        deny.policies[0].name,
+        "ns[default]-policy[Deny-Add]-rule[0]"
+    );
+    let m = |e: &str| config::StringMatch {
+        exact: Some(e.into()),
+        ..Default::default()
+    };
+    let re = |r: &str| config::StringMatch {
+        regex: Some(r.into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        deny.policies[0].permissions,
+        [Permission::AndRules(vec![
+            Permission::OrRules(vec![Permission::DubboMethod(m("add"))]),
+            Permission::NotRule(Box::new(Permission::OrRules(vec![
+                Permission::DubboInterface(re(".*Admin"))
+            ])))
+        ])]
+    );
+    assert_eq!(
+        deny.policies[0].principals,
+        [Principal::AndIds(vec![Principal::OrIds(vec![
+            Principal::Authenticated {
+                principal_name: Some(re(".*/ns/evil/.*"))
+            }
+        ])])]
+    );
+    let allow = d.rbac[1].rules.as_ref().unwrap();
+    assert_eq!(allow.action, RbacAction::Allow);
+    assert_eq!(
+        allow.policies[0].permissions,
+        [Permission::AndRules(vec![Permission::OrRules(vec![
+            Permission::DubboInterface(re(".+"))
+        ])])]
+    );
+
+    // As a DubboProxy message (the filter's config an Any); `invert` is a `not_rule`.
+    let mut pb = dubbo_proxy_pb();
+    pb.dubbo_filters = vec![
+        dubbo_pb::DubboFilter {
+            name: "envoy.filters.dubbo.rbac".into(),
+            config: Some(pack_any(
+                envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac {
+                    stat_prefix: "dubbo.".into(),
+                    rules: Some(envoy_types::pb::envoy::config::rbac::v3::Rbac {
+                        action: 1,
+                        policies: [(
+                            "p".to_string(),
+                            envoy_types::pb::envoy::config::rbac::v3::Policy {
+                                permissions: vec![envoy_types::pb::envoy::config::rbac::v3::Permission {
+                                    rule: Some(envoy_types::pb::envoy::config::rbac::v3::permission::Rule::Metadata(
+                                        matcher_pb::MetadataMatcher {
+                                            filter: "envoy.filters.dubbo.rbac".into(),
+                                            path: vec![matcher_pb::metadata_matcher::PathSegment {
+                                                segment: Some(matcher_pb::metadata_matcher::path_segment::Segment::Key("method".into())),
+                                            }],
+                                            value: Some(matcher_pb::ValueMatcher {
+                                                match_pattern: Some(matcher_pb::value_matcher::MatchPattern::StringMatch(sm_exact("add"))),
+                                            }),
+                                            invert: true,
+                                        },
+                                    )),
+                                }],
+                                principals: vec![envoy_types::pb::envoy::config::rbac::v3::Principal {
+                                    identifier: Some(envoy_types::pb::envoy::config::rbac::v3::principal::Identifier::Any(true)),
+                                }],
+                                ..Default::default()
+                            },
+                        )]
+                        .into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+        },
+        dubbo_pb::DubboFilter {
+            name: "envoy.filters.dubbo.router".into(),
+            config: None,
+        },
+    ];
+    let (_, res) =
+        decode_listener(&crate::testing::listener("in", 1, pack_any(pb.clone()))).unwrap();
+    let r = &res.listener.dubbo.unwrap().rbac;
+    assert_eq!(
+        r[0].rules.as_ref().unwrap().policies[0].permissions,
+        [Permission::NotRule(Box::new(Permission::DubboMethod(m(
+            "add"
+        ))))]
+    );
+
+    // NACKs naming the field: an rbac filter after the router (Envoy never runs it), metadata
+    // of another filter or key, another config type, a filter without the router.
+    let cases = [
+        (
+            serde_json::json!([router, {"name": "envoy.filters.dubbo.rbac", "config": deny_json()}]),
+            "dubbo_filters[1].name",
+        ),
+        (
+            serde_json::json!([{"name": "envoy.filters.dubbo.rbac", "config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "rules": {"policies": {"p": {"permissions": [meta("group", serde_json::json!({"exact": "g"}))],
+                "principals": [{"any": true}]}}}}}, router]),
+            "metadata.path",
+        ),
+        (
+            serde_json::json!([{"name": "envoy.filters.dubbo.rbac", "config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "rules": {"policies": {"p": {"permissions": [{"metadata": {"filter": "istio_authn",
+                "path": [{"key": "method"}], "value": {"stringMatch": {"exact": "x"}}}}],
+                "principals": [{"any": true}]}}}}}, router]),
+            "metadata.filter",
+        ),
+        (
+            serde_json::json!([{"name": "envoy.filters.dubbo.rbac", "config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"}}, router]),
+            "config.@type",
+        ),
+        (
+            serde_json::json!([{"name": "envoy.filters.dubbo.rbac", "config": deny_json()}]),
+            "dubbo_filters",
+        ),
+    ];
+    for (filters, field) in cases {
+        let e = err_text(decode_listener(&typed(value(filters.clone()))));
+        assert!(e.contains(field), "{filters}: {e}");
+    }
+}
+
+fn deny_json() -> serde_json::Value {
+    serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "statPrefix": "dubbo.",
+        "rules": {"action": "DENY", "policies": {"p": {
+            "permissions": [{"metadata": {"filter": "envoy.filters.dubbo.rbac",
+                "path": [{"key": "method"}], "value": {"stringMatch": {"exact": "add"}}}}],
+            "principals": [{"any": true}]}}}
+    })
+}
