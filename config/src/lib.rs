@@ -1828,10 +1828,17 @@ pub enum RetryOn {
     Internal,
     ResourceExhausted,
     Unavailable,
+    /// HTTP: any 5xx response, and everything `reset` and `connect-failure` cover (Envoy's
+    /// `5xx`).
+    #[serde(rename = "5xx")]
+    FiveXx,
+    /// HTTP: a 502, 503 or 504 response, and everything `reset` and `connect-failure` cover
+    /// (Envoy's `gateway-error`).
+    GatewayError,
 }
 
 impl RetryOn {
-    /// Whether it applies to Dubbo routes (the gRPC statuses do not).
+    /// Whether it applies to Dubbo routes (the gRPC statuses and HTTP classes do not).
     pub fn dubbo(self) -> bool {
         matches!(
             self,
@@ -3658,7 +3665,7 @@ fn validate_retry(
         if !grpc && !on.dubbo() {
             err(
                 at(&format!("retry_on[{i}]")),
-                format!("{on:?} is a gRPC status: Dubbo routes retry on connect-failure, reset, retriable-status-codes"),
+                format!("{on:?} is for HTTP and gRPC: Dubbo routes retry on connect-failure, reset, retriable-status-codes"),
             );
         }
     }

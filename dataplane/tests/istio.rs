@@ -2343,6 +2343,166 @@ fn istio_sidecar_http1_paths_under_istio_iptables_like_envoy() {
 
 /// A WebSocket-ish upstream on loopback: answers an `Upgrade: websocket` request 101 and then
 /// echoes every byte; anything else 400.
+/// Envoy 1.40 (`who` "envoy") or ringside (one shard, I/O backend `io`) on the resources of
+/// `xds` as node `node`, once it ACKed the route configuration.
+enum Http1Proxy {
+    Envoy(Envoy),
+    Ringside(Ringside),
+}
+
+impl Http1Proxy {
+    fn start(who: &str, io: &str, xds: &XdsServer, node: &str) -> Http1Proxy {
+        let admin = local(free_port());
+        let p = if who == "envoy" {
+            Http1Proxy::Envoy(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, node),
+                admin,
+            ))
+        } else {
+            let config = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  node_cluster: t\n  \
+                 mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
+                xds.addr()
+            );
+            Http1Proxy::Ringside(Ringside::start(
+                &config,
+                admin,
+                &["--shards", "1", "--io", io],
+            ))
+        };
+        let ack = xds.wait_ack("rds", node);
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        p
+    }
+
+    /// A counter's value (-1: ringside does not have it).
+    fn stat(&self, name: &str) -> i64 {
+        match self {
+            Http1Proxy::Envoy(e) => e.stat(name) as i64,
+            Http1Proxy::Ringside(r) => r.stat_value(name).unwrap_or(-1),
+        }
+    }
+}
+
+/// The outcomes `run(who, io)` gives through Envoy 1.40 and ringside (io_uring, epoll):
+/// ringside's must be Envoy's, compared as [`http1_comparable`]; Envoy's are returned.
+fn http1_like_envoy(run: impl Fn(&str, &str) -> Vec<String>) -> Vec<String> {
+    let mut results = Vec::new();
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let got = run(who, io);
+        eprintln!("{who} {io}: {got:#?}");
+        results.push((format!("{who} {io}"), got));
+    }
+    let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
+    for (who, got) in &results[1..] {
+        let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
+        assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
+    }
+    want
+}
+
+/// The routes of Istio's shapes with retry policies, on an HTTP connection manager as istiod
+/// writes it (`codec_type: AUTO`, the listener's 32 KiB `per_connection_buffer_limit_bytes`),
+/// HTTP/1.1 callers (Python's http.client) and an upstream that fails on command (Python's
+/// http.server, `/flaky/`): Istio's default policy (connect-failure, refused-stream,
+/// unavailable, cancelled, retriable-status-codes 503; 2 retries; previous_hosts), `5xx`,
+/// `gateway-error`, `reset` with `per_try_timeout`, and no policy. Through Envoy 1.40 and
+/// ringside (io_uring, epoll): the same status for every request and, when it was forwarded,
+/// the same answer (which try the upstream answered, what body it got: a Content-Length and a
+/// chunked body retried whole, one over 32 KiB not retried), a cluster with a refusing endpoint
+/// beside a live one answered by the live one, and the same retry counters.
+#[test]
+fn http1_retries_like_envoy() {
+    let dead = free_port();
+    let policy = |on: &str, n: u32| json!({"retry_on": on, "num_retries": n});
+    let istio = json!({"retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "num_retries": 2, "retriable_status_codes": [503], "host_selection_retry_max_attempts": "5",
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]});
+    let mut reset = policy("reset", 1);
+    reset["per_try_timeout"] = json!("0.5s");
+    let route = |prefix: &str, cluster: &str, retry: Option<&Value>| {
+        let mut r =
+            json!({"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "5s"}});
+        if let Some(p) = retry {
+            r["route"]["retry_policy"] = p.clone();
+        }
+        r
+    };
+    let routes = json!({"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc"],
+        "routes": [
+            route("/istio/", "up", Some(&istio)),
+            route("/half/", "half", Some(&istio)),
+            route("/dead/", "dead", Some(&istio)),
+            route("/5xx/", "up", Some(&policy("5xx", 2))),
+            route("/gw/", "up", Some(&policy("gateway-error", 1))),
+            route("/reset/", "up", Some(&reset)),
+            route("/", "up", None)]}]});
+    let requests = json!([
+        {"method": "GET", "path": "/istio/flaky/a/1/503", "host": "svc"},
+        {"method": "GET", "path": "/istio/flaky/b/3/503", "host": "svc"},
+        {"method": "GET", "path": "/istio/flaky/c/1/500", "host": "svc"},
+        {"method": "GET", "path": "/istio/flaky/d/1/reset", "host": "svc"},
+        {"method": "POST", "path": "/istio/flaky/e/1/503", "host": "svc", "body_len": 1000},
+        {"method": "POST", "path": "/istio/flaky/f/1/503", "host": "svc", "body_len": 20000, "chunked": true},
+        {"method": "POST", "path": "/istio/flaky/g/1/503", "host": "svc", "body_len": 100000},
+        {"method": "GET", "path": "/5xx/flaky/h/1/500", "host": "svc"},
+        {"method": "GET", "path": "/5xx/flaky/i/1/reset", "host": "svc"},
+        {"method": "GET", "path": "/5xx/flaky/j/5/502", "host": "svc"},
+        {"method": "GET", "path": "/gw/flaky/k/1/500", "host": "svc"},
+        {"method": "GET", "path": "/gw/flaky/l/1/504", "host": "svc"},
+        {"method": "GET", "path": "/reset/flaky/m/1/slow", "host": "svc"},
+        {"method": "GET", "path": "/flaky/n/1/503", "host": "svc"},
+        {"method": "GET", "path": "/half/1", "host": "svc"},
+        {"method": "GET", "path": "/half/2", "host": "svc"},
+        {"method": "GET", "path": "/half/3", "host": "svc"},
+        {"method": "GET", "path": "/dead/1", "host": "svc"},
+        {"method": "GET", "path": "/after", "host": "svc"},
+    ]);
+    let counters = [
+        "upstream_rq_retry",
+        "upstream_rq_retry_success",
+        "upstream_rq_retry_limit_exceeded",
+        "upstream_rq_per_try_timeout",
+    ];
+    let run = |who: &str, io: &str| -> Vec<String> {
+        // A server per run: its `/flaky/` counts start at zero.
+        let up_port = free_port();
+        let _up = Http1Server::start("127.0.0.1", up_port, "up");
+        let clusters = json!([
+            {"name": "up", "type": "STATIC", "connect_timeout": "1s",
+             "load_assignment": load_assignment("up", &[local(up_port)])},
+            {"name": "half", "type": "STATIC", "connect_timeout": "1s",
+             "load_assignment": load_assignment("half", &[local(dead), local(up_port)])},
+            {"name": "dead", "type": "STATIC", "connect_timeout": "1s",
+             "load_assignment": load_assignment("dead", &[local(dead)])},
+        ]);
+        let addr = local(free_port());
+        let mut listener = rds_listener("http", addr, "r");
+        listener["per_connection_buffer_limit_bytes"] = json!(32768);
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["codec_type"] = json!("AUTO");
+        let xds = XdsServer::start();
+        xds.put(
+            &json!({"version": "h1r", "listeners": [listener], "routes": [routes],
+            "clusters": clusters}),
+        )
+        .unwrap();
+        let proxy = Http1Proxy::start(who, io, &xds, "h1r");
+        wait_listening(addr);
+        let mut got = http1_outcomes(addr, &requests);
+        for name in counters {
+            let name = format!("cluster.up.{name}");
+            got.push(format!("{name} {}", proxy.stat(&name)));
+        }
+        got
+    };
+    let want = http1_like_envoy(run);
+    assert!(
+        want[0].starts_with("[new] 200 up GET /istio/flaky/a/1/503") && want[0].ends_with("try=2"),
+        "{want:?}"
+    );
+}
+
 fn upgrade_echo_server() -> SocketAddr {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -2501,29 +2661,7 @@ fn http1_answers_upgrades_and_pipelining_like_envoy() {
                         "clusters": clusters}),
         )
         .unwrap();
-        let admin = local(free_port());
-        let (_rs, _envoy);
-        if who == "envoy" {
-            _envoy = Some(Envoy::start(
-                &bootstrap(admin, xds.addr(), Ads::Sotw, "h1"),
-                admin,
-            ));
-            _rs = None;
-        } else {
-            let config = format!(
-                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: h1\n  node_cluster: t\n  \
-                 mode: sotw\n  initial_fetch_timeout_ms: 5000\n",
-                xds.addr()
-            );
-            _rs = Some(Ringside::start(
-                &config,
-                admin,
-                &["--shards", "1", "--io", io],
-            ));
-            _envoy = None;
-        }
-        let ack = xds.wait_ack("rds", "h1");
-        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        let _proxy = Http1Proxy::start(who, io, &xds, "h1");
         wait_listening(addr);
         let mut got = http1_outcomes(addr, &requests);
         got.extend(pipelined_outcome(addr, pipelined, 3));
@@ -2531,20 +2669,10 @@ fn http1_answers_upgrades_and_pipelining_like_envoy() {
         got.push(websocket_outcome(addr));
         got
     };
-    let mut results = Vec::new();
-    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
-        let got = run(who, io);
-        eprintln!("{who} {io}: {got:#?}");
-        results.push((format!("{who} {io}"), got));
-    }
-    let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
+    let want = http1_like_envoy(run);
     assert!(want[0].starts_with("[new] 200 up GET /one"), "{want:?}");
     assert!(
         want.last().unwrap().starts_with("101 echo=ping"),
         "{want:?}"
     );
-    for (who, got) in &results[1..] {
-        let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
-        assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
-    }
 }

@@ -2604,13 +2604,15 @@ fn retry_policy(
             "internal" => On::Internal,
             "resource-exhausted" => On::ResourceExhausted,
             "unavailable" => On::Unavailable,
+            "5xx" => On::FiveXx,
+            "gateway-error" => On::GatewayError,
             _ => {
                 return refuse(
                     "retry_on",
                     &format!(
-                        "{name:?} is not supported (connect-failure, refused-stream, reset, \
-                         retriable-status-codes, cancelled, deadline-exceeded, internal, \
-                         resource-exhausted, unavailable are)"
+                        "{name:?} is not supported (5xx, gateway-error, connect-failure, \
+                         refused-stream, reset, retriable-status-codes, cancelled, \
+                         deadline-exceeded, internal, resource-exhausted, unavailable are)"
                     ),
                 )
             }

@@ -1891,10 +1891,10 @@ fn retry_policy_from_rds() {
         (&[On::Reset][..], 1, false)
     );
     let mut bad = rc.clone();
-    bad.virtual_hosts[0].retry_policy = Some(policy("5xx"));
+    bad.virtual_hosts[0].retry_policy = Some(policy("retriable-4xx"));
     let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
     assert!(
-        e.contains("`virtual_hosts[0].retry_policy.retry_on`: \"5xx\" is not supported"),
+        e.contains("`virtual_hosts[0].retry_policy.retry_on`: \"retriable-4xx\" is not supported"),
         "{e}"
     );
     let mut bad = rc;

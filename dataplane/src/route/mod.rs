@@ -276,6 +276,28 @@ impl RetryPolicy {
                 .iter()
                 .any(|&c| u32::from(c) == code)
     }
+
+    /// Whether an HTTP response with status `code` is retried: `retriable_status_codes`, any
+    /// 5xx under `5xx`, 502/503/504 under `gateway-error` (Envoy's `wouldRetryFromHeaders`).
+    pub fn retries_status(&self, code: u32) -> bool {
+        use config::RetryOn as On;
+        self.retriable_status(code)
+            || (self.on(On::FiveXx) && (500..600).contains(&code))
+            || (self.on(On::GatewayError) && matches!(code, 502..=504))
+    }
+
+    /// Whether a try without an answer is retried: `connect` when the connection could not
+    /// be made (`connect-failure`), else reset, lost or past `per_try_timeout_ms` (`reset`);
+    /// `5xx` and `gateway-error` cover both (Envoy's `wouldRetryFromReset`).
+    pub fn retries_failure(&self, connect: bool) -> bool {
+        use config::RetryOn as On;
+        self.on(On::FiveXx)
+            || self.on(On::GatewayError)
+            || self.on(match connect {
+                true => On::ConnectFailure,
+                false => On::Reset,
+            })
+    }
 }
 
 impl Action {

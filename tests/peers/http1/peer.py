@@ -5,7 +5,11 @@ server: python peer.py server --host H --port P --name NAME
   answered 200 with one line: NAME METHOD PATH len=BODY_BYTES xfp=X-FORWARDED-PROTO
   rid=yes|no hop=HOP_BY_HOP_FIELDS_SEEN peer=PEER_IP (the request body read by its
   Content-Length or chunked), except: /status/N answers status N (no body for 204/304),
-  /chunked answers with a chunked body of three chunks, /sleep/MS sleeps MS ms first.
+  /chunked answers with a chunked body of three chunks, /sleep/MS sleeps MS ms first, and
+  .../flaky/KEY/N/WHAT fails the first N requests with that KEY (counted by the server) as
+  WHAT says: a status code (answered with an empty body), "reset" (the connection closed
+  without an answer) or "slow" (answered as usual, 1.5 s late); its answer line ends
+  "try=K" (the K-th request with that KEY).
   Prints "ready" once listening.
 
 client: python peer.py client --target H:P < requests.json
@@ -19,9 +23,12 @@ import http.server
 import json
 import socketserver
 import sys
+import threading
 import time
 
 HOP = ["connection", "keep-alive", "x-hop", "proxy-connection", "te", "upgrade"]
+FLAKY = {}
+FLAKY_LOCK = threading.Lock()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -55,6 +62,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def answer(self):
         n = self.read_body()
         path = self.path
+        tried = ""
+        if "/flaky/" in path:
+            key, fails, what = path.split("/flaky/", 1)[1].split("/")[:3]
+            with FLAKY_LOCK:
+                k = FLAKY[key] = FLAKY.get(key, 0) + 1
+            tried = " try=%d" % k
+            if k <= int(fails):
+                if what == "reset":
+                    self.close_connection = True
+                    return
+                if what == "slow":
+                    time.sleep(1.5)
+                else:
+                    self.send_response(int(what))
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
         if path.startswith("/sleep/"):
             time.sleep(int(path.split("/")[2]) / 1000)
         if path.startswith("/status/"):
@@ -68,6 +92,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         line = "%s %s %s len=%d xfp=%s rid=%s hop=%s peer=%s\n" % (
             self.name, self.command, path, n, self.headers.get("x-forwarded-proto", "none"),
             "yes" if self.headers.get("x-request-id") else "no", hop, self.client_address[0])
+        line = line.rstrip("\n") + tried + "\n"
         body = line.encode()
         self.send_response(200)
         self.send_header("content-type", "text/plain")

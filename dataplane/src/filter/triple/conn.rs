@@ -2976,7 +2976,7 @@ fn fail_upstream_streams(conn: &Rc<Conn>, why: &str, connect_failed: bool) {
 
 /// Why an upstream stream may be sent again ([`Conn::retry`]).
 #[derive(Clone, Copy, Debug)]
-enum Again {
+pub(super) enum Again {
     /// Refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream id).
     Refused,
     ConnectFailure,
@@ -2992,14 +2992,14 @@ enum Again {
 }
 
 impl Again {
-    fn wanted_by(self, p: &crate::route::RetryPolicy) -> bool {
+    pub(super) fn wanted_by(self, p: &crate::route::RetryPolicy) -> bool {
         use crate::config::RetryOn as On;
         match self {
             Again::Refused => p.on(On::RefusedStream),
-            Again::ConnectFailure => p.on(On::ConnectFailure),
-            Again::Reset | Again::TryTimeout => p.on(On::Reset),
+            Again::ConnectFailure => p.retries_failure(true),
+            Again::Reset | Again::TryTimeout => p.retries_failure(false),
             Again::Answer { grpc, http } => {
-                http.is_some_and(|c| p.retriable_status(c))
+                http.is_some_and(|c| p.retries_status(c))
                     || match grpc {
                         Some(status::CANCELLED) => p.on(On::Cancelled),
                         Some(status::DEADLINE_EXCEEDED) => p.on(On::DeadlineExceeded),

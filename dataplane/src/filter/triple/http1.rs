@@ -23,6 +23,7 @@ use bytes::{Buf, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use shard::monoio::net::TcpStream;
 
+use super::conn::{Again, RETRY_BODY_BYTES_MAX};
 use super::headers::HeaderList;
 use super::router::RequestView;
 use super::{Pool, TripleListener};
@@ -131,6 +132,8 @@ enum Local {
     RateLimited,
     NoHealthyUpstream,
     ConnectFailure,
+    /// The upstream closed or reset the connection before the response head.
+    UpstreamReset,
     Timeout,
     BadGateway,
 }
@@ -148,6 +151,11 @@ impl Local {
                 503,
                 "Service Unavailable",
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            ),
+            Local::UpstreamReset => (
+                503,
+                "Service Unavailable",
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             ),
             Local::Timeout => (504, "Gateway Timeout", "upstream request timeout"),
             Local::BadGateway => (502, "Bad Gateway", "upstream sent a malformed response"),
@@ -236,7 +244,11 @@ async fn exchange(c: &mut Down, l: &TripleListener) -> Next {
         }
     };
     let started = Instant::now();
-    let (pool, timeout) = match route(c, l, &req) {
+    let Routed {
+        pool,
+        timeout,
+        retry,
+    } = match route(c, l, &req) {
         Ok(r) => r,
         Err(e) => {
             // The body, unread, would be taken for the next request.
@@ -245,7 +257,7 @@ async fn exchange(c: &mut Down, l: &TripleListener) -> Next {
         }
     };
     let deadline = timeout.map(|t| started + t);
-    let out = forward(c, l, &req, &pool, deadline).await;
+    let out = forward(c, l, &req, &pool, deadline, retry).await;
     l.stats
         .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
     match out {
@@ -264,12 +276,15 @@ async fn exchange(c: &mut Down, l: &TripleListener) -> Next {
     }
 }
 
-/// The route's cluster pool and timeout, or the local answer.
-fn route(
-    c: &Down,
-    l: &TripleListener,
-    req: &Request,
-) -> Result<(Rc<Pool>, Option<Duration>), Local> {
+/// Where a request goes, as its route says.
+struct Routed {
+    pool: Rc<Pool>,
+    timeout: Option<Duration>,
+    retry: Option<crate::route::RetryPolicy>,
+}
+
+/// The route's cluster pool, timeout and retry policy, or the local answer.
+fn route(c: &Down, l: &TripleListener, req: &Request) -> Result<Routed, Local> {
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
@@ -289,8 +304,7 @@ fn route(
     }
     let path = req.path.as_bytes();
     let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
-    let (service, method) =
-        codec::h2::grpc::split_path(path).unwrap_or((path.strip_prefix(b"/").unwrap_or(path), b""));
+    let (service, method) = path_parts(path);
     let routes = l.routes.get();
     let view = RequestView {
         service,
@@ -311,7 +325,23 @@ fn route(
         }
     }
     let cluster = action.pick_cluster(l.roll());
-    Ok((routes.pools[cluster].clone(), action.timeout))
+    Ok(Routed {
+        pool: routes.pools[cluster].clone(),
+        timeout: action.timeout,
+        retry: action.retry,
+    })
+}
+
+/// A path as the routes (made for `/{service}/{method}`) match it: its first segment is the
+/// service and the rest the method, so an xDS `prefix: /a/` (service `a`) or `/a/b` (service
+/// `a`, method prefix `b`) matches the paths Envoy's prefix match does, however many segments
+/// follow; a path of one segment is all service.
+fn path_parts(path: &[u8]) -> (&[u8], &[u8]) {
+    let rest = path.strip_prefix(b"/").unwrap_or(path);
+    match rest.iter().position(|&b| b == b'/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, b""),
+    }
 }
 
 enum HeadError {
@@ -572,8 +602,8 @@ async fn local(c: &mut Down, l: &TripleListener, e: &Local, close: bool) -> Next
 struct Up {
     s: TcpStream,
     addr: SocketAddr,
-    /// Taken from the idle list (may have been closed by the upstream meanwhile).
-    reused: bool,
+    /// The endpoint's slot in its cluster (`None`: an original destination).
+    slot: Option<usize>,
 }
 
 /// An idle connection to `addr` from `pool`, if a live one is there.
@@ -591,7 +621,7 @@ fn idle_connection(pool: &Pool, addr: SocketAddr) -> Option<Up> {
                 return Some(Up {
                     s,
                     addr,
-                    reused: true,
+                    slot: None,
                 })
             }
             _ => continue,
@@ -609,21 +639,29 @@ fn put_idle(pool: &Pool, up: Up) {
 
 /// A connection for one request: to the caller's original destination for an
 /// `original_destination` cluster, else to an endpoint the balancer picks (another one, up to
-/// [`CONNECT_ATTEMPTS_MAX`], when connecting fails).
-async fn upstream(c: &Down, pool: &Pool, fresh: bool) -> Result<Up, Local> {
+/// [`CONNECT_ATTEMPTS_MAX`], when connecting fails), skipping those a retry already tried
+/// while another is there (`previous_hosts`).
+async fn upstream(c: &Down, pool: &Pool, retry: Option<&crate::route::Retry>) -> Result<Up, Local> {
     let lb = &pool.lb;
     let mut tried = [usize::MAX; CONNECT_ATTEMPTS_MAX];
     for attempt in 0..CONNECT_ATTEMPTS_MAX {
-        let addr = if lb.original_destination {
+        let (addr, slot) = if lb.original_destination {
             if attempt > 0 {
                 break;
             }
-            c.dst.ok_or(Local::NoHealthyUpstream)?
+            (c.dst.ok_or(Local::NoHealthyUpstream)?, None)
         } else {
-            let Some(i) = lb.pick_available(|i| match tried.contains(&i) {
-                true => Availability::Excluded,
-                false => Availability::Ready,
-            }) else {
+            let state = |i: usize, skip_retried: bool| {
+                if tried.contains(&i) || (skip_retried && retry.is_some_and(|r| r.avoids(i))) {
+                    Availability::Excluded
+                } else {
+                    Availability::Ready
+                }
+            };
+            let picked = lb
+                .pick_available(|i| state(i, true))
+                .or_else(|| retry.and_then(|_| lb.pick_available(|i| state(i, false))));
+            let Some(i) = picked else {
                 if attempt == 0 {
                     return Err(Local::NoHealthyUpstream);
                 }
@@ -635,12 +673,11 @@ async fn upstream(c: &Down, pool: &Pool, fresh: bool) -> Result<Up, Local> {
                 tracing::debug!(cluster = %lb.name, "HTTP/1.1 to a TLS endpoint: not supported");
                 continue;
             }
-            lb.slot(i).addr
+            (lb.slot(i).addr, Some(i))
         };
-        if !fresh {
-            if let Some(up) = idle_connection(pool, addr) {
-                return Ok(up);
-            }
+        if let Some(mut up) = idle_connection(pool, addr) {
+            up.slot = slot;
+            return Ok(up);
         }
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
@@ -652,11 +689,7 @@ async fn upstream(c: &Down, pool: &Pool, fresh: bool) -> Result<Up, Local> {
                 let _ = s.set_nodelay(true);
                 let _ = crate::io::Conn::set_keepalive(&s, &lb.keepalive);
                 pool.stats.inc(lb.ids.cx_total);
-                return Ok(Up {
-                    s,
-                    addr,
-                    reused: false,
-                });
+                return Ok(Up { s, addr, slot });
             }
             Ok(Err(e)) => {
                 pool.stats.inc(lb.ids.cx_connect_fail);
@@ -812,71 +845,62 @@ fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Respons
     })
 }
 
-/// Forwards one routed request and relays its response. `Err` carries the local answer and,
-/// unless the response head was already written (`None`: the connection can only close),
-/// whether the request's body was read to its end.
+/// Forwards one routed request and relays its response, trying it again as the route's
+/// `retry_policy` says (the same decisions as HTTP/2's, `Again::wanted_by`). `Err` carries the
+/// local answer and, unless the response head was already written (`None`: the connection can
+/// only close), whether the request's body was read to its end.
 async fn forward(
     c: &mut Down,
     l: &TripleListener,
     req: &Request,
     pool: &Rc<Pool>,
     deadline: Option<Instant>,
+    policy: Option<crate::route::RetryPolicy>,
 ) -> Result<Next, (Local, Option<bool>)> {
     let head = request_head(req, || request_id(l));
-    let bodiless = req.framing == Framing::Length(0);
-    let body_read = std::cell::Cell::new(bodiless);
-    let mut fresh = false;
-    // A reused connection the upstream closed meanwhile is retried once on a new one (a
-    // request without body only: nothing of it is lost).
-    let (mut up, resp_head) = loop {
-        let mut up = upstream(c, pool, fresh)
-            .await
-            .map_err(|e| (e, Some(body_read.get())))?;
-        let sent = async {
-            let (r, _) = up.s.write_all(head.clone()).await;
-            r.map_err(|_| Local::ConnectFailure)?;
-            if req.expect_continue {
-                let (r, _) =
-                    c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                        .await;
-                r.map_err(|_| Local::BadRequest)?;
+    let mut body = match req.framing == Framing::Length(0) {
+        true => Body::Held(Vec::new()),
+        false => Body::Unread,
+    };
+    let mut retry = policy.map(crate::route::Retry::new);
+    let mut slot = RetrySlot {
+        breaker: &pool.retries,
+        taken: false,
+    };
+    let (mut up, resp, mut rbuf) = loop {
+        let got = one_try(c, req, pool, &head, &mut body, &mut retry, deadline).await;
+        let again = match &got {
+            Ok((_, resp, _)) if resp.code >= 200 => Some(Again::Answer {
+                grpc: None,
+                http: Some(u32::from(resp.code)),
+            }),
+            Ok(_) => None,
+            Err(Failed::Connect) => Some(Again::ConnectFailure),
+            Err(Failed::Lost) => Some(Again::Reset),
+            Err(Failed::TryTimeout) => {
+                pool.stats.inc(pool.ids.rq_per_try_timeout);
+                Some(Again::TryTimeout)
             }
-            relay_body(&mut c.s, &mut c.buf, &mut up.s, req.framing)
-                .await
-                .map_err(|_| Local::ConnectFailure)?;
-            body_read.set(true);
-            let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-            loop {
-                let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO, false)
-                    .await
-                    .map_err(|e| match e {
-                        HeadError::Closed => Local::ConnectFailure,
-                        _ => Local::BadGateway,
-                    })?;
-                let resp = parse_response(&rbuf[..n], req.method == "HEAD", req.close)?;
-                rbuf.advance(n);
-                // Interim responses (100 Continue, 103) are dropped: the caller got its 100
-                // from ringside.
-                if resp.code != 101 && (100..200).contains(&resp.code) {
-                    continue;
-                }
-                return Ok::<_, Local>((resp, rbuf));
+            Err(Failed::Final(_)) => None,
+        };
+        if let Some(r) = retry.as_mut() {
+            let wanted = again.is_some_and(|a| a.wanted_by(&r.policy));
+            if wanted && !r.left() {
+                pool.stats.inc(pool.ids.rq_retry_limit_exceeded);
+            } else if wanted && matches!(body, Body::Held(_)) && slot.take(pool) {
+                pool.stats.inc(pool.ids.rq_retry);
+                r.done += 1;
+                tracing::debug!(cluster = %pool.lb.name, ?again, "HTTP/1.1 request sent again (retry_policy)");
+                continue;
+            } else if !wanted && r.done > 0 && got.is_ok() {
+                pool.stats.inc(pool.ids.rq_retry_success);
             }
-        };
-        let got = match deadline {
-            Some(d) => match shard::monoio::time::timeout_at(d.into(), sent).await {
-                Ok(r) => r,
-                Err(_) => Err(Local::Timeout),
-            },
-            None => sent.await,
-        };
+        }
         match got {
-            Ok(r) => break (up, r),
-            Err(Local::ConnectFailure) if up.reused && bodiless && !fresh => fresh = true,
-            Err(e) => return Err((e, Some(body_read.get()))),
+            Ok(x) => break x,
+            Err(f) => return Err((f.local(), Some(body.read()))),
         }
     };
-    let (resp, mut rbuf) = resp_head;
     let (r, _) = c.s.write_all(resp.head.clone()).await;
     if r.is_err() {
         return Ok(Next::Close);
@@ -884,7 +908,8 @@ async fn forward(
     if resp.code == 101 && req.websocket {
         return Ok(Next::Tunnel(up, rbuf));
     }
-    let relayed = async { relay_body(&mut up.s, &mut rbuf, &mut c.s, resp.framing).await };
+    let relayed =
+        async { relay_body(&mut up.s, &mut rbuf, &mut c.s, resp.framing, &mut None).await };
     let relayed = match deadline {
         Some(d) => shard::monoio::time::timeout_at(d.into(), relayed)
             .await
@@ -895,13 +920,182 @@ async fn forward(
         return Err((Local::Timeout, None));
     }
     if resp.reusable && rbuf.is_empty() {
-        up.reused = true;
         put_idle(pool, up);
     }
     Ok(match req.close || resp.framing == Framing::UntilClose {
         true => Next::Close,
         false => Next::KeepAlive,
     })
+}
+
+/// A request's body as another try needs it.
+enum Body {
+    /// Not read from the caller yet.
+    Unread,
+    /// Sent once, held for another try (a request without body: empty).
+    Held(Vec<u8>),
+    /// Sent whole, not held (no retry policy, or over [`RETRY_BODY_BYTES_MAX`], as Envoy
+    /// gives up retrying a request over its buffer limit).
+    Read,
+    /// Sending it failed part-way: no other try.
+    Partial,
+}
+
+impl Body {
+    /// Whether the caller's body was read to its end.
+    fn read(&self) -> bool {
+        matches!(self, Body::Held(_) | Body::Read)
+    }
+}
+
+/// Why one try gave no response to relay.
+enum Failed {
+    /// Connecting failed (every endpoint tried).
+    Connect,
+    /// The upstream closed or broke the connection before the response head.
+    Lost,
+    /// The route's `per_try_timeout_ms` passed before the response head.
+    TryTimeout,
+    /// Not a failure another try could mend: answered as it says.
+    Final(Local),
+}
+
+impl Failed {
+    fn local(self) -> Local {
+        match self {
+            Failed::Connect => Local::ConnectFailure,
+            Failed::Lost => Local::UpstreamReset,
+            Failed::TryTimeout => Local::Timeout,
+            Failed::Final(l) => l,
+        }
+    }
+}
+
+/// This request's slot among the retries in flight to the cluster (`max_retries`), taken at
+/// its first retry and given back when the request ends (dropped: also when cut short).
+struct RetrySlot<'a> {
+    breaker: &'a crate::cluster::RetryBreaker,
+    taken: bool,
+}
+
+impl RetrySlot<'_> {
+    /// Whether the request may be retried (its slot taken now or before); counts an overflow.
+    fn take(&mut self, pool: &Pool) -> bool {
+        if !self.taken && !self.breaker.try_start() {
+            pool.stats.inc(pool.ids.rq_retry_overflow);
+            return false;
+        }
+        self.taken = true;
+        true
+    }
+}
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            self.breaker.ended();
+        }
+    }
+}
+
+/// One try: a connection, the request head and body (from the caller the first time, held
+/// after), and the response head (interim ones dropped). Sending is bounded by the request's
+/// deadline; the response head also by `per_try_timeout_ms` from the end of the request, as
+/// Envoy's per-try timer.
+#[allow(clippy::too_many_arguments)]
+async fn one_try(
+    c: &mut Down,
+    req: &Request,
+    pool: &Pool,
+    head: &[u8],
+    body: &mut Body,
+    retry: &mut Option<crate::route::Retry>,
+    deadline: Option<Instant>,
+) -> Result<(Up, Response, BytesMut), Failed> {
+    let send = async {
+        let mut up = upstream(c, pool, retry.as_ref())
+            .await
+            .map_err(|e| match e {
+                Local::ConnectFailure => Failed::Connect,
+                e => Failed::Final(e),
+            })?;
+        if let (Some(r), Some(i)) = (retry.as_mut(), up.slot) {
+            r.tried(i);
+        }
+        let (r, _) = up.s.write_all(head.to_vec()).await;
+        r.map_err(|_| Failed::Lost)?;
+        match body {
+            Body::Unread => {
+                if req.expect_continue {
+                    let (r, _) =
+                        c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                            .await;
+                    r.map_err(|_| Failed::Final(Local::BadRequest))?;
+                }
+                *body = Body::Partial;
+                let mut hold = retry.is_some().then(Vec::new);
+                relay_body(&mut c.s, &mut c.buf, &mut up.s, req.framing, &mut hold)
+                    .await
+                    .map_err(|e| match e {
+                        BodyError::Write => Failed::Lost,
+                        BodyError::Read | BodyError::Malformed => Failed::Final(Local::BadRequest),
+                    })?;
+                *body = hold.map_or(Body::Read, Body::Held);
+            }
+            Body::Held(b) if !b.is_empty() => {
+                let (r, _) = up.s.write_all(b.clone()).await;
+                r.map_err(|_| Failed::Lost)?;
+            }
+            _ => {}
+        }
+        Ok(up)
+    };
+    let mut up = within(deadline, send, || Failed::Final(Local::Timeout)).await?;
+    let per_try = retry
+        .as_ref()
+        .and_then(|r| r.policy.per_try_timeout)
+        .map(|t| Instant::now() + t);
+    let (try_deadline, cut) = match (per_try, deadline) {
+        (Some(p), Some(d)) if d <= p => (Some(d), Failed::Final(Local::Timeout)),
+        (Some(p), _) => (Some(p), Failed::TryTimeout),
+        (None, d) => (d, Failed::Final(Local::Timeout)),
+    };
+    let read = async {
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        loop {
+            let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO, false)
+                .await
+                .map_err(|e| match e {
+                    HeadError::Closed => Failed::Lost,
+                    _ => Failed::Final(Local::BadGateway),
+                })?;
+            let resp = parse_response(&rbuf[..n], req.method == "HEAD", req.close)
+                .map_err(Failed::Final)?;
+            rbuf.advance(n);
+            // Interim responses (100 Continue, 103) are dropped: the caller got its 100
+            // from ringside.
+            if resp.code != 101 && (100..200).contains(&resp.code) {
+                continue;
+            }
+            return Ok((resp, rbuf));
+        }
+    };
+    let (resp, rbuf) = within(try_deadline, read, || cut).await?;
+    Ok((up, resp, rbuf))
+}
+
+/// `f`, or `timed_out()` once `deadline` passes.
+async fn within<T>(
+    deadline: Option<Instant>,
+    f: impl std::future::Future<Output = Result<T, Failed>>,
+    timed_out: impl FnOnce() -> Failed,
+) -> Result<T, Failed> {
+    match deadline {
+        Some(d) => shard::monoio::time::timeout_at(d.into(), f)
+            .await
+            .unwrap_or_else(|_| Err(timed_out())),
+        None => f.await,
+    }
 }
 
 #[derive(Debug)]
@@ -912,12 +1106,15 @@ enum BodyError {
 }
 
 /// Relays one body framed by `framing` from `from` (after what `buf` already holds) to `to`,
-/// through `buf`: bytes read beyond the body stay in `buf` (a pipelined next request).
+/// through `buf`: bytes read beyond the body stay in `buf` (a pipelined next request). With
+/// `hold` a copy of what is relayed is kept there while it is at most
+/// [`RETRY_BODY_BYTES_MAX`] (beyond, `hold` becomes `None`).
 async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
     from: &mut R,
     buf: &mut BytesMut,
     to: &mut W,
     framing: Framing,
+    hold: &mut Option<Vec<u8>>,
 ) -> Result<(), BodyError> {
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -950,6 +1147,12 @@ async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
             left -= take as u64;
         }
         let piece = buf.split_to(take).freeze();
+        if let Some(h) = hold {
+            match h.len() + piece.len() <= RETRY_BODY_BYTES_MAX {
+                true => h.extend_from_slice(&piece),
+                false => *hold = None,
+            }
+        }
         let (r, _) = to.write_all(piece).await;
         r.map_err(|_| BodyError::Write)?;
     }
