@@ -1134,6 +1134,28 @@ pub struct ListenerTls {
     pub alpn: Vec<String>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub params: TlsParams,
+    /// TLS 1.3 session tickets after each handshake (stateless resumption); `false`: none
+    /// (every handshake a full one, but TLS 1.2 session ids).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub session_tickets: bool,
+    /// Seconds between changes of the listener's ticket keys; a ticket is accepted for twice
+    /// this ([`TICKET_KEY_ROTATION_S_MAX`] at most: rustls' own rotation).
+    #[serde(
+        default = "default_ticket_key_rotation_s",
+        skip_serializing_if = "is_default_ticket_key_rotation_s"
+    )]
+    pub ticket_key_rotation_s: u32,
+}
+
+/// Longest (and default) `ticket_key_rotation_s`: 6 hours, rustls' own rotation period.
+pub const TICKET_KEY_ROTATION_S_MAX: u32 = 6 * 60 * 60;
+
+fn default_ticket_key_rotation_s() -> u32 {
+    TICKET_KEY_ROTATION_S_MAX
+}
+
+fn is_default_ticket_key_rotation_s(s: &u32) -> bool {
+    *s == TICKET_KEY_ROTATION_S_MAX
 }
 
 /// A cluster's `tls`: TLS (mutual, with a client certificate) to its endpoints.
@@ -3168,6 +3190,15 @@ fn validate_listener_tls(
             "require_client_certificate and subject_alt_names need a ca to verify clients against \
              (or set require_client_certificate: false for TLS without client certificates)"
                 .into(),
+        );
+    }
+    if !(1..=TICKET_KEY_ROTATION_S_MAX).contains(&t.ticket_key_rotation_s) {
+        err(
+            at("ticket_key_rotation_s"),
+            format!(
+                "{} is outside 1..={TICKET_KEY_ROTATION_S_MAX} (seconds)",
+                t.ticket_key_rotation_s
+            ),
         );
     }
     t.params.validate(&|f| at(&format!("params.{f}")), err);
