@@ -1983,6 +1983,13 @@ pub struct Cluster {
     /// failover; what a YAML cluster always has).
     #[serde(skip)]
     pub priority_load: Vec<u32>,
+    /// Envoy's locality-weighted balancing (xDS only: CDS
+    /// `common_lb_config.locality_weighted_lb_config`, docs/governance.md#locality): the
+    /// endpoints of each priority level are grouped by EDS locality
+    /// ([`EndpointMetadata::locality`]) and `priority_load` has one entry per (priority,
+    /// locality) group instead of one per priority.
+    #[serde(skip)]
+    pub locality_weighted: bool,
 }
 
 /// Most `transport_socket_matches` of one cluster (istiod sends two).
@@ -2259,6 +2266,10 @@ pub struct EndpointMetadata {
     /// (docs/governance.md#traffic-labels). Empty: untagged.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tag: String,
+    /// The EDS locality the endpoint is in (xDS only: the index of its `LocalityLbEndpoints`
+    /// in the assignment; 0 unless the cluster is [`Cluster::locality_weighted`]).
+    #[serde(skip)]
+    pub locality: u32,
 }
 
 impl Default for EndpointMetadata {
@@ -2272,6 +2283,7 @@ impl Default for EndpointMetadata {
             methods: String::new(),
             transport_socket_match: BTreeMap::new(),
             tag: String::new(),
+            locality: 0,
         }
     }
 }
