@@ -1134,6 +1134,28 @@ pub struct ListenerTls {
     pub alpn: Vec<String>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub params: TlsParams,
+    /// TLS 1.3 session tickets after each handshake (stateless resumption); `false`: none
+    /// (every handshake a full one, but TLS 1.2 session ids).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub session_tickets: bool,
+    /// Seconds between changes of the listener's ticket keys; a ticket is accepted for twice
+    /// this ([`TICKET_KEY_ROTATION_S_MAX`] at most: rustls' own rotation).
+    #[serde(
+        default = "default_ticket_key_rotation_s",
+        skip_serializing_if = "is_default_ticket_key_rotation_s"
+    )]
+    pub ticket_key_rotation_s: u32,
+}
+
+/// Longest (and default) `ticket_key_rotation_s`: 6 hours, rustls' own rotation period.
+pub const TICKET_KEY_ROTATION_S_MAX: u32 = 6 * 60 * 60;
+
+fn default_ticket_key_rotation_s() -> u32 {
+    TICKET_KEY_ROTATION_S_MAX
+}
+
+fn is_default_ticket_key_rotation_s(s: &u32) -> bool {
+    *s == TICKET_KEY_ROTATION_S_MAX
 }
 
 /// A cluster's `tls`: TLS (mutual, with a client certificate) to its endpoints.
@@ -1961,6 +1983,13 @@ pub struct Cluster {
     /// failover; what a YAML cluster always has).
     #[serde(skip)]
     pub priority_load: Vec<u32>,
+    /// Envoy's locality-weighted balancing (xDS only: CDS
+    /// `common_lb_config.locality_weighted_lb_config`, docs/governance.md#locality): the
+    /// endpoints of each priority level are grouped by EDS locality
+    /// ([`EndpointMetadata::locality`]) and `priority_load` has one entry per (priority,
+    /// locality) group instead of one per priority.
+    #[serde(skip)]
+    pub locality_weighted: bool,
 }
 
 /// Most `transport_socket_matches` of one cluster (istiod sends two).
@@ -2237,6 +2266,10 @@ pub struct EndpointMetadata {
     /// (docs/governance.md#traffic-labels). Empty: untagged.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tag: String,
+    /// The EDS locality the endpoint is in (xDS only: the index of its `LocalityLbEndpoints`
+    /// in the assignment; 0 unless the cluster is [`Cluster::locality_weighted`]).
+    #[serde(skip)]
+    pub locality: u32,
 }
 
 impl Default for EndpointMetadata {
@@ -2250,6 +2283,7 @@ impl Default for EndpointMetadata {
             methods: String::new(),
             transport_socket_match: BTreeMap::new(),
             tag: String::new(),
+            locality: 0,
         }
     }
 }
@@ -3156,6 +3190,15 @@ fn validate_listener_tls(
             "require_client_certificate and subject_alt_names need a ca to verify clients against \
              (or set require_client_certificate: false for TLS without client certificates)"
                 .into(),
+        );
+    }
+    if !(1..=TICKET_KEY_ROTATION_S_MAX).contains(&t.ticket_key_rotation_s) {
+        err(
+            at("ticket_key_rotation_s"),
+            format!(
+                "{} is outside 1..={TICKET_KEY_ROTATION_S_MAX} (seconds)",
+                t.ticket_key_rotation_s
+            ),
         );
     }
     t.params.validate(&|f| at(&format!("params.{f}")), err);

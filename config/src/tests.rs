@@ -186,6 +186,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         circuit_breakers: None,
         outlier_detection: None,
         priority_load: Vec::new(),
+        locality_weighted: false,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
     assert!(c.validate_as(Source::Dynamic).is_empty());
@@ -536,6 +537,27 @@ clusters:
     let t = c.listeners[0].tls.as_ref().unwrap();
     assert_eq!(t.mode, TlsMode::Permissive);
     assert!(t.require_client_certificate, "mutual TLS by default");
+    assert!(t.session_tickets);
+    assert_eq!(t.ticket_key_rotation_s, TICKET_KEY_ROTATION_S_MAX);
+    // Ticket keys: rotated within 1 s ..= 6 h.
+    let rotated = |s: &str| {
+        ok.replace(
+            "alpn: [h2]}",
+            &format!("alpn: [h2], ticket_key_rotation_s: {s}}}"),
+        )
+    };
+    let c = Config::from_yaml("c.yaml", &rotated("60")).unwrap();
+    assert_eq!(
+        c.listeners[0].tls.as_ref().unwrap().ticket_key_rotation_s,
+        60
+    );
+    for bad in ["0", "21601"] {
+        let e = errors(&rotated(bad));
+        assert_eq!(
+            e[0].field, "listeners[0].tls.ticket_key_rotation_s",
+            "{e:?}"
+        );
+    }
     assert_eq!(
         c.clusters[0].tls.as_ref().unwrap().sni.as_deref(),
         Some("outbound_.80_._.x")

@@ -257,13 +257,26 @@ fn ringside_over_xds(
     version: &str,
     listen: SocketAddr,
 ) -> Ringside {
+    ringside_over_xds_acking(xds, node, extra, shards, common::xds::RDS, version, listen)
+}
+
+/// [`ringside_over_xds`] waiting for the ACK of `ty` (a listener without RDS: LDS).
+fn ringside_over_xds_acking(
+    xds: &common::xds::XdsServer,
+    node: &str,
+    extra: &str,
+    shards: u32,
+    ty: &str,
+    version: &str,
+    listen: SocketAddr,
+) -> Ringside {
     let admin = local(free_port());
     let config = format!(
         "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  mode: sotw\n{extra}",
         xds.addr()
     );
     let rs = Ringside::start(&config, admin, &["--shards", &shards.to_string()]);
-    xds.wait_ack(common::xds::RDS, version);
+    xds.wait_ack(ty, version);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(listen).is_err() {
         assert!(
@@ -1867,26 +1880,7 @@ fn locality_priority_failover_matches_envoy() {
             rs_xds.put(&snapshot(&v, rs_listen, a_healthy)).unwrap();
             rs_xds.wait_ack(EDS, &v);
             // Envoy: until its /clusters shows the new health of every zone-a provider.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let clusters = envoy.get("/clusters");
-                let failed = clusters
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("greeter::")
-                            && l.contains("::health_flags::")
-                            && l.contains("failed_eds_health")
-                    })
-                    .count();
-                if failed == 4 - a_healthy {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "Envoy never applied {v}: {clusters}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            await_envoy_eds(&envoy, "greeter", 6, 4 - a_healthy, &v);
             // ringside: the acked snapshot reaches the shards between requests.
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -1899,6 +1893,188 @@ fn locality_priority_failover_matches_envoy() {
         );
         assert!((r - load).abs() <= 2.0, "ringside: {r} % (load {load} %)");
         assert!((r - e).abs() <= 8.0, "ringside {r} % vs Envoy {e} %");
+    }
+}
+
+/// Waits until Envoy's `/clusters` lists `hosts` endpoints of `cluster`, `failed` of them
+/// marked unhealthy by EDS (`failed_eds_health`): snapshot `version` applied.
+fn await_envoy_eds(
+    envoy: &common::envoy::Envoy,
+    cluster: &str,
+    hosts: usize,
+    failed: usize,
+    version: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let clusters = envoy.get("/clusters");
+        let flags: Vec<&str> = clusters
+            .lines()
+            .filter(|l| l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::"))
+            .collect();
+        let unhealthy = flags
+            .iter()
+            .filter(|l| l.contains("failed_eds_health"))
+            .count();
+        if flags.len() == hosts && unhealthy == failed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never applied {version}: {clusters}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Envoy's locality-weighted balancing (CDS `common_lb_config.locality_weighted_lb_config`,
+/// docs/governance.md#locality) against Envoy 1.40, with Dubbo: sofa-rpc-node providers, two
+/// in `zone-a` (locality weight 1) and two in `zone-b` (weight 3) at priority 0, one in
+/// `zone-c` at priority 1; the same EDS and a dubbo_proxy listener to both proxies, 400 calls
+/// of one sofa-rpc-node consumer per phase, counted per zone:
+///
+/// - all healthy: a 25 %, b 75 % (by locality weight, not by endpoint count), c none;
+/// - one of b's two unhealthy: b's effective weight 3 × min(1, 1.4 × 1/2) = 2.1, so a
+///   1 / 3.1 = 32.3 %, b 67.7 %; priority 0 is 3 of 4 healthy (105 %): c none;
+/// - both of b's unhealthy: priority 0 is 2 of 4 healthy (70 %), all of it a's; c 30 %;
+/// - zone-b removed from the assignment: a, alone at priority 0 and healthy, takes all.
+///
+/// No call may reach an endpoint EDS marks unhealthy (the providers keep running). Tolerance:
+/// ringside draws deterministically (exact per 100 calls of a shard, loads rounded to whole
+/// percents): within 2 points of the exact share; Envoy picks localities by EDF with a random
+/// start and levels at random: within 8 (3.5 σ of a binomial at 400 calls), the two within 8.
+#[test]
+fn locality_weighted_dubbo_matches_envoy() {
+    use common::envoy::*;
+    use common::peers::{node_consumer_loop, NodeProvider};
+    use common::xds::*;
+    use serde_json::json;
+    let names = ["a1", "a2", "b1", "b2", "c1"];
+    let providers: Vec<NodeProvider> = names
+        .iter()
+        .map(|n| NodeProvider::start(free_port(), n, &[]))
+        .collect();
+    let addr = |name: &str| {
+        let i = names.iter().position(|n| *n == name).unwrap();
+        local(providers[i].port)
+    };
+    // `b_healthy`: how many of zone-b's providers EDS says are healthy (the first ones);
+    // `None`: zone-b is not in the assignment.
+    let snapshot = |version: &str, listen: SocketAddr, b_healthy: Option<usize>| {
+        let eps = |zone: &[&str], healthy: usize| -> Vec<serde_json::Value> {
+            zone.iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    json!({"endpoint": {"address": socket(addr(n))},
+                        "health_status": if i < healthy { "HEALTHY" } else { "UNHEALTHY" }})
+                })
+                .collect()
+        };
+        let mut localities = vec![json!({"locality": {"region": "r1", "zone": "zone-a"},
+            "priority": 0, "load_balancing_weight": 1, "lb_endpoints": eps(&["a1", "a2"], 2)})];
+        if let Some(h) = b_healthy {
+            localities.push(json!({"locality": {"region": "r1", "zone": "zone-b"},
+                "priority": 0, "load_balancing_weight": 3, "lb_endpoints": eps(&["b1", "b2"], h)}));
+        }
+        localities.push(json!({"locality": {"region": "r1", "zone": "zone-c"},
+            "priority": 1, "load_balancing_weight": 1, "lb_endpoints": eps(&["c1"], 1)}));
+        let mut cluster = eds_cluster("zoned", false);
+        cluster["common_lb_config"] = json!({"locality_weighted_lb_config": {}});
+        json!({
+            "version": version,
+            "listeners": [dubbo_listener("dubbo_loc", listen, json!([
+                {"name": "echo", "interface": "com.ringside.test.EchoService",
+                 "routes": [{"match": {"method": {"name": {"safe_regex": {"regex": ".*"}}}},
+                             "route": {"cluster": "zoned"}}]}
+            ]))],
+            "clusters": [cluster],
+            "endpoints": [{"cluster_name": "zoned", "endpoints": localities}]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds
+        .put(&snapshot("lw1", envoy_listen, Some(2)))
+        .unwrap();
+    let envoy_admin = local(free_port());
+    let mut boot = bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-lw");
+    boot["node"]["locality"] = json!({"region": "r1", "zone": "zone-a"});
+    let envoy = Envoy::start(&boot, envoy_admin);
+    envoy.wait_dump("dubbo_loc", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "dubbo_loc")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot("lw1", rs_listen, Some(2))).unwrap();
+    let _rs = ringside_over_xds_acking(
+        &rs_xds,
+        "oracle-lw",
+        "  locality: {region: r1, zone: zone-a}\n",
+        2,
+        LDS,
+        "lw1",
+        rs_listen,
+    );
+    const CALLS: u32 = 400;
+    // Each zone's share of CALLS calls, in percent (a, b, c); none may reach `unhealthy`.
+    let shares = |who: &str, listen: SocketAddr, unhealthy: &[&str]| -> [f64; 3] {
+        let (ok, lines) = node_consumer_loop(listen, "whoami", "[]", CALLS, 0);
+        assert!(ok, "{who}: {lines:?}");
+        assert_eq!(lines.len(), CALLS as usize, "{who}");
+        let mut n = [0u32; 3];
+        for l in &lines {
+            let s = l["result"].as_str().unwrap_or_else(|| panic!("{who}: {l}"));
+            assert!(
+                !unhealthy.contains(&s),
+                "{who}: a call reached {s}, which EDS marks unhealthy"
+            );
+            n[usize::from(s.as_bytes()[0] - b'a')] += 1;
+        }
+        n.map(|k| f64::from(k) * 100.0 / f64::from(CALLS))
+    };
+    // (version, zone-b's healthy providers (None: removed), the unhealthy ones, exact shares)
+    type Phase = (
+        &'static str,
+        Option<usize>,
+        &'static [&'static str],
+        [f64; 3],
+    );
+    let phases: [Phase; 4] = [
+        ("lw1", Some(2), &[], [25.0, 75.0, 0.0]),
+        ("lw2", Some(1), &["b2"], [100.0 / 3.1, 210.0 / 3.1, 0.0]),
+        ("lw3", Some(0), &["b1", "b2"], [70.0, 0.0, 30.0]),
+        ("lw4", None, &["b1", "b2"], [100.0, 0.0, 0.0]),
+    ];
+    for (v, b_healthy, unhealthy, exact) in phases {
+        if v != "lw1" {
+            envoy_xds
+                .put(&snapshot(v, envoy_listen, b_healthy))
+                .unwrap();
+            rs_xds.put(&snapshot(v, rs_listen, b_healthy)).unwrap();
+            rs_xds.wait_ack(EDS, v);
+            // Envoy: until its /clusters shows the assignment (hosts and failed health).
+            let hosts = if b_healthy.is_some() { 5 } else { 3 };
+            await_envoy_eds(&envoy, "zoned", hosts, 2 - b_healthy.unwrap_or(2), v);
+            // ringside: the acked snapshot reaches the shards between requests.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let e = shares("envoy", envoy_listen, unhealthy);
+        let r = shares("ringside", rs_listen, unhealthy);
+        eprintln!("{v}: exact {exact:.1?} %, Envoy {e:?} %, ringside {r:?} %");
+        for z in 0..3 {
+            assert!(
+                (e[z] - exact[z]).abs() <= 8.0,
+                "{v} zone {z}: Envoy, the oracle: {e:?} (exact {exact:?})"
+            );
+            assert!(
+                (r[z] - exact[z]).abs() <= 2.0,
+                "{v} zone {z}: ringside {r:?} (exact {exact:?})"
+            );
+            assert!(
+                (r[z] - e[z]).abs() <= 8.0,
+                "{v} zone {z}: ringside {r:?} vs Envoy {e:?}"
+            );
+        }
     }
 }
 

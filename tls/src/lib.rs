@@ -275,6 +275,48 @@ pub struct ServerSettings<'a> {
     pub subject_alt_names: &'a [SanMatch],
     pub alpn: &'a [String],
     pub params: &'a Params,
+    /// TLS 1.3 session tickets: `Some(s)`, sent after each handshake, their keys changed every
+    /// `s` seconds (at most [`TICKET_ROTATION_S_MAX`]); `None`: none sent.
+    pub tickets: Option<u32>,
+}
+
+/// rustls' own ticket-key rotation, the longest [`ServerSettings::tickets`] honours.
+pub const TICKET_ROTATION_S_MAX: u32 = 6 * 60 * 60;
+
+/// A ticketer (rustls' RFC 5077 construction, AES-256-CBC and HMAC-SHA256, keys from the
+/// system's random source) changed every `rotation_s` seconds. rustls' own rotates every 6
+/// hours; a shorter period wraps fresh ones of those in a rotator of that period (each inner
+/// one is replaced long before its own rotation would come).
+fn ticketer(rotation_s: u32) -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    if rotation_s >= TICKET_ROTATION_S_MAX {
+        return rustls::crypto::aws_lc_rs::Ticketer::new();
+    }
+    #[derive(Debug)]
+    struct Inner(Arc<dyn rustls::server::ProducesTickets>);
+    impl rustls::server::ProducesTickets for Inner {
+        fn enabled(&self) -> bool {
+            self.0.enabled()
+        }
+        fn lifetime(&self) -> u32 {
+            self.0.lifetime()
+        }
+        fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+            self.0.encrypt(plain)
+        }
+        fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+            self.0.decrypt(cipher)
+        }
+    }
+    fn fresh() -> Result<Box<dyn rustls::server::ProducesTickets>, rustls::crypto::GetRandomFailed>
+    {
+        rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map(|t| Box::new(Inner(t)) as Box<dyn rustls::server::ProducesTickets>)
+            .map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+    Ok(Arc::new(rustls::ticketer::TicketRotator::new(
+        rotation_s.max(1),
+        fresh,
+    )?))
 }
 
 impl ServerSettings<'_> {
@@ -307,10 +349,15 @@ impl ServerSettings<'_> {
         // TLS 1.3 session tickets (docs/security.md, "Session resumption"): stateless, sealed
         // with keys of this listener's config alone (a ticket of one listener, whose client
         // verification it vouches for, cannot resume on another), random per process and
-        // rotated every 6 hours (rustls' TicketRotator; a ticket lives 12 hours), 2 per
-        // handshake as BoringSSL sends: a client opening two connections at once resumes both.
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        config.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
+        // rotated every `tickets` seconds (a ticket lives twice that), 2 per handshake as
+        // BoringSSL sends: a client opening two connections at once resumes both.
+        match self.tickets {
+            Some(rotation_s) => {
+                config.ticketer = ticketer(rotation_s)?;
+                config.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
+            }
+            None => config.send_tls13_tickets = 0,
+        }
         Ok(Arc::new(config))
     }
 }

@@ -53,6 +53,15 @@ fn configs(
     server_wants: &[SanMatch],
     client_wants: &[SanMatch],
 ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    configs_with_tickets(pki, server_wants, client_wants, Some(TICKET_ROTATION_S_MAX))
+}
+
+fn configs_with_tickets(
+    pki: &Pki,
+    server_wants: &[SanMatch],
+    client_wants: &[SanMatch],
+    tickets: Option<u32>,
+) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let alpn = vec!["istio".to_string()];
     let server = ServerSettings {
         cert_chain: Pem::File(&pki.path("server.pem")),
@@ -62,6 +71,7 @@ fn configs(
         subject_alt_names: server_wants,
         alpn: &alpn,
         params: &Params::default(),
+        tickets,
     }
     .build()
     .unwrap();
@@ -342,5 +352,53 @@ fn unread_plaintext_and_close_notify_show_on_an_idle_connection() {
         let (r, _) = c.read(vec![0u8; 1]).await;
         assert_eq!(r.unwrap(), 0);
         assert!(c.has_unread(), "close_notify");
+    });
+}
+
+/// `ticket_key_rotation_s`: a ticket decrypts while its key is the current one or the one
+/// before, not once the keys changed twice since (here every second); the lifetime clients
+/// are told is twice the period.
+#[test]
+fn ticket_keys_rotate_on_the_configured_period() {
+    let t = ticketer(1).unwrap();
+    assert_eq!(t.lifetime(), 2);
+    assert_eq!(
+        ticketer(TICKET_ROTATION_S_MAX).unwrap().lifetime(),
+        2 * TICKET_ROTATION_S_MAX
+    );
+    let old = t.encrypt(b"session").unwrap();
+    assert_eq!(t.decrypt(&old).as_deref(), Some(&b"session"[..]));
+    // A use after the period rolls the keys: the old one still decrypts.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let newer = t.encrypt(b"later").unwrap();
+    assert_eq!(t.decrypt(&old).as_deref(), Some(&b"session"[..]));
+    // Rolled again: the first key is gone, the second still decrypts.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(
+        t.decrypt(&old),
+        None,
+        "a ticket of keys rotated out decrypted"
+    );
+    assert_eq!(t.decrypt(&newer).as_deref(), Some(&b"later"[..]));
+}
+
+/// `session_tickets: false`: no tickets sent, so the next connection is a full handshake.
+#[test]
+fn no_tickets_when_they_are_off() {
+    let pki = Pki::new(
+        "no-tickets",
+        &[("server", SERVER_ID), ("client", CLIENT_ID)],
+    );
+    let wants = (
+        [SanMatch::Exact(CLIENT_ID.into())],
+        [SanMatch::Exact(SERVER_ID.into())],
+    );
+    let (off, client) = configs_with_tickets(&pki, &wants.0, &wants.1, None);
+    run(async move {
+        let (s, c) = pair(off.clone(), client.clone()).await;
+        server_speaks(s.unwrap(), c.unwrap()).await;
+        let (s, c) = pair(off, client).await;
+        let (s, c) = (s.unwrap(), c.unwrap());
+        assert!(!s.resumed() && !c.resumed(), "tickets off: no resumption");
     });
 }

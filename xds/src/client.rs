@@ -884,9 +884,7 @@ impl Client {
         for c in cand.clusters.values() {
             let mut cluster = c.value.cluster.clone();
             if let Some(e) = c.value.eds.as_ref().and_then(|n| cand.endpoints.get(n)) {
-                cluster.endpoints = e.value.endpoints.clone();
-                cluster.endpoint_metadata = e.value.metadata.clone();
-                cluster.priority_load = e.value.priority_load.clone();
+                e.value.apply(&mut cluster);
             }
             config.clusters.push(cluster);
         }

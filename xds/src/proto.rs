@@ -2806,6 +2806,13 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             None => None,
         },
         priority_load: Vec::new(),
+        // Zone-aware routing (the other choice) is ignored: docs/governance.md#locality.
+        locality_weighted: matches!(
+            c.common_lb_config
+                .as_ref()
+                .and_then(|l| l.locality_config_specifier.as_ref()),
+            Some(cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        ),
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -2836,9 +2843,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
                     "a STRICT_DNS cluster needs an inline load_assignment",
                 );
             };
-            let a = endpoints(la, &ctx, "load_assignment")?;
-            (out.endpoints, out.endpoint_metadata, out.priority_load) =
-                (a.endpoints, a.metadata, a.priority_load);
+            endpoints(la, &ctx, "load_assignment")?.apply(&mut out);
             None
         }
         _ => {
@@ -2919,6 +2924,27 @@ pub struct Assignment {
     /// Envoy's load per priority level present in `metadata` (see [`priority_load`]); empty
     /// when the first level takes it all.
     pub priority_load: Vec<u32>,
+    /// The same with locality-weighted balancing (see [`locality_load`]): one entry per
+    /// (priority, locality) group present in `metadata`; empty when the first takes it all.
+    pub locality_load: Vec<u32>,
+}
+
+impl Assignment {
+    /// Gives `cluster` these endpoints: with [`config::Cluster::locality_weighted`], grouped
+    /// by locality with the loads of the groups; else by priority only (localities dropped).
+    pub fn apply(&self, cluster: &mut config::Cluster) {
+        cluster.endpoints = self.endpoints.clone();
+        cluster.endpoint_metadata = self.metadata.clone();
+        if cluster.locality_weighted {
+            cluster.priority_load = self.locality_load.clone();
+        } else {
+            cluster.priority_load = self.priority_load.clone();
+            cluster
+                .endpoint_metadata
+                .iter_mut()
+                .for_each(|m| m.locality = 0);
+        }
+    }
 }
 
 pub(crate) fn decode_endpoints(any: &Any) -> Result<(String, Assignment), TranslateError> {
@@ -2951,7 +2977,25 @@ fn endpoints(
     let mut out = Assignment::default();
     // (healthy, all) endpoints per priority, for Envoy's priority load.
     let mut hosts: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
+    // Each locality's (priority, index, healthy, all, weight), for locality-weighted loads.
+    let mut localities: Vec<LocalityHosts> = Vec::with_capacity(la.endpoints.len());
     for (i, l) in la.endpoints.iter().enumerate() {
+        let weight = match l.load_balancing_weight.as_ref().map(|w| w.value) {
+            Some(0) => {
+                return Err(ctx.err(
+                    join(at, &format!("endpoints[{i}].load_balancing_weight")),
+                    "must be at least 1",
+                ))
+            }
+            // Unset: the locality takes no load under locality-weighted balancing (Envoy).
+            w => w.unwrap_or(0),
+        };
+        let mut here = LocalityHosts {
+            priority: l.priority,
+            healthy: 0,
+            all: 0,
+            weight,
+        };
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let eat = join(at, &format!("endpoints[{i}].lb_endpoints[{j}]"));
             let ep = match &e.host_identifier {
@@ -3010,18 +3054,22 @@ fn endpoints(
             };
             let count = hosts.entry(l.priority).or_default();
             count.1 += 1;
+            here.all += 1;
             if !excluded {
                 count.0 += 1;
+                here.healthy += 1;
                 out.endpoints.push(addr);
                 out.metadata.push(config::EndpointMetadata {
                     weight,
                     priority: l.priority,
                     transport_socket_match,
                     tag,
+                    locality: i as u32,
                     ..Default::default()
                 });
             }
         }
+        localities.push(here);
         if l.metadata
             .as_ref()
             .is_some_and(|m| m.filter_metadata.contains_key(TRANSPORT_SOCKET_MATCH_KEY))
@@ -3034,6 +3082,7 @@ fn endpoints(
     }
     let plain = |m: &config::EndpointMetadata| {
         m.priority == 0
+            && m.locality == 0
             && m.weight == out.metadata[0].weight
             && m.transport_socket_match.is_empty()
             && m.tag.is_empty()
@@ -3071,7 +3120,67 @@ fn endpoints(
     if present.first().is_some_and(|&l| l < 100) {
         out.priority_load = present;
     }
+    let by_locality = locality_load(&localities, &counts, &load, overprovisioning);
+    if by_locality.first().is_some_and(|&l| l < 100) {
+        out.locality_load = by_locality;
+    }
     Ok(out)
+}
+
+/// One `LocalityLbEndpoints` of an assignment: its priority, (healthy, all) endpoints and
+/// `load_balancing_weight` (unset: 0).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalityHosts {
+    pub priority: u32,
+    pub healthy: u32,
+    pub all: u32,
+    pub weight: u32,
+}
+
+/// Envoy's locality-weighted balancing (`locality_weighted_lb_config`) as one load per
+/// (priority, locality) group that has a healthy endpoint, in the endpoint table's order
+/// (priority, then the locality's index): each priority's load (`load`, one per entry of
+/// `counts`, the (healthy, all) of each priority present) is shared among its localities by
+/// their effective weight, `weight × min(1, overprovisioning × healthy / all)`
+/// (`HostSetImpl::effectiveLocalityWeight`). A priority none of whose localities has an
+/// effective weight (no weights given) shares its load by healthy endpoints, as Envoy then
+/// balances over all of the priority's hosts. Rounded on the cumulative sums, so the loads
+/// sum to 100 and each is within 1 of the exact share.
+pub fn locality_load(
+    localities: &[LocalityHosts],
+    counts: &[(u32, u32)],
+    load: &[u32],
+    overprovisioning: u32,
+) -> Vec<u32> {
+    let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    debug_assert_eq!(priorities.len(), counts.len());
+    let mut out = Vec::new();
+    let (mut cum, mut given) = (0.0f64, 0u32);
+    for (&p, &level_load) in priorities.iter().zip(load) {
+        let here: Vec<&LocalityHosts> = localities
+            .iter()
+            .filter(|l| l.priority == p && l.healthy > 0)
+            .collect();
+        let effective = |l: &LocalityHosts| {
+            let availability =
+                f64::from(overprovisioning) / 100.0 * f64::from(l.healthy) / f64::from(l.all);
+            f64::from(l.weight) * availability.min(1.0)
+        };
+        let mut shares: Vec<f64> = here.iter().map(|l| effective(l)).collect();
+        if shares.iter().all(|&w| w <= 0.0) {
+            shares = here.iter().map(|l| f64::from(l.healthy)).collect();
+        }
+        let total: f64 = shares.iter().sum();
+        for w in shares {
+            cum += f64::from(level_load) * w / total;
+            let upto = (cum.round() as u32).min(100);
+            out.push(upto - given);
+            given = upto;
+        }
+    }
+    out
 }
 
 /// Envoy's default `policy.overprovisioning_factor` (140 %: a level is not considered

@@ -824,6 +824,27 @@ fn clusters() {
     assert_eq!(c.cluster.endpoints, vec![]);
     let (_, c) = decode_cluster(&cluster_eds("orders", "")).unwrap();
     assert_eq!(c.eds.as_deref(), Some("orders"));
+    assert!(!c.cluster.locality_weighted);
+    // common_lb_config: locality-weighted balancing taken, zone-aware routing ignored.
+    {
+        use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier as L;
+        use cluster_pb::cluster::CommonLbConfig;
+        let with = |l: L| {
+            let mut k: cluster_pb::Cluster =
+                prost::Message::decode(&cluster_eds("orders", "").value[..]).unwrap();
+            k.common_lb_config = Some(CommonLbConfig {
+                locality_config_specifier: Some(l),
+                ..Default::default()
+            });
+            decode_cluster(&pack_any(k))
+                .unwrap()
+                .1
+                .cluster
+                .locality_weighted
+        };
+        assert!(with(L::LocalityWeightedLbConfig(Default::default())));
+        assert!(!with(L::ZoneAwareLbConfig(Default::default())));
+    }
 
     let mut s = cluster_static_pb("s", &[("10.0.0.1", 80), ("10.0.0.2", 81)]);
     s.lb_policy = cluster_pb::cluster::LbPolicy::LeastRequest as i32;
@@ -937,7 +958,7 @@ fn endpoints_exclude_unhealthy_and_keep_weights_and_priorities() {
     la.endpoints[0].lb_endpoints[2].load_balancing_weight = Some(UInt32Value { value: 3 });
     let mut failover = cla_pb("users", &[("10.9.9.9", 80)]).endpoints.remove(0);
     failover.priority = 1;
-    // Locality weights are ignored (Envoy too, without locality-weighted balancing).
+    // Locality weights matter only to locality-weighted clusters (Envoy too).
     failover.load_balancing_weight = Some(UInt32Value { value: 50 });
     la.endpoints.push(failover);
     let (name, a) = decode_endpoints(&pack_any(la.clone())).unwrap();
@@ -952,9 +973,21 @@ fn endpoints_exclude_unhealthy_and_keep_weights_and_priorities() {
         priority,
         ..Default::default()
     };
-    assert_eq!(a.metadata, [meta(1, 0), meta(3, 0), meta(1, 1)]);
+    let failover_meta = config::EndpointMetadata {
+        locality: 1,
+        ..meta(1, 1)
+    };
+    assert_eq!(a.metadata, [meta(1, 0), meta(3, 0), failover_meta]);
     // 2 of 3 healthy at priority 0: health 140 × 2 / 3 = 93 %, the rest fails over.
     assert_eq!(a.priority_load, [93, 7]);
+    // Locality-weighted: the first locality has no weight, but it is its priority's only
+    // one with a healthy endpoint, so it takes the priority's load.
+    assert_eq!(a.locality_load, [93, 7]);
+    // A cluster without locality-weighted balancing drops the localities.
+    let mut c = decode_cluster(&cluster_eds("users", "")).unwrap().1.cluster;
+    a.apply(&mut c);
+    assert_eq!(c.endpoint_metadata[2], meta(1, 1));
+    assert_eq!(c.priority_load, [93, 7]);
     // One priority, one weight: no metadata at all.
     la.endpoints.pop();
     la.endpoints[0].lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 3 });
@@ -2117,6 +2150,46 @@ fn priority_load_is_envoys() {
     // Three levels, the middle one empty of healthy endpoints.
     assert_eq!(priority_load(&[(1, 4), (0, 3), (1, 2)], 140), [35, 0, 65]);
     assert_eq!(priority_load(&[(0, 4)], 140), [0]);
+}
+
+/// Envoy's locality-weighted balancing: each priority's load shared among its localities by
+/// `weight × min(1, 1.4 × healthy / all)`.
+#[test]
+fn locality_load_is_envoys() {
+    use super::{locality_load, priority_load, LocalityHosts};
+    let at = |priority, healthy, all, weight| LocalityHosts {
+        priority,
+        healthy,
+        all,
+        weight,
+    };
+    let run = |ls: &[LocalityHosts]| {
+        let mut counts: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
+        for l in ls {
+            let c = counts.entry(l.priority).or_default();
+            c.0 += l.healthy;
+            c.1 += l.all;
+        }
+        let counts: Vec<(u32, u32)> = counts.into_values().collect();
+        locality_load(ls, &counts, &priority_load(&counts, 140), 140)
+    };
+    // Weights 1 and 3: 25 / 75 whatever the endpoint counts; priority 1 takes nothing.
+    let (a, b, c) = (at(0, 2, 2, 1), at(0, 2, 2, 3), at(1, 1, 1, 1));
+    assert_eq!(run(&[a, b, c]), [25, 75, 0]);
+    // Half of b healthy: its effective weight 3 × 0.7 = 2.1; 1 / 3.1 = 32.3 %.
+    let b_half = at(0, 1, 2, 3);
+    assert_eq!(run(&[a, b_half, c]), [32, 68, 0]);
+    // None of b healthy: priority 0 is 2 of 4 healthy (70 %), all of it a's; c takes 30.
+    assert_eq!(run(&[a, at(0, 0, 2, 3), c]), [70, 30]);
+    // No weights at all in a priority: by healthy endpoints (Envoy balances over its hosts).
+    assert_eq!(run(&[at(0, 1, 1, 0), at(0, 3, 3, 0)]), [25, 75]);
+    // A locality without weight beside weighted ones takes nothing.
+    assert_eq!(run(&[at(0, 1, 1, 0), at(0, 3, 3, 2)]), [0, 100]);
+    // Thirds: rounded on the cumulative sums (33, 67, 100).
+    assert_eq!(
+        run(&[at(0, 1, 1, 1), at(0, 1, 1, 1), at(0, 1, 1, 1)]),
+        [33, 34, 33]
+    );
 }
 
 /// Aeraki's inbound dubbo_proxy for a Dubbo service with DubboAuthorizationPolicies

@@ -94,6 +94,14 @@ pub(super) fn downstream(
         subject_alt_names: c.sans,
         alpn: c.alpn,
         params: c.params,
+        // Envoy's `disable_stateless_session_resumption`: no tickets. Its `session_ticket_keys`
+        // (keys shared by several proxies) are not read: ringside's keys are its own, and a
+        // ticket of another proxy gets a full handshake.
+        session_tickets: !matches!(
+            d.session_ticket_keys_type,
+            Some(tls_pb::downstream_tls_context::SessionTicketKeysType::DisableStatelessSessionResumption(true))
+        ),
+        ticket_key_rotation_s: config::TICKET_KEY_ROTATION_S_MAX,
     })
 }
 

@@ -97,6 +97,20 @@ fn istio_inbound_context_takes_its_certificates_from_sds() {
     );
     // istio-peer-exchange is never offered: ringside does not speak the exchange.
     assert_eq!(t.alpn, vec!["h2".to_string(), "http/1.1".to_string()]);
+    assert!(
+        t.session_tickets,
+        "tickets unless the context disables them"
+    );
+    // disable_stateless_session_resumption: no tickets.
+    let off = pack_any(tls_pb::DownstreamTlsContext {
+        common_tls_context: Some(istio_common(&["istio"])),
+        session_ticket_keys_type: Some(
+            tls_pb::downstream_tls_context::SessionTicketKeysType::DisableStatelessSessionResumption(true),
+        ),
+        ..Default::default()
+    });
+    let t = downstream(&off, &ctx(), "transport_socket").unwrap();
+    assert!(!t.session_tickets);
 }
 
 #[test]

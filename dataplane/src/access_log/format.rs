@@ -31,6 +31,26 @@ pub enum FormatError {
     Json(String),
 }
 
+/// The borrowed fields of a call a format shows (numbers and addresses are always kept).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shows {
+    pub protocol: bool,
+    pub cluster: bool,
+    pub route: bool,
+    /// Any of the `%DUBBO_*%` operators.
+    pub dubbo: bool,
+}
+
+impl Shows {
+    /// Everything (tests: a record that renders any format).
+    pub const ALL: Shows = Shows {
+        protocol: true,
+        cluster: true,
+        route: true,
+        dubbo: true,
+    };
+}
+
 /// A compiled format.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -145,6 +165,32 @@ impl Format {
             Format::Json(entries) => visit_json(entries, &mut add),
         }
         out
+    }
+
+    /// Which of a call's borrowed fields the format shows ([`Shows`]): a record copies only
+    /// these.
+    pub fn shows(&self) -> Shows {
+        let mut shows = Shows::default();
+        let mut add = |p: &Piece| {
+            if let Piece::Op(op, _) = p {
+                match op {
+                    Op::Protocol => shows.protocol = true,
+                    Op::UpstreamCluster => shows.cluster = true,
+                    Op::RouteName => shows.route = true,
+                    Op::DubboInterface
+                    | Op::DubboMethod
+                    | Op::DubboVersion
+                    | Op::DubboGroup
+                    | Op::DubboRequestId => shows.dubbo = true,
+                    _ => {}
+                }
+            }
+        };
+        match self {
+            Format::Text(ps) => ps.iter().for_each(&mut add),
+            Format::Json(entries) => visit_json(entries, &mut add),
+        }
+        shows
     }
 
     /// Appends one line (with its newline for `json_format`; a format string has its own).

@@ -1,15 +1,18 @@
 //! Access logs: one line per Dubbo call, Triple stream and TCP connection, in Envoy's format
 //! language ([`format`]), written off the data path.
 //!
-//! A shard renders a finished call's line into its own batch for that file (a `Vec<u8>` reused
-//! from batch to batch) and hands full batches, and every [`FLUSH_INTERVAL_MS`] the batch it
-//! has, to the file's writer thread through a bounded lock-free queue. When the writer falls
+//! A shard writes a finished call as a fixed-size record ([`record`]: numbers and addresses as
+//! they are, the few borrowed bytes its formats show copied once into the batch's arena; no
+//! formatting) into its own batch for that file (reused from batch to batch) and hands full
+//! batches, and every [`FLUSH_INTERVAL_MS`] the batch it has, to the file's writer thread
+//! through a bounded lock-free queue; the writer formats the lines. When the writer falls
 //! behind and the queue is full, the shard drops the batch and counts its lines
 //! (`access_log.lines_dropped`): a slow disk never blocks a shard and never grows memory past
 //! `QUEUED_BATCHES_MAX` batches per file. SIGUSR1 makes every writer reopen its file (log
 //! rotation). Nothing here runs when no listener has an access log.
 
 pub mod format;
+pub mod record;
 mod sink;
 
 use std::cell::{Cell, RefCell};
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use format::{Format, FormatError, LineCache};
-pub use sink::{drain_all, reopen_all, FileSink, OpenError};
+pub use sink::{drain_all, reopen_all, Batch, FileSink, OpenError};
 
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 
@@ -30,6 +33,9 @@ pub const FLUSH_INTERVAL_MS: u64 = 100;
 pub const BATCH_BYTES: usize = 64 * 1024;
 /// Batches queued per file (all shards together) before shards drop lines.
 pub const QUEUED_BATCHES_MAX: usize = 64;
+/// Formats one batch refers to (listeners of a shard sharing a file, each config version's
+/// own): a batch that reaches it goes to the writer.
+pub const BATCH_FORMATS_MAX: usize = 256;
 
 /// Envoy's response flags ringside sets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,6 +133,11 @@ pub enum Part {
 /// The headers a record can show (request, response, trailers), by lower-case name.
 pub trait Headers {
     fn get(&self, part: Part, name: &str) -> Option<&[u8]>;
+
+    /// False when the call has no headers at all (its record then copies none).
+    fn any(&self) -> bool {
+        true
+    }
 }
 
 /// Request headers only (tests).
@@ -182,6 +193,10 @@ pub struct NoHeaders;
 impl Headers for NoHeaders {
     fn get(&self, _part: Part, _name: &str) -> Option<&[u8]> {
         None
+    }
+
+    fn any(&self) -> bool {
+        false
     }
 }
 
@@ -404,13 +419,17 @@ pub struct ListenerLog {
 /// One log of a listener on one shard.
 struct ShardLog {
     format: Arc<Format>,
+    /// The headers the format shows, in its order, and which borrowed fields (what a record
+    /// copies).
+    names: Arc<[(Part, String)]>,
+    shows: format::Shows,
     filter: Option<Arc<Filter>>,
     file: Rc<ShardFile>,
-    cache: RefCell<LineCache>,
 }
 
 impl ListenerLog {
-    /// Renders `r` into the batch of every log whose filter keeps it.
+    /// Writes `r` as a fixed-size record ([`record`]) into the batch of every log whose filter
+    /// keeps it; the file's writer thread formats the line.
     pub fn write(&self, r: &Record<'_>) {
         for l in &self.logs {
             if let Some(f) = &l.filter {
@@ -418,9 +437,7 @@ impl ListenerLog {
                     continue;
                 }
             }
-            let mut cache = l.cache.borrow_mut();
-            l.file
-                .line(|out| l.format.render_cached(r, out, &mut cache));
+            l.file.line(l, r);
         }
     }
 
@@ -438,7 +455,7 @@ impl ListenerLog {
 /// One file's batch on one shard.
 pub struct ShardFile {
     sink: Arc<FileSink>,
-    batch: RefCell<Vec<u8>>,
+    batch: RefCell<Batch>,
     lines: Cell<u32>,
     /// A flush of the current batch is scheduled.
     armed: Cell<bool>,
@@ -453,14 +470,15 @@ struct FileStatIds {
 }
 
 impl ShardFile {
-    fn line(self: &Rc<Self>, render: impl FnOnce(&mut Vec<u8>)) {
+    fn line(self: &Rc<Self>, log: &ShardLog, r: &Record<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
-            if b.capacity() == 0 {
+            if b.records.fixed.capacity() == 0 {
                 *b = self.sink.spare_batch();
             }
-            render(&mut b);
-            b.len() >= BATCH_BYTES
+            let i = b.format_index(&log.format, &log.names);
+            b.records.push(r, i, &log.names, log.shows);
+            b.records.bytes() >= BATCH_BYTES || b.formats.len() >= BATCH_FORMATS_MAX
         };
         self.lines.set(self.lines.get() + 1);
         if full {
@@ -517,9 +535,10 @@ impl ShardLogs {
                 }
                 ShardLog {
                     format: s.format.clone(),
+                    names: s.format.headers().into(),
+                    shows: s.format.shows(),
                     filter: s.filter.clone(),
                     file: self.file(&s.file, stats),
-                    cache: RefCell::default(),
                 }
             })
             .collect();
@@ -546,7 +565,7 @@ impl ShardLogs {
         }
         let f = Rc::new(ShardFile {
             sink: sink.clone(),
-            batch: RefCell::new(Vec::new()),
+            batch: RefCell::new(Batch::default()),
             lines: Cell::new(0),
             armed: Cell::new(false),
             stats: stats.clone(),

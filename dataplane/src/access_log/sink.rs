@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 
-use super::{FormatError, BATCH_BYTES, QUEUED_BATCHES_MAX};
+use super::{record, Format, FormatError, LineCache, Part, BATCH_BYTES, QUEUED_BATCHES_MAX};
 
 /// `path` values that mean the process's standard output and error.
 const STDOUT: &str = "/dev/stdout";
@@ -30,11 +30,38 @@ pub enum OpenError {
     Io { path: String, error: std::io::Error },
 }
 
+/// What a shard hands a writer: fixed-size records ([`record`]) and the formats they name.
+#[derive(Default)]
+pub struct Batch {
+    pub records: record::Records,
+    /// Each format the records name by index, with the headers it shows.
+    pub formats: Vec<(Arc<Format>, HeaderNames)>,
+}
+
+/// The headers a format shows, in its order ([`Format::headers`]).
+pub type HeaderNames = Arc<[(Part, String)]>;
+
+impl Batch {
+    /// The index of `format` in this batch's table (added when new).
+    pub(super) fn format_index(&mut self, format: &Arc<Format>, names: &HeaderNames) -> u16 {
+        // Most batches name one format: the last one added is checked first.
+        if let Some(i) = self
+            .formats
+            .iter()
+            .rposition(|(f, _)| Arc::ptr_eq(f, format))
+        {
+            return i as u16;
+        }
+        self.formats.push((format.clone(), names.clone()));
+        (self.formats.len() - 1) as u16
+    }
+}
+
 pub struct FileSink {
     path: String,
-    queue: ArrayQueue<Vec<u8>>,
+    queue: ArrayQueue<Batch>,
     /// Written batches, cleared, for shards to fill again (no allocation in steady state).
-    spare: ArrayQueue<Vec<u8>>,
+    spare: ArrayQueue<Batch>,
     writer: OnceLock<Thread>,
     reopen: AtomicBool,
     /// The writer holds a batch it has not finished writing.
@@ -127,14 +154,18 @@ impl FileSink {
     }
 
     /// An empty batch to fill (a written one when there is one).
-    pub(super) fn spare_batch(&self) -> Vec<u8> {
-        self.spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4))
+    pub(super) fn spare_batch(&self) -> Batch {
+        self.spare.pop().unwrap_or_else(|| Batch {
+            records: record::Records::with_capacity(
+                BATCH_BYTES / std::mem::size_of::<record::Fixed>() + 1,
+                BATCH_BYTES,
+            ),
+            formats: Vec::with_capacity(4),
+        })
     }
 
     /// Queues a batch for the writer; false (the batch dropped) when the queue is full.
-    pub(super) fn push(&self, batch: Vec<u8>) -> bool {
+    pub(super) fn push(&self, batch: Batch) -> bool {
         let ok = self.queue.push(batch).is_ok();
         if let Some(t) = self.writer.get() {
             t.unpark();
@@ -173,9 +204,12 @@ impl Output {
     }
 }
 
-/// The writer thread: writes batches in the order they were queued until the sink is gone.
+/// The writer thread: formats the records of each batch and writes the lines, batches in the
+/// order they were queued, until the sink is gone.
 fn write_loop(sink: Weak<FileSink>, mut out: Output) {
     let mut failures = 0u64;
+    let mut text: Vec<u8> = Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4);
+    let mut cache = LineCache::default();
     loop {
         let Some(s) = sink.upgrade() else { return };
         if s.reopen.swap(false, Ordering::Relaxed) {
@@ -194,16 +228,37 @@ fn write_loop(sink: Weak<FileSink>, mut out: Output) {
                 break;
             };
             wrote = true;
-            if let Err(e) = out.write_all(&batch) {
-                failures += 1;
-                // Once, then every 1000th failure: a full disk must not flood the log.
-                if failures % 1000 == 1 {
-                    tracing::warn!(path = %s.path, error = %e, failures, "access log: write failed; lines lost");
+            let mut write = |text: &mut Vec<u8>| {
+                if let Err(e) = out.write_all(text) {
+                    failures += 1;
+                    // Once, then every 1000th failure: a full disk must not flood the log.
+                    if failures % 1000 == 1 {
+                        tracing::warn!(path = %s.path, error = %e, failures, "access log: write failed; lines lost");
+                    }
+                }
+                text.clear();
+            };
+            let records = &batch.records;
+            for f in &records.fixed {
+                let Some((format, names)) = batch.formats.get(usize::from(f.format)) else {
+                    continue;
+                };
+                let headers = records.headers(f, names);
+                format.render_cached(&records.record(f, &headers), &mut text, &mut cache);
+                if text.len() >= BATCH_BYTES {
+                    write(&mut text);
                 }
             }
-            batch.clear();
-            if batch.capacity() <= 4 * BATCH_BYTES {
+            if !text.is_empty() {
+                write(&mut text);
+            }
+            batch.records.clear();
+            batch.formats.clear();
+            if batch.records.capacity_bytes() <= 4 * BATCH_BYTES {
                 let _ = s.spare.push(batch);
+            }
+            if text.capacity() > 4 * BATCH_BYTES {
+                text = Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4);
             }
         }
         drop(s);

@@ -338,6 +338,7 @@ fn server(t: &config::ListenerTls, secrets: &Secrets) -> Result<ServerTls, Strin
             subject_alt_names: &sans,
             alpn: &t.alpn,
             params: &params,
+            tickets: t.session_tickets.then_some(t.ticket_key_rotation_s),
         }
         .build()
         .map_err(|e| bad(e.to_string(), from_sds))

@@ -651,7 +651,9 @@ fn labels_of(
     slot_of: &std::collections::HashMap<std::net::SocketAddr, u32>,
 ) -> Box<Labels> {
     let subset = |keep: &dyn Fn(usize) -> bool| {
-        let v = visit_order_of(c, keep);
+        // By priority only: a labelled request fails over strictly (no loads), so its
+        // label's endpoints of every locality of a priority are one level.
+        let v = visit_order_of(c, keep, false);
         Subset {
             live: v.addrs.iter().map(|a| slot_of[a]).collect(),
             levels: v.levels.into(),
@@ -709,13 +711,16 @@ struct Visits {
 }
 
 /// The visit order of `c`'s endpoints: grouped by priority (metadata `priority`, lowest
-/// first), each group in weighted round-robin order (see [`weighted_visits`]).
+/// first) and within one by locality (metadata `locality`: 0 unless the cluster is
+/// `locality_weighted`, whose loads are per (priority, locality) group), each group in
+/// weighted round-robin order (see [`weighted_visits`]).
 fn visit_order(c: &config::Cluster) -> Visits {
-    visit_order_of(c, &|_| true)
+    visit_order_of(c, &|_| true, true)
 }
 
-/// [`visit_order`] of the endpoints `keep` keeps (by index in `c.endpoints`).
-fn visit_order_of(c: &config::Cluster, keep: &dyn Fn(usize) -> bool) -> Visits {
+/// [`visit_order`] of the endpoints `keep` keeps (by index in `c.endpoints`), grouped by
+/// locality too if `by_locality`.
+fn visit_order_of(c: &config::Cluster, keep: &dyn Fn(usize) -> bool, by_locality: bool) -> Visits {
     let meta = &c.endpoint_metadata;
     if meta.len() != c.endpoints.len() || meta.is_empty() {
         let addrs: Vec<_> = (0..c.endpoints.len())
@@ -731,11 +736,17 @@ fn visit_order_of(c: &config::Cluster, keep: &dyn Fn(usize) -> bool) -> Visits {
     }
     let weight = |i: usize| meta[i].weight.max(1);
     let weighted = (1..meta.len()).any(|i| weight(i) != weight(0));
-    // By priority, config order within one (a stable sort).
+    // By priority (and locality), config order within one (a stable sort).
+    let group = |i: usize| {
+        (
+            meta[i].priority,
+            if by_locality { meta[i].locality } else { 0 },
+        )
+    };
     let mut order: Vec<usize> = (0..meta.len()).filter(|&i| keep(i)).collect();
-    order.sort_by_key(|&i| meta[i].priority);
+    order.sort_by_key(|&i| group(i));
     let mut v = Visits::default();
-    for level in order.chunk_by(|&a, &b| meta[a].priority == meta[b].priority) {
+    for level in order.chunk_by(|&a, &b| group(a) == group(b)) {
         let weights: Vec<u32> = level.iter().map(|&i| weight(i)).collect();
         for k in weighted_visits(&weights) {
             v.addrs.push(c.endpoints[level[k]]);
@@ -816,6 +827,7 @@ mod tests {
             circuit_breakers: None,
             outlier_detection: None,
             priority_load: Vec::new(),
+            locality_weighted: false,
         }
     }
 
@@ -945,6 +957,27 @@ mod tests {
         assert_eq!(visit_ports(&c), [2, 4, 1, 3, 5]);
         assert_eq!((v.levels, v.weights), (vec![2, 4, 5], vec![]));
         assert_eq!(visit_order(&cluster("e", &[])), Visits::default());
+    }
+
+    /// Locality-weighted clusters: a level per (priority, locality), in that order; traffic
+    /// label subsets by priority only.
+    #[test]
+    fn localities_become_levels_within_a_priority() {
+        let mut c = cluster("l", &[1, 2, 3, 4, 5]);
+        let at = |priority, locality| config::EndpointMetadata {
+            locality,
+            ..meta(1, priority)
+        };
+        c.endpoint_metadata = vec![at(0, 1), at(1, 2), at(0, 0), at(0, 1), at(0, 0)];
+        let v = visit_order(&c);
+        assert_eq!(visit_ports(&c), [3, 5, 1, 4, 2]);
+        assert_eq!(v.levels, [2, 4, 5]);
+        let v = visit_order_of(&c, &|_| true, false);
+        assert_eq!(
+            v.addrs.iter().map(|a| a.port()).collect::<Vec<_>>(),
+            [1, 3, 4, 5, 2]
+        );
+        assert_eq!(v.levels, [4, 5]);
     }
 
     /// A shard's balancer over `c` (built as the shards build it) and the picks it makes.

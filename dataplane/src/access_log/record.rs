@@ -1,0 +1,379 @@
+//! A finished call as a fixed-size record: what a shard writes into its batch instead of the
+//! formatted line, and what the file's writer thread turns back into a [`Record`] and formats
+//! (the same [`super::Format::render_cached`] as before, so the text is the same byte for
+//! byte).
+//!
+//! A [`Fixed`] holds the numbers, times, flags and addresses as they are (one copy of a
+//! `Copy` struct into the batch's vector) and, for the borrowed bytes a format can show
+//! (protocol, cluster, route, the Dubbo fields, the headers the format names), where the shard
+//! copied them, once each, in the batch's byte arena. No formatting, no allocation (the batch
+//! and its arena are reused from batch to batch).
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use super::format::Shows;
+use super::{DubboCall, Flags, Headers, Part, Record};
+
+/// Bytes in a batch's arena: `at..at + len`; `len == u32::MAX`: missing.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    at: u32,
+    len: u32,
+}
+
+const MISSING: Span = Span {
+    at: 0,
+    len: u32::MAX,
+};
+
+/// One call, fixed size.
+#[derive(Clone, Copy, Debug)]
+pub struct Fixed {
+    start: SystemTime,
+    duration: Duration,
+    response_code: Option<u32>,
+    grpc_status: Option<u32>,
+    flags: Flags,
+    /// The format's index in its batch's format table.
+    pub format: u16,
+    has_dubbo: bool,
+    /// The header values follow one another in the arena from `headers.at` (one span each,
+    /// in the format's order, in `header_spans`); len 0: the call had no headers.
+    headers: Span,
+    upstream_host: Option<SocketAddr>,
+    downstream_remote: Option<SocketAddr>,
+    downstream_local: Option<SocketAddr>,
+    bytes_received: u64,
+    bytes_sent: u64,
+    request_id: u64,
+    protocol: Span,
+    cluster: Span,
+    route: Span,
+    dubbo: [Span; 4],
+}
+
+/// Records and the bytes they refer to.
+#[derive(Default)]
+pub struct Records {
+    pub fixed: Vec<Fixed>,
+    /// Borrowed bytes copied (strings and header values).
+    pub arena: Vec<u8>,
+    /// Header value spans (several per record whose format shows headers).
+    spans: Vec<Span>,
+}
+
+impl Records {
+    pub fn with_capacity(records: usize, bytes: usize) -> Records {
+        Records {
+            fixed: Vec::with_capacity(records),
+            arena: Vec::with_capacity(bytes),
+            spans: Vec::new(),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.fixed.clear();
+        self.arena.clear();
+        self.spans.clear();
+    }
+
+    /// What the batch holds, in bytes (its flush threshold).
+    pub fn bytes(&self) -> usize {
+        self.fixed.len() * std::mem::size_of::<Fixed>()
+            + self.arena.len()
+            + self.spans.len() * std::mem::size_of::<Span>()
+    }
+
+    /// The memory the batch keeps (a batch grown far past the threshold is not reused).
+    pub fn capacity_bytes(&self) -> usize {
+        self.fixed.capacity() * std::mem::size_of::<Fixed>()
+            + self.arena.capacity()
+            + self.spans.capacity() * std::mem::size_of::<Span>()
+    }
+
+    pub fn len(&self) -> usize {
+        self.fixed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fixed.is_empty()
+    }
+
+    #[inline]
+    fn copy(&mut self, s: Option<&[u8]>) -> Span {
+        match s {
+            Some(s) => {
+                let at = self.arena.len() as u32;
+                self.arena.extend_from_slice(s);
+                Span {
+                    at,
+                    len: s.len() as u32,
+                }
+            }
+            None => MISSING,
+        }
+    }
+
+    /// Appends `r` as a record for the format at `format` in the batch's table, which shows
+    /// the headers `names` (the format's [`super::Format::headers`]) and the fields `shows`
+    /// (the others are not copied: the writer sees them missing, and the format never asks).
+    pub fn push(&mut self, r: &Record<'_>, format: u16, names: &[(Part, String)], shows: Shows) {
+        let mut headers = Span { at: 0, len: 0 };
+        if !names.is_empty() && r.headers.any() {
+            headers.at = self.spans.len() as u32;
+            headers.len = names.len() as u32;
+            for (part, name) in names {
+                let v = r.headers.get(*part, name);
+                let span = self.copy(v);
+                self.spans.push(span);
+            }
+        }
+        let (dubbo, request_id) = match r.dubbo {
+            Some(d) if shows.dubbo => (
+                [
+                    self.copy(Some(d.interface)),
+                    self.copy(Some(d.method)),
+                    self.copy(Some(d.version)),
+                    self.copy(Some(d.group)),
+                ],
+                d.request_id,
+            ),
+            _ => ([MISSING; 4], 0),
+        };
+        let fixed = Fixed {
+            start: r.start,
+            duration: r.duration,
+            response_code: r.response_code,
+            grpc_status: r.grpc_status,
+            flags: r.flags,
+            format,
+            has_dubbo: r.dubbo.is_some(),
+            headers,
+            upstream_host: r.upstream_host,
+            downstream_remote: r.downstream_remote,
+            downstream_local: r.downstream_local,
+            bytes_received: r.bytes_received,
+            bytes_sent: r.bytes_sent,
+            request_id,
+            protocol: match shows.protocol {
+                true => self.copy(r.protocol.map(str::as_bytes)),
+                false => MISSING,
+            },
+            cluster: match shows.cluster {
+                true => self.copy(r.upstream_cluster.map(str::as_bytes)),
+                false => MISSING,
+            },
+            route: match shows.route {
+                true => self.copy(r.route_name.map(str::as_bytes)),
+                false => MISSING,
+            },
+            dubbo,
+        };
+        self.fixed.push(fixed);
+    }
+
+    fn bytes_of(&self, s: Span) -> Option<&[u8]> {
+        if s.len == u32::MAX {
+            return None;
+        }
+        self.arena
+            .get(s.at as usize..s.at as usize + s.len as usize)
+    }
+
+    fn str_of(&self, s: Span) -> Option<&str> {
+        // Copied from a `&str`, so UTF-8; checked anyway (a record never panics the writer).
+        self.bytes_of(s).and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The headers of record `f`, read by its format's header names.
+    pub fn headers<'a>(&'a self, f: &Fixed, names: &'a [(Part, String)]) -> RecordHeaders<'a> {
+        let spans = self
+            .spans
+            .get(f.headers.at as usize..(f.headers.at + f.headers.len) as usize)
+            .unwrap_or_default();
+        RecordHeaders {
+            names,
+            spans,
+            records: self,
+        }
+    }
+
+    /// Record `f` as the format sees it.
+    pub fn record<'a>(&'a self, f: &Fixed, headers: &'a RecordHeaders<'a>) -> Record<'a> {
+        Record {
+            start: f.start,
+            duration: f.duration,
+            protocol: self.str_of(f.protocol),
+            response_code: f.response_code,
+            grpc_status: f.grpc_status,
+            flags: f.flags,
+            upstream_host: f.upstream_host,
+            upstream_cluster: self.str_of(f.cluster),
+            route_name: self.str_of(f.route),
+            downstream_remote: f.downstream_remote,
+            downstream_local: f.downstream_local,
+            bytes_received: f.bytes_received,
+            bytes_sent: f.bytes_sent,
+            headers,
+            dubbo: f.has_dubbo.then(|| DubboCall {
+                interface: self.bytes_of(f.dubbo[0]).unwrap_or_default(),
+                method: self.bytes_of(f.dubbo[1]).unwrap_or_default(),
+                version: self.bytes_of(f.dubbo[2]).unwrap_or_default(),
+                group: self.bytes_of(f.dubbo[3]).unwrap_or_default(),
+                request_id: f.request_id,
+            }),
+        }
+    }
+}
+
+/// The header values of a record, by its format's header names.
+pub struct RecordHeaders<'a> {
+    names: &'a [(Part, String)],
+    spans: &'a [Span],
+    records: &'a Records,
+}
+
+impl Headers for RecordHeaders<'_> {
+    fn get(&self, part: Part, name: &str) -> Option<&[u8]> {
+        if self.spans.is_empty() {
+            return None;
+        }
+        let i = self
+            .names
+            .iter()
+            .position(|(p, n)| *p == part && n == name)?;
+        self.records.bytes_of(*self.spans.get(i)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::Format;
+    use std::time::UNIX_EPOCH;
+
+    struct H(Vec<(Part, &'static str, &'static str)>);
+
+    impl Headers for H {
+        fn get(&self, part: Part, name: &str) -> Option<&[u8]> {
+            self.0
+                .iter()
+                .find(|(p, n, _)| *p == part && *n == name)
+                .map(|(_, _, v)| v.as_bytes())
+        }
+    }
+
+    /// Renders `r` directly and through a record written and read back: the same text.
+    fn same_line(f: &Format, r: &Record<'_>) -> String {
+        let mut direct = Vec::new();
+        f.render(r, &mut direct);
+        let names: Vec<(Part, String)> = f.headers();
+        let mut records = Records::default();
+        records.push(r, 7, &names, f.shows());
+        records.push(r, 7, &names, Shows::ALL);
+        let mut n = 0;
+        for rec in &records.fixed {
+            assert_eq!(rec.format, 7);
+            let h = records.headers(rec, &names);
+            let mut back = Vec::new();
+            f.render(&records.record(rec, &h), &mut back);
+            assert_eq!(
+                String::from_utf8_lossy(&back),
+                String::from_utf8_lossy(&direct)
+            );
+            n += 1;
+        }
+        assert_eq!(n, 2);
+        String::from_utf8(direct).unwrap()
+    }
+
+    const EVERYTHING: &str = "%START_TIME% %START_TIME(%s.%E9S %z)% %DURATION% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL% %REQ(:PATH)% %REQ(X-A?X-B)% %RESP(GRPC-MESSAGE)% %TRAILER(GRPC-STATUS):1% %DUBBO_INTERFACE% %DUBBO_METHOD% %DUBBO_VERSION% %DUBBO_GROUP% %DUBBO_REQUEST_ID%\n";
+
+    #[test]
+    fn a_record_read_back_renders_the_same_line() {
+        let f = Format::text(EVERYTHING).unwrap();
+        let json = Format::json(
+            &serde_json::from_str(
+                r#"{"code": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%", "b": "%REQ(X-B)%", "m": "%DUBBO_METHOD%", "up": "%UPSTREAM_HOST%"}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let headers = H(vec![
+            (Part::Request, ":path", "/pkg.Svc/Call"),
+            (Part::Request, "x-b", "fallback \"quoted\""),
+            (Part::Response, "grpc-message", ""),
+            (Part::Trailer, "grpc-status", "14"),
+        ]);
+        let grpc = Record {
+            start: UNIX_EPOCH + Duration::new(1_764_900_000, 123_456_789),
+            duration: Duration::from_micros(226_900),
+            protocol: Some("HTTP/2"),
+            response_code: Some(200),
+            grpc_status: Some(14),
+            flags: Flags::UPSTREAM_CONNECTION_FAILURE | Flags::NO_HEALTHY_UPSTREAM,
+            upstream_host: Some("[fe80::1%3]:8080".parse().unwrap()),
+            upstream_cluster: Some("outbound|80||svc"),
+            route_name: Some("r1"),
+            downstream_remote: Some("10.0.35.28:4711".parse().unwrap()),
+            downstream_local: Some("[::1]:15006".parse().unwrap()),
+            bytes_received: 154,
+            bytes_sent: u64::MAX,
+            headers: &headers,
+            dubbo: None,
+        };
+        let line = same_line(&f, &grpc);
+        assert!(
+            line.contains("/pkg.Svc/Call fallback \"quoted\"  1 "),
+            "{line}"
+        );
+        assert!(line.contains("[fe80::1%3]:8080"), "{line}");
+        same_line(&json, &grpc);
+
+        let dubbo = Record {
+            start: UNIX_EPOCH,
+            duration: Duration::ZERO,
+            protocol: Some("dubbo"),
+            response_code: Some(20),
+            grpc_status: None,
+            flags: Flags::NONE,
+            upstream_host: Some("127.0.0.1:20880".parse().unwrap()),
+            upstream_cluster: None,
+            route_name: None,
+            downstream_remote: None,
+            downstream_local: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            headers: crate::access_log::NO_HEADERS,
+            dubbo: Some(DubboCall {
+                interface: b"org.apache.dubbo.EchoService",
+                method: b"echo",
+                version: b"",
+                group: "grüppe".as_bytes(),
+                request_id: 1 << 40,
+            }),
+        };
+        let line = same_line(&f, &dubbo);
+        assert!(
+            line.contains("org.apache.dubbo.EchoService echo - grüppe 1099511627776"),
+            "{line}"
+        );
+        same_line(&json, &dubbo);
+
+        // TCP: nothing optional at all.
+        let tcp = Record {
+            protocol: None,
+            response_code: None,
+            upstream_host: None,
+            dubbo: None,
+            ..dubbo
+        };
+        same_line(&f, &tcp);
+        same_line(&json, &tcp);
+        same_line(
+            &Format::text(crate::access_log::format::DEFAULT_FORMAT).unwrap(),
+            &grpc,
+        );
+    }
+}
