@@ -2153,10 +2153,17 @@ impl Drop for Http1Server {
 /// Python's http.client to `target` on one keep-alive connection: `STATUS BODY` (the body's
 /// line names the server that answered and what it received), `error ...` when it failed.
 fn http1_outcomes(target: SocketAddr, requests: &Value) -> Vec<String> {
+    http1_client_outcomes(target, requests, &[])
+}
+
+/// [`http1_outcomes`] with more arguments for the client (TLS); an outcome of a TLS client
+/// ends with the ALPN protocol negotiated (`alpn=null`: none).
+fn http1_client_outcomes(target: SocketAddr, requests: &Value, args: &[String]) -> Vec<String> {
     let python = common::peers::require(root().join(".cache/venv/bin/python"));
     let mut child = std::process::Command::new(python)
         .arg(root().join("tests/peers/http1/peer.py"))
         .args(["client", "--target", &target.to_string()])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -2175,8 +2182,15 @@ fn http1_outcomes(target: SocketAddr, requests: &Value) -> Vec<String> {
             let v: Value = serde_json::from_str(l).unwrap();
             // A request that needed a new connection (the first, or after a close) says so.
             let new = if v["reused"] == true { "" } else { "[new] " };
+            let alpn = match v.get("alpn") {
+                Some(a) => format!(" alpn={a}"),
+                None => String::new(),
+            };
             match v["status"].as_u64() {
-                Some(s) => format!("{new}{s} {}", v["body"].as_str().unwrap_or("").trim_end()),
+                Some(s) => format!(
+                    "{new}{s} {}{alpn}",
+                    v["body"].as_str().unwrap_or("").trim_end()
+                ),
                 None => format!("error {}", v["error"]),
             }
         })
@@ -2675,4 +2689,277 @@ fn http1_answers_upgrades_and_pipelining_like_envoy() {
         want.last().unwrap().starts_with("101 echo=ping"),
         "{want:?}"
     );
+}
+
+/// [`http1_outcomes`] over TLS: Python's http.client with `pki`'s workload certificate `leaf`
+/// and the CA's trust, offering `alpn` (comma-separated; empty: none); each outcome ends with
+/// the ALPN protocol negotiated.
+fn http1_tls_outcomes(
+    pki: &Pki,
+    leaf: &str,
+    alpn: &str,
+    target: SocketAddr,
+    requests: &Value,
+) -> Vec<String> {
+    let mut args = vec![
+        "--tls-cert".to_string(),
+        pki.path(&format!("{leaf}.pem")),
+        "--tls-key".into(),
+        pki.path(&format!("{leaf}.key")),
+        "--tls-ca".into(),
+        pki.path("ca.pem"),
+    ];
+    if !alpn.is_empty() {
+        args.extend(["--alpn".to_string(), alpn.to_string()]);
+    }
+    http1_client_outcomes(target, requests, &args)
+}
+
+/// The client sidecar of the mTLS HTTP/1.1 test: an HTTP connection manager on `listen`
+/// routing by Host (`app:80`, `app:8081`) to clusters with istiod's auto-mTLS
+/// (`transport_socket_matches` `tlsMode-istio`, endpoints labelled `tlsMode: istio`) to the
+/// pod's ports; port 8081's cluster offers the ALPN Istio's `istio.alpn` filter would
+/// (`istio-http/1.1`, `istio`, `http/1.1`), so the pod's `virtualInbound-catchall-http` TLS
+/// chain takes it; port 80's the transport socket's own (`istio-peer-exchange`, `istio`),
+/// which the pod's `0.0.0.0_80` TLS chain takes too.
+fn mtls_http1_client_snapshot(fx: &Value, pki: &Pki, listen: SocketAddr) -> Value {
+    let mut matches = resource(
+        fx,
+        "clusters",
+        "outbound|9080||details.default.svc.cluster.local",
+    )["transport_socket_matches"]
+        .clone();
+    let m = &mut matches[0]["transport_socket"]["typed_config"];
+    m["sni"] = json!("outbound_.80_._.app.default.svc.cluster.local");
+    m["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+        ["match_subject_alt_names"] = json!([{"exact": PROVIDER_ID}]);
+    let cluster = |port: u16, alpn: Option<Value>| {
+        let name = format!("outbound|{port}||app");
+        let mut ms = matches.clone();
+        if let Some(a) = alpn {
+            ms[0]["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] = a;
+        }
+        let app: SocketAddr = format!("{POD_IP}:{port}").parse().unwrap();
+        json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "transport_socket_matches": ms,
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
+                "endpoint": {"address": common::envoy::socket(app)},
+                "metadata": {"filter_metadata": {
+                    "envoy.transport_socket_match": {"tlsMode": "istio"}}}}]}]}})
+    };
+    let vhost = |port: u16| {
+        json!({"name": format!("app-{port}"), "domains": [format!("app:{port}")],
+            "routes": [{"match": {"prefix": "/"},
+                        "route": {"cluster": format!("outbound|{port}||app"), "timeout": "5s"}}]})
+    };
+    let ca = pki.read("ca.pem");
+    json!({"version": "c",
+        "listeners": [{"name": "out", "address": common::envoy::socket(listen),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "out",
+                    "route_config": {"name": "out", "virtual_hosts": [vhost(80), vhost(8081)]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
+        "clusters": [cluster(80, None),
+                     cluster(8081, Some(json!(["istio-http/1.1", "istio", "http/1.1"])))],
+        "secrets": sds_secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)})
+}
+
+/// A client sidecar for [`mtls_http1_client_snapshot`] in the calling thread's namespace, on
+/// its own ADS and SDS server: Envoy 1.40 (`who` `envoy`) or ringside with `--io io`. Dropped,
+/// it stops.
+struct ClientSidecar {
+    _xds: XdsServer,
+    _envoy: Option<Envoy>,
+    _ringside: Option<Ringside>,
+}
+
+impl ClientSidecar {
+    fn start(who: &str, io: &str, snapshot: &Value) -> ClientSidecar {
+        let xds = XdsServer::start();
+        xds.put(snapshot).unwrap();
+        let admin = local(free_port());
+        let node = "sidecar~10.78.0.1~client.default~default.svc.cluster.local";
+        if who == "envoy" {
+            let mut boot = bootstrap(admin, xds.addr(), Ads::Sotw, node);
+            common::envoy::add_sds_cluster(&mut boot, &xds.sds_socket);
+            let envoy = Envoy::start(&boot, admin);
+            return ClientSidecar {
+                _xds: xds,
+                _envoy: Some(envoy),
+                _ringside: None,
+            };
+        }
+        let config = format!(
+            "admin:\n  address: {admin}\nsds:\n  - {{name: sds-grpc, path: {}}}\nxds:\n  \
+             server: {}\n  node_id: {node}\n  node_cluster: t\n  mode: sotw\n  \
+             initial_fetch_timeout_ms: 5000\n",
+            xds.sds_socket.display(),
+            xds.addr()
+        );
+        let ringside = Ringside::start(&config, admin, &["--shards", "1", "--io", io]);
+        ClientSidecar {
+            _xds: xds,
+            _envoy: None,
+            _ringside: Some(ringside),
+        }
+    }
+}
+
+/// HTTP/1.1 inside Istio's mTLS, both ways. The pod runs the stock sidecar's `virtualInbound`
+/// (its TLS `http_connection_manager` chains: `0.0.0.0_80` and `virtualInbound-catchall-http`,
+/// istiod's `DownstreamTlsContext` with ALPN `h2`, `http/1.1`, SDS secrets) in front of
+/// Python http.server apps on 80 and 8081, with Istio's iptables rules, the proxy as uid 1337;
+/// outside the pod a client sidecar (HTTP/1.1 in, auto-mTLS `tlsMode-istio` clusters out) and
+/// Python's http.client speaking TLS itself (no ALPN: the first bytes decide; ALPN
+/// `http/1.1`; Istio's `istio-http/1.1`). Requests: GET, POST with a 300 KB body, a chunked
+/// PUT, HEAD, a chunked response, keep-alive. Rows: Envoy 1.40 on both sides (the oracle);
+/// ringside (io_uring, epoll) as the server sidecar behind the Envoy client (inbound HTTP/1.1
+/// over TLS); ringside as the client sidecar in front of the Envoy server (outbound HTTP/1.1
+/// to TLS endpoints). Every row must give the oracle's answers. Skipped (loudly) unless root.
+#[test]
+fn http1_inside_mtls_both_ways_under_istio_iptables_like_envoy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED http1_inside_mtls_both_ways_under_istio_iptables_like_envoy: needs root (netns, iptables, setpriv)");
+        return;
+    }
+    let fx = fixture("stock");
+    let vi = resource(&fx, "listeners", "virtualInbound");
+    let clusters = json!([
+        resource(&fx, "clusters", "InboundPassthroughClusterIpv4"),
+        resource(&fx, "clusters", "BlackHoleCluster"),
+        resource(&fx, "clusters", "inbound|80||"),
+    ]);
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    let server_secrets = sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca);
+    let client_listen = local(free_port());
+    let client_snapshot = mtls_http1_client_snapshot(&fx, &pki, client_listen);
+    let requests = |port: u16| {
+        let host = format!("app:{port}");
+        json!([
+            {"method": "GET", "path": "/a?q=1", "host": host,
+             "headers": {"Connection": "keep-alive, x-hop", "X-Hop": "1"}},
+            {"method": "POST", "path": "/upload", "host": host, "body_len": 300000},
+            {"method": "PUT", "path": "/chunks", "host": host, "body_len": 50000, "chunked": true},
+            {"method": "HEAD", "path": "/h", "host": host},
+            {"method": "GET", "path": "/chunked", "host": host},
+            {"method": "GET", "path": "/last", "host": host},
+        ])
+    };
+    let pod_80: SocketAddr = format!("{POD_IP}:80").parse().unwrap();
+    let pod_8081: SocketAddr = format!("{POD_IP}:8081").parse().unwrap();
+    let rows = [
+        ("envoy", "", "envoy", ""),
+        ("ringside", "uring", "envoy", ""),
+        ("ringside", "epoll", "envoy", ""),
+        ("envoy", "", "ringside", "uring"),
+        ("envoy", "", "ringside", "epoll"),
+    ];
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (server, sio, client, cio) in rows {
+        let pod = Pod::new();
+        let mut servers = Vec::new();
+        let got = pod.pod.run(|| {
+            servers.push(Http1Server::start("0.0.0.0", 80, "app-80"));
+            servers.push(Http1Server::start("0.0.0.0", 8081, "app-8081"));
+            let snapshot = json!({"version": "in", "listeners": [vi], "clusters": clusters,
+                                  "secrets": server_secrets});
+            let proxy = PodProxy::start_with(server, sio, &snapshot, true);
+            let ack = proxy.xds.wait_ack("lds", "in");
+            assert_eq!(ack["ack"], true, "{server}: {ack}");
+            wait_listening(local(15006));
+            let mut got = pod.client.run(|| {
+                // The server sidecar warm (its secrets over SDS): the first call that answers.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let probe = json!([{"method": "GET", "path": "/probe", "host": "app:80"}]);
+                while !http1_tls_outcomes(&pki, "consumer", "istio", pod_80, &probe)[0]
+                    .contains(" 200 ")
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let sidecar = ClientSidecar::start(client, cio, &client_snapshot);
+                wait_listening(client_listen);
+                let warm = json!([{"method": "GET", "path": "/warm", "host": "app:80"}]);
+                while !http1_outcomes(client_listen, &warm)[0].contains(" 200 ")
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let mut got = http1_outcomes(client_listen, &requests(80));
+                got.extend(http1_outcomes(client_listen, &requests(8081)));
+                drop(sidecar);
+                // Port 80's chain matches ALPN `istio` (none negotiated: the first bytes
+                // decide) and `istio-http/1.1` (`http/1.1` negotiated); the catch-all HTTP
+                // chain `istio-http/1.1` alone (none negotiated).
+                for (alpn, target) in [
+                    ("istio", pod_80),
+                    ("istio-http/1.1,http/1.1", pod_80),
+                    ("istio-http/1.1", pod_8081),
+                ] {
+                    let r = json!([
+                        {"method": "GET", "path": "/direct", "host": "app"},
+                        {"method": "POST", "path": "/direct", "host": "app", "body_len": 70000,
+                         "chunked": true},
+                    ]);
+                    got.extend(http1_tls_outcomes(&pki, "consumer", alpn, target, &r));
+                }
+                got.extend(http1_tls_outcomes(
+                    &pki,
+                    "stranger",
+                    "istio",
+                    pod_80,
+                    &json!([{"method": "GET", "path": "/stranger", "host": "app"}]),
+                ));
+                got
+            });
+            // The calls came over TLS (port 80 has a plaintext chain too): the server
+            // sidecar's handshakes, one per connection: the probe's, the direct client's 3,
+            // and at least one per cluster of the client sidecar (4 without them).
+            let handshakes = match (&proxy._envoy, &proxy._ringside) {
+                (Some(e), _) => e.stat("listener.0.0.0.0_15006.ssl.handshake"),
+                (_, Some(rs)) => rs
+                    .get("/stats")
+                    .1
+                    .lines()
+                    .filter(|l| l.contains("downstream_tls_handshake: "))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum(),
+                _ => 0,
+            };
+            got.push(format!("server TLS handshakes >= 6: {}", handshakes >= 6));
+            got
+        });
+        let who = format!("server {server} {sio}, client {client} {cio}");
+        eprintln!("{who}: {got:#?}");
+        results.push((who, got));
+        drop(servers);
+    }
+    // A refused handshake: each TLS stack's own alert (Envoy's BoringSSL sends decrypt_error,
+    // rustls closes): only that it failed counts.
+    let comparable = |o: &String| match o.starts_with("error") {
+        true => "error".to_string(),
+        false => http1_comparable(o),
+    };
+    let want: Vec<String> = results[0].1.iter().map(comparable).collect();
+    assert!(
+        want[0].starts_with("[new] 200 app-80 GET /a?q=1"),
+        "{want:?}"
+    );
+    // Every call answered but the stranger's (a certificate of another CA).
+    assert_eq!(want.last().unwrap(), "server TLS handshakes >= 6: true");
+    let stranger = want.len() - 2;
+    assert!(
+        want[..stranger].iter().all(|o| !o.starts_with("error")),
+        "{want:?}"
+    );
+    assert!(want[stranger].starts_with("error"), "{want:?}");
+    for (who, got) in &results[1..] {
+        let got: Vec<String> = got.iter().map(comparable).collect();
+        assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
+    }
 }

@@ -259,6 +259,18 @@ impl<S: AsyncWriteRent> TlsStream<S> {
         self.read.tls.borrow().alpn_protocol().map(|p| p.to_vec())
     }
 
+    /// Whether anything arrived that was not read yet: ciphertext not given to rustls,
+    /// plaintext rustls holds, or the peer's close_notify (an idle pooled connection with
+    /// any is not reusable).
+    pub fn has_unread(&self) -> bool {
+        if self.read.pos < self.read.cipher.0.len() {
+            return true;
+        }
+        let mut tls = self.read.tls.borrow_mut();
+        let mut reader = tls.reader();
+        !matches!(reader.fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Whether the handshake resumed an earlier session (a TLS 1.3 ticket).
     pub fn resumed(&self) -> bool {
         self.read.tls.borrow().handshake_kind() == Some(rustls::HandshakeKind::Resumed)

@@ -325,6 +325,36 @@ fn tickets_resume_only_on_the_listener_context_that_issued_them() {
     });
 }
 
+#[test]
+fn unread_plaintext_and_close_notify_show_on_an_idle_connection() {
+    let pki = Pki::new("unread", &[("server", SERVER_ID), ("client", CLIENT_ID)]);
+    let (sc, cc) = configs(
+        &pki,
+        &[SanMatch::Prefix("spiffe://cluster.local/".into())],
+        &[SanMatch::Exact(SERVER_ID.into())],
+    );
+    run(async move {
+        let (s, c) = pair(sc, cc).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert!(!c.has_unread());
+        // Two bytes in one record, one read: the second stays in rustls.
+        let (r, _) = s.write_all(b"ab".to_vec()).await;
+        r.unwrap();
+        let (r, b) = c.read_exact(vec![0u8; 1]).await;
+        r.unwrap();
+        assert_eq!(b, b"a");
+        assert!(c.has_unread(), "a byte left in rustls");
+        let (r, _) = c.read_exact(vec![0u8; 1]).await;
+        r.unwrap();
+        assert!(!c.has_unread(), "all read");
+        // The server's close_notify, pulled in by a read that then ends: seen.
+        s.shutdown().await.unwrap();
+        let (r, _) = c.read(vec![0u8; 1]).await;
+        assert_eq!(r.unwrap(), 0);
+        assert!(c.has_unread(), "close_notify");
+    });
+}
+
 /// `ticket_key_rotation_s`: a ticket decrypts while its key is the current one or the one
 /// before, not once the keys changed twice since (here every second); the lifetime clients
 /// are told is twice the period.

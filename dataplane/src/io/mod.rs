@@ -152,6 +152,14 @@ pub trait Conn:
     fn socket(&self) -> Option<&TcpStream> {
         None
     }
+    /// The ALPN protocol the TLS handshake settled on; `None` on plaintext or without ALPN.
+    fn alpn(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Whether the connection is TLS (HTTP's `https` scheme).
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 impl Conn for TcpStream {

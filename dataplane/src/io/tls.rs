@@ -536,4 +536,10 @@ impl Conn for TlsConn {
     fn socket(&self) -> Option<&TcpStream> {
         Some(self.get_ref())
     }
+    fn alpn(&self) -> Option<Vec<u8>> {
+        self.alpn_protocol()
+    }
+    fn is_tls(&self) -> bool {
+        true
+    }
 }

@@ -353,7 +353,8 @@ async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &
                         }
                     }
                 }
-                Err(s) => crate::filter::triple::conn::serve(s, t, drain).await,
+                // TLS (an mTLS chain of an HTTP connection manager): by ALPN or first bytes.
+                Err(s) => crate::filter::triple::http1_tls::serve_tls(s, t, drain).await,
             },
             Some(t) => crate::filter::triple::conn::serve(stream, t, drain).await,
             None => false,

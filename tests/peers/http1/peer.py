@@ -16,12 +16,15 @@ client: python peer.py client --target H:P < requests.json
   Sends the requests ([{method, path, host, body_len, chunked, headers}]) one after the other
   on one keep-alive connection (a new one when the server closed it) and prints one JSON line
   per request: {"status": N, "body": TEXT, "reused": BOOL} or {"error": TEXT}.
+  With --tls-cert/--tls-key/--tls-ca it speaks TLS (client certificate, the CA's trust,
+  --alpn A,B offered); each line then says the ALPN negotiated ("alpn": NAME|null).
 """
 import argparse
 import http.client
 import http.server
 import json
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -134,7 +137,11 @@ def client(a):
     for r in json.load(sys.stdin):
         reused = conn is not None
         if conn is None:
-            conn = http.client.HTTPConnection(host, int(port), timeout=a.timeout_s)
+            if a.tls_cert:
+                conn = http.client.HTTPSConnection(host, int(port), timeout=a.timeout_s,
+                                                   context=tls_context(a))
+            else:
+                conn = http.client.HTTPConnection(host, int(port), timeout=a.timeout_s)
         try:
             conn.putrequest(r.get("method", "GET"), r.get("path", "/"), skip_host=True,
                             skip_accept_encoding=True)
@@ -156,8 +163,12 @@ def client(a):
             elif body:
                 conn.send(body)
             resp = conn.getresponse()
+            alpn = conn.sock.selected_alpn_protocol() if a.tls_cert and conn.sock else None
             text = resp.read().decode(errors="replace")
-            print(json.dumps({"status": resp.status, "body": text, "reused": reused}), flush=True)
+            line = {"status": resp.status, "body": text, "reused": reused}
+            if a.tls_cert:
+                line["alpn"] = alpn
+            print(json.dumps(line), flush=True)
             if resp.will_close:
                 conn.close()
                 conn = None
@@ -165,6 +176,17 @@ def client(a):
             print(json.dumps({"error": "%s: %s" % (type(e).__name__, e)}), flush=True)
             conn.close()
             conn = None
+
+
+def tls_context(a):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_cert_chain(a.tls_cert, a.tls_key)
+    ctx.load_verify_locations(a.tls_ca)
+    # Istio's certificates name SPIFFE ids, not host names: the CA's signature is checked.
+    ctx.check_hostname = False
+    if a.alpn:
+        ctx.set_alpn_protocols(a.alpn.split(","))
+    return ctx
 
 
 def main():
@@ -177,6 +199,10 @@ def main():
     c = sub.add_parser("client")
     c.add_argument("--target", required=True)
     c.add_argument("--timeout-s", type=float, default=5.0)
+    c.add_argument("--tls-cert")
+    c.add_argument("--tls-key")
+    c.add_argument("--tls-ca")
+    c.add_argument("--alpn")
     a = p.parse_args()
     server(a) if a.mode == "server" else client(a)
 

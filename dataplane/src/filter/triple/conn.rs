@@ -2444,8 +2444,8 @@ async fn read_loop<R: AsyncReadRent>(
     conn: &Rc<Conn>,
     mut r: R,
     server: bool,
+    mut buf: BytesMut,
 ) -> Result<(), ConnError> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let frame_max = conn.limits.frame_max;
     let mut preface_left = server;
     // A header block being continued: (stream, END_STREAM, fragments so far).
@@ -2575,6 +2575,17 @@ async fn write_loop<W: AsyncWriteRent>(conn: &Rc<Conn>, mut w: W) {
 /// deadline the final GOAWAY goes out whatever is still open, and the connection closes.
 /// Returns whether the deadline cut it.
 pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: &Drain) -> bool {
+    serve_read(stream, l, drain, BytesMut::with_capacity(READ_CHUNK_BYTES)).await
+}
+
+/// [`serve`] for a connection whose first bytes were read already (`read`: they start with
+/// the HTTP/2 preface): a TLS connection told from HTTP/1.1 by its first bytes.
+pub async fn serve_read<S: crate::io::Conn>(
+    stream: S,
+    l: Rc<TripleListener>,
+    drain: &Drain,
+    read: BytesMut,
+) -> bool {
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
     let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
@@ -2594,7 +2605,7 @@ pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<TripleListener>, drain: 
     let (r, w) = stream.into_split();
     let reader_done = Notify::new();
     let reader = async {
-        if let Err(e) = read_loop(&conn, r, true).await {
+        if let Err(e) = read_loop(&conn, r, true, read).await {
             if e.code != code::NO_ERROR {
                 l.stats.inc(l.ids.protocol_error);
                 tracing::debug!(listener = %l.name, code = e.code, why = %e.why, "caller connection error");
@@ -2867,7 +2878,7 @@ async fn serve_upstream<S: crate::io::Conn>(
             let (r, w) = stream.into_split();
             let why = shard::monoio::select! {
                 why = async {
-                    match read_loop(&conn, r, false).await {
+                    match read_loop(&conn, r, false, BytesMut::with_capacity(READ_CHUNK_BYTES)).await {
                         Ok(()) => "upstream closed the connection".to_string(),
                         Err(e) => {
                             let why = format!("upstream connection error: {}", e.why);

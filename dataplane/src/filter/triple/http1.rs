@@ -20,11 +20,12 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use shard::monoio::net::TcpStream;
 
 use super::conn::{Again, RETRY_BODY_BYTES_MAX};
 use super::headers::HeaderList;
+use super::http1_tls::UpStream;
 use super::router::RequestView;
 use super::{Pool, TripleListener};
 use crate::cluster::Availability;
@@ -175,16 +176,29 @@ enum Next {
 /// closes, asks to, breaks the protocol, sits idle for the listener's `idle_timeout_ms`, or
 /// its listener drains (closed after the exchange in flight; at the drain's deadline in any
 /// case). Returns whether the drain's deadline cut it.
-pub async fn serve(down: TcpStream, l: Rc<TripleListener>, drain: &Drain) -> bool {
+pub async fn serve<C: crate::io::Conn>(down: C, l: Rc<TripleListener>, drain: &Drain) -> bool {
+    serve_read(down, l, drain, BytesMut::with_capacity(READ_CHUNK_BYTES)).await
+}
+
+/// [`serve`] for a connection whose first bytes were read already (`read`; a TLS connection
+/// told from HTTP/2 by them, [`super::http1_tls::serve_tls`]).
+pub async fn serve_read<C: crate::io::Conn>(
+    down: C,
+    l: Rc<TripleListener>,
+    drain: &Drain,
+    read: BytesMut,
+) -> bool {
     let _ = down.set_nodelay(true);
     let dst = super::conn::original_dst(&down, &l);
     let peer = l
         .rbac
         .as_ref()
         .map(|_| crate::filter::rbac::ConnPeer::new(crate::io::Conn::rbac_facts(&down)));
+    let scheme = if down.is_tls() { "https" } else { "http" };
     let mut c = Down {
+        scheme,
         s: down,
-        buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+        buf: read,
         dst,
         peer,
     };
@@ -208,15 +222,17 @@ pub async fn serve(down: TcpStream, l: Rc<TripleListener>, drain: &Drain) -> boo
 
 /// The caller's connection: the socket, what was read and not used yet (the start of the
 /// next request, when pipelined), what routing needs of the connection.
-struct Down {
-    s: TcpStream,
+struct Down<C> {
+    s: C,
+    /// `https` on TLS, else `http` (`:scheme`, and `x-forwarded-proto` when absent).
+    scheme: &'static str,
     buf: BytesMut,
     dst: Option<SocketAddr>,
     peer: Option<crate::filter::rbac::ConnPeer>,
 }
 
 /// One request and its response.
-async fn exchange(c: &mut Down, l: &TripleListener) -> Next {
+async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Next {
     let head = match read_head(&mut c.s, &mut c.buf, l.limits.idle_timeout, true).await {
         Ok(n) => n,
         Err(HeadError::Closed) => return Next::Close,
@@ -284,14 +300,14 @@ struct Routed {
 }
 
 /// The route's cluster pool, timeout and retry policy, or the local answer.
-fn route(c: &Down, l: &TripleListener, req: &Request) -> Result<Routed, Local> {
+fn route<C>(c: &Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Local> {
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
     let mut hl = HeaderList::default();
     let limit = usize::MAX;
     hl.push(b":method", req.method.as_bytes(), false, limit);
-    hl.push(b":scheme", b"http", false, limit);
+    hl.push(b":scheme", c.scheme.as_bytes(), false, limit);
     hl.push(b":authority", req.authority.as_bytes(), false, limit);
     hl.push(b":path", req.path.as_bytes(), false, limit);
     for (n, v) in &req.fields {
@@ -575,7 +591,12 @@ fn fields_of(headers: &[httparse::Header<'_>], connection: &[&[u8]]) -> Vec<(Str
 }
 
 /// Writes a local answer; closes after it when `close`.
-async fn local(c: &mut Down, l: &TripleListener, e: &Local, close: bool) -> Next {
+async fn local<C: crate::io::Conn>(
+    c: &mut Down<C>,
+    l: &TripleListener,
+    e: &Local,
+    close: bool,
+) -> Next {
     l.stats.inc(l.ids.rsp_local);
     let (code, reason, body) = e.status();
     let mut out = format!(
@@ -600,31 +621,30 @@ async fn local(c: &mut Down, l: &TripleListener, e: &Local, close: bool) -> Next
 /// An upstream HTTP/1.1 connection, returned to its pool's idle list when an exchange leaves
 /// it clean.
 struct Up {
-    s: TcpStream,
+    s: UpStream,
     addr: SocketAddr,
     /// The endpoint's slot in its cluster (`None`: an original destination).
     slot: Option<usize>,
 }
 
-/// An idle connection to `addr` from `pool`, if a live one is there.
-fn idle_connection(pool: &Pool, addr: SocketAddr) -> Option<Up> {
+/// An idle connection to `addr` (TLS or not, as `tls`) from `pool`, if a live one is there.
+fn idle_connection(pool: &Pool, addr: SocketAddr, tls: bool) -> Option<Up> {
     let mut idle = pool.http1_idle.borrow_mut();
     let now = Instant::now();
     // Expired ones go first (their sockets close as they drop).
     idle.retain(|(_, _, since)| pool.idle_timeout.is_zero() || now - *since < pool.idle_timeout);
-    while let Some(i) = idle.iter().rposition(|(a, _, _)| *a == addr) {
+    while let Some(i) = idle
+        .iter()
+        .rposition(|(a, s, _)| *a == addr && s.is_tls() == tls)
+    {
         let (_, s, _) = idle.swap_remove(i);
-        let mut b = [0u8; 1];
         // Alive and quiet: nothing to read yet. EOF or stray bytes: dropped.
-        match shard::sockopt::peek(s.as_raw_fd(), &mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Some(Up {
-                    s,
-                    addr,
-                    slot: None,
-                })
-            }
-            _ => continue,
+        if s.quiet() {
+            return Some(Up {
+                s,
+                addr,
+                slot: None,
+            });
         }
     }
     None
@@ -641,15 +661,19 @@ fn put_idle(pool: &Pool, up: Up) {
 /// `original_destination` cluster, else to an endpoint the balancer picks (another one, up to
 /// [`CONNECT_ATTEMPTS_MAX`], when connecting fails), skipping those a retry already tried
 /// while another is there (`previous_hosts`).
-async fn upstream(c: &Down, pool: &Pool, retry: Option<&crate::route::Retry>) -> Result<Up, Local> {
+async fn upstream<C>(
+    c: &Down<C>,
+    pool: &Pool,
+    retry: Option<&crate::route::Retry>,
+) -> Result<Up, Local> {
     let lb = &pool.lb;
     let mut tried = [usize::MAX; CONNECT_ATTEMPTS_MAX];
     for attempt in 0..CONNECT_ATTEMPTS_MAX {
-        let (addr, slot) = if lb.original_destination {
+        let (addr, slot, tls) = if lb.original_destination {
             if attempt > 0 {
                 break;
             }
-            (c.dst.ok_or(Local::NoHealthyUpstream)?, None)
+            (c.dst.ok_or(Local::NoHealthyUpstream)?, None, None)
         } else {
             let state = |i: usize, skip_retried: bool| {
                 if tried.contains(&i) || (skip_retried && retry.is_some_and(|r| r.avoids(i))) {
@@ -668,26 +692,32 @@ async fn upstream(c: &Down, pool: &Pool, retry: Option<&crate::route::Retry>) ->
                 break;
             };
             tried[attempt] = i;
-            if lb.tls(i).is_some() {
-                // HTTP/1.1 to a TLS endpoint is not supported yet (docs/decisions/0010-http1.md).
-                tracing::debug!(cluster = %lb.name, "HTTP/1.1 to a TLS endpoint: not supported");
-                continue;
-            }
-            (lb.slot(i).addr, Some(i))
+            (lb.slot(i).addr, Some(i), lb.tls(i))
         };
-        if let Some(mut up) = idle_connection(pool, addr) {
+        if let Some(mut up) = idle_connection(pool, addr, tls.is_some()) {
             up.slot = slot;
             return Ok(up);
         }
-        let connected = shard::monoio::time::timeout(
-            pool.connect_timeout,
-            crate::io::intercept::connect(addr, &lb.sources),
-        )
-        .await;
+        // TLS when the endpoint's transport socket is (the handshake within the connect
+        // timeout), HTTP/1.1 inside it.
+        let connect = async {
+            match &tls {
+                Some(t) => crate::io::tls::connect(addr, &lb.sources, t)
+                    .await
+                    .map(UpStream::Tls),
+                None => crate::io::intercept::connect(addr, &lb.sources)
+                    .await
+                    .map(UpStream::Plain),
+            }
+        };
+        let connected = shard::monoio::time::timeout(pool.connect_timeout, connect).await;
         match connected {
             Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                let _ = crate::io::Conn::set_keepalive(&s, &lb.keepalive);
+                let _ = match &s {
+                    UpStream::Plain(s) => crate::io::Conn::set_nodelay(s, true)
+                        .and_then(|_| crate::io::Conn::set_keepalive(s, &lb.keepalive)),
+                    UpStream::Tls(s) => crate::io::Conn::set_keepalive(s, &lb.keepalive),
+                };
                 pool.stats.inc(lb.ids.cx_total);
                 return Ok(Up { s, addr, slot });
             }
@@ -702,7 +732,7 @@ async fn upstream(c: &Down, pool: &Pool, retry: Option<&crate::route::Retry>) ->
 }
 
 /// The request head as it goes upstream.
-fn request_head(req: &Request, request_id: impl FnOnce() -> String) -> Vec<u8> {
+fn request_head(req: &Request, scheme: &str, request_id: impl FnOnce() -> String) -> Vec<u8> {
     let mut h = Vec::with_capacity(
         256 + req
             .fields
@@ -731,7 +761,9 @@ fn request_head(req: &Request, request_id: impl FnOnce() -> String) -> Vec<u8> {
     }
     // What Envoy's connection manager adds in Istio's configuration.
     if !proto {
-        h.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        h.extend_from_slice(b"x-forwarded-proto: ");
+        h.extend_from_slice(scheme.as_bytes());
+        h.extend_from_slice(b"\r\n");
     }
     if !id {
         h.extend_from_slice(b"x-request-id: ");
@@ -849,15 +881,15 @@ fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Respons
 /// `retry_policy` says (the same decisions as HTTP/2's, `Again::wanted_by`). `Err` carries the
 /// local answer and, unless the response head was already written (`None`: the connection can
 /// only close), whether the request's body was read to its end.
-async fn forward(
-    c: &mut Down,
+async fn forward<C: crate::io::Conn>(
+    c: &mut Down<C>,
     l: &TripleListener,
     req: &Request,
     pool: &Rc<Pool>,
     deadline: Option<Instant>,
     policy: Option<crate::route::RetryPolicy>,
 ) -> Result<Next, (Local, Option<bool>)> {
-    let head = request_head(req, || request_id(l));
+    let head = request_head(req, c.scheme, || request_id(l));
     let mut body = match req.framing == Framing::Length(0) {
         true => Body::Held(Vec::new()),
         false => Body::Unread,
@@ -1003,8 +1035,8 @@ impl Drop for RetrySlot<'_> {
 /// deadline; the response head also by `per_try_timeout_ms` from the end of the request, as
 /// Envoy's per-try timer.
 #[allow(clippy::too_many_arguments)]
-async fn one_try(
-    c: &mut Down,
+async fn one_try<C: crate::io::Conn>(
+    c: &mut Down<C>,
     req: &Request,
     pool: &Pool,
     head: &[u8],
@@ -1249,9 +1281,16 @@ impl Chunks {
 
 /// After a 101 to a WebSocket upgrade: bytes both ways until either side closes (what each
 /// side sent ahead, still in its buffer, first).
-async fn tunnel(c: Down, up: Up, rbuf: BytesMut) {
+async fn tunnel<C: crate::io::Conn>(c: Down<C>, up: Up, rbuf: BytesMut) {
+    match up.s {
+        UpStream::Plain(u) => tunnel_over(c, u, rbuf).await,
+        UpStream::Tls(u) => tunnel_over(c, u, rbuf).await,
+    }
+}
+
+async fn tunnel_over<C: crate::io::Conn, U: crate::io::Conn>(c: Down<C>, up: U, rbuf: BytesMut) {
     let (mut dr, mut dw) = c.s.into_split();
-    let (mut ur, mut uw) = up.s.into_split();
+    let (mut ur, mut uw) = up.into_split();
     shard::monoio::select! {
         _ = copy(c.buf, &mut dr, &mut uw) => {}
         _ = copy(rbuf, &mut ur, &mut dw) => {}

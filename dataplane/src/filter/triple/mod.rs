@@ -11,6 +11,7 @@ pub mod conn;
 pub mod error;
 pub mod headers;
 pub mod http1;
+pub mod http1_tls;
 pub mod router;
 
 use std::cell::{Cell, RefCell};
@@ -582,7 +583,7 @@ pub struct Pool {
     pub mirrors: crate::cluster::MirrorBudget,
     /// Idle keep-alive HTTP/1.1 connections ([`http1`]): (endpoint, socket, idle since), at
     /// most [`http1::IDLE_UPSTREAM_MAX`].
-    pub http1_idle: RefCell<Vec<(SocketAddr, shard::monoio::net::TcpStream, Instant)>>,
+    pub http1_idle: RefCell<Vec<(SocketAddr, http1_tls::UpStream, Instant)>>,
 }
 
 /// Why a pool has no connection for a call.
