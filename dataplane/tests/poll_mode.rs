@@ -93,15 +93,22 @@ fn idle(rs: &Ringside, window: Duration) -> Idle {
 fn spin_and_hybrid_answer_calls_and_fire_request_timeouts() {
     let _serial = serial();
     let a = Provider::start("A");
-    for (mode, io) in [
-        ("spin", "auto"),
-        ("spin", "epoll"),
-        ("hybrid", "auto"),
-        ("hybrid", "epoll"),
+    for (mode, io, backend) in [
+        // A polling shard gets epoll unless io_uring is asked for (decision 0009, Change 5).
+        ("spin", "auto", "epoll"),
+        ("spin", "uring", "io_uring"),
+        ("spin", "epoll", "epoll"),
+        ("hybrid", "auto", "epoll"),
+        ("hybrid", "uring", "io_uring"),
+        ("hybrid", "epoll", "epoll"),
     ] {
         let (rs, mut c) = start(mode, a.addr, &["--io", io]);
         let info = server_info(&rs);
         assert_eq!(info["shards"][0]["poll_mode"], mode, "{info}");
+        assert_eq!(
+            info["shards"][0]["io_backend"], backend,
+            "{mode}/{io}: {info}"
+        );
         for i in 0..200 {
             let arg = [Arg::Int(i)];
             let ans = c.call(RequestBuilder::new(SVC, "echo").args(&arg));

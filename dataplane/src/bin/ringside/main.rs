@@ -68,7 +68,8 @@ enum Command {
         /// Shards (threads, one per core); default: the cores in the affinity mask.
         #[arg(long)]
         shards: Option<usize>,
-        /// I/O backend: io_uring with epoll fallback (auto), or force one.
+        /// I/O backend: auto (io_uring with epoll fallback when sleeping; epoll for a spin or
+        /// hybrid poll mode, where it answers sooner), or force one.
         #[arg(long, value_enum)]
         io: Option<Io>,
         /// How an idle shard waits: sleep in the kernel (default), spin on its core (needs one
