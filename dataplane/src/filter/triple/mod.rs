@@ -266,6 +266,8 @@ pub struct Logged {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub flags: Flags,
+    /// Istio's metadata exchange on this call (listeners with `istio_metrics`).
+    pub mx: crate::stats::istio::Exchange,
 }
 
 impl Headers for Logged {
@@ -432,6 +434,7 @@ impl TripleListener {
                 bytes_received: 0,
                 bytes_sent: 0,
                 flags: Flags::NONE,
+                mx: Default::default(),
             })
         });
         lg.values.clear();
@@ -442,6 +445,15 @@ impl TripleListener {
         lg.bytes_received = 0;
         lg.bytes_sent = 0;
         lg.flags = Flags::NONE;
+        lg.mx = Default::default();
+        if let Some(i) = self.istio.as_ref().filter(|i| i.inbound()) {
+            // istio-proxy's inbound `peer_metadata`: the caller's sidecar names its workload.
+            use crate::stats::istio::exchange::{HEADER, HEADER_ID};
+            let value = hl.get(HEADER);
+            lg.mx.id_received = hl.get(HEADER_ID).is_some();
+            lg.mx.value_received = value.is_some();
+            lg.mx.peer = i.peer_metadata(value);
+        }
         let Some(log) = &self.log else {
             return Some(lg);
         };
@@ -480,6 +492,7 @@ impl TripleListener {
                 grpc: c.status,
                 flags: (flags.bits(), &text),
                 peer,
+                meta: lg.mx.peer,
             };
             let us = c.started.elapsed().as_micros() as u64;
             istio.request(&o, us, lg.bytes_received, lg.bytes_sent);
