@@ -3739,6 +3739,11 @@ fn validate_retry(
                 at(&format!("retriable_status_codes[{i}]")),
                 format!("{c} is out of range 0..={top}"),
             );
+        } else if !grpc && c == 20 {
+            err(
+                at(&format!("retriable_status_codes[{i}]")),
+                "20 is Dubbo's OK: an answer, never retried".into(),
+            );
         }
     }
     let wants = p.retry_on.contains(&RetryOn::RetriableStatusCodes);

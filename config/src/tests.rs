@@ -801,6 +801,10 @@ fn retry_policies_load_and_are_checked() {
             "retriable_status_codes",
         ),
         ("{retry_on: []}", "retry_on"),
+        (
+            "{retry_on: [retriable-status-codes], retriable_status_codes: [80, 20]}",
+            "retriable_status_codes[1]",
+        ),
     ] {
         let e = errors(&route(policy));
         assert_eq!(e[0].field, format!("{at}.{field}"), "{policy}");

@@ -245,6 +245,12 @@ fn grpc_calls_continue_the_callers_trace() {
         "an unsampled call was exported: {:#?}",
         rx.seen
     );
+    // The shard counts a batch as queued just after handing it to the exporter thread, which
+    // may send it (and the receiver see it) first: wait for the count rather than assume it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "spans_queued") < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(stat(&rs, "spans_queued"), 4, "{}", rs.get("/stats").1);
     assert_eq!(stat(&rs, "spans_dropped"), 0);
 }

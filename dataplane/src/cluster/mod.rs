@@ -1164,7 +1164,10 @@ pub trait OutlierHost {
 /// detection: nothing without `cfg`; a success resets the host's count, a failure may eject it
 /// (counted in `ids`, logged). No allocation: the cluster's endpoint count is the published
 /// `Endpoints::distinct`.
+/// The success path is inlined into the callers (every answered request takes it); a failure
+/// goes to [`failed_outcome`].
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub fn outcome<H: OutlierHost + Retire>(
     cfg: Option<&OutlierConfig>,
     lb: &ShardCluster,
@@ -1184,6 +1187,19 @@ pub fn outcome<H: OutlierHost + Retire>(
         host.outlier().success();
         return;
     }
+    failed_outcome(cfg, lb, hosts, stats, ids, host);
+}
+
+/// [`outcome`] of a failed request.
+#[inline(never)]
+fn failed_outcome<H: OutlierHost + Retire>(
+    cfg: &OutlierConfig,
+    lb: &ShardCluster,
+    hosts: &HostTable<H>,
+    stats: &ShardStats,
+    ids: &UpstreamStatIds,
+    host: &H,
+) {
     if cfg.consecutive == 0 {
         return;
     }

@@ -778,11 +778,26 @@ impl UpConn {
             };
             self.pool.outcome(&self.host, failed);
         }
-        if p.again.is_some() {
-            p = match self.retry(p, &reply) {
-                Ok(()) => return,
-                Err(p) => p,
-            };
+        if let Some(a) = p.again.as_mut() {
+            // An OK answer is never retried (config refuses 20 as a retriable status): the
+            // common case skips the policy's checks.
+            let ok = matches!(&reply, Reply::Response(f) if wire::response_status(f) == wire::Status::OK);
+            if !ok && Cause::of(&reply).is_some_and(|c| c.wanted_by(&a.retry.policy)) {
+                p = match self.retry(p, &reply) {
+                    Ok(()) => return,
+                    Err(p) => p,
+                };
+            } else {
+                // An answer the policy does not retry (the common case): what `retry` and
+                // `answered` do for it, without moving `p` through them or reading the clock
+                // (~140 instructions per request in bench/callgrind-dubbo's governed config).
+                if std::mem::take(&mut a.slot) {
+                    self.pool.retries.ended();
+                }
+                if a.retry.done > 0 {
+                    self.pool.stats.inc(self.pool.ids.rq_retry_success);
+                }
+            }
         }
         self.release(&p.down);
         let cluster = Some(&*self.pool.lb.name);
