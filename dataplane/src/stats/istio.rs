@@ -96,11 +96,13 @@ impl Node {
 }
 
 /// Which protocol a listener's calls are (`request_protocol`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Dubbo,
     Grpc,
     Tcp,
+    /// HTTP/1.x requests on a triple listener with `http1` (istio-proxy's `http`).
+    Http,
 }
 
 impl Protocol {
@@ -109,6 +111,7 @@ impl Protocol {
             Protocol::Dubbo => "dubbo",
             Protocol::Grpc => "grpc",
             Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
         }
     }
 }
@@ -157,6 +160,8 @@ pub struct Exchange {
 /// The part of a call's label set that varies per call: the table's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
+    /// The listener's protocol, or HTTP for an HTTP/1.1 request on a triple listener.
+    protocol: Protocol,
     peer: PeerId,
     meta: MetaId,
     /// The cluster (a stat id its name registered once: stable while the process lives).
@@ -318,12 +323,25 @@ impl IstioListener {
 
     /// Counts one finished request (Dubbo call, gRPC/Triple call).
     pub fn request(&self, o: &Outcome<'_>, duration_us: u64, bytes_in: u64, bytes_out: u64) {
+        self.request_as(self.protocol, o, duration_us, bytes_in, bytes_out);
+    }
+
+    /// [`Self::request`] for a request of another protocol than the listener's (an HTTP/1.1
+    /// request on a triple listener: `request_protocol="http"`).
+    pub fn request_as(
+        &self,
+        protocol: Protocol,
+        o: &Outcome<'_>,
+        duration_us: u64,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
         let Some(Ids::Request {
             total,
             duration,
             request_bytes,
             response_bytes,
-        }) = self.ids(o)
+        }) = self.ids(protocol, o)
         else {
             return;
         };
@@ -341,7 +359,7 @@ impl IstioListener {
             closed,
             sent: sent_id,
             received: received_id,
-        }) = self.ids(o)
+        }) = self.ids(self.protocol, o)
         else {
             return;
         };
@@ -354,12 +372,13 @@ impl IstioListener {
         st.inc(closed);
     }
 
-    fn ids(&self, o: &Outcome<'_>) -> Option<Ids> {
+    fn ids(&self, protocol: Protocol, o: &Outcome<'_>) -> Option<Ids> {
         if o.peer == PeerId::OVERFLOW || o.meta == MetaId::OVERFLOW {
             self.stats.inc(self.overflow);
             return None;
         }
         let key = Key {
+            protocol,
             peer: o.peer,
             meta: o.meta,
             cluster: o.cluster.map(|c| c.0),
@@ -374,17 +393,17 @@ impl IstioListener {
             self.stats.inc(self.overflow);
             return None;
         }
-        let ids = self.register(o);
+        let ids = self.register(protocol, o);
         self.table.borrow_mut().insert(key, ids);
         Some(ids)
     }
 
     /// Registers the stats of a label set seen for the first time.
-    fn register(&self, o: &Outcome<'_>) -> Ids {
-        let labels = self.labels(o);
+    fn register(&self, protocol: Protocol, o: &Outcome<'_>) -> Ids {
+        let labels = self.labels(protocol, o);
         let tags: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let st: &Stats = &self.stats.stats;
-        match self.protocol {
+        match protocol {
             Protocol::Tcp => Ids::Tcp {
                 opened: st.add(
                     ISTIO_SCOPE,
@@ -437,7 +456,7 @@ impl IstioListener {
     }
 
     /// The labels of `o`, in the order istio-proxy's stats filter adds them.
-    fn labels(&self, o: &Outcome<'_>) -> Vec<(&'static str, String)> {
+    fn labels(&self, protocol: Protocol, o: &Outcome<'_>) -> Vec<(&'static str, String)> {
         let n = &*self.node;
         let u = || UNKNOWN.to_string();
         // Inbound mutual TLS: the peer's principal and ours (istio-proxy's values).
@@ -557,8 +576,8 @@ impl IstioListener {
                 l.push(("destination_cluster", pm(|m| &m.cluster)));
             }
         }
-        l.push(("request_protocol", self.protocol.as_str().into()));
-        if self.protocol != Protocol::Tcp {
+        l.push(("request_protocol", protocol.as_str().into()));
+        if protocol != Protocol::Tcp {
             l.push(("response_code", o.code.to_string()));
             l.push((
                 "grpc_response_status",

@@ -5,6 +5,7 @@ pub mod dubbo;
 pub mod envoy;
 pub mod grpc;
 pub mod h2;
+pub mod http1;
 pub mod peers;
 pub mod pki;
 pub mod xds;

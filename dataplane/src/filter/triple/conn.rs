@@ -1392,6 +1392,14 @@ impl Conn {
         let now = Instant::now();
         let mut call = Call::new(l, now);
         call.log = l.capture(&self.headers.borrow());
+        if let (Some(i), Some(lg)) = (l.istio.as_ref().filter(|i| i.inbound()), &mut call.log) {
+            // istio-proxy's inbound `peer_metadata`: the caller's sidecar names its workload.
+            let hl = self.headers.borrow();
+            let value = hl.get(exchange::HEADER);
+            lg.mx.id_received = hl.get(exchange::HEADER_ID).is_some();
+            lg.mx.value_received = value.is_some();
+            lg.mx.peer = i.peer_metadata(value);
+        }
         let mut s = Stream::new(
             self.peer_initial_window.get(),
             self.limits.stream_window,

@@ -27,8 +27,9 @@ use super::conn::{Again, RETRY_BODY_BYTES_MAX};
 use super::headers::HeaderList;
 use super::http1_tls::UpStream;
 use super::router::RequestView;
-use super::{Pool, TripleListener};
-use crate::cluster::Availability;
+use super::{Logged, Pool, TripleListener};
+use crate::access_log::{Flags, Part};
+use crate::cluster::{Availability, ShardCluster};
 use crate::filter::Drain;
 use crate::io::READ_CHUNK_BYTES;
 
@@ -128,6 +129,8 @@ struct Request {
 enum Local {
     BadRequest,
     TooLarge,
+    /// An HTTP/1.0 request.
+    UpgradeRequired,
     Forbidden(&'static str),
     NoRoute,
     RateLimited,
@@ -144,6 +147,7 @@ impl Local {
         match self {
             Local::BadRequest => (400, "Bad Request", "Bad Request"),
             Local::TooLarge => (431, "Request Header Fields Too Large", "Request Header Fields Too Large"),
+            Local::UpgradeRequired => (426, "Upgrade Required", "Upgrade Required"),
             Local::Forbidden(body) => (403, "Forbidden", body),
             Local::NoRoute => (404, "Not Found", ""),
             Local::RateLimited => (429, "Too Many Requests", "local_rate_limited"),
@@ -160,6 +164,23 @@ impl Local {
             ),
             Local::Timeout => (504, "Gateway Timeout", "upstream request timeout"),
             Local::BadGateway => (502, "Bad Gateway", "upstream sent a malformed response"),
+        }
+    }
+
+    /// The response flags Envoy logs with this answer.
+    fn flags(&self) -> Flags {
+        match self {
+            Local::BadRequest | Local::TooLarge | Local::UpgradeRequired => {
+                Flags::DOWNSTREAM_PROTOCOL_ERROR
+            }
+            Local::Forbidden(_) => Flags::NONE,
+            Local::NoRoute => Flags::NO_ROUTE_FOUND,
+            Local::RateLimited => Flags::RATE_LIMITED,
+            Local::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
+            Local::ConnectFailure => Flags::UPSTREAM_CONNECTION_FAILURE,
+            Local::UpstreamReset => Flags::UPSTREAM_CONNECTION_TERMINATION,
+            Local::Timeout => Flags::UPSTREAM_REQUEST_TIMEOUT,
+            Local::BadGateway => Flags::UPSTREAM_PROTOCOL_ERROR,
         }
     }
 }
@@ -195,28 +216,108 @@ pub async fn serve_read<C: crate::io::Conn>(
         .as_ref()
         .map(|_| crate::filter::rbac::ConnPeer::new(crate::io::Conn::rbac_facts(&down)));
     let scheme = if down.is_tls() { "https" } else { "http" };
+    let caller = match l.log.is_some() {
+        true => down.addrs(),
+        false => (None, None),
+    };
+    let istio_peer = match &l.istio {
+        Some(i) => i.peer(down.peer_principal().as_ref().map(|p| p.as_deref())),
+        None => crate::stats::istio::PeerId::NONE,
+    };
     let mut c = Down {
         scheme,
         s: down,
         buf: read,
         dst,
         peer,
+        hl: HeaderList::default(),
+        caller,
+        istio_peer,
+        seen: Seen::default(),
     };
     loop {
         let next = shard::monoio::select! {
-            n = exchange(&mut c, &l) => n,
-            _ = drain.deadline() => return true,
+            n = exchange(&mut c, &l) => Some(n),
+            _ = drain.deadline() => None,
+        };
+        let Some(next) = next else {
+            // Cut in the middle of an exchange: logged as the caller's connection lost.
+            c.seen.finish(&l, c.caller, c.istio_peer);
+            return true;
         };
         match next {
-            Next::KeepAlive if !drain.is_started() => {}
+            Next::KeepAlive if !drain.is_started() => c.seen.finish(&l, c.caller, c.istio_peer),
             Next::Tunnel(up, rbuf) => {
-                return shard::monoio::select! {
+                // Logged when the tunnel closes, as Envoy logs an upgraded stream.
+                let mut seen = std::mem::take(&mut c.seen);
+                let (caller, istio_peer) = (c.caller, c.istio_peer);
+                let cut = shard::monoio::select! {
                     _ = tunnel(c, up, rbuf) => false,
                     _ = drain.deadline() => true,
-                }
+                };
+                seen.finish(&l, caller, istio_peer);
+                return cut;
             }
-            _ => return false,
+            _ => {
+                c.seen.finish(&l, c.caller, c.istio_peer);
+                return false;
+            }
         }
+    }
+}
+
+/// One exchange as its access-log line and Istio's metrics see it (the record taken from the
+/// listener's pool when it logs or counts: no allocation per request once warm).
+#[derive(Default)]
+struct Seen {
+    /// The record ([`TripleListener::capture`]), from the request head on.
+    lg: Option<Box<Logged>>,
+    started: Option<Instant>,
+    /// The response status sent (0: none).
+    code: u16,
+    flags: Flags,
+    /// Body bytes received from the caller and sent to it (a chunked body's data only, as
+    /// Envoy counts them).
+    rx: u64,
+    tx: u64,
+    upstream: Option<SocketAddr>,
+    cluster: Option<Rc<ShardCluster>>,
+}
+
+impl Seen {
+    /// Starts an exchange whose request head is `hl` (empty: none could be parsed).
+    fn begin(&mut self, l: &TripleListener, hl: &HeaderList) {
+        self.lg = l.capture(hl);
+        self.started = Some(Instant::now());
+        self.code = 0;
+        self.flags = Flags::NONE;
+        self.rx = 0;
+        self.tx = 0;
+        self.upstream = None;
+        self.cluster = None;
+    }
+
+    /// Writes the exchange's line and counts it (when it began and the listener logs or
+    /// counts).
+    fn finish(
+        &mut self,
+        l: &TripleListener,
+        caller: (Option<SocketAddr>, Option<SocketAddr>),
+        peer: crate::stats::istio::PeerId,
+    ) {
+        let cluster = self.cluster.take();
+        let (Some(mut lg), Some(started)) = (self.lg.take(), self.started) else {
+            return;
+        };
+        lg.bytes_received = self.rx;
+        lg.bytes_sent = self.tx;
+        lg.flags = match self.code {
+            0 => self.flags | Flags::DOWNSTREAM_CONNECTION_TERMINATION,
+            _ => self.flags,
+        };
+        lg.upstream = self.upstream;
+        lg.cluster = cluster;
+        l.log_exchange(lg, started, u32::from(self.code), caller, peer);
     }
 }
 
@@ -229,6 +330,14 @@ struct Down<C> {
     buf: BytesMut,
     dst: Option<SocketAddr>,
     peer: Option<crate::filter::rbac::ConnPeer>,
+    /// The request's headers as routes, rbac and logs read them (reused per request).
+    hl: HeaderList,
+    /// The caller's (remote, local) address, when the listener logs.
+    caller: (Option<SocketAddr>, Option<SocketAddr>),
+    /// The caller's mutual TLS as Istio's metrics label it.
+    istio_peer: crate::stats::istio::PeerId,
+    /// The exchange in flight.
+    seen: Seen,
 }
 
 /// One request and its response.
@@ -236,13 +345,15 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     let head = match read_head(&mut c.s, &mut c.buf, l.limits.idle_timeout, true).await {
         Ok(n) => n,
         Err(HeadError::Closed) => return Next::Close,
-        Err(HeadError::TooLarge) => {
-            l.stats.inc(l.ids.rq_too_large);
-            return local(c, l, &Local::TooLarge, true).await;
-        }
-        Err(HeadError::Bad) => {
-            l.stats.inc(l.ids.rq_bad);
-            return local(c, l, &Local::BadRequest, true).await;
+        Err(e) => {
+            let (id, e) = match e {
+                HeadError::TooLarge => (l.ids.rq_too_large, Local::TooLarge),
+                _ => (l.ids.rq_bad, Local::BadRequest),
+            };
+            l.stats.inc(id);
+            c.hl.clear();
+            c.seen.begin(l, &c.hl);
+            return local(c, l, &e, true).await;
         }
     };
     l.stats.inc(l.ids.rq_total);
@@ -256,9 +367,13 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
                 _ => l.ids.rq_bad,
             };
             l.stats.inc(id);
+            c.hl.clear();
+            c.seen.begin(l, &c.hl);
             return local(c, l, &e, true).await;
         }
     };
+    header_list(&mut c.hl, &req, c.scheme);
+    c.seen.begin(l, &c.hl);
     let started = Instant::now();
     let Routed {
         pool,
@@ -272,6 +387,7 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
             return local(c, l, &e, close).await;
         }
     };
+    c.seen.cluster = Some(pool.lb.clone());
     let deadline = timeout.map(|t| started + t);
     let out = forward(c, l, &req, &pool, deadline, retry).await;
     l.stats
@@ -304,17 +420,9 @@ fn route<C>(c: &Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Lo
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
-    let mut hl = HeaderList::default();
-    let limit = usize::MAX;
-    hl.push(b":method", req.method.as_bytes(), false, limit);
-    hl.push(b":scheme", c.scheme.as_bytes(), false, limit);
-    hl.push(b":authority", req.authority.as_bytes(), false, limit);
-    hl.push(b":path", req.path.as_bytes(), false, limit);
-    for (n, v) in &req.fields {
-        hl.push(n.as_bytes(), v, false, limit);
-    }
+    let hl = &c.hl;
     if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
-        if !rbac.allows(&peer.with(&hl), &l.stats) {
+        if !rbac.allows(&peer.with(hl), &l.stats) {
             return Err(Local::Forbidden("RBAC: access denied"));
         }
     }
@@ -325,7 +433,7 @@ fn route<C>(c: &Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Lo
     let view = RequestView {
         service,
         method,
-        headers: &hl,
+        headers: hl,
     };
     let Some(action) = routes.router.route(Some(req.authority.as_bytes()), &view) else {
         l.stats.inc(l.ids.rq_no_route);
@@ -346,6 +454,20 @@ fn route<C>(c: &Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Lo
         timeout: action.timeout,
         retry: action.retry,
     })
+}
+
+/// `hl` := the request's fields as an HTTP/2 header list (pseudo-headers first), as routes,
+/// rbac and access logs read them.
+fn header_list(hl: &mut HeaderList, req: &Request, scheme: &str) {
+    hl.clear();
+    let limit = usize::MAX;
+    hl.push(b":method", req.method.as_bytes(), false, limit);
+    hl.push(b":scheme", scheme.as_bytes(), false, limit);
+    hl.push(b":authority", req.authority.as_bytes(), false, limit);
+    hl.push(b":path", req.path.as_bytes(), false, limit);
+    for (n, v) in &req.fields {
+        hl.push(n.as_bytes(), v, false, limit);
+    }
 }
 
 /// A path as the routes (made for `/{service}/{method}`) match it: its first segment is the
@@ -469,7 +591,11 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
     let (Some(method), Some(target), Some(version)) = (r.method, r.path, r.version) else {
         return Err(Local::BadRequest);
     };
-    let http10 = version == 0;
+    if version == 0 {
+        // HTTP/1.0: refused, as Envoy's codec does unless `accept_http_10` (istiod sets it
+        // only for a proxy whose node metadata has `HTTP10`).
+        return Err(Local::UpgradeRequired);
+    }
     let mut host: Option<&[u8]> = None;
     let (mut length, mut chunked, mut te) = (None::<u64>, false, false);
     let mut connection: Vec<&[u8]> = Vec::new();
@@ -506,7 +632,7 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
             _ => {}
         }
     }
-    if te && (!chunked || length.is_some() || http10) {
+    if te && (!chunked || length.is_some()) {
         return Err(Local::BadRequest);
     }
     let framing = match (chunked, length) {
@@ -515,7 +641,7 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
         (false, None) => Framing::Length(0),
     };
     let names_token = |t: &str| connection.iter().any(|v| contains_token(v, t));
-    let close = names_token("close") || (http10 && !names_token("keep-alive"));
+    let close = names_token("close");
     let upgrading = upgrade.is_some() && names_token("upgrade");
     let websocket =
         upgrading && upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
@@ -536,20 +662,7 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
         (rest[..slash].to_string(), path.to_string())
     } else if target.starts_with('/') {
         let Some(h) = host else {
-            if !http10 {
-                return Err(Local::BadRequest);
-            }
-            return Ok(Request {
-                method: method.to_string(),
-                path: target.to_string(),
-                authority: String::new(),
-                fields: fields_of(r.headers, &connection),
-                framing,
-                close,
-                expect_continue: false,
-                websocket: false,
-                other_upgrade: false,
-            });
+            return Err(Local::BadRequest);
         };
         let h = std::str::from_utf8(h).map_err(|_| Local::BadRequest)?;
         (h.trim().to_string(), target.to_string())
@@ -570,7 +683,7 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
         fields: fields_of(r.headers, &connection),
         framing,
         close,
-        expect_continue: expect && !http10 && framing != Framing::Length(0),
+        expect_continue: expect && framing != Framing::Length(0),
         websocket,
         other_upgrade,
     })
@@ -599,6 +712,20 @@ async fn local<C: crate::io::Conn>(
 ) -> Next {
     l.stats.inc(l.ids.rsp_local);
     let (code, reason, body) = e.status();
+    c.seen.code = code;
+    c.seen.tx = body.len() as u64;
+    c.seen.flags = c.seen.flags | e.flags();
+    if let Some(lg) = c.seen.lg.as_mut() {
+        // What the caller is sent, for `%RESP(...)%`.
+        let (status, length) = (code.to_string(), body.len().to_string());
+        lg.keep(Part::Response, |n| match n {
+            b":status" => Some(status.as_bytes()),
+            // Envoy's local reply carries no content-length field without a body.
+            b"content-length" if !body.is_empty() => Some(length.as_bytes()),
+            b"content-type" if !body.is_empty() => Some(b"text/plain".as_slice()),
+            _ => None,
+        });
+    }
     let mut out = format!(
         "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\n",
         body.len()
@@ -662,7 +789,7 @@ fn put_idle(pool: &Pool, up: Up) {
 /// [`CONNECT_ATTEMPTS_MAX`], when connecting fails), skipping those a retry already tried
 /// while another is there (`previous_hosts`).
 async fn upstream<C>(
-    c: &Down<C>,
+    c: &mut Down<C>,
     pool: &Pool,
     retry: Option<&crate::route::Retry>,
 ) -> Result<Up, Local> {
@@ -694,6 +821,7 @@ async fn upstream<C>(
             tried[attempt] = i;
             (lb.slot(i).addr, Some(i), lb.tls(i))
         };
+        c.seen.upstream = Some(addr);
         if let Some(mut up) = idle_connection(pool, addr, tls.is_some()) {
             up.slot = slot;
             return Ok(up);
@@ -729,6 +857,20 @@ async fn upstream<C>(
         }
     }
     Err(Local::ConnectFailure)
+}
+
+/// The first value of the field `name` (lower case; `:status`: the status code) in a response
+/// head as [`parse_response`] writes it.
+fn response_field<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    if name == b":status" {
+        return head.get(9..12);
+    }
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| line[colon + 1..].trim_ascii())
+    })
 }
 
 /// The request head as it goes upstream.
@@ -933,22 +1075,43 @@ async fn forward<C: crate::io::Conn>(
             Err(f) => return Err((f.local(), Some(body.read()))),
         }
     };
+    c.seen.code = resp.code;
+    if let Some(lg) = c.seen.lg.as_mut() {
+        lg.keep(Part::Response, |n| response_field(&resp.head, n));
+    }
     let (r, _) = c.s.write_all(resp.head.clone()).await;
     if r.is_err() {
+        c.seen.flags = c.seen.flags | Flags::DOWNSTREAM_CONNECTION_TERMINATION;
         return Ok(Next::Close);
     }
     if resp.code == 101 && req.websocket {
         return Ok(Next::Tunnel(up, rbuf));
     }
-    let relayed =
-        async { relay_body(&mut up.s, &mut rbuf, &mut c.s, resp.framing, &mut None).await };
+    let relayed = async {
+        let c = &mut *c;
+        relay_body(
+            &mut up.s,
+            &mut rbuf,
+            &mut c.s,
+            resp.framing,
+            &mut None,
+            &mut c.seen.tx,
+        )
+        .await
+    };
     let relayed = match deadline {
         Some(d) => shard::monoio::time::timeout_at(d.into(), relayed)
             .await
-            .unwrap_or(Err(BodyError::Read)),
+            .unwrap_or(Err(BodyError::Timeout)),
         None => relayed.await,
     };
-    if relayed.is_err() {
+    if let Err(e) = relayed {
+        c.seen.flags = c.seen.flags
+            | match e {
+                BodyError::Timeout => Flags::UPSTREAM_REQUEST_TIMEOUT,
+                BodyError::Write => Flags::DOWNSTREAM_CONNECTION_TERMINATION,
+                BodyError::Read | BodyError::Malformed => Flags::UPSTREAM_CONNECTION_TERMINATION,
+            };
         return Err((Local::Timeout, None));
     }
     if resp.reusable && rbuf.is_empty() {
@@ -1066,12 +1229,21 @@ async fn one_try<C: crate::io::Conn>(
                 }
                 *body = Body::Partial;
                 let mut hold = retry.is_some().then(Vec::new);
-                relay_body(&mut c.s, &mut c.buf, &mut up.s, req.framing, &mut hold)
-                    .await
-                    .map_err(|e| match e {
-                        BodyError::Write => Failed::Lost,
-                        BodyError::Read | BodyError::Malformed => Failed::Final(Local::BadRequest),
-                    })?;
+                relay_body(
+                    &mut c.s,
+                    &mut c.buf,
+                    &mut up.s,
+                    req.framing,
+                    &mut hold,
+                    &mut c.seen.rx,
+                )
+                .await
+                .map_err(|e| match e {
+                    BodyError::Write => Failed::Lost,
+                    BodyError::Read | BodyError::Malformed | BodyError::Timeout => {
+                        Failed::Final(Local::BadRequest)
+                    }
+                })?;
                 *body = hold.map_or(Body::Read, Body::Held);
             }
             Body::Held(b) if !b.is_empty() => {
@@ -1135,18 +1307,22 @@ enum BodyError {
     Read,
     Write,
     Malformed,
+    /// The request's deadline passed.
+    Timeout,
 }
 
 /// Relays one body framed by `framing` from `from` (after what `buf` already holds) to `to`,
 /// through `buf`: bytes read beyond the body stay in `buf` (a pipelined next request). With
 /// `hold` a copy of what is relayed is kept there while it is at most
-/// [`RETRY_BODY_BYTES_MAX`] (beyond, `hold` becomes `None`).
+/// [`RETRY_BODY_BYTES_MAX`] (beyond, `hold` becomes `None`). Adds the body's bytes (a chunked
+/// body's data, without its framing) to `count` as they go.
 async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
     from: &mut R,
     buf: &mut BytesMut,
     to: &mut W,
     framing: Framing,
     hold: &mut Option<Vec<u8>>,
+    count: &mut u64,
 ) -> Result<(), BodyError> {
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -1168,13 +1344,18 @@ async fn relay_body<R: AsyncReadRent, W: AsyncWriteRent>(
             Framing::Length(_) => (buf.len() as u64).min(left) as usize,
             Framing::UntilClose => buf.len(),
             Framing::Chunked => {
+                let data = chunks.data;
                 let (n, done) = chunks.feed(buf).map_err(|_| BodyError::Malformed)?;
+                *count += chunks.data - data;
                 if done {
                     left = 0;
                 }
                 n
             }
         };
+        if framing != Framing::Chunked {
+            *count += take as u64;
+        }
         if let Framing::Length(_) = framing {
             left -= take as u64;
         }
@@ -1198,6 +1379,8 @@ struct Chunks {
     state: ChunkState,
     /// Bytes of the current size or trailer line.
     line: usize,
+    /// Data bytes (the chunks' contents) fed so far.
+    data: u64,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -1230,6 +1413,7 @@ impl Chunks {
                 S::Data(n) => {
                     let take = (n as usize).min(b.len() - i);
                     i += take;
+                    self.data += take as u64;
                     let rest = n - take as u64;
                     self.state = if rest == 0 { S::DataCr } else { S::Data(rest) };
                     continue;
@@ -1371,10 +1555,17 @@ mod tests {
             ),
             "no Host"
         );
-        let r = parse_request(b"GET http://h:8/p HTTP/1.0\r\n\r\n").unwrap();
+        let r = parse_request(b"GET http://h:8/p HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
         assert_eq!(
             (r.authority.as_str(), r.path.as_str(), r.close),
             ("h:8", "/p", true)
+        );
+        assert!(
+            matches!(
+                parse_request(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"),
+                Err(Local::UpgradeRequired)
+            ),
+            "HTTP/1.0, as Envoy without accept_http_10"
         );
         let many: String = (0..=HEADERS_MAX).map(|i| format!("x-{i}: 1\r\n")).collect();
         let req = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");

@@ -446,14 +446,6 @@ impl TripleListener {
         lg.bytes_sent = 0;
         lg.flags = Flags::NONE;
         lg.mx = Default::default();
-        if let Some(i) = self.istio.as_ref().filter(|i| i.inbound()) {
-            // istio-proxy's inbound `peer_metadata`: the caller's sidecar names its workload.
-            use crate::stats::istio::exchange::{HEADER, HEADER_ID};
-            let value = hl.get(HEADER);
-            lg.mx.id_received = hl.get(HEADER_ID).is_some();
-            lg.mx.value_received = value.is_some();
-            lg.mx.peer = i.peer_metadata(value);
-        }
         let Some(log) = &self.log else {
             return Some(lg);
         };
@@ -530,6 +522,68 @@ impl TripleListener {
             headers: lg,
             dubbo: None,
         });
+    }
+
+    /// Writes a finished HTTP/1.x exchange's access-log lines and counts it in Istio's metrics
+    /// (`request_protocol="http"`), from its record `lg` ([`Self::capture`]: bytes, flags,
+    /// upstream, cluster) and the response `code` sent (0: none); `caller` is the caller's
+    /// (remote, local) address. The record goes back to the pool.
+    fn log_exchange(
+        &self,
+        mut lg: Box<Logged>,
+        started: Instant,
+        code: u32,
+        caller: (Option<SocketAddr>, Option<SocketAddr>),
+        peer: crate::stats::istio::PeerId,
+    ) {
+        let flags = lg.flags;
+        let duration = started.elapsed();
+        if let Some(istio) = &self.istio {
+            let text = || flags.short_string();
+            let o = crate::stats::istio::Outcome {
+                cluster: lg
+                    .cluster
+                    .as_ref()
+                    .map(|c| (c.ids.cx_total, c.name.as_str())),
+                code,
+                grpc: None,
+                flags: (flags.bits(), &text),
+                peer,
+                // The metadata exchange is not read on HTTP/1.1 requests yet.
+                meta: crate::stats::istio::MetaId::NONE,
+            };
+            istio.request_as(
+                crate::stats::istio::Protocol::Http,
+                &o,
+                duration.as_micros() as u64,
+                lg.bytes_received,
+                lg.bytes_sent,
+            );
+        }
+        if let Some(log) = &self.log {
+            log.write(&Record {
+                start: lg.start,
+                duration,
+                protocol: Some("HTTP/1.1"),
+                response_code: Some(code),
+                grpc_status: None,
+                flags,
+                upstream_host: lg.upstream,
+                upstream_cluster: lg.cluster.as_ref().map(|c| c.name.as_str()),
+                route_name: None,
+                downstream_remote: caller.0,
+                downstream_local: caller.1,
+                bytes_received: lg.bytes_received,
+                bytes_sent: lg.bytes_sent,
+                headers: &*lg,
+                dubbo: None,
+            });
+        }
+        lg.cluster = None;
+        let mut pool = self.log_pool.borrow_mut();
+        if pool.len() < LOG_POOL_MAX {
+            pool.push(lg);
+        }
     }
 
     /// Counts a finished call (called when its stream is forgotten).

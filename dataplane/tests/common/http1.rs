@@ -1,0 +1,106 @@
+//! HTTP/1.1 peers of tests/peers/http1/peer.py (Python's http.server and http.client).
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use super::peers::root;
+
+/// An HTTP/1.1 server of tests/peers/http1/peer.py (Python's http.server, keep-alive), killed
+/// on drop; it answers each request with a line naming itself (see the script).
+pub struct Http1Server(std::process::Child);
+
+impl Http1Server {
+    pub fn start(host: &str, port: u16, name: &str) -> Http1Server {
+        use std::io::BufRead;
+        let python = super::peers::require(root().join(".cache/venv/bin/python"));
+        let mut child = std::process::Command::new(python)
+            .arg(root().join("tests/peers/http1/peer.py"))
+            .args([
+                "server",
+                "--host",
+                host,
+                "--port",
+                &port.to_string(),
+                "--name",
+                name,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "http1 server {name}");
+        Http1Server(child)
+    }
+}
+
+impl Drop for Http1Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The outcome of each request in `requests` (JSON, see tests/peers/http1/peer.py) sent by
+/// Python's http.client to `target` on one keep-alive connection: `STATUS BODY` (the body's
+/// line names the server that answered and what it received), `error ...` when it failed.
+pub fn http1_outcomes(target: SocketAddr, requests: &Value) -> Vec<String> {
+    http1_client_outcomes(target, requests, &[])
+}
+
+/// [`http1_outcomes`] with more arguments for the client (TLS); an outcome of a TLS client
+/// ends with the ALPN protocol negotiated (`alpn=null`: none).
+pub fn http1_client_outcomes(target: SocketAddr, requests: &Value, args: &[String]) -> Vec<String> {
+    let python = super::peers::require(root().join(".cache/venv/bin/python"));
+    let mut child = std::process::Command::new(python)
+        .arg(root().join("tests/peers/http1/peer.py"))
+        .args(["client", "--target", &target.to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(requests.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            // A request that needed a new connection (the first, or after a close) says so.
+            let new = if v["reused"] == true { "" } else { "[new] " };
+            let alpn = match v.get("alpn") {
+                Some(a) => format!(" alpn={a}"),
+                None => String::new(),
+            };
+            match v["status"].as_u64() {
+                Some(s) => format!(
+                    "{new}{s} {}{alpn}",
+                    v["body"].as_str().unwrap_or("").trim_end()
+                ),
+                None => format!("error {}", v["error"]),
+            }
+        })
+        .collect()
+}
+
+/// An outcome of [`http1_outcomes`] as two proxies' are compared: a local answer's body is
+/// each proxy's own words, so only its status (and whether it needed a new connection) counts.
+pub fn http1_comparable(o: &str) -> String {
+    let (new, rest) = match o.strip_prefix("[new] ") {
+        Some(rest) => ("[new] ", rest),
+        None => ("", o),
+    };
+    match rest.split_once(' ') {
+        Some((s, _)) if s.parse::<u16>().is_ok_and(|s| s >= 400) => format!("{new}{s}"),
+        _ => o.to_string(),
+    }
+}

@@ -1,0 +1,328 @@
+//! HTTP/1.1 requests on an HTTP connection manager as istiod writes it (`codec_type: AUTO`)
+//! get what HTTP/2 requests on the same listener get: access-log lines with Envoy's operators
+//! (checked line for line against Envoy 1.40 given the same resources) and Istio's standard
+//! metrics with `request_protocol="http"` (Envoy 1.40 has no `istio.stats`: the counts and byte
+//! sums are checked against what Envoy's lines say of the same requests).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
+use common::http1::{http1_outcomes, Http1Server};
+use common::xds::XdsServer;
+use common::*;
+use serde_json::{json, Value};
+
+const UP: &str = "outbound|80||up.shop.svc.cluster.local";
+
+/// The lines of `path` once it has at least `n` (waits up to 15 s).
+fn lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} lines, want {n}: {text}",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What `target` answers to the raw bytes `request`: its status line (`closed`: nothing).
+fn raw(target: SocketAddr, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or("closed").to_string()
+}
+
+/// Parses Prometheus text with `prometheus_client`: the samples (name, labels, value).
+fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    let script = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out += [[s.name, s.labels, s.value] for s in f.samples]
+print(json.dumps(out))
+"#;
+    let out = common::peers::python_script(script, text, "the parser rejected the exposition");
+    serde_json::from_slice(&out).unwrap()
+}
+
+const FORMAT: &str = "%PROTOCOL% %REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %GRPC_STATUS% %REQ(X-USER)% %RESP(:STATUS)% %RESP(CONTENT-TYPE)% %RESP(X-NONE?CONTENT-LENGTH)%\n";
+
+/// An HTTP connection manager as istiod writes it (`codec_type: AUTO`, `websocket` upgrades),
+/// OUTBOUND, with a text and a JSON file access log, routes on host `svc` to an HTTP/1.1
+/// upstream (Python's http.server), a cluster without endpoints, one whose endpoint refuses
+/// connections, and a route with a 500 ms timeout; `istio_stats`: with istio-proxy's
+/// `istio.stats` filter (ringside; Envoy 1.40 has none).
+fn snapshot(
+    listen: SocketAddr,
+    up: SocketAddr,
+    dead: SocketAddr,
+    dir: &Path,
+    who: &str,
+    istio_stats: bool,
+) -> Value {
+    let file_log = |name: &str, format: Value| {
+        json!({"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": dir.join(format!("{who}-{name}")).display().to_string(), "log_format": format}})
+    };
+    let mut filters = vec![
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    ];
+    if istio_stats {
+        filters.insert(
+            0,
+            json!({"name": "istio.stats", "typed_config": {"@type": "type.googleapis.com/stats.PluginConfig"}}),
+        );
+    }
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "http", "codec_type": "AUTO",
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "route_config": {"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc", "svc:80"], "routes": [
+            {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
+            {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+            {"match": {"prefix": "/sleep"}, "route": {"cluster": UP, "timeout": "0.5s"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": UP, "timeout": "5s"}}]}]},
+        "http_filters": filters,
+        "access_log": [
+            file_log("http.log", json!({"text_format_source": {"inline_string": FORMAT}})),
+            file_log("http.json", json!({"json_format": {
+                "proto": "%PROTOCOL%", "code": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%",
+                "flags": "%RESPONSE_FLAGS%", "rx": "%BYTES_RECEIVED%", "tx": "%BYTES_SENT%"}}))
+        ]
+    });
+    let cluster = |name: &str, eps: &[SocketAddr]| {
+        json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": load_assignment(name, eps)})
+    };
+    json!({
+        "version": "v1",
+        "listeners": [{"name": "http", "address": socket(listen), "traffic_direction": "OUTBOUND",
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+        "clusters": [cluster(UP, &[up]), cluster("dead", &[dead]), cluster("empty", &[])]
+    })
+}
+
+/// The same HTTP/1.1 requests (Python's http.client on one keep-alive connection, plus an
+/// HTTP/1.0 request, a malformed head and one over 60 KiB on raw sockets) through Envoy 1.40 and through
+/// ringside: a GET with a header the format shows, a POST with a 300-byte body, a PUT with a
+/// 20000-byte chunked body, HEAD, a chunked response, an upstream 503, an unknown host (404
+/// `NR`), a cluster without endpoints (503 `UH`), a refused connection (503 `UF`), a route
+/// timeout (504 `UT`), HTTP/1.0 (426 `DPE`, as Envoy without `accept_http_10`), 400 and 431
+/// (`DPE`). Every access-log line (text and JSON) is the same in both. ringside's
+/// Istio metrics count each request under `request_protocol="http"` with its status and
+/// flags, and their request and response byte sums are what Envoy's lines say.
+#[test]
+fn http1_requests_are_logged_and_counted_like_envoy() {
+    let up_port = free_port();
+    let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let up = local(up_port);
+    let dead = local(free_port());
+    let dir = TempDir::new("http1-obs");
+    let requests = json!([
+        {"method": "GET", "path": "/one?q=1", "host": "svc", "headers": {"x-user": "vip-1"}},
+        {"method": "POST", "path": "/post", "host": "svc:80", "body_len": 300},
+        {"method": "PUT", "path": "/chunks", "host": "svc", "body_len": 20000, "chunked": true},
+        {"method": "HEAD", "path": "/h", "host": "svc"},
+        {"method": "GET", "path": "/chunked", "host": "svc"},
+        {"method": "GET", "path": "/status/503", "host": "svc"},
+        {"method": "GET", "path": "/x", "host": "other"},
+        {"method": "GET", "path": "/empty", "host": "svc"},
+        {"method": "GET", "path": "/dead", "host": "svc"},
+        {"method": "GET", "path": "/sleep/1500", "host": "svc"},
+        {"method": "GET", "path": "/last", "host": "svc"},
+    ]);
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: svc\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let raws: [&[u8]; 3] = [
+        b"GET /ten HTTP/1.0\r\nHost: svc\r\nX-User: old\r\n\r\n",
+        b"GET /bad HTTP/1.1\r\nHost: svc\r\nbad header\r\n\r\n",
+        big.as_bytes(),
+    ];
+    let n = requests.as_array().unwrap().len() + raws.len();
+    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<Value>, Option<Ringside>) {
+        let listen = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen, up, dead, &dir.0, who, who != "envoy"))
+            .unwrap();
+        let admin = local(free_port());
+        let (envoy, ringside) = if who == "envoy" {
+            let e = Envoy::start_with_args(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "h1"),
+                admin,
+                &["--file-flush-interval-msec", "100"],
+            );
+            (Some(e), None)
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: h1\n  node_cluster: t\n  mode: sotw\n  \
+                 initial_fetch_timeout_ms: 5000\n  node_metadata:\n    NAMESPACE: shop\n    WORKLOAD_NAME: client-v1\n    \
+                 CLUSTER_ID: Kubernetes\n    LABELS: {{app: client, version: v1}}\n",
+                xds.addr()
+            );
+            (None, Some(Ringside::start(&cfg, admin, &["--shards", "1"])))
+        };
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        let got = http1_outcomes(listen, &requests);
+        let mut statuses: Vec<String> = got
+            .iter()
+            .map(|o| {
+                o.trim_start_matches("[new] ")
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        for r in raws {
+            statuses.push(raw(listen, r));
+        }
+        eprintln!("{who}: {got:#?} {statuses:?}");
+        let text = lines(&dir.0.join(format!("{who}-http.log")), n);
+        let json: Vec<Value> = lines(&dir.0.join(format!("{who}-http.json")), n)
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: {e}: {l}")))
+            .collect();
+        drop(envoy);
+        (statuses, text, json, ringside)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert_eq!(
+        envoy.0,
+        [
+            "200",
+            "200",
+            "200",
+            "200",
+            "200",
+            "503",
+            "404",
+            "503",
+            "503",
+            "504",
+            "200",
+            "HTTP/1.1 426 Upgrade Required",
+            "HTTP/1.1 400 Bad Request",
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ],
+        "Envoy's statuses"
+    );
+    assert_eq!(ringside.0, envoy.0, "statuses");
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "line {i}, ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(ringside.1.len(), envoy.1.len(), "{:#?}", ringside.1);
+    assert_eq!(ringside.2, envoy.2, "JSON lines");
+
+    // Istio's metrics: one series per (status, flags, cluster) with the requests Envoy's lines
+    // show for it, and the body bytes they show each way.
+    let rs = ringside.3.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scraped = loop {
+        let (code, prom) = rs.get("/stats/prometheus");
+        assert_eq!(code, 200);
+        let s = samples(&prom);
+        let total: f64 = s
+            .iter()
+            .filter(|x| x.0 == "istio_requests_total")
+            .map(|x| x.2)
+            .sum();
+        if total >= n as f64 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not all counted:\n{prom}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Envoy's lines, grouped as the labels group them: (code, flags, cluster) -> (requests,
+    // bytes received, bytes sent).
+    let mut want: BTreeMap<(String, String, String), (f64, f64, f64)> = BTreeMap::new();
+    for l in &envoy.1 {
+        let f: Vec<&str> = l.split(' ').collect();
+        let e = want
+            .entry((f[4].to_string(), f[5].to_string(), f[8].to_string()))
+            .or_default();
+        e.0 += 1.0;
+        e.1 += f[6].parse::<f64>().unwrap();
+        e.2 += f[7].parse::<f64>().unwrap();
+    }
+    let mut got: BTreeMap<(String, String, String), (f64, f64, f64)> = BTreeMap::new();
+    for (name, labels, value) in &scraped {
+        if !name.starts_with("istio_") {
+            continue;
+        }
+        assert_eq!(labels["request_protocol"], "http", "{name} {labels:?}");
+        assert_eq!(labels["grpc_response_status"], "", "{name} {labels:?}");
+        assert_eq!(labels["reporter"], "source", "{name} {labels:?}");
+        assert_eq!(labels["source_workload"], "client-v1", "{name} {labels:?}");
+        let cluster = match labels["destination_service"].as_str() {
+            "up.shop.svc.cluster.local" => UP.to_string(),
+            "unknown" => "-".to_string(),
+            other => panic!("{other}"),
+        };
+        let key = (
+            labels["response_code"].clone(),
+            labels["response_flags"].clone(),
+            cluster,
+        );
+        let e = got.entry(key).or_default();
+        match name.as_str() {
+            "istio_requests_total" => e.0 += value,
+            "istio_request_bytes_sum" => e.1 += value,
+            "istio_response_bytes_sum" => e.2 += value,
+            _ => {}
+        }
+    }
+    // Envoy logs the clusters `dead` and `empty` by name; Istio's labels have no service
+    // for them (not an Istio cluster name): `unknown`, as for no route.
+    let want: BTreeMap<_, _> = want
+        .into_iter()
+        .fold(BTreeMap::new(), |mut m, ((c, f, cl), v)| {
+            let cl = if cl == UP { cl } else { "-".to_string() };
+            let e: &mut (f64, f64, f64) = m.entry((c, f, cl)).or_default();
+            e.0 += v.0;
+            e.1 += v.1;
+            e.2 += v.2;
+            m
+        });
+    assert_eq!(got, want, "Istio's metrics (left) vs Envoy's lines (right)");
+}
