@@ -1103,7 +1103,10 @@ impl Server {
                 .map_err(|e| RunError::Invalid(format!("stats: {e}")))?,
         );
         if let Some(x) = &config.xds {
-            stats.set_istio_node(crate::stats::istio::Node::from_metadata(&x.node_metadata));
+            stats.set_istio_node(crate::stats::istio::Node::from_xds(
+                &x.node_id,
+                &x.node_metadata,
+            ));
         }
         let shard_ids = shard_stat_ids(&stats);
         let update_ids = UpdateStatIds {

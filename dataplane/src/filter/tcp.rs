@@ -216,6 +216,7 @@ fn report(
             grpc: None,
             flags: (out.flags.bits(), &text),
             peer: out.peer,
+            meta: crate::stats::istio::MetaId::NONE,
         };
         istio.connection(&o, out.bytes_received.get(), out.bytes_sent.get());
     }

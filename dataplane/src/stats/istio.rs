@@ -7,9 +7,10 @@
 //! call went to (an Istio cluster name `outbound|PORT|SUBSET|HOST` names the destination
 //! service), the call itself (response code, gRPC status, response flags) and, on inbound
 //! listeners, the connection's mutual TLS (the peer's and our certificate's SPIFFE ids are
-//! `source_principal` and `destination_principal`). What ringside cannot know (the peer's
-//! workload: istio-proxy learns it from a metadata exchange over Istio mTLS) is `unknown`, as
-//! istio-proxy reports it without that exchange.
+//! `source_principal` and `destination_principal`) and, on Triple/gRPC calls, Istio's HTTP
+//! metadata exchange ([`exchange`]: the peer's workload, decoded once per distinct value and
+//! shard). What ringside cannot know (Dubbo's and tcp's peers: istio-proxy learns them from an
+//! in-band exchange) is `unknown`, as istio-proxy reports it without that exchange.
 //!
 //! Data path: each listener has, per shard, a table from the call's variable part (cluster,
 //! code, gRPC status, flags) to its registered stat ids; a call looks its key up (no
@@ -17,6 +18,8 @@
 //! the first time registers its label set (allocation, the stats registration lock: once per
 //! set and shard). The table holds at most `stats.istio_label_sets_max` sets; a call with a
 //! new set beyond it is not counted here, only in `istio.label_sets_overflow`.
+
+pub mod exchange;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -40,9 +43,23 @@ pub struct Node {
     pub canonical_service: String,
     pub canonical_revision: String,
     pub cluster_id: String,
+    /// What ringside sends in Istio's HTTP metadata exchange (`x-envoy-peer-metadata-id`,
+    /// `x-envoy-peer-metadata`): the node id and this node's metadata as istio-proxy encodes
+    /// its own ([`exchange_value`]). Empty without xDS.
+    pub exchange_id: Box<[u8]>,
+    pub exchange_value: Box<[u8]>,
 }
 
 impl Node {
+    /// [`Node::from_metadata`], plus what the metadata exchange sends for node `id`.
+    pub fn from_xds(id: &str, m: &BTreeMap<String, NodeMetadataValue>) -> Node {
+        Node {
+            exchange_id: id.as_bytes().into(),
+            exchange_value: exchange::exchange_value(m).into_bytes().into(),
+            ..Node::from_metadata(m)
+        }
+    }
+
     /// From Istio's node metadata keys: `WORKLOAD_NAME`, `NAMESPACE`, `CLUSTER_ID` and the
     /// `LABELS` `app`, `version`, `service.istio.io/canonical-name` and
     /// `service.istio.io/canonical-revision` (falling back on `app` and `version`, as Istio's
@@ -72,6 +89,8 @@ impl Node {
             app: app.unwrap_or_else(unknown),
             version: version.unwrap_or_else(unknown),
             cluster_id: string("CLUSTER_ID").unwrap_or_else(unknown),
+            exchange_id: Box::default(),
+            exchange_value: Box::default(),
         }
     }
 }
@@ -113,12 +132,38 @@ impl PeerId {
     const OVERFLOW: PeerId = PeerId(u16::MAX);
 }
 
+/// Distinct `x-envoy-peer-metadata` values one listener decodes on one shard; a call with yet
+/// another is not counted in Istio's metrics (`istio.label_sets_overflow`).
+pub const PEER_METADATA_MAX: usize = 256;
+
+/// A call's peer as Istio's metadata exchange named it, from [`IstioListener::peer_metadata`]:
+/// none, or an index into the listener's peers on this shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MetaId(u16);
+
+impl MetaId {
+    /// No exchange (or a value that names no peer).
+    pub const NONE: MetaId = MetaId(0);
+    /// Beyond [`PEER_METADATA_MAX`]: not counted.
+    const OVERFLOW: MetaId = MetaId(u16::MAX);
+}
+
+/// What one call's metadata exchange carried (the Triple record keeps it): the peer, and on an
+/// inbound request whether it carried the two headers (istio-proxy answers each only then).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exchange {
+    pub peer: MetaId,
+    pub id_received: bool,
+    pub value_received: bool,
+}
+
 /// The part of a call's label set that varies per call: the table's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     /// The listener's protocol, or HTTP for an HTTP/1.1 request on a triple listener.
     protocol: Protocol,
     peer: PeerId,
+    meta: MetaId,
     /// The cluster (a stat id its name registered once: stable while the process lives).
     cluster: Option<StatId>,
     code: u32,
@@ -155,6 +200,9 @@ pub struct Outcome<'a> {
     pub flags: (u16, &'a dyn Fn() -> String),
     /// The connection's peer ([`IstioListener::peer`]).
     pub peer: PeerId,
+    /// The peer's workload from the metadata exchange ([`IstioListener::peer_metadata`]): the
+    /// caller on inbound listeners, the upstream on outbound ones.
+    pub meta: MetaId,
 }
 
 /// One listener's Istio metrics on one shard.
@@ -171,6 +219,13 @@ pub struct IstioListener {
     table: RefCell<FxHashMap<Key, Ids>>,
     max: usize,
     overflow: StatId,
+    /// Peers named by the metadata exchange, `MetaId` `i` at `i - 1` (distinct workloads).
+    metas: RefCell<Vec<exchange::PeerMeta>>,
+    /// `x-envoy-peer-metadata` values seen, each decoded once: at most
+    /// [`PEER_METADATA_MAX`].
+    meta_values: RefCell<FxHashMap<Box<[u8]>, MetaId>>,
+    /// Values decoded (`istio.peer_metadata_decoded`).
+    decoded: StatId,
 }
 
 impl IstioListener {
@@ -185,7 +240,13 @@ impl IstioListener {
         let overflow = stats
             .stats
             .add("istio", "label_sets_overflow", &[], Kind::Counter);
+        let decoded = stats
+            .stats
+            .add("istio", "peer_metadata_decoded", &[], Kind::Counter);
         IstioListener {
+            metas: RefCell::new(Vec::new()),
+            meta_values: RefCell::new(FxHashMap::default()),
+            decoded,
             stats,
             reporter,
             protocol,
@@ -214,6 +275,50 @@ impl IstioListener {
         }
         peers.push(principal.map(Box::from));
         PeerId(peers.len() as u16)
+    }
+
+    /// Whether this listener reports as the destination (inbound): it reads the exchange on
+    /// requests and answers it on responses; else (outbound) it sends ours on requests and
+    /// reads the upstream's on responses.
+    pub fn inbound(&self) -> bool {
+        self.reporter == IstioReporter::Destination
+    }
+
+    /// What ringside sends in the exchange: (`x-envoy-peer-metadata-id`,
+    /// `x-envoy-peer-metadata`).
+    pub fn own_exchange(&self) -> (&[u8], &[u8]) {
+        (&self.node.exchange_id, &self.node.exchange_value)
+    }
+
+    /// The peer an `x-envoy-peer-metadata` value names. A value seen before on this shard is a
+    /// table lookup (no allocation); a new one is decoded once and kept (at most
+    /// [`PEER_METADATA_MAX`] values; beyond, the call is not counted).
+    pub fn peer_metadata(&self, value: Option<&[u8]>) -> MetaId {
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return MetaId::NONE;
+        };
+        if let Some(id) = self.meta_values.borrow().get(value) {
+            return *id;
+        }
+        if self.meta_values.borrow().len() >= PEER_METADATA_MAX {
+            return MetaId::OVERFLOW;
+        }
+        self.stats.inc(self.decoded);
+        let id = match exchange::decode(value) {
+            None => MetaId::NONE,
+            Some(m) => {
+                let mut metas = self.metas.borrow_mut();
+                match metas.iter().position(|x| *x == m) {
+                    Some(i) => MetaId(i as u16 + 1),
+                    None => {
+                        metas.push(m);
+                        MetaId(metas.len() as u16)
+                    }
+                }
+            }
+        };
+        self.meta_values.borrow_mut().insert(value.into(), id);
+        id
     }
 
     /// Counts one finished request (Dubbo call, gRPC/Triple call).
@@ -268,13 +373,14 @@ impl IstioListener {
     }
 
     fn ids(&self, protocol: Protocol, o: &Outcome<'_>) -> Option<Ids> {
-        if o.peer == PeerId::OVERFLOW {
+        if o.peer == PeerId::OVERFLOW || o.meta == MetaId::OVERFLOW {
             self.stats.inc(self.overflow);
             return None;
         }
         let key = Key {
             protocol,
             peer: o.peer,
+            meta: o.meta,
             cluster: o.cluster.map(|c| c.0),
             code: o.code,
             grpc: o.grpc,
@@ -374,18 +480,40 @@ impl IstioListener {
             (IstioReporter::Destination, false) => "none",
         };
         let service = o.cluster.and_then(|c| service_of(c.1));
+        // The peer's workload, from the metadata exchange (istio-proxy: each label `unknown`
+        // when not given; the canonical revision `latest`).
+        let metas = self.metas.borrow();
+        let meta = match o.meta.0 {
+            0 => None,
+            i => metas.get(usize::from(i) - 1),
+        };
+        let pm = |f: fn(&exchange::PeerMeta) -> &String| -> String {
+            meta.map(f)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_else(u)
+        };
+        let revision = || {
+            meta.map(|m| m.canonical_revision.clone())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "latest".into())
+        };
+        let peer_namespace = meta.map(|m| m.namespace.clone()).filter(|v| !v.is_empty());
         let mut l: Vec<(&'static str, String)> = Vec::with_capacity(25);
         match self.reporter {
             IstioReporter::Destination => {
                 l.push(("reporter", "destination".into()));
-                l.push(("source_workload", u()));
-                l.push(("source_canonical_service", u()));
-                l.push(("source_canonical_revision", "latest".into()));
-                l.push(("source_workload_namespace", u()));
+                l.push(("source_workload", pm(|m| &m.workload)));
+                l.push(("source_canonical_service", pm(|m| &m.canonical_service)));
+                l.push(("source_canonical_revision", revision()));
+                l.push((
+                    "source_workload_namespace",
+                    peer_namespace.unwrap_or_else(u),
+                ));
                 l.push(("source_principal", peer_principal.unwrap_or_else(u)));
-                l.push(("source_app", u()));
-                l.push(("source_version", u()));
-                l.push(("source_cluster", u()));
+                l.push(("source_app", pm(|m| &m.app)));
+                l.push(("source_version", pm(|m| &m.version)));
+                l.push(("source_cluster", pm(|m| &m.cluster)));
                 l.push(("destination_workload", n.workload.clone()));
                 l.push(("destination_workload_namespace", n.namespace.clone()));
                 l.push(("destination_principal", local_principal()));
@@ -415,27 +543,37 @@ impl IstioListener {
                 l.push(("source_app", n.app.clone()));
                 l.push(("source_version", n.version.clone()));
                 l.push(("source_cluster", n.cluster_id.clone()));
-                l.push(("destination_workload", u()));
-                l.push(("destination_workload_namespace", u()));
+                l.push(("destination_workload", pm(|m| &m.workload)));
+                l.push((
+                    "destination_workload_namespace",
+                    peer_namespace.clone().unwrap_or_else(u),
+                ));
                 l.push(("destination_principal", u()));
-                l.push(("destination_app", u()));
-                l.push(("destination_version", u()));
+                l.push(("destination_app", pm(|m| &m.app)));
+                l.push(("destination_version", pm(|m| &m.version)));
                 let s = service.as_ref();
                 l.push((
                     "destination_service",
                     s.map(|s| s.host.clone()).unwrap_or_else(u),
                 ));
-                l.push(("destination_canonical_service", u()));
-                l.push(("destination_canonical_revision", "latest".into()));
+                l.push((
+                    "destination_canonical_service",
+                    pm(|m| &m.canonical_service),
+                ));
+                l.push(("destination_canonical_revision", revision()));
                 l.push((
                     "destination_service_name",
                     s.map(|s| s.name.clone()).unwrap_or_else(u),
                 ));
+                // istio-proxy: the peer's namespace; without one, ringside keeps the namespace
+                // the Istio cluster name's host names.
                 l.push((
                     "destination_service_namespace",
-                    s.and_then(|s| s.namespace.clone()).unwrap_or_else(u),
+                    peer_namespace
+                        .or_else(|| s.and_then(|s| s.namespace.clone()))
+                        .unwrap_or_else(u),
                 ));
-                l.push(("destination_cluster", u()));
+                l.push(("destination_cluster", pm(|m| &m.cluster)));
             }
         }
         l.push(("request_protocol", protocol.as_str().into()));
@@ -573,6 +711,7 @@ mod tests {
                 grpc: None,
                 flags: (0, &dash),
                 peer,
+                meta: MetaId::NONE,
             };
             l.request(&o, 1_000, 10, 20);
         }
@@ -602,6 +741,7 @@ mod tests {
             grpc: None,
             flags: (0, &dash),
             peer: over,
+            meta: MetaId::NONE,
         };
         l.request(&o, 1_000, 10, 20);
         assert!(s.render_text().contains("istio.label_sets_overflow: 1"));
@@ -627,6 +767,7 @@ mod tests {
                 grpc: None,
                 flags: (0, &dash),
                 peer: PeerId::NONE,
+                meta: MetaId::NONE,
             };
             l.request(&o, 1_000, 10, 20);
         }

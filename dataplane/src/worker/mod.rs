@@ -321,6 +321,12 @@ fn cluster_params(c: &config::Cluster) -> config::Cluster {
     let mut p = c.clone();
     p.endpoints.clear();
     p.endpoint_metadata.clear();
+    // Derived from the endpoints' health, published with them (`Endpoints::load`,
+    // `Endpoints::level_hosts`): an EDS health change updates the cluster, keeping its pools
+    // and what the shard learnt of its endpoints (back-off, ejections).
+    p.priority_load.clear();
+    p.priority_hosts.clear();
+    p.overprovisioning = 0;
     p
 }
 

@@ -309,6 +309,9 @@ pub struct CallOutcome {
     pub payload_ok: bool,
     #[serde(default)]
     pub trailers: BTreeMap<String, String>,
+    /// The response headers' metadata (the last call's, grpcio only).
+    #[serde(default)]
+    pub initial: BTreeMap<String, String>,
     pub elapsed_ms: f64,
 }
 

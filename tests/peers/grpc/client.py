@@ -72,6 +72,7 @@ def main():
                 out["replies"].append(stubs.reply_json(reply))
                 out["payload_ok"] &= reply.payload == req.payload
                 out["trailers"] = dict(call.trailing_metadata() or ())
+                out["initial"] = dict(call.initial_metadata() or ())
         elif a.call == "server_stream":
             req = request(0, count=a.count)
             call = method("unary_stream", "SayHelloStream")(req, **kw)
@@ -79,12 +80,14 @@ def main():
                 out["replies"].append(stubs.reply_json(reply))
                 out["payload_ok"] &= reply.payload == req.payload
             out["trailers"] = dict(call.trailing_metadata() or ())
+            out["initial"] = dict(call.initial_metadata() or ())
         elif a.call == "client_stream":
             reqs = [request(i) for i in range(max(a.count, 1))]
             reply, call = method("stream_unary", "SayHelloClientStream").with_call(iter(reqs), **kw)
             out["replies"].append(stubs.reply_json(reply))
             out["payload_ok"] &= reply.received_bytes == sum(len(r.payload) for r in reqs)
             out["trailers"] = dict(call.trailing_metadata() or ())
+            out["initial"] = dict(call.initial_metadata() or ())
         else:
             reqs = [request(i) for i in range(max(a.count, 1))]
             call = method("stream_stream", "SayHelloBidi")(iter(reqs), **kw)
@@ -92,6 +95,7 @@ def main():
                 out["replies"].append(stubs.reply_json(reply))
                 out["payload_ok"] &= i < len(reqs) and reply.payload == reqs[i].payload
             out["trailers"] = dict(call.trailing_metadata() or ())
+            out["initial"] = dict(call.initial_metadata() or ())
     except grpc.RpcError as e:
         code = e.code()
         out.update(ok=False, code=code.name, code_number=code.value[0], details=e.details() or "")

@@ -6,7 +6,8 @@ Usage: python server.py --port P [--host 127.0.0.1] [--name NAME] [--delay-ms MS
 Prints `READY port=P name=NAME` once listening. Every reply carries --name (so a test knows which
 upstream answered), the request metadata whose keys start with tri- or x- (and the trace context
 keys traceparent, tracestate, b3), and echoes the request payload; trailers carry x-server=NAME. --delay-ms sleeps before each reply (deadline tests);
---status makes every call fail with that gRPC status (e.g. NOT_FOUND) after the delay.
+--status makes every call fail with that gRPC status (e.g. NOT_FOUND) after the delay;
+--initial-metadata k=v (repeatable) is sent in every call's response headers.
 Exits 0 on SIGTERM or SIGINT.
 """
 import asyncio
@@ -39,8 +40,11 @@ class Greeter(pb2_grpc.GreeterServicer):
         self.delay = args.delay_ms / 1000.0
         self.status = getattr(grpc.StatusCode, args.status) if args.status else None
         self.message = args.message
+        self.initial = tuple(tuple(kv.split("=", 1)) for kv in args.initial_metadata)
 
     async def _before_reply(self, context):
+        if self.initial:
+            await context.send_initial_metadata(self.initial)
         context.set_trailing_metadata((("x-server", self.name),))
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -115,6 +119,7 @@ def main():
     p = stubs.server_args("grpc-server")
     p.add_argument("--status", default=None, help="grpc.StatusCode name every call fails with")
     p.add_argument("--message", default="failed on purpose")
+    p.add_argument("--initial-metadata", action="append", default=[], help="k=v, repeatable")
     args = p.parse_args()
     if args.status and not hasattr(grpc.StatusCode, args.status):
         p.error(f"--status: no grpc.StatusCode.{args.status}")

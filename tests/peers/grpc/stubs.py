@@ -108,7 +108,7 @@ def reply_json(r):
 
 def new_outcome():
     return {"ok": True, "code": "OK", "code_number": 0, "details": "", "replies": [],
-            "payload_ok": True, "trailers": {}}
+            "payload_ok": True, "trailers": {}, "initial": {}}
 
 
 if __name__ == "__main__":

@@ -425,6 +425,7 @@ impl DownConn {
             grpc: None,
             flags: (flags.bits(), &text),
             peer: self.peer,
+            meta: crate::stats::istio::MetaId::NONE,
         };
         let us = started.elapsed().as_micros() as u64;
         istio.request(&o, us, u64::from(bytes_in), bytes_out as u64);

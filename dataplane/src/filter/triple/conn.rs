@@ -29,6 +29,7 @@ use super::{Call, H2Limits, Host, Pool, TripleListener};
 use crate::access_log::Part;
 use crate::filter::{Budget, Drain, RequestStatIds, Routes};
 use crate::io::READ_CHUNK_BYTES;
+use crate::stats::istio::exchange;
 /// Bytes queued for a peer that does not read (control frames are not flow controlled): beyond
 /// this the connection is closed.
 pub const OUT_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -1391,6 +1392,14 @@ impl Conn {
         let now = Instant::now();
         let mut call = Call::new(l, now);
         call.log = l.capture(&self.headers.borrow());
+        if let (Some(i), Some(lg)) = (l.istio.as_ref().filter(|i| i.inbound()), &mut call.log) {
+            // istio-proxy's inbound `peer_metadata`: the caller's sidecar names its workload.
+            let hl = self.headers.borrow();
+            let value = hl.get(exchange::HEADER);
+            lg.mx.id_received = hl.get(exchange::HEADER_ID).is_some();
+            lg.mx.value_received = value.is_some();
+            lg.mx.peer = i.peer_metadata(value);
+        }
         let mut s = Stream::new(
             self.peer_initial_window.get(),
             self.limits.stream_window,
@@ -1869,7 +1878,7 @@ impl Conn {
         let mut block = Vec::new();
         let grpc_status = {
             let hl = self.headers.borrow();
-            hl.encode(&mut block);
+            down.encode_response_headers(did, &hl, &mut block);
             down.keep_response_headers(did, |n| hl.get(n));
             hl.get(b"grpc-status").and_then(|v| {
                 std::str::from_utf8(v)
@@ -1891,6 +1900,43 @@ impl Conn {
         }
         down.relay_response_headers(did, block, end, grpc_status);
         Ok(())
+    }
+
+    /// Encodes an upstream's response headers `hl` (or trailers) for the caller of stream `id`.
+    /// With Istio's metadata exchange (listeners with `istio_metrics`), on the response
+    /// headers as istio-proxy's `peer_metadata` filter: outbound, the upstream's sidecar named
+    /// its workload (read, then removed); inbound, the caller's sidecar gets ours, each header
+    /// only when its request carried it.
+    fn encode_response_headers(&self, id: u32, hl: &super::headers::HeaderList, out: &mut Vec<u8>) {
+        let Side::Down(l) = &self.side else {
+            return hl.encode(out);
+        };
+        let Some(i) = &l.istio else {
+            return hl.encode(out);
+        };
+        let mut streams = self.streams.borrow_mut();
+        let Some(lg) = streams
+            .get_mut(&id)
+            .and_then(|s| s.call.as_mut())
+            .filter(|c| !c.headers_sent)
+            .and_then(|c| c.log.as_mut())
+        else {
+            return hl.encode(out);
+        };
+        hl.encode_except(out, exchange::is_header);
+        if i.inbound() {
+            let (own_id, value) = i.own_exchange();
+            if !value.is_empty() {
+                if lg.mx.id_received {
+                    hpack::encode_field(out, exchange::HEADER_ID, own_id, false);
+                }
+                if lg.mx.value_received {
+                    hpack::encode_field(out, exchange::HEADER, value, false);
+                }
+            }
+        } else {
+            lg.mx.peer = i.peer_metadata(hl.get(exchange::HEADER));
+        }
     }
 
     /// Keeps, for the call's access log, the response headers (or trailers, when headers were
@@ -2347,13 +2393,24 @@ fn route_call(
         hl.encode_shadow(&mut shadow_block);
     }
     let mut block = Vec::with_capacity(block_hint(hl));
+    // Istio's metadata exchange: what a caller's sidecar sent is not forwarded (istio-proxy
+    // removes it inbound, replaces it with its own outbound).
+    let mx = l.istio.is_some();
     let trace = match &l.trace {
         None => {
-            hl.encode(&mut block);
+            hl.encode_except(&mut block, |n| mx && exchange::is_header(n));
             None
         }
-        Some(t) => encode_traced(l, t, hl, (service, method), &mut block),
+        Some(t) => encode_traced(l, t, hl, (service, method), &mut block, mx),
     };
+    if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
+        // Outbound: this workload's metadata, for the upstream's sidecar to label the call.
+        let (id, value) = i.own_exchange();
+        if !value.is_empty() {
+            hpack::encode_field(&mut block, exchange::HEADER_ID, id, false);
+            hpack::encode_field(&mut block, exchange::HEADER, value, false);
+        }
+    }
     Ok(Routed {
         routes,
         cluster,
@@ -2384,6 +2441,7 @@ fn encode_traced(
     hl: &HeaderList,
     (service, method): (&[u8], &[u8]),
     block: &mut Vec<u8>,
+    mx: bool,
 ) -> Option<Box<super::Traced>> {
     use crate::trace::context::{self as cx, Format};
     let mut carrier = crate::trace::Carrier::default();
@@ -2395,15 +2453,20 @@ fn encode_traced(
     let d = match t.decide(carrier.arrived()) {
         Some(d) if d.rewrites() => d,
         _ => {
-            hl.encode(block);
+            hl.encode_except(block, |n| mx && exchange::is_header(n));
             return None;
         }
     };
     let format = d.incoming.map_or(Format::W3c, |i| i.format);
-    hl.encode_except(block, |n| match format {
-        Format::W3c => n == b"traceparent",
-        Format::B3Single => n == b"b3",
-        Format::B3Multi => n == b"x-b3-spanid" || n == b"x-b3-parentspanid" || n == b"x-b3-sampled",
+    hl.encode_except(block, |n| {
+        (mx && exchange::is_header(n))
+            || match format {
+                Format::W3c => n == b"traceparent",
+                Format::B3Single => n == b"b3",
+                Format::B3Multi => {
+                    n == b"x-b3-spanid" || n == b"x-b3-parentspanid" || n == b"x-b3-sampled"
+                }
+            }
     });
     let caller = d.incoming.map(|i| i.span_id).unwrap_or_default();
     match format {

@@ -266,6 +266,8 @@ pub struct Logged {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub flags: Flags,
+    /// Istio's metadata exchange on this call (listeners with `istio_metrics`).
+    pub mx: crate::stats::istio::Exchange,
 }
 
 impl Headers for Logged {
@@ -432,6 +434,7 @@ impl TripleListener {
                 bytes_received: 0,
                 bytes_sent: 0,
                 flags: Flags::NONE,
+                mx: Default::default(),
             })
         });
         lg.values.clear();
@@ -442,6 +445,7 @@ impl TripleListener {
         lg.bytes_received = 0;
         lg.bytes_sent = 0;
         lg.flags = Flags::NONE;
+        lg.mx = Default::default();
         let Some(log) = &self.log else {
             return Some(lg);
         };
@@ -480,6 +484,7 @@ impl TripleListener {
                 grpc: c.status,
                 flags: (flags.bits(), &text),
                 peer,
+                meta: lg.mx.peer,
             };
             let us = c.started.elapsed().as_micros() as u64;
             istio.request(&o, us, lg.bytes_received, lg.bytes_sent);
@@ -544,6 +549,8 @@ impl TripleListener {
                 grpc: None,
                 flags: (flags.bits(), &text),
                 peer,
+                // The metadata exchange is not read on HTTP/1.1 requests yet.
+                meta: crate::stats::istio::MetaId::NONE,
             };
             istio.request_as(
                 crate::stats::istio::Protocol::Http,
