@@ -1144,7 +1144,9 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         }
     }
     // The route's concurrency limit: a two-way call holds a place until it ends, whichever way.
-    let concurrency = action.route_index.and_then(|i| routes.concurrency.get(i)?.as_ref());
+    let concurrency = action
+        .route_index
+        .and_then(|i| routes.concurrency.get(i)?.as_ref());
     let slot = match concurrency {
         Some(c) if h.two_way => match c.acquire() {
             Some(slot) => Some(slot),
