@@ -1827,6 +1827,11 @@ pub struct FaultAbort {
     /// The answer: a gRPC status (Triple) or a Dubbo response status (Dubbo).
     pub status: u32,
     pub percentage: Share,
+    /// The HTTP status an HTTP/1.1 request on a triple listener is answered with (from xDS:
+    /// `abort.http_status`); unset: 200, as Envoy answers a gRPC-status abort to a request
+    /// that is not gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u32>,
 }
 
 /// Most retries a route may ask for (`retry_policy.num_retries`).

@@ -326,3 +326,158 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
         });
     assert_eq!(got, want, "Istio's metrics (left) vs Envoy's lines (right)");
 }
+
+/// Envoy 1.40 or ringside (one shard) on `snapshot` (version `v1`), serving on `listen`.
+enum Proxy {
+    Envoy(Envoy),
+    Ringside(Ringside),
+}
+
+impl Proxy {
+    fn start(who: &str, snapshot: &Value, listen: SocketAddr) -> (Proxy, XdsServer) {
+        let xds = XdsServer::start();
+        xds.put(snapshot).unwrap();
+        let admin = local(free_port());
+        let p = if who == "envoy" {
+            Proxy::Envoy(Envoy::start_with_args(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "h1"),
+                admin,
+                &["--file-flush-interval-msec", "100"],
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: h1\n  node_cluster: t\n  mode: sotw\n  \
+                 initial_fetch_timeout_ms: 5000\n",
+                xds.addr()
+            );
+            Proxy::Ringside(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        (p, xds)
+    }
+
+    /// A counter's value (-1: not there).
+    fn stat(&self, name: &str) -> i64 {
+        match self {
+            Proxy::Envoy(e) => e.stat(name) as i64,
+            Proxy::Ringside(r) => r.stat_value(name).unwrap_or(-1),
+        }
+    }
+}
+
+/// Routes with the HTTP fault filter's per-route config as istiod writes a VirtualService
+/// `fault` (`typed_per_filter_config`, the connection manager's empty fault filter first):
+/// an abort with an HTTP status, one with a gRPC status, a delay (longer than the route's
+/// timeout, which runs from the delay's end), a delay then an abort, Istio's empty config that
+/// injects nothing, and a 50 % abort. HTTP/1.1 requests (Python's http.client on one keep-alive
+/// connection, a body on an aborted request) through Envoy 1.40 and ringside: the same
+/// statuses and connection reuse, the same access-log lines (`FI`, `DI`), the same fault
+/// counters; the 50 % route aborts between 25 % and 75 % of 40 requests in both.
+#[test]
+fn http1_faults_like_envoy() {
+    let up_port = free_port();
+    let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let up = local(up_port);
+    let dir = TempDir::new("http1-fault");
+    let hundred = json!({"numerator": 100, "denominator": "HUNDRED"});
+    let fault = |f: Value| {
+        let mut v = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(f.as_object().unwrap().clone());
+        json!({"envoy.filters.http.fault": v})
+    };
+    let route = |prefix: &str, timeout: &str, f: Option<Value>| {
+        let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "up", "timeout": timeout}});
+        if let Some(f) = f {
+            r["typed_per_filter_config"] = fault(f);
+        }
+        r
+    };
+    let snapshot = |who: &str, listen: SocketAddr| {
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http", "codec_type": "AUTO",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc"], "routes": [
+                route("/http-abort", "5s", Some(json!({"abort": {"http_status": 503, "percentage": hundred}}))),
+                route("/grpc-abort", "5s", Some(json!({"abort": {"grpc_status": 7, "percentage": hundred}}))),
+                route("/delay-abort", "5s", Some(json!({"delay": {"fixed_delay": "0.3s", "percentage": hundred},
+                    "abort": {"http_status": 429, "percentage": hundred}}))),
+                route("/delay", "0.5s", Some(json!({"delay": {"fixed_delay": "0.8s", "percentage": hundred}}))),
+                route("/empty", "5s", Some(json!({"abort": {"http_status": 503}}))),
+                route("/half", "5s", Some(json!({"abort": {"http_status": 500,
+                    "percentage": {"numerator": 50, "denominator": "HUNDRED"}}}))),
+                route("/", "5s", None)]}]},
+            "http_filters": [
+                {"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+                {"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": dir.0.join(format!("{who}.log")).display().to_string(),
+                "log_format": {"text_format_source": {"inline_string": FORMAT}}}}]
+        });
+        json!({
+            "version": "v1",
+            "listeners": [{"name": "http", "address": socket(listen), "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+            "clusters": [{"name": "up", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": load_assignment("up", &[up])}]
+        })
+    };
+    let requests = json!([
+        {"method": "GET", "path": "/http-abort", "host": "svc"},
+        {"method": "POST", "path": "/http-abort", "host": "svc", "body_len": 100},
+        {"method": "GET", "path": "/grpc-abort", "host": "svc"},
+        {"method": "GET", "path": "/delay-abort", "host": "svc"},
+        {"method": "GET", "path": "/delay", "host": "svc"},
+        {"method": "GET", "path": "/empty", "host": "svc"},
+        {"method": "GET", "path": "/last", "host": "svc"},
+    ]);
+    let halves = json!((0..40)
+        .map(|_| json!({"method": "GET", "path": "/half", "host": "svc"}))
+        .collect::<Vec<_>>());
+    let n = requests.as_array().unwrap().len();
+    let run = |who: &str| -> (Vec<String>, Vec<String>, usize, Vec<i64>) {
+        let listen = local(free_port());
+        let (proxy, _xds) = Proxy::start(who, &snapshot(who, listen), listen);
+        let t0 = Instant::now();
+        let got: Vec<String> = http1_outcomes(listen, &requests)
+            .iter()
+            .map(|o| common::http1::http1_comparable(o))
+            .collect();
+        let took = t0.elapsed();
+        // The delays: 0.3 s and 0.8 s.
+        assert!(took >= Duration::from_millis(1050), "{who}: {took:?}");
+        let aborted = http1_outcomes(listen, &halves)
+            .iter()
+            .filter(|o| common::http1::http1_comparable(o).ends_with("500"))
+            .count();
+        let log: Vec<String> = lines(&dir.0.join(format!("{who}.log")), n + 40)
+            .into_iter()
+            .filter(|l| !l.contains(" /half "))
+            .collect();
+        let prefix = match who {
+            "envoy" => "http.http.",
+            _ => "listener.http.",
+        };
+        let stats = ["fault.aborts_injected", "fault.delays_injected"]
+            .iter()
+            .map(|s| proxy.stat(&format!("{prefix}{s}")))
+            .collect();
+        eprintln!("{who}: {got:#?} {log:#?} {aborted} {stats:?}");
+        (got, log, aborted, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert_eq!(ringside.0, envoy.0, "statuses, ringside (left) vs Envoy (right)");
+    assert_eq!(ringside.1, envoy.1, "log lines, ringside (left) vs Envoy (right)");
+    for (who, r) in [("envoy", &envoy), ("ringside", &ringside)] {
+        assert!((10..=30).contains(&r.2), "{who}: {} of 40 aborted at 50 %", r.2);
+    }
+    // Aborts: 4 + the 50 % route's; delays: 2.
+    assert_eq!(envoy.3, [4 + envoy.2 as i64, 2], "Envoy's counters");
+    assert_eq!(ringside.3, [4 + ringside.2 as i64, 2], "ringside's counters");
+}

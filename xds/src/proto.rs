@@ -3645,6 +3645,10 @@ fn route_fault(
     let abort = match &f.abort {
         None => None,
         Some(a) => {
+            let http_status = match a.error_type {
+                Some(ErrorType::HttpStatus(h)) => Some(h),
+                _ => None,
+            };
             let status = match a.error_type {
                 Some(ErrorType::GrpcStatus(c)) => c,
                 // Envoy's HTTP status to gRPC status mapping for a gRPC caller.
@@ -3659,7 +3663,11 @@ fn route_fault(
                 _ => return refuse("abort", "give http_status or grpc_status"),
             };
             let percentage = share(a.percentage.as_ref(), "abort.percentage")?;
-            (percentage.0 > 0).then_some(config::FaultAbort { status, percentage })
+            (percentage.0 > 0).then_some(config::FaultAbort {
+                status,
+                percentage,
+                http_status,
+            })
         }
     };
     if delay.is_none() && abort.is_none() {

@@ -131,6 +131,8 @@ enum Local {
     TooLarge,
     /// An HTTP/1.0 request.
     UpgradeRequired,
+    /// The route's fault aborts it with this HTTP status.
+    FaultAbort(u16),
     Forbidden(&'static str),
     NoRoute,
     RateLimited,
@@ -148,6 +150,7 @@ impl Local {
             Local::BadRequest => (400, "Bad Request", "Bad Request"),
             Local::TooLarge => (431, "Request Header Fields Too Large", "Request Header Fields Too Large"),
             Local::UpgradeRequired => (426, "Upgrade Required", "Upgrade Required"),
+            Local::FaultAbort(code) => (*code, reason(*code), "fault filter abort"),
             Local::Forbidden(body) => (403, "Forbidden", body),
             Local::NoRoute => (404, "Not Found", ""),
             Local::RateLimited => (429, "Too Many Requests", "local_rate_limited"),
@@ -174,6 +177,7 @@ impl Local {
                 Flags::DOWNSTREAM_PROTOCOL_ERROR
             }
             Local::Forbidden(_) => Flags::NONE,
+            Local::FaultAbort(_) => Flags::FAULT_INJECTED,
             Local::NoRoute => Flags::NO_ROUTE_FOUND,
             Local::RateLimited => Flags::RATE_LIMITED,
             Local::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
@@ -182,6 +186,25 @@ impl Local {
             Local::Timeout => Flags::UPSTREAM_REQUEST_TIMEOUT,
             Local::BadGateway => Flags::UPSTREAM_PROTOCOL_ERROR,
         }
+    }
+}
+
+/// The reason phrase of a status ringside may answer with itself.
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
     }
 }
 
@@ -375,19 +398,34 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     header_list(&mut c.hl, &req, c.scheme);
     c.seen.begin(l, &c.hl);
     let started = Instant::now();
+    // The body, unread, would be taken for the next request.
+    let close = req.close || req.framing != Framing::Length(0);
     let Routed {
         pool,
         timeout,
         retry,
+        delay,
     } = match route(c, l, &req) {
         Ok(r) => r,
-        Err(e) => {
-            // The body, unread, would be taken for the next request.
-            let close = req.close || req.framing != Framing::Length(0);
-            return local(c, l, &e, close).await;
-        }
+        Err(e) => return local(c, l, &e, close).await,
     };
-    c.seen.cluster = Some(pool.lb.clone());
+    let mut started = started;
+    if let Some((d, abort)) = delay {
+        // The route's fault delay holds the request (its body waits in the socket); the route's
+        // timeout runs from its end, as Envoy's router sees the request only then.
+        l.stats.inc(l.ids.fault.delays_injected);
+        l.stats.inc(l.ids.fault.active);
+        l.faults_active.set(l.faults_active.get() + 1);
+        c.seen.flags = c.seen.flags | Flags::DELAY_INJECTED;
+        shard::monoio::time::sleep(d).await;
+        l.stats.dec(l.ids.fault.active);
+        l.faults_active.set(l.faults_active.get().saturating_sub(1));
+        if let Some(code) = abort {
+            l.stats.inc(l.ids.fault.aborts_injected);
+            return local(c, l, &Local::FaultAbort(code), close).await;
+        }
+        started = Instant::now();
+    }
     let deadline = timeout.map(|t| started + t);
     let out = forward(c, l, &req, &pool, deadline, retry).await;
     l.stats
@@ -413,10 +451,14 @@ struct Routed {
     pool: Rc<Pool>,
     timeout: Option<Duration>,
     retry: Option<crate::route::RetryPolicy>,
+    /// The route's fault delay for this request, and the abort after it (HTTP status).
+    delay: Option<(Duration, Option<u16>)>,
 }
 
-/// The route's cluster pool, timeout and retry policy, or the local answer.
-fn route<C>(c: &Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Local> {
+/// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
+/// found its cluster is the exchange's (`%UPSTREAM_CLUSTER%`), as Envoy's connection manager
+/// sets it when it resolves the route (before rate limits and faults).
+fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Local> {
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
@@ -439,6 +481,8 @@ fn route<C>(c: &Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Lo
         l.stats.inc(l.ids.rq_no_route);
         return Err(Local::NoRoute);
     };
+    let cluster = action.pick_cluster(l.roll());
+    c.seen.cluster = Some(routes.pools[cluster].lb.clone());
     if let Some(limits) = &routes.limits {
         if limits
             .for_route(action.route_index)
@@ -448,11 +492,35 @@ fn route<C>(c: &Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Lo
             return Err(Local::RateLimited);
         }
     }
-    let cluster = action.pick_cluster(l.roll());
+    // The route's fault, rolled as for HTTP/2 (delay and abort each on its own, as Envoy).
+    let fault = match action.fault(&l.dice) {
+        Some(_)
+            if action
+                .fault
+                .and_then(|p| p.max_active_faults)
+                .is_some_and(|m| l.faults_active.get() >= m) =>
+        {
+            l.stats.inc(l.ids.fault.overflow);
+            None
+        }
+        f => f,
+    };
+    let http_status = action
+        .fault
+        .and_then(|f| f.abort)
+        .and_then(|a| a.http_status)
+        .map_or(200, |s| s as u16);
+    let abort = fault.and_then(|f| f.abort).map(|_| http_status);
+    let delay = fault.and_then(|f| f.delay);
+    if let (Some(code), None) = (abort, delay) {
+        l.stats.inc(l.ids.fault.aborts_injected);
+        return Err(Local::FaultAbort(code));
+    }
     Ok(Routed {
         pool: routes.pools[cluster].clone(),
         timeout: action.timeout,
         retry: action.retry,
+        delay: delay.map(|d| (d, abort)),
     })
 }
 
