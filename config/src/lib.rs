@@ -1654,7 +1654,15 @@ pub struct DubboRoute {
     /// them (as Envoy's per-route `typed_per_filter_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+    /// At most this many of the route's two-way calls in flight (Sentinel's thread-count flow
+    /// control); one more is answered 100 at once. Per shard `ceil(max / shards)`
+    /// (docs/governance.md#concurrency-limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
 }
+
+/// Most `max_concurrent_requests` of a Dubbo route.
+pub const ROUTE_CONCURRENT_REQUESTS_MAX: u32 = 1_000_000;
 
 /// Every condition given must hold; an empty match matches every request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1983,6 +1991,15 @@ pub struct Cluster {
     /// failover; what a YAML cluster always has).
     #[serde(skip)]
     pub priority_load: Vec<u32>,
+    /// (healthy, all) endpoints of each priority level present in `endpoint_metadata` as EDS
+    /// counts them (xDS only; empty for YAML clusters, whose endpoints all count as healthy,
+    /// and with `locality_weighted`): what a shard recomputes the priority load from when it
+    /// ejects endpoints (outlier detection, docs/governance.md#locality).
+    #[serde(skip)]
+    pub priority_hosts: Vec<(u32, u32)>,
+    /// EDS `policy.overprovisioning_factor` in percent (0: Envoy's default, 140).
+    #[serde(skip)]
+    pub overprovisioning: u32,
     /// Envoy's locality-weighted balancing (xDS only: CDS
     /// `common_lb_config.locality_weighted_lb_config`, docs/governance.md#locality): the
     /// endpoints of each priority level are grouped by EDS locality
@@ -3600,6 +3617,14 @@ fn validate_dubbo(
         if let Some(b) = &r.local_rate_limit {
             b.validate(&rat("local_rate_limit"), err);
         }
+        if let Some(m) = r.max_concurrent_requests {
+            if m == 0 || m > ROUTE_CONCURRENT_REQUESTS_MAX {
+                err(
+                    rat("max_concurrent_requests"),
+                    format!("{m} is out of range 1..={ROUTE_CONCURRENT_REQUESTS_MAX}"),
+                );
+            }
+        }
     }
 }
 
@@ -4132,4 +4157,39 @@ fn validate_registry(r: &Registry, listeners: &[Listener], err: &mut dyn FnMut(S
             HEARTBEAT_INTERVAL_MS_MAX,
         );
     }
+}
+
+/// Envoy's overprovisioning factor when EDS gives none (`policy.overprovisioning_factor`), in
+/// percent.
+pub const OVERPROVISIONING_FACTOR_DEFAULT: u32 = 140;
+
+/// Envoy's priority load: `counts` is (healthy, all) endpoints per priority level, lowest
+/// priority number first; each level's health is `min(100, overprovisioning × healthy /
+/// all)`, the levels take their health in turn until 100 % is given out (scaled up when the
+/// health sums under 100; what rounding leaves goes to the first level with health). All
+/// zero when no level has health (Envoy's total panic, which the caller handles).
+pub fn priority_load(counts: &[(u32, u32)], overprovisioning: u32) -> Vec<u32> {
+    let health: Vec<u32> = counts
+        .iter()
+        .map(|&(healthy, all)| match all {
+            0 => 0,
+            _ => {
+                (u64::from(overprovisioning) * u64::from(healthy) / u64::from(all)).min(100) as u32
+            }
+        })
+        .collect();
+    let total = health.iter().sum::<u32>().min(100);
+    let mut load = vec![0; health.len()];
+    if total == 0 {
+        return load;
+    }
+    let mut left = 100;
+    for (l, &h) in load.iter_mut().zip(&health) {
+        *l = (h * 100 / total).min(left);
+        left -= *l;
+    }
+    if let Some(first) = health.iter().position(|&h| h > 0) {
+        load[first] += left;
+    }
+    load
 }

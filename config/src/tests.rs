@@ -186,6 +186,8 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         circuit_breakers: None,
         outlier_detection: None,
         priority_load: Vec::new(),
+        priority_hosts: Vec::new(),
+        overprovisioning: 0,
         locality_weighted: false,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);

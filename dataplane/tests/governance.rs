@@ -436,6 +436,64 @@ fn dubbo_max_requests_refuses_beyond_the_limit_until_requests_end() {
     );
 }
 
+/// A route's `max_concurrent_requests` (Sentinel's thread-count mode): with 3 calls of the
+/// route in flight, the next is answered 100 at once (never reaching the provider) and counted;
+/// another route is not limited; once the held calls end (time out), calls get places again.
+#[test]
+fn dubbo_route_concurrency_limit_answers_100_while_its_calls_are_in_flight() {
+    let p = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let extra = "    cluster: p\n    dubbo:\n      routes:\n\
+\x20       - name: limited\n          match: {interface: {exact: com.ringside.test.EchoService}}\n          route: {cluster: p}\n          max_concurrent_requests: 3\n";
+    let cfg = dubbo_config(admin, listen, &[("p", &[p.addr])], extra)
+        .replace("    timeout_ms: 1000\n", "    timeout_ms: 700\n");
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    let args = [Arg::Str("x")];
+    // Three calls the provider never answers hold the route's three places.
+    let held: Vec<u64> = (0..3)
+        .map(|_| c.send(RequestBuilder::new(SVC, "hold").args(&args)))
+        .collect();
+    for _ in 0..4 {
+        let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+        assert_eq!(a.status, Status::ServerThreadpoolExhausted, "{}", a.text);
+        assert!(
+            a.text
+                .contains("concurrency limit of the route reached: 3 calls in flight"),
+            "{}",
+            a.text
+        );
+    }
+    // Another interface takes the default route: not limited.
+    let a = c.call(RequestBuilder::new("com.ringside.test.Other", "echo").args(&args));
+    assert_eq!((a.status, a.text.as_str()), (Status::Ok, "A|echo|x"));
+    // The held calls time out (31): their places are free again.
+    let timed_out = c.recv_n(3);
+    assert!(held
+        .iter()
+        .all(|id| timed_out[id].status == Status::ServerTimeout));
+    for _ in 0..5 {
+        let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+        assert_eq!((a.status, a.text.as_str()), (Status::Ok, "A|echo|x"));
+    }
+    // Answered calls give their places back too: three at once, then three more.
+    for _ in 0..2 {
+        let ids: Vec<u64> = (0..3)
+            .map(|_| c.send(RequestBuilder::new(SVC, "echo").args(&args)))
+            .collect();
+        let answers = c.recv_n(3);
+        assert!(ids.iter().all(|id| answers[id].status == Status::Ok));
+    }
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_rq_concurrency_limited"), 4);
+    assert_eq!(stat(&rs, "dubbo_route.dubbo.limited.rsp_local"), 4 + 3);
+    let seen = p.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|m| *m == "echo").count(),
+        1 + 5 + 6,
+        "refused calls never reach the provider"
+    );
+}
+
 /// The per-shard approximation: each of 2 shards admits `ceil(8 / 2)` = 4 requests in flight,
 /// so the process admits `Σ min(connections with one request in flight on shard s, 4)`: 8 when
 /// both shards have 4 or more, fewer when SO_REUSEPORT put fewer than 4 on one of them.
@@ -1893,6 +1951,134 @@ fn locality_priority_failover_matches_envoy() {
         );
         assert!((r - load).abs() <= 2.0, "ringside: {r} % (load {load} %)");
         assert!((r - e).abs() <= 8.0, "ringside {r} % vs Envoy {e} %");
+    }
+}
+
+/// Priority failover with outlier-ejected endpoints against Envoy 1.40
+/// (docs/governance.md#locality): Envoy counts an ejected host as unhealthy in its priority's
+/// health, so a zone losing providers to ejection spills load to the next priority
+/// gradually, by the overprovisioning factor 1.4, exactly as when EDS marks them unhealthy.
+/// Test upstreams `A`..`D` in `zone-a` at priority 0 and `X`, `Y` in `zone-b` at priority 1,
+/// all healthy in EDS, CDS `outlier_detection` ejecting after 2 consecutive UNAVAILABLE for
+/// 60 s; the upstreams fail only when a call names them (`x-fail-only-on`). `C` and `D` made to
+/// fail until both proxies ejected them: zone-a is 2 of 4 healthy, 70 % (Envoy's load); `B`
+/// too: 1 of 4, 35 %. 400 calls per phase through each proxy, none may reach an ejected
+/// upstream. Tolerance as `locality_priority_failover_matches_envoy`: ringside within 2 points
+/// (deterministic draws), Envoy within 8 (random draws, 3.5 σ), the two within 8.
+#[test]
+fn locality_failover_counts_ejected_endpoints_as_envoy() {
+    use common::envoy::*;
+    use common::xds::*;
+    use serde_json::json;
+    let a: Vec<Upstream> = ["A", "B", "C", "D"].map(Upstream::start).into();
+    let b: Vec<Upstream> = ["X", "Y"].map(Upstream::start).into();
+    let snapshot = |listen: SocketAddr| {
+        let eps = |ups: &[Upstream]| -> Vec<serde_json::Value> {
+            ups.iter()
+                .map(|u| json!({"endpoint": {"address": socket(u.addr)}}))
+                .collect()
+        };
+        let mut cluster = eds_cluster("loc", true);
+        cluster["outlier_detection"] = json!({
+            "consecutive_5xx": 2, "interval": "60s", "base_ejection_time": "60s",
+            "max_ejection_percent": 100, "enforcing_consecutive_5xx": 100,
+            "enforcing_success_rate": 0
+        });
+        json!({
+            "version": "ej1",
+            "listeners": [rds_listener("grpc_ej", listen, "ej_routes")],
+            "routes": [{"name": "ej_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "loc"}}]
+            }]}],
+            "clusters": [cluster],
+            "endpoints": [{"cluster_name": "loc", "endpoints": [
+                {"locality": {"region": "r1", "zone": "zone-a"}, "priority": 0,
+                    "lb_endpoints": eps(&a)},
+                {"locality": {"region": "r1", "zone": "zone-b"}, "priority": 1,
+                    "lb_endpoints": eps(&b)}
+            ]}]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let mut boot = bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-ej");
+    boot["node"]["locality"] = json!({"region": "r1", "zone": "zone-a"});
+    let envoy = Envoy::start(&boot, envoy_admin);
+    envoy.wait_dump("grpc_ej", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_ej")
+            && dynamic_route_configs(d).iter().any(|r| r == "ej_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let rs = ringside_over_xds(
+        &rs_xds,
+        "oracle-ej",
+        "  locality: {region: r1, zone: zone-a}\n",
+        1,
+        "ej1",
+        rs_listen,
+    );
+    let mut e = Client::connect(envoy_listen);
+    let mut r = Client::connect(rs_listen);
+    let ejections = "cluster.loc.outlier_detection.ejections_enforced_consecutive_5xx";
+    // Calls failing at `name` until each proxy ejected it (its `want`-th ejection).
+    let eject = |e: &mut Client, r: &mut Client, name: &str, want: i64| {
+        let fail = [("x-fail-only-on", name)];
+        for _ in 0..40 {
+            let (es, rs_) = (envoy.stat(ejections) as i64, stat(&rs, ejections));
+            if es >= want && rs_ >= want {
+                break;
+            }
+            if es < want {
+                answers(e, 1, "/pkg.S/M", &fail);
+            }
+            if rs_ < want {
+                answers(r, 1, "/pkg.S/M", &fail);
+            }
+        }
+        assert_eq!(envoy.stat(ejections) as i64, want, "Envoy ejected {name}");
+        assert_eq!(stat(&rs, ejections), want, "ringside ejected {name}");
+    };
+    const CALLS: usize = 400;
+    // Zone-a's share of CALLS calls in percent; none may reach an ejected upstream.
+    let share_a = |who: &str, c: &mut Client, ejected: &str| -> f64 {
+        let got = answers(c, CALLS, "/pkg.S/M", &[]);
+        assert_eq!(got.len(), CALLS, "{who}: every call answered: {got}");
+        assert!(
+            !got.chars().any(|u| ejected.contains(u)),
+            "{who}: a call reached an ejected upstream ({ejected}): {got}"
+        );
+        got.chars().filter(|u| "ABCD".contains(*u)).count() as f64 * 100.0 / CALLS as f64
+    };
+    for (fail, ejected, load) in [("", "", 100.0), ("CD", "CD", 70.0), ("B", "BCD", 35.0)] {
+        for (k, name) in fail.chars().enumerate() {
+            let want = (ejected.len() - fail.len() + k + 1) as i64;
+            eject(&mut e, &mut r, &name.to_string(), want);
+        }
+        // Envoy merges host health changes for `common_lb_config.update_merge_window` (1 s by
+        // default) before its workers see them.
+        if !fail.is_empty() {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        let es = share_a("envoy", &mut e, ejected);
+        let rs_share = share_a("ringside", &mut r, ejected);
+        eprintln!("zone-a ejected {ejected:?}: load {load} %, Envoy {es} %, ringside {rs_share} %");
+        assert!(
+            (es - load).abs() <= 8.0,
+            "Envoy, the oracle: {es} % (load {load} %)"
+        );
+        assert!(
+            (rs_share - load).abs() <= 2.0,
+            "ringside: {rs_share} % (load {load} %)"
+        );
+        assert!(
+            (rs_share - es).abs() <= 8.0,
+            "ringside {rs_share} % vs Envoy {es} %"
+        );
     }
 }
 

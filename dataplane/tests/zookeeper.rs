@@ -371,3 +371,76 @@ fn ringside_registers_the_local_provider_and_deregisters_it_first_on_drain() {
     let exit = log.find("drained; exiting").expect("drained");
     assert!(dereg < exit, "{log}");
 }
+
+/// Traffic labels from the registry (docs/governance.md#traffic-labels): sofa-rpc-node
+/// providers registered in ZooKeeper, B and C untagged, G with `dubbo.tag=gray` in its
+/// provider URL (what Apache Dubbo's `dubbo.provider.tag=gray` registers); sofa-rpc-node
+/// consumers through a listener with `traffic_label`: a call with the `dubbo.tag: gray`
+/// attachment reaches only G, an unlabelled one only B and C, one labelled `blue` (no provider
+/// has it) falls back to B and C, and `blue` forced (`dubbo.force.tag: true`) fails.
+#[test]
+fn zookeeper_provider_tags_route_labelled_calls() {
+    let zk = ZooKeeper::start();
+    let reg = zk.registry();
+    let (pb, pc, pg) = (free_port(), free_port(), free_port());
+    let _b = NodeProvider::start(pb, "B", &["--registry", &reg]);
+    let _c = NodeProvider::start(pc, "C", &["--registry", &reg]);
+    let _g = NodeProvider::start(pg, "G", &["--registry", &reg, "--tag", "gray"]);
+    let g_url = zk_ls(zk.port, &providers_path())
+        .unwrap()
+        .into_iter()
+        .find(|n| n.contains(&format!(":{pg}")))
+        .expect("G's node");
+    assert!(g_url.contains("dubbo.tag=gray"), "{g_url}");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let config = format!(
+        "admin:\n  address: {admin}\nregistry:\n  addresses: [\"{zk}\"]\nlisteners:\n  - name: out\n    address: {listen}\n    protocol: dubbo\n    cluster: echo\n    dubbo: {{traffic_label: {{}}}}\nclusters:\n  - name: echo\n    type: zookeeper\n    registry: {{interface: {IFACE}, version: '1.0.0'}}\n",
+        zk = zk.address()
+    );
+    let _rs = Ringside::start(&config, admin, &["--shards", "2"]);
+    let calls = |n: usize, attachments: &str| -> (bool, Vec<String>) {
+        let mut c = node("consumer.js");
+        c.args(["--address", &listen.to_string(), "--method", "whoami"])
+            .args(["--count", &n.to_string()]);
+        if !attachments.is_empty() {
+            c.args(["--attachments", attachments]);
+        }
+        let (ok, lines) = run_consumer(c);
+        let who = lines
+            .iter()
+            .map(|l| match l["ok"].as_bool() {
+                Some(true) => l["result"].as_str().unwrap_or("?").to_string(),
+                _ => "!".to_string(),
+            })
+            .collect();
+        (ok, who)
+    };
+    // All three discovered before the checks (an unlabelled call never shows G).
+    wait_for("B and C to get traffic", Duration::from_secs(15), || {
+        let who = calls(4, "").1;
+        who.iter().any(|w| w == "B") && who.iter().any(|w| w == "C")
+    });
+    wait_for("G to get gray traffic", Duration::from_secs(15), || {
+        calls(1, r#"{"dubbo.tag":"gray"}"#).1 == ["G"]
+    });
+    let (ok, who) = calls(6, r#"{"dubbo.tag":"gray"}"#);
+    assert!(ok && who.iter().all(|w| w == "G"), "gray: {who:?}");
+    let (ok, who) = calls(8, "");
+    assert!(ok, "{who:?}");
+    assert!(
+        who.iter().all(|w| w == "B" || w == "C")
+            && who.iter().any(|w| w == "B")
+            && who.iter().any(|w| w == "C"),
+        "unlabelled: the untagged providers only: {who:?}"
+    );
+    let (ok, who) = calls(8, r#"{"dubbo.tag":"blue"}"#);
+    assert!(ok, "{who:?}");
+    assert!(
+        who.iter().all(|w| w == "B" || w == "C")
+            && who.iter().any(|w| w == "B")
+            && who.iter().any(|w| w == "C"),
+        "blue (no provider): the untagged ones: {who:?}"
+    );
+    let (_, who) = calls(2, r#"{"dubbo.tag":"blue","dubbo.force.tag":"true"}"#);
+    assert_eq!(who, ["!", "!"], "blue forced: no provider");
+}

@@ -1,8 +1,9 @@
 // A Dubbo2 provider over Hessian2 (npm sofa-rpc-node + dubbo-remoting), for ringside's tests.
 // Usage: node provider.js --port P --name NAME [--version V] [--group G]
-//        [--registry 127.0.0.1:ZKPORT/dubbo]
+//        [--registry 127.0.0.1:ZKPORT/dubbo] [--tag T]
 // Prints "READY <port>" once listening (and, with --registry, once published in ZooKeeper
-// as dubbo://127.0.0.1:P?interface=..., unpublished on SIGTERM). Serves com.ringside.test.EchoService:
+// as dubbo://127.0.0.1:P?interface=..., unpublished on SIGTERM; with --tag, the URL carries
+// `dubbo.tag=T`, as an Apache Dubbo provider's with `dubbo.provider.tag=T`). Serves com.ringside.test.EchoService:
 //   echo(String) -> String, add(int, int) -> int, map(Map) -> Map, list(List) -> List,
 //   large(String) -> length of the string, empty() -> "empty", whoami() -> NAME,
 //   sleep(int ms) -> "slept" after ms.
@@ -40,6 +41,8 @@ const service = {
 };
 const meta = { interfaceName: 'com.ringside.test.EchoService', version };
 if (group) meta.group = group;
+const tag = arg('tag', undefined);
+if (tag) meta.customMeta = { 'dubbo.tag': tag };
 server.addService(meta, service);
 server.start().then(() => registry && server.publish()).then(() => {
   console.log('READY ' + port);

@@ -578,6 +578,8 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         circuit_breakers: None,
         outlier_detection: None,
         priority_load: Vec::new(),
+        priority_hosts: Vec::new(),
+        overprovisioning: 0,
         locality_weighted: false,
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);

@@ -942,6 +942,7 @@ fn dubbo_proxy(
                 matcher: m,
                 route,
                 local_rate_limit: None,
+                max_concurrent_requests: None,
             });
         }
     }
@@ -1453,6 +1454,7 @@ fn on_match(
                 matcher: m.clone(),
                 route,
                 local_rate_limit: None,
+                max_concurrent_requests: None,
             });
             Ok(())
         }
@@ -2806,6 +2808,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             None => None,
         },
         priority_load: Vec::new(),
+        priority_hosts: Vec::new(),
+        overprovisioning: 0,
         // Zone-aware routing (the other choice) is ignored: docs/governance.md#locality.
         locality_weighted: matches!(
             c.common_lb_config
@@ -2927,6 +2931,10 @@ pub struct Assignment {
     /// The same with locality-weighted balancing (see [`locality_load`]): one entry per
     /// (priority, locality) group present in `metadata`; empty when the first takes it all.
     pub locality_load: Vec<u32>,
+    /// (healthy, all) endpoints of each priority level present in `metadata`.
+    pub priority_hosts: Vec<(u32, u32)>,
+    /// `policy.overprovisioning_factor` (or Envoy's default).
+    pub overprovisioning: u32,
 }
 
 impl Assignment {
@@ -2937,13 +2945,16 @@ impl Assignment {
         cluster.endpoint_metadata = self.metadata.clone();
         if cluster.locality_weighted {
             cluster.priority_load = self.locality_load.clone();
+            cluster.priority_hosts = Vec::new();
         } else {
             cluster.priority_load = self.priority_load.clone();
+            cluster.priority_hosts = self.priority_hosts.clone();
             cluster
                 .endpoint_metadata
                 .iter_mut()
                 .for_each(|m| m.locality = 0);
         }
+        cluster.overprovisioning = self.overprovisioning;
     }
 }
 
@@ -3120,6 +3131,8 @@ fn endpoints(
     if present.first().is_some_and(|&l| l < 100) {
         out.priority_load = present;
     }
+    out.priority_hosts = counts.iter().copied().filter(|&(h, _)| h > 0).collect();
+    out.overprovisioning = overprovisioning;
     let by_locality = locality_load(&localities, &counts, &load, overprovisioning);
     if by_locality.first().is_some_and(|&l| l < 100) {
         out.locality_load = by_locality;
@@ -3185,39 +3198,11 @@ pub fn locality_load(
 
 /// Envoy's default `policy.overprovisioning_factor` (140 %: a level is not considered
 /// degraded until fewer than 1/1.4 = 71.4 % of its endpoints are healthy).
-pub const OVERPROVISIONING_FACTOR_DEFAULT: u32 = 140;
+pub use config::OVERPROVISIONING_FACTOR_DEFAULT;
 
 /// Envoy's priority load (`LoadBalancerBase::recalculatePerPriorityState`, without degraded
-/// hosts and panic mode): `counts` is (healthy, all) endpoints of each priority present in
-/// the assignment, lowest number first; the result is the percentage of requests each one
-/// takes. A level's health is `min(100, overprovisioning × healthy / all)`; the levels take
-/// their health in turn, scaled up when the health of all of them sums to less than 100,
-/// until 100 is given out; what rounding leaves goes to the first level with health.
-pub fn priority_load(counts: &[(u32, u32)], overprovisioning: u32) -> Vec<u32> {
-    let health: Vec<u32> = counts
-        .iter()
-        .map(|&(healthy, all)| match all {
-            0 => 0,
-            _ => {
-                (u64::from(overprovisioning) * u64::from(healthy) / u64::from(all)).min(100) as u32
-            }
-        })
-        .collect();
-    let total = health.iter().sum::<u32>().min(100);
-    let mut load = vec![0; health.len()];
-    if total == 0 {
-        return load;
-    }
-    let mut left = 100;
-    for (l, &h) in load.iter_mut().zip(&health) {
-        *l = (h * 100 / total).min(left);
-        left -= *l;
-    }
-    if let Some(first) = health.iter().position(|&h| h > 0) {
-        load[first] += left;
-    }
-    load
-}
+/// hosts and panic mode), shared with the shards (which recompute it as they eject endpoints).
+pub use config::priority_load;
 
 /// The endpoint metadata that chooses among a cluster's `transport_socket_matches`.
 const TRANSPORT_SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";

@@ -165,6 +165,14 @@ pub struct Endpoints {
     /// per level: a request draws `r` in 0..100 and starts at the first level whose entry
     /// exceeds `r`. Empty: strict failover (every request starts at the first level).
     pub load: Box<[u8]>,
+    /// (healthy, all) endpoints of each level as EDS counts them (a YAML cluster: all
+    /// healthy), when there are several levels and they are priorities (not locality
+    /// groups); else empty. A shard that ejects endpoints (outlier detection) counts them
+    /// out of `healthy` and balances by the load recomputed from that (Envoy: an ejected
+    /// host is unhealthy, docs/governance.md#locality).
+    pub level_hosts: Box<[(u32, u32)]>,
+    /// The overprovisioning factor of the loads, in percent.
+    pub overprovisioning: u32,
     /// Distinct endpoints in `live` (an endpoint appears there once per weight visit).
     pub distinct: u32,
     /// Changes when slots are renumbered (see `server::EndpointTable`): shards then replace the
@@ -275,6 +283,8 @@ struct Set<'a> {
     weights: &'a [u32],
     /// See [`Endpoints::load`] (traffic-label subsets: empty).
     load: &'a [u8],
+    /// The cluster's whole table (its load may be recomputed with the shard's ejections).
+    all: bool,
 }
 
 impl Subset {
@@ -284,6 +294,7 @@ impl Subset {
             levels: &self.levels,
             weights: &self.weights,
             load: &[],
+            all: false,
         }
     }
 }
@@ -296,6 +307,8 @@ impl Endpoints {
             levels: Box::new([]),
             weights: Box::new([]),
             load: Box::new([]),
+            level_hosts: Box::new([]),
+            overprovisioning: config::OVERPROVISIONING_FACTOR_DEFAULT,
             distinct: 0,
             generation,
             sockets: Box::new([]),
@@ -312,6 +325,7 @@ impl Endpoints {
             levels: &self.levels,
             weights: &self.weights,
             load: &self.load,
+            all: true,
         };
         let Some(label) = label else {
             return all;
@@ -321,6 +335,7 @@ impl Endpoints {
             levels: &[],
             weights: &[],
             load: &[],
+            all: false,
         };
         let Some(labels) = &self.labels else {
             // No endpoint is tagged: every one is untagged.
@@ -391,6 +406,13 @@ pub struct ShardCluster {
     /// The next priority-load draw (see [`Endpoints::load`]): 0..100, stepping by
     /// [`LOAD_DRAW_STEP`].
     draw: Cell<u8>,
+    /// Endpoint slots this shard ejected (outlier detection) and until when, kept while the
+    /// cluster has [`Endpoints::level_hosts`] (its load depends on them).
+    ejected: RefCell<Vec<(u32, std::time::Instant)>>,
+    /// The load recomputed without `ejected` (cumulative as [`Endpoints::load`]; empty: the
+    /// first level takes all) and when the first of those ejections ends; `None` while it
+    /// needs recomputing (no ejection: not used).
+    shard_load: RefCell<Option<(Box<[u8]>, std::time::Instant)>>,
     lb: LbPolicy,
     connect_timeout: Duration,
     /// TCP keepalive of its upstream connections: `tcp_keepalive`, else `runtime.tcp_keepalive`.
@@ -550,6 +572,8 @@ impl ShardCluster {
             endpoints: RefCell::new(endpoints),
             next: Cell::new(0),
             draw: Cell::new(0),
+            ejected: RefCell::new(Vec::new()),
+            shard_load: RefCell::new(None),
             lb: c.lb,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             keepalive: c
@@ -580,6 +604,8 @@ impl ShardCluster {
     /// ones use the new socket).
     pub fn set_endpoints(&self, e: Arc<Endpoints>) -> Vec<u32> {
         let old = self.endpoints.replace(e.clone());
+        // The levels or their counts may have changed: recompute at the next pick.
+        *self.shard_load.borrow_mut() = None;
         let mut active = self.active.borrow_mut();
         while active.len() < e.slots.len() {
             active.push(Cell::new(0));
@@ -614,7 +640,16 @@ impl ShardCluster {
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
         let e = self.endpoints.borrow();
-        let set = e.set(label);
+        let mut set = e.set(label);
+        let shard_load;
+        if set.all && !self.ejected.borrow().is_empty() {
+            // Endpoints ejected on this shard: the load without them.
+            self.refresh_load(&e);
+            shard_load = self.shard_load.borrow();
+            if let Some((load, _)) = shard_load.as_ref() {
+                set.load = load;
+            }
+        }
         let mut fallback = None;
         if !set.load.is_empty() {
             // Envoy's priority load: the level this request's draw falls in first; when it
@@ -642,6 +677,82 @@ impl ShardCluster {
             }
         }
         fallback
+    }
+
+    /// Notes that this shard ejected the endpoint at `addr` until `until` (outlier
+    /// detection): while it is, the cluster's priority load counts it unhealthy, as Envoy's
+    /// does (only for a cluster with [`Endpoints::level_hosts`]; others fail over strictly).
+    pub fn note_ejection(&self, addr: SocketAddr, until: std::time::Instant) {
+        let e = self.endpoints.borrow();
+        if e.level_hosts.is_empty() {
+            return;
+        }
+        let Some(&slot) = e.live.iter().find(|&&i| e.slots[i as usize].addr == addr) else {
+            return;
+        };
+        let mut ejected = self.ejected.borrow_mut();
+        ejected.retain(|&(i, _)| i != slot);
+        ejected.push((slot, until));
+        *self.shard_load.borrow_mut() = None;
+    }
+
+    /// Recomputes `shard_load` if it is stale (an ejection began or ended, or the endpoints
+    /// changed): Envoy's priority load over [`Endpoints::level_hosts`] with this shard's
+    /// ejected endpoints counted unhealthy; when no level has any health left, Envoy's total
+    /// panic (each level's share of all endpoints). Rare: once per ejection event.
+    fn refresh_load(&self, e: &Endpoints) {
+        let now = std::time::Instant::now();
+        if self
+            .shard_load
+            .borrow()
+            .as_ref()
+            .is_some_and(|(_, until)| now < *until)
+        {
+            return;
+        }
+        let mut ejected = self.ejected.borrow_mut();
+        ejected.retain(|&(_, until)| now < until);
+        if ejected.is_empty() || e.level_hosts.len() != e.levels.len() {
+            ejected.clear();
+            *self.shard_load.borrow_mut() = None;
+            return;
+        }
+        let mut from = 0;
+        let counts: Vec<(u32, u32)> = e
+            .levels
+            .iter()
+            .zip(e.level_hosts.iter())
+            .map(|(&end, &(healthy, all))| {
+                let level = &e.live[from..end as usize];
+                from = end as usize;
+                let out = ejected.iter().filter(|(i, _)| level.contains(i)).count() as u32;
+                (healthy.saturating_sub(out), all)
+            })
+            .collect();
+        let mut load = config::priority_load(&counts, e.overprovisioning);
+        if load.iter().all(|&l| l == 0) {
+            // Total panic: by endpoint count.
+            let total: u32 = counts.iter().map(|c| c.1).sum::<u32>().max(1);
+            let mut left = 100;
+            for (l, c) in load.iter_mut().zip(&counts) {
+                *l = (c.1 * 100 / total).min(left);
+                left -= *l;
+            }
+            load[0] += left;
+        }
+        let mut sum = 0u32;
+        let cumulative: Box<[u8]> = match load.first() {
+            Some(&l) if l < 100 => load
+                .iter()
+                .map(|&l| {
+                    sum = (sum + l).min(100);
+                    sum as u8
+                })
+                .collect(),
+            _ => Box::new([]),
+        };
+        let until = ejected.iter().map(|&(_, u)| u).min().unwrap_or(now);
+        *self.shard_load.borrow_mut() = Some((cumulative, until));
     }
 
     /// The pick among `live[level]`: `Ok` a ready endpoint, else `Err` the first one in
@@ -1095,6 +1206,7 @@ pub fn interval<H: OutlierHost + Retire>(
         match h.outlier().eject(cfg, now, share) {
             Ejection::Ejected(t) => {
                 count_ejection(stats, ids, counter, h.ids().ejected, t);
+                lb.note_ejection(h.addr(), now + t);
                 tracing::info!(cluster = %lb.name, upstream = %h.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected (interval)");
             }
             Ejection::Overflow => stats.inc(ids.outlier_overflow),
@@ -1212,6 +1324,7 @@ fn failed_outcome<H: OutlierHost + Retire>(
         Ejection::None => {}
         Ejection::Ejected(t) => {
             count_ejection(stats, ids, ids.outlier_ejections, host.ids().ejected, t);
+            lb.note_ejection(host.addr(), now + t);
             tracing::info!(cluster = %lb.name, upstream = %host.addr(), ejected_ms = t.as_millis() as u64, "outlier detection: endpoint ejected");
         }
         Ejection::Overflow => stats.inc(ids.outlier_overflow),

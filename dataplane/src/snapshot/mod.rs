@@ -558,6 +558,7 @@ impl ClusterState {
     fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
         let visits = visit_order(c);
         let load = cumulative_load(c, visits.levels.len());
+        let level_hosts = level_hosts(c, &visits);
         // The transport socket of each address (TLS or plaintext per endpoint), when the
         // cluster chooses per endpoint.
         let socket_of: std::collections::HashMap<std::net::SocketAddr, u8> =
@@ -579,6 +580,8 @@ impl ClusterState {
             && *old.levels == visits.levels[..]
             && *old.weights == visits.weights[..]
             && *old.load == load[..]
+            && *old.level_hosts == level_hosts[..]
+            && old.overprovisioning == overprovisioning(c)
             && old
                 .live
                 .iter()
@@ -637,6 +640,8 @@ impl ClusterState {
             levels: visits.levels.into(),
             weights: visits.weights.into(),
             load: load.into(),
+            level_hosts: level_hosts.into(),
+            overprovisioning: overprovisioning(c),
             generation: old.generation,
             sockets,
             labels,
@@ -693,6 +698,39 @@ fn cumulative_load(c: &config::Cluster, levels: usize) -> Vec<u8> {
         .map(|&l| {
             sum = (sum + l).min(100);
             sum as u8
+        })
+        .collect()
+}
+
+/// `c`'s overprovisioning factor in percent (EDS, else Envoy's default).
+fn overprovisioning(c: &config::Cluster) -> u32 {
+    match c.overprovisioning {
+        0 => config::OVERPROVISIONING_FACTOR_DEFAULT,
+        f => f,
+    }
+}
+
+/// (healthy, all) endpoints of each level of `visits` as [`Endpoints::level_hosts`] keeps
+/// them: EDS's counts (`c.priority_hosts`) when they fit the levels, else (a YAML cluster:
+/// every endpoint healthy) the distinct endpoints of each level; empty with one level (no
+/// load to shift) or locality-weighted levels (not recomputed on the shards).
+fn level_hosts(c: &config::Cluster, visits: &Visits) -> Vec<(u32, u32)> {
+    if visits.levels.len() < 2 || c.locality_weighted {
+        return Vec::new();
+    }
+    if c.priority_hosts.len() == visits.levels.len() {
+        return c.priority_hosts.clone();
+    }
+    let mut from = 0;
+    visits
+        .levels
+        .iter()
+        .map(|&end| {
+            let mut level: Vec<_> = visits.addrs[from..end as usize].to_vec();
+            from = end as usize;
+            level.sort_unstable();
+            level.dedup();
+            (level.len() as u32, level.len() as u32)
         })
         .collect()
 }
@@ -827,6 +865,8 @@ mod tests {
             circuit_breakers: None,
             outlier_detection: None,
             priority_load: Vec::new(),
+            priority_hosts: Vec::new(),
+            overprovisioning: 0,
             locality_weighted: false,
         }
     }

@@ -317,10 +317,34 @@ fn shard_limits(snap: &Snapshot, index: usize) -> Option<Box<crate::filter::rate
     Some(Box::new(shared.for_shard()))
 }
 
+/// This shard's concurrency limits of a Dubbo listener's routes (none when no route has one).
+fn shard_concurrency(
+    l: &config::Listener,
+    shards: usize,
+) -> Box<[Option<Rc<crate::filter::ratelimit::Concurrency>>]> {
+    let routes = l.dubbo.as_ref().map_or(&[][..], |d| &d.routes);
+    if routes.iter().all(|r| r.max_concurrent_requests.is_none()) {
+        return Box::new([]);
+    }
+    routes
+        .iter()
+        .map(|r| {
+            r.max_concurrent_requests
+                .map(|m| crate::filter::ratelimit::Concurrency::for_shard(m, shards))
+        })
+        .collect()
+}
+
 fn cluster_params(c: &config::Cluster) -> config::Cluster {
     let mut p = c.clone();
     p.endpoints.clear();
     p.endpoint_metadata.clear();
+    // Derived from the endpoints' health, published with them (`Endpoints::load`,
+    // `Endpoints::level_hosts`): an EDS health change updates the cluster, keeping its pools
+    // and what the shard learnt of its endpoints (back-off, ejections).
+    p.priority_load.clear();
+    p.priority_hosts.clear();
+    p.overprovisioning = 0;
     p
 }
 
@@ -697,6 +721,7 @@ impl ShardState {
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
             limits: shard_limits(snap, index),
+            concurrency: shard_concurrency(l, self.stats.stats.shard_count()),
         })
     }
 
@@ -720,6 +745,7 @@ impl ShardState {
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
             limits: shard_limits(snap, index),
+            concurrency: Box::new([]),
         })
     }
 
