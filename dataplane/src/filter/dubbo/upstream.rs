@@ -38,6 +38,7 @@ use crate::cluster::{
     ENDPOINT_FAILURE_BACKOFF_MS,
 };
 use crate::config;
+use crate::filter::ratelimit::Slot as ConcurrencySlot;
 use crate::filter::{Budget, Charge, Counted};
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::ShardStats;
@@ -66,6 +67,8 @@ pub(crate) struct Pending {
     again: Option<Again>,
     /// Its traffic label (`traffic_label`): retries and moves stay within its endpoints.
     label: Option<Label>,
+    /// Its place under its route's `max_concurrent_requests` (given back when this is dropped).
+    _slot: Option<ConcurrencySlot>,
 }
 
 /// What a request that may be retried keeps: its frame as last sent, its retries so far, the
@@ -389,6 +392,7 @@ impl ClusterPool {
         down: &Rc<DownConn>,
         counted: Counted,
         log: Option<Box<Logged>>,
+        slot: Option<ConcurrencySlot>,
     ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
         let Some(host) = self.host_for(down, now, label) else {
@@ -442,6 +446,7 @@ impl ClusterPool {
                 again,
                 bytes_in: u32::try_from(frame.len()).unwrap_or(u32::MAX),
                 label,
+                _slot: slot,
             })
         } else {
             Request::OneWay(down.clone(), label)
