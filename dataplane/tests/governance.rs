@@ -1525,6 +1525,72 @@ clusters:\n  - name: a\n    endpoints: [\"127.0.0.1:{pa}\"]\n  - name: s\n    en
     assert_eq!(stat(&rs, "cluster.a.upstream_rq_total"), 210);
 }
 
+/// One-way Dubbo requests are mirrored too (docs/governance.md#mirroring): a consumer's
+/// one-way requests (Hessian2 frames with the two-way flag clear, as Apache Dubbo's
+/// `async=true, return=false` calls send) on a route mirrored 100 % reach both the main
+/// provider and the shadow, once each; a copy is done once written (the shadow's
+/// `upstream_rq_active` back to 0 with no answer), counted in `upstream_rq_mirror`; two-way
+/// requests on the same connection are answered by the main provider as before.
+#[test]
+fn dubbo_mirror_copies_one_way_requests() {
+    let (a, shadow) = (Provider::start("A"), Provider::start("S"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: a\n    dubbo:\n      routes:\n\
+\x20       - match: {{method: {{exact: oneway}}}}\n          route: {{cluster: a, request_mirror_policies: [{{cluster: s}}]}}\n\
+clusters:\n  - name: a\n    endpoints: [\"{}\"]\n  - name: s\n    endpoints: [\"{}\"]\n",
+        a.addr, shadow.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "2"]);
+    let mut c = Consumer::connect(listen);
+    for i in 0..10u64 {
+        c.send_raw(
+            &RequestBuilder::new("com.ringside.test.EchoService", "oneway")
+                .two_way(false)
+                .request_id(100 + i)
+                .build(),
+        );
+    }
+    let answer = c.call(RequestBuilder::new(
+        "com.ringside.test.EchoService",
+        "twoway",
+    ));
+    assert_eq!(answer.status, Status::Ok, "{answer:?}");
+    assert!(answer.text.starts_with("A|"), "{answer:?}");
+    let count = |p: &Provider, m: &str| p.seen.lock().unwrap().iter().filter(|s| *s == m).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (count(&a, "oneway") < 10 || count(&shadow, "oneway") < 10) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        count(&a, "oneway"),
+        10,
+        "the main provider got each one-way request"
+    );
+    assert_eq!(
+        count(&shadow, "oneway"),
+        10,
+        "the shadow got a copy of each"
+    );
+    assert_eq!(
+        count(&shadow, "twoway"),
+        0,
+        "twoway's route mirrors nothing"
+    );
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror"), 10);
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror_dropped"), 0);
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_total"), 10);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "cluster.s.upstream_rq_active") != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        stat(&rs, "cluster.s.upstream_rq_active"),
+        0,
+        "written copies are done"
+    );
+}
+
 /// A shadow that never answers: the caller's requests are answered by the main cluster as
 /// always, the shadow holds at most `MIRRORS_ACTIVE_PER_SHARD_MAX` (256) copies in flight,
 /// the rest are dropped and counted, and the held ones end at their deadline.

@@ -1183,9 +1183,10 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         }
         f => f,
     };
-    // A copy to each shadow cluster the route's mirror policies pick (two-way requests that go
-    // on: an aborted one is not mirrored, a delayed one is, when it is routed).
-    if h.two_way && !action.mirrors.is_empty() && fault.is_none_or(|f| f.abort.is_none()) {
+    // A copy to each shadow cluster the route's mirror policies pick (two-way and one-way
+    // requests that go on: an aborted one is not mirrored, a delayed one is, when it is
+    // routed).
+    if !action.mirrors.is_empty() && fault.is_none_or(|f| f.abort.is_none()) {
         for shadow in action.mirrors(&l.dice) {
             routes.pools[shadow].mirror(&frame, timeout, label);
         }
