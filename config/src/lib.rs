@@ -1654,7 +1654,15 @@ pub struct DubboRoute {
     /// them (as Envoy's per-route `typed_per_filter_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+    /// At most this many of the route's two-way calls in flight (Sentinel's thread-count flow
+    /// control); one more is answered 100 at once. Per shard `ceil(max / shards)`
+    /// (docs/governance.md#concurrency-limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
 }
+
+/// Most `max_concurrent_requests` of a Dubbo route.
+pub const ROUTE_CONCURRENT_REQUESTS_MAX: u32 = 1_000_000;
 
 /// Every condition given must hold; an empty match matches every request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -3613,6 +3621,14 @@ fn validate_dubbo(
         validate_action(&r.route, clusters, false, &rat, err);
         if let Some(b) = &r.local_rate_limit {
             b.validate(&rat("local_rate_limit"), err);
+        }
+        if let Some(m) = r.max_concurrent_requests {
+            if m == 0 || m > ROUTE_CONCURRENT_REQUESTS_MAX {
+                err(
+                    rat("max_concurrent_requests"),
+                    format!("{m} is out of range 1..={ROUTE_CONCURRENT_REQUESTS_MAX}"),
+                );
+            }
         }
     }
 }

@@ -436,6 +436,64 @@ fn dubbo_max_requests_refuses_beyond_the_limit_until_requests_end() {
     );
 }
 
+/// A route's `max_concurrent_requests` (Sentinel's thread-count mode): with 3 calls of the
+/// route in flight, the next is answered 100 at once (never reaching the provider) and counted;
+/// another route is not limited; once the held calls end (time out), calls get places again.
+#[test]
+fn dubbo_route_concurrency_limit_answers_100_while_its_calls_are_in_flight() {
+    let p = Provider::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let extra = "    cluster: p\n    dubbo:\n      routes:\n\
+\x20       - name: limited\n          match: {interface: {exact: com.ringside.test.EchoService}}\n          route: {cluster: p}\n          max_concurrent_requests: 3\n";
+    let cfg = dubbo_config(admin, listen, &[("p", &[p.addr])], extra)
+        .replace("    timeout_ms: 1000\n", "    timeout_ms: 700\n");
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Consumer::connect(listen);
+    let args = [Arg::Str("x")];
+    // Three calls the provider never answers hold the route's three places.
+    let held: Vec<u64> = (0..3)
+        .map(|_| c.send(RequestBuilder::new(SVC, "hold").args(&args)))
+        .collect();
+    for _ in 0..4 {
+        let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+        assert_eq!(a.status, Status::ServerThreadpoolExhausted, "{}", a.text);
+        assert!(
+            a.text
+                .contains("concurrency limit of the route reached: 3 calls in flight"),
+            "{}",
+            a.text
+        );
+    }
+    // Another interface takes the default route: not limited.
+    let a = c.call(RequestBuilder::new("com.ringside.test.Other", "echo").args(&args));
+    assert_eq!((a.status, a.text.as_str()), (Status::Ok, "A|echo|x"));
+    // The held calls time out (31): their places are free again.
+    let timed_out = c.recv_n(3);
+    assert!(held
+        .iter()
+        .all(|id| timed_out[id].status == Status::ServerTimeout));
+    for _ in 0..5 {
+        let a = c.call(RequestBuilder::new(SVC, "echo").args(&args));
+        assert_eq!((a.status, a.text.as_str()), (Status::Ok, "A|echo|x"));
+    }
+    // Answered calls give their places back too: three at once, then three more.
+    for _ in 0..2 {
+        let ids: Vec<u64> = (0..3)
+            .map(|_| c.send(RequestBuilder::new(SVC, "echo").args(&args)))
+            .collect();
+        let answers = c.recv_n(3);
+        assert!(ids.iter().all(|id| answers[id].status == Status::Ok));
+    }
+    assert_eq!(stat(&rs, "listener.dubbo.dubbo_rq_concurrency_limited"), 4);
+    assert_eq!(stat(&rs, "dubbo_route.dubbo.limited.rsp_local"), 4 + 3);
+    let seen = p.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|m| *m == "echo").count(),
+        1 + 5 + 6,
+        "refused calls never reach the provider"
+    );
+}
+
 /// The per-shard approximation: each of 2 shards admits `ceil(8 / 2)` = 4 requests in flight,
 /// so the process admits `Σ min(connections with one request in flight on shard s, 4)`: 8 when
 /// both shards have 4 or more, fewer when SO_REUSEPORT put fewer than 4 on one of them.
@@ -1465,6 +1523,72 @@ clusters:\n  - name: a\n    endpoints: [\"127.0.0.1:{pa}\"]\n  - name: s\n    en
     assert_eq!(mirrored(), (10 + half) as i64);
     assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror_dropped"), 0);
     assert_eq!(stat(&rs, "cluster.a.upstream_rq_total"), 210);
+}
+
+/// One-way Dubbo requests are mirrored too (docs/governance.md#mirroring): a consumer's
+/// one-way requests (Hessian2 frames with the two-way flag clear, as Apache Dubbo's
+/// `async=true, return=false` calls send) on a route mirrored 100 % reach both the main
+/// provider and the shadow, once each; a copy is done once written (the shadow's
+/// `upstream_rq_active` back to 0 with no answer), counted in `upstream_rq_mirror`; two-way
+/// requests on the same connection are answered by the main provider as before.
+#[test]
+fn dubbo_mirror_copies_one_way_requests() {
+    let (a, shadow) = (Provider::start("A"), Provider::start("S"));
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = format!(
+        "admin: {{address: {admin}}}\nlisteners:\n  - name: dubbo\n    address: {listen}\n    protocol: dubbo\n    cluster: a\n    dubbo:\n      routes:\n\
+\x20       - match: {{method: {{exact: oneway}}}}\n          route: {{cluster: a, request_mirror_policies: [{{cluster: s}}]}}\n\
+clusters:\n  - name: a\n    endpoints: [\"{}\"]\n  - name: s\n    endpoints: [\"{}\"]\n",
+        a.addr, shadow.addr
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "2"]);
+    let mut c = Consumer::connect(listen);
+    for i in 0..10u64 {
+        c.send_raw(
+            &RequestBuilder::new("com.ringside.test.EchoService", "oneway")
+                .two_way(false)
+                .request_id(100 + i)
+                .build(),
+        );
+    }
+    let answer = c.call(RequestBuilder::new(
+        "com.ringside.test.EchoService",
+        "twoway",
+    ));
+    assert_eq!(answer.status, Status::Ok, "{answer:?}");
+    assert!(answer.text.starts_with("A|"), "{answer:?}");
+    let count = |p: &Provider, m: &str| p.seen.lock().unwrap().iter().filter(|s| *s == m).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (count(&a, "oneway") < 10 || count(&shadow, "oneway") < 10) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        count(&a, "oneway"),
+        10,
+        "the main provider got each one-way request"
+    );
+    assert_eq!(
+        count(&shadow, "oneway"),
+        10,
+        "the shadow got a copy of each"
+    );
+    assert_eq!(
+        count(&shadow, "twoway"),
+        0,
+        "twoway's route mirrors nothing"
+    );
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror"), 10);
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_mirror_dropped"), 0);
+    assert_eq!(stat(&rs, "cluster.s.upstream_rq_total"), 10);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(&rs, "cluster.s.upstream_rq_active") != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        stat(&rs, "cluster.s.upstream_rq_active"),
+        0,
+        "written copies are done"
+    );
 }
 
 /// A shadow that never answers: the caller's requests are answered by the main cluster as

@@ -547,6 +547,81 @@ fn istio_metrics_name_the_principals_of_mutual_tls_calls() {
     );
     assert_eq!(count(("unknown", "unknown"), "none"), 2, "{requests:#?}");
     assert_eq!(requests.len(), 2, "{requests:#?}");
+    // istio-proxy's namespace fallback: the caller's SPIFFE id names its namespace (no
+    // metadata exchange here); a plaintext caller's is unknown.
+    for l in &requests {
+        let ns = if l.contains(CONSUMER_ID) {
+            "default"
+        } else {
+            "unknown"
+        };
+        assert!(
+            l.contains(&format!("source_workload_namespace=\"{ns}\"")),
+            "{l}"
+        );
+    }
+}
+
+/// On an outbound listener, `destination_principal` is the SPIFFE id of the certificate the
+/// upstream presented in its connection's TLS handshake, and `destination_workload_namespace`
+/// the namespace it names (istio-proxy reads `uriSanPeerCertificate` of the upstream's TLS and
+/// takes the namespace from it before the peer's metadata). The upstream is Envoy 1.40's inbound
+/// sidecar terminating mutual TLS (ALPN h2) in front of the grpcio server; the caller is the
+/// grpcio client through ringside's outbound listener (cluster TLS with the consumer's
+/// certificate).
+#[test]
+fn istio_metrics_name_the_upstreams_principal_on_outbound_grpc_calls() {
+    let pki = Pki::new();
+    let server = GrpcServer::start(0, "S", &[]);
+    let (e_admin, e_listen) = (local(free_port()), local(free_port()));
+    let inbound_ctx = envoy_tls_context(&pki, "provider", CONSUMER_ID, "h2");
+    let _envoy_in = start_envoy(
+        &envoy_sidecar(e_admin, e_listen, server.addr(), Some(inbound_ctx), None),
+        e_admin,
+    );
+    let (r_admin, r_listen) = (local(free_port()), local(free_port()));
+    let yaml = outbound_yaml(
+        &pki,
+        r_admin,
+        r_listen,
+        "triple",
+        e_listen,
+        "consumer",
+        PROVIDER_ID,
+    )
+    .replacen("cluster: peer}", "cluster: peer, istio_metrics: source}", 1);
+    let out = start(&yaml, r_admin);
+    let res = grpc_call(r_listen, &CallOpts::new(common::grpc::Call::Unary).count(2));
+    assert!(res.ok, "{res:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let requests = loop {
+        let (code, scrape) = out.get("/stats/prometheus");
+        assert_eq!(code, 200);
+        let requests: Vec<String> = scrape
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .map(str::to_string)
+            .collect();
+        if requests.iter().any(|l| l.ends_with(" 2")) {
+            break requests;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "2 calls not counted: {requests:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let l = &requests[0];
+    for want in [
+        "reporter=\"source\"".to_string(),
+        format!("destination_principal=\"{PROVIDER_ID}\""),
+        "destination_workload_namespace=\"default\"".to_string(),
+        "destination_service_namespace=\"default\"".to_string(),
+        "grpc_response_status=\"0\"".to_string(),
+    ] {
+        assert!(l.contains(&want), "{want} in {l}");
+    }
 }
 
 /// TLS 1.3 session resumption (docs/security.md, "Session resumption"): ringside's listener

@@ -942,6 +942,7 @@ fn dubbo_proxy(
                 matcher: m,
                 route,
                 local_rate_limit: None,
+                max_concurrent_requests: None,
             });
         }
     }
@@ -1453,6 +1454,7 @@ fn on_match(
                 matcher: m.clone(),
                 route,
                 local_rate_limit: None,
+                max_concurrent_requests: None,
             });
             Ok(())
         }

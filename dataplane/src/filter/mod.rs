@@ -140,6 +140,9 @@ pub struct Routes<R, P> {
     /// The listener's and its routes' local rate limits on this shard; `None` (checked once
     /// per request) when it has none.
     pub limits: Option<Box<ratelimit::Limits>>,
+    /// Per route in config order: its `max_concurrent_requests` on this shard (Dubbo routes;
+    /// empty when no route has one).
+    pub concurrency: Box<[Option<Rc<ratelimit::Concurrency>>]>,
 }
 
 /// The current routes of one listener on one shard, shared by all its connections.

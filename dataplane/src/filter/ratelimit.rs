@@ -220,10 +220,71 @@ impl Limits {
     }
 }
 
+/// A Dubbo route's `max_concurrent_requests` on one shard (Sentinel's thread-count flow
+/// control): its two-way calls in flight, at most `max` (`ceil(limit / shards)`). Per shard and
+/// per route table: a config update that replaces the routes starts the new table's count at
+/// zero while the old table's calls finish (docs/governance.md#concurrency-limits).
+pub struct Concurrency {
+    active: Cell<u32>,
+    pub max: u32,
+    /// The limit as configured (for the answer's reason).
+    pub limit: u32,
+}
+
+impl Concurrency {
+    pub fn for_shard(limit: u32, shards: usize) -> std::rc::Rc<Concurrency> {
+        std::rc::Rc::new(Concurrency {
+            active: Cell::new(0),
+            max: limit.div_ceil(shards.max(1) as u32),
+            limit,
+        })
+    }
+
+    /// A place for one more call, or `None` at the limit.
+    pub fn acquire(self: &std::rc::Rc<Self>) -> Option<Slot> {
+        let active = self.active.get();
+        if active >= self.max {
+            return None;
+        }
+        self.active.set(active + 1);
+        Some(Slot(self.clone()))
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.get()
+    }
+}
+
+/// One call's place under a [`Concurrency`] limit, given back when it is dropped: the call
+/// answered, failed, timed out, or dropped with its connection, whichever way it ends.
+pub struct Slot(std::rc::Rc<Concurrency>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn concurrency_slots_are_given_back_when_dropped() {
+        let c = Concurrency::for_shard(3, 2);
+        assert_eq!(c.max, 2, "ceil(3 / 2)");
+        let a = c.acquire().unwrap();
+        let b = c.acquire().unwrap();
+        assert!(c.acquire().is_none(), "at the limit");
+        drop(a);
+        assert_eq!(c.active(), 1);
+        let c2 = c.acquire().unwrap();
+        assert!(c.acquire().is_none());
+        drop(b);
+        drop(c2);
+        assert_eq!(c.active(), 0);
+    }
 
     fn bucket(max: u32, per_fill: u32, ms: u64) -> Bucket {
         Bucket::new(TokenBucket {

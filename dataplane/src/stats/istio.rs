@@ -207,6 +207,8 @@ pub struct Outcome<'a> {
 
 /// One listener's Istio metrics on one shard.
 pub struct IstioListener {
+    /// Unique in the process (a connection's cached label of it names it).
+    id: u64,
     stats: ShardStats,
     reporter: IstioReporter,
     protocol: Protocol,
@@ -243,7 +245,9 @@ impl IstioListener {
         let decoded = stats
             .stats
             .add("istio", "peer_metadata_decoded", &[], Kind::Counter);
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         IstioListener {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             metas: RefCell::new(Vec::new()),
             meta_values: RefCell::new(FxHashMap::default()),
             decoded,
@@ -275,6 +279,11 @@ impl IstioListener {
         }
         peers.push(principal.map(Box::from));
         PeerId(peers.len() as u16)
+    }
+
+    /// This listener's id on this shard, unique in the process (never 0).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Whether this listener reports as the destination (inbound): it reads the exchange on
@@ -498,7 +507,14 @@ impl IstioListener {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "latest".into())
         };
-        let peer_namespace = meta.map(|m| m.namespace.clone()).filter(|v| !v.is_empty());
+        // istio-proxy: the namespace the peer's SPIFFE id names (`.../ns/NS/...`), else the
+        // one its metadata gives.
+        let peer_namespace = peer_principal
+            .as_deref()
+            .and_then(spiffe_namespace)
+            .map(str::to_string)
+            .or_else(|| meta.map(|m| m.namespace.clone()))
+            .filter(|v| !v.is_empty());
         let mut l: Vec<(&'static str, String)> = Vec::with_capacity(25);
         match self.reporter {
             IstioReporter::Destination => {
@@ -548,7 +564,11 @@ impl IstioListener {
                     "destination_workload_namespace",
                     peer_namespace.clone().unwrap_or_else(u),
                 ));
-                l.push(("destination_principal", u()));
+                // The upstream's certificate (its connection's TLS).
+                l.push((
+                    "destination_principal",
+                    peer_principal.clone().unwrap_or_else(u),
+                ));
                 l.push(("destination_app", pm(|m| &m.app)));
                 l.push(("destination_version", pm(|m| &m.version)));
                 let s = service.as_ref();
@@ -588,6 +608,13 @@ impl IstioListener {
         l.push(("connection_security_policy", security.into()));
         l
     }
+}
+
+/// The namespace of a SPIFFE id `spiffe://TD/ns/NS/sa/SA`, as istio-proxy's `getNamespace`
+/// reads it (after the first `/ns/`, up to the next `/`).
+fn spiffe_namespace(principal: &str) -> Option<&str> {
+    let rest = &principal[principal.find("/ns/")? + 4..];
+    Some(rest.split('/').next().unwrap_or(rest))
 }
 
 /// The destination service a cluster name stands for.

@@ -317,6 +317,24 @@ fn shard_limits(snap: &Snapshot, index: usize) -> Option<Box<crate::filter::rate
     Some(Box::new(shared.for_shard()))
 }
 
+/// This shard's concurrency limits of a Dubbo listener's routes (none when no route has one).
+fn shard_concurrency(
+    l: &config::Listener,
+    shards: usize,
+) -> Box<[Option<Rc<crate::filter::ratelimit::Concurrency>>]> {
+    let routes = l.dubbo.as_ref().map_or(&[][..], |d| &d.routes);
+    if routes.iter().all(|r| r.max_concurrent_requests.is_none()) {
+        return Box::new([]);
+    }
+    routes
+        .iter()
+        .map(|r| {
+            r.max_concurrent_requests
+                .map(|m| crate::filter::ratelimit::Concurrency::for_shard(m, shards))
+        })
+        .collect()
+}
+
 fn cluster_params(c: &config::Cluster) -> config::Cluster {
     let mut p = c.clone();
     p.endpoints.clear();
@@ -703,6 +721,7 @@ impl ShardState {
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
             limits: shard_limits(snap, index),
+            concurrency: shard_concurrency(l, self.stats.stats.shard_count()),
         })
     }
 
@@ -726,6 +745,7 @@ impl ShardState {
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
             limits: shard_limits(snap, index),
+            concurrency: Box::new([]),
         })
     }
 

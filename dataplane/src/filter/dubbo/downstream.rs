@@ -64,6 +64,8 @@ pub struct DubboStatIds {
     pub rq_no_healthy_upstream: StatId,
     /// Requests a local rate limit refused.
     pub rq_rate_limited: StatId,
+    /// Two-way calls answered 100 at their route's `max_concurrent_requests`.
+    pub rq_concurrency_limited: StatId,
     pub fault: crate::filter::FaultStatIds,
     pub rsp_ok: StatId,
     pub rsp_error: StatId,
@@ -103,6 +105,7 @@ impl DubboStatIds {
             rq_overflow: c("dubbo_rq_overflow"),
             rq_no_healthy_upstream: c("dubbo_rq_no_healthy_upstream"),
             rq_rate_limited: c("dubbo_rq_rate_limited"),
+            rq_concurrency_limited: c("dubbo_rq_concurrency_limited"),
             fault: crate::filter::FaultStatIds::register(st, listener),
             rsp_ok: c("dubbo_rsp_ok"),
             rsp_error: c("dubbo_rsp_error"),
@@ -1141,6 +1144,22 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
             }
         }
     }
+    // The route's concurrency limit: a two-way call holds a place until it ends, whichever way.
+    let concurrency = action
+        .route_index
+        .and_then(|i| routes.concurrency.get(i)?.as_ref());
+    let slot = match concurrency {
+        Some(c) if h.two_way => match c.acquire() {
+            Some(slot) => Some(slot),
+            None => {
+                l.stats.inc(l.ids.rq_concurrency_limited);
+                let e = LocalError::ConcurrencyLimited { limit: c.limit };
+                conn.local_reply_logged(h.id, &e, Some(counted), lg, None);
+                return Ok(());
+            }
+        },
+        _ => None,
+    };
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);
     let rq = Routed1 {
@@ -1150,6 +1169,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         retry: action.retry,
         counted,
         label,
+        slot,
     };
     let fault = match action.fault(&l.dice) {
         Some(_)
@@ -1163,9 +1183,10 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         }
         f => f,
     };
-    // A copy to each shadow cluster the route's mirror policies pick (two-way requests that go
-    // on: an aborted one is not mirrored, a delayed one is, when it is routed).
-    if h.two_way && !action.mirrors.is_empty() && fault.is_none_or(|f| f.abort.is_none()) {
+    // A copy to each shadow cluster the route's mirror policies pick (two-way and one-way
+    // requests that go on: an aborted one is not mirrored, a delayed one is, when it is
+    // routed).
+    if !action.mirrors.is_empty() && fault.is_none_or(|f| f.abort.is_none()) {
         for shadow in action.mirrors(&l.dice) {
             routes.pools[shadow].mirror(&frame, timeout, label);
         }
@@ -1179,7 +1200,6 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
 }
 
 /// What a routed request carries to its pool.
-#[derive(Clone, Copy)]
 struct Routed1 {
     id: u64,
     two_way: bool,
@@ -1188,6 +1208,8 @@ struct Routed1 {
     counted: Counted,
     /// Its traffic label, when the listener reads them.
     label: Option<crate::cluster::Label>,
+    /// Its place under the route's `max_concurrent_requests`, held until it ends.
+    slot: Option<crate::filter::ratelimit::Slot>,
 }
 
 /// A route's fault delay holds the request for its time (it counts as in flight on its
@@ -1252,13 +1274,21 @@ fn send(
     lg: Option<Box<Logged>>,
 ) {
     let l = &conn.l;
-    let (h, timeout, counted) = (rq, rq.timeout, rq.counted);
+    let Routed1 {
+        id,
+        two_way,
+        timeout,
+        retry,
+        counted,
+        label,
+        slot,
+    } = rq;
     // A one-way request's record stays here: it is logged as it leaves (nothing comes back).
-    let (lg, oneway_lg) = if h.two_way { (lg, None) } else { (None, lg) };
+    let (lg, oneway_lg) = if two_way { (lg, None) } else { (None, lg) };
     let cluster = Some(&*pool.lb.name);
     let bytes_in = u32::try_from(frame.len()).unwrap_or(u32::MAX);
     let (refused, lg) = match pool.forward(
-        frame, h.id, h.two_way, timeout, rq.retry, rq.label, conn, counted, lg,
+        frame, id, two_way, timeout, retry, label, conn, counted, lg, slot,
     ) {
         Ok(()) => {
             if let Some(lg) = oneway_lg {
@@ -1291,8 +1321,8 @@ fn send(
             (LocalError::Overflow { addr, limit }, lg)
         }
     };
-    if h.two_way {
-        let len = conn.local_reply_logged(h.id, &refused, Some(counted), lg, cluster);
+    if two_way {
+        let len = conn.local_reply_logged(id, &refused, Some(counted), lg, cluster);
         let (status, flags) = (refused.status().0, refused.flags());
         conn.count_istio(
             Some(&pool.lb),

@@ -68,6 +68,9 @@ pub enum LocalError<'a> {
         listener: &'a str,
         bucket: &'a crate::config::TokenBucket,
     },
+    /// The route's `max_concurrent_requests` calls are in flight.
+    #[error("concurrency limit of the route reached: {limit} calls in flight")]
+    ConcurrencyLimited { limit: u32 },
     #[error("upstream {addr} did not answer within {waited_ms} ms")]
     Timeout { addr: SocketAddr, waited_ms: u128 },
     /// The upstream connection failed or closed with the request in flight.
@@ -151,7 +154,9 @@ impl LocalError<'_> {
             | LocalError::CircuitOpen { .. }
             | LocalError::PendingOverflow { .. } => Flags::UPSTREAM_OVERFLOW,
             LocalError::Timeout { .. } => Flags::UPSTREAM_REQUEST_TIMEOUT,
-            LocalError::RateLimited { .. } => Flags::RATE_LIMITED,
+            LocalError::RateLimited { .. } | LocalError::ConcurrencyLimited { .. } => {
+                Flags::RATE_LIMITED
+            }
             LocalError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
             LocalError::FaultAbort(_) => Flags::FAULT_INJECTED,
             LocalError::RbacDenied => Flags::default(),
@@ -184,6 +189,7 @@ impl LocalError<'_> {
             | LocalError::ResponseTooLarge { .. } => Status::SERVER_ERROR,
             LocalError::Overflow { .. }
             | LocalError::RateLimited { .. }
+            | LocalError::ConcurrencyLimited { .. }
             | LocalError::ShedMemory { .. }
             | LocalError::CircuitOpen { .. }
             | LocalError::PendingOverflow { .. } => Status::SERVER_THREADPOOL_EXHAUSTED,

@@ -38,6 +38,7 @@ use crate::cluster::{
     ENDPOINT_FAILURE_BACKOFF_MS,
 };
 use crate::config;
+use crate::filter::ratelimit::Slot as ConcurrencySlot;
 use crate::filter::{Budget, Charge, Counted};
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::ShardStats;
@@ -66,6 +67,8 @@ pub(crate) struct Pending {
     again: Option<Again>,
     /// Its traffic label (`traffic_label`): retries and moves stay within its endpoints.
     label: Option<Label>,
+    /// Its place under its route's `max_concurrent_requests` (given back when this is dropped).
+    _slot: Option<ConcurrencySlot>,
 }
 
 /// What a request that may be retried keeps: its frame as last sent, its retries so far, the
@@ -143,8 +146,9 @@ pub struct UpConn {
     /// Bytes in `out` and of a large frame being written, charged to the shard's budget.
     out_bytes: Cell<usize>,
     out_ready: Notify,
-    /// The callers of the one-way requests in `out`, in queue order.
-    oneway: RefCell<VecDeque<(Rc<DownConn>, Option<Label>)>>,
+    /// The callers of the one-way requests in `out`, in queue order (`None`: a shadow copy,
+    /// `request_mirror_policies`, which has no caller).
+    oneway: RefCell<VecDeque<(Option<Rc<DownConn>>, Option<Label>)>>,
     pending: RefCell<InFlight>,
     /// Shadow copies (`request_mirror_policies`) in flight, by upstream request id: their
     /// deadline. Their answers are dropped; nobody waits for them.
@@ -388,6 +392,7 @@ impl ClusterPool {
         down: &Rc<DownConn>,
         counted: Counted,
         log: Option<Box<Logged>>,
+        slot: Option<ConcurrencySlot>,
     ) -> Result<(), (ForwardError, Option<Box<Logged>>)> {
         let now = Instant::now();
         let Some(host) = self.host_for(down, now, label) else {
@@ -441,6 +446,7 @@ impl ClusterPool {
                 again,
                 bytes_in: u32::try_from(frame.len()).unwrap_or(u32::MAX),
                 label,
+                _slot: slot,
             })
         } else {
             Request::OneWay(down.clone(), label)
@@ -449,8 +455,8 @@ impl ClusterPool {
         Ok(())
     }
 
-    /// Sends a copy of a two-way request `frame` to this cluster as a shadow: its answer is
-    /// dropped, and it is dropped itself (counted in `upstream_rq_mirror_dropped`) rather than
+    /// Sends a copy of a request `frame` to this cluster as a shadow: its answer (two-way) is
+    /// dropped; a one-way copy is done once written, and it is dropped itself (counted in `upstream_rq_mirror_dropped`) rather than
     /// wait or grow anything: too large, the shard's buffer budget full,
     /// `MIRRORS_ACTIVE_PER_SHARD_MAX` in flight, no endpoint available, its circuit breakers
     /// (`max_requests`, the endpoint's `pending_requests_max`, `max_pending_requests`) full.
@@ -488,8 +494,13 @@ impl ClusterPool {
         let mut frame = BytesMut::from(frame);
         let id_up = conn.other_id();
         self.queue_on(&host, &conn, &mut frame, id_up, now);
-        conn.mirrors.borrow_mut().insert(id_up, now + timeout);
-        conn.deadline(now + timeout, id_up);
+        if wire::is_oneway_request(&frame) {
+            // No answer: in flight until written, as a one-way request of a caller.
+            conn.oneway.borrow_mut().push_back((None, label));
+        } else {
+            conn.mirrors.borrow_mut().insert(id_up, now + timeout);
+            conn.deadline(now + timeout, id_up);
+        }
         self.take_room(&host);
         conn.enqueue(frame.freeze());
     }
@@ -554,7 +565,7 @@ impl ClusterPool {
                 let id_up = conn.other_id();
                 self.queue_on(host, conn, &mut frame, id_up, now);
                 down.inflight.set(down.inflight.get() + 1);
-                conn.oneway.borrow_mut().push_back((down, label));
+                conn.oneway.borrow_mut().push_back((Some(down), label));
                 frame.freeze()
             }
         };
@@ -753,8 +764,11 @@ impl UpConn {
         if wire::is_oneway_request(frame) {
             let down = self.oneway.borrow_mut().pop_front();
             debug_assert!(down.is_some(), "a one-way frame without its caller");
-            if let Some((down, _)) = down {
-                self.release(&down);
+            match down {
+                Some((Some(down), _)) => self.release(&down),
+                // A one-way shadow copy is done once written.
+                Some((None, _)) => self.end_mirror(None),
+                None => {}
             }
         }
     }
@@ -903,7 +917,15 @@ impl UpConn {
             let rq = if wire::is_oneway_request(&frame) {
                 let down = self.oneway.borrow_mut().pop_front();
                 debug_assert!(down.is_some(), "a one-way frame without its caller");
-                down.map(|(d, label)| Request::OneWay(d, label))
+                match down {
+                    Some((Some(d), label)) => Some(Request::OneWay(d, label)),
+                    Some((None, _)) => {
+                        // A one-way shadow copy is not moved: lost with the connect.
+                        self.end_mirror(None);
+                        None
+                    }
+                    None => None,
+                }
             } else {
                 // None: our heartbeat, or a request already answered (its deadline passed).
                 let p = self.pending.borrow_mut().remove(wire::request_id(&frame));
@@ -984,8 +1006,15 @@ impl UpConn {
         self.release_out();
         let oneway = std::mem::take(&mut *self.oneway.borrow_mut());
         for (down, _) in oneway {
-            self.release(&down);
-            self.pool.drop_oneway(&self.host, why);
+            match down {
+                Some(down) => {
+                    self.release(&down);
+                    self.pool.drop_oneway(&self.host, why);
+                }
+                None => {
+                    self.end_mirror(None);
+                }
+            }
         }
         self.out_ready.notify();
         self.keeper_wake.notify();

@@ -328,6 +328,12 @@ pub struct Conn {
     /// Caller side, when the listener has HTTP rbac filters: what the rules know of the
     /// connection (set once when it is accepted).
     rbac_peer: RefCell<Option<crate::filter::rbac::ConnPeer>>,
+    /// Upstream side over TLS: the server certificate's SPIFFE id (`Some(None)`: a certificate
+    /// without one), set once the handshake is done.
+    tls_peer: RefCell<Option<Option<Box<str>>>>,
+    /// Upstream side: `tls_peer` as the Istio metrics of one outbound listener label it (that
+    /// listener's id, the peer): looked up once per connection and listener.
+    istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -382,6 +388,8 @@ impl Conn {
             peer: Cell::new(crate::stats::istio::PeerId::NONE),
             original_dst: Cell::new(None),
             rbac_peer: RefCell::new(None),
+            tls_peer: RefCell::new(None),
+            istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -1878,7 +1886,7 @@ impl Conn {
         let mut block = Vec::new();
         let grpc_status = {
             let hl = self.headers.borrow();
-            down.encode_response_headers(did, &hl, &mut block);
+            down.encode_response_headers(did, &hl, &mut block, self);
             down.keep_response_headers(did, |n| hl.get(n));
             hl.get(b"grpc-status").and_then(|v| {
                 std::str::from_utf8(v)
@@ -1907,7 +1915,13 @@ impl Conn {
     /// headers as istio-proxy's `peer_metadata` filter: outbound, the upstream's sidecar named
     /// its workload (read, then removed); inbound, the caller's sidecar gets ours, each header
     /// only when its request carried it.
-    fn encode_response_headers(&self, id: u32, hl: &super::headers::HeaderList, out: &mut Vec<u8>) {
+    fn encode_response_headers(
+        &self,
+        id: u32,
+        hl: &super::headers::HeaderList,
+        out: &mut Vec<u8>,
+        up: &Conn,
+    ) {
         let Side::Down(l) = &self.side else {
             return hl.encode(out);
         };
@@ -1936,7 +1950,20 @@ impl Conn {
             }
         } else {
             lg.mx.peer = i.peer_metadata(hl.get(exchange::HEADER));
+            lg.upstream_peer = up.istio_peer(i);
         }
+    }
+
+    /// Upstream side: the server's TLS principal as outbound listener `i`'s metrics label it
+    /// (`destination_principal`), looked up in its table once per connection and listener.
+    fn istio_peer(&self, i: &crate::stats::istio::IstioListener) -> crate::stats::istio::PeerId {
+        let (id, peer) = self.istio_peer.get();
+        if id == i.id() {
+            return peer;
+        }
+        let peer = i.peer(self.tls_peer.borrow().as_ref().map(|p| p.as_deref()));
+        self.istio_peer.set((i.id(), peer));
+        peer
     }
 
     /// Keeps, for the call's access log, the response headers (or trailers, when headers were
@@ -2938,6 +2965,7 @@ async fn serve_upstream<S: crate::io::Conn>(
             pool.stats.inc(pool.lb.ids.cx_active);
             host.down_until.set(None);
             conn.open.set(true);
+            *conn.tls_peer.borrow_mut() = stream.peer_principal().map(|p| p.map(Box::from));
             let (r, w) = stream.into_split();
             let why = shard::monoio::select! {
                 why = async {

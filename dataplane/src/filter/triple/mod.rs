@@ -268,6 +268,9 @@ pub struct Logged {
     pub flags: Flags,
     /// Istio's metadata exchange on this call (listeners with `istio_metrics`).
     pub mx: crate::stats::istio::Exchange,
+    /// Outbound: the upstream connection's TLS principal, as the listener's metrics label it
+    /// (`destination_principal`), set when the response headers arrive.
+    pub upstream_peer: crate::stats::istio::PeerId,
 }
 
 impl Headers for Logged {
@@ -435,6 +438,7 @@ impl TripleListener {
                 bytes_sent: 0,
                 flags: Flags::NONE,
                 mx: Default::default(),
+                upstream_peer: Default::default(),
             })
         });
         lg.values.clear();
@@ -446,6 +450,7 @@ impl TripleListener {
         lg.bytes_sent = 0;
         lg.flags = Flags::NONE;
         lg.mx = Default::default();
+        lg.upstream_peer = Default::default();
         let Some(log) = &self.log else {
             return Some(lg);
         };
@@ -483,7 +488,12 @@ impl TripleListener {
                 code: if c.headers_sent { 200 } else { 0 },
                 grpc: c.status,
                 flags: (flags.bits(), &text),
-                peer,
+                // Inbound: the caller's mutual TLS; outbound: the upstream's certificate.
+                peer: if istio.inbound() {
+                    peer
+                } else {
+                    lg.upstream_peer
+                },
                 meta: lg.mx.peer,
             };
             let us = c.started.elapsed().as_micros() as u64;
