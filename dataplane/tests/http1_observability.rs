@@ -390,7 +390,8 @@ fn http1_faults_like_envoy() {
         json!({"envoy.filters.http.fault": v})
     };
     let route = |prefix: &str, timeout: &str, f: Option<Value>| {
-        let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "up", "timeout": timeout}});
+        let mut r =
+            json!({"match": {"prefix": prefix}, "route": {"cluster": "up", "timeout": timeout}});
         if let Some(f) = f {
             r["typed_per_filter_config"] = fault(f);
         }
@@ -472,12 +473,135 @@ fn http1_faults_like_envoy() {
     };
     let envoy = run("envoy");
     let ringside = run("ringside");
-    assert_eq!(ringside.0, envoy.0, "statuses, ringside (left) vs Envoy (right)");
-    assert_eq!(ringside.1, envoy.1, "log lines, ringside (left) vs Envoy (right)");
+    assert_eq!(
+        ringside.0, envoy.0,
+        "statuses, ringside (left) vs Envoy (right)"
+    );
+    assert_eq!(
+        ringside.1, envoy.1,
+        "log lines, ringside (left) vs Envoy (right)"
+    );
     for (who, r) in [("envoy", &envoy), ("ringside", &ringside)] {
-        assert!((10..=30).contains(&r.2), "{who}: {} of 40 aborted at 50 %", r.2);
+        assert!(
+            (10..=30).contains(&r.2),
+            "{who}: {} of 40 aborted at 50 %",
+            r.2
+        );
     }
     // Aborts: 4 + the 50 % route's; delays: 2.
     assert_eq!(envoy.3, [4 + envoy.2 as i64, 2], "Envoy's counters");
-    assert_eq!(ringside.3, [4 + ringside.2 as i64, 2], "ringside's counters");
+    assert_eq!(
+        ringside.3,
+        [4 + ringside.2 as i64, 2],
+        "ringside's counters"
+    );
+}
+
+/// How many requests with the `/flaky/` key of `path` the peer server at `server` has seen.
+fn seen_by(server: SocketAddr, path: &str) -> usize {
+    let got = http1_outcomes(
+        server,
+        &json!([{"method": "GET", "path": path, "host": "probe"}]),
+    );
+    let line = &got[0];
+    let k: usize = line
+        .rsplit("try=")
+        .next()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    k - 1
+}
+
+/// Routes with `request_mirror_policies` as istiod writes a VirtualService `mirror`: every
+/// request (100 %), none (0 %), half (50 %), to a shadow cluster (Python's http.server,
+/// counting what it gets by key). HTTP/1.1 requests (GET, POST with a body, a chunked PUT)
+/// through Envoy 1.40 and ringside: the caller's answers are the primary's, the same in both,
+/// and the shadow gets the same number of copies (the 50 % route: between 25 % and 75 % of 40
+/// in both).
+#[test]
+fn http1_mirrors_like_envoy() {
+    let (up_port, shadow_port) = (free_port(), free_port());
+    let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let _shadow = Http1Server::start("127.0.0.1", shadow_port, "shadow");
+    let (up, shadow) = (local(up_port), local(shadow_port));
+    let route = |prefix: &str, mirror: Option<u32>| {
+        let mut r =
+            json!({"match": {"prefix": prefix}, "route": {"cluster": "up", "timeout": "5s"}});
+        if let Some(pct) = mirror {
+            r["route"]["request_mirror_policies"] = json!([{"cluster": "shadow",
+                "runtime_fraction": {"default_value": {"numerator": pct, "denominator": "HUNDRED"}}}]);
+        }
+        r
+    };
+    let snapshot = |listen: SocketAddr| {
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http", "codec_type": "AUTO",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc"], "routes": [
+                route("/all/", Some(100)), route("/none/", Some(0)), route("/half/", Some(50)),
+                route("/", None)]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        });
+        let cluster = |name: &str, ep: SocketAddr| {
+            json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                   "load_assignment": load_assignment(name, &[ep])})
+        };
+        json!({
+            "version": "v1",
+            "listeners": [{"name": "http", "address": socket(listen), "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+            "clusters": [cluster("up", up), cluster("shadow", shadow)]
+        })
+    };
+    let run = |who: &str| -> (Vec<String>, [usize; 3]) {
+        let listen = local(free_port());
+        let (_proxy, _xds) = Proxy::start(who, &snapshot(listen), listen);
+        let key = |route: &str| format!("/{route}/flaky/{who}-{route}/0/200");
+        let mut requests = Vec::new();
+        for _ in 0..3 {
+            requests.push(json!({"method": "GET", "path": key("all"), "host": "svc"}));
+        }
+        requests
+            .push(json!({"method": "POST", "path": key("all"), "host": "svc", "body_len": 300}));
+        requests.push(json!({"method": "PUT", "path": key("all"), "host": "svc", "body_len": 5000, "chunked": true}));
+        for _ in 0..3 {
+            requests.push(json!({"method": "GET", "path": key("none"), "host": "svc"}));
+        }
+        for _ in 0..40 {
+            requests.push(json!({"method": "GET", "path": key("half"), "host": "svc"}));
+        }
+        let got: Vec<String> = http1_outcomes(listen, &json!(requests))
+            .iter()
+            .map(|o| o.replace(&format!("{who}-"), "WHO-"))
+            .collect();
+        // Shadow copies are fire and forget: give them time to arrive.
+        std::thread::sleep(Duration::from_millis(1000));
+        let counts = [
+            seen_by(shadow, &key("all")),
+            seen_by(shadow, &key("none")),
+            seen_by(shadow, &key("half")),
+        ];
+        eprintln!("{who}: {counts:?}");
+        (got, counts)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert_eq!(
+        ringside.0, envoy.0,
+        "answers, ringside (left) vs Envoy (right)"
+    );
+    assert_eq!(envoy.1[..2], [5, 0], "Envoy's shadow copies");
+    assert_eq!(
+        ringside.1[..2],
+        envoy.1[..2],
+        "shadow copies, ringside (left) vs Envoy (right)"
+    );
+    for (who, r) in [("envoy", &envoy), ("ringside", &ringside)] {
+        assert!(
+            (10..=30).contains(&r.1[2]),
+            "{who}: {} of 40 mirrored at 50 %",
+            r.1[2]
+        );
+    }
 }

@@ -405,6 +405,7 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         timeout,
         retry,
         delay,
+        mirrors,
     } = match route(c, l, &req) {
         Ok(r) => r,
         Err(e) => return local(c, l, &e, close).await,
@@ -427,7 +428,7 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         started = Instant::now();
     }
     let deadline = timeout.map(|t| started + t);
-    let out = forward(c, l, &req, &pool, deadline, retry).await;
+    let out = forward(c, l, &req, &pool, deadline, retry, &mirrors).await;
     l.stats
         .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
     match out {
@@ -453,6 +454,8 @@ struct Routed {
     retry: Option<crate::route::RetryPolicy>,
     /// The route's fault delay for this request, and the abort after it (HTTP status).
     delay: Option<(Duration, Option<u16>)>,
+    /// The shadow clusters its route's `request_mirror_policies` picked for it.
+    mirrors: [Option<Rc<Pool>>; crate::config::MIRROR_POLICIES_MAX],
 }
 
 /// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
@@ -516,11 +519,16 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
         l.stats.inc(l.ids.fault.aborts_injected);
         return Err(Local::FaultAbort(code));
     }
+    let mut mirrors: [Option<Rc<Pool>>; crate::config::MIRROR_POLICIES_MAX] = Default::default();
+    for (slot, i) in mirrors.iter_mut().zip(action.mirrors(&l.dice)) {
+        *slot = Some(routes.pools[i].clone());
+    }
     Ok(Routed {
         pool: routes.pools[cluster].clone(),
         timeout: action.timeout,
         retry: action.retry,
         delay: delay.map(|d| (d, abort)),
+        mirrors,
     })
 }
 
@@ -1098,8 +1106,11 @@ async fn forward<C: crate::io::Conn>(
     pool: &Rc<Pool>,
     deadline: Option<Instant>,
     policy: Option<crate::route::RetryPolicy>,
+    mirrors: &[Option<Rc<Pool>>],
 ) -> Result<Next, (Local, Option<bool>)> {
     let head = request_head(req, c.scheme, || request_id(l));
+    let mirroring = mirrors.iter().any(Option::is_some);
+    let mut mirrored = !mirroring;
     let mut body = match req.framing == Framing::Length(0) {
         true => Body::Held(Vec::new()),
         false => Body::Unread,
@@ -1110,7 +1121,24 @@ async fn forward<C: crate::io::Conn>(
         taken: false,
     };
     let (mut up, resp, mut rbuf) = loop {
-        let got = one_try(c, req, pool, &head, &mut body, &mut retry, deadline).await;
+        let got = one_try(
+            c, req, pool, &head, &mut body, &mut retry, deadline, mirroring,
+        )
+        .await;
+        if !mirrored {
+            // The shadow copies go once the request was read (its body held for them).
+            mirrored = true;
+            let shadow_deadline = deadline.unwrap_or_else(|| {
+                Instant::now() + Duration::from_millis(super::conn::MIRROR_TIMEOUT_MS_DEFAULT)
+            });
+            for m in mirrors.iter().flatten() {
+                match &body {
+                    Body::Held(b) => mirror(m, shadow_head(&head), b.clone(), shadow_deadline),
+                    // A body over RETRY_BODY_BYTES_MAX, or one not read whole.
+                    _ => m.stats.inc(m.ids.rq_mirror_dropped),
+                }
+            }
+        }
         let again = match &got {
             Ok((_, resp, _)) if resp.code >= 200 => Some(Again::Answer {
                 grpc: None,
@@ -1189,6 +1217,68 @@ async fn forward<C: crate::io::Conn>(
         true => Next::Close,
         false => Next::KeepAlive,
     })
+}
+
+/// The request head `head` ([`request_head`]) as a shadow copy gets it: `-shadow` appended to
+/// its host (before the port, if any), as Envoy does.
+fn shadow_head(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + 7);
+    let Some(at) = head.windows(8).position(|w| w == b"\r\nhost: ") else {
+        return head.to_vec();
+    };
+    let start = at + 8;
+    let end = start + head[start..].iter().position(|&b| b == b'\r').unwrap_or(0);
+    let v = &head[start..end];
+    let host_end = match v.iter().rposition(|&b| b == b':') {
+        Some(i) if i + 1 < v.len() && v[i + 1..].iter().all(u8::is_ascii_digit) => start + i,
+        _ => end,
+    };
+    out.extend_from_slice(&head[..host_end]);
+    out.extend_from_slice(b"-shadow");
+    out.extend_from_slice(&head[host_end..]);
+    out
+}
+
+/// Sends a shadow copy (`request_mirror_policies`) of a request, `head` and `body`, to an
+/// endpoint of `pool` on a connection of its own, fire and forget: its response is read and
+/// dropped, and nothing of it reaches the caller; bounded by `deadline` and the cluster's
+/// shadow copies in flight on this shard (beyond: `upstream_rq_mirror_dropped`).
+fn mirror(pool: &Rc<Pool>, head: Vec<u8>, body: Vec<u8>, deadline: Instant) {
+    if pool.lb.original_destination || !pool.mirrors.try_start() {
+        pool.stats.inc(pool.ids.rq_mirror_dropped);
+        return;
+    }
+    pool.stats.inc(pool.ids.rq_mirror);
+    let pool = pool.clone();
+    shard::monoio::spawn(async move {
+        let send = async {
+            let lb = &pool.lb;
+            let i = lb.pick_available(|_| Availability::Ready)?;
+            let addr = lb.slot(i).addr;
+            let mut s = match lb.tls(i) {
+                Some(t) => {
+                    UpStream::Tls(crate::io::tls::connect(addr, &lb.sources, &t).await.ok()?)
+                }
+                None => UpStream::Plain(
+                    crate::io::intercept::connect(addr, &lb.sources)
+                        .await
+                        .ok()?,
+                ),
+            };
+            let (r, _) = s.write_all(head).await;
+            r.ok()?;
+            if !body.is_empty() {
+                let (r, _) = s.write_all(body).await;
+                r.ok()?;
+            }
+            let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            read_head(&mut s, &mut rbuf, Duration::ZERO, false)
+                .await
+                .ok()
+        };
+        let _ = shard::monoio::time::timeout_at(deadline.into(), send).await;
+        pool.mirrors.ended();
+    });
 }
 
 /// A request's body as another try needs it.
@@ -1274,6 +1364,7 @@ async fn one_try<C: crate::io::Conn>(
     body: &mut Body,
     retry: &mut Option<crate::route::Retry>,
     deadline: Option<Instant>,
+    keep_body: bool,
 ) -> Result<(Up, Response, BytesMut), Failed> {
     let send = async {
         let mut up = upstream(c, pool, retry.as_ref())
@@ -1296,7 +1387,7 @@ async fn one_try<C: crate::io::Conn>(
                     r.map_err(|_| Failed::Final(Local::BadRequest))?;
                 }
                 *body = Body::Partial;
-                let mut hold = retry.is_some().then(Vec::new);
+                let mut hold = (retry.is_some() || keep_body).then(Vec::new);
                 relay_body(
                     &mut c.s,
                     &mut c.buf,
