@@ -1473,6 +1473,11 @@ pub struct TripleRoute {
     /// them (as Envoy's per-route `typed_per_filter_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+    /// At most this many of the route's calls in flight; one more is answered
+    /// RESOURCE_EXHAUSTED (HTTP/1.1: 503) at once. Per shard `ceil(max / shards)`
+    /// (docs/governance.md#concurrency-limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
 }
 
 /// Every condition given must hold; an empty match matches every stream.
@@ -1661,7 +1666,7 @@ pub struct DubboRoute {
     pub max_concurrent_requests: Option<u32>,
 }
 
-/// Most `max_concurrent_requests` of a Dubbo route.
+/// Most `max_concurrent_requests` of a route.
 pub const ROUTE_CONCURRENT_REQUESTS_MAX: u32 = 1_000_000;
 
 /// Every condition given must hold; an empty match matches every request.
@@ -3622,14 +3627,7 @@ fn validate_dubbo(
         if let Some(b) = &r.local_rate_limit {
             b.validate(&rat("local_rate_limit"), err);
         }
-        if let Some(m) = r.max_concurrent_requests {
-            if m == 0 || m > ROUTE_CONCURRENT_REQUESTS_MAX {
-                err(
-                    rat("max_concurrent_requests"),
-                    format!("{m} is out of range 1..={ROUTE_CONCURRENT_REQUESTS_MAX}"),
-                );
-            }
-        }
+        validate_concurrency(r.max_concurrent_requests, &rat, err);
     }
 }
 
@@ -3996,6 +3994,22 @@ fn validate_triple_route(
     validate_action(&r.route, clusters, true, rat, err);
     if let Some(b) = &r.local_rate_limit {
         b.validate(&rat("local_rate_limit"), err);
+    }
+    validate_concurrency(r.max_concurrent_requests, &rat, err);
+}
+
+fn validate_concurrency(
+    max: Option<u32>,
+    rat: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    if let Some(m) = max {
+        if m == 0 || m > ROUTE_CONCURRENT_REQUESTS_MAX {
+            err(
+                rat("max_concurrent_requests"),
+                format!("{m} is out of range 1..={ROUTE_CONCURRENT_REQUESTS_MAX}"),
+            );
+        }
     }
 }
 

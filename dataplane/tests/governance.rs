@@ -494,6 +494,134 @@ fn dubbo_route_concurrency_limit_answers_100_while_its_calls_are_in_flight() {
     );
 }
 
+/// A Triple route's `max_concurrent_requests`: with 2 of its calls held upstream, the next is
+/// answered RESOURCE_EXHAUSTED at once with the reason and counted; a call of another route goes
+/// on; once the held calls end (their streams close) the route admits again.
+#[test]
+fn triple_route_concurrency_limit_answers_resource_exhausted_while_its_calls_are_in_flight() {
+    let up = Upstream::start("A");
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = triple_config(
+        admin,
+        listen,
+        "        - name: limited\n          match: {method: {exact: Limited}}\n          route: {cluster: a}\n          max_concurrent_requests: 2\n        - route: {cluster: a}\n",
+        &[("a", &[up.addr], "")],
+    );
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let mut c = Client::connect(listen);
+    let held: Vec<u32> = (0..2)
+        .map(|_| c.start("/pkg.S/Limited", &[("x-delay-ms", "600")], b"h", true))
+        .collect();
+    // The held calls are upstream before the next one is routed (one connection, in order).
+    std::thread::sleep(Duration::from_millis(100));
+    // Started and finished by id: the held calls' answers may come in between.
+    let mut others = HashMap::new();
+    let refused = c.start("/pkg.S/Limited", &[], b"x", true);
+    let refused = c.finish(refused, &mut others);
+    assert_eq!(refused.grpc_status(), Some(8), "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        refused.grpc_message(),
+        "ringside: concurrency limit of the route reached"
+    );
+    let other = c.start("/pkg.S/Other", &[], b"x", true);
+    assert_eq!(c.finish(other, &mut others).grpc_status(), Some(0));
+    for id in held {
+        assert_eq!(c.finish(id, &mut others).grpc_status(), Some(0));
+    }
+    for _ in 0..3 {
+        assert_eq!(c.call("/pkg.S/Limited", &[], b"x").grpc_status(), Some(0));
+    }
+    assert_eq!(stat(&rs, "listener.grpc.triple_rq_concurrency_limited"), 1);
+}
+
+/// An HTTP/1.1 upstream for the concurrency test: answers `200 ok` to every request, 600 ms
+/// late when its path contains `Hold`.
+fn slow_http1_upstream() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        if head.lines().next().is_some_and(|l| l.contains("Hold")) {
+                            std::thread::sleep(Duration::from_millis(600));
+                        }
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One HTTP/1.1 request on its own connection; the status line and body of the answer.
+fn http1_request(listen: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.lines().next().unwrap_or_default().to_string();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    format!("{status} | {body}")
+}
+
+/// HTTP/1.1 requests on a Triple listener take places under their route's
+/// `max_concurrent_requests` too: with 2 held upstream, the next is answered 503 at once.
+#[test]
+fn http1_route_concurrency_limit_answers_503_while_its_requests_are_in_flight() {
+    let up = slow_http1_upstream();
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg = triple_config(
+        admin,
+        listen,
+        "        - name: limited\n          match: {service: {exact: pkg.S}}\n          route: {cluster: a}\n          max_concurrent_requests: 2\n        - route: {cluster: a}\n",
+        &[("a", &[up], "")],
+    )
+    .replace("    triple:\n", "    triple:\n      http1: true\n");
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let held: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || http1_request(listen, "/pkg.S/Hold")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = http1_request(listen, "/pkg.S/Now");
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.ends_with("concurrency_limited"),
+        "{refused}"
+    );
+    assert_eq!(
+        http1_request(listen, "/other.T/Now"),
+        "HTTP/1.1 200 OK | ok"
+    );
+    for h in held {
+        assert_eq!(h.join().unwrap(), "HTTP/1.1 200 OK | ok");
+    }
+    for _ in 0..3 {
+        assert_eq!(http1_request(listen, "/pkg.S/Now"), "HTTP/1.1 200 OK | ok");
+    }
+    assert_eq!(stat(&rs, "listener.grpc.triple_rq_concurrency_limited"), 1);
+}
+
 /// The per-shard approximation: each of 2 shards admits `ceil(8 / 2)` = 4 requests in flight,
 /// so the process admits `Σ min(connections with one request in flight on shard s, 4)`: 8 when
 /// both shards have 4 or more, fewer when SO_REUSEPORT put fewer than 4 on one of them.

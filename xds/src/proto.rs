@@ -2411,6 +2411,7 @@ fn triple_route(
         matcher: m,
         route: http_action(action, ctx, &format!("{at}.route"))?,
         local_rate_limit: None,
+        max_concurrent_requests: None,
     })
 }
 

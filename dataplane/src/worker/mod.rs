@@ -317,21 +317,24 @@ fn shard_limits(snap: &Snapshot, index: usize) -> Option<Box<crate::filter::rate
     Some(Box::new(shared.for_shard()))
 }
 
-/// This shard's concurrency limits of a Dubbo listener's routes (none when no route has one).
+/// This shard's concurrency limits of a listener's routes (none when no route has one).
 fn shard_concurrency(
     l: &config::Listener,
     shards: usize,
 ) -> Box<[Option<Rc<crate::filter::ratelimit::Concurrency>>]> {
-    let routes = l.dubbo.as_ref().map_or(&[][..], |d| &d.routes);
-    if routes.iter().all(|r| r.max_concurrent_requests.is_none()) {
+    // Route indices as the routers number them: a Dubbo listener's routes; a Triple
+    // listener's routes, then each virtual host's (`all_routes`).
+    let limits: Vec<Option<u32>> = match (&l.dubbo, &l.triple) {
+        (Some(d), _) => d.routes.iter().map(|r| r.max_concurrent_requests).collect(),
+        (_, Some(t)) => t.all_routes().map(|r| r.max_concurrent_requests).collect(),
+        _ => Vec::new(),
+    };
+    if limits.iter().all(Option::is_none) {
         return Box::new([]);
     }
-    routes
-        .iter()
-        .map(|r| {
-            r.max_concurrent_requests
-                .map(|m| crate::filter::ratelimit::Concurrency::for_shard(m, shards))
-        })
+    limits
+        .into_iter()
+        .map(|m| m.map(|m| crate::filter::ratelimit::Concurrency::for_shard(m, shards)))
         .collect()
 }
 
@@ -745,7 +748,7 @@ impl ShardState {
                 .collect(),
             route_ids: snap.route_ids[index].clone(),
             limits: shard_limits(snap, index),
-            concurrency: Box::new([]),
+            concurrency: shard_concurrency(l, self.stats.stats.shard_count()),
         })
     }
 

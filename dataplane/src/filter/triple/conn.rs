@@ -1512,6 +1512,7 @@ impl Conn {
                 c.deadline = call.deadline;
                 c.trace = call.trace.take();
                 c.label = call.label;
+                c.slot = call.slot.take();
             }
         }
         if let Some(d) = call.fault.and_then(|f| f.delay) {
@@ -2313,6 +2314,8 @@ struct Routed {
     mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
     mirrors_len: u8,
     shadow_block: Vec<u8>,
+    /// Its place under its route's `max_concurrent_requests`.
+    slot: Option<crate::filter::ratelimit::Slot>,
 }
 
 /// Why a caller's request is not forwarded.
@@ -2390,6 +2393,20 @@ fn route_call(
             return Err(Refused::Call(CallError::RateLimited));
         }
     }
+    // The route's concurrency limit: the call holds a place until its stream ends.
+    let slot = match action
+        .route_index
+        .and_then(|i| routes.concurrency.get(i)?.as_ref())
+    {
+        Some(c) => match c.acquire() {
+            Some(slot) => Some(slot),
+            None => {
+                l.stats.inc(l.ids.rq_concurrency_limited);
+                return Err(Refused::Call(CallError::ConcurrencyLimited));
+            }
+        },
+        None => None,
+    };
     let fault = match action.fault(&l.dice) {
         Some(f)
             if action
@@ -2455,6 +2472,7 @@ fn route_call(
         mirrors,
         mirrors_len,
         shadow_block,
+        slot,
     })
 }
 

@@ -49,6 +49,9 @@ pub enum CallError<'a> {
     /// A local rate limit had no token for it.
     #[error("ringside: local rate limit")]
     RateLimited,
+    /// Its route's `max_concurrent_requests` calls are in flight.
+    #[error("ringside: concurrency limit of the route reached")]
+    ConcurrencyLimited,
     /// The upstream broke HTTP/2 on the call's stream.
     #[error("upstream protocol error")]
     UpstreamProtocol,
@@ -87,7 +90,7 @@ impl CallError<'_> {
                 Flags::UPSTREAM_OVERFLOW
             }
             CallError::ShedMemory { .. } => Flags::OVERLOAD_MANAGER,
-            CallError::RateLimited => Flags::RATE_LIMITED,
+            CallError::RateLimited | CallError::ConcurrencyLimited => Flags::RATE_LIMITED,
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => {
                 Flags::UPSTREAM_PROTOCOL_ERROR
             }
@@ -105,6 +108,7 @@ impl CallError<'_> {
             CallError::HeadersTooLarge(_)
             | CallError::StreamsExhausted
             | CallError::RateLimited
+            | CallError::ConcurrencyLimited
             | CallError::ShedMemory { .. } => status::RESOURCE_EXHAUSTED,
             CallError::BadPath | CallError::NoRoute { .. } => status::UNIMPLEMENTED,
             CallError::ExpiredOnArrival | CallError::DeadlineExceeded => status::DEADLINE_EXCEEDED,

@@ -136,6 +136,8 @@ enum Local {
     Forbidden(&'static str),
     NoRoute,
     RateLimited,
+    /// The route's `max_concurrent_requests` requests are in flight.
+    ConcurrencyLimited,
     NoHealthyUpstream,
     ConnectFailure,
     /// The upstream closed or reset the connection before the response head.
@@ -154,6 +156,7 @@ impl Local {
             Local::Forbidden(body) => (403, "Forbidden", body),
             Local::NoRoute => (404, "Not Found", ""),
             Local::RateLimited => (429, "Too Many Requests", "local_rate_limited"),
+            Local::ConcurrencyLimited => (503, "Service Unavailable", "concurrency_limited"),
             Local::NoHealthyUpstream => (503, "Service Unavailable", "no healthy upstream"),
             Local::ConnectFailure => (
                 503,
@@ -179,7 +182,7 @@ impl Local {
             Local::Forbidden(_) => Flags::NONE,
             Local::FaultAbort(_) => Flags::FAULT_INJECTED,
             Local::NoRoute => Flags::NO_ROUTE_FOUND,
-            Local::RateLimited => Flags::RATE_LIMITED,
+            Local::RateLimited | Local::ConcurrencyLimited => Flags::RATE_LIMITED,
             Local::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
             Local::ConnectFailure => Flags::UPSTREAM_CONNECTION_FAILURE,
             Local::UpstreamReset => Flags::UPSTREAM_CONNECTION_TERMINATION,
@@ -400,12 +403,15 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     let started = Instant::now();
     // The body, unread, would be taken for the next request.
     let close = req.close || req.framing != Framing::Length(0);
+    // `_held` (a named binding, not `_`) keeps the request's concurrency place until the
+    // exchange ends with this function.
     let Routed {
         pool,
         timeout,
         retry,
         delay,
         mirrors,
+        _slot: _held,
     } = match route(c, l, &req) {
         Ok(r) => r,
         Err(e) => return local(c, l, &e, close).await,
@@ -456,6 +462,8 @@ struct Routed {
     delay: Option<(Duration, Option<u16>)>,
     /// The shadow clusters its route's `request_mirror_policies` picked for it.
     mirrors: [Option<Rc<Pool>>; crate::config::MIRROR_POLICIES_MAX],
+    /// Its place under its route's `max_concurrent_requests`, held while this lives.
+    _slot: Option<crate::filter::ratelimit::Slot>,
 }
 
 /// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
@@ -495,6 +503,20 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
             return Err(Local::RateLimited);
         }
     }
+    // The route's concurrency limit: the request holds a place until its exchange ends.
+    let slot = match action
+        .route_index
+        .and_then(|i| routes.concurrency.get(i)?.as_ref())
+    {
+        Some(c) => match c.acquire() {
+            Some(slot) => Some(slot),
+            None => {
+                l.stats.inc(l.ids.rq_concurrency_limited);
+                return Err(Local::ConcurrencyLimited);
+            }
+        },
+        None => None,
+    };
     // The route's fault, rolled as for HTTP/2 (delay and abort each on its own, as Envoy).
     let fault = match action.fault(&l.dice) {
         Some(_)
@@ -529,6 +551,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
         retry: action.retry,
         delay: delay.map(|d| (d, abort)),
         mirrors,
+        _slot: slot,
     })
 }
 

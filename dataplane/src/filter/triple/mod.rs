@@ -77,6 +77,8 @@ pub struct TripleStatIds {
     pub rq_no_healthy_upstream: StatId,
     /// Calls a local rate limit refused.
     pub rq_rate_limited: StatId,
+    /// Calls answered at their route's `max_concurrent_requests`.
+    pub rq_concurrency_limited: StatId,
     pub fault: crate::filter::FaultStatIds,
     pub rsp_local: StatId,
     /// Responses by grpc-status (index 17: any other value).
@@ -115,6 +117,7 @@ impl TripleStatIds {
             rq_timeout: c("triple_rq_timeout"),
             rq_no_healthy_upstream: c("triple_rq_no_healthy_upstream"),
             rq_rate_limited: c("triple_rq_rate_limited"),
+            rq_concurrency_limited: c("triple_rq_concurrency_limited"),
             fault: crate::filter::FaultStatIds::register(st, listener),
             rsp_local: c("triple_rsp_local"),
             rsp_status,
@@ -216,6 +219,8 @@ pub struct Call {
     pub try_deadline: Option<Instant>,
     /// Its traffic label (`triple.traffic_label`): retries stay within its endpoints.
     pub label: Option<crate::cluster::Label>,
+    /// Its place under its route's `max_concurrent_requests`, given back when the stream ends.
+    pub slot: Option<crate::filter::ratelimit::Slot>,
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -244,6 +249,7 @@ impl Call {
             retry: None,
             try_deadline: None,
             label: None,
+            slot: None,
         }
     }
 }
