@@ -145,6 +145,21 @@ pub struct Routes<R, P> {
     pub concurrency: Box<[Option<Rc<ratelimit::Concurrency>>]>,
 }
 
+impl<R, P> Routes<R, P> {
+    /// A place under the `max_concurrent_requests` of the route `route_index` (`None`: the
+    /// default route), held by the call until it is dropped: `Ok(None)` when the route has no
+    /// limit, `Err(limit)` when its calls fill it.
+    pub fn concurrency_place(
+        &self,
+        route_index: Option<usize>,
+    ) -> Result<Option<ratelimit::Slot>, u32> {
+        match route_index.and_then(|i| self.concurrency.get(i)?.as_ref()) {
+            Some(c) => c.acquire().map(Some).ok_or(c.limit),
+            None => Ok(None),
+        }
+    }
+}
+
 /// The current routes of one listener on one shard, shared by all its connections.
 pub type RoutesCell<R, P> = Rc<Latest<Routes<R, P>>>;
 

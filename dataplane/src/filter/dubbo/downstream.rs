@@ -1145,20 +1145,18 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         }
     }
     // The route's concurrency limit: a two-way call holds a place until it ends, whichever way.
-    let concurrency = action
-        .route_index
-        .and_then(|i| routes.concurrency.get(i)?.as_ref());
-    let slot = match concurrency {
-        Some(c) if h.two_way => match c.acquire() {
-            Some(slot) => Some(slot),
-            None => {
-                l.stats.inc(l.ids.rq_concurrency_limited);
-                let e = LocalError::ConcurrencyLimited { limit: c.limit };
-                conn.local_reply_logged(h.id, &e, Some(counted), lg, None);
-                return Ok(());
-            }
-        },
-        _ => None,
+    let place = match h.two_way {
+        true => routes.concurrency_place(action.route_index),
+        false => Ok(None),
+    };
+    let slot = match place {
+        Ok(slot) => slot,
+        Err(limit) => {
+            l.stats.inc(l.ids.rq_concurrency_limited);
+            let e = LocalError::ConcurrencyLimited { limit };
+            conn.local_reply_logged(h.id, &e, Some(counted), lg, None);
+            return Ok(());
+        }
     };
     let pool = &routes.pools[action.pick_cluster(l.roll())];
     let timeout: Duration = action.timeout.unwrap_or(pool.timeout);

@@ -2394,19 +2394,10 @@ fn route_call(
         }
     }
     // The route's concurrency limit: the call holds a place until its stream ends.
-    let slot = match action
-        .route_index
-        .and_then(|i| routes.concurrency.get(i)?.as_ref())
-    {
-        Some(c) => match c.acquire() {
-            Some(slot) => Some(slot),
-            None => {
-                l.stats.inc(l.ids.rq_concurrency_limited);
-                return Err(Refused::Call(CallError::ConcurrencyLimited));
-            }
-        },
-        None => None,
-    };
+    let slot = routes.concurrency_place(action.route_index).map_err(|_| {
+        l.stats.inc(l.ids.rq_concurrency_limited);
+        Refused::Call(CallError::ConcurrencyLimited)
+    })?;
     let fault = match action.fault(&l.dice) {
         Some(f)
             if action

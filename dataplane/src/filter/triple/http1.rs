@@ -504,19 +504,10 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
         }
     }
     // The route's concurrency limit: the request holds a place until its exchange ends.
-    let slot = match action
-        .route_index
-        .and_then(|i| routes.concurrency.get(i)?.as_ref())
-    {
-        Some(c) => match c.acquire() {
-            Some(slot) => Some(slot),
-            None => {
-                l.stats.inc(l.ids.rq_concurrency_limited);
-                return Err(Local::ConcurrencyLimited);
-            }
-        },
-        None => None,
-    };
+    let slot = routes.concurrency_place(action.route_index).map_err(|_| {
+        l.stats.inc(l.ids.rq_concurrency_limited);
+        Local::ConcurrencyLimited
+    })?;
     // The route's fault, rolled as for HTTP/2 (delay and abort each on its own, as Envoy).
     let fault = match action.fault(&l.dice) {
         Some(_)
