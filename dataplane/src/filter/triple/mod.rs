@@ -664,9 +664,11 @@ pub struct Pool {
     pub waking: Cell<bool>,
     /// Shadow copies (`request_mirror_policies`) in flight to this cluster on this shard.
     pub mirrors: crate::cluster::MirrorBudget,
-    /// Idle keep-alive HTTP/1.1 connections ([`http1`]): (endpoint, socket, idle since), at
-    /// most [`http1::IDLE_UPSTREAM_MAX`].
-    pub http1_idle: RefCell<Vec<(SocketAddr, http1_tls::UpStream, Instant)>>,
+    /// Idle keep-alive upstream connections of HTTP/1.1 requests ([`http1`]; HTTP/1.1 or
+    /// HTTP/2 as `upstream_http` says), at most [`http1::IDLE_UPSTREAM_MAX`].
+    pub http1_idle: RefCell<Vec<http1::IdleConn>>,
+    /// The protocol HTTP/1.1 requests are forwarded with (`upstream_http`).
+    pub upstream_http: config::UpstreamHttp,
 }
 
 /// Why a pool has no connection for a call.
@@ -718,6 +720,7 @@ impl Pool {
             waking: Cell::new(false),
             mirrors: Default::default(),
             http1_idle: RefCell::new(Vec::new()),
+            upstream_http: c.upstream_http,
             stats,
             ids,
             h2_ids,
