@@ -2756,6 +2756,27 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         let o: upstream_http_pb::HttpProtocolOptions = unpack(any, &want, &ctx, &at)?;
         upstream_http = upstream_protocol(&o, &ctx, &at)?;
     }
+    // ALPN decides under auto_config: every transport socket of the cluster must be TLS (as
+    // Envoy refuses "ALPN configured for cluster ... which has a non-ALPN transport socket").
+    // One without ALPN of its own offers `h2`, `http/1.1`, as Envoy's does.
+    if upstream_http == config::UpstreamHttp::Auto {
+        let all_tls = tls.is_some() && transport_socket_matches.iter().all(|m| m.tls.is_some());
+        if !all_tls {
+            return Err(ctx.err(
+                format!("typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS:?}].auto_config"),
+                "needs TLS (ALPN) on every transport socket of the cluster",
+            ));
+        }
+    }
+    let (mut tls, mut transport_socket_matches) = (tls, transport_socket_matches);
+    if upstream_http == config::UpstreamHttp::Auto {
+        let sockets = tls
+            .iter_mut()
+            .chain(transport_socket_matches.iter_mut().filter_map(|m| m.tls.as_mut()));
+        for t in sockets.filter(|t| t.alpn.is_empty()) {
+            t.alpn = vec!["h2".to_string(), "http/1.1".to_string()];
+        }
+    }
     let original_dst = matches!(
         &c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::OriginalDst as i32

@@ -884,10 +884,11 @@ fn clusters() {
             with(Some(U::UseDownstreamProtocolConfig(Default::default()))).unwrap(),
             config::UpstreamHttp::Downstream
         );
-        assert_eq!(
-            with(Some(U::AutoConfig(AutoHttpConfig::default()))).unwrap(),
-            config::UpstreamHttp::Auto
-        );
+        // auto_config on a plaintext cluster: refused, as Envoy refuses it (no ALPN).
+        let e = with(Some(U::AutoConfig(AutoHttpConfig::default())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto_config") && e.contains("needs TLS"), "{e}");
         let e = with(explicit(P::Http3ProtocolOptions(Default::default())))
             .unwrap_err()
             .to_string();
