@@ -3234,8 +3234,8 @@ mod tests;
 /// A cluster's circuit breakers: the `DEFAULT` priority threshold's `max_requests`,
 /// `max_connections`, `max_pending_requests` and `max_retries` (Envoy's defaults, 1024 and 3,
 /// for those the threshold leaves out). Without a `DEFAULT` threshold, no limit (where Envoy
-/// applies its defaults anyway: docs/governance.md). Other priorities, `per_host_thresholds`
-/// and budgets are ignored.
+/// applies its defaults anyway: docs/governance.md). Its `retry_budget` too (which then
+/// replaces `max_retries`). Other priorities and `per_host_thresholds` are ignored.
 fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::CircuitBreakers> {
     let t = cb?
         .thresholds
@@ -3258,6 +3258,18 @@ fn circuit_breakers(cb: Option<&cluster_pb::CircuitBreakers>) -> Option<config::
             .max_pending_requests
             .as_ref()
             .map_or(ENVOY_MAX_REQUESTS_DEFAULT, |v| v.value),
+        // Present (even empty): Envoy's budget, with its defaults for what it leaves out.
+        retry_budget: t.retry_budget.as_ref().map(|b| config::RetryBudget {
+            budget_percent: config::Percent(
+                b.budget_percent
+                    .as_ref()
+                    .map_or(config::RETRY_BUDGET_PERCENT_DEFAULT, |p| p.value),
+            ),
+            min_retry_concurrency: b
+                .min_retry_concurrency
+                .as_ref()
+                .map_or(config::MIN_RETRY_CONCURRENCY_DEFAULT, |v| v.value),
+        }),
     })
 }
 
