@@ -1711,7 +1711,7 @@ fn circuit_breakers_default_priority_max_requests() {
         })
     );
     s.circuit_breakers.as_mut().unwrap().thresholds[1] = Thresholds::default();
-    let (_, c) = decode_cluster(&pack_any(s)).unwrap();
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(
         c.cluster.circuit_breakers,
         Some(config::CircuitBreakers {
@@ -1738,8 +1738,9 @@ fn circuit_breakers_default_priority_max_requests() {
         Some(cluster_pb::circuit_breakers::thresholds::RetryBudget {
             budget_percent: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 12.5 }),
             min_retry_concurrency: Some(UInt32Value { value: 0 }),
+            budget_interval: None,
         });
-    let (_, c) = decode_cluster(&pack_any(s)).unwrap();
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(
         c.cluster.circuit_breakers.unwrap().retry_budget,
         Some(config::RetryBudget {
@@ -1747,6 +1748,15 @@ fn circuit_breakers_default_priority_max_requests() {
             min_retry_concurrency: 0,
         })
     );
+    // Envoy 1.40's `budget_interval`: refused unless 0.
+    let t = &mut s.circuit_breakers.as_mut().unwrap().thresholds[1];
+    t.retry_budget.as_mut().unwrap().budget_interval =
+        Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        });
+    let e = decode_cluster(&pack_any(s)).unwrap_err().to_string();
+    assert!(e.contains("budget_interval"), "{e}");
 }
 
 #[test]
