@@ -1233,7 +1233,7 @@ impl Conn {
                     return Sent::NotRetriable;
                 }
                 // A retry retried again keeps its slot.
-                if !was_retry && !pool.retries.try_start() {
+                if !pool.retries.admit(was_retry, pool.retry_load()) {
                     pool.stats.inc(pool.ids.rq_retry_overflow);
                     return Sent::Limited;
                 }
