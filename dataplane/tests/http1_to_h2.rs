@@ -164,7 +164,11 @@ fn exchange(target: SocketAddr, requests: &[(String, Vec<u8>)]) -> Vec<String> {
             conn = None;
             buf.clear();
         }
-        out.push(if text.is_empty() { "closed".to_string() } else { text });
+        out.push(if text.is_empty() {
+            "closed".to_string()
+        } else {
+            text
+        });
     }
     out
 }
@@ -293,7 +297,10 @@ fn http1_requests_go_upstream_as_http2_like_envoy() {
             .unwrap();
         let admin = local(free_port());
         let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
-            Box::new(Envoy::start(&bootstrap(admin, xds.addr(), Ads::Sotw, "h1h2"), admin))
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "h1h2"),
+                admin,
+            ))
         } else {
             let cfg = format!(
                 "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: h1h2\n  node_cluster: t\n  mode: sotw\n  \
@@ -312,13 +319,21 @@ fn http1_requests_go_upstream_as_http2_like_envoy() {
     let envoy = run("envoy");
     let ringside = run("ringside");
     for (i, e) in envoy.iter().enumerate() {
-        eprintln!("--- {i} envoy:\n{}", e.chars().take(1500).collect::<String>());
-        eprintln!("--- {i} ringside:\n{}", ringside[i].chars().take(1500).collect::<String>());
+        eprintln!(
+            "--- {i} envoy:\n{}",
+            e.chars().take(1500).collect::<String>()
+        );
+        eprintln!(
+            "--- {i} ringside:\n{}",
+            ringside[i].chars().take(1500).collect::<String>()
+        );
     }
     // Envoy's answers are what the HTTP/2 server gives (not local errors), HTTP/2 upstream.
     assert!(envoy[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", envoy[0]);
     assert!(
-        envoy[0].contains("h2 GET /len?q=1\n:authority: svc\n:path: /len?q=1\n:method: GET\n:scheme: http\n"),
+        envoy[0].contains(
+            "h2 GET /len?q=1\n:authority: svc\n:path: /len?q=1\n:method: GET\n:scheme: http\n"
+        ),
         "{}",
         envoy[0]
     );

@@ -12,8 +12,9 @@ use codec::h2::frame::{self, flag, kind, setting, FrameHeader};
 use codec::h2::hpack;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::{Body, BodyError, Chunks, Failed, Framing, Local, Request, Response};
+use super::{Body, BodyError, Chunks, Failed, Framing, Local, Mx, Request, Response};
 use crate::io::READ_CHUNK_BYTES;
+use crate::stats::istio::{exchange, MetaId};
 
 /// One HTTP/2 connection's state (the socket is the caller's `Up`).
 pub(super) struct Session {
@@ -188,7 +189,7 @@ pub(super) async fn send_head<S: AsyncWriteRent>(
     s: &mut S,
     sess: &mut Session,
     req: &Request,
-    scheme: &str,
+    (scheme, mx): (&str, Mx<'_>),
     (rid, expected_ms): (Option<&str>, Option<u64>),
     end: bool,
 ) -> Result<(), Failed> {
@@ -210,7 +211,7 @@ pub(super) async fn send_head<S: AsyncWriteRent>(
     enc.encode(&mut block, b":method", req.method.as_bytes(), false);
     enc.encode(&mut block, b":scheme", scheme.as_bytes(), false);
     let mut proto = false;
-    for (n, v) in &req.fields {
+    for (n, v) in req.fields.iter().filter(|(n, _)| !mx.drops(n)) {
         proto |= n == "x-forwarded-proto";
         enc.encode(&mut block, n.as_bytes(), v, false);
     }
@@ -220,9 +221,20 @@ pub(super) async fn send_head<S: AsyncWriteRent>(
     if let Some(id) = rid {
         enc.encode(&mut block, b"x-request-id", id.as_bytes(), false);
     }
+    // Istio's metadata exchange, as on an HTTP/1.1 upstream.
+    let mut mx_fields = Vec::new();
+    mx.write(&mut mx_fields, true);
+    for (n, v) in head_fields(&mx_fields) {
+        enc.encode(&mut block, n, v, false);
+    }
     if let Some(ms) = expected_ms {
         let v = ms.to_string();
-        enc.encode(&mut block, b"x-envoy-expected-rq-timeout-ms", v.as_bytes(), false);
+        enc.encode(
+            &mut block,
+            b"x-envoy-expected-rq-timeout-ms",
+            v.as_bytes(),
+            false,
+        );
     }
     frame::write_headers(&mut out, sess.stream, &block, end, sess.frame_max);
     let (r, _) = s.write_all(out).await;
@@ -383,6 +395,7 @@ pub(super) async fn read_response<S: AsyncReadRent + AsyncWriteRent>(
     sess: &mut Session,
     rbuf: &mut BytesMut,
     req: &Request,
+    mx: Mx<'_>,
 ) -> Result<Response, Failed> {
     loop {
         let Some((h, p)) = stream_frame(s, sess, rbuf, false).await? else {
@@ -405,13 +418,19 @@ pub(super) async fn read_response<S: AsyncReadRent + AsyncWriteRent>(
             continue;
         }
         sess.ended = end;
-        return Ok(response_head(status, &fields, end, req));
+        return Ok(response_head(status, &fields, end, req, mx));
     }
 }
 
 /// The HTTP/1.1 head of a response whose HEADERS carried `fields` (`end`: END_STREAM with
 /// them), as Envoy's HTTP/1.1 codec writes it.
-fn response_head(code: u16, fields: &[(Vec<u8>, Vec<u8>)], end: bool, req: &Request) -> Response {
+fn response_head(
+    code: u16,
+    fields: &[(Vec<u8>, Vec<u8>)],
+    end: bool,
+    req: &Request,
+    mx: Mx<'_>,
+) -> Response {
     let no_body = req.method == "HEAD" || code == 204 || code == 304;
     let length = fields
         .iter()
@@ -425,8 +444,16 @@ fn response_head(code: u16, fields: &[(Vec<u8>, Vec<u8>)], end: bool, req: &Requ
     };
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", reason(code)).as_bytes());
+    let mut peer = MetaId::NONE;
     for (n, v) in fields {
-        if n.starts_with(b":") || super::hop_by_hop(&String::from_utf8_lossy(n)) {
+        if let (Mx::Outbound { istio, .. }, true) = (mx, n == exchange::HEADER) {
+            // The first value, as HTTP/2's header list gives it.
+            if peer == MetaId::NONE {
+                peer = istio.peer_metadata(Some(v));
+            }
+        }
+        let name = String::from_utf8_lossy(n);
+        if n.starts_with(b":") || super::hop_by_hop(&name) || mx.drops(&name) {
             continue;
         }
         out.extend_from_slice(n);
@@ -434,6 +461,7 @@ fn response_head(code: u16, fields: &[(Vec<u8>, Vec<u8>)], end: bool, req: &Requ
         out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
     }
+    mx.write(&mut out, false);
     match framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(0) if length.is_none() && code != 204 && code != 304 && !no_body => {
@@ -450,7 +478,17 @@ fn response_head(code: u16, fields: &[(Vec<u8>, Vec<u8>)], end: bool, req: &Requ
         head: out,
         framing,
         reusable: true,
+        peer,
     }
+}
+
+/// The (name, value) pairs of HTTP/1.1 field lines (`name: value\r\n` each).
+fn head_fields(b: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    b.split(|&x| x == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r")?;
+        let colon = line.iter().position(|&x| x == b':')?;
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
+    })
 }
 
 /// Relays the response's body (its DATA frames, as chunks when `framing` is chunked) to the
@@ -596,23 +634,35 @@ mod tests {
 
     #[test]
     fn chunked_bodies_held_lose_their_framing() {
-        assert_eq!(dechunk(b"4;x=1\r\nWiki\r\n5\r\npedia\r\n0\r\nt: 1\r\n\r\n"), b"Wikipedia");
+        assert_eq!(
+            dechunk(b"4;x=1\r\nWiki\r\n5\r\npedia\r\n0\r\nt: 1\r\n\r\n"),
+            b"Wikipedia"
+        );
     }
 
     #[test]
     fn responses_are_framed_as_envoys_http1_codec_does() {
         let req = super::super::parse_request(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
         let f = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
-        let r = response_head(200, &[f(":status", "200"), f("x-a", "1")], false, &req);
+        let r = response_head(
+            200,
+            &[f(":status", "200"), f("x-a", "1")],
+            false,
+            &req,
+            Mx::Off,
+        );
         assert_eq!(r.framing, Framing::Chunked);
         assert_eq!(
             r.head,
             b"HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        let r = response_head(404, &[f("content-length", "3")], false, &req);
+        let r = response_head(404, &[f("content-length", "3")], false, &req, Mx::Off);
         assert_eq!(r.framing, Framing::Length(3));
-        assert_eq!(r.head, b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n");
-        let r = response_head(204, &[], true, &req);
+        assert_eq!(
+            r.head,
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n"
+        );
+        let r = response_head(204, &[], true, &req, Mx::Off);
         assert_eq!(r.head, b"HTTP/1.1 204 No Content\r\n\r\n");
     }
 }
