@@ -589,8 +589,7 @@ impl TripleListener {
                 grpc: None,
                 flags: (flags.bits(), &text),
                 peer,
-                // The metadata exchange is not read on HTTP/1.1 requests yet.
-                meta: crate::stats::istio::MetaId::NONE,
+                meta: lg.mx.peer,
             };
             istio.request_as(
                 crate::stats::istio::Protocol::Http,
