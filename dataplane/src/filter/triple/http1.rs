@@ -1492,7 +1492,7 @@ struct RetrySlot<'a> {
 impl RetrySlot<'_> {
     /// Whether the request may be retried (its slot taken now or before); counts an overflow.
     fn take(&mut self, pool: &Pool) -> bool {
-        if !self.taken && !self.breaker.try_start() {
+        if !self.breaker.admit(self.taken, pool.retry_load()) {
             pool.stats.inc(pool.ids.rq_retry_overflow);
             return false;
         }
