@@ -1414,6 +1414,24 @@ pub struct TripleListener {
     /// path with these routes (docs/decisions/0010-http1.md).
     #[serde(default, skip_serializing_if = "is_false")]
     pub http1: bool,
+    /// Istio's `istio.alpn` HTTP filter: the ALPN protocols a TLS upstream connection offers,
+    /// by the protocol the request goes upstream with, in place of its cluster's `alpn` (so an
+    /// Istio peer's inbound serves it on its HTTP chain); clusters with `keep_alpn` excepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn_override: Option<AlpnOverride>,
+}
+
+/// ALPN protocols per upstream HTTP protocol (`istio.alpn`'s `alpn_override`); an empty list
+/// overrides nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlpnOverride {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http10: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http11: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http2: Vec<String>,
 }
 
 impl TripleListener {
@@ -1457,6 +1475,7 @@ impl Default for TripleListener {
             ignore_port_in_host_matching: false,
             traffic_label: None,
             http1: false,
+            alpn_override: None,
         }
     }
 }
@@ -1986,6 +2005,11 @@ pub struct Cluster {
     /// decides; an endpoint no entry matches gets `tls`. See [`Cluster::transport_socket`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transport_socket_matches: Vec<TransportSocketMatch>,
+    /// A listener's `alpn_override` (Istio's `istio.alpn`) leaves this cluster's TLS ALPN as
+    /// given (xDS: the cluster's `metadata.filter_metadata.istio.alpn_override: "false"`, which
+    /// istiod sets for a DestinationRule's own TLS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_alpn: bool,
     /// Envoy's `circuit_breakers` (default priority): limits on the whole cluster; see
     /// docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -2217,6 +2241,36 @@ pub struct CircuitBreakers {
     /// (`upstream_rq_pending_overflow`). Per shard as `max_requests`.
     #[serde(default = "default_max_requests")]
     pub max_pending_requests: u32,
+    /// Envoy's `retry_budget`: when set, it replaces `max_retries`: the retries in flight may
+    /// be `budget_percent` of the requests active and pending, at least `min_retry_concurrency`
+    /// (per shard: docs/governance.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's `circuit_breakers.thresholds[].retry_budget`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Percent (0 to 100) of the cluster's active and pending requests that may be retries
+    /// in flight (Envoy's default 20).
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: Percent,
+    /// Retries in flight allowed whatever the load (Envoy's default 3).
+    #[serde(default = "default_min_retry_concurrency")]
+    pub min_retry_concurrency: u32,
+}
+
+/// Envoy's default `retry_budget.budget_percent`.
+pub const RETRY_BUDGET_PERCENT_DEFAULT: f64 = 20.0;
+/// Envoy's default `retry_budget.min_retry_concurrency`.
+pub const MIN_RETRY_CONCURRENCY_DEFAULT: u32 = 3;
+
+fn default_budget_percent() -> Percent {
+    Percent(RETRY_BUDGET_PERCENT_DEFAULT)
+}
+fn default_min_retry_concurrency() -> u32 {
+    MIN_RETRY_CONCURRENCY_DEFAULT
 }
 
 fn default_max_requests() -> u32 {
@@ -3380,6 +3434,15 @@ fn validate_cluster_limits(
             err(
                 at("outlier_detection.failure_percentage.threshold"),
                 format!("{} is out of range 0..=100", fp.threshold),
+            );
+        }
+    }
+    if let Some(b) = c.circuit_breakers.and_then(|cb| cb.retry_budget) {
+        let p = b.budget_percent.0;
+        if !(0.0..=100.0).contains(&p) {
+            err(
+                at("circuit_breakers.retry_budget.budget_percent"),
+                format!("{p} is out of range 0..=100"),
             );
         }
     }

@@ -283,6 +283,16 @@ impl ClusterPool {
         pool
     }
 
+    /// What a `retry_budget` is a share of: this shard's requests to the cluster in flight
+    /// and waiting for a connection (Envoy's active and pending requests); 0 without a budget.
+    fn retry_load(&self) -> u32 {
+        if !self.retries.has_budget() {
+            return 0;
+        }
+        let active = self.breaker.as_ref().map_or(0, |b| b.active());
+        active + self.connecting_requests.get()
+    }
+
     /// Outlier detection's interval (failure percentage, success rate).
     fn interval(&self) {
         crate::cluster::interval(
@@ -883,7 +893,7 @@ impl UpConn {
             pool.stats.inc(pool.ids.rq_retry_limit_exceeded);
             return Err(self.answered(p, false));
         }
-        if !a.slot && !pool.retries.try_start() {
+        if !pool.retries.admit(a.slot, pool.retry_load()) {
             pool.stats.inc(pool.ids.rq_retry_overflow);
             return Err(self.answered(p, false));
         }
@@ -1334,7 +1344,7 @@ async fn run(conn: Rc<UpConn>) {
         // The handshake and, when the provider's sidecar negotiated it, Istio's in-band
         // metadata exchange (bounded on its own), within the connect timeout.
         let connect = async {
-            let mut s = crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls).await?;
+            let mut s = crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls, None).await?;
             if crate::io::peer_exchange::negotiated(s.alpn_protocol().as_deref()) {
                 let ours = conn.pool.stats.stats.istio_node();
                 let side = crate::io::peer_exchange::Side::Client;
