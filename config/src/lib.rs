@@ -2300,6 +2300,36 @@ pub struct CircuitBreakers {
     /// (`upstream_rq_pending_overflow`). Per shard as `max_requests`.
     #[serde(default = "default_max_requests")]
     pub max_pending_requests: u32,
+    /// Envoy's `retry_budget`: when set, it replaces `max_retries`: the retries in flight may
+    /// be `budget_percent` of the requests active and pending, at least `min_retry_concurrency`
+    /// (per shard: docs/governance.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's `circuit_breakers.thresholds[].retry_budget`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Percent (0 to 100) of the cluster's active and pending requests that may be retries
+    /// in flight (Envoy's default 20).
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: Percent,
+    /// Retries in flight allowed whatever the load (Envoy's default 3).
+    #[serde(default = "default_min_retry_concurrency")]
+    pub min_retry_concurrency: u32,
+}
+
+/// Envoy's default `retry_budget.budget_percent`.
+pub const RETRY_BUDGET_PERCENT_DEFAULT: f64 = 20.0;
+/// Envoy's default `retry_budget.min_retry_concurrency`.
+pub const MIN_RETRY_CONCURRENCY_DEFAULT: u32 = 3;
+
+fn default_budget_percent() -> Percent {
+    Percent(RETRY_BUDGET_PERCENT_DEFAULT)
+}
+fn default_min_retry_concurrency() -> u32 {
+    MIN_RETRY_CONCURRENCY_DEFAULT
 }
 
 fn default_max_requests() -> u32 {
@@ -3491,6 +3521,15 @@ fn validate_cluster_limits(
             err(
                 at("outlier_detection.failure_percentage.threshold"),
                 format!("{} is out of range 0..=100", fp.threshold),
+            );
+        }
+    }
+    if let Some(b) = c.circuit_breakers.and_then(|cb| cb.retry_budget) {
+        let p = b.budget_percent.0;
+        if !(0.0..=100.0).contains(&p) {
+            err(
+                at("circuit_breakers.retry_budget.budget_percent"),
+                format!("{p} is out of range 0..=100"),
             );
         }
     }

@@ -875,10 +875,37 @@ fn circuit_breakers_take_envoy_defaults_and_name_a_zero_field() {
             max_retries: 3,
             max_connections: 2,
             max_pending_requests: 0,
+            retry_budget: None,
         })
     );
     let e = errors(&with("{max_connections: 0}"));
     assert_eq!(e[0].field, "clusters[0].circuit_breakers.max_connections");
+    let c = Config::from_yaml("c.yaml", &with("{retry_budget: {}}")).unwrap();
+    assert_eq!(
+        c.clusters[0].circuit_breakers.unwrap().retry_budget,
+        Some(RetryBudget {
+            budget_percent: Percent(20.0),
+            min_retry_concurrency: 3,
+        }),
+        "Envoy's defaults"
+    );
+    let c = Config::from_yaml(
+        "c.yaml",
+        &with("{retry_budget: {budget_percent: 50, min_retry_concurrency: 1}}"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.clusters[0].circuit_breakers.unwrap().retry_budget,
+        Some(RetryBudget {
+            budget_percent: Percent(50.0),
+            min_retry_concurrency: 1,
+        })
+    );
+    let e = errors(&with("{retry_budget: {budget_percent: 120}}"));
+    assert_eq!(
+        e[0].field,
+        "clusters[0].circuit_breakers.retry_budget.budget_percent"
+    );
 }
 
 #[test]

@@ -1314,6 +1314,128 @@ fn retry_policy_matches_envoy() {
     assert_eq!(stat(&rs, "cluster.a.upstream_rq_retry"), 6);
 }
 
+/// Runs `plan` (calls with their start times and metadata: tests/peers/grpc/burst_client.py)
+/// through `target` from grpcio callers on 6 channels; each call's JSON outcome, in plan order.
+fn burst(target: SocketAddr, plan: &serde_json::Value) -> Vec<serde_json::Value> {
+    use common::grpc::{run_with_deadline, Peer};
+    let mut cmd = Peer::Grpc.command("burst_client.py");
+    cmd.args(["--target", &target.to_string(), "--channels", "6"])
+        .args(["--plan", &plan.to_string()]);
+    let out = run_with_deadline(cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "burst_client: {e}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The arrival times (ms) of each key's tries at a grpcio server started with `--on-command`.
+fn provider_tries(provider: SocketAddr) -> HashMap<String, Vec<f64>> {
+    use common::grpc::{grpc_call, Call, CallOpts};
+    let out = grpc_call(provider, &CallOpts::new(Call::Unary).meta("x-dump", "1"));
+    assert!(out.ok, "dump: {out:?}");
+    serde_json::from_str(&out.replies[0].message).unwrap()
+}
+
+/// Envoy's retry budget (`circuit_breakers.thresholds[].retry_budget`, Envoy's
+/// `RetryBudgetImpl`), the same CDS/RDS through Envoy 1.40 and ringside (one shard): a grpcio
+/// provider failing on command the first try of some calls (UNAVAILABLE) and holding every
+/// answered try 4 s, grpcio callers on six channels. The budget (25 %, at least 2 retries in
+/// flight) replaces `max_retries` (3). Phase 1: 20 calls held, then 10 failing calls 150 ms
+/// apart: each retry is allowed while the retries in flight are under
+/// `max(2, 25 % × (active + pending))` = 5 with 20 to 25 requests in flight, 6 with 24 to 27,
+/// so 6 are retried (answered OK) and 4 overflow (answered UNAVAILABLE). Phase 2, nothing else
+/// in flight: 6 failing calls, 2 retried (the minimum), 4 overflow. Both proxies must count and
+/// answer exactly that; a build that ignores the budget (`max_retries` 3: 3 and 3 retried)
+/// fails.
+#[test]
+fn retry_budget_matches_envoy() {
+    use common::envoy::*;
+    use common::grpc::GrpcServer;
+    use common::xds::*;
+    use serde_json::json;
+    let provider = GrpcServer::start(0, "P", &["--on-command"]);
+    let snapshot = |listen: SocketAddr| {
+        let mut cluster = eds_cluster("a", true);
+        cluster["circuit_breakers"] = json!({"thresholds": [{
+            "priority": "DEFAULT",
+            "max_retries": 3,
+            "retry_budget": {"budget_percent": {"value": 25.0}, "min_retry_concurrency": 2}
+        }]});
+        json!({
+            "version": "rb1",
+            "listeners": [rds_listener("grpc_rb", listen, "rb_routes")],
+            "routes": [{"name": "rb_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a", "timeout": "30s",
+                    "retry_policy": {"retry_on": "unavailable", "num_retries": 1}}}]
+            }]}],
+            "clusters": [cluster],
+            "endpoints": [load_assignment("a", &[provider.addr()])]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-rb"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_rb", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_rb")
+            && dynamic_route_configs(d).iter().any(|r| r == "rb_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let rs = ringside_over_xds(&rs_xds, "oracle-rb", "", 1, "rb1", rs_listen);
+    // Per phase: (calls answered OK, answered UNAVAILABLE, retries, retry overflows).
+    let run = |who: &str, addr: SocketAddr, get: &dyn Fn(&str) -> u64| -> Vec<[u64; 4]> {
+        let held = |k: String, at: u64| json!({"at_ms": at, "metadata": {"x-key": k, "x-hold-ms": 4000}});
+        let failing = |k: String, at: u64| {
+            json!({"at_ms": at, "metadata": {"x-key": k, "x-fail-first": 1, "x-hold-ms": 4000}})
+        };
+        let phase1: Vec<_> = (0..20)
+            .map(|i| held(format!("{who}-h{i}"), 0))
+            .chain((0..10).map(|i| failing(format!("{who}-f{i}"), 600 + 150 * i)))
+            .collect();
+        let phase2: Vec<_> = (0..6)
+            .map(|i| failing(format!("{who}-g{i}"), 150 * i))
+            .collect();
+        let mut seen = Vec::new();
+        let (mut retries, mut overflows) = (0, 0);
+        for plan in [phase1, phase2] {
+            let out = burst(addr, &json!(plan));
+            let code = |c: u64| out.iter().filter(|o| o["code_number"] == c).count() as u64;
+            let r = get("cluster.a.upstream_rq_retry") - retries;
+            let o = get("cluster.a.upstream_rq_retry_overflow") - overflows;
+            (retries, overflows) = (retries + r, overflows + o);
+            seen.push([code(0), code(14), r, o]);
+        }
+        seen
+    };
+    let envoy_seen = run("envoy", envoy_listen, &|n| envoy.stat(n));
+    let rs_seen = run("ringside", rs_listen, &|n| stat(&rs, n) as u64);
+    assert_eq!(
+        envoy_seen,
+        [[26, 4, 6, 4], [2, 4, 2, 4]],
+        "Envoy, the oracle"
+    );
+    assert_eq!(rs_seen, envoy_seen, "ringside vs Envoy");
+    // Each retried call reached the provider twice, each overflowed one once.
+    let tries = provider_tries(provider.addr());
+    let twice = |who: &str| {
+        tries
+            .iter()
+            .filter(|(k, t)| k.starts_with(who) && t.len() == 2)
+            .count()
+    };
+    assert_eq!((twice("envoy-"), twice("ringside-")), (8, 8));
+}
+
 /// A Dubbo route's `retry_policy`: status 80 from a failing provider is sent again to the
 /// other one (the caller sees only its answers); with both failing, the policy's retries run
 /// out and the last answer goes back; tries past `per_try_timeout_ms` are given up in turn.

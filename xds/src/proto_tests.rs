@@ -1707,10 +1707,11 @@ fn circuit_breakers_default_priority_max_requests() {
             max_retries: 3,
             max_connections: 3,
             max_pending_requests: 0,
+            retry_budget: None,
         })
     );
     s.circuit_breakers.as_mut().unwrap().thresholds[1] = Thresholds::default();
-    let (_, c) = decode_cluster(&pack_any(s)).unwrap();
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(
         c.cluster.circuit_breakers,
         Some(config::CircuitBreakers {
@@ -1718,9 +1719,44 @@ fn circuit_breakers_default_priority_max_requests() {
             max_retries: 3,
             max_connections: 1024,
             max_pending_requests: 1024,
+            retry_budget: None,
         }),
         "Envoy's default"
     );
+    // A retry budget, empty: Envoy's defaults (20 %, 3); set: its values.
+    s.circuit_breakers.as_mut().unwrap().thresholds[1].retry_budget =
+        Some(Default::default());
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(
+        c.cluster.circuit_breakers.unwrap().retry_budget,
+        Some(config::RetryBudget {
+            budget_percent: config::Percent(20.0),
+            min_retry_concurrency: 3,
+        })
+    );
+    s.circuit_breakers.as_mut().unwrap().thresholds[1].retry_budget =
+        Some(cluster_pb::circuit_breakers::thresholds::RetryBudget {
+            budget_percent: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 12.5 }),
+            min_retry_concurrency: Some(UInt32Value { value: 0 }),
+            budget_interval: None,
+        });
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(
+        c.cluster.circuit_breakers.unwrap().retry_budget,
+        Some(config::RetryBudget {
+            budget_percent: config::Percent(12.5),
+            min_retry_concurrency: 0,
+        })
+    );
+    // Envoy 1.40's `budget_interval`: refused unless 0.
+    let t = &mut s.circuit_breakers.as_mut().unwrap().thresholds[1];
+    t.retry_budget.as_mut().unwrap().budget_interval =
+        Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        });
+    let e = decode_cluster(&pack_any(s)).unwrap_err().to_string();
+    assert!(e.contains("budget_interval"), "{e}");
 }
 
 #[test]

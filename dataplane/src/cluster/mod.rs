@@ -1085,6 +1085,11 @@ impl RequestBreaker {
         })
     }
 
+    /// Requests in flight to the cluster from this shard's pool.
+    pub fn active(&self) -> u32 {
+        self.active.get()
+    }
+
     /// Whether the breaker is open: `max` requests are in flight, a new one is refused.
     pub fn is_open(&self) -> bool {
         self.active.get() >= self.max
@@ -1145,30 +1150,62 @@ impl ConnBreaker {
 
 /// One shard's part of a cluster's `circuit_breakers.max_retries` (Envoy's default 3 without
 /// one): `ceil(max_retries / shards)` retries in flight on this shard, so retries cannot
-/// multiply the load on a cluster that is failing everything.
+/// multiply the load on a cluster that is failing everything. With a `retry_budget` (which
+/// replaces `max_retries`, as in Envoy's `RetryBudgetImpl`) the limit follows the load: this
+/// shard's retries in flight may be `budget_percent` of this shard's requests to the cluster
+/// active and pending, at least `ceil(min_retry_concurrency / shards)`.
 pub struct RetryBreaker {
+    /// Without a budget: the limit.
     pub max: u32,
+    /// With one: (fraction of the load, per-shard minimum).
+    budget: Option<(f64, u32)>,
     active: Cell<u32>,
 }
 
 impl RetryBreaker {
     pub fn for_shard(c: &config::Cluster, shards: usize) -> RetryBreaker {
+        let n = shards.max(1) as u32;
         let max = c
             .circuit_breakers
             .map_or(config::MAX_RETRIES_DEFAULT, |cb| cb.max_retries);
+        let budget = c
+            .circuit_breakers
+            .and_then(|cb| cb.retry_budget)
+            .map(|b| (b.budget_percent.0 / 100.0, b.min_retry_concurrency.div_ceil(n)));
         RetryBreaker {
-            max: max.div_ceil(shards.max(1) as u32),
+            max: max.div_ceil(n),
+            budget,
             active: Cell::new(0),
         }
     }
 
-    /// Takes a slot for one retry; false when `max` are in flight.
-    pub fn try_start(&self) -> bool {
+    /// Retries allowed in flight on this shard while `load` requests to the cluster are
+    /// active or pending on it: `max`, or with a budget Envoy's
+    /// `max(budget_percent / 100 × load, min_retry_concurrency)` (rounded down).
+    pub fn limit(&self, load: u32) -> u32 {
+        match self.budget {
+            None => self.max,
+            Some((fraction, min)) => ((fraction * f64::from(load)) as u32).max(min),
+        }
+    }
+
+    /// Whether the budget depends on the load (callers then count it).
+    pub fn has_budget(&self) -> bool {
+        self.budget.is_some()
+    }
+
+    /// Whether one more retry may go (Envoy's `retries().canCreate()`, checked at every
+    /// retry); `held`: the request already holds a slot from its previous retry (Envoy gives
+    /// it back and takes it again, so it is checked without its own), which it keeps; else a
+    /// slot is taken. False when the limit is reached (counting is the caller's).
+    pub fn admit(&self, held: bool, load: u32) -> bool {
         let n = self.active.get();
-        if n >= self.max {
+        if n - u32::from(held && n > 0) >= self.limit(load) {
             return false;
         }
-        self.active.set(n + 1);
+        if !held {
+            self.active.set(n + 1);
+        }
         true
     }
 

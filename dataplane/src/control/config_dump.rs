@@ -384,10 +384,11 @@ fn cluster(c: &config::Cluster) -> Value {
         json!(duration_ms(c.connect_timeout_ms)),
     );
     if let Some(b) = c.circuit_breakers {
-        o.insert(
-            "circuit_breakers".into(),
-            json!({"thresholds": [{"max_connections": b.max_connections, "max_pending_requests": b.max_pending_requests, "max_requests": b.max_requests, "max_retries": b.max_retries}]}),
-        );
+        let mut t = json!({"max_connections": b.max_connections, "max_pending_requests": b.max_pending_requests, "max_requests": b.max_requests, "max_retries": b.max_retries});
+        if let Some(r) = b.retry_budget {
+            t["retry_budget"] = json!({"budget_percent": {"value": r.budget_percent.0}, "min_retry_concurrency": r.min_retry_concurrency});
+        }
+        o.insert("circuit_breakers".into(), json!({ "thresholds": [t] }));
     }
     if let Some(d) = c.outlier_detection {
         let mut od = json!({"consecutive_5xx": d.consecutive_errors,

@@ -8,9 +8,16 @@ upstream answered), the request metadata whose keys start with tri- or x- (and t
 keys traceparent, tracestate, b3), and echoes the request payload; trailers carry x-server=NAME. --delay-ms sleeps before each reply (deadline tests);
 --status makes every call fail with that gRPC status (e.g. NOT_FOUND) after the delay;
 --initial-metadata k=v (repeatable) is sent in every call's response headers.
+--on-command (retry tests): a SayHello call's metadata says what happens to it: `x-key: K` names
+the call (its tries are counted and their arrival times kept, in ms since the server started),
+`x-fail-first: N` fails the first N tries of K with UNAVAILABLE (trailers-only, before any
+message), `x-hold-ms: M` holds a try that is answered OK for M ms; a call with `x-dump: 1`
+gets the arrival times of every key's tries as JSON ({"K": [ms, ...]}) in its reply's message.
 Exits 0 on SIGTERM or SIGINT.
 """
 import asyncio
+import json
+import time
 import signal
 import sys
 
@@ -41,6 +48,27 @@ class Greeter(pb2_grpc.GreeterServicer):
         self.status = getattr(grpc.StatusCode, args.status) if args.status else None
         self.message = args.message
         self.initial = tuple(tuple(kv.split("=", 1)) for kv in args.initial_metadata)
+        self.on_command = args.on_command
+        self.tries = {}
+        self.t0 = time.monotonic()
+
+    async def _on_command(self, context):
+        """--on-command: records the try; returns the dump to reply with, if asked for."""
+        md = dict(context.invocation_metadata())
+        if md.get("x-dump") == "1":
+            return json.dumps(self.tries)
+        key = md.get("x-key")
+        if key is None:
+            return None
+        tries = self.tries.setdefault(key, [])
+        tries.append(round((time.monotonic() - self.t0) * 1000.0, 3))
+        if len(tries) <= int(md.get("x-fail-first", "0")):
+            context.set_trailing_metadata((("x-server", self.name),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"try {len(tries)} failed on command")
+        hold = int(md.get("x-hold-ms", "0"))
+        if hold:
+            await asyncio.sleep(hold / 1000.0)
+        return None
 
     async def _before_reply(self, context):
         if self.initial:
@@ -62,6 +90,10 @@ class Greeter(pb2_grpc.GreeterServicer):
         )
 
     async def SayHello(self, request, context):
+        if self.on_command:
+            dump = await self._on_command(context)
+            if dump is not None:
+                return self.reply(context, request, 0, message=dump)
         await self._before_reply(context)
         return self.reply(context, request, 0)
 
@@ -120,6 +152,8 @@ def main():
     p.add_argument("--status", default=None, help="grpc.StatusCode name every call fails with")
     p.add_argument("--message", default="failed on purpose")
     p.add_argument("--initial-metadata", action="append", default=[], help="k=v, repeatable")
+    p.add_argument("--on-command", action="store_true",
+                   help="x-key / x-fail-first / x-hold-ms / x-dump metadata (see above)")
     args = p.parse_args()
     if args.status and not hasattr(grpc.StatusCode, args.status):
         p.error(f"--status: no grpc.StatusCode.{args.status}")

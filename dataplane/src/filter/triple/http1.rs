@@ -32,6 +32,7 @@ use crate::access_log::{Flags, Part};
 use crate::cluster::{Availability, ShardCluster};
 use crate::filter::Drain;
 use crate::io::READ_CHUNK_BYTES;
+use crate::stats::istio::{exchange, IstioListener, MetaId};
 
 /// A request head (request line and fields) larger than this is answered 431 (Envoy's
 /// `max_request_headers_kb` default, 60 KiB). The response head from an upstream is held to
@@ -400,6 +401,14 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     };
     header_list(&mut c.hl, &req, c.scheme);
     c.seen.begin(l, &c.hl);
+    if let (Some(i), Some(lg)) = (l.istio.as_ref().filter(|i| i.inbound()), &mut c.seen.lg) {
+        // istio-proxy's inbound `peer_metadata`, as on HTTP/2: the caller's sidecar names its
+        // workload.
+        let value = c.hl.get(exchange::HEADER);
+        lg.mx.id_received = c.hl.get(exchange::HEADER_ID).is_some();
+        lg.mx.value_received = value.is_some();
+        lg.mx.peer = i.peer_metadata(value);
+    }
     let started = Instant::now();
     // The body, unread, would be taken for the next request.
     let close = req.close || req.framing != Framing::Length(0);
@@ -964,7 +973,12 @@ fn response_field<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
 }
 
 /// The request head as it goes upstream.
-fn request_head(req: &Request, scheme: &str, request_id: impl FnOnce() -> String) -> Vec<u8> {
+fn request_head(
+    req: &Request,
+    scheme: &str,
+    request_id: impl FnOnce() -> String,
+    mx: Mx<'_>,
+) -> Vec<u8> {
     let mut h = Vec::with_capacity(
         256 + req
             .fields
@@ -984,6 +998,9 @@ fn request_head(req: &Request, scheme: &str, request_id: impl FnOnce() -> String
     let mut proto = false;
     let mut id = false;
     for (n, v) in &req.fields {
+        if mx.drops(n) {
+            continue;
+        }
         proto |= n == "x-forwarded-proto";
         id |= n == "x-request-id";
         h.extend_from_slice(n.as_bytes());
@@ -1002,6 +1019,7 @@ fn request_head(req: &Request, scheme: &str, request_id: impl FnOnce() -> String
         h.extend_from_slice(request_id().as_bytes());
         h.extend_from_slice(b"\r\n");
     }
+    mx.write(&mut h, true);
     match req.framing {
         Framing::Chunked => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(_) | Framing::UntilClose => {}
@@ -1034,9 +1052,85 @@ struct Response {
     framing: Framing,
     /// The upstream keeps the connection open after it.
     reusable: bool,
+    /// Outbound with Istio's metadata exchange: the upstream's workload its head named.
+    peer: MetaId,
 }
 
-fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Response, Local> {
+/// Istio's metadata exchange on one HTTP/1.1 exchange (`x-envoy-peer-metadata-id`,
+/// `x-envoy-peer-metadata`), done as on HTTP/2 (istio-proxy's `peer_metadata` filter, which
+/// works on HTTP requests of any codec): what the request head going upstream and the
+/// response head going back do with its two fields.
+#[derive(Clone, Copy)]
+enum Mx<'a> {
+    /// A listener without Istio's metrics: both pass untouched.
+    Off,
+    /// Inbound: both are removed from the request; the response's own are replaced by ours,
+    /// each only when the request carried it (`Some`).
+    Inbound {
+        id: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+    },
+    /// Outbound: ours replace the app's on the request (none without xDS); the upstream's are
+    /// read from the response (its workload: `Response::peer`) and removed.
+    Outbound {
+        id: &'a [u8],
+        value: &'a [u8],
+        istio: &'a IstioListener,
+    },
+}
+
+impl<'a> Mx<'a> {
+    /// The exchange of the request `lg` records on listener `l`.
+    fn of(l: &'a TripleListener, lg: Option<&Logged>) -> Mx<'a> {
+        let (Some(i), Some(lg)) = (&l.istio, lg) else {
+            return Mx::Off;
+        };
+        let (id, value) = i.own_exchange();
+        match i.inbound() {
+            true => {
+                let ours = !value.is_empty();
+                Mx::Inbound {
+                    id: (ours && lg.mx.id_received).then_some(id),
+                    value: (ours && lg.mx.value_received).then_some(value),
+                }
+            }
+            false => Mx::Outbound {
+                id,
+                value,
+                istio: i,
+            },
+        }
+    }
+
+    /// Whether a field named `name` (lower case) is the exchange's, not passed on.
+    fn drops(&self, name: &str) -> bool {
+        !matches!(self, Mx::Off) && exchange::is_header(name.as_bytes())
+    }
+
+    /// Appends the exchange's fields that `head` (a request's when `request`) carries.
+    fn write(&self, head: &mut Vec<u8>, request: bool) {
+        let (id, value) = match (*self, request) {
+            (Mx::Inbound { id, value }, false) => (id, value),
+            (Mx::Outbound { id, value, .. }, true) if !value.is_empty() => (Some(id), Some(value)),
+            _ => return,
+        };
+        for (n, v) in [(exchange::HEADER_ID, id), (exchange::HEADER, value)] {
+            if let Some(v) = v {
+                head.extend_from_slice(n);
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(v);
+                head.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+fn parse_response(
+    head: &[u8],
+    method_head: bool,
+    close: bool,
+    mx: Mx<'_>,
+) -> Result<Response, Local> {
     let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut r = httparse::Response::new(&mut fields);
     match r.parse(head) {
@@ -1080,10 +1174,18 @@ fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Respons
     let mut out = Vec::with_capacity(head.len() + 32);
     out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", r.reason.unwrap_or("")).as_bytes());
     let upgrade = code == 101;
+    let mut peer = MetaId::NONE;
     for h in r.headers.iter() {
         let n = h.name.to_ascii_lowercase();
         let named = connection.iter().any(|v| contains_token(v, &n));
+        if let (Mx::Outbound { istio, .. }, true) = (mx, n.as_bytes() == exchange::HEADER) {
+            // The first value, as HTTP/2's header list gives it.
+            if peer == MetaId::NONE {
+                peer = istio.peer_metadata(Some(h.value));
+            }
+        }
         let keep = match n.as_str() {
+            _ if mx.drops(&n) => false,
             "transfer-encoding" => framing == Framing::Chunked,
             "upgrade" => upgrade,
             _ => !hop_by_hop(&n) && !named,
@@ -1095,6 +1197,7 @@ fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Respons
             out.extend_from_slice(b"\r\n");
         }
     }
+    mx.write(&mut out, false);
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
     } else if close || framing == Framing::UntilClose {
@@ -1106,6 +1209,7 @@ fn parse_response(head: &[u8], method_head: bool, close: bool) -> Result<Respons
         head: out,
         framing,
         reusable: !upstream_close && framing != Framing::UntilClose,
+        peer,
     })
 }
 
@@ -1122,7 +1226,8 @@ async fn forward<C: crate::io::Conn>(
     policy: Option<crate::route::RetryPolicy>,
     mirrors: &[Option<Rc<Pool>>],
 ) -> Result<Next, (Local, Option<bool>)> {
-    let head = request_head(req, c.scheme, || request_id(l));
+    let mx = Mx::of(l, c.seen.lg.as_deref());
+    let head = request_head(req, c.scheme, || request_id(l), mx);
     let mirroring = mirrors.iter().any(Option::is_some);
     let mut mirrored = !mirroring;
     let mut body = match req.framing == Framing::Length(0) {
@@ -1136,7 +1241,7 @@ async fn forward<C: crate::io::Conn>(
     };
     let (mut up, resp, mut rbuf) = loop {
         let got = one_try(
-            c, req, pool, &head, &mut body, &mut retry, deadline, mirroring,
+            c, req, pool, &head, &mut body, &mut retry, deadline, mirroring, mx,
         )
         .await;
         if !mirrored {
@@ -1188,6 +1293,9 @@ async fn forward<C: crate::io::Conn>(
     c.seen.code = resp.code;
     if let Some(lg) = c.seen.lg.as_mut() {
         lg.keep(Part::Response, |n| response_field(&resp.head, n));
+        if let Mx::Outbound { .. } = mx {
+            lg.mx.peer = resp.peer;
+        }
     }
     let (r, _) = c.s.write_all(resp.head.clone()).await;
     if r.is_err() {
@@ -1348,7 +1456,7 @@ struct RetrySlot<'a> {
 impl RetrySlot<'_> {
     /// Whether the request may be retried (its slot taken now or before); counts an overflow.
     fn take(&mut self, pool: &Pool) -> bool {
-        if !self.taken && !self.breaker.try_start() {
+        if !self.breaker.admit(self.taken, pool.retry_load()) {
             pool.stats.inc(pool.ids.rq_retry_overflow);
             return false;
         }
@@ -1379,6 +1487,7 @@ async fn one_try<C: crate::io::Conn>(
     retry: &mut Option<crate::route::Retry>,
     deadline: Option<Instant>,
     keep_body: bool,
+    mx: Mx<'_>,
 ) -> Result<(Up, Response, BytesMut), Failed> {
     let send = async {
         let mut up = upstream(c, pool, retry.as_ref())
@@ -1446,7 +1555,7 @@ async fn one_try<C: crate::io::Conn>(
                     HeadError::Closed => Failed::Lost,
                     _ => Failed::Final(Local::BadGateway),
                 })?;
-            let resp = parse_response(&rbuf[..n], req.method == "HEAD", req.close)
+            let resp = parse_response(&rbuf[..n], req.method == "HEAD", req.close, mx)
                 .map_err(Failed::Final)?;
             rbuf.advance(n);
             // Interim responses (100 Continue, 103) are dropped: the caller got its 100
@@ -1769,13 +1878,19 @@ mod tests {
             b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
             false,
             false,
+            Mx::Off,
         )
         .unwrap();
         assert_eq!(r.framing, Framing::Length(0));
-        let r =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false).unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            true,
+            false,
+            Mx::Off,
+        )
+        .unwrap();
         assert_eq!(r.framing, Framing::Length(0), "HEAD");
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false, false).unwrap();
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false, false, Mx::Off).unwrap();
         assert_eq!(r.framing, Framing::UntilClose);
         assert!(!r.reusable);
         assert!(r.head.ends_with(b"connection: close\r\n\r\n"));

@@ -564,9 +564,14 @@ impl TripleListener {
                 code,
                 grpc: None,
                 flags: (flags.bits(), &text),
-                peer,
-                // The metadata exchange is not read on HTTP/1.1 requests yet.
-                meta: crate::stats::istio::MetaId::NONE,
+                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS
+                // (not kept for HTTP/1.1 connections: unknown).
+                peer: if istio.inbound() {
+                    peer
+                } else {
+                    lg.upstream_peer
+                },
+                meta: lg.mx.peer,
             };
             istio.request_as(
                 crate::stats::istio::Protocol::Http,
@@ -693,6 +698,17 @@ pub struct Host {
 }
 
 impl Pool {
+    /// What a `retry_budget` is a share of: this shard's calls to the cluster open upstream
+    /// and waiting for room on a connection (Envoy's active and pending requests; HTTP/1.1
+    /// requests are not counted); 0 without a budget.
+    pub fn retry_load(&self) -> u32 {
+        if !self.retries.has_budget() {
+            return 0;
+        }
+        let active = self.breaker.as_ref().map_or(0, |b| b.active());
+        active + self.waiting.borrow().len() as u32
+    }
+
     pub fn new(
         c: &config::Cluster,
         lb: Rc<ShardCluster>,
