@@ -1446,6 +1446,24 @@ pub struct TripleListener {
     /// path with these routes (docs/decisions/0010-http1.md).
     #[serde(default, skip_serializing_if = "is_false")]
     pub http1: bool,
+    /// Istio's `istio.alpn` HTTP filter: the ALPN protocols a TLS upstream connection offers,
+    /// by the protocol the request goes upstream with, in place of its cluster's `alpn` (so an
+    /// Istio peer's inbound serves it on its HTTP chain); clusters with `keep_alpn` excepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn_override: Option<AlpnOverride>,
+}
+
+/// ALPN protocols per upstream HTTP protocol (`istio.alpn`'s `alpn_override`); an empty list
+/// overrides nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlpnOverride {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http10: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http11: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http2: Vec<String>,
 }
 
 impl TripleListener {
@@ -1489,6 +1507,7 @@ impl Default for TripleListener {
             ignore_port_in_host_matching: false,
             traffic_label: None,
             http1: false,
+            alpn_override: None,
         }
     }
 }
@@ -2018,6 +2037,11 @@ pub struct Cluster {
     /// decides; an endpoint no entry matches gets `tls`. See [`Cluster::transport_socket`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transport_socket_matches: Vec<TransportSocketMatch>,
+    /// A listener's `alpn_override` (Istio's `istio.alpn`) leaves this cluster's TLS ALPN as
+    /// given (xDS: the cluster's `metadata.filter_metadata.istio.alpn_override: "false"`, which
+    /// istiod sets for a DestinationRule's own TLS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_alpn: bool,
     /// Envoy's `circuit_breakers` (default priority): limits on the whole cluster; see
     /// docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]

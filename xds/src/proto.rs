@@ -669,6 +669,7 @@ fn chain_listener(
                 limit,
                 rbac,
                 http1,
+                alpn_override,
             } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
@@ -685,6 +686,7 @@ fn chain_listener(
             let mut t = TripleListener {
                 rbac,
                 http1,
+                alpn_override,
                 ..TripleListener::default()
             };
             routes.fill(&mut t);
@@ -1923,6 +1925,8 @@ struct HcmRes {
     rbac: Vec<config::Rbac>,
     /// `codec_type` AUTO or HTTP1: HTTP/1.1 connections are served too.
     http1: bool,
+    /// Istio's `istio.alpn` filter.
+    alpn_override: Option<config::AlpnOverride>,
 }
 
 /// An HTTP connection manager: its inline routes or RDS name, and its filters.
@@ -1933,6 +1937,7 @@ fn hcm(
 ) -> Result<HcmRes, TranslateError> {
     let mut limit = None;
     let mut rbac = Vec::new();
+    let mut alpn_override = None;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     let http1 = match CodecType::try_from(h.codec_type) {
         Ok(CodecType::Auto | CodecType::Http1) => true,
@@ -1979,6 +1984,12 @@ fn hcm(
             limit = Some(http_local_rate_limit(&rl, ctx, &fat)?);
             continue;
         }
+        // istio.alpn: the ALPN of TLS upstream connections per upstream protocol.
+        if let Some(a) = typed.filter(|a| config_type(a) == ISTIO_ALPN) {
+            let fat = format!("{at}.http_filters[{i}].typed_config");
+            alpn_override = Some(alpn_filter(a).map_err(|e| ctx.err(fat, e))?);
+            continue;
+        }
         // istiod's AuthorizationPolicy (DENY, ALLOW, AUDIT filters): checked per call before
         // routing, as Envoy runs them before the router.
         if let Some(a) = typed.filter(|a| a.type_url == rbac::HTTP_RBAC_TYPE) {
@@ -2006,6 +2017,7 @@ fn hcm(
             limit,
             rbac,
             http1,
+            alpn_override,
         }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -2021,6 +2033,7 @@ fn hcm(
                 limit,
                 rbac,
                 http1,
+                alpn_override,
             })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
@@ -2803,6 +2816,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         },
         tls,
         transport_socket_matches,
+        keep_alpn: keeps_alpn(c.metadata.as_ref()),
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref(), &ctx)?,
         outlier_detection: match &c.outlier_detection {
             Some(o) => outlier_detection(o, &ctx)?,
@@ -3579,6 +3593,77 @@ fn ignorable_network_filter(any: &Any) -> Option<&'static str> {
     }
 }
 
+/// istio-proxy's `istio.alpn` filter leaves a cluster's ALPN alone when the cluster's metadata
+/// says `istio: {alpn_override: "false"}` (istiod: a DestinationRule's own TLS).
+fn keeps_alpn(m: Option<&core_pb::Metadata>) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    m.and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|s| s.fields.get("alpn_override"))
+        .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(s)) if s == "false"))
+}
+
+/// `istio.alpn` (istio-proxy's `istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig`):
+/// `alpn_override` entries of (`upstream_protocol` HTTP10 = 0, HTTP11, HTTP2; the ALPN list).
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlpnFilterConfig {
+    #[prost(message, repeated, tag = "1")]
+    alpn_override: Vec<AlpnOverridePb>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlpnOverridePb {
+    #[prost(int32, tag = "1")]
+    upstream_protocol: i32,
+    #[prost(string, repeated, tag = "2")]
+    alpn_override: Vec<String>,
+}
+
+/// The ALPN lists of an `istio.alpn` filter (bare, or in a TypedStruct as JSON); a later entry
+/// for the same protocol replaces an earlier one.
+fn alpn_filter(any: &Any) -> Result<config::AlpnOverride, String> {
+    let entries: Vec<(i32, Vec<String>)> = if any.type_url == ISTIO_ALPN {
+        AlpnFilterConfig::decode(any.value.as_slice())
+            .map_err(|e| format!("cannot decode istio.alpn FilterConfig: {e}"))?
+            .alpn_override
+            .into_iter()
+            .map(|o| (o.upstream_protocol, o.alpn_override))
+            .collect()
+    } else {
+        let t = TypedStructFull::decode(any.value.as_slice())
+            .map_err(|e| format!("cannot decode TypedStruct: {e}"))?;
+        let json = struct_json(&t.value.unwrap_or_default());
+        let list = json.get("alpn_override").or_else(|| json.get("alpnOverride"));
+        let mut out = Vec::new();
+        for o in list.and_then(|l| l.as_array()).into_iter().flatten() {
+            let p = o.get("upstream_protocol").or_else(|| o.get("upstreamProtocol"));
+            let p = match p.and_then(|p| p.as_str()) {
+                None | Some("HTTP10") => 0,
+                Some("HTTP11") => 1,
+                Some("HTTP2") => 2,
+                Some(other) => return Err(format!("upstream_protocol {other:?} is not known")),
+            };
+            let alpn = o
+                .get("alpn_override")
+                .or_else(|| o.get("alpnOverride"))
+                .and_then(|a| a.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            out.push((p, alpn));
+        }
+        out
+    };
+    let mut out = config::AlpnOverride::default();
+    for (p, alpn) in entries {
+        match p {
+            0 => out.http10 = alpn,
+            1 => out.http11 = alpn,
+            2 => out.http2 = alpn,
+            other => return Err(format!("upstream_protocol {other} is not known")),
+        }
+    }
+    Ok(out)
+}
+
 /// Why an HTTP filter can be ignored; Err(reason) when ignoring it would change what the
 /// listener does (the listener is then refused).
 fn http_filter_decision(any: &Any) -> Result<&'static str, String> {
@@ -3586,7 +3671,6 @@ fn http_filter_decision(any: &Any) -> Result<&'static str, String> {
     match ty.as_str() {
         ISTIO_STATS => Ok("telemetry only"),
         ISTIO_PEER_METADATA | ISTIO_MX => Ok("peer metadata headers for telemetry only"),
-        ISTIO_ALPN => Ok("sets the ALPN of TLS upstreams only, which ringside refuses"),
         GRPC_STATS => Ok("telemetry only"),
         // Acts only on routes with a CORS policy, i.e. browser (gRPC-Web) preflights; ringside
         // speaks h2c gRPC/Triple, which browsers do not send.

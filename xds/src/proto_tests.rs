@@ -2443,3 +2443,100 @@ fn deny_json() -> serde_json::Value {
             "principals": [{"any": true}]}}}
     })
 }
+
+#[test]
+fn istio_alpn_filter_gives_the_listener_its_alpn_override() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+    let base: hcm_pb::HttpConnectionManager =
+        hcm_pb::HttpConnectionManager::decode(hcm_rds("r").value.as_slice()).unwrap();
+    let with = |f: Any| {
+        let mut h = base.clone();
+        h.http_filters.insert(0, http_filter("istio.alpn", f));
+        decode_listener(&crate::testing::listener("t", 1, pack_any(h)))
+    };
+    // istiod's filter (HTTP10 is the enum's zero: no upstream_protocol on the wire).
+    let entry = |p: i32, l: &[&str]| AlpnOverridePb {
+        upstream_protocol: p,
+        alpn_override: l.iter().map(|s| s.to_string()).collect(),
+    };
+    let istiod = AlpnFilterConfig {
+        alpn_override: vec![
+            entry(0, &["istio-http/1.0", "istio", "http/1.0"]),
+            entry(1, &["istio-http/1.1", "istio", "http/1.1"]),
+            entry(2, &["istio-h2", "istio", "h2"]),
+        ],
+    };
+    let (_, res) = with(any_of(ISTIO_ALPN, istiod.encode_to_vec())).unwrap();
+    let o = res.listener.triple.unwrap().alpn_override.unwrap();
+    assert_eq!(o.http10, ["istio-http/1.0", "istio", "http/1.0"]);
+    assert_eq!(o.http11, ["istio-http/1.1", "istio", "http/1.1"]);
+    assert_eq!(o.http2, ["istio-h2", "istio", "h2"]);
+    // The same as a TypedStruct (JSON).
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let obj = |p: Option<&str>, l: &[&str]| {
+        let mut fields: std::collections::HashMap<String, Value> = [(
+            "alpn_override".to_string(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: l.iter().map(|v| s(v)).collect(),
+                })),
+            },
+        )]
+        .into();
+        if let Some(p) = p {
+            fields.insert("upstream_protocol".into(), s(p));
+        }
+        Value {
+            kind: Some(Kind::StructValue(Struct { fields })),
+        }
+    };
+    let ts = TypedStructFull {
+        type_url: ISTIO_ALPN.into(),
+        value: Some(Struct {
+            fields: [(
+                "alpn_override".to_string(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue {
+                        values: vec![obj(Some("HTTP2"), &["istio-h2", "istio"])],
+                    })),
+                },
+            )]
+            .into(),
+        }),
+    };
+    let (_, res) = with(any_of(UDPA_TYPED_STRUCT, ts.encode_to_vec())).unwrap();
+    let o = res.listener.triple.unwrap().alpn_override.unwrap();
+    assert_eq!(o.http2, ["istio-h2", "istio"]);
+    assert!(o.http11.is_empty() && o.http10.is_empty());
+    let e = err_text(with(any_of(
+        ISTIO_ALPN,
+        AlpnFilterConfig {
+            alpn_override: vec![entry(7, &["x"])],
+        }
+        .encode_to_vec(),
+    )));
+    assert!(e.contains("upstream_protocol 7"), "{e}");
+    // Without the filter: none.
+    let (_, res) = decode_listener(&crate::testing::listener("t", 1, pack_any(base.clone()))).unwrap();
+    assert!(res.listener.triple.unwrap().alpn_override.is_none());
+
+    // A cluster istiod marks `istio.alpn_override: "false"` keeps its ALPN.
+    let mut k = cluster_static_pb("c", &[("10.0.0.1", 80)]);
+    let (_, c) = decode_cluster(&pack_any(k.clone())).unwrap();
+    assert!(!c.cluster.keep_alpn);
+    k.metadata = Some(Metadata {
+        filter_metadata: [(
+            "istio".to_string(),
+            Struct {
+                fields: [("alpn_override".to_string(), s("false"))].into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let (_, c) = decode_cluster(&pack_any(k)).unwrap();
+    assert!(c.cluster.keep_alpn);
+}

@@ -977,6 +977,7 @@ mod tests {
             overprovisioning: 0,
             locality_weighted: false,
             zone_aware: Default::default(),
+            keep_alpn: false,
         }
     }
 

@@ -334,6 +334,8 @@ pub struct Conn {
     /// Upstream side: `tls_peer` as the Istio metrics of one outbound listener label it (that
     /// listener's id, the peer): looked up once per connection and listener.
     istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
+    /// Upstream side: the ALPN it offers over TLS in place of its cluster's (`istio.alpn`).
+    pub alpn: crate::io::tls::AlpnOverride,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -390,6 +392,7 @@ impl Conn {
             rbac_peer: RefCell::new(None),
             tls_peer: RefCell::new(None),
             istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
+            alpn: None,
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -1680,9 +1683,9 @@ impl Conn {
                 self.fail_call(id, &CallError::NoOriginalDestination);
                 return Ok(());
             };
-            pool.connection_to(dst, self.limits, None)
+            pool.connection_to(dst, self.limits, &l.alpn.http2, None)
         } else {
-            pool.connection(self.limits, None, None, call.label)
+            pool.connection(self.limits, &l.alpn.http2, None, None, call.label)
         };
         let up = match up {
             Ok(up) => up,
@@ -2155,6 +2158,11 @@ impl Conn {
         let deadline = call
             .deadline
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(MIRROR_TIMEOUT_MS_DEFAULT));
+        let none = None;
+        let alpn = match &self.side {
+            Side::Down(l) => &l.alpn.http2,
+            Side::Up(_) => &none,
+        };
         for &c in &call.mirrors[..call.mirrors_len as usize] {
             let pool = &call.routes.pools[c];
             let dropped = || pool.stats.inc(pool.ids.rq_mirror_dropped);
@@ -2165,7 +2173,7 @@ impl Conn {
                 dropped();
                 continue;
             }
-            let Ok(up) = pool.connection(self.limits, None, None, call.label) else {
+            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label) else {
                 dropped();
                 continue;
             };
@@ -2915,8 +2923,10 @@ async fn flushed(conn: &Conn) {
 }
 
 /// A new upstream connection to `host` (connects in the background; frames queue meanwhile).
-pub fn connect(host: &Rc<Host>, limits: H2Limits) -> Rc<Conn> {
-    let conn = Rc::new(Conn::new(Side::Up(host.clone()), limits));
+pub fn connect(host: &Rc<Host>, limits: H2Limits, alpn: crate::io::tls::AlpnOverride) -> Rc<Conn> {
+    let mut conn = Conn::new(Side::Up(host.clone()), limits);
+    conn.alpn = alpn;
+    let conn = Rc::new(conn);
     conn.stream_ids.set(1);
     conn.greet(true);
     shard::monoio::spawn(run_upstream(conn.clone()));
@@ -2946,7 +2956,7 @@ async fn run_upstream(conn: Rc<Conn>) {
     if let Some(tls) = pool.lb.tls(host.index) {
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
-            crate::io::tls::connect(host.addr, &pool.lb.sources, &tls),
+            crate::io::tls::connect(host.addr, &pool.lb.sources, &tls, conn.alpn.as_deref()),
         )
         .await;
         return serve_upstream(conn, host, pool, connected).await;
