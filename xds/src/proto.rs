@@ -2849,13 +2849,13 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         priority_load: Vec::new(),
         priority_hosts: Vec::new(),
         overprovisioning: 0,
-        // Zone-aware routing (the other choice) is ignored: docs/governance.md#locality.
         locality_weighted: matches!(
             c.common_lb_config
                 .as_ref()
                 .and_then(|l| l.locality_config_specifier.as_ref()),
             Some(cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
         ),
+        zone_aware: zone_aware(c.common_lb_config.as_ref(), &ctx)?,
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -2953,6 +2953,36 @@ fn upstream_bind(b: &core_pb::BindConfig, ctx: &Ctx<'_>) -> Result<Vec<IpAddr>, 
         sources.push(ip);
     }
     Ok(sources)
+}
+
+/// CDS `common_lb_config.zone_aware_lb_config` (docs/governance.md#zone-aware-routing):
+/// Envoy's defaults without it (100 %, 6), as Envoy routes zone-aware whenever there is a
+/// local cluster.
+fn zone_aware(
+    common: Option<&cluster_pb::cluster::CommonLbConfig>,
+    ctx: &Ctx<'_>,
+) -> Result<config::ZoneAware, TranslateError> {
+    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier as L;
+    let mut out = config::ZoneAware::default();
+    let Some(L::ZoneAwareLbConfig(z)) = common.and_then(|c| c.locality_config_specifier.as_ref())
+    else {
+        return Ok(out);
+    };
+    if let Some(p) = &z.routing_enabled {
+        if !(0.0..=100.0).contains(&p.value) {
+            return Err(ctx.err(
+                "common_lb_config.zone_aware_lb_config.routing_enabled",
+                "must be within 0 and 100",
+            ));
+        }
+        // Envoy: PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT.
+        out.routing_enabled = p.value.round() as u32;
+    }
+    if let Some(m) = &z.min_cluster_size {
+        out.min_cluster_size = m.value;
+    }
+    out.fail_traffic_on_panic = z.fail_traffic_on_panic;
+    Ok(out)
 }
 
 // === endpoints ===
@@ -3115,6 +3145,21 @@ fn endpoints(
                     transport_socket_match,
                     tag,
                     locality: i as u32,
+                    region: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.region.clone())
+                        .unwrap_or_default(),
+                    zone: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.zone.clone())
+                        .unwrap_or_default(),
+                    sub_zone: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.sub_zone.clone())
+                        .unwrap_or_default(),
                     ..Default::default()
                 });
             }
@@ -3136,6 +3181,9 @@ fn endpoints(
             && m.weight == out.metadata[0].weight
             && m.transport_socket_match.is_empty()
             && m.tag.is_empty()
+            && m.region.is_empty()
+            && m.zone.is_empty()
+            && m.sub_zone.is_empty()
     };
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
