@@ -616,9 +616,76 @@ fn istio_metrics_name_the_upstreams_principal_on_outbound_grpc_calls() {
     for want in [
         "reporter=\"source\"".to_string(),
         format!("destination_principal=\"{PROVIDER_ID}\""),
+        // Our own certificate on the upstream connection (istio-proxy's
+        // uriSanLocalCertificate).
+        format!("source_principal=\"{CONSUMER_ID}\""),
         "destination_workload_namespace=\"default\"".to_string(),
         "destination_service_namespace=\"default\"".to_string(),
         "grpc_response_status=\"0\"".to_string(),
+    ] {
+        assert!(l.contains(&want), "{want} in {l}");
+    }
+}
+
+/// The same for Dubbo calls: a Dubbo consumer through ringside's outbound listener over
+/// mutual TLS to Envoy 1.40's inbound sidecar (tcp_proxy) in front of the provider; the
+/// upstream connection's principals label the calls (the provider's certificate is
+/// `destination_principal`, ours `source_principal`).
+#[test]
+fn istio_metrics_name_the_principals_of_outbound_dubbo_calls() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (e_admin, e_listen) = (local(free_port()), local(free_port()));
+    let inbound_ctx = envoy_tls_context(&pki, "provider", CONSUMER_ID, "istio");
+    let _envoy_in = start_envoy(
+        &envoy_sidecar(e_admin, e_listen, provider.addr, Some(inbound_ctx), None),
+        e_admin,
+    );
+    let (r_admin, r_listen) = (local(free_port()), local(free_port()));
+    let yaml = outbound_yaml(
+        &pki,
+        r_admin,
+        r_listen,
+        "dubbo",
+        e_listen,
+        "consumer",
+        PROVIDER_ID,
+    )
+    .replacen("cluster: peer}", "cluster: peer, istio_metrics: source}", 1);
+    let out = start(&yaml, r_admin);
+    let mut c = Consumer::connect(r_listen);
+    for i in 0..3 {
+        let text = format!("x{i}");
+        assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let requests = loop {
+        let (code, scrape) = out.get("/stats/prometheus");
+        assert_eq!(code, 200);
+        let requests: Vec<String> = scrape
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .map(str::to_string)
+            .collect();
+        if requests.iter().any(|l| l.ends_with(" 3")) {
+            break requests;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "3 calls not counted: {requests:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let l = &requests[0];
+    for want in [
+        "reporter=\"source\"".to_string(),
+        format!("source_principal=\"{CONSUMER_ID}\""),
+        format!("destination_principal=\"{PROVIDER_ID}\""),
+        "destination_workload_namespace=\"default\"".to_string(),
+        "destination_service_namespace=\"default\"".to_string(),
+        "request_protocol=\"dubbo\"".to_string(),
+        "response_code=\"20\"".to_string(),
     ] {
         assert!(l.contains(&want), "{want} in {l}");
     }

@@ -44,6 +44,9 @@ pub struct ClientTls {
     pub config: Result<Arc<rustls::ClientConfig>, String>,
     /// The SNI; `None`: the endpoint's IP address (no SNI is sent for an address).
     pub sni: Option<ServerName<'static>>,
+    /// Our certificate's SPIFFE id, if it has one (Istio's `source_principal` of outbound
+    /// calls over this TLS: istio-proxy's `uriSanLocalCertificate`).
+    pub principal: Option<Arc<str>>,
 }
 
 /// One SDS secret as received: PEM text of a certificate chain and its key
@@ -448,7 +451,18 @@ fn client(t: &config::ClusterTls, secrets: &Secrets) -> Result<ClientTls, String
         .as_ref()
         .map(|s| ServerName::try_from(s.clone()).map_err(|e| format!("sni {s:?}: {e}")))
         .transpose()?;
-    Ok(ClientTls { config, sni })
+    // Our certificate's SPIFFE id (Istio's source_principal on outbound calls).
+    let principal = chain
+        .as_ref()
+        .and_then(|c| pem(c, Part::Chain).ok())
+        .and_then(|p| tls::certs(p).ok())
+        .and_then(|c| spiffe_id(c.first()?))
+        .map(Arc::from);
+    Ok(ClientTls {
+        config,
+        sni,
+        principal,
+    })
 }
 
 /// Connects to `addr` and completes a client handshake (the caller bounds the whole by its

@@ -132,6 +132,17 @@ impl PeerId {
     const OVERFLOW: PeerId = PeerId(u16::MAX);
 }
 
+/// An upstream TLS connection's principals (outbound listeners' `destination_principal` and
+/// `source_principal`), kept by the connection from its handshake.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamTls {
+    /// The SPIFFE id of the server's certificate (`None`: it has none).
+    pub peer: Option<Box<str>>,
+    /// The SPIFFE id of our certificate on the connection (`None`: none sent or configured,
+    /// or without one).
+    pub local: Option<std::sync::Arc<str>>,
+}
+
 /// Distinct `x-envoy-peer-metadata` values one listener decodes on one shard; a call with yet
 /// another is not counted in Istio's metrics (`istio.label_sets_overflow`).
 pub const PEER_METADATA_MAX: usize = 256;
@@ -215,9 +226,10 @@ pub struct IstioListener {
     node: Arc<Node>,
     /// Our certificate's SPIFFE id (inbound: `destination_principal` of mutual-TLS calls).
     local_principal: Option<Arc<str>>,
-    /// The principals of mutual-TLS peers seen, `PeerId` `i` at `i - 1` (`None`: a
-    /// certificate without a SPIFFE id); at most [`PEERS_MAX`].
-    peers: RefCell<Vec<Option<Box<str>>>>,
+    /// The principals of TLS peers seen, `PeerId` `i` at `i - 1`: the peer's (`None`: a
+    /// certificate without a SPIFFE id) and, for an upstream connection, ours on it (`None`:
+    /// no certificate, or one without a SPIFFE id); at most [`PEERS_MAX`].
+    peers: RefCell<Vec<(Option<Box<str>>, Option<Box<str>>)>>,
     table: RefCell<FxHashMap<Key, Ids>>,
     max: usize,
     overflow: StatId,
@@ -270,14 +282,32 @@ impl IstioListener {
         let Some(principal) = mutual else {
             return PeerId::NONE;
         };
+        self.entry(principal, None)
+    }
+
+    /// An upstream connection as an outbound listener labels it, from its TLS (`None`:
+    /// plaintext): the SPIFFE id of the server's certificate (`destination_principal`) and of
+    /// ours on the connection (`source_principal`, istio-proxy's `uriSanLocalCertificate`).
+    /// Once per connection and listener.
+    pub fn upstream(&self, tls: Option<&UpstreamTls>) -> PeerId {
+        let Some(t) = tls else {
+            return PeerId::NONE;
+        };
+        self.entry(t.peer.as_deref(), t.local.as_deref())
+    }
+
+    fn entry(&self, peer: Option<&str>, local: Option<&str>) -> PeerId {
         let mut peers = self.peers.borrow_mut();
-        if let Some(i) = peers.iter().position(|p| p.as_deref() == principal) {
+        if let Some(i) = peers
+            .iter()
+            .position(|(p, l)| p.as_deref() == peer && l.as_deref() == local)
+        {
             return PeerId(i as u16 + 1);
         }
         if peers.len() >= PEERS_MAX {
             return PeerId::OVERFLOW;
         }
-        peers.push(principal.map(Box::from));
+        peers.push((peer.map(Box::from), local.map(Box::from)));
         PeerId(peers.len() as u16)
     }
 
@@ -470,11 +500,15 @@ impl IstioListener {
         let u = || UNKNOWN.to_string();
         // Inbound mutual TLS: the peer's principal and ours (istio-proxy's values).
         let mutual = o.peer != PeerId::NONE;
-        let peer_principal = match o.peer.0 {
-            0 => None,
-            i => self.peers.borrow()[usize::from(i) - 1]
-                .as_deref()
-                .map(str::to_string),
+        let (peer_principal, upstream_local) = match o.peer.0 {
+            0 => (None, None),
+            i => {
+                let (p, l) = &self.peers.borrow()[usize::from(i) - 1];
+                (
+                    p.as_deref().map(str::to_string),
+                    l.as_deref().map(str::to_string),
+                )
+            }
         };
         let local_principal = || {
             self.local_principal
@@ -555,7 +589,8 @@ impl IstioListener {
                 l.push(("source_canonical_service", n.canonical_service.clone()));
                 l.push(("source_canonical_revision", n.canonical_revision.clone()));
                 l.push(("source_workload_namespace", n.namespace.clone()));
-                l.push(("source_principal", u()));
+                // Our certificate on the upstream connection.
+                l.push(("source_principal", upstream_local.unwrap_or_else(u)));
                 l.push(("source_app", n.app.clone()));
                 l.push(("source_version", n.version.clone()));
                 l.push(("source_cluster", n.cluster_id.clone()));

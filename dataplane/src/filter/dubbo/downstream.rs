@@ -410,24 +410,31 @@ impl DownConn {
     }
 
     /// Counts a finished call in Istio's metrics (when the listener has them): `status` the
-    /// Dubbo status it was answered with, `cluster` where it went.
+    /// Dubbo status it was answered with, `cluster` where it went, `up` the provider
+    /// connection it went on (outbound: its TLS names the principals).
     pub(crate) fn count_istio(
         &self,
         cluster: Option<&crate::cluster::ShardCluster>,
         status: u8,
         flags: Flags,
         started: Instant,
-        bytes_in: u32,
-        bytes_out: usize,
+        (bytes_in, bytes_out): (u32, usize),
+        up: Option<&super::upstream::UpConn>,
     ) {
         let Some(istio) = &self.l.istio else { return };
+        // Inbound: the caller's mutual TLS; outbound: the provider connection's.
+        let peer = match (istio.inbound(), up) {
+            (true, _) => self.peer,
+            (false, Some(up)) => up.istio_peer(istio),
+            (false, None) => crate::stats::istio::PeerId::NONE,
+        };
         let text = || flags.short_string();
         let o = crate::stats::istio::Outcome {
             cluster: cluster.map(|c| (c.ids.cx_total, c.name.as_str())),
             code: u32::from(status),
             grpc: None,
             flags: (flags.bits(), &text),
-            peer: self.peer,
+            peer,
             meta: crate::stats::istio::MetaId::NONE,
         };
         let us = started.elapsed().as_micros() as u64;
@@ -1327,8 +1334,8 @@ fn send(
             status,
             flags,
             conn.last_read.get(),
-            bytes_in,
-            len,
+            (bytes_in, len),
+            None,
         );
     } else if let Some(lg) = oneway_lg {
         conn.log_call(lg, 0, refused.flags(), refused.upstream(), cluster, 0);

@@ -166,6 +166,12 @@ pub struct UpConn {
     last_request: Cell<Instant>,
     last_read: Cell<Instant>,
     last_ping: Cell<Instant>,
+    /// Over TLS: the SPIFFE ids of the provider's certificate and of ours, set once the
+    /// handshake is done (Istio's outbound `destination_principal`, `source_principal`).
+    tls: RefCell<Option<crate::stats::istio::UpstreamTls>>,
+    /// `tls` as the Istio metrics of one outbound listener label it (that listener's id, the
+    /// peer): looked up once per connection and listener.
+    istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
 }
 
 /// One endpoint of a cluster, on one shard.
@@ -679,6 +685,8 @@ impl Host {
                 last_request: Cell::new(Instant::now()),
                 last_read: Cell::new(Instant::now()),
                 last_ping: Cell::new(Instant::now()),
+                tls: RefCell::new(None),
+                istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
             });
             conns.push(c.clone());
             if let Some(b) = &pool.conn_breaker {
@@ -831,8 +839,14 @@ impl UpConn {
                 let (status, len) = (frame[3], frame.len());
                 p.down.response(frame.freeze(), p.started, p.counted);
                 let lb = Some(&*self.pool.lb);
-                p.down
-                    .count_istio(lb, status, Flags::NONE, p.started, p.bytes_in, len);
+                p.down.count_istio(
+                    lb,
+                    status,
+                    Flags::NONE,
+                    p.started,
+                    (p.bytes_in, len),
+                    Some(self),
+                );
                 if let Some(lg) = p.log {
                     let addr = Some(self.host.addr);
                     p.down.log_call(lg, status, Flags::NONE, addr, cluster, len);
@@ -841,8 +855,10 @@ impl UpConn {
             Reply::Local(e) => {
                 let len = p.down.local_reply(p.id_down, &e, Some(p.counted));
                 let lb = Some(&*self.pool.lb);
+                let (status, flags) = (e.status().0, e.flags());
+                let bytes = (p.bytes_in, len);
                 p.down
-                    .count_istio(lb, e.status().0, e.flags(), p.started, p.bytes_in, len);
+                    .count_istio(lb, status, flags, p.started, bytes, Some(self));
                 if let Some(lg) = p.log {
                     let status = e.status().0;
                     let addr = e.upstream().or(Some(self.host.addr));
@@ -1190,6 +1206,23 @@ impl<T> InFlight<T> {
 }
 
 /// A connection dropped with a frame still charged (its writer was cancelled mid-write).
+impl UpConn {
+    /// This connection's TLS as outbound listener `i`'s metrics label it, looked up in its
+    /// table once per connection and listener.
+    pub(crate) fn istio_peer(
+        &self,
+        i: &crate::stats::istio::IstioListener,
+    ) -> crate::stats::istio::PeerId {
+        let (id, peer) = self.istio_peer.get();
+        if id == i.id() {
+            return peer;
+        }
+        let peer = i.upstream(self.tls.borrow().as_ref());
+        self.istio_peer.set((i.id(), peer));
+        peer
+    }
+}
+
 impl Drop for UpConn {
     fn drop(&mut self) {
         self.release_out();
@@ -1332,6 +1365,12 @@ async fn serve_upstream<S: crate::io::Conn>(
     }
     let _ = stream.set_nodelay(true);
     let _ = stream.set_keepalive(&pool.lb.keepalive);
+    *conn.tls.borrow_mut() = stream
+        .peer_principal()
+        .map(|p| crate::stats::istio::UpstreamTls {
+            peer: p.map(Box::from),
+            local: pool.lb.tls(host.index).and_then(|t| t.principal.clone()),
+        });
     pool.stats.inc(pool.lb.ids.cx_total);
     pool.stats.inc(host.ids.cx_total);
     pool.stats.inc(pool.lb.ids.cx_active);

@@ -328,9 +328,9 @@ pub struct Conn {
     /// Caller side, when the listener has HTTP rbac filters: what the rules know of the
     /// connection (set once when it is accepted).
     rbac_peer: RefCell<Option<crate::filter::rbac::ConnPeer>>,
-    /// Upstream side over TLS: the server certificate's SPIFFE id (`Some(None)`: a certificate
-    /// without one), set once the handshake is done.
-    tls_peer: RefCell<Option<Option<Box<str>>>>,
+    /// Upstream side over TLS: the SPIFFE ids of the server's certificate and of ours, set
+    /// once the handshake is done.
+    tls_peer: RefCell<Option<crate::stats::istio::UpstreamTls>>,
     /// Upstream side: `tls_peer` as the Istio metrics of one outbound listener label it (that
     /// listener's id, the peer): looked up once per connection and listener.
     istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
@@ -2012,7 +2012,7 @@ impl Conn {
         if id == i.id() {
             return peer;
         }
-        let peer = i.peer(self.tls_peer.borrow().as_ref().map(|p| p.as_deref()));
+        let peer = i.upstream(self.tls_peer.borrow().as_ref());
         self.istio_peer.set((i.id(), peer));
         peer
     }
@@ -3024,7 +3024,13 @@ async fn serve_upstream<S: crate::io::Conn>(
             pool.stats.inc(pool.lb.ids.cx_active);
             host.down_until.set(None);
             conn.open.set(true);
-            *conn.tls_peer.borrow_mut() = stream.peer_principal().map(|p| p.map(Box::from));
+            *conn.tls_peer.borrow_mut() =
+                stream
+                    .peer_principal()
+                    .map(|p| crate::stats::istio::UpstreamTls {
+                        peer: p.map(Box::from),
+                        local: pool.lb.tls(host.index).and_then(|t| t.principal.clone()),
+                    });
             let (r, w) = stream.into_split();
             let why = shard::monoio::select! {
                 why = async {

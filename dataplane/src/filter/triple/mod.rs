@@ -564,7 +564,13 @@ impl TripleListener {
                 code,
                 grpc: None,
                 flags: (flags.bits(), &text),
-                peer,
+                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS
+                // (not kept for HTTP/1.1 connections: unknown).
+                peer: if istio.inbound() {
+                    peer
+                } else {
+                    lg.upstream_peer
+                },
                 meta: lg.mx.peer,
             };
             istio.request_as(
