@@ -1414,6 +1414,24 @@ pub struct TripleListener {
     /// path with these routes (docs/decisions/0010-http1.md).
     #[serde(default, skip_serializing_if = "is_false")]
     pub http1: bool,
+    /// Istio's `istio.alpn` HTTP filter: the ALPN protocols a TLS upstream connection offers,
+    /// by the protocol the request goes upstream with, in place of its cluster's `alpn` (so an
+    /// Istio peer's inbound serves it on its HTTP chain); clusters with `keep_alpn` excepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn_override: Option<AlpnOverride>,
+}
+
+/// ALPN protocols per upstream HTTP protocol (`istio.alpn`'s `alpn_override`); an empty list
+/// overrides nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlpnOverride {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http10: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http11: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http2: Vec<String>,
 }
 
 impl TripleListener {
@@ -1457,6 +1475,7 @@ impl Default for TripleListener {
             ignore_port_in_host_matching: false,
             traffic_label: None,
             http1: false,
+            alpn_override: None,
         }
     }
 }
@@ -1502,6 +1521,48 @@ pub struct TripleMatch {
     pub unit: Option<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    /// The whole request path (without its query and fragment), for conditions that cannot be
+    /// said as `service` / `method` (HTTP paths, `path_separated_prefix`, case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Query parameters of the path (the first value of each name, not percent-decoded, as
+    /// Envoy's `query_parameters`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<QueryMatch>,
+}
+
+/// A condition on the request path without its query and fragment: exactly one of `exact`,
+/// `prefix`, `regex` (whole path), `separated_prefix` (the path is it or starts with it and
+/// `/`, Envoy's `path_separated_prefix`). `ignore_case` applies to all but `regex`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separated_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
+}
+
+/// A query parameter by name: exactly one of `exact`, `prefix`, `regex`, `present` (its first
+/// value, as sent: not percent-decoded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
 }
 
 /// A request header by (lower-case) name: exactly one of `exact`, `prefix`, `regex`, `present`.
@@ -1517,6 +1578,13 @@ pub struct HeaderMatch {
     pub regex: Option<String>,
     #[serde(default)]
     pub present: Option<bool>,
+    /// The condition's opposite (Envoy's `invert_match`): a request without the header still
+    /// fails an `exact`/`prefix`/`regex` condition unless `treat_missing_as_empty`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+    /// A missing header is matched as the empty value (Envoy's `treat_missing_header_as_empty`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub treat_missing_as_empty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -2006,6 +2074,11 @@ pub struct Cluster {
     /// decides; an endpoint no entry matches gets `tls`. See [`Cluster::transport_socket`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transport_socket_matches: Vec<TransportSocketMatch>,
+    /// A listener's `alpn_override` (Istio's `istio.alpn`) leaves this cluster's TLS ALPN as
+    /// given (xDS: the cluster's `metadata.filter_metadata.istio.alpn_override: "false"`, which
+    /// istiod sets for a DestinationRule's own TLS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_alpn: bool,
     /// Envoy's `circuit_breakers` (default priority): limits on the whole cluster; see
     /// docs/governance.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -3880,6 +3953,36 @@ pub(crate) fn validate_string_match(
     }
 }
 
+/// A path condition: exactly one kind; a `separated_prefix` starts with `/`, does not end with
+/// one and holds no `?` or `#` (Envoy refuses those too).
+fn validate_path_match(p: &PathMatch, field: String, err: &mut dyn FnMut(String, String)) {
+    let set = [
+        p.exact.is_some(),
+        p.prefix.is_some(),
+        p.regex.is_some(),
+        p.separated_prefix.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        err(
+            field.clone(),
+            "give exactly one of exact, prefix, regex, separated_prefix".into(),
+        );
+    }
+    if let Some(r) = &p.regex {
+        if let Err(e) = regex::bytes::Regex::new(r) {
+            err(format!("{field}.regex"), format!("invalid regex: {e}"));
+        }
+    }
+    if let Some(sp) = &p.separated_prefix {
+        if !sp.starts_with('/') || sp.ends_with('/') || sp.contains(['?', '#']) {
+            err(
+                format!("{field}.separated_prefix"),
+                format!("{sp:?}: starts with /, does not end with /, has no ? or #"),
+            );
+        }
+    }
+}
+
 /// A header condition: exactly one of exact, prefix, regex, present; an HTTP/2 name.
 pub(crate) fn validate_header_match(
     h: &HeaderMatch,
@@ -4068,6 +4171,32 @@ fn validate_triple_route(
     }
     for (k, h) in m.headers.iter().enumerate() {
         validate_header_match(h, rat(&format!("match.headers[{k}]")), err);
+    }
+    if let Some(p) = &m.path {
+        validate_path_match(p, rat("match.path"), err);
+    }
+    for (k, q) in m.query_parameters.iter().enumerate() {
+        let field = rat(&format!("match.query_parameters[{k}]"));
+        let set = [
+            q.exact.is_some(),
+            q.prefix.is_some(),
+            q.regex.is_some(),
+            q.present.is_some(),
+        ];
+        if set.iter().filter(|x| **x).count() != 1 {
+            err(
+                field.clone(),
+                "give exactly one of exact, prefix, regex, present".into(),
+            );
+        }
+        if q.name.is_empty() {
+            err(format!("{field}.name"), "empty".into());
+        }
+        if let Some(p) = &q.regex {
+            if let Err(e) = regex::bytes::Regex::new(p) {
+                err(format!("{field}.regex"), format!("invalid regex: {e}"));
+            }
+        }
     }
     validate_action(&r.route, clusters, true, rat, err);
     if let Some(b) = &r.local_rate_limit {

@@ -2865,3 +2865,254 @@ fn http1_inside_mtls_both_ways_under_istio_iptables_like_envoy() {
         assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
     }
 }
+
+/// The client sidecar of the `istio.alpn` test: two HTTP connection managers (codec AUTO)
+/// routing by Host (`app:8081`, HTTP/1.1; `app:50051`, gRPC) to clusters with istiod's
+/// auto-mTLS (`tlsMode-istio`, its ALPN `istio-peer-exchange`, `istio`) to the pod's ports,
+/// both with `use_downstream_protocol_config`: `alpn` on `listen` carries the stock fixture's
+/// `istio.alpn` filter (from `0.0.0.0_9080`), `plain` on `listen_plain` does not. For Envoy 1.40
+/// (`envoy`), which has no `istio.alpn`, what istio-proxy does is spelled out: `alpn` routes to
+/// copies of the clusters whose TLS offers the filter's list for the protocol the request goes
+/// upstream with (the downstream's: HTTP11's for 8081, HTTP2's for gRPC), as the filter's
+/// per-request override would (istio/proxy `source/extensions/filters/http/alpn/alpn_filter.cc`:
+/// `upstreamHttpProtocol(downstream protocol)`, then the override replaces the TLS context's
+/// ALPN; Envoy keys its pools by it, as separate clusters are).
+fn alpn_client_snapshot(
+    fx: &Value,
+    pki: &Pki,
+    listen: SocketAddr,
+    listen_plain: SocketAddr,
+    envoy: bool,
+) -> Value {
+    let alpn_filter = resource(fx, "listeners", "0.0.0.0_9080")["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "istio.alpn")
+        .unwrap()
+        .clone();
+    let overrides = alpn_filter["typed_config"]["alpn_override"].clone();
+    let override_for = |proto: &str| {
+        overrides
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["upstream_protocol"] == proto)
+            .unwrap()["alpn_override"]
+            .clone()
+    };
+    let mut matches = resource(
+        fx,
+        "clusters",
+        "outbound|9080||details.default.svc.cluster.local",
+    )["transport_socket_matches"]
+        .clone();
+    let m = &mut matches[0]["transport_socket"]["typed_config"];
+    m["sni"] = json!("outbound_.80_._.app.default.svc.cluster.local");
+    m["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+        ["match_subject_alt_names"] = json!([{"exact": PROVIDER_ID}]);
+    let cluster = |name: String, port: u16, alpn: Option<Value>| {
+        let mut ms = matches.clone();
+        if let Some(a) = alpn {
+            ms[0]["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] = a;
+        }
+        let app: SocketAddr = format!("{POD_IP}:{port}").parse().unwrap();
+        json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "transport_socket_matches": ms,
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
+                "endpoint": {"address": common::envoy::socket(app)},
+                "metadata": {"filter_metadata": {
+                    "envoy.transport_socket_match": {"tlsMode": "istio"}}}}]}]}})
+    };
+    // Envoy's `alpn` listener goes to the clusters named `...|alpn`.
+    let name = |port: u16, with: bool| match with && envoy {
+        true => format!("outbound|{port}||app|alpn"),
+        false => format!("outbound|{port}||app"),
+    };
+    let hcm = |lname: &str, addr: SocketAddr, with: bool| {
+        let vhost = |port: u16| {
+            json!({"name": format!("app-{port}"), "domains": [format!("app:{port}")],
+                "routes": [{"match": {"prefix": "/"},
+                            "route": {"cluster": name(port, with), "timeout": "5s"}}]})
+        };
+        let mut filters = vec![];
+        if with && !envoy {
+            filters.push(alpn_filter.clone());
+        }
+        filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+        json!({"name": lname, "address": common::envoy::socket(addr),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": lname,
+                    "route_config": {"name": lname, "virtual_hosts": [vhost(8081), vhost(50051)]},
+                    "http_filters": filters}}]}]})
+    };
+    let mut clusters = vec![
+        cluster(name(8081, false), 8081, None),
+        cluster(name(50051, false), 50051, None),
+    ];
+    if envoy {
+        clusters.push(cluster(name(8081, true), 8081, Some(override_for("HTTP11"))));
+        clusters.push(cluster(name(50051, true), 50051, Some(override_for("HTTP2"))));
+    }
+    let ca = pki.read("ca.pem");
+    json!({"version": "c",
+        "listeners": [hcm("alpn", listen, true), hcm("plain", listen_plain, false)],
+        "clusters": clusters,
+        "secrets": sds_secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)})
+}
+
+/// A gRPC call's outcome with the `x-forwarded-client-cert` its server saw.
+fn grpc_xfcc_outcome(target: SocketAddr, authority: &str) -> String {
+    let opts = common::grpc::CallOpts::new(common::grpc::Call::Unary)
+        .timeout_s(5.0)
+        .authority(authority);
+    let out = common::grpc::grpc_call(target, &opts);
+    if !out.ok {
+        return format!("{} {}", out.code, out.details);
+    }
+    let xfcc = out
+        .replies
+        .iter()
+        .flat_map(|r| &r.metadata)
+        .find_map(|m| m.strip_prefix("x-forwarded-client-cert="))
+        .unwrap_or("none");
+    format!("{} x-forwarded-client-cert={xfcc}", out.servers().join(","))
+}
+
+/// Istio's `istio.alpn` filter, as istio-proxy runs it. The pod runs Envoy 1.40 as its sidecar
+/// with the stock `virtualInbound` (Istio's chain matching: TLS with ALPN `istio-http/1.0`,
+/// `istio-http/1.1` or `istio-h2` takes `virtualInbound-catchall-http`, an HTTP connection
+/// manager that adds `x-forwarded-client-cert`; `istio-peer-exchange` or `istio` takes the
+/// TCP chain) in front of an HTTP/1.1 app on 8081 and a grpcio app on 50051, with Istio's
+/// iptables rules. Outside it a client sidecar ([`alpn_client_snapshot`]): through its `alpn`
+/// listener Python's http.client and grpcio reach the pod's HTTP chain; then through its
+/// `plain` listener (no filter) the same calls, which must not reuse the `alpn` listener's
+/// pooled connections (an HTTP/1.1 one gone idle, an HTTP/2 one still open) and so reach the
+/// TCP chain. Seen: the answers (with the header the app got), and the pod sidecar's counters
+/// of its HTTP chain's requests and its TCP chain's connections over the calls. Rows: Envoy
+/// 1.40 as the client sidecar with istio-proxy's behaviour spelled out (the oracle); ringside
+/// (io_uring, epoll) with the filter. Skipped (loudly) unless root.
+#[test]
+fn istio_alpn_takes_the_peers_http_chain_like_istio_proxy() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED istio_alpn_takes_the_peers_http_chain_like_istio_proxy: needs root (netns, iptables, setpriv)");
+        return;
+    }
+    let fx = fixture("stock");
+    let vi = resource(&fx, "listeners", "virtualInbound");
+    let clusters = json!([
+        resource(&fx, "clusters", "InboundPassthroughClusterIpv4"),
+        resource(&fx, "clusters", "BlackHoleCluster"),
+    ]);
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    let server_secrets = sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca);
+    let pod_8081: SocketAddr = format!("{POD_IP}:8081").parse().unwrap();
+    let xfcc = "/header/x-forwarded-client-cert";
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (client, cio) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let pod = Pod::new();
+        let mut servers = Vec::new();
+        let mut grpc = Vec::new();
+        let got = pod.pod.run(|| {
+            servers.push(Http1Server::start("0.0.0.0", 8081, "app-8081"));
+            grpc.push(common::grpc::GrpcServer::start(
+                50051,
+                "app-grpc",
+                &["--host", "0.0.0.0"],
+            ));
+            let snapshot = json!({"version": "in", "listeners": [vi], "clusters": clusters,
+                                  "secrets": server_secrets});
+            let proxy = PodProxy::start_with("envoy", "", &snapshot, true);
+            let ack = proxy.xds.wait_ack("lds", "in");
+            assert_eq!(ack["ack"], true, "{ack}");
+            wait_listening(local(15006));
+            let envoy = proxy._envoy.as_ref().unwrap();
+            let counters = || {
+                (
+                    envoy.stat("http.InboundPassthroughClusterIpv4.downstream_rq_total"),
+                    envoy.stat("tcp.InboundPassthroughClusterIpv4.downstream_cx_total"),
+                )
+            };
+            pod.client.run(|| {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                // The pod's sidecar warm (its secrets over SDS): the first call that answers.
+                let probe = json!([{"method": "GET", "path": "/probe", "host": "app"}]);
+                while !http1_tls_outcomes(&pki, "consumer", "istio-http/1.1", pod_8081, &probe)[0]
+                    .contains(" 200 ")
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let (listen, listen_plain) = (local(free_port()), local(free_port()));
+                let snap = alpn_client_snapshot(&fx, &pki, listen, listen_plain, client == "envoy");
+                let sidecar = ClientSidecar::start(client, cio, &snap);
+                wait_listening(listen);
+                wait_listening(listen_plain);
+                let warm = json!([{"method": "GET", "path": "/warm", "host": "app:8081"}]);
+                for l in [listen, listen_plain] {
+                    while !http1_outcomes(l, &warm)[0].contains(" 200 ")
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                // The pod sidecar's admin is in the pod's namespace.
+                let before = pod.pod.run(&counters);
+                let two = json!([{"method": "GET", "path": xfcc, "host": "app:8081"},
+                                 {"method": "POST", "path": xfcc, "host": "app:8081",
+                                  "body_len": 20000}]);
+                let mut got = http1_outcomes(listen, &two);
+                got.extend(http1_outcomes(listen_plain, &two));
+                got.push(grpc_xfcc_outcome(listen, "app:50051"));
+                got.push(grpc_xfcc_outcome(listen_plain, "app:50051"));
+                got.push(grpc_xfcc_outcome(listen, "app:50051"));
+                let after = pod.pod.run(&counters);
+                got.push(format!(
+                    "pod sidecar: HTTP chain requests {}, TCP chain connections {}",
+                    after.0 - before.0,
+                    after.1 - before.1
+                ));
+                drop(sidecar);
+                got
+            })
+        });
+        let who = format!("client {client} {cio}");
+        eprintln!("{who}: {got:#?}");
+        results.push((who, got));
+        drop(servers);
+        drop(grpc);
+    }
+    let want: Vec<String> = results[0].1.iter().map(|o| http1_comparable(o)).collect();
+    // The oracle: through `alpn`, the HTTP chain (the header it adds); through `plain`, the
+    // TCP chain (none), on connections of their own.
+    assert!(
+        want[0].contains("x-forwarded-client-cert=By=spiffe://"),
+        "{want:?}"
+    );
+    assert!(want[2].contains("x-forwarded-client-cert=none"), "{want:?}");
+    assert!(
+        want[4].starts_with("app-grpc x-forwarded-client-cert=By=spiffe://"),
+        "{want:?}"
+    );
+    assert_eq!(want[5], "app-grpc x-forwarded-client-cert=none", "{want:?}");
+    // (TCP chain connections: the warm-up's idle one may serve `plain`'s HTTP/1.1 requests.)
+    assert!(
+        want.last()
+            .unwrap()
+            .starts_with("pod sidecar: HTTP chain requests 4, TCP chain connections "),
+        "{want:?}"
+    );
+    for (who, got) in &results[1..] {
+        let got: Vec<String> = got.iter().map(|o| http1_comparable(o)).collect();
+        assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
+    }
+}

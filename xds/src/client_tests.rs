@@ -581,6 +581,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         priority_hosts: Vec::new(),
         overprovisioning: 0,
         locality_weighted: false,
+        keep_alpn: false,
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);
     server.next_sotw().await;

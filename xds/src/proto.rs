@@ -38,9 +38,9 @@ use prost::Message;
 
 use config::{
     ArgumentMatch, AttachmentMatch, ChainMatch, Cluster, DubboListener, DubboMatch, DubboRoute,
-    FilterChain, HeaderMatch, Inspector, LbPolicy, Listener, Protocol, Range, RouteAction,
-    SourceType, StringMatch, TokenBucket, TripleListener, TripleMatch, TripleRoute, VirtualHost,
-    WeightedCluster,
+    FilterChain, HeaderMatch, Inspector, LbPolicy, Listener, PathMatch, Protocol, QueryMatch,
+    Range, RouteAction, SourceType, StringMatch, TokenBucket, TripleListener, TripleMatch,
+    TripleRoute, VirtualHost, WeightedCluster,
 };
 
 use crate::TranslateError;
@@ -669,6 +669,7 @@ fn chain_listener(
                 limit,
                 rbac,
                 http1,
+                alpn_override,
             } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
@@ -685,6 +686,7 @@ fn chain_listener(
             let mut t = TripleListener {
                 rbac,
                 http1,
+                alpn_override,
                 ..TripleListener::default()
             };
             routes.fill(&mut t);
@@ -1059,6 +1061,36 @@ fn xds_pattern(
         }
         None => return Err(ctx.err(at, "missing match pattern")),
     })
+}
+
+/// A route's `query_parameters[]` entry: `string_match` (exact, prefix, regex; suffix and
+/// contains as regexes) or `present_match` (Envoy: present, whatever its value).
+fn query_match(
+    q: &route_pb::QueryParameterMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<QueryMatch, TranslateError> {
+    use route_pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    let mut out = QueryMatch {
+        name: q.name.clone(),
+        exact: None,
+        prefix: None,
+        regex: None,
+        present: None,
+    };
+    if q.name.is_empty() {
+        return Err(ctx.err(format!("{at}.name"), "empty"));
+    }
+    match &q.query_parameter_match_specifier {
+        Some(Q::StringMatch(sm)) => match pattern(sm, ctx, &format!("{at}.string_match"))? {
+            Pat::Exact(v) => out.exact = Some(v),
+            Pat::Prefix(v) => out.prefix = Some(v),
+            Pat::Regex(v) => out.regex = Some(v),
+        },
+        Some(Q::PresentMatch(_)) => out.present = Some(true),
+        None => return Err(ctx.err(at, "missing string_match or present_match")),
+    }
+    Ok(out)
 }
 
 fn string_match(p: &Pat) -> StringMatch {
@@ -1923,6 +1955,8 @@ struct HcmRes {
     rbac: Vec<config::Rbac>,
     /// `codec_type` AUTO or HTTP1: HTTP/1.1 connections are served too.
     http1: bool,
+    /// Istio's `istio.alpn` filter.
+    alpn_override: Option<config::AlpnOverride>,
 }
 
 /// An HTTP connection manager: its inline routes or RDS name, and its filters.
@@ -1933,6 +1967,7 @@ fn hcm(
 ) -> Result<HcmRes, TranslateError> {
     let mut limit = None;
     let mut rbac = Vec::new();
+    let mut alpn_override = None;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     let http1 = match CodecType::try_from(h.codec_type) {
         Ok(CodecType::Auto | CodecType::Http1) => true,
@@ -1979,6 +2014,12 @@ fn hcm(
             limit = Some(http_local_rate_limit(&rl, ctx, &fat)?);
             continue;
         }
+        // istio.alpn: the ALPN of TLS upstream connections per upstream protocol.
+        if let Some(a) = typed.filter(|a| config_type(a) == ISTIO_ALPN) {
+            let fat = format!("{at}.http_filters[{i}].typed_config");
+            alpn_override = Some(alpn_filter(a).map_err(|e| ctx.err(fat, e))?);
+            continue;
+        }
         // istiod's AuthorizationPolicy (DENY, ALLOW, AUDIT filters): checked per call before
         // routing, as Envoy runs them before the router.
         if let Some(a) = typed.filter(|a| a.type_url == rbac::HTTP_RBAC_TYPE) {
@@ -2006,6 +2047,7 @@ fn hcm(
             limit,
             rbac,
             http1,
+            alpn_override,
         }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -2021,6 +2063,7 @@ fn hcm(
                 limit,
                 rbac,
                 http1,
+                alpn_override,
             })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
@@ -2181,43 +2224,6 @@ fn route_configuration(
     Ok(out)
 }
 
-/// Splits a `:path` regex `/A/B` at its unescaped slashes outside character classes.
-fn split_path_regex(re: &str) -> Option<(String, String)> {
-    let mut parts = vec![String::new()];
-    let mut class = false;
-    let mut escaped = false;
-    for c in re.chars() {
-        let last = parts.last_mut()?;
-        if escaped {
-            escaped = false;
-            last.push(c);
-            continue;
-        }
-        match c {
-            '\\' => {
-                escaped = true;
-                last.push(c);
-            }
-            '[' => {
-                class = true;
-                last.push(c);
-            }
-            ']' => {
-                class = false;
-                last.push(c);
-            }
-            '/' if !class => parts.push(String::new()),
-            _ => last.push(c),
-        }
-    }
-    match parts.as_slice() {
-        [empty, a, b] if empty.is_empty() && !a.is_empty() && !b.is_empty() => {
-            Some((a.clone(), b.clone()))
-        }
-        _ => None,
-    }
-}
-
 fn triple_route(
     r: &route_pb::Route,
     ctx: &Ctx<'_>,
@@ -2237,17 +2243,26 @@ fn triple_route(
         return Err(ctx.err(format!("{at}.match"), "missing"));
     };
     let mat = format!("{at}.match");
-    if rm.case_sensitive.as_ref().is_some_and(|b| !b.value) {
-        return Err(ctx.err(
-            format!("{mat}.case_sensitive"),
-            "case-insensitive paths are not supported",
-        ));
-    }
+    // Envoy's `case_sensitive: false` folds ASCII case for `prefix`, `path` and
+    // `path_separated_prefix` (not `safe_regex`): those go to a whole-path condition.
+    let fold = rm.case_sensitive.as_ref().is_some_and(|b| !b.value);
+    let whole = |f: fn(&mut PathMatch, String), v: &str| {
+        let mut p = PathMatch {
+            ignore_case: fold,
+            ..Default::default()
+        };
+        f(&mut p, v.to_string());
+        Some(p)
+    };
     if rm.runtime_fraction.is_some() {
         return Err(ctx.err(format!("{mat}.runtime_fraction"), "not supported"));
     }
-    if !rm.query_parameters.is_empty() {
-        return Err(ctx.err(format!("{mat}.query_parameters"), "not supported"));
+    for (k, q) in rm.query_parameters.iter().enumerate() {
+        m.query_parameters.push(query_match(
+            q,
+            ctx,
+            &format!("{mat}.query_parameters[{k}]"),
+        )?);
     }
     if !rm.cookies.is_empty() {
         return Err(ctx.err(format!("{mat}.cookies"), "not supported"));
@@ -2262,15 +2277,24 @@ fn triple_route(
         return Err(ctx.err(format!("{mat}.filter_state"), "not supported"));
     }
     // `grpc: {}` matches gRPC requests only: every Triple stream is one, so it is accepted.
+    // A path that `/{service}/{method}` (split at the first `/` after the leading one) can
+    // say exactly stays in that form; any other goes to a whole-path condition.
     match &rm.path_specifier {
+        Some(P::Prefix(p)) if fold && p != "/" && !p.is_empty() => {
+            m.path = whole(|m, v| m.prefix = Some(v), p)
+        }
+        Some(P::Prefix(p)) if !p.starts_with('/') && !p.is_empty() => {
+            m.path = whole(|m, v| m.prefix = Some(v), p)
+        }
+        Some(P::Prefix(p))
+            if p.strip_prefix('/')
+                .and_then(|r| r.split_once('/'))
+                .is_some_and(|(svc, method)| svc.is_empty() || method.contains('/')) =>
+        {
+            m.path = whole(|m, v| m.prefix = Some(v), p)
+        }
         Some(P::Prefix(p)) => {
             let rest = p.strip_prefix('/').unwrap_or(p);
-            if !p.is_empty() && !p.starts_with('/') {
-                return Err(ctx.err(
-                    format!("{mat}.prefix"),
-                    format!("{p:?} does not start with /"),
-                ));
-            }
             match rest.split_once('/') {
                 None if rest.is_empty() => {}
                 None => {
@@ -2280,12 +2304,6 @@ fn triple_route(
                     })
                 }
                 Some((svc, method)) => {
-                    if method.contains('/') || svc.is_empty() {
-                        return Err(ctx.err(
-                            format!("{mat}.prefix"),
-                            format!("{p:?} is not /{{service}}/{{method prefix}}"),
-                        ));
-                    }
                     m.service = Some(StringMatch {
                         exact: Some(svc.to_string()),
                         ..Default::default()
@@ -2302,7 +2320,7 @@ fn triple_route(
         Some(P::Path(p)) => {
             let parts: Vec<&str> = p.split('/').collect();
             match parts.as_slice() {
-                ["", svc, method] if !svc.is_empty() && !method.is_empty() => {
+                ["", svc, method] if !svc.is_empty() && !method.is_empty() && !fold => {
                     m.service = Some(StringMatch {
                         exact: Some(svc.to_string()),
                         ..Default::default()
@@ -2312,45 +2330,27 @@ fn triple_route(
                         ..Default::default()
                     });
                 }
-                _ => {
-                    return Err(ctx.err(
-                        format!("{mat}.path"),
-                        format!("{p:?} is not /{{service}}/{{method}}"),
-                    ))
-                }
+                _ => m.path = whole(|m, v| m.exact = Some(v), p),
             }
         }
-        Some(P::SafeRegex(re)) => match split_path_regex(&re.regex) {
-            Some((svc, method)) => {
-                if svc != ".*" && svc != ".+" {
-                    m.service = Some(StringMatch {
-                        regex: Some(svc),
-                        ..Default::default()
-                    });
-                }
-                if method != ".*" && method != ".+" {
-                    m.method = Some(StringMatch {
-                        regex: Some(method),
-                        ..Default::default()
-                    });
-                }
-            }
-            None if re.regex == ".*" || re.regex == "/.*" => {}
-            None => {
-                return Err(ctx.err(
-                    format!("{mat}.safe_regex"),
-                    format!(
-                        "{:?} is not of the form /SERVICE_REGEX/METHOD_REGEX",
-                        re.regex
-                    ),
-                ))
-            }
-        },
+        // A regex is matched against the whole path (without its query), as Envoy does.
+        Some(P::SafeRegex(re)) if re.regex == ".*" || re.regex == "/.*" => {}
+        Some(P::SafeRegex(re)) => {
+            // (An invalid regex is refused by the config's validation, naming the route.)
+            m.path = Some(PathMatch {
+                regex: Some(re.regex.clone()),
+                ..Default::default()
+            })
+        }
         Some(P::PathSeparatedPrefix(p)) => {
-            return Err(ctx.err(
-                format!("{mat}.path_separated_prefix"),
-                format!("{p:?}: not supported"),
-            ))
+            // Envoy's own rule (its proto validation): no `?` or `#`, not ending in `/`.
+            if p.is_empty() || p.ends_with('/') || p.contains(['?', '#']) {
+                return Err(ctx.err(
+                    format!("{mat}.path_separated_prefix"),
+                    format!("{p:?}: must not be empty, end with / or hold ? or #"),
+                ));
+            }
+            m.path = whole(|m, v| m.separated_prefix = Some(v), p)
         }
         Some(P::ConnectMatcher(_)) => {
             return Err(ctx.err(format!("{mat}.connect_matcher"), "CONNECT is not supported"))
@@ -2362,7 +2362,15 @@ fn triple_route(
     }
     for (k, h) in rm.headers.iter().enumerate() {
         let hat = format!("{mat}.headers[{k}]");
-        let pat = header_pat(h, ctx, &hat)?;
+        // `invert_match` and `treat_missing_header_as_empty` (istiod's VirtualService
+        // `withoutHeaders`) are kept beside the condition.
+        let plain = route_pb::HeaderMatcher {
+            invert_match: false,
+            treat_missing_header_as_empty: false,
+            ..h.clone()
+        };
+        let (invert, treat_missing_as_empty) = (h.invert_match, h.treat_missing_header_as_empty);
+        let pat = header_pat(&plain, ctx, &hat)?;
         let name = h.name.to_ascii_lowercase();
         let dedicated = match name.as_str() {
             "tri-service-version" => Some(&mut m.version),
@@ -2370,9 +2378,14 @@ fn triple_route(
             "tri-unit-info" => Some(&mut m.unit),
             _ => None,
         };
+        let flagged = invert || treat_missing_as_empty;
         match (dedicated, pat) {
-            (Some(slot), HeaderPat::Pat(Pat::Exact(v))) if slot.is_none() => *slot = Some(v),
-            (_, HeaderPat::Pat(Pat::Exact(v))) if name == ":authority" && m.authority.is_none() => {
+            (Some(slot), HeaderPat::Pat(Pat::Exact(v))) if slot.is_none() && !flagged => {
+                *slot = Some(v)
+            }
+            (_, HeaderPat::Pat(Pat::Exact(v)))
+                if name == ":authority" && m.authority.is_none() && !flagged =>
+            {
                 m.authority = Some(StringMatch {
                     exact: Some(v),
                     ..Default::default()
@@ -2385,6 +2398,8 @@ fn triple_route(
                     prefix: None,
                     regex: None,
                     present: None,
+                    invert,
+                    treat_missing_as_empty,
                 };
                 match pat {
                     HeaderPat::Pat(Pat::Exact(s)) => hm.exact = Some(s),
@@ -2832,6 +2847,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         },
         tls,
         transport_socket_matches,
+        keep_alpn: keeps_alpn(c.metadata.as_ref()),
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref(), &ctx)?,
         outlier_detection: match &c.outlier_detection {
             Some(o) => outlier_detection(o, &ctx)?,
@@ -3560,6 +3576,77 @@ fn ignorable_network_filter(any: &Any) -> Option<&'static str> {
     }
 }
 
+/// istio-proxy's `istio.alpn` filter leaves a cluster's ALPN alone when the cluster's metadata
+/// says `istio: {alpn_override: "false"}` (istiod: a DestinationRule's own TLS).
+fn keeps_alpn(m: Option<&core_pb::Metadata>) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    m.and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|s| s.fields.get("alpn_override"))
+        .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(s)) if s == "false"))
+}
+
+/// `istio.alpn` (istio-proxy's `istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig`):
+/// `alpn_override` entries of (`upstream_protocol` HTTP10 = 0, HTTP11, HTTP2; the ALPN list).
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlpnFilterConfig {
+    #[prost(message, repeated, tag = "1")]
+    alpn_override: Vec<AlpnOverridePb>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlpnOverridePb {
+    #[prost(int32, tag = "1")]
+    upstream_protocol: i32,
+    #[prost(string, repeated, tag = "2")]
+    alpn_override: Vec<String>,
+}
+
+/// The ALPN lists of an `istio.alpn` filter (bare, or in a TypedStruct as JSON); a later entry
+/// for the same protocol replaces an earlier one.
+fn alpn_filter(any: &Any) -> Result<config::AlpnOverride, String> {
+    let entries: Vec<(i32, Vec<String>)> = if any.type_url == ISTIO_ALPN {
+        AlpnFilterConfig::decode(any.value.as_slice())
+            .map_err(|e| format!("cannot decode istio.alpn FilterConfig: {e}"))?
+            .alpn_override
+            .into_iter()
+            .map(|o| (o.upstream_protocol, o.alpn_override))
+            .collect()
+    } else {
+        let t = TypedStructFull::decode(any.value.as_slice())
+            .map_err(|e| format!("cannot decode TypedStruct: {e}"))?;
+        let json = struct_json(&t.value.unwrap_or_default());
+        let list = json.get("alpn_override").or_else(|| json.get("alpnOverride"));
+        let mut out = Vec::new();
+        for o in list.and_then(|l| l.as_array()).into_iter().flatten() {
+            let p = o.get("upstream_protocol").or_else(|| o.get("upstreamProtocol"));
+            let p = match p.and_then(|p| p.as_str()) {
+                None | Some("HTTP10") => 0,
+                Some("HTTP11") => 1,
+                Some("HTTP2") => 2,
+                Some(other) => return Err(format!("upstream_protocol {other:?} is not known")),
+            };
+            let alpn = o
+                .get("alpn_override")
+                .or_else(|| o.get("alpnOverride"))
+                .and_then(|a| a.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            out.push((p, alpn));
+        }
+        out
+    };
+    let mut out = config::AlpnOverride::default();
+    for (p, alpn) in entries {
+        match p {
+            0 => out.http10 = alpn,
+            1 => out.http11 = alpn,
+            2 => out.http2 = alpn,
+            other => return Err(format!("upstream_protocol {other} is not known")),
+        }
+    }
+    Ok(out)
+}
+
 /// Why an HTTP filter can be ignored; Err(reason) when ignoring it would change what the
 /// listener does (the listener is then refused).
 fn http_filter_decision(any: &Any) -> Result<&'static str, String> {
@@ -3567,7 +3654,6 @@ fn http_filter_decision(any: &Any) -> Result<&'static str, String> {
     match ty.as_str() {
         ISTIO_STATS => Ok("telemetry only"),
         ISTIO_PEER_METADATA | ISTIO_MX => Ok("peer metadata headers for telemetry only"),
-        ISTIO_ALPN => Ok("sets the ALPN of TLS upstreams only, which ringside refuses"),
         GRPC_STATS => Ok("telemetry only"),
         // Acts only on routes with a CORS policy, i.e. browser (gRPC-Web) preflights; ringside
         // speaks h2c gRPC/Triple, which browsers do not send.

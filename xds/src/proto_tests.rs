@@ -204,7 +204,7 @@ fn dubbo_proxy_routes() {
                 name: "env".into(),
                 exact: Some("gray".into()),
                 regex: None,
-                present: None
+                present: None,
             },
             AttachmentMatch {
                 name: "trace".into(),
@@ -609,14 +609,18 @@ fn hcm_inline_routes() {
                 exact: Some("gray".into()),
                 prefix: None,
                 regex: None,
-                present: None
+                present: None,
+                invert: false,
+                treat_missing_as_empty: false,
             },
             HeaderMatch {
                 name: "x-user".into(),
                 exact: None,
                 prefix: Some("vip".into()),
                 regex: None,
-                present: None
+                present: None,
+                invert: false,
+                treat_missing_as_empty: false,
             },
         ]
     );
@@ -624,17 +628,12 @@ fn hcm_inline_routes() {
     assert_eq!(routes[0].route.timeout_ms, Some(2000));
     assert_eq!(routes[1].matcher.service, exact("org.demo.Greeter"));
     assert_eq!(routes[1].matcher.method, None);
+    // A regex is matched against the whole path, as Envoy does.
+    assert_eq!(routes[2].matcher.service, None);
     assert_eq!(
-        routes[2].matcher.service,
-        Some(StringMatch {
-            regex: Some("org\\.demo\\..*".into()),
-            ..Default::default()
-        })
-    );
-    assert_eq!(
-        routes[2].matcher.method,
-        Some(StringMatch {
-            regex: Some("[^/]+".into()),
+        routes[2].matcher.path,
+        Some(config::PathMatch {
+            regex: Some("/org\\.demo\\..*/[^/]+".into()),
             ..Default::default()
         })
     );
@@ -768,10 +767,13 @@ fn hcm_nacks_name_the_field() {
         .push(route_pb::HeaderMatcher {
             name: "a".into(),
             invert_match: true,
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::RangeMatch(Default::default()),
+            ),
             ..Default::default()
         });
     let e = decode_route(&pack_any(rc)).unwrap_err().to_string();
-    assert_eq!(e, "route configuration \"rc\": field `virtual_hosts[0].routes[0].match.headers[0].invert_match`: inverted matches are not supported");
+    assert_eq!(e, "route configuration \"rc\": field `virtual_hosts[0].routes[0].match.headers[0].range_match`: range header matches are not supported");
 }
 
 #[test]
@@ -2443,4 +2445,101 @@ fn deny_json() -> serde_json::Value {
                 "path": [{"key": "method"}], "value": {"stringMatch": {"exact": "add"}}}}],
             "principals": [{"any": true}]}}}
     })
+}
+
+#[test]
+fn istio_alpn_filter_gives_the_listener_its_alpn_override() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+    let base: hcm_pb::HttpConnectionManager =
+        hcm_pb::HttpConnectionManager::decode(hcm_rds("r").value.as_slice()).unwrap();
+    let with = |f: Any| {
+        let mut h = base.clone();
+        h.http_filters.insert(0, http_filter("istio.alpn", f));
+        decode_listener(&crate::testing::listener("t", 1, pack_any(h)))
+    };
+    // istiod's filter (HTTP10 is the enum's zero: no upstream_protocol on the wire).
+    let entry = |p: i32, l: &[&str]| AlpnOverridePb {
+        upstream_protocol: p,
+        alpn_override: l.iter().map(|s| s.to_string()).collect(),
+    };
+    let istiod = AlpnFilterConfig {
+        alpn_override: vec![
+            entry(0, &["istio-http/1.0", "istio", "http/1.0"]),
+            entry(1, &["istio-http/1.1", "istio", "http/1.1"]),
+            entry(2, &["istio-h2", "istio", "h2"]),
+        ],
+    };
+    let (_, res) = with(any_of(ISTIO_ALPN, istiod.encode_to_vec())).unwrap();
+    let o = res.listener.triple.unwrap().alpn_override.unwrap();
+    assert_eq!(o.http10, ["istio-http/1.0", "istio", "http/1.0"]);
+    assert_eq!(o.http11, ["istio-http/1.1", "istio", "http/1.1"]);
+    assert_eq!(o.http2, ["istio-h2", "istio", "h2"]);
+    // The same as a TypedStruct (JSON).
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let obj = |p: Option<&str>, l: &[&str]| {
+        let mut fields: std::collections::HashMap<String, Value> = [(
+            "alpn_override".to_string(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: l.iter().map(|v| s(v)).collect(),
+                })),
+            },
+        )]
+        .into();
+        if let Some(p) = p {
+            fields.insert("upstream_protocol".into(), s(p));
+        }
+        Value {
+            kind: Some(Kind::StructValue(Struct { fields })),
+        }
+    };
+    let ts = TypedStructFull {
+        type_url: ISTIO_ALPN.into(),
+        value: Some(Struct {
+            fields: [(
+                "alpn_override".to_string(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue {
+                        values: vec![obj(Some("HTTP2"), &["istio-h2", "istio"])],
+                    })),
+                },
+            )]
+            .into(),
+        }),
+    };
+    let (_, res) = with(any_of(UDPA_TYPED_STRUCT, ts.encode_to_vec())).unwrap();
+    let o = res.listener.triple.unwrap().alpn_override.unwrap();
+    assert_eq!(o.http2, ["istio-h2", "istio"]);
+    assert!(o.http11.is_empty() && o.http10.is_empty());
+    let e = err_text(with(any_of(
+        ISTIO_ALPN,
+        AlpnFilterConfig {
+            alpn_override: vec![entry(7, &["x"])],
+        }
+        .encode_to_vec(),
+    )));
+    assert!(e.contains("upstream_protocol 7"), "{e}");
+    // Without the filter: none.
+    let (_, res) = decode_listener(&crate::testing::listener("t", 1, pack_any(base.clone()))).unwrap();
+    assert!(res.listener.triple.unwrap().alpn_override.is_none());
+
+    // A cluster istiod marks `istio.alpn_override: "false"` keeps its ALPN.
+    let mut k = cluster_static_pb("c", &[("10.0.0.1", 80)]);
+    let (_, c) = decode_cluster(&pack_any(k.clone())).unwrap();
+    assert!(!c.cluster.keep_alpn);
+    k.metadata = Some(Metadata {
+        filter_metadata: [(
+            "istio".to_string(),
+            Struct {
+                fields: [("alpn_override".to_string(), s("false"))].into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let (_, c) = decode_cluster(&pack_any(k)).unwrap();
+    assert!(c.cluster.keep_alpn);
 }

@@ -945,7 +945,7 @@ impl ShardCluster {
     async fn open(&self, i: usize, addr: SocketAddr) -> io::Result<UpstreamStream> {
         let stream = match self.tls(i) {
             Some(t) => {
-                let s = crate::io::tls::connect(addr, &self.sources, &t).await?;
+                let s = crate::io::tls::connect(addr, &self.sources, &t, None).await?;
                 UpstreamStream::Tls(Box::new(s))
             }
             None => {

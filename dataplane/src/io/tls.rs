@@ -465,14 +465,35 @@ fn client(t: &config::ClusterTls, secrets: &Secrets) -> Result<ClientTls, String
     })
 }
 
+/// ALPN protocols a TLS upstream connection offers in place of its cluster's `alpn` (a
+/// listener's `alpn_override`, Istio's `istio.alpn`); `None`: the cluster's. Pooled
+/// connections are reused only for the same ([`same_alpn`]).
+pub type AlpnOverride = Option<Arc<[String]>>;
+
+/// Whether two ALPN overrides are the same list (the same `Arc` first: the usual case).
+pub fn same_alpn(a: &AlpnOverride, b: &AlpnOverride) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a[..] == b[..],
+        _ => false,
+    }
+}
+
 /// Connects to `addr` and completes a client handshake (the caller bounds the whole by its
-/// connect timeout).
+/// connect timeout), offering `alpn` in place of the cluster's ALPN when given.
 pub async fn connect(
     addr: SocketAddr,
     sources: &[std::net::IpAddr],
     t: &ClientTls,
+    alpn: Option<&[String]>,
 ) -> io::Result<TlsConn> {
-    let config = t.config.clone().map_err(io::Error::other)?;
+    let mut config = t.config.clone().map_err(io::Error::other)?;
+    if let Some(list) = alpn {
+        // A copy sharing the rest (its session cache too); once per connection.
+        let mut c = (*config).clone();
+        c.alpn_protocols = list.iter().map(|p| p.as_bytes().to_vec()).collect();
+        config = Arc::new(c);
+    }
     let tcp = super::intercept::connect(addr, sources).await?;
     let _ = tcp.set_nodelay(true);
     let name = t

@@ -868,6 +868,7 @@ mod tests {
             priority_hosts: Vec::new(),
             overprovisioning: 0,
             locality_weighted: false,
+        keep_alpn: false,
         }
     }
 

@@ -850,6 +850,7 @@ impl ShardState {
                     .as_ref()
                     .map(|t| crate::cluster::LabelKeys::new(t.triple_keys())),
                 http1: t.http1,
+                alpn: crate::filter::triple::UpstreamAlpn::from_config(t.alpn_override.as_ref()),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {

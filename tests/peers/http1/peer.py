@@ -6,6 +6,7 @@ server: python peer.py server --host H --port P --name NAME
   rid=yes|no hop=HOP_BY_HOP_FIELDS_SEEN peer=PEER_IP (the request body read by its
   Content-Length or chunked), except: /status/N answers status N (no body for 204/304),
   /chunked answers with a chunked body of three chunks, /sleep/MS sleeps MS ms first, and
+  /header/NAME adds NAME=VALUE (the request's header NAME as it arrived, "none" without it),
   .../flaky/KEY/N/WHAT fails the first N requests with that KEY (counted by the server) as
   WHAT says: a status code (answered with an empty body), "reset" (the connection closed
   without an answer) or "slow" (answered as usual, 1.5 s late); its answer line ends
@@ -95,6 +96,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         line = "%s %s %s len=%d xfp=%s rid=%s hop=%s peer=%s\n" % (
             self.name, self.command, path, n, self.headers.get("x-forwarded-proto", "none"),
             "yes" if self.headers.get("x-request-id") else "no", hop, self.client_address[0])
+        if path.startswith("/header/"):
+            # The value of one request header (the path's last part), as it arrived.
+            line += "%s=%s\n" % (path.split("/")[2], self.headers.get(path.split("/")[2], "none"))
+            line = line.replace("\n", " ", 1)
         line = line.rstrip("\n") + tried + "\n"
         body = line.encode()
         self.send_response(200)

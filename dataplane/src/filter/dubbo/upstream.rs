@@ -1320,7 +1320,7 @@ async fn run(conn: Rc<UpConn>) {
     // timeout.
     if let Some(tls) = conn.pool.lb.tls(conn.host.index) {
         let connected = shard::monoio::select! {
-            c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls)) => c,
+            c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls, None)) => c,
             why = keeper(&conn) => return conn.close(&why),
         };
         return serve_upstream(conn, connected).await;

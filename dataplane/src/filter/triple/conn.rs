@@ -334,6 +334,8 @@ pub struct Conn {
     /// Upstream side: `tls_peer` as the Istio metrics of one outbound listener label it (that
     /// listener's id, the peer): looked up once per connection and listener.
     istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
+    /// Upstream side: the ALPN it offers over TLS in place of its cluster's (`istio.alpn`).
+    pub alpn: crate::io::tls::AlpnOverride,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -390,6 +392,7 @@ impl Conn {
             rbac_peer: RefCell::new(None),
             tls_peer: RefCell::new(None),
             istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
+            alpn: None,
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -1251,7 +1254,7 @@ impl Conn {
             }
         }
         let picked = pool
-            .retry_connection(h, self.limits, Some(self), policy.as_ref(), label)
+            .retry_connection(h, self.limits, &self.alpn, Some(self), policy.as_ref(), label)
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
         let Some((uid, up)) = picked else {
@@ -1367,6 +1370,7 @@ impl Conn {
             host: h.clone(),
             avoid: Rc::downgrade(self),
             limits: self.limits,
+            alpn: self.alpn.clone(),
             held,
             queue,
             no_credit,
@@ -1730,9 +1734,9 @@ impl Conn {
                 self.fail_call(id, &CallError::NoOriginalDestination);
                 return Ok(());
             };
-            pool.connection_to(dst, self.limits, None)
+            pool.connection_to(dst, self.limits, &l.alpn.http2, None)
         } else {
-            pool.connection(self.limits, None, None, call.label)
+            pool.connection(self.limits, &l.alpn.http2, None, None, call.label)
         };
         let up = match up {
             Ok(up) => up,
@@ -2205,6 +2209,11 @@ impl Conn {
         let deadline = call
             .deadline
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(MIRROR_TIMEOUT_MS_DEFAULT));
+        let none = None;
+        let alpn = match &self.side {
+            Side::Down(l) => &l.alpn.http2,
+            Side::Up(_) => &none,
+        };
         for &c in &call.mirrors[..call.mirrors_len as usize] {
             let pool = &call.routes.pools[c];
             let dropped = || pool.stats.inc(pool.ids.rq_mirror_dropped);
@@ -2215,7 +2224,7 @@ impl Conn {
                 dropped();
                 continue;
             }
-            let Ok(up) = pool.connection(self.limits, None, None, call.label) else {
+            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label) else {
                 dropped();
                 continue;
             };
@@ -2400,9 +2409,14 @@ fn route_call(
         return Err(Refused::Call(CallError::BadPath));
     };
     let routes = l.routes.get();
+    // Routes see the path split at its first `/` (as HTTP/1.1 requests are), so a route's
+    // `service` / `method` mean the same for every path; a gRPC path splits the same either way.
+    let full = path.unwrap_or(b"/");
+    let (route_service, route_method) = super::router::path_parts(full);
     let view = RequestView {
-        service,
-        method,
+        path: full,
+        service: route_service,
+        method: route_method,
         headers: hl,
     };
     let Some(action) = routes.router.route(hl.get(b":authority"), &view) else {
@@ -2965,8 +2979,10 @@ async fn flushed(conn: &Conn) {
 }
 
 /// A new upstream connection to `host` (connects in the background; frames queue meanwhile).
-pub fn connect(host: &Rc<Host>, limits: H2Limits) -> Rc<Conn> {
-    let conn = Rc::new(Conn::new(Side::Up(host.clone()), limits));
+pub fn connect(host: &Rc<Host>, limits: H2Limits, alpn: crate::io::tls::AlpnOverride) -> Rc<Conn> {
+    let mut conn = Conn::new(Side::Up(host.clone()), limits);
+    conn.alpn = alpn;
+    let conn = Rc::new(conn);
     conn.stream_ids.set(1);
     conn.greet(true);
     shard::monoio::spawn(run_upstream(conn.clone()));
@@ -2996,7 +3012,7 @@ async fn run_upstream(conn: Rc<Conn>) {
     if let Some(tls) = pool.lb.tls(host.index) {
         let connected = shard::monoio::time::timeout(
             pool.connect_timeout,
-            crate::io::tls::connect(host.addr, &pool.lb.sources, &tls),
+            crate::io::tls::connect(host.addr, &pool.lb.sources, &tls, conn.alpn.as_deref()),
         )
         .await;
         return serve_upstream(conn, host, pool, connected).await;
@@ -3130,6 +3146,8 @@ pub struct Parked {
     host: Rc<Host>,
     avoid: Weak<Conn>,
     limits: H2Limits,
+    /// The failed connection's ALPN override, the retry's too.
+    alpn: crate::io::tls::AlpnOverride,
     held: Held,
     queue: VecDeque<Out>,
     no_credit: u32,
@@ -3198,7 +3216,7 @@ fn resume(pool: &Rc<Pool>, p: Parked) {
     }
     let avoid = p.avoid.upgrade();
     let picked = pool
-        .retry_connection(&p.host, p.limits, avoid.as_deref(), policy.as_ref(), p.label)
+        .retry_connection(&p.host, p.limits, &p.alpn, avoid.as_deref(), policy.as_ref(), p.label)
         .ok()
         .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
     let Some((uid, up)) = picked else {

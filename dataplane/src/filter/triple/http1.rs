@@ -261,6 +261,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         caller,
         istio_peer,
         seen: Seen::default(),
+        alpn: l.alpn.http11.clone(),
     };
     loop {
         let next = shard::monoio::select! {
@@ -365,6 +366,8 @@ struct Down<C> {
     istio_peer: crate::stats::istio::PeerId,
     /// The exchange in flight.
     seen: Seen,
+    /// The listener's ALPN override for HTTP/1.1 upstreams (`istio.alpn`).
+    alpn: crate::io::tls::AlpnOverride,
 }
 
 /// One request and its response.
@@ -488,11 +491,11 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
             return Err(Local::Forbidden("RBAC: access denied"));
         }
     }
-    let path = req.path.as_bytes();
-    let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
-    let (service, method) = path_parts(path);
+    let full = req.path.as_bytes();
+    let (service, method) = super::router::path_parts(full);
     let routes = l.routes.get();
     let view = RequestView {
+        path: full,
         service,
         method,
         headers: hl,
@@ -573,14 +576,6 @@ fn header_list(hl: &mut HeaderList, req: &Request, scheme: &str) {
 /// service and the rest the method, so an xDS `prefix: /a/` (service `a`) or `/a/b` (service
 /// `a`, method prefix `b`) matches the paths Envoy's prefix match does, however many segments
 /// follow; a path of one segment is all service.
-fn path_parts(path: &[u8]) -> (&[u8], &[u8]) {
-    let rest = path.strip_prefix(b"/").unwrap_or(path);
-    match rest.iter().position(|&b| b == b'/') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, b""),
-    }
-}
-
 enum HeadError {
     /// The peer closed (or went idle) between requests: nothing to answer.
     Closed,
@@ -851,25 +846,35 @@ struct Up {
     addr: SocketAddr,
     /// The endpoint's slot in its cluster (`None`: an original destination).
     slot: Option<usize>,
+    /// The ALPN override it offered over TLS (`istio.alpn`).
+    alpn: crate::io::tls::AlpnOverride,
 }
 
-/// An idle connection to `addr` (TLS or not, as `tls`) from `pool`, if a live one is there.
-fn idle_connection(pool: &Pool, addr: SocketAddr, tls: bool) -> Option<Up> {
+/// An idle connection to `addr` (TLS or not, as `tls`; over TLS, one that offered `alpn`) from
+/// `pool`, if a live one is there.
+fn idle_connection(
+    pool: &Pool,
+    addr: SocketAddr,
+    tls: bool,
+    alpn: &crate::io::tls::AlpnOverride,
+) -> Option<Up> {
     let mut idle = pool.http1_idle.borrow_mut();
     let now = Instant::now();
     // Expired ones go first (their sockets close as they drop).
-    idle.retain(|(_, _, since)| pool.idle_timeout.is_zero() || now - *since < pool.idle_timeout);
-    while let Some(i) = idle
-        .iter()
-        .rposition(|(a, s, _)| *a == addr && s.is_tls() == tls)
-    {
-        let (_, s, _) = idle.swap_remove(i);
+    idle.retain(|(_, _, since, _)| {
+        pool.idle_timeout.is_zero() || now - *since < pool.idle_timeout
+    });
+    while let Some(i) = idle.iter().rposition(|(a, s, _, o)| {
+        *a == addr && s.is_tls() == tls && (!tls || crate::io::tls::same_alpn(o, alpn))
+    }) {
+        let (_, s, _, alpn) = idle.swap_remove(i);
         // Alive and quiet: nothing to read yet. EOF or stray bytes: dropped.
         if s.quiet() {
             return Some(Up {
                 s,
                 addr,
                 slot: None,
+                alpn,
             });
         }
     }
@@ -879,7 +884,7 @@ fn idle_connection(pool: &Pool, addr: SocketAddr, tls: bool) -> Option<Up> {
 fn put_idle(pool: &Pool, up: Up) {
     let mut idle = pool.http1_idle.borrow_mut();
     if idle.len() < IDLE_UPSTREAM_MAX {
-        idle.push((up.addr, up.s, Instant::now()));
+        idle.push((up.addr, up.s, Instant::now(), up.alpn));
     }
 }
 
@@ -921,15 +926,17 @@ async fn upstream<C>(
             (lb.slot(i).addr, Some(i), lb.tls(i))
         };
         c.seen.upstream = Some(addr);
-        if let Some(mut up) = idle_connection(pool, addr, tls.is_some()) {
+        let alpn = pool.alpn(&c.alpn);
+        if let Some(mut up) = idle_connection(pool, addr, tls.is_some(), alpn) {
             up.slot = slot;
             return Ok(up);
         }
         // TLS when the endpoint's transport socket is (the handshake within the connect
-        // timeout), HTTP/1.1 inside it.
+        // timeout, offering the listener's ALPN override for HTTP/1.1 if any), HTTP/1.1
+        // inside it.
         let connect = async {
             match &tls {
-                Some(t) => crate::io::tls::connect(addr, &lb.sources, t)
+                Some(t) => crate::io::tls::connect(addr, &lb.sources, t, alpn.as_deref())
                     .await
                     .map(UpStream::Tls),
                 None => crate::io::intercept::connect(addr, &lb.sources)
@@ -946,7 +953,12 @@ async fn upstream<C>(
                     UpStream::Tls(s) => crate::io::Conn::set_keepalive(s, &lb.keepalive),
                 };
                 pool.stats.inc(lb.ids.cx_total);
-                return Ok(Up { s, addr, slot });
+                return Ok(Up {
+                    s,
+                    addr,
+                    slot,
+                    alpn: alpn.clone(),
+                });
             }
             Ok(Err(e)) => {
                 pool.stats.inc(lb.ids.cx_connect_fail);
@@ -1252,7 +1264,13 @@ async fn forward<C: crate::io::Conn>(
             });
             for m in mirrors.iter().flatten() {
                 match &body {
-                    Body::Held(b) => mirror(m, shadow_head(&head), b.clone(), shadow_deadline),
+                    Body::Held(b) => mirror(
+                        m,
+                        shadow_head(&head),
+                        b.clone(),
+                        shadow_deadline,
+                        m.alpn(&c.alpn).clone(),
+                    ),
                     // A body over RETRY_BODY_BYTES_MAX, or one not read whole.
                     _ => m.stats.inc(m.ids.rq_mirror_dropped),
                 }
@@ -1374,7 +1392,13 @@ fn shadow_head(head: &[u8]) -> Vec<u8> {
 /// endpoint of `pool` on a connection of its own, fire and forget: its response is read and
 /// dropped, and nothing of it reaches the caller; bounded by `deadline` and the cluster's
 /// shadow copies in flight on this shard (beyond: `upstream_rq_mirror_dropped`).
-fn mirror(pool: &Rc<Pool>, head: Vec<u8>, body: Vec<u8>, deadline: Instant) {
+fn mirror(
+    pool: &Rc<Pool>,
+    head: Vec<u8>,
+    body: Vec<u8>,
+    deadline: Instant,
+    alpn: crate::io::tls::AlpnOverride,
+) {
     if pool.lb.original_destination || !pool.mirrors.try_start() {
         pool.stats.inc(pool.ids.rq_mirror_dropped);
         return;
@@ -1388,7 +1412,11 @@ fn mirror(pool: &Rc<Pool>, head: Vec<u8>, body: Vec<u8>, deadline: Instant) {
             let addr = lb.slot(i).addr;
             let mut s = match lb.tls(i) {
                 Some(t) => {
-                    UpStream::Tls(crate::io::tls::connect(addr, &lb.sources, &t).await.ok()?)
+                    UpStream::Tls(
+                        crate::io::tls::connect(addr, &lb.sources, &t, alpn.as_deref())
+                            .await
+                            .ok()?,
+                    )
                 }
                 None => UpStream::Plain(
                     crate::io::intercept::connect(addr, &lb.sources)

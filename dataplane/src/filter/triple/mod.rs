@@ -349,6 +349,30 @@ pub struct TripleListener {
     /// `triple.http1`: connections that do not start with the HTTP/2 preface are HTTP/1.1
     /// ([`http1`]).
     pub http1: bool,
+    /// `triple.alpn_override` (Istio's `istio.alpn`): the ALPN of TLS upstream connections.
+    pub alpn: UpstreamAlpn,
+}
+
+/// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
+/// and gRPC calls) or HTTP/1.1 (the [`http1`] path); `None`: the cluster's own ALPN.
+#[derive(Default)]
+pub struct UpstreamAlpn {
+    pub http2: crate::io::tls::AlpnOverride,
+    pub http11: crate::io::tls::AlpnOverride,
+}
+
+impl UpstreamAlpn {
+    /// istio-proxy's `istio.alpn`: an empty list overrides nothing.
+    pub fn from_config(o: Option<&config::AlpnOverride>) -> UpstreamAlpn {
+        let list = |l: &[String]| (!l.is_empty()).then(|| std::sync::Arc::from(l));
+        match o {
+            None => UpstreamAlpn::default(),
+            Some(o) => UpstreamAlpn {
+                http2: list(&o.http2),
+                http11: list(&o.http11),
+            },
+        }
+    }
 }
 
 impl TripleListener {
@@ -676,9 +700,18 @@ pub struct Pool {
     pub backoff_wake: shard::Notify,
     /// The back-off's jitter.
     pub dice: crate::route::Dice,
-    /// Idle keep-alive HTTP/1.1 connections ([`http1`]): (endpoint, socket, idle since), at
-    /// most [`http1::IDLE_UPSTREAM_MAX`].
-    pub http1_idle: RefCell<Vec<(SocketAddr, http1_tls::UpStream, Instant)>>,
+    /// Idle keep-alive HTTP/1.1 connections ([`http1`]): (endpoint, socket, idle since, the
+    /// ALPN override it offered), at most [`http1::IDLE_UPSTREAM_MAX`].
+    pub http1_idle: RefCell<
+        Vec<(
+            SocketAddr,
+            http1_tls::UpStream,
+            Instant,
+            crate::io::tls::AlpnOverride,
+        )>,
+    >,
+    /// `keep_alpn`: listeners' `alpn_override` does not apply to this cluster.
+    pub keep_alpn: bool,
 }
 
 /// Why a pool has no connection for a call.
@@ -753,6 +786,7 @@ impl Pool {
             backoff_wake: shard::Notify::new(),
             dice: crate::route::Dice::new(jitter_seed()),
             http1_idle: RefCell::new(Vec::new()),
+            keep_alpn: c.keep_alpn,
             stats,
             ids,
             h2_ids,
@@ -798,6 +832,7 @@ impl Pool {
     fn connection(
         self: &Rc<Self>,
         limits: H2Limits,
+        alpn: &crate::io::tls::AlpnOverride,
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
         label: Option<crate::cluster::Label>,
@@ -825,7 +860,7 @@ impl Pool {
             None => return Err(NoConn::NoEndpoint),
         };
         self.host(i)
-            .connection(self.connections_per_host, limits, avoid)
+            .connection(self.connections_per_host, limits, self.alpn(alpn), avoid)
     }
 
     /// `original_destination` clusters: a connection with room for one more stream to `dst`
@@ -836,6 +871,7 @@ impl Pool {
         self: &Rc<Self>,
         dst: SocketAddr,
         limits: H2Limits,
+        alpn: &crate::io::tls::AlpnOverride,
         avoid: Option<&conn::Conn>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         let found = self
@@ -870,23 +906,38 @@ impl Pool {
                 h
             }
         };
-        host.connection(self.connections_per_host, limits, avoid)
+        host.connection(self.connections_per_host, limits, self.alpn(alpn), avoid)
+    }
+
+    /// The ALPN override a connection of this cluster gets (none with `keep_alpn`).
+    pub fn alpn<'a>(
+        &self,
+        alpn: &'a crate::io::tls::AlpnOverride,
+    ) -> &'a crate::io::tls::AlpnOverride {
+        const NONE: &crate::io::tls::AlpnOverride = &None;
+        if self.keep_alpn {
+            NONE
+        } else {
+            alpn
+        }
     }
 
     /// Another connection for a stream `avoid` refused: of the same endpoint for an
-    /// original destination, else of any endpoint the balancer picks.
+    /// original destination, else of any endpoint the balancer picks; with `alpn`, the ALPN
+    /// override of the connection that refused it.
     fn retry_connection(
         self: &Rc<Self>,
         host: &Rc<Host>,
         limits: H2Limits,
+        alpn: &crate::io::tls::AlpnOverride,
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
         label: Option<crate::cluster::Label>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         if host.index == usize::MAX {
-            host.connection(self.connections_per_host, limits, avoid)
+            host.connection(self.connections_per_host, limits, alpn, avoid)
         } else {
-            self.connection(limits, avoid, retry, label)
+            self.connection(limits, alpn, avoid, retry, label)
         }
     }
 
@@ -940,13 +991,22 @@ impl crate::cluster::Retire for Host {
 }
 
 impl Host {
+    /// A connection with room, among those offering `alpn` over TLS (an `istio.alpn` override
+    /// is part of a pooled connection's identity, as in Envoy's pools).
     fn connection(
         self: &Rc<Self>,
         max: usize,
         limits: H2Limits,
+        alpn: &crate::io::tls::AlpnOverride,
         avoid: Option<&conn::Conn>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
-        let n = self.conns.borrow().len();
+        use crate::io::tls::same_alpn;
+        let n = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|c| same_alpn(&c.alpn, alpn))
+            .count();
         let base = max.max(1);
         // With `max_connections`: whether one more may be opened (asked only when one would).
         let may_open = || {
@@ -959,26 +1019,30 @@ impl Host {
         // full (the upstream's MAX_CONCURRENT_STREAMS) up to as many again are opened.
         let asked = n < base;
         if asked && may_open() {
-            return Ok(self.open(limits));
+            return Ok(self.open(limits, alpn));
         }
         {
             let conns = self.conns.borrow();
-            for k in 0..n {
-                let i = (self.next.get() + k) % n;
-                if conns[i].has_room() && !avoid.is_some_and(|a| std::ptr::eq(a, &*conns[i])) {
+            let all = conns.len();
+            for k in 0..all {
+                let i = (self.next.get() + k) % all;
+                if conns[i].has_room()
+                    && same_alpn(&conns[i].alpn, alpn)
+                    && !avoid.is_some_and(|a| std::ptr::eq(a, &*conns[i]))
+                {
                     self.next.set(i + 1);
                     return Ok(conns[i].clone());
                 }
             }
         }
         if !asked && n < base * 2 && may_open() {
-            return Ok(self.open(limits));
+            return Ok(self.open(limits, alpn));
         }
         Err(NoConn::Full)
     }
 
-    fn open(self: &Rc<Self>, limits: H2Limits) -> Rc<conn::Conn> {
-        let c = conn::connect(self, limits);
+    fn open(self: &Rc<Self>, limits: H2Limits, alpn: &crate::io::tls::AlpnOverride) -> Rc<conn::Conn> {
+        let c = conn::connect(self, limits, alpn.clone());
         self.conns.borrow_mut().push(c.clone());
         if let Some(b) = &self.pool.conn_breaker {
             b.opened();
