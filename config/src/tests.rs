@@ -190,6 +190,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         priority_hosts: Vec::new(),
         overprovisioning: 0,
         locality_weighted: false,
+        zone_aware: Default::default(),
         keep_alpn: false,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);
@@ -808,6 +809,14 @@ fn retry_policies_load_and_are_checked() {
         (
             "{retry_on: [retriable-status-codes], retriable_status_codes: [80, 20]}",
             "retriable_status_codes[1]",
+        ),
+        (
+            "{retry_on: [reset], retry_back_off: {base_interval_ms: 0}}",
+            "retry_back_off.base_interval_ms",
+        ),
+        (
+            "{retry_on: [reset], retry_back_off: {base_interval_ms: 50, max_interval_ms: 40}}",
+            "retry_back_off.max_interval_ms",
         ),
     ] {
         let e = errors(&route(policy));

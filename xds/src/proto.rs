@@ -2659,12 +2659,41 @@ fn retry_policy(
         Some(d) => Some(timeout_ms(d, ctx, &format!("{at}.per_try_timeout"))?),
         None => None,
     };
+    // Envoy: `base_interval` required and above 0 (under 1 ms: 1 ms), `max_interval` at
+    // least it (default 10x).
+    let retry_back_off = match &p.retry_back_off {
+        None => None,
+        Some(b) => {
+            let max = config::REQUEST_TIMEOUT_MS_MAX;
+            let field = format!("{at}.retry_back_off.base_interval");
+            let base = match &b.base_interval {
+                Some(d) => duration_ms(d, ctx, &field, max)?,
+                None => 0,
+            };
+            if base == 0 {
+                return Err(ctx.err(field, "required, above 0"));
+            }
+            let field = format!("{at}.retry_back_off.max_interval");
+            let max_interval_ms = match &b.max_interval {
+                Some(d) => Some(duration_ms(d, ctx, &field, max)?),
+                None => None,
+            };
+            if max_interval_ms.is_some_and(|m| m < base) {
+                return Err(ctx.err(field, "must be at least base_interval"));
+            }
+            Some(config::RetryBackOff {
+                base_interval_ms: base,
+                max_interval_ms,
+            })
+        }
+    };
     Ok(Some(config::RetryPolicy {
         retry_on,
         num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
         per_try_timeout_ms,
         retriable_status_codes: codes,
         previous_hosts,
+        retry_back_off,
     }))
 }
 
@@ -2888,13 +2917,13 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         priority_load: Vec::new(),
         priority_hosts: Vec::new(),
         overprovisioning: 0,
-        // Zone-aware routing (the other choice) is ignored: docs/governance.md#locality.
         locality_weighted: matches!(
             c.common_lb_config
                 .as_ref()
                 .and_then(|l| l.locality_config_specifier.as_ref()),
             Some(cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
         ),
+        zone_aware: zone_aware(c.common_lb_config.as_ref(), &ctx)?,
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -3016,6 +3045,36 @@ fn upstream_bind(b: &core_pb::BindConfig, ctx: &Ctx<'_>) -> Result<Vec<IpAddr>, 
         sources.push(ip);
     }
     Ok(sources)
+}
+
+/// CDS `common_lb_config.zone_aware_lb_config` (docs/governance.md#zone-aware-routing):
+/// Envoy's defaults without it (100 %, 6), as Envoy routes zone-aware whenever there is a
+/// local cluster.
+fn zone_aware(
+    common: Option<&cluster_pb::cluster::CommonLbConfig>,
+    ctx: &Ctx<'_>,
+) -> Result<config::ZoneAware, TranslateError> {
+    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier as L;
+    let mut out = config::ZoneAware::default();
+    let Some(L::ZoneAwareLbConfig(z)) = common.and_then(|c| c.locality_config_specifier.as_ref())
+    else {
+        return Ok(out);
+    };
+    if let Some(p) = &z.routing_enabled {
+        if !(0.0..=100.0).contains(&p.value) {
+            return Err(ctx.err(
+                "common_lb_config.zone_aware_lb_config.routing_enabled",
+                "must be within 0 and 100",
+            ));
+        }
+        // Envoy: PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT.
+        out.routing_enabled = p.value.round() as u32;
+    }
+    if let Some(m) = &z.min_cluster_size {
+        out.min_cluster_size = m.value;
+    }
+    out.fail_traffic_on_panic = z.fail_traffic_on_panic;
+    Ok(out)
 }
 
 // === endpoints ===
@@ -3178,6 +3237,21 @@ fn endpoints(
                     transport_socket_match,
                     tag,
                     locality: i as u32,
+                    region: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.region.clone())
+                        .unwrap_or_default(),
+                    zone: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.zone.clone())
+                        .unwrap_or_default(),
+                    sub_zone: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.sub_zone.clone())
+                        .unwrap_or_default(),
                     ..Default::default()
                 });
             }
@@ -3199,6 +3273,9 @@ fn endpoints(
             && m.weight == out.metadata[0].weight
             && m.transport_socket_match.is_empty()
             && m.tag.is_empty()
+            && m.region.is_empty()
+            && m.zone.is_empty()
+            && m.sub_zone.is_empty()
     };
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
