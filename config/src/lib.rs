@@ -2106,6 +2106,14 @@ pub struct Cluster {
     /// decides; an endpoint no entry matches gets `tls`. See [`Cluster::transport_socket`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transport_socket_matches: Vec<TransportSocketMatch>,
+    /// The protocol HTTP/1.1 requests (`triple.http1`) are forwarded with (Envoy's
+    /// `HttpProtocolOptions` of `typed_extension_protocol_options`): `downstream` (the
+    /// default; Envoy's `use_downstream_protocol_config`) and `http1` forward them as HTTP/1.1,
+    /// `http2` as HTTP/2 (h2c, or h2 over the endpoint's TLS), `auto` as HTTP/2 where TLS
+    /// settles on ALPN `h2` and HTTP/1.1 elsewhere. Triple (HTTP/2) calls go as HTTP/2
+    /// whatever it says. See docs/decisions/0010-http1.md.
+    #[serde(default, skip_serializing_if = "UpstreamHttp::is_default")]
+    pub upstream_http: UpstreamHttp,
     /// A listener's `alpn_override` (Istio's `istio.alpn`) leaves this cluster's TLS ALPN as
     /// given (xDS: the cluster's `metadata.filter_metadata.istio.alpn_override: "false"`, which
     /// istiod sets for a DestinationRule's own TLS).
@@ -2540,6 +2548,27 @@ impl Default for EndpointMetadata {
             zone: String::new(),
             sub_zone: String::new(),
         }
+    }
+}
+
+/// A cluster's upstream HTTP protocol for HTTP/1.1 requests ([`Cluster::upstream_http`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamHttp {
+    /// The request's own protocol (Envoy's `use_downstream_protocol_config`).
+    #[default]
+    Downstream,
+    /// HTTP/1.1 (Envoy's default, and `explicit_http_config.http_protocol_options`).
+    Http1,
+    /// HTTP/2 (`explicit_http_config.http2_protocol_options`).
+    Http2,
+    /// HTTP/2 when the endpoint's TLS settles on ALPN `h2`, else HTTP/1.1 (`auto_config`).
+    Auto,
+}
+
+impl UpstreamHttp {
+    pub fn is_default(&self) -> bool {
+        *self == UpstreamHttp::Downstream
     }
 }
 

@@ -183,6 +183,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         tcp_keepalive: None,
         tls: None,
         transport_socket_matches: Vec::new(),
+        upstream_http: Default::default(),
         circuit_breakers: None,
         outlier_detection: None,
         priority_load: Vec::new(),

@@ -575,6 +575,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         tcp_keepalive: None,
         tls: None,
         transport_socket_matches: Vec::new(),
+        upstream_http: Default::default(),
         circuit_breakers: None,
         outlier_detection: None,
         priority_load: Vec::new(),

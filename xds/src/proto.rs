@@ -31,6 +31,7 @@ use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::v3 as gp_pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher_pb;
@@ -2801,12 +2802,49 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     if c.lrs_server.is_some() {
         return refuse("lrs_server", "load reporting is not supported");
     }
-    for key in c.typed_extension_protocol_options.keys() {
+    let mut upstream_http = match &c.http2_protocol_options {
+        // The deprecated cluster field Envoy still reads as explicit HTTP/2.
+        Some(_) => config::UpstreamHttp::Http2,
+        None => config::UpstreamHttp::Http1,
+    };
+    if c.protocol_selection
+        == cluster_pb::cluster::ClusterProtocolSelection::UseDownstreamProtocol as i32
+    {
+        upstream_http = config::UpstreamHttp::Downstream;
+    }
+    for (key, any) in &c.typed_extension_protocol_options {
+        let at = format!("typed_extension_protocol_options[{key:?}]");
         if key != HTTP_PROTOCOL_OPTIONS {
             return Err(ctx.err(
-                format!("typed_extension_protocol_options[{key:?}]"),
-                "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is accepted (and ignored)",
+                at,
+                "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is accepted",
             ));
+        }
+        let want = format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}");
+        let o: upstream_http_pb::HttpProtocolOptions = unpack(any, &want, &ctx, &at)?;
+        upstream_http = upstream_protocol(&o, &ctx, &at)?;
+    }
+    // ALPN decides under auto_config: every transport socket of the cluster must be TLS (as
+    // Envoy refuses "ALPN configured for cluster ... which has a non-ALPN transport socket").
+    // One without ALPN of its own offers `h2`, `http/1.1`, as Envoy's does.
+    if upstream_http == config::UpstreamHttp::Auto {
+        let all_tls = tls.is_some() && transport_socket_matches.iter().all(|m| m.tls.is_some());
+        if !all_tls {
+            return Err(ctx.err(
+                format!("typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS:?}].auto_config"),
+                "needs TLS (ALPN) on every transport socket of the cluster",
+            ));
+        }
+    }
+    let (mut tls, mut transport_socket_matches) = (tls, transport_socket_matches);
+    if upstream_http == config::UpstreamHttp::Auto {
+        let sockets = tls.iter_mut().chain(
+            transport_socket_matches
+                .iter_mut()
+                .filter_map(|m| m.tls.as_mut()),
+        );
+        for t in sockets.filter(|t| t.alpn.is_empty()) {
+            t.alpn = vec!["h2".to_string(), "http/1.1".to_string()];
         }
     }
     let original_dst = matches!(
@@ -2869,6 +2907,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         },
         tls,
         transport_socket_matches,
+        upstream_http,
         keep_alpn: keeps_alpn(c.metadata.as_ref()),
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref(), &ctx)?,
         outlier_detection: match &c.outlier_detection {
@@ -2926,6 +2965,30 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         }
     };
     Ok(ClusterRes { cluster: out, eds })
+}
+
+/// The upstream protocol a cluster's `HttpProtocolOptions` asks HTTP/1.1 requests to take
+/// (its other fields tune what ringside does not have and are ignored); HTTP/3 (QUIC, which
+/// ringside does not speak) is refused.
+fn upstream_protocol(
+    o: &upstream_http_pb::HttpProtocolOptions,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<config::UpstreamHttp, TranslateError> {
+    use upstream_http_pb::http_protocol_options::explicit_http_config::ProtocolConfig as P;
+    use upstream_http_pb::http_protocol_options::UpstreamProtocolOptions as U;
+    let http3 = || ctx.err(at.to_string(), "HTTP/3 upstream is not supported");
+    Ok(match &o.upstream_protocol_options {
+        Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+            Some(P::Http2ProtocolOptions(_)) => config::UpstreamHttp::Http2,
+            Some(P::Http3ProtocolOptions(_)) => return Err(http3()),
+            Some(P::HttpProtocolOptions(_)) | None => config::UpstreamHttp::Http1,
+        },
+        Some(U::UseDownstreamProtocolConfig(_)) => config::UpstreamHttp::Downstream,
+        Some(U::AutoConfig(a)) if a.http3_protocol_options.is_some() => return Err(http3()),
+        Some(U::AutoConfig(_)) => config::UpstreamHttp::Auto,
+        None => config::UpstreamHttp::Http1,
+    })
 }
 
 /// A cluster's `upstream_bind_config` (Istio's inbound clusters: 127.0.0.6, and `::6` in

@@ -850,8 +850,60 @@ fn clusters() {
 
     let mut s = cluster_static_pb("s", &[("10.0.0.1", 80), ("10.0.0.2", 81)]);
     s.lb_policy = cluster_pb::cluster::LbPolicy::LeastRequest as i32;
-    s.typed_extension_protocol_options
-        .insert(HTTP_PROTOCOL_OPTIONS.into(), Any::default());
+    let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
+    assert_eq!(
+        c.cluster.upstream_http,
+        config::UpstreamHttp::Http1,
+        "Envoy's default"
+    );
+    // HttpProtocolOptions: the upstream protocol of HTTP/1.1 requests.
+    {
+        use upstream_http_pb::http_protocol_options::explicit_http_config::ProtocolConfig as P;
+        use upstream_http_pb::http_protocol_options::{
+            AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions as U,
+        };
+        let with = |o: Option<U>| {
+            let mut k = s.clone();
+            let opts = upstream_http_pb::HttpProtocolOptions {
+                upstream_protocol_options: o,
+                ..Default::default()
+            };
+            k.typed_extension_protocol_options
+                .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(opts));
+            decode_cluster(&pack_any(k)).map(|(_, c)| c.cluster.upstream_http)
+        };
+        let explicit = |p: P| {
+            Some(U::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(p),
+            }))
+        };
+        assert_eq!(with(None).unwrap(), config::UpstreamHttp::Http1);
+        assert_eq!(
+            with(explicit(P::Http2ProtocolOptions(Default::default()))).unwrap(),
+            config::UpstreamHttp::Http2
+        );
+        assert_eq!(
+            with(explicit(P::HttpProtocolOptions(Default::default()))).unwrap(),
+            config::UpstreamHttp::Http1
+        );
+        assert_eq!(
+            with(Some(U::UseDownstreamProtocolConfig(Default::default()))).unwrap(),
+            config::UpstreamHttp::Downstream
+        );
+        // auto_config on a plaintext cluster: refused, as Envoy refuses it (no ALPN).
+        let e = with(Some(U::AutoConfig(AutoHttpConfig::default())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto_config") && e.contains("needs TLS"), "{e}");
+        let e = with(explicit(P::Http3ProtocolOptions(Default::default())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HTTP/3 upstream is not supported"), "{e}");
+        let mut k = s.clone();
+        k.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.into(), Any::default());
+        assert!(decode_cluster(&pack_any(k)).is_err(), "an Any of no type");
+    }
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(c.eds, None);
     assert_eq!(c.cluster.lb, LbPolicy::LeastRequest);
@@ -1726,8 +1778,7 @@ fn circuit_breakers_default_priority_max_requests() {
         "Envoy's default"
     );
     // A retry budget, empty: Envoy's defaults (20 %, 3); set: its values.
-    s.circuit_breakers.as_mut().unwrap().thresholds[1].retry_budget =
-        Some(Default::default());
+    s.circuit_breakers.as_mut().unwrap().thresholds[1].retry_budget = Some(Default::default());
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(
         c.cluster.circuit_breakers.unwrap().retry_budget,

@@ -391,3 +391,47 @@ fn transport_socket_matches_and_endpoint_labels_as_istiod_sends_them() {
         "{e}"
     );
 }
+
+/// `auto_config` (ALPN decides HTTP/2 or HTTP/1.1): a TLS cluster offers `h2`, `http/1.1` when
+/// its context offers nothing, keeps the ALPN it gives; a cluster with a plaintext transport
+/// socket among its matches is refused, as Envoy refuses it.
+#[test]
+fn auto_config_needs_alpn_on_every_transport_socket() {
+    use super::super::{cluster_pb, upstream_http_pb, HTTP_PROTOCOL_OPTIONS};
+    use upstream_http_pb::http_protocol_options::{AutoHttpConfig, UpstreamProtocolOptions as U};
+    let socket = |alpn: &[&str]| core_pb::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core_pb::transport_socket::ConfigType::TypedConfig(
+            pack_any(tls_pb::UpstreamTlsContext {
+                common_tls_context: Some(istio_common(alpn)),
+                ..Default::default()
+            }),
+        )),
+    };
+    let auto = |mut pb: cluster_pb::Cluster| {
+        let opts = upstream_http_pb::HttpProtocolOptions {
+            upstream_protocol_options: Some(U::AutoConfig(AutoHttpConfig::default())),
+            ..Default::default()
+        };
+        pb.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(opts));
+        super::super::cluster(&pb).map(|r| r.cluster)
+    };
+    let mut pb = crate::testing::cluster_static_pb("c", &[("10.0.0.1", 443)]);
+    pb.transport_socket = Some(socket(&[]));
+    let c = auto(pb.clone()).unwrap();
+    assert_eq!(c.upstream_http, config::UpstreamHttp::Auto);
+    assert_eq!(c.tls.unwrap().alpn, ["h2", "http/1.1"]);
+    pb.transport_socket = Some(socket(&["h2"]));
+    assert_eq!(auto(pb.clone()).unwrap().tls.unwrap().alpn, ["h2"]);
+    pb.transport_socket_matches = vec![cluster_pb::cluster::TransportSocketMatch {
+        name: "plain".into(),
+        r#match: None,
+        transport_socket: Some(core_pb::TransportSocket {
+            name: "envoy.transport_sockets.raw_buffer".into(),
+            config_type: None,
+        }),
+    }];
+    let e = auto(pb).unwrap_err().to_string();
+    assert!(e.contains("auto_config") && e.contains("needs TLS"), "{e}");
+}

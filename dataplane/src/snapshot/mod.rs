@@ -970,6 +970,7 @@ mod tests {
             tcp_keepalive: None,
             tls: None,
             transport_socket_matches: Vec::new(),
+            upstream_http: Default::default(),
             circuit_breakers: None,
             outlier_detection: None,
             priority_load: Vec::new(),

@@ -34,6 +34,9 @@ use crate::filter::Drain;
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::istio::{exchange, IstioListener, MetaId};
 
+#[path = "http1_h2.rs"]
+mod h2;
+
 /// A request head (request line and fields) larger than this is answered 431 (Envoy's
 /// `max_request_headers_kb` default, 60 KiB). The response head from an upstream is held to
 /// the same bound (502 beyond it).
@@ -262,6 +265,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         istio_peer,
         seen: Seen::default(),
         alpn: l.alpn.http11.clone(),
+        alpn2: l.alpn.http2.clone(),
     };
     loop {
         let next = shard::monoio::select! {
@@ -368,6 +372,8 @@ struct Down<C> {
     seen: Seen,
     /// The listener's ALPN override for HTTP/1.1 upstreams (`istio.alpn`).
     alpn: crate::io::tls::AlpnOverride,
+    /// Its override for HTTP/2 upstreams (`upstream_http: http2`).
+    alpn2: crate::io::tls::AlpnOverride,
 }
 
 /// One request and its response.
@@ -446,7 +452,15 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         started = Instant::now();
     }
     let deadline = timeout.map(|t| started + t);
-    let out = forward(c, l, &req, &pool, deadline, retry, &mirrors).await;
+    // Envoy's router tells the upstream the time it will wait (the per-try timeout when it
+    // is the shorter), unless none.
+    let per_try = retry.and_then(|r| r.per_try_timeout);
+    let expected = match (timeout, per_try) {
+        (Some(t), Some(p)) => Some(t.min(p)),
+        (t, p) => t.or(p),
+    }
+    .map(|t| t.as_millis() as u64);
+    let out = forward(c, l, &req, &pool, (deadline, expected), retry, &mirrors).await;
     l.stats
         .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
     match out {
@@ -784,13 +798,17 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
 }
 
 /// The end-to-end fields of a head, names lower-cased: hop-by-hop ones, `host`, `expect`
-/// (answered here) and those `connection` names left out.
+/// (answered here) and those `connection` names left out; a `TE` naming `trailers` kept as
+/// `te: trailers` (Envoy's sanitizing of TE).
 fn fields_of(headers: &[httparse::Header<'_>], connection: &[&[u8]]) -> Vec<(String, Vec<u8>)> {
     headers
         .iter()
         .filter_map(|h| {
             let n = h.name.to_ascii_lowercase();
             let named = connection.iter().any(|v| contains_token(v, &n));
+            if n == "te" && !named && contains_token(h.value, "trailers") {
+                return Some((n, b"trailers".to_vec()));
+            }
             (!hop_by_hop(&n) && n != "host" && n != "expect" && !named)
                 .then(|| (n, h.value.to_vec()))
         })
@@ -848,34 +866,71 @@ struct Up {
     slot: Option<usize>,
     /// The ALPN override it offered over TLS (`istio.alpn`).
     alpn: crate::io::tls::AlpnOverride,
+    /// The connection speaks HTTP/2 ([`h2`]): its state.
+    h2: Option<Box<h2::Session>>,
 }
 
-/// An idle connection to `addr` (TLS or not, as `tls`; over TLS, one that offered `alpn`) from
-/// `pool`, if a live one is there.
+/// An idle upstream connection of a pool ([`Pool::http1_idle`]), since when.
+pub struct IdleConn {
+    up: Up,
+    since: Instant,
+}
+
+/// Which connections a request may go on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Speak {
+    Http1,
+    Http2,
+    /// HTTP/2 where TLS settled on `h2`, else HTTP/1.1 (`upstream_http: auto`).
+    Alpn,
+}
+
+impl Speak {
+    fn of(pool: &Pool, req: &Request) -> Speak {
+        use config::UpstreamHttp as U;
+        match pool.upstream_http {
+            // A WebSocket upgrade stays HTTP/1.1 (docs/decisions/0010-http1.md).
+            _ if req.websocket => Speak::Http1,
+            U::Http2 => Speak::Http2,
+            U::Auto => Speak::Alpn,
+            U::Http1 | U::Downstream => Speak::Http1,
+        }
+    }
+
+    fn fits(self, up: &Up) -> bool {
+        match self {
+            Speak::Http1 => up.h2.is_none(),
+            Speak::Http2 => up.h2.is_some(),
+            Speak::Alpn => true,
+        }
+    }
+}
+
+/// An idle connection to `addr` (TLS or not, as `tls`; over TLS, one that offered `alpn`;
+/// speaking as `speak` allows) from `pool`, if a live one is there.
 fn idle_connection(
     pool: &Pool,
     addr: SocketAddr,
     tls: bool,
     alpn: &crate::io::tls::AlpnOverride,
+    speak: Speak,
 ) -> Option<Up> {
     let mut idle = pool.http1_idle.borrow_mut();
     let now = Instant::now();
     // Expired ones go first (their sockets close as they drop).
-    idle.retain(|(_, _, since, _)| {
-        pool.idle_timeout.is_zero() || now - *since < pool.idle_timeout
-    });
-    while let Some(i) = idle.iter().rposition(|(a, s, _, o)| {
-        *a == addr && s.is_tls() == tls && (!tls || crate::io::tls::same_alpn(o, alpn))
+    idle.retain(|i| pool.idle_timeout.is_zero() || now - i.since < pool.idle_timeout);
+    while let Some(i) = idle.iter().rposition(|i| {
+        let u = &i.up;
+        u.addr == addr
+            && u.s.is_tls() == tls
+            && (!tls || crate::io::tls::same_alpn(&u.alpn, alpn))
+            && speak.fits(u)
     }) {
-        let (_, s, _, alpn) = idle.swap_remove(i);
-        // Alive and quiet: nothing to read yet. EOF or stray bytes: dropped.
-        if s.quiet() {
-            return Some(Up {
-                s,
-                addr,
-                slot: None,
-                alpn,
-            });
+        let IdleConn { up, .. } = idle.swap_remove(i);
+        // Alive and quiet: nothing to read yet. EOF or stray bytes (an HTTP/2 peer's late
+        // frames or GOAWAY among them): dropped.
+        if up.s.quiet() {
+            return Some(up);
         }
     }
     None
@@ -883,8 +938,11 @@ fn idle_connection(
 
 fn put_idle(pool: &Pool, up: Up) {
     let mut idle = pool.http1_idle.borrow_mut();
-    if idle.len() < IDLE_UPSTREAM_MAX {
-        idle.push((up.addr, up.s, Instant::now(), up.alpn));
+    if idle.len() < IDLE_UPSTREAM_MAX && up.h2.as_ref().is_none_or(|h| h.reusable()) {
+        idle.push(IdleConn {
+            up,
+            since: Instant::now(),
+        });
     }
 }
 
@@ -896,6 +954,7 @@ async fn upstream<C>(
     c: &mut Down<C>,
     pool: &Pool,
     retry: Option<&crate::route::Retry>,
+    speak: Speak,
 ) -> Result<Up, Local> {
     let lb = &pool.lb;
     let mut tried = [usize::MAX; CONNECT_ATTEMPTS_MAX];
@@ -926,8 +985,12 @@ async fn upstream<C>(
             (lb.slot(i).addr, Some(i), lb.tls(i))
         };
         c.seen.upstream = Some(addr);
-        let alpn = pool.alpn(&c.alpn);
-        if let Some(mut up) = idle_connection(pool, addr, tls.is_some(), alpn) {
+        // istio.alpn: the listener's override for the protocol the request goes with.
+        let alpn = pool.alpn(match speak {
+            Speak::Http2 => &c.alpn2,
+            Speak::Http1 | Speak::Alpn => &c.alpn,
+        });
+        if let Some(mut up) = idle_connection(pool, addr, tls.is_some(), alpn, speak) {
             up.slot = slot;
             return Ok(up);
         }
@@ -953,11 +1016,20 @@ async fn upstream<C>(
                     UpStream::Tls(s) => crate::io::Conn::set_keepalive(s, &lb.keepalive),
                 };
                 pool.stats.inc(lb.ids.cx_total);
+                let h2 = match speak {
+                    Speak::Http1 => false,
+                    Speak::Http2 => true,
+                    Speak::Alpn => {
+                        matches!(&s, UpStream::Tls(t) if crate::io::Conn::alpn(t).as_deref() == Some(b"h2"))
+                    }
+                };
+                let h2 = h2.then(|| Box::new(h2::Session::new()));
                 return Ok(Up {
                     s,
                     addr,
                     slot,
                     alpn: alpn.clone(),
+                    h2,
                 });
             }
             Ok(Err(e)) => {
@@ -989,6 +1061,7 @@ fn request_head(
     req: &Request,
     scheme: &str,
     request_id: impl FnOnce() -> String,
+    expected_ms: Option<u64>,
     mx: Mx<'_>,
 ) -> Vec<u8> {
     let mut h = Vec::with_capacity(
@@ -1032,6 +1105,9 @@ fn request_head(
         h.extend_from_slice(b"\r\n");
     }
     mx.write(&mut h, true);
+    if let Some(ms) = expected_ms {
+        h.extend_from_slice(format!("x-envoy-expected-rq-timeout-ms: {ms}\r\n").as_bytes());
+    }
     match req.framing {
         Framing::Chunked => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(_) | Framing::UntilClose => {}
@@ -1234,12 +1310,20 @@ async fn forward<C: crate::io::Conn>(
     l: &TripleListener,
     req: &Request,
     pool: &Rc<Pool>,
-    deadline: Option<Instant>,
+    (deadline, expected_ms): (Option<Instant>, Option<u64>),
     policy: Option<crate::route::RetryPolicy>,
     mirrors: &[Option<Rc<Pool>>],
 ) -> Result<Next, (Local, Option<bool>)> {
     let mx = Mx::of(l, c.seen.lg.as_deref());
-    let head = request_head(req, c.scheme, || request_id(l), mx);
+    // One `x-request-id` for every try, HTTP/1.1 or HTTP/2.
+    let rid = (!req.fields.iter().any(|(n, _)| n == "x-request-id")).then(|| request_id(l));
+    let head = request_head(
+        req,
+        c.scheme,
+        || rid.clone().unwrap_or_default(),
+        expected_ms,
+        mx,
+    );
     let mirroring = mirrors.iter().any(Option::is_some);
     let mut mirrored = !mirroring;
     let mut body = match req.framing == Framing::Length(0) {
@@ -1253,7 +1337,15 @@ async fn forward<C: crate::io::Conn>(
     };
     let (mut up, resp, mut rbuf) = loop {
         let got = one_try(
-            c, req, pool, &head, &mut body, &mut retry, deadline, mirroring, mx,
+            c,
+            req,
+            pool,
+            (&head, rid.as_deref(), expected_ms),
+            &mut body,
+            &mut retry,
+            deadline,
+            mirroring,
+            mx,
         )
         .await;
         if !mirrored {
@@ -1334,15 +1426,30 @@ async fn forward<C: crate::io::Conn>(
     }
     let relayed = async {
         let c = &mut *c;
-        relay_body(
-            &mut up.s,
-            &mut rbuf,
-            &mut c.s,
-            resp.framing,
-            &mut None,
-            &mut c.seen.tx,
-        )
-        .await
+        match up.h2.as_mut() {
+            Some(sess) => {
+                h2::relay_response(
+                    &mut up.s,
+                    sess,
+                    &mut rbuf,
+                    &mut c.s,
+                    resp.framing,
+                    &mut c.seen.tx,
+                )
+                .await
+            }
+            None => {
+                relay_body(
+                    &mut up.s,
+                    &mut rbuf,
+                    &mut c.s,
+                    resp.framing,
+                    &mut None,
+                    &mut c.seen.tx,
+                )
+                .await
+            }
+        }
     };
     let relayed = match deadline {
         Some(d) => shard::monoio::time::timeout_at(d.into(), relayed)
@@ -1519,15 +1626,16 @@ async fn one_try<C: crate::io::Conn>(
     c: &mut Down<C>,
     req: &Request,
     pool: &Pool,
-    head: &[u8],
+    (head, rid, expected_ms): (&[u8], Option<&str>, Option<u64>),
     body: &mut Body,
     retry: &mut Option<crate::route::Retry>,
     deadline: Option<Instant>,
     keep_body: bool,
     mx: Mx<'_>,
 ) -> Result<(Up, Response, BytesMut), Failed> {
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let send = async {
-        let mut up = upstream(c, pool, retry.as_ref())
+        let mut up = upstream(c, pool, retry.as_ref(), Speak::of(pool, req))
             .await
             .map_err(|e| match e {
                 Local::ConnectFailure => Failed::Connect,
@@ -1535,6 +1643,13 @@ async fn one_try<C: crate::io::Conn>(
             })?;
         if let (Some(r), Some(i)) = (retry.as_mut(), up.slot) {
             r.tried(i);
+        }
+        if let Some(sess) = up.h2.as_mut() {
+            let added = (rid, expected_ms);
+            let keep = retry.is_some() || keep_body;
+            let link = (&mut **sess, &mut up.s, &mut rbuf);
+            send_h2(c, req, link, (added, mx), body, keep).await?;
+            return Ok(up);
         }
         let (r, _) = up.s.write_all(head.to_vec()).await;
         r.map_err(|_| Failed::Lost)?;
@@ -1584,7 +1699,10 @@ async fn one_try<C: crate::io::Conn>(
         (None, d) => (d, Failed::Final(Local::Timeout)),
     };
     let read = async {
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        if let Some(sess) = up.h2.as_mut() {
+            let resp = h2::read_response(&mut up.s, sess, &mut rbuf, req, mx).await?;
+            return Ok((resp, std::mem::take(&mut rbuf)));
+        }
         loop {
             let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO, false)
                 .await
@@ -1600,11 +1718,60 @@ async fn one_try<C: crate::io::Conn>(
             if resp.code != 101 && (100..200).contains(&resp.code) {
                 continue;
             }
-            return Ok((resp, rbuf));
+            return Ok((resp, std::mem::take(&mut rbuf)));
         }
     };
     let (resp, rbuf) = within(try_deadline, read, || cut).await?;
     Ok((up, resp, rbuf))
+}
+
+/// Sends a request over an HTTP/2 connection: HEADERS, then its body (from the caller, with
+/// `Expect: 100-continue` answered first, a copy held when `keep`; or held from a try before).
+async fn send_h2<C: crate::io::Conn>(
+    c: &mut Down<C>,
+    req: &Request,
+    (sess, s, rbuf): (&mut h2::Session, &mut UpStream, &mut BytesMut),
+    (added, mx): ((Option<&str>, Option<u64>), Mx<'_>),
+    body: &mut Body,
+    keep: bool,
+) -> Result<(), Failed> {
+    let empty = matches!(body, Body::Held(b) if b.is_empty()) || req.framing == Framing::Length(0);
+    h2::send_head(s, sess, req, (c.scheme, mx), added, empty).await?;
+    if empty {
+        return Ok(());
+    }
+    if let Body::Unread = body {
+        if req.expect_continue {
+            let (r, _) =
+                c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                    .await;
+            r.map_err(|_| Failed::Final(Local::BadRequest))?;
+        }
+    }
+    let mut hold = keep.then(Vec::new);
+    let from_caller = matches!(body, Body::Unread);
+    if from_caller {
+        *body = Body::Partial;
+    }
+    let sent = h2::send_body(
+        &mut c.s,
+        &mut c.buf,
+        s,
+        sess,
+        rbuf,
+        req.framing,
+        body,
+        &mut hold,
+        &mut c.seen.rx,
+    )
+    .await;
+    match sent {
+        Ok(()) if from_caller => *body = hold.map_or(Body::Read, Body::Held),
+        Ok(()) => {}
+        // The caller's body was read whole, sending it failed: another try may send it.
+        Err((f, _)) => return Err(f),
+    }
+    Ok(())
 }
 
 /// `f`, or `timed_out()` once `deadline` passes.
@@ -1723,6 +1890,11 @@ impl Chunks {
     /// Consumes the start of `b` up to the body's end: (bytes of it that belong to the body,
     /// whether the body ended there).
     fn feed(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
+        self.feed_data(b, &mut |_| {})
+    }
+
+    /// [`Chunks::feed`], handing each run of chunk data to `data` as it is passed.
+    fn feed_data(&mut self, b: &[u8], data: &mut dyn FnMut(&[u8])) -> Result<(usize, bool), ()> {
         use ChunkState as S;
         let mut i = 0;
         while i < b.len() {
@@ -1731,6 +1903,7 @@ impl Chunks {
                 S::Done => return Ok((i, true)),
                 S::Data(n) => {
                     let take = (n as usize).min(b.len() - i);
+                    data(&b[i..i + take]);
                     i += take;
                     self.data += take as u64;
                     let rest = n - take as u64;

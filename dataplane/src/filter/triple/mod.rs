@@ -700,16 +700,11 @@ pub struct Pool {
     pub backoff_wake: shard::Notify,
     /// The back-off's jitter.
     pub dice: crate::route::Dice,
-    /// Idle keep-alive HTTP/1.1 connections ([`http1`]): (endpoint, socket, idle since, the
-    /// ALPN override it offered), at most [`http1::IDLE_UPSTREAM_MAX`].
-    pub http1_idle: RefCell<
-        Vec<(
-            SocketAddr,
-            http1_tls::UpStream,
-            Instant,
-            crate::io::tls::AlpnOverride,
-        )>,
-    >,
+    /// Idle keep-alive upstream connections of HTTP/1.1 requests ([`http1`]; HTTP/1.1 or
+    /// HTTP/2 as `upstream_http` says), at most [`http1::IDLE_UPSTREAM_MAX`].
+    pub http1_idle: RefCell<Vec<http1::IdleConn>>,
+    /// The protocol HTTP/1.1 requests are forwarded with (`upstream_http`).
+    pub upstream_http: config::UpstreamHttp,
     /// `keep_alpn`: listeners' `alpn_override` does not apply to this cluster.
     pub keep_alpn: bool,
 }
@@ -786,6 +781,7 @@ impl Pool {
             backoff_wake: shard::Notify::new(),
             dice: crate::route::Dice::new(jitter_seed()),
             http1_idle: RefCell::new(Vec::new()),
+            upstream_http: c.upstream_http,
             keep_alpn: c.keep_alpn,
             stats,
             ids,

@@ -1,0 +1,349 @@
+//! HTTP/1.1 requests routed to a cluster whose `HttpProtocolOptions` asks for HTTP/2 go
+//! upstream as HTTP/2 (docs/decisions/0010-http1.md), as Envoy's router sends them: checked
+//! byte for byte against Envoy 1.40 given the same resources, with a real HTTP/2 server (the
+//! `h2` library's, tests/peers/http1/h2_server.py) that answers with what it received.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
+use common::http1::Http1Server;
+use common::peers::root;
+use common::xds::XdsServer;
+use common::*;
+use serde_json::{json, Value};
+
+/// The HTTP/2 server of tests/peers/http1/h2_server.py, killed on drop.
+struct H2Server(std::process::Child);
+
+impl H2Server {
+    fn start(port: u16, name: &str) -> H2Server {
+        use std::io::BufRead;
+        let python = peers::require(root().join(".cache/venv/bin/python"));
+        let mut child = std::process::Command::new(python)
+            .arg(root().join("tests/peers/http1/h2_server.py"))
+            .args(["--port", &port.to_string(), "--name", name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "h2 server {name}");
+        H2Server(child)
+    }
+}
+
+impl Drop for H2Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads one HTTP/1.1 response (to a request with `method`) off `s`, framed as its head says
+/// (`content-length`, chunked, or until the connection closes), into `buf`: its bytes.
+fn read_response(s: &mut std::net::TcpStream, buf: &mut Vec<u8>, method: &str) -> Vec<u8> {
+    let mut chunk = [0u8; 65536];
+    let mut fill = |buf: &mut Vec<u8>| -> bool {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    };
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if !fill(buf) {
+            return std::mem::take(buf);
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let status: u16 = head[9..12].parse().unwrap();
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+    };
+    let end = if method == "HEAD" || status == 204 || status == 304 || status < 200 {
+        head_end
+    } else if let Some(n) = field("content-length") {
+        let n: usize = n.trim().parse().unwrap();
+        while buf.len() < head_end + n {
+            assert!(fill(buf), "closed within a body");
+        }
+        head_end + n
+    } else if field("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        let mut at = head_end;
+        loop {
+            let line_end = loop {
+                if let Some(p) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                    break at + p + 2;
+                }
+                assert!(fill(buf), "closed within a chunk size");
+            };
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&buf[at..line_end - 2])
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .trim(),
+                16,
+            )
+            .unwrap();
+            if size == 0 {
+                // The trailer section up to its empty line.
+                let mut t = line_end;
+                loop {
+                    if let Some(p) = buf[t..].windows(2).position(|w| w == b"\r\n") {
+                        if p == 0 {
+                            break;
+                        }
+                        t += p + 2;
+                        continue;
+                    }
+                    assert!(fill(buf), "closed within trailers");
+                }
+                at = t + 2;
+                break;
+            }
+            while buf.len() < line_end + size + 2 {
+                assert!(fill(buf), "closed within a chunk");
+            }
+            at = line_end + size + 2;
+        }
+        at
+    } else {
+        while fill(buf) {}
+        buf.len()
+    };
+    let rest = buf.split_off(end);
+    std::mem::replace(buf, rest)
+}
+
+/// Sends each raw request on one keep-alive connection to `target` (a new one after a close)
+/// and returns each raw response.
+fn exchange(target: SocketAddr, requests: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut conn: Option<std::net::TcpStream> = None;
+    let mut buf = Vec::new();
+    for (method, bytes) in requests {
+        let s = conn.get_or_insert_with(|| {
+            let s = std::net::TcpStream::connect(target).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        });
+        s.write_all(bytes).unwrap();
+        let mut r = read_response(s, &mut buf, method);
+        // An interim response (100 Continue) and the final one, together.
+        while r.starts_with(b"HTTP/1.1 1") {
+            let more = read_response(s, &mut buf, method);
+            r.extend_from_slice(&more);
+            if more.is_empty() {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&r).to_string();
+        if text.is_empty() || text.to_lowercase().contains("\r\nconnection: close\r\n") {
+            conn = None;
+            buf.clear();
+        }
+        out.push(if text.is_empty() {
+            "closed".to_string()
+        } else {
+            text
+        });
+    }
+    out
+}
+
+/// A response as two proxies' are compared: the fields Envoy's connection manager and router
+/// add to every response are left out (`date` and `x-envoy-upstream-service-time`, whose
+/// values are times, and `server`: ringside adds none of them; docs/decisions/0010-http1.md).
+fn comparable(r: &str) -> String {
+    r.split("\r\n")
+        .filter(|l| {
+            let l = l.to_lowercase();
+            !["date:", "server:", "x-envoy-upstream-service-time:"]
+                .iter()
+                .any(|f| l.starts_with(f))
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// A response's status line and body (an HTTP/1.1 upstream's fields keep their case through
+/// ringside, Envoy writes them lower-case; the HTTP/1.1 path has its own tests).
+fn status_and_body(r: &str) -> String {
+    let status = r.split("\r\n").next().unwrap_or("");
+    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    format!("{status}\n{body}")
+}
+
+/// An HTTP connection manager as istiod writes it (`codec_type: AUTO`), routing host `svc` to
+/// the cluster `h2up` (HTTP/2: `explicit_http_config.http2_protocol_options`) and `/h1/` to
+/// `h1up` (`use_downstream_protocol_config`: an HTTP/1.1 request stays HTTP/1.1).
+fn snapshot(listen: SocketAddr, h2up: SocketAddr, h1up: SocketAddr) -> Value {
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "http", "codec_type": "AUTO",
+        "route_config": {"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc", "svc:80"], "routes": [
+            {"match": {"prefix": "/h1/"}, "route": {"cluster": "h1up", "timeout": "5s"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "h2up", "timeout": "5s"}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    });
+    let options = |mut o: Value| {
+        o["@type"] =
+            json!("type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
+        o["common_http_protocol_options"] = json!({"idle_timeout": "60s"});
+        json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": o})
+    };
+    let cluster = |name: &str, ep: SocketAddr, o: Value| {
+        json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": load_assignment(name, &[ep]),
+               "typed_extension_protocol_options": options(o)})
+    };
+    json!({
+        "version": "v1",
+        "listeners": [{"name": "http", "address": socket(listen), "traffic_direction": "OUTBOUND",
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+        "clusters": [
+            cluster("h2up", h2up, json!({"explicit_http_config": {"http2_protocol_options": {}}})),
+            cluster("h1up", h1up, json!({"use_downstream_protocol_config": {}})),
+        ]
+    })
+}
+
+/// A chunked body of `data` in pieces of `piece` bytes.
+fn chunked(data: &[u8], piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in data.chunks(piece) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// The same HTTP/1.1 requests on raw keep-alive connections through Envoy 1.40 and ringside,
+/// routed to an HTTP/2 cluster: a GET with hop-by-hop fields (`Connection` naming one, `TE`,
+/// `Keep-Alive`), a POST with a `Content-Length` body, a chunked POST with chunk extensions
+/// and a trailer, a 100 KiB body each way (beyond HTTP/2's initial 64 KiB windows, so both
+/// sides' flow control), HEAD, a response without length in several DATA frames (chunked to
+/// the caller), one with trailers (dropped), one that ends with its HEADERS, 204 and 404, an
+/// `Expect: 100-continue` request, an HTTP/1.1 request to a `use_downstream_protocol_config`
+/// cluster (HTTP/1.1 upstream), and `Connection: close`. Each response is the same bytes from
+/// both, and so what the HTTP/2 server saw (it answers with its view of the request: the
+/// pseudo-header and field order, the body's length and digest).
+#[test]
+fn http1_requests_go_upstream_as_http2_like_envoy() {
+    let h2_port = free_port();
+    let _h2 = H2Server::start(h2_port, "h2");
+    let h1_port = free_port();
+    let _h1 = Http1Server::start("127.0.0.1", h1_port, "h1");
+    let big = pattern(100 * 1024);
+    let mut post_big = b"PUT /len HTTP/1.1\r\nHost: svc\r\nContent-Length: 102400\r\n\r\n".to_vec();
+    post_big.extend_from_slice(&big);
+    let mut chunked_big =
+        b"POST /frames HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    chunked_big.extend_from_slice(&chunked(&big, 7000));
+    let requests: Vec<(String, Vec<u8>)> = vec![
+        ("GET", b"GET /len?q=1 HTTP/1.1\r\nHost: svc\r\nUser-Agent: t/1\r\nX-App: a\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 300\r\nTE: trailers\r\n\r\n".to_vec()),
+        ("POST", b"POST /len HTTP/1.1\r\nHost: svc:80\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world".to_vec()),
+        ("POST", b"POST /len HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n".to_vec()),
+        ("PUT", post_big),
+        ("POST", chunked_big),
+        ("HEAD", b"HEAD /len HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("GET", b"GET /frames HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("GET", b"GET /trailers HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("GET", b"GET /empty HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("GET", b"GET /status/204 HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("GET", b"GET /status/404 HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("GET", b"GET /big HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("POST", b"POST /len HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc".to_vec()),
+        ("GET", b"GET /h1/x HTTP/1.1\r\nHost: svc\r\n\r\n".to_vec()),
+        ("DELETE", b"DELETE /len HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".to_vec()),
+    ]
+    .into_iter()
+    .map(|(m, b)| (m.to_string(), b))
+    .collect();
+    let run = |who: &str| -> Vec<String> {
+        let listen = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen, local(h2_port), local(h1_port)))
+            .unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "h1h2"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: h1h2\n  node_cluster: t\n  mode: sotw\n  \
+                 initial_fetch_timeout_ms: 5000\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        let ack = xds.wait_ack("cds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        exchange(listen, &requests)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, e) in envoy.iter().enumerate() {
+        eprintln!(
+            "--- {i} envoy:\n{}",
+            e.chars().take(1500).collect::<String>()
+        );
+        eprintln!(
+            "--- {i} ringside:\n{}",
+            ringside[i].chars().take(1500).collect::<String>()
+        );
+    }
+    // Envoy's answers are what the HTTP/2 server gives (not local errors), HTTP/2 upstream.
+    assert!(envoy[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", envoy[0]);
+    assert!(
+        envoy[0].contains(
+            "h2 GET /len?q=1\n:authority: svc\n:path: /len?q=1\n:method: GET\n:scheme: http\n"
+        ),
+        "{}",
+        envoy[0]
+    );
+    assert!(envoy[13].contains("h1 GET /h1/x"), "{}", envoy[13]);
+    assert_eq!(ringside.len(), envoy.len());
+    for (i, (r, e)) in ringside.iter().zip(&envoy).enumerate() {
+        let (r, e) = match i {
+            13 => (status_and_body(r), status_and_body(e)),
+            _ => (comparable(r), comparable(e)),
+        };
+        assert_eq!(r, e, "response {i}: ringside (left) vs Envoy (right)");
+    }
+}

@@ -1,0 +1,179 @@
+"""An HTTP/2 (h2c, prior knowledge) test server on the `h2` library, for HTTP/1.1 requests a
+proxy forwards as HTTP/2.
+
+python h2_server.py --host H --port P --name NAME
+  Answers every request with a body that says what arrived: a line "NAME METHOD PATH", one
+  line per header field in the order received ("name: value"; an x-request-id's value as
+  <id>), and "body len=N sha=HEX" (the request's DATA, its first 12 hex digits of SHA-256).
+  By path: /len (the default) answers 200 with content-length in one DATA frame; /frames
+  without content-length in two DATA frames (30 ms apart) and an empty one with END_STREAM;
+  /trailers without content-length, one DATA frame and trailers (x-t: 1); /empty 200 with
+  END_STREAM on its HEADERS; /status/N status N (204, 304: no body; else "status N\\n" with
+  content-length); /big a 100000-byte body with content-length (more than one window); HEAD
+  the head of /len without DATA. Every response carries x-up: NAME.
+  Prints "ready" once listening.
+"""
+import argparse
+import hashlib
+import socket
+import threading
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+
+
+def serve(sock, name):
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    streams = {}
+    lock = threading.Lock()
+
+    def send(data):
+        if data:
+            sock.sendall(data)
+
+    def wait_window(sid, n):
+        # Blocks until the peer's windows allow n bytes (the reader thread updates them).
+        while True:
+            with lock:
+                if conn.local_flow_control_window(sid) >= n:
+                    return
+            time.sleep(0.005)
+
+    def data(sid, body, end):
+        # Within the peer's windows and frame size.
+        while body:
+            with lock:
+                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if room <= 0:
+                time.sleep(0.005)
+                continue
+            piece, body = body[:room], body[room:]
+            with lock:
+                conn.send_data(sid, piece, end_stream=end and not body)
+                send(conn.data_to_send())
+        if end and body == b"":
+            pass
+
+    def answer(sid, headers, body):
+        h = dict(headers)
+        method, path = h[":method"], h[":path"]
+        lines = ["%s %s %s" % (name, method, path)]
+        for k, v in headers:
+            if k == "x-request-id":
+                v = "<id>"
+            lines.append("%s: %s" % (k, v))
+        lines.append("body len=%d sha=%s" % (len(body), hashlib.sha256(body).hexdigest()[:12]))
+        echo = ("\n".join(lines) + "\n").encode()
+        base = [("x-up", name)]
+        if path.startswith("/status/"):
+            code = int(path.split("/")[2])
+            if code in (204, 304):
+                with lock:
+                    conn.send_headers(sid, [(":status", str(code))] + base, end_stream=True)
+                    send(conn.data_to_send())
+                return
+            b = b"status %d\n" % code
+            with lock:
+                conn.send_headers(sid, [(":status", str(code)), ("content-length", str(len(b)))] + base)
+                send(conn.data_to_send())
+            data(sid, b, True)
+            return
+        if path == "/empty":
+            with lock:
+                conn.send_headers(sid, [(":status", "200")] + base, end_stream=True)
+                send(conn.data_to_send())
+            return
+        if path == "/frames":
+            with lock:
+                conn.send_headers(sid, [(":status", "200"), ("content-type", "text/plain")] + base)
+                send(conn.data_to_send())
+            half = len(echo) // 2
+            data(sid, echo[:half], False)
+            time.sleep(0.03)
+            data(sid, echo[half:], False)
+            time.sleep(0.03)
+            with lock:
+                conn.send_data(sid, b"", end_stream=True)
+                send(conn.data_to_send())
+            return
+        if path == "/trailers":
+            with lock:
+                conn.send_headers(sid, [(":status", "200"), ("content-type", "text/plain")] + base)
+                send(conn.data_to_send())
+            data(sid, echo, False)
+            with lock:
+                conn.send_headers(sid, [("x-t", "1")], end_stream=True)
+                send(conn.data_to_send())
+            return
+        if path == "/big":
+            echo = (echo * (100000 // len(echo) + 1))[:100000]
+        head = [(":status", "200"), ("content-type", "text/plain"),
+                ("content-length", str(len(echo)))] + base
+        if method == "HEAD":
+            with lock:
+                conn.send_headers(sid, head, end_stream=True)
+                send(conn.data_to_send())
+            return
+        with lock:
+            conn.send_headers(sid, head)
+            send(conn.data_to_send())
+        data(sid, echo, True)
+
+    try:
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                return
+            with lock:
+                events = conn.receive_data(got)
+                send(conn.data_to_send())
+            for e in events:
+                if isinstance(e, h2.events.RequestReceived):
+                    hs = [(k.decode() if isinstance(k, bytes) else k,
+                           v.decode() if isinstance(v, bytes) else v) for k, v in e.headers]
+                    streams[e.stream_id] = (hs, bytearray())
+                    if e.stream_ended:
+                        hs, body = streams.pop(e.stream_id)
+                        threading.Thread(target=answer, args=(e.stream_id, hs, bytes(body)),
+                                         daemon=True).start()
+                elif isinstance(e, h2.events.DataReceived):
+                    streams[e.stream_id][1].extend(e.data)
+                    with lock:
+                        conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                        send(conn.data_to_send())
+                elif isinstance(e, h2.events.StreamEnded):
+                    if e.stream_id in streams:
+                        hs, body = streams.pop(e.stream_id)
+                        threading.Thread(target=answer, args=(e.stream_id, hs, bytes(body)),
+                                         daemon=True).start()
+                elif isinstance(e, h2.events.ConnectionTerminated):
+                    return
+    except (OSError, h2.exceptions.ProtocolError):
+        return
+    finally:
+        sock.close()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", default="h2")
+    a = p.parse_args()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a.host, a.port))
+    s.listen(64)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c, a.name), daemon=True).start()
+
+
+if __name__ == "__main__":
+    import h2.exceptions  # noqa: F401
+    main()
