@@ -1394,10 +1394,9 @@ fn retry_budget_matches_envoy() {
     let rs = ringside_over_xds(&rs_xds, "oracle-rb", "", 1, "rb1", rs_listen);
     // Per phase: (calls answered OK, answered UNAVAILABLE, retries, retry overflows).
     let run = |who: &str, addr: SocketAddr, get: &dyn Fn(&str) -> u64| -> Vec<[u64; 4]> {
-        let held = |k: String, at: u64| json!({"at_ms": at, "metadata": {"x-key": k, "x-hold-ms": 4000}});
-        let failing = |k: String, at: u64| {
-            json!({"at_ms": at, "metadata": {"x-key": k, "x-fail-first": 1, "x-hold-ms": 4000}})
-        };
+        let held =
+            |k: String, at: u64| json!({"at_ms": at, "metadata": {"x-key": k, "x-hold-ms": 4000}});
+        let failing = |k: String, at: u64| json!({"at_ms": at, "metadata": {"x-key": k, "x-fail-first": 1, "x-hold-ms": 4000}});
         let phase1: Vec<_> = (0..20)
             .map(|i| held(format!("{who}-h{i}"), 0))
             .chain((0..10).map(|i| failing(format!("{who}-f{i}"), 600 + 150 * i)))
@@ -1518,7 +1517,9 @@ fn retry_back_off_matches_envoy() {
     };
     let envoy_means = run("envoy", envoy_listen);
     let rs_means = run("ringside", rs_listen);
-    eprintln!("mean gaps before retries 1, 2, 3 (ms): Envoy {envoy_means:.1?}, ringside {rs_means:.1?}");
+    eprintln!(
+        "mean gaps before retries 1, 2, 3 (ms): Envoy {envoy_means:.1?}, ringside {rs_means:.1?}"
+    );
     for k in 0..3 {
         for (who, m) in [("Envoy", envoy_means[k]), ("ringside", rs_means[k])] {
             assert!(

@@ -2943,8 +2943,10 @@ fn alpn_client_snapshot(
         if with && !envoy {
             filters.push(alpn_filter.clone());
         }
-        filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+        filters.push(
+            json!({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+        );
         json!({"name": lname, "address": common::envoy::socket(addr),
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
@@ -2958,8 +2960,16 @@ fn alpn_client_snapshot(
         cluster(name(50051, false), 50051, None),
     ];
     if envoy {
-        clusters.push(cluster(name(8081, true), 8081, Some(override_for("HTTP11"))));
-        clusters.push(cluster(name(50051, true), 50051, Some(override_for("HTTP2"))));
+        clusters.push(cluster(
+            name(8081, true),
+            8081,
+            Some(override_for("HTTP11")),
+        ));
+        clusters.push(cluster(
+            name(50051, true),
+            50051,
+            Some(override_for("HTTP2")),
+        ));
     }
     let ca = pki.read("ca.pem");
     json!({"version": "c",

@@ -3751,10 +3751,14 @@ fn alpn_filter(any: &Any) -> Result<config::AlpnOverride, String> {
         let t = TypedStructFull::decode(any.value.as_slice())
             .map_err(|e| format!("cannot decode TypedStruct: {e}"))?;
         let json = struct_json(&t.value.unwrap_or_default());
-        let list = json.get("alpn_override").or_else(|| json.get("alpnOverride"));
+        let list = json
+            .get("alpn_override")
+            .or_else(|| json.get("alpnOverride"));
         let mut out = Vec::new();
         for o in list.and_then(|l| l.as_array()).into_iter().flatten() {
-            let p = o.get("upstream_protocol").or_else(|| o.get("upstreamProtocol"));
+            let p = o
+                .get("upstream_protocol")
+                .or_else(|| o.get("upstreamProtocol"));
             let p = match p.and_then(|p| p.as_str()) {
                 None | Some("HTTP10") => 0,
                 Some("HTTP11") => 1,
@@ -3765,7 +3769,11 @@ fn alpn_filter(any: &Any) -> Result<config::AlpnOverride, String> {
                 .get("alpn_override")
                 .or_else(|| o.get("alpnOverride"))
                 .and_then(|a| a.as_array())
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             out.push((p, alpn));
         }

@@ -2574,7 +2574,8 @@ fn istio_alpn_filter_gives_the_listener_its_alpn_override() {
     )));
     assert!(e.contains("upstream_protocol 7"), "{e}");
     // Without the filter: none.
-    let (_, res) = decode_listener(&crate::testing::listener("t", 1, pack_any(base.clone()))).unwrap();
+    let (_, res) =
+        decode_listener(&crate::testing::listener("t", 1, pack_any(base.clone()))).unwrap();
     assert!(res.listener.triple.unwrap().alpn_override.is_none());
 
     // A cluster istiod marks `istio.alpn_override: "false"` keeps its ALPN.

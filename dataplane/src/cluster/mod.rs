@@ -1168,10 +1168,12 @@ impl RetryBreaker {
         let max = c
             .circuit_breakers
             .map_or(config::MAX_RETRIES_DEFAULT, |cb| cb.max_retries);
-        let budget = c
-            .circuit_breakers
-            .and_then(|cb| cb.retry_budget)
-            .map(|b| (b.budget_percent.0 / 100.0, b.min_retry_concurrency.div_ceil(n)));
+        let budget = c.circuit_breakers.and_then(|cb| cb.retry_budget).map(|b| {
+            (
+                b.budget_percent.0 / 100.0,
+                b.min_retry_concurrency.div_ceil(n),
+            )
+        });
         RetryBreaker {
             max: max.div_ceil(n),
             budget,

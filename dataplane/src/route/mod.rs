@@ -310,7 +310,9 @@ impl RetryPolicy {
             back_off: {
                 let base = p
                     .retry_back_off
-                    .map_or(config::RETRY_BACK_OFF_BASE_MS_DEFAULT, |b| b.base_interval_ms);
+                    .map_or(config::RETRY_BACK_OFF_BASE_MS_DEFAULT, |b| {
+                        b.base_interval_ms
+                    });
                 let max = p
                     .retry_back_off
                     .and_then(|b| b.max_interval_ms)

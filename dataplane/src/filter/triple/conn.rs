@@ -1254,7 +1254,14 @@ impl Conn {
             }
         }
         let picked = pool
-            .retry_connection(h, self.limits, &self.alpn, Some(self), policy.as_ref(), label)
+            .retry_connection(
+                h,
+                self.limits,
+                &self.alpn,
+                Some(self),
+                policy.as_ref(),
+                label,
+            )
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
         let Some((uid, up)) = picked else {
@@ -1302,7 +1309,9 @@ impl Conn {
             }
         }
         tracing::debug!(upstream = %h.addr, stream = id, ?why, "stream sent again");
-        relink(&down, did, &up, uid, policy, by_policy, held, queue, no_credit);
+        relink(
+            &down, did, &up, uid, policy, by_policy, held, queue, no_credit,
+        );
         Sent::Yes
     }
 
@@ -3168,7 +3177,10 @@ fn wake_backoff(pool: &Rc<Pool>) {
             let now = Instant::now();
             let next = {
                 let q = pool.backoff.borrow();
-                q.iter().enumerate().min_by_key(|(_, p)| p.due).map(|(i, p)| (i, p.due))
+                q.iter()
+                    .enumerate()
+                    .min_by_key(|(_, p)| p.due)
+                    .map(|(i, p)| (i, p.due))
             };
             let Some((i, due)) = next else {
                 break;
@@ -3216,7 +3228,14 @@ fn resume(pool: &Rc<Pool>, p: Parked) {
     }
     let avoid = p.avoid.upgrade();
     let picked = pool
-        .retry_connection(&p.host, p.limits, &p.alpn, avoid.as_deref(), policy.as_ref(), p.label)
+        .retry_connection(
+            &p.host,
+            p.limits,
+            &p.alpn,
+            avoid.as_deref(),
+            policy.as_ref(),
+            p.label,
+        )
         .ok()
         .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
     let Some((uid, up)) = picked else {
@@ -3227,7 +3246,17 @@ fn resume(pool: &Rc<Pool>, p: Parked) {
     if let (Some(r), Side::Up(nh)) = (policy.as_mut(), &up.side) {
         r.tried(nh.index);
     }
-    relink(&down, did, &up, uid, policy, by_policy, p.held, p.queue, p.no_credit);
+    relink(
+        &down,
+        did,
+        &up,
+        uid,
+        policy,
+        by_policy,
+        p.held,
+        p.queue,
+        p.no_credit,
+    );
 }
 
 /// A retried call goes on: its caller's stream `did` is linked to upstream stream `uid`, which

@@ -1518,13 +1518,11 @@ fn mirror(
             let i = lb.pick_available(|_| Availability::Ready)?;
             let addr = lb.slot(i).addr;
             let mut s = match lb.tls(i) {
-                Some(t) => {
-                    UpStream::Tls(
-                        crate::io::tls::connect(addr, &lb.sources, &t, alpn.as_deref())
-                            .await
-                            .ok()?,
-                    )
-                }
+                Some(t) => UpStream::Tls(
+                    crate::io::tls::connect(addr, &lb.sources, &t, alpn.as_deref())
+                        .await
+                        .ok()?,
+                ),
                 None => UpStream::Plain(
                     crate::io::intercept::connect(addr, &lb.sources)
                         .await

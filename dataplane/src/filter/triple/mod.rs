@@ -1037,7 +1037,11 @@ impl Host {
         Err(NoConn::Full)
     }
 
-    fn open(self: &Rc<Self>, limits: H2Limits, alpn: &crate::io::tls::AlpnOverride) -> Rc<conn::Conn> {
+    fn open(
+        self: &Rc<Self>,
+        limits: H2Limits,
+        alpn: &crate::io::tls::AlpnOverride,
+    ) -> Rc<conn::Conn> {
         let c = conn::connect(self, limits, alpn.clone());
         self.conns.borrow_mut().push(c.clone());
         if let Some(b) = &self.pool.conn_breaker {
