@@ -1564,6 +1564,48 @@ pub struct TripleMatch {
     pub unit: Option<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    /// The whole request path (without its query and fragment), for conditions that cannot be
+    /// said as `service` / `method` (HTTP paths, `path_separated_prefix`, case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Query parameters of the path (the first value of each name, not percent-decoded, as
+    /// Envoy's `query_parameters`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<QueryMatch>,
+}
+
+/// A condition on the request path without its query and fragment: exactly one of `exact`,
+/// `prefix`, `regex` (whole path), `separated_prefix` (the path is it or starts with it and
+/// `/`, Envoy's `path_separated_prefix`). `ignore_case` applies to all but `regex`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separated_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
+}
+
+/// A query parameter by name: exactly one of `exact`, `prefix`, `regex`, `present` (its first
+/// value, as sent: not percent-decoded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
 }
 
 /// A request header by (lower-case) name: exactly one of `exact`, `prefix`, `regex`, `present`.
@@ -1579,6 +1621,13 @@ pub struct HeaderMatch {
     pub regex: Option<String>,
     #[serde(default)]
     pub present: Option<bool>,
+    /// The condition's opposite (Envoy's `invert_match`): a request without the header still
+    /// fails an `exact`/`prefix`/`regex` condition unless `treat_missing_as_empty`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+    /// A missing header is matched as the empty value (Envoy's `treat_missing_header_as_empty`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub treat_missing_as_empty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -3908,6 +3957,36 @@ pub(crate) fn validate_string_match(
     }
 }
 
+/// A path condition: exactly one kind; a `separated_prefix` starts with `/`, does not end with
+/// one and holds no `?` or `#` (Envoy refuses those too).
+fn validate_path_match(p: &PathMatch, field: String, err: &mut dyn FnMut(String, String)) {
+    let set = [
+        p.exact.is_some(),
+        p.prefix.is_some(),
+        p.regex.is_some(),
+        p.separated_prefix.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        err(
+            field.clone(),
+            "give exactly one of exact, prefix, regex, separated_prefix".into(),
+        );
+    }
+    if let Some(r) = &p.regex {
+        if let Err(e) = regex::bytes::Regex::new(r) {
+            err(format!("{field}.regex"), format!("invalid regex: {e}"));
+        }
+    }
+    if let Some(sp) = &p.separated_prefix {
+        if !sp.starts_with('/') || sp.ends_with('/') || sp.contains(['?', '#']) {
+            err(
+                format!("{field}.separated_prefix"),
+                format!("{sp:?}: starts with /, does not end with /, has no ? or #"),
+            );
+        }
+    }
+}
+
 /// A header condition: exactly one of exact, prefix, regex, present; an HTTP/2 name.
 pub(crate) fn validate_header_match(
     h: &HeaderMatch,
@@ -4096,6 +4175,32 @@ fn validate_triple_route(
     }
     for (k, h) in m.headers.iter().enumerate() {
         validate_header_match(h, rat(&format!("match.headers[{k}]")), err);
+    }
+    if let Some(p) = &m.path {
+        validate_path_match(p, rat("match.path"), err);
+    }
+    for (k, q) in m.query_parameters.iter().enumerate() {
+        let field = rat(&format!("match.query_parameters[{k}]"));
+        let set = [
+            q.exact.is_some(),
+            q.prefix.is_some(),
+            q.regex.is_some(),
+            q.present.is_some(),
+        ];
+        if set.iter().filter(|x| **x).count() != 1 {
+            err(
+                field.clone(),
+                "give exactly one of exact, prefix, regex, present".into(),
+            );
+        }
+        if q.name.is_empty() {
+            err(format!("{field}.name"), "empty".into());
+        }
+        if let Some(p) = &q.regex {
+            if let Err(e) = regex::bytes::Regex::new(p) {
+                err(format!("{field}.regex"), format!("invalid regex: {e}"));
+            }
+        }
     }
     validate_action(&r.route, clusters, true, rat, err);
     if let Some(b) = &r.local_rate_limit {

@@ -38,9 +38,9 @@ use prost::Message;
 
 use config::{
     ArgumentMatch, AttachmentMatch, ChainMatch, Cluster, DubboListener, DubboMatch, DubboRoute,
-    FilterChain, HeaderMatch, Inspector, LbPolicy, Listener, Protocol, Range, RouteAction,
-    SourceType, StringMatch, TokenBucket, TripleListener, TripleMatch, TripleRoute, VirtualHost,
-    WeightedCluster,
+    FilterChain, HeaderMatch, Inspector, LbPolicy, Listener, PathMatch, Protocol, QueryMatch,
+    Range, RouteAction, SourceType, StringMatch, TokenBucket, TripleListener, TripleMatch,
+    TripleRoute, VirtualHost, WeightedCluster,
 };
 
 use crate::TranslateError;
@@ -1065,6 +1065,36 @@ fn xds_pattern(
         }
         None => return Err(ctx.err(at, "missing match pattern")),
     })
+}
+
+/// A route's `query_parameters[]` entry: `string_match` (exact, prefix, regex; suffix and
+/// contains as regexes) or `present_match` (Envoy: present, whatever its value).
+fn query_match(
+    q: &route_pb::QueryParameterMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<QueryMatch, TranslateError> {
+    use route_pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    let mut out = QueryMatch {
+        name: q.name.clone(),
+        exact: None,
+        prefix: None,
+        regex: None,
+        present: None,
+    };
+    if q.name.is_empty() {
+        return Err(ctx.err(format!("{at}.name"), "empty"));
+    }
+    match &q.query_parameter_match_specifier {
+        Some(Q::StringMatch(sm)) => match pattern(sm, ctx, &format!("{at}.string_match"))? {
+            Pat::Exact(v) => out.exact = Some(v),
+            Pat::Prefix(v) => out.prefix = Some(v),
+            Pat::Regex(v) => out.regex = Some(v),
+        },
+        Some(Q::PresentMatch(_)) => out.present = Some(true),
+        None => return Err(ctx.err(at, "missing string_match or present_match")),
+    }
+    Ok(out)
 }
 
 fn string_match(p: &Pat) -> StringMatch {
@@ -2240,43 +2270,6 @@ fn route_configuration(
     Ok(out)
 }
 
-/// Splits a `:path` regex `/A/B` at its unescaped slashes outside character classes.
-fn split_path_regex(re: &str) -> Option<(String, String)> {
-    let mut parts = vec![String::new()];
-    let mut class = false;
-    let mut escaped = false;
-    for c in re.chars() {
-        let last = parts.last_mut()?;
-        if escaped {
-            escaped = false;
-            last.push(c);
-            continue;
-        }
-        match c {
-            '\\' => {
-                escaped = true;
-                last.push(c);
-            }
-            '[' => {
-                class = true;
-                last.push(c);
-            }
-            ']' => {
-                class = false;
-                last.push(c);
-            }
-            '/' if !class => parts.push(String::new()),
-            _ => last.push(c),
-        }
-    }
-    match parts.as_slice() {
-        [empty, a, b] if empty.is_empty() && !a.is_empty() && !b.is_empty() => {
-            Some((a.clone(), b.clone()))
-        }
-        _ => None,
-    }
-}
-
 fn triple_route(
     r: &route_pb::Route,
     ctx: &Ctx<'_>,
@@ -2296,17 +2289,26 @@ fn triple_route(
         return Err(ctx.err(format!("{at}.match"), "missing"));
     };
     let mat = format!("{at}.match");
-    if rm.case_sensitive.as_ref().is_some_and(|b| !b.value) {
-        return Err(ctx.err(
-            format!("{mat}.case_sensitive"),
-            "case-insensitive paths are not supported",
-        ));
-    }
+    // Envoy's `case_sensitive: false` folds ASCII case for `prefix`, `path` and
+    // `path_separated_prefix` (not `safe_regex`): those go to a whole-path condition.
+    let fold = rm.case_sensitive.as_ref().is_some_and(|b| !b.value);
+    let whole = |f: fn(&mut PathMatch, String), v: &str| {
+        let mut p = PathMatch {
+            ignore_case: fold,
+            ..Default::default()
+        };
+        f(&mut p, v.to_string());
+        Some(p)
+    };
     if rm.runtime_fraction.is_some() {
         return Err(ctx.err(format!("{mat}.runtime_fraction"), "not supported"));
     }
-    if !rm.query_parameters.is_empty() {
-        return Err(ctx.err(format!("{mat}.query_parameters"), "not supported"));
+    for (k, q) in rm.query_parameters.iter().enumerate() {
+        m.query_parameters.push(query_match(
+            q,
+            ctx,
+            &format!("{mat}.query_parameters[{k}]"),
+        )?);
     }
     if !rm.cookies.is_empty() {
         return Err(ctx.err(format!("{mat}.cookies"), "not supported"));
@@ -2321,15 +2323,24 @@ fn triple_route(
         return Err(ctx.err(format!("{mat}.filter_state"), "not supported"));
     }
     // `grpc: {}` matches gRPC requests only: every Triple stream is one, so it is accepted.
+    // A path that `/{service}/{method}` (split at the first `/` after the leading one) can
+    // say exactly stays in that form; any other goes to a whole-path condition.
     match &rm.path_specifier {
+        Some(P::Prefix(p)) if fold && p != "/" && !p.is_empty() => {
+            m.path = whole(|m, v| m.prefix = Some(v), p)
+        }
+        Some(P::Prefix(p)) if !p.starts_with('/') && !p.is_empty() => {
+            m.path = whole(|m, v| m.prefix = Some(v), p)
+        }
+        Some(P::Prefix(p))
+            if p.strip_prefix('/')
+                .and_then(|r| r.split_once('/'))
+                .is_some_and(|(svc, method)| svc.is_empty() || method.contains('/')) =>
+        {
+            m.path = whole(|m, v| m.prefix = Some(v), p)
+        }
         Some(P::Prefix(p)) => {
             let rest = p.strip_prefix('/').unwrap_or(p);
-            if !p.is_empty() && !p.starts_with('/') {
-                return Err(ctx.err(
-                    format!("{mat}.prefix"),
-                    format!("{p:?} does not start with /"),
-                ));
-            }
             match rest.split_once('/') {
                 None if rest.is_empty() => {}
                 None => {
@@ -2339,12 +2350,6 @@ fn triple_route(
                     })
                 }
                 Some((svc, method)) => {
-                    if method.contains('/') || svc.is_empty() {
-                        return Err(ctx.err(
-                            format!("{mat}.prefix"),
-                            format!("{p:?} is not /{{service}}/{{method prefix}}"),
-                        ));
-                    }
                     m.service = Some(StringMatch {
                         exact: Some(svc.to_string()),
                         ..Default::default()
@@ -2361,7 +2366,7 @@ fn triple_route(
         Some(P::Path(p)) => {
             let parts: Vec<&str> = p.split('/').collect();
             match parts.as_slice() {
-                ["", svc, method] if !svc.is_empty() && !method.is_empty() => {
+                ["", svc, method] if !svc.is_empty() && !method.is_empty() && !fold => {
                     m.service = Some(StringMatch {
                         exact: Some(svc.to_string()),
                         ..Default::default()
@@ -2371,45 +2376,27 @@ fn triple_route(
                         ..Default::default()
                     });
                 }
-                _ => {
-                    return Err(ctx.err(
-                        format!("{mat}.path"),
-                        format!("{p:?} is not /{{service}}/{{method}}"),
-                    ))
-                }
+                _ => m.path = whole(|m, v| m.exact = Some(v), p),
             }
         }
-        Some(P::SafeRegex(re)) => match split_path_regex(&re.regex) {
-            Some((svc, method)) => {
-                if svc != ".*" && svc != ".+" {
-                    m.service = Some(StringMatch {
-                        regex: Some(svc),
-                        ..Default::default()
-                    });
-                }
-                if method != ".*" && method != ".+" {
-                    m.method = Some(StringMatch {
-                        regex: Some(method),
-                        ..Default::default()
-                    });
-                }
-            }
-            None if re.regex == ".*" || re.regex == "/.*" => {}
-            None => {
-                return Err(ctx.err(
-                    format!("{mat}.safe_regex"),
-                    format!(
-                        "{:?} is not of the form /SERVICE_REGEX/METHOD_REGEX",
-                        re.regex
-                    ),
-                ))
-            }
-        },
+        // A regex is matched against the whole path (without its query), as Envoy does.
+        Some(P::SafeRegex(re)) if re.regex == ".*" || re.regex == "/.*" => {}
+        Some(P::SafeRegex(re)) => {
+            // (An invalid regex is refused by the config's validation, naming the route.)
+            m.path = Some(PathMatch {
+                regex: Some(re.regex.clone()),
+                ..Default::default()
+            })
+        }
         Some(P::PathSeparatedPrefix(p)) => {
-            return Err(ctx.err(
-                format!("{mat}.path_separated_prefix"),
-                format!("{p:?}: not supported"),
-            ))
+            // Envoy's own rule (its proto validation): no `?` or `#`, not ending in `/`.
+            if p.is_empty() || p.ends_with('/') || p.contains(['?', '#']) {
+                return Err(ctx.err(
+                    format!("{mat}.path_separated_prefix"),
+                    format!("{p:?}: must not be empty, end with / or hold ? or #"),
+                ));
+            }
+            m.path = whole(|m, v| m.separated_prefix = Some(v), p)
         }
         Some(P::ConnectMatcher(_)) => {
             return Err(ctx.err(format!("{mat}.connect_matcher"), "CONNECT is not supported"))
@@ -2421,7 +2408,15 @@ fn triple_route(
     }
     for (k, h) in rm.headers.iter().enumerate() {
         let hat = format!("{mat}.headers[{k}]");
-        let pat = header_pat(h, ctx, &hat)?;
+        // `invert_match` and `treat_missing_header_as_empty` (istiod's VirtualService
+        // `withoutHeaders`) are kept beside the condition.
+        let plain = route_pb::HeaderMatcher {
+            invert_match: false,
+            treat_missing_header_as_empty: false,
+            ..h.clone()
+        };
+        let (invert, treat_missing_as_empty) = (h.invert_match, h.treat_missing_header_as_empty);
+        let pat = header_pat(&plain, ctx, &hat)?;
         let name = h.name.to_ascii_lowercase();
         let dedicated = match name.as_str() {
             "tri-service-version" => Some(&mut m.version),
@@ -2429,9 +2424,14 @@ fn triple_route(
             "tri-unit-info" => Some(&mut m.unit),
             _ => None,
         };
+        let flagged = invert || treat_missing_as_empty;
         match (dedicated, pat) {
-            (Some(slot), HeaderPat::Pat(Pat::Exact(v))) if slot.is_none() => *slot = Some(v),
-            (_, HeaderPat::Pat(Pat::Exact(v))) if name == ":authority" && m.authority.is_none() => {
+            (Some(slot), HeaderPat::Pat(Pat::Exact(v))) if slot.is_none() && !flagged => {
+                *slot = Some(v)
+            }
+            (_, HeaderPat::Pat(Pat::Exact(v)))
+                if name == ":authority" && m.authority.is_none() && !flagged =>
+            {
                 m.authority = Some(StringMatch {
                     exact: Some(v),
                     ..Default::default()
@@ -2444,6 +2444,8 @@ fn triple_route(
                     prefix: None,
                     regex: None,
                     present: None,
+                    invert,
+                    treat_missing_as_empty,
                 };
                 match pat {
                     HeaderPat::Pat(Pat::Exact(s)) => hm.exact = Some(s),

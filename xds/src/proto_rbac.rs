@@ -233,6 +233,8 @@ fn header(
         prefix: None,
         regex: None,
         present: None,
+        invert: false,
+        treat_missing_as_empty: false,
     };
     match pat {
         HeaderPat::Pat(Pat::Exact(s)) => out.exact = Some(s),

@@ -204,7 +204,7 @@ fn dubbo_proxy_routes() {
                 name: "env".into(),
                 exact: Some("gray".into()),
                 regex: None,
-                present: None
+                present: None,
             },
             AttachmentMatch {
                 name: "trace".into(),
@@ -609,14 +609,18 @@ fn hcm_inline_routes() {
                 exact: Some("gray".into()),
                 prefix: None,
                 regex: None,
-                present: None
+                present: None,
+                invert: false,
+                treat_missing_as_empty: false,
             },
             HeaderMatch {
                 name: "x-user".into(),
                 exact: None,
                 prefix: Some("vip".into()),
                 regex: None,
-                present: None
+                present: None,
+                invert: false,
+                treat_missing_as_empty: false,
             },
         ]
     );
@@ -624,17 +628,12 @@ fn hcm_inline_routes() {
     assert_eq!(routes[0].route.timeout_ms, Some(2000));
     assert_eq!(routes[1].matcher.service, exact("org.demo.Greeter"));
     assert_eq!(routes[1].matcher.method, None);
+    // A regex is matched against the whole path, as Envoy does.
+    assert_eq!(routes[2].matcher.service, None);
     assert_eq!(
-        routes[2].matcher.service,
-        Some(StringMatch {
-            regex: Some("org\\.demo\\..*".into()),
-            ..Default::default()
-        })
-    );
-    assert_eq!(
-        routes[2].matcher.method,
-        Some(StringMatch {
-            regex: Some("[^/]+".into()),
+        routes[2].matcher.path,
+        Some(config::PathMatch {
+            regex: Some("/org\\.demo\\..*/[^/]+".into()),
             ..Default::default()
         })
     );
@@ -768,10 +767,13 @@ fn hcm_nacks_name_the_field() {
         .push(route_pb::HeaderMatcher {
             name: "a".into(),
             invert_match: true,
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::RangeMatch(Default::default()),
+            ),
             ..Default::default()
         });
     let e = decode_route(&pack_any(rc)).unwrap_err().to_string();
-    assert_eq!(e, "route configuration \"rc\": field `virtual_hosts[0].routes[0].match.headers[0].invert_match`: inverted matches are not supported");
+    assert_eq!(e, "route configuration \"rc\": field `virtual_hosts[0].routes[0].match.headers[0].range_match`: range header matches are not supported");
 }
 
 #[test]

@@ -328,11 +328,45 @@ fn route_configuration(name: &str, default: Option<&str>, t: &config::TripleList
         let m = &r.matcher;
         let svc = m.service.as_ref().and_then(|s| s.exact.clone());
         let method = m.method.as_ref().and_then(|s| s.exact.clone());
-        let matcher = match (svc, method) {
-            (Some(s), Some(me)) => json!({"path": format!("/{s}/{me}")}),
-            (Some(s), None) => json!({"prefix": format!("/{s}/")}),
+        let mut matcher = match (&m.path, svc, method) {
+            (Some(p), _, _) => {
+                let mut o = match p {
+                    config::PathMatch { exact: Some(v), .. } => json!({"path": v}),
+                    config::PathMatch {
+                        prefix: Some(v), ..
+                    } => json!({"prefix": v}),
+                    config::PathMatch {
+                        separated_prefix: Some(v),
+                        ..
+                    } => json!({"path_separated_prefix": v}),
+                    config::PathMatch { regex, .. } => {
+                        json!({"safe_regex": {"regex": regex.clone().unwrap_or_default()}})
+                    }
+                };
+                if p.ignore_case {
+                    o["case_sensitive"] = json!(false);
+                }
+                o
+            }
+            (None, Some(s), Some(me)) => json!({"path": format!("/{s}/{me}")}),
+            (None, Some(s), None) => json!({"prefix": format!("/{s}/")}),
             _ => json!({"prefix": "/"}),
         };
+        if !m.query_parameters.is_empty() {
+            let q: Vec<Value> = m
+                .query_parameters
+                .iter()
+                .map(|q| match (&q.exact, &q.prefix, &q.regex) {
+                    (Some(v), _, _) => json!({"name": q.name, "string_match": {"exact": v}}),
+                    (_, Some(v), _) => json!({"name": q.name, "string_match": {"prefix": v}}),
+                    (_, _, Some(v)) => {
+                        json!({"name": q.name, "string_match": {"safe_regex": {"regex": v}}})
+                    }
+                    _ => json!({"name": q.name, "present_match": true}),
+                })
+                .collect();
+            matcher["query_parameters"] = json!(q);
+        }
         let mut o = json!({"match": matcher, "route": action(&r.route)});
         if let Some(n) = &r.name {
             o["name"] = json!(n);

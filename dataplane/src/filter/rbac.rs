@@ -350,19 +350,12 @@ impl Principal {
 }
 
 fn named(h: &config::HeaderMatch) -> Result<NamedMatch, RouteError> {
-    NamedMatch::new(
-        &h.name,
-        h.exact.as_deref(),
-        h.prefix.as_deref(),
-        h.regex.as_deref(),
-        h.present,
-    )
+    NamedMatch::header(h)
 }
 
 /// A header condition; a connection (no request) has no headers.
 fn header_matches(h: &NamedMatch, peer: &Peer<'_>) -> bool {
-    h.value
-        .matches(peer.request.and_then(|r| r.header(&h.name)))
+    h.matches(peer.request.and_then(|r| r.header(&h.name)))
 }
 
 /// Envoy's `url_path`: the path without its query and fragment.

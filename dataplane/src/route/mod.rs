@@ -89,10 +89,13 @@ impl ValueMatch {
     }
 }
 
-/// A [`ValueMatch`] on the value named `name`.
+/// A [`ValueMatch`] on the value named `name`, with Envoy's `invert_match` and
+/// `treat_missing_header_as_empty`.
 pub struct NamedMatch {
     pub name: Box<[u8]>,
     pub value: ValueMatch,
+    invert: bool,
+    missing_as_empty: bool,
 }
 
 impl NamedMatch {
@@ -107,6 +110,18 @@ impl NamedMatch {
         Ok(NamedMatch {
             name: name.as_bytes().into(),
             value: ValueMatch::new(exact, prefix, regex, present)?,
+            invert: false,
+            missing_as_empty: false,
+        })
+    }
+
+    /// A request header condition from config.
+    pub fn header(h: &config::HeaderMatch) -> Result<NamedMatch, RouteError> {
+        let (e, p, r) = (h.exact.as_deref(), h.prefix.as_deref(), h.regex.as_deref());
+        Ok(NamedMatch {
+            invert: h.invert,
+            missing_as_empty: h.treat_missing_as_empty,
+            ..NamedMatch::new(&h.name, e, p, r, h.present)?
         })
     }
 
@@ -115,6 +130,19 @@ impl NamedMatch {
         NamedMatch {
             name: name.into(),
             value: ValueMatch::Is(Matcher::Exact(value.as_bytes().into())),
+            invert: false,
+            missing_as_empty: false,
+        }
+    }
+
+    /// Whether the value `v` (`None`: absent) meets the condition, as Envoy's header matchers:
+    /// presence is compared, then inverted; an absent value fails a value condition (inverted or
+    /// not) unless it is taken as empty.
+    pub fn matches(&self, v: Option<&[u8]>) -> bool {
+        match (&self.value, v) {
+            (ValueMatch::Present(want), v) => (v.is_some() == *want) != self.invert,
+            (ValueMatch::Is(_), None) if !self.missing_as_empty => false,
+            (ValueMatch::Is(m), v) => m.matches(v.unwrap_or(b"")) != self.invert,
         }
     }
 }

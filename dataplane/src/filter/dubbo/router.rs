@@ -108,7 +108,7 @@ impl<R: Inspect> Match<R> for Route {
             && self
                 .attachments
                 .iter()
-                .all(|a| a.value.matches(req.attachment(&a.name)))
+                .all(|a| a.matches(req.attachment(&a.name)))
     }
 }
 

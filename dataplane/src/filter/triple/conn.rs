@@ -2363,9 +2363,14 @@ fn route_call(
         return Err(Refused::Call(CallError::BadPath));
     };
     let routes = l.routes.get();
+    // Routes see the path split at its first `/` (as HTTP/1.1 requests are), so a route's
+    // `service` / `method` mean the same for every path; a gRPC path splits the same either way.
+    let full = path.unwrap_or(b"/");
+    let (route_service, route_method) = super::router::path_parts(full);
     let view = RequestView {
-        service,
-        method,
+        path: full,
+        service: route_service,
+        method: route_method,
         headers: hl,
     };
     let Some(action) = routes.router.route(hl.get(b":authority"), &view) else {

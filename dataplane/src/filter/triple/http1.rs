@@ -497,11 +497,11 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
             return Err(Local::Forbidden("RBAC: access denied"));
         }
     }
-    let path = req.path.as_bytes();
-    let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
-    let (service, method) = path_parts(path);
+    let full = req.path.as_bytes();
+    let (service, method) = super::router::path_parts(full);
     let routes = l.routes.get();
     let view = RequestView {
+        path: full,
         service,
         method,
         headers: hl,
@@ -582,14 +582,6 @@ fn header_list(hl: &mut HeaderList, req: &Request, scheme: &str) {
 /// service and the rest the method, so an xDS `prefix: /a/` (service `a`) or `/a/b` (service
 /// `a`, method prefix `b`) matches the paths Envoy's prefix match does, however many segments
 /// follow; a path of one segment is all service.
-fn path_parts(path: &[u8]) -> (&[u8], &[u8]) {
-    let rest = path.strip_prefix(b"/").unwrap_or(path);
-    match rest.iter().position(|&b| b == b'/') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, b""),
-    }
-}
-
 enum HeadError {
     /// The peer closed (or went idle) between requests: nothing to answer.
     Closed,

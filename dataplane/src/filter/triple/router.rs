@@ -9,9 +9,22 @@ use crate::route::{HostRoutes, Hosts, Match, Matcher, NamedMatch, RouteError};
 
 /// What a route sees of a request.
 pub struct RequestView<'a> {
+    /// The whole `:path` (HTTP/1.1: the request target), query included.
+    pub path: &'a [u8],
     pub service: &'a [u8],
     pub method: &'a [u8],
     pub headers: &'a HeaderList,
+}
+
+/// `/{service}/{method...}`: the path (without its query) split at its first `/` after the
+/// leading one; `method` is empty when there is none.
+pub fn path_parts(path: &[u8]) -> (&[u8], &[u8]) {
+    let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
+    let rest = path.strip_prefix(b"/").unwrap_or(path);
+    match rest.iter().position(|&b| b == b'/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, b""),
+    }
 }
 
 /// One route's conditions; every one given must hold.
@@ -22,6 +35,83 @@ pub struct Route {
     /// `tri-service-version`, `tri-service-group` and `tri-unit-info` (exact), then the
     /// `headers` conditions.
     headers: Vec<NamedMatch>,
+    path: Option<PathCond>,
+    query: Vec<NamedMatch>,
+}
+
+/// A condition on the path without its query and fragment (Envoy's `prefix`, `path`,
+/// `safe_regex`, `path_separated_prefix`; the bool: ignore ASCII case).
+enum PathCond {
+    Exact(Box<[u8]>, bool),
+    Prefix(Box<[u8]>, bool),
+    Separated(Box<[u8]>, bool),
+    Regex(Matcher),
+}
+
+impl PathCond {
+    fn new(p: &config::PathMatch) -> Result<Self, RouteError> {
+        let fold = |v: &str| -> Box<[u8]> {
+            match p.ignore_case {
+                true => v.to_ascii_lowercase().into_bytes().into(),
+                false => v.as_bytes().into(),
+            }
+        };
+        Ok(match p {
+            config::PathMatch { exact: Some(e), .. } => PathCond::Exact(fold(e), p.ignore_case),
+            config::PathMatch {
+                prefix: Some(v), ..
+            } => PathCond::Prefix(fold(v), p.ignore_case),
+            config::PathMatch {
+                separated_prefix: Some(v),
+                ..
+            } => PathCond::Separated(fold(v), p.ignore_case),
+            config::PathMatch { regex, .. } => {
+                PathCond::Regex(Matcher::new(&config::StringMatch {
+                    regex: Some(regex.clone().unwrap_or_default()),
+                    ..Default::default()
+                })?)
+            }
+        })
+    }
+
+    fn matches(&self, path: &[u8]) -> bool {
+        let end = path
+            .iter()
+            .position(|&b| b == b'?' || b == b'#')
+            .unwrap_or(path.len());
+        let path = &path[..end];
+        let starts = |p: &[u8], fold: bool| {
+            path.len() >= p.len()
+                && match fold {
+                    true => path[..p.len()].eq_ignore_ascii_case(p),
+                    false => &path[..p.len()] == p,
+                }
+        };
+        match self {
+            PathCond::Exact(e, fold) => path.len() == e.len() && starts(e, *fold),
+            PathCond::Prefix(p, fold) => starts(p, *fold),
+            PathCond::Separated(p, fold) => {
+                starts(p, *fold) && (path.len() == p.len() || path[p.len()] == b'/')
+            }
+            PathCond::Regex(r) => r.matches(path),
+        }
+    }
+}
+
+/// The first value of query parameter `name` in `path` (after `?`, up to `#`; `&`-separated
+/// `name=value` pairs, a pair without `=` has the empty value), not decoded: as Envoy's
+/// `QueryParamsMulti::parseQueryString` and `getFirstValue`.
+fn query_value<'a>(path: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let start = path.iter().position(|&b| b == b'?')? + 1;
+    let rest = &path[start..];
+    let rest = &rest[..rest.iter().position(|&b| b == b'#').unwrap_or(rest.len())];
+    rest.split(|&b| b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (!pair.is_empty() && k == name).then_some(v)
+    })
 }
 
 impl Match<RequestView<'_>> for Route {
@@ -35,7 +125,12 @@ impl Match<RequestView<'_>> for Route {
             && self
                 .headers
                 .iter()
-                .all(|h| h.value.matches(r.headers.get(&h.name)))
+                .all(|h| h.matches(r.headers.get(&h.name)))
+            && self.path.as_ref().is_none_or(|p| p.matches(r.path))
+            && self
+                .query
+                .iter()
+                .all(|q| q.matches(query_value(r.path, &q.name)))
     }
 }
 
@@ -78,14 +173,22 @@ pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Rou
             }
         }
         for h in &m.headers {
-            let (e, p, r) = (h.exact.as_deref(), h.prefix.as_deref(), h.regex.as_deref());
-            headers.push(NamedMatch::new(&h.name, e, p, r, h.present)?);
+            headers.push(NamedMatch::header(h)?);
         }
         let route = Route {
             service: Matcher::optional(&m.service)?,
             method: Matcher::optional(&m.method)?,
             authority: Matcher::optional(&m.authority)?,
             headers,
+            path: m.path.as_ref().map(PathCond::new).transpose()?,
+            query: m
+                .query_parameters
+                .iter()
+                .map(|q| {
+                    let (e, p, r) = (q.exact.as_deref(), q.prefix.as_deref(), q.regex.as_deref());
+                    NamedMatch::new(&q.name, e, p, r, q.present)
+                })
+                .collect::<Result<_, _>>()?,
         };
         Ok((route, &r.route))
     })
@@ -103,6 +206,7 @@ mod tests {
             hl.push(n.as_bytes(), v.as_bytes(), false, 1 << 16);
         }
         let view = RequestView {
+            path: b"/",
             service: service.as_bytes(),
             method: b"Get",
             headers: &hl,
@@ -129,5 +233,48 @@ mod tests {
         assert_eq!(pick(&r, "other.S", &[]), Some(2), "default route");
         let none = compile(&c.listeners[0], &c.clusters[..2]).map(|_| ());
         assert!(matches!(none, Err(RouteError::UnknownCluster(n)) if n == "d"));
+    }
+
+    #[test]
+    fn query_values_are_the_first_of_their_name_as_sent() {
+        let q = |p: &str, n: &str| query_value(p.as_bytes(), n.as_bytes()).map(|v| v.to_vec());
+        assert_eq!(q("/p?a=1&b=2", "b"), Some(b"2".to_vec()));
+        assert_eq!(q("/p?a=1&a=2", "a"), Some(b"1".to_vec()));
+        assert_eq!(q("/p?a&b=", "a"), Some(Vec::new()));
+        assert_eq!(q("/p?a=%78", "a"), Some(b"%78".to_vec()), "not decoded");
+        assert_eq!(q("/p?x=1#a=2", "a"), None, "the fragment is not the query");
+        assert_eq!(q("/p", "a"), None);
+        assert_eq!(q("/p?&&a=3", "a"), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn path_conditions_ignore_the_query_and_fold_case_when_asked() {
+        let c = |m: config::PathMatch, p: &str| PathCond::new(&m).unwrap().matches(p.as_bytes());
+        let sep = |v: &str, fold: bool| config::PathMatch {
+            separated_prefix: Some(v.into()),
+            ignore_case: fold,
+            ..Default::default()
+        };
+        assert!(c(sep("/a/b", false), "/a/b?x"));
+        assert!(c(sep("/a/b", false), "/a/b/c"));
+        assert!(!c(sep("/a/b", false), "/a/bc"));
+        assert!(!c(sep("/a/b", false), "/A/b"));
+        assert!(c(sep("/a/b", true), "/A/B/c"));
+        let exact = config::PathMatch {
+            exact: Some("/x/y".into()),
+            ..Default::default()
+        };
+        assert!(c(exact.clone(), "/x/y?q#f"));
+        assert!(!c(exact, "/x/y/"));
+        let re = config::PathMatch {
+            regex: Some("/i/[0-9]+".into()),
+            ignore_case: true,
+            ..Default::default()
+        };
+        assert!(c(re.clone(), "/i/12?z"));
+        assert!(
+            !c(re, "/I/12"),
+            "case folding does not apply to regexes (Envoy)"
+        );
     }
 }
