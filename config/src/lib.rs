@@ -147,6 +147,38 @@ pub struct Config {
     /// `sds_config` gives them: certificates of `tls` sections with `sds` from `server: NAME`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sds: Vec<SdsServer>,
+    /// Envoy's `cluster_manager.local_cluster_name` and the node's locality: zone-aware
+    /// routing (docs/governance.md#zone-aware-routing). None: no zone-aware routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_manager: Option<ClusterManager>,
+}
+
+/// Envoy's `cluster_manager` as far as zone-aware routing needs it
+/// (docs/governance.md#zone-aware-routing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterManager {
+    /// The *local cluster*: the endpoints of this service's own proxies (the callers), whose
+    /// share per locality zone-aware routing matches. A cluster of `clusters` or from xDS;
+    /// while none has this name, no zone-aware routing.
+    pub local_cluster_name: String,
+    /// The locality this proxy runs in (Envoy's `node.locality`); default `xds.locality`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Locality>,
+}
+
+impl Config {
+    /// The locality zone-aware routing treats as local (`cluster_manager.locality`, else
+    /// `xds.locality`), when there is a local cluster.
+    pub fn local_locality(&self) -> Option<(&str, Locality)> {
+        let cm = self.cluster_manager.as_ref()?;
+        let loc = cm
+            .locality
+            .clone()
+            .or_else(|| self.xds.as_ref().and_then(|x| x.locality.clone()))
+            .unwrap_or_default();
+        Some((cm.local_cluster_name.as_str(), loc))
+    }
 }
 
 /// An SDS server (`envoy.service.secret.v3.SecretDiscoveryService`) on a Unix socket.
@@ -401,7 +433,7 @@ pub enum NodeMetadataValue {
     Json(serde_json::Value),
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Locality {
     #[serde(default)]
@@ -2133,6 +2165,57 @@ pub struct Cluster {
     /// locality) group instead of one per priority.
     #[serde(skip)]
     pub locality_weighted: bool,
+    /// Envoy's `common_lb_config.zone_aware_lb_config`: how this cluster's requests prefer
+    /// the endpoints of the caller's locality when there is a local cluster
+    /// (`cluster_manager`, docs/governance.md#zone-aware-routing).
+    #[serde(default, skip_serializing_if = "ZoneAware::is_default")]
+    pub zone_aware: ZoneAware,
+}
+
+/// Envoy's `ZoneAwareLbConfig` (docs/governance.md#zone-aware-routing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneAware {
+    /// Percentage of requests considered for zone-aware routing (Envoy: `routing_enabled`,
+    /// default 100).
+    #[serde(default = "default_routing_enabled")]
+    pub routing_enabled: u32,
+    /// Fewer healthy priority-0 endpoints than this: no zone-aware routing (default 6).
+    #[serde(default = "default_min_cluster_size")]
+    pub min_cluster_size: u64,
+    /// While the local cluster is in panic (under 50 % healthy), fail requests instead of
+    /// balancing over every locality.
+    #[serde(default)]
+    pub fail_traffic_on_panic: bool,
+    /// Envoy's `force_local_zone.min_size` (extension config only): with at least this many
+    /// healthy endpoints in the local locality, every request goes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_local_zone_min_size: Option<u32>,
+}
+
+fn default_routing_enabled() -> u32 {
+    100
+}
+
+fn default_min_cluster_size() -> u64 {
+    6
+}
+
+impl Default for ZoneAware {
+    fn default() -> Self {
+        ZoneAware {
+            routing_enabled: 100,
+            min_cluster_size: 6,
+            fail_traffic_on_panic: false,
+            force_local_zone_min_size: None,
+        }
+    }
+}
+
+impl ZoneAware {
+    pub fn is_default(&self) -> bool {
+        *self == ZoneAware::default()
+    }
 }
 
 /// Most `transport_socket_matches` of one cluster (istiod sends two).
@@ -2443,6 +2526,25 @@ pub struct EndpointMetadata {
     /// in the assignment; 0 unless the cluster is [`Cluster::locality_weighted`]).
     #[serde(skip)]
     pub locality: u32,
+    /// The endpoint's locality by name (EDS: its `LocalityLbEndpoints`' `locality`): what
+    /// zone-aware routing groups endpoints by (docs/governance.md#zone-aware-routing).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_zone: String,
+}
+
+impl EndpointMetadata {
+    /// The endpoint's locality (region, zone, sub-zone).
+    pub fn locality_name(&self) -> Locality {
+        Locality {
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            sub_zone: self.sub_zone.clone(),
+        }
+    }
 }
 
 impl Default for EndpointMetadata {
@@ -2457,6 +2559,9 @@ impl Default for EndpointMetadata {
             transport_socket_match: BTreeMap::new(),
             tag: String::new(),
             locality: 0,
+            region: String::new(),
+            zone: String::new(),
+            sub_zone: String::new(),
         }
     }
 }
@@ -2806,6 +2911,12 @@ impl Config {
             }
             if let Some(t) = &c.tls {
                 validate_cluster_tls(c, t, &|f| at(&format!("tls.{f}")), err);
+            }
+            if c.zone_aware.routing_enabled > 100 {
+                err(
+                    at("zone_aware.routing_enabled"),
+                    format!("{} %: at most 100", c.zone_aware.routing_enabled),
+                );
             }
             if c.transport_socket_matches.len() > TRANSPORT_SOCKET_MATCHES_MAX {
                 err(

@@ -189,6 +189,7 @@ fn dynamic_configs_may_have_clusters_without_endpoints() {
         priority_hosts: Vec::new(),
         overprovisioning: 0,
         locality_weighted: false,
+        zone_aware: Default::default(),
         keep_alpn: false,
     });
     assert_eq!(c.validate_as(Source::File).len(), 1);

@@ -495,8 +495,11 @@ fn istio_auto_mtls_tls_to_sidecar_endpoints_plaintext_to_the_others_like_envoy()
     let envoy_in_xds = XdsServer::start();
     let sidecar_in = local(free_port());
     let mut inbound = tcp_proxy_to("in", sidecar_in, "app");
+    // Not `istio-peer-exchange`: this Envoy has no istio.metadata_exchange filter to speak it
+    // (istio-proxy offers it only on chains that have it), and ringside's outbound cluster
+    // (istiod's, with the filter) would negotiate it.
     inbound["filter_chains"][0]["transport_socket"] = downstream_tls(istio_tls_context(
-        &["istio-peer-exchange", "istio"],
+        &["istio"],
         json!({"prefix": "spiffe://cluster.local/"}),
     ));
     envoy_in_xds
@@ -1120,3 +1123,433 @@ fn aeraki_dubbo_authorization_policy_from_xds_by_method_and_namespace() {
         rs.get("/stats").1
     );
 }
+
+const MX_CALLER_ID: &str =
+    "sidecar~10.1.2.9~productpage-v1-123.bookinfo~bookinfo.svc.cluster.local";
+const MX_REVIEWS_ID: &str = "sidecar~10.1.2.7~reviews-v2-xyz.bookinfo~bookinfo.svc.cluster.local";
+const MX_IN_ID: &str = "sidecar~10.1.2.3~ratings-v1-abc.bookinfo~bookinfo.svc.cluster.local";
+const MX_OUT_ID: &str = "sidecar~10.1.2.4~details-v1-def.bookinfo~bookinfo.svc.cluster.local";
+
+/// Node metadata as istiod's pilot-agent gives it (YAML under `xds.node_metadata`), and the
+/// workload `Struct` istio-proxy writes for it (JSON, for the spec peer).
+fn mx_node(workload: &str, app: &str) -> (String, Value) {
+    let yaml = format!(
+        "  node_metadata:\n    NAME: {workload}-abc\n    NAMESPACE: bookinfo\n    \
+         WORKLOAD_NAME: {workload}\n    CLUSTER_ID: Kubernetes\n    \
+         LABELS: {{app: {app}, version: v1, pod-template-hash: 5f7c}}\n"
+    );
+    let json = json!({"NAME": format!("{workload}-abc"), "NAMESPACE": "bookinfo",
+        "WORKLOAD_NAME": workload, "CLUSTER_ID": "Kubernetes",
+        "LABELS": {"app": app, "version": "v1"}});
+    (yaml, json)
+}
+
+/// A ringside as [`ringside`] with node metadata.
+fn mx_ringside(xds: &XdsServer, node: &str, metadata: &str) -> Ringside {
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\n\
+         sds:\n  - {{name: sds-grpc, path: {}}}\n\
+         xds:\n  server: {}\n  node_id: {node}\n  node_cluster: tests\n  \
+         initial_fetch_timeout_ms: 20000\n  retry_initial_ms: 100\n  retry_max_ms: 1000\n{metadata}",
+        xds.sds_socket.display(),
+        xds.addr()
+    );
+    Ringside::start(&config, admin, &["--shards", "1"])
+}
+
+/// The spec peer of tests/peers/istio/tcp_exchange.py (a sidecar speaking the in-band
+/// exchange), killed on drop; its report lines (one per connection) arrive on `lines`.
+struct MxPeer {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl MxPeer {
+    fn start(args: &[String]) -> MxPeer {
+        use std::io::BufRead;
+        let python = common::peers::require(common::peers::root().join(".cache/venv/bin/python"));
+        let mut child = std::process::Command::new(python)
+            .arg(common::peers::root().join("tests/peers/istio/tcp_exchange.py"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "tcp_exchange.py {args:?}");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines() {
+                let Ok(l) = l else { return };
+                let _ = tx.send(serde_json::from_str(&l).unwrap());
+            }
+        });
+        MxPeer { child, lines }
+    }
+
+    fn next(&self) -> Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the spec peer reported no connection")
+    }
+}
+
+impl Drop for MxPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The spec peer's arguments: its mode, TLS as `me`, its node.
+fn mx_args(
+    mode: &str,
+    pki: &Pki,
+    me: &str,
+    id: &str,
+    node: &Value,
+    more: &[String],
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        mode.into(),
+        "--cert".into(),
+        pki.path(&format!("{me}.pem")),
+        "--key".into(),
+        pki.path(&format!("{me}.key")),
+        "--ca".into(),
+        pki.path("ca.pem"),
+        "--metadata".into(),
+        node.to_string(),
+        "--id".into(),
+        id.into(),
+    ];
+    a.extend_from_slice(more);
+    a
+}
+
+/// What istio-proxy writes in-band for node `id` with workload `node` (base64), computed by
+/// the spec peer (protobuf's Python implementation: C++'s deterministic order).
+fn mx_frame(id: &str, node: &Value, more: &[&str]) -> String {
+    let python = common::peers::require(common::peers::root().join(".cache/venv/bin/python"));
+    let out = std::process::Command::new(python)
+        .arg(common::peers::root().join("tests/peers/istio/tcp_exchange.py"))
+        .args(["frame", "--metadata", &node.to_string(), "--id", id])
+        .args(more)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn mx_filter() -> Value {
+    json!({"name": "istio.metadata_exchange", "typed_config": {
+        "@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+        "protocol": "istio-peer-exchange"}})
+}
+
+fn istio_stats() -> Value {
+    json!({"name": "istio.stats", "typed_config": {"@type": "type.googleapis.com/stats.PluginConfig"}})
+}
+
+/// `listener` as istiod writes a TCP chain: istio.metadata_exchange (when `mx`) and
+/// istio.stats before its proxy filter, the direction given.
+fn istio_tcp_chain(mut listener: Value, dir: &str, mx: bool) -> Value {
+    let chain = &mut listener["filter_chains"][0]["filters"];
+    let proxy = chain[0].take();
+    *chain = match mx {
+        true => json!([mx_filter(), istio_stats(), proxy]),
+        false => json!([istio_stats(), proxy]),
+    };
+    listener["traffic_direction"] = json!(dir);
+    listener
+}
+
+/// The sum of the samples of `family` whose labels hold all of `want`, in a scrape of `rs`
+/// (waiting up to 10 s for it to reach `n`).
+fn mx_count(rs: &Ringside, family: &str, want: &[(&str, &str)], n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, prom) = rs.get("/stats/prometheus");
+        let got: u64 = prom
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter(|l| {
+                want.iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        if got >= n || Instant::now() > deadline {
+            if got != n {
+                let istio: Vec<&str> = prom.lines().filter(|l| l.starts_with("istio_")).collect();
+                panic!("{family} {want:?}: {got}, want {n}\n{istio:#?}");
+            }
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Istio's in-band TCP metadata exchange (istio-proxy's `istio.metadata_exchange`), on Dubbo
+/// and tcp connections over mutual TLS, both ways, with a peer written from istio-proxy's
+/// code (tests/peers/istio/tcp_exchange.py): ringside's frame is byte for byte what
+/// istio-proxy writes for its node, the peer's names the peer's workload in Istio's metrics,
+/// the application bytes after it pass untouched; hostile peers (a huge announced size, a
+/// wrong magic) are closed. Envoy 1.40 (no such filter) negotiating another ALPN protocol:
+/// no exchange, the bytes untouched.
+#[test]
+fn istio_in_band_metadata_exchange_on_dubbo_and_tcp_connections() {
+    let pki = Pki::new();
+    let ca = pki.read("ca.pem");
+    let provider = Provider::start("A");
+    let tcp_echo = echo_server();
+    let (in_yaml, in_node) = mx_node("ratings-v1", "ratings");
+    let (out_yaml, out_node) = mx_node("details-v1", "details");
+    let caller = json!({"NAME": "productpage-v1-123", "NAMESPACE": "bookinfo",
+        "WORKLOAD_NAME": "productpage-v1", "CLUSTER_ID": "east",
+        "LABELS": {"app": "productpage", "version": "v1"}});
+    let reviews = json!({"NAME": "reviews-v2-xyz", "NAMESPACE": "bookinfo",
+        "WORKLOAD_NAME": "reviews-v2", "CLUSTER_ID": "west",
+        "LABELS": {"app": "reviews", "version": "v2"}});
+
+    // Inbound: ringside (provider's certificate) with istiod's inbound chains.
+    let in_xds = XdsServer::start();
+    let (in_dubbo, in_tcp) = (local(free_port()), local(free_port()));
+    let tls_in = downstream_tls(istio_tls_context(
+        &["istio-peer-exchange", "h2", "http/1.1"],
+        json!({"prefix": "spiffe://cluster.local/"}),
+    ));
+    let mut l_dubbo = istio_tcp_chain(dubbo_to("in-dubbo", in_dubbo, "app"), "INBOUND", true);
+    l_dubbo["filter_chains"][0]["transport_socket"] = tls_in.clone();
+    let mut l_tcp = istio_tcp_chain(tcp_proxy_to("in-tcp", in_tcp, "echo"), "INBOUND", true);
+    l_tcp["filter_chains"][0]["transport_socket"] = tls_in;
+    in_xds
+        .put(&json!({"version": "1", "listeners": [l_dubbo, l_tcp],
+            "clusters": [static_cluster("app", &[provider.addr]), static_cluster("echo", &[tcp_echo])],
+            "secrets": sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)}))
+        .unwrap();
+    let rs_in = mx_ringside(&in_xds, MX_IN_ID, &in_yaml);
+    // The caller's sidecar: the spec peer in front of each listener.
+    let (relay_dubbo, relay_tcp) = (free_port(), free_port());
+    let peer = |listen: u16, target: SocketAddr, more: &[String]| {
+        let mut more = more.to_vec();
+        more.extend([
+            "--listen".into(),
+            listen.to_string(),
+            "--target".into(),
+            target.to_string(),
+        ]);
+        MxPeer::start(&mx_args(
+            "client",
+            &pki,
+            "consumer",
+            MX_CALLER_ID,
+            &caller,
+            &more,
+        ))
+    };
+    let p_dubbo = peer(relay_dubbo, in_dubbo, &[]);
+    let p_tcp = peer(relay_tcp, in_tcp, &[]);
+    wait_answered(
+        local(relay_dubbo),
+        "spec peer → ringside inbound",
+        &|| String::new(),
+    );
+    let ours_in = mx_frame(MX_IN_ID, &in_node, &[]);
+    let got = p_dubbo.next();
+    assert_eq!(got["alpn"], "istio-peer-exchange", "{got}");
+    assert_eq!(
+        got["received"],
+        ours_in.as_str(),
+        "ringside's frame, byte for byte"
+    );
+    for i in 0..3 {
+        let text = format!("in-{i}");
+        assert_eq!(
+            echo(local(relay_dubbo), &text),
+            Ok(format!("A|echo|{text}"))
+        );
+        assert_eq!(p_dubbo.next()["received"], ours_in.as_str());
+    }
+    // tcp: bytes through the tcp proxy to an echo server, untouched after the exchange; the
+    // connection closed (counted when it closes).
+    echo_round_trip(local(relay_tcp));
+    assert_eq!(p_tcp.next()["received"], ours_in.as_str());
+    let caller_labels = [
+        ("reporter", "destination"),
+        ("source_workload", "productpage-v1"),
+        // The SPIFFE id's namespace first, as istio-proxy (then the metadata's).
+        ("source_workload_namespace", "default"),
+        ("source_principal", CONSUMER_ID),
+        ("source_app", "productpage"),
+        ("source_cluster", "east"),
+        ("destination_workload", "ratings-v1"),
+        ("destination_principal", PROVIDER_ID),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let dubbo_in: Vec<_> = caller_labels
+        .iter()
+        .copied()
+        .chain([("request_protocol", "dubbo")])
+        .collect();
+    // 1 call from wait_answered + 3 + 1 on the Dubbo listener.
+    assert!(mx_count(&rs_in, "istio_requests_total", &dubbo_in, 4) == 4);
+    let tcp_in: Vec<_> = caller_labels
+        .iter()
+        .copied()
+        .chain([("request_protocol", "tcp")])
+        .collect();
+    mx_count(&rs_in, "istio_tcp_connections_closed_total", &tcp_in, 1);
+
+    // A hostile caller announcing a payload larger than ringside reads: closed, and ringside
+    // sent nothing of its own (a server answers only a whole header and payload).
+    let relay = free_port();
+    let p = peer(relay, in_tcp, &["--size".into(), "100000000".into()]);
+    let c = std::net::TcpStream::connect(local(relay)).unwrap();
+    let got = p.next();
+    assert_eq!(got["peer"], "closed", "{got}");
+    assert!(got["received"].is_null(), "{got}");
+    drop(c);
+    // First bytes that are not the exchange's header (a sidecar without the filter that
+    // offered the ALPN anyway): no exchange, ringside writes nothing of its own and the bytes
+    // go on to the app as they are: the echo server sends back exactly what the caller sent.
+    let relay = free_port();
+    let p = peer(relay, in_tcp, &["--bad-magic".into()]);
+    let c = std::net::TcpStream::connect(local(relay)).unwrap();
+    let got = p.next();
+    let sent = mx_frame(MX_CALLER_ID, &caller, &["--bad-magic"]);
+    assert_eq!(got["received"], sent.as_str(), "{got}");
+    drop(c);
+
+    // Outbound: ringside (consumer's certificate) to the upstream's sidecar (the spec peer,
+    // provider's certificate, in front of the provider), the cluster as istiod writes it.
+    let relay_up = free_port();
+    let p_up = MxPeer::start(&mx_args(
+        "server",
+        &pki,
+        "provider",
+        MX_REVIEWS_ID,
+        &reviews,
+        &[
+            "--listen".into(),
+            relay_up.to_string(),
+            "--forward".into(),
+            provider.addr.to_string(),
+        ],
+    ));
+    let relay_up_tcp = free_port();
+    let p_up_tcp = MxPeer::start(&mx_args(
+        "server",
+        &pki,
+        "provider",
+        MX_REVIEWS_ID,
+        &reviews,
+        &[
+            "--listen".into(),
+            relay_up_tcp.to_string(),
+            "--forward".into(),
+            tcp_echo.to_string(),
+        ],
+    ));
+    let out_xds = XdsServer::start();
+    let (out_dubbo, out_tcp) = (local(free_port()), local(free_port()));
+    let istiod_cluster = |name: &str, relay: u16| {
+        let mut c = static_cluster(name, &[local(relay)]);
+        c["transport_socket"] = upstream_tls(istio_tls_context(
+            &["istio-peer-exchange", "istio"],
+            json!({"exact": PROVIDER_ID}),
+        ));
+        c["filters"] = json!([{"name": "istio.metadata_exchange", "typed_config": mx_filter()["typed_config"]}]);
+        c
+    };
+    out_xds
+        .put(&json!({"version": "1",
+            "listeners": [istio_tcp_chain(dubbo_to("out-dubbo", out_dubbo, REVIEWS_MX), "OUTBOUND", false),
+                          istio_tcp_chain(tcp_proxy_to("out-tcp", out_tcp, REVIEWS_TCP_MX), "OUTBOUND", false)],
+            "clusters": [istiod_cluster(REVIEWS_MX, relay_up), istiod_cluster(REVIEWS_TCP_MX, relay_up_tcp)],
+            "secrets": sds_secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)}))
+        .unwrap();
+    let rs_out = mx_ringside(&out_xds, MX_OUT_ID, &out_yaml);
+    wait_answered(out_dubbo, "ringside outbound → spec peer", &|| {
+        String::new()
+    });
+    let ours_out = mx_frame(MX_OUT_ID, &out_node, &[]);
+    let got = p_up.next();
+    assert_eq!(got["alpn"], "istio-peer-exchange", "{got}");
+    assert_eq!(
+        got["received"],
+        ours_out.as_str(),
+        "ringside's frame, byte for byte"
+    );
+    for i in 0..3 {
+        let text = format!("out-{i}");
+        assert_eq!(echo(out_dubbo, &text), Ok(format!("A|echo|{text}")));
+    }
+    echo_round_trip(out_tcp);
+    assert_eq!(
+        p_up_tcp.next()["received"],
+        ours_out.as_str(),
+        "the tcp proxy's connection"
+    );
+    let reviews_labels = [
+        ("reporter", "source"),
+        ("source_workload", "details-v1"),
+        ("source_principal", CONSUMER_ID),
+        ("destination_workload", "reviews-v2"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", PROVIDER_ID),
+        ("destination_app", "reviews"),
+        ("destination_version", "v2"),
+        ("destination_cluster", "west"),
+    ];
+    let dubbo_out: Vec<_> = reviews_labels
+        .iter()
+        .copied()
+        .chain([("request_protocol", "dubbo")])
+        .collect();
+    mx_count(&rs_out, "istio_requests_total", &dubbo_out, 4);
+    // The tcp proxy's upstream connections carry no principals (docs): the namespace is the
+    // exchange's.
+    let tcp_out: Vec<_> = reviews_labels
+        .iter()
+        .filter(|(k, _)| !k.ends_with("principal") && *k != "destination_workload_namespace")
+        .copied()
+        .chain([
+            ("request_protocol", "tcp"),
+            ("destination_workload_namespace", "bookinfo"),
+        ])
+        .collect();
+    mx_count(&rs_out, "istio_tcp_connections_closed_total", &tcp_out, 1);
+
+    // Envoy 1.40 (no istio.metadata_exchange filter) as the caller's sidecar, ALPN `istio`
+    // only: no exchange, the Dubbo bytes untouched through ringside's inbound listener.
+    let envoy_xds = XdsServer::start();
+    let envoy_out = local(free_port());
+    let mut to_rs = static_cluster("to-ringside", &[in_dubbo]);
+    to_rs["transport_socket"] =
+        upstream_tls(istio_tls_context(&["istio"], json!({"exact": PROVIDER_ID})));
+    envoy_xds
+        .put(&json!({"version": "1",
+            "listeners": [tcp_proxy_to("out", envoy_out, "to-ringside")],
+            "clusters": [to_rs],
+            "secrets": sds_secrets(&pki.read("consumer.pem"), &pki.read("consumer.key"), &ca)}))
+        .unwrap();
+    let envoy_sidecar = envoy(&envoy_xds, "envoy-out");
+    wait_answered(envoy_out, "Envoy → ringside inbound", &|| {
+        envoy_sidecar.log()
+    });
+    assert_eq!(echo(envoy_out, "via-envoy"), Ok("A|echo|via-envoy".into()));
+    let unknown_caller = [
+        ("reporter", "destination"),
+        ("source_workload", "unknown"),
+        ("source_principal", CONSUMER_ID),
+        ("request_protocol", "dubbo"),
+    ];
+    mx_count(&rs_in, "istio_requests_total", &unknown_caller, 2);
+}
+
+const REVIEWS_MX: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
+const REVIEWS_TCP_MX: &str = "outbound|9081||reviews.bookinfo.svc.cluster.local";

@@ -353,9 +353,53 @@ impl<S: AsyncWriteRent> AsyncWriteRent for TlsStream<S> {
     }
 }
 
+impl<S: AsyncReadRent + AsyncWriteRent> TlsStream<S> {
+    /// A copy of the first plaintext bytes that arrived (at most `max`), left unread: waits
+    /// until some came. Empty: the peer closed first. (What one TLS record carried, or less:
+    /// a peek sees the first record's plaintext.)
+    pub async fn peek(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        self.read.peek(max).await
+    }
+}
+
 // === impl TlsRead ===
 
 impl<S: AsyncReadRent> TlsRead<S> {
+    /// See [`TlsStream::peek`].
+    async fn peek(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        loop {
+            {
+                let mut tls = self.tls.borrow_mut();
+                let mut reader = tls.reader();
+                match reader.fill_buf() {
+                    Ok(p) => return Ok(p[..p.len().min(max)].to_vec()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Vec::new()),
+                    Err(e) => return Err(e),
+                }
+                if self.pos < self.cipher.0.len() {
+                    let mut rd = &self.cipher.0[self.pos..];
+                    let before = rd.len();
+                    tls.read_tls(&mut rd)?;
+                    self.pos += before - rd.len();
+                    tls.process_new_packets()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    continue;
+                }
+            }
+            let cipher = self.cipher.take();
+            self.pos = 0;
+            let (r, c) = self.io.read(cipher).await;
+            self.cipher.0 = c;
+            if r? == 0 {
+                let mut tls = self.tls.borrow_mut();
+                tls.read_tls(&mut &[][..])?;
+                tls.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+        }
+    }
+
     /// Copies decrypted bytes into `dst` (at most `len`); reads and decrypts more first when
     /// rustls holds none. `Ok(0)`: the peer closed (with or without close_notify: Dubbo and
     /// HTTP/2 frame their messages, so a truncation shows as an incomplete frame there).

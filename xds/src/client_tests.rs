@@ -581,6 +581,7 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         priority_hosts: Vec::new(),
         overprovisioning: 0,
         locality_weighted: false,
+        zone_aware: Default::default(),
         keep_alpn: false,
     });
     let mut sidecar = Sidecar::start(server.port, config::XdsMode::Sotw, 400, static_config);

@@ -576,6 +576,14 @@ fn chain_listener(
             out.tls = Some(tls::downstream(any, ctx, &tat)?);
         }
     }
+    // Istio's in-band metadata exchange: offered (ALPN `istio-peer-exchange`) only by chains
+    // with istio.metadata_exchange, as istio-proxy speaks it only there.
+    let mx = chain.filters.iter().any(|f| {
+        matches!(&f.config_type, Some(listener_pb::filter::ConfigType::TypedConfig(a)) if config_type(a) == ISTIO_MX)
+    });
+    if let (false, Some(t)) = (mx, out.tls.as_mut()) {
+        t.alpn.retain(|a| a != ISTIO_PEER_EXCHANGE);
+    }
     // istiod puts telemetry filters (istio.stats, istio.metadata_exchange, istio_authn) before
     // the proxy filter: ignored (docs/xds.md, "Istio"); exactly one other filter must remain.
     // Network rbac filters (istiod's AuthorizationPolicy), in order: the listener's `rbac`.
@@ -2733,11 +2741,11 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             .map(|any| tls::upstream(any, &ctx, at))
             .transpose()
     };
-    let tls = match &c.transport_socket {
+    let mut tls = match &c.transport_socket {
         Some(ts) => upstream_tls(ts, "transport_socket")?,
         None => None,
     };
-    let transport_socket_matches = c
+    let mut transport_socket_matches = c
         .transport_socket_matches
         .iter()
         .enumerate()
@@ -2775,19 +2783,33 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
             "give lb_policy ROUND_ROBIN or LEAST_REQUEST instead",
         );
     }
+    let mut mx_filter = false;
     for (i, f) in c.filters.iter().enumerate() {
-        // Istio's cluster filter istio.metadata_exchange acts only on mTLS connections that
-        // negotiated ALPN istio-peer-exchange, which ringside never offers: ignored. Any
-        // other: refused.
+        // Istio's cluster filter istio.metadata_exchange: ringside speaks the in-band exchange
+        // on connections that negotiate ALPN istio-peer-exchange, offered only with it. Any
+        // other filter: refused.
         let mx = f
             .typed_config
             .as_ref()
             .is_some_and(|a| config_type(a) == ISTIO_MX);
+        mx_filter |= mx;
         if !mx {
             return Err(ctx.err(
                 format!("filters[{i}]"),
                 format!("upstream network filter {:?} is not supported", f.name),
             ));
+        }
+    }
+    if !mx_filter {
+        // No in-band exchange without the filter: the ALPN is not offered.
+        let strip = |t: &mut Option<config::ClusterTls>| {
+            if let Some(t) = t {
+                t.alpn.retain(|a| a != ISTIO_PEER_EXCHANGE);
+            }
+        };
+        strip(&mut tls);
+        for m in &mut transport_socket_matches {
+            strip(&mut m.tls);
         }
     }
     if c.upstream_config.is_some() {
@@ -2873,13 +2895,13 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         priority_load: Vec::new(),
         priority_hosts: Vec::new(),
         overprovisioning: 0,
-        // Zone-aware routing (the other choice) is ignored: docs/governance.md#locality.
         locality_weighted: matches!(
             c.common_lb_config
                 .as_ref()
                 .and_then(|l| l.locality_config_specifier.as_ref()),
             Some(cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
         ),
+        zone_aware: zone_aware(c.common_lb_config.as_ref(), &ctx)?,
     };
     let eds = match DiscoveryType::try_from(ty) {
         Ok(DiscoveryType::Eds) => {
@@ -2977,6 +2999,36 @@ fn upstream_bind(b: &core_pb::BindConfig, ctx: &Ctx<'_>) -> Result<Vec<IpAddr>, 
         sources.push(ip);
     }
     Ok(sources)
+}
+
+/// CDS `common_lb_config.zone_aware_lb_config` (docs/governance.md#zone-aware-routing):
+/// Envoy's defaults without it (100 %, 6), as Envoy routes zone-aware whenever there is a
+/// local cluster.
+fn zone_aware(
+    common: Option<&cluster_pb::cluster::CommonLbConfig>,
+    ctx: &Ctx<'_>,
+) -> Result<config::ZoneAware, TranslateError> {
+    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier as L;
+    let mut out = config::ZoneAware::default();
+    let Some(L::ZoneAwareLbConfig(z)) = common.and_then(|c| c.locality_config_specifier.as_ref())
+    else {
+        return Ok(out);
+    };
+    if let Some(p) = &z.routing_enabled {
+        if !(0.0..=100.0).contains(&p.value) {
+            return Err(ctx.err(
+                "common_lb_config.zone_aware_lb_config.routing_enabled",
+                "must be within 0 and 100",
+            ));
+        }
+        // Envoy: PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT.
+        out.routing_enabled = p.value.round() as u32;
+    }
+    if let Some(m) = &z.min_cluster_size {
+        out.min_cluster_size = m.value;
+    }
+    out.fail_traffic_on_panic = z.fail_traffic_on_panic;
+    Ok(out)
 }
 
 // === endpoints ===
@@ -3139,6 +3191,21 @@ fn endpoints(
                     transport_socket_match,
                     tag,
                     locality: i as u32,
+                    region: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.region.clone())
+                        .unwrap_or_default(),
+                    zone: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.zone.clone())
+                        .unwrap_or_default(),
+                    sub_zone: l
+                        .locality
+                        .as_ref()
+                        .map(|l| l.sub_zone.clone())
+                        .unwrap_or_default(),
                     ..Default::default()
                 });
             }
@@ -3160,6 +3227,9 @@ fn endpoints(
             && m.weight == out.metadata[0].weight
             && m.transport_socket_match.is_empty()
             && m.tag.is_empty()
+            && m.region.is_empty()
+            && m.zone.is_empty()
+            && m.sub_zone.is_empty()
     };
     if out.metadata.iter().all(plain) {
         out.metadata = Vec::new();
@@ -3514,6 +3584,8 @@ const UDPA_TYPED_STRUCT: &str = "type.googleapis.com/udpa.type.v1.TypedStruct";
 const XDS_TYPED_STRUCT: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
 const ISTIO_STATS: &str = "type.googleapis.com/stats.PluginConfig";
 const ISTIO_MX: &str = "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
+/// The ALPN protocol of Istio's in-band TCP metadata exchange.
+const ISTIO_PEER_EXCHANGE: &str = "istio-peer-exchange";
 const ISTIO_PEER_METADATA: &str = "type.googleapis.com/io.istio.http.peer_metadata.Config";
 const ISTIO_AUTHN: &str = "type.googleapis.com/io.istio.network.authn.Config";
 const ISTIO_ALPN: &str =
@@ -3583,9 +3655,10 @@ fn ignorable_network_filter(any: &Any) -> Option<&'static str> {
     match config_type(any).as_str() {
         // Counters and histograms of istio-proxy's own (ringside has its /stats).
         ISTIO_STATS => Some("telemetry only"),
-        // Exchanges peer metadata in-band only on connections that negotiated the ALPN
-        // `istio-peer-exchange`, which ringside's TLS never offers (proto_tls).
-        ISTIO_MX => Some("acts only on mTLS connections (ALPN istio-peer-exchange)"),
+        // Exchanges peer metadata in-band on connections that negotiated the ALPN
+        // `istio-peer-exchange`: ringside does it there by itself (its presence keeps that
+        // protocol in the chain's ALPN list; filter_chain).
+        ISTIO_MX => Some("the in-band exchange is ringside's own (ALPN istio-peer-exchange)"),
         // Records the mTLS peer identity for Istio's filters; ringside's rbac reads the
         // peer's certificate itself.
         ISTIO_AUTHN => Some("records the mTLS peer identity only"),

@@ -166,9 +166,9 @@ fn common(
         alpn: c.alpn_protocols.clone(),
         ..Common::default()
     };
-    // Istio's in-band peer metadata exchange, which ringside does not speak: negotiating it
-    // would have an Envoy peer write (and expect) its metadata frame in the protocol's bytes.
-    out.alpn.retain(|a| a != "istio-peer-exchange");
+    // Istio's in-band peer metadata exchange (`istio-peer-exchange`) stays only where the
+    // chain or cluster has istio.metadata_exchange (proto.rs drops it elsewhere): negotiating
+    // it has both sides write their metadata frame before the protocol's bytes.
     if let Some(p) = &c.tls_params {
         out.params = params(p, ctx, &format!("{at}.tls_params"))?;
     }

@@ -95,8 +95,9 @@ fn istio_inbound_context_takes_its_certificates_from_sds() {
             prefix: "spiffe://cluster.local/".into()
         }]
     );
-    // istio-peer-exchange is never offered: ringside does not speak the exchange.
-    assert_eq!(t.alpn, vec!["h2".to_string(), "http/1.1".to_string()]);
+    // The context keeps istio-peer-exchange; the chain drops it unless it has
+    // istio.metadata_exchange (proto.rs; tls_xds.rs checks both).
+    assert_eq!(t.alpn, ["istio-peer-exchange", "h2", "http/1.1"]);
     assert!(
         t.session_tickets,
         "tickets unless the context disables them"

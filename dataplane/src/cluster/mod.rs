@@ -15,6 +15,8 @@ use shard::monoio::net::TcpStream;
 use crate::config::{self, LbPolicy};
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 
+pub mod zone;
+
 /// After a failed connect, an endpoint gets no new requests for this long (unless every
 /// endpoint of the cluster is down, when it is tried again at once).
 pub const ENDPOINT_FAILURE_BACKOFF_MS: u64 = 500;
@@ -185,6 +187,9 @@ pub struct Endpoints {
     /// The endpoints by traffic label, when one of them has a `tag` (built with the table, so
     /// a labelled request picks from its subset with no work beyond a binary search).
     pub labels: Option<Box<Labels>>,
+    /// The endpoints by locality, for zone-aware routing (`cluster_manager`; not with
+    /// locality-weighted balancing).
+    pub zones: Option<Box<zone::Zones>>,
 }
 
 /// The live endpoints of a cluster by traffic label: the untagged ones, and those of each
@@ -313,6 +318,7 @@ impl Endpoints {
             generation,
             sockets: Box::new([]),
             labels: None,
+            zones: None,
         }
     }
 
@@ -413,6 +419,16 @@ pub struct ShardCluster {
     /// first level takes all) and when the first of those ejections ends; `None` while it
     /// needs recomputing (no ejection: not used).
     shard_load: RefCell<Option<(Box<[u8]>, std::time::Instant)>>,
+    /// Zone-aware routing of priority-0 requests (see [`zone::ZoneRoute`]), computed by
+    /// [`ShardCluster::set_local`] for the endpoint tables whose addresses `zone_key` holds
+    /// (this cluster's, the local cluster's).
+    zone: RefCell<Option<zone::ZoneRoute>>,
+    zone_key: Cell<(usize, usize)>,
+    zone_aware: config::ZoneAware,
+    /// The next zone draw: 0..10000 stepping by [`zone::ZONE_DRAW_STEP`]; and the next
+    /// `routing_enabled` draw (0..100 by [`LOAD_DRAW_STEP`]).
+    zone_draw: Cell<u16>,
+    zone_enabled_draw: Cell<u8>,
     lb: LbPolicy,
     connect_timeout: Duration,
     /// TCP keepalive of its upstream connections: `tcp_keepalive`, else `runtime.tcp_keepalive`.
@@ -574,6 +590,11 @@ impl ShardCluster {
             draw: Cell::new(0),
             ejected: RefCell::new(Vec::new()),
             shard_load: RefCell::new(None),
+            zone: RefCell::new(None),
+            zone_key: Cell::new((0, 0)),
+            zone_aware: c.zone_aware,
+            zone_draw: Cell::new(0),
+            zone_enabled_draw: Cell::new(0),
             lb: c.lb,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             keepalive: c
@@ -606,6 +627,9 @@ impl ShardCluster {
         let old = self.endpoints.replace(e.clone());
         // The levels or their counts may have changed: recompute at the next pick.
         *self.shard_load.borrow_mut() = None;
+        // Its zones may have changed: `set_local` recomputes.
+        *self.zone.borrow_mut() = None;
+        self.zone_key.set((0, 0));
         let mut active = self.active.borrow_mut();
         while active.len() < e.slots.len() {
             active.push(Cell::new(0));
@@ -615,6 +639,67 @@ impl ShardCluster {
             .copied()
             .filter(|&i| !e.live.contains(&i) || old.socket(i as usize) != e.socket(i as usize))
             .collect()
+    }
+
+    /// Recomputes zone-aware routing (docs/governance.md#zone-aware-routing) with `local`, the
+    /// local cluster's endpoint table (none: no zone-aware routing), if it or this cluster's
+    /// table changed since the last time. Called whenever a snapshot reaches the shard.
+    pub fn set_local(&self, local: Option<&Arc<Endpoints>>) {
+        let own = self.endpoints.borrow();
+        let key = (
+            Arc::as_ptr(&own) as usize,
+            local.map_or(0, |l| Arc::as_ptr(l) as usize),
+        );
+        if self.zone_key.get() == key {
+            return;
+        }
+        self.zone_key.set(key);
+        let route = match (own.zones.as_deref(), local.and_then(|l| l.zones.as_deref())) {
+            (Some(own), Some(local)) => zone::ZoneRoute::compute(own, local, &self.zone_aware),
+            _ => None,
+        };
+        *self.zone.borrow_mut() = route;
+    }
+
+    /// Zone-aware routing's pick for a request that goes to priority 0: `Ok(Some)` an
+    /// endpoint of the locality its draw falls in, `Ok(None)` when zone-aware routing does not
+    /// apply (or that locality has no endpoint ready: the whole level then), `Err` when it
+    /// fails the request (`fail_traffic_on_panic`).
+    fn pick_zone(
+        &self,
+        e: &Endpoints,
+        state: &impl Fn(usize) -> Availability,
+    ) -> Result<Option<usize>, ()> {
+        let route = self.zone.borrow();
+        let (cum, enabled) = match route.as_ref() {
+            None => return Ok(None),
+            Some(zone::ZoneRoute::Fail) => return Err(()),
+            Some(zone::ZoneRoute::Route { cum, enabled }) => (cum, *enabled),
+        };
+        if enabled < 100 {
+            let r = self.zone_enabled_draw.get();
+            self.zone_enabled_draw.set((r + LOAD_DRAW_STEP) % 100);
+            if r >= enabled {
+                return Ok(None);
+            }
+        }
+        let Some(zones) = e.zones.as_deref() else {
+            return Ok(None);
+        };
+        let r = self.zone_draw.get();
+        self.zone_draw
+            .set(((u32::from(r) + u32::from(zone::ZONE_DRAW_STEP)) % 10000) as u16);
+        let g = cum.iter().position(|&c| r < c).unwrap_or(0);
+        let set = zones.p0.set();
+        let Some(&end) = set.levels.get(g) else {
+            return Ok(None);
+        };
+        let from = if g == 0 {
+            0
+        } else {
+            set.levels[g - 1] as usize
+        };
+        Ok(self.pick_in(&set, from..end as usize, state).ok())
     }
 
     /// The endpoint slot the next connection or request should use; `None` when the cluster
@@ -651,12 +736,23 @@ impl ShardCluster {
             }
         }
         let mut fallback = None;
+        // Zone-aware routing (priority 0, unlabelled requests): first the locality the zone
+        // draw falls in.
+        let zoned = |k: usize| match set.all && k == 0 {
+            true => self.pick_zone(&e, &state),
+            false => Ok(None),
+        };
         if !set.load.is_empty() {
             // Envoy's priority load: the level this request's draw falls in first; when it
             // has no endpoint ready, strict failover over all levels below.
             let r = self.draw.get();
             self.draw.set((r + LOAD_DRAW_STEP) % 100);
             let k = set.load.iter().position(|&c| r < c).unwrap_or(0);
+            match zoned(k) {
+                Ok(Some(i)) => return Some(i),
+                Ok(None) => {}
+                Err(()) => return None,
+            }
             let from = if k == 0 {
                 0
             } else {
@@ -665,6 +761,12 @@ impl ShardCluster {
             match self.pick_in(&set, from..set.levels[k] as usize, &state) {
                 Ok(i) => return Some(i),
                 Err(backing_off) => fallback = backing_off,
+            }
+        } else {
+            match zoned(0) {
+                Ok(Some(i)) => return Some(i),
+                Ok(None) => {}
+                Err(()) => return None,
             }
         }
         let mut from = 0;

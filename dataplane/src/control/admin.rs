@@ -534,6 +534,8 @@ struct HostStatus {
     addr: SocketAddr,
     weight: u32,
     priority: u32,
+    /// Its locality (EDS, or `endpoint_metadata`).
+    locality: crate::config::Locality,
     ejected: bool,
     /// (name, value, is gauge), in Envoy's text order.
     stats: [(&'static str, u64, bool); 9],
@@ -576,6 +578,7 @@ fn clusters(shared: &Shared, json: bool) -> Response {
                     addr: slot.addr,
                     weight: m.map(|m| m.weight).unwrap_or(1),
                     priority: m.map(|m| m.priority).unwrap_or(0),
+                    locality: m.map(|m| m.locality_name()).unwrap_or_default(),
                     ejected: ids.ejected != crate::stats::SINK && (total(ids.ejected) as i64) > 0,
                     stats: [
                         ("cx_active", 0, true),
@@ -654,10 +657,10 @@ fn clusters(shared: &Shared, json: bool) -> Response {
             };
             text.push_str(&format!(
                 "{n}::{a}::hostname::\n{n}::{a}::health_flags::{flags}\n{n}::{a}::weight::{}\n\
-                 {n}::{a}::region::\n{n}::{a}::zone::\n{n}::{a}::sub_zone::\n\
+                 {n}::{a}::region::{}\n{n}::{a}::zone::{}\n{n}::{a}::sub_zone::{}\n\
                  {n}::{a}::canary::false\n{n}::{a}::priority::{}\n\
                  {n}::{a}::success_rate::-1\n{n}::{a}::local_origin_success_rate::-1\n",
-                h.weight, h.priority
+                h.weight, h.locality.region, h.locality.zone, h.locality.sub_zone, h.priority
             ));
         }
     }
@@ -708,7 +711,18 @@ fn cluster_json(
             if h.priority != 0 {
                 o.insert("priority".into(), json!(h.priority));
             }
-            o.insert("locality".into(), json!({}));
+            // proto3 JSON: empty strings left out.
+            let mut loc = Map::new();
+            for (k, v) in [
+                ("region", &h.locality.region),
+                ("zone", &h.locality.zone),
+                ("sub_zone", &h.locality.sub_zone),
+            ] {
+                if !v.is_empty() {
+                    loc.insert(k.into(), json!(v));
+                }
+            }
+            o.insert("locality".into(), Value::Object(loc));
             Value::Object(o)
         })
         .collect();

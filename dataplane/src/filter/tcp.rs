@@ -105,6 +105,9 @@ struct Outcome {
     moved: bool,
     /// The downstream's TLS peer, for Istio's metrics (`mutual_tls` and its principal).
     peer: crate::stats::istio::PeerId,
+    /// The peer's workload from Istio's in-band metadata exchange: the downstream's on an
+    /// inbound listener, the upstream's on an outbound one.
+    meta: crate::stats::istio::MetaId,
 }
 
 impl Outcome {
@@ -118,6 +121,7 @@ impl Outcome {
             handed_off: false,
             moved: false,
             peer: crate::stats::istio::PeerId::NONE,
+            meta: crate::stats::istio::MetaId::NONE,
         }
     }
 }
@@ -155,7 +159,14 @@ pub trait Virtuals {
 /// completed); closes it at the deadline of a drain of its listener (ringside cannot see where
 /// one request of an opaque byte stream ends, so there is no earlier point at which closing is
 /// safe). Returns whether that deadline cut it.
-pub async fn serve<D: Conn>(down: D, l: &TcpProxy, virtuals: &dyn Virtuals, drain: &Drain) -> bool {
+/// `mx`: what the downstream's sidecar sent in Istio's in-band metadata exchange (its payload).
+pub async fn serve<D: Conn>(
+    down: D,
+    l: &TcpProxy,
+    virtuals: &dyn Virtuals,
+    drain: &Drain,
+    mx: Option<&[u8]>,
+) -> bool {
     let (start, started) = (SystemTime::now(), Instant::now());
     if l.log.is_none() && l.istio.is_none() {
         return relay_connection(down, l, virtuals, drain, &mut Outcome::new(start)).await;
@@ -164,6 +175,9 @@ pub async fn serve<D: Conn>(down: D, l: &TcpProxy, virtuals: &dyn Virtuals, drai
     let mut out = Outcome::new(start);
     if let Some(istio) = &l.istio {
         out.peer = istio.peer(down.peer_principal().as_ref().map(|p| p.as_deref()));
+        if istio.inbound() {
+            out.meta = istio.peer_metadata_in_band(mx);
+        }
     }
     let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
     if out.handed_off || out.moved {
@@ -216,7 +230,7 @@ fn report(
             grpc: None,
             flags: (out.flags.bits(), &text),
             peer: out.peer,
-            meta: crate::stats::istio::MetaId::NONE,
+            meta: out.meta,
         };
         istio.connection(&o, out.bytes_received.get(), out.bytes_sent.get());
     }
@@ -349,7 +363,25 @@ async fn connect_and_relay<D: Conn>(
         UpstreamStream::Plain(up) => {
             relay_both(down, up, l, drain, first, out, &cluster.name, pending).await
         }
-        UpstreamStream::Tls(up) => {
+        UpstreamStream::Tls(mut up) => {
+            // Istio's in-band metadata exchange, when the upstream's sidecar negotiated it.
+            if crate::io::peer_exchange::negotiated(up.alpn_protocol().as_deref()) {
+                let ours = l.stats.stats.istio_node();
+                let side = crate::io::peer_exchange::Side::Client;
+                match crate::io::peer_exchange::exchange(&mut up, &ours.exchange_frame, side).await
+                {
+                    Ok(theirs) => {
+                        if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
+                            out.meta = i.peer_metadata_in_band(theirs.as_deref());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(listener = %l.name, cluster = %cluster.name, error = %e, "istio-peer-exchange failed; closing downstream");
+                        out.flags = Flags::UPSTREAM_CONNECTION_FAILURE;
+                        return false;
+                    }
+                }
+            }
             relay_both(down, *up, l, drain, first, out, &cluster.name, pending).await
         }
     };

@@ -6,6 +6,7 @@
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod intercept;
+pub mod peer_exchange;
 pub mod tls;
 
 use std::cell::RefCell;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::access_log::{LogSpec, OpenError};
+use crate::cluster::zone::Zones;
 use crate::cluster::{
     tag_hash, ClusterStatIds, Endpoints, HostStatIds, Labels, Slot, Subset, UpstreamStatIds,
 };
@@ -344,6 +345,8 @@ impl Builder {
         let mut upstream_ids = Vec::with_capacity(config.clusters.len());
         let mut upstream_h2_ids = Vec::with_capacity(config.clusters.len());
         let mut endpoints = Vec::with_capacity(config.clusters.len());
+        // Zone-aware routing: every table grouped by locality too (the proxy's own first).
+        let me = config.local_locality().map(|(_, l)| l);
         for (index, c) in config.clusters.iter().enumerate() {
             let state = self.clusters.entry(c.name.clone()).or_insert_with(|| {
                 self.next_generation += 1;
@@ -357,7 +360,7 @@ impl Builder {
                 }
             });
             state.index = index;
-            state.update(c, st, &mut self.next_generation);
+            state.update(c, st, &mut self.next_generation, me.as_ref());
             cluster_ids.push(state.ids.clone());
             upstream_ids.push(state.upstream);
             upstream_h2_ids.push(state.upstream_h2);
@@ -526,9 +529,10 @@ impl Builder {
         // Endpoints-only: the listeners and clusters, so their TLS, are prev's.
         next.tls = prev.tls.clone();
         let mut indices = Vec::with_capacity(changed.len());
+        let me = next.config.local_locality().map(|(_, l)| l);
         for (i, c) in changed {
             if let Some(state) = self.clusters.get_mut(&c.name) {
-                state.update(&c, st, &mut self.next_generation);
+                state.update(&c, st, &mut self.next_generation, me.as_ref());
                 next.endpoints[i] = state.published.clone();
             }
             next.config.clusters[i] = c;
@@ -555,7 +559,13 @@ impl Builder {
 
 impl ClusterState {
     /// Publishes `c.endpoints` as the live set, keeping each known address in its slot.
-    fn update(&mut self, c: &config::Cluster, st: &Stats, generation: &mut u64) {
+    fn update(
+        &mut self,
+        c: &config::Cluster,
+        st: &Stats,
+        generation: &mut u64,
+        me: Option<&config::Locality>,
+    ) {
         let visits = visit_order(c);
         let load = cumulative_load(c, visits.levels.len());
         let level_hosts = level_hosts(c, &visits);
@@ -575,8 +585,19 @@ impl ClusterState {
             false => Vec::new(),
         };
         let old = &self.published;
+        let zones = |slot_of: &std::collections::HashMap<std::net::SocketAddr, u32>| {
+            me.and_then(|me| zones_of(c, me, slot_of))
+        };
+        let old_slots = || {
+            old.slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.addr, i as u32))
+                .collect()
+        };
         if old.addrs().eq(visits.addrs.iter().copied())
             && self.tags == tags
+            && old.zones == zones(&old_slots())
             && *old.levels == visits.levels[..]
             && *old.weights == visits.weights[..]
             && *old.load == load[..]
@@ -632,6 +653,7 @@ impl ClusterState {
             d.len() as u32
         };
         let labels = (!tags.is_empty()).then(|| labels_of(c, &by_addr));
+        let zones = zones(&by_addr);
         self.tags = tags;
         self.published = Arc::new(Endpoints {
             slots,
@@ -645,8 +667,94 @@ impl ClusterState {
             generation: old.generation,
             sockets,
             labels,
+            zones,
         });
     }
+}
+
+/// `c`'s endpoints by locality for zone-aware routing ([`Zones`]; `me`: the proxy's
+/// locality), as slot numbers (`slot_of`: every endpoint's slot); none for a
+/// locality-weighted cluster (Envoy: locality-weighted balancing comes first).
+fn zones_of(
+    c: &config::Cluster,
+    me: &config::Locality,
+    slot_of: &std::collections::HashMap<std::net::SocketAddr, u32>,
+) -> Option<Box<Zones>> {
+    if c.locality_weighted || c.endpoints.is_empty() {
+        return None;
+    }
+    let meta = &c.endpoint_metadata;
+    let with_meta = meta.len() == c.endpoints.len();
+    let loc = |i: usize| match with_meta {
+        true => meta[i].locality_name(),
+        false => config::Locality::default(),
+    };
+    let prio = |i: usize| if with_meta { meta[i].priority } else { 0 };
+    let weight = |i: usize| if with_meta { meta[i].weight.max(1) } else { 1 };
+    let n = c.endpoints.len();
+    // Distinct endpoints per locality, at priority 0 and over all.
+    let count = |keep: &dyn Fn(usize) -> bool| {
+        let mut by: std::collections::BTreeMap<config::Locality, Vec<std::net::SocketAddr>> =
+            Default::default();
+        for i in (0..n).filter(|&i| keep(i)) {
+            by.entry(loc(i)).or_default().push(c.endpoints[i]);
+        }
+        by.into_iter()
+            .map(|(l, mut a)| {
+                a.sort_unstable();
+                a.dedup();
+                (l, a.len() as u32)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut p0 = count(&|i| prio(i) == 0);
+    // The proxy's own locality first (Envoy's `HostsPerLocality::hasLocalLocality`).
+    let has_local = match p0.iter().position(|(l, _)| l == me) {
+        Some(k) => {
+            let own = p0.remove(k);
+            p0.insert(0, own);
+            true
+        }
+        None => false,
+    };
+    let all_localities = count(&|_| true);
+    let weighted = (1..n).any(|i| weight(i) != weight(0));
+    let mut subset = Subset::default();
+    let (mut live, mut levels, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+    for (l, _) in &p0 {
+        let v = visit_order_of(c, &|i| prio(i) == 0 && loc(i) == *l, false);
+        for (k, a) in v.addrs.iter().enumerate() {
+            live.push(*slot_of.get(a)?);
+            if weighted {
+                let w = v.weights.get(k).copied();
+                let i = c.endpoints.iter().position(|e| e == a).unwrap_or(0);
+                weights.push(w.unwrap_or_else(|| weight(i)));
+            }
+        }
+        levels.push(live.len() as u32);
+    }
+    subset.live = live.into();
+    subset.levels = levels.into();
+    subset.weights = weights.into();
+    let (healthy, all) = match c.priority_hosts.is_empty() {
+        true => {
+            let d: u32 = all_localities.iter().map(|(_, k)| k).sum();
+            (d, d)
+        }
+        false => c
+            .priority_hosts
+            .iter()
+            .fold((0, 0), |(h, a), &(x, y)| (h + x, a + y)),
+    };
+    Some(Box::new(Zones {
+        p0: subset,
+        local_present: all_localities.iter().any(|(l, k)| l == me && *k > 0),
+        p0_localities: p0.into(),
+        has_local,
+        all_localities: all_localities.into(),
+        healthy,
+        all,
+    }))
 }
 
 /// `c`'s endpoints by traffic label (`tag`), each subset in the visit order of
@@ -868,7 +976,8 @@ mod tests {
             priority_hosts: Vec::new(),
             overprovisioning: 0,
             locality_weighted: false,
-        keep_alpn: false,
+            zone_aware: Default::default(),
+            keep_alpn: false,
         }
     }
 

@@ -48,6 +48,10 @@ pub struct Node {
     /// its own ([`exchange_value`]). Empty without xDS.
     pub exchange_id: Box<[u8]>,
     pub exchange_value: Box<[u8]>,
+    /// What ringside writes in Istio's in-band TCP exchange (connections that negotiated
+    /// `istio-peer-exchange`): the header and the `Any` of this node
+    /// ([`exchange::in_band_frame`]).
+    pub exchange_frame: Box<[u8]>,
 }
 
 impl Node {
@@ -56,6 +60,7 @@ impl Node {
         Node {
             exchange_id: id.as_bytes().into(),
             exchange_value: exchange::exchange_value(m).into_bytes().into(),
+            exchange_frame: exchange::in_band_frame(id, m).into(),
             ..Node::from_metadata(m)
         }
     }
@@ -91,6 +96,7 @@ impl Node {
             cluster_id: string("CLUSTER_ID").unwrap_or_else(unknown),
             exchange_id: Box::default(),
             exchange_value: Box::default(),
+            exchange_frame: exchange::in_band_frame("", m).into(),
         }
     }
 }
@@ -333,6 +339,20 @@ impl IstioListener {
     /// table lookup (no allocation); a new one is decoded once and kept (at most
     /// [`PEER_METADATA_MAX`] values; beyond, the call is not counted).
     pub fn peer_metadata(&self, value: Option<&[u8]>) -> MetaId {
+        self.meta_of(value, exchange::decode)
+    }
+
+    /// The peer an in-band exchange's payload (`Any`) names, as [`Self::peer_metadata`] (the
+    /// same table: a payload's first byte is never one of base64's).
+    pub fn peer_metadata_in_band(&self, any: Option<&[u8]>) -> MetaId {
+        self.meta_of(any, exchange::decode_in_band)
+    }
+
+    fn meta_of(
+        &self,
+        value: Option<&[u8]>,
+        decode: fn(&[u8]) -> Option<exchange::PeerMeta>,
+    ) -> MetaId {
         let Some(value) = value.filter(|v| !v.is_empty()) else {
             return MetaId::NONE;
         };
@@ -343,7 +363,7 @@ impl IstioListener {
             return MetaId::OVERFLOW;
         }
         self.stats.inc(self.decoded);
-        let id = match exchange::decode(value) {
+        let id = match decode(value) {
             None => MetaId::NONE,
             Some(m) => {
                 let mut metas = self.metas.borrow_mut();

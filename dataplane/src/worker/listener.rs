@@ -255,7 +255,7 @@ async fn serve_counted<C: crate::io::Conn>(
     // Whether the drain's deadline cut the connection.
     let cut = match (l.tls.clone(), carried) {
         (None, Some(Carried::Dubbo(carried))) => match l.dubbo.clone() {
-            Some(d) => downstream::serve_carried(stream, d, &drain, Some(carried)).await,
+            Some(d) => downstream::serve_carried(stream, d, &drain, Some(carried), None).await,
             None => false,
         },
         (None, Some(Carried::Tcp(a))) => {
@@ -265,7 +265,7 @@ async fn serve_counted<C: crate::io::Conn>(
             }
         }
         (Some(_), Some(_)) => false,
-        (None, None) => serve_protocol(stream, &l, &drain).await,
+        (None, None) => serve_protocol(stream, &l, &drain, None).await,
         (Some(tls), None) => match crate::io::Conn::into_kernel(stream) {
             Ok(tcp) => serve_tls(tcp, &l, &tls, &drain).await,
             Err(_) => {
@@ -292,8 +292,14 @@ async fn serve_counted<C: crate::io::Conn>(
 }
 
 /// Serves a connection (plaintext, or TLS after its handshake) by the listener's protocol;
-/// whether the drain's deadline cut it.
-async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &Rc<Drain>) -> bool {
+/// whether the drain's deadline cut it. `mx`: what the caller sent in Istio's in-band
+/// metadata exchange (its payload), when the connection negotiated it.
+async fn serve_protocol<C: crate::io::Conn>(
+    stream: C,
+    l: &ListenerCtx,
+    drain: &Rc<Drain>,
+    mx: Option<&[u8]>,
+) -> bool {
     if let Some(rbac) = &l.rbac {
         let (source, local) = stream.addrs();
         let destination = stream.original_dst().or(local);
@@ -321,7 +327,7 @@ async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &
                 Ok(s) => {
                     let chains = l.chains.get();
                     if chains.is_empty() {
-                        tcp_proxy::serve(s, t, &virtuals, drain).await
+                        tcp_proxy::serve(s, t, &virtuals, drain, mx).await
                     } else {
                         serve_chains(s, l, t, &chains).await;
                         false
@@ -330,11 +336,11 @@ async fn serve_protocol<C: crate::io::Conn>(stream: C, l: &ListenerCtx, drain: &
                 // TLS terminated in front of the proxy (config validation keeps tls off a tcp
                 // listener with chains or virtual listeners, and tcp listeners off the DPDK
                 // path).
-                Err(s) => tcp_proxy::serve(s, t, &virtuals, drain).await,
+                Err(s) => tcp_proxy::serve(s, t, &virtuals, drain, mx).await,
             }
         }
         Protocol::Dubbo => match l.dubbo.clone() {
-            Some(d) => downstream::serve(stream, d, drain).await,
+            Some(d) => downstream::serve_carried(stream, d, drain, None, mx).await,
             None => false,
         },
         Protocol::Triple => match l.triple.clone() {
@@ -375,15 +381,29 @@ async fn serve_tls(
         && !crate::io::tls::starts_with_tls(&tcp).await
     {
         l.stats.inc(l.ids.tls_plaintext);
-        return serve_protocol(tcp, l, drain).await;
+        return serve_protocol(tcp, l, drain, None).await;
     }
     match crate::io::tls::accept(tcp, tls).await {
-        Ok(s) => {
+        Ok(mut s) => {
             l.stats.inc(l.ids.tls_handshake);
             if s.resumed() {
                 l.stats.inc(l.ids.tls_resumed);
             }
-            serve_protocol(s, l, drain).await
+            // Istio's in-band metadata exchange, when the caller's sidecar negotiated it: both
+            // sides' node metadata before the protocol's first byte.
+            let mut mx = None;
+            if crate::io::peer_exchange::negotiated(s.alpn_protocol().as_deref()) {
+                let ours = l.stats.stats.istio_node();
+                let side = crate::io::peer_exchange::Side::Server;
+                match crate::io::peer_exchange::exchange(&mut s, &ours.exchange_frame, side).await {
+                    Ok(p) => mx = p,
+                    Err(e) => {
+                        tracing::debug!(listener = %l.name, error = %e, "istio-peer-exchange failed; closing");
+                        return false;
+                    }
+                }
+            }
+            serve_protocol(s, l, drain, mx.as_deref()).await
         }
         Err(e) => {
             l.stats.inc(l.ids.tls_error);

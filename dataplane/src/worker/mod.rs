@@ -381,11 +381,13 @@ impl ShardState {
     fn apply(&mut self, snap: Arc<Snapshot>, drains: &[Arc<DrainReport>]) {
         if let Some(d) = &snap.endpoints_only {
             if d.base == self.snapshot.version && self.apply_endpoints(&snap, &d.clusters) {
+                self.link_zones(&snap);
                 self.snapshot = snap;
                 return;
             }
         }
         let reindexed = self.apply_clusters(&snap);
+        self.link_zones(&snap);
         self.apply_listeners(&snap, reindexed, drains);
         self.link_virtuals();
         self.link_chains();
@@ -612,6 +614,23 @@ impl ShardState {
             e.update_endpoints(eps);
         }
         true
+    }
+
+    /// Zone-aware routing (docs/governance.md#zone-aware-routing): every cluster recomputes
+    /// its routing if its endpoints or the local cluster's changed (a pointer comparison per
+    /// cluster otherwise).
+    fn link_zones(&self, snap: &Snapshot) {
+        if snap.config.cluster_manager.is_none() && self.snapshot.config.cluster_manager.is_none() {
+            return;
+        }
+        let local = snap
+            .config
+            .local_locality()
+            .and_then(|(name, _)| self.clusters.get(name))
+            .map(|e| e.lb.endpoints());
+        for e in self.clusters.values() {
+            e.lb.set_local(local.as_ref());
+        }
     }
 
     /// Gives each `original_destination` listener the virtual listeners it names (validation

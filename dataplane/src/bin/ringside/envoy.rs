@@ -229,7 +229,6 @@ const BOOTSTRAP_IGNORED: &[(&str, &str)] = &[
     ("stats_flush_interval", "stats sinks' flush period"),
     ("stats_eviction_interval", "stats eviction"),
     ("deferred_stat_options", "Envoy's lazy stat creation"),
-    ("cluster_manager", "outlier-detection event log and load reports"),
     ("tracing", "Envoy's tracers (Zipkin, Lightstep, Datadog); ringside traces over OTLP from the listeners' tracing"),
     ("stats_sinks", "push sinks (statsd, metrics service); 15090 is scraped"),
     ("watchdog", "Envoy's thread watchdog"),
@@ -263,6 +262,7 @@ pub fn translate(
             k.as_str(),
             "node"
                 | "admin"
+                | "cluster_manager"
                 | "static_resources"
                 | "dynamic_resources"
                 | "overload_manager"
@@ -493,6 +493,19 @@ pub fn translate(
         }
     }
     out.insert("admin".into(), Value::Object(admin));
+    // cluster_manager: the local cluster of zone-aware routing (docs/governance.md)
+    if let Some(cm) = b.get("cluster_manager").and_then(Value::as_object) {
+        let local = local_cluster(cm, statics, b.get("node"), flags, warnings);
+        match local {
+            Ok(Some((manager, cluster))) => {
+                out.insert("cluster_manager".into(), manager);
+                out.insert("clusters".into(), json!([cluster]));
+                unusable.retain(|(n, _)| Some(n.as_str()) != cm["local_cluster_name"].as_str());
+            }
+            Ok(None) => {}
+            Err(e) => errs.push(e),
+        }
+    }
     let mut named = Vec::new();
     cluster_names(&statics["listeners"], &mut named);
     named.extend(ads_cluster.clone());
@@ -555,6 +568,83 @@ pub fn translate(
 enum Endpoint {
     Pipe(String),
     Socket(String),
+}
+
+/// `cluster_manager.local_cluster_name` (Envoy's zone-aware routing): ringside's
+/// `cluster_manager` (with the node's locality) and the local cluster, a STATIC cluster of
+/// `static_resources` (Envoy requires it there) with its endpoints and their localities.
+/// `cluster_manager`'s other fields (outlier event log, load reports, ...) change no routing:
+/// warned about.
+fn local_cluster(
+    cm: &Map<String, Value>,
+    statics: &Value,
+    node: Option<&Value>,
+    flags: &Flags,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(Value, Value)>, String> {
+    for k in cm.keys().filter(|k| *k != "local_cluster_name") {
+        warnings.push(format!(
+            "bootstrap field `cluster_manager.{k}`: not used (outlier-detection event log, load \
+             reports and Envoy's cluster manager tuning)"
+        ));
+    }
+    let Some(name) = cm.get("local_cluster_name").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let at = "bootstrap field `cluster_manager.local_cluster_name`";
+    let c = statics["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .ok_or_else(|| format!("{at}: no static cluster {name:?} (Envoy requires one)"))?;
+    if !matches!(c["type"].as_str(), None | Some("STATIC")) {
+        return Err(format!(
+            "{at}: the local cluster {name:?} must be STATIC (its endpoints in the bootstrap)"
+        ));
+    }
+    let mut endpoints = Vec::new();
+    let mut metadata = Vec::new();
+    for (i, l) in c["load_assignment"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let loc = &l["locality"];
+        for (j, e) in l["lb_endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let addr = socket_address(&e["endpoint"]["address"]).map_err(|e| {
+                format!("{at}: {name:?} load_assignment.endpoints[{i}].lb_endpoints[{j}]: {e}")
+            })?;
+            // Envoy's local cluster has one priority; unhealthy hosts are not healthy there.
+            if matches!(
+                e["health_status"].as_str(),
+                Some("UNHEALTHY" | "DRAINING" | "TIMEOUT")
+            ) {
+                continue;
+            }
+            endpoints.push(json!(addr));
+            metadata.push(json!({
+                "region": loc["region"].as_str().unwrap_or_default(),
+                "zone": loc["zone"].as_str().unwrap_or_default(),
+                "sub_zone": loc["sub_zone"].as_str().unwrap_or_default(),
+            }));
+        }
+    }
+    let node = node.cloned().unwrap_or(json!({}));
+    let mut loc = node["locality"].as_object().cloned().unwrap_or_default();
+    if let Some(z) = &flags.service_zone {
+        loc.insert("zone".into(), json!(z));
+    }
+    Ok(Some((
+        json!({"local_cluster_name": name, "locality": Value::Object(loc)}),
+        json!({"name": name, "endpoints": endpoints, "endpoint_metadata": metadata}),
+    )))
 }
 
 /// Every `cluster` string under `v` (the clusters static listeners route to).

@@ -340,6 +340,8 @@ pub struct DownConn {
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
     /// The caller's mutual TLS as Istio's metrics label it (with `istio_metrics`).
     peer: crate::stats::istio::PeerId,
+    /// The caller's workload from Istio's in-band metadata exchange (inbound).
+    meta: crate::stats::istio::MetaId,
     /// What `rbac` rules know of the connection (when the listener has any).
     rbac_peer: Option<crate::filter::rbac::ConnPeer>,
     /// The kernel socket a hot-upgrade successor can take over (`None`: TLS, DPDK).
@@ -423,10 +425,10 @@ impl DownConn {
     ) {
         let Some(istio) = &self.l.istio else { return };
         // Inbound: the caller's mutual TLS; outbound: the provider connection's.
-        let peer = match (istio.inbound(), up) {
-            (true, _) => self.peer,
-            (false, Some(up)) => up.istio_peer(istio),
-            (false, None) => crate::stats::istio::PeerId::NONE,
+        let (peer, meta) = match (istio.inbound(), up) {
+            (true, _) => (self.peer, self.meta),
+            (false, Some(up)) => (up.istio_peer(istio), up.istio_meta(istio)),
+            (false, None) => Default::default(),
         };
         let text = || flags.short_string();
         let o = crate::stats::istio::Outcome {
@@ -435,7 +437,7 @@ impl DownConn {
             grpc: None,
             flags: (flags.bits(), &text),
             peer,
-            meta: crate::stats::istio::MetaId::NONE,
+            meta,
         };
         let us = started.elapsed().as_micros() as u64;
         istio.request(&o, us, u64::from(bytes_in), bytes_out as u64);
@@ -670,16 +672,18 @@ fn original_dst<S: crate::io::Conn>(stream: &S, l: &DubboListener) -> Option<Soc
 /// closed whatever it is doing. Returns whether the deadline cut it (it was not closed yet; a
 /// connection we closed whose caller has not closed its side yet does not count).
 pub async fn serve<S: crate::io::Conn>(stream: S, l: Rc<DubboListener>, drain: &Drain) -> bool {
-    serve_carried(stream, l, drain, None).await
+    serve_carried(stream, l, drain, None, None).await
 }
 
 /// [`serve`] for a connection a hot-upgrade predecessor handed over, with the bytes it read
-/// and did not forward (`carried`): they are decoded before anything new is read.
+/// and did not forward (`carried`): they are decoded before anything new is read. `mx`: what
+/// the caller's sidecar sent in Istio's in-band metadata exchange (its payload).
 pub async fn serve_carried<S: crate::io::Conn>(
     stream: S,
     l: Rc<DubboListener>,
     drain: &Drain,
     carried: Option<Vec<u8>>,
+    mx: Option<&[u8]>,
 ) -> bool {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
@@ -691,9 +695,12 @@ pub async fn serve_carried<S: crate::io::Conn>(
         (Some(_), _) | (_, Some(_)) => stream.addrs(),
         _ => (None, None),
     };
-    let peer = match &l.istio {
-        Some(i) => i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())),
-        None => crate::stats::istio::PeerId::NONE,
+    let (peer, meta) = match &l.istio {
+        Some(i) => (
+            i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())),
+            i.peer_metadata_in_band(mx),
+        ),
+        None => Default::default(),
     };
     let conn_l_rbac = l
         .rbac
@@ -722,6 +729,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         finished: Event::new(),
         addrs,
         peer,
+        meta,
         rbac_peer: conn_l_rbac,
         handover_fd: stream.handover_fd(),
         original_dst,

@@ -172,6 +172,11 @@ pub struct UpConn {
     /// `tls` as the Istio metrics of one outbound listener label it (that listener's id, the
     /// peer): looked up once per connection and listener.
     istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
+    /// What the provider's sidecar sent in Istio's in-band metadata exchange (its payload),
+    /// when the connection negotiated it.
+    mx: RefCell<Option<Box<[u8]>>>,
+    /// `mx` as the Istio metrics of one outbound listener label it (its id, the peer).
+    istio_meta: Cell<(u64, crate::stats::istio::MetaId)>,
 }
 
 /// One endpoint of a cluster, on one shard.
@@ -687,6 +692,8 @@ impl Host {
                 last_ping: Cell::new(Instant::now()),
                 tls: RefCell::new(None),
                 istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
+                mx: RefCell::new(None),
+                istio_meta: Cell::new((0, crate::stats::istio::MetaId::NONE)),
             });
             conns.push(c.clone());
             if let Some(b) = &pool.conn_breaker {
@@ -1221,6 +1228,21 @@ impl UpConn {
         self.istio_peer.set((i.id(), peer));
         peer
     }
+
+    /// The provider's workload from the in-band exchange as outbound listener `i`'s metrics
+    /// label it, looked up once per connection and listener.
+    pub(crate) fn istio_meta(
+        &self,
+        i: &crate::stats::istio::IstioListener,
+    ) -> crate::stats::istio::MetaId {
+        let (id, meta) = self.istio_meta.get();
+        if id == i.id() {
+            return meta;
+        }
+        let meta = i.peer_metadata_in_band(self.mx.borrow().as_deref());
+        self.istio_meta.set((i.id(), meta));
+        meta
+    }
 }
 
 impl Drop for UpConn {
@@ -1319,8 +1341,21 @@ async fn run(conn: Rc<UpConn>) {
     // An endpoint whose transport socket has TLS: connect and handshake within the connect
     // timeout.
     if let Some(tls) = conn.pool.lb.tls(conn.host.index) {
+        // The handshake and, when the provider's sidecar negotiated it, Istio's in-band
+        // metadata exchange (bounded on its own), within the connect timeout.
+        let connect = async {
+            let mut s = crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls, None).await?;
+            if crate::io::peer_exchange::negotiated(s.alpn_protocol().as_deref()) {
+                let ours = conn.pool.stats.stats.istio_node();
+                let side = crate::io::peer_exchange::Side::Client;
+                let theirs =
+                    crate::io::peer_exchange::exchange(&mut s, &ours.exchange_frame, side).await?;
+                *conn.mx.borrow_mut() = theirs.map(Box::from);
+            }
+            Ok(s)
+        };
         let connected = shard::monoio::select! {
-            c = shard::monoio::time::timeout(timeout, crate::io::tls::connect(addr, &conn.pool.lb.sources, &tls, None)) => c,
+            c = shard::monoio::time::timeout(timeout, connect) => c,
             why = keeper(&conn) => return conn.close(&why),
         };
         return serve_upstream(conn, connected).await;

@@ -14,6 +14,16 @@
 //! `convertWorkloadMetadataToStruct` (`LABELS` always present; `OWNER` rebuilt from the
 //! workload type `OWNER` names), serialized deterministically (map keys in byte order) and
 //! base64-encoded with padding.
+//!
+//! In-band on TCP ([`in_band_frame`], [`decode_in_band`]): istio-proxy's
+//! `istio.metadata_exchange` network filter (istio/proxy, before it moved to Envoy's contrib:
+//! `source/extensions/filters/network/metadata_exchange/metadata_exchange.cc`,
+//! `metadata_exchange_initial_header.h`). On a TLS connection that negotiated the ALPN
+//! protocol [`ALPN`], each side writes before any application byte an 8-byte header (the magic
+//! [`MAGIC`], then the size of what follows, both big-endian) and a `google.protobuf.Any`
+//! (`type.googleapis.com/google.protobuf.Struct`) holding a `Struct` whose
+//! `x-envoy-peer-metadata` is the workload `Struct` (as above) and `x-envoy-peer-metadata-id`
+//! the node id, serialized deterministically.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +33,17 @@ use crate::config::NodeMetadataValue;
 pub const HEADER_ID: &[u8] = b"x-envoy-peer-metadata-id";
 /// The sender's workload metadata.
 pub const HEADER: &[u8] = b"x-envoy-peer-metadata";
+
+/// The ALPN protocol of the in-band TCP exchange.
+pub const ALPN: &[u8] = b"istio-peer-exchange";
+/// The in-band header's magic number (istio-proxy's `MetadataExchangeInitialHeader`).
+pub const MAGIC: u32 = 0x3D23_0467;
+/// The in-band header's length: magic and data size.
+pub const IN_BAND_HEADER_BYTES: usize = 8;
+/// The largest in-band payload read from a peer (istio-proxy sets none; a node's metadata is
+/// a few hundred bytes to a few KiB): a larger announced size ends the connection.
+pub const IN_BAND_BYTES_MAX: usize = 64 * 1024;
+const STRUCT_TYPE_URL: &[u8] = b"type.googleapis.com/google.protobuf.Struct";
 
 /// Whether `name` is one of the exchange's two headers.
 pub fn is_header(name: &[u8]) -> bool {
@@ -45,7 +66,63 @@ pub struct PeerMeta {
 /// nothing, as Envoy's decoder gives an empty string (an empty `Struct`: every field empty); a
 /// `Struct` that does not parse is `None` (istio-proxy keeps no peer then).
 pub fn decode(value: &[u8]) -> Option<PeerMeta> {
-    let bytes = base64_decode(value).unwrap_or_default();
+    decode_struct(&base64_decode(value).unwrap_or_default())
+}
+
+/// The peer an in-band payload (the `Any` after the header) describes: its `Struct`'s
+/// `x-envoy-peer-metadata` (istio-proxy's `tryReadProxyData`). `None`: bytes that do not
+/// parse, another type, or no such field (istio-proxy keeps no peer then).
+pub fn decode_in_band(any: &[u8]) -> Option<PeerMeta> {
+    let (mut rest, mut type_url, mut value): (&[u8], &[u8], &[u8]) = (any, &[], &[]);
+    while !rest.is_empty() {
+        match next_field(&mut rest)? {
+            (t, Some(b)) if t == (1 << 3 | 2) => type_url = b,
+            (t, Some(b)) if t == (2 << 3 | 2) => value = b,
+            _ => {}
+        }
+    }
+    if type_url != STRUCT_TYPE_URL {
+        return None;
+    }
+    let mut found = None;
+    for (k, v) in Fields::new(value) {
+        let v = v.ok()?;
+        if k == HEADER {
+            found = Some(struct_value(v).unwrap_or_default());
+        }
+    }
+    decode_struct(found?)
+}
+
+/// What ringside writes in-band: the header and the `Any` (see the module's doc) for node
+/// `id` (none when empty) and metadata `m`.
+pub fn in_band_frame(id: &str, m: &BTreeMap<String, NodeMetadataValue>) -> Vec<u8> {
+    let mut data: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    let mut workload = Vec::new();
+    write_len(&mut workload, 5, &workload_struct(m));
+    data.insert("x-envoy-peer-metadata", workload);
+    if !id.is_empty() {
+        data.insert("x-envoy-peer-metadata-id", value_string(id));
+    }
+    let mut any = Vec::new();
+    write_len(&mut any, 1, STRUCT_TYPE_URL);
+    write_len(&mut any, 2, &write_struct(&data));
+    let mut out = Vec::with_capacity(IN_BAND_HEADER_BYTES + any.len());
+    out.extend_from_slice(&MAGIC.to_be_bytes());
+    out.extend_from_slice(&(any.len() as u32).to_be_bytes());
+    out.extend_from_slice(&any);
+    out
+}
+
+/// The size an in-band header announces; `None`: not the exchange's magic.
+pub fn in_band_size(header: &[u8; IN_BAND_HEADER_BYTES]) -> Option<usize> {
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    (magic == MAGIC)
+        .then(|| u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
+}
+
+/// The peer a workload `Struct` describes (`None`: it does not parse).
+fn decode_struct(bytes: &[u8]) -> Option<PeerMeta> {
     let mut m = PeerMeta::default();
     let mut labels = Labels::default();
     for (key, v) in Fields::new(&bytes) {
@@ -104,6 +181,12 @@ impl Labels {
 /// What ringside sends as `x-envoy-peer-metadata`: this node's metadata as istio-proxy writes
 /// its own (see the module's doc).
 pub fn exchange_value(m: &BTreeMap<String, NodeMetadataValue>) -> String {
+    base64_encode(&workload_struct(m))
+}
+
+/// This node's workload `Struct`, as istio-proxy's `convertWorkloadMetadataToStruct` writes
+/// it, serialized deterministically.
+fn workload_struct(m: &BTreeMap<String, NodeMetadataValue>) -> Vec<u8> {
     let string = |k: &str| match m.get(k) {
         Some(NodeMetadataValue::String(s)) => s.as_str(),
         Some(NodeMetadataValue::Json(serde_json::Value::String(s))) => s.as_str(),
@@ -158,7 +241,7 @@ pub fn exchange_value(m: &BTreeMap<String, NodeMetadataValue>) -> String {
     let mut value = Vec::new();
     write_len(&mut value, 5, &write_struct(&l));
     top.insert("LABELS", value);
-    base64_encode(&write_struct(&top))
+    write_struct(&top)
 }
 
 /// istio-proxy's `parseOwner`: the workload type an `OWNER` names (`.../<type>s/<workload>`),
@@ -409,6 +492,19 @@ mod tests {
         // Not base64: an empty Struct, all unknown; base64 of bytes that do not parse: no peer.
         assert_eq!(decode(b"!!!").unwrap(), PeerMeta::default());
         assert_eq!(decode(base64_encode(b"\x0a\x05ab").as_bytes()), None);
+    }
+
+    #[test]
+    fn the_in_band_frame_round_trips() {
+        let f = in_band_frame("sidecar~1.2.3.4~a.b~b.svc.cluster.local", &metadata());
+        let head: [u8; 8] = f[..8].try_into().unwrap();
+        assert_eq!(&f[..4], &[0x3d, 0x23, 0x04, 0x67]);
+        assert_eq!(in_band_size(&head), Some(f.len() - 8));
+        let m = decode_in_band(&f[8..]).unwrap();
+        assert_eq!(m, decode(CLIENT.as_bytes()).unwrap());
+        assert_eq!(in_band_size(&[0; 8]), None);
+        assert_eq!(decode_in_band(b"\x0a\x03abc"), None, "another type");
+        assert_eq!(decode_in_band(b"\x0a\xff"), None, "malformed");
     }
 
     #[test]
