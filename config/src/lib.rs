@@ -2048,7 +2048,27 @@ pub struct RetryPolicy {
     /// one available (Envoy's `previous_hosts` retry host predicate).
     #[serde(default = "default_true")]
     pub previous_hosts: bool,
+    /// Envoy's `retry_back_off`: the wait before each retry, jittered exponential (Envoy's
+    /// default, 25 ms base and 10x that at most, when left out). Triple and HTTP/1.1 routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_back_off: Option<RetryBackOff>,
 }
+
+/// Envoy's `RetryPolicy.retry_back_off`: retry k waits a random time in
+/// `[0, min(base_interval × 2^(k-1), max_interval))` (Envoy's
+/// `JitteredExponentialBackOffStrategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOff {
+    /// 1..=3600000.
+    pub base_interval_ms: u64,
+    /// At least `base_interval_ms`; default 10 × `base_interval_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval_ms: Option<u64>,
+}
+
+/// Envoy's default `retry_back_off.base_interval` (`upstream.base_retry_backoff_ms`).
+pub const RETRY_BACK_OFF_BASE_MS_DEFAULT: u64 = 25;
 
 fn default_num_retries() -> u32 {
     1
@@ -4018,6 +4038,25 @@ fn validate_retry(
                 at("per_try_timeout_ms"),
                 format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
             );
+        }
+    }
+    if let Some(b) = p.retry_back_off {
+        if b.base_interval_ms == 0 || b.base_interval_ms > REQUEST_TIMEOUT_MS_MAX {
+            err(
+                at("retry_back_off.base_interval_ms"),
+                format!(
+                    "{} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}",
+                    b.base_interval_ms
+                ),
+            );
+        }
+        if let Some(m) = b.max_interval_ms {
+            if m < b.base_interval_ms || m > REQUEST_TIMEOUT_MS_MAX {
+                err(
+                    at("retry_back_off.max_interval_ms"),
+                    format!("{m} is out of range base_interval_ms..={REQUEST_TIMEOUT_MS_MAX}"),
+                );
+            }
         }
     }
     if p.retriable_status_codes.len() > RETRIABLE_STATUS_CODES_MAX {

@@ -809,6 +809,14 @@ fn retry_policies_load_and_are_checked() {
             "{retry_on: [retriable-status-codes], retriable_status_codes: [80, 20]}",
             "retriable_status_codes[1]",
         ),
+        (
+            "{retry_on: [reset], retry_back_off: {base_interval_ms: 0}}",
+            "retry_back_off.base_interval_ms",
+        ),
+        (
+            "{retry_on: [reset], retry_back_off: {base_interval_ms: 50, max_interval_ms: 40}}",
+            "retry_back_off.max_interval_ms",
+        ),
     ] {
         let e = errors(&route(policy));
         assert_eq!(e[0].field, format!("{at}.{field}"), "{policy}");

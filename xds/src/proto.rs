@@ -2704,12 +2704,41 @@ fn retry_policy(
         Some(d) => Some(timeout_ms(d, ctx, &format!("{at}.per_try_timeout"))?),
         None => None,
     };
+    // Envoy: `base_interval` required and above 0 (under 1 ms: 1 ms), `max_interval` at
+    // least it (default 10x).
+    let retry_back_off = match &p.retry_back_off {
+        None => None,
+        Some(b) => {
+            let max = config::REQUEST_TIMEOUT_MS_MAX;
+            let field = format!("{at}.retry_back_off.base_interval");
+            let base = match &b.base_interval {
+                Some(d) => duration_ms(d, ctx, &field, max)?,
+                None => 0,
+            };
+            if base == 0 {
+                return Err(ctx.err(field, "required, above 0"));
+            }
+            let field = format!("{at}.retry_back_off.max_interval");
+            let max_interval_ms = match &b.max_interval {
+                Some(d) => Some(duration_ms(d, ctx, &field, max)?),
+                None => None,
+            };
+            if max_interval_ms.is_some_and(|m| m < base) {
+                return Err(ctx.err(field, "must be at least base_interval"));
+            }
+            Some(config::RetryBackOff {
+                base_interval_ms: base,
+                max_interval_ms,
+            })
+        }
+    };
     Ok(Some(config::RetryPolicy {
         retry_on,
         num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
         per_try_timeout_ms,
         retriable_status_codes: codes,
         previous_hosts,
+        retry_back_off,
     }))
 }
 

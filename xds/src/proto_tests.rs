@@ -1954,6 +1954,7 @@ fn retry_policy_from_rds() {
             per_try_timeout_ms: None,
             retriable_status_codes: vec![503],
             previous_hosts: true,
+            retry_back_off: None,
         })
     );
     let vh = routes[1].route.retry_policy.as_ref().unwrap();

@@ -234,6 +234,8 @@ pub struct RetryPolicy {
     codes: [u16; config::RETRIABLE_STATUS_CODES_MAX],
     codes_len: u8,
     pub previous_hosts: bool,
+    /// `retry_back_off` in ms: (base interval, max interval).
+    back_off: (u32, u32),
 }
 
 /// One request's retries so far: its route's policy, the retries sent, the endpoints tried
@@ -254,6 +256,22 @@ impl Retry {
             tried: [0; config::RETRIES_MAX as usize + 1],
             tried_len: 0,
         }
+    }
+
+    /// The wait before the next retry (the `done + 1`-th), from `roll` (a random number):
+    /// Envoy's `JitteredExponentialBackOffStrategy`, whose interval starts at the base and
+    /// doubles at each retry while under half the max (else becomes the max), each wait being
+    /// `random % interval` ms.
+    pub fn back_off(&self, roll: u32) -> std::time::Duration {
+        let (base, max) = self.policy.back_off;
+        let mut interval = u64::from(base.max(1));
+        for _ in 0..self.done {
+            interval = match interval < u64::from(max) / 2 {
+                true => interval * 2,
+                false => u64::from(max),
+            };
+        }
+        std::time::Duration::from_millis(u64::from(roll) % interval.max(1))
     }
 
     /// Whether `num_retries` leaves one more.
@@ -289,6 +307,16 @@ impl RetryPolicy {
             codes,
             codes_len: n as u8,
             previous_hosts: p.previous_hosts,
+            back_off: {
+                let base = p
+                    .retry_back_off
+                    .map_or(config::RETRY_BACK_OFF_BASE_MS_DEFAULT, |b| b.base_interval_ms);
+                let max = p
+                    .retry_back_off
+                    .and_then(|b| b.max_interval_ms)
+                    .unwrap_or(base * 10);
+                (base as u32, max as u32)
+            },
         }
     }
 
@@ -654,6 +682,42 @@ fn port_start(host: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Envoy's `JitteredExponentialBackOffStrategy` (base 25, max 250): intervals 25, 50, 100,
+    /// 200, 250, 250, ...; each wait `random % interval`.
+    #[test]
+    fn retry_back_off_is_envoys_jittered_exponential() {
+        let policy = |b: Option<config::RetryBackOff>| {
+            RetryPolicy::new(&config::RetryPolicy {
+                retry_on: vec![config::RetryOn::Reset],
+                num_retries: 10,
+                per_try_timeout_ms: None,
+                retriable_status_codes: vec![],
+                previous_hosts: true,
+                retry_back_off: b,
+            })
+        };
+        let mut r = Retry::new(policy(None));
+        let mut caps = Vec::new();
+        for _ in 0..7 {
+            // The largest wait (999: one under a multiple of every interval) is interval - 1.
+            caps.push(r.back_off(999).as_millis() + 1);
+            r.done += 1;
+        }
+        assert_eq!(caps, [25, 50, 100, 200, 250, 250, 250]);
+        let mut r = Retry::new(policy(Some(config::RetryBackOff {
+            base_interval_ms: 10,
+            max_interval_ms: Some(30),
+        })));
+        let mut caps = Vec::new();
+        for _ in 0..4 {
+            caps.push(r.back_off(599).as_millis() + 1);
+            r.done += 1;
+        }
+        // 10 < 15: doubles to 20; 20 >= 15: the max, 30.
+        assert_eq!(caps, [10, 20, 30, 30]);
+        assert_eq!(Retry::new(policy(None)).back_off(30).as_millis(), 5);
+    }
 
     #[test]
     fn matchers_compare_whole_values() {

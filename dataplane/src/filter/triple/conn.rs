@@ -1248,8 +1248,16 @@ impl Conn {
             _ => return Sent::NotRetriable,
         }
         let by_policy = policy.is_some();
+        // A retry of a policy first waits its back-off (Envoy's `retry_back_off`), when the
+        // request was all written: what a caller still sending sends has nowhere to wait.
+        if let Some(r) = policy.as_ref().filter(|_| sent_end) {
+            let wait = r.back_off(pool.dice.roll());
+            if !wait.is_zero() {
+                return self.park(id, why, down_w, did, policy, label, wait);
+            }
+        }
         let picked = pool
-            .retry_connection(h, self.limits, self, policy.as_ref(), label)
+            .retry_connection(h, self.limits, &self.alpn, Some(self), policy.as_ref(), label)
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
         let Some((uid, up)) = picked else {
@@ -1297,39 +1305,82 @@ impl Conn {
             }
         }
         tracing::debug!(upstream = %h.addr, stream = id, ?why, "stream sent again");
-        let mut try_deadline = None;
-        if let Some(s) = down.streams.borrow_mut().get_mut(&did) {
-            s.link = Some((Rc::downgrade(&up), uid));
-            if let Some(c) = s.call.as_mut() {
-                c.retry = policy;
-                try_deadline = policy
-                    .and_then(|r| r.policy.per_try_timeout)
-                    .map(|t| Instant::now() + t);
-                c.try_deadline = try_deadline;
+        relink(&down, did, &up, uid, policy, by_policy, held, queue, no_credit);
+        Sent::Yes
+    }
+
+    /// Upstream side: stream `id`, all written, failed and its policy retries it after `wait`
+    /// (its back-off): the stream ends here (reset upstream if still open), its held request
+    /// and retry slot wait in the pool's back-off queue, its caller's stream unlinked, until
+    /// the pool's back-off task sends it on (`resume`). Counted as a retry now, as Envoy does
+    /// when it schedules one.
+    #[allow(clippy::too_many_arguments)]
+    fn park(
+        self: &Rc<Self>,
+        id: u32,
+        why: Again,
+        down_w: Weak<Conn>,
+        did: u32,
+        mut policy: Option<crate::route::Retry>,
+        label: Option<crate::cluster::Label>,
+        wait: Duration,
+    ) -> Sent {
+        let Side::Up(h) = &self.side else {
+            return Sent::NotRetriable;
+        };
+        let pool = &h.pool;
+        let (held, queue, no_credit) = {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return Sent::NotRetriable;
+            };
+            s.link = None;
+            s.sent_end = true;
+            s.recv_end = true;
+            // Its retry slot moves to the parked call.
+            s.retried = false;
+            (
+                s.held.take().unwrap_or_default(),
+                std::mem::take(&mut s.queue),
+                std::mem::take(&mut s.no_credit),
+            )
+        };
+        if matches!(why, Again::TryTimeout) {
+            // Given up on: stop it.
+            self.ctl_queued.set(self.ctl_queued.get() + 1);
+            self.write(|o| frame::write_rst_stream(o, id, code::CANCEL));
+        }
+        self.blocked.borrow_mut().retain(|&b| b != id);
+        self.forget(id);
+        if let Some(r) = policy.as_mut() {
+            pool.stats.inc(pool.ids.rq_retry);
+            r.done += 1;
+        }
+        if let Some(down) = down_w.upgrade() {
+            if let Some(s) = down.streams.borrow_mut().get_mut(&did) {
+                s.link = None;
+                if let Some(c) = s.call.as_mut() {
+                    c.retry = policy;
+                    c.try_deadline = None;
+                }
             }
         }
-        if let Some(d) = try_deadline {
-            if down.armed.get().is_none_or(|a| d < a) {
-                down.deadline_wake.notify();
-            }
-        }
-        if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
-            s.retried = by_policy;
-            // Held again only while the policy has retries left (a refused stream without
-            // a policy is sent again once).
-            s.held = policy.filter(|r| r.left()).map(|_| Held::default());
-            s.no_credit = no_credit;
-            if !held.block.is_empty() {
-                s.queue.push_back(Out::Headers(held.block, held.end));
-            }
-            for (b, end) in held.data.into_iter().flatten() {
-                s.no_credit += b.len() as u32;
-                s.queue
-                    .push_back(Out::Data(Queued::new(b, &up.budget), end));
-            }
-            s.queue.extend(queue);
-        }
-        up.flush(uid);
+        tracing::debug!(upstream = %h.addr, stream = id, ?why, ?wait, "stream sent again after its back-off");
+        pool.backoff.borrow_mut().push(Parked {
+            due: Instant::now() + wait,
+            down: down_w,
+            did,
+            host: h.clone(),
+            avoid: Rc::downgrade(self),
+            limits: self.limits,
+            alpn: self.alpn.clone(),
+            held,
+            queue,
+            no_credit,
+            policy,
+            label,
+        });
+        wake_backoff(pool);
         Sent::Yes
     }
 
@@ -3090,6 +3141,149 @@ fn wake_waiting(pool: &Rc<Pool>) {
             }
         }
     });
+}
+
+/// A retry waiting its back-off (`Conn::park`), in its pool's `backoff` queue.
+pub struct Parked {
+    due: Instant,
+    /// The caller's connection and stream.
+    down: Weak<Conn>,
+    did: u32,
+    /// The endpoint and connection of the failed try.
+    host: Rc<Host>,
+    avoid: Weak<Conn>,
+    limits: H2Limits,
+    /// The failed connection's ALPN override, the retry's too.
+    alpn: crate::io::tls::AlpnOverride,
+    held: Held,
+    queue: VecDeque<Out>,
+    no_credit: u32,
+    policy: Option<crate::route::Retry>,
+    label: Option<crate::cluster::Label>,
+}
+
+/// Starts the pool's back-off task unless it runs: one task per cluster per shard while
+/// retries wait, sending each on when its time comes (in due order), then ending.
+fn wake_backoff(pool: &Rc<Pool>) {
+    pool.backoff_wake.notify();
+    if pool.backing_off.replace(true) {
+        return;
+    }
+    let pool = pool.clone();
+    shard::monoio::spawn(async move {
+        loop {
+            let now = Instant::now();
+            let next = {
+                let q = pool.backoff.borrow();
+                q.iter().enumerate().min_by_key(|(_, p)| p.due).map(|(i, p)| (i, p.due))
+            };
+            let Some((i, due)) = next else {
+                break;
+            };
+            if due > now {
+                shard::monoio::select! {
+                    _ = shard::monoio::time::sleep_until(due.into()) => {}
+                    _ = pool.backoff_wake.wait() => {}
+                }
+                continue;
+            }
+            let p = pool.backoff.borrow_mut().swap_remove(i);
+            resume(&pool, p);
+        }
+        pool.backing_off.set(false);
+    });
+}
+
+/// A parked retry's back-off ended: it goes to a connection the pool picks now (as an
+/// immediate retry would), unless its caller's call ended meanwhile (deadline, cancel,
+/// connection gone: its slot is given back); no connection: the caller gets UNAVAILABLE.
+fn resume(pool: &Rc<Pool>, p: Parked) {
+    let Parked {
+        down: down_w,
+        did,
+        mut policy,
+        ..
+    } = p;
+    let by_policy = policy.is_some();
+    let give_up = || {
+        if by_policy {
+            pool.retries.ended();
+        }
+    };
+    let Some(down) = down_w.upgrade() else {
+        give_up();
+        return;
+    };
+    let waiting = down.streams.borrow().get(&did).is_some_and(|s| {
+        s.link.is_none() && s.delayed.is_none() && !s.sent_end && s.call.is_some()
+    });
+    if !waiting {
+        give_up();
+        return;
+    }
+    let avoid = p.avoid.upgrade();
+    let picked = pool
+        .retry_connection(&p.host, p.limits, &p.alpn, avoid.as_deref(), policy.as_ref(), p.label)
+        .ok()
+        .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
+    let Some((uid, up)) = picked else {
+        give_up();
+        down.fail_call(did, &CallError::NoHealthyUpstream);
+        return;
+    };
+    if let (Some(r), Side::Up(nh)) = (policy.as_mut(), &up.side) {
+        r.tried(nh.index);
+    }
+    relink(&down, did, &up, uid, policy, by_policy, p.held, p.queue, p.no_credit);
+}
+
+/// A retried call goes on: its caller's stream `did` is linked to upstream stream `uid`, which
+/// takes the retry slot (`by_policy`), the held request and what was queued behind it.
+#[allow(clippy::too_many_arguments)]
+fn relink(
+    down: &Rc<Conn>,
+    did: u32,
+    up: &Rc<Conn>,
+    uid: u32,
+    policy: Option<crate::route::Retry>,
+    by_policy: bool,
+    held: Held,
+    queue: VecDeque<Out>,
+    no_credit: u32,
+) {
+    let mut try_deadline = None;
+    if let Some(s) = down.streams.borrow_mut().get_mut(&did) {
+        s.link = Some((Rc::downgrade(&up), uid));
+        if let Some(c) = s.call.as_mut() {
+            c.retry = policy;
+            try_deadline = policy
+                .and_then(|r| r.policy.per_try_timeout)
+                .map(|t| Instant::now() + t);
+            c.try_deadline = try_deadline;
+        }
+    }
+    if let Some(d) = try_deadline {
+        if down.armed.get().is_none_or(|a| d < a) {
+            down.deadline_wake.notify();
+        }
+    }
+    if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
+        s.retried = by_policy;
+        // Held again only while the policy has retries left (a refused stream without
+        // a policy is sent again once).
+        s.held = policy.filter(|r| r.left()).map(|_| Held::default());
+        s.no_credit = no_credit;
+        if !held.block.is_empty() {
+            s.queue.push_back(Out::Headers(held.block, held.end));
+        }
+        for (b, end) in held.data.into_iter().flatten() {
+            s.no_credit += b.len() as u32;
+            s.queue
+                .push_back(Out::Data(Queued::new(b, &up.budget), end));
+        }
+        s.queue.extend(queue);
+    }
+    up.flush(uid);
 }
 
 /// Upstream side: every stream of the connection is lost (`connect_failed`: it never opened);

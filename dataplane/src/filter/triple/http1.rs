@@ -1301,9 +1301,18 @@ async fn forward<C: crate::io::Conn>(
             if wanted && !r.left() {
                 pool.stats.inc(pool.ids.rq_retry_limit_exceeded);
             } else if wanted && matches!(body, Body::Held(_)) && slot.take(pool) {
+                // Envoy's back-off first (`retry_back_off`), within the request's deadline;
+                // the failed try's connection is let go before.
+                let wait = r.back_off(pool.dice.roll());
                 pool.stats.inc(pool.ids.rq_retry);
                 r.done += 1;
-                tracing::debug!(cluster = %pool.lb.name, ?again, "HTTP/1.1 request sent again (retry_policy)");
+                tracing::debug!(cluster = %pool.lb.name, ?again, ?wait, "HTTP/1.1 request sent again (retry_policy)");
+                drop(got);
+                if !wait.is_zero() {
+                    let until = Instant::now() + wait;
+                    let until = deadline.map_or(until, |d| d.min(until));
+                    shard::monoio::time::sleep_until(until.into()).await;
+                }
                 continue;
             } else if !wanted && r.done > 0 && got.is_ok() {
                 pool.stats.inc(pool.ids.rq_retry_success);

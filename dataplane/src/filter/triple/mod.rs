@@ -698,6 +698,13 @@ pub struct Pool {
     pub waking: Cell<bool>,
     /// Shadow copies (`request_mirror_policies`) in flight to this cluster on this shard.
     pub mirrors: crate::cluster::MirrorBudget,
+    /// Retries waiting their back-off (`retry_back_off`), in no order; the back-off task
+    /// runs while it has some (`backing_off`), woken by `backoff_wake` for an earlier one.
+    pub backoff: RefCell<Vec<conn::Parked>>,
+    pub backing_off: Cell<bool>,
+    pub backoff_wake: shard::Notify,
+    /// The back-off's jitter.
+    pub dice: crate::route::Dice,
     /// Idle keep-alive HTTP/1.1 connections ([`http1`]): (endpoint, socket, idle since, the
     /// ALPN override it offered), at most [`http1::IDLE_UPSTREAM_MAX`].
     pub http1_idle: RefCell<
@@ -733,6 +740,14 @@ pub struct Host {
     pub outlier: crate::cluster::Outlier,
     /// Removed from the cluster: never picked again; its connections close once idle.
     pub retired: Cell<bool>,
+}
+
+/// A seed for a pool's back-off jitter: differs per pool and per process.
+fn jitter_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
 }
 
 impl Pool {
@@ -771,6 +786,10 @@ impl Pool {
             waiting: RefCell::new(std::collections::VecDeque::new()),
             waking: Cell::new(false),
             mirrors: Default::default(),
+            backoff: RefCell::new(Vec::new()),
+            backing_off: Cell::new(false),
+            backoff_wake: shard::Notify::new(),
+            dice: crate::route::Dice::new(jitter_seed()),
             http1_idle: RefCell::new(Vec::new()),
             keep_alpn: c.keep_alpn,
             stats,
@@ -909,21 +928,21 @@ impl Pool {
     }
 
     /// Another connection for a stream `avoid` refused: of the same endpoint for an
-    /// original destination, else of any endpoint the balancer picks.
+    /// original destination, else of any endpoint the balancer picks; with `alpn`, the ALPN
+    /// override of the connection that refused it.
     fn retry_connection(
         self: &Rc<Self>,
         host: &Rc<Host>,
         limits: H2Limits,
-        avoid: &conn::Conn,
+        alpn: &crate::io::tls::AlpnOverride,
+        avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
         label: Option<crate::cluster::Label>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
-        // The same ALPN override as the connection that refused it.
-        let alpn = &avoid.alpn;
         if host.index == usize::MAX {
-            host.connection(self.connections_per_host, limits, alpn, Some(avoid))
+            host.connection(self.connections_per_host, limits, alpn, avoid)
         } else {
-            self.connection(limits, alpn, Some(avoid), retry, label)
+            self.connection(limits, alpn, avoid, retry, label)
         }
     }
 
