@@ -1451,6 +1451,47 @@ pub struct TripleListener {
     /// Istio peer's inbound serves it on its HTTP chain); clusters with `keep_alpn` excepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn_override: Option<AlpnOverride>,
+    /// `x-forwarded-client-cert` on requests (Envoy's `forward_client_cert_details`; the
+    /// default, `sanitize`, removes it).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub forward_client_cert: ForwardClientCert,
+    /// What `append_forward` and `sanitize_set` put in `x-forwarded-client-cert` besides `By`
+    /// and `Hash` (Envoy's `set_current_client_cert_details`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// Envoy's `forward_client_cert_details`: what a request's `x-forwarded-client-cert` becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardClientCert {
+    /// Removed.
+    #[default]
+    Sanitize,
+    /// Kept over mutual TLS, removed otherwise.
+    ForwardOnly,
+    /// Over mutual TLS the client certificate's details appended to it, removed otherwise.
+    AppendForward,
+    /// Over mutual TLS replaced by the client certificate's details, removed otherwise.
+    SanitizeSet,
+    /// Kept, whatever the connection.
+    AlwaysForwardOnly,
+}
+
+/// Envoy's `set_current_client_cert_details`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertDetails {
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub subject: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cert: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub chain: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dns: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub uri: bool,
 }
 
 /// ALPN protocols per upstream HTTP protocol (`istio.alpn`'s `alpn_override`); an empty list
@@ -1508,6 +1549,8 @@ impl Default for TripleListener {
             traffic_label: None,
             http1: false,
             alpn_override: None,
+            forward_client_cert: ForwardClientCert::Sanitize,
+            client_cert_details: ClientCertDetails::default(),
         }
     }
 }

@@ -3126,3 +3126,183 @@ fn istio_alpn_takes_the_peers_http_chain_like_istio_proxy() {
         assert_eq!(got, want, "{who} (left) vs Envoy (right): {results:#?}");
     }
 }
+
+/// The server sidecar of the `x-forwarded-client-cert` test: on `addrs` (in order) one HTTP
+/// connection manager each behind istiod's inbound `DownstreamTlsContext` (the stock
+/// `0.0.0.0_80` TLS chain's: mTLS, SDS `default` and `ROOTCA`, ALPN `h2`, `http/1.1`), with
+/// `forward_client_cert_details` `modes[i]` (none: Envoy's default, SANITIZE) and
+/// `set_current_client_cert_details` `details[i]`; the last address is plaintext. Routes:
+/// `/header/` to the HTTP/1.1 app `http`, the rest to the gRPC app `grpc` (HTTP/2).
+fn xfcc_server_snapshot(
+    fx: &Value,
+    pki: &Pki,
+    addrs: &[SocketAddr],
+    modes: &[(Option<&str>, Value)],
+    http: SocketAddr,
+    grpc: SocketAddr,
+) -> Value {
+    let chain = resource(fx, "listeners", "virtualInbound")["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "0.0.0.0_80" && c.get("transport_socket").is_some())
+        .unwrap()
+        .clone();
+    let ts = chain["transport_socket"].clone();
+    let listener = |i: usize, addr: SocketAddr, tls: bool| {
+        let (mode, details) = &modes[i];
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": format!("xfcc{i}"),
+            "route_config": {"name": format!("xfcc{i}"), "virtual_hosts": [{"name": "all", "domains": ["*"],
+                "routes": [
+                    {"match": {"prefix": "/header/"}, "route": {"cluster": "app-http", "timeout": "5s"}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "app-grpc", "timeout": "5s"}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]});
+        if let Some(m) = mode {
+            hcm["forward_client_cert_details"] = json!(m);
+        }
+        if !details.is_null() {
+            hcm["set_current_client_cert_details"] = details.clone();
+        }
+        let mut c = json!({"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]});
+        if tls {
+            c["transport_socket"] = ts.clone();
+        }
+        json!({"name": format!("xfcc{i}"), "address": common::envoy::socket(addr),
+               "filter_chains": [c]})
+    };
+    let listeners: Vec<Value> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| listener(i, *a, i + 1 < addrs.len()))
+        .collect();
+    let ca = pki.read("ca.pem");
+    json!({"version": "x", "listeners": listeners,
+        "clusters": [
+            {"name": "app-http", "type": "STATIC", "connect_timeout": "1s",
+             "load_assignment": load_assignment("app-http", &[http])},
+            {"name": "app-grpc", "type": "STATIC", "connect_timeout": "1s",
+             "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+             "load_assignment": load_assignment("app-grpc", &[grpc])}],
+        "secrets": sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)})
+}
+
+/// `x-forwarded-client-cert` on requests that came over mutual TLS, every mode of Envoy's
+/// `forward_client_cert_details` (SANITIZE by default, FORWARD_ONLY, APPEND_FORWARD with every
+/// `set_current_client_cert_details` field and with istiod's (`subject`, `dns`, `uri`, the
+/// stock fixture's inbound chains), SANITIZE_SET, ALWAYS_FORWARD_ONLY, and APPEND_FORWARD on a
+/// plaintext listener) behind istiod's inbound TLS context. The client presents a certificate
+/// with a URI SAN, two DNS SANs and a subject with RFC 2253's special characters and UTF-8,
+/// and sends an `x-forwarded-client-cert` of its own: Python's http.client (HTTP/1.1, twice
+/// on one connection, with and without the header) and grpcio (HTTP/2). The apps echo the
+/// header they got. Rows: Envoy 1.40 (the oracle) and ringside (io_uring, epoll) as the
+/// sidecar, the same resources over ADS and SDS; every value must be byte-for-byte Envoy's.
+#[test]
+fn x_forwarded_client_cert_like_envoy() {
+    let fx = fixture("stock");
+    let pki = Pki::new();
+    pki.write_leaf_with_subject(
+        "named",
+        common::pki::CONSUMER_ID,
+        &["consumer.default.svc", "c.example"],
+        &[
+            (rcgen::DnType::CountryName, "US"),
+            (rcgen::DnType::OrganizationName, "Sue, Grabbit + Runn"),
+            (rcgen::DnType::OrganizationalUnitName, "mesh"),
+            (rcgen::DnType::CommonName, " #café\"<x>; "),
+        ],
+    );
+    let http_port = free_port();
+    let _http = Http1Server::start("127.0.0.1", http_port, "app");
+    let grpc = common::grpc::GrpcServer::start(0, "app-grpc", &[]);
+    let all = json!({"subject": true, "cert": true, "chain": true, "dns": true, "uri": true});
+    let istiod = resource(&fx, "listeners", "virtualInbound")["filter_chains"][6]["filters"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["typed_config"]["set_current_client_cert_details"]
+        .clone();
+    assert_eq!(istiod, json!({"subject": true, "dns": true, "uri": true}));
+    let modes: Vec<(Option<&str>, Value)> = vec![
+        (None, Value::Null),
+        (Some("FORWARD_ONLY"), Value::Null),
+        (Some("APPEND_FORWARD"), all.clone()),
+        (Some("APPEND_FORWARD"), istiod),
+        (Some("APPEND_FORWARD"), Value::Null),
+        (Some("SANITIZE_SET"), all.clone()),
+        (Some("ALWAYS_FORWARD_ONLY"), all.clone()),
+        (Some("APPEND_FORWARD"), all),
+    ];
+    let incoming = "By=spiffe://elsewhere;Hash=00;URI=spiffe://earlier";
+    let xfcc_path = "/header/x-forwarded-client-cert";
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    for (who, io) in [("envoy", ""), ("ringside", "uring"), ("ringside", "epoll")] {
+        let addrs: Vec<SocketAddr> = modes.iter().map(|_| local(free_port())).collect();
+        let snap = xfcc_server_snapshot(&fx, &pki, &addrs, &modes, local(http_port), grpc.addr());
+        let sidecar = ClientSidecar::start(who, io, &snap);
+        for a in &addrs {
+            wait_listening(*a);
+        }
+        let requests = json!([
+            {"method": "GET", "path": xfcc_path, "host": "app",
+             "headers": {"x-forwarded-client-cert": incoming}},
+            {"method": "POST", "path": xfcc_path, "host": "app", "body_len": 1000},
+        ]);
+        // The certificates over SDS: the first call that answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !http1_tls_outcomes(&pki, "named", "http/1.1", addrs[0], &requests)[0]
+            .contains(" 200 ")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut got = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            let plaintext = i + 1 == addrs.len();
+            let lines = match plaintext {
+                true => http1_outcomes(*a, &requests),
+                false => http1_tls_outcomes(&pki, "named", "http/1.1", *a, &requests),
+            };
+            got.extend(lines.into_iter().map(|l| format!("{i} {l}")));
+            let mut opts = common::grpc::CallOpts::new(common::grpc::Call::Unary)
+                .timeout_s(5.0)
+                .meta("x-forwarded-client-cert", incoming);
+            if !plaintext {
+                opts = opts.tls(common::grpc::ClientTls {
+                    ca: pki.path("ca.pem").into(),
+                    cert: Some((pki.path("named.pem").into(), pki.path("named.key").into())),
+                    authority: PROVIDER_DNS.into(),
+                });
+            }
+            let out = common::grpc::grpc_call(*a, &opts);
+            let xfcc = out
+                .replies
+                .iter()
+                .flat_map(|r| &r.metadata)
+                .find_map(|m| m.strip_prefix("x-forwarded-client-cert="))
+                .unwrap_or("none");
+            got.push(format!("{i} grpc {} x-forwarded-client-cert={xfcc}", out.code));
+        }
+        drop(sidecar);
+        eprintln!("{who} {io}: {got:#?}");
+        results.push((format!("{who} {io}"), got));
+    }
+    let want = &results[0].1;
+    // The oracle: SANITIZE removes it; APPEND_FORWARD appends to the caller's; the
+    // plaintext listener removes it.
+    assert!(want[0].contains("x-forwarded-client-cert=none "), "{want:?}");
+    assert!(
+        want[6].contains(&format!("x-forwarded-client-cert={incoming},By=spiffe://")),
+        "{want:?}"
+    );
+    assert!(want[6].contains("Cert=\"-----BEGIN%20CERTIFICATE"), "{want:?}");
+    assert!(want.last().unwrap().ends_with("x-forwarded-client-cert=none"), "{want:?}");
+    for (who, got) in &results[1..] {
+        assert_eq!(got, want, "{who} (left) vs Envoy (right)");
+    }
+}

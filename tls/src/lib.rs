@@ -45,6 +45,18 @@ pub enum ConfigError {
     Verifier(String),
 }
 
+/// SHA-256 of `data` in lower-case hex (Envoy's `sha256PeerCertificateDigest`), with the TLS
+/// stack's own hash.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let rustls::SupportedCipherSuite::Tls13(suite) =
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256
+    else {
+        unreachable!("a TLS 1.3 suite");
+    };
+    let out = suite.common.hash_provider.hash(data);
+    out.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The crypto provider every config uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

@@ -679,6 +679,8 @@ fn chain_listener(
                 rbac,
                 http1,
                 alpn_override,
+                forward_client_cert,
+                client_cert_details,
             } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
@@ -696,6 +698,8 @@ fn chain_listener(
                 rbac,
                 http1,
                 alpn_override,
+                forward_client_cert,
+                client_cert_details,
                 ..TripleListener::default()
             };
             routes.fill(&mut t);
@@ -1966,6 +1970,8 @@ struct HcmRes {
     http1: bool,
     /// Istio's `istio.alpn` filter.
     alpn_override: Option<config::AlpnOverride>,
+    forward_client_cert: config::ForwardClientCert,
+    client_cert_details: config::ClientCertDetails,
 }
 
 /// An HTTP connection manager: its inline routes or RDS name, and its filters.
@@ -2007,6 +2013,7 @@ fn hcm(
              ignore_port_in_host_matching is)",
         ));
     }
+    let (forward_client_cert, client_cert_details) = client_cert(h, ctx, at)?;
     for (i, f) in h.http_filters.iter().enumerate() {
         let typed = match &f.config_type {
             Some(hcm_pb::http_filter::ConfigType::TypedConfig(a)) => Some(a),
@@ -2057,6 +2064,8 @@ fn hcm(
             rbac,
             http1,
             alpn_override,
+            forward_client_cert,
+            client_cert_details,
         }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -2073,6 +2082,8 @@ fn hcm(
                 rbac,
                 http1,
                 alpn_override,
+                forward_client_cert,
+                client_cert_details,
             })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
@@ -2084,6 +2095,41 @@ fn hcm(
             "missing (give route_config or rds)",
         )),
     }
+}
+
+/// `forward_client_cert_details` and `set_current_client_cert_details`.
+fn client_cert(
+    h: &hcm_pb::HttpConnectionManager,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<(config::ForwardClientCert, config::ClientCertDetails), TranslateError> {
+    use config::ForwardClientCert as F;
+    use hcm_pb::http_connection_manager::ForwardClientCertDetails as P;
+    let mode = match P::try_from(h.forward_client_cert_details) {
+        Ok(P::Sanitize) => F::Sanitize,
+        Ok(P::ForwardOnly) => F::ForwardOnly,
+        Ok(P::AppendForward) => F::AppendForward,
+        Ok(P::SanitizeSet) => F::SanitizeSet,
+        Ok(P::AlwaysForwardOnly) => F::AlwaysForwardOnly,
+        Err(_) => {
+            return Err(ctx.err(
+                join(at, "forward_client_cert_details"),
+                format!("unknown value {}", h.forward_client_cert_details),
+            ))
+        }
+    };
+    let d = h
+        .set_current_client_cert_details
+        .as_ref()
+        .map(|d| config::ClientCertDetails {
+            subject: d.subject.as_ref().is_some_and(|v| v.value),
+            cert: d.cert,
+            chain: d.chain,
+            dns: d.dns,
+            uri: d.uri,
+        })
+        .unwrap_or_default();
+    Ok((mode, d))
 }
 
 fn ads_source(cs: &core_pb::ConfigSource, ctx: &Ctx<'_>, at: &str) -> Result<(), TranslateError> {

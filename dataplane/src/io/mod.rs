@@ -131,6 +131,11 @@ pub trait Conn:
     fn with_peer_certificate(&self, f: &mut dyn FnMut(Option<&[u8]>) -> bool) -> bool {
         f(None)
     }
+    /// The certificates the TLS peer presented (end entity first, DER, copied); empty on
+    /// plaintext or when it sent none.
+    fn peer_chain(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
     /// What per-request authorization needs of the connection, taken once: the peer's
     /// address, where it meant to connect (else the local address), its verified certificate
     /// (DER, copied).

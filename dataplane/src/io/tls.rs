@@ -36,6 +36,8 @@ pub struct ServerTls {
     pub mode: config::TlsMode,
     /// Our certificate's SPIFFE id, if it has one (known once the certificate is).
     pub principal: Option<Arc<str>>,
+    /// Our certificate's URI SANs (`x-forwarded-client-cert`'s `By`).
+    pub uris: Arc<[String]>,
 }
 
 /// A cluster's TLS origination.
@@ -351,15 +353,24 @@ fn server(t: &config::ListenerTls, secrets: &Secrets) -> Result<ServerTls, Strin
         (c, plain)
     });
     // Our certificate's SPIFFE id (Istio's destination_principal on inbound calls).
-    let principal = pem(&chain, Part::Chain)
+    let leaf = pem(&chain, Part::Chain)
         .ok()
         .and_then(|p| tls::certs(p).ok())
-        .and_then(|c| spiffe_id(c.first()?))
-        .map(Arc::from);
+        .and_then(|c| c.into_iter().next());
+    let principal = leaf.as_ref().and_then(|c| spiffe_id(c)).map(Arc::from);
+    let uris = leaf
+        .as_ref()
+        .map(|c| {
+            tls::x509::uri_sans_iter(c)
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(ServerTls {
         config,
         mode: t.mode,
         principal,
+        uris,
     })
 }
 
@@ -564,6 +575,13 @@ impl Conn for TlsConn {
     }
     fn with_peer_certificate(&self, f: &mut dyn FnMut(Option<&[u8]>) -> bool) -> bool {
         self.with_peer_certificate(|c| f(c))
+    }
+    fn peer_chain(&self) -> Vec<Vec<u8>> {
+        self.peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect()
     }
     fn into_kernel(self) -> Result<TcpStream, Self> {
         Err(self)

@@ -870,6 +870,14 @@ impl ShardState {
                     .map(|t| crate::cluster::LabelKeys::new(t.triple_keys())),
                 http1: t.http1,
                 alpn: crate::filter::triple::UpstreamAlpn::from_config(t.alpn_override.as_ref()),
+                xfcc: (t.forward_client_cert, t.client_cert_details),
+                local_uris: snap
+                    .tls
+                    .listeners
+                    .get(index)
+                    .and_then(|t| t.as_ref())
+                    .map(|t| t.uris.clone())
+                    .unwrap_or_else(|| std::sync::Arc::from(Vec::new())),
             })
         });
         let tcp = (l.protocol == Protocol::Tcp).then(|| {

@@ -88,6 +88,34 @@ impl Pki {
         self.dir.write(&format!("{name}.key"), &key);
     }
 
+    /// Writes `NAME.pem` and `NAME.key`: a leaf of this CA for `uri` and `dns` names with a
+    /// subject of these attributes (in this order).
+    pub fn write_leaf_with_subject(
+        &self,
+        name: &str,
+        uri: &str,
+        dns: &[&str],
+        subject: &[(rcgen::DnType, &str)],
+    ) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = std::iter::once(rcgen::SanType::URI(uri.try_into().unwrap()))
+            .chain(
+                dns.iter()
+                    .map(|d| rcgen::SanType::DnsName((*d).try_into().unwrap())),
+            )
+            .collect();
+        let mut dn = rcgen::DistinguishedName::new();
+        for (t, v) in subject {
+            dn.push(t.clone(), *v);
+        }
+        p.distinguished_name = dn;
+        p.not_after = rcgen::date_time_ymd(NOT_AFTER.0, NOT_AFTER.1, NOT_AFTER.2);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        self.dir.write(&format!("{name}.pem"), &cert.pem());
+        self.dir.write(&format!("{name}.key"), &key.serialize_pem());
+    }
+
     /// A new leaf of this CA for `uri`, valid until `not_after`: (cert, key) PEM.
     pub fn issue(&self, uri: &str, not_after: (i32, u8, u8)) -> (String, String) {
         leaf(&self.issuer, uri, &[], not_after)

@@ -336,6 +336,8 @@ pub struct Conn {
     istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
     /// Upstream side: the ALPN it offers over TLS in place of its cluster's (`istio.alpn`).
     pub alpn: crate::io::tls::AlpnOverride,
+    /// Caller side: what its requests' `x-forwarded-client-cert` becomes (set once).
+    xfcc: super::xfcc::Xfcc,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -393,6 +395,7 @@ impl Conn {
             tls_peer: RefCell::new(None),
             istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
             alpn: None,
+            xfcc: Default::default(),
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -1453,6 +1456,8 @@ impl Conn {
             ));
         }
         self.stream_ids.set(id);
+        // Before it is logged, authorized and routed, as Envoy's connection manager does.
+        self.xfcc.apply(&mut self.headers.borrow_mut());
         l.stats.inc(l.ids.rq_total);
         if self.goaway.get().is_some()
             || self.streams.borrow().len() >= l.limits.streams_max as usize
@@ -2760,7 +2765,9 @@ pub async fn serve_read<S: crate::io::Conn>(
 ) -> bool {
     let _ = stream.set_nodelay(true);
     let limits = l.limits;
-    let conn = Rc::new(Conn::new(Side::Down(l.clone()), limits));
+    let mut conn = Conn::new(Side::Down(l.clone()), limits);
+    conn.xfcc = super::xfcc::Xfcc::of(&stream, &l);
+    let conn = Rc::new(conn);
     if l.log.is_some() || l.trace.is_some() {
         conn.caller_addrs.set(stream.addrs());
     }

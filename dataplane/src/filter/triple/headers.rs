@@ -74,6 +74,22 @@ impl HeaderList {
         self.iter().find(|(n, _, _)| *n == name).map(|(_, v, _)| v)
     }
 
+    /// Drops every `name` field, then adds one with `value` if given (at the end; not counted
+    /// against the list's limit: a value ringside sets).
+    pub fn replace(&mut self, name: &[u8], value: Option<&[u8]>) {
+        let buf = &self.buf;
+        self.fields
+            .retain(|&(s, n, _, _)| &buf[s as usize..n as usize] != name);
+        if let Some(v) = value {
+            let start = self.buf.len() as u32;
+            self.buf.extend_from_slice(name);
+            let name_end = self.buf.len() as u32;
+            self.buf.extend_from_slice(v);
+            self.fields
+                .push((start, name_end, self.buf.len() as u32, false));
+        }
+    }
+
     /// HPACK-encodes the list for the next hop, without connection-specific headers.
     pub fn encode(&self, out: &mut Vec<u8>) {
         self.encode_except(out, |_| false);

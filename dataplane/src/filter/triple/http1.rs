@@ -254,7 +254,9 @@ pub async fn serve_read<C: crate::io::Conn>(
         Some(i) => i.peer(down.peer_principal().as_ref().map(|p| p.as_deref())),
         None => crate::stats::istio::PeerId::NONE,
     };
+    let xfcc = super::xfcc::Xfcc::of(&down, &l);
     let mut c = Down {
+        xfcc,
         scheme,
         s: down,
         buf: read,
@@ -374,6 +376,8 @@ struct Down<C> {
     alpn: crate::io::tls::AlpnOverride,
     /// Its override for HTTP/2 upstreams (`upstream_http: http2`).
     alpn2: crate::io::tls::AlpnOverride,
+    /// What its requests' `x-forwarded-client-cert` becomes (set once per connection).
+    xfcc: super::xfcc::Xfcc,
 }
 
 /// One request and its response.
@@ -395,7 +399,7 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     l.stats.inc(l.ids.rq_total);
     let req = parse_request(&c.buf[..head]);
     c.buf.advance(head);
-    let req = match req {
+    let mut req = match req {
         Ok(r) => r,
         Err(e) => {
             let id = match e {
@@ -408,6 +412,8 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
             return local(c, l, &e, true).await;
         }
     };
+    // Before it is logged, authorized and routed, as Envoy's connection manager does.
+    c.xfcc.apply_fields(&mut req.fields);
     header_list(&mut c.hl, &req, c.scheme);
     c.seen.begin(l, &c.hl);
     if let (Some(i), Some(lg)) = (l.istio.as_ref().filter(|i| i.inbound()), &mut c.seen.lg) {

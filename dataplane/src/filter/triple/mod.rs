@@ -13,6 +13,7 @@ pub mod headers;
 pub mod http1;
 pub mod http1_tls;
 pub mod router;
+pub mod xfcc;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -351,6 +352,10 @@ pub struct TripleListener {
     pub http1: bool,
     /// `triple.alpn_override` (Istio's `istio.alpn`): the ALPN of TLS upstream connections.
     pub alpn: UpstreamAlpn,
+    /// `x-forwarded-client-cert` on requests: `triple.forward_client_cert` and
+    /// `client_cert_details`, and the URI SANs of the listener's certificate (`By`).
+    pub xfcc: (config::ForwardClientCert, config::ClientCertDetails),
+    pub local_uris: std::sync::Arc<[String]>,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
