@@ -3286,7 +3286,10 @@ fn x_forwarded_client_cert_like_envoy() {
                 .flat_map(|r| &r.metadata)
                 .find_map(|m| m.strip_prefix("x-forwarded-client-cert="))
                 .unwrap_or("none");
-            got.push(format!("{i} grpc {} x-forwarded-client-cert={xfcc}", out.code));
+            got.push(format!(
+                "{i} grpc {} x-forwarded-client-cert={xfcc}",
+                out.code
+            ));
         }
         drop(sidecar);
         eprintln!("{who} {io}: {got:#?}");
@@ -3295,13 +3298,24 @@ fn x_forwarded_client_cert_like_envoy() {
     let want = &results[0].1;
     // The oracle: SANITIZE removes it; APPEND_FORWARD appends to the caller's; the
     // plaintext listener removes it.
-    assert!(want[0].contains("x-forwarded-client-cert=none "), "{want:?}");
+    assert!(
+        want[0].contains("x-forwarded-client-cert=none "),
+        "{want:?}"
+    );
     assert!(
         want[6].contains(&format!("x-forwarded-client-cert={incoming},By=spiffe://")),
         "{want:?}"
     );
-    assert!(want[6].contains("Cert=\"-----BEGIN%20CERTIFICATE"), "{want:?}");
-    assert!(want.last().unwrap().ends_with("x-forwarded-client-cert=none"), "{want:?}");
+    assert!(
+        want[6].contains("Cert=\"-----BEGIN%20CERTIFICATE"),
+        "{want:?}"
+    );
+    assert!(
+        want.last()
+            .unwrap()
+            .ends_with("x-forwarded-client-cert=none"),
+        "{want:?}"
+    );
     for (who, got) in &results[1..] {
         assert_eq!(got, want, "{who} (left) vs Envoy (right)");
     }

@@ -403,7 +403,10 @@ mod tests {
             subject_rfc2253(&der).unwrap(),
             "CN=\\ #caf\\C3\\A9\\\"\\<x\\>\\ ,O=Sue\\, Grabbit \\+ Runn,C=US"
         );
-        assert_eq!(dotted(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]).unwrap(), "1.2.840.113549");
+        assert_eq!(
+            dotted(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]).unwrap(),
+            "1.2.840.113549"
+        );
         let pem = pem(&der);
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\nMI"));
         assert!(pem.lines().all(|l| l.len() <= 64));

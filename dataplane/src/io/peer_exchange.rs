@@ -82,7 +82,10 @@ pub async fn exchange(s: &mut TlsConn, ours: &[u8], side: Side) -> io::Result<Op
             return Ok(None);
         }
         let head = read_exact(s, IN_BAND_HEADER_BYTES).await?;
-        let head: [u8; IN_BAND_HEADER_BYTES] = head.as_slice().try_into().expect("8 bytes");
+        let head: [u8; IN_BAND_HEADER_BYTES] = head
+            .get(..IN_BAND_HEADER_BYTES)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short header"))?;
         let size = in_band_size(&head).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -1188,6 +1188,23 @@ impl Conn {
         }
     }
 
+    /// Ends upstream stream `id` for another try (a retry now, or a parked one after its
+    /// back-off) and hands over what it held: the request it kept, the frames queued behind
+    /// it and its unused credit. Its retry slot moves with the call. `None`: no such stream.
+    fn detach_for_retry(&self, id: u32) -> Option<(Held, VecDeque<Out>, u32)> {
+        let mut streams = self.streams.borrow_mut();
+        let s = streams.get_mut(&id)?;
+        s.link = None;
+        s.sent_end = true;
+        s.recv_end = true;
+        s.retried = false;
+        Some((
+            s.held.take().unwrap_or_default(),
+            std::mem::take(&mut s.queue),
+            std::mem::take(&mut s.no_credit),
+        ))
+    }
+
     /// Upstream side: stream `id` failed for `why` before any response reached its caller;
     /// sends it again on another connection (new or other) and relinks its caller's stream,
     /// when what was written of it is still held (`RETRY_BODY_BYTES_MAX`). A call whose route
@@ -1273,21 +1290,8 @@ impl Conn {
             }
             return Sent::NotRetriable;
         };
-        let (held, queue, no_credit) = {
-            let mut streams = self.streams.borrow_mut();
-            let Some(s) = streams.get_mut(&id) else {
-                return Sent::NotRetriable;
-            };
-            s.link = None;
-            s.sent_end = true;
-            s.recv_end = true;
-            // Its retry slot moves to the new stream.
-            s.retried = false;
-            (
-                s.held.take().unwrap_or_default(),
-                std::mem::take(&mut s.queue),
-                std::mem::take(&mut s.no_credit),
-            )
+        let Some((held, queue, no_credit)) = self.detach_for_retry(id) else {
+            return Sent::NotRetriable;
         };
         let open = match why {
             Again::Answer { .. } => !sent_end,
@@ -1338,21 +1342,8 @@ impl Conn {
             return Sent::NotRetriable;
         };
         let pool = &h.pool;
-        let (held, queue, no_credit) = {
-            let mut streams = self.streams.borrow_mut();
-            let Some(s) = streams.get_mut(&id) else {
-                return Sent::NotRetriable;
-            };
-            s.link = None;
-            s.sent_end = true;
-            s.recv_end = true;
-            // Its retry slot moves to the parked call.
-            s.retried = false;
-            (
-                s.held.take().unwrap_or_default(),
-                std::mem::take(&mut s.queue),
-                std::mem::take(&mut s.no_credit),
-            )
+        let Some((held, queue, no_credit)) = self.detach_for_retry(id) else {
+            return Sent::NotRetriable;
         };
         if matches!(why, Again::TryTimeout) {
             // Given up on: stop it.

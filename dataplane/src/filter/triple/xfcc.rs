@@ -117,7 +117,10 @@ fn value(d: ClientCertDetails, chain: &[&[u8]], local_uris: &[String]) -> Vec<u8
         parts.push(format!("Cert=\"{}\"", url_encode(&tls::x509::pem(leaf))));
     }
     if d.chain {
-        let pems: String = chain.iter().map(|c| url_encode(&tls::x509::pem(c))).collect();
+        let pems: String = chain
+            .iter()
+            .map(|c| url_encode(&tls::x509::pem(c)))
+            .collect();
         parts.push(format!("Chain=\"{pems}\""));
     }
     if d.subject {
