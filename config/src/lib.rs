@@ -4257,7 +4257,8 @@ fn validate_retry(
         }
     }
     let wants = p.retry_on.contains(&RetryOn::RetriableStatusCodes);
-    if wants != !p.retriable_status_codes.is_empty() {
+    let has = !p.retriable_status_codes.is_empty();
+    if wants != has {
         err(
             at("retriable_status_codes"),
             "give codes exactly when retry_on has retriable-status-codes".into(),

@@ -367,37 +367,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> TlsStream<S> {
 impl<S: AsyncReadRent> TlsRead<S> {
     /// See [`TlsStream::peek`].
     async fn peek(&mut self, max: usize) -> io::Result<Vec<u8>> {
-        loop {
-            {
-                let mut tls = self.tls.borrow_mut();
-                let mut reader = tls.reader();
-                match reader.fill_buf() {
-                    Ok(p) => return Ok(p[..p.len().min(max)].to_vec()),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Vec::new()),
-                    Err(e) => return Err(e),
-                }
-                if self.pos < self.cipher.0.len() {
-                    let mut rd = &self.cipher.0[self.pos..];
-                    let before = rd.len();
-                    tls.read_tls(&mut rd)?;
-                    self.pos += before - rd.len();
-                    tls.process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    continue;
-                }
-            }
-            let cipher = self.cipher.take();
-            self.pos = 0;
-            let (r, c) = self.io.read(cipher).await;
-            self.cipher.0 = c;
-            if r? == 0 {
-                let mut tls = self.tls.borrow_mut();
-                tls.read_tls(&mut &[][..])?;
-                tls.process_new_packets()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            }
-        }
+        let seen = self
+            .with_plaintext(|p| (p[..p.len().min(max)].to_vec(), 0))
+            .await?;
+        Ok(seen.unwrap_or_default())
     }
 
     /// Copies decrypted bytes into `dst` (at most `len`); reads and decrypts more first when
@@ -407,23 +380,38 @@ impl<S: AsyncReadRent> TlsRead<S> {
         if len == 0 {
             return Ok(0);
         }
+        let n = self
+            .with_plaintext(|p| {
+                let n = p.len().min(len);
+                // SAFETY: `dst` is valid for `len` bytes of writes (the caller's owned buffer,
+                // kept alive by the caller for this call) and cannot overlap rustls' own buffer.
+                unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), dst, n) };
+                (n, n)
+            })
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Waits until rustls holds plaintext, reading and decrypting ciphertext as needed, then
+    /// hands it to `take`, which returns its result and how many bytes it consumed (0: a peek).
+    /// `Ok(None)`: the peer closed (rustls decides whether cleanly).
+    async fn with_plaintext<R>(
+        &mut self,
+        mut take: impl FnMut(&[u8]) -> (R, usize),
+    ) -> io::Result<Option<R>> {
         loop {
             {
                 let mut tls = self.tls.borrow_mut();
                 let mut reader = tls.reader();
                 match reader.fill_buf() {
-                    Ok([]) => return Ok(0),
+                    Ok([]) => return Ok(None),
                     Ok(p) => {
-                        let n = p.len().min(len);
-                        // SAFETY: `dst` is valid for `len` bytes of writes (the caller's owned
-                        // buffer, kept alive by the caller for this call) and cannot overlap
-                        // rustls' own buffer.
-                        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), dst, n) };
+                        let (r, n) = take(p);
                         reader.consume(n);
-                        return Ok(n);
+                        return Ok(Some(r));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
                     Err(e) => return Err(e),
                 }
                 // No plaintext: give rustls the next ciphertext, if any is buffered.

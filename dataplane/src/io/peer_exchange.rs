@@ -20,6 +20,7 @@
 use std::io;
 use std::time::Duration;
 
+use shard::monoio::buf::IoBufMut;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use super::tls::TlsConn;
@@ -120,21 +121,48 @@ async fn write(s: &mut TlsConn, b: &[u8]) -> io::Result<()> {
     r.map(|_| ())
 }
 
-/// Reads exactly `n` bytes (never more: a read asks for what is left only).
+/// Reads exactly `n` bytes (never more: each read is bounded to the bytes still missing by a
+/// `slice_mut` window, whatever capacity the allocator gave the buffer; what follows the
+/// exchange is the application's and must stay in the socket).
 async fn read_exact<S: AsyncReadRent>(s: &mut S, n: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        // `with_capacity` gives exactly what is asked: the read cannot take more.
-        let (r, buf) = s.read(Vec::with_capacity(n - out.len())).await;
-        match r? {
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed during istio-peer-exchange",
-                ))
-            }
-            k => out.extend_from_slice(&buf[..k]),
+        let start = out.len();
+        let (r, slice) = s.read(out.slice_mut(start..n)).await;
+        out = slice.into_inner();
+        if r? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during istio-peer-exchange",
+            ));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_exact;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        shard::monoio::RuntimeBuilder::<shard::monoio::LegacyDriver>::new()
+            .build()
+            .expect("monoio runtime")
+            .block_on(f)
+    }
+
+    /// The exchange's reads take what it is owed and leave the application's bytes behind, even
+    /// when the buffer's capacity is larger than what is missing.
+    #[test]
+    fn read_exact_leaves_what_follows_in_the_stream() {
+        let data: Vec<u8> = (0u8..40).collect();
+        let mut src: &[u8] = &data;
+        let head = block_on(read_exact(&mut src, 8)).unwrap();
+        assert_eq!(head, &data[..8]);
+        let body = block_on(read_exact(&mut src, 3)).unwrap();
+        assert_eq!(body, &data[8..11]);
+        assert_eq!(src, &data[11..], "the application's bytes stay unread");
+        let e = block_on(read_exact(&mut src, 30)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }

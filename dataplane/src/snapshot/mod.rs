@@ -118,12 +118,16 @@ fn open_traces(
     config: &Config,
     endpoints: &[Arc<Endpoints>],
 ) -> Vec<Option<crate::trace::TraceSpec>> {
+    let node = Arc::new(config.xds.as_ref().map_or_else(Default::default, |x| {
+        let zone = x.locality.as_ref().map(|l| l.zone.clone());
+        (x.node_id.clone(), zone.unwrap_or_default())
+    }));
     config
         .listeners
         .iter()
         .map(|l| {
             let t = l.tracing.as_ref()?;
-            match crate::trace::TraceSpec::open(t) {
+            match crate::trace::TraceSpec::open(t, node.clone()) {
                 Ok(spec) => {
                     set_collector_endpoints(config, endpoints, &spec);
                     Some(spec)

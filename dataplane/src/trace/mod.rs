@@ -45,12 +45,17 @@ pub struct TraceSpec {
     pub kind: u64,
     /// `tracing.propagate_unsampled`.
     pub propagate_unsampled: bool,
+    /// The node's id and zone (xDS bootstrap; empty without), the `node_id` and `zone` tags
+    /// of HTTP/1.1 spans as Envoy's.
+    pub node: Arc<(String, String)>,
 }
 
 impl TraceSpec {
-    /// Opens (or shares) the collector of a listener's `tracing`.
-    pub fn open(t: &config::Tracing) -> std::io::Result<TraceSpec> {
+    /// Opens (or shares) the collector of a listener's `tracing`; `node`: the node's id and
+    /// zone.
+    pub fn open(t: &config::Tracing, node: Arc<(String, String)>) -> std::io::Result<TraceSpec> {
         Ok(TraceSpec {
+            node,
             collector: Collector::open(&t.collector_cluster, &t.service_name)?,
             threshold: (t.random_sampling.0 / 100.0 * (1u64 << 32) as f64) as u64,
             kind: match t.span_kind {
@@ -88,6 +93,8 @@ pub struct ListenerTrace {
     kind: u64,
     threshold: u64,
     propagate_unsampled: bool,
+    /// The node's id and zone ([`TraceSpec::node`]).
+    pub node: Arc<(String, String)>,
     batch: Rc<ShardBatch>,
     /// xorshift64* state (ids and sampling rolls); seeded per listener and shard.
     rng: Cell<u64>,
@@ -136,6 +143,13 @@ impl ListenerTrace {
     pub fn finish(&self, d: &Decision, s: &SpanData<'_>) {
         if d.sampled {
             self.batch.span(|out| otlp::span(out, s));
+        }
+    }
+
+    /// Encodes a finished sampled HTTP/1.1 request's span into the shard's batch.
+    pub fn finish_http(&self, d: &Decision, s: &otlp::HttpSpan<'_>) {
+        if d.sampled {
+            self.batch.span(|out| otlp::http_span(out, s));
         }
     }
 
@@ -264,6 +278,7 @@ impl ShardTraces {
             kind: spec.kind,
             threshold: spec.threshold,
             propagate_unsampled: spec.propagate_unsampled,
+            node: spec.node.clone(),
             batch,
             rng: Cell::new(self.seed()),
         }))
@@ -331,6 +346,7 @@ mod tests {
             threshold: (percent / 100.0 * (1u64 << 32) as f64) as u64,
             kind: otlp::SPAN_KIND_CLIENT,
             propagate_unsampled: true,
+            node: Default::default(),
         };
         Rc::try_unwrap(shard.listener(Some(&spec), &stats.shard(0)).unwrap())
             .ok()

@@ -170,6 +170,108 @@ pub fn span(out: &mut Vec<u8>, s: &SpanData<'_>) {
     });
 }
 
+/// An HTTP/1.1 request's span, with the name and tags Envoy's OpenTelemetry tracer gives an
+/// HTTP connection manager's request (every value a string, as Envoy's).
+pub struct HttpSpan<'a> {
+    pub trace_id: &'a TraceId,
+    pub span_id: &'a SpanId,
+    pub parent: Option<&'a SpanId>,
+    pub kind: u64,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// The node's id and zone.
+    pub node: &'a (String, String),
+    pub request_id: &'a [u8],
+    pub scheme: &'a str,
+    pub authority: &'a [u8],
+    pub path: &'a [u8],
+    pub method: &'a [u8],
+    /// `x-envoy-downstream-service-cluster` (`-`: none).
+    pub downstream_cluster: &'a [u8],
+    /// `user-agent` (`-`: none).
+    pub user_agent: &'a [u8],
+    pub peer: Option<SocketAddr>,
+    pub request_size: u64,
+    pub response_size: u64,
+    pub cluster: Option<&'a str>,
+    /// The status sent (0: none).
+    pub status: u16,
+    /// Envoy's response flags, short (`-`: none).
+    pub flags: &'a str,
+}
+
+/// Appends `s` as one `ScopeSpans.spans` entry: named `ingress` (server spans) or
+/// `egress {authority}` (Envoy's operation names), Envoy's tags in Envoy's order, status
+/// ERROR (and `error: true`) when the response is a 5xx or none was sent, status ERROR alone
+/// for a 4xx of a client span.
+pub fn http_span(out: &mut Vec<u8>, s: &HttpSpan<'_>) {
+    message_field(out, 2, |o| {
+        bytes_field(o, 1, s.trace_id);
+        bytes_field(o, 2, s.span_id);
+        if let Some(p) = s.parent {
+            bytes_field(o, 4, p);
+        }
+        // Envoy's operation name; an egress span's with the host.
+        key(o, 5, LEN);
+        if s.kind == SPAN_KIND_SERVER {
+            varint(o, 7);
+            o.extend_from_slice(b"ingress");
+        } else {
+            varint(o, (7 + s.authority.len()) as u64);
+            o.extend_from_slice(b"egress ");
+            o.extend_from_slice(s.authority);
+        }
+        key(o, 6, VARINT);
+        varint(o, s.kind);
+        fixed64(o, 7, s.start_unix_ns);
+        fixed64(o, 8, s.end_unix_ns);
+        attr_str(o, 9, "node_id", s.node.0.as_bytes());
+        attr_str(o, 9, "zone", s.node.1.as_bytes());
+        attr_str(o, 9, "guid:x-request-id", s.request_id);
+        let mut url = Vec::with_capacity(s.scheme.len() + 3 + s.authority.len() + s.path.len());
+        url.extend_from_slice(s.scheme.as_bytes());
+        url.extend_from_slice(b"://");
+        url.extend_from_slice(s.authority);
+        url.extend_from_slice(s.path);
+        attr_str(o, 9, "http.url", &url);
+        attr_str(o, 9, "http.method", s.method);
+        attr_str(o, 9, "downstream_cluster", s.downstream_cluster);
+        attr_str(o, 9, "user_agent", s.user_agent);
+        attr_str(o, 9, "http.protocol", b"HTTP/1.1");
+        if let Some(a) = s.peer {
+            let mut ip = [0u8; 40];
+            let n = ip_text(a, &mut ip);
+            attr_str(o, 9, "peer.address", &ip[..n]);
+        }
+        attr_str(o, 9, "request_size", s.request_size.to_string().as_bytes());
+        attr_str(
+            o,
+            9,
+            "response_size",
+            s.response_size.to_string().as_bytes(),
+        );
+        attr_str(o, 9, "component", b"proxy");
+        if let Some(c) = s.cluster {
+            attr_str(o, 9, "upstream_cluster", c.as_bytes());
+            attr_str(o, 9, "upstream_cluster.name", c.as_bytes());
+        }
+        attr_str(o, 9, "http.status_code", s.status.to_string().as_bytes());
+        attr_str(o, 9, "response_flags", s.flags.as_bytes());
+        let failed = s.status >= 500 || s.status == 0;
+        if failed {
+            attr_str(o, 9, "error", b"true");
+        }
+        // Envoy's OpenTelemetry span, as OpenTelemetry's HTTP convention says: a 4xx is an
+        // error of a client span only.
+        if failed || (s.kind == SPAN_KIND_CLIENT && s.status >= 400) {
+            message_field(o, 15, |st| {
+                key(st, 3, VARINT);
+                varint(st, STATUS_CODE_ERROR);
+            });
+        }
+    });
+}
+
 /// The IP of `a` as text into `out` (no allocation); returns its length.
 fn ip_text(a: SocketAddr, out: &mut [u8]) -> usize {
     use std::io::Write;

@@ -246,7 +246,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         .as_ref()
         .map(|_| crate::filter::rbac::ConnPeer::new(crate::io::Conn::rbac_facts(&down)));
     let scheme = if down.is_tls() { "https" } else { "http" };
-    let caller = match l.log.is_some() {
+    let caller = match l.log.is_some() || l.trace.is_some() {
         true => down.addrs(),
         false => (None, None),
     };
@@ -316,6 +316,21 @@ struct Seen {
     tx: u64,
     upstream: Option<SocketAddr>,
     cluster: Option<Rc<ShardCluster>>,
+    /// The request's span, when it is sampled.
+    trace: Option<Box<Traced>>,
+}
+
+/// A sampled HTTP/1.1 request's span as far as it is known before the response.
+struct Traced {
+    decision: crate::trace::Decision,
+    start_unix_ns: u64,
+    scheme: &'static str,
+    authority: String,
+    path: String,
+    method: String,
+    request_id: Vec<u8>,
+    user_agent: Vec<u8>,
+    downstream_cluster: Vec<u8>,
 }
 
 impl Seen {
@@ -329,6 +344,7 @@ impl Seen {
         self.tx = 0;
         self.upstream = None;
         self.cluster = None;
+        self.trace = None;
     }
 
     /// Writes the exchange's line and counts it (when it began and the listener logs or
@@ -340,6 +356,39 @@ impl Seen {
         peer: crate::stats::istio::PeerId,
     ) {
         let cluster = self.cluster.take();
+        if let (Some(t), Some(tr)) = (&l.trace, self.trace.take()) {
+            let flags = match self.code {
+                0 => self.flags | Flags::DOWNSTREAM_CONNECTION_TERMINATION,
+                _ => self.flags,
+            };
+            let flags = flags.short_string();
+            let d = &tr.decision;
+            t.finish_http(
+                d,
+                &crate::trace::otlp::HttpSpan {
+                    trace_id: &d.trace_id,
+                    span_id: &d.span_id,
+                    parent: d.parent.as_ref(),
+                    kind: t.kind(),
+                    start_unix_ns: tr.start_unix_ns,
+                    end_unix_ns: crate::trace::unix_ns(std::time::SystemTime::now()),
+                    node: &t.node,
+                    request_id: &tr.request_id,
+                    scheme: tr.scheme,
+                    authority: tr.authority.as_bytes(),
+                    path: tr.path.as_bytes(),
+                    method: tr.method.as_bytes(),
+                    downstream_cluster: &tr.downstream_cluster,
+                    user_agent: &tr.user_agent,
+                    peer: caller.0,
+                    request_size: self.rx,
+                    response_size: self.tx,
+                    cluster: cluster.as_ref().map(|c| c.name.as_str()),
+                    status: self.code,
+                    flags: &flags,
+                },
+            );
+        }
         let (Some(mut lg), Some(started)) = (self.lg.take(), self.started) else {
             return;
         };
@@ -424,6 +473,13 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         lg.mx.value_received = value.is_some();
         lg.mx.peer = i.peer_metadata(value);
     }
+    // One `x-request-id` for every try, HTTP/1.1 or HTTP/2, and the span's.
+    let rid = (!req.fields.iter().any(|(n, _)| n == "x-request-id")).then(|| request_id(l));
+    // The trace context going upstream, when it is rewritten.
+    let mut tail = Vec::new();
+    if let Some(t) = &l.trace {
+        c.seen.trace = trace_request(t, &mut req, c.scheme, rid.as_deref(), &mut tail);
+    }
     let started = Instant::now();
     // The body, unread, would be taken for the next request.
     let close = req.close || req.framing != Framing::Length(0);
@@ -466,7 +522,8 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         (t, p) => t.or(p),
     }
     .map(|t| t.as_millis() as u64);
-    let out = forward(c, l, &req, &pool, (deadline, expected), retry, &mirrors).await;
+    let added = (deadline, expected, rid, tail.as_slice());
+    let out = forward(c, l, &req, &pool, added, retry, &mirrors).await;
     l.stats
         .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
     match out {
@@ -483,6 +540,96 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
             local(c, l, &e, req.close || !body_read).await
         }
     }
+}
+
+/// Reads the trace context `req` carries and decides as the listener's tracing says. When
+/// the context is rewritten (ringside's span as the parent; a new `traceparent` when it
+/// carries none), its fields leave `req` and come back as `tail` (HTTP/1.1 field lines), which
+/// goes upstream after every field ringside adds, as Envoy's router injects the context last
+/// (W3C: `traceparent`, then `tracestate` as it came, empty when none did, as Envoy's
+/// OpenTelemetry tracer). Left as it came when not rewritten. The span record of a sampled
+/// request (`rid`: the `x-request-id` ringside adds, if any).
+fn trace_request(
+    t: &crate::trace::ListenerTrace,
+    req: &mut Request,
+    scheme: &'static str,
+    rid: Option<&str>,
+    tail: &mut Vec<u8>,
+) -> Option<Box<Traced>> {
+    use crate::trace::context::{self as cx, Format};
+    let mut carrier = crate::trace::Carrier::default();
+    for (n, v) in &req.fields {
+        if let Some(f) = crate::trace::Field::of(n.as_bytes()) {
+            carrier.set(f, v);
+        }
+    }
+    let d = match t.decide(carrier.arrived()) {
+        Some(d) if d.rewrites() => d,
+        _ => return None,
+    };
+    let format = d.incoming.map_or(Format::W3c, |i| i.format);
+    let caller = d.incoming.map(|i| i.span_id).unwrap_or_default();
+    let mut line = |name: &[u8], v: &[u8]| {
+        tail.extend_from_slice(name);
+        tail.extend_from_slice(b": ");
+        tail.extend_from_slice(v);
+        tail.extend_from_slice(b"\r\n");
+    };
+    match format {
+        Format::W3c => {
+            let state = req
+                .fields
+                .iter()
+                .find(|(n, _)| n == "tracestate")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            req.fields
+                .retain(|(n, _)| n != "traceparent" && n != "tracestate");
+            line(
+                b"traceparent",
+                &cx::traceparent(&d.trace_id, &d.span_id, d.sampled),
+            );
+            line(b"tracestate", &state);
+        }
+        Format::B3Single => {
+            req.fields.retain(|(n, _)| n != "b3");
+            let mut v = [0u8; 68];
+            let hex_len = d.incoming.map_or(32, |i| i.trace_hex_len);
+            let n = cx::b3_single(&d.trace_id, hex_len, &d.span_id, d.sampled, &caller, &mut v);
+            line(b"b3", &v[..n]);
+        }
+        Format::B3Multi => {
+            req.fields.retain(|(n, _)| {
+                n != "x-b3-spanid" && n != "x-b3-parentspanid" && n != "x-b3-sampled"
+            });
+            line(b"x-b3-spanid", &cx::span_hex(&d.span_id));
+            line(b"x-b3-parentspanid", &cx::span_hex(&caller));
+            line(b"x-b3-sampled", if d.sampled { b"1" } else { b"0" });
+        }
+    }
+    if !d.sampled {
+        return None;
+    }
+    let field = |name: &str| {
+        req.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    Some(Box::new(Traced {
+        decision: d,
+        start_unix_ns: crate::trace::unix_ns(std::time::SystemTime::now()),
+        scheme,
+        authority: req.authority.clone(),
+        path: req.path.clone(),
+        method: req.method.clone(),
+        request_id: field("x-request-id")
+            .or_else(|| rid.map(|r| r.as_bytes().to_vec()))
+            .unwrap_or_default(),
+        user_agent: field("user-agent").unwrap_or_else(|| b"-".to_vec()),
+        downstream_cluster: field("x-envoy-downstream-service-cluster")
+            .unwrap_or_else(|| b"-".to_vec()),
+    }))
 }
 
 /// Where a request goes, as its route says.
@@ -1109,7 +1256,7 @@ fn request_head(
     req: &Request,
     scheme: &str,
     request_id: impl FnOnce() -> String,
-    expected_ms: Option<u64>,
+    (expected_ms, tail): (Option<u64>, &[u8]),
     mx: Mx<'_>,
 ) -> Vec<u8> {
     let mut h = Vec::with_capacity(
@@ -1156,6 +1303,8 @@ fn request_head(
     if let Some(ms) = expected_ms {
         h.extend_from_slice(format!("x-envoy-expected-rq-timeout-ms: {ms}\r\n").as_bytes());
     }
+    // The trace context, last, as Envoy's router injects it.
+    h.extend_from_slice(tail);
     match req.framing {
         Framing::Chunked => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(_) | Framing::UntilClose => {}
@@ -1358,18 +1507,16 @@ async fn forward<C: crate::io::Conn>(
     l: &TripleListener,
     req: &Request,
     pool: &Rc<Pool>,
-    (deadline, expected_ms): (Option<Instant>, Option<u64>),
+    (deadline, expected_ms, rid, tail): (Option<Instant>, Option<u64>, Option<String>, &[u8]),
     policy: Option<crate::route::RetryPolicy>,
     mirrors: &[Option<Rc<Pool>>],
 ) -> Result<Next, (Local, Option<bool>)> {
     let mx = Mx::of(l, c.seen.lg.as_deref());
-    // One `x-request-id` for every try, HTTP/1.1 or HTTP/2.
-    let rid = (!req.fields.iter().any(|(n, _)| n == "x-request-id")).then(|| request_id(l));
     let head = request_head(
         req,
         c.scheme,
         || rid.clone().unwrap_or_default(),
-        expected_ms,
+        (expected_ms, tail),
         mx,
     );
     let mirroring = mirrors.iter().any(Option::is_some);
@@ -1388,7 +1535,7 @@ async fn forward<C: crate::io::Conn>(
             c,
             req,
             pool,
-            (&head, rid.as_deref(), expected_ms),
+            (&head, rid.as_deref(), expected_ms, tail),
             &mut body,
             &mut retry,
             deadline,
@@ -1672,7 +1819,7 @@ async fn one_try<C: crate::io::Conn>(
     c: &mut Down<C>,
     req: &Request,
     pool: &Pool,
-    (head, rid, expected_ms): (&[u8], Option<&str>, Option<u64>),
+    (head, rid, expected_ms, tail): (&[u8], Option<&str>, Option<u64>, &[u8]),
     body: &mut Body,
     retry: &mut Option<crate::route::Retry>,
     deadline: Option<Instant>,
@@ -1691,7 +1838,7 @@ async fn one_try<C: crate::io::Conn>(
             r.tried(i);
         }
         if let Some(sess) = up.h2.as_mut() {
-            let added = (rid, expected_ms);
+            let added = (rid, expected_ms, tail);
             let keep = retry.is_some() || keep_body;
             let link = (&mut **sess, &mut up.s, &mut rbuf);
             send_h2(c, req, link, (added, mx), body, keep).await?;
@@ -1777,7 +1924,7 @@ async fn send_h2<C: crate::io::Conn>(
     c: &mut Down<C>,
     req: &Request,
     (sess, s, rbuf): (&mut h2::Session, &mut UpStream, &mut BytesMut),
-    (added, mx): ((Option<&str>, Option<u64>), Mx<'_>),
+    (added, mx): ((Option<&str>, Option<u64>, &[u8]), Mx<'_>),
     body: &mut Body,
     keep: bool,
 ) -> Result<(), Failed> {

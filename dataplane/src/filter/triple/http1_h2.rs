@@ -183,14 +183,15 @@ async fn stream_frame<S: AsyncReadRent + AsyncWriteRent>(
 }
 
 /// Opens the exchange's stream with the request's HEADERS (`rid`: the `x-request-id` added
-/// when the request has none); the connection's preface and SETTINGS first on a new one.
+/// when the request has none; `tail`: the trace context as HTTP/1.1 field lines, last); the
+/// connection's preface and SETTINGS first on a new one.
 /// `end`: the request has no body.
 pub(super) async fn send_head<S: AsyncWriteRent>(
     s: &mut S,
     sess: &mut Session,
     req: &Request,
     (scheme, mx): (&str, Mx<'_>),
-    (rid, expected_ms): (Option<&str>, Option<u64>),
+    (rid, expected_ms, tail): (Option<&str>, Option<u64>, &[u8]),
     end: bool,
 ) -> Result<(), Failed> {
     let mut out = Vec::with_capacity(512);
@@ -235,6 +236,10 @@ pub(super) async fn send_head<S: AsyncWriteRent>(
             v.as_bytes(),
             false,
         );
+    }
+    // The trace context, last, as Envoy's router injects it (HTTP/1.1 field lines).
+    for (n, v) in head_fields(tail) {
+        enc.encode(&mut block, n, v, false);
     }
     frame::write_headers(&mut out, sess.stream, &block, end, sess.frame_max);
     let (r, _) = s.write_all(out).await;
