@@ -227,11 +227,13 @@ fn dubbo_proxy_routes() {
                 name: "a".into(),
                 weight: 80,
                 host_rewrite: None,
+                headers: Default::default(),
             },
             WeightedCluster {
                 name: "b".into(),
                 weight: 20,
                 host_rewrite: None,
+                headers: Default::default(),
             }
         ]
     );
