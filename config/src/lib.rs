@@ -1459,6 +1459,124 @@ pub struct TripleListener {
     /// and `Hash` (Envoy's `set_current_client_cert_details`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub client_cert_details: ClientCertDetails,
+    /// Header mutations of every route (Envoy's RouteConfiguration-level
+    /// `request_headers_to_add`, ...; docs/config.md#header-mutations).
+    #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
+    pub headers: HeaderMutations,
+    /// The most specific level's mutations win (evaluated last: listener, host, route) instead
+    /// of the least specific's (Envoy's `most_specific_header_mutations_wins`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub most_specific_header_mutations_wins: bool,
+}
+
+/// Request and response header mutations of one level (listener, virtual host, route,
+/// weighted cluster), as Envoy's `request_headers_to_add`, `request_headers_to_remove`,
+/// `response_headers_to_add`, `response_headers_to_remove`: removals first, then additions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMutations {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderToAdd>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderToAdd>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.request_headers_to_add.is_empty()
+            && self.request_headers_to_remove.is_empty()
+            && self.response_headers_to_add.is_empty()
+            && self.response_headers_to_remove.is_empty()
+    }
+
+    /// Envoy's rules: a name is a header name (lower-cased when compiled), never a
+    /// pseudo-header (`:path`, ...) nor `host`. Each problem as (field below `at`, message).
+    pub fn problems(&self, at: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let join = |f: String| match at.is_empty() {
+            true => f,
+            false => format!("{at}.{f}"),
+        };
+        let bad_name = |n: &str| {
+            n.is_empty()
+                || n.bytes().any(|b| b.is_ascii_control() || b == b' ')
+                || n.bytes().skip(1).any(|b| b == b':')
+        };
+        for (dir, adds, removes) in [
+            (
+                "request",
+                &self.request_headers_to_add,
+                &self.request_headers_to_remove,
+            ),
+            (
+                "response",
+                &self.response_headers_to_add,
+                &self.response_headers_to_remove,
+            ),
+        ] {
+            for (k, h) in adds.iter().enumerate() {
+                let f = join(format!("{dir}_headers_to_add[{k}].name"));
+                if bad_name(&h.name) {
+                    out.push((f, format!("{:?} is not a header name", h.name)));
+                } else if !header_modifiable(&h.name) {
+                    out.push((f, ":-prefixed or host headers may not be modified".into()));
+                }
+                if h.value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    out.push((
+                        join(format!("{dir}_headers_to_add[{k}].value")),
+                        "holds CR, LF or NUL".into(),
+                    ));
+                }
+            }
+            for (k, n) in removes.iter().enumerate() {
+                let f = join(format!("{dir}_headers_to_remove[{k}]"));
+                if bad_name(n) {
+                    out.push((f, format!("{n:?} is not a header name")));
+                } else if !header_modifiable(n) {
+                    out.push((f, ":-prefixed or host headers may not be removed".into()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Envoy's `HeaderUtility::isModifiableHeader`: not a pseudo-header, not `host`.
+fn header_modifiable(name: &str) -> bool {
+    !name.starts_with(':') && !name.eq_ignore_ascii_case("host")
+}
+
+/// One header a level adds: `value` is an Envoy substitution format string (`%%` is a `%`;
+/// the command operators ringside fills are listed in docs/config.md#header-mutations).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderToAdd {
+    pub name: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub append_action: AppendAction,
+    /// Add it even when its value comes out empty (else it is left out).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_empty_value: bool,
+}
+
+/// Envoy's `HeaderValueOption.HeaderAppendAction`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendAction {
+    /// Another field of that name (the default).
+    #[default]
+    AppendIfExistsOrAdd,
+    /// Only when the header is absent.
+    AddIfAbsent,
+    /// Replaces every field of that name, or adds one.
+    OverwriteIfExistsOrAdd,
+    /// Replaces every field of that name; nothing when absent.
+    OverwriteIfExists,
 }
 
 /// Envoy's `forward_client_cert_details`: what a request's `x-forwarded-client-cert` becomes.
@@ -1528,6 +1646,9 @@ pub struct VirtualHost {
     /// Tried in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<TripleRoute>,
+    /// Header mutations of the host's routes (Envoy's VirtualHost-level ones).
+    #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
+    pub headers: HeaderMutations,
 }
 
 impl Default for TripleListener {
@@ -1551,6 +1672,8 @@ impl Default for TripleListener {
             alpn_override: None,
             forward_client_cert: ForwardClientCert::Sanitize,
             client_cert_details: ClientCertDetails::default(),
+            headers: HeaderMutations::default(),
+            most_specific_header_mutations_wins: false,
         }
     }
 }
@@ -1572,6 +1695,9 @@ pub struct TripleRoute {
     /// (docs/governance.md#concurrency-limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<u32>,
+    /// Header mutations of the route's requests and responses (Envoy's Route-level ones).
+    #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
+    pub headers: HeaderMutations,
 }
 
 /// Every condition given must hold; an empty match matches every stream.
@@ -2079,6 +2205,10 @@ fn default_num_retries() -> u32 {
 pub struct WeightedCluster {
     pub name: String,
     pub weight: u32,
+    /// Header mutations of the requests sent to this cluster and their responses (Triple
+    /// routes only; evaluated before the route's, as Envoy's `ClusterWeight` ones).
+    #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
+    pub headers: HeaderMutations,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -3957,6 +4087,14 @@ fn validate_action(
     if let Some(p) = &action.retry_policy {
         validate_retry(p, grpc, &|f| rat(&format!("route.retry_policy.{f}")), err);
     }
+    for (k, w) in action.weighted_clusters.iter().enumerate() {
+        if !grpc && !w.headers.is_empty() {
+            err(
+                rat(&format!("route.weighted_clusters[{k}].headers")),
+                "header mutations are for Triple routes only".into(),
+            );
+        }
+    }
     if let Some(f) = &action.fault {
         if let Some(d) = &f.delay {
             if d.fixed_delay_ms == 0 || d.fixed_delay_ms > FAULT_DELAY_MS_MAX {
@@ -4295,6 +4433,9 @@ fn validate_triple(
     for (field, message) in virtual_host_problems(&t.virtual_hosts) {
         err(at(&field), message);
     }
+    for (field, message) in t.headers.problems("headers") {
+        err(at(&field), message);
+    }
     for (i, r) in t.routes.iter().enumerate() {
         validate_triple_route(r, clusters, &|f| at(&format!("routes[{i}].{f}")), err);
     }
@@ -4316,6 +4457,7 @@ pub fn virtual_host_problems(hosts: &[VirtualHost]) -> Vec<(String, String)> {
         if h.name.is_empty() {
             out.push((format!("virtual_hosts[{i}].name"), "empty".into()));
         }
+        out.extend(h.headers.problems(&format!("virtual_hosts[{i}].headers")));
         if h.domains.is_empty() {
             out.push((
                 format!("virtual_hosts[{i}].domains"),
@@ -4383,6 +4525,17 @@ fn validate_triple_route(
         }
     }
     validate_action(&r.route, clusters, true, rat, err);
+    for (field, message) in r.headers.problems("headers") {
+        err(rat(&field), message);
+    }
+    for (k, w) in r.route.weighted_clusters.iter().enumerate() {
+        for (field, message) in w
+            .headers
+            .problems(&format!("route.weighted_clusters[{k}].headers"))
+        {
+            err(rat(&field), message);
+        }
+    }
     if let Some(b) = &r.local_rate_limit {
         b.validate(&rat("local_rate_limit"), err);
     }

@@ -88,6 +88,9 @@ pub(crate) const ENVOY_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub(crate) struct RouteTable {
     pub virtual_hosts: Vec<VirtualHost>,
     pub ignore_port_in_host_matching: bool,
+    /// The RouteConfiguration's own header mutations.
+    pub headers: config::HeaderMutations,
+    pub most_specific_header_mutations_wins: bool,
 }
 
 impl RouteTable {
@@ -96,6 +99,8 @@ impl RouteTable {
         t.routes.clear();
         t.virtual_hosts = self.virtual_hosts.clone();
         t.ignore_port_in_host_matching = self.ignore_port_in_host_matching;
+        t.headers = self.headers.clone();
+        t.most_specific_header_mutations_wins = self.most_specific_header_mutations_wins;
     }
 }
 
@@ -988,16 +993,12 @@ fn weighted(
                 "subset load balancing is not supported",
             ));
         }
-        if !c.request_headers_to_add.is_empty()
-            || !c.request_headers_to_remove.is_empty()
-            || !c.response_headers_to_add.is_empty()
-            || !c.response_headers_to_remove.is_empty()
-        {
-            return Err(ctx.err(
-                format!("{cat}.request_headers_to_add"),
-                "header mutations are not supported",
-            ));
-        }
+        let headers = header_mutations(
+            (&c.request_headers_to_add, &c.request_headers_to_remove),
+            (&c.response_headers_to_add, &c.response_headers_to_remove),
+            ctx,
+            &cat,
+        )?;
         if c.host_rewrite_specifier.is_some() {
             return Err(ctx.err(
                 format!("{cat}.host_rewrite_literal"),
@@ -1007,6 +1008,7 @@ fn weighted(
         out.push(WeightedCluster {
             name: c.name.clone(),
             weight: c.weight.as_ref().map_or(0, |w| w.value),
+            headers,
         });
     }
     if out.is_empty() {
@@ -2159,25 +2161,82 @@ fn join(at: &str, field: &str) -> String {
     }
 }
 
-fn no_header_mutations(
-    add: usize,
-    remove: usize,
-    add_resp: usize,
-    remove_resp: usize,
+/// One level's header mutations (Envoy's `request_headers_to_add`, ...), with Envoy's rules:
+/// names lower-cased, no pseudo-header nor `host`, the deprecated `append` (true: append,
+/// false: overwrite) not together with `append_action`. Value formats are compiled (and an
+/// operator ringside cannot fill refused) when the routes are.
+fn header_mutations(
+    (add, remove): (&[core_pb::HeaderValueOption], &[String]),
+    (add_resp, remove_resp): (&[core_pb::HeaderValueOption], &[String]),
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<(), TranslateError> {
-    for (n, field) in [
-        (add, "request_headers_to_add"),
-        (remove, "request_headers_to_remove"),
-        (add_resp, "response_headers_to_add"),
-        (remove_resp, "response_headers_to_remove"),
-    ] {
-        if n > 0 {
-            return Err(ctx.err(join(at, field), "header mutations are not supported"));
-        }
+) -> Result<config::HeaderMutations, TranslateError> {
+    let adds = |list: &[core_pb::HeaderValueOption], field: &str| {
+        list.iter()
+            .enumerate()
+            .map(|(k, o)| header_to_add(o, ctx, &join(at, &format!("{field}[{k}]"))))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let lower = |l: &[String]| l.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let m = config::HeaderMutations {
+        request_headers_to_add: adds(add, "request_headers_to_add")?,
+        request_headers_to_remove: lower(remove),
+        response_headers_to_add: adds(add_resp, "response_headers_to_add")?,
+        response_headers_to_remove: lower(remove_resp),
+    };
+    if let Some((field, message)) = m.problems(at).into_iter().next() {
+        return Err(ctx.err(field, message));
     }
-    Ok(())
+    Ok(m)
+}
+
+fn header_to_add(
+    o: &core_pb::HeaderValueOption,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<config::HeaderToAdd, TranslateError> {
+    use config::AppendAction as A;
+    use core_pb::header_value_option::HeaderAppendAction as P;
+    let Some(h) = &o.header else {
+        return Err(ctx.err(join(at, "header"), "missing"));
+    };
+    let value = match (h.value.is_empty(), h.raw_value.is_empty()) {
+        (_, true) => h.value.clone(),
+        (true, false) => String::from_utf8(h.raw_value.clone())
+            .map_err(|_| ctx.err(join(at, "header.raw_value"), "not UTF-8"))?,
+        (false, false) => {
+            return Err(ctx.err(
+                join(at, "header"),
+                "only one of value or raw_value can be set",
+            ))
+        }
+    };
+    let action = match (&o.append, P::try_from(o.append_action)) {
+        (Some(_), Ok(p)) if p != P::AppendIfExistsOrAdd => {
+            return Err(ctx.err(
+                join(at, "append"),
+                "both append and append_action are set, which Envoy refuses",
+            ))
+        }
+        (Some(a), _) if a.value => A::AppendIfExistsOrAdd,
+        (Some(_), _) => A::OverwriteIfExistsOrAdd,
+        (None, Ok(P::AppendIfExistsOrAdd)) => A::AppendIfExistsOrAdd,
+        (None, Ok(P::AddIfAbsent)) => A::AddIfAbsent,
+        (None, Ok(P::OverwriteIfExistsOrAdd)) => A::OverwriteIfExistsOrAdd,
+        (None, Ok(P::OverwriteIfExists)) => A::OverwriteIfExists,
+        (_, Err(_)) => {
+            return Err(ctx.err(
+                join(at, "append_action"),
+                format!("unknown value {}", o.append_action),
+            ))
+        }
+    };
+    Ok(config::HeaderToAdd {
+        name: h.key.to_ascii_lowercase(),
+        value,
+        append_action: action,
+        keep_empty_value: o.keep_empty_value,
+    })
 }
 
 fn route_configuration(
@@ -2206,11 +2265,9 @@ fn route_configuration(
             "mirroring is not supported",
         ));
     }
-    no_header_mutations(
-        rc.request_headers_to_add.len(),
-        rc.request_headers_to_remove.len(),
-        rc.response_headers_to_add.len(),
-        rc.response_headers_to_remove.len(),
+    let global = header_mutations(
+        (&rc.request_headers_to_add, &rc.request_headers_to_remove),
+        (&rc.response_headers_to_add, &rc.response_headers_to_remove),
         ctx,
         at,
     )?;
@@ -2219,6 +2276,8 @@ fn route_configuration(
     let mut out = RouteTable {
         virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
         ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+        headers: global,
+        most_specific_header_mutations_wins: rc.most_specific_header_mutations_wins,
     };
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = join(at, &format!("virtual_hosts[{i}]"));
@@ -2231,11 +2290,9 @@ fn route_configuration(
         if vh.require_tls != 0 {
             return Err(ctx.err(format!("{vat}.require_tls"), "TLS is not supported"));
         }
-        no_header_mutations(
-            vh.request_headers_to_add.len(),
-            vh.request_headers_to_remove.len(),
-            vh.response_headers_to_add.len(),
-            vh.response_headers_to_remove.len(),
+        let vh_headers = header_mutations(
+            (&vh.request_headers_to_add, &vh.request_headers_to_remove),
+            (&vh.response_headers_to_add, &vh.response_headers_to_remove),
             ctx,
             &vat,
         )?;
@@ -2267,6 +2324,7 @@ fn route_configuration(
             name: vh.name.clone(),
             domains: vh.domains.clone(),
             routes,
+            headers: vh_headers,
         });
     }
     // Envoy's domain rules (non-empty, each once, one `*`), as the RouteConfiguration's own.
@@ -2285,11 +2343,9 @@ fn triple_route(
     at: &str,
 ) -> Result<TripleRoute, TranslateError> {
     use route_pb::route_match::PathSpecifier as P;
-    no_header_mutations(
-        r.request_headers_to_add.len(),
-        r.request_headers_to_remove.len(),
-        r.response_headers_to_add.len(),
-        r.response_headers_to_remove.len(),
+    let headers = header_mutations(
+        (&r.request_headers_to_add, &r.request_headers_to_remove),
+        (&r.response_headers_to_add, &r.response_headers_to_remove),
         ctx,
         at,
     )?;
@@ -2482,6 +2538,7 @@ fn triple_route(
         route: http_action(action, ctx, &format!("{at}.route"))?,
         local_rate_limit: None,
         max_concurrent_requests: None,
+        headers,
     })
 }
 

@@ -225,11 +225,13 @@ fn dubbo_proxy_routes() {
         vec![
             WeightedCluster {
                 name: "a".into(),
-                weight: 80
+                weight: 80,
+                headers: Default::default(),
             },
             WeightedCluster {
                 name: "b".into(),
-                weight: 20
+                weight: 20,
+                headers: Default::default(),
             }
         ]
     );

@@ -523,7 +523,7 @@ fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) -> bool
     }
 }
 
-fn hostname() -> &'static str {
+pub(crate) fn hostname() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -703,6 +703,13 @@ fn parse(s: &str) -> Result<Vec<Piece>, FormatError> {
     while let Some(i) = rest.find('%') {
         lit.push_str(&rest[..i]);
         let after = &rest[i + 1..];
+        // `%%`: a literal `%`.
+        if after.starts_with('%') {
+            lit.push('%');
+            rest = &after[1..];
+            offset += i + 2;
+            continue;
+        }
         let (op, len) = operator(after).ok_or(FormatError::Unterminated(offset + i))?;
         let (op, max) = op?;
         if !lit.is_empty() {

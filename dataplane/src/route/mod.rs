@@ -20,6 +20,9 @@ pub enum RouteError {
     UnknownCluster(String),
     #[error(transparent)]
     Regex(#[from] regex::Error),
+    /// A header mutation the protocol cannot do (its message names it).
+    #[error("{0}")]
+    Header(String),
 }
 
 /// A full-match regex, as Envoy's `safe_regex`.
@@ -416,17 +419,23 @@ impl Action {
 
     /// The cluster for this request; `dice` is any number from the shard's random source.
     pub fn pick_cluster(&self, dice: u32) -> usize {
+        self.pick(dice).0
+    }
+
+    /// The cluster for this request and which of the route's targets (weighted clusters, in
+    /// config order; 0 for a plain `cluster`) it is.
+    pub fn pick(&self, dice: u32) -> (usize, usize) {
         if self.targets.len() == 1 {
-            return self.targets[0].0;
+            return (self.targets[0].0, 0);
         }
         let mut point = dice % self.total_weight.max(1);
-        for &(cluster, weight) in &self.targets {
+        for (i, &(cluster, weight)) in self.targets.iter().enumerate() {
             if point < weight {
-                return cluster;
+                return (cluster, i);
             }
             point -= weight;
         }
-        self.targets[0].0
+        (self.targets[0].0, 0)
     }
 }
 
@@ -642,10 +651,22 @@ impl<M> Hosts<M> {
     where
         M: Match<R>,
     {
+        self.route_entry(host, req).map(|(_, a)| a)
+    }
+
+    /// As [`Hosts::route`], with the matching route's conditions (`None`: the default route).
+    pub fn route_entry<R: ?Sized>(
+        &self,
+        host: Option<&[u8]>,
+        req: &R,
+    ) -> Option<(Option<&M>, &Action)>
+    where
+        M: Match<R>,
+    {
         self.find(host)
             .and_then(|i| self.tables[i].routes.iter().find(|(m, _)| m.matches(req)))
-            .map(|(_, a)| a)
-            .or(self.default.as_ref())
+            .map(|(m, a)| (Some(m), a))
+            .or(self.default.as_ref().map(|a| (None, a)))
     }
 }
 

@@ -334,6 +334,9 @@ pub struct Conn {
     /// Upstream side: `tls_peer` as the Istio metrics of one outbound listener label it (that
     /// listener's id, the peer): looked up once per connection and listener.
     istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
+    /// Caller side: some call of the connection has response header mutations (until then,
+    /// response headers are relayed without looking for them).
+    mutates: Cell<bool>,
     /// Upstream side: the ALPN it offers over TLS in place of its cluster's (`istio.alpn`).
     pub alpn: crate::io::tls::AlpnOverride,
     /// Caller side: what its requests' `x-forwarded-client-cert` becomes (set once).
@@ -394,6 +397,7 @@ impl Conn {
             rbac_peer: RefCell::new(None),
             tls_peer: RefCell::new(None),
             istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
+            mutates: Cell::new(false),
             alpn: None,
             xfcc: Default::default(),
             greeted: Cell::new(false),
@@ -1572,6 +1576,10 @@ impl Conn {
                 c.trace = call.trace.take();
                 c.label = call.label;
                 c.slot = call.slot.take();
+                c.respond = call.respond.take();
+                if c.respond.is_some() {
+                    self.mutates.set(true);
+                }
             }
         }
         if let Some(d) = call.fault.and_then(|f| f.delay) {
@@ -1982,6 +1990,27 @@ impl Conn {
         out: &mut Vec<u8>,
         up: &Conn,
     ) {
+        // The route's response header mutations (response headers, not trailers).
+        let respond = match self.mutates.get() {
+            false => None,
+            true => self
+                .streams
+                .borrow()
+                .get(&id)
+                .and_then(|s| s.call.as_ref())
+                .filter(|c| !c.headers_sent)
+                .and_then(|c| c.respond.clone()),
+        };
+        let mutated;
+        let hl = match respond {
+            Some(r) => {
+                let mut m = hl.clone();
+                r.apply(&mut m);
+                mutated = m;
+                &mutated
+            }
+            None => hl,
+        };
         let Side::Down(l) = &self.side else {
             return hl.encode(out);
         };
@@ -2380,6 +2409,8 @@ struct Routed {
     shadow_block: Vec<u8>,
     /// Its place under its route's `max_concurrent_requests`.
     slot: Option<crate::filter::ratelimit::Slot>,
+    /// Its route's response header mutations.
+    respond: Option<super::mutate::Respond>,
 }
 
 /// Why a caller's request is not forwarded.
@@ -2424,7 +2455,7 @@ fn route_call(
         method: route_method,
         headers: hl,
     };
-    let Some(action) = routes.router.route(hl.get(b":authority"), &view) else {
+    let Some((entry, action)) = routes.router.route_entry(hl.get(b":authority"), &view) else {
         l.stats.inc(l.ids.rq_no_route);
         return Err(Refused::Call(CallError::NoRoute {
             service: String::from_utf8_lossy(service).into_owned(),
@@ -2484,7 +2515,20 @@ fn route_call(
         l.stats.inc(l.ids.fault.aborts_injected);
         return Err(Refused::Call(CallError::FaultAbort(code)));
     }
-    let cluster = action.pick_cluster(l.roll());
+    let (cluster, target) = action.pick(l.roll());
+    // The route's header mutations, on a copy of the list (none: the list as it came).
+    let headers = entry.and_then(|m| m.mutations.as_ref());
+    let mutated;
+    let hl = match headers.filter(|h| h.has_request(target)) {
+        Some(h) => {
+            let mut m = hl.clone();
+            h.request(target, &mut m);
+            mutated = m;
+            &mutated
+        }
+        None => hl,
+    };
+    let respond = super::mutate::Respond::of(headers, target);
     let retry = action.retry;
     let mut mirrors = [0; crate::config::MIRROR_POLICIES_MAX];
     let mut mirrors_len = 0u8;
@@ -2533,6 +2577,7 @@ fn route_call(
         mirrors_len,
         shadow_block,
         slot,
+        respond,
     })
 }
 

@@ -11,7 +11,7 @@ const HOP_BY_HOP: [&[u8]; 5] = [
     b"upgrade",
 ];
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct HeaderList {
     buf: Vec<u8>,
     /// (name start, name end, value end, never indexed)
@@ -81,13 +81,18 @@ impl HeaderList {
         self.fields
             .retain(|&(s, n, _, _)| &buf[s as usize..n as usize] != name);
         if let Some(v) = value {
-            let start = self.buf.len() as u32;
-            self.buf.extend_from_slice(name);
-            let name_end = self.buf.len() as u32;
-            self.buf.extend_from_slice(v);
-            self.fields
-                .push((start, name_end, self.buf.len() as u32, false));
+            self.append(name, v);
         }
+    }
+
+    /// Adds a field at the end (not counted against the list's limit: a value ringside sets).
+    pub fn append(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(name);
+        let name_end = self.buf.len() as u32;
+        self.buf.extend_from_slice(value);
+        self.fields
+            .push((start, name_end, self.buf.len() as u32, false));
     }
 
     /// HPACK-encodes the list for the next hop, without connection-specific headers.

@@ -492,10 +492,15 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         delay,
         mirrors,
         _slot: _held,
+        mutations,
+        respond,
     } = match route(c, l, &req) {
         Ok(r) => r,
         Err(e) => return local(c, l, &e, close).await,
     };
+    if let Some((h, target)) = &mutations {
+        h.request(*target, &mut req.fields);
+    }
     let mut started = started;
     if let Some((d, abort)) = delay {
         // The route's fault delay holds the request (its body waits in the socket); the route's
@@ -523,7 +528,16 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     }
     .map(|t| t.as_millis() as u64);
     let added = (deadline, expected, rid, tail.as_slice());
-    let out = forward(c, l, &req, &pool, added, retry, &mirrors).await;
+    let out = forward(
+        c,
+        l,
+        &req,
+        &pool,
+        added,
+        retry,
+        (&mirrors, respond.as_ref()),
+    )
+    .await;
     l.stats
         .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
     match out {
@@ -643,6 +657,10 @@ struct Routed {
     mirrors: [Option<Rc<Pool>>; crate::config::MIRROR_POLICIES_MAX],
     /// Its place under its route's `max_concurrent_requests`, held while this lives.
     _slot: Option<crate::filter::ratelimit::Slot>,
+    /// Its route's request header mutations and the weighted target it goes to.
+    mutations: Option<(std::sync::Arc<super::mutate::RouteHeaders>, usize)>,
+    /// Its route's response header mutations.
+    respond: Option<super::mutate::Respond>,
 }
 
 /// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
@@ -667,11 +685,15 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
         method,
         headers: hl,
     };
-    let Some(action) = routes.router.route(Some(req.authority.as_bytes()), &view) else {
+    let Some((entry, action)) = routes
+        .router
+        .route_entry(Some(req.authority.as_bytes()), &view)
+    else {
         l.stats.inc(l.ids.rq_no_route);
         return Err(Local::NoRoute);
     };
-    let cluster = action.pick_cluster(l.roll());
+    let (cluster, target) = action.pick(l.roll());
+    let headers = entry.and_then(|m| m.mutations.as_ref());
     c.seen.cluster = Some(routes.pools[cluster].lb.clone());
     if let Some(limits) = &routes.limits {
         if limits
@@ -722,6 +744,10 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
         delay: delay.map(|d| (d, abort)),
         mirrors,
         _slot: slot,
+        mutations: headers
+            .filter(|h| h.has_request(target))
+            .map(|h| (h.clone(), target)),
+        respond: super::mutate::Respond::of(headers, target),
     })
 }
 
@@ -1499,7 +1525,7 @@ async fn forward<C: crate::io::Conn>(
     pool: &Rc<Pool>,
     (deadline, expected_ms, rid, tail): (Option<Instant>, Option<u64>, Option<String>, &[u8]),
     policy: Option<crate::route::RetryPolicy>,
-    mirrors: &[Option<Rc<Pool>>],
+    (mirrors, respond): (&[Option<Rc<Pool>>], Option<&super::mutate::Respond>),
 ) -> Result<Next, (Local, Option<bool>)> {
     let mx = Mx::of(l, c.seen.lg.as_deref());
     let head = request_head(
@@ -1595,6 +1621,10 @@ async fn forward<C: crate::io::Conn>(
         }
     };
     c.seen.code = resp.code;
+    let mut resp = resp;
+    if let Some(r) = respond {
+        resp.head = super::mutate::response_head(&resp.head, r);
+    }
     if let Some(lg) = c.seen.lg.as_mut() {
         lg.keep(Part::Response, |n| response_field(&resp.head, n));
         if let Mx::Outbound { .. } = mx {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod headers;
 pub mod http1;
 pub mod http1_tls;
+pub mod mutate;
 pub mod router;
 pub mod xfcc;
 
@@ -222,6 +223,8 @@ pub struct Call {
     pub label: Option<crate::cluster::Label>,
     /// Its place under its route's `max_concurrent_requests`, given back when the stream ends.
     pub slot: Option<crate::filter::ratelimit::Slot>,
+    /// Its route's response header mutations, when it has some.
+    pub respond: Option<mutate::Respond>,
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -251,6 +254,7 @@ impl Call {
             try_deadline: None,
             label: None,
             slot: None,
+            respond: None,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Route {
     headers: Vec<NamedMatch>,
     path: Option<PathCond>,
     query: Vec<NamedMatch>,
+    /// Its header mutations (with its host's and the listener's); `None` when there are none.
+    pub mutations: Option<std::sync::Arc<super::mutate::RouteHeaders>>,
 }
 
 /// A condition on the path without its query and fragment (Envoy's `prefix`, `path`,
@@ -160,7 +162,24 @@ pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Rou
         ),
         None => (Vec::new(), false),
     };
+    // Which host each route (in compile order: hosts in order, each one's routes) is of.
+    let host_levels: Vec<Option<&config::HeaderMutations>> = match &l.triple {
+        Some(t) if !t.virtual_hosts.is_empty() => t
+            .virtual_hosts
+            .iter()
+            .flat_map(|h| h.routes.iter().map(move |_| Some(&h.headers)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let listener_level = match &l.triple {
+        Some(t) => super::mutate::Listener::compile(t)?,
+        None => Default::default(),
+    };
+    let next = std::cell::Cell::new(0usize);
     Hosts::compile(&hosts, ignore_port, l.cluster.as_deref(), clusters, |r| {
+        let i = next.replace(next.get() + 1);
+        let host_level = host_levels.get(i).copied().flatten();
+        let mutations = super::mutate::RouteHeaders::compile(r, host_level, &listener_level)?;
         let m = &r.matcher;
         let mut headers = Vec::with_capacity(m.headers.len() + 3);
         for (name, v) in [
@@ -189,6 +208,7 @@ pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Rou
                     NamedMatch::new(&q.name, e, p, r, q.present)
                 })
                 .collect::<Result<_, _>>()?,
+            mutations,
         };
         Ok((route, &r.route))
     })

@@ -1,0 +1,477 @@
+//! Route header mutations (`request_headers_to_add` / `_remove`, `response_headers_to_add` /
+//! `_remove` at the route configuration, virtual host, route and weighted cluster levels) as
+//! Envoy 1.40 does them, given the same RDS: what istiod writes for a VirtualService's
+//! `headers: {request: {set, add, remove}, response: {set, add, remove}}` (`set`:
+//! OVERWRITE_IF_EXISTS_OR_ADD, `add`: APPEND_IF_EXISTS_OR_ADD, names sorted; istio/istio
+//! pilot/pkg/networking/core/route/route.go `translateAppendHeaders`,
+//! `TranslateHeadersOperations`), plus the other append actions, the deprecated `append`,
+//! `keep_empty_value`, `%%` and `%HOSTNAME%`, and `most_specific_header_mutations_wins` on a
+//! second listener. A grpcio client (unary calls, and a trailers-only failure) and raw HTTP/1.1
+//! requests (to an HTTP/2 upstream and to an HTTP/1.1 one) go through each proxy; the upstreams
+//! echo the headers they got. The upstreams see the same headers through both, the clients get
+//! the same response headers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
+use common::grpc::{grpc_call, Call, CallOpts, GrpcServer};
+use common::http1::Http1Server;
+use common::peers::root;
+use common::xds::XdsServer;
+use common::*;
+use serde_json::{json, Value};
+
+/// The HTTP/2 server of tests/peers/http1/h2_server.py, killed on drop.
+struct H2Server(std::process::Child);
+
+impl H2Server {
+    fn start(port: u16, name: &str) -> H2Server {
+        use std::io::BufRead;
+        let python = peers::require(root().join(".cache/venv/bin/python"));
+        let mut child = std::process::Command::new(python)
+            .arg(root().join("tests/peers/http1/h2_server.py"))
+            .args(["--port", &port.to_string(), "--name", name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "h2 server {name}");
+        H2Server(child)
+    }
+}
+
+impl Drop for H2Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One HTTP/1.1 exchange on a new connection (the request says `Connection: close`): the
+/// response's bytes.
+fn http1(target: SocketAddr, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A header as `name: value` (name lower case, as HTTP/2 and Envoy's HTTP/1.1 codec write it).
+fn header(n: &str, v: &str) -> Value {
+    json!({"key": n, "value": v})
+}
+
+/// One level's mutations: (name, value, action) added, names removed, per direction.
+fn level(req: &[Value], req_rm: &[&str], resp: &[Value], resp_rm: &[&str]) -> Value {
+    json!({
+        "request_headers_to_add": req, "request_headers_to_remove": req_rm,
+        "response_headers_to_add": resp, "response_headers_to_remove": resp_rm,
+    })
+}
+
+fn add(n: &str, v: &str, action: &str) -> Value {
+    json!({"header": header(n, v), "append_action": action})
+}
+
+/// istiod's `set` and `add` (translateAppendHeaders: sorted by name).
+fn set(n: &str, v: &str) -> Value {
+    add(n, v, "OVERWRITE_IF_EXISTS_OR_ADD")
+}
+
+fn append(n: &str, v: &str) -> Value {
+    add(n, v, "APPEND_IF_EXISTS_OR_ADD")
+}
+
+/// `route` with `m`'s fields merged in.
+fn with(mut route: Value, m: Value) -> Value {
+    for (k, v) in m.as_object().unwrap() {
+        route[k] = v.clone();
+    }
+    route
+}
+
+/// A route configuration with mutations at every level (`most_specific`: its
+/// `most_specific_header_mutations_wins`).
+fn route_config(name: &str, most_specific: bool) -> Value {
+    let vh_level = level(
+        &[
+            set("x-level", "vh"),
+            append("x-vh", "vh"),
+            set("x-pct", "50%% off"),
+        ],
+        &["x-drop-vh"],
+        &[set("x-resp-level", "vh"), append("x-resp-vh", "vh")],
+        &["x-up-drop-vh"],
+    );
+    let rc_level = level(
+        &[set("x-level", "rc"), append("x-rc", "rc")],
+        &["x-drop-rc"],
+        &[set("x-resp-level", "rc"), append("x-resp-rc", "rc")],
+        &["x-up-drop-rc"],
+    );
+    // A VirtualService route's `headers` as istiod writes them, and the other actions.
+    let route_level = level(
+        &[
+            set("x-client-set", "route"),
+            set("x-level", "route"),
+            append("x-client-add", "route"),
+            add("x-absent-add", "route", "ADD_IF_ABSENT"),
+            add("x-present-keep", "route", "ADD_IF_ABSENT"),
+            add("x-overwrite-present", "route", "OVERWRITE_IF_EXISTS"),
+            add("x-overwrite-absent", "route", "OVERWRITE_IF_EXISTS"),
+            json!({"header": header("x-legacy-overwrite", "route"), "append": false}),
+            json!({"header": header("x-legacy-append", "route"), "append": true}),
+            json!({"header": header("x-empty-kept", ""), "keep_empty_value": true}),
+            json!({"header": header("x-empty-dropped", "")}),
+            set("x-host", "%HOSTNAME%"),
+        ],
+        &["x-drop-route"],
+        &[
+            set("x-up-set", "route"),
+            append("x-up-add", "route"),
+            set("x-resp-level", "route"),
+        ],
+        &["x-up-drop"],
+    );
+    let cluster_level = level(
+        &[set("x-level", "cluster"), append("x-cluster", "c")],
+        &[],
+        &[
+            set("x-resp-level", "cluster"),
+            append("x-resp-cluster", "c"),
+        ],
+        &[],
+    );
+    let rc = with(
+        json!({
+            "name": name,
+            "most_specific_header_mutations_wins": most_specific,
+            "virtual_hosts": [with(json!({"name": "svc", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/helloworld.Greeter/", "headers": [
+                    {"name": "x-target", "string_match": {"exact": "fail"}}]},
+                 "route": {"cluster": "grpcfail", "timeout": "5s"}},
+                with(json!({"match": {"prefix": "/helloworld.Greeter/"},
+                 "route": {"weighted_clusters": {"clusters": [
+                     with(json!({"name": "grpc", "weight": 100}), cluster_level.clone())]},
+                     "timeout": "5s"}}), route_level.clone()),
+                with(json!({"match": {"prefix": "/header/"},
+                 "route": {"cluster": "h1up", "timeout": "5s"}}), route_level.clone()),
+                with(json!({"match": {"prefix": "/"},
+                 "route": {"weighted_clusters": {"clusters": [
+                     with(json!({"name": "h2up", "weight": 100}), cluster_level)]},
+                     "timeout": "5s"}}), route_level),
+            ]}), vh_level)]
+        }),
+        rc_level,
+    );
+    rc
+}
+
+fn snapshot(listen: [SocketAddr; 2], ups: [SocketAddr; 4]) -> Value {
+    let hcm = |rc: Value| {
+        json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http", "codec_type": "AUTO",
+            "route_config": rc,
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        })
+    };
+    let listener = |name: &str, addr: SocketAddr, most_specific: bool| {
+        json!({"name": name, "address": socket(addr), "traffic_direction": "OUTBOUND",
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm(route_config(name, most_specific))}]}]})
+    };
+    let options = |mut o: Value| {
+        o["@type"] =
+            json!("type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
+        json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": o})
+    };
+    let h2 = || json!({"explicit_http_config": {"http2_protocol_options": {}}});
+    let cluster = |name: &str, ep: SocketAddr, o: Value| {
+        json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": load_assignment(name, &[ep]),
+               "typed_extension_protocol_options": options(o)})
+    };
+    json!({
+        "version": "v1",
+        "listeners": [listener("least", listen[0], false), listener("most", listen[1], true)],
+        "clusters": [
+            cluster("grpc", ups[0], h2()),
+            cluster("grpcfail", ups[1], h2()),
+            cluster("h2up", ups[2], h2()),
+            cluster("h1up", ups[3], json!({"use_downstream_protocol_config": {}})),
+        ]
+    })
+}
+
+/// Headers ringside and Envoy differ on by design or by a later item: times, and the ones
+/// Envoy's connection manager and router add to every response.
+fn proxy_own(name: &str) -> bool {
+    matches!(
+        name,
+        "date" | "server" | "x-envoy-upstream-service-time" | "content-length"
+    )
+}
+
+/// `name: value` lines stably sorted by name (the order of one name's values kept: an append
+/// comes after what was there), without the proxies' own fields.
+fn fields_by_name<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut v: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            let (n, val) = l.split_once(": ")?;
+            let n = n.to_ascii_lowercase();
+            (!proxy_own(&n)).then(|| (n, val.to_string()))
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter().map(|(n, v)| format!("{n}: {v}")).collect()
+}
+
+/// What one proxy did: per call or request, what the upstream saw and what the client got.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    /// The grpcio calls: (request metadata the server saw, response metadata the client got).
+    grpc: Vec<(Vec<String>, Vec<String>)>,
+    /// The HTTP/1.1 requests: (status line, response fields, the upstream's echo).
+    http1: Vec<(String, Vec<String>, Vec<String>)>,
+}
+
+fn exercise(listen: SocketAddr) -> Seen {
+    let mut grpc = Vec::new();
+    let metadata = [
+        ("x-client-set", "c"),
+        ("x-client-add", "c"),
+        ("x-present-keep", "c"),
+        ("x-overwrite-present", "c"),
+        ("x-legacy-overwrite", "c"),
+        ("x-legacy-append", "c"),
+        ("x-level", "c"),
+        ("x-drop-rc", "c"),
+        ("x-drop-vh", "c"),
+        ("x-drop-route", "c"),
+        ("x-kept", "c"),
+    ];
+    for target in ["ok", "fail"] {
+        let mut opts = CallOpts::new(Call::Unary).meta("x-target", target);
+        for (k, v) in metadata {
+            opts = opts.meta(k, v);
+        }
+        let out = grpc_call(listen, &opts);
+        assert_eq!(out.ok, target == "ok", "{target}: {out:?}");
+        // What Envoy's connection manager adds to every request, which ringside adds on
+        // HTTP/1.1 only (not this test's subject), left out.
+        let seen = out
+            .replies
+            .first()
+            .map(|r| r.metadata.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| {
+                ![
+                    "x-request-id=",
+                    "x-forwarded-proto=",
+                    "x-envoy-expected-rq-timeout-ms=",
+                ]
+                .iter()
+                .any(|p| m.starts_with(p))
+            })
+            .collect();
+        // The response headers (a trailers-only answer: its only HEADERS, the trailers).
+        let got = match target {
+            "ok" => &out.initial,
+            _ => &out.trailers,
+        };
+        let got = got
+            .iter()
+            .filter(|(k, _)| k.starts_with("x-") && !proxy_own(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        grpc.push((seen, got));
+    }
+    let request = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: svc\r\nX-Client-Set: c\r\nX-Client-Add: c\r\n\
+             X-Present-Keep: c\r\nX-Overwrite-Present: c\r\nX-Legacy-Append: c\r\nX-Level: c\r\n\
+             X-Drop-Rc: c\r\nX-Drop-Route: c\r\nX-Kept: c\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let mut http1_seen = Vec::new();
+    // To the HTTP/2 upstream (it echoes every field it got), and to the HTTP/1.1 one (which
+    // answers with the field /header/NAME names, as it got it, in its response).
+    for path in [
+        "/len",
+        "/header/x-client-set",
+        "/header/x-client-add",
+        "/header/x-level",
+        "/header/x-drop-route",
+    ] {
+        let r = http1(listen, &request(path));
+        let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or("").to_string();
+        let fields = fields_by_name(lines.filter(|l| !l.to_lowercase().starts_with("connection:")));
+        let echo = match path {
+            // The echo's header lines (x-request-id's value shown as <id> by the server).
+            "/len" => fields_by_name(body.lines().skip(1).filter(|l| !l.starts_with("body "))),
+            _ => body.lines().map(str::to_string).collect(),
+        };
+        http1_seen.push((status, fields, echo));
+    }
+    Seen {
+        grpc,
+        http1: http1_seen,
+    }
+}
+
+#[test]
+fn route_header_mutations_are_envoys() {
+    let grpc = GrpcServer::start(
+        0,
+        "up",
+        &[
+            "--initial-metadata",
+            "x-up-set=up",
+            "--initial-metadata",
+            "x-up-add=up",
+            "--initial-metadata",
+            "x-up-drop=up",
+            "--initial-metadata",
+            "x-up-drop-vh=up",
+            "--initial-metadata",
+            "x-up-drop-rc=up",
+            "--initial-metadata",
+            "x-up-kept=up",
+        ],
+    );
+    let grpcfail = GrpcServer::start(0, "fail", &["--status", "NOT_FOUND", "--message", "no"]);
+    let h2_port = free_port();
+    let _h2 = H2Server::start(h2_port, "h2");
+    let h1_port = free_port();
+    let _h1 = Http1Server::start("127.0.0.1", h1_port, "h1");
+    let ups = [grpc.addr(), grpcfail.addr(), local(h2_port), local(h1_port)];
+    let run = |who: &str| -> [Seen; 2] {
+        let listen = [local(free_port()), local(free_port())];
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen, ups)).unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "vshdr"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: vshdr\n  node_cluster: t\n  mode: sotw\n  \
+                 initial_fetch_timeout_ms: 5000\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        let ack = xds.wait_ack("cds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        listen.iter().for_each(|&a| wait_listening(a));
+        let seen = listen.map(exercise);
+        // Refused: a pseudo-header or `host` (Envoy: ":-prefixed or host headers may not be
+        // modified"), `append` with `append_action`; by ringside alone, a value operator it
+        // cannot fill (Envoy fills %UPSTREAM_HOST%: a documented difference).
+        let bad = [
+            (
+                add(":path", "/x", "OVERWRITE_IF_EXISTS_OR_ADD"),
+                true,
+                "may not be modified",
+            ),
+            (
+                add("host", "x", "OVERWRITE_IF_EXISTS_OR_ADD"),
+                true,
+                "may not be modified",
+            ),
+            (
+                json!({"header": header("x-a", "1"), "append": true, "append_action": "ADD_IF_ABSENT"}),
+                true,
+                "append",
+            ),
+            (set("x-up", "%UPSTREAM_HOST%"), false, "%UPSTREAM_HOST%"),
+        ];
+        for (k, (h, envoy_refuses, why)) in bad.into_iter().enumerate() {
+            let version = format!("bad{k}");
+            let mut snap = snapshot(listen, ups);
+            snap["version"] = json!(version);
+            snap["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                ["virtual_hosts"][0]["routes"][1]["request_headers_to_add"]
+                .as_array_mut()
+                .unwrap()
+                .push(h);
+            xds.put(&snap).unwrap();
+            if who == "ringside" || envoy_refuses {
+                let nack = xds.wait_nack("lds", &version);
+                let message = nack["error_detail"]["message"].as_str().unwrap_or("");
+                assert!(message.contains(why), "{who} {version}: {message}");
+            } else {
+                xds.wait_ack("lds", &version);
+            }
+        }
+        seen
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    eprintln!("envoy: {envoy:#?}\nringside: {ringside:#?}");
+    // Envoy did what the configuration says (the test sees the mutations at all): the
+    // least specific level wins by default, the most specific with the flag.
+    let seen = &envoy[0].grpc[0].0;
+    for want in [
+        "x-level=rc",
+        "x-client-set=route",
+        "x-pct=50% off",
+        "x-cluster=c",
+        "x-absent-add=route",
+        "x-present-keep=c",
+        "x-overwrite-present=route",
+        "x-empty-kept=",
+    ] {
+        assert!(seen.contains(&want.to_string()), "{want}: {seen:?}");
+    }
+    // (The weighted cluster's level is evaluated first: any other level's `set` beats it.)
+    assert!(envoy[1].grpc[0].0.contains(&"x-level=route".to_string()));
+    assert!(envoy[0].grpc[0].1.contains(&"x-resp-level=rc".to_string()));
+    assert!(envoy[1].grpc[0]
+        .1
+        .contains(&"x-resp-level=route".to_string()));
+    // A trailers-only answer gets the response mutations in its one HEADERS frame.
+    assert!(envoy[0].grpc[1].1.contains(&"x-resp-rc=rc".to_string()));
+    assert!(envoy[0].http1[1].2[0].contains("x-client-set=route"));
+    for (i, (r, e)) in ringside.iter().zip(&envoy).enumerate() {
+        for (k, (rg, eg)) in r.grpc.iter().zip(&e.grpc).enumerate() {
+            assert_eq!(
+                rg.0, eg.0,
+                "listener {i} call {k}: request metadata the server saw"
+            );
+            assert_eq!(rg.1, eg.1, "listener {i} call {k}: response metadata");
+        }
+        for (k, (rh, eh)) in r.http1.iter().zip(&e.http1).enumerate() {
+            assert_eq!(rh, eh, "listener {i} HTTP/1.1 request {k}");
+        }
+        assert_eq!(r, e);
+    }
+}
