@@ -360,6 +360,8 @@ pub struct TripleListener {
     /// `client_cert_details`, and the URI SANs of the listener's certificate (`By`).
     pub xfcc: (config::ForwardClientCert, config::ClientCertDetails),
     pub local_uris: std::sync::Arc<[String]>,
+    /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
+    pub suppress_envoy_headers: bool,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
