@@ -810,8 +810,9 @@ fn istio_metrics_name_the_principals_of_outbound_tcp_connections() {
         "consumer",
         PROVIDER_ID,
     )
-    // Counted when a connection ends: the idle timeout ends them (here the consumer's close
-    // does not end the connection: Envoy's sidecar keeps its side to the provider open).
+    // Counted when a connection ends: the idle timeout ends them (the consumer's close reaches
+    // the provider as a half-close through Envoy, but the test provider keeps a clone of each
+    // connection, so its side stays open).
     .replacen(
         "cluster: peer}",
         "cluster: peer, istio_metrics: source, idle_timeout_ms: 500}",
