@@ -1089,6 +1089,25 @@ struct Up {
     alpn: crate::io::tls::AlpnOverride,
     /// The connection speaks HTTP/2 ([`h2`]): its state.
     h2: Option<Box<h2::Session>>,
+    /// Its TLS principals (`None`: plaintext, or a server without a certificate), for
+    /// outbound listeners' Istio metrics (`destination_principal`, `source_principal`).
+    tls_peer: Option<Box<crate::stats::istio::UpstreamTls>>,
+    /// Those principals as the last outbound listener that used it labels them: (its id,
+    /// the entry in its table), looked up once per connection and listener.
+    istio_peer: (u64, crate::stats::istio::PeerId),
+}
+
+impl Up {
+    /// The connection's TLS principals as outbound listener `i`'s metrics label them.
+    fn istio_peer(
+        &mut self,
+        i: &crate::stats::istio::IstioListener,
+    ) -> crate::stats::istio::PeerId {
+        if self.istio_peer.0 != i.id() {
+            self.istio_peer = (i.id(), i.upstream(self.tls_peer.as_deref()));
+        }
+        self.istio_peer.1
+    }
 }
 
 /// An idle upstream connection of a pool ([`Pool::http1_idle`]), since when.
@@ -1245,12 +1264,25 @@ async fn upstream<C>(
                     }
                 };
                 let h2 = h2.then(|| Box::new(h2::Session::new()));
+                // The handshake's principals: the server's certificate, ours (the endpoint's
+                // client certificate), as Triple's upstream connections keep them.
+                let tls_peer = match (&s, &tls) {
+                    (UpStream::Tls(t), Some(ours)) => crate::io::Conn::peer_principal(t).map(|p| {
+                        Box::new(crate::stats::istio::UpstreamTls {
+                            peer: p.map(Box::from),
+                            local: ours.principal.clone(),
+                        })
+                    }),
+                    _ => None,
+                };
                 return Ok(Up {
                     s,
                     addr,
                     slot,
                     alpn: alpn.clone(),
                     h2,
+                    tls_peer,
+                    istio_peer: Default::default(),
                 });
             }
             Ok(Err(e)) => {
@@ -1639,6 +1671,10 @@ async fn forward<C: crate::io::Conn>(
         lg.keep(Part::Response, |n| response_field(&resp.head, n));
         if let Mx::Outbound { .. } = mx {
             lg.mx.peer = resp.peer;
+        }
+        // Outbound: the upstream connection's TLS names both principals.
+        if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
+            lg.upstream_peer = up.istio_peer(i);
         }
     }
     let (r, _) = c.s.write_all(resp.head.clone()).await;

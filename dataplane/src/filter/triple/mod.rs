@@ -599,8 +599,7 @@ impl TripleListener {
                 code,
                 grpc: None,
                 flags: (flags.bits(), &text),
-                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS
-                // (not kept for HTTP/1.1 connections: unknown).
+                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS.
                 peer: if istio.inbound() {
                     peer
                 } else {
