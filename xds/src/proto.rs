@@ -25,6 +25,7 @@ use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as http_rl_pb;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::action::v3 as gp_action_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gp_matcher_pb;
@@ -686,6 +687,7 @@ fn chain_listener(
                 alpn_override,
                 forward_client_cert,
                 client_cert_details,
+                server: (server_name, server_header_transformation, suppress_envoy_headers),
             } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
@@ -705,6 +707,9 @@ fn chain_listener(
                 alpn_override,
                 forward_client_cert,
                 client_cert_details,
+                server_name,
+                server_header_transformation,
+                suppress_envoy_headers,
                 ..TripleListener::default()
             };
             routes.fill(&mut t);
@@ -1974,6 +1979,8 @@ struct HcmRes {
     alpn_override: Option<config::AlpnOverride>,
     forward_client_cert: config::ForwardClientCert,
     client_cert_details: config::ClientCertDetails,
+    /// `server_name`, `server_header_transformation`, the router's `suppress_envoy_headers`.
+    server: (Option<String>, config::ServerHeader, bool),
 }
 
 /// An HTTP connection manager: its inline routes or RDS name, and its filters.
@@ -2016,6 +2023,19 @@ fn hcm(
         ));
     }
     let (forward_client_cert, client_cert_details) = client_cert(h, ctx, at)?;
+    use hcm_pb::http_connection_manager::ServerHeaderTransformation as Sht;
+    let transformation = match Sht::try_from(h.server_header_transformation) {
+        Ok(Sht::Overwrite) => config::ServerHeader::Overwrite,
+        Ok(Sht::AppendIfAbsent) => config::ServerHeader::AppendIfAbsent,
+        Ok(Sht::PassThrough) => config::ServerHeader::PassThrough,
+        Err(_) => {
+            return Err(ctx.err(
+                join(at, "server_header_transformation"),
+                format!("unknown value {}", h.server_header_transformation),
+            ))
+        }
+    };
+    let mut suppress_envoy_headers = false;
     for (i, f) in h.http_filters.iter().enumerate() {
         let typed = match &f.config_type {
             Some(hcm_pb::http_filter::ConfigType::TypedConfig(a)) => Some(a),
@@ -2024,6 +2044,11 @@ fn hcm(
         let is_router = f.name == "envoy.filters.http.router"
             || typed.is_some_and(|a| a.type_url == HTTP_ROUTER_TYPE);
         if is_router {
+            if let Some(a) = typed.filter(|a| a.type_url == HTTP_ROUTER_TYPE) {
+                let fat = format!("{at}.http_filters[{i}].typed_config");
+                let r: router_pb::Router = unpack(a, HTTP_ROUTER_TYPE, ctx, &fat)?;
+                suppress_envoy_headers = r.suppress_envoy_headers;
+            }
             continue;
         }
         if let Some(a) = typed.filter(|a| a.type_url == HTTP_LOCAL_RATELIMIT) {
@@ -2058,6 +2083,11 @@ fn hcm(
             ));
         }
     }
+    let server = (
+        (!h.server_name.is_empty()).then(|| h.server_name.clone()),
+        transformation,
+        suppress_envoy_headers,
+    );
     match &h.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => Ok(HcmRes {
             routes: route_configuration(rc, ctx, &format!("{at}.route_config"))?,
@@ -2068,6 +2098,7 @@ fn hcm(
             alpn_override,
             forward_client_cert,
             client_cert_details,
+            server,
         }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -2086,6 +2117,7 @@ fn hcm(
                 alpn_override,
                 forward_client_cert,
                 client_cert_details,
+                server,
             })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(
