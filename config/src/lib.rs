@@ -1474,8 +1474,10 @@ pub struct TripleListener {
     /// `server_header_transformation`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub server_header_transformation: ServerHeader,
-    /// No `x-envoy-upstream-service-time` on responses (the router filter's
-    /// `suppress_envoy_headers`).
+    /// The router adds no `x-envoy-*` headers (Envoy's router filter
+    /// `suppress_envoy_headers`): no `x-envoy-original-path` on a rewritten request, no
+    /// `x-envoy-expected-rq-timeout-ms` on HTTP/1.1 requests, no
+    /// `x-envoy-upstream-service-time` on responses.
     #[serde(default, skip_serializing_if = "is_false")]
     pub suppress_envoy_headers: bool,
 }
@@ -2052,6 +2054,81 @@ pub struct RouteAction {
     /// (Envoy's `request_mirror_policies`; docs/governance.md#mirroring).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_mirror_policies: Vec<MirrorPolicy>,
+    /// The path and `:authority` the route's requests go upstream with (Triple routes; Envoy's
+    /// `prefix_rewrite`, `regex_rewrite`, `host_rewrite_*`), applied once routed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
+/// A Triple route's rewrites, as Envoy's route action does them: first `:authority` (a weighted
+/// cluster's `host_rewrite`, then one of `host`, `host_header`, `host_path_regex`, from the path
+/// as it came), then the path (one of `prefix`, `regex`). With a path rewrite the request
+/// carries its path as it came in `x-envoy-original-path` (unless the listener has
+/// `suppress_envoy_headers`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the part of the path the route's `match.path` matched (`prefix`, `exact`,
+    /// `separated_prefix`; with a `regex` or no path condition: the whole path), the query kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Every match of `pattern` in the path (without its query) replaced by `substitution`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<RegexRewrite>,
+    /// `:authority` := this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `:authority` := the value of this request header, when present and not empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    /// `:authority` := the path (without its query) rewritten by this, when not empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path_regex: Option<RegexRewrite>,
+    /// The `:authority` a host rewrite replaced is appended to `x-forwarded-host`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub append_x_forwarded_host: bool,
+}
+
+/// A regex rewrite: RE2 syntax; in `substitution`, `\N` is capture group N and `\\` a
+/// backslash (Envoy's `RegexMatchAndSubstitute`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    #[serde(default)]
+    pub substitution: String,
+}
+
+impl RegexRewrite {
+    /// `substitution` in the `regex` crate's replacement syntax (`${N}`, `$$`); an error for a
+    /// backslash not followed by a digit or a backslash, or a group `pattern` does not have
+    /// (`groups`: its capture groups, without the whole match).
+    pub fn replacement(&self, groups: usize) -> Result<String, String> {
+        let mut out = String::with_capacity(self.substitution.len() + 8);
+        let mut chars = self.substitution.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '$' => out.push_str("$$"),
+                '\\' => match chars.next() {
+                    Some('\\') => out.push('\\'),
+                    Some(d @ '0'..='9') => {
+                        let n = d as usize - '0' as usize;
+                        if n > groups {
+                            return Err(format!(
+                                "substitution uses group \\{n}, the pattern has {groups}"
+                            ));
+                        }
+                        out.push_str(&format!("${{{n}}}"));
+                    }
+                    _ => {
+                        return Err("a backslash must be followed by a digit or a backslash".into())
+                    }
+                },
+                c => out.push(c),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Most `request_mirror_policies` of one route.
@@ -2232,6 +2309,10 @@ fn default_num_retries() -> u32 {
 pub struct WeightedCluster {
     pub name: String,
     pub weight: u32,
+    /// `:authority` of the requests sent to this cluster (Envoy's `host_rewrite_literal`; a
+    /// route's own host rewrite, when it gives one, wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
     /// Header mutations of the requests sent to this cluster and their responses (Triple
     /// routes only; evaluated before the route's, as Envoy's `ClusterWeight` ones).
     #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
@@ -4200,6 +4281,70 @@ fn validate_action(
                 format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
             );
         }
+    }
+    validate_rewrite(action, grpc, rat, err);
+}
+
+/// A route's `rewrite` and its weighted clusters' `host_rewrite` (Triple routes only).
+fn validate_rewrite(
+    action: &RouteAction,
+    grpc: bool,
+    rat: &dyn Fn(&str) -> String,
+    err: &mut dyn FnMut(String, String),
+) {
+    for (k, w) in action.weighted_clusters.iter().enumerate() {
+        if w.host_rewrite.is_some() && !grpc {
+            err(
+                rat(&format!("route.weighted_clusters[{k}].host_rewrite")),
+                "only Triple routes rewrite requests".into(),
+            );
+        }
+    }
+    let Some(r) = &action.rewrite else {
+        return;
+    };
+    if !grpc {
+        err(
+            rat("route.rewrite"),
+            "only Triple routes rewrite requests".into(),
+        );
+        return;
+    }
+    if r.prefix.is_some() && r.regex.is_some() {
+        err(
+            rat("route.rewrite"),
+            "give at most one of prefix, regex".into(),
+        );
+    }
+    let hosts = [
+        r.host.is_some(),
+        r.host_header.is_some(),
+        r.host_path_regex.is_some(),
+    ];
+    if hosts.iter().filter(|&&b| b).count() > 1 {
+        err(
+            rat("route.rewrite"),
+            "give at most one of host, host_header, host_path_regex".into(),
+        );
+    }
+    for (field, re) in [("regex", &r.regex), ("host_path_regex", &r.host_path_regex)] {
+        let Some(re) = re else {
+            continue;
+        };
+        match regex::bytes::Regex::new(&re.pattern) {
+            Err(e) => err(
+                rat(&format!("route.rewrite.{field}.pattern")),
+                format!("invalid regex: {e}"),
+            ),
+            Ok(c) => {
+                if let Err(e) = re.replacement(c.captures_len() - 1) {
+                    err(rat(&format!("route.rewrite.{field}.substitution")), e);
+                }
+            }
+        }
+    }
+    if r.host_header.as_deref().is_some_and(str::is_empty) {
+        err(rat("route.rewrite.host_header"), "empty".into());
     }
 }
 

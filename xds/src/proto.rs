@@ -1004,16 +1004,17 @@ fn weighted(
             ctx,
             &cat,
         )?;
-        if c.host_rewrite_specifier.is_some() {
-            return Err(ctx.err(
-                format!("{cat}.host_rewrite_literal"),
-                "host rewrites are not supported",
-            ));
-        }
+        let host_rewrite = match &c.host_rewrite_specifier {
+            Some(route_pb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+                (!h.is_empty()).then(|| h.clone())
+            }
+            None => None,
+        };
         out.push(WeightedCluster {
             name: c.name.clone(),
             weight: c.weight.as_ref().map_or(0, |w| w.value),
             headers,
+            host_rewrite,
         });
     }
     if out.is_empty() {
@@ -2422,7 +2423,13 @@ fn triple_route(
     // `grpc: {}` matches gRPC requests only: every Triple stream is one, so it is accepted.
     // A path that `/{service}/{method}` (split at the first `/` after the leading one) can
     // say exactly stays in that form; any other goes to a whole-path condition.
+    // A `prefix_rewrite` replaces the part of the path a `prefix` or `path` matched: kept as
+    // a whole-path condition, whose length the rewrite reads.
+    let prefix_rewrite = matches!(&r.action,
+        Some(route_pb::route::Action::Route(a)) if !a.prefix_rewrite.is_empty());
     match &rm.path_specifier {
+        Some(P::Prefix(p)) if prefix_rewrite => m.path = whole(|m, v| m.prefix = Some(v), p),
+        Some(P::Path(p)) if prefix_rewrite => m.path = whole(|m, v| m.exact = Some(v), p),
         Some(P::Prefix(p)) if fold && p != "/" && !p.is_empty() => {
             m.path = whole(|m, v| m.prefix = Some(v), p)
         }
@@ -2584,21 +2591,19 @@ fn http_action(
     if a.metadata_match.is_some() {
         return refuse("metadata_match", "subset load balancing is not supported");
     }
-    if !a.prefix_rewrite.is_empty() {
-        return refuse("prefix_rewrite", "path rewrites are not supported");
-    }
-    if a.regex_rewrite.is_some() {
-        return refuse("regex_rewrite", "path rewrites are not supported");
-    }
     if a.path_rewrite_policy.is_some() {
-        return refuse("path_rewrite_policy", "path rewrites are not supported");
+        return refuse(
+            "path_rewrite_policy",
+            "path rewrite extensions are not supported (prefix_rewrite and regex_rewrite are)",
+        );
     }
     if !a.path_rewrite.is_empty() {
-        return refuse("path_rewrite", "path rewrites are not supported");
+        return refuse(
+            "path_rewrite",
+            "substitution-format path rewrites are not supported (prefix_rewrite and regex_rewrite are)",
+        );
     }
-    if a.host_rewrite_specifier.is_some() {
-        return refuse("host_rewrite_literal", "host rewrites are not supported");
-    }
+    let rewrite = route_rewrite(a, ctx, at)?;
     if !a.upgrade_configs.is_empty() {
         return refuse("upgrade_configs", "upgrades are not supported");
     }
@@ -2625,6 +2630,7 @@ fn http_action(
         }
         None => return refuse("cluster", "give cluster or weighted_clusters"),
     };
+    out.rewrite = rewrite;
     if let Some(t) = &a.timeout {
         out.timeout_ms = Some(timeout_ms(t, ctx, &format!("{at}.timeout"))?);
     }
@@ -2638,6 +2644,64 @@ fn http_action(
         }
     }
     Ok(out)
+}
+
+/// A route action's `prefix_rewrite`, `regex_rewrite`, `host_rewrite_*` and
+/// `append_x_forwarded_host` (docs/xds.md); `None` when it rewrites nothing.
+fn route_rewrite(
+    a: &route_pb::RouteAction,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::Rewrite>, TranslateError> {
+    use route_pb::route_action::HostRewriteSpecifier as H;
+    let mut r = config::Rewrite {
+        append_x_forwarded_host: a.append_x_forwarded_host,
+        ..Default::default()
+    };
+    if !a.prefix_rewrite.is_empty() {
+        r.prefix = Some(a.prefix_rewrite.clone());
+    }
+    let regex = |m: &matcher_pb::RegexMatchAndSubstitute, field: &str| {
+        let Some(p) = &m.pattern else {
+            return Err(ctx.err(format!("{at}.{field}.pattern"), "missing"));
+        };
+        Ok(config::RegexRewrite {
+            pattern: p.regex.clone(),
+            substitution: m.substitution.clone(),
+        })
+    };
+    if let Some(m) = &a.regex_rewrite {
+        if r.prefix.is_some() {
+            return Err(ctx.err(
+                format!("{at}.regex_rewrite"),
+                "give at most one of prefix_rewrite, regex_rewrite",
+            ));
+        }
+        r.regex = Some(regex(m, "regex_rewrite")?);
+    }
+    match &a.host_rewrite_specifier {
+        None => {}
+        Some(H::HostRewriteLiteral(h)) => r.host = (!h.is_empty()).then(|| h.clone()),
+        Some(H::AutoHostRewrite(b)) if !b.value => {}
+        Some(H::AutoHostRewrite(_)) => {
+            return Err(ctx.err(
+                format!("{at}.auto_host_rewrite"),
+                "not supported: endpoints' hostnames are not kept (DNS clusters are not supported)",
+            ))
+        }
+        Some(H::HostRewriteHeader(h)) => r.host_header = (!h.is_empty()).then(|| h.clone()),
+        Some(H::HostRewritePathRegex(m)) => {
+            r.host_path_regex = Some(regex(m, "host_rewrite_path_regex")?)
+        }
+        Some(H::HostRewrite(_)) => {
+            return Err(ctx.err(
+                format!("{at}.host_rewrite"),
+                "substitution-format host rewrites are not supported (host_rewrite_literal, \
+                 host_rewrite_header and host_rewrite_path_regex are)",
+            ))
+        }
+    }
+    Ok((r != config::Rewrite::default()).then_some(r))
 }
 
 /// A `FractionalPercent` as a share of requests (above 100 %: all).

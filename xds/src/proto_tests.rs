@@ -226,11 +226,13 @@ fn dubbo_proxy_routes() {
             WeightedCluster {
                 name: "a".into(),
                 weight: 80,
+                host_rewrite: None,
                 headers: Default::default(),
             },
             WeightedCluster {
                 name: "b".into(),
                 weight: 20,
+                host_rewrite: None,
                 headers: Default::default(),
             }
         ]
@@ -747,7 +749,7 @@ fn hcm_nacks_name_the_field() {
 
     let mut r = route_to("/", "c");
     if let Some(route_pb::route::Action::Route(a)) = r.action.as_mut() {
-        a.prefix_rewrite = "/x".into();
+        a.path_rewrite = "/x".into();
     }
     let rc = route_config_pb("rc", &["*"], vec![route_to("/", "c"), r]);
     let e = err_text(decode_listener(&crate::testing::listener(
@@ -756,8 +758,37 @@ fn hcm_nacks_name_the_field() {
         hcm_inline(rc),
     )));
     assert!(
-        e.contains("typed_config.route_config.virtual_hosts[0].routes[1].route.prefix_rewrite"),
+        e.contains("typed_config.route_config.virtual_hosts[0].routes[1].route.path_rewrite"),
         "{e}"
+    );
+    // A prefix_rewrite keeps its prefix as a whole-path condition (the part it replaces).
+    let mut r = route_to("/pkg.S/", "c");
+    if let Some(route_pb::route::Action::Route(a)) = r.action.as_mut() {
+        a.prefix_rewrite = "/x/".into();
+        a.host_rewrite_specifier =
+            Some(route_pb::route_action::HostRewriteSpecifier::HostRewriteLiteral("h.test".into()));
+    }
+    let rc = route_config_pb("rc", &["*"], vec![r]);
+    let (_, l) = decode_listener(&crate::testing::listener("t", 1, hcm_inline(rc))).unwrap();
+    let t = l.listener.triple.unwrap();
+    let route = t
+        .virtual_hosts
+        .first()
+        .and_then(|h| h.routes.first())
+        .or(t.routes.first())
+        .unwrap();
+    assert_eq!(
+        route
+            .matcher
+            .path
+            .as_ref()
+            .and_then(|p| p.prefix.as_deref()),
+        Some("/pkg.S/")
+    );
+    let rw = route.route.rewrite.as_ref().unwrap();
+    assert_eq!(
+        (rw.prefix.as_deref(), rw.host.as_deref()),
+        (Some("/x/"), Some("h.test"))
     );
 
     let mut rc = route_config_pb("rc", &["*"], vec![route_to("/", "c")]);

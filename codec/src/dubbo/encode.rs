@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::response::ResponseKind;
 use super::{field, Flags, HeaderRepr, Serialization, Status, HEADER_BYTES, READONLY_EVENT};
-use crate::hessian2::Writer;
+use crate::hessian2::{tag, Writer};
 
 /// The dubbo protocol version ringside's frames announce (Apache Dubbo's
 /// `Version.DEFAULT_DUBBO_PROTOCOL_VERSION`).
@@ -369,15 +369,57 @@ pub fn insert_attachment_into(
     key: &str,
     value: &str,
 ) -> Option<()> {
+    insert_with(out, frame, end, key.len() + value.len() + 8, |out| {
+        Writer::new(out).string(key).string(value);
+    })
+}
+
+/// [`insert_attachment_into`] for an entry whose Hessian2 encoding the caller already has
+/// (`entry`: the key's and the value's encodings, in parts, one after the other, e.g. a fixed
+/// prefix and a value): the frame is copied around it, nothing is encoded. The caller vouches
+/// that the parts are one well-formed string key and value (see [`encoded_string_header`]).
+pub fn insert_encoded_attachment_into(
+    out: &mut BytesMut,
+    frame: &[u8],
+    end: usize,
+    entry: &[&[u8]],
+) -> Option<()> {
+    let extra = entry.iter().map(|p| p.len()).sum();
+    insert_with(out, frame, end, extra, |out| {
+        for p in entry {
+            out.extend_from_slice(p);
+        }
+    })
+}
+
+/// The Hessian2 header of a string of `units` UTF-16 units short enough for one chunk
+/// (up to 32768: `Writer::string`'s own choice of form), with how many of its bytes are used.
+pub const fn encoded_string_header(units: usize) -> ([u8; 3], usize) {
+    if units <= 0x1f {
+        ([units as u8, 0, 0], 1)
+    } else if units <= 0x3ff {
+        ([tag::STRING_SHORT + (units >> 8) as u8, units as u8, 0], 2)
+    } else {
+        ([tag::STRING_FINAL, (units >> 8) as u8, units as u8], 3)
+    }
+}
+
+fn insert_with(
+    out: &mut BytesMut,
+    frame: &[u8],
+    end: usize,
+    extra: usize,
+    entry: impl FnOnce(&mut BytesMut),
+) -> Option<()> {
     let body = frame.get(HEADER_BYTES..)?;
     if end >= body.len() {
         return None;
     }
     let (head, tail) = (frame.get(..HEADER_BYTES + end)?, body.get(end..)?);
     let start = out.len();
-    out.reserve(frame.len() + key.len() + value.len() + 8);
+    out.reserve(frame.len() + extra);
     out.extend_from_slice(head);
-    Writer::new(&mut *out).string(key).string(value);
+    entry(&mut *out);
     out.extend_from_slice(tail);
     let len = u32::try_from(out.len() - start - HEADER_BYTES).ok();
     let at = start + field::BODY_LEN.start..start + field::BODY_LEN.end;

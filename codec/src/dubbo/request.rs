@@ -9,7 +9,9 @@
 //! without building them, and checks the attachments map, remembering only offsets and the
 //! `group` value: routing reads interface, version, method and group without allocating or
 //! rescanning (and the map's end). [`RequestRepr::parse_visiting`] also hands the caller each
-//! attachment that scan reads (a trace context, without a second scan). Arguments
+//! attachment that scan reads (a trace context, without a second scan), and
+//! [`RequestRepr::parse_visiting_if`] reads the map only when a caller's look at its raw bytes
+//! says a wanted key may be there. Arguments
 //! ([`RequestRepr::argument`]) and other attachments
 //! ([`RequestRepr::attachment`]) are found on demand by a scan from a remembered offset.
 //! [`RequestRepr::parse_preamble`] reads only the five strings (and checks the descriptor), for
@@ -82,22 +84,47 @@ impl<'a> RequestRepr<'a> {
     /// context) gets them without a second scan.
     pub fn parse_visiting(
         body: &'a [u8],
-        mut visit: impl FnMut(&'a [u8], Scalar<'a>),
+        visit: impl FnMut(&'a [u8], Scalar<'a>),
     ) -> Result<RequestRepr<'a>, DecodeError> {
+        Self::parse_visiting_if(body, |_| true, visit).map(|(req, _)| req)
+    }
+
+    /// [`RequestRepr::parse_visiting`] for a caller that wants a few attachments by name and
+    /// may add one: `may_hold` is handed the bytes from the attachments map to the body's end
+    /// and says whether they may hold a key `visit` wants (a cheap look at the raw bytes; it
+    /// must never say no when one is there, a yes that finds none costs only the scan). On a
+    /// no, the arguments are skipped (and checked) but the map is not read: nothing is
+    /// visited, and the request is as [`RequestRepr::parse_preamble`] leaves it (`group` and
+    /// other attachments are found by a scan when asked). Also returns where the map's
+    /// entries start (after its `H`, or its `M` and type): an entry written there joins the
+    /// map ([`super::encode::insert_attachment_into`]). `None` when the body has no map.
+    pub fn parse_visiting_if(
+        body: &'a [u8],
+        may_hold: impl FnOnce(&'a [u8]) -> bool,
+        mut visit: impl FnMut(&'a [u8], Scalar<'a>),
+    ) -> Result<(RequestRepr<'a>, Option<usize>), DecodeError> {
         let (mut req, mut r) = Self::preamble(body)?;
-        req.preamble_only = false;
         for _ in 0..req.argument_count {
             r.skip_value()?;
         }
+        if !matches!(r.peek(), None | Some(crate::hessian2::tag::NULL))
+            && !may_hold(body.get(r.position()..).unwrap_or_default())
+        {
+            r.read_map_begin()?;
+            return Ok((req, Some(r.position())));
+        }
+        req.preamble_only = false;
         let attachments_need_arguments = r.class_defs() > 0 || r.types() > 0;
         let mut group = None;
         let mut attachments_end = None;
+        let mut entries = None;
         let attachments_offset = match r.peek() {
             None => None,
             Some(crate::hessian2::tag::NULL) => None,
             Some(_) => {
                 let offset = r.position();
                 r.read_map_begin()?;
+                entries = Some(r.position());
                 loop {
                     let at = r.position();
                     if r.read_end() {
@@ -116,13 +143,14 @@ impl<'a> RequestRepr<'a> {
                 Some(offset)
             }
         };
-        Ok(RequestRepr {
+        let req = RequestRepr {
             group,
             attachments_offset,
             attachments_need_arguments,
             attachments_end,
             ..req
-        })
+        };
+        Ok((req, entries))
     }
 
     /// Parses only the five leading strings of a request body (and the parameter count from

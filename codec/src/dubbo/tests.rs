@@ -680,3 +680,63 @@ fn insert_attachment_joins_the_map() {
     assert_eq!(req2.offset_of(b"elsewhere"), None);
     assert!(encode::insert_attachment(&frame, frame.len(), "k", "v").is_none());
 }
+
+#[test]
+fn parse_visiting_if_skips_the_map_on_a_no_and_finds_its_entries() {
+    let args = [Arg::Str("world"), Arg::Int(7)];
+    let frame = RequestBuilder::new("com.example.Greeter", "sayHello")
+        .version("1.0.0")
+        .group("g1")
+        .args(&args)
+        .attachments(&[("tenant", "t1")])
+        .build();
+    let body = &frame[HEADER_BYTES..];
+    let full = RequestRepr::parse(body).unwrap();
+    // A yes: the same request and visits as parse_visiting; the entries start after the `H`.
+    let mut seen = Vec::new();
+    let (req, entries) =
+        RequestRepr::parse_visiting_if(body, |_| true, |k, _| seen.push(k.to_vec())).unwrap();
+    assert_eq!(req, full);
+    assert_eq!(seen.len(), 5, "path, interface, version, group, tenant");
+    let map_at = entries.unwrap() - 1;
+    assert_eq!(body[map_at], b'H');
+    // A no: `may_hold` sees the map's bytes to the end; nothing is visited, the map not read,
+    // and the attachments are still found (by a scan).
+    let mut looked = None;
+    let (lazy, entries2) = RequestRepr::parse_visiting_if(
+        body,
+        |rest| {
+            looked = Some(rest.len());
+            false
+        },
+        |_, _| panic!("visited after a no"),
+    )
+    .unwrap();
+    assert_eq!(looked, Some(body.len() - map_at));
+    assert_eq!(entries2, entries);
+    assert_eq!(lazy.interface(), full.interface());
+    assert_eq!(lazy.group(), Some(&b"g1"[..]));
+    assert_eq!(lazy.attachment(b"tenant"), Some(&b"t1"[..]));
+    assert_eq!(lazy.attachments_end(), full.attachments_end());
+    // An entry written where the entries start joins the map.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut grown = BytesMut::new();
+    encode::insert_attachment_into(&mut grown, &frame, entries2.unwrap(), "traceparent", tp)
+        .unwrap();
+    let req2 = RequestRepr::parse_frame(&grown).unwrap();
+    assert_eq!(req2.attachment(b"traceparent"), Some(tp.as_bytes()));
+    assert_eq!(req2.attachment(b"tenant"), Some(&b"t1"[..]));
+    assert_eq!(req2.group(), Some(&b"g1"[..]));
+    assert_eq!(req2.argument(1).unwrap(), Some(Scalar::Int(7)));
+    // Bad (here: cut) arguments are still an error on a no; a body without a map has no
+    // entries.
+    let Ok(Some(Scalar::Str(world))) = full.argument(0) else {
+        panic!("first argument")
+    };
+    let world_at = full.offset_of(world).unwrap();
+    let cut = &body[..world_at + 2];
+    assert!(RequestRepr::parse_visiting_if(cut, |_| false, |_, _| {}).is_err());
+    let no_map = &body[..map_at];
+    let (_, none) = RequestRepr::parse_visiting_if(no_map, |_| false, |_, _| {}).unwrap();
+    assert_eq!(none, None);
+}

@@ -412,6 +412,9 @@ pub struct ListenerLog {
     pub headers: Rc<[(Part, String)]>,
     /// Some format reads a response header or trailer.
     pub reads_response: bool,
+    /// Some format shows a `%DUBBO_*%` field (else a Dubbo call need not keep its fields for
+    /// the log).
+    pub shows_dubbo: bool,
     /// xorshift64* state for runtime filters (never 0); seeded per listener and shard.
     rng: Cell<u64>,
 }
@@ -522,7 +525,7 @@ impl ShardLogs {
             return None;
         }
         let mut headers: Vec<(Part, String)> = Vec::new();
-        let logs = specs
+        let logs: Vec<ShardLog> = specs
             .iter()
             .map(|s| {
                 for h in s.format.headers() {
@@ -542,8 +545,10 @@ impl ShardLogs {
                 }
             })
             .collect();
+        let shows_dubbo = logs.iter().any(|l| l.shows.dubbo);
         Some(Rc::new(ListenerLog {
             logs,
+            shows_dubbo,
             reads_response: headers.iter().any(|(p, _)| *p != Part::Request),
             headers: headers.into(),
             rng: Cell::new(seed()),

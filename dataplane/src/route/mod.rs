@@ -20,6 +20,8 @@ pub enum RouteError {
     UnknownCluster(String),
     #[error(transparent)]
     Regex(#[from] regex::Error),
+    #[error("rewrite: {0}")]
+    Rewrite(String),
     /// A header mutation the protocol cannot do (its message names it).
     #[error("{0}")]
     Header(String),
@@ -183,6 +185,192 @@ pub struct Action {
     pub fault: Option<config::Fault>,
     /// The route's `request_mirror_policies`: (shadow cluster index in the config, share).
     pub mirrors: Vec<(usize, config::Share)>,
+    /// The route's path and host rewrites (`None`: the request goes as it came).
+    pub rewrite: Option<Box<Rewrite>>,
+}
+
+/// What a route's `match.path` condition matched, for a `prefix` rewrite: the route's
+/// conditions say (a protocol without rewrites keeps the default).
+pub trait Matched {
+    /// The length of the path's matched part: its `prefix`, `exact` path or
+    /// `separated_prefix`; `None` for the whole path without its query (a regex or no path
+    /// condition), as Envoy's regex routes.
+    fn matched_len(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A route's rewrites compiled (config `rewrite` and the weighted clusters' `host_rewrite`).
+pub struct Rewrite {
+    path: Option<PathRewrite>,
+    host: Option<HostRewrite>,
+    /// Per target (as `Action::targets`): its weighted cluster's `host_rewrite`.
+    target_hosts: Vec<Option<Box<[u8]>>>,
+    pub append_xfh: bool,
+}
+
+enum PathRewrite {
+    /// The first `len` bytes (`None`: the path without its query) replaced by `with`.
+    Prefix(Option<usize>, Box<[u8]>),
+    /// Every match replaced (in the path without its query).
+    Regex(Regex, String),
+}
+
+enum HostRewrite {
+    Literal(Box<[u8]>),
+    Header(Box<[u8]>),
+    PathRegex(Regex, String),
+}
+
+/// A request's new path and `:authority`, where a rewrite changed them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    pub path: Option<Vec<u8>>,
+    pub host: Option<Vec<u8>>,
+    /// The `:authority` the route's own host rewrite replaced (the request's, or its weighted
+    /// cluster's `host_rewrite`), when not empty: Envoy's `updateAuthority` puts it in
+    /// `x-envoy-original-host` (unless the router suppresses Envoy's headers) and appends it to
+    /// `x-forwarded-host` (`append_x_forwarded_host`).
+    pub replaced_host: Option<Vec<u8>>,
+}
+
+/// A regex rewrite compiled: the pattern (unanchored, as RE2's `GlobalReplace`) and the
+/// substitution in the `regex` crate's syntax.
+fn regex_rewrite(r: &config::RegexRewrite) -> Result<(Regex, String), RouteError> {
+    let re = Regex::new(&r.pattern)?;
+    let with = r
+        .replacement(re.captures_len() - 1)
+        .map_err(RouteError::Rewrite)?;
+    Ok((re, with))
+}
+
+/// `x-forwarded-host` with the replaced host `old` appended (Envoy's `append_x_forwarded_host`:
+/// `,`-separated, not when it is the last value already); `None` when it stays as it is or
+/// `old` is empty.
+pub fn forwarded_host(xfh: Option<&[u8]>, old: &[u8]) -> Option<Vec<u8>> {
+    if old.is_empty() {
+        return None;
+    }
+    match xfh.filter(|x| !x.is_empty()) {
+        None => Some(old.to_vec()),
+        Some(x) if x.rsplit(|&b| b == b',').next() == Some(old) => None,
+        Some(x) => Some([x, b",", old].concat()),
+    }
+}
+
+/// The path without its query and fragment.
+fn just_path(path: &[u8]) -> &[u8] {
+    let end = path
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    &path[..end]
+}
+
+impl Rewrite {
+    fn new(
+        a: &config::RouteAction,
+        matched_len: Option<usize>,
+    ) -> Result<Option<Box<Rewrite>>, RouteError> {
+        let target_hosts: Vec<Option<Box<[u8]>>> = a
+            .weighted_clusters
+            .iter()
+            .map(|w| w.host_rewrite.as_ref().map(|h| h.as_bytes().into()))
+            .collect();
+        let weighted = target_hosts.iter().any(Option::is_some);
+        let Some(r) = a.rewrite.as_ref() else {
+            return Ok(weighted.then(|| {
+                Box::new(Rewrite {
+                    path: None,
+                    host: None,
+                    target_hosts,
+                    append_xfh: false,
+                })
+            }));
+        };
+        let path = match (&r.prefix, &r.regex) {
+            (Some(p), _) => Some(PathRewrite::Prefix(matched_len, p.as_bytes().into())),
+            (None, Some(re)) => {
+                let (re, with) = regex_rewrite(re)?;
+                Some(PathRewrite::Regex(re, with))
+            }
+            (None, None) => None,
+        };
+        let host = match (&r.host, &r.host_header, &r.host_path_regex) {
+            (Some(h), _, _) => Some(HostRewrite::Literal(h.as_bytes().into())),
+            (None, Some(h), _) => Some(HostRewrite::Header(
+                h.to_ascii_lowercase().into_bytes().into(),
+            )),
+            (None, None, Some(re)) => {
+                let (re, with) = regex_rewrite(re)?;
+                Some(HostRewrite::PathRegex(re, with))
+            }
+            (None, None, None) => None,
+        };
+        if path.is_none() && host.is_none() && !weighted {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(Rewrite {
+            path,
+            host,
+            target_hosts,
+            append_xfh: r.append_x_forwarded_host,
+        })))
+    }
+
+    /// Whether it rewrites paths (then the path as it came goes in `x-envoy-original-path`).
+    pub fn rewrites_path(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// The new path and `:authority` of a request with `path` (query included), sent to target
+    /// `target` (`Action::pick_target`); `header` reads its headers. As Envoy's route entry:
+    /// the weighted cluster's host, then the route's host rewrite (from the path as it came),
+    /// then the path rewrite.
+    pub fn apply<'h>(
+        &self,
+        target: usize,
+        path: &[u8],
+        authority: &[u8],
+        header: impl Fn(&[u8]) -> Option<&'h [u8]>,
+    ) -> Rewritten {
+        let mut out = Rewritten {
+            host: self
+                .target_hosts
+                .get(target)
+                .and_then(|h| h.as_deref())
+                .map(<[u8]>::to_vec),
+            path: None,
+            replaced_host: None,
+        };
+        let host = match &self.host {
+            None => None,
+            Some(HostRewrite::Literal(h)) => Some(h.to_vec()),
+            Some(HostRewrite::Header(name)) => header(name).map(<[u8]>::to_vec),
+            Some(HostRewrite::PathRegex(re, with)) => Some(
+                re.replace_all(just_path(path), with.as_bytes())
+                    .into_owned(),
+            ),
+        };
+        if let Some(h) = host.filter(|h| !h.is_empty()) {
+            let prior = out.host.replace(h).unwrap_or_else(|| authority.to_vec());
+            out.replaced_host = (!prior.is_empty()).then_some(prior);
+        }
+        let rest = |n: usize| &path[n.min(path.len())..];
+        out.path = match &self.path {
+            None => None,
+            Some(PathRewrite::Prefix(len, with)) => {
+                let n = len.unwrap_or_else(|| just_path(path).len());
+                Some([&with[..], rest(n)].concat())
+            }
+            Some(PathRewrite::Regex(re, with)) => {
+                let p = just_path(path);
+                let new = re.replace_all(p, with.as_bytes());
+                Some([&new[..], rest(p.len())].concat())
+            }
+        };
+        out
+    }
 }
 
 /// A fault to inject into one request.
@@ -376,6 +564,7 @@ impl Action {
             retry: None,
             fault: None,
             mirrors: Vec::new(),
+            rewrite: None,
         }
     }
 
@@ -393,6 +582,7 @@ impl Action {
         a: &config::RouteAction,
         clusters: &[config::Cluster],
         route_index: usize,
+        matched_len: Option<usize>,
     ) -> Result<Action, RouteError> {
         let targets = match &a.cluster {
             Some(c) => vec![(cluster_index(clusters, c)?, 1)],
@@ -414,6 +604,7 @@ impl Action {
             .iter()
             .map(|m| Ok((cluster_index(clusters, &m.cluster)?, m.percentage)))
             .collect::<Result<_, RouteError>>()?;
+        action.rewrite = Rewrite::new(a, matched_len)?;
         Ok(action)
     }
 
@@ -460,7 +651,7 @@ pub struct Table<M> {
     default: Option<Action>,
 }
 
-impl<M> Table<M> {
+impl<M: Matched> Table<M> {
     /// Routes nothing (every request gets "no route").
     pub fn empty() -> Self {
         Table {
@@ -494,7 +685,11 @@ impl<M> Table<M> {
             .enumerate()
             .map(|(i, r)| {
                 let (m, action) = compile(r)?;
-                Ok((m, Action::from_config(action, clusters, first + i)?))
+                let matched = m.matched_len();
+                Ok((
+                    m,
+                    Action::from_config(action, clusters, first + i, matched)?,
+                ))
             })
             .collect::<Result<_, RouteError>>()?;
         let default = default_cluster
@@ -548,7 +743,7 @@ pub struct HostRoutes<'a, C> {
     pub routes: &'a [C],
 }
 
-impl<M> Hosts<M> {
+impl<M: Matched> Hosts<M> {
     /// Compiles each host's domains and routes (route indices run on across hosts, in order)
     /// and the default route to `default_cluster`. Validated config has each domain once; a
     /// repeated one keeps its first host.
@@ -774,6 +969,7 @@ mod tests {
     }
 
     struct Any;
+    impl Matched for Any {}
     impl Match<()> for Any {
         fn matches(&self, _: &()) -> bool {
             true

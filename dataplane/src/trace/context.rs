@@ -70,6 +70,42 @@ impl Field {
     }
 }
 
+/// Whether `bytes` (a Dubbo request's attachments map, raw) may hold a [`Field`]'s name,
+/// compared ignoring case: a `3` after a `b` or `B` (every B3 name has `b3`), or a `p` or `P`
+/// after an `e` or `E` (`traceparent`). Never no when a name is there; a yes may find none
+/// (the map is then read as before). A request without any lets its map go unread.
+pub fn may_name_field(bytes: &[u8]) -> bool {
+    // Byte pairs 16 at a time with no early exit inside a chunk, which the compiler turns into
+    // SIMD compares (~250 instructions for a request's usual ~100 bytes of attachments, where
+    // reading the map costs ~700).
+    let Some(firsts) = bytes.get(..bytes.len().saturating_sub(1)) else {
+        return false;
+    };
+    let seconds = bytes.get(1..).unwrap_or_default();
+    let pair = |p: u8, q: u8| {
+        let (p, q) = (p | 0x20, q | 0x20);
+        ((p == b'b') & (q == b'3')) | ((p == b'e') & (q == b'p'))
+    };
+    let mut xs = firsts.chunks_exact(16);
+    let mut ys = seconds.chunks_exact(16);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        let (Ok(x), Ok(y)) = (<&[u8; 16]>::try_from(x), <&[u8; 16]>::try_from(y)) else {
+            return true;
+        };
+        let mut hit = 0u8;
+        for i in 0..16 {
+            hit |= u8::from(pair(x[i], y[i]));
+        }
+        if hit != 0 {
+            return true;
+        }
+    }
+    xs.remainder()
+        .iter()
+        .zip(ys.remainder())
+        .any(|(&p, &q)| pair(p, q))
+}
+
 impl<'a> Carrier<'a> {
     /// Records `value` under `field` (the first value of a name wins).
     pub fn set(&mut self, field: Field, value: &'a [u8]) {
@@ -326,6 +362,48 @@ mod tests {
     use super::*;
 
     const TP: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// The pre-check says yes for every field name in every mix of case (alone and inside
+    /// other bytes), and no for the attachments of a request without a context.
+    #[test]
+    fn may_name_field_never_misses_a_name() {
+        let names: [&[u8]; 7] = [
+            b"traceparent",
+            b"b3",
+            b"x-b3-traceid",
+            b"x-b3-spanid",
+            b"x-b3-parentspanid",
+            b"x-b3-sampled",
+            b"x-b3-flags",
+        ];
+        for name in names {
+            let letters: Vec<usize> = (0..name.len())
+                .filter(|&i| name[i].is_ascii_alphabetic())
+                .collect();
+            // Every case mix of the letters (traceparent: 2^11).
+            for mask in 0u32..(1 << letters.len().min(16)) {
+                let mut n = name.to_vec();
+                for (bit, &i) in letters.iter().enumerate() {
+                    if mask & (1 << bit) != 0 {
+                        n[i] = n[i].to_ascii_uppercase();
+                    }
+                }
+                assert!(Field::of(&n).is_some());
+                assert!(may_name_field(&n), "{}", String::from_utf8_lossy(&n));
+                let mut framed = b"\x04path\x30\x22org.apache".to_vec();
+                framed.push(n.len() as u8);
+                framed.extend_from_slice(&n);
+                framed.extend_from_slice(b"\x01vZ");
+                assert!(may_name_field(&framed));
+            }
+        }
+        let plain = b"H\x04path\x30\x22org.apache.dubbo.bench.EchoService\x09interface\x30\x22org.apache.dubbo.bench.EchoService\x07version\x051.0.0\x07timeout\x043000Z";
+        assert!(!may_name_field(plain));
+        assert!(!may_name_field(b""));
+        assert!(!may_name_field(b"3p"));
+        // A near miss is a yes (then the map is read): exactness is the parse's.
+        assert!(may_name_field(b"\x04keep"));
+    }
 
     #[test]
     fn traceparent_round_trip() {

@@ -212,18 +212,23 @@ impl DubboListener {
         h: &wire::Header,
         frame_bytes: usize,
         req: Option<&wire::RequestView<'_>>,
+        at: (Instant, SystemTime),
     ) -> Option<Box<Logged>> {
-        self.capture_traced(h, frame_bytes, req, None)
+        self.capture_traced(h, frame_bytes, req, None, at)
     }
 
     /// A record of a request for the access log and, for a sampled call, its span (`None`
-    /// when neither wants one).
+    /// when neither wants one). `at`: when the request arrived, monotonic and wall-clock
+    /// ([`DownConn::read_at`]: its read batch's, read once per batch, not per call; the wall
+    /// clock is kept only on a listener that logs). Interface, method, version and group are
+    /// kept only for a span or a format that shows them.
     fn capture_traced(
         &self,
         h: &wire::Header,
         frame_bytes: usize,
         req: Option<&wire::RequestView<'_>>,
         trace: Option<Decision>,
+        at: (Instant, SystemTime),
     ) -> Option<Box<Logged>> {
         let trace = trace.filter(|d| d.sampled);
         if self.log.is_none() && trace.is_none() {
@@ -240,13 +245,17 @@ impl DubboListener {
                 trace: None,
             })
         });
-        lg.trace = trace;
-        lg.start = SystemTime::now();
-        lg.started = Instant::now();
+        lg.start = match &self.log {
+            Some(_) => at.1,
+            None => SystemTime::now(),
+        };
+        lg.started = at.0;
         lg.request_id = h.id;
         lg.bytes_received = frame_bytes as u64;
         lg.fields.clear();
-        if let Some(r) = req {
+        let keep = trace.is_some() || self.log.as_ref().is_some_and(|l| l.shows_dubbo);
+        lg.trace = trace;
+        if let Some(r) = req.filter(|_| keep) {
             let parts = [
                 r.interface_bytes(),
                 r.method_bytes(),
@@ -318,6 +327,9 @@ pub struct DownConn {
     greeted: Cell<bool>,
     /// When the last read returned bytes, and when the last request arrived.
     last_read: Cell<Instant>,
+    /// The wall-clock time of `last_read`, kept when the listener logs (a logged call's
+    /// `%START_TIME%`: one clock read per read batch, not per call).
+    last_read_wall: Cell<SystemTime>,
     last_request: Cell<Instant>,
     /// The reader waits for room (we stopped reading): the heartbeat timer does not run.
     paused: Cell<bool>,
@@ -365,10 +377,15 @@ pub struct DownConn {
 
 impl DownConn {
     /// Queues the upstream's response (already carrying the caller's request id).
-    pub fn response(&self, frame: Bytes, started: Instant, counted: Counted) {
+    /// Queues a provider's answer (counted); returns when it came (the clock read that timed
+    /// it, for the access log).
+    pub fn response(&self, frame: Bytes, started: Instant, counted: Counted) -> Instant {
         let l = &self.l;
-        l.stats
-            .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
+        let now = Instant::now();
+        l.stats.record_us(
+            l.ids.rq_time,
+            now.saturating_duration_since(started).as_micros() as u64,
+        );
         if wire::response_ok(&frame) {
             l.stats.inc(l.ids.rsp_ok);
             counted.inc(&l.stats, |c| c.rsp_ok);
@@ -377,6 +394,7 @@ impl DownConn {
             counted.inc(&l.stats, |c| c.rsp_error);
         }
         self.push(frame);
+        now
     }
 
     /// Queues an error reply made by ringside itself (`counted`: once routed).
@@ -392,6 +410,20 @@ impl DownConn {
         let len = frame.len();
         self.push(frame);
         len
+    }
+
+    /// Notes a read: its time, and its wall-clock time when the listener logs.
+    fn mark_read(&self) {
+        self.last_read.set(Instant::now());
+        if self.l.log.is_some() {
+            self.last_read_wall.set(SystemTime::now());
+        }
+    }
+
+    /// When the bytes being handled were read: monotonic and (on a listener that logs)
+    /// wall-clock.
+    fn read_at(&self) -> (Instant, SystemTime) {
+        (self.last_read.get(), self.last_read_wall.get())
     }
 
     /// Answers `id` with `e` and logs the call (when the listener logs and `lg` was captured).
@@ -453,6 +485,30 @@ impl DownConn {
         cluster: Option<&str>,
         bytes_sent: usize,
     ) {
+        self.log_call_at(
+            lg,
+            status,
+            flags,
+            upstream,
+            cluster,
+            bytes_sent,
+            Instant::now(),
+        );
+    }
+
+    /// [`DownConn::log_call`] for a call answered at `ended` (a clock reading the caller
+    /// already took).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn log_call_at(
+        &self,
+        lg: Box<Logged>,
+        status: u8,
+        flags: Flags,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+        bytes_sent: usize,
+        ended: Instant,
+    ) {
         if let (Some(t), Some(d)) = (&self.l.trace, &lg.trace) {
             let call = lg.call();
             let server = t.kind() == crate::trace::otlp::SPAN_KIND_SERVER;
@@ -477,13 +533,15 @@ impl DownConn {
                 },
             );
         }
-        self.log_line(&lg, status, flags, upstream, cluster, bytes_sent);
+        let duration = ended.saturating_duration_since(lg.started);
+        self.log_line(&lg, status, flags, upstream, cluster, bytes_sent, duration);
         let mut pool = self.l.log_pool.borrow_mut();
         if pool.len() < LOG_POOL_MAX {
             pool.push(lg);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log_line(
         &self,
         lg: &Logged,
@@ -492,11 +550,12 @@ impl DownConn {
         upstream: Option<SocketAddr>,
         cluster: Option<&str>,
         bytes_sent: usize,
+        duration: Duration,
     ) {
         let Some(log) = &self.l.log else { return };
         log.write(&Record {
             start: lg.start,
-            duration: lg.started.elapsed(),
+            duration,
             protocol: Some("dubbo"),
             response_code: Some(u32::from(status)),
             grpc_status: None,
@@ -716,6 +775,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         // An adopted connection spoke to the predecessor already.
         greeted: Cell::new(adopted),
         last_read: Cell::new(accepted),
+        last_read_wall: Cell::new(SystemTime::now()),
         last_request: Cell::new(accepted),
         paused: Cell::new(false),
         cut: Cell::new(None),
@@ -984,7 +1044,7 @@ async fn read_loop<R: StopRead>(conn: &Rc<DownConn>, r: &mut R, carried: Option<
                 }
             }
             conn.paused.set(false);
-            conn.last_read.set(Instant::now());
+            conn.mark_read();
         }
         if conn.closed.get() {
             break;
@@ -1013,7 +1073,7 @@ async fn read_loop<R: StopRead>(conn: &Rc<DownConn>, r: &mut R, carried: Option<
         }
         match res {
             Ok(0) | Err(_) => break,
-            Ok(_) => conn.last_read.set(Instant::now()),
+            Ok(_) => conn.mark_read(),
         }
     }
     conn.read_done.set(true);
@@ -1114,7 +1174,7 @@ fn on_frame(conn: &Rc<DownConn>, h: wire::Header, frame: BytesMut) -> Result<(),
         // Consumers don't send responses: the stream is not what we think it is.
         l.stats.inc(l.ids.rq_bad);
         tracing::debug!(listener = %l.name, id = h.id, "response frame from a consumer; closing");
-        let lg = l.capture(&h, frame.len(), None);
+        let lg = l.capture(&h, frame.len(), None, conn.read_at());
         conn.local_reply_logged(h.id, &LocalError::ResponseFromConsumer, None, lg, None);
         return Err(());
     }
@@ -1368,8 +1428,9 @@ enum Propagate {
     Untouched,
     /// Span ids rewritten in place (same length: no copy): up to two (frame offset, hex).
     Patch([Option<(usize, [u8; 16])>; 2]),
-    /// No context arrived: a `traceparent` attachment is added at this frame offset (a copy
-    /// of the frame, the one case that re-encodes a forwarded request).
+    /// No context arrived: a `traceparent` attachment is added at this frame offset (the
+    /// attachments map's first entry; a copy of the frame, the one case that changes a
+    /// forwarded request's size).
     Insert {
         end: usize,
         value: [u8; crate::trace::context::TRACEPARENT_BYTES],
@@ -1384,7 +1445,7 @@ impl Propagate {
             return Propagate::Untouched;
         }
         let Some(inc) = d.incoming else {
-            return match t.attachments_end {
+            return match t.insert_at {
                 Some(end) => Propagate::Insert {
                     end,
                     value: cx::traceparent(&d.trace_id, &d.span_id, d.sampled),
@@ -1458,7 +1519,7 @@ fn shed(conn: &DownConn, h: &wire::Header, frame_bytes: usize) {
             buffered: l.budget.used(),
             limit: l.budget.max(),
         };
-        let lg = l.capture(h, frame_bytes, None);
+        let lg = l.capture(h, frame_bytes, None, conn.read_at());
         conn.local_reply_logged(h.id, &e, None, lg, None);
     }
 }
@@ -1487,7 +1548,7 @@ fn authorized(conn: &Rc<DownConn>, h: &wire::Header, frame: &[u8]) -> bool {
         None => rbac.allows(&peer.with(&Opaque), &l.stats),
     };
     if !allowed && h.two_way {
-        let lg = l.capture(h, frame.len(), req.as_ref());
+        let lg = l.capture(h, frame.len(), req.as_ref(), conn.read_at());
         conn.local_reply_logged(h.id, &LocalError::RbacDenied, None, lg, None);
     }
     allowed
@@ -1509,12 +1570,12 @@ fn route_frame<'r>(
                     listener: &l.name,
                     serialization: h.serialization,
                 };
-                let lg = l.capture(h, frame.len(), None);
+                let lg = l.capture(h, frame.len(), None, conn.read_at());
                 conn.local_reply_logged(h.id, &e, None, lg, None);
             }
             return Ok(None);
         };
-        let lg = l.capture(h, frame.len(), None);
+        let lg = l.capture(h, frame.len(), None, conn.read_at());
         // No label can be read: the request is unlabelled.
         let label = l.labels.as_ref().map(|_| crate::cluster::Label::default());
         return Ok(Some((
@@ -1542,7 +1603,7 @@ fn route_frame<'r>(
         Err(e) => {
             l.stats.inc(l.ids.rq_bad);
             if h.two_way {
-                let lg = l.capture(h, frame.len(), None);
+                let lg = l.capture(h, frame.len(), None, conn.read_at());
                 conn.local_reply_logged(h.id, &LocalError::BadRequest(e), None, lg, None);
             }
             return Err(());
@@ -1557,7 +1618,7 @@ fn route_frame<'r>(
             },
             _ => (None, Propagate::Untouched),
         };
-        let lg = l.capture_traced(h, frame.len(), Some(&req), trace);
+        let lg = l.capture_traced(h, frame.len(), Some(&req), trace, conn.read_at());
         let label = l.labels.as_ref().map(|k| req.label(k));
         return Ok(Some((a, service, lg, propagate, label)));
     }
@@ -1572,7 +1633,7 @@ fn route_frame<'r>(
             group: req.group_bytes().unwrap_or(b"-"),
             listener: &l.name,
         };
-        let lg = l.capture(h, frame.len(), Some(&req));
+        let lg = l.capture(h, frame.len(), Some(&req), conn.read_at());
         conn.local_reply_logged(h.id, &e, None, lg, None);
     }
     Ok(None)

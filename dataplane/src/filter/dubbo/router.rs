@@ -116,6 +116,8 @@ impl<R: Inspect> Match<R> for Route {
 /// or `attachments` conditions): when none does, requests are read up to the method only
 /// (`RequestRepr::parse_preamble`), their arguments and attachments left unread unless
 /// something else asks for them.
+impl crate::route::Matched for Route {}
+
 pub struct Router {
     table: Table<Route>,
     reads_attachments: bool,

@@ -844,7 +844,7 @@ impl UpConn {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
                 let (status, len) = (frame[3], frame.len());
-                p.down.response(frame.freeze(), p.started, p.counted);
+                let answered = p.down.response(frame.freeze(), p.started, p.counted);
                 let lb = Some(&*self.pool.lb);
                 p.down.count_istio(
                     lb,
@@ -856,7 +856,8 @@ impl UpConn {
                 );
                 if let Some(lg) = p.log {
                     let addr = Some(self.host.addr);
-                    p.down.log_call(lg, status, Flags::NONE, addr, cluster, len);
+                    p.down
+                        .log_call_at(lg, status, Flags::NONE, addr, cluster, len, answered);
                 }
             }
             Reply::Local(e) => {

@@ -187,21 +187,28 @@ pub struct TraceFields<'a> {
     pub b3_at: Option<usize>,
     pub spanid_at: Option<usize>,
     pub parentspanid_at: Option<usize>,
-    /// Frame offset of the attachments map's end: where a new attachment goes.
-    pub attachments_end: Option<usize>,
+    /// Frame offset of the attachments map's first entry: where a new attachment goes.
+    pub insert_at: Option<usize>,
 }
 
 impl<'a> RequestView<'a> {
     /// [`RequestView::parse`] that also reads the request's trace context (string values
-    /// only), in the same scan of the attachments the parse makes for routing.
+    /// only), in the same scan of the attachments the parse makes for routing. A request
+    /// whose attachment bytes name no context field (`trace::context::may_name_field`, a
+    /// look at the raw bytes) has its arguments skipped and checked but its map left unread
+    /// (as `parse_preamble` leaves it: routes that read attachments scan them).
     pub fn parse_traced(frame: &'a [u8]) -> Result<(Self, TraceFields<'a>), DecodeError> {
         let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
         let mut carrier = Carrier::default();
-        let req = d::request::RequestRepr::parse_visiting(body, |k, v| {
-            if let (Some(field), d::request::Scalar::Str(v)) = (Field::of(k), v) {
-                carrier.set(field, v);
-            }
-        })?;
+        let (req, entries) = d::request::RequestRepr::parse_visiting_if(
+            body,
+            crate::trace::context::may_name_field,
+            |k, v| {
+                if let (Some(field), d::request::Scalar::Str(v)) = (Field::of(k), v) {
+                    carrier.set(field, v);
+                }
+            },
+        )?;
         // The first value of each field is the one kept, and the one rewritten in place.
         let at = |v: Option<&[u8]>| {
             v.and_then(|v| req.offset_of(v))
@@ -212,29 +219,51 @@ impl<'a> RequestView<'a> {
             b3_at: at(carrier.b3),
             spanid_at: at(carrier.x_b3_spanid),
             parentspanid_at: at(carrier.x_b3_parentspanid),
-            attachments_end: req.attachments_end().map(|o| o + d::HEADER_BYTES),
+            insert_at: entries.map(|o| o + d::HEADER_BYTES),
             carrier,
         };
         Ok((RequestView { req }, fields))
     }
 }
 
+/// The Hessian2 encoding of the `traceparent` key and of a value's string header: a value is
+/// always 55 ASCII bytes (lower-case hex and dashes), so its encoding is this prefix and the
+/// value's bytes, written without an encoder (`codec::hessian2::Writer` walks every char).
+const TRACEPARENT_ENTRY_PREFIX: [u8; 14] = {
+    let key = b"traceparent";
+    let (vh, vn) = d::encode::encoded_string_header(TRACEPARENT_BYTES);
+    let (kh, kn) = d::encode::encoded_string_header(11);
+    assert!(kn == 1 && vn == 2 && key.len() == 11);
+    let mut out = [0u8; 14];
+    out[0] = kh[0];
+    let mut i = 0;
+    while i < 11 {
+        out[1 + i] = key[i];
+        i += 1;
+    }
+    out[12] = vh[0];
+    out[13] = vh[1];
+    out
+};
+
 /// Appends to `out` a copy of `frame` with a `traceparent` attachment added at frame offset
-/// `end` (from [`TraceFields::attachments_end`]); `None` (and `out` unchanged) when `end` is not
-/// in the body.
+/// `end` (from [`TraceFields::insert_at`]: the map's first entry); `None` (and `out` unchanged)
+/// when `end` is not in the body. The same bytes as `codec::dubbo::encode::insert_attachment_into`
+/// writes.
 pub fn insert_traceparent_into(
     out: &mut BytesMut,
     frame: &[u8],
     end: usize,
     value: &[u8; TRACEPARENT_BYTES],
 ) -> Option<()> {
-    let v = std::str::from_utf8(value).ok()?;
-    d::encode::insert_attachment_into(
+    if !value.is_ascii() {
+        return None;
+    }
+    d::encode::insert_encoded_attachment_into(
         out,
         frame,
         end.checked_sub(d::HEADER_BYTES)?,
-        "traceparent",
-        v,
+        &[&TRACEPARENT_ENTRY_PREFIX, value],
     )
 }
 
@@ -287,5 +316,41 @@ impl crate::filter::rbac::Request for RequestView<'_> {
     }
     fn method(&self) -> Option<&[u8]> {
         Some(self.method_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pre-encoded `traceparent` entry writes the bytes the Hessian2 encoder writes.
+    #[test]
+    fn traceparent_insert_matches_the_encoder() {
+        let frame = d::encode::RequestBuilder::new("org.apache.dubbo.bench.EchoService", "echo")
+            .version("1.0.0")
+            .args(&[d::encode::Arg::Str("0123456789abcdef")])
+            .build();
+        let req = d::request::RequestRepr::parse_frame(&frame).unwrap();
+        let end = req.attachments_end().unwrap() + d::HEADER_BYTES;
+        let value = crate::trace::context::traceparent(&[0xab; 16], &[0x12; 8], false);
+        let mut ours = BytesMut::from(&b"left alone"[..]);
+        insert_traceparent_into(&mut ours, &frame, end, &value).unwrap();
+        let mut theirs = BytesMut::from(&b"left alone"[..]);
+        d::encode::insert_attachment_into(
+            &mut theirs,
+            &frame,
+            end - d::HEADER_BYTES,
+            "traceparent",
+            std::str::from_utf8(&value).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ours, theirs);
+        let grown = d::request::RequestRepr::parse_frame(&ours[10..]).unwrap();
+        assert_eq!(grown.attachment(b"traceparent"), Some(&value[..]));
+        assert_eq!(grown.attachment(b"path"), req.attachment(b"path"));
+        // Not in the body: nothing written.
+        let mut none = BytesMut::new();
+        assert!(insert_traceparent_into(&mut none, &frame, frame.len(), &value).is_none());
+        assert!(none.is_empty());
     }
 }

@@ -2566,6 +2566,16 @@ fn route_call(
     };
     let respond = super::mutate::Respond::of(headers, target);
     let retry = action.retry;
+    // The route's rewrites: what goes upstream (mirrors and retries too) is the rewritten
+    // request, as Envoy's router sends its finalized headers.
+    let rewritten;
+    let hl = match action.rewrite.as_deref() {
+        None => hl,
+        Some(rw) => {
+            rewritten = rewrite_request(l, rw, target, hl);
+            &rewritten
+        }
+    };
     let mut mirrors = [0; crate::config::MIRROR_POLICIES_MAX];
     let mut mirrors_len = 0u8;
     for (slot, c) in mirrors.iter_mut().zip(action.mirrors(&l.dice)) {
@@ -2615,6 +2625,36 @@ fn route_call(
         slot,
         respond,
     })
+}
+
+/// A copy of request headers `hl` as route rewrite `rw` makes them for target `target`: the
+/// new `:path` and `:authority`, the old ones in `x-envoy-original-path` and
+/// `x-envoy-original-host` (unless the listener suppresses Envoy's headers), the old
+/// `:authority` appended to `x-forwarded-host` when asked (`Rewritten::replaced_host`).
+fn rewrite_request(
+    l: &TripleListener,
+    rw: &crate::route::Rewrite,
+    target: usize,
+    hl: &HeaderList,
+) -> HeaderList {
+    let path = hl.get(b":path").unwrap_or(b"/");
+    let authority = hl.get(b":authority").unwrap_or(b"");
+    let new = rw.apply(target, path, authority, |n| hl.get(n));
+    let mut out = hl.rewritten(new.path.as_deref(), new.host.as_deref());
+    if let Some(old) = &new.replaced_host {
+        if !l.suppress_envoy_headers {
+            out.replace(b"x-envoy-original-host", Some(old));
+        }
+        if rw.append_xfh {
+            if let Some(v) = crate::route::forwarded_host(hl.get(b"x-forwarded-host"), old) {
+                out.replace(b"x-forwarded-host", Some(&v));
+            }
+        }
+    }
+    if new.path.is_some() && !l.suppress_envoy_headers {
+        out.replace(b"x-envoy-original-path", Some(path));
+    }
+    out
 }
 
 /// Encodes a traced call's headers for the upstream: the trace context it carries with

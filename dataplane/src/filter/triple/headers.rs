@@ -85,6 +85,37 @@ impl HeaderList {
         }
     }
 
+    /// A copy with `:path` and `:authority` replaced where given (`:authority` added after the
+    /// pseudo-headers if the list has none); the other fields as they are, in order.
+    pub fn rewritten(&self, path: Option<&[u8]>, authority: Option<&[u8]>) -> HeaderList {
+        let mut out = HeaderList {
+            buf: Vec::with_capacity(self.buf.len() + 64),
+            fields: Vec::with_capacity(self.fields.len() + 2),
+            ..HeaderList::default()
+        };
+        let mut authority_left = authority;
+        for (n, v, never) in self.iter() {
+            let v = match n {
+                b":path" => path.unwrap_or(v),
+                b":authority" => authority_left.take().unwrap_or(v),
+                _ => {
+                    if n.first() != Some(&b':') {
+                        if let Some(a) = authority_left.take() {
+                            out.push(b":authority", a, false, usize::MAX);
+                        }
+                    }
+                    v
+                }
+            };
+            out.push(n, v, never, usize::MAX);
+        }
+        if let Some(a) = authority_left {
+            out.push(b":authority", a, false, usize::MAX);
+        }
+        out.list_bytes = self.list_bytes;
+        out
+    }
+
     /// Adds a field at the end (not counted against the list's limit: a value ringside sets).
     pub fn append(&mut self, name: &[u8], value: &[u8]) {
         let start = self.buf.len() as u32;

@@ -494,7 +494,7 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         _slot: _held,
         mutations,
         respond,
-    } = match route(c, l, &req) {
+    } = match route(c, l, &mut req) {
         Ok(r) => r,
         Err(e) => return local(c, l, &e, close).await,
     };
@@ -667,7 +667,7 @@ struct Routed {
 /// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
 /// found its cluster is the exchange's (`%UPSTREAM_CLUSTER%`), as Envoy's connection manager
 /// sets it when it resolves the route (before rate limits and faults).
-fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed, Local> {
+fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Routed, Local> {
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
@@ -696,6 +696,9 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
     let (cluster, target) = action.pick(l.roll());
     let headers = entry.and_then(|m| m.mutations.as_ref());
     c.seen.cluster = Some(routes.pools[cluster].lb.clone());
+    if let Some(rw) = action.rewrite.as_deref() {
+        rewrite_request(l, rw, target, &c.hl, req);
+    }
     if let Some(limits) = &routes.limits {
         if limits
             .for_route(action.route_index)
@@ -750,6 +753,45 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &Request) -> Result<Routed
             .map(|h| (h.clone(), target)),
         respond: super::mutate::Respond::of(headers, target),
     })
+}
+
+/// Route rewrite `rw` (for target `target`) on the request going upstream, as on HTTP/2
+/// (`conn::rewrite_request`); `hl`: the request as it came.
+fn rewrite_request(
+    l: &TripleListener,
+    rw: &crate::route::Rewrite,
+    target: usize,
+    hl: &HeaderList,
+    req: &mut Request,
+) {
+    let new = rw.apply(target, req.path.as_bytes(), req.authority.as_bytes(), |n| {
+        hl.get(n)
+    });
+    let set = |fields: &mut Vec<(String, Vec<u8>)>, name: &str, v: Vec<u8>| {
+        fields.retain(|(n, _)| n != name);
+        fields.push((name.to_string(), v));
+    };
+    if let Some(old) = new.replaced_host {
+        if rw.append_xfh {
+            let xfh = hl.get(b"x-forwarded-host");
+            if let Some(v) = crate::route::forwarded_host(xfh, &old) {
+                set(&mut req.fields, "x-forwarded-host", v);
+            }
+        }
+        if !l.suppress_envoy_headers {
+            set(&mut req.fields, "x-envoy-original-host", old);
+        }
+    }
+    if let Some(h) = new.host {
+        req.authority = String::from_utf8_lossy(&h).into_owned();
+    }
+    if let Some(p) = new.path {
+        if !l.suppress_envoy_headers {
+            let old = std::mem::take(&mut req.path).into_bytes();
+            set(&mut req.fields, "x-envoy-original-path", old);
+        }
+        req.path = String::from_utf8_lossy(&p).into_owned();
+    }
 }
 
 /// `hl` := the request's fields as an HTTP/2 header list (pseudo-headers first), as routes,
@@ -1057,6 +1099,25 @@ struct Up {
     alpn: crate::io::tls::AlpnOverride,
     /// The connection speaks HTTP/2 ([`h2`]): its state.
     h2: Option<Box<h2::Session>>,
+    /// Its TLS principals (`None`: plaintext, or a server without a certificate), for
+    /// outbound listeners' Istio metrics (`destination_principal`, `source_principal`).
+    tls_peer: Option<Box<crate::stats::istio::UpstreamTls>>,
+    /// Those principals as the last outbound listener that used it labels them: (its id,
+    /// the entry in its table), looked up once per connection and listener.
+    istio_peer: (u64, crate::stats::istio::PeerId),
+}
+
+impl Up {
+    /// The connection's TLS principals as outbound listener `i`'s metrics label them.
+    fn istio_peer(
+        &mut self,
+        i: &crate::stats::istio::IstioListener,
+    ) -> crate::stats::istio::PeerId {
+        if self.istio_peer.0 != i.id() {
+            self.istio_peer = (i.id(), i.upstream(self.tls_peer.as_deref()));
+        }
+        self.istio_peer.1
+    }
 }
 
 /// An idle upstream connection of a pool ([`Pool::http1_idle`]), since when.
@@ -1213,12 +1274,25 @@ async fn upstream<C>(
                     }
                 };
                 let h2 = h2.then(|| Box::new(h2::Session::new()));
+                // The handshake's principals: the server's certificate, ours (the endpoint's
+                // client certificate), as Triple's upstream connections keep them.
+                let tls_peer = match (&s, &tls) {
+                    (UpStream::Tls(t), Some(ours)) => crate::io::Conn::peer_principal(t).map(|p| {
+                        Box::new(crate::stats::istio::UpstreamTls {
+                            peer: p.map(Box::from),
+                            local: ours.principal.clone(),
+                        })
+                    }),
+                    _ => None,
+                };
                 return Ok(Up {
                     s,
                     addr,
                     slot,
                     alpn: alpn.clone(),
                     h2,
+                    tls_peer,
+                    istio_peer: Default::default(),
                 });
             }
             Ok(Err(e)) => {
@@ -1617,6 +1691,10 @@ async fn forward<C: crate::io::Conn>(
         lg.keep(Part::Response, |n| response_field(&resp.head, n));
         if let Mx::Outbound { .. } = mx {
             lg.mx.peer = resp.peer;
+        }
+        // Outbound: the upstream connection's TLS names both principals.
+        if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
+            lg.upstream_peer = up.istio_peer(i);
         }
     }
     let (r, _) = c.s.write_all(resp.head.clone()).await;

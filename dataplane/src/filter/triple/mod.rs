@@ -363,6 +363,8 @@ pub struct TripleListener {
     pub local_uris: std::sync::Arc<[String]>,
     /// `date`, `server`, `x-envoy-upstream-service-time` on responses.
     pub stamp: stamp::Stamp,
+    /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
+    pub suppress_envoy_headers: bool,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
@@ -600,8 +602,7 @@ impl TripleListener {
                 code,
                 grpc: None,
                 flags: (flags.bits(), &text),
-                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS
-                // (not kept for HTTP/1.1 connections: unknown).
+                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS.
                 peer: if istio.inbound() {
                     peer
                 } else {

@@ -136,6 +136,17 @@ impl Match<RequestView<'_>> for Route {
     }
 }
 
+impl crate::route::Matched for Route {
+    fn matched_len(&self) -> Option<usize> {
+        match &self.path {
+            Some(PathCond::Exact(p, _) | PathCond::Prefix(p, _) | PathCond::Separated(p, _)) => {
+                Some(p.len())
+            }
+            Some(PathCond::Regex(_)) | None => None,
+        }
+    }
+}
+
 /// One listener's compiled Triple routes.
 pub type Router = Hosts<Route>;
 
