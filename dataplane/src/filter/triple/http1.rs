@@ -520,13 +520,14 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     }
     let deadline = timeout.map(|t| started + t);
     // Envoy's router tells the upstream the time it will wait (the per-try timeout when it
-    // is the shorter), unless none.
+    // is the shorter), unless none or `suppress_envoy_headers`.
     let per_try = retry.and_then(|r| r.per_try_timeout);
     let expected = match (timeout, per_try) {
         (Some(t), Some(p)) => Some(t.min(p)),
         (t, p) => t.or(p),
     }
-    .map(|t| t.as_millis() as u64);
+    .map(|t| t.as_millis() as u64)
+    .filter(|_| l.stamp.envoy_headers);
     let added = (deadline, expected, rid, tail.as_slice());
     let out = forward(
         c,
@@ -1066,6 +1067,15 @@ async fn local<C: crate::io::Conn>(
     if !body.is_empty() {
         out.push_str("content-type: text/plain\r\n");
     }
+    // Envoy's connection manager's, on its local replies too.
+    out.push_str("date: ");
+    out.push_str(std::str::from_utf8(&super::stamp::http_date()).unwrap_or_default());
+    out.push_str("\r\n");
+    if l.stamp.adds_server(false) {
+        out.push_str("server: ");
+        out.push_str(&String::from_utf8_lossy(&l.stamp.server_name));
+        out.push_str("\r\n");
+    }
     if close {
         out.push_str("connection: close\r\n");
     }
@@ -1397,6 +1407,9 @@ struct Response {
     reusable: bool,
     /// Outbound with Istio's metadata exchange: the upstream's workload its head named.
     peer: MetaId,
+    /// Where the upstream's fields end in `head`, and the fields ringside adds after them
+    /// (before its framing fields): where the stamps go ([`super::stamp::head`]).
+    own: (usize, usize),
 }
 
 /// Istio's metadata exchange on one HTTP/1.1 exchange (`x-envoy-peer-metadata-id`,
@@ -1540,7 +1553,9 @@ fn parse_response(
             out.extend_from_slice(b"\r\n");
         }
     }
+    let fields_end = out.len();
     mx.write(&mut out, false);
+    let own = (fields_end, out.len());
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
     } else if close || framing == Framing::UntilClose {
@@ -1553,6 +1568,7 @@ fn parse_response(
         framing,
         reusable: !upstream_close && framing != Framing::UntilClose,
         peer,
+        own,
     })
 }
 
@@ -1570,6 +1586,8 @@ async fn forward<C: crate::io::Conn>(
     (mirrors, respond): (&[Option<Rc<Pool>>], Option<&super::mutate::Respond>),
 ) -> Result<Next, (Local, Option<bool>)> {
     let mx = Mx::of(l, c.seen.lg.as_deref());
+    // From here to the response head: `x-envoy-upstream-service-time`.
+    let sent = Instant::now();
     let head = request_head(
         req,
         c.scheme,
@@ -1664,6 +1682,8 @@ async fn forward<C: crate::io::Conn>(
     };
     c.seen.code = resp.code;
     let mut resp = resp;
+    let service_ms = sent.elapsed().as_millis() as u64;
+    resp.head = super::stamp::head(&resp.head, resp.own, &l.stamp, Some(service_ms));
     if let Some(r) = respond {
         resp.head = super::mutate::response_head(&resp.head, r);
     }
