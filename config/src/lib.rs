@@ -1459,10 +1459,6 @@ pub struct TripleListener {
     /// and `Hash` (Envoy's `set_current_client_cert_details`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub client_cert_details: ClientCertDetails,
-    /// The router adds no `x-envoy-*` headers to requests (Envoy's router filter
-    /// `suppress_envoy_headers`): `x-envoy-original-path` of a path rewrite.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub suppress_envoy_headers: bool,
     /// Header mutations of every route (Envoy's RouteConfiguration-level
     /// `request_headers_to_add`, ...; docs/config.md#header-mutations).
     #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
@@ -1471,6 +1467,32 @@ pub struct TripleListener {
     /// of the least specific's (Envoy's `most_specific_header_mutations_wins`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub most_specific_header_mutations_wins: bool,
+    /// The `server` header of responses (Envoy's `server_name`); default `ringside`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// What becomes of an upstream response's `server` (Envoy's
+    /// `server_header_transformation`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub server_header_transformation: ServerHeader,
+    /// The router adds no `x-envoy-*` headers (Envoy's router filter
+    /// `suppress_envoy_headers`): no `x-envoy-original-path` on a rewritten request, no
+    /// `x-envoy-expected-rq-timeout-ms` on HTTP/1.1 requests, no
+    /// `x-envoy-upstream-service-time` on responses.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suppress_envoy_headers: bool,
+}
+
+/// Envoy's `server_header_transformation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerHeader {
+    /// `server: <server_name>` on every response, replacing the upstream's.
+    #[default]
+    Overwrite,
+    /// The upstream's when it sent one, else `server: <server_name>`.
+    AppendIfAbsent,
+    /// The upstream's when it sent one, else none.
+    PassThrough,
 }
 
 /// Request and response header mutations of one level (listener, virtual host, route,
@@ -1676,9 +1698,11 @@ impl Default for TripleListener {
             alpn_override: None,
             forward_client_cert: ForwardClientCert::Sanitize,
             client_cert_details: ClientCertDetails::default(),
-            suppress_envoy_headers: false,
             headers: HeaderMutations::default(),
             most_specific_header_mutations_wins: false,
+            server_name: None,
+            server_header_transformation: ServerHeader::default(),
+            suppress_envoy_headers: false,
         }
     }
 }
@@ -4655,6 +4679,14 @@ fn validate_triple(
     }
     for (field, message) in t.headers.problems("headers") {
         err(at(&field), message);
+    }
+    if let Some(n) = &t.server_name {
+        if n.bytes().any(|b| b.is_ascii_control()) {
+            err(
+                at("server_name"),
+                format!("{n:?} holds a control character"),
+            );
+        }
     }
     for (i, r) in t.routes.iter().enumerate() {
         validate_triple_route(r, clusters, &|f| at(&format!("routes[{i}].{f}")), err);

@@ -185,21 +185,26 @@ fn route_config(name: &str, most_specific: bool) -> Value {
     rc
 }
 
-fn snapshot(listen: [SocketAddr; 2], ups: [SocketAddr; 4]) -> Value {
-    let hcm = |rc: Value| {
+/// Three listeners: `least` (the default order; `server_name` overwrites every `server`), `most`
+/// (`most_specific_header_mutations_wins`; APPEND_IF_ABSENT; the router's
+/// `suppress_envoy_headers`), `pass` (PASS_THROUGH).
+fn snapshot(listen: [SocketAddr; 3], ups: [SocketAddr; 4]) -> Value {
+    let hcm = |rc: Value, server: &str, suppress: bool| {
         json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "http", "codec_type": "AUTO",
+            "stat_prefix": "http", "codec_type": "AUTO", "server_name": "istio-envoy",
+            "server_header_transformation": server,
             "route_config": rc,
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                "suppress_envoy_headers": suppress}}]
         })
     };
-    let listener = |name: &str, addr: SocketAddr, most_specific: bool| {
+    let listener = |name: &str, addr: SocketAddr, most_specific: bool, server: &str, suppress| {
         json!({"name": name, "address": socket(addr), "traffic_direction": "OUTBOUND",
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": hcm(route_config(name, most_specific))}]}]})
+                "typed_config": hcm(route_config(name, most_specific), server, suppress)}]}]})
     };
     let options = |mut o: Value| {
         o["@type"] =
@@ -214,7 +219,11 @@ fn snapshot(listen: [SocketAddr; 2], ups: [SocketAddr; 4]) -> Value {
     };
     json!({
         "version": "v1",
-        "listeners": [listener("least", listen[0], false), listener("most", listen[1], true)],
+        "listeners": [
+            listener("least", listen[0], false, "OVERWRITE", false),
+            listener("most", listen[1], true, "APPEND_IF_ABSENT", true),
+            listener("pass", listen[2], false, "PASS_THROUGH", false),
+        ],
         "clusters": [
             cluster("grpc", ups[0], h2()),
             cluster("grpcfail", ups[1], h2()),
@@ -234,13 +243,19 @@ fn proxy_own(name: &str) -> bool {
 }
 
 /// `name: value` lines stably sorted by name (the order of one name's values kept: an append
-/// comes after what was there), without the proxies' own fields.
+/// comes after what was there), without `content-length`, values that are times replaced by
+/// what they are.
 fn fields_by_name<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut v: Vec<(String, String)> = lines
         .filter_map(|l| {
             let (n, val) = l.split_once(": ")?;
             let n = n.to_ascii_lowercase();
-            (!proxy_own(&n)).then(|| (n, val.to_string()))
+            let val = match n.as_str() {
+                "date" if val.ends_with(" GMT") && val.len() == 29 => "<date>".to_string(),
+                "x-envoy-upstream-service-time" if val.parse::<u64>().is_ok() => "<ms>".into(),
+                _ => val.to_string(),
+            };
+            (n != "content-length").then_some((n, val))
         })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -252,12 +267,16 @@ fn fields_by_name<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<String> {
 struct Seen {
     /// The grpcio calls: (request metadata the server saw, response metadata the client got).
     grpc: Vec<(Vec<String>, Vec<String>)>,
+    /// The grpcio calls' `server`, `date` and `x-envoy-upstream-service-time` (values that are
+    /// times replaced by what they are).
+    stamps: Vec<Vec<String>>,
     /// The HTTP/1.1 requests: (status line, response fields, the upstream's echo).
     http1: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
 fn exercise(listen: SocketAddr) -> Seen {
     let mut grpc = Vec::new();
+    let mut stamps = Vec::new();
     let metadata = [
         ("x-client-set", "c"),
         ("x-client-add", "c"),
@@ -301,6 +320,18 @@ fn exercise(listen: SocketAddr) -> Seen {
             "ok" => &out.initial,
             _ => &out.trailers,
         };
+        stamps.push(
+            got.iter()
+                .filter(|(k, _)| proxy_own(k) && *k != "content-length")
+                .map(|(k, v)| match k.as_str() {
+                    "date" if v.ends_with(" GMT") && v.len() == 29 => "date=<date>".to_string(),
+                    "x-envoy-upstream-service-time" if v.parse::<u64>().is_ok() => {
+                        format!("{k}=<ms>")
+                    }
+                    _ => format!("{k}={v}"),
+                })
+                .collect(),
+        );
         let got = got
             .iter()
             .filter(|(k, _)| k.starts_with("x-") && !proxy_own(k))
@@ -339,6 +370,7 @@ fn exercise(listen: SocketAddr) -> Seen {
     }
     Seen {
         grpc,
+        stamps,
         http1: http1_seen,
     }
 }
@@ -369,8 +401,8 @@ fn route_header_mutations_are_envoys() {
     let h1_port = free_port();
     let _h1 = Http1Server::start("127.0.0.1", h1_port, "h1");
     let ups = [grpc.addr(), grpcfail.addr(), local(h2_port), local(h1_port)];
-    let run = |who: &str| -> [Seen; 2] {
-        let listen = [local(free_port()), local(free_port())];
+    let run = |who: &str| -> [Seen; 3] {
+        let listen = [local(free_port()), local(free_port()), local(free_port())];
         let xds = XdsServer::start();
         xds.put(&snapshot(listen, ups)).unwrap();
         let admin = local(free_port());
@@ -461,7 +493,17 @@ fn route_header_mutations_are_envoys() {
     // A trailers-only answer gets the response mutations in its one HEADERS frame.
     assert!(envoy[0].grpc[1].1.contains(&"x-resp-rc=rc".to_string()));
     assert!(envoy[0].http1[1].2[0].contains("x-client-set=route"));
+    // HTTP/2 responses (a trailers-only one too) carry what Envoy adds to every response.
+    assert!(
+        envoy[0].stamps[0].contains(&"server=istio-envoy".to_string()),
+        "{:?}",
+        envoy[0].stamps
+    );
     for (i, (r, e)) in ringside.iter().zip(&envoy).enumerate() {
+        assert_eq!(
+            r.stamps, e.stamps,
+            "listener {i}: server, date, service time"
+        );
         for (k, (rg, eg)) in r.grpc.iter().zip(&e.grpc).enumerate() {
             assert_eq!(
                 rg.0, eg.0,

@@ -691,6 +691,155 @@ fn istio_metrics_name_the_principals_of_outbound_dubbo_calls() {
     }
 }
 
+/// The scrape's lines of `family` (`{` follows the name) once one ends with ` {count}` (5 s).
+fn istio_lines(rs: &Ringside, family: &str, count: u64) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (code, scrape) = rs.get("/stats/prometheus");
+        assert_eq!(code, 200);
+        let lines: Vec<String> = scrape
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .map(str::to_string)
+            .collect();
+        if lines.iter().any(|l| l.ends_with(&format!(" {count}"))) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{family} never reached {count}: {lines:#?}; istio_* lines: {:#?}",
+            scrape
+                .lines()
+                .filter(|l| l.starts_with("istio_"))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The same for HTTP/1.1 requests (docs/observability.md): raw HTTP/1.1 requests through
+/// ringside's outbound triple listener (`http1`) over mutual TLS (ALPN `http/1.1`) to Envoy
+/// 1.40's inbound sidecar (tcp_proxy) in front of an HTTP/1.1 server (Python's http.server);
+/// the upstream connection's principals label them, on one connection kept alive and on a
+/// second one.
+#[test]
+fn istio_metrics_name_the_principals_of_outbound_http1_requests() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    let app_port = free_port();
+    let _app = common::http1::Http1Server::start("127.0.0.1", app_port, "A");
+    let (e_admin, e_listen) = (local(free_port()), local(free_port()));
+    let inbound_ctx = envoy_tls_context(&pki, "provider", CONSUMER_ID, "http/1.1");
+    let _envoy_in = start_envoy(
+        &envoy_sidecar(e_admin, e_listen, local(app_port), Some(inbound_ctx), None),
+        e_admin,
+    );
+    let (r_admin, r_listen) = (local(free_port()), local(free_port()));
+    let yaml = outbound_yaml(
+        &pki,
+        r_admin,
+        r_listen,
+        "triple",
+        e_listen,
+        "consumer",
+        PROVIDER_ID,
+    )
+    .replacen(
+        "cluster: peer}",
+        "cluster: peer, istio_metrics: source, triple: {http1: true}}",
+        1,
+    )
+    .replacen("alpn: [h2]", "alpn: [http/1.1]", 1);
+    let out = start(&yaml, r_admin);
+    for n in [2, 1] {
+        // `n` requests on one keep-alive connection, the last with `Connection: close`.
+        let mut s = std::net::TcpStream::connect(r_listen).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut req = String::new();
+        for i in 0..n {
+            let close = if i + 1 == n {
+                "Connection: close\r\n"
+            } else {
+                ""
+            };
+            req.push_str(&format!(
+                "GET /r{i} HTTP/1.1\r\nHost: provider\r\n{close}\r\n"
+            ));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert_eq!(got.matches("HTTP/1.1 200 OK").count(), n, "{got}");
+    }
+    let requests = istio_lines(&out, "istio_requests_total", 3);
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let l = &requests[0];
+    for want in [
+        "reporter=\"source\"".to_string(),
+        format!("destination_principal=\"{PROVIDER_ID}\""),
+        format!("source_principal=\"{CONSUMER_ID}\""),
+        "destination_workload_namespace=\"default\"".to_string(),
+        "request_protocol=\"http\"".to_string(),
+        "response_code=\"200\"".to_string(),
+    ] {
+        assert!(l.contains(&want), "{want} in {l}");
+    }
+}
+
+/// The same for the tcp proxy's connections (`istio_tcp_*`): Dubbo consumers through
+/// ringside's outbound tcp listener over mutual TLS to Envoy 1.40's inbound sidecar in front
+/// of the provider; the upstream connection's principals label them.
+#[test]
+fn istio_metrics_name_the_principals_of_outbound_tcp_connections() {
+    let pki = Pki::new();
+    let provider = Provider::start("A");
+    let (e_admin, e_listen) = (local(free_port()), local(free_port()));
+    let inbound_ctx = envoy_tls_context(&pki, "provider", CONSUMER_ID, "istio");
+    let _envoy_in = start_envoy(
+        &envoy_sidecar(e_admin, e_listen, provider.addr, Some(inbound_ctx), None),
+        e_admin,
+    );
+    let (r_admin, r_listen) = (local(free_port()), local(free_port()));
+    let yaml = outbound_yaml(
+        &pki,
+        r_admin,
+        r_listen,
+        "tcp",
+        e_listen,
+        "consumer",
+        PROVIDER_ID,
+    )
+    // Counted when a connection ends: the idle timeout ends them (the consumer's close reaches
+    // the provider as a half-close through Envoy, but the test provider keeps a clone of each
+    // connection, so its side stays open).
+    .replacen(
+        "cluster: peer}",
+        "cluster: peer, istio_metrics: source, idle_timeout_ms: 500}",
+        1,
+    );
+    let out = start(&yaml, r_admin);
+    for i in 0..2 {
+        let mut c = Consumer::connect(r_listen);
+        let text = format!("x{i}");
+        assert_eq!(echo(&mut c, &text), (Status::Ok, format!("A|echo|{text}")));
+    }
+    let closed = istio_lines(&out, "istio_tcp_connections_closed_total", 2);
+    assert_eq!(closed.len(), 1, "{closed:#?}");
+    let opened = istio_lines(&out, "istio_tcp_connections_opened_total", 2);
+    for l in [&closed[0], &opened[0]] {
+        for want in [
+            "reporter=\"source\"".to_string(),
+            format!("destination_principal=\"{PROVIDER_ID}\""),
+            format!("source_principal=\"{CONSUMER_ID}\""),
+            "destination_workload_namespace=\"default\"".to_string(),
+            "request_protocol=\"tcp\"".to_string(),
+        ] {
+            assert!(l.contains(&want), "{want} in {l}");
+        }
+    }
+}
+
 /// TLS 1.3 session resumption (docs/security.md, "Session resumption"): ringside's listener
 /// sends session tickets, and a second connection resumes, from Envoy 1.40 as the client
 /// sidecar and from a ringside client sidecar alike (each a tcp proxy, so that every

@@ -25,6 +25,7 @@ use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as http_rl_pb;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use envoy_types::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::action::v3 as gp_action_pb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gp_matcher_pb;
@@ -686,7 +687,7 @@ fn chain_listener(
                 alpn_override,
                 forward_client_cert,
                 client_cert_details,
-                suppress_envoy_headers,
+                server: (server_name, server_header_transformation, suppress_envoy_headers),
             } = hcm(&h, ctx, &tat)?;
             out.access_log = access_logs(&h.access_log, ctx, &format!("{tat}.access_log"))?;
             out.tracing = tracing_config(h.tracing.as_ref(), ctx, &format!("{tat}.tracing"))?;
@@ -706,6 +707,8 @@ fn chain_listener(
                 alpn_override,
                 forward_client_cert,
                 client_cert_details,
+                server_name,
+                server_header_transformation,
                 suppress_envoy_headers,
                 ..TripleListener::default()
             };
@@ -1977,8 +1980,8 @@ struct HcmRes {
     alpn_override: Option<config::AlpnOverride>,
     forward_client_cert: config::ForwardClientCert,
     client_cert_details: config::ClientCertDetails,
-    /// The router filter's `suppress_envoy_headers`.
-    suppress_envoy_headers: bool,
+    /// `server_name`, `server_header_transformation`, the router's `suppress_envoy_headers`.
+    server: (Option<String>, config::ServerHeader, bool),
 }
 
 /// An HTTP connection manager: its inline routes or RDS name, and its filters.
@@ -1990,7 +1993,6 @@ fn hcm(
     let mut limit = None;
     let mut rbac = Vec::new();
     let mut alpn_override = None;
-    let mut suppress_envoy_headers = false;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     let http1 = match CodecType::try_from(h.codec_type) {
         Ok(CodecType::Auto | CodecType::Http1) => true,
@@ -2022,6 +2024,19 @@ fn hcm(
         ));
     }
     let (forward_client_cert, client_cert_details) = client_cert(h, ctx, at)?;
+    use hcm_pb::http_connection_manager::ServerHeaderTransformation as Sht;
+    let transformation = match Sht::try_from(h.server_header_transformation) {
+        Ok(Sht::Overwrite) => config::ServerHeader::Overwrite,
+        Ok(Sht::AppendIfAbsent) => config::ServerHeader::AppendIfAbsent,
+        Ok(Sht::PassThrough) => config::ServerHeader::PassThrough,
+        Err(_) => {
+            return Err(ctx.err(
+                join(at, "server_header_transformation"),
+                format!("unknown value {}", h.server_header_transformation),
+            ))
+        }
+    };
+    let mut suppress_envoy_headers = false;
     for (i, f) in h.http_filters.iter().enumerate() {
         let typed = match &f.config_type {
             Some(hcm_pb::http_filter::ConfigType::TypedConfig(a)) => Some(a),
@@ -2032,8 +2047,7 @@ fn hcm(
         if is_router {
             if let Some(a) = typed.filter(|a| a.type_url == HTTP_ROUTER_TYPE) {
                 let fat = format!("{at}.http_filters[{i}].typed_config");
-                let r: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
-                    unpack(a, HTTP_ROUTER_TYPE, ctx, &fat)?;
+                let r: router_pb::Router = unpack(a, HTTP_ROUTER_TYPE, ctx, &fat)?;
                 suppress_envoy_headers = r.suppress_envoy_headers;
             }
             continue;
@@ -2070,6 +2084,11 @@ fn hcm(
             ));
         }
     }
+    let server = (
+        (!h.server_name.is_empty()).then(|| h.server_name.clone()),
+        transformation,
+        suppress_envoy_headers,
+    );
     match &h.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => Ok(HcmRes {
             routes: route_configuration(rc, ctx, &format!("{at}.route_config"))?,
@@ -2080,7 +2099,7 @@ fn hcm(
             alpn_override,
             forward_client_cert,
             client_cert_details,
-            suppress_envoy_headers,
+            server,
         }),
         Some(RouteSpecifier::Rds(rds)) => {
             let rat = format!("{at}.rds");
@@ -2099,7 +2118,7 @@ fn hcm(
                 alpn_override,
                 forward_client_cert,
                 client_cert_details,
-                suppress_envoy_headers,
+                server,
             })
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => Err(ctx.err(

@@ -98,6 +98,7 @@ impl<'a> RequestRepr<'a> {
     /// other attachments are found by a scan when asked). Also returns where the map's
     /// entries start (after its `H`, or its `M` and type): an entry written there joins the
     /// map ([`super::encode::insert_attachment_into`]). `None` when the body has no map.
+    #[inline]
     pub fn parse_visiting_if(
         body: &'a [u8],
         may_hold: impl FnOnce(&'a [u8]) -> bool,

@@ -173,11 +173,11 @@ pub async fn serve<D: Conn>(
     }
     let (remote, local) = down.addrs();
     let mut out = Outcome::new(start);
-    if let Some(istio) = &l.istio {
+    if let Some(istio) = l.istio.as_ref().filter(|i| i.inbound()) {
+        // Inbound: the caller's mutual TLS (outbound: the upstream connection's, once it is
+        // open).
         out.peer = istio.peer(down.peer_principal().as_ref().map(|p| p.as_deref()));
-        if istio.inbound() {
-            out.meta = istio.peer_metadata_in_band(mx);
-        }
+        out.meta = istio.peer_metadata_in_band(mx);
     }
     let cut = relay_connection(down, l, virtuals, drain, &mut out).await;
     if out.handed_off || out.moved {
@@ -347,7 +347,7 @@ async fn connect_and_relay<D: Conn>(
     };
     let Upstream {
         stream: up_stream,
-        guard: _active,
+        guard: active,
     } = match connected {
         Ok(u) => u,
         Err(e) => {
@@ -364,6 +364,19 @@ async fn connect_and_relay<D: Conn>(
             relay_both(down, up, l, drain, first, out, &cluster.name, pending).await
         }
         UpstreamStream::Tls(mut up) => {
+            if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
+                // Outbound: the handshake's principals, the server's certificate
+                // (`destination_principal`) and ours (`source_principal`).
+                let tls = crate::io::Conn::peer_principal(&*up).map(|p| {
+                    crate::stats::istio::UpstreamTls {
+                        peer: p.map(Box::from),
+                        local: cluster
+                            .tls(active.endpoint)
+                            .and_then(|t| t.principal.clone()),
+                    }
+                });
+                out.peer = i.upstream(tls.as_ref());
+            }
             // Istio's in-band metadata exchange, when the upstream's sidecar negotiated it.
             if crate::io::peer_exchange::negotiated(up.alpn_protocol().as_deref()) {
                 let ours = l.stats.stats.istio_node();

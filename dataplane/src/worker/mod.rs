@@ -871,6 +871,7 @@ impl ShardState {
                 http1: t.http1,
                 alpn: crate::filter::triple::UpstreamAlpn::from_config(t.alpn_override.as_ref()),
                 xfcc: (t.forward_client_cert, t.client_cert_details),
+                stamp: crate::filter::triple::stamp::Stamp::from_config(&t),
                 suppress_envoy_headers: t.suppress_envoy_headers,
                 local_uris: snap
                     .tls

@@ -197,6 +197,7 @@ impl<'a> RequestView<'a> {
     /// whose attachment bytes name no context field (`trace::context::may_name_field`, a
     /// look at the raw bytes) has its arguments skipped and checked but its map left unread
     /// (as `parse_preamble` leaves it: routes that read attachments scan them).
+    #[inline]
     pub fn parse_traced(frame: &'a [u8]) -> Result<(Self, TraceFields<'a>), DecodeError> {
         let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
         let mut carrier = Carrier::default();

@@ -1871,6 +1871,13 @@ impl Conn {
         {
             hpack::encode_field(&mut block, b"location", loc, false);
         }
+        if !headers_sent {
+            // Envoy's connection manager's, on its local replies too.
+            hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
+            if l.stamp.adds_server(false) {
+                hpack::encode_field(&mut block, b"server", &l.stamp.server_name, false);
+            }
+        }
         self.send(id, Out::Headers(block, true));
         // The caller may still be sending: tell it to stop (RFC 9113 8.1).
         let still_sending = self.streams.borrow().get(&id).is_some_and(|s| !s.recv_end);
@@ -1997,19 +2004,20 @@ impl Conn {
         out: &mut Vec<u8>,
         up: &Conn,
     ) {
-        // The route's response header mutations (response headers, not trailers).
-        let respond = match self.mutates.get() {
-            false => None,
-            true => self
-                .streams
-                .borrow()
-                .get(&id)
-                .and_then(|s| s.call.as_ref())
-                .filter(|c| !c.headers_sent)
-                .and_then(|c| c.respond.clone()),
+        let Side::Down(l) = &self.side else {
+            return hl.encode(out);
         };
+        // Response headers (not trailers): the route's mutations, and what Envoy's router and
+        // connection manager add (`x-envoy-upstream-service-time`, `date`, `server`).
+        let first = self
+            .streams
+            .borrow()
+            .get(&id)
+            .and_then(|s| s.call.as_ref())
+            .filter(|c| !c.headers_sent)
+            .map(|c| (c.started, c.respond.clone().filter(|_| self.mutates.get())));
         let mutated;
-        let hl = match respond {
+        let hl = match first.as_ref().and_then(|(_, r)| r.as_ref()) {
             Some(r) => {
                 let mut m = hl.clone();
                 r.apply(&mut m);
@@ -2018,11 +2026,39 @@ impl Conn {
             }
             None => hl,
         };
-        let Side::Down(l) = &self.side else {
-            return hl.encode(out);
+        let st = &l.stamp;
+        let stamped = |n: &[u8]| {
+            first.is_some()
+                && (n == b"date"
+                    || (n == b"server" && st.overwrites_server())
+                    || (n == b"x-envoy-upstream-service-time" && st.envoy_headers))
         };
+        self.encode_exchange(l, id, hl, out, up, &stamped);
+        if let Some((started, _)) = first {
+            if st.envoy_headers {
+                let ms = started.elapsed().as_millis().to_string();
+                hpack::encode_field(out, b"x-envoy-upstream-service-time", ms.as_bytes(), false);
+            }
+            hpack::encode_field(out, b"date", &super::stamp::http_date(), false);
+            if st.adds_server(hl.get(b"server").is_some()) {
+                hpack::encode_field(out, b"server", &st.server_name, false);
+            }
+        }
+    }
+
+    /// Encodes `hl` (without the fields `skip` names) with Istio's metadata exchange when the
+    /// listener has it (see [`Conn::encode_response_headers`]).
+    fn encode_exchange(
+        &self,
+        l: &TripleListener,
+        id: u32,
+        hl: &super::headers::HeaderList,
+        out: &mut Vec<u8>,
+        up: &Conn,
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) {
         let Some(i) = &l.istio else {
-            return hl.encode(out);
+            return hl.encode_except(out, skip);
         };
         let mut streams = self.streams.borrow_mut();
         let Some(lg) = streams
@@ -2031,9 +2067,9 @@ impl Conn {
             .filter(|c| !c.headers_sent)
             .and_then(|c| c.log.as_mut())
         else {
-            return hl.encode(out);
+            return hl.encode_except(out, skip);
         };
-        hl.encode_except(out, exchange::is_header);
+        hl.encode_except(out, |n| exchange::is_header(n) || skip(n));
         if i.inbound() {
             let (own_id, value) = i.own_exchange();
             if !value.is_empty() {

@@ -537,13 +537,14 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     }
     let deadline = timeout.map(|t| started + t);
     // Envoy's router tells the upstream the time it will wait (the per-try timeout when it
-    // is the shorter), unless none.
+    // is the shorter), unless none or `suppress_envoy_headers`.
     let per_try = retry.and_then(|r| r.per_try_timeout);
     let expected = match (timeout, per_try) {
         (Some(t), Some(p)) => Some(t.min(p)),
         (t, p) => t.or(p),
     }
-    .map(|t| t.as_millis() as u64);
+    .map(|t| t.as_millis() as u64)
+    .filter(|_| l.stamp.envoy_headers);
     let added = (deadline, expected, rid, tail.as_slice());
     let out = forward(
         c,
@@ -1105,6 +1106,15 @@ async fn local<C: crate::io::Conn>(
         out.push_str(&String::from_utf8_lossy(loc));
         out.push_str("\r\n");
     }
+    // Envoy's connection manager's, on its local replies too.
+    out.push_str("date: ");
+    out.push_str(std::str::from_utf8(&super::stamp::http_date()).unwrap_or_default());
+    out.push_str("\r\n");
+    if l.stamp.adds_server(false) {
+        out.push_str("server: ");
+        out.push_str(&String::from_utf8_lossy(&l.stamp.server_name));
+        out.push_str("\r\n");
+    }
     if close {
         out.push_str("connection: close\r\n");
     }
@@ -1129,6 +1139,25 @@ struct Up {
     alpn: crate::io::tls::AlpnOverride,
     /// The connection speaks HTTP/2 ([`h2`]): its state.
     h2: Option<Box<h2::Session>>,
+    /// Its TLS principals (`None`: plaintext, or a server without a certificate), for
+    /// outbound listeners' Istio metrics (`destination_principal`, `source_principal`).
+    tls_peer: Option<Box<crate::stats::istio::UpstreamTls>>,
+    /// Those principals as the last outbound listener that used it labels them: (its id,
+    /// the entry in its table), looked up once per connection and listener.
+    istio_peer: (u64, crate::stats::istio::PeerId),
+}
+
+impl Up {
+    /// The connection's TLS principals as outbound listener `i`'s metrics label them.
+    fn istio_peer(
+        &mut self,
+        i: &crate::stats::istio::IstioListener,
+    ) -> crate::stats::istio::PeerId {
+        if self.istio_peer.0 != i.id() {
+            self.istio_peer = (i.id(), i.upstream(self.tls_peer.as_deref()));
+        }
+        self.istio_peer.1
+    }
 }
 
 /// An idle upstream connection of a pool ([`Pool::http1_idle`]), since when.
@@ -1285,12 +1314,25 @@ async fn upstream<C>(
                     }
                 };
                 let h2 = h2.then(|| Box::new(h2::Session::new()));
+                // The handshake's principals: the server's certificate, ours (the endpoint's
+                // client certificate), as Triple's upstream connections keep them.
+                let tls_peer = match (&s, &tls) {
+                    (UpStream::Tls(t), Some(ours)) => crate::io::Conn::peer_principal(t).map(|p| {
+                        Box::new(crate::stats::istio::UpstreamTls {
+                            peer: p.map(Box::from),
+                            local: ours.principal.clone(),
+                        })
+                    }),
+                    _ => None,
+                };
                 return Ok(Up {
                     s,
                     addr,
                     slot,
                     alpn: alpn.clone(),
                     h2,
+                    tls_peer,
+                    istio_peer: Default::default(),
                 });
             }
             Ok(Err(e)) => {
@@ -1405,6 +1447,9 @@ struct Response {
     reusable: bool,
     /// Outbound with Istio's metadata exchange: the upstream's workload its head named.
     peer: MetaId,
+    /// Where the upstream's fields end in `head`, and the fields ringside adds after them
+    /// (before its framing fields): where the stamps go ([`super::stamp::head`]).
+    own: (usize, usize),
 }
 
 /// Istio's metadata exchange on one HTTP/1.1 exchange (`x-envoy-peer-metadata-id`,
@@ -1548,7 +1593,9 @@ fn parse_response(
             out.extend_from_slice(b"\r\n");
         }
     }
+    let fields_end = out.len();
     mx.write(&mut out, false);
+    let own = (fields_end, out.len());
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
     } else if close || framing == Framing::UntilClose {
@@ -1561,6 +1608,7 @@ fn parse_response(
         framing,
         reusable: !upstream_close && framing != Framing::UntilClose,
         peer,
+        own,
     })
 }
 
@@ -1578,6 +1626,8 @@ async fn forward<C: crate::io::Conn>(
     (mirrors, respond): (&[Option<Rc<Pool>>], Option<&super::mutate::Respond>),
 ) -> Result<Next, (Local, Option<bool>)> {
     let mx = Mx::of(l, c.seen.lg.as_deref());
+    // From here to the response head: `x-envoy-upstream-service-time`.
+    let sent = Instant::now();
     let head = request_head(
         req,
         c.scheme,
@@ -1672,6 +1722,8 @@ async fn forward<C: crate::io::Conn>(
     };
     c.seen.code = resp.code;
     let mut resp = resp;
+    let service_ms = sent.elapsed().as_millis() as u64;
+    resp.head = super::stamp::head(&resp.head, resp.own, &l.stamp, Some(service_ms));
     if let Some(r) = respond {
         resp.head = super::mutate::response_head(&resp.head, r);
     }
@@ -1679,6 +1731,10 @@ async fn forward<C: crate::io::Conn>(
         lg.keep(Part::Response, |n| response_field(&resp.head, n));
         if let Mx::Outbound { .. } = mx {
             lg.mx.peer = resp.peer;
+        }
+        // Outbound: the upstream connection's TLS names both principals.
+        if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
+            lg.upstream_peer = up.istio_peer(i);
         }
     }
     let (r, _) = c.s.write_all(resp.head.clone()).await;

@@ -466,7 +466,9 @@ fn response_head(
         out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
     }
+    let fields_end = out.len();
     mx.write(&mut out, false);
+    let own = (fields_end, out.len());
     match framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(0) if length.is_none() && code != 204 && code != 304 && !no_body => {
@@ -484,6 +486,7 @@ fn response_head(
         framing,
         reusable: true,
         peer,
+        own,
     }
 }
 

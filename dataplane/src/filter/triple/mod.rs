@@ -14,6 +14,7 @@ pub mod http1;
 pub mod http1_tls;
 pub mod mutate;
 pub mod router;
+pub mod stamp;
 pub mod xfcc;
 
 use std::cell::{Cell, RefCell};
@@ -360,6 +361,8 @@ pub struct TripleListener {
     /// `client_cert_details`, and the URI SANs of the listener's certificate (`By`).
     pub xfcc: (config::ForwardClientCert, config::ClientCertDetails),
     pub local_uris: std::sync::Arc<[String]>,
+    /// `date`, `server`, `x-envoy-upstream-service-time` on responses.
+    pub stamp: stamp::Stamp,
     /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
     pub suppress_envoy_headers: bool,
 }
@@ -599,8 +602,7 @@ impl TripleListener {
                 code,
                 grpc: None,
                 flags: (flags.bits(), &text),
-                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS
-                // (not kept for HTTP/1.1 connections: unknown).
+                // Inbound: the caller's mutual TLS; outbound: the upstream connection's TLS.
                 peer: if istio.inbound() {
                     peer
                 } else {
