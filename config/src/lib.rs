@@ -2058,6 +2058,44 @@ pub struct RouteAction {
     /// `prefix_rewrite`, `regex_rewrite`, `host_rewrite_*`), applied once routed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// The route answers its requests itself (Envoy's `redirect`, `direct_response`; Triple
+    /// routes): no `cluster`, `weighted_clusters` or other action field then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<DirectAction>,
+}
+
+/// A route's own answer: `status` (HTTP; a gRPC caller gets Envoy's mapping of it in a
+/// trailers-only answer), a text `body`, and for a `redirect` (or a 201 / 3xx) a `location`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectAction {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+}
+
+/// Envoy's `RedirectAction`: each part of the request's URL replaced where given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The whole path (its query, if it has one, replaces the request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// As a route's `rewrite.prefix` / `rewrite.regex`, on the redirect's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_rewrite: Option<RegexRewrite>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strip_query: bool,
 }
 
 /// A Triple route's rewrites, as Envoy's route action does them: first `:authority` (a weighted
@@ -4245,6 +4283,40 @@ fn validate_action(
                 format!("unknown cluster {:?}", m.cluster),
             );
         }
+    }
+    if let Some(d) = &action.direct {
+        if !grpc {
+            err(
+                rat("route.direct"),
+                "only Triple routes answer requests themselves".into(),
+            );
+        }
+        if action.cluster.is_some() || !action.weighted_clusters.is_empty() {
+            err(
+                rat("route.direct"),
+                "give direct or a cluster, not both".into(),
+            );
+        }
+        if !(200..=599).contains(&d.status) {
+            err(
+                rat("route.direct.status"),
+                format!("{} is out of range 200..=599", d.status),
+            );
+        }
+        if let Some(re) = d.redirect.as_ref().and_then(|r| r.regex_rewrite.as_ref()) {
+            match regex::bytes::Regex::new(&re.pattern) {
+                Err(e) => err(
+                    rat("route.direct.redirect.regex_rewrite.pattern"),
+                    format!("invalid regex: {e}"),
+                ),
+                Ok(c) => {
+                    if let Err(e) = re.replacement(c.captures_len() - 1) {
+                        err(rat("route.direct.redirect.regex_rewrite.substitution"), e);
+                    }
+                }
+            }
+        }
+        return;
     }
     match (&action.cluster, action.weighted_clusters.is_empty()) {
         (Some(_), false) | (None, true) => err(

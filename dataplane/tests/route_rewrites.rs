@@ -202,7 +202,7 @@ fn listener(name: &str, addr: SocketAddr, suppress: bool) -> Value {
     "name": "envoy.filters.network.http_connection_manager",
     "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": name, "codec_type": "AUTO",
+        "stat_prefix": name, "codec_type": "AUTO", "server_name": "rw-test",
         "rds": {"route_config_name": "r", "config_source": {"ads": {}, "resource_api_version": "V3"}},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
@@ -402,4 +402,164 @@ fn route_rewrites_match_envoy() {
     has("path=/host/x authority=literal.example xeop=- xfh=- xeoh=web.test");
     has("path=/b2/x authority=both.example xeop=/both/x xfh=first.example,web.test");
     has("h1 quiet 200 path=/new/a?q authority=web.test xeop=-");
+}
+
+/// A route configuration of `redirect` and `direct_response` routes (and a forwarding one).
+fn direct_snapshot(listen: SocketAddr, up: SocketAddr) -> Value {
+    let redirect = |prefix: &str, r: Value| json!({"match": {"prefix": prefix}, "redirect": r});
+    let direct =
+        |prefix: &str, d: Value| json!({"match": {"prefix": prefix}, "direct_response": d});
+    let routes = json!([
+        redirect("/r/https", json!({"https_redirect": true})),
+        redirect("/r/full", json!({"host_redirect": "other.example", "port_redirect": 8443,
+            "path_redirect": "/landing", "response_code": "FOUND"})),
+        redirect("/r/pfx/", json!({"prefix_rewrite": "/moved/", "response_code": "TEMPORARY_REDIRECT"})),
+        redirect("/r/re/", json!({"regex_rewrite": {"pattern": {"regex": "^/r/re/(.*)$"},
+            "substitution": "/x/\\1"}, "strip_query": true, "response_code": "PERMANENT_REDIRECT"})),
+        redirect("/r/q", json!({"path_redirect": "/withq?a=b", "response_code": "SEE_OTHER"})),
+        redirect("/r/scheme", json!({"scheme_redirect": "http", "port_redirect": 8080})),
+        direct("/d/text", json!({"status": 200, "body": {"inline_string": "hello from the route\n"}})),
+        direct("/d/503", json!({"status": 503, "body": {"inline_bytes": "Ynl0ZXMgYm9keQ=="}})),
+        direct("/d/301", json!({"status": 301})),
+        direct("/d/204", json!({"status": 204})),
+        direct("/d/404", json!({"status": 404, "body": {"inline_string": "nothing here"}})),
+        {"match": {"prefix": "/"}, "route": {"cluster": "h1"}}
+    ]);
+    json!({
+        "version": "dr1",
+        "listeners": [listener("dr", listen, false)],
+        "routes": [{"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}],
+        "clusters": [eds_cluster("h1", false)],
+        "endpoints": [load_assignment("h1", &[up])]
+    })
+}
+
+/// One HTTP/1.1 request (`Connection: close`) on its own connection: the response's status
+/// line, its header fields (lower-cased names, sorted, `date` left out) and body.
+fn raw_http1(target: SocketAddr, path: &str, host: &str) -> String {
+    let mut s = TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("").to_string();
+    let mut fields: Vec<String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| format!("{}: {}", n.trim().to_ascii_lowercase(), v.trim()))
+        .filter(|f| !f.starts_with("date:"))
+        .collect();
+    fields.sort();
+    format!(
+        "{path} {host}: {status} | {} | {body:?}",
+        fields.join(" | ")
+    )
+}
+
+/// `redirect` (scheme, host, port, path, prefix and regex rewrites, strip_query, each response
+/// code) and `direct_response` (status, inline string and bytes bodies, a 3xx without a body)
+/// answered by ringside as by Envoy 1.40: HTTP/1.1 callers get the same status line, header
+/// fields (but `date`) and body; grpcio callers the same status and message.
+#[test]
+fn redirects_and_direct_responses_match_envoy() {
+    let up = echo_upstream();
+    let envoy_listen = local(free_port());
+    let envoy_xds = XdsServer::start();
+    envoy_xds.put(&direct_snapshot(envoy_listen, up)).unwrap();
+    let envoy_admin = local(free_port());
+    let e = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-dr"),
+        envoy_admin,
+    );
+    e.wait_dump("dr", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "dr")
+            && dynamic_route_configs(d).iter().any(|r| r == "r")
+    });
+    let rs_listen = local(free_port());
+    let rs_xds = XdsServer::start();
+    rs_xds.put(&direct_snapshot(rs_listen, up)).unwrap();
+    let admin = local(free_port());
+    let config = format!(
+        "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: dr\n  mode: sotw\n",
+        rs_xds.addr()
+    );
+    let _ringside = Ringside::start(&config, admin, &["--shards", "1"]);
+    rs_xds.wait_ack(RDS, "dr1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while TcpStream::connect(rs_listen).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringside never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let requests = [
+        ("/r/https/a?b=1", "web.test"),
+        ("/r/https", "web.test:80"),
+        ("/r/https", "web.test:8080"),
+        ("/r/full/x?y=1", "web.test:80"),
+        ("/r/pfx/a/b?c", "web.test"),
+        ("/r/re/a/b?c=d", "web.test"),
+        ("/r/q?z=9", "web.test"),
+        ("/r/scheme/p", "web.test:9000"),
+        ("/d/text", "web.test"),
+        ("/d/503", "web.test"),
+        ("/d/301/p?q", "web.test"),
+        ("/d/204", "web.test"),
+        ("/d/404", "web.test"),
+    ];
+    let run = |target: SocketAddr| -> Vec<String> {
+        let mut out: Vec<String> = requests
+            .iter()
+            .map(|(p, h)| raw_http1(target, p, h))
+            .collect();
+        for service in ["r/https", "r/pfx", "d/text", "d/503", "d/404", "d/301"] {
+            let o = grpc_call(
+                target,
+                &CallOpts::default().service(service).authority("grpc.test"),
+            );
+            out.push(format!(
+                "grpc {service}: ok={} code={} details={:?} location={:?}",
+                o.ok,
+                o.code,
+                o.details,
+                o.trailers.get("location").or(o.initial.get("location"))
+            ));
+        }
+        out
+    };
+    let want = run(envoy_listen);
+    let got = run(rs_listen);
+    let diff: Vec<String> = want
+        .iter()
+        .zip(&got)
+        .filter(|(w, g)| w != g)
+        .map(|(w, g)| format!("envoy:    {w}\nringside: {g}"))
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "{} of {} differ:\n{}\n(envoy:\n{})",
+        diff.len(),
+        want.len(),
+        diff.join("\n"),
+        want.join("\n")
+    );
+    let has = |needle: &str| {
+        assert!(
+            got.iter().any(|g| g.contains(needle)),
+            "no answer with {needle:?}:\n{}",
+            got.join("\n")
+        )
+    };
+    has("location: https://web.test/r/https/a?b=1");
+    has("location: http://other.example:8443/landing?y=1");
+    has("location: http://web.test/moved/a/b?c");
+    has("HTTP/1.1 503 Service Unavailable");
 }

@@ -2425,8 +2425,14 @@ fn triple_route(
     // say exactly stays in that form; any other goes to a whole-path condition.
     // A `prefix_rewrite` replaces the part of the path a `prefix` or `path` matched: kept as
     // a whole-path condition, whose length the rewrite reads.
-    let prefix_rewrite = matches!(&r.action,
-        Some(route_pb::route::Action::Route(a)) if !a.prefix_rewrite.is_empty());
+    let prefix_rewrite = match &r.action {
+        Some(route_pb::route::Action::Route(a)) => !a.prefix_rewrite.is_empty(),
+        Some(route_pb::route::Action::Redirect(d)) => matches!(
+            &d.path_rewrite_specifier,
+            Some(route_pb::redirect_action::PathRewriteSpecifier::PrefixRewrite(p)) if !p.is_empty()
+        ),
+        _ => false,
+    };
     match &rm.path_specifier {
         Some(P::Prefix(p)) if prefix_rewrite => m.path = whole(|m, v| m.prefix = Some(v), p),
         Some(P::Path(p)) if prefix_rewrite => m.path = whole(|m, v| m.exact = Some(v), p),
@@ -2561,12 +2567,20 @@ fn triple_route(
             }
         }
     }
-    let action = match &r.action {
-        Some(route_pb::route::Action::Route(a)) => a,
+    let route = match &r.action {
+        Some(route_pb::route::Action::Route(a)) => http_action(a, ctx, &format!("{at}.route"))?,
+        Some(route_pb::route::Action::Redirect(d)) => RouteAction {
+            direct: Some(redirect(d, ctx, &format!("{at}.redirect"))?),
+            ..Default::default()
+        },
+        Some(route_pb::route::Action::DirectResponse(d)) => RouteAction {
+            direct: Some(direct_response(d, ctx, &format!("{at}.direct_response"))?),
+            ..Default::default()
+        },
         Some(_) => {
             return Err(ctx.err(
                 format!("{at}.route"),
-                "only route actions are supported (no redirect, direct_response, filter_action, non_forwarding_action)",
+                "only route, redirect and direct_response actions are supported (no filter_action, non_forwarding_action)",
             ))
         }
         None => return Err(ctx.err(format!("{at}.route"), "missing")),
@@ -2574,7 +2588,7 @@ fn triple_route(
     Ok(TripleRoute {
         name: (!r.name.is_empty()).then(|| r.name.clone()),
         matcher: m,
-        route: http_action(action, ctx, &format!("{at}.route"))?,
+        route,
         local_rate_limit: None,
         max_concurrent_requests: None,
         headers,
@@ -2644,6 +2658,127 @@ fn http_action(
         }
     }
     Ok(out)
+}
+
+/// A route's `redirect` (docs/xds.md): the answer's status and `location` parts.
+fn redirect(
+    d: &route_pb::RedirectAction,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<config::DirectAction, TranslateError> {
+    use route_pb::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+    };
+    let status = match C::try_from(d.response_code) {
+        Ok(C::MovedPermanently) => 301,
+        Ok(C::Found) => 302,
+        Ok(C::SeeOther) => 303,
+        Ok(C::TemporaryRedirect) => 307,
+        Ok(C::PermanentRedirect) => 308,
+        Err(_) => {
+            return Err(ctx.err(
+                format!("{at}.response_code"),
+                format!("unknown value {}", d.response_code),
+            ))
+        }
+    };
+    let port = match u16::try_from(d.port_redirect) {
+        Ok(0) => None,
+        Ok(p) => Some(p),
+        Err(_) => {
+            return Err(ctx.err(
+                format!("{at}.port_redirect"),
+                format!("{} is not a port", d.port_redirect),
+            ))
+        }
+    };
+    let mut r = config::Redirect {
+        scheme: match &d.scheme_rewrite_specifier {
+            Some(S::HttpsRedirect(true)) => Some("https".into()),
+            Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+            _ => None,
+        },
+        host: (!d.host_redirect.is_empty()).then(|| d.host_redirect.clone()),
+        port,
+        strip_query: d.strip_query,
+        ..Default::default()
+    };
+    match &d.path_rewrite_specifier {
+        None => {}
+        Some(P::PathRedirect(p)) => r.path = (!p.is_empty()).then(|| p.clone()),
+        Some(P::PrefixRewrite(p)) => r.prefix_rewrite = (!p.is_empty()).then(|| p.clone()),
+        Some(P::RegexRewrite(m)) => {
+            let Some(p) = &m.pattern else {
+                return Err(ctx.err(format!("{at}.regex_rewrite.pattern"), "missing"));
+            };
+            r.regex_rewrite = Some(config::RegexRewrite {
+                pattern: p.regex.clone(),
+                substitution: m.substitution.clone(),
+            })
+        }
+        Some(P::PathRewrite(_)) => {
+            return Err(ctx.err(
+                format!("{at}.path_rewrite"),
+                "substitution-format redirect paths are not supported (path_redirect, prefix_rewrite and regex_rewrite are)",
+            ))
+        }
+    }
+    Ok(config::DirectAction {
+        status,
+        body: None,
+        redirect: Some(r),
+    })
+}
+
+/// A route's `direct_response`: its status and inline body (a file's: NACK).
+fn direct_response(
+    d: &route_pb::DirectResponseAction,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<config::DirectAction, TranslateError> {
+    use core_pb::data_source::Specifier as S;
+    if !(200..600).contains(&d.status) {
+        return Err(ctx.err(
+            format!("{at}.status"),
+            format!("{} is out of range 200..=599", d.status),
+        ));
+    }
+    if d.body_format.is_some() {
+        return Err(ctx.err(
+            format!("{at}.body_format"),
+            "formatted bodies are not supported (the body is sent as given)",
+        ));
+    }
+    let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+        None => None,
+        Some(S::InlineString(s)) => Some(s.clone()),
+        Some(S::InlineBytes(b)) => match String::from_utf8(b.clone()) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                return Err(ctx.err(
+                    format!("{at}.body.inline_bytes"),
+                    "only UTF-8 bodies are supported",
+                ))
+            }
+        },
+        Some(S::Filename(_)) => {
+            return Err(ctx.err(
+                format!("{at}.body.filename"),
+                "bodies read from files are not supported (give inline_string or inline_bytes)",
+            ))
+        }
+        Some(S::EnvironmentVariable(_)) => {
+            return Err(ctx.err(
+                format!("{at}.body.environment_variable"),
+                "bodies read from the environment are not supported (give inline_string or inline_bytes)",
+            ))
+        }
+    };
+    Ok(config::DirectAction {
+        status: d.status as u16,
+        body: body.filter(|b| !b.is_empty()),
+        redirect: None,
+    })
 }
 
 /// A route action's `prefix_rewrite`, `regex_rewrite`, `host_rewrite_*` and

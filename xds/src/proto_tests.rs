@@ -786,6 +786,25 @@ fn hcm_nacks_name_the_field() {
         Some("/pkg.S/")
     );
     let rw = route.route.rewrite.as_ref().unwrap();
+    // direct_response: a body from a file is NACKed, naming the field.
+    let mut r = route_to("/", "c");
+    r.action = Some(route_pb::route::Action::DirectResponse(
+        route_pb::DirectResponseAction {
+            status: 200,
+            body: Some(core_pb::DataSource {
+                specifier: Some(core_pb::data_source::Specifier::Filename("/x".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ));
+    let rc2 = route_config_pb("rc", &["*"], vec![r]);
+    let e = err_text(decode_listener(&crate::testing::listener(
+        "t",
+        1,
+        hcm_inline(rc2),
+    )));
+    assert!(e.contains("routes[0].direct_response.body.filename"), "{e}");
     assert_eq!(
         (rw.prefix.as_deref(), rw.host.as_deref()),
         (Some("/x/"), Some("h.test"))

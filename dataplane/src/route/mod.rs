@@ -187,6 +187,131 @@ pub struct Action {
     pub mirrors: Vec<(usize, config::Share)>,
     /// The route's path and host rewrites (`None`: the request goes as it came).
     pub rewrite: Option<Box<Rewrite>>,
+    /// The route answers itself (`redirect`, `direct_response`): it has no targets then.
+    pub direct: Option<Box<Direct>>,
+}
+
+/// A route's own answer, compiled (config `direct`).
+pub struct Direct {
+    pub status: u16,
+    pub body: Box<[u8]>,
+    redirect: Option<RedirectTo>,
+}
+
+struct RedirectTo {
+    scheme: Option<Box<[u8]>>,
+    host: Option<Box<[u8]>>,
+    /// `:PORT`.
+    port: Option<Box<[u8]>>,
+    path: Option<Box<[u8]>>,
+    rewrite: Option<PathRewrite>,
+    strip_query: bool,
+}
+
+impl Direct {
+    fn new(d: &config::DirectAction, matched_len: Option<usize>) -> Result<Direct, RouteError> {
+        let redirect = match &d.redirect {
+            None => None,
+            Some(r) => Some(RedirectTo {
+                scheme: r.scheme.as_ref().map(|v| v.as_bytes().into()),
+                host: r.host.as_ref().map(|v| v.as_bytes().into()),
+                port: r.port.map(|p| format!(":{p}").into_bytes().into()),
+                path: r.path.as_ref().map(|v| v.as_bytes().into()),
+                rewrite: match (&r.prefix_rewrite, &r.regex_rewrite) {
+                    (Some(p), _) => Some(PathRewrite::Prefix(matched_len, p.as_bytes().into())),
+                    (None, Some(re)) => {
+                        let (re, with) = regex_rewrite(re)?;
+                        Some(PathRewrite::Regex(re, with))
+                    }
+                    (None, None) => None,
+                },
+                strip_query: r.strip_query,
+            }),
+        };
+        Ok(Direct {
+            status: d.status,
+            body: d.body.as_deref().unwrap_or("").as_bytes().into(),
+            redirect,
+        })
+    }
+
+    /// The answer's `location`, for a 201 or 3xx (Envoy's `Utility::newUri`, after the
+    /// redirect's path rewrite): the request's `scheme`, `x-forwarded-proto` (`xfp`), host
+    /// and path (with its query), each replaced where the redirect says.
+    pub fn location(&self, scheme: &[u8], xfp: &[u8], host: &[u8], path: &[u8]) -> Option<Vec<u8>> {
+        if self.status != 201 && !(300..400).contains(&self.status) {
+            return None;
+        }
+        let r = self.redirect.as_ref();
+        let scheme = r.and_then(|r| r.scheme.as_deref()).unwrap_or(scheme);
+        let port = r.and_then(|r| r.port.as_deref()).unwrap_or(b"");
+        let host = match r.and_then(|r| r.host.as_deref()) {
+            Some(h) => h.to_vec(),
+            None => request_host(host, scheme, port, xfp).to_vec(),
+        };
+        let rewritten = r.and_then(|r| r.rewrite.as_ref()).map(|rw| rw.apply(path));
+        let path = rewritten.as_deref().unwrap_or(path);
+        let mut p: Vec<u8> = match r.and_then(|r| r.path.as_deref()) {
+            Some(new) if new.contains(&b'?') => new.to_vec(),
+            Some(new) => match path.iter().position(|&b| b == b'?') {
+                Some(q) => [new, &path[q..]].concat(),
+                None => new.to_vec(),
+            },
+            None => path.to_vec(),
+        };
+        if !p.starts_with(b"/") {
+            p.insert(0, b'/');
+        }
+        if r.is_some_and(|r| r.strip_query) {
+            if let Some(q) = p.iter().position(|&b| b == b'?') {
+                p.truncate(q);
+            }
+        }
+        Some([scheme, b"://", &host, port, &p].concat())
+    }
+}
+
+/// Envoy's `processRequestHost`: the request's host, its port dropped when the redirect
+/// gives one, or when the scheme changes away from `xfp` and the port was that one's default.
+fn request_host<'a>(host: &'a [u8], scheme: &[u8], port: &[u8], xfp: &[u8]) -> &'a [u8] {
+    if host.is_empty() {
+        return host;
+    }
+    let end = match host.first() {
+        Some(b'[') => host.windows(2).rposition(|w| w == b"]:").map(|i| i + 1),
+        _ => host.iter().rposition(|&b| b == b':'),
+    };
+    let Some(end) = end else {
+        return host;
+    };
+    let request_port = &host[end..];
+    let mut remove = !port.is_empty();
+    if scheme != xfp {
+        remove |= xfp == b"https" && request_port == b":443";
+        remove |= xfp == b"http" && request_port == b":80";
+    }
+    match remove {
+        true => &host[..end],
+        false => host,
+    }
+}
+
+impl PathRewrite {
+    /// `path` (query included) rewritten.
+    fn apply(&self, path: &[u8]) -> Vec<u8> {
+        let rest = |n: usize| &path[n.min(path.len())..];
+        match self {
+            PathRewrite::Prefix(len, with) => {
+                let n = len.unwrap_or_else(|| just_path(path).len());
+                [&with[..], rest(n)].concat()
+            }
+            PathRewrite::Regex(re, with) => {
+                let p = just_path(path);
+                let new = re.replace_all(p, with.as_bytes());
+                [&new[..], rest(p.len())].concat()
+            }
+        }
+    }
 }
 
 /// What a route's `match.path` condition matched, for a `prefix` rewrite: the route's
@@ -356,19 +481,7 @@ impl Rewrite {
             let prior = out.host.replace(h).unwrap_or_else(|| authority.to_vec());
             out.replaced_host = (!prior.is_empty()).then_some(prior);
         }
-        let rest = |n: usize| &path[n.min(path.len())..];
-        out.path = match &self.path {
-            None => None,
-            Some(PathRewrite::Prefix(len, with)) => {
-                let n = len.unwrap_or_else(|| just_path(path).len());
-                Some([&with[..], rest(n)].concat())
-            }
-            Some(PathRewrite::Regex(re, with)) => {
-                let p = just_path(path);
-                let new = re.replace_all(p, with.as_bytes());
-                Some([&new[..], rest(p.len())].concat())
-            }
-        };
+        out.path = self.path.as_ref().map(|p| p.apply(path));
         out
     }
 }
@@ -565,6 +678,7 @@ impl Action {
             fault: None,
             mirrors: Vec::new(),
             rewrite: None,
+            direct: None,
         }
     }
 
@@ -605,6 +719,10 @@ impl Action {
             .map(|m| Ok((cluster_index(clusters, &m.cluster)?, m.percentage)))
             .collect::<Result<_, RouteError>>()?;
         action.rewrite = Rewrite::new(a, matched_len)?;
+        action.direct = match &a.direct {
+            Some(d) => Some(Box::new(Direct::new(d, matched_len)?)),
+            None => None,
+        };
         Ok(action)
     }
 

@@ -1864,6 +1864,13 @@ impl Conn {
         }
         hpack::encode_field(&mut block, b"grpc-status", status_text, false);
         hpack::encode_field(&mut block, b"grpc-message", &message, false);
+        if let CallError::Direct {
+            location: Some(loc),
+            ..
+        } = e
+        {
+            hpack::encode_field(&mut block, b"location", loc, false);
+        }
         if !headers_sent {
             // Envoy's connection manager's, on its local replies too.
             hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
@@ -2551,6 +2558,18 @@ fn route_call(
         l.stats.inc(l.ids.fault.aborts_injected);
         return Err(Refused::Call(CallError::FaultAbort(code)));
     }
+    if let Some(d) = action.direct.as_deref() {
+        // The route answers itself (`redirect`, `direct_response`): a gRPC caller gets
+        // Envoy's local reply, the HTTP status mapped, the body as the message.
+        let scheme = hl.get(b":scheme").unwrap_or(b"http");
+        let xfp = hl.get(b"x-forwarded-proto").unwrap_or(scheme);
+        let host = hl.get(b":authority").unwrap_or(b"");
+        return Err(Refused::Call(CallError::Direct {
+            status: http_to_grpc_status(d.status),
+            message: String::from_utf8_lossy(&d.body).into_owned(),
+            location: d.location(scheme, xfp, host, full),
+        }));
+    }
     let (cluster, target) = action.pick(l.roll());
     // The route's header mutations, on a copy of the list (none: the list as it came).
     let headers = entry.and_then(|m| m.mutations.as_ref());
@@ -2625,6 +2644,18 @@ fn route_call(
         slot,
         respond,
     })
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`: the gRPC status of a local reply's HTTP status.
+fn http_to_grpc_status(code: u16) -> u32 {
+    match code {
+        400 => status::INTERNAL,
+        401 => 16, // UNAUTHENTICATED
+        403 => status::PERMISSION_DENIED,
+        404 => status::UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => status::UNAVAILABLE,
+        _ => 2, // UNKNOWN
+    }
 }
 
 /// A copy of request headers `hl` as route rewrite `rw` makes them for target `target`: the

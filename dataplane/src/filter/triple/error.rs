@@ -72,6 +72,14 @@ pub enum CallError<'a> {
     /// 403 local reply as a gRPC caller gets it).
     #[error("RBAC: access denied")]
     RbacDenied,
+    /// The route answers itself (`redirect`, `direct_response`): the gRPC status of its HTTP
+    /// status (Envoy's mapping), its body as the message, its `location`.
+    #[error("{message}")]
+    Direct {
+        status: u32,
+        message: String,
+        location: Option<Vec<u8>>,
+    },
 }
 
 impl CallError<'_> {
@@ -98,7 +106,7 @@ impl CallError<'_> {
             CallError::UpstreamLost(_) => Flags::UPSTREAM_CONNECTION_TERMINATION,
             CallError::FaultAbort(_) => Flags::FAULT_INJECTED,
             // Envoy sets no response flag, only the details `rbac_access_denied_matched_policy`.
-            CallError::RbacDenied => Flags::default(),
+            CallError::RbacDenied | CallError::Direct { .. } => Flags::default(),
         }
     }
 
@@ -121,6 +129,7 @@ impl CallError<'_> {
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
             CallError::FaultAbort(code) => *code,
             CallError::RbacDenied => status::PERMISSION_DENIED,
+            CallError::Direct { status, .. } => *status,
         }
     }
 }

@@ -148,6 +148,12 @@ enum Local {
     UpstreamReset,
     Timeout,
     BadGateway,
+    /// The route's own answer (`redirect`, `direct_response`).
+    Direct {
+        code: u16,
+        body: Vec<u8>,
+        location: Option<Vec<u8>>,
+    },
 }
 
 impl Local {
@@ -174,6 +180,8 @@ impl Local {
             ),
             Local::Timeout => (504, "Gateway Timeout", "upstream request timeout"),
             Local::BadGateway => (502, "Bad Gateway", "upstream sent a malformed response"),
+            // Its body and location: see `local`.
+            Local::Direct { code, .. } => (*code, reason(*code), ""),
         }
     }
 
@@ -183,7 +191,7 @@ impl Local {
             Local::BadRequest | Local::TooLarge | Local::UpgradeRequired => {
                 Flags::DOWNSTREAM_PROTOCOL_ERROR
             }
-            Local::Forbidden(_) => Flags::NONE,
+            Local::Forbidden(_) | Local::Direct { .. } => Flags::NONE,
             Local::FaultAbort(_) => Flags::FAULT_INJECTED,
             Local::NoRoute => Flags::NO_ROUTE_FOUND,
             Local::RateLimited | Local::ConcurrencyLimited => Flags::RATE_LIMITED,
@@ -200,6 +208,15 @@ impl Local {
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -693,6 +710,18 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         l.stats.inc(l.ids.rq_no_route);
         return Err(Local::NoRoute);
     };
+    if let Some(d) = action.direct.as_deref() {
+        // The route answers itself (`redirect`, `direct_response`).
+        let xfp =
+            c.hl.get(b"x-forwarded-proto")
+                .unwrap_or(c.scheme.as_bytes());
+        let host = req.authority.as_bytes();
+        return Err(Local::Direct {
+            code: d.status,
+            body: d.body.to_vec(),
+            location: d.location(c.scheme.as_bytes(), xfp, host, req.path.as_bytes()),
+        });
+    }
     let (cluster, target) = action.pick(l.roll());
     let headers = entry.and_then(|m| m.mutations.as_ref());
     c.seen.cluster = Some(routes.pools[cluster].lb.clone());
@@ -1046,6 +1075,10 @@ async fn local<C: crate::io::Conn>(
 ) -> Next {
     l.stats.inc(l.ids.rsp_local);
     let (code, reason, body) = e.status();
+    let (body, location) = match e {
+        Local::Direct { body, location, .. } => (body.as_slice(), location.as_deref()),
+        _ => (body.as_bytes(), None),
+    };
     c.seen.code = code;
     c.seen.tx = body.len() as u64;
     c.seen.flags = c.seen.flags | e.flags();
@@ -1060,12 +1093,18 @@ async fn local<C: crate::io::Conn>(
             _ => None,
         });
     }
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+    let mut out = format!("HTTP/1.1 {code} {reason}\r\n");
+    // A 204 carries no content-length (RFC 9110 8.6; Envoy's codec leaves it out).
+    if code != 204 {
+        out.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     if !body.is_empty() {
         out.push_str("content-type: text/plain\r\n");
+    }
+    if let Some(loc) = location {
+        out.push_str("location: ");
+        out.push_str(&String::from_utf8_lossy(loc));
+        out.push_str("\r\n");
     }
     // Envoy's connection manager's, on its local replies too.
     out.push_str("date: ");
@@ -1080,8 +1119,9 @@ async fn local<C: crate::io::Conn>(
         out.push_str("connection: close\r\n");
     }
     out.push_str("\r\n");
-    out.push_str(body);
-    let (r, _) = c.s.write_all(out.into_bytes()).await;
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    let (r, _) = c.s.write_all(out).await;
     match (r, close) {
         (Ok(_), false) => Next::KeepAlive,
         _ => Next::Close,
