@@ -160,7 +160,7 @@ fn route_config(name: &str, most_specific: bool) -> Value {
         ],
         &[],
     );
-    let rc = with(
+    with(
         json!({
             "name": name,
             "most_specific_header_mutations_wins": most_specific,
@@ -181,8 +181,7 @@ fn route_config(name: &str, most_specific: bool) -> Value {
             ]}), vh_level)]
         }),
         rc_level,
-    );
-    rc
+    )
 }
 
 /// Three listeners: `least` (the default order; `server_name` overwrites every `server`), `most`

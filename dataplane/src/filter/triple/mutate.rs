@@ -19,11 +19,14 @@ use crate::access_log::format::{Format, Op, Piece};
 use crate::config::{AppendAction, HeaderMutations, HeaderToAdd};
 use crate::route::RouteError;
 
+/// A header a level adds: name, value, how.
+type Add = (Box<[u8]>, Box<[u8]>, AppendAction);
+
 /// One level's mutations in one direction.
 #[derive(Debug, Default)]
 pub struct Level {
     remove: Vec<Box<[u8]>>,
-    add: Vec<(Box<[u8]>, Box<[u8]>, AppendAction)>,
+    add: Vec<Add>,
 }
 
 /// What a level edits: a header list of either protocol.
