@@ -2898,6 +2898,9 @@ pub enum LbPolicy {
     RoundRobin,
     /// Fewest active connections (tcp) or requests in flight (dubbo) on this shard.
     LeastRequest,
+    /// A uniformly random entry of the level's visit order (a per-shard xorshift), the first
+    /// ready one from there (Envoy's `RANDOM`).
+    Random,
 }
 
 fn default_h2_frame_bytes_max() -> u32 {

@@ -245,3 +245,45 @@ fn a_relay_survives_both_directions_backpressured() {
         drop(rs);
     }
 }
+
+/// `lb: random` (xDS `lb_policy: RANDOM`) through the binary: three upstreams that each
+/// answer their own name; 60 connections on one shard reach every one of them, and not in
+/// round robin's fixed cycle (a run of a/b/c repeated: probability 3^-57 at random).
+#[test]
+fn random_lb_spreads_connections_out_of_cycle() {
+    let named = |name: u8| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let _ = c.write_all(&[name]);
+            }
+        });
+        addr
+    };
+    let ups = [named(b'a'), named(b'b'), named(b'c')];
+    let (admin, listen) = (local(free_port()), local(free_port()));
+    let cfg =
+        tcp_config(admin, listen, &ups).replace("  - name: up\n", "  - name: up\n    lb: random\n");
+    let rs = Ringside::start(&cfg, admin, &["--shards", "1"]);
+    let (_, dump) = rs.get("/config_dump");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["config"]["clusters"][0]["lb"], "random");
+    let picks: Vec<u8> = (0..60)
+        .map(|_| {
+            let mut s = TcpStream::connect(listen).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            b[0]
+        })
+        .collect();
+    let text = String::from_utf8_lossy(&picks).to_string();
+    for n in [b'a', b'b', b'c'] {
+        assert!(picks.contains(&n), "every upstream picked: {text}");
+    }
+    assert!(
+        (3..picks.len()).any(|i| picks[i] != picks[i - 3]),
+        "not a fixed cycle: {text}"
+    );
+}

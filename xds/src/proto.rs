@@ -3188,13 +3188,14 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     let lb = match L::try_from(c.lb_policy) {
         Ok(L::RoundRobin) => LbPolicy::RoundRobin,
         Ok(L::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(L::Random) => LbPolicy::Random,
         // An ORIGINAL_DST cluster has no endpoints to balance over.
         Ok(L::ClusterProvided) if original_dst => LbPolicy::RoundRobin,
         _ => {
             return Err(ctx.err(
                 "lb_policy",
                 format!(
-                    "only ROUND_ROBIN or LEAST_REQUEST is supported (got {})",
+                    "only ROUND_ROBIN, LEAST_REQUEST or RANDOM is supported (got {})",
                     c.lb_policy
                 ),
             ))

@@ -1012,6 +1012,14 @@ fn clusters() {
         .unwrap_err()
         .to_string()
         .contains("cluster \"s\": field `transport_socket.typed_config`"));
+    let mut r = s.clone();
+    r.lb_policy = cluster_pb::cluster::LbPolicy::Random as i32;
+    let (_, c) = decode_cluster(&pack_any(r)).unwrap();
+    assert_eq!(
+        c.cluster.lb,
+        LbPolicy::Random,
+        "istio's loadBalancer.simple RANDOM"
+    );
     let mut bad = s.clone();
     bad.lb_policy = cluster_pb::cluster::LbPolicy::RingHash as i32;
     assert!(decode_cluster(&pack_any(bad))

@@ -409,6 +409,8 @@ pub struct ShardCluster {
     /// Connections (tcp) or requests in flight (dubbo) per endpoint slot, on this shard.
     active: RefCell<Vec<Cell<u32>>>,
     next: Cell<usize>,
+    /// xorshift64 state of `random` picks (never 0), seeded per shard cluster.
+    dice: Cell<u64>,
     /// The next priority-load draw (see [`Endpoints::load`]): 0..100, stepping by
     /// [`LOAD_DRAW_STEP`].
     draw: Cell<u8>,
@@ -587,6 +589,14 @@ impl ShardCluster {
             active: RefCell::new(endpoints.slots.iter().map(|_| Cell::new(0)).collect()),
             endpoints: RefCell::new(endpoints),
             next: Cell::new(0),
+            dice: Cell::new({
+                use std::hash::{BuildHasher, Hasher};
+                // Per-thread random keys, a new one per call: a distinct seed per shard cluster.
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+                    | 1
+            }),
             draw: Cell::new(0),
             ejected: RefCell::new(Vec::new()),
             shard_load: RefCell::new(None),
@@ -861,7 +871,7 @@ impl ShardCluster {
     /// back-off, if any. Round robin: the next ready entry from the cursor (O(1) while
     /// endpoints are ready). Least request: the ready endpoint with the fewest active
     /// requests per unit of weight (Envoy's weighted least request with `active_request_bias`
-    /// 1), ties to the first from the cursor.
+    /// 1), ties to the first from the cursor. Random: the first ready entry from a random one.
     fn pick_in(
         &self,
         e: &Set<'_>,
@@ -869,7 +879,17 @@ impl ShardCluster {
         state: &impl Fn(usize) -> Availability,
     ) -> Result<usize, Option<usize>> {
         let n = level.len();
-        let start = self.next.get() % n.max(1);
+        let start = match self.lb {
+            LbPolicy::Random => {
+                let mut x = self.dice.get();
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.dice.set(x);
+                (x >> 32) as usize
+            }
+            _ => self.next.get(),
+        } % n.max(1);
         let at = |k: usize| level.start + (start + k) % n;
         let weight = |k: usize| u64::from(e.weights.get(at(k)).copied().unwrap_or(1));
         let active = self.active.borrow();
@@ -880,7 +900,7 @@ impl ShardCluster {
             let i = e.live[at(k)] as usize;
             match state(i) {
                 Availability::Ready => match (self.lb, best) {
-                    (LbPolicy::RoundRobin, _) => {
+                    (LbPolicy::RoundRobin | LbPolicy::Random, _) => {
                         best = Some((k, i));
                         break;
                     }

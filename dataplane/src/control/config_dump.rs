@@ -408,8 +408,14 @@ fn cluster(c: &config::Cluster) -> Value {
                 "eds_cluster_config".into(),
                 json!({"eds_config": {"ads": {}, "resource_api_version": "V3"}}),
             );
-            if c.lb == config::LbPolicy::LeastRequest {
-                o.insert("lb_policy".into(), json!("LEAST_REQUEST"));
+            match c.lb {
+                config::LbPolicy::RoundRobin => {}
+                config::LbPolicy::LeastRequest => {
+                    o.insert("lb_policy".into(), json!("LEAST_REQUEST"));
+                }
+                config::LbPolicy::Random => {
+                    o.insert("lb_policy".into(), json!("RANDOM"));
+                }
             }
         }
     }
