@@ -794,6 +794,31 @@ pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed:
         write_int(out, i, 7, 0x80);
         return;
     }
+    encode_literal(out, name_index, name, value, never_indexed);
+}
+
+/// Static-table index of `date` (RFC 7541 Appendix A).
+pub const STATIC_DATE: usize = 33;
+/// Static-table index of `server` (RFC 7541 Appendix A).
+pub const STATIC_SERVER: usize = 54;
+
+/// Appends a field of a name the caller knows, without searching the static table (fields a
+/// proxy adds to every response: `date`, `server`, `x-envoy-upstream-service-time`):
+/// `name_index` is the name's static-table index ([`STATIC_DATE`], [`STATIC_SERVER`]), None for
+/// a name the table lacks. The same bytes as [`encode_field`] for a value the table does not
+/// hold with that name (none of these names has a non-empty value there).
+pub fn encode_known(out: &mut Vec<u8>, name_index: Option<usize>, name: &[u8], value: &[u8]) {
+    debug_assert_eq!(static_lookup(name, value), (None, name_index));
+    encode_literal(out, name_index, name, value, false);
+}
+
+fn encode_literal(
+    out: &mut Vec<u8>,
+    name_index: Option<usize>,
+    name: &[u8],
+    value: &[u8],
+    never_indexed: bool,
+) {
     let flags = if never_indexed { 0x10 } else { 0x00 };
     match name_index {
         Some(i) => write_int(out, i, 4, flags),
@@ -805,4 +830,29 @@ pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed:
     }
     write_int(out, value.len(), 7, 0);
     out.extend_from_slice(value);
+}
+
+#[cfg(test)]
+mod known_tests {
+    use super::*;
+
+    /// `encode_known` writes what `encode_field` writes, without the table search.
+    #[test]
+    fn known_names_encode_as_encode_field_does() {
+        for (i, name, value) in [
+            (
+                Some(STATIC_DATE),
+                &b"date"[..],
+                &b"Sun, 06 Nov 1994 08:49:37 GMT"[..],
+            ),
+            (Some(STATIC_SERVER), b"server", b"istio-envoy"),
+            (None, b"x-envoy-upstream-service-time", b"12"),
+        ] {
+            assert_eq!(static_lookup(name, value), (None, i), "{name:?}");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_field(&mut a, name, value, false);
+            encode_known(&mut b, i, name, value);
+            assert_eq!(a, b, "{name:?}");
+        }
+    }
 }

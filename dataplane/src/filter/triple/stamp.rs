@@ -122,7 +122,7 @@ pub fn head(
     out.extend_from_slice(&head[..status_end]);
     let (mut date, mut server, mut time) = (false, false, false);
     let service_ms = service_ms.filter(|_| st.envoy_headers);
-    let ms = itoa(service_ms.unwrap_or(0));
+    let ms = Decimal::new(service_ms.unwrap_or(0));
     for line in head[status_end..fields_end].split_inclusive(|&b| b == b'\n') {
         let name = &line[..line.iter().position(|&b| b == b':').unwrap_or(0)];
         if name.eq_ignore_ascii_case(b"date") {
@@ -162,13 +162,41 @@ fn field(out: &mut Vec<u8>, n: &[u8], v: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa(n: u64) -> Vec<u8> {
-    n.to_string().into_bytes()
+/// `n` in decimal, on the stack: no allocation per response.
+pub struct Decimal {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(mut n: u64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return Decimal { buf, start };
+            }
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_as_to_string() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(Decimal::new(n).as_slice(), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn dates_are_imf_fixdate() {
