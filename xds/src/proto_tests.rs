@@ -2114,7 +2114,7 @@ fn retry_policy_from_rds() {
     let e = with(other).unwrap_err().to_string();
     assert!(e.contains("retry_priority.typed_config`"), "{e}");
     let (_, t) = with(retry_priority(50)).unwrap();
-    let p = t.virtual_hosts[0].routes[0]
+    let p = t.virtual_hosts[0].routes[1]
         .route
         .retry_policy
         .as_ref()
