@@ -542,7 +542,7 @@ pub(crate) fn hostname() -> &'static str {
 }
 
 /// gRPC status names as Envoy prints them for `%GRPC_STATUS%`.
-fn grpc_status_name(s: u32) -> &'static str {
+pub(super) fn grpc_status_name(s: u32) -> &'static str {
     const NAMES: [&str; 17] = [
         "OK",
         "Canceled",
@@ -635,7 +635,12 @@ fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>, tc: &mut LineCac
 }
 
 /// The text of `pieces` for unix second `secs`, each fraction as zeros (its place in `fracs`).
-fn second(secs: u64, pieces: &[TimePiece], out: &mut Vec<u8>, fracs: &mut Vec<(usize, u8)>) {
+pub(super) fn second(
+    secs: u64,
+    pieces: &[TimePiece],
+    out: &mut Vec<u8>,
+    fracs: &mut Vec<(usize, u8)>,
+) {
     let (y, mo, d) = civil((secs / 86_400) as i64);
     let sod = secs % 86_400;
     for p in pieces {
