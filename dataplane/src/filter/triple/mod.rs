@@ -365,6 +365,9 @@ pub struct TripleListener {
     pub stamp: stamp::Stamp,
     /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
     pub suppress_envoy_headers: bool,
+    /// Its header mutations have values with operators (`mutate::has_operators`): its
+    /// connections keep the caller's addresses.
+    pub header_operators: bool,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
