@@ -350,6 +350,8 @@ pub struct TripleListener {
     pub bound: Option<SocketAddr>,
     /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// JWT authentication (`triple.jwt_authn`), checked on every call before `rbac`.
+    pub jwt: Option<std::sync::Arc<crate::filter::jwt::JwtAuthn>>,
     /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
     pub labels: Option<crate::cluster::LabelKeys>,
     /// `triple.http1`: connections that do not start with the HTTP/2 preface are HTTP/1.1
