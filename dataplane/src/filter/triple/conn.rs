@@ -12,7 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
@@ -1494,7 +1494,12 @@ impl Conn {
         }
         // The header list is borrowed only for this call, into a function that cannot reach
         // the connection (so cannot borrow it again).
-        let routed = route_call(l, &self.headers.borrow(), self.limits.header_list_max, now);
+        let routed = route_call(
+            l,
+            &self.headers.borrow(),
+            (self.limits.header_list_max, self.caller_addrs.get()),
+            now,
+        );
         match routed {
             Ok(call) => self.forward_call(l, id, end, call),
             Err(Refused::Malformed) => {
@@ -2028,10 +2033,24 @@ impl Conn {
                 )
             });
         let mutated;
-        let hl = match first.as_ref().and_then(|(_, r)| r.as_ref()) {
-            Some(r) => {
+        let hl = match first.as_ref().and_then(|(s, r)| Some((s, r.as_ref()?))) {
+            Some((started, r)) => {
                 let mut m = hl.clone();
-                r.apply(&mut m);
+                let facts = super::mutate::Facts {
+                    upstream: match &up.side {
+                        Side::Up(h) => Some(h.addr),
+                        Side::Down(_) => None,
+                    },
+                    response_code: hl
+                        .get(b":status")
+                        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()),
+                    ..super::mutate::Facts::request(
+                        "HTTP/2",
+                        SystemTime::now() - started.elapsed(),
+                        self.caller_addrs.get(),
+                    )
+                };
+                r.apply(&mut m, &facts);
                 mutated = m;
                 &mutated
             }
@@ -2488,7 +2507,10 @@ enum Refused {
 fn route_call(
     l: &TripleListener,
     hl: &HeaderList,
-    header_list_max: u32,
+    (header_list_max, caller): (
+        u32,
+        (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+    ),
     now: Instant,
 ) -> Result<Routed, Refused> {
     if hl.too_large {
@@ -2594,7 +2616,8 @@ fn route_call(
     let hl = match headers.filter(|h| h.has_request(target)) {
         Some(h) => {
             let mut m = hl.clone();
-            h.request(target, &mut m);
+            let facts = super::mutate::Facts::request("HTTP/2", SystemTime::now(), caller);
+            h.request(target, &mut m, &facts);
             mutated = m;
             &mutated
         }
@@ -2928,7 +2951,7 @@ pub async fn serve_read<S: crate::io::Conn>(
     let mut conn = Conn::new(Side::Down(l.clone()), limits);
     conn.xfcc = super::xfcc::Xfcc::of(&stream, &l);
     let conn = Rc::new(conn);
-    if l.log.is_some() || l.trace.is_some() {
+    if l.log.is_some() || l.trace.is_some() || l.header_operators {
         conn.caller_addrs.set(stream.addrs());
     }
     if let Some(i) = &l.istio {

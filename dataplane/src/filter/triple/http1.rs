@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -263,7 +263,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         .as_ref()
         .map(|_| crate::filter::rbac::ConnPeer::new(crate::io::Conn::rbac_facts(&down)));
     let scheme = if down.is_tls() { "https" } else { "http" };
-    let caller = match l.log.is_some() || l.trace.is_some() {
+    let caller = match l.log.is_some() || l.trace.is_some() || l.header_operators {
         true => down.addrs(),
         false => (None, None),
     };
@@ -516,7 +516,14 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         Err(e) => return local(c, l, &e, close).await,
     };
     if let Some((h, target)) = &mutations {
-        h.request(*target, &mut req.fields);
+        let facts = super::mutate::Facts::request("HTTP/1.1", SystemTime::now(), c.caller);
+        let mut f = super::mutate::Http1Request {
+            fields: &mut req.fields,
+            authority: &req.authority,
+            path: &req.path,
+            method: &req.method,
+        };
+        h.request(*target, &mut f, &facts);
     }
     let mut started = started;
     if let Some((d, abort)) = delay {
@@ -1262,9 +1269,13 @@ async fn upstream<C>(
                     Availability::Ready
                 }
             };
+            // `previous_priorities`: the levels the retry leaves out.
+            let levels = retry.map_or(&[][..], |r| r.priority_avoided());
             let picked = lb
-                .pick_available(|i| state(i, true))
-                .or_else(|| retry.and_then(|_| lb.pick_available(|i| state(i, false))));
+                .pick_avoiding(None, levels, |i| state(i, true))
+                .or_else(|| {
+                    retry.and_then(|_| lb.pick_avoiding(None, levels, |i| state(i, false)))
+                });
             let Some(i) = picked else {
                 if attempt == 0 {
                     return Err(Local::NoHealthyUpstream);
@@ -1725,7 +1736,16 @@ async fn forward<C: crate::io::Conn>(
     let service_ms = sent.elapsed().as_millis() as u64;
     resp.head = super::stamp::head(&resp.head, resp.own, &l.stamp, Some(service_ms));
     if let Some(r) = respond {
-        resp.head = super::mutate::response_head(&resp.head, r);
+        let facts = super::mutate::Facts {
+            upstream: c.seen.upstream,
+            response_code: Some(u32::from(resp.code)),
+            ..super::mutate::Facts::request(
+                "HTTP/1.1",
+                SystemTime::now() - c.seen.started.map_or(Duration::ZERO, |s| s.elapsed()),
+                c.caller,
+            )
+        };
+        resp.head = super::mutate::response_head(&resp.head, r, &facts);
     }
     if let Some(lg) = c.seen.lg.as_mut() {
         lg.keep(Part::Response, |n| response_field(&resp.head, n));
