@@ -12,10 +12,12 @@
 #![forbid(unsafe_code)]
 
 mod dpdk;
+mod jwt;
 mod lines;
 mod rbac;
 
 pub use dpdk::*;
+pub use jwt::*;
 pub use rbac::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1427,6 +1429,11 @@ pub struct TripleListener {
     /// is answered PERMISSION_DENIED (docs/security.md#authorization).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<Rbac>,
+    /// JWT authentication (Envoy's `jwt_authn` HTTP filter), checked before `rbac`: a call
+    /// whose token fails is answered UNAUTHENTICATED (HTTP/1.1: 401); a verified token's
+    /// payload is the call's metadata for `rbac` and routes (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_authn: Option<JwtAuthn>,
     /// Routes per `:authority`, as Envoy's virtual hosts: a stream goes to the one host whose
     /// domain matches its `:authority` best (exact, then the longest `*suffix`, then the
     /// longest `prefix*`, then `*`) and takes only that host's routes; else the listener's
@@ -1691,6 +1698,7 @@ impl Default for TripleListener {
             hpack_amplified_bytes_per_second_max: HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT,
             routes: Vec::new(),
             rbac: Vec::new(),
+            jwt_authn: None,
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
             traffic_label: None,
@@ -2316,6 +2324,12 @@ pub struct RetryPolicy {
     /// one available (Envoy's `previous_hosts` retry host predicate).
     #[serde(default = "default_true")]
     pub previous_hosts: bool,
+    /// Envoy's `previous_priorities` retry priority, its `update_frequency` (1..=10): once
+    /// that many tries went out, each retry's priority load leaves out the priority levels the
+    /// tries went to (decided again every `update_frequency` tries); none: every try draws
+    /// from the cluster's own load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_priorities: Option<u32>,
     /// Envoy's `retry_back_off`: the wait before each retry, jittered exponential (Envoy's
     /// default, 25 ms base and 10x that at most, when left out). Triple and HTTP/1.1 routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -4454,6 +4468,14 @@ fn validate_retry(
             );
         }
     }
+    if let Some(f) = p.previous_priorities {
+        if f == 0 || f > RETRIES_MAX {
+            err(
+                at("previous_priorities"),
+                format!("{f} is out of range 1..={RETRIES_MAX}"),
+            );
+        }
+    }
     if let Some(b) = p.retry_back_off {
         if b.base_interval_ms == 0 || b.base_interval_ms > REQUEST_TIMEOUT_MS_MAX {
             err(
@@ -4611,6 +4633,9 @@ fn validate_triple(
     err: &mut dyn FnMut(String, String),
 ) {
     validate_rbac_filters(&t.rbac, RbacScope::Http, at, err);
+    if let Some(j) = &t.jwt_authn {
+        j.validate(&|f| at(&format!("jwt_authn.{f}")), err);
+    }
     if let Some(tl) = &t.traffic_label {
         tl.validate(true, at, err);
     }

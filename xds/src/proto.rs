@@ -47,6 +47,8 @@ use config::{
 
 use crate::TranslateError;
 
+#[path = "proto_jwt.rs"]
+mod jwt;
 #[path = "proto_rbac.rs"]
 mod rbac;
 #[path = "proto_tls.rs"]
@@ -683,6 +685,7 @@ fn chain_listener(
                 rds: name,
                 limit,
                 rbac,
+                jwt,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -703,6 +706,7 @@ fn chain_listener(
             out.local_rate_limit = limit.flatten();
             let mut t = TripleListener {
                 rbac,
+                jwt_authn: jwt,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -1974,6 +1978,8 @@ struct HcmRes {
     rds: Option<String>,
     limit: RateLimitFilter,
     rbac: Vec<config::Rbac>,
+    /// Its `jwt_authn` filter.
+    jwt: Option<config::JwtAuthn>,
     /// `codec_type` AUTO or HTTP1: HTTP/1.1 connections are served too.
     http1: bool,
     /// Istio's `istio.alpn` filter.
@@ -1992,6 +1998,7 @@ fn hcm(
 ) -> Result<HcmRes, TranslateError> {
     let mut limit = None;
     let mut rbac = Vec::new();
+    let mut jwt = None;
     let mut alpn_override = None;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     let http1 = match CodecType::try_from(h.codec_type) {
@@ -2066,6 +2073,24 @@ fn hcm(
         }
         // istiod's AuthorizationPolicy (DENY, ALLOW, AUDIT filters): checked per call before
         // routing, as Envoy runs them before the router.
+        // istiod's RequestAuthentication: checked per call before the rbac filters (istiod
+        // puts it first; one after an rbac filter would change what that filter sees).
+        if let Some(a) = typed.filter(|a| a.type_url == jwt::JWT_AUTHN_TYPE) {
+            let fat = format!("{at}.http_filters[{i}]");
+            if jwt.is_some() || !rbac.is_empty() {
+                return Err(ctx.err(
+                    fat,
+                    "one jwt_authn filter, before every rbac filter, is supported",
+                ));
+            }
+            jwt = Some(jwt::http(
+                a,
+                &h.stat_prefix,
+                ctx,
+                &format!("{fat}.typed_config"),
+            )?);
+            continue;
+        }
         if let Some(a) = typed.filter(|a| a.type_url == rbac::HTTP_RBAC_TYPE) {
             let fat = format!("{at}.http_filters[{i}].typed_config");
             rbac.push(rbac::http(a, &h.stat_prefix, ctx, &fat)?);
@@ -2095,6 +2120,7 @@ fn hcm(
             rds: None,
             limit,
             rbac,
+            jwt,
             http1,
             alpn_override,
             forward_client_cert,
@@ -2114,6 +2140,7 @@ fn hcm(
                 rds: Some(rds.route_config_name.clone()),
                 limit,
                 rbac,
+                jwt,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -2916,9 +2943,10 @@ fn retry_policy(
     if p.per_try_idle_timeout.is_some() {
         return refuse("per_try_idle_timeout", "not supported");
     }
-    if p.retry_priority.is_some() {
-        return refuse("retry_priority", "not supported");
-    }
+    let previous_priorities = match &p.retry_priority {
+        None => None,
+        Some(rp) => previous_priorities(rp, ctx, &format!("{at}.retry_priority"))?,
+    };
     if !p.retry_options_predicates.is_empty() {
         return refuse("retry_options_predicates", "not supported");
     }
@@ -3027,8 +3055,54 @@ fn retry_policy(
         per_try_timeout_ms,
         retriable_status_codes: codes,
         previous_hosts,
+        previous_priorities,
         retry_back_off,
     }))
+}
+
+const PREVIOUS_PRIORITIES: &str =
+    "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig";
+
+/// A `retry_priority` (istiod's VirtualService `retries.retryRemoteLocalities`, with
+/// `update_frequency` 2): only `previous_priorities`, as its `update_frequency`; `None` when
+/// it is beyond the most tries a route may make (it would never apply).
+fn previous_priorities(
+    rp: &route_pb::retry_policy::RetryPriority,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<u32>, TranslateError> {
+    use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3 as pp_pb;
+    let any = match &rp.config_type {
+        Some(route_pb::retry_policy::retry_priority::ConfigType::TypedConfig(a)) => a,
+        None => {
+            return Err(ctx.err(
+                format!("{at}.typed_config"),
+                format!(
+                    "{:?}: only previous_priorities (with its config) is supported",
+                    rp.name
+                ),
+            ))
+        }
+    };
+    if any.type_url != PREVIOUS_PRIORITIES {
+        return Err(ctx.err(
+            format!("{at}.typed_config"),
+            format!("{:?}: only previous_priorities is supported", any.type_url),
+        ));
+    }
+    let c: pp_pb::PreviousPrioritiesConfig =
+        unpack(any, PREVIOUS_PRIORITIES, ctx, &format!("{at}.typed_config"))?;
+    // Envoy: `update_frequency` > 0.
+    let f = match u32::try_from(c.update_frequency) {
+        Ok(f) if f > 0 => f,
+        _ => {
+            return Err(ctx.err(
+                format!("{at}.typed_config.update_frequency"),
+                format!("{} must be above 0", c.update_frequency),
+            ))
+        }
+    };
+    Ok((f <= config::RETRIES_MAX).then_some(f))
 }
 
 // === clusters ===
@@ -4194,6 +4268,16 @@ fn no_fault_override(
             return Err(ctx.err(
                 join(at, &format!("typed_per_filter_config[{k:?}]")),
                 "fault injection is not supported",
+            ));
+        }
+        // PerRouteConfig disables the filter or picks another requirement for the route.
+        if k == "envoy.filters.http.jwt_authn"
+            || a.type_url
+                .ends_with("filters.http.jwt_authn.v3.PerRouteConfig")
+        {
+            return Err(ctx.err(
+                join(at, &format!("typed_per_filter_config[{k:?}]")),
+                "per-route jwt_authn is not supported",
             ));
         }
         // RBACPerRoute replaces or disables the listener's rules for the route.

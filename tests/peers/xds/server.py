@@ -126,6 +126,8 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: E402,F401
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as _gs  # noqa: E402,F401
 # Governance (docs/governance.md).
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: E402,F401,E501
+# RequestAuthentication (docs/security.md).
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as _jwt  # noqa: E402,F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: E402,F401
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2  # noqa: E402,F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: E402,F401,E501
@@ -135,6 +137,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as _nr  # noqa: E4
 from envoy.extensions.request_id.uuid.v3 import uuid_pb2  # noqa: E402,F401
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2  # noqa: E402,F401,E501
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402,F401,E501
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2  # noqa: E402,F401,E501
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: E402,F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: E402,F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2  # noqa: E402

@@ -350,6 +350,8 @@ pub struct TripleListener {
     pub bound: Option<SocketAddr>,
     /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// JWT authentication (`triple.jwt_authn`), checked on every call before `rbac`.
+    pub jwt: Option<std::sync::Arc<crate::filter::jwt::JwtAuthn>>,
     /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
     pub labels: Option<crate::cluster::LabelKeys>,
     /// `triple.http1`: connections that do not start with the HTTP/2 preface are HTTP/1.1
@@ -365,6 +367,9 @@ pub struct TripleListener {
     pub stamp: stamp::Stamp,
     /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
     pub suppress_envoy_headers: bool,
+    /// Its header mutations have values with operators (`mutate::has_operators`): its
+    /// connections keep the caller's addresses.
+    pub header_operators: bool,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
@@ -837,7 +842,8 @@ impl Pool {
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
     /// endpoints in connect-failure back-off unless all are), other than `avoid` (a connection
     /// that refused the stream) and, for a retry, the endpoints `retry` already tried while
-    /// another is available (`previous_hosts`).
+    /// another is available (`previous_hosts`), from the priority levels it does not leave out
+    /// (`previous_priorities`).
     fn connection(
         self: &Rc<Self>,
         limits: H2Limits,
@@ -860,11 +866,13 @@ impl Pool {
                 _ => Availability::Ready,
             })
         };
-        let i = match self.lb.pick_labelled(label, |i| state(i, true)) {
+        // `previous_priorities`: the levels the retry leaves out.
+        let levels = retry.map_or(&[][..], |r| r.priority_avoided());
+        let i = match self.lb.pick_avoiding(label, levels, |i| state(i, true)) {
             Some(i) => i,
             None if retry.is_some() => self
                 .lb
-                .pick_labelled(label, |i| state(i, false))
+                .pick_avoiding(label, levels, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };
