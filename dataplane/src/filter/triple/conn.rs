@@ -1492,20 +1492,26 @@ impl Conn {
             return Ok(());
         }
         // The jwt_authn filter, then rbac, as istiod orders them.
-        let _payload = match self.authenticate(l) {
+        let payload = match self.authenticate(l) {
             Ok(p) => p,
             Err(e) => {
                 self.fail_call(id, &e);
                 return Ok(());
             }
         };
-        if !self.authorized(l) {
+        if !self.authorized(l, payload.as_ref()) {
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
         }
         // The header list is borrowed only for this call, into a function that cannot reach
         // the connection (so cannot borrow it again).
-        let routed = route_call(l, &self.headers.borrow(), self.limits.header_list_max, now);
+        let routed = route_call(
+            l,
+            &self.headers.borrow(),
+            self.limits.header_list_max,
+            now,
+            payload.as_ref(),
+        );
         match routed {
             Ok(call) => self.forward_call(l, id, end, call),
             Err(Refused::Malformed) => {
@@ -1557,13 +1563,17 @@ impl Conn {
 
     /// The listener's HTTP rbac filters on the call whose headers were just decoded (counted;
     /// no filters: allowed). Envoy runs them before the router: a denied call is not routed.
-    fn authorized(&self, l: &TripleListener) -> bool {
+    fn authorized(&self, l: &TripleListener, md: Option<&crate::filter::jwt::Metadata>) -> bool {
         let Some(rbac) = &l.rbac else {
             return true;
         };
         let hl = self.headers.borrow();
+        let call = super::headers::CallView {
+            headers: &hl,
+            metadata: md,
+        };
         match &*self.rbac_peer.borrow() {
-            Some(c) => rbac.allows(&c.with(&*hl), &l.stats),
+            Some(c) => rbac.allows(&c.with(&call), &l.stats),
             // Set at accept whenever the listener has rules.
             None => false,
         }
@@ -2527,6 +2537,7 @@ fn route_call(
     hl: &HeaderList,
     header_list_max: u32,
     now: Instant,
+    metadata: Option<&crate::filter::jwt::Metadata>,
 ) -> Result<Routed, Refused> {
     if hl.too_large {
         l.stats.inc(l.ids.rq_too_large);
@@ -2551,6 +2562,7 @@ fn route_call(
         service: route_service,
         method: route_method,
         headers: hl,
+        metadata,
     };
     let Some((entry, action)) = routes.router.route_entry(hl.get(b":authority"), &view) else {
         l.stats.inc(l.ids.rq_no_route);
