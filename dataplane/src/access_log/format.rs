@@ -461,6 +461,15 @@ fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// Appends operator `op`'s value in `r` (cut to `max` bytes), as a header value's formatter
+/// does (route header mutations): nothing when `r` has none; false then.
+pub(crate) fn render_op(op: &Op, max: Option<usize>, r: &Record<'_>, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let some = value(op, r, out, &mut LineCache::default());
+    truncate(out, start, max);
+    some
+}
+
 /// Writes an operator's value; false when the record has none (rendered `-` or null).
 fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) -> bool {
     match op {
@@ -789,7 +798,7 @@ fn operator(s: &str) -> Option<(Result<(Op, Option<usize>), FormatError>, usize)
         "GRPC_STATUS" => no_arg(Op::GrpcStatus),
         "GRPC_STATUS_NUMBER" => no_arg(Op::GrpcStatusNumber),
         "RESPONSE_FLAGS" => no_arg(Op::ResponseFlags),
-        "UPSTREAM_HOST" => no_arg(Op::UpstreamHost),
+        "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => no_arg(Op::UpstreamHost),
         "UPSTREAM_CLUSTER" => no_arg(Op::UpstreamCluster),
         "ROUTE_NAME" => no_arg(Op::RouteName),
         "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
