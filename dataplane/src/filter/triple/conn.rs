@@ -2022,9 +2022,15 @@ impl Conn {
             down.fail_call(did, &e);
             return Ok(());
         }
-        let mut block = Vec::new();
+        let mut block;
         let grpc_status = {
             let hl = self.headers.borrow();
+            // Made to size (the block otherwise grows by reallocation with each field added).
+            let stamps = match &down.side {
+                Side::Down(l) => l.stamp.h2_bytes_max(),
+                Side::Up(_) => 0,
+            };
+            block = Vec::with_capacity(hl.encoded_bytes_max() + stamps);
             down.encode_response_headers(did, &hl, &mut block, self);
             down.keep_response_headers(did, |n| hl.get(n));
             hl.get(b"grpc-status").and_then(|v| {
@@ -2072,7 +2078,12 @@ impl Conn {
             .get(&id)
             .and_then(|s| s.call.as_ref())
             .filter(|c| !c.headers_sent)
-            .map(|c| (c.started, c.respond.clone().filter(|_| self.mutates.get())));
+            .map(|c| {
+                (
+                    c.started,
+                    c.respond.as_ref().filter(|_| self.mutates.get()).cloned(),
+                )
+            });
         let mutated;
         let hl = match first.as_ref().and_then(|(s, r)| Some((s, r.as_ref()?))) {
             Some((started, r)) => {
@@ -2098,22 +2109,26 @@ impl Conn {
             None => hl,
         };
         let st = &l.stamp;
-        let stamped = |n: &[u8]| {
-            first.is_some()
-                && (n == b"date"
-                    || (n == b"server" && st.overwrites_server())
-                    || (n == b"x-envoy-upstream-service-time" && st.envoy_headers))
-        };
+        let stamped = |n: &[u8]| first.is_some() && st.replaces(n);
         self.encode_exchange(l, id, hl, out, up, &stamped);
         if let Some((started, _)) = first {
-            // Names known: no static-table search, no allocation (every response pays these).
+            // Names known: no static-table search, no allocation; one clock read (every
+            // response pays these).
+            let now = Instant::now();
             if st.envoy_headers {
-                let ms = super::stamp::Decimal::new(started.elapsed().as_millis() as u64);
+                let ms = now.saturating_duration_since(started).as_millis() as u64;
+                let ms = super::stamp::Decimal::new(ms);
                 hpack::encode_known(out, None, b"x-envoy-upstream-service-time", ms.as_slice());
             }
-            let date = super::stamp::http_date();
+            let date = super::stamp::http_date_at(now);
             hpack::encode_known(out, Some(hpack::STATIC_DATE), b"date", &date);
-            if st.adds_server(hl.get(b"server").is_some()) {
+            let adds = match st.server {
+                crate::config::ServerHeader::AppendIfAbsent => {
+                    st.adds_server(hl.get(b"server").is_some())
+                }
+                _ => st.adds_server(false),
+            };
+            if adds {
                 hpack::encode_known(out, Some(hpack::STATIC_SERVER), b"server", &st.server_name);
             }
         }
