@@ -15,6 +15,7 @@ use shard::monoio::net::TcpStream;
 use crate::config::{self, LbPolicy};
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 
+pub mod ring;
 pub mod zone;
 
 /// After a failed connect, an endpoint gets no new requests for this long (unless every
