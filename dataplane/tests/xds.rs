@@ -1146,3 +1146,52 @@ fn out_of_range_durations_are_nacked_naming_the_field() {
     relay(b"still v1 again");
     assert_eq!(rs.get("/ready").0, 200);
 }
+
+/// CDS `lb_policy: RANDOM` (istio's `loadBalancer.simple: RANDOM`) is ACKed and balances:
+/// 60 calls on one Dubbo connection (one shard) reach all three providers of the EDS
+/// cluster, and not in round robin's fixed cycle (probability 3^-57 at random).
+#[test]
+fn a_random_cluster_is_acked_and_spreads_calls() {
+    let ps = [
+        Provider::start("r0"),
+        Provider::start("r1"),
+        Provider::start("r2"),
+    ];
+    let listen = local(free_port());
+    let mut cluster = eds_cluster("r", false);
+    cluster["lb_policy"] = json!("RANDOM");
+    let xds = XdsServer::start();
+    xds.put(&json!({
+        "version": "v1",
+        "listeners": [dubbo_listener("dubbo_out", listen, json!([{"name": "echo", "interface": ECHO,
+            "routes": [{"match": any_method(), "route": {"cluster": "r"}}]}]))],
+        "clusters": [cluster],
+        "endpoints": [load_assignment("r", &[ps[0].addr, ps[1].addr, ps[2].addr])]
+    }))
+    .unwrap();
+    let rs = ringside_on(xds.addr(), "sotw", "ringside-random");
+    let ack = xds.wait_ack(CDS, "v1");
+    assert!(ack["error_detail"].is_null(), "{ack}");
+    let d = wait_dump(&rs, "cds v1", |d| d["xds_versions"]["cds"] == "v1");
+    assert_eq!(d["config"]["clusters"][0]["lb"], "random", "{d}");
+    let mut c = common::dubbo::Consumer::connect(listen);
+    let picks: Vec<String> = (0..60)
+        .map(|i| {
+            let a = c.call(
+                codec::dubbo::encode::RequestBuilder::new(ECHO, "who")
+                    .args(&[codec::dubbo::encode::Arg::Str(&i.to_string())]),
+            );
+            a.text.split('|').next().unwrap_or_default().to_string()
+        })
+        .collect();
+    for p in ["r0", "r1", "r2"] {
+        assert!(
+            picks.iter().any(|x| x == p),
+            "every provider called: {picks:?}"
+        );
+    }
+    assert!(
+        (3..picks.len()).any(|i| picks[i] != picks[i - 3]),
+        "not a fixed cycle: {picks:?}"
+    );
+}
