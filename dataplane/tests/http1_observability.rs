@@ -39,14 +39,6 @@ fn lines(path: &Path, n: usize) -> Vec<String> {
     }
 }
 
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// What `target` answers to the raw bytes `request`: its status line (`closed`: nothing).
 fn raw(target: SocketAddr, request: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(target).unwrap();

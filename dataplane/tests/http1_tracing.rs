@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::envoy::{bootstrap, eds_cluster, load_assignment, socket, Ads, Envoy};
 use common::grpc::Peer;
-use common::http1::Http1Server;
-use common::peers::root;
+use common::http1::{H2Server, Http1Server};
 use common::xds::XdsServer;
 use common::*;
 use serde_json::{json, Value};
@@ -94,35 +93,6 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// The HTTP/2 server of tests/peers/http1/h2_server.py, killed on drop.
-struct H2Server(Child);
-
-impl H2Server {
-    fn start(port: u16, name: &str) -> H2Server {
-        let python = peers::require(root().join(".cache/venv/bin/python"));
-        let mut child = std::process::Command::new(python)
-            .arg(root().join("tests/peers/http1/h2_server.py"))
-            .args(["--port", &port.to_string(), "--name", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "h2 server {name}");
-        H2Server(child)
-    }
-}
-
-impl Drop for H2Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

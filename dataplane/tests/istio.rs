@@ -438,15 +438,6 @@ fn h2_outcome(addr: SocketAddr, authority: &str, path: &str) -> Result<String, u
     }
 }
 
-/// Waits until `addr` accepts connections (a listener just ACKed may still be starting).
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Virtual hosts by `:authority` as Envoy picks them (exact, longest `*suffix`, longest
 /// `prefix*`, `*`; ASCII case ignored; Istio's `host` + `host:port` domains; with and without
 /// `ignore_port_in_host_matching`), and a request takes only its host's routes: one that

@@ -15,53 +15,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
 use common::grpc::{grpc_call, Call, CallOpts, GrpcServer};
-use common::http1::Http1Server;
-use common::peers::root;
+use common::http1::{H2Server, Http1Server};
 use common::xds::XdsServer;
 use common::*;
 use serde_json::{json, Value};
-
-/// The HTTP/2 server of tests/peers/http1/h2_server.py, killed on drop.
-struct H2Server(std::process::Child);
-
-impl H2Server {
-    fn start(port: u16, name: &str) -> H2Server {
-        use std::io::BufRead;
-        let python = peers::require(root().join(".cache/venv/bin/python"));
-        let mut child = std::process::Command::new(python)
-            .arg(root().join("tests/peers/http1/h2_server.py"))
-            .args(["--port", &port.to_string(), "--name", name])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "h2 server {name}");
-        H2Server(child)
-    }
-}
-
-impl Drop for H2Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// One HTTP/1.1 exchange on a new connection (the request says `Connection: close`): the
 /// response's bytes.

@@ -770,6 +770,68 @@ impl Encoder {
 
 /// The static entry equal to (name, value), or the first with this name.
 fn static_lookup(name: &[u8], value: &[u8]) -> (Option<usize>, Option<usize>) {
+    let Some(firsts) = STATIC_BY_LEN.get(name.len()) else {
+        return (None, None);
+    };
+    for &f in firsts {
+        let f = f as usize;
+        if f >= STATIC_TABLE.len() {
+            break;
+        }
+        if STATIC_TABLE[f].0 != name {
+            continue;
+        }
+        // Entries with one name are adjacent.
+        for (i, (n, v)) in STATIC_TABLE.iter().enumerate().skip(f) {
+            if *n != name {
+                break;
+            }
+            if *v == value {
+                return (Some(i + 1), Some(i + 1));
+            }
+        }
+        return (None, Some(f + 1));
+    }
+    (None, None)
+}
+
+/// For each name length, the 0-based index of the first entry of each static-table name of that
+/// length (entries of one name are adjacent), 255 for none: a lookup compares a field's name
+/// with at most 6 entries instead of scanning all 61 (checked against the table by a test).
+const STATIC_BY_LEN: [[u8; 6]; 28] = [
+    [255, 255, 255, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [20, 59, 255, 255, 255, 255],
+    [32, 33, 36, 37, 44, 58],
+    [3, 21, 49, 255, 255, 255],
+    [18, 31, 34, 53, 255, 255],
+    [1, 5, 7, 35, 50, 51],
+    [38, 41, 45, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [0, 54, 57, 255, 255, 255],
+    [52, 255, 255, 255, 255, 255],
+    [30, 46, 255, 255, 255, 255],
+    [17, 22, 23, 29, 40, 43],
+    [14, 27, 255, 255, 255, 255],
+    [15, 16, 255, 255, 255, 255],
+    [25, 26, 28, 60, 255, 255],
+    [39, 56, 255, 255, 255, 255],
+    [47, 255, 255, 255, 255, 255],
+    [24, 42, 48, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [55, 255, 255, 255, 255, 255],
+    [255, 255, 255, 255, 255, 255],
+    [19, 255, 255, 255, 255, 255],
+];
+
+/// The table search `static_lookup` replaced: the reference of its test.
+#[cfg(test)]
+fn static_lookup_scan(name: &[u8], value: &[u8]) -> (Option<usize>, Option<usize>) {
     let mut name_index = None;
     for (i, (n, v)) in STATIC_TABLE.iter().enumerate() {
         if *n == name {
@@ -778,7 +840,6 @@ fn static_lookup(name: &[u8], value: &[u8]) -> (Option<usize>, Option<usize>) {
             }
             name_index.get_or_insert(i + 1);
         } else if name_index.is_some() {
-            // Entries with one name are adjacent.
             break;
         }
     }
@@ -794,6 +855,31 @@ pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed:
         write_int(out, i, 7, 0x80);
         return;
     }
+    encode_literal(out, name_index, name, value, never_indexed);
+}
+
+/// Static-table index of `date` (RFC 7541 Appendix A).
+pub const STATIC_DATE: usize = 33;
+/// Static-table index of `server` (RFC 7541 Appendix A).
+pub const STATIC_SERVER: usize = 54;
+
+/// Appends a field of a name the caller knows, without searching the static table (fields a
+/// proxy adds to every response: `date`, `server`, `x-envoy-upstream-service-time`):
+/// `name_index` is the name's static-table index ([`STATIC_DATE`], [`STATIC_SERVER`]), None for
+/// a name the table lacks. The same bytes as [`encode_field`] for a value the table does not
+/// hold with that name (none of these names has a non-empty value there).
+pub fn encode_known(out: &mut Vec<u8>, name_index: Option<usize>, name: &[u8], value: &[u8]) {
+    debug_assert_eq!(static_lookup(name, value), (None, name_index));
+    encode_literal(out, name_index, name, value, false);
+}
+
+fn encode_literal(
+    out: &mut Vec<u8>,
+    name_index: Option<usize>,
+    name: &[u8],
+    value: &[u8],
+    never_indexed: bool,
+) {
     let flags = if never_indexed { 0x10 } else { 0x00 };
     match name_index {
         Some(i) => write_int(out, i, 4, flags),
@@ -805,4 +891,56 @@ pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed:
     }
     write_int(out, value.len(), 7, 0);
     out.extend_from_slice(value);
+}
+
+#[cfg(test)]
+mod known_tests {
+    use super::*;
+
+    /// `encode_known` writes what `encode_field` writes, without the table search.
+    #[test]
+    fn known_names_encode_as_encode_field_does() {
+        for (i, name, value) in [
+            (
+                Some(STATIC_DATE),
+                &b"date"[..],
+                &b"Sun, 06 Nov 1994 08:49:37 GMT"[..],
+            ),
+            (Some(STATIC_SERVER), b"server", b"istio-envoy"),
+            (None, b"x-envoy-upstream-service-time", b"12"),
+        ] {
+            assert_eq!(static_lookup(name, value), (None, i), "{name:?}");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_field(&mut a, name, value, false);
+            encode_known(&mut b, i, name, value);
+            assert_eq!(a, b, "{name:?}");
+        }
+    }
+
+    /// The by-length index finds what a scan of the whole table finds, for every entry, every
+    /// name with another value, and names the table lacks.
+    #[test]
+    fn static_lookup_by_length_matches_the_scan() {
+        let mut cases: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (n, v) in STATIC_TABLE {
+            cases.push((n.to_vec(), v.to_vec()));
+            cases.push((n.to_vec(), b"other".to_vec()));
+            let mut longer = n.to_vec();
+            longer.push(b'x');
+            cases.push((longer, v.to_vec()));
+            cases.push((n[..n.len() - 1].to_vec(), v.to_vec()));
+        }
+        for n in [
+            &b""[..],
+            b"x-envoy-upstream-service-time",
+            b"grpc-status",
+            b"te",
+            b"a-very-long-header-name-beyond-any-entry",
+        ] {
+            cases.push((n.to_vec(), Vec::new()));
+        }
+        for (n, v) in &cases {
+            assert_eq!(static_lookup(n, v), static_lookup_scan(n, v), "{n:?} {v:?}");
+        }
+    }
 }

@@ -556,8 +556,10 @@ fn grpc_status_name(s: u32) -> &'static str {
     NAMES.get(s as usize).copied().unwrap_or("InvalidCode")
 }
 
-/// UTC civil date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
+/// UTC civil date (year, month 1-12, day 1-31) of a day count since 1970-01-01 (Howard
+/// Hinnant's algorithm): the one calendar of the access log, the HTTP `date` stamp and the
+/// process log's timestamps.
+pub fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -104,3 +104,33 @@ pub fn http1_comparable(o: &str) -> String {
         _ => o.to_string(),
     }
 }
+
+/// The HTTP/2 server of tests/peers/http1/h2_server.py, killed on drop.
+pub struct H2Server(std::process::Child);
+
+impl H2Server {
+    pub fn start(port: u16, name: &str) -> H2Server {
+        use std::io::BufRead;
+        let python = super::peers::require(root().join(".cache/venv/bin/python"));
+        let mut child = std::process::Command::new(python)
+            .arg(root().join("tests/peers/http1/h2_server.py"))
+            .args(["--port", &port.to_string(), "--name", name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "h2 server {name}");
+        H2Server(child)
+    }
+}
+
+impl Drop for H2Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

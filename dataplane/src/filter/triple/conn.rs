@@ -2035,13 +2035,15 @@ impl Conn {
         };
         self.encode_exchange(l, id, hl, out, up, &stamped);
         if let Some((started, _)) = first {
+            // Names known: no static-table search, no allocation (every response pays these).
             if st.envoy_headers {
-                let ms = started.elapsed().as_millis().to_string();
-                hpack::encode_field(out, b"x-envoy-upstream-service-time", ms.as_bytes(), false);
+                let ms = super::stamp::Decimal::new(started.elapsed().as_millis() as u64);
+                hpack::encode_known(out, None, b"x-envoy-upstream-service-time", ms.as_slice());
             }
-            hpack::encode_field(out, b"date", &super::stamp::http_date(), false);
+            let date = super::stamp::http_date();
+            hpack::encode_known(out, Some(hpack::STATIC_DATE), b"date", &date);
             if st.adds_server(hl.get(b"server").is_some()) {
-                hpack::encode_field(out, b"server", &st.server_name, false);
+                hpack::encode_known(out, Some(hpack::STATIC_SERVER), b"server", &st.server_name);
             }
         }
     }

@@ -76,16 +76,7 @@ fn format_date(secs: u64) -> [u8; 29] {
     ];
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::access_log::format::civil(days as i64);
     let s = format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
         DAYS[(days % 7) as usize],
@@ -122,7 +113,7 @@ pub fn head(
     out.extend_from_slice(&head[..status_end]);
     let (mut date, mut server, mut time) = (false, false, false);
     let service_ms = service_ms.filter(|_| st.envoy_headers);
-    let ms = itoa(service_ms.unwrap_or(0));
+    let ms = Decimal::new(service_ms.unwrap_or(0));
     for line in head[status_end..fields_end].split_inclusive(|&b| b == b'\n') {
         let name = &line[..line.iter().position(|&b| b == b':').unwrap_or(0)];
         if name.eq_ignore_ascii_case(b"date") {
@@ -162,13 +153,41 @@ fn field(out: &mut Vec<u8>, n: &[u8], v: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa(n: u64) -> Vec<u8> {
-    n.to_string().into_bytes()
+/// `n` in decimal, on the stack: no allocation per response.
+pub struct Decimal {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(mut n: u64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return Decimal { buf, start };
+            }
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_as_to_string() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(Decimal::new(n).as_slice(), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn dates_are_imf_fixdate() {
