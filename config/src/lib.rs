@@ -2320,6 +2320,12 @@ pub struct RetryPolicy {
     /// one available (Envoy's `previous_hosts` retry host predicate).
     #[serde(default = "default_true")]
     pub previous_hosts: bool,
+    /// Envoy's `previous_priorities` retry priority, its `update_frequency` (1..=10): once
+    /// that many tries went out, each retry's priority load leaves out the priority levels the
+    /// tries went to (decided again every `update_frequency` tries); none: every try draws
+    /// from the cluster's own load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_priorities: Option<u32>,
     /// Envoy's `retry_back_off`: the wait before each retry, jittered exponential (Envoy's
     /// default, 25 ms base and 10x that at most, when left out). Triple and HTTP/1.1 routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -4586,6 +4592,14 @@ fn validate_retry(
             err(
                 at("per_try_timeout_ms"),
                 format!("{t} is out of range 1..={REQUEST_TIMEOUT_MS_MAX}"),
+            );
+        }
+    }
+    if let Some(f) = p.previous_priorities {
+        if f == 0 || f > RETRIES_MAX {
+            err(
+                at("previous_priorities"),
+                format!("{f} is out of range 1..={RETRIES_MAX}"),
             );
         }
     }

@@ -28,7 +28,10 @@ fn http_policies() -> Vec<(&'static str, Value)> {
             "/term",
             json!([{"header": {"header_name": "x-a"}, "terminal": true}, header("x-b")]),
         ),
-        ("/ip", json!([{"connection_properties": {"source_ip": true}}])),
+        (
+            "/ip",
+            json!([{"connection_properties": {"source_ip": true}}]),
+        ),
         ("/query", json!([{"query_parameter": {"name": "u"}}])),
         ("/cookie", json!([{"cookie": {"name": "sid"}}])),
     ]
@@ -158,7 +161,12 @@ fn connect_from(source: Ipv4Addr, target: SocketAddr) -> TcpStream {
         assert_eq!(rc, 0, "bind {source}: {}", std::io::Error::last_os_error());
         let dst = sin(*t.ip(), t.port());
         let rc = libc::connect(fd, &dst as *const _ as *const libc::sockaddr, len);
-        assert_eq!(rc, 0, "connect {target}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "connect {target}: {}",
+            std::io::Error::last_os_error()
+        );
         TcpStream::from_raw_fd(fd)
     }
 }
@@ -189,12 +197,22 @@ fn landings(grpc: SocketAddr, http: SocketAddr) -> Vec<(String, Vec<String>)> {
         ));
         let lo = Ipv4Addr::LOCALHOST;
         let h = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
         };
         let cases: Vec<(&str, Box<dyn Fn(usize) -> String + '_>)> = vec![
             (
                 "hdr",
-                Box::new(|i| get(http, lo, &format!("/{lb}/hdr"), &h(&[("x-user", format!("u{i}"))]))),
+                Box::new(|i| {
+                    get(
+                        http,
+                        lo,
+                        &format!("/{lb}/hdr"),
+                        &h(&[("x-user", format!("u{i}"))]),
+                    )
+                }),
             ),
             (
                 // Two x-a values (sorted, concatenated) and x-b: rotate, xor.
@@ -225,7 +243,14 @@ fn landings(grpc: SocketAddr, http: SocketAddr) -> Vec<(String, Vec<String>)> {
             ),
             (
                 "ip",
-                Box::new(|i| get(http, Ipv4Addr::new(127, 0, 0, 2 + i as u8), &format!("/{lb}/ip"), &[])),
+                Box::new(|i| {
+                    get(
+                        http,
+                        Ipv4Addr::new(127, 0, 0, 2 + i as u8),
+                        &format!("/{lb}/ip"),
+                        &[],
+                    )
+                }),
             ),
             (
                 "query",
@@ -314,8 +339,18 @@ fn consistent_hashing_lands_where_envoy_does() {
                 true,
                 "prime",
             ),
-            (RDS, json!([{"filter_state": {"key": "k"}}]), false, "filter_state"),
-            (RDS, json!([{"cookie": {"name": "c", "ttl": "10s"}}]), false, "ttl"),
+            (
+                RDS,
+                json!([{"filter_state": {"key": "k"}}]),
+                false,
+                "filter_state",
+            ),
+            (
+                RDS,
+                json!([{"cookie": {"name": "c", "ttl": "10s"}}]),
+                false,
+                "ttl",
+            ),
         ];
         for (k, (ty, change, envoy_refuses, why)) in bad.into_iter().enumerate() {
             let version = format!("bad{k}");
@@ -356,5 +391,8 @@ fn consistent_hashing_lands_where_envoy_does() {
             wrong.push(format!("{case}: {differ} of {VALUES} differ"));
         }
     }
-    assert!(wrong.is_empty(), "ringside lands elsewhere than Envoy: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "ringside lands elsewhere than Envoy: {wrong:#?}"
+    );
 }

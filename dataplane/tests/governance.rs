@@ -2380,6 +2380,129 @@ fn locality_priority_failover_matches_envoy() {
     }
 }
 
+/// Envoy's `previous_priorities` retry priority (istiod's VirtualService
+/// `retries.retryRemoteLocalities: true`) against Envoy 1.40 given the same resources: test
+/// upstreams `Pp0`, `Qp0` at priority 0 (both failing every call, UNAVAILABLE) and `Zp1` at
+/// priority 1 (healthy), all healthy in EDS, so priority 0 takes all the load. Four calls per
+/// route: `update_frequency` 1 (the first retry leaves priority 0 out: every call answered by
+/// `Z`, one try at priority 0 each); istiod's policy (2 retries, `previous_hosts`,
+/// `update_frequency` 2: the first retry still draws from the cluster's load, the second
+/// leaves out the levels of the first two tries: `Z` after two tries at priority 0);
+/// `update_frequency` 2 with one retry (both tries at priority 0: UNAVAILABLE); no retry
+/// priority (the same). Both proxies give the same answers and make the same number of tries
+/// at priority 0, per route. Tolerance: none.
+#[test]
+fn retry_priority_previous_priorities_matches_envoy() {
+    use common::envoy::*;
+    use common::h2::upstream_seen;
+    use common::xds::*;
+    use serde_json::json;
+    let _ups = [
+        Upstream::start("Pp0"),
+        Upstream::start("Qp0"),
+        Upstream::start("Zp1"),
+    ];
+    let addrs: Vec<SocketAddr> = _ups.iter().map(|u| u.addr).collect();
+    let priority = |f: u32| {
+        json!({"name": "envoy.retry_priorities.previous_priorities", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            "update_frequency": f}})
+    };
+    let route = |prefix: &str, policy: serde_json::Value| json!({"match": {"prefix": prefix}, "route": {"cluster": "prio", "retry_policy": policy}});
+    let routes = json!([
+        route(
+            "/f1.",
+            json!({"retry_on": "unavailable", "num_retries": 1,
+            "retry_priority": priority(1)})
+        ),
+        // istiod's ConvertPolicy with retryRemoteLocalities (attempts: 2).
+        route(
+            "/istio.",
+            json!({
+            "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            "num_retries": 2, "retriable_status_codes": [503],
+            "host_selection_retry_max_attempts": 5,
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+            "retry_priority": priority(2)})
+        ),
+        route(
+            "/early.",
+            json!({"retry_on": "unavailable", "num_retries": 1,
+            "retry_priority": priority(2)})
+        ),
+        route(
+            "/none.",
+            json!({"retry_on": "unavailable", "num_retries": 1})
+        )
+    ]);
+    let snapshot = |listen: SocketAddr| {
+        let ep = |a: SocketAddr| json!({"endpoint": {"address": socket(a)}});
+        json!({
+            "version": "rp1",
+            "listeners": [rds_listener("grpc_rp", listen, "rp_routes")],
+            "routes": [{"name": "rp_routes", "virtual_hosts": [{
+                "name": "all", "domains": ["*"], "routes": routes.clone()}]}],
+            "clusters": [eds_cluster("prio", true)],
+            "endpoints": [{"cluster_name": "prio", "endpoints": [
+                {"locality": {"region": "r1", "zone": "zone-a"}, "priority": 0,
+                    "lb_endpoints": [ep(addrs[0]), ep(addrs[1])]},
+                {"locality": {"region": "r1", "zone": "zone-b"}, "priority": 1,
+                    "lb_endpoints": [ep(addrs[2])]}
+            ]}]
+        })
+    };
+    let envoy_xds = XdsServer::start();
+    let envoy_listen = local(free_port());
+    envoy_xds.put(&snapshot(envoy_listen)).unwrap();
+    let envoy_admin = local(free_port());
+    let envoy = Envoy::start(
+        &bootstrap(envoy_admin, envoy_xds.addr(), Ads::Sotw, "oracle-rp"),
+        envoy_admin,
+    );
+    envoy.wait_dump("grpc_rp", |d| {
+        dynamic_listeners(d).iter().any(|(n, _)| n == "grpc_rp")
+            && dynamic_route_configs(d).iter().any(|r| r == "rp_routes")
+    });
+    let rs_xds = XdsServer::start();
+    let rs_listen = local(free_port());
+    rs_xds.put(&snapshot(rs_listen)).unwrap();
+    let _rs = ringside_over_xds(&rs_xds, "oracle-rp", "", 2, "rp1", rs_listen);
+    let p0_tries = || upstream_seen("Pp0").len() + upstream_seen("Qp0").len();
+    // Per route: the answers (first letter of the upstream, or [status]) and the tries at
+    // priority 0.
+    let run = |listen: SocketAddr| -> Vec<String> {
+        let mut c = Client::connect(listen);
+        ["f1", "istio", "early", "none"]
+            .iter()
+            .map(|svc| {
+                let before = p0_tries();
+                let got = answers(
+                    &mut c,
+                    4,
+                    &format!("/{svc}.S/M"),
+                    &[("x-fail-only-on", "Pp0,Qp0")],
+                );
+                format!("{svc}: {got} p0_tries={}", p0_tries() - before)
+            })
+            .collect()
+    };
+    let want = run(envoy_listen);
+    let got = run(rs_listen);
+    eprintln!("envoy:    {want:?}\nringside: {got:?}");
+    assert_eq!(
+        want,
+        [
+            "f1: ZZZZ p0_tries=4",
+            "istio: ZZZZ p0_tries=8",
+            "early: [14][14][14][14] p0_tries=8",
+            "none: [14][14][14][14] p0_tries=8"
+        ],
+        "Envoy, the oracle"
+    );
+    assert_eq!(got, want, "ringside vs Envoy");
+}
+
 /// Priority failover with outlier-ejected endpoints against Envoy 1.40
 /// (docs/governance.md#locality): Envoy counts an ejected host as unhealthy in its priority's
 /// health, so a zone losing providers to ejection spills load to the next priority

@@ -2977,9 +2977,10 @@ fn retry_policy(
     if p.per_try_idle_timeout.is_some() {
         return refuse("per_try_idle_timeout", "not supported");
     }
-    if p.retry_priority.is_some() {
-        return refuse("retry_priority", "not supported");
-    }
+    let previous_priorities = match &p.retry_priority {
+        None => None,
+        Some(rp) => previous_priorities(rp, ctx, &format!("{at}.retry_priority"))?,
+    };
     if !p.retry_options_predicates.is_empty() {
         return refuse("retry_options_predicates", "not supported");
     }
@@ -3088,8 +3089,54 @@ fn retry_policy(
         per_try_timeout_ms,
         retriable_status_codes: codes,
         previous_hosts,
+        previous_priorities,
         retry_back_off,
     }))
+}
+
+const PREVIOUS_PRIORITIES: &str =
+    "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig";
+
+/// A `retry_priority` (istiod's VirtualService `retries.retryRemoteLocalities`, with
+/// `update_frequency` 2): only `previous_priorities`, as its `update_frequency`; `None` when
+/// it is beyond the most tries a route may make (it would never apply).
+fn previous_priorities(
+    rp: &route_pb::retry_policy::RetryPriority,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<u32>, TranslateError> {
+    use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3 as pp_pb;
+    let any = match &rp.config_type {
+        Some(route_pb::retry_policy::retry_priority::ConfigType::TypedConfig(a)) => a,
+        None => {
+            return Err(ctx.err(
+                format!("{at}.typed_config"),
+                format!(
+                    "{:?}: only previous_priorities (with its config) is supported",
+                    rp.name
+                ),
+            ))
+        }
+    };
+    if any.type_url != PREVIOUS_PRIORITIES {
+        return Err(ctx.err(
+            format!("{at}.typed_config"),
+            format!("{:?}: only previous_priorities is supported", any.type_url),
+        ));
+    }
+    let c: pp_pb::PreviousPrioritiesConfig =
+        unpack(any, PREVIOUS_PRIORITIES, ctx, &format!("{at}.typed_config"))?;
+    // Envoy: `update_frequency` > 0.
+    let f = match u32::try_from(c.update_frequency) {
+        Ok(f) if f > 0 => f,
+        _ => {
+            return Err(ctx.err(
+                format!("{at}.typed_config.update_frequency"),
+                format!("{} must be above 0", c.update_frequency),
+            ))
+        }
+    };
+    Ok((f <= config::RETRIES_MAX).then_some(f))
 }
 
 // === clusters ===

@@ -2035,6 +2035,8 @@ fn retry_policy_from_rds() {
         }],
         host_selection_retry_max_attempts: 5,
         retriable_status_codes: vec![503],
+        // istiod's `retryRemoteLocalities: true`.
+        retry_priority: Some(retry_priority(2)),
         ..Default::default()
     };
     let mut own = route_to("/a", "c");
@@ -2065,6 +2067,7 @@ fn retry_policy_from_rds() {
             per_try_timeout_ms: None,
             retriable_status_codes: vec![503],
             previous_hosts: true,
+            previous_priorities: Some(2),
             retry_back_off: None,
         })
     );
@@ -2086,11 +2089,51 @@ fn retry_policy_from_rds() {
         retriable_headers: vec![Default::default()],
         ..Default::default()
     });
-    let e = decode_route(&pack_any(bad)).unwrap_err().to_string();
+    let e = decode_route(&pack_any(bad.clone()))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("retry_policy.retriable_headers`: not supported"),
         "{e}"
     );
+    // `update_frequency` 0 (Envoy: above 0), another retry priority: NACK; beyond the most
+    // tries: no effect.
+    let with = |rp: route_pb::retry_policy::RetryPriority| {
+        let mut rc = bad.clone();
+        rc.virtual_hosts[0].retry_policy = Some(route_pb::RetryPolicy {
+            retry_on: "reset".into(),
+            retry_priority: Some(rp),
+            ..Default::default()
+        });
+        decode_route(&pack_any(rc))
+    };
+    let e = with(retry_priority(0)).unwrap_err().to_string();
+    assert!(e.contains("update_frequency`: 0 must be above 0"), "{e}");
+    let mut other = retry_priority(1);
+    other.config_type = None;
+    let e = with(other).unwrap_err().to_string();
+    assert!(e.contains("retry_priority.typed_config`"), "{e}");
+    let (_, t) = with(retry_priority(50)).unwrap();
+    let p = t.virtual_hosts[0].routes[1]
+        .route
+        .retry_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(p.previous_priorities, None);
+}
+
+/// Envoy's `previous_priorities` retry priority with `update_frequency` `f`.
+fn retry_priority(f: i32) -> route_pb::retry_policy::RetryPriority {
+    use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3 as pp_pb;
+    route_pb::retry_policy::RetryPriority {
+        name: "envoy.retry_priorities.previous_priorities".into(),
+        config_type: Some(route_pb::retry_policy::retry_priority::ConfigType::TypedConfig(
+            Any {
+                type_url: "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig".into(),
+                value: pp_pb::PreviousPrioritiesConfig { update_frequency: f }.encode_to_vec(),
+            },
+        )),
+    }
 }
 
 /// A tcp_proxy's access logs with filters: supported ones translate (a runtime fraction of

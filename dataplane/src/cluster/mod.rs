@@ -142,6 +142,22 @@ impl UpstreamStatIds {
 /// draws are spread over the range (a level of 30 % gets about 3 of any 10).
 pub const LOAD_DRAW_STEP: u8 = 61;
 
+/// Per-level loads (percent) as [`Endpoints::load`] keeps them: cumulative, empty when the
+/// first level takes all.
+fn cumulative(load: &[u32]) -> Box<[u8]> {
+    let mut sum = 0u32;
+    match load.first() {
+        Some(&l) if l < 100 => load
+            .iter()
+            .map(|&l| {
+                sum = (sum + l).min(100);
+                sum as u8
+            })
+            .collect(),
+        _ => Box::new([]),
+    }
+}
+
 /// One endpoint of a cluster and its stat ids (all the sink when `stats.per_host` is off).
 /// Its index in [`Endpoints::slots`] is stable while the cluster lives, so per-endpoint state
 /// on the shards (balancer counts, connections) survives endpoint updates.
@@ -755,7 +771,7 @@ impl ShardCluster {
         label: Option<Label>,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
-        self.pick_hashed(label, None, state)
+        self.pick_with(label, None, None, state)
     }
 
     /// [`Self::pick_labelled`] for a request whose route's `hash_policy` gave `hash`: on a
@@ -768,13 +784,93 @@ impl ShardCluster {
         hash: Option<u64>,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
+        self.pick_with(label, None, hash, state)
+    }
+
+    /// [`Self::pick_labelled`] for a retry whose policy leaves out the priority levels of the
+    /// endpoint slots `avoid` (`previous_priorities`, see `route::Retry::priority_avoided`):
+    /// the level is drawn from Envoy's priority load recomputed with those levels' health
+    /// taken as none (`PreviousPrioritiesRetryPriority`); the usual pick when `avoid` is
+    /// empty, when that leaves no level with health, when the cluster's levels are not
+    /// priorities (one level, or locality-weighted groups) or the request has a traffic label.
+    /// `hash`: as [`Self::pick_hashed`] (a RING_HASH / MAGLEV cluster draws the level from its
+    /// hash and the usual load, as Envoy's thread-aware balancers ignore retry priorities).
+    pub fn pick_avoiding(
+        &self,
+        label: Option<Label>,
+        avoid: &[u32],
+        hash: Option<u64>,
+        state: impl Fn(usize) -> Availability,
+    ) -> Option<usize> {
+        if avoid.is_empty() || label.is_some() {
+            return self.pick_hashed(label, hash, state);
+        }
+        let load = self.retry_load(&self.endpoints.borrow(), avoid);
+        self.pick_with(label, load.as_deref(), hash, state)
+    }
+
+    /// The cumulative priority load (as [`Endpoints::load`]) without the levels of the slots
+    /// `avoid`; `None` when the usual load applies (see [`Self::pick_avoiding`]).
+    fn retry_load(&self, e: &Endpoints, avoid: &[u32]) -> Option<Box<[u8]>> {
+        if e.level_hosts.is_empty() || e.level_hosts.len() != e.levels.len() {
+            return None;
+        }
+        let mut counts = self.level_counts(e, std::time::Instant::now());
+        for &slot in avoid {
+            if let Some(p) = e.live.iter().position(|&i| i == slot) {
+                let k = e.levels.partition_point(|&end| end as usize <= p);
+                if let Some(c) = counts.get_mut(k) {
+                    c.0 = 0;
+                }
+            }
+        }
+        let load = config::priority_load(&counts, e.overprovisioning);
+        if load.iter().all(|&l| l == 0) {
+            // Envoy: no level left with health, the original load.
+            return None;
+        }
+        Some(cumulative(&load))
+    }
+
+    /// (healthy, all) endpoints of each level ([`Endpoints::level_hosts`]) with the endpoints
+    /// this shard has ejected until after `now` counted unhealthy.
+    fn level_counts(&self, e: &Endpoints, now: std::time::Instant) -> Vec<(u32, u32)> {
+        let ejected = self.ejected.borrow();
+        let mut from = 0;
+        e.levels
+            .iter()
+            .zip(e.level_hosts.iter())
+            .map(|(&end, &(healthy, all))| {
+                let level = &e.live[from..end as usize];
+                from = end as usize;
+                let out = ejected
+                    .iter()
+                    .filter(|(i, until)| now < *until && level.contains(i))
+                    .count() as u32;
+                (healthy.saturating_sub(out), all)
+            })
+            .collect()
+    }
+
+    /// [`Self::pick_labelled`], drawing the level from `load` (cumulative, as
+    /// [`Endpoints::load`]) instead of the cluster's when given and the request may go to
+    /// every endpoint; `hash` as [`Self::pick_hashed`].
+    fn pick_with(
+        &self,
+        label: Option<Label>,
+        load: Option<&[u8]>,
+        hash: Option<u64>,
+        state: impl Fn(usize) -> Availability,
+    ) -> Option<usize> {
         let e = self.endpoints.borrow();
         let mut set = e.set(label);
         if self.lb.is_hashed() && set.all {
             return self.pick_consistent(&e, hash, &state);
         }
         let shard_load;
-        if set.all && !self.ejected.borrow().is_empty() {
+        if let (true, Some(load)) = (set.all, load) {
+            set.load = load;
+        } else if set.all && !self.ejected.borrow().is_empty() {
             // Endpoints ejected on this shard: the load without them.
             self.refresh_load(&e);
             shard_load = self.shard_load.borrow();
@@ -978,18 +1074,9 @@ impl ShardCluster {
             *self.shard_load.borrow_mut() = None;
             return;
         }
-        let mut from = 0;
-        let counts: Vec<(u32, u32)> = e
-            .levels
-            .iter()
-            .zip(e.level_hosts.iter())
-            .map(|(&end, &(healthy, all))| {
-                let level = &e.live[from..end as usize];
-                from = end as usize;
-                let out = ejected.iter().filter(|(i, _)| level.contains(i)).count() as u32;
-                (healthy.saturating_sub(out), all)
-            })
-            .collect();
+        let until = ejected.iter().map(|&(_, u)| u).min().unwrap_or(now);
+        drop(ejected);
+        let counts = self.level_counts(e, now);
         let mut load = config::priority_load(&counts, e.overprovisioning);
         if load.iter().all(|&l| l == 0) {
             // Total panic: by endpoint count.
@@ -1001,19 +1088,7 @@ impl ShardCluster {
             }
             load[0] += left;
         }
-        let mut sum = 0u32;
-        let cumulative: Box<[u8]> = match load.first() {
-            Some(&l) if l < 100 => load
-                .iter()
-                .map(|&l| {
-                    sum = (sum + l).min(100);
-                    sum as u8
-                })
-                .collect(),
-            _ => Box::new([]),
-        };
-        let until = ejected.iter().map(|&(_, u)| u).min().unwrap_or(now);
-        *self.shard_load.borrow_mut() = Some((cumulative, until));
+        *self.shard_load.borrow_mut() = Some((cumulative(&load), until));
     }
 
     /// The pick among `live[level]`: `Ok` a ready endpoint, else `Err` the first one in

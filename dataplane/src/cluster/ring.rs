@@ -309,7 +309,11 @@ impl Table {
                 minimum_ring_size,
                 maximum_ring_size,
             } => Table::Ring(Ring::build(hosts, minimum_ring_size, maximum_ring_size)),
-            _ => Table::Ring(Ring::build(hosts, MIN_RING_SIZE_DEFAULT, MAX_RING_SIZE_DEFAULT)),
+            _ => Table::Ring(Ring::build(
+                hosts,
+                MIN_RING_SIZE_DEFAULT,
+                MAX_RING_SIZE_DEFAULT,
+            )),
         }
     }
 
@@ -358,10 +362,16 @@ mod tests {
             per[h as usize] += 1;
         }
         // Weights 1:1:2, each within a few entries of its share.
-        assert!(per[0].abs_diff(16384) < 64 && per[1].abs_diff(16384) < 64, "{per:?}");
+        assert!(
+            per[0].abs_diff(16384) < 64 && per[1].abs_diff(16384) < 64,
+            "{per:?}"
+        );
         assert_eq!(per.iter().sum::<usize>(), 65537);
         assert_eq!(m.pick(5, 0), Some(m.table[5]));
-        assert_eq!(m.pick(5, 1), Some(m.table[((5 ^ u64::MAX) % 65537) as usize]));
+        assert_eq!(
+            m.pick(5, 1),
+            Some(m.table[((5 ^ u64::MAX) % 65537) as usize])
+        );
         assert!(Maglev::build(&[], 7).pick(1, 0).is_none());
     }
 

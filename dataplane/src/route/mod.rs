@@ -575,6 +575,8 @@ pub struct RetryPolicy {
     codes: [u16; config::RETRIABLE_STATUS_CODES_MAX],
     codes_len: u8,
     pub previous_hosts: bool,
+    /// `previous_priorities`' `update_frequency` (0: none).
+    previous_priorities: u8,
     /// `retry_back_off` in ms: (base interval, max interval).
     back_off: (u32, u32),
 }
@@ -632,6 +634,19 @@ impl Retry {
     pub fn avoids(&self, slot: usize) -> bool {
         self.policy.previous_hosts && self.tried[..self.tried_len as usize].contains(&(slot as u32))
     }
+
+    /// The endpoint slots whose priority levels the next retry's priority load leaves out
+    /// (`previous_priorities`, Envoy's `PreviousPrioritiesRetryPriority`): none before
+    /// `update_frequency` tries, then those of the tries up to the last multiple of it (the
+    /// load is decided again every `update_frequency` tries). Empty without the policy.
+    pub fn priority_avoided(&self) -> &[u32] {
+        let f = usize::from(self.policy.previous_priorities);
+        if f == 0 {
+            return &[];
+        }
+        let n = self.tried_len as usize;
+        &self.tried[..n / f * f]
+    }
 }
 
 impl RetryPolicy {
@@ -648,6 +663,9 @@ impl RetryPolicy {
             codes,
             codes_len: n as u8,
             previous_hosts: p.previous_hosts,
+            previous_priorities: p
+                .previous_priorities
+                .map_or(0, |f| f.min(config::RETRIES_MAX) as u8),
             back_off: {
                 let base = p
                     .retry_back_off
@@ -1069,6 +1087,7 @@ mod tests {
                 per_try_timeout_ms: None,
                 retriable_status_codes: vec![],
                 previous_hosts: true,
+                previous_priorities: None,
                 retry_back_off: b,
             })
         };
@@ -1092,6 +1111,39 @@ mod tests {
         // 10 < 15: doubles to 20; 20 >= 15: the max, 30.
         assert_eq!(caps, [10, 20, 30, 30]);
         assert_eq!(Retry::new(policy(None)).back_off(30).as_millis(), 5);
+    }
+
+    /// `previous_priorities` with `update_frequency` 2: the first retry draws from the
+    /// cluster's load, the second and third leave out the levels of the first two tries, the
+    /// fourth those of the first four.
+    #[test]
+    fn previous_priorities_decide_every_update_frequency_tries() {
+        let mut r = Retry::new(RetryPolicy::new(&config::RetryPolicy {
+            retry_on: vec![config::RetryOn::Reset],
+            num_retries: 10,
+            per_try_timeout_ms: None,
+            retriable_status_codes: vec![],
+            previous_hosts: false,
+            previous_priorities: Some(2),
+            retry_back_off: None,
+        }));
+        let mut seen = Vec::new();
+        for slot in [7, 8, 9, 10, 11] {
+            r.tried(slot);
+            seen.push(r.priority_avoided().to_vec());
+        }
+        assert_eq!(
+            seen,
+            [
+                vec![],
+                vec![7, 8],
+                vec![7, 8],
+                vec![7, 8, 9, 10],
+                vec![7, 8, 9, 10]
+            ]
+        );
+        r.policy.previous_priorities = 0;
+        assert!(r.priority_avoided().is_empty());
     }
 
     #[test]

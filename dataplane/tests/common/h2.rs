@@ -337,8 +337,8 @@ impl Client {
 /// stream instead), `x-status` (reply with that grpc-status), `x-fail-on: NAME` (UNAVAILABLE
 /// when this upstream is NAME), `x-echo-header` (reply with the
 /// value of the named request header). Failures for retries: `x-fail-first: N` with `x-key: K`
-/// (the first N attempts of key K, over all test upstreams, fail), `x-fail-only-on: NAME`
-/// (every attempt at this upstream fails), each as `x-fail-with` says: a gRPC code answered
+/// (the first N attempts of key K, over all test upstreams, fail), `x-fail-only-on: NAME[,NAME]`
+/// (every attempt at these upstreams fails), each as `x-fail-with` says: a gRPC code answered
 /// trailers-only (default 14), `rst` (RST_STREAM INTERNAL_ERROR) or `slow` (answer after 500 ms).
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -446,7 +446,7 @@ fn serve_upstream(name: &str, s: TcpStream, streams: u32) {
                 *seen += 1;
                 *seen <= n.parse::<u32>().unwrap()
             }
-            _ => get("x-fail-only-on").is_some_and(|n| n == name),
+            _ => get("x-fail-only-on").is_some_and(|n| n.split(',').any(|n| n == name)),
         };
         if fail {
             let mut o = Vec::new();

@@ -328,13 +328,18 @@ impl ClusterPool {
         label: Option<Label>,
     ) -> Option<Rc<Host>> {
         if let Some(r) = retry {
+            // `previous_priorities`: the levels the retry leaves out.
+            let levels = r.priority_avoided();
             let i = self
                 .lb
-                .pick_labelled(label, |i| match r.avoids(i) {
+                .pick_avoiding(label, levels, None, |i| match r.avoids(i) {
                     true => Availability::Excluded,
                     false => self.availability(i, now),
                 })
-                .or_else(|| self.lb.pick_labelled(label, |i| self.availability(i, now)))?;
+                .or_else(|| {
+                    self.lb
+                        .pick_avoiding(label, levels, None, |i| self.availability(i, now))
+                })?;
             return Some(self.host(i));
         }
         let i = self

@@ -1759,7 +1759,14 @@ impl Conn {
             };
             pool.connection_to(dst, self.limits, &l.alpn.http2, None)
         } else {
-            pool.connection(self.limits, &l.alpn.http2, None, None, call.label, call.hash)
+            pool.connection(
+                self.limits,
+                &l.alpn.http2,
+                None,
+                None,
+                call.label,
+                call.hash,
+            )
         };
         let up = match up {
             Ok(up) => up,

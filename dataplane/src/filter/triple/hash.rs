@@ -157,7 +157,10 @@ mod tests {
         assert_eq!(h(&[header("x-none")]), None);
         // Two policies: rotate-left-1 then xor; a missing one adds nothing.
         let both = xxhash64(b"bob").rotate_left(1) ^ ab;
-        assert_eq!(h(&[header("x-user"), header("x-none"), header("x-multi")]), Some(both));
+        assert_eq!(
+            h(&[header("x-user"), header("x-none"), header("x-multi")]),
+            Some(both)
+        );
         // Terminal with a hash ends the list; without one it does not.
         let mut t = header("x-user");
         t.terminal = true;
@@ -180,7 +183,9 @@ mod tests {
             Some("10.1.2.3".parse().unwrap()),
         );
         assert_eq!(ip, Some(xxhash64(b"10.1.2.3")));
-        let many: Vec<(String, String)> = (0..12).map(|i| ("x-n".into(), format!("{:02}", 11 - i))).collect();
+        let many: Vec<(String, String)> = (0..12)
+            .map(|i| ("x-n".into(), format!("{:02}", 11 - i)))
+            .collect();
         let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let hl = list(&refs);
         let all: Vec<String> = (0..12).map(|i| format!("{i:02}")).collect();

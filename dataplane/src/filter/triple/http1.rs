@@ -1273,9 +1273,13 @@ async fn upstream<C>(
                     Availability::Ready
                 }
             };
+            // `previous_priorities`: the levels the retry leaves out.
+            let levels = retry.map_or(&[][..], |r| r.priority_avoided());
             let picked = lb
-                .pick_hashed(None, c.hash, |i| state(i, true))
-                .or_else(|| retry.and_then(|_| lb.pick_hashed(None, c.hash, |i| state(i, false))));
+                .pick_avoiding(None, levels, c.hash, |i| state(i, true))
+                .or_else(|| {
+                    retry.and_then(|_| lb.pick_avoiding(None, levels, c.hash, |i| state(i, false)))
+                });
             let Some(i) = picked else {
                 if attempt == 0 {
                     return Err(Local::NoHealthyUpstream);

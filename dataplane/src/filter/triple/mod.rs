@@ -841,7 +841,8 @@ impl Pool {
     /// A connection with room for one more stream, on an endpoint the balancer picks (skipping
     /// endpoints in connect-failure back-off unless all are), other than `avoid` (a connection
     /// that refused the stream) and, for a retry, the endpoints `retry` already tried while
-    /// another is available (`previous_hosts`).
+    /// another is available (`previous_hosts`), from the priority levels it does not leave out
+    /// (`previous_priorities`).
     fn connection(
         self: &Rc<Self>,
         limits: H2Limits,
@@ -865,11 +866,16 @@ impl Pool {
                 _ => Availability::Ready,
             })
         };
-        let i = match self.lb.pick_hashed(label, hash, |i| state(i, true)) {
+        // `previous_priorities`: the levels the retry leaves out.
+        let levels = retry.map_or(&[][..], |r| r.priority_avoided());
+        let i = match self
+            .lb
+            .pick_avoiding(label, levels, hash, |i| state(i, true))
+        {
             Some(i) => i,
             None if retry.is_some() => self
                 .lb
-                .pick_hashed(label, hash, |i| state(i, false))
+                .pick_avoiding(label, levels, hash, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };
