@@ -12,10 +12,12 @@
 #![forbid(unsafe_code)]
 
 mod dpdk;
+mod jwt;
 mod lines;
 mod rbac;
 
 pub use dpdk::*;
+pub use jwt::*;
 pub use rbac::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1427,6 +1429,11 @@ pub struct TripleListener {
     /// is answered PERMISSION_DENIED (docs/security.md#authorization).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<Rbac>,
+    /// JWT authentication (Envoy's `jwt_authn` HTTP filter), checked before `rbac`: a call
+    /// whose token fails is answered UNAUTHENTICATED (HTTP/1.1: 401); a verified token's
+    /// payload is the call's metadata for `rbac` and routes (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_authn: Option<JwtAuthn>,
     /// Routes per `:authority`, as Envoy's virtual hosts: a stream goes to the one host whose
     /// domain matches its `:authority` best (exact, then the longest `*suffix`, then the
     /// longest `prefix*`, then `*`) and takes only that host's routes; else the listener's
@@ -1691,6 +1698,7 @@ impl Default for TripleListener {
             hpack_amplified_bytes_per_second_max: HPACK_AMPLIFIED_BYTES_PER_SECOND_MAX_DEFAULT,
             routes: Vec::new(),
             rbac: Vec::new(),
+            jwt_authn: None,
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
             traffic_label: None,
@@ -4760,6 +4768,9 @@ fn validate_triple(
     err: &mut dyn FnMut(String, String),
 ) {
     validate_rbac_filters(&t.rbac, RbacScope::Http, at, err);
+    if let Some(j) = &t.jwt_authn {
+        j.validate(&|f| at(&format!("jwt_authn.{f}")), err);
+    }
     if let Some(tl) = &t.traffic_label {
         tl.validate(true, at, err);
     }

@@ -47,6 +47,8 @@ use config::{
 
 use crate::TranslateError;
 
+#[path = "proto_jwt.rs"]
+mod jwt;
 #[path = "proto_rbac.rs"]
 mod rbac;
 #[path = "proto_tls.rs"]
@@ -683,6 +685,7 @@ fn chain_listener(
                 rds: name,
                 limit,
                 rbac,
+                jwt,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -703,6 +706,7 @@ fn chain_listener(
             out.local_rate_limit = limit.flatten();
             let mut t = TripleListener {
                 rbac,
+                jwt_authn: jwt,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -1974,6 +1978,8 @@ struct HcmRes {
     rds: Option<String>,
     limit: RateLimitFilter,
     rbac: Vec<config::Rbac>,
+    /// Its `jwt_authn` filter.
+    jwt: Option<config::JwtAuthn>,
     /// `codec_type` AUTO or HTTP1: HTTP/1.1 connections are served too.
     http1: bool,
     /// Istio's `istio.alpn` filter.
@@ -1992,6 +1998,7 @@ fn hcm(
 ) -> Result<HcmRes, TranslateError> {
     let mut limit = None;
     let mut rbac = Vec::new();
+    let mut jwt = None;
     let mut alpn_override = None;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     let http1 = match CodecType::try_from(h.codec_type) {
@@ -2066,6 +2073,24 @@ fn hcm(
         }
         // istiod's AuthorizationPolicy (DENY, ALLOW, AUDIT filters): checked per call before
         // routing, as Envoy runs them before the router.
+        // istiod's RequestAuthentication: checked per call before the rbac filters (istiod
+        // puts it first; one after an rbac filter would change what that filter sees).
+        if let Some(a) = typed.filter(|a| a.type_url == jwt::JWT_AUTHN_TYPE) {
+            let fat = format!("{at}.http_filters[{i}]");
+            if jwt.is_some() || !rbac.is_empty() {
+                return Err(ctx.err(
+                    fat,
+                    "one jwt_authn filter, before every rbac filter, is supported",
+                ));
+            }
+            jwt = Some(jwt::http(
+                a,
+                &h.stat_prefix,
+                ctx,
+                &format!("{fat}.typed_config"),
+            )?);
+            continue;
+        }
         if let Some(a) = typed.filter(|a| a.type_url == rbac::HTTP_RBAC_TYPE) {
             let fat = format!("{at}.http_filters[{i}].typed_config");
             rbac.push(rbac::http(a, &h.stat_prefix, ctx, &fat)?);
@@ -2095,6 +2120,7 @@ fn hcm(
             rds: None,
             limit,
             rbac,
+            jwt,
             http1,
             alpn_override,
             forward_client_cert,
@@ -2114,6 +2140,7 @@ fn hcm(
                 rds: Some(rds.route_config_name.clone()),
                 limit,
                 rbac,
+                jwt,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -4401,6 +4428,16 @@ fn no_fault_override(
             return Err(ctx.err(
                 join(at, &format!("typed_per_filter_config[{k:?}]")),
                 "fault injection is not supported",
+            ));
+        }
+        // PerRouteConfig disables the filter or picks another requirement for the route.
+        if k == "envoy.filters.http.jwt_authn"
+            || a.type_url
+                .ends_with("filters.http.jwt_authn.v3.PerRouteConfig")
+        {
+            return Err(ctx.err(
+                join(at, &format!("typed_per_filter_config[{k:?}]")),
+                "per-route jwt_authn is not supported",
             ));
         }
         // RBACPerRoute replaces or disables the listener's rules for the route.

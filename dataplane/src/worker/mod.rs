@@ -864,6 +864,7 @@ impl ShardState {
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
                 rbac: crate::filter::rbac::Rbac::new(&t.rbac, &stats.stats),
+                jwt: snap.jwt.get(index).cloned().flatten(),
                 labels: t
                     .traffic_label
                     .as_ref()
@@ -873,6 +874,7 @@ impl ShardState {
                 xfcc: (t.forward_client_cert, t.client_cert_details),
                 stamp: crate::filter::triple::stamp::Stamp::from_config(&t),
                 suppress_envoy_headers: t.suppress_envoy_headers,
+                header_operators: crate::filter::triple::mutate::has_operators(&t),
                 local_uris: snap
                     .tls
                     .listeners

@@ -12,7 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
@@ -328,6 +328,8 @@ pub struct Conn {
     /// Caller side, when the listener has HTTP rbac filters: what the rules know of the
     /// connection (set once when it is accepted).
     rbac_peer: RefCell<Option<crate::filter::rbac::ConnPeer>>,
+    /// Caller side: over TLS (`x-forwarded-proto` when absent: a JWT failure's realm).
+    tls: Cell<bool>,
     /// Upstream side over TLS: the SPIFFE ids of the server's certificate and of ours, set
     /// once the handshake is done.
     tls_peer: RefCell<Option<crate::stats::istio::UpstreamTls>>,
@@ -395,6 +397,7 @@ impl Conn {
             peer: Cell::new(crate::stats::istio::PeerId::NONE),
             original_dst: Cell::new(None),
             rbac_peer: RefCell::new(None),
+            tls: Cell::new(false),
             tls_peer: RefCell::new(None),
             istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
             mutates: Cell::new(false),
@@ -1490,19 +1493,25 @@ impl Conn {
             self.fail_call(id, &e);
             return Ok(());
         }
+        // The jwt_authn filter, then rbac, as istiod orders them.
+        let _payload = match self.authenticate(l) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail_call(id, &e);
+                return Ok(());
+            }
+        };
         if !self.authorized(l) {
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
         }
         // The header list is borrowed only for this call, into a function that cannot reach
         // the connection (so cannot borrow it again).
-        let source = self.caller_addrs.get().0.map(|a| a.ip());
         let routed = route_call(
             l,
             &self.headers.borrow(),
-            self.limits.header_list_max,
+            (self.limits.header_list_max, self.caller_addrs.get()),
             now,
-            source,
         );
         match routed {
             Ok(call) => self.forward_call(l, id, end, call),
@@ -1515,6 +1524,40 @@ impl Conn {
                     CallError::ExpiredOnArrival => self.count_reset(),
                     _ => Ok(()),
                 }
+            }
+        }
+    }
+
+    /// The listener's jwt_authn filter on the call whose headers were just decoded: its
+    /// changes made to the header list (a token not forwarded removed, ...), its verified
+    /// payloads returned; or the answer Envoy gives a gRPC caller (the HTTP status mapped:
+    /// 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, the body as the message).
+    fn authenticate(
+        &self,
+        l: &TripleListener,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, CallError<'static>> {
+        let Some(j) = &l.jwt else {
+            return Ok(None);
+        };
+        let checked = j.check(&*self.headers.borrow(), &l.stats);
+        match checked {
+            Ok(p) => {
+                apply_jwt_ops(&mut self.headers.borrow_mut(), &p.ops);
+                Ok((!p.metadata.is_empty()).then_some(p.metadata))
+            }
+            Err(f) => {
+                let hl = self.headers.borrow();
+                let scheme: &[u8] = if self.tls.get() { b"https" } else { b"http" };
+                let www = f.www_authenticate(
+                    hl.get(b"x-forwarded-proto").unwrap_or(scheme),
+                    hl.get(b":authority").unwrap_or_default(),
+                    hl.get(b":path").unwrap_or_default(),
+                );
+                Err(CallError::Jwt {
+                    status: http_to_grpc_status(f.status.http_code()),
+                    message: f.body(),
+                    www_authenticate: www,
+                })
             }
         }
     }
@@ -1888,6 +1931,13 @@ impl Conn {
         {
             hpack::encode_field(&mut block, b"location", loc, false);
         }
+        if let CallError::Jwt {
+            www_authenticate: Some(w),
+            ..
+        } = e
+        {
+            hpack::encode_field(&mut block, b"www-authenticate", w, false);
+        }
         if !headers_sent {
             // Envoy's connection manager's, on its local replies too.
             hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
@@ -2034,10 +2084,24 @@ impl Conn {
             .filter(|c| !c.headers_sent)
             .map(|c| (c.started, c.respond.clone().filter(|_| self.mutates.get())));
         let mutated;
-        let hl = match first.as_ref().and_then(|(_, r)| r.as_ref()) {
-            Some(r) => {
+        let hl = match first.as_ref().and_then(|(s, r)| Some((s, r.as_ref()?))) {
+            Some((started, r)) => {
                 let mut m = hl.clone();
-                r.apply(&mut m);
+                let facts = super::mutate::Facts {
+                    upstream: match &up.side {
+                        Side::Up(h) => Some(h.addr),
+                        Side::Down(_) => None,
+                    },
+                    response_code: hl
+                        .get(b":status")
+                        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()),
+                    ..super::mutate::Facts::request(
+                        "HTTP/2",
+                        SystemTime::now() - started.elapsed(),
+                        self.caller_addrs.get(),
+                    )
+                };
+                r.apply(&mut m, &facts);
                 mutated = m;
                 &mutated
             }
@@ -2493,9 +2557,11 @@ enum Refused {
 fn route_call(
     l: &TripleListener,
     hl: &HeaderList,
-    header_list_max: u32,
+    (header_list_max, caller): (
+        u32,
+        (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+    ),
     now: Instant,
-    source: Option<std::net::IpAddr>,
 ) -> Result<Routed, Refused> {
     if hl.too_large {
         l.stats.inc(l.ids.rq_too_large);
@@ -2597,7 +2663,7 @@ fn route_call(
     // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
     let hash = match action.hash.is_empty() {
         true => None,
-        false => super::hash::request_hash(&action.hash, hl, full, source),
+        false => super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip())),
     };
     // The route's header mutations, on a copy of the list (none: the list as it came).
     let headers = entry.and_then(|m| m.mutations.as_ref());
@@ -2605,7 +2671,8 @@ fn route_call(
     let hl = match headers.filter(|h| h.has_request(target)) {
         Some(h) => {
             let mut m = hl.clone();
-            h.request(target, &mut m);
+            let facts = super::mutate::Facts::request("HTTP/2", SystemTime::now(), caller);
+            h.request(target, &mut m, &facts);
             mutated = m;
             &mutated
         }
@@ -2676,6 +2743,25 @@ fn route_call(
 }
 
 /// Envoy's `Grpc::Utility::httpToGrpcStatus`: the gRPC status of a local reply's HTTP status.
+/// Makes the jwt_authn filter's changes to a call's header list, in order.
+pub(super) fn apply_jwt_ops(hl: &mut HeaderList, ops: &[crate::filter::jwt::Op]) {
+    use crate::filter::jwt::Op;
+    for op in ops {
+        match op {
+            Op::Remove(n) => hl.replace(n, None),
+            Op::Add(n, v) => hl.append(n, v),
+            Op::RemoveParam(p) => {
+                let path = hl
+                    .get(b":path")
+                    .map(|v| crate::filter::jwt::path_without_param(v, p));
+                if let Some(path) = path {
+                    *hl = hl.rewritten(Some(&path), None);
+                }
+            }
+        }
+    }
+}
+
 fn http_to_grpc_status(code: u16) -> u32 {
     match code {
         400 => status::INTERNAL,
@@ -2947,6 +3033,7 @@ pub async fn serve_read<S: crate::io::Conn>(
             .set(i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())));
     }
     conn.original_dst.set(original_dst(&stream, &l));
+    conn.tls.set(stream.is_tls());
     if l.rbac.is_some() {
         *conn.rbac_peer.borrow_mut() =
             Some(crate::filter::rbac::ConnPeer::new(stream.rbac_facts()));

@@ -172,3 +172,11 @@ impl crate::filter::rbac::Request for HeaderList {
         self.get(name)
     }
 }
+
+impl crate::filter::jwt::Headers for HeaderList {
+    fn each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (n, v, _) in self.iter() {
+            f(n, v);
+        }
+    }
+}

@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -148,6 +148,13 @@ enum Local {
     UpstreamReset,
     Timeout,
     BadGateway,
+    /// The listener's jwt_authn filter fails it (401 or 403, Envoy's body and
+    /// `www-authenticate`).
+    Jwt {
+        code: u16,
+        body: &'static str,
+        www_authenticate: Option<Vec<u8>>,
+    },
     /// The route's own answer (`redirect`, `direct_response`).
     Direct {
         code: u16,
@@ -182,6 +189,7 @@ impl Local {
             Local::BadGateway => (502, "Bad Gateway", "upstream sent a malformed response"),
             // Its body and location: see `local`.
             Local::Direct { code, .. } => (*code, reason(*code), ""),
+            Local::Jwt { code, body, .. } => (*code, reason(*code), body),
         }
     }
 
@@ -191,7 +199,7 @@ impl Local {
             Local::BadRequest | Local::TooLarge | Local::UpgradeRequired => {
                 Flags::DOWNSTREAM_PROTOCOL_ERROR
             }
-            Local::Forbidden(_) | Local::Direct { .. } => Flags::NONE,
+            Local::Forbidden(_) | Local::Direct { .. } | Local::Jwt { .. } => Flags::NONE,
             Local::FaultAbort(_) => Flags::FAULT_INJECTED,
             Local::NoRoute => Flags::NO_ROUTE_FOUND,
             Local::RateLimited | Local::ConcurrencyLimited => Flags::RATE_LIMITED,
@@ -517,7 +525,14 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         Err(e) => return local(c, l, &e, close).await,
     };
     if let Some((h, target)) = &mutations {
-        h.request(*target, &mut req.fields);
+        let facts = super::mutate::Facts::request("HTTP/1.1", SystemTime::now(), c.caller);
+        let mut f = super::mutate::Http1Request {
+            fields: &mut req.fields,
+            authority: &req.authority,
+            path: &req.path,
+            method: &req.method,
+        };
+        h.request(*target, &mut f, &facts);
     }
     let mut started = started;
     if let Some((d, abort)) = delay {
@@ -665,6 +680,52 @@ fn trace_request(
     }))
 }
 
+/// The listener's jwt_authn filter on the request: its changes made (to the fields going
+/// upstream and to the header list routes and rbac read), its verified payloads returned; or
+/// Envoy's answer.
+fn authenticate<C>(
+    c: &mut Down<C>,
+    l: &TripleListener,
+    req: &mut Request,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Local> {
+    use crate::filter::jwt::Op;
+    let Some(j) = &l.jwt else {
+        return Ok(None);
+    };
+    match j.check(&c.hl, &l.stats) {
+        Ok(p) => {
+            super::conn::apply_jwt_ops(&mut c.hl, &p.ops);
+            for op in &p.ops {
+                match op {
+                    Op::Remove(n) => req.fields.retain(|(k, _)| k.as_bytes() != &**n),
+                    Op::Add(n, v) => req
+                        .fields
+                        .push((String::from_utf8_lossy(n).into_owned(), v.clone())),
+                    Op::RemoveParam(name) => {
+                        let path =
+                            crate::filter::jwt::path_without_param(req.path.as_bytes(), name);
+                        req.path = String::from_utf8_lossy(&path).into_owned();
+                    }
+                }
+            }
+            Ok((!p.metadata.is_empty()).then_some(p.metadata))
+        }
+        Err(f) => {
+            let www = f.www_authenticate(
+                c.hl.get(b"x-forwarded-proto")
+                    .unwrap_or(c.scheme.as_bytes()),
+                req.authority.as_bytes(),
+                req.path.as_bytes(),
+            );
+            Err(Local::Jwt {
+                code: f.status.http_code(),
+                body: f.body(),
+                www_authenticate: www,
+            })
+        }
+    }
+}
+
 /// Where a request goes, as its route says.
 struct Routed {
     pool: Rc<Pool>,
@@ -689,6 +750,8 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
+    // The jwt_authn filter, then rbac, as istiod orders them.
+    let _payload = authenticate(c, l, req)?;
     let hl = &c.hl;
     if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
         if !rbac.allows(&peer.with(hl), &l.stats) {
@@ -1115,6 +1178,15 @@ async fn local<C: crate::io::Conn>(
     if let Some(loc) = location {
         out.push_str("location: ");
         out.push_str(&String::from_utf8_lossy(loc));
+        out.push_str("\r\n");
+    }
+    if let Local::Jwt {
+        www_authenticate: Some(w),
+        ..
+    } = e
+    {
+        out.push_str("www-authenticate: ");
+        out.push_str(&String::from_utf8_lossy(w));
         out.push_str("\r\n");
     }
     // Envoy's connection manager's, on its local replies too.
@@ -1740,7 +1812,16 @@ async fn forward<C: crate::io::Conn>(
     let service_ms = sent.elapsed().as_millis() as u64;
     resp.head = super::stamp::head(&resp.head, resp.own, &l.stamp, Some(service_ms));
     if let Some(r) = respond {
-        resp.head = super::mutate::response_head(&resp.head, r);
+        let facts = super::mutate::Facts {
+            upstream: c.seen.upstream,
+            response_code: Some(u32::from(resp.code)),
+            ..super::mutate::Facts::request(
+                "HTTP/1.1",
+                SystemTime::now() - c.seen.started.map_or(Duration::ZERO, |s| s.elapsed()),
+                c.caller,
+            )
+        };
+        resp.head = super::mutate::response_head(&resp.head, r, &facts);
     }
     if let Some(lg) = c.seen.lg.as_mut() {
         lg.keep(Part::Response, |n| response_field(&resp.head, n));

@@ -354,6 +354,8 @@ pub struct TripleListener {
     pub bound: Option<SocketAddr>,
     /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// JWT authentication (`triple.jwt_authn`), checked on every call before `rbac`.
+    pub jwt: Option<std::sync::Arc<crate::filter::jwt::JwtAuthn>>,
     /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
     pub labels: Option<crate::cluster::LabelKeys>,
     /// `triple.http1`: connections that do not start with the HTTP/2 preface are HTTP/1.1
@@ -369,6 +371,9 @@ pub struct TripleListener {
     pub stamp: stamp::Stamp,
     /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
     pub suppress_envoy_headers: bool,
+    /// Its header mutations have values with operators (`mutate::has_operators`): its
+    /// connections keep the caller's addresses.
+    pub header_operators: bool,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
