@@ -477,3 +477,184 @@ fn route_header_mutations_are_envoys() {
         assert_eq!(r, e);
     }
 }
+
+/// Header values with substitution operators ringside fills per request, against Envoy 1.40
+/// given the same RDS: request headers from the caller's addresses, `%PROTOCOL%`,
+/// `%START_TIME%`, `%REQ(x)%` (a missing header: not added; `:N` truncation; `:authority`),
+/// response headers from the upstream's address, `%RESPONSE_CODE%` and `%RESP(x)%`, for a
+/// grpcio call and an HTTP/1.1 request. Values that differ by nature (the caller's port, each
+/// proxy's own listening port, the time) are compared by shape.
+#[test]
+fn route_header_operators_are_envoys() {
+    let grpc = GrpcServer::start(0, "up", &["--initial-metadata", "x-up-kept=up"]);
+    let h2_port = free_port();
+    let _h2 = H2Server::start(h2_port, "h2");
+    let request = level(
+        &[
+            set("x-dr", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+            set("x-dra", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+            set("x-dl", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+            set("x-dla", "<%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%>"),
+            set("x-proto", "%PROTOCOL%"),
+            set("x-start", "%START_TIME(%s)%"),
+            set("x-req", "v=%REQ(x-in)% t=%REQ(x-in):2% a=%REQ(:authority)%"),
+            set("x-missing", "%REQ(x-not-sent)%"),
+            json!({"header": header("x-missing-kept", "%REQ(x-not-sent)%"), "keep_empty_value": true}),
+            append("x-in", "again-%REQ(x-in)%"),
+        ],
+        &[],
+        &[
+            set("x-up", "%UPSTREAM_REMOTE_ADDRESS%"),
+            set("x-uh", "%UPSTREAM_HOST%"),
+            set("x-code", "%RESPONSE_CODE%"),
+            set("x-resp", "r=%RESP(x-up-kept)%"),
+            set(
+                "x-rproto",
+                "%PROTOCOL% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+            ),
+        ],
+        &[],
+    );
+    let snapshot = |listen: SocketAddr| {
+        let rc = json!({"name": "ops", "virtual_hosts": [with(json!({"name": "svc", "domains": ["*"],
+            "routes": [
+                {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "h2up", "timeout": "5s"}}
+            ]}), request.clone())]});
+        let h2 = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}});
+        let cluster = |name: &str, ep: SocketAddr| {
+            json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                   "load_assignment": load_assignment(name, &[ep]),
+                   "typed_extension_protocol_options": h2.clone()})
+        };
+        json!({
+            "version": "v1",
+            "listeners": [{"name": "ops", "address": socket(listen), "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "http", "codec_type": "AUTO", "route_config": rc,
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                }}]}]}],
+            "clusters": [cluster("grpc", grpc.addr()), cluster("h2up", local(h2_port))]
+        })
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // `name=value` with what differs by nature replaced by its shape.
+    let norm = |listen: SocketAddr, name: &str, value: &str| -> String {
+        let value = value.replace(&listen.to_string(), "<listen>");
+        let value = match name {
+            "x-dr" => match value.strip_prefix("127.0.0.1:") {
+                Some(p) if p.parse::<u16>().is_ok() => "127.0.0.1:<port>".to_string(),
+                _ => value,
+            },
+            "x-start" => match value.parse::<u64>() {
+                Ok(t) if t + 60 >= now() && t <= now() => "<now>".to_string(),
+                _ => value,
+            },
+            _ => value,
+        };
+        format!("{name}={value}")
+    };
+    let ours = |n: &str| {
+        n.starts_with("x-")
+            && ![
+                "x-envoy-upstream-service-time",
+                "x-request-id",
+                "x-forwarded-proto",
+                "x-envoy-expected-rq-timeout-ms",
+            ]
+            .contains(&n)
+    };
+    let exercise = |listen: SocketAddr| -> Vec<String> {
+        let mut out = Vec::new();
+        let o = grpc_call(listen, &CallOpts::new(Call::Unary).meta("x-in", "abc"));
+        assert!(o.ok, "{o:?}");
+        for m in o
+            .replies
+            .first()
+            .map(|r| r.metadata.clone())
+            .unwrap_or_default()
+        {
+            let (n, v) = m.split_once('=').unwrap_or((&m, ""));
+            if ours(n) {
+                out.push(format!("grpc upstream {}", norm(listen, n, v)));
+            }
+        }
+        for (n, v) in &o.initial {
+            if ours(n) {
+                out.push(format!("grpc client {}", norm(listen, n, v)));
+            }
+        }
+        let r = http1(
+            listen,
+            "GET /len HTTP/1.1\r\nHost: svc\r\nX-In: abc\r\nConnection: close\r\n\r\n",
+        );
+        let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
+        let fields = |lines: &mut dyn Iterator<Item = &str>, who: &str, out: &mut Vec<String>| {
+            for (n, v) in lines.filter_map(|l| l.split_once(": ")) {
+                let n = n.to_ascii_lowercase();
+                if ours(&n) {
+                    out.push(format!("h1 {who} {}", norm(listen, &n, v)));
+                }
+            }
+        };
+        fields(&mut head.split("\r\n").skip(1), "client", &mut out);
+        fields(&mut body.lines().skip(1), "upstream", &mut out);
+        out.sort();
+        out
+    };
+    let run = |who: &str| -> Vec<String> {
+        let listen = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen)).unwrap();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            Box::new(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "vsops"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: vsops\n  node_cluster: t\n  mode: sotw\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        exercise(listen)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    eprintln!("envoy: {envoy:#?}\nringside: {ringside:#?}");
+    // Envoy filled them (the test sees the operators at work).
+    let up = grpc.addr().to_string();
+    for want in [
+        "grpc upstream x-dr=127.0.0.1:<port>".to_string(),
+        "grpc upstream x-dl=<listen>".into(),
+        "grpc upstream x-proto=HTTP/2".into(),
+        "grpc upstream x-start=<now>".into(),
+        "grpc upstream x-req=v=abc t=ab a=<listen>".into(),
+        format!("grpc client x-up={up}"),
+        "grpc client x-code=200".into(),
+        "grpc client x-resp=r=up".into(),
+        "h1 upstream x-proto=HTTP/1.1".into(),
+        "h1 upstream x-req=v=abc t=ab a=svc".into(),
+    ] {
+        assert!(
+            envoy.iter().any(|e| e.starts_with(&want)),
+            "{want}: {envoy:#?}"
+        );
+    }
+    assert_eq!(ringside, envoy);
+}

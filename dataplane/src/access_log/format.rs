@@ -461,6 +461,15 @@ fn text(s: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// Appends operator `op`'s value in `r` (cut to `max` bytes), as a header value's formatter
+/// does (route header mutations): nothing when `r` has none; false then.
+pub(crate) fn render_op(op: &Op, max: Option<usize>, r: &Record<'_>, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let some = value(op, r, out, &mut LineCache::default());
+    truncate(out, start, max);
+    some
+}
+
 /// Writes an operator's value; false when the record has none (rendered `-` or null).
 fn value(op: &Op, r: &Record<'_>, out: &mut Vec<u8>, tc: &mut LineCache) -> bool {
     match op {
@@ -533,7 +542,7 @@ pub(crate) fn hostname() -> &'static str {
 }
 
 /// gRPC status names as Envoy prints them for `%GRPC_STATUS%`.
-fn grpc_status_name(s: u32) -> &'static str {
+pub(super) fn grpc_status_name(s: u32) -> &'static str {
     const NAMES: [&str; 17] = [
         "OK",
         "Canceled",
@@ -626,7 +635,12 @@ fn time(t: SystemTime, pieces: &[TimePiece], out: &mut Vec<u8>, tc: &mut LineCac
 }
 
 /// The text of `pieces` for unix second `secs`, each fraction as zeros (its place in `fracs`).
-fn second(secs: u64, pieces: &[TimePiece], out: &mut Vec<u8>, fracs: &mut Vec<(usize, u8)>) {
+pub(super) fn second(
+    secs: u64,
+    pieces: &[TimePiece],
+    out: &mut Vec<u8>,
+    fracs: &mut Vec<(usize, u8)>,
+) {
     let (y, mo, d) = civil((secs / 86_400) as i64);
     let sod = secs % 86_400;
     for p in pieces {
@@ -784,7 +798,7 @@ fn operator(s: &str) -> Option<(Result<(Op, Option<usize>), FormatError>, usize)
         "GRPC_STATUS" => no_arg(Op::GrpcStatus),
         "GRPC_STATUS_NUMBER" => no_arg(Op::GrpcStatusNumber),
         "RESPONSE_FLAGS" => no_arg(Op::ResponseFlags),
-        "UPSTREAM_HOST" => no_arg(Op::UpstreamHost),
+        "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => no_arg(Op::UpstreamHost),
         "UPSTREAM_CLUSTER" => no_arg(Op::UpstreamCluster),
         "ROUTE_NAME" => no_arg(Op::RouteName),
         "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {

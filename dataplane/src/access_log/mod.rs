@@ -12,6 +12,7 @@
 //! rotation). Nothing here runs when no listener has an access log.
 
 pub mod format;
+mod line;
 pub mod record;
 mod sink;
 

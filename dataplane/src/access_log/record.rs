@@ -17,7 +17,7 @@ use super::{DubboCall, Flags, Headers, Part, Record};
 
 /// Bytes in a batch's arena: `at..at + len`; `len == u32::MAX`: missing.
 #[derive(Clone, Copy, Debug)]
-struct Span {
+pub(super) struct Span {
     at: u32,
     len: u32,
 }
@@ -30,27 +30,27 @@ const MISSING: Span = Span {
 /// One call, fixed size.
 #[derive(Clone, Copy, Debug)]
 pub struct Fixed {
-    start: SystemTime,
-    duration: Duration,
-    response_code: Option<u32>,
-    grpc_status: Option<u32>,
-    flags: Flags,
+    pub(super) start: SystemTime,
+    pub(super) duration: Duration,
+    pub(super) response_code: Option<u32>,
+    pub(super) grpc_status: Option<u32>,
+    pub(super) flags: Flags,
     /// The format's index in its batch's format table.
     pub format: u16,
-    has_dubbo: bool,
+    pub(super) has_dubbo: bool,
     /// The header values follow one another in the arena from `headers.at` (one span each,
     /// in the format's order, in `header_spans`); len 0: the call had no headers.
-    headers: Span,
-    upstream_host: Option<SocketAddr>,
-    downstream_remote: Option<SocketAddr>,
-    downstream_local: Option<SocketAddr>,
-    bytes_received: u64,
-    bytes_sent: u64,
-    request_id: u64,
-    protocol: Span,
-    cluster: Span,
-    route: Span,
-    dubbo: [Span; 4],
+    pub(super) headers: Span,
+    pub(super) upstream_host: Option<SocketAddr>,
+    pub(super) downstream_remote: Option<SocketAddr>,
+    pub(super) downstream_local: Option<SocketAddr>,
+    pub(super) bytes_received: u64,
+    pub(super) bytes_sent: u64,
+    pub(super) request_id: u64,
+    pub(super) protocol: Span,
+    pub(super) cluster: Span,
+    pub(super) route: Span,
+    pub(super) dubbo: [Span; 4],
 }
 
 /// Records and the bytes they refer to.
@@ -173,7 +173,7 @@ impl Records {
         self.fixed.push(fixed);
     }
 
-    fn bytes_of(&self, s: Span) -> Option<&[u8]> {
+    pub(super) fn bytes_of(&self, s: Span) -> Option<&[u8]> {
         if s.len == u32::MAX {
             return None;
         }
@@ -184,6 +184,14 @@ impl Records {
     fn str_of(&self, s: Span) -> Option<&str> {
         // Copied from a `&str`, so UTF-8; checked anyway (a record never panics the writer).
         self.bytes_of(s).and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The spans of record `f`'s header values, in its format's header order (empty: the
+    /// call had none).
+    pub(super) fn header_spans(&self, f: &Fixed) -> &[Span] {
+        self.spans
+            .get(f.headers.at as usize..(f.headers.at + f.headers.len) as usize)
+            .unwrap_or_default()
     }
 
     /// The headers of record `f`, read by its format's header names.
@@ -285,6 +293,25 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 2);
+        // The writer's renderer (line::Lines), twice each (its caches then hold the time
+        // and the addresses), from a small buffer (it grows for a long line).
+        let formats: Vec<(std::sync::Arc<Format>, crate::access_log::sink::HeaderNames)> =
+            vec![(std::sync::Arc::new(f.clone()), names.clone().into())];
+        let mut records = Records::default();
+        records.push(r, 0, &names, f.shows());
+        records.push(r, 0, &names, Shows::ALL);
+        let mut lines = crate::access_log::line::Lines::with_capacity(16);
+        for _ in 0..2 {
+            lines.batch(&formats);
+            for rec in &records.fixed {
+                lines.line(&records, rec, &formats);
+                assert_eq!(
+                    String::from_utf8_lossy(lines.text()),
+                    String::from_utf8_lossy(&direct)
+                );
+                lines.clear();
+            }
+        }
         String::from_utf8(direct).unwrap()
     }
 
@@ -375,5 +402,69 @@ mod tests {
             &Format::text(crate::access_log::format::DEFAULT_FORMAT).unwrap(),
             &grpc,
         );
+        let default = Format::text(crate::access_log::format::DEFAULT_FORMAT).unwrap();
+        same_line(&default, &dubbo);
+        same_line(&default, &tcp);
+
+        // Truncation (inside a multi-byte character, of `-`, of numbers and times), long
+        // constant text, a long time format, a hostname, every flag, a header value far
+        // longer than the writer's buffer, addresses of every kind, more than it caches.
+        let cut = Format::text(
+            "%DUBBO_GROUP:3%|%REQ(X-B):0%|%BYTES_SENT:2%|%START_TIME:13%|%UPSTREAM_HOST:4%|%RESPONSE_FLAGS:7%|%GRPC_STATUS:4%|%HOSTNAME%|a constant piece longer than sixteen bytes|%START_TIME(%Y-%m-%d %H:%M:%S.%E9S and the epoch %s, zone %z)%|%REQ(X-LONG?X-B)%|%RESP(GRPC-MESSAGE)%|%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%|%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\n",
+        )
+        .unwrap();
+        same_line(&cut, &dubbo);
+        same_line(&cut, &grpc);
+        same_line(&cut, &tcp);
+        let long = "v".repeat(200_000);
+        let long_headers = H(vec![
+            (Part::Request, "x-long", Box::leak(long.into_boxed_str())),
+            (Part::Request, "x-b", "b"),
+        ]);
+        let mut all_flags = Flags::NONE;
+        for bit in 0..15 {
+            all_flags = all_flags | Flags(1 << bit);
+        }
+        same_line(
+            &cut,
+            &Record {
+                headers: &long_headers,
+                flags: all_flags,
+                grpc_status: Some(99),
+                ..grpc
+            },
+        );
+        for (i, a) in [
+            "1.2.3.4:5",
+            "[::1]:8080",
+            "255.255.255.255:65535",
+            "[fe80::1%3]:1",
+            "10.0.0.1:1",
+            "10.0.0.2:1",
+            "10.0.0.3:1",
+            "10.0.0.4:1",
+            "10.0.0.5:1",
+            "10.0.0.6:1",
+            "10.0.0.7:1",
+            "10.0.0.8:1",
+            "10.0.0.9:1",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let a: SocketAddr = a.parse().unwrap();
+            let r = Record {
+                upstream_host: Some(a),
+                downstream_remote: Some(a),
+                downstream_local: (i % 2 == 0).then_some(a),
+                start: UNIX_EPOCH + Duration::new(1_764_900_000 + i as u64, 999_999_999),
+                duration: Duration::from_millis(10u64.pow(i as u32)),
+                bytes_received: 10u64.pow(i as u32) - 1,
+                bytes_sent: 10u64.pow(i as u32 + 6),
+                ..grpc
+            };
+            same_line(&f, &r);
+            same_line(&cut, &r);
+        }
     }
 }

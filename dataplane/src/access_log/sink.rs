@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 
-use super::{record, Format, FormatError, LineCache, Part, BATCH_BYTES, QUEUED_BATCHES_MAX};
+use super::line::Lines;
+use super::{record, Format, FormatError, Part, BATCH_BYTES, QUEUED_BATCHES_MAX};
 
 /// `path` values that mean the process's standard output and error.
 const STDOUT: &str = "/dev/stdout";
@@ -208,8 +209,7 @@ impl Output {
 /// order they were queued, until the sink is gone.
 fn write_loop(sink: Weak<FileSink>, mut out: Output) {
     let mut failures = 0u64;
-    let mut text: Vec<u8> = Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4);
-    let mut cache = LineCache::default();
+    let mut lines = Lines::with_capacity(BATCH_BYTES + BATCH_BYTES / 4);
     loop {
         let Some(s) = sink.upgrade() else { return };
         if s.reopen.swap(false, Ordering::Relaxed) {
@@ -228,38 +228,33 @@ fn write_loop(sink: Weak<FileSink>, mut out: Output) {
                 break;
             };
             wrote = true;
-            let mut write = |text: &mut Vec<u8>| {
-                if let Err(e) = out.write_all(text) {
+            let mut write = |lines: &mut Lines| {
+                if let Err(e) = out.write_all(lines.text()) {
                     failures += 1;
                     // Once, then every 1000th failure: a full disk must not flood the log.
                     if failures % 1000 == 1 {
                         tracing::warn!(path = %s.path, error = %e, failures, "access log: write failed; lines lost");
                     }
                 }
-                text.clear();
+                lines.clear();
             };
+            lines.batch(&batch.formats);
             let records = &batch.records;
             for f in &records.fixed {
-                let Some((format, names)) = batch.formats.get(usize::from(f.format)) else {
-                    continue;
-                };
-                let headers = records.headers(f, names);
-                format.render_cached(&records.record(f, &headers), &mut text, &mut cache);
-                if text.len() >= BATCH_BYTES {
-                    write(&mut text);
+                lines.line(records, f, &batch.formats);
+                if lines.text().len() >= BATCH_BYTES {
+                    write(&mut lines);
                 }
             }
-            if !text.is_empty() {
-                write(&mut text);
+            if !lines.text().is_empty() {
+                write(&mut lines);
             }
             batch.records.clear();
             batch.formats.clear();
             if batch.records.capacity_bytes() <= 4 * BATCH_BYTES {
                 let _ = s.spare.push(batch);
             }
-            if text.capacity() > 4 * BATCH_BYTES {
-                text = Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4);
-            }
+            lines.shrink(BATCH_BYTES + BATCH_BYTES / 4);
         }
         drop(s);
         if !wrote {

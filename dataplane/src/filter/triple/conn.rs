@@ -12,7 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
@@ -1247,12 +1247,12 @@ impl Conn {
             return Sent::NotRetriable;
         };
         let pool = &h.pool;
-        let (mut policy, label) = down
+        let (mut policy, label, hash) = down
             .streams
             .borrow()
             .get(&did)
             .and_then(|s| s.call.as_ref())
-            .map_or((None, None), |c| (c.retry, c.label));
+            .map_or((None, None, None), |c| (c.retry, c.label, c.hash));
         match &policy {
             Some(r) if matches!(why, Again::Refused) || why.wanted_by(&r.policy) => {
                 if !r.left() {
@@ -1277,7 +1277,7 @@ impl Conn {
         if let Some(r) = policy.as_ref().filter(|_| sent_end) {
             let wait = r.back_off(pool.dice.roll());
             if !wait.is_zero() {
-                return self.park(id, why, down_w, did, policy, label, wait);
+                return self.park(id, why, down_w, did, policy, (label, hash), wait);
             }
         }
         let picked = pool
@@ -1288,6 +1288,7 @@ impl Conn {
                 Some(self),
                 policy.as_ref(),
                 label,
+                hash,
             )
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
@@ -1342,7 +1343,7 @@ impl Conn {
         down_w: Weak<Conn>,
         did: u32,
         mut policy: Option<crate::route::Retry>,
-        label: Option<crate::cluster::Label>,
+        (label, hash): (Option<crate::cluster::Label>, Option<u64>),
         wait: Duration,
     ) -> Sent {
         let Side::Up(h) = &self.side else {
@@ -1386,6 +1387,7 @@ impl Conn {
             no_credit,
             policy,
             label,
+            hash,
         });
         wake_backoff(pool);
         Sent::Yes
@@ -1508,7 +1510,7 @@ impl Conn {
         let routed = route_call(
             l,
             &self.headers.borrow(),
-            self.limits.header_list_max,
+            (self.limits.header_list_max, self.caller_addrs.get()),
             now,
             payload.as_ref(),
         );
@@ -1630,6 +1632,7 @@ impl Conn {
                 c.deadline = call.deadline;
                 c.trace = call.trace.take();
                 c.label = call.label;
+                c.hash = call.hash;
                 c.slot = call.slot.take();
                 c.respond = call.respond.take();
                 if c.respond.is_some() {
@@ -1804,7 +1807,14 @@ impl Conn {
             };
             pool.connection_to(dst, self.limits, &l.alpn.http2, None)
         } else {
-            pool.connection(self.limits, &l.alpn.http2, None, None, call.label)
+            pool.connection(
+                self.limits,
+                &l.alpn.http2,
+                None,
+                None,
+                call.label,
+                call.hash,
+            )
         };
         let up = match up {
             Ok(up) => up,
@@ -2027,9 +2037,15 @@ impl Conn {
             down.fail_call(did, &e);
             return Ok(());
         }
-        let mut block = Vec::new();
+        let mut block;
         let grpc_status = {
             let hl = self.headers.borrow();
+            // Made to size (the block otherwise grows by reallocation with each field added).
+            let stamps = match &down.side {
+                Side::Down(l) => l.stamp.h2_bytes_max(),
+                Side::Up(_) => 0,
+            };
+            block = Vec::with_capacity(hl.encoded_bytes_max() + stamps);
             down.encode_response_headers(did, &hl, &mut block, self);
             down.keep_response_headers(did, |n| hl.get(n));
             hl.get(b"grpc-status").and_then(|v| {
@@ -2077,34 +2093,57 @@ impl Conn {
             .get(&id)
             .and_then(|s| s.call.as_ref())
             .filter(|c| !c.headers_sent)
-            .map(|c| (c.started, c.respond.clone().filter(|_| self.mutates.get())));
+            .map(|c| {
+                (
+                    c.started,
+                    c.respond.as_ref().filter(|_| self.mutates.get()).cloned(),
+                )
+            });
         let mutated;
-        let hl = match first.as_ref().and_then(|(_, r)| r.as_ref()) {
-            Some(r) => {
+        let hl = match first.as_ref().and_then(|(s, r)| Some((s, r.as_ref()?))) {
+            Some((started, r)) => {
                 let mut m = hl.clone();
-                r.apply(&mut m);
+                let facts = super::mutate::Facts {
+                    upstream: match &up.side {
+                        Side::Up(h) => Some(h.addr),
+                        Side::Down(_) => None,
+                    },
+                    response_code: hl
+                        .get(b":status")
+                        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()),
+                    ..super::mutate::Facts::request(
+                        "HTTP/2",
+                        SystemTime::now() - started.elapsed(),
+                        self.caller_addrs.get(),
+                    )
+                };
+                r.apply(&mut m, &facts);
                 mutated = m;
                 &mutated
             }
             None => hl,
         };
         let st = &l.stamp;
-        let stamped = |n: &[u8]| {
-            first.is_some()
-                && (n == b"date"
-                    || (n == b"server" && st.overwrites_server())
-                    || (n == b"x-envoy-upstream-service-time" && st.envoy_headers))
-        };
+        let stamped = |n: &[u8]| first.is_some() && st.replaces(n);
         self.encode_exchange(l, id, hl, out, up, &stamped);
         if let Some((started, _)) = first {
-            // Names known: no static-table search, no allocation (every response pays these).
+            // Names known: no static-table search, no allocation; one clock read (every
+            // response pays these).
+            let now = Instant::now();
             if st.envoy_headers {
-                let ms = super::stamp::Decimal::new(started.elapsed().as_millis() as u64);
+                let ms = now.saturating_duration_since(started).as_millis() as u64;
+                let ms = super::stamp::Decimal::new(ms);
                 hpack::encode_known(out, None, b"x-envoy-upstream-service-time", ms.as_slice());
             }
-            let date = super::stamp::http_date();
+            let date = super::stamp::http_date_at(now);
             hpack::encode_known(out, Some(hpack::STATIC_DATE), b"date", &date);
-            if st.adds_server(hl.get(b"server").is_some()) {
+            let adds = match st.server {
+                crate::config::ServerHeader::AppendIfAbsent => {
+                    st.adds_server(hl.get(b"server").is_some())
+                }
+                _ => st.adds_server(false),
+            };
+            if adds {
                 hpack::encode_known(out, Some(hpack::STATIC_SERVER), b"server", &st.server_name);
             }
         }
@@ -2365,7 +2404,8 @@ impl Conn {
                 dropped();
                 continue;
             }
-            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label) else {
+            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label, call.hash)
+            else {
                 dropped();
                 continue;
             };
@@ -2509,6 +2549,8 @@ struct Routed {
     fault: Option<crate::route::Injected>,
     /// Its traffic label, when the listener reads them.
     label: Option<crate::cluster::Label>,
+    /// Its hash by its route's `hash_policy`, when it has one and the policy gave a value.
+    hash: Option<u64>,
     /// The shadow clusters its route's mirror policies picked (indices in `routes.pools`), and
     /// the request headers for them (empty when none).
     mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
@@ -2535,7 +2577,10 @@ enum Refused {
 fn route_call(
     l: &TripleListener,
     hl: &HeaderList,
-    header_list_max: u32,
+    (header_list_max, caller): (
+        u32,
+        (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+    ),
     now: Instant,
     metadata: Option<&crate::filter::jwt::Metadata>,
 ) -> Result<Routed, Refused> {
@@ -2637,13 +2682,19 @@ fn route_call(
         }));
     }
     let (cluster, target) = action.pick(l.roll());
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
+    let hash = match action.hash.is_empty() {
+        true => None,
+        false => super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip())),
+    };
     // The route's header mutations, on a copy of the list (none: the list as it came).
     let headers = entry.and_then(|m| m.mutations.as_ref());
     let mutated;
     let hl = match headers.filter(|h| h.has_request(target)) {
         Some(h) => {
             let mut m = hl.clone();
-            h.request(target, &mut m);
+            let facts = super::mutate::Facts::request("HTTP/2", SystemTime::now(), caller);
+            h.request(target, &mut m, &facts);
             mutated = m;
             &mutated
         }
@@ -2704,6 +2755,7 @@ fn route_call(
             .labels
             .as_ref()
             .map(|k| crate::cluster::Label::of(hl.get(&k.key), hl.get(&k.force_key))),
+        hash,
         mirrors,
         mirrors_len,
         shadow_block,
@@ -2996,9 +3048,8 @@ pub async fn serve_read<S: crate::io::Conn>(
     let mut conn = Conn::new(Side::Down(l.clone()), limits);
     conn.xfcc = super::xfcc::Xfcc::of(&stream, &l);
     let conn = Rc::new(conn);
-    if l.log.is_some() || l.trace.is_some() {
-        conn.caller_addrs.set(stream.addrs());
-    }
+    // The caller's address: for logs, traces and `source_ip` hash policies.
+    conn.caller_addrs.set(stream.addrs());
     if let Some(i) = &l.istio {
         conn.peer
             .set(i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())));
@@ -3398,6 +3449,7 @@ pub struct Parked {
     no_credit: u32,
     policy: Option<crate::route::Retry>,
     label: Option<crate::cluster::Label>,
+    hash: Option<u64>,
 }
 
 /// Starts the pool's back-off task unless it runs: one task per cluster per shard while
@@ -3471,6 +3523,7 @@ fn resume(pool: &Rc<Pool>, p: Parked) {
             avoid.as_deref(),
             policy.as_ref(),
             p.label,
+            p.hash,
         )
         .ok()
         .and_then(|up| Some((up.open_stream(down_w, did)?, up)));

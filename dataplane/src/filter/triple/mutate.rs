@@ -9,37 +9,105 @@
 //! Within one level, as Envoy's `HeaderParser::evaluateHeaders`: removals first; then each
 //! addition is decided against the headers as they are after the removals (`add_if_absent`,
 //! `overwrite_if_exists`), the overwrites done, then the appends. Values are Envoy substitution
-//! formats compiled with the access log's format compiler; ringside fills `%HOSTNAME%` and `%%`
-//! and refuses any other operator (a configuration error naming it).
+//! formats compiled with the access log's format compiler: `%%`, `%HOSTNAME%` and the
+//! operators of the request's stream info ([`Facts`]) are filled (a missing value: empty, and
+//! an empty value is not added unless `keep_empty_value`, as Envoy's header formatter); any
+//! other operator is refused (a configuration error naming it). A level whose values are all
+//! literal adds them as compiled (no allocation); one with operators renders them per request,
+//! against the headers after its removals (`%REQ(x)%`, `%RESP(x)%`), before it adds any.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::headers::HeaderList;
 use crate::access_log::format::{Format, Op, Piece};
+use crate::access_log::Part;
 use crate::config::{AppendAction, HeaderMutations, HeaderToAdd};
 use crate::route::RouteError;
 
-/// A header a level adds: name, value, how.
-type Add = (Box<[u8]>, Box<[u8]>, AppendAction);
+/// A header a level adds: name, value, how, `keep_empty_value`.
+type Add = (Box<[u8]>, Value, AppendAction, bool);
+
+/// A header value: its bytes, or operators to fill per request.
+#[derive(Debug)]
+enum Value {
+    Literal(Box<[u8]>),
+    Format(Box<[Piece]>),
+}
 
 /// One level's mutations in one direction.
 #[derive(Debug, Default)]
 pub struct Level {
     remove: Vec<Box<[u8]>>,
     add: Vec<Add>,
+    /// Some value has operators (rendered per request).
+    dynamic: bool,
+    /// Response headers (`%RESP(x)%` reads them; request headers: `%REQ(x)%`).
+    response: bool,
 }
 
 /// What a level edits: a header list of either protocol.
 pub trait Fields {
     fn has(&self, name: &[u8]) -> bool;
+    /// The first value of `name` (lower case; `:authority` is HTTP/1.1's `host`).
+    fn value(&self, name: &[u8]) -> Option<&[u8]>;
     /// Drops every field `name`.
     fn remove(&mut self, name: &[u8]);
     /// Adds a field at the end.
     fn push(&mut self, name: &[u8], value: &[u8]);
 }
 
+/// What a header value's operators read of the request (Envoy's stream info).
+#[derive(Clone, Copy, Debug)]
+pub struct Facts {
+    /// `HTTP/2` or `HTTP/1.1` (`%PROTOCOL%`).
+    pub protocol: &'static str,
+    /// When the request began (`%START_TIME%`).
+    pub start: SystemTime,
+    /// The caller's (remote, local) address (`%DOWNSTREAM_REMOTE_ADDRESS%`,
+    /// `%DOWNSTREAM_LOCAL_ADDRESS%`, ...).
+    pub caller: (Option<SocketAddr>, Option<SocketAddr>),
+    /// Responses: the endpoint that answered (`%UPSTREAM_HOST%`,
+    /// `%UPSTREAM_REMOTE_ADDRESS%`) and the status (`%RESPONSE_CODE%`).
+    pub upstream: Option<SocketAddr>,
+    pub response_code: Option<u32>,
+}
+
+impl Facts {
+    /// A request's facts (none of its response yet).
+    pub fn request(
+        protocol: &'static str,
+        start: SystemTime,
+        caller: (Option<SocketAddr>, Option<SocketAddr>),
+    ) -> Facts {
+        Facts {
+            protocol,
+            start,
+            caller,
+            upstream: None,
+            response_code: None,
+        }
+    }
+}
+
+/// The headers a level edits, as the access log's renderer reads them.
+struct View<'a, F>(&'a F, Part);
+
+impl<F: Fields> crate::access_log::Headers for View<'_, F> {
+    fn get(&self, part: Part, name: &str) -> Option<&[u8]> {
+        (part == self.1)
+            .then(|| self.0.value(name.as_bytes()))
+            .flatten()
+    }
+}
+
 impl Level {
-    fn compile(add: &[HeaderToAdd], remove: &[String]) -> Result<Option<Level>, RouteError> {
+    fn compile(
+        add: &[HeaderToAdd],
+        remove: &[String],
+        response: bool,
+    ) -> Result<Option<Level>, RouteError> {
         if add.is_empty() && remove.is_empty() {
             return Ok(None);
         }
@@ -49,34 +117,94 @@ impl Level {
                 .map(|n| n.to_ascii_lowercase().into_bytes().into())
                 .collect(),
             add: Vec::with_capacity(add.len()),
+            dynamic: false,
+            response,
         };
         for h in add {
-            let value = value(&h.value).map_err(|e| {
+            let value = value(&h.value, response).map_err(|e| {
                 RouteError::Header(format!("header {:?} value {:?}: {e}", h.name, h.value))
             })?;
             // An empty value is left out unless `keep_empty_value` (Envoy's `add_if_empty`).
-            if value.is_empty() && !h.keep_empty_value {
+            if matches!(&value, Value::Literal(v) if v.is_empty()) && !h.keep_empty_value {
                 continue;
             }
+            l.dynamic |= matches!(value, Value::Format(_));
             l.add.push((
                 h.name.to_ascii_lowercase().into_bytes().into(),
-                value.into_bytes().into(),
+                value,
                 h.append_action,
+                h.keep_empty_value,
             ));
         }
         Ok(Some(l))
     }
 
-    /// Applies the level to `f`.
-    pub fn apply(&self, f: &mut impl Fields) {
+    /// The values of a level with operators, filled against `f` (`None` for literals).
+    fn render(&self, f: &impl Fields, facts: &Facts) -> Vec<Option<Vec<u8>>> {
+        let part = match self.response {
+            true => Part::Response,
+            false => Part::Request,
+        };
+        let view = View(f, part);
+        let record = crate::access_log::Record {
+            start: facts.start,
+            duration: std::time::Duration::ZERO,
+            protocol: Some(facts.protocol),
+            response_code: facts.response_code,
+            grpc_status: None,
+            flags: crate::access_log::Flags::NONE,
+            upstream_host: facts.upstream,
+            upstream_cluster: None,
+            route_name: None,
+            downstream_remote: facts.caller.0,
+            downstream_local: facts.caller.1,
+            bytes_received: 0,
+            bytes_sent: 0,
+            headers: &view,
+            dubbo: None,
+        };
+        self.add
+            .iter()
+            .map(|(_, v, _, _)| match v {
+                Value::Literal(_) => None,
+                Value::Format(pieces) => {
+                    let mut out = Vec::new();
+                    for p in pieces.iter() {
+                        match p {
+                            Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+                            Piece::Op(op, max) => {
+                                crate::access_log::format::render_op(op, *max, &record, &mut out);
+                            }
+                        }
+                    }
+                    Some(out)
+                }
+            })
+            .collect()
+    }
+
+    /// Applies the level to `f`; `facts` fill its operators.
+    pub fn apply(&self, f: &mut impl Fields, facts: &Facts) {
         for n in &self.remove {
             f.remove(n);
         }
+        // Operators see the headers after the removals, before any addition of this level.
+        let rendered = match self.dynamic {
+            true => self.render(f, facts),
+            false => Vec::new(),
+        };
+        let value = |i: usize| -> &[u8] {
+            match &self.add[i].1 {
+                Value::Literal(v) => v,
+                Value::Format(_) => rendered[i].as_deref().unwrap_or_default(),
+            }
+        };
         // Decided against the headers after the removals, before any addition of this level.
         let mut decided = [Decision::Skip; 32];
         let mut more = Vec::new();
-        for (i, (n, _, action)) in self.add.iter().enumerate() {
+        for (i, (n, _, action, keep_empty)) in self.add.iter().enumerate() {
             let d = match action {
+                _ if !keep_empty && value(i).is_empty() => Decision::Skip,
                 AppendAction::AppendIfExistsOrAdd => Decision::Add,
                 AppendAction::AddIfAbsent if !f.has(n) => Decision::Add,
                 AppendAction::AddIfAbsent => Decision::Skip,
@@ -94,15 +222,15 @@ impl Level {
             Some(d) => *d,
             None => more[i - decided.len()],
         };
-        for (i, (n, v, _)) in self.add.iter().enumerate() {
+        for (i, (n, ..)) in self.add.iter().enumerate() {
             if decision(i) == Decision::Overwrite {
                 f.remove(n);
-                f.push(n, v);
+                f.push(n, value(i));
             }
         }
-        for (i, (n, v, _)) in self.add.iter().enumerate() {
+        for (i, (n, ..)) in self.add.iter().enumerate() {
             if decision(i) == Decision::Add {
-                f.push(n, v);
+                f.push(n, value(i));
             }
         }
     }
@@ -115,28 +243,77 @@ enum Decision {
     Overwrite,
 }
 
-/// A header value's format compiled to its bytes (every operator ringside fills is constant).
-fn value(format: &str) -> Result<String, String> {
+/// The operators ringside fills in a header value (the rest of Envoy's: a config error).
+const FILLED: &str = "%%, %HOSTNAME%, %START_TIME%, %PROTOCOL%, %DOWNSTREAM_REMOTE_ADDRESS%, \
+    %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %DOWNSTREAM_LOCAL_ADDRESS%, \
+    %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% (and the DIRECT forms), %REQ(x)% in request headers; \
+    %RESP(x)%, %RESPONSE_CODE%, %UPSTREAM_HOST%, %UPSTREAM_REMOTE_ADDRESS% in response headers";
+
+/// A header value's format compiled: its bytes when it has no operator but `%HOSTNAME%` (a
+/// constant), else its pieces; `response`: a response header's value.
+fn value(format: &str, response: bool) -> Result<Value, String> {
     let pieces = match Format::text(format).map_err(|e| e.to_string())? {
         Format::Text(p) => p,
         Format::Json(_) => unreachable!("a text format"),
     };
-    let mut out = String::new();
-    for p in pieces {
+    let mut literal = String::new();
+    let mut constant = true;
+    for p in &pieces {
         match p {
-            Piece::Text(t) => out.push_str(&t),
+            Piece::Text(t) => literal.push_str(t),
             Piece::Op(Op::Hostname, max) => {
                 let h = crate::access_log::format::hostname();
-                out.push_str(&h[..max.unwrap_or(h.len()).min(h.len())]);
+                literal.push_str(&h[..max.unwrap_or(h.len()).min(h.len())]);
             }
             Piece::Op(op, _) => {
-                return Err(format!(
-                    "command operator {op:?} is not one ringside fills in a header value (it fills %HOSTNAME% and %%)"
-                ))
+                let filled = match op {
+                    Op::StartTime(_)
+                    | Op::Protocol
+                    | Op::DownstreamRemoteAddress
+                    | Op::DownstreamRemoteAddressWithoutPort
+                    | Op::DownstreamLocalAddress
+                    | Op::DownstreamLocalAddressWithoutPort => true,
+                    Op::Header(Part::Request, ..) => !response,
+                    Op::Header(Part::Response, ..) | Op::ResponseCode | Op::UpstreamHost => {
+                        response
+                    }
+                    _ => false,
+                };
+                if !filled {
+                    return Err(format!(
+                        "command operator {op:?} is not one ringside fills in a {} header value (it fills {FILLED})",
+                        if response { "response" } else { "request" }
+                    ));
+                }
+                constant = false;
             }
         }
     }
-    Ok(out)
+    Ok(match constant {
+        true => Value::Literal(literal.into_bytes().into()),
+        false => Value::Format(pieces.into()),
+    })
+}
+
+/// Whether a listener's header mutations have values with operators filled per request (its
+/// connections then keep the caller's addresses).
+pub fn has_operators(t: &crate::config::TripleListener) -> bool {
+    let level = |m: &HeaderMutations| {
+        m.request_headers_to_add
+            .iter()
+            .chain(&m.response_headers_to_add)
+            .any(|h| h.value.replace("%%", "").contains('%'))
+    };
+    level(&t.headers)
+        || t.virtual_hosts.iter().any(|h| {
+            level(&h.headers)
+                || h.routes.iter().any(|r| {
+                    level(&r.headers) || r.route.weighted_clusters.iter().any(|w| level(&w.headers))
+                })
+        })
+        || t.routes.iter().any(|r| {
+            level(&r.headers) || r.route.weighted_clusters.iter().any(|w| level(&w.headers))
+        })
 }
 
 /// One level's request and response mutations.
@@ -149,10 +326,18 @@ struct Both {
 impl Both {
     fn compile(m: &HeaderMutations) -> Result<Both, RouteError> {
         Ok(Both {
-            request: Level::compile(&m.request_headers_to_add, &m.request_headers_to_remove)?
-                .map(Arc::new),
-            response: Level::compile(&m.response_headers_to_add, &m.response_headers_to_remove)?
-                .map(Arc::new),
+            request: Level::compile(
+                &m.request_headers_to_add,
+                &m.request_headers_to_remove,
+                false,
+            )?
+            .map(Arc::new),
+            response: Level::compile(
+                &m.response_headers_to_add,
+                &m.response_headers_to_remove,
+                true,
+            )?
+            .map(Arc::new),
         })
     }
 
@@ -217,19 +402,19 @@ impl RouteHeaders {
     }
 
     /// A request to weighted target `target` (0 for a plain cluster), mutated.
-    pub fn request(&self, target: usize, f: &mut impl Fields) {
+    pub fn request(&self, target: usize, f: &mut impl Fields, facts: &Facts) {
         if let Some(l) = self.target(target).and_then(|b| b.request.as_ref()) {
-            l.apply(f);
+            l.apply(f, facts);
         }
-        self.request.iter().for_each(|l| l.apply(f));
+        self.request.iter().for_each(|l| l.apply(f, facts));
     }
 
     /// A response of a request to `target`, mutated.
-    pub fn response(&self, target: usize, f: &mut impl Fields) {
+    pub fn response(&self, target: usize, f: &mut impl Fields, facts: &Facts) {
         if let Some(l) = self.target(target).and_then(|b| b.response.as_ref()) {
-            l.apply(f);
+            l.apply(f, facts);
         }
-        self.response.iter().for_each(|l| l.apply(f));
+        self.response.iter().for_each(|l| l.apply(f, facts));
     }
 }
 
@@ -258,14 +443,18 @@ impl Respond {
             .map(|h| Respond(h.clone(), target))
     }
 
-    pub fn apply(&self, f: &mut impl Fields) {
-        self.0.response(self.1, f)
+    pub fn apply(&self, f: &mut impl Fields, facts: &Facts) {
+        self.0.response(self.1, f, facts)
     }
 }
 
 impl Fields for HeaderList {
     fn has(&self, name: &[u8]) -> bool {
         self.get(name).is_some()
+    }
+
+    fn value(&self, name: &[u8]) -> Option<&[u8]> {
+        self.get(name)
     }
 
     fn remove(&mut self, name: &[u8]) {
@@ -283,6 +472,12 @@ impl Fields for Vec<(String, Vec<u8>)> {
         self.iter().any(|(n, _)| n.as_bytes() == name)
     }
 
+    fn value(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.as_bytes() == name)
+            .map(|(_, v)| &v[..])
+    }
+
     fn remove(&mut self, name: &[u8]) {
         self.retain(|(n, _)| n.as_bytes() != name)
     }
@@ -292,12 +487,51 @@ impl Fields for Vec<(String, Vec<u8>)> {
     }
 }
 
+/// An HTTP/1.1 request's fields (names lower case, `host` left out) with the parts of its
+/// request line that `%REQ(:authority)%`, `%REQ(:path)%` and `%REQ(:method)%` read.
+pub struct Http1Request<'a> {
+    pub fields: &'a mut Vec<(String, Vec<u8>)>,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+}
+
+impl Fields for Http1Request<'_> {
+    fn has(&self, name: &[u8]) -> bool {
+        self.fields.has(name)
+    }
+
+    fn value(&self, name: &[u8]) -> Option<&[u8]> {
+        match name {
+            b":authority" => Some(self.authority.as_bytes()),
+            b":path" => Some(self.path.as_bytes()),
+            b":method" => Some(self.method.as_bytes()),
+            n => self.fields.value(n),
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        Fields::remove(&mut *self.fields, name)
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        Fields::push(&mut *self.fields, name, value)
+    }
+}
+
 /// The fields of an HTTP/1.1 head (names in any case).
 struct HeadFields(Vec<(Vec<u8>, Vec<u8>)>);
 
 impl Fields for HeadFields {
     fn has(&self, name: &[u8]) -> bool {
         self.0.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    fn value(&self, name: &[u8]) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &v[..])
     }
 
     fn remove(&mut self, name: &[u8]) {
@@ -323,7 +557,7 @@ fn framing(name: &[u8]) -> bool {
 
 /// An HTTP/1.1 response head (status line, `name: value` lines, blank line) with `r` applied
 /// (its framing fields kept, after the others).
-pub fn response_head(head: &[u8], r: &Respond) -> Vec<u8> {
+pub fn response_head(head: &[u8], r: &Respond, facts: &Facts) -> Vec<u8> {
     let mut lines = head.split(|&b| b == b'\n');
     let status = lines.next().unwrap_or_default();
     let mut fields = HeadFields(Vec::new());
@@ -339,7 +573,7 @@ pub fn response_head(head: &[u8], r: &Respond) -> Vec<u8> {
             false => fields.0.push((n.to_vec(), v.to_vec())),
         }
     }
-    r.apply(&mut fields);
+    r.apply(&mut fields, facts);
     let mut out = Vec::with_capacity(head.len() + 64);
     out.extend_from_slice(status);
     out.push(b'\n');
@@ -374,6 +608,19 @@ mod tests {
             .collect()
     }
 
+    fn facts() -> Facts {
+        Facts {
+            protocol: "HTTP/2",
+            start: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_460_751_420_310),
+            caller: (
+                Some("10.0.35.28:4711".parse().unwrap()),
+                Some("10.0.0.1:80".parse().unwrap()),
+            ),
+            upstream: Some("10.0.2.1:8080".parse().unwrap()),
+            response_code: Some(200),
+        }
+    }
+
     #[test]
     fn one_level_removes_then_decides_then_overwrites_then_appends() {
         use AppendAction as A;
@@ -388,11 +635,12 @@ mod tests {
                 add("g", "", A::AppendIfExistsOrAdd),
             ],
             &["x".into()],
+            false,
         )
         .unwrap()
         .unwrap();
         let mut f = list(&[("a", "0"), ("b", "0"), ("d", "0"), ("d", "1"), ("x", "0")]);
-        l.apply(&mut f);
+        l.apply(&mut f, &facts());
         assert_eq!(
             f,
             list(&[
@@ -407,14 +655,71 @@ mod tests {
     }
 
     #[test]
-    fn operators_other_than_hostname_are_refused() {
-        let e = Level::compile(
-            &[add("a", "%UPSTREAM_HOST%", AppendAction::AddIfAbsent)],
-            &[],
-        )
-        .unwrap_err();
+    fn operators_ringside_does_not_fill_are_refused() {
+        let one = |v: &str, response: bool| {
+            Level::compile(&[add("a", v, AppendAction::AddIfAbsent)], &[], response)
+        };
+        let e = one("%UPSTREAM_HOST%", false).unwrap_err();
         assert!(e.to_string().contains("%UPSTREAM_HOST%"), "{e}");
-        assert!(Level::compile(&[add("a", "%HOSTNAME%", AppendAction::AddIfAbsent)], &[]).is_ok());
-        assert!(Level::compile(&[add("a", "50%", AppendAction::AddIfAbsent)], &[]).is_err());
+        assert!(one("%UPSTREAM_HOST%", true).is_ok());
+        assert!(one("%REQ(x-a)%", true).is_err());
+        assert!(one("%RESP(x-a)%", false).is_err());
+        assert!(one("%ROUTE_NAME%", false).is_err());
+        assert!(one("%HOSTNAME%", false).is_ok());
+        assert!(one("50%", false).is_err());
+    }
+
+    /// Operators filled per request, against the headers after the level's removals; an empty
+    /// value is not added (unless `keep_empty_value`); literal levels render nothing.
+    #[test]
+    fn operators_are_filled_from_the_request() {
+        use AppendAction as A;
+        let l = Level::compile(
+            &[
+                add(
+                    "x-from",
+                    "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %PROTOCOL%",
+                    A::AppendIfExistsOrAdd,
+                ),
+                add("x-t", "[%START_TIME(%s)%] %REQ(x-in)% %REQ(:authority):3%", A::AddIfAbsent),
+                add("x-gone", "%REQ(x-rm)%", A::OverwriteIfExistsOrAdd),
+                add("x-lit", "plain", A::AddIfAbsent),
+            ],
+            &["x-rm".into()],
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(l.dynamic);
+        let mut f = list(&[("x-in", "v1"), ("x-rm", "away"), ("host", "svc.local")]);
+        l.apply(&mut f, &facts());
+        assert_eq!(
+            f,
+            list(&[
+                ("x-in", "v1"),
+                ("host", "svc.local"),
+                ("x-from", "10.0.35.28 10.0.35.28:4711 10.0.0.1:80 HTTP/2"),
+                ("x-t", "[1460751420] v1 svc"),
+                ("x-lit", "plain"),
+            ])
+        );
+        let r = Level::compile(
+            &[add(
+                "x-up",
+                "%UPSTREAM_REMOTE_ADDRESS% %RESPONSE_CODE% %RESP(x-s)%",
+                A::AddIfAbsent,
+            )],
+            &[],
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        let mut f = list(&[("x-s", "9")]);
+        r.apply(&mut f, &facts());
+        assert_eq!(f, list(&[("x-s", "9"), ("x-up", "10.0.2.1:8080 200 9")]));
+        let lit = Level::compile(&[add("x-l", "a%%b", A::AddIfAbsent)], &[], false)
+            .unwrap()
+            .unwrap();
+        assert!(!lit.dynamic);
     }
 }

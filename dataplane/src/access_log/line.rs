@@ -1,0 +1,645 @@
+//! The writer thread's renderer: a format string compiled once per format into steps that
+//! read a [`Fixed`] record and its batch's arena directly, writing into one output buffer.
+//!
+//! The lines are the ones [`Format::render_cached`] writes for the same record, byte for
+//! byte (`record::tests` renders every operator both ways); what differs is the cost
+//! (docs/benchmarks.md, "fifth step"):
+//! - no [`super::Record`] is rebuilt per line and no header is searched by name: a `%REQ(..)%`
+//!   step knows the index of its header's span when the format is compiled;
+//! - the output is a buffer kept zero-filled to its length, with room for a line's fixed-size
+//!   parts checked once per line ([`Plan::bound`]); constant text up to [`CHUNK`] bytes, the
+//!   cached `%START_TIME%` text of the current second and cached addresses are copied as
+//!   fixed-size chunks (a few stores, no `memcpy` call, no per-byte capacity check);
+//! - numbers are written two digits at a time from a table.
+//!
+//! `json_format` formats (and nothing else) still go through [`Format::render_cached`] on a
+//! record read back ([`Records::record`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::format::{self, LineCache, Op, Piece, TimePiece};
+use super::record::{Fixed, Records, Span};
+use super::{Flags, Format, Part};
+
+/// Constant text up to this long is one fixed-size copy.
+const CHUNK: usize = 16;
+/// The `%START_TIME%` text of a second up to this long is one fixed-size copy.
+const TIME_CHUNK: usize = 32;
+/// Cached address text: `255.255.255.255:65535` is 21 bytes.
+const ADDR_CHUNK: usize = 24;
+/// Addresses a renderer keeps (a log names the same few upstreams and callers).
+const ADDR_SLOTS: usize = 8;
+/// The longest a fixed-size chunk copy writes past what it keeps.
+const SLACK: usize = 64;
+/// Formats a writer keeps compiled (a config change adds one; the oldest are dropped).
+const PLANS_MAX: usize = 64;
+/// Bytes an IPv6 socket address can take: `[` 45 `%` 10 `]:` 5.
+const ADDR_MAX: usize = 64;
+
+/// Two decimal digits of 0..=99 at `2 * n`.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// A format string compiled against its header names.
+struct Plan {
+    steps: Vec<Step>,
+    /// What the steps write at most, the bytes copied from the arena (header values and
+    /// strings) aside.
+    bound: usize,
+}
+
+/// The constant text before an operator (or the format's end), then the operator: one
+/// dispatch per operator.
+struct Step {
+    /// Text up to [`CHUNK`] bytes, zero padded, and its length (longer text is a step of
+    /// its own, [`Value::Long`], after an empty one).
+    text: [u8; CHUNK],
+    len: u8,
+    op: Value,
+    max: Option<usize>,
+}
+
+enum Value {
+    /// The format's trailing text.
+    End,
+    /// Constant text longer than [`CHUNK`].
+    Long(Box<[u8]>),
+    Time(Box<TimeText>),
+    Duration,
+    ResponseCode,
+    GrpcStatus,
+    GrpcStatusNumber,
+    Flags,
+    Addr(Which, bool),
+    Str(Field),
+    /// The span indexes (in the format's header names) of the header and its fallback.
+    Header(Option<u16>, Option<u16>),
+    BytesReceived,
+    BytesSent,
+    RequestId,
+    Hostname,
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Upstream,
+    Remote,
+    Local,
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Protocol,
+    Cluster,
+    Route,
+    Dubbo(u8),
+}
+
+/// A `%START_TIME(...)%` operator's text of the last second it wrote.
+struct TimeText {
+    pieces: Vec<TimePiece>,
+    secs: Option<u64>,
+    text: Vec<u8>,
+    /// `text` zero-padded (when it fits): one fixed-size copy.
+    chunk: [u8; TIME_CHUNK],
+    /// Where each fraction goes in the text, and its digits.
+    fracs: Vec<(usize, u8)>,
+}
+
+impl Plan {
+    /// None for what only [`Format::render_cached`] renders (`json_format`).
+    fn compile(format: &Format, names: &[(Part, String)]) -> Option<Plan> {
+        let Format::Text(pieces) = format else {
+            return None;
+        };
+        let index = |part: Part, name: &str| {
+            names
+                .iter()
+                .position(|(p, n)| *p == part && n == name)
+                .map(|i| i as u16)
+        };
+        let mut bound = SLACK;
+        let mut steps = Vec::with_capacity(pieces.len());
+        let mut text: Vec<u8> = Vec::new();
+        let push = |steps: &mut Vec<Step>, text: &mut Vec<u8>, op: Value, max: Option<usize>| {
+            let mut chunk = [0u8; CHUNK];
+            if text.len() > CHUNK {
+                steps.push(Step {
+                    text: chunk,
+                    len: 0,
+                    op: Value::Long(text.as_slice().into()),
+                    max: None,
+                });
+                text.clear();
+            }
+            chunk[..text.len()].copy_from_slice(text);
+            steps.push(Step {
+                text: chunk,
+                len: text.len() as u8,
+                op,
+                max,
+            });
+            text.clear();
+        };
+        for p in pieces {
+            match p {
+                Piece::Text(t) => {
+                    bound += t.len();
+                    text.extend_from_slice(t.as_bytes());
+                }
+                Piece::Op(op, max) => {
+                    let (value, most) = match op {
+                        Op::StartTime(pieces) => {
+                            // Each piece writes at most 20 digits (a year, the epoch seconds)
+                            // plus its fraction; text pieces their length.
+                            let most = pieces
+                                .iter()
+                                .map(|p| match p {
+                                    TimePiece::Text(s) => s.len(),
+                                    _ => 32,
+                                })
+                                .sum();
+                            (
+                                Value::Time(Box::new(TimeText {
+                                    pieces: pieces.clone(),
+                                    secs: None,
+                                    text: Vec::new(),
+                                    chunk: [0; TIME_CHUNK],
+                                    fracs: Vec::new(),
+                                })),
+                                most,
+                            )
+                        }
+                        Op::Duration => (Value::Duration, 20),
+                        Op::ResponseCode => (Value::ResponseCode, 20),
+                        Op::GrpcStatus => (Value::GrpcStatus, 24),
+                        Op::GrpcStatusNumber => (Value::GrpcStatusNumber, 20),
+                        Op::ResponseFlags => (
+                            Value::Flags,
+                            Flags::NAMES.iter().map(|(_, n)| n.len() + 1).sum(),
+                        ),
+                        Op::UpstreamHost => (Value::Addr(Which::Upstream, true), ADDR_MAX),
+                        Op::DownstreamRemoteAddress => (Value::Addr(Which::Remote, true), ADDR_MAX),
+                        Op::DownstreamRemoteAddressWithoutPort => {
+                            (Value::Addr(Which::Remote, false), ADDR_MAX)
+                        }
+                        Op::DownstreamLocalAddress => (Value::Addr(Which::Local, true), ADDR_MAX),
+                        Op::DownstreamLocalAddressWithoutPort => {
+                            (Value::Addr(Which::Local, false), ADDR_MAX)
+                        }
+                        Op::BytesReceived => (Value::BytesReceived, 20),
+                        Op::BytesSent => (Value::BytesSent, 20),
+                        Op::UpstreamCluster => (Value::Str(Field::Cluster), 1),
+                        Op::RouteName => (Value::Str(Field::Route), 1),
+                        Op::Protocol => (Value::Str(Field::Protocol), 1),
+                        Op::DubboInterface => (Value::Str(Field::Dubbo(0)), 1),
+                        Op::DubboMethod => (Value::Str(Field::Dubbo(1)), 1),
+                        Op::DubboVersion => (Value::Str(Field::Dubbo(2)), 1),
+                        Op::DubboGroup => (Value::Str(Field::Dubbo(3)), 1),
+                        Op::DubboRequestId => (Value::RequestId, 20),
+                        Op::Header(part, a, b) => (
+                            Value::Header(
+                                index(*part, a),
+                                b.as_deref().and_then(|b| index(*part, b)),
+                            ),
+                            1,
+                        ),
+                        Op::Hostname => (Value::Hostname, format::hostname().len() + 1),
+                    };
+                    bound += most;
+                    push(&mut steps, &mut text, value, *max);
+                }
+            }
+        }
+        if !text.is_empty() {
+            push(&mut steps, &mut text, Value::End, None);
+        }
+        Some(Plan { steps, bound })
+    }
+}
+
+/// The output: a buffer kept zero-filled to its length (`buf[..pos]` is written).
+struct Out {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Out {
+    /// Room for `n` more bytes.
+    #[inline]
+    fn room(&mut self, n: usize) {
+        if self.buf.len() - self.pos < n {
+            self.grow(n);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, n: usize) {
+        let len = (self.pos + n).max(self.buf.len() * 2);
+        self.buf.resize(len, 0);
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.pos] = b;
+        self.pos += 1;
+    }
+
+    /// `c[..len]`, copying all of `c` (room for it was made): a fixed-size move, no call.
+    #[inline]
+    fn chunk<const N: usize>(&mut self, c: &[u8; N], len: usize) {
+        let at = self.pos;
+        let dst: &mut [u8; N] = self.buf[at..]
+            .first_chunk_mut::<N>()
+            .expect("room for a chunk");
+        *dst = *c;
+        debug_assert!(len <= N);
+        self.pos = at + len;
+    }
+
+    /// Bytes of the line's fixed part (room made for the line).
+    #[inline]
+    fn fixed(&mut self, s: &[u8]) {
+        let at = self.pos;
+        self.buf[at..at + s.len()].copy_from_slice(s);
+        self.pos = at + s.len();
+    }
+
+    /// Bytes from the arena: room for them and for what the line's fixed part still writes.
+    #[inline]
+    fn var(&mut self, s: &[u8], bound: usize) {
+        self.room(s.len() + bound);
+        self.fixed(s);
+    }
+
+    /// The decimal digits of `n`, two at a time.
+    #[inline]
+    fn num(&mut self, mut n: u64) {
+        // Most numbers in a line are short (status codes, durations, small sizes).
+        let len = match n {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            _ => n.ilog10() as usize + 1,
+        };
+        let at = self.pos;
+        let digits = &mut self.buf[at..at + len];
+        let mut i = len;
+        while n >= 100 {
+            let r = (n % 100) as usize * 2;
+            n /= 100;
+            i -= 2;
+            digits[i] = PAIRS[r];
+            digits[i + 1] = PAIRS[r + 1];
+        }
+        if n >= 10 {
+            let r = n as usize * 2;
+            digits[0] = PAIRS[r];
+            digits[1] = PAIRS[r + 1];
+        } else {
+            digits[0] = b'0' + n as u8;
+        }
+        self.pos = at + len;
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct AddrSlot {
+    /// Bit 63: used; the IPv4 address, its port and whether the port is written.
+    key: u64,
+    text: [u8; ADDR_CHUNK],
+    len: u8,
+}
+
+/// A file's writer: compiled formats, the output buffer and what it keeps from line to line.
+pub struct Lines {
+    plans: Vec<(Arc<Format>, Option<Plan>)>,
+    /// The plan of each of the current batch's formats (an index in `plans`).
+    batch: Vec<usize>,
+    out: Out,
+    addrs: [AddrSlot; ADDR_SLOTS],
+    next_addr: usize,
+    /// What `json_format` lines render with.
+    cache: LineCache,
+    scratch: Vec<u8>,
+}
+
+impl Lines {
+    pub fn with_capacity(bytes: usize) -> Lines {
+        Lines {
+            plans: Vec::new(),
+            batch: Vec::new(),
+            out: Out {
+                buf: vec![0; bytes],
+                pos: 0,
+            },
+            addrs: [AddrSlot::default(); ADDR_SLOTS],
+            next_addr: 0,
+            cache: LineCache::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// What is rendered and not yet taken.
+    pub fn text(&self) -> &[u8] {
+        &self.out.buf[..self.out.pos]
+    }
+
+    pub fn clear(&mut self) {
+        self.out.pos = 0;
+    }
+
+    /// Shrinks a buffer a very long line grew past `bytes` (after its text was taken).
+    pub fn shrink(&mut self, bytes: usize) {
+        if self.out.buf.len() > 4 * bytes {
+            self.out.buf = vec![0; bytes];
+            self.out.pos = 0;
+        }
+    }
+
+    /// Compiles (or finds) the plans of a batch's formats.
+    pub fn batch(&mut self, formats: &[(Arc<Format>, super::sink::HeaderNames)]) {
+        if self.plans.len() + formats.len() > PLANS_MAX {
+            self.plans.clear();
+        }
+        self.batch.clear();
+        for (format, names) in formats {
+            let i = match self.plans.iter().position(|(f, _)| Arc::ptr_eq(f, format)) {
+                Some(i) => i,
+                None => {
+                    self.plans
+                        .push((format.clone(), Plan::compile(format, names)));
+                    self.plans.len() - 1
+                }
+            };
+            self.batch.push(i);
+        }
+    }
+
+    /// Renders record `f` of `records` (its format: `formats[f.format]`, as given to
+    /// [`Lines::batch`]).
+    pub fn line(
+        &mut self,
+        records: &Records,
+        f: &Fixed,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+    ) {
+        let Some(&plan) = self.batch.get(usize::from(f.format)) else {
+            return;
+        };
+        let Some((format, names)) = formats.get(usize::from(f.format)) else {
+            return;
+        };
+        let (_, plan) = &mut self.plans[plan];
+        let Some(plan) = plan else {
+            let headers = records.headers(f, names);
+            self.scratch.clear();
+            format.render_cached(
+                &records.record(f, &headers),
+                &mut self.scratch,
+                &mut self.cache,
+            );
+            self.out.var(&self.scratch, 0);
+            return;
+        };
+        render(
+            plan,
+            records,
+            f,
+            &mut self.out,
+            &mut self.addrs,
+            &mut self.next_addr,
+        );
+    }
+}
+
+fn render(
+    plan: &mut Plan,
+    records: &Records,
+    f: &Fixed,
+    out: &mut Out,
+    addrs: &mut [AddrSlot; ADDR_SLOTS],
+    next_addr: &mut usize,
+) {
+    let bound = plan.bound;
+    out.room(bound);
+    let headers = records.header_spans(f);
+    for step in plan.steps.iter_mut() {
+        out.chunk(&step.text, usize::from(step.len));
+        let start = out.pos;
+        let (op, max) = (&mut step.op, &step.max);
+        let shown = match op {
+            Value::End => continue,
+            Value::Long(t) => {
+                out.fixed(t);
+                continue;
+            }
+            Value::Time(t) => {
+                time(f, t, out);
+                true
+            }
+            Value::Duration => {
+                out.num(f.duration.as_millis() as u64);
+                true
+            }
+            Value::ResponseCode => {
+                out.num(u64::from(f.response_code.unwrap_or(0)));
+                true
+            }
+            Value::GrpcStatus => match f.grpc_status {
+                Some(s) => {
+                    out.fixed(format::grpc_status_name(s).as_bytes());
+                    true
+                }
+                None => false,
+            },
+            Value::GrpcStatusNumber => match f.grpc_status {
+                Some(s) => {
+                    out.num(u64::from(s));
+                    true
+                }
+                None => false,
+            },
+            Value::Flags => {
+                if f.flags.is_empty() {
+                    out.byte(b'-');
+                } else {
+                    let mut first = true;
+                    for (flag, name) in Flags::NAMES {
+                        if f.flags.contains(*flag) {
+                            if !first {
+                                out.byte(b',');
+                            }
+                            out.fixed(name.as_bytes());
+                            first = false;
+                        }
+                    }
+                }
+                true
+            }
+            Value::Addr(which, port) => {
+                let a = match which {
+                    Which::Upstream => f.upstream_host,
+                    Which::Remote => f.downstream_remote,
+                    Which::Local => f.downstream_local,
+                };
+                match a {
+                    Some(a) => {
+                        addr(a, *port, out, addrs, next_addr);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Value::Str(field) => {
+                let span = match field {
+                    Field::Protocol => f.protocol,
+                    Field::Cluster => f.cluster,
+                    Field::Route => f.route,
+                    Field::Dubbo(i) => f.dubbo[usize::from(*i) & 3],
+                };
+                match records.bytes_of(span) {
+                    Some(s) if !s.is_empty() => {
+                        out.var(s, bound);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Value::Header(a, b) => {
+                let get = |i: Option<u16>| {
+                    i.and_then(|i| headers.get(usize::from(i)))
+                        .and_then(|s: &Span| records.bytes_of(*s))
+                };
+                // A header sent empty renders empty (Envoy); only a missing one is `-`.
+                match get(*a).or_else(|| get(*b)) {
+                    Some(v) => {
+                        out.var(v, bound);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Value::BytesReceived => {
+                out.num(f.bytes_received);
+                true
+            }
+            Value::BytesSent => {
+                out.num(f.bytes_sent);
+                true
+            }
+            Value::RequestId => match f.has_dubbo {
+                true => {
+                    out.num(f.request_id);
+                    true
+                }
+                false => false,
+            },
+            Value::Hostname => {
+                let h = format::hostname().as_bytes();
+                match h.is_empty() {
+                    true => false,
+                    false => {
+                        out.fixed(h);
+                        true
+                    }
+                }
+            }
+        };
+        if !shown {
+            out.byte(b'-');
+        }
+        if let Some(max) = *max {
+            // Cut to `max` bytes at a UTF-8 boundary (as `format::truncate`).
+            if out.pos - start > max {
+                let mut end = start + max;
+                while end > start && (out.buf[end] & 0xC0) == 0x80 {
+                    end -= 1;
+                }
+                out.pos = end;
+            }
+        }
+    }
+}
+
+fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
+    let since = f.start.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    if t.secs != Some(secs) {
+        t.text.clear();
+        t.fracs.clear();
+        format::second(secs, &t.pieces, &mut t.text, &mut t.fracs);
+        if t.text.len() <= TIME_CHUNK {
+            t.chunk = [0; TIME_CHUNK];
+            t.chunk[..t.text.len()].copy_from_slice(&t.text);
+        }
+        t.secs = Some(secs);
+    }
+    let start = out.pos;
+    if t.text.len() <= TIME_CHUNK {
+        out.chunk(&t.chunk, t.text.len());
+    } else {
+        out.fixed(&t.text);
+    }
+    let nanos = since.subsec_nanos();
+    for &(at, digits) in &t.fracs {
+        let at = start + at;
+        if digits == 3 {
+            // Milliseconds (Envoy's default): the hundreds, then two digits from the table.
+            let ms = (nanos / 1_000_000) as usize;
+            let d: &mut [u8; 3] = out.buf[at..].first_chunk_mut().expect("fraction");
+            d[0] = b'0' + (ms / 100) as u8;
+            d[1] = PAIRS[ms % 100 * 2];
+            d[2] = PAIRS[ms % 100 * 2 + 1];
+            continue;
+        }
+        let mut frac = match digits {
+            6 => nanos / 1_000,
+            _ => nanos,
+        };
+        for b in out.buf[at..at + usize::from(digits)].iter_mut().rev() {
+            *b = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+    }
+}
+
+fn addr(
+    a: SocketAddr,
+    port: bool,
+    out: &mut Out,
+    addrs: &mut [AddrSlot; ADDR_SLOTS],
+    next_addr: &mut usize,
+) {
+    let SocketAddr::V4(v4) = a else {
+        // `[ip%scope]:port` or the IP alone, as std writes them (rare: written each time).
+        let text = match port {
+            true => a.to_string(),
+            false => a.ip().to_string(),
+        };
+        out.fixed(text.as_bytes());
+        return;
+    };
+    let key =
+        1 << 63 | u64::from(v4.ip().to_bits()) << 17 | u64::from(v4.port()) << 1 | u64::from(port);
+    if let Some(hit) = addrs.iter().find(|s| s.key == key) {
+        out.chunk(&hit.text, usize::from(hit.len));
+        return;
+    }
+    let text = match port {
+        true => v4.to_string(),
+        false => v4.ip().to_string(),
+    };
+    let slot = &mut addrs[*next_addr];
+    slot.key = key;
+    slot.text = [0; ADDR_CHUNK];
+    slot.text[..text.len()].copy_from_slice(text.as_bytes());
+    slot.len = text.len() as u8;
+    *next_addr = (*next_addr + 1) % ADDR_SLOTS;
+    out.fixed(text.as_bytes());
+}
