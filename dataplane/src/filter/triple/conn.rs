@@ -1247,12 +1247,12 @@ impl Conn {
             return Sent::NotRetriable;
         };
         let pool = &h.pool;
-        let (mut policy, label) = down
+        let (mut policy, label, hash) = down
             .streams
             .borrow()
             .get(&did)
             .and_then(|s| s.call.as_ref())
-            .map_or((None, None), |c| (c.retry, c.label));
+            .map_or((None, None, None), |c| (c.retry, c.label, c.hash));
         match &policy {
             Some(r) if matches!(why, Again::Refused) || why.wanted_by(&r.policy) => {
                 if !r.left() {
@@ -1277,7 +1277,7 @@ impl Conn {
         if let Some(r) = policy.as_ref().filter(|_| sent_end) {
             let wait = r.back_off(pool.dice.roll());
             if !wait.is_zero() {
-                return self.park(id, why, down_w, did, policy, label, wait);
+                return self.park(id, why, down_w, did, policy, (label, hash), wait);
             }
         }
         let picked = pool
@@ -1288,6 +1288,7 @@ impl Conn {
                 Some(self),
                 policy.as_ref(),
                 label,
+                hash,
             )
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
@@ -1342,7 +1343,7 @@ impl Conn {
         down_w: Weak<Conn>,
         did: u32,
         mut policy: Option<crate::route::Retry>,
-        label: Option<crate::cluster::Label>,
+        (label, hash): (Option<crate::cluster::Label>, Option<u64>),
         wait: Duration,
     ) -> Sent {
         let Side::Up(h) = &self.side else {
@@ -1386,6 +1387,7 @@ impl Conn {
             no_credit,
             policy,
             label,
+            hash,
         });
         wake_backoff(pool);
         Sent::Yes
@@ -1492,14 +1494,14 @@ impl Conn {
             return Ok(());
         }
         // The jwt_authn filter, then rbac, as istiod orders them.
-        let _payload = match self.authenticate(l) {
+        let payload = match self.authenticate(l) {
             Ok(p) => p,
             Err(e) => {
                 self.fail_call(id, &e);
                 return Ok(());
             }
         };
-        if !self.authorized(l) {
+        if !self.authorized(l, payload.as_ref()) {
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
         }
@@ -1510,6 +1512,7 @@ impl Conn {
             &self.headers.borrow(),
             (self.limits.header_list_max, self.caller_addrs.get()),
             now,
+            payload.as_ref(),
         );
         match routed {
             Ok(call) => self.forward_call(l, id, end, call),
@@ -1562,13 +1565,17 @@ impl Conn {
 
     /// The listener's HTTP rbac filters on the call whose headers were just decoded (counted;
     /// no filters: allowed). Envoy runs them before the router: a denied call is not routed.
-    fn authorized(&self, l: &TripleListener) -> bool {
+    fn authorized(&self, l: &TripleListener, md: Option<&crate::filter::jwt::Metadata>) -> bool {
         let Some(rbac) = &l.rbac else {
             return true;
         };
         let hl = self.headers.borrow();
+        let call = super::headers::CallView {
+            headers: &hl,
+            metadata: md,
+        };
         match &*self.rbac_peer.borrow() {
-            Some(c) => rbac.allows(&c.with(&*hl), &l.stats),
+            Some(c) => rbac.allows(&c.with(&call), &l.stats),
             // Set at accept whenever the listener has rules.
             None => false,
         }
@@ -1625,6 +1632,7 @@ impl Conn {
                 c.deadline = call.deadline;
                 c.trace = call.trace.take();
                 c.label = call.label;
+                c.hash = call.hash;
                 c.slot = call.slot.take();
                 c.respond = call.respond.take();
                 if c.respond.is_some() {
@@ -1799,7 +1807,14 @@ impl Conn {
             };
             pool.connection_to(dst, self.limits, &l.alpn.http2, None)
         } else {
-            pool.connection(self.limits, &l.alpn.http2, None, None, call.label)
+            pool.connection(
+                self.limits,
+                &l.alpn.http2,
+                None,
+                None,
+                call.label,
+                call.hash,
+            )
         };
         let up = match up {
             Ok(up) => up,
@@ -2389,7 +2404,8 @@ impl Conn {
                 dropped();
                 continue;
             }
-            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label) else {
+            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label, call.hash)
+            else {
                 dropped();
                 continue;
             };
@@ -2533,6 +2549,8 @@ struct Routed {
     fault: Option<crate::route::Injected>,
     /// Its traffic label, when the listener reads them.
     label: Option<crate::cluster::Label>,
+    /// Its hash by its route's `hash_policy`, when it has one and the policy gave a value.
+    hash: Option<u64>,
     /// The shadow clusters its route's mirror policies picked (indices in `routes.pools`), and
     /// the request headers for them (empty when none).
     mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
@@ -2564,6 +2582,7 @@ fn route_call(
         (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     ),
     now: Instant,
+    metadata: Option<&crate::filter::jwt::Metadata>,
 ) -> Result<Routed, Refused> {
     if hl.too_large {
         l.stats.inc(l.ids.rq_too_large);
@@ -2588,6 +2607,7 @@ fn route_call(
         service: route_service,
         method: route_method,
         headers: hl,
+        metadata,
     };
     let Some((entry, action)) = routes.router.route_entry(hl.get(b":authority"), &view) else {
         l.stats.inc(l.ids.rq_no_route);
@@ -2662,6 +2682,11 @@ fn route_call(
         }));
     }
     let (cluster, target) = action.pick(l.roll());
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
+    let hash = match action.hash.is_empty() {
+        true => None,
+        false => super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip())),
+    };
     // The route's header mutations, on a copy of the list (none: the list as it came).
     let headers = entry.and_then(|m| m.mutations.as_ref());
     let mutated;
@@ -2730,6 +2755,7 @@ fn route_call(
             .labels
             .as_ref()
             .map(|k| crate::cluster::Label::of(hl.get(&k.key), hl.get(&k.force_key))),
+        hash,
         mirrors,
         mirrors_len,
         shadow_block,
@@ -3022,9 +3048,8 @@ pub async fn serve_read<S: crate::io::Conn>(
     let mut conn = Conn::new(Side::Down(l.clone()), limits);
     conn.xfcc = super::xfcc::Xfcc::of(&stream, &l);
     let conn = Rc::new(conn);
-    if l.log.is_some() || l.trace.is_some() || l.header_operators {
-        conn.caller_addrs.set(stream.addrs());
-    }
+    // The caller's address: for logs, traces and `source_ip` hash policies.
+    conn.caller_addrs.set(stream.addrs());
     if let Some(i) = &l.istio {
         conn.peer
             .set(i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())));
@@ -3424,6 +3449,7 @@ pub struct Parked {
     no_credit: u32,
     policy: Option<crate::route::Retry>,
     label: Option<crate::cluster::Label>,
+    hash: Option<u64>,
 }
 
 /// Starts the pool's back-off task unless it runs: one task per cluster per shard while
@@ -3497,6 +3523,7 @@ fn resume(pool: &Rc<Pool>, p: Parked) {
             avoid.as_deref(),
             policy.as_ref(),
             p.label,
+            p.hash,
         )
         .ok()
         .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
