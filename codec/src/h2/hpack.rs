@@ -482,47 +482,131 @@ impl Decoder {
 /// One connection's stateful HPACK encoder (RFC 7541 2.3, 4): a dynamic table mirrored by the
 /// peer's decoder, of at most the peer's SETTINGS_HEADER_TABLE_SIZE (and `TABLE_BYTES_DEFAULT`);
 /// a field is added unless it is never-indexed, larger than the table, or would evict a larger
-/// entry (see `may_insert`).
+/// entry (see `may_insert`), or its name is one whose values change with every message
+/// ([`volatile`]: only its first value is added, for the name).
 /// Blocks must be encoded in the order they are written to the connection. Evicted entries'
 /// buffers are reused, so a warm encoder does not allocate.
 pub struct Encoder {
+    table: Table,
+    /// The smallest and the last table size to announce at the start of the next block.
+    update: Option<(usize, usize)>,
+    /// Reads the stateless blocks handed to [`Encoder::encode_block`] (no dynamic table).
+    reader: Decoder,
+    /// The fields of the last blocks encoded and what each became, by position: gRPC's response
+    /// headers and trailers repeat field for field on every call, with a few values that change
+    /// (`date` once a second, `x-envoy-upstream-service-time`). A field whose bytes equal the
+    /// memo's at its position is written from the memo (a static index as it is, an entry of
+    /// the dynamic table by its number, while it stands) without decoding it or searching the
+    /// table; only the others are encoded. Two blocks: the headers and the trailers of a call
+    /// alternate on a connection.
+    memos: [Memo; 2],
+    /// The memo the next block that matches neither replaces.
+    memo_next: usize,
+    /// `Memo::fields` of the block being encoded (kept for its allocation).
+    spare_fields: Vec<(u32, Rep)>,
+    /// Tests: encode every field afresh (the reference the memo must equal).
+    #[cfg(test)]
+    pub(crate) no_memo: bool,
+}
+
+/// The dynamic table of an [`Encoder`].
+struct Table {
     /// Newest first: name followed by value, and the name's length.
     entries: VecDeque<(Vec<u8>, usize)>,
     size: usize,
     max: usize,
-    /// The smallest and the last table size to announce at the start of the next block.
-    update: Option<(usize, usize)>,
     spare: Vec<Vec<u8>>,
-    /// Reads the stateless blocks handed to [`Encoder::encode_block`] (no dynamic table).
-    reader: Decoder,
-    /// Changes whenever the dynamic table does (an insertion, a new size).
+    /// Entries inserted so far: the newest entry is number `inserted - 1`, the one at dynamic
+    /// position k (0 newest) number `inserted - 1 - k`; an entry is still in the table while its
+    /// number is at least `inserted - entries.len()`.
+    inserted: u64,
+    /// Changes whenever the table does (an insertion, a new size).
     generation: u64,
-    /// The last block that changed nothing in the table, and what it was encoded to: while the
-    /// table stays as it was, the same block encodes to the same bytes (gRPC's response headers
-    /// and trailers repeat on every call), so it is copied instead of encoded again.
-    memo: Memo,
+    /// The entry number of each [`VOLATILE`] name's one entry (the first value it was sent
+    /// with), if it was added: later values name it by index without searching the table.
+    volatile: [Option<u64>; VOLATILE.len()],
 }
 
+/// Names whose values change with every message (a duration, a request id, a span id): a new
+/// value would take a table entry that is never referenced again and evicts ones that are
+/// (as nghttp2 leaves `:path`, `content-length` and others out of its table). Only the first
+/// value of each goes into the table, so the name is then sent as an index; the values are
+/// sent raw (Huffman-coding a value read once costs both ends more than the bytes it saves).
+pub const VOLATILE: [&[u8]; 5] = [
+    b"x-envoy-upstream-service-time",
+    b"x-request-id",
+    b"traceparent",
+    b"x-b3-spanid",
+    b"grpc-timeout",
+];
+
+fn volatile(name: &[u8]) -> Option<usize> {
+    // By length first: every literal field is checked.
+    let i = match name.len() {
+        29 => 0,
+        12 if name.first() == Some(&b'x') => 1,
+        12 => 4,
+        11 if name.first() == Some(&b't') => 2,
+        11 => 3,
+        _ => return None,
+    };
+    (name == VOLATILE[i]).then_some(i)
+}
+
+/// One block's fields as the encoder wrote them (see `Encoder::memos`).
 #[derive(Default)]
 struct Memo {
-    generation: Option<u64>,
     block: Vec<u8>,
+    /// Each field's end in `block` and how it was written.
+    fields: Vec<(u32, Rep)>,
+    /// The table's generation the whole block was encoded at without changing it, and what it
+    /// was encoded to: while the table stands, the same block is copied from here.
+    generation: Option<u64>,
     encoded: Vec<u8>,
+}
+
+/// How a field of a stateless block was written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Rep {
+    /// A static index, copied as it is.
+    Static,
+    /// As the dynamic-table entry of this number (found there, or inserted then).
+    Entry(u64),
+    /// A literal not in the table: encoded again each time.
+    Literal,
 }
 
 impl Default for Encoder {
     fn default() -> Self {
         Encoder {
-            entries: VecDeque::new(),
-            size: 0,
-            max: TABLE_BYTES_DEFAULT,
+            table: Table {
+                entries: VecDeque::new(),
+                size: 0,
+                max: TABLE_BYTES_DEFAULT,
+                spare: Vec::new(),
+                inserted: 0,
+                generation: 0,
+                volatile: [None; VOLATILE.len()],
+            },
             update: None,
-            spare: Vec::new(),
             reader: Decoder::new(0),
-            generation: 0,
-            memo: Memo::default(),
+            memos: [Memo::default(), Memo::default()],
+            memo_next: 0,
+            spare_fields: Vec::new(),
+            #[cfg(test)]
+            no_memo: false,
         }
     }
+}
+
+/// Where the string literal at `pos` of `b` ends (its length prefix read, its bytes not).
+fn str_end(b: &[u8], pos: usize) -> Result<usize, HpackError> {
+    let (len, used) = read_int(b.get(pos..).ok_or(HpackError::Truncated)?, 7)?;
+    let end = (pos + used).checked_add(len).ok_or(HpackError::Truncated)?;
+    if end > b.len() {
+        return Err(HpackError::Truncated);
+    }
+    Ok(end)
 }
 
 /// The length of `src` Huffman-coded.
@@ -553,19 +637,201 @@ impl Encoder {
     /// `TABLE_BYTES_DEFAULT`), announced at the start of the next block.
     pub fn set_peer_table_size(&mut self, bytes: u32) {
         let new = (bytes as usize).min(TABLE_BYTES_DEFAULT);
-        if new == self.max && self.update.is_none() {
+        let t = &mut self.table;
+        if new == t.max && self.update.is_none() {
             return;
         }
         let low = self.update.map_or(new, |(low, _)| low.min(new));
         self.update = Some((low, new));
-        self.generation += 1;
-        self.max = new;
-        self.evict(0);
+        t.generation += 1;
+        t.max = new;
+        t.evict(0);
     }
 
     /// Bytes the dynamic table holds, by RFC 7541's accounting.
     pub fn table_bytes(&self) -> usize {
-        self.size
+        self.table.size
+    }
+
+    /// Re-encodes `block`, a complete block of the stateless encoder (or any block that uses no
+    /// dynamic table), appending to `out`. The same bytes as encoding each field afresh; fields
+    /// equal to the last similar block's are written from its memo (see `Encoder::memos`).
+    pub fn encode_block(&mut self, out: &mut Vec<u8>, block: &[u8]) -> Result<(), HpackError> {
+        #[cfg(test)]
+        let memo_on = !self.no_memo;
+        #[cfg(not(test))]
+        let memo_on = true;
+        // The memo of the block like this one (the same first byte: `:status` of response
+        // headers, `grpc-status` of trailers), else the one used least recently.
+        let k = match block.first() {
+            Some(f) if self.memos[0].block.first() == Some(f) => 0,
+            Some(f) if self.memos[1].block.first() == Some(f) => 1,
+            _ => self.memo_next,
+        };
+        self.memo_next = 1 - k;
+        let memo = &mut self.memos[k];
+        if memo_on
+            && self.update.is_none()
+            && memo.generation == Some(self.table.generation)
+            && memo.block == block
+        {
+            out.extend_from_slice(&memo.encoded);
+            return Ok(());
+        }
+        let plain = self.update.is_none();
+        if let Some((low, last)) = self.update.take() {
+            // The peer's table goes through `low`: ours too, or they would differ.
+            let t = &mut self.table;
+            if low < last {
+                t.max = low;
+                t.evict(0);
+                write_int(out, low, 5, 0x20);
+            }
+            t.max = last;
+            write_int(out, last, 5, 0x20);
+        }
+        let (start, generation) = (out.len(), self.table.generation);
+        let mut fields = std::mem::take(&mut self.spare_fields);
+        fields.clear();
+        let r = transcode(
+            &mut self.table,
+            &mut self.reader,
+            out,
+            block,
+            memo_on.then_some(&*memo),
+            &mut fields,
+        );
+        if r.is_ok() {
+            memo.block.clear();
+            memo.block.extend_from_slice(block);
+            std::mem::swap(&mut memo.fields, &mut fields);
+            memo.encoded.clear();
+            memo.generation = None;
+            // (Not with a size update: that is written once.)
+            if plain && self.table.generation == generation {
+                memo.generation = Some(generation);
+                memo.encoded
+                    .extend_from_slice(out.get(start..).unwrap_or_default());
+            }
+        } else {
+            *memo = Memo::default();
+        }
+        self.spare_fields = fields;
+        r
+    }
+
+    /// Appends one field: an index when the static or dynamic table has it, else a literal
+    /// (Huffman-coded when shorter) added to the dynamic table when it may be, unless the field
+    /// is "never indexed" (kept so, RFC 7541 6.2.3).
+    pub fn encode(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8], never: bool) {
+        let (exact, name_index) = static_lookup(name, value);
+        if let (Some(i), false) = (exact, never) {
+            write_int(out, i, 7, 0x80);
+            return;
+        }
+        self.table
+            .encode_literal(out, name, value, never, name_index);
+    }
+}
+
+/// Reads the fields of a stateless block as they are represented (a static index is copied as
+/// it is; a literal's static name index is kept, so no static lookup is made again) and encodes
+/// each, or writes it as `memo` says when it is the memo's field at that position; `fields`
+/// gets each field's end and representation. Anything the stateless encoder never writes (a
+/// dynamic index, a size update) is an error.
+fn transcode(
+    table: &mut Table,
+    reader: &mut Decoder,
+    out: &mut Vec<u8>,
+    block: &[u8],
+    memo: Option<&Memo>,
+    fields: &mut Vec<(u32, Rep)>,
+) -> Result<(), HpackError> {
+    let mut pos = 0;
+    // Where the memo's field at this position starts.
+    let mut memo_start = 0;
+    while let Some(&first) = block.get(pos) {
+        let rest = block.get(pos..).unwrap_or_default();
+        let memo_field = memo.and_then(|m| m.fields.get(fields.len()).copied());
+        let memo_end = memo_field.map_or(0, |f| f.0 as usize);
+        if first & 0x80 != 0 {
+            let (index, used) = read_int(rest, 7)?;
+            if index == 0 || index > STATIC_TABLE.len() {
+                return Err(HpackError::BadIndex {
+                    index,
+                    entries: STATIC_TABLE.len(),
+                });
+            }
+            out.extend_from_slice(rest.get(..used).unwrap_or_default());
+            pos += used;
+            fields.push((pos as u32, Rep::Static));
+            memo_start = memo_end;
+            continue;
+        }
+        if first & 0xe0 == 0x20 {
+            return Err(HpackError::TableSizeUpdate { size: 0, limit: 0 });
+        }
+        let prefix = if first & 0xc0 == 0x40 { 6 } else { 4 };
+        let never = first & 0xf0 == 0x10;
+        let (name_index, used) = read_int(rest, prefix)?;
+        let field_start = pos;
+        pos += used;
+        // The field's extent, from the string lengths alone.
+        let name_end = if name_index == 0 {
+            str_end(block, pos)?
+        } else {
+            pos
+        };
+        let end = str_end(block, name_end)?;
+        // The memo's field at this position: the same bytes, and its entry still stands.
+        if let (Some((_, Rep::Entry(n))), Some(m)) = (memo_field, memo) {
+            if table.holds(n) && m.block.get(memo_start..memo_end) == block.get(field_start..end) {
+                write_int(out, table.index_of(n), 7, 0x80);
+                pos = end;
+                fields.push((pos as u32, Rep::Entry(n)));
+                memo_start = memo_end;
+                continue;
+            }
+        }
+        let name = if name_index == 0 {
+            let (s, _) = reader.read_str(block, pos, true)?;
+            Some(s)
+        } else if name_index <= STATIC_TABLE.len() {
+            None
+        } else {
+            return Err(HpackError::BadIndex {
+                index: name_index,
+                entries: STATIC_TABLE.len(),
+            });
+        };
+        let (value, _) = reader.read_str(block, name_end, false)?;
+        pos = end;
+        let n: &[u8] = match name {
+            Some(Str::Block(s, e)) => block.get(s..e).ok_or(HpackError::Truncated)?,
+            Some(_) => &reader.name_buf,
+            None => STATIC_TABLE.get(name_index - 1).map_or(&[][..], |e| e.0),
+        };
+        let v: &[u8] = match value {
+            Str::Block(s, e) => block.get(s..e).ok_or(HpackError::Truncated)?,
+            _ => &reader.value_buf,
+        };
+        let static_name = (name_index > 0).then_some(name_index);
+        let rep = table.encode_literal(out, n, v, never, static_name);
+        fields.push((pos as u32, rep));
+        memo_start = memo_end;
+    }
+    Ok(())
+}
+
+impl Table {
+    /// Whether entry number `n` is still in the table.
+    fn holds(&self, n: u64) -> bool {
+        n < self.inserted && n + self.entries.len() as u64 >= self.inserted
+    }
+
+    /// The HPACK index of entry number `n` (in the table).
+    fn index_of(&self, n: u64) -> usize {
+        STATIC_TABLE.len() + 1 + (self.inserted - 1 - n) as usize
     }
 
     /// Whether an entry of `cost` bytes goes into the table: it must fit, and it must not evict
@@ -603,123 +869,9 @@ impl Encoder {
         }
     }
 
-    /// Re-encodes `block`, a complete block of the stateless encoder (or any block that uses no
-    /// dynamic table), appending to `out`.
-    pub fn encode_block(&mut self, out: &mut Vec<u8>, block: &[u8]) -> Result<(), HpackError> {
-        if self.update.is_none()
-            && self.memo.generation == Some(self.generation)
-            && self.memo.block == block
-        {
-            out.extend_from_slice(&self.memo.encoded);
-            return Ok(());
-        }
-        let (start, generation) = (out.len(), self.generation);
-        let plain = self.update.is_none();
-        let r = self.encode_block_fresh(out, block);
-        if r.is_ok() && plain && self.generation == generation {
-            let m = &mut self.memo;
-            m.generation = Some(generation);
-            m.block.clear();
-            m.block.extend_from_slice(block);
-            m.encoded.clear();
-            m.encoded
-                .extend_from_slice(out.get(start..).unwrap_or_default());
-        }
-        r
-    }
-
-    fn encode_block_fresh(&mut self, out: &mut Vec<u8>, block: &[u8]) -> Result<(), HpackError> {
-        if let Some((low, last)) = self.update.take() {
-            // The peer's table goes through `low`: ours too, or they would differ.
-            if low < last {
-                self.max = low;
-                self.evict(0);
-                write_int(out, low, 5, 0x20);
-            }
-            self.max = last;
-            write_int(out, last, 5, 0x20);
-        }
-        let mut reader = std::mem::replace(&mut self.reader, Decoder::new(0));
-        let r = self.transcode(out, block, &mut reader);
-        self.reader = reader;
-        r
-    }
-
-    /// Reads the fields of a stateless block as they are represented (a static index is
-    /// copied as it is; a literal's static name index is kept, so no static lookup is made
-    /// again) and encodes each. Anything the stateless encoder never writes (a dynamic index,
-    /// a size update) is an error.
-    fn transcode(
-        &mut self,
-        out: &mut Vec<u8>,
-        block: &[u8],
-        reader: &mut Decoder,
-    ) -> Result<(), HpackError> {
-        let mut pos = 0;
-        while let Some(&first) = block.get(pos) {
-            let rest = block.get(pos..).unwrap_or_default();
-            if first & 0x80 != 0 {
-                let (index, used) = read_int(rest, 7)?;
-                if index == 0 || index > STATIC_TABLE.len() {
-                    return Err(HpackError::BadIndex {
-                        index,
-                        entries: STATIC_TABLE.len(),
-                    });
-                }
-                out.extend_from_slice(rest.get(..used).unwrap_or_default());
-                pos += used;
-                continue;
-            }
-            if first & 0xe0 == 0x20 {
-                return Err(HpackError::TableSizeUpdate { size: 0, limit: 0 });
-            }
-            let prefix = if first & 0xc0 == 0x40 { 6 } else { 4 };
-            let never = first & 0xf0 == 0x10;
-            let (name_index, used) = read_int(rest, prefix)?;
-            pos += used;
-            let name = if name_index == 0 {
-                let (s, end) = reader.read_str(block, pos, true)?;
-                pos = end;
-                Some(s)
-            } else if name_index <= STATIC_TABLE.len() {
-                None
-            } else {
-                return Err(HpackError::BadIndex {
-                    index: name_index,
-                    entries: STATIC_TABLE.len(),
-                });
-            };
-            let (value, end) = reader.read_str(block, pos, false)?;
-            pos = end;
-            let n: &[u8] = match name {
-                Some(Str::Block(s, e)) => block.get(s..e).ok_or(HpackError::Truncated)?,
-                Some(_) => &reader.name_buf,
-                None => STATIC_TABLE.get(name_index - 1).map_or(&[][..], |e| e.0),
-            };
-            let v: &[u8] = match value {
-                Str::Block(s, e) => block.get(s..e).ok_or(HpackError::Truncated)?,
-                _ => &reader.value_buf,
-            };
-            let static_name = (name_index > 0).then_some(name_index);
-            self.encode_literal(out, n, v, never, static_name);
-        }
-        Ok(())
-    }
-
-    /// Appends one field: an index when the static or dynamic table has it, else a literal
-    /// (Huffman-coded when shorter) added to the dynamic table when it fits, unless the field is
-    /// "never indexed" (kept so, RFC 7541 6.2.3).
-    pub fn encode(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8], never: bool) {
-        let (exact, name_index) = static_lookup(name, value);
-        if let (Some(i), false) = (exact, never) {
-            write_int(out, i, 7, 0x80);
-            return;
-        }
-        self.encode_literal(out, name, value, never, name_index);
-    }
-
     /// A field the static table does not have whole (`name_index`: its name's static entry):
-    /// a dynamic index, or a literal added to the dynamic table when it may be.
+    /// a dynamic index, or a literal added to the dynamic table when it may be. Returns how it
+    /// was written.
     fn encode_literal(
         &mut self,
         out: &mut Vec<u8>,
@@ -727,7 +879,24 @@ impl Encoder {
         value: &[u8],
         never: bool,
         mut name_index: Option<usize>,
-    ) {
+    ) -> Rep {
+        let vol = volatile(name);
+        if let Some(n) = vol
+            .and_then(|i| self.volatile[i])
+            .filter(|&n| self.holds(n))
+        {
+            // Its name's entry stands: the value goes raw, not into the table (`VOLATILE`).
+            let (prefix, flags) = if never { (4, 0x10) } else { (4, 0x00) };
+            let own = self.entries.get((self.inserted - 1 - n) as usize);
+            if !never && own.and_then(|(buf, nl)| buf.get(*nl..)) == Some(value) {
+                write_int(out, self.index_of(n), 7, 0x80);
+                return Rep::Entry(n);
+            }
+            write_int(out, self.index_of(n), prefix, flags);
+            write_int(out, value.len(), 7, 0);
+            out.extend_from_slice(value);
+            return Rep::Literal;
+        }
         if !never {
             for (k, (buf, nl)) in self.entries.iter().enumerate() {
                 if *nl != name.len() || buf.get(..*nl) != Some(name) {
@@ -735,7 +904,7 @@ impl Encoder {
                 }
                 if buf.get(*nl..) == Some(value) {
                     write_int(out, STATIC_TABLE.len() + 1 + k, 7, 0x80);
-                    return;
+                    return Rep::Entry(self.inserted - 1 - k as u64);
                 }
                 name_index.get_or_insert(STATIC_TABLE.len() + 1 + k);
             }
@@ -754,7 +923,12 @@ impl Encoder {
                 write_str(out, name);
             }
         }
-        write_str(out, value);
+        if vol.is_some() {
+            write_int(out, value.len(), 7, 0);
+            out.extend_from_slice(value);
+        } else {
+            write_str(out, value);
+        }
         if index_it {
             self.evict(cost);
             let mut buf = self.spare.pop().unwrap_or_default();
@@ -763,8 +937,14 @@ impl Encoder {
             buf.extend_from_slice(value);
             self.entries.push_front((buf, name.len()));
             self.size += cost;
+            self.inserted += 1;
             self.generation += 1;
+            if let Some(i) = vol {
+                self.volatile[i] = Some(self.inserted - 1);
+            }
+            return Rep::Entry(self.inserted - 1);
         }
+        Rep::Literal
     }
 }
 

@@ -397,3 +397,123 @@ fn stateful_encoder_reuses_a_repeated_block_only_while_the_table_stands() {
     assert_eq!(outs[1], outs[2]);
     assert_ne!(outs[2], outs[4], "B's entries shifted A's indexes");
 }
+
+/// The memo (fields equal to the last similar block's written from it) changes no byte: a
+/// script of gRPC-like response headers and trailers with changing values (a `date` each
+/// "second", service times, statuses), never-indexed and oversized fields, other blocks between
+/// and peer table size changes encodes exactly as an encoder that encodes every field afresh,
+/// and decodes to the fields sent.
+#[test]
+fn stateful_encoder_memo_writes_what_fresh_encoding_writes() {
+    use super::hpack::{encode_field, Encoder};
+    let mut memo = Encoder::default();
+    let mut fresh = Encoder::default();
+    fresh.no_memo = true;
+    let mut peer = Decoder::default();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let big = "b".repeat(3000);
+    let (mut hits, mut total) = (0usize, 0usize);
+    for round in 0..3000 {
+        if round % 700 == 350 {
+            let size = [0u32, 256, 4096, 1024][(round / 700) % 4];
+            memo.set_peer_table_size(size);
+            fresh.set_peer_table_size(size);
+        }
+        let date = format!(
+            "Sat, 05 Dec 2026 20:{:02}:{:02} GMT",
+            round / 600,
+            round / 10 % 60
+        );
+        let ms = next(6).to_string();
+        let status = if next(20) == 0 { "14" } else { "0" };
+        let mut fields: Vec<(String, String, bool)> = match next(10) {
+            0 => vec![
+                (":status".into(), "200".into(), false),
+                ("x-other".into(), next(3).to_string(), false),
+            ],
+            1..=4 => vec![
+                ("grpc-status".into(), status.into(), false),
+                ("grpc-message".into(), String::new(), false),
+            ],
+            _ => vec![
+                (":status".into(), "200".into(), false),
+                ("content-type".into(), "application/grpc".into(), false),
+                ("x-envoy-upstream-service-time".into(), ms, false),
+                ("date".into(), date, false),
+                ("server".into(), "ringside".into(), false),
+            ],
+        };
+        if next(25) == 0 {
+            fields.push(("authorization".into(), "secret".into(), true));
+        }
+        if next(40) == 0 {
+            fields.push(("x-big".into(), big.clone(), false));
+        }
+        let mut block = Vec::new();
+        for (n, v, never) in &fields {
+            encode_field(&mut block, n.as_bytes(), v.as_bytes(), *never);
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        memo.encode_block(&mut a, &block).unwrap();
+        fresh.encode_block(&mut b, &block).unwrap();
+        assert_eq!(a, b, "round {round}: {fields:?}");
+        let got = decode_all(&mut peer, &a).unwrap();
+        let want: Vec<(String, String)> = fields
+            .iter()
+            .map(|(n, v, _)| (n.clone(), v.clone()))
+            .collect();
+        assert_eq!(got, want, "round {round}");
+        assert_eq!(memo.table_bytes(), peer.table_bytes(), "round {round}");
+        total += 1;
+        hits += usize::from(a.len() < 12);
+    }
+    // Many blocks are a few index bytes: the table holds their fields.
+    assert!(hits > total / 8, "{hits} of {total}");
+}
+
+/// A name whose values change with every message (`x-envoy-upstream-service-time`,
+/// `x-request-id`) takes one table entry, its first value's: later values name it by index
+/// and go raw, and the table does not churn (the other entries stay referenced by index).
+#[test]
+fn stateful_encoder_keeps_volatile_values_out_of_the_table() {
+    use super::hpack::{encode_field, Encoder};
+    let mut enc = Encoder::default();
+    let mut peer = Decoder::default();
+    let mut sizes = Vec::new();
+    let mut table = Vec::new();
+    for i in 0..50 {
+        let id = format!("{i:08x}-0000-4000-8000-000000000000");
+        let fields = [
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("x-envoy-upstream-service-time", &*i.to_string()),
+            ("x-request-id", &*id),
+        ];
+        let mut block = Vec::new();
+        for (n, v) in fields {
+            encode_field(&mut block, n.as_bytes(), v.as_bytes(), false);
+        }
+        let mut out = Vec::new();
+        enc.encode_block(&mut out, &block).unwrap();
+        assert_eq!(decode_all(&mut peer, &out).unwrap(), pairs(&fields), "{i}");
+        assert_eq!(enc.table_bytes(), peer.table_bytes(), "{i}");
+        sizes.push(out.len());
+        table.push(enc.table_bytes());
+    }
+    // content-type, the first service time, the first request id: nothing added after.
+    assert!(table.iter().all(|&t| t == table[0]), "{table:?}");
+    // Later blocks: 2 index bytes, then twice an indexed name (2 bytes), a length and the
+    // raw value.
+    assert!(
+        sizes[1..]
+            .iter()
+            .all(|&s| s <= 2 + (2 + 1 + 2) + (2 + 1 + 36)),
+        "{sizes:?}"
+    );
+}

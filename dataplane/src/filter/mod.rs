@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod chain;
 pub mod dubbo;
+pub mod jwt;
 pub mod ratelimit;
 pub mod rbac;
 pub mod tcp;

@@ -74,6 +74,9 @@ pub struct Snapshot {
     /// By listener index: its local rate limits (buckets shared by the shards), `None` when
     /// it has none.
     pub limits: Vec<Option<SharedLimits>>,
+    /// By listener index: its JWT authentication (`triple.jwt_authn`), the JWKS parsed once
+    /// here, shared by the shards.
+    pub jwt: Vec<Option<Arc<crate::filter::jwt::JwtAuthn>>>,
 }
 
 impl Snapshot {
@@ -97,6 +100,7 @@ impl Snapshot {
             traces: self.traces.clone(),
             tls: self.tls.clone(),
             limits: self.limits.clone(),
+            jwt: self.jwt.clone(),
         }
     }
 }
@@ -214,6 +218,7 @@ impl Snapshot {
             traces: Vec::new(),
             tls: Arc::default(),
             limits: Vec::new(),
+            jwt: Vec::new(),
         }
     }
 }
@@ -402,6 +407,14 @@ impl Builder {
             .iter()
             .map(|l| self.shared_limits(st, l, &mut buckets))
             .collect();
+        let jwt = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let j = l.triple.as_ref()?.jwt_authn.as_ref()?;
+                Some(Arc::new(crate::filter::jwt::JwtAuthn::new(j, st)))
+            })
+            .collect();
         Snapshot {
             version: self.version,
             config,
@@ -419,6 +432,7 @@ impl Builder {
             traces,
             tls: Arc::default(),
             limits,
+            jwt,
         }
     }
 

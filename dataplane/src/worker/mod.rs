@@ -864,6 +864,7 @@ impl ShardState {
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
                 rbac: crate::filter::rbac::Rbac::new(&t.rbac, &stats.stats),
+                jwt: snap.jwt.get(index).cloned().flatten(),
                 labels: t
                     .traffic_label
                     .as_ref()

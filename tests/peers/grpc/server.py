@@ -5,7 +5,7 @@ Usage: python server.py --port P [--host 127.0.0.1] [--name NAME] [--delay-ms MS
        [--status CODE --message TEXT]
 Prints `READY port=P name=NAME` once listening. Every reply carries --name (so a test knows which
 upstream answered), the request metadata whose keys start with tri- or x- (and the trace context
-keys traceparent, tracestate, b3), and echoes the request payload; trailers carry x-server=NAME. --delay-ms sleeps before each reply (deadline tests);
+keys traceparent, tracestate, b3, and authorization), and echoes the request payload; trailers carry x-server=NAME. --delay-ms sleeps before each reply (deadline tests);
 --status makes every call fail with that gRPC status (e.g. NOT_FOUND) after the delay;
 --initial-metadata k=v (repeatable) is sent in every call's response headers.
 --on-command (retry tests): a SayHello call's metadata says what happens to it: `x-key: K` names
@@ -36,7 +36,7 @@ def seen_metadata(context):
     return sorted(
         f"{k}={v}"
         for k, v in context.invocation_metadata()
-        if (k.startswith("tri-") or k.startswith("x-") or k in TRACE_KEYS)
+        if (k.startswith("tri-") or k.startswith("x-") or k in TRACE_KEYS or k == "authorization")
         and not k.endswith("-bin")
     )
 

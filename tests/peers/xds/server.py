@@ -126,6 +126,8 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: E402,F401
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as _gs  # noqa: E402,F401
 # Governance (docs/governance.md).
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: E402,F401,E501
+# RequestAuthentication (docs/security.md).
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as _jwt  # noqa: E402,F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: E402,F401
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2  # noqa: E402,F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: E402,F401,E501

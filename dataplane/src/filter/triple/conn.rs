@@ -328,6 +328,8 @@ pub struct Conn {
     /// Caller side, when the listener has HTTP rbac filters: what the rules know of the
     /// connection (set once when it is accepted).
     rbac_peer: RefCell<Option<crate::filter::rbac::ConnPeer>>,
+    /// Caller side: over TLS (`x-forwarded-proto` when absent: a JWT failure's realm).
+    tls: Cell<bool>,
     /// Upstream side over TLS: the SPIFFE ids of the server's certificate and of ours, set
     /// once the handshake is done.
     tls_peer: RefCell<Option<crate::stats::istio::UpstreamTls>>,
@@ -395,6 +397,7 @@ impl Conn {
             peer: Cell::new(crate::stats::istio::PeerId::NONE),
             original_dst: Cell::new(None),
             rbac_peer: RefCell::new(None),
+            tls: Cell::new(false),
             tls_peer: RefCell::new(None),
             istio_peer: Cell::new((0, crate::stats::istio::PeerId::NONE)),
             mutates: Cell::new(false),
@@ -1244,12 +1247,12 @@ impl Conn {
             return Sent::NotRetriable;
         };
         let pool = &h.pool;
-        let (mut policy, label) = down
+        let (mut policy, label, hash) = down
             .streams
             .borrow()
             .get(&did)
             .and_then(|s| s.call.as_ref())
-            .map_or((None, None), |c| (c.retry, c.label));
+            .map_or((None, None, None), |c| (c.retry, c.label, c.hash));
         match &policy {
             Some(r) if matches!(why, Again::Refused) || why.wanted_by(&r.policy) => {
                 if !r.left() {
@@ -1274,7 +1277,7 @@ impl Conn {
         if let Some(r) = policy.as_ref().filter(|_| sent_end) {
             let wait = r.back_off(pool.dice.roll());
             if !wait.is_zero() {
-                return self.park(id, why, down_w, did, policy, label, wait);
+                return self.park(id, why, down_w, did, policy, (label, hash), wait);
             }
         }
         let picked = pool
@@ -1285,6 +1288,7 @@ impl Conn {
                 Some(self),
                 policy.as_ref(),
                 label,
+                hash,
             )
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
@@ -1339,7 +1343,7 @@ impl Conn {
         down_w: Weak<Conn>,
         did: u32,
         mut policy: Option<crate::route::Retry>,
-        label: Option<crate::cluster::Label>,
+        (label, hash): (Option<crate::cluster::Label>, Option<u64>),
         wait: Duration,
     ) -> Sent {
         let Side::Up(h) = &self.side else {
@@ -1383,6 +1387,7 @@ impl Conn {
             no_credit,
             policy,
             label,
+            hash,
         });
         wake_backoff(pool);
         Sent::Yes
@@ -1488,6 +1493,14 @@ impl Conn {
             self.fail_call(id, &e);
             return Ok(());
         }
+        // The jwt_authn filter, then rbac, as istiod orders them.
+        let _payload = match self.authenticate(l) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail_call(id, &e);
+                return Ok(());
+            }
+        };
         if !self.authorized(l) {
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
@@ -1511,6 +1524,40 @@ impl Conn {
                     CallError::ExpiredOnArrival => self.count_reset(),
                     _ => Ok(()),
                 }
+            }
+        }
+    }
+
+    /// The listener's jwt_authn filter on the call whose headers were just decoded: its
+    /// changes made to the header list (a token not forwarded removed, ...), its verified
+    /// payloads returned; or the answer Envoy gives a gRPC caller (the HTTP status mapped:
+    /// 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, the body as the message).
+    fn authenticate(
+        &self,
+        l: &TripleListener,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, CallError<'static>> {
+        let Some(j) = &l.jwt else {
+            return Ok(None);
+        };
+        let checked = j.check(&*self.headers.borrow(), &l.stats);
+        match checked {
+            Ok(p) => {
+                apply_jwt_ops(&mut self.headers.borrow_mut(), &p.ops);
+                Ok((!p.metadata.is_empty()).then_some(p.metadata))
+            }
+            Err(f) => {
+                let hl = self.headers.borrow();
+                let scheme: &[u8] = if self.tls.get() { b"https" } else { b"http" };
+                let www = f.www_authenticate(
+                    hl.get(b"x-forwarded-proto").unwrap_or(scheme),
+                    hl.get(b":authority").unwrap_or_default(),
+                    hl.get(b":path").unwrap_or_default(),
+                );
+                Err(CallError::Jwt {
+                    status: http_to_grpc_status(f.status.http_code()),
+                    message: f.body(),
+                    www_authenticate: www,
+                })
             }
         }
     }
@@ -1580,6 +1627,7 @@ impl Conn {
                 c.deadline = call.deadline;
                 c.trace = call.trace.take();
                 c.label = call.label;
+                c.hash = call.hash;
                 c.slot = call.slot.take();
                 c.respond = call.respond.take();
                 if c.respond.is_some() {
@@ -1757,7 +1805,14 @@ impl Conn {
             };
             pool.connection_to(dst, self.limits, &l.alpn.http2, None)
         } else {
-            pool.connection(self.limits, &l.alpn.http2, None, None, call.label)
+            pool.connection(
+                self.limits,
+                &l.alpn.http2,
+                None,
+                None,
+                call.label,
+                call.hash,
+            )
         };
         let up = match up {
             Ok(up) => up,
@@ -1879,6 +1934,13 @@ impl Conn {
         {
             hpack::encode_field(&mut block, b"location", loc, false);
         }
+        if let CallError::Jwt {
+            www_authenticate: Some(w),
+            ..
+        } = e
+        {
+            hpack::encode_field(&mut block, b"www-authenticate", w, false);
+        }
         if !headers_sent {
             // Envoy's connection manager's, on its local replies too.
             hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
@@ -1973,9 +2035,15 @@ impl Conn {
             down.fail_call(did, &e);
             return Ok(());
         }
-        let mut block = Vec::new();
+        let mut block;
         let grpc_status = {
             let hl = self.headers.borrow();
+            // Made to size (the block otherwise grows by reallocation with each field added).
+            let stamps = match &down.side {
+                Side::Down(l) => l.stamp.h2_bytes_max(),
+                Side::Up(_) => 0,
+            };
+            block = Vec::with_capacity(hl.encoded_bytes_max() + stamps);
             down.encode_response_headers(did, &hl, &mut block, self);
             down.keep_response_headers(did, |n| hl.get(n));
             hl.get(b"grpc-status").and_then(|v| {
@@ -2023,7 +2091,12 @@ impl Conn {
             .get(&id)
             .and_then(|s| s.call.as_ref())
             .filter(|c| !c.headers_sent)
-            .map(|c| (c.started, c.respond.clone().filter(|_| self.mutates.get())));
+            .map(|c| {
+                (
+                    c.started,
+                    c.respond.as_ref().filter(|_| self.mutates.get()).cloned(),
+                )
+            });
         let mutated;
         let hl = match first.as_ref().and_then(|(s, r)| Some((s, r.as_ref()?))) {
             Some((started, r)) => {
@@ -2049,22 +2122,26 @@ impl Conn {
             None => hl,
         };
         let st = &l.stamp;
-        let stamped = |n: &[u8]| {
-            first.is_some()
-                && (n == b"date"
-                    || (n == b"server" && st.overwrites_server())
-                    || (n == b"x-envoy-upstream-service-time" && st.envoy_headers))
-        };
+        let stamped = |n: &[u8]| first.is_some() && st.replaces(n);
         self.encode_exchange(l, id, hl, out, up, &stamped);
         if let Some((started, _)) = first {
-            // Names known: no static-table search, no allocation (every response pays these).
+            // Names known: no static-table search, no allocation; one clock read (every
+            // response pays these).
+            let now = Instant::now();
             if st.envoy_headers {
-                let ms = super::stamp::Decimal::new(started.elapsed().as_millis() as u64);
+                let ms = now.saturating_duration_since(started).as_millis() as u64;
+                let ms = super::stamp::Decimal::new(ms);
                 hpack::encode_known(out, None, b"x-envoy-upstream-service-time", ms.as_slice());
             }
-            let date = super::stamp::http_date();
+            let date = super::stamp::http_date_at(now);
             hpack::encode_known(out, Some(hpack::STATIC_DATE), b"date", &date);
-            if st.adds_server(hl.get(b"server").is_some()) {
+            let adds = match st.server {
+                crate::config::ServerHeader::AppendIfAbsent => {
+                    st.adds_server(hl.get(b"server").is_some())
+                }
+                _ => st.adds_server(false),
+            };
+            if adds {
                 hpack::encode_known(out, Some(hpack::STATIC_SERVER), b"server", &st.server_name);
             }
         }
@@ -2325,7 +2402,8 @@ impl Conn {
                 dropped();
                 continue;
             }
-            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label) else {
+            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label, call.hash)
+            else {
                 dropped();
                 continue;
             };
@@ -2469,6 +2547,8 @@ struct Routed {
     fault: Option<crate::route::Injected>,
     /// Its traffic label, when the listener reads them.
     label: Option<crate::cluster::Label>,
+    /// Its hash by its route's `hash_policy`, when it has one and the policy gave a value.
+    hash: Option<u64>,
     /// The shadow clusters its route's mirror policies picked (indices in `routes.pools`), and
     /// the request headers for them (empty when none).
     mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
@@ -2601,6 +2681,11 @@ fn route_call(
         }));
     }
     let (cluster, target) = action.pick(l.roll());
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
+    let hash = match action.hash.is_empty() {
+        true => None,
+        false => super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip())),
+    };
     // The route's header mutations, on a copy of the list (none: the list as it came).
     let headers = entry.and_then(|m| m.mutations.as_ref());
     let mutated;
@@ -2671,6 +2756,7 @@ fn route_call(
             .labels
             .as_ref()
             .map(|k| crate::cluster::Label::of(hl.get(&k.key), hl.get(&k.force_key))),
+        hash,
         mirrors,
         mirrors_len,
         shadow_block,
@@ -2681,6 +2767,25 @@ fn route_call(
 }
 
 /// Envoy's `Grpc::Utility::httpToGrpcStatus`: the gRPC status of a local reply's HTTP status.
+/// Makes the jwt_authn filter's changes to a call's header list, in order.
+pub(super) fn apply_jwt_ops(hl: &mut HeaderList, ops: &[crate::filter::jwt::Op]) {
+    use crate::filter::jwt::Op;
+    for op in ops {
+        match op {
+            Op::Remove(n) => hl.replace(n, None),
+            Op::Add(n, v) => hl.append(n, v),
+            Op::RemoveParam(p) => {
+                let path = hl
+                    .get(b":path")
+                    .map(|v| crate::filter::jwt::path_without_param(v, p));
+                if let Some(path) = path {
+                    *hl = hl.rewritten(Some(&path), None);
+                }
+            }
+        }
+    }
+}
+
 fn http_to_grpc_status(code: u16) -> u32 {
     match code {
         400 => status::INTERNAL,
@@ -2945,14 +3050,14 @@ pub async fn serve_read<S: crate::io::Conn>(
     let mut conn = Conn::new(Side::Down(l.clone()), limits);
     conn.xfcc = super::xfcc::Xfcc::of(&stream, &l);
     let conn = Rc::new(conn);
-    if l.log.is_some() || l.trace.is_some() || l.header_operators {
-        conn.caller_addrs.set(stream.addrs());
-    }
+    // The caller's address: for logs, traces and `source_ip` hash policies.
+    conn.caller_addrs.set(stream.addrs());
     if let Some(i) = &l.istio {
         conn.peer
             .set(i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())));
     }
     conn.original_dst.set(original_dst(&stream, &l));
+    conn.tls.set(stream.is_tls());
     if l.rbac.is_some() {
         *conn.rbac_peer.borrow_mut() =
             Some(crate::filter::rbac::ConnPeer::new(stream.rbac_facts()));
@@ -3346,6 +3451,7 @@ pub struct Parked {
     no_credit: u32,
     policy: Option<crate::route::Retry>,
     label: Option<crate::cluster::Label>,
+    hash: Option<u64>,
 }
 
 /// Starts the pool's back-off task unless it runs: one task per cluster per shard while
@@ -3419,6 +3525,7 @@ fn resume(pool: &Rc<Pool>, p: Parked) {
             avoid.as_deref(),
             policy.as_ref(),
             p.label,
+            p.hash,
         )
         .ok()
         .and_then(|up| Some((up.open_stream(down_w, did)?, up)));

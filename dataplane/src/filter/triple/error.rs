@@ -72,6 +72,14 @@ pub enum CallError<'a> {
     /// 403 local reply as a gRPC caller gets it).
     #[error("RBAC: access denied")]
     RbacDenied,
+    /// The listener's jwt_authn filter fails it: Envoy's answer to a gRPC caller (its 401 or
+    /// 403 mapped, the body as the message, `www-authenticate`).
+    #[error("{message}")]
+    Jwt {
+        status: u32,
+        message: &'static str,
+        www_authenticate: Option<Vec<u8>>,
+    },
     /// The route answers itself (`redirect`, `direct_response`): the gRPC status of its HTTP
     /// status (Envoy's mapping), its body as the message, its `location`.
     #[error("{message}")]
@@ -106,7 +114,9 @@ impl CallError<'_> {
             CallError::UpstreamLost(_) => Flags::UPSTREAM_CONNECTION_TERMINATION,
             CallError::FaultAbort(_) => Flags::FAULT_INJECTED,
             // Envoy sets no response flag, only the details `rbac_access_denied_matched_policy`.
-            CallError::RbacDenied | CallError::Direct { .. } => Flags::default(),
+            CallError::RbacDenied | CallError::Direct { .. } | CallError::Jwt { .. } => {
+                Flags::default()
+            }
         }
     }
 
@@ -129,7 +139,7 @@ impl CallError<'_> {
             CallError::UpstreamProtocol | CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
             CallError::FaultAbort(code) => *code,
             CallError::RbacDenied => status::PERMISSION_DENIED,
-            CallError::Direct { status, .. } => *status,
+            CallError::Direct { status, .. } | CallError::Jwt { status, .. } => *status,
         }
     }
 }

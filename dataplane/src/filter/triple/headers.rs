@@ -2,14 +2,18 @@
 
 use codec::h2::hpack;
 
-/// Headers a proxy must not forward (RFC 9113 8.2.2: connection-specific).
-const HOP_BY_HOP: [&[u8]; 5] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"transfer-encoding",
-    b"upgrade",
-];
+/// Whether a field is one a proxy must not forward (RFC 9113 8.2.2: connection-specific;
+/// `te` other than `trailers`). By name length first: every forwarded field is checked.
+fn hop_by_hop(n: &[u8], v: &[u8]) -> bool {
+    match n.len() {
+        2 => n == b"te" && v != b"trailers",
+        7 => n == b"upgrade",
+        10 => n == b"connection" || n == b"keep-alive",
+        16 => n == b"proxy-connection",
+        17 => n == b"transfer-encoding",
+        _ => false,
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct HeaderList {
@@ -127,6 +131,13 @@ impl HeaderList {
     }
 
     /// HPACK-encodes the list for the next hop, without connection-specific headers.
+    /// At most the bytes [`HeaderList::encode`] writes (each field a literal whose lengths take
+    /// at most 3 bytes each, no Huffman): what a block's buffer is made with, so it does not
+    /// grow while fields are added.
+    pub fn encoded_bytes_max(&self) -> usize {
+        self.buf.len() + 7 * self.fields.len()
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         self.encode_except(out, |_| false);
     }
@@ -135,7 +146,7 @@ impl HeaderList {
     /// gets `-shadow` appended, as Envoy does to the shadow's host.
     pub fn encode_shadow(&self, out: &mut Vec<u8>) {
         for (n, v, never) in self.iter() {
-            if HOP_BY_HOP.contains(&n) || (n == b"te" && v != b"trailers") {
+            if hop_by_hop(n, v) {
                 continue;
             }
             if n == b":authority" {
@@ -159,7 +170,7 @@ impl HeaderList {
     /// anew, e.g. a trace context).
     pub fn encode_except(&self, out: &mut Vec<u8>, skip: impl Fn(&[u8]) -> bool) {
         for (n, v, never) in self.iter() {
-            if HOP_BY_HOP.contains(&n) || (n == b"te" && v != b"trailers") || skip(n) {
+            if hop_by_hop(n, v) || skip(n) {
                 continue;
             }
             hpack::encode_field(out, n, v, never);
@@ -170,5 +181,13 @@ impl HeaderList {
 impl crate::filter::rbac::Request for HeaderList {
     fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.get(name)
+    }
+}
+
+impl crate::filter::jwt::Headers for HeaderList {
+    fn each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (n, v, _) in self.iter() {
+            f(n, v);
+        }
     }
 }

@@ -148,6 +148,13 @@ enum Local {
     UpstreamReset,
     Timeout,
     BadGateway,
+    /// The listener's jwt_authn filter fails it (401 or 403, Envoy's body and
+    /// `www-authenticate`).
+    Jwt {
+        code: u16,
+        body: &'static str,
+        www_authenticate: Option<Vec<u8>>,
+    },
     /// The route's own answer (`redirect`, `direct_response`).
     Direct {
         code: u16,
@@ -182,6 +189,7 @@ impl Local {
             Local::BadGateway => (502, "Bad Gateway", "upstream sent a malformed response"),
             // Its body and location: see `local`.
             Local::Direct { code, .. } => (*code, reason(*code), ""),
+            Local::Jwt { code, body, .. } => (*code, reason(*code), body),
         }
     }
 
@@ -191,7 +199,7 @@ impl Local {
             Local::BadRequest | Local::TooLarge | Local::UpgradeRequired => {
                 Flags::DOWNSTREAM_PROTOCOL_ERROR
             }
-            Local::Forbidden(_) | Local::Direct { .. } => Flags::NONE,
+            Local::Forbidden(_) | Local::Direct { .. } | Local::Jwt { .. } => Flags::NONE,
             Local::FaultAbort(_) => Flags::FAULT_INJECTED,
             Local::NoRoute => Flags::NO_ROUTE_FOUND,
             Local::RateLimited | Local::ConcurrencyLimited => Flags::RATE_LIMITED,
@@ -263,10 +271,8 @@ pub async fn serve_read<C: crate::io::Conn>(
         .as_ref()
         .map(|_| crate::filter::rbac::ConnPeer::new(crate::io::Conn::rbac_facts(&down)));
     let scheme = if down.is_tls() { "https" } else { "http" };
-    let caller = match l.log.is_some() || l.trace.is_some() || l.header_operators {
-        true => down.addrs(),
-        false => (None, None),
-    };
+    // The caller's address: for logs, traces and `source_ip` hash policies.
+    let caller = down.addrs();
     let istio_peer = match &l.istio {
         Some(i) => i.peer(down.peer_principal().as_ref().map(|p| p.as_deref())),
         None => crate::stats::istio::PeerId::NONE,
@@ -283,6 +289,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         caller,
         istio_peer,
         seen: Seen::default(),
+        hash: None,
         alpn: l.alpn.http11.clone(),
         alpn2: l.alpn.http2.clone(),
     };
@@ -438,6 +445,8 @@ struct Down<C> {
     istio_peer: crate::stats::istio::PeerId,
     /// The exchange in flight.
     seen: Seen,
+    /// The request's hash by its route's `hash_policy` (RING_HASH / MAGLEV clusters).
+    hash: Option<u64>,
     /// The listener's ALPN override for HTTP/1.1 upstreams (`istio.alpn`).
     alpn: crate::io::tls::AlpnOverride,
     /// Its override for HTTP/2 upstreams (`upstream_http: http2`).
@@ -690,6 +699,52 @@ fn trace_request(
     }))
 }
 
+/// The listener's jwt_authn filter on the request: its changes made (to the fields going
+/// upstream and to the header list routes and rbac read), its verified payloads returned; or
+/// Envoy's answer.
+fn authenticate<C>(
+    c: &mut Down<C>,
+    l: &TripleListener,
+    req: &mut Request,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Local> {
+    use crate::filter::jwt::Op;
+    let Some(j) = &l.jwt else {
+        return Ok(None);
+    };
+    match j.check(&c.hl, &l.stats) {
+        Ok(p) => {
+            super::conn::apply_jwt_ops(&mut c.hl, &p.ops);
+            for op in &p.ops {
+                match op {
+                    Op::Remove(n) => req.fields.retain(|(k, _)| k.as_bytes() != &**n),
+                    Op::Add(n, v) => req
+                        .fields
+                        .push((String::from_utf8_lossy(n).into_owned(), v.clone())),
+                    Op::RemoveParam(name) => {
+                        let path =
+                            crate::filter::jwt::path_without_param(req.path.as_bytes(), name);
+                        req.path = String::from_utf8_lossy(&path).into_owned();
+                    }
+                }
+            }
+            Ok((!p.metadata.is_empty()).then_some(p.metadata))
+        }
+        Err(f) => {
+            let www = f.www_authenticate(
+                c.hl.get(b"x-forwarded-proto")
+                    .unwrap_or(c.scheme.as_bytes()),
+                req.authority.as_bytes(),
+                req.path.as_bytes(),
+            );
+            Err(Local::Jwt {
+                code: f.status.http_code(),
+                body: f.body(),
+                www_authenticate: www,
+            })
+        }
+    }
+}
+
 /// Where a request goes, as its route says.
 struct Routed {
     pool: Rc<Pool>,
@@ -714,6 +769,8 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
+    // The jwt_authn filter, then rbac, as istiod orders them.
+    let _payload = authenticate(c, l, req)?;
     let hl = &c.hl;
     if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
         if !rbac.allows(&peer.with(hl), &l.stats) {
@@ -743,6 +800,16 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
     let (cluster, target) = match direct {
         None => action.pick(l.roll()),
         Some(_) => (0, 0),
+    };
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
+    c.hash = match action.hash.is_empty() || direct.is_some() {
+        true => None,
+        false => super::hash::request_hash(
+            &action.hash,
+            &c.hl,
+            req.path.as_bytes(),
+            c.caller.0.map(|a| a.ip()),
+        ),
     };
     let headers = entry.and_then(|m| m.mutations.as_ref());
     if direct.is_none() {
@@ -1140,6 +1207,15 @@ async fn local<C: crate::io::Conn>(
         out.push_str(&String::from_utf8_lossy(loc));
         out.push_str("\r\n");
     }
+    if let Local::Jwt {
+        www_authenticate: Some(w),
+        ..
+    } = e
+    {
+        out.push_str("www-authenticate: ");
+        out.push_str(&String::from_utf8_lossy(w));
+        out.push_str("\r\n");
+    }
     // Envoy's connection manager's, on its local replies too.
     out.push_str("date: ");
     out.push_str(std::str::from_utf8(&super::stamp::http_date()).unwrap_or_default());
@@ -1299,9 +1375,9 @@ async fn upstream<C>(
             // `previous_priorities`: the levels the retry leaves out.
             let levels = retry.map_or(&[][..], |r| r.priority_avoided());
             let picked = lb
-                .pick_avoiding(None, levels, |i| state(i, true))
+                .pick_avoiding(None, levels, c.hash, |i| state(i, true))
                 .or_else(|| {
-                    retry.and_then(|_| lb.pick_avoiding(None, levels, |i| state(i, false)))
+                    retry.and_then(|_| lb.pick_avoiding(None, levels, c.hash, |i| state(i, false)))
                 });
             let Some(i) = picked else {
                 if attempt == 0 {

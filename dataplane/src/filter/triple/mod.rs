@@ -9,6 +9,7 @@
 //! - here: the listener's per-shard state, the upstream pools, the stat ids.
 pub mod conn;
 pub mod error;
+pub mod hash;
 pub mod headers;
 pub mod http1;
 pub mod http1_tls;
@@ -222,6 +223,8 @@ pub struct Call {
     pub try_deadline: Option<Instant>,
     /// Its traffic label (`triple.traffic_label`): retries stay within its endpoints.
     pub label: Option<crate::cluster::Label>,
+    /// Its hash by its route's `hash_policy` (RING_HASH / MAGLEV clusters): retries keep it.
+    pub hash: Option<u64>,
     /// Its place under its route's `max_concurrent_requests`, given back when the stream ends.
     pub slot: Option<crate::filter::ratelimit::Slot>,
     /// Its route's response header mutations, when it has some.
@@ -254,6 +257,7 @@ impl Call {
             retry: None,
             try_deadline: None,
             label: None,
+            hash: None,
             slot: None,
             respond: None,
         }
@@ -359,6 +363,8 @@ pub struct TripleListener {
     pub bound: Option<SocketAddr>,
     /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// JWT authentication (`triple.jwt_authn`), checked on every call before `rbac`.
+    pub jwt: Option<std::sync::Arc<crate::filter::jwt::JwtAuthn>>,
     /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
     pub labels: Option<crate::cluster::LabelKeys>,
     /// `triple.http1`: connections that do not start with the HTTP/2 preface are HTTP/1.1
@@ -858,6 +864,7 @@ impl Pool {
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
         label: Option<crate::cluster::Label>,
+        hash: Option<u64>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         let now = Instant::now();
         let state = |i: usize, skip_tried: bool| {
@@ -875,11 +882,14 @@ impl Pool {
         };
         // `previous_priorities`: the levels the retry leaves out.
         let levels = retry.map_or(&[][..], |r| r.priority_avoided());
-        let i = match self.lb.pick_avoiding(label, levels, |i| state(i, true)) {
+        let i = match self
+            .lb
+            .pick_avoiding(label, levels, hash, |i| state(i, true))
+        {
             Some(i) => i,
             None if retry.is_some() => self
                 .lb
-                .pick_avoiding(label, levels, |i| state(i, false))
+                .pick_avoiding(label, levels, hash, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };
@@ -957,11 +967,12 @@ impl Pool {
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
         label: Option<crate::cluster::Label>,
+        hash: Option<u64>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         if host.index == usize::MAX {
             host.connection(self.connections_per_host, limits, alpn, avoid)
         } else {
-            self.connection(limits, alpn, avoid, retry, label)
+            self.connection(limits, alpn, avoid, retry, label, hash)
         }
     }
 

@@ -4,7 +4,7 @@
 //! `server_header_transformation`, with `server_name`).
 
 use std::cell::Cell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{ServerHeader, TripleListener};
 
@@ -45,26 +45,53 @@ impl Stamp {
             ServerHeader::PassThrough => false,
         }
     }
+
+    /// Whether an upstream's response header `n` gives way to the one ringside writes (`date`,
+    /// `server` when overwritten, `x-envoy-upstream-service-time` unless suppressed). By name
+    /// length first: every forwarded field is checked.
+    pub fn replaces(&self, n: &[u8]) -> bool {
+        match n.len() {
+            4 => n == b"date",
+            6 => n == b"server" && self.overwrites_server(),
+            29 => n == b"x-envoy-upstream-service-time" && self.envoy_headers,
+            _ => false,
+        }
+    }
+
+    /// At most the bytes the stamps add to an HTTP/2 response header block (as
+    /// `hpack::encode_known` writes them: service time, date, server).
+    pub fn h2_bytes_max(&self) -> usize {
+        (2 + 29 + 1 + 20) + (2 + 29) + (4 + self.server_name.len())
+    }
 }
 
 thread_local! {
-    /// The second `DATE` was made for, and it.
-    static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    /// The current `DATE`, and the instant until which it holds (the next wall-clock second).
+    static DATE: Cell<(Option<Instant>, [u8; 29])> = const { Cell::new((None, [0; 29])) };
 }
 
 /// The current time as an HTTP date (RFC 9110 IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`),
 /// made once a second per shard.
 pub fn http_date() -> [u8; 29] {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    http_date_at(Instant::now())
+}
+
+/// [`http_date`] for a caller that has read the monotonic clock (`now`): no other clock read
+/// but once a second, when the wall clock is read and the text made for its second, held until
+/// the monotonic clock reaches that second's end (a wall clock stepped meanwhile shows from
+/// then on, as Envoy's date, refreshed by a timer).
+pub fn http_date_at(now: Instant) -> [u8; 29] {
     DATE.with(|c| {
-        let (at, d) = c.get();
-        if at == secs {
+        let (until, d) = c.get();
+        if until.is_some_and(|u| now < u) {
             return d;
         }
-        let d = format_date(secs);
-        c.set((secs, d));
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let d = format_date(wall.as_secs());
+        let left = Duration::from_nanos(u64::from(1_000_000_000 - wall.subsec_nanos()));
+        c.set((Some(now + left), d));
         d
     })
 }

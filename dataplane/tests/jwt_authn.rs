@@ -1,0 +1,412 @@
+//! istiod's `envoy.filters.http.jwt_authn` (a RequestAuthentication) on an HTTP connection
+//! manager, through ringside and through Envoy 1.40 given the same resources over ADS: the same
+//! answers to HTTP/1.1 requests (Rust's raw client: status, body, `www-authenticate`, what the
+//! upstream, Python's http.server, saw) and to grpcio calls (grpc-status, message, trailers,
+//! the metadata the server saw), for no token, valid tokens (RS256, PS256, ES256; header, query
+//! parameter, a second provider's header), expired, not yet valid, another issuer or audience,
+//! a bad signature, an unknown `kid`, a malformed token; and the same `jwt_authn` counters.
+//! Tokens are signed here (aws-lc-rs), keys made per run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
+use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
+use common::grpc::{grpc_call, CallOpts, CallOutcome, GrpcServer};
+use common::http1::Http1Server;
+use common::xds::XdsServer;
+use common::*;
+use serde_json::{json, Value};
+
+const ISS: &str = "https://issuer.test";
+const OTHER_ISS: &str = "https://other.test";
+
+fn b64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The two INTEGERs of a PKCS#1 RSAPublicKey (n, e), without leading zeros.
+fn rsa_components(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    fn tlv(b: &[u8]) -> (u8, &[u8], &[u8]) {
+        let (len, at) = match b[1] {
+            l if l < 0x80 => (l as usize, 2),
+            l => {
+                let k = (l & 0x7f) as usize;
+                (
+                    b[2..2 + k].iter().fold(0usize, |a, x| a << 8 | *x as usize),
+                    2 + k,
+                )
+            }
+        };
+        (b[0], &b[at..at + len], &b[at + len..])
+    }
+    let (_, seq, _) = tlv(der);
+    let (_, n, rest) = tlv(seq);
+    let (_, e, _) = tlv(rest);
+    let strip = |x: &[u8]| x[x.iter().position(|b| *b != 0).unwrap_or(0)..].to_vec();
+    (strip(n), strip(e))
+}
+
+struct Keys {
+    rsa: aws_lc_rs::rsa::KeyPair,
+    ec: EcdsaKeyPair,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            rsa: aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+            ec: EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap(),
+        }
+    }
+
+    /// The RSA key (kid r1, no alg: RS* and PS*) and the EC key (kid e1).
+    fn jwks(&self, rsa: bool) -> String {
+        let (n, e) = rsa_components(self.rsa.public_key().as_ref());
+        let p = self.ec.public_key().as_ref();
+        let mut keys = vec![
+            json!({"kty": "EC", "kid": "e1", "crv": "P-256", "alg": "ES256",
+            "x": b64(&p[1..33]), "y": b64(&p[33..65])}),
+        ];
+        if rsa {
+            keys.insert(
+                0,
+                json!({"kty": "RSA", "kid": "r1", "n": b64(&n), "e": b64(&e)}),
+            );
+        }
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn sign(&self, alg: &str, kid: &str, claims: &Value) -> String {
+        let head = b64(json!({"alg": alg, "kid": kid, "typ": "JWT"})
+            .to_string()
+            .as_bytes());
+        let body = b64(claims.to_string().as_bytes());
+        let msg = format!("{head}.{body}");
+        let rng = SystemRandom::new();
+        let sig = match alg {
+            "ES256" => self
+                .ec
+                .sign(&rng, msg.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec(),
+            _ => {
+                let pad: &'static dyn signature::RsaEncoding = match alg {
+                    "PS256" => &signature::RSA_PSS_SHA256,
+                    _ => &signature::RSA_PKCS1_SHA256,
+                };
+                let mut sig = vec![0u8; self.rsa.public_modulus_len()];
+                self.rsa.sign(pad, &rng, msg.as_bytes(), &mut sig).unwrap();
+                sig
+            }
+        };
+        format!("{msg}.{}", b64(&sig))
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(iss: &str, aud: Value, exp: i64, nbf: i64) -> Value {
+    let t = now() as i64;
+    json!({"iss": iss, "sub": "alice", "aud": aud, "iat": t, "exp": t + exp, "nbf": t + nbf,
+        "scope": "read write", "group": "admins"})
+}
+
+/// istiod's filter for two RequestAuthentication rules (its `convertToEnvoyJwtConfig`):
+/// `origins-0` (default locations, token not forwarded) and `origins-1` (header `x-jwt`,
+/// forwarded), each `payload_in_metadata: payload`, the requirement any of the providers or
+/// all of (provider or allow_missing).
+fn jwt_filter(keys: &Keys) -> Value {
+    let provider = |iss: &str, jwks: String, extra: Value| {
+        let mut p = json!({"issuer": iss, "audiences": ["ringside"],
+            "local_jwks": {"inline_string": jwks}, "payload_in_metadata": "payload",
+            "normalize_payload_in_metadata": {"space_delimited_claims": ["permission", "scope"]}});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+    let or_missing = |name: &str| json!({"requires_any": {"requirements": [{"provider_name": name}, {"allow_missing": {}}]}});
+    json!({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {
+            "origins-0": provider(ISS, keys.jwks(true), json!({})),
+            "origins-1": provider(OTHER_ISS, keys.jwks(false), json!({"forward": true,
+                "from_headers": [{"name": "x-jwt"}]}))},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+            {"provider_name": "origins-0"}, {"provider_name": "origins-1"},
+            {"requires_all": {"requirements": [or_missing("origins-0"), or_missing("origins-1")]}}]}}}],
+        "bypass_cors_preflight": true}})
+}
+
+fn snapshot(listen: SocketAddr, up: SocketAddr, grpc: SocketAddr, keys: &Keys) -> Value {
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "inbound_0.0.0.0_80", "codec_type": "AUTO",
+        "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]},
+        "http_filters": [jwt_filter(keys),
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    });
+    json!({
+        "version": "v1",
+        "listeners": [{"name": "in", "address": socket(listen), "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+        "clusters": [
+            {"name": "up", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": load_assignment("up", &[up])},
+            {"name": "grpc", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": load_assignment("grpc", &[grpc]),
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}}}}]
+    })
+}
+
+enum Proxy {
+    Envoy(Envoy),
+    Ringside(Ringside),
+}
+
+impl Proxy {
+    fn start(who: &str, snapshot: &Value, listen: SocketAddr) -> (Proxy, XdsServer) {
+        let xds = XdsServer::start();
+        xds.put(snapshot).unwrap();
+        let admin = local(free_port());
+        let p = if who == "envoy" {
+            Proxy::Envoy(Envoy::start(
+                &bootstrap(admin, xds.addr(), Ads::Sotw, "jwt"),
+                admin,
+            ))
+        } else {
+            let cfg = format!(
+                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: jwt\n  node_cluster: t\n  mode: sotw\n  \
+                 initial_fetch_timeout_ms: 5000\n",
+                xds.addr()
+            );
+            Proxy::Ringside(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        (p, xds)
+    }
+
+    fn stat(&self, name: &str) -> i64 {
+        match self {
+            Proxy::Envoy(e) => e.stat(name) as i64,
+            Proxy::Ringside(r) => r.stat_value(name).unwrap_or(-1),
+        }
+    }
+}
+
+/// One HTTP/1.1 request on its own connection: `STATUS | content-type | www-authenticate |
+/// BODY` (the upstream's line names what it saw).
+fn http1(target: SocketAddr, method: &str, path: &str, headers: &[(&str, String)]) -> String {
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: svc\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("?");
+    let field = |name: &str| {
+        head.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map_or("-".to_string(), |(_, v)| v.trim().to_string())
+    };
+    format!(
+        "{status} | {} | {} | {}",
+        field("content-type"),
+        field("www-authenticate"),
+        body.trim_end()
+    )
+}
+
+/// A grpcio call's outcome as two proxies' are compared: code, message, trailers (without
+/// `date` and `server`), the token fields the server saw.
+fn grpc(target: SocketAddr, meta: &[(&str, String)]) -> String {
+    let mut opts = CallOpts::default().authority("svc").timeout_s(5.0);
+    for (k, v) in meta {
+        opts = opts.meta(k, v);
+    }
+    let o: CallOutcome = grpc_call(target, &opts);
+    let mut trailers = o.trailers.clone();
+    trailers.remove("date");
+    // Each proxy names itself.
+    trailers.remove("server");
+    // What the filter decides on: the token fields (the headers Envoy's connection manager
+    // adds to gRPC requests are another matter).
+    let seen: Vec<String> = o
+        .replies
+        .iter()
+        .flat_map(|r| r.metadata.clone())
+        .filter(|m| m.starts_with("authorization=") || m.starts_with("x-jwt"))
+        .collect();
+    format!("{} {:?} {trailers:?} {seen:?}", o.code, o.details)
+}
+
+/// The filter istiod writes for a RequestAuthentication with two issuers, on an inbound HTTP
+/// connection manager (`codec_type: AUTO`) routing gRPC to a grpcio server and the rest to
+/// Python's http.server, through Envoy 1.40 and ringside: every request and call answered the
+/// same (see the module's comment), and the same `jwt_authn.allowed` / `denied` counts.
+#[test]
+fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
+    let keys = Keys::new();
+    let up_port = free_port();
+    let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let server = GrpcServer::start(0, "G", &[]);
+    let aud = || json!("ringside");
+    let good = keys.sign("RS256", "r1", &claims(ISS, aud(), 3600, -10));
+    let ps = keys.sign(
+        "PS256",
+        "r1",
+        &claims(ISS, json!(["x", "https://ringside/"]), 3600, -10),
+    );
+    let es = keys.sign("ES256", "e1", &claims(ISS, aud(), 3600, -10));
+    let expired = keys.sign("RS256", "r1", &claims(ISS, aud(), -3600, -7200));
+    let early = keys.sign("RS256", "r1", &claims(ISS, aud(), 7200, 3600));
+    let evil = keys.sign(
+        "RS256",
+        "r1",
+        &claims("https://evil.test", aud(), 3600, -10),
+    );
+    let wrong_aud = keys.sign("RS256", "r1", &claims(ISS, json!(["other"]), 3600, -10));
+    let unknown_kid = keys.sign("RS256", "r9", &claims(ISS, aud(), 3600, -10));
+    // A valid token's header and payload with another token's signature.
+    let forged = {
+        let (hp, _) = good.rsplit_once('.').unwrap();
+        let (_, sig) = expired.rsplit_once('.').unwrap();
+        format!("{hp}.{sig}")
+    };
+    let other = keys.sign("ES256", "e1", &claims(OTHER_ISS, aud(), 3600, -10));
+    let other_expired = keys.sign("ES256", "e1", &claims(OTHER_ISS, aud(), -3600, -7200));
+    let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+    let xjwt = |t: &str| ("x-jwt", t.to_string());
+    const AUTH: &str = "/header/authorization";
+    let http_cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+        ("GET", AUTH.into(), vec![]),
+        ("GET", AUTH.into(), vec![bearer(&good)]),
+        ("GET", AUTH.into(), vec![bearer(&ps)]),
+        ("GET", AUTH.into(), vec![bearer(&es)]),
+        ("GET", AUTH.into(), vec![bearer(&expired)]),
+        ("GET", AUTH.into(), vec![bearer(&early)]),
+        ("GET", AUTH.into(), vec![bearer(&evil)]),
+        ("GET", AUTH.into(), vec![bearer(&wrong_aud)]),
+        ("GET", AUTH.into(), vec![bearer(&forged)]),
+        ("GET", AUTH.into(), vec![bearer(&unknown_kid)]),
+        ("GET", AUTH.into(), vec![bearer("abc")]),
+        (
+            "GET",
+            AUTH.into(),
+            vec![("authorization", "Basic eHk6eg==".into())],
+        ),
+        ("GET", format!("/q?b=2&access_token={good}&a=1"), vec![]),
+        ("GET", format!("/q?access_token={expired}"), vec![]),
+        ("GET", "/header/x-jwt".into(), vec![xjwt(&other)]),
+        ("GET", "/header/x-jwt".into(), vec![xjwt(&other_expired)]),
+        (
+            "GET",
+            "/header/x-jwt".into(),
+            vec![bearer(&good), xjwt(&other_expired)],
+        ),
+        ("GET", AUTH.into(), vec![bearer(&expired), xjwt(&other)]),
+        ("GET", AUTH.into(), vec![bearer(&good), bearer(&expired)]),
+        (
+            "OPTIONS",
+            AUTH.into(),
+            vec![
+                bearer(&expired),
+                ("origin", "https://a.test".into()),
+                ("access-control-request-method", "GET".into()),
+            ],
+        ),
+    ];
+    let grpc_cases: Vec<Vec<(&str, String)>> = vec![
+        vec![],
+        vec![bearer(&good)],
+        vec![bearer(&expired)],
+        vec![bearer(&wrong_aud)],
+        vec![bearer(&forged)],
+        vec![xjwt(&other)],
+    ];
+    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<i64>) {
+        let listen = local(free_port());
+        let (proxy, _xds) = Proxy::start(
+            who,
+            &snapshot(listen, local(up_port), server.addr(), &keys),
+            listen,
+        );
+        let h: Vec<String> = http_cases
+            .iter()
+            .map(|(m, p, hs)| http1(listen, m, p, hs))
+            .collect();
+        let g: Vec<String> = grpc_cases.iter().map(|m| grpc(listen, m)).collect();
+        let stats = ["allowed", "denied", "cors_preflight_bypassed"]
+            .iter()
+            .map(|s| proxy.stat(&format!("http.inbound_0.0.0.0_80.jwt_authn.{s}")))
+            .collect();
+        eprintln!("{who}: {h:#?} {g:#?} {stats:?}");
+        (h, g, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
+        assert_eq!(
+            r, e,
+            "HTTP/1.1 request {i} {:?}: ringside (left) vs Envoy (right)",
+            http_cases[i]
+        );
+    }
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "gRPC call {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.2, envoy.2,
+        "counters, ringside (left) vs Envoy (right)"
+    );
+    // What the comparison rests on: tokens pass and fail, and a verified one is not forwarded.
+    assert!(
+        envoy.0[1].starts_with("200 ") && envoy.0[1].ends_with("authorization=none"),
+        "{}",
+        envoy.0[1]
+    );
+    assert!(
+        envoy.0[4].starts_with("401 ") && envoy.0[4].contains("Jwt is expired"),
+        "{}",
+        envoy.0[4]
+    );
+    assert!(envoy.1[2].starts_with("UNAUTHENTICATED "), "{}", envoy.1[2]);
+}
