@@ -1494,14 +1494,14 @@ impl Conn {
             return Ok(());
         }
         // The jwt_authn filter, then rbac, as istiod orders them.
-        let _payload = match self.authenticate(l) {
+        let payload = match self.authenticate(l) {
             Ok(p) => p,
             Err(e) => {
                 self.fail_call(id, &e);
                 return Ok(());
             }
         };
-        if !self.authorized(l) {
+        if !self.authorized(l, payload.as_ref()) {
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
         }
@@ -1512,6 +1512,7 @@ impl Conn {
             &self.headers.borrow(),
             (self.limits.header_list_max, self.caller_addrs.get()),
             now,
+            payload.as_ref(),
         );
         match routed {
             Ok(call) => self.forward_call(l, id, end, call),
@@ -1564,13 +1565,17 @@ impl Conn {
 
     /// The listener's HTTP rbac filters on the call whose headers were just decoded (counted;
     /// no filters: allowed). Envoy runs them before the router: a denied call is not routed.
-    fn authorized(&self, l: &TripleListener) -> bool {
+    fn authorized(&self, l: &TripleListener, md: Option<&crate::filter::jwt::Metadata>) -> bool {
         let Some(rbac) = &l.rbac else {
             return true;
         };
         let hl = self.headers.borrow();
+        let call = super::headers::CallView {
+            headers: &hl,
+            metadata: md,
+        };
         match &*self.rbac_peer.borrow() {
-            Some(c) => rbac.allows(&c.with(&*hl), &l.stats),
+            Some(c) => rbac.allows(&c.with(&call), &l.stats),
             // Set at accept whenever the listener has rules.
             None => false,
         }
@@ -2583,6 +2588,7 @@ fn route_call(
         (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     ),
     now: Instant,
+    metadata: Option<&crate::filter::jwt::Metadata>,
 ) -> Result<Routed, Refused> {
     if hl.too_large {
         l.stats.inc(l.ids.rq_too_large);
@@ -2607,6 +2613,7 @@ fn route_call(
         service: route_service,
         method: route_method,
         headers: hl,
+        metadata,
     };
     let Some((entry, action)) = routes.router.route_entry(hl.get(b":authority"), &view) else {
         l.stats.inc(l.ids.rq_no_route);
