@@ -1638,6 +1638,9 @@ impl Conn {
                 if c.respond.is_some() {
                     self.mutates.set(true);
                 }
+                if let (Some(lg), Some(h)) = (c.log.as_mut(), call.edited.take()) {
+                    lg.keep_routed_request(|n| h.get(n));
+                }
             }
         }
         if let Some(d) = call.fault.and_then(|f| f.delay) {
@@ -2560,6 +2563,9 @@ struct Routed {
     slot: Option<crate::filter::ratelimit::Slot>,
     /// Its route's response header mutations.
     respond: Option<super::mutate::Respond>,
+    /// The request as routing left it, when the route edited it (mutations, rewrites) and the
+    /// listener logs: what the access log reads.
+    edited: Option<HeaderList>,
 }
 
 /// Why a caller's request is not forwarded.
@@ -2701,6 +2707,8 @@ fn route_call(
         None => hl,
     };
     let respond = super::mutate::Respond::of(headers, target);
+    let edited = l.log.is_some()
+        && (headers.is_some_and(|h| h.has_request(target)) || action.rewrite.is_some());
     let retry = action.retry;
     // The route's rewrites: what goes upstream (mirrors and retries too) is the rewritten
     // request, as Envoy's router sends its finalized headers.
@@ -2761,6 +2769,7 @@ fn route_call(
         shadow_block,
         slot,
         respond,
+        edited: edited.then(|| hl.clone()),
     })
 }
 
