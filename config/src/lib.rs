@@ -2070,6 +2070,10 @@ pub struct RouteAction {
     /// routes): no `cluster`, `weighted_clusters` or other action field then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct: Option<DirectAction>,
+    /// What a request's hash is made of, for clusters with `lb: ring_hash` or `maglev`
+    /// (Triple routes; Envoy's `hash_policy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<HashPolicy>,
 }
 
 /// A route's own answer: `status` (HTTP; a gRPC caller gets Envoy's mapping of it in a
@@ -2915,6 +2919,87 @@ pub enum LbPolicy {
     /// A uniformly random entry of the level's visit order (a per-shard xorshift), the first
     /// ready one from there (Envoy's `RANDOM`).
     Random,
+    /// Envoy's `RING_HASH` (`ring_hash_lb.cc`): each priority level's endpoints on a ring of
+    /// xxHash64 points (`ADDRESS_i`, by weight, `minimum_ring_size` to `maximum_ring_size`
+    /// points); a request goes to the first point at or after its hash (its route's
+    /// `hash_policy`; none, or no value: a random one). Rebuilt per shard when the endpoints
+    /// or the shard's outlier ejections change (docs/governance.md#consistent-hashing).
+    RingHash {
+        #[serde(default = "default_min_ring_size")]
+        minimum_ring_size: u64,
+        #[serde(default = "default_max_ring_size")]
+        maximum_ring_size: u64,
+    },
+    /// Envoy's `MAGLEV` (`maglev_lb.cc`): each priority level's endpoints in a lookup table of
+    /// `table_size` entries (a prime, default 65537), a request going to entry `hash % size`.
+    Maglev {
+        #[serde(default = "default_maglev_table_size")]
+        table_size: u64,
+    },
+}
+
+impl LbPolicy {
+    /// `RING_HASH` or `MAGLEV`: the route's `hash_policy` picks the endpoint.
+    pub fn is_hashed(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// Envoy's `minimum_ring_size` default, and the most either ring size may be (its proto's
+/// bound).
+pub const MIN_RING_SIZE_DEFAULT: u64 = 1024;
+pub const MAX_RING_SIZE_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Envoy's Maglev `table_size` default, and its bound.
+pub const MAGLEV_TABLE_SIZE_DEFAULT: u64 = 65537;
+pub const MAGLEV_TABLE_SIZE_MAX: u64 = 5_000_011;
+
+fn default_min_ring_size() -> u64 {
+    MIN_RING_SIZE_DEFAULT
+}
+fn default_max_ring_size() -> u64 {
+    MAX_RING_SIZE_DEFAULT
+}
+fn default_maglev_table_size() -> u64 {
+    MAGLEV_TABLE_SIZE_DEFAULT
+}
+
+/// Whether `n` is prime (Maglev's table size must be, as Envoy checks).
+pub fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// One of a route's `hash_policy` entries (Envoy's `RouteAction.HashPolicy`): exactly one of
+/// `header`, `source_ip`, `query_parameter`, `cookie`. The policies' hashes combine as
+/// Envoy's do (each earlier hash rotated left by one, then xor); after a `terminal` one that
+/// gave a hash, the rest are skipped (docs/governance.md#consistent-hashing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    /// xxHash64 of the request header's value (several: sorted, each one's hash seeded with
+    /// the hash of those before it, as Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// xxHash64 of the caller's IP address as text.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub source_ip: bool,
+    /// xxHash64 of the first value of this query parameter of the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<String>,
+    /// xxHash64 of this cookie's value (from the `cookie` headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminal: bool,
 }
 
 fn default_h2_frame_bytes_max() -> u32 {
@@ -3253,6 +3338,36 @@ impl Config {
             }
             if let Some(t) = &c.tls {
                 validate_cluster_tls(c, t, &|f| at(&format!("tls.{f}")), err);
+            }
+            match c.lb {
+                LbPolicy::RingHash {
+                    minimum_ring_size: min,
+                    maximum_ring_size: max,
+                } => {
+                    if min == 0 || min > MAX_RING_SIZE_DEFAULT || max > MAX_RING_SIZE_DEFAULT {
+                        err(
+                            at("lb.ring_hash"),
+                            format!("ring sizes must be in 1..={MAX_RING_SIZE_DEFAULT}"),
+                        );
+                    } else if min > max {
+                        err(
+                            at("lb.ring_hash"),
+                            format!("minimum_ring_size ({min}) > maximum_ring_size ({max})"),
+                        );
+                    }
+                }
+                LbPolicy::Maglev { table_size } => {
+                    if table_size > MAGLEV_TABLE_SIZE_MAX || !is_prime(table_size) {
+                        err(
+                            at("lb.maglev.table_size"),
+                            format!(
+                                "{table_size}: must be a prime number of at most \
+                                 {MAGLEV_TABLE_SIZE_MAX}"
+                            ),
+                        );
+                    }
+                }
+                _ => {}
             }
             if c.zone_aware.routing_enabled > 100 {
                 err(
@@ -4372,6 +4487,26 @@ fn validate_action(
         }
     }
     validate_rewrite(action, grpc, rat, err);
+    for (k, h) in action.hash_policy.iter().enumerate() {
+        let given = usize::from(h.header.is_some())
+            + usize::from(h.source_ip)
+            + usize::from(h.query_parameter.is_some())
+            + usize::from(h.cookie.is_some());
+        if given != 1 {
+            err(
+                rat(&format!("route.hash_policy[{k}]")),
+                "give exactly one of header, source_ip, query_parameter, cookie".into(),
+            );
+        }
+        if !grpc {
+            err(
+                rat(&format!("route.hash_policy[{k}]")),
+                "only Triple routes hash requests (Dubbo requests pick at random on a \
+                 ring_hash or maglev cluster)"
+                    .into(),
+            );
+        }
+    }
 }
 
 /// A route's `rewrite` and its weighted clusters' `host_rewrite` (Triple routes only).

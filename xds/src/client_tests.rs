@@ -470,9 +470,10 @@ async fn sotw_fetch_ack_warming_subscriptions_and_nack() {
     assert!(u.eds_only());
     assert_eq!(u.config.clusters[0].endpoints.len(), 2);
 
-    // NACK: ring hash cannot be honoured; the ACKed version stays c1 and nothing is applied.
+    // NACK: CLUSTER_PROVIDED (a STATIC cluster) cannot be honoured; the ACKed version stays
+    // c1 and nothing is applied.
     let mut bad = cluster_static_pb("bad", &[("10.0.0.9", 1)]);
-    bad.lb_policy = 2;
+    bad.lb_policy = 6;
     let n = server.send(
         CLUSTER_TYPE,
         "c2",

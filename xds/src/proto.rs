@@ -2678,6 +2678,11 @@ fn http_action(
     if let Some(p) = &a.retry_policy {
         out.retry_policy = retry_policy(p, ctx, &format!("{at}.retry_policy"))?;
     }
+    for (i, h) in a.hash_policy.iter().enumerate() {
+        if let Some(h) = hash_policy(h, ctx, &format!("{at}.hash_policy[{i}]"))? {
+            out.hash_policy.push(h);
+        }
+    }
     for (i, m) in a.request_mirror_policies.iter().enumerate() {
         let mat = format!("{at}.request_mirror_policies[{i}]");
         if let Some(m) = mirror_policy(m, ctx, &mat)? {
@@ -2685,6 +2690,62 @@ fn http_action(
         }
     }
     Ok(out)
+}
+
+/// One of a route's `hash_policy` entries (docs/governance.md#consistent-hashing); `None`
+/// for `connection_properties` without `source_ip` (Envoy adds no hash method for it).
+fn hash_policy(
+    h: &route_pb::route_action::HashPolicy,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::HashPolicy>, TranslateError> {
+    use route_pb::route_action::hash_policy::PolicySpecifier as P;
+    let mut out = config::HashPolicy {
+        terminal: h.terminal,
+        ..Default::default()
+    };
+    match &h.policy_specifier {
+        Some(P::Header(hd)) => {
+            if hd.regex_rewrite.is_some() {
+                return Err(ctx.err(
+                    format!("{at}.header.regex_rewrite"),
+                    "rewriting the header before hashing is not supported",
+                ));
+            }
+            if hd.header_name.is_empty() {
+                return Err(ctx.err(format!("{at}.header.header_name"), "must not be empty"));
+            }
+            out.header = Some(hd.header_name.to_ascii_lowercase());
+        }
+        Some(P::ConnectionProperties(p)) if !p.source_ip => return Ok(None),
+        Some(P::ConnectionProperties(_)) => out.source_ip = true,
+        Some(P::QueryParameter(q)) => {
+            if q.name.is_empty() {
+                return Err(ctx.err(format!("{at}.query_parameter.name"), "must not be empty"));
+            }
+            out.query_parameter = Some(q.name.clone());
+        }
+        Some(P::Cookie(c)) => {
+            if c.ttl.is_some() {
+                return Err(ctx.err(
+                    format!("{at}.cookie.ttl"),
+                    "generating a cookie (a ttl) is not supported; without ttl the cookie's value is hashed",
+                ));
+            }
+            if c.name.is_empty() {
+                return Err(ctx.err(format!("{at}.cookie.name"), "must not be empty"));
+            }
+            out.cookie = Some(c.name.clone());
+        }
+        Some(P::FilterState(_)) => {
+            return Err(ctx.err(
+                format!("{at}.filter_state"),
+                "hashing filter state is not supported (ringside keeps no filter state)",
+            ))
+        }
+        None => return Err(ctx.err(format!("{at}.policy_specifier"), "missing")),
+    }
+    Ok(Some(out))
 }
 
 /// A route's `redirect` (docs/xds.md): the answer's status and `location` parts.
@@ -3107,6 +3168,104 @@ fn previous_priorities(
 
 // === clusters ===
 
+/// A RING_HASH or MAGLEV cluster's balancer (docs/governance.md#consistent-hashing):
+/// `ring_hash_lb_config` (ring sizes; `hash_function` XX_HASH only) or `maglev_lb_config`
+/// (`table_size`, a prime). Refused: MURMUR_HASH_2, `consistent_hashing_lb_config` with
+/// `use_hostname_for_hashing` or a `hash_balance_factor` (bounded loads), locality-weighted
+/// balancing (its rings weigh localities; ringside's are per priority).
+fn hash_lb(c: &cluster_pb::Cluster, ctx: &Ctx<'_>) -> Result<LbPolicy, TranslateError> {
+    use cluster_pb::cluster::ring_hash_lb_config::HashFunction;
+    use cluster_pb::cluster::{LbConfig, LbPolicy as L};
+    let ring = c.lb_policy == L::RingHash as i32;
+    let common = c.common_lb_config.as_ref();
+    if let Some(h) = common.and_then(|l| l.consistent_hashing_lb_config.as_ref()) {
+        if h.use_hostname_for_hashing {
+            return Err(ctx.err(
+                "common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+                "not supported (endpoints hash by address; ringside keeps no hostnames)",
+            ));
+        }
+        if h.hash_balance_factor.as_ref().is_some_and(|f| f.value > 0) {
+            return Err(ctx.err(
+                "common_lb_config.consistent_hashing_lb_config.hash_balance_factor",
+                "bounded-load consistent hashing is not supported",
+            ));
+        }
+    }
+    if matches!(
+        common.and_then(|l| l.locality_config_specifier.as_ref()),
+        Some(cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+    ) {
+        return Err(ctx.err(
+            "common_lb_config.locality_weighted_lb_config",
+            "not supported with RING_HASH or MAGLEV (rings are built per priority)",
+        ));
+    }
+    let max = config::MAX_RING_SIZE_DEFAULT;
+    match (&c.lb_config, ring) {
+        (Some(LbConfig::RingHashLbConfig(r)), true) => {
+            if r.hash_function == HashFunction::MurmurHash2 as i32 {
+                return Err(ctx.err(
+                    "ring_hash_lb_config.hash_function",
+                    "MURMUR_HASH_2 is not supported (XX_HASH, the default, is)",
+                ));
+            }
+            let min_size = r
+                .minimum_ring_size
+                .as_ref()
+                .map_or(config::MIN_RING_SIZE_DEFAULT, |v| v.value);
+            let max_size = r.maximum_ring_size.as_ref().map_or(max, |v| v.value);
+            if min_size > max || max_size > max {
+                return Err(ctx.err(
+                    "ring_hash_lb_config",
+                    format!("ring sizes must be at most {max}"),
+                ));
+            }
+            if min_size > max_size {
+                return Err(ctx.err(
+                    "ring_hash_lb_config",
+                    format!("minimum_ring_size ({min_size}) > maximum_ring_size ({max_size})"),
+                ));
+            }
+            Ok(LbPolicy::RingHash {
+                minimum_ring_size: min_size.max(1),
+                maximum_ring_size: max_size.max(1),
+            })
+        }
+        (Some(LbConfig::MaglevLbConfig(m)), false) => {
+            let size = m
+                .table_size
+                .as_ref()
+                .map_or(config::MAGLEV_TABLE_SIZE_DEFAULT, |v| v.value);
+            if size > config::MAGLEV_TABLE_SIZE_MAX || !config::is_prime(size) {
+                return Err(ctx.err(
+                    "maglev_lb_config.table_size",
+                    format!(
+                        "{size}: the table size of maglev must be a prime number of at most {}",
+                        config::MAGLEV_TABLE_SIZE_MAX
+                    ),
+                ));
+            }
+            Ok(LbPolicy::Maglev { table_size: size })
+        }
+        (None, true) => Ok(LbPolicy::RingHash {
+            minimum_ring_size: config::MIN_RING_SIZE_DEFAULT,
+            maximum_ring_size: max,
+        }),
+        (None, false) => Ok(LbPolicy::Maglev {
+            table_size: config::MAGLEV_TABLE_SIZE_DEFAULT,
+        }),
+        // Envoy reads only the lb_config of the policy it runs.
+        (Some(_), true) => Ok(LbPolicy::RingHash {
+            minimum_ring_size: config::MIN_RING_SIZE_DEFAULT,
+            maximum_ring_size: max,
+        }),
+        (Some(_), false) => Ok(LbPolicy::Maglev {
+            table_size: config::MAGLEV_TABLE_SIZE_DEFAULT,
+        }),
+    }
+}
+
 pub(crate) fn decode_cluster(any: &Any) -> Result<(String, ClusterRes), TranslateError> {
     let c: cluster_pb::Cluster = decode_top(any, CLUSTER_TYPE)?;
     Ok((c.name.clone(), cluster(&c)?))
@@ -3263,13 +3422,14 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         Ok(L::RoundRobin) => LbPolicy::RoundRobin,
         Ok(L::LeastRequest) => LbPolicy::LeastRequest,
         Ok(L::Random) => LbPolicy::Random,
+        Ok(L::RingHash | L::Maglev) => hash_lb(c, &ctx)?,
         // An ORIGINAL_DST cluster has no endpoints to balance over.
         Ok(L::ClusterProvided) if original_dst => LbPolicy::RoundRobin,
         _ => {
             return Err(ctx.err(
                 "lb_policy",
                 format!(
-                    "only ROUND_ROBIN, LEAST_REQUEST or RANDOM is supported (got {})",
+                    "only ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH or MAGLEV is supported (got {})",
                     c.lb_policy
                 ),
             ))

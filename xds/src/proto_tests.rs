@@ -1020,8 +1020,42 @@ fn clusters() {
         LbPolicy::Random,
         "istio's loadBalancer.simple RANDOM"
     );
+    let mut r = s.clone();
+    r.lb_policy = cluster_pb::cluster::LbPolicy::RingHash as i32;
+    let (_, c) = decode_cluster(&pack_any(r.clone())).unwrap();
+    assert_eq!(
+        c.cluster.lb,
+        LbPolicy::RingHash {
+            minimum_ring_size: 1024,
+            maximum_ring_size: 8 << 20
+        }
+    );
+    r.lb_config = Some(cluster_pb::cluster::LbConfig::RingHashLbConfig(
+        cluster_pb::cluster::RingHashLbConfig {
+            minimum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 10 }),
+            maximum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 5 }),
+            hash_function: 0,
+        },
+    ));
+    assert!(decode_cluster(&pack_any(r))
+        .unwrap_err()
+        .to_string()
+        .contains("minimum_ring_size (10) > maximum_ring_size (5)"));
+    let mut m = s.clone();
+    m.lb_policy = cluster_pb::cluster::LbPolicy::Maglev as i32;
+    let (_, c) = decode_cluster(&pack_any(m.clone())).unwrap();
+    assert_eq!(c.cluster.lb, LbPolicy::Maglev { table_size: 65537 });
+    m.lb_config = Some(cluster_pb::cluster::LbConfig::MaglevLbConfig(
+        cluster_pb::cluster::MaglevLbConfig {
+            table_size: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 1000 }),
+        },
+    ));
+    assert!(decode_cluster(&pack_any(m))
+        .unwrap_err()
+        .to_string()
+        .contains("prime"));
     let mut bad = s.clone();
-    bad.lb_policy = cluster_pb::cluster::LbPolicy::RingHash as i32;
+    bad.lb_policy = cluster_pb::cluster::LbPolicy::ClusterProvided as i32;
     assert!(decode_cluster(&pack_any(bad))
         .unwrap_err()
         .to_string()

@@ -15,6 +15,7 @@ use shard::monoio::net::TcpStream;
 use crate::config::{self, LbPolicy};
 use crate::stats::{Kind, ShardStats, StatId, Stats};
 
+pub mod ring;
 pub mod zone;
 
 /// After a failed connect, an endpoint gets no new requests for this long (unless every
@@ -448,6 +449,9 @@ pub struct ShardCluster {
     zone_draw: Cell<u16>,
     zone_enabled_draw: Cell<u8>,
     lb: LbPolicy,
+    /// RING_HASH / MAGLEV: this shard's tables, built at the first pick after the endpoints
+    /// or the shard's ejections changed.
+    hashed: RefCell<Option<Rc<Hashed>>>,
     connect_timeout: Duration,
     /// TCP keepalive of its upstream connections: `tcp_keepalive`, else `runtime.tcp_keepalive`.
     pub keepalive: config::TcpKeepalive,
@@ -461,6 +465,21 @@ pub struct ShardCluster {
     /// arrive (SDS): connections open keep theirs.
     tls: RefCell<Option<crate::io::tls::ClusterSockets>>,
 }
+
+/// A RING_HASH / MAGLEV cluster's tables on one shard, one per priority level (Envoy builds
+/// one per priority over its healthy hosts, or all of them in panic).
+struct Hashed {
+    /// The endpoint table they were built from (its address), and the slots left out (this
+    /// shard's ejected endpoints, sorted).
+    from: usize,
+    without: Box<[u32]>,
+    /// Per level: the table, and the endpoint slot of each of its host indices.
+    levels: Box<[(ring::Table, Box<[u32]>)]>,
+}
+
+/// Retry attempts of a hashed pick whose endpoint `state` excludes (a retry's
+/// `previous_hosts`): Istio's `host_selection_retry_max_attempts` (5) plus the first.
+pub const HASH_PICK_ATTEMPTS: u32 = 6;
 
 /// A pool's per-endpoint state by slot (Dubbo and HTTP/2 hosts alike), each built on first use:
 /// a sidecar config lists many endpoints, few carry traffic on a shard.
@@ -622,6 +641,7 @@ impl ShardCluster {
             zone_draw: Cell::new(0),
             zone_enabled_draw: Cell::new(0),
             lb: c.lb,
+            hashed: RefCell::new(None),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             keepalive: c
                 .tcp_keepalive
@@ -655,6 +675,7 @@ impl ShardCluster {
         *self.shard_load.borrow_mut() = None;
         // Its zones may have changed: `set_local` recomputes.
         *self.zone.borrow_mut() = None;
+        *self.hashed.borrow_mut() = None;
         self.zone_key.set((0, 0));
         let mut active = self.active.borrow_mut();
         while active.len() < e.slots.len() {
@@ -750,7 +771,20 @@ impl ShardCluster {
         label: Option<Label>,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
-        self.pick_with(label, None, state)
+        self.pick_with(label, None, None, state)
+    }
+
+    /// [`Self::pick_labelled`] for a request whose route's `hash_policy` gave `hash`: on a
+    /// RING_HASH / MAGLEV cluster, the endpoint of that hash (none: of a random one) when the
+    /// request may go to every endpoint (no traffic label narrows them; a labelled request
+    /// picks at random among its label's); other policies ignore it.
+    pub fn pick_hashed(
+        &self,
+        label: Option<Label>,
+        hash: Option<u64>,
+        state: impl Fn(usize) -> Availability,
+    ) -> Option<usize> {
+        self.pick_with(label, None, hash, state)
     }
 
     /// [`Self::pick_labelled`] for a retry whose policy leaves out the priority levels of the
@@ -759,17 +793,20 @@ impl ShardCluster {
     /// taken as none (`PreviousPrioritiesRetryPriority`); the usual pick when `avoid` is
     /// empty, when that leaves no level with health, when the cluster's levels are not
     /// priorities (one level, or locality-weighted groups) or the request has a traffic label.
+    /// `hash`: as [`Self::pick_hashed`] (a RING_HASH / MAGLEV cluster draws the level from its
+    /// hash and the usual load, as Envoy's thread-aware balancers ignore retry priorities).
     pub fn pick_avoiding(
         &self,
         label: Option<Label>,
         avoid: &[u32],
+        hash: Option<u64>,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
         if avoid.is_empty() || label.is_some() {
-            return self.pick_labelled(label, state);
+            return self.pick_hashed(label, hash, state);
         }
         let load = self.retry_load(&self.endpoints.borrow(), avoid);
-        self.pick_with(label, load.as_deref(), state)
+        self.pick_with(label, load.as_deref(), hash, state)
     }
 
     /// The cumulative priority load (as [`Endpoints::load`]) without the levels of the slots
@@ -817,15 +854,19 @@ impl ShardCluster {
 
     /// [`Self::pick_labelled`], drawing the level from `load` (cumulative, as
     /// [`Endpoints::load`]) instead of the cluster's when given and the request may go to
-    /// every endpoint.
+    /// every endpoint; `hash` as [`Self::pick_hashed`].
     fn pick_with(
         &self,
         label: Option<Label>,
         load: Option<&[u8]>,
+        hash: Option<u64>,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
         let e = self.endpoints.borrow();
         let mut set = e.set(label);
+        if self.lb.is_hashed() && set.all {
+            return self.pick_consistent(&e, hash, &state);
+        }
         let shard_load;
         if let (true, Some(load)) = (set.all, load) {
             set.load = load;
@@ -883,12 +924,124 @@ impl ShardCluster {
         fallback
     }
 
+    /// A uniformly random number (the shard cluster's xorshift64).
+    fn roll64(&self) -> u64 {
+        let mut x = self.dice.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.dice.set(x);
+        x
+    }
+
+    /// RING_HASH / MAGLEV (Envoy's `ThreadAwareLoadBalancerBase::chooseHost`): `hash` (none:
+    /// a random number) picks the priority level (`hash % 100` against the priority load)
+    /// and, in that level's table, the endpoint; one `state` excludes is passed over by
+    /// Envoy's retry attempts (the next point of the ring, a flipped Maglev hash), at most
+    /// [`HASH_PICK_ATTEMPTS`]. Connect back-off is not consulted (Envoy has none: the hash's
+    /// endpoint is the one). No allocation unless the tables need building.
+    fn pick_consistent(
+        &self,
+        e: &Endpoints,
+        hash: Option<u64>,
+        state: &impl Fn(usize) -> Availability,
+    ) -> Option<usize> {
+        let h = hash.unwrap_or_else(|| self.roll64());
+        let tables = self.hashed_tables(e);
+        let r = (h % 100) as u8;
+        let k = {
+            let ejections = !self.ejected.borrow().is_empty();
+            if ejections && !e.level_hosts.is_empty() {
+                self.refresh_load(e);
+            }
+            let shard_load = self.shard_load.borrow();
+            let load = match shard_load.as_ref() {
+                Some((load, _)) if ejections && !e.level_hosts.is_empty() => &load[..],
+                _ => &e.load[..],
+            };
+            load.iter().position(|&c| r < c).unwrap_or(0)
+        };
+        let (table, slots) = tables.levels.get(k)?;
+        for attempt in 0..HASH_PICK_ATTEMPTS {
+            let slot = slots[table.pick(h, attempt)? as usize] as usize;
+            match state(slot) {
+                Availability::Excluded => {}
+                _ => return Some(slot),
+            }
+        }
+        None
+    }
+
+    /// This shard's hash tables for endpoint table `e` less the endpoints it ejected now,
+    /// built again when either changed (Envoy rebuilds on every host or health change).
+    fn hashed_tables(&self, e: &Endpoints) -> Rc<Hashed> {
+        let from = e as *const Endpoints as usize;
+        let mut ejected = self.ejected.borrow_mut();
+        if !ejected.is_empty() {
+            let now = std::time::Instant::now();
+            ejected.retain(|&(_, until)| now < until);
+        }
+        if let Some(t) = self.hashed.borrow().as_ref() {
+            if t.from == from
+                && t.without.len() == ejected.len()
+                && ejected.iter().all(|(i, _)| t.without.contains(i))
+            {
+                return t.clone();
+            }
+        }
+        let mut without: Vec<u32> = ejected.iter().map(|&(i, _)| i).collect();
+        drop(ejected);
+        without.sort_unstable();
+        without.dedup();
+        let mut levels = Vec::with_capacity(e.levels.len());
+        let mut start = 0;
+        for &end in e.levels.iter() {
+            // The level's distinct endpoints in config order with their weights.
+            let mut hosts: Vec<(u32, u32)> = Vec::new();
+            for k in start..end as usize {
+                let slot = e.live[k];
+                if !hosts.iter().any(|h| h.0 == slot) {
+                    hosts.push((slot, e.weights.get(k).copied().unwrap_or(1).max(1)));
+                }
+            }
+            start = end as usize;
+            // Envoy: over the healthy hosts, or all of them when under 50 % are (panic).
+            let healthy: Vec<(u32, u32)> = hosts
+                .iter()
+                .copied()
+                .filter(|h| without.binary_search(&h.0).is_err())
+                .collect();
+            if !healthy.is_empty() && healthy.len() * 2 >= hosts.len() {
+                hosts = healthy;
+            }
+            let keys: Vec<String> = hosts
+                .iter()
+                .map(|&(slot, _)| e.slots[slot as usize].addr.to_string())
+                .collect();
+            let weighted: Vec<(&str, u32)> = keys
+                .iter()
+                .zip(&hosts)
+                .map(|(k, &(_, w))| (k.as_str(), w))
+                .collect();
+            let table = ring::Table::build(self.lb, &weighted);
+            levels.push((table, hosts.iter().map(|h| h.0).collect()));
+        }
+        let t = Rc::new(Hashed {
+            from,
+            without: without.into(),
+            levels: levels.into(),
+        });
+        *self.hashed.borrow_mut() = Some(t.clone());
+        t
+    }
+
     /// Notes that this shard ejected the endpoint at `addr` until `until` (outlier
     /// detection): while it is, the cluster's priority load counts it unhealthy, as Envoy's
-    /// does (only for a cluster with [`Endpoints::level_hosts`]; others fail over strictly).
+    /// does (only for a cluster with [`Endpoints::level_hosts`]; others fail over strictly),
+    /// and a RING_HASH / MAGLEV cluster's tables leave it out.
     pub fn note_ejection(&self, addr: SocketAddr, until: std::time::Instant) {
         let e = self.endpoints.borrow();
-        if e.level_hosts.is_empty() {
+        if e.level_hosts.is_empty() && !self.lb.is_hashed() {
             return;
         }
         let Some(&slot) = e.live.iter().find(|&&i| e.slots[i as usize].addr == addr) else {
@@ -951,13 +1104,9 @@ impl ShardCluster {
     ) -> Result<usize, Option<usize>> {
         let n = level.len();
         let start = match self.lb {
-            LbPolicy::Random => {
-                let mut x = self.dice.get();
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                self.dice.set(x);
-                (x >> 32) as usize
+            // Hashed policies come here only for a labelled request: random within its label.
+            LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+                (self.roll64() >> 32) as usize
             }
             _ => self.next.get(),
         } % n.max(1);
@@ -971,7 +1120,13 @@ impl ShardCluster {
             let i = e.live[at(k)] as usize;
             match state(i) {
                 Availability::Ready => match (self.lb, best) {
-                    (LbPolicy::RoundRobin | LbPolicy::Random, _) => {
+                    (
+                        LbPolicy::RoundRobin
+                        | LbPolicy::Random
+                        | LbPolicy::RingHash { .. }
+                        | LbPolicy::Maglev { .. },
+                        _,
+                    ) => {
                         best = Some((k, i));
                         break;
                     }

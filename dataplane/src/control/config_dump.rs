@@ -416,6 +416,26 @@ fn cluster(c: &config::Cluster) -> Value {
                 config::LbPolicy::Random => {
                     o.insert("lb_policy".into(), json!("RANDOM"));
                 }
+                config::LbPolicy::RingHash {
+                    minimum_ring_size,
+                    maximum_ring_size,
+                } => {
+                    o.insert("lb_policy".into(), json!("RING_HASH"));
+                    o.insert(
+                        "ring_hash_lb_config".into(),
+                        json!({
+                            "minimum_ring_size": minimum_ring_size.to_string(),
+                            "maximum_ring_size": maximum_ring_size.to_string()
+                        }),
+                    );
+                }
+                config::LbPolicy::Maglev { table_size } => {
+                    o.insert("lb_policy".into(), json!("MAGLEV"));
+                    o.insert(
+                        "maglev_lb_config".into(),
+                        json!({"table_size": table_size.to_string()}),
+                    );
+                }
             }
         }
     }

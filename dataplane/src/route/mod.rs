@@ -189,6 +189,43 @@ pub struct Action {
     pub rewrite: Option<Box<Rewrite>>,
     /// The route answers itself (`redirect`, `direct_response`): it has no targets then.
     pub direct: Option<Box<Direct>>,
+    /// The route's `hash_policy` (for RING_HASH / MAGLEV clusters), in order; empty: none.
+    pub hash: Box<[HashPolicy]>,
+}
+
+/// One `hash_policy` entry of a route, compiled: what is hashed, and whether a hash from it
+/// ends the list (`terminal`). The protocol filter evaluates it on its request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashPolicy {
+    pub key: HashKey,
+    pub terminal: bool,
+}
+
+/// What a [`HashPolicy`] hashes (names lower-case where they are header names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(Box<[u8]>),
+    SourceIp,
+    QueryParameter(Box<[u8]>),
+    Cookie(Box<[u8]>),
+}
+
+impl HashPolicy {
+    fn new(p: &config::HashPolicy) -> Option<HashPolicy> {
+        let key = if let Some(h) = &p.header {
+            HashKey::Header(h.to_ascii_lowercase().into_bytes().into())
+        } else if p.source_ip {
+            HashKey::SourceIp
+        } else if let Some(q) = &p.query_parameter {
+            HashKey::QueryParameter(q.as_bytes().into())
+        } else {
+            HashKey::Cookie(p.cookie.as_ref()?.as_bytes().into())
+        };
+        Some(HashPolicy {
+            key,
+            terminal: p.terminal,
+        })
+    }
 }
 
 /// A route's own answer, compiled (config `direct`).
@@ -697,6 +734,7 @@ impl Action {
             mirrors: Vec::new(),
             rewrite: None,
             direct: None,
+            hash: Box::new([]),
         }
     }
 
@@ -737,6 +775,7 @@ impl Action {
             .map(|m| Ok((cluster_index(clusters, &m.cluster)?, m.percentage)))
             .collect::<Result<_, RouteError>>()?;
         action.rewrite = Rewrite::new(a, matched_len)?;
+        action.hash = a.hash_policy.iter().filter_map(HashPolicy::new).collect();
         action.direct = match &a.direct {
             Some(d) => Some(Box::new(Direct::new(d, matched_len)?)),
             None => None,

@@ -213,6 +213,8 @@ pub struct CallOpts {
     pub tls: Option<ClientTls>,
     /// grpcio only: the calls' `:authority` (default: the target).
     pub authority: Option<String>,
+    /// Metadata keys whose value differs per unary call: call i sends `v{i}`.
+    pub vary: Vec<String>,
 }
 
 /// A grpcio TLS channel: PEM files, and the name the server certificate is checked against
@@ -236,6 +238,7 @@ impl Default for CallOpts {
             transparent_retries: false,
             tls: None,
             authority: None,
+            vary: Vec::new(),
         }
     }
 }
@@ -273,6 +276,10 @@ impl CallOpts {
     }
     pub fn authority(mut self, a: &str) -> Self {
         self.authority = Some(a.into());
+        self
+    }
+    pub fn vary(mut self, key: &str) -> Self {
+        self.vary.push(key.into());
         self
     }
     pub fn tls(mut self, t: ClientTls) -> Self {
@@ -341,6 +348,9 @@ pub fn peer_call(peer: Peer, target: SocketAddr, opts: &CallOpts) -> CallOutcome
     }
     if let Some(a) = &opts.authority {
         cmd.args(["--authority", a]);
+    }
+    for k in &opts.vary {
+        cmd.args(["--vary-metadata", k]);
     }
     if let Some(t) = &opts.tls {
         cmd.arg("--tls-ca").arg(&t.ca);

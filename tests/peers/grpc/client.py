@@ -5,6 +5,7 @@ knowledge: grpcio's insecure channels never use HTTP/1.1 Upgrade), or over TLS w
 Usage: python client.py --target host:port [--call unary|server_stream|client_stream|bidi]
        [--count N] [--payload-bytes B] [--timeout-s T] [--metadata k=v]... [--name NAME]
        [--service helloworld.Greeter] [--transparent-retries] [--authority A]
+       [--vary-metadata KEY]...
 --count: unary: N calls one after another on one channel (stops at the first failure);
 server_stream: N replies asked for; client_stream and bidi: N requests sent.
 Prints one JSON line:
@@ -68,6 +69,8 @@ def main():
             call_fn = method("unary_unary", "SayHello")
             for i in range(max(a.count, 1)):
                 req = request(i)
+                if a.vary_metadata:
+                    kw["metadata"] = metadata + [(k.lower(), f"v{i}") for k in a.vary_metadata]
                 reply, call = call_fn.with_call(req, **kw)
                 out["replies"].append(stubs.reply_json(reply))
                 out["payload_ok"] &= reply.payload == req.payload

@@ -79,6 +79,9 @@ def client_args():
     p.add_argument("--authority",
                    help="grpcio only: the :authority of the calls (grpc.default_authority; "
                         "default: the target), as a client that dialled a service name")
+    p.add_argument("--vary-metadata", action="append", default=[],
+                   help="KEY, repeatable: unary call i also sends KEY=v{i} (one value per call, "
+                        "for consistent-hash tests)")
     a = p.parse_args()
     metadata = []
     for kv in a.metadata:

@@ -1250,12 +1250,12 @@ impl Conn {
             return Sent::NotRetriable;
         };
         let pool = &h.pool;
-        let (mut policy, label) = down
+        let (mut policy, label, hash) = down
             .streams
             .borrow()
             .get(&did)
             .and_then(|s| s.call.as_ref())
-            .map_or((None, None), |c| (c.retry, c.label));
+            .map_or((None, None, None), |c| (c.retry, c.label, c.hash));
         match &policy {
             Some(r) if matches!(why, Again::Refused) || why.wanted_by(&r.policy) => {
                 if !r.left() {
@@ -1280,7 +1280,7 @@ impl Conn {
         if let Some(r) = policy.as_ref().filter(|_| sent_end) {
             let wait = r.back_off(pool.dice.roll());
             if !wait.is_zero() {
-                return self.park(id, why, down_w, did, policy, label, wait);
+                return self.park(id, why, down_w, did, policy, (label, hash), wait);
             }
         }
         let picked = pool
@@ -1291,6 +1291,7 @@ impl Conn {
                 Some(self),
                 policy.as_ref(),
                 label,
+                hash,
             )
             .ok()
             .and_then(|up| Some((up.open_stream(down_w, did)?, up)));
@@ -1345,7 +1346,7 @@ impl Conn {
         down_w: Weak<Conn>,
         did: u32,
         mut policy: Option<crate::route::Retry>,
-        label: Option<crate::cluster::Label>,
+        (label, hash): (Option<crate::cluster::Label>, Option<u64>),
         wait: Duration,
     ) -> Sent {
         let Side::Up(h) = &self.side else {
@@ -1389,6 +1390,7 @@ impl Conn {
             no_credit,
             policy,
             label,
+            hash,
         });
         wake_backoff(pool);
         Sent::Yes
@@ -1628,6 +1630,7 @@ impl Conn {
                 c.deadline = call.deadline;
                 c.trace = call.trace.take();
                 c.label = call.label;
+                c.hash = call.hash;
                 c.slot = call.slot.take();
                 c.respond = call.respond.take();
                 if c.respond.is_some() {
@@ -1802,7 +1805,14 @@ impl Conn {
             };
             pool.connection_to(dst, self.limits, &l.alpn.http2, None)
         } else {
-            pool.connection(self.limits, &l.alpn.http2, None, None, call.label)
+            pool.connection(
+                self.limits,
+                &l.alpn.http2,
+                None,
+                None,
+                call.label,
+                call.hash,
+            )
         };
         let up = match up {
             Ok(up) => up,
@@ -2392,7 +2402,8 @@ impl Conn {
                 dropped();
                 continue;
             }
-            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label) else {
+            let Ok(up) = pool.connection(self.limits, alpn, None, None, call.label, call.hash)
+            else {
                 dropped();
                 continue;
             };
@@ -2536,6 +2547,8 @@ struct Routed {
     fault: Option<crate::route::Injected>,
     /// Its traffic label, when the listener reads them.
     label: Option<crate::cluster::Label>,
+    /// Its hash by its route's `hash_policy`, when it has one and the policy gave a value.
+    hash: Option<u64>,
     /// The shadow clusters its route's mirror policies picked (indices in `routes.pools`), and
     /// the request headers for them (empty when none).
     mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
@@ -2665,6 +2678,11 @@ fn route_call(
         }));
     }
     let (cluster, target) = action.pick(l.roll());
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
+    let hash = match action.hash.is_empty() {
+        true => None,
+        false => super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip())),
+    };
     // What Envoy's connection manager adds before the router: `x-forwarded-proto` (the
     // caller's connection's scheme) and `x-request-id` (a new UUID) when absent.
     let own = Own {
@@ -2775,6 +2793,7 @@ fn route_call(
             .labels
             .as_ref()
             .map(|k| crate::cluster::Label::of(hl.get(&k.key), hl.get(&k.force_key))),
+        hash,
         mirrors,
         mirrors_len,
         shadow_block,
@@ -3107,9 +3126,8 @@ pub async fn serve_read<S: crate::io::Conn>(
         conn.scheme.set(b"https");
     }
     let conn = Rc::new(conn);
-    if l.log.is_some() || l.trace.is_some() || l.header_operators {
-        conn.caller_addrs.set(stream.addrs());
-    }
+    // The caller's address: for logs, traces and `source_ip` hash policies.
+    conn.caller_addrs.set(stream.addrs());
     if let Some(i) = &l.istio {
         conn.peer
             .set(i.peer(stream.peer_principal().as_ref().map(|p| p.as_deref())));
@@ -3509,6 +3527,7 @@ pub struct Parked {
     no_credit: u32,
     policy: Option<crate::route::Retry>,
     label: Option<crate::cluster::Label>,
+    hash: Option<u64>,
 }
 
 /// Starts the pool's back-off task unless it runs: one task per cluster per shard while
@@ -3582,6 +3601,7 @@ fn resume(pool: &Rc<Pool>, p: Parked) {
             avoid.as_deref(),
             policy.as_ref(),
             p.label,
+            p.hash,
         )
         .ok()
         .and_then(|up| Some((up.open_stream(down_w, did)?, up)));

@@ -271,10 +271,8 @@ pub async fn serve_read<C: crate::io::Conn>(
         .as_ref()
         .map(|_| crate::filter::rbac::ConnPeer::new(crate::io::Conn::rbac_facts(&down)));
     let scheme = if down.is_tls() { "https" } else { "http" };
-    let caller = match l.log.is_some() || l.trace.is_some() || l.header_operators {
-        true => down.addrs(),
-        false => (None, None),
-    };
+    // The caller's address: for logs, traces and `source_ip` hash policies.
+    let caller = down.addrs();
     let istio_peer = match &l.istio {
         Some(i) => i.peer(down.peer_principal().as_ref().map(|p| p.as_deref())),
         None => crate::stats::istio::PeerId::NONE,
@@ -291,6 +289,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         caller,
         istio_peer,
         seen: Seen::default(),
+        hash: None,
         alpn: l.alpn.http11.clone(),
         alpn2: l.alpn.http2.clone(),
     };
@@ -446,6 +445,8 @@ struct Down<C> {
     istio_peer: crate::stats::istio::PeerId,
     /// The exchange in flight.
     seen: Seen,
+    /// The request's hash by its route's `hash_policy` (RING_HASH / MAGLEV clusters).
+    hash: Option<u64>,
     /// The listener's ALPN override for HTTP/1.1 upstreams (`istio.alpn`).
     alpn: crate::io::tls::AlpnOverride,
     /// Its override for HTTP/2 upstreams (`upstream_http: http2`).
@@ -786,6 +787,16 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         });
     }
     let (cluster, target) = action.pick(l.roll());
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
+    c.hash = match action.hash.is_empty() {
+        true => None,
+        false => super::hash::request_hash(
+            &action.hash,
+            &c.hl,
+            req.path.as_bytes(),
+            c.caller.0.map(|a| a.ip()),
+        ),
+    };
     let headers = entry.and_then(|m| m.mutations.as_ref());
     c.seen.cluster = Some(routes.pools[cluster].lb.clone());
     if let Some(rw) = action.rewrite.as_deref() {
@@ -1337,9 +1348,9 @@ async fn upstream<C>(
             // `previous_priorities`: the levels the retry leaves out.
             let levels = retry.map_or(&[][..], |r| r.priority_avoided());
             let picked = lb
-                .pick_avoiding(None, levels, |i| state(i, true))
+                .pick_avoiding(None, levels, c.hash, |i| state(i, true))
                 .or_else(|| {
-                    retry.and_then(|_| lb.pick_avoiding(None, levels, |i| state(i, false)))
+                    retry.and_then(|_| lb.pick_avoiding(None, levels, c.hash, |i| state(i, false)))
                 });
             let Some(i) = picked else {
                 if attempt == 0 {

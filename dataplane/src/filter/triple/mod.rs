@@ -9,6 +9,7 @@
 //! - here: the listener's per-shard state, the upstream pools, the stat ids.
 pub mod conn;
 pub mod error;
+pub mod hash;
 pub mod headers;
 pub mod http1;
 pub mod http1_tls;
@@ -223,6 +224,8 @@ pub struct Call {
     pub try_deadline: Option<Instant>,
     /// Its traffic label (`triple.traffic_label`): retries stay within its endpoints.
     pub label: Option<crate::cluster::Label>,
+    /// Its hash by its route's `hash_policy` (RING_HASH / MAGLEV clusters): retries keep it.
+    pub hash: Option<u64>,
     /// Its place under its route's `max_concurrent_requests`, given back when the stream ends.
     pub slot: Option<crate::filter::ratelimit::Slot>,
     /// Its route's response header mutations, when it has some.
@@ -255,6 +258,7 @@ impl Call {
             retry: None,
             try_deadline: None,
             label: None,
+            hash: None,
             slot: None,
             respond: None,
         }
@@ -852,6 +856,7 @@ impl Pool {
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
         label: Option<crate::cluster::Label>,
+        hash: Option<u64>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         let now = Instant::now();
         let state = |i: usize, skip_tried: bool| {
@@ -869,11 +874,14 @@ impl Pool {
         };
         // `previous_priorities`: the levels the retry leaves out.
         let levels = retry.map_or(&[][..], |r| r.priority_avoided());
-        let i = match self.lb.pick_avoiding(label, levels, |i| state(i, true)) {
+        let i = match self
+            .lb
+            .pick_avoiding(label, levels, hash, |i| state(i, true))
+        {
             Some(i) => i,
             None if retry.is_some() => self
                 .lb
-                .pick_avoiding(label, levels, |i| state(i, false))
+                .pick_avoiding(label, levels, hash, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };
@@ -951,11 +959,12 @@ impl Pool {
         avoid: Option<&conn::Conn>,
         retry: Option<&crate::route::Retry>,
         label: Option<crate::cluster::Label>,
+        hash: Option<u64>,
     ) -> Result<Rc<conn::Conn>, NoConn> {
         if host.index == usize::MAX {
             host.connection(self.connections_per_host, limits, alpn, avoid)
         } else {
-            self.connection(limits, alpn, avoid, retry, label)
+            self.connection(limits, alpn, avoid, retry, label, hash)
         }
     }
 
