@@ -240,3 +240,69 @@ impl JwtRequirement {
         }
     }
 }
+
+/// The jwt_authn filter's name: the metadata namespace of verified payloads.
+pub const JWT_AUTHN_FILTER: &str = "envoy.filters.http.jwt_authn";
+
+/// A condition on a call's dynamic metadata (Envoy's `MetadataMatcher`): the value at `path`
+/// under `filter` (only `envoy.filters.http.jwt_authn`'s verified payloads exist: any other
+/// filter's value is absent) matched by `value`, then `invert`ed. istiod's RBAC
+/// `requestPrincipals` / `request.auth.claims` and a VirtualService's `request.auth.claims`
+/// headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataMatch {
+    pub filter: String,
+    pub path: Vec<String>,
+    pub value: ValueMatch,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+}
+
+/// Envoy's `ValueMatcher` (the kinds istiod writes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValueMatch {
+    /// A string value matching.
+    String(StringMatch),
+    /// `true`: any value is there; `false`: never matches (Envoy).
+    Present(bool),
+    /// A null value.
+    Null,
+    Bool(bool),
+    /// A list one of whose items matches (`list_match.one_of`).
+    List(Box<ValueMatch>),
+    /// One of these matches.
+    Or(Vec<ValueMatch>),
+}
+
+impl MetadataMatch {
+    pub(crate) fn validate(&self, at: &str, err: &mut dyn FnMut(String, String)) {
+        if self.path.is_empty() {
+            err(format!("{at}.path"), "at least one key".into());
+        }
+        self.value.validate(&format!("{at}.value"), 1, err);
+    }
+}
+
+impl ValueMatch {
+    fn validate(&self, at: &str, d: usize, err: &mut dyn FnMut(String, String)) {
+        if d > JWT_DEPTH_MAX {
+            err(
+                at.to_string(),
+                format!("nested deeper than {JWT_DEPTH_MAX}"),
+            );
+            return;
+        }
+        match self {
+            ValueMatch::String(m) => crate::validate_string_match(m, format!("{at}.string"), err),
+            ValueMatch::List(v) => v.validate(&format!("{at}.list"), d + 1, err),
+            ValueMatch::Or(l) => {
+                for (i, v) in l.iter().enumerate() {
+                    v.validate(&format!("{at}.or[{i}]"), d + 1, err);
+                }
+            }
+            ValueMatch::Present(_) | ValueMatch::Null | ValueMatch::Bool(_) => {}
+        }
+    }
+}

@@ -1767,6 +1767,10 @@ pub struct TripleMatch {
     /// Envoy's `query_parameters`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_parameters: Vec<QueryMatch>,
+    /// The call's dynamic metadata (a verified JWT's payload; Envoy's `dynamic_metadata`):
+    /// every condition must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dynamic_metadata: Vec<MetadataMatch>,
 }
 
 /// A condition on the request path without its query and fragment: exactly one of `exact`,
@@ -4915,6 +4919,9 @@ fn validate_triple_route(
     }
     if let Some(p) = &m.path {
         validate_path_match(p, rat("match.path"), err);
+    }
+    for (k, d) in m.dynamic_metadata.iter().enumerate() {
+        d.validate(&rat(&format!("match.dynamic_metadata[{k}]")), err);
     }
     for (k, q) in m.query_parameters.iter().enumerate() {
         let field = rat(&format!("match.query_parameters[{k}]"));

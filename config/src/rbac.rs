@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HeaderMatch, StringMatch};
+use crate::{HeaderMatch, MetadataMatch, StringMatch};
 
 /// Where a set of rbac filters runs: what its rules may look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,8 @@ pub enum Permission {
     DubboInterface(StringMatch),
     /// Dubbo only: the request's method (Aeraki's `dubboMethod`).
     DubboMethod(StringMatch),
+    /// HTTP only: the call's dynamic metadata (a verified JWT's payload).
+    Metadata(MetadataMatch),
 }
 
 /// Who the peer is.
@@ -130,6 +132,9 @@ pub enum Principal {
     RemoteIp(String),
     /// HTTP only: a request header (istiod's `request.headers[...]` conditions).
     Header(HeaderMatch),
+    /// HTTP only: the call's dynamic metadata (istiod's `requestPrincipals`,
+    /// `request.auth.claims[...]`: a verified JWT's payload).
+    Metadata(MetadataMatch),
 }
 
 impl Rbac {
@@ -240,6 +245,10 @@ impl Permission {
                 only_in(RbacScope::Dubbo, at, scope, "dubbo_method", err);
                 crate::validate_string_match(m, format!("{at}.dubbo_method"), err);
             }
+            Permission::Metadata(m) => {
+                only_in(RbacScope::Http, at, scope, "metadata", err);
+                m.validate(&format!("{at}.metadata"), err);
+            }
         }
     }
 }
@@ -276,6 +285,10 @@ impl Principal {
             Principal::Header(h) => {
                 only_in(RbacScope::Http, at, scope, "header", err);
                 crate::validate_header_match(h, format!("{at}.header"), err);
+            }
+            Principal::Metadata(m) => {
+                only_in(RbacScope::Http, at, scope, "metadata", err);
+                m.validate(&format!("{at}.metadata"), err);
             }
         }
     }

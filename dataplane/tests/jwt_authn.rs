@@ -5,6 +5,11 @@
 //! the metadata the server saw), for no token, valid tokens (RS256, PS256, ES256; header, query
 //! parameter, a second provider's header), expired, not yet valid, another issuer or audience,
 //! a bad signature, an unknown `kid`, a malformed token; and the same `jwt_authn` counters.
+//! The verified payload as Envoy's dynamic metadata: istiod's rbac filter on
+//! `requestPrincipals` and `request.auth.claims` (a string claim, a list claim, a
+//! space-delimited `scope`), and routes on a claim (a VirtualService's
+//! `@request.auth.claims.group`, its `withoutHeaders` inverted), with the same answers and
+//! `rbac` counters.
 //! Tokens are signed here (aws-lc-rs), keys made per run.
 
 mod common;
@@ -140,6 +145,7 @@ fn jwt_filter(keys: &Keys) -> Value {
     let provider = |iss: &str, jwks: String, extra: Value| {
         let mut p = json!({"issuer": iss, "audiences": ["ringside"],
             "local_jwks": {"inline_string": jwks}, "payload_in_metadata": "payload",
+            "clear_route_cache": true,
             "normalize_payload_in_metadata": {"space_delimited_claims": ["permission", "scope"]}});
         p.as_object_mut()
             .unwrap()
@@ -159,14 +165,65 @@ fn jwt_filter(keys: &Keys) -> Value {
         "bypass_cors_preflight": true}})
 }
 
-fn snapshot(listen: SocketAddr, up: SocketAddr, grpc: SocketAddr, keys: &Keys) -> Value {
+/// A metadata matcher on the verified payload's claim `claim` as istiod writes them
+/// (`pilot/pkg/security/authz/model`): `list` (its `MetadataListValueMatcherForJWTClaims`,
+/// also the route's `request.auth.claims`): a list one of whose items is `v`, or the string
+/// `v`; else (`MetadataStringMatcherForJWTClaim`, `requestPrincipals`) the string.
+fn claim(claim: &str, v: &str, list: bool) -> Value {
+    let s = json!({"string_match": {"exact": v}});
+    let value = match list {
+        true => json!({"or_match": {"value_matchers": [{"list_match": {"one_of": s}}, s]}}),
+        false => s,
+    };
+    json!({"filter": "envoy.filters.http.jwt_authn",
+        "path": [{"key": "payload"}, {"key": claim}], "value": value})
+}
+
+/// istiod's ALLOW filter for an AuthorizationPolicy with two rules: anything but `/admin/`
+/// for anyone, and `/admin/` for request principal `https://issuer.test/alice` whose claim
+/// `group` has `admins` and whose `scope` has `write`.
+fn rbac_filter() -> Value {
+    let md = |m: Value| json!({"metadata": m});
+    let admin = json!({"url_path": {"path": {"prefix": "/admin/"}}});
+    json!({"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {
+            "ns[default]-policy[jwt]-rule[0]": {
+                "permissions": [{"and_rules": {"rules": [{"not_rule": admin}]}}],
+                "principals": [{"and_ids": {"ids": [{"any": true}]}}]},
+            "ns[default]-policy[jwt]-rule[1]": {
+                "permissions": [{"and_rules": {"rules": [admin]}}],
+                "principals": [{"and_ids": {"ids": [
+                    {"or_ids": {"ids": [{"and_ids": {"ids": [
+                        md(claim("iss", ISS, false)), md(claim("sub", "alice", false))]}}]}},
+                    md(claim("group", "admins", true)),
+                    md(claim("scope", "write", true))]}}]}}}}})
+}
+
+fn snapshot(
+    listen: SocketAddr,
+    up: SocketAddr,
+    up2: SocketAddr,
+    grpc: SocketAddr,
+    keys: &Keys,
+) -> Value {
+    let by_claim = claim("group", "admins", true);
+    let not_admins = {
+        let mut m = by_claim.clone();
+        m["invert"] = json!(true);
+        m
+    };
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "inbound_0.0.0.0_80", "codec_type": "AUTO",
         "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
             {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc"}},
+            // A VirtualService on `@request.auth.claims.group`: admins to `up`, the others
+            // (`withoutHeaders`) to `up2`.
+            {"match": {"prefix": "/claims/", "dynamic_metadata": [by_claim]}, "route": {"cluster": "up"}},
+            {"match": {"prefix": "/claims/", "dynamic_metadata": [not_admins]}, "route": {"cluster": "up2"}},
             {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]},
-        "http_filters": [jwt_filter(keys),
+        "http_filters": [jwt_filter(keys), rbac_filter(),
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
     });
@@ -177,6 +234,8 @@ fn snapshot(listen: SocketAddr, up: SocketAddr, grpc: SocketAddr, keys: &Keys) -
         "clusters": [
             {"name": "up", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": load_assignment("up", &[up])},
+            {"name": "up2", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": load_assignment("up2", &[up2])},
             {"name": "grpc", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": load_assignment("grpc", &[grpc]),
                 "typed_extension_protocol_options": {
@@ -287,6 +346,8 @@ fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
     let keys = Keys::new();
     let up_port = free_port();
     let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let up2_port = free_port();
+    let _up2 = Http1Server::start("127.0.0.1", up2_port, "up2");
     let server = GrpcServer::start(0, "G", &[]);
     let aud = || json!("ringside");
     let good = keys.sign("RS256", "r1", &claims(ISS, aud(), 3600, -10));
@@ -311,6 +372,23 @@ fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
         let (_, sig) = expired.rsplit_once('.').unwrap();
         format!("{hp}.{sig}")
     };
+    // Not alice, not an admin; an admin without `write`; alice's groups as a list.
+    let bob = keys.sign("RS256", "r1", &{
+        let mut c = claims(ISS, aud(), 3600, -10);
+        c["sub"] = json!("bob");
+        c["group"] = json!("users");
+        c
+    });
+    let reader = keys.sign("RS256", "r1", &{
+        let mut c = claims(ISS, aud(), 3600, -10);
+        c["scope"] = json!("read");
+        c
+    });
+    let listed = keys.sign("ES256", "e1", &{
+        let mut c = claims(ISS, aud(), 3600, -10);
+        c["group"] = json!(["users", "admins"]);
+        c
+    });
     let other = keys.sign("ES256", "e1", &claims(OTHER_ISS, aud(), 3600, -10));
     let other_expired = keys.sign("ES256", "e1", &claims(OTHER_ISS, aud(), -3600, -7200));
     let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
@@ -353,6 +431,17 @@ fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
                 ("access-control-request-method", "GET".into()),
             ],
         ),
+        // The rbac filter on request principal and claims, the routes on a claim.
+        ("GET", "/admin/x".into(), vec![bearer(&good)]),
+        ("GET", "/admin/x".into(), vec![bearer(&listed)]),
+        ("GET", "/admin/x".into(), vec![bearer(&bob)]),
+        ("GET", "/admin/x".into(), vec![bearer(&reader)]),
+        ("GET", "/admin/x".into(), vec![]),
+        ("GET", "/admin/x".into(), vec![xjwt(&other)]),
+        ("GET", "/claims/x".into(), vec![bearer(&good)]),
+        ("GET", "/claims/x".into(), vec![bearer(&listed)]),
+        ("GET", "/claims/x".into(), vec![bearer(&bob)]),
+        ("GET", "/claims/x".into(), vec![]),
     ];
     let grpc_cases: Vec<Vec<(&str, String)>> = vec![
         vec![],
@@ -366,7 +455,13 @@ fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
         let listen = local(free_port());
         let (proxy, _xds) = Proxy::start(
             who,
-            &snapshot(listen, local(up_port), server.addr(), &keys),
+            &snapshot(
+                listen,
+                local(up_port),
+                local(up2_port),
+                server.addr(),
+                &keys,
+            ),
             listen,
         );
         let h: Vec<String> = http_cases
@@ -374,10 +469,16 @@ fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
             .map(|(m, p, hs)| http1(listen, m, p, hs))
             .collect();
         let g: Vec<String> = grpc_cases.iter().map(|m| grpc(listen, m)).collect();
-        let stats = ["allowed", "denied", "cors_preflight_bypassed"]
-            .iter()
-            .map(|s| proxy.stat(&format!("http.inbound_0.0.0.0_80.jwt_authn.{s}")))
-            .collect();
+        let stats = [
+            "jwt_authn.allowed",
+            "jwt_authn.denied",
+            "jwt_authn.cors_preflight_bypassed",
+            "rbac.allowed",
+            "rbac.denied",
+        ]
+        .iter()
+        .map(|s| proxy.stat(&format!("http.inbound_0.0.0.0_80.{s}")))
+        .collect();
         eprintln!("{who}: {h:#?} {g:#?} {stats:?}");
         (h, g, stats)
     };
@@ -409,4 +510,19 @@ fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
         envoy.0[4]
     );
     assert!(envoy.1[2].starts_with("UNAUTHENTICATED "), "{}", envoy.1[2]);
+    // The rbac filter and the routes read the payload: alice passes /admin/, bob does not;
+    // an admin's /claims/ request goes to `up`, bob's to `up2`.
+    let at = |i: usize| envoy.0[http_cases.len() - 10 + i].as_str();
+    assert!(
+        at(0).starts_with("200 ") && at(2).starts_with("403 "),
+        "{} {}",
+        at(0),
+        at(2)
+    );
+    assert!(
+        at(6).contains("| up GET") && at(8).contains("| up2 GET"),
+        "{} {}",
+        at(6),
+        at(8)
+    );
 }

@@ -2441,8 +2441,14 @@ fn triple_route(
     if rm.tls_context.is_some() {
         return Err(ctx.err(format!("{mat}.tls_context"), "TLS is not supported"));
     }
-    if !rm.dynamic_metadata.is_empty() {
-        return Err(ctx.err(format!("{mat}.dynamic_metadata"), "not supported"));
+    // istiod's VirtualService `headers` on `@request.auth.claims[...]`: a verified JWT's
+    // payload (the jwt_authn filter's metadata).
+    for (k, d) in rm.dynamic_metadata.iter().enumerate() {
+        m.dynamic_metadata.push(rbac::metadata_match(
+            d,
+            ctx,
+            &format!("{mat}.dynamic_metadata[{k}]"),
+        )?);
     }
     if !rm.filter_state.is_empty() {
         return Err(ctx.err(format!("{mat}.filter_state"), "not supported"));

@@ -256,6 +256,93 @@ fn http_only(scope: Scope, ctx: &Ctx<'_>, at: &str, what: &str) -> Result<(), Tr
     }
 }
 
+/// A `MetadataMatcher` on `envoy.filters.http.jwt_authn`'s metadata (istiod's
+/// `requestPrincipals`, `request.auth.claims[...]`, `request.auth.audiences`, ...: the path
+/// `payload` then claims): a verified JWT's payload. Any other filter: NACK (ringside has no
+/// other dynamic metadata, and a rule that could never match would change what a policy
+/// means).
+pub(super) fn metadata_match(
+    m: &matcher_pb::MetadataMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<config::MetadataMatch, TranslateError> {
+    use matcher_pb::metadata_matcher::path_segment::Segment;
+    if m.filter != config::JWT_AUTHN_FILTER {
+        return Err(ctx.err(
+            format!("{at}.filter"),
+            format!(
+                "{:?}: only {}'s metadata (verified JWT payloads) exists",
+                m.filter,
+                config::JWT_AUTHN_FILTER
+            ),
+        ));
+    }
+    let path = m
+        .path
+        .iter()
+        .map(|p| match &p.segment {
+            Some(Segment::Key(k)) => Ok(k.clone()),
+            None => Err(ctx.err(format!("{at}.path"), "a segment without a key")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if path.is_empty() {
+        return Err(ctx.err(format!("{at}.path"), "missing"));
+    }
+    let value = m
+        .value
+        .as_ref()
+        .ok_or_else(|| ctx.err(format!("{at}.value"), "missing"))?;
+    Ok(config::MetadataMatch {
+        filter: m.filter.clone(),
+        path,
+        value: value_match(value, ctx, &format!("{at}.value"), 1)?,
+        invert: m.invert,
+    })
+}
+
+fn value_match(
+    v: &matcher_pb::ValueMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+    depth: usize,
+) -> Result<config::ValueMatch, TranslateError> {
+    use matcher_pb::list_matcher::MatchPattern as L;
+    use matcher_pb::value_matcher::MatchPattern as V;
+    if depth > config::JWT_DEPTH_MAX {
+        return Err(ctx.err(at, "nested too deep"));
+    }
+    Ok(match &v.match_pattern {
+        Some(V::StringMatch(sm)) => config::ValueMatch::String(string_match(&rbac_pattern(
+            sm,
+            ctx,
+            &format!("{at}.string_match"),
+        )?)),
+        Some(V::PresentMatch(b)) => config::ValueMatch::Present(*b),
+        Some(V::NullMatch(_)) => config::ValueMatch::Null,
+        Some(V::BoolMatch(b)) => config::ValueMatch::Bool(*b),
+        Some(V::ListMatch(l)) => match &l.match_pattern {
+            Some(L::OneOf(one)) => config::ValueMatch::List(Box::new(value_match(
+                one,
+                ctx,
+                &format!("{at}.list_match.one_of"),
+                depth + 1,
+            )?)),
+            None => return Err(ctx.err(format!("{at}.list_match"), "missing one_of")),
+        },
+        Some(V::OrMatch(o)) => config::ValueMatch::Or(
+            o.value_matchers
+                .iter()
+                .enumerate()
+                .map(|(i, x)| value_match(x, ctx, &format!("{at}.or_match[{i}]"), depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(V::DoubleMatch(_)) => {
+            return Err(ctx.err(format!("{at}.double_match"), "not supported"))
+        }
+        None => return Err(ctx.err(at, "missing match_pattern")),
+    })
+}
+
 /// Aeraki's Dubbo permissions (`internal/plugin/dubbo/authz`): a `metadata` matcher on the
 /// `envoy.filters.dubbo.rbac` filter's `service` (the request's interface) or `method` key,
 /// whose value is a string matcher. Any other metadata is NACKed: ringside has no dynamic
@@ -375,6 +462,9 @@ fn permission(
             };
             Permission::UrlPath(string_match(&pat))
         }
+        Some(R::Metadata(m)) if scope == Scope::Http => {
+            Permission::Metadata(metadata_match(m, ctx, &format!("{at}.metadata"))?)
+        }
         Some(R::Metadata(m)) => dubbo_metadata(m, scope, ctx, at)?,
         // istiod's `{*}` / `{**}` path templates, SNI, dynamic metadata, ...
         Some(_) => return Err(ctx.err(at, "this permission rule is not supported")),
@@ -420,6 +510,10 @@ fn principal(
         Some(I::Header(h)) => {
             http_only(scope, ctx, at, "header")?;
             Principal::Header(header(h, ctx, &format!("{at}.header"))?)
+        }
+        Some(I::Metadata(m)) => {
+            http_only(scope, ctx, at, "metadata")?;
+            Principal::Metadata(metadata_match(m, ctx, &format!("{at}.metadata"))?)
         }
         Some(_) => return Err(ctx.err(at, "this principal is not supported")),
         None => return Err(ctx.err(at, "missing identifier")),

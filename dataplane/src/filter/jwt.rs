@@ -1255,6 +1255,88 @@ fn parse_jwk(k: &Map<String, Value>) -> Option<Key> {
     Some(Key { kid, alg, kind })
 }
 
+// === dynamic metadata ===
+
+/// A call's dynamic metadata: `envoy.filters.http.jwt_authn`'s (payloads by
+/// `payload_in_metadata` key); no other filter writes any.
+pub type Metadata = Map<String, Value>;
+
+/// A compiled `MetadataMatcher` (RBAC `metadata`, route `dynamic_metadata`).
+pub struct MetaMatcher {
+    /// The filter is `envoy.filters.http.jwt_authn` (any other: the value is absent).
+    jwt: bool,
+    path: Box<[String]>,
+    value: ValueMatcher,
+    invert: bool,
+}
+
+enum ValueMatcher {
+    String(Matcher),
+    Present(bool),
+    Null,
+    Bool(bool),
+    List(Box<ValueMatcher>),
+    Or(Box<[ValueMatcher]>),
+}
+
+impl MetaMatcher {
+    pub fn new(m: &config::MetadataMatch) -> Result<MetaMatcher, RouteError> {
+        Ok(MetaMatcher {
+            jwt: m.filter == config::JWT_AUTHN_FILTER,
+            path: m.path.clone().into(),
+            value: ValueMatcher::new(&m.value)?,
+            invert: m.invert,
+        })
+    }
+
+    /// Envoy's `MetadataMatcher::match`: the value at the path (absent when a key is missing
+    /// or a step is not a struct) matched, then inverted.
+    pub fn matches(&self, md: Option<&Metadata>) -> bool {
+        let mut v: Option<&Value> = None;
+        if let (true, Some(md)) = (self.jwt, md) {
+            let mut map = Some(md);
+            for k in self.path.iter() {
+                v = map.and_then(|m| m.get(k.as_str()));
+                map = v.and_then(Value::as_object);
+            }
+        }
+        self.value.matches(v) ^ self.invert
+    }
+}
+
+impl ValueMatcher {
+    fn new(v: &config::ValueMatch) -> Result<ValueMatcher, RouteError> {
+        use config::ValueMatch as V;
+        Ok(match v {
+            V::String(m) => ValueMatcher::String(Matcher::new(m)?),
+            V::Present(b) => ValueMatcher::Present(*b),
+            V::Null => ValueMatcher::Null,
+            V::Bool(b) => ValueMatcher::Bool(*b),
+            V::List(v) => ValueMatcher::List(Box::new(ValueMatcher::new(v)?)),
+            V::Or(l) => {
+                ValueMatcher::Or(l.iter().map(ValueMatcher::new).collect::<Result<_, _>>()?)
+            }
+        })
+    }
+
+    /// Recursion bounded by the validated nesting limit.
+    fn matches(&self, v: Option<&Value>) -> bool {
+        match self {
+            ValueMatcher::String(m) => {
+                matches!(v, Some(Value::String(s)) if m.matches(s.as_bytes()))
+            }
+            ValueMatcher::Present(p) => *p && v.is_some(),
+            ValueMatcher::Null => matches!(v, Some(Value::Null)),
+            ValueMatcher::Bool(b) => v == Some(&Value::Bool(*b)),
+            ValueMatcher::List(m) => match v {
+                Some(Value::Array(l)) => l.iter().any(|x| m.matches(Some(x))),
+                _ => false,
+            },
+            ValueMatcher::Or(l) => l.iter().any(|m| m.matches(v)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,10 @@ pub trait Request {
     fn method(&self) -> Option<&[u8]> {
         None
     }
+    /// The call's dynamic metadata (a verified JWT's payload).
+    fn metadata(&self) -> Option<&super::jwt::Metadata> {
+        None
+    }
 }
 
 /// What a connection shows per-request rules, taken once when it is accepted.
@@ -125,6 +129,7 @@ enum Permission {
     Header(NamedMatch),
     Interface(Matcher),
     Method(Matcher),
+    Metadata(super::jwt::MetaMatcher),
 }
 
 enum Principal {
@@ -136,6 +141,7 @@ enum Principal {
     Authenticated(Option<Matcher>),
     SourceIp(Option<Cidr>),
     Header(NamedMatch),
+    Metadata(super::jwt::MetaMatcher),
 }
 
 impl Rbac {
@@ -276,6 +282,7 @@ impl Permission {
             P::Header(h) => Permission::Header(named(h)?),
             P::DubboInterface(m) => Permission::Interface(Matcher::new(m)?),
             P::DubboMethod(m) => Permission::Method(Matcher::new(m)?),
+            P::Metadata(m) => Permission::Metadata(super::jwt::MetaMatcher::new(m)?),
         })
     }
 
@@ -306,6 +313,7 @@ impl Permission {
                 .request
                 .and_then(|r| r.method())
                 .is_some_and(|v| m.matches(v)),
+            Permission::Metadata(m) => m.matches(peer.request.and_then(|r| r.metadata())),
         }
     }
 }
@@ -326,6 +334,7 @@ impl Principal {
                 Principal::SourceIp(Cidr::parse(c))
             }
             P::Header(h) => Principal::Header(named(h)?),
+            P::Metadata(m) => Principal::Metadata(super::jwt::MetaMatcher::new(m)?),
         })
     }
 
@@ -345,6 +354,7 @@ impl Principal {
                 _ => false,
             },
             Principal::Header(h) => header_matches(h, peer),
+            Principal::Metadata(m) => m.matches(peer.request.and_then(|r| r.metadata())),
         }
     }
 }

@@ -343,8 +343,6 @@ pub struct Conn {
     pub alpn: crate::io::tls::AlpnOverride,
     /// Caller side: what its requests' `x-forwarded-client-cert` becomes (set once).
     xfcc: super::xfcc::Xfcc,
-    /// Caller side: `https` on TLS, else `http` (`x-forwarded-proto` when a request has none).
-    scheme: Cell<&'static [u8]>,
 }
 
 /// Output never written (the peer stopped reading, the connection failed) is given back to the
@@ -405,7 +403,6 @@ impl Conn {
             mutates: Cell::new(false),
             alpn: None,
             xfcc: Default::default(),
-            scheme: Cell::new(b"http"),
             greeted: Cell::new(false),
             reads: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
@@ -1497,14 +1494,14 @@ impl Conn {
             return Ok(());
         }
         // The jwt_authn filter, then rbac, as istiod orders them.
-        let _payload = match self.authenticate(l) {
+        let payload = match self.authenticate(l) {
             Ok(p) => p,
             Err(e) => {
                 self.fail_call(id, &e);
                 return Ok(());
             }
         };
-        if !self.authorized(l) {
+        if !self.authorized(l, payload.as_ref()) {
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
         }
@@ -1514,7 +1511,8 @@ impl Conn {
             l,
             &self.headers.borrow(),
             (self.limits.header_list_max, self.caller_addrs.get()),
-            (now, self.scheme.get()),
+            (now, if self.tls.get() { b"https" } else { b"http" }),
+            payload.as_ref(),
         );
         match routed {
             Ok(call) => self.forward_call(l, id, end, call),
@@ -1567,13 +1565,17 @@ impl Conn {
 
     /// The listener's HTTP rbac filters on the call whose headers were just decoded (counted;
     /// no filters: allowed). Envoy runs them before the router: a denied call is not routed.
-    fn authorized(&self, l: &TripleListener) -> bool {
+    fn authorized(&self, l: &TripleListener, md: Option<&crate::filter::jwt::Metadata>) -> bool {
         let Some(rbac) = &l.rbac else {
             return true;
         };
         let hl = self.headers.borrow();
+        let call = super::headers::CallView {
+            headers: &hl,
+            metadata: md,
+        };
         match &*self.rbac_peer.borrow() {
-            Some(c) => rbac.allows(&c.with(&*hl), &l.stats),
+            Some(c) => rbac.allows(&c.with(&call), &l.stats),
             // Set at accept whenever the listener has rules.
             None => false,
         }
@@ -2580,6 +2582,7 @@ fn route_call(
         (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     ),
     (now, scheme): (Instant, &[u8]),
+    metadata: Option<&crate::filter::jwt::Metadata>,
 ) -> Result<Routed, Refused> {
     if hl.too_large {
         l.stats.inc(l.ids.rq_too_large);
@@ -2604,6 +2607,7 @@ fn route_call(
         service: route_service,
         method: route_method,
         headers: hl,
+        metadata,
     };
     let Some((entry, action)) = routes.router.route_entry(hl.get(b":authority"), &view) else {
         l.stats.inc(l.ids.rq_no_route);
@@ -3122,9 +3126,6 @@ pub async fn serve_read<S: crate::io::Conn>(
     let limits = l.limits;
     let mut conn = Conn::new(Side::Down(l.clone()), limits);
     conn.xfcc = super::xfcc::Xfcc::of(&stream, &l);
-    if stream.is_tls() {
-        conn.scheme.set(b"https");
-    }
     let conn = Rc::new(conn);
     // The caller's address: for logs, traces and `source_ip` hash policies.
     conn.caller_addrs.set(stream.addrs());

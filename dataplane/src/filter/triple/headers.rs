@@ -191,3 +191,18 @@ impl crate::filter::jwt::Headers for HeaderList {
         }
     }
 }
+
+/// A call as the rbac rules read it: its header list and its dynamic metadata.
+pub struct CallView<'a> {
+    pub headers: &'a HeaderList,
+    pub metadata: Option<&'a crate::filter::jwt::Metadata>,
+}
+
+impl crate::filter::rbac::Request for CallView<'_> {
+    fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers.get(name)
+    }
+    fn metadata(&self) -> Option<&crate::filter::jwt::Metadata> {
+        self.metadata
+    }
+}

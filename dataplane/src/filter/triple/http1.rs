@@ -751,10 +751,14 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         return Err(Local::Forbidden("upgrade not allowed"));
     }
     // The jwt_authn filter, then rbac, as istiod orders them.
-    let _payload = authenticate(c, l, req)?;
+    let payload = authenticate(c, l, req)?;
     let hl = &c.hl;
     if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
-        if !rbac.allows(&peer.with(hl), &l.stats) {
+        let call = super::headers::CallView {
+            headers: hl,
+            metadata: payload.as_ref(),
+        };
+        if !rbac.allows(&peer.with(&call), &l.stats) {
             return Err(Local::Forbidden("RBAC: access denied"));
         }
     }
@@ -766,6 +770,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         service,
         method,
         headers: hl,
+        metadata: payload.as_ref(),
     };
     let Some((entry, action)) = routes
         .router

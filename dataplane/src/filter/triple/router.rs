@@ -14,6 +14,8 @@ pub struct RequestView<'a> {
     pub service: &'a [u8],
     pub method: &'a [u8],
     pub headers: &'a HeaderList,
+    /// Its dynamic metadata (a verified JWT's payload).
+    pub metadata: Option<&'a crate::filter::jwt::Metadata>,
 }
 
 /// `/{service}/{method...}`: the path (without its query) split at its first `/` after the
@@ -37,6 +39,8 @@ pub struct Route {
     headers: Vec<NamedMatch>,
     path: Option<PathCond>,
     query: Vec<NamedMatch>,
+    /// `dynamic_metadata` conditions.
+    metadata: Vec<crate::filter::jwt::MetaMatcher>,
     /// Its header mutations (with its host's and the listener's); `None` when there are none.
     pub mutations: Option<std::sync::Arc<super::mutate::RouteHeaders>>,
 }
@@ -133,6 +137,7 @@ impl Match<RequestView<'_>> for Route {
                 .query
                 .iter()
                 .all(|q| q.matches(query_value(r.path, &q.name)))
+            && self.metadata.iter().all(|m| m.matches(r.metadata))
     }
 }
 
@@ -219,6 +224,11 @@ pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Rou
                     NamedMatch::new(&q.name, e, p, r, q.present)
                 })
                 .collect::<Result<_, _>>()?,
+            metadata: m
+                .dynamic_metadata
+                .iter()
+                .map(crate::filter::jwt::MetaMatcher::new)
+                .collect::<Result<_, _>>()?,
             mutations,
         };
         Ok((route, &r.route))
@@ -241,6 +251,7 @@ mod tests {
             service: service.as_bytes(),
             method: b"Get",
             headers: &hl,
+            metadata: None,
         };
         r.route(hl.get(b":authority"), &view)
             .map(|a| a.pick_cluster(0))
