@@ -1543,18 +1543,9 @@ fn request_head(
     h
 }
 
-/// A version-4 UUID from the listener's dice (Envoy's `x-request-id` format).
-fn request_id(l: &TripleListener) -> String {
-    let r = [l.roll(), l.roll(), l.roll(), l.roll()];
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:04x}{:08x}",
-        r[0],
-        r[1] >> 16,
-        r[1] & 0xfff,
-        (r[2] >> 16 & 0x3fff) | 0x8000,
-        r[2] & 0xffff,
-        r[3]
-    )
+/// A version-4 UUID (Envoy's `x-request-id` format), from the shard's generator.
+fn request_id(_l: &TripleListener) -> String {
+    String::from_utf8_lossy(&super::request_id::uuid4()).into_owned()
 }
 
 /// The response head from the upstream.

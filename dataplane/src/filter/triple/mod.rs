@@ -14,6 +14,7 @@ pub mod headers;
 pub mod http1;
 pub mod http1_tls;
 pub mod mutate;
+pub mod request_id;
 pub mod router;
 pub mod stamp;
 pub mod xfcc;
