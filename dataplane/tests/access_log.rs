@@ -380,8 +380,10 @@ clusters:
 
 /// The same xDS listeners with `access_log` (file loggers, text and JSON formats) given to
 /// Envoy 1.40 and to ringside, the same calls through both (a TCP connection, a grpcio call,
-/// a call without a route): the lines agree field for field, apart from the listener ports and
-/// log paths that differ between the two snapshots.
+/// a call without a route, a call whose route rewrites its path and authority and sets a
+/// header: logged as routing left the request, as Envoy's router edits it in place): the lines
+/// agree field for field, apart from the listener ports and log paths that differ between the
+/// two snapshots.
 #[test]
 fn xds_access_logs_write_the_lines_envoy_writes() {
     use common::envoy::{bootstrap, eds_cluster, load_assignment, socket, Ads, Envoy};
@@ -390,7 +392,7 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
     use serde_json::json;
 
     const TCP_FORMAT: &str = "%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %RESPONSE_CODE% %PROTOCOL%\n";
-    const GRPC_FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %REQ(X-USER)% %REQ(:AUTHORITY)%\n";
+    const GRPC_FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %REQ(X-USER)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH)%\n";
     // Response headers and trailers: the upstream's, and ringside's own local reply (no route).
     const RESP_FORMAT: &str = "%REQ(:PATH)% %RESP(:STATUS)% %RESP(CONTENT-TYPE)% %RESP(GRPC-STATUS)% %TRAILER(GRPC-STATUS)% %TRAILER(GRPC-MESSAGE)% %TRAILER(X-SERVER)% %RESP(X-NONE?GRPC-STATUS)% %TRAILER(X-NONE?X-SERVER):3% %RESPONSE_TRAILER(X-NONE)%\n";
     let echo = echo_server();
@@ -414,6 +416,10 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
             "stat_prefix": "grpc", "codec_type": "HTTP2",
             "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
                 {"match": {"prefix": "/helloworld.Greeter/SayHelloStream"}, "route": {"cluster": "f"}},
+                {"match": {"prefix": "/rw.Greeter/"}, "route": {"cluster": "s",
+                    "prefix_rewrite": "/helloworld.Greeter/", "host_rewrite_literal": "rewritten.example"},
+                 "request_headers_to_add": [{"header": {"key": "x-user", "value": "%REQ(x-user)%-added"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]},
                 {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "s"}}]}]},
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
@@ -479,6 +485,13 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
         assert_eq!(lost.code, "UNIMPLEMENTED", "{who}: {lost:?}");
         let failed = grpc_call(grpc, &CallOpts::new(common::grpc::Call::ServerStream));
         assert_eq!(failed.code, "NOT_FOUND", "{who}: {failed:?}");
+        let rewritten = grpc_call(
+            grpc,
+            &CallOpts::default()
+                .service("rw.Greeter")
+                .meta("x-user", "vip-2"),
+        );
+        assert!(rewritten.ok, "{who}: {rewritten:?}");
         // Without the readiness probes' connections (nothing sent: "0 0 ...").
         let tcp_lines = lines_where(&dir.0.join(format!("{who}-tcp.log")), 1, |l| {
             !l.starts_with("0 0 ")
@@ -489,17 +502,17 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
             v
         };
         let grpc_lines: Vec<String> = sorted(
-            lines(&dir.0.join(format!("{who}-grpc.log")), 3)
+            lines(&dir.0.join(format!("{who}-grpc.log")), 4)
                 .iter()
                 .map(|l| l.replace(&grpc.port().to_string(), "PORT"))
                 .collect(),
         );
-        let mut json: Vec<Value> = lines(&dir.0.join(format!("{who}-grpc.json")), 3)
+        let mut json: Vec<Value> = lines(&dir.0.join(format!("{who}-grpc.json")), 4)
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: {e}: {l}")))
             .collect();
         json.sort_by_key(|v| v.to_string());
-        let resp_lines = sorted(lines(&dir.0.join(format!("{who}-resp.log")), 3));
+        let resp_lines = sorted(lines(&dir.0.join(format!("{who}-resp.log")), 4));
         xds.terminate().unwrap();
         (tcp_lines, grpc_lines, json, resp_lines)
     };
@@ -509,6 +522,16 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
     assert_eq!(ringside.1, envoy.1, "grpc lines");
     assert_eq!(ringside.2, envoy.2, "grpc json lines");
     assert_eq!(ringside.3, envoy.3, "response header and trailer lines");
+    // Envoy logged the routed request (the test sees the rewrite at all).
+    assert!(
+        envoy
+            .1
+            .iter()
+            .any(|l| l.starts_with("POST /helloworld.Greeter/SayHello ")
+                && l.ends_with(" vip-2-added rewritten.example /rw.Greeter/SayHello")),
+        "{:?}",
+        envoy.1
+    );
 }
 
 /// Access-log filters from xDS (status code, duration, runtime fraction, response flags,

@@ -234,6 +234,19 @@ struct Seen {
     http1: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
+/// A version-4 UUID as Envoy writes request ids: lower-case hex, 8-4-4-4-12, version 4,
+/// variant 10.
+fn is_uuid4(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
 fn exercise(listen: SocketAddr) -> Seen {
     let mut grpc = Vec::new();
     let mut stamps = Vec::new();
@@ -250,29 +263,29 @@ fn exercise(listen: SocketAddr) -> Seen {
         ("x-drop-route", "c"),
         ("x-kept", "c"),
     ];
-    for target in ["ok", "fail"] {
+    // The third call brings its own x-request-id (kept); the others get a new one.
+    for (target, rid) in [("ok", None), ("fail", None), ("ok", Some("client-rid-1"))] {
         let mut opts = CallOpts::new(Call::Unary).meta("x-target", target);
         for (k, v) in metadata {
             opts = opts.meta(k, v);
         }
+        if let Some(r) = rid {
+            opts = opts.meta("x-request-id", r);
+        }
         let out = grpc_call(listen, &opts);
         assert_eq!(out.ok, target == "ok", "{target}: {out:?}");
-        // What Envoy's connection manager adds to every request, which ringside adds on
-        // HTTP/1.1 only (not this test's subject), left out.
+        // With what Envoy's connection manager and router add to every request
+        // (x-forwarded-proto, x-request-id, x-envoy-expected-rq-timeout-ms); a new request id
+        // shown as what it is.
         let seen = out
             .replies
             .first()
             .map(|r| r.metadata.clone())
             .unwrap_or_default()
             .into_iter()
-            .filter(|m| {
-                ![
-                    "x-request-id=",
-                    "x-forwarded-proto=",
-                    "x-envoy-expected-rq-timeout-ms=",
-                ]
-                .iter()
-                .any(|p| m.starts_with(p))
+            .map(|m| match m.strip_prefix("x-request-id=") {
+                Some(v) if is_uuid4(v) => "x-request-id=<uuid4>".to_string(),
+                _ => m,
             })
             .collect();
         // The response headers (a trailers-only answer: its only HEADERS, the trailers).
@@ -444,6 +457,22 @@ fn route_header_mutations_are_envoys() {
     ] {
         assert!(seen.contains(&want.to_string()), "{want}: {seen:?}");
     }
+    // What Envoy adds to every gRPC request upstream: a new request id (a caller's kept), the
+    // scheme, the route's timeout (not with the router's suppress_envoy_headers).
+    for want in [
+        "x-request-id=<uuid4>",
+        "x-forwarded-proto=http",
+        "x-envoy-expected-rq-timeout-ms=5000",
+    ] {
+        assert!(seen.contains(&want.to_string()), "{want}: {seen:?}");
+    }
+    assert!(envoy[0].grpc[2]
+        .0
+        .contains(&"x-request-id=client-rid-1".to_string()));
+    assert!(!envoy[1].grpc[0]
+        .0
+        .iter()
+        .any(|m| m.starts_with("x-envoy-expected-rq-timeout-ms=")));
     // (The weighted cluster's level is evaluated first: any other level's `set` beats it.)
     assert!(envoy[1].grpc[0].0.contains(&"x-level=route".to_string()));
     assert!(envoy[0].grpc[0].1.contains(&"x-resp-level=rc".to_string()));

@@ -423,11 +423,26 @@ fn direct_snapshot(listen: SocketAddr, up: SocketAddr) -> Value {
         direct("/d/301", json!({"status": 301})),
         direct("/d/204", json!({"status": 204})),
         direct("/d/404", json!({"status": 404, "body": {"inline_string": "nothing here"}})),
+        // The route's fault aborts before the route answers (Envoy's fault filter runs
+        // before its router).
+        {"match": {"prefix": "/d/fault"}, "direct_response": {"status": 200},
+         "typed_per_filter_config": {"envoy.filters.http.fault": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": {"http_status": 418, "percentage": {"numerator": 100}}}}},
         {"match": {"prefix": "/"}, "route": {"cluster": "h1"}}
     ]);
+    let mut l = listener("dr", listen, false);
+    l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        .as_array_mut()
+        .unwrap()
+        .insert(
+            0,
+            json!({"name": "envoy.filters.http.fault", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}),
+        );
     json!({
         "version": "dr1",
-        "listeners": [listener("dr", listen, false)],
+        "listeners": [l],
         "routes": [{"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}],
         "clusters": [eds_cluster("h1", false)],
         "endpoints": [load_assignment("h1", &[up])]
@@ -464,8 +479,8 @@ fn raw_http1(target: SocketAddr, path: &str, host: &str) -> String {
 }
 
 /// `redirect` (scheme, host, port, path, prefix and regex rewrites, strip_query, each response
-/// code) and `direct_response` (status, inline string and bytes bodies, a 3xx without a body)
-/// answered by ringside as by Envoy 1.40: HTTP/1.1 callers get the same status line, header
+/// code) and `direct_response` (status, inline string and bytes bodies, a 3xx without a body;
+/// a route fault's abort before it) answered by ringside as by Envoy 1.40: HTTP/1.1 callers get the same status line, header
 /// fields (but `date`) and body; grpcio callers the same status and message.
 #[test]
 fn redirects_and_direct_responses_match_envoy() {
@@ -514,22 +529,30 @@ fn redirects_and_direct_responses_match_envoy() {
         ("/d/301/p?q", "web.test"),
         ("/d/204", "web.test"),
         ("/d/404", "web.test"),
+        ("/d/fault", "web.test"),
     ];
     let run = |target: SocketAddr| -> Vec<String> {
         let mut out: Vec<String> = requests
             .iter()
             .map(|(p, h)| raw_http1(target, p, h))
             .collect();
-        for service in ["r/https", "r/pfx", "d/text", "d/503", "d/404", "d/301"] {
+        for service in [
+            "r/https", "r/pfx", "d/text", "d/503", "d/404", "d/301", "d/fault",
+        ] {
             let o = grpc_call(
                 target,
                 &CallOpts::default().service(service).authority("grpc.test"),
             );
+            // A fault's message is each proxy's own (docs/governance.md#fault-injection).
+            let details = match service {
+                "d/fault" => "-".to_string(),
+                _ => o.details.clone(),
+            };
             out.push(format!(
                 "grpc {service}: ok={} code={} details={:?} location={:?}",
                 o.ok,
                 o.code,
-                o.details,
+                details,
                 o.trailers.get("location").or(o.initial.get("location"))
             ));
         }
@@ -562,4 +585,5 @@ fn redirects_and_direct_responses_match_envoy() {
     has("location: http://other.example:8443/landing?y=1");
     has("location: http://web.test/moved/a/b?c");
     has("HTTP/1.1 503 Service Unavailable");
+    has("/d/fault web.test: HTTP/1.1 418");
 }

@@ -1511,7 +1511,7 @@ impl Conn {
             l,
             &self.headers.borrow(),
             (self.limits.header_list_max, self.caller_addrs.get()),
-            now,
+            (now, if self.tls.get() { b"https" } else { b"http" }),
             payload.as_ref(),
         );
         match routed {
@@ -1637,6 +1637,9 @@ impl Conn {
                 c.respond = call.respond.take();
                 if c.respond.is_some() {
                     self.mutates.set(true);
+                }
+                if let (Some(lg), Some(h)) = (c.log.as_mut(), call.edited.take()) {
+                    lg.keep_routed_request(|n| h.get(n));
                 }
             }
         }
@@ -2560,6 +2563,9 @@ struct Routed {
     slot: Option<crate::filter::ratelimit::Slot>,
     /// Its route's response header mutations.
     respond: Option<super::mutate::Respond>,
+    /// The request as routing left it, when the route edited it (mutations, rewrites) and the
+    /// listener logs: what the access log reads.
+    edited: Option<HeaderList>,
 }
 
 /// Why a caller's request is not forwarded.
@@ -2581,7 +2587,7 @@ fn route_call(
         u32,
         (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     ),
-    now: Instant,
+    (now, scheme): (Instant, &[u8]),
     metadata: Option<&crate::filter::jwt::Metadata>,
 ) -> Result<Routed, Refused> {
     if hl.too_large {
@@ -2687,20 +2693,41 @@ fn route_call(
         true => None,
         false => super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip())),
     };
-    // The route's header mutations, on a copy of the list (none: the list as it came).
+    // What Envoy's connection manager adds before the router: `x-forwarded-proto` (the
+    // caller's connection's scheme) and `x-request-id` (a new UUID) when absent.
+    let own = Own {
+        scheme: hl.get(b"x-forwarded-proto").is_none().then_some(scheme),
+        request_id: hl
+            .get(b"x-request-id")
+            .is_none()
+            .then(super::request_id::uuid4),
+    };
+    // The route's header mutations, on a copy of the list (none: the list as it came). A copy
+    // (mutations, rewrites) gets `own` first, in Envoy's order; else it is encoded after the
+    // list's fields.
     let headers = entry.and_then(|m| m.mutations.as_ref());
     let mutated;
-    let hl = match headers.filter(|h| h.has_request(target)) {
+    let (hl, own_listed) = match headers.filter(|h| h.has_request(target)) {
         Some(h) => {
             let mut m = hl.clone();
+            own.append(&mut m);
             let facts = super::mutate::Facts::request("HTTP/2", SystemTime::now(), caller);
             h.request(target, &mut m, &facts);
             mutated = m;
-            &mutated
+            (&mutated, true)
         }
-        None => hl,
+        None if action.rewrite.is_some() && !own.is_empty() => {
+            let mut m = hl.clone();
+            own.append(&mut m);
+            mutated = m;
+            (&mutated, true)
+        }
+        None => (hl, false),
     };
+    let own = if own_listed { Own::default() } else { own };
     let respond = super::mutate::Respond::of(headers, target);
+    let edited = l.log.is_some()
+        && (headers.is_some_and(|h| h.has_request(target)) || action.rewrite.is_some());
     let retry = action.retry;
     // The route's rewrites: what goes upstream (mirrors and retries too) is the rewritten
     // request, as Envoy's router sends its finalized headers.
@@ -2718,20 +2745,43 @@ fn route_call(
         *slot = c;
         mirrors_len += 1;
     }
+    // Envoy's router tells the upstream the time it will wait (the per-try timeout when it
+    // is the shorter), unless none or `suppress_envoy_headers`.
+    let per_try = retry.and_then(|r| r.per_try_timeout);
+    let expected = match (action.timeout, per_try) {
+        (Some(t), Some(p)) => Some(t.min(p)),
+        (t, p) => t.or(p),
+    }
+    .filter(|_| l.stamp.envoy_headers)
+    .map(|t| super::stamp::Decimal::new(t.as_millis() as u64));
+    // After the list's fields, before the trace context (as on HTTP/1.1).
+    let added = |block: &mut Vec<u8>| {
+        own.encode(block);
+        if let Some(ms) = &expected {
+            hpack::encode_known(
+                block,
+                None,
+                b"x-envoy-expected-rq-timeout-ms",
+                ms.as_slice(),
+            );
+        }
+    };
     let mut shadow_block = Vec::new();
     if mirrors_len > 0 {
         hl.encode_shadow(&mut shadow_block);
+        added(&mut shadow_block);
     }
-    let mut block = Vec::with_capacity(block_hint(hl));
+    let mut block = Vec::with_capacity(block_hint(hl) + OWN_BYTES_MAX);
     // Istio's metadata exchange: what a caller's sidecar sent is not forwarded (istio-proxy
     // removes it inbound, replaces it with its own outbound).
     let mx = l.istio.is_some();
     let trace = match &l.trace {
         None => {
             hl.encode_except(&mut block, |n| mx && exchange::is_header(n));
+            added(&mut block);
             None
         }
-        Some(t) => encode_traced(l, t, hl, (service, method), &mut block, mx),
+        Some(t) => encode_traced(l, t, hl, (service, method), &mut block, (mx, &added)),
     };
     if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
         // Outbound: this workload's metadata, for the upstream's sidecar to label the call.
@@ -2761,6 +2811,7 @@ fn route_call(
         shadow_block,
         slot,
         respond,
+        edited: edited.then(|| hl.clone()),
     })
 }
 
@@ -2835,7 +2886,7 @@ fn encode_traced(
     hl: &HeaderList,
     (service, method): (&[u8], &[u8]),
     block: &mut Vec<u8>,
-    mx: bool,
+    (mx, added): (bool, &dyn Fn(&mut Vec<u8>)),
 ) -> Option<Box<super::Traced>> {
     use crate::trace::context::{self as cx, Format};
     let mut carrier = crate::trace::Carrier::default();
@@ -2848,6 +2899,7 @@ fn encode_traced(
         Some(d) if d.rewrites() => d,
         _ => {
             hl.encode_except(block, |n| mx && exchange::is_header(n));
+            added(block);
             return None;
         }
     };
@@ -2862,6 +2914,7 @@ fn encode_traced(
                 }
             }
     });
+    added(block);
     let caller = d.incoming.map(|i| i.span_id).unwrap_or_default();
     match format {
         Format::W3c => {
@@ -2882,6 +2935,41 @@ fn encode_traced(
         }
     }
     d.sampled.then(|| l.traced(d, service, method))
+}
+
+/// The request fields Envoy's connection manager adds when absent (see `route_call`).
+#[derive(Default)]
+struct Own<'a> {
+    scheme: Option<&'a [u8]>,
+    request_id: Option<[u8; super::request_id::LEN]>,
+}
+
+/// At most the bytes `Own` and `x-envoy-expected-rq-timeout-ms` add to a request block.
+const OWN_BYTES_MAX: usize =
+    (2 + 17 + 1 + 5) + (2 + 12 + 1 + super::request_id::LEN) + (2 + 30 + 1 + 20);
+
+impl Own<'_> {
+    fn is_empty(&self) -> bool {
+        self.scheme.is_none() && self.request_id.is_none()
+    }
+
+    fn append(&self, hl: &mut HeaderList) {
+        if let Some(s) = self.scheme {
+            hl.append(b"x-forwarded-proto", s);
+        }
+        if let Some(id) = &self.request_id {
+            hl.append(b"x-request-id", id);
+        }
+    }
+
+    fn encode(&self, block: &mut Vec<u8>) {
+        if let Some(s) = self.scheme {
+            hpack::encode_known(block, None, b"x-forwarded-proto", s);
+        }
+        if let Some(id) = &self.request_id {
+            hpack::encode_known(block, None, b"x-request-id", id);
+        }
+    }
 }
 
 fn block_hint(hl: &super::headers::HeaderList) -> usize {

@@ -534,6 +534,25 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         };
         h.request(*target, &mut f, &facts);
     }
+    // The access log reads the request as routing left it (Envoy's router edits it in place).
+    if let Some(lg) = c.seen.lg.as_mut() {
+        let rewritten = c.hl.get(b":path") != Some(req.path.as_bytes())
+            || c.hl.get(b":authority") != Some(req.authority.as_bytes());
+        if mutations.is_some() || rewritten {
+            let hl = &c.hl;
+            let get = |n: &[u8]| match n {
+                b":path" => Some(req.path.as_bytes()),
+                b":authority" => Some(req.authority.as_bytes()),
+                n if n.starts_with(b":") => hl.get(n),
+                n => req
+                    .fields
+                    .iter()
+                    .find(|(k, _)| k.as_bytes() == n)
+                    .map(|(_, v)| &v[..]),
+            };
+            lg.keep_routed_request(get);
+        }
+    }
     let mut started = started;
     if let Some((d, abort)) = delay {
         // The route's fault delay holds the request (its body waits in the socket); the route's
@@ -779,21 +798,16 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         l.stats.inc(l.ids.rq_no_route);
         return Err(Local::NoRoute);
     };
-    if let Some(d) = action.direct.as_deref() {
-        // The route answers itself (`redirect`, `direct_response`).
-        let xfp =
-            c.hl.get(b"x-forwarded-proto")
-                .unwrap_or(c.scheme.as_bytes());
-        let host = req.authority.as_bytes();
-        return Err(Local::Direct {
-            code: d.status,
-            body: d.body.to_vec(),
-            location: d.location(c.scheme.as_bytes(), xfp, host, req.path.as_bytes()),
-        });
-    }
-    let (cluster, target) = action.pick(l.roll());
+    // A route that answers itself (`redirect`, `direct_response`) goes nowhere; the listener's
+    // local rate limit and the route's fault still apply to it first (Envoy's filters run
+    // before its router).
+    let direct = action.direct.as_deref();
+    let (cluster, target) = match direct {
+        None => action.pick(l.roll()),
+        Some(_) => (0, 0),
+    };
     // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
-    c.hash = match action.hash.is_empty() {
+    c.hash = match action.hash.is_empty() || direct.is_some() {
         true => None,
         false => super::hash::request_hash(
             &action.hash,
@@ -803,9 +817,11 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         ),
     };
     let headers = entry.and_then(|m| m.mutations.as_ref());
-    c.seen.cluster = Some(routes.pools[cluster].lb.clone());
-    if let Some(rw) = action.rewrite.as_deref() {
-        rewrite_request(l, rw, target, &c.hl, req);
+    if direct.is_none() {
+        c.seen.cluster = Some(routes.pools[cluster].lb.clone());
+        if let Some(rw) = action.rewrite.as_deref() {
+            rewrite_request(l, rw, target, &c.hl, req);
+        }
     }
     if let Some(limits) = &routes.limits {
         if limits
@@ -844,6 +860,17 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
     if let (Some(code), None) = (abort, delay) {
         l.stats.inc(l.ids.fault.aborts_injected);
         return Err(Local::FaultAbort(code));
+    }
+    if let Some(d) = direct {
+        let xfp =
+            c.hl.get(b"x-forwarded-proto")
+                .unwrap_or(c.scheme.as_bytes());
+        let host = req.authority.as_bytes();
+        return Err(Local::Direct {
+            code: d.status,
+            body: d.body.to_vec(),
+            location: d.location(c.scheme.as_bytes(), xfp, host, req.path.as_bytes()),
+        });
     }
     let mut mirrors: [Option<Rc<Pool>>; crate::config::MIRROR_POLICIES_MAX] = Default::default();
     for (slot, i) in mirrors.iter_mut().zip(action.mirrors(&l.dice)) {
@@ -1516,18 +1543,9 @@ fn request_head(
     h
 }
 
-/// A version-4 UUID from the listener's dice (Envoy's `x-request-id` format).
-fn request_id(l: &TripleListener) -> String {
-    let r = [l.roll(), l.roll(), l.roll(), l.roll()];
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:04x}{:08x}",
-        r[0],
-        r[1] >> 16,
-        r[1] & 0xfff,
-        (r[2] >> 16 & 0x3fff) | 0x8000,
-        r[2] & 0xffff,
-        r[3]
-    )
+/// A version-4 UUID (Envoy's `x-request-id` format), from the shard's generator.
+fn request_id(_l: &TripleListener) -> String {
+    String::from_utf8_lossy(&super::request_id::uuid4()).into_owned()
 }
 
 /// The response head from the upstream.

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod http1;
 pub mod http1_tls;
 pub mod mutate;
+pub mod request_id;
 pub mod router;
 pub mod stamp;
 pub mod xfcc;
@@ -306,6 +307,15 @@ impl Headers for Logged {
 impl Logged {
     /// Keeps the values of the `part` headers the formats read; `get` finds a header (the
     /// first value of a name) in what was sent to the caller.
+    /// Keeps the request headers again, as routing left them (before any response header is
+    /// kept): Envoy's router edits the request in place, so its logs read the rewritten
+    /// `:path` and `:authority`, `x-envoy-original-path` and the headers routes added.
+    pub fn keep_routed_request<'h>(&mut self, get: impl Fn(&[u8]) -> Option<&'h [u8]>) {
+        self.values.clear();
+        self.spans.clear();
+        self.keep(Part::Request, get);
+    }
+
     pub fn keep<'h>(&mut self, part: Part, get: impl Fn(&[u8]) -> Option<&'h [u8]>) {
         if !self.reads_response && part != Part::Request {
             return;
