@@ -752,42 +752,48 @@ fn istiod_http_rbac(allowed: &str, shadow: &str) -> Vec<Value> {
         .collect()
 }
 
+/// An inbound for both proxies: mTLS (istiod's inbound context), an HTTP connection manager
+/// with the given HTTP `filters` before the router, routing everything to the gRPC `server`.
+fn rbac_grpc_inbound(
+    addr: SocketAddr,
+    mut filters: Vec<Value>,
+    server: &common::grpc::GrpcServer,
+    pki: &Pki,
+) -> Value {
+    filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
+    let hcm = json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "inbound_grpc",
+        "codec_type": "HTTP2",
+        "http_filters": filters,
+        "route_config": {"name": "in", "virtual_hosts": [{"name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]}}});
+    let mut app = static_cluster("app", &[server.addr()]);
+    app["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}});
+    let l = json!({"name": "in", "address": socket(addr), "filter_chains": [{
+        "filters": [hcm],
+        "transport_socket": downstream_tls(istio_tls_context(
+            &["h2"], json!({"prefix": "spiffe://cluster.local/"})))}]});
+    json!({"version": "1", "listeners": [l], "clusters": [app],
+        "secrets": sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &pki.read("ca.pem"))})
+}
+
 #[test]
 fn istiod_http_rbac_on_grpc_calls_like_envoy() {
     use common::grpc::{grpc_call, Call, CallOpts, ClientTls, GrpcServer};
     let pki = Pki::new();
-    let ca = pki.read("ca.pem");
     let server = GrpcServer::start(0, "G", &[]);
     let (rs_in, envoy_in) = (local(free_port()), local(free_port()));
     const UNARY: &str = "/helloworld.Greeter/SayHello";
     const STREAM: &str = "/helloworld.Greeter/SayHelloStream";
-    // The same inbound for both: mTLS (istiod's inbound context), an HTTP connection manager
-    // with istiod's rbac filters, then the router to the gRPC server.
-    let inbound = |addr: SocketAddr| {
-        let mut filters = istiod_http_rbac(UNARY, STREAM);
-        filters.push(
-            json!({"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
-        );
-        let hcm = json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "inbound_grpc",
-            "codec_type": "HTTP2",
-            "http_filters": filters,
-            "route_config": {"name": "in", "virtual_hosts": [{"name": "all", "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]}}});
-        let mut app = static_cluster("app", &[server.addr()]);
-        app["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}});
-        let l = json!({"name": "in", "address": socket(addr), "filter_chains": [{
-            "filters": [hcm],
-            "transport_socket": downstream_tls(istio_tls_context(
-                &["h2"], json!({"prefix": "spiffe://cluster.local/"})))}]});
-        json!({"version": "1", "listeners": [l], "clusters": [app],
-            "secrets": sds_secrets(&pki.read("provider.pem"), &pki.read("provider.key"), &ca)})
-    };
+    let inbound =
+        |addr: SocketAddr| rbac_grpc_inbound(addr, istiod_http_rbac(UNARY, STREAM), &server, &pki);
     let Inbounds {
         rs, envoy, _xds, ..
     } = inbounds(rs_in, envoy_in, &inbound);
@@ -860,6 +866,92 @@ fn istiod_http_rbac_on_grpc_calls_like_envoy() {
             [5, 2, 1, 2],
             "{side}: {names:?} before {before:?} after {after:?}"
         );
+    }
+}
+
+/// istiod's `uriTemplate` path permissions (AuthorizationPolicy `paths` with `{*}` / `{**}`),
+/// in the shape of its golden file `allow-path-out.yaml` (istio/istio
+/// pilot/pkg/security/authz/builder/testdata/http): an ALLOW policy whose paths are
+/// `/helloworld.Greeter/{*}` and `/{**}/SayHello` and whose notPaths is `/{**}/SayHelloStream`.
+/// gRPC calls whose `:path` tells `*` (one segment) from `**` (any) must get the same answer
+/// through ringside and Envoy 1.40.
+#[test]
+fn istiod_uri_template_paths_like_envoy() {
+    use common::grpc::{grpc_call, Call, CallOpts, ClientTls, GrpcServer};
+    let pki = Pki::new();
+    let server = GrpcServer::start(0, "G", &[]);
+    let (rs_in, envoy_in) = (local(free_port()), local(free_port()));
+    let template = |t: &str| {
+        json!({"uriTemplate": {"name": "uri-template", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+            "pathTemplate": t}}})
+    };
+    let rbac = json!({"name": "envoy.filters.http.rbac", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"policies": {"ns[foo]-policy[httpbin-1]-rule[0]": {
+            "permissions": [{"andRules": {"rules": [
+                {"orRules": {"rules": [template("/helloworld.Greeter/*"), template("/**/SayHello")]}},
+                {"notRule": {"orRules": {"rules": [template("/**/SayHelloStream")]}}}]}}],
+            "principals": [{"andIds": {"ids": [{"any": true}]}}]}}},
+        "shadowRulesStatPrefix": "istio_dry_run_allow_"}});
+    let inbound = |addr: SocketAddr| rbac_grpc_inbound(addr, vec![rbac.clone()], &server, &pki);
+    let Inbounds {
+        rs: _rs,
+        envoy: _envoy,
+        _xds,
+        ..
+    } = inbounds(rs_in, envoy_in, &inbound);
+    let tls = ClientTls {
+        ca: pki.dir.0.join("ca.pem"),
+        cert: Some((
+            pki.dir.0.join("consumer.pem"),
+            pki.dir.0.join("consumer.key"),
+        )),
+        authority: PROVIDER_DNS.into(),
+    };
+    // (call, service, expected status): OK and UNIMPLEMENTED passed the filter (the server
+    // knows only helloworld.Greeter), PERMISSION_DENIED did not.
+    let cases = [
+        (Call::Unary, "helloworld.Greeter", "OK"),
+        (Call::ClientStream, "helloworld.Greeter", "OK"),
+        (
+            Call::ServerStream,
+            "helloworld.Greeter",
+            "PERMISSION_DENIED",
+        ),
+        (Call::Unary, "a.B", "UNIMPLEMENTED"),
+        (Call::Unary, "x/y.Z", "UNIMPLEMENTED"),
+        (Call::ServerStream, "a.B", "PERMISSION_DENIED"),
+        (Call::Bidi, "helloworld.Greeter/x", "PERMISSION_DENIED"),
+        (Call::Unary, "helloworld.Greeter/x", "UNIMPLEMENTED"),
+    ];
+    for (side, addr) in [("ringside", rs_in), ("Envoy", envoy_in)] {
+        // Warm: the listener and the SDS secrets arrive.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = grpc_call(addr, &CallOpts::default().tls(tls.clone()).timeout_s(2.0));
+            if out.ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{side}: never answered: {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let got: Vec<String> = cases
+            .iter()
+            .map(|(call, service, _)| {
+                let out = grpc_call(
+                    addr,
+                    &CallOpts::new(*call).service(service).tls(tls.clone()),
+                );
+                if out.ok {
+                    "OK".to_string()
+                } else {
+                    out.code
+                }
+            })
+            .collect();
+        let want: Vec<&str> = cases.iter().map(|c| c.2).collect();
+        assert_eq!(got, want, "{side}: {cases:?}");
     }
 }
 

@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 use envoy_types::pb::google::protobuf::Any;
 
@@ -22,6 +23,8 @@ pub(super) const NETWORK_RBAC_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 pub(super) const HTTP_RBAC_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const URI_TEMPLATE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig";
 /// Aeraki's Dubbo RBAC filter (a `dubbo_filters` entry whose `config` is a network `RBAC`),
 /// also the `filter` of the metadata its permissions match.
 pub(super) const DUBBO_RBAC_FILTER: &str = "envoy.filters.dubbo.rbac";
@@ -466,10 +469,215 @@ fn permission(
             Permission::Metadata(metadata_match(m, ctx, &format!("{at}.metadata"))?)
         }
         Some(R::Metadata(m)) => dubbo_metadata(m, scope, ctx, at)?,
-        // istiod's `{*}` / `{**}` path templates, SNI, dynamic metadata, ...
+        Some(R::UriTemplate(ext)) => {
+            http_only(scope, ctx, at, "uri_template")?;
+            let field = format!("{at}.uri_template.typed_config");
+            let any = ext
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| ctx.err(&field, "missing"))?;
+            let t: UriTemplateMatchConfig = unpack(any, URI_TEMPLATE_TYPE, ctx, &field)?;
+            let re = uri_template_regex(&t.path_template)
+                .map_err(|e| ctx.err(format!("{field}.path_template"), e))?;
+            Permission::UrlPath(config::StringMatch {
+                regex: Some(re),
+                ..Default::default()
+            })
+        }
+        // SNI, dynamic metadata, ...
         Some(_) => return Err(ctx.err(at, "this permission rule is not supported")),
         None => return Err(ctx.err(at, "missing rule")),
     })
+}
+
+/// Envoy's `uri_template` path matcher (istiod's AuthorizationPolicy paths with `{*}` and
+/// `{**}`, written as `*` and `**`): the template as the regex Envoy matches against `:path`
+/// without its query (`uri_template_lib/uri_template_internal.cc`: `*` one or more characters
+/// of a path segment, `**` any characters including `/`, `{name}` / `{name=...}` variables,
+/// a literal suffix after the last operator), or Envoy's reason to refuse it.
+pub(super) fn uri_template_regex(template: &str) -> Result<String, String> {
+    // RFC 3986's pchar without `*` and `/` (Envoy's `kLiteral`).
+    const CLASS: &str = "a-zA-Z0-9\\-._~%!$&'()+,;:@=";
+    fn literal_ok(s: &str) -> bool {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b))
+    }
+    fn escape(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            if matches!(c, '$' | '(' | ')' | '+' | '.') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Op {
+        Path,
+        Text,
+    }
+    enum Part<'a> {
+        Lit(&'a str),
+        Op(Op),
+    }
+    enum Seg<'a> {
+        Part(Part<'a>),
+        Var(&'a str, Vec<Part<'a>>),
+    }
+    // An operator at the head of `s`, or a literal up to the next `/`.
+    fn part(s: &str) -> Result<(Part<'_>, &str), String> {
+        if let Some(rest) = s.strip_prefix("**") {
+            return Ok((Part::Op(Op::Text), rest));
+        }
+        if let Some(rest) = s.strip_prefix('*') {
+            return Ok((Part::Op(Op::Path), rest));
+        }
+        let end = s.find('/').unwrap_or(s.len());
+        if !literal_ok(&s[..end]) {
+            return Err(format!("invalid literal {:?}", &s[..end]));
+        }
+        Ok((Part::Lit(&s[..end]), &s[end..]))
+    }
+    fn glob(op: Op) -> String {
+        match op {
+            Op::Path => format!("[{CLASS}]+"),
+            Op::Text => format!("[{CLASS}/]*"),
+        }
+    }
+    fn part_re(p: &Part<'_>) -> String {
+        match p {
+            Part::Lit(l) => escape(l),
+            Part::Op(op) => glob(*op),
+        }
+    }
+
+    let Some(mut rest) = template.strip_prefix('/') else {
+        return Err(format!("{template:?} does not start with /"));
+    };
+    if !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{template:?} holds a character that is not printable ASCII"
+        ));
+    }
+    let mut segs: Vec<Seg<'_>> = Vec::new();
+    let mut suffix = "";
+    while !rest.is_empty() {
+        if let Some(v) = rest.strip_prefix('{') {
+            let Some(close) = v.find('}') else {
+                return Err(format!("unmatched variable bracket in {template:?}"));
+            };
+            let (inner, after) = (&v[..close], &v[close + 1..]);
+            let (name, pat) = match inner.split_once('=') {
+                Some((n, p)) => (n, Some(p)),
+                None => (inner, None),
+            };
+            let ident = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ident {
+                return Err(format!("invalid variable name {name:?}"));
+            }
+            let mut parts = Vec::new();
+            if let Some(mut p) = pat {
+                if p.is_empty() {
+                    return Err(format!("empty variable match in {template:?}"));
+                }
+                while !p.is_empty() {
+                    let (x, r) = part(p)?;
+                    parts.push(x);
+                    p = r;
+                    if !p.is_empty() {
+                        if !p.starts_with('/') || p.len() == 1 {
+                            return Err(format!("invalid variable match {p:?}"));
+                        }
+                        p = &p[1..];
+                    }
+                }
+            }
+            segs.push(Seg::Var(name, parts));
+            rest = after;
+        } else {
+            let (x, r) = part(rest)?;
+            segs.push(Seg::Part(x));
+            rest = r;
+        }
+        if rest.is_empty() {
+            break;
+        }
+        if rest == "/" {
+            // A trailing `/`: an empty last segment.
+            segs.push(Seg::Part(Part::Lit("")));
+            break;
+        }
+        if let Some(r) = rest.strip_prefix('/') {
+            rest = r;
+            continue;
+        }
+        // Text right after an operator or variable: a suffix, only at the very end.
+        let end = rest.find('/').unwrap_or(rest.len());
+        if !literal_ok(&rest[..end]) {
+            return Err(format!("invalid literal {:?}", &rest[..end]));
+        }
+        if end != rest.len() {
+            return Err(format!("{template:?}: a suffix must end the template"));
+        }
+        suffix = rest;
+        break;
+    }
+    // Envoy's limits on variables, and no operator after a `**`.
+    let names: Vec<&str> = segs
+        .iter()
+        .filter_map(|s| match s {
+            Seg::Var(n, _) => Some(*n),
+            Seg::Part(_) => None,
+        })
+        .collect();
+    if names.len() > 5 {
+        return Err(format!("{template:?} has more than 5 variables"));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if n.len() > 16 {
+            return Err(format!("variable name {n:?} is longer than 16"));
+        }
+        if names[..i].contains(n) {
+            return Err(format!("repeated variable name {n:?}"));
+        }
+    }
+    let mut seen_text = false;
+    for s in &segs {
+        let ops: Vec<Op> = match s {
+            Seg::Part(Part::Op(op)) => vec![*op],
+            Seg::Part(Part::Lit(_)) => vec![],
+            // A variable without a match is a `*`.
+            Seg::Var(_, parts) if parts.is_empty() => vec![Op::Path],
+            Seg::Var(_, parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Op(op) => Some(*op),
+                    Part::Lit(_) => None,
+                })
+                .collect(),
+        };
+        for op in ops {
+            if seen_text {
+                return Err(format!("{template:?}: an operator after `**`"));
+            }
+            seen_text = op == Op::Text;
+        }
+    }
+    let re: Vec<String> = segs
+        .iter()
+        .map(|s| match s {
+            Seg::Part(p) => part_re(p),
+            Seg::Var(n, parts) if parts.is_empty() => format!("(?P<{n}>{})", glob(Op::Path)),
+            Seg::Var(n, parts) => format!(
+                "(?P<{n}>{})",
+                parts.iter().map(part_re).collect::<Vec<_>>().join("/")
+            ),
+        })
+        .collect();
+    Ok(format!("/{}{}", re.join("/"), escape(suffix)))
 }
 
 fn principal(
@@ -676,5 +884,71 @@ mod tests {
             e.contains("and_rules.rules[0]") && e.contains("HTTP rbac filter"),
             "{e}"
         );
+    }
+
+    /// Envoy's `uri_template` paths as regexes: istiod's shapes (its golden
+    /// `allow-path-out.yaml`: `/path/template/*`, `/**/path/template`), variables, a suffix,
+    /// and the templates Envoy refuses.
+    #[test]
+    fn uri_templates_match_as_envoys() {
+        let full = |t: &str| {
+            let re = uri_template_regex(t).unwrap();
+            regex::Regex::new(&format!("^(?:{re})$")).unwrap()
+        };
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (
+                "/path/template/*",
+                &["/path/template/a", "/path/template/a.b~c%20"],
+                &["/path/template/", "/path/template/a/b", "/path/templateX/a"],
+            ),
+            (
+                "/**/path/template",
+                &[
+                    "//path/template",
+                    "/a/path/template",
+                    "/a/b/c/path/template",
+                ],
+                &["/path/template", "/a/path/template/x"],
+            ),
+            ("/a/**", &["/a/", "/a/b", "/a/b/c/"], &["/a", "/b/c"]),
+            ("/*/b", &["/x/b"], &["//b", "/x/y/b"]),
+            (
+                "/v/{id}/{rest=x/**}",
+                &["/v/7/x/", "/v/7/x/y/z"],
+                &["/v/7/y/z", "/v//x/y"],
+            ),
+            (
+                "/files/*.json",
+                &["/files/a.json"],
+                &["/files/.json", "/files/ajson"],
+            ),
+            ("/a+b/$(c)", &["/a+b/$(c)"], &["/aab/$(c)", "/a+b/c"]),
+            ("/a/", &["/a/"], &["/a", "/a/b"]),
+        ];
+        for (t, yes, no) in cases {
+            let re = full(t);
+            for p in *yes {
+                assert!(re.is_match(p), "{t} should match {p} ({re})");
+            }
+            for p in *no {
+                assert!(!re.is_match(p), "{t} should not match {p} ({re})");
+            }
+        }
+        for bad in [
+            "a/b",
+            "/a/**/*",
+            "/**/{x}",
+            "/a{b}",
+            "/{1x}",
+            "/{x}/{x}",
+            "/{x=}",
+            "/*x/y",
+            "/a//b",
+            "/a b",
+            "/{a}/{b}/{c}/{d}/{e}/{f}",
+            "/{abcdefghijklmnopq}",
+        ] {
+            assert!(uri_template_regex(bad).is_err(), "{bad} should be refused");
+        }
     }
 }

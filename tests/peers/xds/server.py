@@ -135,6 +135,7 @@ from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: E402,F401,E501
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as _nr  # noqa: E402,F401
 from envoy.extensions.request_id.uuid.v3 import uuid_pb2  # noqa: E402,F401
+from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2  # noqa: E402,F401,E501
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402,F401,E501
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2  # noqa: E402,F401,E501
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: E402,F401
