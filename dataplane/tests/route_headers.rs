@@ -400,7 +400,7 @@ fn route_header_mutations_are_envoys() {
         let seen = listen.map(exercise);
         // Refused: a pseudo-header or `host` (Envoy: ":-prefixed or host headers may not be
         // modified"), `append` with `append_action`; by ringside alone, a value operator it
-        // cannot fill (Envoy fills %UPSTREAM_HOST%: a documented difference).
+        // does not fill (Envoy fills %DURATION%: a documented difference).
         let bad = [
             (
                 add(":path", "/x", "OVERWRITE_IF_EXISTS_OR_ADD"),
@@ -417,7 +417,7 @@ fn route_header_mutations_are_envoys() {
                 true,
                 "append",
             ),
-            (set("x-up", "%UPSTREAM_HOST%"), false, "%UPSTREAM_HOST%"),
+            (set("x-d", "%DURATION%"), false, "Duration"),
         ];
         for (k, (h, envoy_refuses, why)) in bad.into_iter().enumerate() {
             let version = format!("bad{k}");
