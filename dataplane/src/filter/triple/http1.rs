@@ -784,6 +784,14 @@ struct Routed {
     cookies: Option<super::hash::Generated>,
 }
 
+/// The shadow pools a forwarded request is mirrored to, and what its answer gets besides the
+/// upstream's: its route's response mutations, the cookies its hash generated.
+type Answer<'a> = (
+    &'a [Option<Rc<Pool>>],
+    Option<&'a super::mutate::Respond>,
+    Option<&'a super::hash::Generated>,
+);
+
 /// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
 /// found its cluster is the exchange's (`%UPSTREAM_CLUSTER%`), as Envoy's connection manager
 /// sets it when it resolves the route (before rate limits and faults).
@@ -1768,11 +1776,7 @@ async fn forward<C: crate::io::Conn>(
     pool: &Rc<Pool>,
     (deadline, expected_ms, rid, tail): (Option<Instant>, Option<u64>, Option<String>, &[u8]),
     policy: Option<crate::route::RetryPolicy>,
-    (mirrors, respond, cookies): (
-        &[Option<Rc<Pool>>],
-        Option<&super::mutate::Respond>,
-        Option<&super::hash::Generated>,
-    ),
+    (mirrors, respond, cookies): Answer<'_>,
 ) -> Result<Next, (Local, Option<bool>)> {
     let mx = Mx::of(l, c.seen.lg.as_deref());
     // From here to the response head: `x-envoy-upstream-service-time`.

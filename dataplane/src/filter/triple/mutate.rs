@@ -43,7 +43,10 @@ enum Value {
 /// The request headers a response level's `%REQ(x)%` reads, as the request went upstream:
 /// (name, value) of those it had.
 #[derive(Clone, Debug, Default)]
-pub struct Captured(Vec<(Box<[u8]>, Box<[u8]>)>);
+pub struct Captured(Vec<Field>);
+
+/// A header's name and value.
+type Field = (Box<[u8]>, Box<[u8]>);
 
 impl Captured {
     fn get(&self, name: &[u8]) -> Option<&[u8]> {
@@ -302,20 +305,20 @@ fn value(format: &str) -> Result<Value, String> {
                 literal.push_str(&h[..max.unwrap_or(h.len()).min(h.len())]);
             }
             Piece::Op(op, _) => {
-                let filled = match op {
+                let filled = matches!(
+                    op,
                     Op::StartTime(_)
-                    | Op::Protocol
-                    | Op::DownstreamRemoteAddress
-                    | Op::DownstreamRemoteAddressWithoutPort
-                    | Op::DownstreamLocalAddress
-                    | Op::DownstreamLocalAddressWithoutPort
-                    | Op::Header(Part::Request | Part::Response, ..)
-                    | Op::ResponseCode
-                    | Op::UpstreamHost
-                    | Op::UpstreamCluster
-                    | Op::RouteName => true,
-                    _ => false,
-                };
+                        | Op::Protocol
+                        | Op::DownstreamRemoteAddress
+                        | Op::DownstreamRemoteAddressWithoutPort
+                        | Op::DownstreamLocalAddress
+                        | Op::DownstreamLocalAddressWithoutPort
+                        | Op::Header(Part::Request | Part::Response, ..)
+                        | Op::ResponseCode
+                        | Op::UpstreamHost
+                        | Op::UpstreamCluster
+                        | Op::RouteName
+                );
                 if !filled {
                     return Err(format!(
                         "command operator {op:?} is not one ringside fills in a header value (it fills {FILLED})"
