@@ -230,6 +230,8 @@ pub struct Call {
     pub slot: Option<crate::filter::ratelimit::Slot>,
     /// Its route's response header mutations, when it has some.
     pub respond: Option<mutate::Respond>,
+    /// The cookies its hash generated (its response sets them).
+    pub cookies: Option<hash::Generated>,
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -261,6 +263,7 @@ impl Call {
             hash: None,
             slot: None,
             respond: None,
+            cookies: None,
         }
     }
 }
@@ -381,9 +384,6 @@ pub struct TripleListener {
     pub stamp: stamp::Stamp,
     /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
     pub suppress_envoy_headers: bool,
-    /// Its header mutations have values with operators (`mutate::has_operators`): its
-    /// connections keep the caller's addresses.
-    pub header_operators: bool,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple
