@@ -655,16 +655,14 @@ impl JwtAuthn {
                 s
             }
         };
-        let Some(mut tok) = tokens.pop() else {
-            return finish(Status::JwtMissed);
-        };
-        loop {
-            let s = self.verify_token(&tok, fixed, now, ops, payloads);
-            if (s != Status::Ok && !allow_failed && !allow_missing) || tokens.is_empty() {
-                return finish(s);
+        let mut last = Status::JwtMissed;
+        while let Some(tok) = tokens.pop() {
+            last = self.verify_token(&tok, fixed, now, ops, payloads);
+            if last != Status::Ok && !allow_failed && !allow_missing {
+                break;
             }
-            tok = tokens.pop().expect("not empty");
         }
+        finish(last)
     }
 
     fn verify_token(

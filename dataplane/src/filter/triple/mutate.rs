@@ -735,13 +735,21 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(l.dynamic);
-        let mut f = list(&[("x-in", "v1"), ("x-rm", "away"), ("host", "svc.local")]);
-        l.apply(&mut f, &facts());
+        // An HTTP/1.1 request: `host` is its request line's authority, not a field.
+        let mut f = list(&[("x-in", "v1"), ("x-rm", "away")]);
+        l.apply(
+            &mut Http1Request {
+                fields: &mut f,
+                authority: "svc.local",
+                path: "/",
+                method: "GET",
+            },
+            &facts(),
+        );
         assert_eq!(
             f,
             list(&[
                 ("x-in", "v1"),
-                ("host", "svc.local"),
                 ("x-from", "10.0.35.28 10.0.35.28:4711 10.0.0.1:80 HTTP/2"),
                 ("x-t", "[1460751420] v1 svc"),
                 ("x-lit", "plain"),
