@@ -1269,7 +1269,7 @@ async fn local<C: crate::io::Conn>(
         r.local_reply(location, "HTTP/1.1", start, c.caller, c.seen.upstream)
     });
     let kept = |n: &[u8]| {
-        !super::mutate::local_reply_sets(n) && !(n == b"server" && l.stamp.overwrites_server())
+        !(super::mutate::local_reply_sets(n) || n == b"server" && l.stamp.overwrites_server())
     };
     if let Some(lg) = c.seen.lg.as_mut() {
         // What the caller is sent, for `%RESP(...)%`.
