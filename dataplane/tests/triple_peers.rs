@@ -112,7 +112,17 @@ fn dubbo_triple_sdk_through_ringside() {
             .meta("tri-service-version", "1.0"),
     );
     assert!(o.ok && o.payload_ok, "{o:?}");
-    assert_eq!(o.replies[0].metadata, ["tri-service-version=1.0"]);
+    // The application's metadata arrives, with what Envoy adds to every request (and
+    // ringside as it): `x-forwarded-proto` and a generated `x-request-id` (a UUID).
+    let (ids, md): (Vec<_>, Vec<_>) = o.replies[0]
+        .metadata
+        .iter()
+        .partition(|m| m.starts_with("x-request-id="));
+    assert_eq!(md, ["tri-service-version=1.0", "x-forwarded-proto=http"]);
+    assert!(
+        ids.len() == 1 && ids[0].len() == "x-request-id=".len() + 36,
+        "{ids:?}"
+    );
     // Dubbo SDK client → ringside → grpcio server, routed by group.
     let o = triple_call(
         listen,

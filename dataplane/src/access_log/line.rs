@@ -2,28 +2,33 @@
 //! read a [`Fixed`] record and its batch's arena directly, writing into one output buffer.
 //!
 //! The lines are the ones [`Format::render_cached`] writes for the same record, byte for
-//! byte (`record::tests` renders every operator both ways); what differs is the cost
-//! (docs/benchmarks.md, "fifth step"):
+//! byte (`record::tests` renders every operator both ways, and records of every shape through
+//! one writer); what differs is the cost (docs/benchmarks.md, "fifth step" and "sixth step"):
 //! - no [`super::Record`] is rebuilt per line and no header is searched by name: a `%REQ(..)%`
 //!   step knows the index of its header's span when the format is compiled;
+//! - a line is written from its format's [`Template`] for the record's [`Shape`] (which
+//!   optional parts it lacks, its protocol): every step whose text the shape fixes (a `-` for
+//!   a header a Dubbo call does not have, no flags, the protocol) is folded into constant text
+//!   when the first record of that shape comes, and only the other steps (the holes: times,
+//!   numbers, addresses, strings) are rendered per line;
 //! - the output is a buffer kept zero-filled to its length, with room for a line's fixed-size
-//!   parts checked once per line ([`Plan::bound`]); constant text up to [`CHUNK`] bytes, the
-//!   cached `%START_TIME%` text of the current second and cached addresses are copied as
-//!   fixed-size chunks (a few stores, no `memcpy` call, no per-byte capacity check);
-//! - numbers are written two digits at a time from a table.
+//!   parts checked once per line ([`Template::bound`]); constant text (in pieces of
+//!   [`TEXT_CHUNK`] bytes), the cached `%START_TIME%` text of the current second and cached addresses are
+//!   copied as fixed-size chunks (a few stores, no `memcpy` call, no per-byte capacity check);
+//! - numbers are written two digits at a time from a table, up to three digits without a loop.
 //!
 //! `json_format` formats (and nothing else) still go through [`Format::render_cached`] on a
 //! record read back ([`Records::record`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::format::{self, LineCache, Op, Piece, TimePiece};
 use super::record::{Fixed, Records, Span};
 use super::{Flags, Format, Part};
 
-/// Constant text up to this long is one fixed-size copy.
+/// A step's constant text up to this long is kept inline (longer: a step of its own).
 const CHUNK: usize = 16;
 /// The `%START_TIME%` text of a second up to this long is one fixed-size copy.
 const TIME_CHUNK: usize = 32;
@@ -33,6 +38,10 @@ const ADDR_CHUNK: usize = 24;
 const ADDR_SLOTS: usize = 8;
 /// The longest a fixed-size chunk copy writes past what it keeps.
 const SLACK: usize = 64;
+/// Constant text of a template up to this long is one fixed-size copy.
+const TEXT_CHUNK: usize = 32;
+/// Templates a plan keeps (one per [`Shape`] of record seen; a log sees a few).
+const TEMPLATES_MAX: usize = 8;
 /// Formats a writer keeps compiled (a config change adds one; the oldest are dropped).
 const PLANS_MAX: usize = 64;
 /// Bytes an IPv6 socket address can take: `[` 45 `%` 10 `]:` 5.
@@ -51,6 +60,11 @@ struct Plan {
     /// What the steps write at most, the bytes copied from the arena (header values and
     /// strings) aside.
     bound: usize,
+    /// The [`Shape`] bits of the operators the format has, and whether it shows the protocol.
+    mask: u32,
+    protocol: bool,
+    /// The plan for each shape of record seen (built from its first record).
+    templates: Vec<Template>,
 }
 
 /// The constant text before an operator (or the format's end), then the operator: one
@@ -76,6 +90,7 @@ enum Value {
     GrpcStatusNumber,
     Flags,
     Addr(Which, bool),
+    Protocol,
     Str(Field),
     /// The span indexes (in the format's header names) of the header and its fallback.
     Header(Option<u16>, Option<u16>),
@@ -94,7 +109,6 @@ enum Which {
 
 #[derive(Clone, Copy)]
 enum Field {
-    Protocol,
     Cluster,
     Route,
     Dubbo(u8),
@@ -109,6 +123,10 @@ struct TimeText {
     chunk: [u8; TIME_CHUNK],
     /// Where each fraction goes in the text, and its digits.
     fracs: Vec<(usize, u8)>,
+    /// The start time of the last record written and its whole text (fractions filled in,
+    /// when it fits a chunk): the calls of one read share their start.
+    last: Option<SystemTime>,
+    last_chunk: [u8; TIME_CHUNK],
 }
 
 impl Plan {
@@ -171,6 +189,8 @@ impl Plan {
                                     text: Vec::new(),
                                     chunk: [0; TIME_CHUNK],
                                     fracs: Vec::new(),
+                                    last: None,
+                                    last_chunk: [0; TIME_CHUNK],
                                 })),
                                 most,
                             )
@@ -196,7 +216,7 @@ impl Plan {
                         Op::BytesSent => (Value::BytesSent, 20),
                         Op::UpstreamCluster => (Value::Str(Field::Cluster), 1),
                         Op::RouteName => (Value::Str(Field::Route), 1),
-                        Op::Protocol => (Value::Str(Field::Protocol), 1),
+                        Op::Protocol => (Value::Protocol, 1),
                         Op::DubboInterface => (Value::Str(Field::Dubbo(0)), 1),
                         Op::DubboMethod => (Value::Str(Field::Dubbo(1)), 1),
                         Op::DubboVersion => (Value::Str(Field::Dubbo(2)), 1),
@@ -219,7 +239,19 @@ impl Plan {
         if !text.is_empty() {
             push(&mut steps, &mut text, Value::End, None);
         }
-        Some(Plan { steps, bound })
+        let mask = steps
+            .iter()
+            .map(|s| constant_when(&s.op))
+            .filter(|&w| w != u32::MAX)
+            .fold(0, |m, w| m | w);
+        let protocol = steps.iter().any(|s| matches!(s.op, Value::Protocol));
+        Some(Plan {
+            steps,
+            bound,
+            mask,
+            protocol,
+            templates: Vec::new(),
+        })
     }
 }
 
@@ -277,16 +309,37 @@ impl Out {
         self.fixed(s);
     }
 
-    /// The decimal digits of `n`, two at a time.
-    #[inline]
-    fn num(&mut self, mut n: u64) {
-        // Most numbers in a line are short (status codes, durations, small sizes).
-        let len = match n {
-            0..=9 => 1,
-            10..=99 => 2,
-            100..=999 => 3,
-            _ => n.ilog10() as usize + 1,
+    /// The decimal digits of `n`, two at a time (up to three digits, the common sizes of
+    /// status codes, durations and small byte counts, without a loop).
+    #[inline(always)]
+    fn num(&mut self, n: u64) {
+        let at = self.pos;
+        // Fixed-size stores (a `copy_from_slice` of a slice compiles to a `memcpy` call).
+        let Some(d) = self
+            .buf
+            .get_mut(at..)
+            .and_then(|b| b.first_chunk_mut::<4>())
+        else {
+            return self.long_num(n);
         };
+        if n < 10 {
+            d[0] = b'0' + n as u8;
+            self.pos = at + 1;
+        } else if n < 100 {
+            [d[0], d[1]] = pair(n as usize);
+            self.pos = at + 2;
+        } else if n < 1000 {
+            d[0] = b'0' + (n / 100) as u8;
+            [d[1], d[2]] = pair(n as usize % 100);
+            self.pos = at + 3;
+        } else {
+            self.long_num(n);
+        }
+    }
+
+    #[inline(never)]
+    fn long_num(&mut self, mut n: u64) {
+        let len = n.ilog10() as usize + 1;
         let at = self.pos;
         let digits = &mut self.buf[at..at + len];
         let mut i = len;
@@ -306,6 +359,12 @@ impl Out {
         }
         self.pos = at + len;
     }
+}
+
+/// The two digits of `n` (0..=99).
+#[inline]
+fn pair(n: usize) -> [u8; 2] {
+    [PAIRS[n * 2], PAIRS[n * 2 + 1]]
 }
 
 #[derive(Clone, Copy, Default)]
@@ -392,11 +451,13 @@ impl Lines {
         let Some(&plan) = self.batch.get(usize::from(f.format)) else {
             return;
         };
-        let Some((format, names)) = formats.get(usize::from(f.format)) else {
+        let Some((_, plan)) = self.plans.get_mut(plan) else {
             return;
         };
-        let (_, plan) = &mut self.plans[plan];
         let Some(plan) = plan else {
+            let Some((format, names)) = formats.get(usize::from(f.format)) else {
+                return;
+            };
             let headers = records.headers(f, names);
             self.scratch.clear();
             format.render_cached(
@@ -418,6 +479,17 @@ impl Lines {
     }
 }
 
+/// What a line reads besides its step: the record, its batch and how much room to keep.
+struct Ctx<'a> {
+    records: &'a Records,
+    f: &'a Fixed,
+    headers: &'a [Span],
+    /// Room kept after bytes copied from the arena (what the rest of the line writes at most).
+    bound: usize,
+}
+
+/// The line of `f` through `plan`: through the template of `f`'s shape (made from `f` the
+/// first time a record of that shape comes).
 fn render(
     plan: &mut Plan,
     records: &Records,
@@ -426,147 +498,421 @@ fn render(
     addrs: &mut [AddrSlot; ADDR_SLOTS],
     next_addr: &mut usize,
 ) {
-    let bound = plan.bound;
-    out.room(bound);
-    let headers = records.header_spans(f);
-    for step in plan.steps.iter_mut() {
-        out.chunk(&step.text, usize::from(step.len));
-        let start = out.pos;
-        let (op, max) = (&mut step.op, &step.max);
-        let shown = match op {
-            Value::End => continue,
-            Value::Long(t) => {
-                out.fixed(t);
-                continue;
+    let shape = plan.shape(f);
+    let t = match plan.templates.iter().position(|t| t.shape == shape) {
+        Some(t) => t,
+        None => {
+            if plan.templates.len() >= TEMPLATES_MAX {
+                plan.templates.clear();
             }
-            Value::Time(t) => {
-                time(f, t, out);
-                true
-            }
-            Value::Duration => {
-                out.num(f.duration.as_millis() as u64);
-                true
-            }
-            Value::ResponseCode => {
-                out.num(u64::from(f.response_code.unwrap_or(0)));
-                true
-            }
-            Value::GrpcStatus => match f.grpc_status {
-                Some(s) => {
-                    out.fixed(format::grpc_status_name(s).as_bytes());
-                    true
-                }
-                None => false,
-            },
-            Value::GrpcStatusNumber => match f.grpc_status {
-                Some(s) => {
-                    out.num(u64::from(s));
-                    true
-                }
-                None => false,
-            },
-            Value::Flags => {
-                if f.flags.is_empty() {
-                    out.byte(b'-');
-                } else {
-                    let mut first = true;
-                    for (flag, name) in Flags::NAMES {
-                        if f.flags.contains(*flag) {
-                            if !first {
-                                out.byte(b',');
-                            }
-                            out.fixed(name.as_bytes());
-                            first = false;
-                        }
-                    }
-                }
-                true
-            }
-            Value::Addr(which, port) => {
-                let a = match which {
-                    Which::Upstream => f.upstream_host,
-                    Which::Remote => f.downstream_remote,
-                    Which::Local => f.downstream_local,
-                };
-                match a {
-                    Some(a) => {
-                        addr(a, *port, out, addrs, next_addr);
-                        true
-                    }
-                    None => false,
-                }
-            }
-            Value::Str(field) => {
-                let span = match field {
-                    Field::Protocol => f.protocol,
-                    Field::Cluster => f.cluster,
-                    Field::Route => f.route,
-                    Field::Dubbo(i) => f.dubbo[usize::from(*i) & 3],
-                };
-                match records.bytes_of(span) {
-                    Some(s) if !s.is_empty() => {
-                        out.var(s, bound);
-                        true
-                    }
-                    _ => false,
-                }
-            }
-            Value::Header(a, b) => {
-                let get = |i: Option<u16>| {
-                    i.and_then(|i| headers.get(usize::from(i)))
-                        .and_then(|s: &Span| records.bytes_of(*s))
-                };
-                // A header sent empty renders empty (Envoy); only a missing one is `-`.
-                match get(*a).or_else(|| get(*b)) {
-                    Some(v) => {
-                        out.var(v, bound);
-                        true
-                    }
-                    None => false,
-                }
-            }
-            Value::BytesReceived => {
-                out.num(f.bytes_received);
-                true
-            }
-            Value::BytesSent => {
-                out.num(f.bytes_sent);
-                true
-            }
-            Value::RequestId => match f.has_dubbo {
-                true => {
-                    out.num(f.request_id);
-                    true
-                }
-                false => false,
-            },
-            Value::Hostname => {
-                let h = format::hostname().as_bytes();
-                match h.is_empty() {
-                    true => false,
-                    false => {
-                        out.fixed(h);
-                        true
-                    }
-                }
-            }
-        };
-        if !shown {
-            out.byte(b'-');
+            let t = Template::make(plan, shape, records, f, addrs, next_addr);
+            plan.templates.push(t);
+            plan.templates.len() - 1
         }
-        if let Some(max) = *max {
-            // Cut to `max` bytes at a UTF-8 boundary (as `format::truncate`).
-            if out.pos - start > max {
-                let mut end = start + max;
-                while end > start && (out.buf[end] & 0xC0) == 0x80 {
-                    end -= 1;
+    };
+    let Plan {
+        steps, templates, ..
+    } = plan;
+    let t = &templates[t];
+    out.room(t.bound);
+    let ctx = Ctx {
+        records,
+        f,
+        headers: records.header_spans(f),
+        bound: t.bound,
+    };
+    for h in t.holes.iter() {
+        h.text.put(out);
+        // The common holes inline; the others (and any with a `:N` cut) by the step.
+        match h.kind {
+            Kind::Duration => out.num(f.duration.as_millis() as u64),
+            Kind::ResponseCode => out.num(u64::from(f.response_code.unwrap_or(0))),
+            Kind::BytesReceived => out.num(f.bytes_received),
+            Kind::BytesSent => out.num(f.bytes_sent),
+            Kind::Addr(which) => match which.of(f) {
+                Some(a) => addr(a, true, out, addrs, next_addr),
+                None => out.byte(b'-'),
+            },
+            Kind::Time => {
+                if let Some(Step {
+                    op: Value::Time(t), ..
+                }) = steps.get_mut(usize::from(h.step))
+                {
+                    // The calls of one read share their start: its text as last written.
+                    match t.last == Some(f.start) {
+                        true => out.chunk(&t.last_chunk, t.text.len()),
+                        false => time(f, t, out),
+                    }
                 }
-                out.pos = end;
             }
+            Kind::Step => {
+                if let Some(step) = steps.get_mut(usize::from(h.step)) {
+                    value(&mut step.op, step.max, &ctx, out, addrs, next_addr);
+                }
+            }
+            Kind::Text => {}
+        }
+    }
+    t.tail.put(out);
+}
+
+/// A plan's steps for records of one [`Shape`]: what every record of that shape shows the same
+/// (constant text, and operators whose value the shape fixes: a `-` for a missing address,
+/// flags or header, the protocol) folded into the text before the steps left, the holes.
+/// Envoy's default format for a Dubbo call has six holes (the time, four numbers, the
+/// upstream) where the plan has seventeen steps.
+struct Template {
+    shape: Shape,
+    holes: Vec<Hole>,
+    /// The text after the last hole.
+    tail: Text,
+    /// What the template writes at most, arena bytes aside (as [`Plan::bound`]).
+    bound: usize,
+}
+
+struct Hole {
+    text: Text,
+    kind: Kind,
+    /// Its step in [`Plan::steps`].
+    step: u16,
+}
+
+/// How a hole is written: the common operators (without a `:N` cut) directly, the others
+/// through their step.
+#[derive(Clone, Copy)]
+enum Kind {
+    Duration,
+    ResponseCode,
+    BytesReceived,
+    BytesSent,
+    /// An address with its port.
+    Addr(Which),
+    /// `%START_TIME%` (its text is kept in the step).
+    Time,
+    Step,
+    /// Constant text only.
+    Text,
+}
+
+impl Kind {
+    fn of(step: &Step) -> Kind {
+        if step.max.is_some() {
+            return Kind::Step;
+        }
+        match step.op {
+            Value::Duration => Kind::Duration,
+            Value::ResponseCode => Kind::ResponseCode,
+            Value::BytesReceived => Kind::BytesReceived,
+            Value::BytesSent => Kind::BytesSent,
+            Value::Addr(w, true) => Kind::Addr(w),
+            Value::Time(_) => Kind::Time,
+            _ => Kind::Step,
         }
     }
 }
 
+impl Which {
+    #[inline]
+    fn of(self, f: &Fixed) -> Option<SocketAddr> {
+        match self {
+            Which::Upstream => f.upstream_host,
+            Which::Remote => f.downstream_remote,
+            Which::Local => f.downstream_local,
+        }
+    }
+}
+
+/// Constant text up to [`TEXT_CHUNK`] bytes: one fixed-size copy (longer text is split over
+/// holes of kind [`Kind::Text`]).
+struct Text {
+    chunk: [u8; TEXT_CHUNK],
+    len: usize,
+}
+
+impl Text {
+    fn new(t: &[u8]) -> Text {
+        let mut chunk = [0; TEXT_CHUNK];
+        let len = t.len().min(TEXT_CHUNK);
+        chunk[..len].copy_from_slice(&t[..len]);
+        Text { chunk, len }
+    }
+
+    #[inline]
+    fn put(&self, out: &mut Out) {
+        out.chunk(&self.chunk, self.len);
+    }
+}
+
+/// Holes of kind [`Kind::Text`] for all but the last [`TEXT_CHUNK`] bytes of `text` (or less),
+/// which are returned.
+fn split_text<'t>(text: &'t [u8], holes: &mut Vec<Hole>) -> &'t [u8] {
+    let mut rest = text;
+    while rest.len() > TEXT_CHUNK {
+        let (head, tail) = rest.split_at(TEXT_CHUNK);
+        holes.push(Hole {
+            text: Text::new(head),
+            kind: Kind::Text,
+            step: 0,
+        });
+        rest = tail;
+    }
+    rest
+}
+
+/// Which of a record's optional parts are missing (bit per part, only those the plan shows)
+/// and, when the plan shows it, its protocol text: records of one shape render every step
+/// but the holes the same.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    bits: u32,
+    protocol: (usize, usize),
+}
+
+const NO_HEADERS: u32 = 1;
+const NO_FLAGS: u32 = 1 << 1;
+const NO_GRPC: u32 = 1 << 2;
+const NO_DUBBO: u32 = 1 << 3;
+const NO_UPSTREAM: u32 = 1 << 4;
+const NO_REMOTE: u32 = 1 << 5;
+const NO_LOCAL: u32 = 1 << 6;
+
+impl Plan {
+    fn shape(&self, f: &Fixed) -> Shape {
+        let bits = u32::from(f.no_headers())
+            | u32::from(f.flags.is_empty()) << 1
+            | u32::from(f.grpc_status.is_none()) << 2
+            | u32::from(!f.has_dubbo) << 3
+            | u32::from(f.upstream_host.is_none()) << 4
+            | u32::from(f.downstream_remote.is_none()) << 5
+            | u32::from(f.downstream_local.is_none()) << 6;
+        Shape {
+            bits: bits & self.mask,
+            protocol: match (self.protocol, f.protocol) {
+                (true, Some(p)) => (p.as_ptr() as usize, p.len()),
+                _ => (0, 0),
+            },
+        }
+    }
+}
+
+/// The [`Shape`] bit that makes `op` constant, `u32::MAX` for an operator constant in every
+/// record, 0 for one never constant (a hole in every template).
+fn constant_when(op: &Value) -> u32 {
+    match op {
+        Value::End | Value::Long(_) | Value::Hostname | Value::Protocol => u32::MAX,
+        Value::Time(_)
+        | Value::Duration
+        | Value::ResponseCode
+        | Value::BytesReceived
+        | Value::BytesSent
+        | Value::Str(_) => 0,
+        Value::GrpcStatus | Value::GrpcStatusNumber => NO_GRPC,
+        Value::Flags => NO_FLAGS,
+        Value::Addr(Which::Upstream, _) => NO_UPSTREAM,
+        Value::Addr(Which::Remote, _) => NO_REMOTE,
+        Value::Addr(Which::Local, _) => NO_LOCAL,
+        Value::Header(..) => NO_HEADERS,
+        Value::RequestId => NO_DUBBO,
+    }
+}
+
+impl Template {
+    /// The template of `shape` (the shape of `f`): each step's value for `f` where the shape
+    /// fixes it.
+    fn make(
+        plan: &mut Plan,
+        shape: Shape,
+        records: &Records,
+        f: &Fixed,
+        addrs: &mut [AddrSlot; ADDR_SLOTS],
+        next_addr: &mut usize,
+    ) -> Template {
+        let mut scratch = Out {
+            buf: vec![0; plan.bound],
+            pos: 0,
+        };
+        let ctx = Ctx {
+            records,
+            f,
+            headers: records.header_spans(f),
+            bound: plan.bound,
+        };
+        let mut holes = Vec::new();
+        let mut text: Vec<u8> = Vec::new();
+        let mut folded = 0;
+        for (i, step) in plan.steps.iter_mut().enumerate() {
+            text.extend_from_slice(&step.text[..usize::from(step.len)]);
+            let when = constant_when(&step.op);
+            if when != 0 && (when == u32::MAX || shape.bits & when != 0) {
+                scratch.pos = 0;
+                value(&mut step.op, step.max, &ctx, &mut scratch, addrs, next_addr);
+                text.extend_from_slice(&scratch.buf[..scratch.pos]);
+                folded += scratch.pos;
+            } else {
+                let last = split_text(&text, &mut holes);
+                holes.push(Hole {
+                    text: Text::new(last),
+                    kind: Kind::of(step),
+                    step: i as u16,
+                });
+                text.clear();
+            }
+        }
+        let tail = Text::new(split_text(&text, &mut holes));
+        Template {
+            shape,
+            holes,
+            tail,
+            bound: plan.bound + folded,
+        }
+    }
+}
+
+/// Writes the value of one operator (after its step's text).
+fn value(
+    op: &mut Value,
+    max: Option<usize>,
+    ctx: &Ctx<'_>,
+    out: &mut Out,
+    addrs: &mut [AddrSlot; ADDR_SLOTS],
+    next_addr: &mut usize,
+) {
+    let f = ctx.f;
+    let start = out.pos;
+    let shown = match op {
+        Value::End => return,
+        Value::Long(t) => {
+            out.fixed(t);
+            return;
+        }
+        Value::Time(t) => {
+            time(f, t, out);
+            true
+        }
+        Value::Duration => {
+            out.num(f.duration.as_millis() as u64);
+            true
+        }
+        Value::ResponseCode => {
+            out.num(u64::from(f.response_code.unwrap_or(0)));
+            true
+        }
+        Value::GrpcStatus => match f.grpc_status {
+            Some(s) => {
+                out.fixed(format::grpc_status_name(s).as_bytes());
+                true
+            }
+            None => false,
+        },
+        Value::GrpcStatusNumber => match f.grpc_status {
+            Some(s) => {
+                out.num(u64::from(s));
+                true
+            }
+            None => false,
+        },
+        Value::Flags => {
+            if f.flags.is_empty() {
+                out.byte(b'-');
+            } else {
+                let mut first = true;
+                for (flag, name) in Flags::NAMES {
+                    if f.flags.contains(*flag) {
+                        if !first {
+                            out.byte(b',');
+                        }
+                        out.fixed(name.as_bytes());
+                        first = false;
+                    }
+                }
+            }
+            true
+        }
+        Value::Addr(which, port) => match which.of(f) {
+            Some(a) => {
+                addr(a, *port, out, addrs, next_addr);
+                true
+            }
+            None => false,
+        },
+        Value::Protocol => match f.protocol {
+            Some(p) if !p.is_empty() => {
+                out.var(p.as_bytes(), ctx.bound);
+                true
+            }
+            _ => false,
+        },
+        Value::Str(field) => {
+            let span = match field {
+                Field::Cluster => f.cluster,
+                Field::Route => f.route,
+                Field::Dubbo(i) => f.dubbo[usize::from(*i) & 3],
+            };
+            match ctx.records.bytes_of(span) {
+                Some(s) if !s.is_empty() => {
+                    out.var(s, ctx.bound);
+                    true
+                }
+                _ => false,
+            }
+        }
+        Value::Header(a, b) => {
+            let get = |i: Option<u16>| {
+                i.and_then(|i| ctx.headers.get(usize::from(i)))
+                    .and_then(|s: &Span| ctx.records.bytes_of(*s))
+            };
+            // A header sent empty renders empty (Envoy); only a missing one is `-`.
+            match get(*a).or_else(|| get(*b)) {
+                Some(v) => {
+                    out.var(v, ctx.bound);
+                    true
+                }
+                None => false,
+            }
+        }
+        Value::BytesReceived => {
+            out.num(f.bytes_received);
+            true
+        }
+        Value::BytesSent => {
+            out.num(f.bytes_sent);
+            true
+        }
+        Value::RequestId => match f.has_dubbo {
+            true => {
+                out.num(f.request_id);
+                true
+            }
+            false => false,
+        },
+        Value::Hostname => {
+            let h = format::hostname().as_bytes();
+            match h.is_empty() {
+                true => false,
+                false => {
+                    out.fixed(h);
+                    true
+                }
+            }
+        }
+    };
+    if !shown {
+        out.byte(b'-');
+    }
+    if let Some(max) = max {
+        // Cut to `max` bytes at a UTF-8 boundary (as `format::truncate`).
+        if out.pos - start > max {
+            let mut end = start + max;
+            while end > start && (out.buf[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
+            out.pos = end;
+        }
+    }
+}
+
+/// Writes `%START_TIME%` of `f`; keeps the text as `t.last` (when it fits a chunk: the
+/// caller copies it for the next record with the same start).
 fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
     let since = f.start.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since.as_secs();
@@ -579,9 +925,12 @@ fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
             t.chunk[..t.text.len()].copy_from_slice(&t.text);
         }
         t.secs = Some(secs);
+        t.last = None;
     }
     let start = out.pos;
-    if t.text.len() <= TIME_CHUNK {
+    let fits = t.text.len() <= TIME_CHUNK;
+    t.last = None;
+    if fits {
         out.chunk(&t.chunk, t.text.len());
     } else {
         out.fixed(&t.text);
@@ -593,9 +942,8 @@ fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
             // Milliseconds (Envoy's default): the hundreds, then two digits from the table.
             let ms = (nanos / 1_000_000) as usize;
             let d: &mut [u8; 3] = out.buf[at..].first_chunk_mut().expect("fraction");
-            d[0] = b'0' + (ms / 100) as u8;
-            d[1] = PAIRS[ms % 100 * 2];
-            d[2] = PAIRS[ms % 100 * 2 + 1];
+            let [a, b] = pair(ms % 100);
+            *d = [b'0' + (ms / 100) as u8, a, b];
             continue;
         }
         let mut frac = match digits {
@@ -607,9 +955,39 @@ fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
             frac /= 10;
         }
     }
+    if fits {
+        if let Some(c) = out.buf[start..].first_chunk::<TIME_CHUNK>() {
+            t.last_chunk = *c;
+            t.last = Some(f.start);
+        }
+    }
 }
 
+/// Writes address `a` (with its port, or not): a recently written IPv4 address from its cached
+/// text.
+#[inline]
 fn addr(
+    a: SocketAddr,
+    port: bool,
+    out: &mut Out,
+    addrs: &mut [AddrSlot; ADDR_SLOTS],
+    next_addr: &mut usize,
+) {
+    if let SocketAddr::V4(v4) = a {
+        let key = 1 << 63
+            | u64::from(v4.ip().to_bits()) << 17
+            | u64::from(v4.port()) << 1
+            | u64::from(port);
+        if let Some(hit) = addrs.iter().find(|s| s.key == key) {
+            out.chunk(&hit.text, usize::from(hit.len));
+            return;
+        }
+    }
+    addr_slow(a, port, out, addrs, next_addr);
+}
+
+#[inline(never)]
+fn addr_slow(
     a: SocketAddr,
     port: bool,
     out: &mut Out,
@@ -627,10 +1005,6 @@ fn addr(
     };
     let key =
         1 << 63 | u64::from(v4.ip().to_bits()) << 17 | u64::from(v4.port()) << 1 | u64::from(port);
-    if let Some(hit) = addrs.iter().find(|s| s.key == key) {
-        out.chunk(&hit.text, usize::from(hit.len));
-        return;
-    }
     let text = match port {
         true => v4.to_string(),
         false => v4.ip().to_string(),

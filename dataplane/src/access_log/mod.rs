@@ -168,8 +168,9 @@ pub struct DubboCall<'a> {
 pub struct Record<'a> {
     pub start: SystemTime,
     pub duration: Duration,
-    /// `dubbo`, `HTTP/2` (Triple) or none (TCP), as Envoy prints `%PROTOCOL%`.
-    pub protocol: Option<&'a str>,
+    /// `dubbo`, `HTTP/2` (Triple) or none (TCP), as Envoy prints `%PROTOCOL%` (static text: a
+    /// record keeps the reference, not a copy).
+    pub protocol: Option<&'static str>,
     /// Dubbo: the response status (20 OK, 31 timeout, ...); Triple: the HTTP status; TCP: none
     /// (rendered 0, as Envoy does).
     pub response_code: Option<u32>,

@@ -47,10 +47,18 @@ pub struct Fixed {
     pub(super) bytes_received: u64,
     pub(super) bytes_sent: u64,
     pub(super) request_id: u64,
-    pub(super) protocol: Span,
+    pub(super) protocol: Option<&'static str>,
     pub(super) cluster: Span,
     pub(super) route: Span,
     pub(super) dubbo: [Span; 4],
+}
+
+impl Fixed {
+    /// The call had no headers (every header operator shows `-`).
+    #[inline]
+    pub(super) fn no_headers(&self) -> bool {
+        self.headers.len == 0
+    }
 }
 
 /// Records and the bytes they refer to.
@@ -157,8 +165,8 @@ impl Records {
             bytes_sent: r.bytes_sent,
             request_id,
             protocol: match shows.protocol {
-                true => self.copy(r.protocol.map(str::as_bytes)),
-                false => MISSING,
+                true => r.protocol,
+                false => None,
             },
             cluster: match shows.cluster {
                 true => self.copy(r.upstream_cluster.map(str::as_bytes)),
@@ -212,7 +220,7 @@ impl Records {
         Record {
             start: f.start,
             duration: f.duration,
-            protocol: self.str_of(f.protocol),
+            protocol: f.protocol,
             response_code: f.response_code,
             grpc_status: f.grpc_status,
             flags: f.flags,
@@ -313,6 +321,43 @@ mod tests {
             }
         }
         String::from_utf8(direct).unwrap()
+    }
+
+    /// One writer renders records of every shape through each format, interleaved (its
+    /// templates are made from the first record of each shape and reused by the others):
+    /// each line the same as the format renders it directly.
+    fn same_lines(formats: &[&Format], rs: &[&Record<'_>]) {
+        let formats: Vec<(std::sync::Arc<Format>, crate::access_log::sink::HeaderNames)> = formats
+            .iter()
+            .map(|f| (std::sync::Arc::new((*f).clone()), f.headers().into()))
+            .collect();
+        let mut records = Records::default();
+        let mut want = Vec::new();
+        // Forwards, backwards, forwards: a shape's template is made from its first record
+        // and used for the others.
+        let order = (0..rs.len()).chain((0..rs.len()).rev()).chain(0..rs.len());
+        for i in order {
+            let r = rs[i];
+            {
+                for (fi, (f, names)) in formats.iter().enumerate() {
+                    records.push(r, fi as u16, names, f.shows());
+                    let mut direct = Vec::new();
+                    f.render(r, &mut direct);
+                    want.push(direct);
+                }
+            }
+        }
+        let mut lines = crate::access_log::line::Lines::with_capacity(64);
+        lines.batch(&formats);
+        for (rec, want) in records.fixed.iter().zip(&want) {
+            lines.line(&records, rec, &formats);
+            assert_eq!(
+                String::from_utf8_lossy(lines.text()),
+                String::from_utf8_lossy(want)
+            );
+            lines.clear();
+        }
+        assert_eq!(records.fixed.len(), want.len());
     }
 
     const EVERYTHING: &str = "%START_TIME% %START_TIME(%s.%E9S %z)% %DURATION% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL% %REQ(:PATH)% %REQ(X-A?X-B)% %RESP(GRPC-MESSAGE)% %TRAILER(GRPC-STATUS):1% %DUBBO_INTERFACE% %DUBBO_METHOD% %DUBBO_VERSION% %DUBBO_GROUP% %DUBBO_REQUEST_ID%\n";
@@ -425,15 +470,14 @@ mod tests {
         for bit in 0..15 {
             all_flags = all_flags | Flags(1 << bit);
         }
-        same_line(
-            &cut,
-            &Record {
-                headers: &long_headers,
-                flags: all_flags,
-                grpc_status: Some(99),
-                ..grpc
-            },
-        );
+        let flagged = Record {
+            headers: &long_headers,
+            flags: all_flags,
+            grpc_status: Some(99),
+            ..grpc
+        };
+        same_line(&cut, &flagged);
+        let mut varied = Vec::new();
         for (i, a) in [
             "1.2.3.4:5",
             "[::1]:8080",
@@ -465,6 +509,22 @@ mod tests {
             };
             same_line(&f, &r);
             same_line(&cut, &r);
+            varied.push(r);
         }
+        let http1 = Record {
+            protocol: Some("HTTP/1.1"),
+            grpc_status: None,
+            flags: Flags::NONE,
+            ..grpc
+        };
+        let empty_headers = H(vec![(Part::Request, ":path", "")]);
+        let bare_grpc = Record {
+            headers: &empty_headers,
+            downstream_local: None,
+            ..grpc
+        };
+        let mut all: Vec<&Record<'_>> = vec![&grpc, &dubbo, &tcp, &flagged, &http1, &bare_grpc];
+        all.extend(varied.iter());
+        same_lines(&[&f, &default, &cut, &json], &all);
     }
 }
