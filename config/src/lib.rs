@@ -3019,9 +3019,33 @@ pub struct HashPolicy {
     /// xxHash64 of this cookie's value (from the `cookie` headers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    /// With `cookie` (Envoy's cookie `ttl`, seconds): a request without the cookie hashes a
+    /// value generated from its connection's addresses, and its response sets the cookie
+    /// (`set-cookie: NAME="VALUE"; Max-Age=TTL; Path=PATH; ATTRIBUTES; HttpOnly`, no
+    /// `Max-Age` for 0), as Envoy's router does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_ttl_s: Option<u64>,
+    /// The generated cookie's `Path` (with `cookie_ttl_s`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cookie_path: String,
+    /// The generated cookie's other attributes, in order (with `cookie_ttl_s`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookie_attributes: Vec<CookieAttribute>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub terminal: bool,
 }
+
+/// An attribute of a generated cookie: `NAME=VALUE`, or `NAME` alone when the value is empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieAttribute {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Most hash policies of one route (a request's generated cookies are one bit each).
+pub const HASH_POLICIES_MAX: usize = 64;
 
 fn default_h2_frame_bytes_max() -> u32 {
     H2_FRAME_BYTES_MAX_DEFAULT
@@ -4508,7 +4532,48 @@ fn validate_action(
         }
     }
     validate_rewrite(action, grpc, rat, err);
+    if action.hash_policy.len() > HASH_POLICIES_MAX {
+        err(
+            rat("route.hash_policy"),
+            format!("at most {HASH_POLICIES_MAX} entries"),
+        );
+    }
     for (k, h) in action.hash_policy.iter().enumerate() {
+        // What goes into a `set-cookie` value: no control characters, no `"` in the name.
+        let bad = |v: &str| v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f);
+        let generated = h.cookie_ttl_s.is_some()
+            || !h.cookie_path.is_empty()
+            || !h.cookie_attributes.is_empty();
+        if generated && h.cookie.is_none() {
+            err(
+                rat(&format!("route.hash_policy[{k}]")),
+                "cookie_ttl_s, cookie_path and cookie_attributes go with cookie".into(),
+            );
+        }
+        if generated
+            && h.cookie
+                .as_deref()
+                .is_some_and(|c| bad(c) || c.contains(['"', ';', '=', ' ']))
+        {
+            err(
+                rat(&format!("route.hash_policy[{k}].cookie")),
+                "a cookie name without control characters, spaces, `\"`, `;` or `=`".into(),
+            );
+        }
+        if bad(&h.cookie_path) || h.cookie_path.contains(';') {
+            err(
+                rat(&format!("route.hash_policy[{k}].cookie_path")),
+                "no control characters or `;`".into(),
+            );
+        }
+        for (j, a) in h.cookie_attributes.iter().enumerate() {
+            if a.name.is_empty() || bad(&a.name) || bad(&a.value) {
+                err(
+                    rat(&format!("route.hash_policy[{k}].cookie_attributes[{j}]")),
+                    "a non-empty name; no control characters in name or value".into(),
+                );
+            }
+        }
         let given = usize::from(h.header.is_some())
             + usize::from(h.source_ip)
             + usize::from(h.query_parameter.is_some())

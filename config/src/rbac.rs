@@ -108,6 +108,9 @@ pub enum Permission {
     DubboMethod(StringMatch),
     /// HTTP only: the call's dynamic metadata (a verified JWT's payload).
     Metadata(MetadataMatch),
+    /// The TLS server name (SNI) the client asked for on the connection; empty on plaintext
+    /// or without SNI (Envoy's `requested_server_name`).
+    RequestedServerName(StringMatch),
 }
 
 /// Who the peer is.
@@ -248,6 +251,9 @@ impl Permission {
             Permission::Metadata(m) => {
                 only_in(RbacScope::Http, at, scope, "metadata", err);
                 m.validate(&format!("{at}.metadata"), err);
+            }
+            Permission::RequestedServerName(m) => {
+                crate::validate_string_match(m, format!("{at}.requested_server_name"), err);
             }
         }
     }

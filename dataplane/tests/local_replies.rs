@@ -151,7 +151,8 @@ fn snapshot(listen: SocketAddr, silent: SocketAddr, refused: SocketAddr) -> Valu
              "response_headers_to_add": [
                 add("x-vh", "vh", "OVERWRITE_IF_EXISTS_OR_ADD"),
                 add("x-loc", "%RESP(location)%", "OVERWRITE_IF_EXISTS_OR_ADD"),
-                add("x-r", "vh", "ADD_IF_ABSENT")]},
+                add("x-r", "vh", "ADD_IF_ABSENT"),
+                add("x-req", "%REQ(x-in)%", "OVERWRITE_IF_EXISTS_OR_ADD")]},
             {"name": "other", "domains": ["other.example"],
              "response_headers_to_add": [add("x-vh", "other", "OVERWRITE_IF_EXISTS_OR_ADD")],
              "routes": [{"match": {"prefix": "/only"}, "route": {"cluster": "refused"}}]},
@@ -247,7 +248,10 @@ fn exercise(listen: SocketAddr) -> (Got, Got) {
     let mut grpc = Vec::new();
     let mut plain = Vec::new();
     for (what, service, authority, deny) in REQUESTS {
-        let mut opts = CallOpts::new(Call::Unary).service(service).timeout_s(5.0);
+        let mut opts = CallOpts::new(Call::Unary)
+            .service(service)
+            .timeout_s(5.0)
+            .meta("x-in", "v");
         if let Some(a) = authority {
             opts = opts.authority(a);
         }
@@ -271,7 +275,7 @@ fn exercise(listen: SocketAddr) -> (Got, Got) {
         let host = authority.unwrap_or("svc");
         let marked = if deny { "X-Deny: 1\r\n" } else { "" };
         let request = format!(
-            "GET /{service}/x HTTP/1.1\r\nHost: {host}\r\n{marked}Connection: close\r\n\r\n"
+            "GET /{service}/x HTTP/1.1\r\nHost: {host}\r\nX-In: v\r\n{marked}Connection: close\r\n\r\n"
         );
         let (r, ms) = http1(listen, &request);
         let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
@@ -350,6 +354,11 @@ fn local_replies_get_route_response_mutations_like_envoy() {
             assert!(!has(&g, "x-rc"), "Envoy {what}: {g:?}");
         }
         assert!(has(&find(got, "weighted"), "x-w=w"));
+        assert!(
+            has(&find(got, "abort"), "x-req=v"),
+            "{:?}",
+            find(got, "abort")
+        );
         assert!(has(&find(got, "refused"), "x-uh=127.0.0.1:"));
         assert!(has(&find(got, "redirect"), "x-loc=http://example.com/"));
         // The fault delay held the direct answer.

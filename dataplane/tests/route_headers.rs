@@ -400,7 +400,7 @@ fn route_header_mutations_are_envoys() {
         let seen = listen.map(exercise);
         // Refused: a pseudo-header or `host` (Envoy: ":-prefixed or host headers may not be
         // modified"), `append` with `append_action`; by ringside alone, a value operator it
-        // cannot fill (Envoy fills %UPSTREAM_HOST%: a documented difference).
+        // does not fill (Envoy fills %DURATION%: a documented difference).
         let bad = [
             (
                 add(":path", "/x", "OVERWRITE_IF_EXISTS_OR_ADD"),
@@ -417,7 +417,7 @@ fn route_header_mutations_are_envoys() {
                 true,
                 "append",
             ),
-            (set("x-up", "%UPSTREAM_HOST%"), false, "%UPSTREAM_HOST%"),
+            (set("x-d", "%DURATION%"), false, "Duration"),
         ];
         for (k, (h, envoy_refuses, why)) in bad.into_iter().enumerate() {
             let version = format!("bad{k}");
@@ -530,6 +530,14 @@ fn route_header_operators_are_envoys() {
             set("x-missing", "%REQ(x-not-sent)%"),
             json!({"header": header("x-missing-kept", "%REQ(x-not-sent)%"), "keep_empty_value": true}),
             append("x-in", "again-%REQ(x-in)%"),
+            // Envoy 1.40 finalizes the request before its upstream request exists: no
+            // upstream host (not added; kept empty), no response (empty, code 0).
+            set("x-uh-req", "%UPSTREAM_HOST%"),
+            json!({"header": header("x-uh-kept", "%UPSTREAM_REMOTE_ADDRESS%"), "keep_empty_value": true}),
+            set(
+                "x-names",
+                "%ROUTE_NAME%|%UPSTREAM_CLUSTER%|%RESPONSE_CODE%|%RESP(x-up-kept)%",
+            ),
         ],
         &[],
         &[
@@ -541,14 +549,21 @@ fn route_header_operators_are_envoys() {
                 "x-rproto",
                 "%PROTOCOL% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
             ),
+            // The request as it went upstream (after the mutations above).
+            set(
+                "x-rq",
+                "%REQ(x-in)%|%REQ(:path)%|%REQ(x-forwarded-proto)%|%REQ(x-dl)%|%REQ(x-none)%",
+            ),
+            set("x-rid", "%REQ(x-request-id)%"),
+            set("x-rnames", "%ROUTE_NAME%|%UPSTREAM_CLUSTER%"),
         ],
         &[],
     );
     let snapshot = |listen: SocketAddr| {
         let rc = json!({"name": "ops", "virtual_hosts": [with(json!({"name": "svc", "domains": ["*"],
             "routes": [
-                {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}},
-                {"match": {"prefix": "/"}, "route": {"cluster": "h2up", "timeout": "5s"}}
+                {"name": "r-grpc", "match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}},
+                {"name": "r-h2", "match": {"prefix": "/"}, "route": {"cluster": "h2up", "timeout": "5s"}}
             ]}), request.clone())]});
         let h2 = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -589,6 +604,7 @@ fn route_header_operators_are_envoys() {
                 Ok(t) if t + 60 >= now() && t <= now() => "<now>".to_string(),
                 _ => value,
             },
+            "x-rid" if value.len() == 36 && value.matches('-').count() == 4 => "<uuid>".into(),
             _ => value,
         };
         format!("{name}={value}")
@@ -679,11 +695,22 @@ fn route_header_operators_are_envoys() {
         "grpc client x-resp=r=up".into(),
         "h1 upstream x-proto=HTTP/1.1".into(),
         "h1 upstream x-req=v=abc t=ab a=svc".into(),
+        "grpc upstream x-uh-kept=".into(),
+        "grpc upstream x-names=r-grpc|grpc|0|".into(),
+        "grpc client x-rq=abc|/helloworld.Greeter/SayHello|http|<listen>|".into(),
+        "grpc client x-rid=<uuid>".into(),
+        "grpc client x-rnames=r-grpc|grpc".into(),
+        "h1 client x-rnames=r-h2|h2up".into(),
+        "h1 client x-rq=abc|/len|http|<listen>|".into(),
     ] {
         assert!(
             envoy.iter().any(|e| e.starts_with(&want)),
             "{want}: {envoy:#?}"
         );
     }
+    assert!(
+        !envoy.iter().any(|e| e.contains("x-uh-req")),
+        "Envoy added no upstream host to the request: {envoy:#?}"
+    );
     assert_eq!(ringside, envoy);
 }

@@ -1641,3 +1641,128 @@ fn istio_in_band_metadata_exchange_on_dubbo_and_tcp_connections() {
 
 const REVIEWS_MX: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
 const REVIEWS_TCP_MX: &str = "outbound|9081||reviews.bookinfo.svc.cluster.local";
+
+/// RBAC `requested_server_name` (istiod's `connection.sni` conditions) in the network and
+/// HTTP filters: matched against the SNI of the caller's TLS connection, the empty string on
+/// plaintext, as Envoy 1.40 (whose SNI is what `tls_inspector` read: istiod's listeners have
+/// it, so these do). The same rules on a TLS inbound (the client asks for
+/// `PROVIDER_DNS`) and a plaintext one, through both proxies: the network filter lets in a
+/// TLS connection only with that SNI and a plaintext one only without any; the HTTP filter
+/// allows the unary method with that SNI and the server-streaming one without SNI.
+#[test]
+fn istiod_requested_server_name_like_envoy() {
+    use common::grpc::{grpc_call, Call, CallOpts, ClientTls, GrpcServer};
+    let pki = Pki::new();
+    let server = GrpcServer::start(0, "G", &[]);
+    let sni = |m: Value| json!({"requestedServerName": m});
+    let path = |p: &str| json!({"urlPath": {"path": {"exact": p}}});
+    let any_sni = sni(json!({"safeRegex": {"regex": ".+"}}));
+    let http_rbac = json!({"name": "envoy.filters.http.rbac", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"policies": {
+            "sni-unary": {
+                "permissions": [{"andRules": {"rules": [
+                    sni(json!({"exact": PROVIDER_DNS})), path("/helloworld.Greeter/SayHello")]}}],
+                "principals": [{"any": true}]},
+            "plain-stream": {
+                "permissions": [{"andRules": {"rules": [
+                    {"notRule": any_sni.clone()}, path("/helloworld.Greeter/SayHelloStream")]}}],
+                "principals": [{"any": true}]}}}}});
+    let network_rbac = |tls: bool| {
+        let permission = match tls {
+            true => sni(json!({"suffix": ".default.svc"})),
+            false => json!({"notRule": any_sni.clone()}),
+        };
+        json!({"name": "envoy.filters.network.rbac", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "statPrefix": "tcp.",
+            "rules": {"policies": {"sni": {"permissions": [permission],
+                "principals": [{"any": true}]}}}}})
+    };
+    let ports: Vec<SocketAddr> = (0..4).map(|_| local(free_port())).collect();
+    // (TLS inbound, plaintext inbound) of one proxy.
+    let inbound = |tls_addr: SocketAddr, plain_addr: SocketAddr| {
+        let mut snap = rbac_grpc_inbound(tls_addr, vec![http_rbac.clone()], &server, &pki);
+        let mut tls_l = snap["listeners"][0].clone();
+        // As istiod's inbound: Envoy's connection SNI is what tls_inspector read.
+        tls_l["listener_filters"] = json!([{"name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type":
+                "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]);
+        let hcm = tls_l["filter_chains"][0]["filters"][0].clone();
+        tls_l["filter_chains"][0]["filters"] = json!([network_rbac(true), hcm.clone()]);
+        let mut plain = tls_l.clone();
+        plain["name"] = json!("plain");
+        plain["address"] = socket(plain_addr);
+        plain["filter_chains"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("transport_socket");
+        plain["filter_chains"][0]["filters"] = json!([network_rbac(false), hcm]);
+        snap["listeners"] = json!([tls_l, plain]);
+        snap
+    };
+    let rs_xds = XdsServer::start();
+    rs_xds.put(&inbound(ports[0], ports[1])).unwrap();
+    let _rs = ringside(&rs_xds, "ringside-sni");
+    let envoy_xds = XdsServer::start();
+    envoy_xds.put(&inbound(ports[2], ports[3])).unwrap();
+    let _envoy = envoy(&envoy_xds, "envoy-sni");
+    for (who, x) in [("ringside", &rs_xds), ("Envoy", &envoy_xds)] {
+        let ack = x.wait_ack("lds", "1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+    }
+    let tls = |authority: &str| ClientTls {
+        ca: pki.dir.0.join("ca.pem"),
+        cert: Some((
+            pki.dir.0.join("consumer.pem"),
+            pki.dir.0.join("consumer.key"),
+        )),
+        authority: authority.into(),
+    };
+    let outcome = |addr: SocketAddr, call: Call, t: Option<ClientTls>| -> String {
+        let mut o = CallOpts::new(call).timeout_s(3.0);
+        if let Some(t) = t {
+            o = o.tls(t);
+        }
+        let out = grpc_call(addr, &o);
+        match out.ok {
+            true => "OK".into(),
+            false if out.code == "PERMISSION_DENIED" => out.code,
+            // The network filter closed the connection.
+            false => "closed".into(),
+        }
+    };
+    let mut seen = Vec::new();
+    for (side, tls_addr, plain_addr) in [
+        ("ringside", ports[0], ports[1]),
+        ("Envoy", ports[2], ports[3]),
+    ] {
+        // Warm: the listeners and the SDS secrets arrive.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let warm = [
+                outcome(tls_addr, Call::Unary, Some(tls(PROVIDER_DNS))),
+                outcome(plain_addr, Call::ServerStream, None),
+            ];
+            if warm == ["OK", "OK"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{side}: never answered: {warm:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let got = vec![
+            outcome(tls_addr, Call::Unary, Some(tls(PROVIDER_DNS))),
+            outcome(tls_addr, Call::ServerStream, Some(tls(PROVIDER_DNS))),
+            outcome(plain_addr, Call::Unary, None),
+            outcome(plain_addr, Call::ServerStream, None),
+        ];
+        seen.push((side, got));
+    }
+    eprintln!("{seen:?}");
+    let want = ["OK", "PERMISSION_DENIED", "PERMISSION_DENIED", "OK"];
+    assert_eq!(seen[1].1, want, "Envoy, the oracle");
+    assert_eq!(seen[0].1, seen[1].1, "ringside against Envoy");
+}

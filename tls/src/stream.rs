@@ -259,6 +259,14 @@ impl<S: AsyncWriteRent> TlsStream<S> {
         self.read.tls.borrow().alpn_protocol().map(|p| p.to_vec())
     }
 
+    /// The server name (SNI) a server-side connection's client sent, if any.
+    pub fn server_name(&self) -> Option<String> {
+        match &*self.read.tls.borrow() {
+            Connection::Server(s) => s.server_name().map(str::to_string),
+            Connection::Client(_) => None,
+        }
+    }
+
     /// Whether anything arrived that was not read yet: ciphertext not given to rustls,
     /// plaintext rustls holds, or the peer's close_notify (an idle pooled connection with
     /// any is not reusable).

@@ -2732,16 +2732,26 @@ fn hash_policy(
             out.query_parameter = Some(q.name.clone());
         }
         Some(P::Cookie(c)) => {
-            if c.ttl.is_some() {
-                return Err(ctx.err(
-                    format!("{at}.cookie.ttl"),
-                    "generating a cookie (a ttl) is not supported; without ttl the cookie's value is hashed",
-                ));
-            }
             if c.name.is_empty() {
                 return Err(ctx.err(format!("{at}.cookie.name"), "must not be empty"));
             }
             out.cookie = Some(c.name.clone());
+            // With a ttl, Envoy generates the cookie (its `seconds`; nanos ignored, as Envoy).
+            if let Some(t) = &c.ttl {
+                out.cookie_ttl_s =
+                    Some(u64::try_from(t.seconds).map_err(|_| {
+                        ctx.err(format!("{at}.cookie.ttl"), "must not be negative")
+                    })?);
+                out.cookie_path = c.path.clone();
+                out.cookie_attributes = c
+                    .attributes
+                    .iter()
+                    .map(|a| config::CookieAttribute {
+                        name: a.name.clone(),
+                        value: a.value.clone(),
+                    })
+                    .collect();
+            }
         }
         Some(P::FilterState(_)) => {
             return Err(ctx.err(

@@ -484,7 +484,10 @@ fn permission(
                 ..Default::default()
             })
         }
-        // SNI, dynamic metadata, ...
+        Some(R::RequestedServerName(m)) => Permission::RequestedServerName(string_match(
+            &rbac_pattern(m, ctx, &format!("{at}.requested_server_name"))?,
+        )),
+        // Dynamic metadata of other filters, ...
         Some(_) => return Err(ctx.err(at, "this permission rule is not supported")),
         None => return Err(ctx.err(at, "missing rule")),
     })
@@ -803,6 +806,27 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("f.rules.policies[\"p\"].permissions[0]"), "{e}");
+    }
+
+    /// istiod's `connection.sni`: `requested_server_name`, in the network filter too.
+    #[test]
+    fn requested_server_name_translates() {
+        use matcher_pb::string_matcher::MatchPattern as P;
+        let sni = rbac_pb::Permission {
+            rule: Some(rbac_pb::permission::Rule::RequestedServerName(
+                matcher_pb::StringMatcher {
+                    match_pattern: Some(P::Suffix(".svc".into())),
+                    ignore_case: false,
+                },
+            )),
+        };
+        let r = network(&filter(sni, by_suffix("x")), &ctx(), "f").unwrap();
+        match &r.rules.unwrap().policies[0].permissions[0] {
+            Permission::RequestedServerName(m) => {
+                assert_eq!(m.regex.as_deref(), Some(".*\\.svc"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -525,7 +525,7 @@ fn render(
         h.text.put(out);
         // The common holes inline; the others (and any with a `:N` cut) by the step.
         match h.kind {
-            Kind::Duration => out.num(f.duration.as_millis() as u64),
+            Kind::Duration => out.num(f.duration.get().as_millis() as u64),
             Kind::ResponseCode => out.num(u64::from(f.response_code.unwrap_or(0))),
             Kind::BytesReceived => out.num(f.bytes_received),
             Kind::BytesSent => out.num(f.bytes_sent),
@@ -790,7 +790,7 @@ fn value(
             true
         }
         Value::Duration => {
-            out.num(f.duration.as_millis() as u64);
+            out.num(f.duration.get().as_millis() as u64);
             true
         }
         Value::ResponseCode => {

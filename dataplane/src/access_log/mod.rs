@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use format::{Format, FormatError, LineCache};
 pub use sink::{drain_all, reopen_all, Batch, FileSink, OpenError};
@@ -186,6 +186,60 @@ pub struct Record<'a> {
     pub headers: &'a dyn Headers,
     pub dubbo: Option<DubboCall<'a>>,
 }
+
+/// A finished Dubbo call as the shard has it: what [`ListenerLog::write_dubbo`] records
+/// straight into the batch (no [`Record`] built, unless a log has a filter to ask; the
+/// duration is taken from the two clock readings on the writer thread).
+pub struct DubboLine<'a> {
+    pub start: SystemTime,
+    /// When the request was read and when it was answered (monotonic).
+    pub started: Instant,
+    pub ended: Instant,
+    pub status: u8,
+    pub flags: Flags,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<&'a str>,
+    pub downstream_remote: Option<SocketAddr>,
+    pub downstream_local: Option<SocketAddr>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub request_id: u64,
+    /// Interface, method, version and group (`None` when the caller did not keep them: no
+    /// format shows them, [`ListenerLog::shows_dubbo`]).
+    pub call: Option<DubboCall<'a>>,
+}
+
+impl<'a> DubboLine<'a> {
+    /// The call as a format (or a filter) sees it.
+    pub fn record(&self) -> Record<'a> {
+        Record {
+            start: self.start,
+            duration: self.ended.saturating_duration_since(self.started),
+            protocol: Some(DUBBO_PROTOCOL),
+            response_code: Some(u32::from(self.status)),
+            grpc_status: None,
+            flags: self.flags,
+            upstream_host: self.upstream_host,
+            upstream_cluster: self.upstream_cluster,
+            route_name: None,
+            downstream_remote: self.downstream_remote,
+            downstream_local: self.downstream_local,
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            headers: NO_HEADERS,
+            dubbo: Some(self.call.unwrap_or(DubboCall {
+                interface: b"",
+                method: b"",
+                version: b"",
+                group: b"",
+                request_id: self.request_id,
+            })),
+        }
+    }
+}
+
+/// `%PROTOCOL%` of a Dubbo call.
+pub const DUBBO_PROTOCOL: &str = "dubbo";
 
 /// No headers (TCP, Dubbo).
 pub const NO_HEADERS: &NoHeaders = &NoHeaders;
@@ -446,6 +500,18 @@ impl ListenerLog {
         }
     }
 
+    /// [`ListenerLog::write`] for a Dubbo call, its record written straight from `d`.
+    pub fn write_dubbo(&self, d: &DubboLine<'_>) {
+        for l in &self.logs {
+            if let Some(f) = &l.filter {
+                if !f.keeps(&d.record(), &mut || self.roll()) {
+                    continue;
+                }
+            }
+            l.file.dubbo_line(l, d);
+        }
+    }
+
     fn roll(&self) -> u32 {
         // xorshift64* (Vigna).
         let mut x = self.rng.get();
@@ -485,6 +551,25 @@ impl ShardFile {
             b.records.push(r, i, &log.names, log.shows);
             b.records.bytes() >= BATCH_BYTES || b.formats.len() >= BATCH_FORMATS_MAX
         };
+        self.added(full);
+    }
+
+    fn dubbo_line(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            if b.records.fixed.capacity() == 0 {
+                *b = self.sink.spare_batch();
+            }
+            let i = b.format_index(&log.format, &log.names);
+            b.records.push_dubbo(d, i, log.shows);
+            b.records.bytes() >= BATCH_BYTES || b.formats.len() >= BATCH_FORMATS_MAX
+        };
+        self.added(full);
+    }
+
+    /// A line was added to the batch (`full`: the batch is to go now).
+    #[inline]
+    fn added(self: &Rc<Self>, full: bool) {
         self.lines.set(self.lines.get() + 1);
         if full {
             self.flush();

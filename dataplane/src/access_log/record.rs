@@ -10,10 +10,10 @@
 //! and its arena are reused from batch to batch).
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::format::Shows;
-use super::{DubboCall, Flags, Headers, Part, Record};
+use super::{DubboCall, DubboLine, Flags, Headers, Part, Record, DUBBO_PROTOCOL};
 
 /// Bytes in a batch's arena: `at..at + len`; `len == u32::MAX`: missing.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +31,7 @@ const MISSING: Span = Span {
 #[derive(Clone, Copy, Debug)]
 pub struct Fixed {
     pub(super) start: SystemTime,
-    pub(super) duration: Duration,
+    pub(super) duration: Elapsed,
     pub(super) response_code: Option<u32>,
     pub(super) grpc_status: Option<u32>,
     pub(super) flags: Flags,
@@ -58,6 +58,24 @@ impl Fixed {
     #[inline]
     pub(super) fn no_headers(&self) -> bool {
         self.headers.len == 0
+    }
+}
+
+/// A call's duration: as measured, or the two monotonic clock readings it lies between
+/// (subtracted on the writer thread).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Elapsed {
+    Took(Duration),
+    Between(Instant, Instant),
+}
+
+impl Elapsed {
+    #[inline]
+    pub(super) fn get(self) -> Duration {
+        match self {
+            Elapsed::Took(d) => d,
+            Elapsed::Between(a, b) => b.saturating_duration_since(a),
+        }
     }
 }
 
@@ -151,7 +169,7 @@ impl Records {
         };
         let fixed = Fixed {
             start: r.start,
-            duration: r.duration,
+            duration: Elapsed::Took(r.duration),
             response_code: r.response_code,
             grpc_status: r.grpc_status,
             flags: r.flags,
@@ -179,6 +197,44 @@ impl Records {
             dubbo,
         };
         self.fixed.push(fixed);
+    }
+
+    /// Appends Dubbo call `d` as a record for the format at `format` (which shows `shows`):
+    /// [`Records::push`] of `d.record()` without the record.
+    pub fn push_dubbo(&mut self, d: &DubboLine<'_>, format: u16, shows: Shows) {
+        let dubbo = match d.call {
+            Some(c) if shows.dubbo => [
+                self.copy(Some(c.interface)),
+                self.copy(Some(c.method)),
+                self.copy(Some(c.version)),
+                self.copy(Some(c.group)),
+            ],
+            _ => [MISSING; 4],
+        };
+        let cluster = match shows.cluster {
+            true => self.copy(d.upstream_cluster.map(str::as_bytes)),
+            false => MISSING,
+        };
+        self.fixed.push(Fixed {
+            start: d.start,
+            duration: Elapsed::Between(d.started, d.ended),
+            response_code: Some(u32::from(d.status)),
+            grpc_status: None,
+            flags: d.flags,
+            format,
+            has_dubbo: true,
+            headers: Span { at: 0, len: 0 },
+            upstream_host: d.upstream_host,
+            downstream_remote: d.downstream_remote,
+            downstream_local: d.downstream_local,
+            bytes_received: d.bytes_received,
+            bytes_sent: d.bytes_sent,
+            request_id: d.request_id,
+            protocol: shows.protocol.then_some(DUBBO_PROTOCOL),
+            cluster,
+            route: MISSING,
+            dubbo,
+        });
     }
 
     pub(super) fn bytes_of(&self, s: Span) -> Option<&[u8]> {
@@ -219,7 +275,7 @@ impl Records {
     pub fn record<'a>(&'a self, f: &Fixed, headers: &'a RecordHeaders<'a>) -> Record<'a> {
         Record {
             start: f.start,
-            duration: f.duration,
+            duration: f.duration.get(),
             protocol: f.protocol,
             response_code: f.response_code,
             grpc_status: f.grpc_status,
@@ -358,6 +414,81 @@ mod tests {
             lines.clear();
         }
         assert_eq!(records.fixed.len(), want.len());
+    }
+
+    /// A Dubbo call written straight from its [`DubboLine`] renders as its record does, in
+    /// every format, with and without the Dubbo fields kept.
+    #[test]
+    fn a_dubbo_line_renders_as_its_record() {
+        let started = Instant::now();
+        let formats: Vec<Format> = [EVERYTHING, crate::access_log::format::DEFAULT_FORMAT]
+            .iter()
+            .map(|f| Format::text(f).unwrap())
+            .collect();
+        let formats: Vec<(std::sync::Arc<Format>, crate::access_log::sink::HeaderNames)> = formats
+            .into_iter()
+            .map(|f| {
+                let names = f.headers().into();
+                (std::sync::Arc::new(f), names)
+            })
+            .collect();
+        let call = DubboCall {
+            interface: b"org.apache.dubbo.EchoService",
+            method: b"echo",
+            version: b"1.0",
+            group: b"",
+            request_id: 77,
+        };
+        let mut lines = crate::access_log::line::Lines::with_capacity(64);
+        for (i, kept) in [Some(call), None, Some(call)].into_iter().enumerate() {
+            let d = DubboLine {
+                start: UNIX_EPOCH + Duration::new(1_764_900_000 + i as u64, 5_000_000),
+                started,
+                ended: started + Duration::from_micros(1_500 * i as u64 + 999),
+                status: 20 + i as u8,
+                flags: if i == 1 {
+                    Flags::NO_HEALTHY_UPSTREAM
+                } else {
+                    Flags::NONE
+                },
+                upstream_host: (i != 1).then(|| "10.1.2.3:20880".parse().unwrap()),
+                upstream_cluster: Some("outbound|20880||echo"),
+                downstream_remote: Some("10.9.8.7:4711".parse().unwrap()),
+                downstream_local: None,
+                bytes_received: 330 + i as u64,
+                bytes_sent: 1_234,
+                request_id: 77,
+                call: kept,
+            };
+            let mut records = Records::default();
+            for (fi, (f, _)) in formats.iter().enumerate() {
+                records.push_dubbo(&d, fi as u16, f.shows());
+            }
+            lines.batch(&formats);
+            for (rec, (f, _)) in records.fixed.iter().zip(&formats) {
+                let mut want = Vec::new();
+                let r = d.record();
+                // A call whose fields were not kept shows them as `-` (its format does not
+                // show them: the caller keeps them when it does).
+                let r = Record {
+                    dubbo: Some(kept.unwrap_or(DubboCall {
+                        interface: b"",
+                        method: b"",
+                        version: b"",
+                        group: b"",
+                        request_id: 77,
+                    })),
+                    ..r
+                };
+                f.render(&r, &mut want);
+                lines.line(&records, rec, &formats);
+                assert_eq!(
+                    String::from_utf8_lossy(lines.text()),
+                    String::from_utf8_lossy(&want)
+                );
+                lines.clear();
+            }
+        }
     }
 
     const EVERYTHING: &str = "%START_TIME% %START_TIME(%s.%E9S %z)% %DURATION% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL% %REQ(:PATH)% %REQ(X-A?X-B)% %RESP(GRPC-MESSAGE)% %TRAILER(GRPC-STATUS):1% %DUBBO_INTERFACE% %DUBBO_METHOD% %DUBBO_VERSION% %DUBBO_GROUP% %DUBBO_REQUEST_ID%\n";

@@ -1310,6 +1310,12 @@ impl ShardCluster {
 }
 
 impl ShardCluster {
+    /// RING_HASH or MAGLEV: its picks use a request's hash (Envoy evaluates a route's
+    /// `hash_policy`, and generates its cookies, only for these).
+    pub fn hashes(&self) -> bool {
+        matches!(self.lb, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+
     /// A connection to endpoint slot `i` at `addr`, TLS when its transport socket has it
     /// (connect and handshake: the caller bounds both by the connect timeout).
     async fn open(&self, i: usize, addr: SocketAddr) -> io::Result<UpstreamStream> {

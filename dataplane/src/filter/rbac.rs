@@ -41,21 +41,26 @@ pub struct ConnPeer {
     pub destination: Option<SocketAddr>,
     /// The caller's verified TLS certificate (DER), copied once per connection.
     pub certificate: Option<Box<[u8]>>,
+    /// The TLS server name (SNI) it asked for; empty on plaintext or without SNI.
+    pub server_name: Box<[u8]>,
 }
 
 impl ConnPeer {
-    /// From `io::Conn::rbac_facts`: (source, destination, certificate).
+    /// From `io::Conn::rbac_facts`: (source, destination, certificate, server name).
+    #[allow(clippy::type_complexity)]
     pub fn new(
-        (source, destination, certificate): (
+        (source, destination, certificate, server_name): (
             Option<SocketAddr>,
             Option<SocketAddr>,
             Option<Box<[u8]>>,
+            Box<[u8]>,
         ),
     ) -> ConnPeer {
         ConnPeer {
             source,
             destination,
             certificate,
+            server_name,
         }
     }
 
@@ -65,6 +70,7 @@ impl ConnPeer {
             source: self.source,
             destination: self.destination,
             certificate: self.certificate.as_deref(),
+            server_name: &self.server_name,
             request: Some(request),
         }
     }
@@ -78,6 +84,9 @@ pub struct Peer<'a> {
     pub destination: Option<SocketAddr>,
     /// The client's verified TLS certificate (DER), if it sent one.
     pub certificate: Option<&'a [u8]>,
+    /// The TLS server name (SNI) the client asked for: empty on plaintext or without SNI (as
+    /// Envoy's `requestedServerName()`).
+    pub server_name: &'a [u8],
     /// The call (HTTP filter); none for the network filter.
     pub request: Option<&'a dyn Request>,
 }
@@ -130,6 +139,8 @@ enum Permission {
     Interface(Matcher),
     Method(Matcher),
     Metadata(super::jwt::MetaMatcher),
+    /// The connection's TLS server name (empty: none).
+    ServerName(Matcher),
 }
 
 enum Principal {
@@ -283,6 +294,7 @@ impl Permission {
             P::DubboInterface(m) => Permission::Interface(Matcher::new(m)?),
             P::DubboMethod(m) => Permission::Method(Matcher::new(m)?),
             P::Metadata(m) => Permission::Metadata(super::jwt::MetaMatcher::new(m)?),
+            P::RequestedServerName(m) => Permission::ServerName(Matcher::new(m)?),
         })
     }
 
@@ -314,6 +326,7 @@ impl Permission {
                 .and_then(|r| r.method())
                 .is_some_and(|v| m.matches(v)),
             Permission::Metadata(m) => m.matches(peer.request.and_then(|r| r.metadata())),
+            Permission::ServerName(m) => m.matches(peer.server_name),
         }
     }
 }
@@ -417,6 +430,7 @@ rules:
                 source: None,
                 destination: None,
                 certificate: None,
+                server_name: b"",
                 request: Some(&req),
             };
             rbac.allows(&peer, &shard)
@@ -432,6 +446,7 @@ rules:
             source: None,
             destination: None,
             certificate: None,
+            server_name: b"",
             request: None,
         };
         assert!(rbac.allows(&conn, &shard));

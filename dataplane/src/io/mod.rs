@@ -136,17 +136,35 @@ pub trait Conn:
     fn peer_chain(&self) -> Vec<Vec<u8>> {
         Vec::new()
     }
+    /// The TLS server name (SNI) the client sent; `None` on plaintext or without SNI.
+    fn server_name(&self) -> Option<String> {
+        None
+    }
     /// What per-request authorization needs of the connection, taken once: the peer's
     /// address, where it meant to connect (else the local address), its verified certificate
-    /// (DER, copied).
-    fn rbac_facts(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<Box<[u8]>>) {
+    /// (DER, copied), the TLS server name it asked for (empty: plaintext, or no SNI).
+    #[allow(clippy::type_complexity)]
+    fn rbac_facts(
+        &self,
+    ) -> (
+        Option<SocketAddr>,
+        Option<SocketAddr>,
+        Option<Box<[u8]>>,
+        Box<[u8]>,
+    ) {
         let (source, local) = self.addrs();
         let mut certificate = None;
         self.with_peer_certificate(&mut |c| {
             certificate = c.map(Box::from);
             true
         });
-        (source, self.original_dst().or(local), certificate)
+        let server_name = self.server_name().unwrap_or_default().into_bytes().into();
+        (
+            source,
+            self.original_dst().or(local),
+            certificate,
+            server_name,
+        )
     }
     /// The kernel socket, for the filters that only run on the kernel (TCP proxy, Triple);
     /// config validation keeps those off the DPDK path. A TLS connection is no kernel socket.

@@ -592,6 +592,9 @@ impl Conn for TlsConn {
     fn alpn(&self) -> Option<Vec<u8>> {
         self.alpn_protocol()
     }
+    fn server_name(&self) -> Option<String> {
+        tls::TlsStream::server_name(self)
+    }
     fn is_tls(&self) -> bool {
         true
     }

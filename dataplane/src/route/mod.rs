@@ -190,7 +190,8 @@ pub struct Action {
     /// The route answers itself (`redirect`, `direct_response`): it has no targets then.
     pub direct: Option<Box<Direct>>,
     /// The route's `hash_policy` (for RING_HASH / MAGLEV clusters), in order; empty: none.
-    pub hash: Box<[HashPolicy]>,
+    /// Shared: a call whose hash generated a cookie keeps it until its response.
+    pub hash: std::sync::Arc<[HashPolicy]>,
 }
 
 /// One `hash_policy` entry of a route, compiled: what is hashed, and whether a hash from it
@@ -207,7 +208,42 @@ pub enum HashKey {
     Header(Box<[u8]>),
     SourceIp,
     QueryParameter(Box<[u8]>),
-    Cookie(Box<[u8]>),
+    /// A cookie's value; with a `ttl` ([`SetCookie`]), generated when the request has none.
+    Cookie(Box<[u8]>, Option<Box<SetCookie>>),
+}
+
+/// A generated cookie's `set-cookie` value around its value, as Envoy's
+/// `Http::Utility::makeSetCookieValue` writes it: `head` is `NAME="`, `tail` is `"`, then
+/// `; Max-Age=TTL` (not for 0), `; Path=PATH` (when given), `; NAME=VALUE` (or `; NAME`) per
+/// attribute, `; HttpOnly`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetCookie {
+    pub head: Box<[u8]>,
+    pub tail: Box<[u8]>,
+}
+
+impl SetCookie {
+    fn new(p: &config::HashPolicy, name: &str) -> Option<SetCookie> {
+        let ttl = p.cookie_ttl_s?;
+        let mut tail = String::from("\"");
+        if ttl != 0 {
+            tail.push_str(&format!("; Max-Age={ttl}"));
+        }
+        if !p.cookie_path.is_empty() {
+            tail.push_str(&format!("; Path={}", p.cookie_path));
+        }
+        for a in &p.cookie_attributes {
+            match a.value.is_empty() {
+                true => tail.push_str(&format!("; {}", a.name)),
+                false => tail.push_str(&format!("; {}={}", a.name, a.value)),
+            }
+        }
+        tail.push_str("; HttpOnly");
+        Some(SetCookie {
+            head: format!("{name}=\"").into_bytes().into(),
+            tail: tail.into_bytes().into(),
+        })
+    }
 }
 
 impl HashPolicy {
@@ -219,7 +255,11 @@ impl HashPolicy {
         } else if let Some(q) = &p.query_parameter {
             HashKey::QueryParameter(q.as_bytes().into())
         } else {
-            HashKey::Cookie(p.cookie.as_ref()?.as_bytes().into())
+            let name = p.cookie.as_ref()?;
+            HashKey::Cookie(
+                name.as_bytes().into(),
+                SetCookie::new(p, name).map(Box::new),
+            )
         };
         Some(HashPolicy {
             key,
@@ -755,7 +795,7 @@ impl Action {
             mirrors: Vec::new(),
             rewrite: None,
             direct: None,
-            hash: Box::new([]),
+            hash: Vec::new().into(),
         }
     }
 

@@ -303,11 +303,13 @@ async fn serve_protocol<C: crate::io::Conn>(
     if let Some(rbac) = &l.rbac {
         let (source, local) = stream.addrs();
         let destination = stream.original_dst().or(local);
+        let server_name = stream.server_name().unwrap_or_default();
         let allowed = stream.with_peer_certificate(&mut |certificate| {
             let peer = crate::filter::rbac::Peer {
                 source,
                 destination,
                 certificate,
+                server_name: server_name.as_bytes(),
                 request: None,
             };
             rbac.allows(&peer, &l.stats)

@@ -874,7 +874,6 @@ impl ShardState {
                 xfcc: (t.forward_client_cert, t.client_cert_details),
                 stamp: crate::filter::triple::stamp::Stamp::from_config(&t),
                 suppress_envoy_headers: t.suppress_envoy_headers,
-                header_operators: crate::filter::triple::mutate::has_operators(&t),
                 local_uris: snap
                     .tls
                     .listeners

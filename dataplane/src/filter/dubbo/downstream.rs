@@ -23,7 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use shard::monoio::io::AsyncWriteRent;
 use shard::{Event, Notify};
 
-use crate::access_log::{DubboCall, Flags, ListenerLog, Record, NO_HEADERS};
+use crate::access_log::{DubboCall, Flags, ListenerLog};
 use crate::filter::{
     service_ids, Budget, Charge, Counted, Drain, HandedOver, Handover, RequestStatIds,
     ServiceStatsMap, HANDOVER_UNREAD_BYTES_MAX, HANDOVER_WAIT_MS,
@@ -533,14 +533,15 @@ impl DownConn {
                 },
             );
         }
-        let duration = ended.saturating_duration_since(lg.started);
-        self.log_line(&lg, status, flags, upstream, cluster, bytes_sent, duration);
+        self.log_line(&lg, status, flags, upstream, cluster, bytes_sent, ended);
         let mut pool = self.l.log_pool.borrow_mut();
         if pool.len() < LOG_POOL_MAX {
             pool.push(lg);
         }
     }
 
+    /// The call's record, written straight into its logs' batches (no `Record` built; the
+    /// duration is subtracted on the writer thread).
     #[allow(clippy::too_many_arguments)]
     fn log_line(
         &self,
@@ -550,25 +551,23 @@ impl DownConn {
         upstream: Option<SocketAddr>,
         cluster: Option<&str>,
         bytes_sent: usize,
-        duration: Duration,
+        ended: Instant,
     ) {
         let Some(log) = &self.l.log else { return };
-        log.write(&Record {
+        log.write_dubbo(&crate::access_log::DubboLine {
             start: lg.start,
-            duration,
-            protocol: Some("dubbo"),
-            response_code: Some(u32::from(status)),
-            grpc_status: None,
+            started: lg.started,
+            ended,
+            status,
             flags,
             upstream_host: upstream,
             upstream_cluster: cluster,
-            route_name: None,
             downstream_remote: self.addrs.0,
             downstream_local: self.addrs.1,
             bytes_received: lg.bytes_received,
             bytes_sent: bytes_sent as u64,
-            headers: NO_HEADERS,
-            dubbo: Some(lg.call()),
+            request_id: lg.request_id,
+            call: log.shows_dubbo.then(|| lg.call()),
         });
     }
 

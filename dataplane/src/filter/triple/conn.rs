@@ -1512,7 +1512,11 @@ impl Conn {
         let routed = route_call(
             l,
             &self.headers.borrow(),
-            (self.limits.header_list_max, self.caller_addrs.get()),
+            (
+                self.limits.header_list_max,
+                self.caller_addrs.get(),
+                self.original_dst.get(),
+            ),
             (now, if self.tls.get() { b"https" } else { b"http" }),
             payload.as_ref(),
         );
@@ -1577,6 +1581,10 @@ impl Conn {
                 Some((entry, action)) if action.direct.is_none() => {
                     let (_, target) = action.pick(l.roll());
                     super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target)
+                        .map(|mut r| {
+                            r.capture(|n| hl.get(n));
+                            r
+                        })
                 }
                 _ => None,
             }
@@ -1692,7 +1700,8 @@ impl Conn {
                 c.hash = call.hash;
                 c.slot = call.slot.take();
                 c.respond = call.respond.take();
-                if c.respond.is_some() {
+                c.cookies = call.cookies.take();
+                if c.respond.is_some() || c.cookies.is_some() {
                     self.mutates.set(true);
                 }
                 if let (Some(lg), Some(h)) = (c.log.as_mut(), call.edited.take()) {
@@ -2210,15 +2219,27 @@ impl Conn {
             .and_then(|s| s.call.as_ref())
             .filter(|c| !c.headers_sent)
             .map(|c| {
+                let mutates = self.mutates.get();
                 (
                     c.started,
-                    c.respond.as_ref().filter(|_| self.mutates.get()).cloned(),
+                    c.respond.as_ref().filter(|_| mutates).cloned(),
+                    // Envoy picks a host once per try: one set of cookies each.
+                    c.cookies
+                        .as_ref()
+                        .filter(|_| mutates)
+                        .map(|g| (g.clone(), 1 + c.retry.as_ref().map_or(0, |r| r.done))),
                 )
             });
+        let cookies = first.as_ref().and_then(|f| f.2.as_ref());
         let mutated;
-        let hl = match first.as_ref().and_then(|(s, r)| Some((s, r.as_ref()?))) {
+        let hl = match first.as_ref().and_then(|(s, r, _)| Some((s, r.as_ref()?))) {
             Some((started, r)) => {
                 let mut m = hl.clone();
+                // The router's cookies first, then the route's mutations (which may remove
+                // them), as Envoy's router.
+                if let Some((g, picks)) = cookies {
+                    g.each(*picks, |v| m.append(b"set-cookie", v));
+                }
                 let facts = super::mutate::Facts {
                     upstream: match &up.side {
                         Side::Up(h) => Some(h.addr),
@@ -2242,7 +2263,12 @@ impl Conn {
         let st = &l.stamp;
         let stamped = |n: &[u8]| first.is_some() && st.replaces(n);
         self.encode_exchange(l, id, hl, out, up, &stamped);
-        if let Some((started, _)) = first {
+        if let Some((g, picks)) = cookies.filter(|_| !matches!(first, Some((_, Some(_), _)))) {
+            g.each(*picks, |v| {
+                hpack::encode_field(out, b"set-cookie", v, false)
+            });
+        }
+        if let Some((started, _, _)) = first {
             // Names known: no static-table search, no allocation; one clock read (every
             // response pays these).
             let now = Instant::now();
@@ -2667,6 +2693,8 @@ struct Routed {
     label: Option<crate::cluster::Label>,
     /// Its hash by its route's `hash_policy`, when it has one and the policy gave a value.
     hash: Option<u64>,
+    /// The cookies its hash generated, for its response's `set-cookie`.
+    cookies: Option<super::hash::Generated>,
     /// The shadow clusters its route's mirror policies picked (indices in `routes.pools`), and
     /// the request headers for them (empty when none).
     mirrors: [usize; crate::config::MIRROR_POLICIES_MAX],
@@ -2713,6 +2741,7 @@ impl Routed {
             slot,
             respond,
             edited: None,
+            cookies: None,
             answer: Some(Box::new(answer)),
         }
     }
@@ -2736,9 +2765,10 @@ enum Refused {
 fn route_call(
     l: &TripleListener,
     hl: &HeaderList,
-    (header_list_max, caller): (
+    (header_list_max, caller, dst): (
         u32,
         (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+        Option<std::net::SocketAddr>,
     ),
     (now, scheme): (Instant, &[u8]),
     metadata: Option<&crate::filter::jwt::Metadata>,
@@ -2789,11 +2819,18 @@ fn route_call(
         Some(_) => (0, 0),
     };
     let headers = entry.and_then(|m| m.mutations.as_ref());
+    // A local reply's `%REQ(x)%` read the request as it came (the router has not finalized it).
+    let captured = |r: Option<super::mutate::Respond>| {
+        r.map(|mut r| {
+            r.capture(|n| hl.get(n));
+            r
+        })
+    };
     let refused = |e| {
         Refused::Routed(
             e,
             match direct {
-                None => super::mutate::Respond::of(headers, target),
+                None => captured(super::mutate::Respond::of(headers, target)),
                 Some(_) => None,
             },
         )
@@ -2859,7 +2896,7 @@ fn route_call(
             message: String::from_utf8_lossy(&d.body).into_owned(),
             location: d.location(scheme, xfp, host, full),
         };
-        let respond = super::mutate::Respond::of(headers, 0);
+        let respond = captured(super::mutate::Respond::of(headers, 0));
         if fault.is_some_and(|f| f.delay.is_some()) {
             // The route's fault delay holds the answer (and then its abort, if any), as
             // Envoy's fault filter holds the request before its router answers.
@@ -2868,10 +2905,21 @@ fn route_call(
         }
         return Err(Refused::Routed(answer, respond));
     }
-    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
-    let hash = match action.hash.is_empty() {
-        true => None,
-        false => super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip())),
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came; the cookies it
+    // generated from the connection's addresses (the local one as Envoy restores it, the
+    // original destination of a connection handed over).
+    let (hash, cookies) = match action.hash.is_empty() {
+        true => (None, None),
+        false => {
+            let conn = match (caller.0, dst.or(caller.1)) {
+                (Some(r), Some(a)) => Some((r, a)),
+                _ => None,
+            }
+            .filter(|_| routes.pools.get(cluster).is_some_and(|p| p.lb.hashes()));
+            let (h, g) =
+                super::hash::request_hash(&action.hash, hl, full, caller.0.map(|a| a.ip()), conn);
+            (h, g.map(|g| super::hash::Generated::new(&action.hash, g)))
+        }
     };
     // What Envoy's connection manager adds before the router: `x-forwarded-proto` (the
     // caller's connection's scheme) and `x-request-id` (a new UUID) when absent.
@@ -2904,7 +2952,7 @@ fn route_call(
         None => (hl, false),
     };
     let own = if own_listed { Own::default() } else { own };
-    let respond = super::mutate::Respond::of(headers, target);
+    let mut respond = super::mutate::Respond::of(headers, target);
     let edited = l.log.is_some()
         && (headers.is_some_and(|h| h.has_request(target)) || action.rewrite.is_some());
     let retry = action.retry;
@@ -2918,6 +2966,16 @@ fn route_call(
             &rewritten
         }
     };
+    // What the response's `%REQ(x)%` read: the request as it goes upstream.
+    if let Some(r) = respond.as_mut() {
+        r.capture(|n| {
+            hl.get(n).or(match n {
+                b"x-forwarded-proto" => own.scheme,
+                b"x-request-id" => own.request_id.as_ref().map(|id| &id[..]),
+                _ => None,
+            })
+        });
+    }
     let mut mirrors = [0; crate::config::MIRROR_POLICIES_MAX];
     let mut mirrors_len = 0u8;
     for (slot, c) in mirrors.iter_mut().zip(action.mirrors(&l.dice)) {
@@ -2985,6 +3043,7 @@ fn route_call(
             .as_ref()
             .map(|k| crate::cluster::Label::of(hl.get(&k.key), hl.get(&k.force_key))),
         hash,
+        cookies,
         mirrors,
         mirrors_len,
         shadow_block,

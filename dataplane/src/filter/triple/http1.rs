@@ -528,7 +528,8 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         mirrors,
         _slot: _held,
         mutations,
-        respond,
+        mut respond,
+        cookies,
     } = match route(c, l, &mut req) {
         Ok(r) => r,
         Err(e) => {
@@ -575,6 +576,27 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
             lg.keep_routed_request(get);
         }
     }
+    // What the response's `%REQ(x)%` read: the request as it goes upstream.
+    if let Some(r) = respond.as_mut() {
+        let hl = &c.hl;
+        let field = |n: &[u8]| {
+            req.fields
+                .iter()
+                .find(|(k, _)| k.as_bytes() == n)
+                .map(|(_, v)| &v[..])
+        };
+        r.capture(|n| match n {
+            b":path" => Some(req.path.as_bytes()),
+            b":authority" => Some(req.authority.as_bytes()),
+            b":method" => Some(req.method.as_bytes()),
+            n if n.starts_with(b":") => hl.get(n),
+            b"x-forwarded-proto" => field(n).or(Some(c.scheme.as_bytes())),
+            b"x-request-id" => field(n).or(rid.as_deref().map(str::as_bytes)),
+            n => field(n),
+        });
+    }
+    // Its local replies from here on read the same.
+    c.respond = respond.clone();
     let mut started = started;
     if let Some((d, abort)) = delay {
         // The route's fault delay holds the request (its body waits in the socket); the route's
@@ -604,7 +626,7 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         &pool,
         added,
         retry,
-        (&mirrors, respond.as_ref()),
+        (&mirrors, respond.as_ref(), cookies.as_ref()),
     )
     .await;
     l.stats
@@ -787,7 +809,17 @@ struct Routed {
     mutations: Option<(std::sync::Arc<super::mutate::RouteHeaders>, usize)>,
     /// Its route's response header mutations.
     respond: Option<super::mutate::Respond>,
+    /// The cookies its hash generated (its response sets them).
+    cookies: Option<super::hash::Generated>,
 }
+
+/// The shadow pools a forwarded request is mirrored to, and what its answer gets besides the
+/// upstream's: its route's response mutations, the cookies its hash generated.
+type Answer<'a> = (
+    &'a [Option<Rc<Pool>>],
+    Option<&'a super::mutate::Respond>,
+    Option<&'a super::hash::Generated>,
+);
 
 /// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
 /// found its cluster is the exchange's (`%UPSTREAM_CLUSTER%`), as Envoy's connection manager
@@ -840,15 +872,27 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         None => action.pick(l.roll()),
         Some(_) => (0, 0),
     };
-    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came.
+    // Its hash (RING_HASH / MAGLEV clusters), of the request as it came; the cookies it
+    // generated from the connection's addresses (as on HTTP/2).
+    let mut cookies = None;
     c.hash = match action.hash.is_empty() || direct.is_some() {
         true => None,
-        false => super::hash::request_hash(
-            &action.hash,
-            &c.hl,
-            req.path.as_bytes(),
-            c.caller.0.map(|a| a.ip()),
-        ),
+        false => {
+            let conn = match (c.caller.0, c.dst.or(c.caller.1)) {
+                (Some(r), Some(a)) => Some((r, a)),
+                _ => None,
+            }
+            .filter(|_| routes.pools.get(cluster).is_some_and(|p| p.lb.hashes()));
+            let (h, g) = super::hash::request_hash(
+                &action.hash,
+                &c.hl,
+                req.path.as_bytes(),
+                c.caller.0.map(|a| a.ip()),
+                conn,
+            );
+            cookies = g.map(|g| super::hash::Generated::new(&action.hash, g));
+            h
+        }
     };
     let headers = entry.and_then(|m| m.mutations.as_ref());
     // Ringside's answers from here on get the route's response mutations (Envoy's local
@@ -857,6 +901,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         None => super::mutate::Respond::of(headers, target),
         Some(_) => None,
     };
+    capture_as_it_came(c);
     if direct.is_none() {
         c.seen.cluster = Some(routes.pools[cluster].lb.clone());
         if let Some(rw) = action.rewrite.as_deref() {
@@ -907,6 +952,9 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
                 .unwrap_or(c.scheme.as_bytes());
         let host = req.authority.as_bytes();
         c.respond = super::mutate::Respond::of(headers, 0);
+        if let Some(r) = c.respond.as_mut() {
+            r.capture(|n| c.hl.get(n));
+        }
         // Its fault delay (then abort) holds the answer, as Envoy's fault filter holds the
         // request before its router answers.
         c.direct_delay = delay.map(|d| (d, abort));
@@ -931,7 +979,16 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
             .filter(|h| h.has_request(target))
             .map(|h| (h.clone(), target)),
         respond: c.respond.clone(),
+        cookies,
     })
+}
+
+/// A local reply's `%REQ(x)%` read the request as it came (before routing finalized it).
+fn capture_as_it_came<C>(c: &mut Down<C>) {
+    let hl = &c.hl;
+    if let Some(r) = c.respond.as_mut() {
+        r.capture(|n| hl.get(n));
+    }
 }
 
 /// The response mutations of the route `req` would take (none for a route that answers
@@ -961,7 +1018,10 @@ fn respond_before_routing<C>(
         return None;
     }
     let (_, target) = action.pick(l.roll());
-    super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target)
+    super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target).map(|mut r| {
+        r.capture(|n| c.hl.get(n));
+        r
+    })
 }
 
 /// Route rewrite `rw` (for target `target`) on the request going upstream, as on HTTP/2
@@ -1834,7 +1894,7 @@ async fn forward<C: crate::io::Conn>(
     pool: &Rc<Pool>,
     (deadline, expected_ms, rid, tail): (Option<Instant>, Option<u64>, Option<String>, &[u8]),
     policy: Option<crate::route::RetryPolicy>,
-    (mirrors, respond): (&[Option<Rc<Pool>>], Option<&super::mutate::Respond>),
+    (mirrors, respond, cookies): Answer<'_>,
 ) -> Result<Next, (Local, Option<bool>)> {
     let mx = Mx::of(l, c.seen.lg.as_deref());
     // From here to the response head: `x-envoy-upstream-service-time`.
@@ -1935,6 +1995,18 @@ async fn forward<C: crate::io::Conn>(
     let mut resp = resp;
     let service_ms = sent.elapsed().as_millis() as u64;
     resp.head = super::stamp::head(&resp.head, resp.own, &l.stamp, Some(service_ms));
+    if let Some(g) = cookies {
+        // One set per host picked (Envoy's router), before the route's mutations.
+        let picks = 1 + retry.as_ref().map_or(0, |r| r.done);
+        let end = resp.head.len().saturating_sub(2);
+        let mut lines = Vec::new();
+        g.each(picks, |v| {
+            lines.extend_from_slice(b"set-cookie: ");
+            lines.extend_from_slice(v);
+            lines.extend_from_slice(b"\r\n");
+        });
+        resp.head.splice(end..end, lines);
+    }
     if let Some(r) = respond {
         let facts = super::mutate::Facts {
             upstream: c.seen.upstream,

@@ -233,6 +233,8 @@ pub struct Call {
     pub respond: Option<mutate::Respond>,
     /// The endpoint its current try went to (`%UPSTREAM_HOST%` in a local reply's mutations).
     pub upstream: Option<SocketAddr>,
+    /// The cookies its hash generated (its response sets them).
+    pub cookies: Option<hash::Generated>,
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -265,6 +267,7 @@ impl Call {
             slot: None,
             respond: None,
             upstream: None,
+            cookies: None,
         }
     }
 }
@@ -385,9 +388,6 @@ pub struct TripleListener {
     pub stamp: stamp::Stamp,
     /// `triple.suppress_envoy_headers`: no `x-envoy-original-path` on rewritten requests.
     pub suppress_envoy_headers: bool,
-    /// Its header mutations have values with operators (`mutate::has_operators`): its
-    /// connections keep the caller's addresses.
-    pub header_operators: bool,
 }
 
 /// A listener's `alpn_override` by the protocol a request goes upstream with: HTTP/2 (Triple

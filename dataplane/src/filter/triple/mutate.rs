@@ -10,11 +10,15 @@
 //! addition is decided against the headers as they are after the removals (`add_if_absent`,
 //! `overwrite_if_exists`), the overwrites done, then the appends. Values are Envoy substitution
 //! formats compiled with the access log's format compiler: `%%`, `%HOSTNAME%` and the
-//! operators of the request's stream info ([`Facts`]) are filled (a missing value: empty, and
-//! an empty value is not added unless `keep_empty_value`, as Envoy's header formatter); any
-//! other operator is refused (a configuration error naming it). A level whose values are all
-//! literal adds them as compiled (no allocation); one with operators renders them per request,
-//! against the headers after its removals (`%REQ(x)%`, `%RESP(x)%`), before it adds any.
+//! operators of the request's stream info ([`Facts`], the route's name and cluster) are filled
+//! (a missing value: empty, and an empty value is not added unless `keep_empty_value`, as
+//! Envoy's header formatter); any other operator is refused (a configuration error naming
+//! it). A level whose values are all literal adds them as compiled (no allocation); one with
+//! operators renders them per request, against the headers after its removals (`%REQ(x)%` in
+//! request headers, `%RESP(x)%` in response headers), before it adds any. As Envoy 1.40 (its
+//! router finalizes the request before the upstream request exists): the upstream host is
+//! empty in request headers, and so is a response header; a response header's `%REQ(x)%`
+//! reads the request as it went upstream, captured when it left ([`Respond::capture`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +38,32 @@ type Add = (Box<[u8]>, Value, AppendAction, bool);
 enum Value {
     Literal(Box<[u8]>),
     Format(Box<[Piece]>),
+}
+
+/// The request headers a response level's `%REQ(x)%` reads, as the request went upstream:
+/// (name, value) of those it had.
+#[derive(Clone, Debug, Default)]
+pub struct Captured(Vec<Field>);
+
+/// A header's name and value.
+type Field = (Box<[u8]>, Box<[u8]>);
+
+impl Captured {
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| &n[..] == name)
+            .map(|(_, v)| &v[..])
+    }
+}
+
+/// What the operators read beside the headers being edited: the route's name and cluster
+/// (`%ROUTE_NAME%`, `%UPSTREAM_CLUSTER%`) and, for a response, the request's captured headers.
+#[derive(Clone, Copy, Default)]
+struct Names<'a> {
+    route: Option<&'a str>,
+    cluster: Option<&'a str>,
+    request: Option<&'a Captured>,
 }
 
 /// One level's mutations in one direction.
@@ -91,14 +121,19 @@ impl Facts {
     }
 }
 
-/// The headers a level edits, as the access log's renderer reads them.
-struct View<'a, F>(&'a F, Part);
+/// The headers a level edits (`part`), as the access log's renderer reads them; a response
+/// level also reads the request's captured headers.
+struct View<'a, F>(&'a F, Part, Option<&'a Captured>);
 
 impl<F: Fields> crate::access_log::Headers for View<'_, F> {
     fn get(&self, part: Part, name: &str) -> Option<&[u8]> {
-        (part == self.1)
-            .then(|| self.0.value(name.as_bytes()))
-            .flatten()
+        if part == self.1 {
+            return self.0.value(name.as_bytes());
+        }
+        match part {
+            Part::Request => self.2.and_then(|c| c.get(name.as_bytes())),
+            _ => None,
+        }
     }
 }
 
@@ -121,7 +156,7 @@ impl Level {
             response,
         };
         for h in add {
-            let value = value(&h.value, response).map_err(|e| {
+            let value = value(&h.value).map_err(|e| {
                 RouteError::Header(format!("header {:?} value {:?}: {e}", h.name, h.value))
             })?;
             // An empty value is left out unless `keep_empty_value` (Envoy's `add_if_empty`).
@@ -140,12 +175,12 @@ impl Level {
     }
 
     /// The values of a level with operators, filled against `f` (`None` for literals).
-    fn render(&self, f: &impl Fields, facts: &Facts) -> Vec<Option<Vec<u8>>> {
+    fn render(&self, f: &impl Fields, facts: &Facts, names: Names<'_>) -> Vec<Option<Vec<u8>>> {
         let part = match self.response {
             true => Part::Response,
             false => Part::Request,
         };
-        let view = View(f, part);
+        let view = View(f, part, names.request.filter(|_| self.response));
         let record = crate::access_log::Record {
             start: facts.start,
             duration: std::time::Duration::ZERO,
@@ -153,9 +188,11 @@ impl Level {
             response_code: facts.response_code,
             grpc_status: None,
             flags: crate::access_log::Flags::NONE,
-            upstream_host: facts.upstream,
-            upstream_cluster: None,
-            route_name: None,
+            // Envoy 1.40 finalizes a request's headers before its upstream request exists:
+            // no upstream host for them.
+            upstream_host: facts.upstream.filter(|_| self.response),
+            upstream_cluster: names.cluster,
+            route_name: names.route,
             downstream_remote: facts.caller.0,
             downstream_local: facts.caller.1,
             bytes_received: 0,
@@ -183,14 +220,14 @@ impl Level {
             .collect()
     }
 
-    /// Applies the level to `f`; `facts` fill its operators.
-    pub fn apply(&self, f: &mut impl Fields, facts: &Facts) {
+    /// Applies the level to `f`; `facts` and `names` fill its operators.
+    fn apply(&self, f: &mut impl Fields, facts: &Facts, names: Names<'_>) {
         for n in &self.remove {
             f.remove(n);
         }
         // Operators see the headers after the removals, before any addition of this level.
         let rendered = match self.dynamic {
-            true => self.render(f, facts),
+            true => self.render(f, facts, names),
             false => Vec::new(),
         };
         let value = |i: usize| -> &[u8] {
@@ -246,12 +283,14 @@ enum Decision {
 /// The operators ringside fills in a header value (the rest of Envoy's: a config error).
 const FILLED: &str = "%%, %HOSTNAME%, %START_TIME%, %PROTOCOL%, %DOWNSTREAM_REMOTE_ADDRESS%, \
     %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %DOWNSTREAM_LOCAL_ADDRESS%, \
-    %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% (and the DIRECT forms), %REQ(x)% in request headers; \
-    %RESP(x)%, %RESPONSE_CODE%, %UPSTREAM_HOST%, %UPSTREAM_REMOTE_ADDRESS% in response headers";
+    %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% (and the DIRECT forms), %REQ(x)%, %RESP(x)%, \
+    %RESPONSE_CODE%, %UPSTREAM_HOST%, %UPSTREAM_REMOTE_ADDRESS%, %UPSTREAM_CLUSTER%, \
+    %ROUTE_NAME% (in a request header, as Envoy 1.40: the upstream host and the response's \
+    headers empty, the response code 0)";
 
 /// A header value's format compiled: its bytes when it has no operator but `%HOSTNAME%` (a
-/// constant), else its pieces; `response`: a response header's value.
-fn value(format: &str, response: bool) -> Result<Value, String> {
+/// constant), else its pieces.
+fn value(format: &str) -> Result<Value, String> {
     let pieces = match Format::text(format).map_err(|e| e.to_string())? {
         Format::Text(p) => p,
         Format::Json(_) => unreachable!("a text format"),
@@ -266,23 +305,23 @@ fn value(format: &str, response: bool) -> Result<Value, String> {
                 literal.push_str(&h[..max.unwrap_or(h.len()).min(h.len())]);
             }
             Piece::Op(op, _) => {
-                let filled = match op {
+                let filled = matches!(
+                    op,
                     Op::StartTime(_)
-                    | Op::Protocol
-                    | Op::DownstreamRemoteAddress
-                    | Op::DownstreamRemoteAddressWithoutPort
-                    | Op::DownstreamLocalAddress
-                    | Op::DownstreamLocalAddressWithoutPort => true,
-                    Op::Header(Part::Request, ..) => !response,
-                    Op::Header(Part::Response, ..) | Op::ResponseCode | Op::UpstreamHost => {
-                        response
-                    }
-                    _ => false,
-                };
+                        | Op::Protocol
+                        | Op::DownstreamRemoteAddress
+                        | Op::DownstreamRemoteAddressWithoutPort
+                        | Op::DownstreamLocalAddress
+                        | Op::DownstreamLocalAddressWithoutPort
+                        | Op::Header(Part::Request | Part::Response, ..)
+                        | Op::ResponseCode
+                        | Op::UpstreamHost
+                        | Op::UpstreamCluster
+                        | Op::RouteName
+                );
                 if !filled {
                     return Err(format!(
-                        "command operator {op:?} is not one ringside fills in a {} header value (it fills {FILLED})",
-                        if response { "response" } else { "request" }
+                        "command operator {op:?} is not one ringside fills in a header value (it fills {FILLED})"
                     ));
                 }
                 constant = false;
@@ -293,27 +332,6 @@ fn value(format: &str, response: bool) -> Result<Value, String> {
         true => Value::Literal(literal.into_bytes().into()),
         false => Value::Format(pieces.into()),
     })
-}
-
-/// Whether a listener's header mutations have values with operators filled per request (its
-/// connections then keep the caller's addresses).
-pub fn has_operators(t: &crate::config::TripleListener) -> bool {
-    let level = |m: &HeaderMutations| {
-        m.request_headers_to_add
-            .iter()
-            .chain(&m.response_headers_to_add)
-            .any(|h| h.value.replace("%%", "").contains('%'))
-    };
-    level(&t.headers)
-        || t.virtual_hosts.iter().any(|h| {
-            level(&h.headers)
-                || h.routes.iter().any(|r| {
-                    level(&r.headers) || r.route.weighted_clusters.iter().any(|w| level(&w.headers))
-                })
-        })
-        || t.routes.iter().any(|r| {
-            level(&r.headers) || r.route.weighted_clusters.iter().any(|w| level(&w.headers))
-        })
 }
 
 /// One level's request and response mutations.
@@ -354,6 +372,11 @@ pub struct RouteHeaders {
     response: Vec<Arc<Level>>,
     /// The weighted clusters' own, by target (as `Action::pick` numbers them).
     targets: Vec<Both>,
+    /// `%ROUTE_NAME%`, and `%UPSTREAM_CLUSTER%` by target.
+    route_name: Option<Box<str>>,
+    clusters: Box<[Box<str>]>,
+    /// The request headers its response levels read (`%REQ(x)%`), lower case.
+    captures: Box<[Box<[u8]>]>,
 }
 
 impl RouteHeaders {
@@ -375,14 +398,47 @@ impl RouteHeaders {
             .iter()
             .map(|w| Both::compile(&w.headers))
             .collect::<Result<Vec<_>, _>>()?;
-        let r = RouteHeaders {
+        let clusters = match &route.route.cluster {
+            Some(c) => vec![c.as_str().into()],
+            None => route
+                .route
+                .weighted_clusters
+                .iter()
+                .map(|w| w.name.as_str().into())
+                .collect(),
+        };
+        let mut r = RouteHeaders {
             request: levels.iter().filter_map(|b| b.request.clone()).collect(),
             response: levels.iter().filter_map(|b| b.response.clone()).collect(),
             targets: match targets.iter().all(Both::is_empty) {
                 true => Vec::new(),
                 false => targets,
             },
+            route_name: route.name.as_deref().map(Into::into),
+            clusters: clusters.into(),
+            captures: Box::new([]),
         };
+        let mut captures: Vec<Box<[u8]>> = Vec::new();
+        let response_levels = r
+            .response
+            .iter()
+            .chain(r.targets.iter().filter_map(|b| b.response.as_ref()));
+        for l in response_levels {
+            for (_, v, _, _) in &l.add {
+                let Value::Format(pieces) = v else { continue };
+                for p in pieces.iter() {
+                    if let Piece::Op(Op::Header(Part::Request, a, b), _) = p {
+                        for n in std::iter::once(a).chain(b) {
+                            let n: Box<[u8]> = n.to_ascii_lowercase().into_bytes().into();
+                            if !captures.contains(&n) {
+                                captures.push(n);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        r.captures = captures.into();
         Ok(
             (!r.request.is_empty() || !r.response.is_empty() || !r.targets.is_empty())
                 .then(|| Arc::new(r)),
@@ -401,20 +457,37 @@ impl RouteHeaders {
         !self.response.is_empty() || self.target(target).is_some_and(|b| b.response.is_some())
     }
 
-    /// A request to weighted target `target` (0 for a plain cluster), mutated.
-    pub fn request(&self, target: usize, f: &mut impl Fields, facts: &Facts) {
-        if let Some(l) = self.target(target).and_then(|b| b.request.as_ref()) {
-            l.apply(f, facts);
+    fn names<'a>(&'a self, target: usize, request: Option<&'a Captured>) -> Names<'a> {
+        Names {
+            route: self.route_name.as_deref(),
+            cluster: self.clusters.get(target).map(|c| &**c),
+            request,
         }
-        self.request.iter().for_each(|l| l.apply(f, facts));
     }
 
-    /// A response of a request to `target`, mutated.
-    pub fn response(&self, target: usize, f: &mut impl Fields, facts: &Facts) {
-        if let Some(l) = self.target(target).and_then(|b| b.response.as_ref()) {
-            l.apply(f, facts);
+    /// A request to weighted target `target` (0 for a plain cluster), mutated.
+    pub fn request(&self, target: usize, f: &mut impl Fields, facts: &Facts) {
+        let names = self.names(target, None);
+        if let Some(l) = self.target(target).and_then(|b| b.request.as_ref()) {
+            l.apply(f, facts, names);
         }
-        self.response.iter().for_each(|l| l.apply(f, facts));
+        self.request.iter().for_each(|l| l.apply(f, facts, names));
+    }
+
+    /// A response of a request to `target` (its headers as they went upstream: `request`),
+    /// mutated.
+    fn response(
+        &self,
+        target: usize,
+        f: &mut impl Fields,
+        facts: &Facts,
+        request: Option<&Captured>,
+    ) {
+        let names = self.names(target, request);
+        if let Some(l) = self.target(target).and_then(|b| b.response.as_ref()) {
+            l.apply(f, facts, names);
+        }
+        self.response.iter().for_each(|l| l.apply(f, facts, names));
     }
 }
 
@@ -431,20 +504,36 @@ impl Listener {
     }
 }
 
-/// A response (and whose request went where) the mutations of its route apply to.
+/// A response (and whose request went where) the mutations of its route apply to, with the
+/// request headers its `%REQ(x)%` operators read.
 #[derive(Clone, Debug)]
-pub struct Respond(pub Arc<RouteHeaders>, pub usize);
+pub struct Respond(pub Arc<RouteHeaders>, pub usize, Option<Box<Captured>>);
 
 impl Respond {
     /// For a call routed by `headers` to `target`: `None` when its response is not mutated.
     pub fn of(headers: Option<&Arc<RouteHeaders>>, target: usize) -> Option<Respond> {
         headers
             .filter(|h| h.has_response(target))
-            .map(|h| Respond(h.clone(), target))
+            .map(|h| Respond(h.clone(), target, None))
+    }
+
+    /// Keeps the request headers (`get`: as the request went upstream) that the response's
+    /// `%REQ(x)%` operators read; nothing (no allocation) when they read none.
+    pub fn capture<'a>(&mut self, get: impl Fn(&[u8]) -> Option<&'a [u8]>) {
+        if self.0.captures.is_empty() {
+            return;
+        }
+        let kept = self
+            .0
+            .captures
+            .iter()
+            .filter_map(|n| Some((n.clone(), get(n)?.into())))
+            .collect();
+        self.2 = Some(Box::new(Captured(kept)));
     }
 
     pub fn apply(&self, f: &mut impl Fields, facts: &Facts) {
-        self.0.response(self.1, f, facts)
+        self.0.response(self.1, f, facts, self.2.as_deref())
     }
 
     /// The fields of a local reply (ringside's own answer to a routed request) after the
@@ -684,7 +773,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let mut f = list(&[("a", "0"), ("b", "0"), ("d", "0"), ("d", "1"), ("x", "0")]);
-        l.apply(&mut f, &facts());
+        l.apply(&mut f, &facts(), Names::default());
         assert_eq!(
             f,
             list(&[
@@ -703,14 +792,82 @@ mod tests {
         let one = |v: &str, response: bool| {
             Level::compile(&[add("a", v, AppendAction::AddIfAbsent)], &[], response)
         };
-        let e = one("%UPSTREAM_HOST%", false).unwrap_err();
-        assert!(e.to_string().contains("%UPSTREAM_HOST%"), "{e}");
-        assert!(one("%UPSTREAM_HOST%", true).is_ok());
-        assert!(one("%REQ(x-a)%", true).is_err());
-        assert!(one("%RESP(x-a)%", false).is_err());
-        assert!(one("%ROUTE_NAME%", false).is_err());
-        assert!(one("%HOSTNAME%", false).is_ok());
+        for response in [false, true] {
+            for ok in [
+                "%UPSTREAM_HOST%",
+                "%UPSTREAM_REMOTE_ADDRESS%",
+                "%REQ(x-a)%",
+                "%RESP(x-a)%",
+                "%ROUTE_NAME%",
+                "%UPSTREAM_CLUSTER%",
+                "%RESPONSE_CODE%",
+                "%HOSTNAME%",
+            ] {
+                assert!(one(ok, response).is_ok(), "{ok}");
+            }
+        }
+        let e = one("%DURATION%", true).unwrap_err();
+        assert!(e.to_string().contains("Duration"), "{e}");
+        assert!(one("%BYTES_RECEIVED%", false).is_err());
         assert!(one("50%", false).is_err());
+    }
+
+    /// As Envoy 1.40: in a request header the upstream host is empty (not added), the
+    /// response's headers empty, the response code 0; the route's name and the cluster are
+    /// filled; a response header's `%REQ(x)%` reads the captured request.
+    #[test]
+    fn request_and_response_operators_fill_as_envoy() {
+        use AppendAction as A;
+        let l = Level::compile(
+            &[
+                add("x-up", "%UPSTREAM_HOST%", A::AddIfAbsent),
+                add(
+                    "x-names",
+                    "%ROUTE_NAME% %UPSTREAM_CLUSTER% %RESPONSE_CODE%",
+                    A::AddIfAbsent,
+                ),
+                add("x-resp", "%RESP(x-s)%", A::AddIfAbsent),
+            ],
+            &[],
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let names = Names {
+            route: Some("r1"),
+            cluster: Some("c1"),
+            request: None,
+        };
+        let mut f = list(&[("x-s", "1")]);
+        let mut facts = facts();
+        facts.response_code = None;
+        l.apply(&mut f, &facts, names);
+        assert_eq!(f, list(&[("x-s", "1"), ("x-names", "r1 c1 0")]));
+        let r = Level::compile(
+            &[add(
+                "x-req",
+                "%REQ(x-in)%|%REQ(:path)%|%REQ(x-none)%",
+                A::AddIfAbsent,
+            )],
+            &[],
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        let captured = Captured(vec![
+            (b"x-in"[..].into(), b"v"[..].into()),
+            (b":path"[..].into(), b"/new"[..].into()),
+        ]);
+        let mut f = list(&[("x-in", "response's")]);
+        r.apply(
+            &mut f,
+            &facts,
+            Names {
+                request: Some(&captured),
+                ..names
+            },
+        );
+        assert_eq!(f, list(&[("x-in", "response's"), ("x-req", "v|/new|")]));
     }
 
     /// Operators filled per request, against the headers after the level's removals; an empty
@@ -745,6 +902,7 @@ mod tests {
                 method: "GET",
             },
             &facts(),
+            Names::default(),
         );
         assert_eq!(
             f,
@@ -767,7 +925,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let mut f = list(&[("x-s", "9")]);
-        r.apply(&mut f, &facts());
+        r.apply(&mut f, &facts(), Names::default());
         assert_eq!(f, list(&[("x-s", "9"), ("x-up", "10.0.2.1:8080 200 9")]));
         let lit = Level::compile(&[add("x-l", "a%%b", A::AddIfAbsent)], &[], false)
             .unwrap()
