@@ -586,6 +586,12 @@ pub struct Runtime {
     /// at start.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepalive,
+    /// CPUs for the threads that work beside the shards for every logged or traced call: the
+    /// access-log writers (`ringside-log`) and the span exporters (`ringside-trace`). Empty
+    /// (default): they may run on any CPU of the process's affinity mask, a shard's pinned
+    /// core included. Each must be in the affinity mask. Read once at start.
+    #[serde(default)]
+    pub aux_cpus: Vec<usize>,
 }
 
 /// TCP keepalive of a socket: SO_KEEPALIVE, TCP_KEEPIDLE (`time_s`), TCP_KEEPINTVL
@@ -613,6 +619,9 @@ pub struct TcpKeepalive {
 /// flow alive. Envoy sets no keepalive unless configured and then takes the kernel's value for
 /// a field left out (Linux: 7200 s, too long to keep those flows or to free a slot soon).
 pub const KEEPALIVE_TIME_S_DEFAULT: u32 = 180;
+/// CPU numbers `runtime.aux_cpus` may name (Linux's `CPU_SETSIZE`).
+pub const AUX_CPU_LIMIT: usize = 1024;
+
 /// Linux's default (`tcp_keepalive_intvl`), which Envoy uses for a field left out.
 pub const KEEPALIVE_PROBE_INTERVAL_S_DEFAULT: u32 = 75;
 /// Linux's default (`tcp_keepalive_probes`), which Envoy uses for a field left out.
@@ -3169,6 +3178,7 @@ impl Default for Runtime {
             socket_mark: None,
             buffered_bytes_per_shard_max: BUFFERED_BYTES_PER_SHARD_MAX_DEFAULT,
             tcp_keepalive: TcpKeepalive::default(),
+            aux_cpus: Vec::new(),
         }
     }
 }
@@ -3300,6 +3310,19 @@ impl Config {
         self.runtime
             .tcp_keepalive
             .validate("runtime.tcp_keepalive", err);
+        for (i, &cpu) in self.runtime.aux_cpus.iter().enumerate() {
+            if cpu >= AUX_CPU_LIMIT {
+                err(
+                    format!("runtime.aux_cpus[{i}]"),
+                    format!("CPU {cpu} is out of range 0..{AUX_CPU_LIMIT}"),
+                );
+            } else if self.runtime.aux_cpus[..i].contains(&cpu) {
+                err(
+                    format!("runtime.aux_cpus[{i}]"),
+                    format!("CPU {cpu} is listed twice"),
+                );
+            }
+        }
         let budget = self.runtime.spin_budget_us;
         if budget == 0 || budget > SPIN_BUDGET_US_MAX {
             err(

@@ -116,6 +116,24 @@ fn out_of_range_values_are_rejected_not_clamped() {
 }
 
 #[test]
+fn aux_cpus_are_checked_by_index() {
+    let e = errors(&format!("{GOOD}runtime:\n  aux_cpus: [1, 1024, 1]\n"));
+    let got: Vec<(&str, &str)> = e
+        .iter()
+        .map(|e| (e.field.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("runtime.aux_cpus[1]", "CPU 1024 is out of range 0..1024"),
+            ("runtime.aux_cpus[2]", "CPU 1 is listed twice"),
+        ]
+    );
+    let c = Config::from_yaml("c.yaml", &format!("{GOOD}runtime:\n  aux_cpus: [0, 3]\n")).unwrap();
+    assert_eq!(c.runtime.aux_cpus, [0, 3]);
+}
+
+#[test]
 fn yaml_syntax_error_has_a_line() {
     let e = errors("listeners:\n  - name: [\n");
     assert!(e[0].line.is_some());

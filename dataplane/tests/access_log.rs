@@ -753,3 +753,90 @@ fn xds_access_log_filters_keep_the_lines_envoy_keeps() {
         assert_eq!(r.1, e.1, "{name}");
     }
 }
+
+/// The CPUs a thread may run on (`/proc/.../status`, `Cpus_allowed_list`), as a list.
+fn cpus_allowed(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_default()
+        .trim();
+    list.split(',')
+        .filter(|r| !r.is_empty())
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+/// `runtime.aux_cpus` confines the access-log writer to the CPUs it names (here the last one
+/// of the test's mask, which the one pinned shard does not take); without it the writer may
+/// run anywhere in the mask, the shard's core included. A CPU outside the mask stops the start
+/// with the field named.
+#[test]
+fn runtime_aux_cpus_keep_the_log_writer_off_the_shards_core() {
+    let mask = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert!(!mask.is_empty());
+    let a = Provider::start("A");
+    let echo = echo_server();
+    let threads = |rs: &Ringside| -> Vec<(String, Vec<usize>)> {
+        let dir = format!("/proc/{}/task", rs.child.id());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                let status = std::fs::read_to_string(t.join("status")).ok()?;
+                Some((comm.trim().to_string(), cpus_allowed(&status)))
+            })
+            .collect()
+    };
+    let of = |ts: &[(String, Vec<usize>)], name: &str| -> Vec<usize> {
+        ts.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("no {name} thread in {ts:?}"))
+    };
+    for aux in [None, Some(*mask.last().unwrap())] {
+        let dir = TempDir::new("access-log-aux-cpus");
+        let (admin, dubbo, tcp) = (local(free_port()), local(free_port()), local(free_port()));
+        let runtime = aux.map_or(String::new(), |c| format!("runtime:\n  aux_cpus: [{c}]\n"));
+        let rs = Ringside::start(
+            &(runtime + &config(admin, dubbo, tcp, a.addr, echo, &dir.0)),
+            admin,
+            &["--shards", "1"],
+        );
+        let ts = threads(&rs);
+        assert_eq!(of(&ts, "shard-0"), [mask[0]], "{ts:?}");
+        match aux {
+            Some(c) => assert_eq!(of(&ts, "ringside-log"), [c], "{ts:?}"),
+            None => assert_eq!(of(&ts, "ringside-log"), mask, "{ts:?}"),
+        }
+        // Lines are still written.
+        let mut c = Consumer::connect(dubbo);
+        assert_eq!(c.call(RequestBuilder::new(SVC, "m")).status, Status::Ok);
+        assert_eq!(lines(&dir.0.join("dubbo.log"), 1).len(), 1);
+    }
+    let outside = (0..1024).find(|c| !mask.contains(c)).unwrap();
+    let dir = TempDir::new("access-log-aux-cpus-refused");
+    let (admin, dubbo, tcp) = (local(free_port()), local(free_port()), local(free_port()));
+    let path = dir.write(
+        "ringside.yaml",
+        &(format!("runtime:\n  aux_cpus: [{outside}]\n")
+            + &config(admin, dubbo, tcp, a.addr, echo, &dir.0)),
+    );
+    let out = std::process::Command::new(common::RINGSIDE)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "runtime.aux_cpus: CPU {outside} is not in the process's affinity mask"
+        )),
+        "{err}"
+    );
+}

@@ -18,8 +18,9 @@ pub mod sockopt;
 pub use event::{Event, Notify};
 pub use inbox::{inbox, Receiver, SendError, Sender};
 pub use runtime::{
-    affinity_cores, force_sleep, start, Backend, IoMode, PollMode, PollStats, ShardCtx,
-    ShardHandle, ShardInfo, Spec, StartError, SPIN_BUDGET_DEFAULT, URING_ENTRIES_DEFAULT,
+    affinity_cores, force_sleep, pin_aux_thread, set_aux_cpus, start, AuxCpusError, Backend,
+    IoMode, PollMode, PollStats, ShardCtx, ShardHandle, ShardInfo, Spec, StartError,
+    SPIN_BUDGET_DEFAULT, URING_ENTRIES_DEFAULT,
 };
 
 /// Re-exported so that `dataplane` uses the same runtime version as the shards it runs on.

@@ -203,6 +203,55 @@ pub enum StartError {
     SpinUnpinned { problem: String, fix: String },
 }
 
+/// The CPUs of the threads working beside the shards ([`set_aux_cpus`]).
+static AUX_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Why `runtime.aux_cpus` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "runtime.aux_cpus: CPU {cpu} is not in the process's affinity mask {mask:?} (taskset/cpuset)"
+)]
+pub struct AuxCpusError {
+    pub cpu: usize,
+    pub mask: Vec<usize>,
+}
+
+/// Sets the CPUs [`pin_aux_thread`] confines a thread to (`runtime.aux_cpus`; empty: none),
+/// once per process, before such threads start; each must be in the affinity mask of the
+/// calling thread (the process's, read before any shard narrowed its own).
+pub fn set_aux_cpus(cpus: &[usize]) -> Result<(), AuxCpusError> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let mask = affinity_cores();
+    if let Some(&cpu) = cpus.iter().find(|c| !mask.contains(c)) {
+        return Err(AuxCpusError { cpu, mask });
+    }
+    let _ = AUX_CPUS.set(cpus.to_vec());
+    Ok(())
+}
+
+/// Confines the calling thread to the CPUs of `runtime.aux_cpus` (nothing when none were
+/// set): what the access-log writers and span exporters call first.
+pub fn pin_aux_thread() {
+    let Some(cpus) = AUX_CPUS.get().filter(|c| !c.is_empty()) else {
+        return;
+    };
+    let setsize = libc::CPU_SETSIZE as usize;
+    // SAFETY: `cpu_set_t` is plain data (all zero: the empty set); CPU_SET writes within it
+    // for a CPU below CPU_SETSIZE (checked); sched_setaffinity reads `size` bytes of `set`.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|&&c| c < setsize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if !ok {
+        tracing::warn!(cpus = ?cpus, error = %std::io::Error::last_os_error(), "could not confine a thread to runtime.aux_cpus");
+    }
+}
+
 /// The cores this process may run on (its affinity mask), in order.
 pub fn affinity_cores() -> Vec<usize> {
     core_affinity::get_core_ids()

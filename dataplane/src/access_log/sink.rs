@@ -139,7 +139,10 @@ impl FileSink {
         let weak = Arc::downgrade(&sink);
         let thread = std::thread::Builder::new()
             .name("ringside-log".into())
-            .spawn(move || write_loop(weak, out))
+            .spawn(move || {
+                shard::pin_aux_thread();
+                write_loop(weak, out)
+            })
             .map_err(|error| OpenError::Io {
                 path: path.to_string(),
                 error,

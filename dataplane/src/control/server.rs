@@ -1096,6 +1096,9 @@ impl Server {
     ) -> Result<Server, RunError> {
         let spec = runtime_spec(&config, overrides)?;
         let shard_count = spec.shards;
+        // Before any access-log writer or span exporter starts (they confine themselves).
+        shard::set_aux_cpus(&config.runtime.aux_cpus)
+            .map_err(|e| RunError::Invalid(e.to_string()))?;
         crate::io::intercept::set_socket_mark(config.runtime.socket_mark);
         crate::io::intercept::set_keepalive(config.runtime.tcp_keepalive);
         let stats = Arc::new(

@@ -135,7 +135,10 @@ impl Collector {
         let weak = Arc::downgrade(&c);
         let thread = std::thread::Builder::new()
             .name("ringside-trace".into())
-            .spawn(move || export_loop(weak))?;
+            .spawn(move || {
+                shard::pin_aux_thread();
+                export_loop(weak)
+            })?;
         let _ = c.exporter.set(thread.thread().clone());
         r.retain(|_, w| w.strong_count() > 0);
         r.insert(key, Arc::downgrade(&c));
