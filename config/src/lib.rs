@@ -2341,6 +2341,15 @@ pub struct RetryPolicy {
     /// one available (Envoy's `previous_hosts` retry host predicate).
     #[serde(default = "default_true")]
     pub previous_hosts: bool,
+    /// With `previous_hosts`: how many times more a retry's endpoint is drawn again (its
+    /// priority level from the cluster's priority load, then an endpoint in it) when the
+    /// draw falls on a level whose endpoints were all tried, before a tried one is taken
+    /// (Envoy's `host_selection_retry_max_attempts`, default 1; istiod sets 5).
+    #[serde(
+        default = "default_host_selection_retry_max_attempts",
+        skip_serializing_if = "is_default_host_selection_retry_max_attempts"
+    )]
+    pub host_selection_retry_max_attempts: u32,
     /// Envoy's `previous_priorities` retry priority, its `update_frequency` (1..=10): once
     /// that many tries went out, each retry's priority load leaves out the priority levels the
     /// tries went to (decided again every `update_frequency` tries); none: every try draws
@@ -2371,6 +2380,14 @@ pub const RETRY_BACK_OFF_BASE_MS_DEFAULT: u64 = 25;
 
 fn default_num_retries() -> u32 {
     1
+}
+
+fn default_host_selection_retry_max_attempts() -> u32 {
+    1
+}
+
+fn is_default_host_selection_retry_max_attempts(n: &u32) -> bool {
+    *n == 1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

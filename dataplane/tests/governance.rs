@@ -2389,8 +2389,10 @@ fn locality_priority_failover_matches_envoy() {
 /// `update_frequency` 2: the first retry still draws from the cluster's load, the second
 /// leaves out the levels of the first two tries: `Z` after two tries at priority 0);
 /// `update_frequency` 2 with one retry (both tries at priority 0: UNAVAILABLE); no retry
-/// priority (the same). Both proxies give the same answers and make the same number of tries
-/// at priority 0, per route. Tolerance: none.
+/// priority (the same); `previous_hosts` without a retry priority and 2 retries (Envoy's host
+/// predicate re-selects within the priority load, all of it on priority 0: the third try goes
+/// to a tried upstream, UNAVAILABLE, never to `Z`). Both proxies give the same answers and
+/// make the same number of tries at priority 0, per route. Tolerance: none.
 #[test]
 fn retry_priority_previous_priorities_matches_envoy() {
     use common::envoy::*;
@@ -2434,6 +2436,16 @@ fn retry_priority_previous_priorities_matches_envoy() {
         route(
             "/none.",
             json!({"retry_on": "unavailable", "num_retries": 1})
+        ),
+        // `previous_hosts` alone: once both priority-0 upstreams were tried, the second retry
+        // is drawn again from the same load (all of it on priority 0) and goes to a tried
+        // upstream; it never fails over to priority 1.
+        route(
+            "/hosts.",
+            json!({"retry_on": "unavailable", "num_retries": 2,
+            "host_selection_retry_max_attempts": 5,
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]})
         )
     ]);
     let snapshot = |listen: SocketAddr| {
@@ -2473,7 +2485,7 @@ fn retry_priority_previous_priorities_matches_envoy() {
     // priority 0.
     let run = |listen: SocketAddr| -> Vec<String> {
         let mut c = Client::connect(listen);
-        ["f1", "istio", "early", "none"]
+        ["f1", "istio", "early", "none", "hosts"]
             .iter()
             .map(|svc| {
                 let before = p0_tries();
@@ -2496,7 +2508,8 @@ fn retry_priority_previous_priorities_matches_envoy() {
             "f1: ZZZZ p0_tries=4",
             "istio: ZZZZ p0_tries=8",
             "early: [14][14][14][14] p0_tries=8",
-            "none: [14][14][14][14] p0_tries=8"
+            "none: [14][14][14][14] p0_tries=8",
+            "hosts: [14][14][14][14] p0_tries=12"
         ],
         "Envoy, the oracle"
     );

@@ -3132,6 +3132,11 @@ fn retry_policy(
         per_try_timeout_ms,
         retriable_status_codes: codes,
         previous_hosts,
+        // Envoy's default when unset (0): 1.
+        host_selection_retry_max_attempts: match p.host_selection_retry_max_attempts {
+            n if n <= 0 => 1,
+            n => n.min(i64::from(u32::MAX)) as u32,
+        },
         previous_priorities,
         retry_back_off,
     }))

@@ -2101,6 +2101,7 @@ fn retry_policy_from_rds() {
             per_try_timeout_ms: None,
             retriable_status_codes: vec![503],
             previous_hosts: true,
+            host_selection_retry_max_attempts: 5,
             previous_priorities: Some(2),
             retry_back_off: None,
         })

@@ -771,7 +771,7 @@ impl ShardCluster {
         label: Option<Label>,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
-        self.pick_with(label, None, None, state)
+        self.pick_with(label, None, None, 0, state)
     }
 
     /// [`Self::pick_labelled`] for a request whose route's `hash_policy` gave `hash`: on a
@@ -784,7 +784,7 @@ impl ShardCluster {
         hash: Option<u64>,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
-        self.pick_with(label, None, hash, state)
+        self.pick_with(label, None, hash, 0, state)
     }
 
     /// [`Self::pick_labelled`] for a retry whose policy leaves out the priority levels of the
@@ -795,18 +795,24 @@ impl ShardCluster {
     /// priorities (one level, or locality-weighted groups) or the request has a traffic label.
     /// `hash`: as [`Self::pick_hashed`] (a RING_HASH / MAGLEV cluster draws the level from its
     /// hash and the usual load, as Envoy's thread-aware balancers ignore retry priorities).
+    /// `draws` (a retry's `previous_hosts`, [`crate::route::Retry::host_draws`]; 0: none): the
+    /// level is drawn from the load up to that many times while the drawn level has no
+    /// endpoint `state` leaves ready, then `None` (the caller takes a tried endpoint), as
+    /// Envoy re-selects within the priority load (`host_selection_retry_max_attempts`) and
+    /// never fails over to another level for a tried host.
     pub fn pick_avoiding(
         &self,
         label: Option<Label>,
         avoid: &[u32],
         hash: Option<u64>,
+        draws: u32,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
         if avoid.is_empty() || label.is_some() {
-            return self.pick_hashed(label, hash, state);
+            return self.pick_with(label, None, hash, draws, state);
         }
         let load = self.retry_load(&self.endpoints.borrow(), avoid);
-        self.pick_with(label, load.as_deref(), hash, state)
+        self.pick_with(label, load.as_deref(), hash, draws, state)
     }
 
     /// The cumulative priority load (as [`Endpoints::load`]) without the levels of the slots
@@ -854,12 +860,13 @@ impl ShardCluster {
 
     /// [`Self::pick_labelled`], drawing the level from `load` (cumulative, as
     /// [`Endpoints::load`]) instead of the cluster's when given and the request may go to
-    /// every endpoint; `hash` as [`Self::pick_hashed`].
+    /// every endpoint; `hash` as [`Self::pick_hashed`]; `draws` as [`Self::pick_avoiding`].
     fn pick_with(
         &self,
         label: Option<Label>,
         load: Option<&[u8]>,
         hash: Option<u64>,
+        draws: u32,
         state: impl Fn(usize) -> Availability,
     ) -> Option<usize> {
         let e = self.endpoints.borrow();
@@ -867,6 +874,8 @@ impl ShardCluster {
         if self.lb.is_hashed() && set.all {
             return self.pick_consistent(&e, hash, &state);
         }
+        // A labelled request keeps its label's strict failover.
+        let draws = if set.all { draws } else { 0 };
         let shard_load;
         if let (true, Some(load)) = (set.all, load) {
             set.load = load;
@@ -887,29 +896,42 @@ impl ShardCluster {
         };
         if !set.load.is_empty() {
             // Envoy's priority load: the level this request's draw falls in first; when it
-            // has no endpoint ready, strict failover over all levels below.
-            let r = self.draw.get();
-            self.draw.set((r + LOAD_DRAW_STEP) % 100);
-            let k = set.load.iter().position(|&c| r < c).unwrap_or(0);
-            match zoned(k) {
-                Ok(Some(i)) => return Some(i),
-                Ok(None) => {}
-                Err(()) => return None,
+            // has no endpoint ready, strict failover over all levels below (a retry that
+            // avoids its tried endpoints: drawn again, `draws` times in all, then none).
+            for _ in 0..draws.max(1) {
+                let r = self.draw.get();
+                self.draw.set((r + LOAD_DRAW_STEP) % 100);
+                let k = set.load.iter().position(|&c| r < c).unwrap_or(0);
+                match zoned(k) {
+                    Ok(Some(i)) => return Some(i),
+                    Ok(None) => {}
+                    Err(()) => return None,
+                }
+                let from = if k == 0 {
+                    0
+                } else {
+                    set.levels[k - 1] as usize
+                };
+                match self.pick_in(&set, from..set.levels[k] as usize, &state) {
+                    Ok(i) => return Some(i),
+                    Err(backing_off) => fallback = fallback.or(backing_off),
+                }
             }
-            let from = if k == 0 {
-                0
-            } else {
-                set.levels[k - 1] as usize
-            };
-            match self.pick_in(&set, from..set.levels[k] as usize, &state) {
-                Ok(i) => return Some(i),
-                Err(backing_off) => fallback = backing_off,
+            if draws > 0 {
+                return None;
             }
         } else {
             match zoned(0) {
                 Ok(Some(i)) => return Some(i),
                 Ok(None) => {}
                 Err(()) => return None,
+            }
+            if draws > 0 {
+                // All of the load on the first level: a retry stays there.
+                return match set.levels.first() {
+                    Some(&end) => self.pick_in(&set, 0..end as usize, &state).ok(),
+                    None => None,
+                };
             }
         }
         let mut from = 0;

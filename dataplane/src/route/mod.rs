@@ -615,6 +615,9 @@ pub struct RetryPolicy {
     codes: [u16; config::RETRIABLE_STATUS_CODES_MAX],
     codes_len: u8,
     pub previous_hosts: bool,
+    /// With `previous_hosts`: the draws of a retry's endpoint (Envoy's
+    /// `host_selection_retry_max_attempts` + 1).
+    host_draws: u8,
     /// `previous_priorities`' `update_frequency` (0: none).
     previous_priorities: u8,
     /// `retry_back_off` in ms: (base interval, max interval).
@@ -675,6 +678,16 @@ impl Retry {
         self.policy.previous_hosts && self.tried[..self.tried_len as usize].contains(&(slot as u32))
     }
 
+    /// How many times the next pick draws its priority level before it takes a tried
+    /// endpoint (`previous_hosts` with endpoints tried: Envoy's
+    /// `host_selection_retry_max_attempts` + 1); 0: the balancer's usual pick.
+    pub fn host_draws(&self) -> u32 {
+        match self.policy.previous_hosts && self.tried_len > 0 {
+            true => u32::from(self.policy.host_draws),
+            false => 0,
+        }
+    }
+
     /// The endpoint slots whose priority levels the next retry's priority load leaves out
     /// (`previous_priorities`, Envoy's `PreviousPrioritiesRetryPriority`): none before
     /// `update_frequency` tries, then those of the tries up to the last multiple of it (the
@@ -688,6 +701,10 @@ impl Retry {
         &self.tried[..n / f * f]
     }
 }
+
+/// The most draws of a retry's endpoint ([`Retry::host_draws`]): a bound on the work of one
+/// pick, whatever `host_selection_retry_max_attempts` says.
+const HOST_DRAWS_MAX: u32 = 64;
 
 impl RetryPolicy {
     pub fn new(p: &config::RetryPolicy) -> RetryPolicy {
@@ -703,6 +720,10 @@ impl RetryPolicy {
             codes,
             codes_len: n as u8,
             previous_hosts: p.previous_hosts,
+            host_draws: p
+                .host_selection_retry_max_attempts
+                .saturating_add(1)
+                .min(HOST_DRAWS_MAX) as u8,
             previous_priorities: p
                 .previous_priorities
                 .map_or(0, |f| f.min(config::RETRIES_MAX) as u8),
@@ -1127,6 +1148,7 @@ mod tests {
                 per_try_timeout_ms: None,
                 retriable_status_codes: vec![],
                 previous_hosts: true,
+                host_selection_retry_max_attempts: 1,
                 previous_priorities: None,
                 retry_back_off: b,
             })
@@ -1164,6 +1186,7 @@ mod tests {
             per_try_timeout_ms: None,
             retriable_status_codes: vec![],
             previous_hosts: false,
+            host_selection_retry_max_attempts: 1,
             previous_priorities: Some(2),
             retry_back_off: None,
         }));

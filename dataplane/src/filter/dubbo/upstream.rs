@@ -332,13 +332,13 @@ impl ClusterPool {
             let levels = r.priority_avoided();
             let i = self
                 .lb
-                .pick_avoiding(label, levels, None, |i| match r.avoids(i) {
+                .pick_avoiding(label, levels, None, r.host_draws(), |i| match r.avoids(i) {
                     true => Availability::Excluded,
                     false => self.availability(i, now),
                 })
                 .or_else(|| {
                     self.lb
-                        .pick_avoiding(label, levels, None, |i| self.availability(i, now))
+                        .pick_avoiding(label, levels, None, 0, |i| self.availability(i, now))
                 })?;
             return Some(self.host(i));
         }

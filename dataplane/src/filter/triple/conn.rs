@@ -1497,11 +1497,13 @@ impl Conn {
         let payload = match self.authenticate(l) {
             Ok(p) => p,
             Err(e) => {
+                self.respond_before_routing(l, id, None);
                 self.fail_call(id, &e);
                 return Ok(());
             }
         };
         if !self.authorized(l, payload.as_ref()) {
+            self.respond_before_routing(l, id, payload.as_ref());
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
         }
@@ -1525,12 +1527,69 @@ impl Conn {
             }
             Err(Refused::Call(e)) => {
                 self.fail_call(id, &e);
+                Ok(())
+            }
+            Err(Refused::Routed(e, respond)) => {
+                self.set_respond(id, respond);
+                self.fail_call(id, &e);
                 match e {
                     CallError::ExpiredOnArrival => self.count_reset(),
                     _ => Ok(()),
                 }
             }
         }
+    }
+
+    /// Caller side: the response mutations the call's answers get from now on.
+    fn set_respond(&self, id: u32, respond: Option<super::mutate::Respond>) {
+        if let Some(c) = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.call.as_mut())
+        {
+            if respond.is_some() {
+                self.mutates.set(true);
+            }
+            c.respond = respond;
+        }
+    }
+
+    /// Caller side: the response mutations of the route call `id` would take (none for a
+    /// route that answers itself), for an answer made before routing (jwt_authn, rbac): Envoy's
+    /// connection manager resolves the route before its filters run, and its local replies
+    /// get the route's response mutations. Error path only.
+    fn respond_before_routing(
+        &self,
+        l: &TripleListener,
+        id: u32,
+        metadata: Option<&crate::filter::jwt::Metadata>,
+    ) {
+        let respond = {
+            let hl = self.headers.borrow();
+            let path = hl.get(b":path").unwrap_or(b"/");
+            let (service, method) = super::router::path_parts(path);
+            let view = RequestView {
+                path,
+                service,
+                method,
+                headers: &hl,
+                metadata,
+            };
+            let routes = l.routes.get();
+            match routes.router.route_entry(hl.get(b":authority"), &view) {
+                Some((entry, action)) if action.direct.is_none() => {
+                    let (_, target) = action.pick(l.roll());
+                    super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target)
+                        .map(|mut r| {
+                            r.capture(|n| hl.get(n));
+                            r
+                        })
+                }
+                _ => None,
+            }
+        };
+        self.set_respond(id, respond);
     }
 
     /// The listener's jwt_authn filter on the call whose headers were just decoded: its
@@ -1627,8 +1686,10 @@ impl Conn {
         end: bool,
         mut call: Routed,
     ) -> Result<(), ConnError> {
-        call.route_ids.rq_total_inc(&l.stats);
-        call.service_ids.rq_total_inc(&l.stats);
+        if call.answer.is_none() {
+            call.route_ids.rq_total_inc(&l.stats);
+            call.service_ids.rq_total_inc(&l.stats);
+        }
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             if let Some(c) = s.call.as_mut() {
                 c.route = call.route_ids;
@@ -1708,9 +1769,22 @@ impl Conn {
         if let Some(code) = d.routed.fault.and_then(|f| f.abort).filter(|_| fault) {
             l.stats.inc(l.ids.fault.aborts_injected);
             let n: usize = d.data.iter().map(|(q, _)| q.len()).sum();
+            // A direct route's abort: no response mutations (Envoy finalizes a local reply
+            // only with a route that forwards).
+            if d.routed.answer.is_some() {
+                self.set_respond(id, None);
+            }
             drop(d);
             self.credit(id, n as u32);
             self.fail_call(id, &CallError::FaultAbort(code));
+            return;
+        }
+        if let Some(answer) = d.routed.answer.take() {
+            // A direct route's answer, its delay over.
+            let n: usize = d.data.iter().map(|(q, _)| q.len()).sum();
+            drop(d);
+            self.credit(id, n as u32);
+            self.fail_call(id, &answer);
             return;
         }
         let (data, trailers) = (std::mem::take(&mut d.data), d.trailers.take());
@@ -1844,6 +1918,7 @@ impl Conn {
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.link = Some((Rc::downgrade(&up), uid));
             if let (Some(c), Side::Up(h)) = (s.call.as_mut(), &up.side) {
+                c.upstream = Some(h.addr);
                 if let Some(p) = call.retry {
                     let mut r = crate::route::Retry::new(p);
                     r.tried(h.index);
@@ -1890,7 +1965,7 @@ impl Conn {
         let message = percent_encode(&e.to_string());
         let mut num = [0u8; 10];
         let status_text = grpc::status_text(e.status(), &mut num);
-        let (headers_sent, back) = {
+        let (headers_sent, back, mutated) = {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
                 return;
@@ -1904,6 +1979,24 @@ impl Conn {
             };
             call.local = true;
             call.status = Some(e.status());
+            // Once routed, ringside's own answer gets the route's response mutations, as
+            // Envoy's local replies after routing do (trailers after a response: not).
+            let mutated = match (&call.respond, call.headers_sent) {
+                (Some(r), false) => {
+                    let location = match e {
+                        CallError::Direct { location, .. } => location.as_deref(),
+                        _ => None,
+                    };
+                    Some(r.local_reply(
+                        location,
+                        "HTTP/2",
+                        SystemTime::now() - call.started.elapsed(),
+                        self.caller_addrs.get(),
+                        call.upstream,
+                    ))
+                }
+                _ => None,
+            };
             if let Some(lg) = call.log.as_mut() {
                 lg.flags = lg.flags | e.flags();
                 // What the caller is sent, for `%RESP(...)%` / `%TRAILER(...)%`.
@@ -1917,11 +2010,18 @@ impl Conn {
                     b":status" if !trailers => Some(b"200".as_slice()),
                     b"content-type" if !trailers => Some(b"application/grpc".as_slice()),
                     b"grpc-status" => Some(status_text),
-                    b"grpc-message" => Some(&message),
-                    _ => None,
+                    b"grpc-message" => Some(&message[..]).filter(|m| !m.is_empty()),
+                    n => mutated
+                        .as_ref()
+                        .filter(|_| !super::mutate::local_reply_sets(n))
+                        .and_then(|m| m.get(n)),
                 });
             }
-            (std::mem::replace(&mut call.headers_sent, true), back)
+            (
+                std::mem::replace(&mut call.headers_sent, true),
+                back,
+                mutated,
+            )
         };
         give_back(back);
         // A call still relayed: its upstream stream is cancelled.
@@ -1933,16 +2033,33 @@ impl Conn {
         let mut block = Vec::with_capacity(96);
         if !headers_sent {
             hpack::encode_field(&mut block, b":status", b"200", false);
-            hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
         }
-        hpack::encode_field(&mut block, b"grpc-status", status_text, false);
-        hpack::encode_field(&mut block, b"grpc-message", &message, false);
-        if let CallError::Direct {
+        // The route's mutations (with a route's `location`), before what the reply sets.
+        let mut server_listed = false;
+        if let Some(m) = &mutated {
+            for (n, v, _) in m.iter() {
+                if super::mutate::local_reply_sets(n)
+                    || (n == b"server" && l.stamp.overwrites_server())
+                {
+                    continue;
+                }
+                server_listed |= n == b"server";
+                hpack::encode_field(&mut block, n, v, false);
+            }
+        } else if let CallError::Direct {
             location: Some(loc),
             ..
         } = e
         {
             hpack::encode_field(&mut block, b"location", loc, false);
+        }
+        if !headers_sent {
+            hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
+        }
+        hpack::encode_field(&mut block, b"grpc-status", status_text, false);
+        // As Envoy's local reply: no `grpc-message` for an empty body (a redirect's).
+        if !message.is_empty() {
+            hpack::encode_field(&mut block, b"grpc-message", &message, false);
         }
         if let CallError::Jwt {
             www_authenticate: Some(w),
@@ -1954,7 +2071,7 @@ impl Conn {
         if !headers_sent {
             // Envoy's connection manager's, on its local replies too.
             hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
-            if l.stamp.adds_server(false) {
+            if l.stamp.adds_server(server_listed) {
                 hpack::encode_field(&mut block, b"server", &l.stamp.server_name, false);
             }
         }
@@ -2590,14 +2707,55 @@ struct Routed {
     /// The request as routing left it, when the route edited it (mutations, rewrites) and the
     /// listener logs: what the access log reads.
     edited: Option<HeaderList>,
+    /// A route that answers itself, held by its fault delay: its answer once the delay is over
+    /// (nothing goes upstream).
+    answer: Option<Box<CallError<'static>>>,
+}
+
+impl Routed {
+    /// A direct route's answer `answer` held by its fault's delay (`fault`: the delay, then
+    /// its abort, if any): it goes nowhere; counted as a direct route's answer (`ids`: the
+    /// listener's `other_service`).
+    fn direct(
+        (routes, ids): (Rc<Routes<Router, Pool>>, RequestStatIds),
+        slot: Option<crate::filter::ratelimit::Slot>,
+        fault: Option<crate::route::Injected>,
+        answer: CallError<'static>,
+        respond: Option<super::mutate::Respond>,
+    ) -> Routed {
+        Routed {
+            routes,
+            cluster: 0,
+            route_ids: ids,
+            service_ids: ids,
+            deadline: None,
+            block: Vec::new(),
+            trace: None,
+            retry: None,
+            fault,
+            label: None,
+            hash: None,
+            mirrors: [0; crate::config::MIRROR_POLICIES_MAX],
+            mirrors_len: 0,
+            shadow_block: Vec::new(),
+            slot,
+            respond,
+            edited: None,
+            cookies: None,
+            answer: Some(Box::new(answer)),
+        }
+    }
 }
 
 /// Why a caller's request is not forwarded.
 enum Refused {
     /// The request headers break HTTP/2's rules: a stream error.
     Malformed,
-    /// Answered with a gRPC status.
+    /// Answered with a gRPC status, before a route was found.
     Call(CallError<'static>),
+    /// Answered with a gRPC status once routed: with the response mutations that answer
+    /// gets (Envoy's local replies on a route that forwards; a direct route's own answer).
+    Routed(CallError<'static>, Option<super::mutate::Respond>),
 }
 
 /// Routes a caller's request by its header list `hl`: the route (first match), the cluster
@@ -2651,6 +2809,32 @@ fn route_call(
         Some(i) => routes.route_ids[i],
         None => *routes.route_ids.last().unwrap_or(&l.ids.other_service),
     };
+    // The weighted cluster is picked with the route (Envoy's connection manager resolves
+    // both before its filters run): ringside's answers from here on get the response
+    // mutations of this route and target, unless the route answers itself (Envoy's filter
+    // manager finalizes a local reply only with a route that forwards).
+    let direct = action.direct.as_deref();
+    let (cluster, target) = match direct {
+        None => action.pick(l.roll()),
+        Some(_) => (0, 0),
+    };
+    let headers = entry.and_then(|m| m.mutations.as_ref());
+    // A local reply's `%REQ(x)%` read the request as it came (the router has not finalized it).
+    let captured = |r: Option<super::mutate::Respond>| {
+        r.map(|mut r| {
+            r.capture(|n| hl.get(n));
+            r
+        })
+    };
+    let refused = |e| {
+        Refused::Routed(
+            e,
+            match direct {
+                None => captured(super::mutate::Respond::of(headers, target)),
+                Some(_) => None,
+            },
+        )
+    };
     let service_ids = l.service_ids(service, method);
     let caller_us = hl
         .get(b"grpc-timeout")
@@ -2667,7 +2851,7 @@ fn route_call(
     if timeout_us.is_some_and(|us| us < DEADLINE_MIN_US) {
         l.stats.inc(l.ids.rq_timeout);
         l.stats.inc(l.ids.hardening.rq_expired_on_arrival);
-        return Err(Refused::Call(CallError::ExpiredOnArrival));
+        return Err(refused(CallError::ExpiredOnArrival));
     }
     if let Some(limits) = &routes.limits {
         if limits
@@ -2675,13 +2859,13 @@ fn route_call(
             .is_some_and(|limit| !limit.admit(&l.stats))
         {
             l.stats.inc(l.ids.rq_rate_limited);
-            return Err(Refused::Call(CallError::RateLimited));
+            return Err(refused(CallError::RateLimited));
         }
     }
     // The route's concurrency limit: the call holds a place until its stream ends.
     let slot = routes.concurrency_place(action.route_index).map_err(|_| {
         l.stats.inc(l.ids.rq_concurrency_limited);
-        Refused::Call(CallError::ConcurrencyLimited)
+        refused(CallError::ConcurrencyLimited)
     })?;
     let fault = match action.fault(&l.dice) {
         Some(f)
@@ -2698,21 +2882,29 @@ fn route_call(
     };
     if let Some(code) = fault.filter(|f| f.delay.is_none()).and_then(|f| f.abort) {
         l.stats.inc(l.ids.fault.aborts_injected);
-        return Err(Refused::Call(CallError::FaultAbort(code)));
+        return Err(refused(CallError::FaultAbort(code)));
     }
-    if let Some(d) = action.direct.as_deref() {
+    if let Some(d) = direct {
         // The route answers itself (`redirect`, `direct_response`): a gRPC caller gets
-        // Envoy's local reply, the HTTP status mapped, the body as the message.
+        // Envoy's local reply, the HTTP status mapped, the body as the message, with the
+        // route's response mutations.
         let scheme = hl.get(b":scheme").unwrap_or(b"http");
         let xfp = hl.get(b"x-forwarded-proto").unwrap_or(scheme);
         let host = hl.get(b":authority").unwrap_or(b"");
-        return Err(Refused::Call(CallError::Direct {
+        let answer = CallError::Direct {
             status: http_to_grpc_status(d.status),
             message: String::from_utf8_lossy(&d.body).into_owned(),
             location: d.location(scheme, xfp, host, full),
-        }));
+        };
+        let respond = captured(super::mutate::Respond::of(headers, 0));
+        if fault.is_some_and(|f| f.delay.is_some()) {
+            // The route's fault delay holds the answer (and then its abort, if any), as
+            // Envoy's fault filter holds the request before its router answers.
+            let ids = l.ids.other_service;
+            return Ok(Routed::direct((routes, ids), slot, fault, answer, respond));
+        }
+        return Err(Refused::Routed(answer, respond));
     }
-    let (cluster, target) = action.pick(l.roll());
     // Its hash (RING_HASH / MAGLEV clusters), of the request as it came; the cookies it
     // generated from the connection's addresses (the local one as Envoy restores it, the
     // original destination of a connection handed over).
@@ -2741,7 +2933,6 @@ fn route_call(
     // The route's header mutations, on a copy of the list (none: the list as it came). A copy
     // (mutations, rewrites) gets `own` first, in Envoy's order; else it is encoded after the
     // list's fields.
-    let headers = entry.and_then(|m| m.mutations.as_ref());
     let mutated;
     let (hl, own_listed) = match headers.filter(|h| h.has_request(target)) {
         Some(h) => {
@@ -2859,6 +3050,7 @@ fn route_call(
         slot,
         respond,
         edited: edited.then(|| hl.clone()),
+        answer: None,
     })
 }
 
@@ -3701,6 +3893,9 @@ fn relink(
     if let Some(s) = down.streams.borrow_mut().get_mut(&did) {
         s.link = Some((Rc::downgrade(&up), uid));
         if let Some(c) = s.call.as_mut() {
+            if let Side::Up(h) = &up.side {
+                c.upstream = Some(h.addr);
+            }
             c.retry = policy;
             try_deadline = policy
                 .and_then(|r| r.policy.per_try_timeout)

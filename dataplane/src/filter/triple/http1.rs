@@ -292,6 +292,8 @@ pub async fn serve_read<C: crate::io::Conn>(
         hash: None,
         alpn: l.alpn.http11.clone(),
         alpn2: l.alpn.http2.clone(),
+        respond: None,
+        direct_delay: None,
     };
     loop {
         let next = shard::monoio::select! {
@@ -453,6 +455,11 @@ struct Down<C> {
     alpn2: crate::io::tls::AlpnOverride,
     /// What its requests' `x-forwarded-client-cert` becomes (set once per connection).
     xfcc: super::xfcc::Xfcc,
+    /// The response mutations of the exchange's route, which ringside's own answer gets
+    /// once the request is routed (as Envoy's local replies do).
+    respond: Option<super::mutate::Respond>,
+    /// A direct route's fault delay (and abort after it) that holds its answer.
+    direct_delay: Option<(Duration, Option<u16>)>,
 }
 
 /// One request and its response.
@@ -487,6 +494,8 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
             return local(c, l, &e, true).await;
         }
     };
+    c.respond = None;
+    c.direct_delay = None;
     // Before it is logged, authorized and routed, as Envoy's connection manager does.
     c.xfcc.apply_fields(&mut req.fields);
     header_list(&mut c.hl, &req, c.scheme);
@@ -523,7 +532,20 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         cookies,
     } = match route(c, l, &mut req) {
         Ok(r) => r,
-        Err(e) => return local(c, l, &e, close).await,
+        Err(e) => {
+            if let Some((d, abort)) = c.direct_delay.take() {
+                // A direct route's fault delay, then its abort (without the route's
+                // mutations: Envoy finalizes a local reply only with a route that forwards)
+                // or its answer.
+                fault_delay(c, l, d).await;
+                if let Some(code) = abort {
+                    l.stats.inc(l.ids.fault.aborts_injected);
+                    c.respond = None;
+                    return local(c, l, &Local::FaultAbort(code), close).await;
+                }
+            }
+            return local(c, l, &e, close).await;
+        }
     };
     if let Some((h, target)) = &mutations {
         let facts = super::mutate::Facts::request("HTTP/1.1", SystemTime::now(), c.caller);
@@ -573,17 +595,13 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
             n => field(n),
         });
     }
+    // Its local replies from here on read the same.
+    c.respond = respond.clone();
     let mut started = started;
     if let Some((d, abort)) = delay {
         // The route's fault delay holds the request (its body waits in the socket); the route's
         // timeout runs from its end, as Envoy's router sees the request only then.
-        l.stats.inc(l.ids.fault.delays_injected);
-        l.stats.inc(l.ids.fault.active);
-        l.faults_active.set(l.faults_active.get() + 1);
-        c.seen.flags = c.seen.flags | Flags::DELAY_INJECTED;
-        shard::monoio::time::sleep(d).await;
-        l.stats.dec(l.ids.fault.active);
-        l.faults_active.set(l.faults_active.get().saturating_sub(1));
+        fault_delay(c, l, d).await;
         if let Some(code) = abort {
             l.stats.inc(l.ids.fault.aborts_injected);
             return local(c, l, &Local::FaultAbort(code), close).await;
@@ -627,6 +645,17 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
             local(c, l, &e, req.close || !body_read).await
         }
     }
+}
+
+/// A route's fault delay `d` on the exchange: counted, flagged, waited out.
+async fn fault_delay<C>(c: &mut Down<C>, l: &TripleListener, d: Duration) {
+    l.stats.inc(l.ids.fault.delays_injected);
+    l.stats.inc(l.ids.fault.active);
+    l.faults_active.set(l.faults_active.get() + 1);
+    c.seen.flags = c.seen.flags | Flags::DELAY_INJECTED;
+    shard::monoio::time::sleep(d).await;
+    l.stats.dec(l.ids.fault.active);
+    l.faults_active.set(l.faults_active.get().saturating_sub(1));
 }
 
 /// Reads the trace context `req` carries and decides as the listener's tracing says. When
@@ -800,17 +829,24 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         return Err(Local::Forbidden("upgrade not allowed"));
     }
     // The jwt_authn filter, then rbac, as istiod orders them.
-    let payload = authenticate(c, l, req)?;
-    let hl = &c.hl;
+    let payload = match authenticate(c, l, req) {
+        Ok(p) => p,
+        Err(e) => {
+            c.respond = respond_before_routing(c, l, req, None);
+            return Err(e);
+        }
+    };
     if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
         let call = super::headers::CallView {
-            headers: hl,
+            headers: &c.hl,
             metadata: payload.as_ref(),
         };
         if !rbac.allows(&peer.with(&call), &l.stats) {
+            c.respond = respond_before_routing(c, l, req, payload.as_ref());
             return Err(Local::Forbidden("RBAC: access denied"));
         }
     }
+    let hl = &c.hl;
     let full = req.path.as_bytes();
     let (service, method) = super::router::path_parts(full);
     let routes = l.routes.get();
@@ -859,6 +895,13 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         }
     };
     let headers = entry.and_then(|m| m.mutations.as_ref());
+    // Ringside's answers from here on get the route's response mutations (Envoy's local
+    // replies after routing), unless the route answers itself: then only its own answer.
+    c.respond = match direct {
+        None => super::mutate::Respond::of(headers, target),
+        Some(_) => None,
+    };
+    capture_as_it_came(c);
     if direct.is_none() {
         c.seen.cluster = Some(routes.pools[cluster].lb.clone());
         if let Some(rw) = action.rewrite.as_deref() {
@@ -908,6 +951,13 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
             c.hl.get(b"x-forwarded-proto")
                 .unwrap_or(c.scheme.as_bytes());
         let host = req.authority.as_bytes();
+        c.respond = super::mutate::Respond::of(headers, 0);
+        if let Some(r) = c.respond.as_mut() {
+            r.capture(|n| c.hl.get(n));
+        }
+        // Its fault delay (then abort) holds the answer, as Envoy's fault filter holds the
+        // request before its router answers.
+        c.direct_delay = delay.map(|d| (d, abort));
         return Err(Local::Direct {
             code: d.status,
             body: d.body.to_vec(),
@@ -928,8 +978,49 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         mutations: headers
             .filter(|h| h.has_request(target))
             .map(|h| (h.clone(), target)),
-        respond: super::mutate::Respond::of(headers, target),
+        respond: c.respond.clone(),
         cookies,
+    })
+}
+
+/// A local reply's `%REQ(x)%` read the request as it came (before routing finalized it).
+fn capture_as_it_came<C>(c: &mut Down<C>) {
+    let hl = &c.hl;
+    if let Some(r) = c.respond.as_mut() {
+        r.capture(|n| hl.get(n));
+    }
+}
+
+/// The response mutations of the route `req` would take (none for a route that answers
+/// itself), for an answer made before routing (jwt_authn, rbac): Envoy's connection manager
+/// resolves the route before its filters run, and its local replies get the route's response
+/// mutations. Error path only.
+fn respond_before_routing<C>(
+    c: &Down<C>,
+    l: &TripleListener,
+    req: &Request,
+    metadata: Option<&crate::filter::jwt::Metadata>,
+) -> Option<super::mutate::Respond> {
+    let full = req.path.as_bytes();
+    let (service, method) = super::router::path_parts(full);
+    let view = RequestView {
+        path: full,
+        service,
+        method,
+        headers: &c.hl,
+        metadata,
+    };
+    let routes = l.routes.get();
+    let (entry, action) = routes
+        .router
+        .route_entry(Some(req.authority.as_bytes()), &view)?;
+    if action.direct.is_some() {
+        return None;
+    }
+    let (_, target) = action.pick(l.roll());
+    super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target).map(|mut r| {
+        r.capture(|n| c.hl.get(n));
+        r
     })
 }
 
@@ -1231,6 +1322,15 @@ async fn local<C: crate::io::Conn>(
     c.seen.code = code;
     c.seen.tx = body.len() as u64;
     c.seen.flags = c.seen.flags | e.flags();
+    // Once routed, the route's response mutations (with a route's `location`), before what
+    // the reply sets, as Envoy's local replies after routing.
+    let mutated = c.respond.as_ref().map(|r| {
+        let start = SystemTime::now() - c.seen.started.map_or(Duration::ZERO, |s| s.elapsed());
+        r.local_reply(location, "HTTP/1.1", start, c.caller, c.seen.upstream)
+    });
+    let kept = |n: &[u8]| {
+        !(super::mutate::local_reply_sets(n) || n == b"server" && l.stamp.overwrites_server())
+    };
     if let Some(lg) = c.seen.lg.as_mut() {
         // What the caller is sent, for `%RESP(...)%`.
         let (status, length) = (code.to_string(), body.len().to_string());
@@ -1239,21 +1339,36 @@ async fn local<C: crate::io::Conn>(
             // Envoy's local reply carries no content-length field without a body.
             b"content-length" if !body.is_empty() => Some(length.as_bytes()),
             b"content-type" if !body.is_empty() => Some(b"text/plain".as_slice()),
-            _ => None,
+            n => mutated.as_ref().filter(|_| kept(n)).and_then(|m| m.get(n)),
         });
     }
     let mut out = format!("HTTP/1.1 {code} {reason}\r\n");
+    let mut server_listed = false;
+    let mut line = |n: &[u8], v: &[u8]| {
+        out.push_str(&String::from_utf8_lossy(n));
+        out.push_str(": ");
+        out.push_str(&String::from_utf8_lossy(v));
+        out.push_str("\r\n");
+    };
+    match &mutated {
+        Some(m) => {
+            for (n, v, _) in m.iter().filter(|(n, _, _)| kept(n)) {
+                server_listed |= n == b"server";
+                line(n, v);
+            }
+        }
+        None => {
+            if let Some(loc) = location {
+                line(b"location", loc);
+            }
+        }
+    }
     // A 204 carries no content-length (RFC 9110 8.6; Envoy's codec leaves it out).
     if code != 204 {
         out.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     if !body.is_empty() {
         out.push_str("content-type: text/plain\r\n");
-    }
-    if let Some(loc) = location {
-        out.push_str("location: ");
-        out.push_str(&String::from_utf8_lossy(loc));
-        out.push_str("\r\n");
     }
     if let Local::Jwt {
         www_authenticate: Some(w),
@@ -1268,7 +1383,7 @@ async fn local<C: crate::io::Conn>(
     out.push_str("date: ");
     out.push_str(std::str::from_utf8(&super::stamp::http_date()).unwrap_or_default());
     out.push_str("\r\n");
-    if l.stamp.adds_server(false) {
+    if l.stamp.adds_server(server_listed) {
         out.push_str("server: ");
         out.push_str(&String::from_utf8_lossy(&l.stamp.server_name));
         out.push_str("\r\n");
@@ -1422,10 +1537,13 @@ async fn upstream<C>(
             };
             // `previous_priorities`: the levels the retry leaves out.
             let levels = retry.map_or(&[][..], |r| r.priority_avoided());
+            let draws = retry.map_or(0, |r| r.host_draws());
             let picked = lb
-                .pick_avoiding(None, levels, c.hash, |i| state(i, true))
+                .pick_avoiding(None, levels, c.hash, draws, |i| state(i, true))
                 .or_else(|| {
-                    retry.and_then(|_| lb.pick_avoiding(None, levels, c.hash, |i| state(i, false)))
+                    retry.and_then(|_| {
+                        lb.pick_avoiding(None, levels, c.hash, 0, |i| state(i, false))
+                    })
                 });
             let Some(i) = picked else {
                 if attempt == 0 {

@@ -228,8 +228,11 @@ pub struct Call {
     pub hash: Option<u64>,
     /// Its place under its route's `max_concurrent_requests`, given back when the stream ends.
     pub slot: Option<crate::filter::ratelimit::Slot>,
-    /// Its route's response header mutations, when it has some.
+    /// Its route's response header mutations, when it has some (also on ringside's own
+    /// answers once it is routed, as Envoy's local replies get them).
     pub respond: Option<mutate::Respond>,
+    /// The endpoint its current try went to (`%UPSTREAM_HOST%` in a local reply's mutations).
+    pub upstream: Option<SocketAddr>,
     /// The cookies its hash generated (its response sets them).
     pub cookies: Option<hash::Generated>,
 }
@@ -263,6 +266,7 @@ impl Call {
             hash: None,
             slot: None,
             respond: None,
+            upstream: None,
             cookies: None,
         }
     }
@@ -883,14 +887,17 @@ impl Pool {
         };
         // `previous_priorities`: the levels the retry leaves out.
         let levels = retry.map_or(&[][..], |r| r.priority_avoided());
-        let i = match self
-            .lb
-            .pick_avoiding(label, levels, hash, |i| state(i, true))
-        {
+        let i = match self.lb.pick_avoiding(
+            label,
+            levels,
+            hash,
+            retry.map_or(0, |r| r.host_draws()),
+            |i| state(i, true),
+        ) {
             Some(i) => i,
             None if retry.is_some() => self
                 .lb
-                .pick_avoiding(label, levels, hash, |i| state(i, false))
+                .pick_avoiding(label, levels, hash, 0, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };

@@ -535,6 +535,50 @@ impl Respond {
     pub fn apply(&self, f: &mut impl Fields, facts: &Facts) {
         self.0.response(self.1, f, facts, self.2.as_deref())
     }
+
+    /// The fields of a local reply (ringside's own answer to a routed request) after the
+    /// route's response mutations, as Envoy 1.40's filter manager finalizes a local reply's
+    /// headers with its route's before the reply's own fields are set: the mutations see only
+    /// `location` (a redirect's or direct response's, added first), `%RESPONSE_CODE%` is 0
+    /// (the stream has no response code yet) and `%UPSTREAM_HOST%` the endpoint picked, if any.
+    /// Error path only (allocates).
+    pub fn local_reply(
+        &self,
+        location: Option<&[u8]>,
+        protocol: &'static str,
+        start: SystemTime,
+        caller: (Option<SocketAddr>, Option<SocketAddr>),
+        upstream: Option<SocketAddr>,
+    ) -> HeaderList {
+        let mut f = HeaderList::default();
+        if let Some(loc) = location {
+            f.append(b"location", loc);
+        }
+        let facts = Facts {
+            upstream,
+            response_code: Some(0),
+            ..Facts::request(protocol, start, caller)
+        };
+        self.apply(&mut f, &facts);
+        f
+    }
+}
+
+/// Whether a local reply's field `n` (from [`Respond::local_reply`]) gives way to one the
+/// reply sets after the mutations (Envoy sets these on the reply, replacing a mutation's):
+/// its framing and content type, a gRPC reply's status and message, `date`.
+pub fn local_reply_sets(n: &[u8]) -> bool {
+    matches!(
+        n,
+        b"content-type"
+            | b"content-length"
+            | b"grpc-status"
+            | b"grpc-message"
+            | b"date"
+            | b"connection"
+            | b"transfer-encoding"
+            | b"upgrade"
+    )
 }
 
 impl Fields for HeaderList {
