@@ -278,6 +278,69 @@ fn landings(grpc: SocketAddr, http: SocketAddr) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// Four grpcio Greeters (`g1`..`g4`) and four HTTP/1.1 servers (`h1`..`h4`).
+struct Upstreams {
+    _grpc: Vec<GrpcServer>,
+    _http: Vec<Http1Server>,
+    grpc_addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
+}
+
+impl Upstreams {
+    fn start() -> Upstreams {
+        let grpc: Vec<GrpcServer> = (1..=4)
+            .map(|i| GrpcServer::start(0, &format!("g{i}"), &[]))
+            .collect();
+        let http_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+        let http = http_ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| Http1Server::start("127.0.0.1", p, &format!("h{}", i + 1)))
+            .collect();
+        Upstreams {
+            grpc_addrs: grpc.iter().map(|s| s.addr()).collect(),
+            http_addrs: http_ports.iter().map(|&p| local(p)).collect(),
+            _grpc: grpc,
+            _http: http,
+        }
+    }
+}
+
+/// `who` ("envoy": Envoy 1.40; else ringside with 2 shards) on a fresh xDS server serving
+/// `snap` (version v1) to node `node`: returned once every type is ACKed and both of
+/// `listen` accept.
+fn start_proxy(
+    who: &str,
+    node: &str,
+    snap: &Value,
+    listen: (SocketAddr, SocketAddr),
+) -> (XdsServer, Box<dyn std::any::Any>) {
+    let xds = XdsServer::start();
+    xds.put(snap).unwrap();
+    let admin = local(free_port());
+    let proxy: Box<dyn std::any::Any> = if who == "envoy" {
+        Box::new(Envoy::start(
+            &bootstrap(admin, xds.addr(), Ads::Sotw, node),
+            admin,
+        ))
+    } else {
+        let cfg = format!(
+            "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  node_cluster: t\n  mode: sotw\n  \
+             initial_fetch_timeout_ms: 5000\n",
+            xds.addr()
+        );
+        Box::new(Ringside::start(&cfg, admin, &["--shards", "2"]))
+    };
+    for ty in [CDS, EDS, LDS, RDS] {
+        let ack = xds.wait_ack(ty, "v1");
+        assert_eq!(ack["ack"], true, "{who} {ty}: {ack}");
+    }
+    wait_listening(listen.0);
+    wait_listening(listen.1);
+    std::thread::sleep(Duration::from_millis(300));
+    (xds, proxy)
+}
+
 /// Envoy 1.40 and ringside (2 shards) given the same resources: each of [`VALUES`] header
 /// values (and source addresses, query parameters, cookies) lands on the same upstream
 /// through both, per cluster (RING_HASH with default and capped sizes, MAGLEV with the
@@ -286,43 +349,16 @@ fn landings(grpc: SocketAddr, http: SocketAddr) -> Vec<(String, Vec<String>)> {
 /// refuses, and what both refuse.
 #[test]
 fn consistent_hashing_lands_where_envoy_does() {
-    let grpc: Vec<GrpcServer> = (1..=4)
-        .map(|i| GrpcServer::start(0, &format!("g{i}"), &[]))
-        .collect();
-    let http_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let _http: Vec<Http1Server> = http_ports
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| Http1Server::start("127.0.0.1", p, &format!("h{}", i + 1)))
-        .collect();
-    let grpc_ups: Vec<SocketAddr> = grpc.iter().map(|s| s.addr()).collect();
-    let http_ups: Vec<SocketAddr> = http_ports.iter().map(|&p| local(p)).collect();
+    let ups = Upstreams::start();
+    let (grpc_ups, http_ups) = (&ups.grpc_addrs[..], &ups.http_addrs[..]);
     let run = |who: &str| -> Vec<(String, Vec<String>)> {
         let listen = (local(free_port()), local(free_port()));
-        let xds = XdsServer::start();
-        xds.put(&snapshot("v1", listen, &grpc_ups, &http_ups))
-            .unwrap();
-        let admin = local(free_port());
-        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
-            Box::new(Envoy::start(
-                &bootstrap(admin, xds.addr(), Ads::Sotw, "hash"),
-                admin,
-            ))
-        } else {
-            let cfg = format!(
-                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: hash\n  node_cluster: t\n  mode: sotw\n  \
-                 initial_fetch_timeout_ms: 5000\n",
-                xds.addr()
-            );
-            Box::new(Ringside::start(&cfg, admin, &["--shards", "2"]))
-        };
-        for ty in [CDS, EDS, LDS, RDS] {
-            let ack = xds.wait_ack(ty, "v1");
-            assert_eq!(ack["ack"], true, "{who} {ty}: {ack}");
-        }
-        wait_listening(listen.0);
-        wait_listening(listen.1);
-        std::thread::sleep(Duration::from_millis(300));
+        let (xds, _proxy) = start_proxy(
+            who,
+            "hash",
+            &snapshot("v1", listen, grpc_ups, http_ups),
+            listen,
+        );
         let seen = landings(listen.0, listen.1);
         // Refused: MURMUR_HASH_2 (ringside only), a Maglev table size that is not prime
         // (both), filter_state hashing and a header's regex_rewrite (ringside only).
@@ -355,7 +391,7 @@ fn consistent_hashing_lands_where_envoy_does() {
         ];
         for (k, (ty, change, envoy_refuses, why)) in bad.into_iter().enumerate() {
             let version = format!("bad{k}");
-            let mut snap = snapshot(&version, listen, &grpc_ups, &http_ups);
+            let mut snap = snapshot(&version, listen, grpc_ups, http_ups);
             if ty == CDS {
                 snap["clusters"][2] = cluster("ring_http", false, change);
             } else {
@@ -546,44 +582,17 @@ fn cookie_get(
 /// through ringside land where Envoy put them).
 #[test]
 fn generated_cookies_are_envoys() {
-    let grpc: Vec<GrpcServer> = (1..=4)
-        .map(|i| GrpcServer::start(0, &format!("g{i}"), &[]))
-        .collect();
-    let http_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let _http: Vec<Http1Server> = http_ports
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| Http1Server::start("127.0.0.1", p, &format!("h{}", i + 1)))
-        .collect();
-    let grpc_ups: Vec<SocketAddr> = grpc.iter().map(|s| s.addr()).collect();
-    let http_ups: Vec<SocketAddr> = http_ports.iter().map(|&p| local(p)).collect();
+    let ups = Upstreams::start();
+    let (grpc_ups, http_ups) = (&ups.grpc_addrs[..], &ups.http_addrs[..]);
     type Seen = (Vec<String>, Vec<(String, String)>);
     let run = |who: &str, theirs: &[(String, String)]| -> Seen {
         let listen = (local(free_port()), local(free_port()));
-        let xds = XdsServer::start();
-        xds.put(&cookie_snapshot(listen, &grpc_ups, &http_ups))
-            .unwrap();
-        let admin = local(free_port());
-        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
-            Box::new(Envoy::start(
-                &bootstrap(admin, xds.addr(), Ads::Sotw, "cookie"),
-                admin,
-            ))
-        } else {
-            let cfg = format!(
-                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: cookie\n  node_cluster: t\n  mode: sotw\n  \
-                 initial_fetch_timeout_ms: 5000\n",
-                xds.addr()
-            );
-            Box::new(Ringside::start(&cfg, admin, &["--shards", "2"]))
-        };
-        for ty in [CDS, EDS, LDS, RDS] {
-            let ack = xds.wait_ack(ty, "v1");
-            assert_eq!(ack["ack"], true, "{who} {ty}: {ack}");
-        }
-        wait_listening(listen.0);
-        wait_listening(listen.1);
-        std::thread::sleep(Duration::from_millis(300));
+        let (_xds, _proxy) = start_proxy(
+            who,
+            "cookie",
+            &cookie_snapshot(listen, grpc_ups, http_ups),
+            listen,
+        );
         let mut lines = Vec::new();
         let mut values = Vec::new();
         for (path, ..) in cookie_routes() {
