@@ -317,20 +317,7 @@ fn start_proxy(
 ) -> (XdsServer, Box<dyn std::any::Any>) {
     let xds = XdsServer::start();
     xds.put(snap).unwrap();
-    let admin = local(free_port());
-    let proxy: Box<dyn std::any::Any> = if who == "envoy" {
-        Box::new(Envoy::start(
-            &bootstrap(admin, xds.addr(), Ads::Sotw, node),
-            admin,
-        ))
-    } else {
-        let cfg = format!(
-            "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: {node}\n  node_cluster: t\n  mode: sotw\n  \
-             initial_fetch_timeout_ms: 5000\n",
-            xds.addr()
-        );
-        Box::new(Ringside::start(&cfg, admin, &["--shards", "2"]))
-    };
+    let proxy = envoy_or_ringside(who, xds.addr(), node, "2");
     for ty in [CDS, EDS, LDS, RDS] {
         let ack = xds.wait_ack(ty, "v1");
         assert_eq!(ack["ack"], true, "{who} {ty}: {ack}");

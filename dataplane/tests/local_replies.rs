@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
+use common::envoy::{envoy_or_ringside, load_assignment, socket};
 use common::grpc::{grpc_call, Call, CallOpts};
 use common::xds::XdsServer;
 use common::*;
@@ -304,20 +304,7 @@ fn local_replies_get_route_response_mutations_like_envoy() {
         let listen = local(free_port());
         let xds = XdsServer::start();
         xds.put(&snapshot(listen, silent, refused)).unwrap();
-        let admin = local(free_port());
-        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
-            Box::new(Envoy::start(
-                &bootstrap(admin, xds.addr(), Ads::Sotw, "localreply"),
-                admin,
-            ))
-        } else {
-            let cfg = format!(
-                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: localreply\n  node_cluster: t\n  mode: sotw\n  \
-                 initial_fetch_timeout_ms: 5000\n",
-                xds.addr()
-            );
-            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
-        };
+        let _proxy = envoy_or_ringside(who, xds.addr(), "localreply", "1");
         let ack = xds.wait_ack("lds", "v1");
         assert_eq!(ack["ack"], true, "{who}: {ack}");
         wait_listening(listen);

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
+use common::envoy::{bootstrap, envoy_or_ringside, load_assignment, socket, Ads, Envoy};
 use common::grpc::{grpc_call, Call, CallOpts, GrpcServer};
 use common::http1::{H2Server, Http1Server};
 use common::xds::XdsServer;
@@ -378,20 +378,7 @@ fn route_header_mutations_are_envoys() {
         let listen = [local(free_port()), local(free_port()), local(free_port())];
         let xds = XdsServer::start();
         xds.put(&snapshot(listen, ups)).unwrap();
-        let admin = local(free_port());
-        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
-            Box::new(Envoy::start(
-                &bootstrap(admin, xds.addr(), Ads::Sotw, "vshdr"),
-                admin,
-            ))
-        } else {
-            let cfg = format!(
-                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: vshdr\n  node_cluster: t\n  mode: sotw\n  \
-                 initial_fetch_timeout_ms: 5000\n",
-                xds.addr()
-            );
-            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
-        };
+        let _proxy = envoy_or_ringside(who, xds.addr(), "vshdr", "1");
         let ack = xds.wait_ack("cds", "v1");
         assert_eq!(ack["ack"], true, "{who}: {ack}");
         let ack = xds.wait_ack("lds", "v1");

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::dubbo::{Consumer, Provider};
 use super::peers::{require, root};
 use super::xds::{http_body, XdsServer, CDS, EDS, LDS};
-use super::{free_port, local, TempDir};
+use super::{free_port, local, Ringside, TempDir};
 
 /// ADS flavour of the bootstrap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,4 +558,25 @@ pub fn add_sds_cluster(boot: &mut Value, socket: &std::path::Path) {
             "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"pipe": {"path": socket.display().to_string()}}}}]}]}
         }));
+}
+
+/// The differential tests' proxy: Envoy 1.40 when `who` is `"envoy"` (the oracle), else
+/// ringside with `shards` shards, either on the test ADS server at `xds` (state of the world) as
+/// node `node`, with its admin on a free port. The box keeps it running.
+pub fn envoy_or_ringside(
+    who: &str,
+    xds: SocketAddr,
+    node: &str,
+    shards: &str,
+) -> Box<dyn std::any::Any> {
+    let admin = local(free_port());
+    if who == "envoy" {
+        Box::new(Envoy::start(&bootstrap(admin, xds, Ads::Sotw, node), admin))
+    } else {
+        let cfg = format!(
+            "admin:\n  address: {admin}\nxds:\n  server: {xds}\n  node_id: {node}\n  node_cluster: t\n  mode: sotw\n  \
+             initial_fetch_timeout_ms: 5000\n"
+        );
+        Box::new(Ringside::start(&cfg, admin, &["--shards", shards]))
+    }
 }
