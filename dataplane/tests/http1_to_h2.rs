@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::envoy::{bootstrap, load_assignment, socket, Ads, Envoy};
+use common::envoy::{envoy_or_ringside, load_assignment, socket};
 use common::http1::{H2Server, Http1Server};
 use common::xds::XdsServer;
 use common::*;
@@ -279,20 +279,7 @@ fn http1_requests_go_upstream_as_http2_like_envoy() {
         let xds = XdsServer::start();
         xds.put(&snapshot(listen, local(h2_port), local(h1_port)))
             .unwrap();
-        let admin = local(free_port());
-        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
-            Box::new(Envoy::start(
-                &bootstrap(admin, xds.addr(), Ads::Sotw, "h1h2"),
-                admin,
-            ))
-        } else {
-            let cfg = format!(
-                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: h1h2\n  node_cluster: t\n  mode: sotw\n  \
-                 initial_fetch_timeout_ms: 5000\n",
-                xds.addr()
-            );
-            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
-        };
+        let _proxy = envoy_or_ringside(who, xds.addr(), "h1h2", "1");
         let ack = xds.wait_ack("cds", "v1");
         assert_eq!(ack["ack"], true, "{who}: {ack}");
         let ack = xds.wait_ack("lds", "v1");
