@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::envoy::{bootstrap, envoy_or_ringside, load_assignment, socket, Ads, Envoy};
+use common::envoy::{envoy_or_ringside, load_assignment, socket};
 use common::grpc::{grpc_call, Call, CallOpts, GrpcServer};
 use common::http1::{H2Server, Http1Server};
 use common::xds::XdsServer;
@@ -648,19 +648,7 @@ fn route_header_operators_are_envoys() {
         let listen = local(free_port());
         let xds = XdsServer::start();
         xds.put(&snapshot(listen)).unwrap();
-        let admin = local(free_port());
-        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
-            Box::new(Envoy::start(
-                &bootstrap(admin, xds.addr(), Ads::Sotw, "vsops"),
-                admin,
-            ))
-        } else {
-            let cfg = format!(
-                "admin:\n  address: {admin}\nxds:\n  server: {}\n  node_id: vsops\n  node_cluster: t\n  mode: sotw\n",
-                xds.addr()
-            );
-            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
-        };
+        let _proxy = envoy_or_ringside(who, xds.addr(), "vsops", "1");
         let ack = xds.wait_ack("lds", "v1");
         assert_eq!(ack["ack"], true, "{who}: {ack}");
         wait_listening(listen);
