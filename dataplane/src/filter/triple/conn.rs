@@ -2349,7 +2349,7 @@ impl Conn {
         let message = percent_encode(&e.to_string());
         let mut num = [0u8; 10];
         let status_text = grpc::status_text(e.status(), &mut num);
-        let mut authz_headers = Vec::new();
+        let authz_headers;
         let (headers_sent, back, mutated) = {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
