@@ -316,12 +316,22 @@ pub fn hex_encode(id: &[u8], out: &mut [u8]) {
 /// A version-00 `traceparent` naming `span_id` as the parent of the next hop.
 pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> [u8; TRACEPARENT_BYTES] {
     let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    traceparent_into(&mut v, trace_id, span_id, sampled);
+    v
+}
+
+/// [`traceparent`] written over `v`, which holds a version-00 value's dashes (`00-…-…-0?`):
+/// the ids and the flags.
+#[inline]
+pub fn traceparent_into(
+    v: &mut [u8; TRACEPARENT_BYTES],
+    trace_id: &TraceId,
+    span_id: &SpanId,
+    sampled: bool,
+) {
     hex_encode(trace_id, &mut v[3..35]);
     hex_encode(span_id, &mut v[TRACEPARENT_PARENT]);
-    if sampled {
-        v[54] = b'1';
-    }
-    v
+    v[54] = if sampled { b'1' } else { b'0' };
 }
 
 /// A `b3` single value: `{traceid}-{spanid}-{1|0}-{parentspanid}` (the trace id as long as it
