@@ -122,7 +122,27 @@ impl<'a> Carrier<'a> {
     }
 
     /// The context the call carries: W3C first, then B3 single, then B3 multi.
+    #[inline]
     pub fn arrived(&self) -> Arrived {
+        if self.is_empty() {
+            return Arrived::None;
+        }
+        self.arrived_slow()
+    }
+
+    /// No field at all (a call without a context: its map was not read).
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.traceparent.is_none()
+            && self.b3.is_none()
+            && self.x_b3_traceid.is_none()
+            && self.x_b3_spanid.is_none()
+            && self.x_b3_parentspanid.is_none()
+            && self.x_b3_sampled.is_none()
+            && self.x_b3_flags.is_none()
+    }
+
+    fn arrived_slow(&self) -> Arrived {
         if let Some(c) = self.traceparent.and_then(parse_traceparent) {
             return Arrived::Context(c);
         }
