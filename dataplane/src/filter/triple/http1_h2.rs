@@ -12,6 +12,7 @@ use codec::h2::frame::{self, flag, kind, setting, FrameHeader};
 use codec::h2::hpack;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+use super::super::error::Reset;
 use super::{Body, BodyError, Chunks, Failed, Framing, Local, Mx, Request, Response};
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::istio::{exchange, MetaId};
@@ -96,7 +97,7 @@ async fn next_frame<S: AsyncReadRent>(
         let (r, b) = crate::io::read_append(s, std::mem::take(rbuf)).await;
         *rbuf = b;
         match r {
-            Ok(0) | Err(_) => return Err(Failed::Lost),
+            Ok(0) | Err(_) => return Err(Failed::Lost(Reset::Termination)),
             Ok(_) => {}
         }
     }
@@ -158,10 +159,17 @@ async fn stream_frame<S: AsyncReadRent + AsyncWriteRent>(
                 let (last, _) = frame::goaway(&p).map_err(|_| broken())?;
                 sess.goaway = true;
                 if last < sess.stream {
-                    return Err(Failed::Lost);
+                    return Err(Failed::Lost(Reset::RemoteRefused));
                 }
             }
-            kind::RST_STREAM if h.stream == sess.stream => return Err(Failed::Lost),
+            kind::RST_STREAM if h.stream == sess.stream => {
+                // Envoy's reset reasons: REFUSED_STREAM is a refused stream.
+                let refused = frame::rst_stream(&p).ok() == Some(frame::code::REFUSED_STREAM);
+                return Err(Failed::Lost(match refused {
+                    true => Reset::RemoteRefused,
+                    false => Reset::Remote,
+                }));
+            }
             kind::HEADERS | kind::CONTINUATION | kind::DATA if h.stream == sess.stream => {
                 if !stash {
                     return Ok(Some((h, p)));
@@ -177,7 +185,7 @@ async fn stream_frame<S: AsyncReadRent + AsyncWriteRent>(
         }
         if !reply.is_empty() {
             let (r, _) = s.write_all(reply).await;
-            r.map_err(|_| Failed::Lost)?;
+            r.map_err(|_| Failed::Lost(Reset::Termination))?;
         }
     }
 }
@@ -243,7 +251,7 @@ pub(super) async fn send_head<S: AsyncWriteRent>(
     }
     frame::write_headers(&mut out, sess.stream, &block, end, sess.frame_max);
     let (r, _) = s.write_all(out).await;
-    r.map(|_| ()).map_err(|_| Failed::Lost)
+    r.map(|_| ()).map_err(|_| Failed::Lost(Reset::Termination))
 }
 
 /// Sends `data` as DATA frames of the stream within the send windows (waiting for the peer's
@@ -273,7 +281,7 @@ async fn send_data<S: AsyncReadRent + AsyncWriteRent>(
         sess.conn_window -= n as i64;
         sess.stream_window -= n as i64;
         let (r, _) = s.write_all(out).await;
-        r.map_err(|_| Failed::Lost)?;
+        r.map_err(|_| Failed::Lost(Reset::Termination))?;
         data = &data[n..];
         if last {
             return Ok(());
@@ -510,7 +518,7 @@ pub(super) async fn relay_response<S: AsyncReadRent + AsyncWriteRent, W: AsyncWr
     count: &mut u64,
 ) -> Result<(), BodyError> {
     let fail = |f: Failed| match f {
-        Failed::Lost => BodyError::Read,
+        Failed::Lost(_) => BodyError::Read,
         _ => BodyError::Malformed,
     };
     while !sess.ended {
