@@ -1459,7 +1459,6 @@ impl Speak {
             U::Http1 | U::Downstream => Speak::Http1,
         }
     }
-
 }
 
 /// Where one try of a request goes: an HTTP/1.1 connection of its own, or a stream on a
@@ -1504,9 +1503,7 @@ fn idle_connection(
     idle.retain(|i| pool.idle_timeout.is_zero() || now - i.since < pool.idle_timeout);
     while let Some(i) = idle.iter().rposition(|i| {
         let u = &i.up;
-        u.addr == addr
-            && u.s.is_tls() == tls
-            && (!tls || crate::io::tls::same_alpn(&u.alpn, alpn))
+        u.addr == addr && u.s.is_tls() == tls && (!tls || crate::io::tls::same_alpn(&u.alpn, alpn))
     }) {
         let IdleConn { up, .. } = idle.swap_remove(i);
         // Alive and quiet: nothing to read yet. EOF or stray bytes (an HTTP/2 peer's late

@@ -463,7 +463,9 @@ impl Mux {
         let mut st = self.st.borrow_mut();
         let Some(s) = st.streams.get_mut(&id) else {
             // A stream already ended (cancelled): decoded for the table, dropped.
-            return dec.decode(block, &mut |_, _, _| {}).map_err(|_| Lost::Broken);
+            return dec
+                .decode(block, &mut |_, _, _| {})
+                .map_err(|_| Lost::Broken);
         };
         if s.head_in {
             // Trailers: dropped, as Envoy's HTTP/1.1 codec does by default.
@@ -517,7 +519,8 @@ fn push_field(b: &mut Vec<u8>, n: &[u8], v: &[u8]) {
 /// The (name, value) pairs of a flat list ([`push_field`]).
 fn flat_fields(mut b: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     std::iter::from_fn(move || {
-        let len = |x: &[u8]| -> Option<usize> { Some(u32::from_le_bytes(x.try_into().ok()?) as usize) };
+        let len =
+            |x: &[u8]| -> Option<usize> { Some(u32::from_le_bytes(x.try_into().ok()?) as usize) };
         let n = len(b.get(..4)?)?;
         let v = len(b.get(4..8)?)?;
         let name = b.get(8..8 + n)?;
@@ -565,9 +568,7 @@ pub(super) fn connect(
             None => {
                 m.st.borrow_mut().open = Open::Failed;
                 m.die(Lost::Gone);
-                pool.http2_conns
-                    .borrow_mut()
-                    .retain(|x| !Rc::ptr_eq(x, &m));
+                pool.http2_conns.borrow_mut().retain(|x| !Rc::ptr_eq(x, &m));
             }
         }
     });
@@ -767,7 +768,8 @@ impl Stream {
     /// Opens the stream with the request's HEADERS once the peer's stream limit leaves room
     /// (`rid`: the `x-request-id` added when the request has none; `tail`: the trace context
     /// as HTTP/1.1 field lines, last). `end`: the request has no body. `Err` with the stream
-    /// not opened: the connection took no new stream (GOAWAY, closed).
+    /// not opened: the connection takes no new stream (GOAWAY, closed) or has more requests
+    /// waiting than its limit lets open: another connection may.
     pub(super) async fn open(
         &mut self,
         req: &Request,
@@ -787,6 +789,11 @@ impl Stream {
             };
             if st.active < cap {
                 return Poll::Ready(Ok(()));
+            }
+            // Given more requests than its limit (known since) allows at once: this one goes
+            // to another connection, as Envoy's pool moves them.
+            if st.settings_seen && st.assigned > cap {
+                return Poll::Ready(Err(Failed::Lost));
             }
             st.waiters.push(cx.waker().clone());
             Poll::Pending
