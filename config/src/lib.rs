@@ -1237,7 +1237,8 @@ pub struct ClusterTls {
 /// A token bucket (Envoy's `token_bucket`), shared by every shard: it holds up to
 /// `max_tokens` (the burst; it starts full) and gains `tokens_per_fill` every
 /// `fill_interval_ms`, continuously (as Envoy's local rate limit since 1.32). A request that
-/// finds no token is answered by ringside (Dubbo status 100, gRPC RESOURCE_EXHAUSTED).
+/// finds no token is answered by ringside (Dubbo status 100; gRPC `grpc_status`, HTTP/1.1
+/// `http_status`, each with Envoy's body `local_rate_limited`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucket {
@@ -1245,9 +1246,28 @@ pub struct TokenBucket {
     #[serde(default = "default_tokens_per_fill")]
     pub tokens_per_fill: u32,
     pub fill_interval_ms: u64,
+    /// The HTTP status an HTTP/1.1 request over the limit is answered (Envoy's `status`,
+    /// 400..=599). Unset: 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The gRPC status a call over the limit is answered (1..=16). Unset: RESOURCE_EXHAUSTED
+    /// (8). From xDS: Envoy's (its `status` mapped, 429 as UNAVAILABLE, unless
+    /// `rate_limited_as_resource_exhausted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
 }
 
 impl TokenBucket {
+    /// The HTTP status of an HTTP/1.1 request's answer over the limit.
+    pub fn http_status(&self) -> u16 {
+        self.http_status.unwrap_or(429)
+    }
+
+    /// The gRPC status of a call's answer over the limit.
+    pub fn grpc_status(&self) -> u32 {
+        self.grpc_status.unwrap_or(8)
+    }
+
     /// Tokens gained per second.
     pub fn rate_per_second(&self) -> f64 {
         self.tokens_per_fill as f64 * 1000.0 / self.fill_interval_ms as f64
@@ -1272,6 +1292,18 @@ impl TokenBucket {
             1,
             RATE_LIMIT_FILL_INTERVAL_MS_MAX,
         );
+        if let Some(s) = self.http_status.filter(|s| !(400..=599).contains(s)) {
+            err(
+                format!("{at}.http_status"),
+                format!("{s} is out of range 400..=599"),
+            );
+        }
+        if let Some(s) = self.grpc_status.filter(|s| !(1..=16).contains(s)) {
+            err(
+                format!("{at}.grpc_status"),
+                format!("{s} is out of range 1..=16"),
+            );
+        }
     }
 }
 

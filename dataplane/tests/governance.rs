@@ -114,7 +114,7 @@ clusters:\n  - name: a\n    endpoints: [\"{}\"]\n",
         "RESOURCE_EXHAUSTED"
     );
     let r = c.call("/pkg.S/Limited", &[], b"x");
-    assert_eq!(r.grpc_message(), "ringside: local rate limit");
+    assert_eq!(r.grpc_message(), "local_rate_limited");
     for _ in 0..10 {
         assert_eq!(c.call("/pkg.S/Other", &[], b"x").grpc_status(), Some(0));
     }
@@ -840,9 +840,16 @@ fn max_connections_and_pending_requests_match_envoy() {
         ids.into_iter()
             .map(|id| {
                 let r = c.finish(id, &mut others);
+                // A refusal: Envoy's overflow message and its `x-envoy-overloaded`.
                 let text = match r.grpc_status() {
                     Some(0) => r.text(),
-                    _ => String::new(),
+                    _ => {
+                        let overloaded = r
+                            .headers
+                            .iter()
+                            .any(|(n, v)| n == "x-envoy-overloaded" && v == "true");
+                        format!("{} overloaded={overloaded}", r.grpc_message())
+                    }
                 };
                 (r.grpc_status().unwrap_or(99), text)
             })
@@ -855,7 +862,12 @@ fn max_connections_and_pending_requests_match_envoy() {
         [
             (0, "A:0".to_string()),
             (0, "A:1".to_string()),
-            (14, String::new())
+            (
+                14,
+                "upstream connect error or disconnect/reset before headers. reset reason: \
+                 overflow overloaded=true"
+                    .to_string()
+            )
         ],
         "Envoy, the oracle"
     );
@@ -876,7 +888,7 @@ fn max_connections_and_pending_requests_match_envoy() {
     assert_eq!(stat(&rs, "cluster.a.upstream_cx_total"), 1);
 }
 
-/// Calls waiting for a stream leave the queue when their deadline passes (DEADLINE_EXCEEDED)
+/// Calls waiting for a stream leave the queue when their deadline passes (UNAVAILABLE)
 /// or their caller resets them: the room they held goes to later calls, which wait and then
 /// go up once the stream in use ends.
 #[test]
@@ -902,7 +914,9 @@ fn triple_waiting_calls_leave_the_queue_at_their_deadline() {
         .collect();
     let mut others = HashMap::new();
     for id in short {
-        assert_eq!(c.finish(id, &mut others).grpc_status(), Some(4));
+        // Envoy's 504 "upstream request timeout" (UNAVAILABLE) for a call whose deadline
+        // passed while it waited.
+        assert_eq!(c.finish(id, &mut others).grpc_status(), Some(14));
     }
     // The queue is empty again: two more calls wait (a third would not fit), one is reset by
     // its caller, the other goes up after the held one.
@@ -1626,7 +1640,7 @@ fn triple_fault_aborts_and_delays() {
     let r = c.call("/pkg.S/Abort", &[], b"x");
     assert_eq!(
         (r.grpc_status(), r.grpc_message().as_str()),
-        (Some(14), "ringside: fault injected")
+        (Some(14), "fault filter abort")
     );
     assert_eq!(stat(&rs, "cluster.spared.upstream_rq_total"), 0);
     let t0 = Instant::now();

@@ -7,8 +7,10 @@
 //! its `location`; a local reply on a direct route from a filter before the router (fault
 //! abort, RBAC) gets none, and neither does a request no route matches. Each request goes
 //! through both proxies as a grpcio call (a trailers-only answer) and as raw HTTP/1.1; the
-//! response fields must be the same (the proxies' own stamps and the bodies Envoy words
-//! differently for gRPC aside), and a fault delay must hold a direct answer in both.
+//! response fields must be the same (the proxies' own stamps aside), the gRPC status and
+//! message too (Envoy's local reply: its HTTP status mapped, its body as `grpc-message`: a
+//! timeout, a refused connect, a reset, a retried connect failure, a per-try timeout...), and
+//! a fault delay must hold a direct answer in both.
 
 mod common;
 
@@ -61,7 +63,12 @@ fn route(prefix: &str, name: &str, action: Value) -> Value {
     r
 }
 
-fn snapshot(listen: SocketAddr, silent: SocketAddr, refused: SocketAddr) -> Value {
+fn snapshot(
+    listen: SocketAddr,
+    silent: SocketAddr,
+    refused: SocketAddr,
+    resets: SocketAddr,
+) -> Value {
     let rl = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
         "stat_prefix": "route_rl",
@@ -132,6 +139,19 @@ fn snapshot(listen: SocketAddr, silent: SocketAddr, refused: SocketAddr) -> Valu
             "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": rl}})
         ),
         route(
+            "/retried",
+            "retried",
+            json!({"route": {"cluster": "refused",
+            "retry_policy": {"retry_on": "connect-failure", "num_retries": 1}}})
+        ),
+        route(
+            "/pertry",
+            "pertry",
+            json!({"route": {"cluster": "silent", "timeout": "3s",
+            "retry_policy": {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.15s"}}})
+        ),
+        route("/reset", "reset", json!({"route": {"cluster": "resets"}})),
+        route(
             "/weighted",
             "weighted",
             json!({"route": {"weighted_clusters": {"clusters": [
@@ -192,7 +212,8 @@ fn snapshot(listen: SocketAddr, silent: SocketAddr, refused: SocketAddr) -> Valu
         "listeners": [{"name": "lr", "address": socket(listen), "traffic_direction": "OUTBOUND",
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
-        "clusters": [cluster("empty", &[]), cluster("refused", &[refused]), cluster("silent", &[silent])]
+        "clusters": [cluster("empty", &[]), cluster("refused", &[refused]),
+            cluster("silent", &[silent]), cluster("resets", &[resets])]
     })
 }
 
@@ -211,7 +232,7 @@ fn silent_upstream() -> SocketAddr {
 
 /// One request: its name, the gRPC service it calls (path `/{service}/SayHello`), the
 /// `:authority`, whether it is marked for the RBAC denial.
-const REQUESTS: [(&str, &str, Option<&str>, bool); 15] = [
+const REQUESTS: [(&str, &str, Option<&str>, bool); 18] = [
     ("direct", "direct", None, false),
     ("redirect", "redirect", None, false),
     ("delayed", "delayed", None, false),
@@ -226,6 +247,11 @@ const REQUESTS: [(&str, &str, Option<&str>, bool); 15] = [
     ("limited-first", "limited", None, false),
     ("limited-second", "limited", None, false),
     ("weighted", "weighted", None, false),
+    // A connect failure retried once, a per-try timeout retried once, a stream the upstream
+    // resets (`x-rst`).
+    ("retried", "retried", None, false),
+    ("per-try", "pertry", None, false),
+    ("reset", "reset", None, false),
     ("rbac-forwarding", "refused", None, true),
     ("rbac-direct", "direct", None, true),
     ("no-route", "nothing", Some("other.example"), false),
@@ -234,14 +260,10 @@ const REQUESTS: [(&str, &str, Option<&str>, bool); 15] = [
 /// What a client got: (request, the fields compared, elapsed ms).
 type Got = Vec<(String, Vec<String>, u128)>;
 
-/// Fields a proxy writes for itself (times, its connection's framing) and the ones ringside
-/// and Envoy fill differently for gRPC callers (documented: ringside's own statuses and
-/// messages), left out of the comparison.
+/// Fields a proxy writes for itself (times, its connection's framing), left out of the
+/// comparison (a gRPC answer's `content-type` is grpcio's to check).
 fn compared(name: &str) -> bool {
-    !matches!(
-        name,
-        "date" | "connection" | "grpc-status" | "grpc-message" | "content-type"
-    )
+    !matches!(name, "date" | "connection" | "content-type")
 }
 
 fn exercise(listen: SocketAddr) -> (Got, Got) {
@@ -258,6 +280,9 @@ fn exercise(listen: SocketAddr) -> (Got, Got) {
         if deny {
             opts = opts.meta("x-deny", "1");
         }
+        if what == "reset" {
+            opts = opts.meta("x-rst", "1");
+        }
         let out = grpc_call(listen, &opts);
         // The call's own time, as the client measured it (not the client's start-up).
         let ms = out.elapsed_ms as u128;
@@ -269,11 +294,18 @@ fn exercise(listen: SocketAddr) -> (Got, Got) {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         fields.sort();
+        // grpcio gives grpc-status and grpc-message as the call's code and details.
+        fields.insert(0, format!("grpc-status={}", out.code_number));
+        fields.insert(1, format!("grpc-message={}", out.details));
         grpc.push((what.to_string(), fields, ms));
     }
     for (what, service, authority, deny) in REQUESTS {
         let host = authority.unwrap_or("svc");
-        let marked = if deny { "X-Deny: 1\r\n" } else { "" };
+        let marked = match (deny, what) {
+            (true, _) => "X-Deny: 1\r\n",
+            (_, "reset") => "X-Rst: 1\r\n",
+            _ => "",
+        };
         let request = format!(
             "GET /{service}/x HTTP/1.1\r\nHost: {host}\r\nX-In: v\r\n{marked}Connection: close\r\n\r\n"
         );
@@ -300,10 +332,11 @@ fn exercise(listen: SocketAddr) -> (Got, Got) {
 fn local_replies_get_route_response_mutations_like_envoy() {
     let silent = silent_upstream();
     let refused = local(free_port());
+    let resets = common::h2::Upstream::start("R").addr;
     let run = |who: &str| -> (Got, Got) {
         let listen = local(free_port());
         let xds = XdsServer::start();
-        xds.put(&snapshot(listen, silent, refused)).unwrap();
+        xds.put(&snapshot(listen, silent, refused, resets)).unwrap();
         let _proxy = envoy_or_ringside(who, xds.addr(), "localreply", "1");
         let ack = xds.wait_ack("lds", "v1");
         assert_eq!(ack["ack"], true, "{who}: {ack}");
@@ -341,6 +374,34 @@ fn local_replies_get_route_response_mutations_like_envoy() {
             assert!(!has(&g, "x-rc"), "Envoy {what}: {g:?}");
         }
         assert!(has(&find(got, "weighted"), "x-w=w"));
+        if sep == "=" && std::ptr::eq(got, &envoy.0) {
+            // Envoy's gRPC local replies, as they are known (the statuses the comparison
+            // below holds ringside to).
+            for (what, status, message) in [
+                ("timeout", 14, "upstream request timeout"),
+                ("per-try", 14, "upstream request timeout"),
+                ("nohealthy", 14, "no healthy upstream"),
+                ("limited-second", 14, "local_rate_limited"),
+                ("abort", 2, "fault filter abort"),
+                ("no-route", 12, ""),
+                (
+                    "retried",
+                    14,
+                    "upstream connect error or disconnect/reset before headers. retried and \
+                     the latest reset reason: remote connection failure",
+                ),
+            ] {
+                let g = find(got, what);
+                assert_eq!(
+                    (g.1[0].as_str(), g.1[1].as_str()),
+                    (
+                        format!("grpc-status={status}").as_str(),
+                        format!("grpc-message={message}").as_str()
+                    ),
+                    "Envoy {what}: {g:?}"
+                );
+            }
+        }
         assert!(
             has(&find(got, "abort"), "x-req=v"),
             "{:?}",
@@ -361,7 +422,7 @@ fn local_replies_get_route_response_mutations_like_envoy() {
         for (eg, rg) in e.iter().zip(r) {
             assert_eq!(eg.1, rg.1, "{proto} {}: ringside's fields vs Envoy's", eg.0);
             // A fault delay holds both (the upstream timeout's own 300 ms aside).
-            if eg.0 != "timeout" {
+            if eg.0 != "timeout" && eg.0 != "per-try" {
                 assert_eq!(eg.2 >= 250, rg.2 >= 250, "{proto} {}: delay", eg.0);
             }
         }

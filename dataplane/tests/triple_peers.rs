@@ -156,7 +156,8 @@ fn local_errors_reach_real_clients_as_grpc_statuses() {
         ("UNIMPLEMENTED", 12),
         "{o:?}"
     );
-    assert!(o.details.contains("no route"), "{o:?}");
+    // Envoy's 404 without a body: no grpc-message.
+    assert_eq!(o.details, "", "{o:?}");
     let o = triple_call(listen, &CallOpts::default().service("helloworld.Nobody"));
     assert_eq!(o.code, "UNIMPLEMENTED", "{o:?}");
     let o = grpc_call(
@@ -174,9 +175,11 @@ fn local_errors_reach_real_clients_as_grpc_statuses() {
             .meta("tri-service-group", "slow")
             .timeout_s(0.3),
     );
-    assert_eq!(
-        (o.code.as_str(), o.code_number),
-        ("DEADLINE_EXCEEDED", 4),
+    // The client's own deadline, or ringside's answer to it when that comes first (Envoy's
+    // 504 "upstream request timeout", UNAVAILABLE).
+    assert!(
+        (o.code.as_str(), o.code_number) == ("DEADLINE_EXCEEDED", 4)
+            || (o.code_number, o.details.as_str()) == (14, "upstream request timeout"),
         "{o:?}"
     );
     assert!(o.elapsed_ms < 1400.0, "{o:?}");

@@ -4620,8 +4620,9 @@ fn route_rate_limit(
 /// An HTTP `LocalRateLimit` as a token bucket: `None` when it does not limit (no
 /// `token_bucket`, or `filter_enabled` 0 %, its default). Refused: partial enablement or
 /// enforcement (runtime fractions), shadow mode, descriptors, per-connection buckets and
-/// cluster-wide sharing. Response status and headers are ignored (ringside answers gRPC
-/// RESOURCE_EXHAUSTED).
+/// cluster-wide sharing. The answer is Envoy's: `status` (below 400: 429, as Envoy), to a
+/// gRPC caller mapped as Envoy maps it (429: UNAVAILABLE) unless
+/// `rate_limited_as_resource_exhausted`. Response headers to add are ignored.
 fn http_local_rate_limit(
     rl: &http_rl_pb::LocalRateLimit,
     ctx: &Ctx<'_>,
@@ -4662,7 +4663,27 @@ fn http_local_rate_limit(
     let Some(tb) = &rl.token_bucket else {
         return Ok(None);
     };
-    token_bucket(tb, ctx, &join(at, "token_bucket")).map(Some)
+    let mut b = token_bucket(tb, ctx, &join(at, "token_bucket"))?;
+    // Envoy's `toErrorCode`: a status below 400 (or none) is 429.
+    let http = rl
+        .status
+        .as_ref()
+        .map(|s| s.code)
+        .filter(|c| (400..=599).contains(c))
+        .map_or(429, |c| c as u16);
+    b.http_status = Some(http);
+    b.grpc_status = Some(match rl.rate_limited_as_resource_exhausted {
+        true => 8,
+        false => match http {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502 | 503 | 504 => 14,
+            _ => 2,
+        },
+    });
+    Ok(Some(b))
 }
 
 /// A `RuntimeFractionalPercent` that must be 0 % (or unset: Envoy's default for the local rate
@@ -4711,6 +4732,8 @@ fn token_bucket(
         max_tokens: tb.max_tokens,
         tokens_per_fill: tb.tokens_per_fill.as_ref().map_or(1, |v| v.value),
         fill_interval_ms,
+        http_status: None,
+        grpc_status: None,
     })
 }
 

@@ -1754,6 +1754,8 @@ fn http_local_rate_limit_filter_and_per_route_configs() {
             max_tokens: max,
             tokens_per_fill: per,
             fill_interval_ms: ms,
+            http_status: Some(429),
+            grpc_status: Some(14),
         })
     };
     assert_eq!(res.listener.local_rate_limit, bucket(100, 10, 100));

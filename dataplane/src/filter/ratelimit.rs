@@ -291,6 +291,8 @@ mod tests {
             max_tokens: max,
             tokens_per_fill: per_fill,
             fill_interval_ms: ms,
+            http_status: None,
+            grpc_status: None,
         })
     }
 

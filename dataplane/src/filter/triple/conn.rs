@@ -22,7 +22,7 @@ use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use shard::Notify;
 
-use super::error::CallError;
+use super::error::{http_to_grpc_status, CallError, Reset};
 use super::headers::HeaderList;
 use super::router::{RequestView, Router};
 use super::{Call, H2Limits, Host, Pool, TripleListener};
@@ -813,7 +813,7 @@ impl Conn {
 
     /// Tells the relay partner of a lost stream: an upstream stream is cancelled, a caller's
     /// call ends with `status` (counted as an upstream failure).
-    fn abandon(self: &Rc<Self>, other: &Rc<Conn>, oid: u32, e: &CallError<'_>) {
+    fn abandon(self: &Rc<Self>, other: &Rc<Conn>, oid: u32, e: &CallError) {
         match &other.side {
             Side::Up(_) => other.reset(oid, code::CANCEL),
             Side::Down(_) => {
@@ -1129,7 +1129,7 @@ impl Conn {
         if let Some((other, oid)) = self.link(id) {
             self.unlink(id);
             other.unlink(oid);
-            self.abandon(&other, oid, &CallError::UpstreamProtocol);
+            self.abandon(&other, oid, &CallError::Reset(Reset::Protocol));
         }
         self.reset(id, c);
         self.count_reset()
@@ -1160,7 +1160,11 @@ impl Conn {
             }
         }
         if let Some((other, oid)) = self.end_stream(id) {
-            self.abandon(&other, oid, &CallError::UpstreamReset(c));
+            let why = match c {
+                code::REFUSED_STREAM => Reset::RemoteRefused,
+                _ => Reset::Remote,
+            };
+            self.abandon(&other, oid, &CallError::Reset(why));
         }
         Ok(())
     }
@@ -1185,7 +1189,7 @@ impl Conn {
                     .collect();
                 for id in refused {
                     if self.retry(id, Again::Refused) != Sent::Yes {
-                        self.upstream_failed(id, "upstream went away (GOAWAY)");
+                        self.upstream_failed(id, Reset::RemoteRefused);
                     }
                 }
                 if self.stream_count() == 0 {
@@ -1393,13 +1397,14 @@ impl Conn {
         Sent::Yes
     }
 
-    /// Upstream side: the stream is lost; its caller gets UNAVAILABLE.
-    fn upstream_failed(self: &Rc<Self>, id: u32, why: &str) {
+    /// Upstream side: the stream is lost (`why`, Envoy's reset reason); its caller gets
+    /// UNAVAILABLE.
+    fn upstream_failed(self: &Rc<Self>, id: u32, why: Reset) {
         if let Side::Up(h) = &self.side {
             h.pool.outcome(h, true);
         }
         if let Some((down, did)) = self.end_stream(id) {
-            self.abandon(&down, did, &CallError::UpstreamLost(why));
+            self.abandon(&down, did, &CallError::Reset(why));
         }
     }
 
@@ -1599,7 +1604,7 @@ impl Conn {
     fn authenticate(
         &self,
         l: &TripleListener,
-    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, CallError<'static>> {
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, CallError> {
         let Some(j) = &l.jwt else {
             return Ok(None);
         };
@@ -1957,12 +1962,19 @@ impl Conn {
 
     /// Ends a call with a gRPC status made by ringside: trailers-only when no response headers
     /// were sent yet, else trailers after what is queued is dropped.
-    pub fn fail_call(self: &Rc<Self>, id: u32, e: &CallError<'_>) {
+    pub fn fail_call(self: &Rc<Self>, id: u32, e: &CallError) {
         let Side::Down(l) = &self.side else {
             return;
         };
         let link = self.link(id);
-        let message = percent_encode(&e.to_string());
+        // Envoy's router says "retried and the latest reset reason" once it retried.
+        let retried = self
+            .streams
+            .borrow()
+            .get(&id)
+            .and_then(|s| s.call.as_ref()?.retry)
+            .is_some_and(|r| r.done > 0);
+        let message = percent_encode(&e.message(retried));
         let mut num = [0u8; 10];
         let status_text = grpc::status_text(e.status(), &mut num);
         let (headers_sent, back, mutated) = {
@@ -2067,6 +2079,10 @@ impl Conn {
         } = e
         {
             hpack::encode_field(&mut block, b"www-authenticate", w, false);
+        }
+        // Envoy's router marks its overflow answers (unless `suppress_envoy_headers`).
+        if e.overloaded() && !headers_sent && !l.suppress_envoy_headers {
+            hpack::encode_field(&mut block, b"x-envoy-overloaded", b"true", false);
         }
         if !headers_sent {
             // Envoy's connection manager's, on its local replies too.
@@ -2476,7 +2492,7 @@ impl Conn {
                     c.deadline = None;
                 }
             }
-            self.fail_call(id, &CallError::DeadlineExceeded);
+            self.fail_call(id, &CallError::Timeout);
         }
         next
     }
@@ -2486,11 +2502,7 @@ impl Conn {
         let ids: Vec<u32> = self.streams.borrow().keys().copied().collect();
         for id in ids {
             if let Some((other, oid)) = self.end_stream(id) {
-                self.abandon(
-                    &other,
-                    oid,
-                    &CallError::UpstreamLost("upstream connection closed"),
-                );
+                self.abandon(&other, oid, &CallError::Reset(Reset::Termination));
             }
         }
     }
@@ -2709,7 +2721,7 @@ struct Routed {
     edited: Option<HeaderList>,
     /// A route that answers itself, held by its fault delay: its answer once the delay is over
     /// (nothing goes upstream).
-    answer: Option<Box<CallError<'static>>>,
+    answer: Option<Box<CallError>>,
 }
 
 impl Routed {
@@ -2720,7 +2732,7 @@ impl Routed {
         (routes, ids): (Rc<Routes<Router, Pool>>, RequestStatIds),
         slot: Option<crate::filter::ratelimit::Slot>,
         fault: Option<crate::route::Injected>,
-        answer: CallError<'static>,
+        answer: CallError,
         respond: Option<super::mutate::Respond>,
     ) -> Routed {
         Routed {
@@ -2752,10 +2764,10 @@ enum Refused {
     /// The request headers break HTTP/2's rules: a stream error.
     Malformed,
     /// Answered with a gRPC status, before a route was found.
-    Call(CallError<'static>),
+    Call(CallError),
     /// Answered with a gRPC status once routed: with the response mutations that answer
     /// gets (Envoy's local replies on a route that forwards; a direct route's own answer).
-    Routed(CallError<'static>, Option<super::mutate::Respond>),
+    Routed(CallError, Option<super::mutate::Respond>),
 }
 
 /// Routes a caller's request by its header list `hl`: the route (first match), the cluster
@@ -2800,10 +2812,7 @@ fn route_call(
     };
     let Some((entry, action)) = routes.router.route_entry(hl.get(b":authority"), &view) else {
         l.stats.inc(l.ids.rq_no_route);
-        return Err(Refused::Call(CallError::NoRoute {
-            service: String::from_utf8_lossy(service).into_owned(),
-            method: String::from_utf8_lossy(method).into_owned(),
-        }));
+        return Err(Refused::Call(CallError::NoRoute));
     };
     let route_ids = match action.route_index {
         Some(i) => routes.route_ids[i],
@@ -2854,12 +2863,13 @@ fn route_call(
         return Err(refused(CallError::ExpiredOnArrival));
     }
     if let Some(limits) = &routes.limits {
-        if limits
+        if let Some(limit) = limits
             .for_route(action.route_index)
-            .is_some_and(|limit| !limit.admit(&l.stats))
+            .filter(|limit| !limit.admit(&l.stats))
         {
             l.stats.inc(l.ids.rq_rate_limited);
-            return Err(refused(CallError::RateLimited));
+            let status = limit.config().grpc_status();
+            return Err(refused(CallError::RateLimited(status)));
         }
     }
     // The route's concurrency limit: the call holds a place until its stream ends.
@@ -3071,17 +3081,6 @@ pub(super) fn apply_jwt_ops(hl: &mut HeaderList, ops: &[crate::filter::jwt::Op])
                 }
             }
         }
-    }
-}
-
-fn http_to_grpc_status(code: u16) -> u32 {
-    match code {
-        400 => status::INTERNAL,
-        401 => 16, // UNAUTHENTICATED
-        403 => status::PERMISSION_DENIED,
-        404 => status::UNIMPLEMENTED,
-        429 | 502 | 503 | 504 => status::UNAVAILABLE,
-        _ => 2, // UNKNOWN
     }
 }
 
@@ -3654,6 +3653,7 @@ async fn serve_upstream<S: crate::io::Conn>(
     pool: Rc<Pool>,
     connected: Result<std::io::Result<S>, shard::monoio::time::error::Elapsed>,
 ) {
+    let connect_timed_out = connected.is_err();
     let why = match connected {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -3681,7 +3681,7 @@ async fn serve_upstream<S: crate::io::Conn>(
                                 // Its calls fail now; the GOAWAY gets a bounded time to go out
                                 // (the writer runs until this arm ends).
                                 conn.goaway_close(e.code, &e.why);
-                                fail_upstream_streams(&conn, &why, false);
+                                fail_upstream_streams(&conn, &why, Reset::Protocol);
                                 flushed(&conn).await;
                             }
                             why
@@ -3721,7 +3721,12 @@ async fn serve_upstream<S: crate::io::Conn>(
     };
     conn.closed.set(true);
     host.remove(&conn);
-    fail_upstream_streams(&conn, &why, !conn.open.get());
+    let reset = match (conn.open.get(), connect_timed_out) {
+        (true, _) => Reset::Termination,
+        (false, true) => Reset::ConnectTimeout,
+        (false, false) => Reset::ConnectFailure,
+    };
+    fail_upstream_streams(&conn, &why, reset);
     // One connection fewer under `max_connections`: a waiting call may open another.
     wake_waiting(&pool);
 }
@@ -3928,9 +3933,14 @@ fn relink(
 }
 
 /// Upstream side: every stream of the connection is lost (`connect_failed`: it never opened);
-/// each is retried if its call's `retry_policy` says so, else its caller gets UNAVAILABLE.
-fn fail_upstream_streams(conn: &Rc<Conn>, why: &str, connect_failed: bool) {
+/// each is retried if its call's `retry_policy` says so, else its caller gets UNAVAILABLE
+/// with Envoy's `reset` reason (`why` is ringside's, for the log).
+fn fail_upstream_streams(conn: &Rc<Conn>, why: &str, reset: Reset) {
+    let connect_failed = matches!(reset, Reset::ConnectFailure | Reset::ConnectTimeout);
     let ids: Vec<u32> = conn.streams.borrow().keys().copied().collect();
+    if !ids.is_empty() {
+        tracing::debug!(streams = ids.len(), why, "upstream streams lost");
+    }
     let again = match connect_failed {
         true => Again::ConnectFailure,
         false => Again::Reset,
@@ -3944,7 +3954,7 @@ fn fail_upstream_streams(conn: &Rc<Conn>, why: &str, connect_failed: bool) {
             }
             continue;
         }
-        conn.upstream_failed(id, why);
+        conn.upstream_failed(id, reset);
     }
 }
 

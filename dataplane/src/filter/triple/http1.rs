@@ -24,6 +24,7 @@ use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use shard::monoio::net::TcpStream;
 
 use super::conn::{Again, RETRY_BODY_BYTES_MAX};
+use super::error::Reset;
 use super::headers::HeaderList;
 use super::http1_tls::UpStream;
 use super::router::RequestView;
@@ -141,13 +142,21 @@ enum Local {
     FaultAbort(u16),
     Forbidden(&'static str),
     NoRoute,
-    RateLimited,
+    /// A local rate limit had no token: its HTTP status.
+    RateLimited(u16),
     /// The route's `max_concurrent_requests` requests are in flight.
     ConcurrencyLimited,
     NoHealthyUpstream,
-    ConnectFailure,
-    /// The upstream closed or reset the connection before the response head.
-    UpstreamReset,
+    /// Connecting failed; `retried`: after a retry (Envoy's "retried and the latest").
+    ConnectFailure {
+        retried: bool,
+    },
+    /// The upstream closed or reset the connection or stream before the response head
+    /// (`why`: Envoy's reset reason).
+    UpstreamReset {
+        retried: bool,
+        why: Reset,
+    },
     Timeout,
     BadGateway,
     /// The listener's jwt_authn filter fails it (401 or 403, Envoy's body and
@@ -169,24 +178,26 @@ impl Local {
     fn status(&self) -> (u16, &'static str, &'static str) {
         match self {
             Local::BadRequest => (400, "Bad Request", "Bad Request"),
-            Local::TooLarge => (431, "Request Header Fields Too Large", "Request Header Fields Too Large"),
+            Local::TooLarge => (
+                431,
+                "Request Header Fields Too Large",
+                "Request Header Fields Too Large",
+            ),
             Local::UpgradeRequired => (426, "Upgrade Required", "Upgrade Required"),
             Local::FaultAbort(code) => (*code, reason(*code), "fault filter abort"),
             Local::Forbidden(body) => (403, "Forbidden", body),
             Local::NoRoute => (404, "Not Found", ""),
-            Local::RateLimited => (429, "Too Many Requests", "local_rate_limited"),
+            Local::RateLimited(code) => (*code, reason(*code), "local_rate_limited"),
             Local::ConcurrencyLimited => (503, "Service Unavailable", "concurrency_limited"),
             Local::NoHealthyUpstream => (503, "Service Unavailable", "no healthy upstream"),
-            Local::ConnectFailure => (
+            Local::ConnectFailure { retried } => (
                 503,
                 "Service Unavailable",
-                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+                Reset::ConnectFailure.body(*retried),
             ),
-            Local::UpstreamReset => (
-                503,
-                "Service Unavailable",
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-            ),
+            Local::UpstreamReset { retried, why } => {
+                (503, "Service Unavailable", why.body(*retried))
+            }
             Local::Timeout => (504, "Gateway Timeout", "upstream request timeout"),
             Local::BadGateway => (502, "Bad Gateway", "upstream sent a malformed response"),
             // Its body and location: see `local`.
@@ -204,10 +215,10 @@ impl Local {
             Local::Forbidden(_) | Local::Direct { .. } | Local::Jwt { .. } => Flags::NONE,
             Local::FaultAbort(_) => Flags::FAULT_INJECTED,
             Local::NoRoute => Flags::NO_ROUTE_FOUND,
-            Local::RateLimited | Local::ConcurrencyLimited => Flags::RATE_LIMITED,
+            Local::RateLimited(_) | Local::ConcurrencyLimited => Flags::RATE_LIMITED,
             Local::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
-            Local::ConnectFailure => Flags::UPSTREAM_CONNECTION_FAILURE,
-            Local::UpstreamReset => Flags::UPSTREAM_CONNECTION_TERMINATION,
+            Local::ConnectFailure { .. } => Flags::UPSTREAM_CONNECTION_FAILURE,
+            Local::UpstreamReset { why, .. } => super::error::CallError::Reset(*why).flags(),
             Local::Timeout => Flags::UPSTREAM_REQUEST_TIMEOUT,
             Local::BadGateway => Flags::UPSTREAM_PROTOCOL_ERROR,
         }
@@ -911,12 +922,12 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         }
     }
     if let Some(limits) = &routes.limits {
-        if limits
+        if let Some(limit) = limits
             .for_route(action.route_index)
-            .is_some_and(|limit| !limit.admit(&l.stats))
+            .filter(|limit| !limit.admit(&l.stats))
         {
             l.stats.inc(l.ids.rq_rate_limited);
-            return Err(Local::RateLimited);
+            return Err(Local::RateLimited(limit.config().http_status()));
         }
     }
     // The route's concurrency limit: the request holds a place until its exchange ends.
@@ -1620,7 +1631,7 @@ async fn upstream<C>(
             istio_peer: Default::default(),
         }));
     }
-    Err(Local::ConnectFailure)
+    Err(Local::ConnectFailure { retried: false })
 }
 
 /// A new connection to `addr` for `pool` (TLS when the endpoint's transport socket is, with
@@ -2010,7 +2021,7 @@ async fn forward<C: crate::io::Conn>(
             }),
             Ok(_) => None,
             Err(Failed::Connect) => Some(Again::ConnectFailure),
-            Err(Failed::Lost) => Some(Again::Reset),
+            Err(Failed::Lost(_)) => Some(Again::Reset),
             Err(Failed::TryTimeout) => {
                 pool.stats.inc(pool.ids.rq_per_try_timeout);
                 Some(Again::TryTimeout)
@@ -2041,7 +2052,11 @@ async fn forward<C: crate::io::Conn>(
         }
         match got {
             Ok(x) => break x,
-            Err(f) => return Err((f.local(), Some(body.read()))),
+            Err(f) => {
+                // Envoy's router words a reset "retried and the latest" once it retried.
+                let retried = retry.as_ref().is_some_and(|r| r.done > 0);
+                return Err((f.local(retried), Some(body.read())));
+            }
         }
     };
     c.seen.code = resp.code;
@@ -2234,7 +2249,7 @@ enum Failed {
     /// Connecting failed (every endpoint tried).
     Connect,
     /// The upstream closed or broke the connection before the response head.
-    Lost,
+    Lost(Reset),
     /// The route's `per_try_timeout_ms` passed before the response head.
     TryTimeout,
     /// Not a failure another try could mend: answered as it says.
@@ -2242,10 +2257,10 @@ enum Failed {
 }
 
 impl Failed {
-    fn local(self) -> Local {
+    fn local(self, retried: bool) -> Local {
         match self {
-            Failed::Connect => Local::ConnectFailure,
-            Failed::Lost => Local::UpstreamReset,
+            Failed::Connect => Local::ConnectFailure { retried },
+            Failed::Lost(why) => Local::UpstreamReset { retried, why },
             Failed::TryTimeout => Local::Timeout,
             Failed::Final(l) => l,
         }
@@ -2304,7 +2319,7 @@ async fn one_try<C: crate::io::Conn>(
             let mut link = upstream(c, pool, retry.as_ref(), speak)
                 .await
                 .map_err(|e| match e {
-                    Local::ConnectFailure => Failed::Connect,
+                    Local::ConnectFailure { .. } => Failed::Connect,
                     e => Failed::Final(e),
                 })?;
             if let (Some(r), Some(i)) = (retry.as_mut(), link.slot()) {
@@ -2324,7 +2339,7 @@ async fn one_try<C: crate::io::Conn>(
             };
             rbuf.reserve(READ_CHUNK_BYTES);
             let (r, _) = up.s.write_all(head.to_vec()).await;
-            r.map_err(|_| Failed::Lost)?;
+            r.map_err(|_| Failed::Lost(Reset::Termination))?;
             match body {
                 Body::Unread => {
                     if req.expect_continue {
@@ -2345,7 +2360,7 @@ async fn one_try<C: crate::io::Conn>(
                     )
                     .await
                     .map_err(|e| match e {
-                        BodyError::Write => Failed::Lost,
+                        BodyError::Write => Failed::Lost(Reset::Termination),
                         BodyError::Read | BodyError::Malformed | BodyError::Timeout => {
                             Failed::Final(Local::BadRequest)
                         }
@@ -2354,13 +2369,13 @@ async fn one_try<C: crate::io::Conn>(
                 }
                 Body::Held(b) if !b.is_empty() => {
                     let (r, _) = up.s.write_all(b.clone()).await;
-                    r.map_err(|_| Failed::Lost)?;
+                    r.map_err(|_| Failed::Lost(Reset::Termination))?;
                 }
                 _ => {}
             }
             return Ok(link);
         }
-        Err(Failed::Lost)
+        Err(Failed::Lost(Reset::RemoteRefused))
     };
     let mut link = within(deadline, send, || Failed::Final(Local::Timeout)).await?;
     let per_try = retry
@@ -2381,7 +2396,7 @@ async fn one_try<C: crate::io::Conn>(
             let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO, false)
                 .await
                 .map_err(|e| match e {
-                    HeadError::Closed => Failed::Lost,
+                    HeadError::Closed => Failed::Lost(Reset::Termination),
                     _ => Failed::Final(Local::BadGateway),
                 })?;
             let resp = parse_response(&rbuf[..n], req.method == "HEAD", req.close, mx)

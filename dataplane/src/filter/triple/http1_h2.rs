@@ -30,6 +30,7 @@ use codec::h2::hpack;
 use rustc_hash::FxHashMap;
 use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
+use super::super::error::Reset;
 use super::{Body, BodyError, Chunks, Failed, Framing, Local, Mx, Pool, Request, Response};
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::istio::{exchange, MetaId};
@@ -60,8 +61,9 @@ enum Open {
 /// Why a stream got no (whole) response.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Lost {
-    /// The upstream reset it (RST_STREAM) or a GOAWAY left it out: a `reset`.
-    Reset,
+    /// The upstream reset it (RST_STREAM: `Remote`, or `RemoteRefused` for REFUSED_STREAM) or
+    /// a GOAWAY left it out (`RemoteRefused`): a `reset`.
+    Reset(Reset),
     /// The connection ended.
     Gone,
     /// The upstream broke the protocol on it (502).
@@ -72,7 +74,8 @@ impl Lost {
     fn failed(self) -> Failed {
         match self {
             Lost::Broken => Failed::Final(Local::BadGateway),
-            Lost::Reset | Lost::Gone => Failed::Lost,
+            Lost::Reset(why) => Failed::Lost(why),
+            Lost::Gone => Failed::Lost(Reset::Termination),
         }
     }
 }
@@ -335,12 +338,17 @@ impl Mux {
                 Ok(())
             }
             kind::RST_STREAM => {
+                // Envoy's reset reasons: REFUSED_STREAM is a refused stream.
+                let why = match frame::rst_stream(&p).map_err(|_| Lost::Broken)? {
+                    code::REFUSED_STREAM => Reset::RemoteRefused,
+                    _ => Reset::Remote,
+                };
                 let w = self
                     .st
                     .borrow_mut()
                     .streams
                     .get_mut(&h.stream)
-                    .and_then(|s| s.lose(Lost::Reset));
+                    .and_then(|s| s.lose(Lost::Reset(why)));
                 wake(w);
                 Ok(())
             }
@@ -357,7 +365,7 @@ impl Mux {
                         st.streams
                             .iter_mut()
                             .filter(|(id, _)| **id > last)
-                            .filter_map(|(_, s)| s.lose(Lost::Reset)),
+                            .filter_map(|(_, s)| s.lose(Lost::Reset(Reset::RemoteRefused))),
                     );
                     (ws, st.active == 0)
                 };
@@ -781,7 +789,7 @@ impl Stream {
         poll_fn(|cx| {
             let mut st = mux.st.borrow_mut();
             if st.dead || st.goaway || st.next >= frame::STREAM_ID_MAX - 2 {
-                return Poll::Ready(Err(Failed::Lost));
+                return Poll::Ready(Err(Failed::Lost(Reset::RemoteRefused)));
             }
             let cap = match st.settings_seen {
                 true => st.peer_streams_max,
@@ -793,7 +801,7 @@ impl Stream {
             // Given more requests than its limit (known since) allows at once: this one goes
             // to another connection, as Envoy's pool moves them.
             if st.settings_seen && st.assigned > cap {
-                return Poll::Ready(Err(Failed::Lost));
+                return Poll::Ready(Err(Failed::Lost(Reset::RemoteRefused)));
             }
             st.waiters.push(cx.waker().clone());
             Poll::Pending
@@ -867,7 +875,7 @@ impl Stream {
                 let st = &mut *st;
                 let (conn_window, frame_max) = (st.conn_window, st.frame_max);
                 let Some(s) = st.streams.get_mut(&id) else {
-                    return Poll::Ready(Err(Failed::Lost));
+                    return Poll::Ready(Err(Failed::Lost(Reset::Termination)));
                 };
                 if let Some(l) = s.lost {
                     return Poll::Ready(Err(l.failed()));
@@ -1041,7 +1049,7 @@ impl Stream {
         loop {
             let ev = self.next().await.map_err(|l| match l {
                 Lost::Broken => BodyError::Malformed,
-                Lost::Reset | Lost::Gone => BodyError::Read,
+                Lost::Reset(_) | Lost::Gone => BodyError::Read,
             })?;
             let (data, end) = match ev {
                 Ev::Data(d, end) => (d, end),
@@ -1092,8 +1100,10 @@ impl Drop for Stream {
             if self.id != 0 {
                 st.active -= 1;
                 if let Some(s) = st.streams.remove(&self.id) {
-                    // Not ended both ways, and not ended by the peer: reset.
-                    rst = !(s.recv_end && self.sent_end) && s.lost.is_none();
+                    // Not ended both ways, and not ended by the peer or with the connection:
+                    // reset (a stream the upstream broke too).
+                    rst = !(s.recv_end && self.sent_end)
+                        && !matches!(s.lost, Some(Lost::Reset(_) | Lost::Gone));
                     if st.spare.len() < 64 {
                         st.spare.push(s);
                     }
