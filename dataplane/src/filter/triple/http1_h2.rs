@@ -1102,8 +1102,9 @@ impl Drop for Stream {
                 if let Some(s) = st.streams.remove(&self.id) {
                     // Not ended both ways, and not ended by the peer or with the connection:
                     // reset (a stream the upstream broke too).
-                    rst = !(s.recv_end && self.sent_end)
-                        && !matches!(s.lost, Some(Lost::Reset(_) | Lost::Gone));
+                    let ended = s.recv_end && self.sent_end;
+                    let gone = matches!(s.lost, Some(Lost::Reset(_) | Lost::Gone));
+                    rst = !ended && !gone;
                     if st.spare.len() < 64 {
                         st.spare.push(s);
                     }
