@@ -1042,8 +1042,11 @@ impl Conn {
                         Next::Error(code::FLOW_CONTROL_ERROR)
                     } else {
                         s.recv_end = end;
-                        if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
-                            lg.bytes_received += data.len() as u64;
+                        if let Some(c) = s.call.as_mut() {
+                            c.received += data.len() as u64;
+                            if let Some(lg) = c.log.as_mut() {
+                                lg.bytes_received += data.len() as u64;
+                            }
                         }
                         match (&s.link, s.delayed.as_mut()) {
                             (Some((w, other)), _) => Next::Relay(w.clone(), *other),
@@ -1999,13 +2002,18 @@ impl Conn {
                         CallError::Direct { location, .. } => location.as_deref(),
                         _ => None,
                     };
-                    Some(r.local_reply(
-                        location,
-                        "HTTP/2",
-                        SystemTime::now() - call.started.elapsed(),
-                        self.caller_addrs.get(),
-                        call.upstream,
-                    ))
+                    let facts = super::mutate::Facts {
+                        upstream: call.upstream,
+                        duration: call.started.elapsed(),
+                        bytes_received: call.received,
+                        flags: e.flags(),
+                        ..super::mutate::Facts::request(
+                            "HTTP/2",
+                            SystemTime::now() - call.started.elapsed(),
+                            self.caller_addrs.get(),
+                        )
+                    };
+                    Some(r.local_reply(location, &facts))
                 }
                 _ => None,
             };
@@ -2237,7 +2245,7 @@ impl Conn {
             .map(|c| {
                 let mutates = self.mutates.get();
                 (
-                    c.started,
+                    (c.started, c.received),
                     c.respond.as_ref().filter(|_| mutates).cloned(),
                     // Envoy picks a host once per try: one set of cookies each.
                     c.cookies
@@ -2249,21 +2257,25 @@ impl Conn {
         let cookies = first.as_ref().and_then(|f| f.2.as_ref());
         let mutated;
         let hl = match first.as_ref().and_then(|(s, r, _)| Some((s, r.as_ref()?))) {
-            Some((started, r)) => {
+            Some(((started, received), r)) => {
                 let mut m = hl.clone();
                 // The router's cookies first, then the route's mutations (which may remove
                 // them), as Envoy's router.
                 if let Some((g, picks)) = cookies {
                     g.each(*picks, |v| m.append(b"set-cookie", v));
                 }
+                let code = hl
+                    .get(b":status")
+                    .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok());
                 let facts = super::mutate::Facts {
                     upstream: match &up.side {
                         Side::Up(h) => Some(h.addr),
                         Side::Down(_) => None,
                     },
-                    response_code: hl
-                        .get(b":status")
-                        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()),
+                    response_code: code,
+                    duration: started.elapsed(),
+                    bytes_received: *received,
+                    grpc_status: super::mutate::Facts::grpc_status_of(hl.get(b"grpc-status"), code),
                     ..super::mutate::Facts::request(
                         "HTTP/2",
                         SystemTime::now() - started.elapsed(),
@@ -2284,7 +2296,7 @@ impl Conn {
                 hpack::encode_field(out, b"set-cookie", v, false)
             });
         }
-        if let Some((started, _, _)) = first {
+        if let Some(((started, _), _, _)) = first {
             // Names known: no static-table search, no allocation; one clock read (every
             // response pays these).
             let now = Instant::now();

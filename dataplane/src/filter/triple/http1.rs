@@ -1338,8 +1338,15 @@ async fn local<C: crate::io::Conn>(
     // Once routed, the route's response mutations (with a route's `location`), before what
     // the reply sets, as Envoy's local replies after routing.
     let mutated = c.respond.as_ref().map(|r| {
-        let start = SystemTime::now() - c.seen.started.map_or(Duration::ZERO, |s| s.elapsed());
-        r.local_reply(location, "HTTP/1.1", start, c.caller, c.seen.upstream)
+        let elapsed = c.seen.started.map_or(Duration::ZERO, |s| s.elapsed());
+        let facts = super::mutate::Facts {
+            upstream: c.seen.upstream,
+            duration: elapsed,
+            bytes_received: c.seen.rx,
+            flags: c.seen.flags,
+            ..super::mutate::Facts::request("HTTP/1.1", SystemTime::now() - elapsed, c.caller)
+        };
+        r.local_reply(location, &facts)
     });
     let kept = |n: &[u8]| {
         !(super::mutate::local_reply_sets(n) || n == b"server" && l.stamp.overwrites_server())
@@ -2076,14 +2083,13 @@ async fn forward<C: crate::io::Conn>(
         resp.head.splice(end..end, lines);
     }
     if let Some(r) = respond {
+        let elapsed = c.seen.started.map_or(Duration::ZERO, |s| s.elapsed());
         let facts = super::mutate::Facts {
             upstream: c.seen.upstream,
             response_code: Some(u32::from(resp.code)),
-            ..super::mutate::Facts::request(
-                "HTTP/1.1",
-                SystemTime::now() - c.seen.started.map_or(Duration::ZERO, |s| s.elapsed()),
-                c.caller,
-            )
+            duration: elapsed,
+            bytes_received: c.seen.rx,
+            ..super::mutate::Facts::request("HTTP/1.1", SystemTime::now() - elapsed, c.caller)
         };
         resp.head = super::mutate::response_head(&resp.head, r, &facts);
     }

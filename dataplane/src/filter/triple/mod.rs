@@ -208,6 +208,8 @@ impl UpstreamH2StatIds {
 /// One call's bookkeeping, kept on the caller's stream.
 pub struct Call {
     pub started: Instant,
+    /// Request body bytes received so far (`%BYTES_RECEIVED%` in header values).
+    pub received: u64,
     pub deadline: Option<Instant>,
     pub headers_sent: bool,
     pub status: Option<u32>,
@@ -252,6 +254,7 @@ impl Call {
     fn new(l: &TripleListener, now: Instant) -> Call {
         Call {
             started: now,
+            received: 0,
             deadline: None,
             headers_sent: false,
             status: None,
