@@ -122,7 +122,27 @@ impl<'a> Carrier<'a> {
     }
 
     /// The context the call carries: W3C first, then B3 single, then B3 multi.
+    #[inline]
     pub fn arrived(&self) -> Arrived {
+        if self.is_empty() {
+            return Arrived::None;
+        }
+        self.arrived_slow()
+    }
+
+    /// No field at all (a call without a context: its map was not read).
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.traceparent.is_none()
+            && self.b3.is_none()
+            && self.x_b3_traceid.is_none()
+            && self.x_b3_spanid.is_none()
+            && self.x_b3_parentspanid.is_none()
+            && self.x_b3_sampled.is_none()
+            && self.x_b3_flags.is_none()
+    }
+
+    fn arrived_slow(&self) -> Arrived {
         if let Some(c) = self.traceparent.and_then(parse_traceparent) {
             return Arrived::Context(c);
         }
@@ -316,12 +336,22 @@ pub fn hex_encode(id: &[u8], out: &mut [u8]) {
 /// A version-00 `traceparent` naming `span_id` as the parent of the next hop.
 pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> [u8; TRACEPARENT_BYTES] {
     let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    traceparent_into(&mut v, trace_id, span_id, sampled);
+    v
+}
+
+/// [`traceparent`] written over `v`, which holds a version-00 value's dashes (`00-…-…-0?`):
+/// the ids and the flags.
+#[inline]
+pub fn traceparent_into(
+    v: &mut [u8; TRACEPARENT_BYTES],
+    trace_id: &TraceId,
+    span_id: &SpanId,
+    sampled: bool,
+) {
     hex_encode(trace_id, &mut v[3..35]);
     hex_encode(span_id, &mut v[TRACEPARENT_PARENT]);
-    if sampled {
-        v[54] = b'1';
-    }
-    v
+    v[54] = if sampled { b'1' } else { b'0' };
 }
 
 /// A `b3` single value: `{traceid}-{spanid}-{1|0}-{parentspanid}` (the trace id as long as it

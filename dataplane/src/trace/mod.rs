@@ -103,6 +103,7 @@ pub struct ListenerTrace {
 impl ListenerTrace {
     /// The context a call arriving with `arrived` goes on with; `None`: not traced (an
     /// unsampled context or a B3 deny), forwarded untouched.
+    #[inline]
     pub fn decide(&self, arrived: Arrived) -> Option<Decision> {
         match arrived {
             Arrived::Deny => None,
@@ -120,13 +121,11 @@ impl ListenerTrace {
                 if !sampled && !self.propagate_unsampled {
                     return None;
                 }
+                // Neither id is zero: `next` never returns 0 (see there).
                 let (a, b) = (self.next(), self.next());
-                let mut trace_id = [0u8; 16];
-                trace_id[..8].copy_from_slice(&a.to_be_bytes());
-                trace_id[8..].copy_from_slice(&b.to_be_bytes());
                 Some(Decision {
-                    trace_id,
-                    span_id: self.span_id(),
+                    trace_id: (u128::from(a) << 64 | u128::from(b)).to_be_bytes(),
+                    span_id: self.next().to_be_bytes(),
                     parent: None,
                     sampled,
                     incoming: None,
@@ -153,8 +152,10 @@ impl ListenerTrace {
         }
     }
 
+    /// Never 0: the state never is (xorshift64*, Vigna), and a non-zero state times an odd
+    /// constant is non-zero modulo 2^64.
+    #[inline]
     fn next(&self) -> u64 {
-        // xorshift64* (Vigna): state never 0.
         let mut x = self.rng.get();
         x ^= x >> 12;
         x ^= x << 25;

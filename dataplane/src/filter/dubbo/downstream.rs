@@ -174,10 +174,6 @@ pub struct DubboListener {
 const LOG_POOL_MAX: usize = 1024;
 /// Capacity of a listener's buffer for requests copied to add a `traceparent` (on one shard).
 pub const TRACE_ARENA_BYTES: usize = 64 * 1024;
-/// What an added `traceparent` attachment takes at most: key and value with their Hessian2
-/// string tags, and `insert_attachment_into`'s slack.
-const TRACEPARENT_ATTACHMENT_BYTES: usize =
-    1 + "traceparent".len() + 2 + crate::trace::context::TRACEPARENT_BYTES + 8;
 
 /// What a logged call keeps from its request until it is answered.
 pub struct Logged {
@@ -1427,12 +1423,14 @@ enum Propagate {
     Untouched,
     /// Span ids rewritten in place (same length: no copy): up to two (frame offset, hex).
     Patch([Option<(usize, [u8; 16])>; 2]),
-    /// No context arrived: a `traceparent` attachment is added at this frame offset (the
-    /// attachments map's first entry; a copy of the frame, the one case that changes a
-    /// forwarded request's size).
+    /// No context arrived: a `traceparent` attachment of these ids is added at this frame
+    /// offset (the attachments map's first entry; a copy of the frame, the one case that
+    /// changes a forwarded request's size). Its value is encoded straight into the copy.
     Insert {
         end: usize,
-        value: [u8; crate::trace::context::TRACEPARENT_BYTES],
+        trace_id: crate::trace::context::TraceId,
+        span_id: crate::trace::context::SpanId,
+        sampled: bool,
     },
 }
 
@@ -1447,7 +1445,9 @@ impl Propagate {
             return match t.insert_at {
                 Some(end) => Propagate::Insert {
                     end,
-                    value: cx::traceparent(&d.trace_id, &d.span_id, d.sampled),
+                    trace_id: d.trace_id,
+                    span_id: d.span_id,
+                    sampled: d.sampled,
                 },
                 None => Propagate::Untouched,
             };
@@ -1492,14 +1492,21 @@ impl Propagate {
                 }
                 frame
             }
-            Propagate::Insert { end, value } => {
+            Propagate::Insert {
+                end,
+                trace_id,
+                span_id,
+                sampled,
+            } => {
                 let mut arena = arena.borrow_mut();
-                if arena.capacity() < frame.len() + TRACEPARENT_ATTACHMENT_BYTES {
+                let n = frame.len() + wire::TRACEPARENT_ENTRY_BYTES;
+                if arena.capacity() < n {
                     // A new buffer, or the old one again when every frame cut from it is gone.
-                    arena
-                        .reserve(TRACE_ARENA_BYTES.max(frame.len() + TRACEPARENT_ATTACHMENT_BYTES));
+                    arena.reserve(TRACE_ARENA_BYTES.max(n));
                 }
-                match wire::insert_traceparent_into(&mut arena, &frame, end, &value) {
+                match wire::insert_traceparent_into(
+                    &mut arena, &frame, end, &trace_id, &span_id, sampled,
+                ) {
                     Some(()) => arena.split(),
                     None => frame,
                 }

@@ -247,25 +247,65 @@ const TRACEPARENT_ENTRY_PREFIX: [u8; 14] = {
     out
 };
 
-/// Appends to `out` a copy of `frame` with a `traceparent` attachment added at frame offset
-/// `end` (from [`TraceFields::insert_at`]: the map's first entry); `None` (and `out` unchanged)
-/// when `end` is not in the body. The same bytes as `codec::dubbo::encode::insert_attachment_into`
-/// writes.
+/// What an added `traceparent` entry takes: the key and the value with their Hessian2 string
+/// headers.
+pub const TRACEPARENT_ENTRY_BYTES: usize = TRACEPARENT_ENTRY_PREFIX.len() + TRACEPARENT_BYTES;
+
+/// The entry with an all-zero context (`00-0…0-0…0-00`): copied whole, its ids then written
+/// in place.
+const TRACEPARENT_ENTRY_TEMPLATE: [u8; TRACEPARENT_ENTRY_BYTES] = {
+    let value = b"00-00000000000000000000000000000000-0000000000000000-00";
+    assert!(value.len() == TRACEPARENT_BYTES);
+    let mut out = [0u8; TRACEPARENT_ENTRY_BYTES];
+    let mut i = 0;
+    while i < TRACEPARENT_ENTRY_PREFIX.len() {
+        out[i] = TRACEPARENT_ENTRY_PREFIX[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < TRACEPARENT_BYTES {
+        out[i + j] = value[j];
+        j += 1;
+    }
+    out
+};
+
+/// Appends to `out` a copy of `frame` with a `traceparent` attachment (version 00 of
+/// `trace_id`, `span_id` as the parent, `sampled`) added at frame offset `end` (from
+/// [`TraceFields::insert_at`]: the map's first entry); `None` (and `out` unchanged) when `end`
+/// is not in the body. The same bytes as `codec::dubbo::encode::insert_attachment_into`
+/// writes; the frame's head, the entry and the frame's tail each one copy, the ids hex-encoded
+/// straight into the copy (no value built and moved first).
 pub fn insert_traceparent_into(
     out: &mut BytesMut,
     frame: &[u8],
     end: usize,
-    value: &[u8; TRACEPARENT_BYTES],
+    trace_id: &crate::trace::context::TraceId,
+    span_id: &crate::trace::context::SpanId,
+    sampled: bool,
 ) -> Option<()> {
-    if !value.is_ascii() {
+    if end < d::HEADER_BYTES || end >= frame.len() {
         return None;
     }
-    d::encode::insert_encoded_attachment_into(
-        out,
-        frame,
-        end.checked_sub(d::HEADER_BYTES)?,
-        &[&TRACEPARENT_ENTRY_PREFIX, value],
-    )
+    let (head, tail) = frame.split_at(end);
+    let body = u32::try_from(frame.len() - d::HEADER_BYTES + TRACEPARENT_ENTRY_BYTES).ok()?;
+    let start = out.len();
+    out.reserve(frame.len() + TRACEPARENT_ENTRY_BYTES);
+    out.extend_from_slice(head);
+    out.extend_from_slice(&TRACEPARENT_ENTRY_TEMPLATE);
+    out.extend_from_slice(tail);
+    let at = start + end + TRACEPARENT_ENTRY_PREFIX.len();
+    if let Some(value) = out
+        .get_mut(at..)
+        .and_then(|v| v.first_chunk_mut::<TRACEPARENT_BYTES>())
+    {
+        crate::trace::context::traceparent_into(value, trace_id, span_id, sampled);
+    }
+    let len = start + d::field::BODY_LEN.start;
+    if let Some(dst) = out.get_mut(len..).and_then(|v| v.first_chunk_mut::<4>()) {
+        *dst = body.to_be_bytes();
+    }
+    Some(())
 }
 
 impl RequestView<'_> {
@@ -335,7 +375,7 @@ mod tests {
         let end = req.attachments_end().unwrap() + d::HEADER_BYTES;
         let value = crate::trace::context::traceparent(&[0xab; 16], &[0x12; 8], false);
         let mut ours = BytesMut::from(&b"left alone"[..]);
-        insert_traceparent_into(&mut ours, &frame, end, &value).unwrap();
+        insert_traceparent_into(&mut ours, &frame, end, &[0xab; 16], &[0x12; 8], false).unwrap();
         let mut theirs = BytesMut::from(&b"left alone"[..]);
         d::encode::insert_attachment_into(
             &mut theirs,
@@ -351,7 +391,24 @@ mod tests {
         assert_eq!(grown.attachment(b"path"), req.attachment(b"path"));
         // Not in the body: nothing written.
         let mut none = BytesMut::new();
-        assert!(insert_traceparent_into(&mut none, &frame, frame.len(), &value).is_none());
+        let ids = (&[0xab; 16], &[0x12; 8]);
+        assert!(
+            insert_traceparent_into(&mut none, &frame, frame.len(), ids.0, ids.1, true).is_none()
+        );
+        assert!(insert_traceparent_into(&mut none, &frame, 15, ids.0, ids.1, true).is_none());
         assert!(none.is_empty());
+        // Sampled: the flags byte, and a second frame appended after the first.
+        let value = crate::trace::context::traceparent(&[0x01; 16], &[0xfe; 8], true);
+        let mut theirs = ours.clone();
+        d::encode::insert_attachment_into(
+            &mut theirs,
+            &frame,
+            end - d::HEADER_BYTES,
+            "traceparent",
+            std::str::from_utf8(&value).unwrap(),
+        )
+        .unwrap();
+        insert_traceparent_into(&mut ours, &frame, end, &[0x01; 16], &[0xfe; 8], true).unwrap();
+        assert_eq!(ours, theirs);
     }
 }
