@@ -237,6 +237,8 @@ pub struct Call {
     pub upstream: Option<SocketAddr>,
     /// The cookies its hash generated (its response sets them).
     pub cookies: Option<hash::Generated>,
+    /// The external authorization's `response_headers_to_add` (its response gets them).
+    pub authz_response_headers: Vec<(crate::filter::ext_authz::HeaderAction, Vec<u8>, Vec<u8>)>,
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -269,6 +271,7 @@ impl Call {
             hash: None,
             slot: None,
             respond: None,
+            authz_response_headers: Vec::new(),
             upstream: None,
             cookies: None,
         }
@@ -374,6 +377,9 @@ pub struct TripleListener {
     pub bound: Option<SocketAddr>,
     /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// External authorization (`triple.ext_authz`), between the rbac filters before it and
+    /// those after it.
+    pub ext_authz: Option<crate::filter::ext_authz::ExtAuthz>,
     /// JWT authentication (`triple.jwt_authn`), checked on every call before `rbac`.
     pub jwt: Option<std::sync::Arc<crate::filter::jwt::JwtAuthn>>,
     /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
