@@ -12,11 +12,13 @@
 #![forbid(unsafe_code)]
 
 mod dpdk;
+mod ext_authz;
 mod jwt;
 mod lines;
 mod rbac;
 
 pub use dpdk::*;
+pub use ext_authz::*;
 pub use jwt::*;
 pub use rbac::*;
 
@@ -1475,6 +1477,11 @@ pub struct TripleListener {
     /// payload is the call's metadata for `rbac` and routes (docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_authn: Option<JwtAuthn>,
+    /// External authorization (Envoy's `ext_authz` HTTP filter with a gRPC service): calls
+    /// it applies to wait for the authorizer's answer before routing
+    /// (docs/security.md#external-authorization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<ExtAuthz>,
     /// Routes per `:authority`, as Envoy's virtual hosts: a stream goes to the one host whose
     /// domain matches its `:authority` best (exact, then the longest `*suffix`, then the
     /// longest `prefix*`, then `*`) and takes only that host's routes; else the listener's
@@ -1740,6 +1747,7 @@ impl Default for TripleListener {
             routes: Vec::new(),
             rbac: Vec::new(),
             jwt_authn: None,
+            ext_authz: None,
             virtual_hosts: Vec::new(),
             ignore_port_in_host_matching: false,
             traffic_label: None,
@@ -4911,6 +4919,14 @@ fn validate_triple(
     validate_rbac_filters(&t.rbac, RbacScope::Http, at, err);
     if let Some(j) = &t.jwt_authn {
         j.validate(&|f| at(&format!("jwt_authn.{f}")), err);
+    }
+    if let Some(x) = &t.ext_authz {
+        x.validate(
+            clusters,
+            t.rbac.len(),
+            &|f| at(&format!("ext_authz.{f}")),
+            err,
+        );
     }
     if let Some(tl) = &t.traffic_label {
         tl.validate(true, at, err);

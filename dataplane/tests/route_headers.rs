@@ -387,7 +387,7 @@ fn route_header_mutations_are_envoys() {
         let seen = listen.map(exercise);
         // Refused: a pseudo-header or `host` (Envoy: ":-prefixed or host headers may not be
         // modified"), `append` with `append_action`; by ringside alone, a value operator it
-        // does not fill (Envoy fills %DURATION%: a documented difference).
+        // does not fill (Envoy fills %UPSTREAM_LOCAL_ADDRESS%: a documented difference).
         let bad = [
             (
                 add(":path", "/x", "OVERWRITE_IF_EXISTS_OR_ADD"),
@@ -404,7 +404,11 @@ fn route_header_mutations_are_envoys() {
                 true,
                 "append",
             ),
-            (set("x-d", "%DURATION%"), false, "Duration"),
+            (
+                set("x-d", "%UPSTREAM_LOCAL_ADDRESS%"),
+                false,
+                "UPSTREAM_LOCAL_ADDRESS",
+            ),
         ];
         for (k, (h, envoy_refuses, why)) in bad.into_iter().enumerate() {
             let version = format!("bad{k}");
@@ -687,5 +691,154 @@ fn route_header_operators_are_envoys() {
         !envoy.iter().any(|e| e.contains("x-uh-req")),
         "Envoy added no upstream host to the request: {envoy:#?}"
     );
+    assert_eq!(ringside, envoy);
+}
+
+/// Header values with the stream's own operators, against Envoy 1.40 given the same RDS:
+/// `%DURATION%`, `%BYTES_RECEIVED%`, `%BYTES_SENT%`, `%RESPONSE_FLAGS%`, `%GRPC_STATUS%` and
+/// `%GRPC_STATUS_NUMBER%` in request headers (evaluated as the request arrives: 0, `-`, empty)
+/// and in response headers, for a grpcio call answered by its upstream after 150 ms (the
+/// duration at least that, the request's body bytes received), a grpcio call the proxy
+/// answers itself (no healthy upstream: `UH`, no gRPC status yet) and an HTTP/1.1 request.
+/// Durations are compared by range (short, or at least the upstream's delay).
+#[test]
+fn route_header_stream_operators_are_envoys() {
+    let grpc = GrpcServer::start(0, "up", &["--delay-ms", "150"]);
+    let h2_port = free_port();
+    let _h2 = H2Server::start(h2_port, "h2");
+    let keep = |n: &str, v: &str| {
+        json!({"header": header(n, v), "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+               "keep_empty_value": true})
+    };
+    let ops = |p: &str| {
+        vec![
+            keep(&format!("x-{p}-dur"), "%DURATION%"),
+            keep(&format!("x-{p}-bytes"), "%BYTES_RECEIVED%/%BYTES_SENT%"),
+            keep(&format!("x-{p}-flags"), "%RESPONSE_FLAGS%"),
+            keep(
+                &format!("x-{p}-gs"),
+                "<%GRPC_STATUS%><%GRPC_STATUS_NUMBER%>",
+            ),
+        ]
+    };
+    let mutations = level(&ops("q"), &[], &ops("s"), &[]);
+    let snapshot = |listen: SocketAddr| {
+        let rc = json!({"name": "ops", "virtual_hosts": [with(json!({"name": "svc", "domains": ["*"],
+            "routes": [
+                {"name": "r-grpc", "match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}},
+                {"name": "r-none", "match": {"prefix": "/nobody."}, "route": {"cluster": "empty", "timeout": "5s"}},
+                {"name": "r-h2", "match": {"prefix": "/"}, "route": {"cluster": "h2up", "timeout": "5s"}}
+            ]}), mutations.clone())]});
+        let h2 = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}});
+        let cluster = |name: &str, eps: &[SocketAddr]| {
+            json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                   "load_assignment": load_assignment(name, eps),
+                   "typed_extension_protocol_options": h2.clone()})
+        };
+        json!({
+            "version": "v1",
+            "listeners": [{"name": "ops", "address": socket(listen), "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "http", "codec_type": "AUTO", "route_config": rc,
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                }}]}]}],
+            "clusters": [cluster("grpc", &[grpc.addr()]), cluster("empty", &[]),
+                         cluster("h2up", &[local(h2_port)])]
+        })
+    };
+    // `name=value`, a duration by its range.
+    let norm = |name: &str, value: &str| -> String {
+        let value = match (name.ends_with("-dur"), value.parse::<u64>()) {
+            (true, Ok(ms)) if ms < 100 => "<short>".to_string(),
+            (true, Ok(ms)) if (140..3000).contains(&ms) => "<delayed>".to_string(),
+            _ => value.to_string(),
+        };
+        format!("{name}={value}")
+    };
+    let ours = |n: &str| n.starts_with("x-q-") || n.starts_with("x-s-");
+    let exercise = |listen: SocketAddr| -> Vec<String> {
+        let mut out = Vec::new();
+        let o = grpc_call(listen, &CallOpts::new(Call::Unary).timeout_s(5.0));
+        assert!(o.ok, "{o:?}");
+        for m in o
+            .replies
+            .first()
+            .map(|r| r.metadata.clone())
+            .unwrap_or_default()
+        {
+            let (n, v) = m.split_once('=').unwrap_or((&m, ""));
+            if ours(n) {
+                out.push(format!("grpc upstream {}", norm(n, v)));
+            }
+        }
+        for (n, v) in &o.initial {
+            if ours(n) {
+                out.push(format!("grpc client {}", norm(n, v)));
+            }
+        }
+        let o = grpc_call(
+            listen,
+            &CallOpts::new(Call::Unary)
+                .service("nobody.S")
+                .timeout_s(5.0),
+        );
+        assert!(!o.ok, "{o:?}");
+        for (n, v) in o.trailers.iter().chain(&o.initial) {
+            if ours(n) {
+                out.push(format!("grpc local {}", norm(n, v)));
+            }
+        }
+        let r = http1(
+            listen,
+            "POST /len HTTP/1.1\r\nHost: svc\r\nContent-Length: 7\r\nConnection: close\r\n\r\npayload",
+        );
+        let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
+        for (who, lines) in [
+            ("client", head.split("\r\n").skip(1)),
+            ("upstream", body.split("\n").skip(1)),
+        ] {
+            for (n, v) in lines.filter_map(|l| l.trim_end_matches('\r').split_once(": ")) {
+                let n = n.to_ascii_lowercase();
+                if ours(&n) {
+                    out.push(format!("h1 {who} {}", norm(&n, v)));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let run = |who: &str| -> Vec<String> {
+        let listen = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen)).unwrap();
+        let _proxy = envoy_or_ringside(who, xds.addr(), "vsops2", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        exercise(listen)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    eprintln!("envoy: {envoy:#?}\nringside: {ringside:#?}");
+    // Envoy filled them (the test sees the operators at work).
+    for want in [
+        "grpc upstream x-q-dur=<short>",
+        "grpc upstream x-q-flags=-",
+        "grpc client x-s-dur=<delayed>",
+        "grpc client x-s-bytes=15/0",
+        // The response code (200) as Envoy maps it, before the trailers' grpc-status.
+        "grpc client x-s-gs=<Unknown><2>",
+        "grpc local x-s-flags=UH",
+        "grpc local x-s-gs=<><>",
+        "h1 client x-s-bytes=7/0",
+        "h1 client x-s-gs=<><>",
+    ] {
+        assert!(envoy.iter().any(|e| e == want), "{want}: {envoy:#?}");
+    }
     assert_eq!(ringside, envoy);
 }

@@ -47,6 +47,8 @@ use config::{
 
 use crate::TranslateError;
 
+#[path = "proto_ext_authz.rs"]
+mod ext_authz;
 #[path = "proto_jwt.rs"]
 mod jwt;
 #[path = "proto_rbac.rs"]
@@ -686,6 +688,7 @@ fn chain_listener(
                 limit,
                 rbac,
                 jwt,
+                ext_authz,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -707,6 +710,7 @@ fn chain_listener(
             let mut t = TripleListener {
                 rbac,
                 jwt_authn: jwt,
+                ext_authz,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -1980,6 +1984,8 @@ struct HcmRes {
     rbac: Vec<config::Rbac>,
     /// Its `jwt_authn` filter.
     jwt: Option<config::JwtAuthn>,
+    /// Its `ext_authz` filter.
+    ext_authz: Option<config::ExtAuthz>,
     /// `codec_type` AUTO or HTTP1: HTTP/1.1 connections are served too.
     http1: bool,
     /// Istio's `istio.alpn` filter.
@@ -1999,6 +2005,7 @@ fn hcm(
     let mut limit = None;
     let mut rbac = Vec::new();
     let mut jwt = None;
+    let mut ext_authz = None;
     let mut alpn_override = None;
     use hcm_pb::http_connection_manager::{CodecType, RouteSpecifier};
     let http1 = match CodecType::try_from(h.codec_type) {
@@ -2096,6 +2103,22 @@ fn hcm(
             rbac.push(rbac::http(a, &h.stat_prefix, ctx, &fat)?);
             continue;
         }
+        // istiod's CUSTOM AuthorizationPolicy: between the rbac filters before it (the shadow
+        // one that enables it) and after it, as Envoy runs them.
+        if let Some(a) = typed.filter(|a| a.type_url == ext_authz::EXT_AUTHZ_TYPE) {
+            let fat = format!("{at}.http_filters[{i}]");
+            if ext_authz.is_some() {
+                return Err(ctx.err(fat, "one ext_authz filter is supported"));
+            }
+            ext_authz = Some(ext_authz::http(
+                a,
+                &h.stat_prefix,
+                &rbac,
+                ctx,
+                &format!("{fat}.typed_config"),
+            )?);
+            continue;
+        }
         // The filters istiod always adds: ignored when they only feed telemetry or act on
         // what ringside refuses anyway (docs/xds.md, "Istio"); refused otherwise.
         let why = match typed {
@@ -2121,6 +2144,7 @@ fn hcm(
             limit,
             rbac,
             jwt,
+            ext_authz,
             http1,
             alpn_override,
             forward_client_cert,
@@ -2141,6 +2165,7 @@ fn hcm(
                 limit,
                 rbac,
                 jwt,
+                ext_authz,
                 http1,
                 alpn_override,
                 forward_client_cert,
@@ -4459,6 +4484,16 @@ fn no_fault_override(
             return Err(ctx.err(
                 join(at, &format!("typed_per_filter_config[{k:?}]")),
                 "per-route jwt_authn is not supported",
+            ));
+        }
+        // ExtAuthzPerRoute disables the filter or changes its check for the route.
+        if k == "envoy.filters.http.ext_authz"
+            || a.type_url
+                .ends_with("filters.http.ext_authz.v3.ExtAuthzPerRoute")
+        {
+            return Err(ctx.err(
+                join(at, &format!("typed_per_filter_config[{k:?}]")),
+                "per-route ext_authz is not supported",
             ));
         }
         // RBACPerRoute replaces or disables the listener's rules for the route.

@@ -1281,8 +1281,8 @@ fn istio_filter_decisions() {
         e.contains("http_filters[0]") && e.contains("fault injection"),
         "{e}"
     );
-    // istiod's AuthorizationPolicy filter becomes the listener's triple.rbac; ext_authz
-    // (CUSTOM policies) is refused.
+    // istiod's AuthorizationPolicy filter becomes the listener's triple.rbac; an ext_authz
+    // filter (CUSTOM policies) without `transport_api_version: V3` is refused, naming it.
     let rbac = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
     let (_, res) = with(vec![http_filter(
         "envoy.filters.http.rbac",
@@ -1298,9 +1298,70 @@ fn istio_filter_decisions() {
         any_of(ext_authz, vec![]),
     )]));
     assert!(
-        e.contains("envoy.filters.http.ext_authz") && e.contains("not supported"),
+        e.contains("http_filters[0].typed_config.transport_api_version") && e.contains("only V3"),
         "{e}"
     );
+    // istiod's shapes (extauthz.go `generateGRPCConfig` / `generateHTTPConfig`): the gRPC
+    // provider without a request body is taken; its `include_request_body_in_check` and the
+    // HTTP provider are refused, naming the field (never ignored).
+    {
+        use envoy_types::pb::envoy::config::core::v3 as core_pb;
+        use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ea;
+        let grpc = |body: bool| ea::ExtAuthz {
+            transport_api_version: core_pb::ApiVersion::V3 as i32,
+            failure_mode_allow: true,
+            with_request_body: body.then(|| ea::BufferSettings {
+                max_request_bytes: 4096,
+                allow_partial_message: true,
+                pack_as_bytes: false,
+            }),
+            services: Some(ea::ext_authz::Services::GrpcService(core_pb::GrpcService {
+                target_specifier: Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(
+                    core_pb::grpc_service::EnvoyGrpc {
+                        cluster_name: "outbound|9000||authz".into(),
+                        authority: "authz".into(),
+                        ..Default::default()
+                    },
+                )),
+                timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 0,
+                    nanos: 2_000_000,
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (_, res) = with(vec![http_filter(
+            "envoy.filters.http.ext_authz",
+            any_of(ext_authz, grpc(false).encode_to_vec()),
+        )])
+        .unwrap();
+        let x = res.listener.triple.unwrap().ext_authz.unwrap();
+        assert_eq!(
+            (
+                x.cluster.as_str(),
+                x.timeout_ms,
+                x.failure_mode_allow,
+                x.status_on_error
+            ),
+            ("outbound|9000||authz", 2, true, 403)
+        );
+        let e = err_text(with(vec![http_filter(
+            "envoy.filters.http.ext_authz",
+            any_of(ext_authz, grpc(true).encode_to_vec()),
+        )]));
+        assert!(e.contains("typed_config.with_request_body"), "{e}");
+        let http = ea::ExtAuthz {
+            transport_api_version: core_pb::ApiVersion::V3 as i32,
+            services: Some(ea::ext_authz::Services::HttpService(Default::default())),
+            ..Default::default()
+        };
+        let e = err_text(with(vec![http_filter(
+            "envoy.filters.http.ext_authz",
+            any_of(ext_authz, http.encode_to_vec()),
+        )]));
+        assert!(e.contains("typed_config.http_service"), "{e}");
+    }
     let e = err_text(with(vec![http_filter(
         "w",
         null_wasm("my.plugin", "envoy.wasm.runtime.v8"),

@@ -74,6 +74,8 @@ impl Flags {
     pub const DELAY_INJECTED: Flags = Flags(1 << 13);
     /// FI: a fault abort answered the call.
     pub const FAULT_INJECTED: Flags = Flags(1 << 14);
+    /// UAEX: the external authorization service denied the request (or failed it).
+    pub const UNAUTHORIZED_EXTERNAL_SERVICE: Flags = Flags(1 << 15);
 
     /// In the order Envoy prints them.
     const NAMES: &'static [(Flags, &'static str)] = &[
@@ -88,6 +90,7 @@ impl Flags {
         (Flags::DELAY_INJECTED, "DI"),
         (Flags::FAULT_INJECTED, "FI"),
         (Flags::RATE_LIMITED, "RL"),
+        (Flags::UNAUTHORIZED_EXTERNAL_SERVICE, "UAEX"),
         (Flags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Flags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
         (Flags::UPSTREAM_PROTOCOL_ERROR, "UPE"),

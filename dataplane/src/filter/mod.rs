@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod chain;
 pub mod dubbo;
+pub mod ext_authz;
 pub mod jwt;
 pub mod ratelimit;
 pub mod rbac;
@@ -144,6 +145,9 @@ pub struct Routes<R, P> {
     /// Per route in config order: its `max_concurrent_requests` on this shard (Dubbo routes;
     /// empty when no route has one).
     pub concurrency: Box<[Option<Rc<ratelimit::Concurrency>>]>,
+    /// The index in `pools` of the listener's ext_authz cluster (Triple listeners with
+    /// `ext_authz`).
+    pub authz_pool: Option<usize>,
 }
 
 impl<R, P> Routes<R, P> {

@@ -102,6 +102,9 @@ pub struct Rbac {
 struct Filter {
     rules: Option<Rules>,
     shadow: Option<Rules>,
+    /// `shadow_rules_stat_prefix`: the metadata key its matched shadow policy goes under
+    /// (`PREFIXshadow_effective_policy_id`), which an ext_authz filter may read.
+    shadow_prefix: Box<str>,
     ids: RbacStatIds,
 }
 
@@ -120,6 +123,7 @@ struct Rules {
 }
 
 struct Policy {
+    name: Box<str>,
     permissions: Box<[Permission]>,
     principals: Box<[Principal]>,
 }
@@ -196,6 +200,7 @@ impl Rbac {
                 Ok(Filter {
                     rules: f.rules.as_ref().map(Rules::new).transpose()?,
                     shadow: f.shadow_rules.as_ref().map(Rules::new).transpose()?,
+                    shadow_prefix: f.shadow_rules_stat_prefix.clone().into_boxed_str(),
                     ids: RbacStatIds {
                         allowed: counter("allowed"),
                         denied: counter("denied"),
@@ -215,12 +220,43 @@ impl Rbac {
     /// evaluated and counted, never enforced; its rules count `allowed` or `denied`, and the
     /// first filter that denies ends the evaluation.
     pub fn allows(&self, peer: &Peer<'_>, stats: &ShardStats) -> bool {
+        self.allows_range(peer, stats, 0..usize::MAX, None).0
+    }
+
+    /// As [`Rbac::allows`], for the filters in `range` only (those before or after an
+    /// ext_authz filter); with `shadow_prefix`, also the name of the shadow policy those
+    /// filters with that `shadow_rules_stat_prefix` matched last (Envoy's
+    /// `PREFIXshadow_effective_policy_id` metadata: the first matching policy by name of a
+    /// filter, a later filter's replacing it).
+    pub fn allows_range<'s>(
+        &'s self,
+        peer: &Peer<'_>,
+        stats: &ShardStats,
+        range: std::ops::Range<usize>,
+        shadow_prefix: Option<&str>,
+    ) -> (bool, Option<&'s str>) {
+        let mut effective = None;
         if self.broken {
-            return false;
+            return (false, effective);
         }
-        for f in self.filters.iter() {
+        let end = range.end.min(self.filters.len());
+        for f in self
+            .filters
+            .get(range.start.min(end)..end)
+            .unwrap_or_default()
+        {
             if let Some(s) = &f.shadow {
-                let id = match s.allows(peer) {
+                let allowed = match shadow_prefix.filter(|p| **p == *f.shadow_prefix) {
+                    Some(_) => {
+                        let first = s.first_match(peer);
+                        if let Some(name) = first {
+                            effective = Some(name);
+                        }
+                        s.decides(first.is_some())
+                    }
+                    None => s.allows(peer),
+                };
+                let id = match allowed {
                     true => f.ids.shadow_allowed,
                     false => f.ids.shadow_denied,
                 };
@@ -231,11 +267,11 @@ impl Rbac {
                     stats.inc(f.ids.allowed);
                 } else {
                     stats.inc(f.ids.denied);
-                    return false;
+                    return (false, effective);
                 }
             }
         }
-        true
+        (true, effective)
     }
 }
 
@@ -248,6 +284,7 @@ impl Rules {
                 .iter()
                 .map(|p| {
                     Ok(Policy {
+                        name: p.name.clone().into_boxed_str(),
                         permissions: p.permissions.iter().map(Permission::new).collect::<Result<
                             _,
                             RouteError,
@@ -265,15 +302,33 @@ impl Rules {
     }
 
     fn allows(&self, peer: &Peer<'_>) -> bool {
-        let matched = self.policies.iter().any(|p| {
-            p.permissions.iter().any(|m| m.matches(peer))
-                && p.principals.iter().any(|m| m.matches(peer))
-        });
+        let matched = self.policies.iter().any(|p| p.matches(peer));
+        self.decides(matched)
+    }
+
+    /// The name of the first matching policy in name order (Envoy keeps them in a sorted
+    /// map).
+    fn first_match(&self, peer: &Peer<'_>) -> Option<&str> {
+        self.policies
+            .iter()
+            .filter(|p| p.matches(peer))
+            .map(|p| &*p.name)
+            .min()
+    }
+
+    fn decides(&self, matched: bool) -> bool {
         match self.action {
             config::RbacAction::Allow => matched,
             config::RbacAction::Deny => !matched,
             config::RbacAction::Log => true,
         }
+    }
+}
+
+impl Policy {
+    fn matches(&self, peer: &Peer<'_>) -> bool {
+        self.permissions.iter().any(|m| m.matches(peer))
+            && self.principals.iter().any(|m| m.matches(peer))
     }
 }
 

@@ -744,6 +744,7 @@ impl ShardState {
             route_ids: snap.route_ids[index].clone(),
             limits: shard_limits(snap, index),
             concurrency: shard_concurrency(l, self.stats.stats.shard_count()),
+            authz_pool: None,
         })
     }
 
@@ -768,6 +769,17 @@ impl ShardState {
             route_ids: snap.route_ids[index].clone(),
             limits: shard_limits(snap, index),
             concurrency: shard_concurrency(l, self.stats.stats.shard_count()),
+            // Every cluster has a triple pool when the config has a Triple listener.
+            authz_pool: l
+                .triple
+                .as_ref()
+                .and_then(|t| t.ext_authz.as_ref())
+                .and_then(|x| {
+                    snap.config
+                        .clusters
+                        .iter()
+                        .position(|c| c.name == x.cluster)
+                }),
         })
     }
 
@@ -864,6 +876,10 @@ impl ShardState {
                 trace_pool: Default::default(),
                 bound: l.bind.then_some(l.address),
                 rbac: crate::filter::rbac::Rbac::new(&t.rbac, &stats.stats),
+                ext_authz: t
+                    .ext_authz
+                    .as_ref()
+                    .map(|x| crate::filter::ext_authz::ExtAuthz::new(x, &stats.stats)),
                 jwt: snap.jwt.get(index).cloned().flatten(),
                 labels: t
                     .traffic_label

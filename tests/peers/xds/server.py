@@ -129,6 +129,9 @@ from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb
 # RequestAuthentication (docs/security.md).
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as _jwt  # noqa: E402,F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: E402,F401
+# CUSTOM AuthorizationPolicy (external authorization).
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: E402,F401
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as _nea  # noqa: E402,F401,E501
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2  # noqa: E402,F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: E402,F401,E501
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: E402,F401,E501

@@ -170,6 +170,11 @@ pub struct Stream {
     retried: bool,
     /// Caller side: held by a fault delay (boxed: only delayed calls pay for it).
     delayed: Option<Box<Delayed>>,
+    /// Caller side: held before routing while the external authorization service is asked.
+    authz: Option<Box<AuthzWait>>,
+    /// Upstream side: a Check call to the external authorization service, its answer
+    /// collected here instead of relayed.
+    check: Option<Box<CheckCall>>,
     /// Caller side: the shadow copies of the call (`request_mirror_policies`) that its request
     /// still goes to, until it ended (empty, no allocation, for calls not mirrored).
     mirrors: Vec<(Weak<Conn>, u32)>,
@@ -201,6 +206,51 @@ struct Delayed {
     end: bool,
     data: VecDeque<(Queued, bool)>,
     trailers: Option<Vec<u8>>,
+}
+
+/// Caller side: a call waiting for the external authorization service's answer, before
+/// routing (until `until`, the filter's timeout); what its caller sends meanwhile waits with
+/// it (not credited back until relayed, so bounded by the stream's window).
+struct AuthzWait {
+    until: Instant,
+    /// The Check call's stream on the authorizer's connection.
+    check: Option<(Weak<Conn>, u32)>,
+    /// The request HEADERS ended the stream.
+    end: bool,
+    /// The request's headers (the connection's list is reused by the next HEADERS).
+    headers: super::headers::HeaderList,
+    /// The jwt_authn filter's verified payloads.
+    payload: Option<crate::filter::jwt::Metadata>,
+    data: VecDeque<(Queued, bool)>,
+    trailers: Option<Vec<u8>>,
+}
+
+/// Upstream side: a Check call's answer as it arrives; read when the stream ends (however it
+/// ends: answered, reset, its connection lost).
+struct CheckCall {
+    /// The caller's stream waiting for it.
+    down: Weak<Conn>,
+    did: u32,
+    /// `:status` 200.
+    status_ok: bool,
+    grpc_status: Option<u32>,
+    body: Vec<u8>,
+    too_large: bool,
+}
+
+impl CheckCall {
+    fn outcome(
+        &self,
+        ended: bool,
+    ) -> Result<crate::filter::ext_authz::Answer, crate::filter::ext_authz::CheckError> {
+        use crate::filter::ext_authz::{parse_response, CheckError};
+        match (ended, self.status_ok, self.grpc_status) {
+            (true, true, Some(0)) if !self.too_large => parse_response(&self.body),
+            (true, true, Some(0)) => Err(CheckError::BadResponse),
+            (true, true, Some(g)) => Err(CheckError::Grpc(g)),
+            _ => Err(CheckError::Transport),
+        }
+    }
 }
 
 /// DATA bytes dropped unsent, to credit back to the connection they came from.
@@ -242,6 +292,8 @@ impl Stream {
             no_credit: 0,
             retried: false,
             delayed: None,
+            authz: None,
+            check: None,
             mirrors: Vec::new(),
             shadow: false,
             send_window,
@@ -726,6 +778,18 @@ impl Conn {
     fn forget(&self, id: u32) {
         let removed = self.streams.borrow_mut().remove(&id);
         if let Some(mut s) = removed {
+            if let Some(w) = s.authz.take() {
+                // Ended while its authorization was asked: the Check call is cancelled.
+                let n: usize = w.data.iter().map(|(q, _)| q.len()).sum();
+                self.credit(id, n as u32);
+                cancel_check(w.check);
+            }
+            // A Check call's end (answered, reset, connection lost): its caller learns it
+            // once this stream is gone.
+            let check = s.check.take().map(|c| {
+                let ended = s.recv_end && s.headers_in;
+                (c.down.clone(), c.did, c.outcome(ended))
+            });
             if let (Side::Down(l), Some(d)) = (&self.side, s.delayed.take()) {
                 // Ended while delayed or waiting (deadline, cancel, connection gone): what its
                 // caller sent is given back to the connection's window.
@@ -774,6 +838,11 @@ impl Conn {
             if self.streams.borrow().is_empty() {
                 self.idle_since.set(Instant::now());
                 self.went_idle.notify();
+            }
+            if let Some((down, did, outcome)) = check {
+                if let Some(down) = down.upgrade() {
+                    down.check_done(did, outcome);
+                }
             }
         }
     }
@@ -1042,17 +1111,35 @@ impl Conn {
                         Next::Error(code::FLOW_CONTROL_ERROR)
                     } else {
                         s.recv_end = end;
-                        if let Some(lg) = s.call.as_mut().and_then(|c| c.log.as_mut()) {
-                            lg.bytes_received += data.len() as u64;
-                        }
-                        match (&s.link, s.delayed.as_mut()) {
-                            (Some((w, other)), _) => Next::Relay(w.clone(), *other),
-                            (None, Some(d)) => {
-                                d.data
-                                    .push_back((Queued::new(data.clone(), &self.budget), end));
-                                Next::Held
+                        if let Some(c) = s.call.as_mut() {
+                            c.received += data.len() as u64;
+                            if let Some(lg) = c.log.as_mut() {
+                                lg.bytes_received += data.len() as u64;
                             }
-                            (None, None) => Next::Drop,
+                        }
+                        if let Some(c) = s.check.as_mut() {
+                            // A Check call's answer: kept (bounded), credited as read.
+                            let max = crate::config::EXT_AUTHZ_RESPONSE_BYTES_MAX + 5;
+                            match c.body.len() + data.len() > max {
+                                true => c.too_large = true,
+                                false => c.body.extend_from_slice(&data),
+                            }
+                            Next::Drop
+                        } else {
+                            match (&s.link, s.delayed.as_mut(), s.authz.as_mut()) {
+                                (Some((w, other)), _, _) => Next::Relay(w.clone(), *other),
+                                (None, Some(d), _) => {
+                                    d.data
+                                        .push_back((Queued::new(data.clone(), &self.budget), end));
+                                    Next::Held
+                                }
+                                (None, None, Some(w)) => {
+                                    w.data
+                                        .push_back((Queued::new(data.clone(), &self.budget), end));
+                                    Next::Held
+                                }
+                                (None, None, None) => Next::Drop,
+                            }
                         }
                     }
                 }
@@ -1498,7 +1585,8 @@ impl Conn {
             self.fail_call(id, &e);
             return Ok(());
         }
-        // The jwt_authn filter, then rbac, as istiod orders them.
+        // The jwt_authn filter, then rbac (with ext_authz after the rbac filters before it),
+        // as istiod orders them.
         let payload = match self.authenticate(l) {
             Ok(p) => p,
             Err(e) => {
@@ -1507,10 +1595,47 @@ impl Conn {
                 return Ok(());
             }
         };
-        if !self.authorized(l, payload.as_ref()) {
+        let x = l.ext_authz.as_ref();
+        let split = x.map_or(usize::MAX, |x| x.after_rbac);
+        let (allowed, policy) = self.authorized(
+            l,
+            payload.as_ref(),
+            0..split,
+            x.and_then(|x| x.shadow_prefix()),
+        );
+        if !allowed {
             self.respond_before_routing(l, id, payload.as_ref());
             self.fail_call(id, &CallError::RbacDenied);
             return Ok(());
+        }
+        if let Some(x) = x {
+            if x.applies(policy) {
+                self.start_check(l, id, end, payload);
+                return Ok(());
+            }
+            l.stats.inc(x.ids.disabled);
+        }
+        self.proceed(l, id, end, payload, now)
+    }
+
+    /// Caller side: a call its authorization filters let through (the rbac filters after an
+    /// ext_authz filter still to run): routed and sent upstream, its headers in the
+    /// connection's list.
+    fn proceed(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        id: u32,
+        end: bool,
+        payload: Option<crate::filter::jwt::Metadata>,
+        now: Instant,
+    ) -> Result<(), ConnError> {
+        if let Some(x) = &l.ext_authz {
+            let (allowed, _) = self.authorized(l, payload.as_ref(), x.after_rbac..usize::MAX, None);
+            if !allowed {
+                self.respond_before_routing(l, id, payload.as_ref());
+                self.fail_call(id, &CallError::RbacDenied);
+                return Ok(());
+            }
         }
         // The header list is borrowed only for this call, into a function that cannot reach
         // the connection (so cannot borrow it again).
@@ -1631,11 +1756,19 @@ impl Conn {
         }
     }
 
-    /// The listener's HTTP rbac filters on the call whose headers were just decoded (counted;
-    /// no filters: allowed). Envoy runs them before the router: a denied call is not routed.
-    fn authorized(&self, l: &TripleListener, md: Option<&crate::filter::jwt::Metadata>) -> bool {
+    /// The listener's HTTP rbac filters in `range` on the call whose headers are in the
+    /// connection's list (counted; no filters: allowed), and the shadow policy those with
+    /// `shadow_prefix` matched. Envoy runs them before the router: a denied call is not
+    /// routed.
+    fn authorized<'l>(
+        &self,
+        l: &'l TripleListener,
+        md: Option<&crate::filter::jwt::Metadata>,
+        range: std::ops::Range<usize>,
+        shadow_prefix: Option<&str>,
+    ) -> (bool, Option<&'l str>) {
         let Some(rbac) = &l.rbac else {
-            return true;
+            return (true, None);
         };
         let hl = self.headers.borrow();
         let call = super::headers::CallView {
@@ -1643,10 +1776,262 @@ impl Conn {
             metadata: md,
         };
         match &*self.rbac_peer.borrow() {
-            Some(c) => rbac.allows(&c.with(&call), &l.stats),
+            Some(c) => rbac.allows_range(&c.with(&call), &l.stats, range, shadow_prefix),
             // Set at accept whenever the listener has rules.
-            None => false,
+            None => (false, None),
         }
+    }
+
+    /// Caller side: call `id` (its headers in the connection's list) waits while its
+    /// authorization is asked: `Authorization/Check` on a stream of the filter's cluster's
+    /// pool, the CheckRequest built from the call as Envoy 1.40 builds it.
+    fn start_check(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        id: u32,
+        end: bool,
+        payload: Option<crate::filter::jwt::Metadata>,
+    ) {
+        let Some(x) = &l.ext_authz else {
+            return;
+        };
+        let scheme: &[u8] = if self.tls.get() { b"https" } else { b"http" };
+        let message = {
+            let mut hl = self.headers.borrow_mut();
+            // What Envoy's connection manager adds before its filters run: the authorizer
+            // sees them (and the router then finds them there).
+            if hl.get(b"x-forwarded-proto").is_none() {
+                hl.append(b"x-forwarded-proto", scheme);
+            }
+            if hl.get(b"x-request-id").is_none() {
+                hl.append(b"x-request-id", &super::request_id::uuid4());
+            }
+            let peer = self.rbac_peer.borrow();
+            let p = peer.as_ref();
+            let attrs = crate::filter::ext_authz::Attributes {
+                source: p.and_then(|p| p.source),
+                destination: p.and_then(|p| p.destination),
+                peer_certificate: p.and_then(|p| p.certificate.as_deref()),
+                local_uri: l.local_uris.first().map(String::as_str),
+                protocol: "HTTP/2",
+                size: 0,
+                id: u64::from(id),
+            };
+            crate::filter::ext_authz::check_request(
+                &attrs,
+                hl.iter().map(|(n, v, _)| (n, v)),
+                x.include_peer_certificate,
+            )
+        };
+        let until = Instant::now() + x.timeout;
+        if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
+            s.authz = Some(Box::new(AuthzWait {
+                until,
+                check: None,
+                end,
+                headers: self.headers.borrow().clone(),
+                payload,
+                data: VecDeque::new(),
+                trailers: None,
+            }));
+        }
+        let routes = l.routes.get();
+        let pool = routes.authz_pool.and_then(|i| routes.pools.get(i));
+        let opened = pool.and_then(|pool| {
+            let up = pool
+                .connection(self.limits, &l.alpn.http2, None, None, None, None)
+                .ok()?;
+            let uid = up.open_stream(Weak::new(), 0)?;
+            Some((up, uid))
+        });
+        let Some((up, uid)) = opened else {
+            // No connection to the authorizer: an error now.
+            self.check_done(id, Err(crate::filter::ext_authz::CheckError::Transport));
+            return;
+        };
+        if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
+            s.link = None;
+            s.held = None;
+            s.check = Some(Box::new(CheckCall {
+                down: Rc::downgrade(self),
+                did: id,
+                status_ok: false,
+                grpc_status: None,
+                body: Vec::new(),
+                too_large: false,
+            }));
+        }
+        if let Some(w) = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.authz.as_mut())
+        {
+            w.check = Some((Rc::downgrade(&up), uid));
+        }
+        let mut block = Vec::with_capacity(128 + x.authority.len());
+        let fields: [(&[u8], &[u8]); 7] = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", crate::filter::ext_authz::CHECK_PATH),
+            (b":authority", &x.authority),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"grpc-timeout", &x.grpc_timeout),
+        ];
+        for (n, v) in fields {
+            hpack::encode_field(&mut block, n, v, false);
+        }
+        up.send(uid, Out::Headers(block, false));
+        up.send(uid, Out::Data(Queued::new(message, &up.budget), true));
+        if self.armed.get().is_none_or(|a| until < a) {
+            self.deadline_wake.notify();
+        }
+    }
+
+    /// Caller side: the authorization of call `id` is known (answered, failed, timed out).
+    fn check_done(
+        self: &Rc<Self>,
+        id: u32,
+        outcome: Result<crate::filter::ext_authz::Answer, crate::filter::ext_authz::CheckError>,
+    ) {
+        let Side::Down(l) = &self.side else {
+            return;
+        };
+        let l = l.clone();
+        let w = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.authz.take());
+        if let Some(w) = w {
+            self.authz_done(&l, id, *w, outcome);
+        }
+    }
+
+    /// Caller side: acts on call `id`'s authorization as Envoy's ext_authz filter does: OK
+    /// goes on (routed, the answer's header changes made), denied is answered with the
+    /// answer's status, headers and body, an error answers `status_on_error` (or, with
+    /// `failure_mode_allow`, goes on).
+    fn authz_done(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        id: u32,
+        w: AuthzWait,
+        outcome: Result<crate::filter::ext_authz::Answer, crate::filter::ext_authz::CheckError>,
+    ) {
+        use crate::filter::ext_authz::Answer;
+        let Some(x) = &l.ext_authz else {
+            return;
+        };
+        let AuthzWait {
+            check,
+            end,
+            headers,
+            payload,
+            data,
+            trailers,
+            ..
+        } = w;
+        cancel_check(check);
+        // The call's headers back in the connection's list (no one else's are there between
+        // two frames).
+        *self.headers.borrow_mut() = headers;
+        let refused = match outcome {
+            Ok(Answer::Ok {
+                headers,
+                remove,
+                response_headers,
+            }) => {
+                l.stats.inc(x.ids.ok);
+                apply_authz_headers(&mut self.headers.borrow_mut(), &headers, &remove);
+                if !response_headers.is_empty() {
+                    if let Some(c) = self
+                        .streams
+                        .borrow_mut()
+                        .get_mut(&id)
+                        .and_then(|s| s.call.as_mut())
+                    {
+                        c.authz_response_headers = response_headers;
+                    }
+                }
+                None
+            }
+            Ok(Answer::Denied {
+                status,
+                headers,
+                body,
+            }) => {
+                l.stats.inc(x.ids.denied);
+                Some(CallError::AuthzDenied {
+                    status: http_to_grpc_status(status),
+                    message: body,
+                    headers,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(listener = %l.name, error = ?e, "ext_authz: check failed");
+                l.stats.inc(x.ids.error);
+                if x.failure_mode_allow {
+                    l.stats.inc(x.ids.failure_mode_allowed);
+                    if x.failure_mode_allow_header_add {
+                        self.headers.borrow_mut().replace(
+                            crate::filter::ext_authz::FAILURE_MODE_ALLOWED_HEADER,
+                            Some(b"true"),
+                        );
+                    }
+                    None
+                } else {
+                    Some(CallError::AuthzError(http_to_grpc_status(
+                        x.status_on_error,
+                    )))
+                }
+            }
+        };
+        let held: usize = data.iter().map(|(q, _)| q.len()).sum();
+        if let Some(e) = refused {
+            self.credit(id, held as u32);
+            self.respond_before_routing(l, id, payload.as_ref());
+            self.fail_call(id, &e);
+            return;
+        }
+        if let Err(e) = self.proceed(l, id, end, payload, Instant::now()) {
+            self.goaway_close(e.code, &e.why);
+            return;
+        }
+        let link = self.link(id);
+        if link.is_none() {
+            // Delayed (a fault) or waiting for room: what its caller sent waits with it;
+            // failed: given back.
+            let mut streams = self.streams.borrow_mut();
+            if let Some(d) = streams.get_mut(&id).and_then(|s| s.delayed.as_mut()) {
+                d.data.extend(data);
+                d.trailers = trailers;
+                return;
+            }
+            drop(streams);
+            self.credit(id, held as u32);
+            return;
+        }
+        for (q, end) in data {
+            let n = q.len() as u32;
+            self.to_mirrors(
+                id,
+                |up| Out::Data(Queued::new((*q).clone(), &up.budget), end),
+                end,
+            );
+            let sent = link
+                .as_ref()
+                .is_some_and(|(up, uid)| up.send(*uid, Out::Data(q, end)));
+            if !sent {
+                self.credit(id, n);
+            }
+        }
+        if let (Some(t), Some((up, uid))) = (trailers, link) {
+            self.to_mirrors(id, |_| Out::Headers(t.clone(), true), true);
+            up.send(uid, Out::Headers(t, true));
+        }
+        self.maybe_forget(id);
     }
 
     /// Trailers from the caller: once, and ending the stream.
@@ -1670,13 +2055,15 @@ impl Conn {
         if let Some((up, uid)) = self.link(id) {
             self.to_mirrors(id, |_| Out::Headers(block.clone(), true), true);
             up.send(uid, Out::Headers(block, true));
-        } else if let Some(d) = self
-            .streams
-            .borrow_mut()
-            .get_mut(&id)
-            .and_then(|s| s.delayed.as_mut())
-        {
-            d.trailers = Some(block);
+        } else {
+            let mut streams = self.streams.borrow_mut();
+            if let Some(s) = streams.get_mut(&id) {
+                if let Some(d) = s.delayed.as_mut() {
+                    d.trailers = Some(block);
+                } else if let Some(w) = s.authz.as_mut() {
+                    w.trailers = Some(block);
+                }
+            }
         }
         self.maybe_forget(id);
         Ok(())
@@ -1977,6 +2364,7 @@ impl Conn {
         let message = percent_encode(&e.message(retried));
         let mut num = [0u8; 10];
         let status_text = grpc::status_text(e.status(), &mut num);
+        let authz_headers;
         let (headers_sent, back, mutated) = {
             let mut streams = self.streams.borrow_mut();
             let Some(s) = streams.get_mut(&id) else {
@@ -1989,6 +2377,7 @@ impl Conn {
             let Some(call) = s.call.as_mut() else {
                 return;
             };
+            authz_headers = std::mem::take(&mut call.authz_response_headers);
             call.local = true;
             call.status = Some(e.status());
             // Once routed, ringside's own answer gets the route's response mutations, as
@@ -1999,13 +2388,18 @@ impl Conn {
                         CallError::Direct { location, .. } => location.as_deref(),
                         _ => None,
                     };
-                    Some(r.local_reply(
-                        location,
-                        "HTTP/2",
-                        SystemTime::now() - call.started.elapsed(),
-                        self.caller_addrs.get(),
-                        call.upstream,
-                    ))
+                    let facts = super::mutate::Facts {
+                        upstream: call.upstream,
+                        duration: call.started.elapsed(),
+                        bytes_received: call.received,
+                        flags: e.flags(),
+                        ..super::mutate::Facts::request(
+                            "HTTP/2",
+                            SystemTime::now() - call.started.elapsed(),
+                            self.caller_addrs.get(),
+                        )
+                    };
+                    Some(r.local_reply(location, &facts))
                 }
                 _ => None,
             };
@@ -2080,6 +2474,24 @@ impl Conn {
         {
             hpack::encode_field(&mut block, b"www-authenticate", w, false);
         }
+        // An OK authorization's response headers, on any answer (Envoy's ext_authz filter
+        // adds them to local replies too); none is one the reply sets, none is there to
+        // overwrite.
+        for (a, n, v) in &authz_headers {
+            let settable = n.first() != Some(&b':') && !super::mutate::local_reply_sets(n);
+            if settable && *a != crate::filter::ext_authz::HeaderAction::OverwriteIfExists {
+                hpack::encode_field(&mut block, n, v, false);
+            }
+        }
+        // The authorizer's headers on its denial (pseudo-headers and what the reply sets
+        // are not its to change).
+        if let CallError::AuthzDenied { headers, .. } = e {
+            for (n, v) in headers {
+                if n.first() != Some(&b':') && !super::mutate::local_reply_sets(n) {
+                    hpack::encode_field(&mut block, n, v, false);
+                }
+            }
+        }
         // Envoy's router marks its overflow answers (unless `suppress_envoy_headers`).
         if e.overloaded() && !headers_sent && !l.suppress_envoy_headers {
             hpack::encode_field(&mut block, b"x-envoy-overloaded", b"true", false);
@@ -2110,6 +2522,9 @@ impl Conn {
     fn on_response_headers(self: &Rc<Self>, id: u32, end: bool) -> Result<(), ConnError> {
         if self.streams.borrow().get(&id).is_some_and(|s| s.recv_end) {
             return self.on_stream_error(id, code::STREAM_CLOSED, "HEADERS after END_STREAM");
+        }
+        if self.on_check_headers(id, end) {
+            return Ok(());
         }
         let first = self
             .streams
@@ -2211,6 +2626,33 @@ impl Conn {
         Ok(())
     }
 
+    /// Upstream side: the response headers or trailers of a Check call are kept in its
+    /// `CheckCall` (true: stream `id` is one).
+    fn on_check_headers(&self, id: u32, end: bool) -> bool {
+        {
+            let mut streams = self.streams.borrow_mut();
+            let Some(s) = streams.get_mut(&id) else {
+                return false;
+            };
+            let Some(c) = s.check.as_mut() else {
+                return false;
+            };
+            let hl = self.headers.borrow();
+            if !s.headers_in {
+                s.headers_in = true;
+                c.status_ok = hl.get(b":status") == Some(b"200".as_slice());
+            }
+            if let Some(g) = header_u32(hl.get(b"grpc-status")) {
+                c.grpc_status = Some(g);
+            }
+            s.recv_end |= end;
+        }
+        if end {
+            self.maybe_forget(id);
+        }
+        true
+    }
+
     /// Encodes an upstream's response headers `hl` (or trailers) for the caller of stream `id`.
     /// With Istio's metadata exchange (listeners with `istio_metrics`), on the response
     /// headers as istio-proxy's `peer_metadata` filter: outbound, the upstream's sidecar named
@@ -2237,7 +2679,7 @@ impl Conn {
             .map(|c| {
                 let mutates = self.mutates.get();
                 (
-                    c.started,
+                    (c.started, c.received),
                     c.respond.as_ref().filter(|_| mutates).cloned(),
                     // Envoy picks a host once per try: one set of cookies each.
                     c.cookies
@@ -2249,21 +2691,25 @@ impl Conn {
         let cookies = first.as_ref().and_then(|f| f.2.as_ref());
         let mutated;
         let hl = match first.as_ref().and_then(|(s, r, _)| Some((s, r.as_ref()?))) {
-            Some((started, r)) => {
+            Some(((started, received), r)) => {
                 let mut m = hl.clone();
                 // The router's cookies first, then the route's mutations (which may remove
                 // them), as Envoy's router.
                 if let Some((g, picks)) = cookies {
                     g.each(*picks, |v| m.append(b"set-cookie", v));
                 }
+                let code = hl
+                    .get(b":status")
+                    .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok());
                 let facts = super::mutate::Facts {
                     upstream: match &up.side {
                         Side::Up(h) => Some(h.addr),
                         Side::Down(_) => None,
                     },
-                    response_code: hl
-                        .get(b":status")
-                        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()),
+                    response_code: code,
+                    duration: started.elapsed(),
+                    bytes_received: *received,
+                    grpc_status: super::mutate::Facts::grpc_status_of(hl.get(b"grpc-status"), code),
                     ..super::mutate::Facts::request(
                         "HTTP/2",
                         SystemTime::now() - started.elapsed(),
@@ -2276,6 +2722,28 @@ impl Conn {
             }
             None => hl,
         };
+        // An OK authorization's response headers, after the route's (as Envoy's ext_authz
+        // filter adds them to what the router passes on).
+        let authz = match first.is_some() {
+            true => self
+                .streams
+                .borrow_mut()
+                .get_mut(&id)
+                .and_then(|s| s.call.as_mut())
+                .map(|c| std::mem::take(&mut c.authz_response_headers))
+                .filter(|h| !h.is_empty()),
+            false => None,
+        };
+        let authz_mutated;
+        let hl = match authz {
+            Some(h) => {
+                let mut m = hl.clone();
+                apply_authz_headers(&mut m, &h, &[]);
+                authz_mutated = m;
+                &authz_mutated
+            }
+            None => hl,
+        };
         let st = &l.stamp;
         let stamped = |n: &[u8]| first.is_some() && st.replaces(n);
         self.encode_exchange(l, id, hl, out, up, &stamped);
@@ -2284,7 +2752,7 @@ impl Conn {
                 hpack::encode_field(out, b"set-cookie", v, false)
             });
         }
-        if let Some((started, _, _)) = first {
+        if let Some(((started, _), _, _)) = first {
             // Names known: no static-table search, no allocation; one clock read (every
             // response pays these).
             let now = Instant::now();
@@ -2404,11 +2872,20 @@ impl Conn {
         let mut expired = Vec::new();
         let mut tries = Vec::new();
         let mut released = Vec::new();
+        let mut authz_expired = Vec::new();
         let mut next: Option<Instant> = None;
         for (&id, s) in self.streams.borrow().iter() {
             let Some(c) = s.call.as_ref() else {
                 continue;
             };
+            // The external authorization's timeout.
+            if let Some(u) = s.authz.as_ref().map(|w| w.until) {
+                if u <= now {
+                    authz_expired.push(id);
+                } else {
+                    next = Some(next.map_or(u, |n| n.min(u)));
+                }
+            }
             // A fault delay ends (unless the call's deadline came first).
             if let Some(u) = s.delayed.as_ref().and_then(|d| d.until) {
                 if u <= now && c.deadline.is_none_or(|d| d > now) {
@@ -2436,6 +2913,9 @@ impl Conn {
         let Side::Down(l) = &self.side else {
             return next;
         };
+        for id in authz_expired {
+            self.check_done(id, Err(crate::filter::ext_authz::CheckError::Timeout));
+        }
         for id in released {
             self.release_delayed(l, id);
             let d = self.streams.borrow().get(&id).and_then(|s| {
@@ -2663,6 +3143,64 @@ impl Conn {
             && self.goaway.get().is_none()
             && self.stream_ids.get() <= frame::STREAM_ID_MAX
             && (self.streams.borrow().len() as u64) < u64::from(self.peer_streams_max.get())
+    }
+}
+
+/// Cancels a Check call whose caller no longer waits for it (its answer is not wanted).
+fn cancel_check(check: Option<(Weak<Conn>, u32)>) {
+    let Some((w, uid)) = check else {
+        return;
+    };
+    let Some(up) = w.upgrade() else {
+        return;
+    };
+    let was = up
+        .streams
+        .borrow_mut()
+        .get_mut(&uid)
+        .and_then(|s| s.check.take());
+    if was.is_some() {
+        up.reset(uid, code::CANCEL);
+    }
+}
+
+/// Makes an OK authorization's changes to the request (Envoy's order: set, add, add if
+/// absent, overwrite if present, append, then remove); pseudo-headers and `host` are not the
+/// authorizer's to change.
+fn apply_authz_headers(
+    hl: &mut HeaderList,
+    headers: &[(crate::filter::ext_authz::HeaderAction, Vec<u8>, Vec<u8>)],
+    remove: &[Vec<u8>],
+) {
+    use crate::filter::ext_authz::HeaderAction as A;
+    let allowed = |n: &[u8]| n.first() != Some(&b':') && n != b"host";
+    for (a, n, v) in headers.iter().filter(|(_, n, _)| allowed(n)) {
+        match a {
+            A::Set => hl.replace(n, Some(v)),
+            A::Add => hl.append(n, v),
+            A::AddIfAbsent => {
+                if hl.get(n).is_none() {
+                    hl.append(n, v);
+                }
+            }
+            A::OverwriteIfExists => {
+                if hl.get(n).is_some() {
+                    hl.replace(n, Some(v));
+                }
+            }
+            A::Append => match hl.get(n) {
+                Some(old) => {
+                    let mut joined = old.to_vec();
+                    joined.push(b',');
+                    joined.extend_from_slice(v);
+                    hl.replace(n, Some(&joined));
+                }
+                None => hl.append(n, v),
+            },
+        }
+    }
+    for n in remove.iter().filter(|n| allowed(n)) {
+        hl.replace(n, None);
     }
 }
 
@@ -3382,7 +3920,7 @@ pub async fn serve_read<S: crate::io::Conn>(
     }
     conn.original_dst.set(original_dst(&stream, &l));
     conn.tls.set(stream.is_tls());
-    if l.rbac.is_some() {
+    if l.rbac.is_some() || l.ext_authz.is_some() {
         *conn.rbac_peer.borrow_mut() =
             Some(crate::filter::rbac::ConnPeer::new(stream.rbac_facts()));
     }

@@ -174,6 +174,18 @@ pub enum CallError {
         message: &'static str,
         www_authenticate: Option<Vec<u8>>,
     },
+    /// The external authorization service denied it: its HTTP status's gRPC status, its body
+    /// as the message, its headers on the answer (Envoy's local reply to a gRPC caller).
+    #[error("{message}")]
+    AuthzDenied {
+        status: u32,
+        message: String,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// The external authorization failed (timeout, unreachable, an error) and
+    /// `failure_mode_allow` is off: `status_on_error`'s gRPC status, no message.
+    #[error("")]
+    AuthzError(u32),
     /// The route answers itself (`redirect`, `direct_response`): the gRPC status of its HTTP
     /// status (Envoy's mapping), its body as the message, its `location`.
     #[error("{message}")]
@@ -212,6 +224,9 @@ impl CallError {
             CallError::RbacDenied | CallError::Direct { .. } | CallError::Jwt { .. } => {
                 Flags::default()
             }
+            CallError::AuthzDenied { .. } | CallError::AuthzError(_) => {
+                Flags::UNAUTHORIZED_EXTERNAL_SERVICE
+            }
         }
     }
 
@@ -233,7 +248,10 @@ impl CallError {
             CallError::ResponseHeadersTooLarge(_) => status::INTERNAL,
             CallError::FaultAbort(code) | CallError::RateLimited(code) => *code,
             CallError::RbacDenied => status::PERMISSION_DENIED,
-            CallError::Direct { status, .. } | CallError::Jwt { status, .. } => *status,
+            CallError::Direct { status, .. }
+            | CallError::Jwt { status, .. }
+            | CallError::AuthzDenied { status, .. } => *status,
+            CallError::AuthzError(status) => *status,
         }
     }
 

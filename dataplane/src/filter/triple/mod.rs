@@ -208,6 +208,8 @@ impl UpstreamH2StatIds {
 /// One call's bookkeeping, kept on the caller's stream.
 pub struct Call {
     pub started: Instant,
+    /// Request body bytes received so far (`%BYTES_RECEIVED%` in header values).
+    pub received: u64,
     pub deadline: Option<Instant>,
     pub headers_sent: bool,
     pub status: Option<u32>,
@@ -235,6 +237,8 @@ pub struct Call {
     pub upstream: Option<SocketAddr>,
     /// The cookies its hash generated (its response sets them).
     pub cookies: Option<hash::Generated>,
+    /// The external authorization's `response_headers_to_add` (its response gets them).
+    pub authz_response_headers: Vec<(crate::filter::ext_authz::HeaderAction, Vec<u8>, Vec<u8>)>,
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -252,6 +256,7 @@ impl Call {
     fn new(l: &TripleListener, now: Instant) -> Call {
         Call {
             started: now,
+            received: 0,
             deadline: None,
             headers_sent: false,
             status: None,
@@ -266,6 +271,7 @@ impl Call {
             hash: None,
             slot: None,
             respond: None,
+            authz_response_headers: Vec::new(),
             upstream: None,
             cookies: None,
         }
@@ -371,6 +377,9 @@ pub struct TripleListener {
     pub bound: Option<SocketAddr>,
     /// HTTP rbac filters (`triple.rbac`), checked on every call before routing.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// External authorization (`triple.ext_authz`), between the rbac filters before it and
+    /// those after it.
+    pub ext_authz: Option<crate::filter::ext_authz::ExtAuthz>,
     /// JWT authentication (`triple.jwt_authn`), checked on every call before `rbac`.
     pub jwt: Option<std::sync::Arc<crate::filter::jwt::JwtAuthn>>,
     /// Traffic labels (`triple.traffic_label`): the headers a call's label is read from.
@@ -739,6 +748,9 @@ pub struct Pool {
     /// Idle keep-alive upstream connections of HTTP/1.1 requests ([`http1`]; HTTP/1.1 or
     /// HTTP/2 as `upstream_http` says), at most [`http1::IDLE_UPSTREAM_MAX`].
     pub http1_idle: RefCell<Vec<http1::IdleConn>>,
+    /// HTTP/2 connections HTTP/1.1 requests share (`upstream_http: http2`, or `auto` where
+    /// TLS settled on `h2`): as many streams on each as the upstream allows at once.
+    pub http2_conns: RefCell<Vec<Rc<http1::H2Conn>>>,
     /// The protocol HTTP/1.1 requests are forwarded with (`upstream_http`).
     pub upstream_http: config::UpstreamHttp,
     /// `keep_alpn`: listeners' `alpn_override` does not apply to this cluster.
@@ -817,6 +829,7 @@ impl Pool {
             backoff_wake: shard::Notify::new(),
             dice: crate::route::Dice::new(jitter_seed()),
             http1_idle: RefCell::new(Vec::new()),
+            http2_conns: RefCell::new(Vec::new()),
             upstream_http: c.upstream_http,
             keep_alpn: c.keep_alpn,
             stats,

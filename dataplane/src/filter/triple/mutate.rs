@@ -22,11 +22,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::headers::HeaderList;
 use crate::access_log::format::{Format, Op, Piece};
-use crate::access_log::Part;
+use crate::access_log::{Flags, Part};
 use crate::config::{AppendAction, HeaderMutations, HeaderToAdd};
 use crate::route::RouteError;
 
@@ -102,6 +102,18 @@ pub struct Facts {
     /// `%UPSTREAM_REMOTE_ADDRESS%`) and the status (`%RESPONSE_CODE%`).
     pub upstream: Option<SocketAddr>,
     pub response_code: Option<u32>,
+    /// Since the request began (`%DURATION%`, Envoy's `currentDuration`): zero for request
+    /// headers (evaluated as they arrive).
+    pub duration: Duration,
+    /// Request body bytes received so far (`%BYTES_RECEIVED%`; `%BYTES_SENT%` is always 0:
+    /// headers are evaluated before any response body goes out).
+    pub bytes_received: u64,
+    /// The request's response flags so far (`%RESPONSE_FLAGS%`, `-` for none).
+    pub flags: Flags,
+    /// `%GRPC_STATUS%`: a gRPC request's response `grpc-status`, else its HTTP status mapped
+    /// (Envoy's `Grpc::Common::getGrpcStatus` once the response code is known); none for
+    /// request headers and local replies (evaluated before either is set).
+    pub grpc_status: Option<u32>,
 }
 
 impl Facts {
@@ -117,7 +129,19 @@ impl Facts {
             caller,
             upstream: None,
             response_code: None,
+            duration: Duration::ZERO,
+            bytes_received: 0,
+            flags: Flags::NONE,
+            grpc_status: None,
         }
+    }
+
+    /// `%GRPC_STATUS%` of a gRPC request's response with headers `grpc_status` (its field, if
+    /// any) and status `code`, as Envoy's formatter reads it.
+    pub fn grpc_status_of(grpc_status: Option<&[u8]>, code: Option<u32>) -> Option<u32> {
+        grpc_status
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .or_else(|| code.map(|c| super::error::http_to_grpc_status(c as u16)))
     }
 }
 
@@ -183,11 +207,11 @@ impl Level {
         let view = View(f, part, names.request.filter(|_| self.response));
         let record = crate::access_log::Record {
             start: facts.start,
-            duration: std::time::Duration::ZERO,
+            duration: facts.duration,
             protocol: Some(facts.protocol),
             response_code: facts.response_code,
-            grpc_status: None,
-            flags: crate::access_log::Flags::NONE,
+            grpc_status: facts.grpc_status,
+            flags: facts.flags,
             // Envoy 1.40 finalizes a request's headers before its upstream request exists:
             // no upstream host for them.
             upstream_host: facts.upstream.filter(|_| self.response),
@@ -195,7 +219,7 @@ impl Level {
             route_name: names.route,
             downstream_remote: facts.caller.0,
             downstream_local: facts.caller.1,
-            bytes_received: 0,
+            bytes_received: facts.bytes_received,
             bytes_sent: 0,
             headers: &view,
             dubbo: None,
@@ -285,8 +309,9 @@ const FILLED: &str = "%%, %HOSTNAME%, %START_TIME%, %PROTOCOL%, %DOWNSTREAM_REMO
     %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %DOWNSTREAM_LOCAL_ADDRESS%, \
     %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% (and the DIRECT forms), %REQ(x)%, %RESP(x)%, \
     %RESPONSE_CODE%, %UPSTREAM_HOST%, %UPSTREAM_REMOTE_ADDRESS%, %UPSTREAM_CLUSTER%, \
-    %ROUTE_NAME% (in a request header, as Envoy 1.40: the upstream host and the response's \
-    headers empty, the response code 0)";
+    %ROUTE_NAME%, %DURATION%, %BYTES_RECEIVED%, %BYTES_SENT%, %RESPONSE_FLAGS%, %GRPC_STATUS%, \
+    %GRPC_STATUS_NUMBER% (in a request header, as Envoy 1.40: the upstream host, the \
+    response's headers and gRPC status empty, the response code, duration and bytes 0)";
 
 /// A header value's format compiled: its bytes when it has no operator but `%HOSTNAME%` (a
 /// constant), else its pieces.
@@ -318,6 +343,12 @@ fn value(format: &str) -> Result<Value, String> {
                         | Op::UpstreamHost
                         | Op::UpstreamCluster
                         | Op::RouteName
+                        | Op::Duration
+                        | Op::BytesReceived
+                        | Op::BytesSent
+                        | Op::ResponseFlags
+                        | Op::GrpcStatus
+                        | Op::GrpcStatusNumber
                 );
                 if !filled {
                     return Err(format!(
@@ -540,24 +571,18 @@ impl Respond {
     /// route's response mutations, as Envoy 1.40's filter manager finalizes a local reply's
     /// headers with its route's before the reply's own fields are set: the mutations see only
     /// `location` (a redirect's or direct response's, added first), `%RESPONSE_CODE%` is 0
-    /// (the stream has no response code yet) and `%UPSTREAM_HOST%` the endpoint picked, if any.
+    /// (the stream has no response code yet), `%GRPC_STATUS%` empty, and `facts` give the
+    /// endpoint picked, if any, the duration, bytes and response flags so far.
     /// Error path only (allocates).
-    pub fn local_reply(
-        &self,
-        location: Option<&[u8]>,
-        protocol: &'static str,
-        start: SystemTime,
-        caller: (Option<SocketAddr>, Option<SocketAddr>),
-        upstream: Option<SocketAddr>,
-    ) -> HeaderList {
+    pub fn local_reply(&self, location: Option<&[u8]>, facts: &Facts) -> HeaderList {
         let mut f = HeaderList::default();
         if let Some(loc) = location {
             f.append(b"location", loc);
         }
         let facts = Facts {
-            upstream,
             response_code: Some(0),
-            ..Facts::request(protocol, start, caller)
+            grpc_status: None,
+            ..*facts
         };
         self.apply(&mut f, &facts);
         f
@@ -751,6 +776,7 @@ mod tests {
             ),
             upstream: Some("10.0.2.1:8080".parse().unwrap()),
             response_code: Some(200),
+            ..Facts::request("HTTP/2", std::time::UNIX_EPOCH, (None, None))
         }
     }
 
@@ -806,9 +832,18 @@ mod tests {
                 assert!(one(ok, response).is_ok(), "{ok}");
             }
         }
-        let e = one("%DURATION%", true).unwrap_err();
-        assert!(e.to_string().contains("Duration"), "{e}");
-        assert!(one("%BYTES_RECEIVED%", false).is_err());
+        for ok in [
+            "%DURATION%",
+            "%BYTES_RECEIVED%",
+            "%BYTES_SENT%",
+            "%RESPONSE_FLAGS%",
+            "%GRPC_STATUS%",
+        ] {
+            assert!(one(ok, true).is_ok(), "{ok}");
+        }
+        let e = one("%DUBBO_METHOD%", true).unwrap_err();
+        assert!(e.to_string().contains("DubboMethod"), "{e}");
+        assert!(one("%UPSTREAM_LOCAL_ADDRESS%", false).is_err());
         assert!(one("50%", false).is_err());
     }
 

@@ -1,0 +1,464 @@
+//! External authorization: a Triple listener's `ext_authz` (Envoy's
+//! `envoy.filters.http.ext_authz` with a gRPC service; istiod's AuthorizationPolicy with
+//! `action: CUSTOM`). A call it applies to (the shadow policy an rbac filter before it matched,
+//! `filter_enabled_metadata`) waits before routing while ringside asks
+//! `envoy.service.auth.v3.Authorization/Check` on the filter's cluster, over the listener's own
+//! HTTP/2 upstream pool; the answer lets it go on (with the header changes it names), answers
+//! it (denied), or, on an error, answers `status_on_error` unless `failure_mode_allow`
+//! (docs/security.md#external-authorization).
+//!
+//! This module builds the CheckRequest Envoy 1.40 sends (its attributes: source and
+//! destination address and principal, the request's method, path, host, scheme, protocol and
+//! headers) and reads the CheckResponse; the protocol's connection code holds the call.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::service::auth::v3 as auth_pb;
+use prost::Message;
+
+use crate::config;
+use crate::route::Matcher;
+use crate::stats::{Kind, StatId, Stats};
+
+/// The Check call's `:path`.
+pub const CHECK_PATH: &[u8] = b"/envoy.service.auth.v3.Authorization/Check";
+/// The header Envoy adds to a request let through by `failure_mode_allow` (with
+/// `failure_mode_allow_header_add`).
+pub const FAILURE_MODE_ALLOWED_HEADER: &[u8] = b"x-envoy-auth-failure-mode-allowed";
+
+/// One listener's compiled filter.
+pub struct ExtAuthz {
+    /// The authorization service's cluster (its pool is found by name in the routes' pools).
+    pub cluster: String,
+    /// `:authority` of the Check calls.
+    pub authority: Box<[u8]>,
+    pub timeout: Duration,
+    /// `grpc-timeout` of the Check calls (`NNNm`).
+    pub grpc_timeout: Box<[u8]>,
+    pub failure_mode_allow: bool,
+    pub failure_mode_allow_header_add: bool,
+    pub status_on_error: u16,
+    /// The shadow rbac prefix and the matcher of the policy name that enable the filter; none:
+    /// every call is checked.
+    enabled: Option<(Box<str>, Matcher)>,
+    pub include_peer_certificate: bool,
+    /// The listener's rbac filters that run before this one.
+    pub after_rbac: usize,
+    pub ids: ExtAuthzStatIds,
+}
+
+/// Envoy's counters: `STAT_PREFIXext_authz.ok`, `.denied`, `.error`, `.failure_mode_allowed`,
+/// `.disabled`.
+#[derive(Clone, Copy)]
+pub struct ExtAuthzStatIds {
+    pub ok: StatId,
+    pub denied: StatId,
+    pub error: StatId,
+    pub failure_mode_allowed: StatId,
+    pub disabled: StatId,
+}
+
+impl ExtAuthz {
+    pub fn new(c: &config::ExtAuthz, st: &Stats) -> ExtAuthz {
+        let scope = format!("{}ext_authz", c.stat_prefix);
+        let id = |name: &str| st.add(&scope, name, &[], Kind::Counter);
+        // A matcher that does not compile (config validation checks it: a bug) leaves the
+        // filter on for every call: more checks, never fewer.
+        let enabled = c.enabled_by_shadow_policy.as_ref().and_then(|m| {
+            match Matcher::new(&m.policy) {
+                Ok(x) => Some((m.shadow_rules_stat_prefix.clone().into_boxed_str(), x)),
+                Err(e) => {
+                    tracing::error!(error = %e, "ext_authz: filter_enabled_metadata does not compile: checking every call");
+                    None
+                }
+            }
+        });
+        let authority = match c.authority.as_str() {
+            "" => c.cluster.as_bytes(),
+            a => a.as_bytes(),
+        };
+        ExtAuthz {
+            cluster: c.cluster.clone(),
+            authority: authority.into(),
+            timeout: Duration::from_millis(c.timeout_ms),
+            grpc_timeout: format!("{}m", c.timeout_ms).into_bytes().into(),
+            failure_mode_allow: c.failure_mode_allow,
+            failure_mode_allow_header_add: c.failure_mode_allow_header_add,
+            status_on_error: c.status_on_error,
+            enabled,
+            include_peer_certificate: c.include_peer_certificate,
+            after_rbac: c.after_rbac,
+            ids: ExtAuthzStatIds {
+                ok: id("ok"),
+                denied: id("denied"),
+                error: id("error"),
+                failure_mode_allowed: id("failure_mode_allowed"),
+                disabled: id("disabled"),
+            },
+        }
+    }
+
+    /// The `shadow_rules_stat_prefix` of the rbac filter whose matched shadow policy enables
+    /// this one.
+    pub fn shadow_prefix(&self) -> Option<&str> {
+        self.enabled.as_ref().map(|(p, _)| &**p)
+    }
+
+    /// Whether a call is checked, given the shadow policy the rbac filters before this one
+    /// matched (none matched: not checked, as Envoy's metadata matcher on an absent key).
+    pub fn applies(&self, policy: Option<&str>) -> bool {
+        match &self.enabled {
+            None => true,
+            Some((_, m)) => policy.is_some_and(|p| m.matches(p.as_bytes())),
+        }
+    }
+}
+
+/// What the CheckRequest says of the call.
+pub struct Attributes<'a> {
+    pub source: Option<SocketAddr>,
+    /// The connection's local address (its original destination under interception).
+    pub destination: Option<SocketAddr>,
+    /// The caller's verified certificate (DER).
+    pub peer_certificate: Option<&'a [u8]>,
+    /// The listener's certificate's first URI SAN.
+    pub local_uri: Option<&'a str>,
+    /// `HTTP/2` or `HTTP/1.1`.
+    pub protocol: &'static str,
+    /// Request bytes received so far (Envoy's `size`: the stream's bytes received).
+    pub size: i64,
+    /// Envoy's stream id (any number: the authorizer only logs it).
+    pub id: u64,
+}
+
+/// The CheckRequest of a call whose headers are `headers` (pseudo-headers included), as a
+/// length-prefixed gRPC message: Envoy 1.40's `CheckRequestUtils::createHttpCheck` (headers
+/// by lower-case name, repeated ones joined with `,`; `path` with its query; `query` and
+/// `fragment` empty).
+pub fn check_request<'h>(
+    a: &Attributes<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    include_peer_certificate: bool,
+) -> Bytes {
+    use auth_pb::attribute_context::{HttpRequest, Peer, Request};
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut http = HttpRequest {
+        id: a.id.to_string(),
+        size: a.size,
+        protocol: a.protocol.to_string(),
+        ..Default::default()
+    };
+    for (n, v) in headers {
+        match n {
+            b":method" => http.method = text(v),
+            b":path" => http.path = text(v),
+            b":authority" => http.host = text(v),
+            b":scheme" => http.scheme = text(v),
+            // Envoy skips a caller's own, which it uses internally.
+            b"x-envoy-auth-partial-body" => continue,
+            _ => {}
+        }
+        match http.headers.get_mut(&*String::from_utf8_lossy(n)) {
+            Some(e) => {
+                e.push(',');
+                e.push_str(&String::from_utf8_lossy(v));
+            }
+            None => {
+                http.headers.insert(text(n), text(v));
+            }
+        }
+    }
+    let principal = |der: Option<&[u8]>| {
+        der.and_then(|d| tls::x509::uri_sans_iter(d).next())
+            .map(text)
+            .unwrap_or_default()
+    };
+    let source = Peer {
+        address: a.source.map(address),
+        principal: principal(a.peer_certificate),
+        certificate: match (include_peer_certificate, a.peer_certificate) {
+            (true, Some(der)) => url_encoded_pem(der),
+            _ => String::new(),
+        },
+        ..Default::default()
+    };
+    let destination = Peer {
+        address: a.destination.map(address),
+        principal: a.local_uri.unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let req = auth_pb::CheckRequest {
+        attributes: Some(auth_pb::AttributeContext {
+            source: Some(source),
+            destination: Some(destination),
+            request: Some(Request {
+                time: Some(envoy_types::pb::google::protobuf::Timestamp {
+                    seconds: now.as_secs() as i64,
+                    nanos: now.subsec_nanos() as i32,
+                }),
+                http: Some(http),
+            }),
+            // Envoy sends both, empty without metadata namespaces to copy.
+            metadata_context: Some(Default::default()),
+            route_metadata_context: Some(Default::default()),
+            ..Default::default()
+        }),
+    };
+    let len = req.encoded_len();
+    let mut out = BytesMut::with_capacity(5 + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    // Cannot fail: the buffer has room for the message.
+    let _ = req.encode(&mut out);
+    out.freeze()
+}
+
+fn address(a: SocketAddr) -> core_pb::Address {
+    core_pb::Address {
+        address: Some(core_pb::address::Address::SocketAddress(
+            core_pb::SocketAddress {
+                address: a.ip().to_string(),
+                port_specifier: Some(core_pb::socket_address::PortSpecifier::PortValue(
+                    u32::from(a.port()),
+                )),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// The certificate as PEM, URL-encoded (Envoy's `urlEncodedPemEncodedPeerCertificate`).
+fn url_encoded_pem(der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
+    for c in der.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        b64.push(B64[(n >> 18) as usize & 63]);
+        b64.push(B64[(n >> 12) as usize & 63]);
+        b64.push(if c.len() > 1 {
+            B64[(n >> 6) as usize & 63]
+        } else {
+            b'='
+        });
+        b64.push(if c.len() > 2 {
+            B64[n as usize & 63]
+        } else {
+            b'='
+        });
+    }
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() * 3 / 2);
+    for b in pem.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// How a header the authorizer names is applied (Envoy's `HeaderValueOption`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderAction {
+    /// A new field beside any already there (`APPEND_IF_EXISTS_OR_ADD`).
+    Add,
+    /// Only when absent (`ADD_IF_ABSENT`).
+    AddIfAbsent,
+    /// Replacing any already there (`OVERWRITE_IF_EXISTS_OR_ADD`, the deprecated
+    /// `append: false`).
+    Set,
+    /// Replacing, only when there (`OVERWRITE_IF_EXISTS`).
+    OverwriteIfExists,
+    /// The deprecated `append: true`: joined to the existing value with `,`, else added.
+    Append,
+}
+
+/// The authorizer's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// OK: the call goes on with `headers` applied to its request (then `remove` removed),
+    /// `response_headers` added to its response.
+    Ok {
+        headers: Vec<(HeaderAction, Vec<u8>, Vec<u8>)>,
+        remove: Vec<Vec<u8>>,
+        response_headers: Vec<(HeaderAction, Vec<u8>, Vec<u8>)>,
+    },
+    /// Denied: answered with this HTTP status (default 403), headers and body.
+    Denied {
+        status: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        body: String,
+    },
+}
+
+/// Why a Check failed (an error: `status_on_error`, or through with `failure_mode_allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckError {
+    Timeout,
+    /// No connection to the cluster, the stream reset, a non-200 answer.
+    Transport,
+    /// The call ended with a gRPC status other than OK.
+    Grpc(u32),
+    /// The message does not decode, or is larger than `EXT_AUTHZ_RESPONSE_BYTES_MAX`.
+    BadResponse,
+}
+
+/// Reads a Check's response body (gRPC length-prefixed; one message).
+pub fn parse_response(body: &[u8]) -> Result<Answer, CheckError> {
+    let [0, a, b, c, d, msg @ ..] = body else {
+        return Err(CheckError::BadResponse);
+    };
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    if msg.len() != len {
+        return Err(CheckError::BadResponse);
+    }
+    let r = auth_pb::CheckResponse::decode(msg).map_err(|_| CheckError::BadResponse)?;
+    let ok = r.status.as_ref().is_none_or(|s| s.code == 0);
+    use auth_pb::check_response::HttpResponse;
+    if ok {
+        let (headers, remove, response_headers) = match r.http_response {
+            Some(HttpResponse::OkResponse(o)) => (
+                options(&o.headers),
+                o.headers_to_remove
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase().into_bytes())
+                    .collect(),
+                options(&o.response_headers_to_add),
+            ),
+            _ => (Vec::new(), Vec::new(), Vec::new()),
+        };
+        return Ok(Answer::Ok {
+            headers,
+            remove,
+            response_headers,
+        });
+    }
+    Ok(match r.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => Answer::Denied {
+            status: d
+                .status
+                .map(|s| s.code)
+                .filter(|&c| c > 0 && c <= 999)
+                .map_or(403, |c| c as u16),
+            headers: d
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.to_ascii_lowercase().into_bytes(), value(h)))
+                .collect(),
+            body: d.body,
+        },
+        _ => Answer::Denied {
+            status: 403,
+            headers: Vec::new(),
+            body: String::new(),
+        },
+    })
+}
+
+fn value(h: &core_pb::HeaderValue) -> Vec<u8> {
+    match h.raw_value.is_empty() {
+        true => h.value.clone().into_bytes(),
+        false => h.raw_value.clone(),
+    }
+}
+
+#[allow(deprecated)] // `append`: Envoy 1.40 still reads it first.
+fn options(l: &[core_pb::HeaderValueOption]) -> Vec<(HeaderAction, Vec<u8>, Vec<u8>)> {
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    l.iter()
+        .filter_map(|o| {
+            let h = o.header.as_ref()?;
+            let action = match (&o.append, A::try_from(o.append_action)) {
+                (Some(b), _) if b.value => HeaderAction::Append,
+                (Some(_), _) => HeaderAction::Set,
+                (None, Ok(A::AppendIfExistsOrAdd) | Err(_)) => HeaderAction::Add,
+                (None, Ok(A::AddIfAbsent)) => HeaderAction::AddIfAbsent,
+                (None, Ok(A::OverwriteIfExistsOrAdd)) => HeaderAction::Set,
+                (None, Ok(A::OverwriteIfExists)) => HeaderAction::OverwriteIfExists,
+            };
+            Some((action, h.key.to_ascii_lowercase().into_bytes(), value(h)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_answers_round_trip() {
+        let a = Attributes {
+            source: Some("10.0.0.1:5000".parse().unwrap()),
+            destination: Some("10.0.0.2:8080".parse().unwrap()),
+            peer_certificate: None,
+            local_uri: Some("spiffe://cluster.local/ns/foo/sa/b"),
+            protocol: "HTTP/2",
+            size: 0,
+            id: 7,
+        };
+        let hs: [(&[u8], &[u8]); 5] = [
+            (b":method", b"POST"),
+            (b":path", b"/a.B/C?x=1"),
+            (b":authority", b"svc"),
+            (b"x-k", b"1"),
+            (b"x-k", b"2"),
+        ];
+        let b = check_request(&a, hs.iter().copied(), false);
+        let r = auth_pb::CheckRequest::decode(&b[5..]).unwrap();
+        let at = r.attributes.unwrap();
+        let h = at.request.unwrap().http.unwrap();
+        assert_eq!(
+            (h.method.as_str(), h.path.as_str(), h.host.as_str()),
+            ("POST", "/a.B/C?x=1", "svc")
+        );
+        assert_eq!(h.headers["x-k"], "1,2");
+        assert_eq!(h.headers[":path"], "/a.B/C?x=1");
+        assert_eq!(
+            at.destination.unwrap().principal,
+            "spiffe://cluster.local/ns/foo/sa/b"
+        );
+
+        let frame = |m: &auth_pb::CheckResponse| {
+            let v = m.encode_to_vec();
+            let mut out = vec![0];
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&v);
+            out
+        };
+        let denied = auth_pb::CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status {
+                code: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_response(&frame(&denied)),
+            Ok(Answer::Denied {
+                status: 403,
+                headers: vec![],
+                body: String::new()
+            })
+        );
+        assert_eq!(
+            parse_response(b"\0\0\0\0\x05ab"),
+            Err(CheckError::BadResponse)
+        );
+    }
+}

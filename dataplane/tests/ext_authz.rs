@@ -1,0 +1,334 @@
+//! istiod's external authorization (an AuthorizationPolicy with `action: CUSTOM` and an
+//! `envoyExtAuthzGrpc` provider) through ringside and through Envoy 1.40 given the same
+//! resources over ADS: the shadow `envoy.filters.http.rbac` filter whose matched policy enables
+//! `envoy.filters.http.ext_authz`, then a DENY rbac filter, as istiod orders them. The shapes
+//! are istiod's, from the istio/istio repository (commit 86c9f01f):
+//! `pilot/pkg/security/authz/builder/builder.go` (`buildHTTP`: the shadow rbac filter with
+//! `shadow_rules_stat_prefix: istio_ext_authz_` in front of each ext_authz filter, policy names
+//! `istio-ext-authz-PROVIDER-ns[NS]-policy[NAME]-rule[N]`), `.../builder/extauthz.go`
+//! (`generateGRPCConfig`, `generateFilterMatcherForProvider`) and the golden files
+//! `.../builder/testdata/http/custom-grpc-provider-out1.yaml` and
+//! `custom-grpc-provider-out2.yaml`.
+//!
+//! The authorization server is tests/peers/grpc/ext_authz_server.py (grpcio, xds-protos), which
+//! records every CheckRequest and answers by the request's `x-authz` header. Compared, per
+//! grpcio call: the status, message, trailers and response headers the caller got and the
+//! metadata the upstream saw (allowed with header changes, denied with and without an
+//! http_response, an authorizer error, a timeout, a call the shadow rules do not match, the
+//! ordering with the DENY rbac filter after it, the authorizer down with `failure_mode_allow`
+//! and with `status_on_error`); the CheckRequests both sent, field by field (ids, timestamps,
+//! ports and the request id aside); the `ext_authz` and shadow `rbac` counters.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::envoy::{envoy_or_ringside, load_assignment, socket};
+use common::grpc::{grpc_call, Call, CallOpts, GrpcServer, Peer};
+use common::xds::XdsServer;
+use common::*;
+use serde_json::{json, Value};
+
+/// tests/peers/grpc/ext_authz_server.py, killed on drop.
+struct Authz {
+    child: Child,
+    port: u16,
+    record: PathBuf,
+}
+
+impl Authz {
+    fn start(record: &Path) -> Authz {
+        use std::io::BufRead;
+        let _ = std::fs::remove_file(record);
+        let mut child = Peer::Grpc
+            .command("ext_authz_server.py")
+            .args(["--record", &record.display().to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY port=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("authz server: {line:?}"));
+        Authz {
+            child,
+            port,
+            record: record.to_path_buf(),
+        }
+    }
+
+    /// The CheckRequests received so far, in order.
+    fn checks(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Authz {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PROVIDER_PREFIX: &str = "istio-ext-authz-default";
+
+/// istiod's shadow rbac filter for CUSTOM policies of provider `default` (golden file
+/// custom-grpc-provider-out1.yaml: DENY action, one policy per rule, `url_path` exact).
+fn shadow_rbac() -> Value {
+    let path = |p: &str| {
+        json!({"permissions": [{"and_rules": {"rules": [{"or_rules": {"rules": [
+            {"url_path": {"path": {"exact": p}}}]}}]}}],
+            "principals": [{"and_ids": {"ids": [{"any": true}]}}]})
+    };
+    json!({"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "shadow_rules": {"action": "DENY", "policies": {
+            format!("{PROVIDER_PREFIX}-ns[foo]-policy[httpbin-1]-rule[0]"): path("/httpbin1"),
+            format!("{PROVIDER_PREFIX}-ns[foo]-policy[grpc]-rule[0]"): path("/helloworld.Greeter/SayHello")}},
+        "shadow_rules_stat_prefix": "istio_ext_authz_"}})
+}
+
+/// istiod's ext_authz filter for an `envoyExtAuthzGrpc` provider (golden file
+/// custom-grpc-provider-out2.yaml, `generateGRPCConfig` with the provider's matcher).
+fn ext_authz(cluster: &str, fail_open: bool, status: Option<u32>, timeout: &str) -> Value {
+    let mut f = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster,
+            "authority": "my-custom-ext-authz.foo.svc.cluster.local"}, "timeout": timeout},
+        "transport_api_version": "V3",
+        "failure_mode_allow": fail_open,
+        "filter_enabled_metadata": {"filter": "envoy.filters.http.rbac",
+            "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+            "value": {"string_match": {"prefix": PROVIDER_PREFIX}}}});
+    if fail_open {
+        f["failure_mode_allow_header_add"] = json!(true);
+    }
+    if let Some(s) = status {
+        f["status_on_error"] = json!({ "code": s });
+    }
+    json!({"name": "envoy.filters.http.ext_authz", "typed_config": f})
+}
+
+/// istiod's DENY filter for `when: request.headers[x-deny-rbac]` (after the CUSTOM ones).
+fn deny_rbac() -> Value {
+    json!({"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "DENY", "policies": {"ns[foo]-policy[deny]-rule[0]": {
+            "permissions": [{"and_rules": {"rules": [{"any": true}]}}],
+            "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [
+                {"header": {"name": "x-deny-rbac", "present_match": true}}]}}]}}]}}}}})
+}
+
+fn listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name, "codec_type": "AUTO",
+        "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}}]}]},
+        "http_filters": [shadow_rbac(), authz, deny_rbac(),
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    });
+    json!({"name": name, "address": socket(addr), "filter_chains": [{"filters": [{
+        "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]})
+}
+
+fn h2_cluster(name: &str, at: SocketAddr) -> Value {
+    json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": load_assignment(name, &[at]),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}})
+}
+
+/// A: the authorizer up, errors answered 403 (istiod's `statusOnError: "403"`), timeout
+/// 0.5 s; B: the authorizer down, `failure_mode_allow` (istiod's `failOpen`); C: the
+/// authorizer down, `status_on_error` 503.
+fn snapshot(l: [SocketAddr; 3], grpc: SocketAddr, authz: SocketAddr, down: SocketAddr) -> Value {
+    json!({
+        "version": "v1",
+        "listeners": [
+            listener("in_a", l[0], ext_authz("outbound|9000||authz", false, Some(403), "0.5s")),
+            listener("in_b", l[1], ext_authz("outbound|9000||down", true, None, "0.5s")),
+            listener("in_c", l[2], ext_authz("outbound|9000||down", false, Some(503), "0.5s"))],
+        "clusters": [h2_cluster("grpc", grpc), h2_cluster("outbound|9000||authz", authz),
+            h2_cluster("outbound|9000||down", down)]
+    })
+}
+
+/// A grpcio call's outcome as two proxies' are compared: code, message, trailers and response
+/// headers (without `date`, `server` and the upstream's timing), the `x-` metadata the
+/// upstream saw (the request id aside).
+fn grpc(target: SocketAddr, call: Call, meta: &[(&str, &str)]) -> String {
+    let mut opts = CallOpts::new(call).authority("svc").timeout_s(5.0);
+    for (k, v) in meta {
+        opts = opts.meta(k, v);
+    }
+    let o = grpc_call(target, &opts);
+    let clean = |mut m: std::collections::BTreeMap<String, String>| {
+        for k in ["date", "server", "x-envoy-upstream-service-time"] {
+            m.remove(k);
+        }
+        m
+    };
+    let seen: Vec<String> = o
+        .replies
+        .iter()
+        .flat_map(|r| r.metadata.clone())
+        .filter(|m| !m.starts_with("x-request-id=") && !m.starts_with("x-forwarded-proto="))
+        .collect();
+    format!(
+        "{} {:?} trailers={:?} headers={:?} seen={seen:?}",
+        o.code,
+        o.details,
+        clean(o.trailers.clone()),
+        clean(o.initial.clone())
+    )
+}
+
+/// A CheckRequest with what differs between two runs by nature replaced: the time, the stream
+/// id, the request id, ports (the listener's port is per run), `grpc-timeout` (the caller's
+/// deadline as time passes).
+fn normalized(mut c: Value) -> Value {
+    let a = &mut c["attributes"];
+    a["request"]["time"] = json!("-");
+    let http = &mut a["request"]["http"];
+    http["id"] = json!("-");
+    for k in ["x-request-id", "grpc-timeout"] {
+        if http["headers"].get(k).is_some() {
+            http["headers"][k] = json!("-");
+        }
+    }
+    for peer in ["source", "destination"] {
+        if a[peer]["address"]["socket_address"]
+            .get("port_value")
+            .is_some()
+        {
+            a[peer]["address"]["socket_address"]["port_value"] = json!("-");
+        }
+    }
+    c
+}
+
+#[test]
+fn istiod_custom_grpc_provider_like_envoy() {
+    let server = GrpcServer::start(0, "G", &[]);
+    // Nothing listens there: the authorizer of listeners B and C is down.
+    let down = local(free_port());
+    let dir = TempDir::new("ext-authz");
+    let a = |m: &'static str| ("x-authz", m);
+    let cases: Vec<(usize, Call, Vec<(&str, &str)>)> = vec![
+        (
+            0,
+            Call::Unary,
+            vec![a("allow"), ("x-remove-me", "bye"), ("x-authz-set", "old")],
+        ),
+        (0, Call::Unary, vec![a("deny")]),
+        (0, Call::Unary, vec![a("deny-plain")]),
+        (0, Call::Unary, vec![a("error")]),
+        (0, Call::Unary, vec![a("slow")]),
+        (0, Call::Unary, vec![("x-other", "1")]),
+        // Not matched by the shadow rules (another method): never checked.
+        (0, Call::ServerStream, vec![a("deny")]),
+        // The ext_authz filter runs before the DENY rbac filter after it.
+        (0, Call::Unary, vec![a("deny"), ("x-deny-rbac", "1")]),
+        (0, Call::Unary, vec![a("allow"), ("x-deny-rbac", "1")]),
+        (1, Call::Unary, vec![a("deny")]),
+        (2, Call::Unary, vec![a("allow")]),
+    ];
+    let run = |who: &str| {
+        let authz = Authz::start(&dir.0.join(format!("{who}.jsonl")));
+        let listen = [local(free_port()), local(free_port()), local(free_port())];
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen, server.addr(), local(authz.port), down))
+            .unwrap();
+        let proxy = envoy_or_ringside(who, xds.addr(), "ext-authz", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        for l in listen {
+            wait_listening(l);
+        }
+        let answers: Vec<String> = cases
+            .iter()
+            .map(|(l, call, meta)| grpc(listen[*l], *call, meta))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while authz.checks().len() < 8 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let checks: Vec<Value> = authz.checks().into_iter().map(normalized).collect();
+        let stat = |name: &str| -> i64 {
+            match proxy.downcast_ref::<Ringside>() {
+                Some(r) => r.stat_value(name).unwrap_or(-1),
+                None => proxy
+                    .downcast_ref::<common::envoy::Envoy>()
+                    .map_or(-1, |e| e.stat(name) as i64),
+            }
+        };
+        let mut stats = Vec::new();
+        for l in ["in_a", "in_b", "in_c"] {
+            for s in [
+                "ext_authz.ok",
+                "ext_authz.denied",
+                "ext_authz.error",
+                "ext_authz.failure_mode_allowed",
+                "ext_authz.disabled",
+                "rbac.istio_ext_authz_.shadow_allowed",
+                "rbac.istio_ext_authz_.shadow_denied",
+                "rbac.denied",
+            ] {
+                stats.push((format!("http.{l}.{s}"), stat(&format!("http.{l}.{s}"))));
+            }
+        }
+        eprintln!("{who}: {answers:#?}\n{checks:#?}\n{stats:?}");
+        drop(proxy);
+        (answers, checks, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
+        assert_eq!(
+            r, e,
+            "call {i} {:?}: ringside (left) vs Envoy (right)",
+            cases[i]
+        );
+    }
+    assert_eq!(
+        ringside.1.len(),
+        envoy.1.len(),
+        "CheckRequests sent: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "CheckRequest {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.2, envoy.2,
+        "counters, ringside (left) vs Envoy (right)"
+    );
+    // What the comparison rests on: the authorizer's answers took effect.
+    assert!(
+        envoy.0[0].starts_with("OK ") && envoy.0[0].contains("x-authz-added=yes"),
+        "{}",
+        envoy.0[0]
+    );
+    assert!(envoy.0[1].starts_with("UNAUTHENTICATED "), "{}", envoy.0[1]);
+    assert!(envoy.0[6].starts_with("OK "), "{}", envoy.0[6]);
+    assert!(
+        envoy.0[9].contains("x-envoy-auth-failure-mode-allowed=true"),
+        "{}",
+        envoy.0[9]
+    );
+}

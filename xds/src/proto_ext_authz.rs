@@ -1,0 +1,222 @@
+//! `envoy.filters.http.ext_authz` into a Triple listener's `triple.ext_authz` (docs/xds.md,
+//! "External authorization"): the shape istiod builds for an AuthorizationPolicy with
+//! `action: CUSTOM` and an `envoyExtAuthzGrpc` extension provider (a gRPC service by cluster,
+//! `filter_enabled_metadata` on the shadow rbac filter istiod puts in front of it). Every field
+//! ringside does not act on is refused, naming it: ignoring an authorization field could let
+//! through what it denies. Part of the `proto` module.
+
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz_pb;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
+use envoy_types::pb::google::protobuf::Any;
+
+use config::{ExtAuthz, ShadowPolicyMatch, EXT_AUTHZ_TIMEOUT_MS_DEFAULT, EXT_AUTHZ_TIMEOUT_MS_MAX};
+
+use super::{duration_ms, join, pattern, string_match, unpack, Ctx};
+use crate::TranslateError;
+
+pub(super) const EXT_AUTHZ_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+/// The key Envoy's HTTP rbac filter writes its shadow rules' matched policy under (after the
+/// filter's `shadow_rules_stat_prefix`), in its `envoy.filters.http.rbac` metadata.
+const SHADOW_POLICY_KEY: &str = "shadow_effective_policy_id";
+
+/// The filter, `rbac` its listener's HTTP rbac filters before it (each `shadow_rules_stat_prefix`,
+/// in order).
+pub(super) fn http(
+    any: &Any,
+    hcm_stat_prefix: &str,
+    rbac_before: &[config::Rbac],
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<ExtAuthz, TranslateError> {
+    let x: ext_authz_pb::ExtAuthz = unpack(any, EXT_AUTHZ_TYPE, ctx, at)?;
+    let refuse = |field: &str, why: &str| Err(ctx.err(join(at, field), why.to_string()));
+    // V3 is the only version Envoy 1.40 accepts too.
+    if x.transport_api_version != core_pb::ApiVersion::V3 as i32 {
+        return refuse("transport_api_version", "only V3 is supported");
+    }
+    // Fields that change who is let through, what the authorizer is told or what the caller
+    // gets: refused unless at their default.
+    let unsupported: [(&str, bool); 20] = [
+        ("with_request_body", x.with_request_body.is_some()),
+        ("validate_mutations", x.validate_mutations),
+        (
+            "metadata_context_namespaces",
+            !x.metadata_context_namespaces.is_empty(),
+        ),
+        (
+            "typed_metadata_context_namespaces",
+            !x.typed_metadata_context_namespaces.is_empty(),
+        ),
+        (
+            "route_metadata_context_namespaces",
+            !x.route_metadata_context_namespaces.is_empty(),
+        ),
+        (
+            "route_typed_metadata_context_namespaces",
+            !x.route_typed_metadata_context_namespaces.is_empty(),
+        ),
+        ("filter_enabled", x.filter_enabled.is_some()),
+        ("deny_at_disable", x.deny_at_disable.is_some()),
+        ("stat_prefix", !x.stat_prefix.is_empty()),
+        (
+            "bootstrap_metadata_labels_key",
+            !x.bootstrap_metadata_labels_key.is_empty(),
+        ),
+        ("allowed_headers", x.allowed_headers.is_some()),
+        ("disallowed_headers", x.disallowed_headers.is_some()),
+        ("include_tls_session", x.include_tls_session),
+        ("encode_raw_headers", x.encode_raw_headers),
+        (
+            "decoder_header_mutation_rules",
+            x.decoder_header_mutation_rules.is_some(),
+        ),
+        ("filter_metadata", x.filter_metadata.is_some()),
+        (
+            "max_denied_response_body_bytes",
+            x.max_denied_response_body_bytes != 0,
+        ),
+        (
+            "enforce_response_header_limits",
+            x.enforce_response_header_limits,
+        ),
+        ("shadow_mode", x.shadow_mode),
+        (
+            "enable_dynamic_metadata_ingestion",
+            x.enable_dynamic_metadata_ingestion
+                .as_ref()
+                .is_some_and(|b| !b.value),
+        ),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return refuse(field, "not supported (docs/xds.md, External authorization)");
+    }
+    use ext_authz_pb::ext_authz::Services;
+    let g = match &x.services {
+        Some(Services::GrpcService(g)) => g,
+        Some(Services::HttpService(_)) => {
+            return refuse(
+                "http_service",
+                "an HTTP authorization service (istiod's envoyExtAuthzHttp) is not supported; \
+                 grpc_service is",
+            )
+        }
+        None => return refuse("grpc_service", "missing"),
+    };
+    let gat = join(at, "grpc_service");
+    if !g.initial_metadata.is_empty() {
+        return Err(ctx.err(join(&gat, "initial_metadata"), "not supported"));
+    }
+    if g.retry_policy.is_some() {
+        return Err(ctx.err(join(&gat, "retry_policy"), "not supported"));
+    }
+    use core_pb::grpc_service::TargetSpecifier;
+    let e = match &g.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            return Err(ctx.err(join(&gat, "google_grpc"), "not supported (envoy_grpc is)"))
+        }
+        None => return Err(ctx.err(join(&gat, "envoy_grpc"), "missing")),
+    };
+    let eat = join(&gat, "envoy_grpc");
+    if e.cluster_name.is_empty() {
+        return Err(ctx.err(join(&eat, "cluster_name"), "must not be empty"));
+    }
+    if e.retry_policy.is_some() {
+        return Err(ctx.err(join(&eat, "retry_policy"), "not supported"));
+    }
+    let timeout_ms = match &g.timeout {
+        Some(d) => duration_ms(d, ctx, &join(&gat, "timeout"), EXT_AUTHZ_TIMEOUT_MS_MAX)?.max(1),
+        None => EXT_AUTHZ_TIMEOUT_MS_DEFAULT,
+    };
+    let status_on_error = match &x.status_on_error {
+        // Envoy's HttpStatus: a code of 0 is refused by its validation; ours too.
+        Some(s) if (200..=599).contains(&s.code) => s.code as u16,
+        Some(s) => {
+            return Err(ctx.err(
+                join(at, "status_on_error.code"),
+                format!("{} is not an HTTP status 200..=599", s.code),
+            ))
+        }
+        None => 403,
+    };
+    let enabled_by_shadow_policy = x
+        .filter_enabled_metadata
+        .as_ref()
+        .map(|m| enabled_metadata(m, rbac_before, ctx, &join(at, "filter_enabled_metadata")))
+        .transpose()?;
+    Ok(ExtAuthz {
+        cluster: e.cluster_name.clone(),
+        authority: e.authority.clone(),
+        timeout_ms,
+        failure_mode_allow: x.failure_mode_allow,
+        failure_mode_allow_header_add: x.failure_mode_allow_header_add,
+        status_on_error,
+        enabled_by_shadow_policy,
+        include_peer_certificate: x.include_peer_certificate,
+        after_rbac: rbac_before.len(),
+        stat_prefix: format!("http.{hcm_stat_prefix}."),
+    })
+}
+
+/// `filter_enabled_metadata`: only istiod's form, the shadow policy an rbac filter before
+/// this one matched (`envoy.filters.http.rbac`, one key `SHADOW_PREFIXshadow_effective_policy_id`,
+/// a string matcher).
+fn enabled_metadata(
+    m: &matcher_pb::MetadataMatcher,
+    rbac_before: &[config::Rbac],
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<ShadowPolicyMatch, TranslateError> {
+    if m.filter != "envoy.filters.http.rbac" {
+        return Err(ctx.err(
+            join(at, "filter"),
+            format!(
+                "{:?}: only envoy.filters.http.rbac's shadow_effective_policy_id is supported",
+                m.filter
+            ),
+        ));
+    }
+    use matcher_pb::metadata_matcher::path_segment::Segment;
+    let key = match m.path.as_slice() {
+        [p] => match &p.segment {
+            Some(Segment::Key(k)) => k,
+            None => return Err(ctx.err(join(at, "path[0]"), "missing key")),
+        },
+        _ => return Err(ctx.err(join(at, "path"), "one key is supported")),
+    };
+    let Some(prefix) = key.strip_suffix(SHADOW_POLICY_KEY) else {
+        return Err(ctx.err(
+            join(at, "path[0].key"),
+            format!("{key:?}: only SHADOW_PREFIX{SHADOW_POLICY_KEY} is supported"),
+        ));
+    };
+    if !rbac_before
+        .iter()
+        .any(|r| r.shadow_rules.is_some() && r.shadow_rules_stat_prefix == prefix)
+    {
+        return Err(ctx.err(
+            join(at, "path[0].key"),
+            format!(
+                "{key:?}: no http rbac filter before this one has shadow_rules with \
+                 shadow_rules_stat_prefix {prefix:?} (the filter would never run)"
+            ),
+        ));
+    }
+    if m.invert {
+        return Err(ctx.err(join(at, "invert"), "not supported"));
+    }
+    use matcher_pb::value_matcher::MatchPattern;
+    let vat = join(at, "value");
+    let policy = match m.value.as_ref().and_then(|v| v.match_pattern.as_ref()) {
+        Some(MatchPattern::StringMatch(s)) => {
+            string_match(&pattern(s, ctx, &join(&vat, "string_match"))?)
+        }
+        _ => return Err(ctx.err(vat, "only string_match is supported")),
+    };
+    Ok(ShadowPolicyMatch {
+        shadow_rules_stat_prefix: prefix.to_string(),
+        policy,
+    })
+}
