@@ -1611,8 +1611,10 @@ async fn upstream<C>(
             let picked = lb
                 .pick_avoiding(None, levels, c.hash, draws, |i| state(i, true))
                 .or_else(|| {
+                    // Every endpoint of the drawn levels tried: a tried one, drawn from the
+                    // same load (never another level for it, as Envoy).
                     retry.and_then(|_| {
-                        lb.pick_avoiding(None, levels, c.hash, 0, |i| state(i, false))
+                        lb.pick_avoiding(None, levels, c.hash, draws, |i| state(i, false))
                     })
                 });
             let Some(i) = picked else {

@@ -906,17 +906,17 @@ impl Pool {
         };
         // `previous_priorities`: the levels the retry leaves out.
         let levels = retry.map_or(&[][..], |r| r.priority_avoided());
-        let i = match self.lb.pick_avoiding(
-            label,
-            levels,
-            hash,
-            retry.map_or(0, |r| r.host_draws()),
-            |i| state(i, true),
-        ) {
+        let draws = retry.map_or(0, |r| r.host_draws());
+        let i = match self
+            .lb
+            .pick_avoiding(label, levels, hash, draws, |i| state(i, true))
+        {
             Some(i) => i,
+            // Every endpoint of the drawn levels tried: a tried one, drawn from the same load
+            // (as Envoy takes its last pick: never another level for it).
             None if retry.is_some() => self
                 .lb
-                .pick_avoiding(label, levels, hash, 0, |i| state(i, false))
+                .pick_avoiding(label, levels, hash, draws, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };
