@@ -336,3 +336,166 @@ fn http1_requests_go_upstream_as_http2_like_envoy() {
         );
     }
 }
+
+/// A GET of `path` (host `svc`) on a new connection to `target`: the raw response.
+fn get(target: SocketAddr, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n");
+    exchange(target, &[("GET".to_string(), req.into_bytes())]).remove(0)
+}
+
+/// The h2 server's counters (its `/stats`, asked through the proxy at `target`): the
+/// connections it accepted, the most streams it saw open at once on one, the streams the
+/// client reset.
+fn server_stats(target: SocketAddr) -> (u32, u32, u32) {
+    let r = get(target, "/stats");
+    let line = r
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| b.lines().next())
+        .unwrap_or_else(|| panic!("no stats: {r}"));
+    let v: Vec<u32> = line
+        .split(' ')
+        .map(|kv| kv.split('=').nth(1).unwrap().parse().unwrap())
+        .collect();
+    (v[0], v[1], v[2])
+}
+
+/// A proxy (`who`) given [`snapshot`] over the test xDS server, its HTTP/2 cluster to
+/// `h2_port` (with `http2_options` as its `http2_protocol_options`), listening on the address
+/// returned; `--shards 1` / `--concurrency 1`.
+fn proxy(
+    who: &str,
+    h2_port: u16,
+    http2_options: Value,
+) -> (SocketAddr, Box<dyn std::any::Any>, XdsServer) {
+    let listen = local(free_port());
+    let xds = XdsServer::start();
+    let mut snap = snapshot(listen, local(h2_port), local(free_port()));
+    snap["clusters"][0]["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+        ["http2_protocol_options"] = http2_options;
+    xds.put(&snap).unwrap();
+    let p = envoy_or_ringside(who, xds.addr(), "h1h2", "1");
+    for kind in ["cds", "lds"] {
+        let ack = xds.wait_ack(kind, "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+    }
+    wait_listening(listen);
+    (listen, p, xds)
+}
+
+/// N concurrent HTTP/1.1 requests, each on a caller connection of its own (one shard), to an
+/// HTTP/2 cluster: Envoy 1.40 multiplexes them over its HTTP/2 connection, one per endpoint
+/// while the server's SETTINGS_MAX_CONCURRENT_STREAMS leaves room, and so must ringside. The
+/// server holds each answer 400 ms (all N are open at once) and counts the connections it
+/// accepted and the most streams open at once on one. With its default limit (100) both
+/// proxies use the one connection a first request opened, N streams at once; with a limit of
+/// 3 (below N) both open more connections and never exceed 3 streams on one. Every response
+/// is the server's answer to that request.
+#[test]
+fn concurrent_http1_requests_share_http2_connections_like_envoy() {
+    const N: usize = 8;
+    let run = |who: &str, max_streams: Option<u32>| {
+        let h2_port = free_port();
+        let limit = max_streams.map(|m| m.to_string());
+        let args: Vec<&str> = match &limit {
+            Some(l) => vec!["--max-streams", l],
+            None => vec![],
+        };
+        let _h2 = H2Server::start_with(h2_port, "h2", &args);
+        let (listen, _proxy, _xds) = proxy(who, h2_port, json!({}));
+        // The connection up and its SETTINGS known first, as in a running mesh.
+        let first = get(listen, "/len");
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {first}");
+        let answers: Vec<String> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..N)
+                .map(|i| sc.spawn(move || get(listen, &format!("/hold/400/{i}"))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, a) in answers.iter().enumerate() {
+            assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{who} {i}: {a}");
+            assert!(
+                a.contains(&format!("\r\n\r\nh2 GET /hold/400/{i}\n")),
+                "{who} {i}: {a}"
+            );
+        }
+        let stats = server_stats(listen);
+        eprintln!("{who}, max streams {max_streams:?}: (conns, max open, resets) {stats:?}");
+        stats
+    };
+    let envoy = run("envoy", None);
+    let ringside = run("ringside", None);
+    assert_eq!(
+        envoy,
+        (1, N as u32, 0),
+        "Envoy: one connection, N streams at once"
+    );
+    assert_eq!(ringside, envoy, "ringside (left) vs Envoy (right)");
+    // With a limit of 3 the first connection takes 3 and the rest go to a second one: all
+    // of them when they are sent before its SETTINGS (the limit) arrived (then up to N - 3
+    // open at once there), else 3 and the rest to a third. Which comes first is a race, in
+    // Envoy as in ringside (seen from Envoy: (2, 5, 0), (3, 3, 0), (3, 4, 0)).
+    let envoy = run("envoy", Some(3));
+    let ringside = run("ringside", Some(3));
+    for (who, (conns, max, resets)) in [("Envoy", envoy), ("ringside", ringside)] {
+        assert!(
+            (2..=3).contains(&conns) && (3..=N as u32 - 3).contains(&max) && resets == 0,
+            "{who} with a limit of 3: {:?}",
+            (conns, max, resets)
+        );
+    }
+}
+
+/// One caller asks for a 16 MiB response and never reads it (a small receive buffer): its
+/// stream stalls once its window is used, and another caller's request on the same upstream
+/// connection is answered at once all the same (the connection's window is not held by the
+/// stalled stream, the frames of others are read past it). When the stalled caller goes away
+/// its stream alone is reset (RST_STREAM CANCEL; the server counts one reset), and the
+/// connection serves the next request. The same through Envoy 1.40 and ringside.
+#[test]
+fn a_caller_that_does_not_read_stalls_only_its_own_stream() {
+    let run = |who: &str| {
+        let h2_port = free_port();
+        let _h2 = H2Server::start(h2_port, "h2");
+        // Envoy's windows as ringside's (its defaults are 256 MiB: it would take the whole
+        // response in and the stream would not stall).
+        let windows = json!({"initial_stream_window_size": 65536,
+                             "initial_connection_window_size": 1048576});
+        let (listen, _proxy, _xds) = proxy(who, h2_port, windows);
+        let first = get(listen, "/len");
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {first}");
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&listen.into()).unwrap();
+        let mut slow: std::net::TcpStream = sock.into();
+        slow.write_all(b"GET /bytes/16777216 HTTP/1.1\r\nHost: svc\r\n\r\n")
+            .unwrap();
+        // Long enough for the response to fill every buffer on its way and stall.
+        std::thread::sleep(Duration::from_millis(1500));
+        let started = std::time::Instant::now();
+        let other = get(listen, "/len");
+        let took = started.elapsed();
+        assert!(other.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {other}");
+        assert!(other.contains("\r\n\r\nh2 GET /len\n"), "{who}: {other}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{who}: the other request took {took:?}"
+        );
+        let stalled = server_stats(listen);
+        drop(slow);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = get(listen, "/len");
+        assert!(after.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {after}");
+        let gone = server_stats(listen);
+        eprintln!("{who}: stalled {stalled:?}, after the caller left {gone:?}");
+        (stalled, gone)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    // One connection throughout; the stalled stream open beside the other request (the
+    // stats one too); one reset when its caller left.
+    assert_eq!(envoy, ((1, 2, 0), (1, 2, 1)), "Envoy");
+    assert_eq!(ringside, envoy, "ringside (left) vs Envoy (right)");
+}

@@ -797,9 +797,10 @@ impl ShardCluster {
     /// hash and the usual load, as Envoy's thread-aware balancers ignore retry priorities).
     /// `draws` (a retry's `previous_hosts`, [`crate::route::Retry::host_draws`]; 0: none): the
     /// level is drawn from the load up to that many times while the drawn level has no
-    /// endpoint `state` leaves ready, then `None` (the caller takes a tried endpoint), as
-    /// Envoy re-selects within the priority load (`host_selection_retry_max_attempts`) and
-    /// never fails over to another level for a tried host.
+    /// endpoint `state` leaves ready, then an endpoint in back-off of a drawn level, else
+    /// `None` (the caller takes a tried endpoint, drawing again), as Envoy re-selects within
+    /// the priority load (`host_selection_retry_max_attempts`) and never fails over to
+    /// another level for a tried host or one ringside holds in connect back-off.
     pub fn pick_avoiding(
         &self,
         label: Option<Label>,
@@ -918,7 +919,9 @@ impl ShardCluster {
                 }
             }
             if draws > 0 {
-                return None;
+                // An endpoint in connect back-off of a drawn level (Envoy knows no back-off:
+                // its predicate takes such a host), never one of another level.
+                return fallback;
             }
         } else {
             match zoned(0) {
@@ -927,9 +930,13 @@ impl ShardCluster {
                 Err(()) => return None,
             }
             if draws > 0 {
-                // All of the load on the first level: a retry stays there.
+                // All of the load on the first level: a retry stays there (an endpoint in
+                // back-off there too).
                 return match set.levels.first() {
-                    Some(&end) => self.pick_in(&set, 0..end as usize, &state).ok(),
+                    Some(&end) => match self.pick_in(&set, 0..end as usize, &state) {
+                        Ok(i) => Some(i),
+                        Err(backing_off) => backing_off,
+                    },
                     None => None,
                 };
             }

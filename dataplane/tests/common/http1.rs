@@ -110,11 +110,17 @@ pub struct H2Server(std::process::Child);
 
 impl H2Server {
     pub fn start(port: u16, name: &str) -> H2Server {
+        H2Server::start_with(port, name, &[])
+    }
+
+    /// [`H2Server::start`] with more of the server's options (`--max-streams L`).
+    pub fn start_with(port: u16, name: &str, args: &[&str]) -> H2Server {
         use std::io::BufRead;
         let python = super::peers::require(root().join(".cache/venv/bin/python"));
         let mut child = std::process::Command::new(python)
             .arg(root().join("tests/peers/http1/h2_server.py"))
             .args(["--port", &port.to_string(), "--name", name])
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()

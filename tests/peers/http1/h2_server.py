@@ -10,7 +10,13 @@ python h2_server.py --host H --port P --name NAME
   /trailers without content-length, one DATA frame and trailers (x-t: 1); /empty 200 with
   END_STREAM on its HEADERS; /status/N status N (204, 304: no body; else "status N\\n" with
   content-length); /big a 100000-byte body with content-length (more than one window); HEAD
-  the head of /len without DATA. Every response carries x-up: NAME.
+  the head of /len without DATA; /hold/MS the answer of /len after MS milliseconds (streams
+  held open at once); /bytes/N a body of N bytes with content-length (sent within the peer's
+  windows: a caller that does not read holds it back); /stats "conns=C max=M resets=R": the
+  connections accepted so far, the most streams seen open at once on one connection, the
+  streams the client reset. Every response carries x-up: NAME.
+  --max-streams L: SETTINGS_MAX_CONCURRENT_STREAMS L (the h2 library's default: 100), in a
+  second SETTINGS frame, enforced once acknowledged.
   Prints "ready" once listening.
 """
 import argparse
@@ -22,14 +28,33 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
+
+# Across connections: accepted, the most streams open at once on one, client resets.
+STATS = {"conns": 0, "max": 0, "resets": 0}
+STATS_LOCK = threading.Lock()
 
 
-def serve(sock, name):
+def serve(sock, name, max_streams):
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     conn.initiate_connection()
+    if max_streams:
+        # In a SETTINGS of its own: the library enforces it once the client acknowledged it
+        # (streams a client opened before it read the limit are not refused).
+        conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
     sock.sendall(conn.data_to_send())
     streams = {}
     lock = threading.Lock()
+    open_streams = [0]
+
+    def opened():
+        with STATS_LOCK:
+            open_streams[0] += 1
+            STATS["max"] = max(STATS["max"], open_streams[0])
+
+    def closed():
+        with STATS_LOCK:
+            open_streams[0] -= 1
 
     def send(data):
         if data:
@@ -59,6 +84,14 @@ def serve(sock, name):
             pass
 
     def answer(sid, headers, body):
+        try:
+            answer_once(sid, headers, body)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, OSError):
+            pass  # reset by the client, or the connection went
+        finally:
+            closed()
+
+    def answer_once(sid, headers, body):
         h = dict(headers)
         method, path = h[":method"], h[":path"]
         lines = ["%s %s %s" % (name, method, path)]
@@ -69,6 +102,19 @@ def serve(sock, name):
         lines.append("body len=%d sha=%s" % (len(body), hashlib.sha256(body).hexdigest()[:12]))
         echo = ("\n".join(lines) + "\n").encode()
         base = [("x-up", name)]
+        if path == "/stats":
+            with STATS_LOCK:
+                b = ("conns=%d max=%d resets=%d\n" % (
+                    STATS["conns"], STATS["max"], STATS["resets"])).encode()
+            with lock:
+                conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(b)))] + base)
+                send(conn.data_to_send())
+            data(sid, b, True)
+            return
+        if path.startswith("/hold/"):
+            time.sleep(int(path.split("/")[2]) / 1000.0)
+        if path.startswith("/bytes/"):
+            echo = b"x" * int(path.split("/")[2])
         if path.startswith("/status/"):
             code = int(path.split("/")[2])
             if code in (204, 304):
@@ -133,6 +179,7 @@ def serve(sock, name):
                 send(conn.data_to_send())
             for e in events:
                 if isinstance(e, h2.events.RequestReceived):
+                    opened()
                     hs = [(k.decode() if isinstance(k, bytes) else k,
                            v.decode() if isinstance(v, bytes) else v) for k, v in e.headers]
                     streams[e.stream_id] = (hs, bytearray())
@@ -150,6 +197,11 @@ def serve(sock, name):
                         hs, body = streams.pop(e.stream_id)
                         threading.Thread(target=answer, args=(e.stream_id, hs, bytes(body)),
                                          daemon=True).start()
+                elif isinstance(e, h2.events.StreamReset):
+                    with STATS_LOCK:
+                        STATS["resets"] += 1
+                    if streams.pop(e.stream_id, None) is not None:
+                        closed()  # reset before its request ended: never answered
                 elif isinstance(e, h2.events.ConnectionTerminated):
                     return
     except (OSError, h2.exceptions.ProtocolError):
@@ -163,6 +215,7 @@ def main():
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--name", default="h2")
+    p.add_argument("--max-streams", type=int, default=0)
     a = p.parse_args()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -171,7 +224,9 @@ def main():
     print("ready", flush=True)
     while True:
         c, _ = s.accept()
-        threading.Thread(target=serve, args=(c, a.name), daemon=True).start()
+        with STATS_LOCK:
+            STATS["conns"] += 1
+        threading.Thread(target=serve, args=(c, a.name, a.max_streams), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ use crate::stats::istio::{exchange, IstioListener, MetaId};
 #[path = "http1_h2.rs"]
 mod h2;
 
+pub use h2::Mux as H2Conn;
+
 /// A request head (request line and fields) larger than this is answered 431 (Envoy's
 /// `max_request_headers_kb` default, 60 KiB). The response head from an upstream is held to
 /// the same bound (502 beyond it).
@@ -1477,8 +1479,6 @@ struct Up {
     slot: Option<usize>,
     /// The ALPN override it offered over TLS (`istio.alpn`).
     alpn: crate::io::tls::AlpnOverride,
-    /// The connection speaks HTTP/2 ([`h2`]): its state.
-    h2: Option<Box<h2::Session>>,
     /// Its TLS principals (`None`: plaintext, or a server without a certificate), for
     /// outbound listeners' Istio metrics (`destination_principal`, `source_principal`).
     tls_peer: Option<Box<crate::stats::istio::UpstreamTls>>,
@@ -1526,24 +1526,43 @@ impl Speak {
             U::Http1 | U::Downstream => Speak::Http1,
         }
     }
+}
 
-    fn fits(self, up: &Up) -> bool {
+/// Where one try of a request goes: an HTTP/1.1 connection of its own, or a stream on a
+/// shared HTTP/2 one.
+enum Link {
+    H1(Up),
+    H2(h2::Stream),
+}
+
+impl Link {
+    /// The endpoint's slot in its cluster (`None`: an original destination).
+    fn slot(&self) -> Option<usize> {
         match self {
-            Speak::Http1 => up.h2.is_none(),
-            Speak::Http2 => up.h2.is_some(),
-            Speak::Alpn => true,
+            Link::H1(up) => up.slot,
+            Link::H2(s) => s.mux().slot,
+        }
+    }
+
+    /// The connection's TLS principals as outbound listener `i`'s metrics label them.
+    fn istio_peer(
+        &mut self,
+        i: &crate::stats::istio::IstioListener,
+    ) -> crate::stats::istio::PeerId {
+        match self {
+            Link::H1(up) => up.istio_peer(i),
+            Link::H2(s) => s.mux().istio_peer(i),
         }
     }
 }
 
-/// An idle connection to `addr` (TLS or not, as `tls`; over TLS, one that offered `alpn`;
-/// speaking as `speak` allows) from `pool`, if a live one is there.
+/// An idle HTTP/1.1 connection to `addr` (TLS or not, as `tls`; over TLS, one that offered
+/// `alpn`) from `pool`, if a live one is there.
 fn idle_connection(
     pool: &Pool,
     addr: SocketAddr,
     tls: bool,
     alpn: &crate::io::tls::AlpnOverride,
-    speak: Speak,
 ) -> Option<Up> {
     let mut idle = pool.http1_idle.borrow_mut();
     let now = Instant::now();
@@ -1551,10 +1570,7 @@ fn idle_connection(
     idle.retain(|i| pool.idle_timeout.is_zero() || now - i.since < pool.idle_timeout);
     while let Some(i) = idle.iter().rposition(|i| {
         let u = &i.up;
-        u.addr == addr
-            && u.s.is_tls() == tls
-            && (!tls || crate::io::tls::same_alpn(&u.alpn, alpn))
-            && speak.fits(u)
+        u.addr == addr && u.s.is_tls() == tls && (!tls || crate::io::tls::same_alpn(&u.alpn, alpn))
     }) {
         let IdleConn { up, .. } = idle.swap_remove(i);
         // Alive and quiet: nothing to read yet. EOF or stray bytes (an HTTP/2 peer's late
@@ -1568,7 +1584,7 @@ fn idle_connection(
 
 fn put_idle(pool: &Pool, up: Up) {
     let mut idle = pool.http1_idle.borrow_mut();
-    if idle.len() < IDLE_UPSTREAM_MAX && up.h2.as_ref().is_none_or(|h| h.reusable()) {
+    if idle.len() < IDLE_UPSTREAM_MAX {
         idle.push(IdleConn {
             up,
             since: Instant::now(),
@@ -1579,13 +1595,14 @@ fn put_idle(pool: &Pool, up: Up) {
 /// A connection for one request: to the caller's original destination for an
 /// `original_destination` cluster, else to an endpoint the balancer picks (another one, up to
 /// [`CONNECT_ATTEMPTS_MAX`], when connecting fails), skipping those a retry already tried
-/// while another is there (`previous_hosts`).
+/// while another is there (`previous_hosts`). HTTP/2 (`speak`): a stream on a connection of
+/// the pool to that endpoint with room for it (connected or connecting), else on a new one.
 async fn upstream<C>(
     c: &mut Down<C>,
-    pool: &Pool,
+    pool: &Rc<Pool>,
     retry: Option<&crate::route::Retry>,
     speak: Speak,
-) -> Result<Up, Local> {
+) -> Result<Link, Local> {
     let lb = &pool.lb;
     let mut tried = [usize::MAX; CONNECT_ATTEMPTS_MAX];
     for attempt in 0..CONNECT_ATTEMPTS_MAX {
@@ -1608,8 +1625,10 @@ async fn upstream<C>(
             let picked = lb
                 .pick_avoiding(None, levels, c.hash, draws, |i| state(i, true))
                 .or_else(|| {
+                    // Every endpoint of the drawn levels tried: a tried one, drawn from the
+                    // same load (never another level for it, as Envoy).
                     retry.and_then(|_| {
-                        lb.pick_avoiding(None, levels, c.hash, 0, |i| state(i, false))
+                        lb.pick_avoiding(None, levels, c.hash, draws, |i| state(i, false))
                     })
                 });
             let Some(i) = picked else {
@@ -1627,69 +1646,102 @@ async fn upstream<C>(
             Speak::Http2 => &c.alpn2,
             Speak::Http1 | Speak::Alpn => &c.alpn,
         });
-        if let Some(mut up) = idle_connection(pool, addr, tls.is_some(), alpn, speak) {
-            up.slot = slot;
-            return Ok(up);
-        }
-        // TLS when the endpoint's transport socket is (the handshake within the connect
-        // timeout, offering the listener's ALPN override for HTTP/1.1 if any), HTTP/1.1
-        // inside it.
-        let connect = async {
-            match &tls {
-                Some(t) => crate::io::tls::connect(addr, &lb.sources, t, alpn.as_deref())
-                    .await
-                    .map(UpStream::Tls),
-                None => crate::io::intercept::connect(addr, &lb.sources)
-                    .await
-                    .map(UpStream::Plain),
+        if speak != Speak::Http1 {
+            // A shared HTTP/2 connection with room (one being connected included).
+            let mux = match h2::find(pool, addr, tls.is_some(), alpn) {
+                Some(m) => Some(m),
+                None if speak == Speak::Http2 => {
+                    Some(h2::connect(pool, addr, slot, tls.clone(), alpn.clone()))
+                }
+                None => None,
+            };
+            if let Some(mux) = mux {
+                let s = h2::Stream::new(mux);
+                if s.mux().ready().await {
+                    return Ok(Link::H2(s));
+                }
+                // Its connect failed (counted by it): another endpoint.
+                continue;
             }
+        }
+        if speak != Speak::Http2 {
+            if let Some(mut up) = idle_connection(pool, addr, tls.is_some(), alpn) {
+                up.slot = slot;
+                return Ok(Link::H1(up));
+            }
+        }
+        let Some((s, tls_peer)) = dial(pool, addr, tls.as_deref(), alpn.as_deref()).await else {
+            continue;
         };
-        let connected = shard::monoio::time::timeout(pool.connect_timeout, connect).await;
-        match connected {
-            Ok(Ok(s)) => {
-                let _ = match &s {
-                    UpStream::Plain(s) => crate::io::Conn::set_nodelay(s, true)
-                        .and_then(|_| crate::io::Conn::set_keepalive(s, &lb.keepalive)),
-                    UpStream::Tls(s) => crate::io::Conn::set_keepalive(s, &lb.keepalive),
-                };
-                pool.stats.inc(lb.ids.cx_total);
-                let h2 = match speak {
-                    Speak::Http1 => false,
-                    Speak::Http2 => true,
-                    Speak::Alpn => {
-                        matches!(&s, UpStream::Tls(t) if crate::io::Conn::alpn(t).as_deref() == Some(b"h2"))
-                    }
-                };
-                let h2 = h2.then(|| Box::new(h2::Session::new()));
-                // The handshake's principals: the server's certificate, ours (the endpoint's
-                // client certificate), as Triple's upstream connections keep them.
-                let tls_peer = match (&s, &tls) {
-                    (UpStream::Tls(t), Some(ours)) => crate::io::Conn::peer_principal(t).map(|p| {
-                        Box::new(crate::stats::istio::UpstreamTls {
-                            peer: p.map(Box::from),
-                            local: ours.principal.clone(),
-                        })
-                    }),
-                    _ => None,
-                };
-                return Ok(Up {
-                    s,
-                    addr,
-                    slot,
-                    alpn: alpn.clone(),
-                    h2,
-                    tls_peer,
-                    istio_peer: Default::default(),
-                });
-            }
-            Ok(Err(e)) => {
-                pool.stats.inc(lb.ids.cx_connect_fail);
-                tracing::debug!(cluster = %lb.name, %addr, error = %e, "HTTP/1.1 upstream connect failed");
-            }
-            Err(_) => pool.stats.inc(lb.ids.cx_connect_timeout),
+        // `upstream_http: auto`: HTTP/2 where TLS settled on `h2`.
+        if speak == Speak::Alpn
+            && matches!(&s, UpStream::Tls(t) if crate::io::Conn::alpn(t).as_deref() == Some(b"h2"))
+        {
+            let mux = h2::adopt(pool, s, (addr, slot, alpn.clone()), tls_peer);
+            return Ok(Link::H2(h2::Stream::new(mux)));
         }
+        return Ok(Link::H1(Up {
+            s,
+            addr,
+            slot,
+            alpn: alpn.clone(),
+            tls_peer,
+            istio_peer: Default::default(),
+        }));
     }
     Err(Local::ConnectFailure { retried: false })
+}
+
+/// A new connection to `addr` for `pool` (TLS when the endpoint's transport socket is, with
+/// `tls`, offering `alpn`; the handshake within the connect timeout), counted; with its TLS
+/// principals (the server's certificate, ours), as Triple's upstream connections keep them.
+/// `None`: connecting failed (counted).
+async fn dial(
+    pool: &Pool,
+    addr: SocketAddr,
+    tls: Option<&crate::io::tls::ClientTls>,
+    alpn: Option<&[String]>,
+) -> Option<(UpStream, Option<Box<crate::stats::istio::UpstreamTls>>)> {
+    let lb = &pool.lb;
+    let connect = async {
+        match tls {
+            Some(t) => crate::io::tls::connect(addr, &lb.sources, t, alpn)
+                .await
+                .map(UpStream::Tls),
+            None => crate::io::intercept::connect(addr, &lb.sources)
+                .await
+                .map(UpStream::Plain),
+        }
+    };
+    match shard::monoio::time::timeout(pool.connect_timeout, connect).await {
+        Ok(Ok(s)) => {
+            let _ = match &s {
+                UpStream::Plain(s) => crate::io::Conn::set_nodelay(s, true)
+                    .and_then(|_| crate::io::Conn::set_keepalive(s, &lb.keepalive)),
+                UpStream::Tls(s) => crate::io::Conn::set_keepalive(s, &lb.keepalive),
+            };
+            pool.stats.inc(lb.ids.cx_total);
+            let tls_peer = match (&s, tls) {
+                (UpStream::Tls(t), Some(ours)) => crate::io::Conn::peer_principal(t).map(|p| {
+                    Box::new(crate::stats::istio::UpstreamTls {
+                        peer: p.map(Box::from),
+                        local: ours.principal.clone(),
+                    })
+                }),
+                _ => None,
+            };
+            Some((s, tls_peer))
+        }
+        Ok(Err(e)) => {
+            pool.stats.inc(lb.ids.cx_connect_fail);
+            tracing::debug!(cluster = %lb.name, %addr, error = %e, "HTTP/1.1 upstream connect failed");
+            None
+        }
+        Err(_) => {
+            pool.stats.inc(lb.ids.cx_connect_timeout);
+            None
+        }
+    }
 }
 
 /// The first value of the field `name` (lower case; `:status`: the status code) in a response
@@ -1788,6 +1840,8 @@ struct Response {
     /// Where the upstream's fields end in `head`, and the fields ringside adds after them
     /// (before its framing fields): where the stamps go ([`super::stamp::head`]).
     own: (usize, usize),
+    /// HTTP/2: the response ended with its HEADERS.
+    ended: bool,
 }
 
 /// Istio's metadata exchange on one HTTP/1.1 exchange (`x-envoy-peer-metadata-id`,
@@ -1947,6 +2001,7 @@ fn parse_response(
         reusable: !upstream_close && framing != Framing::UntilClose,
         peer,
         own,
+        ended: false,
     })
 }
 
@@ -1984,7 +2039,7 @@ async fn forward<C: crate::io::Conn>(
         breaker: &pool.retries,
         taken: false,
     };
-    let (mut up, resp, mut rbuf) = loop {
+    let (mut link, resp, mut rbuf) = loop {
         let got = one_try(
             c,
             req,
@@ -2096,7 +2151,7 @@ async fn forward<C: crate::io::Conn>(
         }
         // Outbound: the upstream connection's TLS names both principals.
         if let Some(i) = l.istio.as_ref().filter(|i| !i.inbound()) {
-            lg.upstream_peer = up.istio_peer(i);
+            lg.upstream_peer = link.istio_peer(i);
         }
     }
     let (r, _) = c.s.write_all(resp.head.clone()).await;
@@ -2104,24 +2159,20 @@ async fn forward<C: crate::io::Conn>(
         c.seen.flags = c.seen.flags | Flags::DOWNSTREAM_CONNECTION_TERMINATION;
         return Ok(Next::Close);
     }
-    if resp.code == 101 && req.websocket {
-        return Ok(Next::Tunnel(up, rbuf));
-    }
+    let mut link = match link {
+        Link::H1(up) if resp.code == 101 && req.websocket => {
+            return Ok(Next::Tunnel(up, rbuf));
+        }
+        l => l,
+    };
     let relayed = async {
         let c = &mut *c;
-        match up.h2.as_mut() {
-            Some(sess) => {
-                h2::relay_response(
-                    &mut up.s,
-                    sess,
-                    &mut rbuf,
-                    &mut c.s,
-                    resp.framing,
-                    &mut c.seen.tx,
-                )
-                .await
+        match &mut link {
+            Link::H2(s) => {
+                s.relay(&mut c.s, resp.framing, resp.ended, &mut c.seen.tx)
+                    .await
             }
-            None => {
+            Link::H1(up) => {
                 relay_body(
                     &mut up.s,
                     &mut rbuf,
@@ -2149,8 +2200,10 @@ async fn forward<C: crate::io::Conn>(
             };
         return Err((Local::Timeout, None));
     }
-    if resp.reusable && rbuf.is_empty() {
-        put_idle(pool, up);
+    match link {
+        Link::H1(up) if resp.reusable && rbuf.is_empty() => put_idle(pool, up),
+        // A stream that ended both ways goes without a reset.
+        _ => {}
     }
     Ok(match req.close || resp.framing == Framing::UntilClose {
         true => Next::Close,
@@ -2298,78 +2351,90 @@ impl Drop for RetrySlot<'_> {
     }
 }
 
-/// One try: a connection, the request head and body (from the caller the first time, held
-/// after), and the response head (interim ones dropped). Sending is bounded by the request's
-/// deadline; the response head also by `per_try_timeout_ms` from the end of the request, as
-/// Envoy's per-try timer.
+/// One try: a connection (an HTTP/2 stream), the request head and body (from the caller the
+/// first time, held after), and the response head (interim ones dropped). Sending is bounded
+/// by the request's deadline; the response head also by `per_try_timeout_ms` from the end of
+/// the request, as Envoy's per-try timer.
 #[allow(clippy::too_many_arguments)]
 async fn one_try<C: crate::io::Conn>(
     c: &mut Down<C>,
     req: &Request,
-    pool: &Pool,
+    pool: &Rc<Pool>,
     (head, rid, expected_ms, tail): (&[u8], Option<&str>, Option<u64>, &[u8]),
     body: &mut Body,
     retry: &mut Option<crate::route::Retry>,
     deadline: Option<Instant>,
     keep_body: bool,
     mx: Mx<'_>,
-) -> Result<(Up, Response, BytesMut), Failed> {
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+) -> Result<(Link, Response, BytesMut), Failed> {
+    let mut rbuf = BytesMut::new();
     let send = async {
-        let mut up = upstream(c, pool, retry.as_ref(), Speak::of(pool, req))
-            .await
-            .map_err(|e| match e {
-                Local::ConnectFailure { .. } => Failed::Connect,
-                e => Failed::Final(e),
-            })?;
-        if let (Some(r), Some(i)) = (retry.as_mut(), up.slot) {
-            r.tried(i);
-        }
-        if let Some(sess) = up.h2.as_mut() {
-            let added = (rid, expected_ms, tail);
-            let keep = retry.is_some() || keep_body;
-            let link = (&mut **sess, &mut up.s, &mut rbuf);
-            send_h2(c, req, link, (added, mx), body, keep).await?;
-            return Ok(up);
-        }
-        let (r, _) = up.s.write_all(head.to_vec()).await;
-        r.map_err(|_| Failed::Lost(Reset::Termination))?;
-        match body {
-            Body::Unread => {
-                if req.expect_continue {
-                    let (r, _) =
-                        c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                            .await;
-                    r.map_err(|_| Failed::Final(Local::BadRequest))?;
-                }
-                *body = Body::Partial;
-                let mut hold = (retry.is_some() || keep_body).then(Vec::new);
-                relay_body(
-                    &mut c.s,
-                    &mut c.buf,
-                    &mut up.s,
-                    req.framing,
-                    &mut hold,
-                    &mut c.seen.rx,
-                )
+        let speak = Speak::of(pool, req);
+        // A connection that takes no new stream by the time this one opens (a GOAWAY, closed
+        // meanwhile): another one, nothing was sent.
+        for _ in 0..CONNECT_ATTEMPTS_MAX {
+            let mut link = upstream(c, pool, retry.as_ref(), speak)
                 .await
                 .map_err(|e| match e {
-                    BodyError::Write => Failed::Lost(Reset::Termination),
-                    BodyError::Read | BodyError::Malformed | BodyError::Timeout => {
-                        Failed::Final(Local::BadRequest)
-                    }
+                    Local::ConnectFailure { .. } => Failed::Connect,
+                    e => Failed::Final(e),
                 })?;
-                *body = hold.map_or(Body::Read, Body::Held);
+            if let (Some(r), Some(i)) = (retry.as_mut(), link.slot()) {
+                r.tried(i);
             }
-            Body::Held(b) if !b.is_empty() => {
-                let (r, _) = up.s.write_all(b.clone()).await;
-                r.map_err(|_| Failed::Lost(Reset::Termination))?;
+            let up = match &mut link {
+                Link::H2(s) => {
+                    let added = (rid, expected_ms, tail);
+                    let keep = retry.is_some() || keep_body;
+                    match send_h2(c, req, s, (added, mx), body, keep).await {
+                        Err(_) if !s.opened() => continue,
+                        sent => sent?,
+                    }
+                    return Ok(link);
+                }
+                Link::H1(up) => up,
+            };
+            rbuf.reserve(READ_CHUNK_BYTES);
+            let (r, _) = up.s.write_all(head.to_vec()).await;
+            r.map_err(|_| Failed::Lost(Reset::Termination))?;
+            match body {
+                Body::Unread => {
+                    if req.expect_continue {
+                        let (r, _) =
+                            c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                                .await;
+                        r.map_err(|_| Failed::Final(Local::BadRequest))?;
+                    }
+                    *body = Body::Partial;
+                    let mut hold = (retry.is_some() || keep_body).then(Vec::new);
+                    relay_body(
+                        &mut c.s,
+                        &mut c.buf,
+                        &mut up.s,
+                        req.framing,
+                        &mut hold,
+                        &mut c.seen.rx,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        BodyError::Write => Failed::Lost(Reset::Termination),
+                        BodyError::Read | BodyError::Malformed | BodyError::Timeout => {
+                            Failed::Final(Local::BadRequest)
+                        }
+                    })?;
+                    *body = hold.map_or(Body::Read, Body::Held);
+                }
+                Body::Held(b) if !b.is_empty() => {
+                    let (r, _) = up.s.write_all(b.clone()).await;
+                    r.map_err(|_| Failed::Lost(Reset::Termination))?;
+                }
+                _ => {}
             }
-            _ => {}
+            return Ok(link);
         }
-        Ok(up)
+        Err(Failed::Lost(Reset::RemoteRefused))
     };
-    let mut up = within(deadline, send, || Failed::Final(Local::Timeout)).await?;
+    let mut link = within(deadline, send, || Failed::Final(Local::Timeout)).await?;
     let per_try = retry
         .as_ref()
         .and_then(|r| r.policy.per_try_timeout)
@@ -2380,10 +2445,10 @@ async fn one_try<C: crate::io::Conn>(
         (None, d) => (d, Failed::Final(Local::Timeout)),
     };
     let read = async {
-        if let Some(sess) = up.h2.as_mut() {
-            let resp = h2::read_response(&mut up.s, sess, &mut rbuf, req, mx).await?;
-            return Ok((resp, std::mem::take(&mut rbuf)));
-        }
+        let up = match &mut link {
+            Link::H2(s) => return Ok((s.response(req, mx).await?, BytesMut::new())),
+            Link::H1(up) => up,
+        };
         loop {
             let n = read_head(&mut up.s, &mut rbuf, Duration::ZERO, false)
                 .await
@@ -2403,21 +2468,22 @@ async fn one_try<C: crate::io::Conn>(
         }
     };
     let (resp, rbuf) = within(try_deadline, read, || cut).await?;
-    Ok((up, resp, rbuf))
+    Ok((link, resp, rbuf))
 }
 
-/// Sends a request over an HTTP/2 connection: HEADERS, then its body (from the caller, with
-/// `Expect: 100-continue` answered first, a copy held when `keep`; or held from a try before).
+/// Sends a request on an HTTP/2 stream: HEADERS (opening it), then its body (from the
+/// caller, with `Expect: 100-continue` answered first, a copy held when `keep`; or held from a
+/// try before).
 async fn send_h2<C: crate::io::Conn>(
     c: &mut Down<C>,
     req: &Request,
-    (sess, s, rbuf): (&mut h2::Session, &mut UpStream, &mut BytesMut),
+    s: &mut h2::Stream,
     (added, mx): ((Option<&str>, Option<u64>, &[u8]), Mx<'_>),
     body: &mut Body,
     keep: bool,
 ) -> Result<(), Failed> {
     let empty = matches!(body, Body::Held(b) if b.is_empty()) || req.framing == Framing::Length(0);
-    h2::send_head(s, sess, req, (c.scheme, mx), added, empty).await?;
+    s.open(req, (c.scheme, mx), added, empty).await?;
     if empty {
         return Ok(());
     }
@@ -2434,23 +2500,16 @@ async fn send_h2<C: crate::io::Conn>(
     if from_caller {
         *body = Body::Partial;
     }
-    let sent = h2::send_body(
-        &mut c.s,
-        &mut c.buf,
-        s,
-        sess,
-        rbuf,
+    s.send_body(
+        (&mut c.s, &mut c.buf),
         req.framing,
         body,
         &mut hold,
         &mut c.seen.rx,
     )
-    .await;
-    match sent {
-        Ok(()) if from_caller => *body = hold.map_or(Body::Read, Body::Held),
-        Ok(()) => {}
-        // The caller's body was read whole, sending it failed: another try may send it.
-        Err((f, _)) => return Err(f),
+    .await?;
+    if from_caller {
+        *body = hold.map_or(Body::Read, Body::Held);
     }
     Ok(())
 }

@@ -1,290 +1,1155 @@
 //! HTTP/1.1 requests forwarded as HTTP/2 (a cluster's `upstream_http: http2`, or `auto` where
 //! TLS settled on ALPN `h2`; docs/decisions/0010-http1.md), as Envoy's router does with an
-//! HTTP/2 upstream: a small client of one stream at a time per connection (kept idle between
-//! requests as HTTP/1.1 ones are). The request head becomes HEADERS (`:method`, `:scheme`,
-//! `:authority`, `:path`, then the end-to-end fields), its body DATA (a chunked body's data
-//! without framing) within the peer's windows; the response HEADERS become an HTTP/1.1 head
-//! (its reason phrase Envoy's, `content-length` kept, else `transfer-encoding: chunked` with
-//! each DATA frame a chunk; trailers dropped, as Envoy's HTTP/1.1 codec does by default).
+//! HTTP/2 upstream: requests from every caller connection of the shard share one multiplexed
+//! connection per endpoint ([`Mux`], kept in the cluster's pool) while it has room under the
+//! peer's SETTINGS_MAX_CONCURRENT_STREAMS (then another connection is opened), each request a
+//! stream ([`Stream`]). The request head becomes HEADERS (`:authority`, `:path`, `:method`,
+//! `:scheme`, then the end-to-end fields), its body DATA (a chunked body's data without
+//! framing) within the peer's windows; the response HEADERS become an HTTP/1.1 head (its
+//! reason phrase Envoy's, `content-length` kept, else `transfer-encoding: chunked` with each
+//! DATA frame a chunk; trailers dropped, as Envoy's HTTP/1.1 codec does by default).
+//!
+//! One task per connection reads its frames and hands each stream's to the request task
+//! waiting on it (a bounded queue per stream: the stream's window, given back only as its
+//! caller takes the bytes, so a caller that does not read holds back its own stream and no
+//! other; the connection's window is given back as frames arrive). Request tasks queue their
+//! frames in the connection's output, which the same task writes. A RST_STREAM or a GOAWAY
+//! fails only the streams it names; a stream whose caller goes away is reset (CANCEL).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use codec::h2::frame::{self, flag, kind, setting, FrameHeader};
+use codec::h2::frame::{self, code, flag, kind, setting, FrameHeader};
 use codec::h2::hpack;
-use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use rustc_hash::FxHashMap;
+use shard::monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use super::super::error::Reset;
-use super::{Body, BodyError, Chunks, Failed, Framing, Local, Mx, Request, Response};
+use super::{Body, BodyError, Chunks, Failed, Framing, Local, Mx, Pool, Request, Response};
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::istio::{exchange, MetaId};
 
-/// One HTTP/2 connection's state (the socket is the caller's `Up`).
-pub(super) struct Session {
-    enc: hpack::Encoder,
-    dec: hpack::Decoder,
-    /// The preface and SETTINGS went out.
-    started: bool,
-    /// The stream of the exchange in flight (0: none yet), the next one's id after it.
-    stream: u32,
+/// The stream window ringside gives an upstream (SETTINGS_INITIAL_WINDOW_SIZE, HTTP/2's
+/// default): at most this much of one response waits in ringside for a caller that reads
+/// slower than its upstream writes.
+const STREAM_WINDOW: u32 = frame::WINDOW_DEFAULT;
+/// A stream's window goes back to the upstream once this much of it was relayed.
+const STREAM_CREDIT_BATCH: u32 = STREAM_WINDOW / 4;
+/// The connection's window, raised to this when it opens and given back as DATA arrives
+/// (what streams buffer is bounded by their own windows, so no caller holds it).
+const CONN_WINDOW: u32 = 1 << 20;
+/// Frames queued for an upstream that does not read them: beyond this the connection closes.
+const OUT_BYTES_MAX: usize = super::super::conn::OUT_BYTES_MAX;
+/// A response header block (HEADERS and CONTINUATIONs) larger than this breaks the
+/// connection.
+const BLOCK_BYTES_MAX: usize = 2 * super::HEAD_BYTES_MAX;
+
+/// Whether, and how, a connection came up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Connecting,
+    Up,
+    Failed,
+}
+
+/// Why a stream got no (whole) response.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// The upstream reset it (RST_STREAM: `Remote`, or `RemoteRefused` for REFUSED_STREAM) or
+    /// a GOAWAY left it out (`RemoteRefused`): a `reset`.
+    Reset(Reset),
+    /// The connection ended.
+    Gone,
+    /// The upstream broke the protocol on it (502).
+    Broken,
+}
+
+impl Lost {
+    fn failed(self) -> Failed {
+        match self {
+            Lost::Broken => Failed::Final(Local::BadGateway),
+            Lost::Reset(why) => Failed::Lost(why),
+            Lost::Gone => Failed::Lost(Reset::Termination),
+        }
+    }
+}
+
+/// What arrived on a stream, in order.
+enum Ev {
+    /// The response's final HEADERS (its fields in the stream's `fields`), END_STREAM.
+    Head(bool),
+    /// A DATA frame's data (padding removed), END_STREAM.
+    Data(Bytes, bool),
+    /// Trailers with END_STREAM (dropped).
+    End,
+}
+
+/// One stream's state on its connection (kept for reuse when the stream ends: no allocation
+/// per request once a connection has served as many at once).
+#[derive(Default)]
+struct Slot {
+    send_window: i64,
+    /// What the upstream may still send on it.
+    recv_window: i64,
+    /// Relayed bytes not given back as window yet.
+    unacked: u32,
+    events: VecDeque<Ev>,
+    /// The response head's fields, flat ([`push_field`]).
+    fields: Vec<u8>,
+    lost: Option<Lost>,
+    waker: Option<Waker>,
+    head_in: bool,
+    recv_end: bool,
+}
+
+impl Slot {
+    fn reset(&mut self, send_window: i64) {
+        self.send_window = send_window;
+        self.recv_window = i64::from(STREAM_WINDOW);
+        self.unacked = 0;
+        self.events.clear();
+        self.fields.clear();
+        self.lost = None;
+        self.waker = None;
+        self.head_in = false;
+        self.recv_end = false;
+    }
+
+    fn lose(&mut self, why: Lost) -> Option<Waker> {
+        if self.lost.is_none() && !self.recv_end {
+            self.lost = Some(why);
+        }
+        self.waker.take()
+    }
+}
+
+struct State {
+    open: Open,
+    /// Takes no new stream (idle timeout, a failure, the connection ended).
+    dead: bool,
+    /// A GOAWAY came: no new stream.
+    goaway: bool,
+    /// The next stream id.
     next: u32,
-    /// The peer's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
+    /// Streams opened and not ended.
+    active: u32,
+    /// Requests given this connection (opened or waiting to open).
+    assigned: u32,
+    /// The peer's SETTINGS came (until then its stream limit is taken as unlimited, as
+    /// Envoy's pool does).
+    settings_seen: bool,
+    peer_streams_max: u32,
     peer_window: i64,
     frame_max: u32,
-    /// Send windows: the connection's and the stream's.
     conn_window: i64,
-    stream_window: i64,
-    /// A GOAWAY came: no new stream on this connection.
-    goaway: bool,
-    /// Frames of the stream read while its request body waited for window, read again first.
-    early: BytesMut,
-    /// The response's END_STREAM came.
-    ended: bool,
+    recv_unacked: u32,
+    streams: FxHashMap<u32, Slot>,
+    spare: Vec<Slot>,
+    /// Tasks waiting for the connect, for room under the peer's stream limit or for
+    /// connection window.
+    waiters: Vec<Waker>,
+    /// When the last request left it.
+    idle_since: Instant,
 }
 
-impl Session {
-    pub(super) fn new() -> Session {
-        Session {
-            enc: hpack::Encoder::default(),
-            dec: hpack::Decoder::default(),
-            started: false,
-            stream: 0,
-            next: 1,
-            peer_window: i64::from(frame::WINDOW_DEFAULT),
-            frame_max: frame::FRAME_BYTES_DEFAULT,
-            conn_window: i64::from(frame::WINDOW_DEFAULT),
-            stream_window: i64::from(frame::WINDOW_DEFAULT),
-            goaway: false,
-            early: BytesMut::new(),
-            ended: false,
+/// One multiplexed HTTP/2 upstream connection of a pool (HTTP/1.1 requests).
+pub struct Mux {
+    pub(super) addr: SocketAddr,
+    /// The endpoint's slot in its cluster.
+    pub(super) slot: Option<usize>,
+    tls: bool,
+    alpn: crate::io::tls::AlpnOverride,
+    /// Its TLS principals, for outbound listeners' Istio metrics.
+    tls_peer: RefCell<Option<Box<crate::stats::istio::UpstreamTls>>>,
+    istio_peer: Cell<(u64, crate::stats::istio::PeerId)>,
+    st: RefCell<State>,
+    out: RefCell<BytesMut>,
+    out_ready: shard::Notify,
+    /// Write what is queued, then close.
+    closing: Cell<bool>,
+    enc: RefCell<hpack::Encoder>,
+    /// Scratch for one header block.
+    block: RefCell<Vec<u8>>,
+}
+
+fn wake(ws: impl IntoIterator<Item = Waker>) {
+    for w in ws {
+        w.wake();
+    }
+}
+
+impl Mux {
+    fn new(
+        addr: SocketAddr,
+        slot: Option<usize>,
+        tls: bool,
+        alpn: crate::io::tls::AlpnOverride,
+    ) -> Mux {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        out.extend_from_slice(frame::PREFACE);
+        frame::write_settings(&mut out, &[(setting::ENABLE_PUSH, 0)]);
+        frame::write_window_update(&mut out, 0, CONN_WINDOW - frame::WINDOW_DEFAULT);
+        Mux {
+            addr,
+            slot,
+            tls,
+            alpn,
+            tls_peer: RefCell::new(None),
+            istio_peer: Cell::new(Default::default()),
+            st: RefCell::new(State {
+                open: Open::Connecting,
+                dead: false,
+                goaway: false,
+                next: 1,
+                active: 0,
+                assigned: 0,
+                settings_seen: false,
+                peer_streams_max: u32::MAX,
+                peer_window: i64::from(frame::WINDOW_DEFAULT),
+                frame_max: frame::FRAME_BYTES_DEFAULT,
+                conn_window: i64::from(frame::WINDOW_DEFAULT),
+                recv_unacked: 0,
+                streams: FxHashMap::default(),
+                spare: Vec::new(),
+                waiters: Vec::new(),
+                idle_since: Instant::now(),
+            }),
+            out: RefCell::new(out),
+            out_ready: shard::Notify::new(),
+            closing: Cell::new(false),
+            enc: RefCell::new(hpack::Encoder::default()),
+            block: RefCell::new(Vec::with_capacity(1024)),
         }
     }
 
-    /// Whether another request may go on this connection.
-    pub(super) fn reusable(&self) -> bool {
-        !self.goaway && self.next < frame::STREAM_ID_MAX - 2
+    /// Whether another request to `addr` (TLS as `tls`, offering `alpn`) may go on it.
+    fn takes(&self, addr: SocketAddr, tls: bool, alpn: &crate::io::tls::AlpnOverride) -> bool {
+        let st = self.st.borrow();
+        let cap = match st.settings_seen {
+            true => st.peer_streams_max,
+            false => u32::MAX,
+        };
+        self.addr == addr
+            && self.tls == tls
+            && (!tls || crate::io::tls::same_alpn(&self.alpn, alpn))
+            && !st.dead
+            && !st.goaway
+            && st.open != Open::Failed
+            && st.assigned < cap
+            && u64::from(st.next) + 2 * u64::from(st.assigned) < u64::from(frame::STREAM_ID_MAX)
+    }
+
+    /// The connection's TLS principals as outbound listener `i`'s metrics label them.
+    pub(super) fn istio_peer(
+        &self,
+        i: &crate::stats::istio::IstioListener,
+    ) -> crate::stats::istio::PeerId {
+        let (id, p) = self.istio_peer.get();
+        if id == i.id() {
+            return p;
+        }
+        let p = i.upstream(self.tls_peer.borrow().as_deref());
+        self.istio_peer.set((i.id(), p));
+        p
+    }
+
+    fn write(&self, f: impl FnOnce(&mut BytesMut)) {
+        if self.st.borrow().open == Open::Failed {
+            return;
+        }
+        let queued = {
+            let mut out = self.out.borrow_mut();
+            f(&mut out);
+            out.len()
+        };
+        self.out_ready.notify();
+        if queued > OUT_BYTES_MAX {
+            tracing::warn!(upstream = %self.addr, "http/2 upstream does not read: closing");
+            self.die(Lost::Gone);
+        }
+    }
+
+    /// The connection takes no new stream and ends; its open streams are lost for `why`.
+    fn die(&self, why: Lost) {
+        let ws: Vec<Waker> = {
+            let mut st = self.st.borrow_mut();
+            st.dead = true;
+            let st = &mut *st;
+            let mut ws = std::mem::take(&mut st.waiters);
+            ws.extend(st.streams.values_mut().filter_map(|s| s.lose(why)));
+            ws
+        };
+        self.closing.set(true);
+        self.out_ready.notify();
+        wake(ws);
+    }
+
+    /// The connect's outcome (`false`: it failed), once known.
+    pub(super) async fn ready(&self) -> bool {
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            match st.open {
+                Open::Up => Poll::Ready(true),
+                Open::Failed => Poll::Ready(false),
+                Open::Connecting => {
+                    st.waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    fn on_frame(&self, h: FrameHeader, p: Bytes) -> Result<(), Lost> {
+        match h.kind {
+            kind::DATA => self.on_data(h, p),
+            kind::SETTINGS if h.stream != 0 => Err(Lost::Broken),
+            kind::SETTINGS if h.flags & flag::ACK != 0 => Ok(()),
+            kind::SETTINGS => self.on_settings(&p),
+            kind::PING if h.flags & flag::ACK == 0 => {
+                let data: [u8; 8] = p.as_ref().try_into().map_err(|_| Lost::Broken)?;
+                self.write(|o| frame::write_ping(o, true, data));
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let n = i64::from(frame::window_update(&p).map_err(|_| Lost::Broken)?);
+                let ws: Vec<Waker> = {
+                    let mut st = self.st.borrow_mut();
+                    if h.stream == 0 {
+                        st.conn_window += n;
+                        std::mem::take(&mut st.waiters)
+                    } else {
+                        match st.streams.get_mut(&h.stream) {
+                            Some(s) => {
+                                s.send_window += n;
+                                s.waker.take().into_iter().collect()
+                            }
+                            None => Vec::new(),
+                        }
+                    }
+                };
+                wake(ws);
+                Ok(())
+            }
+            kind::RST_STREAM => {
+                // Envoy's reset reasons: REFUSED_STREAM is a refused stream.
+                let why = match frame::rst_stream(&p).map_err(|_| Lost::Broken)? {
+                    code::REFUSED_STREAM => Reset::RemoteRefused,
+                    _ => Reset::Remote,
+                };
+                let w = self
+                    .st
+                    .borrow_mut()
+                    .streams
+                    .get_mut(&h.stream)
+                    .and_then(|s| s.lose(Lost::Reset(why)));
+                wake(w);
+                Ok(())
+            }
+            kind::GOAWAY => {
+                let (last, c) = frame::goaway(&p).map_err(|_| Lost::Broken)?;
+                tracing::debug!(upstream = %self.addr, last, code = c, "HTTP/2 upstream GOAWAY");
+                let (ws, idle) = {
+                    let mut st = self.st.borrow_mut();
+                    st.goaway = true;
+                    let st = &mut *st;
+                    let mut ws = std::mem::take(&mut st.waiters);
+                    // Streams above `last` were not processed: a `reset` each (retriable).
+                    ws.extend(
+                        st.streams
+                            .iter_mut()
+                            .filter(|(id, _)| **id > last)
+                            .filter_map(|(_, s)| s.lose(Lost::Reset(Reset::RemoteRefused))),
+                    );
+                    (ws, st.active == 0)
+                };
+                wake(ws);
+                if idle {
+                    self.closing.set(true);
+                    self.out_ready.notify();
+                }
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(Lost::Broken),
+            // PING ACKs, PRIORITY, unknown kinds.
+            _ => Ok(()),
+        }
+    }
+
+    fn on_settings(&self, p: &[u8]) -> Result<(), Lost> {
+        let ws = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            st.settings_seen = true;
+            for (id, v) in frame::settings(p).map_err(|_| Lost::Broken)? {
+                match id {
+                    setting::INITIAL_WINDOW_SIZE if v > frame::WINDOW_LIMIT => {
+                        return Err(Lost::Broken)
+                    }
+                    setting::INITIAL_WINDOW_SIZE => {
+                        let delta = i64::from(v) - st.peer_window;
+                        st.peer_window = i64::from(v);
+                        for s in st.streams.values_mut() {
+                            s.send_window += delta;
+                        }
+                    }
+                    setting::MAX_FRAME_SIZE => {
+                        st.frame_max = v.clamp(frame::FRAME_BYTES_DEFAULT, frame::FRAME_BYTES_LIMIT)
+                    }
+                    setting::MAX_CONCURRENT_STREAMS => st.peer_streams_max = v,
+                    setting::HEADER_TABLE_SIZE => self.enc.borrow_mut().set_peer_table_size(v),
+                    _ => {}
+                }
+            }
+            let mut ws = std::mem::take(&mut st.waiters);
+            ws.extend(st.streams.values_mut().filter_map(|s| s.waker.take()));
+            ws
+        };
+        self.write(frame::write_settings_ack);
+        wake(ws);
+        Ok(())
+    }
+
+    fn on_data(&self, h: FrameHeader, p: Bytes) -> Result<(), Lost> {
+        if h.stream == 0 {
+            return Err(Lost::Broken);
+        }
+        let data = frame::data_payload(h.flags, &p).map_err(|_| Lost::Broken)?;
+        let data = p.slice_ref(data);
+        let end = h.flags & flag::END_STREAM != 0;
+        let (credit, w) = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            // The connection's window back at once (in batches).
+            st.recv_unacked += h.len;
+            let credit = match st.recv_unacked >= CONN_WINDOW / 2 {
+                true => std::mem::take(&mut st.recv_unacked),
+                false => 0,
+            };
+            let w = st.streams.get_mut(&h.stream).and_then(|s| {
+                if s.lost.is_some() {
+                    return None;
+                }
+                s.recv_window -= i64::from(h.len);
+                if !s.head_in || s.recv_end || s.recv_window < 0 {
+                    // DATA before the response head, after its end, or beyond the window.
+                    return s.lose(Lost::Broken);
+                }
+                // Padding counts as relayed at once.
+                s.unacked += h.len - data.len() as u32;
+                s.recv_end = end;
+                s.events.push_back(Ev::Data(data, end));
+                s.waker.take()
+            });
+            (credit, w)
+        };
+        if credit > 0 {
+            self.write(|o| frame::write_window_update(o, 0, credit));
+        }
+        wake(w);
+        Ok(())
+    }
+
+    /// A complete header block of stream `id` (decoded here, in the connection's order, for
+    /// the HPACK table, whoever it was for).
+    fn on_headers(
+        &self,
+        dec: &mut hpack::Decoder,
+        id: u32,
+        end: bool,
+        block: &[u8],
+    ) -> Result<(), Lost> {
+        if id == 0 {
+            return Err(Lost::Broken);
+        }
+        let mut st = self.st.borrow_mut();
+        let Some(s) = st.streams.get_mut(&id) else {
+            // A stream already ended (cancelled): decoded for the table, dropped.
+            return dec
+                .decode(block, &mut |_, _, _| {})
+                .map_err(|_| Lost::Broken);
+        };
+        if s.head_in {
+            // Trailers: dropped, as Envoy's HTTP/1.1 codec does by default.
+            dec.decode(block, &mut |_, _, _| {})
+                .map_err(|_| Lost::Broken)?;
+            let w = match end && !s.recv_end && s.lost.is_none() {
+                true => {
+                    s.recv_end = true;
+                    s.events.push_back(Ev::End);
+                    s.waker.take()
+                }
+                false => s.lose(Lost::Broken),
+            };
+            drop(st);
+            wake(w);
+            return Ok(());
+        }
+        s.fields.clear();
+        let fields = &mut s.fields;
+        dec.decode(block, &mut |n, v, _| push_field(fields, n, v))
+            .map_err(|_| Lost::Broken)?;
+        let status = flat_fields(&s.fields)
+            .find(|(n, _)| *n == b":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+            .filter(|c| (100..600).contains(c));
+        let w = match status {
+            // Interim (1xx) heads are dropped: the caller got its 100 from ringside.
+            Some(c) if c < 200 && !end => None,
+            Some(c) if c >= 200 && s.lost.is_none() => {
+                s.head_in = true;
+                s.recv_end = end;
+                s.events.push_back(Ev::Head(end));
+                s.waker.take()
+            }
+            _ => s.lose(Lost::Broken),
+        };
+        drop(st);
+        wake(w);
+        Ok(())
     }
 }
 
-/// A frame that breaks the protocol (or one ringside never asked for): the exchange fails as
-/// an upstream protocol error.
-fn broken() -> Failed {
-    Failed::Final(Local::BadGateway)
+/// Appends a field to a flat list: name length, value length (u32 each), name, value.
+fn push_field(b: &mut Vec<u8>, n: &[u8], v: &[u8]) {
+    b.extend_from_slice(&(n.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    b.extend_from_slice(n);
+    b.extend_from_slice(v);
 }
 
-/// The next frame from the connection (`early` ones first), at most our SETTINGS_MAX_FRAME_SIZE
-/// (the default) long.
-async fn next_frame<S: AsyncReadRent>(
-    s: &mut S,
-    sess: &mut Session,
-    rbuf: &mut BytesMut,
-) -> Result<(FrameHeader, Bytes), Failed> {
-    if let Some(h) = FrameHeader::parse(&sess.early) {
-        sess.early.advance(frame::HEADER_BYTES);
-        let p = sess.early.split_to(h.len as usize).freeze();
-        return Ok((h, p));
+/// The (name, value) pairs of a flat list ([`push_field`]).
+fn flat_fields(mut b: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        let len =
+            |x: &[u8]| -> Option<usize> { Some(u32::from_le_bytes(x.try_into().ok()?) as usize) };
+        let n = len(b.get(..4)?)?;
+        let v = len(b.get(4..8)?)?;
+        let name = b.get(8..8 + n)?;
+        let value = b.get(8 + n..8 + n + v)?;
+        b = &b[8 + n + v..];
+        Some((name, value))
+    })
+}
+
+/// An HTTP/2 connection of `pool` to `addr` that takes another request (TLS as `tls`,
+/// offering `alpn`), connected or connecting.
+pub(super) fn find(
+    pool: &Pool,
+    addr: SocketAddr,
+    tls: bool,
+    alpn: &crate::io::tls::AlpnOverride,
+) -> Option<Rc<Mux>> {
+    pool.http2_conns
+        .borrow()
+        .iter()
+        .find(|m| m.takes(addr, tls, alpn))
+        .cloned()
+}
+
+/// A new HTTP/2 connection of `pool` to endpoint `addr` (its slot `slot`; over TLS with `tls`,
+/// offering `alpn`), in the pool at once (requests that come while it connects share it); it
+/// connects in a task of its own ([`Mux::ready`]).
+pub(super) fn connect(
+    pool: &Rc<Pool>,
+    addr: SocketAddr,
+    slot: Option<usize>,
+    tls: Option<std::sync::Arc<crate::io::tls::ClientTls>>,
+    alpn: crate::io::tls::AlpnOverride,
+) -> Rc<Mux> {
+    let mux = Rc::new(Mux::new(addr, slot, tls.is_some(), alpn));
+    pool.http2_conns.borrow_mut().push(mux.clone());
+    let (m, pool) = (mux.clone(), pool.clone());
+    shard::monoio::spawn(async move {
+        let dialed = super::dial(&pool, m.addr, tls.as_deref(), m.alpn.as_deref()).await;
+        match dialed {
+            Some((s, tls_peer)) => {
+                *m.tls_peer.borrow_mut() = tls_peer;
+                run(m, pool, s).await
+            }
+            None => {
+                m.st.borrow_mut().open = Open::Failed;
+                m.die(Lost::Gone);
+                pool.http2_conns.borrow_mut().retain(|x| !Rc::ptr_eq(x, &m));
+            }
+        }
+    });
+    mux
+}
+
+/// An HTTP/2 connection of `pool` on `s`, connected already (TLS settled on ALPN `h2` for a
+/// cluster with `upstream_http: auto`), in the pool from now on.
+pub(super) fn adopt(
+    pool: &Rc<Pool>,
+    s: super::UpStream,
+    (addr, slot, alpn): (SocketAddr, Option<usize>, crate::io::tls::AlpnOverride),
+    tls_peer: Option<Box<crate::stats::istio::UpstreamTls>>,
+) -> Rc<Mux> {
+    let mux = Rc::new(Mux::new(addr, slot, s.is_tls(), alpn));
+    *mux.tls_peer.borrow_mut() = tls_peer;
+    pool.http2_conns.borrow_mut().push(mux.clone());
+    shard::monoio::spawn(run(mux.clone(), pool.clone(), s));
+    mux
+}
+
+/// Serves a connected connection until it ends: reads its frames, writes what its streams
+/// queue, closes it once it had no request for the cluster's `idle_timeout_ms`.
+async fn run(mux: Rc<Mux>, pool: Rc<Pool>, s: super::UpStream) {
+    let ws = {
+        let mut st = mux.st.borrow_mut();
+        st.open = Open::Up;
+        st.idle_since = Instant::now();
+        std::mem::take(&mut st.waiters)
+    };
+    wake(ws);
+    let why = match s {
+        super::UpStream::Plain(s) => serve(&mux, &pool, s).await,
+        super::UpStream::Tls(s) => serve(&mux, &pool, s).await,
+    };
+    mux.die(why);
+    pool.http2_conns
+        .borrow_mut()
+        .retain(|x| !Rc::ptr_eq(x, &mux));
+}
+
+async fn serve<S: Splitable>(mux: &Mux, pool: &Pool, s: S) -> Lost
+where
+    S::OwnedRead: AsyncReadRent,
+    S::OwnedWrite: AsyncWriteRent,
+{
+    let (r, w) = s.into_split();
+    shard::monoio::select! {
+        why = read_loop(mux, r) => why,
+        _ = write_loop(mux, w) => Lost::Gone,
+        _ = idle(mux, pool) => Lost::Gone,
     }
+}
+
+/// Reads frames until the connection ends (`Gone`) or breaks (`Broken`).
+async fn read_loop<R: AsyncReadRent>(mux: &Mux, mut r: R) -> Lost {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut dec = hpack::Decoder::default();
+    // A header block being continued: (stream, END_STREAM, fragments so far).
+    let mut cont: Option<(u32, bool, Vec<u8>)> = None;
     loop {
-        if let Some(h) = FrameHeader::parse(rbuf) {
+        while let Some(h) = FrameHeader::parse(&buf) {
+            // Our SETTINGS_MAX_FRAME_SIZE is the default.
             if h.len > frame::FRAME_BYTES_DEFAULT {
-                return Err(broken());
+                return Lost::Broken;
             }
             let total = frame::HEADER_BYTES + h.len as usize;
-            if rbuf.len() >= total {
-                rbuf.advance(frame::HEADER_BYTES);
-                return Ok((h, rbuf.split_to(h.len as usize).freeze()));
+            if buf.len() < total {
+                buf.reserve(total - buf.len());
+                break;
+            }
+            buf.advance(frame::HEADER_BYTES);
+            let p = buf.split_to(h.len as usize).freeze();
+            let done = if let Some((sid, end, mut block)) = cont.take() {
+                if h.kind != kind::CONTINUATION || h.stream != sid {
+                    return Lost::Broken;
+                }
+                block.extend_from_slice(&p);
+                if block.len() > BLOCK_BYTES_MAX {
+                    return Lost::Broken;
+                }
+                if h.flags & flag::END_HEADERS != 0 {
+                    mux.on_headers(&mut dec, sid, end, &block)
+                } else {
+                    cont = Some((sid, end, block));
+                    Ok(())
+                }
+            } else if h.kind == kind::HEADERS {
+                let end = h.flags & flag::END_STREAM != 0;
+                match frame::headers_fragment(h.flags, &p) {
+                    Ok(frag) if h.flags & flag::END_HEADERS != 0 => {
+                        mux.on_headers(&mut dec, h.stream, end, frag)
+                    }
+                    Ok(frag) => {
+                        cont = Some((h.stream, end, frag.to_vec()));
+                        Ok(())
+                    }
+                    Err(_) => Err(Lost::Broken),
+                }
+            } else if h.kind == kind::CONTINUATION {
+                Err(Lost::Broken)
+            } else {
+                mux.on_frame(h, p)
+            };
+            if let Err(why) = done {
+                return why;
             }
         }
-        rbuf.reserve(READ_CHUNK_BYTES);
-        let (r, b) = crate::io::read_append(s, std::mem::take(rbuf)).await;
-        *rbuf = b;
-        match r {
-            Ok(0) | Err(_) => return Err(Failed::Lost(Reset::Termination)),
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        let (res, b) = crate::io::read_append(&mut r, buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return Lost::Gone,
             Ok(_) => {}
         }
     }
 }
 
-/// Reads frames until one of the exchange's stream (HEADERS, CONTINUATION, DATA) comes,
-/// handling the connection's own (SETTINGS acknowledged, PING answered, windows, GOAWAY).
-/// `stash`: such a frame is kept in `early` instead (one WINDOW_UPDATE or more arrived then,
-/// `Ok(None)`), while the request is still being sent.
-async fn stream_frame<S: AsyncReadRent + AsyncWriteRent>(
-    s: &mut S,
-    sess: &mut Session,
-    rbuf: &mut BytesMut,
-    stash: bool,
-) -> Result<Option<(FrameHeader, Bytes)>, Failed> {
+/// Writes what the streams queue, until closing with nothing left (or a write fails).
+async fn write_loop<W: AsyncWriteRent>(mux: &Mux, mut w: W) {
+    let mut spare = BytesMut::with_capacity(16 * 1024);
     loop {
-        let (h, p) = next_frame(s, sess, rbuf).await?;
-        let mut reply = Vec::new();
-        match h.kind {
-            kind::SETTINGS if h.stream != 0 => return Err(broken()),
-            kind::SETTINGS if h.flags & flag::ACK != 0 => {}
-            kind::SETTINGS => {
-                for (id, v) in frame::settings(&p).map_err(|_| broken())? {
-                    match id {
-                        setting::INITIAL_WINDOW_SIZE if v > frame::WINDOW_LIMIT => {
-                            return Err(broken())
-                        }
-                        setting::INITIAL_WINDOW_SIZE => {
-                            sess.stream_window += i64::from(v) - sess.peer_window;
-                            sess.peer_window = i64::from(v);
-                        }
-                        setting::MAX_FRAME_SIZE => {
-                            sess.frame_max =
-                                v.clamp(frame::FRAME_BYTES_DEFAULT, frame::FRAME_BYTES_LIMIT)
-                        }
-                        setting::HEADER_TABLE_SIZE => sess.enc.set_peer_table_size(v),
-                        _ => {}
-                    }
-                }
-                frame::write_settings_ack(&mut reply);
+        if mux.out.borrow().is_empty() {
+            if mux.closing.get() {
+                let _ = w.shutdown().await;
+                return;
             }
-            kind::PING if h.flags & flag::ACK == 0 => {
-                let data: [u8; 8] = p.as_ref().try_into().map_err(|_| broken())?;
-                frame::write_ping(&mut reply, true, data);
-            }
-            kind::PING | kind::PRIORITY => {}
-            kind::WINDOW_UPDATE => {
-                let n = i64::from(frame::window_update(&p).map_err(|_| broken())?);
-                if h.stream == 0 {
-                    sess.conn_window += n;
-                } else if h.stream == sess.stream {
-                    sess.stream_window += n;
-                }
-                if stash {
-                    return Ok(None);
-                }
-            }
-            kind::GOAWAY => {
-                let (last, _) = frame::goaway(&p).map_err(|_| broken())?;
-                sess.goaway = true;
-                if last < sess.stream {
-                    return Err(Failed::Lost(Reset::RemoteRefused));
-                }
-            }
-            kind::RST_STREAM if h.stream == sess.stream => {
-                // Envoy's reset reasons: REFUSED_STREAM is a refused stream.
-                let refused = frame::rst_stream(&p).ok() == Some(frame::code::REFUSED_STREAM);
-                return Err(Failed::Lost(match refused {
-                    true => Reset::RemoteRefused,
-                    false => Reset::Remote,
-                }));
-            }
-            kind::HEADERS | kind::CONTINUATION | kind::DATA if h.stream == sess.stream => {
-                if !stash {
-                    return Ok(Some((h, p)));
-                }
-                let mut raw = BytesMut::with_capacity(frame::HEADER_BYTES + p.len());
-                h.write(&mut raw);
-                raw.extend_from_slice(&p);
-                sess.early.extend_from_slice(&raw);
-            }
-            kind::PUSH_PROMISE => return Err(broken()),
-            // Other streams (ended ones' late frames) and unknown kinds: ignored.
-            _ => {}
-        }
-        if !reply.is_empty() {
-            let (r, _) = s.write_all(reply).await;
-            r.map_err(|_| Failed::Lost(Reset::Termination))?;
-        }
-    }
-}
-
-/// Opens the exchange's stream with the request's HEADERS (`rid`: the `x-request-id` added
-/// when the request has none; `tail`: the trace context as HTTP/1.1 field lines, last); the
-/// connection's preface and SETTINGS first on a new one.
-/// `end`: the request has no body.
-pub(super) async fn send_head<S: AsyncWriteRent>(
-    s: &mut S,
-    sess: &mut Session,
-    req: &Request,
-    (scheme, mx): (&str, Mx<'_>),
-    (rid, expected_ms, tail): (Option<&str>, Option<u64>, &[u8]),
-    end: bool,
-) -> Result<(), Failed> {
-    let mut out = Vec::with_capacity(512);
-    if !sess.started {
-        sess.started = true;
-        out.extend_from_slice(frame::PREFACE);
-        frame::write_settings(&mut out, &[(setting::ENABLE_PUSH, 0)]);
-    }
-    sess.stream = sess.next;
-    sess.next += 2;
-    sess.stream_window = sess.peer_window;
-    sess.ended = false;
-    let mut block = Vec::with_capacity(256);
-    let enc = &mut sess.enc;
-    // Envoy's order: the pseudo-headers as its HTTP/1.1 codec set them.
-    enc.encode(&mut block, b":authority", req.authority.as_bytes(), false);
-    enc.encode(&mut block, b":path", req.path.as_bytes(), false);
-    enc.encode(&mut block, b":method", req.method.as_bytes(), false);
-    enc.encode(&mut block, b":scheme", scheme.as_bytes(), false);
-    let mut proto = false;
-    for (n, v) in req.fields.iter().filter(|(n, _)| !mx.drops(n)) {
-        proto |= n == "x-forwarded-proto";
-        enc.encode(&mut block, n.as_bytes(), v, false);
-    }
-    if !proto {
-        enc.encode(&mut block, b"x-forwarded-proto", scheme.as_bytes(), false);
-    }
-    if let Some(id) = rid {
-        enc.encode(&mut block, b"x-request-id", id.as_bytes(), false);
-    }
-    // Istio's metadata exchange, as on an HTTP/1.1 upstream.
-    let mut mx_fields = Vec::new();
-    mx.write(&mut mx_fields, true);
-    for (n, v) in head_fields(&mx_fields) {
-        enc.encode(&mut block, n, v, false);
-    }
-    if let Some(ms) = expected_ms {
-        let v = ms.to_string();
-        enc.encode(
-            &mut block,
-            b"x-envoy-expected-rq-timeout-ms",
-            v.as_bytes(),
-            false,
-        );
-    }
-    // The trace context, last, as Envoy's router injects it (HTTP/1.1 field lines).
-    for (n, v) in head_fields(tail) {
-        enc.encode(&mut block, n, v, false);
-    }
-    frame::write_headers(&mut out, sess.stream, &block, end, sess.frame_max);
-    let (r, _) = s.write_all(out).await;
-    r.map(|_| ()).map_err(|_| Failed::Lost(Reset::Termination))
-}
-
-/// Sends `data` as DATA frames of the stream within the send windows (waiting for the peer's
-/// WINDOW_UPDATEs), the last with END_STREAM when `end`.
-async fn send_data<S: AsyncReadRent + AsyncWriteRent>(
-    s: &mut S,
-    sess: &mut Session,
-    rbuf: &mut BytesMut,
-    mut data: &[u8],
-    end: bool,
-) -> Result<(), Failed> {
-    loop {
-        let room = sess
-            .conn_window
-            .min(sess.stream_window)
-            .min(i64::from(sess.frame_max))
-            .max(0) as usize;
-        let n = room.min(data.len());
-        if n == 0 && !data.is_empty() {
-            stream_frame(s, sess, rbuf, true).await?;
+            mux.out_ready.wait().await;
             continue;
         }
-        let last = n == data.len();
-        let mut out = Vec::with_capacity(frame::HEADER_BYTES + n);
-        frame::write_data_header(&mut out, sess.stream, n, last && end);
-        out.extend_from_slice(&data[..n]);
-        sess.conn_window -= n as i64;
-        sess.stream_window -= n as i64;
-        let (r, _) = s.write_all(out).await;
-        r.map_err(|_| Failed::Lost(Reset::Termination))?;
-        data = &data[n..];
-        if last {
+        let buf = std::mem::replace(&mut *mux.out.borrow_mut(), spare);
+        let (res, mut buf) = w.write_all(buf).await;
+        if res.is_err() {
+            return;
+        }
+        buf.clear();
+        spare = buf;
+    }
+}
+
+/// Completes never; once the connection had no request for the pool's idle timeout it takes
+/// no more, says GOAWAY and closes (the writer ends after the GOAWAY).
+async fn idle(mux: &Mux, pool: &Pool) {
+    let t = pool.idle_timeout;
+    if !t.is_zero() {
+        loop {
+            let at = {
+                let st = mux.st.borrow();
+                (st.assigned == 0).then_some(st.idle_since + t)
+            };
+            match at {
+                None => shard::monoio::time::sleep(t).await,
+                Some(at) if Instant::now() >= at => break,
+                Some(at) => shard::monoio::time::sleep_until(at.into()).await,
+            }
+        }
+        // No request has it: nothing to fail.
+        mux.st.borrow_mut().dead = true;
+        pool.stats.inc(pool.h2_ids.cx_idle_timeout);
+        mux.write(|o| frame::write_goaway(o, 0, code::NO_ERROR, b""));
+        mux.closing.set(true);
+        mux.out_ready.notify();
+    }
+    std::future::pending::<()>().await
+}
+
+/// One request's stream on a [`Mux`] (id 0 until [`Stream::open`]). Dropped before its
+/// response ended (the caller went away, a timeout, a retry): reset with CANCEL.
+pub struct Stream {
+    mux: Rc<Mux>,
+    id: u32,
+    sent_end: bool,
+}
+
+impl Stream {
+    /// A request given to `mux` (counted against its room until dropped).
+    pub(super) fn new(mux: Rc<Mux>) -> Stream {
+        mux.st.borrow_mut().assigned += 1;
+        Stream {
+            mux,
+            id: 0,
+            sent_end: false,
+        }
+    }
+
+    pub(super) fn mux(&self) -> &Rc<Mux> {
+        &self.mux
+    }
+
+    /// The HEADERS went out.
+    pub(super) fn opened(&self) -> bool {
+        self.id != 0
+    }
+
+    /// Opens the stream with the request's HEADERS once the peer's stream limit leaves room
+    /// (`rid`: the `x-request-id` added when the request has none; `tail`: the trace context
+    /// as HTTP/1.1 field lines, last). `end`: the request has no body. `Err` with the stream
+    /// not opened: the connection takes no new stream (GOAWAY, closed) or has more requests
+    /// waiting than its limit lets open: another connection may.
+    pub(super) async fn open(
+        &mut self,
+        req: &Request,
+        (scheme, mx): (&str, Mx<'_>),
+        (rid, expected_ms, tail): (Option<&str>, Option<u64>, &[u8]),
+        end: bool,
+    ) -> Result<(), Failed> {
+        let mux = self.mux.clone();
+        poll_fn(|cx| {
+            let mut st = mux.st.borrow_mut();
+            if st.dead || st.goaway || st.next >= frame::STREAM_ID_MAX - 2 {
+                return Poll::Ready(Err(Failed::Lost(Reset::RemoteRefused)));
+            }
+            let cap = match st.settings_seen {
+                true => st.peer_streams_max,
+                false => u32::MAX,
+            };
+            if st.active < cap {
+                return Poll::Ready(Ok(()));
+            }
+            // Given more requests than its limit (known since) allows at once: this one goes
+            // to another connection, as Envoy's pool moves them.
+            if st.settings_seen && st.assigned > cap {
+                return Poll::Ready(Err(Failed::Lost(Reset::RemoteRefused)));
+            }
+            st.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        let frame_max = {
+            let mut st = mux.st.borrow_mut();
+            let st = &mut *st;
+            self.id = st.next;
+            st.next += 2;
+            st.active += 1;
+            let mut slot = st.spare.pop().unwrap_or_default();
+            slot.reset(st.peer_window);
+            st.streams.insert(self.id, slot);
+            st.frame_max
+        };
+        let mut block = mux.block.borrow_mut();
+        block.clear();
+        let block = &mut *block;
+        let enc = &mut *mux.enc.borrow_mut();
+        // Envoy's order: the pseudo-headers as its HTTP/1.1 codec set them.
+        enc.encode(block, b":authority", req.authority.as_bytes(), false);
+        enc.encode(block, b":path", req.path.as_bytes(), false);
+        enc.encode(block, b":method", req.method.as_bytes(), false);
+        enc.encode(block, b":scheme", scheme.as_bytes(), false);
+        let mut proto = false;
+        for (n, v) in req.fields.iter().filter(|(n, _)| !mx.drops(n)) {
+            proto |= n == "x-forwarded-proto";
+            enc.encode(block, n.as_bytes(), v, false);
+        }
+        if !proto {
+            enc.encode(block, b"x-forwarded-proto", scheme.as_bytes(), false);
+        }
+        if let Some(id) = rid {
+            enc.encode(block, b"x-request-id", id.as_bytes(), false);
+        }
+        // Istio's metadata exchange, as on an HTTP/1.1 upstream.
+        if !matches!(mx, Mx::Off) {
+            let mut mx_fields = Vec::new();
+            mx.write(&mut mx_fields, true);
+            for (n, v) in head_fields(&mx_fields) {
+                enc.encode(block, n, v, false);
+            }
+        }
+        if let Some(ms) = expected_ms {
+            let mut digits = [0u8; 20];
+            enc.encode(
+                block,
+                b"x-envoy-expected-rq-timeout-ms",
+                decimal(ms, &mut digits),
+                false,
+            );
+        }
+        // The trace context, last, as Envoy's router injects it (HTTP/1.1 field lines).
+        for (n, v) in head_fields(tail) {
+            enc.encode(block, n, v, false);
+        }
+        let id = self.id;
+        self.sent_end = end;
+        mux.write(|o| frame::write_headers(o, id, block, end, frame_max));
+        Ok(())
+    }
+
+    /// Sends `data` as DATA frames within the send windows (waiting for the peer's
+    /// WINDOW_UPDATEs), the last with END_STREAM when `end`.
+    pub(super) async fn send_data(&mut self, mut data: &[u8], end: bool) -> Result<(), Failed> {
+        let (mux, id) = (self.mux.clone(), self.id);
+        loop {
+            let n = poll_fn(|cx| {
+                let mut st = mux.st.borrow_mut();
+                let st = &mut *st;
+                let (conn_window, frame_max) = (st.conn_window, st.frame_max);
+                let Some(s) = st.streams.get_mut(&id) else {
+                    return Poll::Ready(Err(Failed::Lost(Reset::Termination)));
+                };
+                if let Some(l) = s.lost {
+                    return Poll::Ready(Err(l.failed()));
+                }
+                let room = conn_window
+                    .min(s.send_window)
+                    .min(i64::from(frame_max))
+                    .max(0) as usize;
+                let n = room.min(data.len());
+                if n > 0 || data.is_empty() {
+                    s.send_window -= n as i64;
+                    st.conn_window -= n as i64;
+                    return Poll::Ready(Ok(n));
+                }
+                // Woken by a WINDOW_UPDATE of the stream (its waker) or of the connection.
+                s.waker = Some(cx.waker().clone());
+                st.waiters.push(cx.waker().clone());
+                Poll::Pending
+            })
+            .await?;
+            let last = n == data.len();
+            mux.write(|o| {
+                frame::write_data_header(o, id, n, last && end);
+                o.extend_from_slice(&data[..n]);
+            });
+            data = &data[n..];
+            if last {
+                self.sent_end |= end;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends the request's body: from the caller (`Body::Unread`: relayed as it arrives, a
+    /// copy kept in `hold` as [`super::relay_body`] does) or held from an earlier try.
+    pub(super) async fn send_body<D: AsyncReadRent>(
+        &mut self,
+        (down, dbuf): (&mut D, &mut BytesMut),
+        framing: Framing,
+        body: &Body,
+        hold: &mut Option<Vec<u8>>,
+        count: &mut u64,
+    ) -> Result<(), Failed> {
+        if let Body::Held(b) = body {
+            return match framing {
+                Framing::Chunked => self.send_data(&dechunk(b), true).await,
+                _ => self.send_data(b, true).await,
+            };
+        }
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => u64::MAX,
+        };
+        let mut chunks = Chunks::default();
+        let mut data = Vec::new();
+        while left > 0 {
+            if dbuf.is_empty() {
+                dbuf.reserve(READ_CHUNK_BYTES);
+                let (r, b) = crate::io::read_append(down, std::mem::take(dbuf)).await;
+                *dbuf = b;
+                match r {
+                    Ok(0) | Err(_) => return Err(Failed::Final(Local::BadRequest)),
+                    Ok(_) => {}
+                }
+            }
+            data.clear();
+            let take = match framing {
+                Framing::Chunked => {
+                    let (n, done) = chunks
+                        .feed_data(dbuf, &mut |d| data.extend_from_slice(d))
+                        .map_err(|_| Failed::Final(Local::BadRequest))?;
+                    if done {
+                        left = 0;
+                    }
+                    n
+                }
+                _ => {
+                    let n = (dbuf.len() as u64).min(left) as usize;
+                    left -= n as u64;
+                    data.extend_from_slice(&dbuf[..n]);
+                    n
+                }
+            };
+            *count += data.len() as u64;
+            let piece = dbuf.split_to(take);
+            if let Some(h) = hold {
+                match h.len() + piece.len() <= super::RETRY_BODY_BYTES_MAX {
+                    true => h.extend_from_slice(&piece),
+                    false => *hold = None,
+                }
+            }
+            if !data.is_empty() || left == 0 {
+                self.send_data(&data, left == 0).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next thing that arrived on the stream, or why nothing more will.
+    async fn next(&mut self) -> Result<Ev, Lost> {
+        let (mux, id) = (self.mux.clone(), self.id);
+        poll_fn(|cx| {
+            let mut st = mux.st.borrow_mut();
+            let Some(s) = st.streams.get_mut(&id) else {
+                return Poll::Ready(Err(Lost::Gone));
+            };
+            if let Some(ev) = s.events.pop_front() {
+                return Poll::Ready(Ok(ev));
+            }
+            if let Some(l) = s.lost {
+                return Poll::Ready(Err(l));
+            }
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Reads the response's HEADERS (interim 1xx ones were dropped) and makes its HTTP/1.1
+    /// head.
+    pub(super) async fn response(&mut self, req: &Request, mx: Mx<'_>) -> Result<Response, Failed> {
+        match self.next().await.map_err(Lost::failed)? {
+            Ev::Head(end) => {
+                let st = self.mux.st.borrow();
+                let fields = st.streams.get(&self.id).map_or(&[][..], |s| &s.fields[..]);
+                Ok(response_head(fields, end, req, mx))
+            }
+            Ev::Data(..) | Ev::End => Err(Failed::Final(Local::BadGateway)),
+        }
+    }
+
+    /// `n` bytes of the response were relayed: its window back to the upstream (in batches).
+    fn credit(&self, n: u32) {
+        let update = {
+            let mut st = self.mux.st.borrow_mut();
+            match st.streams.get_mut(&self.id) {
+                Some(s) if !s.recv_end => {
+                    s.unacked += n;
+                    match s.unacked >= STREAM_CREDIT_BATCH {
+                        true => {
+                            s.recv_window += i64::from(s.unacked);
+                            std::mem::take(&mut s.unacked)
+                        }
+                        false => 0,
+                    }
+                }
+                _ => 0,
+            }
+        };
+        if update > 0 {
+            let id = self.id;
+            self.mux
+                .write(|o| frame::write_window_update(o, id, update));
+        }
+    }
+
+    /// Relays the response's body (its DATA, as chunks when `framing` is chunked) to the
+    /// caller until END_STREAM (trailers dropped), giving the stream's window back as the
+    /// caller takes it.
+    pub(super) async fn relay<W: AsyncWriteRent>(
+        &mut self,
+        to: &mut W,
+        framing: Framing,
+        ended: bool,
+        count: &mut u64,
+    ) -> Result<(), BodyError> {
+        if ended {
             return Ok(());
+        }
+        let mut wbuf = BytesMut::new();
+        loop {
+            let ev = self.next().await.map_err(|l| match l {
+                Lost::Broken => BodyError::Malformed,
+                Lost::Reset(_) | Lost::Gone => BodyError::Read,
+            })?;
+            let (data, end) = match ev {
+                Ev::Data(d, end) => (d, end),
+                Ev::End => (Bytes::new(), true),
+                Ev::Head(_) => return Err(BodyError::Malformed),
+            };
+            let n = data.len();
+            *count += n as u64;
+            let chunked = framing == Framing::Chunked;
+            if chunked {
+                if n > 0 {
+                    wbuf.extend_from_slice(format_args_hex(n, &mut [0u8; 16]));
+                    wbuf.extend_from_slice(b"\r\n");
+                    wbuf.extend_from_slice(&data);
+                    wbuf.extend_from_slice(b"\r\n");
+                }
+                if end {
+                    wbuf.extend_from_slice(b"0\r\n\r\n");
+                }
+                if !wbuf.is_empty() {
+                    let (r, b) = to.write_all(std::mem::take(&mut wbuf)).await;
+                    r.map_err(|_| BodyError::Write)?;
+                    wbuf = b;
+                    wbuf.clear();
+                }
+            } else if n > 0 {
+                let (r, _) = to.write_all(data).await;
+                r.map_err(|_| BodyError::Write)?;
+            }
+            if n > 0 {
+                self.credit(n as u32);
+            }
+            if end {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mux = &self.mux;
+        let (ws, rst, close) = {
+            let mut st = mux.st.borrow_mut();
+            let st = &mut *st;
+            st.assigned -= 1;
+            let mut rst = false;
+            if self.id != 0 {
+                st.active -= 1;
+                if let Some(s) = st.streams.remove(&self.id) {
+                    // Not ended both ways, and not ended by the peer or with the connection:
+                    // reset (a stream the upstream broke too).
+                    let ended = s.recv_end && self.sent_end;
+                    let gone = matches!(s.lost, Some(Lost::Reset(_) | Lost::Gone));
+                    rst = !ended && !gone;
+                    if st.spare.len() < 64 {
+                        st.spare.push(s);
+                    }
+                }
+            }
+            if st.assigned == 0 {
+                st.idle_since = Instant::now();
+            }
+            let close = st.goaway && st.active == 0;
+            (std::mem::take(&mut st.waiters), rst, close)
+        };
+        if rst {
+            let id = self.id;
+            mux.write(|o| frame::write_rst_stream(o, id, code::CANCEL));
+        }
+        if close {
+            mux.closing.set(true);
+            mux.out_ready.notify();
+        }
+        wake(ws);
+    }
+}
+
+/// `v` in decimal, in `buf`.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// `n` in lower-case hexadecimal (a chunk size), in `buf`.
+fn format_args_hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
         }
     }
 }
@@ -296,158 +1161,25 @@ fn dechunk(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sends the request's body: from the caller (`Body::Unread`: relayed as it arrives, a copy
-/// kept in `hold` as [`super::relay_body`] does) or held from an earlier try.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn send_body<D: AsyncReadRent, S: AsyncReadRent + AsyncWriteRent>(
-    down: &mut D,
-    dbuf: &mut BytesMut,
-    s: &mut S,
-    sess: &mut Session,
-    rbuf: &mut BytesMut,
-    framing: Framing,
-    body: &Body,
-    hold: &mut Option<Vec<u8>>,
-    count: &mut u64,
-) -> Result<(), (Failed, bool)> {
-    if let Body::Held(b) = body {
-        let data = match framing {
-            Framing::Chunked => dechunk(b),
-            _ => b.clone(),
-        };
-        return send_data(s, sess, rbuf, &data, true)
-            .await
-            .map_err(|f| (f, true));
-    }
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut chunks = Chunks::default();
-    while left > 0 {
-        if dbuf.is_empty() {
-            dbuf.reserve(READ_CHUNK_BYTES);
-            let (r, b) = crate::io::read_append(down, std::mem::take(dbuf)).await;
-            *dbuf = b;
-            match r {
-                Ok(0) | Err(_) => return Err((Failed::Final(Local::BadRequest), false)),
-                Ok(_) => {}
-            }
-        }
-        let mut data = Vec::new();
-        let take = match framing {
-            Framing::Chunked => {
-                let (n, done) = chunks
-                    .feed_data(dbuf, &mut |d| data.extend_from_slice(d))
-                    .map_err(|_| (Failed::Final(Local::BadRequest), false))?;
-                if done {
-                    left = 0;
-                }
-                n
-            }
-            _ => {
-                let n = (dbuf.len() as u64).min(left) as usize;
-                left -= n as u64;
-                data.extend_from_slice(&dbuf[..n]);
-                n
-            }
-        };
-        *count += data.len() as u64;
-        let piece = dbuf.split_to(take);
-        if let Some(h) = hold {
-            match h.len() + piece.len() <= super::RETRY_BODY_BYTES_MAX {
-                true => h.extend_from_slice(&piece),
-                false => *hold = None,
-            }
-        }
-        if !data.is_empty() || left == 0 {
-            send_data(s, sess, rbuf, &data, left == 0)
-                .await
-                .map_err(|f| (f, false))?;
-        }
-    }
-    Ok(())
-}
-
-/// A header block: HEADERS and its CONTINUATIONs, decoded; (fields, END_STREAM).
-async fn header_block<S: AsyncReadRent + AsyncWriteRent>(
-    s: &mut S,
-    sess: &mut Session,
-    rbuf: &mut BytesMut,
-    h: FrameHeader,
-    p: Bytes,
-) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Failed> {
-    let end_stream = h.flags & flag::END_STREAM != 0;
-    let mut block = frame::headers_fragment(h.flags, &p)
-        .map_err(|_| broken())?
-        .to_vec();
-    let mut done = h.flags & flag::END_HEADERS != 0;
-    while !done {
-        let Some((c, p)) = stream_frame(s, sess, rbuf, false).await? else {
-            continue;
-        };
-        if c.kind != kind::CONTINUATION {
-            return Err(broken());
-        }
-        block.extend_from_slice(&p);
-        done = c.flags & flag::END_HEADERS != 0;
-        if block.len() > super::HEAD_BYTES_MAX {
-            return Err(broken());
-        }
-    }
-    let mut fields = Vec::new();
-    sess.dec
-        .decode(&block, &mut |n, v, _| fields.push((n.to_vec(), v.to_vec())))
-        .map_err(|_| broken())?;
-    Ok((fields, end_stream))
-}
-
-/// Reads the response's HEADERS (interim 1xx ones dropped) and makes its HTTP/1.1 head.
-pub(super) async fn read_response<S: AsyncReadRent + AsyncWriteRent>(
-    s: &mut S,
-    sess: &mut Session,
-    rbuf: &mut BytesMut,
-    req: &Request,
-    mx: Mx<'_>,
-) -> Result<Response, Failed> {
-    loop {
-        let Some((h, p)) = stream_frame(s, sess, rbuf, false).await? else {
-            continue;
-        };
-        if h.kind != kind::HEADERS {
-            return Err(broken());
-        }
-        let (fields, end) = header_block(s, sess, rbuf, h, p).await?;
-        let status = fields
-            .iter()
-            .find(|(n, _)| n == b":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
-            .filter(|c| (100..600).contains(c))
-            .ok_or_else(broken)?;
-        if (100..200).contains(&status) {
-            if end {
-                return Err(broken());
-            }
-            continue;
-        }
-        sess.ended = end;
-        return Ok(response_head(status, &fields, end, req, mx));
-    }
+/// The (name, value) pairs of HTTP/1.1 field lines (`name: value\r\n` each).
+fn head_fields(b: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    b.split(|&x| x == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r")?;
+        let colon = line.iter().position(|&x| x == b':')?;
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
+    })
 }
 
 /// The HTTP/1.1 head of a response whose HEADERS carried `fields` (`end`: END_STREAM with
 /// them), as Envoy's HTTP/1.1 codec writes it.
-fn response_head(
-    code: u16,
-    fields: &[(Vec<u8>, Vec<u8>)],
-    end: bool,
-    req: &Request,
-    mx: Mx<'_>,
-) -> Response {
+fn response_head(fields: &[u8], end: bool, req: &Request, mx: Mx<'_>) -> Response {
+    let code = flat_fields(fields)
+        .find(|(n, _)| *n == b":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+        .unwrap_or(502);
     let no_body = req.method == "HEAD" || code == 204 || code == 304;
-    let length = fields
-        .iter()
-        .find(|(n, _)| n == b"content-length")
+    let length = flat_fields(fields)
+        .find(|(n, _)| *n == b"content-length")
         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
     let framing = match (no_body, length, end) {
         (true, ..) => Framing::Length(0),
@@ -458,7 +1190,7 @@ fn response_head(
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", reason(code)).as_bytes());
     let mut peer = MetaId::NONE;
-    for (n, v) in fields {
+    for (n, v) in flat_fields(fields) {
         if let (Mx::Outbound { istio, .. }, true) = (mx, n == exchange::HEADER) {
             // The first value, as HTTP/2's header list gives it.
             if peer == MetaId::NONE {
@@ -495,87 +1227,8 @@ fn response_head(
         reusable: true,
         peer,
         own,
+        ended: end,
     }
-}
-
-/// The (name, value) pairs of HTTP/1.1 field lines (`name: value\r\n` each).
-fn head_fields(b: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    b.split(|&x| x == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r")?;
-        let colon = line.iter().position(|&x| x == b':')?;
-        Some((&line[..colon], line[colon + 1..].trim_ascii()))
-    })
-}
-
-/// Relays the response's body (its DATA frames, as chunks when `framing` is chunked) to the
-/// caller until END_STREAM (trailers read and dropped), giving the windows back as it goes.
-pub(super) async fn relay_response<S: AsyncReadRent + AsyncWriteRent, W: AsyncWriteRent>(
-    s: &mut S,
-    sess: &mut Session,
-    rbuf: &mut BytesMut,
-    to: &mut W,
-    framing: Framing,
-    count: &mut u64,
-) -> Result<(), BodyError> {
-    let fail = |f: Failed| match f {
-        Failed::Lost(_) => BodyError::Read,
-        _ => BodyError::Malformed,
-    };
-    while !sess.ended {
-        let Some((h, p)) = stream_frame(s, sess, rbuf, false).await.map_err(fail)? else {
-            continue;
-        };
-        let end = h.flags & flag::END_STREAM != 0;
-        match h.kind {
-            kind::DATA => {
-                let data = frame::data_payload(h.flags, &p).map_err(|_| BodyError::Malformed)?;
-                *count += data.len() as u64;
-                let mut out = Vec::with_capacity(data.len() + 16);
-                match framing {
-                    Framing::Chunked if !data.is_empty() => {
-                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        out.extend_from_slice(data);
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    Framing::Chunked => {}
-                    _ => out.extend_from_slice(data),
-                }
-                if end && framing == Framing::Chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                }
-                if !out.is_empty() {
-                    let (r, _) = to.write_all(out).await;
-                    r.map_err(|_| BodyError::Write)?;
-                }
-                // The windows back for what was consumed (the stream's only while it lasts).
-                if h.len > 0 {
-                    let mut wu = Vec::with_capacity(26);
-                    frame::write_window_update(&mut wu, 0, h.len);
-                    if !end {
-                        frame::write_window_update(&mut wu, sess.stream, h.len);
-                    }
-                    let (r, _) = s.write_all(wu).await;
-                    r.map_err(|_| BodyError::Read)?;
-                }
-            }
-            kind::HEADERS => {
-                // Trailers: decoded (the HPACK state), dropped.
-                let (_, end) = header_block(s, sess, rbuf, h, p).await.map_err(fail)?;
-                if !end {
-                    return Err(BodyError::Malformed);
-                }
-                if framing == Framing::Chunked {
-                    let (r, _) = to.write_all(b"0\r\n\r\n".to_vec()).await;
-                    r.map_err(|_| BodyError::Write)?;
-                }
-                sess.ended = true;
-                continue;
-            }
-            _ => return Err(BodyError::Malformed),
-        }
-        sess.ended = end;
-    }
-    Ok(())
 }
 
 /// The reason phrase Envoy's HTTP/1.1 codec writes for a status.
@@ -657,12 +1310,25 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_written_without_allocating() {
+        assert_eq!(decimal(0, &mut [0; 20]), b"0");
+        assert_eq!(decimal(15000, &mut [0; 20]), b"15000");
+        assert_eq!(format_args_hex(0x1f40, &mut [0; 16]), b"1f40");
+        assert_eq!(format_args_hex(7, &mut [0; 16]), b"7");
+    }
+
+    #[test]
     fn responses_are_framed_as_envoys_http1_codec_does() {
         let req = super::super::parse_request(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
-        let f = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let flat = |fs: &[(&str, &str)]| {
+            let mut b = Vec::new();
+            for (n, v) in fs {
+                push_field(&mut b, n.as_bytes(), v.as_bytes());
+            }
+            b
+        };
         let r = response_head(
-            200,
-            &[f(":status", "200"), f("x-a", "1")],
+            &flat(&[(":status", "200"), ("x-a", "1")]),
             false,
             &req,
             Mx::Off,
@@ -672,13 +1338,18 @@ mod tests {
             r.head,
             b"HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        let r = response_head(404, &[f("content-length", "3")], false, &req, Mx::Off);
+        let r = response_head(
+            &flat(&[(":status", "404"), ("content-length", "3")]),
+            false,
+            &req,
+            Mx::Off,
+        );
         assert_eq!(r.framing, Framing::Length(3));
         assert_eq!(
             r.head,
             b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n"
         );
-        let r = response_head(204, &[], true, &req, Mx::Off);
+        let r = response_head(&flat(&[(":status", "204")]), true, &req, Mx::Off);
         assert_eq!(r.head, b"HTTP/1.1 204 No Content\r\n\r\n");
     }
 }

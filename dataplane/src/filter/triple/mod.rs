@@ -748,6 +748,9 @@ pub struct Pool {
     /// Idle keep-alive upstream connections of HTTP/1.1 requests ([`http1`]; HTTP/1.1 or
     /// HTTP/2 as `upstream_http` says), at most [`http1::IDLE_UPSTREAM_MAX`].
     pub http1_idle: RefCell<Vec<http1::IdleConn>>,
+    /// HTTP/2 connections HTTP/1.1 requests share (`upstream_http: http2`, or `auto` where
+    /// TLS settled on `h2`): as many streams on each as the upstream allows at once.
+    pub http2_conns: RefCell<Vec<Rc<http1::H2Conn>>>,
     /// The protocol HTTP/1.1 requests are forwarded with (`upstream_http`).
     pub upstream_http: config::UpstreamHttp,
     /// `keep_alpn`: listeners' `alpn_override` does not apply to this cluster.
@@ -826,6 +829,7 @@ impl Pool {
             backoff_wake: shard::Notify::new(),
             dice: crate::route::Dice::new(jitter_seed()),
             http1_idle: RefCell::new(Vec::new()),
+            http2_conns: RefCell::new(Vec::new()),
             upstream_http: c.upstream_http,
             keep_alpn: c.keep_alpn,
             stats,
@@ -896,17 +900,17 @@ impl Pool {
         };
         // `previous_priorities`: the levels the retry leaves out.
         let levels = retry.map_or(&[][..], |r| r.priority_avoided());
-        let i = match self.lb.pick_avoiding(
-            label,
-            levels,
-            hash,
-            retry.map_or(0, |r| r.host_draws()),
-            |i| state(i, true),
-        ) {
+        let draws = retry.map_or(0, |r| r.host_draws());
+        let i = match self
+            .lb
+            .pick_avoiding(label, levels, hash, draws, |i| state(i, true))
+        {
             Some(i) => i,
+            // Every endpoint of the drawn levels tried: a tried one, drawn from the same load
+            // (as Envoy takes its last pick: never another level for it).
             None if retry.is_some() => self
                 .lb
-                .pick_avoiding(label, levels, hash, 0, |i| state(i, false))
+                .pick_avoiding(label, levels, hash, draws, |i| state(i, false))
                 .ok_or(NoConn::NoEndpoint)?,
             None => return Err(NoConn::NoEndpoint),
         };
