@@ -254,6 +254,9 @@ fn normalized(mut c: Value) -> Value {
     c
 }
 
+/// A call: the listener (index), the method, its metadata.
+type Case = (usize, Call, Vec<(&'static str, &'static str)>);
+
 #[test]
 fn istiod_custom_grpc_provider_like_envoy() {
     let server = GrpcServer::start(0, "G", &[]);
@@ -261,7 +264,7 @@ fn istiod_custom_grpc_provider_like_envoy() {
     let down = local(free_port());
     let dir = TempDir::new("ext-authz");
     let a = |m: &'static str| ("x-authz", m);
-    let cases: Vec<(usize, Call, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             0,
             Call::Unary,
