@@ -53,6 +53,10 @@ pub struct ExtAuthz {
     /// filter it adds in front of each ext_authz filter; the DENY and ALLOW ones after it).
     #[serde(default)]
     pub after_rbac: usize,
+    /// It runs before the listener's `jwt_authn` filter (istiod's order: CUSTOM, then
+    /// RequestAuthentication, then DENY / ALLOW); else after it.
+    #[serde(default)]
+    pub before_jwt_authn: bool,
     /// Counters `STAT_PREFIXext_authz.ok`, `.denied`, `.error`, `.failure_mode_allowed`,
     /// `.disabled` (Envoy's: `http.HCM_STAT_PREFIX.`).
     #[serde(default)]

@@ -121,6 +121,37 @@ fn ext_authz(cluster: &str, fail_open: bool, status: Option<u32>, timeout: &str)
     json!({"name": "envoy.filters.http.ext_authz", "typed_config": f})
 }
 
+/// istiod's jwt_authn filter for a RequestAuthentication (`convertToEnvoyJwtConfig`: the token
+/// optional, a bad one refused), on a fresh EC key; istiod puts it after the CUSTOM filters
+/// (pilot/pkg/networking/core/listener_builder.go: CUSTOM authz, authn, then authz).
+fn jwt_authn() -> Value {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+    fn b64(b: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..=c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let p = key.public_key().as_ref();
+    let jwks = json!({"keys": [{"kty": "EC", "kid": "e1", "crv": "P-256", "alg": "ES256",
+        "x": b64(&p[1..33]), "y": b64(&p[33..65])}]})
+    .to_string();
+    json!({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"origins-0": {"issuer": "https://issuer.test",
+            "local_jwks": {"inline_string": jwks}, "payload_in_metadata": "payload"}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+            {"provider_name": "origins-0"}, {"allow_missing": {}}]}}}]}})
+}
+
 /// istiod's DENY filter for `when: request.headers[x-deny-rbac]` (after the CUSTOM ones).
 fn deny_rbac() -> Value {
     json!({"name": "envoy.filters.http.rbac", "typed_config": {
@@ -137,7 +168,7 @@ fn listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
         "stat_prefix": name, "codec_type": "AUTO",
         "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
             {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}}]}]},
-        "http_filters": [shadow_rbac(), authz, deny_rbac(),
+        "http_filters": [shadow_rbac(), authz, jwt_authn(), deny_rbac(),
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
     });
@@ -223,6 +254,9 @@ fn normalized(mut c: Value) -> Value {
     c
 }
 
+/// A call: the listener (index), the method, its metadata.
+type Case = (usize, Call, Vec<(&'static str, &'static str)>);
+
 #[test]
 fn istiod_custom_grpc_provider_like_envoy() {
     let server = GrpcServer::start(0, "G", &[]);
@@ -230,7 +264,7 @@ fn istiod_custom_grpc_provider_like_envoy() {
     let down = local(free_port());
     let dir = TempDir::new("ext-authz");
     let a = |m: &'static str| ("x-authz", m);
-    let cases: Vec<(usize, Call, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             0,
             Call::Unary,
@@ -246,6 +280,18 @@ fn istiod_custom_grpc_provider_like_envoy() {
         // The ext_authz filter runs before the DENY rbac filter after it.
         (0, Call::Unary, vec![a("deny"), ("x-deny-rbac", "1")]),
         (0, Call::Unary, vec![a("allow"), ("x-deny-rbac", "1")]),
+        // istiod's order: ext_authz before jwt_authn (the authorizer sees the token; its
+        // denial comes first).
+        (
+            0,
+            Call::Unary,
+            vec![a("allow"), ("authorization", "Bearer abc")],
+        ),
+        (
+            0,
+            Call::Unary,
+            vec![a("deny"), ("authorization", "Bearer abc")],
+        ),
         (1, Call::Unary, vec![a("deny")]),
         (2, Call::Unary, vec![a("allow")]),
     ];
@@ -266,7 +312,7 @@ fn istiod_custom_grpc_provider_like_envoy() {
             .map(|(l, call, meta)| grpc(listen[*l], *call, meta))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while authz.checks().len() < 8 && Instant::now() < deadline {
+        while authz.checks().len() < 10 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let checks: Vec<Value> = authz.checks().into_iter().map(normalized).collect();
@@ -327,8 +373,14 @@ fn istiod_custom_grpc_provider_like_envoy() {
     assert!(envoy.0[1].starts_with("UNAUTHENTICATED "), "{}", envoy.0[1]);
     assert!(envoy.0[6].starts_with("OK "), "{}", envoy.0[6]);
     assert!(
-        envoy.0[9].contains("x-envoy-auth-failure-mode-allowed=true"),
+        envoy.0[9].starts_with("UNAUTHENTICATED ") && envoy.0[9].contains("Jwt"),
         "{}",
         envoy.0[9]
+    );
+    assert!(envoy.0[10].contains("denied by test"), "{}", envoy.0[10]);
+    assert!(
+        envoy.0[11].contains("x-envoy-auth-failure-mode-allowed=true"),
+        "{}",
+        envoy.0[11]
     );
 }

@@ -2084,11 +2084,20 @@ fn hcm(
         // puts it first; one after an rbac filter would change what that filter sees).
         if let Some(a) = typed.filter(|a| a.type_url == jwt::JWT_AUTHN_TYPE) {
             let fat = format!("{at}.http_filters[{i}]");
-            if jwt.is_some() || !rbac.is_empty() {
+            // istiod's order puts a CUSTOM policy's shadow rbac and ext_authz filters first:
+            // the jwt_authn filter may follow them (nothing between).
+            let after_ext_authz = ext_authz
+                .as_ref()
+                .is_some_and(|x: &config::ExtAuthz| x.after_rbac == rbac.len());
+            if jwt.is_some() || (!rbac.is_empty() && !after_ext_authz) {
                 return Err(ctx.err(
                     fat,
-                    "one jwt_authn filter, before every rbac filter, is supported",
+                    "one jwt_authn filter, before every rbac filter or right after the \
+                     ext_authz filter, is supported",
                 ));
+            }
+            if let Some(x) = ext_authz.as_mut() {
+                x.before_jwt_authn = true;
             }
             jwt = Some(jwt::http(
                 a,

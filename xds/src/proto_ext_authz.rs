@@ -156,6 +156,7 @@ pub(super) fn http(
         enabled_by_shadow_policy,
         include_peer_certificate: x.include_peer_certificate,
         after_rbac: rbac_before.len(),
+        before_jwt_authn: false,
         stat_prefix: format!("http.{hcm_stat_prefix}."),
     })
 }

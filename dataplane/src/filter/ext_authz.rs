@@ -47,6 +47,8 @@ pub struct ExtAuthz {
     pub include_peer_certificate: bool,
     /// The listener's rbac filters that run before this one.
     pub after_rbac: usize,
+    /// It runs before the jwt_authn filter (istiod's order), else after it.
+    pub before_jwt_authn: bool,
     pub ids: ExtAuthzStatIds,
 }
 
@@ -91,6 +93,7 @@ impl ExtAuthz {
             enabled,
             include_peer_certificate: c.include_peer_certificate,
             after_rbac: c.after_rbac,
+            before_jwt_authn: c.before_jwt_authn,
             ids: ExtAuthzStatIds {
                 ok: id("ok"),
                 denied: id("denied"),

@@ -1585,17 +1585,21 @@ impl Conn {
             self.fail_call(id, &e);
             return Ok(());
         }
-        // The jwt_authn filter, then rbac (with ext_authz after the rbac filters before it),
-        // as istiod orders them.
-        let payload = match self.authenticate(l) {
-            Ok(p) => p,
-            Err(e) => {
-                self.respond_before_routing(l, id, None);
-                self.fail_call(id, &e);
-                return Ok(());
-            }
-        };
+        // The jwt_authn filter, then rbac (with ext_authz after the rbac filters before it;
+        // with istiod's order, ext_authz and the rbac filters before it first, then
+        // jwt_authn), as the listener orders them.
         let x = l.ext_authz.as_ref();
+        let payload = match x.is_some_and(|x| x.before_jwt_authn) {
+            true => None,
+            false => match self.authenticate(l) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.respond_before_routing(l, id, None);
+                    self.fail_call(id, &e);
+                    return Ok(());
+                }
+            },
+        };
         let split = x.map_or(usize::MAX, |x| x.after_rbac);
         let (allowed, policy) = self.authorized(
             l,
@@ -1626,9 +1630,19 @@ impl Conn {
         l: &Rc<TripleListener>,
         id: u32,
         end: bool,
-        payload: Option<crate::filter::jwt::Metadata>,
+        mut payload: Option<crate::filter::jwt::Metadata>,
         now: Instant,
     ) -> Result<(), ConnError> {
+        if l.ext_authz.as_ref().is_some_and(|x| x.before_jwt_authn) {
+            payload = match self.authenticate(l) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.respond_before_routing(l, id, None);
+                    self.fail_call(id, &e);
+                    return Ok(());
+                }
+            };
+        }
         if let Some(x) = &l.ext_authz {
             let (allowed, _) = self.authorized(l, payload.as_ref(), x.after_rbac..usize::MAX, None);
             if !allowed {

@@ -843,15 +843,20 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
-    // The jwt_authn filter, then rbac, as istiod orders them.
-    let payload = match authenticate(c, l, req) {
-        Ok(p) => p,
-        Err(e) => {
-            c.respond = respond_before_routing(c, l, req, None);
-            return Err(e);
-        }
-    };
+    // The jwt_authn filter, then rbac (ext_authz after the rbac filters before it), as the
+    // listener orders them (istiod's: ext_authz and its shadow rbac filter first).
     let x = l.ext_authz.as_ref();
+    let early = x.is_some_and(|x| x.before_jwt_authn);
+    let mut payload = None;
+    if !early {
+        payload = match authenticate(c, l, req) {
+            Ok(p) => p,
+            Err(e) => {
+                c.respond = respond_before_routing(c, l, req, None);
+                return Err(e);
+            }
+        };
+    }
     let split = x.map_or(usize::MAX, |x| x.after_rbac);
     let mut policy = None;
     if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
@@ -880,6 +885,15 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
             return Err(Local::AuthzError(x.status_on_error));
         }
         l.stats.inc(x.ids.disabled);
+        if early {
+            payload = match authenticate(c, l, req) {
+                Ok(p) => p,
+                Err(e) => {
+                    c.respond = respond_before_routing(c, l, req, None);
+                    return Err(e);
+                }
+            };
+        }
         if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
             let call = super::headers::CallView {
                 headers: &c.hl,
