@@ -2521,6 +2521,16 @@ pub struct Cluster {
     /// whatever it says. See docs/decisions/0010-http1.md.
     #[serde(default, skip_serializing_if = "UpstreamHttp::is_default")]
     pub upstream_http: UpstreamHttp,
+    /// The HTTP/2 connections of HTTP/1.1 requests (`upstream_http`): at most this many
+    /// streams at once on one, besides the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (Envoy's
+    /// `http2_protocol_options.max_concurrent_streams`); 0: no limit of ringside's.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub http2_streams_max: u32,
+    /// The HTTP/2 connections of HTTP/1.1 requests: at most this many requests each, then
+    /// closed once they are done (Envoy's `common_http_protocol_options.
+    /// max_requests_per_connection`); 0: no limit.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub requests_per_connection_max: u32,
     /// A listener's `alpn_override` (Istio's `istio.alpn`) leaves this cluster's TLS ALPN as
     /// given (xDS: the cluster's `metadata.filter_metadata.istio.alpn_override: "false"`, which
     /// istiod sets for a DestinationRule's own TLS).

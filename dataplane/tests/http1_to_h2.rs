@@ -368,12 +368,24 @@ fn proxy(
     h2_port: u16,
     http2_options: Value,
 ) -> (SocketAddr, Box<dyn std::any::Any>, XdsServer) {
+    proxy_with(who, h2_port, |o| {
+        o["explicit_http_config"]["http2_protocol_options"] = http2_options.clone()
+    })
+}
+
+/// [`proxy`] with the HTTP/2 cluster's `HttpProtocolOptions` as `options` makes them.
+fn proxy_with(
+    who: &str,
+    h2_port: u16,
+    options: impl Fn(&mut Value),
+) -> (SocketAddr, Box<dyn std::any::Any>, XdsServer) {
     let listen = local(free_port());
     let xds = XdsServer::start();
     let mut snap = snapshot(listen, local(h2_port), local(free_port()));
-    snap["clusters"][0]["typed_extension_protocol_options"]
-        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
-        ["http2_protocol_options"] = http2_options;
+    options(
+        &mut snap["clusters"][0]["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+    );
     xds.put(&snap).unwrap();
     let p = envoy_or_ringside(who, xds.addr(), "h1h2", "1");
     for kind in ["cds", "lds"] {
@@ -497,5 +509,52 @@ fn a_caller_that_does_not_read_stalls_only_its_own_stream() {
     // One connection throughout; the stalled stream open beside the other request (the
     // stats one too); one reset when its caller left.
     assert_eq!(envoy, ((1, 2, 0), (1, 2, 1)), "Envoy");
+    assert_eq!(ringside, envoy, "ringside (left) vs Envoy (right)");
+}
+
+/// The cluster's own limits on its HTTP/2 connections, as Envoy 1.40 applies them:
+/// `http2_protocol_options.max_concurrent_streams: 2` (6 concurrent callers, each request held
+/// 300 ms: 3 connections, at most 2 streams at once on one) and
+/// `common_http_protocol_options.max_requests_per_connection: 2` (5 requests one after
+/// another, then the stats one: 3 connections).
+#[test]
+fn the_clusters_stream_and_request_limits_like_envoy() {
+    let run = |who: &str| {
+        let h2_port = free_port();
+        let _h2 = H2Server::start(h2_port, "h2");
+        let (listen, _proxy, _xds) = proxy(who, h2_port, json!({"max_concurrent_streams": 2}));
+        let answers: Vec<String> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..6)
+                .map(|i| sc.spawn(move || get(listen, &format!("/hold/300/{i}"))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, a) in answers.iter().enumerate() {
+            assert!(
+                a.contains(&format!("\r\n\r\nh2 GET /hold/300/{i}\n")),
+                "{who} {i}: {a}"
+            );
+        }
+        let streams = server_stats(listen);
+        drop((_proxy, _xds, _h2));
+        let h2_port = free_port();
+        let _h2 = H2Server::start(h2_port, "h2");
+        let (listen, _proxy, _xds) = proxy_with(who, h2_port, |o| {
+            o["common_http_protocol_options"]["max_requests_per_connection"] = json!(2)
+        });
+        for i in 0..5 {
+            let a = get(listen, &format!("/len/{i}"));
+            assert!(
+                a.contains(&format!("\r\n\r\nh2 GET /len/{i}\n")),
+                "{who} {i}: {a}"
+            );
+        }
+        let requests = server_stats(listen);
+        eprintln!("{who}: max_concurrent_streams 2 {streams:?}, max_requests_per_connection 2 {requests:?}");
+        (streams, requests)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert_eq!(envoy, ((3, 2, 0), (3, 1, 0)), "Envoy");
     assert_eq!(ringside, envoy, "ringside (left) vs Envoy (right)");
 }

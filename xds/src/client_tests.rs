@@ -577,6 +577,8 @@ async fn initial_fetch_timeout_applies_what_is_there() {
         tls: None,
         transport_socket_matches: Vec::new(),
         upstream_http: Default::default(),
+        http2_streams_max: 0,
+        requests_per_connection_max: 0,
         circuit_breakers: None,
         outlier_detection: None,
         priority_load: Vec::new(),

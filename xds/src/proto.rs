@@ -3434,6 +3434,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     {
         upstream_http = config::UpstreamHttp::Downstream;
     }
+    let (mut http2_streams_max, mut requests_per_connection_max) = (0, 0);
     for (key, any) in &c.typed_extension_protocol_options {
         let at = format!("typed_extension_protocol_options[{key:?}]");
         if key != HTTP_PROTOCOL_OPTIONS {
@@ -3445,6 +3446,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         let want = format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}");
         let o: upstream_http_pb::HttpProtocolOptions = unpack(any, &want, &ctx, &at)?;
         upstream_http = upstream_protocol(&o, &ctx, &at)?;
+        (http2_streams_max, requests_per_connection_max) = upstream_limits(&o);
     }
     // ALPN decides under auto_config: every transport socket of the cluster must be TLS (as
     // Envoy refuses "ALPN configured for cluster ... which has a non-ALPN transport socket").
@@ -3532,6 +3534,8 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         tls,
         transport_socket_matches,
         upstream_http,
+        http2_streams_max,
+        requests_per_connection_max,
         keep_alpn: keeps_alpn(c.metadata.as_ref()),
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref(), &ctx)?,
         outlier_detection: match &c.outlier_detection {
@@ -3613,6 +3617,31 @@ fn upstream_protocol(
         Some(U::AutoConfig(_)) => config::UpstreamHttp::Auto,
         None => config::UpstreamHttp::Http1,
     })
+}
+
+/// The limits an `HttpProtocolOptions` sets on the HTTP/2 connections of HTTP/1.1 requests:
+/// (`max_concurrent_streams` of its HTTP/2 options, `common_http_protocol_options.
+/// max_requests_per_connection`), 0 where unset.
+fn upstream_limits(o: &upstream_http_pb::HttpProtocolOptions) -> (u32, u32) {
+    use upstream_http_pb::http_protocol_options::explicit_http_config::ProtocolConfig as P;
+    use upstream_http_pb::http_protocol_options::UpstreamProtocolOptions as U;
+    let h2 = match &o.upstream_protocol_options {
+        Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+            Some(P::Http2ProtocolOptions(h)) => Some(h),
+            _ => None,
+        },
+        Some(U::AutoConfig(a)) => a.http2_protocol_options.as_ref(),
+        _ => None,
+    };
+    let streams = h2
+        .and_then(|h| h.max_concurrent_streams.as_ref())
+        .map_or(0, |v| v.value);
+    let requests = o
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|c| c.max_requests_per_connection.as_ref())
+        .map_or(0, |v| v.value);
+    (streams, requests)
 }
 
 /// A cluster's `upstream_bind_config` (Istio's inbound clusters: 127.0.0.6, and `::6` in

@@ -989,6 +989,8 @@ mod tests {
             tls: None,
             transport_socket_matches: Vec::new(),
             upstream_http: Default::default(),
+            http2_streams_max: 0,
+            requests_per_connection_max: 0,
             circuit_breakers: None,
             outlier_detection: None,
             priority_load: Vec::new(),

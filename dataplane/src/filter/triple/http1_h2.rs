@@ -141,6 +141,13 @@ struct State {
     active: u32,
     /// Requests given this connection (opened or waiting to open).
     assigned: u32,
+    /// Requests ever given it, and how many it may take in all (the cluster's
+    /// `max_requests_per_connection`; `u32::MAX`: no limit).
+    given: u32,
+    requests_max: u32,
+    /// The cluster's own limit of streams at once (`max_concurrent_streams`; `u32::MAX`:
+    /// none).
+    streams_max: u32,
     /// The peer's SETTINGS came (until then its stream limit is taken as unlimited, as
     /// Envoy's pool does).
     settings_seen: bool,
@@ -156,6 +163,17 @@ struct State {
     waiters: Vec<Waker>,
     /// When the last request left it.
     idle_since: Instant,
+}
+
+impl State {
+    /// Streams at once: the cluster's limit and the peer's (taken as unlimited until its
+    /// SETTINGS came, as Envoy's pool does).
+    fn cap(&self) -> u32 {
+        match self.settings_seen {
+            true => self.streams_max.min(self.peer_streams_max),
+            false => self.streams_max,
+        }
+    }
 }
 
 /// One multiplexed HTTP/2 upstream connection of a pool (HTTP/1.1 requests).
@@ -186,11 +204,13 @@ fn wake(ws: impl IntoIterator<Item = Waker>) {
 
 impl Mux {
     fn new(
+        pool: &Pool,
         addr: SocketAddr,
         slot: Option<usize>,
         tls: bool,
         alpn: crate::io::tls::AlpnOverride,
     ) -> Mux {
+        let or_max = |v: u32| if v == 0 { u32::MAX } else { v };
         let mut out = BytesMut::with_capacity(16 * 1024);
         out.extend_from_slice(frame::PREFACE);
         frame::write_settings(&mut out, &[(setting::ENABLE_PUSH, 0)]);
@@ -209,6 +229,9 @@ impl Mux {
                 next: 1,
                 active: 0,
                 assigned: 0,
+                given: 0,
+                requests_max: or_max(pool.requests_per_connection_max),
+                streams_max: or_max(pool.http2_streams_max),
                 settings_seen: false,
                 peer_streams_max: u32::MAX,
                 peer_window: i64::from(frame::WINDOW_DEFAULT),
@@ -231,10 +254,7 @@ impl Mux {
     /// Whether another request to `addr` (TLS as `tls`, offering `alpn`) may go on it.
     fn takes(&self, addr: SocketAddr, tls: bool, alpn: &crate::io::tls::AlpnOverride) -> bool {
         let st = self.st.borrow();
-        let cap = match st.settings_seen {
-            true => st.peer_streams_max,
-            false => u32::MAX,
-        };
+        let cap = st.cap();
         self.addr == addr
             && self.tls == tls
             && (!tls || crate::io::tls::same_alpn(&self.alpn, alpn))
@@ -242,6 +262,7 @@ impl Mux {
             && !st.goaway
             && st.open != Open::Failed
             && st.assigned < cap
+            && st.given < st.requests_max
             && u64::from(st.next) + 2 * u64::from(st.assigned) < u64::from(frame::STREAM_ID_MAX)
     }
 
@@ -563,7 +584,7 @@ pub(super) fn connect(
     tls: Option<std::sync::Arc<crate::io::tls::ClientTls>>,
     alpn: crate::io::tls::AlpnOverride,
 ) -> Rc<Mux> {
-    let mux = Rc::new(Mux::new(addr, slot, tls.is_some(), alpn));
+    let mux = Rc::new(Mux::new(pool, addr, slot, tls.is_some(), alpn));
     pool.http2_conns.borrow_mut().push(mux.clone());
     let (m, pool) = (mux.clone(), pool.clone());
     shard::monoio::spawn(async move {
@@ -591,7 +612,7 @@ pub(super) fn adopt(
     (addr, slot, alpn): (SocketAddr, Option<usize>, crate::io::tls::AlpnOverride),
     tls_peer: Option<Box<crate::stats::istio::UpstreamTls>>,
 ) -> Rc<Mux> {
-    let mux = Rc::new(Mux::new(addr, slot, s.is_tls(), alpn));
+    let mux = Rc::new(Mux::new(pool, addr, slot, s.is_tls(), alpn));
     *mux.tls_peer.borrow_mut() = tls_peer;
     pool.http2_conns.borrow_mut().push(mux.clone());
     shard::monoio::spawn(run(mux.clone(), pool.clone(), s));
@@ -756,7 +777,11 @@ pub struct Stream {
 impl Stream {
     /// A request given to `mux` (counted against its room until dropped).
     pub(super) fn new(mux: Rc<Mux>) -> Stream {
-        mux.st.borrow_mut().assigned += 1;
+        {
+            let mut st = mux.st.borrow_mut();
+            st.assigned += 1;
+            st.given += 1;
+        }
         Stream {
             mux,
             id: 0,
@@ -791,16 +816,13 @@ impl Stream {
             if st.dead || st.goaway || st.next >= frame::STREAM_ID_MAX - 2 {
                 return Poll::Ready(Err(Failed::Lost(Reset::RemoteRefused)));
             }
-            let cap = match st.settings_seen {
-                true => st.peer_streams_max,
-                false => u32::MAX,
-            };
+            let cap = st.cap();
             if st.active < cap {
                 return Poll::Ready(Ok(()));
             }
             // Given more requests than its limit (known since) allows at once: this one goes
             // to another connection, as Envoy's pool moves them.
-            if st.settings_seen && st.assigned > cap {
+            if st.assigned > cap {
                 return Poll::Ready(Err(Failed::Lost(Reset::RemoteRefused)));
             }
             st.waiters.push(cx.waker().clone());
@@ -1113,7 +1135,12 @@ impl Drop for Stream {
             if st.assigned == 0 {
                 st.idle_since = Instant::now();
             }
-            let close = st.goaway && st.active == 0;
+            // After a GOAWAY, or its last request (`max_requests_per_connection`): closed.
+            let spent = st.given >= st.requests_max && st.assigned == 0;
+            if spent {
+                st.dead = true;
+            }
+            let close = (st.goaway && st.active == 0) || spent;
             (std::mem::take(&mut st.waiters), rst, close)
         };
         if rst {

@@ -751,6 +751,10 @@ pub struct Pool {
     /// HTTP/2 connections HTTP/1.1 requests share (`upstream_http: http2`, or `auto` where
     /// TLS settled on `h2`): as many streams on each as the upstream allows at once.
     pub http2_conns: RefCell<Vec<Rc<http1::H2Conn>>>,
+    /// Their limits: streams at once on one (0: the upstream's alone), requests each (0:
+    /// none).
+    pub http2_streams_max: u32,
+    pub requests_per_connection_max: u32,
     /// The protocol HTTP/1.1 requests are forwarded with (`upstream_http`).
     pub upstream_http: config::UpstreamHttp,
     /// `keep_alpn`: listeners' `alpn_override` does not apply to this cluster.
@@ -830,6 +834,8 @@ impl Pool {
             dice: crate::route::Dice::new(jitter_seed()),
             http1_idle: RefCell::new(Vec::new()),
             http2_conns: RefCell::new(Vec::new()),
+            http2_streams_max: c.http2_streams_max,
+            requests_per_connection_max: c.requests_per_connection_max,
             upstream_http: c.upstream_http,
             keep_alpn: c.keep_alpn,
             stats,
