@@ -50,12 +50,21 @@ def log(msg):
     print(f"[xds-push {time.time() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
+_GIVEN = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A loopback port free now and never given before by this process: the kernel may hand
+    out a port it just released again, and two listeners of one config on the same port are a
+    NACK (seen once: virtualOutbound and virtualInbound on one port, the base config refused)."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p not in _GIVEN:
+            _GIVEN.add(p)
+            return p
 
 
 def http(port, method, path, body=None, timeout=30):

@@ -2027,25 +2027,7 @@ impl Conn {
             self.credit(id, held as u32);
             return;
         }
-        for (q, end) in data {
-            let n = q.len() as u32;
-            self.to_mirrors(
-                id,
-                |up| Out::Data(Queued::new((*q).clone(), &up.budget), end),
-                end,
-            );
-            let sent = link
-                .as_ref()
-                .is_some_and(|(up, uid)| up.send(*uid, Out::Data(q, end)));
-            if !sent {
-                self.credit(id, n);
-            }
-        }
-        if let (Some(t), Some((up, uid))) = (trailers, link) {
-            self.to_mirrors(id, |_| Out::Headers(t.clone(), true), true);
-            up.send(uid, Out::Headers(t, true));
-        }
-        self.maybe_forget(id);
+        self.forward_held(id, link, data, trailers);
     }
 
     /// Trailers from the caller: once, and ending the stream.
@@ -2157,6 +2139,37 @@ impl Conn {
     /// Caller side: the fault delay of stream `id` is over, or its turn to leave its pool's
     /// `waiting` queue came: the call goes upstream with what its caller sent meanwhile, or is
     /// answered with the fault's abort, or (no room after all) waits again with it.
+    /// Sends what a held call's caller sent while it was held (`data`, `trailers`: behind an
+    /// ext_authz check, a fault delay or a wait for room) on its upstream stream `link` and to
+    /// its mirrors; what cannot be sent is credited back to the caller.
+    fn forward_held(
+        &self,
+        id: u32,
+        link: Option<(Rc<Conn>, u32)>,
+        data: VecDeque<(Queued, bool)>,
+        trailers: Option<Vec<u8>>,
+    ) {
+        for (q, end) in data {
+            let n = q.len() as u32;
+            self.to_mirrors(
+                id,
+                |up| Out::Data(Queued::new((*q).clone(), &up.budget), end),
+                end,
+            );
+            let sent = link
+                .as_ref()
+                .is_some_and(|(up, uid)| up.send(*uid, Out::Data(q, end)));
+            if !sent {
+                self.credit(id, n);
+            }
+        }
+        if let (Some(t), Some((up, uid))) = (trailers, link) {
+            self.to_mirrors(id, |_| Out::Headers(t.clone(), true), true);
+            up.send(uid, Out::Headers(t, true));
+        }
+        self.maybe_forget(id);
+    }
+
     fn release_delayed(self: &Rc<Self>, l: &Rc<TripleListener>, id: u32) {
         let d = self
             .streams
@@ -2207,25 +2220,7 @@ impl Conn {
                 return;
             }
         }
-        for (q, end) in data {
-            let n = q.len() as u32;
-            self.to_mirrors(
-                id,
-                |up| Out::Data(Queued::new((*q).clone(), &up.budget), end),
-                end,
-            );
-            let sent = link
-                .as_ref()
-                .is_some_and(|(up, uid)| up.send(*uid, Out::Data(q, end)));
-            if !sent {
-                self.credit(id, n);
-            }
-        }
-        if let (Some(t), Some((up, uid))) = (trailers, link) {
-            self.to_mirrors(id, |_| Out::Headers(t.clone(), true), true);
-            up.send(uid, Out::Headers(t, true));
-        }
-        self.maybe_forget(id);
+        self.forward_held(id, link, data, trailers);
     }
 
     /// With `circuit_breakers`: no connection of the call's cluster has room for it and no new
