@@ -4499,6 +4499,26 @@ fn http_filter_decision(any: &Any) -> Result<&'static str, String> {
     }
 }
 
+/// HTTP filters whose per-route config ringside refuses: (filter name, the end of its
+/// per-route config's type URL, the filter's name in the error).
+const PER_ROUTE_REFUSED: [(&str, &str, &str); 3] = [
+    (
+        "envoy.filters.http.jwt_authn",
+        "filters.http.jwt_authn.v3.PerRouteConfig",
+        "jwt_authn",
+    ),
+    (
+        "envoy.filters.http.ext_authz",
+        "filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        "ext_authz",
+    ),
+    (
+        "envoy.filters.http.rbac",
+        "filters.http.rbac.v3.RBACPerRoute",
+        "rbac",
+    ),
+];
+
 /// Per-route fault injection (Istio's VirtualService `fault`, a `typed_per_filter_config` entry
 /// for the fault filter) changes what callers get: refused. Other per-filter configs only
 /// tune filters ringside ignores.
@@ -4514,34 +4534,16 @@ fn no_fault_override(
                 "fault injection is not supported",
             ));
         }
-        // PerRouteConfig disables the filter or picks another requirement for the route.
-        if k == "envoy.filters.http.jwt_authn"
-            || a.type_url
-                .ends_with("filters.http.jwt_authn.v3.PerRouteConfig")
-        {
-            return Err(ctx.err(
-                join(at, &format!("typed_per_filter_config[{k:?}]")),
-                "per-route jwt_authn is not supported",
-            ));
-        }
-        // ExtAuthzPerRoute disables the filter or changes its check for the route.
-        if k == "envoy.filters.http.ext_authz"
-            || a.type_url
-                .ends_with("filters.http.ext_authz.v3.ExtAuthzPerRoute")
-        {
-            return Err(ctx.err(
-                join(at, &format!("typed_per_filter_config[{k:?}]")),
-                "per-route ext_authz is not supported",
-            ));
-        }
-        // RBACPerRoute replaces or disables the listener's rules for the route.
-        if k == "envoy.filters.http.rbac"
-            || a.type_url.ends_with("filters.http.rbac.v3.RBACPerRoute")
-        {
-            return Err(ctx.err(
-                join(at, &format!("typed_per_filter_config[{k:?}]")),
-                "per-route rbac is not supported",
-            ));
+        // A per-route config that disables the filter for the route, or changes its
+        // requirement (jwt_authn's PerRouteConfig), check (ext_authz's ExtAuthzPerRoute) or
+        // rules (RBACPerRoute).
+        for (name, type_suffix, what) in PER_ROUTE_REFUSED {
+            if k == name || a.type_url.ends_with(type_suffix) {
+                return Err(ctx.err(
+                    join(at, &format!("typed_per_filter_config[{k:?}]")),
+                    format!("per-route {what} is not supported"),
+                ));
+            }
         }
     }
     Ok(())

@@ -2796,3 +2796,52 @@ fn istio_alpn_filter_gives_the_listener_its_alpn_override() {
     let (_, c) = decode_cluster(&pack_any(k)).unwrap();
     assert!(c.cluster.keep_alpn);
 }
+
+/// A route's `typed_per_filter_config` for fault, jwt_authn, ext_authz or rbac is refused,
+/// named by the filter or by its per-route type URL; another filter's passes.
+#[test]
+fn per_route_configs_that_change_a_filter_nack() {
+    let ctx = Ctx {
+        kind: "route configuration",
+        name: "r",
+    };
+    let check = |name: &str, type_url: &str| {
+        let m = std::collections::HashMap::from([(
+            name.to_string(),
+            Any {
+                type_url: type_url.into(),
+                value: vec![],
+            },
+        )]);
+        no_fault_override(&m, &ctx, "virtual_hosts[0].routes[0]").map_err(|e| e.to_string())
+    };
+    let tpe = "type.googleapis.com/envoy.extensions.filters.http";
+    for (name, url, what) in [
+        ("envoy.filters.http.jwt_authn", "x", "per-route jwt_authn"),
+        (
+            "j",
+            &format!("{tpe}.jwt_authn.v3.PerRouteConfig"),
+            "per-route jwt_authn",
+        ),
+        ("envoy.filters.http.ext_authz", "x", "per-route ext_authz"),
+        (
+            "e",
+            &format!("{tpe}.ext_authz.v3.ExtAuthzPerRoute"),
+            "per-route ext_authz",
+        ),
+        ("envoy.filters.http.rbac", "x", "per-route rbac"),
+        (
+            "r",
+            &format!("{tpe}.rbac.v3.RBACPerRoute"),
+            "per-route rbac",
+        ),
+        ("envoy.filters.http.fault", "x", "fault injection"),
+    ] {
+        let e = check(name, url).expect_err(name);
+        assert!(
+            e.contains(what) && e.contains(&format!("typed_per_filter_config[{name:?}]")),
+            "{name}: {e}"
+        );
+    }
+    assert_eq!(check("envoy.filters.http.cors", "x"), Ok(()));
+}
