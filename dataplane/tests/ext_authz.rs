@@ -18,6 +18,13 @@
 //! ordering with the DENY rbac filter after it, the authorizer down with `failure_mode_allow`
 //! and with `status_on_error`); the CheckRequests both sent, field by field (ids, timestamps,
 //! ports and the request id aside); the `ext_authz` and shadow `rbac` counters.
+//!
+//! The network filter (istiod's CUSTOM policy on TCP chains: the shadow network rbac filter,
+//! `envoy.filters.network.ext_authz`, golden files
+//! `.../builder/testdata/tcp/custom-both-http-tcp-out1.yaml` and `out2.yaml`) is compared the
+//! same way with raw TCP connections (`istiod_custom_tcp_chain_like_envoy`); istiod's whole
+//! sidecar LDS with a CUSTOM policy on its HTTP and TCP inbound chains must be ACKed by both
+//! (`istiod_custom_policy_lds_acks_like_envoy`).
 
 mod common;
 
@@ -652,4 +659,184 @@ fn istiod_custom_tcp_chain_like_envoy() {
         ["echoed", "closed", "closed", "closed", "echoed", "closed", "echoed", "closed"],
         "Envoy"
     );
+}
+
+// === istiod's whole inbound LDS with a CUSTOM policy ===
+
+/// `dataplane/tests/fixtures/istio/NAME.json` (istiod's output for a sidecar; see the README
+/// there).
+fn istio_fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/istio/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// What only istio-proxy has (as tests/istio.rs strips it for Envoy): filters whose config is
+/// an Istio message, a TypedStruct of one, or a Wasm null-VM plugin; SDS fetches get a short
+/// timeout (no SDS server here).
+fn strip_istio_only(v: &mut Value) {
+    fn istio_only(filter: &Value) -> bool {
+        let tc = &filter["typed_config"];
+        let ty = tc["@type"].as_str().unwrap_or("");
+        let inner = tc["type_url"].as_str().unwrap_or("");
+        ty.ends_with("/stats.PluginConfig")
+            || ty.ends_with("/envoy.tcp.metadataexchange.config.MetadataExchange")
+            || ty.contains("/istio.")
+            || (ty.ends_with("TypedStruct")
+                && (inner.contains("/io.istio.") || inner.contains("metadataexchange")))
+            || (ty.ends_with("wasm.v3.Wasm")
+                && tc["config"]["vm_config"]["runtime"] == "envoy.wasm.runtime.null")
+    }
+    match v {
+        Value::Object(o) => {
+            if let Some(sds) = o.get_mut("sds_config") {
+                sds["initial_fetch_timeout"] = json!("0.1s");
+            }
+            for key in ["filters", "http_filters"] {
+                if let Some(Value::Array(fs)) = o.get_mut(key) {
+                    fs.retain(|f| !istio_only(f));
+                }
+            }
+            o.values_mut().for_each(strip_istio_only);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_istio_only),
+        _ => {}
+    }
+}
+
+/// istiod's CUSTOM policy with a gRPC provider on every chain of `virtualInbound` but the
+/// blackhole one: on TCP chains the shadow network rbac and network ext_authz filters of
+/// `testdata/tcp/custom-both-http-tcp-out1.yaml` / `out2.yaml` (verbatim: rules 0 to 5,
+/// timeout 0.002s, fail open) after Istio's authn / metadata-exchange filters
+/// (`buildCompleteNetworkFilters`); on HTTP chains the HTTP pair of
+/// `testdata/http/custom-grpc-provider-out1.yaml` / `out2.yaml` after the metadata exchange.
+fn with_custom_policy(snapshot: &mut Value) {
+    let ip = |k: &str, a: &str, len: u32| json!({k: {"address_prefix": a, "prefix_len": len}});
+    let port = |p: u32| json!({"or_rules": {"rules": [{"destination_port": p}]}});
+    let any_rule = json!({"and_rules": {"rules": [{"any": true}]}});
+    let any_id = json!({"and_ids": {"ids": [{"any": true}]}});
+    let direct = json!({"or_ids": {"ids": [ip("direct_remote_ip", "1.2.3.4", 32)]}});
+    let policy = |n: u32| format!("{PROVIDER_PREFIX}-ns[foo]-policy[httpbin-deny]-rule[{n}]");
+    let shadow = json!({"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "shadow_rules": {"action": "DENY", "policies": {
+            policy(0): {"permissions": [any_rule], "principals": [any_id]},
+            policy(1): {"permissions": [any_rule], "principals": [{"and_ids": {"ids": [direct]}}]},
+            policy(2): {"permissions": [{"and_rules": {"rules": [port(80)]}}],
+                        "principals": [{"and_ids": {"ids": [direct]}}]},
+            policy(3): {"permissions": [any_rule], "principals": [any_id]},
+            policy(4): {"permissions": [{"and_rules": {"rules": [port(80)]}}], "principals": [any_id]},
+            policy(5): {
+                "permissions": [{"and_rules": {"rules": [port(80), {"not_rule": port(8000)}]}}],
+                "principals": [{"and_ids": {"ids": [
+                    {"or_ids": {"ids": [ip("remote_ip", "172.18.4.0", 22)]}},
+                    {"not_id": {"or_ids": {"ids": [ip("remote_ip", "192.168.244.139", 32)]}}},
+                    direct,
+                    {"not_id": {"or_ids": {"ids": [ip("direct_remote_ip", "9.0.0.1", 32)]}}}]}}]}}},
+        "shadow_rules_stat_prefix": "istio_ext_authz_",
+        "stat_prefix": "tcp."}});
+    let cluster = "outbound|9000||my-custom-ext-authz.foo.svc.cluster.local";
+    let tcp = tcp_ext_authz(cluster, true, "0.002s");
+    let vi = snapshot["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["name"] == "virtualInbound")
+        .unwrap();
+    let after_istio = |fs: &Vec<Value>| {
+        fs.iter()
+            .position(|f| {
+                !["istio_authn", "istio.metadata_exchange"].contains(&f["name"].as_str().unwrap())
+            })
+            .unwrap_or(fs.len())
+    };
+    let (mut tcp_chains, mut http_chains) = (0, 0);
+    for c in vi["filter_chains"].as_array_mut().unwrap() {
+        if c.to_string().contains("BlackHoleCluster") {
+            continue;
+        }
+        let fs = c["filters"].as_array_mut().unwrap();
+        let last = fs.last_mut().unwrap();
+        if last["name"] == "envoy.filters.network.tcp_proxy" {
+            let at = after_istio(fs);
+            fs.splice(at..at, [shadow.clone(), tcp.clone()]);
+            tcp_chains += 1;
+        } else {
+            let hs = last["typed_config"]["http_filters"].as_array_mut().unwrap();
+            let at = after_istio(hs);
+            hs.splice(
+                at..at,
+                [
+                    shadow_rbac(),
+                    ext_authz(cluster, false, Some(403), "0.002s"),
+                ],
+            );
+            http_chains += 1;
+        }
+    }
+    assert!(
+        tcp_chains >= 3 && http_chains >= 4,
+        "{tcp_chains} {http_chains}"
+    );
+    snapshot["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(h2_cluster(cluster, local(1)));
+}
+
+/// istiod's whole LDS and CDS for a stock sidecar (`fixtures/istio/stock.json`) with a CUSTOM
+/// policy on its inbound listener, HTTP and TCP chains: Envoy 1.40 and ringside both ACK it.
+#[test]
+fn istiod_custom_policy_lds_acks_like_envoy() {
+    let mut fx = istio_fixture("stock");
+    with_custom_policy(&mut fx);
+    // Listeners that bind move to loopback and free ports, a chain matching the listener's
+    // own port with it (as tests/istio.rs moves them).
+    for l in fx["listeners"].as_array_mut().unwrap() {
+        if l["bind_to_port"] == false {
+            continue;
+        }
+        let old = l["address"]["socket_address"]["port_value"].clone();
+        let port = free_port();
+        l["address"] = socket(local(port));
+        for c in l["filter_chains"].as_array_mut().into_iter().flatten() {
+            if c["filter_chain_match"]["destination_port"] == old {
+                c["filter_chain_match"]["destination_port"] = json!(port);
+            }
+        }
+    }
+    fx["version"] = json!("custom");
+    let node = "sidecar~10.244.0.7~reviews-v1.default~default.svc.cluster.local";
+    for who in ["envoy", "ringside"] {
+        let mut snap = fx.clone();
+        let xds = XdsServer::start();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            strip_istio_only(&mut snap);
+            xds.put(&snap).unwrap();
+            let mut boot =
+                common::envoy::bootstrap(admin, xds.addr(), common::envoy::Ads::Sotw, node);
+            boot["static_resources"]["clusters"]
+                .as_array_mut()
+                .unwrap()
+                .push(h2_cluster("sds-grpc", local(1)));
+            Box::new(common::envoy::Envoy::start(&boot, admin))
+        } else {
+            xds.put(&snap).unwrap();
+            let cfg = format!(
+                "admin:\n  address: {admin}\n\
+                 sds:\n  - {{name: sds-grpc, path: /nonexistent/workload-spiffe-uds/socket}}\n\
+                 xds:\n  server: {}\n  node_id: {node}\n  node_cluster: t\n  mode: sotw\n  \
+                 initial_fetch_timeout_ms: 200\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        for ty in ["cds", "lds"] {
+            let answer = xds.wait_request(Duration::from_secs(15), ty, |r| {
+                r["type"] == ty
+                    && (r["ack"] == false || (r["ack"] == true && r["acked_version"] == "custom"))
+            });
+            assert_eq!(answer["ack"], true, "{who} {ty}: {answer}");
+        }
+    }
 }
