@@ -805,6 +805,13 @@ pub struct Listener {
     /// that one of them denies is closed (docs/security.md#authorization).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<Rbac>,
+    /// tcp listeners: connection authorization by an external service (Envoy's network
+    /// `ext_authz` filter with a gRPC service, istiod's CUSTOM AuthorizationPolicy on TCP
+    /// chains): a connection waits for `Authorization/Check` before its upstream connect, and
+    /// is closed when denied (docs/security.md#external-authorization). Runs after the first
+    /// `after_rbac` of `rbac`; counters `ext_authz.STAT_PREFIX...` (Envoy's network names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<ExtAuthz>,
 }
 
 /// A listener's direction (Envoy's `envoy.config.core.v3.TrafficDirection`).
@@ -3756,6 +3763,21 @@ impl Config {
             validate_listener_tls(t, l, &|f| at(&format!("tls.{f}")), err);
         }
         validate_rbac_filters(&l.rbac, RbacScope::Network, at, err);
+        if let Some(x) = &l.ext_authz {
+            if l.protocol != Protocol::Tcp {
+                err(
+                    at("ext_authz"),
+                    "only tcp listeners (the network filter); triple listeners have triple.ext_authz"
+                        .into(),
+                );
+            }
+            x.validate(
+                cluster_names,
+                l.rbac.len(),
+                &|f| at(&format!("ext_authz.{f}")),
+                err,
+            );
+        }
         if let Some(b) = &l.local_rate_limit {
             if l.protocol == Protocol::Tcp {
                 err(

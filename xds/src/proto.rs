@@ -336,6 +336,7 @@ fn listener_unkinded(l: &listener_pb::Listener) -> Result<ListenerRes, Translate
         tracing: None,
         traffic_direction: traffic_direction(l.traffic_direction),
         rbac: Vec::new(),
+        ext_authz: None,
     };
     let mut base = base;
     if let Some(b) = &l.per_connection_buffer_limit_bytes {
@@ -598,24 +599,34 @@ fn chain_listener(
     // istiod puts telemetry filters (istio.stats, istio.metadata_exchange, istio_authn) before
     // the proxy filter: ignored (docs/xds.md, "Istio"); exactly one other filter must remain.
     // Network rbac filters (istiod's AuthorizationPolicy), in order: the listener's `rbac`.
+    // The network ext_authz filter (istiod's CUSTOM policy on a TCP chain) runs after the
+    // rbac filters before it (its shadow one): the listener's `ext_authz`.
     for (i, f) in chain.filters.iter().enumerate() {
         if let Some(listener_pb::filter::ConfigType::TypedConfig(a)) = &f.config_type {
+            let fat = format!("{at}.filters[{i}].typed_config");
             if a.type_url == rbac::NETWORK_RBAC_TYPE {
-                out.rbac.push(rbac::network(
-                    a,
-                    ctx,
-                    &format!("{at}.filters[{i}].typed_config"),
-                )?);
+                out.rbac.push(rbac::network(a, ctx, &fat)?);
+            } else if a.type_url == ext_authz::NETWORK_EXT_AUTHZ_TYPE {
+                if out.ext_authz.is_some() {
+                    return Err(ctx.err(
+                        format!("{at}.filters[{i}]"),
+                        "one network ext_authz filter per chain is supported",
+                    ));
+                }
+                out.ext_authz = Some(ext_authz::network(a, &out.rbac, ctx, &fat)?);
             }
         }
     }
+    let authz = |a: &Any| {
+        a.type_url == rbac::NETWORK_RBAC_TYPE || a.type_url == ext_authz::NETWORK_EXT_AUTHZ_TYPE
+    };
     let proxies: Vec<(usize, &listener_pb::Filter)> = chain
         .filters
         .iter()
         .enumerate()
         .filter(|(_, f)| match &f.config_type {
             Some(listener_pb::filter::ConfigType::TypedConfig(a)) => {
-                ignorable_network_filter(a).is_none() && a.type_url != rbac::NETWORK_RBAC_TYPE
+                ignorable_network_filter(a).is_none() && !authz(a)
             }
             _ => true,
         })
@@ -665,6 +676,13 @@ fn chain_listener(
             rds: None,
             route_limits: false,
         });
+    }
+    if out.ext_authz.is_some() && any.type_url != TCP_PROXY_TYPE {
+        return Err(ctx.err(
+            tat,
+            "envoy.filters.network.ext_authz is supported on tcp_proxy chains only (istiod's \
+             HTTP chains carry the HTTP ext_authz filter)",
+        ));
     }
     match any.type_url.as_str() {
         DUBBO_PROXY_TYPE => {
@@ -724,6 +742,9 @@ fn chain_listener(
             out.triple = Some(t);
         }
         TCP_PROXY_TYPE => {
+            if out.ext_authz.is_some() && fi < chain.filters.len() - 1 {
+                return Err(ctx.err(fat, "tcp_proxy must be the chain's last filter"));
+            }
             let t: tcp_pb::TcpProxy = unpack(any, TCP_PROXY_TYPE, ctx, &tat)?;
             out.protocol = Protocol::Tcp;
             let (cluster, idle) = tcp_proxy(&t, ctx, &tat)?;

@@ -1397,21 +1397,99 @@ fn istio_filter_decisions() {
     let (_, res) = decode_listener(&pack_any(l.clone())).unwrap();
     assert_eq!(res.listener.rbac.len(), 1);
     assert_eq!(res.listener.cluster.as_deref(), Some("c"));
-    l.filter_chains[0].filters.insert(
-        0,
-        filter(
-            "envoy.filters.network.ext_authz",
-            any_of(
-                "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
-                vec![],
+    // The network ext_authz filter (istiod's CUSTOM policy on TCP chains, extauthz.go
+    // `generateGRPCConfig`'s `tcp`) after that rbac filter: the listener's `ext_authz`, run
+    // after one rbac filter; without `transport_api_version: V3`, or with a field ringside does
+    // not act on, refused naming it.
+    {
+        use envoy_types::pb::envoy::config::core::v3 as core_pb;
+        use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3 as na;
+        let net = "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz";
+        let istiod = na::ExtAuthz {
+            stat_prefix: "tcp.".into(),
+            transport_api_version: core_pb::ApiVersion::V3 as i32,
+            failure_mode_allow: true,
+            grpc_service: Some(core_pb::GrpcService {
+                target_specifier: Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(
+                    core_pb::grpc_service::EnvoyGrpc {
+                        cluster_name: "outbound|9000||authz".into(),
+                        authority: "authz".into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let at = |x: &na::ExtAuthz| {
+            let mut l = l.clone();
+            l.filter_chains[0].filters.insert(
+                1,
+                filter(
+                    "envoy.filters.network.ext_authz",
+                    any_of(net, x.encode_to_vec()),
+                ),
+            );
+            l
+        };
+        let (_, res) = decode_listener(&pack_any(at(&istiod))).unwrap();
+        let x = res.listener.ext_authz.unwrap();
+        assert_eq!(
+            (
+                x.cluster.as_str(),
+                x.after_rbac,
+                x.failure_mode_allow,
+                x.stat_prefix.as_str(),
+                x.timeout_ms
             ),
-        ),
-    );
-    let e = err_text(decode_listener(&pack_any(l)));
-    assert!(
-        e.contains("filter_chains[0].filters") && e.contains("envoy.filters.network.ext_authz"),
-        "{e}"
-    );
+            ("outbound|9000||authz", 1, true, "tcp.", 200)
+        );
+        assert_eq!(res.listener.cluster.as_deref(), Some("c"));
+        let e = err_text(decode_listener(&pack_any(at(&na::ExtAuthz::default()))));
+        assert!(
+            e.contains("filters[1].typed_config.transport_api_version"),
+            "{e}"
+        );
+        let alert = na::ExtAuthz {
+            send_tls_alert_on_denial: true,
+            ..istiod.clone()
+        };
+        let e = err_text(decode_listener(&pack_any(at(&alert))));
+        assert!(e.contains("typed_config.send_tls_alert_on_denial"), "{e}");
+        // Its filter_enabled_metadata names a shadow prefix no rbac filter before it has.
+        let enabled = na::ExtAuthz {
+            filter_enabled_metadata: Some(
+                envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher {
+                    filter: "envoy.filters.network.rbac".into(),
+                    path: vec![envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment {
+                        segment: Some(envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment::Key(
+                            "istio_ext_authz_shadow_effective_policy_id".into(),
+                        )),
+                    }],
+                    ..Default::default()
+                },
+            ),
+            ..istiod.clone()
+        };
+        let e = err_text(decode_listener(&pack_any(at(&enabled))));
+        assert!(
+            e.contains("filter_enabled_metadata.path[0].key")
+                && e.contains("envoy.filters.network.rbac"),
+            "{e}"
+        );
+        // Not on an HTTP connection manager's chain.
+        let mut h =
+            crate::testing::listener_pb("h", 2, hcm_inline(route_config_pb("r", &["*"], vec![])));
+        h.filter_chains[0].filters.insert(
+            0,
+            filter(
+                "envoy.filters.network.ext_authz",
+                any_of(net, istiod.encode_to_vec()),
+            ),
+        );
+        let e = err_text(decode_listener(&pack_any(h)));
+        assert!(e.contains("tcp_proxy chains only"), "{e}");
+    }
 
     // Per-route fault injection (a VirtualService `fault`) is the route's `fault`; an abort
     // without a status is refused.
