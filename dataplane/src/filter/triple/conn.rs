@@ -366,6 +366,10 @@ pub struct Conn {
     greeted: Cell<bool>,
     /// Successful reads from the socket (the keepalive watches it move).
     reads: Cell<u64>,
+    /// Upstream side: answers to its keepalive PINGs (`http2_keepalive`).
+    pongs: super::Pongs,
+    /// Upstream side: older than the cluster's `max_connection_duration`: no new stream.
+    aged: Cell<bool>,
     /// When the last stream ended (or the connection opened); `went_idle` fires then.
     idle_since: Cell<Instant>,
     went_idle: Notify,
@@ -456,6 +460,8 @@ impl Conn {
             xfcc: Default::default(),
             greeted: Cell::new(false),
             reads: Cell::new(0),
+            pongs: Default::default(),
+            aged: Cell::new(false),
             idle_since: Cell::new(Instant::now()),
             went_idle: Notify::new(),
             open: Cell::new(false),
@@ -948,6 +954,8 @@ impl Conn {
                     self.write_control(|o| frame::write_ping(o, true, data))?;
                 } else if data == DRAIN_PING {
                     self.drain_acked.notify();
+                } else if data == KEEPALIVE_PING {
+                    self.pongs.ack();
                 }
                 Ok(())
             }
@@ -3143,6 +3151,7 @@ impl Conn {
     pub fn has_room(&self) -> bool {
         !self.closed.get()
             && !self.closing.get()
+            && !self.aged.get()
             && self.goaway.get().is_none()
             && self.stream_ids.get() <= frame::STREAM_ID_MAX
             && (self.streams.borrow().len() as u64) < u64::from(self.peer_streams_max.get())
@@ -4340,7 +4349,31 @@ async fn serve_upstream<S: crate::io::Conn>(
                     close_flushed(&conn, "idle timeout").await;
                 } => "upstream connection idle".to_string(),
                 _ = mirror_deadlines(&conn) => unreachable!("runs until the connection ends"),
-                _ = keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout) => {
+                _ = async {
+                    if pool.max_connection_duration.is_zero() {
+                        return std::future::pending().await;
+                    }
+                    shard::monoio::time::sleep(pool.max_connection_duration).await;
+                    // No new stream from now on; closed once the last one ended.
+                    conn.aged.set(true);
+                    idle_for(&conn, Duration::ZERO).await;
+                    close_flushed(&conn, "max connection duration").await;
+                } => "upstream connection reached its max_connection_duration".to_string(),
+                _ = async {
+                    match &pool.http2_keepalive {
+                        Some(k) => {
+                            super::keepalive_pings(
+                                k,
+                                &pool.dice,
+                                &conn.pongs,
+                                || conn.reads.get(),
+                                || conn.write(|o| frame::write_ping(o, false, KEEPALIVE_PING)),
+                            )
+                            .await
+                        }
+                        None => keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout).await,
+                    }
+                } => {
                     pool.stats.inc(pool.h2_ids.cx_keepalive_timeout);
                     tracing::debug!(upstream = %host.addr, "keepalive PING unanswered: closing");
                     format!("ringside: upstream {} did not answer a keepalive PING", host.addr)
