@@ -381,7 +381,8 @@ clusters:
 /// The same xDS listeners with `access_log` (file loggers, text and JSON formats) given to
 /// Envoy 1.40 and to ringside, the same calls through both (a TCP connection, a grpcio call,
 /// a call without a route, a call whose route rewrites its path and authority and sets a
-/// header: logged as routing left the request, as Envoy's router edits it in place): the lines
+/// header: logged as routing left the request, as Envoy's router edits it in place; named
+/// and unnamed routes, `%ROUTE_NAME%`): the lines
 /// agree field for field, apart from the listener ports and log paths that differ between the
 /// two snapshots.
 #[test]
@@ -392,7 +393,7 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
     use serde_json::json;
 
     const TCP_FORMAT: &str = "%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %RESPONSE_CODE% %PROTOCOL%\n";
-    const GRPC_FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %REQ(X-USER)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH)%\n";
+    const GRPC_FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %REQ(X-USER)% %REQ(:AUTHORITY)% %REQ(X-ENVOY-ORIGINAL-PATH)% %ROUTE_NAME%\n";
     // Response headers and trailers: the upstream's, and ringside's own local reply (no route).
     const RESP_FORMAT: &str = "%REQ(:PATH)% %RESP(:STATUS)% %RESP(CONTENT-TYPE)% %RESP(GRPC-STATUS)% %TRAILER(GRPC-STATUS)% %TRAILER(GRPC-MESSAGE)% %TRAILER(X-SERVER)% %RESP(X-NONE?GRPC-STATUS)% %TRAILER(X-NONE?X-SERVER):3% %RESPONSE_TRAILER(X-NONE)%\n";
     let echo = echo_server();
@@ -415,12 +416,12 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "grpc", "codec_type": "HTTP2",
             "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                {"match": {"prefix": "/helloworld.Greeter/SayHelloStream"}, "route": {"cluster": "f"}},
+                {"name": "streams", "match": {"prefix": "/helloworld.Greeter/SayHelloStream"}, "route": {"cluster": "f"}},
                 {"match": {"prefix": "/rw.Greeter/"}, "route": {"cluster": "s",
                     "prefix_rewrite": "/helloworld.Greeter/", "host_rewrite_literal": "rewritten.example"},
                  "request_headers_to_add": [{"header": {"key": "x-user", "value": "%REQ(x-user)%-added"},
                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]},
-                {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "s"}}]}]},
+                {"name": "greeter", "match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "s"}}]}]},
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
             "access_log": [
@@ -523,12 +524,18 @@ fn xds_access_logs_write_the_lines_envoy_writes() {
     assert_eq!(ringside.2, envoy.2, "grpc json lines");
     assert_eq!(ringside.3, envoy.3, "response header and trailer lines");
     // Envoy logged the routed request (the test sees the rewrite at all).
+    // ... and the routes' names.
+    assert!(
+        envoy.1.iter().any(|l| l.ends_with(" greeter")),
+        "{:?}",
+        envoy.1
+    );
     assert!(
         envoy
             .1
             .iter()
             .any(|l| l.starts_with("POST /helloworld.Greeter/SayHello ")
-                && l.ends_with(" vip-2-added rewritten.example /rw.Greeter/SayHello")),
+                && l.ends_with(" vip-2-added rewritten.example /rw.Greeter/SayHello -")),
         "{:?}",
         envoy.1
     );

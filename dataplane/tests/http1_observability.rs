@@ -70,7 +70,7 @@ print(json.dumps(out))
     serde_json::from_slice(&out).unwrap()
 }
 
-const FORMAT: &str = "%PROTOCOL% %REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %GRPC_STATUS% %REQ(X-USER)% %RESP(:STATUS)% %RESP(CONTENT-TYPE)% %RESP(X-NONE?CONTENT-LENGTH)%\n";
+const FORMAT: &str = "%PROTOCOL% %REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %GRPC_STATUS% %REQ(X-USER)% %RESP(:STATUS)% %RESP(CONTENT-TYPE)% %RESP(X-NONE?CONTENT-LENGTH)% %ROUTE_NAME%\n";
 
 /// An HTTP connection manager as istiod writes it (`codec_type: AUTO`, `websocket` upgrades),
 /// OUTBOUND, with a text and a JSON file access log, routes on host `svc` to an HTTP/1.1
@@ -105,10 +105,10 @@ fn snapshot(
         "stat_prefix": "http", "codec_type": "AUTO",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "route_config": {"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc", "svc:80"], "routes": [
-            {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
+            {"name": "empty", "match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
             {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
-            {"match": {"prefix": "/sleep"}, "route": {"cluster": UP, "timeout": "0.5s"}},
-            {"match": {"prefix": "/"}, "route": {"cluster": UP, "timeout": "5s"}}]}]},
+            {"name": "sleep", "match": {"prefix": "/sleep"}, "route": {"cluster": UP, "timeout": "0.5s"}},
+            {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": UP, "timeout": "5s"}}]}]},
         "http_filters": filters,
         "access_log": [
             file_log("http.log", json!({"text_format_source": {"inline_string": FORMAT}})),
@@ -136,7 +136,8 @@ fn snapshot(
 /// 20000-byte chunked body, HEAD, a chunked response, an upstream 503, an unknown host (404
 /// `NR`), a cluster without endpoints (503 `UH`), a refused connection (503 `UF`), a route
 /// timeout (504 `UT`), HTTP/1.0 (426 `DPE`, as Envoy without `accept_http_10`), 400 and 431
-/// (`DPE`). Every access-log line (text and JSON) is the same in both. ringside's
+/// (`DPE`). Every access-log line (text and JSON, `%ROUTE_NAME%` of named and unnamed routes)
+/// is the same in both. ringside's
 /// Istio metrics count each request under `request_protocol="http"` with its status and
 /// flags, and their request and response byte sums are what Envoy's lines say.
 #[test]

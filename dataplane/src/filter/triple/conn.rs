@@ -1673,8 +1673,8 @@ impl Conn {
                 self.fail_call(id, &e);
                 Ok(())
             }
-            Err(Refused::Routed(e, respond)) => {
-                self.set_respond(id, respond);
+            Err(Refused::Routed(e, respond, name)) => {
+                self.set_respond(id, respond, name);
                 self.fail_call(id, &e);
                 match e {
                     CallError::ExpiredOnArrival => self.count_reset(),
@@ -1684,8 +1684,14 @@ impl Conn {
         }
     }
 
-    /// Caller side: the response mutations the call's answers get from now on.
-    fn set_respond(&self, id: u32, respond: Option<super::mutate::Respond>) {
+    /// Caller side: the response mutations the call's answers get from now on, and the name
+    /// of the route it matched (logged calls; `None` leaves the record's as it is).
+    fn set_respond(
+        &self,
+        id: u32,
+        respond: Option<super::mutate::Respond>,
+        route_name: Option<Rc<str>>,
+    ) {
         if let Some(c) = self
             .streams
             .borrow_mut()
@@ -1696,6 +1702,9 @@ impl Conn {
                 self.mutates.set(true);
             }
             c.respond = respond;
+            if let (Some(lg), Some(name)) = (c.log.as_mut(), route_name) {
+                lg.route = Some(name);
+            }
         }
     }
 
@@ -1709,7 +1718,7 @@ impl Conn {
         id: u32,
         metadata: Option<&crate::filter::jwt::Metadata>,
     ) {
-        let respond = {
+        let (respond, name) = {
             let hl = self.headers.borrow();
             let path = hl.get(b":path").unwrap_or(b"/");
             let (service, method) = super::router::path_parts(path);
@@ -1721,7 +1730,12 @@ impl Conn {
                 metadata,
             };
             let routes = l.routes.get();
-            match routes.router.route_entry(hl.get(b":authority"), &view) {
+            let found = routes.router.route_entry(hl.get(b":authority"), &view);
+            // Envoy's access log names the route its connection manager resolved.
+            let name = found
+                .and_then(|(entry, _)| entry?.name.clone())
+                .filter(|_| l.log.is_some());
+            let respond = match found {
                 Some((entry, action)) if action.direct.is_none() => {
                     let (_, target) = action.pick(l.roll());
                     super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target)
@@ -1731,9 +1745,10 @@ impl Conn {
                         })
                 }
                 _ => None,
-            }
+            };
+            (respond, name)
         };
-        self.set_respond(id, respond);
+        self.set_respond(id, respond, name);
     }
 
     /// The listener's jwt_authn filter on the call whose headers were just decoded: its
@@ -2092,8 +2107,11 @@ impl Conn {
                 if c.respond.is_some() || c.cookies.is_some() {
                     self.mutates.set(true);
                 }
-                if let (Some(lg), Some(h)) = (c.log.as_mut(), call.edited.take()) {
-                    lg.keep_routed_request(|n| h.get(n));
+                if let Some(lg) = c.log.as_mut() {
+                    lg.route = call.route_name.take();
+                    if let Some(h) = call.edited.take() {
+                        lg.keep_routed_request(|n| h.get(n));
+                    }
                 }
             }
         }
@@ -2191,7 +2209,7 @@ impl Conn {
             // A direct route's abort: no response mutations (Envoy finalizes a local reply
             // only with a route that forwards).
             if d.routed.answer.is_some() {
-                self.set_respond(id, None);
+                self.set_respond(id, None, None);
             }
             drop(d);
             self.credit(id, n as u32);
@@ -3269,6 +3287,8 @@ struct Routed {
     /// A route that answers itself, held by its fault delay: its answer once the delay is over
     /// (nothing goes upstream).
     answer: Option<Box<CallError>>,
+    /// The route's name, when the call is logged (`%ROUTE_NAME%`).
+    route_name: Option<Rc<str>>,
 }
 
 impl Routed {
@@ -3302,6 +3322,7 @@ impl Routed {
             edited: None,
             cookies: None,
             answer: Some(Box::new(answer)),
+            route_name: None,
         }
     }
 }
@@ -3313,8 +3334,9 @@ enum Refused {
     /// Answered with a gRPC status, before a route was found.
     Call(CallError),
     /// Answered with a gRPC status once routed: with the response mutations that answer
-    /// gets (Envoy's local replies on a route that forwards; a direct route's own answer).
-    Routed(CallError, Option<super::mutate::Respond>),
+    /// gets (Envoy's local replies on a route that forwards; a direct route's own answer) and
+    /// the route's name when the call is logged.
+    Routed(CallError, Option<super::mutate::Respond>, Option<Rc<str>>),
 }
 
 /// Routes a caller's request by its header list `hl`: the route (first match), the cluster
@@ -3375,6 +3397,11 @@ fn route_call(
         Some(_) => (0, 0),
     };
     let headers = entry.and_then(|m| m.mutations.as_ref());
+    // `%ROUTE_NAME%`, when the listener logs: the route's own name, shared.
+    let route_name = l
+        .log
+        .as_ref()
+        .and_then(|_| entry.and_then(|m| m.name.clone()));
     // A local reply's `%REQ(x)%` read the request as it came (the router has not finalized it).
     let captured = |r: Option<super::mutate::Respond>| {
         r.map(|mut r| {
@@ -3389,6 +3416,7 @@ fn route_call(
                 None => captured(super::mutate::Respond::of(headers, target)),
                 Some(_) => None,
             },
+            route_name.clone(),
         )
     };
     let service_ids = l.service_ids(service, method);
@@ -3458,9 +3486,11 @@ fn route_call(
             // The route's fault delay holds the answer (and then its abort, if any), as
             // Envoy's fault filter holds the request before its router answers.
             let ids = l.ids.other_service;
-            return Ok(Routed::direct((routes, ids), slot, fault, answer, respond));
+            let mut r = Routed::direct((routes, ids), slot, fault, answer, respond);
+            r.route_name = route_name;
+            return Ok(r);
         }
-        return Err(Refused::Routed(answer, respond));
+        return Err(Refused::Routed(answer, respond, route_name));
     }
     // Its hash (RING_HASH / MAGLEV clusters), of the request as it came; the cookies it
     // generated from the connection's addresses (the local one as Envoy restores it, the
@@ -3608,6 +3638,7 @@ fn route_call(
         respond,
         edited: edited.then(|| hl.clone()),
         answer: None,
+        route_name,
     })
 }
 

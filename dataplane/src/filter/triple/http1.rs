@@ -852,7 +852,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         payload = match authenticate(c, l, req) {
             Ok(p) => p,
             Err(e) => {
-                c.respond = respond_before_routing(c, l, req, None);
+                respond_before_routing(c, l, req, None);
                 return Err(e);
             }
         };
@@ -871,7 +871,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
             x.and_then(|x| x.shadow_prefix()),
         );
         if !allowed {
-            c.respond = respond_before_routing(c, l, req, payload.as_ref());
+            respond_before_routing(c, l, req, payload.as_ref());
             return Err(Local::Forbidden("RBAC: access denied"));
         }
         policy = p;
@@ -881,7 +881,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
             // Not asked over HTTP/1.1 yet: refused as on an authorizer error, never let
             // through (docs/xds.md, External authorization).
             l.stats.inc(x.ids.error);
-            c.respond = respond_before_routing(c, l, req, payload.as_ref());
+            respond_before_routing(c, l, req, payload.as_ref());
             return Err(Local::AuthzError(x.status_on_error));
         }
         l.stats.inc(x.ids.disabled);
@@ -889,7 +889,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
             payload = match authenticate(c, l, req) {
                 Ok(p) => p,
                 Err(e) => {
-                    c.respond = respond_before_routing(c, l, req, None);
+                    respond_before_routing(c, l, req, None);
                     return Err(e);
                 }
             };
@@ -903,7 +903,7 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
                 .allows_range(&peer.with(&call), &l.stats, split..usize::MAX, None)
                 .0
             {
-                c.respond = respond_before_routing(c, l, req, payload.as_ref());
+                respond_before_routing(c, l, req, payload.as_ref());
                 return Err(Local::Forbidden("RBAC: access denied"));
             }
         }
@@ -957,6 +957,9 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
         }
     };
     let headers = entry.and_then(|m| m.mutations.as_ref());
+    if let Some(lg) = c.seen.lg.as_mut().filter(|_| l.log.is_some()) {
+        lg.route = entry.and_then(|m| m.name.clone());
+    }
     // Ringside's answers from here on get the route's response mutations (Envoy's local
     // replies after routing), unless the route answers itself: then only its own answer.
     c.respond = match direct {
@@ -1058,11 +1061,11 @@ fn capture_as_it_came<C>(c: &mut Down<C>) {
 /// resolves the route before its filters run, and its local replies get the route's response
 /// mutations. Error path only.
 fn respond_before_routing<C>(
-    c: &Down<C>,
+    c: &mut Down<C>,
     l: &TripleListener,
     req: &Request,
     metadata: Option<&crate::filter::jwt::Metadata>,
-) -> Option<super::mutate::Respond> {
+) {
     let full = req.path.as_bytes();
     let (service, method) = super::router::path_parts(full);
     let view = RequestView {
@@ -1073,17 +1076,32 @@ fn respond_before_routing<C>(
         metadata,
     };
     let routes = l.routes.get();
-    let (entry, action) = routes
+    let Some((entry, action)) = routes
         .router
-        .route_entry(Some(req.authority.as_bytes()), &view)?;
-    if action.direct.is_some() {
-        return None;
+        .route_entry(Some(req.authority.as_bytes()), &view)
+    else {
+        c.respond = None;
+        return;
+    };
+    // Envoy's access log names the route its connection manager resolved.
+    let name = entry
+        .and_then(|m| m.name.clone())
+        .filter(|_| l.log.is_some());
+    c.respond = match action.direct {
+        Some(_) => None,
+        None => {
+            let (_, target) = action.pick(l.roll());
+            super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target).map(
+                |mut r| {
+                    r.capture(|n| c.hl.get(n));
+                    r
+                },
+            )
+        }
+    };
+    if let (Some(lg), Some(name)) = (c.seen.lg.as_mut(), name) {
+        lg.route = Some(name);
     }
-    let (_, target) = action.pick(l.roll());
-    super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target).map(|mut r| {
-        r.capture(|n| c.hl.get(n));
-        r
-    })
 }
 
 /// Route rewrite `rw` (for target `target`) on the request going upstream, as on HTTP/2

@@ -293,6 +293,8 @@ pub struct Logged {
     reads_response: bool,
     pub upstream: Option<SocketAddr>,
     pub cluster: Option<Rc<ShardCluster>>,
+    /// The matched route's name (`%ROUTE_NAME%`; `None`: no route, or an unnamed one).
+    pub route: Option<Rc<str>>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub flags: Flags,
@@ -510,6 +512,7 @@ impl TripleListener {
                 reads_response: false,
                 upstream: None,
                 cluster: None,
+                route: None,
                 bytes_received: 0,
                 bytes_sent: 0,
                 flags: Flags::NONE,
@@ -522,6 +525,7 @@ impl TripleListener {
         lg.reads_response = false;
         lg.upstream = None;
         lg.cluster = None;
+        lg.route = None;
         lg.bytes_received = 0;
         lg.bytes_sent = 0;
         lg.flags = Flags::NONE;
@@ -600,7 +604,7 @@ impl TripleListener {
             flags,
             upstream_host: lg.upstream,
             upstream_cluster: lg.cluster.as_ref().map(|c| c.name.as_str()),
-            route_name: None,
+            route_name: lg.route.as_deref(),
             downstream_remote: caller.0,
             downstream_local: caller.1,
             bytes_received: lg.bytes_received,
@@ -660,7 +664,7 @@ impl TripleListener {
                 flags,
                 upstream_host: lg.upstream,
                 upstream_cluster: lg.cluster.as_ref().map(|c| c.name.as_str()),
-                route_name: None,
+                route_name: lg.route.as_deref(),
                 downstream_remote: caller.0,
                 downstream_local: caller.1,
                 bytes_received: lg.bytes_received,
@@ -670,6 +674,7 @@ impl TripleListener {
             });
         }
         lg.cluster = None;
+        lg.route = None;
         let mut pool = self.log_pool.borrow_mut();
         if pool.len() < LOG_POOL_MAX {
             pool.push(lg);

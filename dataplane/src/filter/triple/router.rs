@@ -43,6 +43,9 @@ pub struct Route {
     metadata: Vec<crate::filter::jwt::MetaMatcher>,
     /// Its header mutations (with its host's and the listener's); `None` when there are none.
     pub mutations: Option<std::sync::Arc<super::mutate::RouteHeaders>>,
+    /// Its `name` (`%ROUTE_NAME%` in access logs; `None` when unnamed or empty), shared with
+    /// the calls' records by reference count (the router is this shard's own).
+    pub name: Option<std::rc::Rc<str>>,
 }
 
 /// A condition on the path without its query and fragment (Envoy's `prefix`, `path`,
@@ -230,6 +233,7 @@ pub fn compile(l: &config::Listener, clusters: &[config::Cluster]) -> Result<Rou
                 .map(crate::filter::jwt::MetaMatcher::new)
                 .collect::<Result<_, _>>()?,
             mutations,
+            name: r.name.as_deref().filter(|n| !n.is_empty()).map(Into::into),
         };
         Ok((route, &r.route))
     })
