@@ -18,9 +18,17 @@
 //! ordering with the DENY rbac filter after it, the authorizer down with `failure_mode_allow`
 //! and with `status_on_error`); the CheckRequests both sent, field by field (ids, timestamps,
 //! ports and the request id aside); the `ext_authz` and shadow `rbac` counters.
+//!
+//! The network filter (istiod's CUSTOM policy on TCP chains: the shadow network rbac filter,
+//! `envoy.filters.network.ext_authz`, golden files
+//! `.../builder/testdata/tcp/custom-both-http-tcp-out1.yaml` and `out2.yaml`) is compared the
+//! same way with raw TCP connections (`istiod_custom_tcp_chain_like_envoy`); istiod's whole
+//! sidecar LDS with a CUSTOM policy on its HTTP and TCP inbound chains must be ACKed by both
+//! (`istiod_custom_policy_lds_acks_like_envoy`).
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -383,4 +391,452 @@ fn istiod_custom_grpc_provider_like_envoy() {
         "{}",
         envoy.0[11]
     );
+}
+
+// === The network filter (istiod's CUSTOM policy on TCP chains) ===
+
+/// istiod's shadow network rbac filter in front of the network ext_authz filter (golden file
+/// `pilot/pkg/security/authz/builder/testdata/tcp/custom-both-http-tcp-out1.yaml`: DENY
+/// action, `stat_prefix: tcp.`, `shadow_rules_stat_prefix: istio_ext_authz_`), with its
+/// rules 1 and 2 as there (a caller 1.2.3.4; port 80 from it) and a rule 0 whose principals
+/// leave out a caller 127.0.0.9 (the `notId` / `directRemoteIp` of rule 5 there), so that one
+/// caller is not checked.
+fn tcp_shadow_rbac() -> Value {
+    let ip = |a: &str| json!({"direct_remote_ip": {"address_prefix": a, "prefix_len": 32}});
+    let policy = |name: &str| format!("{PROVIDER_PREFIX}-ns[foo]-policy[tcp-deny]-{name}");
+    json!({"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "shadow_rules": {"action": "DENY", "policies": {
+            policy("rule[0]"): {
+                "permissions": [{"and_rules": {"rules": [{"any": true}]}}],
+                "principals": [{"and_ids": {"ids": [
+                    {"not_id": {"or_ids": {"ids": [ip("127.0.0.9")]}}}]}}]},
+            policy("rule[1]"): {
+                "permissions": [{"and_rules": {"rules": [{"any": true}]}}],
+                "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [ip("1.2.3.4")]}}]}}]},
+            policy("rule[2]"): {
+                "permissions": [{"and_rules": {"rules": [
+                    {"or_rules": {"rules": [{"destination_port": 80}]}}]}}],
+                "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [ip("1.2.3.4")]}}]}}]}}},
+        "shadow_rules_stat_prefix": "istio_ext_authz_",
+        "stat_prefix": "tcp."}})
+}
+
+/// istiod's network ext_authz filter (golden file `.../testdata/tcp/custom-both-http-tcp-out2.yaml`,
+/// `generateGRPCConfig`'s `tcp`).
+fn tcp_ext_authz(cluster: &str, fail_open: bool, timeout: &str) -> Value {
+    json!({"name": "envoy.filters.network.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+        "failure_mode_allow": fail_open,
+        "filter_enabled_metadata": {"filter": "envoy.filters.network.rbac",
+            "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+            "value": {"string_match": {"prefix": PROVIDER_PREFIX}}},
+        "grpc_service": {"envoy_grpc": {"authority": "my-custom-ext-authz.foo.svc.cluster.local",
+            "cluster_name": cluster}, "timeout": timeout},
+        "stat_prefix": "tcp.",
+        "transport_api_version": "V3"}})
+}
+
+/// An inbound TCP chain as istiod builds it with a CUSTOM policy
+/// (`pilot/pkg/networking/core/networkfilter.go`, `buildCompleteNetworkFilters`: the CUSTOM
+/// filters first, then the DENY / ALLOW rbac filters, then tcp_proxy); the DENY filter here
+/// denies a caller 127.0.0.6.
+fn tcp_listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
+    let deny = json!({"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "rules": {"action": "DENY", "policies": {"ns[foo]-policy[deny]-rule[0]": {
+            "permissions": [{"and_rules": {"rules": [{"any": true}]}}],
+            "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [
+                {"direct_remote_ip": {"address_prefix": "127.0.0.6", "prefix_len": 32}}]}}]}}]}}},
+        "stat_prefix": "tcp."}});
+    json!({"name": name, "address": socket(addr), "filter_chains": [{"filters": [
+        tcp_shadow_rbac(), authz, deny,
+        {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "inbound|9000||", "cluster": "inbound|9000||"}}]}]})
+}
+
+/// An echo upstream that counts the connections it accepted.
+fn counting_echo() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 4096];
+                while let Ok(k) = c.read(&mut buf) {
+                    if k == 0 || c.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, n)
+}
+
+/// A raw TCP client from `source` (a loopback address the authorizer answers by): sends
+/// `ping`, then reads: `echoed` when it comes back, `closed` when the connection ends first.
+fn tcp_outcome(target: SocketAddr, source: &str) -> String {
+    use std::io::{Read, Write};
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    s.bind(&from.into()).unwrap();
+    if let Err(e) = s.connect(&target.into()) {
+        return format!("connect failed: {e}");
+    }
+    let mut c: std::net::TcpStream = s.into();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = c.write_all(b"ping");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.len() >= 4 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return "open".into(),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return "open".into(),
+            Err(_) => break,
+        }
+    }
+    match got.as_slice() {
+        b"ping" => "echoed".into(),
+        [] => "closed".into(),
+        other => format!("got {:?}", String::from_utf8_lossy(other)),
+    }
+}
+
+/// istiod's CUSTOM policy on an inbound TCP chain (shadow network rbac, network ext_authz,
+/// a DENY rbac filter, tcp_proxy) through Envoy 1.40 and ringside given the same resources:
+/// per raw TCP connection (the authorizer answers by the caller's source address) what the
+/// caller saw, the CheckRequests both sent field by field (ports and the time aside), the
+/// counters; and the upstream's connections: ringside connects upstream only after the answer
+/// (Envoy's tcp_proxy connects at once and its ext_authz filter checks on the first bytes).
+/// A: the authorizer up, fail closed, timeout 0.5 s; B: the authorizer down,
+/// `failure_mode_allow`; C: down, fail closed.
+#[test]
+fn istiod_custom_tcp_chain_like_envoy() {
+    use std::sync::atomic::Ordering;
+    let down = local(free_port());
+    let dir = TempDir::new("ext-authz-tcp");
+    // (listener, source address)
+    let cases: [(usize, &str); 8] = [
+        (0, "127.0.0.2"), // allow
+        (0, "127.0.0.3"), // deny
+        (0, "127.0.0.4"), // a gRPC error
+        (0, "127.0.0.5"), // slower than the timeout
+        (0, "127.0.0.9"), // not matched by the shadow rules: not checked
+        (0, "127.0.0.6"), // allowed by the authorizer, denied by the DENY rbac after it
+        (1, "127.0.0.3"), // authorizer down, failure_mode_allow
+        (2, "127.0.0.2"), // authorizer down, fail closed
+    ];
+    let run = |who: &str| {
+        let (echo, accepted) = counting_echo();
+        let authz = Authz::start(&dir.0.join(format!("{who}.jsonl")));
+        let listen = [local(free_port()), local(free_port()), local(free_port())];
+        let xds = XdsServer::start();
+        let up = |c: &str, fo: bool| tcp_ext_authz(c, fo, "0.5s");
+        xds.put(&json!({
+            "version": "v1",
+            "listeners": [
+                tcp_listener("tcp_a", listen[0], up("outbound|9000||authz", false)),
+                tcp_listener("tcp_b", listen[1], up("outbound|9000||down", true)),
+                tcp_listener("tcp_c", listen[2], up("outbound|9000||down", false))],
+            "clusters": [
+                {"name": "inbound|9000||", "type": "STATIC", "connect_timeout": "1s",
+                 "load_assignment": load_assignment("inbound|9000||", &[echo])},
+                h2_cluster("outbound|9000||authz", local(authz.port)),
+                h2_cluster("outbound|9000||down", down)]
+        }))
+        .unwrap();
+        let proxy = envoy_or_ringside(who, xds.addr(), "ext-authz-tcp", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        for l in listen {
+            wait_listening(l);
+        }
+        // wait_listening's connections: each proxy has done with them (ringside checks them
+        // at once, Envoy never: they send nothing), then what they left is the baseline.
+        std::thread::sleep(Duration::from_millis(700));
+        let stats_text = || match proxy.downcast_ref::<Ringside>() {
+            Some(r) => r.get("/stats").1,
+            None => proxy
+                .downcast_ref::<common::envoy::Envoy>()
+                .unwrap()
+                .get("/stats"),
+        };
+        let counters = |text: String| -> BTreeMap<String, i64> {
+            text.lines()
+                .filter(|l| l.starts_with("ext_authz.") || l.starts_with("tcp.rbac."))
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(": ")?;
+                    Some((k.to_string(), v.trim().parse().ok()?))
+                })
+                .collect()
+        };
+        let base = counters(stats_text());
+        let checked_before = authz.checks().len();
+        let mut outcomes = Vec::new();
+        for (l, src) in cases {
+            let before = accepted.load(Ordering::SeqCst);
+            let o = tcp_outcome(listen[l], src);
+            std::thread::sleep(Duration::from_millis(100));
+            outcomes.push((o, accepted.load(Ordering::SeqCst) - before));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while authz.checks().len() < checked_before + 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let checks: Vec<Value> = authz
+            .checks()
+            .into_iter()
+            .skip(checked_before)
+            .map(normalized)
+            .collect();
+        // What the cases added.
+        let stats: Vec<String> = counters(stats_text())
+            .into_iter()
+            .map(|(k, v)| format!("{k}: {}", v - base.get(&k).copied().unwrap_or(0)))
+            .collect();
+        eprintln!("{who}: {outcomes:?}\n{checks:#?}\n{stats:#?}");
+        drop(proxy);
+        (outcomes, checks, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
+        assert_eq!(
+            r.0, e.0,
+            "connection {i} {:?}: ringside (left) vs Envoy (right)",
+            cases[i]
+        );
+        match r.0.as_str() {
+            // Let through: one upstream connection each.
+            "echoed" => assert_eq!((r.1, e.1), (1, 1), "connection {i} {:?}", cases[i]),
+            // Closed: never an upstream connection from ringside.
+            _ => assert_eq!(r.1, 0, "connection {i} {:?}: upstream connected", cases[i]),
+        }
+    }
+    assert_eq!(
+        ringside.1.len(),
+        envoy.1.len(),
+        "CheckRequests sent: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "CheckRequest {i}: ringside (left) vs Envoy (right)");
+    }
+    // `disabled`: Envoy counts every read of a connection it does not check (here the
+    // bytes, then the end), ringside the connection once (docs/xds.md).
+    let disabled = |v: &[String]| -> (Vec<String>, i64) {
+        let (d, rest): (Vec<&String>, Vec<&String>) = v
+            .iter()
+            .partition(|l| l.starts_with("ext_authz.tcp..disabled: "));
+        let n = d
+            .first()
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1);
+        (rest.into_iter().cloned().collect(), n)
+    };
+    let (r, rd) = disabled(&ringside.2);
+    let (e, ed) = disabled(&envoy.2);
+    assert_eq!(r, e, "counters, ringside (left) vs Envoy (right)");
+    assert!(rd == 1 && ed >= 1, "disabled: ringside {rd}, Envoy {ed}");
+    // What the comparison rests on: the answers took effect.
+    let seen: Vec<&str> = envoy.0.iter().map(|o| o.0.as_str()).collect();
+    assert_eq!(
+        seen,
+        ["echoed", "closed", "closed", "closed", "echoed", "closed", "echoed", "closed"],
+        "Envoy"
+    );
+}
+
+// === istiod's whole inbound LDS with a CUSTOM policy ===
+
+/// `dataplane/tests/fixtures/istio/NAME.json` (istiod's output for a sidecar; see the README
+/// there).
+fn istio_fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/istio/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// What only istio-proxy has (as tests/istio.rs strips it for Envoy): filters whose config is
+/// an Istio message, a TypedStruct of one, or a Wasm null-VM plugin; SDS fetches get a short
+/// timeout (no SDS server here).
+fn strip_istio_only(v: &mut Value) {
+    fn istio_only(filter: &Value) -> bool {
+        let tc = &filter["typed_config"];
+        let ty = tc["@type"].as_str().unwrap_or("");
+        let inner = tc["type_url"].as_str().unwrap_or("");
+        ty.ends_with("/stats.PluginConfig")
+            || ty.ends_with("/envoy.tcp.metadataexchange.config.MetadataExchange")
+            || ty.contains("/istio.")
+            || (ty.ends_with("TypedStruct")
+                && (inner.contains("/io.istio.") || inner.contains("metadataexchange")))
+            || (ty.ends_with("wasm.v3.Wasm")
+                && tc["config"]["vm_config"]["runtime"] == "envoy.wasm.runtime.null")
+    }
+    match v {
+        Value::Object(o) => {
+            if let Some(sds) = o.get_mut("sds_config") {
+                sds["initial_fetch_timeout"] = json!("0.1s");
+            }
+            for key in ["filters", "http_filters"] {
+                if let Some(Value::Array(fs)) = o.get_mut(key) {
+                    fs.retain(|f| !istio_only(f));
+                }
+            }
+            o.values_mut().for_each(strip_istio_only);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_istio_only),
+        _ => {}
+    }
+}
+
+/// istiod's CUSTOM policy with a gRPC provider on every chain of `virtualInbound` but the
+/// blackhole one: on TCP chains the shadow network rbac and network ext_authz filters of
+/// `testdata/tcp/custom-both-http-tcp-out1.yaml` / `out2.yaml` (verbatim: rules 0 to 5,
+/// timeout 0.002s, fail open) after Istio's authn / metadata-exchange filters
+/// (`buildCompleteNetworkFilters`); on HTTP chains the HTTP pair of
+/// `testdata/http/custom-grpc-provider-out1.yaml` / `out2.yaml` after the metadata exchange.
+fn with_custom_policy(snapshot: &mut Value) {
+    let ip = |k: &str, a: &str, len: u32| json!({k: {"address_prefix": a, "prefix_len": len}});
+    let port = |p: u32| json!({"or_rules": {"rules": [{"destination_port": p}]}});
+    let any_rule = json!({"and_rules": {"rules": [{"any": true}]}});
+    let any_id = json!({"and_ids": {"ids": [{"any": true}]}});
+    let direct = json!({"or_ids": {"ids": [ip("direct_remote_ip", "1.2.3.4", 32)]}});
+    let policy = |n: u32| format!("{PROVIDER_PREFIX}-ns[foo]-policy[httpbin-deny]-rule[{n}]");
+    let shadow = json!({"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "shadow_rules": {"action": "DENY", "policies": {
+            policy(0): {"permissions": [any_rule], "principals": [any_id]},
+            policy(1): {"permissions": [any_rule], "principals": [{"and_ids": {"ids": [direct]}}]},
+            policy(2): {"permissions": [{"and_rules": {"rules": [port(80)]}}],
+                        "principals": [{"and_ids": {"ids": [direct]}}]},
+            policy(3): {"permissions": [any_rule], "principals": [any_id]},
+            policy(4): {"permissions": [{"and_rules": {"rules": [port(80)]}}], "principals": [any_id]},
+            policy(5): {
+                "permissions": [{"and_rules": {"rules": [port(80), {"not_rule": port(8000)}]}}],
+                "principals": [{"and_ids": {"ids": [
+                    {"or_ids": {"ids": [ip("remote_ip", "172.18.4.0", 22)]}},
+                    {"not_id": {"or_ids": {"ids": [ip("remote_ip", "192.168.244.139", 32)]}}},
+                    direct,
+                    {"not_id": {"or_ids": {"ids": [ip("direct_remote_ip", "9.0.0.1", 32)]}}}]}}]}}},
+        "shadow_rules_stat_prefix": "istio_ext_authz_",
+        "stat_prefix": "tcp."}});
+    let cluster = "outbound|9000||my-custom-ext-authz.foo.svc.cluster.local";
+    let tcp = tcp_ext_authz(cluster, true, "0.002s");
+    let vi = snapshot["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["name"] == "virtualInbound")
+        .unwrap();
+    let after_istio = |fs: &Vec<Value>| {
+        fs.iter()
+            .position(|f| {
+                !["istio_authn", "istio.metadata_exchange"].contains(&f["name"].as_str().unwrap())
+            })
+            .unwrap_or(fs.len())
+    };
+    let (mut tcp_chains, mut http_chains) = (0, 0);
+    for c in vi["filter_chains"].as_array_mut().unwrap() {
+        if c.to_string().contains("BlackHoleCluster") {
+            continue;
+        }
+        let fs = c["filters"].as_array_mut().unwrap();
+        let last = fs.last_mut().unwrap();
+        if last["name"] == "envoy.filters.network.tcp_proxy" {
+            let at = after_istio(fs);
+            fs.splice(at..at, [shadow.clone(), tcp.clone()]);
+            tcp_chains += 1;
+        } else {
+            let hs = last["typed_config"]["http_filters"].as_array_mut().unwrap();
+            let at = after_istio(hs);
+            hs.splice(
+                at..at,
+                [
+                    shadow_rbac(),
+                    ext_authz(cluster, false, Some(403), "0.002s"),
+                ],
+            );
+            http_chains += 1;
+        }
+    }
+    assert!(
+        tcp_chains >= 3 && http_chains >= 4,
+        "{tcp_chains} {http_chains}"
+    );
+    snapshot["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(h2_cluster(cluster, local(1)));
+}
+
+/// istiod's whole LDS and CDS for a stock sidecar (`fixtures/istio/stock.json`) with a CUSTOM
+/// policy on its inbound listener, HTTP and TCP chains: Envoy 1.40 and ringside both ACK it.
+#[test]
+fn istiod_custom_policy_lds_acks_like_envoy() {
+    let mut fx = istio_fixture("stock");
+    with_custom_policy(&mut fx);
+    // Listeners that bind move to loopback and free ports, a chain matching the listener's
+    // own port with it (as tests/istio.rs moves them).
+    for l in fx["listeners"].as_array_mut().unwrap() {
+        if l["bind_to_port"] == false {
+            continue;
+        }
+        let old = l["address"]["socket_address"]["port_value"].clone();
+        let port = free_port();
+        l["address"] = socket(local(port));
+        for c in l["filter_chains"].as_array_mut().into_iter().flatten() {
+            if c["filter_chain_match"]["destination_port"] == old {
+                c["filter_chain_match"]["destination_port"] = json!(port);
+            }
+        }
+    }
+    fx["version"] = json!("custom");
+    let node = "sidecar~10.244.0.7~reviews-v1.default~default.svc.cluster.local";
+    for who in ["envoy", "ringside"] {
+        let mut snap = fx.clone();
+        let xds = XdsServer::start();
+        let admin = local(free_port());
+        let _proxy: Box<dyn std::any::Any> = if who == "envoy" {
+            strip_istio_only(&mut snap);
+            xds.put(&snap).unwrap();
+            let mut boot =
+                common::envoy::bootstrap(admin, xds.addr(), common::envoy::Ads::Sotw, node);
+            boot["static_resources"]["clusters"]
+                .as_array_mut()
+                .unwrap()
+                .push(h2_cluster("sds-grpc", local(1)));
+            Box::new(common::envoy::Envoy::start(&boot, admin))
+        } else {
+            xds.put(&snap).unwrap();
+            let cfg = format!(
+                "admin:\n  address: {admin}\n\
+                 sds:\n  - {{name: sds-grpc, path: /nonexistent/workload-spiffe-uds/socket}}\n\
+                 xds:\n  server: {}\n  node_id: {node}\n  node_cluster: t\n  mode: sotw\n  \
+                 initial_fetch_timeout_ms: 200\n",
+                xds.addr()
+            );
+            Box::new(Ringside::start(&cfg, admin, &["--shards", "1"]))
+        };
+        for ty in ["cds", "lds"] {
+            let answer = xds.wait_request(Duration::from_secs(15), ty, |r| {
+                r["type"] == ty
+                    && (r["ack"] == false || (r["ack"] == true && r["acked_version"] == "custom"))
+            });
+            assert_eq!(answer["ack"], true, "{who} {ty}: {answer}");
+        }
+    }
 }

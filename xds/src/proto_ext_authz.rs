@@ -1,12 +1,14 @@
 //! `envoy.filters.http.ext_authz` into a Triple listener's `triple.ext_authz` (docs/xds.md,
 //! "External authorization"): the shape istiod builds for an AuthorizationPolicy with
 //! `action: CUSTOM` and an `envoyExtAuthzGrpc` extension provider (a gRPC service by cluster,
-//! `filter_enabled_metadata` on the shadow rbac filter istiod puts in front of it). Every field
-//! ringside does not act on is refused, naming it: ignoring an authorization field could let
-//! through what it denies. Part of the `proto` module.
+//! `filter_enabled_metadata` on the shadow rbac filter istiod puts in front of it); and
+//! `envoy.filters.network.ext_authz` on a tcp_proxy chain into the chain's listener's
+//! `ext_authz`. Every field ringside does not act on is refused, naming it: ignoring an
+//! authorization field could let through what it denies. Part of the `proto` module.
 
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz_pb;
+use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3 as net_ext_authz_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 use envoy_types::pb::google::protobuf::Any;
 
@@ -17,6 +19,10 @@ use crate::TranslateError;
 
 pub(super) const EXT_AUTHZ_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+pub(super) const NETWORK_EXT_AUTHZ_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz";
+const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 /// The key Envoy's HTTP rbac filter writes its shadow rules' matched policy under (after the
 /// filter's `shadow_rules_stat_prefix`), in its `envoy.filters.http.rbac` metadata.
 const SHADOW_POLICY_KEY: &str = "shadow_effective_policy_id";
@@ -104,32 +110,7 @@ pub(super) fn http(
         }
         None => return refuse("grpc_service", "missing"),
     };
-    let gat = join(at, "grpc_service");
-    if !g.initial_metadata.is_empty() {
-        return Err(ctx.err(join(&gat, "initial_metadata"), "not supported"));
-    }
-    if g.retry_policy.is_some() {
-        return Err(ctx.err(join(&gat, "retry_policy"), "not supported"));
-    }
-    use core_pb::grpc_service::TargetSpecifier;
-    let e = match &g.target_specifier {
-        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
-        Some(TargetSpecifier::GoogleGrpc(_)) => {
-            return Err(ctx.err(join(&gat, "google_grpc"), "not supported (envoy_grpc is)"))
-        }
-        None => return Err(ctx.err(join(&gat, "envoy_grpc"), "missing")),
-    };
-    let eat = join(&gat, "envoy_grpc");
-    if e.cluster_name.is_empty() {
-        return Err(ctx.err(join(&eat, "cluster_name"), "must not be empty"));
-    }
-    if e.retry_policy.is_some() {
-        return Err(ctx.err(join(&eat, "retry_policy"), "not supported"));
-    }
-    let timeout_ms = match &g.timeout {
-        Some(d) => duration_ms(d, ctx, &join(&gat, "timeout"), EXT_AUTHZ_TIMEOUT_MS_MAX)?.max(1),
-        None => EXT_AUTHZ_TIMEOUT_MS_DEFAULT,
-    };
+    let (cluster, authority, timeout_ms) = grpc_service(g, ctx, &join(at, "grpc_service"))?;
     let status_on_error = match &x.status_on_error {
         // Envoy's HttpStatus: a code of 0 is refused by its validation; ours too.
         Some(s) if (200..=599).contains(&s.code) => s.code as u16,
@@ -144,11 +125,19 @@ pub(super) fn http(
     let enabled_by_shadow_policy = x
         .filter_enabled_metadata
         .as_ref()
-        .map(|m| enabled_metadata(m, rbac_before, ctx, &join(at, "filter_enabled_metadata")))
+        .map(|m| {
+            enabled_metadata(
+                m,
+                HTTP_RBAC,
+                rbac_before,
+                ctx,
+                &join(at, "filter_enabled_metadata"),
+            )
+        })
         .transpose()?;
     Ok(ExtAuthz {
-        cluster: e.cluster_name.clone(),
-        authority: e.authority.clone(),
+        cluster,
+        authority,
         timeout_ms,
         failure_mode_allow: x.failure_mode_allow,
         failure_mode_allow_header_add: x.failure_mode_allow_header_add,
@@ -161,20 +150,125 @@ pub(super) fn http(
     })
 }
 
+/// A gRPC `grpc_service` (`envoy_grpc` only): the cluster, `:authority` and timeout.
+fn grpc_service(
+    g: &core_pb::GrpcService,
+    ctx: &Ctx<'_>,
+    gat: &str,
+) -> Result<(String, String, u64), TranslateError> {
+    if !g.initial_metadata.is_empty() {
+        return Err(ctx.err(join(gat, "initial_metadata"), "not supported"));
+    }
+    if g.retry_policy.is_some() {
+        return Err(ctx.err(join(gat, "retry_policy"), "not supported"));
+    }
+    use core_pb::grpc_service::TargetSpecifier;
+    let e = match &g.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            return Err(ctx.err(join(gat, "google_grpc"), "not supported (envoy_grpc is)"))
+        }
+        None => return Err(ctx.err(join(gat, "envoy_grpc"), "missing")),
+    };
+    let eat = join(gat, "envoy_grpc");
+    if e.cluster_name.is_empty() {
+        return Err(ctx.err(join(&eat, "cluster_name"), "must not be empty"));
+    }
+    if e.retry_policy.is_some() {
+        return Err(ctx.err(join(&eat, "retry_policy"), "not supported"));
+    }
+    let timeout_ms = match &g.timeout {
+        Some(d) => duration_ms(d, ctx, &join(gat, "timeout"), EXT_AUTHZ_TIMEOUT_MS_MAX)?.max(1),
+        None => EXT_AUTHZ_TIMEOUT_MS_DEFAULT,
+    };
+    Ok((e.cluster_name.clone(), e.authority.clone(), timeout_ms))
+}
+
+/// `envoy.filters.network.ext_authz` on a tcp_proxy chain (istiod's CUSTOM policy on TCP
+/// chains: `generateGRPCConfig`'s `tcp`, behind the shadow network rbac filter), `rbac_before`
+/// the chain's network rbac filters before it.
+pub(super) fn network(
+    any: &Any,
+    rbac_before: &[config::Rbac],
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<ExtAuthz, TranslateError> {
+    let x: net_ext_authz_pb::ExtAuthz = unpack(any, NETWORK_EXT_AUTHZ_TYPE, ctx, at)?;
+    let refuse = |field: &str, why: &str| Err(ctx.err(join(at, field), why.to_string()));
+    if x.transport_api_version != core_pb::ApiVersion::V3 as i32 {
+        return refuse("transport_api_version", "only V3 is supported");
+    }
+    // Envoy's validation: stat_prefix has min_len 1.
+    if x.stat_prefix.is_empty() {
+        return refuse("stat_prefix", "must not be empty");
+    }
+    let unsupported: [(&str, bool); 6] = [
+        (
+            "bootstrap_metadata_labels_key",
+            !x.bootstrap_metadata_labels_key.is_empty(),
+        ),
+        ("include_tls_session", x.include_tls_session),
+        ("send_tls_alert_on_denial", x.send_tls_alert_on_denial),
+        (
+            "metadata_context_namespaces",
+            !x.metadata_context_namespaces.is_empty(),
+        ),
+        (
+            "typed_metadata_context_namespaces",
+            !x.typed_metadata_context_namespaces.is_empty(),
+        ),
+        ("shadow_mode", x.shadow_mode),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return refuse(field, "not supported (docs/xds.md, External authorization)");
+    }
+    let Some(g) = &x.grpc_service else {
+        return refuse("grpc_service", "missing");
+    };
+    let (cluster, authority, timeout_ms) = grpc_service(g, ctx, &join(at, "grpc_service"))?;
+    let enabled_by_shadow_policy = x
+        .filter_enabled_metadata
+        .as_ref()
+        .map(|m| {
+            enabled_metadata(
+                m,
+                NETWORK_RBAC,
+                rbac_before,
+                ctx,
+                &join(at, "filter_enabled_metadata"),
+            )
+        })
+        .transpose()?;
+    Ok(ExtAuthz {
+        cluster,
+        authority,
+        timeout_ms,
+        failure_mode_allow: x.failure_mode_allow,
+        failure_mode_allow_header_add: false,
+        status_on_error: 403,
+        enabled_by_shadow_policy,
+        include_peer_certificate: x.include_peer_certificate,
+        after_rbac: rbac_before.len(),
+        before_jwt_authn: false,
+        stat_prefix: x.stat_prefix,
+    })
+}
+
 /// `filter_enabled_metadata`: only istiod's form, the shadow policy an rbac filter before
 /// this one matched (`envoy.filters.http.rbac`, one key `SHADOW_PREFIXshadow_effective_policy_id`,
 /// a string matcher).
 fn enabled_metadata(
     m: &matcher_pb::MetadataMatcher,
+    rbac_filter: &str,
     rbac_before: &[config::Rbac],
     ctx: &Ctx<'_>,
     at: &str,
 ) -> Result<ShadowPolicyMatch, TranslateError> {
-    if m.filter != "envoy.filters.http.rbac" {
+    if m.filter != rbac_filter {
         return Err(ctx.err(
             join(at, "filter"),
             format!(
-                "{:?}: only envoy.filters.http.rbac's shadow_effective_policy_id is supported",
+                "{:?}: only {rbac_filter}'s shadow_effective_policy_id is supported",
                 m.filter
             ),
         ));
@@ -200,7 +294,7 @@ fn enabled_metadata(
         return Err(ctx.err(
             join(at, "path[0].key"),
             format!(
-                "{key:?}: no http rbac filter before this one has shadow_rules with \
+                "{key:?}: no {rbac_filter} filter before this one has shadow_rules with \
                  shadow_rules_stat_prefix {prefix:?} (the filter would never run)"
             ),
         ));

@@ -984,6 +984,117 @@ fn clusters() {
         k.typed_extension_protocol_options
             .insert(HTTP_PROTOCOL_OPTIONS.into(), Any::default());
         assert!(decode_cluster(&pack_any(k)).is_err(), "an Any of no type");
+
+        // The HTTP/2 options and common_http_protocol_options: windows (Envoy's 16 MiB /
+        // 24 MiB when unset, its range enforced), connection_keepalive, idle_timeout,
+        // max_connection_duration, each out-of-range value NACKed naming its field.
+        let u32v = |value| Some(envoy_types::pb::google::protobuf::UInt32Value { value });
+        let secs =
+            |seconds| Some(envoy_types::pb::google::protobuf::Duration { seconds, nanos: 0 });
+        let with_h2 = |h: core_pb::Http2ProtocolOptions,
+                       c: Option<core_pb::HttpProtocolOptions>| {
+            let mut k = s.clone();
+            let opts = upstream_http_pb::HttpProtocolOptions {
+                upstream_protocol_options: explicit(P::Http2ProtocolOptions(h)),
+                common_http_protocol_options: c,
+                ..Default::default()
+            };
+            k.typed_extension_protocol_options
+                .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(opts));
+            decode_cluster(&pack_any(k)).map(|(_, c)| c.cluster)
+        };
+        let c = with_h2(Default::default(), None).unwrap();
+        assert_eq!(
+            (c.http2_stream_window_bytes, c.http2_connection_window_bytes),
+            (Some(16 << 20), Some(24 << 20))
+        );
+        assert_eq!(
+            (
+                c.http2_keepalive,
+                c.idle_timeout_ms,
+                c.max_connection_duration_ms
+            ),
+            (None, config::IDLE_TIMEOUT_MS_DEFAULT, 0)
+        );
+        let c = with_h2(
+            core_pb::Http2ProtocolOptions {
+                initial_stream_window_size: u32v(65535),
+                initial_connection_window_size: u32v(1 << 20),
+                connection_keepalive: Some(core_pb::KeepaliveSettings {
+                    interval: secs(10),
+                    timeout: secs(2),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Some(core_pb::HttpProtocolOptions {
+                idle_timeout: secs(30),
+                max_connection_duration: secs(600),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.http2_stream_window_bytes, c.http2_connection_window_bytes),
+            (Some(65535), Some(1 << 20))
+        );
+        assert_eq!(
+            c.http2_keepalive,
+            Some(config::Http2Keepalive {
+                interval_ms: 10_000,
+                timeout_ms: 2_000,
+                jitter_percent: 15
+            })
+        );
+        assert_eq!(
+            (c.idle_timeout_ms, c.max_connection_duration_ms),
+            (30_000, 600_000)
+        );
+        // idle_timeout 0: Envoy never closes; ringside after a day.
+        let c = with_h2(
+            Default::default(),
+            Some(core_pb::HttpProtocolOptions {
+                idle_timeout: secs(0),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(c.idle_timeout_ms, config::DUBBO_TIMER_MS_MAX);
+        let nack = |h: core_pb::Http2ProtocolOptions| with_h2(h, None).unwrap_err().to_string();
+        let e = nack(core_pb::Http2ProtocolOptions {
+            initial_stream_window_size: u32v(65534),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("explicit_http_config.http2_protocol_options.initial_stream_window_size")
+                && e.contains("65534 is out of range 65535..=2147483647"),
+            "{e}"
+        );
+        let e = nack(core_pb::Http2ProtocolOptions {
+            initial_connection_window_size: u32v(1 << 31),
+            ..Default::default()
+        });
+        assert!(e.contains("initial_connection_window_size"), "{e}");
+        let e = nack(core_pb::Http2ProtocolOptions {
+            connection_keepalive: Some(core_pb::KeepaliveSettings {
+                interval: secs(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(e.contains("connection_keepalive.timeout`: missing"), "{e}");
+        let e = nack(core_pb::Http2ProtocolOptions {
+            connection_keepalive: Some(core_pb::KeepaliveSettings {
+                timeout: secs(1),
+                connection_idle_interval: secs(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("connection_keepalive.connection_idle_interval"),
+            "{e}"
+        );
     }
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(c.eds, None);
@@ -1426,21 +1537,99 @@ fn istio_filter_decisions() {
     let (_, res) = decode_listener(&pack_any(l.clone())).unwrap();
     assert_eq!(res.listener.rbac.len(), 1);
     assert_eq!(res.listener.cluster.as_deref(), Some("c"));
-    l.filter_chains[0].filters.insert(
-        0,
-        filter(
-            "envoy.filters.network.ext_authz",
-            any_of(
-                "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
-                vec![],
+    // The network ext_authz filter (istiod's CUSTOM policy on TCP chains, extauthz.go
+    // `generateGRPCConfig`'s `tcp`) after that rbac filter: the listener's `ext_authz`, run
+    // after one rbac filter; without `transport_api_version: V3`, or with a field ringside does
+    // not act on, refused naming it.
+    {
+        use envoy_types::pb::envoy::config::core::v3 as core_pb;
+        use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3 as na;
+        let net = "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz";
+        let istiod = na::ExtAuthz {
+            stat_prefix: "tcp.".into(),
+            transport_api_version: core_pb::ApiVersion::V3 as i32,
+            failure_mode_allow: true,
+            grpc_service: Some(core_pb::GrpcService {
+                target_specifier: Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(
+                    core_pb::grpc_service::EnvoyGrpc {
+                        cluster_name: "outbound|9000||authz".into(),
+                        authority: "authz".into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let at = |x: &na::ExtAuthz| {
+            let mut l = l.clone();
+            l.filter_chains[0].filters.insert(
+                1,
+                filter(
+                    "envoy.filters.network.ext_authz",
+                    any_of(net, x.encode_to_vec()),
+                ),
+            );
+            l
+        };
+        let (_, res) = decode_listener(&pack_any(at(&istiod))).unwrap();
+        let x = res.listener.ext_authz.unwrap();
+        assert_eq!(
+            (
+                x.cluster.as_str(),
+                x.after_rbac,
+                x.failure_mode_allow,
+                x.stat_prefix.as_str(),
+                x.timeout_ms
             ),
-        ),
-    );
-    let e = err_text(decode_listener(&pack_any(l)));
-    assert!(
-        e.contains("filter_chains[0].filters") && e.contains("envoy.filters.network.ext_authz"),
-        "{e}"
-    );
+            ("outbound|9000||authz", 1, true, "tcp.", 200)
+        );
+        assert_eq!(res.listener.cluster.as_deref(), Some("c"));
+        let e = err_text(decode_listener(&pack_any(at(&na::ExtAuthz::default()))));
+        assert!(
+            e.contains("filters[1].typed_config.transport_api_version"),
+            "{e}"
+        );
+        let alert = na::ExtAuthz {
+            send_tls_alert_on_denial: true,
+            ..istiod.clone()
+        };
+        let e = err_text(decode_listener(&pack_any(at(&alert))));
+        assert!(e.contains("typed_config.send_tls_alert_on_denial"), "{e}");
+        // Its filter_enabled_metadata names a shadow prefix no rbac filter before it has.
+        let enabled = na::ExtAuthz {
+            filter_enabled_metadata: Some(
+                envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher {
+                    filter: "envoy.filters.network.rbac".into(),
+                    path: vec![envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment {
+                        segment: Some(envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment::Key(
+                            "istio_ext_authz_shadow_effective_policy_id".into(),
+                        )),
+                    }],
+                    ..Default::default()
+                },
+            ),
+            ..istiod.clone()
+        };
+        let e = err_text(decode_listener(&pack_any(at(&enabled))));
+        assert!(
+            e.contains("filter_enabled_metadata.path[0].key")
+                && e.contains("envoy.filters.network.rbac"),
+            "{e}"
+        );
+        // Not on an HTTP connection manager's chain.
+        let mut h =
+            crate::testing::listener_pb("h", 2, hcm_inline(route_config_pb("r", &["*"], vec![])));
+        h.filter_chains[0].filters.insert(
+            0,
+            filter(
+                "envoy.filters.network.ext_authz",
+                any_of(net, istiod.encode_to_vec()),
+            ),
+        );
+        let e = err_text(decode_listener(&pack_any(h)));
+        assert!(e.contains("tcp_proxy chains only"), "{e}");
+    }
 
     // Per-route fault injection (a VirtualService `fault`) is the route's `fault`; an abort
     // without a status is refused.

@@ -11,7 +11,9 @@
 //! destination address and principal, the request's method, path, host, scheme, protocol and
 //! headers) and reads the CheckResponse; the protocol's connection code holds the call.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -21,7 +23,7 @@ use prost::Message;
 
 use crate::config;
 use crate::route::Matcher;
-use crate::stats::{Kind, StatId, Stats};
+use crate::stats::{Kind, ShardStats, StatId, Stats};
 
 /// The Check call's `:path`.
 pub const CHECK_PATH: &[u8] = b"/envoy.service.auth.v3.Authorization/Check";
@@ -50,6 +52,17 @@ pub struct ExtAuthz {
     /// It runs before the jwt_authn filter (istiod's order), else after it.
     pub before_jwt_authn: bool,
     pub ids: ExtAuthzStatIds,
+    /// The network filter's own counters (a tcp listener's `ext_authz`).
+    pub net: Option<NetStatIds>,
+}
+
+/// The network filter's counters besides the shared ones: `ext_authz.STAT_PREFIX.total`,
+/// `.cx_closed` and the gauge `.active` (Envoy's `ALL_TCP_EXT_AUTHZ_STATS`).
+#[derive(Clone, Copy)]
+pub struct NetStatIds {
+    pub total: StatId,
+    pub cx_closed: StatId,
+    pub active: StatId,
 }
 
 /// Envoy's counters: `STAT_PREFIXext_authz.ok`, `.denied`, `.error`, `.failure_mode_allowed`,
@@ -64,8 +77,19 @@ pub struct ExtAuthzStatIds {
 }
 
 impl ExtAuthz {
+    /// The HTTP filter (a Triple listener's `triple.ext_authz`): counters
+    /// `STAT_PREFIXext_authz.*`.
     pub fn new(c: &config::ExtAuthz, st: &Stats) -> ExtAuthz {
-        let scope = format!("{}ext_authz", c.stat_prefix);
+        Self::build(c, st, format!("{}ext_authz", c.stat_prefix), false)
+    }
+
+    /// The network filter (a tcp listener's `ext_authz`): counters as Envoy names them,
+    /// `ext_authz.STAT_PREFIX.NAME` (istiod's `tcp.`: `ext_authz.tcp..ok`).
+    pub fn network(c: &config::ExtAuthz, st: &Stats) -> ExtAuthz {
+        Self::build(c, st, format!("ext_authz.{}", c.stat_prefix), true)
+    }
+
+    fn build(c: &config::ExtAuthz, st: &Stats, scope: String, network: bool) -> ExtAuthz {
         let id = |name: &str| st.add(&scope, name, &[], Kind::Counter);
         // A matcher that does not compile (config validation checks it: a bug) leaves the
         // filter on for every call: more checks, never fewer.
@@ -101,6 +125,11 @@ impl ExtAuthz {
                 failure_mode_allowed: id("failure_mode_allowed"),
                 disabled: id("disabled"),
             },
+            net: network.then(|| NetStatIds {
+                total: id("total"),
+                cx_closed: id("cx_closed"),
+                active: st.add(&scope, "active", &[], Kind::Gauge),
+            }),
         }
     }
 
@@ -146,7 +175,7 @@ pub fn check_request<'h>(
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     include_peer_certificate: bool,
 ) -> Bytes {
-    use auth_pb::attribute_context::{HttpRequest, Peer, Request};
+    use auth_pb::attribute_context::{HttpRequest, Request};
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut http = HttpRequest {
         id: a.id.to_string(),
@@ -174,25 +203,7 @@ pub fn check_request<'h>(
             }
         }
     }
-    let principal = |der: Option<&[u8]>| {
-        der.and_then(|d| tls::x509::uri_sans_iter(d).next())
-            .map(text)
-            .unwrap_or_default()
-    };
-    let source = Peer {
-        address: a.source.map(address),
-        principal: principal(a.peer_certificate),
-        certificate: match (include_peer_certificate, a.peer_certificate) {
-            (true, Some(der)) => url_encoded_pem(der),
-            _ => String::new(),
-        },
-        ..Default::default()
-    };
-    let destination = Peer {
-        address: a.destination.map(address),
-        principal: a.local_uri.unwrap_or_default().to_string(),
-        ..Default::default()
-    };
+    let (source, destination) = peers(a, include_peer_certificate, "");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -213,6 +224,71 @@ pub fn check_request<'h>(
             ..Default::default()
         }),
     };
+    framed(&req)
+}
+
+/// The CheckRequest's source and destination (Envoy's `setAttrContextPeer`): addresses, the
+/// peers' principals (the first URI SAN of each certificate), the caller's certificate when
+/// asked for, `service` the destination's service (the network filter: the TLS server name).
+fn peers(
+    a: &Attributes<'_>,
+    include_peer_certificate: bool,
+    service: &str,
+) -> (
+    auth_pb::attribute_context::Peer,
+    auth_pb::attribute_context::Peer,
+) {
+    use auth_pb::attribute_context::Peer;
+    let principal = |der: Option<&[u8]>| {
+        der.and_then(|d| tls::x509::uri_sans_iter(d).next())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let source = Peer {
+        address: a.source.map(address),
+        principal: principal(a.peer_certificate),
+        certificate: match (include_peer_certificate, a.peer_certificate) {
+            (true, Some(der)) => url_encoded_pem(der),
+            _ => String::new(),
+        },
+        ..Default::default()
+    };
+    let destination = Peer {
+        address: a.destination.map(address),
+        principal: a.local_uri.unwrap_or_default().to_string(),
+        service: service.to_string(),
+        ..Default::default()
+    };
+    (source, destination)
+}
+
+/// The CheckRequest of a connection (the network filter), as a length-prefixed gRPC message:
+/// Envoy 1.40's `CheckRequestUtils::createTcpCheck` (source and destination, the destination's
+/// service the TLS server name the caller asked for; no request attributes).
+pub fn tcp_check_request(
+    a: &Attributes<'_>,
+    server_name: &[u8],
+    include_peer_certificate: bool,
+) -> Bytes {
+    let (source, destination) = peers(
+        a,
+        include_peer_certificate,
+        &String::from_utf8_lossy(server_name),
+    );
+    let req = auth_pb::CheckRequest {
+        attributes: Some(auth_pb::AttributeContext {
+            source: Some(source),
+            destination: Some(destination),
+            // Envoy sends it, empty without metadata namespaces to copy.
+            metadata_context: Some(Default::default()),
+            ..Default::default()
+        }),
+    };
+    framed(&req)
+}
+
+/// A message with gRPC's length prefix.
+fn framed(req: &auth_pb::CheckRequest) -> Bytes {
     let len = req.encoded_len();
     let mut out = BytesMut::with_capacity(5 + len);
     out.put_u8(0);
@@ -398,6 +474,109 @@ fn options(l: &[core_pb::HeaderValueOption]) -> Vec<(HeaderAction, Vec<u8>, Vec<
             Some((action, h.key.to_ascii_lowercase().into_bytes(), value(h)))
         })
         .collect()
+}
+
+/// A connection's Check call (the network filter): its answer, filled by the upstream side of
+/// the call when it ends, which the connection waits for.
+#[derive(Default)]
+pub struct CheckSlot {
+    outcome: RefCell<Option<Result<Answer, CheckError>>>,
+    done: shard::Notify,
+    /// The call's stream, cancelled when the connection stops waiting before the answer.
+    stream: RefCell<Option<(Weak<dyn CheckStreams>, u32)>>,
+}
+
+impl CheckSlot {
+    /// The call ended with `outcome`.
+    pub fn answer(&self, outcome: Result<Answer, CheckError>) {
+        *self.outcome.borrow_mut() = Some(outcome);
+        self.stream.borrow_mut().take();
+        self.done.notify();
+    }
+
+    /// The call went out as stream `id` of `on`.
+    pub fn sent(&self, on: Weak<dyn CheckStreams>, id: u32) {
+        *self.stream.borrow_mut() = Some((on, id));
+    }
+}
+
+impl Drop for CheckSlot {
+    fn drop(&mut self) {
+        // Given up (timeout, the connection gone) before the answer: the call is cancelled,
+        // as Envoy's filter cancels its request.
+        if let Some((w, id)) = self.stream.get_mut().take() {
+            if let Some(c) = w.upgrade() {
+                c.cancel_check(id);
+            }
+        }
+    }
+}
+
+/// The HTTP/2 connection a Check call runs on (the Triple upstream pool's).
+pub trait CheckStreams {
+    /// Resets the Check call on stream `id`; its answer is no longer wanted.
+    fn cancel_check(self: Rc<Self>, id: u32);
+}
+
+/// Sends a connection's Check calls: the Triple upstream pool of the authorizer's cluster
+/// (the client the HTTP filter uses), which the network filter's room cannot name.
+pub trait CheckClient {
+    /// Sends `message` (a framed CheckRequest) as `Authorization/Check` with the filter's
+    /// authority and timeout; the answer goes to `slot`. False: no connection for it.
+    fn send(&self, x: &ExtAuthz, message: Bytes, slot: &Rc<CheckSlot>) -> bool;
+}
+
+/// The network filter on one connection (after the rbac filters before it allowed it and
+/// enabled it): asks the authorizer and waits for the answer (the filter's timeout); whether
+/// the connection goes on. Envoy's `Filter::onComplete`: OK goes on; denied closes; an error
+/// (timeout, no connection, a gRPC error, an answer that does not decode) closes unless
+/// `failure_mode_allow`.
+pub async fn check_connection(
+    x: &ExtAuthz,
+    client: Option<&dyn CheckClient>,
+    message: Bytes,
+    stats: &ShardStats,
+) -> bool {
+    let Some(net) = &x.net else {
+        return true;
+    };
+    stats.inc(net.total);
+    stats.inc(net.active);
+    let slot = Rc::new(CheckSlot::default());
+    let outcome = match client.is_some_and(|c| c.send(x, message, &slot)) {
+        false => Err(CheckError::Transport),
+        true => {
+            shard::monoio::select! {
+                _ = slot.done.wait() => slot.outcome.borrow_mut().take().unwrap_or(Err(CheckError::Transport)),
+                _ = shard::monoio::time::sleep(x.timeout) => Err(CheckError::Timeout),
+            }
+        }
+    };
+    // Dropped unanswered (a timeout): the call is cancelled.
+    drop(slot);
+    stats.dec(net.active);
+    let goes_on = match outcome {
+        Ok(Answer::Ok { .. }) => {
+            stats.inc(x.ids.ok);
+            true
+        }
+        Ok(Answer::Denied { .. }) => {
+            stats.inc(x.ids.denied);
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = ?e, "ext_authz: connection check failed");
+            stats.inc(x.ids.error);
+            if x.failure_mode_allow {
+                stats.inc(x.ids.failure_mode_allowed);
+            }
+            x.failure_mode_allow
+        }
+    };
+    if !goes_on {
+        stats.inc(net.cx_closed);
+    }
+    goes_on
 }
 
 #[cfg(test)]

@@ -66,6 +66,12 @@ pub struct ListenerCtx {
     pub tls: Option<std::sync::Arc<crate::io::tls::ServerTls>>,
     /// `rbac`: a connection it denies is closed before its protocol reads a byte.
     pub rbac: Option<crate::filter::rbac::Rbac>,
+    /// tcp listeners' `ext_authz` (the network filter): a connection waits for the
+    /// authorizer's answer before its upstream connect; after the first `after_rbac` rbac
+    /// filters, before the rest.
+    pub ext_authz: Option<crate::filter::ext_authz::ExtAuthz>,
+    /// Its Check calls' client (refreshed by every config update: the cluster's pool).
+    pub authz_client: std::cell::RefCell<Option<Rc<dyn crate::filter::ext_authz::CheckClient>>>,
 }
 
 /// A listener's filter chains as its connections are matched against them.
@@ -300,24 +306,8 @@ async fn serve_protocol<C: crate::io::Conn>(
     drain: &Rc<Drain>,
     mx: Option<&[u8]>,
 ) -> bool {
-    if let Some(rbac) = &l.rbac {
-        let (source, local) = stream.addrs();
-        let destination = stream.original_dst().or(local);
-        let server_name = stream.server_name().unwrap_or_default();
-        let allowed = stream.with_peer_certificate(&mut |certificate| {
-            let peer = crate::filter::rbac::Peer {
-                source,
-                destination,
-                certificate,
-                server_name: server_name.as_bytes(),
-                request: None,
-            };
-            rbac.allows(&peer, &l.stats)
-        });
-        if !allowed {
-            tracing::debug!(listener = %l.name, peer = ?source, "rbac: connection denied");
-            return false;
-        }
+    if (l.rbac.is_some() || l.ext_authz.is_some()) && !authorized(&stream, l).await {
+        return false;
     }
     match l.protocol {
         Protocol::Tcp => {
@@ -368,6 +358,97 @@ async fn serve_protocol<C: crate::io::Conn>(
             None => false,
         },
     }
+}
+
+/// The connection's authorization: the listener's rbac filters and, between them, its
+/// network ext_authz filter (istiod's order: the CUSTOM policy's shadow rbac filter, ext_authz,
+/// then the DENY / ALLOW rbac filters), each as Envoy's: a denial closes the connection.
+async fn authorized<C: crate::io::Conn>(stream: &C, l: &ListenerCtx) -> bool {
+    let (source, local) = stream.addrs();
+    let destination = stream.original_dst().or(local);
+    let server_name = stream.server_name().unwrap_or_default();
+    let x = l.ext_authz.as_ref();
+    let split = x.map_or(usize::MAX, |x| x.after_rbac);
+    // The listener certificate's URI SAN (the CheckRequest's destination principal), on a
+    // TLS connection.
+    let local_uri = l
+        .tls
+        .as_ref()
+        .filter(|_| stream.is_tls())
+        .and_then(|t| t.uris.first())
+        .map(String::as_str);
+    // The rbac filters before the ext_authz filter (all without one); the shadow policy they
+    // matched enables it. Then its CheckRequest, built while the certificate is borrowed.
+    let mut message = None;
+    let allowed = stream.with_peer_certificate(&mut |certificate| {
+        let peer = crate::filter::rbac::Peer {
+            source,
+            destination,
+            certificate,
+            server_name: server_name.as_bytes(),
+            request: None,
+        };
+        let (allowed, policy) = match &l.rbac {
+            Some(rbac) => {
+                rbac.allows_range(&peer, &l.stats, 0..split, x.and_then(|x| x.shadow_prefix()))
+            }
+            None => (true, None),
+        };
+        if let Some(x) = x.filter(|x| allowed && x.applies(policy)) {
+            let attrs = crate::filter::ext_authz::Attributes {
+                source,
+                destination,
+                peer_certificate: certificate,
+                local_uri,
+                protocol: "",
+                size: 0,
+                id: 0,
+            };
+            message = Some(crate::filter::ext_authz::tcp_check_request(
+                &attrs,
+                server_name.as_bytes(),
+                x.include_peer_certificate,
+            ));
+        }
+        allowed
+    });
+    if !allowed {
+        tracing::debug!(listener = %l.name, peer = ?source, "rbac: connection denied");
+        return false;
+    }
+    let Some(x) = x else {
+        return true;
+    };
+    match message {
+        Some(m) => {
+            let client = l.authz_client.borrow().clone();
+            if !crate::filter::ext_authz::check_connection(x, client.as_deref(), m, &l.stats).await
+            {
+                tracing::debug!(listener = %l.name, peer = ?source, "ext_authz: connection closed");
+                return false;
+            }
+        }
+        None => l.stats.inc(x.ids.disabled),
+    }
+    // The rbac filters after it.
+    let Some(rbac) = &l.rbac else {
+        return true;
+    };
+    let allowed = stream.with_peer_certificate(&mut |certificate| {
+        let peer = crate::filter::rbac::Peer {
+            source,
+            destination,
+            certificate,
+            server_name: server_name.as_bytes(),
+            request: None,
+        };
+        rbac.allows_range(&peer, &l.stats, split..usize::MAX, None)
+            .0
+    });
+    if !allowed {
+        tracing::debug!(listener = %l.name, peer = ?source, "rbac: connection denied");
+    }
+    allowed
 }
 
 /// A connection to a listener with `tls`: a handshake, then the protocol over TLS. PERMISSIVE

@@ -429,10 +429,11 @@ impl ShardState {
     /// came, went, moved or got new pools.
     fn apply_clusters(&mut self, snap: &Snapshot) -> bool {
         let config = &snap.config;
+        // Triple listeners, and the network ext_authz filter's Check calls.
         let needs_triple = config
             .listeners
             .iter()
-            .any(|l| l.protocol == Protocol::Triple);
+            .any(|l| l.protocol == Protocol::Triple || l.ext_authz.is_some());
         let mut old = std::mem::take(&mut self.clusters);
         let mut replaced = false;
         for (i, c) in config.clusters.iter().enumerate() {
@@ -531,6 +532,7 @@ impl ShardState {
                     if let Some(t) = &p.ctx.get().tcp {
                         *t.cluster.borrow_mut() = self.tcp_cluster(l);
                     }
+                    *p.ctx.get().authz_client.borrow_mut() = self.authz_client(l);
                     ShardListener {
                         cfg: l.clone(),
                         ctx: p.ctx,
@@ -715,6 +717,25 @@ impl ShardState {
             };
             sl.ctx.get().chains.set(Rc::new(chains));
         }
+    }
+
+    /// The Check client of a listener's network ext_authz filter: the Triple pool of its
+    /// cluster (every cluster has one when a listener has the filter).
+    fn authz_client(
+        &self,
+        l: &config::Listener,
+    ) -> Option<Rc<dyn crate::filter::ext_authz::CheckClient>> {
+        let x = l.ext_authz.as_ref()?;
+        let pool = self.clusters.get(&x.cluster)?.triple.clone()?;
+        let limits = crate::filter::triple::H2Limits::from_config(
+            &config::TripleListener::default(),
+            l.idle_timeout_ms,
+        );
+        Some(Rc::new(crate::filter::triple::conn::PoolCheckClient {
+            pool,
+            limits,
+            alpn: None,
+        }))
     }
 
     fn tcp_cluster(&self, l: &config::Listener) -> Option<Rc<ShardCluster>> {
@@ -928,6 +949,11 @@ impl ShardState {
             chains: Latest::default(),
             tls: snap.tls.listeners.get(index).cloned().flatten(),
             rbac: crate::filter::rbac::Rbac::new(&l.rbac, &stats.stats),
+            ext_authz: l
+                .ext_authz
+                .as_ref()
+                .map(|x| crate::filter::ext_authz::ExtAuthz::network(x, &stats.stats)),
+            authz_client: RefCell::new(self.authz_client(l)),
         })
     }
 

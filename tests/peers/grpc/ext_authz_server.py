@@ -13,6 +13,8 @@ header:
   error       the call fails UNAVAILABLE (a gRPC error: status_on_error)
   slow        answered OK after 1.5 s (past the filter's timeout)
   (absent)    OK, nothing changed
+A connection's CheckRequest (the network filter: no request attributes) is answered by its
+source address: 127.0.0.2 allow, 127.0.0.3 deny, 127.0.0.4 error, 127.0.0.5 slow, any other OK.
 Exits 0 on SIGTERM or SIGINT.
 """
 import argparse
@@ -29,6 +31,9 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.type.v3 import http_status_pb2
 
 
+TCP_BY_SOURCE = {"127.0.0.2": "allow", "127.0.0.3": "deny", "127.0.0.4": "error", "127.0.0.5": "slow"}
+
+
 def header(key, value, action=None):
     h = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
     if action is not None:
@@ -43,7 +48,11 @@ class Authz(auth_grpc.AuthorizationServicer):
     async def Check(self, request, context):
         with open(self.record, "a") as f:
             f.write(json.dumps(json_format.MessageToDict(request, preserving_proto_field_name=True)) + "\n")
-        what = request.attributes.request.http.headers.get("x-authz", "")
+        if request.attributes.request.HasField("http"):
+            what = request.attributes.request.http.headers.get("x-authz", "")
+        else:
+            # A connection's check (the network filter): by the caller's source address.
+            what = TCP_BY_SOURCE.get(request.attributes.source.address.socket_address.address, "")
         if what == "allow":
             ok = auth_pb2.OkHttpResponse(
                 headers=[

@@ -228,9 +228,8 @@ struct AuthzWait {
 /// Upstream side: a Check call's answer as it arrives; read when the stream ends (however it
 /// ends: answered, reset, its connection lost).
 struct CheckCall {
-    /// The caller's stream waiting for it.
-    down: Weak<Conn>,
-    did: u32,
+    /// Who waits for it.
+    waiter: CheckWaiter,
     /// `:status` 200.
     status_ok: bool,
     grpc_status: Option<u32>,
@@ -367,6 +366,10 @@ pub struct Conn {
     greeted: Cell<bool>,
     /// Successful reads from the socket (the keepalive watches it move).
     reads: Cell<u64>,
+    /// Upstream side: answers to its keepalive PINGs (`http2_keepalive`).
+    pongs: super::Pongs,
+    /// Upstream side: older than the cluster's `max_connection_duration`: no new stream.
+    aged: Cell<bool>,
     /// When the last stream ended (or the connection opened); `went_idle` fires then.
     idle_since: Cell<Instant>,
     went_idle: Notify,
@@ -457,6 +460,8 @@ impl Conn {
             xfcc: Default::default(),
             greeted: Cell::new(false),
             reads: Cell::new(0),
+            pongs: Default::default(),
+            aged: Cell::new(false),
             idle_since: Cell::new(Instant::now()),
             went_idle: Notify::new(),
             open: Cell::new(false),
@@ -787,8 +792,8 @@ impl Conn {
             // A Check call's end (answered, reset, connection lost): its caller learns it
             // once this stream is gone.
             let check = s.check.take().map(|c| {
-                let ended = s.recv_end && s.headers_in;
-                (c.down.clone(), c.did, c.outcome(ended))
+                let outcome = c.outcome(s.recv_end && s.headers_in);
+                (c.waiter, outcome)
             });
             if let (Side::Down(l), Some(d)) = (&self.side, s.delayed.take()) {
                 // Ended while delayed or waiting (deadline, cancel, connection gone): what its
@@ -839,10 +844,18 @@ impl Conn {
                 self.idle_since.set(Instant::now());
                 self.went_idle.notify();
             }
-            if let Some((down, did, outcome)) = check {
-                if let Some(down) = down.upgrade() {
-                    down.check_done(did, outcome);
+            match check {
+                Some((CheckWaiter::Call(down, did), outcome)) => {
+                    if let Some(down) = down.upgrade() {
+                        down.check_done(did, outcome);
+                    }
                 }
+                Some((CheckWaiter::Slot(slot), outcome)) => {
+                    if let Some(slot) = slot.upgrade() {
+                        slot.answer(outcome);
+                    }
+                }
+                None => {}
             }
         }
     }
@@ -941,6 +954,8 @@ impl Conn {
                     self.write_control(|o| frame::write_ping(o, true, data))?;
                 } else if data == DRAIN_PING {
                     self.drain_acked.notify();
+                } else if data == KEEPALIVE_PING {
+                    self.pongs.ack();
                 }
                 Ok(())
             }
@@ -1866,30 +1881,14 @@ impl Conn {
         }
         let routes = l.routes.get();
         let pool = routes.authz_pool.and_then(|i| routes.pools.get(i));
-        let opened = pool.and_then(|pool| {
-            let up = pool
-                .connection(self.limits, &l.alpn.http2, None, None, None, None)
-                .ok()?;
-            let uid = up.open_stream(Weak::new(), 0)?;
-            Some((up, uid))
-        });
-        let Some((up, uid)) = opened else {
+        let waiter = CheckWaiter::Call(Rc::downgrade(self), id);
+        let sent =
+            pool.and_then(|pool| send_check(pool, self.limits, &l.alpn.http2, x, message, waiter));
+        let Some((up, uid)) = sent else {
             // No connection to the authorizer: an error now.
             self.check_done(id, Err(crate::filter::ext_authz::CheckError::Transport));
             return;
         };
-        if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
-            s.link = None;
-            s.held = None;
-            s.check = Some(Box::new(CheckCall {
-                down: Rc::downgrade(self),
-                did: id,
-                status_ok: false,
-                grpc_status: None,
-                body: Vec::new(),
-                too_large: false,
-            }));
-        }
         if let Some(w) = self
             .streams
             .borrow_mut()
@@ -1898,21 +1897,6 @@ impl Conn {
         {
             w.check = Some((Rc::downgrade(&up), uid));
         }
-        let mut block = Vec::with_capacity(128 + x.authority.len());
-        let fields: [(&[u8], &[u8]); 7] = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", crate::filter::ext_authz::CHECK_PATH),
-            (b":authority", &x.authority),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
-            (b"grpc-timeout", &x.grpc_timeout),
-        ];
-        for (n, v) in fields {
-            hpack::encode_field(&mut block, n, v, false);
-        }
-        up.send(uid, Out::Headers(block, false));
-        up.send(uid, Out::Data(Queued::new(message, &up.budget), true));
         if self.armed.get().is_none_or(|a| until < a) {
             self.deadline_wake.notify();
         }
@@ -3165,9 +3149,100 @@ impl Conn {
     pub fn has_room(&self) -> bool {
         !self.closed.get()
             && !self.closing.get()
+            && !self.aged.get()
             && self.goaway.get().is_none()
             && self.stream_ids.get() <= frame::STREAM_ID_MAX
             && (self.streams.borrow().len() as u64) < u64::from(self.peer_streams_max.get())
+    }
+}
+
+/// Who waits for a Check call's answer.
+enum CheckWaiter {
+    /// A Triple call (the HTTP filter): the caller connection and its stream.
+    Call(Weak<Conn>, u32),
+    /// A connection (the network filter).
+    Slot(Weak<crate::filter::ext_authz::CheckSlot>),
+}
+
+/// Opens an `Authorization/Check` call carrying `message` (a framed CheckRequest) on a
+/// connection of `pool`, the filter's authority and timeout in its headers; the answer goes
+/// to `waiter` when the stream ends. None: no connection or stream for it.
+fn send_check(
+    pool: &Rc<Pool>,
+    limits: H2Limits,
+    alpn: &crate::io::tls::AlpnOverride,
+    x: &crate::filter::ext_authz::ExtAuthz,
+    message: Bytes,
+    waiter: CheckWaiter,
+) -> Option<(Rc<Conn>, u32)> {
+    let up = pool.connection(limits, alpn, None, None, None, None).ok()?;
+    let uid = up.open_stream(Weak::new(), 0)?;
+    if let Some(s) = up.streams.borrow_mut().get_mut(&uid) {
+        s.link = None;
+        s.held = None;
+        s.check = Some(Box::new(CheckCall {
+            waiter,
+            status_ok: false,
+            grpc_status: None,
+            body: Vec::new(),
+            too_large: false,
+        }));
+    }
+    let mut block = Vec::with_capacity(128 + x.authority.len());
+    let fields: [(&[u8], &[u8]); 7] = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", crate::filter::ext_authz::CHECK_PATH),
+        (b":authority", &x.authority),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"grpc-timeout", &x.grpc_timeout),
+    ];
+    for (n, v) in fields {
+        hpack::encode_field(&mut block, n, v, false);
+    }
+    up.send(uid, Out::Headers(block, false));
+    up.send(uid, Out::Data(Queued::new(message, &up.budget), true));
+    Some((up, uid))
+}
+
+impl crate::filter::ext_authz::CheckStreams for Conn {
+    fn cancel_check(self: Rc<Self>, id: u32) {
+        let was = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.check.take());
+        if was.is_some() {
+            self.reset(id, code::CANCEL);
+        }
+    }
+}
+
+/// The network ext_authz filter's Check client on one shard: the Triple upstream pool of the
+/// authorizer's cluster, as the HTTP filter's calls use it.
+pub struct PoolCheckClient {
+    pub pool: Rc<Pool>,
+    pub limits: H2Limits,
+    pub alpn: crate::io::tls::AlpnOverride,
+}
+
+impl crate::filter::ext_authz::CheckClient for PoolCheckClient {
+    fn send(
+        &self,
+        x: &crate::filter::ext_authz::ExtAuthz,
+        message: Bytes,
+        slot: &Rc<crate::filter::ext_authz::CheckSlot>,
+    ) -> bool {
+        let waiter = CheckWaiter::Slot(Rc::downgrade(slot));
+        match send_check(&self.pool, self.limits, &self.alpn, x, message, waiter) {
+            Some((up, uid)) => {
+                let on: Rc<dyn crate::filter::ext_authz::CheckStreams> = up;
+                slot.sent(Rc::downgrade(&on), uid);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -4272,7 +4347,31 @@ async fn serve_upstream<S: crate::io::Conn>(
                     close_flushed(&conn, "idle timeout").await;
                 } => "upstream connection idle".to_string(),
                 _ = mirror_deadlines(&conn) => unreachable!("runs until the connection ends"),
-                _ = keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout) => {
+                _ = async {
+                    if pool.max_connection_duration.is_zero() {
+                        return std::future::pending().await;
+                    }
+                    shard::monoio::time::sleep(pool.max_connection_duration).await;
+                    // No new stream from now on; closed once the last one ended.
+                    conn.aged.set(true);
+                    idle_for(&conn, Duration::ZERO).await;
+                    close_flushed(&conn, "max connection duration").await;
+                } => "upstream connection reached its max_connection_duration".to_string(),
+                _ = async {
+                    match &pool.http2_keepalive {
+                        Some(k) => {
+                            super::keepalive_pings(
+                                k,
+                                &pool.dice,
+                                &conn.pongs,
+                                || conn.reads.get(),
+                                || conn.write(|o| frame::write_ping(o, false, KEEPALIVE_PING)),
+                            )
+                            .await
+                        }
+                        None => keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout).await,
+                    }
+                } => {
                     pool.stats.inc(pool.h2_ids.cx_keepalive_timeout);
                     tracing::debug!(upstream = %host.addr, "keepalive PING unanswered: closing");
                     format!("ringside: upstream {} did not answer a keepalive PING", host.addr)
