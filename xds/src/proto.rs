@@ -2702,6 +2702,10 @@ fn triple_route(
     })
 }
 
+/// Envoy's route timeout when a `RouteAction` gives none (`RouteEntryImplBase`'s
+/// `DEFAULT_ROUTE_TIMEOUT_MS`).
+const HTTP_ROUTE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+
 fn http_action(
     a: &route_pb::RouteAction,
     ctx: &Ctx<'_>,
@@ -2752,9 +2756,18 @@ fn http_action(
         None => return refuse("cluster", "give cluster or weighted_clusters"),
     };
     out.rewrite = rewrite;
-    if let Some(t) = &a.timeout {
-        out.timeout_ms = Some(timeout_ms(t, ctx, &format!("{at}.timeout"))?);
-    }
+    // Envoy's router: no `timeout` is 15 s, 0 none (nor the `x-envoy-expected-rq-timeout-ms`
+    // it would send upstream).
+    out.timeout_ms = match &a.timeout {
+        None => Some(HTTP_ROUTE_TIMEOUT_MS_DEFAULT),
+        Some(t) => Some(duration_ms(
+            t,
+            ctx,
+            &format!("{at}.timeout"),
+            config::REQUEST_TIMEOUT_MS_MAX,
+        )?)
+        .filter(|&ms| ms > 0),
+    };
     if let Some(p) = &a.retry_policy {
         out.retry_policy = retry_policy(p, ctx, &format!("{at}.retry_policy"))?;
     }
@@ -3168,8 +3181,15 @@ fn retry_policy(
         true => p.retriable_status_codes.clone(),
         false => Vec::new(),
     };
+    // Envoy: 0 is no per-try timeout (nor one in `x-envoy-expected-rq-timeout-ms`).
     let per_try_timeout_ms = match &p.per_try_timeout {
-        Some(d) => Some(timeout_ms(d, ctx, &format!("{at}.per_try_timeout"))?),
+        Some(d) => Some(duration_ms(
+            d,
+            ctx,
+            &format!("{at}.per_try_timeout"),
+            config::REQUEST_TIMEOUT_MS_MAX,
+        )?)
+        .filter(|&ms| ms > 0),
         None => None,
     };
     // Envoy: `base_interval` required and above 0 (under 1 ms: 1 ms), `max_interval` at

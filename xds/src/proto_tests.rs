@@ -659,6 +659,35 @@ fn hcm_rds_and_route_resource() {
     assert_eq!(routes[0].route.cluster.as_deref(), Some("c"));
 }
 
+/// A route's timeout as Envoy's router takes it: unset is its 15 s default, `0s` none (what
+/// istiod sets), any other its value.
+#[test]
+fn route_timeout_defaults_as_envoys() {
+    let timed = |t: Option<(i64, i32)>| {
+        let mut r = route_to("/", "c");
+        if let Some(route_pb::route::Action::Route(a)) = r.action.as_mut() {
+            a.timeout = t.map(|(seconds, nanos)| Duration { seconds, nanos });
+        }
+        r
+    };
+    let rc = route_config_pb(
+        "t",
+        &["*"],
+        vec![timed(None), timed(Some((0, 0))), timed(Some((2, 500_000_000)))],
+    );
+    let any = Any {
+        type_url: ROUTE_TYPE.into(),
+        value: rc.encode_to_vec(),
+    };
+    let (_, t) = decode_route(&any).unwrap();
+    let got: Vec<Option<u64>> = t.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.route.timeout_ms)
+        .collect();
+    assert_eq!(got, [Some(15_000), None, Some(2_500)]);
+}
+
 /// Virtual hosts stay hosts (each with its own routes), in order, with Envoy's domain rules
 /// and `ignore_port_in_host_matching`; `vhost_header` and `:authority` rewrites are refused.
 #[test]

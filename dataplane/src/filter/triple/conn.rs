@@ -2358,8 +2358,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Ends a call with a gRPC status made by ringside: trailers-only when no response headers
-    /// were sent yet, else trailers after what is queued is dropped.
+    /// Ends a call with a gRPC status made by ringside, trailers-only; once its response headers
+    /// went out, the caller's stream is reset (INTERNAL_ERROR) instead, as Envoy does.
     pub fn fail_call(self: &Rc<Self>, id: u32, e: &CallError) {
         let Side::Down(l) = &self.side else {
             return;
@@ -2392,7 +2392,7 @@ impl Conn {
             call.local = true;
             call.status = Some(e.status());
             // Once routed, ringside's own answer gets the route's response mutations, as
-            // Envoy's local replies after routing do (trailers after a response: not).
+            // Envoy's local replies after routing do (a reset after a response: none).
             let mutated = match (&call.respond, call.headers_sent) {
                 (Some(r), false) => {
                     let location = match e {
@@ -2416,16 +2416,13 @@ impl Conn {
             };
             if let Some(lg) = call.log.as_mut() {
                 lg.flags = lg.flags | e.flags();
-                // What the caller is sent, for `%RESP(...)%` / `%TRAILER(...)%`.
-                let trailers = call.headers_sent;
-                let part = if trailers {
-                    Part::Trailer
-                } else {
-                    Part::Response
-                };
-                lg.keep(part, |n| match n {
-                    b":status" if !trailers => Some(b"200".as_slice()),
-                    b"content-type" if !trailers => Some(b"application/grpc".as_slice()),
+            }
+            // What the caller is sent, for `%RESP(...)%` (after the response began: nothing,
+            // the stream is reset below).
+            if let Some(lg) = call.log.as_mut().filter(|_| !call.headers_sent) {
+                lg.keep(Part::Response, |n| match n {
+                    b":status" => Some(b"200".as_slice()),
+                    b"content-type" => Some(b"application/grpc".as_slice()),
                     b"grpc-status" => Some(status_text),
                     b"grpc-message" => Some(&message[..]).filter(|m| !m.is_empty()),
                     n => mutated
@@ -2447,10 +2444,15 @@ impl Conn {
             up.reset(uid, code::CANCEL);
         }
         l.stats.inc(l.ids.rsp_local);
-        let mut block = Vec::with_capacity(96);
-        if !headers_sent {
-            hpack::encode_field(&mut block, b":status", b"200", false);
+        if headers_sent {
+            // The response began: as Envoy's filter manager, which can only reset the stream
+            // then (Envoy 1.40's HTTP/2 codec resets it INTERNAL_ERROR, as seen from grpcio;
+            // what was queued for the caller is dropped).
+            self.reset(id, code::INTERNAL_ERROR);
+            return;
         }
+        let mut block = Vec::with_capacity(96);
+        hpack::encode_field(&mut block, b":status", b"200", false);
         // The route's mutations (with a route's `location`), before what the reply sets.
         let mut server_listed = false;
         if let Some(m) = &mutated {
@@ -2470,9 +2472,7 @@ impl Conn {
         {
             hpack::encode_field(&mut block, b"location", loc, false);
         }
-        if !headers_sent {
-            hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
-        }
+        hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
         hpack::encode_field(&mut block, b"grpc-status", status_text, false);
         // As Envoy's local reply: no `grpc-message` for an empty body (a redirect's).
         if !message.is_empty() {
@@ -2504,15 +2504,13 @@ impl Conn {
             }
         }
         // Envoy's router marks its overflow answers (unless `suppress_envoy_headers`).
-        if e.overloaded() && !headers_sent && !l.suppress_envoy_headers {
+        if e.overloaded() && !l.suppress_envoy_headers {
             hpack::encode_field(&mut block, b"x-envoy-overloaded", b"true", false);
         }
-        if !headers_sent {
-            // Envoy's connection manager's, on its local replies too.
-            hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
-            if l.stamp.adds_server(server_listed) {
-                hpack::encode_field(&mut block, b"server", &l.stamp.server_name, false);
-            }
+        // Envoy's connection manager's, on its local replies too.
+        hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
+        if l.stamp.adds_server(server_listed) {
+            hpack::encode_field(&mut block, b"server", &l.stamp.server_name, false);
         }
         self.send(id, Out::Headers(block, true));
         // The caller may still be sending: tell it to stop (RFC 9113 8.1).
