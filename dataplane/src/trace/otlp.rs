@@ -75,7 +75,12 @@ pub fn attr_str(out: &mut Vec<u8>, field: u32, k: &str, v: &[u8]) {
         // Every length fits one byte (a span's attributes do): the keys and lengths are two
         // 4-byte copies around the key and the value, not a varint loop per number.
         out.reserve(2 + kv);
-        out.extend_from_slice(&[(field << 3) as u8 | LEN, kv as u8, 1 << 3 | LEN, k.len() as u8]);
+        out.extend_from_slice(&[
+            (field << 3) as u8 | LEN,
+            kv as u8,
+            1 << 3 | LEN,
+            k.len() as u8,
+        ]);
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(&[2 << 3 | LEN, any as u8, 1 << 3 | LEN, v.len() as u8]);
         out.extend_from_slice(v);
