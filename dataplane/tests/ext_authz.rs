@@ -49,10 +49,15 @@ struct Authz {
 
 impl Authz {
     fn start(record: &Path) -> Authz {
+        Authz::start_script("ext_authz_server.py", record)
+    }
+
+    /// The server of tests/peers/grpc/`script` (the HTTP one: ext_authz_http_server.py).
+    fn start_script(script: &str, record: &Path) -> Authz {
         use std::io::BufRead;
         let _ = std::fs::remove_file(record);
         let mut child = Peer::Grpc
-            .command("ext_authz_server.py")
+            .command(script)
             .args(["--record", &record.display().to_string()])
             .stdout(Stdio::piped())
             .spawn()
@@ -171,14 +176,19 @@ fn deny_rbac() -> Value {
 }
 
 fn listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
+    listener_with(name, addr, vec![shadow_rbac(), authz, jwt_authn(), deny_rbac()])
+}
+
+/// A listener whose HTTP filters are `filters`, then the router.
+fn listener_with(name: &str, addr: SocketAddr, mut filters: Vec<Value>) -> Value {
+    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name, "codec_type": "AUTO",
         "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
             {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}}]}]},
-        "http_filters": [shadow_rbac(), authz, jwt_authn(), deny_rbac(),
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        "http_filters": filters
     });
     json!({"name": name, "address": socket(addr), "filter_chains": [{"filters": [{
         "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]})
@@ -839,4 +849,199 @@ fn istiod_custom_policy_lds_acks_like_envoy() {
             assert_eq!(answer["ack"], true, "{who} {ty}: {answer}");
         }
     }
+}
+
+// === An HTTP authorization service (istiod's `envoyExtAuthzHttp` provider) ===
+
+/// istiod's ext_authz filter for an `envoyExtAuthzHttp` provider (golden file
+/// `pilot/pkg/security/authz/builder/testdata/http/custom-http-provider-out2.yaml`, istio/istio
+/// commit 63a5e452: `allowed_headers`, `headers_to_add`, the response's allowed headers with
+/// `ignore_case`, `path_prefix`, `clear_route_cache`), its `withRequestBody` left out (not
+/// supported yet), `x-authz` added to the request headers it includes; `full: false` is the
+/// bare provider (no header lists: Envoy's defaults).
+fn http_ext_authz(cluster: &str, full: bool, fail_open: bool, status: u32, timeout: &str) -> Value {
+    let names = |first: &str| {
+        json!({"patterns": [{"exact": first, "ignore_case": true},
+            {"prefix": "x-prefix-", "ignore_case": true},
+            {"suffix": "-suffix", "ignore_case": true}]})
+    };
+    let mut service = json!({"server_uri": {"uri": "http://my-custom-ext-authz.foo.svc.cluster.local",
+        "cluster": cluster, "timeout": timeout}});
+    let mut f = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "failure_mode_allow": fail_open,
+        "clear_route_cache": true,
+        "status_on_error": {"code": status},
+        "filter_enabled_metadata": {"filter": "envoy.filters.http.rbac",
+            "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+            "value": {"string_match": {"prefix": PROVIDER_PREFIX}}}});
+    if full {
+        f["allowed_headers"] = json!({"patterns": [{"exact": "X-Authz", "ignore_case": true},
+            {"exact": "x-custom-id", "ignore_case": true},
+            {"prefix": "x-prefix-", "ignore_case": true},
+            {"suffix": "-suffix", "ignore_case": true}]});
+        service["path_prefix"] = json!("/check");
+        service["authorization_request"] = json!({"headers_to_add": [
+            {"key": "x-header-1", "value": "value-1"}, {"key": "x-header-2", "value": "value-2"}]});
+        service["authorization_response"] = json!({
+            "allowed_client_headers": names("Set-cookie"),
+            "allowed_client_headers_on_success": names("Set-cookie"),
+            "allowed_upstream_headers": names("Authorization")});
+    } else {
+        // The bare provider tells the authorizer of Envoy's defaults only: x-authz by the
+        // deprecated field, as older istiod versions wrote `includeHeadersInCheck`.
+        service["authorization_request"] =
+            json!({"allowed_headers": {"patterns": [{"exact": "x-authz"}]}});
+    }
+    f["http_service"] = service;
+    json!({"name": "envoy.filters.http.ext_authz", "typed_config": f})
+}
+
+/// istiod's CUSTOM filters (the shadow rbac filter, ext_authz) and a DENY rbac filter.
+fn http_listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
+    listener_with(name, addr, vec![shadow_rbac(), authz, deny_rbac()])
+}
+
+fn h1_cluster(name: &str, at: SocketAddr) -> Value {
+    json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": load_assignment(name, &[at])})
+}
+
+/// What an HTTP authorizer saw, as two runs are compared: ports (of `host`), the request id
+/// and `x-envoy-expected-rq-timeout-ms` aside.
+fn http_normalized(mut c: Value) -> Value {
+    if let Some(h) = c["headers"].as_object_mut() {
+        for k in ["x-request-id"] {
+            if h.contains_key(k) {
+                h.insert(k.into(), json!("-"));
+            }
+        }
+    }
+    c
+}
+
+/// istiod's CUSTOM policy with an `envoyExtAuthzHttp` provider through Envoy 1.40 and
+/// ringside given the same resources: per grpcio call what the caller got and the upstream
+/// saw, what the authorization server saw (method, path, headers, body) of each check, and
+/// the counters. A: the full provider (istiod's golden file), fail closed, 0.5 s; B: the
+/// authorizer down, `failure_mode_allow`; C: the bare provider (Envoy's default header lists),
+/// `status_on_error` 503.
+#[test]
+fn istiod_custom_http_provider_like_envoy() {
+    let server = GrpcServer::start(0, "G", &[]);
+    let down = local(free_port());
+    let dir = TempDir::new("ext-authz-http");
+    let a = |m: &'static str| ("x-authz", m);
+    let cases: Vec<Case> = vec![
+        (
+            0,
+            Call::Unary,
+            vec![
+                a("allow"),
+                ("x-remove-me", "bye"),
+                ("authorization", "Bearer orig"),
+                ("x-prefix-in", "p"),
+                ("x-custom-id", "c1"),
+                ("x-not-sent", "n"),
+            ],
+        ),
+        (0, Call::Unary, vec![a("deny"), ("x-my-suffix", "s")]),
+        (0, Call::Unary, vec![a("error")]),
+        (0, Call::Unary, vec![a("slow")]),
+        (0, Call::Unary, vec![a("close")]),
+        (0, Call::Unary, vec![("x-other", "1")]),
+        // Not matched by the shadow rules: never checked.
+        (0, Call::ServerStream, vec![a("deny")]),
+        (1, Call::Unary, vec![a("deny")]),
+        (2, Call::Unary, vec![a("deny"), ("x-custom-id", "c2")]),
+        (2, Call::Unary, vec![a("error")]),
+        (2, Call::Unary, vec![a("allow"), ("authorization", "Bearer orig")]),
+    ];
+    let run = |who: &str| {
+        let authz = Authz::start_script(
+            "ext_authz_http_server.py",
+            &dir.0.join(format!("{who}.jsonl")),
+        );
+        let listen = [local(free_port()), local(free_port()), local(free_port())];
+        let xds = XdsServer::start();
+        let cluster = "outbound|8000||my-custom-ext-authz.foo.svc.cluster.local";
+        xds.put(&json!({
+            "version": "v1",
+            "listeners": [
+                http_listener("in_a", listen[0], http_ext_authz(cluster, true, false, 403, "0.5s")),
+                http_listener("in_b", listen[1], http_ext_authz("outbound|8000||down", true, true, 403, "0.5s")),
+                http_listener("in_c", listen[2], http_ext_authz(cluster, false, false, 503, "0.5s"))],
+            "clusters": [h2_cluster("grpc", server.addr()), h1_cluster(cluster, local(authz.port)),
+                h1_cluster("outbound|8000||down", down)]
+        }))
+        .unwrap();
+        let proxy = envoy_or_ringside(who, xds.addr(), "ext-authz-http", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        for l in listen {
+            wait_listening(l);
+        }
+        let answers: Vec<String> = cases
+            .iter()
+            .map(|(l, call, meta)| grpc(listen[*l], *call, meta))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while authz.checks().len() < 9 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let checks: Vec<Value> = authz.checks().into_iter().map(http_normalized).collect();
+        let stat = |name: &str| -> i64 {
+            match proxy.downcast_ref::<Ringside>() {
+                Some(r) => r.stat_value(name).unwrap_or(-1),
+                None => proxy
+                    .downcast_ref::<common::envoy::Envoy>()
+                    .map_or(-1, |e| e.stat(name) as i64),
+            }
+        };
+        let mut stats = Vec::new();
+        for l in ["in_a", "in_b", "in_c"] {
+            for s in [
+                "ext_authz.ok",
+                "ext_authz.denied",
+                "ext_authz.error",
+                "ext_authz.failure_mode_allowed",
+                "ext_authz.disabled",
+            ] {
+                stats.push((format!("http.{l}.{s}"), stat(&format!("http.{l}.{s}"))));
+            }
+        }
+        eprintln!("{who}: {answers:#?}\n{checks:#?}\n{stats:?}");
+        drop(proxy);
+        (answers, checks, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
+        assert_eq!(
+            r, e,
+            "call {i} {:?}: ringside (left) vs Envoy (right)",
+            cases[i]
+        );
+    }
+    assert_eq!(
+        ringside.1.len(),
+        envoy.1.len(),
+        "checks sent: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "check {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.2, envoy.2,
+        "counters, ringside (left) vs Envoy (right)"
+    );
+    // What the comparison rests on: the authorizer's answers took effect.
+    assert!(
+        envoy.0[0].starts_with("OK ") && envoy.0[0].contains("x-prefix-up=1"),
+        "{}",
+        envoy.0[0]
+    );
+    assert!(envoy.0[1].starts_with("UNAUTHENTICATED "), "{}", envoy.0[1]);
+    assert!(envoy.0[6].starts_with("OK "), "{}", envoy.0[6]);
 }
