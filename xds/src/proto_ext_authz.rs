@@ -213,11 +213,8 @@ fn http_service(
         if let Some(l) = &r.allowed_headers {
             allowed = Some(header_names(l, ctx, &join(&rat, "allowed_headers"))?);
         }
-        for (i, o) in r.headers_to_add.iter().enumerate() {
+        for (i, hv) in r.headers_to_add.iter().enumerate() {
             let hat = format!("{rat}.headers_to_add[{i}]");
-            let Some(hv) = &o.header else {
-                return Err(ctx.err(hat, "missing header"));
-            };
             let value = match hv.raw_value.is_empty() {
                 true => hv.value.clone(),
                 false => String::from_utf8(hv.raw_value.clone())

@@ -64,6 +64,9 @@ pub struct ExtAuthz {
 /// Envoy's `http_service`, compiled: what the check request carries besides the request's
 /// allowed headers, and which of the answer's headers go where.
 pub struct HttpCheck {
+    /// `x-envoy-expected-rq-timeout-ms` of the check requests (the filter's timeout), as
+    /// Envoy's async client's router adds it.
+    timeout_ms: Box<[u8]>,
     path_prefix: Box<[u8]>,
     headers_to_add: Box<[(Box<[u8]>, Box<[u8]>)]>,
     upstream: Box<[Matcher]>,
@@ -138,6 +141,7 @@ impl ExtAuthz {
             _ => Some(compile(&c.allowed_headers)),
         };
         let http = c.http.as_ref().map(|h| HttpCheck {
+            timeout_ms: c.timeout_ms.to_string().into_bytes().into(),
             path_prefix: h.path_prefix.as_bytes().into(),
             headers_to_add: h
                 .headers_to_add
@@ -295,7 +299,8 @@ impl HttpCheck {
     /// `headers` (pseudo-headers included, those `allows_header` lets through): as Envoy 1.40's
     /// `RawHttpClientImpl::check` builds it from the CheckRequest: the request's method,
     /// `path_prefix` + its path, its authority as `host`, each allowed header once (repeated
-    /// ones joined with `,`), `content-length: 0`, then `headers_to_add` (replacing).
+    /// ones joined with `,`), `content-length: 0`, then `headers_to_add` (replacing); and what
+    /// Envoy's async client adds: `x-envoy-internal: true`, `x-envoy-expected-rq-timeout-ms`.
     pub fn request_head<'h>(&self, headers: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> Vec<u8> {
         let mut method: &[u8] = b"GET";
         let mut path: &[u8] = b"/";
@@ -310,6 +315,7 @@ impl HttpCheck {
                 // own, and a caller's partial-body marker is skipped as in the CheckRequest.
                 _ if n.starts_with(b":") => {}
                 b"content-length" | b"host" | b"x-envoy-auth-partial-body" => {}
+                b"x-envoy-internal" | b"x-envoy-expected-rq-timeout-ms" => {}
                 _ if self.headers_to_add.iter().any(|(a, _)| &**a == n) => {}
                 _ => match fields.iter_mut().find(|(k, _)| *k == n) {
                     Some((_, e)) => {
@@ -339,7 +345,9 @@ impl HttpCheck {
             h.extend_from_slice(v);
             h.extend_from_slice(b"\r\n");
         }
-        h.extend_from_slice(b"\r\n");
+        h.extend_from_slice(b"x-envoy-internal: true\r\nx-envoy-expected-rq-timeout-ms: ");
+        h.extend_from_slice(&self.timeout_ms);
+        h.extend_from_slice(b"\r\n\r\n");
         h
     }
 
@@ -879,7 +887,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /check/a.B/C?x=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\
-             x-a: 1,2\r\nx-add: 1\r\n\r\n"
+             x-a: 1,2\r\nx-add: 1\r\nx-envoy-internal: true\r\n\
+             x-envoy-expected-rq-timeout-ms: 100\r\n\r\n"
         );
         let fields = |l: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
             l.iter()

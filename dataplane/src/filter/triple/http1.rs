@@ -958,33 +958,38 @@ async fn check<C: crate::io::Conn>(
     }
     let routes = l.routes.get();
     let pool = routes.authz_pool.and_then(|i| routes.pools.get(i)).cloned();
-    let allowed = c
-        .hl
-        .iter()
-        .map(|(n, v, _)| (n, v))
-        .filter(|(n, _)| x.allows_header(n));
+    // The check's bytes, built before the wait (the header list's borrow ends with them).
+    let message = {
+        let allowed = c
+            .hl
+            .iter()
+            .map(|(n, v, _)| (n, v))
+            .filter(|(n, _)| x.allows_header(n));
+        match &x.http {
+            Some(h) => bytes::Bytes::from(h.request_head(allowed)),
+            None => {
+                let peer = c.peer.as_ref();
+                let attrs = crate::filter::ext_authz::Attributes {
+                    source: peer.and_then(|p| p.source),
+                    destination: peer.and_then(|p| p.destination),
+                    peer_certificate: peer.and_then(|p| p.certificate.as_deref()),
+                    local_uri: l.local_uris.first().map(String::as_str),
+                    protocol: "HTTP/1.1",
+                    size: 0,
+                    id: 0,
+                };
+                crate::filter::ext_authz::check_request(
+                    &attrs,
+                    allowed,
+                    x.include_peer_certificate,
+                )
+            }
+        }
+    };
     let outcome = match (&x.http, pool) {
         (_, None) => Err(CheckError::Transport),
-        (Some(h), Some(pool)) => {
-            let head = h.request_head(allowed);
-            http_check(&pool, x, head.into()).await
-        }
+        (Some(_), Some(pool)) => http_check(&pool, x, message).await,
         (None, Some(pool)) => {
-            let peer = c.peer.as_ref();
-            let attrs = crate::filter::ext_authz::Attributes {
-                source: peer.and_then(|p| p.source),
-                destination: peer.and_then(|p| p.destination),
-                peer_certificate: peer.and_then(|p| p.certificate.as_deref()),
-                local_uri: l.local_uris.first().map(String::as_str),
-                protocol: "HTTP/1.1",
-                size: 0,
-                id: 0,
-            };
-            let message = crate::filter::ext_authz::check_request(
-                &attrs,
-                allowed,
-                x.include_peer_certificate,
-            );
             let client = super::conn::PoolCheckClient {
                 pool,
                 limits: l.limits,
