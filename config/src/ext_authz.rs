@@ -172,8 +172,7 @@ impl ExtAuthz {
                 );
             }
             for (n, v) in &h.headers_to_add {
-                if n.is_empty() || n.starts_with(':') || n.bytes().any(|b| b.is_ascii_uppercase())
-                {
+                if n.is_empty() || n.starts_with(':') || n.bytes().any(|b| b.is_ascii_uppercase()) {
                     err(
                         at("http.headers_to_add"),
                         format!("{n:?} is not a lower-case field name"),

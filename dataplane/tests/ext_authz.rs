@@ -180,13 +180,19 @@ fn deny_rbac() -> Value {
 }
 
 fn listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
-    listener_with(name, addr, vec![shadow_rbac(), authz, jwt_authn(), deny_rbac()])
+    listener_with(
+        name,
+        addr,
+        vec![shadow_rbac(), authz, jwt_authn(), deny_rbac()],
+    )
 }
 
 /// A listener whose HTTP filters are `filters`, then the router.
 fn listener_with(name: &str, addr: SocketAddr, mut filters: Vec<Value>) -> Value {
-    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name, "codec_type": "AUTO",
@@ -961,7 +967,11 @@ fn istiod_custom_http_provider_like_envoy() {
         (1, Call::Unary, vec![a("deny")]),
         (2, Call::Unary, vec![a("deny"), ("x-custom-id", "c2")]),
         (2, Call::Unary, vec![a("error")]),
-        (2, Call::Unary, vec![a("allow"), ("authorization", "Bearer orig")]),
+        (
+            2,
+            Call::Unary,
+            vec![a("allow"), ("authorization", "Bearer orig")],
+        ),
     ];
     let run = |who: &str| {
         let authz = Authz::start_script(
@@ -1102,15 +1112,22 @@ fn http1_callers_checked_like_envoy() {
     let _up = Http1Server::start("127.0.0.1", up_port, "U");
     let down = local(free_port());
     let dir = TempDir::new("ext-authz-h1");
-    let show = json!(["set-cookie", "x-prefix-up", "x-deny-reason", "x-prefix-deny",
-        "www-authenticate", "content-type", "x-authz-resp"]);
-    let req = |path: &str, headers: Value| {
-        json!({"method": "GET", "path": path, "host": "svc", "headers": headers, "show": show})
-    };
+    let show = json!([
+        "set-cookie",
+        "x-prefix-up",
+        "x-deny-reason",
+        "x-prefix-deny",
+        "www-authenticate",
+        "content-type",
+        "x-authz-resp"
+    ]);
+    let req = |path: &str, headers: Value| json!({"method": "GET", "path": path, "host": "svc", "headers": headers, "show": show});
     // (listener, requests on one connection)
     let cases: Vec<(usize, Value)> = vec![
         // gRPC authorizer.
-        (0, json!([
+        (
+            0,
+            json!([
             req("/header/x-authz-added", json!({"x-authz": "allow", "x-remove-me": "bye"})),
             req("/header/x-remove-me", json!({"x-authz": "allow", "x-remove-me": "bye"})),
             req("/header/x-authz-set", json!({"x-authz": "allow", "x-authz-set": "old"})),
@@ -1121,10 +1138,19 @@ fn http1_callers_checked_like_envoy() {
             // Not matched by the shadow rules: not checked.
             req("/other", json!({"x-authz": "deny"})),
             {"method": "POST", "path": "/header/x-authz-added", "host": "svc", "body_len": 10,
-             "headers": {"x-authz": "allow"}, "show": show}])),
-        (1, json!([req("/header/x-envoy-auth-failure-mode-allowed", json!({"x-authz": "deny"}))])),
+             "headers": {"x-authz": "allow"}, "show": show}]),
+        ),
+        (
+            1,
+            json!([req(
+                "/header/x-envoy-auth-failure-mode-allowed",
+                json!({"x-authz": "deny"})
+            )]),
+        ),
         // HTTP authorizer, the full provider.
-        (2, json!([
+        (
+            2,
+            json!([
             req("/header/x-prefix-up", json!({"x-authz": "allow", "x-prefix-in": "p",
                 "x-custom-id": "c", "x-not-sent": "n"})),
             req("/header/x-remove-me", json!({"x-authz": "allow", "x-remove-me": "bye"})),
@@ -1135,12 +1161,17 @@ fn http1_callers_checked_like_envoy() {
             req("/header/a", json!({"x-authz": "slow"})),
             req("/header/a", json!({"x-authz": "close"})),
             {"method": "POST", "path": "/header/x-prefix-up", "host": "svc", "body_len": 10,
-             "headers": {"x-authz": "allow"}, "show": show}])),
+             "headers": {"x-authz": "allow"}, "show": show}]),
+        ),
         // HTTP authorizer, the bare provider (status_on_error 503).
-        (3, json!([
-            req("/header/x-prefix-up", json!({"x-authz": "allow"})),
-            req("/header/a", json!({"x-authz": "deny"})),
-            req("/header/a", json!({"x-authz": "error"}))])),
+        (
+            3,
+            json!([
+                req("/header/x-prefix-up", json!({"x-authz": "allow"})),
+                req("/header/a", json!({"x-authz": "deny"})),
+                req("/header/a", json!({"x-authz": "error"}))
+            ]),
+        ),
     ];
     let run = |who: &str| {
         let grpc_authz = Authz::start(&dir.0.join(format!("{who}-grpc.jsonl")));
@@ -1175,8 +1206,11 @@ fn http1_callers_checked_like_envoy() {
             .collect();
         std::thread::sleep(Duration::from_millis(300));
         let grpc_checks: Vec<Value> = grpc_authz.checks().into_iter().map(normalized).collect();
-        let http_checks: Vec<Value> =
-            http_authz.checks().into_iter().map(http_normalized).collect();
+        let http_checks: Vec<Value> = http_authz
+            .checks()
+            .into_iter()
+            .map(http_normalized)
+            .collect();
         let stat = |name: &str| -> i64 {
             match proxy.downcast_ref::<Ringside>() {
                 Some(r) => r.stat_value(name).unwrap_or(-1),
@@ -1201,18 +1235,41 @@ fn http1_callers_checked_like_envoy() {
     for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
         assert_eq!(r, e, "connection {i}: ringside (left) vs Envoy (right)");
     }
-    assert_eq!(ringside.1.len(), envoy.1.len(), "CheckRequests: ringside (left) vs Envoy (right)");
+    assert_eq!(
+        ringside.1.len(),
+        envoy.1.len(),
+        "CheckRequests: ringside (left) vs Envoy (right)"
+    );
     for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
         assert_eq!(r, e, "CheckRequest {i}: ringside (left) vs Envoy (right)");
     }
-    assert_eq!(ringside.2.len(), envoy.2.len(), "HTTP checks: ringside (left) vs Envoy (right)");
+    assert_eq!(
+        ringside.2.len(),
+        envoy.2.len(),
+        "HTTP checks: ringside (left) vs Envoy (right)"
+    );
     for (i, (r, e)) in ringside.2.iter().zip(&envoy.2).enumerate() {
         assert_eq!(r, e, "HTTP check {i}: ringside (left) vs Envoy (right)");
     }
-    assert_eq!(ringside.3, envoy.3, "counters, ringside (left) vs Envoy (right)");
+    assert_eq!(
+        ringside.3, envoy.3,
+        "counters, ringside (left) vs Envoy (right)"
+    );
     // What the comparison rests on: the answers took effect.
-    assert!(envoy.0[0][0].starts_with("200 ") && envoy.0[0][0].contains("x-authz-added=yes"), "{}", envoy.0[0][0]);
-    assert!(envoy.0[0][3].starts_with("401 denied by test"), "{}", envoy.0[0][3]);
+    assert!(
+        envoy.0[0][0].starts_with("200 ") && envoy.0[0][0].contains("x-authz-added=yes"),
+        "{}",
+        envoy.0[0][0]
+    );
+    assert!(
+        envoy.0[0][3].starts_with("401 denied by test"),
+        "{}",
+        envoy.0[0][3]
+    );
     assert!(envoy.0[2][0].contains("x-prefix-up=1"), "{}", envoy.0[2][0]);
-    assert!(envoy.0[2][4].starts_with("401 denied by test"), "{}", envoy.0[2][4]);
+    assert!(
+        envoy.0[2][4].starts_with("401 denied by test"),
+        "{}",
+        envoy.0[2][4]
+    );
 }

@@ -104,7 +104,10 @@ pub(super) fn http(
     };
     let (cluster, authority, timeout_ms, http) = match &x.services {
         Some(Services::GrpcService(g)) => {
-            if x.allowed_headers.as_ref().is_some_and(|l| l.patterns.is_empty()) {
+            if x.allowed_headers
+                .as_ref()
+                .is_some_and(|l| l.patterns.is_empty())
+            {
                 // Envoy's empty allow list tells the authorizer of no header at all.
                 return refuse("allowed_headers", "an empty list is not supported");
             }
@@ -177,8 +180,15 @@ fn http_service(
     h: &ext_authz_pb::HttpService,
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<(String, u64, config::ExtAuthzHttp, Option<Vec<config::StringMatch>>), TranslateError>
-{
+) -> Result<
+    (
+        String,
+        u64,
+        config::ExtAuthzHttp,
+        Option<Vec<config::StringMatch>>,
+    ),
+    TranslateError,
+> {
     if !h.path_override.is_empty() {
         return Err(ctx.err(join(at, "path_override"), "not supported (path_prefix is)"));
     }
@@ -237,7 +247,8 @@ fn http_service(
             Some(l) => header_names(l, ctx, &join(&rat, name)),
             None => Ok(Vec::new()),
         };
-        out.allowed_upstream_headers = list(&r.allowed_upstream_headers, "allowed_upstream_headers")?;
+        out.allowed_upstream_headers =
+            list(&r.allowed_upstream_headers, "allowed_upstream_headers")?;
         out.allowed_upstream_headers_to_append = list(
             &r.allowed_upstream_headers_to_append,
             "allowed_upstream_headers_to_append",
@@ -279,9 +290,7 @@ fn header_names(
                 Some(M::Suffix(s)) => format!(".*{}", regex_escape(s)),
                 Some(M::Contains(s)) => format!(".*{}.*", regex_escape(s)),
                 Some(M::SafeRegex(r)) => format!("(?:{})", r.regex),
-                Some(M::Custom(_)) => {
-                    return Err(ctx.err(join(&pat, "custom"), "not supported"))
-                }
+                Some(M::Custom(_)) => return Err(ctx.err(join(&pat, "custom"), "not supported")),
                 None => return Err(ctx.err(pat, "missing match pattern")),
             };
             Ok(config::StringMatch {

@@ -1371,7 +1371,9 @@ fn istio_filter_decisions() {
                     ignore_case: true,
                 },
                 m::StringMatcher {
-                    match_pattern: Some(m::string_matcher::MatchPattern::Prefix("x-prefix-".into())),
+                    match_pattern: Some(m::string_matcher::MatchPattern::Prefix(
+                        "x-prefix-".into(),
+                    )),
                     ignore_case: true,
                 },
             ],
@@ -1422,9 +1424,16 @@ fn istio_filter_decisions() {
         let h = x.http.as_ref().unwrap();
         assert_eq!(
             (x.cluster.as_str(), x.timeout_ms, h.path_prefix.as_str()),
-            ("outbound|9000||my-custom-ext-authz.foo.svc.cluster.local", 10_000, "/check")
+            (
+                "outbound|9000||my-custom-ext-authz.foo.svc.cluster.local",
+                10_000,
+                "/check"
+            )
         );
-        assert_eq!(x.allowed_headers[0].regex.as_deref(), Some("(?i)x\\-custom\\-id"));
+        assert_eq!(
+            x.allowed_headers[0].regex.as_deref(),
+            Some("(?i)x\\-custom\\-id")
+        );
         assert_eq!(h.headers_to_add, [("x-header-1".into(), "value-1".into())]);
         assert_eq!(h.allowed_upstream_headers.len(), 2);
         // Both lists of request headers: refused, as Envoy refuses them.
@@ -1440,8 +1449,7 @@ fn istio_filter_decisions() {
         // A formatter in a value is refused, not sent as it is.
         let mut fmt = istiod.clone();
         let mut s3 = service;
-        s3.authorization_request.as_mut().unwrap().headers_to_add[0].value =
-            "%REQ(:path)%".into();
+        s3.authorization_request.as_mut().unwrap().headers_to_add[0].value = "%REQ(:path)%".into();
         fmt.services = Some(ea::ext_authz::Services::HttpService(s3));
         let e = err_text(with(vec![http_filter(
             "envoy.filters.http.ext_authz",

@@ -83,7 +83,12 @@ pub const HEADERS_TO_REMOVE_HEADER: &[u8] = b"x-envoy-auth-headers-to-remove";
 const HTTP_ALLOWED_ALWAYS: [&[u8]; 4] = [b"authorization", b":method", b":path", b":authority"];
 /// The answer's headers that go to a denied caller besides those `allowed_client_headers`
 /// names (Envoy's `toClientMatchers` defaults).
-const HTTP_CLIENT_ALWAYS: [&[u8]; 4] = [b":status", b"content-length", b"www-authenticate", b"location"];
+const HTTP_CLIENT_ALWAYS: [&[u8]; 4] = [
+    b":status",
+    b"content-length",
+    b"www-authenticate",
+    b"location",
+];
 
 /// The network filter's counters besides the shared ones: `ext_authz.STAT_PREFIX.total`,
 /// `.cx_closed` and the gauge `.active` (Envoy's `ALL_TCP_EXT_AUTHZ_STATS`).
@@ -329,7 +334,10 @@ impl HttpCheck {
         let mut h = Vec::with_capacity(
             128 + path.len()
                 + self.path_prefix.len()
-                + fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>(),
+                + fields
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len() + 4)
+                    .sum::<usize>(),
         );
         h.extend_from_slice(method);
         h.push(b' ');
@@ -928,5 +936,4 @@ mod tests {
             Err(CheckError::HttpStatus(503))
         );
     }
-
 }

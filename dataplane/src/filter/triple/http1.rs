@@ -960,11 +960,10 @@ async fn check<C: crate::io::Conn>(
     let pool = routes.authz_pool.and_then(|i| routes.pools.get(i)).cloned();
     // The check's bytes, built before the wait (the header list's borrow ends with them).
     let message = {
-        let allowed = c
-            .hl
-            .iter()
-            .map(|(n, v, _)| (n, v))
-            .filter(|(n, _)| x.allows_header(n));
+        let allowed =
+            c.hl.iter()
+                .map(|(n, v, _)| (n, v))
+                .filter(|(n, _)| x.allows_header(n));
         match &x.http {
             Some(h) => bytes::Bytes::from(h.request_head(allowed)),
             None => {
@@ -978,11 +977,7 @@ async fn check<C: crate::io::Conn>(
                     size: 0,
                     id: 0,
                 };
-                crate::filter::ext_authz::check_request(
-                    &attrs,
-                    allowed,
-                    x.include_peer_certificate,
-                )
+                crate::filter::ext_authz::check_request(&attrs, allowed, x.include_peer_certificate)
             }
         }
     };
@@ -1036,12 +1031,11 @@ async fn check<C: crate::io::Conn>(
         }
     }
     // The request going upstream is the header list as the filter left it.
-    req.fields = c
-        .hl
-        .iter()
-        .filter(|(n, _, _)| !n.starts_with(b":") && *n != b"host")
-        .map(|(n, v, _)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
-        .collect();
+    req.fields =
+        c.hl.iter()
+            .filter(|(n, _, _)| !n.starts_with(b":") && *n != b"host")
+            .map(|(n, v, _)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
+            .collect();
     Ok(())
 }
 
