@@ -351,6 +351,10 @@ fn default_local_host() -> std::net::IpAddr {
 fn is_default_weight(w: &u32) -> bool {
     *w == ENDPOINT_WEIGHT_DEFAULT
 }
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
 fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
@@ -594,6 +598,50 @@ pub struct Runtime {
     /// core included. Each must be in the affinity mask. Read once at start.
     #[serde(default)]
     pub aux_cpus: Vec<usize>,
+}
+
+/// Envoy's `http2_protocol_options.connection_keepalive` (see
+/// `Cluster::http2_keepalive`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Keepalive {
+    /// A PING this often (1 ..= 86400000).
+    pub interval_ms: u64,
+    /// Closed when nothing arrived this long after a PING (1 ..= 86400000).
+    pub timeout_ms: u64,
+    /// Up to this percentage of `interval_ms`, random, added to each interval (Envoy's
+    /// `interval_jitter`, default 15; 0 ..= 100).
+    #[serde(default = "default_keepalive_jitter_percent")]
+    pub jitter_percent: u32,
+}
+
+/// Envoy's `connection_keepalive.interval_jitter` default.
+pub const KEEPALIVE_JITTER_PERCENT_DEFAULT: u32 = 15;
+
+fn default_keepalive_jitter_percent() -> u32 {
+    KEEPALIVE_JITTER_PERCENT_DEFAULT
+}
+
+impl Http2Keepalive {
+    pub fn validate(&self, at: &str, err: &mut dyn FnMut(String, String)) {
+        for (name, v) in [
+            ("interval_ms", self.interval_ms),
+            ("timeout_ms", self.timeout_ms),
+        ] {
+            if !(1..=H2_TIMER_MS_MAX).contains(&v) {
+                err(
+                    format!("{at}.{name}"),
+                    format!("{v} is out of range 1..={H2_TIMER_MS_MAX}"),
+                );
+            }
+        }
+        if self.jitter_percent > 100 {
+            err(
+                format!("{at}.jitter_percent"),
+                format!("{} is out of range 0..=100", self.jitter_percent),
+            );
+        }
+    }
 }
 
 /// TCP keepalive of a socket: SO_KEEPALIVE, TCP_KEEPIDLE (`time_s`), TCP_KEEPINTVL
@@ -2538,6 +2586,32 @@ pub struct Cluster {
     /// max_requests_per_connection`); 0: no limit.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub requests_per_connection_max: u32,
+    /// The stream window ringside gives the upstream on this cluster's HTTP/2 connections
+    /// (SETTINGS_INITIAL_WINDOW_SIZE; Envoy's `http2_protocol_options.
+    /// initial_stream_window_size`, 65535 ..= 2147483647): the most of one response that
+    /// waits in ringside for a caller that reads slower than its upstream writes. Unset: the
+    /// listener's `stream_window_bytes` for gRPC calls, 65535 for HTTP/1.1 requests (xDS:
+    /// Envoy's default, 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_stream_window_bytes: Option<u32>,
+    /// The connection window of the same (Envoy's `initial_connection_window_size`): the
+    /// most all the streams of one connection together make ringside hold. Unset: the
+    /// listener's `connection_window_bytes` for gRPC calls, 1 MiB for HTTP/1.1 requests (xDS:
+    /// Envoy's default, 24 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_connection_window_bytes: Option<u32>,
+    /// HTTP/2 PING keepalive as Envoy's `http2_protocol_options.connection_keepalive`: on
+    /// every HTTP/2 connection of the cluster a PING every `interval_ms` (plus a random
+    /// `jitter_percent` of it at most), idle or not; a connection that then receives nothing
+    /// within `timeout_ms` is closed and its requests fail as a `connection termination`
+    /// reset. Replaces `keepalive_interval_ms` / `keepalive_timeout_ms` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keepalive: Option<Http2Keepalive>,
+    /// HTTP/2 connections of the cluster (gRPC calls and HTTP/1.1 requests) take no new
+    /// request once this old and close when their requests are done (Envoy's
+    /// `common_http_protocol_options.max_connection_duration`); 0: no limit.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub max_connection_duration_ms: u64,
     /// A listener's `alpn_override` (Istio's `istio.alpn`) leaves this cluster's TLS ALPN as
     /// given (xDS: the cluster's `metadata.filter_metadata.istio.alpn_override: "false"`, which
     /// istiod sets for a DestinationRule's own TLS).
@@ -4312,6 +4386,32 @@ fn validate_cluster_limits(
     timer_in_range(c.keepalive_timeout_ms, at("keepalive_timeout_ms"), err);
     if let Some(k) = &c.tcp_keepalive {
         k.validate(&at("tcp_keepalive"), err);
+    }
+    for (name, v) in [
+        ("http2_stream_window_bytes", c.http2_stream_window_bytes),
+        (
+            "http2_connection_window_bytes",
+            c.http2_connection_window_bytes,
+        ),
+    ] {
+        if let Some(v) = v.filter(|v| !(WINDOW_BYTES_MIN..=WINDOW_BYTES_MAX).contains(v)) {
+            err(
+                at(name),
+                format!("{v} is out of range {WINDOW_BYTES_MIN}..={WINDOW_BYTES_MAX}"),
+            );
+        }
+    }
+    if let Some(k) = &c.http2_keepalive {
+        k.validate(&at("http2_keepalive"), err);
+    }
+    if c.max_connection_duration_ms > IDLE_TIMEOUT_MS_MAX {
+        err(
+            at("max_connection_duration_ms"),
+            format!(
+                "{} is out of range 0..={IDLE_TIMEOUT_MS_MAX}",
+                c.max_connection_duration_ms
+            ),
+        );
     }
     range_ms(
         err,

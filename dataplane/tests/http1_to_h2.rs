@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::envoy::{envoy_or_ringside, load_assignment, socket};
-use common::http1::{H2Server, Http1Server};
+use common::http1::{H2Frames, H2Server, Http1Server};
 use common::xds::XdsServer;
 use common::*;
 use serde_json::{json, Value};
@@ -379,13 +379,24 @@ fn proxy_with(
     h2_port: u16,
     options: impl Fn(&mut Value),
 ) -> (SocketAddr, Box<dyn std::any::Any>, XdsServer) {
+    proxy_snapshot(who, h2_port, |snap| {
+        options(
+            &mut snap["clusters"][0]["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+        )
+    })
+}
+
+/// [`proxy`] with [`snapshot`] as `edit` makes it.
+fn proxy_snapshot(
+    who: &str,
+    h2_port: u16,
+    edit: impl Fn(&mut Value),
+) -> (SocketAddr, Box<dyn std::any::Any>, XdsServer) {
     let listen = local(free_port());
     let xds = XdsServer::start();
     let mut snap = snapshot(listen, local(h2_port), local(free_port()));
-    options(
-        &mut snap["clusters"][0]["typed_extension_protocol_options"]
-            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
-    );
+    edit(&mut snap);
     xds.put(&snap).unwrap();
     let p = envoy_or_ringside(who, xds.addr(), "h1h2", "1");
     for kind in ["cds", "lds"] {
@@ -557,4 +568,219 @@ fn the_clusters_stream_and_request_limits_like_envoy() {
     let ringside = run("ringside");
     assert_eq!(envoy, ((3, 2, 0), (3, 1, 0)), "Envoy");
     assert_eq!(ringside, envoy, "ringside (left) vs Envoy (right)");
+}
+
+/// What the first connection of an [`H2Frames`] server got: its SETTINGS_INITIAL_WINDOW_SIZE
+/// (none when the SETTINGS left it out) and connection WINDOW_UPDATE increments.
+fn windows(events: &[(f64, String)]) -> (Option<u32>, Vec<u32>) {
+    let initial = events
+        .iter()
+        .find_map(|(_, e)| e.strip_prefix("SETTINGS "))
+        .and_then(|s| {
+            s.split(',')
+                .find_map(|kv| kv.strip_prefix("4=").map(|v| v.parse().unwrap()))
+        });
+    let updates = events
+        .iter()
+        .filter_map(|(_, e)| e.strip_prefix("WINDOW_UPDATE 0 "))
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (initial, updates)
+}
+
+/// The HTTP/2 windows ringside gives an HTTP/2 upstream are the cluster's
+/// `http2_protocol_options.initial_stream_window_size` and `initial_connection_window_size`,
+/// with Envoy 1.40's defaults (16 MiB and 24 MiB) when unset: the same SETTINGS_INITIAL_
+/// WINDOW_SIZE and connection WINDOW_UPDATE as Envoy sends on its first connection, as a raw
+/// HTTP/2 server records them (before the first response: no window was used yet).
+#[test]
+fn the_clusters_http2_windows_like_envoy() {
+    let cases = [
+        json!({}),
+        json!({"initial_stream_window_size": 65536, "initial_connection_window_size": 1048576}),
+        json!({"initial_stream_window_size": 65535, "initial_connection_window_size": 65535}),
+        json!({"initial_stream_window_size": 2147483647, "initial_connection_window_size": 2147483647}),
+    ];
+    let run = |who: &str, options: &Value| {
+        let port = free_port();
+        let up = H2Frames::start(port, false);
+        let (listen, _proxy, _xds) = proxy(who, port, options.clone());
+        let r = get(listen, "/x");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {r}");
+        // The server's lines reach the test through a pipe and a thread: a moment later.
+        std::thread::sleep(Duration::from_millis(200));
+        let events = up.events(1);
+        let first_headers = events.iter().position(|(_, e)| e.starts_with("HEADERS"));
+        windows(&events[..first_headers.unwrap_or(events.len())])
+    };
+    for o in &cases {
+        let envoy = run("envoy", o);
+        let ringside = run("ringside", o);
+        eprintln!("{o}: envoy {envoy:?}, ringside {ringside:?}");
+        assert_eq!(ringside, envoy, "{o}: ringside (left) vs Envoy (right)");
+    }
+}
+
+/// `http2_protocol_options.connection_keepalive` (interval 1 s, timeout 1 s, no jitter): a
+/// PING every second on the upstream connection, idle or not, as Envoy 1.40 sends them (a
+/// raw HTTP/2 server counts those of the first 3.5 s). Against an upstream that answers
+/// nothing (neither the request nor the PING), the connection is closed 1 s after its first
+/// PING and the request waiting on it fails as Envoy's does (503, `reset reason: connection
+/// termination`, before the route's 5 s timeout).
+#[test]
+fn connection_keepalive_pings_like_envoy() {
+    let keepalive = json!({"connection_keepalive": {
+        "interval": "1s", "timeout": "1s", "interval_jitter": {"value": 0}}});
+    let run = |who: &str| {
+        let port = free_port();
+        let up = H2Frames::start(port, false);
+        let (listen, _proxy, _xds) = proxy(who, port, keepalive.clone());
+        let r = get(listen, "/x");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {r}");
+        std::thread::sleep(Duration::from_millis(3600));
+        let pings: Vec<f64> = up
+            .events(1)
+            .iter()
+            .filter(|(t, e)| e == "PING" && *t < 3.5)
+            .map(|(t, _)| *t)
+            .collect();
+        drop((_proxy, _xds, up));
+        let port = free_port();
+        let up = H2Frames::start(port, true);
+        let (listen, _proxy, _xds) = proxy(who, port, keepalive.clone());
+        let started = std::time::Instant::now();
+        let r = get(listen, "/x");
+        let took = started.elapsed();
+        // The close may reach the server just after the answer reached the caller.
+        std::thread::sleep(Duration::from_millis(300));
+        let events = up.events(1);
+        let eof = events.iter().find(|(_, e)| e == "EOF").map(|(t, _)| *t);
+        let pings_before = events.iter().filter(|(_, e)| e == "PING").count();
+        eprintln!("{who}: PINGs at {pings:?}; silent upstream: {took:?}, closed at {eof:?} after {pings_before} PING(s)\n{r}");
+        assert!(
+            eof.is_some_and(|t| (1.7..3.0).contains(&t)),
+            "{who}: closed at {eof:?}"
+        );
+        (pings.len(), pings_before, comparable(&r))
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert_eq!(envoy.0, 3, "Envoy: 3 PINGs in 3.5 s");
+    assert!(
+        envoy.2.contains("reset reason: connection termination"),
+        "{}",
+        envoy.2
+    );
+    assert_eq!(ringside, envoy, "ringside (left) vs Envoy (right)");
+}
+
+/// `common_http_protocol_options.idle_timeout` (1 s) closes an upstream HTTP/2 connection
+/// that had no request that long, and `max_connection_duration` (1 s) one that is that old
+/// (the next request opens another), as Envoy 1.40 does (ringside says GOAWAY first, Envoy
+/// just closes).
+#[test]
+fn idle_timeout_and_max_connection_duration_like_envoy() {
+    let run = |who: &str, common: Value| {
+        let port = free_port();
+        let up = H2Frames::start(port, false);
+        let (listen, _proxy, _xds) = proxy_with(who, port, |o| {
+            o["common_http_protocol_options"] = common.clone();
+        });
+        let r = get(listen, "/x");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {r}");
+        std::thread::sleep(Duration::from_millis(400));
+        let r = get(listen, "/y");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {r}");
+        std::thread::sleep(Duration::from_millis(1800));
+        let r = get(listen, "/z");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {r}");
+        let eof = up
+            .events(1)
+            .iter()
+            .find(|(_, e)| e == "EOF")
+            .map(|(t, _)| *t);
+        let conns = up.connections();
+        eprintln!("{who} {common}: first connection closed at {eof:?}, {conns} connections");
+        (eof, conns)
+    };
+    // Closed 1 s after its last request (idle: at 1.4 s) or after it opened (duration).
+    for (common, at) in [
+        (json!({"idle_timeout": "1s"}), 1.3..1.9),
+        (json!({"max_connection_duration": "1s"}), 0.9..1.3),
+    ] {
+        let envoy = run("envoy", common.clone());
+        let ringside = run("ringside", common.clone());
+        let when = |(eof, conns): (Option<f64>, u32)| (eof.is_some_and(|t| at.contains(&t)), conns);
+        assert_eq!(when(envoy), (true, 2), "Envoy {common}: {envoy:?}");
+        let (envoy, ringside) = (when(envoy), when(ringside));
+        assert_eq!(
+            ringside, envoy,
+            "{common}: ringside (left) vs Envoy (right)"
+        );
+    }
+}
+
+/// The windows a proxy gives callers on an HTTP connection manager's HTTP/2 connections: the
+/// HCM's `http2_protocol_options.initial_stream_window_size` and
+/// `initial_connection_window_size`, Envoy 1.40's defaults (16 MiB, 24 MiB) when unset: the
+/// SETTINGS_INITIAL_WINDOW_SIZE and connection WINDOW_UPDATE a raw client gets.
+#[test]
+fn the_listeners_http2_windows_like_envoy() {
+    fn frames(listen: SocketAddr) -> (Option<u32>, Vec<u32>) {
+        let mut s = std::net::TcpStream::connect(listen).unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let (mut initial, mut updates, mut at) = (None, Vec::new(), 0);
+        while buf.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            let (kind, flags) = (buf[at + 3], buf[at + 4]);
+            let stream = u32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap());
+            let p = &buf[at + 9..(at + 9 + len).min(buf.len())];
+            if kind == 4 && flags & 1 == 0 {
+                for kv in p.chunks(6) {
+                    if kv[..2] == [0, 4] {
+                        initial = Some(u32::from_be_bytes(kv[2..6].try_into().unwrap()));
+                    }
+                }
+            }
+            if kind == 8 && stream == 0 {
+                updates.push(u32::from_be_bytes(p.try_into().unwrap()));
+            }
+            at += 9 + len;
+        }
+        (initial, updates)
+    }
+    for options in [
+        None,
+        Some(
+            json!({"initial_stream_window_size": 70000, "initial_connection_window_size": 100000}),
+        ),
+    ] {
+        let run = |who: &str| {
+            let (listen, _proxy, _xds) = proxy_snapshot(who, free_port(), |snap| {
+                if let Some(o) = &options {
+                    snap["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                        ["http2_protocol_options"] = o.clone();
+                }
+            });
+            frames(listen)
+        };
+        let envoy = run("envoy");
+        let ringside = run("ringside");
+        eprintln!("{options:?}: envoy {envoy:?}, ringside {ringside:?}");
+        assert_eq!(
+            ringside, envoy,
+            "{options:?}: ringside (left) vs Envoy (right)"
+        );
+    }
 }

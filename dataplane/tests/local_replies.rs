@@ -428,3 +428,101 @@ fn local_replies_get_route_response_mutations_like_envoy() {
         }
     }
 }
+
+/// After the response headers went to the caller, the route's timeout passes while the
+/// upstream holds the rest (a grpcio unary call whose server sent its headers then sleeps; an
+/// HTTP/1.1 request whose HTTP/2 upstream sent its head and half its body then stalls), against
+/// Envoy 1.40 given the same LDS/CDS: Envoy's filter manager can only reset the caller's
+/// stream then (HTTP/2: RST_STREAM; HTTP/1.1: the connection closes mid-body), where ringside
+/// once ended the call with trailers. grpcio's status and details, the response headers it
+/// got, and the HTTP/1.1 status line and ending are the same through both.
+#[test]
+fn failures_after_the_response_began_reset_like_envoy() {
+    use common::grpc::GrpcServer;
+    use common::http1::H2Server;
+    let grpc = GrpcServer::start(
+        0,
+        "slow",
+        &["--initial-metadata", "x-a=1", "--delay-ms", "3000"],
+    );
+    let h2_port = free_port();
+    let _h2 = H2Server::start(h2_port, "h2");
+    let snapshot = |listen: SocketAddr| {
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http", "codec_type": "AUTO",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "1s"}},
+                {"match": {"prefix": "/stall/"}, "route": {"cluster": "h2up", "timeout": "1s"}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        });
+        let cluster = |name: &str, ep: SocketAddr| {
+            json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": load_assignment(name, &[ep]),
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}}}})
+        };
+        json!({
+            "version": "v1",
+            "listeners": [{"name": "l", "address": socket(listen), "traffic_direction": "OUTBOUND",
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+            "clusters": [cluster("grpc", grpc.addr()), cluster("h2up", local(h2_port))]
+        })
+    };
+    let run = |who: &str| -> (Vec<String>, Vec<String>) {
+        let listen = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen)).unwrap();
+        let _proxy = envoy_or_ringside(who, xds.addr(), "began", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        let out = grpc_call(listen, &CallOpts::new(Call::Unary).timeout_s(5.0));
+        let ms = out.elapsed_ms;
+        assert!((800.0..2500.0).contains(&ms), "{who}: {ms} ms: {out:?}");
+        let mut initial: Vec<String> = out
+            .initial
+            .iter()
+            .filter(|(k, _)| k.starts_with("x-a"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        initial.sort();
+        let mut trailers: Vec<String> = out.trailers.keys().cloned().collect();
+        trailers.sort();
+        let grpc_seen = vec![
+            format!("code={} {}", out.code_number, out.code),
+            format!("details={}", out.details),
+            format!("initial={initial:?}"),
+            format!("trailers={trailers:?}"),
+        ];
+        let (r, _) = http1(
+            listen,
+            "GET /stall/3000 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        );
+        let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let http1_seen = vec![
+            head.lines().next().unwrap_or("").to_string(),
+            format!("chunked={chunked}"),
+            format!("has the body's start={}", body.contains("h2 GET /stall/3000")),
+            format!("ended={}", body.ends_with("0\r\n\r\n")),
+        ];
+        (grpc_seen, http1_seen)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    eprintln!("envoy: {envoy:#?}\nringside: {ringside:#?}");
+    // Envoy got the response headers to the caller, then cut the stream short (a timeout
+    // before them is a trailers-only UNAVAILABLE `upstream request timeout`; grpcio shows no
+    // response metadata of a failed call).
+    assert!(envoy.0[1].contains("RST_STREAM"), "{envoy:?}");
+    assert_eq!(envoy.1[0], "HTTP/1.1 200 OK", "{envoy:?}");
+    assert_eq!(envoy.1[3], "ended=false", "{envoy:?}");
+    assert_eq!(ringside, envoy);
+}

@@ -842,3 +842,115 @@ fn route_header_stream_operators_are_envoys() {
     }
     assert_eq!(ringside, envoy);
 }
+
+/// Route timeouts as Envoy 1.40 applies them, given the same RDS: a `RouteAction` without
+/// `timeout` (Envoy's 15 s), `timeout: 0s` (istiod's default: none), `2s`, and `0s` with a
+/// `per_try_timeout`. A grpcio call and an HTTP/1.1 request per route (to an HTTP/1.1
+/// upstream that names the header as it got it): the upstream sees the same
+/// `x-envoy-expected-rq-timeout-ms` (or none) through both proxies.
+#[test]
+fn route_timeouts_and_the_expected_timeout_header_are_envoys() {
+    let grpc = GrpcServer::start(0, "up", &[]);
+    let h1_port = free_port();
+    let _h1 = Http1Server::start("127.0.0.1", h1_port, "h1");
+    const CASES: [&str; 4] = ["none", "zero", "two", "try"];
+    let timeout = |case: &str| match case {
+        "none" => json!({}),
+        "zero" => json!({"timeout": "0s"}),
+        "two" => json!({"timeout": "2s"}),
+        _ => json!({"timeout": "0s", "retry_policy": {"retry_on": "5xx", "num_retries": 1,
+            "per_try_timeout": "1.5s"}}),
+    };
+    let snapshot = |listen: SocketAddr| {
+        let mut routes = Vec::new();
+        for (prefix, cluster) in [("/helloworld.Greeter/", "grpc"), ("/header/", "h1up")] {
+            for case in CASES {
+                routes.push(json!({
+                    "match": {"prefix": prefix, "headers": [
+                        {"name": "x-t", "string_match": {"exact": case}}]},
+                    "route": with(json!({"cluster": cluster}), timeout(case))}));
+            }
+        }
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http", "codec_type": "AUTO",
+            "route_config": {"name": "t", "virtual_hosts": [
+                {"name": "svc", "domains": ["*"], "routes": routes}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        });
+        let cluster = |name: &str, ep: SocketAddr, h2: bool| {
+            let mut c = json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": load_assignment(name, &[ep])});
+            if h2 {
+                c["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}}});
+            }
+            c
+        };
+        json!({
+            "version": "v1",
+            "listeners": [{"name": "t", "address": socket(listen), "traffic_direction": "OUTBOUND",
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+            "clusters": [cluster("grpc", grpc.addr(), true), cluster("h1up", local(h1_port), false)]
+        })
+    };
+    let run = |who: &str| -> Vec<(String, String)> {
+        let listen = local(free_port());
+        let xds = XdsServer::start();
+        xds.put(&snapshot(listen)).unwrap();
+        let _proxy = envoy_or_ringside(who, xds.addr(), "timeouts", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        wait_listening(listen);
+        let mut seen = Vec::new();
+        for case in CASES {
+            let out = grpc_call(listen, &CallOpts::new(Call::Unary).meta("x-t", case));
+            assert!(out.ok, "{who} {case}: {out:?}");
+            let grpc_saw = out
+                .replies
+                .first()
+                .map(|r| r.metadata.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.starts_with("x-envoy-expected-rq-timeout-ms="))
+                .collect::<Vec<_>>()
+                .join(",");
+            let r = http1(
+                listen,
+                &format!(
+                    "GET /header/x-envoy-expected-rq-timeout-ms HTTP/1.1\r\nHost: svc\r\n\
+                     x-t: {case}\r\nConnection: close\r\n\r\n"
+                ),
+            );
+            let h1_saw = r
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.trim().rsplit(' ').next().unwrap_or("").to_string())
+                .unwrap_or(r);
+            seen.push((format!("{case} grpc: {grpc_saw}"), format!("{case} http1: {h1_saw}")));
+        }
+        seen
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    eprintln!("envoy: {envoy:#?}\nringside: {ringside:#?}");
+    // Envoy: 15 s without a timeout, none with 0s, the per-try timeout when shorter.
+    assert_eq!(
+        envoy[0],
+        (
+            "none grpc: x-envoy-expected-rq-timeout-ms=15000".to_string(),
+            "none http1: x-envoy-expected-rq-timeout-ms=15000".to_string()
+        )
+    );
+    assert_eq!(
+        envoy[1],
+        (
+            "zero grpc: ".to_string(),
+            "zero http1: x-envoy-expected-rq-timeout-ms=none".to_string()
+        )
+    );
+    assert_eq!(ringside, envoy);
+}

@@ -738,6 +738,25 @@ fn chain_listener(
                 suppress_envoy_headers,
                 ..TripleListener::default()
             };
+            // The windows ringside gives callers, Envoy's unless the HCM's HTTP/2 options
+            // give them (a caller connection holds at most its connection window in
+            // ringside: credit goes back as bytes are relayed).
+            let o = h.http2_protocol_options.as_ref();
+            let h2at = format!("{tat}.http2_protocol_options");
+            t.stream_window_bytes = h2_window(
+                o.and_then(|o| o.initial_stream_window_size.as_ref()),
+                ENVOY_STREAM_WINDOW_DEFAULT,
+                ctx,
+                &h2at,
+                "initial_stream_window_size",
+            )?;
+            t.connection_window_bytes = h2_window(
+                o.and_then(|o| o.initial_connection_window_size.as_ref()),
+                ENVOY_CONNECTION_WINDOW_DEFAULT,
+                ctx,
+                &h2at,
+                "initial_connection_window_size",
+            )?;
             routes.fill(&mut t);
             out.triple = Some(t);
         }
@@ -2683,6 +2702,10 @@ fn triple_route(
     })
 }
 
+/// Envoy's route timeout when a `RouteAction` gives none (`RouteEntryImplBase`'s
+/// `DEFAULT_ROUTE_TIMEOUT_MS`).
+const HTTP_ROUTE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+
 fn http_action(
     a: &route_pb::RouteAction,
     ctx: &Ctx<'_>,
@@ -2733,9 +2756,18 @@ fn http_action(
         None => return refuse("cluster", "give cluster or weighted_clusters"),
     };
     out.rewrite = rewrite;
-    if let Some(t) = &a.timeout {
-        out.timeout_ms = Some(timeout_ms(t, ctx, &format!("{at}.timeout"))?);
-    }
+    // Envoy's router: no `timeout` is 15 s, 0 none (nor the `x-envoy-expected-rq-timeout-ms`
+    // it would send upstream).
+    out.timeout_ms = match &a.timeout {
+        None => Some(HTTP_ROUTE_TIMEOUT_MS_DEFAULT),
+        Some(t) => Some(duration_ms(
+            t,
+            ctx,
+            &format!("{at}.timeout"),
+            config::REQUEST_TIMEOUT_MS_MAX,
+        )?)
+        .filter(|&ms| ms > 0),
+    };
     if let Some(p) = &a.retry_policy {
         out.retry_policy = retry_policy(p, ctx, &format!("{at}.retry_policy"))?;
     }
@@ -3149,8 +3181,15 @@ fn retry_policy(
         true => p.retriable_status_codes.clone(),
         false => Vec::new(),
     };
+    // Envoy: 0 is no per-try timeout (nor one in `x-envoy-expected-rq-timeout-ms`).
     let per_try_timeout_ms = match &p.per_try_timeout {
-        Some(d) => Some(timeout_ms(d, ctx, &format!("{at}.per_try_timeout"))?),
+        Some(d) => Some(duration_ms(
+            d,
+            ctx,
+            &format!("{at}.per_try_timeout"),
+            config::REQUEST_TIMEOUT_MS_MAX,
+        )?)
+        .filter(|&ms| ms > 0),
         None => None,
     };
     // Envoy: `base_interval` required and above 0 (under 1 ms: 1 ms), `max_interval` at
@@ -3455,7 +3494,10 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
     {
         upstream_http = config::UpstreamHttp::Downstream;
     }
-    let (mut http2_streams_max, mut requests_per_connection_max) = (0, 0);
+    let mut h2 = match &c.http2_protocol_options {
+        Some(h) => upstream_h2(Some(h), None, &ctx, "http2_protocol_options")?,
+        None => upstream_h2(None, None, &ctx, "")?,
+    };
     for (key, any) in &c.typed_extension_protocol_options {
         let at = format!("typed_extension_protocol_options[{key:?}]");
         if key != HTTP_PROTOCOL_OPTIONS {
@@ -3467,7 +3509,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         let want = format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}");
         let o: upstream_http_pb::HttpProtocolOptions = unpack(any, &want, &ctx, &at)?;
         upstream_http = upstream_protocol(&o, &ctx, &at)?;
-        (http2_streams_max, requests_per_connection_max) = upstream_limits(&o);
+        h2 = upstream_options(&o, &ctx, &at)?;
     }
     // ALPN decides under auto_config: every transport socket of the cluster must be TLS (as
     // Envoy refuses "ALPN configured for cluster ... which has a non-ALPN transport socket").
@@ -3541,7 +3583,7 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         pending_requests_max: config::PENDING_REQUESTS_PER_HOST_MAX_DEFAULT,
         heartbeat_interval_ms: config::HEARTBEAT_INTERVAL_MS_DEFAULT,
         response_bytes_max: config::RESPONSE_BYTES_MAX_DEFAULT,
-        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+        idle_timeout_ms: h2.idle_timeout_ms,
         keepalive_interval_ms: config::KEEPALIVE_INTERVAL_MS_DEFAULT,
         keepalive_timeout_ms: config::KEEPALIVE_TIMEOUT_MS_DEFAULT,
         tcp_keepalive: match c
@@ -3555,8 +3597,12 @@ fn cluster(c: &cluster_pb::Cluster) -> Result<ClusterRes, TranslateError> {
         tls,
         transport_socket_matches,
         upstream_http,
-        http2_streams_max,
-        requests_per_connection_max,
+        http2_streams_max: h2.streams_max,
+        requests_per_connection_max: h2.requests_max,
+        http2_stream_window_bytes: Some(h2.stream_window),
+        http2_connection_window_bytes: Some(h2.connection_window),
+        http2_keepalive: h2.keepalive,
+        max_connection_duration_ms: h2.max_connection_duration_ms,
         keep_alpn: keeps_alpn(c.metadata.as_ref()),
         circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref(), &ctx)?,
         outlier_detection: match &c.outlier_detection {
@@ -3640,29 +3686,192 @@ fn upstream_protocol(
     })
 }
 
-/// The limits an `HttpProtocolOptions` sets on the HTTP/2 connections of HTTP/1.1 requests:
-/// (`max_concurrent_streams` of its HTTP/2 options, `common_http_protocol_options.
-/// max_requests_per_connection`), 0 where unset.
-fn upstream_limits(o: &upstream_http_pb::HttpProtocolOptions) -> (u32, u32) {
+/// What a cluster's HTTP/2 options and `common_http_protocol_options` set on its upstream
+/// connections.
+struct UpstreamH2 {
+    /// `max_concurrent_streams`, `max_requests_per_connection` (0: unset).
+    streams_max: u32,
+    requests_max: u32,
+    stream_window: u32,
+    connection_window: u32,
+    keepalive: Option<config::Http2Keepalive>,
+    idle_timeout_ms: u64,
+    max_connection_duration_ms: u64,
+}
+
+/// Envoy 1.40's HTTP/2 windows when `initial_stream_window_size` /
+/// `initial_connection_window_size` are not given (what it advertises: SETTINGS_INITIAL_
+/// WINDOW_SIZE 16777216 and a connection WINDOW_UPDATE to 25165824; tests/h2_options.rs).
+pub(crate) const ENVOY_STREAM_WINDOW_DEFAULT: u32 = 16 << 20;
+pub(crate) const ENVOY_CONNECTION_WINDOW_DEFAULT: u32 = 24 << 20;
+
+/// An HTTP/2 window field (`at.name`): Envoy's default when unset, NACKed outside Envoy's
+/// range (65535 ..= 2^31 - 1).
+fn h2_window(
+    v: Option<&envoy_types::pb::google::protobuf::UInt32Value>,
+    default: u32,
+    ctx: &Ctx<'_>,
+    at: &str,
+    name: &str,
+) -> Result<u32, TranslateError> {
+    let Some(v) = v.map(|v| v.value) else {
+        return Ok(default);
+    };
+    if !(config::WINDOW_BYTES_MIN..=config::WINDOW_BYTES_MAX).contains(&v) {
+        return Err(ctx.err(
+            join(at, name),
+            format!(
+                "{v} is out of range {}..={}",
+                config::WINDOW_BYTES_MIN,
+                config::WINDOW_BYTES_MAX
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+/// The HTTP/2 options of a cluster (`h2` at `at`; none: Envoy's defaults) and its
+/// `common_http_protocol_options` (`common` at `common_at`).
+fn upstream_h2(
+    h2: Option<&core_pb::Http2ProtocolOptions>,
+    common: Option<(&core_pb::HttpProtocolOptions, &str)>,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<UpstreamH2, TranslateError> {
+    let mut out = UpstreamH2 {
+        streams_max: 0,
+        requests_max: 0,
+        stream_window: ENVOY_STREAM_WINDOW_DEFAULT,
+        connection_window: ENVOY_CONNECTION_WINDOW_DEFAULT,
+        keepalive: None,
+        idle_timeout_ms: config::IDLE_TIMEOUT_MS_DEFAULT,
+        max_connection_duration_ms: 0,
+    };
+    if let Some(h) = h2 {
+        out.streams_max = h.max_concurrent_streams.as_ref().map_or(0, |v| v.value);
+        out.stream_window = h2_window(
+            h.initial_stream_window_size.as_ref(),
+            ENVOY_STREAM_WINDOW_DEFAULT,
+            ctx,
+            at,
+            "initial_stream_window_size",
+        )?;
+        out.connection_window = h2_window(
+            h.initial_connection_window_size.as_ref(),
+            ENVOY_CONNECTION_WINDOW_DEFAULT,
+            ctx,
+            at,
+            "initial_connection_window_size",
+        )?;
+        if let Some(k) = &h.connection_keepalive {
+            out.keepalive = h2_keepalive(k, ctx, &join(at, "connection_keepalive"))?;
+        }
+    }
+    if let Some((c, cat)) = common {
+        out.requests_max = c
+            .max_requests_per_connection
+            .as_ref()
+            .map_or(0, |v| v.value);
+        if let Some(d) = &c.idle_timeout {
+            // Envoy: 0 disables it; ringside's longest (a day) instead, and a longer one is
+            // taken as a day.
+            let ms = duration_ms(d, ctx, &join(cat, "idle_timeout"), u64::MAX / 2)?;
+            out.idle_timeout_ms = match ms {
+                0 => config::DUBBO_TIMER_MS_MAX,
+                ms => ms.min(config::DUBBO_TIMER_MS_MAX),
+            };
+        }
+        if let Some(d) = &c.max_connection_duration {
+            // 0: none, as in Envoy.
+            out.max_connection_duration_ms =
+                duration_ms(d, ctx, &join(cat, "max_connection_duration"), u64::MAX / 2)?
+                    .min(config::IDLE_TIMEOUT_MS_MAX);
+        }
+        if c.max_connection_duration_jitter.is_some() {
+            return Err(ctx.err(join(cat, "max_connection_duration_jitter"), "not supported"));
+        }
+    }
+    Ok(out)
+}
+
+/// `connection_keepalive` as Envoy validates it (`timeout` required, durations of 1 ms at
+/// least, `interval_jitter` 0 ..= 100 %); without `interval` no PING is sent (Envoy's
+/// `connection_idle_interval` PING before a stream on an idle connection is refused).
+fn h2_keepalive(
+    k: &core_pb::KeepaliveSettings,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Option<config::Http2Keepalive>, TranslateError> {
+    if k.connection_idle_interval.is_some() {
+        return Err(ctx.err(join(at, "connection_idle_interval"), "not supported"));
+    }
+    let ms = |d: &Duration, name: &str| -> Result<u64, TranslateError> {
+        let field = join(at, name);
+        let ms = duration_ms(d, ctx, &field, config::H2_TIMER_MS_MAX)?;
+        if ms == 0 {
+            return Err(ctx.err(field, "must be at least 1 ms"));
+        }
+        Ok(ms)
+    };
+    let Some(timeout) = &k.timeout else {
+        return Err(ctx.err(join(at, "timeout"), "missing"));
+    };
+    let timeout_ms = ms(timeout, "timeout")?;
+    let jitter_percent = match &k.interval_jitter {
+        None => config::KEEPALIVE_JITTER_PERCENT_DEFAULT,
+        Some(p) if (0.0..=100.0).contains(&p.value) => p.value.round() as u32,
+        Some(p) => {
+            return Err(ctx.err(
+                join(at, "interval_jitter"),
+                format!("{} is out of range 0..=100", p.value),
+            ))
+        }
+    };
+    Ok(match &k.interval {
+        None => None,
+        Some(d) => Some(config::Http2Keepalive {
+            interval_ms: ms(d, "interval")?,
+            timeout_ms,
+            jitter_percent,
+        }),
+    })
+}
+
+/// What an `HttpProtocolOptions` (at `at`) sets on the cluster's HTTP/2 connections: the
+/// HTTP/2 options of whichever protocol config it has, and `common_http_protocol_options`.
+fn upstream_options(
+    o: &upstream_http_pb::HttpProtocolOptions,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<UpstreamH2, TranslateError> {
     use upstream_http_pb::http_protocol_options::explicit_http_config::ProtocolConfig as P;
     use upstream_http_pb::http_protocol_options::UpstreamProtocolOptions as U;
-    let h2 = match &o.upstream_protocol_options {
+    let (h2, h2_at) = match &o.upstream_protocol_options {
         Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
-            Some(P::Http2ProtocolOptions(h)) => Some(h),
-            _ => None,
+            Some(P::Http2ProtocolOptions(h)) => {
+                (Some(h), "explicit_http_config.http2_protocol_options")
+            }
+            _ => (None, ""),
         },
-        Some(U::AutoConfig(a)) => a.http2_protocol_options.as_ref(),
-        _ => None,
+        Some(U::AutoConfig(a)) => (
+            a.http2_protocol_options.as_ref(),
+            "auto_config.http2_protocol_options",
+        ),
+        Some(U::UseDownstreamProtocolConfig(d)) => (
+            d.http2_protocol_options.as_ref(),
+            "use_downstream_protocol_config.http2_protocol_options",
+        ),
+        None => (None, ""),
     };
-    let streams = h2
-        .and_then(|h| h.max_concurrent_streams.as_ref())
-        .map_or(0, |v| v.value);
-    let requests = o
-        .common_http_protocol_options
-        .as_ref()
-        .and_then(|c| c.max_requests_per_connection.as_ref())
-        .map_or(0, |v| v.value);
-    (streams, requests)
+    let cat = join(at, "common_http_protocol_options");
+    upstream_h2(
+        h2,
+        o.common_http_protocol_options
+            .as_ref()
+            .map(|c| (c, cat.as_str())),
+        ctx,
+        &join(at, h2_at),
+    )
 }
 
 /// A cluster's `upstream_bind_config` (Istio's inbound clusters: 127.0.0.6, and `::6` in

@@ -659,6 +659,35 @@ fn hcm_rds_and_route_resource() {
     assert_eq!(routes[0].route.cluster.as_deref(), Some("c"));
 }
 
+/// A route's timeout as Envoy's router takes it: unset is its 15 s default, `0s` none (what
+/// istiod sets), any other its value.
+#[test]
+fn route_timeout_defaults_as_envoys() {
+    let timed = |t: Option<(i64, i32)>| {
+        let mut r = route_to("/", "c");
+        if let Some(route_pb::route::Action::Route(a)) = r.action.as_mut() {
+            a.timeout = t.map(|(seconds, nanos)| Duration { seconds, nanos });
+        }
+        r
+    };
+    let rc = route_config_pb(
+        "t",
+        &["*"],
+        vec![timed(None), timed(Some((0, 0))), timed(Some((2, 500_000_000)))],
+    );
+    let any = Any {
+        type_url: ROUTE_TYPE.into(),
+        value: rc.encode_to_vec(),
+    };
+    let (_, t) = decode_route(&any).unwrap();
+    let got: Vec<Option<u64>> = t.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.route.timeout_ms)
+        .collect();
+    assert_eq!(got, [Some(15_000), None, Some(2_500)]);
+}
+
 /// Virtual hosts stay hosts (each with its own routes), in order, with Envoy's domain rules
 /// and `ignore_port_in_host_matching`; `vhost_header` and `:authority` rewrites are refused.
 #[test]
@@ -955,6 +984,117 @@ fn clusters() {
         k.typed_extension_protocol_options
             .insert(HTTP_PROTOCOL_OPTIONS.into(), Any::default());
         assert!(decode_cluster(&pack_any(k)).is_err(), "an Any of no type");
+
+        // The HTTP/2 options and common_http_protocol_options: windows (Envoy's 16 MiB /
+        // 24 MiB when unset, its range enforced), connection_keepalive, idle_timeout,
+        // max_connection_duration, each out-of-range value NACKed naming its field.
+        let u32v = |value| Some(envoy_types::pb::google::protobuf::UInt32Value { value });
+        let secs =
+            |seconds| Some(envoy_types::pb::google::protobuf::Duration { seconds, nanos: 0 });
+        let with_h2 = |h: core_pb::Http2ProtocolOptions,
+                       c: Option<core_pb::HttpProtocolOptions>| {
+            let mut k = s.clone();
+            let opts = upstream_http_pb::HttpProtocolOptions {
+                upstream_protocol_options: explicit(P::Http2ProtocolOptions(h)),
+                common_http_protocol_options: c,
+                ..Default::default()
+            };
+            k.typed_extension_protocol_options
+                .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(opts));
+            decode_cluster(&pack_any(k)).map(|(_, c)| c.cluster)
+        };
+        let c = with_h2(Default::default(), None).unwrap();
+        assert_eq!(
+            (c.http2_stream_window_bytes, c.http2_connection_window_bytes),
+            (Some(16 << 20), Some(24 << 20))
+        );
+        assert_eq!(
+            (
+                c.http2_keepalive,
+                c.idle_timeout_ms,
+                c.max_connection_duration_ms
+            ),
+            (None, config::IDLE_TIMEOUT_MS_DEFAULT, 0)
+        );
+        let c = with_h2(
+            core_pb::Http2ProtocolOptions {
+                initial_stream_window_size: u32v(65535),
+                initial_connection_window_size: u32v(1 << 20),
+                connection_keepalive: Some(core_pb::KeepaliveSettings {
+                    interval: secs(10),
+                    timeout: secs(2),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Some(core_pb::HttpProtocolOptions {
+                idle_timeout: secs(30),
+                max_connection_duration: secs(600),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.http2_stream_window_bytes, c.http2_connection_window_bytes),
+            (Some(65535), Some(1 << 20))
+        );
+        assert_eq!(
+            c.http2_keepalive,
+            Some(config::Http2Keepalive {
+                interval_ms: 10_000,
+                timeout_ms: 2_000,
+                jitter_percent: 15
+            })
+        );
+        assert_eq!(
+            (c.idle_timeout_ms, c.max_connection_duration_ms),
+            (30_000, 600_000)
+        );
+        // idle_timeout 0: Envoy never closes; ringside after a day.
+        let c = with_h2(
+            Default::default(),
+            Some(core_pb::HttpProtocolOptions {
+                idle_timeout: secs(0),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(c.idle_timeout_ms, config::DUBBO_TIMER_MS_MAX);
+        let nack = |h: core_pb::Http2ProtocolOptions| with_h2(h, None).unwrap_err().to_string();
+        let e = nack(core_pb::Http2ProtocolOptions {
+            initial_stream_window_size: u32v(65534),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("explicit_http_config.http2_protocol_options.initial_stream_window_size")
+                && e.contains("65534 is out of range 65535..=2147483647"),
+            "{e}"
+        );
+        let e = nack(core_pb::Http2ProtocolOptions {
+            initial_connection_window_size: u32v(1 << 31),
+            ..Default::default()
+        });
+        assert!(e.contains("initial_connection_window_size"), "{e}");
+        let e = nack(core_pb::Http2ProtocolOptions {
+            connection_keepalive: Some(core_pb::KeepaliveSettings {
+                interval: secs(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(e.contains("connection_keepalive.timeout`: missing"), "{e}");
+        let e = nack(core_pb::Http2ProtocolOptions {
+            connection_keepalive: Some(core_pb::KeepaliveSettings {
+                timeout: secs(1),
+                connection_idle_interval: secs(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("connection_keepalive.connection_idle_interval"),
+            "{e}"
+        );
     }
     let (_, c) = decode_cluster(&pack_any(s.clone())).unwrap();
     assert_eq!(c.eds, None);

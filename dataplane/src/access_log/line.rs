@@ -102,11 +102,12 @@ enum Value {
     Hostname,
 }
 
+/// In this order in [`Key::addrs`].
 #[derive(Clone, Copy)]
 enum Which {
-    Upstream,
-    Remote,
-    Local,
+    Upstream = 0,
+    Remote = 1,
+    Local = 2,
 }
 
 #[derive(Clone, Copy)]
@@ -262,6 +263,9 @@ impl Plan {
 struct Out {
     buf: Vec<u8>,
     pos: usize,
+    /// Counts the times the written text was taken (`pos` back to 0, or a new buffer): a
+    /// line remembered at a place in `buf` is there while this has not changed.
+    epoch: u64,
 }
 
 impl Out {
@@ -399,6 +403,7 @@ impl Lines {
             out: Out {
                 buf: vec![0; bytes],
                 pos: 0,
+                epoch: 0,
             },
             addrs: [AddrSlot::default(); ADDR_SLOTS],
             next_addr: 0,
@@ -414,6 +419,7 @@ impl Lines {
 
     pub fn clear(&mut self) {
         self.out.pos = 0;
+        self.out.epoch += 1;
     }
 
     /// Shrinks a buffer a very long line grew past `bytes` (after its text was taken).
@@ -421,6 +427,7 @@ impl Lines {
         if self.out.buf.len() > 4 * bytes {
             self.out.buf = vec![0; bytes];
             self.out.pos = 0;
+            self.out.epoch += 1;
         }
     }
 
@@ -523,7 +530,25 @@ fn render(
     let Plan {
         steps, templates, ..
     } = plan;
-    let t = &templates[t];
+    let t = &mut templates[t];
+    // A line whose holes read what the last line's read is that line again: one copy.
+    let key = t.memo.as_ref().and_then(|m| m.key(f));
+    if let (
+        Some(k),
+        Some(Memo {
+            last: Some(last), ..
+        }),
+    ) = (&key, &t.memo)
+    {
+        if last.epoch == out.epoch && last.key == *k {
+            let (at, len) = (last.at, last.len);
+            out.room(len);
+            out.buf.copy_within(at..at + len, out.pos);
+            out.pos += len;
+            return;
+        }
+    }
+    let line_start = out.pos;
     out.room(t.bound);
     let ctx = Ctx {
         records,
@@ -535,7 +560,10 @@ fn render(
         h.text.put(out);
         // The common holes inline; the others (and any with a `:N` cut) by the step.
         match h.kind {
-            Kind::Duration => out.num(f.duration.get().as_millis() as u64),
+            Kind::Duration => out.num(match &key {
+                Some(k) => k.ms,
+                None => f.duration.get().as_millis() as u64,
+            }),
             Kind::ResponseCode => out.num(u64::from(f.response_code.unwrap_or(0))),
             Kind::BytesReceived => out.num(f.bytes_received),
             Kind::BytesSent => out.num(f.bytes_sent),
@@ -564,6 +592,101 @@ fn render(
         }
     }
     t.tail.put(out);
+    if let (Some(key), Some(m)) = (key, &mut t.memo) {
+        m.last = Some(Last {
+            key,
+            at: line_start,
+            len: out.pos - line_start,
+            epoch: out.epoch,
+        });
+    }
+}
+
+/// Everything a [`Memo`] template's holes read from a record (what they do not show left at
+/// a constant; addresses as [`v4_key`]s): two records with the same key have the same line.
+#[derive(Clone, Copy, PartialEq)]
+struct Key {
+    start: SystemTime,
+    ms: u64,
+    code: u32,
+    received: u64,
+    sent: u64,
+    upstream: u64,
+    remote: u64,
+    local: u64,
+}
+
+/// The last line of a template whose holes are all times, numbers and addresses with their
+/// port (no string, header, flag or cut: what [`Key`] holds): a record with that line's key
+/// gets a copy of it instead of its holes written again. The calls answered together share
+/// their start, and a service's calls often their sizes, status and upstream: most lines of
+/// a busy listener are the one before, but for their time.
+struct Memo {
+    /// The holes show the start, the duration, and which addresses (upstream, remote, local).
+    time: bool,
+    duration: bool,
+    addrs: [bool; 3],
+    last: Option<Last>,
+}
+
+#[derive(Clone, Copy)]
+struct Last {
+    key: Key,
+    /// Where the line is in the output, and the output's [`Out::epoch`] then.
+    at: usize,
+    len: usize,
+    epoch: u64,
+}
+
+impl Memo {
+    /// `None` for holes a [`Key`] does not hold.
+    fn of(holes: &[Hole]) -> Option<Memo> {
+        let mut m = Memo {
+            time: false,
+            duration: false,
+            addrs: [false; 3],
+            last: None,
+        };
+        for h in holes {
+            match h.kind {
+                Kind::Time => m.time = true,
+                Kind::Duration => m.duration = true,
+                Kind::Addr(w) => m.addrs[w as usize] = true,
+                Kind::ResponseCode | Kind::BytesReceived | Kind::BytesSent | Kind::Text => {}
+                Kind::Step => return None,
+            }
+        }
+        Some(m)
+    }
+
+    /// `None` for a record with an IPv6 address the holes show (written each time).
+    #[inline]
+    fn key(&self, f: &Fixed) -> Option<Key> {
+        let addr = |w: Which| match self.addrs[w as usize] {
+            true => match w.of(f) {
+                Some(SocketAddr::V4(a)) => Some(v4_key(&a, true)),
+                Some(SocketAddr::V6(_)) => None,
+                None => Some(0),
+            },
+            false => Some(0),
+        };
+        Some(Key {
+            start: match self.time {
+                true => f.start,
+                false => UNIX_EPOCH,
+            },
+            ms: match self.duration {
+                true => f.duration.get().as_millis() as u64,
+                false => 0,
+            },
+            code: f.response_code.unwrap_or(0),
+            received: f.bytes_received,
+            sent: f.bytes_sent,
+            upstream: addr(Which::Upstream)?,
+            remote: addr(Which::Remote)?,
+            local: addr(Which::Local)?,
+        })
+    }
 }
 
 /// A plan's steps for records of one [`Shape`]: what every record of that shape shows the same
@@ -578,6 +701,8 @@ struct Template {
     tail: Text,
     /// What the template writes at most, arena bytes aside (as [`Plan::bound`]).
     bound: usize,
+    /// Its last line, when its holes are what a [`Key`] holds.
+    memo: Option<Memo>,
 }
 
 struct Hole {
@@ -740,6 +865,7 @@ impl Template {
         let mut scratch = Out {
             buf: vec![0; plan.bound],
             pos: 0,
+            epoch: 0,
         };
         let ctx = Ctx {
             records,
@@ -771,6 +897,7 @@ impl Template {
         let tail = Text::new(split_text(&text, &mut holes));
         Template {
             shape,
+            memo: Memo::of(&holes),
             holes,
             tail,
             bound: plan.bound + folded,
@@ -984,16 +1111,19 @@ fn addr(
     next_addr: &mut usize,
 ) {
     if let SocketAddr::V4(v4) = a {
-        let key = 1 << 63
-            | u64::from(v4.ip().to_bits()) << 17
-            | u64::from(v4.port()) << 1
-            | u64::from(port);
+        let key = v4_key(&v4, port);
         if let Some(hit) = addrs.iter().find(|s| s.key == key) {
             out.chunk(&hit.text, usize::from(hit.len));
             return;
         }
     }
     addr_slow(a, port, out, addrs, next_addr);
+}
+
+/// An IPv4 address, its port and whether the port is written as one non-zero number.
+#[inline]
+fn v4_key(a: &std::net::SocketAddrV4, port: bool) -> u64 {
+    1 << 63 | u64::from(a.ip().to_bits()) << 17 | u64::from(a.port()) << 1 | u64::from(port)
 }
 
 #[inline(never)]
@@ -1013,8 +1143,7 @@ fn addr_slow(
         out.fixed(text.as_bytes());
         return;
     };
-    let key =
-        1 << 63 | u64::from(v4.ip().to_bits()) << 17 | u64::from(v4.port()) << 1 | u64::from(port);
+    let key = v4_key(&v4, port);
     let text = match port {
         true => v4.to_string(),
         false => v4.ip().to_string(),

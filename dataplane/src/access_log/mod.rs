@@ -193,6 +193,7 @@ pub struct Record<'a> {
 /// A finished Dubbo call as the shard has it: what [`ListenerLog::write_dubbo`] records
 /// straight into the batch (no [`Record`] built, unless a log has a filter to ask; the
 /// duration is taken from the two clock readings on the writer thread).
+#[derive(Clone, Copy)]
 pub struct DubboLine<'a> {
     pub start: SystemTime,
     /// When the request was read and when it was answered (monotonic).

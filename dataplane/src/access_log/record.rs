@@ -491,6 +491,129 @@ mod tests {
         }
     }
 
+    /// Lines written one after the other (the writer copies the last line of a template
+    /// when a record's holes read what its record's did): each line is its record's, for
+    /// records that differ from the one before in one hole (the time, the duration by a
+    /// millisecond, the status, each size, the upstream (IPv6 too), a shown and an unshown
+    /// caller address) or in none, across a taken output.
+    #[test]
+    fn consecutive_lines_are_each_their_records() {
+        let started = Instant::now();
+        let formats: Vec<(std::sync::Arc<Format>, crate::access_log::sink::HeaderNames)> = [
+            crate::access_log::format::DEFAULT_FORMAT,
+            "%START_TIME% %DURATION% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%\n",
+            "%RESPONSE_CODE% %BYTES_SENT%\n",
+        ]
+        .iter()
+        .map(|f| {
+            let f = Format::text(f).unwrap();
+            let names = f.headers().into();
+            (std::sync::Arc::new(f), names)
+        })
+        .collect();
+        let base = DubboLine {
+            start: UNIX_EPOCH + Duration::new(1_764_900_000, 5_000_000),
+            started,
+            ended: started + Duration::from_micros(1_500),
+            status: 20,
+            flags: Flags::NONE,
+            upstream_host: Some("10.1.2.3:20880".parse().unwrap()),
+            upstream_cluster: Some("outbound|20880||echo"),
+            downstream_remote: Some("10.9.8.7:4711".parse().unwrap()),
+            downstream_local: Some("10.0.0.1:20880".parse().unwrap()),
+            bytes_received: 330,
+            bytes_sent: 1_234,
+            request_id: 77,
+            call: None,
+        };
+        let ms = |d: &DubboLine<'static>, us: u64| DubboLine {
+            ended: d.started + Duration::from_micros(us),
+            ..*d
+        };
+        let mut seq = vec![base, base];
+        let mut next = |f: &dyn Fn(&DubboLine<'static>) -> DubboLine<'static>| {
+            let d = f(seq.last().unwrap());
+            seq.push(d);
+            seq.push(d);
+        };
+        next(&|d| ms(d, 2_500));
+        next(&|d| ms(d, 2_999));
+        next(&|d| DubboLine {
+            start: d.start + Duration::from_millis(1),
+            ..*d
+        });
+        next(&|d| DubboLine {
+            start: d.start + Duration::from_secs(1),
+            ..*d
+        });
+        next(&|d| DubboLine { status: 31, ..*d });
+        next(&|d| DubboLine {
+            bytes_received: 331,
+            ..*d
+        });
+        next(&|d| DubboLine {
+            bytes_sent: 1_235,
+            ..*d
+        });
+        next(&|d| DubboLine {
+            upstream_host: Some("10.1.2.4:20880".parse().unwrap()),
+            ..*d
+        });
+        next(&|d| DubboLine {
+            downstream_remote: Some("10.9.8.7:4712".parse().unwrap()),
+            ..*d
+        });
+        next(&|d| DubboLine {
+            downstream_local: Some("10.0.0.2:20880".parse().unwrap()),
+            ..*d
+        });
+        next(&|d| DubboLine {
+            upstream_host: Some("[2001:db8::1]:20880".parse().unwrap()),
+            ..*d
+        });
+        next(&|d| DubboLine {
+            upstream_host: None,
+            ..*d
+        });
+        next(&|d| *d);
+        let mut lines = crate::access_log::line::Lines::with_capacity(64);
+        let mut records = Records::default();
+        for d in &seq {
+            for (fi, (f, _)) in formats.iter().enumerate() {
+                records.push_dubbo(d, fi as u16, f.shows());
+            }
+        }
+        lines.batch(&formats);
+        let mut want = Vec::new();
+        let mut taken = Vec::new();
+        for (i, rec) in records.fixed.iter().enumerate() {
+            let (f, _) = &formats[i % formats.len()];
+            let d = &seq[i / formats.len()];
+            let r = Record {
+                dubbo: Some(DubboCall {
+                    interface: b"",
+                    method: b"",
+                    version: b"",
+                    group: b"",
+                    request_id: 77,
+                }),
+                ..d.record()
+            };
+            f.render(&r, &mut want);
+            lines.line(&records, rec, &formats);
+            // The output taken now and then: a line kept in it is gone.
+            if i % 7 == 6 {
+                taken.extend_from_slice(lines.text());
+                lines.clear();
+            }
+        }
+        taken.extend_from_slice(lines.text());
+        assert_eq!(
+            String::from_utf8_lossy(&taken),
+            String::from_utf8_lossy(&want)
+        );
+    }
+
     const EVERYTHING: &str = "%START_TIME% %START_TIME(%s.%E9S %z)% %DURATION% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL% %REQ(:PATH)% %REQ(X-A?X-B)% %RESP(GRPC-MESSAGE)% %TRAILER(GRPC-STATUS):1% %DUBBO_INTERFACE% %DUBBO_METHOD% %DUBBO_VERSION% %DUBBO_GROUP% %DUBBO_REQUEST_ID%\n";
 
     #[test]

@@ -140,3 +140,71 @@ impl Drop for H2Server {
         let _ = self.0.wait();
     }
 }
+
+/// tests/peers/http1/h2_frames.py: a raw HTTP/2 server that records the frames its clients
+/// send (one line per event, "CONN SECONDS WHAT ...", seconds since the connection was
+/// accepted), killed on drop.
+pub struct H2Frames {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl H2Frames {
+    /// `mute`: it answers neither requests nor PINGs.
+    pub fn start(port: u16, mute: bool) -> H2Frames {
+        use std::io::BufRead;
+        let python = super::peers::require(root().join(".cache/venv/bin/python"));
+        let mut child = std::process::Command::new(python)
+            .arg(root().join("tests/peers/http1/h2_frames.py"))
+            .args(["--port", &port.to_string()])
+            .args(if mute { &["--mute"][..] } else { &[][..] })
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "h2_frames");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(l);
+            }
+        });
+        H2Frames { child, lines }
+    }
+
+    /// The events of connection `conn` (1: the first accepted) so far: (seconds, what).
+    pub fn events(&self, conn: u32) -> Vec<(f64, String)> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                let n: u32 = it.next()?.parse().ok()?;
+                let t: f64 = it.next()?.parse().ok()?;
+                (n == conn).then(|| (t, it.next().unwrap_or("").to_string()))
+            })
+            .collect()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u32 {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.ends_with(" ACCEPT"))
+            .count() as u32
+    }
+}
+
+impl Drop for H2Frames {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

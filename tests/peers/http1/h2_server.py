@@ -11,7 +11,8 @@ python h2_server.py --host H --port P --name NAME
   END_STREAM on its HEADERS; /status/N status N (204, 304: no body; else "status N\\n" with
   content-length); /big a 100000-byte body with content-length (more than one window); HEAD
   the head of /len without DATA; /hold/MS the answer of /len after MS milliseconds (streams
-  held open at once); /bytes/N a body of N bytes with content-length (sent within the peer's
+  held open at once); /stall/MS the head (no content-length) and half the body of /len, then
+  MS ms later the rest; /bytes/N a body of N bytes with content-length (sent within the peer's
   windows: a caller that does not read holds it back); /stats "conns=C max=M resets=R": the
   connections accepted so far, the most streams seen open at once on one connection, the
   streams the client reset. Every response carries x-up: NAME.
@@ -132,6 +133,19 @@ def serve(sock, name, max_streams):
             with lock:
                 conn.send_headers(sid, [(":status", "200")] + base, end_stream=True)
                 send(conn.data_to_send())
+            return
+        if path.startswith("/stall/"):
+            # Headers and half the body, MS ms of nothing, then the rest.
+            with lock:
+                conn.send_headers(sid, [(":status", "200"), ("content-type", "text/plain")] + base)
+                send(conn.data_to_send())
+            half = len(echo) // 2
+            data(sid, echo[:half], False)
+            time.sleep(int(path.split("/")[2]) / 1000.0)
+            try:
+                data(sid, echo[half:], True)
+            except Exception:
+                pass  # the proxy gave up on the stream meanwhile
             return
         if path == "/frames":
             with lock:

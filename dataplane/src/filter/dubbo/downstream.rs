@@ -1457,7 +1457,7 @@ impl Propagate {
         let at = |base: Option<usize>, skip: usize| base.map(|b| b + skip);
         match inc.format {
             Format::W3c => Propagate::Patch([
-                at(t.traceparent_at, cx::TRACEPARENT_PARENT.start).map(|a| (a, ours)),
+                at(t.traceparent_at(), cx::TRACEPARENT_PARENT.start).map(|a| (a, ours)),
                 None,
             ]),
             Format::B3Single => {
@@ -1466,15 +1466,15 @@ impl Propagate {
                 let tl = usize::from(inc.trace_hex_len);
                 let has_parent = t.carrier.b3.is_some_and(|v| v.len() == tl + 36);
                 Propagate::Patch([
-                    at(t.b3_at, tl + 1).map(|a| (a, ours)),
-                    at(t.b3_at, tl + 20)
+                    at(t.b3_at(), tl + 1).map(|a| (a, ours)),
+                    at(t.b3_at(), tl + 20)
                         .filter(|_| has_parent)
                         .map(|a| (a, caller())),
                 ])
             }
             Format::B3Multi => Propagate::Patch([
-                t.spanid_at.map(|a| (a, ours)),
-                t.parentspanid_at
+                t.spanid_at().map(|a| (a, ours)),
+                t.parentspanid_at()
                     .filter(|_| t.carrier.x_b3_parentspanid.is_some_and(|v| v.len() == 16))
                     .map(|a| (a, caller())),
             ]),

@@ -179,16 +179,36 @@ impl<'a> RequestView<'a> {
 }
 
 /// A request's trace context: the values it carries, and where the values ringside may
-/// rewrite in place sit in the frame.
+/// rewrite in place sit in the frame (found from the values when asked: a call without a
+/// context, the common one, moves only the empty carrier and `insert_at`).
 pub struct TraceFields<'a> {
     pub carrier: Carrier<'a>,
-    /// Frame offsets of the `traceparent`, `b3`, `X-B3-SpanId` and `X-B3-ParentSpanId` values.
-    pub traceparent_at: Option<usize>,
-    pub b3_at: Option<usize>,
-    pub spanid_at: Option<usize>,
-    pub parentspanid_at: Option<usize>,
     /// Frame offset of the attachments map's first entry: where a new attachment goes.
     pub insert_at: Option<usize>,
+    /// The frame the values are slices of.
+    frame: &'a [u8],
+}
+
+impl TraceFields<'_> {
+    /// Frame offset of a value of the carrier.
+    fn at(&self, v: Option<&[u8]>) -> Option<usize> {
+        let at = (v?.as_ptr() as usize).checked_sub(self.frame.as_ptr() as usize)?;
+        (at < self.frame.len()).then_some(at)
+    }
+    /// Frame offsets of the `traceparent`, `b3`, `X-B3-SpanId` and `X-B3-ParentSpanId`
+    /// values (the first of each name: the one kept, and the one rewritten in place).
+    pub fn traceparent_at(&self) -> Option<usize> {
+        self.at(self.carrier.traceparent)
+    }
+    pub fn b3_at(&self) -> Option<usize> {
+        self.at(self.carrier.b3)
+    }
+    pub fn spanid_at(&self) -> Option<usize> {
+        self.at(self.carrier.x_b3_spanid)
+    }
+    pub fn parentspanid_at(&self) -> Option<usize> {
+        self.at(self.carrier.x_b3_parentspanid)
+    }
 }
 
 impl<'a> RequestView<'a> {
@@ -210,18 +230,10 @@ impl<'a> RequestView<'a> {
                 }
             },
         )?;
-        // The first value of each field is the one kept, and the one rewritten in place.
-        let at = |v: Option<&[u8]>| {
-            v.and_then(|v| req.offset_of(v))
-                .map(|o| o + d::HEADER_BYTES)
-        };
         let fields = TraceFields {
-            traceparent_at: at(carrier.traceparent),
-            b3_at: at(carrier.b3),
-            spanid_at: at(carrier.x_b3_spanid),
-            parentspanid_at: at(carrier.x_b3_parentspanid),
-            insert_at: entries.map(|o| o + d::HEADER_BYTES),
             carrier,
+            insert_at: entries.map(|o| o + d::HEADER_BYTES),
+            frame,
         };
         Ok((RequestView { req }, fields))
     }

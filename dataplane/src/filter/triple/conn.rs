@@ -366,6 +366,10 @@ pub struct Conn {
     greeted: Cell<bool>,
     /// Successful reads from the socket (the keepalive watches it move).
     reads: Cell<u64>,
+    /// Upstream side: answers to its keepalive PINGs (`http2_keepalive`).
+    pongs: super::Pongs,
+    /// Upstream side: older than the cluster's `max_connection_duration`: no new stream.
+    aged: Cell<bool>,
     /// When the last stream ended (or the connection opened); `went_idle` fires then.
     idle_since: Cell<Instant>,
     went_idle: Notify,
@@ -456,6 +460,8 @@ impl Conn {
             xfcc: Default::default(),
             greeted: Cell::new(false),
             reads: Cell::new(0),
+            pongs: Default::default(),
+            aged: Cell::new(false),
             idle_since: Cell::new(Instant::now()),
             went_idle: Notify::new(),
             open: Cell::new(false),
@@ -948,6 +954,8 @@ impl Conn {
                     self.write_control(|o| frame::write_ping(o, true, data))?;
                 } else if data == DRAIN_PING {
                     self.drain_acked.notify();
+                } else if data == KEEPALIVE_PING {
+                    self.pongs.ack();
                 }
                 Ok(())
             }
@@ -2379,8 +2387,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Ends a call with a gRPC status made by ringside: trailers-only when no response headers
-    /// were sent yet, else trailers after what is queued is dropped.
+    /// Ends a call with a gRPC status made by ringside, trailers-only; once its response headers
+    /// went out, the caller's stream is reset (INTERNAL_ERROR) instead, as Envoy does.
     pub fn fail_call(self: &Rc<Self>, id: u32, e: &CallError) {
         let Side::Down(l) = &self.side else {
             return;
@@ -2413,7 +2421,7 @@ impl Conn {
             call.local = true;
             call.status = Some(e.status());
             // Once routed, ringside's own answer gets the route's response mutations, as
-            // Envoy's local replies after routing do (trailers after a response: not).
+            // Envoy's local replies after routing do (a reset after a response: none).
             let mutated = match (&call.respond, call.headers_sent) {
                 (Some(r), false) => {
                     let location = match e {
@@ -2437,16 +2445,13 @@ impl Conn {
             };
             if let Some(lg) = call.log.as_mut() {
                 lg.flags = lg.flags | e.flags();
-                // What the caller is sent, for `%RESP(...)%` / `%TRAILER(...)%`.
-                let trailers = call.headers_sent;
-                let part = if trailers {
-                    Part::Trailer
-                } else {
-                    Part::Response
-                };
-                lg.keep(part, |n| match n {
-                    b":status" if !trailers => Some(b"200".as_slice()),
-                    b"content-type" if !trailers => Some(b"application/grpc".as_slice()),
+            }
+            // What the caller is sent, for `%RESP(...)%` (after the response began: nothing,
+            // the stream is reset below).
+            if let Some(lg) = call.log.as_mut().filter(|_| !call.headers_sent) {
+                lg.keep(Part::Response, |n| match n {
+                    b":status" => Some(b"200".as_slice()),
+                    b"content-type" => Some(b"application/grpc".as_slice()),
                     b"grpc-status" => Some(status_text),
                     b"grpc-message" => Some(&message[..]).filter(|m| !m.is_empty()),
                     n => mutated
@@ -2468,10 +2473,15 @@ impl Conn {
             up.reset(uid, code::CANCEL);
         }
         l.stats.inc(l.ids.rsp_local);
-        let mut block = Vec::with_capacity(96);
-        if !headers_sent {
-            hpack::encode_field(&mut block, b":status", b"200", false);
+        if headers_sent {
+            // The response began: as Envoy's filter manager, which can only reset the stream
+            // then (Envoy 1.40's HTTP/2 codec resets it INTERNAL_ERROR, as seen from grpcio;
+            // what was queued for the caller is dropped).
+            self.reset(id, code::INTERNAL_ERROR);
+            return;
         }
+        let mut block = Vec::with_capacity(96);
+        hpack::encode_field(&mut block, b":status", b"200", false);
         // The route's mutations (with a route's `location`), before what the reply sets.
         let mut server_listed = false;
         if let Some(m) = &mutated {
@@ -2491,9 +2501,7 @@ impl Conn {
         {
             hpack::encode_field(&mut block, b"location", loc, false);
         }
-        if !headers_sent {
-            hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
-        }
+        hpack::encode_field(&mut block, b"content-type", b"application/grpc", false);
         hpack::encode_field(&mut block, b"grpc-status", status_text, false);
         // As Envoy's local reply: no `grpc-message` for an empty body (a redirect's).
         if !message.is_empty() {
@@ -2525,15 +2533,13 @@ impl Conn {
             }
         }
         // Envoy's router marks its overflow answers (unless `suppress_envoy_headers`).
-        if e.overloaded() && !headers_sent && !l.suppress_envoy_headers {
+        if e.overloaded() && !l.suppress_envoy_headers {
             hpack::encode_field(&mut block, b"x-envoy-overloaded", b"true", false);
         }
-        if !headers_sent {
-            // Envoy's connection manager's, on its local replies too.
-            hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
-            if l.stamp.adds_server(server_listed) {
-                hpack::encode_field(&mut block, b"server", &l.stamp.server_name, false);
-            }
+        // Envoy's connection manager's, on its local replies too.
+        hpack::encode_field(&mut block, b"date", &super::stamp::http_date(), false);
+        if l.stamp.adds_server(server_listed) {
+            hpack::encode_field(&mut block, b"server", &l.stamp.server_name, false);
         }
         self.send(id, Out::Headers(block, true));
         // The caller may still be sending: tell it to stop (RFC 9113 8.1).
@@ -3172,6 +3178,7 @@ impl Conn {
     pub fn has_room(&self) -> bool {
         !self.closed.get()
             && !self.closing.get()
+            && !self.aged.get()
             && self.goaway.get().is_none()
             && self.stream_ids.get() <= frame::STREAM_ID_MAX
             && (self.streams.borrow().len() as u64) < u64::from(self.peer_streams_max.get())
@@ -4369,7 +4376,31 @@ async fn serve_upstream<S: crate::io::Conn>(
                     close_flushed(&conn, "idle timeout").await;
                 } => "upstream connection idle".to_string(),
                 _ = mirror_deadlines(&conn) => unreachable!("runs until the connection ends"),
-                _ = keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout) => {
+                _ = async {
+                    if pool.max_connection_duration.is_zero() {
+                        return std::future::pending().await;
+                    }
+                    shard::monoio::time::sleep(pool.max_connection_duration).await;
+                    // No new stream from now on; closed once the last one ended.
+                    conn.aged.set(true);
+                    idle_for(&conn, Duration::ZERO).await;
+                    close_flushed(&conn, "max connection duration").await;
+                } => "upstream connection reached its max_connection_duration".to_string(),
+                _ = async {
+                    match &pool.http2_keepalive {
+                        Some(k) => {
+                            super::keepalive_pings(
+                                k,
+                                &pool.dice,
+                                &conn.pongs,
+                                || conn.reads.get(),
+                                || conn.write(|o| frame::write_ping(o, false, KEEPALIVE_PING)),
+                            )
+                            .await
+                        }
+                        None => keepalive(&conn, pool.keepalive_interval, pool.keepalive_timeout).await,
+                    }
+                } => {
                     pool.stats.inc(pool.h2_ids.cx_keepalive_timeout);
                     tracing::debug!(upstream = %host.addr, "keepalive PING unanswered: closing");
                     format!("ringside: upstream {} did not answer a keepalive PING", host.addr)

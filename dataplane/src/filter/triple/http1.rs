@@ -1993,7 +1993,9 @@ fn request_head(
     }
     mx.write(&mut h, true);
     if let Some(ms) = expected_ms {
-        h.extend_from_slice(format!("x-envoy-expected-rq-timeout-ms: {ms}\r\n").as_bytes());
+        h.extend_from_slice(b"x-envoy-expected-rq-timeout-ms: ");
+        h.extend_from_slice(super::stamp::Decimal::new(ms).as_slice());
+        h.extend_from_slice(b"\r\n");
     }
     // The trace context, last, as Envoy's router injects it.
     h.extend_from_slice(tail);

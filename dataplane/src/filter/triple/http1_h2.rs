@@ -35,14 +35,14 @@ use super::{Body, BodyError, Chunks, Failed, Framing, Local, Mx, Pool, Request, 
 use crate::io::READ_CHUNK_BYTES;
 use crate::stats::istio::{exchange, MetaId};
 
-/// The stream window ringside gives an upstream (SETTINGS_INITIAL_WINDOW_SIZE, HTTP/2's
+/// The stream window ringside gives an upstream (SETTINGS_INITIAL_WINDOW_SIZE) unless the
+/// cluster gives one (`http2_stream_window_bytes`; from xDS always, Envoy's 16 MiB by
 /// default): at most this much of one response waits in ringside for a caller that reads
 /// slower than its upstream writes.
 const STREAM_WINDOW: u32 = frame::WINDOW_DEFAULT;
-/// A stream's window goes back to the upstream once this much of it was relayed.
-const STREAM_CREDIT_BATCH: u32 = STREAM_WINDOW / 4;
-/// The connection's window, raised to this when it opens and given back as DATA arrives
-/// (what streams buffer is bounded by their own windows, so no caller holds it).
+/// The connection's window unless the cluster gives one (`http2_connection_window_bytes`):
+/// given back as the callers take the bytes (and at once for what no caller waits for), so
+/// the streams of one connection hold at most this much in ringside together.
 const CONN_WINDOW: u32 = 1 << 20;
 /// Frames queued for an upstream that does not read them: beyond this the connection closes.
 const OUT_BYTES_MAX: usize = super::super::conn::OUT_BYTES_MAX;
@@ -109,9 +109,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn reset(&mut self, send_window: i64) {
+    fn reset(&mut self, send_window: i64, recv_window: u32) {
         self.send_window = send_window;
-        self.recv_window = i64::from(STREAM_WINDOW);
+        self.recv_window = i64::from(recv_window);
         self.unacked = 0;
         self.events.clear();
         self.fields.clear();
@@ -155,7 +155,16 @@ struct State {
     peer_window: i64,
     frame_max: u32,
     conn_window: i64,
+    /// The windows ringside gives the upstream (SETTINGS_INITIAL_WINDOW_SIZE, the
+    /// connection's).
+    recv_stream_window: u32,
+    recv_conn_window: u32,
+    /// Bytes of the connection's window taken by the callers (or dropped) and not given
+    /// back yet.
     recv_unacked: u32,
+    /// Older than the cluster's `max_connection_duration`: no new stream, closed once the
+    /// last request left.
+    aged: bool,
     streams: FxHashMap<u32, Slot>,
     spare: Vec<Slot>,
     /// Tasks waiting for the connect, for room under the peer's stream limit or for
@@ -194,6 +203,10 @@ pub struct Mux {
     enc: RefCell<hpack::Encoder>,
     /// Scratch for one header block.
     block: RefCell<Vec<u8>>,
+    /// Successful reads (the keepalive takes a peer that sends as alive).
+    reads: Cell<u64>,
+    /// Answers to its keepalive PINGs.
+    pongs: super::super::Pongs,
 }
 
 fn wake(ws: impl IntoIterator<Item = Waker>) {
@@ -211,10 +224,21 @@ impl Mux {
         alpn: crate::io::tls::AlpnOverride,
     ) -> Mux {
         let or_max = |v: u32| if v == 0 { u32::MAX } else { v };
+        let stream_window = pool.http2_stream_window.unwrap_or(STREAM_WINDOW);
+        let conn_window = pool.http2_connection_window.unwrap_or(CONN_WINDOW);
         let mut out = BytesMut::with_capacity(16 * 1024);
         out.extend_from_slice(frame::PREFACE);
-        frame::write_settings(&mut out, &[(setting::ENABLE_PUSH, 0)]);
-        frame::write_window_update(&mut out, 0, CONN_WINDOW - frame::WINDOW_DEFAULT);
+        // As Envoy: the stream window in SETTINGS, the connection's raised by a WINDOW_UPDATE.
+        frame::write_settings(
+            &mut out,
+            &[
+                (setting::ENABLE_PUSH, 0),
+                (setting::INITIAL_WINDOW_SIZE, stream_window),
+            ],
+        );
+        if conn_window > frame::WINDOW_DEFAULT {
+            frame::write_window_update(&mut out, 0, conn_window - frame::WINDOW_DEFAULT);
+        }
         Mux {
             addr,
             slot,
@@ -237,7 +261,10 @@ impl Mux {
                 peer_window: i64::from(frame::WINDOW_DEFAULT),
                 frame_max: frame::FRAME_BYTES_DEFAULT,
                 conn_window: i64::from(frame::WINDOW_DEFAULT),
+                recv_stream_window: stream_window,
+                recv_conn_window: conn_window,
                 recv_unacked: 0,
+                aged: false,
                 streams: FxHashMap::default(),
                 spare: Vec::new(),
                 waiters: Vec::new(),
@@ -248,6 +275,8 @@ impl Mux {
             closing: Cell::new(false),
             enc: RefCell::new(hpack::Encoder::default()),
             block: RefCell::new(Vec::with_capacity(1024)),
+            reads: Cell::new(0),
+            pongs: Default::default(),
         }
     }
 
@@ -260,6 +289,7 @@ impl Mux {
             && (!tls || crate::io::tls::same_alpn(&self.alpn, alpn))
             && !st.dead
             && !st.goaway
+            && !st.aged
             && st.open != Open::Failed
             && st.assigned < cap
             && st.given < st.requests_max
@@ -333,9 +363,13 @@ impl Mux {
             kind::SETTINGS if h.stream != 0 => Err(Lost::Broken),
             kind::SETTINGS if h.flags & flag::ACK != 0 => Ok(()),
             kind::SETTINGS => self.on_settings(&p),
-            kind::PING if h.flags & flag::ACK == 0 => {
+            kind::PING => {
                 let data: [u8; 8] = p.as_ref().try_into().map_err(|_| Lost::Broken)?;
-                self.write(|o| frame::write_ping(o, true, data));
+                match h.flags & flag::ACK {
+                    0 => self.write(|o| frame::write_ping(o, true, data)),
+                    _ if data == KEEPALIVE_PING => self.pongs.ack(),
+                    _ => {}
+                }
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
@@ -447,12 +481,9 @@ impl Mux {
         let (credit, w) = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
-            // The connection's window back at once (in batches).
-            st.recv_unacked += h.len;
-            let credit = match st.recv_unacked >= CONN_WINDOW / 2 {
-                true => std::mem::take(&mut st.recv_unacked),
-                false => 0,
-            };
+            // What a caller will take is given back to the connection's window as it takes
+            // it (`Stream::credit`); the rest (padding, a frame no caller waits for) at once.
+            let mut queued = 0;
             let w = st.streams.get_mut(&h.stream).and_then(|s| {
                 if s.lost.is_some() {
                     return None;
@@ -464,11 +495,12 @@ impl Mux {
                 }
                 // Padding counts as relayed at once.
                 s.unacked += h.len - data.len() as u32;
+                queued = data.len() as u32;
                 s.recv_end = end;
                 s.events.push_back(Ev::Data(data, end));
                 s.waker.take()
             });
-            (credit, w)
+            (conn_credit(st, h.len - queued), w)
         };
         if credit > 0 {
             self.write(|o| frame::write_window_update(o, 0, credit));
@@ -536,6 +568,19 @@ impl Mux {
         Ok(())
     }
 }
+
+/// `n` bytes of the connection's window taken: what to give back now (in batches of half
+/// the window), 0 if nothing yet.
+fn conn_credit(st: &mut State, n: u32) -> u32 {
+    st.recv_unacked += n;
+    match st.recv_unacked >= st.recv_conn_window / 2 {
+        true => std::mem::take(&mut st.recv_unacked),
+        false => 0,
+    }
+}
+
+/// The payload of keepalive PINGs (`http2_keepalive`).
+const KEEPALIVE_PING: [u8; 8] = *b"rs-alive";
 
 /// Appends a field to a flat list: name length, value length (u32 each), name, value.
 fn push_field(b: &mut Vec<u8>, n: &[u8], v: &[u8]) {
@@ -649,6 +694,27 @@ where
         why = read_loop(mux, r) => why,
         _ = write_loop(mux, w) => Lost::Gone,
         _ = idle(mux, pool) => Lost::Gone,
+        _ = aged(mux, pool) => Lost::Gone,
+        _ = async {
+            match &pool.http2_keepalive {
+                Some(k) => {
+                    super::super::keepalive_pings(
+                        k,
+                        &pool.dice,
+                        &mux.pongs,
+                        || mux.reads.get(),
+                        || mux.write(|o| frame::write_ping(o, false, KEEPALIVE_PING)),
+                    )
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        } => {
+            // Its requests fail as a `connection termination` reset, as Envoy's.
+            pool.stats.inc(pool.h2_ids.cx_keepalive_timeout);
+            tracing::debug!(upstream = %mux.addr, "keepalive PING unanswered: closing");
+            Lost::Gone
+        },
     }
 }
 
@@ -713,7 +779,7 @@ async fn read_loop<R: AsyncReadRent>(mux: &Mux, mut r: R) -> Lost {
         buf = b;
         match res {
             Ok(0) | Err(_) => return Lost::Gone,
-            Ok(_) => {}
+            Ok(_) => mux.reads.set(mux.reads.get() + 1),
         }
     }
 }
@@ -762,6 +828,26 @@ async fn idle(mux: &Mux, pool: &Pool) {
         mux.write(|o| frame::write_goaway(o, 0, code::NO_ERROR, b""));
         mux.closing.set(true);
         mux.out_ready.notify();
+    }
+    std::future::pending::<()>().await
+}
+
+/// Completes never; once the connection is as old as the cluster's
+/// `max_connection_duration` it takes no new request and closes when the last one left (at
+/// once without any), as Envoy's pool drains it.
+async fn aged(mux: &Mux, pool: &Pool) {
+    let d = pool.max_connection_duration;
+    if !d.is_zero() {
+        shard::monoio::time::sleep(d).await;
+        let idle = {
+            let mut st = mux.st.borrow_mut();
+            st.aged = true;
+            st.assigned == 0
+        };
+        if idle {
+            mux.closing.set(true);
+            mux.out_ready.notify();
+        }
     }
     std::future::pending::<()>().await
 }
@@ -836,7 +922,7 @@ impl Stream {
             st.next += 2;
             st.active += 1;
             let mut slot = st.spare.pop().unwrap_or_default();
-            slot.reset(st.peer_window);
+            slot.reset(st.peer_window, st.recv_stream_window);
             st.streams.insert(self.id, slot);
             st.frame_max
         };
@@ -1029,14 +1115,17 @@ impl Stream {
         }
     }
 
-    /// `n` bytes of the response were relayed: its window back to the upstream (in batches).
+    /// `n` bytes of the response were relayed: their windows back to the upstream (in
+    /// batches: a quarter of the stream's, half the connection's).
     fn credit(&self, n: u32) {
-        let update = {
+        let (update, conn) = {
             let mut st = self.mux.st.borrow_mut();
-            match st.streams.get_mut(&self.id) {
+            let st = &mut *st;
+            let batch = st.recv_stream_window / 4;
+            let update = match st.streams.get_mut(&self.id) {
                 Some(s) if !s.recv_end => {
                     s.unacked += n;
-                    match s.unacked >= STREAM_CREDIT_BATCH {
+                    match s.unacked >= batch {
                         true => {
                             s.recv_window += i64::from(s.unacked);
                             std::mem::take(&mut s.unacked)
@@ -1045,12 +1134,19 @@ impl Stream {
                     }
                 }
                 _ => 0,
-            }
+            };
+            (update, conn_credit(st, n))
         };
-        if update > 0 {
-            let id = self.id;
-            self.mux
-                .write(|o| frame::write_window_update(o, id, update));
+        let id = self.id;
+        if update > 0 || conn > 0 {
+            self.mux.write(|o| {
+                if conn > 0 {
+                    frame::write_window_update(o, 0, conn);
+                }
+                if update > 0 {
+                    frame::write_window_update(o, id, update);
+                }
+            });
         }
     }
 
@@ -1114,6 +1210,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let mux = &self.mux;
+        let mut conn = 0;
         let (ws, rst, close) = {
             let mut st = mux.st.borrow_mut();
             let st = &mut *st;
@@ -1127,6 +1224,16 @@ impl Drop for Stream {
                     let ended = s.recv_end && self.sent_end;
                     let gone = matches!(s.lost, Some(Lost::Reset(_) | Lost::Gone));
                     rst = !ended && !gone;
+                    // What its caller will not take goes back to the connection's window.
+                    let left: usize = s
+                        .events
+                        .iter()
+                        .map(|e| match e {
+                            Ev::Data(d, _) => d.len(),
+                            _ => 0,
+                        })
+                        .sum();
+                    conn = conn_credit(st, left as u32);
                     if st.spare.len() < 64 {
                         st.spare.push(s);
                     }
@@ -1140,12 +1247,15 @@ impl Drop for Stream {
             if spent {
                 st.dead = true;
             }
-            let close = (st.goaway && st.active == 0) || spent;
+            let close = (st.goaway && st.active == 0) || spent || (st.aged && st.assigned == 0);
             (std::mem::take(&mut st.waiters), rst, close)
         };
         if rst {
             let id = self.id;
             mux.write(|o| frame::write_rst_stream(o, id, code::CANCEL));
+        }
+        if conn > 0 {
+            mux.write(|o| frame::write_window_update(o, 0, conn));
         }
         if close {
             mux.closing.set(true);

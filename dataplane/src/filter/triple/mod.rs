@@ -722,6 +722,14 @@ pub struct Pool {
     pub idle_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Envoy's `connection_keepalive` (`http2_keepalive`): replaces the two above.
+    pub http2_keepalive: Option<config::Http2Keepalive>,
+    /// The cluster's HTTP/2 windows (`http2_stream_window_bytes`,
+    /// `http2_connection_window_bytes`), where given.
+    pub http2_stream_window: Option<u32>,
+    pub http2_connection_window: Option<u32>,
+    /// Connections take no new stream once this old and close when done (zero: never).
+    pub max_connection_duration: Duration,
     pub stats: ShardStats,
     pub ids: UpstreamStatIds,
     pub h2_ids: UpstreamH2StatIds,
@@ -826,6 +834,10 @@ impl Pool {
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             keepalive_interval: Duration::from_millis(c.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
+            http2_keepalive: c.http2_keepalive,
+            http2_stream_window: c.http2_stream_window_bytes,
+            http2_connection_window: c.http2_connection_window_bytes,
+            max_connection_duration: Duration::from_millis(c.max_connection_duration_ms),
             breaker: crate::cluster::RequestBreaker::for_shard(c, stats.stats.shard_count()),
             outlier: crate::cluster::OutlierConfig::for_cluster(c),
             retries: crate::cluster::RetryBreaker::for_shard(c, stats.stats.shard_count()),
@@ -1110,9 +1122,16 @@ impl Host {
 
     fn open(
         self: &Rc<Self>,
-        limits: H2Limits,
+        mut limits: H2Limits,
         alpn: &crate::io::tls::AlpnOverride,
     ) -> Rc<conn::Conn> {
+        // The cluster's windows where it gives them, else the caller's listener's.
+        if let Some(w) = self.pool.http2_stream_window {
+            limits.stream_window = w;
+        }
+        if let Some(w) = self.pool.http2_connection_window {
+            limits.conn_window = w;
+        }
         let c = conn::connect(self, limits, alpn.clone());
         self.conns.borrow_mut().push(c.clone());
         if let Some(b) = &self.pool.conn_breaker {
@@ -1134,6 +1153,61 @@ impl Host {
         if conns.len() < n {
             if let Some(b) = &self.pool.conn_breaker {
                 b.closed();
+            }
+        }
+    }
+}
+
+/// The PING ACKs an upstream HTTP/2 connection got for its keepalive PINGs.
+#[derive(Default)]
+pub struct Pongs {
+    n: Cell<u64>,
+    arrived: shard::Notify,
+}
+
+impl Pongs {
+    /// A keepalive PING was answered.
+    pub fn ack(&self) {
+        self.n.set(self.n.get() + 1);
+        self.arrived.notify();
+    }
+}
+
+/// Envoy's `connection_keepalive` on an upstream HTTP/2 connection: a PING (`ping`) every
+/// `interval_ms` plus a random `jitter_percent` of it at most, counted from the previous
+/// answer, idle or not. Completes when one was not answered within `timeout_ms` and the
+/// connection read nothing meanwhile (`reads`: its count of reads; a peer busy sending is
+/// alive): the caller closes the connection.
+pub async fn keepalive_pings(
+    k: &config::Http2Keepalive,
+    dice: &Dice,
+    pongs: &Pongs,
+    reads: impl Fn() -> u64,
+    ping: impl Fn(),
+) {
+    let spread = k.interval_ms * u64::from(k.jitter_percent) / 100;
+    loop {
+        let jitter = match spread {
+            0 => 0,
+            s => u64::from(dice.roll()) % (s + 1),
+        };
+        shard::monoio::time::sleep(Duration::from_millis(k.interval_ms + jitter)).await;
+        let (answered, read) = (pongs.n.get(), reads());
+        ping();
+        let deadline = Instant::now() + Duration::from_millis(k.timeout_ms);
+        loop {
+            let expired = shard::monoio::select! {
+                _ = pongs.arrived.wait() => false,
+                _ = shard::monoio::time::sleep_until(deadline.into()) => true,
+            };
+            if pongs.n.get() != answered {
+                break;
+            }
+            if expired {
+                if reads() == read {
+                    return;
+                }
+                break;
             }
         }
     }
