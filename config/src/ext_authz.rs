@@ -61,6 +61,47 @@ pub struct ExtAuthz {
     /// `.disabled` (Envoy's: `http.HCM_STAT_PREFIX.`).
     #[serde(default)]
     pub stat_prefix: String,
+    /// The request headers (by lower-case name) the authorizer is told of (Envoy's
+    /// `allowed_headers`): none given, every one (gRPC) or only Envoy's defaults (`http`:
+    /// `authorization`, `:method`, `:path`, `:authority`, which it always gets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_headers: Vec<StringMatch>,
+    /// An HTTP authorization service (Envoy's `http_service`, istiod's `envoyExtAuthzHttp`)
+    /// at `cluster`, asked with an HTTP/1.1 request, instead of gRPC's `Authorization/Check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<ExtAuthzHttp>,
+}
+
+/// Envoy's `http_service`: the check is the request's allowed headers (and no body) sent to
+/// `PATH_PREFIX + :path` with the request's method; a 200 answer lets it through, a 5xx one
+/// is an error, any other denies it with that status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzHttp {
+    /// Put in front of the request's path (`path_prefix`; must start with `/` when set).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path_prefix: String,
+    /// Fields set on the check request (`authorization_request.headers_to_add`, plain
+    /// values), replacing the request's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_add: Vec<(String, String)>,
+    /// On a 200: the answer's headers these match are set on the request
+    /// (`allowed_upstream_headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_upstream_headers: Vec<StringMatch>,
+    /// On a 200: the answer's headers these match are added to the request beside its own
+    /// (`allowed_upstream_headers_to_append`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_upstream_headers_to_append: Vec<StringMatch>,
+    /// On a denial: the answer's headers these match (with `:status`, `content-length`,
+    /// `www-authenticate` and `location`) go to the caller; none given: all but `host`
+    /// (`allowed_client_headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_client_headers: Vec<StringMatch>,
+    /// On a 200: the answer's headers these match are added to the response
+    /// (`allowed_client_headers_on_success`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_client_headers_on_success: Vec<StringMatch>,
 }
 
 /// Which shadow policy name enables the check: the key the rbac filter wrote
@@ -119,6 +160,48 @@ impl ExtAuthz {
         }
         if let Some(m) = &self.enabled_by_shadow_policy {
             crate::validate_string_match(&m.policy, at("enabled_by_shadow_policy.policy"), err);
+        }
+        for (i, m) in self.allowed_headers.iter().enumerate() {
+            crate::validate_string_match(m, at(&format!("allowed_headers[{i}]")), err);
+        }
+        if let Some(h) = &self.http {
+            if !h.path_prefix.is_empty() && !h.path_prefix.starts_with('/') {
+                err(
+                    at("http.path_prefix"),
+                    format!("{:?} does not start with /", h.path_prefix),
+                );
+            }
+            for (n, v) in &h.headers_to_add {
+                if n.is_empty() || n.starts_with(':') || n.bytes().any(|b| b.is_ascii_uppercase()) {
+                    err(
+                        at("http.headers_to_add"),
+                        format!("{n:?} is not a lower-case field name"),
+                    );
+                }
+                if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    err(
+                        at("http.headers_to_add"),
+                        format!("the value of {n:?} has a line break"),
+                    );
+                }
+            }
+            let lists = [
+                ("allowed_upstream_headers", &h.allowed_upstream_headers),
+                (
+                    "allowed_upstream_headers_to_append",
+                    &h.allowed_upstream_headers_to_append,
+                ),
+                ("allowed_client_headers", &h.allowed_client_headers),
+                (
+                    "allowed_client_headers_on_success",
+                    &h.allowed_client_headers_on_success,
+                ),
+            ];
+            for (name, list) in lists {
+                for (i, m) in list.iter().enumerate() {
+                    crate::validate_string_match(m, at(&format!("http.{name}[{i}]")), err);
+                }
+            }
         }
     }
 }

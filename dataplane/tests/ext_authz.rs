@@ -49,10 +49,15 @@ struct Authz {
 
 impl Authz {
     fn start(record: &Path) -> Authz {
+        Authz::start_script("ext_authz_server.py", record)
+    }
+
+    /// The server of tests/peers/grpc/`script` (the HTTP one: ext_authz_http_server.py).
+    fn start_script(script: &str, record: &Path) -> Authz {
         use std::io::BufRead;
         let _ = std::fs::remove_file(record);
         let mut child = Peer::Grpc
-            .command("ext_authz_server.py")
+            .command(script)
             .args(["--record", &record.display().to_string()])
             .stdout(Stdio::piped())
             .spawn()
@@ -104,7 +109,11 @@ fn shadow_rbac() -> Value {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
         "shadow_rules": {"action": "DENY", "policies": {
             format!("{PROVIDER_PREFIX}-ns[foo]-policy[httpbin-1]-rule[0]"): path("/httpbin1"),
-            format!("{PROVIDER_PREFIX}-ns[foo]-policy[grpc]-rule[0]"): path("/helloworld.Greeter/SayHello")}},
+            format!("{PROVIDER_PREFIX}-ns[foo]-policy[grpc]-rule[0]"): path("/helloworld.Greeter/SayHello"),
+            // HTTP/1.1 callers' paths (tests/peers/http1/peer.py's `/header/NAME`).
+            format!("{PROVIDER_PREFIX}-ns[foo]-policy[h1]-rule[0]"): {"permissions": [{"and_rules": {"rules": [
+                {"or_rules": {"rules": [{"url_path": {"path": {"prefix": "/header/"}}}]}}]}}],
+                "principals": [{"and_ids": {"ids": [{"any": true}]}}]}}},
         "shadow_rules_stat_prefix": "istio_ext_authz_"}})
 }
 
@@ -171,14 +180,26 @@ fn deny_rbac() -> Value {
 }
 
 fn listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
+    listener_with(
+        name,
+        addr,
+        vec![shadow_rbac(), authz, jwt_authn(), deny_rbac()],
+    )
+}
+
+/// A listener whose HTTP filters are `filters`, then the router.
+fn listener_with(name: &str, addr: SocketAddr, mut filters: Vec<Value>) -> Value {
+    filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name, "codec_type": "AUTO",
         "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-            {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}}]}]},
-        "http_filters": [shadow_rbac(), authz, jwt_authn(), deny_rbac(),
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+            {"match": {"prefix": "/helloworld.Greeter/"}, "route": {"cluster": "grpc", "timeout": "5s"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "h1", "timeout": "5s"}}]}]},
+        "http_filters": filters
     });
     json!({"name": name, "address": socket(addr), "filter_chains": [{"filters": [{
         "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]})
@@ -204,7 +225,7 @@ fn snapshot(l: [SocketAddr; 3], grpc: SocketAddr, authz: SocketAddr, down: Socke
             listener("in_b", l[1], ext_authz("outbound|9000||down", true, None, "0.5s")),
             listener("in_c", l[2], ext_authz("outbound|9000||down", false, Some(503), "0.5s"))],
         "clusters": [h2_cluster("grpc", grpc), h2_cluster("outbound|9000||authz", authz),
-            h2_cluster("outbound|9000||down", down)]
+            h2_cluster("outbound|9000||down", down), h1_cluster("h1", down)]
     })
 }
 
@@ -839,4 +860,416 @@ fn istiod_custom_policy_lds_acks_like_envoy() {
             assert_eq!(answer["ack"], true, "{who} {ty}: {answer}");
         }
     }
+}
+
+// === An HTTP authorization service (istiod's `envoyExtAuthzHttp` provider) ===
+
+/// istiod's ext_authz filter for an `envoyExtAuthzHttp` provider (golden file
+/// `pilot/pkg/security/authz/builder/testdata/http/custom-http-provider-out2.yaml`, istio/istio
+/// commit 63a5e452: `allowed_headers`, `headers_to_add`, the response's allowed headers with
+/// `ignore_case`, `path_prefix`, `clear_route_cache`), its `withRequestBody` left out (not
+/// supported yet), `x-authz` added to the request headers it includes; `full: false` is the
+/// bare provider (no header lists: Envoy's defaults).
+fn http_ext_authz(cluster: &str, full: bool, fail_open: bool, status: u32, timeout: &str) -> Value {
+    let names = |first: &str| {
+        json!({"patterns": [{"exact": first, "ignore_case": true},
+            {"prefix": "x-prefix-", "ignore_case": true},
+            {"suffix": "-suffix", "ignore_case": true}]})
+    };
+    let mut service = json!({"server_uri": {"uri": "http://my-custom-ext-authz.foo.svc.cluster.local",
+        "cluster": cluster, "timeout": timeout}});
+    let mut f = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "failure_mode_allow": fail_open,
+        "clear_route_cache": true,
+        "status_on_error": {"code": status},
+        "filter_enabled_metadata": {"filter": "envoy.filters.http.rbac",
+            "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+            "value": {"string_match": {"prefix": PROVIDER_PREFIX}}}});
+    if full {
+        f["allowed_headers"] = json!({"patterns": [{"exact": "X-Authz", "ignore_case": true},
+            {"exact": "x-custom-id", "ignore_case": true},
+            {"prefix": "x-prefix-", "ignore_case": true},
+            {"suffix": "-suffix", "ignore_case": true}]});
+        service["path_prefix"] = json!("/check");
+        service["authorization_request"] = json!({"headers_to_add": [
+            {"key": "x-header-1", "value": "value-1"}, {"key": "x-header-2", "value": "value-2"}]});
+        service["authorization_response"] = json!({
+            "allowed_client_headers": names("Set-cookie"),
+            "allowed_client_headers_on_success": names("Set-cookie"),
+            "allowed_upstream_headers": names("Authorization")});
+    } else {
+        // The bare provider tells the authorizer of Envoy's defaults only: x-authz by the
+        // deprecated field, as older istiod versions wrote `includeHeadersInCheck`.
+        service["authorization_request"] =
+            json!({"allowed_headers": {"patterns": [{"exact": "x-authz"}]}});
+    }
+    f["http_service"] = service;
+    json!({"name": "envoy.filters.http.ext_authz", "typed_config": f})
+}
+
+/// istiod's CUSTOM filters (the shadow rbac filter, ext_authz) and a DENY rbac filter.
+fn http_listener(name: &str, addr: SocketAddr, authz: Value) -> Value {
+    listener_with(name, addr, vec![shadow_rbac(), authz, deny_rbac()])
+}
+
+fn h1_cluster(name: &str, at: SocketAddr) -> Value {
+    json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": load_assignment(name, &[at])})
+}
+
+/// What an HTTP authorizer saw, as two runs are compared: ports (of `host`), the request id
+/// and `x-envoy-expected-rq-timeout-ms` aside.
+fn http_normalized(mut c: Value) -> Value {
+    if let Some(h) = c["headers"].as_object_mut() {
+        for k in ["x-request-id"] {
+            if h.contains_key(k) {
+                h.insert(k.into(), json!("-"));
+            }
+        }
+    }
+    c
+}
+
+/// istiod's CUSTOM policy with an `envoyExtAuthzHttp` provider through Envoy 1.40 and
+/// ringside given the same resources: per grpcio call what the caller got and the upstream
+/// saw, what the authorization server saw (method, path, headers, body) of each check, and
+/// the counters. A: the full provider (istiod's golden file), fail closed, 0.5 s; B: the
+/// authorizer down, `failure_mode_allow`; C: the bare provider (Envoy's default header lists),
+/// `status_on_error` 503.
+#[test]
+fn istiod_custom_http_provider_like_envoy() {
+    let server = GrpcServer::start(0, "G", &[]);
+    let down = local(free_port());
+    let dir = TempDir::new("ext-authz-http");
+    let a = |m: &'static str| ("x-authz", m);
+    let cases: Vec<Case> = vec![
+        (
+            0,
+            Call::Unary,
+            vec![
+                a("allow"),
+                ("x-remove-me", "bye"),
+                ("authorization", "Bearer orig"),
+                ("x-prefix-in", "p"),
+                ("x-custom-id", "c1"),
+                ("x-not-sent", "n"),
+            ],
+        ),
+        (0, Call::Unary, vec![a("deny"), ("x-my-suffix", "s")]),
+        (0, Call::Unary, vec![a("error")]),
+        (0, Call::Unary, vec![a("slow")]),
+        (0, Call::Unary, vec![a("close")]),
+        (0, Call::Unary, vec![("x-other", "1")]),
+        // Not matched by the shadow rules: never checked.
+        (0, Call::ServerStream, vec![a("deny")]),
+        (1, Call::Unary, vec![a("deny")]),
+        (2, Call::Unary, vec![a("deny"), ("x-custom-id", "c2")]),
+        (2, Call::Unary, vec![a("error")]),
+        (
+            2,
+            Call::Unary,
+            vec![a("allow"), ("authorization", "Bearer orig")],
+        ),
+    ];
+    let run = |who: &str| {
+        let authz = Authz::start_script(
+            "ext_authz_http_server.py",
+            &dir.0.join(format!("{who}.jsonl")),
+        );
+        let listen = [local(free_port()), local(free_port()), local(free_port())];
+        let xds = XdsServer::start();
+        let cluster = "outbound|8000||my-custom-ext-authz.foo.svc.cluster.local";
+        xds.put(&json!({
+            "version": "v1",
+            "listeners": [
+                http_listener("in_a", listen[0], http_ext_authz(cluster, true, false, 403, "0.5s")),
+                http_listener("in_b", listen[1], http_ext_authz("outbound|8000||down", true, true, 403, "0.5s")),
+                http_listener("in_c", listen[2], http_ext_authz(cluster, false, false, 503, "0.5s"))],
+            "clusters": [h2_cluster("grpc", server.addr()), h1_cluster(cluster, local(authz.port)),
+                h1_cluster("outbound|8000||down", down), h1_cluster("h1", down)]
+        }))
+        .unwrap();
+        let proxy = envoy_or_ringside(who, xds.addr(), "ext-authz-http", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        for l in listen {
+            wait_listening(l);
+        }
+        let answers: Vec<String> = cases
+            .iter()
+            .map(|(l, call, meta)| grpc(listen[*l], *call, meta))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while authz.checks().len() < 9 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let checks: Vec<Value> = authz.checks().into_iter().map(http_normalized).collect();
+        let stat = |name: &str| -> i64 {
+            match proxy.downcast_ref::<Ringside>() {
+                Some(r) => r.stat_value(name).unwrap_or(-1),
+                None => proxy
+                    .downcast_ref::<common::envoy::Envoy>()
+                    .map_or(-1, |e| e.stat(name) as i64),
+            }
+        };
+        let mut stats = Vec::new();
+        for l in ["in_a", "in_b", "in_c"] {
+            for s in [
+                "ext_authz.ok",
+                "ext_authz.denied",
+                "ext_authz.error",
+                "ext_authz.failure_mode_allowed",
+                "ext_authz.disabled",
+            ] {
+                stats.push((format!("http.{l}.{s}"), stat(&format!("http.{l}.{s}"))));
+            }
+        }
+        eprintln!("{who}: {answers:#?}\n{checks:#?}\n{stats:?}");
+        drop(proxy);
+        (answers, checks, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
+        assert_eq!(
+            r, e,
+            "call {i} {:?}: ringside (left) vs Envoy (right)",
+            cases[i]
+        );
+    }
+    assert_eq!(
+        ringside.1.len(),
+        envoy.1.len(),
+        "checks sent: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "check {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.2, envoy.2,
+        "counters, ringside (left) vs Envoy (right)"
+    );
+    // What the comparison rests on: the authorizer's answers took effect.
+    assert!(
+        envoy.0[0].starts_with("OK ") && envoy.0[0].contains("x-prefix-up=1"),
+        "{}",
+        envoy.0[0]
+    );
+    assert!(envoy.0[1].starts_with("UNAUTHENTICATED "), "{}", envoy.0[1]);
+    assert!(envoy.0[6].starts_with("OK "), "{}", envoy.0[6]);
+}
+
+// === HTTP/1.1 callers ===
+
+/// Python's http.client (tests/peers/http1/peer.py) sending `requests` on one keep-alive
+/// connection to `target`: per request `STATUS BODY` and the response fields its `show` names.
+fn http1_calls(target: SocketAddr, requests: &Value) -> Vec<String> {
+    use std::io::Write;
+    let python = common::peers::require(common::peers::root().join(".cache/venv/bin/python"));
+    let mut child = std::process::Command::new(python)
+        .arg(common::peers::root().join("tests/peers/http1/peer.py"))
+        .args(["client", "--target", &target.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(requests.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            match v["status"].as_u64() {
+                // The upstream's line names the peer's address: the same in both runs.
+                Some(st) => format!(
+                    "{st} {} headers={}",
+                    v["body"].as_str().unwrap_or("").trim_end(),
+                    v["headers"]
+                ),
+                None => format!("error {}", v["error"]),
+            }
+        })
+        .collect()
+}
+
+/// HTTP/1.1 requests behind istiod's CUSTOM filters through Envoy 1.40 and ringside given the
+/// same resources: with the gRPC authorizer (listener A of
+/// `istiod_custom_grpc_provider_like_envoy`, its authorizer down with `failure_mode_allow`: B)
+/// and the HTTP one (the full provider, the bare one): per request the status, body (the
+/// upstream's line names the request header asked for) and the response fields the test
+/// names; what each authorizer saw; the counters.
+#[test]
+fn http1_callers_checked_like_envoy() {
+    use common::http1::Http1Server;
+    let up_port = free_port();
+    let _up = Http1Server::start("127.0.0.1", up_port, "U");
+    let down = local(free_port());
+    let dir = TempDir::new("ext-authz-h1");
+    let show = json!([
+        "set-cookie",
+        "x-prefix-up",
+        "x-deny-reason",
+        "x-prefix-deny",
+        "www-authenticate",
+        "content-type",
+        "x-authz-resp"
+    ]);
+    let req = |path: &str, headers: Value| json!({"method": "GET", "path": path, "host": "svc", "headers": headers, "show": show});
+    // (listener, requests on one connection)
+    let cases: Vec<(usize, Value)> = vec![
+        // gRPC authorizer.
+        (
+            0,
+            json!([
+            req("/header/x-authz-added", json!({"x-authz": "allow", "x-remove-me": "bye"})),
+            req("/header/x-remove-me", json!({"x-authz": "allow", "x-remove-me": "bye"})),
+            req("/header/x-authz-set", json!({"x-authz": "allow", "x-authz-set": "old"})),
+            req("/header/a", json!({"x-authz": "deny"})),
+            req("/header/a", json!({"x-authz": "deny-plain"})),
+            req("/header/a", json!({"x-authz": "error"})),
+            req("/header/a", json!({"x-authz": "slow"})),
+            // Not matched by the shadow rules: not checked.
+            req("/other", json!({"x-authz": "deny"})),
+            {"method": "POST", "path": "/header/x-authz-added", "host": "svc", "body_len": 10,
+             "headers": {"x-authz": "allow"}, "show": show}]),
+        ),
+        (
+            1,
+            json!([req(
+                "/header/x-envoy-auth-failure-mode-allowed",
+                json!({"x-authz": "deny"})
+            )]),
+        ),
+        // HTTP authorizer, the full provider.
+        (
+            2,
+            json!([
+            req("/header/x-prefix-up", json!({"x-authz": "allow", "x-prefix-in": "p",
+                "x-custom-id": "c", "x-not-sent": "n"})),
+            req("/header/x-remove-me", json!({"x-authz": "allow", "x-remove-me": "bye"})),
+            req("/header/authorization", json!({"x-authz": "allow", "authorization": "Bearer orig"})),
+            req("/header/x-not-allowed", json!({"x-authz": "allow"})),
+            req("/header/a", json!({"x-authz": "deny"})),
+            req("/header/a", json!({"x-authz": "error"})),
+            req("/header/a", json!({"x-authz": "slow"})),
+            req("/header/a", json!({"x-authz": "close"})),
+            {"method": "POST", "path": "/header/x-prefix-up", "host": "svc", "body_len": 10,
+             "headers": {"x-authz": "allow"}, "show": show}]),
+        ),
+        // HTTP authorizer, the bare provider (status_on_error 503).
+        (
+            3,
+            json!([
+                req("/header/x-prefix-up", json!({"x-authz": "allow"})),
+                req("/header/a", json!({"x-authz": "deny"})),
+                req("/header/a", json!({"x-authz": "error"}))
+            ]),
+        ),
+    ];
+    let run = |who: &str| {
+        let grpc_authz = Authz::start(&dir.0.join(format!("{who}-grpc.jsonl")));
+        let http_authz = Authz::start_script(
+            "ext_authz_http_server.py",
+            &dir.0.join(format!("{who}-http.jsonl")),
+        );
+        let listen = [0; 4].map(|_| local(free_port()));
+        let xds = XdsServer::start();
+        let hcluster = "outbound|8000||my-custom-ext-authz.foo.svc.cluster.local";
+        xds.put(&json!({
+            "version": "v1",
+            "listeners": [
+                listener("in_a", listen[0], ext_authz("outbound|9000||authz", false, Some(403), "0.5s")),
+                listener("in_b", listen[1], ext_authz("outbound|9000||down", true, None, "0.5s")),
+                http_listener("in_h", listen[2], http_ext_authz(hcluster, true, false, 403, "0.5s")),
+                http_listener("in_bare", listen[3], http_ext_authz(hcluster, false, false, 503, "0.5s"))],
+            "clusters": [h2_cluster("grpc", down), h2_cluster("outbound|9000||authz", local(grpc_authz.port)),
+                h2_cluster("outbound|9000||down", down), h1_cluster(hcluster, local(http_authz.port)),
+                h1_cluster("h1", local(up_port))]
+        }))
+        .unwrap();
+        let proxy = envoy_or_ringside(who, xds.addr(), "ext-authz-h1", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        for l in listen {
+            wait_listening(l);
+        }
+        let answers: Vec<Vec<String>> = cases
+            .iter()
+            .map(|(l, reqs)| http1_calls(listen[*l], reqs))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let grpc_checks: Vec<Value> = grpc_authz.checks().into_iter().map(normalized).collect();
+        let http_checks: Vec<Value> = http_authz
+            .checks()
+            .into_iter()
+            .map(http_normalized)
+            .collect();
+        let stat = |name: &str| -> i64 {
+            match proxy.downcast_ref::<Ringside>() {
+                Some(r) => r.stat_value(name).unwrap_or(-1),
+                None => proxy
+                    .downcast_ref::<common::envoy::Envoy>()
+                    .map_or(-1, |e| e.stat(name) as i64),
+            }
+        };
+        let mut stats = Vec::new();
+        for l in ["in_a", "in_b", "in_h", "in_bare"] {
+            for s in ["ok", "denied", "error", "failure_mode_allowed", "disabled"] {
+                let name = format!("http.{l}.ext_authz.{s}");
+                stats.push((name.clone(), stat(&name)));
+            }
+        }
+        eprintln!("{who}: {answers:#?}\n{grpc_checks:#?}\n{http_checks:#?}\n{stats:?}");
+        drop(proxy);
+        (answers, grpc_checks, http_checks, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
+        assert_eq!(r, e, "connection {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.1.len(),
+        envoy.1.len(),
+        "CheckRequests: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "CheckRequest {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.2.len(),
+        envoy.2.len(),
+        "HTTP checks: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.2.iter().zip(&envoy.2).enumerate() {
+        assert_eq!(r, e, "HTTP check {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.3, envoy.3,
+        "counters, ringside (left) vs Envoy (right)"
+    );
+    // What the comparison rests on: the answers took effect.
+    assert!(
+        envoy.0[0][0].starts_with("200 ") && envoy.0[0][0].contains("x-authz-added=yes"),
+        "{}",
+        envoy.0[0][0]
+    );
+    assert!(
+        envoy.0[0][3].starts_with("401 denied by test"),
+        "{}",
+        envoy.0[0][3]
+    );
+    assert!(envoy.0[2][0].contains("x-prefix-up=1"), "{}", envoy.0[2][0]);
+    assert!(
+        envoy.0[2][4].starts_with("401 denied by test"),
+        "{}",
+        envoy.0[2][4]
+    );
 }

@@ -14,7 +14,7 @@ use envoy_types::pb::google::protobuf::Any;
 
 use config::{ExtAuthz, ShadowPolicyMatch, EXT_AUTHZ_TIMEOUT_MS_DEFAULT, EXT_AUTHZ_TIMEOUT_MS_MAX};
 
-use super::{duration_ms, join, pattern, string_match, unpack, Ctx};
+use super::{duration_ms, join, pattern, regex_escape, string_match, unpack, Ctx};
 use crate::TranslateError;
 
 pub(super) const EXT_AUTHZ_TYPE: &str =
@@ -44,7 +44,7 @@ pub(super) fn http(
     }
     // Fields that change who is let through, what the authorizer is told or what the caller
     // gets: refused unless at their default.
-    let unsupported: [(&str, bool); 20] = [
+    let unsupported: [(&str, bool); 19] = [
         ("with_request_body", x.with_request_body.is_some()),
         ("validate_mutations", x.validate_mutations),
         (
@@ -70,7 +70,6 @@ pub(super) fn http(
             "bootstrap_metadata_labels_key",
             !x.bootstrap_metadata_labels_key.is_empty(),
         ),
-        ("allowed_headers", x.allowed_headers.is_some()),
         ("disallowed_headers", x.disallowed_headers.is_some()),
         ("include_tls_session", x.include_tls_session),
         ("encode_raw_headers", x.encode_raw_headers),
@@ -99,18 +98,39 @@ pub(super) fn http(
         return refuse(field, "not supported (docs/xds.md, External authorization)");
     }
     use ext_authz_pb::ext_authz::Services;
-    let g = match &x.services {
-        Some(Services::GrpcService(g)) => g,
-        Some(Services::HttpService(_)) => {
-            return refuse(
-                "http_service",
-                "an HTTP authorization service (istiod's envoyExtAuthzHttp) is not supported; \
-                 grpc_service is",
-            )
+    let mut allowed_headers = match &x.allowed_headers {
+        Some(l) => header_names(l, ctx, &join(at, "allowed_headers"))?,
+        None => Vec::new(),
+    };
+    let (cluster, authority, timeout_ms, http) = match &x.services {
+        Some(Services::GrpcService(g)) => {
+            if x.allowed_headers
+                .as_ref()
+                .is_some_and(|l| l.patterns.is_empty())
+            {
+                // Envoy's empty allow list tells the authorizer of no header at all.
+                return refuse("allowed_headers", "an empty list is not supported");
+            }
+            let (c, a, t) = grpc_service(g, ctx, &join(at, "grpc_service"))?;
+            (c, a, t, None)
+        }
+        Some(Services::HttpService(h)) => {
+            let hat = join(at, "http_service");
+            let (c, t, service, allowed) = http_service(h, ctx, &hat)?;
+            if let Some(l) = allowed {
+                if x.allowed_headers.is_some() {
+                    // Envoy 1.40 refuses both too.
+                    return Err(ctx.err(
+                        join(&hat, "authorization_request.allowed_headers"),
+                        "given with allowed_headers (Envoy: invalid duplicate configuration)",
+                    ));
+                }
+                allowed_headers = l;
+            }
+            (c, String::new(), t, Some(service))
         }
         None => return refuse("grpc_service", "missing"),
     };
-    let (cluster, authority, timeout_ms) = grpc_service(g, ctx, &join(at, "grpc_service"))?;
     let status_on_error = match &x.status_on_error {
         // Envoy's HttpStatus: a code of 0 is refused by its validation; ours too.
         Some(s) if (200..=599).contains(&s.code) => s.code as u16,
@@ -147,7 +167,138 @@ pub(super) fn http(
         after_rbac: rbac_before.len(),
         before_jwt_authn: false,
         stat_prefix: format!("http.{hcm_stat_prefix}."),
+        allowed_headers,
+        http,
     })
+}
+
+/// Envoy's `http_service`: the cluster (`server_uri.cluster`), the timeout
+/// (`server_uri.timeout`), what ringside keeps of it, and
+/// `authorization_request.allowed_headers` when given.
+#[allow(clippy::type_complexity)]
+fn http_service(
+    h: &ext_authz_pb::HttpService,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<
+    (
+        String,
+        u64,
+        config::ExtAuthzHttp,
+        Option<Vec<config::StringMatch>>,
+    ),
+    TranslateError,
+> {
+    if !h.path_override.is_empty() {
+        return Err(ctx.err(join(at, "path_override"), "not supported (path_prefix is)"));
+    }
+    if h.retry_policy.is_some() {
+        return Err(ctx.err(join(at, "retry_policy"), "not supported"));
+    }
+    let uat = join(at, "server_uri");
+    let Some(uri) = &h.server_uri else {
+        return Err(ctx.err(uat, "missing"));
+    };
+    use core_pb::http_uri::HttpUpstreamType;
+    let cluster = match &uri.http_upstream_type {
+        Some(HttpUpstreamType::Cluster(c)) if !c.is_empty() => c.clone(),
+        _ => return Err(ctx.err(join(&uat, "cluster"), "must name a cluster")),
+    };
+    // Required by Envoy's validation; `uri` itself is not used (as Envoy: the cluster is).
+    let timeout_ms = match &uri.timeout {
+        Some(d) => duration_ms(d, ctx, &join(&uat, "timeout"), EXT_AUTHZ_TIMEOUT_MS_MAX)?.max(1),
+        None => return Err(ctx.err(join(&uat, "timeout"), "missing")),
+    };
+    let path_prefix = h.path_prefix.clone();
+    if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
+        return Err(ctx.err(join(at, "path_prefix"), "must start with /"));
+    }
+    let mut out = config::ExtAuthzHttp {
+        path_prefix,
+        ..Default::default()
+    };
+    let mut allowed = None;
+    if let Some(r) = &h.authorization_request {
+        let rat = join(at, "authorization_request");
+        if let Some(l) = &r.allowed_headers {
+            allowed = Some(header_names(l, ctx, &join(&rat, "allowed_headers"))?);
+        }
+        for (i, hv) in r.headers_to_add.iter().enumerate() {
+            let hat = format!("{rat}.headers_to_add[{i}]");
+            let value = match hv.raw_value.is_empty() {
+                true => hv.value.clone(),
+                false => String::from_utf8(hv.raw_value.clone())
+                    .map_err(|_| ctx.err(join(&hat, "raw_value"), "not UTF-8"))?,
+            };
+            if value.contains('%') {
+                // Envoy's substitution formatters (`%REQ(...)%`): not supported.
+                return Err(ctx.err(
+                    join(&hat, "value"),
+                    format!("{value:?}: % formatters are not supported"),
+                ));
+            }
+            out.headers_to_add
+                .push((hv.key.to_ascii_lowercase(), value));
+        }
+    }
+    if let Some(r) = &h.authorization_response {
+        let rat = join(at, "authorization_response");
+        let list = |l: &Option<matcher_pb::ListStringMatcher>, name: &str| match l {
+            Some(l) => header_names(l, ctx, &join(&rat, name)),
+            None => Ok(Vec::new()),
+        };
+        out.allowed_upstream_headers =
+            list(&r.allowed_upstream_headers, "allowed_upstream_headers")?;
+        out.allowed_upstream_headers_to_append = list(
+            &r.allowed_upstream_headers_to_append,
+            "allowed_upstream_headers_to_append",
+        )?;
+        out.allowed_client_headers = list(&r.allowed_client_headers, "allowed_client_headers")?;
+        out.allowed_client_headers_on_success = list(
+            &r.allowed_client_headers_on_success,
+            "allowed_client_headers_on_success",
+        )?;
+        // `dynamic_metadata_from_headers`: the answer's headers as the filter's dynamic
+        // metadata, which nothing in ringside reads (no per-request metadata matchers or
+        // access-log fields over it): accepted, the metadata not kept (docs/xds.md).
+        if let Some(l) = &r.dynamic_metadata_from_headers {
+            header_names(l, ctx, &join(&rat, "dynamic_metadata_from_headers"))?;
+        }
+    }
+    Ok((cluster, timeout_ms, out, allowed))
+}
+
+/// A list of header-name matchers (names are lower case; `ignore_case` as a case-blind
+/// regex).
+fn header_names(
+    l: &matcher_pb::ListStringMatcher,
+    ctx: &Ctx<'_>,
+    at: &str,
+) -> Result<Vec<config::StringMatch>, TranslateError> {
+    use matcher_pb::string_matcher::MatchPattern as M;
+    l.patterns
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let pat = format!("{at}.patterns[{i}]");
+            if !m.ignore_case {
+                return Ok(string_match(&pattern(m, ctx, &pat)?));
+            }
+            let re = match &m.match_pattern {
+                Some(M::Exact(s)) => regex_escape(s),
+                Some(M::Prefix(s)) => format!("{}.*", regex_escape(s)),
+                Some(M::Suffix(s)) => format!(".*{}", regex_escape(s)),
+                Some(M::Contains(s)) => format!(".*{}.*", regex_escape(s)),
+                Some(M::SafeRegex(r)) => format!("(?:{})", r.regex),
+                Some(M::Custom(_)) => return Err(ctx.err(join(&pat, "custom"), "not supported")),
+                None => return Err(ctx.err(pat, "missing match pattern")),
+            };
+            Ok(config::StringMatch {
+                regex: Some(format!("(?i){re}")),
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 /// A gRPC `grpc_service` (`envoy_grpc` only): the cluster, `:authority` and timeout.
@@ -251,6 +402,8 @@ pub(super) fn network(
         after_rbac: rbac_before.len(),
         before_jwt_authn: false,
         stat_prefix: x.stat_prefix,
+        allowed_headers: Vec::new(),
+        http: None,
     })
 }
 

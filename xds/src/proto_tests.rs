@@ -1500,7 +1500,102 @@ fn istio_filter_decisions() {
             "envoy.filters.http.ext_authz",
             any_of(ext_authz, http.encode_to_vec()),
         )]));
-        assert!(e.contains("typed_config.http_service"), "{e}");
+        assert!(e.contains("typed_config.http_service.server_uri"), "{e}");
+        // istiod's HTTP provider (golden file custom-http-provider-out2.yaml, without its
+        // request body): case-blind header names become `(?i)` regexes.
+        use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+        let names = |first: &str| m::ListStringMatcher {
+            patterns: vec![
+                m::StringMatcher {
+                    match_pattern: Some(m::string_matcher::MatchPattern::Exact(first.into())),
+                    ignore_case: true,
+                },
+                m::StringMatcher {
+                    match_pattern: Some(m::string_matcher::MatchPattern::Prefix(
+                        "x-prefix-".into(),
+                    )),
+                    ignore_case: true,
+                },
+            ],
+        };
+        let service = ea::HttpService {
+            server_uri: Some(core_pb::HttpUri {
+                uri: "http://my-custom-ext-authz.foo.svc.cluster.local".into(),
+                timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                http_upstream_type: Some(core_pb::http_uri::HttpUpstreamType::Cluster(
+                    "outbound|9000||my-custom-ext-authz.foo.svc.cluster.local".into(),
+                )),
+            }),
+            path_prefix: "/check".into(),
+            authorization_request: Some(ea::AuthorizationRequest {
+                allowed_headers: None,
+                headers_to_add: vec![core_pb::HeaderValue {
+                    key: "x-header-1".into(),
+                    value: "value-1".into(),
+                    ..Default::default()
+                }],
+            }),
+            authorization_response: Some(ea::AuthorizationResponse {
+                allowed_client_headers: Some(names("Set-cookie")),
+                allowed_client_headers_on_success: Some(names("Set-cookie")),
+                allowed_upstream_headers: Some(names("Authorization")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let istiod = ea::ExtAuthz {
+            transport_api_version: core_pb::ApiVersion::V3 as i32,
+            failure_mode_allow: true,
+            clear_route_cache: true,
+            allowed_headers: Some(names("x-custom-id")),
+            status_on_error: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: 403 }),
+            services: Some(ea::ext_authz::Services::HttpService(service.clone())),
+            ..Default::default()
+        };
+        let (_, res) = with(vec![http_filter(
+            "envoy.filters.http.ext_authz",
+            any_of(ext_authz, istiod.encode_to_vec()),
+        )])
+        .unwrap();
+        let x = res.listener.triple.unwrap().ext_authz.unwrap();
+        let h = x.http.as_ref().unwrap();
+        assert_eq!(
+            (x.cluster.as_str(), x.timeout_ms, h.path_prefix.as_str()),
+            (
+                "outbound|9000||my-custom-ext-authz.foo.svc.cluster.local",
+                10_000,
+                "/check"
+            )
+        );
+        assert_eq!(
+            x.allowed_headers[0].regex.as_deref(),
+            Some("(?i)x\\-custom\\-id")
+        );
+        assert_eq!(h.headers_to_add, [("x-header-1".into(), "value-1".into())]);
+        assert_eq!(h.allowed_upstream_headers.len(), 2);
+        // Both lists of request headers: refused, as Envoy refuses them.
+        let mut both = istiod.clone();
+        let mut s2 = service.clone();
+        s2.authorization_request.as_mut().unwrap().allowed_headers = Some(names("x-a"));
+        both.services = Some(ea::ext_authz::Services::HttpService(s2));
+        let e = err_text(with(vec![http_filter(
+            "envoy.filters.http.ext_authz",
+            any_of(ext_authz, both.encode_to_vec()),
+        )]));
+        assert!(e.contains("authorization_request.allowed_headers"), "{e}");
+        // A formatter in a value is refused, not sent as it is.
+        let mut fmt = istiod.clone();
+        let mut s3 = service;
+        s3.authorization_request.as_mut().unwrap().headers_to_add[0].value = "%REQ(:path)%".into();
+        fmt.services = Some(ea::ext_authz::Services::HttpService(s3));
+        let e = err_text(with(vec![http_filter(
+            "envoy.filters.http.ext_authz",
+            any_of(ext_authz, fmt.encode_to_vec()),
+        )]));
+        assert!(e.contains("headers_to_add[0].value"), "{e}");
     }
     let e = err_text(with(vec![http_filter(
         "w",

@@ -54,7 +54,41 @@ pub struct ExtAuthz {
     pub ids: ExtAuthzStatIds,
     /// The network filter's own counters (a tcp listener's `ext_authz`).
     pub net: Option<NetStatIds>,
+    /// The request headers the authorizer is told of (`allowed_headers`; with `http`,
+    /// Envoy's defaults besides); none: every one.
+    allowed: Option<Box<[Matcher]>>,
+    /// An HTTP authorization service (`http_service`) instead of gRPC's Check.
+    pub http: Option<HttpCheck>,
 }
+
+/// Envoy's `http_service`, compiled: what the check request carries besides the request's
+/// allowed headers, and which of the answer's headers go where.
+pub struct HttpCheck {
+    /// `x-envoy-expected-rq-timeout-ms` of the check requests (the filter's timeout), as
+    /// Envoy's async client's router adds it.
+    timeout_ms: Box<[u8]>,
+    path_prefix: Box<[u8]>,
+    headers_to_add: Box<[(Box<[u8]>, Box<[u8]>)]>,
+    upstream: Box<[Matcher]>,
+    upstream_append: Box<[Matcher]>,
+    /// None: every header of the answer but `host` (Envoy's default).
+    client: Option<Box<[Matcher]>>,
+    client_on_success: Box<[Matcher]>,
+}
+
+/// The header a 200 answer of an HTTP authorizer names the request headers to remove in
+/// (comma-separated), as Envoy reads it.
+pub const HEADERS_TO_REMOVE_HEADER: &[u8] = b"x-envoy-auth-headers-to-remove";
+/// What an HTTP authorizer is always told of (Envoy's `toRequestMatchers` defaults).
+const HTTP_ALLOWED_ALWAYS: [&[u8]; 4] = [b"authorization", b":method", b":path", b":authority"];
+/// The answer's headers that go to a denied caller besides those `allowed_client_headers`
+/// names (Envoy's `toClientMatchers` defaults).
+const HTTP_CLIENT_ALWAYS: [&[u8]; 4] = [
+    b":status",
+    b"content-length",
+    b"www-authenticate",
+    b"location",
+];
 
 /// The network filter's counters besides the shared ones: `ext_authz.STAT_PREFIX.total`,
 /// `.cx_closed` and the gauge `.active` (Envoy's `ALL_TCP_EXT_AUTHZ_STATS`).
@@ -102,6 +136,29 @@ impl ExtAuthz {
                 }
             }
         });
+        let compile = |l: &[config::StringMatch]| -> Box<[Matcher]> {
+            // Validation compiles them first: one that fails here is a bug, and matches
+            // nothing.
+            l.iter().filter_map(|m| Matcher::new(m).ok()).collect()
+        };
+        let allowed = match (&c.http, c.allowed_headers.is_empty()) {
+            (None, true) => None,
+            _ => Some(compile(&c.allowed_headers)),
+        };
+        let http = c.http.as_ref().map(|h| HttpCheck {
+            timeout_ms: c.timeout_ms.to_string().into_bytes().into(),
+            path_prefix: h.path_prefix.as_bytes().into(),
+            headers_to_add: h
+                .headers_to_add
+                .iter()
+                .map(|(n, v)| (n.as_bytes().into(), v.as_bytes().into()))
+                .collect(),
+            upstream: compile(&h.allowed_upstream_headers),
+            upstream_append: compile(&h.allowed_upstream_headers_to_append),
+            client: (!h.allowed_client_headers.is_empty())
+                .then(|| compile(&h.allowed_client_headers)),
+            client_on_success: compile(&h.allowed_client_headers_on_success),
+        });
         let authority = match c.authority.as_str() {
             "" => c.cluster.as_bytes(),
             a => a.as_bytes(),
@@ -130,6 +187,19 @@ impl ExtAuthz {
                 cx_closed: id("cx_closed"),
                 active: st.add(&scope, "active", &[], Kind::Gauge),
             }),
+            allowed,
+            http,
+        }
+    }
+
+    /// Whether the authorizer is told of the request header `name` (lower case).
+    pub fn allows_header(&self, name: &[u8]) -> bool {
+        match &self.allowed {
+            None => true,
+            Some(l) => {
+                (self.http.is_some() && HTTP_ALLOWED_ALWAYS.contains(&name))
+                    || l.iter().any(|m| m.matches(name))
+            }
         }
     }
 
@@ -225,6 +295,129 @@ pub fn check_request<'h>(
         }),
     };
     framed(&req)
+}
+
+// === impl HttpCheck ===
+
+impl HttpCheck {
+    /// The HTTP/1.1 check request (head only: no body) for a request whose headers are
+    /// `headers` (pseudo-headers included, those `allows_header` lets through): as Envoy 1.40's
+    /// `RawHttpClientImpl::check` builds it from the CheckRequest: the request's method,
+    /// `path_prefix` + its path, its authority as `host`, each allowed header once (repeated
+    /// ones joined with `,`), `content-length: 0`, then `headers_to_add` (replacing); and what
+    /// Envoy's async client adds: `x-envoy-internal: true`, `x-envoy-expected-rq-timeout-ms`.
+    pub fn request_head<'h>(&self, headers: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> Vec<u8> {
+        let mut method: &[u8] = b"GET";
+        let mut path: &[u8] = b"/";
+        let mut host: &[u8] = b"";
+        let mut fields: Vec<(&[u8], Vec<u8>)> = Vec::new();
+        for (n, v) in headers {
+            match n {
+                b":method" => method = v,
+                b":path" => path = v,
+                b":authority" => host = v,
+                // Envoy's HTTP/1 codec writes no other pseudo-header; content-length is its
+                // own, and a caller's partial-body marker is skipped as in the CheckRequest.
+                _ if n.starts_with(b":") => {}
+                b"content-length" | b"host" | b"x-envoy-auth-partial-body" => {}
+                b"x-envoy-internal" | b"x-envoy-expected-rq-timeout-ms" => {}
+                _ if self.headers_to_add.iter().any(|(a, _)| &**a == n) => {}
+                _ => match fields.iter_mut().find(|(k, _)| *k == n) {
+                    Some((_, e)) => {
+                        e.push(b',');
+                        e.extend_from_slice(v);
+                    }
+                    None => fields.push((n, v.to_vec())),
+                },
+            }
+        }
+        let mut h = Vec::with_capacity(
+            128 + path.len()
+                + self.path_prefix.len()
+                + fields
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len() + 4)
+                    .sum::<usize>(),
+        );
+        h.extend_from_slice(method);
+        h.push(b' ');
+        h.extend_from_slice(&self.path_prefix);
+        h.extend_from_slice(path);
+        h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        h.extend_from_slice(host);
+        h.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+        let added = self.headers_to_add.iter().map(|(n, v)| (&**n, &**v));
+        for (n, v) in fields.iter().map(|(n, v)| (*n, &v[..])).chain(added) {
+            h.extend_from_slice(n);
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(v);
+            h.extend_from_slice(b"\r\n");
+        }
+        h.extend_from_slice(b"x-envoy-internal: true\r\nx-envoy-expected-rq-timeout-ms: ");
+        h.extend_from_slice(&self.timeout_ms);
+        h.extend_from_slice(b"\r\n\r\n");
+        h
+    }
+
+    /// The authorizer's answer (its status, header fields with lower-case names, body), as
+    /// Envoy 1.40's `RawHttpClientImpl::toResponse` reads it: 5xx is an error; 200 lets the
+    /// request through with the headers `allowed_upstream_headers` match set on it (those of
+    /// `..._to_append` added), those named in `x-envoy-auth-headers-to-remove` removed, those
+    /// `allowed_client_headers_on_success` match added to its response; any other denies it
+    /// with that status, the headers `allowed_client_headers` match, and the body.
+    pub fn answer(
+        &self,
+        status: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        body: Vec<u8>,
+    ) -> Result<Answer, CheckError> {
+        if (500..=599).contains(&status) {
+            return Err(CheckError::HttpStatus(status));
+        }
+        let any = |l: &[Matcher], n: &[u8]| l.iter().any(|m| m.matches(n));
+        if status == 200 {
+            let mut set = Vec::new();
+            let mut remove = Vec::new();
+            let mut response_headers = Vec::new();
+            for (n, v) in headers {
+                if n == HEADERS_TO_REMOVE_HEADER {
+                    for name in v.split(|&b| b == b',') {
+                        let name = name.trim_ascii();
+                        if !name.is_empty() {
+                            remove.push(name.to_ascii_lowercase());
+                        }
+                    }
+                    continue;
+                }
+                if any(&self.upstream, &n) {
+                    set.push((HeaderAction::Set, n.clone(), v.clone()));
+                }
+                if any(&self.upstream_append, &n) {
+                    set.push((HeaderAction::Add, n.clone(), v.clone()));
+                }
+                if any(&self.client_on_success, &n) {
+                    response_headers.push((HeaderAction::Add, n, v));
+                }
+            }
+            return Ok(Answer::Ok {
+                headers: set,
+                remove,
+                response_headers,
+            });
+        }
+        let to_client = |n: &[u8]| match &self.client {
+            None => n != b"host",
+            Some(l) => HTTP_CLIENT_ALWAYS.contains(&n) || any(l, n),
+        };
+        Ok(Answer::Denied {
+            status,
+            headers: headers
+                .into_iter()
+                .filter(|(n, _)| n != HEADERS_TO_REMOVE_HEADER && to_client(n))
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
 }
 
 /// The CheckRequest's source and destination (Envoy's `setAttrContextPeer`): addresses, the
@@ -395,6 +588,8 @@ pub enum CheckError {
     Grpc(u32),
     /// The message does not decode, or is larger than `EXT_AUTHZ_RESPONSE_BYTES_MAX`.
     BadResponse,
+    /// An HTTP authorizer answered 5xx.
+    HttpStatus(u16),
 }
 
 /// Reads a Check's response body (gRPC length-prefixed; one message).
@@ -526,6 +721,28 @@ pub trait CheckClient {
     fn send(&self, x: &ExtAuthz, message: Bytes, slot: &Rc<CheckSlot>) -> bool;
 }
 
+/// Asks the gRPC authorizer through `client` with `message` (a framed CheckRequest) and waits
+/// for the answer, at most the filter's timeout (then the call is cancelled).
+pub async fn ask(
+    x: &ExtAuthz,
+    client: Option<&dyn CheckClient>,
+    message: Bytes,
+) -> Result<Answer, CheckError> {
+    let slot = Rc::new(CheckSlot::default());
+    let outcome = match client.is_some_and(|c| c.send(x, message, &slot)) {
+        false => Err(CheckError::Transport),
+        true => {
+            shard::monoio::select! {
+                _ = slot.done.wait() => slot.outcome.borrow_mut().take().unwrap_or(Err(CheckError::Transport)),
+                _ = shard::monoio::time::sleep(x.timeout) => Err(CheckError::Timeout),
+            }
+        }
+    };
+    // Dropped unanswered (a timeout): the call is cancelled.
+    drop(slot);
+    outcome
+}
+
 /// The network filter on one connection (after the rbac filters before it allowed it and
 /// enabled it): asks the authorizer and waits for the answer (the filter's timeout); whether
 /// the connection goes on. Envoy's `Filter::onComplete`: OK goes on; denied closes; an error
@@ -542,18 +759,7 @@ pub async fn check_connection(
     };
     stats.inc(net.total);
     stats.inc(net.active);
-    let slot = Rc::new(CheckSlot::default());
-    let outcome = match client.is_some_and(|c| c.send(x, message, &slot)) {
-        false => Err(CheckError::Transport),
-        true => {
-            shard::monoio::select! {
-                _ = slot.done.wait() => slot.outcome.borrow_mut().take().unwrap_or(Err(CheckError::Transport)),
-                _ = shard::monoio::time::sleep(x.timeout) => Err(CheckError::Timeout),
-            }
-        }
-    };
-    // Dropped unanswered (a timeout): the call is cancelled.
-    drop(slot);
+    let outcome = ask(x, client, message).await;
     stats.dec(net.active);
     let goes_on = match outcome {
         Ok(Answer::Ok { .. }) => {
@@ -641,6 +847,93 @@ mod tests {
         assert_eq!(
             parse_response(b"\0\0\0\0\x05ab"),
             Err(CheckError::BadResponse)
+        );
+    }
+
+    /// An HTTP authorizer's check request and answers, as Envoy's `RawHttpClientImpl` makes
+    /// and reads them.
+    #[test]
+    fn http_service_request_and_answers() {
+        let sm = |exact: Option<&str>, prefix: Option<&str>| config::StringMatch {
+            exact: exact.map(Into::into),
+            prefix: prefix.map(Into::into),
+            regex: None,
+        };
+        let c = config::ExtAuthz {
+            cluster: "authz".into(),
+            authority: String::new(),
+            timeout_ms: 100,
+            failure_mode_allow: false,
+            failure_mode_allow_header_add: false,
+            status_on_error: 403,
+            enabled_by_shadow_policy: None,
+            include_peer_certificate: false,
+            after_rbac: 0,
+            before_jwt_authn: false,
+            stat_prefix: String::new(),
+            allowed_headers: vec![sm(Some("x-a"), None)],
+            http: Some(config::ExtAuthzHttp {
+                path_prefix: "/check".into(),
+                headers_to_add: vec![("x-add".into(), "1".into())],
+                allowed_upstream_headers: vec![sm(None, Some("x-up"))],
+                allowed_client_headers_on_success: vec![sm(Some("set-cookie"), None)],
+                ..Default::default()
+            }),
+        };
+        let x = ExtAuthz::new(&c, &Stats::new(1, &Default::default()).unwrap());
+        let hs: [(&[u8], &[u8]); 7] = [
+            (b":method", b"POST"),
+            (b":path", b"/a.B/C?x=1"),
+            (b":authority", b"svc"),
+            (b"x-a", b"1"),
+            (b"x-a", b"2"),
+            (b"x-b", b"no"),
+            (b"x-add", b"theirs"),
+        ];
+        let h = x.http.as_ref().unwrap();
+        let head = h.request_head(hs.iter().copied().filter(|(n, _)| x.allows_header(n)));
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /check/a.B/C?x=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\
+             x-a: 1,2\r\nx-add: 1\r\nx-envoy-internal: true\r\n\
+             x-envoy-expected-rq-timeout-ms: 100\r\n\r\n"
+        );
+        let fields = |l: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            l.iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let ok = h.answer(
+            200,
+            fields(&[
+                ("x-up-1", "u"),
+                ("x-other", "o"),
+                ("set-cookie", "s"),
+                ("x-envoy-auth-headers-to-remove", "x-a, x-b"),
+            ]),
+            Vec::new(),
+        );
+        assert_eq!(
+            ok,
+            Ok(Answer::Ok {
+                headers: vec![(HeaderAction::Set, b"x-up-1".to_vec(), b"u".to_vec())],
+                remove: vec![b"x-a".to_vec(), b"x-b".to_vec()],
+                response_headers: vec![(HeaderAction::Add, b"set-cookie".to_vec(), b"s".to_vec())],
+            })
+        );
+        // No allowed_client_headers: every header but host goes to the denied caller.
+        let denied = h.answer(401, fields(&[("host", "h"), ("x-d", "1")]), b"no".to_vec());
+        assert_eq!(
+            denied,
+            Ok(Answer::Denied {
+                status: 401,
+                headers: fields(&[("x-d", "1")]),
+                body: "no".into()
+            })
+        );
+        assert_eq!(
+            h.answer(503, Vec::new(), Vec::new()),
+            Err(CheckError::HttpStatus(503))
         );
     }
 }

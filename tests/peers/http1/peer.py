@@ -14,9 +14,10 @@ server: python peer.py server --host H --port P --name NAME
   Prints "ready" once listening.
 
 client: python peer.py client --target H:P < requests.json
-  Sends the requests ([{method, path, host, body_len, chunked, headers}]) one after the other
-  on one keep-alive connection (a new one when the server closed it) and prints one JSON line
-  per request: {"status": N, "body": TEXT, "reused": BOOL} or {"error": TEXT}.
+  Sends the requests ([{method, path, host, body_len, chunked, headers, show}]) one after the
+  other on one keep-alive connection (a new one when the server closed it) and prints one JSON
+  line per request: {"status": N, "body": TEXT, "reused": BOOL} (with "headers": {NAME: VALUE}
+  for the response fields `show` names) or {"error": TEXT}.
   With --tls-cert/--tls-key/--tls-ca it speaks TLS (client certificate, the CA's trust,
   --alpn A,B offered); each line then says the ALPN negotiated ("alpn": NAME|null).
 """
@@ -171,6 +172,9 @@ def client(a):
             alpn = conn.sock.selected_alpn_protocol() if a.tls_cert and conn.sock else None
             text = resp.read().decode(errors="replace")
             line = {"status": resp.status, "body": text, "reused": reused}
+            if r.get("show"):
+                # The response's fields of these names (repeated ones joined with ", ").
+                line["headers"] = {k: ", ".join(resp.headers.get_all(k) or []) for k in r["show"]}
             if a.tls_cert:
                 line["alpn"] = alpn
             print(json.dumps(line), flush=True)

@@ -1895,11 +1895,18 @@ impl Conn {
                 size: 0,
                 id: u64::from(id),
             };
-            crate::filter::ext_authz::check_request(
-                &attrs,
-                hl.iter().map(|(n, v, _)| (n, v)),
-                x.include_peer_certificate,
-            )
+            let allowed = hl
+                .iter()
+                .map(|(n, v, _)| (n, v))
+                .filter(|(n, _)| x.allows_header(n));
+            match &x.http {
+                Some(h) => Bytes::from(h.request_head(allowed)),
+                None => crate::filter::ext_authz::check_request(
+                    &attrs,
+                    allowed,
+                    x.include_peer_certificate,
+                ),
+            }
         };
         let until = Instant::now() + x.timeout;
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
@@ -1915,6 +1922,28 @@ impl Conn {
         }
         let routes = l.routes.get();
         let pool = routes.authz_pool.and_then(|i| routes.pools.get(i));
+        if x.http.is_some() {
+            // An HTTP authorizer: asked over HTTP/1.1 by a task of its own, whose answer comes
+            // back by the call's id (none waits for it any more after the timeout: dropped).
+            let Some(pool) = pool.cloned() else {
+                self.check_done(id, Err(crate::filter::ext_authz::CheckError::Transport));
+                return;
+            };
+            let (me, l) = (Rc::downgrade(self), l.clone());
+            shard::monoio::spawn(async move {
+                let Some(x) = &l.ext_authz else {
+                    return;
+                };
+                let outcome = super::http1::http_check(&pool, x, message).await;
+                if let Some(c) = me.upgrade() {
+                    c.check_done(id, outcome);
+                }
+            });
+            if self.armed.get().is_none_or(|a| until < a) {
+                self.deadline_wake.notify();
+            }
+            return;
+        }
         let waiter = CheckWaiter::Call(Rc::downgrade(self), id);
         let sent =
             pool.and_then(|pool| send_check(pool, self.limits, &l.alpn.http2, x, message, waiter));
@@ -3301,7 +3330,7 @@ fn cancel_check(check: Option<(Weak<Conn>, u32)>) {
 /// Makes an OK authorization's changes to the request (Envoy's order: set, add, add if
 /// absent, overwrite if present, append, then remove); pseudo-headers and `host` are not the
 /// authorizer's to change.
-fn apply_authz_headers(
+pub(super) fn apply_authz_headers(
     hl: &mut HeaderList,
     headers: &[(crate::filter::ext_authz::HeaderAction, Vec<u8>, Vec<u8>)],
     remove: &[Vec<u8>],

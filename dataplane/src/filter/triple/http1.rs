@@ -168,6 +168,12 @@ enum Local {
     },
     /// The external authorization failed: `status_on_error`, no body.
     AuthzError(u16),
+    /// The external authorizer denied it: its status, headers and body.
+    AuthzDenied {
+        code: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        body: String,
+    },
     /// The route's own answer (`redirect`, `direct_response`).
     Direct {
         code: u16,
@@ -206,6 +212,8 @@ impl Local {
             Local::Direct { code, .. } => (*code, reason(*code), ""),
             Local::Jwt { code, body, .. } => (*code, reason(*code), body),
             Local::AuthzError(code) => (*code, reason(*code), ""),
+            // Its body: see `local`.
+            Local::AuthzDenied { code, .. } => (*code, reason(*code), ""),
         }
     }
 
@@ -217,7 +225,9 @@ impl Local {
             }
             Local::Forbidden(_) | Local::Direct { .. } | Local::Jwt { .. } => Flags::NONE,
             Local::FaultAbort(_) => Flags::FAULT_INJECTED,
-            Local::AuthzError(_) => Flags::UNAUTHORIZED_EXTERNAL_SERVICE,
+            Local::AuthzError(_) | Local::AuthzDenied { .. } => {
+                Flags::UNAUTHORIZED_EXTERNAL_SERVICE
+            }
             Local::NoRoute => Flags::NO_ROUTE_FOUND,
             Local::RateLimited(_) | Local::ConcurrencyLimited => Flags::RATE_LIMITED,
             Local::NoHealthyUpstream => Flags::NO_HEALTHY_UPSTREAM,
@@ -309,6 +319,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         alpn2: l.alpn.http2.clone(),
         respond: None,
         direct_delay: None,
+        authz_response: Vec::new(),
     };
     loop {
         let next = shard::monoio::select! {
@@ -475,6 +486,8 @@ struct Down<C> {
     respond: Option<super::mutate::Respond>,
     /// A direct route's fault delay (and abort after it) that holds its answer.
     direct_delay: Option<(Duration, Option<u16>)>,
+    /// An OK external authorization's headers for the exchange's answer (empty: none).
+    authz_response: Vec<(crate::filter::ext_authz::HeaderAction, Vec<u8>, Vec<u8>)>,
 }
 
 /// One request and its response.
@@ -511,6 +524,7 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     };
     c.respond = None;
     c.direct_delay = None;
+    c.authz_response.clear();
     // Before it is logged, authorized and routed, as Envoy's connection manager does.
     c.xfcc.apply_fields(&mut req.fields);
     header_list(&mut c.hl, &req, c.scheme);
@@ -545,7 +559,10 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
         mutations,
         mut respond,
         cookies,
-    } = match route(c, l, &mut req) {
+    } = match authorize(c, l, &mut req, rid.as_deref())
+        .await
+        .and_then(|payload| route(c, l, &mut req, payload))
+    {
         Ok(r) => r,
         Err(e) => {
             if let Some((d, abort)) = c.direct_delay.take() {
@@ -839,10 +856,15 @@ type Answer<'a> = (
     Option<&'a super::hash::Generated>,
 );
 
-/// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
-/// found its cluster is the exchange's (`%UPSTREAM_CLUSTER%`), as Envoy's connection manager
-/// sets it when it resolves the route (before rate limits and faults).
-fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Routed, Local> {
+/// The listener's authorization filters on a request, in their order: jwt_authn, the rbac
+/// filters before ext_authz, ext_authz, jwt_authn when istiod's order puts it after
+/// ext_authz, the rbac filters after it; the jwt payloads routes may match on.
+async fn authorize<C: crate::io::Conn>(
+    c: &mut Down<C>,
+    l: &TripleListener,
+    req: &mut Request,
+    rid: Option<&str>,
+) -> Result<Option<crate::filter::jwt::Metadata>, Local> {
     if req.other_upgrade {
         return Err(Local::Forbidden("upgrade not allowed"));
     }
@@ -878,40 +900,159 @@ fn route<C>(c: &mut Down<C>, l: &TripleListener, req: &mut Request) -> Result<Ro
             respond_before_routing(c, l, req, payload.as_ref(), as_came.as_ref());
             return Err(Local::Forbidden("RBAC: access denied"));
         }
-        policy = p;
+        policy = p.map(str::to_owned);
     }
-    if let Some(x) = x {
-        if x.applies(policy) {
-            // Not asked over HTTP/1.1 yet: refused as on an authorizer error, never let
-            // through (docs/xds.md, External authorization).
-            l.stats.inc(x.ids.error);
+    let Some(x) = x else {
+        return Ok(payload);
+    };
+    if x.applies(policy.as_deref()) {
+        if let Err(e) = check(c, l, req, x, rid).await {
             respond_before_routing(c, l, req, payload.as_ref(), as_came.as_ref());
-            return Err(Local::AuthzError(x.status_on_error));
+            return Err(e);
         }
+    } else {
         l.stats.inc(x.ids.disabled);
-        if early {
-            (payload, as_came) = match authenticate(c, l, req) {
-                Ok(p) => p,
-                Err(e) => {
-                    respond_before_routing(c, l, req, None, None);
-                    return Err(e);
-                }
-            };
+    }
+    if early {
+        (payload, as_came) = match authenticate(c, l, req) {
+            Ok(p) => p,
+            Err(e) => {
+                respond_before_routing(c, l, req, None, None);
+                return Err(e);
+            }
+        };
+    }
+    if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
+        let call = super::headers::CallView {
+            headers: &c.hl,
+            metadata: payload.as_ref(),
+        };
+        if !rbac
+            .allows_range(&peer.with(&call), &l.stats, split..usize::MAX, None)
+            .0
+        {
+            respond_before_routing(c, l, req, payload.as_ref(), as_came.as_ref());
+            return Err(Local::Forbidden("RBAC: access denied"));
         }
-        if let (Some(rbac), Some(peer)) = (&l.rbac, &c.peer) {
-            let call = super::headers::CallView {
-                headers: &c.hl,
-                metadata: payload.as_ref(),
+    }
+    Ok(payload)
+}
+
+/// The listener's ext_authz filter on a request it applies to, as on HTTP/2: the authorizer
+/// (gRPC's Check over the listener's HTTP/2 pool of its cluster, or an HTTP service over
+/// HTTP/1.1) asked while the request waits (its body unread in the socket), within the
+/// filter's timeout. OK: its header changes made to the request (its response headers kept
+/// for the answer); denied: answered with its status, headers and body; an error: answered
+/// `status_on_error` unless `failure_mode_allow`.
+async fn check<C: crate::io::Conn>(
+    c: &mut Down<C>,
+    l: &TripleListener,
+    req: &mut Request,
+    x: &crate::filter::ext_authz::ExtAuthz,
+    rid: Option<&str>,
+) -> Result<(), Local> {
+    use crate::filter::ext_authz::{Answer, CheckError};
+    // What Envoy's connection manager adds before its filters run: the authorizer sees them
+    // (and they go upstream as they are).
+    if c.hl.get(b"x-forwarded-proto").is_none() {
+        c.hl.append(b"x-forwarded-proto", c.scheme.as_bytes());
+    }
+    if let (Some(r), None) = (rid, c.hl.get(b"x-request-id")) {
+        c.hl.append(b"x-request-id", r.as_bytes());
+    }
+    let routes = l.routes.get();
+    let pool = routes.authz_pool.and_then(|i| routes.pools.get(i)).cloned();
+    // The check's bytes, built before the wait (the header list's borrow ends with them).
+    let message = {
+        let allowed =
+            c.hl.iter()
+                .map(|(n, v, _)| (n, v))
+                .filter(|(n, _)| x.allows_header(n));
+        match &x.http {
+            Some(h) => bytes::Bytes::from(h.request_head(allowed)),
+            None => {
+                let peer = c.peer.as_ref();
+                let attrs = crate::filter::ext_authz::Attributes {
+                    source: peer.and_then(|p| p.source),
+                    destination: peer.and_then(|p| p.destination),
+                    peer_certificate: peer.and_then(|p| p.certificate.as_deref()),
+                    local_uri: l.local_uris.first().map(String::as_str),
+                    protocol: "HTTP/1.1",
+                    size: 0,
+                    id: 0,
+                };
+                crate::filter::ext_authz::check_request(&attrs, allowed, x.include_peer_certificate)
+            }
+        }
+    };
+    let outcome = match (&x.http, pool) {
+        (_, None) => Err(CheckError::Transport),
+        (Some(_), Some(pool)) => http_check(&pool, x, message).await,
+        (None, Some(pool)) => {
+            let client = super::conn::PoolCheckClient {
+                pool,
+                limits: l.limits,
+                alpn: l.alpn.http2.clone(),
             };
-            if !rbac
-                .allows_range(&peer.with(&call), &l.stats, split..usize::MAX, None)
-                .0
-            {
-                respond_before_routing(c, l, req, payload.as_ref(), as_came.as_ref());
-                return Err(Local::Forbidden("RBAC: access denied"));
+            crate::filter::ext_authz::ask(x, Some(&client), message).await
+        }
+    };
+    match outcome {
+        Ok(Answer::Ok {
+            headers,
+            remove,
+            response_headers,
+        }) => {
+            l.stats.inc(x.ids.ok);
+            super::conn::apply_authz_headers(&mut c.hl, &headers, &remove);
+            c.authz_response = response_headers;
+        }
+        Ok(Answer::Denied {
+            status,
+            headers,
+            body,
+        }) => {
+            l.stats.inc(x.ids.denied);
+            return Err(Local::AuthzDenied {
+                code: status,
+                headers,
+                body,
+            });
+        }
+        Err(e) => {
+            tracing::debug!(listener = %l.name, error = ?e, "ext_authz: check failed");
+            l.stats.inc(x.ids.error);
+            if !x.failure_mode_allow {
+                return Err(Local::AuthzError(x.status_on_error));
+            }
+            l.stats.inc(x.ids.failure_mode_allowed);
+            if x.failure_mode_allow_header_add {
+                c.hl.replace(
+                    crate::filter::ext_authz::FAILURE_MODE_ALLOWED_HEADER,
+                    Some(b"true"),
+                );
             }
         }
     }
+    // The request going upstream is the header list as the filter left it.
+    req.fields =
+        c.hl.iter()
+            .filter(|(n, _, _)| !n.starts_with(b":") && *n != b"host")
+            .map(|(n, v, _)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
+            .collect();
+    Ok(())
+}
+
+/// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
+/// found its cluster is the exchange's (`%UPSTREAM_CLUSTER%`), as Envoy's connection manager
+/// sets it when it resolves the route (before rate limits and faults). `payload`: the jwt
+/// payloads the authorization filters verified.
+fn route<C>(
+    c: &mut Down<C>,
+    l: &TripleListener,
+    req: &mut Request,
+    payload: Option<crate::filter::jwt::Metadata>,
+) -> Result<Routed, Local> {
     let hl = &c.hl;
     let full = req.path.as_bytes();
     let (service, method) = super::router::path_parts(full);
@@ -1410,8 +1551,16 @@ async fn local<C: crate::io::Conn>(
     let (code, reason, body) = e.status();
     let (body, location) = match e {
         Local::Direct { body, location, .. } => (body.as_slice(), location.as_deref()),
+        Local::AuthzDenied { body, .. } => (body.as_bytes(), None),
         _ => (body.as_bytes(), None),
     };
+    // The authorizer's headers on its denial replace the reply's own of those names
+    // (Envoy's ext_authz filter removes, then adds them); pseudo-headers are not its.
+    let denied: &[(Vec<u8>, Vec<u8>)] = match e {
+        Local::AuthzDenied { headers, .. } => headers,
+        _ => &[],
+    };
+    let replaced = |n: &[u8]| denied.iter().any(|(k, _)| k == n);
     c.seen.code = code;
     c.seen.tx = body.len() as u64;
     c.seen.flags = c.seen.flags | e.flags();
@@ -1464,11 +1613,29 @@ async fn local<C: crate::io::Conn>(
         }
     }
     // A 204 carries no content-length (RFC 9110 8.6; Envoy's codec leaves it out).
-    if code != 204 {
+    if code != 204 && !replaced(b"content-length") {
         out.push_str(&format!("content-length: {}\r\n", body.len()));
     }
-    if !body.is_empty() {
+    if !body.is_empty() && !replaced(b"content-type") {
         out.push_str("content-type: text/plain\r\n");
+    }
+    for (n, v) in denied {
+        if !n.starts_with(b":") && n != b"date" && n != b"connection" {
+            out.push_str(&String::from_utf8_lossy(n));
+            out.push_str(": ");
+            out.push_str(&String::from_utf8_lossy(v));
+            out.push_str("\r\n");
+        }
+    }
+    // An OK authorization's response headers, on any answer (as on HTTP/2).
+    for (a, n, v) in &c.authz_response {
+        let settable = !n.starts_with(b":") && !super::mutate::local_reply_sets(n);
+        if settable && *a != crate::filter::ext_authz::HeaderAction::OverwriteIfExists {
+            out.push_str(&String::from_utf8_lossy(n));
+            out.push_str(": ");
+            out.push_str(&String::from_utf8_lossy(v));
+            out.push_str("\r\n");
+        }
     }
     if let Local::Jwt {
         www_authenticate: Some(w),
@@ -2177,6 +2344,11 @@ async fn forward<C: crate::io::Conn>(
         };
         resp.head = super::mutate::response_head(&resp.head, r, &facts);
     }
+    if !c.authz_response.is_empty() {
+        // An OK authorization's response headers, after the route's (Envoy's ext_authz
+        // filter encodes after the router's mutations were made).
+        authz_response_head(&mut resp.head, &c.authz_response);
+    }
     if let Some(lg) = c.seen.lg.as_mut() {
         lg.keep(Part::Response, |n| response_field(&resp.head, n));
         if let Mx::Outbound { .. } = mx {
@@ -2878,4 +3050,203 @@ mod tests {
         assert!(!r.reusable);
         assert!(r.head.ends_with(b"connection: close\r\n\r\n"));
     }
+}
+
+// === the HTTP authorization service (ext_authz `http_service`) ===
+
+/// Asks the HTTP authorization service of `x` (its cluster's `pool`) with the check request
+/// `head` (`HttpCheck::request_head`): over an idle keep-alive HTTP/1.1 connection of the
+/// pool to an endpoint the balancer picks, else a new one (another endpoint, up to
+/// [`CONNECT_ATTEMPTS_MAX`], when connecting fails), within the filter's timeout; the answer
+/// as `HttpCheck::answer` reads it. Connect failure, a reset or a malformed answer is
+/// `Transport`, an answer larger than `EXT_AUTHZ_RESPONSE_BYTES_MAX` `BadResponse`.
+pub async fn http_check(
+    pool: &Pool,
+    x: &crate::filter::ext_authz::ExtAuthz,
+    head: bytes::Bytes,
+) -> Result<crate::filter::ext_authz::Answer, crate::filter::ext_authz::CheckError> {
+    use crate::filter::ext_authz::CheckError;
+    let Some(service) = &x.http else {
+        return Err(CheckError::Transport);
+    };
+    let ask = async {
+        let (status, fields, body) = http_check_exchange(pool, head).await?;
+        service.answer(status, fields, body)
+    };
+    match shard::monoio::time::timeout(x.timeout, ask).await {
+        Ok(r) => r,
+        Err(_) => Err(CheckError::Timeout),
+    }
+}
+
+/// One check exchange: (status, fields with lower-case names, body).
+#[allow(clippy::type_complexity)]
+async fn http_check_exchange(
+    pool: &Pool,
+    head: bytes::Bytes,
+) -> Result<(u16, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>), crate::filter::ext_authz::CheckError> {
+    use crate::filter::ext_authz::CheckError;
+    let lb = &pool.lb;
+    let alpn = pool.alpn(&None).clone();
+    let mut tried = [usize::MAX; CONNECT_ATTEMPTS_MAX];
+    let mut up = None;
+    for attempt in 0..CONNECT_ATTEMPTS_MAX {
+        let Some(i) = lb.pick_available(|i| match tried.contains(&i) {
+            true => Availability::Excluded,
+            false => Availability::Ready,
+        }) else {
+            break;
+        };
+        tried[attempt] = i;
+        let addr = lb.slot(i).addr;
+        let tls = lb.tls(i);
+        if let Some(u) = idle_connection(pool, addr, tls.is_some(), &alpn) {
+            up = Some(u);
+            break;
+        }
+        if let Some((s, tls_peer)) = dial(pool, addr, tls.as_deref(), alpn.as_deref()).await {
+            up = Some(Up {
+                s,
+                addr,
+                slot: Some(i),
+                alpn: alpn.clone(),
+                tls_peer,
+                istio_peer: Default::default(),
+            });
+            break;
+        }
+    }
+    let Some(mut up) = up else {
+        return Err(CheckError::Transport);
+    };
+    let (r, _) = up.s.write_all(head).await;
+    r.map_err(|_| CheckError::Transport)?;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let n = read_head(&mut up.s, &mut buf, Duration::ZERO, false)
+        .await
+        .map_err(|_| CheckError::Transport)?;
+    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut r = httparse::Response::new(&mut fields);
+    if !matches!(r.parse(&buf[..n]), Ok(httparse::Status::Complete(_))) {
+        return Err(CheckError::Transport);
+    }
+    let status = r.code.ok_or(CheckError::Transport)?;
+    let mut close = r.version == Some(0);
+    let (mut length, mut chunked) = (None::<u64>, false);
+    let mut out = Vec::with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        let name = h.name.to_ascii_lowercase().into_bytes();
+        match &name[..] {
+            b"content-length" => {
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+            }
+            b"transfer-encoding" => chunked = contains_token(h.value, "chunked"),
+            b"connection" => close |= contains_token(h.value, "close"),
+            _ => {}
+        }
+        out.push((name, h.value.to_vec()));
+    }
+    buf.advance(n);
+    let no_body = status == 204 || status == 304 || (100..200).contains(&status);
+    let limit = crate::config::EXT_AUTHZ_RESPONSE_BYTES_MAX;
+    let mut body = Vec::new();
+    let mut chunks = Chunks::default();
+    loop {
+        // What is buffered: taken into the body as the framing says; done when it ends.
+        let done = match (no_body, chunked, length) {
+            (true, ..) => true,
+            (false, true, _) => {
+                let (used, ended) = chunks
+                    .feed_data(&buf, &mut |d| body.extend_from_slice(d))
+                    .map_err(|_| CheckError::Transport)?;
+                buf.advance(used);
+                ended
+            }
+            (false, false, Some(len)) => {
+                let take = (len as usize - body.len()).min(buf.len());
+                body.extend_from_slice(&buf[..take]);
+                buf.advance(take);
+                body.len() as u64 == len
+            }
+            (false, false, None) => {
+                body.extend_from_slice(&buf);
+                buf.clear();
+                false
+            }
+        };
+        if body.len() > limit {
+            return Err(CheckError::BadResponse);
+        }
+        if done {
+            break;
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        let (res, b) = crate::io::read_append(&mut up.s, std::mem::take(&mut buf)).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) if length.is_none() && !chunked => {
+                // A body until the close: it ended.
+                close = true;
+                break;
+            }
+            Ok(0) | Err(_) => return Err(CheckError::Transport),
+            Ok(_) => {}
+        }
+    }
+    if !close && buf.is_empty() {
+        put_idle(pool, up);
+    }
+    Ok((status, out, body))
+}
+
+/// Makes an OK authorization's response header changes on a response head (as
+/// `conn::apply_authz_headers` does on a header list).
+fn authz_response_head(
+    head: &mut Vec<u8>,
+    headers: &[(crate::filter::ext_authz::HeaderAction, Vec<u8>, Vec<u8>)],
+) {
+    use crate::filter::ext_authz::HeaderAction as A;
+    for (a, n, v) in headers {
+        if n.starts_with(b":") {
+            continue;
+        }
+        let present = response_field(head, n).is_some();
+        let (drop, add) = match a {
+            A::Add => (false, true),
+            A::AddIfAbsent => (false, !present),
+            A::Set => (true, true),
+            A::OverwriteIfExists => (present, present),
+            A::Append => (false, true),
+        };
+        if drop {
+            remove_field(head, n);
+        }
+        if add {
+            let end = head.len().saturating_sub(2);
+            let mut line = Vec::with_capacity(n.len() + v.len() + 4);
+            line.extend_from_slice(n);
+            line.extend_from_slice(b": ");
+            line.extend_from_slice(v);
+            line.extend_from_slice(b"\r\n");
+            head.splice(end..end, line);
+        }
+    }
+}
+
+/// Removes every field named `name` (lower case) from a response head.
+fn remove_field(head: &mut Vec<u8>, name: &[u8]) {
+    let mut out = Vec::with_capacity(head.len());
+    for (i, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {
+        let named = i > 0
+            && line
+                .iter()
+                .position(|&b| b == b':')
+                .is_some_and(|c| line[..c].eq_ignore_ascii_case(name));
+        if !named {
+            out.extend_from_slice(line);
+        }
+    }
+    *head = out;
 }
