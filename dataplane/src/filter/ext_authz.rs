@@ -308,6 +308,8 @@ pub fn check_request<'h>(
         }
     }
     if let Some(b) = body {
+        // Envoy's `size`: the body bytes received so far.
+        http.size = b.buffered.len() as i64;
         // The body (as text, invalid UTF-8 replaced, or as bytes) and whether it was cut.
         match b.settings.pack_as_bytes {
             true => http.raw_body = b.sent().to_vec(),
