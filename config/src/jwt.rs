@@ -91,6 +91,11 @@ pub struct JwtProvider {
     pub pad_forward_payload_header: bool,
     #[serde(default)]
     pub claim_to_headers: Vec<JwtClaimToHeader>,
+    /// Envoy's `clear_route_cache`: once a token passed and a claim went to a header or the
+    /// payload to metadata, a denial after the filter (rbac, ext_authz) takes the route of the
+    /// request as the filter left it, with its payloads; else that of the request as it came.
+    #[serde(default)]
+    pub clear_route_cache: bool,
     /// Allowed clock difference for `exp` and `nbf`; 0: 60 s (Envoy's default).
     #[serde(default)]
     pub clock_skew_seconds: u32,

@@ -526,3 +526,128 @@ fn istiod_jwt_authn_on_http1_and_grpc_like_envoy() {
         at(8)
     );
 }
+
+/// The route of a denial made after jwt_authn passed (an rbac filter that denies every
+/// request), whose response mutations the denial gets: four listeners whose provider differs
+/// (claim `sub` to header `x-sub` and the token not forwarded, without `clear_route_cache`;
+/// the same with it; `clear_route_cache` with the payload in metadata only; `clear_route_cache`
+/// alone, the token not forwarded), routes that tell
+/// the headers as they came (`authorization` present) from the headers as jwt_authn left them
+/// (`x-sub` present) and from its payload (`dynamic_metadata` on `sub`), each route naming
+/// itself in `x-route` on its answers. A grpcio call (the trailers-only answer's fields) and
+/// an HTTP/1.1 request per listener, with a valid token and without one (jwt_authn's own
+/// denial), through Envoy 1.40 and ringside given the same resources.
+#[test]
+fn denials_after_jwt_authn_take_the_route_envoy_takes() {
+    let keys = Keys::new();
+    let up_port = free_port();
+    let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let good = keys.sign("RS256", "r1", &claims(ISS, json!("ringside"), 3600, -10));
+    const CASES: [&str; 4] = ["kept", "cleared", "payload", "bare"];
+    let provider = |case: &str| {
+        let mut p = json!({"issuer": ISS, "audiences": ["ringside"],
+            "local_jwks": {"inline_string": keys.jwks(true)}});
+        if case != "bare" {
+            p["payload_in_metadata"] = json!("payload");
+        }
+        if case == "kept" || case == "cleared" {
+            p["claim_to_headers"] = json!([{"header_name": "x-sub", "claim_name": "sub"}]);
+        }
+        if case != "kept" {
+            p["clear_route_cache"] = json!(true);
+        }
+        p
+    };
+    let named = |m: Value, name: &str| {
+        json!({"match": m, "route": {"cluster": "up", "timeout": "0s"},
+            "response_headers_to_add": [{"header": {"key": "x-route", "value": name}}]})
+    };
+    let present = |h: &str| json!({"prefix": "/", "headers": [{"name": h, "present_match": true}]});
+    let routes = json!([
+        named(present("x-sub"), "claim-header"),
+        named(json!({"prefix": "/", "dynamic_metadata": [claim("sub", "alice", false)]}), "claim-metadata"),
+        named(present("authorization"), "token"),
+        named(json!({"prefix": "/"}), "default"),
+    ]);
+    let deny_all = json!({"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "DENY", "policies": {"all": {
+            "permissions": [{"any": true}], "principals": [{"any": true}]}}}}});
+    let listener = |case: &str, listen: SocketAddr| {
+        let jwt = json!({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"p": provider(case)},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}});
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": case, "codec_type": "AUTO",
+            "route_config": {"name": case, "virtual_hosts": [{"name": "all", "domains": ["*"],
+                "routes": routes.clone()}]},
+            "http_filters": [jwt, deny_all.clone(),
+                {"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        });
+        json!({"name": case, "address": socket(listen), "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]})
+    };
+    // The answer's status and `x-route` of one HTTP/1.1 request.
+    let http1_route = |target: SocketAddr, token: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(target).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+        let req = format!("GET /x HTTP/1.1\r\nhost: svc\r\n{auth}connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let status = text.split(' ').nth(1).unwrap_or("?").to_string();
+        let route = text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-route"))
+            .map_or("-".to_string(), |(_, v)| v.trim().to_string());
+        format!("{status} {route}")
+    };
+    let run = |who: &str| -> Vec<String> {
+        let listens: Vec<SocketAddr> = CASES.iter().map(|_| local(free_port())).collect();
+        let snapshot = json!({
+            "version": "v1",
+            "listeners": CASES.iter().zip(&listens).map(|(c, l)| listener(c, *l)).collect::<Vec<_>>(),
+            "clusters": [{"name": "up", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": load_assignment("up", &[local(up_port)])}]
+        });
+        let (_proxy, _xds) = Proxy::start(who, &snapshot, listens[0]);
+        let mut seen = Vec::new();
+        for (case, listen) in CASES.iter().zip(&listens) {
+            wait_listening(*listen);
+            for token in [Some(good.as_str()), None] {
+                let meta: Vec<(&str, String)> = token
+                    .map(|t| vec![("authorization", format!("Bearer {t}"))])
+                    .unwrap_or_default();
+                seen.push(format!(
+                    "{case} token={}: grpc {} | http1 {}",
+                    token.is_some(),
+                    grpc(*listen, &meta),
+                    http1_route(*listen, token)
+                ));
+            }
+        }
+        seen
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    eprintln!("envoy: {envoy:#?}\nringside: {ringside:#?}");
+    // What the comparison rests on: every request denied, by rbac with a token, by jwt_authn
+    // without.
+    assert!(
+        envoy.iter().step_by(2).all(|s| s.contains("PERMISSION_DENIED") && s.contains("| http1 403 ")),
+        "{envoy:#?}"
+    );
+    assert!(
+        envoy.iter().skip(1).step_by(2).all(|s| s.contains("UNAUTHENTICATED") && s.contains("| http1 401 ")),
+        "{envoy:#?}"
+    );
+    for (r, e) in ringside.iter().zip(&envoy) {
+        assert_eq!(r, e, "ringside (left) vs Envoy (right)");
+    }
+}

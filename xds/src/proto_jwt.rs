@@ -96,8 +96,7 @@ fn provider(
         return Err(ctx.err(format!("{at}.{f}"), "not supported"));
     }
     // `header_in_metadata`, `failed_status_in_metadata` (metadata nobody reads here),
-    // `jwt_cache_config`, `clear_route_cache` (ringside routes after the filter anyway):
-    // ignored.
+    // `jwt_cache_config`: ignored.
     let claim_to_headers = p
         .claim_to_headers
         .iter()
@@ -139,6 +138,7 @@ fn provider(
         forward_payload_header: p.forward_payload_header.to_ascii_lowercase(),
         pad_forward_payload_header: p.pad_forward_payload_header,
         claim_to_headers,
+        clear_route_cache: p.clear_route_cache,
         clock_skew_seconds: p.clock_skew_seconds,
     })
 }

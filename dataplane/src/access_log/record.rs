@@ -538,6 +538,17 @@ mod tests {
         };
         next(&|d| ms(d, 2_500));
         next(&|d| ms(d, 2_999));
+        // The writer keeps the last pair of clock readings' milliseconds: another pair of the
+        // same length, then the same end with a later start (a millisecond shorter).
+        next(&|d| DubboLine {
+            started: d.started + Duration::from_millis(10),
+            ended: d.ended + Duration::from_millis(10),
+            ..*d
+        });
+        next(&|d| DubboLine {
+            started: d.started + Duration::from_millis(1),
+            ..*d
+        });
         next(&|d| DubboLine {
             start: d.start + Duration::from_millis(1),
             ..*d

@@ -44,8 +44,19 @@ pub type HeaderNames = Arc<[(Part, String)]>;
 
 impl Batch {
     /// The index of `format` in this batch's table (added when new).
+    #[inline]
     pub(super) fn format_index(&mut self, format: &Arc<Format>, names: &HeaderNames) -> u16 {
-        // Most batches name one format: the last one added is checked first.
+        // Most batches name one format: the last one added is checked first, inline.
+        if let Some((f, _)) = self.formats.last() {
+            if Arc::ptr_eq(f, format) {
+                return (self.formats.len() - 1) as u16;
+            }
+        }
+        self.format_index_slow(format, names)
+    }
+
+    #[inline(never)]
+    fn format_index_slow(&mut self, format: &Arc<Format>, names: &HeaderNames) -> u16 {
         if let Some(i) = self
             .formats
             .iter()

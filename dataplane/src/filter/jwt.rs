@@ -119,6 +119,10 @@ pub enum Op {
     Add(Box<[u8]>, Vec<u8>),
     /// Drop this query parameter from `:path` (a token taken from it, not forwarded).
     RemoveParam(Box<str>),
+    /// No change: the filter clears the route Envoy's connection manager resolved before it
+    /// ran (a provider's `clear_route_cache`), so what comes after routes the request as the
+    /// filter left it.
+    ClearRouteCache,
 }
 
 /// What a passed request carries on: the changes to make, and the verified payloads by
@@ -127,6 +131,18 @@ pub enum Op {
 pub struct Passed {
     pub ops: Vec<Op>,
     pub metadata: Map<String, Value>,
+}
+
+impl Passed {
+    /// Whether the filter cleared the route resolved before it ran ([`Op::ClearRouteCache`]).
+    pub fn clears_route_cache(&self) -> bool {
+        self.ops.contains(&Op::ClearRouteCache)
+    }
+
+    /// Whether the filter changes the request.
+    pub fn changes(&self) -> bool {
+        self.ops.iter().any(|o| *o != Op::ClearRouteCache)
+    }
 }
 
 /// A failed request: its status (the answer's body) and HTTP code.
@@ -198,6 +214,7 @@ struct Provider {
     space_delimited: Box<[String]>,
     forward_payload_header: Option<(Box<[u8]>, bool)>,
     claim_to_headers: Box<[(Box<[u8]>, String)]>,
+    clear_route_cache: bool,
     skew: u64,
 }
 
@@ -719,10 +736,18 @@ impl JwtAuthn {
             }
             ops.push(Op::Add(h.clone(), v));
         }
+        let mut header_added = false;
         for (h, claim) in p.claim_to_headers.iter() {
             if let Some(v) = claim_text(jwt.payload.get(claim.as_str())) {
                 ops.push(Op::Add(h.clone(), v.into_bytes()));
+                header_added = true;
             }
+        }
+        // The route cleared as Envoy 1.40 clears it: once a claim went to a header or the
+        // payload to metadata, not for a token only removed (tests/jwt_authn.rs,
+        // `denials_after_jwt_authn_take_the_route_envoy_takes`).
+        if p.clear_route_cache && (header_added || !p.payload_key.is_empty()) {
+            ops.push(Op::ClearRouteCache);
         }
         if !p.forward {
             ops.push(match &tok.location {
@@ -862,6 +887,7 @@ impl Provider {
                 .iter()
                 .map(|c| (c.header_name.as_bytes().into(), c.claim_name.clone()))
                 .collect(),
+            clear_route_cache: p.clear_route_cache,
             skew: match p.clock_skew_seconds {
                 0 => 60,
                 s => u64::from(s),

@@ -31,9 +31,20 @@ pub const RINGSIDE: &str = env!("CARGO_BIN_EXE_ringside");
 /// (`istio::ringside_acks_what_envoy_acks_for_istiod_sidecar_config` failed so in scripts/test).
 /// Nothing connects from these ports on its own. The bench's fixed ports (30000-31999) are
 /// above them.
+///
+/// Test binaries that run at the same time (two `cargo test` runs on one machine) must not hand
+/// out the same port either: a port is free to bind until the process it was given to starts
+/// its listener, and a second process's Envoy or ringside listening on it too (both set
+/// SO_REUSEPORT) would take half its connections (`tls::istio_metrics_name_the_upstreams_
+/// principal_on_outbound_grpc_calls` failed so: its TLS handshake went to another test's
+/// plaintext listener and timed out). So a port is also claimed with an exclusive lock on
+/// `$TMPDIR/ringside-test-ports/PORT`, held until this process exits (the kernel drops it then:
+/// nothing stale is left behind).
 pub fn free_port() -> u16 {
     #[allow(clippy::disallowed_types)]
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    #[allow(clippy::disallowed_types)]
+    static CLAIMS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
     const FIRST: u32 = 20000;
     const COUNT: u32 = 10000;
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,10 +57,35 @@ pub fn free_port() -> u16 {
         }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
+            let Some(claim) = claim_port(port) else {
+                continue; // another test process holds it
+            };
+            CLAIMS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(claim);
             return port;
         }
     }
     panic!("no free port in {FIRST}..{}", FIRST + COUNT);
+}
+
+/// The lock on `$TMPDIR/ringside-test-ports/PORT` that marks `port` as this process's, or
+/// None when another process holds it.
+fn claim_port(port: u16) -> Option<std::fs::File> {
+    let dir = std::env::temp_dir().join("ringside-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the test port claims directory");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+        .expect("open a test port claim file");
+    match f.try_lock() {
+        Ok(()) => Some(f),
+        Err(std::fs::TryLockError::WouldBlock) => None,
+        Err(std::fs::TryLockError::Error(e)) => panic!("lock test port claim {port}: {e}"),
+    }
 }
 
 /// A temp dir removed on drop.

@@ -372,12 +372,10 @@ pub struct DownConn {
 }
 
 impl DownConn {
-    /// Queues the upstream's response (already carrying the caller's request id).
-    /// Queues a provider's answer (counted); returns when it came (the clock read that timed
-    /// it, for the access log).
-    pub fn response(&self, frame: Bytes, started: Instant, counted: Counted) -> Instant {
+    /// Queues a provider's answer (already carrying the caller's request id), counted and
+    /// timed from `started` (when it was forwarded) to `now` (when its read completed).
+    pub fn response(&self, frame: Bytes, started: Instant, now: Instant, counted: Counted) {
         let l = &self.l;
-        let now = Instant::now();
         l.stats.record_us(
             l.ids.rq_time,
             now.saturating_duration_since(started).as_micros() as u64,
@@ -390,7 +388,6 @@ impl DownConn {
             counted.inc(&l.stats, |c| c.rsp_error);
         }
         self.push(frame);
-        now
     }
 
     /// Queues an error reply made by ringside itself (`counted`: once routed).

@@ -849,7 +849,12 @@ impl UpConn {
             Reply::Response(mut frame) => {
                 wire::set_request_id(&mut frame, p.id_down);
                 let (status, len) = (frame[3], frame.len());
-                let answered = p.down.response(frame.freeze(), p.started, p.counted);
+                // Answered when its read completed: one clock reading per read of the
+                // provider connection (`last_read`), shared by the answers it carried, not one
+                // per answer (the access log's duration ends there too).
+                let answered = self.last_read.get();
+                p.down
+                    .response(frame.freeze(), p.started, answered, p.counted);
                 let lb = Some(&*self.pool.lb);
                 p.down.count_istio(
                     lb,

@@ -1630,7 +1630,7 @@ impl Conn {
         let x = l.ext_authz.as_ref();
         let payload = match x.is_some_and(|x| x.before_jwt_authn) {
             true => None,
-            false => match self.authenticate(l) {
+            false => match self.authenticate(l, id) {
                 Ok(p) => p,
                 Err(e) => {
                     self.respond_before_routing(l, id, None);
@@ -1673,7 +1673,7 @@ impl Conn {
         now: Instant,
     ) -> Result<(), ConnError> {
         if l.ext_authz.as_ref().is_some_and(|x| x.before_jwt_authn) {
-            payload = match self.authenticate(l) {
+            payload = match self.authenticate(l, id) {
                 Ok(p) => p,
                 Err(e) => {
                     self.respond_before_routing(l, id, None);
@@ -1688,6 +1688,17 @@ impl Conn {
                 self.respond_before_routing(l, id, payload.as_ref());
                 self.fail_call(id, &CallError::RbacDenied);
                 return Ok(());
+            }
+        }
+        if l.jwt.is_some() {
+            // Allowed: the request as it came is no longer needed.
+            if let Some(c) = self
+                .streams
+                .borrow_mut()
+                .get_mut(&id)
+                .and_then(|s| s.call.as_mut())
+            {
+                c.as_came = None;
             }
         }
         // The header list is borrowed only for this call, into a function that cannot reach
@@ -1757,15 +1768,26 @@ impl Conn {
         id: u32,
         metadata: Option<&crate::filter::jwt::Metadata>,
     ) {
+        // After jwt_authn passed the call without clearing the route: the route of the call
+        // as it came, without the filter's payloads.
+        let as_came = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.call.as_mut()?.as_came.take());
         let (respond, name) = {
-            let hl = self.headers.borrow();
+            let current = self.headers.borrow();
+            let (hl, metadata) = match &as_came {
+                Some(a) => (a.headers.as_deref().unwrap_or(&current), None),
+                None => (&*current, metadata),
+            };
             let path = hl.get(b":path").unwrap_or(b"/");
             let (service, method) = super::router::path_parts(path);
             let view = RequestView {
                 path,
                 service,
                 method,
-                headers: &hl,
+                headers: hl,
                 metadata,
             };
             let routes = l.routes.get();
@@ -1779,7 +1801,8 @@ impl Conn {
                     let (_, target) = action.pick(l.roll());
                     super::mutate::Respond::of(entry.and_then(|m| m.mutations.as_ref()), target)
                         .map(|mut r| {
-                            r.capture(|n| hl.get(n));
+                            // `%REQ(x)%`: the request as it is now.
+                            r.capture(|n| current.get(n));
                             r
                         })
                 }
@@ -1797,6 +1820,7 @@ impl Conn {
     fn authenticate(
         &self,
         l: &TripleListener,
+        id: u32,
     ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, CallError> {
         let Some(j) = &l.jwt else {
             return Ok(None);
@@ -1804,6 +1828,16 @@ impl Conn {
         let checked = j.check(&*self.headers.borrow(), &l.stats);
         match checked {
             Ok(p) => {
+                let denials_follow = l.rbac.is_some() || l.ext_authz.is_some();
+                let kept = super::AsCame::keep(&self.headers.borrow(), &p, denials_follow);
+                if let Some(c) = self
+                    .streams
+                    .borrow_mut()
+                    .get_mut(&id)
+                    .and_then(|s| s.call.as_mut())
+                {
+                    c.as_came = kept;
+                }
                 apply_jwt_ops(&mut self.headers.borrow_mut(), &p.ops);
                 Ok((!p.metadata.is_empty()).then_some(p.metadata))
             }
@@ -3895,6 +3929,7 @@ pub(super) fn apply_jwt_ops(hl: &mut HeaderList, ops: &[crate::filter::jwt::Op])
                     *hl = hl.rewritten(Some(&path), None);
                 }
             }
+            Op::ClearRouteCache => {}
         }
     }
 }

@@ -787,19 +787,21 @@ fn trace_request(
 }
 
 /// The listener's jwt_authn filter on the request: its changes made (to the fields going
-/// upstream and to the header list routes and rbac read), its verified payloads returned; or
-/// Envoy's answer.
+/// upstream and to the header list routes and rbac read), its verified payloads returned with
+/// what a denial after it routes by ([`super::AsCame`]); or Envoy's answer.
 fn authenticate<C>(
     c: &mut Down<C>,
     l: &TripleListener,
     req: &mut Request,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Local> {
+) -> Result<(Option<serde_json::Map<String, serde_json::Value>>, Option<super::AsCame>), Local> {
     use crate::filter::jwt::Op;
     let Some(j) = &l.jwt else {
-        return Ok(None);
+        return Ok((None, None));
     };
     match j.check(&c.hl, &l.stats) {
         Ok(p) => {
+            let denials_follow = l.rbac.is_some() || l.ext_authz.is_some();
+            let as_came = super::AsCame::keep(&c.hl, &p, denials_follow);
             super::conn::apply_jwt_ops(&mut c.hl, &p.ops);
             for op in &p.ops {
                 match op {
@@ -812,9 +814,10 @@ fn authenticate<C>(
                             crate::filter::jwt::path_without_param(req.path.as_bytes(), name);
                         req.path = String::from_utf8_lossy(&path).into_owned();
                     }
+                    Op::ClearRouteCache => {}
                 }
             }
-            Ok((!p.metadata.is_empty()).then_some(p.metadata))
+            Ok(((!p.metadata.is_empty()).then_some(p.metadata), as_came))
         }
         Err(f) => {
             let www = f.www_authenticate(
@@ -876,11 +879,12 @@ async fn authorize<C: crate::io::Conn>(
     let x = l.ext_authz.as_ref();
     let early = x.is_some_and(|x| x.before_jwt_authn);
     let mut payload = None;
+    let mut as_came = None;
     if !early {
-        payload = match authenticate(c, l, req) {
+        (payload, as_came) = match authenticate(c, l, req) {
             Ok(p) => p,
             Err(e) => {
-                respond_before_routing(c, l, req, None);
+                respond_before_routing(c, l, req, None, None);
                 return Err(e);
             }
         };
@@ -899,7 +903,7 @@ async fn authorize<C: crate::io::Conn>(
             x.and_then(|x| x.shadow_prefix()),
         );
         if !allowed {
-            respond_before_routing(c, l, req, payload.as_ref());
+            respond_before_routing(c, l, req, payload.as_ref(), as_came.as_ref());
             return Err(Local::Forbidden("RBAC: access denied"));
         }
         policy = p.map(str::to_owned);
@@ -909,17 +913,17 @@ async fn authorize<C: crate::io::Conn>(
     };
     if x.applies(policy.as_deref()) {
         if let Err(e) = check(c, l, req, x, rid).await {
-            respond_before_routing(c, l, req, payload.as_ref());
+            respond_before_routing(c, l, req, payload.as_ref(), as_came.as_ref());
             return Err(e);
         }
     } else {
         l.stats.inc(x.ids.disabled);
     }
     if early {
-        payload = match authenticate(c, l, req) {
+        (payload, as_came) = match authenticate(c, l, req) {
             Ok(p) => p,
             Err(e) => {
-                respond_before_routing(c, l, req, None);
+                respond_before_routing(c, l, req, None, None);
                 return Err(e);
             }
         };
@@ -933,7 +937,7 @@ async fn authorize<C: crate::io::Conn>(
             .allows_range(&peer.with(&call), &l.stats, split..usize::MAX, None)
             .0
         {
-            respond_before_routing(c, l, req, payload.as_ref());
+            respond_before_routing(c, l, req, payload.as_ref(), as_came.as_ref());
             return Err(Local::Forbidden("RBAC: access denied"));
         }
     }
@@ -1270,20 +1274,29 @@ fn capture_as_it_came<C>(c: &mut Down<C>) {
 /// The response mutations of the route `req` would take (none for a route that answers
 /// itself), for an answer made before routing (jwt_authn, rbac): Envoy's connection manager
 /// resolves the route before its filters run, and its local replies get the route's response
-/// mutations. Error path only.
+/// mutations; after jwt_authn passed it without clearing that route, `as_came` is the request
+/// as it came. Error path only.
 fn respond_before_routing<C>(
     c: &mut Down<C>,
     l: &TripleListener,
     req: &Request,
     metadata: Option<&crate::filter::jwt::Metadata>,
+    as_came: Option<&super::AsCame>,
 ) {
-    let full = req.path.as_bytes();
+    let (hl, metadata) = match as_came {
+        Some(a) => (a.headers.as_deref().unwrap_or(&c.hl), None),
+        None => (&c.hl, metadata),
+    };
+    let full = match as_came {
+        Some(_) => hl.get(b":path").unwrap_or(req.path.as_bytes()),
+        None => req.path.as_bytes(),
+    };
     let (service, method) = super::router::path_parts(full);
     let view = RequestView {
         path: full,
         service,
         method,
-        headers: &c.hl,
+        headers: hl,
         metadata,
     };
     let routes = l.routes.get();

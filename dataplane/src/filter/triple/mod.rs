@@ -239,6 +239,36 @@ pub struct Call {
     pub cookies: Option<hash::Generated>,
     /// The external authorization's `response_headers_to_add` (its response gets them).
     pub authz_response_headers: Vec<(crate::filter::ext_authz::HeaderAction, Vec<u8>, Vec<u8>)>,
+    /// The request as it came, for a denial after jwt_authn passed it (see [`AsCame`]).
+    pub as_came: Option<AsCame>,
+}
+
+/// Envoy's connection manager resolves a request's route before its filters run, and
+/// jwt_authn clears that route only when a provider's `clear_route_cache` applies: otherwise a
+/// denial after the filter (rbac, ext_authz) answers with the route of the request as it came,
+/// without the filter's payloads. Kept from the filter's pass until the request is routed.
+pub struct AsCame {
+    /// The header list before the filter changed it (`None`: it changed nothing).
+    pub headers: Option<Box<headers::HeaderList>>,
+}
+
+impl AsCame {
+    /// What a denial after jwt_authn's pass `p` of the request in `hl` routes by: `None` when
+    /// the filter cleared the route (the request as it left it, with its payloads) or no
+    /// denial can follow (`denials_follow`: the listener has rbac or ext_authz); `hl` copied
+    /// only when the filter is about to change it. Error path only, but kept per call.
+    pub fn keep(
+        hl: &headers::HeaderList,
+        p: &crate::filter::jwt::Passed,
+        denials_follow: bool,
+    ) -> Option<AsCame> {
+        if !denials_follow || p.clears_route_cache() {
+            return None;
+        }
+        Some(AsCame {
+            headers: p.changes().then(|| Box::new(hl.clone())),
+        })
+    }
 }
 
 /// What a sampled call keeps until its stream ends, for its span.
@@ -272,6 +302,7 @@ impl Call {
             slot: None,
             respond: None,
             authz_response_headers: Vec::new(),
+            as_came: None,
             upstream: None,
             cookies: None,
         }
