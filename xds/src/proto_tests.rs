@@ -673,7 +673,11 @@ fn route_timeout_defaults_as_envoys() {
     let rc = route_config_pb(
         "t",
         &["*"],
-        vec![timed(None), timed(Some((0, 0))), timed(Some((2, 500_000_000)))],
+        vec![
+            timed(None),
+            timed(Some((0, 0))),
+            timed(Some((2, 500_000_000))),
+        ],
     );
     let any = Any {
         type_url: ROUTE_TYPE.into(),

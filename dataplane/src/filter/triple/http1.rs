@@ -793,7 +793,13 @@ fn authenticate<C>(
     c: &mut Down<C>,
     l: &TripleListener,
     req: &mut Request,
-) -> Result<(Option<serde_json::Map<String, serde_json::Value>>, Option<super::AsCame>), Local> {
+) -> Result<
+    (
+        Option<serde_json::Map<String, serde_json::Value>>,
+        Option<super::AsCame>,
+    ),
+    Local,
+> {
     use crate::filter::jwt::Op;
     let Some(j) = &l.jwt else {
         return Ok((None, None));
