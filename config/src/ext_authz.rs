@@ -70,6 +70,27 @@ pub struct ExtAuthz {
     /// at `cluster`, asked with an HTTP/1.1 request, instead of gRPC's `Authorization/Check`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<ExtAuthzHttp>,
+    /// The request body goes to the authorizer too (Envoy's `with_request_body`, istiod's
+    /// `includeRequestBodyInCheck`): the request waits until its body ended or
+    /// `max_request_bytes` of it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with_request_body: Option<ExtAuthzBody>,
+}
+
+/// Envoy's `BufferSettings`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzBody {
+    /// The most of the body sent (1 ..= the listener's `stream_window_bytes`, the most an
+    /// HTTP/2 caller sends unacknowledged).
+    pub max_request_bytes: u32,
+    /// A longer body: its first `max_request_bytes` are sent (with
+    /// `x-envoy-auth-partial-body: true`); else it is answered 413.
+    #[serde(default)]
+    pub allow_partial_message: bool,
+    /// The body goes as `raw_body` (bytes) instead of `body` (UTF-8 text) in the CheckRequest.
+    #[serde(default)]
+    pub pack_as_bytes: bool,
 }
 
 /// Envoy's `http_service`: the check is the request's allowed headers (and no body) sent to
@@ -160,6 +181,15 @@ impl ExtAuthz {
         }
         if let Some(m) = &self.enabled_by_shadow_policy {
             crate::validate_string_match(&m.policy, at("enabled_by_shadow_policy.policy"), err);
+        }
+        if self
+            .with_request_body
+            .is_some_and(|b| b.max_request_bytes == 0)
+        {
+            err(
+                at("with_request_body.max_request_bytes"),
+                "must be at least 1".into(),
+            );
         }
         for (i, m) in self.allowed_headers.iter().enumerate() {
             crate::validate_string_match(m, at(&format!("allowed_headers[{i}]")), err);

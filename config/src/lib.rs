@@ -5059,6 +5059,18 @@ fn validate_triple(
             &|f| at(&format!("ext_authz.{f}")),
             err,
         );
+        if let Some(b) = x.with_request_body {
+            // An HTTP/2 caller's body waits unacknowledged until the check goes.
+            if b.max_request_bytes > t.stream_window_bytes {
+                err(
+                    at("ext_authz.with_request_body.max_request_bytes"),
+                    format!(
+                        "{} is above the listener's stream_window_bytes {}",
+                        b.max_request_bytes, t.stream_window_bytes
+                    ),
+                );
+            }
+        }
     }
     if let Some(tl) = &t.traffic_label {
         tl.validate(true, at, err);

@@ -1273,3 +1273,141 @@ fn http1_callers_checked_like_envoy() {
         envoy.0[2][4]
     );
 }
+
+// === The request body (istiod's `includeRequestBodyInCheck`) ===
+
+/// `with_request_body` (istiod's `includeRequestBodyInCheck`: `maxRequestBytes`,
+/// `allowPartialMessage`, `packAsBytes`) through Envoy 1.40 and ringside given the same
+/// resources: grpcio calls (the body as HTTP/2 DATA) and HTTP/1.1 requests (Content-Length and
+/// chunked bodies, shorter and longer than the limit) to a gRPC authorizer (partial allowed;
+/// not allowed, as bytes) and an HTTP one; compared: what the caller got, what each
+/// authorizer saw (the body, `x-envoy-auth-partial-body`), the counters.
+#[test]
+fn request_body_like_envoy() {
+    let server = GrpcServer::start(0, "G", &[]);
+    let up_port = free_port();
+    let _up = common::http1::Http1Server::start("127.0.0.1", up_port, "U");
+    let dir = TempDir::new("ext-authz-body");
+    let body = |partial: bool, bytes: bool| json!({"max_request_bytes": 16, "allow_partial_message": partial, "pack_as_bytes": bytes});
+    let show = json!(["x-authz-added"]);
+    let post = |len: u64, chunked: bool, what: &str| {
+        json!({"method": "POST", "path": "/header/x-authz-added", "host": "svc",
+            "body_len": len, "chunked": chunked, "headers": {"x-authz": what}, "show": show})
+    };
+    let grpc_cases: Vec<Case> = vec![
+        (0, Call::Unary, vec![("x-authz", "allow")]),
+        (1, Call::Unary, vec![("x-authz", "allow")]),
+        (2, Call::Unary, vec![]),
+        (0, Call::ClientStream, vec![("x-authz", "allow")]),
+    ];
+    let h1_cases: Vec<(usize, Value)> = vec![
+        (
+            0,
+            json!([
+                post(10, false, "allow"),
+                post(40, false, "allow"),
+                post(40, true, "allow")
+            ]),
+        ),
+        (1, json!([post(10, false, "allow")])),
+        (1, json!([post(40, false, "allow")])),
+        (2, json!([post(10, false, ""), post(40, true, "")])),
+    ];
+    let run = |who: &str| {
+        let grpc_authz = Authz::start(&dir.0.join(format!("{who}-grpc.jsonl")));
+        let http_authz = Authz::start_script(
+            "ext_authz_http_server.py",
+            &dir.0.join(format!("{who}-http.jsonl")),
+        );
+        let listen = [0; 3].map(|_| local(free_port()));
+        let hcluster = "outbound|8000||my-custom-ext-authz.foo.svc.cluster.local";
+        let with_body = |mut f: Value, b: Value| {
+            f["typed_config"]["with_request_body"] = b;
+            f
+        };
+        let xds = XdsServer::start();
+        xds.put(&json!({
+            "version": "v1",
+            "listeners": [
+                http_listener("in_g", listen[0], with_body(
+                    ext_authz("outbound|9000||authz", false, Some(403), "0.5s"), body(true, false))),
+                http_listener("in_gb", listen[1], with_body(
+                    ext_authz("outbound|9000||authz", false, Some(403), "0.5s"), body(false, true))),
+                http_listener("in_h", listen[2], with_body(
+                    http_ext_authz(hcluster, false, false, 503, "0.5s"), body(true, false)))],
+            "clusters": [h2_cluster("grpc", server.addr()),
+                h2_cluster("outbound|9000||authz", local(grpc_authz.port)),
+                h1_cluster(hcluster, local(http_authz.port)), h1_cluster("h1", local(up_port))]
+        }))
+        .unwrap();
+        let proxy = envoy_or_ringside(who, xds.addr(), "ext-authz-body", "1");
+        let ack = xds.wait_ack("lds", "v1");
+        assert_eq!(ack["ack"], true, "{who}: {ack}");
+        for l in listen {
+            wait_listening(l);
+        }
+        let mut answers: Vec<String> = grpc_cases
+            .iter()
+            .map(|(l, call, meta)| grpc(listen[*l], *call, meta))
+            .collect();
+        for (l, reqs) in &h1_cases {
+            answers.extend(http1_calls(listen[*l], reqs));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let grpc_checks: Vec<Value> = grpc_authz.checks().into_iter().map(normalized).collect();
+        let http_checks: Vec<Value> = http_authz
+            .checks()
+            .into_iter()
+            .map(http_normalized)
+            .collect();
+        let stat = |name: &str| -> i64 {
+            match proxy.downcast_ref::<Ringside>() {
+                Some(r) => r.stat_value(name).unwrap_or(-1),
+                None => proxy
+                    .downcast_ref::<common::envoy::Envoy>()
+                    .map_or(-1, |e| e.stat(name) as i64),
+            }
+        };
+        let mut stats = Vec::new();
+        for l in ["in_g", "in_gb", "in_h"] {
+            for s in ["ok", "denied", "error", "disabled"] {
+                let name = format!("http.{l}.ext_authz.{s}");
+                stats.push((name.clone(), stat(&name)));
+            }
+        }
+        eprintln!("{who}: {answers:#?}\n{grpc_checks:#?}\n{http_checks:#?}\n{stats:?}");
+        drop(proxy);
+        (answers, grpc_checks, http_checks, stats)
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    for (i, (r, e)) in ringside.0.iter().zip(&envoy.0).enumerate() {
+        assert_eq!(r, e, "call {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.1.len(),
+        envoy.1.len(),
+        "CheckRequests: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.1.iter().zip(&envoy.1).enumerate() {
+        assert_eq!(r, e, "CheckRequest {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.2.len(),
+        envoy.2.len(),
+        "HTTP checks: ringside (left) vs Envoy (right)"
+    );
+    for (i, (r, e)) in ringside.2.iter().zip(&envoy.2).enumerate() {
+        assert_eq!(r, e, "HTTP check {i}: ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(
+        ringside.3, envoy.3,
+        "counters, ringside (left) vs Envoy (right)"
+    );
+    // What the comparison rests on: bodies reached the authorizers.
+    assert!(envoy
+        .1
+        .iter()
+        .any(|c| c["attributes"]["request"]["http"]["body"].is_string()));
+    assert!(envoy.2.iter().any(|c| c["body"] == "xxxxxxxxxx"));
+}

@@ -565,7 +565,10 @@ fn denials_after_jwt_authn_take_the_route_envoy_takes() {
     let present = |h: &str| json!({"prefix": "/", "headers": [{"name": h, "present_match": true}]});
     let routes = json!([
         named(present("x-sub"), "claim-header"),
-        named(json!({"prefix": "/", "dynamic_metadata": [claim("sub", "alice", false)]}), "claim-metadata"),
+        named(
+            json!({"prefix": "/", "dynamic_metadata": [claim("sub", "alice", false)]}),
+            "claim-metadata"
+        ),
         named(present("authorization"), "token"),
         named(json!({"prefix": "/"}), "default"),
     ]);
@@ -640,11 +643,18 @@ fn denials_after_jwt_authn_take_the_route_envoy_takes() {
     // What the comparison rests on: every request denied, by rbac with a token, by jwt_authn
     // without.
     assert!(
-        envoy.iter().step_by(2).all(|s| s.contains("PERMISSION_DENIED") && s.contains("| http1 403 ")),
+        envoy
+            .iter()
+            .step_by(2)
+            .all(|s| s.contains("PERMISSION_DENIED") && s.contains("| http1 403 ")),
         "{envoy:#?}"
     );
     assert!(
-        envoy.iter().skip(1).step_by(2).all(|s| s.contains("UNAUTHENTICATED") && s.contains("| http1 401 ")),
+        envoy
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .all(|s| s.contains("UNAUTHENTICATED") && s.contains("| http1 401 ")),
         "{envoy:#?}"
     );
     for (r, e) in ringside.iter().zip(&envoy) {

@@ -510,7 +510,10 @@ fn failures_after_the_response_began_reset_like_envoy() {
         let http1_seen = vec![
             head.lines().next().unwrap_or("").to_string(),
             format!("chunked={chunked}"),
-            format!("has the body's start={}", body.contains("h2 GET /stall/3000")),
+            format!(
+                "has the body's start={}",
+                body.contains("h2 GET /stall/3000")
+            ),
             format!("ended={}", body.ends_with("0\r\n\r\n")),
         ];
         (grpc_seen, http1_seen)

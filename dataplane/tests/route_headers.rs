@@ -930,7 +930,10 @@ fn route_timeouts_and_the_expected_timeout_header_are_envoys() {
                 .split_once("\r\n\r\n")
                 .map(|(_, body)| body.trim().rsplit(' ').next().unwrap_or("").to_string())
                 .unwrap_or(r);
-            seen.push((format!("{case} grpc: {grpc_saw}"), format!("{case} http1: {h1_saw}")));
+            seen.push((
+                format!("{case} grpc: {grpc_saw}"),
+                format!("{case} http1: {h1_saw}"),
+            ));
         }
         seen
     };

@@ -44,8 +44,7 @@ pub(super) fn http(
     }
     // Fields that change who is let through, what the authorizer is told or what the caller
     // gets: refused unless at their default.
-    let unsupported: [(&str, bool); 19] = [
-        ("with_request_body", x.with_request_body.is_some()),
+    let unsupported: [(&str, bool); 18] = [
         ("validate_mutations", x.validate_mutations),
         (
             "metadata_context_namespaces",
@@ -142,6 +141,18 @@ pub(super) fn http(
         }
         None => 403,
     };
+    let with_request_body = match &x.with_request_body {
+        // Envoy's validation: more than 0.
+        Some(b) if b.max_request_bytes == 0 => {
+            return refuse("with_request_body.max_request_bytes", "must be more than 0")
+        }
+        Some(b) => Some(config::ExtAuthzBody {
+            max_request_bytes: b.max_request_bytes,
+            allow_partial_message: b.allow_partial_message,
+            pack_as_bytes: b.pack_as_bytes,
+        }),
+        None => None,
+    };
     let enabled_by_shadow_policy = x
         .filter_enabled_metadata
         .as_ref()
@@ -169,6 +180,7 @@ pub(super) fn http(
         stat_prefix: format!("http.{hcm_stat_prefix}."),
         allowed_headers,
         http,
+        with_request_body,
     })
 }
 
@@ -404,6 +416,7 @@ pub(super) fn network(
         stat_prefix: x.stat_prefix,
         allowed_headers: Vec::new(),
         http: None,
+        with_request_body: None,
     })
 }
 

@@ -673,7 +673,11 @@ fn route_timeout_defaults_as_envoys() {
     let rc = route_config_pb(
         "t",
         &["*"],
-        vec![timed(None), timed(Some((0, 0))), timed(Some((2, 500_000_000)))],
+        vec![
+            timed(None),
+            timed(Some((0, 0))),
+            timed(Some((2, 500_000_000))),
+        ],
     );
     let any = Any {
         type_url: ROUTE_TYPE.into(),
@@ -1442,8 +1446,7 @@ fn istio_filter_decisions() {
         "{e}"
     );
     // istiod's shapes (extauthz.go `generateGRPCConfig` / `generateHTTPConfig`): the gRPC
-    // provider without a request body is taken; its `include_request_body_in_check` and the
-    // HTTP provider are refused, naming the field (never ignored).
+    // provider with and without a request body, the HTTP provider are taken.
     {
         use envoy_types::pb::envoy::config::core::v3 as core_pb;
         use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ea;
@@ -1486,11 +1489,21 @@ fn istio_filter_decisions() {
             ),
             ("outbound|9000||authz", 2, true, 403)
         );
-        let e = err_text(with(vec![http_filter(
+        // istiod's `includeRequestBodyInCheck`: taken.
+        let (_, res) = with(vec![http_filter(
             "envoy.filters.http.ext_authz",
             any_of(ext_authz, grpc(true).encode_to_vec()),
-        )]));
-        assert!(e.contains("typed_config.with_request_body"), "{e}");
+        )])
+        .unwrap();
+        let x = res.listener.triple.unwrap().ext_authz.unwrap();
+        assert_eq!(
+            x.with_request_body,
+            Some(config::ExtAuthzBody {
+                max_request_bytes: 4096,
+                allow_partial_message: true,
+                pack_as_bytes: false
+            })
+        );
         let http = ea::ExtAuthz {
             transport_api_version: core_pb::ApiVersion::V3 as i32,
             services: Some(ea::ext_authz::Services::HttpService(Default::default())),

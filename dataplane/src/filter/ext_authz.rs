@@ -59,7 +59,39 @@ pub struct ExtAuthz {
     allowed: Option<Box<[Matcher]>>,
     /// An HTTP authorization service (`http_service`) instead of gRPC's Check.
     pub http: Option<HttpCheck>,
+    /// The request body goes to the authorizer (`with_request_body`).
+    pub body: Option<config::ExtAuthzBody>,
 }
+
+/// A request body as the authorizer is told of it: the bytes buffered (at most
+/// `max_request_bytes` of them go) and whether that was all of it.
+#[derive(Clone, Copy)]
+pub struct Body<'a> {
+    pub buffered: &'a [u8],
+    pub settings: config::ExtAuthzBody,
+}
+
+impl Body<'_> {
+    /// What goes: the first `max_request_bytes`.
+    pub fn sent(&self) -> &[u8] {
+        let n = self
+            .buffered
+            .len()
+            .min(self.settings.max_request_bytes as usize);
+        &self.buffered[..n]
+    }
+
+    /// `x-envoy-auth-partial-body`: more was buffered than goes (Envoy's test).
+    pub fn partial(&self) -> &'static [u8] {
+        match self.sent().len() != self.buffered.len() {
+            true => b"true",
+            false => b"false",
+        }
+    }
+}
+
+/// The header the authorizer learns whether it got the whole body by.
+pub const PARTIAL_BODY_HEADER: &[u8] = b"x-envoy-auth-partial-body";
 
 /// Envoy's `http_service`, compiled: what the check request carries besides the request's
 /// allowed headers, and which of the answer's headers go where.
@@ -189,6 +221,7 @@ impl ExtAuthz {
             }),
             allowed,
             http,
+            body: c.with_request_body,
         }
     }
 
@@ -244,6 +277,7 @@ pub fn check_request<'h>(
     a: &Attributes<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     include_peer_certificate: bool,
+    body: Option<Body<'_>>,
 ) -> Bytes {
     use auth_pb::attribute_context::{HttpRequest, Request};
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -273,6 +307,17 @@ pub fn check_request<'h>(
             }
         }
     }
+    if let Some(b) = body {
+        // Envoy's `size`: the body bytes received so far.
+        http.size = b.buffered.len() as i64;
+        // The body (as text, invalid UTF-8 replaced, or as bytes) and whether it was cut.
+        match b.settings.pack_as_bytes {
+            true => http.raw_body = b.sent().to_vec(),
+            false => http.body = String::from_utf8_lossy(b.sent()).into_owned(),
+        }
+        http.headers
+            .insert(text(PARTIAL_BODY_HEADER), text(b.partial()));
+    }
     let (source, destination) = peers(a, include_peer_certificate, "");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -300,13 +345,18 @@ pub fn check_request<'h>(
 // === impl HttpCheck ===
 
 impl HttpCheck {
-    /// The HTTP/1.1 check request (head only: no body) for a request whose headers are
+    /// The HTTP/1.1 check request (with the request's body when `with_request_body`, else
+    /// none) for a request whose headers are
     /// `headers` (pseudo-headers included, those `allows_header` lets through): as Envoy 1.40's
     /// `RawHttpClientImpl::check` builds it from the CheckRequest: the request's method,
     /// `path_prefix` + its path, its authority as `host`, each allowed header once (repeated
     /// ones joined with `,`), `content-length: 0`, then `headers_to_add` (replacing); and what
     /// Envoy's async client adds: `x-envoy-internal: true`, `x-envoy-expected-rq-timeout-ms`.
-    pub fn request_head<'h>(&self, headers: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> Vec<u8> {
+    pub fn request<'h>(
+        &self,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+        body: Option<Body<'_>>,
+    ) -> Vec<u8> {
         let mut method: &[u8] = b"GET";
         let mut path: &[u8] = b"/";
         let mut host: &[u8] = b"";
@@ -345,7 +395,14 @@ impl HttpCheck {
         h.extend_from_slice(path);
         h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         h.extend_from_slice(host);
-        h.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+        let sent = body.as_ref().map_or(&[][..], |b| b.sent());
+        h.extend_from_slice(format!("\r\ncontent-length: {}\r\n", sent.len()).as_bytes());
+        if let Some(b) = &body {
+            h.extend_from_slice(PARTIAL_BODY_HEADER);
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(b.partial());
+            h.extend_from_slice(b"\r\n");
+        }
         let added = self.headers_to_add.iter().map(|(n, v)| (&**n, &**v));
         for (n, v) in fields.iter().map(|(n, v)| (*n, &v[..])).chain(added) {
             h.extend_from_slice(n);
@@ -356,6 +413,7 @@ impl HttpCheck {
         h.extend_from_slice(b"x-envoy-internal: true\r\nx-envoy-expected-rq-timeout-ms: ");
         h.extend_from_slice(&self.timeout_ms);
         h.extend_from_slice(b"\r\n\r\n");
+        h.extend_from_slice(sent);
         h
     }
 
@@ -807,7 +865,7 @@ mod tests {
             (b"x-k", b"1"),
             (b"x-k", b"2"),
         ];
-        let b = check_request(&a, hs.iter().copied(), false);
+        let b = check_request(&a, hs.iter().copied(), false, None);
         let r = auth_pb::CheckRequest::decode(&b[5..]).unwrap();
         let at = r.attributes.unwrap();
         let h = at.request.unwrap().http.unwrap();
@@ -872,6 +930,7 @@ mod tests {
             before_jwt_authn: false,
             stat_prefix: String::new(),
             allowed_headers: vec![sm(Some("x-a"), None)],
+            with_request_body: None,
             http: Some(config::ExtAuthzHttp {
                 path_prefix: "/check".into(),
                 headers_to_add: vec![("x-add".into(), "1".into())],
@@ -891,7 +950,7 @@ mod tests {
             (b"x-add", b"theirs"),
         ];
         let h = x.http.as_ref().unwrap();
-        let head = h.request_head(hs.iter().copied().filter(|(n, _)| x.allows_header(n)));
+        let head = h.request(hs.iter().copied().filter(|(n, _)| x.allows_header(n)), None);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /check/a.B/C?x=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\

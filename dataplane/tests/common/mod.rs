@@ -60,10 +60,7 @@ pub fn free_port() -> u16 {
             let Some(claim) = claim_port(port) else {
                 continue; // another test process holds it
             };
-            CLAIMS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(claim);
+            CLAIMS.lock().unwrap_or_else(|e| e.into_inner()).push(claim);
             return port;
         }
     }

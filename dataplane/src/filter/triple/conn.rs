@@ -223,6 +223,8 @@ struct AuthzWait {
     payload: Option<crate::filter::jwt::Metadata>,
     data: VecDeque<(Queued, bool)>,
     trailers: Option<Vec<u8>>,
+    /// `with_request_body`: the check waits for the body (not sent yet).
+    buffering: bool,
 }
 
 /// Upstream side: a Check call's answer as it arrives; read when the stream ends (however it
@@ -1107,6 +1109,7 @@ impl Conn {
             Drop,
             Error(u32),
         }
+        let mut body_ready = false;
         let next = {
             let mut streams = self.streams.borrow_mut();
             match streams.get_mut(&h.stream) {
@@ -1151,6 +1154,9 @@ impl Conn {
                                 (None, None, Some(w)) => {
                                     w.data
                                         .push_back((Queued::new(data.clone(), &self.budget), end));
+                                    if w.buffering {
+                                        body_ready = self.body_complete(w, end);
+                                    }
                                     Next::Held
                                 }
                                 (None, None, None) => Next::Drop,
@@ -1189,10 +1195,28 @@ impl Conn {
                 self.on_stream_error(h.stream, c, "bad DATA")?;
             }
         }
+        if body_ready {
+            self.body_check(h.stream);
+        }
         if end {
             self.maybe_forget(h.stream);
         }
         Ok(())
+    }
+
+    /// `with_request_body`: whether the body call's wait `w` buffered is enough to check
+    /// with (`end`: the stream ended): ended, `max_request_bytes` of it with
+    /// `allow_partial_message`, more than that without.
+    fn body_complete(&self, w: &AuthzWait, end: bool) -> bool {
+        let Side::Down(l) = &self.side else {
+            return false;
+        };
+        let Some(b) = l.ext_authz.as_ref().and_then(|x| x.body) else {
+            return false;
+        };
+        let held: usize = w.data.iter().map(|(q, _)| q.len()).sum();
+        let max = b.max_request_bytes as usize;
+        end || held > max || (b.allow_partial_message && held >= max)
     }
 
     fn maybe_forget(&self, id: u32) {
@@ -1874,7 +1898,7 @@ impl Conn {
             return;
         };
         let scheme: &[u8] = if self.tls.get() { b"https" } else { b"http" };
-        let message = {
+        {
             let mut hl = self.headers.borrow_mut();
             // What Envoy's connection manager adds before its filters run: the authorizer
             // sees them (and the router then finds them there).
@@ -1884,41 +1908,146 @@ impl Conn {
             if hl.get(b"x-request-id").is_none() {
                 hl.append(b"x-request-id", &super::request_id::uuid4());
             }
-            let peer = self.rbac_peer.borrow();
-            let p = peer.as_ref();
-            let attrs = crate::filter::ext_authz::Attributes {
-                source: p.and_then(|p| p.source),
-                destination: p.and_then(|p| p.destination),
-                peer_certificate: p.and_then(|p| p.certificate.as_deref()),
-                local_uri: l.local_uris.first().map(String::as_str),
-                protocol: "HTTP/2",
-                size: 0,
-                id: u64::from(id),
-            };
-            let allowed = hl
-                .iter()
-                .map(|(n, v, _)| (n, v))
-                .filter(|(n, _)| x.allows_header(n));
-            match &x.http {
-                Some(h) => Bytes::from(h.request_head(allowed)),
-                None => crate::filter::ext_authz::check_request(
-                    &attrs,
-                    allowed,
-                    x.include_peer_certificate,
-                ),
-            }
-        };
-        let until = Instant::now() + x.timeout;
+        }
+        // `with_request_body`: a call with a body waits for it (its end, or enough of it)
+        // before the check goes; the filter's timeout runs from then.
+        let buffering = x.body.is_some() && !end;
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.authz = Some(Box::new(AuthzWait {
-                until,
+                until: Instant::now()
+                    + Duration::from_millis(crate::config::EXT_AUTHZ_TIMEOUT_MS_MAX),
                 check: None,
                 end,
                 headers: self.headers.borrow().clone(),
                 payload,
                 data: VecDeque::new(),
                 trailers: None,
+                buffering,
             }));
+        }
+        if buffering {
+            return;
+        }
+        let message = self.check_message(l, x, id, &self.headers.borrow(), None);
+        self.dispatch_check(l, x, id, message);
+    }
+
+    /// Caller side: the check of call `id` whose headers are `hl` (and body `body`), as the
+    /// filter's authorizer is asked: a CheckRequest, or an HTTP authorizer's request.
+    fn check_message(
+        &self,
+        l: &TripleListener,
+        x: &crate::filter::ext_authz::ExtAuthz,
+        id: u32,
+        hl: &super::headers::HeaderList,
+        body: Option<crate::filter::ext_authz::Body<'_>>,
+    ) -> Bytes {
+        let peer = self.rbac_peer.borrow();
+        let p = peer.as_ref();
+        let attrs = crate::filter::ext_authz::Attributes {
+            source: p.and_then(|p| p.source),
+            destination: p.and_then(|p| p.destination),
+            peer_certificate: p.and_then(|p| p.certificate.as_deref()),
+            local_uri: l.local_uris.first().map(String::as_str),
+            protocol: "HTTP/2",
+            size: 0,
+            id: u64::from(id),
+        };
+        let allowed = hl
+            .iter()
+            .map(|(n, v, _)| (n, v))
+            .filter(|(n, _)| x.allows_header(n));
+        match &x.http {
+            Some(h) => Bytes::from(h.request(allowed, body)),
+            None => crate::filter::ext_authz::check_request(
+                &attrs,
+                allowed,
+                x.include_peer_certificate,
+                body,
+            ),
+        }
+    }
+
+    /// Caller side: `with_request_body`: the body call `id` buffered is complete (ended, or
+    /// over `max_request_bytes`): checked with it, or, over the limit without
+    /// `allow_partial_message`, answered 413 as Envoy's buffer limit answers.
+    fn body_check(self: &Rc<Self>, id: u32) {
+        let Side::Down(l) = &self.side else {
+            return;
+        };
+        let l = l.clone();
+        let Some(x) = &l.ext_authz else {
+            return;
+        };
+        let Some(settings) = x.body else {
+            return;
+        };
+        let message = {
+            let mut streams = self.streams.borrow_mut();
+            let Some(w) = streams.get_mut(&id).and_then(|s| s.authz.as_mut()) else {
+                return;
+            };
+            w.buffering = false;
+            let mut buffered = Vec::new();
+            for (q, _) in &w.data {
+                buffered.extend_from_slice(q);
+            }
+            if buffered.len() > settings.max_request_bytes as usize
+                && !settings.allow_partial_message
+            {
+                None
+            } else {
+                let body = crate::filter::ext_authz::Body {
+                    buffered: &buffered,
+                    settings,
+                };
+                Some(self.check_message(&l, x, id, &w.headers, Some(body)))
+            }
+        };
+        match message {
+            Some(m) => self.dispatch_check(&l, x, id, m),
+            None => {
+                let w = self
+                    .streams
+                    .borrow_mut()
+                    .get_mut(&id)
+                    .and_then(|s| s.authz.take());
+                let Some(w) = w else {
+                    return;
+                };
+                let held: usize = w.data.iter().map(|(q, _)| q.len()).sum();
+                *self.headers.borrow_mut() = w.headers;
+                self.credit(id, held as u32);
+                self.respond_before_routing(&l, id, w.payload.as_ref());
+                self.fail_call(
+                    id,
+                    &CallError::Direct {
+                        status: http_to_grpc_status(413),
+                        message: "Payload Too Large".into(),
+                        location: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Caller side: sends call `id`'s check `message` to the filter's authorizer; its timeout
+    /// runs from now.
+    fn dispatch_check(
+        self: &Rc<Self>,
+        l: &Rc<TripleListener>,
+        x: &crate::filter::ext_authz::ExtAuthz,
+        id: u32,
+        message: Bytes,
+    ) {
+        let until = Instant::now() + x.timeout;
+        if let Some(w) = self
+            .streams
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|s| s.authz.as_mut())
+        {
+            w.until = until;
         }
         let routes = l.routes.get();
         let pool = routes.authz_pool.and_then(|i| routes.pools.get(i));
@@ -2107,6 +2236,7 @@ impl Conn {
         }
         let mut block = Vec::new();
         self.headers.borrow().encode(&mut block);
+        let mut body_ready = false;
         if let Some(s) = self.streams.borrow_mut().get_mut(&id) {
             s.recv_end = true;
         }
@@ -2120,8 +2250,13 @@ impl Conn {
                     d.trailers = Some(block);
                 } else if let Some(w) = s.authz.as_mut() {
                     w.trailers = Some(block);
+                    // `with_request_body`: the body ended with the trailers.
+                    body_ready = w.buffering;
                 }
             }
+        }
+        if body_ready {
+            self.body_check(id);
         }
         self.maybe_forget(id);
         Ok(())

@@ -136,6 +136,8 @@ struct Request {
 enum Local {
     BadRequest,
     TooLarge,
+    /// A body over ext_authz's `max_request_bytes` (without `allow_partial_message`).
+    PayloadTooLarge,
     /// An HTTP/1.0 request.
     UpgradeRequired,
     /// The route's fault aborts it with this HTTP status.
@@ -192,6 +194,7 @@ impl Local {
                 "Request Header Fields Too Large",
             ),
             Local::UpgradeRequired => (426, "Upgrade Required", "Upgrade Required"),
+            Local::PayloadTooLarge => (413, "Payload Too Large", "Payload Too Large"),
             Local::FaultAbort(code) => (*code, reason(*code), "fault filter abort"),
             Local::Forbidden(body) => (403, "Forbidden", body),
             Local::NoRoute => (404, "Not Found", ""),
@@ -223,7 +226,10 @@ impl Local {
             Local::BadRequest | Local::TooLarge | Local::UpgradeRequired => {
                 Flags::DOWNSTREAM_PROTOCOL_ERROR
             }
-            Local::Forbidden(_) | Local::Direct { .. } | Local::Jwt { .. } => Flags::NONE,
+            Local::Forbidden(_)
+            | Local::Direct { .. }
+            | Local::Jwt { .. }
+            | Local::PayloadTooLarge => Flags::NONE,
             Local::FaultAbort(_) => Flags::FAULT_INJECTED,
             Local::AuthzError(_) | Local::AuthzDenied { .. } => {
                 Flags::UNAUTHORIZED_EXTERNAL_SERVICE
@@ -787,7 +793,13 @@ fn authenticate<C>(
     c: &mut Down<C>,
     l: &TripleListener,
     req: &mut Request,
-) -> Result<(Option<serde_json::Map<String, serde_json::Value>>, Option<super::AsCame>), Local> {
+) -> Result<
+    (
+        Option<serde_json::Map<String, serde_json::Value>>,
+        Option<super::AsCame>,
+    ),
+    Local,
+> {
     use crate::filter::jwt::Op;
     let Some(j) = &l.jwt else {
         return Ok((None, None));
@@ -962,6 +974,19 @@ async fn check<C: crate::io::Conn>(
     }
     let routes = l.routes.get();
     let pool = routes.authz_pool.and_then(|i| routes.pools.get(i)).cloned();
+    // `with_request_body`: the body (or enough of it) read first; it stays in the
+    // connection's buffer, relayed upstream from there.
+    let body = match (x.body, req.framing) {
+        (None, _) | (_, Framing::Length(0)) => None,
+        (Some(b), framing) => Some(body_for_check(c, framing, b).await?),
+    };
+    let body = match (x.body, &body) {
+        (Some(settings), Some(d)) => Some(crate::filter::ext_authz::Body {
+            buffered: d,
+            settings,
+        }),
+        _ => None,
+    };
     // The check's bytes, built before the wait (the header list's borrow ends with them).
     let message = {
         let allowed =
@@ -969,7 +994,7 @@ async fn check<C: crate::io::Conn>(
                 .map(|(n, v, _)| (n, v))
                 .filter(|(n, _)| x.allows_header(n));
         match &x.http {
-            Some(h) => bytes::Bytes::from(h.request_head(allowed)),
+            Some(h) => bytes::Bytes::from(h.request(allowed, body)),
             None => {
                 let peer = c.peer.as_ref();
                 let attrs = crate::filter::ext_authz::Attributes {
@@ -981,7 +1006,12 @@ async fn check<C: crate::io::Conn>(
                     size: 0,
                     id: 0,
                 };
-                crate::filter::ext_authz::check_request(&attrs, allowed, x.include_peer_certificate)
+                crate::filter::ext_authz::check_request(
+                    &attrs,
+                    allowed,
+                    x.include_peer_certificate,
+                    body,
+                )
             }
         }
     };
@@ -1041,6 +1071,52 @@ async fn check<C: crate::io::Conn>(
             .map(|(n, v, _)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
             .collect();
     Ok(())
+}
+
+/// `with_request_body` on an HTTP/1.1 request: its body's data read into the connection's
+/// buffer (where it stays, relayed from there) until it ended, or `max_request_bytes` came
+/// (`allow_partial_message`), or more (without it: 413, as Envoy's buffer limit answers);
+/// the data so far.
+async fn body_for_check<C: crate::io::Conn>(
+    c: &mut Down<C>,
+    framing: Framing,
+    b: crate::config::ExtAuthzBody,
+) -> Result<Vec<u8>, Local> {
+    let max = b.max_request_bytes as usize;
+    loop {
+        let (data, ended) = match framing {
+            Framing::Length(n) => {
+                let k = c.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                (c.buf[..k].to_vec(), k as u64 == n)
+            }
+            Framing::Chunked => {
+                let mut d = Vec::new();
+                let (_, ended) = Chunks::default()
+                    .feed_data(&c.buf, &mut |x| d.extend_from_slice(x))
+                    .map_err(|_| Local::BadRequest)?;
+                (d, ended)
+            }
+            // Requests are never framed by the close.
+            Framing::UntilClose => return Err(Local::BadRequest),
+        };
+        if data.len() > max && !b.allow_partial_message {
+            return Err(Local::PayloadTooLarge);
+        }
+        if ended || data.len() > max || (b.allow_partial_message && data.len() >= max) {
+            return Ok(data);
+        }
+        c.buf.reserve(READ_CHUNK_BYTES);
+        let read = crate::io::read_append(&mut c.s, std::mem::take(&mut c.buf));
+        let (r, buf) = match shard::monoio::time::timeout(HEAD_TIMEOUT, read).await {
+            Ok(x) => x,
+            Err(_) => return Err(Local::BadRequest),
+        };
+        c.buf = buf;
+        match r {
+            Ok(0) | Err(_) => return Err(Local::BadRequest),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// The route's cluster pool, timeout and retry policy, or the local answer. Once a route is
