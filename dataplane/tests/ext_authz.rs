@@ -1065,6 +1065,47 @@ fn istiod_custom_http_provider_like_envoy() {
 
 /// Python's http.client (tests/peers/http1/peer.py) sending `requests` on one keep-alive
 /// connection to `target`: per request `STATUS BODY` and the response fields its `show` names.
+/// An HTTP/1.1 POST with `Expect: 100-continue` whose body is sent only after the interim
+/// answer came (or 3 s passed without one): the interim status line (or that none came), then
+/// the final status line.
+fn expect_continue(target: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(
+        b"POST /header/x-authz-added HTTP/1.1\r\nHost: svc\r\nx-authz: allow\r\n\
+          content-length: 10\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    // The interim head, up to its empty line.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let interim = loop {
+        match s.read(&mut byte) {
+            Ok(1) => {
+                head.push(byte[0]);
+                if head.ends_with(b"\r\n\r\n") {
+                    break String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                }
+            }
+            Ok(_) => break format!("closed after {:?}", String::from_utf8_lossy(&head)),
+            Err(e) => break format!("no interim answer in 3 s ({:?}): {e}", e.kind()),
+        }
+    };
+    s.write_all(b"xxxxxxxxxx").unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    format!(
+        "{interim} then {}",
+        rest.lines().next().unwrap_or("nothing")
+    )
+}
+
 fn http1_calls(target: SocketAddr, requests: &Value) -> Vec<String> {
     use std::io::Write;
     let python = common::peers::require(common::peers::root().join(".cache/venv/bin/python"));
@@ -1353,6 +1394,8 @@ fn request_body_like_envoy() {
         for (l, reqs) in &h1_cases {
             answers.extend(http1_calls(listen[*l], reqs));
         }
+        // A caller that waits for `100 Continue` before its body (curl does, for large ones).
+        answers.push(expect_continue(listen[0]));
         std::thread::sleep(Duration::from_millis(300));
         let grpc_checks: Vec<Value> = grpc_authz.checks().into_iter().map(normalized).collect();
         let http_checks: Vec<Value> = http_authz
@@ -1410,4 +1453,9 @@ fn request_body_like_envoy() {
         .iter()
         .any(|c| c["attributes"]["request"]["http"]["body"].is_string()));
     assert!(envoy.2.iter().any(|c| c["body"] == "xxxxxxxxxx"));
+    assert_eq!(
+        envoy.0.last().map(String::as_str),
+        Some("HTTP/1.1 100 Continue then HTTP/1.1 200 OK"),
+        "{envoy:?}"
+    );
 }

@@ -978,7 +978,19 @@ async fn check<C: crate::io::Conn>(
     // connection's buffer, relayed upstream from there.
     let body = match (x.body, req.framing) {
         (None, _) | (_, Framing::Length(0)) => None,
-        (Some(b), framing) => Some(body_for_check(c, framing, b).await?),
+        (Some(b), framing) => {
+            // Envoy's connection manager answers `Expect: 100-continue` itself (its
+            // `proxy_100_continue` is off by default): a caller that waits for it sends its
+            // body only then, and the check waits for the body.
+            if req.expect_continue {
+                let (r, _) =
+                    c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                        .await;
+                r.map_err(|_| Local::BadRequest)?;
+                req.expect_continue = false;
+            }
+            Some(body_for_check(c, framing, b).await?)
+        }
     };
     let body = match (x.body, &body) {
         (Some(settings), Some(d)) => Some(crate::filter::ext_authz::Body {
