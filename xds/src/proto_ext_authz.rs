@@ -153,19 +153,13 @@ pub(super) fn http(
         }),
         None => None,
     };
-    let enabled_by_shadow_policy = x
-        .filter_enabled_metadata
-        .as_ref()
-        .map(|m| {
-            enabled_metadata(
-                m,
-                HTTP_RBAC,
-                rbac_before,
-                ctx,
-                &join(at, "filter_enabled_metadata"),
-            )
-        })
-        .transpose()?;
+    let enabled_by_shadow_policy = enabled_metadata(
+        x.filter_enabled_metadata.as_ref(),
+        HTTP_RBAC,
+        rbac_before,
+        ctx,
+        &join(at, "filter_enabled_metadata"),
+    )?;
     Ok(ExtAuthz {
         cluster,
         authority,
@@ -389,19 +383,13 @@ pub(super) fn network(
         return refuse("grpc_service", "missing");
     };
     let (cluster, authority, timeout_ms) = grpc_service(g, ctx, &join(at, "grpc_service"))?;
-    let enabled_by_shadow_policy = x
-        .filter_enabled_metadata
-        .as_ref()
-        .map(|m| {
-            enabled_metadata(
-                m,
-                NETWORK_RBAC,
-                rbac_before,
-                ctx,
-                &join(at, "filter_enabled_metadata"),
-            )
-        })
-        .transpose()?;
+    let enabled_by_shadow_policy = enabled_metadata(
+        x.filter_enabled_metadata.as_ref(),
+        NETWORK_RBAC,
+        rbac_before,
+        ctx,
+        &join(at, "filter_enabled_metadata"),
+    )?;
     Ok(ExtAuthz {
         cluster,
         authority,
@@ -424,12 +412,15 @@ pub(super) fn network(
 /// this one matched (`envoy.filters.http.rbac`, one key `SHADOW_PREFIXshadow_effective_policy_id`,
 /// a string matcher).
 fn enabled_metadata(
-    m: &matcher_pb::MetadataMatcher,
+    m: Option<&matcher_pb::MetadataMatcher>,
     rbac_filter: &str,
     rbac_before: &[config::Rbac],
     ctx: &Ctx<'_>,
     at: &str,
-) -> Result<ShadowPolicyMatch, TranslateError> {
+) -> Result<Option<ShadowPolicyMatch>, TranslateError> {
+    let Some(m) = m else {
+        return Ok(None);
+    };
     if m.filter != rbac_filter {
         return Err(ctx.err(
             join(at, "filter"),
@@ -476,8 +467,8 @@ fn enabled_metadata(
         }
         _ => return Err(ctx.err(vat, "only string_match is supported")),
     };
-    Ok(ShadowPolicyMatch {
+    Ok(Some(ShadowPolicyMatch {
         shadow_rules_stat_prefix: prefix.to_string(),
         policy,
-    })
+    }))
 }

@@ -269,6 +269,26 @@ pub struct Attributes<'a> {
     pub id: u64,
 }
 
+impl<'a> Attributes<'a> {
+    /// A call's, on a connection whose caller is `peer` (none known: the fields empty).
+    pub fn of_call(
+        peer: Option<&'a crate::filter::rbac::ConnPeer>,
+        local_uri: Option<&'a str>,
+        protocol: &'static str,
+        id: u64,
+    ) -> Attributes<'a> {
+        Attributes {
+            source: peer.and_then(|p| p.source),
+            destination: peer.and_then(|p| p.destination),
+            peer_certificate: peer.and_then(|p| p.certificate.as_deref()),
+            local_uri,
+            protocol,
+            size: 0,
+            id,
+        }
+    }
+}
+
 /// The CheckRequest of a call whose headers are `headers` (pseudo-headers included), as a
 /// length-prefixed gRPC message: Envoy 1.40's `CheckRequestUtils::createHttpCheck` (headers
 /// by lower-case name, repeated ones joined with `,`; `path` with its query; `query` and

@@ -1943,16 +1943,12 @@ impl Conn {
         body: Option<crate::filter::ext_authz::Body<'_>>,
     ) -> Bytes {
         let peer = self.rbac_peer.borrow();
-        let p = peer.as_ref();
-        let attrs = crate::filter::ext_authz::Attributes {
-            source: p.and_then(|p| p.source),
-            destination: p.and_then(|p| p.destination),
-            peer_certificate: p.and_then(|p| p.certificate.as_deref()),
-            local_uri: l.local_uris.first().map(String::as_str),
-            protocol: "HTTP/2",
-            size: 0,
-            id: u64::from(id),
-        };
+        let attrs = crate::filter::ext_authz::Attributes::of_call(
+            peer.as_ref(),
+            l.local_uris.first().map(String::as_str),
+            "HTTP/2",
+            u64::from(id),
+        );
         let allowed = hl
             .iter()
             .map(|(n, v, _)| (n, v))

@@ -1008,16 +1008,12 @@ async fn check<C: crate::io::Conn>(
         match &x.http {
             Some(h) => bytes::Bytes::from(h.request(allowed, body)),
             None => {
-                let peer = c.peer.as_ref();
-                let attrs = crate::filter::ext_authz::Attributes {
-                    source: peer.and_then(|p| p.source),
-                    destination: peer.and_then(|p| p.destination),
-                    peer_certificate: peer.and_then(|p| p.certificate.as_deref()),
-                    local_uri: l.local_uris.first().map(String::as_str),
-                    protocol: "HTTP/1.1",
-                    size: 0,
-                    id: 0,
-                };
+                let attrs = crate::filter::ext_authz::Attributes::of_call(
+                    c.peer.as_ref(),
+                    l.local_uris.first().map(String::as_str),
+                    "HTTP/1.1",
+                    0,
+                );
                 crate::filter::ext_authz::check_request(
                     &attrs,
                     allowed,
