@@ -22,11 +22,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use super::format::{self, LineCache, Op, Piece, TimePiece};
-use super::record::{Elapsed, Fixed, Records, Span};
-use super::{Flags, Format, Part};
+use std::borrow::Cow;
+
+use super::record::{self, DubboRec, Elapsed, Fixed, Records, Span};
+use super::{Flags, Format, Part, DUBBO_PROTOCOL};
 
 /// A step's constant text up to this long is kept inline (longer: a step of its own).
 const CHUNK: usize = 16;
@@ -126,9 +128,10 @@ struct TimeText {
     chunk: [u8; TIME_CHUNK],
     /// Where each fraction goes in the text, and its digits.
     fracs: Vec<(usize, u8)>,
-    /// The start time of the last record written and its whole text (fractions filled in,
-    /// when it fits a chunk): the calls of one read share their start.
-    last: Option<SystemTime>,
+    /// The start time (nanoseconds since the epoch) of the last record written and its whole
+    /// text (fractions filled in, when it fits a chunk): the calls of one read share their
+    /// start.
+    last: Option<u64>,
     last_chunk: [u8; TIME_CHUNK],
 }
 
@@ -489,6 +492,259 @@ impl Lines {
             &mut self.next_addr,
         );
     }
+
+    /// [`Lines::line`] for compact Dubbo record `r` (read directly on the template path; as
+    /// the [`Fixed`] record [`Records::expand`] makes of it elsewhere). Not inlined:
+    /// bench/callgrind-observed counts the lines formatted by its calls too.
+    #[inline(never)]
+    pub fn dubbo_line(
+        &mut self,
+        records: &Records,
+        r: &DubboRec,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+    ) {
+        let Some(&plan) = self.batch.get(usize::from(r.format)) else {
+            return;
+        };
+        let Some((_, plan)) = self.plans.get_mut(plan) else {
+            return;
+        };
+        let Some(plan) = plan else {
+            let Some((format, names)) = formats.get(usize::from(r.format)) else {
+                return;
+            };
+            let f = records.expand(r);
+            let headers = records.headers(&f, names);
+            self.scratch.clear();
+            format.render_cached(
+                &records.record(&f, &headers),
+                &mut self.scratch,
+                &mut self.cache,
+            );
+            self.out.var(&self.scratch, 0);
+            return;
+        };
+        render(
+            plan,
+            records,
+            r,
+            &mut self.out,
+            &mut self.addrs,
+            &mut self.next_addr,
+        );
+    }
+
+    /// Renders every record of a batch in the order the shard logged them (its compact Dubbo
+    /// records among the others by [`Fixed::after`]); `each` runs after every line.
+    pub fn lines(
+        &mut self,
+        records: &Records,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+        mut each: impl FnMut(&mut Lines),
+    ) {
+        let mut done = 0;
+        for f in &records.fixed {
+            let upto = (f.after as usize).clamp(done, records.dubbo.len());
+            for r in records.dubbo.get(done..upto).unwrap_or_default() {
+                self.dubbo_line(records, r, formats);
+                each(self);
+            }
+            done = upto;
+            self.line(records, f, formats);
+            each(self);
+        }
+        for r in records.dubbo.get(done..).unwrap_or_default() {
+            self.dubbo_line(records, r, formats);
+            each(self);
+        }
+    }
+}
+
+/// What a line's template path reads from a record, of either kind ([`Fixed`], [`DubboRec`]).
+trait Rec {
+    /// The [`Shape`] bits (before the plan masks them) and the protocol.
+    fn shape(&self) -> (u32, Option<&'static str>);
+    /// `%START_TIME%`: nanoseconds since the epoch (0 before it).
+    fn start_ns(&self) -> u64;
+    fn elapsed(&self) -> Elapsed;
+    fn code(&self) -> u32;
+    fn received(&self) -> u64;
+    fn sent(&self) -> u64;
+    /// Address `w` as a [`Key`] holds it: an IPv4 one as its [`v4_key`], 0 when missing, None
+    /// for IPv6 (its line is not remembered).
+    fn addr_key(&self, w: Which) -> Option<u64>;
+    /// Writes address `w` with its port (`-` when missing).
+    fn put_addr(
+        &self,
+        w: Which,
+        records: &Records,
+        out: &mut Out,
+        addrs: &mut [AddrSlot; ADDR_SLOTS],
+        next_addr: &mut usize,
+    );
+    /// The record as a [`Fixed`] one (what the steps and templates read).
+    fn fixed<'a>(&'a self, records: &Records) -> Cow<'a, Fixed>;
+}
+
+/// Nanoseconds since the epoch of `f`'s start (0 before it).
+#[inline]
+fn fixed_ns(f: &Fixed) -> u64 {
+    f.start
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Rec for Fixed {
+    #[inline]
+    fn shape(&self) -> (u32, Option<&'static str>) {
+        let f = self;
+        let bits = u32::from(f.no_headers())
+            | u32::from(f.flags.is_empty()) << 1
+            | u32::from(f.grpc_status.is_none()) << 2
+            | u32::from(!f.has_dubbo) << 3
+            | u32::from(f.upstream_host.is_none()) << 4
+            | u32::from(f.downstream_remote.is_none()) << 5
+            | u32::from(f.downstream_local.is_none()) << 6;
+        (bits, f.protocol)
+    }
+
+    #[inline]
+    fn start_ns(&self) -> u64 {
+        fixed_ns(self)
+    }
+
+    #[inline]
+    fn elapsed(&self) -> Elapsed {
+        self.duration
+    }
+
+    #[inline]
+    fn code(&self) -> u32 {
+        self.response_code.unwrap_or(0)
+    }
+
+    #[inline]
+    fn received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    #[inline]
+    fn sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    #[inline]
+    fn addr_key(&self, w: Which) -> Option<u64> {
+        match w.of(self) {
+            Some(SocketAddr::V4(a)) => Some(v4_key(&a, true)),
+            Some(SocketAddr::V6(_)) => None,
+            None => Some(0),
+        }
+    }
+
+    #[inline]
+    fn put_addr(
+        &self,
+        w: Which,
+        _records: &Records,
+        out: &mut Out,
+        addrs: &mut [AddrSlot; ADDR_SLOTS],
+        next_addr: &mut usize,
+    ) {
+        match w.of(self) {
+            Some(a) => addr(a, true, out, addrs, next_addr),
+            None => out.byte(b'-'),
+        }
+    }
+
+    #[inline]
+    fn fixed<'a>(&'a self, _records: &Records) -> Cow<'a, Fixed> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl DubboRec {
+    #[inline]
+    fn key_of(&self, w: Which) -> u64 {
+        match w {
+            Which::Upstream => self.upstream,
+            Which::Remote => self.remote,
+            Which::Local => self.local,
+        }
+    }
+}
+
+impl Rec for DubboRec {
+    #[inline]
+    fn shape(&self) -> (u32, Option<&'static str>) {
+        // Never headers or a gRPC status; always a Dubbo call.
+        let bits = NO_HEADERS
+            | NO_GRPC
+            | u32::from(self.flags.is_empty()) << 1
+            | u32::from(self.upstream == record::ADDR_NONE) << 4
+            | u32::from(self.remote == record::ADDR_NONE) << 5
+            | u32::from(self.local == record::ADDR_NONE) << 6;
+        (bits, Some(DUBBO_PROTOCOL))
+    }
+
+    #[inline]
+    fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    #[inline]
+    fn elapsed(&self) -> Elapsed {
+        Elapsed::Between(self.started, self.ended)
+    }
+
+    #[inline]
+    fn code(&self) -> u32 {
+        u32::from(self.status)
+    }
+
+    #[inline]
+    fn received(&self) -> u64 {
+        u64::from(self.bytes_received)
+    }
+
+    #[inline]
+    fn sent(&self) -> u64 {
+        u64::from(self.bytes_sent)
+    }
+
+    #[inline]
+    fn addr_key(&self, w: Which) -> Option<u64> {
+        // An IPv4 key is the writer's own `v4_key` of the address with its port.
+        let k = self.key_of(w);
+        (k == record::ADDR_NONE || record::is_v4(k)).then_some(k)
+    }
+
+    #[inline]
+    fn put_addr(
+        &self,
+        w: Which,
+        records: &Records,
+        out: &mut Out,
+        addrs: &mut [AddrSlot; ADDR_SLOTS],
+        next_addr: &mut usize,
+    ) {
+        let k = self.key_of(w);
+        if record::is_v4(k) {
+            if let Some(hit) = addrs.iter().find(|s| s.key == k) {
+                out.chunk(&hit.text, usize::from(hit.len));
+                return;
+            }
+        }
+        match records.addr(k) {
+            Some(a) => addr_slow(a, true, out, addrs, next_addr),
+            None => out.byte(b'-'),
+        }
+    }
+
+    #[inline]
+    fn fixed<'a>(&'a self, records: &Records) -> Cow<'a, Fixed> {
+        Cow::Owned(records.expand(self))
+    }
 }
 
 /// What a line reads besides its step: the record, its batch and how much room to keep.
@@ -502,15 +758,17 @@ struct Ctx<'a> {
 
 /// The line of `f` through `plan`: through the template of `f`'s shape (made from `f` the
 /// first time a record of that shape comes).
-fn render(
+#[inline(always)]
+fn render<R: Rec>(
     plan: &mut Plan,
     records: &Records,
-    f: &Fixed,
+    r: &R,
     out: &mut Out,
     addrs: &mut [AddrSlot; ADDR_SLOTS],
     next_addr: &mut usize,
 ) {
-    let shape = plan.shape(f);
+    let (bits, protocol) = r.shape();
+    let shape = plan.shape(bits, protocol);
     let last = plan.last;
     let t = match plan.templates.get(last).filter(|t| t.shape == shape) {
         Some(_) => last,
@@ -520,7 +778,8 @@ fn render(
                 if plan.templates.len() >= TEMPLATES_MAX {
                     plan.templates.clear();
                 }
-                let t = Template::make(plan, shape, records, f, addrs, next_addr);
+                let f = r.fixed(records);
+                let t = Template::make(plan, shape, records, &f, addrs, next_addr);
                 plan.templates.push(t);
                 plan.templates.len() - 1
             }
@@ -532,7 +791,7 @@ fn render(
     } = plan;
     let t = &mut templates[t];
     // A line whose holes read what the last line's read is that line again: one copy.
-    let key = t.memo.as_mut().and_then(|m| m.key(f));
+    let key = t.memo.as_mut().and_then(|m| m.key(r));
     if let (
         Some(k),
         Some(Memo {
@@ -550,41 +809,45 @@ fn render(
     }
     let line_start = out.pos;
     out.room(t.bound);
-    let ctx = Ctx {
-        records,
-        f,
-        headers: records.header_spans(f),
-        bound: t.bound,
-    };
+    // The record as a `Fixed` one, for the steps (made once per line, when one needs it).
+    let mut fixed: Option<Cow<'_, Fixed>> = None;
     for h in t.holes.iter() {
         h.text.put(out);
         // The common holes inline; the others (and any with a `:N` cut) by the step.
         match h.kind {
             Kind::Duration => out.num(match &key {
                 Some(k) => k.ms,
-                None => f.duration.get().as_millis() as u64,
+                None => r.elapsed().get().as_millis() as u64,
             }),
-            Kind::ResponseCode => out.num(u64::from(f.response_code.unwrap_or(0))),
-            Kind::BytesReceived => out.num(f.bytes_received),
-            Kind::BytesSent => out.num(f.bytes_sent),
-            Kind::Addr(which) => match which.of(f) {
-                Some(a) => addr(a, true, out, addrs, next_addr),
-                None => out.byte(b'-'),
-            },
+            Kind::ResponseCode => out.num(u64::from(r.code())),
+            Kind::BytesReceived => out.num(r.received()),
+            Kind::BytesSent => out.num(r.sent()),
+            Kind::Addr(which) => r.put_addr(which, records, out, addrs, next_addr),
             Kind::Time => {
                 if let Some(Step {
                     op: Value::Time(t), ..
                 }) = steps.get_mut(usize::from(h.step))
                 {
                     // The calls of one read share their start: its text as last written.
-                    match t.last == Some(f.start) {
+                    let ns = match &key {
+                        Some(k) => k.start,
+                        None => r.start_ns(),
+                    };
+                    match t.last == Some(ns) {
                         true => out.chunk(&t.last_chunk, t.text.len()),
-                        false => time(f, t, out),
+                        false => time(ns, t, out),
                     }
                 }
             }
             Kind::Step => {
                 if let Some(step) = steps.get_mut(usize::from(h.step)) {
+                    let f = fixed.get_or_insert_with(|| r.fixed(records));
+                    let ctx = Ctx {
+                        records,
+                        f,
+                        headers: records.header_spans(f),
+                        bound: t.bound,
+                    };
                     value(&mut step.op, step.max, &ctx, out, addrs, next_addr);
                 }
             }
@@ -606,7 +869,8 @@ fn render(
 /// a constant; addresses as [`v4_key`]s): two records with the same key have the same line.
 #[derive(Clone, Copy, PartialEq)]
 struct Key {
-    start: SystemTime,
+    /// Nanoseconds since the epoch.
+    start: u64,
     ms: u64,
     code: u32,
     received: u64,
@@ -682,28 +946,24 @@ impl Memo {
 
     /// `None` for a record with an IPv6 address the holes show (written each time).
     #[inline]
-    fn key(&mut self, f: &Fixed) -> Option<Key> {
+    fn key<R: Rec>(&mut self, f: &R) -> Option<Key> {
         let ms = match self.duration {
-            true => self.ms(f.duration),
+            true => self.ms(f.elapsed()),
             false => 0,
         };
         let addr = |w: Which| match self.addrs[w as usize] {
-            true => match w.of(f) {
-                Some(SocketAddr::V4(a)) => Some(v4_key(&a, true)),
-                Some(SocketAddr::V6(_)) => None,
-                None => Some(0),
-            },
+            true => f.addr_key(w),
             false => Some(0),
         };
         Some(Key {
             start: match self.time {
-                true => f.start,
-                false => UNIX_EPOCH,
+                true => f.start_ns(),
+                false => 0,
             },
             ms,
-            code: f.response_code.unwrap_or(0),
-            received: f.bytes_received,
-            sent: f.bytes_sent,
+            code: f.code(),
+            received: f.received(),
+            sent: f.sent(),
             upstream: addr(Which::Upstream)?,
             remote: addr(Which::Remote)?,
             local: addr(Which::Local)?,
@@ -834,17 +1094,12 @@ const NO_REMOTE: u32 = 1 << 5;
 const NO_LOCAL: u32 = 1 << 6;
 
 impl Plan {
-    fn shape(&self, f: &Fixed) -> Shape {
-        let bits = u32::from(f.no_headers())
-            | u32::from(f.flags.is_empty()) << 1
-            | u32::from(f.grpc_status.is_none()) << 2
-            | u32::from(!f.has_dubbo) << 3
-            | u32::from(f.upstream_host.is_none()) << 4
-            | u32::from(f.downstream_remote.is_none()) << 5
-            | u32::from(f.downstream_local.is_none()) << 6;
+    /// The shape of a record with `bits` ([`Rec::shape`]) and `protocol`.
+    #[inline]
+    fn shape(&self, bits: u32, protocol: Option<&'static str>) -> Shape {
         Shape {
             bits: bits & self.mask,
-            protocol: match (self.protocol, f.protocol) {
+            protocol: match (self.protocol, protocol) {
                 (true, Some(p)) => (p.as_ptr() as usize, p.len()),
                 _ => (0, 0),
             },
@@ -945,7 +1200,7 @@ fn value(
             return;
         }
         Value::Time(t) => {
-            time(f, t, out);
+            time(fixed_ns(f), t, out);
             true
         }
         Value::Duration => {
@@ -1070,10 +1325,11 @@ fn value(
     }
 }
 
-/// Writes `%START_TIME%` of `f`; keeps the text as `t.last` (when it fits a chunk: the
-/// caller copies it for the next record with the same start).
-fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
-    let since = f.start.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+/// Writes `%START_TIME%` of a record that started `ns` after the epoch; keeps the text as
+/// `t.last` (when it fits a chunk: the caller copies it for the next record with the same
+/// start).
+fn time(ns: u64, t: &mut TimeText, out: &mut Out) {
+    let since = Duration::from_nanos(ns);
     let secs = since.as_secs();
     if t.secs != Some(secs) {
         t.text.clear();
@@ -1117,7 +1373,7 @@ fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
     if fits {
         if let Some(c) = out.buf[start..].first_chunk::<TIME_CHUNK>() {
             t.last_chunk = *c;
-            t.last = Some(f.start);
+            t.last = Some(ns);
         }
     }
 }

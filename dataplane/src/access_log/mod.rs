@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 pub use format::{Format, FormatError, LineCache};
 pub use sink::{drain_all, reopen_all, Batch, FileSink, OpenError};
@@ -190,24 +190,16 @@ pub struct Record<'a> {
     pub dubbo: Option<DubboCall<'a>>,
 }
 
-/// A finished Dubbo call as the shard has it: what [`ListenerLog::write_dubbo`] records
-/// straight into the batch (no [`Record`] built, unless a log has a filter to ask; the
-/// duration is taken from the two clock readings on the writer thread).
-#[derive(Clone, Copy)]
+/// A finished Dubbo call as the shard hands it to its logs: the compact record's fixed part
+/// ([`record::DubboRec`], the connection's addresses already as keys) and what each log's
+/// batch adds from borrowed data (written by [`ListenerLog::write_dubbo`] straight into the
+/// batch: no [`Record`] built, unless a log has a filter to ask).
 pub struct DubboLine<'a> {
-    pub start: SystemTime,
-    /// When the request was read and when it was answered (monotonic).
-    pub started: Instant,
-    pub ended: Instant,
-    pub status: u8,
-    pub flags: Flags,
-    pub upstream_host: Option<SocketAddr>,
+    pub rec: record::DubboRec,
+    pub upstream: Option<SocketAddr>,
+    /// The caller's address and ours (`rec.remote`, `rec.local` encode them).
+    pub conn: &'a (Option<SocketAddr>, Option<SocketAddr>),
     pub upstream_cluster: Option<&'a str>,
-    pub downstream_remote: Option<SocketAddr>,
-    pub downstream_local: Option<SocketAddr>,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub request_id: u64,
     /// Interface, method, version and group (`None` when the caller did not keep them: no
     /// format shows them, [`ListenerLog::shows_dubbo`]).
     pub call: Option<DubboCall<'a>>,
@@ -216,27 +208,28 @@ pub struct DubboLine<'a> {
 impl<'a> DubboLine<'a> {
     /// The call as a format (or a filter) sees it.
     pub fn record(&self) -> Record<'a> {
+        let r = &self.rec;
         Record {
-            start: self.start,
-            duration: self.ended.saturating_duration_since(self.started),
+            start: SystemTime::UNIX_EPOCH + Duration::from_nanos(r.start_ns),
+            duration: r.ended.saturating_duration_since(r.started),
             protocol: Some(DUBBO_PROTOCOL),
-            response_code: Some(u32::from(self.status)),
+            response_code: Some(u32::from(r.status)),
             grpc_status: None,
-            flags: self.flags,
-            upstream_host: self.upstream_host,
+            flags: r.flags,
+            upstream_host: self.upstream,
             upstream_cluster: self.upstream_cluster,
             route_name: None,
-            downstream_remote: self.downstream_remote,
-            downstream_local: self.downstream_local,
-            bytes_received: self.bytes_received,
-            bytes_sent: self.bytes_sent,
+            downstream_remote: self.conn.0,
+            downstream_local: self.conn.1,
+            bytes_received: u64::from(r.bytes_received),
+            bytes_sent: u64::from(r.bytes_sent),
             headers: NO_HEADERS,
             dubbo: Some(self.call.unwrap_or(DubboCall {
                 interface: b"",
                 method: b"",
                 version: b"",
                 group: b"",
-                request_id: self.request_id,
+                request_id: r.request_id,
             })),
         }
     }
@@ -548,7 +541,7 @@ impl ShardFile {
     fn line(self: &Rc<Self>, log: &ShardLog, r: &Record<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
-            if b.records.fixed.capacity() == 0 {
+            if b.records.arena.capacity() == 0 {
                 *b = self.sink.spare_batch();
             }
             let i = b.format_index(&log.format, &log.names);
@@ -558,10 +551,12 @@ impl ShardFile {
         self.added(full);
     }
 
+    #[inline]
     fn dubbo_line(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
-            if b.records.fixed.capacity() == 0 {
+            // A batch handed to the writer left an empty one (no arena) behind.
+            if b.records.arena.capacity() == 0 {
                 *b = self.sink.spare_batch();
             }
             let i = b.format_index(&log.format, &log.names);

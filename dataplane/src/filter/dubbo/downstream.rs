@@ -23,6 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use shard::monoio::io::AsyncWriteRent;
 use shard::{Event, Notify};
 
+use crate::access_log::record::{addr_key, DubboRec};
 use crate::access_log::{DubboCall, Flags, ListenerLog};
 use crate::filter::{
     service_ids, Budget, Charge, Counted, Drain, HandedOver, Handover, RequestStatIds,
@@ -177,7 +178,8 @@ pub const TRACE_ARENA_BYTES: usize = 64 * 1024;
 
 /// What a logged call keeps from its request until it is answered.
 pub struct Logged {
-    start: SystemTime,
+    /// Wall clock, nanoseconds since the epoch.
+    start_ns: u64,
     started: Instant,
     /// interface, method, version, group, one after the other (`ends` marks where each ends).
     fields: Vec<u8>,
@@ -208,7 +210,7 @@ impl DubboListener {
         h: &wire::Header,
         frame_bytes: usize,
         req: Option<&wire::RequestView<'_>>,
-        at: (Instant, SystemTime),
+        at: (Instant, u64),
     ) -> Option<Box<Logged>> {
         self.capture_traced(h, frame_bytes, req, None, at)
     }
@@ -224,7 +226,7 @@ impl DubboListener {
         frame_bytes: usize,
         req: Option<&wire::RequestView<'_>>,
         trace: Option<Decision>,
-        at: (Instant, SystemTime),
+        at: (Instant, u64),
     ) -> Option<Box<Logged>> {
         let trace = trace.filter(|d| d.sampled);
         if self.log.is_none() && trace.is_none() {
@@ -232,7 +234,7 @@ impl DubboListener {
         }
         let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(Logged {
-                start: SystemTime::UNIX_EPOCH,
+                start_ns: 0,
                 started: Instant::now(),
                 fields: Vec::new(),
                 ends: [0; 4],
@@ -241,9 +243,9 @@ impl DubboListener {
                 trace: None,
             })
         });
-        lg.start = match &self.log {
+        lg.start_ns = match &self.log {
             Some(_) => at.1,
-            None => SystemTime::now(),
+            None => crate::trace::unix_ns(SystemTime::now()),
         };
         lg.started = at.0;
         lg.request_id = h.id;
@@ -323,9 +325,10 @@ pub struct DownConn {
     greeted: Cell<bool>,
     /// When the last read returned bytes, and when the last request arrived.
     last_read: Cell<Instant>,
-    /// The wall-clock time of `last_read`, kept when the listener logs (a logged call's
-    /// `%START_TIME%`: one clock read per read batch, not per call).
-    last_read_wall: Cell<SystemTime>,
+    /// The wall-clock time of `last_read` (nanoseconds since the epoch), kept when the
+    /// listener logs (a logged call's `%START_TIME%`: one clock read per read batch, not per
+    /// call).
+    last_read_wall: Cell<u64>,
     last_request: Cell<Instant>,
     /// The reader waits for room (we stopped reading): the heartbeat timer does not run.
     paused: Cell<bool>,
@@ -346,6 +349,8 @@ pub struct DownConn {
     finished: Event,
     /// The caller's and our address (looked up only when the listener logs).
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    /// `addrs` as the access log's records keep them (`access_log::record::addr_key`).
+    log_keys: (u64, u64),
     /// The caller's mutual TLS as Istio's metrics label it (with `istio_metrics`).
     peer: crate::stats::istio::PeerId,
     /// The caller's workload from Istio's in-band metadata exchange (inbound).
@@ -409,13 +414,14 @@ impl DownConn {
     fn mark_read(&self) {
         self.last_read.set(Instant::now());
         if self.l.log.is_some() {
-            self.last_read_wall.set(SystemTime::now());
+            self.last_read_wall
+                .set(crate::trace::unix_ns(SystemTime::now()));
         }
     }
 
     /// When the bytes being handled were read: monotonic and (on a listener that logs)
     /// wall-clock.
-    fn read_at(&self) -> (Instant, SystemTime) {
+    fn read_at(&self) -> (Instant, u64) {
         (self.last_read.get(), self.last_read_wall.get())
     }
 
@@ -515,7 +521,7 @@ impl DownConn {
                     system: "apache_dubbo",
                     service: call.interface,
                     method: call.method,
-                    start_unix_ns: crate::trace::unix_ns(lg.start),
+                    start_unix_ns: lg.start_ns,
                     end_unix_ns: crate::trace::unix_ns(SystemTime::now()),
                     status: Some(u32::from(status)),
                     // 0: a one-way request, handed on (nothing comes back).
@@ -548,18 +554,18 @@ impl DownConn {
     ) {
         let Some(log) = &self.l.log else { return };
         log.write_dubbo(&crate::access_log::DubboLine {
-            start: lg.start,
-            started: lg.started,
-            ended,
-            status,
-            flags,
-            upstream_host: upstream,
+            rec: DubboRec::new(
+                lg.start_ns,
+                (lg.started, ended),
+                lg.request_id,
+                (lg.bytes_received as usize, bytes_sent),
+                status,
+                flags,
+                self.log_keys,
+            ),
+            upstream,
+            conn: &self.addrs,
             upstream_cluster: cluster,
-            downstream_remote: self.addrs.0,
-            downstream_local: self.addrs.1,
-            bytes_received: lg.bytes_received,
-            bytes_sent: bytes_sent as u64,
-            request_id: lg.request_id,
             call: log.shows_dubbo.then(|| lg.call()),
         });
     }
@@ -767,7 +773,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         // An adopted connection spoke to the predecessor already.
         greeted: Cell::new(adopted),
         last_read: Cell::new(accepted),
-        last_read_wall: Cell::new(SystemTime::now()),
+        last_read_wall: Cell::new(crate::trace::unix_ns(SystemTime::now())),
         last_request: Cell::new(accepted),
         paused: Cell::new(false),
         cut: Cell::new(None),
@@ -780,6 +786,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         draining_since: Cell::new(None),
         finished: Event::new(),
         addrs,
+        log_keys: (addr_key(addrs.0), addr_key(addrs.1)),
         peer,
         meta,
         rbac_peer: conn_l_rbac,
