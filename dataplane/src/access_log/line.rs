@@ -535,27 +535,35 @@ impl Lines {
     }
 
     /// Renders every record of a batch in the order the shard logged them (its compact Dubbo
-    /// records among the others by [`Fixed::after`]); `each` runs after every line.
+    /// records among the others by [`Fixed::after`]); `full` runs after a line when the text
+    /// not yet taken is `limit` bytes or more.
     pub fn lines(
         &mut self,
         records: &Records,
         formats: &[(Arc<Format>, super::sink::HeaderNames)],
-        mut each: impl FnMut(&mut Lines),
+        limit: usize,
+        mut full: impl FnMut(&mut Lines),
     ) {
         let mut done = 0;
         for f in &records.fixed {
             let upto = (f.after as usize).clamp(done, records.dubbo.len());
             for r in records.dubbo.get(done..upto).unwrap_or_default() {
                 self.dubbo_line(records, r, formats);
-                each(self);
+                if self.out.pos >= limit {
+                    full(self);
+                }
             }
             done = upto;
             self.line(records, f, formats);
-            each(self);
+            if self.out.pos >= limit {
+                full(self);
+            }
         }
         for r in records.dubbo.get(done..).unwrap_or_default() {
             self.dubbo_line(records, r, formats);
-            each(self);
+            if self.out.pos >= limit {
+                full(self);
+            }
         }
     }
 }
@@ -799,12 +807,16 @@ fn render<R: Rec>(
         }),
     ) = (&key, &t.memo)
     {
-        if last.epoch == out.epoch && last.key == *k {
+        if last.epoch == out.epoch && last.key.same(k) {
             let (at, len) = (last.at, last.len);
             out.room(len);
-            out.buf.copy_within(at..at + len, out.pos);
-            out.pos += len;
-            return;
+            // The line is before `pos` (written in this epoch): one copy, no overlap.
+            let (written, free) = out.buf.split_at_mut(out.pos);
+            if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
+                dst.copy_from_slice(src);
+                out.pos += len;
+                return;
+            }
         }
     }
     let line_start = out.pos;
@@ -867,7 +879,7 @@ fn render<R: Rec>(
 
 /// Everything a [`Memo`] template's holes read from a record (what they do not show left at
 /// a constant; addresses as [`v4_key`]s): two records with the same key have the same line.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 struct Key {
     /// Nanoseconds since the epoch.
     start: u64,
@@ -895,6 +907,22 @@ struct Memo {
     /// of one read share their start, the answers of one provider read their end, so most
     /// records repeat the last pair (no `Instant` subtraction, ~55 instructions).
     between: Option<(Instant, Instant, u64)>,
+}
+
+impl Key {
+    /// Equal (every field compared, no branch per field and no `memcmp` call).
+    #[inline(always)]
+    fn same(&self, o: &Key) -> bool {
+        ((self.start ^ o.start)
+            | (self.ms ^ o.ms)
+            | u64::from(self.code ^ o.code)
+            | (self.received ^ o.received)
+            | (self.sent ^ o.sent)
+            | (self.upstream ^ o.upstream)
+            | (self.remote ^ o.remote)
+            | (self.local ^ o.local))
+            == 0
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -500,13 +500,21 @@ impl ListenerLog {
     /// [`ListenerLog::write`] for a Dubbo call, its record written straight from `d`.
     pub fn write_dubbo(&self, d: &DubboLine<'_>) {
         for l in &self.logs {
-            if let Some(f) = &l.filter {
-                if !f.keeps(&d.record(), &mut || self.roll()) {
-                    continue;
-                }
+            if l.filter.is_some() && !self.keeps_dubbo(l, d) {
+                continue;
             }
             l.file.dubbo_line(l, d);
         }
+    }
+
+    /// Whether `l`'s filter keeps call `d` (out of line: the record it builds is not made, or
+    /// half made ahead of the loop, for the logs without a filter).
+    #[cold]
+    #[inline(never)]
+    fn keeps_dubbo(&self, l: &ShardLog, d: &DubboLine<'_>) -> bool {
+        l.filter
+            .as_ref()
+            .is_none_or(|f| f.keeps(&d.record(), &mut || self.roll()))
     }
 
     fn roll(&self) -> u32 {

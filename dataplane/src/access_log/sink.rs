@@ -252,11 +252,7 @@ fn write_loop(sink: Weak<FileSink>, mut out: Output) {
                 lines.clear();
             };
             lines.batch(&batch.formats);
-            lines.lines(&batch.records, &batch.formats, |lines| {
-                if lines.text().len() >= BATCH_BYTES {
-                    write(lines);
-                }
-            });
+            lines.lines(&batch.records, &batch.formats, BATCH_BYTES, &mut write);
             if !lines.text().is_empty() {
                 write(&mut lines);
             }
