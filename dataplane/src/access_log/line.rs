@@ -396,6 +396,8 @@ pub struct Lines {
     /// What `json_format` lines render with.
     cache: LineCache,
     scratch: Vec<u8>,
+    /// The last compact Dubbo record whose line can be copied (this batch's).
+    dubbo_last: Option<DubboLast>,
 }
 
 impl Lines {
@@ -412,6 +414,7 @@ impl Lines {
             next_addr: 0,
             cache: LineCache::default(),
             scratch: Vec::new(),
+            dubbo_last: None,
         }
     }
 
@@ -440,6 +443,8 @@ impl Lines {
             self.plans.clear();
         }
         self.batch.clear();
+        // Format indexes and IPv6 address keys are the batch's own.
+        self.dubbo_last = None;
         for (format, names) in formats {
             let i = match self.plans.iter().position(|(f, _)| Arc::ptr_eq(f, format)) {
                 Some(i) => i,
@@ -503,6 +508,32 @@ impl Lines {
         r: &DubboRec,
         formats: &[(Arc<Format>, super::sink::HeaderNames)],
     ) {
+        // The line of the last record again (most lines, in a busy listener's batch).
+        if let Some(last) = &self.dubbo_last {
+            if last.epoch == self.out.epoch && last.same(r) {
+                let (at, len) = (last.line.at, last.line.len);
+                let out = &mut self.out;
+                out.room(len);
+                let (written, free) = out.buf.split_at_mut(out.pos);
+                if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
+                    dst.copy_from_slice(src);
+                    out.pos += len;
+                    return;
+                }
+            }
+        }
+        self.dubbo_slow(records, r, formats);
+    }
+
+    /// [`Lines::dubbo_line`] through the record's plan and template.
+    #[inline(never)]
+    fn dubbo_slow(
+        &mut self,
+        records: &Records,
+        r: &DubboRec,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+    ) {
+        self.dubbo_last = None;
         let Some(&plan) = self.batch.get(usize::from(r.format)) else {
             return;
         };
@@ -524,7 +555,7 @@ impl Lines {
             self.out.var(&self.scratch, 0);
             return;
         };
-        render(
+        let line = render(
             plan,
             records,
             r,
@@ -532,6 +563,11 @@ impl Lines {
             &mut self.addrs,
             &mut self.next_addr,
         );
+        self.dubbo_last = line.map(|line| DubboLast {
+            rec: *r,
+            line,
+            epoch: self.out.epoch,
+        });
     }
 
     /// Renders every record of a batch in the order the shard logged them (its compact Dubbo
@@ -774,7 +810,7 @@ fn render<R: Rec>(
     out: &mut Out,
     addrs: &mut [AddrSlot; ADDR_SLOTS],
     next_addr: &mut usize,
-) {
+) -> Option<Remembered> {
     let (bits, protocol) = r.shape();
     let shape = plan.shape(bits, protocol);
     let last = plan.last;
@@ -795,7 +831,10 @@ fn render<R: Rec>(
     };
     plan.last = t;
     let Plan {
-        steps, templates, ..
+        steps,
+        templates,
+        mask,
+        ..
     } = plan;
     let t = &mut templates[t];
     // A line whose holes read what the last line's read is that line again: one copy.
@@ -815,7 +854,7 @@ fn render<R: Rec>(
             if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
                 dst.copy_from_slice(src);
                 out.pos += len;
-                return;
+                return t.memo.as_ref().map(|m| m.remembered(*mask, out.pos - len, len));
             }
         }
     }
@@ -867,13 +906,56 @@ fn render<R: Rec>(
         }
     }
     t.tail.put(out);
-    if let (Some(key), Some(m)) = (key, &mut t.memo) {
-        m.last = Some(Last {
-            key,
-            at: line_start,
-            len: out.pos - line_start,
-            epoch: out.epoch,
-        });
+    let (Some(key), Some(m)) = (key, &mut t.memo) else {
+        return None;
+    };
+    let len = out.pos - line_start;
+    m.last = Some(Last {
+        key,
+        at: line_start,
+        len,
+        epoch: out.epoch,
+    });
+    Some(m.remembered(*mask, line_start, len))
+}
+
+/// A line just written whose holes a [`Key`] holds: where it is, and what of a record it
+/// shows (besides its status, sizes and flags): the start, the duration, which addresses (each
+/// one the plan shows: its template, and so the line, depends on whether it is missing).
+#[derive(Clone, Copy)]
+struct Remembered {
+    at: usize,
+    len: usize,
+    time: u64,
+    duration: bool,
+    addrs: [u64; 3],
+}
+
+/// The last compact Dubbo record written through a remembered line: a record equal to it in
+/// what that line shows is that line again, found without the plan, template or [`Key`]
+/// (the calls of one read share their start and, answered in one provider read, their end).
+struct DubboLast {
+    rec: DubboRec,
+    line: Remembered,
+    epoch: u64,
+}
+
+impl DubboLast {
+    /// `r` renders as `self.rec` did (same format, status, sizes, flags; the same start,
+    /// clock readings and addresses where the line shows them).
+    #[inline(always)]
+    fn same(&self, r: &DubboRec) -> bool {
+        let (l, m) = (&self.rec, &self.line);
+        let d = ((r.start_ns ^ l.start_ns) & m.time)
+            | u64::from(r.format ^ l.format)
+            | u64::from(r.status ^ l.status)
+            | u64::from(r.flags.bits() ^ l.flags.bits())
+            | u64::from(r.bytes_received ^ l.bytes_received)
+            | u64::from(r.bytes_sent ^ l.bytes_sent)
+            | ((r.upstream ^ l.upstream) & m.addrs[0])
+            | ((r.remote ^ l.remote) & m.addrs[1])
+            | ((r.local ^ l.local) & m.addrs[2]);
+        d == 0 && (!m.duration || (r.started == l.started && r.ended == l.ended))
     }
 }
 
@@ -935,6 +1017,24 @@ struct Last {
 }
 
 impl Memo {
+    /// What a line of this template at `at` shows of a record (`mask`: its plan's
+    /// [`Shape`] bits).
+    #[inline]
+    fn remembered(&self, mask: u32, at: usize, len: usize) -> Remembered {
+        let all = |on: bool| if on { u64::MAX } else { 0 };
+        Remembered {
+            at,
+            len,
+            time: all(self.time),
+            duration: self.duration,
+            addrs: [
+                all(mask & NO_UPSTREAM != 0),
+                all(mask & NO_REMOTE != 0),
+                all(mask & NO_LOCAL != 0),
+            ],
+        }
+    }
+
     /// `d` in whole milliseconds (the last pair of clock readings' again when it repeats).
     #[inline]
     fn ms(&mut self, d: Elapsed) -> u64 {

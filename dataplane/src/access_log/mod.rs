@@ -195,7 +195,7 @@ pub struct Record<'a> {
 /// batch adds from borrowed data (written by [`ListenerLog::write_dubbo`] straight into the
 /// batch: no [`Record`] built, unless a log has a filter to ask).
 pub struct DubboLine<'a> {
-    pub rec: record::DubboRec,
+    pub rec: &'a record::DubboRec,
     pub upstream: Option<SocketAddr>,
     /// The caller's address and ours (`rec.remote`, `rec.local` encode them).
     pub conn: &'a (Option<SocketAddr>, Option<SocketAddr>),
@@ -208,7 +208,7 @@ pub struct DubboLine<'a> {
 impl<'a> DubboLine<'a> {
     /// The call as a format (or a filter) sees it.
     pub fn record(&self) -> Record<'a> {
-        let r = &self.rec;
+        let r = self.rec;
         Record {
             start: SystemTime::UNIX_EPOCH + Duration::from_nanos(r.start_ns),
             duration: r.ended.saturating_duration_since(r.started),
@@ -559,13 +559,13 @@ impl ShardFile {
         self.added(full);
     }
 
-    #[inline]
+    #[inline(never)]
     fn dubbo_line(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
             // A batch handed to the writer left an empty one (no arena) behind.
             if b.records.arena.capacity() == 0 {
-                *b = self.sink.spare_batch();
+                self.refill(&mut b);
             }
             let i = b.format_index(&log.format, &log.names);
             b.records.push_dubbo(d, i, log.shows);
@@ -574,19 +574,33 @@ impl ShardFile {
         self.added(full);
     }
 
+    #[cold]
+    #[inline(never)]
+    fn refill(&self, b: &mut Batch) {
+        *b = self.sink.spare_batch();
+    }
+
     /// A line was added to the batch (`full`: the batch is to go now).
     #[inline]
     fn added(self: &Rc<Self>, full: bool) {
         self.lines.set(self.lines.get() + 1);
         if full {
             self.flush();
-        } else if !self.armed.replace(true) {
-            let me = self.clone();
-            shard::monoio::spawn(async move {
-                shard::monoio::time::sleep(Duration::from_millis(FLUSH_INTERVAL_MS)).await;
-                me.flush();
-            });
+        } else if !self.armed.get() {
+            self.arm();
         }
+    }
+
+    /// Schedules the flush of the batch (its first line was added).
+    #[cold]
+    #[inline(never)]
+    fn arm(self: &Rc<Self>) {
+        self.armed.set(true);
+        let me = self.clone();
+        shard::monoio::spawn(async move {
+            shard::monoio::time::sleep(Duration::from_millis(FLUSH_INTERVAL_MS)).await;
+            me.flush();
+        });
     }
 
     /// Hands the batch to the writer (or drops it, counted, when the writer is behind).

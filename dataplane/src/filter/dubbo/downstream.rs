@@ -178,14 +178,14 @@ pub const TRACE_ARENA_BYTES: usize = 64 * 1024;
 
 /// What a logged call keeps from its request until it is answered.
 pub struct Logged {
-    /// Wall clock, nanoseconds since the epoch.
-    start_ns: u64,
-    started: Instant,
+    /// The call's access-log record as far as its request goes: the start (wall clock,
+    /// nanoseconds since the epoch; and the monotonic reading), the request id and size. The
+    /// answer fills in the rest ([`DownConn::log_line`]) and the record is copied from here
+    /// into the log's batch.
+    rec: DubboRec,
     /// interface, method, version, group, one after the other (`ends` marks where each ends).
     fields: Vec<u8>,
     ends: [usize; 4],
-    request_id: u64,
-    bytes_received: u64,
     /// A sampled call's trace context (its span is written when the call is answered).
     trace: Option<Decision>,
 }
@@ -198,7 +198,7 @@ impl Logged {
             method: f(1),
             version: f(2),
             group: f(3),
-            request_id: self.request_id,
+            request_id: self.rec.request_id,
         }
     }
 }
@@ -233,26 +233,28 @@ impl DubboListener {
             return None;
         }
         let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
+            let now = Instant::now();
             Box::new(Logged {
-                start_ns: 0,
-                started: Instant::now(),
+                rec: DubboRec::new(0, (now, now), 0, (0, 0), 0, Flags::NONE, (0, 0)),
                 fields: Vec::new(),
                 ends: [0; 4],
-                request_id: 0,
-                bytes_received: 0,
                 trace: None,
             })
         });
-        lg.start_ns = match &self.log {
+        lg.rec.start_ns = match &self.log {
             Some(_) => at.1,
             None => crate::trace::unix_ns(SystemTime::now()),
         };
-        lg.started = at.0;
-        lg.request_id = h.id;
-        lg.bytes_received = frame_bytes as u64;
+        lg.rec.started = at.0;
+        lg.rec.request_id = h.id;
+        // Frames are at most `config::FRAME_BYTES_MAX_LIMIT` (256 MiB) long.
+        lg.rec.bytes_received = u32::try_from(frame_bytes).unwrap_or(u32::MAX);
         lg.fields.clear();
         let keep = trace.is_some() || self.log.as_ref().is_some_and(|l| l.shows_dubbo);
-        lg.trace = trace;
+        // Most calls are not sampled, and most records come back from the pool without one.
+        if trace.is_some() || lg.trace.is_some() {
+            lg.trace = trace;
+        }
         if let Some(r) = req.filter(|_| keep) {
             let parts = [
                 r.interface_bytes(),
@@ -500,7 +502,7 @@ impl DownConn {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn log_call_at(
         &self,
-        lg: Box<Logged>,
+        mut lg: Box<Logged>,
         status: u8,
         flags: Flags,
         upstream: Option<SocketAddr>,
@@ -521,7 +523,7 @@ impl DownConn {
                     system: "apache_dubbo",
                     service: call.interface,
                     method: call.method,
-                    start_unix_ns: lg.start_ns,
+                    start_unix_ns: lg.rec.start_ns,
                     end_unix_ns: crate::trace::unix_ns(SystemTime::now()),
                     status: Some(u32::from(status)),
                     // 0: a one-way request, handed on (nothing comes back).
@@ -532,7 +534,7 @@ impl DownConn {
                 },
             );
         }
-        self.log_line(&lg, status, flags, upstream, cluster, bytes_sent, ended);
+        self.log_line(&mut lg, status, flags, upstream, cluster, bytes_sent, ended);
         let mut pool = self.l.log_pool.borrow_mut();
         if pool.len() < LOG_POOL_MAX {
             pool.push(lg);
@@ -544,7 +546,7 @@ impl DownConn {
     #[allow(clippy::too_many_arguments)]
     fn log_line(
         &self,
-        lg: &Logged,
+        lg: &mut Logged,
         status: u8,
         flags: Flags,
         upstream: Option<SocketAddr>,
@@ -553,16 +555,15 @@ impl DownConn {
         ended: Instant,
     ) {
         let Some(log) = &self.l.log else { return };
+        let r = &mut lg.rec;
+        r.ended = ended;
+        r.status = status;
+        r.flags = flags;
+        // Frames are at most `config::FRAME_BYTES_MAX_LIMIT` (256 MiB) long.
+        r.bytes_sent = u32::try_from(bytes_sent).unwrap_or(u32::MAX);
+        (r.remote, r.local) = self.log_keys;
         log.write_dubbo(&crate::access_log::DubboLine {
-            rec: DubboRec::new(
-                lg.start_ns,
-                (lg.started, ended),
-                lg.request_id,
-                (lg.bytes_received as usize, bytes_sent),
-                status,
-                flags,
-                self.log_keys,
-            ),
+            rec: &lg.rec,
             upstream,
             conn: &self.addrs,
             upstream_cluster: cluster,
