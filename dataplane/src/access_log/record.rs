@@ -343,7 +343,9 @@ impl Records {
             _ => u32::MAX,
         };
         self.held += std::mem::size_of::<DubboRec>();
-        self.dubbo.push(*d.rec);
+        // Copied from the caller's record straight into the vector (`push` of `*d.rec` goes
+        // through the stack).
+        self.dubbo.extend_from_slice(std::slice::from_ref(d.rec));
         if let Some(r) = self.dubbo.last_mut() {
             r.format = format;
             r.upstream = upstream;
