@@ -135,7 +135,8 @@ fn snapshot(
 /// ringside: a GET with a header the format shows, a POST with a 300-byte body, a PUT with a
 /// 20000-byte chunked body, HEAD, a chunked response, an upstream 503, an unknown host (404
 /// `NR`), a cluster without endpoints (503 `UH`), a refused connection (503 `UF`), a route
-/// timeout (504 `UT`), HTTP/1.0 (426 `DPE`, as Envoy without `accept_http_10`), 400 and 431
+/// timeout (504 `UT`), a route timeout while the body comes (the connection closed, `UT`;
+/// both count it in the cluster's `upstream_rq_timeout`), HTTP/1.0 (426 `DPE`, as Envoy without `accept_http_10`), 400 and 431
 /// (`DPE`). Every access-log line (text and JSON, `%ROUTE_NAME%` of named and unnamed routes)
 /// is the same in both. ringside's
 /// Istio metrics count each request under `request_protocol="http"` with its status and
@@ -158,6 +159,7 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
         {"method": "GET", "path": "/empty", "host": "svc"},
         {"method": "GET", "path": "/dead", "host": "svc"},
         {"method": "GET", "path": "/sleep/1500", "host": "svc"},
+        {"method": "GET", "path": "/sleepbody/1500", "host": "svc"},
         {"method": "GET", "path": "/last", "host": "svc"},
     ]);
     let big = format!(
@@ -170,7 +172,8 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
         big.as_bytes(),
     ];
     let n = requests.as_array().unwrap().len() + raws.len();
-    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<Value>, Option<Ringside>) {
+    type Run = (Vec<String>, Vec<String>, Vec<Value>, Option<Ringside>, u64);
+    let run = |who: &str| -> Run {
         let listen = local(free_port());
         let xds = XdsServer::start();
         xds.put(&snapshot(listen, up, dead, &dir.0, who, who != "envoy"))
@@ -215,8 +218,15 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: {e}: {l}")))
             .collect();
+        // The route timeouts, before the response head and during its body.
+        let timeouts = format!("cluster.{UP}.upstream_rq_timeout");
+        let timeouts = match (&envoy, &ringside) {
+            (Some(e), _) => e.stat(&timeouts),
+            (_, Some(r)) => r.stat_value(&timeouts).unwrap_or(0) as u64,
+            _ => unreachable!(),
+        };
         drop(envoy);
-        (statuses, text, json, ringside)
+        (statuses, text, json, ringside, timeouts)
     };
     let envoy = run("envoy");
     let ringside = run("ringside");
@@ -233,6 +243,7 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
             "503",
             "503",
             "504",
+            "error",
             "200",
             "HTTP/1.1 426 Upgrade Required",
             "HTTP/1.1 400 Bad Request",
@@ -246,6 +257,8 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
     }
     assert_eq!(ringside.1.len(), envoy.1.len(), "{:#?}", ringside.1);
     assert_eq!(ringside.2, envoy.2, "JSON lines");
+    assert_eq!(envoy.4, 2, "Envoy's upstream_rq_timeout");
+    assert_eq!(ringside.4, envoy.4, "upstream_rq_timeout");
 
     // Istio's metrics: one series per (status, flags, cluster) with the requests Envoy's lines
     // show for it, and the body bytes they show each way.
