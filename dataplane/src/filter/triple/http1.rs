@@ -2569,6 +2569,7 @@ fn mirror(
                         .ok()?,
                 ),
             };
+            pool.stats.inc(pool.ids.rq_total);
             let (r, _) = s.write_all(head).await;
             r.ok()?;
             if !body.is_empty() {
@@ -2698,6 +2699,8 @@ async fn one_try<C: crate::io::Conn>(
                 }
                 Link::H1(up) => up,
             };
+            // Envoy's router counts a request to the cluster once it has a connection for it.
+            pool.stats.inc(pool.ids.rq_total);
             rbuf.reserve(READ_CHUNK_BYTES);
             let (r, _) = up.s.write_all(head.to_vec()).await;
             r.map_err(|_| Failed::Lost(Reset::Termination))?;
@@ -3218,6 +3221,9 @@ async fn http_check_exchange(
     let Some(mut up) = up else {
         return Err(CheckError::Transport);
     };
+    // A check is a request to the authorizer's cluster (Envoy's async client goes through
+    // its router), as a gRPC check is (`conn.rs`, `open_stream`).
+    pool.stats.inc(pool.ids.rq_total);
     let (r, _) = up.s.write_all(head).await;
     r.map_err(|_| CheckError::Transport)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
