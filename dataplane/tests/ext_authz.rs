@@ -368,6 +368,9 @@ fn istiod_custom_grpc_provider_like_envoy() {
                 stats.push((format!("http.{l}.{s}"), stat(&format!("http.{l}.{s}"))));
             }
         }
+        // A check is a request to the authorizer's cluster.
+        let checks_sent = "cluster.outbound|9000||authz.upstream_rq_total";
+        stats.push((checks_sent.to_string(), stat(checks_sent)));
         eprintln!("{who}: {answers:#?}\n{checks:#?}\n{stats:?}");
         drop(proxy);
         (answers, checks, stats)
@@ -1026,6 +1029,9 @@ fn istiod_custom_http_provider_like_envoy() {
                 stats.push((format!("http.{l}.{s}"), stat(&format!("http.{l}.{s}"))));
             }
         }
+        // A check is a request to the authorizer's cluster.
+        let checks_sent = format!("cluster.{cluster}.upstream_rq_total");
+        stats.push((checks_sent.clone(), stat(&checks_sent)));
         eprintln!("{who}: {answers:#?}\n{checks:#?}\n{stats:?}");
         drop(proxy);
         (answers, checks, stats)
@@ -1059,6 +1065,11 @@ fn istiod_custom_http_provider_like_envoy() {
     );
     assert!(envoy.0[1].starts_with("UNAUTHENTICATED "), "{}", envoy.0[1]);
     assert!(envoy.0[6].starts_with("OK "), "{}", envoy.0[6]);
+    assert!(
+        envoy.2.last().is_some_and(|(_, n)| *n >= 6),
+        "Envoy's checks on the authorizer's cluster: {:?}",
+        envoy.2.last()
+    );
 }
 
 // === HTTP/1.1 callers ===

@@ -135,7 +135,8 @@ fn snapshot(
 /// ringside: a GET with a header the format shows, a POST with a 300-byte body, a PUT with a
 /// 20000-byte chunked body, HEAD, a chunked response, an upstream 503, an unknown host (404
 /// `NR`), a cluster without endpoints (503 `UH`), a refused connection (503 `UF`), a route
-/// timeout (504 `UT`), HTTP/1.0 (426 `DPE`, as Envoy without `accept_http_10`), 400 and 431
+/// timeout (504 `UT`), a route timeout while the body comes (the connection closed, `UT`;
+/// both count it in the cluster's `upstream_rq_timeout`; `upstream_rq_total` is compared too), HTTP/1.0 (426 `DPE`, as Envoy without `accept_http_10`), 400 and 431
 /// (`DPE`). Every access-log line (text and JSON, `%ROUTE_NAME%` of named and unnamed routes)
 /// is the same in both. ringside's
 /// Istio metrics count each request under `request_protocol="http"` with its status and
@@ -158,6 +159,7 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
         {"method": "GET", "path": "/empty", "host": "svc"},
         {"method": "GET", "path": "/dead", "host": "svc"},
         {"method": "GET", "path": "/sleep/1500", "host": "svc"},
+        {"method": "GET", "path": "/sleepbody/1500", "host": "svc"},
         {"method": "GET", "path": "/last", "host": "svc"},
     ]);
     let big = format!(
@@ -170,7 +172,14 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
         big.as_bytes(),
     ];
     let n = requests.as_array().unwrap().len() + raws.len();
-    let run = |who: &str| -> (Vec<String>, Vec<String>, Vec<Value>, Option<Ringside>) {
+    type Run = (
+        Vec<String>,
+        Vec<String>,
+        Vec<Value>,
+        Option<Ringside>,
+        [u64; 2],
+    );
+    let run = |who: &str| -> Run {
         let listen = local(free_port());
         let xds = XdsServer::start();
         xds.put(&snapshot(listen, up, dead, &dir.0, who, who != "envoy"))
@@ -215,8 +224,19 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: {e}: {l}")))
             .collect();
+        // The requests to the cluster, and its route timeouts (before the response head and
+        // during its body).
+        let stat = |name: &str| {
+            let name = format!("cluster.{UP}.{name}");
+            match (&envoy, &ringside) {
+                (Some(e), _) => e.stat(&name),
+                (_, Some(r)) => r.stat_value(&name).unwrap_or(0) as u64,
+                _ => unreachable!(),
+            }
+        };
+        let counts = [stat("upstream_rq_total"), stat("upstream_rq_timeout")];
         drop(envoy);
-        (statuses, text, json, ringside)
+        (statuses, text, json, ringside, counts)
     };
     let envoy = run("envoy");
     let ringside = run("ringside");
@@ -233,6 +253,7 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
             "503",
             "503",
             "504",
+            "error",
             "200",
             "HTTP/1.1 426 Upgrade Required",
             "HTTP/1.1 400 Bad Request",
@@ -246,6 +267,15 @@ fn http1_requests_are_logged_and_counted_like_envoy() {
     }
     assert_eq!(ringside.1.len(), envoy.1.len(), "{:#?}", ringside.1);
     assert_eq!(ringside.2, envoy.2, "JSON lines");
+    assert_eq!(
+        envoy.4,
+        [9, 2],
+        "Envoy's upstream_rq_total and upstream_rq_timeout"
+    );
+    assert_eq!(
+        ringside.4, envoy.4,
+        "upstream_rq_total and upstream_rq_timeout"
+    );
 
     // Istio's metrics: one series per (status, flags, cluster) with the requests Envoy's lines
     // show for it, and the body bytes they show each way.
@@ -547,9 +577,9 @@ fn http1_mirrors_like_envoy() {
             "clusters": [cluster("up", up), cluster("shadow", shadow)]
         })
     };
-    let run = |who: &str| -> (Vec<String>, [usize; 3]) {
+    let run = |who: &str| -> (Vec<String>, [usize; 3], i64) {
         let listen = local(free_port());
-        let (_proxy, _xds) = Proxy::start(who, &snapshot(listen), listen);
+        let (proxy, _xds) = Proxy::start(who, &snapshot(listen), listen);
         let key = |route: &str| format!("/{route}/flaky/{who}-{route}/0/200");
         let mut requests = Vec::new();
         for _ in 0..3 {
@@ -575,8 +605,10 @@ fn http1_mirrors_like_envoy() {
             seen_by(shadow, &key("none")),
             seen_by(shadow, &key("half")),
         ];
-        eprintln!("{who}: {counts:?}");
-        (got, counts)
+        // Each shadow copy is a request to the shadow cluster.
+        let sent = proxy.stat("cluster.shadow.upstream_rq_total");
+        eprintln!("{who}: {counts:?} {sent}");
+        (got, counts, sent)
     };
     let envoy = run("envoy");
     let ringside = run("ringside");
@@ -595,6 +627,11 @@ fn http1_mirrors_like_envoy() {
             (10..=30).contains(&r.1[2]),
             "{who}: {} of 40 mirrored at 50 %",
             r.1[2]
+        );
+        let copies: usize = r.1.iter().sum();
+        assert_eq!(
+            r.2, copies as i64,
+            "{who}: shadow cluster's upstream_rq_total"
         );
     }
 }

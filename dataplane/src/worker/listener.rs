@@ -379,21 +379,24 @@ async fn authorized<C: crate::io::Conn>(stream: &C, l: &ListenerCtx) -> bool {
         .map(String::as_str);
     // The rbac filters before the ext_authz filter (all without one); the shadow policy they
     // matched enables it. Then its CheckRequest, built while the certificate is borrowed.
+    // The rbac filters in `range` on the connection (the certificate is borrowed only inside
+    // `with_peer_certificate`: once before the ext_authz check, once after it).
+    let rbac = |certificate: Option<&[u8]>, range, shadow: Option<&str>| match &l.rbac {
+        Some(rbac) => {
+            let peer = crate::filter::rbac::Peer {
+                source,
+                destination,
+                certificate,
+                server_name: server_name.as_bytes(),
+                request: None,
+            };
+            rbac.allows_range(&peer, &l.stats, range, shadow)
+        }
+        None => (true, None),
+    };
     let mut message = None;
     let allowed = stream.with_peer_certificate(&mut |certificate| {
-        let peer = crate::filter::rbac::Peer {
-            source,
-            destination,
-            certificate,
-            server_name: server_name.as_bytes(),
-            request: None,
-        };
-        let (allowed, policy) = match &l.rbac {
-            Some(rbac) => {
-                rbac.allows_range(&peer, &l.stats, 0..split, x.and_then(|x| x.shadow_prefix()))
-            }
-            None => (true, None),
-        };
+        let (allowed, policy) = rbac(certificate, 0..split, x.and_then(|x| x.shadow_prefix()));
         if let Some(x) = x.filter(|x| allowed && x.applies(policy)) {
             let attrs = crate::filter::ext_authz::Attributes {
                 source,
@@ -431,20 +434,11 @@ async fn authorized<C: crate::io::Conn>(stream: &C, l: &ListenerCtx) -> bool {
         None => l.stats.inc(x.ids.disabled),
     }
     // The rbac filters after it.
-    let Some(rbac) = &l.rbac else {
+    if l.rbac.is_none() {
         return true;
-    };
-    let allowed = stream.with_peer_certificate(&mut |certificate| {
-        let peer = crate::filter::rbac::Peer {
-            source,
-            destination,
-            certificate,
-            server_name: server_name.as_bytes(),
-            request: None,
-        };
-        rbac.allows_range(&peer, &l.stats, split..usize::MAX, None)
-            .0
-    });
+    }
+    let allowed = stream
+        .with_peer_certificate(&mut |certificate| rbac(certificate, split..usize::MAX, None).0);
     if !allowed {
         tracing::debug!(listener = %l.name, peer = ?source, "rbac: connection denied");
     }

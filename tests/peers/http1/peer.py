@@ -5,7 +5,8 @@ server: python peer.py server --host H --port P --name NAME
   answered 200 with one line: NAME METHOD PATH len=BODY_BYTES xfp=X-FORWARDED-PROTO
   rid=yes|no hop=HOP_BY_HOP_FIELDS_SEEN peer=PEER_IP (the request body read by its
   Content-Length or chunked), except: /status/N answers status N (no body for 204/304),
-  /chunked answers with a chunked body of three chunks, /sleep/MS sleeps MS ms first, and
+  /chunked answers with a chunked body of three chunks, /sleep/MS sleeps MS ms first,
+  /sleepbody/MS sends its head at once and its body ("late body") MS ms later, and
   /header/NAME adds NAME=VALUE (the request's header NAME as it arrived, "none" without it),
   .../flaky/KEY/N/WHAT fails the first N requests with that KEY (counted by the server) as
   WHAT says: a status code (answered with an empty body), "reset" (the connection closed
@@ -86,6 +87,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     return
         if path.startswith("/sleep/"):
             time.sleep(int(path.split("/")[2]) / 1000)
+        if path.startswith("/sleepbody/"):
+            # The head at once, the body MS ms later.
+            body = b"late body\n"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(int(path.split("/")[2]) / 1000)
+            self.wfile.write(body)
+            return
         if path.startswith("/status/"):
             code = int(path.split("/")[2])
             self.send_response(code)

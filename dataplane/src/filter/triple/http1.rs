@@ -669,13 +669,24 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     .await;
     l.stats
         .record_us(l.ids.rq_time, started.elapsed().as_micros() as u64);
+    // Envoy's router counts the cluster's `upstream_rq_timeout` whenever the route's timeout
+    // fires, also once the response head went out (a body still coming).
+    let timed_out = || {
+        l.stats.inc(l.ids.rq_timeout);
+        pool.stats.inc(pool.ids.rq_timeout);
+    };
     match out {
         Ok(next) => next,
         // The response head went out: the connection can only close.
-        Err((_, None)) => Next::Close,
+        Err((e, None)) => {
+            if matches!(e, Local::Timeout) {
+                timed_out();
+            }
+            Next::Close
+        }
         Err((e, Some(body_read))) => {
             match e {
-                Local::Timeout => l.stats.inc(l.ids.rq_timeout),
+                Local::Timeout => timed_out(),
                 Local::NoHealthyUpstream => l.stats.inc(l.ids.rq_no_healthy_upstream),
                 _ => {}
             }
@@ -2487,7 +2498,11 @@ async fn forward<C: crate::io::Conn>(
                 BodyError::Write => Flags::DOWNSTREAM_CONNECTION_TERMINATION,
                 BodyError::Read | BodyError::Malformed => Flags::UPSTREAM_CONNECTION_TERMINATION,
             };
-        return Err((Local::Timeout, None));
+        let e = match e {
+            BodyError::Timeout => Local::Timeout,
+            BodyError::Write | BodyError::Read | BodyError::Malformed => Local::BadGateway,
+        };
+        return Err((e, None));
     }
     match link {
         Link::H1(up) if resp.reusable && rbuf.is_empty() => put_idle(pool, up),
@@ -2554,6 +2569,7 @@ fn mirror(
                         .ok()?,
                 ),
             };
+            pool.stats.inc(pool.ids.rq_total);
             let (r, _) = s.write_all(head).await;
             r.ok()?;
             if !body.is_empty() {
@@ -2683,6 +2699,8 @@ async fn one_try<C: crate::io::Conn>(
                 }
                 Link::H1(up) => up,
             };
+            // Envoy's router counts a request to the cluster once it has a connection for it.
+            pool.stats.inc(pool.ids.rq_total);
             rbuf.reserve(READ_CHUNK_BYTES);
             let (r, _) = up.s.write_all(head.to_vec()).await;
             r.map_err(|_| Failed::Lost(Reset::Termination))?;
@@ -3203,6 +3221,9 @@ async fn http_check_exchange(
     let Some(mut up) = up else {
         return Err(CheckError::Transport);
     };
+    // A check is a request to the authorizer's cluster (Envoy's async client goes through
+    // its router), as a gRPC check is (`conn.rs`, `open_stream`).
+    pool.stats.inc(pool.ids.rq_total);
     let (r, _) = up.s.write_all(head).await;
     r.map_err(|_| CheckError::Transport)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
