@@ -854,7 +854,10 @@ fn render<R: Rec>(
             if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
                 dst.copy_from_slice(src);
                 out.pos += len;
-                return t.memo.as_ref().map(|m| m.remembered(*mask, out.pos - len, len));
+                return t
+                    .memo
+                    .as_ref()
+                    .map(|m| m.remembered(*mask, out.pos - len, len));
             }
         }
     }

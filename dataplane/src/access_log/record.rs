@@ -542,7 +542,9 @@ mod tests {
 
         fn rec(&self) -> DubboRec {
             DubboRec::new(
-                crate::trace::unix_ns(self.start),
+                self.start
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
                 (self.started, self.ended),
                 self.request_id,
                 (self.bytes_received as usize, self.bytes_sent as usize),
@@ -1053,7 +1055,10 @@ mod tests {
             lines.clear();
         });
         got.extend_from_slice(lines.text());
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want)
+        );
     }
 
     const EVERYTHING: &str = "%START_TIME% %START_TIME(%s.%E9S %z)% %DURATION% %RESPONSE_CODE% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %BYTES_RECEIVED% %BYTES_SENT% %PROTOCOL% %REQ(:PATH)% %REQ(X-A?X-B)% %RESP(GRPC-MESSAGE)% %TRAILER(GRPC-STATUS):1% %DUBBO_INTERFACE% %DUBBO_METHOD% %DUBBO_VERSION% %DUBBO_GROUP% %DUBBO_REQUEST_ID%\n";
