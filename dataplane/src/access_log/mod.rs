@@ -498,7 +498,19 @@ impl ListenerLog {
     }
 
     /// [`ListenerLog::write`] for a Dubbo call, its record written straight from `d`.
+    #[inline]
     pub fn write_dubbo(&self, d: &DubboLine<'_>) {
+        // One log without a filter (the common case): its batch directly, no loop.
+        if let [l] = self.logs.as_slice() {
+            if l.filter.is_none() {
+                return l.file.dubbo_line(l, d);
+            }
+        }
+        self.write_dubbo_each(d);
+    }
+
+    #[inline(never)]
+    fn write_dubbo_each(&self, d: &DubboLine<'_>) {
         for l in &self.logs {
             if l.filter.is_some() && !self.keeps_dubbo(l, d) {
                 continue;

@@ -191,6 +191,35 @@ pub struct Logged {
 }
 
 impl Logged {
+    /// A record for the pool (only until it holds [`LOG_POOL_MAX`] of them).
+    #[cold]
+    #[inline(never)]
+    fn new() -> Box<Logged> {
+        let now = Instant::now();
+        Box::new(Logged {
+            rec: DubboRec::new(0, (now, now), 0, (0, 0), 0, Flags::NONE, (0, 0)),
+            fields: Vec::new(),
+            ends: [0; 4],
+            trace: None,
+        })
+    }
+
+    /// Keeps interface, method, version and group (a span or a format shows them; out of
+    /// line: the other calls do not pay for its registers).
+    #[inline(never)]
+    fn keep_fields(&mut self, r: &wire::RequestView<'_>) {
+        let parts = [
+            r.interface_bytes(),
+            r.method_bytes(),
+            r.version_bytes(),
+            r.group_bytes().unwrap_or_default(),
+        ];
+        for (i, p) in parts.iter().enumerate() {
+            self.fields.extend_from_slice(p);
+            self.ends[i] = self.fields.len();
+        }
+    }
+
     fn call(&self) -> DubboCall<'_> {
         let f = |i: usize| &self.fields[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]];
         DubboCall {
@@ -232,15 +261,7 @@ impl DubboListener {
         if self.log.is_none() && trace.is_none() {
             return None;
         }
-        let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
-            let now = Instant::now();
-            Box::new(Logged {
-                rec: DubboRec::new(0, (now, now), 0, (0, 0), 0, Flags::NONE, (0, 0)),
-                fields: Vec::new(),
-                ends: [0; 4],
-                trace: None,
-            })
-        });
+        let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(Logged::new);
         lg.rec.start_ns = match &self.log {
             Some(_) => at.1,
             None => crate::trace::unix_ns(SystemTime::now()),
@@ -255,19 +276,9 @@ impl DubboListener {
         if trace.is_some() || lg.trace.is_some() {
             lg.trace = trace;
         }
-        if let Some(r) = req.filter(|_| keep) {
-            let parts = [
-                r.interface_bytes(),
-                r.method_bytes(),
-                r.version_bytes(),
-                r.group_bytes().unwrap_or_default(),
-            ];
-            for (i, p) in parts.iter().enumerate() {
-                lg.fields.extend_from_slice(p);
-                lg.ends[i] = lg.fields.len();
-            }
-        } else {
-            lg.ends = [0; 4];
+        match req.filter(|_| keep) {
+            Some(r) => lg.keep_fields(r),
+            None => lg.ends = [0; 4],
         }
         Some(lg)
     }
