@@ -211,6 +211,18 @@ impl TraceFields<'_> {
     }
 }
 
+impl<'a> TraceFields<'a> {
+    /// No field yet, for [`RequestView::parse_traced_into`] to fill.
+    #[inline]
+    pub fn new(frame: &'a [u8]) -> TraceFields<'a> {
+        TraceFields {
+            carrier: Carrier::default(),
+            insert_at: None,
+            frame,
+        }
+    }
+}
+
 impl<'a> RequestView<'a> {
     /// [`RequestView::parse`] that also reads the request's trace context (string values
     /// only), in the same scan of the attachments the parse makes for routing. A request
@@ -219,8 +231,19 @@ impl<'a> RequestView<'a> {
     /// (as `parse_preamble` leaves it: routes that read attachments scan them).
     #[inline]
     pub fn parse_traced(frame: &'a [u8]) -> Result<(Self, TraceFields<'a>), DecodeError> {
+        let mut fields = TraceFields::new(frame);
+        Self::parse_traced_into(frame, &mut fields).map(|r| (r, fields))
+    }
+
+    /// [`RequestView::parse_traced`] with the fields read into `fields` (made by
+    /// [`TraceFields::new`] of the same frame) in place rather than returned.
+    #[inline]
+    pub fn parse_traced_into(
+        frame: &'a [u8],
+        fields: &mut TraceFields<'a>,
+    ) -> Result<Self, DecodeError> {
         let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
-        let mut carrier = Carrier::default();
+        let carrier = &mut fields.carrier;
         let (req, entries) = d::request::RequestRepr::parse_visiting_if(
             body,
             crate::trace::context::may_name_field,
@@ -230,12 +253,8 @@ impl<'a> RequestView<'a> {
                 }
             },
         )?;
-        let fields = TraceFields {
-            carrier,
-            insert_at: entries.map(|o| o + d::HEADER_BYTES),
-            frame,
-        };
-        Ok((RequestView { req }, fields))
+        fields.insert_at = entries.map(|o| o + d::HEADER_BYTES);
+        Ok(RequestView { req })
     }
 }
 
