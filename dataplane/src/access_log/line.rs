@@ -22,11 +22,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use super::format::{self, LineCache, Op, Piece, TimePiece};
-use super::record::{Elapsed, Fixed, Records, Span};
-use super::{Flags, Format, Part};
+use std::borrow::Cow;
+
+use super::record::{self, DubboRec, Elapsed, Fixed, Records, Span};
+use super::{Flags, Format, Part, DUBBO_PROTOCOL};
 
 /// A step's constant text up to this long is kept inline (longer: a step of its own).
 const CHUNK: usize = 16;
@@ -126,9 +128,10 @@ struct TimeText {
     chunk: [u8; TIME_CHUNK],
     /// Where each fraction goes in the text, and its digits.
     fracs: Vec<(usize, u8)>,
-    /// The start time of the last record written and its whole text (fractions filled in,
-    /// when it fits a chunk): the calls of one read share their start.
-    last: Option<SystemTime>,
+    /// The start time (nanoseconds since the epoch) of the last record written and its whole
+    /// text (fractions filled in, when it fits a chunk): the calls of one read share their
+    /// start.
+    last: Option<u64>,
     last_chunk: [u8; TIME_CHUNK],
 }
 
@@ -393,6 +396,8 @@ pub struct Lines {
     /// What `json_format` lines render with.
     cache: LineCache,
     scratch: Vec<u8>,
+    /// The last compact Dubbo record whose line can be copied (this batch's).
+    dubbo_last: Option<DubboLast>,
 }
 
 impl Lines {
@@ -409,6 +414,7 @@ impl Lines {
             next_addr: 0,
             cache: LineCache::default(),
             scratch: Vec::new(),
+            dubbo_last: None,
         }
     }
 
@@ -437,6 +443,8 @@ impl Lines {
             self.plans.clear();
         }
         self.batch.clear();
+        // Format indexes and IPv6 address keys are the batch's own.
+        self.dubbo_last = None;
         for (format, names) in formats {
             let i = match self.plans.iter().position(|(f, _)| Arc::ptr_eq(f, format)) {
                 Some(i) => i,
@@ -489,6 +497,298 @@ impl Lines {
             &mut self.next_addr,
         );
     }
+
+    /// [`Lines::line`] for compact Dubbo record `r` (read directly on the template path; as
+    /// the [`Fixed`] record [`Records::expand`] makes of it elsewhere). Not inlined:
+    /// bench/callgrind-observed counts the lines formatted by its calls too.
+    #[inline(never)]
+    pub fn dubbo_line(
+        &mut self,
+        records: &Records,
+        r: &DubboRec,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+    ) {
+        // The line of the last record again (most lines, in a busy listener's batch).
+        if let Some(last) = &self.dubbo_last {
+            if last.epoch == self.out.epoch && last.same(r) {
+                let (at, len) = (last.line.at, last.line.len);
+                let out = &mut self.out;
+                out.room(len);
+                let (written, free) = out.buf.split_at_mut(out.pos);
+                if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
+                    dst.copy_from_slice(src);
+                    out.pos += len;
+                    return;
+                }
+            }
+        }
+        self.dubbo_slow(records, r, formats);
+    }
+
+    /// [`Lines::dubbo_line`] through the record's plan and template.
+    #[inline(never)]
+    fn dubbo_slow(
+        &mut self,
+        records: &Records,
+        r: &DubboRec,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+    ) {
+        self.dubbo_last = None;
+        let Some(&plan) = self.batch.get(usize::from(r.format)) else {
+            return;
+        };
+        let Some((_, plan)) = self.plans.get_mut(plan) else {
+            return;
+        };
+        let Some(plan) = plan else {
+            let Some((format, names)) = formats.get(usize::from(r.format)) else {
+                return;
+            };
+            let f = records.expand(r);
+            let headers = records.headers(&f, names);
+            self.scratch.clear();
+            format.render_cached(
+                &records.record(&f, &headers),
+                &mut self.scratch,
+                &mut self.cache,
+            );
+            self.out.var(&self.scratch, 0);
+            return;
+        };
+        let line = render(
+            plan,
+            records,
+            r,
+            &mut self.out,
+            &mut self.addrs,
+            &mut self.next_addr,
+        );
+        self.dubbo_last = line.map(|line| DubboLast {
+            rec: *r,
+            line,
+            epoch: self.out.epoch,
+        });
+    }
+
+    /// Renders every record of a batch in the order the shard logged them (its compact Dubbo
+    /// records among the others by [`Fixed::after`]); `full` runs after a line when the text
+    /// not yet taken is `limit` bytes or more.
+    pub fn lines(
+        &mut self,
+        records: &Records,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+        limit: usize,
+        mut full: impl FnMut(&mut Lines),
+    ) {
+        let mut done = 0;
+        for f in &records.fixed {
+            let upto = (f.after as usize).clamp(done, records.dubbo.len());
+            for r in records.dubbo.get(done..upto).unwrap_or_default() {
+                self.dubbo_line(records, r, formats);
+                if self.out.pos >= limit {
+                    full(self);
+                }
+            }
+            done = upto;
+            self.line(records, f, formats);
+            if self.out.pos >= limit {
+                full(self);
+            }
+        }
+        for r in records.dubbo.get(done..).unwrap_or_default() {
+            self.dubbo_line(records, r, formats);
+            if self.out.pos >= limit {
+                full(self);
+            }
+        }
+    }
+}
+
+/// What a line's template path reads from a record, of either kind ([`Fixed`], [`DubboRec`]).
+trait Rec {
+    /// The [`Shape`] bits (before the plan masks them) and the protocol.
+    fn shape(&self) -> (u32, Option<&'static str>);
+    /// `%START_TIME%`: nanoseconds since the epoch (0 before it).
+    fn start_ns(&self) -> u64;
+    fn elapsed(&self) -> Elapsed;
+    fn code(&self) -> u32;
+    fn received(&self) -> u64;
+    fn sent(&self) -> u64;
+    /// Address `w` as a [`Key`] holds it: an IPv4 one as its [`v4_key`], 0 when missing, None
+    /// for IPv6 (its line is not remembered).
+    fn addr_key(&self, w: Which) -> Option<u64>;
+    /// Writes address `w` with its port (`-` when missing).
+    fn put_addr(
+        &self,
+        w: Which,
+        records: &Records,
+        out: &mut Out,
+        addrs: &mut [AddrSlot; ADDR_SLOTS],
+        next_addr: &mut usize,
+    );
+    /// The record as a [`Fixed`] one (what the steps and templates read).
+    fn fixed<'a>(&'a self, records: &Records) -> Cow<'a, Fixed>;
+}
+
+/// Nanoseconds since the epoch of `f`'s start (0 before it).
+#[inline]
+fn fixed_ns(f: &Fixed) -> u64 {
+    f.start
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Rec for Fixed {
+    #[inline]
+    fn shape(&self) -> (u32, Option<&'static str>) {
+        let f = self;
+        let bits = u32::from(f.no_headers())
+            | u32::from(f.flags.is_empty()) << 1
+            | u32::from(f.grpc_status.is_none()) << 2
+            | u32::from(!f.has_dubbo) << 3
+            | u32::from(f.upstream_host.is_none()) << 4
+            | u32::from(f.downstream_remote.is_none()) << 5
+            | u32::from(f.downstream_local.is_none()) << 6;
+        (bits, f.protocol)
+    }
+
+    #[inline]
+    fn start_ns(&self) -> u64 {
+        fixed_ns(self)
+    }
+
+    #[inline]
+    fn elapsed(&self) -> Elapsed {
+        self.duration
+    }
+
+    #[inline]
+    fn code(&self) -> u32 {
+        self.response_code.unwrap_or(0)
+    }
+
+    #[inline]
+    fn received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    #[inline]
+    fn sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    #[inline]
+    fn addr_key(&self, w: Which) -> Option<u64> {
+        match w.of(self) {
+            Some(SocketAddr::V4(a)) => Some(v4_key(&a, true)),
+            Some(SocketAddr::V6(_)) => None,
+            None => Some(0),
+        }
+    }
+
+    #[inline]
+    fn put_addr(
+        &self,
+        w: Which,
+        _records: &Records,
+        out: &mut Out,
+        addrs: &mut [AddrSlot; ADDR_SLOTS],
+        next_addr: &mut usize,
+    ) {
+        match w.of(self) {
+            Some(a) => addr(a, true, out, addrs, next_addr),
+            None => out.byte(b'-'),
+        }
+    }
+
+    #[inline]
+    fn fixed<'a>(&'a self, _records: &Records) -> Cow<'a, Fixed> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl DubboRec {
+    #[inline]
+    fn key_of(&self, w: Which) -> u64 {
+        match w {
+            Which::Upstream => self.upstream,
+            Which::Remote => self.remote,
+            Which::Local => self.local,
+        }
+    }
+}
+
+impl Rec for DubboRec {
+    #[inline]
+    fn shape(&self) -> (u32, Option<&'static str>) {
+        // Never headers or a gRPC status; always a Dubbo call.
+        let bits = NO_HEADERS
+            | NO_GRPC
+            | u32::from(self.flags.is_empty()) << 1
+            | u32::from(self.upstream == record::ADDR_NONE) << 4
+            | u32::from(self.remote == record::ADDR_NONE) << 5
+            | u32::from(self.local == record::ADDR_NONE) << 6;
+        (bits, Some(DUBBO_PROTOCOL))
+    }
+
+    #[inline]
+    fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    #[inline]
+    fn elapsed(&self) -> Elapsed {
+        Elapsed::Between(self.started, self.ended)
+    }
+
+    #[inline]
+    fn code(&self) -> u32 {
+        u32::from(self.status)
+    }
+
+    #[inline]
+    fn received(&self) -> u64 {
+        u64::from(self.bytes_received)
+    }
+
+    #[inline]
+    fn sent(&self) -> u64 {
+        u64::from(self.bytes_sent)
+    }
+
+    #[inline]
+    fn addr_key(&self, w: Which) -> Option<u64> {
+        // An IPv4 key is the writer's own `v4_key` of the address with its port.
+        let k = self.key_of(w);
+        (k == record::ADDR_NONE || record::is_v4(k)).then_some(k)
+    }
+
+    #[inline]
+    fn put_addr(
+        &self,
+        w: Which,
+        records: &Records,
+        out: &mut Out,
+        addrs: &mut [AddrSlot; ADDR_SLOTS],
+        next_addr: &mut usize,
+    ) {
+        let k = self.key_of(w);
+        if record::is_v4(k) {
+            if let Some(hit) = addrs.iter().find(|s| s.key == k) {
+                out.chunk(&hit.text, usize::from(hit.len));
+                return;
+            }
+        }
+        match records.addr(k) {
+            Some(a) => addr_slow(a, true, out, addrs, next_addr),
+            None => out.byte(b'-'),
+        }
+    }
+
+    #[inline]
+    fn fixed<'a>(&'a self, records: &Records) -> Cow<'a, Fixed> {
+        Cow::Owned(records.expand(self))
+    }
 }
 
 /// What a line reads besides its step: the record, its batch and how much room to keep.
@@ -502,15 +802,17 @@ struct Ctx<'a> {
 
 /// The line of `f` through `plan`: through the template of `f`'s shape (made from `f` the
 /// first time a record of that shape comes).
-fn render(
+#[inline(always)]
+fn render<R: Rec>(
     plan: &mut Plan,
     records: &Records,
-    f: &Fixed,
+    r: &R,
     out: &mut Out,
     addrs: &mut [AddrSlot; ADDR_SLOTS],
     next_addr: &mut usize,
-) {
-    let shape = plan.shape(f);
+) -> Option<Remembered> {
+    let (bits, protocol) = r.shape();
+    let shape = plan.shape(bits, protocol);
     let last = plan.last;
     let t = match plan.templates.get(last).filter(|t| t.shape == shape) {
         Some(_) => last,
@@ -520,7 +822,8 @@ fn render(
                 if plan.templates.len() >= TEMPLATES_MAX {
                     plan.templates.clear();
                 }
-                let t = Template::make(plan, shape, records, f, addrs, next_addr);
+                let f = r.fixed(records);
+                let t = Template::make(plan, shape, records, &f, addrs, next_addr);
                 plan.templates.push(t);
                 plan.templates.len() - 1
             }
@@ -528,11 +831,14 @@ fn render(
     };
     plan.last = t;
     let Plan {
-        steps, templates, ..
+        steps,
+        templates,
+        mask,
+        ..
     } = plan;
     let t = &mut templates[t];
     // A line whose holes read what the last line's read is that line again: one copy.
-    let key = t.memo.as_mut().and_then(|m| m.key(f));
+    let key = t.memo.as_mut().and_then(|m| m.key(r));
     if let (
         Some(k),
         Some(Memo {
@@ -540,51 +846,62 @@ fn render(
         }),
     ) = (&key, &t.memo)
     {
-        if last.epoch == out.epoch && last.key == *k {
+        if last.epoch == out.epoch && last.key.same(k) {
             let (at, len) = (last.at, last.len);
             out.room(len);
-            out.buf.copy_within(at..at + len, out.pos);
-            out.pos += len;
-            return;
+            // The line is before `pos` (written in this epoch): one copy, no overlap.
+            let (written, free) = out.buf.split_at_mut(out.pos);
+            if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
+                dst.copy_from_slice(src);
+                out.pos += len;
+                return t
+                    .memo
+                    .as_ref()
+                    .map(|m| m.remembered(*mask, out.pos - len, len));
+            }
         }
     }
     let line_start = out.pos;
     out.room(t.bound);
-    let ctx = Ctx {
-        records,
-        f,
-        headers: records.header_spans(f),
-        bound: t.bound,
-    };
+    // The record as a `Fixed` one, for the steps (made once per line, when one needs it).
+    let mut fixed: Option<Cow<'_, Fixed>> = None;
     for h in t.holes.iter() {
         h.text.put(out);
         // The common holes inline; the others (and any with a `:N` cut) by the step.
         match h.kind {
             Kind::Duration => out.num(match &key {
                 Some(k) => k.ms,
-                None => f.duration.get().as_millis() as u64,
+                None => r.elapsed().get().as_millis() as u64,
             }),
-            Kind::ResponseCode => out.num(u64::from(f.response_code.unwrap_or(0))),
-            Kind::BytesReceived => out.num(f.bytes_received),
-            Kind::BytesSent => out.num(f.bytes_sent),
-            Kind::Addr(which) => match which.of(f) {
-                Some(a) => addr(a, true, out, addrs, next_addr),
-                None => out.byte(b'-'),
-            },
+            Kind::ResponseCode => out.num(u64::from(r.code())),
+            Kind::BytesReceived => out.num(r.received()),
+            Kind::BytesSent => out.num(r.sent()),
+            Kind::Addr(which) => r.put_addr(which, records, out, addrs, next_addr),
             Kind::Time => {
                 if let Some(Step {
                     op: Value::Time(t), ..
                 }) = steps.get_mut(usize::from(h.step))
                 {
                     // The calls of one read share their start: its text as last written.
-                    match t.last == Some(f.start) {
+                    let ns = match &key {
+                        Some(k) => k.start,
+                        None => r.start_ns(),
+                    };
+                    match t.last == Some(ns) {
                         true => out.chunk(&t.last_chunk, t.text.len()),
-                        false => time(f, t, out),
+                        false => time(ns, t, out),
                     }
                 }
             }
             Kind::Step => {
                 if let Some(step) = steps.get_mut(usize::from(h.step)) {
+                    let f = fixed.get_or_insert_with(|| r.fixed(records));
+                    let ctx = Ctx {
+                        records,
+                        f,
+                        headers: records.header_spans(f),
+                        bound: t.bound,
+                    };
                     value(&mut step.op, step.max, &ctx, out, addrs, next_addr);
                 }
             }
@@ -592,21 +909,65 @@ fn render(
         }
     }
     t.tail.put(out);
-    if let (Some(key), Some(m)) = (key, &mut t.memo) {
-        m.last = Some(Last {
-            key,
-            at: line_start,
-            len: out.pos - line_start,
-            epoch: out.epoch,
-        });
+    let (Some(key), Some(m)) = (key, &mut t.memo) else {
+        return None;
+    };
+    let len = out.pos - line_start;
+    m.last = Some(Last {
+        key,
+        at: line_start,
+        len,
+        epoch: out.epoch,
+    });
+    Some(m.remembered(*mask, line_start, len))
+}
+
+/// A line just written whose holes a [`Key`] holds: where it is, and what of a record it
+/// shows (besides its status, sizes and flags): the start, the duration, which addresses (each
+/// one the plan shows: its template, and so the line, depends on whether it is missing).
+#[derive(Clone, Copy)]
+struct Remembered {
+    at: usize,
+    len: usize,
+    time: u64,
+    duration: bool,
+    addrs: [u64; 3],
+}
+
+/// The last compact Dubbo record written through a remembered line: a record equal to it in
+/// what that line shows is that line again, found without the plan, template or [`Key`]
+/// (the calls of one read share their start and, answered in one provider read, their end).
+struct DubboLast {
+    rec: DubboRec,
+    line: Remembered,
+    epoch: u64,
+}
+
+impl DubboLast {
+    /// `r` renders as `self.rec` did (same format, status, sizes, flags; the same start,
+    /// clock readings and addresses where the line shows them).
+    #[inline(always)]
+    fn same(&self, r: &DubboRec) -> bool {
+        let (l, m) = (&self.rec, &self.line);
+        let d = ((r.start_ns ^ l.start_ns) & m.time)
+            | u64::from(r.format ^ l.format)
+            | u64::from(r.status ^ l.status)
+            | u64::from(r.flags.bits() ^ l.flags.bits())
+            | u64::from(r.bytes_received ^ l.bytes_received)
+            | u64::from(r.bytes_sent ^ l.bytes_sent)
+            | ((r.upstream ^ l.upstream) & m.addrs[0])
+            | ((r.remote ^ l.remote) & m.addrs[1])
+            | ((r.local ^ l.local) & m.addrs[2]);
+        d == 0 && (!m.duration || (r.started == l.started && r.ended == l.ended))
     }
 }
 
 /// Everything a [`Memo`] template's holes read from a record (what they do not show left at
 /// a constant; addresses as [`v4_key`]s): two records with the same key have the same line.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 struct Key {
-    start: SystemTime,
+    /// Nanoseconds since the epoch.
+    start: u64,
     ms: u64,
     code: u32,
     received: u64,
@@ -633,6 +994,22 @@ struct Memo {
     between: Option<(Instant, Instant, u64)>,
 }
 
+impl Key {
+    /// Equal (every field compared, no branch per field and no `memcmp` call).
+    #[inline(always)]
+    fn same(&self, o: &Key) -> bool {
+        ((self.start ^ o.start)
+            | (self.ms ^ o.ms)
+            | u64::from(self.code ^ o.code)
+            | (self.received ^ o.received)
+            | (self.sent ^ o.sent)
+            | (self.upstream ^ o.upstream)
+            | (self.remote ^ o.remote)
+            | (self.local ^ o.local))
+            == 0
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Last {
     key: Key,
@@ -643,6 +1020,24 @@ struct Last {
 }
 
 impl Memo {
+    /// What a line of this template at `at` shows of a record (`mask`: its plan's
+    /// [`Shape`] bits).
+    #[inline]
+    fn remembered(&self, mask: u32, at: usize, len: usize) -> Remembered {
+        let all = |on: bool| if on { u64::MAX } else { 0 };
+        Remembered {
+            at,
+            len,
+            time: all(self.time),
+            duration: self.duration,
+            addrs: [
+                all(mask & NO_UPSTREAM != 0),
+                all(mask & NO_REMOTE != 0),
+                all(mask & NO_LOCAL != 0),
+            ],
+        }
+    }
+
     /// `d` in whole milliseconds (the last pair of clock readings' again when it repeats).
     #[inline]
     fn ms(&mut self, d: Elapsed) -> u64 {
@@ -682,28 +1077,24 @@ impl Memo {
 
     /// `None` for a record with an IPv6 address the holes show (written each time).
     #[inline]
-    fn key(&mut self, f: &Fixed) -> Option<Key> {
+    fn key<R: Rec>(&mut self, f: &R) -> Option<Key> {
         let ms = match self.duration {
-            true => self.ms(f.duration),
+            true => self.ms(f.elapsed()),
             false => 0,
         };
         let addr = |w: Which| match self.addrs[w as usize] {
-            true => match w.of(f) {
-                Some(SocketAddr::V4(a)) => Some(v4_key(&a, true)),
-                Some(SocketAddr::V6(_)) => None,
-                None => Some(0),
-            },
+            true => f.addr_key(w),
             false => Some(0),
         };
         Some(Key {
             start: match self.time {
-                true => f.start,
-                false => UNIX_EPOCH,
+                true => f.start_ns(),
+                false => 0,
             },
             ms,
-            code: f.response_code.unwrap_or(0),
-            received: f.bytes_received,
-            sent: f.bytes_sent,
+            code: f.code(),
+            received: f.received(),
+            sent: f.sent(),
             upstream: addr(Which::Upstream)?,
             remote: addr(Which::Remote)?,
             local: addr(Which::Local)?,
@@ -834,17 +1225,12 @@ const NO_REMOTE: u32 = 1 << 5;
 const NO_LOCAL: u32 = 1 << 6;
 
 impl Plan {
-    fn shape(&self, f: &Fixed) -> Shape {
-        let bits = u32::from(f.no_headers())
-            | u32::from(f.flags.is_empty()) << 1
-            | u32::from(f.grpc_status.is_none()) << 2
-            | u32::from(!f.has_dubbo) << 3
-            | u32::from(f.upstream_host.is_none()) << 4
-            | u32::from(f.downstream_remote.is_none()) << 5
-            | u32::from(f.downstream_local.is_none()) << 6;
+    /// The shape of a record with `bits` ([`Rec::shape`]) and `protocol`.
+    #[inline]
+    fn shape(&self, bits: u32, protocol: Option<&'static str>) -> Shape {
         Shape {
             bits: bits & self.mask,
-            protocol: match (self.protocol, f.protocol) {
+            protocol: match (self.protocol, protocol) {
                 (true, Some(p)) => (p.as_ptr() as usize, p.len()),
                 _ => (0, 0),
             },
@@ -945,7 +1331,7 @@ fn value(
             return;
         }
         Value::Time(t) => {
-            time(f, t, out);
+            time(fixed_ns(f), t, out);
             true
         }
         Value::Duration => {
@@ -1070,10 +1456,11 @@ fn value(
     }
 }
 
-/// Writes `%START_TIME%` of `f`; keeps the text as `t.last` (when it fits a chunk: the
-/// caller copies it for the next record with the same start).
-fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
-    let since = f.start.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+/// Writes `%START_TIME%` of a record that started `ns` after the epoch; keeps the text as
+/// `t.last` (when it fits a chunk: the caller copies it for the next record with the same
+/// start).
+fn time(ns: u64, t: &mut TimeText, out: &mut Out) {
+    let since = Duration::from_nanos(ns);
     let secs = since.as_secs();
     if t.secs != Some(secs) {
         t.text.clear();
@@ -1117,7 +1504,7 @@ fn time(f: &Fixed, t: &mut TimeText, out: &mut Out) {
     if fits {
         if let Some(c) = out.buf[start..].first_chunk::<TIME_CHUNK>() {
             t.last_chunk = *c;
-            t.last = Some(f.start);
+            t.last = Some(ns);
         }
     }
 }

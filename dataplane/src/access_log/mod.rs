@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 pub use format::{Format, FormatError, LineCache};
 pub use sink::{drain_all, reopen_all, Batch, FileSink, OpenError};
@@ -190,24 +190,16 @@ pub struct Record<'a> {
     pub dubbo: Option<DubboCall<'a>>,
 }
 
-/// A finished Dubbo call as the shard has it: what [`ListenerLog::write_dubbo`] records
-/// straight into the batch (no [`Record`] built, unless a log has a filter to ask; the
-/// duration is taken from the two clock readings on the writer thread).
-#[derive(Clone, Copy)]
+/// A finished Dubbo call as the shard hands it to its logs: the compact record's fixed part
+/// ([`record::DubboRec`], the connection's addresses already as keys) and what each log's
+/// batch adds from borrowed data (written by [`ListenerLog::write_dubbo`] straight into the
+/// batch: no [`Record`] built, unless a log has a filter to ask).
 pub struct DubboLine<'a> {
-    pub start: SystemTime,
-    /// When the request was read and when it was answered (monotonic).
-    pub started: Instant,
-    pub ended: Instant,
-    pub status: u8,
-    pub flags: Flags,
-    pub upstream_host: Option<SocketAddr>,
+    pub rec: &'a record::DubboRec,
+    pub upstream: Option<SocketAddr>,
+    /// The caller's address and ours (`rec.remote`, `rec.local` encode them).
+    pub conn: &'a (Option<SocketAddr>, Option<SocketAddr>),
     pub upstream_cluster: Option<&'a str>,
-    pub downstream_remote: Option<SocketAddr>,
-    pub downstream_local: Option<SocketAddr>,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub request_id: u64,
     /// Interface, method, version and group (`None` when the caller did not keep them: no
     /// format shows them, [`ListenerLog::shows_dubbo`]).
     pub call: Option<DubboCall<'a>>,
@@ -216,27 +208,28 @@ pub struct DubboLine<'a> {
 impl<'a> DubboLine<'a> {
     /// The call as a format (or a filter) sees it.
     pub fn record(&self) -> Record<'a> {
+        let r = self.rec;
         Record {
-            start: self.start,
-            duration: self.ended.saturating_duration_since(self.started),
+            start: SystemTime::UNIX_EPOCH + Duration::from_nanos(r.start_ns),
+            duration: r.ended.saturating_duration_since(r.started),
             protocol: Some(DUBBO_PROTOCOL),
-            response_code: Some(u32::from(self.status)),
+            response_code: Some(u32::from(r.status)),
             grpc_status: None,
-            flags: self.flags,
-            upstream_host: self.upstream_host,
+            flags: r.flags,
+            upstream_host: self.upstream,
             upstream_cluster: self.upstream_cluster,
             route_name: None,
-            downstream_remote: self.downstream_remote,
-            downstream_local: self.downstream_local,
-            bytes_received: self.bytes_received,
-            bytes_sent: self.bytes_sent,
+            downstream_remote: self.conn.0,
+            downstream_local: self.conn.1,
+            bytes_received: u64::from(r.bytes_received),
+            bytes_sent: u64::from(r.bytes_sent),
             headers: NO_HEADERS,
             dubbo: Some(self.call.unwrap_or(DubboCall {
                 interface: b"",
                 method: b"",
                 version: b"",
                 group: b"",
-                request_id: self.request_id,
+                request_id: r.request_id,
             })),
         }
     }
@@ -507,13 +500,21 @@ impl ListenerLog {
     /// [`ListenerLog::write`] for a Dubbo call, its record written straight from `d`.
     pub fn write_dubbo(&self, d: &DubboLine<'_>) {
         for l in &self.logs {
-            if let Some(f) = &l.filter {
-                if !f.keeps(&d.record(), &mut || self.roll()) {
-                    continue;
-                }
+            if l.filter.is_some() && !self.keeps_dubbo(l, d) {
+                continue;
             }
             l.file.dubbo_line(l, d);
         }
+    }
+
+    /// Whether `l`'s filter keeps call `d` (out of line: the record it builds is not made, or
+    /// half made ahead of the loop, for the logs without a filter).
+    #[cold]
+    #[inline(never)]
+    fn keeps_dubbo(&self, l: &ShardLog, d: &DubboLine<'_>) -> bool {
+        l.filter
+            .as_ref()
+            .is_none_or(|f| f.keeps(&d.record(), &mut || self.roll()))
     }
 
     fn roll(&self) -> u32 {
@@ -548,7 +549,7 @@ impl ShardFile {
     fn line(self: &Rc<Self>, log: &ShardLog, r: &Record<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
-            if b.records.fixed.capacity() == 0 {
+            if b.records.arena.capacity() == 0 {
                 *b = self.sink.spare_batch();
             }
             let i = b.format_index(&log.format, &log.names);
@@ -558,11 +559,13 @@ impl ShardFile {
         self.added(full);
     }
 
+    #[inline(never)]
     fn dubbo_line(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
-            if b.records.fixed.capacity() == 0 {
-                *b = self.sink.spare_batch();
+            // A batch handed to the writer left an empty one (no arena) behind.
+            if b.records.arena.capacity() == 0 {
+                self.refill(&mut b);
             }
             let i = b.format_index(&log.format, &log.names);
             b.records.push_dubbo(d, i, log.shows);
@@ -571,19 +574,33 @@ impl ShardFile {
         self.added(full);
     }
 
+    #[cold]
+    #[inline(never)]
+    fn refill(&self, b: &mut Batch) {
+        *b = self.sink.spare_batch();
+    }
+
     /// A line was added to the batch (`full`: the batch is to go now).
     #[inline]
     fn added(self: &Rc<Self>, full: bool) {
         self.lines.set(self.lines.get() + 1);
         if full {
             self.flush();
-        } else if !self.armed.replace(true) {
-            let me = self.clone();
-            shard::monoio::spawn(async move {
-                shard::monoio::time::sleep(Duration::from_millis(FLUSH_INTERVAL_MS)).await;
-                me.flush();
-            });
+        } else if !self.armed.get() {
+            self.arm();
         }
+    }
+
+    /// Schedules the flush of the batch (its first line was added).
+    #[cold]
+    #[inline(never)]
+    fn arm(self: &Rc<Self>) {
+        self.armed.set(true);
+        let me = self.clone();
+        shard::monoio::spawn(async move {
+            shard::monoio::time::sleep(Duration::from_millis(FLUSH_INTERVAL_MS)).await;
+            me.flush();
+        });
     }
 
     /// Hands the batch to the writer (or drops it, counted, when the writer is behind).

@@ -9,8 +9,8 @@
 //! copied them, once each, in the batch's byte arena. No formatting, no allocation (the batch
 //! and its arena are reused from batch to batch).
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::Shows;
 use super::{DubboCall, DubboLine, Flags, Headers, Part, Record, DUBBO_PROTOCOL};
@@ -30,6 +30,9 @@ const MISSING: Span = Span {
 /// One call, fixed size.
 #[derive(Clone, Copy, Debug)]
 pub struct Fixed {
+    /// The Dubbo records ([`Records::dubbo`]) pushed before this one: the writer writes the
+    /// lines in the order the calls were logged.
+    pub(super) after: u32,
     pub(super) start: SystemTime,
     pub(super) duration: Elapsed,
     pub(super) response_code: Option<u32>,
@@ -79,14 +82,120 @@ impl Elapsed {
     }
 }
 
+/// A Dubbo call, compact: what a shard writes per call instead of a [`Fixed`] (~100 bytes
+/// against ~290; no [`Record`] or [`Fixed`] built). The start is the wall clock in nanoseconds
+/// since the epoch, the duration the two monotonic readings it lies between (subtracted on the
+/// writer thread); the addresses are [`addr_key`]s (an IPv4 address inline, an IPv6 one an
+/// index in the batch), the cluster is copied only when the format shows it, interface,
+/// method, version and group (when shown) are an index in the batch's `calls`. The writer
+/// renders it as [`Records::expand`] would (`record::tests` compares the two).
+#[derive(Clone, Copy, Debug)]
+pub struct DubboRec {
+    pub start_ns: u64,
+    pub started: Instant,
+    pub ended: Instant,
+    pub request_id: u64,
+    pub(super) upstream: u64,
+    /// The caller's address and ours ([`addr_key`]: a connection keeps them encoded).
+    pub remote: u64,
+    pub local: u64,
+    pub bytes_received: u32,
+    pub bytes_sent: u32,
+    pub(super) cluster: Span,
+    /// Index in [`Records::calls`], `u32::MAX`: not kept.
+    pub(super) call: u32,
+    pub(super) format: u16,
+    pub flags: Flags,
+    pub status: u8,
+}
+
+impl DubboRec {
+    /// A call's record (`remote` and `local`: [`addr_key`]s); its batch fills in the format,
+    /// the upstream, the cluster and the Dubbo fields ([`Records::push_dubbo`]).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn new(
+        start_ns: u64,
+        (started, ended): (Instant, Instant),
+        request_id: u64,
+        (bytes_received, bytes_sent): (usize, usize),
+        status: u8,
+        flags: Flags,
+        (remote, local): (u64, u64),
+    ) -> DubboRec {
+        DubboRec {
+            start_ns,
+            started,
+            ended,
+            request_id,
+            upstream: ADDR_NONE,
+            remote,
+            local,
+            // Frames are at most `config::FRAME_BYTES_MAX_LIMIT` (256 MiB) long.
+            bytes_received: u32::try_from(bytes_received).unwrap_or(u32::MAX),
+            bytes_sent: u32::try_from(bytes_sent).unwrap_or(u32::MAX),
+            cluster: MISSING,
+            call: u32::MAX,
+            format: 0,
+            flags,
+            status,
+        }
+    }
+}
+
+/// No address.
+pub const ADDR_NONE: u64 = 0;
+/// An IPv4 address with its port: `V4 | ip << 17 | port << 1 | 1` (the writer's address-text
+/// cache key, `line::v4_key`).
+const ADDR_V4: u64 = 1 << 63;
+/// An IPv6 address: `V6 | i`, `i` its index in [`Records::v6`].
+const ADDR_V6: u64 = 1 << 62;
+/// An IPv6 address not yet in a batch (a connection's: the batch adds it).
+pub const ADDR_V6_UNSET: u64 = ADDR_V6 | u32::MAX as u64;
+
+/// `a` as a compact record keeps it (IPv6: [`ADDR_V6_UNSET`]).
+#[inline]
+pub fn addr_key(a: Option<SocketAddr>) -> u64 {
+    match a {
+        None => ADDR_NONE,
+        Some(SocketAddr::V4(v4)) => {
+            ADDR_V4 | u64::from(v4.ip().to_bits()) << 17 | u64::from(v4.port()) << 1 | 1
+        }
+        Some(SocketAddr::V6(_)) => ADDR_V6_UNSET,
+    }
+}
+
+/// The IPv4 address of a key with [`ADDR_V4`] set.
+#[inline]
+pub(super) fn v4_of(key: u64) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from_bits((key >> 17) as u32),
+        (key >> 1) as u16,
+    ))
+}
+
+/// Whether `key` is an IPv4 address (its text cached by the writer under the key itself).
+#[inline]
+pub(super) fn is_v4(key: u64) -> bool {
+    key & ADDR_V4 != 0
+}
+
 /// Records and the bytes they refer to.
 #[derive(Default)]
 pub struct Records {
     pub fixed: Vec<Fixed>,
+    /// Dubbo calls, compact ([`DubboRec`]; in order among `fixed` by [`Fixed::after`]).
+    pub dubbo: Vec<DubboRec>,
     /// Borrowed bytes copied (strings and header values).
     pub arena: Vec<u8>,
     /// Header value spans (several per record whose format shows headers).
     spans: Vec<Span>,
+    /// IPv6 addresses of compact records.
+    v6: Vec<SocketAddr>,
+    /// Interface, method, version and group of compact records whose format shows them.
+    calls: Vec<[Span; 4]>,
+    /// Bytes of the fixed-size parts (records, addresses, calls).
+    held: usize,
 }
 
 impl Records {
@@ -94,36 +203,42 @@ impl Records {
         Records {
             fixed: Vec::with_capacity(records),
             arena: Vec::with_capacity(bytes),
-            spans: Vec::new(),
+            ..Records::default()
         }
     }
 
     pub fn clear(&mut self) {
         self.fixed.clear();
+        self.dubbo.clear();
         self.arena.clear();
         self.spans.clear();
+        self.v6.clear();
+        self.calls.clear();
+        self.held = 0;
     }
 
     /// What the batch holds, in bytes (its flush threshold).
+    #[inline]
     pub fn bytes(&self) -> usize {
-        self.fixed.len() * std::mem::size_of::<Fixed>()
-            + self.arena.len()
-            + self.spans.len() * std::mem::size_of::<Span>()
+        self.held + self.arena.len() + self.spans.len() * std::mem::size_of::<Span>()
     }
 
     /// The memory the batch keeps (a batch grown far past the threshold is not reused).
     pub fn capacity_bytes(&self) -> usize {
         self.fixed.capacity() * std::mem::size_of::<Fixed>()
+            + self.dubbo.capacity() * std::mem::size_of::<DubboRec>()
             + self.arena.capacity()
             + self.spans.capacity() * std::mem::size_of::<Span>()
+            + self.v6.capacity() * std::mem::size_of::<SocketAddr>()
+            + self.calls.capacity() * std::mem::size_of::<[Span; 4]>()
     }
 
     pub fn len(&self) -> usize {
-        self.fixed.len()
+        self.fixed.len() + self.dubbo.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fixed.is_empty()
+        self.fixed.is_empty() && self.dubbo.is_empty()
     }
 
     #[inline]
@@ -168,6 +283,7 @@ impl Records {
             _ => ([MISSING; 4], 0),
         };
         let fixed = Fixed {
+            after: self.dubbo.len() as u32,
             start: r.start,
             duration: Elapsed::Took(r.duration),
             response_code: r.response_code,
@@ -196,45 +312,118 @@ impl Records {
             },
             dubbo,
         };
+        self.held += std::mem::size_of::<Fixed>();
         self.fixed.push(fixed);
     }
 
-    /// Appends Dubbo call `d` as a record for the format at `format` (which shows `shows`):
-    /// [`Records::push`] of `d.record()` without the record.
+    /// Appends Dubbo call `d` as a compact record ([`DubboRec`]) for the format at `format`
+    /// (which shows `shows`): what [`Records::push`] of `d.record()` keeps, in a third of the
+    /// bytes (`tests::compact_dubbo_records_render_as_general_ones`).
+    #[inline]
     pub fn push_dubbo(&mut self, d: &DubboLine<'_>, format: u16, shows: Shows) {
-        let dubbo = match d.call {
-            Some(c) if shows.dubbo => [
-                self.copy(Some(c.interface)),
-                self.copy(Some(c.method)),
-                self.copy(Some(c.version)),
-                self.copy(Some(c.group)),
-            ],
-            _ => [MISSING; 4],
-        };
+        // What the batch adds, first; then the record copied once into its place and those
+        // written over it (not built on the stack and copied again).
+        let mut upstream = addr_key(d.upstream);
+        if upstream == ADDR_V6_UNSET {
+            upstream = self.v6(d.upstream);
+        }
+        let (mut remote, mut local) = (d.rec.remote, d.rec.local);
+        if remote == ADDR_V6_UNSET {
+            remote = self.v6(d.conn.0);
+        }
+        if local == ADDR_V6_UNSET {
+            local = self.v6(d.conn.1);
+        }
         let cluster = match shows.cluster {
             true => self.copy(d.upstream_cluster.map(str::as_bytes)),
             false => MISSING,
         };
-        self.fixed.push(Fixed {
-            start: d.start,
-            duration: Elapsed::Between(d.started, d.ended),
-            response_code: Some(u32::from(d.status)),
+        let call = match (shows.dubbo, &d.call) {
+            (true, Some(c)) => self.dubbo_fields(c),
+            _ => u32::MAX,
+        };
+        self.held += std::mem::size_of::<DubboRec>();
+        // Copied from the caller's record straight into the vector (`push` of `*d.rec` goes
+        // through the stack).
+        self.dubbo.extend_from_slice(std::slice::from_ref(d.rec));
+        if let Some(r) = self.dubbo.last_mut() {
+            r.format = format;
+            r.upstream = upstream;
+            r.remote = remote;
+            r.local = local;
+            r.cluster = cluster;
+            r.call = call;
+        }
+    }
+
+    /// An IPv6 address of a compact record (any other: its key).
+    #[cold]
+    #[inline(never)]
+    fn v6(&mut self, a: Option<SocketAddr>) -> u64 {
+        match a {
+            Some(a @ SocketAddr::V6(_)) => {
+                self.held += std::mem::size_of::<SocketAddr>();
+                self.v6.push(a);
+                ADDR_V6 | (self.v6.len() - 1) as u64
+            }
+            a => addr_key(a),
+        }
+    }
+
+    /// Copies a call's interface, method, version and group; their index in `calls`.
+    #[inline(never)]
+    fn dubbo_fields(&mut self, c: &DubboCall<'_>) -> u32 {
+        let spans = [
+            self.copy(Some(c.interface)),
+            self.copy(Some(c.method)),
+            self.copy(Some(c.version)),
+            self.copy(Some(c.group)),
+        ];
+        self.held += std::mem::size_of::<[Span; 4]>();
+        self.calls.push(spans);
+        (self.calls.len() - 1) as u32
+    }
+
+    /// The address of key `k` ([`addr_key`]).
+    #[inline]
+    pub(super) fn addr(&self, k: u64) -> Option<SocketAddr> {
+        if is_v4(k) {
+            Some(v4_of(k))
+        } else if k & ADDR_V6 != 0 {
+            self.v6.get((k & u64::from(u32::MAX)) as usize).copied()
+        } else {
+            None
+        }
+    }
+
+    /// Compact record `r` as a [`Fixed`] one (what [`Records::push`] writes for the call):
+    /// the general path of the writer renders it.
+    pub(super) fn expand(&self, r: &DubboRec) -> Fixed {
+        Fixed {
+            after: 0,
+            start: UNIX_EPOCH + Duration::from_nanos(r.start_ns),
+            duration: Elapsed::Between(r.started, r.ended),
+            response_code: Some(u32::from(r.status)),
             grpc_status: None,
-            flags: d.flags,
-            format,
+            flags: r.flags,
+            format: r.format,
             has_dubbo: true,
             headers: Span { at: 0, len: 0 },
-            upstream_host: d.upstream_host,
-            downstream_remote: d.downstream_remote,
-            downstream_local: d.downstream_local,
-            bytes_received: d.bytes_received,
-            bytes_sent: d.bytes_sent,
-            request_id: d.request_id,
-            protocol: shows.protocol.then_some(DUBBO_PROTOCOL),
-            cluster,
+            upstream_host: self.addr(r.upstream),
+            downstream_remote: self.addr(r.remote),
+            downstream_local: self.addr(r.local),
+            bytes_received: u64::from(r.bytes_received),
+            bytes_sent: u64::from(r.bytes_sent),
+            request_id: r.request_id,
+            protocol: Some(DUBBO_PROTOCOL),
+            cluster: r.cluster,
             route: MISSING,
-            dubbo,
-        });
+            dubbo: self
+                .calls
+                .get(r.call as usize)
+                .copied()
+                .unwrap_or([MISSING; 4]),
+        }
     }
 
     pub(super) fn bytes_of(&self, s: Span) -> Option<&[u8]> {
@@ -323,7 +512,94 @@ impl Headers for RecordHeaders<'_> {
 mod tests {
     use super::*;
     use crate::access_log::Format;
-    use std::time::UNIX_EPOCH;
+
+    /// A Dubbo call as the tests describe it: [`Call::push`] writes it the way a shard does
+    /// (a [`DubboLine`] and its compact record), [`Call::record`] is what the format sees.
+    #[derive(Clone, Copy)]
+    struct Call<'a> {
+        start: SystemTime,
+        started: Instant,
+        ended: Instant,
+        status: u8,
+        flags: Flags,
+        upstream_host: Option<SocketAddr>,
+        upstream_cluster: Option<&'a str>,
+        downstream_remote: Option<SocketAddr>,
+        downstream_local: Option<SocketAddr>,
+        bytes_received: u64,
+        bytes_sent: u64,
+        request_id: u64,
+        call: Option<DubboCall<'a>>,
+    }
+
+    impl<'a> Call<'a> {
+        fn push(&self, records: &mut Records, format: u16, shows: Shows) {
+            let conn = (self.downstream_remote, self.downstream_local);
+            let rec = self.rec();
+            let line = self.line(&conn, &rec);
+            records.push_dubbo(&line, format, shows);
+        }
+
+        fn rec(&self) -> DubboRec {
+            DubboRec::new(
+                self.start
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                (self.started, self.ended),
+                self.request_id,
+                (self.bytes_received as usize, self.bytes_sent as usize),
+                self.status,
+                self.flags,
+                (
+                    addr_key(self.downstream_remote),
+                    addr_key(self.downstream_local),
+                ),
+            )
+        }
+
+        fn line<'c>(
+            &self,
+            conn: &'c (Option<SocketAddr>, Option<SocketAddr>),
+            rec: &'c DubboRec,
+        ) -> DubboLine<'c>
+        where
+            'a: 'c,
+        {
+            DubboLine {
+                rec,
+                upstream: self.upstream_host,
+                conn,
+                upstream_cluster: self.upstream_cluster,
+                call: self.call,
+            }
+        }
+
+        fn record(&self) -> Record<'a> {
+            Record {
+                start: self.start,
+                duration: self.ended.saturating_duration_since(self.started),
+                protocol: Some(DUBBO_PROTOCOL),
+                response_code: Some(u32::from(self.status)),
+                grpc_status: None,
+                flags: self.flags,
+                upstream_host: self.upstream_host,
+                upstream_cluster: self.upstream_cluster,
+                route_name: None,
+                downstream_remote: self.downstream_remote,
+                downstream_local: self.downstream_local,
+                bytes_received: self.bytes_received,
+                bytes_sent: self.bytes_sent,
+                headers: crate::access_log::NO_HEADERS,
+                dubbo: Some(self.call.unwrap_or(DubboCall {
+                    interface: b"",
+                    method: b"",
+                    version: b"",
+                    group: b"",
+                    request_id: self.request_id,
+                })),
+            }
+        }
+    }
 
     struct H(Vec<(Part, &'static str, &'static str)>);
 
@@ -416,7 +692,7 @@ mod tests {
         assert_eq!(records.fixed.len(), want.len());
     }
 
-    /// A Dubbo call written straight from its [`DubboLine`] renders as its record does, in
+    /// A Dubbo call written straight from its [`Call`] renders as its record does, in
     /// every format, with and without the Dubbo fields kept.
     #[test]
     fn a_dubbo_line_renders_as_its_record() {
@@ -441,7 +717,7 @@ mod tests {
         };
         let mut lines = crate::access_log::line::Lines::with_capacity(64);
         for (i, kept) in [Some(call), None, Some(call)].into_iter().enumerate() {
-            let d = DubboLine {
+            let d = Call {
                 start: UNIX_EPOCH + Duration::new(1_764_900_000 + i as u64, 5_000_000),
                 started,
                 ended: started + Duration::from_micros(1_500 * i as u64 + 999),
@@ -462,10 +738,11 @@ mod tests {
             };
             let mut records = Records::default();
             for (fi, (f, _)) in formats.iter().enumerate() {
-                records.push_dubbo(&d, fi as u16, f.shows());
+                d.push(&mut records, fi as u16, f.shows());
             }
             lines.batch(&formats);
-            for (rec, (f, _)) in records.fixed.iter().zip(&formats) {
+            assert_eq!(records.dubbo.len(), formats.len());
+            for (rec, (f, _)) in records.dubbo.iter().zip(&formats) {
                 let mut want = Vec::new();
                 let r = d.record();
                 // A call whose fields were not kept shows them as `-` (its format does not
@@ -481,7 +758,7 @@ mod tests {
                     ..r
                 };
                 f.render(&r, &mut want);
-                lines.line(&records, rec, &formats);
+                lines.dubbo_line(&records, rec, &formats);
                 assert_eq!(
                     String::from_utf8_lossy(lines.text()),
                     String::from_utf8_lossy(&want)
@@ -511,7 +788,7 @@ mod tests {
             (std::sync::Arc::new(f), names)
         })
         .collect();
-        let base = DubboLine {
+        let base = Call {
             start: UNIX_EPOCH + Duration::new(1_764_900_000, 5_000_000),
             started,
             ended: started + Duration::from_micros(1_500),
@@ -526,12 +803,12 @@ mod tests {
             request_id: 77,
             call: None,
         };
-        let ms = |d: &DubboLine<'static>, us: u64| DubboLine {
+        let ms = |d: &Call<'static>, us: u64| Call {
             ended: d.started + Duration::from_micros(us),
             ..*d
         };
         let mut seq = vec![base, base];
-        let mut next = |f: &dyn Fn(&DubboLine<'static>) -> DubboLine<'static>| {
+        let mut next = |f: &dyn Fn(&Call<'static>) -> Call<'static>| {
             let d = f(seq.last().unwrap());
             seq.push(d);
             seq.push(d);
@@ -540,87 +817,246 @@ mod tests {
         next(&|d| ms(d, 2_999));
         // The writer keeps the last pair of clock readings' milliseconds: another pair of the
         // same length, then the same end with a later start (a millisecond shorter).
-        next(&|d| DubboLine {
+        next(&|d| Call {
             started: d.started + Duration::from_millis(10),
             ended: d.ended + Duration::from_millis(10),
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             started: d.started + Duration::from_millis(1),
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             start: d.start + Duration::from_millis(1),
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             start: d.start + Duration::from_secs(1),
             ..*d
         });
-        next(&|d| DubboLine { status: 31, ..*d });
-        next(&|d| DubboLine {
+        next(&|d| Call { status: 31, ..*d });
+        next(&|d| Call {
             bytes_received: 331,
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             bytes_sent: 1_235,
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             upstream_host: Some("10.1.2.4:20880".parse().unwrap()),
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             downstream_remote: Some("10.9.8.7:4712".parse().unwrap()),
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             downstream_local: Some("10.0.0.2:20880".parse().unwrap()),
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             upstream_host: Some("[2001:db8::1]:20880".parse().unwrap()),
             ..*d
         });
-        next(&|d| DubboLine {
+        next(&|d| Call {
             upstream_host: None,
             ..*d
         });
+        // A missing address (shown: `-` folded into another template), then there again;
+        // flags (a hole the template path does not remember), then none again.
+        next(&|d| Call {
+            upstream_host: Some("10.1.2.4:20880".parse().unwrap()),
+            downstream_remote: None,
+            ..*d
+        });
+        next(&|d| Call {
+            downstream_remote: Some("10.9.8.7:4712".parse().unwrap()),
+            ..*d
+        });
+        next(&|d| Call {
+            downstream_local: None,
+            ..*d
+        });
+        next(&|d| Call {
+            downstream_local: Some("10.0.0.2:20880".parse().unwrap()),
+            ..*d
+        });
+        next(&|d| Call {
+            flags: Flags::UPSTREAM_REQUEST_TIMEOUT,
+            ..*d
+        });
+        next(&|d| Call {
+            flags: Flags::NONE,
+            ..*d
+        });
         next(&|d| *d);
-        let mut lines = crate::access_log::line::Lines::with_capacity(64);
+        // The formats interleaved (each record's format is not the last one's), then one
+        // after the other (the writer copies the last record's line without its template).
+        let n = seq.len() * formats.len();
+        let interleaved = |i: usize| (i % formats.len(), i / formats.len());
+        let grouped = |i: usize| (i / seq.len(), i % seq.len());
+        for order in [&interleaved as &dyn Fn(usize) -> (usize, usize), &grouped] {
+            let mut lines = crate::access_log::line::Lines::with_capacity(64);
+            let mut records = Records::default();
+            for i in 0..n {
+                let (fi, di) = order(i);
+                seq[di].push(&mut records, fi as u16, formats[fi].0.shows());
+            }
+            lines.batch(&formats);
+            let mut want = Vec::new();
+            let mut taken = Vec::new();
+            assert_eq!(records.dubbo.len(), n);
+            for (i, rec) in records.dubbo.iter().enumerate() {
+                let (fi, di) = order(i);
+                let (f, _) = &formats[fi];
+                let d = &seq[di];
+                let r = Record {
+                    dubbo: Some(DubboCall {
+                        interface: b"",
+                        method: b"",
+                        version: b"",
+                        group: b"",
+                        request_id: 77,
+                    }),
+                    ..d.record()
+                };
+                f.render(&r, &mut want);
+                lines.dubbo_line(&records, rec, &formats);
+                // The output taken now and then: a line kept in it is gone.
+                if i % 7 == 6 {
+                    taken.extend_from_slice(lines.text());
+                    lines.clear();
+                }
+            }
+            taken.extend_from_slice(lines.text());
+            assert_eq!(
+                String::from_utf8_lossy(&taken),
+                String::from_utf8_lossy(&want)
+            );
+        }
+    }
+
+    /// A compact Dubbo record renders as the general record of the same call does
+    /// ([`Records::push`] of its [`DubboLine::record`]), and as the format renders that
+    /// record directly: every format (each operator, cuts, JSON, Envoy's default), calls
+    /// with and without the Dubbo fields, IPv4, IPv6 and missing addresses, flags, sizes past
+    /// `u16`, a cluster; the compact records interleaved with general ones (the order the
+    /// shard logged them), each written twice so the writer's remembered lines are used too.
+    #[test]
+    fn compact_dubbo_records_render_as_general_ones() {
+        let started = Instant::now();
+        let formats: Vec<(std::sync::Arc<Format>, crate::access_log::sink::HeaderNames)> = [
+            Format::text(EVERYTHING).unwrap(),
+            Format::text(crate::access_log::format::DEFAULT_FORMAT).unwrap(),
+            Format::text("%DUBBO_INTERFACE:5%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST:6%|%DURATION%|%START_TIME(%s.%E6S)%|%PROTOCOL%\n").unwrap(),
+            Format::text("%START_TIME% %DURATION% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%\n").unwrap(),
+            Format::json(
+                &serde_json::from_str(
+                    r#"{"code": "%RESPONSE_CODE%", "m": "%DUBBO_METHOD%", "up": "%UPSTREAM_HOST%", "cl": "%UPSTREAM_CLUSTER%", "ms": "%DURATION%", "p": "%PROTOCOL%"}"#,
+                )
+                .unwrap(),
+            )
+            .unwrap(),
+        ]
+        .into_iter()
+        .map(|f| {
+            let names = f.headers().into();
+            (std::sync::Arc::new(f), names)
+        })
+        .collect();
+        let kept = DubboCall {
+            interface: b"org.apache.dubbo.EchoService",
+            method: b"echo",
+            version: b"1.0.0",
+            group: "grüppe".as_bytes(),
+            request_id: 1 << 40,
+        };
+        let v4 = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        let base = Call {
+            start: UNIX_EPOCH + Duration::new(1_764_900_000, 123_456_789),
+            started,
+            ended: started + Duration::from_micros(2_500),
+            status: 20,
+            flags: Flags::NONE,
+            upstream_host: v4("10.1.2.3:20880"),
+            upstream_cluster: Some("outbound|20880||echo"),
+            downstream_remote: v4("10.9.8.7:4711"),
+            downstream_local: v4("10.0.0.1:20880"),
+            bytes_received: 330,
+            bytes_sent: 1_234,
+            request_id: 1 << 40,
+            call: Some(kept),
+        };
+        let calls = [
+            base,
+            Call { call: None, ..base },
+            Call {
+                status: 31,
+                flags: Flags::UPSTREAM_REQUEST_TIMEOUT,
+                upstream_host: None,
+                upstream_cluster: None,
+                ..base
+            },
+            Call {
+                upstream_host: v4("[2001:db8::1]:20880"),
+                downstream_remote: v4("[fe80::1%3]:4711"),
+                downstream_local: v4("[::1]:20880"),
+                ..base
+            },
+            Call {
+                downstream_remote: None,
+                downstream_local: None,
+                bytes_received: 70_000,
+                bytes_sent: 256 << 20,
+                ended: started + Duration::from_secs(3),
+                ..base
+            },
+            Call {
+                start: UNIX_EPOCH,
+                ended: started,
+                flags: Flags::NO_HEALTHY_UPSTREAM | Flags::UPSTREAM_CONNECTION_FAILURE,
+                ..base
+            },
+        ];
+        // Each call twice as a compact record and once as a general one, through every
+        // format; the lines in the order they were pushed.
         let mut records = Records::default();
-        for d in &seq {
-            for (fi, (f, _)) in formats.iter().enumerate() {
-                records.push_dubbo(d, fi as u16, f.shows());
-            }
-        }
-        lines.batch(&formats);
         let mut want = Vec::new();
-        let mut taken = Vec::new();
-        for (i, rec) in records.fixed.iter().enumerate() {
-            let (f, _) = &formats[i % formats.len()];
-            let d = &seq[i / formats.len()];
-            let r = Record {
-                dubbo: Some(DubboCall {
-                    interface: b"",
-                    method: b"",
-                    version: b"",
-                    group: b"",
-                    request_id: 77,
-                }),
-                ..d.record()
-            };
-            f.render(&r, &mut want);
-            lines.line(&records, rec, &formats);
-            // The output taken now and then: a line kept in it is gone.
-            if i % 7 == 6 {
-                taken.extend_from_slice(lines.text());
-                lines.clear();
+        for c in calls.iter().chain(calls.iter().rev()) {
+            // Twice through the formats, then twice in a row per format (the second line a
+            // copy of the first).
+            for (fi, (f, _)) in formats.iter().enumerate().chain(formats.iter().enumerate()) {
+                c.push(&mut records, fi as u16, f.shows());
+                f.render(&c.record(), &mut want);
+            }
+            for (fi, (f, _)) in formats.iter().enumerate() {
+                for _ in 0..2 {
+                    c.push(&mut records, fi as u16, f.shows());
+                    f.render(&c.record(), &mut want);
+                }
+            }
+            for (fi, (f, names)) in formats.iter().enumerate() {
+                let conn = (c.downstream_remote, c.downstream_local);
+                let rec = c.rec();
+                let general = c.line(&conn, &rec).record();
+                records.push(&general, fi as u16, names, f.shows());
+                f.render(&general, &mut want);
             }
         }
-        taken.extend_from_slice(lines.text());
+        assert!(records.dubbo.len() == 4 * records.fixed.len());
+        let mut lines = crate::access_log::line::Lines::with_capacity(64);
+        let mut got = Vec::new();
+        lines.batch(&formats);
+        // The output taken whenever it holds 300 bytes (a remembered line is gone then).
+        lines.lines(&records, &formats, 300, |lines| {
+            assert!(lines.text().len() >= 300);
+            got.extend_from_slice(lines.text());
+            lines.clear();
+        });
+        got.extend_from_slice(lines.text());
         assert_eq!(
-            String::from_utf8_lossy(&taken),
+            String::from_utf8_lossy(&got),
             String::from_utf8_lossy(&want)
         );
     }

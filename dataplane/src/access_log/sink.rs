@@ -171,10 +171,9 @@ impl FileSink {
     /// An empty batch to fill (a written one when there is one).
     pub(super) fn spare_batch(&self) -> Batch {
         self.spare.pop().unwrap_or_else(|| Batch {
-            records: record::Records::with_capacity(
-                BATCH_BYTES / std::mem::size_of::<record::Fixed>() + 1,
-                BATCH_BYTES,
-            ),
+            // The record vectors grow to what the shard's calls need (a Dubbo listener's
+            // batches hold compact records, a Triple one's fixed ones), then are reused.
+            records: record::Records::with_capacity(0, BATCH_BYTES),
             formats: Vec::with_capacity(4),
         })
     }
@@ -253,13 +252,7 @@ fn write_loop(sink: Weak<FileSink>, mut out: Output) {
                 lines.clear();
             };
             lines.batch(&batch.formats);
-            let records = &batch.records;
-            for f in &records.fixed {
-                lines.line(records, f, &batch.formats);
-                if lines.text().len() >= BATCH_BYTES {
-                    write(&mut lines);
-                }
-            }
+            lines.lines(&batch.records, &batch.formats, BATCH_BYTES, &mut write);
             if !lines.text().is_empty() {
                 write(&mut lines);
             }

@@ -23,6 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use shard::monoio::io::AsyncWriteRent;
 use shard::{Event, Notify};
 
+use crate::access_log::record::{addr_key, DubboRec};
 use crate::access_log::{DubboCall, Flags, ListenerLog};
 use crate::filter::{
     service_ids, Budget, Charge, Counted, Drain, HandedOver, Handover, RequestStatIds,
@@ -177,13 +178,14 @@ pub const TRACE_ARENA_BYTES: usize = 64 * 1024;
 
 /// What a logged call keeps from its request until it is answered.
 pub struct Logged {
-    start: SystemTime,
-    started: Instant,
+    /// The call's access-log record as far as its request goes: the start (wall clock,
+    /// nanoseconds since the epoch; and the monotonic reading), the request id and size. The
+    /// answer fills in the rest ([`DownConn::log_line`]) and the record is copied from here
+    /// into the log's batch.
+    rec: DubboRec,
     /// interface, method, version, group, one after the other (`ends` marks where each ends).
     fields: Vec<u8>,
     ends: [usize; 4],
-    request_id: u64,
-    bytes_received: u64,
     /// A sampled call's trace context (its span is written when the call is answered).
     trace: Option<Decision>,
 }
@@ -196,7 +198,7 @@ impl Logged {
             method: f(1),
             version: f(2),
             group: f(3),
-            request_id: self.request_id,
+            request_id: self.rec.request_id,
         }
     }
 }
@@ -208,7 +210,7 @@ impl DubboListener {
         h: &wire::Header,
         frame_bytes: usize,
         req: Option<&wire::RequestView<'_>>,
-        at: (Instant, SystemTime),
+        at: (Instant, u64),
     ) -> Option<Box<Logged>> {
         self.capture_traced(h, frame_bytes, req, None, at)
     }
@@ -224,33 +226,35 @@ impl DubboListener {
         frame_bytes: usize,
         req: Option<&wire::RequestView<'_>>,
         trace: Option<Decision>,
-        at: (Instant, SystemTime),
+        at: (Instant, u64),
     ) -> Option<Box<Logged>> {
         let trace = trace.filter(|d| d.sampled);
         if self.log.is_none() && trace.is_none() {
             return None;
         }
         let mut lg = self.log_pool.borrow_mut().pop().unwrap_or_else(|| {
+            let now = Instant::now();
             Box::new(Logged {
-                start: SystemTime::UNIX_EPOCH,
-                started: Instant::now(),
+                rec: DubboRec::new(0, (now, now), 0, (0, 0), 0, Flags::NONE, (0, 0)),
                 fields: Vec::new(),
                 ends: [0; 4],
-                request_id: 0,
-                bytes_received: 0,
                 trace: None,
             })
         });
-        lg.start = match &self.log {
+        lg.rec.start_ns = match &self.log {
             Some(_) => at.1,
-            None => SystemTime::now(),
+            None => crate::trace::unix_ns(SystemTime::now()),
         };
-        lg.started = at.0;
-        lg.request_id = h.id;
-        lg.bytes_received = frame_bytes as u64;
+        lg.rec.started = at.0;
+        lg.rec.request_id = h.id;
+        // Frames are at most `config::FRAME_BYTES_MAX_LIMIT` (256 MiB) long.
+        lg.rec.bytes_received = u32::try_from(frame_bytes).unwrap_or(u32::MAX);
         lg.fields.clear();
         let keep = trace.is_some() || self.log.as_ref().is_some_and(|l| l.shows_dubbo);
-        lg.trace = trace;
+        // Most calls are not sampled, and most records come back from the pool without one.
+        if trace.is_some() || lg.trace.is_some() {
+            lg.trace = trace;
+        }
         if let Some(r) = req.filter(|_| keep) {
             let parts = [
                 r.interface_bytes(),
@@ -323,9 +327,10 @@ pub struct DownConn {
     greeted: Cell<bool>,
     /// When the last read returned bytes, and when the last request arrived.
     last_read: Cell<Instant>,
-    /// The wall-clock time of `last_read`, kept when the listener logs (a logged call's
-    /// `%START_TIME%`: one clock read per read batch, not per call).
-    last_read_wall: Cell<SystemTime>,
+    /// The wall-clock time of `last_read` (nanoseconds since the epoch), kept when the
+    /// listener logs (a logged call's `%START_TIME%`: one clock read per read batch, not per
+    /// call).
+    last_read_wall: Cell<u64>,
     last_request: Cell<Instant>,
     /// The reader waits for room (we stopped reading): the heartbeat timer does not run.
     paused: Cell<bool>,
@@ -346,6 +351,8 @@ pub struct DownConn {
     finished: Event,
     /// The caller's and our address (looked up only when the listener logs).
     addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    /// `addrs` as the access log's records keep them (`access_log::record::addr_key`).
+    log_keys: (u64, u64),
     /// The caller's mutual TLS as Istio's metrics label it (with `istio_metrics`).
     peer: crate::stats::istio::PeerId,
     /// The caller's workload from Istio's in-band metadata exchange (inbound).
@@ -409,13 +416,14 @@ impl DownConn {
     fn mark_read(&self) {
         self.last_read.set(Instant::now());
         if self.l.log.is_some() {
-            self.last_read_wall.set(SystemTime::now());
+            self.last_read_wall
+                .set(crate::trace::unix_ns(SystemTime::now()));
         }
     }
 
     /// When the bytes being handled were read: monotonic and (on a listener that logs)
     /// wall-clock.
-    fn read_at(&self) -> (Instant, SystemTime) {
+    fn read_at(&self) -> (Instant, u64) {
         (self.last_read.get(), self.last_read_wall.get())
     }
 
@@ -494,7 +502,7 @@ impl DownConn {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn log_call_at(
         &self,
-        lg: Box<Logged>,
+        mut lg: Box<Logged>,
         status: u8,
         flags: Flags,
         upstream: Option<SocketAddr>,
@@ -515,7 +523,7 @@ impl DownConn {
                     system: "apache_dubbo",
                     service: call.interface,
                     method: call.method,
-                    start_unix_ns: crate::trace::unix_ns(lg.start),
+                    start_unix_ns: lg.rec.start_ns,
                     end_unix_ns: crate::trace::unix_ns(SystemTime::now()),
                     status: Some(u32::from(status)),
                     // 0: a one-way request, handed on (nothing comes back).
@@ -526,7 +534,7 @@ impl DownConn {
                 },
             );
         }
-        self.log_line(&lg, status, flags, upstream, cluster, bytes_sent, ended);
+        self.log_line(&mut lg, status, flags, upstream, cluster, bytes_sent, ended);
         let mut pool = self.l.log_pool.borrow_mut();
         if pool.len() < LOG_POOL_MAX {
             pool.push(lg);
@@ -538,7 +546,7 @@ impl DownConn {
     #[allow(clippy::too_many_arguments)]
     fn log_line(
         &self,
-        lg: &Logged,
+        lg: &mut Logged,
         status: u8,
         flags: Flags,
         upstream: Option<SocketAddr>,
@@ -547,19 +555,18 @@ impl DownConn {
         ended: Instant,
     ) {
         let Some(log) = &self.l.log else { return };
+        let r = &mut lg.rec;
+        r.ended = ended;
+        r.status = status;
+        r.flags = flags;
+        // Frames are at most `config::FRAME_BYTES_MAX_LIMIT` (256 MiB) long.
+        r.bytes_sent = u32::try_from(bytes_sent).unwrap_or(u32::MAX);
+        (r.remote, r.local) = self.log_keys;
         log.write_dubbo(&crate::access_log::DubboLine {
-            start: lg.start,
-            started: lg.started,
-            ended,
-            status,
-            flags,
-            upstream_host: upstream,
+            rec: &lg.rec,
+            upstream,
+            conn: &self.addrs,
             upstream_cluster: cluster,
-            downstream_remote: self.addrs.0,
-            downstream_local: self.addrs.1,
-            bytes_received: lg.bytes_received,
-            bytes_sent: bytes_sent as u64,
-            request_id: lg.request_id,
             call: log.shows_dubbo.then(|| lg.call()),
         });
     }
@@ -767,7 +774,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         // An adopted connection spoke to the predecessor already.
         greeted: Cell::new(adopted),
         last_read: Cell::new(accepted),
-        last_read_wall: Cell::new(SystemTime::now()),
+        last_read_wall: Cell::new(crate::trace::unix_ns(SystemTime::now())),
         last_request: Cell::new(accepted),
         paused: Cell::new(false),
         cut: Cell::new(None),
@@ -780,6 +787,7 @@ pub async fn serve_carried<S: crate::io::Conn>(
         draining_since: Cell::new(None),
         finished: Event::new(),
         addrs,
+        log_keys: (addr_key(addrs.0), addr_key(addrs.1)),
         peer,
         meta,
         rbac_peer: conn_l_rbac,
