@@ -158,10 +158,16 @@ impl<'a> RequestRepr<'a> {
     /// the descriptor); arguments and attachments are read, and checked, when asked for. For
     /// routing on interface, version and method: a call with a few short attachments costs
     /// about half the instructions of [`Self::parse`].
+    #[inline]
     pub fn parse_preamble(body: &'a [u8]) -> Result<RequestRepr<'a>, DecodeError> {
         Self::preamble(body).map(|(req, _)| req)
     }
 
+    // Inlined into its callers (which the Dubbo filter inlines into its frame handler): the
+    // request and the reader it returns are then built in place, not moved out through
+    // `Result`s (~190 bytes each; callgrind: ~64 instructions a request, parse_visiting_if's
+    // ~98).
+    #[inline(always)]
     fn preamble(body: &'a [u8]) -> Result<(RequestRepr<'a>, Reader<'a>), DecodeError> {
         let mut r = Reader::new(body);
         let dubbo_version = routing_string(&mut r, "dubbo version")?;

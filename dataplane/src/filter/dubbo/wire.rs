@@ -159,6 +159,7 @@ impl<'a> RequestView<'a> {
 
     /// Reads a Hessian2 request up to its method (and parameter types); arguments and
     /// attachments are read when asked for (each ask a scan from the arguments).
+    #[inline]
     pub fn parse_preamble(frame: &'a [u8]) -> Result<Self, DecodeError> {
         let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
         d::request::RequestRepr::parse_preamble(body).map(|req| RequestView { req })
@@ -211,16 +212,33 @@ impl TraceFields<'_> {
     }
 }
 
+impl<'a> TraceFields<'a> {
+    /// No field yet, for [`RequestView::parse_traced_into`] to fill.
+    #[inline]
+    pub fn new(frame: &'a [u8]) -> TraceFields<'a> {
+        TraceFields {
+            carrier: Carrier::default(),
+            insert_at: None,
+            frame,
+        }
+    }
+}
+
 impl<'a> RequestView<'a> {
     /// [`RequestView::parse`] that also reads the request's trace context (string values
-    /// only), in the same scan of the attachments the parse makes for routing. A request
-    /// whose attachment bytes name no context field (`trace::context::may_name_field`, a
-    /// look at the raw bytes) has its arguments skipped and checked but its map left unread
-    /// (as `parse_preamble` leaves it: routes that read attachments scan them).
+    /// only) into `fields` (made by [`TraceFields::new`] of the same frame), in the same scan
+    /// of the attachments the parse makes for routing; the fields are filled in place rather
+    /// than returned with the request (~150 bytes more moved through each `Result`). A request
+    /// whose attachment bytes name no context field (`trace::context::may_name_field`, a look
+    /// at the raw bytes) has its arguments skipped and checked but its map left unread (as
+    /// `parse_preamble` leaves it: routes that read attachments scan them).
     #[inline]
-    pub fn parse_traced(frame: &'a [u8]) -> Result<(Self, TraceFields<'a>), DecodeError> {
+    pub fn parse_traced_into(
+        frame: &'a [u8],
+        fields: &mut TraceFields<'a>,
+    ) -> Result<Self, DecodeError> {
         let body = frame.get(d::HEADER_BYTES..).unwrap_or(&[]);
-        let mut carrier = Carrier::default();
+        let carrier = &mut fields.carrier;
         let (req, entries) = d::request::RequestRepr::parse_visiting_if(
             body,
             crate::trace::context::may_name_field,
@@ -230,12 +248,8 @@ impl<'a> RequestView<'a> {
                 }
             },
         )?;
-        let fields = TraceFields {
-            carrier,
-            insert_at: entries.map(|o| o + d::HEADER_BYTES),
-            frame,
-        };
-        Ok((RequestView { req }, fields))
+        fields.insert_at = entries.map(|o| o + d::HEADER_BYTES);
+        Ok(RequestView { req })
     }
 }
 
