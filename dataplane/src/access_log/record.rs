@@ -780,6 +780,9 @@ mod tests {
             crate::access_log::format::DEFAULT_FORMAT,
             "%START_TIME% %DURATION% %RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%\n",
             "%RESPONSE_CODE% %BYTES_SENT%\n",
+            // Time texts of seconds and of microseconds.
+            "%START_TIME(%s)% %DURATION% %UPSTREAM_HOST%\n",
+            "%START_TIME(%Y-%m-%dT%H:%M:%E6S)% %DURATION%\n",
         ]
         .iter()
         .map(|f| {
@@ -888,6 +891,29 @@ mod tests {
         });
         next(&|d| Call {
             flags: Flags::NONE,
+            ..*d
+        });
+        // Starts within one unit of a format's time text (the same text where it shows
+        // milliseconds or seconds, another where it shows microseconds), then across into
+        // the next millisecond; clock readings as far apart as the last ones, a microsecond
+        // closer (the same whole milliseconds), then across into the next millisecond.
+        for us in [300, 1, 699] {
+            next(&|d| Call {
+                start: d.start + Duration::from_micros(us),
+                ..*d
+            });
+        }
+        next(&|d| Call {
+            started: d.started + Duration::from_micros(5),
+            ended: d.ended + Duration::from_micros(5),
+            ..*d
+        });
+        next(&|d| Call {
+            started: d.started + Duration::from_micros(1),
+            ..*d
+        });
+        next(&|d| Call {
+            ended: d.ended + Duration::from_micros(2),
             ..*d
         });
         next(&|d| *d);
