@@ -475,17 +475,7 @@ impl Lines {
             return;
         };
         let Some(plan) = plan else {
-            let Some((format, names)) = formats.get(usize::from(f.format)) else {
-                return;
-            };
-            let headers = records.headers(f, names);
-            self.scratch.clear();
-            format.render_cached(
-                &records.record(f, &headers),
-                &mut self.scratch,
-                &mut self.cache,
-            );
-            self.out.var(&self.scratch, 0);
+            self.direct(records, f, formats);
             return;
         };
         render(
@@ -496,6 +486,26 @@ impl Lines {
             &mut self.addrs,
             &mut self.next_addr,
         );
+    }
+
+    /// Record `f` rendered by its format itself (a format without a plan).
+    fn direct(
+        &mut self,
+        records: &Records,
+        f: &Fixed,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+    ) {
+        let Some((format, names)) = formats.get(usize::from(f.format)) else {
+            return;
+        };
+        let headers = records.headers(f, names);
+        self.scratch.clear();
+        format.render_cached(
+            &records.record(f, &headers),
+            &mut self.scratch,
+            &mut self.cache,
+        );
+        self.out.var(&self.scratch, 0);
     }
 
     /// [`Lines::line`] for compact Dubbo record `r` (read directly on the template path; as
@@ -541,18 +551,7 @@ impl Lines {
             return;
         };
         let Some(plan) = plan else {
-            let Some((format, names)) = formats.get(usize::from(r.format)) else {
-                return;
-            };
-            let f = records.expand(r);
-            let headers = records.headers(&f, names);
-            self.scratch.clear();
-            format.render_cached(
-                &records.record(&f, &headers),
-                &mut self.scratch,
-                &mut self.cache,
-            );
-            self.out.var(&self.scratch, 0);
+            self.direct(records, &records.expand(r), formats);
             return;
         };
         let line = render(
