@@ -570,8 +570,8 @@ impl Lines {
     }
 
     /// Renders every record of a batch in the order the shard logged them (its compact Dubbo
-    /// records among the others by [`Fixed::after`]); `full` runs after a line when the text
-    /// not yet taken is `limit` bytes or more.
+    /// records among the others by [`Fixed::after`], each with its repeats); `full` runs
+    /// after a line when the text not yet taken is `limit` bytes or more.
     pub fn lines(
         &mut self,
         records: &Records,
@@ -583,10 +583,7 @@ impl Lines {
         for f in &records.fixed {
             let upto = (f.after as usize).clamp(done, records.dubbo.len());
             for r in records.dubbo.get(done..upto).unwrap_or_default() {
-                self.dubbo_line(records, r, formats);
-                if self.out.pos >= limit {
-                    full(self);
-                }
+                self.dubbo_lines(records, r, formats, limit, &mut full);
             }
             done = upto;
             self.line(records, f, formats);
@@ -595,9 +592,52 @@ impl Lines {
             }
         }
         for r in records.dubbo.get(done..).unwrap_or_default() {
-            self.dubbo_line(records, r, formats);
+            self.dubbo_lines(records, r, formats, limit, &mut full);
+        }
+    }
+
+    /// The lines of compact record `r`: its own and its repeats ([`DubboRec::repeat`]).
+    #[inline(always)]
+    fn dubbo_lines(
+        &mut self,
+        records: &Records,
+        r: &DubboRec,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+        limit: usize,
+        full: &mut impl FnMut(&mut Lines),
+    ) {
+        let at = self.out.pos;
+        self.dubbo_line(records, r, formats);
+        if r.repeat > 0 {
+            self.again(at, r.repeat, limit, full);
+        }
+        if self.out.pos >= limit {
+            full(self);
+        }
+    }
+
+    /// The line written last (from `at` to the end of the output) `n` more times: a copy
+    /// each, no record read. `full` as in [`Lines::lines`] (the line is kept aside before
+    /// the output is taken).
+    #[inline(never)]
+    fn again(&mut self, mut at: usize, n: u16, limit: usize, full: &mut impl FnMut(&mut Lines)) {
+        let len = self.out.pos - at;
+        for _ in 0..n {
             if self.out.pos >= limit {
+                self.scratch.clear();
+                self.scratch
+                    .extend_from_slice(self.out.buf.get(at..at + len).unwrap_or_default());
                 full(self);
+                at = self.out.pos;
+                self.out.var(&self.scratch, 0);
+                continue;
+            }
+            let out = &mut self.out;
+            out.room(len);
+            let (written, free) = out.buf.split_at_mut(out.pos);
+            if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
+                dst.copy_from_slice(src);
+                out.pos += len;
             }
         }
     }

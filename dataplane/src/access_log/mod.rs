@@ -571,8 +571,23 @@ impl ShardFile {
         self.added(full);
     }
 
-    #[inline(never)]
+    /// A Dubbo call's line: one more repeat of the batch's last record when the call's line
+    /// is that record's (inline: most calls of a busy connection), else a record of its own.
+    #[inline(always)]
     fn dubbo_line(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
+        let repeated = self
+            .batch
+            .borrow_mut()
+            .repeat_dubbo(&log.format, d, log.shows);
+        if repeated {
+            self.added(false);
+            return;
+        }
+        self.dubbo_new(log, d);
+    }
+
+    #[inline(never)]
+    fn dubbo_new(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
             // A batch handed to the writer left an empty one (no arena) behind.
@@ -580,7 +595,7 @@ impl ShardFile {
                 self.refill(&mut b);
             }
             let i = b.format_index(&log.format, &log.names);
-            b.records.push_dubbo(d, i, log.shows);
+            b.records.push_dubbo_new(d, i, log.shows);
             b.records.bytes() >= BATCH_BYTES || b.formats.len() >= BATCH_FORMATS_MAX
         };
         self.added(full);
