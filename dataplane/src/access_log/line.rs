@@ -48,6 +48,9 @@ const TEMPLATES_MAX: usize = 8;
 const PLANS_MAX: usize = 64;
 /// Bytes an IPv6 socket address can take: `[` 45 `%` 10 `]:` 5.
 const ADDR_MAX: usize = 64;
+/// The most a repeated line's copy ([`Lines::again`]) copies at once: under glibc's
+/// `rep movsb` threshold (a few KiB), where `memcpy` moves 32 bytes an instruction.
+const AGAIN_BYTES: usize = 2048;
 
 /// Two decimal digits of 0..=99 at `2 * n`.
 const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
@@ -616,13 +619,18 @@ impl Lines {
         }
     }
 
-    /// The line written last (from `at` to the end of the output) `n` more times: a copy
-    /// each, no record read. `full` as in [`Lines::lines`] (the line is kept aside before
-    /// the output is taken).
+    /// The line written last (from `at` to the end of the output) `n` more times, no record
+    /// read: copies of the copies written so far, up to [`AGAIN_BYTES`] at a time (a few
+    /// `memcpy` calls for a run, not one a line). `full` as in [`Lines::lines`], after the
+    /// line that reaches `limit` (the line is kept aside before the output is taken).
     #[inline(never)]
     fn again(&mut self, mut at: usize, n: u16, limit: usize, full: &mut impl FnMut(&mut Lines)) {
         let len = self.out.pos - at;
-        for _ in 0..n {
+        if len == 0 {
+            return;
+        }
+        let mut left = usize::from(n);
+        while left > 0 {
             if self.out.pos >= limit {
                 self.scratch.clear();
                 self.scratch
@@ -630,15 +638,25 @@ impl Lines {
                 full(self);
                 at = self.out.pos;
                 self.out.var(&self.scratch, 0);
+                left -= 1;
                 continue;
             }
             let out = &mut self.out;
-            out.room(len);
+            // The copies from `at` on (whole lines), as many as are left, within the copy's
+            // bytes and up to the line that reaches `limit`.
+            let k = ((out.pos - at) / len)
+                .min(left)
+                .min((AGAIN_BYTES / len).max(1))
+                .min((limit - out.pos).div_ceil(len));
+            let bytes = k * len;
+            out.room(bytes);
             let (written, free) = out.buf.split_at_mut(out.pos);
-            if let (Some(dst), Some(src)) = (free.get_mut(..len), written.get(at..at + len)) {
-                dst.copy_from_slice(src);
-                out.pos += len;
+            match (free.get_mut(..bytes), written.get(at..at + bytes)) {
+                (Some(dst), Some(src)) => dst.copy_from_slice(src),
+                _ => return,
             }
+            out.pos += bytes;
+            left -= k;
         }
     }
 }

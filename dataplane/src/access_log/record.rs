@@ -326,21 +326,28 @@ impl Records {
     /// the last record when its line is that record's ([`Records::repeat_dubbo`]).
     #[inline]
     pub fn push_dubbo(&mut self, d: &DubboLine<'_>, format: u16, shows: Shows) {
-        if !self.repeat_dubbo(d, format, shows) {
+        if !self.repeat_dubbo(d.rec, (d.upstream, d.upstream_cluster), format, shows) {
             self.push_dubbo_new(d, format, shows);
         }
     }
 
-    /// Counts Dubbo call `d` as a repeat of the last record when the line of `d` is that
-    /// record's line (true), without a record of its own: the last record is a compact one
-    /// (no general record was pushed after it) of the same format, and `d` equals it in
-    /// everything a format can show (the request id and interface, method, version and
-    /// group are shown by no format that repeats; the cluster is compared when shown). The
+    /// Counts Dubbo call `rec` (answered by `upstream` of `cluster`: a [`DubboLine`]'s) as a
+    /// repeat of the last record when the call's line is that record's line (true), without
+    /// a record of its own: the last record is a compact one (no general record was pushed
+    /// after it) of the same format, and the call equals it in everything a format can show
+    /// (the request id and interface, method, version and group are shown by no format that
+    /// repeats; the cluster is compared when shown). The
     /// calls of one read share their start and, answered in one provider read, their end:
     /// most calls of a busy connection repeat the one before
     /// (`tests::repeated_calls_render_as_each_their_own_line`).
     #[inline(always)]
-    pub fn repeat_dubbo(&mut self, d: &DubboLine<'_>, format: u16, shows: Shows) -> bool {
+    pub fn repeat_dubbo(
+        &mut self,
+        rec: &DubboRec,
+        (upstream, cluster): (Option<SocketAddr>, Option<&str>),
+        format: u16,
+        shows: Shows,
+    ) -> bool {
         if shows.dubbo {
             return false;
         }
@@ -348,11 +355,11 @@ impl Records {
         if self.fixed.last().is_some_and(|f| f.after as usize == n) {
             return false;
         }
-        let upstream = addr_key(d.upstream);
+        let upstream = addr_key(upstream);
         let Some(l) = self.dubbo.last() else {
             return false;
         };
-        let r = d.rec;
+        let r = rec;
         // IPv6 keys never match: a record's are its batch's indexes, a call's unset.
         let diff = (r.start_ns ^ l.start_ns)
             | (upstream ^ l.upstream)
@@ -367,7 +374,7 @@ impl Records {
         if diff != 0 || r.started != l.started || r.ended != l.ended {
             return false;
         }
-        if shows.cluster && !self.same_cluster(l.cluster, d.upstream_cluster) {
+        if shows.cluster && !self.same_cluster(l.cluster, cluster) {
             return false;
         }
         if let Some(l) = self.dubbo.last_mut() {

@@ -55,19 +55,21 @@ impl Batch {
         self.format_index_slow(format, names)
     }
 
-    /// Counts Dubbo call `d` as a repeat of the last record ([`record::Records::repeat_dubbo`])
-    /// when that record is of `format` (the last format this batch added).
+    /// Counts Dubbo call `rec` as a repeat of the last record
+    /// ([`record::Records::repeat_dubbo`]) when that record is of `format` (the last format
+    /// this batch added).
     #[inline(always)]
     pub(super) fn repeat_dubbo(
         &mut self,
         format: &Arc<Format>,
-        d: &super::DubboLine<'_>,
+        rec: &record::DubboRec,
+        upstream_cluster: (Option<std::net::SocketAddr>, Option<&str>),
         shows: super::format::Shows,
     ) -> bool {
         match self.formats.last() {
             Some((f, _)) if Arc::ptr_eq(f, format) => {
                 let i = (self.formats.len() - 1) as u16;
-                self.records.repeat_dubbo(d, i, shows)
+                self.records.repeat_dubbo(rec, upstream_cluster, i, shows)
             }
             _ => false,
         }

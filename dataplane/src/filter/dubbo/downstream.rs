@@ -569,6 +569,7 @@ impl DownConn {
     /// The call's record, written straight into its logs' batches (no `Record` built; the
     /// duration is subtracted on the writer thread).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn log_line(
         &self,
         lg: &mut Logged,
@@ -587,7 +588,23 @@ impl DownConn {
         // Frames are at most `config::FRAME_BYTES_MAX_LIMIT` (256 MiB) long.
         r.bytes_sent = u32::try_from(bytes_sent).unwrap_or(u32::MAX);
         (r.remote, r.local) = self.log_keys;
-        log.write_dubbo(&crate::access_log::DubboLine {
+        // Most calls repeat the last line of their log (checked inline, without the
+        // `DubboLine` built).
+        if !log.repeat_dubbo(r, upstream, cluster) {
+            self.log_new(log, lg, upstream, cluster);
+        }
+    }
+
+    /// [`DownConn::log_line`] of a call that is not a repeat of its log's last line.
+    #[inline(never)]
+    fn log_new(
+        &self,
+        log: &ListenerLog,
+        lg: &Logged,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+    ) {
+        log.write_dubbo_new(&crate::access_log::DubboLine {
             rec: &lg.rec,
             upstream,
             conn: &self.addrs,
