@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -108,9 +108,14 @@ impl std::fmt::Debug for FileSink {
     }
 }
 
+/// The open files by path. Locked only off the shards: by the control thread when a
+/// snapshot opens its logs, on SIGUSR1 ([`reopen_all`]) and at exit ([`drain_all`]).
+#[allow(clippy::disallowed_types)]
+type Registry = std::sync::Mutex<HashMap<String, Weak<FileSink>>>;
+
 /// Every open file by path (weak: the snapshots that name a file keep it open).
-fn registry() -> &'static Mutex<HashMap<String, Weak<FileSink>>> {
-    static FILES: OnceLock<Mutex<HashMap<String, Weak<FileSink>>>> = OnceLock::new();
+fn registry() -> &'static Registry {
+    static FILES: OnceLock<Registry> = OnceLock::new();
     FILES.get_or_init(Default::default)
 }
 
