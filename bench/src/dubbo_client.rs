@@ -37,11 +37,23 @@ pub struct Template {
 impl Template {
     /// `interface.method(String)` with a `payload_bytes` string argument.
     pub fn new(interface: &str, method: &str, payload_bytes: usize) -> Template {
+        Template::with_attachments(interface, method, payload_bytes, &[])
+    }
+
+    /// [`Template::new`] with extra attachments (e.g. the `traceparent` an instrumented
+    /// consumer sends), after the ones a Java consumer always sends.
+    pub fn with_attachments(
+        interface: &str,
+        method: &str,
+        payload_bytes: usize,
+        attachments: &[(&str, &str)],
+    ) -> Template {
         let payload = "x".repeat(payload_bytes);
         let args = [Arg::Str(&payload)];
         let frame = RequestBuilder::new(interface, method)
             .version("1.0.0")
             .args(&args)
+            .attachments(attachments)
             .build();
         Template { frame }
     }

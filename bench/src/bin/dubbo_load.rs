@@ -34,6 +34,7 @@ const USAGE: &str =
            [--duration 10s] [--warmup 2s] [--timeout 1s] [--payload 16] [--json FILE]
            [--interface org.apache.dubbo.bench.EchoService] [--method echo]
            [--samples FILE] [--stop-file FILE] [--reconnect-on-close]
+           [--traceparent 00-TRACEID-SPANID-FLAGS]
 
 Closed loop by default: --connections x --pipeline requests in flight.
 Open loop with --rate R: R requests/s over all connections, latency from the intended send time;
@@ -47,6 +48,9 @@ latency over time windows (bench/xds-push).
 --reconnect-on-close (open loop): a connection the peer closes (or resets) is replaced at once
 by a new one, as a consumer does (counted as reconnects_after_close); its requests in flight are
 lost (timeouts). Without it the slot stays dead and its requests fail.
+--traceparent VALUE: every request carries this W3C `traceparent` attachment, as a consumer
+instrumented with OpenTelemetry sends its context (the same value each time; a proxy that
+continues the trace rewrites its parent id).
 Every response must be status 20 with an id in flight on its connection; errors are counted by
 kind (status, unknown_id, decode, connect, timeout, io). Latency is recorded after --warmup for
 --duration. JSON on stdout or --json FILE; a progress line each second on stderr.";
@@ -80,6 +84,17 @@ fn main() {
     let payload: usize = args.get("payload", 16);
     let interface = args.str_or("interface", DUBBO_INTERFACE);
     let method = args.str_or("method", DUBBO_METHOD);
+    let traceparent = args.opt_str("traceparent").map(str::to_string);
+    if let Some(t) = &traceparent {
+        let ok = t.len() == 55
+            && t.bytes().enumerate().all(|(i, b)| match i {
+                2 | 35 | 52 => b == b'-',
+                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+            });
+        if !ok {
+            args.fail("--traceparent must be 00-<32 hex>-<16 hex>-<2 hex> (lower case)");
+        }
+    }
     let opts = Opts {
         target,
         connections: args.get("connections", 1),
@@ -89,7 +104,15 @@ fn main() {
         warmup: args.duration("warmup", Duration::from_secs(2)),
         timeout: args.duration("timeout", Duration::from_secs(1)),
         payload,
-        template: Template::new(&interface, &method, payload),
+        template: Template::with_attachments(
+            &interface,
+            &method,
+            payload,
+            &traceparent
+                .as_deref()
+                .map(|v| vec![("traceparent", v)])
+                .unwrap_or_default(),
+        ),
         samples: args.opt_str("samples").map(str::to_string),
         stop_file: args.opt_str("stop-file").map(str::to_string),
         reconnect_on_close: args.flag("reconnect-on-close"),

@@ -206,6 +206,34 @@ fn strings_count_utf16_units() {
     assert_eq!(read("\x03añb".as_bytes()), Scalar::Str("añb".as_bytes()));
 }
 
+/// Short-form strings (tags 0x30-0x33, 32-1023 units) read by `read_value`'s inline path as
+/// `value` reads them: the same span and position, every prefix truncated, non-ASCII counted
+/// in units.
+#[test]
+fn short_form_strings_read_inline_as_in_full() {
+    for (len, fill) in [(32, "a"), (55, "b"), (256, "c"), (1023, "d"), (40, "é")] {
+        let text = fill.repeat(len);
+        let bytes = written(|w| {
+            w.string(&text);
+        });
+        assert!(
+            (0x30..=0x33).contains(&bytes[0]),
+            "{len}: tag {:#x}",
+            bytes[0]
+        );
+        assert_eq!(read(&bytes), Scalar::Str(text.as_bytes()), "{len}");
+        let mut full = Reader::new(&bytes);
+        assert_eq!(full.value(0).unwrap(), Scalar::Str(text.as_bytes()));
+        assert_eq!(full.position(), bytes.len());
+        for cut in 0..bytes.len() {
+            assert!(
+                Reader::new(&bytes[..cut]).read_value().is_err(),
+                "{len}: prefix of {cut} bytes read"
+            );
+        }
+    }
+}
+
 #[test]
 fn rejects_bad_utf8() {
     for bytes in [

@@ -617,12 +617,10 @@ impl ShardFile {
         upstream: Option<SocketAddr>,
         cluster: Option<&str>,
     ) -> bool {
-        let repeated = self.batch.borrow_mut().repeat_dubbo(
-            &log.format,
-            rec,
-            (upstream, cluster),
-            log.shows,
-        );
+        let repeated =
+            self.batch
+                .borrow_mut()
+                .repeat_dubbo(&log.format, rec, (upstream, cluster), log.shows);
         if repeated {
             self.added(false);
         }

@@ -1176,11 +1176,27 @@ mod tests {
                     ..base
                 };
                 for i in 0..4 {
-                    push(&mut records, &mut want, &Call { request_id: d.request_id + i, ..d }, fi);
+                    push(
+                        &mut records,
+                        &mut want,
+                        &Call {
+                            request_id: d.request_id + i,
+                            ..d
+                        },
+                        fi,
+                    );
                 }
                 let e = change(&d);
                 for i in 0..3 {
-                    push(&mut records, &mut want, &Call { request_id: e.request_id + i, ..e }, fi);
+                    push(
+                        &mut records,
+                        &mut want,
+                        &Call {
+                            request_id: e.request_id + i,
+                            ..e
+                        },
+                        fi,
+                    );
                 }
                 // Another format in between, then a general record in between.
                 let other = (fi + 1) % formats.len();
@@ -1198,7 +1214,15 @@ mod tests {
         // More than a record counts: the next call a record of its own.
         let (fi, long) = (3, u16::MAX as usize + 5);
         for i in 0..long {
-            push(&mut records, &mut want, &Call { request_id: i as u64, ..base }, fi);
+            push(
+                &mut records,
+                &mut want,
+                &Call {
+                    request_id: i as u64,
+                    ..base
+                },
+                fi,
+            );
         }
         assert!(records.dubbo.len() + records.fixed.len() < calls.get() / 2);
         assert!(records.dubbo.iter().any(|r| r.repeat == u16::MAX));
