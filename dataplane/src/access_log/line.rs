@@ -48,6 +48,9 @@ const TEMPLATES_MAX: usize = 8;
 const PLANS_MAX: usize = 64;
 /// Bytes an IPv6 socket address can take: `[` 45 `%` 10 `]:` 5.
 const ADDR_MAX: usize = 64;
+/// The most a repeated line's copy ([`Lines::again`]) copies at once: under glibc's
+/// `rep movsb` threshold (a few KiB), where `memcpy` moves 32 bytes an instruction.
+const AGAIN_BYTES: usize = 2048;
 
 /// Two decimal digits of 0..=99 at `2 * n`.
 const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
@@ -570,8 +573,8 @@ impl Lines {
     }
 
     /// Renders every record of a batch in the order the shard logged them (its compact Dubbo
-    /// records among the others by [`Fixed::after`]); `full` runs after a line when the text
-    /// not yet taken is `limit` bytes or more.
+    /// records among the others by [`Fixed::after`], each with its repeats); `full` runs
+    /// after a line when the text not yet taken is `limit` bytes or more.
     pub fn lines(
         &mut self,
         records: &Records,
@@ -583,10 +586,7 @@ impl Lines {
         for f in &records.fixed {
             let upto = (f.after as usize).clamp(done, records.dubbo.len());
             for r in records.dubbo.get(done..upto).unwrap_or_default() {
-                self.dubbo_line(records, r, formats);
-                if self.out.pos >= limit {
-                    full(self);
-                }
+                self.dubbo_lines(records, r, formats, limit, &mut full);
             }
             done = upto;
             self.line(records, f, formats);
@@ -595,10 +595,68 @@ impl Lines {
             }
         }
         for r in records.dubbo.get(done..).unwrap_or_default() {
-            self.dubbo_line(records, r, formats);
+            self.dubbo_lines(records, r, formats, limit, &mut full);
+        }
+    }
+
+    /// The lines of compact record `r`: its own and its repeats ([`DubboRec::repeat`]).
+    #[inline(always)]
+    fn dubbo_lines(
+        &mut self,
+        records: &Records,
+        r: &DubboRec,
+        formats: &[(Arc<Format>, super::sink::HeaderNames)],
+        limit: usize,
+        full: &mut impl FnMut(&mut Lines),
+    ) {
+        let at = self.out.pos;
+        self.dubbo_line(records, r, formats);
+        if r.repeat > 0 {
+            self.again(at, r.repeat, limit, full);
+        }
+        if self.out.pos >= limit {
+            full(self);
+        }
+    }
+
+    /// The line written last (from `at` to the end of the output) `n` more times, no record
+    /// read: copies of the copies written so far, up to [`AGAIN_BYTES`] at a time (a few
+    /// `memcpy` calls for a run, not one a line). `full` as in [`Lines::lines`], after the
+    /// line that reaches `limit` (the line is kept aside before the output is taken).
+    #[inline(never)]
+    fn again(&mut self, mut at: usize, n: u16, limit: usize, full: &mut impl FnMut(&mut Lines)) {
+        let len = self.out.pos - at;
+        if len == 0 {
+            return;
+        }
+        let mut left = usize::from(n);
+        while left > 0 {
             if self.out.pos >= limit {
+                self.scratch.clear();
+                self.scratch
+                    .extend_from_slice(self.out.buf.get(at..at + len).unwrap_or_default());
                 full(self);
+                at = self.out.pos;
+                self.out.var(&self.scratch, 0);
+                left -= 1;
+                continue;
             }
+            let out = &mut self.out;
+            // The copies from `at` on (whole lines), as many as are left, within the copy's
+            // bytes and up to the line that reaches `limit`.
+            let k = ((out.pos - at) / len)
+                .min(left)
+                .min((AGAIN_BYTES / len).max(1))
+                .min((limit - out.pos).div_ceil(len));
+            let bytes = k * len;
+            out.room(bytes);
+            let (written, free) = out.buf.split_at_mut(out.pos);
+            match (free.get_mut(..bytes), written.get(at..at + bytes)) {
+                (Some(dst), Some(src)) => dst.copy_from_slice(src),
+                _ => return,
+            }
+            out.pos += bytes;
+            left -= k;
         }
     }
 }

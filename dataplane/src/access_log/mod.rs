@@ -500,10 +500,37 @@ impl ListenerLog {
     /// [`ListenerLog::write`] for a Dubbo call, its record written straight from `d`.
     #[inline]
     pub fn write_dubbo(&self, d: &DubboLine<'_>) {
+        if !self.repeat_dubbo(d.rec, d.upstream, d.upstream_cluster) {
+            self.write_dubbo_new(d);
+        }
+    }
+
+    /// Counts Dubbo call `rec` (answered by `upstream` of `cluster`; its record as far as
+    /// the listener's connection fills it, [`DubboLine::rec`]) as one more repeat of the
+    /// last record of the listener's log ([`record::Records::repeat_dubbo`]) when the
+    /// listener has one log, without a filter, and the call's line is that record's: false
+    /// when not ([`ListenerLog::write_dubbo_new`] then writes it). Inline: most calls of a
+    /// busy connection.
+    #[inline(always)]
+    pub fn repeat_dubbo(
+        &self,
+        rec: &record::DubboRec,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+    ) -> bool {
+        match self.logs.as_slice() {
+            [l] if l.filter.is_none() => l.file.repeat_dubbo(l, rec, upstream, cluster),
+            _ => false,
+        }
+    }
+
+    /// [`ListenerLog::write_dubbo`] of a call [`ListenerLog::repeat_dubbo`] did not count.
+    #[inline]
+    pub fn write_dubbo_new(&self, d: &DubboLine<'_>) {
         // One log without a filter (the common case): its batch directly, no loop.
         if let [l] = self.logs.as_slice() {
             if l.filter.is_none() {
-                return l.file.dubbo_line(l, d);
+                return l.file.dubbo_new(l, d);
             }
         }
         self.write_dubbo_each(d);
@@ -571,8 +598,39 @@ impl ShardFile {
         self.added(full);
     }
 
-    #[inline(never)]
+    /// A Dubbo call's line: one more repeat of the batch's last record when the call's line
+    /// is that record's, else a record of its own.
+    #[inline]
     fn dubbo_line(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
+        if !self.repeat_dubbo(log, d.rec, d.upstream, d.upstream_cluster) {
+            self.dubbo_new(log, d);
+        }
+    }
+
+    /// Counts a Dubbo call as one more repeat of the batch's last record when the call's
+    /// line is that record's ([`record::Records::repeat_dubbo`]).
+    #[inline(always)]
+    fn repeat_dubbo(
+        self: &Rc<Self>,
+        log: &ShardLog,
+        rec: &record::DubboRec,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+    ) -> bool {
+        let repeated = self.batch.borrow_mut().repeat_dubbo(
+            &log.format,
+            rec,
+            (upstream, cluster),
+            log.shows,
+        );
+        if repeated {
+            self.added(false);
+        }
+        repeated
+    }
+
+    #[inline(never)]
+    fn dubbo_new(self: &Rc<Self>, log: &ShardLog, d: &DubboLine<'_>) {
         let full = {
             let mut b = self.batch.borrow_mut();
             // A batch handed to the writer left an empty one (no arena) behind.
@@ -580,7 +638,7 @@ impl ShardFile {
                 self.refill(&mut b);
             }
             let i = b.format_index(&log.format, &log.names);
-            b.records.push_dubbo(d, i, log.shows);
+            b.records.push_dubbo_new(d, i, log.shows);
             b.records.bytes() >= BATCH_BYTES || b.formats.len() >= BATCH_FORMATS_MAX
         };
         self.added(full);

@@ -107,6 +107,9 @@ pub struct DubboRec {
     pub(super) format: u16,
     pub flags: Flags,
     pub status: u8,
+    /// The calls after this one whose lines are this one's again ([`Records::repeat_dubbo`]):
+    /// the writer writes its line `1 + repeat` times.
+    pub(super) repeat: u16,
 }
 
 impl DubboRec {
@@ -139,6 +142,7 @@ impl DubboRec {
             format: 0,
             flags,
             status,
+            repeat: 0,
         }
     }
 }
@@ -318,9 +322,76 @@ impl Records {
 
     /// Appends Dubbo call `d` as a compact record ([`DubboRec`]) for the format at `format`
     /// (which shows `shows`): what [`Records::push`] of `d.record()` keeps, in a third of the
-    /// bytes (`tests::compact_dubbo_records_render_as_general_ones`).
+    /// bytes (`tests::compact_dubbo_records_render_as_general_ones`), or one more repeat of
+    /// the last record when its line is that record's ([`Records::repeat_dubbo`]).
     #[inline]
     pub fn push_dubbo(&mut self, d: &DubboLine<'_>, format: u16, shows: Shows) {
+        if !self.repeat_dubbo(d.rec, (d.upstream, d.upstream_cluster), format, shows) {
+            self.push_dubbo_new(d, format, shows);
+        }
+    }
+
+    /// Counts Dubbo call `rec` (answered by `upstream` of `cluster`: a [`DubboLine`]'s) as a
+    /// repeat of the last record when the call's line is that record's line (true), without
+    /// a record of its own: the last record is a compact one (no general record was pushed
+    /// after it) of the same format, and the call equals it in everything a format can show
+    /// (the request id and interface, method, version and group are shown by no format that
+    /// repeats; the cluster is compared when shown). The
+    /// calls of one read share their start and, answered in one provider read, their end:
+    /// most calls of a busy connection repeat the one before
+    /// (`tests::repeated_calls_render_as_each_their_own_line`).
+    #[inline(always)]
+    pub fn repeat_dubbo(
+        &mut self,
+        rec: &DubboRec,
+        (upstream, cluster): (Option<SocketAddr>, Option<&str>),
+        format: u16,
+        shows: Shows,
+    ) -> bool {
+        if shows.dubbo {
+            return false;
+        }
+        let n = self.dubbo.len();
+        if self.fixed.last().is_some_and(|f| f.after as usize == n) {
+            return false;
+        }
+        let upstream = addr_key(upstream);
+        let Some(l) = self.dubbo.last() else {
+            return false;
+        };
+        let r = rec;
+        // IPv6 keys never match: a record's are its batch's indexes, a call's unset.
+        let diff = (r.start_ns ^ l.start_ns)
+            | (upstream ^ l.upstream)
+            | (r.remote ^ l.remote)
+            | (r.local ^ l.local)
+            | u64::from(r.bytes_received ^ l.bytes_received)
+            | u64::from(r.bytes_sent ^ l.bytes_sent)
+            | u64::from(format ^ l.format)
+            | u64::from(r.flags.bits() ^ l.flags.bits())
+            | u64::from(r.status ^ l.status)
+            | u64::from(l.repeat == u16::MAX);
+        if diff != 0 || r.started != l.started || r.ended != l.ended {
+            return false;
+        }
+        if shows.cluster && !self.same_cluster(l.cluster, cluster) {
+            return false;
+        }
+        if let Some(l) = self.dubbo.last_mut() {
+            l.repeat += 1;
+        }
+        true
+    }
+
+    /// Whether the cluster copied at `s` is `c`.
+    #[inline(never)]
+    fn same_cluster(&self, s: Span, c: Option<&str>) -> bool {
+        self.bytes_of(s) == c.map(str::as_bytes)
+    }
+
+    /// [`Records::push_dubbo`] of a call that does not repeat the last record.
+    #[inline]
+    pub fn push_dubbo_new(&mut self, d: &DubboLine<'_>, format: u16, shows: Shows) {
         // What the batch adds, first; then the record copied once into its place and those
         // written over it (not built on the stack and copied again).
         let mut upstream = addr_key(d.upstream);
@@ -353,6 +424,7 @@ impl Records {
             r.local = local;
             r.cluster = cluster;
             r.call = call;
+            r.repeat = 0;
         }
     }
 
@@ -538,6 +610,14 @@ mod tests {
             let rec = self.rec();
             let line = self.line(&conn, &rec);
             records.push_dubbo(&line, format, shows);
+        }
+
+        /// [`Call::push`] as a record of its own (never a repeat of the last one).
+        fn push_new(&self, records: &mut Records, format: u16, shows: Shows) {
+            let conn = (self.downstream_remote, self.downstream_local);
+            let rec = self.rec();
+            let line = self.line(&conn, &rec);
+            records.push_dubbo_new(&line, format, shows);
         }
 
         fn rec(&self) -> DubboRec {
@@ -918,47 +998,225 @@ mod tests {
         });
         next(&|d| *d);
         // The formats interleaved (each record's format is not the last one's), then one
-        // after the other (the writer copies the last record's line without its template).
+        // after the other (the writer copies the last record's line without its template);
+        // each call a record of its own, then as the shard writes them (a call whose line
+        // is the last record's a repeat of it).
         let n = seq.len() * formats.len();
         let interleaved = |i: usize| (i % formats.len(), i / formats.len());
         let grouped = |i: usize| (i / seq.len(), i % seq.len());
-        for order in [&interleaved as &dyn Fn(usize) -> (usize, usize), &grouped] {
-            let mut lines = crate::access_log::line::Lines::with_capacity(64);
-            let mut records = Records::default();
-            for i in 0..n {
-                let (fi, di) = order(i);
-                seq[di].push(&mut records, fi as u16, formats[fi].0.shows());
-            }
-            lines.batch(&formats);
-            let mut want = Vec::new();
-            let mut taken = Vec::new();
-            assert_eq!(records.dubbo.len(), n);
-            for (i, rec) in records.dubbo.iter().enumerate() {
-                let (fi, di) = order(i);
-                let (f, _) = &formats[fi];
-                let d = &seq[di];
-                let r = Record {
-                    dubbo: Some(DubboCall {
-                        interface: b"",
-                        method: b"",
-                        version: b"",
-                        group: b"",
-                        request_id: 77,
-                    }),
-                    ..d.record()
-                };
-                f.render(&r, &mut want);
-                lines.dubbo_line(&records, rec, &formats);
+        let orders = [
+            (&interleaved as &dyn Fn(usize) -> (usize, usize), false),
+            (&grouped, true),
+        ];
+        for (order, runs) in orders {
+            for repeats in [false, true] {
+                let mut lines = crate::access_log::line::Lines::with_capacity(64);
+                let mut records = Records::default();
+                let mut want = Vec::new();
+                for i in 0..n {
+                    let (fi, di) = order(i);
+                    let (f, _) = &formats[fi];
+                    let d = &seq[di];
+                    match repeats {
+                        true => d.push(&mut records, fi as u16, f.shows()),
+                        false => d.push_new(&mut records, fi as u16, f.shows()),
+                    }
+                    let r = Record {
+                        dubbo: Some(DubboCall {
+                            interface: b"",
+                            method: b"",
+                            version: b"",
+                            group: b"",
+                            request_id: 77,
+                        }),
+                        ..d.record()
+                    };
+                    f.render(&r, &mut want);
+                }
+                // Only the grouped order has calls in a row of one format.
+                match repeats && runs {
+                    true => assert!(records.dubbo.len() < n),
+                    false => assert_eq!(records.dubbo.len(), n),
+                }
+                lines.batch(&formats);
                 // The output taken now and then: a line kept in it is gone.
-                if i % 7 == 6 {
+                let mut taken = Vec::new();
+                lines.lines(&records, &formats, 300, |lines| {
                     taken.extend_from_slice(lines.text());
                     lines.clear();
-                }
+                });
+                taken.extend_from_slice(lines.text());
+                assert_eq!(
+                    String::from_utf8_lossy(&taken),
+                    String::from_utf8_lossy(&want)
+                );
             }
-            taken.extend_from_slice(lines.text());
-            assert_eq!(
-                String::from_utf8_lossy(&taken),
-                String::from_utf8_lossy(&want)
+        }
+    }
+
+    /// Calls whose lines are the last record's are counted as its repeats
+    /// ([`Records::repeat_dubbo`]) and written as copies of its line: each line the format's
+    /// rendering of its own call. Runs of calls that differ only in what no format shows
+    /// (the request id), broken by every field a line shows, by a general record pushed in
+    /// between, by another format, by a cluster the format shows (the same cluster text from
+    /// another string repeats), with IPv6 addresses (never a repeat), under a format that
+    /// shows the request id (never a repeat), more than `u16::MAX` in a row, and the output
+    /// taken in the middle of a run.
+    #[test]
+    fn repeated_calls_render_as_each_their_own_line() {
+        let started = Instant::now();
+        let formats: Vec<(std::sync::Arc<Format>, crate::access_log::sink::HeaderNames)> = [
+            crate::access_log::format::DEFAULT_FORMAT,
+            "%START_TIME% %DURATION% %UPSTREAM_CLUSTER% %UPSTREAM_HOST%\n",
+            "%RESPONSE_CODE% %DUBBO_REQUEST_ID%\n",
+            "%RESPONSE_CODE% %BYTES_SENT%\n",
+        ]
+        .iter()
+        .map(|f| {
+            let f = Format::text(f).unwrap();
+            let names = f.headers().into();
+            (std::sync::Arc::new(f), names)
+        })
+        .collect();
+        let v4 = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        let base = Call {
+            start: UNIX_EPOCH + Duration::new(1_764_900_000, 5_000_000),
+            started,
+            ended: started + Duration::from_micros(1_500),
+            status: 20,
+            flags: Flags::NONE,
+            upstream_host: v4("10.1.2.3:20880"),
+            upstream_cluster: Some("outbound|20880||echo"),
+            downstream_remote: v4("10.9.8.7:4711"),
+            downstream_local: v4("10.0.0.1:20880"),
+            bytes_received: 330,
+            bytes_sent: 1_234,
+            request_id: 77,
+            call: None,
+        };
+        // The same cluster text from another string.
+        let cluster = String::from("outbound|20880||echo");
+        let cluster: &'static str = Box::leak(cluster.into_boxed_str());
+        let changes: Vec<Box<dyn Fn(&Call<'static>) -> Call<'static>>> = vec![
+            Box::new(|d| *d),
+            Box::new(|d| Call {
+                start: d.start + Duration::from_nanos(1),
+                ..*d
+            }),
+            Box::new(|d| Call {
+                started: d.started + Duration::from_nanos(1),
+                ..*d
+            }),
+            Box::new(|d| Call {
+                ended: d.ended + Duration::from_nanos(1),
+                ..*d
+            }),
+            Box::new(|d| Call { status: 31, ..*d }),
+            Box::new(|d| Call {
+                flags: Flags::UPSTREAM_REQUEST_TIMEOUT,
+                ..*d
+            }),
+            Box::new(|d| Call {
+                bytes_received: d.bytes_received + 1,
+                ..*d
+            }),
+            Box::new(|d| Call {
+                bytes_sent: d.bytes_sent + 1,
+                ..*d
+            }),
+            Box::new(|d| Call {
+                upstream_host: v4("10.1.2.4:20880"),
+                ..*d
+            }),
+            Box::new(|d| Call {
+                upstream_host: None,
+                ..*d
+            }),
+            Box::new(|d| Call {
+                downstream_remote: v4("10.9.8.7:4712"),
+                ..*d
+            }),
+            Box::new(|d| Call {
+                downstream_local: None,
+                ..*d
+            }),
+            Box::new(|d| Call {
+                upstream_cluster: Some("outbound|20880||other"),
+                ..*d
+            }),
+            Box::new(|d| Call {
+                upstream_cluster: None,
+                ..*d
+            }),
+            Box::new(move |d| Call {
+                upstream_cluster: Some(cluster),
+                ..*d
+            }),
+            Box::new(|d| Call {
+                upstream_host: v4("[2001:db8::1]:20880"),
+                downstream_remote: v4("[fe80::1%3]:4711"),
+                ..*d
+            }),
+        ];
+        let mut records = Records::default();
+        let mut want = Vec::new();
+        let calls = std::cell::Cell::new(0);
+        let push = |records: &mut Records, want: &mut Vec<u8>, d: &Call<'static>, fi: usize| {
+            let (f, _) = &formats[fi];
+            d.push(records, fi as u16, f.shows());
+            let r = d.record();
+            f.render(&r, want);
+            calls.set(calls.get() + 1);
+        };
+        for fi in 0..formats.len() {
+            for (ci, change) in changes.iter().enumerate() {
+                // A run of the call (another request id each), the change, a run of that.
+                let d = Call {
+                    request_id: 100 + ci as u64,
+                    ..base
+                };
+                for i in 0..4 {
+                    push(&mut records, &mut want, &Call { request_id: d.request_id + i, ..d }, fi);
+                }
+                let e = change(&d);
+                for i in 0..3 {
+                    push(&mut records, &mut want, &Call { request_id: e.request_id + i, ..e }, fi);
+                }
+                // Another format in between, then a general record in between.
+                let other = (fi + 1) % formats.len();
+                push(&mut records, &mut want, &e, other);
+                push(&mut records, &mut want, &e, fi);
+                let (f, names) = &formats[fi];
+                let general = Call { status: 99, ..e }.record();
+                records.push(&general, fi as u16, names, f.shows());
+                f.render(&general, &mut want);
+                calls.set(calls.get() + 1);
+                push(&mut records, &mut want, &e, fi);
+                push(&mut records, &mut want, &e, fi);
+            }
+        }
+        // More than a record counts: the next call a record of its own.
+        let (fi, long) = (3, u16::MAX as usize + 5);
+        for i in 0..long {
+            push(&mut records, &mut want, &Call { request_id: i as u64, ..base }, fi);
+        }
+        assert!(records.dubbo.len() + records.fixed.len() < calls.get() / 2);
+        assert!(records.dubbo.iter().any(|r| r.repeat == u16::MAX));
+        for limit in [64, 300, 1 << 20] {
+            let mut lines = crate::access_log::line::Lines::with_capacity(64);
+            lines.batch(&formats);
+            let mut got = Vec::new();
+            lines.lines(&records, &formats, limit, |lines| {
+                got.extend_from_slice(lines.text());
+                lines.clear();
+            });
+            got.extend_from_slice(lines.text());
+            assert!(
+                got == want,
+                "limit {limit}: {} lines, {} wanted; first difference at byte {:?}",
+                got.iter().filter(|&&b| b == b'\n').count(),
+                want.iter().filter(|&&b| b == b'\n').count(),
+                got.iter().zip(&want).position(|(a, b)| a != b),
             );
         }
     }
@@ -1070,7 +1328,11 @@ mod tests {
                 f.render(&general, &mut want);
             }
         }
-        assert!(records.dubbo.len() == 4 * records.fixed.len());
+        // A call's second line in a row per format is a repeat of its first (but where the
+        // format shows a Dubbo field, or with IPv6 addresses).
+        let repeats: usize = records.dubbo.iter().map(|r| usize::from(r.repeat)).sum();
+        assert_eq!(records.dubbo.len() + repeats, 4 * records.fixed.len());
+        assert_eq!(repeats, 2 * (2 * calls.len() - 2));
         let mut lines = crate::access_log::line::Lines::with_capacity(64);
         let mut got = Vec::new();
         lines.batch(&formats);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -55,6 +55,26 @@ impl Batch {
         self.format_index_slow(format, names)
     }
 
+    /// Counts Dubbo call `rec` as a repeat of the last record
+    /// ([`record::Records::repeat_dubbo`]) when that record is of `format` (the last format
+    /// this batch added).
+    #[inline(always)]
+    pub(super) fn repeat_dubbo(
+        &mut self,
+        format: &Arc<Format>,
+        rec: &record::DubboRec,
+        upstream_cluster: (Option<std::net::SocketAddr>, Option<&str>),
+        shows: super::format::Shows,
+    ) -> bool {
+        match self.formats.last() {
+            Some((f, _)) if Arc::ptr_eq(f, format) => {
+                let i = (self.formats.len() - 1) as u16;
+                self.records.repeat_dubbo(rec, upstream_cluster, i, shows)
+            }
+            _ => false,
+        }
+    }
+
     #[inline(never)]
     fn format_index_slow(&mut self, format: &Arc<Format>, names: &HeaderNames) -> u16 {
         if let Some(i) = self
@@ -88,9 +108,14 @@ impl std::fmt::Debug for FileSink {
     }
 }
 
+/// The open files by path. Locked only off the shards: by the control thread when a
+/// snapshot opens its logs, on SIGUSR1 ([`reopen_all`]) and at exit ([`drain_all`]).
+#[allow(clippy::disallowed_types)]
+type Registry = std::sync::Mutex<HashMap<String, Weak<FileSink>>>;
+
 /// Every open file by path (weak: the snapshots that name a file keep it open).
-fn registry() -> &'static Mutex<HashMap<String, Weak<FileSink>>> {
-    static FILES: OnceLock<Mutex<HashMap<String, Weak<FileSink>>>> = OnceLock::new();
+fn registry() -> &'static Registry {
+    static FILES: OnceLock<Registry> = OnceLock::new();
     FILES.get_or_init(Default::default)
 }
 

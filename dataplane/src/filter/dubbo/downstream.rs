@@ -521,29 +521,8 @@ impl DownConn {
         bytes_sent: usize,
         ended: Instant,
     ) {
-        if let (Some(t), Some(d)) = (&self.l.trace, &lg.trace) {
-            let call = lg.call();
-            let server = t.kind() == crate::trace::otlp::SPAN_KIND_SERVER;
-            t.finish(
-                d,
-                &crate::trace::SpanData {
-                    trace_id: &d.trace_id,
-                    span_id: &d.span_id,
-                    parent: d.parent.as_ref(),
-                    kind: t.kind(),
-                    system: "apache_dubbo",
-                    service: call.interface,
-                    method: call.method,
-                    start_unix_ns: lg.rec.start_ns,
-                    end_unix_ns: crate::trace::unix_ns(SystemTime::now()),
-                    status: Some(u32::from(status)),
-                    // 0: a one-way request, handed on (nothing comes back).
-                    failed: status != wire::Status::OK.0 && status != 0,
-                    peer: if server { self.addrs.0 } else { upstream },
-                    upstream,
-                    cluster,
-                },
-            );
+        if let (Some(t), Some(_)) = (&self.l.trace, &lg.trace) {
+            self.span(t, &lg, status, upstream, cluster);
         }
         self.log_line(&mut lg, status, flags, upstream, cluster, bytes_sent, ended);
         let mut pool = self.l.log_pool.borrow_mut();
@@ -552,9 +531,45 @@ impl DownConn {
         }
     }
 
+    /// A sampled call's span (out of line: the calls not sampled do not pay for its frame).
+    #[inline(never)]
+    fn span(
+        &self,
+        t: &ListenerTrace,
+        lg: &Logged,
+        status: u8,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+    ) {
+        let Some(d) = &lg.trace else { return };
+        let call = lg.call();
+        let server = t.kind() == crate::trace::otlp::SPAN_KIND_SERVER;
+        t.finish(
+            d,
+            &crate::trace::SpanData {
+                trace_id: &d.trace_id,
+                span_id: &d.span_id,
+                parent: d.parent.as_ref(),
+                kind: t.kind(),
+                system: "apache_dubbo",
+                service: call.interface,
+                method: call.method,
+                start_unix_ns: lg.rec.start_ns,
+                end_unix_ns: crate::trace::unix_ns(SystemTime::now()),
+                status: Some(u32::from(status)),
+                // 0: a one-way request, handed on (nothing comes back).
+                failed: status != wire::Status::OK.0 && status != 0,
+                peer: if server { self.addrs.0 } else { upstream },
+                upstream,
+                cluster,
+            },
+        );
+    }
+
     /// The call's record, written straight into its logs' batches (no `Record` built; the
     /// duration is subtracted on the writer thread).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn log_line(
         &self,
         lg: &mut Logged,
@@ -573,7 +588,23 @@ impl DownConn {
         // Frames are at most `config::FRAME_BYTES_MAX_LIMIT` (256 MiB) long.
         r.bytes_sent = u32::try_from(bytes_sent).unwrap_or(u32::MAX);
         (r.remote, r.local) = self.log_keys;
-        log.write_dubbo(&crate::access_log::DubboLine {
+        // Most calls repeat the last line of their log (checked inline, without the
+        // `DubboLine` built).
+        if !log.repeat_dubbo(r, upstream, cluster) {
+            self.log_new(log, lg, upstream, cluster);
+        }
+    }
+
+    /// [`DownConn::log_line`] of a call that is not a repeat of its log's last line.
+    #[inline(never)]
+    fn log_new(
+        &self,
+        log: &ListenerLog,
+        lg: &Logged,
+        upstream: Option<SocketAddr>,
+        cluster: Option<&str>,
+    ) {
+        log.write_dubbo_new(&crate::access_log::DubboLine {
             rec: &lg.rec,
             upstream,
             conn: &self.addrs,
