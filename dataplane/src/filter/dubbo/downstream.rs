@@ -488,6 +488,7 @@ impl DownConn {
     }
 
     /// Writes a call's access-log line and span, and keeps its record for reuse.
+    #[inline(never)]
     pub(crate) fn log_call(
         &self,
         lg: Box<Logged>,
@@ -509,8 +510,11 @@ impl DownConn {
     }
 
     /// [`DownConn::log_call`] for a call answered at `ended` (a clock reading the caller
-    /// already took).
+    /// already took). Inline (in the provider's answer, `UpConn::finish`, and in
+    /// [`DownConn::log_call`]): most calls take its repeat path, whose call frame and
+    /// arguments cost as much as a third of it.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn log_call_at(
         &self,
         mut lg: Box<Logged>,
