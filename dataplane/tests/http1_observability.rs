@@ -824,3 +824,315 @@ fn http1_route_matching_like_envoy() {
     }
     assert!(envoy.iter().any(|l| l.ends_with(" 404 ")), "{envoy:#?}");
 }
+
+/// A listener (`codec_type: AUTO`, the connection manager's defaults: `proxy_100_continue`
+/// off) whose routes on host `svc` pick by header: `x-short` a 300 ms route timeout,
+/// `x-retry` one retry on `reset`, `x-mirror` a shadow copy of every request to `shadow`;
+/// `/empty` a cluster without endpoints, `/dead` one whose endpoint refuses connections;
+/// else `up` with a 5 s timeout.
+fn upstream_snapshot(listen: SocketAddr, up: SocketAddr, shadow: SocketAddr) -> Value {
+    let by = |header: &str, route: Value| {
+        json!({"match": {"prefix": "/", "headers": [{"name": header, "present_match": true}]},
+               "route": route})
+    };
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "http", "codec_type": "AUTO",
+        "route_config": {"name": "r", "virtual_hosts": [{"name": "svc", "domains": ["svc"], "routes": [
+            by("x-short", json!({"cluster": "up", "timeout": "0.3s"})),
+            by("x-retry", json!({"cluster": "up", "timeout": "5s",
+                "retry_policy": {"retry_on": "reset", "num_retries": 1}})),
+            by("x-mirror", json!({"cluster": "up", "timeout": "5s",
+                "request_mirror_policies": [{"cluster": "shadow"}]})),
+            {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
+            {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "5s"}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    });
+    let cluster = |name: &str, eps: &[SocketAddr]| {
+        json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": load_assignment(name, eps)})
+    };
+    json!({
+        "version": "v1",
+        "listeners": [{"name": "http", "address": socket(listen), "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+        "clusters": [cluster("up", &[up]), cluster("shadow", &[shadow]),
+                     cluster("empty", &[]), cluster("dead", &[local(free_port())])]
+    })
+}
+
+/// A raw HTTP/1.1 client connection: heads read one at a time from what arrived.
+struct RawClient {
+    s: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    fn connect(target: SocketAddr, request: &[u8]) -> RawClient {
+        let mut s = std::net::TcpStream::connect(target).unwrap();
+        s.write_all(request).unwrap();
+        RawClient { s, buf: Vec::new() }
+    }
+
+    /// The next response head (with its blank line) within `wait`; `timeout` when none came,
+    /// `closed` when the connection closed first.
+    fn head(&mut self, wait: Duration) -> String {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                return String::from_utf8_lossy(&head).into_owned();
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return "timeout".into();
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            let mut b = [0u8; 4096];
+            match self.s.read(&mut b) {
+                Ok(0) => return "closed".into(),
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return "timeout".into(),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return "timeout".into(),
+                Err(_) => return "closed".into(),
+            }
+        }
+    }
+
+    /// The body of a response with head `head` (its `content-length` bytes; none without).
+    fn body(&mut self, head: &str) -> String {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        while self.buf.len() < len {
+            let mut b = [0u8; 4096];
+            match self.s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+            }
+        }
+        let body: Vec<u8> = self.buf.drain(..len.min(self.buf.len())).collect();
+        String::from_utf8_lossy(&body).trim_end().to_string()
+    }
+}
+
+/// The status line of a response head.
+fn status_line(head: &str) -> String {
+    head.lines().next().unwrap_or("").to_string()
+}
+
+/// `Expect: 100-continue` through Envoy 1.40 (its connection manager's default,
+/// `proxy_100_continue: false`) and ringside, with a raw client that sends the head, waits up
+/// to 1 s for an interim response (as curl does) and only then sends its body: a POST with a
+/// body by length, a chunked PUT, a GET without body, a mixed-case `100-Continue`, another
+/// expectation (forwarded as it came), and requests answered by the proxy itself (no route,
+/// no endpoint, connection refused). The client sees the same interim response (byte for
+/// byte), final status, body and connection state from both, and the upstream (Python's
+/// http.server, which names the `expect` field it got) the same request.
+#[test]
+fn http1_expect_continue_like_envoy() {
+    let (up_port, shadow_port) = (free_port(), free_port());
+    let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let _shadow = Http1Server::start("127.0.0.1", shadow_port, "shadow");
+    let (up, shadow) = (local(up_port), local(shadow_port));
+    let cases: [(&str, &[u8]); 8] = [
+        ("POST /header/expect HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", b"hello"),
+        ("PUT /header/expect HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nExpect: 100-Continue\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+        ("GET /header/expect HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\n\r\n", b""),
+        ("POST /header/expect HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n", b""),
+        ("POST /header/expect HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: something\r\n\r\n", b"hello"),
+        ("POST /x HTTP/1.1\r\nHost: other\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", b"hello"),
+        ("POST /empty HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", b"hello"),
+        ("POST /dead HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", b"hello"),
+    ];
+    let run = |who: &str| -> Vec<Vec<String>> {
+        let listen = local(free_port());
+        let (_proxy, _xds) = Proxy::start(who, &upstream_snapshot(listen, up, shadow), listen);
+        let mut out = Vec::new();
+        for (head, body) in cases {
+            let mut c = RawClient::connect(listen, head.as_bytes());
+            let mut seen = Vec::new();
+            let mut first = c.head(Duration::from_secs(1));
+            if first.starts_with("HTTP/1.1 1") || first == "timeout" {
+                seen.push(first.replace("\r\n", "\\r\\n"));
+                c.s.write_all(body).unwrap();
+                first = c.head(Duration::from_secs(5));
+            } else {
+                seen.push("no interim".into());
+            }
+            seen.push(status_line(&first));
+            let close = first
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n");
+            seen.push(format!("close={close}"));
+            seen.push(c.body(&first));
+            // The connection after it: another request on it.
+            let _ = c.s.write_all(b"GET /next HTTP/1.1\r\nHost: svc\r\n\r\n");
+            let next = c.head(Duration::from_secs(2));
+            seen.push(status_line(&next));
+            eprintln!("{who}: {head:?}: {seen:?}");
+            out.push(seen);
+        }
+        out
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    // Envoy answers the expectation on arrival, whatever comes after, and removes it.
+    let interim = "HTTP/1.1 100 Continue\\r\\n\\r\\n";
+    assert_eq!(envoy[0][0], interim, "Envoy: {envoy:?}");
+    assert_eq!(
+        envoy[0][3],
+        "up POST /header/expect len=5 xfp=http rid=yes hop=none peer=127.0.0.1 expect=none",
+        "Envoy: {envoy:?}"
+    );
+    assert_eq!(envoy[5][0], interim, "Envoy, no route: {envoy:?}");
+    for (i, (r, e)) in ringside.iter().zip(&envoy).enumerate() {
+        assert_eq!(r, e, "{:?}: ringside (left) vs Envoy (right)", cases[i].0);
+    }
+}
+
+/// The gauge `cluster.NAME.upstream_rq_active` of `proxy` once it is `want`, or its value
+/// when `within` passed first.
+fn active_when(proxy: &Proxy, cluster: &str, want: i64, within: Duration) -> i64 {
+    let name = format!("cluster.{cluster}.upstream_rq_active");
+    let until = Instant::now() + within;
+    loop {
+        let v = proxy.stat(&name);
+        if v == want || Instant::now() >= until {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A cluster's `upstream_rq_active` through Envoy 1.40 and ringside, scraped from each
+/// proxy's admin while HTTP/1.1 requests are in flight to a Python http.server and after they
+/// ended: held before the response head, during its body, past the route's timeout (before
+/// the head and during the body), reset by the upstream, retried after a reset, given up by
+/// the caller, with a shadow copy (the shadow cluster's gauge too), and a request the proxy
+/// answers itself (no endpoint, connection refused: never in flight). Both show the same
+/// values at the same points and the same `upstream_rq_total`.
+#[test]
+fn http1_upstream_rq_active_like_envoy() {
+    let (up_port, shadow_port) = (free_port(), free_port());
+    let _up = Http1Server::start("127.0.0.1", up_port, "up");
+    let _shadow = Http1Server::start("127.0.0.1", shadow_port, "shadow");
+    let (up, shadow) = (local(up_port), local(shadow_port));
+    let run = |who: &str| -> Vec<String> {
+        let listen = local(free_port());
+        let (proxy, _xds) = Proxy::start(who, &upstream_snapshot(listen, up, shadow), listen);
+        let mut out = Vec::new();
+        let long = Duration::from_secs(5);
+        let get =
+            |path: &str, extra: &str| format!("GET {path} HTTP/1.1\r\nHost: svc\r\n{extra}\r\n");
+        let mut note = |what: &str, v: String| {
+            eprintln!("{who}: {what}: {v}");
+            out.push(format!("{what}: {v}"));
+        };
+        // Held before its response head.
+        let mut c = RawClient::connect(listen, get("/sleep/1500", "").as_bytes());
+        let during = active_when(&proxy, "up", 1, long);
+        let head = c.head(long);
+        c.body(&head);
+        let after = active_when(&proxy, "up", 0, long);
+        note("held", format!("{during} {} {after}", status_line(&head)));
+        // Held during its body.
+        let mut c = RawClient::connect(listen, get("/sleepbody/1000", "").as_bytes());
+        let head = c.head(long);
+        let during = proxy.stat("cluster.up.upstream_rq_active");
+        let body = c.body(&head);
+        let after = active_when(&proxy, "up", 0, long);
+        note(
+            "body",
+            format!("{during} {} {body} {after}", status_line(&head)),
+        );
+        // The route's timeout before the head, and during the body.
+        let mut c = RawClient::connect(listen, get("/sleep/1500", "x-short: 1\r\n").as_bytes());
+        let head = c.head(long);
+        let after = active_when(&proxy, "up", 0, long);
+        note("timeout", format!("{} {after}", status_line(&head)));
+        let mut c = RawClient::connect(listen, get("/sleepbody/1500", "x-short: 1\r\n").as_bytes());
+        let head = c.head(long);
+        let state = c.head(long);
+        let after = active_when(&proxy, "up", 0, long);
+        note(
+            "timeout in body",
+            format!("{} {state} {after}", status_line(&head)),
+        );
+        // Reset by the upstream; retried after one.
+        let reset = format!("/flaky/{who}-reset/1/reset");
+        let mut c = RawClient::connect(listen, get(&reset, "").as_bytes());
+        let head = c.head(long);
+        let after = active_when(&proxy, "up", 0, long);
+        note("reset", format!("{} {after}", status_line(&head)));
+        let retried = format!("/flaky/{who}-retry/1/reset");
+        let mut c = RawClient::connect(listen, get(&retried, "x-retry: 1\r\n").as_bytes());
+        let head = c.head(long);
+        let body = c.body(&head).replace(who, "WHO");
+        let after = active_when(&proxy, "up", 0, long);
+        note("retried", format!("{} {body} {after}", status_line(&head)));
+        // The caller goes away while its request is held.
+        let c = RawClient::connect(listen, get("/sleep/1500", "").as_bytes());
+        let during = active_when(&proxy, "up", 1, long);
+        drop(c);
+        let after = active_when(&proxy, "up", 0, long);
+        note("caller gone", format!("{during} {after}"));
+        // A shadow copy: both clusters' gauges while held, then back.
+        let mut c = RawClient::connect(listen, get("/sleep/1500", "x-mirror: 1\r\n").as_bytes());
+        let during = active_when(&proxy, "up", 1, long);
+        let shadow_during = active_when(&proxy, "shadow", 1, long);
+        let head = c.head(long);
+        c.body(&head);
+        let after = active_when(&proxy, "up", 0, long);
+        let shadow_after = active_when(&proxy, "shadow", 0, long);
+        note(
+            "mirrored",
+            format!(
+                "{during} {shadow_during} {} {after} {shadow_after}",
+                status_line(&head)
+            ),
+        );
+        // Answered by the proxy: never in flight.
+        for path in ["/empty", "/dead"] {
+            let mut c = RawClient::connect(listen, get(path, "").as_bytes());
+            let head = c.head(long);
+            note(
+                path,
+                format!(
+                    "{} {}",
+                    status_line(&head),
+                    proxy.stat("cluster.up.upstream_rq_active")
+                ),
+            );
+        }
+        note(
+            "totals",
+            format!(
+                "{} {}",
+                proxy.stat("cluster.up.upstream_rq_total"),
+                proxy.stat("cluster.shadow.upstream_rq_total")
+            ),
+        );
+        out
+    };
+    let envoy = run("envoy");
+    let ringside = run("ringside");
+    assert!(
+        envoy[0].starts_with("held: 1 HTTP/1.1 200 OK 0"),
+        "Envoy: {envoy:#?}"
+    );
+    for (r, e) in ringside.iter().zip(&envoy) {
+        assert_eq!(r, e, "ringside (left) vs Envoy (right)");
+    }
+    assert_eq!(ringside.len(), envoy.len());
+}

@@ -7,9 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::envoy::{envoy_or_ringside, load_assignment, socket};
+use common::envoy::{envoy_or_ringside, load_assignment, socket, Envoy};
 use common::http1::{H2Frames, H2Server, Http1Server};
 use common::xds::XdsServer;
 use common::*;
@@ -274,21 +274,47 @@ fn http1_requests_go_upstream_as_http2_like_envoy() {
     .into_iter()
     .map(|(m, b)| (m.to_string(), b))
     .collect();
-    let run = |who: &str| -> Vec<String> {
+    let run = |who: &str| -> (Vec<String>, [u64; 2]) {
         let listen = local(free_port());
         let xds = XdsServer::start();
         xds.put(&snapshot(listen, local(h2_port), local(h1_port)))
             .unwrap();
-        let _proxy = envoy_or_ringside(who, xds.addr(), "h1h2", "1");
+        let proxy = envoy_or_ringside(who, xds.addr(), "h1h2", "1");
         let ack = xds.wait_ack("cds", "v1");
         assert_eq!(ack["ack"], true, "{who}: {ack}");
         let ack = xds.wait_ack("lds", "v1");
         assert_eq!(ack["ack"], true, "{who}: {ack}");
         wait_listening(listen);
-        exchange(listen, &requests)
+        let got = exchange(listen, &requests);
+        // The HTTP/2 cluster's requests (a stream each), none in flight any more.
+        let stat = |name: &str| {
+            let name = format!("cluster.h2up.{name}");
+            match (
+                proxy.downcast_ref::<Envoy>(),
+                proxy.downcast_ref::<Ringside>(),
+            ) {
+                (Some(e), _) => e.stat(&name),
+                (_, Some(r)) => r.stat_value(&name).unwrap_or(-1) as u64,
+                _ => unreachable!(),
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(5);
+        while stat("upstream_rq_active") != 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (got, [stat("upstream_rq_total"), stat("upstream_rq_active")])
     };
-    let envoy = run("envoy");
-    let ringside = run("ringside");
+    let (envoy, envoy_rq) = run("envoy");
+    let (ringside, ringside_rq) = run("ringside");
+    assert_eq!(
+        envoy_rq,
+        [14, 0],
+        "Envoy's upstream_rq_total, upstream_rq_active"
+    );
+    assert_eq!(
+        ringside_rq, envoy_rq,
+        "upstream_rq_total, upstream_rq_active"
+    );
     for (i, e) in envoy.iter().enumerate() {
         eprintln!(
             "--- {i} envoy:\n{}",

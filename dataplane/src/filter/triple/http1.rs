@@ -61,6 +61,9 @@ const PARTIAL_CHECK_BYTES_MAX: usize = 4096;
 const CHUNK_LINE_MAX: usize = 4096;
 /// The HTTP/2 connection preface's first bytes: a connection starting with them is HTTP/2.
 const H2_START: &[u8] = b"PRI * HTTP/2.0";
+/// The interim response to `Expect: 100-continue`, as Envoy's HTTP/1.1 codec writes it (no
+/// fields); static, so answering it allocates nothing.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What a connection's first bytes speak.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,6 +127,8 @@ struct Request {
     /// The caller asked to close after this exchange (`Connection: close`, or HTTP/1.0
     /// without `keep-alive`).
     close: bool,
+    /// `Expect: 100-continue` (any case): answered `100 Continue` on arrival
+    /// ([`CONTINUE`]) and not forwarded.
     expect_continue: bool,
     /// `Upgrade: websocket` with `Connection: upgrade`.
     websocket: bool,
@@ -278,7 +283,7 @@ enum Next {
     KeepAlive,
     Close,
     /// The upstream switched to WebSocket: relay bytes both ways (with what it sent ahead).
-    Tunnel(Up, BytesMut),
+    Tunnel(Up, BytesMut, Option<InFlight>),
 }
 
 /// Serves one HTTP/1.x caller connection (its first bytes are not HTTP/2's preface) until it
@@ -339,7 +344,7 @@ pub async fn serve_read<C: crate::io::Conn>(
         };
         match next {
             Next::KeepAlive if !drain.is_started() => c.seen.finish(&l, c.caller, c.istio_peer),
-            Next::Tunnel(up, rbuf) => {
+            Next::Tunnel(up, rbuf, active) => {
                 // Logged when the tunnel closes, as Envoy logs an upgraded stream.
                 let mut seen = std::mem::take(&mut c.seen);
                 let (caller, istio_peer) = (c.caller, c.istio_peer);
@@ -347,6 +352,9 @@ pub async fn serve_read<C: crate::io::Conn>(
                     _ = tunnel(c, up, rbuf) => false,
                     _ = drain.deadline() => true,
                 };
+                // The upgraded request was in flight to its cluster until now (Envoy's
+                // upstream stream lasts as long as the tunnel).
+                drop(active);
                 seen.finish(&l, caller, istio_peer);
                 return cut;
             }
@@ -535,6 +543,15 @@ async fn exchange<C: crate::io::Conn>(c: &mut Down<C>, l: &TripleListener) -> Ne
     c.xfcc.apply_fields(&mut req.fields);
     header_list(&mut c.hl, &req, c.scheme);
     c.seen.begin(l, &c.hl);
+    if req.expect_continue {
+        // Envoy's connection manager answers the expectation itself as the head arrives
+        // (`proxy_100_continue` off, its default and istiod's), before its filters and the
+        // route: whatever answer comes after, and whether or not a body follows.
+        let (r, _) = c.s.write_all(CONTINUE).await;
+        if r.is_err() {
+            return Next::Close;
+        }
+    }
     if let (Some(i), Some(lg)) = (l.istio.as_ref().filter(|i| i.inbound()), &mut c.seen.lg) {
         // istio-proxy's inbound `peer_metadata`, as on HTTP/2: the caller's sidecar names its
         // workload.
@@ -989,19 +1006,8 @@ async fn check<C: crate::io::Conn>(
     // connection's buffer, relayed upstream from there.
     let body = match (x.body, req.framing) {
         (None, _) | (_, Framing::Length(0)) => None,
-        (Some(b), framing) => {
-            // Envoy's connection manager answers `Expect: 100-continue` itself (its
-            // `proxy_100_continue` is off by default): a caller that waits for it sends its
-            // body only then, and the check waits for the body.
-            if req.expect_continue {
-                let (r, _) =
-                    c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                        .await;
-                r.map_err(|_| Local::BadRequest)?;
-                req.expect_continue = false;
-            }
-            Some(body_for_check(c, framing, b).await?)
-        }
+        // A caller waiting for `100 Continue` had it on arrival (`exchange`).
+        (Some(b), framing) => Some(body_for_check(c, framing, b).await?),
     };
     let body = match (x.body, &body) {
         (Some(settings), Some(d)) => Some(crate::filter::ext_authz::Body {
@@ -1556,7 +1562,7 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
             }
             "connection" => connection.push(v),
             "upgrade" => upgrade = Some(v),
-            "expect" => expect = v.trim_ascii().eq_ignore_ascii_case(b"100-continue"),
+            "expect" => expect = continue_expected(v),
             _ => {}
         }
     }
@@ -1611,14 +1617,15 @@ fn parse_request(head: &[u8]) -> Result<Request, Local> {
         fields: fields_of(r.headers, &connection),
         framing,
         close,
-        expect_continue: expect && framing != Framing::Length(0),
+        expect_continue: expect,
         websocket,
         other_upgrade,
     })
 }
 
-/// The end-to-end fields of a head, names lower-cased: hop-by-hop ones, `host`, `expect`
-/// (answered here) and those `connection` names left out; a `TE` naming `trailers` kept as
+/// The end-to-end fields of a head, names lower-cased: hop-by-hop ones, `host`,
+/// `expect: 100-continue` (answered here; another expectation goes on, as Envoy's connection
+/// manager removes only that one) and those `connection` names left out; a `TE` naming `trailers` kept as
 /// `te: trailers` (Envoy's sanitizing of TE).
 fn fields_of(headers: &[httparse::Header<'_>], connection: &[&[u8]]) -> Vec<(String, Vec<u8>)> {
     headers
@@ -1629,10 +1636,15 @@ fn fields_of(headers: &[httparse::Header<'_>], connection: &[&[u8]]) -> Vec<(Str
             if n == "te" && !named && contains_token(h.value, "trailers") {
                 return Some((n, b"trailers".to_vec()));
             }
-            (!hop_by_hop(&n) && n != "host" && n != "expect" && !named)
-                .then(|| (n, h.value.to_vec()))
+            let answered = n == "expect" && continue_expected(h.value);
+            (!hop_by_hop(&n) && n != "host" && !answered && !named).then(|| (n, h.value.to_vec()))
         })
         .collect()
+}
+
+/// Whether an `Expect` value is `100-continue` (case-insensitive, RFC 9110 10.1.1).
+fn continue_expected(v: &[u8]) -> bool {
+    v.trim_ascii().eq_ignore_ascii_case(b"100-continue")
 }
 
 /// Writes a local answer; closes after it when `close`.
@@ -1797,6 +1809,28 @@ impl Up {
 pub struct IdleConn {
     up: Up,
     since: Instant,
+}
+
+/// One request to a cluster in flight on this shard, counted as Envoy's connection pools
+/// count a stream: from the moment it has a connection (an HTTP/1.1 one; a stream opened on
+/// an HTTP/2 one) `upstream_rq_total` and `upstream_rq_active` go up, and `upstream_rq_active`
+/// goes down when this is dropped, whichever way the request ended (answered, reset, timed
+/// out, its caller gone, given up for another try, a WebSocket tunnel closed). Holds the
+/// pool (a reference count, no allocation).
+pub struct InFlight(Rc<Pool>);
+
+impl InFlight {
+    fn start(pool: &Rc<Pool>) -> InFlight {
+        pool.stats.inc(pool.ids.rq_total);
+        pool.stats.inc(pool.ids.rq_active);
+        InFlight(pool.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.stats.dec(self.0.ids.rq_active);
+    }
 }
 
 /// Which connections a request may go on.
@@ -2334,7 +2368,7 @@ async fn forward<C: crate::io::Conn>(
         breaker: &pool.retries,
         taken: false,
     };
-    let (mut link, resp, mut rbuf) = loop {
+    let (mut link, active, resp, mut rbuf) = loop {
         let got = one_try(
             c,
             req,
@@ -2368,7 +2402,7 @@ async fn forward<C: crate::io::Conn>(
             }
         }
         let again = match &got {
-            Ok((_, resp, _)) if resp.code >= 200 => Some(Again::Answer {
+            Ok((_, _, resp, _)) if resp.code >= 200 => Some(Again::Answer {
                 grpc: None,
                 http: Some(u32::from(resp.code)),
             }),
@@ -2461,7 +2495,7 @@ async fn forward<C: crate::io::Conn>(
     }
     let mut link = match link {
         Link::H1(up) if resp.code == 101 && req.websocket => {
-            return Ok(Next::Tunnel(up, rbuf));
+            return Ok(Next::Tunnel(up, rbuf, active));
         }
         l => l,
     };
@@ -2569,7 +2603,8 @@ fn mirror(
                         .ok()?,
                 ),
             };
-            pool.stats.inc(pool.ids.rq_total);
+            // In flight until its response head came (or its deadline cut it).
+            let _active = InFlight::start(&pool);
             let (r, _) = s.write_all(head).await;
             r.ok()?;
             if !body.is_empty() {
@@ -2671,8 +2706,10 @@ async fn one_try<C: crate::io::Conn>(
     deadline: Option<Instant>,
     keep_body: bool,
     mx: Mx<'_>,
-) -> Result<(Link, Response, BytesMut), Failed> {
+) -> Result<(Link, Option<InFlight>, Response, BytesMut), Failed> {
     let mut rbuf = BytesMut::new();
+    // Set once the request has a connection (an HTTP/2 stream opened); dropped with the try.
+    let mut active = None;
     let send = async {
         let speak = Speak::of(pool, req);
         // A connection that takes no new stream by the time this one opens (a GOAWAY, closed
@@ -2691,7 +2728,7 @@ async fn one_try<C: crate::io::Conn>(
                 Link::H2(s) => {
                     let added = (rid, expected_ms, tail);
                     let keep = retry.is_some() || keep_body;
-                    match send_h2(c, req, s, (added, mx), body, keep).await {
+                    match send_h2(c, req, s, (added, mx), body, (keep, pool, &mut active)).await {
                         Err(_) if !s.opened() => continue,
                         sent => sent?,
                     }
@@ -2699,19 +2736,14 @@ async fn one_try<C: crate::io::Conn>(
                 }
                 Link::H1(up) => up,
             };
-            // Envoy's router counts a request to the cluster once it has a connection for it.
-            pool.stats.inc(pool.ids.rq_total);
+            // Envoy's connection pool counts a request to the cluster once it has a
+            // connection for it.
+            active = Some(InFlight::start(pool));
             rbuf.reserve(READ_CHUNK_BYTES);
             let (r, _) = up.s.write_all(head.to_vec()).await;
             r.map_err(|_| Failed::Lost(Reset::Termination))?;
             match body {
                 Body::Unread => {
-                    if req.expect_continue {
-                        let (r, _) =
-                            c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                                .await;
-                        r.map_err(|_| Failed::Final(Local::BadRequest))?;
-                    }
                     *body = Body::Partial;
                     let mut hold = (retry.is_some() || keep_body).then(Vec::new);
                     relay_body(
@@ -2766,8 +2798,8 @@ async fn one_try<C: crate::io::Conn>(
             let resp = parse_response(&rbuf[..n], req.method == "HEAD", req.close, mx)
                 .map_err(Failed::Final)?;
             rbuf.advance(n);
-            // Interim responses (100 Continue, 103) are dropped: the caller got its 100
-            // from ringside.
+            // Interim responses (100 Continue, 103) are dropped: a caller that asked got its
+            // 100 from ringside on arrival.
             if resp.code != 101 && (100..200).contains(&resp.code) {
                 continue;
             }
@@ -2775,32 +2807,25 @@ async fn one_try<C: crate::io::Conn>(
         }
     };
     let (resp, rbuf) = within(try_deadline, read, || cut).await?;
-    Ok((link, resp, rbuf))
+    Ok((link, active, resp, rbuf))
 }
 
 /// Sends a request on an HTTP/2 stream: HEADERS (opening it), then its body (from the
-/// caller, with `Expect: 100-continue` answered first, a copy held when `keep`; or held from a
-/// try before).
+/// caller, a copy held when `keep`; or held from a try before).
 async fn send_h2<C: crate::io::Conn>(
     c: &mut Down<C>,
     req: &Request,
     s: &mut h2::Stream,
     (added, mx): ((Option<&str>, Option<u64>, &[u8]), Mx<'_>),
     body: &mut Body,
-    keep: bool,
+    (keep, pool, active): (bool, &Rc<Pool>, &mut Option<InFlight>),
 ) -> Result<(), Failed> {
     let empty = matches!(body, Body::Held(b) if b.is_empty()) || req.framing == Framing::Length(0);
     s.open(req, (c.scheme, mx), added, empty).await?;
+    // In flight from the stream's HEADERS, as Envoy's HTTP/2 pool counts a stream.
+    *active = Some(InFlight::start(pool));
     if empty {
         return Ok(());
-    }
-    if let Body::Unread = body {
-        if req.expect_continue {
-            let (r, _) =
-                c.s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                    .await;
-            r.map_err(|_| Failed::Final(Local::BadRequest))?;
-        }
     }
     let mut hold = keep.then(Vec::new);
     let from_caller = matches!(body, Body::Unread);
@@ -3085,6 +3110,16 @@ mod tests {
         assert_eq!(r.framing, Framing::Chunked);
         assert!(r.expect_continue && !r.close);
         assert_eq!(r.fields, vec![("x-app".to_string(), b"v".to_vec())]);
+        // Only `100-continue` is answered and removed (any case, without a body too); another
+        // expectation goes on as it came, as Envoy's connection manager leaves it.
+        let r =
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n").unwrap();
+        assert!(r.expect_continue && r.fields.is_empty());
+        let r =
+            parse_request(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: x\r\n\r\n")
+                .unwrap();
+        assert!(!r.expect_continue);
+        assert_eq!(r.fields[1], ("expect".to_string(), b"x".to_vec()));
         let cl_te = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(parse_request(cl_te), Err(Local::BadRequest)));
         assert!(
@@ -3163,7 +3198,7 @@ mod tests {
 /// as `HttpCheck::answer` reads it. Connect failure, a reset or a malformed answer is
 /// `Transport`, an answer larger than `EXT_AUTHZ_RESPONSE_BYTES_MAX` `BadResponse`.
 pub async fn http_check(
-    pool: &Pool,
+    pool: &Rc<Pool>,
     x: &crate::filter::ext_authz::ExtAuthz,
     head: bytes::Bytes,
 ) -> Result<crate::filter::ext_authz::Answer, crate::filter::ext_authz::CheckError> {
@@ -3184,7 +3219,7 @@ pub async fn http_check(
 /// One check exchange: (status, fields with lower-case names, body).
 #[allow(clippy::type_complexity)]
 async fn http_check_exchange(
-    pool: &Pool,
+    pool: &Rc<Pool>,
     head: bytes::Bytes,
 ) -> Result<(u16, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>), crate::filter::ext_authz::CheckError> {
     use crate::filter::ext_authz::CheckError;
@@ -3222,8 +3257,9 @@ async fn http_check_exchange(
         return Err(CheckError::Transport);
     };
     // A check is a request to the authorizer's cluster (Envoy's async client goes through
-    // its router), as a gRPC check is (`conn.rs`, `open_stream`).
-    pool.stats.inc(pool.ids.rq_total);
+    // its router), as a gRPC check is (`conn.rs`, `open_stream`), in flight until its answer
+    // was read (or the filter's timeout cut it).
+    let _active = InFlight::start(pool);
     let (r, _) = up.s.write_all(head).await;
     r.map_err(|_| CheckError::Transport)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
