@@ -281,11 +281,11 @@ fn a_stuck_writer_drops_lines_and_never_slows_calls() {
         dropped > 0,
         "the stuck writer made shards drop lines: logged {logged}"
     );
-    // The shard never waited for the log: no call took long (generous for a loaded CI box).
-    assert!(
-        slowest < Duration::from_millis(500),
-        "slowest call {slowest:?}"
-    );
+    // The shard never waited for the log. The FIFO is never read, so a shard that waited for
+    // its writer would wait for good: any finite bound tells the two apart. 500 ms, the bound
+    // before, failed once at 525 ms on the 2-core machine with a build running beside the test
+    // (scheduling, not the proxy); 2 s still fails a shard that blocks on the writer.
+    assert!(slowest < Duration::from_secs(2), "slowest call {slowest:?}");
 }
 
 trait NonBlock {
