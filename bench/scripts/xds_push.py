@@ -53,18 +53,33 @@ def log(msg):
 _GIVEN = set()
 
 
+# Listener ports come from below the kernel's ephemeral range (32768-60999 here): a port
+# the kernel handed out and took back can be given again at once as the local port of an
+# outgoing connection (ringside's own xDS client, an admin poll), and a listener on it is then
+# refused ("address already in use": the config NACKed, /ready after the initial fetch
+# timeout; seen in scripts/test on 2026-12-06). 10000-19999: the Rust tests take
+# 20000-29999, bench/run 30000-30320.
+PORT_FIRST, PORT_COUNT = 10000, 10000
+
+
 def free_port():
-    """A loopback port free now and never given before by this process: the kernel may hand
-    out a port it just released again, and two listeners of one config on the same port are a
-    NACK (seen once: virtualOutbound and virtualInbound on one port, the base config refused)."""
-    while True:
+    """A loopback port free now, outside the ephemeral range, never given before by this
+    process (two listeners of one config on one port are a NACK)."""
+    start = (os.getpid() * 2654435761) % PORT_COUNT
+    for k in range(PORT_COUNT):
+        p = PORT_FIRST + (start + len(_GIVEN) * 7 + k) % PORT_COUNT
+        if p in _GIVEN:
+            continue
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        if p not in _GIVEN:
-            _GIVEN.add(p)
-            return p
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _GIVEN.add(p)
+        return p
+    raise RuntimeError(f"no free port in {PORT_FIRST}..{PORT_FIRST + PORT_COUNT}")
 
 
 def http(port, method, path, body=None, timeout=30):
