@@ -720,6 +720,8 @@ fn idle_timeout_and_max_connection_duration_like_envoy() {
         std::thread::sleep(Duration::from_millis(1800));
         let r = get(listen, "/z");
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {r}");
+        // The three requests' HEADERS in: every connection's ACCEPT before them is too.
+        up.await_events("HEADERS", 3);
         let eof = up
             .events(1)
             .iter()

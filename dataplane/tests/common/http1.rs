@@ -191,6 +191,27 @@ impl H2Frames {
             .collect()
     }
 
+    /// Waits (up to 5 s) until the peer has reported `n` events starting with `what` over all
+    /// its connections. Its lines reach the test through a pipe and a reader thread, so a
+    /// test that has just had an answer can look before the thread has taken them in (an
+    /// `ACCEPT` missed that way failed `idle_timeout_and_max_connection_duration_like_envoy`
+    /// once in scripts/test); the peer prints in order, so every line before the `n`th is in
+    /// once it is.
+    pub fn await_events(&self, what: &str, n: usize) {
+        let count = || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.splitn(3, ' ').nth(2).is_some_and(|e| e.starts_with(what)))
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while count() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u32 {
         self.lines
