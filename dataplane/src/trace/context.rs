@@ -315,13 +315,15 @@ pub fn parse_b3_single(v: &[u8]) -> Option<Arrived> {
 
 /// 32 or 16 lower-case hex digits, not all zero.
 fn parse_trace_id(v: &[u8]) -> Option<(TraceId, u8)> {
-    let mut id = [0u8; 16];
-    match v.len() {
-        32 => hex_decode(v, &mut id)?,
-        16 => hex_decode(v, &mut id[8..])?,
-        _ => return None,
-    }
-    (id != [0; 16]).then_some((id, v.len() as u8))
+    let (id, ok) = if let Ok(v) = <&[u8; 32]>::try_from(v) {
+        hex_array::<16, 32>(v)
+    } else {
+        let (low, ok) = hex_array::<8, 16>(v.try_into().ok()?);
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&low);
+        (id, ok)
+    };
+    (ok && id != [0; 16]).then_some((id, v.len() as u8))
 }
 
 /// 16 lower-case hex digits, not all zero.
@@ -331,8 +333,8 @@ pub fn parse_span_id(v: &[u8]) -> Option<SpanId> {
     (ok && id != [0; 8]).then_some(id)
 }
 
-/// Each byte's value as a lower-case hex digit, or [`NOT_HEX`] (its high bit set: a decoded
-/// pair ORs it into a flag checked once per id).
+/// Each byte's value as a lower-case hex digit, or [`NOT_HEX`] (its high bit set) for a byte
+/// that is not one: a `traceparent`'s version and flags.
 const HEX_VALUE: [u8; 256] = {
     let mut t = [NOT_HEX; 256];
     let mut i = 0;
@@ -407,25 +409,6 @@ fn hex8(digits: &[u8; 8]) -> ([u8; 4], bool) {
     let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
     let all = (quads | (quads >> 16)) & 0xffff_ffff;
     ((all as u32).to_le_bytes(), ok)
-}
-
-/// `v` (lower-case hex, twice `out`'s length) decoded into `out`: one table look-up per
-/// digit and one check per id (a `traceparent`'s 48 digits cost ~1,000 instructions through a
-/// `match` per digit and an early return per pair, callgrind).
-#[inline]
-fn hex_decode(v: &[u8], out: &mut [u8]) -> Option<()> {
-    let (pairs, rest) = v.as_chunks::<2>();
-    if !rest.is_empty() || pairs.len() != out.len() {
-        return None;
-    }
-    let mut bad = 0u8;
-    for (o, &[a, b]) in out.iter_mut().zip(pairs) {
-        let (hi, lo) = (HEX_VALUE[usize::from(a)], HEX_VALUE[usize::from(b)]);
-        bad |= hi | lo;
-        // A bad digit's high bit shifts out here; `bad` keeps it.
-        *o = hi << 4 | lo;
-    }
-    (bad & NOT_HEX == 0).then_some(())
 }
 
 /// Lower-case hex of `id` into `out` (twice its length): one table look-up per byte (a
