@@ -633,8 +633,9 @@ fn the_clusters_http2_windows_like_envoy() {
         let (listen, _proxy, _xds) = proxy(who, port, options.clone());
         let r = get(listen, "/x");
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{who}: {r}");
-        // The server's lines reach the test through a pipe and a thread: a moment later.
-        std::thread::sleep(Duration::from_millis(200));
+        // The server's lines reach the test through a pipe and a thread: wait for the
+        // request's HEADERS (every line before it is in then).
+        up.await_events("HEADERS", 1);
         let events = up.events(1);
         let first_headers = events.iter().position(|(_, e)| e.starts_with("HEADERS"));
         windows(&events[..first_headers.unwrap_or(events.len())])
